@@ -1,0 +1,183 @@
+// pybind11 module dodo._core: numpy in, numpy out, GIL released while computing.
+// Shapes and dtypes are checked in python/dodo (clear ValueErrors); here arrays arrive as
+// C-contiguous float64 of shape (n, 6, 4) and (n, 4).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "box3d/box3d.hpp"
+#include "box3d/lebedev.hpp"
+#include "box3d/maxent.hpp"
+#include "cell_status.hpp"
+#include "frame.hpp"
+#include "realizability.hpp"
+
+#ifdef DODO_WITH_RUNTIME
+void register_runtime(pybind11::module_& m);
+#endif
+
+namespace py = pybind11;
+using CArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
+
+namespace {
+
+dodo::ZMethod parse_z_method(const std::string& name) {
+  if (name == "exact") return dodo::ZMethod::kExact;
+  if (name == "jedynak") return dodo::ZMethod::kJedynak;
+  throw py::value_error("z_method must be 'exact' or 'jedynak'; got '" + name + "'");
+}
+
+std::size_t check_cells(const CArray& F) {
+  if (F.ndim() != 3 || F.shape(1) != dodo::kSpecies || F.shape(2) != dodo::kComponents)
+    throw py::value_error("F must have shape (n, 6, 4)");
+  return static_cast<std::size_t>(F.shape(0));
+}
+
+const double* velocity_pointer(const py::object& u, std::size_t n, CArray& holder) {
+  if (u.is_none()) return nullptr;
+  holder = CArray::ensure(u);
+  if (!holder || holder.ndim() != 2 || static_cast<std::size_t>(holder.shape(0)) != n || holder.shape(1) != 4)
+    throw py::value_error("u must have shape (n, 4) matching F");
+  return holder.data();
+}
+
+py::tuple apply_box3d(const dodo::Box3D& box3d, const CArray& F, const py::object& u, int threads) {
+  const std::size_t n = check_cells(F);
+  CArray u_holder;
+  const double* u_data = velocity_pointer(u, n, u_holder);
+  CArray F_box({static_cast<py::ssize_t>(n), py::ssize_t{6}, py::ssize_t{4}});
+  CArray growth(static_cast<py::ssize_t>(n));
+  CArray ntot(static_cast<py::ssize_t>(n));
+  py::array_t<std::uint32_t> status(static_cast<py::ssize_t>(n));
+  const double* F_data = F.data();
+  double* box_data = F_box.mutable_data();
+  double* growth_data = growth.mutable_data();
+  double* ntot_data = ntot.mutable_data();
+  std::uint32_t* status_data = status.mutable_data();
+  {
+    py::gil_scoped_release release;
+    dodo::ConstCellArray input{F_data};
+    dodo::ConstVelocityArray velocity{u_data};
+    dodo::CellArray output{box_data};
+    box3d.apply(n, input, velocity, output, growth_data, ntot_data, status_data, threads);
+  }
+  return py::make_tuple(F_box, growth, ntot, status);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "Dodo's C++ physics core (Box3D, frames, invariants). Use the public API in `dodo`.";
+  m.attr("__version__") = DODO_VERSION;
+
+  py::class_<dodo::Box3D>(m, "Box3D")
+      .def(py::init([](int lebedev_order, const std::string& z_method, double max_flux_factor) {
+             dodo::Box3DSettings settings;
+             settings.lebedev_order = lebedev_order;
+             settings.z_method = parse_z_method(z_method);
+             settings.max_flux_factor = max_flux_factor;
+             try {
+               return dodo::Box3D(settings);
+             } catch (const std::invalid_argument& error) {
+               throw py::value_error(error.what());
+             }
+           }),
+           py::arg("lebedev_order") = 17, py::arg("z_method") = "exact", py::arg("max_flux_factor") = 0.98)
+      .def_property_readonly("lebedev_order", [](const dodo::Box3D& b) { return b.settings().lebedev_order; })
+      .def_property_readonly("quadrature_size", [](const dodo::Box3D& b) { return b.quadrature().size(); })
+      .def("apply", &apply_box3d, py::arg("F"), py::arg("u"), py::arg("threads") = 1,
+           "Box3D of n cells: returns (F_box, growth_over_ntot, ntot, status).");
+
+  m.def("invariants", [](const CArray& F, const py::object& u) {
+    const std::size_t n = check_cells(F);
+    CArray u_holder;
+    const double* u_data = velocity_pointer(u, n, u_holder);
+    CArray out({static_cast<py::ssize_t>(n), py::ssize_t{dodo::kInvariants}});
+    const double* F_data = F.data();
+    double* out_data = out.mutable_data();
+    {
+      py::gil_scoped_release release;
+      for (std::size_t c = 0; c < n; ++c)
+        dodo::invariants(F_data + c * dodo::kCellValues, u_data ? u_data + 4 * c : nullptr,
+                         out_data + c * dodo::kInvariants);
+    }
+    return out;
+  });
+
+  m.def("comoving_total_density", [](const CArray& F, const py::object& u) {
+    const std::size_t n = check_cells(F);
+    CArray u_holder;
+    const double* u_data = velocity_pointer(u, n, u_holder);
+    CArray out(static_cast<py::ssize_t>(n));
+    for (std::size_t c = 0; c < n; ++c)
+      out.mutable_data()[c] = dodo::comoving_total_density(F.data() + c * dodo::kCellValues, u_data ? u_data + 4 * c : nullptr);
+    return out;
+  });
+
+  m.def("boost_to_rest", [](const CArray& F, const CArray& u, bool inverse) {
+    const std::size_t n = check_cells(F);
+    if (u.ndim() != 2 || static_cast<std::size_t>(u.shape(0)) != n || u.shape(1) != 4)
+      throw py::value_error("u must have shape (n, 4) matching F");
+    CArray out({static_cast<py::ssize_t>(n), py::ssize_t{6}, py::ssize_t{4}});
+    for (std::size_t c = 0; c < n; ++c) {
+      const double* cell = F.data() + c * dodo::kCellValues;
+      double* target = out.mutable_data() + c * dodo::kCellValues;
+      if (inverse) dodo::boost_cell_from_rest(u.data() + 4 * c, cell, target);
+      else dodo::boost_cell_to_rest(u.data() + 4 * c, cell, target);
+    }
+    return out;
+  }, py::arg("F"), py::arg("u"), py::arg("inverse") = false);
+
+  m.def("realizable_step", [](const CArray& F_base, const CArray& dF) {
+    const std::size_t n = check_cells(F_base);
+    if (check_cells(dF) != n) throw py::value_error("F_base and dF must have the same number of cells");
+    CArray out(static_cast<py::ssize_t>(n));
+    for (std::size_t c = 0; c < n; ++c)
+      out.mutable_data()[c] = dodo::realizable_step(F_base.data() + c * dodo::kCellValues, dF.data() + c * dodo::kCellValues);
+    return out;
+  });
+
+  m.def("inverse_langevin", [](const CArray& f, const std::string& method) {
+    const dodo::ZMethod z_method = parse_z_method(method);
+    CArray out(f.request().shape);
+    for (py::ssize_t i = 0; i < f.size(); ++i) out.mutable_data()[i] = dodo::inverse_langevin(f.data()[i], z_method);
+    return out;
+  }, py::arg("flux_factor"), py::arg("z_method") = "exact");
+
+  m.def("lebedev_rule", [](int order) {
+    dodo::LebedevRule rule;
+    try {
+      rule = dodo::lebedev_rule(order);
+    } catch (const std::invalid_argument& error) {
+      throw py::value_error(error.what());
+    }
+    const auto q = static_cast<py::ssize_t>(rule.size());
+    CArray points({q, py::ssize_t{3}});
+    CArray weights(q);
+    for (py::ssize_t i = 0; i < q; ++i) {
+      points.mutable_data()[3 * i] = rule.x[i];
+      points.mutable_data()[3 * i + 1] = rule.y[i];
+      points.mutable_data()[3 * i + 2] = rule.z[i];
+      weights.mutable_data()[i] = rule.weight[i];
+    }
+    return py::make_tuple(points, weights);
+  });
+  m.def("available_lebedev_orders", &dodo::available_lebedev_orders);
+
+  // The per-cell status bits, from the single C++ list, for dodo.CellStatus.
+  py::list statuses;
+#define DODO_X(name, bit, rejects, text) statuses.append(py::make_tuple(#name, bit, rejects, text));
+  DODO_CELL_STATUS_LIST(DODO_X)
+#undef DODO_X
+  m.attr("cell_status_bits") = statuses;
+  m.attr("growth_rate_per_ntot") = dodo::kGrowthRatePerNtot;
+  m.attr("velocity_norm_tolerance") = dodo::kVelocityNormTolerance;
+
+#ifdef DODO_WITH_RUNTIME
+  register_runtime(m);
+#endif
+}

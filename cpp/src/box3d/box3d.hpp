@@ -1,0 +1,71 @@
+// Pairwise Box3D in delta form (physics.md section 2; Richers et al., PRD 110, 103019 (2024)).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "../cell_status.hpp"
+#include "../conventions.hpp"
+#include "lebedev.hpp"
+#include "maxent.hpp"
+
+namespace dodo {
+
+struct Box3DSettings {
+  int lebedev_order = 17;
+  ZMethod z_method = ZMethod::kExact;
+  // Flux factors at or above this are not representable on the quadrature: the cell is flagged.
+  double max_flux_factor = 0.98;
+};
+
+// Result of one cell.
+struct Box3DCell {
+  CellFluxes F_box{};            // lab frame, caller's units
+  double growth_over_ntot = 0;   // max over pairs of sqrt(I+ I-) (rest frame, units of N_tot)
+  double ntot = 0;               // comoving total number density N_tot = sum_a -F_a.u
+  std::uint32_t status = kCellOk;
+};
+
+// Strided view of a batch of cells: element (cell, species, component) lives at
+// data[cell*cell_stride + species*species_stride + component*component_stride] (strides in elements).
+struct CellArray {
+  double* data = nullptr;
+  std::ptrdiff_t cell_stride = kCellValues, species_stride = kComponents, component_stride = 1;
+};
+struct ConstCellArray {
+  const double* data = nullptr;
+  std::ptrdiff_t cell_stride = kCellValues, species_stride = kComponents, component_stride = 1;
+};
+struct ConstVelocityArray {
+  const double* data = nullptr;  // nullptr: every cell at rest
+  std::ptrdiff_t cell_stride = 4, component_stride = 1;
+};
+
+// Immutable after construction; apply_* are const and thread-safe; no allocation per cell.
+class Box3D {
+ public:
+  explicit Box3D(const Box3DSettings& settings);  // throws std::invalid_argument on bad settings
+
+  const Box3DSettings& settings() const { return settings_; }
+  const LebedevRule& quadrature() const { return rule_; }
+
+  // One cell: F_init (24 values, lab frame) and u (4 values, nullptr = rest frame).
+  void apply_cell(const double* F_init, const double* u, Box3DCell& out) const;
+
+  // Same computation in the fluid rest frame on normalised fluxes (sum of densities = 1),
+  // returning the change dF (24 values, rest frame, units of N_tot). Used by the runtime.
+  // Returns status bits (NO_CROSSING, FLUX_FACTOR); dF is zero when the cell is rejected.
+  std::uint32_t rest_frame_change(const double* F_rest_normalised, double* dF, double* growth_over_ntot) const;
+
+  // Batch over n cells, split over `threads` workers (0 or 1: the caller's thread).
+  // Any of F_box/growth/ntot/status may be null when not wanted.
+  void apply(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, CellArray F_box,
+             double* growth_over_ntot, double* ntot, std::uint32_t* status, int threads) const;
+
+ private:
+  Box3DSettings settings_;
+  LebedevRule rule_;
+};
+
+}  // namespace dodo

@@ -1,0 +1,41 @@
+// Conventions of the C++ core (physics.md section 1). The one owner in C++.
+//
+// Species a = 3*s + f, s in (nu, nubar), f in (e, mu, tau).
+// Components (t, x, y, z): t is the number density, (x, y, z) the number flux (c = 1).
+// Metric signature (-, +, +, +). A cell is 24 doubles: species-major, component-minor.
+#pragma once
+
+#include <array>
+#include <cstddef>
+
+namespace dodo {
+
+inline constexpr int kFlavours = 3;
+inline constexpr int kSpecies = 6;
+inline constexpr int kComponents = 4;
+inline constexpr int kCellValues = kSpecies * kComponents;  // 24
+inline constexpr int kInvariants = 27;                       // 6 comoving densities + 21 dot products
+inline constexpr int kPairs = 3;
+
+// Flavour pairs of pairwise Box3D: (e,mu), (e,tau), (mu,tau).
+inline constexpr int kPairFirst[kPairs] = {0, 0, 1};
+inline constexpr int kPairSecond[kPairs] = {1, 2, 2};
+
+constexpr int species_index(int antineutrino, int flavour) { return 3 * antineutrino + flavour; }
+constexpr int value_index(int species, int component) { return species * kComponents + component; }
+
+// sqrt(2) G_F / hbar in cm^3/s: growth rate [1/s] = growth_over_ntot * N_tot[cm^-3] * this.
+inline constexpr double kGrowthRatePerNtot = 1.9255e-22;
+
+// |u.u + 1| above this is not a four-velocity.
+inline constexpr double kVelocityNormTolerance = 1e-6;
+
+using FourVector = std::array<double, 4>;
+using CellFluxes = std::array<double, kCellValues>;
+
+// A.B with signature (-, +, +, +).
+inline double minkowski_dot(const double* a, const double* b) {
+  return -a[0] * b[0] + a[1] * b[1] + a[2] * b[2] + a[3] * b[3];
+}
+
+}  // namespace dodo

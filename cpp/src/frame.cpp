@@ -1,0 +1,91 @@
+#include "frame.hpp"
+
+#include <cmath>
+
+namespace dodo {
+
+bool is_valid_four_velocity(const double* u) {
+  if (u == nullptr) return true;
+  for (int m = 0; m < 4; ++m)
+    if (!std::isfinite(u[m])) return false;
+  return u[0] > 0.0 && std::fabs(minkowski_dot(u, u) + 1.0) <= kVelocityNormTolerance;
+}
+
+namespace {
+
+// Pure boost by 3-velocity v = sign * u_spatial / W (physics.md section 1):
+// F'^t = W (F^t - v.F), F' = F + ((W - 1)(v.F)/v^2 - W F^t) v.
+void pure_boost(const double* u, double sign, const double* in, double* out) {
+  const double W = u[0];
+  const double vx = sign * u[1] / W, vy = sign * u[2] / W, vz = sign * u[3] / W;
+  const double v2 = vx * vx + vy * vy + vz * vz;
+  const double vF = vx * in[1] + vy * in[2] + vz * in[3];
+  // (W - 1)/v^2 = W^2/(W + 1) avoids 0/0 for tiny v (W^2 v^2 = W^2 - 1).
+  const double coefficient = W * W / (W + 1.0) * vF - W * in[0];
+  out[0] = W * (in[0] - vF);
+  out[1] = in[1] + coefficient * vx;
+  out[2] = in[2] + coefficient * vy;
+  out[3] = in[3] + coefficient * vz;
+  (void)v2;
+}
+
+}  // namespace
+
+void boost_to_rest(const double* u, const double* lab, double* rest) {
+  if (u == nullptr) {
+    for (int m = 0; m < 4; ++m) rest[m] = lab[m];
+    return;
+  }
+  pure_boost(u, 1.0, lab, rest);
+}
+
+void boost_from_rest(const double* u, const double* rest, double* lab) {
+  if (u == nullptr) {
+    for (int m = 0; m < 4; ++m) lab[m] = rest[m];
+    return;
+  }
+  pure_boost(u, -1.0, rest, lab);
+}
+
+void boost_cell_to_rest(const double* u, const double* lab, double* rest) {
+  for (int a = 0; a < kSpecies; ++a) boost_to_rest(u, lab + a * kComponents, rest + a * kComponents);
+}
+
+void boost_cell_from_rest(const double* u, const double* rest, double* lab) {
+  for (int a = 0; a < kSpecies; ++a) boost_from_rest(u, rest + a * kComponents, lab + a * kComponents);
+}
+
+double comoving_total_density(const double* F, const double* u) {
+  static const double at_rest[4] = {1.0, 0.0, 0.0, 0.0};
+  const double* velocity = u ? u : at_rest;
+  double total = 0.0;
+  for (int a = 0; a < kSpecies; ++a) total -= minkowski_dot(F + a * kComponents, velocity);
+  return total;
+}
+
+bool invariants(const double* F, const double* u, double* out27) {
+  static const double at_rest[4] = {1.0, 0.0, 0.0, 0.0};
+  const double* velocity = u ? u : at_rest;
+  double comoving[kSpecies];
+  double total = 0.0;
+  for (int a = 0; a < kSpecies; ++a) {
+    comoving[a] = -minkowski_dot(F + a * kComponents, velocity);
+    total += comoving[a];
+  }
+  if (!(total > 0.0) || !std::isfinite(total)) {
+    for (int i = 0; i < kInvariants; ++i) out27[i] = 0.0;
+    return false;
+  }
+  // Normalise the four-vectors first so that products of large densities cannot overflow.
+  const double inverse_total = 1.0 / total;
+  double normalised[kCellValues];
+  for (int i = 0; i < kCellValues; ++i) normalised[i] = F[i] * inverse_total;
+  for (int a = 0; a < kSpecies; ++a) out27[a] = comoving[a] * inverse_total;
+  int index = kSpecies;
+  for (int a = 0; a < kSpecies; ++a)
+    for (int b = a; b < kSpecies; ++b)
+      out27[index++] = minkowski_dot(normalised + a * kComponents, normalised + b * kComponents);
+  return true;
+}
+
+}  // namespace dodo

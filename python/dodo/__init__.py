@@ -1,0 +1,33 @@
+"""Dodo: a machine-learned closure for the neutrino fast flavour instability.
+
+``F_pred = F_box + dF_ml``: the analytic Box3D closure (C++ core) plus a learned correction.
+Conventions (species, components, metric, frames) are in :mod:`dodo.conventions`.
+"""
+from __future__ import annotations
+
+try:
+    from . import _core
+except ImportError as error:  # pragma: no cover - only on a broken install
+    raise ImportError(
+        "dodo's compiled core (dodo._core) could not be imported. Build and install the package "
+        "with `pip install .` (needs a C++17 compiler and Python headers); see the README. "
+        f"Original error: {error}"
+    ) from error
+
+from . import conventions
+from ._box3d import Box3DResult, box3d, box3d_settings, comoving_density, invariants
+from ._status import CellStatus, describe_status
+
+__version__ = _core.__version__
+
+__all__ = [
+    "Box3DResult",
+    "CellStatus",
+    "box3d",
+    "box3d_settings",
+    "comoving_density",
+    "conventions",
+    "describe_status",
+    "invariants",
+    "__version__",
+]

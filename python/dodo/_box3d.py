@@ -1,0 +1,126 @@
+"""Public Box3D, invariants and N_tot: input checks here, the physics in the C++ core."""
+from __future__ import annotations
+
+import functools
+import os
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+from . import _core
+from .conventions import (
+    GROWTH_RATE_PER_NTOT,
+    N_COMPONENTS,
+    N_SPECIES,
+    VELOCITY_NORM_TOLERANCE,
+    minkowski_dot,
+)
+
+DEFAULT_LEBEDEV_ORDER = 17
+DEFAULT_Z_METHOD = "exact"
+DEFAULT_MAX_FLUX_FACTOR = 0.98
+
+
+class Box3DResult(NamedTuple):
+    """Box3D of a batch of cells; every array has the batch shape of the input."""
+
+    F_box: np.ndarray  #: (..., 6, 4) float64 four-fluxes after the instability, lab frame
+    growth_over_ntot: np.ndarray  #: (...) growth-rate proxy max sqrt(I+ I-) in units of N_tot
+    growth_rate: np.ndarray  #: (...) the proxy in s^-1, for densities in cm^-3
+    status: np.ndarray  #: (...) uint32 bits of dodo.CellStatus
+
+
+def box3d_settings(lebedev_order: int = DEFAULT_LEBEDEV_ORDER, z_method: str = DEFAULT_Z_METHOD,
+                   max_flux_factor: float = DEFAULT_MAX_FLUX_FACTOR) -> dict:
+    """The settings that define a Box3D result (recorded in preprocessed files and models)."""
+    _engine(lebedev_order, z_method, max_flux_factor)  # validates
+    return {"scheme": "pairwise", "form": "delta", "lebedev_order": int(lebedev_order),
+            "z_method": z_method, "max_flux_factor": float(max_flux_factor)}
+
+
+@functools.lru_cache(maxsize=16)
+def _engine(lebedev_order: int, z_method: str, max_flux_factor: float):
+    if z_method not in ("exact", "jedynak"):
+        raise ValueError(f"z_method must be 'exact' or 'jedynak'; got {z_method!r}")
+    if lebedev_order not in _core.available_lebedev_orders():
+        raise ValueError(
+            f"lebedev_order {lebedev_order} is not available; available: {_core.available_lebedev_orders()}")
+    return _core.Box3D(lebedev_order, z_method, max_flux_factor)
+
+
+def _as_real_array(name: str, value, trailing: tuple[int, ...], shape_text: str) -> np.ndarray:
+    array = np.asarray(value)
+    if array.dtype.kind not in "fiu":
+        raise ValueError(f"{name} must hold real numbers (any float or integer dtype); got dtype {array.dtype}")
+    if array.ndim < len(trailing) or array.shape[array.ndim - len(trailing):] != trailing:
+        raise ValueError(f"{name} must have shape {shape_text}; got {array.shape}")
+    return array
+
+
+def _prepare(F_init, u) -> tuple[np.ndarray, Optional[np.ndarray], tuple[int, ...]]:
+    """Flatten to (n, 6, 4) / (n, 4) float64 C-contiguous, checking shapes, dtypes and u."""
+    F = _as_real_array("F_init", F_init, (N_SPECIES, N_COMPONENTS), "(..., 6, 4): species x (t, x, y, z)")
+    batch = F.shape[:-2]
+    flat_F = np.ascontiguousarray(F.reshape((-1, N_SPECIES, N_COMPONENTS)), dtype=np.float64)
+    if u is None:
+        return flat_F, None, batch
+    velocity = _as_real_array("u", u, (N_COMPONENTS,), "(..., 4): fluid four-velocity (t, x, y, z)")
+    try:
+        velocity = np.broadcast_to(velocity, batch + (N_COMPONENTS,))
+    except ValueError:
+        raise ValueError(f"u with shape {np.shape(u)} does not broadcast to the batch shape {batch} of F_init") from None
+    flat_u = np.ascontiguousarray(velocity.reshape((-1, N_COMPONENTS)), dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        norm_error = np.abs(minkowski_dot(flat_u, flat_u) + 1.0)
+        bad = (norm_error > VELOCITY_NORM_TOLERANCE) | (flat_u[:, 0] <= 0)
+    if np.any(bad):  # NaN passes here on purpose: non-finite cells are flagged, not refused
+        first = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"u is not a future-directed unit timelike four-velocity at cell {np.unravel_index(first, batch) if batch else ()}: "
+            f"u = {flat_u[first].tolist()}, |u.u + 1| = {norm_error[first]:.3g} (tolerance {VELOCITY_NORM_TOLERANCE}); "
+            "pass u = (W, W v) with W = 1/sqrt(1 - v^2)")
+    return flat_F, flat_u, batch
+
+
+def _threads(threads: Optional[int]) -> int:
+    if threads is None:
+        return os.cpu_count() or 1
+    if int(threads) < 0:
+        raise ValueError(f"threads must be >= 0 (0 and 1: the calling thread only); got {threads}")
+    return int(threads)
+
+
+def box3d(F_init, u=None, *, lebedev_order: int = DEFAULT_LEBEDEV_ORDER, z_method: str = DEFAULT_Z_METHOD,
+          max_flux_factor: float = DEFAULT_MAX_FLUX_FACTOR, threads: Optional[int] = None) -> Box3DResult:
+    """Box3D closure (pairwise, delta form) of a batch of cells.
+
+    F_init: (..., 6, 4) initial four-fluxes, species (nu_e, nu_mu, nu_tau, nubar_e, nubar_mu,
+    nubar_tau) x components (t, x, y, z), lab-frame tetrad components, any consistent unit.
+    u: (..., 4) fluid four-velocity (W, W v) in the same frame (broadcast over the batch);
+    None means the input is already in the fluid rest frame.
+    Cells with problems are flagged in ``status`` (see :class:`dodo.CellStatus`), never NaN.
+    """
+    engine = _engine(int(lebedev_order), z_method, float(max_flux_factor))
+    flat_F, flat_u, batch = _prepare(F_init, u)
+    F_box, growth, ntot, status = engine.apply(flat_F, flat_u, _threads(threads))
+    return Box3DResult(
+        F_box=F_box.reshape(batch + (N_SPECIES, N_COMPONENTS)),
+        growth_over_ntot=growth.reshape(batch),
+        growth_rate=(growth * ntot * GROWTH_RATE_PER_NTOT).reshape(batch),
+        status=status.reshape(batch),
+    )
+
+
+def invariants(F_init, u=None) -> np.ndarray:
+    """The 27 invariant features (..., 27): x_a = -F_a.u/N_tot, then F_a.F_b/N_tot^2 (a <= b).
+
+    Order of the products: :func:`dodo.conventions.invariant_pairs`. Cells with N_tot <= 0 give zeros.
+    """
+    flat_F, flat_u, batch = _prepare(F_init, u)
+    return _core.invariants(flat_F, flat_u).reshape(batch + (27,))
+
+
+def comoving_density(F_init, u=None) -> np.ndarray:
+    """Total comoving number density N_tot = sum_a -F_a.u, shape (...)."""
+    flat_F, flat_u, batch = _prepare(F_init, u)
+    return _core.comoving_total_density(flat_F, flat_u).reshape(batch)

@@ -1,0 +1,64 @@
+"""The `dodo` command line (also `python -m dodo`).
+
+Subcommands of optional parts (training needs `dodo[train]`) are registered by their own
+modules; registering never imports torch, so `dodo --help` works on a runtime-only install.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Modules that add subcommands through register(subparsers), if they are present.
+_SUBCOMMAND_MODULES = ("dodo.training.cli", "dodo.qke.cli", "dodo.runtime_cli")
+
+
+def _reference(args: argparse.Namespace) -> int:
+    from .reference import run
+
+    return run(lebedev_order=args.lebedev_order, z_method=args.z_method)
+
+
+def _info(args: argparse.Namespace) -> int:
+    import numpy
+
+    from . import __version__, _core
+
+    print(f"dodo {__version__}")
+    print(f"numpy {numpy.__version__}")
+    print(f"core module: {_core.__file__}")
+    print(f"Lebedev orders: {_core.available_lebedev_orders()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dodo", description="Dodo: Box3D + learned closure for the neutrino FFI")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    reference = subparsers.add_parser("reference", help="Box3D over the shipped reference cases, as a table")
+    reference.add_argument("--lebedev-order", type=int, default=17)
+    reference.add_argument("--z-method", choices=("exact", "jedynak"), default="jedynak")
+    reference.set_defaults(func=_reference)
+    info = subparsers.add_parser("info", help="versions and paths of this installation")
+    info.set_defaults(func=_info)
+    for module_name in _SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name is not None and module_name.startswith(error.name):
+                continue  # that part is not part of this installation
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

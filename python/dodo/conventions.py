@@ -1,0 +1,70 @@
+"""Conventions Dodo uses everywhere in Python (physics.md section 1). The one owner.
+
+Species axis (length 6): nu_e, nu_mu, nu_tau, nubar_e, nubar_mu, nubar_tau,
+index ``a = 3*s + f`` with ``s`` in (nu, nubar) and ``f`` in (e, mu, tau).
+Component axis (length 4): contravariant four-flux (t, x, y, z); t is the number density.
+Metric signature (-, +, +, +). Inputs are lab-tetrad components plus the fluid four-velocity.
+Emu/Rhea files use (x, y, z, t) and axes [sim, xyzt, nu/nubar, flavour]; convert at the
+boundary with :func:`from_emu_layout` / :func:`to_emu_layout` and nowhere else.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+N_FLAVOURS = 3
+N_SPECIES = 6
+N_COMPONENTS = 4
+N_INVARIANTS = 27
+
+FLAVOURS = ("e", "mu", "tau")
+SPECIES = ("nu_e", "nu_mu", "nu_tau", "nubar_e", "nubar_mu", "nubar_tau")
+COMPONENTS = ("t", "x", "y", "z")
+METRIC = np.array([-1.0, 1.0, 1.0, 1.0])
+REST_FRAME_VELOCITY = np.array([1.0, 0.0, 0.0, 0.0])
+
+#: sqrt(2) G_F / hbar in cm^3 s^-1: growth rate in s^-1 = growth_over_ntot * N_tot[cm^-3] * this.
+#: G_F/(hbar c)^3 = 1.1663788e-5 GeV^-2 (PDG); hbar = 6.582119569e-25 GeV s; (hbar c) = 1.97326980e-14 GeV cm.
+GROWTH_RATE_PER_NTOT = 1.9255e-22
+
+#: Velocity normalisation tolerance: |u.u + 1| above this is rejected.
+VELOCITY_NORM_TOLERANCE = 1e-6
+
+#: Flavour pairs of pairwise Box3D, in the order the core uses.
+FLAVOUR_PAIRS = ((0, 1), (0, 2), (1, 2))
+
+
+def species_index(antineutrino: int, flavour: int) -> int:
+    """Species index ``3*s + f`` (s = 0 neutrino, 1 antineutrino; f = 0 e, 1 mu, 2 tau)."""
+    return 3 * antineutrino + flavour
+
+
+def invariant_pairs() -> list[tuple[int, int]]:
+    """Species pairs (a, b), a <= b, in the order of invariants 6..26."""
+    return [(a, b) for a in range(N_SPECIES) for b in range(a, N_SPECIES)]
+
+
+def minkowski_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """A.B = -A^t B^t + A.B (spatial), over the last axis."""
+    return -a[..., 0] * b[..., 0] + np.einsum("...i,...i->...", a[..., 1:], b[..., 1:])
+
+
+def from_emu_layout(emu: np.ndarray) -> np.ndarray:
+    """[sim, (x,y,z,t), (nu,nubar), flavour] -> [sim, 6 species, (t,x,y,z)]."""
+    emu = np.asarray(emu)
+    if emu.ndim != 4 or emu.shape[1] != 4 or emu.shape[2] != 2:
+        raise ValueError(f"Emu four-flux array must have shape [nsims, 4 (x,y,z,t), 2, NF]; got {emu.shape}")
+    nf = emu.shape[3]
+    xyzt_to_txyz = [3, 0, 1, 2]
+    out = emu[:, xyzt_to_txyz, :, :]  # [sim, txyz, s, f]
+    out = np.transpose(out, (0, 2, 3, 1)).reshape(emu.shape[0], 2 * nf, 4)
+    return np.ascontiguousarray(out)
+
+
+def to_emu_layout(F: np.ndarray) -> np.ndarray:
+    """[sim, 6, (t,x,y,z)] -> [sim, (x,y,z,t), (nu,nubar), flavour]."""
+    F = np.asarray(F)
+    if F.ndim != 3 or F.shape[2] != 4 or F.shape[1] % 2:
+        raise ValueError(f"four-flux array must have shape [nsims, 2*NF, 4]; got {F.shape}")
+    nf = F.shape[1] // 2
+    per = F.reshape(F.shape[0], 2, nf, 4)[..., [1, 2, 3, 0]]  # [sim, s, f, xyzt]
+    return np.ascontiguousarray(np.transpose(per, (0, 3, 1, 2)))
