@@ -72,8 +72,8 @@ def _prepare(F_init, u) -> tuple[np.ndarray, Optional[np.ndarray], tuple[int, ..
     flat_u = np.ascontiguousarray(velocity.reshape((-1, N_COMPONENTS)), dtype=np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
         norm_error = np.abs(minkowski_dot(flat_u, flat_u) + 1.0)
-        bad = (norm_error > VELOCITY_NORM_TOLERANCE) | (flat_u[:, 0] <= 0)
-    if np.any(bad):  # NaN passes here on purpose: non-finite cells are flagged, not refused
+        bad = ((norm_error > VELOCITY_NORM_TOLERANCE) | (flat_u[:, 0] <= 0)) & np.isfinite(flat_u).all(axis=1)
+    if np.any(bad):  # non-finite u is not refused here: such cells are flagged NONFINITE
         first = int(np.flatnonzero(bad)[0])
         raise ValueError(
             f"u is not a future-directed unit timelike four-velocity at cell {np.unravel_index(first, batch) if batch else ()}: "

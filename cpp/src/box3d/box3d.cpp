@@ -8,6 +8,7 @@
 
 #include "../frame.hpp"
 #include "../realizability.hpp"
+#include "../multiversion.hpp"
 #include "exp_kernel.hpp"
 
 namespace dodo {
@@ -32,6 +33,7 @@ AngularScratch& thread_scratch() {
 
 // Maximum-entropy distribution of one species on the quadrature (physics.md section 2, step 1):
 // g(n_hat) = n/(4 pi) Z/sinh(Z) exp(Z F_hat.n_hat), written as 2Z/(1 - e^{-2Z}) e^{Z(mu - 1)}.
+DODO_MULTIVERSION
 void reconstruct_species(const LebedevRule& rule, double density, double Z, const double* flux_direction,
                          double* g) {
   const std::size_t points = rule.size();
@@ -52,7 +54,7 @@ void reconstruct_species(const LebedevRule& rule, double density, double Z, cons
   const double amplitude = isotropic * 2.0 * Z / (-std::expm1(-2.0 * Z));
   const double hx = Z * flux_direction[0], hy = Z * flux_direction[1], hz = Z * flux_direction[2];
   for (std::size_t q = 0; q < points; ++q) g[q] = hx * x[q] + hy * y[q] + hz * z[q] - Z;
-  exp_in_place(g, points);
+  clamped_exp_in_place(g, points);
   for (std::size_t q = 0; q < points; ++q) g[q] *= amplitude;
 }
 
@@ -70,7 +72,11 @@ Box3D::Box3D(const Box3DSettings& settings) : settings_(settings), rule_(lebedev
     throw std::invalid_argument("max_flux_factor must lie in (0, 1); got " + std::to_string(settings.max_flux_factor));
 }
 
-std::uint32_t Box3D::rest_frame_change(const double* F, double* dF, double* growth_over_ntot) const {
+namespace {
+
+DODO_MULTIVERSION
+std::uint32_t pairwise_box3d_change(const Box3DSettings& settings, const LebedevRule& rule, const double* F,
+                                    double* dF, double* growth_over_ntot) {
   std::fill(dF, dF + kCellValues, 0.0);
   *growth_over_ntot = 0.0;
 
@@ -87,27 +93,30 @@ std::uint32_t Box3D::rest_frame_change(const double* F, double* dF, double* grow
       continue;
     }
     const double flux_factor = flux / density[a];
-    if (!(flux_factor < settings_.max_flux_factor)) return kCell_FLUX_FACTOR;
-    Z[a] = inverse_langevin(flux_factor, settings_.z_method);
+    if (!(flux_factor < settings.max_flux_factor)) return kCell_FLUX_FACTOR;
+    Z[a] = inverse_langevin(flux_factor, settings.z_method);
     for (int i = 0; i < 3; ++i) direction[a][i] = flux > 0.0 ? species[1 + i] / flux : 0.0;
   }
 
-  const std::size_t points = rule_.size();
+  const std::size_t points = rule.size();
   AngularScratch& scratch = thread_scratch();
   scratch.reserve(points);
   for (int a = 0; a < kSpecies; ++a)
-    reconstruct_species(rule_, density[a], Z[a], direction[a], scratch.species(a, points));
+    reconstruct_species(rule, density[a], Z[a], direction[a], scratch.species(a, points));
 
   const double* g[kSpecies];
   for (int a = 0; a < kSpecies; ++a) g[a] = scratch.species(a, points);
-  const double* weight = rule_.weight.data();
+  const double* weight = rule.weight.data();
 
   // Steps 2-3: ELN differences G = ELN_i - ELN_j and their positive/negative integrals.
   double positive[kPairs] = {0, 0, 0}, negative[kPairs] = {0, 0, 0};
   for (int p = 0; p < kPairs; ++p) {
     const int i = kPairFirst[p], j = kPairSecond[p];
     const double *gi = g[i], *gj = g[j], *gbi = g[i + 3], *gbj = g[j + 3];
+    // `omp simd` (compiled with -fopenmp-simd, no OpenMP runtime) allows the reordered sums
+    // that vectorising a reduction needs; the order changes results only at rounding level.
     double plus = 0.0, minus = 0.0;
+#pragma omp simd reduction(+ : plus, minus)
     for (std::size_t q = 0; q < points; ++q) {
       const double G = (gi[q] - gbi[q]) - (gj[q] - gbj[q]);
       plus += weight[q] * std::max(G, 0.0);
@@ -136,9 +145,9 @@ std::uint32_t Box3D::rest_frame_change(const double* F, double* dF, double* grow
   // Steps 4-5: M_ij = (1 - P_ij)/k; (M - I) g moves number along each pair, so the change is
   // accumulated as pair flows T_p = int M_ij (g_j - g_i)(1, n_hat): species i gains T_p and j
   // loses it. Flavour sums vanish by construction, lepton number because M acts on nu and nubar.
-  const double* x = rule_.x.data();
-  const double* y = rule_.y.data();
-  const double* z = rule_.z.data();
+  const double* x = rule.x.data();
+  const double* y = rule.y.data();
+  const double* z = rule.z.data();
   const double inverse_k = 1.0 / crossing_pairs;
   for (int p = 0; p < kPairs; ++p) {
     if (!mixing[p].crosses) continue;
@@ -150,21 +159,23 @@ std::uint32_t Box3D::rest_frame_change(const double* F, double* dF, double* grow
     const double large_mixing = (1.0 - large_survival) * inverse_k;
     const double positive_mixing = mixing[p].positive_side_smaller ? small_mixing : large_mixing;
     const double negative_mixing = mixing[p].positive_side_smaller ? large_mixing : small_mixing;
-    double flow[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+    double n_nu = 0, fx_nu = 0, fy_nu = 0, fz_nu = 0, n_nubar = 0, fx_nubar = 0, fy_nubar = 0, fz_nubar = 0;
+#pragma omp simd reduction(+ : n_nu, fx_nu, fy_nu, fz_nu, n_nubar, fx_nubar, fy_nubar, fz_nubar)
     for (std::size_t q = 0; q < points; ++q) {
       const double G = (gi[q] - gbi[q]) - (gj[q] - gbj[q]);
       const double m = G > 0.0 ? positive_mixing : (G < 0.0 ? negative_mixing : tie_mixing);
       const double neutrino = weight[q] * m * (gj[q] - gi[q]);
       const double antineutrino = weight[q] * m * (gbj[q] - gbi[q]);
-      flow[0][0] += neutrino;
-      flow[0][1] += neutrino * x[q];
-      flow[0][2] += neutrino * y[q];
-      flow[0][3] += neutrino * z[q];
-      flow[1][0] += antineutrino;
-      flow[1][1] += antineutrino * x[q];
-      flow[1][2] += antineutrino * y[q];
-      flow[1][3] += antineutrino * z[q];
+      n_nu += neutrino;
+      fx_nu += neutrino * x[q];
+      fy_nu += neutrino * y[q];
+      fz_nu += neutrino * z[q];
+      n_nubar += antineutrino;
+      fx_nubar += antineutrino * x[q];
+      fy_nubar += antineutrino * y[q];
+      fz_nubar += antineutrino * z[q];
     }
+    const double flow[2][4] = {{n_nu, fx_nu, fy_nu, fz_nu}, {n_nubar, fx_nubar, fy_nubar, fz_nubar}};
     for (int s = 0; s < 2; ++s)
       for (int m = 0; m < kComponents; ++m) {
         dF[value_index(species_index(s, i), m)] += flow[s][m];
@@ -181,6 +192,12 @@ std::uint32_t Box3D::rest_frame_change(const double* F, double* dF, double* grow
     status |= kCell_BOX3D_LIMITED;
   }
   return status;
+}
+
+}  // namespace
+
+std::uint32_t Box3D::rest_frame_change(const double* F, double* dF, double* growth_over_ntot) const {
+  return pairwise_box3d_change(settings_, rule_, F, dF, growth_over_ntot);
 }
 
 void Box3D::apply_cell(const double* F_init, const double* u, Box3DCell& out) const {

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Creates the virtual environment (DODO_VENV, default .venv) and installs Dodo into it with the
+# extras named in the arguments, e.g. `scripts/setup_venv.sh test`. Sourced by the other scripts.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${DODO_VENV:-$root/.venv}"
+python="${PYTHON:-python3}"
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+"$venv/bin/python" -m pip install --quiet --upgrade pip
+extras="$(IFS=,; echo "$*")"
+target="$root"
+[ -n "$extras" ] && target="$root[$extras]"
+"$venv/bin/python" -m pip install --quiet "$target"
+echo "dodo installed in $venv ($("$venv/bin/python" -c 'import dodo; print(dodo.__version__)'))"

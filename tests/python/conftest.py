@@ -1,0 +1,63 @@
+"""Shared fixtures: random physical states, boosts and rotations, the reference cases."""
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import numpy as np
+import pytest
+
+
+def random_states(rng: np.random.Generator, n: int, *, max_flux_factor: float = 0.9,
+                  mu_equals_tau: bool = False, scale: float = 1e33) -> np.ndarray:
+    """n random realizable cells (n, 6, 4) in the rest frame: densities, flux factors, directions."""
+    density = rng.uniform(0.05, 1.0, (n, 6)) * scale
+    flux_factor = rng.uniform(0.0, max_flux_factor, (n, 6))
+    direction = rng.normal(size=(n, 6, 3))
+    direction /= np.linalg.norm(direction, axis=-1, keepdims=True)
+    F = np.empty((n, 6, 4))
+    F[..., 0] = density
+    F[..., 1:] = direction * (density * flux_factor)[..., None]
+    if mu_equals_tau:
+        F[:, 2] = F[:, 1]
+        F[:, 5] = F[:, 4]
+    return F
+
+
+def random_velocities(rng: np.random.Generator, n: int, max_speed: float = 0.6) -> np.ndarray:
+    """n fluid four-velocities (W, W v) with |v| < max_speed in random directions."""
+    direction = rng.normal(size=(n, 3))
+    direction /= np.linalg.norm(direction, axis=-1, keepdims=True)
+    speed = rng.uniform(0.0, max_speed, n)
+    W = 1.0 / np.sqrt(1.0 - speed**2)
+    return np.concatenate([W[:, None], (W * speed)[:, None] * direction], axis=1)
+
+
+def lorentz_boost_matrix(u: np.ndarray) -> np.ndarray:
+    """4x4 matrix of the pure boost that takes the rest frame to the frame where the fluid has u."""
+    W, spatial = u[0], u[1:]
+    L = np.eye(4)
+    L[0, 0] = W
+    L[0, 1:] = spatial
+    L[1:, 0] = spatial
+    L[1:, 1:] += np.outer(spatial, spatial) / (W + 1.0)
+    return L
+
+
+def random_rotation(rng: np.random.Generator) -> np.ndarray:
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q *= np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(20261125)
+
+
+@pytest.fixture(scope="session")
+def reference_cases() -> list[dict]:
+    text = resources.files("dodo").joinpath("data/box3d_cases.json").read_text()
+    return json.loads(text)["cases"]
