@@ -53,9 +53,7 @@ void reconstruct_species(const LebedevRule& rule, double density, double Z, cons
   }
   const double amplitude = isotropic * 2.0 * Z / (-std::expm1(-2.0 * Z));
   const double hx = Z * flux_direction[0], hy = Z * flux_direction[1], hz = Z * flux_direction[2];
-  for (std::size_t q = 0; q < points; ++q) g[q] = hx * x[q] + hy * y[q] + hz * z[q] - Z;
-  clamped_exp_in_place(g, points);
-  for (std::size_t q = 0; q < points; ++q) g[q] *= amplitude;
+  for (std::size_t q = 0; q < points; ++q) g[q] = amplitude * clamped_exp(hx * x[q] + hy * y[q] + hz * z[q] - Z);
 }
 
 // Survival probabilities of one crossing flavour pair (physics.md section 2, step 3).
@@ -101,11 +99,16 @@ std::uint32_t pairwise_box3d_change(const Box3DSettings& settings, const Lebedev
   const std::size_t points = rule.size();
   AngularScratch& scratch = thread_scratch();
   scratch.reserve(points);
-  for (int a = 0; a < kSpecies; ++a)
-    reconstruct_species(rule, density[a], Z[a], direction[a], scratch.species(a, points));
-
+  // Species with identical moments (mu = tau, the common case) share one distribution.
   const double* g[kSpecies];
-  for (int a = 0; a < kSpecies; ++a) g[a] = scratch.species(a, points);
+  for (int a = 0; a < kSpecies; ++a) {
+    g[a] = nullptr;
+    for (int b = 0; b < a && !g[a]; ++b)
+      if (std::equal(F + a * kComponents, F + (a + 1) * kComponents, F + b * kComponents)) g[a] = g[b];
+    if (g[a]) continue;
+    reconstruct_species(rule, density[a], Z[a], direction[a], scratch.species(a, points));
+    g[a] = scratch.species(a, points);
+  }
   const double* weight = rule.weight.data();
 
   // Steps 2-3: ELN differences G = ELN_i - ELN_j and their positive/negative integrals.
