@@ -1,10 +1,25 @@
 #!/usr/bin/env bash
-# Dodo's main job end to end, set-up included: install, then Box3D over the reference cases
-# shipped in the package, printed as a table (inputs, outputs, conservation errors).
+# Dodo's main job end to end, set-up included (venv + install with training extras):
+#  1. Box3D over the reference cases shipped in the package: inputs, outputs, conservation errors;
+#  2. the training pipeline on synthetic Emu-format data: synth -> preprocess -> train (short)
+#     -> evaluate (model beside Box3D) -> export to ONNX.
+# Work files go to build/main_job (DODO_MAIN_JOB_DIR).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 venv="${DODO_VENV:-$root/.venv}"
-bash scripts/setup_venv.sh
-"$venv/bin/dodo" reference
+work="${DODO_MAIN_JOB_DIR:-$root/build/main_job}"
+bash scripts/setup_venv.sh train
+dodo="$venv/bin/dodo"
+
+echo "== 1. Box3D on the shipped reference cases"
+"$dodo" reference
 "$venv/bin/python" -m dodo.test
+
+echo "== 2. Training on synthetic data (Box3D + a known correction), in $work"
+rm -rf "$work" && mkdir -p "$work" && cd "$work"
+"$dodo" synth -o data/synthetic_demo.h5 -n 5000 --seed 0 -q
+"$dodo" preprocess --config "$root/training/configs/pre_process_demo.yaml" -q
+"$dodo" train --config "$root/training/configs/demo_synthetic.yaml"
+"$dodo" evaluate checkpoints/demo/best.pt
+"$dodo" export checkpoints/demo/best.pt -o model.onnx

@@ -8,6 +8,11 @@ python="${PYTHON:-python3}"
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 extras="$(IFS=,; echo "$*")"
+# Training extras: take torch first, pinned (DODO_TORCH_SPEC), so that pip does not pick a
+# multi-GB CUDA build where a CPU build is what the tests and the demo need.
+case ",$extras," in
+  *,train,*) "$venv/bin/python" -m pip install --quiet "${DODO_TORCH_SPEC:-torch==2.13.0}" ;;
+esac
 target="$root"
 [ -n "$extras" ] && target="$root[$extras]"
 "$venv/bin/python" -m pip install --quiet "$target"

@@ -15,7 +15,15 @@ except ImportError as error:  # pragma: no cover - only on a broken install
     ) from error
 
 from . import conventions
-from ._box3d import Box3DResult, box3d, box3d_settings, comoving_density, invariants
+from ._box3d import (
+    Box3DResult,
+    boost_from_rest,
+    boost_to_rest,
+    box3d,
+    box3d_settings,
+    comoving_density,
+    invariants,
+)
 from ._status import CellStatus, describe_status
 
 __version__ = _core.__version__
@@ -23,6 +31,8 @@ __version__ = _core.__version__
 __all__ = [
     "Box3DResult",
     "CellStatus",
+    "boost_from_rest",
+    "boost_to_rest",
     "box3d",
     "box3d_settings",
     "comoving_density",

@@ -70,6 +70,12 @@ def _prepare(F_init, u) -> tuple[np.ndarray, Optional[np.ndarray], tuple[int, ..
     except ValueError:
         raise ValueError(f"u with shape {np.shape(u)} does not broadcast to the batch shape {batch} of F_init") from None
     flat_u = np.ascontiguousarray(velocity.reshape((-1, N_COMPONENTS)), dtype=np.float64)
+    _check_velocity(flat_u, batch)
+    return flat_F, flat_u, batch
+
+
+def _check_velocity(flat_u: np.ndarray, batch: tuple[int, ...]) -> None:
+    """Refuse a u that is not a future-directed unit timelike vector (non-finite u passes: flagged later)."""
     with np.errstate(invalid="ignore", over="ignore"):
         norm_error = np.abs(minkowski_dot(flat_u, flat_u) + 1.0)
         bad = ((norm_error > VELOCITY_NORM_TOLERANCE) | (flat_u[:, 0] <= 0)) & np.isfinite(flat_u).all(axis=1)
@@ -79,7 +85,6 @@ def _prepare(F_init, u) -> tuple[np.ndarray, Optional[np.ndarray], tuple[int, ..
             f"u is not a future-directed unit timelike four-velocity at cell {np.unravel_index(first, batch) if batch else ()}: "
             f"u = {flat_u[first].tolist()}, |u.u + 1| = {norm_error[first]:.3g} (tolerance {VELOCITY_NORM_TOLERANCE}); "
             "pass u = (W, W v) with W = 1/sqrt(1 - v^2)")
-    return flat_F, flat_u, batch
 
 
 def _threads(threads: Optional[int]) -> int:
@@ -124,3 +129,29 @@ def comoving_density(F_init, u=None) -> np.ndarray:
     """Total comoving number density N_tot = sum_a -F_a.u, shape (...)."""
     flat_F, flat_u, batch = _prepare(F_init, u)
     return _core.comoving_total_density(flat_F, flat_u).reshape(batch)
+
+
+def _boost(F, u, inverse: bool) -> np.ndarray:
+    vectors = _as_real_array("F", F, (N_COMPONENTS,), "(..., 4): four-vectors (t, x, y, z)")
+    velocity = _as_real_array("u", u, (N_COMPONENTS,), "(..., 4): fluid four-velocity (t, x, y, z)")
+    try:
+        shape = np.broadcast_shapes(vectors.shape, velocity.shape)
+    except ValueError:
+        raise ValueError(f"u with shape {velocity.shape} does not broadcast against F with shape {vectors.shape}") from None
+    flat_vectors = np.ascontiguousarray(np.broadcast_to(vectors, shape).reshape(-1, N_COMPONENTS), dtype=np.float64)
+    flat_u = np.ascontiguousarray(np.broadcast_to(velocity, shape).reshape(-1, N_COMPONENTS), dtype=np.float64)
+    _check_velocity(flat_u, shape[:-1])
+    return _core.boost_four_vectors(flat_vectors, flat_u, inverse).reshape(shape)
+
+
+def boost_to_rest(F, u) -> np.ndarray:
+    """Components of four-vectors F (..., 4) in the fluid rest frame: the pure boost along v = u/W.
+
+    u (..., 4) broadcasts against F; for cells (..., 6, 4) pass ``u[..., None, :]``.
+    """
+    return _boost(F, u, inverse=False)
+
+
+def boost_from_rest(F_rest, u) -> np.ndarray:
+    """Inverse of :func:`boost_to_rest`: rest-frame components back to the lab tetrad."""
+    return _boost(F_rest, u, inverse=True)

@@ -33,3 +33,20 @@ def test_comoving_densities_sum_to_one(rng):
 
 def test_cell_without_density_gives_zero_features():
     np.testing.assert_array_equal(dodo.invariants(np.zeros((6, 4))), 0.0)
+
+
+def test_public_boosts_match_the_boost_matrix_and_invert(rng):
+    u = random_velocities(rng, 30, max_speed=0.95)
+    F_rest = random_states(rng, 30)
+    matrices = np.array([lorentz_boost_matrix(v) for v in u])
+    F_lab = dodo.boost_from_rest(F_rest, u[:, None, :])
+    np.testing.assert_allclose(F_lab, np.einsum("cmn,can->cam", matrices, F_rest), rtol=1e-12, atol=1e-12 * F_rest.max())
+    np.testing.assert_allclose(dodo.boost_to_rest(F_lab, u[:, None, :]), F_rest, rtol=1e-12, atol=1e-12 * F_rest.max())
+    np.testing.assert_allclose(dodo.boost_to_rest(u, u), np.tile([1.0, 0, 0, 0], (30, 1)), atol=1e-12)
+
+
+def test_boost_refuses_a_bad_velocity():
+    import pytest
+
+    with pytest.raises(ValueError, match="four-velocity"):
+        dodo.boost_to_rest(np.ones(4), np.array([1.0, 0.5, 0, 0]))

@@ -132,6 +132,24 @@ PYBIND11_MODULE(_core, m) {
     return out;
   }, py::arg("F"), py::arg("u"), py::arg("inverse") = false);
 
+  m.def("boost_four_vectors", [](const CArray& vectors, const CArray& u, bool inverse) {
+    if (vectors.ndim() != 2 || vectors.shape(1) != 4 || u.ndim() != 2 || u.shape(1) != 4 || u.shape(0) != vectors.shape(0))
+      throw py::value_error("boost_four_vectors needs arrays of shape (m, 4) and (m, 4)");
+    CArray out({vectors.shape(0), py::ssize_t{4}});
+    const double* in = vectors.data();
+    const double* velocity = u.data();
+    double* target = out.mutable_data();
+    const auto m = static_cast<std::size_t>(vectors.shape(0));
+    {
+      py::gil_scoped_release release;
+      for (std::size_t i = 0; i < m; ++i) {
+        if (inverse) dodo::boost_from_rest(velocity + 4 * i, in + 4 * i, target + 4 * i);
+        else dodo::boost_to_rest(velocity + 4 * i, in + 4 * i, target + 4 * i);
+      }
+    }
+    return out;
+  }, py::arg("vectors"), py::arg("u"), py::arg("inverse") = false);
+
   m.def("realizable_step", [](const CArray& F_base, const CArray& dF) {
     const std::size_t n = check_cells(F_base);
     if (check_cells(dF) != n) throw py::value_error("F_base and dF must have the same number of cells");

@@ -1,0 +1,210 @@
+"""`dodo` subcommands of the training side. Registering imports neither torch nor h5py:
+handlers import what they need, so `dodo --help` works on a runtime-only install."""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+
+
+def _overrides(pairs) -> dict:
+    """--set key=value (value parsed as YAML) -> {dotted key: value}."""
+    import yaml
+
+    result = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects key=value (e.g. training.lr=1e-3); got {pair!r}")
+        result[key.strip()] = yaml.safe_load(value)
+    return result
+
+
+def _friendly(name: str):
+    """Turn expected failures (bad config, bad file, missing dependency) into one-line errors."""
+
+    def wrap(handler):
+        @functools.wraps(handler)
+        def run(args) -> int:
+            try:
+                return int(handler(args) or 0)
+            except ModuleNotFoundError as exc:
+                print(f"dodo {name}: error: {exc.name} is not installed; install the training extra: "
+                      "pip install 'dodo[train]'", file=sys.stderr)
+                return 3
+            except (ValueError, FileNotFoundError, RuntimeError, OSError, ArithmeticError) as exc:
+                print(f"dodo {name}: error: {exc}", file=sys.stderr)
+                return 2
+
+        return run
+
+    return wrap
+
+
+@_friendly("preprocess")
+def _preprocess(args) -> int:
+    from .config import PreprocessConfig
+    from .preprocess import preprocess
+
+    overrides = _overrides(args.set)
+    if args.output:
+        overrides["output"] = args.output
+    config = PreprocessConfig.load(args.config, overrides)
+    preprocess(config, progress=not args.quiet)
+    return 0
+
+
+@_friendly("synth")
+def _synth(args) -> int:
+    from .synth import write_synthetic_database
+
+    summary = write_synthetic_database(args.output, args.n, seed=args.seed, heavy_symmetric=not args.asymmetric_heavy,
+                                       max_flux_factor=args.max_flux_factor, lebedev_order=args.lebedev_order,
+                                       z_method=args.z_method, threads=args.threads, progress=not args.quiet)
+    print(f"synth: {summary['rows']} rows -> {summary['path']} (Box3D finds a crossing in "
+          f"{summary['crossing_fraction']:.1%})")
+    return 0
+
+
+@_friendly("train")
+def _train(args) -> int:
+    from .config import ExperimentConfig
+    from .train import train
+
+    overrides = _overrides(args.set)
+    if args.resume:
+        overrides["training.resume_from"] = args.resume
+    config = ExperimentConfig.load(args.config, overrides)
+    summary = train(config)
+    return 0 if summary["status"] in ("completed", "interrupted") else 1
+
+
+@_friendly("evaluate")
+def _evaluate(args) -> int:
+    from .atomic import write_json_atomic
+    from .evaluate import describe, evaluate_checkpoint
+
+    table, _ = evaluate_checkpoint(args.checkpoint, args.data, args.split)
+    print(describe(table))
+    if args.json:
+        write_json_atomic(args.json, table)
+    return 0
+
+
+@_friendly("inspect")
+def _inspect(args) -> int:
+    from .inspect import format_inspection, inspect_checkpoint
+
+    report = inspect_checkpoint(args.checkpoint, args.data, args.split, args.start, args.stop)
+    print(json.dumps(report, indent=1) if args.json else format_inspection(report))
+    return 0
+
+
+@_friendly("plot")
+def _plot(args) -> int:
+    from .plots import plot_curve, plot_metrics
+
+    if args.what == "metrics":
+        written = [plot_metrics(args.metrics, args.output)]
+    else:
+        if len(args.metrics) != 1:
+            raise ValueError("plot curve takes exactly one metrics JSON")
+        written = plot_curve(args.metrics[0], args.output)
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+@_friendly("study")
+def _study(args) -> int:
+    from .study import run_study
+
+    rows = run_study(args.grid, dry_run=args.dry_run)
+    if args.dry_run:
+        for row in rows:
+            print(row)
+    return 0
+
+
+@_friendly("export")
+def _export(args) -> int:
+    from .export import export_checkpoint
+
+    export_checkpoint(args.checkpoint, args.output, check=not args.no_check, n_test_vectors=args.test_vectors)
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add preprocess, synth, train, evaluate, inspect, plot, study and export."""
+    p = subparsers.add_parser("preprocess", help="Emu databases -> preprocessed training file (HDF5)")
+    p.add_argument("--config", required=True, help="YAML, e.g. training/configs/pre_process.yaml")
+    p.add_argument("-o", "--output", help="override the output path of the config")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_preprocess)
+
+    p = subparsers.add_parser("synth", help="synthetic Emu-format database with a known correction to Box3D")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("-n", type=int, default=10000, help="number of simulations (rows)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--asymmetric-heavy", action="store_true", help="draw nu_mu, nu_tau, ... independently")
+    p.add_argument("--max-flux-factor", type=float, default=0.6)
+    p.add_argument("--lebedev-order", type=int, default=17)
+    p.add_argument("--z-method", choices=("exact", "jedynak"), default="exact")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_synth)
+
+    p = subparsers.add_parser("train", help="train the residual model")
+    p.add_argument("--config", required=True, help="YAML, e.g. training/configs/model.yaml")
+    p.add_argument("--resume", metavar="CHECKPOINT", help="continue exactly from a checkpoint (e.g. checkpoints/last.pt)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.set_defaults(func=_train)
+
+    p = subparsers.add_parser("evaluate", help="model-vs-Box3D metric table of a checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", help="preprocessed file (default: the checkpoint's training file)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
+    p.add_argument("--json", metavar="PATH", help="also write the table as JSON")
+    p.set_defaults(func=_evaluate)
+
+    p = subparsers.add_parser("inspect", help="loss-term breakdown and flux-factor statistics on a slice")
+    p.add_argument("checkpoint")
+    p.add_argument("--data")
+    p.add_argument("--split", default="val", choices=("train", "val", "test", "all"))
+    p.add_argument("--start", type=int, default=0)
+    p.add_argument("--stop", type=int, default=1000)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_inspect)
+
+    p = subparsers.add_parser("plot", help="PNG plots from metrics JSON files")
+    p.add_argument("what", choices=("metrics", "curve"),
+                   help="metrics: losses and |dn| across runs; curve: train/val curve and parity plot of one run")
+    p.add_argument("metrics", nargs="+", help="results/metrics_<timestamp>.json file(s)")
+    p.add_argument("-o", "--output", required=True, help="PNG path")
+    p.set_defaults(func=_plot)
+
+    p = subparsers.add_parser("study", help="grid of training runs with a summary table")
+    p.add_argument("grid", help="YAML grid file, e.g. training/studies/lr_width.yaml")
+    p.add_argument("--dry-run", action="store_true", help="list the runs without training")
+    p.set_defaults(func=_study)
+
+    p = subparsers.add_parser("export", help="checkpoint -> ONNX model package (docs/model_package.md)")
+    p.add_argument("checkpoint")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--no-check", action="store_true", help="skip the torch vs onnxruntime round trip")
+    p.add_argument("--test-vectors", type=int, default=6, help="number of embedded test vectors")
+    p.set_defaults(func=_export)
+
+
+def main(argv=None) -> int:
+    """Stand-alone entry (python -m dodo.training.cli ...) for use before the main CLI wires us in."""
+    parser = argparse.ArgumentParser(prog="dodo")
+    register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,302 @@
+"""Experiment configuration: typed sections with defaults, loaded from YAML.
+
+Unknown keys and wrong types fail with a message naming the key, so a typo in a config never
+silently trains the default model. Relative paths are taken relative to the current directory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+
+#: Activations the model knows (dodo.training.model.ACTIVATIONS has the same keys).
+ACTIVATION_NAMES = ("relu", "silu", "gelu", "tanh", "elu")
+HEAD_NAMES = ("direct", "equivariant")
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid (message names the offending key)."""
+
+
+@dataclass
+class Box3DConfig:
+    """Box3D settings the residual is trained against (must match the preprocessed file)."""
+
+    lebedev_order: int = 17
+    z_method: str = "exact"
+
+
+@dataclass
+class DataConfig:
+    path: str = "pdata/preprocessed_all.h5"
+    train_fraction: float = 0.8
+    val_fraction: float = 0.1
+    split_seed: int = 42
+    #: None: loss in units of each cell's N_tot (default). A number, or "p99" (99th percentile
+    #: of |F_true|, the seed's choice), puts the loss in units of one global scale instead.
+    target_scale: Optional[Union[float, str]] = None
+    batch_size: int = 256
+    num_workers: int = 0
+    #: True: load the split into memory; False: read rows from HDF5 (one handle per worker).
+    in_memory: bool = True
+    max_samples: Optional[int] = None
+    box3d: Box3DConfig = field(default_factory=Box3DConfig)
+
+
+@dataclass
+class ModelConfig:
+    head: str = "equivariant"
+    hidden_dim: int = 128
+    n_blocks: int = 3
+    activation: str = "silu"
+    dropout: float = 0.0
+    batch_norm: bool = False
+
+
+@dataclass
+class LossConfig:
+    w_density: float = 1.0
+    w_flux: float = 1.0
+    w_direction: float = 0.1
+    w_unphysical: float = 1.0
+    w_residual_l1: float = 1.0
+
+
+@dataclass
+class TrainingConfig:
+    epochs: int = 20
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.05
+    min_lr_fraction: float = 0.01
+    grad_clip: Optional[float] = 1.0
+    amp: bool = True
+    device: str = "auto"
+    seed: int = 0
+    log_interval: int = 50
+    resume_from: Optional[str] = None
+    #: Stop (as if interrupted) after this epoch; the run can be resumed from checkpoints/last.pt.
+    stop_after_epoch: Optional[int] = None
+    threads: Optional[int] = None
+
+
+@dataclass
+class OutputConfig:
+    results_dir: str = "results"
+    checkpoint_dir: str = "checkpoints"
+    #: Test-split cells whose predictions are kept in the metrics JSON for parity plots.
+    parity_samples: int = 2000
+
+
+@dataclass
+class ExperimentConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: Optional[dict] = None, create_dirs: bool = True) -> "ExperimentConfig":
+        """Read a YAML config, fill defaults, validate, create the output directories."""
+        raw = read_yaml_mapping(path)
+        if overrides:
+            raw = merge_dotted(raw, overrides)
+        config = from_dict(cls, raw, where=str(path))
+        config.validate()
+        if create_dirs:
+            config.make_dirs()
+        return config
+
+    @classmethod
+    def from_mapping(cls, raw: dict, where: str = "config") -> "ExperimentConfig":
+        config = from_dict(cls, raw, where=where)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        heads = HEAD_NAMES
+        if self.model.head not in heads:
+            raise ConfigError(f"model.head must be one of {heads}; got {self.model.head!r}")
+        if self.model.activation not in ACTIVATION_NAMES:
+            raise ConfigError(f"model.activation must be one of {ACTIVATION_NAMES}; got {self.model.activation!r}")
+        for name in ("hidden_dim", "n_blocks"):
+            if getattr(self.model, name) < 1:
+                raise ConfigError(f"model.{name} must be >= 1")
+        if not 0.0 <= self.model.dropout < 1.0:
+            raise ConfigError("model.dropout must be in [0, 1)")
+        d = self.data
+        if not (0 < d.train_fraction < 1 and 0 <= d.val_fraction < 1 and d.train_fraction + d.val_fraction < 1 + 1e-12):
+            raise ConfigError("data.train_fraction and data.val_fraction must be in (0,1) with sum <= 1")
+        if d.batch_size < 1:
+            raise ConfigError("data.batch_size must be >= 1")
+        if isinstance(d.target_scale, str) and d.target_scale != "p99":
+            raise ConfigError(f"data.target_scale must be null, a positive number or 'p99'; got {d.target_scale!r}")
+        if isinstance(d.target_scale, (int, float)) and not d.target_scale > 0:
+            raise ConfigError("data.target_scale must be positive")
+        if d.box3d.z_method not in ("exact", "jedynak"):
+            raise ConfigError(f"data.box3d.z_method must be 'exact' or 'jedynak'; got {d.box3d.z_method!r}")
+        t = self.training
+        if t.epochs < 1:
+            raise ConfigError("training.epochs must be >= 1")
+        if not t.lr > 0:
+            raise ConfigError("training.lr must be positive")
+        if not 0 <= t.warmup_fraction < 1:
+            raise ConfigError("training.warmup_fraction must be in [0, 1)")
+        if t.device not in ("auto", "cpu", "cuda") and not t.device.startswith("cuda:"):
+            raise ConfigError(f"training.device must be auto, cpu, cuda or cuda:N; got {t.device!r}")
+        if t.log_interval < 1:
+            raise ConfigError("training.log_interval must be >= 1")
+        for name, value in dataclasses.asdict(self.loss).items():
+            if value < 0:
+                raise ConfigError(f"loss.{name} must be >= 0")
+
+    def make_dirs(self) -> None:
+        Path(self.output.results_dir).mkdir(parents=True, exist_ok=True)
+        Path(self.output.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class FiltersConfig:
+    """Read-time hygiene of data.md; each switch on by default, each counted."""
+
+    clamp_negative_density: bool = True
+    drop_nonfinite: bool = True
+    drop_conservation_violation: bool = True
+    conservation_tolerance: float = 1e-3
+    drop_high_flux_factor: bool = True
+    max_flux_factor: float = 0.9
+    drop_box3d_rejected: bool = True
+
+
+@dataclass
+class PreprocessConfig:
+    inputs: list = field(default_factory=lambda: ["data/*.h5"])
+    output: str = "pdata/preprocessed_all.h5"
+    average_mu_tau: bool = True
+    chunk_size: int = 65536
+    threads: Optional[int] = None
+    box3d: Box3DConfig = field(default_factory=Box3DConfig)
+    filters: FiltersConfig = field(default_factory=FiltersConfig)
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: Optional[dict] = None) -> "PreprocessConfig":
+        raw = read_yaml_mapping(path)
+        if overrides:
+            raw = merge_dotted(raw, overrides)
+        config = from_dict(cls, raw, where=str(path))
+        if isinstance(config.inputs, str):
+            config.inputs = [config.inputs]
+        if not config.inputs:
+            raise ConfigError(f"{path}: 'inputs' lists no files")
+        if config.chunk_size < 1:
+            raise ConfigError(f"{path}: chunk_size must be >= 1")
+        if config.box3d.z_method not in ("exact", "jedynak"):
+            raise ConfigError(f"{path}: box3d.z_method must be 'exact' or 'jedynak'")
+        return config
+
+
+def read_yaml_mapping(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def merge_dotted(raw: dict, overrides: dict) -> dict:
+    """Apply {"training.lr": 1e-3, ...} on a nested dict (copy)."""
+    import copy
+
+    merged = copy.deepcopy(raw)
+    for dotted, value in overrides.items():
+        node = merged
+        keys = dotted.split(".")
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {dotted}: {key} is not a section")
+        node[keys[-1]] = value
+    return merged
+
+
+def from_dict(cls, raw: Any, where: str):
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
+    values = {}
+    for name, value in raw.items():
+        key = f"{where}:{name}" if ":" not in where else f"{where}.{name}"
+        values[name] = _coerce(hints[name], value, key)
+    return cls(**values)
+
+
+def _coerce(hint, value, key):
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, key)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(option, value, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        allowed = " or ".join(getattr(o, "__name__", str(o)) for o in options)
+        raise ConfigError(f"{key}: expected {allowed}, got {value!r}")
+    if hint is list or origin is list:
+        if isinstance(value, str):
+            return [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML reads "1e-3" as a string
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value

@@ -1,0 +1,168 @@
+"""Training data: splits, rest-frame targets, invariant normalisation, torch datasets.
+
+Each row yields (rest frame, units of the cell's N_tot): invariants [27] (raw), F_init [6,4],
+F_box [6,4], dF_true = F_true - F_box [6,4], and a loss weight (1, or N_tot/target_scale).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .frames import boost_to_rest
+from .preprocess import read_preprocessed_attrs
+from .readers import DataFileError
+
+FIELDS = ("invariants", "F_init_rest", "F_box_rest", "dF_true_rest", "cell_weight")
+
+
+def rest_frame_arrays(F_init, F_box, F_true, u, invariants, target_scale=None) -> dict:
+    """Float64 per-cell training arrays from lab-frame rows (see module docstring)."""
+    u_species = np.asarray(u, dtype=np.float64)[:, None, :]
+    F_init_rest = boost_to_rest(F_init, u_species)
+    ntot = F_init_rest[..., 0].sum(axis=1)
+    if np.any(~(ntot > 0)):
+        raise DataFileError("rows with non-positive total comoving density N_tot in the preprocessed file")
+    scale = ntot[:, None, None]
+    F_box_rest = boost_to_rest(F_box, u_species) / scale
+    F_true_rest = boost_to_rest(F_true, u_species) / scale
+    weight = np.ones_like(ntot) if target_scale is None else ntot / float(target_scale)
+    return {"invariants": np.asarray(invariants, dtype=np.float64), "F_init_rest": F_init_rest / scale,
+            "F_box_rest": F_box_rest, "dF_true_rest": F_true_rest - F_box_rest, "cell_weight": weight}
+
+
+@dataclass
+class Splits:
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+    def get(self, name: str) -> np.ndarray:
+        if name not in ("train", "val", "test", "all"):
+            raise ValueError(f"unknown split {name!r}; expected train, val, test or all")
+        if name == "all":
+            return np.sort(np.concatenate([self.train, self.val, self.test]))
+        return getattr(self, name)
+
+
+def make_splits(n_rows: int, train_fraction: float, val_fraction: float, seed: int, max_samples=None) -> Splits:
+    """Random train/val/test split by seed (row indices sorted within each split)."""
+    order = np.random.default_rng(seed).permutation(n_rows)
+    if max_samples is not None:
+        order = order[:max_samples]
+    n = len(order)
+    n_train = max(1, int(round(train_fraction * n)))
+    n_val = int(round(val_fraction * n))
+    return Splits(np.sort(order[:n_train]), np.sort(order[n_train:n_train + n_val]), np.sort(order[n_train + n_val:]))
+
+
+def count_rows(path: str | Path) -> int:
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        return int(handle["F_init"].shape[0])
+
+
+def read_rows(handle, indices: np.ndarray, target_scale=None) -> dict:
+    """Rows ``indices`` (sorted, unique) of an open preprocessed file, as training arrays."""
+    idx = np.asarray(indices)
+    get = (lambda name: handle[name][idx]) if len(idx) else (lambda name: np.zeros((0,) + handle[name].shape[1:]))
+    return rest_frame_arrays(get("F_init"), get("F_box"), get("F_true"), get("u"), get("invariants"), target_scale)
+
+
+class CellDataset(torch.utils.data.Dataset):
+    """Rows of a preprocessed file. ``__getitems__`` returns a whole batch at once.
+
+    In memory (default) the split is read once; otherwise each DataLoader worker opens its own
+    HDF5 handle on first use (h5py handles must not cross a fork).
+    """
+
+    def __init__(self, path: str | Path, indices: np.ndarray, target_scale=None, in_memory: bool = True,
+                 dtype=torch.float32) -> None:
+        self.path = str(path)
+        self.indices = np.asarray(indices)
+        self.target_scale = target_scale
+        self.dtype = dtype
+        self._handle = None
+        self._arrays = None
+        if in_memory:
+            import h5py
+
+            with h5py.File(self.path, "r") as handle:
+                arrays = read_rows(handle, self.indices, target_scale)
+            self._arrays = {k: torch.as_tensor(v, dtype=dtype) for k, v in arrays.items()}
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_handle"] = None
+        return state
+
+    def __getitem__(self, i: int):
+        return self.__getitems__([i])
+
+    def __getitems__(self, positions):
+        positions = np.asarray(positions, dtype=np.int64)
+        if self._arrays is not None:
+            index = torch.as_tensor(positions)
+            return tuple(self._arrays[name][index] for name in FIELDS)
+        if self._handle is None:
+            import h5py
+
+            self._handle = h5py.File(self.path, "r")
+        rows = self.indices[positions]
+        order = np.argsort(rows)
+        unique, inverse = np.unique(rows[order], return_inverse=True)
+        arrays = read_rows(self._handle, unique, self.target_scale)
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        take = inverse[back]
+        return tuple(torch.as_tensor(arrays[name][take], dtype=self.dtype) for name in FIELDS)
+
+
+def collate_batch(batch):
+    """The dataset already returns a stacked batch (``__getitems__``)."""
+    return batch
+
+
+def invariant_statistics(path: str | Path, indices: np.ndarray, block: int = 262144) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of the invariants over ``indices`` (the training split only)."""
+    import h5py
+
+    total = np.zeros(27)
+    total_sq = np.zeros(27)
+    with h5py.File(path, "r") as handle:
+        dataset = handle["invariants"]
+        for start in range(0, len(indices), block):
+            rows = dataset[np.asarray(indices[start:start + block])]
+            total += rows.sum(axis=0)
+            total_sq += (rows ** 2).sum(axis=0)
+    n = max(len(indices), 1)
+    mean = total / n
+    std = np.sqrt(np.maximum(total_sq / n - mean ** 2, 0.0))
+    return mean, np.where(std > 1e-12, std, 1.0)
+
+
+def percentile_target_scale(path: str | Path, indices: np.ndarray, q: float = 99.0) -> float:
+    """The seed's global target scale: percentile q of |F_true| over the training split."""
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        values = np.abs(handle["F_true"][np.asarray(indices[:1_000_000])])
+    return float(np.percentile(values, q))
+
+
+def check_preprocessed(path: str | Path, expected_box3d: dict) -> dict:
+    """Attributes of the file, refusing one made with other Box3D settings."""
+    attrs = read_preprocessed_attrs(path)
+    stored = attrs.get("box3d", {})
+    differing = {k: (stored.get(k), v) for k, v in expected_box3d.items() if stored.get(k) != v}
+    if differing:
+        detail = ", ".join(f"{k}: file {a!r} vs config {b!r}" for k, (a, b) in differing.items())
+        raise DataFileError(f"{path} was preprocessed with other Box3D settings ({detail}); "
+                            "re-run `dodo preprocess` with the settings you will export, or change data.box3d")
+    return attrs

@@ -1,0 +1,42 @@
+"""`dodo evaluate`: the model-vs-Box3D metric table of a checkpoint on a data split."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .config import DataConfig, from_dict
+from .dataset import CellDataset, check_preprocessed, count_rows, make_splits
+from .metrics import format_metric_table
+from .train import closure_from_checkpoint, load_checkpoint, metrics_for, predict
+
+
+def split_indices_for(checkpoint: dict, data_path: Path, split: str):
+    """The checkpoint's own split when evaluating its training file, else all rows for 'all'."""
+    data_config = from_dict(DataConfig, checkpoint["config"]["data"], "checkpoint data")
+    splits = make_splits(count_rows(data_path), data_config.train_fraction, data_config.val_fraction,
+                         data_config.split_seed, data_config.max_samples)
+    return splits.get(split)
+
+
+def evaluate_checkpoint(checkpoint_path: str | Path, data_path: str | Path | None = None, split: str = "test",
+                        batch_size: int = 4096) -> tuple[dict, dict]:
+    """Returns (metric table, prediction arrays) for ``split`` of ``data_path`` (default: training file)."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    data_path = Path(data_path or checkpoint["data"]["path"])
+    check_preprocessed(data_path, checkpoint["data"]["box3d"])
+    indices = split_indices_for(checkpoint, data_path, split)
+    if len(indices) == 0:
+        raise ValueError(f"split {split!r} of {data_path} is empty")
+    closure = closure_from_checkpoint(checkpoint)
+    dataset = CellDataset(data_path, indices, checkpoint.get("target_scale"), in_memory=True, dtype=torch.float64)
+    prediction = predict(closure, dataset, torch.device("cpu"), batch_size)
+    table = metrics_for(prediction)
+    table["split"] = split
+    table["data"] = str(data_path)
+    return table, prediction
+
+
+def describe(table: dict) -> str:
+    return f"split '{table['split']}' of {table['data']}\n" + format_metric_table(table) + \
+        f"\nlimiter active on {table['limiter_active_fraction']:.2%} of cells"

@@ -1,0 +1,212 @@
+"""`dodo export`: a trained checkpoint -> self-contained ONNX model package (docs/model_package.md)."""
+from __future__ import annotations
+
+import copy
+import datetime
+import inspect
+import io
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dodo.conventions import N_INVARIANTS
+
+from .atomic import atomic_path
+from .frames import boost_from_rest, boost_to_rest, random_velocity
+from .physics_torch import HEAD_OUTPUT_SIZES, ResidualClosureHead
+from .train import closure_from_checkpoint, load_checkpoint
+
+FORMAT_VERSION = "1"
+FEATURES = "invariants27-v1"
+OPSET = 17
+IR_VERSION = 8  # onnxruntime >= 1.16 reads IR <= 9; opset 17 needs IR >= 8
+TEST_VECTOR_ATOL_OVER_NTOT = 1e-5
+#: fp32 round-trip tolerance between torch and onnxruntime on the raw head output.
+ROUNDTRIP_ATOL = 1e-5
+ROUNDTRIP_RTOL = 1e-4
+
+
+class ExportError(RuntimeError):
+    """The export or its round-trip check failed."""
+
+
+def closure_float64(network: torch.nn.Module, F_init, u, box3d_settings: dict) -> dict:
+    """The full closure in float64 (Box3D from dodo.box3d, then the learned correction).
+
+    F_init [n, 6, 4] lab frame, u [n, 4]. Returns F_box, F_pred (lab frame), status, theta.
+    """
+    import dodo
+
+    F_init = np.asarray(F_init, dtype=np.float64)
+    u = np.asarray(u, dtype=np.float64)
+    settings = {"lebedev_order": box3d_settings["lebedev_order"], "z_method": box3d_settings["z_method"]}
+    box = dodo.box3d(F_init, u, **settings)
+    F_box = np.asarray(box.F_box, dtype=np.float64)
+    invariants = np.asarray(dodo.invariants(F_init, u), dtype=np.float64)
+    ntot = np.asarray(dodo.comoving_density(F_init, u), dtype=np.float64)
+    scale = ntot[:, None, None]
+    F_init_rest = boost_to_rest(F_init, u[:, None, :]) / scale
+    F_box_rest = boost_to_rest(F_box, u[:, None, :]) / scale
+    # The float64 copy of the network gives the reference; an _OnnxHead is used as it is.
+    network64 = network if isinstance(network, _OnnxHead) else copy.deepcopy(network).double().eval()
+    head = ResidualClosureHead(network.head).double()
+    with torch.no_grad():
+        output = network64(torch.from_numpy(invariants))
+        dF, _, theta = head(output, torch.from_numpy(F_init_rest), torch.from_numpy(F_box_rest), return_unlimited=True)
+    dF_lab = boost_from_rest(dF.numpy() * scale, u[:, None, :])
+    # As in the runtime: a cell whose input Box3D rejects keeps the Box3D result (its input).
+    rejected = (np.asarray(box.status).astype(np.int64) & _rejected_mask()) != 0
+    dF_lab[rejected] = 0.0
+    return {"F_box": F_box, "F_pred": F_box + dF_lab, "status": np.asarray(box.status), "theta": theta.numpy(),
+            "invariants": invariants, "ntot": ntot}
+
+
+def _rejected_mask() -> int:
+    from .preprocess import REJECTING_FLAGS
+
+    import dodo
+
+    return sum(int(getattr(dodo.CellStatus, name)) for name in REJECTING_FLAGS)
+
+
+def make_test_vectors(network, box3d_settings: dict, n_cells: int = 6, seed: int = 2026) -> dict:
+    """A handful of crossing cells (two at rest, the rest boosted) and their closure outputs."""
+    from .synth import random_initial_states
+
+    rng = np.random.default_rng(seed)
+    candidates = random_initial_states(rng, 16 * n_cells, max_flux_factor=0.5, scale_min=1e31, scale_max=1e33)
+    u = random_velocity(rng, len(candidates), max_speed=0.6)
+    u[: len(u) // 4] = [1.0, 0.0, 0.0, 0.0]
+    F_lab = boost_from_rest(candidates, u[:, None, :])
+    result = closure_float64(network, F_lab, u, box3d_settings)
+    good = np.flatnonzero(np.asarray(result["status"]) == 0)  # crossing, nothing flagged
+    at_rest = [i for i in good if u[i, 0] == 1.0][:2]
+    moving = [i for i in good if u[i, 0] != 1.0][: n_cells - len(at_rest)]
+    pick = np.array(at_rest + moving)
+    if len(pick) < n_cells:
+        raise ExportError("could not draw enough unflagged crossing cells for the test vectors")
+    return {"F_init": F_lab[pick].tolist(), "u": u[pick].tolist(), "F_pred": result["F_pred"][pick].tolist(),
+            "atol_over_ntot": TEST_VECTOR_ATOL_OVER_NTOT}
+
+
+def _onnx_bytes(network: torch.nn.Module) -> bytes:
+    network = copy.deepcopy(network).float().eval()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
+        options = {}
+        if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+            options["dynamo"] = False  # the TorchScript exporter: no onnxscript needed, plain opset-17 graph
+        torch.onnx.export(network, (torch.zeros(2, N_INVARIANTS),), buffer, input_names=["invariants"],
+                          output_names=["head_output"], dynamic_axes={"invariants": {0: "N"}, "head_output": {0: "N"}},
+                          opset_version=OPSET, **options)
+    return buffer.getvalue()
+
+
+def metadata_for(checkpoint: dict, head: str, test_vectors: dict) -> dict:
+    import dodo
+
+    return {
+        "dodo.format_version": FORMAT_VERSION,
+        "dodo.head": head,
+        "dodo.output_size": str(HEAD_OUTPUT_SIZES[head]),
+        "dodo.features": FEATURES,
+        "dodo.box3d": json.dumps(checkpoint["data"]["box3d"]),
+        "dodo.training_data_sha256": checkpoint["data"]["sha256"],
+        "dodo.training_data_kind": checkpoint["data"]["kind"],
+        "dodo.metrics": json.dumps(checkpoint.get("metrics", {})),
+        "dodo.export_time": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "dodo.version": str(getattr(dodo, "__version__", "unknown")),
+        "dodo.test_vectors": json.dumps(test_vectors),
+    }
+
+
+def roundtrip_check(network, onnx_bytes: bytes, test_vectors: dict, box3d_settings: dict, n_random: int = 512) -> dict:
+    """Same batch through torch (fp32) and onnxruntime; then the test vectors' full closure with
+    the ONNX head output. Raises ExportError beyond fp32 tolerance."""
+    import onnxruntime
+
+    from .synth import random_initial_states
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = onnxruntime.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(7)
+    import dodo
+
+    F = random_initial_states(rng, n_random)
+    invariants = np.asarray(dodo.invariants(F), dtype=np.float32)
+    with torch.no_grad():
+        expected = copy.deepcopy(network).float().eval()(torch.from_numpy(invariants)).numpy()
+    got = session.run(["head_output"], {"invariants": invariants})[0]
+    difference = np.abs(got - expected)
+    allowed = ROUNDTRIP_ATOL + ROUNDTRIP_RTOL * np.abs(expected)
+    if not np.all(difference <= allowed):
+        raise ExportError(f"onnxruntime and torch differ by up to {difference.max():.3e} on the head output "
+                          f"(fp32 tolerance {ROUNDTRIP_ATOL} + {ROUNDTRIP_RTOL} |x|)")
+
+    # Full closure on the test vectors with the fp32 ONNX head: within the declared tolerance.
+    F_init = np.array(test_vectors["F_init"])
+    u = np.array(test_vectors["u"])
+    reference = np.array(test_vectors["F_pred"])
+    result = closure_float64(_OnnxHead(session, network.head), F_init, u, box3d_settings)
+    error = np.max(np.abs(result["F_pred"] - reference), axis=(1, 2)) / result["ntot"]
+    if not np.all(error <= test_vectors["atol_over_ntot"]):
+        raise ExportError(f"closure with the ONNX head misses the test vectors by {error.max():.3e} N_tot "
+                          f"(> {test_vectors['atol_over_ntot']})")
+    return {"max_head_difference": float(difference.max()), "max_test_vector_error_over_ntot": float(error.max())}
+
+
+class _OnnxHead(torch.nn.Module):
+    """An onnxruntime session posing as the network (float32 inside), for the round trip."""
+
+    def __init__(self, session, head: str) -> None:
+        super().__init__()
+        self.session = session
+        self.head = head
+
+    def forward(self, invariants: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(["head_output"], {"invariants": invariants.float().numpy()})[0]
+        return torch.from_numpy(out).to(invariants.dtype)
+
+
+def export_checkpoint(checkpoint_path: str | Path, output: str | Path, check: bool = True, n_test_vectors: int = 6,
+                      log=print) -> dict:
+    """Write the model package; returns {'path', 'metadata', 'roundtrip'}."""
+    import onnx
+
+    checkpoint = load_checkpoint(checkpoint_path)
+    closure = closure_from_checkpoint(checkpoint)
+    network = closure.network
+    box3d_settings = checkpoint["data"]["box3d"]
+    model_bytes = _onnx_bytes(network)
+    test_vectors = make_test_vectors(network, box3d_settings, n_test_vectors)
+    model = onnx.load_from_string(model_bytes)
+    model.ir_version = min(model.ir_version, IR_VERSION)
+    model.doc_string = "Dodo learned FFI correction: raw invariants -> head output (docs/model_package.md)"
+    del model.metadata_props[:]
+    metadata = metadata_for(checkpoint, network.head, test_vectors)
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(model)
+    final_bytes = model.SerializeToString()
+    roundtrip = roundtrip_check(network, final_bytes, test_vectors, box3d_settings) if check else None
+    with atomic_path(output) as tmp:
+        tmp.write_bytes(final_bytes)
+    if roundtrip:
+        log(f"round trip torch vs onnxruntime: max head difference {roundtrip['max_head_difference']:.2e}; "
+            f"test vectors reproduced to {roundtrip['max_test_vector_error_over_ntot']:.2e} N_tot")
+    log(f"wrote {output} ({network.head} head, {len(final_bytes)} bytes)")
+    return {"path": str(output), "metadata": metadata, "roundtrip": roundtrip}
+
+
+def read_package_metadata(path: str | Path) -> dict:
+    """metadata_props of a model package as a dict of strings."""
+    import onnx
+
+    model = onnx.load(str(path))
+    return {entry.key: entry.value for entry in model.metadata_props}

@@ -1,0 +1,71 @@
+"""`dodo inspect`: loss-term breakdown and flux-factor statistics on a slice of a split."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dodo.conventions import SPECIES
+
+from .config import LossConfig, from_dict
+from .dataset import CellDataset, check_preprocessed
+from .evaluate import split_indices_for
+from .losses import loss_terms
+from .train import closure_from_checkpoint, load_checkpoint
+
+
+def flux_factor_statistics(F: np.ndarray) -> dict:
+    """Per species: min, mean, 99th percentile and max of |F|/n (rest frame)."""
+    n = F[..., 0]
+    ff = np.linalg.norm(F[..., 1:], axis=-1) / np.where(n > 0, n, np.nan)
+    return {name: {"min": float(np.nanmin(ff[:, i])), "mean": float(np.nanmean(ff[:, i])),
+                   "p99": float(np.nanpercentile(ff[:, i], 99)), "max": float(np.nanmax(ff[:, i]))}
+            for i, name in enumerate(SPECIES)}
+
+
+def inspect_checkpoint(checkpoint_path: str | Path, data_path=None, split: str = "val", start: int = 0,
+                       stop: int | None = 1000) -> dict:
+    checkpoint = load_checkpoint(checkpoint_path)
+    data_path = Path(data_path or checkpoint["data"]["path"])
+    check_preprocessed(data_path, checkpoint["data"]["box3d"])
+    indices = split_indices_for(checkpoint, data_path, split)[start:stop]
+    if len(indices) == 0:
+        raise ValueError(f"slice [{start}:{stop}] of split {split!r} is empty")
+    closure = closure_from_checkpoint(checkpoint)
+    dataset = CellDataset(data_path, indices, checkpoint.get("target_scale"))
+    invariants, F_init, F_box, dF_true, weight = dataset.__getitems__(range(len(dataset)))
+    loss_config = from_dict(LossConfig, checkpoint["config"]["loss"], "checkpoint loss")
+    with torch.no_grad():
+        dF, dF_unlimited, theta = closure(invariants, F_init, F_box, return_unlimited=True)
+        terms = {k: float(v) for k, v in loss_terms(dF, dF_unlimited, dF_true, F_box, weight).items()}
+        box_terms = {k: float(v) for k, v in loss_terms(torch.zeros_like(dF), torch.zeros_like(dF), dF_true, F_box,
+                                                        weight).items()}
+    weighted = {k: getattr(loss_config, f"w_{k}") * v for k, v in terms.items()}
+    F_box64, F_true64 = F_box.double().numpy(), (F_box + dF_true).double().numpy()
+    return {
+        "cells": len(indices), "split": split, "slice": [start, stop],
+        "loss_terms_model": terms, "loss_terms_weighted": weighted, "loss_total": sum(weighted.values()),
+        "loss_terms_box3d": box_terms,
+        "limiter_active_fraction": float((theta < 1).double().mean()), "theta_min": float(theta.min()),
+        "flux_factor": {"initial": flux_factor_statistics(F_init.double().numpy()),
+                        "box3d": flux_factor_statistics(F_box64), "true": flux_factor_statistics(F_true64),
+                        "model": flux_factor_statistics(F_box64 + dF.double().numpy())},
+    }
+
+
+def format_inspection(report: dict) -> str:
+    lines = [f"{report['cells']} cells, split '{report['split']}' slice {report['slice']}",
+             f"{'term':<12} {'box3d':>11} {'model':>11} {'weighted':>11}"]
+    for name, value in report["loss_terms_model"].items():
+        lines.append(f"{name:<12} {report['loss_terms_box3d'][name]:11.3e} {value:11.3e} "
+                     f"{report['loss_terms_weighted'][name]:11.3e}")
+    lines.append(f"{'total':<12} {'':>11} {'':>11} {report['loss_total']:11.3e}")
+    lines.append(f"limiter active on {report['limiter_active_fraction']:.2%} of cells (min theta {report['theta_min']:.3f})")
+    lines.append("flux factor |F|/n (mean / max) per species:")
+    lines.append(f"{'species':<10} " + " ".join(f"{k:>15}" for k in report["flux_factor"]))
+    for name in SPECIES:
+        cells = [f"{report['flux_factor'][k][name]['mean']:.3f}/{report['flux_factor'][k][name]['max']:.3f}"
+                 for k in report["flux_factor"]]
+        lines.append(f"{name:<10} " + " ".join(f"{c:>15}" for c in cells))
+    return "\n".join(lines)

@@ -1,0 +1,94 @@
+"""`dodo plot metrics|curve`: matplotlib PNGs from metrics_<timestamp>.json files."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from dodo.conventions import SPECIES
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def load_metrics(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"metrics file not found: {path}")
+    data = json.loads(path.read_text())
+    if "history" not in data or "metric_table" not in data:
+        raise ValueError(f"{path}: not a Dodo metrics JSON (no history / metric_table)")
+    return data
+
+
+def plot_metrics(metrics_paths: list, output: str | Path) -> Path:
+    """Best validation and test loss across runs, and model vs Box3D mean |dn|/N_tot."""
+    plt = _pyplot()
+    runs = [load_metrics(p) for p in metrics_paths]
+    labels = [Path(p).parent.parent.name + "/" + Path(p).stem.replace("metrics_", "") for p in metrics_paths]
+    x = np.arange(len(runs))
+    fig, (ax_loss, ax_dn) = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(runs) + 6), 4.5))
+    ax_loss.bar(x - 0.2, [r["best_val_loss"] for r in runs], 0.4, label="best val")
+    ax_loss.bar(x + 0.2, [r["test_loss"]["total"] for r in runs], 0.4, label="test")
+    ax_loss.set_yscale("log")
+    ax_loss.set_ylabel("loss")
+    ax_dn.bar(x - 0.2, [r["metric_table"]["box3d"]["mean_abs_dn_over_ntot_all"] for r in runs], 0.4, label="Box3D")
+    ax_dn.bar(x + 0.2, [r["metric_table"]["model"]["mean_abs_dn_over_ntot_all"] for r in runs], 0.4, label="model")
+    ax_dn.set_yscale("log")
+    ax_dn.set_ylabel("mean |dn| / N_tot (test)")
+    for axis in (ax_loss, ax_dn):
+        axis.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)
+        axis.legend()
+    fig.tight_layout()
+    return _save(fig, output)
+
+
+def plot_curve(metrics_path: str | Path, output: str | Path) -> list[Path]:
+    """Train/val loss per epoch (output) and a per-species parity plot (<output>_parity.png)."""
+    plt = _pyplot()
+    run = load_metrics(metrics_path)
+    fig, axis = plt.subplots(figsize=(6, 4.5))
+    epochs = np.arange(1, len(run["history"]["train"]) + 1)
+    axis.plot(epochs, [h["total"] for h in run["history"]["train"]], label="train")
+    axis.plot(epochs, [h["total"] for h in run["history"]["val"]], label="val")
+    axis.set_yscale("log")
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("loss")
+    axis.legend()
+    fig.tight_layout()
+    written = [_save(fig, output)]
+
+    parity = run.get("parity")
+    if parity and parity["n_true"]:
+        n_true, n_box, n_model = (np.array(parity[k]) for k in ("n_true", "n_box3d", "n_model"))
+        fig, axes = plt.subplots(2, 3, figsize=(11, 7))
+        for i, (axis, name) in enumerate(zip(axes.ravel(), SPECIES)):
+            axis.scatter(n_true[:, i], n_box[:, i], s=3, alpha=0.5, label="Box3D")
+            axis.scatter(n_true[:, i], n_model[:, i], s=3, alpha=0.5, label="model")
+            low, high = n_true[:, i].min(), n_true[:, i].max()
+            axis.plot([low, high], [low, high], "k-", lw=0.8)
+            axis.set_title(name)
+            axis.set_xlabel("true n / N_tot")
+            axis.set_ylabel("predicted n / N_tot")
+        axes[0, 0].legend()
+        fig.tight_layout()
+        output = Path(output)
+        written.append(_save(fig, output.with_name(output.stem + "_parity.png")))
+    return written
+
+
+def _save(fig, output) -> Path:
+    from .atomic import atomic_path
+
+    output = Path(output)
+    with atomic_path(output) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    _pyplot().close(fig)
+    return output

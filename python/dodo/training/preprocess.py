@@ -1,0 +1,196 @@
+"""Emu databases -> Dodo's preprocessed training file (data.md), chunked and atomic."""
+from __future__ import annotations
+
+import datetime
+import glob
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_path, sha256_file
+from .config import PreprocessConfig
+from .readers import (DataFileError, FilterCounts, apply_hygiene, average_mu_tau_change, iter_emu_chunks,
+                      open_emu_file)
+
+PREPROCESSED_FORMAT = "dodo-preprocessed-v1"
+FLOAT_DATASETS = {"F_init": (6, 4), "F_true": (6, 4), "F_box": (6, 4), "invariants": (27,), "residual": (24,),
+                  "u": (4,), "growth_rate": (), "box3d_growth_rate": ()}
+
+
+def resolve_inputs(patterns: list) -> list[Path]:
+    """Expand globs; every pattern must match at least one file."""
+    files = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(str(pattern)))
+        if not matches:
+            raise DataFileError(f"input pattern matches no file: {pattern}")
+        files.extend(Path(m) for m in matches)
+    return files
+
+
+#: dodo.CellStatus bits meaning "input rejected, output = input" (cpp/src/cell_status.hpp).
+REJECTING_FLAGS = ("FLUX_FACTOR", "NEGATIVE_DENSITY", "NONFINITE", "ZERO_DENSITY", "BAD_VELOCITY")
+
+
+def source_kind(attrs) -> str:
+    """'synthetic' (dodo synth), 'qke' (dodo simulate, the QKE solver) or 'emu' (anything else)."""
+    if bool(attrs.get("synthetic", False)):
+        return "synthetic"
+    solver = attrs.get("solver", "")
+    if isinstance(solver, bytes):
+        solver = solver.decode()
+    return "qke" if str(solver).startswith("dodo.qke") else "emu"
+
+
+def box3d_rejected_mask(status: np.ndarray) -> np.ndarray:
+    """Cells whose Box3D output is just the input because the input was rejected."""
+    import dodo
+
+    reject = sum(int(getattr(dodo.CellStatus, name)) for name in REJECTING_FLAGS)
+    return (np.asarray(status).astype(np.int64) & reject) != 0
+
+
+def preprocess(config: PreprocessConfig, progress: bool = True, log=print) -> dict:
+    """Run the whole preprocessing; returns a summary (also stored in the file attributes)."""
+    import h5py
+
+    import dodo
+
+    files = resolve_inputs(config.inputs)
+    settings = dodo.box3d_settings(lebedev_order=config.box3d.lebedev_order, z_method=config.box3d.z_method)
+    sources, kinds = [], set()
+    total_rows = 0
+    for path in files:
+        handle, nsims = open_emu_file(path)
+        with handle:
+            kind = source_kind(handle.attrs)
+        kinds.add(kind)
+        sources.append({"path": str(path), "sha256": sha256_file(path), "rows": int(nsims), "kind": kind})
+        total_rows += nsims
+    # One of "synthetic", "qke", "emu" (docs/model_package.md); a mixture lists its kinds ("emu+qke").
+    data_kind = "+".join(sorted(kinds))
+
+    counts = FilterCounts()
+    written = 0
+    started = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total_rows, desc="preprocess", unit="cell")
+    output = Path(config.output)
+    with atomic_path(output) as tmp:
+        with h5py.File(tmp, "w") as out:
+            chunk_rows = max(1, min(config.chunk_size, 16384))
+            datasets = {}
+            for name, tail in FLOAT_DATASETS.items():
+                datasets[name] = out.create_dataset(name, (0,) + tail, maxshape=(None,) + tail, dtype="f8",
+                                                    chunks=(chunk_rows,) + tail)
+            for name, dtype in (("sim_id", "i8"), ("source_file", "i4"), ("box3d_status", "u4"),
+                                ("dirname", h5py.string_dtype())):
+                datasets[name] = out.create_dataset(name, (0,), maxshape=(None,), dtype=dtype, chunks=(chunk_rows,))
+            sim_offset = 0
+            for file_index, path in enumerate(files):
+                for chunk in iter_emu_chunks(path, config.chunk_size):
+                    n_read = len(chunk)
+                    chunk, chunk_counts = apply_hygiene(chunk, config.filters)
+                    block = _process_chunk(chunk, config, sim_offset, file_index, chunk_counts)
+                    counts.add(chunk_counts)
+                    n = len(block["sim_id"])
+                    if bar is not None:
+                        bar.update(n_read)
+                    if n == 0:
+                        continue
+                    for name, values in block.items():
+                        dataset = datasets[name]
+                        dataset.resize(written + n, axis=0)
+                        dataset[written:written + n] = values
+                    written += n
+                sim_offset += sources[file_index]["rows"]
+            attrs = {
+                "format": PREPROCESSED_FORMAT,
+                "box3d": json.dumps(settings, sort_keys=True),
+                "sources": json.dumps(sources),
+                "filters": json.dumps(_as_dict(config.filters)),
+                "filter_counts": json.dumps(counts.as_dict()),
+                "average_mu_tau": bool(config.average_mu_tau),
+                "data_kind": data_kind,
+                "synthetic": data_kind == "synthetic",
+                "dodo_version": str(getattr(dodo, "__version__", "unknown")),
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "frame_note": "F_init, F_true, F_box lab frame (u); residual = F_true - F_box, caller's units",
+            }
+            for key, value in attrs.items():
+                out.attrs[key] = value
+    if bar is not None:
+        bar.close()
+    elapsed = time.perf_counter() - started
+    summary = {"output": str(output), "rows_written": written, "data_kind": data_kind, "filter_counts": counts.as_dict(),
+               "seconds": elapsed, "cells_per_second": counts.rows_read / elapsed if elapsed > 0 else float("inf")}
+    if written == 0:
+        raise DataFileError(f"no rows survived the filters: {counts.as_dict()}")
+    log(f"preprocess: {written} rows -> {output} ({elapsed:.2f} s, {summary['cells_per_second']:.3g} cells/s)")
+    log("filters: " + ", ".join(f"{k}={v}" for k, v in counts.as_dict().items()))
+    return summary
+
+
+def _process_chunk(chunk, config: PreprocessConfig, sim_offset: int, file_index: int, counts: FilterCounts) -> dict:
+    import dodo
+
+    F_init = chunk.F_init
+    F_true = average_mu_tau_change(F_init, chunk.F_final) if config.average_mu_tau else chunk.F_final
+    u = np.zeros((len(chunk), 4))
+    u[:, 0] = 1.0  # Emu databases are in the fluid rest frame
+    result = dodo.box3d(F_init, u, lebedev_order=config.box3d.lebedev_order, z_method=config.box3d.z_method,
+                        threads=config.threads)
+    status = np.asarray(result.status).astype(np.uint32)
+    keep = np.ones(len(chunk), dtype=bool)
+    if config.filters.drop_box3d_rejected:
+        keep = ~box3d_rejected_mask(status)
+        counts.box3d_rejected_dropped = int((~keep).sum())
+        counts.rows_kept -= counts.box3d_rejected_dropped
+    F_box = np.asarray(result.F_box, dtype=np.float64)
+    invariants = np.asarray(dodo.invariants(F_init, u), dtype=np.float64)
+    return {
+        "F_init": F_init[keep], "F_true": F_true[keep], "F_box": F_box[keep], "invariants": invariants[keep],
+        "residual": (F_true - F_box)[keep].reshape(-1, 24), "u": u[keep],
+        "growth_rate": chunk.growth_rate[keep], "box3d_growth_rate": np.asarray(result.growth_rate)[keep],
+        "sim_id": sim_offset + chunk.row[keep], "source_file": np.full(int(keep.sum()), file_index, dtype=np.int32),
+        "box3d_status": status[keep], "dirname": chunk.dirname[keep].astype(str).tolist() if keep.any() else [],
+    }
+
+
+def _as_dict(obj) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(obj)
+
+
+def read_preprocessed_attrs(path: str | Path) -> dict:
+    """Attributes of a preprocessed file, JSON fields decoded; fails clearly on a wrong file."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError(f"preprocessed file not found: {path} (run `dodo preprocess` first)")
+    try:
+        with h5py.File(path, "r") as handle:
+            attrs = dict(handle.attrs)
+            missing = [n for n in ("F_init", "F_true", "F_box", "invariants", "u") if n not in handle]
+    except OSError as exc:
+        raise DataFileError(f"{path}: not a readable HDF5 file ({exc})") from exc
+    if attrs.get("format") != PREPROCESSED_FORMAT or missing:
+        raise DataFileError(f"{path}: not a Dodo preprocessed file (format attribute {attrs.get('format')!r}, "
+                            f"missing datasets {missing}); make it with `dodo preprocess`")
+    with h5py.File(path, "r") as handle:
+        n = handle["F_init"].shape[0]
+        expected = {"F_init": (n, 6, 4), "F_true": (n, 6, 4), "F_box": (n, 6, 4), "invariants": (n, 27), "u": (n, 4)}
+        wrong = {name: handle[name].shape for name, shape in expected.items() if handle[name].shape != shape}
+    if wrong:
+        raise DataFileError(f"{path}: datasets with unexpected shapes {wrong}; expected {expected}")
+    for key in ("box3d", "sources", "filters", "filter_counts"):
+        if key in attrs:
+            attrs[key] = json.loads(attrs[key])
+    return attrs

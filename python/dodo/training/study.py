@@ -1,0 +1,98 @@
+"""`dodo study`: a grid of training runs, each isolated under results/studies/<tag>/run_XXX/.
+
+Grid file (YAML):
+    base_config: training/configs/model.yaml   # relative to the grid file's directory
+    tag: lr_width                               # default: the grid file's stem
+    output_root: results/studies                # default
+    overrides: {training.epochs: 5}             # applied to every run
+    grid:                                       # cartesian product over dotted keys
+      training.lr: [1.0e-3, 3.0e-3]
+      model.hidden_dim: [64, 128]
+      loss.w_density: [1.0]
+      loss.w_residual_l1: [1.0]
+"""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+from .atomic import write_json_atomic
+from .config import ConfigError, ExperimentConfig, merge_dotted, read_yaml_mapping
+
+ALLOWED_KEYS = {"base_config", "tag", "output_root", "overrides", "grid"}
+
+
+def load_grid(path: str | Path) -> dict:
+    path = Path(path)
+    spec = read_yaml_mapping(path)
+    unknown = sorted(set(spec) - ALLOWED_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(ALLOWED_KEYS)}")
+    if "base_config" not in spec or not isinstance(spec.get("grid"), dict) or not spec["grid"]:
+        raise ConfigError(f"{path}: needs 'base_config' and a non-empty 'grid' mapping of dotted keys to lists")
+    for key, values in spec["grid"].items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{path}: grid.{key} must be a non-empty list")
+    base = Path(spec["base_config"])
+    spec["base_config"] = base if base.is_absolute() else (path.parent / base)
+    spec.setdefault("tag", path.stem)
+    spec.setdefault("output_root", "results/studies")
+    spec.setdefault("overrides", {})
+    return spec
+
+
+def grid_points(grid: dict) -> list[dict]:
+    keys = list(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def run_study(grid_path: str | Path, dry_run: bool = False, echo=print) -> list[dict]:
+    from .train import train
+
+    spec = load_grid(grid_path)
+    root = Path(spec["output_root"]) / spec["tag"]
+    base_raw = read_yaml_mapping(spec["base_config"])
+    points = grid_points(spec["grid"])
+    rows = []
+    configs = []
+    for index, point in enumerate(points):
+        run_dir = root / f"run_{index:03d}"
+        overrides = {**spec["overrides"], **point, "output.results_dir": str(run_dir / "results"),
+                     "output.checkpoint_dir": str(run_dir / "checkpoints"), "training.resume_from": None}
+        raw = merge_dotted(base_raw, overrides)
+        configs.append((run_dir, point, ExperimentConfig.from_mapping(raw, where=f"{grid_path} run_{index:03d}")))
+    echo(f"study '{spec['tag']}': {len(points)} runs under {root}")
+    if dry_run:
+        return [{"run": str(d), **p} for d, p, _ in configs]
+    for run_dir, point, config in configs:
+        config.make_dirs()
+        echo(f"--- {run_dir.name}: {point}")
+        summary = train(config, echo=echo)
+        table = summary["metric_table"]
+        rows.append({"run": run_dir.name, **point, "best_val_loss": summary["best_val_loss"],
+                     "test_loss": summary["test_loss"]["total"],
+                     "box3d_dn": table["box3d"]["mean_abs_dn_over_ntot_all"],
+                     "model_dn": table["model"]["mean_abs_dn_over_ntot_all"],
+                     "box3d_dF": table["box3d"]["mean_abs_dF_over_ntot_all"],
+                     "model_dF": table["model"]["mean_abs_dF_over_ntot_all"],
+                     "metrics": summary["paths"]["metrics"]})
+    write_json_atomic(root / "summary.json", rows)
+    text = format_summary(rows)
+    (root / "summary.txt").write_text(text + "\n")
+    echo(text)
+    return rows
+
+
+def format_summary(rows: list[dict]) -> str:
+    if not rows:
+        return "(no runs)"
+    columns = [k for k in rows[0] if k != "metrics"]
+    width = {c: max(len(c), *(len(_fmt(r[c])) for r in rows)) for c in columns}
+    lines = ["  ".join(c.rjust(width[c]) for c in columns)]
+    for row in sorted(rows, key=lambda r: r["best_val_loss"]):
+        lines.append("  ".join(_fmt(row[c]).rjust(width[c]) for c in columns))
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,343 @@
+"""Training loop: AdamW, warmup + cosine, clipping, AMP on CUDA, exact resume, atomic checkpoints."""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .atomic import sha256_file, torch_save_atomic, write_json_atomic
+from .config import ExperimentConfig
+from .dataset import (CellDataset, check_preprocessed, collate_batch, count_rows, invariant_statistics, make_splits,
+                      percentile_target_scale)
+from .losses import LOSS_TERMS, loss_terms, weighted_loss
+from .metrics import format_metric_table, metric_table
+from .model import ResidualClosure, ResidualFFIModel
+
+CHECKPOINT_FORMAT = "dodo-checkpoint-v1"
+
+
+class RunLog:
+    """Lines to the console and to results/train.log (appended, so a resumed run continues it)."""
+
+    def __init__(self, path: Path, echo=print) -> None:
+        self.path = path
+        self.echo = echo
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, message: str) -> None:
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        line = f"[{stamp}] {message}"
+        if self.echo is not None:
+            self.echo(line)
+        with open(self.path, "a") as handle:
+            handle.write(line + "\n")
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"training.device is {name!r} but CUDA is not available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state(generator: torch.Generator) -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+             "sampler": generator.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict, generator: torch.Generator) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["sampler"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def warmup_cosine(total_steps: int, warmup_fraction: float, min_lr_fraction: float):
+    """Learning-rate factor: linear warmup, then cosine decay to min_lr_fraction."""
+    warmup = int(warmup_fraction * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return min_lr_fraction + (1.0 - min_lr_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def batch_loss(closure: ResidualClosure, batch, loss_config, device, amp: bool):
+    invariants, F_init, F_box, dF_true, weight = (t.to(device, non_blocking=True) for t in batch)
+    with torch.autocast(device_type=device.type, enabled=amp and device.type == "cuda"):
+        output = closure.network(invariants)
+    # Assembly, projection and limiter stay in fp32 (conservation to ~1e-7 N_tot).
+    dF_pred, dF_unlimited, _ = closure.closure_head(output.float(), F_init, F_box, return_unlimited=True)
+    return weighted_loss(loss_terms(dF_pred, dF_unlimited, dF_true, F_box, weight), loss_config)
+
+
+@torch.no_grad()
+def evaluate_loss(closure, loader, loss_config, device) -> dict:
+    """Cell-weighted mean of every loss term over a loader."""
+    closure.eval()
+    sums = {name: 0.0 for name in (*LOSS_TERMS, "total")}
+    count = 0
+    for batch in loader:
+        n = batch[0].shape[0]
+        values = batch_loss(closure, batch, loss_config, device, amp=False).as_floats()
+        for name in sums:
+            sums[name] += values[name] * n
+        count += n
+    return {name: value / max(count, 1) for name, value in sums.items()}
+
+
+@torch.no_grad()
+def predict(closure, dataset: CellDataset, device, batch_size: int = 4096) -> dict:
+    """Model correction and the reference arrays for every row of ``dataset`` (float64 NumPy)."""
+    closure.eval()
+    parts = {"F_init_rest": [], "F_box_rest": [], "dF_true_rest": [], "dF_model_rest": [], "theta": []}
+    for start in range(0, len(dataset), batch_size):
+        invariants, F_init, F_box, dF_true, _ = dataset.__getitems__(range(start, min(start + batch_size, len(dataset))))
+        dF, _, theta = closure(invariants.to(device), F_init.to(device), F_box.to(device), return_unlimited=True)
+        for name, value in (("F_init_rest", F_init), ("F_box_rest", F_box), ("dF_true_rest", dF_true),
+                            ("dF_model_rest", dF), ("theta", theta)):
+            parts[name].append(value.double().cpu().numpy())
+    return {name: np.concatenate(values) if values else np.zeros((0,)) for name, values in parts.items()}
+
+
+def metrics_for(prediction: dict) -> dict:
+    F_true = prediction["F_box_rest"] + prediction["dF_true_rest"]
+    table = metric_table(prediction["F_init_rest"], prediction["F_box_rest"], F_true, prediction["dF_model_rest"])
+    table["limiter_active_fraction"] = float(np.mean(prediction["theta"] < 1.0)) if len(prediction["theta"]) else 0.0
+    return table
+
+
+def parity_sample(prediction: dict, n: int) -> dict:
+    """A few cells' densities (units of N_tot) for parity plots: true, Box3D, model."""
+    F_true = prediction["F_box_rest"] + prediction["dF_true_rest"]
+    F_model = prediction["F_box_rest"] + prediction["dF_model_rest"]
+    take = slice(0, min(n, len(F_true)))
+    return {"n_true": F_true[take, :, 0].tolist(), "n_box3d": prediction["F_box_rest"][take, :, 0].tolist(),
+            "n_model": F_model[take, :, 0].tolist()}
+
+
+def build_closure(model_config, mean=None, std=None) -> ResidualClosure:
+    network = ResidualFFIModel.from_config(model_config)
+    if mean is not None:
+        network.set_normalisation(mean, std)
+    return ResidualClosure(network)
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # torch raises several types for a corrupt file
+        raise ValueError(f"{path}: not a readable Dodo checkpoint ({exc})") from exc
+    found = checkpoint.get("format") if isinstance(checkpoint, dict) else type(checkpoint).__name__
+    if found != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a Dodo checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})")
+    return checkpoint
+
+
+def closure_from_checkpoint(checkpoint: dict) -> ResidualClosure:
+    from .config import ModelConfig, from_dict
+
+    model_config = from_dict(ModelConfig, checkpoint["config"]["model"], "checkpoint model")
+    closure = build_closure(model_config)
+    closure.network.load_state_dict(checkpoint["model_state"])
+    closure.eval()
+    return closure
+
+
+def train(config: ExperimentConfig, echo=print) -> dict:
+    """Train per ``config``; returns a summary (the metrics JSON content, plus 'status').
+
+    On CPU the run is deterministic for a given seed (and thread count); torch's global
+    deterministic-algorithms switch is restored afterwards.
+    """
+    previous = torch.are_deterministic_algorithms_enabled()
+    try:
+        return _train(config, echo)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def _train(config: ExperimentConfig, echo) -> dict:
+    import dodo
+
+    results_dir = Path(config.output.results_dir)
+    checkpoint_dir = Path(config.output.checkpoint_dir)
+    config.make_dirs()
+    log = RunLog(results_dir / "train.log", echo)
+    t = config.training
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    seed_everything(t.seed)
+    device = select_device(t.device)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+
+    data_path = Path(config.data.path)
+    box3d_settings = dodo.box3d_settings(lebedev_order=config.data.box3d.lebedev_order, z_method=config.data.box3d.z_method)
+    attrs = check_preprocessed(data_path, box3d_settings)
+    data_sha256 = sha256_file(data_path)
+    splits = make_splits(count_rows(data_path), config.data.train_fraction, config.data.val_fraction,
+                         config.data.split_seed, config.data.max_samples)
+    if len(splits.val) == 0:
+        raise ValueError("the validation split is empty: add rows or raise data.val_fraction")
+    mean, std = invariant_statistics(data_path, splits.train)
+    target_scale = config.data.target_scale
+    if target_scale == "p99":
+        target_scale = percentile_target_scale(data_path, splits.train)
+
+    datasets = {name: CellDataset(data_path, splits.get(name), target_scale, config.data.in_memory)
+                for name in ("train", "val", "test")}
+    generator = torch.Generator().manual_seed(t.seed)
+    loader_options = {"batch_size": config.data.batch_size, "collate_fn": collate_batch,
+                      "num_workers": config.data.num_workers, "pin_memory": device.type == "cuda"}
+    train_loader = torch.utils.data.DataLoader(datasets["train"], shuffle=True, drop_last=False, generator=generator,
+                                               **loader_options)
+    val_loader = torch.utils.data.DataLoader(datasets["val"], shuffle=False, **loader_options)
+
+    closure = build_closure(config.model, mean, std).to(device)
+    optimizer = torch.optim.AdamW(closure.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    total_steps = t.epochs * len(train_loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, t.warmup_fraction, t.min_lr_fraction))
+    use_amp = t.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    start_epoch, global_step, best_val = 1, 0, math.inf
+    history = {"train": [], "val": []}
+    if t.resume_from:
+        checkpoint = load_checkpoint(t.resume_from)  # CPU: RNG states must stay CPU tensors
+        if checkpoint["config"]["model"] != dataclasses.asdict(config.model):
+            raise ValueError(f"{t.resume_from}: model section differs from the config; cannot resume")
+        if checkpoint["data"]["sha256"] != data_sha256:
+            raise ValueError(f"{t.resume_from}: trained on another data file (checksum differs); cannot resume")
+        closure.network.load_state_dict(checkpoint["model_state"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        restore_rng_state(checkpoint["rng"], generator)
+        start_epoch = checkpoint["epoch"] + 1
+        global_step = checkpoint["global_step"]
+        best_val = checkpoint["best_val_loss"]
+        history = checkpoint["history"]
+        log(f"resumed from {t.resume_from} after epoch {checkpoint['epoch']}")
+
+    log(f"training {config.model.head} head on {len(splits.train)}/{len(splits.val)}/{len(splits.test)} "
+        f"train/val/test cells of {data_path} ({attrs.get('data_kind')}), device {device}, "
+        f"{sum(p.numel() for p in closure.parameters())} parameters")
+
+    def checkpoint_state(epoch: int) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT, "epoch": epoch, "global_step": global_step, "best_val_loss": best_val,
+            "model_state": {k: v.detach().clone() for k, v in closure.network.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(generator),
+            "history": history, "config": config.to_dict(),
+            "normalisation": {"mean": mean.tolist(), "std": std.tolist()},
+            "target_scale": target_scale,
+            "data": {"path": str(data_path), "sha256": data_sha256, "kind": str(attrs.get("data_kind", "unknown")),
+                     "box3d": box3d_settings, "n_rows": int(len(splits.train) + len(splits.val) + len(splits.test))},
+            "dodo_version": str(getattr(dodo, "__version__", "unknown")),
+        }
+
+    started = time.perf_counter()
+    samples_seen = 0
+    status = "completed"
+    for epoch in range(start_epoch, t.epochs + 1):
+        closure.train()
+        sums, count = {}, 0
+        for batch in train_loader:
+            loss = batch_loss(closure, batch, config.loss, device, use_amp)
+            if not use_amp and not bool(torch.isfinite(loss.total)):  # with AMP the scaler skips such steps
+                raise FloatingPointError(f"non-finite loss at epoch {epoch}, step {global_step + 1} "
+                                         f"({loss.as_floats()}); lower training.lr or check the data file")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss.total).backward()
+            if t.grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(closure.parameters(), t.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            global_step += 1
+            n = batch[0].shape[0]
+            samples_seen += n
+            for name, value in loss.as_floats().items():
+                sums[name] = sums.get(name, 0.0) + value * n
+            count += n
+            if global_step % t.log_interval == 0:
+                log(f"epoch {epoch} step {global_step} loss {loss.total.detach().item():.4e} lr {scheduler.get_last_lr()[0]:.3e}")
+        train_losses = {name: value / max(count, 1) for name, value in sums.items()}
+        val_losses = evaluate_loss(closure, val_loader, config.loss, device)
+        history["train"].append(train_losses)
+        history["val"].append(val_losses)
+        improved = val_losses["total"] < best_val
+        log(f"epoch {epoch}/{t.epochs} train {train_losses['total']:.4e} val {val_losses['total']:.4e}"
+            + (" (best)" if improved else ""))
+        if improved:
+            best_val = val_losses["total"]
+            torch_save_atomic(checkpoint_state(epoch), checkpoint_dir / "best.pt")
+        torch_save_atomic(checkpoint_state(epoch), checkpoint_dir / "last.pt")
+        if t.stop_after_epoch is not None and epoch >= t.stop_after_epoch and epoch < t.epochs:
+            status = "interrupted"
+            log(f"stopping after epoch {epoch} as asked (training.stop_after_epoch); resume from {checkpoint_dir / 'last.pt'}")
+            break
+    elapsed = time.perf_counter() - started
+    if status == "interrupted":
+        return {"status": status, "last_checkpoint": str(checkpoint_dir / "last.pt")}
+
+    final_state = checkpoint_state(t.epochs)
+    # Report on the best-validation model (what `dodo export` ships by default).
+    best = load_checkpoint(checkpoint_dir / "best.pt")
+    closure.network.load_state_dict(best["model_state"])
+    test_name = "test" if len(splits.test) else "val"
+    test_loader = torch.utils.data.DataLoader(datasets[test_name], shuffle=False, **loader_options)
+    test_losses = evaluate_loss(closure, test_loader, config.loss, device)
+    # Metrics as the runtime computes them: fp32 network, float64 four-fluxes and head.
+    prediction = predict(closure, CellDataset(data_path, splits.get(test_name), target_scale, dtype=torch.float64), device)
+    table = metrics_for(prediction)
+    table["split"] = test_name
+    log(format_metric_table(table))
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    metrics_path = results_dir / f"metrics_{stamp}.json"
+    summary = {
+        "status": status, "best_val_loss": best_val, "final_val_loss": history["val"][-1]["total"],
+        "test_loss": test_losses, "history": history, "metric_table": table,
+        "parity": parity_sample(prediction, config.output.parity_samples),
+        "paths": {"data": str(data_path), "best": str(checkpoint_dir / "best.pt"),
+                  "final": str(checkpoint_dir / "final.pt"), "log": str(results_dir / "train.log"),
+                  "metrics": str(metrics_path)},
+        "config": config.to_dict(), "normalisation": {"mean": mean.tolist(), "std": std.tolist()},
+        "target_scale": target_scale, "data_sha256": data_sha256, "data_kind": str(attrs.get("data_kind")),
+        "box3d": box3d_settings, "seconds": elapsed,
+        "train_samples_per_second": samples_seen / elapsed if elapsed > 0 else None,
+    }
+    final_state["metrics"] = table
+    torch_save_atomic(final_state, checkpoint_dir / "final.pt")
+    best["metrics"] = table
+    torch_save_atomic(best, checkpoint_dir / "best.pt")
+    write_json_atomic(metrics_path, summary)
+    log(f"wrote {metrics_path}")
+    return summary
