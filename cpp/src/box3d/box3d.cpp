@@ -10,6 +10,7 @@
 #include "../realizability.hpp"
 #include "../multiversion.hpp"
 #include "exp_kernel.hpp"
+#include "langevin_kernel.hpp"
 
 namespace dodo {
 namespace {
@@ -78,22 +79,27 @@ std::uint32_t pairwise_box3d_change(const Box3DSettings& settings, const Lebedev
   std::fill(dF, dF + kCellValues, 0.0);
   *growth_over_ntot = 0.0;
 
-  // Step 1: inverse Langevin per species; flag flux factors the quadrature cannot represent.
-  double density[kSpecies], Z[kSpecies], direction[kSpecies][3];
+  // Step 1: flux factors; flag those the quadrature cannot represent; then Z for all six
+  // species at once (a fixed-count, branch-free solve that vectorises).
+  double density[kSpecies], flux_factor[kSpecies], Z[kSpecies], direction[kSpecies][3];
   for (int a = 0; a < kSpecies; ++a) {
     const double* species = F + a * kComponents;
     density[a] = species[0];
     const double flux = std::sqrt(species[1] * species[1] + species[2] * species[2] + species[3] * species[3]);
     if (density[a] <= 0.0) {
       if (flux > 0.0) return kCell_FLUX_FACTOR;  // flux without density: not a distribution
-      Z[a] = 0.0;
-      direction[a][0] = direction[a][1] = direction[a][2] = 0.0;
-      continue;
+      flux_factor[a] = 0.0;
+    } else {
+      flux_factor[a] = flux / density[a];
+      if (!(flux_factor[a] < settings.max_flux_factor)) return kCell_FLUX_FACTOR;
     }
-    const double flux_factor = flux / density[a];
-    if (!(flux_factor < settings.max_flux_factor)) return kCell_FLUX_FACTOR;
-    Z[a] = inverse_langevin(flux_factor, settings.z_method);
     for (int i = 0; i < 3; ++i) direction[a][i] = flux > 0.0 ? species[1 + i] / flux : 0.0;
+  }
+  if (settings.z_method == ZMethod::kJedynak) {
+    for (int a = 0; a < kSpecies; ++a) Z[a] = jedynak_inverse_langevin(flux_factor[a]);
+  } else {
+#pragma omp simd
+    for (int a = 0; a < kSpecies; ++a) Z[a] = halley_inverse_langevin(flux_factor[a]);
   }
 
   const std::size_t points = rule.size();
