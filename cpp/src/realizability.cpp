@@ -34,12 +34,14 @@ double realizable_step(const double* F_base, const double* dF) {
   for (int a = 0; a < kSpecies; ++a) {
     const double* base = F_base + a * kComponents;
     const double* change = dF + a * kComponents;
-    if (slack(base, change, theta, 0.0) >= 0.0) continue;
+    // A species already (slightly) outside the cone may not move further out.
+    const double floor = std::fmin(0.0, slack(base, change, 0.0, 0.0));
+    if (slack(base, change, theta, 0.0) >= floor) continue;
     // The slack is concave in theta and admissible at 0: bisect for its last admissible point.
     double lo = 0.0, hi = theta;
     for (int iteration = 0; iteration < 64 && hi - lo > 1e-17; ++iteration) {
       const double mid = 0.5 * (lo + hi);
-      if (slack(base, change, mid, kMargin) >= 0.0) lo = mid; else hi = mid;
+      if (slack(base, change, mid, kMargin) >= floor) lo = mid; else hi = mid;
     }
     theta = lo;
   }

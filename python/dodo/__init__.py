@@ -1,6 +1,8 @@
 """Dodo: a machine-learned closure for the neutrino fast flavour instability.
 
-``F_pred = F_box + dF_ml``: the analytic Box3D closure (C++ core) plus a learned correction.
+``F_pred = F_box + dF_ml``: the analytic Box3D closure (C++ core) plus a learned correction
+(an ONNX model run by the same C++ runtime that hydro codes link): :func:`closure`,
+:class:`Closure`, :func:`box3d`.
 Conventions (species, components, metric, frames) are in :mod:`dodo.conventions`.
 """
 from __future__ import annotations
@@ -24,20 +26,26 @@ from ._box3d import (
     comoving_density,
     invariants,
 )
+from ._closure import BOX3D_ONLY, Closure, ClosureResult, closure, runtime_available
 from ._status import CellStatus, describe_status
 
 __version__ = _core.__version__
 
 __all__ = [
+    "BOX3D_ONLY",
     "Box3DResult",
+    "Closure",
+    "ClosureResult",
     "CellStatus",
     "boost_from_rest",
     "boost_to_rest",
     "box3d",
     "box3d_settings",
+    "closure",
     "comoving_density",
     "conventions",
     "describe_status",
     "invariants",
+    "runtime_available",
     "__version__",
 ]

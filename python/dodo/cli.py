@@ -23,11 +23,19 @@ def _info(args: argparse.Namespace) -> int:
     import numpy
 
     from . import __version__, _core
+    from ._closure import runtime_available, runtime_paths
 
+    paths = runtime_paths()
+    if args.path:  # one path alone, for build systems: `dodo info --cmake-dir`
+        print(paths[args.path])
+        return 0
     print(f"dodo {__version__}")
     print(f"numpy {numpy.__version__}")
     print(f"core module: {_core.__file__}")
     print(f"Lebedev orders: {_core.available_lebedev_orders()}")
+    print("closure runtime:", "built" if runtime_available() else "NOT built (no ONNX Runtime headers at build time)")
+    for key in ("include_dir", "lib_dir", "cmake_dir", "pkgconfig_dir", "default_model", "onnxruntime_library"):
+        print(f"{key}: {paths[key]}")
     return 0
 
 
@@ -38,8 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     reference.add_argument("--lebedev-order", type=int, default=17)
     reference.add_argument("--z-method", choices=("exact", "jedynak"), default="jedynak")
     reference.set_defaults(func=_reference)
-    info = subparsers.add_parser("info", help="versions and paths of this installation")
-    info.set_defaults(func=_info)
+    info = subparsers.add_parser("info", help="versions and paths of this installation (for CMake, pkg-config)")
+    info.set_defaults(func=_info, path=None)
+    for flag in ("include", "lib", "cmake", "pkgconfig"):
+        info.add_argument(f"--{flag}-dir", dest="path", action="store_const", const=f"{flag}_dir",
+                          help=f"print only the {flag} directory")
     for module_name in _SUBCOMMAND_MODULES:
         try:
             module = importlib.import_module(module_name)

@@ -1,0 +1,124 @@
+// pybind11 glue for the closure runtime: dodo._core.Closure. The public API is dodo.Closure
+// (python/dodo/_closure.py); this layer only moves arrays and releases the GIL while computing.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <optional>
+#include <string>
+
+#include "dodo/dodo.h"
+#include "runtime/closure.hpp"
+#include "runtime/errors.hpp"
+
+namespace py = pybind11;
+using dodo::runtime::Closure;
+using dodo::runtime::ClosureOptions;
+
+namespace {
+
+using CellInput = py::array_t<double, py::array::c_style | py::array::forcecast>;
+
+// Status codes become the Python exception a user expects, with the status name in the text.
+void translate_runtime_error(std::exception_ptr pointer) {
+  try {
+    if (pointer) std::rethrow_exception(pointer);
+  } catch (const dodo::runtime::Error& error) {
+    const std::string text = std::string(dodo_status_name(error.status())) + ": " + error.what();
+    switch (error.status()) {
+      case DODO_ERROR_INVALID_ARGUMENT: PyErr_SetString(PyExc_ValueError, text.c_str()); return;
+      case DODO_ERROR_FILE: PyErr_SetString(PyExc_FileNotFoundError, text.c_str()); return;
+      case DODO_ERROR_OUT_OF_MEMORY: PyErr_SetString(PyExc_MemoryError, text.c_str()); return;
+      default: PyErr_SetString(PyExc_RuntimeError, text.c_str()); return;
+    }
+  }
+}
+
+py::dict counters_dict(const Closure& closure) {
+  const dodo::runtime::ClosureCounters c = closure.counters();
+  py::dict out;
+  out["cells"] = c.cells;
+  out["rejected"] = c.rejected;
+  out["no_crossing"] = c.no_crossing;
+  out["box3d_limited"] = c.box3d_limited;
+  out["network_nonfinite"] = c.network_nonfinite;
+  out["correction_limited"] = c.correction_limited;
+  return out;
+}
+
+py::tuple apply(const Closure& closure, const CellInput& F_init, const std::optional<CellInput>& u) {
+  if (F_init.ndim() != 3 || F_init.shape(1) != dodo::kSpecies || F_init.shape(2) != dodo::kComponents)
+    throw py::value_error("F_init must have shape (n, 6, 4)");
+  const std::size_t n = static_cast<std::size_t>(F_init.shape(0));
+  dodo::ConstVelocityArray velocity;
+  if (u) {
+    if (u->ndim() != 2 || static_cast<std::size_t>(u->shape(0)) != n || u->shape(1) != 4)
+      throw py::value_error("u must have shape (n, 4) matching F_init");
+    velocity.data = u->data();
+  }
+  py::array_t<double> F_pred({static_cast<py::ssize_t>(n), py::ssize_t{dodo::kSpecies}, py::ssize_t{dodo::kComponents}});
+  py::array_t<std::uint32_t> status(static_cast<py::ssize_t>(n));
+  py::array_t<double> growth(static_cast<py::ssize_t>(n));
+  dodo::ConstCellArray input{F_init.data()};
+  dodo::CellArray output{F_pred.mutable_data()};
+  std::uint32_t* status_data = status.mutable_data();
+  double* growth_data = growth.mutable_data();
+  {
+    py::gil_scoped_release release;
+    closure.apply(n, input, velocity, output, status_data, growth_data);
+  }
+  return py::make_tuple(F_pred, status, growth);
+}
+
+}  // namespace
+
+void register_runtime(py::module_& m) {
+  py::register_exception_translator(&translate_runtime_error);
+
+  py::class_<Closure>(m, "Closure", "The C++ closure runtime; use dodo.Closure instead.")
+      .def(py::init([](const std::optional<std::string>& model, int threads, int chunk_size, int lebedev_order,
+                       const std::string& z_method, double max_flux_factor, const std::string& onnxruntime_library,
+                       const std::string& device, bool run_self_test) {
+             ClosureOptions options;
+             options.threads = threads;
+             options.chunk_size = chunk_size;
+             options.box3d.lebedev_order = lebedev_order;
+             options.box3d.z_method = z_method;
+             options.box3d.max_flux_factor = max_flux_factor;
+             options.onnxruntime_library = onnxruntime_library;
+             options.device = device;
+             options.run_self_test = run_self_test;
+             py::gil_scoped_release release;  // loading and warm-up can take a while
+             return std::make_unique<Closure>(model.value_or(""), options);
+           }),
+           py::arg("model"), py::arg("threads") = 0, py::arg("chunk_size") = 1024, py::arg("lebedev_order") = 0,
+           py::arg("z_method") = "", py::arg("max_flux_factor") = 0.0, py::arg("onnxruntime_library") = "",
+           py::arg("device") = "cpu", py::arg("run_self_test") = false)
+      .def("apply", &apply, py::arg("F_init"), py::arg("u") = py::none(),
+           "(n,6,4) float64 [, (n,4)] -> (F_pred (n,6,4), status (n,) uint32, growth_over_ntot (n,))")
+      .def("self_test", [](const Closure& closure) {
+             py::gil_scoped_release release;
+             return closure.self_test();
+           })
+      .def("counters", &counters_dict)
+      .def("reset_counters", &Closure::reset_counters)
+      .def_property_readonly("has_model", &Closure::has_model)
+      .def_property_readonly("head", [](const Closure& c) -> py::object {
+        return c.has_model() ? py::object(py::str(dodo::runtime::head_name(c.head()))) : py::object(py::none());
+      })
+      .def_property_readonly("metadata", [](const Closure& c) { return c.metadata(); })
+      .def_property_readonly("box3d_settings", [](const Closure& c) {
+        const dodo::Box3DSettings& s = c.box3d_settings();
+        py::dict out;
+        out["scheme"] = "pairwise";
+        out["form"] = "delta";
+        out["lebedev_order"] = s.lebedev_order;
+        out["z_method"] = dodo::runtime::z_method_name(s.z_method);
+        out["max_flux_factor"] = s.max_flux_factor;
+        return out;
+      })
+      .def_property_readonly("threads", &Closure::threads)
+      .def_property_readonly("chunk_size", &Closure::chunk_size)
+      .def_property_readonly("onnxruntime_library", &Closure::onnxruntime_path)
+      .def_property_readonly("onnxruntime_version", &Closure::onnxruntime_version);
+}

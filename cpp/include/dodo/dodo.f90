@@ -1,0 +1,295 @@
+! Fortran interface to the Dodo closure (the C API of dodo.h through iso_c_binding).
+!
+!   use dodo
+!   type(dodo_closure) :: closure
+!   real(c_double) :: F(4, 6, ncell), F_pred(4, 6, ncell), u(4, ncell)
+!   integer :: stat
+!   call dodo_create(closure, "model.onnx", stat=stat, threads=2)
+!   call dodo_apply(closure, F, F_pred, u=u, stat=stat)
+!   call dodo_destroy(closure)
+!
+! Arrays are passed without copies: a Fortran array F(4, 6, ncell) (component, species, cell)
+! has exactly the memory layout of C's double F[ncell][6][4]. Components are (t, x, y, z),
+! species (nu_e, nu_mu, nu_tau, nubar_e, nubar_mu, nubar_tau). Every routine takes optional
+! `stat` (DODO_OK = 0 on success) and `errmsg`; when `stat` is absent an error stops the program
+! with the message, like an ALLOCATE without STAT=. The library itself never prints or stops.
+!
+! Compile this file with your Fortran compiler (module files are compiler-specific) and link
+! libdodo: CMake gives its path as ${Dodo_FORTRAN_MODULE_SOURCE}; pkg-config as
+! $(pkg-config --variable=includedir dodo)/dodo/dodo.f90.
+module dodo
+  use, intrinsic :: iso_c_binding, only: c_ptr, c_null_ptr, c_null_char, c_char, c_int, c_double, c_size_t, &
+                                         c_int32_t, c_int64_t, c_long, c_associated, c_loc, c_f_pointer
+  implicit none
+  private
+
+  public :: dodo_closure, dodo_counters
+  public :: dodo_create, dodo_destroy, dodo_apply, dodo_self_test, dodo_get_counters, dodo_version_string
+  public :: c_double, c_int32_t
+
+  ! Status codes (dodo.h DODO_STATUS_LIST).
+  integer, parameter, public :: DODO_OK = 0, DODO_ERROR_INVALID_ARGUMENT = 1, DODO_ERROR_FILE = 2, &
+                                DODO_ERROR_MODEL_FORMAT = 3, DODO_ERROR_MODEL_METADATA = 4, &
+                                DODO_ERROR_ONNXRUNTIME_UNAVAILABLE = 5, DODO_ERROR_ONNXRUNTIME = 6, &
+                                DODO_ERROR_SELF_TEST = 7, DODO_ERROR_OUT_OF_MEMORY = 8, DODO_ERROR_NO_MODEL = 9, &
+                                DODO_ERROR_INTERNAL = 10
+  ! Per-cell status bits (dodo.h DODO_CELL_*).
+  integer(c_int32_t), parameter, public :: DODO_CELL_OK = 0, DODO_CELL_NO_CROSSING = 1, DODO_CELL_FLUX_FACTOR = 2, &
+                                           DODO_CELL_NEGATIVE_DENSITY = 4, DODO_CELL_NONFINITE = 8, &
+                                           DODO_CELL_ZERO_DENSITY = 16, DODO_CELL_BAD_VELOCITY = 32, &
+                                           DODO_CELL_BOX3D_LIMITED = 64, DODO_CELL_NETWORK_NONFINITE = 128, &
+                                           DODO_CELL_CORRECTION_LIMITED = 256, DODO_CELL_REJECTED_MASK = 62
+
+  ! Owns one dodo_closure* handle; copy the type only as a reference (destroy once).
+  type :: dodo_closure
+    type(c_ptr) :: handle = c_null_ptr
+  end type dodo_closure
+
+  type, bind(c) :: dodo_counters
+    integer(c_int64_t) :: cells = 0, rejected = 0, no_crossing = 0, box3d_limited = 0, network_nonfinite = 0, &
+                          correction_limited = 0
+  end type dodo_counters
+
+  ! struct dodo_options (dodo.h), same field order.
+  type, bind(c) :: options_c
+    integer(c_size_t) :: struct_size
+    integer(c_int) :: threads, chunk_size, lebedev_order
+    type(c_ptr) :: z_method
+    real(c_double) :: max_flux_factor
+    type(c_ptr) :: onnxruntime_library
+    integer(c_int) :: run_self_test
+  end type options_c
+
+  interface
+    subroutine c_options_init(options) bind(c, name="dodo_options_init")
+      import :: options_c
+      type(options_c), intent(inout) :: options
+    end subroutine
+    function c_create(model_path, options, closure, error_buffer, error_size) bind(c, name="dodo_closure_create")
+      import :: c_ptr, c_int, c_char, c_size_t, options_c
+      type(c_ptr), value :: model_path
+      type(options_c), intent(in) :: options
+      type(c_ptr), intent(out) :: closure
+      character(kind=c_char), intent(inout) :: error_buffer(*)
+      integer(c_size_t), value :: error_size
+      integer(c_int) :: c_create
+    end function
+    subroutine c_destroy(closure) bind(c, name="dodo_closure_destroy")
+      import :: c_ptr
+      type(c_ptr), value :: closure
+    end subroutine
+    function c_apply(closure, n_cells, F_init, F_init_strides, u, u_strides, F_pred, F_pred_strides, cell_status) &
+        bind(c, name="dodo_apply")
+      import :: c_ptr, c_int, c_size_t
+      type(c_ptr), value :: closure, F_init, F_init_strides, u, u_strides, F_pred, F_pred_strides, cell_status
+      integer(c_size_t), value :: n_cells
+      integer(c_int) :: c_apply
+    end function
+    function c_self_test(closure, max_error) bind(c, name="dodo_self_test")
+      import :: c_ptr, c_int, c_double
+      type(c_ptr), value :: closure
+      real(c_double), intent(out) :: max_error
+      integer(c_int) :: c_self_test
+    end function
+    function c_get_counters(closure, counters) bind(c, name="dodo_get_counters")
+      import :: c_ptr, c_int, dodo_counters
+      type(c_ptr), value :: closure
+      type(dodo_counters), intent(out) :: counters
+      integer(c_int) :: c_get_counters
+    end function
+    function c_last_error(closure, buffer, buffer_size) bind(c, name="dodo_last_error")
+      import :: c_ptr, c_char, c_size_t
+      type(c_ptr), value :: closure
+      character(kind=c_char), intent(inout) :: buffer(*)
+      integer(c_size_t), value :: buffer_size
+      integer(c_size_t) :: c_last_error
+    end function
+    function c_version() bind(c, name="dodo_version")
+      import :: c_ptr
+      type(c_ptr) :: c_version
+    end function
+    function c_strlen(text) bind(c, name="strlen")
+      import :: c_ptr, c_size_t
+      type(c_ptr), value :: text
+      integer(c_size_t) :: c_strlen
+    end function
+  end interface
+
+contains
+
+  ! Creates a closure from a model package; model_path absent or "" gives a Box3D-only closure.
+  subroutine dodo_create(closure, model_path, threads, chunk_size, lebedev_order, max_flux_factor, &
+                         run_self_test, stat, errmsg)
+    type(dodo_closure), intent(inout) :: closure
+    character(len=*), intent(in), optional :: model_path
+    integer, intent(in), optional :: threads, chunk_size, lebedev_order
+    real(c_double), intent(in), optional :: max_flux_factor
+    logical, intent(in), optional :: run_self_test
+    integer, intent(out), optional :: stat
+    character(len=*), intent(inout), optional :: errmsg
+    type(options_c) :: options
+    character(kind=c_char), allocatable, target :: path_c(:)
+    character(kind=c_char) :: message(1024)
+    type(c_ptr) :: path_pointer
+    integer :: status
+
+    call c_options_init(options)
+    if (present(threads)) options%threads = int(threads, c_int)
+    if (present(chunk_size)) options%chunk_size = int(chunk_size, c_int)
+    if (present(lebedev_order)) options%lebedev_order = int(lebedev_order, c_int)
+    if (present(max_flux_factor)) options%max_flux_factor = max_flux_factor
+    if (present(run_self_test)) then
+      if (run_self_test) options%run_self_test = 1
+    end if
+    path_pointer = c_null_ptr
+    if (present(model_path)) then
+      if (len_trim(model_path) > 0) then
+        path_c = to_c_string(model_path)
+        path_pointer = c_loc(path_c)
+      end if
+    end if
+    message = c_null_char
+    if (c_associated(closure%handle)) call c_destroy(closure%handle)
+    status = int(c_create(path_pointer, options, closure%handle, message, int(size(message), c_size_t)))
+    call report(status, from_c_buffer(message), stat, errmsg)
+  end subroutine dodo_create
+
+  subroutine dodo_destroy(closure)
+    type(dodo_closure), intent(inout) :: closure
+    call c_destroy(closure%handle)
+    closure%handle = c_null_ptr
+  end subroutine dodo_destroy
+
+  ! F_init, F_pred: (4, 6, ncell); u: (4, ncell), absent = every cell at rest;
+  ! cell_status: (ncell) bits DODO_CELL_*. F_pred may be the same array as F_init.
+  subroutine dodo_apply(closure, F_init, F_pred, u, cell_status, stat, errmsg)
+    type(dodo_closure), intent(in) :: closure
+    real(c_double), intent(in), contiguous, target :: F_init(:, :, :)
+    real(c_double), intent(inout), contiguous, target :: F_pred(:, :, :)
+    real(c_double), intent(in), optional, contiguous, target :: u(:, :)
+    integer(c_int32_t), intent(out), optional, contiguous, target :: cell_status(:)
+    integer, intent(out), optional :: stat
+    character(len=*), intent(inout), optional :: errmsg
+    type(c_ptr) :: u_pointer, status_pointer
+    integer :: status
+    integer(c_size_t) :: ncell
+
+    ncell = int(size(F_init, 3), c_size_t)
+    if (size(F_init, 1) /= 4 .or. size(F_init, 2) /= 6 .or. any(shape(F_pred) /= shape(F_init))) then
+      call report(DODO_ERROR_INVALID_ARGUMENT, "F_init and F_pred must both have shape (4, 6, ncell)", stat, errmsg)
+      return
+    end if
+    u_pointer = c_null_ptr
+    status_pointer = c_null_ptr
+    if (present(u)) then
+      if (size(u, 1) /= 4 .or. size(u, 2) /= size(F_init, 3)) then
+        call report(DODO_ERROR_INVALID_ARGUMENT, "u must have shape (4, ncell)", stat, errmsg)
+        return
+      end if
+      u_pointer = c_loc(u)
+    end if
+    if (present(cell_status)) then
+      if (size(cell_status) /= size(F_init, 3)) then
+        call report(DODO_ERROR_INVALID_ARGUMENT, "cell_status must have ncell entries", stat, errmsg)
+        return
+      end if
+      status_pointer = c_loc(cell_status)
+    end if
+    if (ncell == 0) then
+      call report(DODO_OK, "", stat, errmsg)
+      return
+    end if
+    status = int(c_apply(closure%handle, ncell, c_loc(F_init), c_null_ptr, u_pointer, c_null_ptr, c_loc(F_pred), &
+                         c_null_ptr, status_pointer))
+    call report(status, last_error(closure), stat, errmsg)
+  end subroutine dodo_apply
+
+  ! Runs the model's embedded test vectors; max_error in units of N_tot.
+  subroutine dodo_self_test(closure, max_error, stat, errmsg)
+    type(dodo_closure), intent(in) :: closure
+    real(c_double), intent(out), optional :: max_error
+    integer, intent(out), optional :: stat
+    character(len=*), intent(inout), optional :: errmsg
+    real(c_double) :: worst
+    integer :: status
+    worst = 0
+    status = int(c_self_test(closure%handle, worst))
+    if (present(max_error)) max_error = worst
+    call report(status, last_error(closure), stat, errmsg)
+  end subroutine dodo_self_test
+
+  subroutine dodo_get_counters(closure, counters, stat, errmsg)
+    type(dodo_closure), intent(in) :: closure
+    type(dodo_counters), intent(out) :: counters
+    integer, intent(out), optional :: stat
+    character(len=*), intent(inout), optional :: errmsg
+    integer :: status
+    status = int(c_get_counters(closure%handle, counters))
+    call report(status, last_error(closure), stat, errmsg)
+  end subroutine dodo_get_counters
+
+  function dodo_version_string() result(version)
+    character(len=:), allocatable :: version
+    character(kind=c_char), pointer :: text(:)
+    type(c_ptr) :: pointer
+    integer :: i, n
+    pointer = c_version()
+    n = int(c_strlen(pointer))
+    call c_f_pointer(pointer, text, [n])
+    allocate(character(len=n) :: version)
+    do i = 1, n
+      version(i:i) = text(i)
+    end do
+  end function dodo_version_string
+
+  ! --- helpers -------------------------------------------------------------------------------
+
+  subroutine report(status, message, stat, errmsg)
+    integer, intent(in) :: status
+    character(len=*), intent(in) :: message
+    integer, intent(out), optional :: stat
+    character(len=*), intent(inout), optional :: errmsg
+    if (present(stat)) stat = status
+    if (status /= DODO_OK .and. present(errmsg)) errmsg = message
+    if (status /= DODO_OK .and. .not. present(stat)) error stop "dodo: " // message
+  end subroutine report
+
+  function last_error(closure) result(message)
+    type(dodo_closure), intent(in) :: closure
+    character(len=:), allocatable :: message
+    character(kind=c_char) :: buffer(1024)
+    integer(c_size_t) :: length
+    buffer = c_null_char
+    length = c_last_error(closure%handle, buffer, int(size(buffer), c_size_t))
+    message = from_c_buffer(buffer)
+    if (length == 0 .and. .not. c_associated(closure%handle)) message = "closure handle is not created"
+  end function last_error
+
+  function to_c_string(text) result(c_text)
+    character(len=*), intent(in) :: text
+    character(kind=c_char), allocatable :: c_text(:)
+    integer :: i, n
+    n = len_trim(text)
+    allocate(c_text(n + 1))
+    do i = 1, n
+      c_text(i) = text(i:i)
+    end do
+    c_text(n + 1) = c_null_char
+  end function to_c_string
+
+  function from_c_buffer(buffer) result(text)
+    character(kind=c_char), intent(in) :: buffer(:)
+    character(len=:), allocatable :: text
+    integer :: i, n
+    n = 0
+    do i = 1, size(buffer)
+      if (buffer(i) == c_null_char) exit
+      n = i
+    end do
+    allocate(character(len=n) :: text)
+    do i = 1, n
+      text(i:i) = buffer(i)
+    end do
+  end function from_c_buffer
+
+end module dodo

@@ -1,0 +1,149 @@
+/* Dodo C API: the in-loop closure for the neutrino fast flavour instability.
+ *
+ * F_pred = F_box + dF_ml per grid cell: Box3D (Richers et al., PRD 110, 103019 (2024)) in the
+ * fluid rest frame, then a learned correction (ONNX model) that is projected onto the
+ * conservation subspace, limited to stay realizable and boosted back to the lab frame.
+ *
+ * Conventions (docs/runtime.md): a cell holds 6 species (nu_e, nu_mu, nu_tau, nubar_e,
+ * nubar_mu, nubar_tau) x 4 components (t, x, y, z) of the number four-flux in the caller's
+ * units; the four-velocity is u^mu = (W, W v). A C array double F[ncell][6][4] and a Fortran
+ * array real(c_double) :: F(4, 6, ncell) have the same memory layout (the default strides).
+ *
+ * Rules: C99; every function returns a status or a plain value; nothing prints, exits or
+ * aborts; handles are immutable after creation and may be shared between threads;
+ * dodo_closure_destroy(NULL) is a no-op. Strings returned as `const char*` are static.
+ */
+#ifndef DODO_DODO_H
+#define DODO_DODO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32) && defined(DODO_BUILDING_LIBRARY)
+#define DODO_API __declspec(dllexport)
+#elif defined(__GNUC__)
+#define DODO_API __attribute__((visibility("default")))
+#else
+#define DODO_API
+#endif
+
+#define DODO_VERSION_MAJOR 0
+#define DODO_VERSION_MINOR 1
+#define DODO_VERSION_PATCH 0
+/* Bumped when a function's signature or a struct's meaning changes incompatibly. */
+#define DODO_API_VERSION 1
+
+/* Status codes, listed once: X(name, value, message). */
+#define DODO_STATUS_LIST(X)                                                                         \
+  X(DODO_OK, 0, "success")                                                                          \
+  X(DODO_ERROR_INVALID_ARGUMENT, 1, "invalid argument (null pointer, bad option or bad stride)")    \
+  X(DODO_ERROR_FILE, 2, "model file missing or unreadable")                                         \
+  X(DODO_ERROR_MODEL_FORMAT, 3, "not an ONNX model, or its inputs/outputs break the model contract") \
+  X(DODO_ERROR_MODEL_METADATA, 4, "model metadata missing, of an unknown version or incompatible")  \
+  X(DODO_ERROR_ONNXRUNTIME_UNAVAILABLE, 5, "ONNX Runtime library not found or too old")             \
+  X(DODO_ERROR_ONNXRUNTIME, 6, "ONNX Runtime reported an error")                                    \
+  X(DODO_ERROR_SELF_TEST, 7, "self-test against the model's embedded test vectors failed")          \
+  X(DODO_ERROR_OUT_OF_MEMORY, 8, "out of memory")                                                   \
+  X(DODO_ERROR_NO_MODEL, 9, "operation needs a model but the handle is Box3D-only")                 \
+  X(DODO_ERROR_INTERNAL, 10, "internal error (please report)")
+
+typedef enum dodo_status {
+#define DODO_STATUS_ENUM_ENTRY(name, value, message) name = value,
+  DODO_STATUS_LIST(DODO_STATUS_ENUM_ENTRY)
+#undef DODO_STATUS_ENUM_ENTRY
+} dodo_status;
+
+/* Per-cell status bits (OR-ed together in dodo_apply's cell_status output). */
+#define DODO_CELL_OK 0u
+#define DODO_CELL_NO_CROSSING 1u        /* no ELN crossing: stable, output = input */
+#define DODO_CELL_FLUX_FACTOR 2u        /* flux factor at or above the representable limit: output = input */
+#define DODO_CELL_NEGATIVE_DENSITY 4u   /* negative comoving density: output = input */
+#define DODO_CELL_NONFINITE 8u          /* NaN/Inf input: output = input (zeros if not finite) */
+#define DODO_CELL_ZERO_DENSITY 16u      /* N_tot = 0: output = input */
+#define DODO_CELL_BAD_VELOCITY 32u      /* u not a future-directed unit four-velocity: output = input */
+#define DODO_CELL_BOX3D_LIMITED 64u     /* Box3D change scaled down to stay realizable */
+#define DODO_CELL_NETWORK_NONFINITE 128u /* network output not finite: Box3D result returned */
+#define DODO_CELL_CORRECTION_LIMITED 256u /* learned correction scaled down by the realizability limiter */
+/* Any of these bits: the cell's output is its input (the closure was not applied). */
+#define DODO_CELL_REJECTED_MASK 62u
+
+/* Opaque handle (SUNDIALS style: a pointer to an incomplete struct). */
+typedef struct dodo_closure dodo_closure;
+
+/* Options for dodo_closure_create. Initialise with dodo_options_init, then set fields. */
+typedef struct dodo_options {
+  size_t struct_size;              /* set by dodo_options_init; lets the struct grow compatibly */
+  int threads;                     /* worker threads per dodo_apply; 0 or 1 = caller's thread only */
+  int chunk_size;                  /* cells per network call (default 1024) */
+  int lebedev_order;               /* Box3D quadrature order; 0 = the model's (17 without a model) */
+  const char* z_method;            /* "exact" or "jedynak"; NULL = the model's ("exact" without one) */
+  double max_flux_factor;          /* 0 = the model's (0.98 without one) */
+  const char* onnxruntime_library; /* path of libonnxruntime; NULL = search (docs/runtime.md) */
+  int run_self_test;               /* nonzero: run the model's test vectors at creation */
+} dodo_options;
+
+typedef struct dodo_counters {
+  uint64_t cells;               /* cells processed by dodo_apply */
+  uint64_t rejected;            /* cells whose input was rejected (output = input) */
+  uint64_t no_crossing;         /* stable cells (no ELN crossing) */
+  uint64_t box3d_limited;       /* cells whose Box3D change was limited */
+  uint64_t network_nonfinite;   /* cells whose network output was not finite (Box3D returned) */
+  uint64_t correction_limited;  /* cells whose learned correction was scaled down */
+} dodo_counters;
+
+/* Library version "MAJOR.MINOR.PATCH" and the API version it implements. */
+DODO_API const char* dodo_version(void);
+DODO_API int dodo_api_version(void);
+/* Static texts: "DODO_ERROR_FILE" and its message; NULL-safe for unknown codes. */
+DODO_API const char* dodo_status_name(dodo_status status);
+DODO_API const char* dodo_status_message(dodo_status status);
+/* Name of one cell status bit ("NO_CROSSING", ...), or NULL if `bit` is not exactly one known bit. */
+DODO_API const char* dodo_cell_status_name(uint32_t bit);
+
+DODO_API void dodo_options_init(dodo_options* options);
+
+/* Creates a closure from an ONNX model package, or a Box3D-only closure when model_path is NULL.
+ * options may be NULL (defaults). On failure *closure is NULL and, if error_buffer is not NULL,
+ * a message (truncated to error_buffer_size, always NUL-terminated) says what went wrong. */
+DODO_API dodo_status dodo_closure_create(const char* model_path, const dodo_options* options,
+                                         dodo_closure** closure, char* error_buffer,
+                                         size_t error_buffer_size);
+DODO_API void dodo_closure_destroy(dodo_closure* closure);
+
+/* Applies the closure to n_cells cells.
+ * Element (cell c, species a, component m) of F_init is F_init[c*s[0] + a*s[1] + m*s[2]] with
+ * s = F_init_strides (in elements; NULL = {24, 4, 1}); likewise F_pred. u[c*v[0] + m*v[1]] with
+ * v = u_strides (NULL = {4, 1}); u = NULL means every cell is at rest.
+ * F_pred may be F_init (same strides) for in-place use. cell_status (n_cells entries) may be NULL.
+ * Cells are independent: a bad cell is flagged, never an error. */
+DODO_API dodo_status dodo_apply(dodo_closure* closure, size_t n_cells, const double* F_init,
+                                const ptrdiff_t* F_init_strides, const double* u,
+                                const ptrdiff_t* u_strides, double* F_pred,
+                                const ptrdiff_t* F_pred_strides, uint32_t* cell_status);
+
+/* Runs the model's embedded test vectors through dodo_apply; DODO_ERROR_SELF_TEST if any cell
+ * differs by more than the tolerance stored in the model. max_error_over_ntot may be NULL. */
+DODO_API dodo_status dodo_self_test(dodo_closure* closure, double* max_error_over_ntot);
+
+DODO_API dodo_status dodo_get_counters(const dodo_closure* closure, dodo_counters* counters);
+DODO_API dodo_status dodo_reset_counters(dodo_closure* closure);
+
+/* 1 if the handle carries a model, 0 if Box3D-only (or NULL). */
+DODO_API int dodo_has_model(const dodo_closure* closure);
+/* Copies the model's metadata value for `key` (e.g. "dodo.head") into buffer. Returns the length
+ * of the value (excluding NUL; copy truncated when >= buffer_size), or -1 if the key is absent. */
+DODO_API long dodo_get_metadata(const dodo_closure* closure, const char* key, char* buffer,
+                                size_t buffer_size);
+/* Copies the last error message recorded on this handle (by any thread) into buffer; returns its
+ * length. Empty when the last call succeeded. */
+DODO_API size_t dodo_last_error(const dodo_closure* closure, char* buffer, size_t buffer_size);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* DODO_DODO_H */

@@ -1,0 +1,138 @@
+// Header-only C++ RAII wrapper over the Dodo C API (dodo.h). C++17.
+//
+//   dodo::Closure closure("model.onnx", dodo::Options().threads(2));
+//   closure.apply(n, F_init, u, F_pred, status);   // double[n][6][4], double[n][4], ...
+//
+// Errors become dodo::Error (status code + message). The handle is move-only and may be used
+// from several threads at once (the C API's guarantee).
+#ifndef DODO_DODO_HPP
+#define DODO_DODO_HPP
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#include "dodo.h"
+
+namespace dodo {
+
+class Error : public std::runtime_error {
+ public:
+  Error(dodo_status status, const std::string& message) : std::runtime_error(message), status_(status) {}
+  dodo_status status() const noexcept { return status_; }
+
+ private:
+  dodo_status status_;
+};
+
+// Builder over dodo_options; strings are copied so temporaries are safe.
+class Options {
+ public:
+  Options() { dodo_options_init(&options_); }
+  Options& threads(int n) { options_.threads = n; return *this; }
+  Options& chunk_size(int n) { options_.chunk_size = n; return *this; }
+  Options& lebedev_order(int order) { options_.lebedev_order = order; return *this; }
+  Options& z_method(std::string method) { z_method_ = std::move(method); return *this; }
+  Options& max_flux_factor(double value) { options_.max_flux_factor = value; return *this; }
+  Options& onnxruntime_library(std::string path) { onnxruntime_library_ = std::move(path); return *this; }
+  Options& run_self_test(bool run) { options_.run_self_test = run ? 1 : 0; return *this; }
+
+  dodo_options c_options() const {
+    dodo_options copy = options_;
+    copy.z_method = z_method_.empty() ? nullptr : z_method_.c_str();
+    copy.onnxruntime_library = onnxruntime_library_.empty() ? nullptr : onnxruntime_library_.c_str();
+    return copy;
+  }
+
+ private:
+  dodo_options options_;
+  std::string z_method_, onnxruntime_library_;
+};
+
+class Closure {
+ public:
+  // Box3D-only closure (no model, no ONNX Runtime).
+  explicit Closure(const Options& options = Options()) { create(nullptr, options); }
+  // Closure with an ONNX model package.
+  explicit Closure(const std::string& model_path, const Options& options = Options()) {
+    create(model_path.c_str(), options);
+  }
+  ~Closure() { dodo_closure_destroy(handle_); }
+  Closure(Closure&& other) noexcept : handle_(std::exchange(other.handle_, nullptr)) {}
+  Closure& operator=(Closure&& other) noexcept {
+    if (this != &other) {
+      dodo_closure_destroy(handle_);
+      handle_ = std::exchange(other.handle_, nullptr);
+    }
+    return *this;
+  }
+  Closure(const Closure&) = delete;
+  Closure& operator=(const Closure&) = delete;
+
+  // Contiguous arrays: F_init/F_pred double[n][6][4] (= Fortran (4,6,n)), u double[n][4] or
+  // nullptr (rest frame), cell_status n entries or nullptr. F_pred may equal F_init.
+  void apply(std::size_t n, const double* F_init, const double* u, double* F_pred,
+             std::uint32_t* cell_status = nullptr) const {
+    check(dodo_apply(handle_, n, F_init, nullptr, u, nullptr, F_pred, nullptr, cell_status));
+  }
+
+  // Strided arrays: strides in elements, {cell, species, component} and {cell, component}.
+  void apply_strided(std::size_t n, const double* F_init, const std::ptrdiff_t F_init_strides[3], const double* u,
+                     const std::ptrdiff_t u_strides[2], double* F_pred, const std::ptrdiff_t F_pred_strides[3],
+                     std::uint32_t* cell_status = nullptr) const {
+    check(dodo_apply(handle_, n, F_init, F_init_strides, u, u_strides, F_pred, F_pred_strides, cell_status));
+  }
+
+  double self_test() const {
+    double worst = 0.0;
+    check(dodo_self_test(handle_, &worst));
+    return worst;
+  }
+
+  dodo_counters counters() const {
+    dodo_counters counters{};
+    check(dodo_get_counters(handle_, &counters));
+    return counters;
+  }
+  void reset_counters() const { check(dodo_reset_counters(handle_)); }
+
+  bool has_model() const { return dodo_has_model(handle_) != 0; }
+
+  // The model's metadata value for key; empty when absent.
+  std::string metadata(const std::string& key) const {
+    long length = dodo_get_metadata(handle_, key.c_str(), nullptr, 0);
+    if (length < 0) return std::string();
+    std::string value(static_cast<std::size_t>(length) + 1, '\0');
+    dodo_get_metadata(handle_, key.c_str(), &value[0], value.size());
+    value.resize(static_cast<std::size_t>(length));
+    return value;
+  }
+
+  dodo_closure* get() const noexcept { return handle_; }
+
+ private:
+  void create(const char* model_path, const Options& options) {
+    char message[1024] = {0};
+    const dodo_options c_options = options.c_options();
+    dodo_status status = dodo_closure_create(model_path, &c_options, &handle_, message, sizeof message);
+    if (status != DODO_OK) throw Error(status, message[0] ? message : dodo_status_message(status));
+  }
+
+  void check(dodo_status status) const {
+    if (status == DODO_OK) return;
+    std::string message(dodo_last_error(handle_, nullptr, 0) + 1, '\0');
+    dodo_last_error(handle_, &message[0], message.size());
+    message.resize(message.size() - 1);
+    throw Error(status, message.empty() ? dodo_status_message(status) : message);
+  }
+
+  dodo_closure* handle_ = nullptr;
+};
+
+inline std::string version() { return dodo_version(); }
+
+}  // namespace dodo
+
+#endif  // DODO_DODO_HPP

@@ -1,0 +1,282 @@
+// The C API (cpp/include/dodo/dodo.h) over dodo::runtime::Closure.
+//
+// Every extern "C" body runs inside `guarded`, the one place where exceptions become status
+// codes and the handle's last-error text. Nothing here prints, exits or aborts.
+#include <cstring>
+#include <mutex>
+#include <new>
+#include <set>
+#include <string>
+
+#include "cell_status.hpp"
+#include "dodo/dodo.h"
+#include "runtime/closure.hpp"
+#include "runtime/errors.hpp"
+
+// The public bit values restate cell_status.hpp for C users; they must agree.
+#define DODO_CHECK_CELL_BIT(name, bit, rejects, text) \
+  static_assert(DODO_CELL_##name == (bit), "dodo.h and cell_status.hpp disagree on " #name);
+DODO_CELL_STATUS_LIST(DODO_CHECK_CELL_BIT)
+#undef DODO_CHECK_CELL_BIT
+static_assert(DODO_CELL_REJECTED_MASK == dodo::kCellRejectedMask, "dodo.h and cell_status.hpp disagree on the mask");
+
+struct dodo_closure {
+  std::unique_ptr<dodo::runtime::Closure> closure;
+  mutable std::mutex error_mutex;
+  std::string last_error;
+
+  void set_error(const std::string& message) {
+    std::lock_guard<std::mutex> lock(error_mutex);
+    last_error = message;
+  }
+};
+
+namespace {
+
+using dodo::runtime::Error;
+
+// Live handles, so that a destroyed or foreign pointer is refused instead of dereferenced
+// (double destroy, use after destroy from a Fortran code that kept a copy).
+std::mutex live_mutex;
+std::set<const dodo_closure*>& live_handles() {
+  static std::set<const dodo_closure*> handles;
+  return handles;
+}
+bool is_live(const dodo_closure* handle) {
+  std::lock_guard<std::mutex> lock(live_mutex);
+  return live_handles().count(handle) != 0;
+}
+
+void copy_text(const std::string& text, char* buffer, size_t size) {
+  if (!buffer || size == 0) return;
+  size_t n = text.size() < size - 1 ? text.size() : size - 1;
+  std::memcpy(buffer, text.data(), n);
+  buffer[n] = '\0';
+}
+
+// The choke point. `handle` receives the error text (may be null: then only the status says it).
+template <typename Body>
+dodo_status guarded(dodo_closure* handle, Body&& body) {
+  std::string message;
+  dodo_status status = DODO_OK;
+  try {
+    body();
+  } catch (const Error& error) {
+    status = error.status();
+    message = error.what();
+  } catch (const std::bad_alloc&) {
+    status = DODO_ERROR_OUT_OF_MEMORY;
+    message = "out of memory";
+  } catch (const std::invalid_argument& error) {
+    status = DODO_ERROR_INVALID_ARGUMENT;
+    message = error.what();
+  } catch (const std::exception& error) {
+    status = DODO_ERROR_INTERNAL;
+    message = std::string("internal error: ") + error.what();
+  } catch (...) {
+    status = DODO_ERROR_INTERNAL;
+    message = "internal error: unknown exception";
+  }
+  if (handle) {
+    try {
+      handle->set_error(message);
+    } catch (...) {
+      // Out of memory while recording the message: the status still says what happened.
+    }
+  }
+  return status;
+}
+
+dodo_closure* checked_handle(dodo_closure* handle) {
+  if (!handle) throw Error(DODO_ERROR_INVALID_ARGUMENT, "closure handle is NULL");
+  if (!is_live(handle)) throw Error(DODO_ERROR_INVALID_ARGUMENT, "closure handle is not live (destroyed or never created)");
+  return handle;
+}
+
+// NULL strides mean the contiguous layout double[n][6][4] (= Fortran (4, 6, n)).
+dodo::ConstCellArray cell_view(const double* data, const ptrdiff_t* strides) {
+  dodo::ConstCellArray view;
+  view.data = data;
+  if (strides) {
+    view.cell_stride = strides[0];
+    view.species_stride = strides[1];
+    view.component_stride = strides[2];
+  }
+  return view;
+}
+
+}  // namespace
+
+extern "C" {
+
+const char* dodo_version(void) {
+#define DODO_STRINGIFY2(x) #x
+#define DODO_STRINGIFY(x) DODO_STRINGIFY2(x)
+  return DODO_STRINGIFY(DODO_VERSION_MAJOR) "." DODO_STRINGIFY(DODO_VERSION_MINOR) "." DODO_STRINGIFY(DODO_VERSION_PATCH);
+}
+
+int dodo_api_version(void) { return DODO_API_VERSION; }
+
+const char* dodo_status_name(dodo_status status) {
+  switch (status) {
+#define DODO_STATUS_NAME_CASE(name, value, message) \
+  case name:                                        \
+    return #name;
+    DODO_STATUS_LIST(DODO_STATUS_NAME_CASE)
+#undef DODO_STATUS_NAME_CASE
+  }
+  return "DODO_UNKNOWN_STATUS";
+}
+
+const char* dodo_status_message(dodo_status status) {
+  switch (status) {
+#define DODO_STATUS_MESSAGE_CASE(name, value, message) \
+  case name:                                           \
+    return message;
+    DODO_STATUS_LIST(DODO_STATUS_MESSAGE_CASE)
+#undef DODO_STATUS_MESSAGE_CASE
+  }
+  return "unknown status code";
+}
+
+const char* dodo_cell_status_name(uint32_t bit) {
+  switch (bit) {
+#define DODO_CELL_NAME_CASE(name, value, rejects, text) \
+  case value:                                           \
+    return #name;
+    DODO_CELL_STATUS_LIST(DODO_CELL_NAME_CASE)
+#undef DODO_CELL_NAME_CASE
+  }
+  return nullptr;
+}
+
+void dodo_options_init(dodo_options* options) {
+  if (!options) return;
+  std::memset(options, 0, sizeof *options);
+  options->struct_size = sizeof *options;
+  options->chunk_size = 1024;
+}
+
+dodo_status dodo_closure_create(const char* model_path, const dodo_options* options, dodo_closure** closure,
+                                char* error_buffer, size_t error_buffer_size) {
+  std::unique_ptr<dodo_closure> handle;
+  std::string message;
+  // No handle exists yet to hold the text: a local one collects it for error_buffer.
+  dodo_closure collector;
+  dodo_status status = guarded(&collector, [&] {
+    if (!closure) throw Error(DODO_ERROR_INVALID_ARGUMENT, "output pointer `closure` is NULL");
+    *closure = nullptr;
+    dodo_options defaults;
+    dodo_options_init(&defaults);
+    if (options && options->struct_size != sizeof(dodo_options))
+      throw Error(DODO_ERROR_INVALID_ARGUMENT, "dodo_options.struct_size does not match this library (call dodo_options_init)");
+    const dodo_options& given = options ? *options : defaults;
+    dodo::runtime::ClosureOptions settings;
+    settings.threads = given.threads;
+    settings.chunk_size = given.chunk_size;
+    settings.box3d.lebedev_order = given.lebedev_order;
+    settings.box3d.z_method = given.z_method ? given.z_method : "";
+    settings.box3d.max_flux_factor = given.max_flux_factor;
+    settings.onnxruntime_library = given.onnxruntime_library ? given.onnxruntime_library : "";
+    settings.run_self_test = given.run_self_test != 0;
+    handle = std::make_unique<dodo_closure>();
+    handle->closure = std::make_unique<dodo::runtime::Closure>(model_path ? model_path : "", settings);
+    {
+      std::lock_guard<std::mutex> lock(live_mutex);
+      live_handles().insert(handle.get());
+    }
+    *closure = handle.release();
+  });
+  copy_text(collector.last_error, error_buffer, error_buffer_size);
+  return status;
+}
+
+void dodo_closure_destroy(dodo_closure* closure) {
+  if (!closure) return;
+  {
+    std::lock_guard<std::mutex> lock(live_mutex);
+    if (live_handles().erase(closure) == 0) return;  // double destroy or foreign pointer: ignore
+  }
+  delete closure;
+}
+
+dodo_status dodo_apply(dodo_closure* closure, size_t n_cells, const double* F_init, const ptrdiff_t* F_init_strides,
+                       const double* u, const ptrdiff_t* u_strides, double* F_pred, const ptrdiff_t* F_pred_strides,
+                       uint32_t* cell_status) {
+  dodo_closure* handle = is_live(closure) ? closure : nullptr;
+  return guarded(handle, [&] {
+    checked_handle(closure);
+    if (n_cells == 0) return;
+    if (!F_init) throw Error(DODO_ERROR_INVALID_ARGUMENT, "F_init is NULL");
+    if (!F_pred) throw Error(DODO_ERROR_INVALID_ARGUMENT, "F_pred is NULL");
+    dodo::ConstCellArray input = cell_view(F_init, F_init_strides);
+    dodo::ConstCellArray output_view = cell_view(F_pred, F_pred_strides);
+    dodo::CellArray output{F_pred, output_view.cell_stride, output_view.species_stride, output_view.component_stride};
+    if (n_cells > 1 && output.cell_stride == 0)
+      throw Error(DODO_ERROR_INVALID_ARGUMENT, "F_pred cell stride is 0: cells would overwrite each other");
+    dodo::ConstVelocityArray velocity;
+    velocity.data = u;
+    if (u && u_strides) {
+      velocity.cell_stride = u_strides[0];
+      velocity.component_stride = u_strides[1];
+    }
+    closure->closure->apply(n_cells, input, velocity, output, cell_status);
+  });
+}
+
+dodo_status dodo_self_test(dodo_closure* closure, double* max_error_over_ntot) {
+  dodo_closure* handle = is_live(closure) ? closure : nullptr;
+  return guarded(handle, [&] {
+    checked_handle(closure);
+    const double worst = closure->closure->self_test();
+    if (max_error_over_ntot) *max_error_over_ntot = worst;
+  });
+}
+
+dodo_status dodo_get_counters(const dodo_closure* closure, dodo_counters* counters) {
+  dodo_closure* handle = const_cast<dodo_closure*>(closure);  // only its error text is written
+  return guarded(is_live(handle) ? handle : nullptr, [&] {
+    checked_handle(handle);
+    if (!counters) throw Error(DODO_ERROR_INVALID_ARGUMENT, "counters is NULL");
+    dodo::runtime::ClosureCounters c = closure->closure->counters();
+    counters->cells = c.cells;
+    counters->rejected = c.rejected;
+    counters->no_crossing = c.no_crossing;
+    counters->box3d_limited = c.box3d_limited;
+    counters->network_nonfinite = c.network_nonfinite;
+    counters->correction_limited = c.correction_limited;
+  });
+}
+
+dodo_status dodo_reset_counters(dodo_closure* closure) {
+  dodo_closure* handle = is_live(closure) ? closure : nullptr;
+  return guarded(handle, [&] {
+    checked_handle(closure);
+    closure->closure->reset_counters();
+  });
+}
+
+int dodo_has_model(const dodo_closure* closure) {
+  return closure && is_live(closure) && closure->closure->has_model() ? 1 : 0;
+}
+
+long dodo_get_metadata(const dodo_closure* closure, const char* key, char* buffer, size_t buffer_size) {
+  if (!closure || !key || !is_live(closure)) return -1;
+  const auto& metadata = closure->closure->metadata();
+  auto it = metadata.find(key);
+  if (it == metadata.end()) return -1;
+  copy_text(it->second, buffer, buffer_size);
+  return static_cast<long>(it->second.size());
+}
+
+size_t dodo_last_error(const dodo_closure* closure, char* buffer, size_t buffer_size) {
+  if (!closure || !is_live(closure)) {
+    copy_text("", buffer, buffer_size);
+    return 0;
+  }
+  std::lock_guard<std::mutex> lock(closure->error_mutex);
+  copy_text(closure->last_error, buffer, buffer_size);
+  return closure->last_error.size();
+}
+
+}  // extern "C"

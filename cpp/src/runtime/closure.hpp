@@ -1,0 +1,95 @@
+// The in-loop closure: Box3D, then the learned correction, per grid cell (physics.md; issue 4).
+//
+// Per chunk of cells: Box3D in the rest frame (dodo::Box3D), the 27 invariants, one network call
+// (fp32, fixed chunk size), head assembly, conservation projection, realizability limiter,
+// scale by N_tot, boost back. Chunks are shared out over a pool of threads; each chunk uses a
+// workspace taken from a free list, so nothing is allocated per call once warm.
+//
+// Immutable after construction apart from the event counters (atomics): apply() is const and
+// may be called from several threads at once on one object.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "../box3d/box3d.hpp"
+#include "chunk_pool.hpp"
+#include "model_metadata.hpp"
+#include "onnx_model.hpp"
+
+namespace dodo::runtime {
+
+struct ClosureOptions {
+  int threads = 0;          // 0 or 1: caller's thread only
+  int chunk_size = 1024;    // cells per network call
+  RequestedBox3D box3d;     // unset fields: the model's settings
+  std::string onnxruntime_library;  // empty: search (ort_library.hpp)
+  std::string device = "cpu";       // "cpu" or "cuda" (needs an onnxruntime-gpu library)
+  bool run_self_test = false;
+};
+
+struct ClosureCounters {
+  std::uint64_t cells = 0, rejected = 0, no_crossing = 0, box3d_limited = 0, network_nonfinite = 0,
+                correction_limited = 0;
+};
+
+class Closure {
+ public:
+  // model_path empty: Box3D only (no ONNX Runtime needed).
+  Closure(const std::string& model_path, const ClosureOptions& options);
+  ~Closure();
+  Closure(const Closure&) = delete;
+  Closure& operator=(const Closure&) = delete;
+
+  // n cells of strided caller-owned arrays (see box3d.hpp); F_pred may alias F_init with equal
+  // strides. status and growth_over_ntot (Box3D's growth proxy) may be null.
+  void apply(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, CellArray F_pred, std::uint32_t* status,
+             double* growth_over_ntot = nullptr) const;
+
+  // Runs the package's test vectors; returns the largest |F_pred - expected| / N_tot and throws
+  // Error(DODO_ERROR_SELF_TEST) when it exceeds the stored tolerance.
+  double self_test() const;
+
+  ClosureCounters counters() const;
+  void reset_counters() const;
+
+  bool has_model() const { return model_ != nullptr; }
+  Head head() const { return description_.head; }
+  const Box3DSettings& box3d_settings() const { return box3d_->settings(); }
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  const TestVectors& test_vectors() const { return description_.test_vectors; }
+  int threads() const { return pool_.threads(); }
+  int chunk_size() const { return chunk_size_; }
+  const std::string& onnxruntime_path() const { return onnxruntime_path_; }
+  const std::string& onnxruntime_version() const { return onnxruntime_version_; }
+
+ private:
+  struct Workspace;
+  struct Batch;
+  static void run_chunk(void* batch, std::size_t chunk, int slot);
+  void process_chunk(const Batch& batch, std::size_t begin, std::size_t end, Workspace& workspace) const;
+  Workspace* acquire_workspace() const;
+  void release_workspace(Workspace* workspace) const;
+
+  ModelDescription description_;
+  std::map<std::string, std::string> metadata_;
+  std::unique_ptr<OnnxModel> model_;
+  std::string onnxruntime_path_, onnxruntime_version_;
+  std::unique_ptr<const Box3D> box3d_;
+  int chunk_size_;
+
+  mutable ChunkPool pool_;
+  mutable std::mutex workspace_mutex_;
+  mutable std::vector<std::unique_ptr<Workspace>> workspaces_;
+  mutable std::vector<Workspace*> free_workspaces_;
+
+  mutable std::atomic<std::uint64_t> cells_{0}, rejected_{0}, no_crossing_{0}, box3d_limited_{0},
+      network_nonfinite_{0}, correction_limited_{0};
+};
+
+}  // namespace dodo::runtime

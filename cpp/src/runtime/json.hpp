@@ -1,0 +1,43 @@
+// A small JSON reader for the model's metadata_props (dodo.box3d, dodo.test_vectors).
+// Enough of RFC 8259 for what `dodo export` writes; throws std::invalid_argument on bad input.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace dodo::runtime {
+
+class JsonValue {
+ public:
+  enum class Kind { kNull, kBool, kNumber, kString, kArray, kObject };
+
+  static JsonValue parse(const std::string& text);
+
+  Kind kind() const { return kind_; }
+  bool is_number() const { return kind_ == Kind::kNumber; }
+  bool is_string() const { return kind_ == Kind::kString; }
+  bool is_array() const { return kind_ == Kind::kArray; }
+  bool is_object() const { return kind_ == Kind::kObject; }
+
+  double number() const;                                // throws unless a number
+  const std::string& string() const;                    // throws unless a string
+  const std::vector<JsonValue>& array() const;          // throws unless an array
+  const JsonValue* find(const std::string& key) const;  // nullptr if absent or not an object
+  const JsonValue& at(const std::string& key) const;    // throws if absent
+
+  // Rendering for messages ("17", "\"exact\"").
+  std::string dump() const;
+
+ private:
+  friend class JsonParser;
+  Kind kind_ = Kind::kNull;
+  bool boolean_ = false;
+  double number_ = 0;
+  std::string string_;
+  std::vector<JsonValue> array_;
+  std::map<std::string, JsonValue> object_;
+};
+
+}  // namespace dodo::runtime

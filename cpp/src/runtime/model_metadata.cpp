@@ -1,0 +1,150 @@
+#include "model_metadata.hpp"
+
+#include <cmath>
+#include <cstdio>
+#include <stdexcept>
+
+#include "errors.hpp"
+#include "json.hpp"
+
+namespace dodo::runtime {
+namespace {
+
+[[noreturn]] void refuse(const std::string& message) { throw Error(DODO_ERROR_MODEL_METADATA, message); }
+
+[[noreturn]] void refuse_test_vectors(const char* name, const char* problem) {
+  refuse(std::string("model metadata \"dodo.test_vectors\": \"") + name + "\" " + problem);
+}
+
+const std::string& require(const std::map<std::string, std::string>& metadata, const std::string& key) {
+  auto it = metadata.find(key);
+  if (it == metadata.end()) refuse("model metadata has no \"" + key + "\" (not a Dodo model package?)");
+  return it->second;
+}
+
+JsonValue parse_json(const std::string& key, const std::string& text) {
+  try {
+    return JsonValue::parse(text);
+  } catch (const std::invalid_argument& error) {
+    refuse("model metadata \"" + key + "\" is not valid JSON: " + error.what());
+  }
+}
+
+// Flattens a JSON array of [cells][rows][cols] numbers into `out`, checking the shape.
+std::size_t flatten_cells(const JsonValue& value, std::size_t rows, std::size_t cols, std::vector<double>& out,
+                          const char* name) {
+  const auto& cells = value.array();
+  for (const JsonValue& cell : cells) {
+    if (rows == 0) {  // [cells][cols]
+      if (cell.array().size() != cols) refuse_test_vectors(name, "has a row of the wrong length");
+      for (const JsonValue& number : cell.array()) out.push_back(number.number());
+      continue;
+    }
+    if (cell.array().size() != rows) refuse_test_vectors(name, "has a cell of the wrong shape");
+    for (const JsonValue& row : cell.array()) {
+      if (row.array().size() != cols) refuse_test_vectors(name, "has a row of the wrong length");
+      for (const JsonValue& number : row.array()) out.push_back(number.number());
+    }
+  }
+  return cells.size();
+}
+
+TestVectors read_test_vectors(const std::string& text) {
+  TestVectors vectors;
+  const JsonValue json = parse_json("dodo.test_vectors", text);
+  try {
+    std::size_t n = flatten_cells(json.at("F_init"), 6, 4, vectors.F_init, "F_init");
+    if (flatten_cells(json.at("F_pred"), 6, 4, vectors.F_pred, "F_pred") != n)
+      refuse_test_vectors("F_pred", "differs in length from \"F_init\"");
+    if (const JsonValue* u = json.find("u")) {
+      if (flatten_cells(*u, 0, 4, vectors.u, "u") != n) refuse_test_vectors("u", "differs in length from \"F_init\"");
+    }
+    if (const JsonValue* atol = json.find("atol_over_ntot")) vectors.atol_over_ntot = atol->number();
+    vectors.cells = n;
+  } catch (const std::invalid_argument& error) {
+    refuse(std::string("model metadata \"dodo.test_vectors\" is malformed: ") + error.what());
+  }
+  return vectors;
+}
+
+std::string format_number(double value) {
+  char buffer[32];
+  std::snprintf(buffer, sizeof buffer, "%.17g", value);
+  return buffer;
+}
+
+}  // namespace
+
+ZMethod z_method_from_name(const std::string& name) {
+  if (name == "exact") return ZMethod::kExact;
+  if (name == "jedynak") return ZMethod::kJedynak;
+  throw Error(DODO_ERROR_INVALID_ARGUMENT, "unknown z_method \"" + name + "\" (known: \"exact\", \"jedynak\")");
+}
+
+const char* z_method_name(ZMethod method) { return method == ZMethod::kExact ? "exact" : "jedynak"; }
+
+Box3DSettings box3d_settings_without_model(const RequestedBox3D& requested) {
+  Box3DSettings settings;
+  if (requested.lebedev_order) settings.lebedev_order = requested.lebedev_order;
+  if (!requested.z_method.empty()) settings.z_method = z_method_from_name(requested.z_method);
+  if (requested.max_flux_factor) settings.max_flux_factor = requested.max_flux_factor;
+  return settings;
+}
+
+ModelDescription describe_model(const std::map<std::string, std::string>& metadata, int graph_output_size,
+                                const RequestedBox3D& requested) {
+  ModelDescription model;
+  const std::string& version = require(metadata, "dodo.format_version");
+  if (version != kFormatVersion)
+    refuse("model package \"dodo.format_version\" is \"" + version + "\"; this runtime reads version \"" +
+           kFormatVersion + "\" (upgrade Dodo or re-export the model)");
+  const std::string& features = require(metadata, "dodo.features");
+  if (features != kFeatures)
+    refuse("model \"dodo.features\" is \"" + features + "\"; this runtime computes \"" + kFeatures + "\"");
+  const std::string& head = require(metadata, "dodo.head");
+  try {
+    model.head = head_from_name(head);
+  } catch (const std::invalid_argument& error) {
+    refuse(std::string("model \"dodo.head\": ") + error.what());
+  }
+  const int expected = head_output_size(model.head);
+  const std::string& declared = require(metadata, "dodo.output_size");
+  if (declared != std::to_string(expected))
+    refuse("model \"dodo.output_size\" is \"" + declared + "\" but head \"" + head + "\" has " +
+           std::to_string(expected) + " outputs");
+  if (graph_output_size >= 0 && graph_output_size != expected)
+    refuse("model graph output \"head_output\" has " + std::to_string(graph_output_size) + " columns; head \"" + head +
+           "\" needs " + std::to_string(expected));
+
+  // Box3D settings the residual was trained against; a different Box3D makes it meaningless.
+  const JsonValue box3d = parse_json("dodo.box3d", require(metadata, "dodo.box3d"));
+  try {
+    const std::string scheme = box3d.at("scheme").string();
+    if (scheme != "pairwise") refuse("model \"dodo.box3d\" scheme is \"" + scheme + "\"; this runtime has \"pairwise\"");
+    const std::string form = box3d.at("form").string();
+    if (form != "delta") refuse("model \"dodo.box3d\" form is \"" + form + "\"; this runtime has \"delta\"");
+    const double order = box3d.at("lebedev_order").number();
+    model.box3d.lebedev_order = static_cast<int>(order);
+    if (requested.lebedev_order && requested.lebedev_order != model.box3d.lebedev_order)
+      refuse("model \"dodo.box3d\" lebedev_order is " + std::to_string(model.box3d.lebedev_order) +
+             " but lebedev_order " + std::to_string(requested.lebedev_order) + " was requested");
+    const std::string z_method = box3d.at("z_method").string();
+    if (z_method != "exact" && z_method != "jedynak")
+      refuse("model \"dodo.box3d\" z_method \"" + z_method + "\" is unknown");
+    model.box3d.z_method = z_method_from_name(z_method);
+    if (!requested.z_method.empty() && requested.z_method != z_method)
+      refuse("model \"dodo.box3d\" z_method is \"" + z_method + "\" but z_method \"" + requested.z_method +
+             "\" was requested");
+    model.box3d.max_flux_factor = box3d.at("max_flux_factor").number();
+    if (requested.max_flux_factor && std::fabs(requested.max_flux_factor - model.box3d.max_flux_factor) > 1e-12)
+      refuse("model \"dodo.box3d\" max_flux_factor is " + format_number(model.box3d.max_flux_factor) +
+             " but max_flux_factor " + format_number(requested.max_flux_factor) + " was requested");
+  } catch (const std::invalid_argument& error) {
+    refuse(std::string("model metadata \"dodo.box3d\" is malformed: ") + error.what());
+  }
+
+  if (auto it = metadata.find("dodo.test_vectors"); it != metadata.end()) model.test_vectors = read_test_vectors(it->second);
+  return model;
+}
+
+}  // namespace dodo::runtime

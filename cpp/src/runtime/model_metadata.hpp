@@ -1,0 +1,47 @@
+// Reading and checking a model package's metadata_props (docs/model_package.md).
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "../box3d/box3d.hpp"
+#include "residual.hpp"
+
+namespace dodo::runtime {
+
+inline constexpr const char* kFormatVersion = "1";
+inline constexpr const char* kFeatures = "invariants27-v1";
+
+// Box3D settings a caller asks for; unset fields take the model's value.
+struct RequestedBox3D {
+  int lebedev_order = 0;       // 0: unset
+  std::string z_method;        // empty: unset
+  double max_flux_factor = 0;  // 0: unset
+};
+
+struct TestVectors {
+  std::vector<double> F_init, u, F_pred;  // [n][24], [n][4], [n][24]
+  std::size_t cells = 0;
+  double atol_over_ntot = 1e-5;
+};
+
+struct ModelDescription {
+  Head head = Head::kEquivariant;
+  Box3DSettings box3d;
+  TestVectors test_vectors;  // cells == 0 when the package has none
+};
+
+// Checks format version, features, head and output size (against the graph's K), and that the
+// Box3D settings equal the requested ones. Throws Error(DODO_ERROR_MODEL_METADATA) naming the key
+// and both values.
+ModelDescription describe_model(const std::map<std::string, std::string>& metadata, int graph_output_size,
+                                const RequestedBox3D& requested);
+
+// Box3D settings for a model-free closure: the requested ones, defaults otherwise.
+Box3DSettings box3d_settings_without_model(const RequestedBox3D& requested);
+
+ZMethod z_method_from_name(const std::string& name);  // throws Error(DODO_ERROR_INVALID_ARGUMENT)
+const char* z_method_name(ZMethod method);
+
+}  // namespace dodo::runtime

@@ -1,0 +1,119 @@
+#include "ort_library.hpp"
+
+#include <dlfcn.h>
+#include <glob.h>
+
+#include <cstdlib>
+#include <mutex>
+#include <vector>
+
+#include "errors.hpp"
+
+namespace dodo::runtime {
+namespace {
+
+// Where libdodo itself lives (dladdr of one of its functions), to find an `onnxruntime` wheel
+// installed beside the `dodo` wheel: site-packages/dodo/lib/libdodo.so -> site-packages/onnxruntime/capi.
+std::string own_directory() {
+  Dl_info info{};
+  if (!dladdr(reinterpret_cast<void*>(&load_onnxruntime), &info) || !info.dli_fname) return {};
+  std::string file = info.dli_fname;
+  auto slash = file.rfind('/');
+  return slash == std::string::npos ? std::string(".") : file.substr(0, slash);
+}
+
+// Wheels ship libonnxruntime.so.<version> without the .so.1 link: glob for it.
+void add_wheel_libraries(const std::string& capi_dir, std::vector<std::string>& paths) {
+  glob_t found{};
+  std::string pattern = capi_dir + "/libonnxruntime.so*";
+  if (glob(pattern.c_str(), 0, nullptr, &found) == 0) {
+    for (size_t i = 0; i < found.gl_pathc; ++i) paths.push_back(found.gl_pathv[i]);
+  }
+  globfree(&found);
+}
+
+// ORT's default logger writes to stderr; the host owns stderr, so messages are dropped.
+void discard_ort_log(void*, OrtLoggingLevel, const char*, const char*, const char*, const char*) {}
+
+std::vector<std::string> candidate_paths(const std::string& explicit_path) {
+  std::vector<std::string> paths;
+  if (!explicit_path.empty()) {
+    paths.push_back(explicit_path);  // an explicit request is honoured or fails: no fallback
+    return paths;
+  }
+  if (const char* env = std::getenv("DODO_ONNXRUNTIME_LIBRARY"); env && *env) {
+    paths.push_back(env);
+    return paths;
+  }
+  // An `onnxruntime` wheel beside the `dodo` wheel (libdodo in dodo/lib, or _core in dodo/).
+  const std::string here = own_directory();
+  if (!here.empty()) {
+    for (const char* up : {"/../../onnxruntime/capi", "/../onnxruntime/capi", "/onnxruntime/capi"})
+      add_wheel_libraries(here + up, paths);
+  }
+#ifdef DODO_ORT_BUILD_HINT
+  paths.push_back(DODO_ORT_BUILD_HINT);
+#endif
+  paths.push_back("libonnxruntime.so.1");
+  paths.push_back("libonnxruntime.so");
+  return paths;
+}
+
+OrtLibrary open_library(const std::string& explicit_path) {
+  std::string tried;
+  for (const std::string& path : candidate_paths(explicit_path)) {
+    void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (!handle) {
+      const char* why = dlerror();
+      tried += "\n  " + path + ": " + (why ? why : "not found");
+      continue;
+    }
+    using GetApiBase = const OrtApiBase* (*)();
+    auto get_api_base = reinterpret_cast<GetApiBase>(dlsym(handle, "OrtGetApiBase"));
+    if (!get_api_base) {
+      tried += "\n  " + path + ": no symbol OrtGetApiBase (not ONNX Runtime?)";
+      continue;  // keep the handle: unloading foreign libraries is not worth the risk
+    }
+    const OrtApiBase* base = get_api_base();
+    const OrtApi* api = base->GetApi(ORT_API_VERSION);
+    if (!api) {
+      tried += "\n  " + path + ": ONNX Runtime " + base->GetVersionString() + " is older than API version " +
+               std::to_string(ORT_API_VERSION) + " that Dodo was built against";
+      continue;
+    }
+    OrtLibrary library;
+    library.api = api;
+    library.path = path;
+    library.version = base->GetVersionString();
+    check_ort(api, api->CreateEnvWithCustomLogger(discard_ort_log, nullptr, ORT_LOGGING_LEVEL_FATAL, "dodo", &library.env),
+              "creating the ONNX Runtime environment");
+    return library;
+  }
+  throw Error(DODO_ERROR_ONNXRUNTIME_UNAVAILABLE,
+              "cannot load the ONNX Runtime library (pip install onnxruntime, or set DODO_ONNXRUNTIME_LIBRARY "
+              "to the path of libonnxruntime.so); tried:" + tried);
+}
+
+}  // namespace
+
+void check_ort(const OrtApi* api, OrtStatus* status, const char* context) {
+  if (!status) return;
+  std::string message = std::string(context) + ": " + api->GetErrorMessage(status);
+  OrtErrorCode code = api->GetErrorCode(status);
+  api->ReleaseStatus(status);
+  dodo_status dodo_code = DODO_ERROR_ONNXRUNTIME;
+  if (code == ORT_NO_SUCHFILE) dodo_code = DODO_ERROR_FILE;
+  if (code == ORT_INVALID_PROTOBUF || code == ORT_INVALID_GRAPH) dodo_code = DODO_ERROR_MODEL_FORMAT;
+  throw Error(dodo_code, message);
+}
+
+const OrtLibrary& load_onnxruntime(const std::string& explicit_path) {
+  // Loaded once; a failed attempt may be retried (e.g. after fixing the environment variable).
+  static std::mutex mutex;
+  static OrtLibrary* loaded = nullptr;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (!loaded) loaded = new OrtLibrary(open_library(explicit_path));  // lives until process exit
+  return *loaded;
+}
+
+}  // namespace dodo::runtime

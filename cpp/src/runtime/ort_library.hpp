@@ -1,0 +1,31 @@
+// ONNX Runtime, loaded at run time with dlopen so that libdodo is not tied to one ORT build
+// (the CPU or GPU wheel, Debian's package, a user's release directory all work).
+//
+// Search order for the library: an explicit path (option), $DODO_ONNXRUNTIME_LIBRARY, the
+// `onnxruntime` Python package's capi/ directory found at build time (DODO_ORT_BUILD_HINT),
+// then the dynamic loader's own search ("libonnxruntime.so.1", "libonnxruntime.so").
+#pragma once
+
+#include <string>
+
+#include <onnxruntime_c_api.h>
+
+namespace dodo::runtime {
+
+// The loaded library: the API table and one process-wide OrtEnv whose logger drops every
+// message (a library inside a host's MPI job must not print). Never unloaded.
+struct OrtLibrary {
+  const OrtApi* api = nullptr;
+  OrtEnv* env = nullptr;
+  std::string path;     // what was loaded
+  std::string version;  // OrtGetApiBase()->GetVersionString()
+};
+
+// Loads once per process (thread-safe); later calls return the same library whatever path they
+// ask for. Throws Error(DODO_ERROR_ONNXRUNTIME_UNAVAILABLE) listing every place it tried.
+const OrtLibrary& load_onnxruntime(const std::string& explicit_path);
+
+// Throws Error(DODO_ERROR_ONNXRUNTIME, context + ORT's message) when status is not null.
+void check_ort(const OrtApi* api, OrtStatus* status, const char* context);
+
+}  // namespace dodo::runtime

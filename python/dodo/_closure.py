@@ -1,0 +1,207 @@
+"""The in-loop closure from Python: Box3D plus the learned correction, on the C++ runtime.
+
+``dodo.closure(F_init, u)`` for one-off use, ``dodo.Closure(model, threads=...)`` for repeated
+calls. The work happens in C++ (dodo._core.Closure, the same code as the C API) with the GIL
+released. Nothing here imports torch; ONNX Runtime's library is loaded by the C++ runtime.
+"""
+from __future__ import annotations
+
+import functools
+import glob
+import importlib.util
+import os
+import sysconfig
+from pathlib import Path
+from typing import NamedTuple, Optional, Union
+
+import numpy as np
+
+from . import _core
+from ._box3d import _prepare, _threads
+from .conventions import GROWTH_RATE_PER_NTOT, N_COMPONENTS, N_SPECIES, minkowski_dot
+from .models import default_model_path
+
+PathLike = Union[str, os.PathLike]
+
+#: Model argument meaning "no model": the closure is Box3D alone.
+BOX3D_ONLY = "box3d"
+
+
+class ClosureResult(NamedTuple):
+    """One closure evaluation; every array has the batch shape of the input."""
+
+    F_pred: np.ndarray  #: (..., 6, 4) float64 predicted asymptotic four-fluxes, lab frame
+    status: np.ndarray  #: (...) uint32 bits of dodo.CellStatus
+    growth_over_ntot: np.ndarray  #: (...) Box3D growth proxy in units of N_tot
+    growth_rate: np.ndarray  #: (...) the proxy in s^-1 for densities in cm^-3
+
+
+def runtime_available() -> bool:
+    """True when this build of dodo includes the closure runtime (ONNX Runtime headers found)."""
+    return hasattr(_core, "Closure")
+
+
+def onnxruntime_library_path() -> Optional[str]:
+    """libonnxruntime inside the installed ``onnxruntime`` wheel, found without importing it."""
+    spec = importlib.util.find_spec("onnxruntime")
+    if spec is None or not spec.origin:
+        return None
+    candidates = sorted(glob.glob(os.path.join(os.path.dirname(spec.origin), "capi", "libonnxruntime.so*")))
+    return candidates[-1] if candidates else None
+
+
+def _installed_root() -> Path:
+    """The installed package directory holding include/ and lib/ (the source tree's dodo/ in an
+    editable install has neither; the wheel's files then live in site-packages/dodo)."""
+    here = Path(__file__).resolve().parent
+    candidates = [here] + [Path(p) / "dodo" for p in (sysconfig.get_paths()["platlib"], sysconfig.get_paths()["purelib"])]
+    for root in candidates:
+        if (root / "lib" / "cmake" / "Dodo").is_dir():
+            return root
+    return here
+
+
+def runtime_paths() -> dict:
+    """Directories of the C API inside the installed package, for CMake and pkg-config users."""
+    root = _installed_root()
+    return {
+        "include_dir": str(root / "include"),
+        "lib_dir": str(root / "lib"),
+        "cmake_dir": str(root / "lib" / "cmake" / "Dodo"),
+        "pkgconfig_dir": str(root / "lib" / "pkgconfig"),
+        "default_model": str(default_model_path()),
+        "onnxruntime_library": onnxruntime_library_path() or "",
+    }
+
+
+class Closure:
+    """A loaded closure: Box3D, then the model's correction, per cell.
+
+    model: path of an ONNX model package (``dodo export``); None: the default model shipped
+        with Dodo (a synthetic test model until a trained one is shipped, see dodo.models);
+        ``"box3d"``: no model, Box3D alone.
+    threads: worker threads per call (None: all cores; 0 or 1: the calling thread only).
+    chunk_size: cells per network call (fixed-size chunks; default 1024).
+    lebedev_order, z_method, max_flux_factor: Box3D settings; None takes the model's, and a
+        value that differs from the model's is refused (the model was trained against it).
+    device: "cpu", or "cuda" with an onnxruntime-gpu installation (untested without a GPU).
+    self_test: run the model's embedded test vectors once at load time.
+    onnxruntime_library: path of libonnxruntime; None: $DODO_ONNXRUNTIME_LIBRARY, then the
+        ``onnxruntime`` Python package, then the system.
+
+    Instances are safe to share between threads.
+    """
+
+    def __init__(self, model: Optional[PathLike] = None, *, threads: Optional[int] = None, chunk_size: int = 1024,
+                 lebedev_order: Optional[int] = None, z_method: Optional[str] = None,
+                 max_flux_factor: Optional[float] = None, device: str = "cpu", self_test: bool = True,
+                 onnxruntime_library: Optional[PathLike] = None) -> None:
+        if not runtime_available():
+            raise RuntimeError(
+                "this build of dodo has no closure runtime: ONNX Runtime's C API header was not found when it was "
+                "built. Install the header (Debian 13: apt-get install libonnxruntime-dev; Debian 12: "
+                "cmake/install_onnxruntime_headers.sh) and reinstall dodo; see docs/runtime.md")
+        if model is None:
+            model_path: Optional[str] = str(default_model_path())
+        elif isinstance(model, str) and model == BOX3D_ONLY:
+            model_path = None
+        else:
+            model_path = os.fspath(model)
+            if not os.path.exists(model_path):
+                raise FileNotFoundError(f"model package {model_path!r} does not exist")
+        library = onnxruntime_library
+        if library is None and model_path is not None and not os.environ.get("DODO_ONNXRUNTIME_LIBRARY"):
+            library = onnxruntime_library_path()
+        self._model_path = model_path
+        self._runtime = _core.Closure(
+            model_path, threads=_threads(threads), chunk_size=int(chunk_size),
+            lebedev_order=int(lebedev_order or 0), z_method=z_method or "",
+            max_flux_factor=float(max_flux_factor or 0.0), onnxruntime_library=os.fspath(library) if library else "",
+            device=device, run_self_test=bool(self_test and model_path is not None))
+
+    # -- evaluation
+    def apply(self, F_init, u=None) -> ClosureResult:
+        """Closure of a batch: F_init (..., 6, 4), u (..., 4) or None (already in the rest frame).
+
+        Cells with problems are flagged in ``status`` (dodo.CellStatus) and get Box3D's result or
+        their input, never NaN.
+        """
+        flat_F, flat_u, batch = _prepare(F_init, u)
+        F_pred, status, growth = self._runtime.apply(flat_F, flat_u)
+        if flat_u is None:
+            ntot = flat_F[:, :, 0].sum(axis=-1)
+        else:
+            ntot = -minkowski_dot(flat_F, flat_u[:, None, :]).sum(axis=-1)
+        return ClosureResult(
+            F_pred=F_pred.reshape(batch + (N_SPECIES, N_COMPONENTS)),
+            status=status.reshape(batch),
+            growth_over_ntot=growth.reshape(batch),
+            growth_rate=(growth * np.where(np.isfinite(ntot), ntot, 0.0) * GROWTH_RATE_PER_NTOT).reshape(batch),
+        )
+
+    def __call__(self, F_init, u=None) -> np.ndarray:
+        """F_pred (..., 6, 4) float64; see :meth:`apply` for the status and growth rate."""
+        return self.apply(F_init, u).F_pred
+
+    # -- information
+    def self_test(self) -> float:
+        """Runs the model's test vectors; returns the largest error in units of N_tot."""
+        return self._runtime.self_test()
+
+    @property
+    def counters(self) -> dict:
+        """Events since creation (or reset): cells, rejected, no_crossing, box3d_limited,
+        network_nonfinite, correction_limited."""
+        return self._runtime.counters()
+
+    def reset_counters(self) -> None:
+        self._runtime.reset_counters()
+
+    @property
+    def model_path(self) -> Optional[str]:
+        return self._model_path
+
+    @property
+    def has_model(self) -> bool:
+        return self._runtime.has_model
+
+    @property
+    def head(self) -> Optional[str]:
+        return self._runtime.head
+
+    @property
+    def metadata(self) -> dict:
+        """The model's metadata_props (strings; see docs/model_package.md)."""
+        return dict(self._runtime.metadata)
+
+    @property
+    def box3d_settings(self) -> dict:
+        return dict(self._runtime.box3d_settings)
+
+    @property
+    def threads(self) -> int:
+        return self._runtime.threads
+
+    @property
+    def onnxruntime(self) -> tuple[str, str]:
+        """(library path, version) of the ONNX Runtime in use; empty without a model."""
+        return self._runtime.onnxruntime_library, self._runtime.onnxruntime_version
+
+    def __repr__(self) -> str:
+        what = f"model={self._model_path!r}, head={self.head!r}" if self.has_model else "Box3D only"
+        return f"dodo.Closure({what}, threads={self.threads})"
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_closure(model: Optional[str]) -> Closure:
+    return Closure(model)
+
+
+def closure(F_init, u=None, model: Optional[PathLike] = None) -> np.ndarray:
+    """Predicted asymptotic four-fluxes F_pred (..., 6, 4) for F_init (..., 6, 4) and u (..., 4).
+
+    model: as for :class:`Closure` (None: the default model). The loaded closure is cached, so
+    repeated calls do not reload the model.
+    """
+    key = None if model is None else os.fspath(model)
+    return _cached_closure(key)(F_init, u)

@@ -1,0 +1,312 @@
+"""Synthetic test model packages, and a NumPy reference of the closure pipeline.
+
+A synthetic model is a small random MLP (27 raw invariants -> head output) written with the
+``onnx`` package in the layout of docs/model_package.md, labelled ``synthetic`` in its
+metadata. It is NOT a trained model: it exists so that the runtime, its tests and its benchmark
+have a model before ``dodo export`` writes a trained one.
+
+:func:`reference_closure` recomputes the closure in NumPy (float64) from ``dodo.box3d`` and the
+network's raw output: invariants, head assembly, conservation projection (as a pseudo-inverse
+projector, independent of the C++ closed form), realizability limiter, boost back. It writes
+the test vectors of synthetic packages and is the tests' parity reference.
+
+``python -m dodo.models.synthetic`` regenerates the shipped default synthetic model.
+Needs ``onnx`` (not a run-time dependency of Dodo).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from ..conventions import N_COMPONENTS, N_FLAVOURS, N_SPECIES, invariant_pairs, minkowski_dot
+
+HEAD_OUTPUT_SIZES = {"direct": N_SPECIES * N_COMPONENTS, "equivariant": 2 * N_SPECIES * N_SPECIES + N_SPECIES}
+FORMAT_VERSION = "1"
+FEATURES = "invariants27-v1"
+
+
+@dataclass
+class SyntheticMLP:
+    """Weights of a tanh MLP in float32; input normalisation (mean/std) folded into the graph."""
+
+    head: str
+    weights: list = field(default_factory=list)  # [(W [in, out], b [out]), ...]
+    input_mean: np.ndarray = None
+    input_std: np.ndarray = None
+
+    @classmethod
+    def random(cls, head: str = "equivariant", hidden: tuple[int, ...] = (32, 32), output_scale: float = 0.02,
+               seed: int = 1) -> "SyntheticMLP":
+        """Random weights; the last layer is scaled by output_scale so corrections stay small."""
+        rng = np.random.default_rng(seed)
+        sizes = (27, *hidden, HEAD_OUTPUT_SIZES[head])
+        weights = []
+        for layer, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            scale = 1.0 / np.sqrt(n_in) * (output_scale if layer == len(sizes) - 2 else 1.0)
+            weights.append(((rng.standard_normal((n_in, n_out)) * scale).astype(np.float32),
+                            (rng.standard_normal(n_out) * 0.1 * (output_scale if layer == len(sizes) - 2 else 1.0)
+                             ).astype(np.float32)))
+        # Typical scales of the raw invariants (x_a ~ 1/6, products ~ 1/36).
+        mean = np.concatenate([np.full(6, 1.0 / 6.0), np.full(21, 1.0 / 36.0)]).astype(np.float32)
+        std = np.concatenate([np.full(6, 0.1), np.full(21, 0.02)]).astype(np.float32)
+        return cls(head=head, weights=weights, input_mean=mean, input_std=std)
+
+    def __call__(self, invariants: np.ndarray) -> np.ndarray:
+        """Forward pass in float32, as ONNX Runtime computes it: [N, 27] -> [N, K]."""
+        x = (np.asarray(invariants, dtype=np.float32) - self.input_mean) / self.input_std
+        for layer, (W, b) in enumerate(self.weights):
+            x = x @ W + b
+            if layer < len(self.weights) - 1:
+                x = np.tanh(x)
+        return x.astype(np.float32)
+
+
+# ---------------------------------------------------------------- NumPy reference of the closure
+
+def boost_to_rest(u: Optional[np.ndarray], F: np.ndarray, sign: float = 1.0) -> np.ndarray:
+    """Pure boost of four-vectors F [..., 4] into the rest frame of u [N, 4] (physics.md section 1).
+
+    sign = -1 boosts back. u None: identity.
+    """
+    F = np.asarray(F, dtype=np.float64)
+    if u is None:
+        return F.copy()
+    shape = (F.shape[0],) + (1,) * (F.ndim - 2)
+    W_ = u[:, 0].reshape(shape)
+    v_ = (sign * u[:, 1:] / u[:, :1]).reshape(shape + (3,))
+    vF = np.sum(v_ * F[..., 1:], axis=-1)
+    coefficient = W_ * W_ / (W_ + 1.0) * vF - W_ * F[..., 0]
+    out = np.empty_like(F, dtype=np.float64)
+    out[..., 0] = W_ * (F[..., 0] - vF)
+    out[..., 1:] = F[..., 1:] + coefficient[..., None] * v_
+    return out
+
+
+def reference_invariants(F: np.ndarray, u: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(invariants [N, 27], N_tot [N]) in float64: physics.md section 4."""
+    velocity = np.broadcast_to(np.array([1.0, 0.0, 0.0, 0.0]), (F.shape[0], 4)) if u is None else u
+    comoving = -minkowski_dot(F, velocity[:, None, :])  # [N, 6]
+    ntot = comoving.sum(axis=-1)
+    safe = np.where(ntot > 0, ntot, 1.0)
+    normalised = F / safe[:, None, None]
+    products = [minkowski_dot(normalised[:, a], normalised[:, b]) for a, b in invariant_pairs()]
+    features = np.concatenate([comoving / safe[:, None], np.stack(products, axis=-1)], axis=-1)
+    features[~(ntot > 0)] = 0.0
+    return features, ntot
+
+
+def conservation_projector() -> np.ndarray:
+    """Orthogonal projector onto the 14-dim conserving subspace, from the 11 constraint rows."""
+    rows = []
+    for s in range(2):
+        for m in range(N_COMPONENTS):
+            row = np.zeros((N_SPECIES, N_COMPONENTS))
+            row[3 * s:3 * s + N_FLAVOURS, m] = 1.0
+            rows.append(row.ravel())
+    for f in range(N_FLAVOURS):
+        row = np.zeros((N_SPECIES, N_COMPONENTS))
+        row[f, 0], row[3 + f, 0] = 1.0, -1.0
+        rows.append(row.ravel())
+    A = np.array(rows)
+    return np.eye(24) - np.linalg.pinv(A) @ A
+
+
+def assemble_head(head: str, output: np.ndarray, F_init_rest: np.ndarray, dF_box_rest: np.ndarray) -> np.ndarray:
+    """Raw head output [N, K] -> dF_ml [N, 6, 4] (docs/model_package.md)."""
+    output = np.asarray(output, dtype=np.float64)
+    if head == "direct":
+        return output.reshape(-1, N_SPECIES, N_COMPONENTS)
+    c = output[:, :36].reshape(-1, 6, 6)
+    d = output[:, 36:72].reshape(-1, 6, 6)
+    e = output[:, 72:78]
+    dF = np.einsum("nab,nbm->nam", c, F_init_rest) + np.einsum("nab,nbm->nam", d, dF_box_rest)
+    dF[..., 0] += e
+    return dF
+
+
+def realizability_margin(F: np.ndarray) -> np.ndarray:
+    return F[..., 0] - np.linalg.norm(F[..., 1:], axis=-1)
+
+
+def limiter_theta(F_base: np.ndarray, dF: np.ndarray, iterations: int = 60) -> np.ndarray:
+    """Largest theta in [0, 1] keeping F_base + theta dF realizable (floor min(margin(0), 0))."""
+    floor = np.minimum(realizability_margin(F_base), 0.0)
+
+    def feasible(theta):
+        return np.all(realizability_margin(F_base + theta[:, None, None] * dF) >= floor, axis=-1)
+
+    one = np.ones(F_base.shape[0])
+    ok = feasible(one)
+    lo, hi = np.zeros_like(one), one.copy()
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        good = feasible(mid)
+        lo, hi = np.where(good, mid, lo), np.where(good, hi, mid)
+    return np.where(ok, one, lo)
+
+
+def reference_closure(F_init: np.ndarray, u: Optional[np.ndarray], network: Callable[[np.ndarray], np.ndarray],
+                      head: str, box3d_settings: Optional[dict] = None) -> dict:
+    """The full closure in NumPy for cells F_init [N, 6, 4], u [N, 4] or None.
+
+    Returns F_pred, F_box, theta, status (Box3D's status plus the runtime's bits).
+    """
+    import dodo
+
+    settings = {k: v for k, v in (box3d_settings or {}).items() if k in ("lebedev_order", "z_method", "max_flux_factor")}
+    F = np.asarray(F_init, dtype=np.float64)
+    box = dodo.box3d(F, u, threads=1, **settings)
+    status = np.asarray(box.status).astype(np.uint32)
+    rejected = (status & np.uint32(dodo.CellStatus.FLUX_FACTOR | dodo.CellStatus.NEGATIVE_DENSITY | dodo.CellStatus.NONFINITE
+                                   | dodo.CellStatus.ZERO_DENSITY | dodo.CellStatus.BAD_VELOCITY)) != 0
+    features, ntot = reference_invariants(F, u)
+    output = network(features.astype(np.float32))
+    safe = np.where(ntot > 0, ntot, 1.0)[:, None, None]
+    F_init_rest = boost_to_rest(u, F) / safe
+    dF_box_rest = boost_to_rest(u, box.F_box - F) / safe
+    dF = assemble_head(head, output, F_init_rest, dF_box_rest)
+    finite = np.all(np.isfinite(dF), axis=(1, 2))
+    use = ~rejected & finite
+    dF = np.where(use[:, None, None], dF, 0.0)
+    dF = (dF.reshape(-1, 24) @ conservation_projector()).reshape(-1, 6, 4)
+    theta = limiter_theta(F_init_rest + dF_box_rest, dF)
+    theta = np.where(use, theta, 0.0)
+    change = boost_to_rest(u, theta[:, None, None] * safe * dF, sign=-1.0)
+    F_pred = box.F_box + np.where(use[:, None, None], change, 0.0)
+    status = status | np.where(~rejected & ~finite, np.uint32(dodo.CellStatus.NETWORK_NONFINITE), np.uint32(0))
+    status = status | np.where(use & (theta < 1.0), np.uint32(dodo.CellStatus.CORRECTION_LIMITED), np.uint32(0))
+    return {"F_pred": F_pred, "F_box": np.asarray(box.F_box), "theta": theta, "status": status}
+
+
+# ---------------------------------------------------------------- test cells and ONNX writing
+
+def test_cells(n: int = 64, seed: int = 7, moving: bool = True) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """Random realizable cells with ELN crossings (nu_e/nubar_e fluxes opposed), lab frame.
+
+    Densities ~ 1e32 (cm^-3 is conventional; nothing assumes a magnitude), flux factors < 0.5,
+    velocities up to 0.3 c when moving.
+    """
+    rng = np.random.default_rng(seed)
+    density = rng.uniform(0.2, 1.0, (n, 6)) * 1e32
+    direction = rng.standard_normal((n, 6, 3))
+    direction /= np.linalg.norm(direction, axis=-1, keepdims=True)
+    direction[:, 3] = -direction[:, 0]  # opposed e-flavour fluxes: crossings are likely
+    flux_factor = rng.uniform(0.0, 0.5, (n, 6))
+    F_rest = np.concatenate([density[..., None], (density * flux_factor)[..., None] * direction], axis=-1)
+    if not moving:
+        return F_rest, None
+    speed = rng.uniform(0.0, 0.3, n)
+    v_dir = rng.standard_normal((n, 3))
+    v_dir /= np.linalg.norm(v_dir, axis=-1, keepdims=True)
+    v = speed[:, None] * v_dir
+    W = 1.0 / np.sqrt(1.0 - speed ** 2)
+    u = np.concatenate([W[:, None], W[:, None] * v], axis=-1)
+    return boost_to_rest(u, F_rest, sign=-1.0), u
+
+
+def _onnx_graph(mlp: SyntheticMLP, nan_below: Optional[float]):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, initializers = [], []
+
+    def constant(name, value):
+        initializers.append(numpy_helper.from_array(np.asarray(value, dtype=np.float32), name))
+        return name
+
+    nodes.append(helper.make_node("Sub", ["invariants", constant("input_mean", mlp.input_mean)], ["centred"]))
+    nodes.append(helper.make_node("Div", ["centred", constant("input_std", mlp.input_std)], ["h0"]))
+    current = "h0"
+    for layer, (W, b) in enumerate(mlp.weights):
+        nodes.append(helper.make_node("MatMul", [current, constant(f"W{layer}", W)], [f"z{layer}"]))
+        last = layer == len(mlp.weights) - 1
+        out = "mlp_output" if (last and nan_below is not None) else ("head_output" if last else f"a{layer}")
+        nodes.append(helper.make_node("Add", [f"z{layer}", constant(f"b{layer}", b)], [out if last else f"y{layer}"]))
+        if not last:
+            nodes.append(helper.make_node("Tanh", [f"y{layer}"], [out]))
+        current = out
+    if nan_below is not None:
+        # Test models only: 0 * log(x_0 - threshold) is NaN where nu_e's share x_0 < threshold.
+        nodes.append(helper.make_node("Slice", ["invariants", constant_int(initializers, "s0", [0]),
+                                                constant_int(initializers, "s1", [1]), constant_int(initializers, "ax", [1])],
+                                      ["x0"]))
+        nodes.append(helper.make_node("Sub", ["x0", constant("threshold", [nan_below])], ["x0_shift"]))
+        nodes.append(helper.make_node("Log", ["x0_shift"], ["x0_log"]))
+        nodes.append(helper.make_node("Mul", ["x0_log", constant("zero", [0.0])], ["poison"]))
+        nodes.append(helper.make_node("Add", ["mlp_output", "poison"], ["head_output"]))
+    K = HEAD_OUTPUT_SIZES[mlp.head]
+    graph = helper.make_graph(
+        nodes, "dodo_synthetic",
+        [helper.make_tensor_value_info("invariants", TensorProto.FLOAT, ["N", 27])],
+        [helper.make_tensor_value_info("head_output", TensorProto.FLOAT, ["N", K])],
+        initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="dodo-synthetic")
+    model.ir_version = 8  # readable by onnxruntime >= 1.14
+    onnx.checker.check_model(model)
+    return model
+
+
+def constant_int(initializers, name, value):
+    from onnx import numpy_helper
+
+    initializers.append(numpy_helper.from_array(np.asarray(value, dtype=np.int64), name))
+    return name
+
+
+def write_model(path, mlp: SyntheticMLP, *, box3d_settings: Optional[dict] = None, n_test_vectors: int = 8,
+                metadata_overrides: Optional[dict] = None, nan_below: Optional[float] = None,
+                description: str = "SYNTHETIC TEST MODEL: random weights, not trained on any data; "
+                                   "exercises the runtime only, carries no physics") -> Path:
+    """Writes a model package; metadata_overrides replace (or, with value None, delete) keys."""
+    import onnx
+
+    import dodo
+
+    settings = dodo.box3d_settings(**{k: v for k, v in (box3d_settings or {}).items()
+                                      if k in ("lebedev_order", "z_method", "max_flux_factor")})
+    model = _onnx_graph(mlp, nan_below)
+    metadata = {
+        "dodo.format_version": FORMAT_VERSION,
+        "dodo.head": mlp.head,
+        "dodo.output_size": str(HEAD_OUTPUT_SIZES[mlp.head]),
+        "dodo.features": FEATURES,
+        "dodo.box3d": json.dumps(settings),
+        "dodo.training_data_sha256": "0" * 64,
+        "dodo.training_data_kind": "synthetic",
+        "dodo.metrics": json.dumps({}),
+        "dodo.export_time": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
+        "dodo.version": dodo.__version__,
+        "dodo.description": description,
+    }
+    if n_test_vectors:
+        F, u = test_cells(n_test_vectors, seed=11)
+        reference = reference_closure(F, u, mlp, mlp.head, settings)
+        metadata["dodo.test_vectors"] = json.dumps({
+            "F_init": F.tolist(), "u": u.tolist(), "F_pred": reference["F_pred"].tolist(), "atol_over_ntot": 1e-5})
+    for key, value in (metadata_overrides or {}).items():
+        if value is None:
+            metadata.pop(key, None)
+        else:
+            metadata[key] = value
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    path = Path(path)
+    onnx.save(model, str(path))
+    return path
+
+
+def main() -> None:  # pragma: no cover - regenerates the shipped file
+    from . import default_model_path
+
+    mlp = SyntheticMLP.random("equivariant", hidden=(32, 32), output_scale=0.02, seed=1)
+    print(write_model(default_model_path(), mlp, n_test_vectors=8))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,207 @@
+/* Plain C99 test of the Dodo C API: includes every public C header, checks the error paths
+ * (bad path, bad options, NULL arguments, use after destroy), conservation and realizability of
+ * the output, strided layouts and thread-count independence.
+ *
+ * Usage: test_c_api MODEL.onnx     (prints "N passed, N failed"; exit status 0 when all pass) */
+#include <dodo/dodo.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int passed = 0, failed = 0;
+
+#define CHECK(condition)                                                   \
+  do {                                                                     \
+    if (condition) {                                                       \
+      ++passed;                                                            \
+    } else {                                                               \
+      ++failed;                                                            \
+      fprintf(stderr, "FAILED %s:%d: %s\n", __FILE__, __LINE__, #condition); \
+    }                                                                      \
+  } while (0)
+
+#define NCELL 200
+
+/* Rest-frame cells with opposed nu_e / nubar_e fluxes (ELN crossings), densities ~ 1e32. */
+static void make_cells(double F[][6][4], double u[][4], int n) {
+  for (int c = 0; c < n; ++c) {
+    double phase = 0.37 * c;
+    for (int a = 0; a < 6; ++a) {
+      double n_a = (0.3 + 0.1 * a + 0.2 * sin(phase + a)) * 1e32;
+      double f = 0.1 + 0.3 * fabs(sin(1.3 * phase + 0.7 * a));
+      double direction[3] = {cos(phase + a), sin(phase + a) * cos(0.5 * a), sin(phase + a) * sin(0.5 * a)};
+      double sign = (a == 3) ? -1.0 : 1.0;
+      F[c][a][0] = n_a;
+      for (int i = 0; i < 3; ++i) F[c][a][1 + i] = sign * f * n_a * direction[i];
+    }
+    /* A gentle flow: v = 0.2 c along a direction that varies with c. */
+    double v[3] = {0.2 * cos(0.1 * c), 0.2 * sin(0.1 * c), 0.0};
+    double W = 1.0 / sqrt(1.0 - (v[0] * v[0] + v[1] * v[1]));
+    u[c][0] = W;
+    for (int i = 0; i < 3; ++i) u[c][1 + i] = W * v[i];
+  }
+}
+
+static double comoving_total(double F[6][4], const double u[4]) {
+  double total = 0.0;
+  for (int a = 0; a < 6; ++a) total += u[0] * F[a][0] - u[1] * F[a][1] - u[2] * F[a][2] - u[3] * F[a][3];
+  return total;
+}
+
+/* Largest violation of the flavour sums (any frame) in units of N_tot. */
+static double flavour_sum_violation(double F[6][4], double G[6][4], const double u[4]) {
+  double worst = 0.0;
+  for (int s = 0; s < 2; ++s)
+    for (int m = 0; m < 4; ++m) {
+      double sum = 0.0;
+      for (int f = 0; f < 3; ++f) sum += G[3 * s + f][m] - F[3 * s + f][m];
+      if (fabs(sum) > worst) worst = fabs(sum);
+    }
+  return worst / comoving_total(F, u);
+}
+
+static void test_tables(void) {
+  CHECK(strcmp(dodo_status_name(DODO_ERROR_FILE), "DODO_ERROR_FILE") == 0);
+  CHECK(strlen(dodo_status_message(DODO_ERROR_MODEL_METADATA)) > 10);
+  CHECK(strcmp(dodo_status_name((dodo_status)12345), "DODO_UNKNOWN_STATUS") == 0);
+  CHECK(strcmp(dodo_cell_status_name(DODO_CELL_CORRECTION_LIMITED), "CORRECTION_LIMITED") == 0);
+  CHECK(dodo_cell_status_name(0) == NULL);
+  CHECK(dodo_api_version() == DODO_API_VERSION);
+  CHECK(strlen(dodo_version()) >= 5);
+}
+
+static void test_create_errors(void) {
+  dodo_closure* closure = (dodo_closure*)1; /* must be reset to NULL on failure */
+  char message[256];
+  dodo_status status = dodo_closure_create("/no/such/model.onnx", NULL, &closure, message, sizeof message);
+  CHECK(status == DODO_ERROR_FILE);
+  CHECK(closure == NULL);
+  CHECK(strstr(message, "/no/such/model.onnx") != NULL);
+
+  dodo_options options;
+  dodo_options_init(&options);
+  options.threads = -3;
+  status = dodo_closure_create(NULL, &options, &closure, message, sizeof message);
+  CHECK(status == DODO_ERROR_INVALID_ARGUMENT && strstr(message, "threads") != NULL);
+  options.threads = 0;
+  options.z_method = "guesswork";
+  status = dodo_closure_create(NULL, &options, &closure, message, sizeof message);
+  CHECK(status == DODO_ERROR_INVALID_ARGUMENT && strstr(message, "guesswork") != NULL);
+  CHECK(dodo_closure_create(NULL, NULL, NULL, NULL, 0) == DODO_ERROR_INVALID_ARGUMENT);
+  /* A one-byte buffer still gets a terminated (empty) string. */
+  char tiny[1] = {'x'};
+  dodo_closure_create("/no/such/model.onnx", NULL, &closure, tiny, sizeof tiny);
+  CHECK(tiny[0] == '\0');
+  dodo_closure_destroy(NULL);
+}
+
+static void test_closure(const char* model_path) {
+  static double F[NCELL][6][4], u[NCELL][4], F_pred[NCELL][6][4], F_two[NCELL][6][4];
+  static double soa[4][6][NCELL], soa_out[4][6][NCELL];
+  static uint32_t status[NCELL];
+  make_cells(F, u, NCELL);
+
+  char message[512];
+  dodo_options options;
+  dodo_options_init(&options);
+  options.run_self_test = 1;
+  dodo_closure* closure = NULL;
+  dodo_status code = dodo_closure_create(model_path, &options, &closure, message, sizeof message);
+  CHECK(code == DODO_OK);
+  if (code != DODO_OK) {
+    fprintf(stderr, "cannot create closure: %s\n", message);
+    return;
+  }
+  CHECK(dodo_has_model(closure) == 1);
+
+  CHECK(dodo_apply(closure, NCELL, &F[0][0][0], NULL, &u[0][0], NULL, &F_pred[0][0][0], NULL, status) == DODO_OK);
+  double worst = 0.0, worst_margin = 0.0;
+  for (int c = 0; c < NCELL; ++c) {
+    CHECK((status[c] & DODO_CELL_REJECTED_MASK) == 0);
+    double violation = flavour_sum_violation(F[c], F_pred[c], u[c]);
+    if (violation > worst) worst = violation;
+    /* Realizability is frame independent: n >= |F| in the lab too (future causal vector). */
+    for (int a = 0; a < 6; ++a) {
+      double flux = sqrt(F_pred[c][a][1] * F_pred[c][a][1] + F_pred[c][a][2] * F_pred[c][a][2] +
+                         F_pred[c][a][3] * F_pred[c][a][3]);
+      double margin = (F_pred[c][a][0] - flux) / comoving_total(F[c], u[c]);
+      if (margin < worst_margin) worst_margin = margin;
+    }
+  }
+  CHECK(worst < 1e-13);
+  CHECK(worst_margin > -1e-12);
+
+  /* Structure of arrays [component][species][cell]: strides in elements. */
+  for (int c = 0; c < NCELL; ++c)
+    for (int a = 0; a < 6; ++a)
+      for (int m = 0; m < 4; ++m) soa[m][a][c] = F[c][a][m];
+  const ptrdiff_t soa_strides[3] = {1, NCELL, 6 * NCELL};
+  CHECK(dodo_apply(closure, NCELL, &soa[0][0][0], soa_strides, &u[0][0], NULL, &soa_out[0][0][0], soa_strides,
+                   NULL) == DODO_OK);
+  int same = 1;
+  for (int c = 0; c < NCELL; ++c)
+    for (int a = 0; a < 6; ++a)
+      for (int m = 0; m < 4; ++m) same = same && soa_out[m][a][c] == F_pred[c][a][m];
+  CHECK(same);
+
+  /* Another handle with two worker threads and small chunks: identical numbers. */
+  dodo_options threaded;
+  dodo_options_init(&threaded);
+  threaded.threads = 2;
+  threaded.chunk_size = 16;
+  dodo_closure* parallel = NULL;
+  CHECK(dodo_closure_create(model_path, &threaded, &parallel, NULL, 0) == DODO_OK);
+  CHECK(dodo_apply(parallel, NCELL, &F[0][0][0], NULL, &u[0][0], NULL, &F_two[0][0][0], NULL, NULL) == DODO_OK);
+  dodo_closure* chunked = NULL;
+  threaded.threads = 0;
+  CHECK(dodo_closure_create(model_path, &threaded, &chunked, NULL, 0) == DODO_OK);
+  static double F_one[NCELL][6][4];
+  CHECK(dodo_apply(chunked, NCELL, &F[0][0][0], NULL, &u[0][0], NULL, &F_one[0][0][0], NULL, NULL) == DODO_OK);
+  CHECK(memcmp(F_two, F_one, sizeof F_one) == 0);
+  dodo_closure_destroy(chunked);
+  dodo_closure_destroy(parallel);
+
+  /* Self-test, counters, metadata. */
+  double self_error = -1.0;
+  CHECK(dodo_self_test(closure, &self_error) == DODO_OK && self_error >= 0.0 && self_error < 1e-5);
+  dodo_counters counters;
+  CHECK(dodo_get_counters(closure, &counters) == DODO_OK);
+  CHECK(counters.cells >= 2 * NCELL);
+  CHECK(dodo_reset_counters(closure) == DODO_OK);
+  CHECK(dodo_get_counters(closure, &counters) == DODO_OK && counters.cells == 0);
+  char head[32];
+  CHECK(dodo_get_metadata(closure, "dodo.format_version", head, sizeof head) == 1 && strcmp(head, "1") == 0);
+  CHECK(dodo_get_metadata(closure, "no.such.key", head, sizeof head) == -1);
+
+  /* A NaN cell is flagged and returned finite; the call still succeeds. */
+  F[0][1][0] = NAN;
+  CHECK(dodo_apply(closure, 1, &F[0][0][0], NULL, &u[0][0], NULL, &F_pred[0][0][0], NULL, status) == DODO_OK);
+  CHECK((status[0] & DODO_CELL_NONFINITE) != 0);
+  CHECK(F_pred[0][1][0] == 0.0);
+
+  /* Errors: status + last error; a success clears it. */
+  CHECK(dodo_apply(closure, 3, NULL, NULL, NULL, NULL, &F_pred[0][0][0], NULL, NULL) == DODO_ERROR_INVALID_ARGUMENT);
+  CHECK(dodo_last_error(closure, message, sizeof message) > 0 && strstr(message, "F_init") != NULL);
+  CHECK(dodo_apply(closure, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL) == DODO_OK);
+  CHECK(dodo_last_error(closure, message, sizeof message) == 0 && message[0] == '\0');
+
+  dodo_closure_destroy(closure);
+  /* Use after destroy and double destroy: refused, not dereferenced. */
+  CHECK(dodo_apply(closure, 1, &F[1][0][0], NULL, NULL, NULL, &F_pred[1][0][0], NULL, NULL) ==
+        DODO_ERROR_INVALID_ARGUMENT);
+  dodo_closure_destroy(closure);
+}
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    fprintf(stderr, "usage: %s MODEL.onnx\n", argv[0]);
+    return 2;
+  }
+  test_tables();
+  test_create_errors();
+  test_closure(argv[1]);
+  printf("%d passed, %d failed\n", passed, failed);
+  return failed == 0 ? 0 : 1;
+}

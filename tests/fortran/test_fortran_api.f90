@@ -1,0 +1,83 @@
+! gfortran test of the Fortran module: no-copy (4, 6, ncell) arrays, stat/errmsg error paths,
+! self-test, counters. Usage: test_fortran_api MODEL.onnx   (prints "N passed, N failed").
+program test_fortran_api
+  use dodo
+  implicit none
+  integer :: passed = 0, failed = 0
+  character(len=512) :: model, message
+  type(dodo_closure) :: closure, box_only, missing
+  type(dodo_counters) :: counters
+  real(c_double) :: F(4, 6, 50), F_pred(4, 6, 50), F_box(4, 6, 50), worst
+  integer(c_int32_t) :: cell_status(50)
+  integer :: stat, c, a
+
+  call get_command_argument(1, model)
+
+  ! Errors come back through stat and errmsg.
+  call dodo_create(missing, "/no/such/model.onnx", stat=stat, errmsg=message)
+  call check(stat == DODO_ERROR_FILE, "missing file gives DODO_ERROR_FILE")
+  call check(index(message, "/no/such/model.onnx") > 0, "errmsg names the file")
+  call dodo_create(missing, "", chunk_size=0, stat=stat, errmsg=message)
+  call check(stat == DODO_ERROR_INVALID_ARGUMENT, "chunk_size=0 is refused")
+
+  do c = 1, 50
+    do a = 1, 6
+      F(:, a, c) = [1d0 + 0.1d0 * a, 0.3d0 * cos(0.2d0 * c + a), 0.3d0 * sin(0.2d0 * c + a), 0.1d0]
+    end do
+    F(2:4, 4, c) = -F(2:4, 1, c)
+  end do
+
+  call dodo_create(closure, trim(model), run_self_test=.true., stat=stat, errmsg=message)
+  call check(stat == DODO_OK, "model loads and passes its self-test")
+  if (stat /= DODO_OK) print *, trim(message)
+  call dodo_create(box_only, stat=stat)
+  call check(stat == DODO_OK, "Box3D-only closure")
+
+  call dodo_apply(closure, F, F_pred, cell_status=cell_status, stat=stat)
+  call check(stat == DODO_OK, "apply without u (rest frame)")
+  call check(all(iand(cell_status, DODO_CELL_REJECTED_MASK) == 0), "no cell rejected")
+  worst = 0
+  do c = 1, 50
+    worst = max(worst, maxval(abs(sum(F_pred(:, 4:6, c) - F(:, 4:6, c), dim=2))) / sum(F(1, :, c)))
+    worst = max(worst, maxval(abs((F_pred(1, 1:3, c) - F(1, 1:3, c)) - (F_pred(1, 4:6, c) - F(1, 4:6, c)))) &
+                / sum(F(1, :, c)))
+  end do
+  call check(worst < 1d-13, "antineutrino four-flux and lepton number conserved")
+
+  call dodo_apply(box_only, F, F_box, stat=stat)
+  call check(stat == DODO_OK .and. any(F_box /= F_pred), "Box3D-only differs from the closure")
+
+  call dodo_apply(closure, F, F_pred(:, :, 1:10), stat=stat, errmsg=message)
+  call check(stat == DODO_ERROR_INVALID_ARGUMENT, "mismatched shapes are refused")
+
+  call dodo_self_test(closure, worst, stat=stat)
+  call check(stat == DODO_OK .and. worst < 1d-5, "self-test within tolerance")
+  call dodo_self_test(box_only, stat=stat, errmsg=message)
+  call check(stat == DODO_ERROR_NO_MODEL, "self-test needs a model")
+
+  call dodo_get_counters(closure, counters, stat=stat)
+  call check(stat == DODO_OK .and. counters%cells >= 50, "counters count cells")
+
+  call dodo_destroy(closure)
+  call dodo_destroy(closure)  ! a second destroy is harmless
+  call dodo_apply(closure, F, F_pred, stat=stat)
+  call check(stat == DODO_ERROR_INVALID_ARGUMENT, "use after destroy is refused")
+  call dodo_destroy(box_only)
+
+  print '(i0, a, i0, a)', passed, " passed, ", failed, " failed"
+  if (failed > 0) error stop 1
+
+contains
+
+  subroutine check(condition, what)
+    logical, intent(in) :: condition
+    character(len=*), intent(in) :: what
+    if (condition) then
+      passed = passed + 1
+    else
+      failed = failed + 1
+      print '(2a)', "FAILED: ", what
+    end if
+  end subroutine check
+
+end program test_fortran_api

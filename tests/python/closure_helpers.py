@@ -1,0 +1,49 @@
+"""Shared helpers of the closure-runtime tests (imported by test_closure*.py and test_capi_ctypes.py)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import dodo
+from dodo._closure import runtime_available
+
+if not runtime_available():
+    pytest.skip("dodo was built without the closure runtime (no ONNX Runtime headers at build time)",
+                allow_module_level=True)
+onnx = pytest.importorskip("onnx", reason="writing test models needs the onnx package")
+
+from dodo.models import synthetic  # noqa: E402  (needs onnx)
+
+CONSERVED_TOLERANCE = 1e-13   # in units of N_tot: rounding of a few dozen operations
+FP32_TOLERANCE = 1e-5         # in units of N_tot: network evaluated in float32
+
+
+def ntot(F: np.ndarray, u) -> np.ndarray:
+    if u is None:
+        return F[..., 0].sum(axis=-1)
+    return -dodo.conventions.minkowski_dot(F, u[..., None, :]).sum(axis=-1)
+
+
+def conservation_residual(F_pred: np.ndarray, F_init: np.ndarray, u) -> np.ndarray:
+    """Largest violation per cell of the 11 conservation laws, in units of N_tot.
+
+    Flavour sums hold in every frame; lepton number per flavour (dn_nu,f = dn_nubar,f) is a law
+    for the comoving densities, so the change is taken to the fluid rest frame first.
+    """
+    dF = synthetic.boost_to_rest(u, F_pred - F_init)
+    flavour_sums = np.abs(dF.reshape(-1, 2, 3, 4).sum(axis=2)).max(axis=(1, 2))
+    lepton = np.abs(dF[:, :3, 0] - dF[:, 3:, 0]).max(axis=1)
+    return np.maximum(flavour_sums, lepton) / ntot(F_init, u)
+
+
+def realizability_margin_over_ntot(F: np.ndarray, u) -> np.ndarray:
+    """min over species of (n - |F|) in the rest frame, in units of N_tot (>= 0: realizable)."""
+    rest = synthetic.boost_to_rest(u, F)
+    margin = rest[..., 0] - np.linalg.norm(rest[..., 1:], axis=-1)
+    return margin.min(axis=-1) / ntot(F, u)
+
+
+def write(path, head="equivariant", *, output_scale=0.02, hidden=(32, 32), seed=1, **kwargs):
+    mlp = synthetic.SyntheticMLP.random(head, hidden=hidden, output_scale=output_scale, seed=seed)
+    synthetic.write_model(path, mlp, **kwargs)
+    return mlp

@@ -1,0 +1,62 @@
+"""Parity along the whole chain: trained torch model == exported ONNX == C++ runtime == dodo.Closure.
+
+A tiny model is trained on synthetic data and exported with `dodo export`; the runtime must pass
+the package's own test vectors (written by the torch float64 closure) and agree with the torch
+closure on fresh cells within fp32 tolerance, for both heads.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from closure_helpers import CONSERVED_TOLERANCE, FP32_TOLERANCE, conservation_residual, ntot, synthetic
+
+torch = pytest.importorskip("torch", reason="training and export need torch")
+
+import dodo  # noqa: E402
+from dodo.cli import main as dodo_main  # noqa: E402
+from dodo._closure import Closure  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from dodo.training.train import closure_from_checkpoint, load_checkpoint
+
+    root = tmp_path_factory.mktemp("parity")
+    assert dodo_main(["synth", "-o", str(root / "s.h5"), "-n", "300", "--seed", "5", "-q"]) == 0
+    (root / "pp.yaml").write_text(f"inputs: [{root / 's.h5'}]\noutput: {root / 'pre.h5'}\n")
+    assert dodo_main(["preprocess", "--config", str(root / "pp.yaml"), "-q"]) == 0
+    packages = {}
+    for head in ("equivariant", "direct"):
+        config = {"data": {"path": str(root / "pre.h5"), "batch_size": 64},
+                  "model": {"head": head, "hidden_dim": 16, "n_blocks": 1},
+                  "training": {"epochs": 1, "lr": 3e-3, "threads": 1},
+                  "output": {"results_dir": str(root / head / "r"), "checkpoint_dir": str(root / head / "c")}}
+        (root / f"{head}.yaml").write_text(json.dumps(config))
+        assert dodo_main(["train", "--config", str(root / f"{head}.yaml")]) == 0
+        checkpoint = root / head / "c" / "best.pt"
+        assert dodo_main(["export", str(checkpoint), "-o", str(root / f"{head}.onnx")]) == 0
+        packages[head] = (root / f"{head}.onnx", closure_from_checkpoint(load_checkpoint(checkpoint)).network)
+    return packages
+
+
+@pytest.mark.parametrize("head", ["equivariant", "direct"])
+def test_runtime_passes_the_exported_test_vectors(exported, head):
+    runtime = Closure(exported[head][0], self_test=True)
+    assert runtime.head == head
+    assert runtime.self_test() < FP32_TOLERANCE
+
+
+@pytest.mark.parametrize("head", ["equivariant", "direct"])
+def test_runtime_matches_the_torch_closure_on_fresh_cells(exported, head):
+    from dodo.training.export import closure_float64
+
+    path, network = exported[head]
+    F, u = synthetic.test_cells(200, seed=31)
+    expected = closure_float64(network, F, u, dodo.box3d_settings())["F_pred"]
+    got = Closure(path, threads=2)(F, u)
+    error = np.abs(got - np.asarray(expected)).max(axis=(1, 2)) / ntot(F, u)
+    assert error.max() < FP32_TOLERANCE
+    assert conservation_residual(got, F, u).max() < CONSERVED_TOLERANCE

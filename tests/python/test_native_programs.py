@@ -1,0 +1,97 @@
+"""The C API as hydro codes use it: a C99 program, a Fortran program, the C/C++/Fortran examples and
+an out-of-tree CMake project, all built against the installed package (headers, libdodo, CMake
+package, pkg-config file) and run on the shipped model."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dodo._closure import runtime_available, runtime_paths
+from dodo.models import default_model_path
+
+ROOT = Path(__file__).resolve().parents[2]
+PATHS = runtime_paths()
+
+pytestmark = [
+    pytest.mark.skipif(not runtime_available(), reason="dodo built without the closure runtime"),
+    pytest.mark.skipif(not Path(PATHS["cmake_dir"]).is_dir(),
+                       reason=f"the C API is not installed with this dodo ({PATHS['cmake_dir']} missing)"),
+]
+
+
+def tool(name):
+    """A build tool on PATH, or installed beside this Python (pip's cmake/ninja in a venv)."""
+    found = shutil.which(name)
+    beside = Path(sys.executable).parent / name
+    return found or (str(beside) if beside.exists() else None)
+
+
+def run(command, **kwargs):
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, **kwargs)
+    assert result.returncode == 0, f"{' '.join(map(str, command))}\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def pkg_config(*arguments):
+    if not shutil.which("pkg-config"):
+        pytest.skip("pkg-config is not installed")
+    env = dict(os.environ, PKG_CONFIG_PATH=PATHS["pkgconfig_dir"])
+    return run(["pkg-config", *arguments, "dodo"], env=env).split()
+
+
+def test_pkg_config_file_points_at_the_installed_headers_and_library():
+    include_dir = Path(pkg_config("--variable=includedir")[0])
+    lib_dir = Path(pkg_config("--variable=libdir")[0])
+    assert (include_dir / "dodo" / "dodo.h").is_file()
+    assert (include_dir / "dodo" / "dodo.f90").is_file()
+    assert any(lib_dir.glob("libdodo.so*"))
+
+
+def test_plain_c99_program_including_every_public_c_header(tmp_path):
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        pytest.skip("no C compiler")
+    program = tmp_path / "test_c_api"
+    run([compiler, "-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror", str(ROOT / "tests/c/test_c_api.c"),
+         *pkg_config("--cflags", "--libs"), "-lm", "-o", str(program)])
+    output = run([str(program), str(default_model_path())])
+    assert output.strip().endswith("passed, 0 failed")
+
+
+def test_fortran_module_and_program(tmp_path):
+    compiler = shutil.which("gfortran")
+    if not compiler:
+        pytest.skip("gfortran is not installed (apt-get install gfortran)")
+    include_dir = pkg_config("--variable=includedir")[0]
+    program = tmp_path / "test_fortran_api"
+    run([compiler, "-std=f2018", "-Wall", "-J", str(tmp_path), f"{include_dir}/dodo/dodo.f90",
+         str(ROOT / "tests/fortran/test_fortran_api.f90"), *pkg_config("--libs"), "-o", str(program)])
+    output = run([str(program), str(default_model_path())])
+    assert output.strip().endswith("passed, 0 failed")
+
+
+@pytest.fixture(scope="module")
+def consumer(tmp_path_factory):
+    cmake, ninja = tool("cmake"), tool("ninja")
+    if not cmake:
+        pytest.skip("cmake is not installed")
+    build = tmp_path_factory.mktemp("consumer")
+    generator = ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"] if ninja else []
+    run([cmake, "-S", str(ROOT / "tests/consumer"), "-B", str(build), *generator, f"-DDodo_DIR={PATHS['cmake_dir']}"])
+    run([cmake, "--build", str(build)])
+    return build
+
+
+@pytest.mark.parametrize("language", ["c", "cpp", "fortran"])
+@pytest.mark.parametrize("with_model", [True, False], ids=["model", "box3d-only"])
+def test_examples_built_out_of_tree_with_find_package_run(consumer, language, with_model):
+    program = consumer / f"grid_closure_{language}"
+    if not program.exists():
+        pytest.skip(f"{language} example not built (no compiler for it)")
+    output = run([str(program)] + ([str(default_model_path())] if with_model else []))
+    assert "cells" in output
