@@ -69,10 +69,10 @@ dodo_status guarded(dodo_closure* handle, Body&& body) {
     message = "out of memory";
   } catch (const std::invalid_argument& error) {
     status = DODO_ERROR_INVALID_ARGUMENT;
-    message = error.what();
+    message = dodo::runtime::printable_message(error.what());
   } catch (const std::exception& error) {
     status = DODO_ERROR_INTERNAL;
-    message = std::string("internal error: ") + error.what();
+    message = dodo::runtime::printable_message(std::string("internal error: ") + error.what());
   } catch (...) {
     status = DODO_ERROR_INTERNAL;
     message = "internal error: unknown exception";

@@ -3,16 +3,16 @@
 
 #include <cstdint>
 
-// X(name, bit value, replaces output with input?, description)
+// X(name, bit value, rejects the cell (output = realizable fallback of the input)?, description)
 #define DODO_CELL_STATUS_LIST(X)                                                                   \
   X(NO_CROSSING, 1u, false, "no ELN crossing between any flavour pair: stable, output = input")    \
   X(FLUX_FACTOR, 2u, true, "a species has flux factor |F|/n at or above the representable limit") \
   X(NEGATIVE_DENSITY, 4u, true, "a species has negative comoving number density")                  \
-  X(NONFINITE, 8u, true, "NaN or Inf in the input four-fluxes or four-velocity")                   \
+  X(NONFINITE, 8u, true, "NaN or Inf in the input four-fluxes or four-velocity, or a result beyond the double range") \
   X(ZERO_DENSITY, 16u, true, "total comoving number density is zero")                              \
   X(BAD_VELOCITY, 32u, true, "four-velocity not normalised (|u.u+1| > 1e-6) or not future-directed") \
   X(BOX3D_LIMITED, 64u, false, "Box3D change scaled down to keep every species realizable")        \
-  X(NETWORK_NONFINITE, 128u, false, "network output not finite: Box3D result returned")            \
+  X(NETWORK_NONFINITE, 128u, false, "network output (or F_box + correction) not finite: Box3D result returned") \
   X(CORRECTION_LIMITED, 256u, false, "learned correction scaled down by the realizability limiter")
 
 namespace dodo {
@@ -24,7 +24,9 @@ enum CellStatus : std::uint32_t {
 #undef DODO_X
 };
 
-// Bits that mean the cell was rejected: its output is its input (zeros if the input is not finite).
+// Bits that mean the cell was rejected: its output is realizable_fallback(input) (realizability.hpp):
+// the input when it is finite and realizable; zeros when it is not finite; otherwise negative
+// densities set to 0 and fluxes scaled onto the cone |F| = n.
 inline constexpr std::uint32_t kCellRejectedMask = 0u
 #define DODO_X(name, bit, rejects, text) | ((rejects) ? (bit) : 0u)
     DODO_CELL_STATUS_LIST(DODO_X)

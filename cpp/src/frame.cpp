@@ -79,8 +79,13 @@ bool invariants(const double* F, const double* u, double* out27) {
   // Normalise the four-vectors first so that products of large densities cannot overflow.
   const double inverse_total = 1.0 / total;
   double normalised[kCellValues];
-  for (int i = 0; i < kCellValues; ++i) normalised[i] = F[i] * inverse_total;
-  for (int a = 0; a < kSpecies; ++a) out27[a] = comoving[a] * inverse_total;
+  if (std::isfinite(inverse_total)) {
+    for (int i = 0; i < kCellValues; ++i) normalised[i] = F[i] * inverse_total;
+    for (int a = 0; a < kSpecies; ++a) out27[a] = comoving[a] * inverse_total;
+  } else {  // subnormal N_tot: 1/N_tot overflows, the quotients do not
+    for (int i = 0; i < kCellValues; ++i) normalised[i] = F[i] / total;
+    for (int a = 0; a < kSpecies; ++a) out27[a] = comoving[a] / total;
+  }
   int index = kSpecies;
   for (int a = 0; a < kSpecies; ++a)
     for (int b = a; b < kSpecies; ++b)

@@ -1,5 +1,6 @@
 #include "realizability.hpp"
 
+#include <cfloat>
 #include <cmath>
 
 #include "conventions.hpp"
@@ -18,7 +19,44 @@ inline double slack(const double* base, const double* change, double theta, doub
   return (1.0 - margin) * shifted[0] - flux_norm(shifted);
 }
 
+// |F| without overflow or underflow of the squares: scale by the largest component first.
+inline double scaled_flux_norm(const double* species) {
+  const double largest = std::fmax(std::fabs(species[1]), std::fmax(std::fabs(species[2]), std::fabs(species[3])));
+  if (!(largest > 0.0)) return 0.0;
+  const double x = species[1] / largest, y = species[2] / largest, z = species[3] / largest;
+  return largest * std::sqrt(x * x + y * y + z * z);
+}
+
 }  // namespace
+
+void realizable_fallback(const double* F, double* out) {
+  bool finite = true;
+  for (int v = 0; v < kCellValues; ++v) finite = finite && std::isfinite(F[v]);
+  if (!finite) {
+    for (int v = 0; v < kCellValues; ++v) out[v] = 0.0;
+    return;
+  }
+  for (int a = 0; a < kSpecies; ++a) {
+    const double* in = F + a * kComponents;
+    double* species = out + a * kComponents;
+    const double density = std::fmax(in[0], 0.0);
+    const double flux = scaled_flux_norm(in);
+    species[0] = density;
+    if (flux <= density) {
+      for (int m = 1; m < kComponents; ++m) species[m] = in[m];
+      continue;
+    }
+    // Onto the cone, a few ulp inside so that rounding of the product cannot leave it. The unit
+    // direction is scaled by the density: the ratio density/flux itself may be subnormal (n = 1e-16,
+    // |F| = 1e300) and would lose its precision (fuzz_apply found |F| = 1.000000005 n that way).
+    const double shrink = 1.0 - 4.0 * DBL_EPSILON;
+    for (int m = 1; m < kComponents; ++m) species[m] = density > 0.0 ? (in[m] / flux) * density * shrink : 0.0;
+    // Subnormal densities (no precision left to stay inside the cone), or rounding that still
+    // leaves it: drop the flux.
+    if (!(density >= DBL_MIN) || scaled_flux_norm(species) > density * shrink)
+      for (int m = 1; m < kComponents; ++m) species[m] = 0.0;
+  }
+}
 
 bool cell_is_realizable(const double* F) {
   for (int a = 0; a < kSpecies; ++a) {

@@ -14,4 +14,11 @@ bool cell_is_realizable(const double* F);
 // boost back to the lab frame) cannot cross the boundary.
 double realizable_step(const double* F_base, const double* dF);
 
+// Output of a rejected cell (issue 5: finite and realizable whatever the input): zeros when any
+// value of F is not finite; otherwise each species with n = max(n, 0) and, where |F| > n, its flux
+// scaled onto the cone (|F| <= n). A finite realizable input is returned unchanged. Components
+// are lab-frame: the cone n >= |F| is Lorentz invariant, so the result is realizable in every
+// frame. The flux norm is computed without overflow (densities up to DBL_MAX).
+void realizable_fallback(const double* F, double* out);
+
 }  // namespace dodo

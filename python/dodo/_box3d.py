@@ -49,7 +49,10 @@ def _engine(lebedev_order: int, z_method: str, max_flux_factor: float):
 
 
 def _as_real_array(name: str, value, trailing: tuple[int, ...], shape_text: str) -> np.ndarray:
-    array = np.asarray(value)
+    try:
+        array = np.asarray(value)
+    except ValueError as error:  # ragged nested sequences
+        raise ValueError(f"{name} is not a rectangular array of real numbers: {error}") from None
     if array.dtype.kind not in "fiu":
         raise ValueError(f"{name} must hold real numbers (any float or integer dtype); got dtype {array.dtype}")
     if array.ndim < len(trailing) or array.shape[array.ndim - len(trailing):] != trailing:
@@ -78,7 +81,8 @@ def _check_velocity(flat_u: np.ndarray, batch: tuple[int, ...]) -> None:
     """Refuse a u that is not a future-directed unit timelike vector (non-finite u passes: flagged later)."""
     with np.errstate(invalid="ignore", over="ignore"):
         norm_error = np.abs(minkowski_dot(flat_u, flat_u) + 1.0)
-        bad = ((norm_error > VELOCITY_NORM_TOLERANCE) | (flat_u[:, 0] <= 0)) & np.isfinite(flat_u).all(axis=1)
+        # `not <=` also catches a norm that overflows (u = (1e200, 1e200, 0, 0) gives inf - inf).
+        bad = (~(norm_error <= VELOCITY_NORM_TOLERANCE) | (flat_u[:, 0] <= 0)) & np.isfinite(flat_u).all(axis=1)
     if np.any(bad):  # non-finite u is not refused here: such cells are flagged NONFINITE
         first = int(np.flatnonzero(bad)[0])
         raise ValueError(

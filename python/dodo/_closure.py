@@ -128,10 +128,11 @@ class Closure:
         """
         flat_F, flat_u, batch = _prepare(F_init, u)
         F_pred, status, growth = self._runtime.apply(flat_F, flat_u)
-        if flat_u is None:
-            ntot = flat_F[:, :, 0].sum(axis=-1)
-        else:
-            ntot = -minkowski_dot(flat_F, flat_u[:, None, :]).sum(axis=-1)
+        with np.errstate(over="ignore", invalid="ignore"):  # densities near DBL_MAX: N_tot overflows (rate 0)
+            if flat_u is None:
+                ntot = flat_F[:, :, 0].sum(axis=-1)
+            else:
+                ntot = -minkowski_dot(flat_F, flat_u[:, None, :]).sum(axis=-1)
         return ClosureResult(
             F_pred=F_pred.reshape(batch + (N_SPECIES, N_COMPONENTS)),
             status=status.reshape(batch),

@@ -12,7 +12,8 @@ CellStatus.__doc__ = "Bits of the per-cell status: " + "; ".join(
     f"{name}: {text}" for name, _, _, text in _core.cell_status_bits
 )
 
-#: Bits meaning the cell was rejected and its input returned unchanged (zeros if not finite).
+#: Bits meaning the cell was rejected: the output is the input when finite and realizable, zeros when
+#: not finite, else negative densities set to 0 and fluxes scaled to |F| <= n (docs/runtime.md).
 REJECTED_MASK = sum(bit for _, bit, rejects, _ in _core.cell_status_bits if rejects)
 _DESCRIPTIONS = {name: text for name, _, _, text in _core.cell_status_bits}
 

@@ -175,7 +175,13 @@ def test_bad_cells_are_flagged_not_raised(models, cells):
     assert result.status[2] & dodo.CellStatus.NEGATIVE_DENSITY
     assert result.status[3] & dodo.CellStatus.ZERO_DENSITY
     assert np.all(np.isfinite(result.F_pred))
-    np.testing.assert_array_equal(result.F_pred[2], F[2])  # rejected: output = input
+    # Rejected, input not realizable: the negative density is set to 0 and that species' flux
+    # scaled onto the cone (here to 0); the other species come back unchanged (issue 5).
+    expected = F[2].copy()
+    expected[0] = 0.0
+    np.testing.assert_array_equal(result.F_pred[2], expected)
+    np.testing.assert_array_equal(result.F_pred[3], F[3])  # rejected, realizable: output = input
+    np.testing.assert_array_equal(result.F_pred[1], 0.0)   # rejected, not finite: zeros
     assert runtime.counters["rejected"] == 3
 
 

@@ -52,12 +52,14 @@ def test_non_finite_input_is_flagged_never_nan(bad):
     assert result.status[0] == S.OK and result.status[3] == S.OK  # neighbours are untouched
 
 
-def test_negative_density_is_flagged_and_returned_unchanged():
+def test_negative_density_is_flagged_and_clamped_to_a_realizable_output():
     F = _fiducial()
     F[1, 0] = -0.1
     result = dodo.box3d(F)
     assert result.status == S.NEGATIVE_DENSITY
-    np.testing.assert_array_equal(result.F_box, F)
+    expected = F.copy()
+    expected[1] = 0.0  # n -> 0 and the flux scaled onto the cone |F| <= n (issue 5); others unchanged
+    np.testing.assert_array_equal(result.F_box, expected)
 
 
 def test_flux_factor_0p99_is_flagged_and_returned_unchanged():

@@ -25,12 +25,18 @@ void translate_runtime_error(std::exception_ptr pointer) {
     if (pointer) std::rethrow_exception(pointer);
   } catch (const dodo::runtime::Error& error) {
     const std::string text = std::string(dodo_status_name(error.status())) + ": " + error.what();
+    PyObject* type = PyExc_RuntimeError;
     switch (error.status()) {
-      case DODO_ERROR_INVALID_ARGUMENT: PyErr_SetString(PyExc_ValueError, text.c_str()); return;
-      case DODO_ERROR_FILE: PyErr_SetString(PyExc_FileNotFoundError, text.c_str()); return;
-      case DODO_ERROR_OUT_OF_MEMORY: PyErr_SetString(PyExc_MemoryError, text.c_str()); return;
-      default: PyErr_SetString(PyExc_RuntimeError, text.c_str()); return;
+      case DODO_ERROR_INVALID_ARGUMENT: type = PyExc_ValueError; break;
+      case DODO_ERROR_FILE: type = PyExc_FileNotFoundError; break;
+      case DODO_ERROR_OUT_OF_MEMORY: type = PyExc_MemoryError; break;
+      default: break;
     }
+    // Never a UnicodeDecodeError instead of the real error (messages quote model-file bytes).
+    PyObject* message = PyUnicode_DecodeUTF8(text.data(), static_cast<Py_ssize_t>(text.size()), "backslashreplace");
+    if (!message) return;  // the decoding error is set
+    PyErr_SetObject(type, message);
+    Py_DECREF(message);
   }
 }
 

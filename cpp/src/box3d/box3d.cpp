@@ -210,6 +210,15 @@ std::uint32_t Box3D::rest_frame_change(const double* F, double* dF, double* grow
 }
 
 void Box3D::apply_cell(const double* F_init, const double* u, Box3DCell& out) const {
+  classify_and_apply(F_init, u, out);
+  // The one place where rejected cells get their output (Python, C, C++ and Fortran alike):
+  // never NaN and never outside the realizable cone, even for a negative density or |F| > n.
+  if (out.status & kCellRejectedMask) {
+    realizable_fallback(F_init, out.F_box.data());
+  }
+}
+
+void Box3D::classify_and_apply(const double* F_init, const double* u, Box3DCell& out) const {
   out.growth_over_ntot = 0.0;
   out.ntot = 0.0;
   out.status = kCellOk;
@@ -230,6 +239,11 @@ void Box3D::apply_cell(const double* F_init, const double* u, Box3DCell& out) co
   }
   double rest[kCellValues];
   boost_cell_to_rest(u, F_init, rest);
+  for (double value : rest)
+    if (!std::isfinite(value)) {  // finite input, but the boost overflowed (huge densities times W)
+      out.status = kCell_NONFINITE;
+      return;
+    }
   double total = 0.0;
   for (int a = 0; a < kSpecies; ++a) {
     if (rest[a * kComponents] < 0.0) out.status |= kCell_NEGATIVE_DENSITY;
@@ -247,7 +261,11 @@ void Box3D::apply_cell(const double* F_init, const double* u, Box3DCell& out) co
   }
   out.ntot = total;
   const double inverse_total = 1.0 / total;
-  for (double& value : rest) value *= inverse_total;
+  if (std::isfinite(inverse_total)) {
+    for (double& value : rest) value *= inverse_total;
+  } else {  // subnormal N_tot (< 5.6e-309): 1/N_tot overflows, the quotients do not
+    for (double& value : rest) value /= total;
+  }
 
   double change[kCellValues];
   out.status = rest_frame_change(rest, change, &out.growth_over_ntot);
@@ -256,6 +274,11 @@ void Box3D::apply_cell(const double* F_init, const double* u, Box3DCell& out) co
   double change_lab[kCellValues];
   boost_cell_from_rest(u, change, change_lab);
   for (int v = 0; v < kCellValues; ++v) out.F_box[v] = F_init[v] + change_lab[v];
+  for (double value : out.F_box)
+    if (!std::isfinite(value)) {  // densities near DBL_MAX: the result is not representable
+      out.status = kCell_NONFINITE;
+      return;
+    }
 }
 
 void Box3D::apply(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, CellArray F_box,

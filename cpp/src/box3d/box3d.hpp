@@ -51,6 +51,8 @@ class Box3D {
   const LebedevRule& quadrature() const { return rule_; }
 
   // One cell: F_init (24 values, lab frame) and u (4 values, nullptr = rest frame).
+  // A rejected cell (status & kCellRejectedMask) gets realizable_fallback(F_init): finite and
+  // realizable whatever the input (the input itself when it is finite and realizable).
   void apply_cell(const double* F_init, const double* u, Box3DCell& out) const;
 
   // Same computation in the fluid rest frame on normalised fluxes (sum of densities = 1),
@@ -64,6 +66,8 @@ class Box3D {
              double* growth_over_ntot, double* ntot, std::uint32_t* status, int threads) const;
 
  private:
+  void classify_and_apply(const double* F_init, const double* u, Box3DCell& out) const;
+
   Box3DSettings settings_;
   LebedevRule rule_;
 };

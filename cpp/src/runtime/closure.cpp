@@ -189,9 +189,16 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
     for (int v = 0; v < kCellValues; ++v) change_lab[v] = box.F_box[v] - F[v];
     boost_cell_to_rest(velocity, F, &w.F_init_rest[i * kCellValues]);
     boost_cell_to_rest(velocity, change_lab, &w.dF_box_rest[i * kCellValues]);
-    for (int v = 0; v < kCellValues; ++v) {
-      w.F_init_rest[i * kCellValues + v] *= inverse_ntot;
-      w.dF_box_rest[i * kCellValues + v] *= inverse_ntot;
+    if (std::isfinite(inverse_ntot)) {
+      for (int v = 0; v < kCellValues; ++v) {
+        w.F_init_rest[i * kCellValues + v] *= inverse_ntot;
+        w.dF_box_rest[i * kCellValues + v] *= inverse_ntot;
+      }
+    } else {  // subnormal N_tot: 1/N_tot overflows, the quotients do not
+      for (int v = 0; v < kCellValues; ++v) {
+        w.F_init_rest[i * kCellValues + v] /= box.ntot;
+        w.dF_box_rest[i * kCellValues + v] /= box.ntot;
+      }
     }
   }
   if (model_ && network_rows > 0) {
@@ -223,7 +230,12 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
         for (double& value : correction) value *= scale;
         double correction_lab[kCellValues];
         boost_cell_from_rest(batch.u.data ? &w.velocity[i * 4] : nullptr, correction, correction_lab);
-        for (int v = 0; v < kCellValues; ++v) F_out[v] += correction_lab[v];
+        double corrected[kCellValues];
+        for (int v = 0; v < kCellValues; ++v) corrected[v] = F_out[v] + correction_lab[v];
+        if (all_finite(corrected, kCellValues))
+          std::copy(corrected, corrected + kCellValues, F_out);
+        else  // overflow near DBL_MAX: keep Box3D's (finite) result
+          flags |= kCell_NETWORK_NONFINITE;
       }
     }
     double* target = batch.F_pred.data + static_cast<std::ptrdiff_t>(cell) * batch.F_pred.cell_stride;

@@ -9,9 +9,44 @@
 
 namespace dodo::runtime {
 
+// Messages quote text from model files (metadata keys and values, ORT's messages about the file),
+// which a corrupted file can fill with any bytes. Hosts print them and Python decodes them as
+// UTF-8, so bytes that are not valid UTF-8, and control characters, become "\xNN".
+inline std::string printable_message(const std::string& text) {
+  std::string out;
+  out.reserve(text.size());
+  auto escape = [&out](unsigned char byte) {
+    const char* digits = "0123456789abcdef";
+    out += "\\x";
+    out += digits[byte >> 4];
+    out += digits[byte & 15];
+  };
+  for (std::size_t i = 0; i < text.size();) {
+    const unsigned char lead = static_cast<unsigned char>(text[i]);
+    std::size_t length = lead < 0x80 ? 1 : (lead >> 5) == 6 ? 2 : (lead >> 4) == 14 ? 3 : (lead >> 3) == 30 ? 4 : 0;
+    bool valid = length > 0 && i + length <= text.size();
+    for (std::size_t k = 1; valid && k < length; ++k) valid = (static_cast<unsigned char>(text[i + k]) >> 6) == 2;
+    if (valid && length > 1) {  // no overlong forms, surrogates or code points above U+10FFFF
+      const unsigned char second = static_cast<unsigned char>(text[i + 1]);
+      if (length == 2) valid = lead >= 0xc2;
+      if (length == 3) valid = !(lead == 0xe0 && second < 0xa0) && !(lead == 0xed && second >= 0xa0);
+      if (length == 4) valid = lead <= 0xf4 && !(lead == 0xf0 && second < 0x90) && !(lead == 0xf4 && second >= 0x90);
+    }
+    if (!valid || (length == 1 && ((lead < 0x20 && lead != '\n' && lead != '\t') || lead == 0x7f))) {
+      escape(lead);
+      ++i;
+      continue;
+    }
+    out.append(text, i, length);
+    i += length;
+  }
+  return out;
+}
+
 class Error : public std::runtime_error {
  public:
-  Error(dodo_status status, const std::string& message) : std::runtime_error(message), status_(status) {}
+  Error(dodo_status status, const std::string& message)
+      : std::runtime_error(printable_message(message)), status_(status) {}
   dodo_status status() const { return status_; }
 
  private:

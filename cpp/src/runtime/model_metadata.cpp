@@ -124,6 +124,9 @@ ModelDescription describe_model(const std::map<std::string, std::string>& metada
     const std::string form = box3d.at("form").string();
     if (form != "delta") refuse("model \"dodo.box3d\" form is \"" + form + "\"; this runtime has \"delta\"");
     const double order = box3d.at("lebedev_order").number();
+    // Checked before the conversion: a double outside int's range (or NaN) cast to int is undefined.
+    if (!(order >= 1 && order <= 1e6 && order == std::floor(order)))
+      refuse("model \"dodo.box3d\" lebedev_order is " + format_number(order) + "; expected a positive integer");
     model.box3d.lebedev_order = static_cast<int>(order);
     if (requested.lebedev_order && requested.lebedev_order != model.box3d.lebedev_order)
       refuse("model \"dodo.box3d\" lebedev_order is " + std::to_string(model.box3d.lebedev_order) +

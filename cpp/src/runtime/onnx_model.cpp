@@ -27,6 +27,27 @@ std::string read_file(const std::string& path) {
   return bytes;
 }
 
+// ORT prefixes some messages with its source location and C++ signature
+// ("/onnxruntime_src/...cc:256 onnxruntime::Model::Model(...) Unsupported model IR version: 99");
+// the user needs only the text after it.
+std::string without_source_location(const std::string& message) {
+  const std::size_t location = message.find(':');
+  if (message.empty() || message[0] != '/' || location == std::string::npos) return message;
+  const std::size_t open = message.find('(', location);
+  if (open == std::string::npos) return message;
+  int depth = 0;
+  for (std::size_t i = open; i < message.size(); ++i) {
+    if (message[i] == '(') ++depth;
+    if (message[i] == ')' && --depth == 0) {
+      std::size_t start = i + 1;
+      if (message.compare(start, 6, " const") == 0) start += 6;
+      while (start < message.size() && message[start] == ' ') ++start;
+      return start < message.size() ? message.substr(start) : message;
+    }
+  }
+  return message;
+}
+
 // Releases ORT objects on every path out of a scope.
 template <typename T>
 struct OrtReleaser {
@@ -99,7 +120,8 @@ OnnxModel::OnnxModel(const OrtLibrary& library, const std::string& path, const s
   }
   OrtStatus* created = api_->CreateSessionFromArray(library.env, bytes.data(), bytes.size(), options, &session_);
   if (created) {
-    std::string message = std::string("cannot load \"") + path + "\" as an ONNX model: " + api_->GetErrorMessage(created);
+    std::string message = std::string("cannot load \"") + path + "\" as an ONNX model: " +
+                          without_source_location(api_->GetErrorMessage(created));
     api_->ReleaseStatus(created);
     throw Error(DODO_ERROR_MODEL_FORMAT, message);
   }

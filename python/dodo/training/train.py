@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import sha256_file, torch_save_atomic, write_json_atomic
+from .atomic import atomic_path, sha256_file, write_json_atomic
 from .config import ExperimentConfig
 from .dataset import (CellDataset, check_preprocessed, collate_batch, count_rows, invariant_statistics, make_splits,
                       percentile_target_scale)
@@ -144,18 +144,104 @@ def build_closure(model_config, mean=None, std=None) -> ResidualClosure:
     return ResidualClosure(network)
 
 
+class CorruptCheckpointError(ValueError):
+    """A checkpoint that cannot be read or whose embedded SHA-256 digest does not match its content."""
+
+
+def _feed_digest(digest, value) -> None:
+    """Canonical bytes of a checkpoint's content: tensors and arrays by dtype, shape and raw bytes,
+    containers in order, scalars by repr (exact for floats)."""
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, np.ndarray):
+        digest.update(f"A{value.dtype.str}{value.shape}".encode())
+        digest.update(np.ascontiguousarray(value).tobytes())
+    elif isinstance(value, dict):
+        digest.update(f"D{len(value)}".encode())
+        for key, item in value.items():
+            _feed_digest(digest, key)
+            _feed_digest(digest, item)
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"{'L' if isinstance(value, list) else 'U'}{len(value)}".encode())
+        for item in value:
+            _feed_digest(digest, item)
+    else:
+        digest.update(f"S{type(value).__name__}:{value!r};".encode())
+
+
+def checkpoint_digest(state: dict) -> str:
+    """SHA-256 of a checkpoint's content (every key but "sha256"), stored in the checkpoint itself."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    _feed_digest(digest, {key: value for key, value in state.items() if key != "sha256"})
+    return digest.hexdigest()
+
+
+def previous_checkpoint_path(path: str | Path) -> Path:
+    """Where save_checkpoint(..., keep_previous=True) keeps the one before: last.pt -> last.prev.pt."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def save_checkpoint(state: dict, path: str | Path, keep_previous: bool = False) -> None:
+    """Atomic torch.save with an embedded SHA-256 of the content (verified by load_checkpoint).
+
+    keep_previous: the file already at ``path`` (if any) becomes previous_checkpoint_path(path),
+    so the last two checkpoints exist; a crash between the two renames leaves the previous one.
+    """
+    import os
+
+    path = Path(path)
+    state = dict(state)
+    state["sha256"] = checkpoint_digest(state)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+        if keep_previous and path.exists():
+            os.replace(path, previous_checkpoint_path(path))
+
+
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Reads and verifies a checkpoint: CorruptCheckpointError (a ValueError) when the file is
+    unreadable or its content does not match the embedded SHA-256 (checkpoints written before
+    the digest was introduced have none and are accepted as they are)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:  # torch raises several types for a corrupt file
-        raise ValueError(f"{path}: not a readable Dodo checkpoint ({exc})") from exc
+        raise CorruptCheckpointError(f"{path}: not a readable Dodo checkpoint, truncated or corrupted ({exc})") from exc
     found = checkpoint.get("format") if isinstance(checkpoint, dict) else type(checkpoint).__name__
     if found != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a Dodo checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})")
+    stored = checkpoint.get("sha256")
+    if stored is not None:
+        computed = checkpoint_digest(checkpoint)
+        if computed != stored:
+            raise CorruptCheckpointError(
+                f"{path}: checkpoint is corrupted: SHA-256 of its content is {computed[:16]}..., the digest stored "
+                f"at save time is {str(stored)[:16]}... (the file was altered after it was written)")
     return checkpoint
+
+
+def load_resume_checkpoint(path: str | Path, log=print) -> tuple[dict, Path]:
+    """The checkpoint to resume from: ``path``, or, when it is missing, unreadable or fails its
+    checksum, the previous one kept beside it (last.prev.pt), with a message saying so."""
+    path = Path(path)
+    try:
+        return load_checkpoint(path), path
+    except (FileNotFoundError, CorruptCheckpointError) as error:
+        previous = previous_checkpoint_path(path)
+        if not previous.is_file():
+            raise
+        log(f"WARNING: cannot resume from {path}: {error}; using the previous checkpoint {previous}")
+        try:
+            return load_checkpoint(previous), previous
+        except (FileNotFoundError, CorruptCheckpointError) as second:
+            raise CorruptCheckpointError(f"no usable checkpoint to resume from: {error}; and {second}") from second
 
 
 def closure_from_checkpoint(checkpoint: dict) -> ResidualClosure:
@@ -228,11 +314,12 @@ def _train(config: ExperimentConfig, echo) -> dict:
     start_epoch, global_step, best_val = 1, 0, math.inf
     history = {"train": [], "val": []}
     if t.resume_from:
-        checkpoint = load_checkpoint(t.resume_from)  # CPU: RNG states must stay CPU tensors
+        # CPU: RNG states must stay CPU tensors. A corrupt last.pt falls back to last.prev.pt.
+        checkpoint, resume_path = load_resume_checkpoint(t.resume_from, log)
         if checkpoint["config"]["model"] != dataclasses.asdict(config.model):
-            raise ValueError(f"{t.resume_from}: model section differs from the config; cannot resume")
+            raise ValueError(f"{resume_path}: model section differs from the config; cannot resume")
         if checkpoint["data"]["sha256"] != data_sha256:
-            raise ValueError(f"{t.resume_from}: trained on another data file (checksum differs); cannot resume")
+            raise ValueError(f"{resume_path}: trained on another data file (checksum differs); cannot resume")
         closure.network.load_state_dict(checkpoint["model_state"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
@@ -242,7 +329,7 @@ def _train(config: ExperimentConfig, echo) -> dict:
         global_step = checkpoint["global_step"]
         best_val = checkpoint["best_val_loss"]
         history = checkpoint["history"]
-        log(f"resumed from {t.resume_from} after epoch {checkpoint['epoch']}")
+        log(f"resumed from {resume_path} after epoch {checkpoint['epoch']}")
 
     log(f"training {config.model.head} head on {len(splits.train)}/{len(splits.val)}/{len(splits.test)} "
         f"train/val/test cells of {data_path} ({attrs.get('data_kind')}), device {device}, "
@@ -298,8 +385,8 @@ def _train(config: ExperimentConfig, echo) -> dict:
             + (" (best)" if improved else ""))
         if improved:
             best_val = val_losses["total"]
-            torch_save_atomic(checkpoint_state(epoch), checkpoint_dir / "best.pt")
-        torch_save_atomic(checkpoint_state(epoch), checkpoint_dir / "last.pt")
+            save_checkpoint(checkpoint_state(epoch), checkpoint_dir / "best.pt")
+        save_checkpoint(checkpoint_state(epoch), checkpoint_dir / "last.pt", keep_previous=True)
         if t.stop_after_epoch is not None and epoch >= t.stop_after_epoch and epoch < t.epochs:
             status = "interrupted"
             log(f"stopping after epoch {epoch} as asked (training.stop_after_epoch); resume from {checkpoint_dir / 'last.pt'}")
@@ -335,9 +422,9 @@ def _train(config: ExperimentConfig, echo) -> dict:
         "train_samples_per_second": samples_seen / elapsed if elapsed > 0 else None,
     }
     final_state["metrics"] = table
-    torch_save_atomic(final_state, checkpoint_dir / "final.pt")
+    save_checkpoint(final_state, checkpoint_dir / "final.pt")
     best["metrics"] = table
-    torch_save_atomic(best, checkpoint_dir / "best.pt")
+    save_checkpoint(best, checkpoint_dir / "best.pt")
     write_json_atomic(metrics_path, summary)
     log(f"wrote {metrics_path}")
     return summary

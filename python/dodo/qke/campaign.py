@@ -1,0 +1,171 @@
+"""Simulating a list of states in chunks, resumably: the engine behind ``dodo simulate``.
+
+After each chunk the results so far go to ``<output>.partial.npz`` and the valid runs so far to
+the Emu-format database ``<output>`` (both atomically; attribute ``complete`` says whether all
+states are done); a rerun with the same states and settings skips the chunks already done.
+The partial file is removed at the end. Runs that do not saturate or do not conserve are
+dropped from the database and listed (index and reason) in its ``dropped`` attribute.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict
+from typing import Callable
+
+import numpy as np
+
+from .asymptotic import asymptotic_states
+from .directions import uniform_sphere
+from .initial import species_direction_densities
+from .io import atomic_write, write_emu_database
+from .solver import FastFlavourBox, SolverConfig
+from .states import box_setup, rotate_four_flux
+
+
+def _fingerprint(four_flux: np.ndarray, settings: dict) -> str:
+    digest = hashlib.sha256(np.ascontiguousarray(four_flux, dtype=float).tobytes())
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def relative_cost(four_flux: np.ndarray, directions: np.ndarray, end_time_s: np.ndarray | None) -> np.ndarray:
+    """Estimated steps per state (up to a common factor): V_max t_end, with t_end ~ 1/(Box3D growth proxy).
+
+    Used to batch states of similar cost together (a batch runs as many steps as its costliest member).
+    Both factors are rotation invariant, so no linear analysis is needed here.
+    """
+    per_direction = species_direction_densities(four_flux, directions).reshape(len(four_flux), 2, 3, -1)
+    traceless = np.sqrt(np.sum((per_direction - per_direction.mean(axis=2, keepdims=True)) ** 2, axis=2))
+    kernel = 1.0 - directions @ directions.T
+    bound = ((traceless[:, 0] + traceless[:, 1]) @ kernel.T).max(axis=1)
+    if end_time_s is not None:
+        return bound * np.asarray(end_time_s, float)
+    lepton = per_direction[:, 0] - per_direction[:, 1]  # [n, flavour, ndir]
+    proxy = np.zeros(len(four_flux))
+    for i, j in ((0, 1), (0, 2), (1, 2)):
+        difference = lepton[:, i] - lepton[:, j]
+        proxy = np.maximum(proxy, np.sqrt(np.clip(difference, 0, None).sum(1) * np.clip(-difference, 0, None).sum(1)))
+    return bound / np.maximum(proxy, 1e-300 * bound + 1e-300)
+
+
+def _empty_results(nstates: int) -> dict:
+    return {"final": np.full((nstates, 6, 4), np.nan), "final_stddev": np.full((nstates, 6, 4), np.nan),
+            "growth_rate": np.zeros(nstates), "saturation_time": np.zeros(nstates), "end_time": np.zeros(nstates),
+            "box_length_cm": np.zeros(nstates), "rotation": np.tile(np.eye(3), (nstates, 1, 1)),
+            "linear_growth_rate": np.zeros(nstates), "done": np.zeros(nstates, bool), "valid": np.zeros(nstates, bool),
+            "reason": np.array([""] * nstates, dtype=object), "wall_time_s": np.zeros(nstates)}
+
+
+def _write_database(output: str, four_flux: np.ndarray, results: dict, settings: dict, attributes: dict | None) -> None:
+    """Write the valid runs finished so far as an Emu database (atomically)."""
+    valid = results["valid"] & results["done"]
+    dropped = {int(i): str(results["reason"][i]) for i in np.flatnonzero(results["done"] & ~results["valid"])}
+    database = {"initial": four_flux[valid], "final": results["final"][valid], "final_stddev": results["final_stddev"][valid],
+                "growth_rate": results["growth_rate"][valid], "saturation_time": results["saturation_time"][valid],
+                "end_time": results["end_time"][valid], "box_length_cm": results["box_length_cm"][valid],
+                "rotation": results["rotation"][valid], "linear_growth_rate": results["linear_growth_rate"][valid],
+                "input_index": np.flatnonzero(valid)}
+    provenance = dict(attributes or {})
+    provenance.update({"solver": "dodo.qke fast-flavour QKE solver (docs/qke.md)", "settings": settings,
+                       "dropped": dropped, "nstates_requested": len(four_flux), "nstates_done": int(results["done"].sum()),
+                       "nstates_valid": int(valid.sum()), "complete": bool(results["done"].all()),
+                       "wall_time_per_state_s": float(np.mean(results["wall_time_s"][valid])) if valid.any() else 0.0,
+                       "frame": "fluxes in the input frame; the box axis was z after applying rotation_R (F_sim = R F)",
+                       "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    write_emu_database(output, database, provenance)
+
+
+def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, batch_size: int = 8, axis: str = "fastest",
+                    rotation: np.ndarray | None = None, box_length_cm: float | None = None,
+                    end_time_s: np.ndarray | None = None, attributes: dict | None = None,
+                    report: Callable[[str], None] = print) -> dict:
+    """Simulate states ``[n, 6, 4]`` (cm^-3, original frame) and write an Emu database to ``output``."""
+    four_flux = np.asarray(four_flux, float)
+    if four_flux.ndim != 3 or four_flux.shape[1:] != (6, 4) or len(four_flux) == 0:
+        raise ValueError(f"states must have shape [n >= 1, 6, 4]; got {four_flux.shape}")
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    nstates = len(four_flux)
+    settings = {"solver": asdict(config), "axis": axis, "box_length_cm": box_length_cm, "batch_size": batch_size,
+                "rotation_given": rotation is not None,
+                "end_time_given": None if end_time_s is None else np.asarray(end_time_s, float).tolist()}
+    fingerprint = _fingerprint(four_flux, settings)
+    partial_path = output + ".partial.npz"
+    results = _empty_results(nstates)
+    if os.path.exists(partial_path):
+        stored = np.load(partial_path, allow_pickle=True)
+        if str(stored["fingerprint"]) == fingerprint:
+            results = {key: stored[key] for key in results}
+            report(f"resuming: {int(results['done'].sum())}/{nstates} states already simulated")
+        else:
+            report(f"ignoring {partial_path}: it belongs to other states or settings")
+    directions = uniform_sphere(config.nphi_equator)
+    pending = np.flatnonzero(~results["done"])
+    pending = pending[np.argsort(relative_cost(four_flux[pending], directions,
+                                               None if end_time_s is None else np.asarray(end_time_s)[pending]), kind="stable")]
+    started = time.time()
+    for chunk_start in range(0, len(pending), batch_size):
+        chunk = pending[chunk_start:chunk_start + batch_size]
+        chunk_started = time.time()
+        runnable, rotated, lengths, ends = [], [], [], []
+        for index in chunk:
+            try:
+                if rotation is not None:
+                    R = np.asarray(rotation[index], float)
+                    setup = box_setup(rotate_four_flux(four_flux[index], R), directions, config.ncell, axis="z",
+                                      box_length_cm=box_length_cm,
+                                      end_time_s=None if end_time_s is None else float(end_time_s[index]))
+                    setup = (R,) + setup[1:]
+                else:
+                    setup = box_setup(four_flux[index], directions, config.ncell, axis=axis, box_length_cm=box_length_cm,
+                                      end_time_s=None if end_time_s is None else float(end_time_s[index]))
+            except ValueError as error:
+                results["done"][index], results["reason"][index] = True, str(error)
+                continue
+            R, length, end, linear_rate = setup
+            results["rotation"][index], results["box_length_cm"][index] = R, length
+            results["end_time"][index], results["linear_growth_rate"][index] = end, linear_rate
+            runnable.append(index)
+            rotated.append(rotate_four_flux(four_flux[index], R))
+            lengths.append(length)
+            ends.append(end)
+        if runnable:
+            chunk_config = SolverConfig(**{**asdict(config), "seed": config.seed + int(runnable[0])})
+            box = FastFlavourBox(np.array(rotated), np.array(lengths), chunk_config, directions)
+            history = box.run(np.array(ends))
+            # Rotate the box-averaged history back to the input frame before reducing it, so that
+            # means and standard deviations are those of the input-frame components.
+            back = np.transpose(results["rotation"][runnable], (0, 2, 1))  # R^-1 = R^T
+            history_flux = history.four_flux.copy()
+            history_flux[..., 1:] = np.einsum("bij,btsfj->btsfi", back, history_flux[..., 1:])
+            state = asymptotic_states(history.time, history_flux, history.offdiag_magnitude)
+            for slot, index in enumerate(runnable):
+                results["final"][index] = state.final[slot].reshape(6, 4)
+                results["final_stddev"][index] = state.final_stddev[slot].reshape(6, 4)
+                results["growth_rate"][index] = state.growth_rate[slot]
+                results["saturation_time"][index] = state.saturation_time[slot]
+                results["valid"][index], results["reason"][index] = state.valid[slot], state.reason[slot]
+                results["wall_time_s"][index] = (time.time() - chunk_started) / len(runnable)
+                results["done"][index] = True
+
+        def write_partial(temporary: str) -> None:
+            with open(temporary, "wb") as stream:
+                np.savez(stream, fingerprint=fingerprint, **results)
+
+        atomic_write(partial_path, write_partial)
+        _write_database(output, four_flux, results, settings, attributes)  # usable while the campaign runs
+        done = int(results["done"].sum())
+        elapsed = time.time() - started
+        finished_here = chunk_start + len(chunk)
+        remaining = elapsed / finished_here * (len(pending) - finished_here)
+        report(f"{done}/{nstates} states done ({int(results['valid'].sum())} valid), {elapsed:.0f} s elapsed, "
+               f"about {remaining:.0f} s left (cheapest states first, so likely more)")
+
+    for index in np.flatnonzero(~results["valid"]):
+        report(f"dropped state {int(index)}: {results['reason'][index]}")
+    _write_database(output, four_flux, results, settings, attributes)
+    os.remove(partial_path)
+    return results

@@ -1,0 +1,92 @@
+"""``dodo simulate``: run the fast-flavour QKE solver on many states, write an Emu database."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from .solver import SolverConfig
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add the ``simulate`` subcommand to an argparse subparsers object."""
+    parser = subparsers.add_parser(
+        "simulate", help="simulate fast-flavour instabilities (QKE solver) and write an Emu-format database",
+        description="Simulate random or given initial states in periodic 1D boxes with Dodo's fast-flavour "
+                    "QKE solver and write their asymptotic states in Emu's database layout (docs/qke.md).")
+    parser.add_argument("output", help="output HDF5 file (written atomically; resumable via OUTPUT.partial.npz)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", help="initial states: Emu-layout HDF5 (F4_initial(1|ccm)) or YAML ('states' list)")
+    source.add_argument("--random", type=int, metavar="N", help="simulate N random ELN-crossing states")
+    parser.add_argument("--seed", type=int, default=0, help="random seed for states and perturbations (default 0)")
+    parser.add_argument("--three-flavour", action="store_true", help="random states with independent mu and tau")
+    parser.add_argument("--max-flux-factor", type=float, default=0.8, help="random states: largest flux factor (0.8)")
+    parser.add_argument("--batch-size", type=int, default=8, help="simulations integrated together (default 8)")
+    parser.add_argument("--ncell", type=int, default=64, help="cells along the box axis (default 64)")
+    parser.add_argument("--nphi", type=int, default=16, help="directions: Emu uniform_sphere(nphi) (16 -> 92)")
+    parser.add_argument("--axis", default="fastest", choices=("fastest", "x", "y", "z"),
+                        help="box axis: fastest-growing wavevector (default) or a fixed axis; an input file's "
+                             "rotation_R, when present, takes precedence unless --ignore-rotation")
+    parser.add_argument("--ignore-rotation", action="store_true", help="ignore rotation_R in the input file")
+    parser.add_argument("--box-length", type=float, default=None, help="box length in cm (default: k_fastest L = 18)")
+    parser.add_argument("--use-input-end-time", action="store_true", help="use the input file's tend(s)")
+    parser.add_argument("--flavour-cfl", type=float, default=SolverConfig.flavour_cfl,
+                        help=f"time step in units of 1/V_max (default {SolverConfig.flavour_cfl})")
+    parser.add_argument("--hamiltonian-filter", default=SolverConfig.hamiltonian_filter, choices=("emu", "none"),
+                        help="emu (default): couple through Emu's particle-mesh transfer function, so growth "
+                             "rates match Emu's; none: the continuum equations")
+    parser.add_argument("--device", default="cpu", choices=("cpu",), help="compute device (the solver is NumPy: cpu)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.set_defaults(func=run_simulate)
+    return parser
+
+
+def run_simulate(args) -> int:
+    """Handler of ``dodo simulate``; returns a process exit code."""
+    from .campaign import simulate_states
+    from .states import random_crossing_states, read_states
+
+    report = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
+    try:
+        rotation = end_time = None
+        if args.input:
+            loaded = read_states(args.input)
+            four_flux = loaded["four_flux"]
+            if not args.ignore_rotation:
+                rotation = loaded["rotation"]
+            if args.use_input_end_time:
+                if loaded["end_time"] is None:
+                    raise ValueError(f"{args.input} has no tend(s) dataset")
+                end_time = loaded["end_time"]
+            source = {"input": args.input}
+        else:
+            rng = np.random.default_rng(args.seed)
+            four_flux = random_crossing_states(args.random, rng, max_flux_factor=args.max_flux_factor,
+                                               heavy_equal=not args.three_flavour)
+            source = {"random": args.random, "random_seed": args.seed, "max_flux_factor": args.max_flux_factor,
+                      "heavy_equal": not args.three_flavour}
+        config = SolverConfig(ncell=args.ncell, nphi_equator=args.nphi, flavour_cfl=args.flavour_cfl,
+                              hamiltonian_filter=args.hamiltonian_filter, seed=args.seed)
+        config.validate()
+        results = simulate_states(four_flux, args.output, config, batch_size=args.batch_size, axis=args.axis,
+                                  rotation=rotation, box_length_cm=args.box_length, end_time_s=end_time,
+                                  attributes={"source": source, "command": " ".join(sys.argv)}, report=report)
+    except (ValueError, OSError) as error:
+        print(f"dodo simulate: error: {error}", file=sys.stderr)
+        return 2
+    report(f"wrote {args.output}: {int(results['valid'].sum())} of {len(results['valid'])} states valid")
+    return 0
+
+
+def main(argv=None) -> int:
+    """Stand-alone entry point (``python -m dodo.qke.cli``) until ``dodo`` wires the subcommand."""
+    parser = argparse.ArgumentParser(prog="dodo")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    register(subparsers)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

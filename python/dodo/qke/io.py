@@ -1,0 +1,64 @@
+"""Writing Emu-format asymptotic databases (data.md), atomically.
+
+Layout: ``F4_initial(1|ccm)``, ``F4_final(1|ccm)``, ``F4_final_stddev(1|ccm)`` [nsims, 4 (x,y,z,t),
+2 (nu, nubar), 3], ``growthRate(1|s)`` [nsims], ``nf``; plus Dodo's extras ``tsat(s)``,
+``tend(s)``, ``box_length_cm``, ``rotation_R`` and ``linear_growthRate_box(1|s)``.
+Fluxes are in the original (input) frame, as in Emu's validation file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from ..conventions import to_emu_layout
+
+
+def atomic_write(path: str, write) -> None:
+    """Call ``write(temporary_path)``, fsync, then rename over ``path`` (same directory)."""
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    os.makedirs(directory, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    os.close(handle)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
+    try:
+        write(temporary)
+        with open(temporary, "rb+") as stream:
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def species_to_emu(four_flux: np.ndarray) -> np.ndarray:
+    """[n, 2, 3, 4 (t,x,y,z)] or [n, 6, 4] -> Emu [n, 4 (x,y,z,t), 2, 3]."""
+    four_flux = np.asarray(four_flux, float)
+    return to_emu_layout(four_flux.reshape(four_flux.shape[0], 6, 4))
+
+
+def write_emu_database(path: str, results: dict, attributes: dict) -> None:
+    """Write valid runs in Emu's layout; ``results`` holds Dodo-layout arrays [n, 6, 4] etc."""
+    import h5py
+
+    def write(temporary: str) -> None:
+        with h5py.File(temporary, "w") as f:
+            f["F4_initial(1|ccm)"] = species_to_emu(results["initial"])
+            f["F4_final(1|ccm)"] = species_to_emu(results["final"])
+            f["F4_final_stddev(1|ccm)"] = species_to_emu(results["final_stddev"])
+            f["growthRate(1|s)"] = np.asarray(results["growth_rate"], float)
+            f["nf"] = np.int64(3)
+            for name, key in (("tsat(s)", "saturation_time"), ("tend(s)", "end_time"), ("box_length_cm", "box_length_cm"),
+                              ("rotation_R", "rotation"), ("linear_growthRate_box(1|s)", "linear_growth_rate"),
+                              ("input_index", "input_index")):
+                if key in results:
+                    f[name] = np.asarray(results[key])
+            for key, value in attributes.items():
+                f.attrs[key] = value if isinstance(value, (str, int, float, np.number)) else json.dumps(value)
+
+    atomic_write(path, write)

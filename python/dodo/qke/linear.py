@@ -1,0 +1,139 @@
+"""Linear stability (dispersion relation) of the discrete-direction fast-flavour equations.
+
+Linearising the equations of solver.py around a flavour-diagonal, homogeneous state, each
+off-diagonal pair (i, j) evolves alone (Izaguirre, Raffelt, Tamborra, PRL 118, 021101 (2017),
+eq. 5, here for discrete directions). With S_v = rho_v^ij and Sbar_v = conj(rhobar_v^ij), the
+combination Q_v = S_v - Sbar_v, for a mode exp(i (k z - omega t)), obeys the eigenproblem
+
+    omega Q_v = (c k v_z + Delta H_v) Q_v - mu G_v sum_u (1 - v . u) Q_u,
+
+    Delta H_v = mu sum_u (1 - v . u) G_u,  G_v = (n_v^i - n_v^j) - (nbar_v^i - nbar_v^j)
+
+(the lepton-number difference carried by direction v). Its largest Im(omega) is the growth rate
+the solver must reproduce in its linear phase. Same direction set and weights as the solver.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..conventions import FLAVOUR_PAIRS, N_FLAVOURS
+from .initial import species_direction_densities
+from .constants import SELF_INTERACTION_PER_DENSITY, SPEED_OF_LIGHT
+
+
+def pair_lepton_numbers(four_flux: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """G_v per flavour pair ``[3 pairs, ndir]`` (cm^-3 per direction) for one state ``[6, 4]``."""
+    per_direction = species_direction_densities(np.asarray(four_flux, float), directions).reshape(2, N_FLAVOURS, -1)
+    lepton = per_direction[0] - per_direction[1]  # [flavour, ndir]
+    return np.array([lepton[i] - lepton[j] for i, j in FLAVOUR_PAIRS])
+
+
+def unstable_candidates(lepton_differences: np.ndarray) -> list[np.ndarray]:
+    """The pairs' G_v that can be unstable: those that cross (sign change in angle), without duplicates.
+
+    A pair whose G_v does not change sign has no fast instability (Morinaga, PRD 105, L101301
+    (2022)); with mu = tau the (e, mu) and (e, tau) pairs are identical.
+    """
+    kept = []
+    for lepton in lepton_differences:
+        scale = np.abs(lepton).sum()
+        if scale == 0 or lepton.max() <= 1e-12 * scale or lepton.min() >= -1e-12 * scale:
+            continue
+        if not any(np.allclose(lepton, other, rtol=1e-12, atol=1e-14 * scale) for other in kept):
+            kept.append(lepton)
+    return kept
+
+
+def emu_coupling_transfer(wavenumber: np.ndarray, cell_size_cm: float) -> np.ndarray:
+    """sinc(k dz / 2)^6: Emu's quadratic-spline deposit and interpolation, seen by a mode k (cm^-1)."""
+    return np.sinc(0.5 * np.asarray(wavenumber, float) * cell_size_cm / np.pi) ** 6
+
+
+def dispersion_matrices(lepton_difference: np.ndarray, directions: np.ndarray, wavevectors: np.ndarray,
+                        coupling_transfer: np.ndarray | float = 1.0) -> np.ndarray:
+    """Matrices ``[nk, ndir, ndir]`` whose eigenvalues are omega (s^-1) for wavevectors ``[nk, 3]`` (cm^-1).
+
+    ``coupling_transfer`` ``[nk]`` scales the perturbation's coupling (not the homogeneous
+    refraction, a k = 0 quantity): the solver's ``hamiltonian_filter = "emu"`` seen by each mode.
+    """
+    kernel = 1.0 - directions @ directions.T  # (1 - v . u)
+    refraction = SELF_INTERACTION_PER_DENSITY * kernel @ lepton_difference
+    coupling = -SELF_INTERACTION_PER_DENSITY * lepton_difference[:, None] * kernel
+    advection = SPEED_OF_LIGHT * np.atleast_2d(wavevectors) @ directions.T  # [nk, ndir]
+    transfer = np.broadcast_to(np.asarray(coupling_transfer, float), (len(advection),))
+    matrices = transfer[:, None, None] * coupling[None]
+    index = np.arange(len(directions))
+    matrices[:, index, index] += advection + refraction
+    return matrices
+
+
+def dispersion_eigenvalues(lepton_difference: np.ndarray, directions: np.ndarray, wavevector: np.ndarray) -> np.ndarray:
+    """Eigenfrequencies omega (s^-1) for one pair's G_v ``[ndir]`` and one wavevector ``[3]`` in cm^-1."""
+    return np.linalg.eigvals(dispersion_matrices(lepton_difference, directions, np.asarray(wavevector, float)[None])[0])
+
+
+def growth_rates(four_flux: np.ndarray, directions: np.ndarray, wavevectors: np.ndarray,
+                 coupling_transfer: np.ndarray | float = 1.0) -> np.ndarray:
+    """Largest Im(omega) over flavour pairs (s^-1, 0 if stable) for each wavevector ``[nk, 3]``."""
+    wavevectors = np.atleast_2d(np.asarray(wavevectors, float))
+    rates = np.zeros(len(wavevectors))
+    for lepton in unstable_candidates(pair_lepton_numbers(four_flux, directions)):
+        omega = np.linalg.eigvals(dispersion_matrices(lepton, directions, wavevectors, coupling_transfer))
+        rates = np.maximum(rates, omega.imag.max(axis=-1))
+    return rates
+
+
+def growth_rate(four_flux: np.ndarray, directions: np.ndarray, wavevector: np.ndarray) -> float:
+    """Largest Im(omega) over flavour pairs (s^-1) for one wavevector ``[3]``."""
+    return float(growth_rates(four_flux, directions, np.asarray(wavevector, float)[None])[0])
+
+
+def box_growth_rate(four_flux: np.ndarray, directions: np.ndarray, box_length_cm: float, ncell: int,
+                    axis: np.ndarray = (0.0, 0.0, 1.0), modes: np.ndarray | None = None,
+                    hamiltonian_filter: str = "none") -> tuple[float, float]:
+    """Fastest growth (s^-1) among the box modes k = 2 pi m / L along ``axis`` and its k (cm^-1).
+
+    ``modes``: the integers m to try (default all 0 < |m| <= ncell/2). ``hamiltonian_filter``
+    "emu" predicts the solver run with that filter (Emu's particle-mesh coupling).
+    """
+    axis = np.asarray(axis, float) / np.linalg.norm(axis)
+    if modes is None:
+        modes = np.concatenate([np.arange(-(ncell // 2), 0), np.arange(1, ncell // 2 + 1)])
+    k = 2 * np.pi * np.asarray(modes, float) / box_length_cm
+    transfer = emu_coupling_transfer(k, box_length_cm / ncell) if hamiltonian_filter == "emu" else 1.0
+    rates = growth_rates(four_flux, directions, k[:, None] * axis, transfer)
+    best = int(np.argmax(rates))
+    return (float(rates[best]), float(k[best])) if rates[best] > 0 else (0.0, 0.0)
+
+
+def fastest_wavevector(four_flux: np.ndarray, directions: np.ndarray, k_over_mu_grid: np.ndarray | None = None,
+                       axes: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+    """Fastest growth rate (s^-1) and its wavevector (cm^-1) over a grid of axes and magnitudes.
+
+    Magnitudes are searched in units of mu N_tot / c (the natural scale of the problem), then
+    refined by golden-section search along the best axis.
+    """
+    four_flux = np.asarray(four_flux, float)
+    k_scale = SELF_INTERACTION_PER_DENSITY * four_flux[:, 0].sum() / SPEED_OF_LIGHT
+    k_over_mu_grid = np.linspace(0.0, 1.0, 21) if k_over_mu_grid is None else np.asarray(k_over_mu_grid, float)
+    axes = directions if axes is None else np.asarray(axes, float)
+    wavevectors = (k_over_mu_grid[None, :, None] * k_scale * axes[:, None, :]).reshape(-1, 3)
+    rates = growth_rates(four_flux, directions, wavevectors)
+    best = int(np.argmax(rates))
+    if rates[best] <= 0:
+        return 0.0, np.zeros(3)
+    best_rate, best_vector = float(rates[best]), wavevectors[best]
+    axis = axes[best // len(k_over_mu_grid)] / np.linalg.norm(axes[best // len(k_over_mu_grid)])  # defined even at k = 0
+    step = (k_over_mu_grid[1] - k_over_mu_grid[0]) * k_scale if len(k_over_mu_grid) > 1 else 0.1 * k_scale
+    lo, hi = max(np.linalg.norm(best_vector) - step, 0.0), np.linalg.norm(best_vector) + step
+    golden = (np.sqrt(5) - 1) / 2
+    for _ in range(25):
+        a, b = hi - golden * (hi - lo), lo + golden * (hi - lo)
+        rate_a, rate_b = growth_rates(four_flux, directions, np.array([a * axis, b * axis]))
+        if rate_a > rate_b:
+            hi = b
+        else:
+            lo = a
+    k = 0.5 * (lo + hi)
+    rate = float(growth_rates(four_flux, directions, k * axis[None])[0])
+    return (rate, k * axis) if rate > best_rate else (best_rate, best_vector)

@@ -1,0 +1,165 @@
+"""Validation of the QKE solver against the real Emu code (documented commands; docs/qke.md).
+
+    python3 -m dodo.qke.validate nsm1  --reference emu_nsm1_1d.h5 --box3d-cases box3d_cases.json
+    python3 -m dodo.qke.validate emu32 --reference emu_1d_validation.h5 [--output results.h5]
+
+Metric (shared README): |dn| / N_tot per species after averaging mu and tau (nu and nubar
+separately), averaged over the six species (and over states for emu32).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..conventions import from_emu_layout
+from .asymptotic import asymptotic_states
+from .solver import FastFlavourBox, SolverConfig
+
+
+def mu_tau_averaged_densities(four_flux: np.ndarray) -> np.ndarray:
+    """Densities ``[..., 6]`` with mu and tau averaged, from four-fluxes ``[..., 6, 4]``."""
+    density = np.array(four_flux[..., 0], dtype=float, copy=True)
+    for pair in ((1, 2), (4, 5)):
+        density[..., list(pair)] = density[..., list(pair)].mean(axis=-1, keepdims=True)
+    return density
+
+
+def density_error(predicted: np.ndarray, reference: np.ndarray, initial: np.ndarray) -> np.ndarray:
+    """Mean over species of |dn| / N_tot (mu/tau averaged), per state."""
+    total = initial[..., 0].sum(axis=-1)
+    difference = np.abs(mu_tau_averaged_densities(predicted) - mu_tau_averaged_densities(reference))
+    return difference.mean(axis=-1) / total
+
+
+def box3d_prediction(initial: np.ndarray) -> np.ndarray | None:
+    """Dodo's Box3D answer (C++ core), or None when the compiled core is unavailable."""
+    try:
+        import dodo
+    except ImportError:
+        return None
+    return np.asarray(dodo.box3d(initial).F_box)
+
+
+def validate_nsm1(reference: str, box3d_cases: str | None, seeds: list[int], flavour_cfl: float, only: str | None = None,
+                  hamiltonian_filter: str = SolverConfig.hamiltonian_filter) -> dict:
+    import h5py
+
+    with h5py.File(reference, "r") as f:
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in f["directorynames"][()]]
+        emu_initial = from_emu_layout(f["F4_initial(1|ccm)"][()])
+        emu_final = from_emu_layout(f["F4_final(1|ccm)"][()])
+        emu_growth = f["growthRate(1|s)"][()]
+        emu_wall = f["walltime(s)"][()]
+        emu_end = f["tend(s)"][()]
+    report = {"runs": []}
+    for row, name in enumerate(names):
+        ncell = int(name.split("_nz")[1].split("_")[0])
+        length = float(name.split("_L")[1].split("_")[0])
+        nphi = int(name.split("_nphi")[1])
+        if only and only not in name:
+            continue
+        for seed in seeds:
+            config = SolverConfig(ncell=ncell, nphi_equator=nphi, flavour_cfl=flavour_cfl, seed=seed,
+                                  hamiltonian_filter=hamiltonian_filter)
+            box = FastFlavourBox(emu_initial[row:row + 1], length, config)
+            started = time.time()
+            history = box.run(np.array([emu_end[row]]))
+            wall = time.time() - started
+            state = asymptotic_states(history.time, history.four_flux, history.offdiag_magnitude)
+            final = state.final[0].reshape(6, 4)
+            errors = {other: float(density_error(final, emu_final[j], emu_initial[row])) for j, other in enumerate(names)}
+            report["runs"].append({"configuration": name, "seed": seed, "growth_rate": float(state.growth_rate[0]),
+                                   "emu_growth_rate": float(emu_growth[row]), "valid": bool(state.valid[0]),
+                                   "mean_abs_dn_over_ntot_vs_emu": errors, "wall_s": wall, "emu_wall_s": float(emu_wall[row]),
+                                   "steps": int(history.time.shape[1] - 1),
+                                   "densities_over_ntot": (mu_tau_averaged_densities(final) / emu_initial[row, :, 0].sum()).tolist()})
+            print(json.dumps(report["runs"][-1]), flush=True)
+    box3d = box3d_prediction(emu_initial[:1])
+    if box3d is not None:
+        report["box3d_vs_emu"] = {other: float(density_error(box3d[0], emu_final[j], emu_initial[0])) for j, other in enumerate(names)}
+    if box3d_cases:
+        with open(box3d_cases) as stream:
+            case = next(c for c in json.load(stream)["cases"] if c["name"] == "nsm1")
+        emu3d = np.asarray(case["emu_final"])
+        report["emu3d_vs_emu1d"] = {other: float(density_error(emu3d, emu_final[j], emu_initial[0])) for j, other in enumerate(names)}
+        report["emu3d_densities_over_ntot"] = (mu_tau_averaged_densities(emu3d) / np.asarray(case["F_init"])[:, 0].sum()).tolist()
+    report["emu_densities_over_ntot"] = {name: (mu_tau_averaged_densities(emu_final[j]) / emu_initial[j, :, 0].sum()).tolist()
+                                         for j, name in enumerate(names)}
+    return report
+
+
+def validate_emu32(reference: str, output: str, batch_size: int, flavour_cfl: float, seed: int,
+                   hamiltonian_filter: str = SolverConfig.hamiltonian_filter) -> dict:
+    import h5py
+
+    from .campaign import simulate_states
+
+    with h5py.File(reference, "r") as f:
+        initial = from_emu_layout(f["F4_initial(1|ccm)"][()])
+        emu_final = from_emu_layout(f["F4_final(1|ccm)"][()])
+        emu_growth = f["growthRate(1|s)"][()]
+        linear_growth = f["linear_growthRate_box(1|s)"][()]
+        rotation = f["rotation_R"][()]
+        end_time = f["tend(s)"][()]
+        emu_wall = f["walltime(s)"][()]
+    config = SolverConfig(flavour_cfl=flavour_cfl, seed=seed, hamiltonian_filter=hamiltonian_filter)
+    started = time.time()
+    results = simulate_states(initial, output, config, batch_size=batch_size, rotation=rotation, box_length_cm=4.0,
+                              end_time_s=end_time, attributes={"validation_reference": reference})
+    wall = time.time() - started
+    valid = results["valid"]
+    errors = density_error(results["final"], emu_final, initial)
+    report = {"nstates": len(initial), "nvalid": int(valid.sum()), "wall_s_total": wall,
+              "wall_s_per_state": wall / len(initial), "emu_wall_s_per_state": float(np.mean(emu_wall)),
+              "solver_vs_emu_mean_abs_dn_over_ntot": float(np.mean(errors[valid])),
+              "solver_vs_emu_max": float(np.max(errors[valid])),
+              "growth_rate_ratio_to_emu": {"mean": float(np.mean(results["growth_rate"][valid] / emu_growth[valid])),
+                                           "min": float(np.min(results["growth_rate"][valid] / emu_growth[valid])),
+                                           "max": float(np.max(results["growth_rate"][valid] / emu_growth[valid]))},
+              "linear_growth_ratio_to_file": float(np.max(np.abs(results["linear_growth_rate"][valid] / linear_growth[valid] - 1))),
+              "per_state_error": errors.tolist()}
+    box3d = box3d_prediction(initial)
+    if box3d is not None:
+        report["box3d_vs_emu_mean_abs_dn_over_ntot"] = float(np.mean(density_error(box3d, emu_final, initial)))
+    print(json.dumps({k: v for k, v in report.items() if k != "per_state_error"}, indent=1), flush=True)
+    return report
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dodo.qke.validate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="which", required=True)
+    nsm1 = sub.add_parser("nsm1", help="NSM1 point at Emu's four resolutions")
+    nsm1.add_argument("--reference", default="tests/data/qke/emu_nsm1_1d.h5")
+    nsm1.add_argument("--box3d-cases", default=str(Path(__file__).resolve().parents[1] / "data" / "box3d_cases.json"))
+    nsm1.add_argument("--seeds", default="0", help="comma-separated perturbation seeds")
+    nsm1.add_argument("--only", default=None, help="run only configurations containing this text")
+    emu32 = sub.add_parser("emu32", help="32 random states of emu_1d_validation.h5")
+    emu32.add_argument("--reference", default="tests/data/qke/emu_1d_validation.h5")
+    emu32.add_argument("--output", default="qke_emu32_validation.h5")
+    emu32.add_argument("--batch-size", type=int, default=8)
+    emu32.add_argument("--seed", type=int, default=0)
+    for p in (nsm1, emu32):
+        p.add_argument("--flavour-cfl", type=float, default=SolverConfig.flavour_cfl)
+        p.add_argument("--hamiltonian-filter", default=SolverConfig.hamiltonian_filter, choices=("emu", "none"))
+        p.add_argument("--json", default=None, help="also write the report here")
+    args = parser.parse_args(argv)
+    if args.which == "nsm1":
+        report = validate_nsm1(args.reference, args.box3d_cases, [int(s) for s in args.seeds.split(",")], args.flavour_cfl, args.only,
+                               args.hamiltonian_filter)
+    else:
+        report = validate_emu32(args.reference, args.output, args.batch_size, args.flavour_cfl, args.seed,
+                                args.hamiltonian_filter)
+    if args.json:
+        with open(args.json, "w") as stream:
+            json.dump(report, stream, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
