@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Writes the seed corpora of the fuzz targets (fuzz/README.md) into OUT (default build/fuzz/seeds).
+
+seeds/apply/     byte strings decoded by fuzz_input.hpp: physical cells (rest and moving, mu = tau),
+                 cells with NaN/Inf/huge/tiny values, every memory layout, both handles
+seeds/loader/    the shipped model packages, truncated and bit-flipped copies, empty and junk files
+seeds/metadata/  the shipped model's metadata values in fuzz_metadata's format, and broken variants
+seeds/python/    inputs for fuzz/python/fuzz_python_api.py (same cell encoding)
+Deterministic (fixed random seed); standard library only.
+"""
+from __future__ import annotations
+
+import random
+import struct
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "python" / "dodo" / "models"
+
+
+def physical_cell(rng: random.Random, *, moving: bool, mu_tau: bool) -> bytes:
+    mode = (0 if rng.random() < 0.7 else 2) | (4 if mu_tau else 0) | (0 if moving else 8)
+    out = bytes([mode, rng.randrange(121)]) + struct.pack("<H", rng.randrange(65536))
+    for _ in range(6):
+        out += struct.pack("<HHHH", rng.randrange(65536), rng.randrange(52000), rng.randrange(65536), rng.randrange(65536))
+    out += struct.pack("<HHH", rng.randrange(65536), rng.randrange(65536), rng.randrange(65536))
+    if mode % 4 == 2:
+        out += bytes([2, rng.randrange(28), rng.randrange(48, 128)])
+    return out
+
+
+def raw_cell(rng: random.Random) -> bytes:
+    out = bytes([3])
+    for _ in range(28):
+        tag = rng.choice([rng.randrange(48), rng.randrange(48, 128), rng.randrange(128, 256)])
+        if tag < 48:
+            out += bytes([tag]) + struct.pack("<d", rng.choice([float("nan"), float("inf"), -1e300, 1e-310, 1.0, -0.5]))
+        elif tag < 128:
+            out += bytes([tag])
+        else:
+            out += bytes([tag]) + struct.pack("<H", rng.randrange(65536)) + bytes([rng.randrange(81)])
+    return out
+
+
+def apply_seeds(rng: random.Random) -> dict[str, bytes]:
+    seeds = {}
+    for k in range(24):
+        n = 1 + k % 12
+        layout = k * 5 % 32
+        cells = b"".join(
+            physical_cell(rng, moving=c % 2 == 0, mu_tau=c % 3 == 0) if (c + k) % 4 else raw_cell(rng)
+            for c in range(n))
+        seeds[f"batch_{k:02d}"] = bytes([k % 2, n - 1, layout]) + cells
+    return seeds
+
+
+def loader_seeds(rng: random.Random) -> dict[str, bytes]:
+    seeds = {"empty": b"", "junk": b"not an onnx model\n", "zeros": bytes(64)}
+    for path in sorted(MODELS.glob("*.onnx")):
+        data = path.read_bytes()
+        seeds[path.stem] = data
+        seeds[path.stem + "_half"] = data[: len(data) // 2]
+        seeds[path.stem + "_head"] = data[:200]
+        flipped = bytearray(data)
+        for _ in range(8):
+            flipped[rng.randrange(len(flipped))] ^= 1 << rng.randrange(8)
+        seeds[path.stem + "_flipped"] = bytes(flipped)
+    return seeds
+
+
+def metadata_seeds() -> dict[str, bytes]:
+    box3d = b'{"scheme": "pairwise", "form": "delta", "lebedev_order": 17, "z_method": "exact", "max_flux_factor": 0.98}'
+    cell = b"[[1,0,0,0.5],[1,0,0,0],[1,0,0,0],[1,0,0,-0.5],[1,0,0,0],[1,0,0,0]]"
+    vectors = b'{"F_init": [' + cell + b'], "u": [[1,0,0,0]], "F_pred": [' + cell + b'], "atol_over_ntot": 1e-5}'
+    values = [b"1", b"invariants27-v1", b"equivariant", b"78", box3d, vectors]
+    join = b"\xff".join
+    seeds = {
+        "valid": bytes([2]) + join(values),
+        "direct": bytes([1]) + join([b"1", b"invariants27-v1", b"direct", b"24", box3d, vectors]),
+        "nan_order": bytes([2]) + join(values[:4] + [box3d.replace(b"17", b"NaN")]),
+        "huge_order": bytes([2]) + join(values[:4] + [box3d.replace(b"17", b"1e300")]),
+        "bad_json": bytes([2]) + join(values[:4] + [b'{"scheme": [1, {"a": "\\u12'] ),
+        "requested": bytes([0xFF]) + join(values),
+        "no_vectors": bytes([2]) + join(values[:5] + [b"\xfe"]),
+    }
+    return seeds
+
+
+def main() -> None:
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "build" / "fuzz" / "seeds"
+    rng = random.Random(20251126)
+    corpora = {"apply": apply_seeds(rng), "loader": loader_seeds(rng), "metadata": metadata_seeds(),
+               "python": apply_seeds(random.Random(7))}
+    for name, seeds in corpora.items():
+        directory = out / name
+        directory.mkdir(parents=True, exist_ok=True)
+        for stem, data in seeds.items():
+            (directory / stem).write_bytes(data)
+        print(f"{directory}: {len(seeds)} seeds")
+
+
+if __name__ == "__main__":
+    main()
