@@ -23,7 +23,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..conventions import N_COMPONENTS, N_FLAVOURS, N_SPECIES, invariant_pairs, minkowski_dot
+from ..conventions import N_COMPONENTS, N_SPECIES, invariant_pairs, minkowski_dot
+from ..training.conservation import conservation_projector  # NumPy only, no torch
 
 HEAD_OUTPUT_SIZES = {"direct": N_SPECIES * N_COMPONENTS, "equivariant": 2 * N_SPECIES * N_SPECIES + N_SPECIES}
 FORMAT_VERSION = "1"
@@ -98,22 +99,6 @@ def reference_invariants(F: np.ndarray, u: Optional[np.ndarray]) -> tuple[np.nda
     features = np.concatenate([comoving / safe[:, None], np.stack(products, axis=-1)], axis=-1)
     features[~(ntot > 0)] = 0.0
     return features, ntot
-
-
-def conservation_projector() -> np.ndarray:
-    """Orthogonal projector onto the 14-dim conserving subspace, from the 11 constraint rows."""
-    rows = []
-    for s in range(2):
-        for m in range(N_COMPONENTS):
-            row = np.zeros((N_SPECIES, N_COMPONENTS))
-            row[3 * s:3 * s + N_FLAVOURS, m] = 1.0
-            rows.append(row.ravel())
-    for f in range(N_FLAVOURS):
-        row = np.zeros((N_SPECIES, N_COMPONENTS))
-        row[f, 0], row[3 + f, 0] = 1.0, -1.0
-        rows.append(row.ravel())
-    A = np.array(rows)
-    return np.eye(24) - np.linalg.pinv(A) @ A
 
 
 def assemble_head(head: str, output: np.ndarray, F_init_rest: np.ndarray, dF_box_rest: np.ndarray) -> np.ndarray:
