@@ -52,7 +52,7 @@ run_target() {  # name, executions
   local name="$1" n="$2" t0
   t0=$(date +%s)
   mkdir -p "$smoke/corpus/$name"
-  "$build/fuzz/fuzz_$name" -runs="$n" -max_len=32768 -print_final_stats=1 -artifact_prefix="$smoke/artifacts/$name-" \
+  "$build/fuzz/fuzz_$name" -runs="$n" -seed=1 -max_len=32768 -print_final_stats=1 -artifact_prefix="$smoke/artifacts/$name-" \
     "$smoke/corpus/$name" "$build/seeds/$name" > "$smoke/$name.log" 2>&1 || {
     tail -n 60 "$smoke/$name.log"
     echo "fuzz_$name FAILED (log: $smoke/$name.log)"
@@ -68,7 +68,7 @@ run_target loader "$loader_runs"
 t0=$(date +%s)
 mkdir -p "$smoke/corpus/python"
 cp "$build/seeds/python/"* "$smoke/corpus/python/"
-"$python" fuzz/python/fuzz_python_api.py -runs="$python_runs" -print_final_stats=1 -artifact_prefix="$smoke/artifacts/python-" \
+"$python" fuzz/python/fuzz_python_api.py -runs="$python_runs" -seed=1 -print_final_stats=1 -artifact_prefix="$smoke/artifacts/python-" \
   "$smoke/corpus/python" > "$smoke/python.log" 2>&1 || {
   tail -n 60 "$smoke/python.log"
   echo "fuzz_python_api FAILED (log: $smoke/python.log)"

@@ -16,8 +16,12 @@ namespace {
 // Pure boost by 3-velocity v = sign * u_spatial / W (physics.md section 1):
 // F'^t = W (F^t - v.F), F' = F + ((W - 1)(v.F)/v^2 - W F^t) v.
 void pure_boost(const double* u, double sign, const double* in, double* out) {
-  const double W = u[0];
-  const double vx = sign * u[1] / W, vy = sign * u[2] / W, vz = sign * u[3] / W;
+  // u is accepted with |u.u + 1| up to 1e-6: boost by the exact Lorentz factor of v = u/u^t
+  // (W = u^t / sqrt(-u.u)), so the boost and its inverse are exact inverses and the conservation
+  // laws hold to rounding for the normalised u (and so for u, a multiple of it).
+  const double spatial2 = u[1] * u[1] + u[2] * u[2] + u[3] * u[3];
+  const double W = u[0] / std::sqrt((u[0] - std::sqrt(spatial2)) * (u[0] + std::sqrt(spatial2)));
+  const double vx = sign * u[1] / u[0], vy = sign * u[2] / u[0], vz = sign * u[3] / u[0];
   const double v2 = vx * vx + vy * vy + vz * vz;
   const double vF = vx * in[1] + vy * in[2] + vz * in[3];
   // (W - 1)/v^2 = W^2/(W + 1) avoids 0/0 for tiny v (W^2 v^2 = W^2 - 1).

@@ -52,3 +52,12 @@ def test_nearly_beamed_species_are_limited_and_flagged(rng):
     flux = np.linalg.norm(result.F_box[..., 1:], axis=-1)
     assert np.all(flux[limited] <= result.F_box[limited][..., 0] * (1 + 1e-12))
     assert conservation_error(F, result.F_box).max() <= 1e-12
+
+
+def test_slightly_unnormalised_u_still_conserves_to_rounding(rng):
+    # u is accepted with |u.u + 1| up to 1e-6; the boosts must still be exact inverses
+    # (found by fuzz_apply: a 2e-8 N_tot lepton-number error before the fix).
+    F, u = _lab_states(rng, 500, boosted=True)
+    u = u * (1 + 4.9e-7)  # |u.u + 1| ~ 1e-6, inside the tolerance
+    for F_out in (dodo.box3d(F, u).F_box, dodo.closure(F, u)):
+        assert conservation_error(F, F_out, u).max() <= 1e-12
