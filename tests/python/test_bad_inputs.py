@@ -5,7 +5,6 @@ build/bad_inputs_table.md (summarised in docs/reliability_python.md)."""
 from __future__ import annotations
 
 import ctypes
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,6 +16,7 @@ import dodo
 from bad_inputs import (REJECTED, ErrorCase, is_finite_realizable, layouts, python_error_cases, status_names,
                         value_cases, write_table)
 from dodo._closure import runtime_available, runtime_paths
+from libdodo_ctypes import load_libdodo
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLE = ROOT / "build" / "bad_inputs_table.md"
@@ -163,24 +163,7 @@ def test_python_layouts_give_identical_results(rng, closure_apply):
 
 @pytest.fixture(scope="module")
 def lib():
-    import glob
-    if not runtime_available():
-        pytest.skip("dodo built without the closure runtime")
-    found = sorted(glob.glob(os.path.join(runtime_paths()["lib_dir"], "libdodo.so*")))
-    if not found:
-        pytest.skip(f"libdodo not installed in {runtime_paths()['lib_dir']}")
-    library = ctypes.CDLL(found[0])
-    p = ctypes.POINTER
-    double_p, size_p = p(ctypes.c_double), p(ctypes.c_ssize_t)
-    library.dodo_closure_create.argtypes = [ctypes.c_char_p, ctypes.c_void_p, p(ctypes.c_void_p), ctypes.c_char_p,
-                                            ctypes.c_size_t]
-    library.dodo_closure_destroy.argtypes = [ctypes.c_void_p]
-    library.dodo_apply.argtypes = [ctypes.c_void_p, ctypes.c_size_t, double_p, size_p, double_p, size_p, double_p,
-                                   size_p, p(ctypes.c_uint32)]
-    library.dodo_last_error.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
-    library.dodo_last_error.restype = ctypes.c_size_t
-    library.dodo_status_name.restype = ctypes.c_char_p
-    return library
+    return load_libdodo()
 
 
 @pytest.fixture(scope="module")

@@ -2,56 +2,21 @@
 from __future__ import annotations
 
 import ctypes
-import glob
-import os
 
 import numpy as np
 import pytest
 
 from closure_helpers import CONSERVED_TOLERANCE, FP32_TOLERANCE, conservation_residual, ntot, synthetic, write
+from libdodo_ctypes import Counters, Options, load_libdodo
 
-from dodo._closure import Closure, runtime_paths
+from dodo._closure import Closure
 
 DODO_OK, DODO_ERROR_INVALID_ARGUMENT, DODO_ERROR_FILE, DODO_ERROR_MODEL_METADATA = 0, 1, 2, 4
 
 
-class Options(ctypes.Structure):
-    _fields_ = [("struct_size", ctypes.c_size_t), ("threads", ctypes.c_int), ("chunk_size", ctypes.c_int),
-                ("lebedev_order", ctypes.c_int), ("z_method", ctypes.c_char_p), ("max_flux_factor", ctypes.c_double),
-                ("onnxruntime_library", ctypes.c_char_p), ("run_self_test", ctypes.c_int)]
-
-
-class Counters(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_uint64) for name in
-                ("cells", "rejected", "no_crossing", "box3d_limited", "network_nonfinite", "correction_limited")]
-
-
 @pytest.fixture(scope="module")
 def lib():
-    found = sorted(glob.glob(os.path.join(runtime_paths()["lib_dir"], "libdodo.so*")))
-    if not found:
-        pytest.skip(f"libdodo not installed in {runtime_paths()['lib_dir']}")
-    library = ctypes.CDLL(found[0])
-    p = ctypes.POINTER
-    double_p, size_p = p(ctypes.c_double), p(ctypes.c_ssize_t)
-    library.dodo_version.restype = ctypes.c_char_p
-    library.dodo_status_name.restype = ctypes.c_char_p
-    library.dodo_status_message.restype = ctypes.c_char_p
-    library.dodo_cell_status_name.restype = ctypes.c_char_p
-    library.dodo_cell_status_name.argtypes = [ctypes.c_uint32]
-    library.dodo_options_init.argtypes = [p(Options)]
-    library.dodo_closure_create.argtypes = [ctypes.c_char_p, p(Options), p(ctypes.c_void_p), ctypes.c_char_p,
-                                            ctypes.c_size_t]
-    library.dodo_closure_destroy.argtypes = [ctypes.c_void_p]
-    library.dodo_apply.argtypes = [ctypes.c_void_p, ctypes.c_size_t, double_p, size_p, double_p, size_p, double_p,
-                                   size_p, p(ctypes.c_uint32)]
-    library.dodo_self_test.argtypes = [ctypes.c_void_p, double_p]
-    library.dodo_get_counters.argtypes = [ctypes.c_void_p, p(Counters)]
-    library.dodo_get_metadata.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t]
-    library.dodo_get_metadata.restype = ctypes.c_long
-    library.dodo_last_error.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
-    library.dodo_last_error.restype = ctypes.c_size_t
-    return library
+    return load_libdodo()
 
 
 @pytest.fixture(scope="module")
