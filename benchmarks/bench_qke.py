@@ -21,14 +21,9 @@ import time
 import numpy as np
 
 from dodo.qke.solver import FastFlavourBox, SolverConfig
+from dodo.qke.states import NSM1_EMU_1D
 
-NSM1 = np.array([
-    [1.42195423e33, 1.39657e32, 6.04436e31, -1.88104e32],
-    [4.91135197e32, -1.07252e31, 3.68151e31, -2.60504e32],
-    [4.91135197e32, -1.07252e31, 3.68151e31, -2.60504e32],
-    [1.91462371e33, 1.39738e32, 6.04844e31, -6.51290e32],
-    [4.91135197e32, -1.07252e31, 3.68151e31, -2.60504e32],
-    [4.91135197e32, -1.07252e31, 3.68151e31, -2.60504e32]])
+NSM1 = NSM1_EMU_1D
 NSM1_END_TIME_S = 1.2e-9
 NSM1_BOX_CM = 4.0
 

@@ -47,3 +47,9 @@ def write(path, head="equivariant", *, output_scale=0.02, hidden=(32, 32), seed=
     mlp = synthetic.SyntheticMLP.random(head, hidden=hidden, output_scale=output_scale, seed=seed)
     synthetic.write_model(path, mlp, **kwargs)
     return mlp
+
+
+def save_resigned(model, path) -> None:
+    """Saves an edited ONNX model with a fresh "dodo.content_sha256", as an exporter would: for
+    tests of the checks behind the digest (opsets, shapes, self-test)."""
+    path.write_bytes(dodo._core.with_content_digest(model.SerializeToString()))

@@ -6,7 +6,6 @@ closure on fresh cells within fp32 tolerance, for both heads.
 """
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ torch = pytest.importorskip("torch", reason="training and export need torch")
 import dodo  # noqa: E402
 from dodo.cli import main as dodo_main  # noqa: E402
 from dodo._closure import Closure  # noqa: E402
+from training_helpers import synth_and_preprocess, train  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -25,18 +25,10 @@ def exported(tmp_path_factory):
     from dodo.training.train import closure_from_checkpoint, load_checkpoint
 
     root = tmp_path_factory.mktemp("parity")
-    assert dodo_main(["synth", "-o", str(root / "s.h5"), "-n", "300", "--seed", "5", "-q"]) == 0
-    (root / "pp.yaml").write_text(f"inputs: [{root / 's.h5'}]\noutput: {root / 'pre.h5'}\n")
-    assert dodo_main(["preprocess", "--config", str(root / "pp.yaml"), "-q"]) == 0
+    data = synth_and_preprocess(root, 300, seed=5)
     packages = {}
     for head in ("equivariant", "direct"):
-        config = {"data": {"path": str(root / "pre.h5"), "batch_size": 64},
-                  "model": {"head": head, "hidden_dim": 16, "n_blocks": 1},
-                  "training": {"epochs": 1, "lr": 3e-3, "threads": 1},
-                  "output": {"results_dir": str(root / head / "r"), "checkpoint_dir": str(root / head / "c")}}
-        (root / f"{head}.yaml").write_text(json.dumps(config))
-        assert dodo_main(["train", "--config", str(root / f"{head}.yaml")]) == 0
-        checkpoint = root / head / "c" / "best.pt"
+        checkpoint = train(root, data, head, model={"head": head}) / "best.pt"
         assert dodo_main(["export", str(checkpoint), "-o", str(root / f"{head}.onnx")]) == 0
         packages[head] = (root / f"{head}.onnx", closure_from_checkpoint(load_checkpoint(checkpoint)).network)
     return packages

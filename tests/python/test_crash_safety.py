@@ -4,7 +4,6 @@ checkpoint and ends with exactly the weights and history of an uninterrupted run
 corrupted checkpoint is detected by its embedded SHA-256 and the previous good one is used."""
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -22,6 +21,7 @@ h5py = pytest.importorskip("h5py")
 from dodo.cli import main as dodo_main  # noqa: E402
 from dodo.training.train import (CorruptCheckpointError, load_checkpoint, load_resume_checkpoint,  # noqa: E402
                                  previous_checkpoint_path)
+from training_helpers import synth_and_preprocess, write_training_config  # noqa: E402
 
 SMALL = {"training": {"epochs": 12, "lr": 3e-3, "threads": 1, "log_interval": 1000, "seed": 5},
          "model": {"head": "equivariant", "hidden_dim": 16, "n_blocks": 1, "dropout": 0.1},
@@ -30,20 +30,13 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
 
 
 def write_config(path: Path, data: Path, out: Path) -> Path:
-    config = {section: dict(values) for section, values in SMALL.items()}
-    config["data"]["path"] = str(data)
-    config["output"] = {"results_dir": str(out / "results"), "checkpoint_dir": str(out / "checkpoints"),
-                        "parity_samples": 10}
-    path.write_text(json.dumps(config))
-    return path
+    return write_training_config(path, data, out, **{**SMALL, "output": {"parity_samples": 10}})
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("crash")
-    assert dodo_main(["synth", "-o", str(root / "synth.h5"), "-n", "600", "--seed", "3", "-q"]) == 0
-    (root / "pp.yaml").write_text(f"inputs: [{root / 'synth.h5'}]\noutput: {root / 'pre.h5'}\n")
-    assert dodo_main(["preprocess", "--config", str(root / "pp.yaml"), "-q"]) == 0
+    synth_and_preprocess(root, 600, seed=3)
     reference = root / "reference"
     assert dodo_main(["train", "--config", str(write_config(root / "reference.yaml", root / "pre.h5", reference))]) == 0
     return root, root / "pre.h5", load_checkpoint(reference / "checkpoints" / "final.pt")
@@ -167,7 +160,8 @@ def temporary_files(final: Path) -> list[Path]:
 def kill_while_writing(command: list[str], final: Path, check, seed: int, tries: int = 3) -> list:
     """Runs `command` once to time it (and check its output), then `tries` times SIGKILLed at a
     random moment while the output is being written. After every
-    kill the final file is absent or complete (``check`` passes); temporary files may remain.
+    kill the final file is absent or complete (``check`` passes); temporary files may remain, and
+    one more complete run removes them.
     Returns (killed, a temporary file was present at the kill, final file present) per try."""
     chooser = random.Random(seed)
     started = time.monotonic()
@@ -195,6 +189,11 @@ def kill_while_writing(command: list[str], final: Path, check, seed: int, tries:
         if final.exists():
             check(final)
         outcomes.append((killed, writing, final.exists()))
+    # The next complete run removes what the killed ones left behind (their processes are gone).
+    final.unlink(missing_ok=True)
+    subprocess.run(command, env=ENV, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    check(final)
+    assert temporary_files(final) == [], temporary_files(final)
     os.replace(backup, final)  # leave the complete output for later steps
     return outcomes
 
@@ -235,3 +234,24 @@ def test_simulate_output_is_never_half_written(tmp_path):
     outcomes = kill_while_writing(dodo_command("simulate", out, "--random", 2, "--ncell", 8, "--batch-size", 1, "--quiet"),
                                   out, complete, seed=3, tries=2)
     print(f"(killed, temporary file present at the kill, final file present) per try: {outcomes}")
+
+
+def test_stale_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
+    from dodo._atomic import _host, atomic_path
+
+    final = tmp_path / "out.h5"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = _host()
+    stale = tmp_path / f".out.h5.{host}.{dead.pid}.abc123.tmp"
+    alive = tmp_path / f".out.h5.{host}.{os.getppid()}.def456.tmp"       # a running process (pytest's parent)
+    elsewhere = tmp_path / f".out.h5.other-host.{dead.pid}.ghi789.tmp"   # another machine's writer: not ours to judge
+    other_file = tmp_path / f".other.h5.{host}.{dead.pid}.jkl012.tmp"
+    for path in (stale, alive, elsewhere, other_file):
+        path.write_bytes(b"partial")
+    with atomic_path(final) as tmp:
+        assert f".out.h5.{host}.{os.getpid()}." in tmp.name
+        tmp.write_bytes(b"complete")
+    assert final.read_bytes() == b"complete"
+    assert not stale.exists()
+    assert alive.exists() and elsewhere.exists() and other_file.exists()

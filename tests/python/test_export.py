@@ -12,27 +12,19 @@ import dodo
 from dodo.cli import main as dodo_main
 from dodo.training.export import closure_float64, read_package_metadata
 from dodo.training.train import closure_from_checkpoint, load_checkpoint
+from training_helpers import synth_and_preprocess, train
 
 KEYS = {"dodo.format_version", "dodo.head", "dodo.output_size", "dodo.features", "dodo.box3d",
         "dodo.training_data_sha256", "dodo.training_data_kind", "dodo.metrics", "dodo.export_time",
-        "dodo.version", "dodo.test_vectors"}
+        "dodo.version", "dodo.test_vectors", "dodo.content_sha256"}
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
-    assert dodo_main(["synth", "-o", str(root / "s.h5"), "-n", "400", "--seed", "4", "-q"]) == 0
-    (root / "pp.yaml").write_text(f"inputs: [{root / 's.h5'}]\noutput: {root / 'pre.h5'}\n")
-    assert dodo_main(["preprocess", "--config", str(root / "pp.yaml"), "-q"]) == 0
-    result = {}
-    for head in ("equivariant", "direct"):
-        config = {"data": {"path": str(root / "pre.h5"), "batch_size": 64},
-                  "model": {"head": head, "hidden_dim": 16, "n_blocks": 1, "batch_norm": True},
-                  "training": {"epochs": 2, "lr": 3e-3, "threads": 1},
-                  "output": {"results_dir": str(root / head / "r"), "checkpoint_dir": str(root / head / "c")}}
-        (root / f"{head}.yaml").write_text(json.dumps(config))
-        assert dodo_main(["train", "--config", str(root / f"{head}.yaml")]) == 0
-        result[head] = root / head / "c" / "best.pt"
+    data = synth_and_preprocess(root, 400, seed=4)
+    result = {head: train(root, data, head, model={"head": head, "batch_norm": True}, training={"epochs": 2}) / "best.pt"
+              for head in ("equivariant", "direct")}
     return root, result
 
 

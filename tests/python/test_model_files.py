@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from closure_helpers import onnx, write
+from closure_helpers import onnx, save_resigned, write
 
 from dodo._closure import Closure
 
@@ -25,11 +25,16 @@ def good_model(tmp_path_factory):
     return path
 
 
-def edited(tmp_path, good_model, name, edit):
+def edited(tmp_path, good_model, name, edit, resign=True):
+    """The good model after `edit`; resign: with a fresh content digest, as if it had been
+    exported that way (so the checks behind the digest are reached)."""
     model = onnx.load(str(good_model))
     edit(model)
     path = tmp_path / f"{name}.onnx"
-    onnx.save(model, str(path))
+    if resign:
+        save_resigned(model, path)
+    else:
+        onnx.save(model, str(path))
     return path
 
 
@@ -125,14 +130,69 @@ def test_self_test_catches_weights_altered_after_export(tmp_path, good_model, ch
             flat[0] += 0.05
         tensor.CopyFrom(numpy_helper.from_array(values, name))
 
-    path = edited(tmp_path, good_model, change.replace(" ", "_"), edit)
+    # First line of defence: the content digest, whatever the change.
+    path = edited(tmp_path, good_model, change.replace(" ", "_"), edit, resign=False)
     assert {p.key: p.value for p in onnx.load(str(path)).metadata_props} == \
         {p.key: p.value for p in onnx.load(str(good_model)).metadata_props}  # metadata untouched
+    with pytest.raises(RuntimeError, match=r"DODO_ERROR_MODEL_FORMAT: .*model file is damaged: its content .* has "
+                                           r"SHA-256 [0-9a-f]{64} but \"dodo.content_sha256\" says [0-9a-f]{64}"):
+        Closure(path, self_test=False)
+
+    # Second: weights changed and the digest recomputed (a broken export, a hand-edited model):
+    # the self-test compares the closure with the test vectors recorded at export.
+    path = edited(tmp_path, good_model, change.replace(" ", "_") + "_resigned", edit)
     with pytest.raises(RuntimeError, match=r"DODO_ERROR_SELF_TEST: self-test failed: test vector \d+ differs by"):
         Closure(path)
     tampered = Closure(path, self_test=False)  # loading without the check works, and the check still fails
     with pytest.raises(RuntimeError, match="DODO_ERROR_SELF_TEST"):
         tampered.self_test()
+
+
+def test_model_without_content_digest_is_refused_naming_the_key(tmp_path):
+    path = tmp_path / "unsigned.onnx"
+    write(path, "equivariant", n_test_vectors=0, metadata_overrides={"dodo.content_sha256": None})
+    with pytest.raises(RuntimeError, match=r'DODO_ERROR_MODEL_METADATA: .*model metadata has no "dodo.content_sha256"'):
+        Closure(path)
+
+
+def test_content_digest_is_the_sha256_of_the_file_without_its_metadata(good_model):
+    """The contract of docs/model_package.md, checked with hashlib and onnx (independent of the
+    runtime's own protobuf reader): SHA-256 of the serialized model with metadata_props emptied."""
+    import hashlib
+
+    from dodo import _core
+
+    model = onnx.load(str(good_model))
+    stored = {p.key: p.value for p in model.metadata_props}["dodo.content_sha256"]
+    del model.metadata_props[:]
+    assert hashlib.sha256(model.SerializeToString()).hexdigest() == stored
+    assert _core.model_content_sha256(good_model.read_bytes()) == stored
+    assert _core.model_metadata(good_model.read_bytes()) == {p.key: p.value for p in onnx.load(str(good_model)).metadata_props}
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda data: data + b"\x0a\x05", r"a field's length runs past the end at byte \d+"),  # 5 bytes promised
+    (lambda data: data + b"\x0a", r"a number runs past the end at byte \d+"),             # a tag, no length
+    (lambda data: data + b"\x0b", r"wire type 3 \(not used by ONNX\) at byte \d+"),      # a group
+    (lambda data: data + b"\x80" * 11, r"a number longer than 10 bytes at byte \d+"),
+    (lambda data: b"\x00" + data, r"field number 0 at byte \d+"),
+    (lambda data: b"\x08\x07", "the file has no graph"),                                 # ir_version only
+])
+def test_malformed_protobuf_is_refused_with_the_byte_offset(tmp_path, good_model, damage, message):
+    path = tmp_path / "malformed.onnx"
+    path.write_bytes(damage(good_model.read_bytes()))
+    with pytest.raises(RuntimeError, match=r'DODO_ERROR_MODEL_FORMAT: model file ".*malformed.onnx": not an ONNX model.*' + message):
+        Closure(path)
+
+
+def test_duplicate_metadata_key_is_refused(tmp_path, good_model):
+    model = onnx.load(str(good_model))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "dodo.head", "direct"
+    path = tmp_path / "duplicate.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(RuntimeError, match=r'DODO_ERROR_MODEL_METADATA: .*model metadata key "dodo.head" appears twice'):
+        Closure(path)
 
 
 FLIP_CAMPAIGN = r"""
@@ -169,13 +229,16 @@ print(json.dumps(outcomes))
 def test_random_bit_flips_never_crash_and_fail_with_a_code(tmp_path, good_model):
     """Single-bit flips anywhere in the file (run in a subprocess so a crash would show as one):
     each either fails with a DODO_ERROR_ code and message or loads a model that passed its
-    self-test (a flip in a low mantissa bit or an unused byte) and gives finite output."""
+    self-test and gives finite, unchanged output."""
     run = subprocess.run([sys.executable, "-c", FLIP_CAMPAIGN, str(good_model), str(tmp_path / "flipped.onnx"), "150",
                           "20261126"], capture_output=True, text=True, timeout=600, cwd=HERE)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
     outcomes = json.loads(run.stdout.strip().splitlines()[-1])
     assert sum(outcomes.values()) == 150
     print(f"150 random bit flips: {outcomes}")
+    # The content digest leaves only flips inside metadata that no check reads (a date, a
+    # description) able to load, and those cannot change the output.
+    assert outcomes.get("loaded (self-test passed), output finite, change >= 1e-5 N_tot", 0) == 0
 
 
 def test_error_quoting_invalid_utf8_from_the_file_is_still_a_clean_error(tmp_path):

@@ -5,16 +5,9 @@ import pytest
 from dodo.qke.directions import uniform_sphere
 from dodo.qke.linear import box_growth_rate
 from dodo.qke.solver import FastFlavourBox, SolverConfig
-from dodo.qke.states import box_setup, rotate_four_flux
+from dodo.qke.states import NSM1_EMU_1D, box_setup, rotate_four_flux
 
-# NSM1 point (Emu's F4_initial of emu_nsm1_1d.h5, row 0) in Dodo's layout, cm^-3.
-NSM1 = np.array([
-    [1.42195423e33, 1.39657e32, 6.04436e31, -1.88104e32],
-    [4.91135197e32, -1.07252e31, 3.68151e31, -2.60504e32],
-    [4.91135197e32, -1.07252e31, 3.68151e31, -2.60504e32],
-    [1.91462371e33, 1.39738e32, 6.04844e31, -6.51290e32],
-    [4.91135197e32, -1.07252e31, 3.68151e31, -2.60504e32],
-    [4.91135197e32, -1.07252e31, 3.68151e31, -2.60504e32]])
+NSM1 = NSM1_EMU_1D
 FIDUCIAL = np.array([[1, 0, 0, 1 / 3], [0, 0, 0, 0], [0, 0, 0, 0], [1, 0, 0, -1 / 3], [0, 0, 0, 0], [0, 0, 0, 0]]) * 1e32
 THREE_FLAVOUR = np.array([[1.0, 0.1, 0.0, 0.3], [0.6, 0.0, 0.1, 0.1], [0.4, 0.0, -0.1, 0.05],
                           [0.9, 0.0, 0.1, -0.35], [0.5, 0.05, 0.0, 0.0], [0.3, 0.0, 0.0, -0.05]]) * 1e32

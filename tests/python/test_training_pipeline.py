@@ -11,29 +11,22 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("h5py")
 
 from dodo.cli import main as dodo_main
+from training_helpers import synth_and_preprocess, write_training_config
 
 
 def write_config(path, data_path, out, **sections):
-    config = {
-        "data": {"path": str(data_path), "batch_size": 64},
-        "model": {"head": "equivariant", "hidden_dim": 32, "n_blocks": 2},
-        "training": {"epochs": 6, "lr": 3e-3, "threads": 1, "log_interval": 1000},
-        "output": {"results_dir": str(out / "results"), "checkpoint_dir": str(out / "checkpoints"),
-                   "parity_samples": 50},
-    }
+    """The pipeline tests' model: wider and longer than the helpers' default."""
+    defaults = {"model": {"hidden_dim": 32, "n_blocks": 2}, "training": {"epochs": 6},
+                "output": {"parity_samples": 50}}
     for section, values in sections.items():
-        config.setdefault(section, {}).update(values)
-    path.write_text(json.dumps(config))  # JSON is YAML
-    return path
+        defaults[section] = {**defaults.get(section, {}), **values}
+    return write_training_config(path, data_path, out, **defaults)
 
 
 @pytest.fixture(scope="module")
 def preprocessed(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
-    assert dodo_main(["synth", "-o", str(root / "synth.h5"), "-n", "1500", "--seed", "11", "-q"]) == 0
-    (root / "pp.yaml").write_text(f"inputs: [{root / 'synth.h5'}]\noutput: {root / 'pre.h5'}\n")
-    assert dodo_main(["preprocess", "--config", str(root / "pp.yaml"), "-q"]) == 0
-    return root, root / "pre.h5"
+    return root, synth_and_preprocess(root, 1500, seed=11)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@
 #include "dodo/dodo.h"
 #include "runtime/closure.hpp"
 #include "runtime/errors.hpp"
+#include "runtime/onnx_package.hpp"
 
 namespace py = pybind11;
 using dodo::runtime::Closure;
@@ -127,4 +128,18 @@ void register_runtime(py::module_& m) {
       .def_property_readonly("chunk_size", &Closure::chunk_size)
       .def_property_readonly("onnxruntime_library", &Closure::onnxruntime_path)
       .def_property_readonly("onnxruntime_version", &Closure::onnxruntime_version);
+
+  // The model package's content digest (docs/model_package.md), for the exporters and tests.
+  m.def("model_content_sha256", [](const py::bytes& model) {
+    const std::string bytes = model;
+    return dodo::runtime::content_sha256(dodo::runtime::read_package(bytes));
+  }, py::arg("model"), "SHA-256 (hex) of ONNX model bytes without their metadata_props.");
+  m.def("model_metadata", [](const py::bytes& model) {
+    const std::string bytes = model;
+    return dodo::runtime::read_package(bytes).metadata;
+  }, py::arg("model"), "metadata_props of ONNX model bytes, as the runtime reads them.");
+  m.def("with_content_digest", [](const py::bytes& model) {
+    const std::string bytes = model;
+    return py::bytes(dodo::runtime::with_content_digest(bytes));
+  }, py::arg("model"), "The model bytes with a fresh \"dodo.content_sha256\" (an old one is replaced).");
 }

@@ -3,8 +3,10 @@
 #include <fstream>
 #include <iterator>
 #include <memory>
+#include <utility>
 
 #include "errors.hpp"
+#include "onnx_package.hpp"
 
 namespace dodo::runtime {
 namespace {
@@ -99,6 +101,15 @@ EvaluationBuffers::~EvaluationBuffers() {
 OnnxModel::OnnxModel(const OrtLibrary& library, const std::string& path, const std::string& device)
     : api_(library.api) {
   const std::string bytes = read_file(path);
+  // Our own reading of the file comes first: a damaged or altered file is refused by its digest
+  // before ONNX Runtime parses it, and the metadata is read once, the same way for every caller.
+  try {
+    PackageContents package = read_package(bytes);
+    verify_content_digest(package);
+    metadata_ = std::move(package.metadata);
+  } catch (const Error& error) {
+    throw Error(error.status(), "model file \"" + path + "\": " + error.what());
+  }
   OrtSessionOptions* options = nullptr;
   check_ort(api_, api_->CreateSessionOptions(&options), "creating session options");
   std::unique_ptr<OrtSessionOptions, OrtReleaser<OrtSessionOptions>> options_guard(options,
@@ -127,7 +138,6 @@ OnnxModel::OnnxModel(const OrtLibrary& library, const std::string& path, const s
   }
   try {
     check_signature();
-    read_metadata();
   } catch (...) {
     api_->ReleaseSession(session_);
     throw;
@@ -196,27 +206,6 @@ void OnnxModel::check_signature() {
     return;
   }
   throw Error(DODO_ERROR_MODEL_FORMAT, "model has no output named \"head_output\"");
-}
-
-void OnnxModel::read_metadata() {
-  OrtAllocator* allocator = nullptr;
-  check_ort(api_, api_->GetAllocatorWithDefaultOptions(&allocator), "getting the default allocator");
-  OrtModelMetadata* metadata = nullptr;
-  check_ort(api_, api_->SessionGetModelMetadata(session_, &metadata), "reading model metadata");
-  std::unique_ptr<OrtModelMetadata, OrtReleaser<OrtModelMetadata>> guard(metadata, {api_, api_->ReleaseModelMetadata});
-  char** keys = nullptr;
-  int64_t n_keys = 0;
-  check_ort(api_, api_->ModelMetadataGetCustomMetadataMapKeys(metadata, allocator, &keys, &n_keys),
-            "listing metadata keys");
-  for (int64_t i = 0; i < n_keys; ++i) {
-    char* value = nullptr;
-    OrtStatus* status = api_->ModelMetadataLookupCustomMetadataMap(metadata, allocator, keys[i], &value);
-    if (!status && value) metadata_[keys[i]] = value;
-    if (status) api_->ReleaseStatus(status);
-    if (value) allocator->Free(allocator, value);
-    allocator->Free(allocator, keys[i]);
-  }
-  if (keys) allocator->Free(allocator, keys);
 }
 
 void OnnxModel::run(EvaluationBuffers& buffers, std::size_t n) const {

@@ -38,8 +38,8 @@ class EvaluationBuffers {
 
 class OnnxModel {
  public:
-  // Reads the file, creates the session (device "cpu" or "cuda"), checks the graph's inputs and
-  // outputs against the contract and reads every metadata_props entry.
+  // Reads the file and its metadata_props, checks the content digest (onnx_package.hpp), creates
+  // the session (device "cpu" or "cuda") and checks the graph's inputs and outputs.
   OnnxModel(const OrtLibrary& library, const std::string& path, const std::string& device);
   ~OnnxModel();
   OnnxModel(const OnnxModel&) = delete;
@@ -54,7 +54,6 @@ class OnnxModel {
 
  private:
   void check_signature();
-  void read_metadata();
 
   const OrtApi* api_;
   OrtSession* session_ = nullptr;

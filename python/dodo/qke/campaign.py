@@ -20,7 +20,8 @@ import numpy as np
 from .asymptotic import asymptotic_states
 from .directions import uniform_sphere
 from .initial import species_direction_densities
-from .io import atomic_write, write_emu_database
+from .._atomic import atomic_write
+from .io import write_emu_database
 from .solver import FastFlavourBox, SolverConfig
 from .states import box_setup, rotate_four_flux
 

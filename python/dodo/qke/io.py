@@ -8,32 +8,11 @@ Fluxes are in the original (input) frame, as in Emu's validation file.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 
 import numpy as np
 
+from .._atomic import atomic_write
 from ..conventions import to_emu_layout
-
-
-def atomic_write(path: str, write) -> None:
-    """Call ``write(temporary_path)``, fsync, then rename over ``path`` (same directory)."""
-    directory = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    os.close(handle)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
-    try:
-        write(temporary)
-        with open(temporary, "rb+") as stream:
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
 
 
 def species_to_emu(four_flux: np.ndarray) -> np.ndarray:

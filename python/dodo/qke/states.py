@@ -11,6 +11,15 @@ from .linear import box_growth_rate, fastest_wavevector, pair_lepton_numbers
 FASTEST_K_TIMES_BOX_LENGTH = 18.0
 #: Default run length in units of the inverse linear box growth rate (Emu validation recipe).
 END_TIME_GROWTH_TIMES = 80.0
+#: The NSM1 point as Emu's 1D reference runs start from it (F4_initial of emu_nsm1_1d.h5, row 0,
+#: Emu's discrete moments) in Dodo's layout [6 species, (t,x,y,z)], cm^-3; box 4 cm, end 1.2e-9 s.
+NSM1_EMU_1D = np.array([
+    [1.42195423e33, 1.39657e32, 6.04436e31, -1.88104e32],
+    [4.91135197e32, -1.07252e31, 3.68151e31, -2.60504e32],
+    [4.91135197e32, -1.07252e31, 3.68151e31, -2.60504e32],
+    [1.91462371e33, 1.39738e32, 6.04844e31, -6.51290e32],
+    [4.91135197e32, -1.07252e31, 3.68151e31, -2.60504e32],
+    [4.91135197e32, -1.07252e31, 3.68151e31, -2.60504e32]])
 #: A pair crosses when both signed parts of its lepton-number difference exceed this (in N_tot).
 MIN_CROSSING_FRACTION = 1e-3
 

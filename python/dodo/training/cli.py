@@ -82,7 +82,7 @@ def _train(args) -> int:
 
 @_friendly("evaluate")
 def _evaluate(args) -> int:
-    from .atomic import write_json_atomic
+    from .._atomic import write_json_atomic
     from .evaluate import describe, evaluate_checkpoint
 
     table, _ = evaluate_checkpoint(args.checkpoint, args.data, args.split)

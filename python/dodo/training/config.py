@@ -45,6 +45,9 @@ class DataConfig:
     num_workers: int = 0
     #: True: load the split into memory; False: read rows from HDF5 (one handle per worker).
     in_memory: bool = True
+    #: Train on each cell and its nu <-> nubar mirror (a symmetry of the fast-flavour equations):
+    #: twice the samples for small datasets. Training split only; needs in_memory.
+    augment_nu_nubar: bool = False
     max_samples: Optional[int] = None
     box3d: Box3DConfig = field(default_factory=Box3DConfig)
 
@@ -132,6 +135,8 @@ class ExperimentConfig:
         if not 0.0 <= self.model.dropout < 1.0:
             raise ConfigError("model.dropout must be in [0, 1)")
         d = self.data
+        if d.augment_nu_nubar and not d.in_memory:
+            raise ConfigError("data.augment_nu_nubar needs data.in_memory: true")
         if not (0 < d.train_fraction < 1 and 0 <= d.val_fraction < 1 and d.train_fraction + d.val_fraction < 1 + 1e-12):
             raise ConfigError("data.train_fraction and data.val_fraction must be in (0,1) with sum <= 1")
         if d.batch_size < 1:

@@ -33,6 +33,24 @@ def rest_frame_arrays(F_init, F_box, F_true, u, invariants, target_scale=None) -
             "F_box_rest": F_box_rest, "dF_true_rest": F_true_rest - F_box_rest, "cell_weight": weight}
 
 
+def nu_nubar_swapped(arrays: dict) -> dict:
+    """The same cells with neutrinos and antineutrinos exchanged (training arrays of
+    rest_frame_arrays). The fast-flavour equations are symmetric under this exchange (H -> -H*,
+    docs/qke.md), Box3D is equivariant under it (tests), so each swapped cell is as true a sample
+    as the original; the network, which sees invariants, is not symmetric by construction."""
+    from ..conventions import N_SPECIES, invariant_pairs
+
+    half = N_SPECIES // 2
+    species = np.array([(a + half) % N_SPECIES for a in range(N_SPECIES)])
+    column_of = {pair: N_SPECIES + k for k, pair in enumerate(invariant_pairs())}
+    columns = list(species) + [column_of[tuple(sorted((species[a], species[b])))] for a, b in invariant_pairs()]
+    out = dict(arrays)
+    out["invariants"] = np.asarray(arrays["invariants"])[:, columns]
+    for name in ("F_init_rest", "F_box_rest", "dF_true_rest"):
+        out[name] = np.asarray(arrays[name])[:, species]
+    return out
+
+
 @dataclass
 class Splits:
     train: np.ndarray
@@ -76,11 +94,12 @@ class CellDataset(torch.utils.data.Dataset):
     """Rows of a preprocessed file. ``__getitems__`` returns a whole batch at once.
 
     In memory (default) the split is read once; otherwise each DataLoader worker opens its own
-    HDF5 handle on first use (h5py handles must not cross a fork).
+    HDF5 handle on first use (h5py handles must not cross a fork). augment_nu_nubar (in memory
+    only) appends every row's neutrino/antineutrino mirror.
     """
 
     def __init__(self, path: str | Path, indices: np.ndarray, target_scale=None, in_memory: bool = True,
-                 dtype=torch.float32) -> None:
+                 dtype=torch.float32, augment_nu_nubar: bool = False) -> None:
         self.path = str(path)
         self.indices = np.asarray(indices)
         self.target_scale = target_scale
@@ -92,6 +111,10 @@ class CellDataset(torch.utils.data.Dataset):
 
             with h5py.File(self.path, "r") as handle:
                 arrays = read_rows(handle, self.indices, target_scale)
+            if augment_nu_nubar:  # each row, then its nu <-> nubar mirror
+                mirror = nu_nubar_swapped(arrays)
+                arrays = {k: np.concatenate([v, mirror[k]]) for k, v in arrays.items()}
+                self.indices = np.concatenate([self.indices, self.indices])
             self._arrays = {k: torch.as_tensor(v, dtype=dtype) for k, v in arrays.items()}
 
     def __len__(self) -> int:

@@ -14,7 +14,7 @@ import torch
 
 from dodo.conventions import N_INVARIANTS
 
-from .atomic import atomic_path
+from .._atomic import atomic_path
 from .frames import boost_from_rest, boost_to_rest, random_velocity
 from .physics_torch import HEAD_OUTPUT_SIZES, ResidualClosureHead
 from .train import closure_from_checkpoint, load_checkpoint
@@ -193,7 +193,11 @@ def export_checkpoint(checkpoint_path: str | Path, output: str | Path, check: bo
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.checker.check_model(model)
-    final_bytes = model.SerializeToString()
+    from .. import _core
+
+    # The content digest goes in last, over the final bytes (docs/model_package.md).
+    final_bytes = _core.with_content_digest(model.SerializeToString())
+    metadata = _core.model_metadata(final_bytes)
     roundtrip = roundtrip_check(network, final_bytes, test_vectors, box3d_settings) if check else None
     with atomic_path(output) as tmp:
         tmp.write_bytes(final_bytes)

@@ -85,7 +85,7 @@ def plot_curve(metrics_path: str | Path, output: str | Path) -> list[Path]:
 
 
 def _save(fig, output) -> Path:
-    from .atomic import atomic_path
+    from .._atomic import atomic_path
 
     output = Path(output)
     with atomic_path(output) as tmp:

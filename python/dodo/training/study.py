@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-from .atomic import write_json_atomic
+from .._atomic import write_json_atomic
 from .config import ConfigError, ExperimentConfig, merge_dotted, read_yaml_mapping
 
 ALLOWED_KEYS = {"base_config", "tag", "output_root", "overrides", "grid"}

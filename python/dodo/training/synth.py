@@ -27,7 +27,7 @@ import numpy as np
 
 from dodo.conventions import N_SPECIES, to_emu_layout
 
-from .atomic import atomic_path
+from .._atomic import atomic_path
 
 RECIPE = ("final = F_init + s dF_box, s = 0.7 - 0.15 tanh(4 (x_nue - x_nuebar)) + 0.1 (f_nue^2 - f_nuebar^2); "
           "see dodo.training.synth")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import atomic_path, sha256_file, write_json_atomic
+from .._atomic import atomic_path, sha256_file, write_json_atomic
 from .config import ExperimentConfig
 from .dataset import (CellDataset, check_preprocessed, collate_batch, count_rows, invariant_statistics, make_splits,
                       percentile_target_scale)
@@ -295,7 +295,8 @@ def _train(config: ExperimentConfig, echo) -> dict:
     if target_scale == "p99":
         target_scale = percentile_target_scale(data_path, splits.train)
 
-    datasets = {name: CellDataset(data_path, splits.get(name), target_scale, config.data.in_memory)
+    datasets = {name: CellDataset(data_path, splits.get(name), target_scale, config.data.in_memory,
+                                  augment_nu_nubar=config.data.augment_nu_nubar and name == "train")
                 for name in ("train", "val", "test")}
     generator = torch.Generator().manual_seed(t.seed)
     loader_options = {"batch_size": config.data.batch_size, "collate_fn": collate_batch,

@@ -1,6 +1,10 @@
 """Atomic file output: write to a temporary name in the same directory, fsync, os.replace.
 
-An interrupted run therefore never leaves a half-written file under the final name.
+An interrupted run therefore never leaves a half-written file under the final name. Temporary
+names carry the writer's host and process id (``.NAME.HOST.PID.XXXX.tmp``), so the next write of
+the same file removes the leftovers of a writer that was killed (SIGKILL, power loss) and is
+no longer running on this host. Standard library only: used by the training side and by the
+NumPy-only QKE solver alike.
 """
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 
@@ -17,7 +23,8 @@ def atomic_path(final: str | Path):
     """Yield a temporary path next to ``final``; on success fsync it and rename onto ``final``."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    remove_stale_temporaries(final)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.{_host()}.{os.getpid()}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; finished files get the usual mode
     try:
@@ -30,6 +37,43 @@ def atomic_path(final: str | Path):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call ``write(temporary_path)`` and move the result onto ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        write(str(tmp))
+
+
+def remove_stale_temporaries(final: str | Path) -> list[Path]:
+    """Delete temporaries of ``final`` left by writers that no longer run on this host."""
+    final = Path(final)
+    pattern = re.compile(re.escape(f".{final.name}.{_host()}.") + r"(\d+)\.[^.]+\.tmp")
+    removed = []
+    with contextlib.suppress(OSError):
+        for candidate in final.parent.iterdir():
+            match = pattern.fullmatch(candidate.name)
+            if match and not _running(int(match.group(1))):
+                with contextlib.suppress(FileNotFoundError):
+                    candidate.unlink()
+                    removed.append(candidate)
+    return removed
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname()) or "host"
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def _umask() -> int:

@@ -1,0 +1,178 @@
+#include "onnx_package.hpp"
+
+#include <cstdint>
+
+#include "errors.hpp"
+#include "sha256.hpp"
+
+namespace dodo::runtime {
+namespace {
+
+// Protobuf wire format (protobuf.dev/programming-guides/encoding): each field is a varint tag
+// (field_number << 3 | wire_type) followed by a varint, 8 bytes, 4 bytes or a varint length and
+// that many bytes.
+enum WireType : unsigned { kVarint = 0, kFixed64 = 1, kLengthDelimited = 2, kFixed32 = 5 };
+constexpr std::uint64_t kModelGraph = 7;
+constexpr std::uint64_t kModelMetadataProps = 14;
+constexpr std::uint64_t kEntryKey = 1;
+constexpr std::uint64_t kEntryValue = 2;
+
+[[noreturn]] void malformed(const std::string& what, std::size_t at) {
+  throw Error(DODO_ERROR_MODEL_FORMAT,
+              "not an ONNX model (truncated or damaged file?): " + what + " at byte " + std::to_string(at));
+}
+
+class WireReader {
+ public:
+  explicit WireReader(std::string_view bytes, std::size_t base = 0) : bytes_(bytes), base_(base) {}
+  bool done() const { return position_ == bytes_.size(); }
+  std::size_t offset() const { return base_ + position_; }
+
+  std::uint64_t varint() {
+    std::uint64_t value = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+      if (done()) malformed("a number runs past the end", offset());
+      const auto byte = static_cast<unsigned char>(bytes_[position_++]);
+      value |= std::uint64_t{byte & 0x7fu} << shift;
+      if (!(byte & 0x80u)) return value;
+    }
+    malformed("a number longer than 10 bytes", offset());
+  }
+
+  // One field: its number and wire type; length-delimited payloads are returned in `payload`.
+  bool next(std::uint64_t& field, unsigned& wire_type, std::string_view& payload) {
+    if (done()) return false;
+    const std::size_t start = offset();
+    const std::uint64_t tag = varint();
+    field = tag >> 3;
+    wire_type = static_cast<unsigned>(tag & 7u);
+    if (field == 0) malformed("field number 0", start);
+    switch (wire_type) {
+      case kVarint:
+        varint();
+        break;
+      case kFixed64:
+        skip(8);
+        break;
+      case kFixed32:
+        skip(4);
+        break;
+      case kLengthDelimited: {
+        const std::uint64_t length = varint();
+        if (length > bytes_.size() - position_) malformed("a field's length runs past the end", offset());
+        payload = bytes_.substr(position_, static_cast<std::size_t>(length));
+        position_ += static_cast<std::size_t>(length);
+        break;
+      }
+      default:
+        malformed("wire type " + std::to_string(wire_type) + " (not used by ONNX)", start);
+    }
+    return true;
+  }
+
+ private:
+  void skip(std::size_t n) {
+    if (n > bytes_.size() - position_) malformed("a field runs past the end", offset());
+    position_ += n;
+  }
+
+  std::string_view bytes_;
+  std::size_t base_;
+  std::size_t position_ = 0;
+};
+
+std::size_t offset_in(std::string_view whole, std::string_view part) {
+  return static_cast<std::size_t>(part.data() - whole.data());
+}
+
+void read_entry(std::string_view bytes, std::string_view entry, std::map<std::string, std::string>& metadata) {
+  WireReader reader(entry, offset_in(bytes, entry));
+  std::string key, value;
+  std::uint64_t field = 0;
+  unsigned wire_type = 0;
+  std::string_view payload;
+  while (reader.next(field, wire_type, payload)) {
+    if (wire_type != kLengthDelimited) continue;
+    if (field == kEntryKey) key.assign(payload);
+    if (field == kEntryValue) value.assign(payload);
+  }
+  if (!metadata.emplace(key, value).second)
+    throw Error(DODO_ERROR_MODEL_METADATA, "model metadata key \"" + key + "\" appears twice");
+}
+
+void append_varint(std::string& out, std::uint64_t value) {
+  while (value >= 0x80) {
+    out.push_back(static_cast<char>((value & 0x7f) | 0x80));
+    value >>= 7;
+  }
+  out.push_back(static_cast<char>(value));
+}
+
+void append_string_field(std::string& out, std::uint64_t field, std::string_view text) {
+  append_varint(out, field << 3 | kLengthDelimited);
+  append_varint(out, text.size());
+  out.append(text);
+}
+
+void append_entry(std::string& out, std::string_view key, std::string_view value) {
+  std::string entry;
+  append_string_field(entry, kEntryKey, key);
+  append_string_field(entry, kEntryValue, value);
+  append_string_field(out, kModelMetadataProps, entry);
+}
+
+}  // namespace
+
+PackageContents read_package(std::string_view bytes) {
+  PackageContents package;
+  WireReader reader(bytes);
+  bool have_graph = false;
+  std::uint64_t field = 0;
+  unsigned wire_type = 0;
+  std::string_view payload;
+  package.content.reserve(bytes.size());
+  std::size_t field_start = 0;
+  while (reader.next(field, wire_type, payload)) {
+    const std::string_view whole_field = bytes.substr(field_start, reader.offset() - field_start);
+    field_start = reader.offset();
+    if (wire_type == kLengthDelimited && field == kModelMetadataProps) {
+      read_entry(bytes, payload, package.metadata);
+      continue;
+    }
+    package.content.append(whole_field);
+    if (wire_type == kLengthDelimited && field == kModelGraph) {
+      if (have_graph) malformed("a second graph", offset_in(bytes, payload));
+      have_graph = true;
+    }
+  }
+  if (!have_graph) throw Error(DODO_ERROR_MODEL_FORMAT, "not an ONNX model: the file has no graph");
+  return package;
+}
+
+std::string content_sha256(const PackageContents& package) { return sha256_hex(package.content); }
+
+void verify_content_digest(const PackageContents& package) {
+  const auto stored = package.metadata.find(kContentDigestKey);
+  if (stored == package.metadata.end())
+    throw Error(DODO_ERROR_MODEL_METADATA, std::string("model metadata has no \"") + kContentDigestKey +
+                                               "\" (not a Dodo model package, or exported by a Dodo without it: "
+                                               "re-export it with `dodo export`)");
+  const std::string actual = content_sha256(package);
+  if (stored->second != actual)
+    throw Error(DODO_ERROR_MODEL_FORMAT, "model file is damaged: its content (graph, weights, opsets) has SHA-256 " + actual +
+                                             " but \"" + kContentDigestKey + "\" says " + stored->second.substr(0, 64) +
+                                             " (altered or corrupted after export)");
+}
+
+std::string with_content_digest(std::string_view bytes) {
+  const PackageContents package = read_package(bytes);
+  std::string out = package.content;
+  for (const auto& [key, value] : package.metadata) {
+    if (key == kContentDigestKey) continue;
+    append_entry(out, key, value);
+  }
+  append_entry(out, kContentDigestKey, content_sha256(package));
+  return out;
+}
+
+}  // namespace dodo::runtime
