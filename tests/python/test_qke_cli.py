@@ -117,3 +117,24 @@ def test_emu_hdf5_input_keeps_its_rotation_and_end_time(tmp_path):
         assert f["tend(s)"][0] == pytest.approx(expected_end)
         assert f["box_length_cm"][0] == 4.0
         np.testing.assert_allclose(f["F4_initial(1|ccm)"][()], expected_initial)
+
+
+def test_max_cost_skips_expensive_states_and_says_why(tmp_path, yaml_states):
+    """--max-cost X drops states estimated to cost more than X times NSM1's run (the second state
+    is NSM1-like: 1.0x; the fiducial one 0.37x), with the reason in the file."""
+    import json
+
+    output = str(tmp_path / "out.h5")
+    assert run_cli(["simulate", output, "--input", yaml_states, "--batch-size", "2", "--max-cost", "0.5", *SMALL]) == 0
+    with h5py.File(output, "r") as f:
+        assert f["F4_initial(1|ccm)"].shape[0] == 1
+        np.testing.assert_allclose(from_emu_layout(f["F4_initial(1|ccm)"][()])[0], np.array(STATES[0]) * 1e33)
+        dropped = json.loads(f.attrs["dropped"]) if isinstance(f.attrs["dropped"], str) else f.attrs["dropped"]
+        assert list(dropped) == ["1"] and "exceeds max_cost 0.5" in dropped["1"]
+    # Everything skipped: a valid, empty database and no partial file.
+    empty = str(tmp_path / "empty.h5")
+    assert run_cli(["simulate", empty, "--input", yaml_states, "--max-cost", "0.01", *SMALL]) == 0
+    with h5py.File(empty, "r") as f:
+        assert f["F4_initial(1|ccm)"].shape[0] == 0
+    assert not os.path.exists(empty + ".partial.npz")
+    assert run_cli(["simulate", empty, "--input", yaml_states, "--max-cost", "-1", *SMALL]) == 2

@@ -17,6 +17,8 @@ MODELS_DIR = Path(__file__).resolve().parent
 
 #: File name (in this directory) of the model used when no model is given.
 DEFAULT_MODEL_NAME = "synthetic_demo.onnx"
+#: Random-weight model for the runtime's tests and fuzzers (``python -m dodo.models.synthetic``).
+TEST_MODEL_NAME = "synthetic-test-equivariant.onnx"
 
 
 def default_model_path() -> Path:

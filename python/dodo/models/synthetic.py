@@ -294,11 +294,11 @@ def write_model(path, mlp: SyntheticMLP, *, box3d_settings: Optional[dict] = Non
     return path
 
 
-def main() -> None:  # pragma: no cover - regenerates the shipped file
-    from . import default_model_path
+def main() -> None:  # pragma: no cover - regenerates the shipped test model (not the default model)
+    from . import MODELS_DIR, TEST_MODEL_NAME
 
     mlp = SyntheticMLP.random("equivariant", hidden=(32, 32), output_scale=0.02, seed=1)
-    print(write_model(default_model_path(), mlp, n_test_vectors=8))
+    print(write_model(MODELS_DIR / TEST_MODEL_NAME, mlp, n_test_vectors=8))
 
 
 if __name__ == "__main__":  # pragma: no cover

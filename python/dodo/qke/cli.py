@@ -36,6 +36,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--hamiltonian-filter", default=SolverConfig.hamiltonian_filter, choices=("emu", "none"),
                         help="emu (default): couple through Emu's particle-mesh transfer function, so growth "
                              "rates match Emu's; none: the continuum equations")
+    parser.add_argument("--max-cost", type=float, default=None, metavar="X",
+                        help="skip (drop, with the reason) states estimated to cost more than X times the NSM1 run, "
+                             "as Emu's validation set did with X = 2.5 (default: no limit)")
     parser.add_argument("--device", default="cpu", choices=("cpu",), help="compute device (the solver is NumPy: cpu)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.set_defaults(func=run_simulate)
@@ -71,7 +74,9 @@ def run_simulate(args) -> int:
         config.validate()
         results = simulate_states(four_flux, args.output, config, batch_size=args.batch_size, axis=args.axis,
                                   rotation=rotation, box_length_cm=args.box_length, end_time_s=end_time,
-                                  attributes={"source": source, "command": " ".join(sys.argv)}, report=report)
+                                  attributes={"source": source, "command": " ".join(sys.argv), "max_cost_vs_nsm1":
+                                              "none" if args.max_cost is None else args.max_cost},
+                                  report=report, max_cost=args.max_cost)
     except (ValueError, OSError) as error:
         print(f"dodo simulate: error: {error}", file=sys.stderr)
         return 2
