@@ -6,14 +6,15 @@
 # build/fuzz/smoke/artifacts/.
 # Usage: scripts/fuzz_smoke.sh [RUNS]
 #   RUNS (default 20000): executions of fuzz_apply and fuzz_metadata;
-#   DODO_FUZZ_LOADER_RUNS (default RUNS/40): executions of fuzz_loader (each one parses a model
-#   file and, when it loads, creates an ONNX Runtime session: 10-30x slower per execution);
+#   DODO_FUZZ_LOADER_RUNS (default RUNS/4): executions of fuzz_loader (most mutants stop at the
+#   content digest), and a tenth of that in its resign mode (DODO_FUZZ_LOADER_RESIGN=1: mutants
+#   get a fresh digest and reach ONNX Runtime, which creates a session: 10-30x slower);
 #   DODO_FUZZ_PYTHON_RUNS (default RUNS/4): executions of the atheris target (~2x slower).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 runs="${1:-20000}"
-loader_runs="${DODO_FUZZ_LOADER_RUNS:-$((runs / 40))}"
+loader_runs="${DODO_FUZZ_LOADER_RUNS:-$((runs / 4))}"
 python_runs="${DODO_FUZZ_PYTHON_RUNS:-$((runs / 4))}"
 python="${PYTHON:-}"
 if [ -z "$python" ]; then
@@ -48,21 +49,22 @@ mkdir -p "$smoke/artifacts"
 # checks libdodo's own create/destroy cycle for leaks).
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=0"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
-run_target() {  # name, executions
-  local name="$1" n="$2" t0
+run_target() {  # name, executions[, label: corpus/log name, default the target's]
+  local name="$1" n="$2" label="${3:-$1}" t0
   t0=$(date +%s)
-  mkdir -p "$smoke/corpus/$name"
-  "$build/fuzz/fuzz_$name" -runs="$n" -seed=1 -max_len=32768 -print_final_stats=1 -artifact_prefix="$smoke/artifacts/$name-" \
-    "$smoke/corpus/$name" "$build/seeds/$name" > "$smoke/$name.log" 2>&1 || {
-    tail -n 60 "$smoke/$name.log"
-    echo "fuzz_$name FAILED (log: $smoke/$name.log)"
+  mkdir -p "$smoke/corpus/$label"
+  "$build/fuzz/fuzz_$name" -runs="$n" -seed=1 -max_len=32768 -print_final_stats=1 -artifact_prefix="$smoke/artifacts/$label-" \
+    "$smoke/corpus/$label" "$build/seeds/$name" > "$smoke/$label.log" 2>&1 || {
+    tail -n 60 "$smoke/$label.log"
+    echo "fuzz_$label FAILED (log: $smoke/$label.log)"
     exit 1
   }
-  echo "fuzz_$name: $(grep -o 'stat::number_of_executed_units: [0-9]*' "$smoke/$name.log" | grep -o '[0-9]*$') executions, 0 crashes, $(( $(date +%s) - t0 )) s"
+  echo "fuzz_$label: $(grep -o 'stat::number_of_executed_units: [0-9]*' "$smoke/$label.log" | grep -o '[0-9]*$') executions, 0 crashes, $(( $(date +%s) - t0 )) s"
 }
 run_target apply "$runs"
 run_target metadata "$runs"
 run_target loader "$loader_runs"
+DODO_FUZZ_LOADER_RESIGN=1 run_target loader "$((loader_runs / 10))" loader_resigned
 
 "$python" -c 'import atheris' 2> /dev/null || "$python" -m pip install --quiet atheris
 t0=$(date +%s)
