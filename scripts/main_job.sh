@@ -4,7 +4,9 @@
 #  2. the training pipeline on synthetic Emu-format data: synth -> preprocess -> train (short)
 #     -> evaluate (model beside Box3D) -> export to ONNX;
 #  3. the exported model applied by the C++ runtime to a 16^3 grid of moving cells it never saw,
-#     its accuracy printed beside Box3D's.
+#     its accuracy printed beside Box3D's;
+#  4. the shipped default model (trained on Dodo's own QKE-solver data, data/qke) applied to the
+#     32 real Emu runs of tests/data/qke/emu_1d_validation.h5, which it never saw, beside Box3D.
 # Work files go to build/main_job (DODO_MAIN_JOB_DIR).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -29,3 +31,7 @@ rm -rf "$work" && mkdir -p "$work" && cd "$work"
 echo "== 3. The exported model through the C++ runtime on a grid of unseen, moving cells"
 "$dodo" synth -o data/grid.h5 -n 4096 --seed 1 -q
 "$dodo" apply data/grid.h5 --model model.onnx --grid 16x16x16 --max-speed 0.3
+
+echo "== 4. The shipped default model (QKE-trained) on 32 real Emu runs it never saw"
+cd "$root"
+"$dodo" apply tests/data/qke/emu_1d_validation.h5 --grid 2x4x4 --max-speed 0.3

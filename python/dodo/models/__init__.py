@@ -1,11 +1,10 @@
 """Model packages shipped inside Dodo (ONNX files, format: docs/model_package.md).
 
-The default model is the one :class:`dodo.Closure` loads when given ``model=None``.
-
-Until a physically trained model exists, the default is ``synthetic_demo.onnx``: trained by the
-recipe in training/models/README.md on SYNTHETIC data (Box3D plus a known smooth correction,
-``dodo synth``). Its metadata says so (``dodo.training_data_kind = "synthetic"``). It carries no
-physics beyond Box3D: on real Emu runs it is worse than Box3D alone (training/models/README.md).
+The default model is the one :class:`dodo.Closure` loads when given ``model=None``:
+``qke_default.onnx``, trained on Dodo's own fast-flavour QKE-solver data (data/qke, 526 random
+ELN-crossing states; recipe and figures in training/models/README.md). Its metadata says so
+(``dodo.training_data_kind = "qke"``). On 32 real Emu runs it never saw (emu_1d_validation.h5)
+it misses the asymptotic densities by 0.0043 N_tot against Box3D's 0.0065.
 ``synthetic-test-equivariant.onnx`` is a random-weight test model for the runtime's own tests
 (regenerate with ``python -m dodo.models.synthetic``).
 """
@@ -16,7 +15,7 @@ from pathlib import Path
 MODELS_DIR = Path(__file__).resolve().parent
 
 #: File name (in this directory) of the model used when no model is given.
-DEFAULT_MODEL_NAME = "synthetic_demo.onnx"
+DEFAULT_MODEL_NAME = "qke_default.onnx"
 #: Random-weight model for the runtime's tests and fuzzers (``python -m dodo.models.synthetic``).
 TEST_MODEL_NAME = "synthetic-test-equivariant.onnx"
 
