@@ -58,18 +58,17 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  std::string_view bytes(reinterpret_cast<const char*>(data), size);
   std::string resigned;
   if (resign) {
     try {
-      resigned = dodo::runtime::with_content_digest(std::string_view(reinterpret_cast<const char*>(data), size));
+      resigned = dodo::runtime::with_content_digest(bytes);
+      bytes = resigned;
     } catch (const dodo::runtime::Error&) {
-      resigned.clear();  // not protobuf: the loader gets the bytes as they are
+      // not protobuf: the loader gets the bytes as they are
     }
   }
-  if (!resigned.empty())
-    write_file(resigned.data(), resigned.size());
-  else
-    write_file(reinterpret_cast<const char*>(data), size);
+  write_file(bytes.data(), bytes.size());
   dodo_options options;
   dodo_options_init(&options);
   options.chunk_size = 4;

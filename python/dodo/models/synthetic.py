@@ -273,21 +273,18 @@ def write_model(path, mlp: SyntheticMLP, *, box3d_settings: Optional[dict] = Non
         reference = reference_closure(F, u, mlp, mlp.head, settings)
         metadata["dodo.test_vectors"] = json.dumps({
             "F_init": F.tolist(), "u": u.tolist(), "F_pred": reference["F_pred"].tolist(), "atol_over_ntot": 1e-5})
-    digest = "computed"  # the content digest unless an override replaces or removes it
-    for key, value in (metadata_overrides or {}).items():
-        if key == "dodo.content_sha256":
-            digest = value
-        elif value is None:
+    overrides = metadata_overrides or {}
+    sign = "dodo.content_sha256" not in overrides  # an override replaces or removes the digest
+    for key, value in overrides.items():
+        if value is None:
             metadata.pop(key, None)
         else:
             metadata[key] = value
-    if digest not in ("computed", None):
-        metadata["dodo.content_sha256"] = digest
     for key, value in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     model_bytes = model.SerializeToString()
-    if digest == "computed":
+    if sign:
         model_bytes = dodo._core.with_content_digest(model_bytes)
     path = Path(path)
     path.write_bytes(model_bytes)

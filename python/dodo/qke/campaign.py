@@ -115,9 +115,9 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
     if max_cost is not None:
         if not max_cost > 0:
             raise ValueError("max_cost must be positive")
-        cost_vs_nsm1 = cost / relative_cost(NSM1_EMU_1D[None], directions, None)[0] if end_time_s is None else None
-        if cost_vs_nsm1 is None:
+        if end_time_s is not None:
             raise ValueError("max_cost needs the default end times (not --use-input-end-time)")
+        cost_vs_nsm1 = cost / relative_cost(NSM1_EMU_1D[None], directions, None)[0]
         expensive = cost_vs_nsm1 > max_cost
         for index, ratio in zip(pending[expensive], cost_vs_nsm1[expensive]):
             results["done"][index] = True
