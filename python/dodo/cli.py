@@ -10,7 +10,7 @@ import importlib
 import sys
 
 # Modules that add subcommands through register(subparsers), if they are present.
-_SUBCOMMAND_MODULES = ("dodo.training.cli", "dodo.qke.cli", "dodo.runtime_cli")
+_SUBCOMMAND_MODULES = ("dodo.training.cli", "dodo.qke.cli", "dodo.runtime_cli", "dodo.score")
 
 
 def _reference(args: argparse.Namespace) -> int:

@@ -20,8 +20,14 @@ def register(subparsers) -> argparse.ArgumentParser:
     source.add_argument("--input", help="initial states: Emu-layout HDF5 (F4_initial(1|ccm)) or YAML ('states' list)")
     source.add_argument("--random", type=int, metavar="N", help="simulate N random ELN-crossing states")
     parser.add_argument("--seed", type=int, default=0, help="random seed for states and perturbations (default 0)")
+    parser.add_argument("--family", default=None, choices=("emu", "three_flavour", "merger"),
+                        help="random states: emu (Emu's validation recipe, mu = tau, flux factors to 0.9), "
+                             "three_flavour (same, mu != tau) or merger (aligned fluxes, nubar_e-rich, fewer "
+                             "heavy leptons, flux factors to 0.95); docs/dataset.md. Without --family: the "
+                             "emu recipe with flux factors to 0.8 (the first campaigns)")
     parser.add_argument("--three-flavour", action="store_true", help="random states with independent mu and tau")
-    parser.add_argument("--max-flux-factor", type=float, default=0.8, help="random states: largest flux factor (0.8)")
+    parser.add_argument("--max-flux-factor", type=float, default=None,
+                        help="random states: largest flux factor (default: the family's, 0.8 without --family)")
     parser.add_argument("--batch-size", type=int, default=8, help="simulations integrated together (default 8)")
     parser.add_argument("--ncell", type=int, default=64, help="cells along the box axis (default 64)")
     parser.add_argument("--nphi", type=int, default=16, help="directions: Emu uniform_sphere(nphi) (16 -> 92)")
@@ -48,7 +54,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 def run_simulate(args) -> int:
     """Handler of ``dodo simulate``; returns a process exit code."""
     from .campaign import simulate_states
-    from .states import random_crossing_states, read_states
+    from .states import family_states, random_crossing_states, read_states
 
     report = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
     try:
@@ -65,9 +71,16 @@ def run_simulate(args) -> int:
             source = {"input": args.input}
         else:
             rng = np.random.default_rng(args.seed)
-            four_flux = random_crossing_states(args.random, rng, max_flux_factor=args.max_flux_factor,
-                                               heavy_equal=not args.three_flavour)
+            if args.family is not None:
+                if args.three_flavour:
+                    raise ValueError("--three-flavour and --family exclude each other (use --family three_flavour)")
+                four_flux = family_states(args.family, args.random, rng, max_flux_factor=args.max_flux_factor)
+            else:
+                limit = 0.8 if args.max_flux_factor is None else args.max_flux_factor
+                four_flux = random_crossing_states(args.random, rng, max_flux_factor=limit,
+                                                   heavy_equal=not args.three_flavour)
             source = {"random": args.random, "random_seed": args.seed, "max_flux_factor": args.max_flux_factor,
+                      "family": args.family or ("three_flavour" if args.three_flavour else "emu"),
                       "heavy_equal": not args.three_flavour}
         config = SolverConfig(ncell=args.ncell, nphi_equator=args.nphi, flavour_cfl=args.flavour_cfl,
                               hamiltonian_filter=args.hamiltonian_filter, seed=args.seed)
