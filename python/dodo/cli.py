@@ -10,7 +10,8 @@ import importlib
 import sys
 
 # Modules that add subcommands through register(subparsers), if they are present.
-_SUBCOMMAND_MODULES = ("dodo.training.cli", "dodo.qke.cli", "dodo.runtime_cli", "dodo.score")
+_SUBCOMMAND_MODULES = ("dodo.training.cli", "dodo.qke.cli", "dodo.runtime_cli", "dodo.score",
+                       "dodo.training.ensemble_cli")
 
 
 def _reference(args: argparse.Namespace) -> int:

@@ -129,8 +129,14 @@ def _study(args) -> int:
 
 @_friendly("export")
 def _export(args) -> int:
+    from .ensemble_train import CHECKPOINT_KIND, export_ensemble
     from .export import export_checkpoint
 
+    import torch
+
+    if torch.load(args.checkpoint, map_location="cpu", weights_only=False).get("kind") == CHECKPOINT_KIND:
+        export_ensemble(args.checkpoint, args.output, n_test_vectors=args.test_vectors)
+        return 0
     export_checkpoint(args.checkpoint, args.output, check=not args.no_check, n_test_vectors=args.test_vectors)
     return 0
 
