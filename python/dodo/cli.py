@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Modules that add subcommands through register(subparsers), if they are present.
@@ -27,7 +28,13 @@ def _info(args: argparse.Namespace) -> int:
 
     paths = runtime_paths()
     if args.path:  # one path alone, for build systems: `dodo info --cmake-dir`
-        print(paths[args.path])
+        path = paths[args.path]
+        if not os.path.exists(path):  # never hand a build system a directory that is not there
+            why = ("this dodo was built without the closure runtime (Box3D only), so the C API is not installed"
+                   if not runtime_available() else "the C API's files are not where this installation expects them")
+            print(f"dodo info: error: {path} does not exist: {why}", file=sys.stderr)
+            return 1
+        print(path)
         return 0
     print(f"dodo {__version__}")
     print(f"numpy {numpy.__version__}")
