@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import re
@@ -43,6 +44,96 @@ def atomic_write(path: str | Path, write) -> None:
     """Call ``write(temporary_path)`` and move the result onto ``path`` atomically."""
     with atomic_path(path) as tmp:
         write(str(tmp))
+
+
+@contextlib.contextmanager
+def atomic_hdf5(final: str | Path):
+    """Yield ``(h5py.File, check)`` writing a temporary next to ``final``, renamed on success.
+
+    HDF5 crashes the process when it closes objects after a write failed (a full disk: issue 11,
+    item 8), so HDF5 never sees a failed write: its writes go through :class:`WriteErrorLatch`,
+    which keeps the first error and drops later writes. ``check()`` raises that error (call it
+    between large blocks to stop early); on leaving, after HDF5 closed the file cleanly, it is
+    raised as ``OSError`` and the temporary is removed, so ``final`` is untouched.
+    """
+    import h5py
+
+    with atomic_path(final) as tmp:
+        sink = WriteErrorLatch(tmp)
+        try:
+            handle = h5py.File(sink, "w")
+            try:
+                yield handle, sink.check
+            finally:
+                handle.close()
+        finally:
+            sink.close()
+        sink.check()
+
+
+class WriteErrorLatch(io.RawIOBase):
+    """A binary file (read/write) that records the first failed write instead of raising it.
+
+    Later writes are dropped and reported as done, so a library that writes through it (HDF5)
+    never enters its error paths; :meth:`check` raises the recorded error.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        self._file = open(path, "w+b", buffering=0)  # noqa: SIM115 (closed in close())
+        self.error: OSError | None = None
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise OSError(self.error.errno, f"writing {self._file.name}: {self.error.strerror or self.error}")
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        return self._file.readinto(buffer)
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        if self.error is None:
+            try:
+                done = 0
+                while done < len(view):
+                    done += self._file.write(view[done:])
+            except OSError as error:
+                self.error = error
+        return len(view)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def truncate(self, size: int | None = None) -> int:
+        if self.error is None:
+            try:
+                return self._file.truncate(size)
+            except OSError as error:
+                self.error = error
+        return self._file.tell() if size is None else size
+
+    def flush(self) -> None:
+        pass  # unbuffered: every write is already in the kernel
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        super().close()
 
 
 def remove_stale_temporaries(final: str | Path) -> list[Path]:

@@ -73,26 +73,42 @@ def open_emu_file(path: str | Path):
         handle = h5py.File(path, "r")
     except OSError as exc:
         raise DataFileError(f"{path}: not a readable HDF5 file ({exc})") from exc
+    problem = _layout_problem(handle)
+    if problem:  # the message is made while the file is open, then the file is closed (issue 11)
+        handle.close()
+        raise DataFileError(f"{path}: {problem}")
+    return handle, handle[INITIAL].shape[0]
+
+
+def _layout_problem(handle) -> str:
+    """What is wrong with an open Emu database's layout, or '' when nothing is."""
+    import h5py
+
     for name in (INITIAL, FINAL):
         if name not in handle:
-            handle.close()
-            raise DataFileError(f"{path}: missing dataset '{name}' (not an Emu asymptotic database?)")
+            return f"missing dataset '{name}' (not an Emu asymptotic database?)"
+        if not isinstance(handle[name], h5py.Dataset):
+            return f"'{name}' is a {type(handle[name]).__name__.lower()}, not a dataset (not an Emu asymptotic database?)"
     shape = handle[INITIAL].shape
     if len(shape) != 4 or shape[1] != 4 or shape[2] != 2 or shape[3] != N_FLAVOURS:
-        handle.close()
-        raise DataFileError(f"{path}: '{INITIAL}' has shape {shape}; expected [nsims, 4 (x,y,z,t), 2, {N_FLAVOURS}]")
+        return f"'{INITIAL}' has shape {shape}; expected [nsims, 4 (x,y,z,t), 2, {N_FLAVOURS}]"
     if handle[FINAL].shape != shape:
-        handle.close()
-        raise DataFileError(f"{path}: '{FINAL}' shape {handle[FINAL].shape} differs from '{INITIAL}' {shape}")
-    return handle, shape[0]
+        return f"'{FINAL}' shape {handle[FINAL].shape} differs from '{INITIAL}' {shape}"
+    return ""
+
+
+def _is_dataset(handle, name: str, shape: tuple) -> bool:
+    import h5py
+
+    return name in handle and isinstance(handle[name], h5py.Dataset) and handle[name].shape == shape
 
 
 def iter_emu_chunks(path: str | Path, chunk_size: int = 65536) -> Iterator[EmuChunk]:
     """Rows of one Emu database in blocks of at most ``chunk_size``."""
     handle, nsims = open_emu_file(path)
     with handle:
-        has_growth = GROWTH in handle and handle[GROWTH].shape == (nsims,)
-        has_dirs = DIRNAMES in handle and handle[DIRNAMES].shape == (nsims,)
+        has_growth = _is_dataset(handle, GROWTH, (nsims,))
+        has_dirs = _is_dataset(handle, DIRNAMES, (nsims,))
         for start in range(0, nsims, chunk_size):
             stop = min(start + chunk_size, nsims)
             growth = handle[GROWTH][start:stop].astype(np.float64) if has_growth else np.full(stop - start, np.nan)
