@@ -265,29 +265,17 @@ import dodo._atomic as atomic
 from dodo.cli import main
 
 budget = [int(sys.argv[2])]
-original = atomic.WriteErrorLatch.__init__
+original = atomic.WriteErrorLatch._pwrite
 
 
-class DiskThatFillsUp:  # the real file, whose writes fail with ENOSPC after `budget` bytes
-    def __init__(self, real):
-        self._real = real
-
-    def write(self, data):
-        if budget[0] < len(data):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        budget[0] -= len(data)
-        return self._real.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self._real, name)
+def pwrite(self, view, offset):  # the disk fills up after `budget` bytes
+    if budget[0] < len(view):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    budget[0] -= len(view)
+    return original(self, view, offset)
 
 
-def init(self, path):
-    original(self, path)
-    self._file = DiskThatFillsUp(self._file)
-
-
-atomic.WriteErrorLatch.__init__ = init
+atomic.WriteErrorLatch._pwrite = pwrite
 sys.exit(main(["preprocess", "--config", sys.argv[1], "-q"]))
 """
 
