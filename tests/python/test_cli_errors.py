@@ -41,30 +41,19 @@ def disk_full_after(monkeypatch):
     import dodo._atomic as atomic
 
     budget = {"bytes": 0}
-    original = atomic.WriteErrorLatch.__init__
+    original = atomic.WriteErrorLatch._pwrite
 
-    class DiskThatFillsUp:
-        def __init__(self, real):
-            self._real = real
+    def pwrite(self, view, offset):  # the disk fills up after budget["bytes"] bytes
+        if budget["bytes"] < len(view):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        budget["bytes"] -= len(view)
+        return original(self, view, offset)
 
-        def write(self, data):
-            if budget["bytes"] < len(data):
-                raise OSError(errno.ENOSPC, "No space left on device")
-            budget["bytes"] -= len(data)
-            return self._real.write(data)
-
-        def __getattr__(self, name):
-            return getattr(self._real, name)
-
-    def init(self, path):
-        original(self, path)
-        self._file = DiskThatFillsUp(self._file)
-
-    monkeypatch.setattr(atomic.WriteErrorLatch, "__init__", init)
+    monkeypatch.setattr(atomic.WriteErrorLatch, "_pwrite", pwrite)
     return budget
 
 
-@pytest.mark.parametrize("budget", [0, 3000])
+@pytest.mark.parametrize("budget", [0, 3000, 20_000])
 def test_synth_and_simulate_outputs_on_a_full_disk(tmp_path, capsys, disk_full_after, budget):
     """Item 18: a full disk while writing `dodo synth`'s or `dodo simulate`'s HDF5 output gives one
     line and exit 2, leaves an earlier file untouched and no temporary."""
@@ -77,7 +66,7 @@ def test_synth_and_simulate_outputs_on_a_full_disk(tmp_path, capsys, disk_full_a
     assert "No space left on device" in line
     states = np.zeros((2, 6, 4))
     states[:, :, 0] = 1.0
-    disk_full_after["bytes"] = budget
+    disk_full_after["bytes"] = min(budget, 2000)  # this small database takes about 10 kB
     with pytest.raises(OSError, match="No space left on device"):
         write_emu_database(str(tmp_path / "old.h5"), {"initial": states, "final": states, "final_stddev": states,
                                                       "growth_rate": np.ones(2)}, {"solver": "test"})
@@ -163,3 +152,93 @@ def test_apply_scores_around_nan_rows_and_writes_the_cells(emu_file, tmp_path, c
         assert np.isfinite(cells["F_pred"][()]).all()
     assert main(["apply", str(emu_file), "--grid", "2x4x4", "--threads", "1", "-q"]) == 0
     assert capsys.readouterr().err == ""
+
+
+# --- values that used to be accepted silently (item 19) -----------------------------------------
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("setting, expected", [
+    ("training.min_lr_fraction=-3", "training.min_lr_fraction must be in [0, 1]"),
+    ("training.min_lr_fraction=1.5", "training.min_lr_fraction must be in [0, 1]"),
+    ("training.min_lr_fraction=.nan", "training.min_lr_fraction must be in [0, 1]"),
+    ("training.grad_clip=-1", "training.grad_clip must be a finite positive norm, or null"),
+    ("training.grad_clip=0", "training.grad_clip must be a finite positive norm, or null"),
+    ("training.grad_clip=.inf", "training.grad_clip must be a finite positive norm, or null"),
+    ("data.target_scale=.inf", "data.target_scale must be a finite positive number"),
+    ("data.target_scale=-2", "data.target_scale must be a finite positive number"),
+    ("training.lr=.inf", "training.lr must be a finite positive number"),
+    ("training.weight_decay=-1", "training.weight_decay must be a finite number >= 0"),
+    ("loss.w_flux=.nan", "loss.w_flux must be a finite number >= 0"),
+    ("data.box3d.lebedev_order=5", "data.box3d.lebedev_order must be one of"),
+    ("data.box3d.lebedev_order=17.9", "expected an integer"),
+])
+def test_train_refuses_bad_values_before_training(tmp_path, monkeypatch, capsys, setting, expected):
+    pytest.importorskip("yaml")
+    monkeypatch.chdir(tmp_path)
+    line = one_line_error(capsys, ["train", "--config", str(ROOT / "training/configs/demo_synthetic.yaml"),
+                                   "--set", setting])
+    assert expected in line, line
+
+
+def test_train_accepts_grad_clip_null_as_no_clipping():
+    pytest.importorskip("yaml")
+    from dodo.training.config import ExperimentConfig
+
+    config = ExperimentConfig.load(ROOT / "training/configs/demo_synthetic.yaml", {"training.grad_clip": None},
+                                   create_dirs=False)
+    assert config.training.grad_clip is None
+
+
+@pytest.mark.parametrize("setting, expected", [
+    ("box3d.lebedev_order=5", "box3d.lebedev_order must be one of"),
+    ("threads=-2", "threads must be >= 0"),
+    ("filters.max_flux_factor=.nan", "filters.max_flux_factor must be a finite positive number"),
+])
+def test_preprocess_refuses_bad_values(tmp_path, monkeypatch, capsys, setting, expected):
+    pytest.importorskip("yaml")
+    monkeypatch.chdir(tmp_path)
+    line = one_line_error(capsys, ["preprocess", "--config", str(ROOT / "training/configs/pre_process_demo.yaml"),
+                                   "--set", setting, "-q"])
+    assert expected in line, line
+
+
+@pytest.mark.parametrize("order", [17.9, "17", True, 16.0, 5, np.float64(41.5)])
+def test_lebedev_order_must_be_an_available_integer(order):
+    """17.9 was truncated to 17; now every non-integer or unavailable order is refused."""
+    import dodo
+
+    F = np.zeros((6, 4))
+    F[:, 0] = 1.0
+    with pytest.raises(ValueError, match="lebedev_order"):
+        dodo.box3d(F, lebedev_order=order)
+    with pytest.raises(ValueError, match="lebedev_order"):
+        dodo.box3d_settings(lebedev_order=order)
+    if dodo.runtime_available():
+        with pytest.raises(ValueError, match="lebedev_order"):
+            dodo.Closure(dodo.BOX3D_ONLY, lebedev_order=order)
+
+
+def test_integral_lebedev_order_of_any_type_is_taken():
+    import dodo
+
+    F = np.zeros((6, 4))
+    F[:, 0] = 1.0
+    reference = dodo.box3d(F, lebedev_order=41).F_box
+    for order in (41.0, np.int64(41), np.float32(41)):
+        np.testing.assert_array_equal(dodo.box3d(F, lebedev_order=order).F_box, reference)
+
+
+@pytest.mark.parametrize("threads", [2**31, -1, 2.5, "2", 10**30])
+def test_threads_out_of_range_is_a_clear_value_error(threads):
+    """threads=2**31 raised pybind11's TypeError; now a ValueError that names the range."""
+    import dodo
+
+    F = np.zeros((6, 4))
+    F[:, 0] = 1.0
+    with pytest.raises(ValueError, match="threads must be an integer"):
+        dodo.box3d(F, threads=threads)
+    if dodo.runtime_available():
+        with pytest.raises(ValueError, match="threads must be an integer"):
+            dodo.Closure(dodo.BOX3D_ONLY, threads=threads)
