@@ -242,3 +242,47 @@ def test_threads_out_of_range_is_a_clear_value_error(threads):
     if dodo.runtime_available():
         with pytest.raises(ValueError, match="threads must be an integer"):
             dodo.Closure(dodo.BOX3D_ONLY, threads=threads)
+
+
+# --- dodo reference (item 20) -------------------------------------------------------------------
+
+def test_reference_defaults_are_the_apis_and_are_compared(capsys):
+    """Defaults as dodo.box3d's (order 17, exact Z), with stored outputs for that setting."""
+    import inspect
+
+    import dodo
+
+    defaults = inspect.signature(dodo.box3d).parameters
+    assert main(["reference"]) == 0
+    out = capsys.readouterr().out
+    assert (f"Lebedev order {defaults['lebedev_order'].default}, z_method {defaults['z_method'].default}"
+            in out.splitlines()[0])
+    assert "largest deviation from the reference outputs" in out and "over 15 cases" in out
+
+
+def test_reference_without_stored_outputs_says_nothing_was_compared(capsys):
+    assert main(["reference", "--lebedev-order", "41"]) == 0
+    out = capsys.readouterr().out
+    assert "nan" not in out and "largest deviation" not in out
+    assert "no reference outputs for order 41 exact" in out and "nothing compared" in out
+
+
+def test_reference_exits_nonzero_when_a_comparison_fails(monkeypatch, capsys):
+    import dodo.reference as reference
+
+    original = reference.load_reference_cases
+
+    def tampered():
+        cases = original()
+        for expected in cases[0]["expected"]:
+            expected["F_box"][0][0] *= 1.001
+        return cases
+
+    monkeypatch.setattr(reference, "load_reference_cases", tampered)
+    assert main(["reference"]) == 1
+    assert "FAILED: a comparison is outside its tolerance" in capsys.readouterr().out
+
+
+def test_reference_refuses_an_unavailable_order_in_one_line(capsys):
+    line = one_line_error(capsys, ["reference", "--lebedev-order", "5"])
+    assert "lebedev_order 5 is not available" in line
