@@ -78,8 +78,8 @@ class Closure:
     """A loaded closure: Box3D, then the model's correction, per cell.
 
     model: path of an ONNX model package (``dodo export``); None: the default model shipped
-        with Dodo (a synthetic test model until a trained one is shipped, see dodo.models);
-        ``"box3d"``: no model, Box3D alone.
+        with Dodo (``dodo/models/qke_default.onnx``, trained on the QKE solver's data; see
+        dodo.models); ``"box3d"``: no model, Box3D alone.
     threads: worker threads per call (None: all cores; 0 or 1: the calling thread only).
     chunk_size: cells per network call (fixed-size chunks; default 1024).
     lebedev_order, z_method, max_flux_factor: Box3D settings; None takes the model's, and a
