@@ -86,8 +86,9 @@ def _check_velocity(flat_u: np.ndarray, batch: tuple[int, ...]) -> None:
         bad = (~(norm_error <= VELOCITY_NORM_TOLERANCE) | (flat_u[:, 0] <= 0)) & np.isfinite(flat_u).all(axis=1)
     if np.any(bad):  # non-finite u is not refused here: such cells are flagged NONFINITE
         first = int(np.flatnonzero(bad)[0])
+        cell = tuple(int(i) for i in np.unravel_index(first, batch)) if batch else ()  # (1, 2), not np.int64(1)
         raise ValueError(
-            f"u is not a future-directed unit timelike four-velocity at cell {np.unravel_index(first, batch) if batch else ()}: "
+            f"u is not a future-directed unit timelike four-velocity at cell {cell}: "
             f"u = {flat_u[first].tolist()}, |u.u + 1| = {norm_error[first]:.3g} (tolerance {VELOCITY_NORM_TOLERANCE}); "
             "pass u = (W, W v) with W = 1/sqrt(1 - v^2)")
 

@@ -286,3 +286,52 @@ def test_reference_exits_nonzero_when_a_comparison_fails(monkeypatch, capsys):
 def test_reference_refuses_an_unavailable_order_in_one_line(capsys):
     line = one_line_error(capsys, ["reference", "--lebedev-order", "5"])
     assert "lebedev_order 5 is not available" in line
+
+
+# --- consistency between commands (item 21) -----------------------------------------------------
+
+def test_synth_and_simulate_take_the_output_the_same_two_ways(tmp_path, capsys):
+    pytest.importorskip("h5py")
+    assert main(["synth", str(tmp_path / "a.h5"), "-n", "5", "-q"]) == 0
+    assert main(["synth", "-o", str(tmp_path / "b.h5"), "-n", "5", "-q"]) == 0
+    assert (tmp_path / "a.h5").is_file() and (tmp_path / "b.h5").is_file()
+    assert "the output file OUT is required" in one_line_error(capsys, ["synth", "-n", "5"])
+    assert "give the output file once" in one_line_error(capsys, ["synth", "x.h5", "-o", "y.h5"])
+    small = ["--random", "1", "--ncell", "16", "--nphi", "6", "-q"]  # -q as everywhere else
+    assert "the output file OUT is required" in one_line_error(capsys, ["simulate", *small])
+    assert main(["simulate", "-o", str(tmp_path / "s.h5"), *small]) == 0
+    assert (tmp_path / "s.h5").is_file() and capsys.readouterr().err == ""
+
+
+def test_every_quiet_flag_has_the_short_form():
+    import argparse
+
+    from dodo.cli import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in subparsers.choices.items():
+        for action in sub._actions:
+            if "--quiet" in action.option_strings:
+                assert "-q" in action.option_strings, name
+
+
+def test_plot_positional_does_not_share_a_name_with_a_choice(capsys):
+    pytest.importorskip("yaml")
+    with pytest.raises(SystemExit):
+        main(["plot", "--help"])
+    usage = capsys.readouterr().out
+    assert "{metrics,curve} FILE [FILE ...]" in " ".join(usage.split())
+
+
+def test_velocity_error_names_the_cell_with_plain_integers():
+    import dodo
+
+    F = np.zeros((2, 3, 6, 4))
+    F[..., 0] = 1.0
+    u = np.zeros((2, 3, 4))
+    u[..., 0] = 1.0
+    u[1, 2] = [2.0, 0, 0, 0]
+    with pytest.raises(ValueError, match=r"at cell \(1, 2\):") as error:
+        dodo.box3d(F, u)
+    assert "np." not in str(error.value)
