@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 
+from .._cli_common import add_output_argument, add_quiet_argument, resolve_output
 from .solver import SolverConfig
 
 
@@ -15,7 +16,8 @@ def register(subparsers) -> argparse.ArgumentParser:
         "simulate", help="simulate fast-flavour instabilities (QKE solver) and write an Emu-format database",
         description="Simulate random or given initial states in periodic 1D boxes with Dodo's fast-flavour "
                     "QKE solver and write their asymptotic states in Emu's database layout (docs/qke.md).")
-    parser.add_argument("output", help="output HDF5 file (written atomically; resumable via OUTPUT.partial.npz)")
+    add_output_argument(parser, "output HDF5 file (written atomically; resumable via OUT.partial.npz)")
+    parser.set_defaults(parser=parser)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", help="initial states: Emu-layout HDF5 (F4_initial(1|ccm)) or YAML ('states' list)")
     source.add_argument("--random", type=int, metavar="N", help="simulate N random ELN-crossing states")
@@ -46,7 +48,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="skip (drop, with the reason) states estimated to cost more than X times the NSM1 run, "
                              "as Emu's validation set did with X = 2.5 (default: no limit)")
     parser.add_argument("--device", default="cpu", choices=("cpu",), help="compute device (the solver is NumPy: cpu)")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_quiet_argument(parser, "no progress lines")
     parser.set_defaults(func=run_simulate)
     return parser
 
@@ -56,6 +58,7 @@ def run_simulate(args) -> int:
     from .campaign import simulate_states
     from .states import family_states, random_crossing_states, read_states
 
+    args.output = resolve_output(args.parser, args)  # OUT or -o OUT, as `dodo synth`
     report = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
     try:
         rotation = end_time = None

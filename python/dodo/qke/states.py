@@ -224,7 +224,12 @@ def read_states(path: str) -> dict:
             document = yaml.safe_load(stream)
         if not isinstance(document, dict) or "states" not in document:
             raise ValueError(f"{path}: expected a mapping with a 'states' list")
-        four_flux = np.asarray(document["states"], dtype=float)
+        try:
+            four_flux = np.asarray(document["states"], dtype=float)
+        except (TypeError, ValueError):  # a state given as a mapping, ragged lists, strings
+            raise ValueError(f"{path}: 'states' must be a list of states, each a list of 6 species x "
+                             "[n, Fx, Fy, Fz] numbers (species order nu_e, nu_mu, nu_tau, nubar_e, nubar_mu, "
+                             "nubar_tau); got something else (a mapping?)") from None
         if four_flux.ndim != 3 or four_flux.shape[1:] != (6, 4):
             raise ValueError(f"{path}: each state must be 6 species x [n, Fx, Fy, Fz]; got shape {four_flux.shape}")
         rotation = end_time = None
