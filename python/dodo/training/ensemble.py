@@ -75,6 +75,7 @@ class DensityResidualEnsemble(nn.Module):
     ``outputs(features)`` -> (head output, uncertainty [N], log_growth_ratio [N])."""
 
     head = "equivariant"
+    features = "invariants27+box7-v1"  # set from the config when trained or loaded
 
     def __init__(self, members: list[Member], r_scale: float, sigma0: float, feature_mean: np.ndarray,
                  feature_precision: np.ndarray, d2_max: float) -> None:

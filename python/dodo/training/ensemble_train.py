@@ -30,6 +30,7 @@ class EnsembleConfig:
     """training/configs/ensemble_default.yaml; every key optional but data.path."""
 
     data_path: str = "pdata/qke.h5"
+    features: str = "invariants27+box7-v1"
     holdout: list = field(default_factory=lambda: ["*_seed9[0-9][0-9].h5"])
     members: int = 8
     width: int = 64
@@ -55,7 +56,8 @@ class EnsembleConfig:
             else:
                 flat[section] = values
         flat.update(overrides or {})
-        names = {"data.path": "data_path", "data.holdout": "holdout", "output.checkpoint": "checkpoint"}
+        names = {"data.path": "data_path", "data.holdout": "holdout", "data.features": "features",
+                 "output.checkpoint": "checkpoint"}
         config = cls()
         for key, value in flat.items():
             name = names.get(key, key.split(".")[-1])
@@ -78,6 +80,10 @@ class EnsembleConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be a finite number >= 0; got {value!r}")
+        from .features import FEATURE_SIZES
+
+        if self.features not in FEATURE_SIZES:
+            raise ConfigError(f"data.features must be one of {sorted(FEATURE_SIZES)}; got {self.features!r}")
         if not isinstance(self.holdout, list) or not all(isinstance(p, str) for p in self.holdout):
             raise ConfigError(f"data.holdout must be a list of file-name patterns; got {self.holdout!r}")
 
@@ -94,6 +100,9 @@ def load_table(path: str) -> dict:
     attrs = read_preprocessed_attrs(path)
     sources = _sources(attrs)
     rest = rest_frame_arrays(arrays["F_init"], arrays["F_box"], arrays["F_true"], arrays["u"], arrays["invariants"])
+    import dodo
+
+    rest["ntot"] = np.asarray(dodo.comoving_density(arrays["F_init"], arrays["u"]), float)
     return table_from_rest(rest, arrays["growth_rate"], arrays["box3d_growth_rate"],
                            np.array([sources[int(i)] for i in arrays["source_file"]]),
                            box3d=attrs.get("box3d"), sha256=_file_sha256(path), kind=str(attrs.get("data_kind", "qke")))
@@ -118,13 +127,17 @@ def _file_sha256(path: str) -> str:
 
 
 def table_from_rest(rest: dict, growth_rate, box3d_growth_rate, sources, box3d=None, sha256="", kind="qke") -> dict:
+    from dodo.conventions import GROWTH_RATE_PER_NTOT
+
+    ntot_cgs = rest["ntot"]
+    rest = dict(rest, growth_over_ntot=np.asarray(box3d_growth_rate, float) / (ntot_cgs * GROWTH_RATE_PER_NTOT))
     F_true_rest = rest["F_box_rest"] + rest["dF_true_rest"]
     delta_box = nu_e_change(rest["F_box_rest"], rest["F_init_rest"])
     delta_true = nu_e_change(F_true_rest, rest["F_init_rest"])
     with np.errstate(divide="ignore", invalid="ignore"):
         log_growth = np.log(np.asarray(growth_rate, float) / np.asarray(box3d_growth_rate, float))
     log_growth = np.where(np.isfinite(log_growth), log_growth, np.nan)
-    return {"rest": rest, "features": np.asarray(rest["invariants"], float), "delta_box": delta_box,
+    return {"rest": rest, "delta_box": delta_box,
             "delta_true": delta_true, "r": delta_true - delta_box, "log_growth": log_growth,
             "sources": np.asarray(sources), "box3d": box3d, "sha256": sha256, "kind": kind}
 
@@ -134,22 +147,32 @@ def holdout_mask(sources, patterns) -> np.ndarray:
     return np.array([any(fnmatch.fnmatch(name, p) for p in patterns) for name in names], bool)
 
 
-def _training_arrays(table: dict, rows: np.ndarray, mirror: bool):
-    X, r, g = table["features"][rows], table["r"][rows], table["log_growth"][rows]
-    if mirror:  # nu <-> nubar: a symmetry of the equations; delta_e and the growth rate are unchanged
-        swapped = nu_nubar_swapped({key: value[rows] if hasattr(value, "__len__") and len(value) == len(table["r"])
-                                    else value for key, value in table["rest"].items()})
-        X = np.concatenate([X, swapped["invariants"]])
+def features_of(table: dict, rows: np.ndarray, features: str, swapped: bool = False) -> np.ndarray:
+    """Network inputs of ``rows``; ``swapped``: of their nu <-> nubar mirror images."""
+    from .features import feature_matrix
+
+    rest = {key: np.asarray(value)[rows] for key, value in table["rest"].items()}
+    if swapped:
+        rest = nu_nubar_swapped(rest)
+    return feature_matrix(features, rest["invariants"], rest["F_init_rest"], rest["F_box_rest"], rest["growth_over_ntot"])
+
+
+def _training_arrays(table: dict, rows: np.ndarray, config: "EnsembleConfig"):
+    X, r, g = features_of(table, rows, config.features), table["r"][rows], table["log_growth"][rows]
+    if config.mirror:  # nu <-> nubar: a symmetry of the equations; delta_e and the growth rate are unchanged
+        X = np.concatenate([X, features_of(table, rows, config.features, swapped=True)])
         r, g = np.concatenate([r, r]), np.concatenate([g, g])
     return X, r, g
 
 
 def train_on(table: dict, rows: np.ndarray, config: EnsembleConfig, members: int | None = None, log=None):
-    X, r, g = _training_arrays(table, rows, config.mirror)
+    X, r, g = _training_arrays(table, rows, config)
     torch.set_num_threads(config.threads)
-    return fit_ensemble(X, r, g, members=members or config.members, sigma0=config.sigma0, seed=config.seed, log=log,
-                        width=config.width, depth=config.depth, steps=config.steps, lr=config.lr,
-                        weight_decay=config.weight_decay, growth_weight=config.growth_weight)
+    ensemble = fit_ensemble(X, r, g, members=members or config.members, sigma0=config.sigma0, seed=config.seed,
+                            log=log, width=config.width, depth=config.depth, steps=config.steps, lr=config.lr,
+                            weight_decay=config.weight_decay, growth_weight=config.growth_weight)
+    ensemble.features = config.features
+    return ensemble
 
 
 def bootstrap_mean_interval(values, resamples=10000, seed=0) -> tuple[float, float]:
@@ -161,7 +184,7 @@ def bootstrap_mean_interval(values, resamples=10000, seed=0) -> tuple[float, flo
 
 def score_rows(ensemble, table: dict, rows: np.ndarray) -> dict:
     """Per-state errors of the gated ensemble, the ungated mean and Box3D on ``rows``."""
-    out = predict(ensemble, table["features"][rows])
+    out = predict(ensemble, features_of(table, rows, ensemble.features))
     delta_box, delta_true = table["delta_box"][rows], table["delta_true"][rows]
     model = state_error(delta_box + out["r_gated"], delta_true)
     ungated = state_error(delta_box + out["r_mean"], delta_true)
@@ -223,6 +246,7 @@ def load_ensemble(checkpoint: dict) -> DensityResidualEnsemble:
     n = checkpoint["n_inputs"]
     ensemble = DensityResidualEnsemble(members, 1.0, 1.0, np.zeros(n), np.eye(n), 1.0)
     ensemble.load_state_dict(state)
+    ensemble.features = config.get("features", "invariants27-v1")
     return ensemble.eval()
 
 
@@ -265,6 +289,7 @@ def emu_table(path: str, box3d_settings: dict) -> dict:
                      z_method=str(box3d_settings["z_method"]))
     invariants = np.asarray(dodo.invariants(F_init, u))
     rest = rest_frame_arrays(F_init, np.asarray(box.F_box), F_true, u, invariants)
+    rest["ntot"] = np.asarray(dodo.comoving_density(F_init, u), float)
     return table_from_rest(rest, growth, np.asarray(box.growth_rate), np.array([path] * len(F_init)))
 
 
@@ -349,9 +374,8 @@ def _ensemble_onnx_bytes(ensemble: DensityResidualEnsemble) -> bytes:
     import io
     import warnings
 
-    from dodo.conventions import N_INVARIANTS
-
     from .ensemble import _ExportView
+    from .features import FEATURE_SIZES
     from .export import OPSET
 
     view = _ExportView(copy.deepcopy(ensemble).float().eval())
@@ -361,7 +385,7 @@ def _ensemble_onnx_bytes(ensemble: DensityResidualEnsemble) -> bytes:
         options = {}
         if "dynamo" in inspect.signature(torch.onnx.export).parameters:
             options["dynamo"] = False
-        torch.onnx.export(view, (torch.zeros(2, N_INVARIANTS),), buffer, input_names=["invariants"],
+        torch.onnx.export(view, (torch.zeros(2, FEATURE_SIZES[ensemble.features]),), buffer, input_names=["invariants"],
                           output_names=list(ENSEMBLE_OUTPUTS),
                           dynamic_axes={"invariants": {0: "N"}, **{name: {0: "N"} for name in ENSEMBLE_OUTPUTS}},
                           opset_version=OPSET, **options)
@@ -385,6 +409,7 @@ def export_ensemble(checkpoint_path: str, output: str, n_test_vectors: int = 6, 
     test_vectors = make_test_vectors(ensemble, box3d_settings, n_test_vectors)
     del model.metadata_props[:]
     metadata = metadata_for(checkpoint, "equivariant", test_vectors)
+    metadata["dodo.features"] = ensemble.features
     metadata["dodo.outputs"] = json.dumps(list(ENSEMBLE_OUTPUTS))
     metadata["dodo.model_kind"] = CHECKPOINT_KIND
     for key, value in metadata.items():
