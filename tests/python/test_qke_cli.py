@@ -138,3 +138,51 @@ def test_max_cost_skips_expensive_states_and_says_why(tmp_path, yaml_states):
         assert f["F4_initial(1|ccm)"].shape[0] == 0
     assert not os.path.exists(empty + ".partial.npz")
     assert run_cli(["simulate", empty, "--input", yaml_states, "--max-cost", "-1", *SMALL]) == 2
+
+
+def test_rerunning_a_run_whose_states_are_all_done_finishes_it(tmp_path):
+    """Issue 11 item 12: a .partial.npz whose states are all done (killed after the last chunk,
+    before the final write) used to fail with 'zero-size array to reduction operation maximum'
+    on every rerun, keeping the partial file and losing the results."""
+    output = str(tmp_path / "done.h5")
+    states = np.array(STATES) * 1e33
+    config = SolverConfig(ncell=16, nphi_equator=8)
+
+    def crash_after_the_last_chunk(message):
+        if "2/2 states done" in message:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        simulate_states(states, output, config, batch_size=1, report=crash_after_the_last_chunk)
+    assert os.path.exists(output + ".partial.npz")
+    messages = []
+    results = simulate_states(states, output, config, batch_size=1, report=messages.append)
+    assert messages[0].startswith("resuming: 2/2")
+    assert results["done"].all() and results["valid"].sum() == 2
+    assert not os.path.exists(output + ".partial.npz")
+    with h5py.File(output, "r") as f:
+        assert f["F4_final(1|ccm)"].shape[0] == 2 and f.attrs["complete"]
+
+
+@pytest.mark.parametrize("length", ["0", "-5", "inf", "nan"])
+def test_a_box_length_that_is_not_positive_and_finite_is_refused(tmp_path, yaml_states, capsys, length):
+    output = tmp_path / "out.h5"
+    assert run_cli(["simulate", str(output), "--input", yaml_states, "--box-length", length, *SMALL]) == 2
+    error = capsys.readouterr().err
+    assert "box length must be positive and finite" in error and error.count("\n") == 1
+    assert not output.exists()
+
+
+def test_missing_h5py_is_reported_before_any_computing(tmp_path, yaml_states, capsys, monkeypatch):
+    import sys
+
+    from dodo.qke import campaign
+
+    def no_simulation(*args, **kwargs):
+        raise AssertionError("simulated although the output cannot be written")
+
+    monkeypatch.setattr(campaign, "make_box", no_simulation)
+    monkeypatch.setitem(sys.modules, "h5py", None)  # import h5py raises ImportError
+    assert run_cli(["simulate", str(tmp_path / "out.h5"), "--input", yaml_states, *SMALL]) == 2
+    error = capsys.readouterr().err
+    assert "needs h5py" in error and error.count("\n") == 1
