@@ -102,3 +102,16 @@ def test_bad_configurations_are_rejected():
         FastFlavourBox(NSM1, 4.0, SolverConfig())  # missing batch axis
     with pytest.raises(ValueError):
         FastFlavourBox(NSM1[None], -1.0, SolverConfig())
+
+
+def test_a_fastest_mode_beyond_the_grid_still_gets_the_box_modes_growth_rate():
+    """Regression (issue 10): with a fixed box (--box-length 4) a dense state's fastest k lies
+    beyond the grid's Nyquist wavenumber; the candidate box modes around it were then an empty
+    list and the state was dropped with numpy's 'attempt to get argmax of an empty sequence'.
+    The box still has unstable modes of its own: their fastest growth is the linear rate."""
+    directions = uniform_sphere(8)
+    dense = NSM1 * 15  # k_fastest ~ 67 cm^-1; the 16-cell grid of a 4 cm box holds k <= 12.6 cm^-1
+    _, length, end, rate = box_setup(dense, directions, 16, axis="z", box_length_cm=4.0, end_time_s=1e-10)
+    all_modes_rate, _ = box_growth_rate(dense, directions, 4.0, 16)
+    assert (length, end) == (4.0, 1e-10)
+    assert rate > 0 and rate == pytest.approx(all_modes_rate, rel=1e-12)
