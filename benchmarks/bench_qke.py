@@ -75,7 +75,18 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed blocks (the median is reported)")
     parser.add_argument("--processes", nargs="+", type=int, default=[1, 2], help="concurrent processes to measure")
     parser.add_argument("--full", action="store_true", help="also time one complete NSM1 run per resolution and backend")
+    parser.add_argument("--count-steps", nargs=3, metavar=("BACKEND", "CELLSxNPHI", "N"),
+                        help="no timing: make one NSM1 box and take 1 + N steps (for instruction counts under "
+                             "callgrind, see qke_instructions.sh)")
     args = parser.parse_args()
+    if args.count_steps:
+        backend, resolution, count = args.count_steps
+        ncell, nphi = (int(x) for x in resolution.split("x"))
+        box = make_box(NSM1_EMU_1D[None], NSM1_BOX_CM, SolverConfig(ncell=ncell, nphi_equator=nphi, backend=backend))
+        dt, _ = box.time_steps(np.array([NSM1_END_TIME_S]))
+        for _ in range(1 + int(count)):
+            box.step(dt)
+        return 0
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, numpy {np.__version__}, "
           f"load average {os.getloadavg()[0]:.1f} at start; NSM1 state, one simulation per process")
     print(f"{'cells':>5} {'dirs':>4} {'backend':>7} {'procs':>5} {'steps/run':>9} {'wall ms/step':>12} "
