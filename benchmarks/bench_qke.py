@@ -8,7 +8,9 @@ of ``--steps`` Lawson-RK4 steps of one NSM1 simulation (``--repeats`` blocks, me
 converts with the number of steps an NSM1 run needs at the default time step (end time
 1.2e-9 s, as Emu's NSM1 run): s per state = steps x s per step, sims/hour = 3600 / that.
 "2 procs" runs the same measurement in two processes at once (both cores busy, as a campaign
-runs) and reports the machine's sims/hour (sum over the two). The ratio column is the NumPy
+runs) and reports the machine's sims/hour (sum over the two); "2thr" is one process stepping a
+batch of two simulations on two threads (``dodo simulate --threads 2 --batch-size 2``), its
+columns per simulation. The ratio column is the NumPy
 solver's cost over the compiled kernel's, measured in the same run. Wall and CPU time per step
 are both printed: on a shared machine the CPU time is the steadier measure of cost.
 Anchor: the real Emu code needs 70-300 s of one core per 1D state at 64 x 92 (walltime(s) in
@@ -33,10 +35,12 @@ NSM1_BOX_CM = 4.0
 BACKENDS = ("numpy", "cpp")
 
 
-def time_per_step(backend: str, ncell: int, nphi: int, steps: int, repeats: int, start_together=None) -> dict:
-    """Median wall and CPU seconds per step of one NSM1 simulation, and the steps of a full run."""
-    box = make_box(NSM1_EMU_1D[None], NSM1_BOX_CM, SolverConfig(ncell=ncell, nphi_equator=nphi, backend=backend))
-    dt, nsteps = box.time_steps(np.array([NSM1_END_TIME_S]))
+def time_per_step(backend: str, ncell: int, nphi: int, steps: int, repeats: int, start_together=None,
+                  batch: int = 1, threads: int = 1) -> dict:
+    """Median wall and CPU seconds per step of a batch of NSM1 simulations, and the steps of a full run."""
+    box = make_box(np.repeat(NSM1_EMU_1D[None], batch, axis=0), NSM1_BOX_CM,
+                   SolverConfig(ncell=ncell, nphi_equator=nphi, backend=backend), threads=threads)
+    dt, nsteps = box.time_steps(np.full(batch, NSM1_END_TIME_S))
     box.step(dt)  # warm-up (the kernel builds its phases on the first step)
     if start_together is not None:
         start_together.wait()
@@ -75,6 +79,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed blocks (the median is reported)")
     parser.add_argument("--processes", nargs="+", type=int, default=[1, 2], help="concurrent processes to measure")
     parser.add_argument("--full", action="store_true", help="also time one complete NSM1 run per resolution and backend")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="also time one process stepping a batch of this many simulations on as many threads "
+                             "(compiled kernel; per-simulation columns; 1: skip)")
     parser.add_argument("--count-steps", nargs=3, metavar=("BACKEND", "CELLSxNPHI", "N"),
                         help="no timing: make one NSM1 box and take 1 + N steps (for instruction counts under "
                              "callgrind, see qke_instructions.sh)")
@@ -108,6 +115,13 @@ def main() -> int:
                 print(f"{ncell:>5} {row['ndir']:>4} {backend:>7} {processes:>5} {row['nsteps']:>9} "
                       f"{1e3 * row['wall']:>12.2f} {1e3 * row['cpu']:>11.2f} {row['wall'] * row['nsteps']:>7.2f} "
                       f"{row['per_hour']:>9.0f} {ratio:>9}", flush=True)
+        if args.threads > 1:  # one process, a batch of `threads` simulations on as many threads
+            measured = time_per_step("cpp", ncell, nphi, args.steps, args.repeats, batch=args.threads,
+                                     threads=args.threads)
+            per_state = measured["wall"] * measured["nsteps"] / args.threads
+            print(f"{ncell:>5} {measured['ndir']:>4} {'cpp':>7} {str(args.threads) + 'thr':>5} {measured['nsteps']:>9} "
+                  f"{1e3 * measured['wall'] / args.threads:>12.2f} {1e3 * measured['cpu'] / args.threads:>11.2f} "
+                  f"{per_state:>7.2f} {3600 / per_state:>9.0f}", flush=True)
         if args.full:
             for backend in BACKENDS:
                 box = make_box(NSM1_EMU_1D[None], NSM1_BOX_CM, SolverConfig(ncell=ncell, nphi_equator=nphi, backend=backend))

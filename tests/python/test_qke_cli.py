@@ -140,6 +140,25 @@ def test_max_cost_skips_expensive_states_and_says_why(tmp_path, yaml_states):
     assert run_cli(["simulate", empty, "--input", yaml_states, "--max-cost", "-1", *SMALL]) == 2
 
 
+def test_threads_and_backends_are_recorded_and_checked(tmp_path, yaml_states, capsys):
+    import json
+
+    output = str(tmp_path / "threads.h5")
+    assert run_cli(["simulate", output, "--input", yaml_states, "--batch-size", "2", "--threads", "2", *SMALL]) == 0
+    with h5py.File(output, "r") as f:
+        assert json.loads(f.attrs["settings"])["solver"]["backend"] == "cpp"
+    assert run_cli(["simulate", output, "--input", yaml_states, "--threads", "0", *SMALL]) == 2
+    assert "threads must be an integer >= 1" in capsys.readouterr().err
+    # ncell 12 is not a power of two: auto falls back to NumPy and says so; cpp refuses.
+    fallback = str(tmp_path / "fallback.h5")
+    assert run_cli(["simulate", fallback, "--input", yaml_states, "--ncell", "12", "--nphi", "8"]) == 0
+    assert "using the NumPy kernel: ncell = 12 is not a power of two" in capsys.readouterr().err
+    with h5py.File(fallback, "r") as f:
+        assert json.loads(f.attrs["settings"])["solver"]["backend"] == "numpy"
+    assert run_cli(["simulate", fallback, "--input", yaml_states, "--ncell", "12", "--nphi", "8", "--backend", "cpp"]) == 2
+    assert "backend 'cpp' cannot run" in capsys.readouterr().err
+
+
 def test_rerunning_a_run_whose_states_are_all_done_finishes_it(tmp_path):
     """Issue 11 item 12: a .partial.npz whose states are all done (killed after the last chunk,
     before the final write) used to fail with 'zero-size array to reduction operation maximum'

@@ -104,3 +104,17 @@ def test_backend_choice_and_its_errors():
             box.step(np.array([bad]))
     with pytest.raises(ValueError, match="wrong shape"):
         box.state = np.zeros((6, 1, 2, 8, 3), complex)
+
+
+def test_threads_give_bitwise_the_same_results():
+    states = np.stack([NSM1, THREE_FLAVOUR, NSM1 * 0.7])
+    lengths = np.array([4.0, 2.5, 5.0])
+    config = SolverConfig(ncell=16, nphi_equator=8, backend="cpp", perturbation_amplitude=1e-2)
+    serial, threaded = make_box(states, lengths, config), make_box(states, lengths, config, threads=3)
+    dt, _ = serial.time_steps(np.full(3, 3e-10))
+    for _ in range(5):
+        np.testing.assert_array_equal(serial.step(dt), threaded.step(dt))
+    np.testing.assert_array_equal(serial.state, threaded.state)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="threads must be an integer >= 1"):
+            make_box(states, lengths, config, threads=bad)

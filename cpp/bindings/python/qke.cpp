@@ -80,15 +80,17 @@ void register_qke(py::module_& m) {
         k.moments(data);
         return out;
       }, "Packed four-moments [6, nsim, 2, ncell, 4] of the state.")
-      .def("step", [](FlavourBoxKernel& k, const RealArray& dt) {
+      .def("step", [](FlavourBoxKernel& k, const RealArray& dt, int threads) {
         check_shape(dt, {static_cast<py::ssize_t>(k.nsim())}, "dt");
         ComplexArray out(field_shape(k, 4));
         std::complex<double>* data = out.mutable_data();
         const double* steps = dt.data();
         {
           py::gil_scoped_release release;
-          k.step(steps, data);  // std::invalid_argument becomes ValueError
+          k.step(steps, data, threads);  // std::invalid_argument becomes ValueError
         }
         return out;
-      }, py::arg("dt"), "One Lawson-RK4 step of dt [nsim] s; returns the four-moments at its start.");
+      }, py::arg("dt"), py::arg("threads") = 1,
+         "One Lawson-RK4 step of dt [nsim] s (simulations on up to `threads` threads); returns the "
+         "four-moments at its start.");
 }

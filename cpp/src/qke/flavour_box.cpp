@@ -5,6 +5,8 @@
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <system_error>
+#include <thread>
 #include <utility>
 
 #include "../multiversion.hpp"
@@ -18,6 +20,7 @@ constexpr std::size_t kEntries = 6;    // packed Hermitian entries: ee, mm, tt, 
 constexpr std::size_t kBlocks = 9;     // 3 diagonal (nu + i nubar) + 3 off-diagonal x (nu, nubar)
 constexpr std::size_t kMoments = 4;    // (1, vx, vy, vz)
 constexpr std::size_t kPad = 8;        // direction rows padded to a multiple of 8 doubles
+constexpr std::size_t kMaxStepThreads = 64;
 
 // Block of off-diagonal entry e (0: em, 1: et, 2: mt) of species s (0: nu, 1: nubar).
 constexpr std::size_t offdiag_block(std::size_t e, std::size_t s) { return 3 + 2 * e + s; }
@@ -254,14 +257,13 @@ FlavourBoxKernel::FlavourBoxKernel(FlavourBoxSettings settings, std::vector<doub
   }
   state_filter_.resize(ncell_);
   for (std::size_t row = 0; row < ncell_; ++row) state_filter_[row] = settings_.state_filter[fft_.spectral_bin(row)];
-  lepton_re_.assign(ncell_ * kEntries * kMoments, 0.0);
-  lepton_im_.assign(ncell_ * kEntries * kMoments, 0.0);
 
   const std::size_t field = kBlocks * ncell_ * width_;
   const std::size_t moments = kBlocks * ncell_ * kMoments * 2;
   const std::size_t phases = ncell_ * width_;
   const bool filtered = !moment_filter.empty();
-  const std::size_t per_box = 8 * field + 2 * moments + 4 * phases + (filtered ? ncell_ : 0);
+  const std::size_t lepton = ncell_ * kEntries * kMoments;
+  const std::size_t per_box = 8 * field + 2 * moments + 4 * phases + 2 * lepton + (filtered ? ncell_ : 0);
   storage_.assign(per_box * nsim_, 0.0);
   boxes_.resize(nsim_);
   for (std::size_t s = 0; s < nsim_; ++s) {
@@ -281,6 +283,8 @@ FlavourBoxKernel::FlavourBoxKernel(FlavourBoxSettings settings, std::vector<doub
     box.phase_im = p; p += phases;
     box.filtered_phase_re = p; p += phases;
     box.filtered_phase_im = p; p += phases;
+    box.lepton_re = p; p += lepton;
+    box.lepton_im = p; p += lepton;
     box.moment_filter = nullptr;
     if (filtered) {
       box.moment_filter = p;
@@ -326,7 +330,7 @@ void FlavourBoxKernel::state_moments(Box& box) const {
                   box.moments_state + b * ncell_ * kMoments * 2);
 }
 
-void FlavourBoxKernel::flavour_rate(Box& box, const double* re, const double* im, const double* moments) {
+void FlavourBoxKernel::flavour_rate(Box& box, const double* re, const double* im, const double* moments) const {
   const std::size_t field = kBlocks * ncell_ * width_;
   if (!settings_.coupling) {
     std::fill(box.rate_re, box.rate_re + field, 0.0);
@@ -334,8 +338,8 @@ void FlavourBoxKernel::flavour_rate(Box& box, const double* re, const double* im
     return;
   }
   // Lepton-number moments L = N - conj(Nbar) per entry [cell][entry][moment].
-  double* lre = lepton_re_.data();
-  double* lim = lepton_im_.data();
+  double* lre = box.lepton_re;
+  double* lim = box.lepton_im;
   const std::size_t block_stride = ncell_ * kMoments * 2;
   for (std::size_t z = 0; z < ncell_; ++z) {
     for (std::size_t m = 0; m < kMoments; ++m) {
@@ -379,7 +383,7 @@ void FlavourBoxKernel::flavour_rate(Box& box, const double* re, const double* im
   }
 }
 
-void FlavourBoxKernel::step_box(Box& box, double dt) {
+void FlavourBoxKernel::step_box(Box& box, double dt) const {
   if (!(box.phase_dt == dt)) build_phases(box, dt);
   const double inv_n = 1.0 / static_cast<double>(ncell_);
   const std::size_t count = ncell_ * width_;
@@ -521,12 +525,28 @@ void FlavourBoxKernel::moments(std::complex<double>* out) const {
   }
 }
 
-void FlavourBoxKernel::step(const double* dt, std::complex<double>* moments_at_start) {
+void FlavourBoxKernel::step(const double* dt, std::complex<double>* moments_at_start, int threads) {
   for (std::size_t s = 0; s < nsim_; ++s)
     if (!(dt[s] > 0) || !std::isfinite(dt[s])) throw std::invalid_argument("time steps must be positive and finite");
   if (moments_at_start != nullptr) moments(moments_at_start);
   std::lock_guard<std::mutex> lock(mutex_);
-  for (std::size_t s = 0; s < nsim_; ++s) step_box(boxes_[s], dt[s]);
+  const std::size_t requested = threads > 1 ? static_cast<std::size_t>(threads) : 1;
+  const std::size_t workers = std::min({requested, nsim_, kMaxStepThreads});
+  // Worker w steps boxes w, w + workers, ...: each box touches only its own memory.
+  auto run = [&](std::size_t first) {
+    for (std::size_t s = first; s < nsim_; s += workers) step_box(boxes_[s], dt[s]);
+  };
+  std::thread pool[kMaxStepThreads];
+  for (std::size_t w = 1; w < workers; ++w) {
+    try {
+      pool[w] = std::thread(run, w);
+    } catch (const std::system_error&) {
+      run(w);  // the system could not start a thread: do its share here
+    }
+  }
+  run(0);
+  for (std::size_t w = 1; w < workers; ++w)
+    if (pool[w].joinable()) pool[w].join();
 }
 
 }  // namespace dodo::qke

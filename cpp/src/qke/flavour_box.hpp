@@ -51,7 +51,10 @@ class FlavourBoxKernel {
   // Four-moments (1, v) of the current state, [6][nsim][2][ncell][4 (t, x, y, z)].
   void moments(std::complex<double>* out) const;
   // One Lawson-RK4 step of dt[nsim] seconds; writes the four-moments at the start of the step.
-  void step(const double* dt, std::complex<double>* moments_at_start);
+  // threads > 1 steps the boxes on up to that many threads (boxes are independent; results do not
+  // depend on it). Threads start and end within the call (fork-safe); when the system cannot
+  // start one, the calling thread does its share.
+  void step(const double* dt, std::complex<double>* moments_at_start, int threads = 1);
 
  private:
   struct Box {
@@ -70,15 +73,17 @@ class FlavourBoxKernel {
     double* filtered_phase_re;  // the same times the state filter
     double* filtered_phase_im;
     double* moment_filter;      // [ncell] bit-reversed, including 1/ncell; nullptr: none
+    double* lepton_re;          // scratch: L = N - conj(Nbar), [ncell][6 entries][4 moments]
+    double* lepton_im;
     double cell_size_cm;
     double phase_dt;            // dt the phases were built for (NaN: none yet)
   };
 
-  void build_phases(Box& box, double dt) const;
-  void flavour_rate(Box& box, const double* re, const double* im, const double* block_moments);
+  void build_phases(Box& box, double dt) const;  // const: touches only the box's own memory
+  void flavour_rate(Box& box, const double* re, const double* im, const double* block_moments) const;
   void block_moments(const double* re, const double* im, double* out) const;
   void state_moments(Box& box) const;
-  void step_box(Box& box, double dt);
+  void step_box(Box& box, double dt) const;
   std::size_t block_offset(std::size_t block) const { return block * ncell_ * width_; }
 
   FlavourBoxSettings settings_;
@@ -88,7 +93,6 @@ class FlavourBoxKernel {
   std::vector<double> hamiltonian_weights_;  // [4][width]: mu (1, -vx, -vy, -vz)
   std::vector<double> state_filter_;         // [ncell] bit-reversed
   std::vector<double> storage_;
-  std::vector<double> lepton_re_, lepton_im_;  // [ncell][6 entries x 4 moments] scratch
   std::vector<Box> boxes_;
   mutable std::mutex mutex_;  // one call at a time per kernel
 };

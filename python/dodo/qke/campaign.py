@@ -83,13 +83,15 @@ def _write_database(output: str, four_flux: np.ndarray, results: dict, settings:
 def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, batch_size: int = 8, axis: str = "fastest",
                     rotation: np.ndarray | None = None, box_length_cm: float | None = None,
                     end_time_s: np.ndarray | None = None, attributes: dict | None = None,
-                    report: Callable[[str], None] = print, max_cost: float | None = None) -> dict:
+                    report: Callable[[str], None] = print, max_cost: float | None = None, threads: int = 1) -> dict:
     """Simulate states ``[n, 6, 4]`` (cm^-3, original frame) and write an Emu database to ``output``.
 
     max_cost: states whose estimated cost exceeds this many times the NSM1 run's are not
     simulated but dropped with the reason (Emu's validation set skipped candidates above 2.5x
     NSM1: a tenth of random states take half the CPU time). A filter, not a setting: a run can be
-    resumed with a different cap.
+    resumed with a different cap. threads: the compiled kernel steps a batch's simulations on up to
+    this many threads (use it with batch_size >= threads; results do not depend on it, so it is
+    not a setting either).
     """
     four_flux = np.asarray(four_flux, float)
     if four_flux.ndim != 3 or four_flux.shape[1:] != (6, 4) or len(four_flux) == 0:
@@ -100,6 +102,8 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
         raise ValueError(f"box length must be positive and finite; got {box_length_cm}")
     if max_cost is not None and not max_cost > 0:
         raise ValueError("max_cost must be positive")
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"threads must be an integer >= 1; got {threads!r}")
     require_h5py()  # before any computing: the results go to HDF5
     config.validate()
     backend, fallback = resolve_backend(config)
@@ -165,7 +169,7 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
             ends.append(end)
         if runnable:
             chunk_config = SolverConfig(**{**asdict(config), "seed": config.seed + int(runnable[0])})
-            box = make_box(np.array(rotated), np.array(lengths), chunk_config, directions)
+            box = make_box(np.array(rotated), np.array(lengths), chunk_config, directions, threads=threads)
             history = box.run(np.array(ends))
             # Rotate the box-averaged history back to the input frame before reducing it, so that
             # means and standard deviations are those of the input-frame components.

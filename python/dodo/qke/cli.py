@@ -43,6 +43,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="time stepping: the compiled kernel (cpp, ~4x faster; needs --ncell a power of two), the "
                              "NumPy solver (numpy), or auto (default: cpp where it can run, else numpy with a message); "
                              "the output's settings record the one that ran")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="compiled kernel: step a batch's simulations on up to this many threads (default 1; "
+                             "--threads 2 --batch-size 2 uses both cores of a 2-core machine; same results)")
     parser.add_argument("--device", default="cpu", choices=("cpu",), help="compute device (the solver runs on the CPU)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.set_defaults(func=run_simulate)
@@ -84,7 +87,7 @@ def run_simulate(args) -> int:
                                   rotation=rotation, box_length_cm=args.box_length, end_time_s=end_time,
                                   attributes={"source": source, "command": " ".join(sys.argv), "max_cost_vs_nsm1":
                                               "none" if args.max_cost is None else args.max_cost},
-                                  report=report, max_cost=args.max_cost)
+                                  report=report, max_cost=args.max_cost, threads=args.threads)
     except (ValueError, OSError, ImportError) as error:
         print(f"dodo simulate: error: {error}", file=sys.stderr)
         return 2

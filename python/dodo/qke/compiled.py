@@ -35,10 +35,14 @@ class CompiledFlavourBox(FastFlavourBox):
     """A batch of periodic 1D boxes stepped by the C++ kernel; interface of :class:`FastFlavourBox`."""
 
     def __init__(self, four_flux: np.ndarray, box_length_cm: np.ndarray, config: SolverConfig,
-                 directions: np.ndarray | None = None):
+                 directions: np.ndarray | None = None, threads: int = 1):
+        """threads: step the simulations of the batch on up to this many threads (same results)."""
         reason = compiled_unavailable_reason(config.ncell)
         if reason is not None:
             raise ValueError(f"the compiled QKE kernel cannot run: {reason}; use backend='numpy'")
+        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+            raise ValueError(f"threads must be an integer >= 1; got {threads!r}")
+        self.threads = int(min(threads, 1024))
         self._kernel = None
         super().__init__(four_flux, box_length_cm, config, directions)  # leaves the initial state in _pending
         self._kernel = self._make_kernel(coupling=True)
@@ -74,6 +78,6 @@ class CompiledFlavourBox(FastFlavourBox):
     def step(self, dt: np.ndarray) -> np.ndarray:
         """One Lawson-RK4 step of size dt ``[nsim]`` s (C++); returns the packed species moments at the start."""
         dt = np.ascontiguousarray(np.broadcast_to(np.asarray(dt, dtype=float), self.time.shape))
-        moments = self._kernel.step(dt)
+        moments = self._kernel.step(dt, self.threads)
         self.time = self.time + dt
         return moments

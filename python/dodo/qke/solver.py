@@ -102,13 +102,18 @@ def resolve_backend(config: SolverConfig) -> tuple[str, str | None]:
     return "numpy", reason
 
 
-def make_box(four_flux: np.ndarray, box_length_cm, config: SolverConfig, directions: np.ndarray | None = None):
-    """A FastFlavourBox stepped by the backend ``config.backend`` selects (see :func:`resolve_backend`)."""
+def make_box(four_flux: np.ndarray, box_length_cm, config: SolverConfig, directions: np.ndarray | None = None,
+             threads: int = 1):
+    """A FastFlavourBox stepped by the backend ``config.backend`` selects (see :func:`resolve_backend`).
+
+    threads: the compiled kernel steps the batch's simulations on up to this many threads
+    (results do not depend on it; the NumPy solver ignores it).
+    """
     backend, _ = resolve_backend(config)
     if backend == "cpp":
         from .compiled import CompiledFlavourBox
 
-        return CompiledFlavourBox(four_flux, box_length_cm, config, directions)
+        return CompiledFlavourBox(four_flux, box_length_cm, config, directions, threads=threads)
     return FastFlavourBox(four_flux, box_length_cm, config, directions)
 
 
