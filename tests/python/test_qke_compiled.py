@@ -118,3 +118,18 @@ def test_threads_give_bitwise_the_same_results():
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="threads must be an integer >= 1"):
             make_box(states, lengths, config, threads=bad)
+
+
+def test_the_kernel_refuses_filters_that_are_not_even_in_k():
+    """The diagonal nu/nubar pairs share one complex transform, valid for multipliers even in k."""
+    from dodo._core import QkeKernel
+
+    directions = uniform_sphere(8)
+    lopsided = np.ones(8)
+    lopsided[1] = 0.5  # bin +1 filtered, bin -1 not
+    with pytest.raises(ValueError, match="state_filter must be even in k"):
+        QkeKernel(directions, 8, np.array([0.5]), lopsided, None, 1.9e-22, 3e10)
+    with pytest.raises(ValueError, match="moment_filter must be even in k"):
+        QkeKernel(directions, 8, np.array([0.5]), np.ones(8), lopsided[None], 1.9e-22, 3e10)
+    with pytest.raises(ValueError, match="power of two"):
+        QkeKernel(directions, 12, np.array([0.5]), np.ones(12), None, 1.9e-22, 3e10)

@@ -239,6 +239,16 @@ FlavourBoxKernel::FlavourBoxKernel(FlavourBoxSettings settings, std::vector<doub
   if (settings_.state_filter.size() != ncell_) throw std::invalid_argument("state_filter must have ncell entries");
   if (!moment_filter.empty() && moment_filter.size() != nsim_ * ncell_)
     throw std::invalid_argument("moment_filter must be empty or have nsim x ncell entries");
+  // Real multipliers even in k keep real signals real: the diagonal blocks rely on it (nu and
+  // nubar share one complex transform).
+  auto even_in_k = [&](const double* filter) {
+    for (std::size_t bin = 1; bin < ncell_; ++bin)
+      if (!(std::fabs(filter[bin] - filter[ncell_ - bin]) <= 1e-12 * std::fabs(filter[bin]))) return false;
+    return true;
+  };
+  if (!even_in_k(settings_.state_filter.data())) throw std::invalid_argument("state_filter must be even in k");
+  for (std::size_t s = 0; s < moment_filter.size() / ncell_; ++s)
+    if (!even_in_k(moment_filter.data() + s * ncell_)) throw std::invalid_argument("moment_filter must be even in k");
   for (double size : cell_size_cm)
     if (!(size > 0) || !std::isfinite(size)) throw std::invalid_argument("cell sizes must be positive and finite");
   if (!(settings_.self_interaction > 0) || !(settings_.speed_of_light > 0))
