@@ -183,6 +183,33 @@ def test_rerunning_a_run_whose_states_are_all_done_finishes_it(tmp_path):
         assert f["F4_final(1|ccm)"].shape[0] == 2 and f.attrs["complete"]
 
 
+def test_a_run_resumes_across_kernels_and_from_partial_files_of_older_versions(tmp_path):
+    """The backend is not part of the resume fingerprint: a campaign started with the NumPy
+    kernel (or by a version without the compiled one, whose settings had no backend) resumes
+    with the compiled kernel instead of starting over."""
+    from dataclasses import asdict
+
+    from dodo.qke.campaign import _fingerprint
+
+    output = str(tmp_path / "mixed.h5")
+    states = np.array(STATES) * 1e33
+
+    def crash_after_first_chunk(message):
+        if "1/2 states done" in message:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        simulate_states(states, output, SolverConfig(ncell=16, nphi_equator=8, backend="numpy"), batch_size=1,
+                        report=crash_after_first_chunk)
+    messages = []
+    simulate_states(states, output, SolverConfig(ncell=16, nphi_equator=8, backend="cpp"), batch_size=1,
+                    report=messages.append)
+    assert messages[0].startswith("resuming: 1/2")
+    settings = {"solver": asdict(SolverConfig()), "axis": "fastest"}
+    older = {"solver": {k: v for k, v in asdict(SolverConfig()).items() if k != "backend"}, "axis": "fastest"}
+    assert _fingerprint(states, settings) == _fingerprint(states, older)
+
+
 @pytest.mark.parametrize("length", ["0", "-5", "inf", "nan"])
 def test_a_box_length_that_is_not_positive_and_finite_is_refused(tmp_path, yaml_states, capsys, length):
     output = tmp_path / "out.h5"

@@ -28,8 +28,14 @@ from .states import NSM1_EMU_1D, box_setup, rotate_four_flux
 
 
 def _fingerprint(four_flux: np.ndarray, settings: dict) -> str:
+    """What a resume must match: the states and the settings, except the kernel (backend).
+
+    Both kernels compute the same runs (to rounding), so a campaign started with one resumes with
+    the other, and partial files written before the compiled kernel existed stay usable.
+    """
+    solver = {key: value for key, value in settings["solver"].items() if key != "backend"}
     digest = hashlib.sha256(np.ascontiguousarray(four_flux, dtype=float).tobytes())
-    digest.update(json.dumps(settings, sort_keys=True).encode())
+    digest.update(json.dumps({**settings, "solver": solver}, sort_keys=True).encode())
     return digest.hexdigest()
 
 
