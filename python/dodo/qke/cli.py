@@ -40,9 +40,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="skip (drop, with the reason) states estimated to cost more than X times the NSM1 run, "
                              "as Emu's validation set did with X = 2.5 (default: no limit)")
     parser.add_argument("--backend", default=SolverConfig.backend, choices=("auto", "cpp", "numpy"),
-                        help="time stepping: the compiled C++ kernel (cpp: ~6x cheaper per step; needs --ncell a power of two), the "
-                             "NumPy solver (numpy), or auto (default: cpp where it can run, else numpy with a message); "
-                             "the output's settings record the one that ran")
+                        help="time stepping: the compiled C++ kernel (cpp: ~6x cheaper per step; needs --ncell a "
+                             "power of two), the NumPy solver (numpy), or auto (default: cpp where it can run, else "
+                             "numpy with a message); the output's settings record the one that ran")
     parser.add_argument("--threads", type=int, default=1,
                         help="compiled kernel: step a batch's simulations on up to this many threads (default 1; "
                              "--threads 2 --batch-size 2 uses both cores of a 2-core machine; same results)")
