@@ -133,3 +133,26 @@ def test_the_kernel_refuses_filters_that_are_not_even_in_k():
         QkeKernel(directions, 8, np.array([0.5]), np.ones(8), lopsided[None], 1.9e-22, 3e10)
     with pytest.raises(ValueError, match="power of two"):
         QkeKernel(directions, 12, np.array([0.5]), np.ones(12), None, 1.9e-22, 3e10)
+
+
+def _step_in_child(box, dt, queue):
+    queue.put(box.step(dt))
+
+
+def test_a_threaded_box_used_before_a_fork_still_steps_in_the_child():
+    """No thread outlives a step, so a forked child (multiprocessing's default on Linux) can go on
+    stepping a box its parent used with threads; it gets the parent's next step exactly."""
+    import multiprocessing
+
+    states = np.stack([NSM1, THREE_FLAVOUR])
+    box = make_box(states, np.array([4.0, 2.5]), SolverConfig(ncell=8, nphi_equator=8, backend="cpp"), threads=2)
+    dt, _ = box.time_steps(np.full(2, 1e-10))
+    box.step(dt)
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_step_in_child, args=(box, dt, queue))
+    child.start()
+    from_child = queue.get(timeout=120)
+    child.join(timeout=120)
+    assert child.exitcode == 0
+    np.testing.assert_array_equal(from_child, box.step(dt))
