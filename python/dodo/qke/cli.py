@@ -47,7 +47,14 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--max-cost", type=float, default=None, metavar="X",
                         help="skip (drop, with the reason) states estimated to cost more than X times the NSM1 run, "
                              "as Emu's validation set did with X = 2.5 (default: no limit)")
-    parser.add_argument("--device", default="cpu", choices=("cpu",), help="compute device (the solver is NumPy: cpu)")
+    parser.add_argument("--backend", default=SolverConfig.backend, choices=("auto", "cpp", "numpy"),
+                        help="time stepping: the compiled C++ kernel (cpp: ~6x cheaper per step; needs --ncell a "
+                             "power of two), the NumPy solver (numpy), or auto (default: cpp where it can run, else "
+                             "numpy with a message); the output's settings record the one that ran")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="compiled kernel: step a batch's simulations on up to this many threads (default 1; "
+                             "--threads 2 --batch-size 2 uses both cores of a 2-core machine; same results)")
+    parser.add_argument("--device", default="cpu", choices=("cpu",), help="compute device (the solver runs on the CPU)")
     add_quiet_argument(parser, "no progress lines")
     parser.set_defaults(func=run_simulate)
     return parser
@@ -56,11 +63,15 @@ def register(subparsers) -> argparse.ArgumentParser:
 def run_simulate(args) -> int:
     """Handler of ``dodo simulate``; returns a process exit code."""
     from .campaign import simulate_states
+    from .io import require_h5py
     from .states import family_states, random_crossing_states, read_states
 
     args.output = resolve_output(args.parser, args)  # OUT or -o OUT, as `dodo synth`
     report = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
     try:
+        require_h5py()  # before reading or sampling states: the output is HDF5
+        if args.box_length is not None and not (np.isfinite(args.box_length) and args.box_length > 0):
+            raise ValueError(f"box length must be positive and finite; got {args.box_length}")
         rotation = end_time = None
         if args.input:
             loaded = read_states(args.input)
@@ -86,14 +97,14 @@ def run_simulate(args) -> int:
                       "family": args.family or ("three_flavour" if args.three_flavour else "emu"),
                       "heavy_equal": not args.three_flavour}
         config = SolverConfig(ncell=args.ncell, nphi_equator=args.nphi, flavour_cfl=args.flavour_cfl,
-                              hamiltonian_filter=args.hamiltonian_filter, seed=args.seed)
+                              hamiltonian_filter=args.hamiltonian_filter, seed=args.seed, backend=args.backend)
         config.validate()
         results = simulate_states(four_flux, args.output, config, batch_size=args.batch_size, axis=args.axis,
                                   rotation=rotation, box_length_cm=args.box_length, end_time_s=end_time,
                                   attributes={"source": source, "command": " ".join(sys.argv), "max_cost_vs_nsm1":
                                               "none" if args.max_cost is None else args.max_cost},
-                                  report=report, max_cost=args.max_cost)
-    except (ValueError, OSError) as error:
+                                  report=report, max_cost=args.max_cost, threads=args.threads)
+    except (ValueError, OSError, ImportError) as error:
         print(f"dodo simulate: error: {error}", file=sys.stderr)
         return 2
     report(f"wrote {args.output}: {int(results['valid'].sum())} of {len(results['valid'])} states valid")

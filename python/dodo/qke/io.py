@@ -21,6 +21,14 @@ def species_to_emu(four_flux: np.ndarray) -> np.ndarray:
     return to_emu_layout(four_flux.reshape(four_flux.shape[0], 6, 4))
 
 
+def require_h5py() -> None:
+    """Fail early, with the fix, when h5py (needed to write the output) is missing."""
+    try:
+        import h5py  # noqa: F401
+    except ImportError:
+        raise ModuleNotFoundError("writing the output needs h5py: pip install h5py (or pip install 'dodo[qke]')") from None
+
+
 def write_emu_database(path: str, results: dict, attributes: dict) -> None:
     """Write valid runs in Emu's layout; ``results`` holds Dodo-layout arrays [n, 6, 4] etc."""
     # atomic_hdf5: a full disk gives one OSError and leaves no file, never an HDF5 crash (issue 11).
