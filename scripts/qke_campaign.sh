@@ -18,7 +18,7 @@ run_chunk() {
     return 0
   fi
   nice -n "${DODO_CAMPAIGN_NICE:-10}" "$dodo" simulate "$out" --random "$count" --seed "$seed" --family "$family" \
-    --batch-size 2 --max-cost 2.5 --quiet ${DODO_CAMPAIGN_ARGS:-} \
+    --batch-size 2 --max-cost 2.5 --backend cpp --quiet ${DODO_CAMPAIGN_ARGS:-} \
     || echo "qke_campaign: chunk $family $seed failed (exit $?); rerun to retry" >&2
 }
 export -f run_chunk

@@ -87,7 +87,7 @@ def merger_like_states(count: int, rng: np.random.Generator, max_flux_factor: fl
                        max_tries: int = 200000) -> np.ndarray:
     """``count`` ELN-crossing states ``[count, 6, 4]`` shaped like a neutron-star-merger remnant's.
 
-    Fluxes roughly aligned (each species' flux within ~35 degrees of a common random axis), the
+    Fluxes roughly aligned (each species' flux within 45 degrees of a common random axis), the
     medium nubar_e-rich (n_nubar_e / n_nu_e in [1, 2.5]), heavy-lepton species less abundant
     (each heavy species 0.05-0.6 of n_nu_e) and more forward-peaked (they decouple deeper):
     flux factors nu_e U(0, 0.5), nubar_e U(0.05, 0.7), heavy U(0.1, max_flux_factor); mu and tau
@@ -113,7 +113,7 @@ def merger_like_states(count: int, rng: np.random.Generator, max_flux_factor: fl
         factors = [rng.uniform(0.0, 0.5), rng.uniform(0.05, min(0.7, max_flux_factor)), *ff_heavy]
         fluxes = []
         for density, factor in zip(densities, factors):
-            # Direction: the common axis tilted by a random angle of up to ~35 degrees.
+            # Direction: the common axis tilted by up to 45 degrees (|tilt| <= 0.7).
             tilt = axis + 0.7 * rng.uniform(0, 1) * _random_unit_vectors(rng, 1)[0]
             fluxes.append(density * factor * tilt / np.linalg.norm(tilt))
         rows = [np.concatenate([[d], f]) for d, f in zip(densities, fluxes)]
