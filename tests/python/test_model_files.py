@@ -13,6 +13,7 @@ import pytest
 
 from closure_helpers import onnx, save_resigned, write
 
+import dodo
 from dodo._closure import Closure
 
 HERE = Path(__file__).resolve().parent
@@ -248,7 +249,8 @@ def test_error_quoting_invalid_utf8_from_the_file_is_still_a_clean_error(tmp_pat
     write(path, "equivariant", n_test_vectors=0, metadata_overrides={"dodo.head": "clairvoyant"})
     data = path.read_bytes()
     assert data.count(b"clairvoyant") == 1
-    path.write_bytes(data.replace(b"clairvoyant", b"clai\xe1\x80\x01yant"))  # same length: protobuf stays valid
+    # Same length: the protobuf stays valid; signed again so that the head check is reached.
+    path.write_bytes(dodo._core.with_content_digest(data.replace(b"clairvoyant", b"clai\xe1\x80\x01yant")))
     with pytest.raises(RuntimeError, match=r"DODO_ERROR_MODEL_METADATA: .*unknown head") as raised:
         Closure(path)
     assert "clai\\xe1\\x80\\x01yant" in str(raised.value), raised.value
