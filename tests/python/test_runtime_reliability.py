@@ -380,6 +380,24 @@ def test_output_strides_that_make_values_share_memory_are_refused(lib, box3d_han
     assert "share memory" in last_error(lib, box3d_handle)
 
 
+def test_output_stride_check_agrees_with_brute_force(lib, box3d_handle):
+    """Random (cell, species, component) strides, zero and negative ones included: dodo_apply
+    refuses F_pred exactly when two of its n x 24 element offsets coincide."""
+    rng = np.random.default_rng(6)
+    F = np.ascontiguousarray(np.broadcast_to(stable_cell(), (5, 6, 4)))
+    for _ in range(400):
+        n = int(rng.integers(1, 6))
+        strides = [int(v) for v in rng.integers(-30, 31, 3)]
+        offsets = [c * strides[0] + a * strides[1] + m * strides[2] for c in range(n) for a in range(6) for m in range(4)]
+        base = -min(offsets)
+        buffer = np.zeros(base + max(offsets) + 1)
+        start = ctypes.cast(ctypes.addressof(ctypes.c_double.from_buffer(buffer, 8 * base)),
+                            ctypes.POINTER(ctypes.c_double))
+        status = apply_raw(lib, box3d_handle, n, F, None, start, strides)
+        collide = len(set(offsets)) < len(offsets)
+        assert status == (DODO_ERROR_INVALID_ARGUMENT if collide else DODO_OK), (n, strides)
+
+
 def test_output_partly_overlapping_the_input_is_refused_and_exact_in_place_is_exact(lib, box3d_handle):
     rng = np.random.default_rng(5)
     F = np.zeros((40, 6, 4))

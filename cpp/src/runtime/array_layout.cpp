@@ -42,20 +42,33 @@ ByteRange byte_range(const char* name, const void* data, std::size_t element_siz
 }
 
 // True when two elements of the output share memory: (c1, v) and (c2, w) coincide iff
-// offset(w) - offset(v) = (c1 - c2) * cell_stride with |c1 - c2| < n.
+// offset(w) - offset(v) = (c1 - c2) * cell_stride with |c1 - c2| < n. Called after byte_range
+// accepted F, so every offset and difference below fits in 64 bits.
 bool output_elements_collide(std::size_t n, const CellArray& F) {
-  Wide offsets[kCellValues];
+  std::int64_t offsets[kCellValues];
+  std::int64_t low = 0, high = 0;
   for (int a = 0; a < kSpecies; ++a)
-    for (int m = 0; m < kComponents; ++m)
-      offsets[value_index(a, m)] = static_cast<Wide>(a) * F.species_stride + static_cast<Wide>(m) * F.component_stride;
-  if (n > 1 && F.cell_stride == 0) return true;
+    for (int m = 0; m < kComponents; ++m) {
+      const std::int64_t offset = a * std::int64_t{F.species_stride} + m * std::int64_t{F.component_stride};
+      offsets[value_index(a, m)] = offset;
+      low = offset < low ? offset : low;
+      high = offset > high ? offset : high;
+    }
+  const std::int64_t cell = F.cell_stride;
+  if (n > 1 && cell == 0) return true;
+  // Fast path for every ordinary layout (nested strides, cells apart): no pair loop per call.
+  const std::int64_t species = F.species_stride < 0 ? -std::int64_t{F.species_stride} : F.species_stride;
+  const std::int64_t component = F.component_stride < 0 ? -std::int64_t{F.component_stride} : F.component_stride;
+  const bool cell_distinct = (component >= 1 && species >= kComponents * component) ||
+                             (species >= 1 && component >= kSpecies * species);
+  if (cell_distinct && (n == 1 || (cell < 0 ? -cell : cell) > high - low)) return false;
   for (int v = 0; v < kCellValues; ++v)
     for (int w = v + 1; w < kCellValues; ++w) {
-      const Wide difference = offsets[w] - offsets[v];
+      const std::int64_t difference = offsets[w] - offsets[v];
       if (difference == 0) return true;
-      if (F.cell_stride == 0 || difference % F.cell_stride != 0) continue;
-      const Wide cells_apart = difference / F.cell_stride;
-      if ((cells_apart < 0 ? -cells_apart : cells_apart) < static_cast<Wide>(n)) return true;
+      if (cell == 0 || difference % cell != 0) continue;
+      const std::int64_t cells_apart = difference / cell;
+      if (static_cast<std::uint64_t>(cells_apart < 0 ? -cells_apart : cells_apart) < n) return true;
     }
   return false;
 }
