@@ -138,7 +138,11 @@ DODO_API void dodo_closure_destroy(dodo_closure* closure);
  * Element (cell c, species a, component m) of F_init is F_init[c*s[0] + a*s[1] + m*s[2]] with
  * s = F_init_strides (in elements; NULL = {24, 4, 1}); likewise F_pred. u[c*v[0] + m*v[1]] with
  * v = u_strides (NULL = {4, 1}); u = NULL means every cell is at rest.
- * F_pred may be F_init (same strides) for in-place use. cell_status (n_cells entries) may be NULL.
+ * F_pred may be F_init (same pointer and strides) for in-place use. cell_status (n_cells entries)
+ * may be NULL. Refused with DODO_ERROR_INVALID_ARGUMENT before anything is written: n_cells or
+ * strides whose addresses leave the address space, F_pred strides under which two output values
+ * share memory (e.g. a zero species or component stride), and F_pred or cell_status overlapping
+ * F_init or u other than by exact in-place use.
  * Cells are independent: a bad cell is flagged, never an error. */
 DODO_API dodo_status dodo_apply(dodo_closure* closure, size_t n_cells, const double* F_init,
                                 const ptrdiff_t* F_init_strides, const double* u,
