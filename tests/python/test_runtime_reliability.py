@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -64,12 +65,23 @@ def last_error(lib, handle) -> str:
 
 
 def run_child(script: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Runs `script` in a fresh interpreter; a hang past `timeout` fails the test."""
+    """Runs `script` in a fresh interpreter; a hang past `timeout` fails the test. The child gets
+    its own process group, so a hung grandchild (a fork) is killed with it."""
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+                             start_new_session=True)
     try:
-        return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
-                              timeout=timeout, env={**os.environ, **(env or {})})
-    except subprocess.TimeoutExpired as expired:
-        pytest.fail(f"child did not finish within {timeout} s (hang): {expired.stdout!r} {expired.stderr!r}")
+        stdout, stderr = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        stdout, stderr = child.communicate()
+        pytest.fail(f"child did not finish within {timeout} s (hang): {stdout[-2000:]!r} {stderr[-2000:]!r}")
+    finally:
+        try:
+            os.killpg(child.pid, signal.SIGKILL)  # anything the child left behind
+        except ProcessLookupError:
+            pass
+    return subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr)
 
 
 # -- item 4: one velocity tolerance and one check --------------------------------------------
