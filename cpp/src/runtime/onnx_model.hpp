@@ -54,6 +54,7 @@ class OnnxModel {
 
  private:
   void check_signature();
+  void check_computed_shape();
 
   const OrtApi* api_;
   OrtSession* session_ = nullptr;
