@@ -310,7 +310,7 @@ def learning_curve(config: EnsembleConfig, sizes: list, folds: int = 5, members:
         for k in range(folds):
             test = order[fold_of == k]
             train = order[fold_of != k]
-            train = train[: min(len(train), int(round(n * (folds - 1) / folds)))]
+            train = train[: min(len(train), n)]  # the first n of a fixed shuffle: nested sizes
             ensemble = train_on(table, train, config, members=members)
             scores = score_rows(ensemble, table, test)
             per_state_model.append(scores["model"])
