@@ -24,7 +24,9 @@ struct Closure::Workspace {
         ntot(chunk_size),
         growth(chunk_size),
         status(chunk_size) {
-    if (model) network = std::make_unique<EvaluationBuffers>(model->api(), chunk_size, model->output_size());
+    if (model)
+      network = std::make_unique<EvaluationBuffers>(model->api(), chunk_size, model->output_size(),
+                                                    model->optional_outputs());
   }
   std::vector<double> F_init, velocity, F_box, F_init_rest, dF_box_rest, ntot, growth;
   std::vector<std::uint32_t> status;
@@ -39,7 +41,7 @@ struct Closure::Batch {
   ConstVelocityArray u;
   CellArray F_pred;
   std::uint32_t* status;
-  double* growth;
+  CellDiagnostics diagnostics;
   // First failure of any chunk (an ORT error); reported after the batch.
   std::mutex error_mutex;
   std::exception_ptr error;
@@ -70,6 +72,23 @@ std::unique_ptr<const Box3D> make_box3d(const Box3DSettings& settings) {
 bool all_finite(const double* values, int count) {
   for (int i = 0; i < count; ++i)
     if (!std::isfinite(values[i])) return false;
+  return true;
+}
+
+// Growth rate (units of N_tot) and uncertainty of network row `row` from the model's optional
+// outputs; members it lacks leave `growth` (the proxy) and `uncertainty` (0) as they are. False
+// when an output is not finite or the rate overflows: the cell's network output is then void.
+bool learned_diagnostics(const EvaluationBuffers& network, std::size_t row, double proxy, double ntot, double& growth,
+                         double& uncertainty) {
+  if (const float* log_ratio = network.log_growth_ratio()) {
+    if (!std::isfinite(log_ratio[row])) return false;
+    growth = proxy * std::exp(static_cast<double>(log_ratio[row]));
+    if (!std::isfinite(growth * (ntot * kGrowthRatePerNtot))) return false;
+  }
+  if (const float* spread = network.uncertainty()) {
+    if (!std::isfinite(spread[row])) return false;
+    uncertainty = spread[row];
+  }
   return true;
 }
 
@@ -140,9 +159,16 @@ void Closure::run_chunk(void* context, std::size_t chunk, int /*slot*/) {
 
 void Closure::apply(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, CellArray F_pred,
                     std::uint32_t* status, double* growth_over_ntot) const {
+  CellDiagnostics diagnostics;
+  diagnostics.growth_over_ntot_proxy = growth_over_ntot;
+  apply(n, F_init, u, F_pred, status, diagnostics);
+}
+
+void Closure::apply(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, CellArray F_pred,
+                    std::uint32_t* status, const CellDiagnostics& diagnostics) const {
   if (n == 0) return;
   if (!F_init.data || !F_pred.data) throw Error(DODO_ERROR_INVALID_ARGUMENT, "F_init and F_pred must not be null");
-  Batch batch{this, n, F_init, u, F_pred, status, growth_over_ntot, {}, {}};
+  Batch batch{this, n, F_init, u, F_pred, status, diagnostics, {}, {}};
   const std::size_t chunks = (n + static_cast<std::size_t>(chunk_size_) - 1) / static_cast<std::size_t>(chunk_size_);
   if (!pool_.try_run(chunks, &Closure::run_chunk, &batch)) {
     // The pool serves another caller's batch: this thread does its own chunks.
@@ -213,7 +239,13 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
     const std::size_t cell = begin + i;
     double* F_out = &w.F_box[i * kCellValues];  // becomes F_pred in place
     std::uint32_t& flags = w.status[i];
-    if (model_ && !(flags & kCellRejectedMask)) {
+    // Learned growth rate and uncertainty where a correction is due; a non-finite one voids the
+    // cell's whole network output (Box3D's result and proxy, as for a non-finite correction).
+    double growth = w.growth[i], uncertainty = 0.0;
+    if (model_ && !(flags & (kCellRejectedMask | kCell_NO_CROSSING)) &&
+        !learned_diagnostics(*w.network, i, w.growth[i], w.ntot[i], growth, uncertainty))
+      flags |= kCell_NETWORK_NONFINITE;
+    if (model_ && !(flags & (kCellRejectedMask | kCell_NETWORK_NONFINITE))) {
       const double* F_init_rest = &w.F_init_rest[i * kCellValues];
       const double* dF_box_rest = &w.dF_box_rest[i * kCellValues];
       double correction[kCellValues];
@@ -243,7 +275,17 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
       for (int m = 0; m < kComponents; ++m)
         target[a * batch.F_pred.species_stride + m * batch.F_pred.component_stride] = F_out[value_index(a, m)];
     if (batch.status) batch.status[cell] = flags;
-    if (batch.growth) batch.growth[cell] = w.growth[i];
+    if (flags & (kCellRejectedMask | kCell_NO_CROSSING | kCell_NETWORK_NONFINITE)) {
+      growth = (flags & kCellRejectedMask) ? 0.0 : w.growth[i];
+      uncertainty = 0.0;
+    }
+    const CellDiagnostics& out = batch.diagnostics;
+    const double rate_per_ntot = w.ntot[i] * kGrowthRatePerNtot;  // 0 for rejected cells
+    if (out.growth_over_ntot) out.growth_over_ntot[cell] = growth;
+    if (out.growth_rate) out.growth_rate[cell] = growth * rate_per_ntot;
+    if (out.growth_over_ntot_proxy) out.growth_over_ntot_proxy[cell] = w.growth[i];
+    if (out.growth_rate_proxy) out.growth_rate_proxy[cell] = w.growth[i] * rate_per_ntot;
+    if (out.uncertainty) out.uncertainty[cell] = uncertainty;
     events.rejected += (flags & kCellRejectedMask) != 0;
     events.no_crossing += (flags & kCell_NO_CROSSING) != 0;
     events.box3d_limited += (flags & kCell_BOX3D_LIMITED) != 0;

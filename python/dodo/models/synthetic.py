@@ -27,6 +27,8 @@ from ..conventions import N_COMPONENTS, N_SPECIES, invariant_pairs, minkowski_do
 from ..training.conservation import conservation_projector  # NumPy only, no torch
 
 HEAD_OUTPUT_SIZES = {"direct": N_SPECIES * N_COMPONENTS, "equivariant": 2 * N_SPECIES * N_SPECIES + N_SPECIES}
+#: Optional per-cell outputs of format version 1 (docs/model_package.md, "dodo.outputs").
+DIAGNOSTIC_OUTPUTS = ("uncertainty", "log_growth_ratio")
 FORMAT_VERSION = "1"
 FEATURES = "invariants27-v1"
 
@@ -39,6 +41,9 @@ class SyntheticMLP:
     weights: list = field(default_factory=list)  # [(W [in, out], b [out]), ...]
     input_mean: np.ndarray = None
     input_std: np.ndarray = None
+    #: optional outputs: name -> (w [hidden], b), read from the last hidden layer; "uncertainty"
+    #: is |h.w + b| (a spread is not negative), "log_growth_ratio" is h.w + b
+    diagnostics: dict = field(default_factory=dict)
 
     @classmethod
     def random(cls, head: str = "equivariant", hidden: tuple[int, ...] = (32, 32), output_scale: float = 0.02,
@@ -57,14 +62,40 @@ class SyntheticMLP:
         std = np.concatenate([np.full(6, 0.1), np.full(21, 0.02)]).astype(np.float32)
         return cls(head=head, weights=weights, input_mean=mean, input_std=std)
 
+    def with_diagnostics(self, names=DIAGNOSTIC_OUTPUTS, scale: float = 0.3, bias: float = 0.1,
+                         seed: int = 2) -> "SyntheticMLP":
+        """Adds the optional outputs `names` (random weights times `scale`; scale 0 makes each
+        output the constant `bias`, |bias| for the uncertainty)."""
+        if len(self.weights) < 2:
+            raise ValueError("optional outputs read the last hidden layer: the MLP needs one")
+        rng = np.random.default_rng(seed)
+        hidden = self.weights[-1][0].shape[0]
+        for name in names:
+            if name not in DIAGNOSTIC_OUTPUTS:
+                raise ValueError(f"unknown optional output {name!r} (known: {DIAGNOSTIC_OUTPUTS})")
+            w = (rng.standard_normal(hidden) * scale / np.sqrt(hidden)).astype(np.float32)
+            self.diagnostics[name] = (w, np.float32(bias))
+        return self
+
+    def _hidden(self, invariants: np.ndarray) -> np.ndarray:
+        x = (np.asarray(invariants, dtype=np.float32) - self.input_mean) / self.input_std
+        for W, b in self.weights[:-1]:
+            x = np.tanh(x @ W + b)
+        return x
+
     def __call__(self, invariants: np.ndarray) -> np.ndarray:
         """Forward pass in float32, as ONNX Runtime computes it: [N, 27] -> [N, K]."""
-        x = (np.asarray(invariants, dtype=np.float32) - self.input_mean) / self.input_std
-        for layer, (W, b) in enumerate(self.weights):
-            x = x @ W + b
-            if layer < len(self.weights) - 1:
-                x = np.tanh(x)
-        return x.astype(np.float32)
+        W, b = self.weights[-1]
+        return (self._hidden(invariants) @ W + b).astype(np.float32)
+
+    def diagnostic_outputs(self, invariants: np.ndarray) -> dict:
+        """The optional outputs in float32: name -> [N]."""
+        h = self._hidden(invariants)
+        out = {}
+        for name, (w, b) in self.diagnostics.items():
+            value = (h @ w[:, None])[:, 0] + b
+            out[name] = (np.abs(value) if name == "uncertainty" else value).astype(np.float32)
+        return out
 
 
 # ---------------------------------------------------------------- NumPy reference of the closure
@@ -225,11 +256,21 @@ def _onnx_graph(mlp: SyntheticMLP, nan_below: Optional[float]):
         nodes.append(helper.make_node("Mul", ["x0_log", constant("zero", [0.0])], ["poison"]))
         nodes.append(helper.make_node("Add", ["mlp_output", "poison"], ["head_output"]))
     K = HEAD_OUTPUT_SIZES[mlp.head]
+    outputs = [helper.make_tensor_value_info("head_output", TensorProto.FLOAT, ["N", K])]
+    hidden = f"a{len(mlp.weights) - 2}"  # input of the last layer
+    for name, (w, b) in mlp.diagnostics.items():
+        nodes.append(helper.make_node("MatMul", [hidden, constant(f"{name}_w", w[:, None])], [f"{name}_z"]))
+        nodes.append(helper.make_node("Add", [f"{name}_z", constant(f"{name}_b", [b])], [f"{name}_y"]))
+        raw = f"{name}_y"
+        if name == "uncertainty":
+            nodes.append(helper.make_node("Abs", [raw], [f"{name}_abs"]))
+            raw = f"{name}_abs"
+        nodes.append(helper.make_node("Reshape", [raw, constant_int(initializers, f"{name}_shape", [-1])], [name]))
+        outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N"]))
     graph = helper.make_graph(
         nodes, "dodo_synthetic",
         [helper.make_tensor_value_info("invariants", TensorProto.FLOAT, ["N", 27])],
-        [helper.make_tensor_value_info("head_output", TensorProto.FLOAT, ["N", K])],
-        initializers)
+        outputs, initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="dodo-synthetic")
     model.ir_version = 8  # readable by onnxruntime >= 1.14
     onnx.checker.check_model(model)
@@ -268,6 +309,8 @@ def write_model(path, mlp: SyntheticMLP, *, box3d_settings: Optional[dict] = Non
         "dodo.version": dodo.__version__,
         "dodo.description": description,
     }
+    if mlp.diagnostics:
+        metadata["dodo.outputs"] = json.dumps(["head_output", *mlp.diagnostics])
     if n_test_vectors:
         F, u = test_cells(n_test_vectors, seed=11)
         reference = reference_closure(F, u, mlp, mlp.head, settings)
