@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from closure_helpers import ntot, onnx, save_resigned, synthetic, write
+from closure_helpers import diagnostic_cells, ntot, onnx, save_resigned, synthetic, write, write_diagnostics_model
 
 import dodo
 from dodo import BOX3D_ONLY, CellStatus, Closure
@@ -18,13 +18,6 @@ REJECTED = np.uint32(CellStatus.FLUX_FACTOR | CellStatus.NEGATIVE_DENSITY | Cell
                      | CellStatus.ZERO_DENSITY | CellStatus.BAD_VELOCITY)
 NOT_CORRECTED = REJECTED | np.uint32(CellStatus.NO_CROSSING | CellStatus.NETWORK_NONFINITE)
 LOG_THREE = float(np.float32(np.log(3.0)))  # the constant model's output, as the float32 graph holds it
-
-
-def write_diagnostics_model(path, *, names=synthetic.DIAGNOSTIC_OUTPUTS, scale=0.3, bias=0.1, seed=1, **kwargs):
-    mlp = synthetic.SyntheticMLP.random("equivariant", hidden=(32, 32), output_scale=0.02, seed=seed)
-    mlp.with_diagnostics(names, scale=scale, bias=bias)
-    synthetic.write_model(path, mlp, **kwargs)
-    return mlp
 
 
 @pytest.fixture(scope="module")
@@ -38,18 +31,6 @@ def models(tmp_path_factory):
         "overflow": (root / "overflow.onnx", write_diagnostics_model(root / "overflow.onnx", names=("log_growth_ratio",),
                                                                      scale=0.0, bias=1000.0, n_test_vectors=0)),
     }
-
-
-def diagnostic_cells():
-    """Moving cells with crossings, then one stable (isotropic) cell and three rejected ones."""
-    F, u = synthetic.test_cells(96, seed=21)
-    F[91, 2, 0] = np.nan                 # NONFINITE
-    F[92, 4, 0] = -F[92, 4, 0]           # NEGATIVE_DENSITY
-    F[93, 0, 1:] = 2.0 * F[93, 0, 0]     # FLUX_FACTOR
-    rest_stable = np.zeros((6, 4))
-    rest_stable[:, 0] = np.linspace(1.0, 2.0, 6) * 1e32
-    F[90] = synthetic.boost_to_rest(u[90:91], rest_stable[None], sign=-1.0)[0]  # isotropic in the rest frame
-    return F, u
 
 
 def test_growth_rate_is_the_proxy_times_exp_of_the_model_output(models):
