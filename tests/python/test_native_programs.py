@@ -143,6 +143,25 @@ def test_fortran_program_growth_rate_and_uncertainty_match_python(tmp_path, diag
     np.testing.assert_array_equal(proxy, box.growth_rate)
 
 
+def test_diagnostics_add_no_allocation_per_call(tmp_path, diagnostics_models):
+    """tests/c/count_allocations.c counts malloc calls per call after warm-up: none for Box3D alone,
+    and asking for the growth rate and uncertainty adds none to what ONNX Runtime's Run makes."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        pytest.skip("no C compiler")
+    program = tmp_path / "count_allocations"
+    run([compiler, "-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror", str(ROOT / "tests/c/count_allocations.c"),
+         *pkg_config("--cflags", "--libs"), "-lm", "-o", str(program)])
+
+    def counts(model, threads):
+        words = run([str(program), str(model), str(threads)]).split()
+        return float(words[1]), float(words[3])
+
+    assert counts("-", 2) == (0.0, 0.0)
+    plain, diagnostics = counts(diagnostics_models / "learned.onnx", 1)
+    assert abs(diagnostics - plain) < 0.5  # 4 chunks per call: one allocation each would add 4
+
+
 @pytest.fixture(scope="module")
 def consumer(tmp_path_factory):
     cmake, ninja = tool("cmake"), tool("ninja")
