@@ -170,3 +170,13 @@ def test_an_optional_output_of_fixed_length_is_refused(tmp_path):
     path = with_uncertainty_shape(tmp_path / "source.onnx", tmp_path / "fixed.onnx", [4])
     with pytest.raises(RuntimeError, match=r"DODO_ERROR_MODEL_FORMAT.*shape \[N\] with a dynamic N"):
         Closure(path)
+
+
+def test_the_exporter_declares_the_graphs_optional_outputs(models):
+    """dodo.training.export.outputs_metadata: the key the runtime checks, from the graph itself."""
+    pytest.importorskip("torch", reason="dodo.training needs torch")
+    from dodo.training.export import outputs_metadata
+
+    learned = onnx.load(str(models["learned"][0]))
+    assert json.loads(outputs_metadata(learned)["dodo.outputs"]) == ["head_output", "uncertainty", "log_growth_ratio"]
+    assert outputs_metadata(onnx.load(str(models["plain"][0]))) == {}
