@@ -149,7 +149,7 @@ def test_apply_diagnostics_matches_python_and_accepts_null_outputs(lib, tmp_path
     """dodo_apply_diagnostics: the growth rate and uncertainty of dodo.Closure.apply, bit for bit;
     NULL outputs are skipped; a Box3D-only handle gives the proxy and zero uncertainty."""
     path = tmp_path / "learned.onnx"
-    write_diagnostics_model(path, n_test_vectors=0)
+    write_diagnostics_model(path, n_test_vectors=4)
     F, u = diagnostic_cells()
     expected = Closure(path).apply(F, u)
     for model in (path, None):

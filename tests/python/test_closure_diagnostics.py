@@ -27,9 +27,9 @@ def models(tmp_path_factory):
         "learned": (root / "learned.onnx", write_diagnostics_model(root / "learned.onnx", n_test_vectors=4)),
         "plain": (root / "plain.onnx", write(root / "plain.onnx", n_test_vectors=4)),
         "constant": (root / "constant.onnx", write_diagnostics_model(root / "constant.onnx", scale=0.0,
-                                                                     bias=LOG_THREE, n_test_vectors=0)),
+                                                                     bias=LOG_THREE, n_test_vectors=4)),
         "overflow": (root / "overflow.onnx", write_diagnostics_model(root / "overflow.onnx", names=("log_growth_ratio",),
-                                                                     scale=0.0, bias=1000.0, n_test_vectors=0)),
+                                                                     scale=0.0, bias=1000.0, n_test_vectors=4)),
     }
 
 
@@ -180,3 +180,39 @@ def test_the_exporter_declares_the_graphs_optional_outputs(models):
     learned = onnx.load(str(models["learned"][0]))
     assert json.loads(outputs_metadata(learned)["dodo.outputs"]) == ["head_output", "uncertainty", "log_growth_ratio"]
     assert outputs_metadata(onnx.load(str(models["plain"][0]))) == {}
+
+
+@pytest.mark.parametrize("model", ["learned", "constant", "overflow", "plain"])
+def test_runtime_matches_the_numpy_reference_closure(models, model):
+    """The NumPy reference (dodo.models.synthetic.reference_closure) computes the growth rate and
+    uncertainty on its own: same statuses, same numbers to float32 rounding of the network."""
+    F, u = diagnostic_cells()
+    path, mlp = models[model]
+    result = Closure(path, threads=1).apply(F, u)
+    reference = synthetic.reference_closure(F, u, mlp, mlp.head)
+    np.testing.assert_array_equal(result.status, reference["status"])
+    np.testing.assert_allclose(result.growth_over_ntot, reference["growth_over_ntot"], rtol=2e-6, atol=0)
+    np.testing.assert_allclose(result.uncertainty, reference["uncertainty"], rtol=2e-6, atol=1e-7)
+
+
+def test_self_test_checks_the_growth_rate_and_uncertainty(models, tmp_path):
+    """Packages with the optional outputs carry their expected results in dodo.test_vectors; a
+    package whose outputs disagree with them (a broken export) fails its self-test by name."""
+    vectors = json.loads(Closure(models["learned"][0]).metadata["dodo.test_vectors"])
+    assert len(vectors["growth_over_ntot"]) == len(vectors["uncertainty"]) == len(vectors["F_init"]) == 4
+    assert Closure(models["learned"][0]).self_test() < 1e-5
+    for key, words in (("growth_over_ntot", "growth rate"), ("uncertainty", "uncertainty")):
+        model = onnx.load(str(models["learned"][0]))
+        entry = next(e for e in model.metadata_props if e.key == "dodo.test_vectors")
+        edited = json.loads(entry.value)
+        edited[key][1] += 1e-3
+        entry.value = json.dumps(edited)
+        path = tmp_path / f"wrong_{key}.onnx"
+        save_resigned(model, path)
+        with pytest.raises(RuntimeError, match=rf"DODO_ERROR_SELF_TEST.*test vector 1's {words} differs"):
+            Closure(path)
+        edited[key] = edited[key][:3]
+        entry.value = json.dumps(edited)
+        save_resigned(model, path)
+        with pytest.raises(RuntimeError, match=rf'DODO_ERROR_MODEL_METADATA.*"{key}" differs in length'):
+            Closure(path)

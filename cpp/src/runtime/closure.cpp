@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <exception>
+#include <tuple>
 
 #include "../frame.hpp"
 #include "../realizability.hpp"
@@ -304,10 +305,14 @@ double Closure::self_test() const {
   const TestVectors& vectors = description_.test_vectors;
   if (!model_) throw Error(DODO_ERROR_NO_MODEL, "self-test needs a model; this closure is Box3D-only");
   if (vectors.cells == 0) throw Error(DODO_ERROR_SELF_TEST, "model package has no \"dodo.test_vectors\"");
-  std::vector<double> predicted(vectors.cells * kCellValues);
+  std::vector<double> predicted(vectors.cells * kCellValues), growth(vectors.cells), uncertainty(vectors.cells);
   ConstVelocityArray velocity;
   velocity.data = vectors.u.empty() ? nullptr : vectors.u.data();
-  apply(vectors.cells, ConstCellArray{vectors.F_init.data()}, velocity, CellArray{predicted.data()}, nullptr);
+  CellDiagnostics diagnostics;
+  diagnostics.growth_over_ntot = growth.data();
+  diagnostics.uncertainty = uncertainty.data();
+  apply(vectors.cells, ConstCellArray{vectors.F_init.data()}, velocity, CellArray{predicted.data()}, nullptr,
+        diagnostics);
   double worst = 0.0;
   std::size_t worst_cell = 0;
   for (std::size_t c = 0; c < vectors.cells; ++c) {
@@ -327,6 +332,20 @@ double Closure::self_test() const {
     std::snprintf(text, sizeof text, "self-test failed: test vector %zu differs by %.3g N_tot (tolerance %.3g N_tot)",
                   worst_cell, worst, vectors.atol_over_ntot);
     throw Error(DODO_ERROR_SELF_TEST, text);
+  }
+  // The optional outputs' results, where the package gives them (both in units of N_tot).
+  for (auto [name, expected, got] : {std::tuple{"growth rate", &vectors.growth_over_ntot, &growth},
+                                     std::tuple{"uncertainty", &vectors.uncertainty, &uncertainty}}) {
+    for (std::size_t c = 0; c < expected->size(); ++c) {
+      const double error = std::fabs((*got)[c] - (*expected)[c]);
+      if (!(error <= vectors.atol_over_ntot)) {
+        char text[200];
+        std::snprintf(text, sizeof text,
+                      "self-test failed: test vector %zu's %s differs by %.3g N_tot (tolerance %.3g N_tot)", c, name,
+                      std::isnan(error) ? INFINITY : error, vectors.atol_over_ntot);
+        throw Error(DODO_ERROR_SELF_TEST, text);
+      }
+    }
   }
   return worst;
 }

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdio>
 #include <stdexcept>
+#include <utility>
 
 #include "errors.hpp"
 #include "json.hpp"
@@ -60,6 +61,13 @@ TestVectors read_test_vectors(const std::string& text) {
       if (flatten_cells(*u, 0, 4, vectors.u, "u") != n) refuse_test_vectors("u", "differs in length from \"F_init\"");
     }
     if (const JsonValue* atol = json.find("atol_over_ntot")) vectors.atol_over_ntot = atol->number();
+    for (auto [name, out] : {std::pair{"growth_over_ntot", &vectors.growth_over_ntot},
+                             std::pair{"uncertainty", &vectors.uncertainty}}) {
+      const JsonValue* values = json.find(name);
+      if (!values) continue;
+      for (const JsonValue& number : values->array()) out->push_back(number.number());
+      if (out->size() != n) refuse_test_vectors(name, "differs in length from \"F_init\"");
+    }
     vectors.cells = n;
   } catch (const std::invalid_argument& error) {
     refuse(std::string("model metadata \"dodo.test_vectors\" is malformed: ") + error.what());

@@ -22,6 +22,9 @@ struct RequestedBox3D {
 
 struct TestVectors {
   std::vector<double> F_init, u, F_pred;  // [n][24], [n][4], [n][24]
+  // Expected growth rate (units of N_tot) and uncertainty [n] of a package with the optional
+  // outputs (docs/model_package.md); empty when the package gives none.
+  std::vector<double> growth_over_ntot, uncertainty;
   std::size_t cells = 0;
   double atol_over_ntot = 1e-5;
 };

@@ -23,7 +23,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..conventions import N_COMPONENTS, N_SPECIES, invariant_pairs, minkowski_dot
+from ..conventions import GROWTH_RATE_PER_NTOT, N_COMPONENTS, N_SPECIES, invariant_pairs, minkowski_dot
 from ..training.conservation import conservation_projector  # NumPy only, no torch
 
 HEAD_OUTPUT_SIZES = {"direct": N_SPECIES * N_COMPONENTS, "equivariant": 2 * N_SPECIES * N_SPECIES + N_SPECIES}
@@ -170,7 +170,11 @@ def reference_closure(F_init: np.ndarray, u: Optional[np.ndarray], network: Call
                       head: str, box3d_settings: Optional[dict] = None) -> dict:
     """The full closure in NumPy for cells F_init [N, 6, 4], u [N, 4] or None.
 
-    Returns F_pred, F_box, theta, status (Box3D's status plus the runtime's bits).
+    Returns F_pred, F_box, theta, status (Box3D's status plus the runtime's bits), and the
+    growth rate (units of N_tot) and uncertainty the runtime reports (docs/runtime.md): from the
+    network's optional outputs (``network.diagnostic_outputs``, if it has them) where a
+    correction is due, Box3D's proxy and 0 elsewhere; a non-finite one voids the cell's network
+    output as a non-finite correction does.
     """
     import dodo
 
@@ -187,6 +191,18 @@ def reference_closure(F_init: np.ndarray, u: Optional[np.ndarray], network: Call
     dF_box_rest = boost_to_rest(u, box.F_box - F) / safe
     dF = assemble_head(head, output, F_init_rest, dF_box_rest)
     finite = np.all(np.isfinite(dF), axis=(1, 2))
+    proxy = np.asarray(box.growth_over_ntot, dtype=np.float64)
+    growth, uncertainty = proxy.copy(), np.zeros_like(proxy)
+    due = ~rejected & ((status & np.uint32(dodo.CellStatus.NO_CROSSING)) == 0)
+    optional = network.diagnostic_outputs(features.astype(np.float32)) if hasattr(network, "diagnostic_outputs") else {}
+    with np.errstate(over="ignore", invalid="ignore"):
+        if "log_growth_ratio" in optional:
+            log_ratio = optional["log_growth_ratio"].astype(np.float64)
+            growth = proxy * np.exp(log_ratio)
+            finite &= ~due | (np.isfinite(log_ratio) & np.isfinite(growth * (safe[:, 0, 0] * GROWTH_RATE_PER_NTOT)))
+        if "uncertainty" in optional:
+            uncertainty = optional["uncertainty"].astype(np.float64)
+            finite &= ~due | np.isfinite(uncertainty)
     use = ~rejected & finite
     dF = np.where(use[:, None, None], dF, 0.0)
     dF = (dF.reshape(-1, 24) @ conservation_projector()).reshape(-1, 6, 4)
@@ -196,7 +212,11 @@ def reference_closure(F_init: np.ndarray, u: Optional[np.ndarray], network: Call
     F_pred = box.F_box + np.where(use[:, None, None], change, 0.0)
     status = status | np.where(~rejected & ~finite, np.uint32(dodo.CellStatus.NETWORK_NONFINITE), np.uint32(0))
     status = status | np.where(use & (theta < 1.0), np.uint32(dodo.CellStatus.CORRECTION_LIMITED), np.uint32(0))
-    return {"F_pred": F_pred, "F_box": np.asarray(box.F_box), "theta": theta, "status": status}
+    diagnosed = due & finite
+    growth = np.where(diagnosed, growth, np.where(rejected, 0.0, proxy))
+    uncertainty = np.where(diagnosed, uncertainty, 0.0)
+    return {"F_pred": F_pred, "F_box": np.asarray(box.F_box), "theta": theta, "status": status,
+            "growth_over_ntot": growth, "uncertainty": uncertainty}
 
 
 # ---------------------------------------------------------------- test cells and ONNX writing
@@ -314,8 +334,11 @@ def write_model(path, mlp: SyntheticMLP, *, box3d_settings: Optional[dict] = Non
     if n_test_vectors:
         F, u = test_cells(n_test_vectors, seed=11)
         reference = reference_closure(F, u, mlp, mlp.head, settings)
-        metadata["dodo.test_vectors"] = json.dumps({
-            "F_init": F.tolist(), "u": u.tolist(), "F_pred": reference["F_pred"].tolist(), "atol_over_ntot": 1e-5})
+        vectors = {"F_init": F.tolist(), "u": u.tolist(), "F_pred": reference["F_pred"].tolist(), "atol_over_ntot": 1e-5}
+        if mlp.diagnostics:  # the optional outputs' results too (docs/model_package.md)
+            vectors.update(growth_over_ntot=reference["growth_over_ntot"].tolist(),
+                           uncertainty=reference["uncertainty"].tolist())
+        metadata["dodo.test_vectors"] = json.dumps(vectors)
     overrides = metadata_overrides or {}
     sign = "dodo.content_sha256" not in overrides  # an override replaces or removes the digest
     for key, value in overrides.items():
