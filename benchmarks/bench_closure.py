@@ -31,7 +31,7 @@ import numpy as np
 
 import dodo
 from dodo._closure import Closure
-from dodo.models import synthetic
+from dodo.training import synthetic_model as synthetic
 
 
 def timed(function) -> tuple[float, float]:

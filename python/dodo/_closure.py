@@ -17,7 +17,7 @@ from typing import NamedTuple, Optional, Union
 import numpy as np
 
 from . import _core
-from ._box3d import _prepare, _threads
+from ._box3d import _integral, _prepare, _threads
 from .conventions import N_COMPONENTS, N_SPECIES
 from .models import default_model_path
 
@@ -85,8 +85,8 @@ class Closure:
     """A loaded closure: Box3D, then the model's correction, per cell.
 
     model: path of an ONNX model package (``dodo export``); None: the default model shipped
-        with Dodo (a synthetic test model until a trained one is shipped, see dodo.models);
-        ``"box3d"``: no model, Box3D alone.
+        with Dodo (``dodo/models/qke_default.onnx``, trained on the QKE solver's data; see
+        dodo.models); ``"box3d"``: no model, Box3D alone.
     threads: worker threads per call (None: all cores; 0 or 1: the calling thread only).
     chunk_size: cells per network call (fixed-size chunks; default 1024).
     lebedev_order, z_method, max_flux_factor: Box3D settings; None takes the model's, and a
@@ -121,8 +121,8 @@ class Closure:
             library = onnxruntime_library_path()
         self._model_path = model_path
         self._runtime = _core.Closure(
-            model_path, threads=_threads(threads), chunk_size=int(chunk_size),
-            lebedev_order=int(lebedev_order or 0), z_method=z_method or "",
+            model_path, threads=_threads(threads), chunk_size=_integral("chunk_size", chunk_size),
+            lebedev_order=0 if lebedev_order is None else _integral("lebedev_order", lebedev_order), z_method=z_method or "",
             max_flux_factor=float(max_flux_factor or 0.0), onnxruntime_library=os.fspath(library) if library else "",
             device=device, run_self_test=bool(self_test and model_path is not None))
 

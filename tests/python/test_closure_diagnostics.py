@@ -184,7 +184,7 @@ def test_the_exporter_declares_the_graphs_optional_outputs(models):
 
 @pytest.mark.parametrize("model", ["learned", "constant", "overflow", "plain"])
 def test_runtime_matches_the_numpy_reference_closure(models, model):
-    """The NumPy reference (dodo.models.synthetic.reference_closure) computes the growth rate and
+    """The NumPy reference (dodo.training.synthetic_model.reference_closure) computes the growth rate and
     uncertainty on its own: same statuses, same numbers to float32 rounding of the network."""
     F, u = diagnostic_cells()
     path, mlp = models[model]

@@ -19,6 +19,7 @@
 #ifdef DODO_WITH_RUNTIME
 void register_runtime(pybind11::module_& m);
 #endif
+void register_qke(pybind11::module_& m);
 
 namespace py = pybind11;
 using CArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
@@ -195,6 +196,7 @@ PYBIND11_MODULE(_core, m) {
   m.attr("growth_rate_per_ntot") = dodo::kGrowthRatePerNtot;
   m.attr("velocity_norm_tolerance") = dodo::kVelocityNormTolerance;
 
+  register_qke(m);
 #ifdef DODO_WITH_RUNTIME
   register_runtime(m);
 #endif

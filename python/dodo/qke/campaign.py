@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Callable
 
 import numpy as np
@@ -21,14 +22,20 @@ from .asymptotic import asymptotic_states
 from .directions import uniform_sphere
 from .initial import species_direction_densities
 from .._atomic import atomic_write
-from .io import write_emu_database
-from .solver import FastFlavourBox, SolverConfig
+from .io import require_h5py, write_emu_database
+from .solver import SolverConfig, make_box, resolve_backend
 from .states import NSM1_EMU_1D, box_setup, rotate_four_flux
 
 
 def _fingerprint(four_flux: np.ndarray, settings: dict) -> str:
+    """What a resume must match: the states and the settings, except the kernel (backend).
+
+    Both kernels compute the same runs (to rounding), so a campaign started with one resumes with
+    the other, and partial files written before the compiled kernel existed stay usable.
+    """
+    solver = {key: value for key, value in settings["solver"].items() if key != "backend"}
     digest = hashlib.sha256(np.ascontiguousarray(four_flux, dtype=float).tobytes())
-    digest.update(json.dumps(settings, sort_keys=True).encode())
+    digest.update(json.dumps({**settings, "solver": solver}, sort_keys=True).encode())
     return digest.hexdigest()
 
 
@@ -82,19 +89,33 @@ def _write_database(output: str, four_flux: np.ndarray, results: dict, settings:
 def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, batch_size: int = 8, axis: str = "fastest",
                     rotation: np.ndarray | None = None, box_length_cm: float | None = None,
                     end_time_s: np.ndarray | None = None, attributes: dict | None = None,
-                    report: Callable[[str], None] = print, max_cost: float | None = None) -> dict:
+                    report: Callable[[str], None] = print, max_cost: float | None = None, threads: int = 1) -> dict:
     """Simulate states ``[n, 6, 4]`` (cm^-3, original frame) and write an Emu database to ``output``.
 
     max_cost: states whose estimated cost exceeds this many times the NSM1 run's are not
     simulated but dropped with the reason (Emu's validation set skipped candidates above 2.5x
     NSM1: a tenth of random states take half the CPU time). A filter, not a setting: a run can be
-    resumed with a different cap.
+    resumed with a different cap. threads: the compiled kernel steps a batch's simulations on up to
+    this many threads (use it with batch_size >= threads; results do not depend on it, so it is
+    not a setting either).
     """
     four_flux = np.asarray(four_flux, float)
     if four_flux.ndim != 3 or four_flux.shape[1:] != (6, 4) or len(four_flux) == 0:
         raise ValueError(f"states must have shape [n >= 1, 6, 4]; got {four_flux.shape}")
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
+    if box_length_cm is not None and not (math.isfinite(box_length_cm) and box_length_cm > 0):
+        raise ValueError(f"box length must be positive and finite; got {box_length_cm}")
+    if max_cost is not None and not max_cost > 0:
+        raise ValueError("max_cost must be positive")
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"threads must be an integer >= 1; got {threads!r}")
+    require_h5py()  # before any computing: the results go to HDF5
+    config.validate()
+    backend, fallback = resolve_backend(config)
+    if fallback is not None:
+        report(f"using the NumPy kernel: {fallback}")
+    config = replace(config, backend=backend)  # the settings record the kernel that ran
     nstates = len(four_flux)
     settings = {"solver": asdict(config), "axis": axis, "box_length_cm": box_length_cm, "batch_size": batch_size,
                 "rotation_given": rotation is not None,
@@ -111,10 +132,10 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
             report(f"ignoring {partial_path}: it belongs to other states or settings")
     directions = uniform_sphere(config.nphi_equator)
     pending = np.flatnonzero(~results["done"])
-    cost = relative_cost(four_flux[pending], directions, None if end_time_s is None else np.asarray(end_time_s)[pending])
+    # Nothing pending (a resumed run whose states are all done) -> straight to the final write.
+    cost = (relative_cost(four_flux[pending], directions, None if end_time_s is None else np.asarray(end_time_s)[pending])
+            if len(pending) else np.zeros(0))
     if max_cost is not None:
-        if not max_cost > 0:
-            raise ValueError("max_cost must be positive")
         if end_time_s is not None:
             raise ValueError("max_cost needs the default end times (not --use-input-end-time)")
         cost_vs_nsm1 = cost / relative_cost(NSM1_EMU_1D[None], directions, None)[0]
@@ -154,7 +175,7 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
             ends.append(end)
         if runnable:
             chunk_config = SolverConfig(**{**asdict(config), "seed": config.seed + int(runnable[0])})
-            box = FastFlavourBox(np.array(rotated), np.array(lengths), chunk_config, directions)
+            box = make_box(np.array(rotated), np.array(lengths), chunk_config, directions, threads=threads)
             history = box.run(np.array(ends))
             # Rotate the box-averaged history back to the input frame before reducing it, so that
             # means and standard deviations are those of the input-frame components.
