@@ -216,3 +216,42 @@ def test_self_test_checks_the_growth_rate_and_uncertainty(models, tmp_path):
         save_resigned(model, path)
         with pytest.raises(RuntimeError, match=rf'DODO_ERROR_MODEL_METADATA.*"{key}" differs in length'):
             Closure(path)
+
+
+def test_an_exported_ensemble_runs_in_the_runtime_with_its_box_features(tmp_path):
+    """`dodo export` of a density-residual ensemble (features "invariants27+box7-v1", three outputs)
+    loads in dodo.Closure, passes its self-test, and gives ONNX Runtime's own outputs on the
+    Python-side features: the C++ runtime builds the same 34 inputs."""
+    pytest.importorskip("torch", reason="the ensemble needs torch")
+    import onnxruntime
+
+    from conftest import random_states
+    from dodo.training.ensemble import fit_ensemble
+    from dodo.training.ensemble_train import EnsembleConfig, export_ensemble, save_checkpoint
+    from dodo.training.features import INVARIANTS_AND_BOX, lab_features
+
+    rng = np.random.default_rng(5)
+    F_train = random_states(rng, 64, max_flux_factor=0.6, mu_equals_tau=True)
+    X = lab_features(INVARIANTS_AND_BOX, F_train)
+    ensemble = fit_ensemble(X, 0.01 * np.tanh(X[:, 0] - X[:, 3]), 0.2 * np.tanh(X[:, 27] * 30), members=2,
+                            sigma0=0.01, steps=30, width=16)
+    ensemble.features = INVARIANTS_AND_BOX
+    table = {"box3d": dodo.box3d_settings(), "sha256": "0" * 64, "kind": "qke"}
+    save_checkpoint(ensemble, EnsembleConfig(width=16), table, np.arange(10), {}, str(tmp_path / "ensemble.pt"))
+    path = tmp_path / "ensemble.onnx"
+    export_ensemble(str(tmp_path / "ensemble.pt"), str(path), log=lambda *_: None)
+
+    closure = Closure(path, threads=1)  # self_test on: F_pred of the test vectors within 1e-5 N_tot
+    assert closure.optional_outputs == ["uncertainty", "log_growth_ratio"]
+    F, u = diagnostic_cells()
+    result = closure.apply(F, u)
+    corrected = (result.status & NOT_CORRECTED) == 0
+    assert corrected.sum() >= 80
+    features = lab_features(INVARIANTS_AND_BOX, np.nan_to_num(F[corrected]), u[corrected]).astype(np.float32)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    _, sigma, log_ratio = session.run(None, {"invariants": features})
+    np.testing.assert_allclose(result.uncertainty[corrected], sigma, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(result.growth_rate[corrected],
+                               result.growth_rate_proxy[corrected] * np.exp(log_ratio.astype(np.float64)), rtol=1e-5)
+    assert np.ptp(log_ratio) > 1e-3 and sigma.max() > 0  # the outputs vary from cell to cell
+    assert np.all(result.uncertainty[~corrected] == 0.0)

@@ -26,8 +26,8 @@ struct Closure::Workspace {
         growth(chunk_size),
         status(chunk_size) {
     if (model)
-      network = std::make_unique<EvaluationBuffers>(model->api(), chunk_size, model->output_size(),
-                                                    model->optional_outputs());
+      network = std::make_unique<EvaluationBuffers>(model->api(), chunk_size, model->input_size(),
+                                                    model->output_size(), model->optional_outputs());
   }
   std::vector<double> F_init, velocity, F_box, F_init_rest, dF_box_rest, ntot, growth;
   std::vector<std::uint32_t> status;
@@ -227,11 +227,18 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
         w.dF_box_rest[i * kCellValues + v] /= box.ntot;
       }
     }
+    if (w.network->input_size() > static_cast<std::size_t>(kInvariants)) {
+      // "invariants27+box7-v1": Box3D's rest-frame density changes and growth proxy (units of N_tot).
+      for (int a = 0; a < kSpecies; ++a)
+        row[kInvariants + a] = static_cast<float>(w.dF_box_rest[i * kCellValues + value_index(a, 0)]);
+      row[kInvariants + kSpecies] = static_cast<float>(box.growth_over_ntot);
+    }
   }
   if (model_ && network_rows > 0) {
     // Rows of rejected cells are don't-care; make them finite so no FP exceptions arise.
     for (std::size_t i = 0; i < count; ++i)
-      if (w.status[i] & kCellRejectedMask) std::fill(w.network->input_row(i), w.network->input_row(i) + kInvariants, 0.0f);
+      if (w.status[i] & kCellRejectedMask)
+        std::fill(w.network->input_row(i), w.network->input_row(i) + w.network->input_size(), 0.0f);
     model_->run(*w.network, count);
   }
 

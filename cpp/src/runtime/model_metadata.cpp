@@ -99,6 +99,12 @@ Box3DSettings box3d_settings_without_model(const RequestedBox3D& requested) {
   return settings;
 }
 
+int feature_size(const std::string& features) {
+  if (features == kFeatures) return kInvariants;
+  if (features == kFeaturesWithBox) return kInvariants + kSpecies + 1;
+  return 0;
+}
+
 ModelDescription describe_model(const std::map<std::string, std::string>& metadata, int graph_output_size,
                                 const RequestedBox3D& requested) {
   ModelDescription model;
@@ -107,8 +113,10 @@ ModelDescription describe_model(const std::map<std::string, std::string>& metada
     refuse("model package \"dodo.format_version\" is \"" + version + "\"; this runtime reads version \"" +
            kFormatVersion + "\" (upgrade Dodo or re-export the model)");
   const std::string& features = require(metadata, "dodo.features");
-  if (features != kFeatures)
-    refuse("model \"dodo.features\" is \"" + features + "\"; this runtime computes \"" + kFeatures + "\"");
+  model.input_size = feature_size(features);
+  if (model.input_size == 0)
+    refuse("model \"dodo.features\" is \"" + features + "\"; this runtime computes \"" + kFeatures + "\" and \"" +
+           kFeaturesWithBox + "\"");
   const std::string& head = require(metadata, "dodo.head");
   try {
     model.head = head_from_name(head);

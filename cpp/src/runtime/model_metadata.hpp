@@ -12,6 +12,12 @@ namespace dodo::runtime {
 
 inline constexpr const char* kFormatVersion = "1";
 inline constexpr const char* kFeatures = "invariants27-v1";
+// The invariants, then Box3D's own answer: its six rest-frame comoving density changes and its
+// growth proxy, in units of N_tot (python/dodo/training/features.py).
+inline constexpr const char* kFeaturesWithBox = "invariants27+box7-v1";
+
+// Network inputs per cell for a feature set ("dodo.features"); 0 for a set this runtime does not compute.
+int feature_size(const std::string& features);
 
 // Box3D settings a caller asks for; unset fields take the model's value.
 struct RequestedBox3D {
@@ -31,6 +37,7 @@ struct TestVectors {
 
 struct ModelDescription {
   Head head = Head::kEquivariant;
+  int input_size = kInvariants;  // feature_size("dodo.features")
   Box3DSettings box3d;
   TestVectors test_vectors;  // cells == 0 when the package has none
 };

@@ -8,6 +8,7 @@
 
 #include "errors.hpp"
 #include "json.hpp"
+#include "model_metadata.hpp"
 #include "onnx_package.hpp"
 
 namespace dodo::runtime {
@@ -68,9 +69,13 @@ struct OrtReleaser {
 
 }  // namespace
 
-EvaluationBuffers::EvaluationBuffers(const OrtApi* api, std::size_t capacity, int output_size, OptionalOutputs optional)
-    : api_(api), capacity_(std::size_t{1} << tier_of(capacity)), output_size_(output_size) {
-  input_.assign(capacity_ * kInputs, 0.0f);
+EvaluationBuffers::EvaluationBuffers(const OrtApi* api, std::size_t capacity, int input_size, int output_size,
+                                     OptionalOutputs optional)
+    : api_(api),
+      capacity_(std::size_t{1} << tier_of(capacity)),
+      input_size_(static_cast<std::size_t>(input_size)),
+      output_size_(output_size) {
+  input_.assign(capacity_ * input_size_, 0.0f);
   output_.assign(capacity_ * static_cast<std::size_t>(output_size_), 0.0f);
   if (optional.uncertainty) uncertainty_.assign(capacity_, 0.0f);
   if (optional.log_growth_ratio) log_growth_ratio_.assign(capacity_, 0.0f);
@@ -79,11 +84,11 @@ EvaluationBuffers::EvaluationBuffers(const OrtApi* api, std::size_t capacity, in
   std::unique_ptr<OrtMemoryInfo, OrtReleaser<OrtMemoryInfo>> memory_guard(memory, {api_, api_->ReleaseMemoryInfo});
   try {
     for (std::size_t rows = 1; rows <= capacity_; rows *= 2) {
-      int64_t input_shape[2] = {static_cast<int64_t>(rows), static_cast<int64_t>(kInputs)};
+      int64_t input_shape[2] = {static_cast<int64_t>(rows), static_cast<int64_t>(input_size_)};
       int64_t output_shape[2] = {static_cast<int64_t>(rows), output_size_};
       OrtValue* input = nullptr;
       check_ort(api_,
-                api_->CreateTensorWithDataAsOrtValue(memory, input_.data(), rows * kInputs * sizeof(float), input_shape, 2,
+                api_->CreateTensorWithDataAsOrtValue(memory, input_.data(), rows * input_size_ * sizeof(float), input_shape, 2,
                                                      ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &input),
                 "creating the input tensor");
       input_tensors_.push_back(input);
@@ -216,8 +221,16 @@ void OnnxModel::check_signature() {
   if (input != kInputName)
     throw Error(DODO_ERROR_MODEL_FORMAT, "model input is named \"" + input + "\"; the contract says \"invariants\"");
   std::vector<int64_t> input_dims = float_shape(true, 0, input);
-  if (input_dims.size() != 2 || input_dims[1] != 27 || input_dims[0] > 0)
-    throw Error(DODO_ERROR_MODEL_FORMAT, "model input \"invariants\" must have shape [N, 27] with a dynamic N");
+  // Row width of the package's feature set; an unknown set is refused by describe_model.
+  const auto features = metadata_.find("dodo.features");
+  const int known = features == metadata_.end() ? 0 : feature_size(features->second);
+  input_size_ = known > 0 ? known : kInvariants;
+  if (input_dims.size() != 2 || input_dims[1] != input_size_ || input_dims[0] > 0)
+    throw Error(DODO_ERROR_MODEL_FORMAT, "model input \"invariants\" must have shape [N, " + std::to_string(input_size_) +
+                                             "] with a dynamic N" +
+                                             (known > 0 && known != kInvariants ? " (\"dodo.features\" is \"" +
+                                                                                      features->second + "\")"
+                                                                                : std::string()));
 
   for (size_t index = 0; index < outputs; ++index) {
     if (name_of(false, index) != kOutputName) continue;

@@ -1,5 +1,5 @@
 // One ONNX Runtime session over a model package (docs/model_package.md): input `invariants`
-// float32 [N, 27], output `head_output` float32 [N, K], and the optional per-cell outputs
+// float32 [N, F] (F = 27, or 34 for "invariants27+box7-v1"), output `head_output` float32 [N, K], and the optional per-cell outputs
 // `uncertainty` and `log_growth_ratio` float32 [N] that the package declares in "dodo.outputs".
 // Intra-op threads 1 (parallelism is over chunks, by Dodo or by the caller); Run is called
 // concurrently on the one session.
@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "../conventions.hpp"
 #include "ort_library.hpp"
 
 namespace dodo::runtime {
@@ -25,12 +26,14 @@ struct OptionalOutputs {
 // A batch of n rows runs on the smallest power of two >= n (rows past n are don't-care).
 class EvaluationBuffers {
  public:
-  EvaluationBuffers(const OrtApi* api, std::size_t capacity, int output_size, OptionalOutputs optional = {});
+  EvaluationBuffers(const OrtApi* api, std::size_t capacity, int input_size, int output_size,
+                    OptionalOutputs optional = {});
   ~EvaluationBuffers();
   EvaluationBuffers(const EvaluationBuffers&) = delete;
   EvaluationBuffers& operator=(const EvaluationBuffers&) = delete;
 
-  float* input_row(std::size_t row) { return input_.data() + row * kInputs; }
+  float* input_row(std::size_t row) { return input_.data() + row * input_size_; }
+  std::size_t input_size() const { return input_size_; }
   const float* output_row(std::size_t row) const { return output_.data() + row * output_size_; }
   // Per-row optional outputs; null when the model has no such output.
   const float* uncertainty() const { return uncertainty_.empty() ? nullptr : uncertainty_.data(); }
@@ -39,9 +42,9 @@ class EvaluationBuffers {
 
  private:
   friend class OnnxModel;
-  static constexpr std::size_t kInputs = 27;
   const OrtApi* api_;
   std::size_t capacity_;
+  std::size_t input_size_;
   int output_size_;
   std::vector<float> input_, output_;
   std::vector<OrtValue*> input_tensors_, output_tensors_;  // index t: 2^t rows
@@ -60,6 +63,7 @@ class OnnxModel {
 
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   int output_size() const { return output_size_; }  // K of the graph (-1 if dynamic)
+  int input_size() const { return input_size_; }    // features per row ("dodo.features")
   const OptionalOutputs& optional_outputs() const { return optional_outputs_; }
   const OrtApi* api() const { return api_; }
 
@@ -74,6 +78,7 @@ class OnnxModel {
   const OrtApi* api_;
   OrtSession* session_ = nullptr;
   int output_size_ = -1;
+  int input_size_ = kInvariants;
   OptionalOutputs optional_outputs_;
   std::map<std::string, std::string> metadata_;
 };
