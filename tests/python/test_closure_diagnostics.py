@@ -255,3 +255,13 @@ def test_an_exported_ensemble_runs_in_the_runtime_with_its_box_features(tmp_path
                                result.growth_rate_proxy[corrected] * np.exp(log_ratio.astype(np.float64)), rtol=1e-5)
     assert np.ptp(log_ratio) > 1e-3 and sigma.max() > 0  # the outputs vary from cell to cell
     assert np.all(result.uncertainty[~corrected] == 0.0)
+
+
+def test_a_graph_narrower_than_its_feature_set_is_refused(tmp_path):
+    path = tmp_path / "narrow.onnx"
+    write(path, n_test_vectors=0, metadata_overrides={"dodo.features": "invariants27+box7-v1"})
+    with pytest.raises(RuntimeError, match=r'DODO_ERROR_MODEL_FORMAT.*shape \[N, 34\].*"invariants27\+box7-v1"'):
+        Closure(path)
+    write(path, n_test_vectors=0, metadata_overrides={"dodo.features": "invariants99-v7"})
+    with pytest.raises(RuntimeError, match=r'DODO_ERROR_MODEL_METADATA.*"invariants99-v7".*invariants27\+box7-v1'):
+        Closure(path)
