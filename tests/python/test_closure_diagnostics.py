@@ -172,16 +172,6 @@ def test_an_optional_output_of_fixed_length_is_refused(tmp_path):
         Closure(path)
 
 
-def test_the_exporter_declares_the_graphs_optional_outputs(models):
-    """dodo.training.export.outputs_metadata: the key the runtime checks, from the graph itself."""
-    pytest.importorskip("torch", reason="dodo.training needs torch")
-    from dodo.training.export import outputs_metadata
-
-    learned = onnx.load(str(models["learned"][0]))
-    assert json.loads(outputs_metadata(learned)["dodo.outputs"]) == ["head_output", "uncertainty", "log_growth_ratio"]
-    assert outputs_metadata(onnx.load(str(models["plain"][0]))) == {}
-
-
 @pytest.mark.parametrize("model", ["learned", "constant", "overflow", "plain"])
 def test_runtime_matches_the_numpy_reference_closure(models, model):
     """The NumPy reference (dodo.training.synthetic_model.reference_closure) computes the growth rate and

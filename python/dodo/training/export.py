@@ -179,14 +179,6 @@ class _OnnxHead(torch.nn.Module):
         return torch.from_numpy(out).to(invariants.dtype)
 
 
-def outputs_metadata(model) -> dict:
-    """{"dodo.outputs": JSON list of the graph's output names} when the graph has outputs besides
-    "head_output" (the optional "uncertainty", "log_growth_ratio" of docs/model_package.md), else
-    {}: a head_output-only package is written exactly as before."""
-    names = [output.name for output in model.graph.output]
-    return {"dodo.outputs": json.dumps(names)} if names != ["head_output"] else {}
-
-
 def export_checkpoint(checkpoint_path: str | Path, output: str | Path, check: bool = True, n_test_vectors: int = 6,
                       log=print) -> dict:
     """Write the model package; returns {'path', 'metadata', 'roundtrip'}."""
@@ -202,7 +194,7 @@ def export_checkpoint(checkpoint_path: str | Path, output: str | Path, check: bo
     model.ir_version = min(model.ir_version, IR_VERSION)
     model.doc_string = "Dodo learned FFI correction: raw invariants -> head output (docs/model_package.md)"
     del model.metadata_props[:]
-    metadata = {**metadata_for(checkpoint, network.head, test_vectors), **outputs_metadata(model)}
+    metadata = metadata_for(checkpoint, network.head, test_vectors)
     for key, value in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
