@@ -2,14 +2,21 @@
 //
 // Every extern "C" body runs inside `guarded`, the one place where exceptions become status
 // codes and the handle's last-error text. Nothing here prints, exits or aborts.
+#include <dlfcn.h>
+#include <limits.h>
+#include <sys/stat.h>
+
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <new>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "cell_status.hpp"
 #include "dodo/dodo.h"
+#include "runtime/array_layout.hpp"
 #include "runtime/closure.hpp"
 #include "runtime/errors.hpp"
 
@@ -105,6 +112,32 @@ dodo::ConstCellArray cell_view(const double* data, const ptrdiff_t* strides) {
   return view;
 }
 
+// The default model shipped with Dodo, found from where this library lies: beside the Python
+// package (the wheel: dodo/lib/libdodo.so or dodo/_core*.so, model in dodo/models/), under
+// share/dodo/models of an install prefix, or in the source tree this library was built from.
+std::string find_default_model() {
+  std::vector<std::string> candidates;
+  Dl_info info{};
+  if (::dladdr(reinterpret_cast<void*>(&find_default_model), &info) && info.dli_fname) {
+    std::string directory = info.dli_fname;
+    const std::size_t slash = directory.rfind('/');
+    directory = slash == std::string::npos ? "." : directory.substr(0, slash);
+    candidates.push_back(directory + "/../models/" DODO_DEFAULT_MODEL_NAME);
+    candidates.push_back(directory + "/models/" DODO_DEFAULT_MODEL_NAME);
+    candidates.push_back(directory + "/../share/dodo/models/" DODO_DEFAULT_MODEL_NAME);
+  }
+#ifdef DODO_SOURCE_MODELS_DIR
+  candidates.push_back(DODO_SOURCE_MODELS_DIR "/" DODO_DEFAULT_MODEL_NAME);
+#endif
+  for (const std::string& candidate : candidates) {
+    struct stat status {};
+    char resolved[PATH_MAX];
+    if (::stat(candidate.c_str(), &status) == 0 && S_ISREG(status.st_mode) && ::realpath(candidate.c_str(), resolved))
+      return resolved;
+  }
+  return "";
+}
+
 }  // namespace
 
 extern "C" {
@@ -155,6 +188,12 @@ void dodo_options_init(dodo_options* options) {
   std::memset(options, 0, sizeof *options);
   options->struct_size = sizeof *options;
   options->chunk_size = 1024;
+  options->run_self_test = 1;  // as in Python: a package is checked against its test vectors at load
+}
+
+const char* dodo_default_model_path(void) {
+  static const std::string path = find_default_model();
+  return path.empty() ? nullptr : path.c_str();
 }
 
 dodo_status dodo_closure_create(const char* model_path, const dodo_options* options, dodo_closure** closure,
@@ -180,7 +219,7 @@ dodo_status dodo_closure_create(const char* model_path, const dodo_options* opti
     settings.onnxruntime_library = given.onnxruntime_library ? given.onnxruntime_library : "";
     settings.run_self_test = given.run_self_test != 0;
     handle = std::make_unique<dodo_closure>();
-    handle->closure = std::make_unique<dodo::runtime::Closure>(model_path ? model_path : "", settings);
+    handle->closure = std::make_unique<dodo::runtime::Closure>(model_path ? model_path : DODO_BOX3D_ONLY, settings);
     {
       std::lock_guard<std::mutex> lock(live_mutex);
       live_handles().insert(handle.get());
@@ -276,14 +315,14 @@ dodo_status dodo_apply_diagnostics(dodo_closure* closure, size_t n_cells, const 
     dodo::ConstCellArray input = cell_view(F_init, F_init_strides);
     dodo::ConstCellArray output_view = cell_view(F_pred, F_pred_strides);
     dodo::CellArray output{F_pred, output_view.cell_stride, output_view.species_stride, output_view.component_stride};
-    if (n_cells > 1 && output.cell_stride == 0)
-      throw Error(DODO_ERROR_INVALID_ARGUMENT, "F_pred cell stride is 0: cells would overwrite each other");
     dodo::ConstVelocityArray velocity;
     velocity.data = u;
     if (u && u_strides) {
       velocity.cell_stride = u_strides[0];
       velocity.component_stride = u_strides[1];
     }
+    dodo::runtime::check_apply_layout(n_cells, input, velocity, output, cell_status);
+    dodo::runtime::check_diagnostics_layout(n_cells, input, velocity, output, cell_status, growth_rate, uncertainty);
     dodo::runtime::CellDiagnostics diagnostics;
     diagnostics.growth_rate = growth_rate;
     diagnostics.uncertainty = uncertainty;

@@ -10,10 +10,10 @@ import numpy as np
 from . import _core
 from .conventions import (
     GROWTH_RATE_PER_NTOT,
+    MAX_THREADS,
     N_COMPONENTS,
     N_SPECIES,
     VELOCITY_NORM_TOLERANCE,
-    minkowski_dot,
 )
 
 DEFAULT_LEBEDEV_ORDER = 17
@@ -79,22 +79,22 @@ def _prepare(F_init, u) -> tuple[np.ndarray, Optional[np.ndarray], tuple[int, ..
 
 
 def _check_velocity(flat_u: np.ndarray, batch: tuple[int, ...]) -> None:
-    """Refuse a u that is not a future-directed unit timelike vector (non-finite u passes: flagged later)."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        norm_error = np.abs(minkowski_dot(flat_u, flat_u) + 1.0)
-        # `not <=` also catches a norm that overflows (u = (1e200, 1e200, 0, 0) gives inf - inf).
-        bad = (~(norm_error <= VELOCITY_NORM_TOLERANCE) | (flat_u[:, 0] <= 0)) & np.isfinite(flat_u).all(axis=1)
+    """Refuse a u that is not a future-directed unit timelike vector (non-finite u passes: flagged later).
+
+    The test itself is the C++ core's (the one dodo_apply uses), so Python and C agree bit for bit.
+    """
+    valid, norm_error = _core.check_four_velocities(flat_u)
+    bad = ~valid & np.isfinite(flat_u).all(axis=1)
     if np.any(bad):  # non-finite u is not refused here: such cells are flagged NONFINITE
         first = int(np.flatnonzero(bad)[0])
-        cell = tuple(int(i) for i in np.unravel_index(first, batch)) if batch else ()  # (1, 2), not np.int64(1)
+        where = tuple(int(i) for i in np.unravel_index(first, batch)) if batch else ()
+        if flat_u[first, 0] <= 0:
+            problem = f"u^t = {flat_u[first, 0]:.17g} is not positive (past-directed or zero)"
+        else:
+            problem = f"|u.u + 1| = {norm_error[first]:.12g} exceeds the tolerance {VELOCITY_NORM_TOLERANCE}"
         raise ValueError(
-            f"u is not a future-directed unit timelike four-velocity at cell {cell}: "
-            f"u = {flat_u[first].tolist()}, |u.u + 1| = {norm_error[first]:.3g} (tolerance {VELOCITY_NORM_TOLERANCE}); "
-            "pass u = (W, W v) with W = 1/sqrt(1 - v^2)")
-
-
-#: Largest thread count the C++ core takes (a C int).
-MAX_THREADS = 2**31 - 1
+            f"u is not a future-directed unit timelike four-velocity at cell {where}: u = {flat_u[first].tolist()}, "
+            f"{problem}; pass u = (W, W v) with W = 1/sqrt(1 - v^2)")
 
 
 def _integral(name: str, value) -> int:
@@ -113,8 +113,9 @@ def _integral(name: str, value) -> int:
 
 
 def _threads(threads: Optional[int]) -> int:
+    """Worker-thread count: None gives all cores; [0, MAX_THREADS] (0 and 1: the calling thread)."""
     if threads is None:
-        return os.cpu_count() or 1
+        return min(os.cpu_count() or 1, MAX_THREADS)
     count = _integral("threads", threads)
     if not 0 <= count <= MAX_THREADS:
         raise ValueError(f"threads must be an integer in [0, {MAX_THREADS}] (0 and 1: the calling thread only); "

@@ -85,9 +85,12 @@ class Closure:
     """A loaded closure: Box3D, then the model's correction, per cell.
 
     model: path of an ONNX model package (``dodo export``); None: the default model shipped
-        with Dodo (``dodo/models/qke_default.onnx``, trained on the QKE solver's data; see
-        dodo.models); ``"box3d"``: no model, Box3D alone.
-    threads: worker threads per call (None: all cores; 0 or 1: the calling thread only).
+        with Dodo (``dodo/models/qke_default.onnx``, trained on the QKE solver's data); ``"box3d"``: no
+        model, Box3D alone (the same literal in C, C++, Fortran and Julia; a file of that name is
+        ``"./box3d"``). An empty path is refused.
+    threads: worker threads per call (None: all cores; 0 or 1: the calling thread only; at most
+        1024). If the system refuses to start some (thread or address-space limits), the closure
+        runs with those it could start (``threads`` says how many); results do not depend on it.
     chunk_size: cells per network call (fixed-size chunks; default 1024).
     lebedev_order, z_method, max_flux_factor: Box3D settings; None takes the model's, and a
         value that differs from the model's is refused (the model was trained against it).
@@ -114,6 +117,9 @@ class Closure:
             model_path = None
         else:
             model_path = os.fspath(model)
+            if not model_path:  # an unset parameter must not silently drop the learned correction
+                raise ValueError(f'empty model path: give a model package, or "{BOX3D_ONLY}" for Box3D without a '
+                                 'learned correction (None: the default model)')
             if not os.path.exists(model_path):
                 raise FileNotFoundError(f"model package {model_path!r} does not exist")
         library = onnxruntime_library
@@ -121,7 +127,8 @@ class Closure:
             library = onnxruntime_library_path()
         self._model_path = model_path
         self._runtime = _core.Closure(
-            model_path, threads=_threads(threads), chunk_size=_integral("chunk_size", chunk_size),
+            BOX3D_ONLY if model_path is None else model_path, threads=_threads(threads),
+            chunk_size=_integral("chunk_size", chunk_size),
             lebedev_order=0 if lebedev_order is None else _integral("lebedev_order", lebedev_order), z_method=z_method or "",
             max_flux_factor=float(max_flux_factor or 0.0), onnxruntime_library=os.fspath(library) if library else "",
             device=device, run_self_test=bool(self_test and model_path is not None))

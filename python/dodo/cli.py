@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     for flag in ("include", "lib", "cmake", "pkgconfig"):
         info.add_argument(f"--{flag}-dir", dest="path", action="store_const", const=f"{flag}_dir",
                           help=f"print only the {flag} directory")
+    info.add_argument("--default-model", dest="path", action="store_const", const="default_model",
+                      help="print only the path of the shipped default model (C: dodo_default_model_path())")
     for module_name in _SUBCOMMAND_MODULES:
         try:
             module = importlib.import_module(module_name)

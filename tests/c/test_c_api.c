@@ -265,6 +265,14 @@ static void test_diagnostics(const char* plain_model, const char* model, const c
   CHECK(dodo_apply_diagnostics(closure, 3, NULL, NULL, NULL, NULL, &F_pred[0][0][0], NULL, NULL, growth, NULL) ==
         DODO_ERROR_INVALID_ARGUMENT);
 
+  /* An output array overlapping another array is refused before anything is written. */
+  CHECK(dodo_apply_diagnostics(closure, NCELL, &F[0][0][0], NULL, &u[0][0], NULL, &F_plain[0][0][0], NULL, NULL,
+                               &F_plain[0][0][0], NULL) == DODO_ERROR_INVALID_ARGUMENT);
+  CHECK(dodo_apply_diagnostics(closure, NCELL, &F[0][0][0], NULL, &u[0][0], NULL, &F_plain[0][0][0], NULL, NULL,
+                               growth_only, growth_only + 1) == DODO_ERROR_INVALID_ARGUMENT);
+  CHECK(dodo_last_error(closure, message, sizeof message) > 0 && strstr(message, "uncertainty overlaps") != NULL);
+  CHECK(memcmp(growth_only, growth, sizeof growth) == 0);
+
   /* A package that declares an output its graph lacks is refused, naming the file. */
   dodo_closure* refused = (dodo_closure*)1;
   CHECK(dodo_closure_create(misdeclared, NULL, &refused, message, sizeof message) == DODO_ERROR_MODEL_FORMAT);
@@ -283,6 +291,46 @@ static void test_diagnostics(const char* plain_model, const char* model, const c
   dodo_closure_destroy(closure);
 }
 
+/* Issue 11: the model argument (items 15, 21) and dodo_apply's array checks (item 10). */
+static void test_round_two(void) {
+  char message[512];
+  dodo_options options;
+  dodo_closure* closure = NULL;
+  dodo_options_init(&options);
+  CHECK(options.run_self_test == 1);
+  CHECK(dodo_closure_create("", &options, &closure, message, sizeof message) == DODO_ERROR_INVALID_ARGUMENT);
+  CHECK(closure == NULL && strstr(message, "empty model path") != NULL);
+  CHECK(dodo_closure_create(DODO_BOX3D_ONLY, &options, &closure, message, sizeof message) == DODO_OK);
+  CHECK(dodo_has_model(closure) == 0);
+  CHECK(dodo_default_model_path() != NULL && strstr(dodo_default_model_path(), "qke_default.onnx") != NULL);
+
+  double F[4][6][4], u[4][4], out[8][6][4];
+  make_cells(F, u, 4);
+  /* n_cells so large that the addresses wrap: refused, nothing written. */
+  out[0][0][0] = 42.0;
+  CHECK(dodo_apply(closure, (size_t)-1, &F[0][0][0], NULL, NULL, NULL, &out[0][0][0], NULL, NULL) ==
+        DODO_ERROR_INVALID_ARGUMENT);
+  CHECK(out[0][0][0] == 42.0);
+  CHECK(dodo_last_error(closure, message, sizeof message) > 0 && strstr(message, "address space") != NULL);
+  /* Zero species or component stride in F_pred: outputs would overwrite each other. */
+  const ptrdiff_t zero_species[3] = {24, 0, 1}, zero_component[3] = {24, 4, 0};
+  CHECK(dodo_apply(closure, 4, &F[0][0][0], NULL, NULL, NULL, &out[0][0][0], zero_species, NULL) ==
+        DODO_ERROR_INVALID_ARGUMENT);
+  CHECK(dodo_apply(closure, 4, &F[0][0][0], NULL, NULL, NULL, &out[0][0][0], zero_component, NULL) ==
+        DODO_ERROR_INVALID_ARGUMENT);
+  CHECK(dodo_last_error(closure, message, sizeof message) > 0 && strstr(message, "share memory") != NULL);
+  /* F_pred half a cell after F_init: refused; exactly F_init: in place, same result as out of place. */
+  double both[5][6][4];
+  memcpy(both, F, sizeof F);
+  CHECK(dodo_apply(closure, 4, &both[0][0][0], NULL, NULL, NULL, &both[0][3][0], NULL, NULL) ==
+        DODO_ERROR_INVALID_ARGUMENT);
+  CHECK(memcmp(both, F, sizeof F) == 0);
+  CHECK(dodo_apply(closure, 4, &F[0][0][0], NULL, &u[0][0], NULL, &out[0][0][0], NULL, NULL) == DODO_OK);
+  CHECK(dodo_apply(closure, 4, &both[0][0][0], NULL, &u[0][0], NULL, &both[0][0][0], NULL, NULL) == DODO_OK);
+  CHECK(memcmp(both, out, sizeof F) == 0);
+  dodo_closure_destroy(closure);
+}
+
 int main(int argc, char** argv) {
   if (argc != 2 && argc != 5) {
     fprintf(stderr, "usage: %s MODEL.onnx [DIAGNOSTICS_MODEL.onnx MISDECLARED.onnx DUMP]\n", argv[0]);
@@ -292,6 +340,7 @@ int main(int argc, char** argv) {
   test_create_errors();
   test_closure(argv[1]);
   if (argc == 5) test_diagnostics(argv[1], argv[2], argv[3], argv[4]);
+  test_round_two();
   printf("%d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;
 }

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "dodo/dodo.h"
+#include "gil.hpp"
 #include "runtime/closure.hpp"
 #include "runtime/errors.hpp"
 #include "runtime/onnx_package.hpp"
@@ -77,10 +78,7 @@ py::dict apply_diagnostics(const Closure& closure, const CellInput& F_init, cons
   diagnostics.growth_over_ntot_proxy = proxy.mutable_data();
   diagnostics.growth_rate_proxy = proxy_rate.mutable_data();
   diagnostics.uncertainty = uncertainty.mutable_data();
-  {
-    py::gil_scoped_release release;
-    closure.apply(n, input, velocity, output, status_data, diagnostics);
-  }
+  dodo_python::without_gil([&] { closure.apply(n, input, velocity, output, status_data, diagnostics); });
   py::dict out;
   out["F_pred"] = F_pred;
   out["status"] = status;
@@ -115,8 +113,11 @@ void register_runtime(py::module_& m) {
              options.onnxruntime_library = onnxruntime_library;
              options.device = device;
              options.run_self_test = run_self_test;
-             py::gil_scoped_release release;  // loading and warm-up can take a while
-             return std::make_unique<Closure>(model.value_or(""), options);
+             std::unique_ptr<Closure> closure;
+             const std::string path = model.value_or(DODO_BOX3D_ONLY);
+             // Loading and warm-up can take a while.
+             dodo_python::without_gil([&] { closure = std::make_unique<Closure>(path, options); });
+             return closure;
            }),
            py::arg("model"), py::arg("threads") = 0, py::arg("chunk_size") = 1024, py::arg("lebedev_order") = 0,
            py::arg("z_method") = "", py::arg("max_flux_factor") = 0.0, py::arg("onnxruntime_library") = "",
@@ -127,8 +128,9 @@ void register_runtime(py::module_& m) {
            "(n,6,4) float64 [, (n,4)] -> dict of F_pred, status, growth_over_ntot, growth_rate, "
            "growth_over_ntot_proxy, growth_rate_proxy, uncertainty")
       .def("self_test", [](const Closure& closure) {
-             py::gil_scoped_release release;
-             return closure.self_test();
+             double worst = 0.0;
+             dodo_python::without_gil([&] { worst = closure.self_test(); });
+             return worst;
            })
       .def("counters", &counters_dict)
       .def("reset_counters", &Closure::reset_counters)
@@ -163,6 +165,10 @@ void register_runtime(py::module_& m) {
     const std::string bytes = model;
     return dodo::runtime::content_sha256(dodo::runtime::read_package(bytes));
   }, py::arg("model"), "SHA-256 (hex) of ONNX model bytes without their metadata_props.");
+  m.def("model_metadata_sha256", [](const py::bytes& model) {
+    const std::string bytes = model;
+    return dodo::runtime::metadata_sha256(dodo::runtime::read_package(bytes));
+  }, py::arg("model"), "SHA-256 (hex) of the metadata entries as \"dodo.metadata_sha256\" defines it.");
   m.def("model_metadata", [](const py::bytes& model) {
     const std::string bytes = model;
     return dodo::runtime::read_package(bytes).metadata;
@@ -170,5 +176,5 @@ void register_runtime(py::module_& m) {
   m.def("with_content_digest", [](const py::bytes& model) {
     const std::string bytes = model;
     return py::bytes(dodo::runtime::with_content_digest(bytes));
-  }, py::arg("model"), "The model bytes with a fresh \"dodo.content_sha256\" (an old one is replaced).");
+  }, py::arg("model"), "The model bytes signed again: fresh \"dodo.content_sha256\" and \"dodo.metadata_sha256\".");
 }

@@ -77,6 +77,45 @@ inline void dit_radix4(double* __restrict r0, double* __restrict i0, double* __r
   }
 }
 
+// dif_radix4 with the twiddles of j = 0 (w = 1, w_q = -i, u = 1): additions only.
+inline void dif_radix4_first(double* __restrict r0, double* __restrict i0, double* __restrict r1,
+                             double* __restrict i1, double* __restrict r2, double* __restrict i2,
+                             double* __restrict r3, double* __restrict i3, std::size_t width) {
+  for (std::size_t d = 0; d < width; ++d) {
+    const double y0r = r0[d] + r2[d], y0i = i0[d] + i2[d];
+    const double y2r = r0[d] - r2[d], y2i = i0[d] - i2[d];
+    const double y1r = r1[d] + r3[d], y1i = i1[d] + i3[d];
+    const double y3r = i1[d] - i3[d], y3i = r3[d] - r1[d];  // (x1 - x3) (-i)
+    r0[d] = y0r + y1r;
+    i0[d] = y0i + y1i;
+    r1[d] = y0r - y1r;
+    i1[d] = y0i - y1i;
+    r2[d] = y2r + y3r;
+    i2[d] = y2i + y3i;
+    r3[d] = y2r - y3r;
+    i3[d] = y2i - y3i;
+  }
+}
+
+// dit_radix4 with the twiddles of j = 0 (t = 1, u = 1, u_h = +i): additions only.
+inline void dit_radix4_first(double* __restrict r0, double* __restrict i0, double* __restrict r1,
+                             double* __restrict i1, double* __restrict r2, double* __restrict i2,
+                             double* __restrict r3, double* __restrict i3, std::size_t width) {
+  for (std::size_t d = 0; d < width; ++d) {
+    const double y0r = r0[d] + r1[d], y0i = i0[d] + i1[d], y1r = r0[d] - r1[d], y1i = i0[d] - i1[d];
+    const double y2r = r2[d] + r3[d], y2i = i2[d] + i3[d], y3r = r2[d] - r3[d], y3i = i2[d] - i3[d];
+    r0[d] = y0r + y2r;
+    i0[d] = y0i + y2i;
+    r2[d] = y0r - y2r;
+    i2[d] = y0i - y2i;
+    // i y3 = (-y3i, y3r)
+    r1[d] = y1r - y3i;
+    i1[d] = y1i + y3r;
+    r3[d] = y1r + y3i;
+    i3[d] = y1i - y3r;
+  }
+}
+
 DODO_MULTIVERSION
 void forward_rows(double* re, double* im, std::size_t n, std::size_t width, const double* tw_re, const double* tw_im) {
   std::size_t half = n / 2;
@@ -84,11 +123,15 @@ void forward_rows(double* re, double* im, std::size_t n, std::size_t width, cons
     const std::size_t quarter = half / 2;
     for (std::size_t start = 0; start < n; start += 2 * half) {
       for (std::size_t j = 0; j < quarter; ++j) {
+        const std::size_t x0 = (start + j) * width, x1 = x0 + quarter * width, x2 = x1 + quarter * width,
+                          x3 = x2 + quarter * width;
+        if (j == 0) {  // exact unit twiddles (the whole last pass): no multiplications
+          dif_radix4_first(re + x0, im + x0, re + x1, im + x1, re + x2, im + x2, re + x3, im + x3, width);
+          continue;
+        }
         const Twiddle w{tw_re[half + j], tw_im[half + j]};
         const Twiddle wq{tw_re[half + j + quarter], tw_im[half + j + quarter]};
         const Twiddle u{tw_re[quarter + j], tw_im[quarter + j]};
-        const std::size_t x0 = (start + j) * width, x1 = x0 + quarter * width, x2 = x1 + quarter * width,
-                          x3 = x2 + quarter * width;
         dif_radix4(re + x0, im + x0, re + x1, im + x1, re + x2, im + x2, re + x3, im + x3, w, wq, u, width);
       }
     }
@@ -111,12 +154,16 @@ void inverse_rows(double* re, double* im, std::size_t n, std::size_t width, cons
   for (; half < n; half *= 4) {
     for (std::size_t start = 0; start < n; start += 4 * half) {
       for (std::size_t j = 0; j < half; ++j) {
+        const std::size_t x0 = (start + j) * width, x1 = x0 + half * width, x2 = x1 + half * width,
+                          x3 = x2 + half * width;
+        if (j == 0) {  // exact unit twiddles (the whole first pass): no multiplications
+          dit_radix4_first(re + x0, im + x0, re + x1, im + x1, re + x2, im + x2, re + x3, im + x3, width);
+          continue;
+        }
         // Conjugate twiddles: the inverse transform.
         const Twiddle t{tw_re[half + j], -tw_im[half + j]};
         const Twiddle u{tw_re[2 * half + j], -tw_im[2 * half + j]};
         const Twiddle uh{tw_re[3 * half + j], -tw_im[3 * half + j]};
-        const std::size_t x0 = (start + j) * width, x1 = x0 + half * width, x2 = x1 + half * width,
-                          x3 = x2 + half * width;
         dit_radix4(re + x0, im + x0, re + x1, im + x1, re + x2, im + x2, re + x3, im + x3, t, u, uh, width);
       }
     }

@@ -55,7 +55,7 @@ struct ClosureCounters {
 
 class Closure {
  public:
-  // model_path empty: Box3D only (no ONNX Runtime needed).
+  // model_path DODO_BOX3D_ONLY ("box3d"): Box3D only (no ONNX Runtime needed); empty: refused.
   Closure(const std::string& model_path, const ClosureOptions& options);
   ~Closure();
   Closure(const Closure&) = delete;

@@ -1,7 +1,12 @@
 #include "onnx_model.hpp"
 
-#include <fstream>
-#include <iterator>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <memory>
 #include <set>
 #include <utility>
@@ -27,12 +32,55 @@ std::size_t tier_of(std::size_t rows) {  // smallest t with 2^t >= rows
   return tier;
 }
 
+// Reads a model file, refusing before reading anything that cannot be a model package: a
+// directory, a device (/dev/zero never ends), a FIFO (would block) or a socket, and files larger
+// than DODO_MAX_MODEL_FILE_BYTES. Files whose size stat does not know (/proc) are read up to the
+// limit.
 std::string read_file(const std::string& path) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file) throw Error(DODO_ERROR_FILE, "cannot open model file \"" + path + "\"");
-  std::string bytes((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
-  if (file.bad()) throw Error(DODO_ERROR_FILE, "cannot read model file \"" + path + "\"");
-  if (bytes.empty()) throw Error(DODO_ERROR_MODEL_FORMAT, "model file \"" + path + "\" is empty");
+  const std::string quoted = "\"" + path + "\"";
+  // O_NONBLOCK: opening a FIFO must not wait for a writer; regular files ignore the flag.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    const int error = errno;
+    if (error == ENOENT) throw Error(DODO_ERROR_FILE, "model file " + quoted + " does not exist");
+    throw Error(DODO_ERROR_FILE, "cannot open model file " + quoted + ": " + std::strerror(error));
+  }
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat info {};
+  if (::fstat(fd, &info) != 0)
+    throw Error(DODO_ERROR_FILE, "cannot stat model file " + quoted + ": " + std::strerror(errno));
+  if (S_ISDIR(info.st_mode)) throw Error(DODO_ERROR_FILE, "model path " + quoted + " is a directory, not a model file");
+  if (!S_ISREG(info.st_mode))
+    throw Error(DODO_ERROR_FILE, "model path " + quoted + " is not a regular file (a device, FIFO or socket)");
+  constexpr std::size_t limit = DODO_MAX_MODEL_FILE_BYTES;
+  auto too_large = [&](const std::string& size) {
+    return Error(DODO_ERROR_MODEL_FORMAT, "model file " + quoted + " is " + size + " bytes; a model package is at most " +
+                                              std::to_string(limit) + " bytes (DODO_MAX_MODEL_FILE_BYTES)");
+  };
+  if (static_cast<unsigned long long>(info.st_size) > limit) throw too_large(std::to_string(info.st_size));
+  // Blocking reads from here on (the file is regular).
+  ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+  std::string bytes(static_cast<std::size_t>(info.st_size) + 1, '\0');  // + 1: EOF needs no regrowth
+  std::size_t have = 0;
+  while (true) {
+    if (have == bytes.size()) {
+      if (bytes.size() > limit) throw too_large("more than " + std::to_string(limit));
+      bytes.resize(std::min<std::size_t>(limit + 1, std::max<std::size_t>(2 * bytes.size(), 1 << 16)));
+    }
+    const ssize_t got = ::read(fd, &bytes[have], bytes.size() - have);
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      throw Error(DODO_ERROR_FILE, "cannot read model file " + quoted + ": " + std::strerror(errno));
+    }
+    if (got == 0) break;
+    have += static_cast<std::size_t>(got);
+  }
+  bytes.resize(have);
+  if (bytes.size() > limit) throw too_large("more than " + std::to_string(limit));
+  if (bytes.empty()) throw Error(DODO_ERROR_MODEL_FORMAT, "model file " + quoted + " is empty");
   return bytes;
 }
 
@@ -165,10 +213,73 @@ OnnxModel::OnnxModel(const OrtLibrary& library, const std::string& path, const s
   }
   try {
     check_signature();
-    check_declared_outputs("model file \"" + path + "\"");
+    check_declared_outputs();
+    check_computed_shape();
+  } catch (const Error& error) {
+    api_->ReleaseSession(session_);
+    throw Error(error.status(), "model file \"" + path + "\": " + error.what());
   } catch (...) {
     api_->ReleaseSession(session_);
     throw;
+  }
+}
+
+// A graph may declare head_output [N, K] and compute another shape; the runtime's buffers are
+// sized from the declaration, so one evaluation with ORT's own output allocation checks what the
+// graph really returns before any caller's data goes through it (issue 11, item 14).
+void OnnxModel::check_computed_shape() {
+  if (output_size_ < 1) return;  // dynamic K: describe_model refuses it against the head
+  const std::size_t width = static_cast<std::size_t>(input_size_);
+  const char* output_names[3] = {kOutputName, nullptr, nullptr};
+  std::size_t outputs = 1;
+  if (optional_outputs_.uncertainty) output_names[outputs++] = kUncertaintyName;
+  if (optional_outputs_.log_growth_ratio) output_names[outputs++] = kLogGrowthRatioName;
+  for (const int64_t rows : {int64_t{1}, int64_t{3}}) {
+    std::vector<float> input(static_cast<std::size_t>(rows) * width, 0.0f);
+    for (int64_t r = 0; r < rows; ++r) input[static_cast<std::size_t>(r) * width] = 1.0f;
+    OrtMemoryInfo* memory = nullptr;
+    check_ort(api_, api_->CreateCpuMemoryInfo(OrtArenaAllocator, OrtMemTypeDefault, &memory), "creating memory info");
+    std::unique_ptr<OrtMemoryInfo, OrtReleaser<OrtMemoryInfo>> memory_guard(memory, {api_, api_->ReleaseMemoryInfo});
+    const int64_t shape[2] = {rows, static_cast<int64_t>(width)};
+    OrtValue* in = nullptr;
+    check_ort(api_, api_->CreateTensorWithDataAsOrtValue(memory, input.data(), input.size() * sizeof(float), shape, 2,
+                                                         ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &in),
+              "creating the probe input");
+    std::unique_ptr<OrtValue, OrtReleaser<OrtValue>> in_guard(in, {api_, api_->ReleaseValue});
+    const char* input_names[] = {kInputName};
+    OrtValue* out[3] = {nullptr, nullptr, nullptr};
+    OrtStatus* ran = api_->Run(session_, nullptr, input_names, &in, 1, output_names, outputs, out);
+    std::unique_ptr<OrtValue, OrtReleaser<OrtValue>> out_guards[3] = {
+        {out[0], {api_, api_->ReleaseValue}}, {out[1], {api_, api_->ReleaseValue}}, {out[2], {api_, api_->ReleaseValue}}};
+    if (ran) {
+      std::string message = "evaluating the graph on a probe batch failed: " + without_source_location(api_->GetErrorMessage(ran));
+      api_->ReleaseStatus(ran);
+      throw Error(DODO_ERROR_MODEL_FORMAT, message);
+    }
+    for (std::size_t o = 0; o < outputs; ++o) {
+      OrtTensorTypeAndShapeInfo* info = nullptr;
+      check_ort(api_, api_->GetTensorTypeAndShape(out[o], &info), "reading the probe output's shape");
+      std::unique_ptr<OrtTensorTypeAndShapeInfo, OrtReleaser<OrtTensorTypeAndShapeInfo>> info_guard(
+          info, {api_, api_->ReleaseTensorTypeAndShapeInfo});
+      ONNXTensorElementDataType element{};
+      check_ort(api_, api_->GetTensorElementType(info, &element), "reading the probe output's type");
+      std::size_t rank = 0;
+      check_ort(api_, api_->GetDimensionsCount(info, &rank), "reading the probe output's rank");
+      std::vector<int64_t> dims(rank);
+      check_ort(api_, api_->GetDimensions(info, dims.data(), rank), "reading the probe output's dimensions");
+      // head_output [N, K]; the optional per-cell outputs [N].
+      const bool head = o == 0;
+      const bool right = element == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT && rank == (head ? 2u : 1u) && dims[0] == rows &&
+                         (!head || dims[1] == output_size_);
+      if (!right) {
+        std::string computed;
+        for (std::size_t d = 0; d < rank; ++d) computed += (d ? ", " : "") + std::to_string(dims[d]);
+        throw Error(DODO_ERROR_MODEL_FORMAT, "graph declares \"" + std::string(output_names[o]) + "\" float32 [N" +
+                                                 (head ? ", " + std::to_string(output_size_) : std::string()) +
+                                                 "] but computes [" + computed + "] for N = " + std::to_string(rows) +
+                                                 (element != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT ? " (not float32)" : ""));
+      }
+    }
   }
 }
 
@@ -264,10 +375,10 @@ void OnnxModel::run(EvaluationBuffers& buffers, std::size_t n) const {
             "evaluating the network");
 }
 
-void OnnxModel::check_declared_outputs(const std::string& source) {
+void OnnxModel::check_declared_outputs() {
   const auto entry = metadata_.find(kOutputsKey);
   if (entry == metadata_.end()) return;  // a package from before the key: head_output only
-  const std::string prefix = source + ": metadata \"" + kOutputsKey + "\" ";
+  const std::string prefix = std::string("metadata \"") + kOutputsKey + "\" ";
   const std::string known = "\"head_output\", \"uncertainty\", \"log_growth_ratio\"";
   std::set<std::string> declared;
   try {
@@ -317,17 +428,17 @@ void OnnxModel::check_declared_outputs(const std::string& source) {
       if (rank == 1) check_ort(api_, api_->GetDimensions(tensor, &first, 1), "reading dimensions");
     }
     if (!tensor || element != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || rank != 1 || first > 0)
-      throw Error(DODO_ERROR_MODEL_FORMAT, source + ": output \"" + name + "\" (declared in \"" + kOutputsKey +
+      throw Error(DODO_ERROR_MODEL_FORMAT, "output \"" + name + "\" (declared in \"" + kOutputsKey +
                                                "\") must be a float32 tensor of shape [N] with a dynamic N (one "
                                                "number per cell)" + (rank > 1 ? "; it has rank " + std::to_string(rank) : ""));
   }
   for (const std::string& name : declared)
     if (!graph.count(name))
-      throw Error(DODO_ERROR_MODEL_FORMAT, source + ": metadata \"" + kOutputsKey + "\" declares output \"" + name +
+      throw Error(DODO_ERROR_MODEL_FORMAT, std::string("metadata \"") + kOutputsKey + "\" declares output \"" + name +
                                                "\", which the graph does not have (graph outputs: " + graph_list + ")");
   for (const std::string& name : graph)
     if (!declared.count(name))
-      throw Error(DODO_ERROR_MODEL_FORMAT, source + ": the graph has output \"" + name + "\", which metadata \"" +
+      throw Error(DODO_ERROR_MODEL_FORMAT, "the graph has output \"" + name + "\", which metadata \"" +
                                                kOutputsKey + "\" does not declare (it declares " + entry->second + ")");
   optional_outputs_.uncertainty = declared.count(kUncertaintyName) != 0;
   optional_outputs_.log_growth_ratio = declared.count(kLogGrowthRatioName) != 0;

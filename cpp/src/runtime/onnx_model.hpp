@@ -72,8 +72,9 @@ class OnnxModel {
 
  private:
   void check_signature();
-  // Checks "dodo.outputs" against the graph and sets optional_outputs_; `source` names the file.
-  void check_declared_outputs(const std::string& source);
+  void check_computed_shape();
+  // Checks "dodo.outputs" against the graph and sets optional_outputs_.
+  void check_declared_outputs();
 
   const OrtApi* api_;
   OrtSession* session_ = nullptr;

@@ -201,7 +201,8 @@ def export_checkpoint(checkpoint_path: str | Path, output: str | Path, check: bo
     onnx.checker.check_model(model)
     from .. import _core
 
-    # The content digest goes in last, over the final bytes (docs/model_package.md).
+    # The digests go in last, over the final bytes: dodo.content_sha256 over the graph and weights,
+    # dodo.metadata_sha256 over every metadata entry (docs/model_package.md).
     final_bytes = _core.with_content_digest(model.SerializeToString())
     metadata = _core.model_metadata(final_bytes)
     roundtrip = roundtrip_check(network, final_bytes, test_vectors, box3d_settings) if check else None
