@@ -255,3 +255,16 @@ def test_a_graph_narrower_than_its_feature_set_is_refused(tmp_path):
     write(path, n_test_vectors=0, metadata_overrides={"dodo.features": "invariants99-v7"})
     with pytest.raises(RuntimeError, match=r'DODO_ERROR_MODEL_METADATA.*"invariants99-v7".*invariants27\+box7-v1'):
         Closure(path)
+
+
+def test_an_optional_output_computing_another_length_than_declared_is_refused(models, tmp_path):
+    """The graph declares uncertainty [N] but computes [2N] (a [N, 2] tensor flattened): the load-time
+    probe evaluation finds it, before any caller's cells could be written past the buffer."""
+    model = onnx.load(str(models["learned"][0]))
+    weights = next(t for t in model.graph.initializer if t.name == "uncertainty_w")
+    doubled = np.concatenate([onnx.numpy_helper.to_array(weights)] * 2, axis=1)
+    weights.CopyFrom(onnx.numpy_helper.from_array(doubled, "uncertainty_w"))
+    path = tmp_path / "lying.onnx"
+    save_resigned(model, path)
+    with pytest.raises(RuntimeError, match=r'DODO_ERROR_MODEL_FORMAT.*"uncertainty" float32 \[N\] but computes \[2\] for N = 1'):
+        Closure(path)
