@@ -174,7 +174,8 @@ DODO_API size_t dodo_last_error(const dodo_closure* closure, char* buffer, size_
  *   exp(log_growth_ratio) where the model has that output; 0 for stable and rejected cells.
  * uncertainty: the model's estimate of the spread of its correction, in units of the cell's
  *   N_tot; 0 where no correction is applied (stable, rejected or network-nonfinite cells,
- *   Box3D-only handles, models without the output). */
+ *   Box3D-only handles, models without the output).
+ * Neither may overlap the other or any other array of the call (DODO_ERROR_INVALID_ARGUMENT). */
 DODO_API dodo_status dodo_apply_diagnostics(dodo_closure* closure, size_t n_cells, const double* F_init,
                                             const ptrdiff_t* F_init_strides, const double* u,
                                             const ptrdiff_t* u_strides, double* F_pred,
