@@ -166,6 +166,22 @@ DODO_API long dodo_get_metadata(const dodo_closure* closure, const char* key, ch
  * length. Empty when the last call succeeded. */
 DODO_API size_t dodo_last_error(const dodo_closure* closure, char* buffer, size_t buffer_size);
 
+/* dodo_apply, and per cell the growth rate of the instability and the model's uncertainty
+ * (docs/runtime.md, "Growth rate and uncertainty"); growth_rate and uncertainty are arrays of
+ * n_cells doubles, either may be NULL.
+ * growth_rate: in s^-1, comoving frame, for densities in cm^-3 (for densities in units of
+ *   k cm^-3, multiply by k). Box3D's proxy max_pairs sqrt(I+ I-) N_tot sqrt(2) G_F / hbar, times
+ *   exp(log_growth_ratio) where the model has that output; 0 for stable and rejected cells.
+ * uncertainty: the model's estimate of the spread of its correction, in units of the cell's
+ *   N_tot; 0 where no correction is applied (stable, rejected or network-nonfinite cells,
+ *   Box3D-only handles, models without the output).
+ * Neither may overlap the other or any other array of the call (DODO_ERROR_INVALID_ARGUMENT). */
+DODO_API dodo_status dodo_apply_diagnostics(dodo_closure* closure, size_t n_cells, const double* F_init,
+                                            const ptrdiff_t* F_init_strides, const double* u,
+                                            const ptrdiff_t* u_strides, double* F_pred,
+                                            const ptrdiff_t* F_pred_strides, uint32_t* cell_status,
+                                            double* growth_rate, double* uncertainty);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif
