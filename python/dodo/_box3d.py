@@ -118,7 +118,7 @@ def _threads(threads: Optional[int]) -> int:
         return min(os.cpu_count() or 1, MAX_THREADS)
     count = _integral("threads", threads)
     if not 0 <= count <= MAX_THREADS:
-        raise ValueError(f"threads must lie in [0, {MAX_THREADS}] (an integer; 0 and 1: the calling thread only); "
+        raise ValueError(f"threads must be an integer in [0, {MAX_THREADS}] (0 and 1: the calling thread only); "
                          f"got {threads}")
     return count
 
