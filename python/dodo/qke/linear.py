@@ -73,11 +73,17 @@ def dispersion_eigenvalues(lepton_difference: np.ndarray, directions: np.ndarray
 
 
 def growth_rates(four_flux: np.ndarray, directions: np.ndarray, wavevectors: np.ndarray,
-                 coupling_transfer: np.ndarray | float = 1.0) -> np.ndarray:
-    """Largest Im(omega) over flavour pairs (s^-1, 0 if stable) for each wavevector ``[nk, 3]``."""
+                 coupling_transfer: np.ndarray | float = 1.0, candidates: list | None = None) -> np.ndarray:
+    """Largest Im(omega) over flavour pairs (s^-1, 0 if stable) for each wavevector ``[nk, 3]``.
+
+    ``candidates``: the state's unstable_candidates(pair_lepton_numbers(...)), when the caller
+    already has them (searches call this many times for one state; the maximum-entropy
+    reconstruction behind them is a quarter of a search's cost)."""
     wavevectors = np.atleast_2d(np.asarray(wavevectors, float))
     rates = np.zeros(len(wavevectors))
-    for lepton in unstable_candidates(pair_lepton_numbers(four_flux, directions)):
+    if candidates is None:
+        candidates = unstable_candidates(pair_lepton_numbers(four_flux, directions))
+    for lepton in candidates:
         omega = np.linalg.eigvals(dispersion_matrices(lepton, directions, wavevectors, coupling_transfer))
         rates = np.maximum(rates, omega.imag.max(axis=-1))
     return rates
@@ -124,7 +130,8 @@ def fastest_wavevector(four_flux: np.ndarray, directions: np.ndarray, k_over_mu_
     k_over_mu_grid = np.linspace(0.0, 1.0, 21) if k_over_mu_grid is None else np.asarray(k_over_mu_grid, float)
     axes = directions if axes is None else np.asarray(axes, float)
     wavevectors = (k_over_mu_grid[None, :, None] * k_scale * axes[:, None, :]).reshape(-1, 3)
-    rates = growth_rates(four_flux, directions, wavevectors)
+    candidates = unstable_candidates(pair_lepton_numbers(four_flux, directions))
+    rates = growth_rates(four_flux, directions, wavevectors, candidates=candidates)
     best = int(np.argmax(rates))
     if rates[best] <= 0:
         return 0.0, np.zeros(3)
@@ -135,11 +142,11 @@ def fastest_wavevector(four_flux: np.ndarray, directions: np.ndarray, k_over_mu_
     golden = (np.sqrt(5) - 1) / 2
     for _ in range(25):
         a, b = hi - golden * (hi - lo), lo + golden * (hi - lo)
-        rate_a, rate_b = growth_rates(four_flux, directions, np.array([a * axis, b * axis]))
+        rate_a, rate_b = growth_rates(four_flux, directions, np.array([a * axis, b * axis]), candidates=candidates)
         if rate_a > rate_b:
             hi = b
         else:
             lo = a
     k = 0.5 * (lo + hi)
-    rate = float(growth_rates(four_flux, directions, k * axis[None])[0])
+    rate = float(growth_rates(four_flux, directions, k * axis[None], candidates=candidates)[0])
     return (rate, k * axis) if rate > best_rate else (best_rate, best_vector)
