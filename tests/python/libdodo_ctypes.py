@@ -7,7 +7,8 @@ import ctypes
 class Options(ctypes.Structure):
     _fields_ = [("struct_size", ctypes.c_size_t), ("threads", ctypes.c_int), ("chunk_size", ctypes.c_int),
                 ("lebedev_order", ctypes.c_int), ("z_method", ctypes.c_char_p), ("max_flux_factor", ctypes.c_double),
-                ("onnxruntime_library", ctypes.c_char_p), ("run_self_test", ctypes.c_int)]
+                ("onnxruntime_library", ctypes.c_char_p), ("run_self_test", ctypes.c_int),
+                ("device", ctypes.c_int), ("device_id", ctypes.c_int)]
 
 
 class Counters(ctypes.Structure):

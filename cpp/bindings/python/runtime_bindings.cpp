@@ -83,7 +83,7 @@ void register_runtime(py::module_& m) {
   py::register_exception_translator(&translate_runtime_error);
 
   py::class_<Closure>(m, "Closure", "The C++ closure runtime; use dodo.Closure instead.")
-      .def(py::init([](const std::optional<std::string>& model, int threads, int chunk_size, int lebedev_order,
+      .def(py::init([](const py::object& model, int threads, int chunk_size, int lebedev_order,
                        const std::string& z_method, double max_flux_factor, const std::string& onnxruntime_library,
                        const std::string& device, bool run_self_test) {
              ClosureOptions options;
@@ -95,8 +95,12 @@ void register_runtime(py::module_& m) {
              options.onnxruntime_library = onnxruntime_library;
              options.device = device;
              options.run_self_test = run_self_test;
+             // model: None (Box3D only), a path (str), or the package's bytes (copied under the GIL).
+             const bool in_memory = py::isinstance<py::bytes>(model);
+             const std::string text = model.is_none() ? std::string() : model.cast<std::string>();
              py::gil_scoped_release release;  // loading and warm-up can take a while
-             return std::make_unique<Closure>(model.value_or(""), options);
+             if (in_memory) return std::make_unique<Closure>(dodo::runtime::ModelInMemory{text}, options);
+             return std::make_unique<Closure>(text, options);
            }),
            py::arg("model"), py::arg("threads") = 0, py::arg("chunk_size") = 1024, py::arg("lebedev_order") = 0,
            py::arg("z_method") = "", py::arg("max_flux_factor") = 0.0, py::arg("onnxruntime_library") = "",

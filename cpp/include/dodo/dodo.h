@@ -76,7 +76,12 @@ typedef enum dodo_status {
 /* Opaque handle (SUNDIALS style: a pointer to an incomplete struct). */
 typedef struct dodo_closure dodo_closure;
 
-/* Options for dodo_closure_create. Initialise with dodo_options_init, then set fields. */
+/* Where the network runs (dodo_options.device). Box3D always runs on the CPU. */
+#define DODO_DEVICE_CPU 0
+#define DODO_DEVICE_CUDA 1 /* ONNX Runtime's CUDA execution provider (an onnxruntime-gpu library) */
+
+/* Options for dodo_closure_create. Initialise with dodo_options_init, then set fields.
+ * Fields are only ever added at the end; a program built against an older dodo.h keeps working. */
 typedef struct dodo_options {
   size_t struct_size;              /* set by dodo_options_init; lets the struct grow compatibly */
   int threads;                     /* worker threads per dodo_apply; 0 or 1 = caller's thread only */
@@ -86,6 +91,8 @@ typedef struct dodo_options {
   double max_flux_factor;          /* 0 = the model's (0.98 without one) */
   const char* onnxruntime_library; /* path of libonnxruntime; NULL = search (docs/runtime.md) */
   int run_self_test;               /* nonzero: run the model's test vectors at creation */
+  int device;                      /* DODO_DEVICE_CPU (default) or DODO_DEVICE_CUDA */
+  int device_id;                   /* CUDA device number (DODO_DEVICE_CUDA only); e.g. the rank on its node */
 } dodo_options;
 
 typedef struct dodo_counters {
@@ -143,6 +150,14 @@ DODO_API long dodo_get_metadata(const dodo_closure* closure, const char* key, ch
 /* Copies the last error message recorded on this handle (by any thread) into buffer; returns its
  * length. Empty when the last call succeeded. */
 DODO_API size_t dodo_last_error(const dodo_closure* closure, char* buffer, size_t buffer_size);
+
+/* Like dodo_closure_create, from a model package already in memory (size bytes at `bytes`), with
+ * the same checks as a file: content digest, metadata, self-test. The bytes are only read during
+ * the call. For codes with many ranks: rank 0 reads the file, MPI_Bcast sends the bytes, every
+ * rank creates its closure, and no other rank touches the file system (examples/c/mpi_closure.c). */
+DODO_API dodo_status dodo_closure_create_from_memory(const void* bytes, size_t size, const dodo_options* options,
+                                                     dodo_closure** closure, char* error_buffer,
+                                                     size_t error_buffer_size);
 
 #ifdef __cplusplus
 } /* extern "C" */
