@@ -15,7 +15,8 @@ def register(subparsers) -> argparse.ArgumentParser:
         "simulate", help="simulate fast-flavour instabilities (QKE solver) and write an Emu-format database",
         description="Simulate random or given initial states in periodic 1D boxes with Dodo's fast-flavour "
                     "QKE solver and write their asymptotic states in Emu's database layout (docs/qke.md).")
-    parser.add_argument("output", help="output HDF5 file (written atomically; resumable via OUTPUT.partial.npz)")
+    parser.add_argument("output", help="output HDF5 file (written atomically; resumable via OUTPUT.partial*.npz); "
+                                       "under mpirun/srun the states are shared out over the ranks (docs/qke.md)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", help="initial states: Emu-layout HDF5 (F4_initial(1|ccm)) or YAML ('states' list)")
     source.add_argument("--random", type=int, metavar="N", help="simulate N random ELN-crossing states")
@@ -48,9 +49,15 @@ def register(subparsers) -> argparse.ArgumentParser:
 def run_simulate(args) -> int:
     """Handler of ``dodo simulate``; returns a process exit code."""
     from .campaign import simulate_states
+    from .parallel import world
     from .states import random_crossing_states, read_states
 
     report = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
+    try:
+        communicator = world()
+    except RuntimeError as error:
+        print(f"dodo simulate: error: {error}", file=sys.stderr)
+        return 2
     try:
         rotation = end_time = None
         if args.input:
@@ -76,11 +83,14 @@ def run_simulate(args) -> int:
                                   rotation=rotation, box_length_cm=args.box_length, end_time_s=end_time,
                                   attributes={"source": source, "command": " ".join(sys.argv), "max_cost_vs_nsm1":
                                               "none" if args.max_cost is None else args.max_cost},
-                                  report=report, max_cost=args.max_cost)
+                                  report=report, max_cost=args.max_cost, communicator=communicator)
     except (ValueError, OSError) as error:
-        print(f"dodo simulate: error: {error}", file=sys.stderr)
+        print(f"dodo simulate: error: {error}", file=sys.stderr, flush=True)
+        if communicator.size > 1:
+            communicator.abort(2)  # the other ranks may be waiting for this one: stop them all
         return 2
-    report(f"wrote {args.output}: {int(results['valid'].sum())} of {len(results['valid'])} states valid")
+    if communicator.rank == 0:
+        report(f"wrote {args.output}: {int(results['valid'].sum())} of {len(results['valid'])} states valid")
     return 0
 
 
