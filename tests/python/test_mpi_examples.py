@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from mpi_helpers import mpi_environment, mpirun
+from mpi_helpers import mpi_environment, mpirun, skip_without
 from test_native_programs import PATHS, ROOT, pkg_config, run
 
 from dodo.models import default_model_path
@@ -20,7 +20,7 @@ from dodo.models import default_model_path
 def build(tmp_path, language):
     compiler = shutil.which({"c": "mpicc", "fortran": "mpif90"}[language])
     if not compiler:
-        pytest.skip(f"no MPI {language} compiler wrapper (apt-get install libopenmpi-dev)")
+        skip_without(f"no MPI {language} compiler wrapper (apt-get install libopenmpi-dev)")
     program = tmp_path / f"mpi_closure_{language}"
     if language == "c":
         run([compiler, "-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror", str(ROOT / "examples/c/mpi_closure.c"),

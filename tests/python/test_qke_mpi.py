@@ -14,7 +14,7 @@ import pytest
 
 h5py = pytest.importorskip("h5py")
 
-from mpi_helpers import mpi_environment, mpirun  # noqa: E402
+from mpi_helpers import mpi_environment, mpirun, skip_without  # noqa: E402
 
 from dodo.qke import parallel  # noqa: E402
 from dodo.qke.campaign import simulate_states  # noqa: E402
@@ -118,7 +118,7 @@ def test_killed_ranks_resume_in_one_process_with_identical_rows(tmp_path, single
 
 def run_simulate_under_mpi(nranks, output):
     if importlib.util.find_spec("mpi4py") is None:
-        pytest.skip("mpi4py is not installed (pip install 'dodo[mpi]')")
+        skip_without("mpi4py is not installed (pip install 'dodo[mpi]')")
     script = ("import sys, numpy as np; sys.path.insert(0, sys.argv[2]); import test_qke_mpi as t; "
               "from dodo.qke.campaign import simulate_states; "
               "simulate_states(t.cheap_states(), sys.argv[1], t.CONFIG, batch_size=t.BATCH, report=print)")
