@@ -72,10 +72,13 @@ class KilledRank(parallel.SerialCommunicator):
         raise Killed
 
 
+def run_states(output, communicator, report=lambda message: None):
+    return simulate_states(cheap_states(), output, CONFIG, batch_size=BATCH, report=report, communicator=communicator)
+
+
 def killed_run(output: str, rank: int, size: int) -> None:
     with pytest.raises(Killed):
-        simulate_states(cheap_states(), output, CONFIG, batch_size=BATCH, report=lambda message: None,
-                        communicator=KilledRank(rank, size))
+        run_states(output, KilledRank(rank, size))
     assert os.path.exists(f"{output}.partial.rank{rank}.npz") and not os.path.exists(output)
 
 
@@ -108,6 +111,9 @@ def test_killed_ranks_resume_in_one_process_with_identical_rows(tmp_path, single
     output = str(tmp_path / "resumed.h5")
     killed_run(output, 1, 3)  # of a 3-rank job only rank 1 finished its batch
     killed_run(output, 0, 2)  # then of a 2-rank job only rank 0
+    held = [np.load(f"{output}.partial.rank{rank}.npz")["indices"] for rank in (1, 0)]
+    assert 0 < len(held[0]) <= BATCH and 0 < len(held[1]) <= BATCH  # each holds its own rows only
+    assert not set(held[0]) & set(held[1])
     messages = []
     simulate_states(cheap_states(), output, CONFIG, batch_size=BATCH, report=messages.append,
                     communicator=parallel.SerialCommunicator())

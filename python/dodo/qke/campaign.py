@@ -85,9 +85,13 @@ def _merge(into: dict, part: dict, indices: np.ndarray) -> None:
             into[key][indices[fresh]] = part[key][fresh]
 
 
-def _load_checkpoints(output: str, fingerprint: str, nstates: int, report: Callable[[str], None]) -> dict:
+def _load_checkpoints(output: str, fingerprint: str, nstates: int, report: Callable[[str], None]):
+    """(results merged from every matching checkpoint, the number of the checkpoint each done row
+    came from (-1: none), the checkpoint paths)."""
     results = _empty_results(nstates)
-    for path in _checkpoints(output):
+    origin = np.full(nstates, -1)
+    paths = _checkpoints(output)
+    for number, path in enumerate(paths):
         try:
             stored = np.load(path, allow_pickle=True)
             matches = str(stored["fingerprint"]) == fingerprint
@@ -96,11 +100,17 @@ def _load_checkpoints(output: str, fingerprint: str, nstates: int, report: Calla
         if not matches:
             report(f"ignoring {path}: it belongs to other states or settings")
             continue
-        done = np.flatnonzero(stored["done"])
-        _merge(results, {key: stored[key][done] for key in results if key in stored.files}, done)
+        if "indices" in stored.files:  # the rows it holds
+            indices = stored["indices"]
+            part = {key: stored[key] for key in results if key in stored.files}
+        else:  # written before checkpoints held only their rows: every row, "done" says which
+            indices = np.flatnonzero(stored["done"])
+            part = {key: stored[key][indices] for key in results if key in stored.files}
+        origin[indices[~results["done"][indices]]] = number
+        _merge(results, part, indices)
     if results["done"].any():
         report(f"resuming: {int(results['done'].sum())}/{nstates} states already simulated")
-    return results
+    return results, origin, paths
 
 
 def _write_database(output: str, four_flux: np.ndarray, results: dict, settings: dict, attributes: dict | None) -> None:
@@ -152,10 +162,17 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
                 "rotation_given": rotation is not None,
                 "end_time_given": None if end_time_s is None else np.asarray(end_time_s, float).tolist()}
     fingerprint = _fingerprint(four_flux, settings)
-    results = _load_checkpoints(output, fingerprint, nstates, say)
+    # Rank 0 alone reads the checkpoints (thousands of ranks must not all scan the directory).
+    results, origin, paths = comm.computed_by_root(lambda: _load_checkpoints(output, fingerprint, nstates, say))
+    checkpoint = _checkpoint_path(output, comm.rank, comm.size)
+    # A rank's checkpoint holds its own rows only: those of the file it replaces, and those it computes.
+    owned = origin == (paths.index(checkpoint) if checkpoint in paths else -2)
+    computed = np.zeros(nstates, bool)
     directions = uniform_sphere(config.nphi_equator)
     # Costs of all states, whatever is done: the batch plan must not depend on the progress.
-    cost = relative_cost(four_flux, directions, None if end_time_s is None else np.asarray(end_time_s))
+    # Computed once (rank 0) and sent: every rank then plans with the very same numbers.
+    cost = comm.computed_by_root(
+        lambda: relative_cost(four_flux, directions, None if end_time_s is None else np.asarray(end_time_s)))
     if max_cost is not None:
         cost_vs_nsm1 = cost / relative_cost(NSM1_EMU_1D[None], directions, None)[0]
         expensive = np.flatnonzero(~results["done"] & (cost_vs_nsm1 > max_cost))
@@ -168,15 +185,17 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
     owner = assign_batches([len(batch) * cost[batch].max() for batch in batches], comm.size)
     mine = [batch for batch, rank in zip(batches, owner) if rank == comm.rank]
     prefix = f"[rank {comm.rank}/{comm.size}] " if comm.size > 1 else ""
-    checkpoint = _checkpoint_path(output, comm.rank, comm.size)
     started = time.time()
     for number, batch in enumerate(mine, start=1):
-        _simulate_batch(batch[~results["done"][batch]], four_flux, results, config, directions, axis, rotation,
-                        box_length_cm, end_time_s)
+        todo = batch[~results["done"][batch]]
+        _simulate_batch(todo, four_flux, results, config, directions, axis, rotation, box_length_cm, end_time_s)
+        computed[todo] = True
+        owned[todo] = True
 
         def write_partial(temporary: str) -> None:
+            rows = np.flatnonzero(owned & results["done"])
             with open(temporary, "wb") as stream:
-                np.savez(stream, fingerprint=fingerprint, **results)
+                np.savez(stream, fingerprint=fingerprint, indices=rows, **{key: value[rows] for key, value in results.items()})
 
         atomic_write(checkpoint, write_partial)
         if comm.size == 1:
@@ -186,9 +205,10 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
         report(f"{prefix}{int(results['done'].sum())}/{nstates} states done ({int(results['valid'].sum())} valid), "
                f"{elapsed:.0f} s elapsed, about {remaining:.0f} s left (cheapest states first, so likely more)")
 
-    # Rank 0 collects what every rank did, writes the database, and removes the checkpoints.
-    done_here = np.flatnonzero(results["done"])
-    parts = comm.gather((done_here, {key: value[done_here] for key, value in results.items()}), root=0)
+    # Rank 0 (which has every row of the checkpoints) collects what the ranks computed, writes the
+    # database, and removes the checkpoints.
+    rows = np.flatnonzero(computed)
+    parts = comm.gather((rows, {key: value[rows] for key, value in results.items()}), root=0)
     if comm.rank == 0:
         for indices, part in parts[1:]:
             _merge(results, part, indices)

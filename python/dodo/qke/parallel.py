@@ -28,6 +28,10 @@ class SerialCommunicator:
     def bcast(self, value, root: int = 0):
         return value
 
+    def computed_by_root(self, function):
+        """function() as rank 0 computes it, on every rank (here: this process computes it)."""
+        return function()
+
     def barrier(self) -> None:
         pass
 
@@ -48,6 +52,10 @@ class MPICommunicator:
 
     def bcast(self, value, root: int = 0):
         return self._comm.bcast(value, root=root)
+
+    def computed_by_root(self, function):
+        """function() computed by rank 0 alone and sent to every rank."""
+        return self._comm.bcast(function() if self.rank == 0 else None, root=0)
 
     def barrier(self) -> None:
         self._comm.Barrier()
