@@ -133,7 +133,8 @@ dodo_options complete_options(const dodo_options* options) {
     given.struct_size = sizeof(dodo_options);
     return given;
   }
-  throw Error(DODO_ERROR_INVALID_ARGUMENT, "dodo_options.struct_size does not match this library (call dodo_options_init)");
+  throw Error(DODO_ERROR_INVALID_ARGUMENT, "dodo_options.struct_size " + std::to_string(options->struct_size) +
+                                               " is not a size this library knows (initialise with dodo_options_init)");
 }
 
 dodo::runtime::ClosureOptions runtime_options(const dodo_options& given) {
@@ -223,11 +224,20 @@ const char* dodo_cell_status_name(uint32_t bit) {
   return nullptr;
 }
 
-void dodo_options_init(dodo_options* options) {
+void dodo_options_init_sized(dodo_options* options, size_t size) {
+  if (!options || size < sizeof(OptionsV1)) return;  // smaller than any dodo_options: not ours to write
+  std::memset(options, 0, size);                     // the caller's struct is `size` bytes
+  options->struct_size = size;                       // a size this library does not know is refused at creation
+  options->chunk_size = 1024;                        // the other defaults are zero (CPU, the model's settings)
+}
+
+// Parenthesised: the name, not dodo.h's macro of the same name.
+void(dodo_options_init)(dodo_options* options) {
   if (!options) return;
-  std::memset(options, 0, sizeof *options);
-  options->struct_size = sizeof *options;
-  options->chunk_size = 1024;
+  OptionsV1 first_release{};
+  first_release.struct_size = sizeof first_release;
+  first_release.chunk_size = 1024;
+  std::memcpy(options, &first_release, sizeof first_release);  // never past the first release's size
 }
 
 dodo_status dodo_closure_create(const char* model_path, const dodo_options* options, dodo_closure** closure,

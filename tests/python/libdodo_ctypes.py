@@ -38,7 +38,8 @@ def load_libdodo():
     library.dodo_status_message.restype = ctypes.c_char_p
     library.dodo_cell_status_name.restype = ctypes.c_char_p
     library.dodo_cell_status_name.argtypes = [ctypes.c_uint32]
-    library.dodo_options_init.argtypes = [p(Options)]
+    library.dodo_options_init.argtypes = [ctypes.c_char_p]  # the first release's: writes its fields only
+    library.dodo_options_init_sized.argtypes = [p(Options), ctypes.c_size_t]
     library.dodo_closure_create.argtypes = [ctypes.c_char_p, p(Options), p(ctypes.c_void_p), ctypes.c_char_p,
                                             ctypes.c_size_t]
     library.dodo_closure_destroy.argtypes = [ctypes.c_void_p]

@@ -132,7 +132,7 @@ def test_c_api_creates_from_memory_and_refuses_null_and_empty_buffers(libdodo):
 
 def options(library, **fields):
     made = Options()
-    library.dodo_options_init(ctypes.byref(made))
+    library.dodo_options_init_sized(ctypes.byref(made), ctypes.sizeof(made))
     for name, value in fields.items():
         setattr(made, name, value)
     return made
@@ -160,6 +160,27 @@ def test_bad_device_options_are_refused(libdodo, fields, words):
 class OptionsFirstRelease(ctypes.Structure):
     """dodo_options as API version 1 released it, before device and device_id."""
     _fields_ = Options._fields_[:8]
+
+
+def test_first_release_options_init_writes_only_the_first_release_struct(libdodo):
+    # A program built against the first dodo.h calls the symbol dodo_options_init on its smaller
+    # struct: the growing struct must not make the library write past it.
+    size = ctypes.sizeof(OptionsFirstRelease)
+    memory = ctypes.create_string_buffer(b"\xab" * 128, 128)
+    libdodo.dodo_options_init(memory)
+    assert memory.raw[size:] == b"\xab" * (128 - size)
+    initialised = OptionsFirstRelease.from_buffer_copy(memory.raw[:size])
+    assert (initialised.struct_size, initialised.chunk_size, initialised.threads) == (size, 1024, 0)
+    # The sized entry point (what dodo.h's dodo_options_init macro calls) fills exactly the size given.
+    memory = ctypes.create_string_buffer(b"\xab" * 128, 128)
+    libdodo.dodo_options_init_sized(ctypes.cast(memory, ctypes.POINTER(Options)), ctypes.sizeof(Options))
+    assert memory.raw[ctypes.sizeof(Options):] == b"\xab" * (128 - ctypes.sizeof(Options))
+    current = Options.from_buffer_copy(memory.raw[:ctypes.sizeof(Options)])
+    assert (current.struct_size, current.chunk_size, current.device, current.device_id) == \
+        (ctypes.sizeof(Options), 1024, 0, 0)
+    memory = ctypes.create_string_buffer(b"\xab" * 16, 16)
+    libdodo.dodo_options_init_sized(ctypes.cast(memory, ctypes.POINTER(Options)), 16)  # too small for any version
+    assert memory.raw == b"\xab" * 16
 
 
 def test_options_struct_of_the_first_release_is_still_accepted(libdodo):

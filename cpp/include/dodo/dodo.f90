@@ -19,7 +19,8 @@
 ! $(pkg-config --variable=includedir dodo)/dodo/dodo.f90.
 module dodo
   use, intrinsic :: iso_c_binding, only: c_ptr, c_null_ptr, c_null_char, c_char, c_int, c_double, c_size_t, &
-                                         c_int8_t, c_int32_t, c_int64_t, c_long, c_associated, c_loc, c_f_pointer
+                                         c_int8_t, c_int32_t, c_int64_t, c_long, c_associated, c_loc, c_f_pointer, &
+                                         c_sizeof
   implicit none
   private
 
@@ -63,9 +64,10 @@ module dodo
   integer(c_int), parameter :: DEVICE_CUDA = 1  ! dodo.h DODO_DEVICE_CUDA
 
   interface
-    subroutine c_options_init(options) bind(c, name="dodo_options_init")
-      import :: options_c
+    subroutine c_options_init(options, size) bind(c, name="dodo_options_init_sized")
+      import :: options_c, c_size_t
       type(options_c), intent(inout) :: options
+      integer(c_size_t), value :: size
     end subroutine
     function c_create(model_path, options, closure, error_buffer, error_size) bind(c, name="dodo_closure_create")
       import :: c_ptr, c_int, c_char, c_size_t, options_c
@@ -284,7 +286,7 @@ contains
     real(c_double), intent(in), optional :: max_flux_factor
     logical, intent(in), optional :: run_self_test
     type(options_c) :: options
-    call c_options_init(options)
+    call c_options_init(options, c_sizeof(options))
     if (present(threads)) options%threads = int(threads, c_int)
     if (present(chunk_size)) options%chunk_size = int(chunk_size, c_int)
     if (present(lebedev_order)) options%lebedev_order = int(lebedev_order, c_int)

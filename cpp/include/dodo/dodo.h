@@ -113,7 +113,15 @@ DODO_API const char* dodo_status_message(dodo_status status);
 /* Name of one cell status bit ("NO_CROSSING", ...), or NULL if `bit` is not exactly one known bit. */
 DODO_API const char* dodo_cell_status_name(uint32_t bit);
 
+/* Sets the defaults in the caller's dodo_options of `size` bytes (the sizeof of the caller's
+ * dodo.h) and records the size in struct_size. Use it through dodo_options_init (below). */
+DODO_API void dodo_options_init_sized(dodo_options* options, size_t size);
+/* The first release's entry point, kept for programs built against that dodo.h: initialises the
+ * first release's fields only (it cannot know the caller's size). This header maps
+ * dodo_options_init(o) to dodo_options_init_sized(o, sizeof *(o)); bindings that call symbols
+ * (Fortran, Julia, ctypes) call dodo_options_init_sized with the size of their struct. */
 DODO_API void dodo_options_init(dodo_options* options);
+#define dodo_options_init(options) dodo_options_init_sized((options), sizeof *(options))
 
 /* Creates a closure from an ONNX model package, or a Box3D-only closure when model_path is NULL.
  * options may be NULL (defaults). On failure *closure is NULL and, if error_buffer is not NULL,
