@@ -99,8 +99,9 @@ def test_launcher_detection_and_a_clear_error_without_mpi4py(monkeypatch):
     assert parallel.launched_size({}) == 1
     assert parallel.launched_size({"OMPI_COMM_WORLD_SIZE": "4"}) == 4
     assert parallel.launched_size({"PMI_SIZE": "3"}) == 3
-    assert parallel.launched_size({"SLURM_STEP_ID": "0", "SLURM_NTASKS": "8"}) == 8
+    assert parallel.launched_size({"SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "8"}) == 8  # srun -n 8
     assert parallel.launched_size({"SLURM_NTASKS": "8"}) == 1  # a batch script outside srun: one process
+    assert parallel.launched_size({"SLURM_STEP_ID": "4294967294", "SLURM_STEP_NUM_TASKS": "8"}) == 1  # batch step
     assert isinstance(parallel.world({"OMPI_COMM_WORLD_SIZE": "1"}), parallel.SerialCommunicator)
     monkeypatch.setitem(sys.modules, "mpi4py", None)  # import fails as when it is not installed
     with pytest.raises(RuntimeError, match=r"started as 2 MPI ranks, but mpi4py is not installed: pip install"):

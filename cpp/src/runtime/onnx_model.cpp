@@ -64,7 +64,7 @@ void enable_cuda(const OrtApi* api, OrtSessionOptions* options, int device_id) {
     available = available || std::string(providers[i]) == "CUDAExecutionProvider";
     names += (i ? ", " : "") + std::string(providers[i]);
   }
-  api->ReleaseAvailableProviders(providers, count);
+  if (OrtStatus* released = api->ReleaseAvailableProviders(providers, count)) api->ReleaseStatus(released);
   if (!available)
     throw Error(DODO_ERROR_ONNXRUNTIME_UNAVAILABLE,
                 "device cuda:" + std::to_string(device_id) +

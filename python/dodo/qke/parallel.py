@@ -69,8 +69,10 @@ def launched_size(environ=os.environ) -> int:
     for name in _SIZE_VARIABLES:
         if environ.get(name, "").isdigit():
             return int(environ[name])
-    if environ.get("SLURM_STEP_ID") is not None and environ.get("SLURM_NTASKS", "").isdigit():
-        return int(environ["SLURM_NTASKS"])  # inside `srun`: one task per rank
+    step = environ.get("SLURM_STEP_ID", "")
+    # Inside `srun` (a job step, not the batch script itself, whose step id is 0xfffffffe): one task per rank.
+    if step.isdigit() and int(step) < 0xFFFFFFF0 and environ.get("SLURM_STEP_NUM_TASKS", "").isdigit():
+        return int(environ["SLURM_STEP_NUM_TASKS"])
     return 1
 
 
