@@ -150,3 +150,27 @@ def test_a_killed_three_rank_job_resumes_on_two_ranks(tmp_path, single_process):
     assert "resuming: " in log
     assert_same_rows(single_process, output)
     assert sorted(os.listdir(tmp_path)) == ["mpi_resumed.h5"]
+
+
+def test_a_checkpoint_in_the_earlier_every_state_layout_still_resumes(tmp_path, single_process):
+    output = str(tmp_path / "old.h5")
+
+    def stop_after_first_batch(message):
+        if "states done" in message:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_states(output, parallel.SerialCommunicator(), report=stop_after_first_batch)
+    stored = dict(np.load(output + ".partial.npz", allow_pickle=True))
+    rows, fingerprint = stored.pop("indices"), stored.pop("fingerprint")
+    nstates = len(cheap_states())
+    every_state = {}
+    for key, value in stored.items():  # the layout before checkpoints held only their rows
+        every_state[key] = np.zeros((nstates,) + value.shape[1:], value.dtype)
+        every_state[key][rows] = value
+    with open(output + ".partial.npz", "wb") as stream:
+        np.savez(stream, fingerprint=fingerprint, **every_state)
+    messages = []
+    run_states(output, parallel.SerialCommunicator(), report=messages.append)
+    assert messages[0].startswith(f"resuming: {len(rows)}/{nstates}")
+    assert_same_rows(single_process, output)
