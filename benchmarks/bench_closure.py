@@ -31,7 +31,7 @@ import numpy as np
 
 import dodo
 from dodo._closure import Closure
-from dodo.models import synthetic
+from dodo.training import synthetic_model as synthetic
 
 
 def timed(function) -> tuple[float, float]:
@@ -85,7 +85,7 @@ def main() -> None:
         if model is None:
             model = os.path.join(folder, "bench.onnx")
             mlp = synthetic.SyntheticMLP.random("equivariant", hidden=(128, 128, 128), output_scale=0.02, seed=4)
-            synthetic.write_model(model, mlp, n_test_vectors=0)
+            synthetic.write_model(model, mlp, n_test_vectors=2)
         F_all, u_all = synthetic.test_cells(max(args.sizes), seed=3)
         features_all = synthetic.reference_invariants(F_all, u_all)[0].astype(np.float32)
 

@@ -38,7 +38,7 @@ generator=()
 command -v ninja > /dev/null && generator=(-G Ninja)
 build="$root/build/fuzz"
 CC=clang CXX=clang++ "$cmake_bin" -S . -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DDODO_BUILD_FUZZERS=ON -DDODO_SANITIZE=ON > "$build.configure.log" 2>&1 || { cat "$build.configure.log"; exit 1; }
+  -DDODO_BUILD_FUZZERS=ON -DDODO_SANITIZE=ON -DPython3_EXECUTABLE="$python" > "$build.configure.log" 2>&1 || { cat "$build.configure.log"; exit 1; }
 "$cmake_bin" --build "$build" --target fuzz_apply fuzz_loader fuzz_metadata
 "$python" fuzz/make_seeds.py "$build/seeds"
 

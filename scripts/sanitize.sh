@@ -24,7 +24,7 @@ start=$(date +%s)
 
 echo "== sanitize: C/C++ tests (ASan + UBSan)"
 "$cmake_bin" -S . -B "$build/ctest" "${generator[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDODO_BUILD_TESTS=ON \
-  -DDODO_SANITIZE=ON -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_C_FLAGS="$flags" > "$build.ctest-configure.log"
+  -DDODO_SANITIZE=ON -DPython3_EXECUTABLE="$python" -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_C_FLAGS="$flags" > "$build.ctest-configure.log"
 "$cmake_bin" --build "$build/ctest"
 # Leak detection stays on here: a leak in libdodo fails the C and C++ tests.
 ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:strict_string_checks=1" UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \

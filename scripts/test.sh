@@ -11,8 +11,15 @@ extras=(test train)
 command -v mpirun >/dev/null 2>&1 && extras+=(mpi)
 bash scripts/setup_venv.sh "${extras[@]}"
 "$venv/bin/python" -m pip install --quiet cmake ninja
+# The venv's Python tells CMake where the onnxruntime wheel keeps its library: the system python3
+# of a fresh machine has no onnxruntime (issue 11).
 "$venv/bin/cmake" -S . -B build/cpp-tests -G Ninja -DCMAKE_MAKE_PROGRAM="$venv/bin/ninja" \
-  -DDODO_BUILD_TESTS=ON
+  -DDODO_BUILD_TESTS=ON -DPython3_EXECUTABLE="$venv/bin/python"
+used="$(sed -n 's/^DODO_ORT_BUILD_HINT_PYTHON:INTERNAL=//p' build/cpp-tests/CMakeCache.txt)"
+if [ -z "${DODO_ONNXRUNTIME_LIBRARY:-}" ] && [ "$used" != "$venv/bin/python" ]; then
+  echo "scripts/test.sh: the C/C++ tests took ONNX Runtime from '$used', not from $venv/bin/python" >&2
+  exit 1
+fi
 "$venv/bin/cmake" --build build/cpp-tests
 "$venv/bin/ctest" --test-dir build/cpp-tests --output-on-failure
 "$venv/bin/python" -m pytest "$@"

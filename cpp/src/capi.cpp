@@ -2,16 +2,23 @@
 //
 // Every extern "C" body runs inside `guarded`, the one place where exceptions become status
 // codes and the handle's last-error text. Nothing here prints, exits or aborts.
+#include <dlfcn.h>
+#include <limits.h>
+#include <sys/stat.h>
+
 #include <cstddef>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <new>
 #include <set>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "cell_status.hpp"
 #include "dodo/dodo.h"
+#include "runtime/array_layout.hpp"
 #include "runtime/closure.hpp"
 #include "runtime/errors.hpp"
 
@@ -179,6 +186,32 @@ dodo_status create_handle(const dodo_options* options, dodo_closure** closure, c
   return status;
 }
 
+// The default model shipped with Dodo, found from where this library lies: beside the Python
+// package (the wheel: dodo/lib/libdodo.so or dodo/_core*.so, model in dodo/models/), under
+// share/dodo/models of an install prefix, or in the source tree this library was built from.
+std::string find_default_model() {
+  std::vector<std::string> candidates;
+  Dl_info info{};
+  if (::dladdr(reinterpret_cast<void*>(&find_default_model), &info) && info.dli_fname) {
+    std::string directory = info.dli_fname;
+    const std::size_t slash = directory.rfind('/');
+    directory = slash == std::string::npos ? "." : directory.substr(0, slash);
+    candidates.push_back(directory + "/../models/" DODO_DEFAULT_MODEL_NAME);
+    candidates.push_back(directory + "/models/" DODO_DEFAULT_MODEL_NAME);
+    candidates.push_back(directory + "/../share/dodo/models/" DODO_DEFAULT_MODEL_NAME);
+  }
+#ifdef DODO_SOURCE_MODELS_DIR
+  candidates.push_back(DODO_SOURCE_MODELS_DIR "/" DODO_DEFAULT_MODEL_NAME);
+#endif
+  for (const std::string& candidate : candidates) {
+    struct stat status {};
+    char resolved[PATH_MAX];
+    if (::stat(candidate.c_str(), &status) == 0 && S_ISREG(status.st_mode) && ::realpath(candidate.c_str(), resolved))
+      return resolved;
+  }
+  return "";
+}
+
 }  // namespace
 
 extern "C" {
@@ -229,6 +262,7 @@ void dodo_options_init_sized(dodo_options* options, size_t size) {
   std::memset(options, 0, size);                     // the caller's struct is `size` bytes
   options->struct_size = size;                       // a size this library does not know is refused at creation
   options->chunk_size = 1024;                        // the other defaults are zero (CPU, the model's settings)
+  options->run_self_test = 1;  // as in Python: a package is checked against its test vectors at load
 }
 
 // Parenthesised: the name, not dodo.h's macro of the same name.
@@ -237,13 +271,20 @@ void(dodo_options_init)(dodo_options* options) {
   OptionsV1 first_release{};
   first_release.struct_size = sizeof first_release;
   first_release.chunk_size = 1024;
+  first_release.run_self_test = 1;  // as in Python: a package is checked against its test vectors at load
   std::memcpy(options, &first_release, sizeof first_release);  // never past the first release's size
+}
+
+const char* dodo_default_model_path(void) {
+  static const std::string path = find_default_model();
+  return path.empty() ? nullptr : path.c_str();
 }
 
 dodo_status dodo_closure_create(const char* model_path, const dodo_options* options, dodo_closure** closure,
                                 char* error_buffer, size_t error_buffer_size) {
   return create_handle(options, closure, error_buffer, error_buffer_size, [&](const dodo::runtime::ClosureOptions& settings) {
-    return std::make_unique<dodo::runtime::Closure>(model_path ? model_path : "", settings);
+    // NULL: Box3D alone, as DODO_BOX3D_ONLY; an empty string is refused by the closure (issue 11.15).
+    return std::make_unique<dodo::runtime::Closure>(model_path ? model_path : DODO_BOX3D_ONLY, settings);
   });
 }
 
@@ -268,14 +309,13 @@ dodo_status dodo_apply(dodo_closure* closure, size_t n_cells, const double* F_in
     dodo::ConstCellArray input = cell_view(F_init, F_init_strides);
     dodo::ConstCellArray output_view = cell_view(F_pred, F_pred_strides);
     dodo::CellArray output{F_pred, output_view.cell_stride, output_view.species_stride, output_view.component_stride};
-    if (n_cells > 1 && output.cell_stride == 0)
-      throw Error(DODO_ERROR_INVALID_ARGUMENT, "F_pred cell stride is 0: cells would overwrite each other");
     dodo::ConstVelocityArray velocity;
     velocity.data = u;
     if (u && u_strides) {
       velocity.cell_stride = u_strides[0];
       velocity.component_stride = u_strides[1];
     }
+    dodo::runtime::check_apply_layout(n_cells, input, velocity, output, cell_status);
     closure->closure->apply(n_cells, input, velocity, output, cell_status);
   });
 }
@@ -338,7 +378,7 @@ size_t dodo_last_error(const dodo_closure* closure, char* buffer, size_t buffer_
 dodo_status dodo_closure_create_from_memory(const void* bytes, size_t size, const dodo_options* options,
                                             dodo_closure** closure, char* error_buffer, size_t error_buffer_size) {
   return create_handle(options, closure, error_buffer, error_buffer_size, [&](const dodo::runtime::ClosureOptions& settings) {
-    if (!bytes) throw Error(DODO_ERROR_INVALID_ARGUMENT, "model bytes pointer is NULL (for a Box3D-only closure use dodo_closure_create with a NULL path)");
+    if (!bytes) throw Error(DODO_ERROR_INVALID_ARGUMENT, "model bytes pointer is NULL (for a Box3D-only closure use dodo_closure_create with DODO_BOX3D_ONLY)");
     if (size == 0) throw Error(DODO_ERROR_MODEL_FORMAT, "model in memory is empty (size 0)");
     const std::string_view view(static_cast<const char*>(bytes), size);
     return std::make_unique<dodo::runtime::Closure>(dodo::runtime::ModelInMemory{view}, settings);

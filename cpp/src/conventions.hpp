@@ -30,6 +30,9 @@ inline constexpr double kGrowthRatePerNtot = 1.9255e-22;
 // |u.u + 1| above this is not a four-velocity.
 inline constexpr double kVelocityNormTolerance = 1e-6;
 
+// Most threads a closure or Box3D batch may ask for, in every language; more are refused.
+inline constexpr int kMaxThreads = 1024;
+
 using FourVector = std::array<double, 4>;
 using CellFluxes = std::array<double, kCellValues>;
 

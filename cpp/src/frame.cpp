@@ -4,11 +4,14 @@
 
 namespace dodo {
 
+double four_velocity_norm_error(const double* u) { return std::fabs(minkowski_dot(u, u) + 1.0); }
+
 bool is_valid_four_velocity(const double* u) {
   if (u == nullptr) return true;
   for (int m = 0; m < 4; ++m)
     if (!std::isfinite(u[m])) return false;
-  return u[0] > 0.0 && std::fabs(minkowski_dot(u, u) + 1.0) <= kVelocityNormTolerance;
+  // `<=` is false for a NaN error (an overflowing u.u gives inf - inf).
+  return u[0] > 0.0 && four_velocity_norm_error(u) <= kVelocityNormTolerance;
 }
 
 namespace {

@@ -7,7 +7,10 @@
 
 namespace dodo {
 
-// True when u is finite, future-directed and |u.u + 1| <= kVelocityNormTolerance.
+// |u.u + 1|, computed the one way every check uses (the Python API reports this number).
+double four_velocity_norm_error(const double* u);
+// True when u is finite, future-directed (u^t > 0) and four_velocity_norm_error(u) <=
+// kVelocityNormTolerance: the one velocity check, shared by the C API and Python (issue 11.4).
 bool is_valid_four_velocity(const double* u);
 
 // Pure boost of a four-vector into the rest frame of u (and back). u = nullptr: identity.

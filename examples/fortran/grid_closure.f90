@@ -35,7 +35,7 @@ program grid_closure
     end do
   end do
 
-  model = ""
+  model = DODO_BOX3D_ONLY  ! no argument: Box3D alone; dodo_default_model_path() is the shipped model
   if (command_argument_count() > 0) call get_command_argument(1, model)
   call dodo_create(closure, trim(model), threads=2, run_self_test=.true., stat=stat, errmsg=message)
   if (stat /= DODO_OK) then

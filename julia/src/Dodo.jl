@@ -4,19 +4,31 @@
 The Dodo closure for the neutrino fast flavour instability, over its C API (libdodo).
 
     using Dodo
-    closure = Dodo.Closure("model.onnx"; threads = 2)     # or Dodo.Closure() for Box3D only
+    closure = Dodo.Closure("model.onnx"; threads = 2)     # or Dodo.Closure("box3d") for Box3D only
     F = rand(4, 6, n)                                      # (t,x,y,z) x species x cell
     F_pred = Dodo.apply(closure, F, u)                     # u: (4, n) four-velocities
 
 Arrays are column-major `(4, 6, ncell)`, which is exactly the C layout `double[ncell][6][4]`:
 nothing is copied. Errors raise `Dodo.DodoError` with the status name and message.
+The model argument follows the one contract of every language (docs/runtime.md): a package path
+or `"box3d"` (`BOX3D_ONLY`) for Box3D alone; an empty path is refused; `nothing` is Box3D alone
+too (C's NULL). `default_model_path()` is the model shipped with Dodo.
 """
 module Dodo
 
 include("LibDodo.jl")
 using .LibDodo
 
-export Closure, apply, apply!, self_test, counters, DodoError
+export Closure, apply, apply!, self_test, counters, DodoError, BOX3D_ONLY, default_model_path
+
+"""Model argument meaning Box3D alone, in every language (dodo.h DODO_BOX3D_ONLY)."""
+const BOX3D_ONLY = "box3d"
+
+"""Path of the default model shipped with Dodo, found next to libdodo; `nothing` if absent."""
+function default_model_path()
+    path = ccall((:dodo_default_model_path, LibDodo.library()), Ptr{UInt8}, ())
+    return path == C_NULL ? nothing : unsafe_string(path)
+end
 
 struct DodoError <: Exception
     status::Cint
@@ -38,7 +50,7 @@ mutable struct Closure
         LibDodo.options_init!(options)
         options.threads = threads
         options.chunk_size = chunk_size
-        options.run_self_test = run_self_test && model !== nothing
+        options.run_self_test = run_self_test
         handle = Ref{Ptr{Cvoid}}(C_NULL)
         buffer = zeros(UInt8, 1024)
         status = LibDodo.closure_create(model, options, handle, buffer)

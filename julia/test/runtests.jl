@@ -8,6 +8,9 @@ using Dodo
     @test occursin(".", Dodo.version())
 
     @test_throws DodoError Dodo.Closure("/no/such/model.onnx")
+    @test_throws DodoError Dodo.Closure("")            # an empty path never means Box3D alone
+    @test !Dodo.has_model(Dodo.Closure(Dodo.BOX3D_ONLY))
+    @test Dodo.default_model_path() === nothing || isfile(Dodo.default_model_path())
 
     n = 20
     F = zeros(4, 6, n)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import re
@@ -43,6 +44,130 @@ def atomic_write(path: str | Path, write) -> None:
     """Call ``write(temporary_path)`` and move the result onto ``path`` atomically."""
     with atomic_path(path) as tmp:
         write(str(tmp))
+
+
+@contextlib.contextmanager
+def atomic_hdf5(final: str | Path):
+    """Yield ``(h5py.File, check)`` writing a temporary next to ``final``, renamed on success.
+
+    HDF5 crashes the process when it closes objects after a write failed (a full disk: issue 11,
+    item 8), so HDF5 never sees a failed write: its writes go through :class:`WriteErrorLatch`,
+    which keeps the first error and from then on holds writes in memory. ``check()`` raises that
+    error (call it between large blocks to stop early); on leaving, after HDF5 closed the file
+    cleanly, it is raised as ``OSError`` and the temporary is removed, so ``final`` is untouched.
+    """
+    import h5py
+
+    with atomic_path(final) as tmp:
+        sink = WriteErrorLatch(tmp)
+        try:
+            try:
+                handle = h5py.File(sink, "w")
+                try:
+                    yield handle, sink.check
+                finally:
+                    handle.close()
+            except Exception:
+                sink.check()  # the disk filled up first: that is the error to report
+                raise
+            sink.check()
+        finally:
+            sink.close()
+
+
+class WriteErrorLatch(io.RawIOBase):
+    """A read/write binary file that records the first failed write instead of raising it.
+
+    From that write on, writes are kept in memory (and served to reads), so a library writing
+    through it (HDF5) sees a consistent file and never enters its error paths; :meth:`check`
+    raises the recorded error. The memory held is what is written after the failure: callers
+    stop soon after it (``check()`` between blocks).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
+        self._name = str(path)
+        self._position = 0
+        self._held: list[tuple[int, bytes]] = []  # (offset, data) written after the failure
+        self.error: OSError | None = None
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise OSError(self.error.errno, f"writing {self._name}: {self.error.strerror or self.error}")
+
+    def _pwrite(self, view: memoryview, offset: int) -> int:
+        return os.pwrite(self._fd, view, offset)
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        target = memoryview(buffer).cast("B")
+        size, start = len(target), self._position
+        data = os.pread(self._fd, size, start)
+        target[:len(data)] = data
+        target[len(data):] = bytes(size - len(data))  # past the end: zeros, as HDF5 expects
+        for offset, held in self._held:  # later writes win
+            low, high = max(start, offset), min(start + size, offset + len(held))
+            if low < high:
+                target[low - start:high - start] = held[low - offset:high - offset]
+        self._position += size
+        return size
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        if self.error is None:
+            try:
+                while done < len(view):
+                    done += self._pwrite(view[done:], self._position + done)
+            except OSError as error:
+                self.error = error
+        if done < len(view):
+            self._held.append((self._position + done, bytes(view[done:])))
+        self._position += len(view)
+        return len(view)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            self._position = offset
+        elif whence == io.SEEK_CUR:
+            self._position += offset
+        else:
+            self._position = self._size() + offset
+        return self._position
+
+    def _size(self) -> int:
+        end = os.fstat(self._fd).st_size
+        return max([end] + [offset + len(held) for offset, held in self._held])
+
+    def tell(self) -> int:
+        return self._position
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self._position if size is None else size
+        if self.error is None:
+            try:
+                os.ftruncate(self._fd, size)
+            except OSError as error:
+                self.error = error
+        return size
+
+    def flush(self) -> None:
+        pass  # unbuffered: every write is already in the kernel (or held)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        super().close()
 
 
 def remove_stale_temporaries(final: str | Path) -> list[Path]:

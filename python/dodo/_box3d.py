@@ -10,10 +10,10 @@ import numpy as np
 from . import _core
 from .conventions import (
     GROWTH_RATE_PER_NTOT,
+    MAX_THREADS,
     N_COMPONENTS,
     N_SPECIES,
     VELOCITY_NORM_TOLERANCE,
-    minkowski_dot,
 )
 
 DEFAULT_LEBEDEV_ORDER = 17
@@ -33,8 +33,9 @@ class Box3DResult(NamedTuple):
 def box3d_settings(lebedev_order: int = DEFAULT_LEBEDEV_ORDER, z_method: str = DEFAULT_Z_METHOD,
                    max_flux_factor: float = DEFAULT_MAX_FLUX_FACTOR) -> dict:
     """The settings that define a Box3D result (recorded in preprocessed files and models)."""
-    _engine(lebedev_order, z_method, max_flux_factor)  # validates
-    return {"scheme": "pairwise", "form": "delta", "lebedev_order": int(lebedev_order),
+    lebedev_order = _lebedev_order(lebedev_order)
+    _engine(lebedev_order, z_method, float(max_flux_factor))  # validates
+    return {"scheme": "pairwise", "form": "delta", "lebedev_order": lebedev_order,
             "z_method": z_method, "max_flux_factor": float(max_flux_factor)}
 
 
@@ -78,25 +79,55 @@ def _prepare(F_init, u) -> tuple[np.ndarray, Optional[np.ndarray], tuple[int, ..
 
 
 def _check_velocity(flat_u: np.ndarray, batch: tuple[int, ...]) -> None:
-    """Refuse a u that is not a future-directed unit timelike vector (non-finite u passes: flagged later)."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        norm_error = np.abs(minkowski_dot(flat_u, flat_u) + 1.0)
-        # `not <=` also catches a norm that overflows (u = (1e200, 1e200, 0, 0) gives inf - inf).
-        bad = (~(norm_error <= VELOCITY_NORM_TOLERANCE) | (flat_u[:, 0] <= 0)) & np.isfinite(flat_u).all(axis=1)
+    """Refuse a u that is not a future-directed unit timelike vector (non-finite u passes: flagged later).
+
+    The test itself is the C++ core's (the one dodo_apply uses), so Python and C agree bit for bit.
+    """
+    valid, norm_error = _core.check_four_velocities(flat_u)
+    bad = ~valid & np.isfinite(flat_u).all(axis=1)
     if np.any(bad):  # non-finite u is not refused here: such cells are flagged NONFINITE
         first = int(np.flatnonzero(bad)[0])
+        where = tuple(int(i) for i in np.unravel_index(first, batch)) if batch else ()
+        if flat_u[first, 0] <= 0:
+            problem = f"u^t = {flat_u[first, 0]:.17g} is not positive (past-directed or zero)"
+        else:
+            problem = f"|u.u + 1| = {norm_error[first]:.12g} exceeds the tolerance {VELOCITY_NORM_TOLERANCE}"
         raise ValueError(
-            f"u is not a future-directed unit timelike four-velocity at cell {np.unravel_index(first, batch) if batch else ()}: "
-            f"u = {flat_u[first].tolist()}, |u.u + 1| = {norm_error[first]:.3g} (tolerance {VELOCITY_NORM_TOLERANCE}); "
-            "pass u = (W, W v) with W = 1/sqrt(1 - v^2)")
+            f"u is not a future-directed unit timelike four-velocity at cell {where}: u = {flat_u[first].tolist()}, "
+            f"{problem}; pass u = (W, W v) with W = 1/sqrt(1 - v^2)")
+
+
+def _integral(name: str, value) -> int:
+    """``value`` as an int if it is an integer (17, 17.0, numpy integers); a ValueError otherwise,
+    never a silent truncation (17.9 is refused, issue 11)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be an integer; got {value!r}")
+    try:
+        as_int = int(value)
+        exact = as_int == value
+    except (TypeError, ValueError, OverflowError):
+        exact = False
+    if not exact:
+        raise ValueError(f"{name} must be an integer; got {value!r}")
+    return as_int
 
 
 def _threads(threads: Optional[int]) -> int:
+    """Worker-thread count: None gives all cores; [0, MAX_THREADS] (0 and 1: the calling thread)."""
     if threads is None:
-        return os.cpu_count() or 1
-    if int(threads) < 0:
-        raise ValueError(f"threads must be >= 0 (0 and 1: the calling thread only); got {threads}")
-    return int(threads)
+        return min(os.cpu_count() or 1, MAX_THREADS)
+    count = _integral("threads", threads)
+    if not 0 <= count <= MAX_THREADS:
+        raise ValueError(f"threads must be an integer in [0, {MAX_THREADS}] (0 and 1: the calling thread only); "
+                         f"got {threads}")
+    return count
+
+
+def _lebedev_order(lebedev_order) -> int:
+    order = _integral("lebedev_order", lebedev_order)
+    if order not in _core.available_lebedev_orders():
+        raise ValueError(f"lebedev_order {lebedev_order} is not available; available: {_core.available_lebedev_orders()}")
+    return order
 
 
 def box3d(F_init, u=None, *, lebedev_order: int = DEFAULT_LEBEDEV_ORDER, z_method: str = DEFAULT_Z_METHOD,
@@ -109,7 +140,7 @@ def box3d(F_init, u=None, *, lebedev_order: int = DEFAULT_LEBEDEV_ORDER, z_metho
     None means the input is already in the fluid rest frame.
     Cells with problems are flagged in ``status`` (see :class:`dodo.CellStatus`), never NaN.
     """
-    engine = _engine(int(lebedev_order), z_method, float(max_flux_factor))
+    engine = _engine(_lebedev_order(lebedev_order), z_method, float(max_flux_factor))
     flat_F, flat_u, batch = _prepare(F_init, u)
     F_box, growth, ntot, status = engine.apply(flat_F, flat_u, _threads(threads))
     return Box3DResult(

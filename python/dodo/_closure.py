@@ -17,7 +17,7 @@ from typing import NamedTuple, Optional, Union
 import numpy as np
 
 from . import _core
-from ._box3d import _prepare, _threads
+from ._box3d import _integral, _prepare, _threads
 from .conventions import GROWTH_RATE_PER_NTOT, N_COMPONENTS, N_SPECIES, minkowski_dot
 from .models import default_model_path
 
@@ -79,9 +79,13 @@ class Closure:
 
     model: path of an ONNX model package (``dodo export``); the package's bytes (``bytes``,
         ``bytearray``, ``memoryview`` or a uint8 array, e.g. received by an MPI broadcast: the
-        same checks as a file); None: the default model shipped with Dodo; ``"box3d"``: no
-        model, Box3D alone.
-    threads: worker threads per call (None: all cores; 0 or 1: the calling thread only).
+        same checks as a file); None: the default model shipped with Dodo
+        (``dodo/models/qke_default.onnx``, trained on the QKE solver's data); ``"box3d"``: no
+        model, Box3D alone (the same literal in C, C++, Fortran and Julia; a file of that name is
+        ``"./box3d"``). An empty path is refused.
+    threads: worker threads per call (None: all cores; 0 or 1: the calling thread only; at most
+        1024). If the system refuses to start some (thread or address-space limits), the closure
+        runs with those it could start (``threads`` says how many); results do not depend on it.
     chunk_size: cells per network call (fixed-size chunks; default 1024).
     lebedev_order, z_method, max_flux_factor: Box3D settings; None takes the model's, and a
         value that differs from the model's is refused (the model was trained against it).
@@ -113,6 +117,9 @@ class Closure:
             model_path = None
         else:
             model_path = os.fspath(model)
+            if not model_path:  # an unset parameter must not silently drop the learned correction
+                raise ValueError(f'empty model path: give a model package, or "{BOX3D_ONLY}" for Box3D without a '
+                                 'learned correction (None: the default model)')
             if not os.path.exists(model_path):
                 raise FileNotFoundError(f"model package {model_path!r} does not exist")
         library = onnxruntime_library
@@ -121,8 +128,9 @@ class Closure:
             library = onnxruntime_library_path()
         self._model_path = model_path
         self._runtime = _core.Closure(
-            model_bytes if model_bytes is not None else model_path, threads=_threads(threads), chunk_size=int(chunk_size),
-            lebedev_order=int(lebedev_order or 0), z_method=z_method or "",
+            model_bytes if model_bytes is not None else BOX3D_ONLY if model_path is None else model_path,
+            threads=_threads(threads), chunk_size=_integral("chunk_size", chunk_size),
+            lebedev_order=0 if lebedev_order is None else _integral("lebedev_order", lebedev_order), z_method=z_method or "",
             max_flux_factor=float(max_flux_factor or 0.0), onnxruntime_library=os.fspath(library) if library else "",
             device=device, run_self_test=bool(self_test and has_model))
 

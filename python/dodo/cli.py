@@ -7,16 +7,22 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Modules that add subcommands through register(subparsers), if they are present.
-_SUBCOMMAND_MODULES = ("dodo.training.cli", "dodo.qke.cli", "dodo.runtime_cli")
+_SUBCOMMAND_MODULES = ("dodo.training.cli", "dodo.qke.cli", "dodo.runtime_cli", "dodo.score",
+                       "dodo.training.ensemble_cli")
 
 
 def _reference(args: argparse.Namespace) -> int:
     from .reference import run
 
-    return run(lebedev_order=args.lebedev_order, z_method=args.z_method)
+    try:
+        return run(lebedev_order=args.lebedev_order, z_method=args.z_method)
+    except ValueError as error:  # an unavailable Lebedev order
+        print(f"dodo reference: error: {error}", file=sys.stderr)
+        return 2
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -27,7 +33,13 @@ def _info(args: argparse.Namespace) -> int:
 
     paths = runtime_paths()
     if args.path:  # one path alone, for build systems: `dodo info --cmake-dir`
-        print(paths[args.path])
+        path = paths[args.path]
+        if not os.path.exists(path):  # never hand a build system a directory that is not there
+            why = ("this dodo was built without the closure runtime (Box3D only), so the C API is not installed"
+                   if not runtime_available() else "the C API's files are not where this installation expects them")
+            print(f"dodo info: error: {path} does not exist: {why}", file=sys.stderr)
+            return 1
+        print(path)
         return 0
     print(f"dodo {__version__}")
     print(f"numpy {numpy.__version__}")
@@ -43,14 +55,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dodo", description="Dodo: Box3D + learned closure for the neutrino FFI")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     reference = subparsers.add_parser("reference", help="Box3D over the shipped reference cases, as a table")
-    reference.add_argument("--lebedev-order", type=int, default=17)
-    reference.add_argument("--z-method", choices=("exact", "jedynak"), default="jedynak")
+    # Defaults as dodo.box3d's (issue 11): order 17, exact Z.
+    reference.add_argument("--lebedev-order", type=int, default=17, help="Lebedev order (17, 41, 131; default 17)")
+    reference.add_argument("--z-method", choices=("exact", "jedynak"), default="exact", help="default: exact")
     reference.set_defaults(func=_reference)
     info = subparsers.add_parser("info", help="versions and paths of this installation (for CMake, pkg-config)")
     info.set_defaults(func=_info, path=None)
     for flag in ("include", "lib", "cmake", "pkgconfig"):
         info.add_argument(f"--{flag}-dir", dest="path", action="store_const", const=f"{flag}_dir",
                           help=f"print only the {flag} directory")
+    info.add_argument("--default-model", dest="path", action="store_const", const="default_model",
+                      help="print only the path of the shipped default model (C: dodo_default_model_path())")
     for module_name in _SUBCOMMAND_MODULES:
         try:
             module = importlib.import_module(module_name)

@@ -29,6 +29,9 @@ GROWTH_RATE_PER_NTOT = 1.9255e-22
 #: Velocity normalisation tolerance: |u.u + 1| above this is rejected.
 VELOCITY_NORM_TOLERANCE = 1e-6
 
+#: Most worker threads a Box3D batch or a closure may ask for (every language; C++ kMaxThreads).
+MAX_THREADS = 1024
+
 #: Flavour pairs of pairwise Box3D, in the order the core uses.
 FLAVOUR_PAIRS = ((0, 1), (0, 2), (1, 2))
 

@@ -10,6 +10,8 @@ the per-cell status counts and the throughput. Needs h5py to read the file.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 
 import numpy as np
@@ -23,9 +25,49 @@ def register(subparsers) -> None:
     parser.add_argument("data", help="Emu-format HDF5 (F4_initial(1|ccm), F4_final(1|ccm), ...)")
     parser.add_argument("--model", default=None, help="ONNX model package (default: the model shipped with dodo)")
     parser.add_argument("--grid", default="16x16x16", help="grid shape NXxNYxNZ (default 16x16x16)")
-    parser.add_argument("--max-speed", type=float, default=0.3, help="largest fluid speed of the velocity field (c = 1)")
+    parser.add_argument("--max-speed", type=float, default=0.3,
+                        help="largest fluid speed of the velocity field, in [0, 1) (c = 1; default 0.3)")
     parser.add_argument("--threads", type=int, default=None, help="worker threads (default: all cores)")
-    parser.set_defaults(func=_apply)
+    parser.add_argument("-o", "--output", default=None,
+                        help="also write the cells (F_init, u, F_true, F_box, F_pred, status) to this HDF5 file")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    parser.set_defaults(func=_apply_command)
+
+
+#: Cells per closure call: long inputs are done in blocks, with a progress line after each.
+BLOCK_CELLS = 1 << 16
+
+
+class _UsageError(ValueError):
+    """A bad argument of `dodo apply`."""
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Refuse bad values before any work (issue 11, items 18-19)."""
+    if not (np.isfinite(args.max_speed) and 0.0 <= args.max_speed < 1.0):
+        raise _UsageError(f"--max-speed must be a finite speed in [0, 1) (units of c); got {args.max_speed}")
+    if args.threads is not None and not 0 <= args.threads < 2**31:
+        raise _UsageError(f"--threads must be >= 0 (0 and 1: the calling thread only); got {args.threads}")
+    if args.model is not None and args.model != "box3d":
+        if not os.path.exists(args.model):
+            raise _UsageError(f"--model {args.model}: no such file")
+        if not os.path.isfile(args.model):
+            raise _UsageError(f"--model {args.model}: not a regular file (a model package is one .onnx file)")
+    if not os.path.isfile(args.data):
+        raise _UsageError(f"{args.data}: no such file")
+
+
+def _apply_command(args: argparse.Namespace) -> int:
+    """`dodo apply` with expected failures as one line on stderr and exit code 2."""
+    try:
+        _check_arguments(args)
+        return _apply(args)
+    except ModuleNotFoundError as error:
+        print(f"dodo apply: error: {error.name} is not installed (needed to read the HDF5 input); "
+              "pip install h5py", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError) as error:
+        print(f"dodo apply: error: {' '.join(str(error).split())}", file=sys.stderr)
+    return 2
 
 
 def _grid_shape(text: str) -> tuple[int, ...]:
@@ -34,7 +76,7 @@ def _grid_shape(text: str) -> tuple[int, ...]:
     except ValueError:
         shape = ()
     if len(shape) != 3 or min(shape) < 1:
-        raise SystemExit(f"dodo apply: --grid must look like 16x16x16; got {text!r}")
+        raise _UsageError(f"--grid must look like 16x16x16; got {text!r}")
     return shape
 
 
@@ -50,7 +92,7 @@ def velocity_field(shape: tuple[int, int, int], max_speed: float) -> np.ndarray:
 
 
 def _read_cells(path: str, count: int) -> tuple[np.ndarray, np.ndarray]:
-    from .training.readers import iter_emu_chunks
+    from .emu_files import iter_emu_chunks
 
     initial, final, have = [], [], 0
     for chunk in iter_emu_chunks(path):
@@ -60,18 +102,34 @@ def _read_cells(path: str, count: int) -> tuple[np.ndarray, np.ndarray]:
         if have >= count:
             break
     if have < count:
-        raise SystemExit(f"dodo apply: {path} holds {have} cells; the grid needs {count}")
+        raise _UsageError(f"{path} holds {have} cells; the grid needs {count}")
     return np.concatenate(initial)[:count], np.concatenate(final)[:count]
 
 
 def _errors(F: np.ndarray, F_true: np.ndarray, u: np.ndarray, ntot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean |dn|/N_tot and |dF|/N_tot per species, in the fluid rest frame."""
+    """Mean |dn|/N_tot and |dF|/N_tot per species, in the fluid rest frame, over the cells given."""
     from ._box3d import boost_to_rest
 
     difference = boost_to_rest(F - F_true, u[..., None, :]) / ntot[..., None, None]
     dn = np.abs(difference[..., 0]).reshape(-1, 6).mean(axis=0)
     dF = np.linalg.norm(difference[..., 1:], axis=-1).reshape(-1, 6).mean(axis=0)
     return dn, dF
+
+
+def _run_in_blocks(runtime, F_init: np.ndarray, u: np.ndarray, quiet: bool):
+    """The closure over all cells, BLOCK_CELLS at a time; (F_pred, status, seconds in the closure)."""
+    F_pred = np.empty_like(F_init)
+    status = np.empty(len(F_init), dtype=np.uint32)
+    seconds = 0.0
+    for start in range(0, len(F_init), BLOCK_CELLS):
+        stop = min(start + BLOCK_CELLS, len(F_init))
+        began = time.perf_counter()
+        result = runtime.apply(F_init[start:stop], u[start:stop])
+        seconds += time.perf_counter() - began
+        F_pred[start:stop], status[start:stop] = result.F_pred, result.status
+        if not quiet and len(F_init) > BLOCK_CELLS:
+            print(f"dodo apply: {stop:,} of {len(F_init):,} cells", file=sys.stderr, flush=True)
+    return F_pred, status, seconds
 
 
 def _apply(args: argparse.Namespace) -> int:
@@ -82,33 +140,59 @@ def _apply(args: argparse.Namespace) -> int:
 
     shape = _grid_shape(args.grid)
     count = int(np.prod(shape))
+    runtime = Closure(args.model, threads=args.threads)  # before reading: a bad model fails fast
     F_rest, F_true_rest = _read_cells(args.data, count)
-    u = velocity_field(shape, args.max_speed)
-    F_init = boost_from_rest(F_rest.reshape(shape + (6, 4)), u[..., None, :])
-    F_true = boost_from_rest(F_true_rest.reshape(shape + (6, 4)), u[..., None, :])
-    ntot = comoving_density(F_init, u)
+    u = velocity_field(shape, args.max_speed).reshape(-1, 4)
+    F_init = boost_from_rest(F_rest, u[:, None, :])
+    F_true = boost_from_rest(F_true_rest, u[:, None, :])
+    with np.errstate(invalid="ignore", over="ignore"):
+        ntot = comoving_density(F_init, u)
 
-    runtime = Closure(args.model, threads=args.threads)
-    start = time.perf_counter()
-    result = runtime.apply(F_init, u)
-    seconds = time.perf_counter() - start
-    F_box = box3d(F_init, u, **{k: runtime.box3d_settings[k] for k in ("lebedev_order", "z_method")}).F_box
+    F_pred, status, seconds = _run_in_blocks(runtime, F_init, u, args.quiet)
+    F_box = box3d(F_init, u, **{k: runtime.box3d_settings[k] for k in ("lebedev_order", "z_method")},
+                  threads=args.threads).F_box
+    if args.output:
+        _write_output(args.output, F_init, u, F_true, F_box, F_pred, status, shape)
 
+    # Cells with non-finite input or truth (NaN rows of a database) are flagged and left out of
+    # the scores, so one bad row cannot turn every mean into NaN (issue 11, item 19).
+    scored = (np.isfinite(F_init).all(axis=(1, 2)) & np.isfinite(F_true).all(axis=(1, 2))
+              & np.isfinite(ntot) & (ntot > 0))
     print(f"closure on a {args.grid} grid ({count} cells from {args.data}), fluid speeds up to {args.max_speed}")
     print(f"model: {runtime.model_path or 'none (Box3D only)'}; head {runtime.head}; {runtime.threads} thread(s); "
           f"ONNX Runtime {runtime.onnxruntime[1] or '-'}")
+    if not scored.all():
+        print(f"cells scored: {int(scored.sum())} of {count} ({count - int(scored.sum())} with a non-finite or empty "
+              "input or truth left out; non-finite inputs are flagged NONFINITE below)")
+    if not scored.any():
+        raise ValueError(f"no cell of {args.data} has a finite input and truth to score")
     print("errors against the asymptotic states, fluid rest frame, mean over cells, units of N_tot")
     print(f"{'species':<11}{'|dn| box3d':>12}{'|dn| closure':>14}{'|dF| box3d':>12}{'|dF| closure':>14}")
-    box_dn, box_dF = _errors(F_box, F_true, u, ntot)
-    model_dn, model_dF = _errors(result.F_pred, F_true, u, ntot)
+    box_dn, box_dF = _errors(F_box[scored], F_true[scored], u[scored], ntot[scored])
+    model_dn, model_dF = _errors(F_pred[scored], F_true[scored], u[scored], ntot[scored])
     for a, name in enumerate(SPECIES):
         print(f"{name:<11}{box_dn[a]:>12.3e}{model_dn[a]:>14.3e}{box_dF[a]:>12.3e}{model_dF[a]:>14.3e}")
     print(f"{'all':<11}{box_dn.mean():>12.3e}{model_dn.mean():>14.3e}{box_dF.mean():>12.3e}{model_dF.mean():>14.3e}")
-    rest = boost_to_rest(result.F_pred, u[..., None, :])
+    rest = boost_to_rest(F_pred[scored], u[scored][:, None, :])
     unrealizable = np.mean(np.linalg.norm(rest[..., 1:], axis=-1) > rest[..., 0] * (1 + 1e-12))
-    print(f"largest conservation violation / N_tot: {conservation_error(F_init, result.F_pred, u).max():.1e}; "
-          f"unrealizable species: {unrealizable:.1%}; non-finite outputs: {np.count_nonzero(~np.isfinite(result.F_pred))}")
-    statuses = {flag.name: int(np.count_nonzero(result.status & flag.value)) for flag in CellStatus if flag.value}
+    print(f"largest conservation violation / N_tot: "
+          f"{conservation_error(F_init[scored], F_pred[scored], u[scored]).max():.1e}; "
+          f"unrealizable species: {unrealizable:.1%}; non-finite outputs: {np.count_nonzero(~np.isfinite(F_pred))}")
+    statuses = {flag.name: int(np.count_nonzero(status & flag.value)) for flag in CellStatus if flag.value}
     print("status counts:", ", ".join(f"{name} {n}" for name, n in statuses.items() if n) or "all OK")
     print(f"runtime: {count / seconds:,.0f} cells/s ({seconds * 1e3:.1f} ms)")
+    if args.output:
+        print(f"cells written to {args.output}")
     return 0
+
+
+def _write_output(path: str, F_init, u, F_true, F_box, F_pred, status, shape) -> None:
+    """The grid's cells, lab frame, Dodo's layout [nx, ny, nz, 6, 4]; written atomically."""
+    from ._atomic import atomic_hdf5
+
+    grid = tuple(shape)
+    with atomic_hdf5(path) as (out, _):
+        for name, values in (("F_init", F_init), ("u", u), ("F_true", F_true), ("F_box", F_box), ("F_pred", F_pred)):
+            out[name] = values.reshape(grid + values.shape[1:])
+        out["status"] = status.reshape(grid)
+        out.attrs["layout"] = "[nx, ny, nz, species (nu_e..nubar_tau), (t, x, y, z)], lab frame; u = (W, W v)"

@@ -1,6 +1,9 @@
 """Installation smoke test without pytest: `python -m dodo.test` (exit code 0 on success).
 
-Runs Box3D on the shipped reference cases and checks outputs, conservation and the flags.
+Runs Box3D on the shipped reference cases and checks outputs, conservation and the flags; then
+says whether this build has the closure runtime and, if so, runs the default model (loaded with
+its self-test through ONNX Runtime) on the same cases. A runtime that is built but cannot run
+fails; a Box3D-only build (DODO_BUILD_RUNTIME=OFF) is reported as such.
 """
 from __future__ import annotations
 
@@ -26,10 +29,36 @@ def main() -> int:
     nan_cell = np.full((6, 4), np.nan)
     if not np.isfinite(dodo.box3d(nan_cell).F_box).all():
         failures.append("a NaN cell produced a non-finite output")
+    runtime = _check_runtime(failures)
     for line in failures:
         print("FAIL:", line)
+    print(f"closure runtime: {runtime}")
     print(f"dodo {dodo.__version__}: {'OK' if not failures else f'{len(failures)} failure(s)'}")
     return 1 if failures else 0
+
+
+def _check_runtime(failures: list) -> str:
+    """One line about the closure runtime; appends to ``failures`` when it is built but broken."""
+    import dodo
+    from dodo.reference import conservation_error, load_reference_cases
+
+    if not dodo.runtime_available():
+        return ("NOT built (Box3D only: dodo.Closure, dodo.closure and the C API are unavailable; "
+                "rebuild with ONNX Runtime's header, see the README's 'Install to use')")
+    try:
+        closure = dodo.Closure(None, threads=1)
+        cases = load_reference_cases()
+        F_init = np.array([case["F_init"] for case in cases], float)
+        u = np.array([case["u"] for case in cases], float)
+        F_pred = closure(F_init, u)
+    except (RuntimeError, OSError, ValueError) as error:
+        failures.append(f"the closure runtime is built but does not run: {error}")
+        return "built, NOT working"
+    if not np.isfinite(F_pred).all() or conservation_error(F_init, F_pred, u).max() > 1e-12:
+        failures.append("the default model's closure is non-finite or breaks conservation")
+        return "built, NOT working"
+    library, version = closure.onnxruntime
+    return f"OK (default model {closure.model_path}, ONNX Runtime {version} from {library})"
 
 
 if __name__ == "__main__":

@@ -194,6 +194,46 @@ static void test_closure(const char* model_path) {
   dodo_closure_destroy(closure);
 }
 
+/* Issue 11: the model argument (items 15, 21) and dodo_apply's array checks (item 10). */
+static void test_round_two(void) {
+  char message[512];
+  dodo_options options;
+  dodo_closure* closure = NULL;
+  dodo_options_init(&options);
+  CHECK(options.run_self_test == 1);
+  CHECK(dodo_closure_create("", &options, &closure, message, sizeof message) == DODO_ERROR_INVALID_ARGUMENT);
+  CHECK(closure == NULL && strstr(message, "empty model path") != NULL);
+  CHECK(dodo_closure_create(DODO_BOX3D_ONLY, &options, &closure, message, sizeof message) == DODO_OK);
+  CHECK(dodo_has_model(closure) == 0);
+  CHECK(dodo_default_model_path() != NULL && strstr(dodo_default_model_path(), "qke_default.onnx") != NULL);
+
+  double F[4][6][4], u[4][4], out[8][6][4];
+  make_cells(F, u, 4);
+  /* n_cells so large that the addresses wrap: refused, nothing written. */
+  out[0][0][0] = 42.0;
+  CHECK(dodo_apply(closure, (size_t)-1, &F[0][0][0], NULL, NULL, NULL, &out[0][0][0], NULL, NULL) ==
+        DODO_ERROR_INVALID_ARGUMENT);
+  CHECK(out[0][0][0] == 42.0);
+  CHECK(dodo_last_error(closure, message, sizeof message) > 0 && strstr(message, "address space") != NULL);
+  /* Zero species or component stride in F_pred: outputs would overwrite each other. */
+  const ptrdiff_t zero_species[3] = {24, 0, 1}, zero_component[3] = {24, 4, 0};
+  CHECK(dodo_apply(closure, 4, &F[0][0][0], NULL, NULL, NULL, &out[0][0][0], zero_species, NULL) ==
+        DODO_ERROR_INVALID_ARGUMENT);
+  CHECK(dodo_apply(closure, 4, &F[0][0][0], NULL, NULL, NULL, &out[0][0][0], zero_component, NULL) ==
+        DODO_ERROR_INVALID_ARGUMENT);
+  CHECK(dodo_last_error(closure, message, sizeof message) > 0 && strstr(message, "share memory") != NULL);
+  /* F_pred half a cell after F_init: refused; exactly F_init: in place, same result as out of place. */
+  double both[5][6][4];
+  memcpy(both, F, sizeof F);
+  CHECK(dodo_apply(closure, 4, &both[0][0][0], NULL, NULL, NULL, &both[0][3][0], NULL, NULL) ==
+        DODO_ERROR_INVALID_ARGUMENT);
+  CHECK(memcmp(both, F, sizeof F) == 0);
+  CHECK(dodo_apply(closure, 4, &F[0][0][0], NULL, &u[0][0], NULL, &out[0][0][0], NULL, NULL) == DODO_OK);
+  CHECK(dodo_apply(closure, 4, &both[0][0][0], NULL, &u[0][0], NULL, &both[0][0][0], NULL, NULL) == DODO_OK);
+  CHECK(memcmp(both, out, sizeof F) == 0);
+  dodo_closure_destroy(closure);
+}
+
 int main(int argc, char** argv) {
   if (argc < 2) {
     fprintf(stderr, "usage: %s MODEL.onnx\n", argv[0]);
@@ -202,6 +242,7 @@ int main(int argc, char** argv) {
   test_tables();
   test_create_errors();
   test_closure(argv[1]);
+  test_round_two();
   printf("%d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;
 }

@@ -1,5 +1,6 @@
 // C++ unit tests of the physics core, run by ctest (and so by the README's test command).
 // A failed CHECK prints the expression and the line; main returns the number of failures.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -11,6 +12,7 @@
 #include "box3d/lebedev.hpp"
 #include "box3d/maxent.hpp"
 #include "frame.hpp"
+#include "qke/row_fft.hpp"
 #include "realizability.hpp"
 
 namespace {
@@ -188,6 +190,49 @@ void test_realizable_step() {
 
 }  // namespace
 
+// The QKE kernel's row FFT against a direct DFT: lengths with an even and an odd number of
+// radix-2 stages, several row widths; forward output in bit-reversed row order; inverse(forward)
+// = n x.
+void test_row_fft() {
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<double> uniform(-1.0, 1.0);
+  for (std::size_t n : {2u, 4u, 8u, 16u, 32u, 64u, 128u}) {
+    const std::size_t width = 5;
+    dodo::qke::RowFft fft(n);
+    std::vector<double> re(n * width), im(n * width);
+    for (auto& x : re) x = uniform(rng);
+    for (auto& x : im) x = uniform(rng);
+    std::vector<double> re0 = re, im0 = im;
+    fft.forward(re.data(), im.data(), width);
+    double worst = 0;
+    for (std::size_t row = 0; row < n; ++row) {
+      const std::size_t k = fft.spectral_bin(row);
+      for (std::size_t d = 0; d < width; ++d) {
+        double sr = 0, si = 0;
+        for (std::size_t z = 0; z < n; ++z) {
+          const double angle = -2 * kPi * static_cast<double>(k * z % n) / static_cast<double>(n);
+          sr += re0[z * width + d] * std::cos(angle) - im0[z * width + d] * std::sin(angle);
+          si += re0[z * width + d] * std::sin(angle) + im0[z * width + d] * std::cos(angle);
+        }
+        worst = std::max(worst, std::hypot(re[row * width + d] - sr, im[row * width + d] - si));
+      }
+    }
+    CHECK(worst < 1e-13 * static_cast<double>(n));
+    fft.inverse(re.data(), im.data(), width);
+    double round_trip = 0;
+    for (std::size_t i = 0; i < n * width; ++i)
+      round_trip = std::max(round_trip, std::hypot(re[i] / n - re0[i], im[i] / n - im0[i]));
+    CHECK(round_trip < 1e-15 * static_cast<double>(n));
+  }
+  bool refused = false;
+  try {
+    dodo::qke::RowFft bad(48);
+  } catch (const std::invalid_argument&) {
+    refused = true;
+  }
+  CHECK(refused);
+}
+
 int main() {
   test_lebedev_rules();
   test_inverse_langevin();
@@ -196,6 +241,7 @@ int main() {
   test_flags();
   test_strided_batch_and_threads();
   test_realizable_step();
+  test_row_fft();
   std::printf("%s: %d failure(s)\n", failures ? "FAILED" : "OK", failures);
   return failures == 0 ? 0 : 1;
 }

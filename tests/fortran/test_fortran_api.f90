@@ -8,7 +8,8 @@ program test_fortran_api
   type(dodo_closure) :: closure, box_only, missing
   type(dodo_counters) :: counters
   real(c_double) :: F(4, 6, 50), F_pred(4, 6, 50), F_box(4, 6, 50), worst
-  integer(c_int32_t) :: cell_status(50)
+  integer(c_int32_t) :: cell_status(50), grid_status(5, 2, 5)
+  real(c_double) :: grid(4, 6, 5, 2, 5), grid_pred(4, 6, 5, 2, 5), grid_u(4, 5, 2, 5)
   integer :: stat, c, a
 
   call get_command_argument(1, model)
@@ -17,8 +18,13 @@ program test_fortran_api
   call dodo_create(missing, "/no/such/model.onnx", stat=stat, errmsg=message)
   call check(stat == DODO_ERROR_FILE, "missing file gives DODO_ERROR_FILE")
   call check(index(message, "/no/such/model.onnx") > 0, "errmsg names the file")
-  call dodo_create(missing, "", chunk_size=0, stat=stat, errmsg=message)
+  call dodo_create(missing, DODO_BOX3D_ONLY, chunk_size=0, stat=stat, errmsg=message)
   call check(stat == DODO_ERROR_INVALID_ARGUMENT, "chunk_size=0 is refused")
+  ! A blank path (an unset parameter) is refused, never read as Box3D-only (issue 11, item 15).
+  call dodo_create(missing, "   ", stat=stat, errmsg=message)
+  call check(stat == DODO_ERROR_INVALID_ARGUMENT .and. index(message, "empty model path") > 0, "blank model path refused")
+  ! The shipped default model is found next to libdodo (issue 11, item 21).
+  call check(len(dodo_default_model_path()) > 0, "dodo_default_model_path finds the default model")
 
   do c = 1, 50
     do a = 1, 6
@@ -30,7 +36,7 @@ program test_fortran_api
   call dodo_create(closure, trim(model), run_self_test=.true., stat=stat, errmsg=message)
   call check(stat == DODO_OK, "model loads and passes its self-test")
   if (stat /= DODO_OK) print *, trim(message)
-  call dodo_create(box_only, stat=stat)
+  call dodo_create(box_only, DODO_BOX3D_ONLY, stat=stat)
   call check(stat == DODO_OK, "Box3D-only closure")
 
   call dodo_apply(closure, F, F_pred, cell_status=cell_status, stat=stat)
@@ -49,6 +55,14 @@ program test_fortran_api
 
   call dodo_apply(closure, F, F_pred(:, :, 1:10), stat=stat, errmsg=message)
   call check(stat == DODO_ERROR_INVALID_ARGUMENT, "mismatched shapes are refused")
+
+  ! A grid F(4, 6, nx, ny, nz) without pointer remapping gives the (4, 6, ncell) result.
+  grid = reshape(F, shape(grid))
+  grid_u = 0
+  grid_u(1, :, :, :) = 1
+  call dodo_apply(closure, grid, grid_pred, u=grid_u, cell_status=grid_status, stat=stat)
+  call check(stat == DODO_OK .and. all(reshape(grid_pred, shape(F_pred)) == F_pred), "rank-5 grid equals rank 3")
+  call check(all(reshape(grid_status, [50]) == cell_status), "grid cell_status equals rank 3")
 
   call dodo_self_test(closure, worst, stat=stat)
   call check(stat == DODO_OK .and. worst < 1d-5, "self-test within tolerance")

@@ -12,7 +12,7 @@ if not runtime_available():
                 allow_module_level=True)
 onnx = pytest.importorskip("onnx", reason="writing test models needs the onnx package")
 
-from dodo.models import synthetic  # noqa: E402  (needs onnx)
+from dodo.training import synthetic_model as synthetic  # noqa: E402  (needs onnx)
 
 CONSERVED_TOLERANCE = 1e-13   # in units of N_tot: rounding of a few dozen operations
 FP32_TOLERANCE = 1e-5         # in units of N_tot: network evaluated in float32

@@ -101,7 +101,7 @@ def test_self_test_failure_is_reported(tmp_path):
             vectors = json.loads(entry.value)
             vectors["F_pred"][0][0][0] *= 1.01
             entry.value = json.dumps(vectors)
-    onnx.save(model, str(path))
+    save_resigned(model, path)  # a consistent package with a wrong expectation (an edit unsigned: test_runtime_reliability)
     with pytest.raises(RuntimeError, match="DODO_ERROR_SELF_TEST: self-test failed: test vector 0"):
         Closure(path)
     assert Closure(path, self_test=False).has_model  # loading without the check still works

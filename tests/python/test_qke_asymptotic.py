@@ -52,3 +52,20 @@ def test_runs_without_growth_are_dropped():
     time, four_flux, _ = synthetic_history()
     state = asymptotic_states(time[None], four_flux[None], np.full((1, len(time)), 1e-6))
     assert not state.valid[0]
+
+
+def test_a_history_without_any_flavour_mixing_is_dropped_with_a_reason_not_a_numpy_error():
+    """Zero off-diagonal magnitude (no seed, or a state that never mixes): 0/0 in the decade
+    test must not raise (warnings are errors here) nor give a NaN state; the run is dropped."""
+    time, four_flux, _ = synthetic_history()
+    state = asymptotic_states(time[None], four_flux[None], np.zeros((1, len(time))))
+    assert not state.valid[0] and state.reason[0] == "no exponential growth found"
+
+
+def test_growth_without_samples_inside_the_window_is_no_growth():
+    """Rhea's window (1e-3, 1e-1) x max before t_sat holds fewer than two samples: rate 0, dropped."""
+    time = np.array([0.0, 1.0, 2.0, 3.0, 10.0, 20.0])
+    magnitude = np.array([1e-9, 1e-9, 1.0, 0.5, 0.5, 0.5])
+    four_flux = np.ones((len(time), 2, 3, 4))
+    state = asymptotic_states(time[None], four_flux[None], magnitude[None])
+    assert not state.valid[0] and state.growth_rate[0] == 0.0 and state.reason[0] == "no exponential growth found"

@@ -138,3 +138,97 @@ def test_max_cost_skips_expensive_states_and_says_why(tmp_path, yaml_states):
         assert f["F4_initial(1|ccm)"].shape[0] == 0
     assert not os.path.exists(empty + ".partial.npz")
     assert run_cli(["simulate", empty, "--input", yaml_states, "--max-cost", "-1", *SMALL]) == 2
+
+
+def test_threads_and_backends_are_recorded_and_checked(tmp_path, yaml_states, capsys):
+    import json
+
+    output = str(tmp_path / "threads.h5")
+    assert run_cli(["simulate", output, "--input", yaml_states, "--batch-size", "2", "--threads", "2", *SMALL]) == 0
+    with h5py.File(output, "r") as f:
+        assert json.loads(f.attrs["settings"])["solver"]["backend"] == "cpp"
+    assert run_cli(["simulate", output, "--input", yaml_states, "--threads", "0", *SMALL]) == 2
+    assert "threads must be an integer >= 1" in capsys.readouterr().err
+    # ncell 12 is not a power of two: auto falls back to NumPy and says so; cpp refuses.
+    fallback = str(tmp_path / "fallback.h5")
+    assert run_cli(["simulate", fallback, "--input", yaml_states, "--ncell", "12", "--nphi", "8"]) == 0
+    assert "using the NumPy kernel: ncell = 12 is not a power of two" in capsys.readouterr().err
+    with h5py.File(fallback, "r") as f:
+        assert json.loads(f.attrs["settings"])["solver"]["backend"] == "numpy"
+    assert run_cli(["simulate", fallback, "--input", yaml_states, "--ncell", "12", "--nphi", "8", "--backend", "cpp"]) == 2
+    assert "backend 'cpp' cannot run" in capsys.readouterr().err
+
+
+def test_rerunning_a_run_whose_states_are_all_done_finishes_it(tmp_path):
+    """Issue 11 item 12: a .partial.npz whose states are all done (killed after the last chunk,
+    before the final write) used to fail with 'zero-size array to reduction operation maximum'
+    on every rerun, keeping the partial file and losing the results."""
+    output = str(tmp_path / "done.h5")
+    states = np.array(STATES) * 1e33
+    config = SolverConfig(ncell=16, nphi_equator=8)
+
+    def crash_after_the_last_chunk(message):
+        if "2/2 states done" in message:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        simulate_states(states, output, config, batch_size=1, report=crash_after_the_last_chunk)
+    assert os.path.exists(output + ".partial.npz")
+    messages = []
+    results = simulate_states(states, output, config, batch_size=1, report=messages.append)
+    assert messages[0].startswith("resuming: 2/2")
+    assert results["done"].all() and results["valid"].sum() == 2
+    assert not os.path.exists(output + ".partial.npz")
+    with h5py.File(output, "r") as f:
+        assert f["F4_final(1|ccm)"].shape[0] == 2 and f.attrs["complete"]
+
+
+def test_a_run_resumes_across_kernels_and_from_partial_files_of_older_versions(tmp_path):
+    """The backend is not part of the resume fingerprint: a campaign started with the NumPy
+    kernel (or by a version without the compiled one, whose settings had no backend) resumes
+    with the compiled kernel instead of starting over."""
+    from dataclasses import asdict
+
+    from dodo.qke.campaign import _fingerprint
+
+    output = str(tmp_path / "mixed.h5")
+    states = np.array(STATES) * 1e33
+
+    def crash_after_first_chunk(message):
+        if "1/2 states done" in message:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        simulate_states(states, output, SolverConfig(ncell=16, nphi_equator=8, backend="numpy"), batch_size=1,
+                        report=crash_after_first_chunk)
+    messages = []
+    simulate_states(states, output, SolverConfig(ncell=16, nphi_equator=8, backend="cpp"), batch_size=1,
+                    report=messages.append)
+    assert messages[0].startswith("resuming: 1/2")
+    settings = {"solver": asdict(SolverConfig()), "axis": "fastest"}
+    older = {"solver": {k: v for k, v in asdict(SolverConfig()).items() if k != "backend"}, "axis": "fastest"}
+    assert _fingerprint(states, settings) == _fingerprint(states, older)
+
+
+@pytest.mark.parametrize("length", ["0", "-5", "inf", "nan"])
+def test_a_box_length_that_is_not_positive_and_finite_is_refused(tmp_path, yaml_states, capsys, length):
+    output = tmp_path / "out.h5"
+    assert run_cli(["simulate", str(output), "--input", yaml_states, "--box-length", length, *SMALL]) == 2
+    error = capsys.readouterr().err
+    assert "box length must be positive and finite" in error and error.count("\n") == 1
+    assert not output.exists()
+
+
+def test_missing_h5py_is_reported_before_any_computing(tmp_path, yaml_states, capsys, monkeypatch):
+    import sys
+
+    from dodo.qke import campaign
+
+    def no_simulation(*args, **kwargs):
+        raise AssertionError("simulated although the output cannot be written")
+
+    monkeypatch.setattr(campaign, "make_box", no_simulation)
+    monkeypatch.setitem(sys.modules, "h5py", None)  # import h5py raises ImportError
+    assert run_cli(["simulate", str(tmp_path / "out.h5"), "--input", yaml_states, *SMALL]) == 2
+    error = capsys.readouterr().err
+    assert "needs h5py" in error and error.count("\n") == 1

@@ -4,7 +4,7 @@ import pytest
 
 from dodo.qke.directions import uniform_sphere
 from dodo.qke.linear import box_growth_rate
-from dodo.qke.solver import FastFlavourBox, SolverConfig
+from dodo.qke.solver import FastFlavourBox, SolverConfig, make_box
 from dodo.qke.states import NSM1_EMU_1D, box_setup, rotate_four_flux
 
 NSM1 = NSM1_EMU_1D
@@ -24,10 +24,12 @@ def box_averaged_invariants(box):
     return trace_per_direction, lepton_number, flavour_summed
 
 
-def test_trace_lepton_number_and_flavour_summed_flux_are_conserved_to_rounding():
+@pytest.mark.parametrize("backend", ["numpy", "cpp"])
+def test_trace_lepton_number_and_flavour_summed_flux_are_conserved_to_rounding(backend):
     states = np.stack([NSM1, THREE_FLAVOUR * 30])
     # A large seed makes the run nonlinear within a few steps: conservation must hold there too.
-    box = FastFlavourBox(states, np.array([4.0, 3.0]), SolverConfig(ncell=16, nphi_equator=8, perturbation_amplitude=1e-2))
+    box = make_box(states, np.array([4.0, 3.0]),
+                   SolverConfig(ncell=16, nphi_equator=8, perturbation_amplitude=1e-2, backend=backend))
     before = box_averaged_invariants(box)
     dt, _ = box.time_steps(np.array([3e-10, 3e-10]))
     for _ in range(60):
@@ -42,9 +44,10 @@ def test_trace_lepton_number_and_flavour_summed_flux_are_conserved_to_rounding()
     np.testing.assert_allclose(box.rho, np.conj(np.swapaxes(box.rho, -1, -2)), atol=1e-12 * total.max())
 
 
-def test_advection_alone_moves_each_direction_at_its_velocity():
+@pytest.mark.parametrize("backend", ["numpy", "cpp"])
+def test_advection_alone_moves_each_direction_at_its_velocity(backend):
     # Switch the coupling off (empty state but for a tiny nu_e bump) and check exact transport.
-    box = FastFlavourBox(np.stack([FIDUCIAL]), 1.0, SolverConfig(ncell=16, nphi_equator=8, state_filter="none"))
+    box = make_box(np.stack([FIDUCIAL]), 1.0, SolverConfig(ncell=16, nphi_equator=8, state_filter="none", backend=backend))
     z = np.arange(16) / 16.0
     profile = 2 + np.cos(2 * np.pi * z) + 0.3 * np.sin(6 * np.pi * z)  # band-limited: exact
     rho = np.zeros_like(box.rho)
@@ -102,3 +105,16 @@ def test_bad_configurations_are_rejected():
         FastFlavourBox(NSM1, 4.0, SolverConfig())  # missing batch axis
     with pytest.raises(ValueError):
         FastFlavourBox(NSM1[None], -1.0, SolverConfig())
+
+
+def test_a_fastest_mode_beyond_the_grid_still_gets_the_box_modes_growth_rate():
+    """Regression (issue 10): with a fixed box (--box-length 4) a dense state's fastest k lies
+    beyond the grid's Nyquist wavenumber; the candidate box modes around it were then an empty
+    list and the state was dropped with numpy's 'attempt to get argmax of an empty sequence'.
+    The box still has unstable modes of its own: their fastest growth is the linear rate."""
+    directions = uniform_sphere(8)
+    dense = NSM1 * 15  # k_fastest ~ 67 cm^-1; the 16-cell grid of a 4 cm box holds k <= 12.6 cm^-1
+    _, length, end, rate = box_setup(dense, directions, 16, axis="z", box_length_cm=4.0, end_time_s=1e-10)
+    all_modes_rate, _ = box_growth_rate(dense, directions, 4.0, 16)
+    assert (length, end) == (4.0, 1e-10)
+    assert rate > 0 and rate == pytest.approx(all_modes_rate, rel=1e-12)

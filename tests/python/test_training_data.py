@@ -209,3 +209,120 @@ def test_nu_nubar_mirror_is_the_same_physics_with_species_exchanged():
     for name in ("invariants", "F_init_rest", "F_box_rest", "dF_true_rest", "cell_weight"):
         np.testing.assert_allclose(mirror[name], direct[name], rtol=0, atol=1e-10, err_msg=name)
     assert not np.allclose(mirror["invariants"], arrays["invariants"])  # the swap does something
+
+
+# --- issue 11: lost data and crashes on bad files or a full disk -------------------------------
+
+def test_preprocess_keeps_a_good_output_when_no_row_survives(tmp_path, synthetic):
+    """Item 11: the 'no rows' check runs before the atomic commit, not after it."""
+    path, _ = synthetic
+    output = tmp_path / "pre.h5"
+    preprocess(PreprocessConfig(inputs=[str(path)], output=str(output)), progress=False, log=lambda *_: None)
+    good = output.read_bytes()
+    F = random_initial_states(np.random.default_rng(1), 5)
+    F_bad = F.copy()
+    F_bad[:, 0, 0] = np.nan  # every row dropped by the NaN filter
+    write_emu(tmp_path / "nan.h5", F_bad, F)
+    with pytest.raises(DataFileError, match="no rows survived the filters"):
+        preprocess(PreprocessConfig(inputs=[str(tmp_path / "nan.h5")], output=str(output)), progress=False,
+                   log=lambda *_: None)
+    assert output.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nan.h5", "pre.h5"]  # no temporary left
+
+
+@pytest.mark.parametrize("damage", ["short_final", "group_initial", "group_final", "group_growth"])
+def test_malformed_emu_files_give_one_clear_error(tmp_path, damage, capsys):
+    """Item 18: F4_final shorter than F4_initial (the message read a closed file) and groups in
+    place of datasets: a DataFileError naming the problem, and exit 2 from `dodo preprocess`."""
+    F = random_initial_states(np.random.default_rng(2), 4)
+    path = tmp_path / "bad.h5"
+    with h5py.File(path, "w") as out:
+        out.create_group("F4_initial(1|ccm)") if damage == "group_initial" else out.create_dataset(
+            "F4_initial(1|ccm)", data=to_emu_layout(F))
+        if damage == "group_final":
+            out.create_group("F4_final(1|ccm)")
+        else:
+            out["F4_final(1|ccm)"] = to_emu_layout(F[:2] if damage == "short_final" else F)
+        if damage == "group_growth":
+            out.create_group("growthRate(1|s)")
+    if damage == "group_growth":  # an optional dataset that is a group is ignored, not fatal
+        assert len(next(iter_emu_chunks(path))) == 4
+        return
+    expected = {"short_final": "differs from", "group_initial": "not a dataset", "group_final": "not a dataset"}[damage]
+    with pytest.raises(DataFileError, match=expected):
+        next(iter_emu_chunks(path))
+    from dodo.cli import main
+
+    (tmp_path / "pre.yaml").write_text(f"inputs: [{path}]\noutput: {tmp_path / 'pre.h5'}\n")
+    assert main(["preprocess", "--config", str(tmp_path / "pre.yaml"), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and expected in err and not (tmp_path / "pre.h5").exists()
+
+
+FULL_DISK_SCRIPT = """
+import errno, sys
+import dodo._atomic as atomic
+from dodo.cli import main
+
+budget = [int(sys.argv[2])]
+original = atomic.WriteErrorLatch._pwrite
+
+
+def pwrite(self, view, offset):  # the disk fills up after `budget` bytes
+    if budget[0] < len(view):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    budget[0] -= len(view)
+    return original(self, view, offset)
+
+
+atomic.WriteErrorLatch._pwrite = pwrite
+sys.exit(main(["preprocess", "--config", sys.argv[1], "-q"]))
+"""
+
+
+@pytest.mark.parametrize("budget", [0, 5000, 200_000])
+def test_a_full_disk_gives_one_clean_error_and_keeps_the_old_output(tmp_path, synthetic, budget):
+    """Item 8: a write that fails for lack of space (simulated: ENOSPC after `budget` bytes) stops
+    `dodo preprocess` with a one-line error, exit 2, no crash (HDF5 segfaulted closing datasets
+    after a failed write), the earlier output intact and no temporary left."""
+    import subprocess
+    import sys
+
+    path, _ = synthetic
+    output = tmp_path / "out" / "pre.h5"
+    output.parent.mkdir()
+    output.write_bytes(b"an earlier good output")
+    config = tmp_path / "pre.yaml"
+    config.write_text(f"inputs: [{path}]\noutput: {output}\nchunk_size: 50\n")
+    run = subprocess.run([sys.executable, "-c", FULL_DISK_SCRIPT, str(config), str(budget)], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip().count("\n") == 0 and "No space left on device" in run.stderr, run.stderr
+    assert output.read_bytes() == b"an earlier good output"
+    assert [p.name for p in output.parent.iterdir()] == ["pre.h5"]
+
+
+def test_a_full_tmpfs_gives_one_clean_error(tmp_path, synthetic):
+    """Item 8 on a real full filesystem (a 64 KiB tmpfs; needs root to mount it)."""
+    import os
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        path, _ = synthetic
+        config = tmp_path / "pre.yaml"
+        config.write_text(f"inputs: [{path}]\noutput: {mount / 'pre.h5'}\n")
+        for _ in range(2):
+            run = subprocess.run([sys.executable, "-m", "dodo", "preprocess", "--config", str(config), "-q"],
+                                 capture_output=True, text=True, timeout=300)
+            assert run.returncode == 2, run.stderr
+            assert run.stderr.strip().count("\n") == 0 and "No space left on device" in run.stderr, run.stderr
+            assert list(mount.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)

@@ -134,3 +134,17 @@ def test_inspect_plots_and_study(trained, preprocessed, tmp_path, capsys):
     summary = json.loads((tmp_path / "studies" / "tiny" / "summary.json").read_text())
     assert [row["run"] for row in summary] == ["run_000", "run_001"]
     assert (tmp_path / "studies" / "tiny" / "run_001" / "checkpoints" / "final.pt").is_file()
+
+
+def test_evaluate_and_inspect_spell_json_output_the_same_way(trained, tmp_path, capsys):
+    """Issue 11, item 21: `--json PATH` writes the JSON (and prints the table) for both commands;
+    `--json` alone prints the JSON instead of the table, for both."""
+    checkpoint = str(trained / "checkpoints" / "best.pt")
+    for command, extra, table_word in (("evaluate", [], "box3d"), ("inspect", ["--stop", "100"], "residual_l1")):
+        capsys.readouterr()
+        path = tmp_path / f"{command}.json"
+        assert dodo_main([command, checkpoint, *extra, "--json", str(path)]) == 0
+        written = json.loads(path.read_text())
+        assert table_word in capsys.readouterr().out
+        assert dodo_main([command, checkpoint, *extra, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == written

@@ -14,11 +14,13 @@
 #include "box3d/maxent.hpp"
 #include "cell_status.hpp"
 #include "frame.hpp"
+#include "gil.hpp"
 #include "realizability.hpp"
 
 #ifdef DODO_WITH_RUNTIME
 void register_runtime(pybind11::module_& m);
 #endif
+void register_qke(pybind11::module_& m);
 
 namespace py = pybind11;
 using CArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
@@ -58,13 +60,12 @@ py::tuple apply_box3d(const dodo::Box3D& box3d, const CArray& F, const py::objec
   double* growth_data = growth.mutable_data();
   double* ntot_data = ntot.mutable_data();
   std::uint32_t* status_data = status.mutable_data();
-  {
-    py::gil_scoped_release release;
+  dodo_python::without_gil([&] {
     dodo::ConstCellArray input{F_data};
     dodo::ConstVelocityArray velocity{u_data};
     dodo::CellArray output{box_data};
     box3d.apply(n, input, velocity, output, growth_data, ntot_data, status_data, threads);
-  }
+  });
   return py::make_tuple(F_box, growth, ntot, status);
 }
 
@@ -99,14 +100,26 @@ PYBIND11_MODULE(_core, m) {
     CArray out({static_cast<py::ssize_t>(n), py::ssize_t{dodo::kInvariants}});
     const double* F_data = F.data();
     double* out_data = out.mutable_data();
-    {
-      py::gil_scoped_release release;
+    dodo_python::without_gil([&] {
       for (std::size_t c = 0; c < n; ++c)
         dodo::invariants(F_data + c * dodo::kCellValues, u_data ? u_data + 4 * c : nullptr,
                          out_data + c * dodo::kInvariants);
-    }
+    });
     return out;
   });
+
+  // The one velocity check (frame.hpp), so Python refuses exactly the u that the C API flags.
+  m.def("check_four_velocities", [](const CArray& u) {
+    if (u.ndim() != 2 || u.shape(1) != 4) throw py::value_error("u must have shape (n, 4)");
+    const auto n = u.shape(0);
+    py::array_t<bool> valid(n);
+    CArray norm_error(n);
+    for (py::ssize_t c = 0; c < n; ++c) {
+      valid.mutable_data()[c] = dodo::is_valid_four_velocity(u.data() + 4 * c);
+      norm_error.mutable_data()[c] = dodo::four_velocity_norm_error(u.data() + 4 * c);
+    }
+    return py::make_tuple(valid, norm_error);
+  }, py::arg("u"), "(n, 4) -> (valid (n,) bool, |u.u + 1| (n,)): the check dodo_apply uses.");
 
   m.def("comoving_total_density", [](const CArray& F, const py::object& u) {
     const std::size_t n = check_cells(F);
@@ -140,13 +153,12 @@ PYBIND11_MODULE(_core, m) {
     const double* velocity = u.data();
     double* target = out.mutable_data();
     const auto m = static_cast<std::size_t>(vectors.shape(0));
-    {
-      py::gil_scoped_release release;
+    dodo_python::without_gil([&] {
       for (std::size_t i = 0; i < m; ++i) {
         if (inverse) dodo::boost_from_rest(velocity + 4 * i, in + 4 * i, target + 4 * i);
         else dodo::boost_to_rest(velocity + 4 * i, in + 4 * i, target + 4 * i);
       }
-    }
+    });
     return out;
   }, py::arg("vectors"), py::arg("u"), py::arg("inverse") = false);
 
@@ -194,7 +206,9 @@ PYBIND11_MODULE(_core, m) {
   m.attr("cell_status_bits") = statuses;
   m.attr("growth_rate_per_ntot") = dodo::kGrowthRatePerNtot;
   m.attr("velocity_norm_tolerance") = dodo::kVelocityNormTolerance;
+  m.attr("max_threads") = dodo::kMaxThreads;
 
+  register_qke(m);
 #ifdef DODO_WITH_RUNTIME
   register_runtime(m);
 #endif

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "dodo/dodo.h"
+#include "gil.hpp"
 #include "runtime/closure.hpp"
 #include "runtime/errors.hpp"
 #include "runtime/onnx_package.hpp"
@@ -70,10 +71,7 @@ py::tuple apply(const Closure& closure, const CellInput& F_init, const std::opti
   dodo::CellArray output{F_pred.mutable_data()};
   std::uint32_t* status_data = status.mutable_data();
   double* growth_data = growth.mutable_data();
-  {
-    py::gil_scoped_release release;
-    closure.apply(n, input, velocity, output, status_data, growth_data);
-  }
+  dodo_python::without_gil([&] { closure.apply(n, input, velocity, output, status_data, growth_data); });
   return py::make_tuple(F_pred, status, growth);
 }
 
@@ -95,12 +93,19 @@ void register_runtime(py::module_& m) {
              options.onnxruntime_library = onnxruntime_library;
              options.device = device;
              options.run_self_test = run_self_test;
-             // model: None (Box3D only), a path (str), or the package's bytes (copied under the GIL).
+             // model: None (Box3D only, as DODO_BOX3D_ONLY), a path (str), or the package's bytes
+             // (copied under the GIL).
              const bool in_memory = py::isinstance<py::bytes>(model);
-             const std::string text = model.is_none() ? std::string() : model.cast<std::string>();
-             py::gil_scoped_release release;  // loading and warm-up can take a while
-             if (in_memory) return std::make_unique<Closure>(dodo::runtime::ModelInMemory{text}, options);
-             return std::make_unique<Closure>(text, options);
+             const std::string text = model.is_none() ? std::string(DODO_BOX3D_ONLY) : model.cast<std::string>();
+             std::unique_ptr<Closure> closure;
+             // Loading and warm-up can take a while.
+             dodo_python::without_gil([&] {
+               if (in_memory)
+                 closure = std::make_unique<Closure>(dodo::runtime::ModelInMemory{text}, options);
+               else
+                 closure = std::make_unique<Closure>(text, options);
+             });
+             return closure;
            }),
            py::arg("model"), py::arg("threads") = 0, py::arg("chunk_size") = 1024, py::arg("lebedev_order") = 0,
            py::arg("z_method") = "", py::arg("max_flux_factor") = 0.0, py::arg("onnxruntime_library") = "",
@@ -108,8 +113,9 @@ void register_runtime(py::module_& m) {
       .def("apply", &apply, py::arg("F_init"), py::arg("u") = py::none(),
            "(n,6,4) float64 [, (n,4)] -> (F_pred (n,6,4), status (n,) uint32, growth_over_ntot (n,))")
       .def("self_test", [](const Closure& closure) {
-             py::gil_scoped_release release;
-             return closure.self_test();
+             double worst = 0.0;
+             dodo_python::without_gil([&] { worst = closure.self_test(); });
+             return worst;
            })
       .def("counters", &counters_dict)
       .def("reset_counters", &Closure::reset_counters)
@@ -138,6 +144,10 @@ void register_runtime(py::module_& m) {
     const std::string bytes = model;
     return dodo::runtime::content_sha256(dodo::runtime::read_package(bytes));
   }, py::arg("model"), "SHA-256 (hex) of ONNX model bytes without their metadata_props.");
+  m.def("model_metadata_sha256", [](const py::bytes& model) {
+    const std::string bytes = model;
+    return dodo::runtime::metadata_sha256(dodo::runtime::read_package(bytes));
+  }, py::arg("model"), "SHA-256 (hex) of the metadata entries as \"dodo.metadata_sha256\" defines it.");
   m.def("model_metadata", [](const py::bytes& model) {
     const std::string bytes = model;
     return dodo::runtime::read_package(bytes).metadata;
@@ -145,5 +155,5 @@ void register_runtime(py::module_& m) {
   m.def("with_content_digest", [](const py::bytes& model) {
     const std::string bytes = model;
     return py::bytes(dodo::runtime::with_content_digest(bytes));
-  }, py::arg("model"), "The model bytes with a fresh \"dodo.content_sha256\" (an old one is replaced).");
+  }, py::arg("model"), "The model bytes signed again: fresh \"dodo.content_sha256\" and \"dodo.metadata_sha256\".");
 }

@@ -25,8 +25,12 @@ module dodo
   private
 
   public :: dodo_closure, dodo_counters
-  public :: dodo_create, dodo_create_from_memory, dodo_destroy, dodo_apply, dodo_self_test, dodo_get_counters, dodo_version_string
+  public :: dodo_create, dodo_create_from_memory, dodo_destroy, dodo_apply, dodo_self_test, dodo_get_counters, &
+            dodo_version_string, dodo_default_model_path
   public :: c_double, c_int8_t, c_int32_t
+
+  ! Model path meaning Box3D alone (dodo.h DODO_BOX3D_ONLY).
+  character(len=*), parameter, public :: DODO_BOX3D_ONLY = "box3d"
 
   ! Status codes (dodo.h DODO_STATUS_LIST).
   integer, parameter, public :: DODO_OK = 0, DODO_ERROR_INVALID_ARGUMENT = 1, DODO_ERROR_FILE = 2, &
@@ -123,6 +127,10 @@ module dodo
       import :: c_ptr
       type(c_ptr) :: c_version
     end function
+    function c_default_model_path() bind(c, name="dodo_default_model_path")
+      import :: c_ptr
+      type(c_ptr) :: c_default_model_path
+    end function
     function c_strlen(text) bind(c, name="strlen")
       import :: c_ptr, c_size_t
       type(c_ptr), value :: text
@@ -132,7 +140,9 @@ module dodo
 
 contains
 
-  ! Creates a closure from a model package; model_path absent or "" gives a Box3D-only closure.
+  ! Creates a closure from a model package; model_path DODO_BOX3D_ONLY ("box3d") or absent gives a
+  ! Box3D-only closure; a blank model_path is refused (DODO_ERROR_INVALID_ARGUMENT), so that an
+  ! unset parameter never drops the learned correction silently. run_self_test defaults to .true.
   ! cuda_device present: the network runs on that CUDA device (needs an onnxruntime-gpu library;
   ! one device per rank: cuda_device = node-local rank mod devices per node).
   subroutine dodo_create(closure, model_path, threads, chunk_size, lebedev_order, max_flux_factor, &
@@ -153,10 +163,8 @@ contains
     options = make_options(threads, chunk_size, lebedev_order, max_flux_factor, run_self_test, cuda_device)
     path_pointer = c_null_ptr
     if (present(model_path)) then
-      if (len_trim(model_path) > 0) then
-        path_c = to_c_string(model_path)
-        path_pointer = c_loc(path_c)
-      end if
+      path_c = to_c_string(model_path)  ! trailing blanks dropped; a blank path becomes "" (refused)
+      path_pointer = c_loc(path_c)
     end if
     message = c_null_char
     if (c_associated(closure%handle)) call c_destroy(closure%handle)
@@ -196,37 +204,47 @@ contains
     closure%handle = c_null_ptr
   end subroutine dodo_destroy
 
-  ! F_init, F_pred: (4, 6, ncell); u: (4, ncell), absent = every cell at rest;
-  ! cell_status: (ncell) bits DODO_CELL_*. F_pred may be the same array as F_init.
+  ! F_init, F_pred: contiguous (4, 6, ...) of any rank: (4, 6, ncell), a grid (4, 6, nx, ny, nz)
+  ! or one cell (4, 6); F_pred the same shape (it may be the same array as F_init).
+  ! u: (4, ...) with one column per cell (e.g. (4, nx, ny, nz)), absent = every cell at rest;
+  ! cell_status: one entry per cell, any shape, bits DODO_CELL_*.
   subroutine dodo_apply(closure, F_init, F_pred, u, cell_status, stat, errmsg)
     type(dodo_closure), intent(in) :: closure
-    real(c_double), intent(in), contiguous, target :: F_init(:, :, :)
-    real(c_double), intent(inout), contiguous, target :: F_pred(:, :, :)
-    real(c_double), intent(in), optional, contiguous, target :: u(:, :)
-    integer(c_int32_t), intent(out), optional, contiguous, target :: cell_status(:)
+    real(c_double), intent(in), contiguous, target :: F_init(..)
+    real(c_double), intent(inout), contiguous, target :: F_pred(..)
+    real(c_double), intent(in), optional, contiguous, target :: u(..)
+    integer(c_int32_t), intent(out), optional, contiguous, target :: cell_status(..)
     integer, intent(out), optional :: stat
     character(len=*), intent(inout), optional :: errmsg
     type(c_ptr) :: u_pointer, status_pointer
     integer :: status
     integer(c_size_t) :: ncell
 
-    ncell = int(size(F_init, 3), c_size_t)
-    if (size(F_init, 1) /= 4 .or. size(F_init, 2) /= 6 .or. any(shape(F_pred) /= shape(F_init))) then
-      call report(DODO_ERROR_INVALID_ARGUMENT, "F_init and F_pred must both have shape (4, 6, ncell)", stat, errmsg)
+    if (.not. cells_shaped(F_init) .or. rank(F_pred) /= rank(F_init)) then
+      call report(DODO_ERROR_INVALID_ARGUMENT, "F_init and F_pred must both have shape (4, 6, ...)", stat, errmsg)
       return
     end if
+    if (any(shape(F_pred) /= shape(F_init))) then
+      call report(DODO_ERROR_INVALID_ARGUMENT, "F_init and F_pred must both have shape (4, 6, ...)", stat, errmsg)
+      return
+    end if
+    ncell = int(size(F_init) / 24, c_size_t)
     u_pointer = c_null_ptr
     status_pointer = c_null_ptr
     if (present(u)) then
-      if (size(u, 1) /= 4 .or. size(u, 2) /= size(F_init, 3)) then
-        call report(DODO_ERROR_INVALID_ARGUMENT, "u must have shape (4, ncell)", stat, errmsg)
+      if (rank(u) < 1) then
+        call report(DODO_ERROR_INVALID_ARGUMENT, "u must have shape (4, ...) with one column per cell", stat, errmsg)
+        return
+      end if
+      if (size(u, 1) /= 4 .or. size(u, kind=c_size_t) /= 4 * ncell) then
+        call report(DODO_ERROR_INVALID_ARGUMENT, "u must have shape (4, ...) with one column per cell", stat, errmsg)
         return
       end if
       u_pointer = c_loc(u)
     end if
     if (present(cell_status)) then
-      if (size(cell_status) /= size(F_init, 3)) then
-        call report(DODO_ERROR_INVALID_ARGUMENT, "cell_status must have ncell entries", stat, errmsg)
+      if (size(cell_status, kind=c_size_t) /= ncell) then
+        call report(DODO_ERROR_INVALID_ARGUMENT, "cell_status must have one entry per cell", stat, errmsg)
         return
       end if
       status_pointer = c_loc(cell_status)
@@ -239,6 +257,14 @@ contains
                          c_null_ptr, status_pointer))
     call report(status, last_error(closure), stat, errmsg)
   end subroutine dodo_apply
+
+  ! True for an array of shape (4, 6, ...).
+  logical function cells_shaped(F)
+    real(c_double), intent(in) :: F(..)
+    cells_shaped = .false.
+    if (rank(F) < 2) return
+    cells_shaped = size(F, 1) == 4 .and. size(F, 2) == 6
+  end function cells_shaped
 
   ! Runs the model's embedded test vectors; max_error in units of N_tot.
   subroutine dodo_self_test(closure, max_error, stat, errmsg)
@@ -266,17 +292,15 @@ contains
 
   function dodo_version_string() result(version)
     character(len=:), allocatable :: version
-    character(kind=c_char), pointer :: text(:)
-    type(c_ptr) :: pointer
-    integer :: i, n
-    pointer = c_version()
-    n = int(c_strlen(pointer))
-    call c_f_pointer(pointer, text, [n])
-    allocate(character(len=n) :: version)
-    do i = 1, n
-      version(i:i) = text(i)
-    end do
+    version = c_string(c_version())
   end function dodo_version_string
+
+  ! Path of the default model shipped with Dodo (the one Python's dodo.Closure() loads); "" if
+  ! it is not installed next to libdodo.
+  function dodo_default_model_path() result(path)
+    character(len=:), allocatable :: path
+    path = c_string(c_default_model_path())
+  end function dodo_default_model_path
 
   ! --- helpers -------------------------------------------------------------------------------
 
@@ -292,7 +316,7 @@ contains
     if (present(lebedev_order)) options%lebedev_order = int(lebedev_order, c_int)
     if (present(max_flux_factor)) options%max_flux_factor = max_flux_factor
     if (present(run_self_test)) then
-      if (run_self_test) options%run_self_test = 1
+      options%run_self_test = merge(1_c_int, 0_c_int, run_self_test)
     end if
     if (present(cuda_device)) then
       options%device = DEVICE_CUDA
@@ -320,6 +344,24 @@ contains
     message = from_c_buffer(buffer)
     if (length == 0 .and. .not. c_associated(closure%handle)) message = "closure handle is not created"
   end function last_error
+
+  ! Copy of a static NUL-terminated C string ("" for NULL).
+  function c_string(pointer) result(text)
+    type(c_ptr), intent(in) :: pointer
+    character(len=:), allocatable :: text
+    character(kind=c_char), pointer :: chars(:)
+    integer :: i, n
+    if (.not. c_associated(pointer)) then
+      text = ""
+      return
+    end if
+    n = int(c_strlen(pointer))
+    call c_f_pointer(pointer, chars, [n])
+    allocate(character(len=n) :: text)
+    do i = 1, n
+      text(i:i) = chars(i)
+    end do
+  end function c_string
 
   function to_c_string(text) result(c_text)
     character(len=*), intent(in) :: text

@@ -37,6 +37,10 @@ extern "C" {
 /* Bumped when a function's signature or a struct's meaning changes incompatibly. */
 #define DODO_API_VERSION 1
 
+/* Largest model file dodo_closure_create reads (256 MiB; Dodo's packages are a few MB at most).
+ * Larger files, directories, devices, FIFOs and sockets are refused before anything is read. */
+#define DODO_MAX_MODEL_FILE_BYTES (256u * 1024u * 1024u)
+
 /* Status codes, listed once: X(name, value, message). */
 #define DODO_STATUS_LIST(X)                                                                         \
   X(DODO_OK, 0, "success")                                                                          \
@@ -90,7 +94,7 @@ typedef struct dodo_options {
   const char* z_method;            /* "exact" or "jedynak"; NULL = the model's ("exact" without one) */
   double max_flux_factor;          /* 0 = the model's (0.98 without one) */
   const char* onnxruntime_library; /* path of libonnxruntime; NULL = search (docs/runtime.md) */
-  int run_self_test;               /* nonzero: run the model's test vectors at creation */
+  int run_self_test;               /* nonzero (the default): run the model's test vectors at creation */
   int device;                      /* DODO_DEVICE_CPU (default) or DODO_DEVICE_CUDA */
   int device_id;                   /* CUDA device number (DODO_DEVICE_CUDA only); e.g. the rank on its node */
 } dodo_options;
@@ -114,16 +118,30 @@ DODO_API const char* dodo_status_message(dodo_status status);
 DODO_API const char* dodo_cell_status_name(uint32_t bit);
 
 /* Sets the defaults in the caller's dodo_options of `size` bytes (the sizeof of the caller's
- * dodo.h) and records the size in struct_size. Use it through dodo_options_init (below). */
+ * dodo.h) and records the size in struct_size. Use it through dodo_options_init (below).
+ * Defaults: threads 0, chunk_size 1024, run_self_test 1, device CPU, everything else the model's. */
 DODO_API void dodo_options_init_sized(dodo_options* options, size_t size);
 /* The first release's entry point, kept for programs built against that dodo.h: initialises the
- * first release's fields only (it cannot know the caller's size). This header maps
- * dodo_options_init(o) to dodo_options_init_sized(o, sizeof *(o)); bindings that call symbols
- * (Fortran, Julia, ctypes) call dodo_options_init_sized with the size of their struct. */
+ * first release's fields only (it cannot know the caller's size), with the same defaults. This
+ * header maps dodo_options_init(o) to dodo_options_init_sized(o, sizeof *(o)); bindings that call
+ * symbols (Fortran, Julia, ctypes) call dodo_options_init_sized with the size of their struct. */
 DODO_API void dodo_options_init(dodo_options* options);
 #define dodo_options_init(options) dodo_options_init_sized((options), sizeof *(options))
 
-/* Creates a closure from an ONNX model package, or a Box3D-only closure when model_path is NULL.
+/* Absolute path of the default model package shipped with Dodo (the model Python's
+ * dodo.Closure() loads), found next to this library; NULL if it is not there. Static string. */
+DODO_API const char* dodo_default_model_path(void);
+
+/* Model path meaning "no model": Box3D alone, without a learned correction (the same literal in
+ * every language: C, C++, Fortran, Python, Julia). */
+#define DODO_BOX3D_ONLY "box3d"
+
+/* Creates a closure from an ONNX model package, or a Box3D-only closure when model_path is
+ * DODO_BOX3D_ONLY or NULL. An empty model_path is refused (DODO_ERROR_INVALID_ARGUMENT): a
+ * parameter left empty must not silently drop the learned correction. A file named "box3d" is
+ * loaded as "./box3d". Directories, devices, FIFOs and files above DODO_MAX_MODEL_FILE_BYTES are
+ * refused (DODO_ERROR_FILE / DODO_ERROR_MODEL_FORMAT) before anything is read. The package must
+ * carry test vectors (docs/model_package.md); with run_self_test (default on) they are run here.
  * options may be NULL (defaults). On failure *closure is NULL and, if error_buffer is not NULL,
  * a message (truncated to error_buffer_size, always NUL-terminated) says what went wrong. */
 DODO_API dodo_status dodo_closure_create(const char* model_path, const dodo_options* options,
@@ -135,7 +153,11 @@ DODO_API void dodo_closure_destroy(dodo_closure* closure);
  * Element (cell c, species a, component m) of F_init is F_init[c*s[0] + a*s[1] + m*s[2]] with
  * s = F_init_strides (in elements; NULL = {24, 4, 1}); likewise F_pred. u[c*v[0] + m*v[1]] with
  * v = u_strides (NULL = {4, 1}); u = NULL means every cell is at rest.
- * F_pred may be F_init (same strides) for in-place use. cell_status (n_cells entries) may be NULL.
+ * F_pred may be F_init (same pointer and strides) for in-place use. cell_status (n_cells entries)
+ * may be NULL. Refused with DODO_ERROR_INVALID_ARGUMENT before anything is written: n_cells or
+ * strides whose addresses leave the address space, F_pred strides under which two output values
+ * share memory (e.g. a zero species or component stride), and F_pred or cell_status overlapping
+ * F_init or u other than by exact in-place use.
  * Cells are independent: a bad cell is flagged, never an error. */
 DODO_API dodo_status dodo_apply(dodo_closure* closure, size_t n_cells, const double* F_init,
                                 const ptrdiff_t* F_init_strides, const double* u,
@@ -160,8 +182,8 @@ DODO_API long dodo_get_metadata(const dodo_closure* closure, const char* key, ch
 DODO_API size_t dodo_last_error(const dodo_closure* closure, char* buffer, size_t buffer_size);
 
 /* Like dodo_closure_create, from a model package already in memory (size bytes at `bytes`), with
- * the same checks as a file: content digest, metadata, self-test. The bytes are only read during
- * the call. For codes with many ranks: rank 0 reads the file, MPI_Bcast sends the bytes, every
+ * the same checks as a file: content digest, metadata digest, required test vectors, the size
+ * bound DODO_MAX_MODEL_FILE_BYTES, self-test. The bytes are only read during the call. For codes with many ranks: rank 0 reads the file, MPI_Bcast sends the bytes, every
  * rank creates its closure, and no other rank touches the file system (examples/c/mpi_closure.c). */
 DODO_API dodo_status dodo_closure_create_from_memory(const void* bytes, size_t size, const dodo_options* options,
                                                      dodo_closure** closure, char* error_buffer,

@@ -56,7 +56,8 @@ class Options {
 
 class Closure {
  public:
-  // Box3D-only closure (no model, no ONNX Runtime).
+  // Box3D-only closure (no model, no ONNX Runtime); the same as Closure(DODO_BOX3D_ONLY). An empty
+  // model path is refused (dodo::Error, DODO_ERROR_INVALID_ARGUMENT).
   explicit Closure(const Options& options = Options()) { create(nullptr, options); }
   // Closure with an ONNX model package.
   explicit Closure(const std::string& model_path, const Options& options = Options()) {

@@ -8,6 +8,7 @@
 
 #include "../frame.hpp"
 #include "../realizability.hpp"
+#include "../thread_start.hpp"
 #include "../multiversion.hpp"
 #include "exp_kernel.hpp"
 #include "langevin_kernel.hpp"
@@ -319,14 +320,18 @@ void Box3D::apply(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, Ce
     run_range(0, n);
     return;
   }
+  workers = std::min(workers, static_cast<std::size_t>(kMaxThreads));
   std::vector<std::thread> pool;
   pool.reserve(workers - 1);
   const std::size_t share = (n + workers - 1) / workers;
-  for (std::size_t w = 1; w < workers; ++w) {
+  std::size_t caller_begin = share;  // ranges no thread took run on the caller's thread
+  for (std::size_t w = 1; w < workers; ++w, caller_begin += share) {
     const std::size_t begin = std::min(n, w * share), end = std::min(n, begin + share);
-    pool.emplace_back(run_range, begin, end);
+    // No more threads (address-space or thread limit): fewer workers, same results.
+    if (!try_start_thread(pool, [&run_range, begin, end] { run_range(begin, end); })) break;
   }
   run_range(0, std::min(n, share));
+  run_range(std::min(n, caller_begin), n);
   for (auto& worker : pool) worker.join();
 }
 

@@ -1,65 +1,124 @@
 #include "chunk_pool.hpp"
 
+#include <unistd.h>
+
+#include "../thread_start.hpp"
+
 namespace dodo::runtime {
 
-ChunkPool::ChunkPool(int threads) : threads_(threads < 1 ? 1 : threads) {
-  workers_.reserve(static_cast<std::size_t>(threads_ - 1));
-  for (int slot = 1; slot < threads_; ++slot) workers_.emplace_back([this, slot] { worker_loop(slot); });
+// The workers of one process and the state they share.
+struct ChunkPool::Crew {
+  explicit Crew(int threads);
+  ~Crew();
+  void worker_loop(int slot);
+  void work_on_batch(int slot);
+  bool try_run(std::size_t n_chunks, ChunkBody body, void* context);
+
+  const pid_t owner = ::getpid();
+  std::vector<std::thread> workers;
+  std::mutex batch_mutex;  // held by the caller for the whole batch
+
+  std::mutex mutex;
+  std::condition_variable wake, done;
+  std::size_t generation = 0;
+  bool stopping = false;
+  int busy_workers = 0;
+
+  // The batch in progress.
+  ChunkBody body = nullptr;
+  void* context = nullptr;
+  std::size_t n_chunks = 0;
+  std::atomic<std::size_t> next_chunk{0};
+};
+
+ChunkPool::Crew::Crew(int threads) {
+  workers.reserve(static_cast<std::size_t>(threads > 1 ? threads - 1 : 0));
+  // A refused start (thread or address-space limit) keeps the workers that started: slots 1..size.
+  for (int slot = 1; slot < threads; ++slot)
+    if (!try_start_thread(workers, [this, slot] { worker_loop(slot); })) break;
 }
 
-ChunkPool::~ChunkPool() {
+ChunkPool::Crew::~Crew() {
   {
-    std::lock_guard<std::mutex> lock(mutex_);
-    stopping_ = true;
+    std::lock_guard<std::mutex> lock(mutex);
+    stopping = true;
   }
-  wake_.notify_all();
-  for (std::thread& worker : workers_) worker.join();
+  wake.notify_all();
+  for (std::thread& worker : workers) worker.join();
 }
 
-void ChunkPool::work_on_batch(int slot) {
-  for (std::size_t chunk = next_chunk_.fetch_add(1); chunk < n_chunks_; chunk = next_chunk_.fetch_add(1))
-    body_(context_, chunk, slot);
+void ChunkPool::Crew::work_on_batch(int slot) {
+  for (std::size_t chunk = next_chunk.fetch_add(1); chunk < n_chunks; chunk = next_chunk.fetch_add(1))
+    body(context, chunk, slot);
 }
 
-void ChunkPool::worker_loop(int slot) {
+void ChunkPool::Crew::worker_loop(int slot) {
   std::size_t seen_generation = 0;
   while (true) {
     {
-      std::unique_lock<std::mutex> lock(mutex_);
-      wake_.wait(lock, [&] { return stopping_ || generation_ != seen_generation; });
-      if (stopping_) return;
-      seen_generation = generation_;
+      std::unique_lock<std::mutex> lock(mutex);
+      wake.wait(lock, [&] { return stopping || generation != seen_generation; });
+      if (stopping) return;
+      seen_generation = generation;
     }
     work_on_batch(slot);
     {
-      std::lock_guard<std::mutex> lock(mutex_);
-      --busy_workers_;
+      std::lock_guard<std::mutex> lock(mutex);
+      --busy_workers;
     }
-    done_.notify_all();
+    done.notify_all();
   }
 }
 
-bool ChunkPool::try_run(std::size_t n_chunks, ChunkBody body, void* context) {
-  std::unique_lock<std::mutex> batch(batch_mutex_, std::try_to_lock);
+bool ChunkPool::Crew::try_run(std::size_t chunks, ChunkBody batch_body, void* batch_context) {
+  std::unique_lock<std::mutex> batch(batch_mutex, std::try_to_lock);
   if (!batch.owns_lock()) return false;
-  if (workers_.empty() || n_chunks <= 1) {
-    for (std::size_t chunk = 0; chunk < n_chunks; ++chunk) body(context, chunk, 0);
+  if (workers.empty() || chunks <= 1) {
+    for (std::size_t chunk = 0; chunk < chunks; ++chunk) batch_body(batch_context, chunk, 0);
     return true;
   }
   {
-    std::lock_guard<std::mutex> lock(mutex_);
-    body_ = body;
-    context_ = context;
-    n_chunks_ = n_chunks;
-    next_chunk_.store(0);
-    busy_workers_ = static_cast<int>(workers_.size());
-    ++generation_;
+    std::lock_guard<std::mutex> lock(mutex);
+    body = batch_body;
+    context = batch_context;
+    n_chunks = chunks;
+    next_chunk.store(0);
+    busy_workers = static_cast<int>(workers.size());
+    ++generation;
   }
-  wake_.notify_all();
+  wake.notify_all();
   work_on_batch(0);
-  std::unique_lock<std::mutex> lock(mutex_);
-  done_.wait(lock, [&] { return busy_workers_ == 0; });
+  std::unique_lock<std::mutex> lock(mutex);
+  done.wait(lock, [&] { return busy_workers == 0; });
   return true;
+}
+
+ChunkPool::ChunkPool(int threads) : requested_(threads < 1 ? 1 : threads), crew_(new Crew(requested_)) {}
+
+ChunkPool::~ChunkPool() {
+  Crew* crew = crew_.load();
+  // A Crew inherited from a parent process has no threads here and its locks may be held by
+  // threads that do not exist: destroying it could block for ever, so it is left alone.
+  if (crew->owner == ::getpid()) delete crew;
+}
+
+ChunkPool::Crew* ChunkPool::crew_for_this_process() {
+  Crew* crew = crew_.load(std::memory_order_acquire);
+  if (crew->owner == ::getpid()) return crew;
+  // First batch in a child of fork(): start this process's own workers.
+  Crew* fresh = new Crew(requested_);
+  if (crew_.compare_exchange_strong(crew, fresh, std::memory_order_acq_rel)) return fresh;  // parent's abandoned
+  delete fresh;  // another thread of this child was first; `crew` now holds its Crew
+  return crew;
+}
+
+int ChunkPool::threads() const {
+  const Crew* crew = crew_.load(std::memory_order_acquire);
+  return static_cast<int>(crew->workers.size()) + 1;
+}
+
+bool ChunkPool::try_run(std::size_t n_chunks, ChunkBody body, void* context) {
+  return crew_for_this_process()->try_run(n_chunks, body, context);
 }
 
 }  // namespace dodo::runtime

@@ -2,6 +2,14 @@
 // works too. One batch at a time: a second caller that finds the pool busy runs its chunks on
 // its own thread instead of waiting, so a handle shared by a host's threads never deadlocks and
 // never changes results (a chunk's result does not depend on which thread ran it).
+//
+// Fork-safe (issue 11, item 5): a child made by fork() has none of the parent's workers, and the
+// parent's mutexes and condition variables may be in any state there. The workers and everything
+// they wait on live in one Crew tagged with the process id; the first batch in a child finds a
+// foreign Crew, abandons it (never touched again, its memory left alone) and starts a new one.
+//
+// Thread creation may fail (address-space limit, thread limit): the pool then keeps the workers
+// it could start (issue 11, item 6); threads() reports how many run.
 #pragma once
 
 #include <atomic>
@@ -10,6 +18,10 @@
 #include <mutex>
 #include <thread>
 #include <vector>
+
+#include <sys/types.h>
+
+#include "../conventions.hpp"
 
 namespace dodo::runtime {
 
@@ -24,31 +36,20 @@ class ChunkPool {
   ChunkPool(const ChunkPool&) = delete;
   ChunkPool& operator=(const ChunkPool&) = delete;
 
-  int threads() const { return threads_; }
+  // Threads that work on a batch (the caller's included): the requested count, or fewer when
+  // the system refused to start more.
+  int threads() const;
 
   // Runs body for every chunk in [0, n_chunks). Returns false (having run nothing) when the
   // pool is busy with another caller's batch; the caller then runs the chunks itself.
   bool try_run(std::size_t n_chunks, ChunkBody body, void* context);
 
  private:
-  void worker_loop(int slot);
-  void work_on_batch(int slot);
+  struct Crew;
+  Crew* crew_for_this_process();
 
-  int threads_;
-  std::vector<std::thread> workers_;
-  std::mutex batch_mutex_;  // held by the caller for the whole batch
-
-  std::mutex mutex_;
-  std::condition_variable wake_, done_;
-  std::size_t generation_ = 0;
-  bool stopping_ = false;
-  int busy_workers_ = 0;
-
-  // The batch in progress.
-  ChunkBody body_ = nullptr;
-  void* context_ = nullptr;
-  std::size_t n_chunks_ = 0;
-  std::atomic<std::size_t> next_chunk_{0};
+  int requested_;
+  std::atomic<Crew*> crew_;
 };
 
 }  // namespace dodo::runtime

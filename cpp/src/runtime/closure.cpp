@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 
 #include "../frame.hpp"
@@ -48,8 +49,9 @@ struct Closure::Batch {
 namespace {
 
 ClosureOptions checked(const ClosureOptions& options) {
-  if (options.threads < 0 || options.threads > 1024)
-    throw Error(DODO_ERROR_INVALID_ARGUMENT, "threads must lie in [0, 1024]; got " + std::to_string(options.threads));
+  if (options.threads < 0 || options.threads > kMaxThreads)
+    throw Error(DODO_ERROR_INVALID_ARGUMENT, "threads must lie in [0, " + std::to_string(kMaxThreads) + "]; got " +
+                                                 std::to_string(options.threads));
   if (options.chunk_size < 1 || options.chunk_size > (1 << 20))
     throw Error(DODO_ERROR_INVALID_ARGUMENT, "chunk_size must lie in [1, 1048576]; got " + std::to_string(options.chunk_size));
   if (options.box3d.max_flux_factor < 0 || options.box3d.max_flux_factor >= 1)
@@ -77,7 +79,11 @@ bool all_finite(const double* values, int count) {
 
 Closure::Closure(const std::string& model_path, const ClosureOptions& options)
     : chunk_size_(checked(options).chunk_size), pool_(options.threads) {
-  if (model_path.empty()) {
+  // An empty path is a mistake (an unset parameter), never a request for Box3D alone (issue 11.15).
+  if (model_path.empty())
+    throw Error(DODO_ERROR_INVALID_ARGUMENT, std::string("empty model path: give a model package, or \"") +
+                                                 DODO_BOX3D_ONLY + "\" for Box3D without a learned correction");
+  if (model_path == DODO_BOX3D_ONLY) {
     initialise(nullptr, "", options);
     return;
   }
@@ -102,7 +108,20 @@ void Closure::initialise(const std::string_view* bytes, const std::string& sourc
     onnxruntime_version_ = library.version;
     model_ = std::make_unique<OnnxModel>(library, *bytes, source, device);
     metadata_ = model_->metadata();
-    description_ = describe_model(metadata_, model_->output_size(), options.box3d);
+    try {
+      description_ = describe_model(metadata_, model_->output_size(), options.box3d);
+      // The test vectors are the package's proof that it computes what it was exported to
+      // compute (issue 11, item 13): without them only an explicit development opt-out loads it.
+      const char* allow = std::getenv(kAllowUntestedModelVariable);
+      if (description_.test_vectors.cells == 0 && !(allow && std::string(allow) == "1"))
+        throw Error(DODO_ERROR_MODEL_METADATA,
+                    std::string("model package carries no test vectors (\"dodo.test_vectors\" missing or empty), so "
+                                "nothing shows that it computes what it was exported to compute; re-export it with "
+                                "`dodo export` (development only: set ") +
+                        kAllowUntestedModelVariable + "=1 to load it anyway)");
+    } catch (const Error& error) {
+      throw Error(error.status(), source + ": " + error.what());
+    }
     box3d_ = make_box3d(description_.box3d);
   }
   // Warm-up: one workspace per thread, and one network call each so ORT sizes its arena now.
@@ -111,7 +130,7 @@ void Closure::initialise(const std::string_view* bytes, const std::string& sourc
     free_workspaces_.push_back(workspaces_.back().get());
     if (model_) model_->run(*workspaces_.back()->network, static_cast<std::size_t>(chunk_size_));
   }
-  // At load time a package without test vectors is accepted; an explicit self_test() refuses it.
+  // A package without test vectors gets here only with the development opt-out.
   if (options.run_self_test && model_ && description_.test_vectors.cells > 0) {
     self_test();
     reset_counters();  // counters describe the caller's cells only
@@ -159,7 +178,9 @@ void Closure::apply(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, 
   if (n == 0) return;
   if (!F_init.data || !F_pred.data) throw Error(DODO_ERROR_INVALID_ARGUMENT, "F_init and F_pred must not be null");
   Batch batch{this, n, F_init, u, F_pred, status, growth_over_ntot, {}, {}};
-  const std::size_t chunks = (n + static_cast<std::size_t>(chunk_size_) - 1) / static_cast<std::size_t>(chunk_size_);
+  // Written so that n near SIZE_MAX cannot wrap to zero chunks.
+  const std::size_t size = static_cast<std::size_t>(chunk_size_);
+  const std::size_t chunks = n / size + (n % size != 0);
   if (!pool_.try_run(chunks, &Closure::run_chunk, &batch)) {
     // The pool serves another caller's batch: this thread does its own chunks.
     for (std::size_t chunk = 0; chunk < chunks; ++chunk) run_chunk(&batch, chunk, 0);

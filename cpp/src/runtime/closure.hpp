@@ -46,7 +46,7 @@ struct ModelInMemory {
 
 class Closure {
  public:
-  // model_path empty: Box3D only (no ONNX Runtime needed).
+  // model_path DODO_BOX3D_ONLY ("box3d"): Box3D only (no ONNX Runtime needed); empty: refused.
   Closure(const std::string& model_path, const ClosureOptions& options);
   // The bytes are read during construction only; the caller keeps ownership.
   Closure(ModelInMemory model, const ClosureOptions& options);

@@ -49,6 +49,12 @@ std::size_t flatten_cells(const JsonValue& value, std::size_t rows, std::size_t 
   return cells.size();
 }
 
+std::string format_number(double value) {
+  char buffer[32];
+  std::snprintf(buffer, sizeof buffer, "%.17g", value);
+  return buffer;
+}
+
 TestVectors read_test_vectors(const std::string& text) {
   TestVectors vectors;
   const JsonValue json = parse_json("dodo.test_vectors", text);
@@ -60,17 +66,15 @@ TestVectors read_test_vectors(const std::string& text) {
       if (flatten_cells(*u, 0, 4, vectors.u, "u") != n) refuse_test_vectors("u", "differs in length from \"F_init\"");
     }
     if (const JsonValue* atol = json.find("atol_over_ntot")) vectors.atol_over_ntot = atol->number();
+    if (!(vectors.atol_over_ntot > 0 && vectors.atol_over_ntot <= kMaxSelfTestTolerance))
+      refuse_test_vectors("atol_over_ntot", ("is " + format_number(vectors.atol_over_ntot) + "; it must lie in (0, " +
+                                             format_number(kMaxSelfTestTolerance) + "] (a larger one disables the self-test)")
+                                                .c_str());
     vectors.cells = n;
   } catch (const std::invalid_argument& error) {
     refuse(std::string("model metadata \"dodo.test_vectors\" is malformed: ") + error.what());
   }
   return vectors;
-}
-
-std::string format_number(double value) {
-  char buffer[32];
-  std::snprintf(buffer, sizeof buffer, "%.17g", value);
-  return buffer;
 }
 
 }  // namespace

@@ -20,6 +20,14 @@ struct RequestedBox3D {
   double max_flux_factor = 0;  // 0: unset
 };
 
+// Largest self-test tolerance a package may declare, in units of N_tot: the network runs in
+// float32 (errors ~1e-6); a larger tolerance would let wrong weights pass.
+inline constexpr double kMaxSelfTestTolerance = 1e-3;
+
+// Environment variable that lets a package without test vectors load (development only; off
+// unless set to "1").
+inline constexpr const char* kAllowUntestedModelVariable = "DODO_ALLOW_UNTESTED_MODEL";
+
 struct TestVectors {
   std::vector<double> F_init, u, F_pred;  // [n][24], [n][4], [n][24]
   std::size_t cells = 0;

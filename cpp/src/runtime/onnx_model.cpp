@@ -1,7 +1,12 @@
 #include "onnx_model.hpp"
 
-#include <fstream>
-#include <iterator>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <memory>
 #include <utility>
 
@@ -85,11 +90,55 @@ void enable_cuda(const OrtApi* api, OrtSessionOptions* options, int device_id) {
 
 }  // namespace
 
+// Reads a model file, refusing before reading anything that cannot be a model package: a
+// directory, a device (/dev/zero never ends), a FIFO (would block) or a socket, and files larger
+// than DODO_MAX_MODEL_FILE_BYTES. Files whose size stat does not know (/proc) are read up to the
+// limit.
 std::string read_model_file(const std::string& path) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file) throw Error(DODO_ERROR_FILE, "cannot open model file \"" + path + "\"");
-  std::string bytes((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
-  if (file.bad()) throw Error(DODO_ERROR_FILE, "cannot read model file \"" + path + "\"");
+  const std::string quoted = "\"" + path + "\"";
+  // O_NONBLOCK: opening a FIFO must not wait for a writer; regular files ignore the flag.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    const int error = errno;
+    if (error == ENOENT) throw Error(DODO_ERROR_FILE, "model file " + quoted + " does not exist");
+    throw Error(DODO_ERROR_FILE, "cannot open model file " + quoted + ": " + std::strerror(error));
+  }
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat info {};
+  if (::fstat(fd, &info) != 0)
+    throw Error(DODO_ERROR_FILE, "cannot stat model file " + quoted + ": " + std::strerror(errno));
+  if (S_ISDIR(info.st_mode)) throw Error(DODO_ERROR_FILE, "model path " + quoted + " is a directory, not a model file");
+  if (!S_ISREG(info.st_mode))
+    throw Error(DODO_ERROR_FILE, "model path " + quoted + " is not a regular file (a device, FIFO or socket)");
+  constexpr std::size_t limit = DODO_MAX_MODEL_FILE_BYTES;
+  auto too_large = [&](const std::string& size) {
+    return Error(DODO_ERROR_MODEL_FORMAT, "model file " + quoted + " is " + size + " bytes; a model package is at most " +
+                                              std::to_string(limit) + " bytes (DODO_MAX_MODEL_FILE_BYTES)");
+  };
+  if (static_cast<unsigned long long>(info.st_size) > limit) throw too_large(std::to_string(info.st_size));
+  // Blocking reads from here on (the file is regular).
+  ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+  std::string bytes(static_cast<std::size_t>(info.st_size) + 1, '\0');  // + 1: EOF needs no regrowth
+  std::size_t have = 0;
+  while (true) {
+    if (have == bytes.size()) {
+      if (bytes.size() > limit) throw too_large("more than " + std::to_string(limit));
+      bytes.resize(std::min<std::size_t>(limit + 1, std::max<std::size_t>(2 * bytes.size(), 1 << 16)));
+    }
+    const ssize_t got = ::read(fd, &bytes[have], bytes.size() - have);
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      throw Error(DODO_ERROR_FILE, "cannot read model file " + quoted + ": " + std::strerror(errno));
+    }
+    if (got == 0) break;
+    have += static_cast<std::size_t>(got);
+  }
+  bytes.resize(have);
+  if (bytes.size() > limit) throw too_large("more than " + std::to_string(limit));
+  if (bytes.empty()) throw Error(DODO_ERROR_MODEL_FORMAT, "model file " + quoted + " is empty");
   return bytes;
 }
 
@@ -148,6 +197,10 @@ OnnxModel::OnnxModel(const OrtLibrary& library, std::string_view bytes, const st
                      const DeviceSelection& device)
     : api_(library.api) {
   if (bytes.empty()) throw Error(DODO_ERROR_MODEL_FORMAT, source + " is empty");
+  // The same bound as for files (read_model_file), so a package in memory gets no more than one on disk.
+  if (bytes.size() > DODO_MAX_MODEL_FILE_BYTES)
+    throw Error(DODO_ERROR_MODEL_FORMAT, source + " is larger than a model package may be: at most " +
+                                             std::to_string(DODO_MAX_MODEL_FILE_BYTES) + " bytes (DODO_MAX_MODEL_FILE_BYTES)");
   // Our own reading of the bytes comes first: a damaged or altered package is refused by its
   // digest before ONNX Runtime parses it, and the metadata is read once, the same way for every caller.
   try {
@@ -177,9 +230,60 @@ OnnxModel::OnnxModel(const OrtLibrary& library, std::string_view bytes, const st
   }
   try {
     check_signature();
+    check_computed_shape();
+  } catch (const Error& error) {
+    api_->ReleaseSession(session_);
+    throw Error(error.status(), source + ": " + error.what());
   } catch (...) {
     api_->ReleaseSession(session_);
     throw;
+  }
+}
+
+// A graph may declare head_output [N, K] and compute another shape; the runtime's buffers are
+// sized from the declaration, so one evaluation with ORT's own output allocation checks what the
+// graph really returns before any caller's data goes through it (issue 11, item 14).
+void OnnxModel::check_computed_shape() {
+  if (output_size_ < 1) return;  // dynamic K: describe_model refuses it against the head
+  for (const int64_t rows : {int64_t{1}, int64_t{3}}) {
+    std::vector<float> input(static_cast<std::size_t>(rows) * EvaluationBuffers::kInputs, 0.0f);
+    for (int64_t r = 0; r < rows; ++r) input[static_cast<std::size_t>(r) * EvaluationBuffers::kInputs] = 1.0f;
+    OrtMemoryInfo* memory = nullptr;
+    check_ort(api_, api_->CreateCpuMemoryInfo(OrtArenaAllocator, OrtMemTypeDefault, &memory), "creating memory info");
+    std::unique_ptr<OrtMemoryInfo, OrtReleaser<OrtMemoryInfo>> memory_guard(memory, {api_, api_->ReleaseMemoryInfo});
+    const int64_t shape[2] = {rows, static_cast<int64_t>(EvaluationBuffers::kInputs)};
+    OrtValue* in = nullptr;
+    check_ort(api_, api_->CreateTensorWithDataAsOrtValue(memory, input.data(), input.size() * sizeof(float), shape, 2,
+                                                         ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &in),
+              "creating the probe input");
+    std::unique_ptr<OrtValue, OrtReleaser<OrtValue>> in_guard(in, {api_, api_->ReleaseValue});
+    const char* input_names[] = {kInputName};
+    const char* output_names[] = {kOutputName};
+    OrtValue* out = nullptr;
+    OrtStatus* ran = api_->Run(session_, nullptr, input_names, &in, 1, output_names, 1, &out);
+    if (ran) {
+      std::string message = "evaluating the graph on a probe batch failed: " + without_source_location(api_->GetErrorMessage(ran));
+      api_->ReleaseStatus(ran);
+      throw Error(DODO_ERROR_MODEL_FORMAT, message);
+    }
+    std::unique_ptr<OrtValue, OrtReleaser<OrtValue>> out_guard(out, {api_, api_->ReleaseValue});
+    OrtTensorTypeAndShapeInfo* info = nullptr;
+    check_ort(api_, api_->GetTensorTypeAndShape(out, &info), "reading the probe output's shape");
+    std::unique_ptr<OrtTensorTypeAndShapeInfo, OrtReleaser<OrtTensorTypeAndShapeInfo>> info_guard(
+        info, {api_, api_->ReleaseTensorTypeAndShapeInfo});
+    ONNXTensorElementDataType element{};
+    check_ort(api_, api_->GetTensorElementType(info, &element), "reading the probe output's type");
+    std::size_t rank = 0;
+    check_ort(api_, api_->GetDimensionsCount(info, &rank), "reading the probe output's rank");
+    std::vector<int64_t> dims(rank);
+    check_ort(api_, api_->GetDimensions(info, dims.data(), rank), "reading the probe output's dimensions");
+    if (element != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || rank != 2 || dims[0] != rows || dims[1] != output_size_) {
+      std::string computed;
+      for (std::size_t d = 0; d < rank; ++d) computed += (d ? ", " : "") + std::to_string(dims[d]);
+      throw Error(DODO_ERROR_MODEL_FORMAT, "graph declares \"head_output\" float32 [N, " + std::to_string(output_size_) +
+                                               "] but computes [" + computed + "] for N = " + std::to_string(rows) +
+                                               (element != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT ? " (not float32)" : ""));
+    }
   }
 }
 

@@ -47,7 +47,9 @@ struct DeviceSelection {
 // Parses "cpu", "cuda" (device 0) or "cuda:N"; throws Error(DODO_ERROR_INVALID_ARGUMENT) otherwise.
 DeviceSelection parse_device(const std::string& device);
 
-// The bytes of a model file; Error(DODO_ERROR_FILE) when it cannot be read.
+// The bytes of a model file. Error(DODO_ERROR_FILE) when it does not exist, cannot be read, or is
+// a directory, device, FIFO or socket; Error(DODO_ERROR_MODEL_FORMAT) when it is empty or larger
+// than DODO_MAX_MODEL_FILE_BYTES (refused before reading where stat knows the size).
 std::string read_model_file(const std::string& path);
 
 class OnnxModel {
@@ -71,6 +73,7 @@ class OnnxModel {
 
  private:
   void check_signature();
+  void check_computed_shape();
 
   const OrtApi* api_;
   OrtSession* session_ = nullptr;

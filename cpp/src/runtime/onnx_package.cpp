@@ -151,6 +151,21 @@ PackageContents read_package(std::string_view bytes) {
 
 std::string content_sha256(const PackageContents& package) { return sha256_hex(package.content); }
 
+std::string metadata_sha256(const PackageContents& package) {
+  std::string text;
+  auto append_sized = [&text](const std::string& part) {
+    std::uint64_t size = part.size();
+    for (int byte = 0; byte < 8; ++byte, size >>= 8) text.push_back(static_cast<char>(size & 0xffu));
+    text += part;
+  };
+  for (const auto& [key, value] : package.metadata) {  // std::map: sorted by key
+    if (key == kMetadataDigestKey) continue;
+    append_sized(key);
+    append_sized(value);
+  }
+  return sha256_hex(text);
+}
+
 void verify_content_digest(const PackageContents& package) {
   const auto stored = package.metadata.find(kContentDigestKey);
   if (stored == package.metadata.end())
@@ -162,16 +177,29 @@ void verify_content_digest(const PackageContents& package) {
     throw Error(DODO_ERROR_MODEL_FORMAT, "model file is damaged: its content (graph, weights, opsets) has SHA-256 " + actual +
                                              " but \"" + kContentDigestKey + "\" says " + stored->second.substr(0, 64) +
                                              " (altered or corrupted after export)");
+  const auto stored_metadata = package.metadata.find(kMetadataDigestKey);
+  if (stored_metadata == package.metadata.end())
+    throw Error(DODO_ERROR_MODEL_METADATA, std::string("model metadata has no \"") + kMetadataDigestKey +
+                                               "\" (exported by an older Dodo: re-export it with `dodo export`)");
+  const std::string actual_metadata = metadata_sha256(package);
+  if (stored_metadata->second != actual_metadata)
+    throw Error(DODO_ERROR_MODEL_METADATA, "model metadata was altered after export: its entries have SHA-256 " +
+                                               actual_metadata + " but \"" + kMetadataDigestKey + "\" says " +
+                                               stored_metadata->second.substr(0, 64));
 }
 
 std::string with_content_digest(std::string_view bytes) {
-  const PackageContents package = read_package(bytes);
+  PackageContents package = read_package(bytes);
+  package.metadata.erase(kMetadataDigestKey);
+  package.metadata[kContentDigestKey] = content_sha256(package);
+  package.metadata[kMetadataDigestKey] = metadata_sha256(package);
   std::string out = package.content;
   for (const auto& [key, value] : package.metadata) {
-    if (key == kContentDigestKey) continue;
+    if (key == kContentDigestKey || key == kMetadataDigestKey) continue;
     append_entry(out, key, value);
   }
-  append_entry(out, kContentDigestKey, content_sha256(package));
+  append_entry(out, kContentDigestKey, package.metadata[kContentDigestKey]);
+  append_entry(out, kMetadataDigestKey, package.metadata[kMetadataDigestKey]);
   return out;
 }
 

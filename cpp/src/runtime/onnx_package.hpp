@@ -1,8 +1,11 @@
 // What Dodo reads of an ONNX model file itself, before ONNX Runtime sees it: metadata_props
-// (ModelProto field 14) and everything else (graph with weights, opsets, IR version). The SHA-256
-// of "everything else" is stored as "dodo.content_sha256", so a file altered after export (a
-// flipped bit in a weight, an edited opset) is refused before anything runs
-// (docs/model_package.md).
+// (ModelProto field 14) and everything else (graph with weights, opsets, IR version). Two
+// digests make a package that was altered after export (a flipped bit in a weight, an edited
+// opset, an edited Box3D setting or test vector) refuse to load before anything runs
+// (docs/model_package.md): "dodo.content_sha256" over everything else, and
+// "dodo.metadata_sha256" over every metadata entry (the content digest included), so each field
+// that changes what the runtime computes is covered. They guard against accidents and careless
+// edits, not against someone who re-signs on purpose (with_content_digest does that).
 #pragma once
 
 #include <map>
@@ -12,6 +15,7 @@
 namespace dodo::runtime {
 
 inline constexpr const char* kContentDigestKey = "dodo.content_sha256";
+inline constexpr const char* kMetadataDigestKey = "dodo.metadata_sha256";
 
 struct PackageContents {
   std::string content;                          // the file's bytes without its metadata_props fields
@@ -26,12 +30,16 @@ PackageContents read_package(std::string_view bytes);
 // Lower-case hex SHA-256 of `content`.
 std::string content_sha256(const PackageContents& package);
 
-// Throws Error(DODO_ERROR_MODEL_METADATA) when "dodo.content_sha256" is missing and
-// Error(DODO_ERROR_MODEL_FORMAT) when it differs from the content's digest.
+// Lower-case hex SHA-256 of the metadata entries other than "dodo.metadata_sha256", sorted by
+// key, each as: key length (8 bytes, little-endian), key, value length (same), value.
+std::string metadata_sha256(const PackageContents& package);
+
+// Throws Error(DODO_ERROR_MODEL_METADATA) when a digest is missing or the metadata's differs,
+// and Error(DODO_ERROR_MODEL_FORMAT) when the content's differs.
 void verify_content_digest(const PackageContents& package);
 
-// The model in `bytes` with a fresh "dodo.content_sha256" (replacing any old one): its content
-// byte for byte, then its other metadata entries (sorted by key), then the digest.
+// The model in `bytes`, signed again: its content byte for byte, then its other metadata entries
+// (sorted by key), then a fresh "dodo.content_sha256" and "dodo.metadata_sha256".
 std::string with_content_digest(std::string_view bytes);
 
 }  // namespace dodo::runtime

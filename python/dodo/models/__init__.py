@@ -6,7 +6,7 @@ ELN-crossing states; recipe and figures in training/models/README.md). Its metad
 (``dodo.training_data_kind = "qke"``). On 32 real Emu runs it never saw (emu_1d_validation.h5)
 it misses the asymptotic densities by 0.0043 N_tot against Box3D's 0.0065.
 ``synthetic-test-equivariant.onnx`` is a random-weight test model for the runtime's own tests
-(regenerate with ``python -m dodo.models.synthetic``).
+(regenerate with ``python -m dodo.training.synthetic_model``, training side).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ MODELS_DIR = Path(__file__).resolve().parent
 
 #: File name (in this directory) of the model used when no model is given.
 DEFAULT_MODEL_NAME = "qke_default.onnx"
-#: Random-weight model for the runtime's tests and fuzzers (``python -m dodo.models.synthetic``).
+#: Random-weight model for the runtime's tests and fuzzers (``python -m dodo.training.synthetic_model``).
 TEST_MODEL_NAME = "synthetic-test-equivariant.onnx"
 
 

@@ -17,8 +17,9 @@ import glob
 import hashlib
 import json
 import os
+import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Callable
 
 import numpy as np
@@ -27,15 +28,21 @@ from .asymptotic import asymptotic_states
 from .directions import uniform_sphere
 from .initial import species_direction_densities
 from .._atomic import atomic_write
-from .io import write_emu_database
+from .io import require_h5py, write_emu_database
 from .parallel import assign_batches, plan_batches, world
-from .solver import FastFlavourBox, SolverConfig
+from .solver import SolverConfig, make_box, resolve_backend
 from .states import NSM1_EMU_1D, box_setup, rotate_four_flux
 
 
 def _fingerprint(four_flux: np.ndarray, settings: dict) -> str:
+    """What a resume must match: the states and the settings, except the kernel (backend).
+
+    Both kernels compute the same runs (to rounding), so a campaign started with one resumes with
+    the other, and partial files written before the compiled kernel existed stay usable.
+    """
+    solver = {key: value for key, value in settings["solver"].items() if key != "backend"}
     digest = hashlib.sha256(np.ascontiguousarray(four_flux, dtype=float).tobytes())
-    digest.update(json.dumps(settings, sort_keys=True).encode())
+    digest.update(json.dumps({**settings, "solver": solver}, sort_keys=True).encode())
     return digest.hexdigest()
 
 
@@ -135,14 +142,16 @@ def _write_database(output: str, four_flux: np.ndarray, results: dict, settings:
 def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, batch_size: int = 8, axis: str = "fastest",
                     rotation: np.ndarray | None = None, box_length_cm: float | None = None,
                     end_time_s: np.ndarray | None = None, attributes: dict | None = None,
-                    report: Callable[[str], None] = print, max_cost: float | None = None,
+                    report: Callable[[str], None] = print, max_cost: float | None = None, threads: int = 1,
                     communicator=None) -> dict:
     """Simulate states ``[n, 6, 4]`` (cm^-3, original frame) and write an Emu database to ``output``.
 
     max_cost: states whose estimated cost exceeds this many times the NSM1 run's are not
     simulated but dropped with the reason (Emu's validation set skipped candidates above 2.5x
     NSM1: a tenth of random states take half the CPU time). A filter, not a setting: a run can be
-    resumed with a different cap.
+    resumed with a different cap. threads: the compiled kernel steps a batch's simulations on up to
+    this many threads (use it with batch_size >= threads; results do not depend on it, so it is
+    not a setting either); under MPI, per rank.
     communicator: None = MPI's world when started by an MPI launcher with several ranks, else
     this process alone (dodo.qke.parallel.world). Every rank returns the merged results.
     """
@@ -151,12 +160,22 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
         raise ValueError(f"states must have shape [n >= 1, 6, 4]; got {four_flux.shape}")
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
+    if box_length_cm is not None and not (math.isfinite(box_length_cm) and box_length_cm > 0):
+        raise ValueError(f"box length must be positive and finite; got {box_length_cm}")
     if max_cost is not None and not max_cost > 0:
         raise ValueError("max_cost must be positive")
     if max_cost is not None and end_time_s is not None:
         raise ValueError("max_cost needs the default end times (not --use-input-end-time)")
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"threads must be an integer >= 1; got {threads!r}")
+    require_h5py()  # before any computing: the results go to HDF5
+    config.validate()
     comm = world() if communicator is None else communicator
     say = report if comm.rank == 0 else (lambda message: None)  # campaign-wide news: once
+    backend, fallback = resolve_backend(config)
+    if fallback is not None:
+        say(f"using the NumPy kernel: {fallback}")
+    config = replace(config, backend=backend)  # the settings record the kernel that ran
     nstates = len(four_flux)
     settings = {"solver": asdict(config), "axis": axis, "box_length_cm": box_length_cm, "batch_size": batch_size,
                 "rotation_given": rotation is not None,
@@ -188,7 +207,7 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
     started = time.time()
     for number, batch in enumerate(mine, start=1):
         todo = batch[~results["done"][batch]]
-        _simulate_batch(todo, four_flux, results, config, directions, axis, rotation, box_length_cm, end_time_s)
+        _simulate_batch(todo, four_flux, results, config, directions, axis, rotation, box_length_cm, end_time_s, threads)
         computed[todo] = True
         owned[todo] = True
 
@@ -221,7 +240,7 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
 
 
 def _simulate_batch(batch: np.ndarray, four_flux: np.ndarray, results: dict, config: SolverConfig,
-                    directions: np.ndarray, axis: str, rotation, box_length_cm, end_time_s) -> None:
+                    directions: np.ndarray, axis: str, rotation, box_length_cm, end_time_s, threads: int) -> None:
     """Integrate one batch of states together and store their asymptotic states in ``results``."""
     batch_started = time.time()
     runnable, rotated, lengths, ends = [], [], [], []
@@ -251,7 +270,7 @@ def _simulate_batch(batch: np.ndarray, four_flux: np.ndarray, results: dict, con
     # The perturbation seed follows the batch (its first state), and the batch does not depend
     # on the number of ranks: a state gets the same seed in every run.
     batch_config = SolverConfig(**{**asdict(config), "seed": config.seed + int(runnable[0])})
-    box = FastFlavourBox(np.array(rotated), np.array(lengths), batch_config, directions)
+    box = make_box(np.array(rotated), np.array(lengths), batch_config, directions, threads=threads)
     history = box.run(np.array(ends))
     # Rotate the box-averaged history back to the input frame before reducing it, so that
     # means and standard deviations are those of the input-frame components.

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 
+from .._cli_common import add_output_argument, add_quiet_argument, resolve_output
 from .solver import SolverConfig
 
 
@@ -15,14 +16,21 @@ def register(subparsers) -> argparse.ArgumentParser:
         "simulate", help="simulate fast-flavour instabilities (QKE solver) and write an Emu-format database",
         description="Simulate random or given initial states in periodic 1D boxes with Dodo's fast-flavour "
                     "QKE solver and write their asymptotic states in Emu's database layout (docs/qke.md).")
-    parser.add_argument("output", help="output HDF5 file (written atomically; resumable via OUTPUT.partial*.npz); "
-                                       "under mpirun/srun the states are shared out over the ranks (docs/qke.md)")
+    add_output_argument(parser, "output HDF5 file (written atomically; resumable via OUT.partial*.npz); under "
+                                "mpirun/srun the states are shared out over the ranks (docs/qke.md)")
+    parser.set_defaults(parser=parser)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", help="initial states: Emu-layout HDF5 (F4_initial(1|ccm)) or YAML ('states' list)")
     source.add_argument("--random", type=int, metavar="N", help="simulate N random ELN-crossing states")
     parser.add_argument("--seed", type=int, default=0, help="random seed for states and perturbations (default 0)")
+    parser.add_argument("--family", default=None, choices=("emu", "three_flavour", "merger"),
+                        help="random states: emu (Emu's validation recipe, mu = tau, flux factors to 0.9), "
+                             "three_flavour (same, mu != tau) or merger (aligned fluxes, nubar_e-rich, fewer "
+                             "heavy leptons, flux factors to 0.95); docs/dataset.md. Without --family: the "
+                             "emu recipe with flux factors to 0.8 (the first campaigns)")
     parser.add_argument("--three-flavour", action="store_true", help="random states with independent mu and tau")
-    parser.add_argument("--max-flux-factor", type=float, default=0.8, help="random states: largest flux factor (0.8)")
+    parser.add_argument("--max-flux-factor", type=float, default=None,
+                        help="random states: largest flux factor (default: the family's, 0.8 without --family)")
     parser.add_argument("--batch-size", type=int, default=8, help="simulations integrated together (default 8)")
     parser.add_argument("--ncell", type=int, default=64, help="cells along the box axis (default 64)")
     parser.add_argument("--nphi", type=int, default=16, help="directions: Emu uniform_sphere(nphi) (16 -> 92)")
@@ -40,8 +48,15 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--max-cost", type=float, default=None, metavar="X",
                         help="skip (drop, with the reason) states estimated to cost more than X times the NSM1 run, "
                              "as Emu's validation set did with X = 2.5 (default: no limit)")
-    parser.add_argument("--device", default="cpu", choices=("cpu",), help="compute device (the solver is NumPy: cpu)")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--backend", default=SolverConfig.backend, choices=("auto", "cpp", "numpy"),
+                        help="time stepping: the compiled C++ kernel (cpp: ~6x cheaper per step; needs --ncell a "
+                             "power of two), the NumPy solver (numpy), or auto (default: cpp where it can run, else "
+                             "numpy with a message); the output's settings record the one that ran")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="compiled kernel: step a batch's simulations on up to this many threads (default 1; "
+                             "--threads 2 --batch-size 2 uses both cores of a 2-core machine; same results)")
+    parser.add_argument("--device", default="cpu", choices=("cpu",), help="compute device (the solver runs on the CPU)")
+    add_quiet_argument(parser, "no progress lines")
     parser.set_defaults(func=run_simulate)
     return parser
 
@@ -49,9 +64,11 @@ def register(subparsers) -> argparse.ArgumentParser:
 def run_simulate(args) -> int:
     """Handler of ``dodo simulate``; returns a process exit code."""
     from .campaign import simulate_states
+    from .io import require_h5py
     from .parallel import world
-    from .states import random_crossing_states, read_states
+    from .states import family_states, random_crossing_states, read_states
 
+    args.output = resolve_output(args.parser, args)  # OUT or -o OUT, as `dodo synth`
     report = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
     try:
         communicator = world()
@@ -59,6 +76,9 @@ def run_simulate(args) -> int:
         print(f"dodo simulate: error: {error}", file=sys.stderr)
         return 2
     try:
+        require_h5py()  # before reading or sampling states: the output is HDF5
+        if args.box_length is not None and not (np.isfinite(args.box_length) and args.box_length > 0):
+            raise ValueError(f"box length must be positive and finite; got {args.box_length}")
         rotation = end_time = None
         if args.input:
             loaded = read_states(args.input)
@@ -72,19 +92,27 @@ def run_simulate(args) -> int:
             source = {"input": args.input}
         else:
             rng = np.random.default_rng(args.seed)
-            four_flux = random_crossing_states(args.random, rng, max_flux_factor=args.max_flux_factor,
-                                               heavy_equal=not args.three_flavour)
+            if args.family is not None:
+                if args.three_flavour:
+                    raise ValueError("--three-flavour and --family exclude each other (use --family three_flavour)")
+                four_flux = family_states(args.family, args.random, rng, max_flux_factor=args.max_flux_factor)
+            else:
+                limit = 0.8 if args.max_flux_factor is None else args.max_flux_factor
+                four_flux = random_crossing_states(args.random, rng, max_flux_factor=limit,
+                                                   heavy_equal=not args.three_flavour)
             source = {"random": args.random, "random_seed": args.seed, "max_flux_factor": args.max_flux_factor,
+                      "family": args.family or ("three_flavour" if args.three_flavour else "emu"),
                       "heavy_equal": not args.three_flavour}
         config = SolverConfig(ncell=args.ncell, nphi_equator=args.nphi, flavour_cfl=args.flavour_cfl,
-                              hamiltonian_filter=args.hamiltonian_filter, seed=args.seed)
+                              hamiltonian_filter=args.hamiltonian_filter, seed=args.seed, backend=args.backend)
         config.validate()
         results = simulate_states(four_flux, args.output, config, batch_size=args.batch_size, axis=args.axis,
                                   rotation=rotation, box_length_cm=args.box_length, end_time_s=end_time,
                                   attributes={"source": source, "command": " ".join(sys.argv), "max_cost_vs_nsm1":
                                               "none" if args.max_cost is None else args.max_cost},
-                                  report=report, max_cost=args.max_cost, communicator=communicator)
-    except (ValueError, OSError) as error:
+                                  report=report, max_cost=args.max_cost, threads=args.threads,
+                                  communicator=communicator)
+    except (ValueError, OSError, ImportError) as error:
         print(f"dodo simulate: error: {error}", file=sys.stderr, flush=True)
         if communicator.size > 1:
             communicator.abort(2)  # the other ranks may be waiting for this one: stop them all

@@ -11,7 +11,7 @@ import json
 
 import numpy as np
 
-from .._atomic import atomic_write
+from .._atomic import atomic_hdf5
 from ..conventions import to_emu_layout
 
 
@@ -21,23 +21,27 @@ def species_to_emu(four_flux: np.ndarray) -> np.ndarray:
     return to_emu_layout(four_flux.reshape(four_flux.shape[0], 6, 4))
 
 
+def require_h5py() -> None:
+    """Fail early, with the fix, when h5py (needed to write the output) is missing."""
+    try:
+        import h5py  # noqa: F401
+    except ImportError:
+        raise ModuleNotFoundError("writing the output needs h5py: pip install h5py (or pip install 'dodo[qke]')") from None
+
+
 def write_emu_database(path: str, results: dict, attributes: dict) -> None:
     """Write valid runs in Emu's layout; ``results`` holds Dodo-layout arrays [n, 6, 4] etc."""
-    import h5py
-
-    def write(temporary: str) -> None:
-        with h5py.File(temporary, "w") as f:
-            f["F4_initial(1|ccm)"] = species_to_emu(results["initial"])
-            f["F4_final(1|ccm)"] = species_to_emu(results["final"])
-            f["F4_final_stddev(1|ccm)"] = species_to_emu(results["final_stddev"])
-            f["growthRate(1|s)"] = np.asarray(results["growth_rate"], float)
-            f["nf"] = np.int64(3)
-            for name, key in (("tsat(s)", "saturation_time"), ("tend(s)", "end_time"), ("box_length_cm", "box_length_cm"),
-                              ("rotation_R", "rotation"), ("linear_growthRate_box(1|s)", "linear_growth_rate"),
-                              ("input_index", "input_index")):
-                if key in results:
-                    f[name] = np.asarray(results[key])
-            for key, value in attributes.items():
-                f.attrs[key] = value if isinstance(value, (str, int, float, np.number)) else json.dumps(value)
-
-    atomic_write(path, write)
+    # atomic_hdf5: a full disk gives one OSError and leaves no file, never an HDF5 crash (issue 11).
+    with atomic_hdf5(path) as (f, _):
+        f["F4_initial(1|ccm)"] = species_to_emu(results["initial"])
+        f["F4_final(1|ccm)"] = species_to_emu(results["final"])
+        f["F4_final_stddev(1|ccm)"] = species_to_emu(results["final_stddev"])
+        f["growthRate(1|s)"] = np.asarray(results["growth_rate"], float)
+        f["nf"] = np.int64(3)
+        for name, key in (("tsat(s)", "saturation_time"), ("tend(s)", "end_time"), ("box_length_cm", "box_length_cm"),
+                          ("rotation_R", "rotation"), ("linear_growthRate_box(1|s)", "linear_growth_rate"),
+                          ("input_index", "input_index")):
+            if key in results:
+                f[name] = np.asarray(results[key])
+        for key, value in attributes.items():
+            f.attrs[key] = value if isinstance(value, (str, int, float, np.number)) else json.dumps(value)

@@ -93,11 +93,17 @@ def box_growth_rate(four_flux: np.ndarray, directions: np.ndarray, box_length_cm
                     hamiltonian_filter: str = "none") -> tuple[float, float]:
     """Fastest growth (s^-1) among the box modes k = 2 pi m / L along ``axis`` and its k (cm^-1).
 
-    ``modes``: the integers m to try (default all 0 < |m| <= ncell/2). ``hamiltonian_filter``
-    "emu" predicts the solver run with that filter (Emu's particle-mesh coupling).
+    ``modes``: the integers m to try (default all 0 < |m| <= ncell/2). Requested modes the grid
+    cannot hold are ignored, and when none remains all box modes are tried: a fastest k beyond
+    the Nyquist wavenumber (a dense state in a fixed box) leaves the box its own unstable modes,
+    as in Emu's runs of such states. ``hamiltonian_filter`` "emu" predicts the solver run with
+    that filter (Emu's particle-mesh coupling).
     """
     axis = np.asarray(axis, float) / np.linalg.norm(axis)
-    if modes is None:
+    if modes is not None:
+        modes = np.asarray(modes)
+        modes = modes[(modes != 0) & (np.abs(modes) <= ncell // 2)]
+    if modes is None or len(modes) == 0:
         modes = np.concatenate([np.arange(-(ncell // 2), 0), np.arange(1, ncell // 2 + 1)])
     k = 2 * np.pi * np.asarray(modes, float) / box_length_cm
     transfer = emu_coupling_transfer(k, box_length_cm / ncell) if hamiltonian_filter == "emu" else 1.0

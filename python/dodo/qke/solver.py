@@ -37,6 +37,7 @@ from .linear import emu_coupling_transfer
 
 HAMILTONIAN_FILTERS = ("none", "emu")
 STATE_FILTERS = ("houli", "two_thirds", "none")
+BACKENDS = ("auto", "cpp", "numpy")
 
 
 @dataclass
@@ -62,6 +63,9 @@ class SolverConfig:
     #: Record box averages every this many steps.
     record_every: int = 1
     seed: int = 0
+    #: Time stepping: "cpp" (the compiled kernel, dodo._core; ncell a power of two), "numpy"
+    #: (this module's FastFlavourBox, the test oracle), or "auto" (cpp where it can run).
+    backend: str = "auto"
 
     def validate(self) -> None:
         if self.ncell < 2 or self.ncell % 2:
@@ -80,6 +84,37 @@ class SolverConfig:
             raise ValueError("perturbation_amplitude must be positive")
         if self.record_every < 1:
             raise ValueError("record_every must be >= 1")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}; got {self.backend!r}")
+
+
+def resolve_backend(config: SolverConfig) -> tuple[str, str | None]:
+    """(backend that will run, why "auto" fell back to NumPy or None); ValueError if "cpp" cannot run."""
+    if config.backend == "numpy":
+        return "numpy", None
+    from .compiled import compiled_unavailable_reason
+
+    reason = compiled_unavailable_reason(config.ncell)
+    if reason is None:
+        return "cpp", None
+    if config.backend == "cpp":
+        raise ValueError(f"backend 'cpp' cannot run: {reason}")
+    return "numpy", reason
+
+
+def make_box(four_flux: np.ndarray, box_length_cm, config: SolverConfig, directions: np.ndarray | None = None,
+             threads: int = 1):
+    """A FastFlavourBox stepped by the backend ``config.backend`` selects (see :func:`resolve_backend`).
+
+    threads: the compiled kernel steps the batch's simulations on up to this many threads
+    (results do not depend on it; the NumPy solver ignores it).
+    """
+    backend, _ = resolve_backend(config)
+    if backend == "cpp":
+        from .compiled import CompiledFlavourBox
+
+        return CompiledFlavourBox(four_flux, box_length_cm, config, directions, threads=threads)
+    return FastFlavourBox(four_flux, box_length_cm, config, directions)
 
 
 @dataclass
@@ -164,8 +199,6 @@ class FastFlavourBox:
         self.directions = uniform_sphere(config.nphi_equator) if directions is None else np.asarray(directions, float)
         self.box_length_cm = box_length_cm
         self.cell_size_cm = box_length_cm / config.ncell
-        rng = np.random.default_rng(config.seed)
-        self.rho = initial_density_matrices(four_flux, self.directions, config.ncell, config.perturbation_amplitude, rng)
         # Moment weights (1, v) [ndir, 4] and Hamiltonian weights mu (1, -v) [4, ndir].
         self._moment_weights = np.concatenate([np.ones((len(self.directions), 1)), self.directions], axis=1).astype(complex)
         self._hamiltonian_weights = SELF_INTERACTION_PER_DENSITY * np.concatenate(
@@ -185,6 +218,8 @@ class FastFlavourBox:
             self._moment_filter = None
         self._coupling_enabled = True
         self.time = np.zeros(nsim)
+        rng = np.random.default_rng(config.seed)
+        self.rho = initial_density_matrices(four_flux, self.directions, config.ncell, config.perturbation_amplitude, rng)
 
     # ------------------------------------------------------------------ state access
     @property

@@ -35,8 +35,8 @@ def random_crossing_states(count: int, rng: np.random.Generator, max_flux_factor
     """
     if count < 0:
         raise ValueError("count must be non-negative")
-    if not (0 < max_flux_factor < 0.95):
-        raise ValueError("max_flux_factor must be in (0, 0.95)")
+    if not (0 < max_flux_factor <= 0.95):
+        raise ValueError("max_flux_factor must be in (0, 0.95]")
     directions = uniform_sphere(16) if directions is None else directions
     states = []
     for _ in range(max_tries):
@@ -54,14 +54,90 @@ def random_crossing_states(count: int, rng: np.random.Generator, max_flux_factor
         else:
             state = species
         state *= total_density / state[:, 0].sum()
-        lepton = pair_lepton_numbers(state, directions)
-        positive = np.clip(lepton, 0, None).sum(axis=1) / total_density
-        negative = np.clip(-lepton, 0, None).sum(axis=1) / total_density
-        if np.any(np.minimum(positive, negative) > MIN_CROSSING_FRACTION):
+        if _crossing(state, directions):
             states.append(state)
     if len(states) < count:
         raise ValueError(f"found only {len(states)} crossing states in {max_tries} draws")
     return np.array(states).reshape(count, 6, 4)
+
+
+#: Families of random initial states for data campaigns (docs/dataset.md has the recipes).
+STATE_FAMILIES = ("emu", "three_flavour", "merger")
+#: Largest flux factor of each family (the emu family matches emu_1d_validation.h5's recipe:
+#: its 32 states reach flux factors of 0.89).
+FAMILY_MAX_FLUX_FACTOR = {"emu": 0.9, "three_flavour": 0.9, "merger": 0.95}
+
+
+def _crossing(state: np.ndarray, directions: np.ndarray) -> bool:
+    """Whether any flavour pair's lepton number changes sign in angle (both parts > 1e-3 N_tot)."""
+    total = state[:, 0].sum()
+    lepton = pair_lepton_numbers(state, directions)
+    positive = np.clip(lepton, 0, None).sum(axis=1) / total
+    negative = np.clip(-lepton, 0, None).sum(axis=1) / total
+    return bool(np.any(np.minimum(positive, negative) > MIN_CROSSING_FRACTION))
+
+
+def _random_unit_vectors(rng: np.random.Generator, count: int) -> np.ndarray:
+    vectors = rng.normal(size=(count, 3))
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def merger_like_states(count: int, rng: np.random.Generator, max_flux_factor: float = 0.95,
+                       total_density: float = 1e33, directions: np.ndarray | None = None,
+                       max_tries: int = 200000) -> np.ndarray:
+    """``count`` ELN-crossing states ``[count, 6, 4]`` shaped like a neutron-star-merger remnant's.
+
+    Fluxes roughly aligned (each species' flux within 45 degrees of a common random axis), the
+    medium nubar_e-rich (n_nubar_e / n_nu_e in [1, 2.5]), heavy-lepton species less abundant
+    (each heavy species 0.05-0.6 of n_nu_e) and more forward-peaked (they decouple deeper):
+    flux factors nu_e U(0, 0.5), nubar_e U(0.05, 0.7), heavy U(0.1, max_flux_factor); mu and tau
+    drawn independently with probability 1/2 (else identical), as are nu_x and nubar_x.
+    """
+    if count < 0:
+        raise ValueError("count must be non-negative")
+    if not (0 < max_flux_factor <= 0.95):
+        raise ValueError("max_flux_factor must be in (0, 0.95]")
+    directions = uniform_sphere(16) if directions is None else directions
+    states = []
+    for _ in range(max_tries):
+        if len(states) == count:
+            break
+        axis = _random_unit_vectors(rng, 1)[0]
+        heavy_independent = rng.random() < 0.5
+        n_e = 1.0
+        n_ebar = rng.uniform(1.0, 2.5)
+        nheavy = 4 if heavy_independent else 1
+        n_heavy = rng.uniform(0.05, 0.6, size=nheavy)
+        ff_heavy = rng.uniform(0.1, max_flux_factor, size=nheavy)
+        densities = [n_e, n_ebar, *n_heavy]
+        factors = [rng.uniform(0.0, 0.5), rng.uniform(0.05, min(0.7, max_flux_factor)), *ff_heavy]
+        fluxes = []
+        for density, factor in zip(densities, factors):
+            # Direction: the common axis tilted by up to 45 degrees (|tilt| <= 0.7).
+            tilt = axis + 0.7 * rng.uniform(0, 1) * _random_unit_vectors(rng, 1)[0]
+            fluxes.append(density * factor * tilt / np.linalg.norm(tilt))
+        rows = [np.concatenate([[d], f]) for d, f in zip(densities, fluxes)]
+        if heavy_independent:  # nu_mu, nu_tau, nubar_mu, nubar_tau all different
+            state = np.stack([rows[0], rows[2], rows[3], rows[1], rows[4], rows[5]])
+        else:
+            state = np.stack([rows[0], rows[2], rows[2], rows[1], rows[2], rows[2]])
+        state *= total_density / state[:, 0].sum()
+        if _crossing(state, directions):
+            states.append(state)
+    if len(states) < count:
+        raise ValueError(f"found only {len(states)} crossing states in {max_tries} draws")
+    return np.array(states).reshape(count, 6, 4)
+
+
+def family_states(family: str, count: int, rng: np.random.Generator,
+                  max_flux_factor: float | None = None) -> np.ndarray:
+    """Random crossing states of one campaign family ("emu", "three_flavour", "merger")."""
+    if family not in STATE_FAMILIES:
+        raise ValueError(f"family must be one of {STATE_FAMILIES}; got {family!r}")
+    limit = FAMILY_MAX_FLUX_FACTOR[family] if max_flux_factor is None else max_flux_factor
+    if family == "merger":
+        return merger_like_states(count, rng, max_flux_factor=limit)
+    return random_crossing_states(count, rng, max_flux_factor=limit, heavy_equal=(family == "emu"))
 
 
 def rotation_to_z(axis: np.ndarray) -> np.ndarray:
@@ -148,7 +224,12 @@ def read_states(path: str) -> dict:
             document = yaml.safe_load(stream)
         if not isinstance(document, dict) or "states" not in document:
             raise ValueError(f"{path}: expected a mapping with a 'states' list")
-        four_flux = np.asarray(document["states"], dtype=float)
+        try:
+            four_flux = np.asarray(document["states"], dtype=float)
+        except (TypeError, ValueError):  # a state given as a mapping, ragged lists, strings
+            raise ValueError(f"{path}: 'states' must be a list of states, each a list of 6 species x "
+                             "[n, Fx, Fy, Fz] numbers (species order nu_e, nu_mu, nu_tau, nubar_e, nubar_mu, "
+                             "nubar_tau); got something else (a mapping?)") from None
         if four_flux.ndim != 3 or four_flux.shape[1:] != (6, 4):
             raise ValueError(f"{path}: each state must be 6 species x [n, Fx, Fy, Fz]; got shape {four_flux.shape}")
         rotation = end_time = None

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..conventions import from_emu_layout
 from .asymptotic import asymptotic_states
-from .solver import FastFlavourBox, SolverConfig
+from .solver import SolverConfig, make_box, resolve_backend
 
 
 def mu_tau_averaged_densities(four_flux: np.ndarray) -> np.ndarray:
@@ -45,7 +45,7 @@ def box3d_prediction(initial: np.ndarray) -> np.ndarray | None:
 
 
 def validate_nsm1(reference: str, box3d_cases: str | None, seeds: list[int], flavour_cfl: float, only: str | None = None,
-                  hamiltonian_filter: str = SolverConfig.hamiltonian_filter) -> dict:
+                  hamiltonian_filter: str = SolverConfig.hamiltonian_filter, backend: str = SolverConfig.backend) -> dict:
     import h5py
 
     with h5py.File(reference, "r") as f:
@@ -64,8 +64,8 @@ def validate_nsm1(reference: str, box3d_cases: str | None, seeds: list[int], fla
             continue
         for seed in seeds:
             config = SolverConfig(ncell=ncell, nphi_equator=nphi, flavour_cfl=flavour_cfl, seed=seed,
-                                  hamiltonian_filter=hamiltonian_filter)
-            box = FastFlavourBox(emu_initial[row:row + 1], length, config)
+                                  hamiltonian_filter=hamiltonian_filter, backend=backend)
+            box = make_box(emu_initial[row:row + 1], length, config)
             started = time.time()
             history = box.run(np.array([emu_end[row]]))
             wall = time.time() - started
@@ -93,7 +93,7 @@ def validate_nsm1(reference: str, box3d_cases: str | None, seeds: list[int], fla
 
 
 def validate_emu32(reference: str, output: str, batch_size: int, flavour_cfl: float, seed: int,
-                   hamiltonian_filter: str = SolverConfig.hamiltonian_filter) -> dict:
+                   hamiltonian_filter: str = SolverConfig.hamiltonian_filter, backend: str = SolverConfig.backend) -> dict:
     import h5py
 
     from .campaign import simulate_states
@@ -106,14 +106,14 @@ def validate_emu32(reference: str, output: str, batch_size: int, flavour_cfl: fl
         rotation = f["rotation_R"][()]
         end_time = f["tend(s)"][()]
         emu_wall = f["walltime(s)"][()]
-    config = SolverConfig(flavour_cfl=flavour_cfl, seed=seed, hamiltonian_filter=hamiltonian_filter)
+    config = SolverConfig(flavour_cfl=flavour_cfl, seed=seed, hamiltonian_filter=hamiltonian_filter, backend=backend)
     started = time.time()
     results = simulate_states(initial, output, config, batch_size=batch_size, rotation=rotation, box_length_cm=4.0,
                               end_time_s=end_time, attributes={"validation_reference": reference})
     wall = time.time() - started
     valid = results["valid"]
     errors = density_error(results["final"], emu_final, initial)
-    report = {"nstates": len(initial), "nvalid": int(valid.sum()), "wall_s_total": wall,
+    report = {"nstates": len(initial), "nvalid": int(valid.sum()), "wall_s_total": wall, "backend": resolve_backend(config)[0],
               "wall_s_per_state": wall / len(initial), "emu_wall_s_per_state": float(np.mean(emu_wall)),
               "solver_vs_emu_mean_abs_dn_over_ntot": float(np.mean(errors[valid])),
               "solver_vs_emu_max": float(np.max(errors[valid])),
@@ -147,13 +147,15 @@ def main(argv=None) -> int:
         p.add_argument("--flavour-cfl", type=float, default=SolverConfig.flavour_cfl)
         p.add_argument("--hamiltonian-filter", default=SolverConfig.hamiltonian_filter, choices=("emu", "none"))
         p.add_argument("--json", default=None, help="also write the report here")
+        p.add_argument("--backend", default=SolverConfig.backend, choices=("auto", "cpp", "numpy"),
+                       help="time stepping: compiled kernel (cpp; auto = cpp where it can run) or NumPy")
     args = parser.parse_args(argv)
     if args.which == "nsm1":
         report = validate_nsm1(args.reference, args.box3d_cases, [int(s) for s in args.seeds.split(",")], args.flavour_cfl, args.only,
-                               args.hamiltonian_filter)
+                               args.hamiltonian_filter, args.backend)
     else:
         report = validate_emu32(args.reference, args.output, args.batch_size, args.flavour_cfl, args.seed,
-                                args.hamiltonian_filter)
+                                args.hamiltonian_filter, args.backend)
     if args.json:
         with open(args.json, "w") as stream:
             json.dump(report, stream, indent=1)

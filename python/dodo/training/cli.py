@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
+
+from .._cli_common import add_json_argument, add_output_argument, add_quiet_argument
 
 
 def _overrides(pairs) -> dict:
@@ -57,9 +58,11 @@ def _preprocess(args) -> int:
 
 @_friendly("synth")
 def _synth(args) -> int:
+    from .._cli_common import resolve_output
     from .synth import write_synthetic_database
 
-    summary = write_synthetic_database(args.output, args.n, seed=args.seed, heavy_symmetric=not args.asymmetric_heavy,
+    output = resolve_output(args.parser, args)
+    summary = write_synthetic_database(output, args.n, seed=args.seed, heavy_symmetric=not args.asymmetric_heavy,
                                        max_flux_factor=args.max_flux_factor, lebedev_order=args.lebedev_order,
                                        z_method=args.z_method, threads=args.threads, progress=not args.quiet)
     print(f"synth: {summary['rows']} rows -> {summary['path']} (Box3D finds a crossing in "
@@ -82,22 +85,21 @@ def _train(args) -> int:
 
 @_friendly("evaluate")
 def _evaluate(args) -> int:
-    from .._atomic import write_json_atomic
+    from .._cli_common import emit
     from .evaluate import describe, evaluate_checkpoint
 
     table, _ = evaluate_checkpoint(args.checkpoint, args.data, args.split)
-    print(describe(table))
-    if args.json:
-        write_json_atomic(args.json, table)
+    emit(describe(table), table, args.json)
     return 0
 
 
 @_friendly("inspect")
 def _inspect(args) -> int:
+    from .._cli_common import emit
     from .inspect import format_inspection, inspect_checkpoint
 
     report = inspect_checkpoint(args.checkpoint, args.data, args.split, args.start, args.stop)
-    print(json.dumps(report, indent=1) if args.json else format_inspection(report))
+    emit(format_inspection(report), report, args.json)
     return 0
 
 
@@ -106,11 +108,11 @@ def _plot(args) -> int:
     from .plots import plot_curve, plot_metrics
 
     if args.what == "metrics":
-        written = [plot_metrics(args.metrics, args.output)]
+        written = [plot_metrics(args.files, args.output)]
     else:
-        if len(args.metrics) != 1:
+        if len(args.files) != 1:
             raise ValueError("plot curve takes exactly one metrics JSON")
-        written = plot_curve(args.metrics[0], args.output)
+        written = plot_curve(args.files[0], args.output)
     for path in written:
         print(f"wrote {path}")
     return 0
@@ -129,8 +131,14 @@ def _study(args) -> int:
 
 @_friendly("export")
 def _export(args) -> int:
+    from .ensemble_train import CHECKPOINT_KIND, export_ensemble
     from .export import export_checkpoint
 
+    import torch
+
+    if torch.load(args.checkpoint, map_location="cpu", weights_only=False).get("kind") == CHECKPOINT_KIND:
+        export_ensemble(args.checkpoint, args.output, n_test_vectors=args.test_vectors)
+        return 0
     export_checkpoint(args.checkpoint, args.output, check=not args.no_check, n_test_vectors=args.test_vectors)
     return 0
 
@@ -141,11 +149,12 @@ def register(subparsers) -> None:
     p.add_argument("--config", required=True, help="YAML, e.g. training/configs/pre_process.yaml")
     p.add_argument("-o", "--output", help="override the output path of the config")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_quiet_argument(p, "no progress bar")
     p.set_defaults(func=_preprocess)
 
     p = subparsers.add_parser("synth", help="synthetic Emu-format database with a known correction to Box3D")
-    p.add_argument("-o", "--output", required=True)
+    add_output_argument(p, "output HDF5 file (written atomically)")
+    p.set_defaults(parser=p)
     p.add_argument("-n", type=int, default=10000, help="number of simulations (rows)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--asymmetric-heavy", action="store_true", help="draw nu_mu, nu_tau, ... independently")
@@ -153,7 +162,7 @@ def register(subparsers) -> None:
     p.add_argument("--lebedev-order", type=int, default=17)
     p.add_argument("--z-method", choices=("exact", "jedynak"), default="exact")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("-q", "--quiet", action="store_true")
+    add_quiet_argument(p, "no progress bar")
     p.set_defaults(func=_synth)
 
     p = subparsers.add_parser("train", help="train the residual model")
@@ -166,7 +175,7 @@ def register(subparsers) -> None:
     p.add_argument("checkpoint")
     p.add_argument("--data", help="preprocessed file (default: the checkpoint's training file)")
     p.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
-    p.add_argument("--json", metavar="PATH", help="also write the table as JSON")
+    add_json_argument(p, "the table")
     p.set_defaults(func=_evaluate)
 
     p = subparsers.add_parser("inspect", help="loss-term breakdown and flux-factor statistics on a slice")
@@ -175,13 +184,13 @@ def register(subparsers) -> None:
     p.add_argument("--split", default="val", choices=("train", "val", "test", "all"))
     p.add_argument("--start", type=int, default=0)
     p.add_argument("--stop", type=int, default=1000)
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_json_argument(p, "the report")
     p.set_defaults(func=_inspect)
 
     p = subparsers.add_parser("plot", help="PNG plots from metrics JSON files")
     p.add_argument("what", choices=("metrics", "curve"),
                    help="metrics: losses and |dn| across runs; curve: train/val curve and parity plot of one run")
-    p.add_argument("metrics", nargs="+", help="results/metrics_<timestamp>.json file(s)")
+    p.add_argument("files", nargs="+", metavar="FILE", help="results/metrics_<timestamp>.json file(s)")
     p.add_argument("-o", "--output", required=True, help="PNG path")
     p.set_defaults(func=_plot)
 

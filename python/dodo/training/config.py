@@ -6,6 +6,7 @@ silently trains the default model. Relative paths are taken relative to the curr
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -143,15 +144,26 @@ class ExperimentConfig:
             raise ConfigError("data.batch_size must be >= 1")
         if isinstance(d.target_scale, str) and d.target_scale != "p99":
             raise ConfigError(f"data.target_scale must be null, a positive number or 'p99'; got {d.target_scale!r}")
-        if isinstance(d.target_scale, (int, float)) and not d.target_scale > 0:
-            raise ConfigError("data.target_scale must be positive")
+        if isinstance(d.target_scale, (int, float)) and not (math.isfinite(d.target_scale) and d.target_scale > 0):
+            raise ConfigError(f"data.target_scale must be a finite positive number (or null, or 'p99'); "
+                              f"got {d.target_scale!r}")
         if d.box3d.z_method not in ("exact", "jedynak"):
             raise ConfigError(f"data.box3d.z_method must be 'exact' or 'jedynak'; got {d.box3d.z_method!r}")
+        if d.box3d.lebedev_order not in _available_lebedev_orders():
+            raise ConfigError(f"data.box3d.lebedev_order must be one of {_available_lebedev_orders()}; "
+                              f"got {d.box3d.lebedev_order!r}")
         t = self.training
         if t.epochs < 1:
             raise ConfigError("training.epochs must be >= 1")
-        if not t.lr > 0:
-            raise ConfigError("training.lr must be positive")
+        if not (math.isfinite(t.lr) and t.lr > 0):
+            raise ConfigError(f"training.lr must be a finite positive number; got {t.lr!r}")
+        if not (math.isfinite(t.weight_decay) and t.weight_decay >= 0):
+            raise ConfigError(f"training.weight_decay must be a finite number >= 0; got {t.weight_decay!r}")
+        if not 0 <= t.min_lr_fraction <= 1:  # also refuses NaN
+            raise ConfigError(f"training.min_lr_fraction must be in [0, 1]; got {t.min_lr_fraction!r}")
+        if t.grad_clip is not None and not (math.isfinite(t.grad_clip) and t.grad_clip > 0):
+            raise ConfigError(f"training.grad_clip must be a finite positive norm, or null to disable clipping; "
+                              f"got {t.grad_clip!r}")
         if not 0 <= t.warmup_fraction < 1:
             raise ConfigError("training.warmup_fraction must be in [0, 1)")
         if t.device not in ("auto", "cpu", "cuda") and not t.device.startswith("cuda:"):
@@ -159,8 +171,8 @@ class ExperimentConfig:
         if t.log_interval < 1:
             raise ConfigError("training.log_interval must be >= 1")
         for name, value in dataclasses.asdict(self.loss).items():
-            if value < 0:
-                raise ConfigError(f"loss.{name} must be >= 0")
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"loss.{name} must be a finite number >= 0; got {value!r}")
 
     def make_dirs(self) -> None:
         Path(self.output.results_dir).mkdir(parents=True, exist_ok=True)
@@ -207,7 +219,23 @@ class PreprocessConfig:
             raise ConfigError(f"{path}: chunk_size must be >= 1")
         if config.box3d.z_method not in ("exact", "jedynak"):
             raise ConfigError(f"{path}: box3d.z_method must be 'exact' or 'jedynak'")
+        if config.box3d.lebedev_order not in _available_lebedev_orders():
+            raise ConfigError(f"{path}: box3d.lebedev_order must be one of {_available_lebedev_orders()}; "
+                              f"got {config.box3d.lebedev_order!r}")
+        if config.threads is not None and config.threads < 0:
+            raise ConfigError(f"{path}: threads must be >= 0 or null; got {config.threads!r}")
+        filters = config.filters
+        for name in ("conservation_tolerance", "max_flux_factor"):
+            value = getattr(filters, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{path}: filters.{name} must be a finite positive number; got {value!r}")
         return config
+
+
+def _available_lebedev_orders() -> list:
+    from dodo import _core
+
+    return list(_core.available_lebedev_orders())
 
 
 def read_yaml_mapping(path: str | Path) -> dict:

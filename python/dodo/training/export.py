@@ -45,7 +45,9 @@ def closure_float64(network: torch.nn.Module, F_init, u, box3d_settings: dict) -
     settings = {"lebedev_order": box3d_settings["lebedev_order"], "z_method": box3d_settings["z_method"]}
     box = dodo.box3d(F_init, u, **settings)
     F_box = np.asarray(box.F_box, dtype=np.float64)
-    invariants = np.asarray(dodo.invariants(F_init, u), dtype=np.float64)
+    from .features import lab_features
+
+    invariants = lab_features(getattr(network, "features", FEATURES), F_init, u, box)
     ntot = np.asarray(dodo.comoving_density(F_init, u), dtype=np.float64)
     scale = ntot[:, None, None]
     F_init_rest = boost_to_rest(F_init, u[:, None, :]) / scale
@@ -138,7 +140,9 @@ def roundtrip_check(network, onnx_bytes: bytes, test_vectors: dict, box3d_settin
     import dodo
 
     F = random_initial_states(rng, n_random)
-    invariants = np.asarray(dodo.invariants(F), dtype=np.float32)
+    from .features import lab_features
+
+    invariants = np.asarray(lab_features(getattr(network, "features", FEATURES), F), dtype=np.float32)
     with torch.no_grad():
         expected = copy.deepcopy(network).float().eval()(torch.from_numpy(invariants)).numpy()
     got = session.run(["head_output"], {"invariants": invariants})[0]
@@ -152,7 +156,8 @@ def roundtrip_check(network, onnx_bytes: bytes, test_vectors: dict, box3d_settin
     F_init = np.array(test_vectors["F_init"])
     u = np.array(test_vectors["u"])
     reference = np.array(test_vectors["F_pred"])
-    result = closure_float64(_OnnxHead(session, network.head), F_init, u, box3d_settings)
+    result = closure_float64(_OnnxHead(session, network.head, getattr(network, "features", FEATURES)), F_init, u,
+                             box3d_settings)
     error = np.max(np.abs(result["F_pred"] - reference), axis=(1, 2)) / result["ntot"]
     if not np.all(error <= test_vectors["atol_over_ntot"]):
         raise ExportError(f"closure with the ONNX head misses the test vectors by {error.max():.3e} N_tot "
@@ -163,10 +168,11 @@ def roundtrip_check(network, onnx_bytes: bytes, test_vectors: dict, box3d_settin
 class _OnnxHead(torch.nn.Module):
     """An onnxruntime session posing as the network (float32 inside), for the round trip."""
 
-    def __init__(self, session, head: str) -> None:
+    def __init__(self, session, head: str, features: str = FEATURES) -> None:
         super().__init__()
         self.session = session
         self.head = head
+        self.features = features
 
     def forward(self, invariants: torch.Tensor) -> torch.Tensor:
         out = self.session.run(["head_output"], {"invariants": invariants.float().numpy()})[0]
@@ -195,7 +201,8 @@ def export_checkpoint(checkpoint_path: str | Path, output: str | Path, check: bo
     onnx.checker.check_model(model)
     from .. import _core
 
-    # The content digest goes in last, over the final bytes (docs/model_package.md).
+    # The digests go in last, over the final bytes: dodo.content_sha256 over the graph and weights,
+    # dodo.metadata_sha256 over every metadata entry (docs/model_package.md).
     final_bytes = _core.with_content_digest(model.SerializeToString())
     metadata = _core.model_metadata(final_bytes)
     roundtrip = roundtrip_check(network, final_bytes, test_vectors, box3d_settings) if check else None

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._atomic import atomic_path, sha256_file
+from .._atomic import atomic_hdf5, sha256_file
 from .config import PreprocessConfig
 from .readers import (DataFileError, FilterCounts, apply_hygiene, average_mu_tau_change, iter_emu_chunks,
                       open_emu_file)
@@ -54,8 +54,6 @@ def box3d_rejected_mask(status: np.ndarray) -> np.ndarray:
 
 def preprocess(config: PreprocessConfig, progress: bool = True, log=print) -> dict:
     """Run the whole preprocessing; returns a summary (also stored in the file attributes)."""
-    import h5py
-
     import dodo
 
     files = resolve_inputs(config.inputs)
@@ -81,59 +79,88 @@ def preprocess(config: PreprocessConfig, progress: bool = True, log=print) -> di
 
         bar = tqdm(total=total_rows, desc="preprocess", unit="cell")
     output = Path(config.output)
-    with atomic_path(output) as tmp:
-        with h5py.File(tmp, "w") as out:
-            chunk_rows = max(1, min(config.chunk_size, 16384))
-            datasets = {}
-            for name, tail in FLOAT_DATASETS.items():
-                datasets[name] = out.create_dataset(name, (0,) + tail, maxshape=(None,) + tail, dtype="f8",
-                                                    chunks=(chunk_rows,) + tail)
-            for name, dtype in (("sim_id", "i8"), ("source_file", "i4"), ("box3d_status", "u4"),
-                                ("dirname", h5py.string_dtype())):
-                datasets[name] = out.create_dataset(name, (0,), maxshape=(None,), dtype=dtype, chunks=(chunk_rows,))
-            sim_offset = 0
-            for file_index, path in enumerate(files):
-                for chunk in iter_emu_chunks(path, config.chunk_size):
-                    n_read = len(chunk)
-                    chunk, chunk_counts = apply_hygiene(chunk, config.filters)
-                    block = _process_chunk(chunk, config, sim_offset, file_index, chunk_counts)
-                    counts.add(chunk_counts)
-                    n = len(block["sim_id"])
-                    if bar is not None:
-                        bar.update(n_read)
-                    if n == 0:
-                        continue
-                    for name, values in block.items():
-                        dataset = datasets[name]
-                        dataset.resize(written + n, axis=0)
-                        dataset[written:written + n] = values
-                    written += n
-                sim_offset += sources[file_index]["rows"]
-            attrs = {
-                "format": PREPROCESSED_FORMAT,
-                "box3d": json.dumps(settings, sort_keys=True),
-                "sources": json.dumps(sources),
-                "filters": json.dumps(_as_dict(config.filters)),
-                "filter_counts": json.dumps(counts.as_dict()),
-                "average_mu_tau": bool(config.average_mu_tau),
-                "data_kind": data_kind,
-                "synthetic": data_kind == "synthetic",
-                "dodo_version": str(getattr(dodo, "__version__", "unknown")),
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "frame_note": "F_init, F_true, F_box lab frame (u); residual = F_true - F_box, caller's units",
-            }
-            for key, value in attrs.items():
-                out.attrs[key] = value
-    if bar is not None:
-        bar.close()
+    try:
+        with atomic_hdf5(output) as (out, check):
+            written = _write_output(out, check, files, sources, config, settings, data_kind, counts, bar)
+            if written == 0:  # before the commit: a good earlier output is never replaced by an empty one
+                raise DataFileError(f"no rows survived the filters, {output} not written: {counts.as_dict()}")
+    except OSError as exc:  # HDF5 write errors (a full disk) span many lines
+        raise DataFileError(f"{output} not written: {_os_error_text(exc)}; "
+                            "an earlier file under that name is untouched") from None
+    finally:
+        if bar is not None:
+            bar.close()
     elapsed = time.perf_counter() - started
     summary = {"output": str(output), "rows_written": written, "data_kind": data_kind, "filter_counts": counts.as_dict(),
                "seconds": elapsed, "cells_per_second": counts.rows_read / elapsed if elapsed > 0 else float("inf")}
-    if written == 0:
-        raise DataFileError(f"no rows survived the filters: {counts.as_dict()}")
     log(f"preprocess: {written} rows -> {output} ({elapsed:.2f} s, {summary['cells_per_second']:.3g} cells/s)")
     log("filters: " + ", ".join(f"{k}={v}" for k, v in counts.as_dict().items()))
     return summary
+
+
+def _write_output(out, check, files, sources, config: PreprocessConfig, settings: dict, data_kind: str,
+                  counts: FilterCounts, bar) -> int:
+    """Fill the preprocessed file ``out``; returns the rows written. ``check()`` raises a write
+    error (a full disk) recorded so far: called after every block, so a full disk stops the run."""
+    import h5py
+
+    import dodo
+
+    written = 0
+    datasets = {}
+    chunk_rows = max(1, min(config.chunk_size, 16384))
+    for name, tail in FLOAT_DATASETS.items():
+        datasets[name] = out.create_dataset(name, (0,) + tail, maxshape=(None,) + tail, dtype="f8",
+                                            chunks=(chunk_rows,) + tail)
+    for name, dtype in (("sim_id", "i8"), ("source_file", "i4"), ("box3d_status", "u4"),
+                        ("dirname", h5py.string_dtype())):
+        datasets[name] = out.create_dataset(name, (0,), maxshape=(None,), dtype=dtype, chunks=(chunk_rows,))
+    sim_offset = 0
+    for file_index, path in enumerate(files):
+        for chunk in iter_emu_chunks(path, config.chunk_size):
+            n_read = len(chunk)
+            chunk, chunk_counts = apply_hygiene(chunk, config.filters)
+            block = _process_chunk(chunk, config, sim_offset, file_index, chunk_counts)
+            counts.add(chunk_counts)
+            n = len(block["sim_id"])
+            if bar is not None:
+                bar.update(n_read)
+            if n == 0:
+                continue
+            for name, values in block.items():
+                dataset = datasets[name]
+                dataset.resize(written + n, axis=0)
+                dataset[written:written + n] = values
+            written += n
+            check()
+        sim_offset += sources[file_index]["rows"]
+    attrs = {
+        "format": PREPROCESSED_FORMAT,
+        "box3d": json.dumps(settings, sort_keys=True),
+        "sources": json.dumps(sources),
+        "filters": json.dumps(_as_dict(config.filters)),
+        "filter_counts": json.dumps(counts.as_dict()),
+        "average_mu_tau": bool(config.average_mu_tau),
+        "data_kind": data_kind,
+        "synthetic": data_kind == "synthetic",
+        "dodo_version": str(getattr(dodo, "__version__", "unknown")),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "frame_note": "F_init, F_true, F_box lab frame (u); residual = F_true - F_box, caller's units",
+    }
+    for key, value in attrs.items():
+        out.attrs[key] = value
+    return written
+
+
+def _os_error_text(exc: OSError) -> str:
+    """One line for an OSError, HDF5's multi-line ones included."""
+    import errno
+    import os
+
+    text = str(exc)
+    if exc.errno == errno.ENOSPC or "errno = 28" in text or "No space left on device" in text:
+        return os.strerror(errno.ENOSPC)
+    return " ".join(text.split())[:300]
 
 
 def _process_chunk(chunk, config: PreprocessConfig, sim_offset: int, file_index: int, counts: FilterCounts) -> dict:

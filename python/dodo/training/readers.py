@@ -1,45 +1,17 @@
 """Readers for Emu asymptotic databases, with the read-time hygiene filters of data.md.
 
-Emu/Rhea files store [sim, (x,y,z,t), (nu,nubar), flavour] in the fluid rest frame; rows are
-converted to Dodo's [sim, 6, (t,x,y,z)] here, at the boundary, and nowhere else.
+The files themselves are read by dodo.emu_files (run-time package; re-exported here).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from dodo.conventions import N_FLAVOURS, from_emu_layout
+from dodo.emu_files import (DIRNAMES, FINAL, GROWTH, INITIAL, DataFileError, EmuChunk,  # noqa: F401  (re-exported)
+                            iter_emu_chunks, open_emu_file)
 
 from .conservation import conservation_violation
-
-INITIAL = "F4_initial(1|ccm)"
-FINAL = "F4_final(1|ccm)"
-GROWTH = "growthRate(1|s)"
-DIRNAMES = "directorynames"
-
-
-class DataFileError(ValueError):
-    """An input or preprocessed file is missing, unreadable or not in the expected layout."""
-
-
-@dataclass
-class EmuChunk:
-    """A block of rows from one Emu file, in Dodo's layout (rest frame, caller's units)."""
-
-    F_init: np.ndarray      # [n, 6, 4]
-    F_final: np.ndarray     # [n, 6, 4]
-    growth_rate: np.ndarray  # [n], s^-1, NaN where unknown
-    dirname: np.ndarray     # [n] str
-    row: np.ndarray         # [n] row index in the source file
-
-    def select(self, keep: np.ndarray) -> "EmuChunk":
-        return EmuChunk(self.F_init[keep], self.F_final[keep], self.growth_rate[keep], self.dirname[keep], self.row[keep])
-
-    def __len__(self) -> int:
-        return len(self.row)
 
 
 @dataclass
@@ -60,51 +32,6 @@ class FilterCounts:
 
     def as_dict(self) -> dict:
         return {name: int(getattr(self, name)) for name in self.__dataclass_fields__}
-
-
-def open_emu_file(path: str | Path):
-    """Open an Emu database with h5py, checking the layout; returns (h5py.File, nsims)."""
-    import h5py
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataFileError(f"Emu database not found: {path}")
-    try:
-        handle = h5py.File(path, "r")
-    except OSError as exc:
-        raise DataFileError(f"{path}: not a readable HDF5 file ({exc})") from exc
-    for name in (INITIAL, FINAL):
-        if name not in handle:
-            handle.close()
-            raise DataFileError(f"{path}: missing dataset '{name}' (not an Emu asymptotic database?)")
-    shape = handle[INITIAL].shape
-    if len(shape) != 4 or shape[1] != 4 or shape[2] != 2 or shape[3] != N_FLAVOURS:
-        handle.close()
-        raise DataFileError(f"{path}: '{INITIAL}' has shape {shape}; expected [nsims, 4 (x,y,z,t), 2, {N_FLAVOURS}]")
-    if handle[FINAL].shape != shape:
-        handle.close()
-        raise DataFileError(f"{path}: '{FINAL}' shape {handle[FINAL].shape} differs from '{INITIAL}' {shape}")
-    return handle, shape[0]
-
-
-def iter_emu_chunks(path: str | Path, chunk_size: int = 65536) -> Iterator[EmuChunk]:
-    """Rows of one Emu database in blocks of at most ``chunk_size``."""
-    handle, nsims = open_emu_file(path)
-    with handle:
-        has_growth = GROWTH in handle and handle[GROWTH].shape == (nsims,)
-        has_dirs = DIRNAMES in handle and handle[DIRNAMES].shape == (nsims,)
-        for start in range(0, nsims, chunk_size):
-            stop = min(start + chunk_size, nsims)
-            growth = handle[GROWTH][start:stop].astype(np.float64) if has_growth else np.full(stop - start, np.nan)
-            if has_dirs:
-                names = handle[DIRNAMES][start:stop]
-                dirs = np.array([d.decode() if isinstance(d, bytes) else str(d) for d in names], dtype=object)
-            else:
-                dirs = np.array([f"{Path(path).name}:{i}" for i in range(start, stop)], dtype=object)
-            yield EmuChunk(
-                F_init=from_emu_layout(handle[INITIAL][start:stop].astype(np.float64)),
-                F_final=from_emu_layout(handle[FINAL][start:stop].astype(np.float64)),
-                growth_rate=growth, dirname=dirs, row=np.arange(start, stop))
 
 
 def flux_factor(F: np.ndarray) -> np.ndarray:

@@ -27,7 +27,7 @@ import numpy as np
 
 from dodo.conventions import N_SPECIES, to_emu_layout
 
-from .._atomic import atomic_path
+from .._atomic import atomic_hdf5
 
 RECIPE = ("final = F_init + s dF_box, s = 0.7 - 0.15 tanh(4 (x_nue - x_nuebar)) + 0.1 (f_nue^2 - f_nuebar^2); "
           "see dodo.training.synth")
@@ -89,37 +89,37 @@ def write_synthetic_database(path: str | Path, n: int, seed: int = 0, chunk_size
     rng = np.random.default_rng(seed)
     crossing = 0
     shape = (n, 4, 2, 3)
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as out:
-            init = out.create_dataset("F4_initial(1|ccm)", shape, dtype="f8")
-            final = out.create_dataset("F4_final(1|ccm)", shape, dtype="f8")
-            stddev = out.create_dataset("F4_final_stddev(1|ccm)", shape, dtype="f8")
-            growth = out.create_dataset("growthRate(1|s)", (n,), dtype="f8")
-            dirs = out.create_dataset("directorynames", (n,), dtype=h5py.string_dtype())
-            out["nf"] = 3
-            steps = range(0, n, chunk_size)
-            if progress:
-                from tqdm import tqdm
+    with atomic_hdf5(path) as (out, check):
+        init = out.create_dataset("F4_initial(1|ccm)", shape, dtype="f8")
+        final = out.create_dataset("F4_final(1|ccm)", shape, dtype="f8")
+        stddev = out.create_dataset("F4_final_stddev(1|ccm)", shape, dtype="f8")
+        growth = out.create_dataset("growthRate(1|s)", (n,), dtype="f8")
+        dirs = out.create_dataset("directorynames", (n,), dtype=h5py.string_dtype())
+        out["nf"] = 3
+        steps = range(0, n, chunk_size)
+        if progress:
+            from tqdm import tqdm
 
-                steps = tqdm(steps, desc="synth", unit="chunk")
-            for start in steps:
-                stop = min(start + chunk_size, n)
-                F_init = random_initial_states(rng, stop - start, max_flux_factor, heavy_symmetric)
-                F_final, rate, status = synthetic_final_states(F_init, lebedev_order, z_method, threads)
-                crossing += int(np.sum(rate > 0))
-                init[start:stop] = to_emu_layout(F_init)
-                final[start:stop] = to_emu_layout(F_final)
-                stddev[start:stop] = 1e-3 * np.abs(to_emu_layout(F_final))
-                growth[start:stop] = rate
-                dirs[start:stop] = [f"synthetic/{seed}/{i}" for i in range(start, stop)]
-            out.attrs["synthetic"] = True
-            out.attrs["data_kind"] = "synthetic"
-            out.attrs["recipe"] = RECIPE
-            out.attrs["seed"] = seed
-            out.attrs["heavy_symmetric"] = heavy_symmetric
-            out.attrs["max_flux_factor"] = max_flux_factor
-            out.attrs["box3d"] = _json(dodo.box3d_settings(lebedev_order=lebedev_order, z_method=z_method))
-            out.attrs["dodo_version"] = str(getattr(dodo, "__version__", "unknown"))
+            steps = tqdm(steps, desc="synth", unit="chunk")
+        for start in steps:
+            stop = min(start + chunk_size, n)
+            F_init = random_initial_states(rng, stop - start, max_flux_factor, heavy_symmetric)
+            F_final, rate, status = synthetic_final_states(F_init, lebedev_order, z_method, threads)
+            crossing += int(np.sum(rate > 0))
+            init[start:stop] = to_emu_layout(F_init)
+            final[start:stop] = to_emu_layout(F_final)
+            stddev[start:stop] = 1e-3 * np.abs(to_emu_layout(F_final))
+            growth[start:stop] = rate
+            dirs[start:stop] = [f"synthetic/{seed}/{i}" for i in range(start, stop)]
+            check()  # a full disk stops the run here, with one clean error
+        out.attrs["synthetic"] = True
+        out.attrs["data_kind"] = "synthetic"
+        out.attrs["recipe"] = RECIPE
+        out.attrs["seed"] = seed
+        out.attrs["heavy_symmetric"] = heavy_symmetric
+        out.attrs["max_flux_factor"] = max_flux_factor
+        out.attrs["box3d"] = _json(dodo.box3d_settings(lebedev_order=lebedev_order, z_method=z_method))
+        out.attrs["dodo_version"] = str(getattr(dodo, "__version__", "unknown"))
     return {"path": str(path), "rows": n, "crossing_fraction": crossing / n, "seed": seed}
 
 

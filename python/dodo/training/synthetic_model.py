@@ -10,8 +10,10 @@ network's raw output: invariants, head assembly, conservation projection (as a p
 projector, independent of the C++ closed form), realizability limiter, boost back. It writes
 the test vectors of synthetic packages and is the tests' parity reference.
 
-``python -m dodo.models.synthetic`` regenerates the shipped default synthetic model.
-Needs ``onnx`` (not a run-time dependency of Dodo).
+``python -m dodo.training.synthetic_model`` regenerates the runtime's test model
+(``dodo/models/synthetic-test-equivariant.onnx``, used by the C/C++ tests and the fuzzers), never
+the default model. Training-side code (needs ``onnx`` and the training package), kept out of the
+run-time package, which imports nothing of training (issue 11).
 """
 from __future__ import annotations
 
@@ -23,8 +25,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..conventions import N_COMPONENTS, N_SPECIES, invariant_pairs, minkowski_dot
-from ..training.conservation import conservation_projector  # NumPy only, no torch
+from dodo.conventions import N_COMPONENTS, N_SPECIES, invariant_pairs, minkowski_dot
+
+from .conservation import conservation_projector  # NumPy only, no torch
 
 HEAD_OUTPUT_SIZES = {"direct": N_SPECIES * N_COMPONENTS, "equivariant": 2 * N_SPECIES * N_SPECIES + N_SPECIES}
 FORMAT_VERSION = "1"
@@ -292,7 +295,7 @@ def write_model(path, mlp: SyntheticMLP, *, box3d_settings: Optional[dict] = Non
 
 
 def main() -> None:  # pragma: no cover - regenerates the shipped test model (not the default model)
-    from . import MODELS_DIR, TEST_MODEL_NAME
+    from dodo.models import MODELS_DIR, TEST_MODEL_NAME
 
     mlp = SyntheticMLP.random("equivariant", hidden=(32, 32), output_scale=0.02, seed=1)
     print(write_model(MODELS_DIR / TEST_MODEL_NAME, mlp, n_test_vectors=8))

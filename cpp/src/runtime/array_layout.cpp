@@ -1,0 +1,110 @@
+#include "array_layout.hpp"
+
+#include <limits>
+#include <string>
+
+#include "errors.hpp"
+
+namespace dodo::runtime {
+namespace {
+
+// Holds sums of n * stride products of 64-bit values without overflow (GCC and Clang).
+__extension__ typedef __int128 Wide;
+
+// The bytes [lo, hi) an array touches; lo and hi are addresses.
+struct ByteRange {
+  Wide lo = 0, hi = 0;
+  bool overlaps(const ByteRange& other) const { return lo < other.hi && other.lo < hi; }
+};
+
+[[noreturn]] void refuse(const std::string& message) { throw Error(DODO_ERROR_INVALID_ARGUMENT, message); }
+
+std::string strides_text(std::ptrdiff_t a, std::ptrdiff_t b, std::ptrdiff_t c) {
+  return "{" + std::to_string(a) + ", " + std::to_string(b) + ", " + std::to_string(c) + "}";
+}
+
+// Range of an array of extents[i] elements along strides[i] (elements of `element_size` bytes).
+ByteRange byte_range(const char* name, const void* data, std::size_t element_size, const std::size_t* extents,
+                     const std::ptrdiff_t* strides, int rank) {
+  Wide low = 0, high = 0;
+  for (int d = 0; d < rank; ++d) {
+    const Wide reach = static_cast<Wide>(extents[d] - 1) * strides[d];  // extents >= 1 here
+    (reach < 0 ? low : high) += reach;
+  }
+  const Wide limit = std::numeric_limits<std::ptrdiff_t>::max() / static_cast<Wide>(element_size);
+  const Wide base = static_cast<Wide>(reinterpret_cast<std::uintptr_t>(data));
+  ByteRange range{base + low * static_cast<Wide>(element_size), base + (high + 1) * static_cast<Wide>(element_size)};
+  if (-low > limit || high >= limit || range.lo < 0 ||
+      range.hi > static_cast<Wide>(std::numeric_limits<std::uintptr_t>::max()))
+    refuse(std::string(name) + " with " + std::to_string(extents[0]) +
+           " cells and these strides would reach beyond the address space (n_cells too large or a stride too large)");
+  return range;
+}
+
+// True when two elements of the output share memory: (c1, v) and (c2, w) coincide iff
+// offset(w) - offset(v) = (c1 - c2) * cell_stride with |c1 - c2| < n. Called after byte_range
+// accepted F, so every offset and difference below fits in 64 bits.
+bool output_elements_collide(std::size_t n, const CellArray& F) {
+  std::int64_t offsets[kCellValues];
+  std::int64_t low = 0, high = 0;
+  for (int a = 0; a < kSpecies; ++a)
+    for (int m = 0; m < kComponents; ++m) {
+      const std::int64_t offset = a * std::int64_t{F.species_stride} + m * std::int64_t{F.component_stride};
+      offsets[value_index(a, m)] = offset;
+      low = offset < low ? offset : low;
+      high = offset > high ? offset : high;
+    }
+  const std::int64_t cell = F.cell_stride;
+  if (n > 1 && cell == 0) return true;
+  // Fast path for every ordinary layout (nested strides, cells apart): no pair loop per call.
+  const std::int64_t species = F.species_stride < 0 ? -std::int64_t{F.species_stride} : F.species_stride;
+  const std::int64_t component = F.component_stride < 0 ? -std::int64_t{F.component_stride} : F.component_stride;
+  const bool cell_distinct = (component >= 1 && species >= kComponents * component) ||
+                             (species >= 1 && component >= kSpecies * species);
+  if (cell_distinct && (n == 1 || (cell < 0 ? -cell : cell) > high - low)) return false;
+  for (int v = 0; v < kCellValues; ++v)
+    for (int w = v + 1; w < kCellValues; ++w) {
+      const std::int64_t difference = offsets[w] - offsets[v];
+      if (difference == 0) return true;
+      if (cell == 0 || difference % cell != 0) continue;
+      const std::int64_t cells_apart = difference / cell;
+      if (static_cast<std::uint64_t>(cells_apart < 0 ? -cells_apart : cells_apart) < n) return true;
+    }
+  return false;
+}
+
+}  // namespace
+
+void check_apply_layout(std::size_t n, const ConstCellArray& F_init, const ConstVelocityArray& u,
+                        const CellArray& F_pred, const std::uint32_t* status) {
+  if (n == 0) return;
+  const std::size_t cell_extents[3] = {n, kSpecies, kComponents};
+  const std::ptrdiff_t init_strides[3] = {F_init.cell_stride, F_init.species_stride, F_init.component_stride};
+  const std::ptrdiff_t pred_strides[3] = {F_pred.cell_stride, F_pred.species_stride, F_pred.component_stride};
+  const ByteRange init = byte_range("F_init", F_init.data, sizeof(double), cell_extents, init_strides, 3);
+  const ByteRange pred = byte_range("F_pred", F_pred.data, sizeof(double), cell_extents, pred_strides, 3);
+  if (output_elements_collide(n, F_pred))
+    refuse("F_pred strides " + strides_text(pred_strides[0], pred_strides[1], pred_strides[2]) +
+           " make two output values share memory (a zero or overlapping stride)");
+  const bool in_place = F_pred.data == F_init.data && pred_strides[0] == init_strides[0] &&
+                        pred_strides[1] == init_strides[1] && pred_strides[2] == init_strides[2];
+  if (!in_place && pred.overlaps(init))
+    refuse("F_pred overlaps F_init: pass the same pointer and strides for in-place use, or separate arrays");
+  ByteRange velocity;  // empty without u
+  if (u.data) {
+    const std::size_t u_extents[2] = {n, 4};
+    const std::ptrdiff_t u_strides[2] = {u.cell_stride, u.component_stride};
+    velocity = byte_range("u", u.data, sizeof(double), u_extents, u_strides, 2);
+    if (pred.overlaps(velocity))
+      refuse("F_pred overlaps u: the output would change the four-velocities while they are read");
+  }
+  if (status) {
+    const std::size_t status_extents[1] = {n};
+    const std::ptrdiff_t status_strides[1] = {1};
+    const ByteRange flags = byte_range("cell_status", status, sizeof(std::uint32_t), status_extents, status_strides, 1);
+    if (flags.overlaps(pred) || flags.overlaps(init) || flags.overlaps(velocity))
+      refuse("cell_status overlaps F_pred, F_init or u");
+  }
+}
+
+}  // namespace dodo::runtime

@@ -1,0 +1,55 @@
+"""Arguments shared by `dodo` subcommands, so that they are spelt the same everywhere (issue 11):
+the output file as `OUT` or `-o/--output OUT`, `-q/--quiet`, `--json [PATH]`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_output_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """The output file, positional or with -o/--output (one of the two)."""
+    parser.add_argument("output_positional", nargs="?", metavar="OUT", help=help_text + " (or -o OUT)")
+    parser.add_argument("-o", "--output", dest="output_option", metavar="OUT", help=help_text)
+
+
+def resolve_output(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """The output path of :func:`add_output_argument`; exits with argparse's usage error (2)
+    when neither or two different ones are given."""
+    given = {value for value in (args.output_positional, args.output_option) if value is not None}
+    if len(given) != 1:
+        parser.error("give the output file once: OUT or -o OUT" if given else "the output file OUT is required")
+    return given.pop()
+
+
+def add_quiet_argument(parser: argparse.ArgumentParser, help_text: str = "no progress output") -> None:
+    parser.add_argument("-q", "--quiet", action="store_true", help=help_text)
+
+
+def add_json_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--json", nargs="?", const="-", metavar="PATH",
+                        help=f"{what} as JSON: written to PATH (atomically; the table is still printed), "
+                             "or printed instead of the table with --json alone or --json -")
+
+
+def emit(table_text: str, data, json_target) -> None:
+    """Print the table, or the JSON, or both (the JSON to a file), as add_json_argument says."""
+    from ._atomic import write_json_atomic
+
+    if json_target == "-":
+        print(json.dumps(data, indent=1, default=_plain))
+        return
+    print(table_text)
+    if json_target:
+        write_json_atomic(json_target, data)
+        print(f"wrote {json_target}", file=sys.stderr)
+
+
+def _plain(value):
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)

@@ -1,0 +1,102 @@
+"""Reading Emu asymptotic databases (data.md), for the run-time side (`dodo apply`) and training.
+
+Emu/Rhea files store [sim, (x,y,z,t), (nu,nubar), flavour] in the fluid rest frame; rows are
+converted to Dodo's [sim, 6, (t,x,y,z)] here, at the boundary, and nowhere else. Needs h5py.
+The read-time hygiene filters of training live in dodo.training.readers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .conventions import N_FLAVOURS, from_emu_layout
+
+INITIAL = "F4_initial(1|ccm)"
+FINAL = "F4_final(1|ccm)"
+GROWTH = "growthRate(1|s)"
+DIRNAMES = "directorynames"
+
+
+class DataFileError(ValueError):
+    """An input or preprocessed file is missing, unreadable or not in the expected layout."""
+
+
+@dataclass
+class EmuChunk:
+    """A block of rows from one Emu file, in Dodo's layout (rest frame, caller's units)."""
+
+    F_init: np.ndarray      # [n, 6, 4]
+    F_final: np.ndarray     # [n, 6, 4]
+    growth_rate: np.ndarray  # [n], s^-1, NaN where unknown
+    dirname: np.ndarray     # [n] str
+    row: np.ndarray         # [n] row index in the source file
+
+    def select(self, keep: np.ndarray) -> "EmuChunk":
+        return EmuChunk(self.F_init[keep], self.F_final[keep], self.growth_rate[keep], self.dirname[keep], self.row[keep])
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+
+def open_emu_file(path: str | Path):
+    """Open an Emu database with h5py, checking the layout; returns (h5py.File, nsims)."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError(f"Emu database not found: {path}")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as exc:
+        raise DataFileError(f"{path}: not a readable HDF5 file ({exc})") from exc
+    problem = _layout_problem(handle)
+    if problem:  # the message is made while the file is open, then the file is closed (issue 11)
+        handle.close()
+        raise DataFileError(f"{path}: {problem}")
+    return handle, handle[INITIAL].shape[0]
+
+
+def _layout_problem(handle) -> str:
+    """What is wrong with an open Emu database's layout, or '' when nothing is."""
+    import h5py
+
+    for name in (INITIAL, FINAL):
+        if name not in handle:
+            return f"missing dataset '{name}' (not an Emu asymptotic database?)"
+        if not isinstance(handle[name], h5py.Dataset):
+            return f"'{name}' is a {type(handle[name]).__name__.lower()}, not a dataset (not an Emu asymptotic database?)"
+    shape = handle[INITIAL].shape
+    if len(shape) != 4 or shape[1] != 4 or shape[2] != 2 or shape[3] != N_FLAVOURS:
+        return f"'{INITIAL}' has shape {shape}; expected [nsims, 4 (x,y,z,t), 2, {N_FLAVOURS}]"
+    if handle[FINAL].shape != shape:
+        return f"'{FINAL}' shape {handle[FINAL].shape} differs from '{INITIAL}' {shape}"
+    return ""
+
+
+def _is_dataset(handle, name: str, shape: tuple) -> bool:
+    import h5py
+
+    return name in handle and isinstance(handle[name], h5py.Dataset) and handle[name].shape == shape
+
+
+def iter_emu_chunks(path: str | Path, chunk_size: int = 65536) -> Iterator[EmuChunk]:
+    """Rows of one Emu database in blocks of at most ``chunk_size``."""
+    handle, nsims = open_emu_file(path)
+    with handle:
+        has_growth = _is_dataset(handle, GROWTH, (nsims,))
+        has_dirs = _is_dataset(handle, DIRNAMES, (nsims,))
+        for start in range(0, nsims, chunk_size):
+            stop = min(start + chunk_size, nsims)
+            growth = handle[GROWTH][start:stop].astype(np.float64) if has_growth else np.full(stop - start, np.nan)
+            if has_dirs:
+                names = handle[DIRNAMES][start:stop]
+                dirs = np.array([d.decode() if isinstance(d, bytes) else str(d) for d in names], dtype=object)
+            else:
+                dirs = np.array([f"{Path(path).name}:{i}" for i in range(start, stop)], dtype=object)
+            yield EmuChunk(
+                F_init=from_emu_layout(handle[INITIAL][start:stop].astype(np.float64)),
+                F_final=from_emu_layout(handle[FINAL][start:stop].astype(np.float64)),
+                growth_rate=growth, dirname=dirs, row=np.arange(start, stop))

@@ -1,0 +1,83 @@
+"""The compiled QKE kernel (C++ core, ``dodo._core.QkeKernel``) behind the FastFlavourBox interface.
+
+Same equations and numerics as the NumPy :class:`~dodo.qke.solver.FastFlavourBox` (which stays
+as the test oracle and the fallback): the kernel only replaces ``step``; initial states, the
+step choice (``hamiltonian_bound``), recording and reduction are the NumPy class's own code.
+The state lives in the kernel; ``state`` / ``rho`` copy it out and in. Needs ``ncell`` a power
+of two (the kernel's FFT); :func:`compiled_unavailable_reason` says why it cannot be used.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .constants import SELF_INTERACTION_PER_DENSITY, SPEED_OF_LIGHT
+from .solver import FastFlavourBox, SolverConfig
+
+
+def _kernel_class():
+    try:
+        from .._core import QkeKernel
+    except ImportError:
+        return None
+    return QkeKernel
+
+
+def compiled_unavailable_reason(ncell: int) -> str | None:
+    """Why the compiled kernel cannot run this resolution (None when it can)."""
+    if _kernel_class() is None:
+        return "the compiled core dodo._core (with QkeKernel) is not installed"
+    if ncell < 2 or ncell & (ncell - 1):
+        return f"ncell = {ncell} is not a power of two (the compiled kernel's FFT needs one)"
+    return None
+
+
+class CompiledFlavourBox(FastFlavourBox):
+    """A batch of periodic 1D boxes stepped by the C++ kernel; interface of :class:`FastFlavourBox`."""
+
+    def __init__(self, four_flux: np.ndarray, box_length_cm: np.ndarray, config: SolverConfig,
+                 directions: np.ndarray | None = None, threads: int = 1):
+        """threads: step the simulations of the batch on up to this many threads (same results)."""
+        reason = compiled_unavailable_reason(config.ncell)
+        if reason is not None:
+            raise ValueError(f"the compiled QKE kernel cannot run: {reason}; use backend='numpy'")
+        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+            raise ValueError(f"threads must be an integer >= 1; got {threads!r}")
+        self.threads = int(min(threads, 1024))
+        self._kernel = None
+        super().__init__(four_flux, box_length_cm, config, directions)  # leaves the initial state in _pending
+        self._kernel = self._make_kernel(coupling=True)
+        self._kernel.set_state(self._pending)
+        del self._pending
+
+    def _make_kernel(self, coupling: bool):
+        moment_filter = None if self._moment_filter is None else np.ascontiguousarray(self._moment_filter, float)
+        return _kernel_class()(np.ascontiguousarray(self.directions, float), self.config.ncell,
+                               np.ascontiguousarray(self.cell_size_cm, float),
+                               np.ascontiguousarray(self._state_filter, float), moment_filter,
+                               SELF_INTERACTION_PER_DENSITY, SPEED_OF_LIGHT, coupling)
+
+    @property
+    def state(self) -> np.ndarray:
+        """Packed state ``[6, nsim, 2, ncell, ndir]`` (a copy; diagonal entries real)."""
+        return self._pending if self._kernel is None else self._kernel.get_state()
+
+    @state.setter
+    def state(self, packed: np.ndarray) -> None:
+        packed = np.ascontiguousarray(packed, dtype=complex)
+        if self._kernel is None:
+            self._pending = packed
+        else:
+            self._kernel.set_state(packed)
+
+    def disable_coupling(self) -> None:
+        state = self.state
+        super().disable_coupling()
+        self._kernel = self._make_kernel(coupling=False)
+        self._kernel.set_state(state)
+
+    def step(self, dt: np.ndarray) -> np.ndarray:
+        """One Lawson-RK4 step of size dt ``[nsim]`` s (C++); returns the packed species moments at the start."""
+        dt = np.ascontiguousarray(np.broadcast_to(np.asarray(dt, dtype=float), self.time.shape))
+        moments = self._kernel.step(dt, self.threads)
+        self.time = self.time + dt
+        return moments

@@ -1,0 +1,199 @@
+"""`dodo score MODEL DATA.h5`: a closure scored against asymptotic states in an Emu-layout file.
+
+The metric of the shared README: per state, |n_pred - n_true| / N_tot per species after averaging
+mu and tau (nu and nubar separately), averaged over the six species; the closure is applied in
+the fluid rest frame to `F4_initial(1|ccm)` and compared with `F4_final(1|ccm)`. Printed for the
+model and for Box3D (the anchor), each with a 95% bootstrap interval over states, the paired
+interval of their difference, the per-state worst cases, the number of states where the model
+is worse than Box3D by more than a threshold, and growth rates against `growthRate(1|s)`.
+Runs on the C++ runtime (`dodo.Closure`): no training code, h5py only to read the file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from .conventions import from_emu_layout
+
+#: A state counts as "worse than Box3D" when the model's error exceeds Box3D's by this (N_tot).
+WORSE_THRESHOLD = 0.0025
+#: A growth rate counts as right when within this relative error of the measured one.
+GROWTH_TOLERANCE = 0.10
+
+
+def mu_tau_averaged(F: np.ndarray) -> np.ndarray:
+    """[..., 6, 4] -> the same with mu and tau replaced by their mean (nu and nubar separately)."""
+    out = np.array(F, dtype=float, copy=True)
+    for mu, tau in ((1, 2), (4, 5)):
+        mean = 0.5 * (out[..., mu, :] + out[..., tau, :])
+        out[..., mu, :] = mean
+        out[..., tau, :] = mean
+    return out
+
+
+def state_errors(F_pred: np.ndarray, F_true: np.ndarray, ntot: np.ndarray) -> np.ndarray:
+    """Per state: mean over species of |dn| / N_tot after mu/tau averaging ([n, 6, 4] -> [n])."""
+    dn = mu_tau_averaged(F_pred)[..., 0] - mu_tau_averaged(F_true)[..., 0]
+    return np.abs(dn).mean(axis=-1) / ntot
+
+
+def bootstrap_interval(values: np.ndarray, resamples: int, rng: np.random.Generator,
+                       level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (resampling states)."""
+    values = np.asarray(values, float)
+    if len(values) == 0:
+        return (float("nan"), float("nan"))
+    picks = rng.integers(0, len(values), size=(resamples, len(values)))
+    means = values[picks].mean(axis=1)
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+@dataclass
+class EmuStates:
+    F_init: np.ndarray  # [n, 6, 4] cm^-3, rest frame
+    F_final: np.ndarray  # [n, 6, 4]
+    growth_rate: np.ndarray | None  # [n] s^-1 (measured), or None
+
+
+def read_emu_states(path: str) -> EmuStates:
+    """Initial and asymptotic states (and measured growth rates, if present) of an Emu-layout file."""
+    try:
+        import h5py
+    except ImportError:  # pragma: no cover - depends on the installation
+        raise ValueError("reading HDF5 files needs h5py: pip install h5py (or dodo[train])") from None
+    try:
+        with h5py.File(path, "r") as f:
+            for key in ("F4_initial(1|ccm)", "F4_final(1|ccm)"):
+                if key not in f or not isinstance(f[key], h5py.Dataset):
+                    raise ValueError(f"{path}: no dataset '{key}' (not an Emu-layout file)")
+            F_init = from_emu_layout(f["F4_initial(1|ccm)"][()])
+            F_final = from_emu_layout(f["F4_final(1|ccm)"][()])
+            growth = f["growthRate(1|s)"][()] if "growthRate(1|s)" in f else None
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read ({error})") from None
+    if F_init.shape != F_final.shape or F_init.shape[1] != 6:
+        raise ValueError(f"{path}: F4_initial {F_init.shape} and F4_final {F_final.shape} must both be "
+                         "[n, 4, 2, 3] (three flavours)")
+    if len(F_init) == 0:
+        raise ValueError(f"{path}: no states")
+    if growth is not None:
+        growth = np.asarray(growth, float).reshape(-1)
+        if len(growth) != len(F_init):
+            growth = None
+    return EmuStates(F_init, F_final, growth)
+
+
+def score(closure, states: EmuStates, resamples: int = 10000, seed: int = 0,
+          threshold: float = WORSE_THRESHOLD) -> dict:
+    """Scores of a `dodo.Closure` on ``states`` (closure applied at rest), model beside Box3D."""
+    from . import box3d
+
+    rng = np.random.default_rng(seed)
+    F_init = states.F_init
+    ntot = F_init[..., 0].sum(axis=-1)
+    result = closure.apply(F_init)
+    settings = closure.box3d_settings
+    box = box3d(F_init, lebedev_order=int(settings["lebedev_order"]), z_method=str(settings["z_method"]),
+                max_flux_factor=float(settings["max_flux_factor"]))
+    model_error = state_errors(result.F_pred, states.F_final, ntot)
+    box_error = state_errors(box.F_box, states.F_final, ntot)
+    difference = model_error - box_error
+    report = {"n_states": int(len(F_init)), "threshold": threshold,
+              "model": {"mean": float(model_error.mean()), "ci95": bootstrap_interval(model_error, resamples, rng),
+                        "max": float(model_error.max())},
+              "box3d": {"mean": float(box_error.mean()), "ci95": bootstrap_interval(box_error, resamples, rng),
+                        "max": float(box_error.max())},
+              "difference": {"mean": float(difference.mean()), "ci95": bootstrap_interval(difference, resamples, rng)},
+              "states_worse_than_box3d": int(np.sum(difference > threshold)),
+              "states_better_than_box3d": int(np.sum(difference < 0)),
+              "worst_states": [{"index": int(i), "model": float(model_error[i]), "box3d": float(box_error[i])}
+                               for i in np.argsort(difference)[::-1][:5]],
+              "per_state": {"model": model_error.tolist(), "box3d": box_error.tolist()}}
+    uncertainty = getattr(result, "uncertainty", None)
+    if uncertainty is not None:
+        report["per_state"]["uncertainty"] = np.asarray(uncertainty, float).tolist()
+    if states.growth_rate is not None:
+        measured = states.growth_rate
+        usable = measured > 0
+        growth = {}
+        proxy = np.asarray(getattr(result, "growth_rate_proxy", box.growth_rate), float)
+        for name, rate in (("model", np.asarray(result.growth_rate, float)), ("box3d_proxy", proxy)):
+            ratio = rate[usable] / measured[usable]
+            growth[name] = {"median_ratio": float(np.median(ratio)) if ratio.size else float("nan"),
+                            "min_ratio": float(ratio.min(initial=np.inf)), "max_ratio": float(ratio.max(initial=0.0)),
+                            "within_10_percent": float(np.mean(np.abs(ratio - 1) <= GROWTH_TOLERANCE)) if ratio.size else 0.0}
+        growth["n_states"] = int(usable.sum())
+        report["growth_rate"] = growth
+    return report
+
+
+def format_report(report: dict, model_label: str, data_label: str) -> str:
+    """The human-readable table of `dodo score`."""
+    m, b, d = report["model"], report["box3d"], report["difference"]
+    lines = [f"dodo score: {model_label} on {data_label} ({report['n_states']} states; closure at rest; "
+             "|dn|/N_tot per species, mu and tau averaged, mean over species)",
+             f"{'':<22} {'mean':>9} {'95% bootstrap CI':>22} {'worst state':>12}",
+             f"{'model':<22} {m['mean']:9.5f} {'[%.5f, %.5f]' % tuple(m['ci95']):>22} {m['max']:12.5f}",
+             f"{'Box3D (anchor)':<22} {b['mean']:9.5f} {'[%.5f, %.5f]' % tuple(b['ci95']):>22} {b['max']:12.5f}",
+             f"{'model - Box3D':<22} {d['mean']:+9.5f} {'[%+.5f, %+.5f]' % tuple(d['ci95']):>22}",
+             f"states where the model is worse than Box3D by > {report['threshold']:g} N_tot: "
+             f"{report['states_worse_than_box3d']} of {report['n_states']} "
+             f"(better than Box3D on {report['states_better_than_box3d']})",
+             "largest (model - Box3D) states: " + ", ".join(
+                 f"#{w['index']} {w['model']:.4f} vs {w['box3d']:.4f}" for w in report["worst_states"])]
+    if "growth_rate" in report:
+        g = report["growth_rate"]
+        lines.append(f"growth rate / measured growthRate(1|s) on {g['n_states']} states:")
+        for name in ("model", "box3d_proxy"):
+            row = g[name]
+            lines.append(f"  {name:<12} median {row['median_ratio']:.3f}, range [{row['min_ratio']:.3f}, "
+                         f"{row['max_ratio']:.3f}], within 10%: {100 * row['within_10_percent']:.0f}%")
+    return "\n".join(lines)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "score", help="score a model (and Box3D beside it) on an Emu-layout file: |dn|/N_tot with bootstrap "
+                      "intervals, states worse than Box3D, growth-rate ratios",
+        description="Apply the closure at rest to F4_initial(1|ccm) of an Emu-layout HDF5 file and compare with "
+                    "F4_final(1|ccm) and growthRate(1|s) (docs/training.md, 'Scoring').")
+    parser.add_argument("model", help="ONNX model package, 'default' (the shipped model) or 'box3d' (no model)")
+    parser.add_argument("data", nargs="+", help="Emu-layout HDF5 file(s); several are scored together")
+    parser.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples (default 10000)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap random seed (default 0)")
+    parser.add_argument("--threshold", type=float, default=WORSE_THRESHOLD,
+                        help=f"'worse than Box3D' margin in N_tot (default {WORSE_THRESHOLD})")
+    parser.add_argument("--threads", type=int, default=1, help="closure worker threads (default 1)")
+    parser.add_argument("--json", metavar="PATH", default=None, help="also write the full report (per state) as JSON")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ._closure import Closure
+
+    try:
+        if args.bootstrap < 100:
+            raise ValueError(f"--bootstrap must be >= 100; got {args.bootstrap}")
+        if not (np.isfinite(args.threshold) and args.threshold >= 0):
+            raise ValueError(f"--threshold must be a finite number >= 0; got {args.threshold}")
+        parts = [read_emu_states(path) for path in args.data]
+        growth = None if any(p.growth_rate is None for p in parts) else np.concatenate([p.growth_rate for p in parts])
+        states = EmuStates(np.concatenate([p.F_init for p in parts]), np.concatenate([p.F_final for p in parts]), growth)
+        closure = Closure(None if args.model == "default" else args.model, threads=args.threads)
+        report = score(closure, states, resamples=args.bootstrap, seed=args.seed, threshold=args.threshold)
+    except (ValueError, OSError, RuntimeError) as error:
+        print(f"dodo score: error: {error}", file=sys.stderr)
+        return 2
+    print(format_report(report, args.model, " + ".join(args.data)))
+    if args.json:
+        from ._atomic import write_json_atomic
+
+        write_json_atomic(args.json, report)
+        print(f"report written to {args.json}")
+    return 0

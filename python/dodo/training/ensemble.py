@@ -1,0 +1,188 @@
+"""The density-residual ensemble: Dodo's default learned correction (issue 10; docs/training.md).
+
+What the metric needs is one number per cell. For the conserved quantities of fast flavour
+conversion (flavour-summed number per nu/nubar, lepton number per flavour), the mu/tau-averaged
+density change of a cell is fixed by a single scalar, the nu_e density change
+``delta = dn_{nu_e} / N_tot``: dn_{nubar_e} = delta, dn_{x} = dn_{xbar} = -delta / 2. So the
+mean |dn|/N_tot over the six species is exactly (2/3) |delta_pred - delta_true|. Box3D gets
+delta right to 0.98 correlation; each member here learns the residual
+``r = delta_true - delta_box`` (and the log ratio of the measured growth rate to Box3D's proxy)
+from rotation- and boost-invariant features.
+
+The ensemble's correction enters the model package's equivariant head through the
+density-only term e_a u with e = r (1, -1/2, -1/2, 1, -1/2, -1/2): conserving by construction,
+then limited like any head (docs/model_package.md). Where the members disagree (spread sigma) or
+a cell lies outside the training distribution (Mahalanobis distance of its features), the
+correction is moved toward Box3D: r_used = r_mean * g, g = 1 / (1 + (sigma / sigma0)^2) *
+exp(-max(0, d^2 - d2_max) / d2_max). The graph also returns the spread (``uncertainty``) and
+the learned growth-rate ratio (``log_growth_ratio``).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from dodo.conventions import N_SPECIES
+
+from .physics_torch import HEAD_OUTPUT_SIZES
+
+#: Density pattern of a conserving, mu/tau-symmetric change with dn_{nu_e} = 1 (species order).
+DENSITY_PATTERN = (1.0, -0.5, -0.5, 1.0, -0.5, -0.5)
+#: Mean |dn|/N_tot over the six species per unit |delta| error.
+METRIC_PER_DELTA = 2.0 / 3.0
+
+
+def mu_tau_averaged(F: np.ndarray) -> np.ndarray:
+    out = np.array(F, dtype=float, copy=True)
+    for mu, tau in ((1, 2), (4, 5)):
+        mean = 0.5 * (out[..., mu, :] + out[..., tau, :])
+        out[..., mu, :] = mean
+        out[..., tau, :] = mean
+    return out
+
+
+def nu_e_change(F_after_rest: np.ndarray, F_init_rest: np.ndarray) -> np.ndarray:
+    """delta = mu/tau-averaged nu_e density change (rest frame, units of N_tot) [n, 6, 4] -> [n]."""
+    return mu_tau_averaged(F_after_rest)[:, 0, 0] - mu_tau_averaged(F_init_rest)[:, 0, 0]
+
+
+def state_error(delta_pred: np.ndarray, delta_true: np.ndarray) -> np.ndarray:
+    """The shared README's per-state metric (mean |dn|/N_tot, mu/tau averaged) from delta."""
+    return METRIC_PER_DELTA * np.abs(np.asarray(delta_pred) - np.asarray(delta_true))
+
+
+class Member(nn.Module):
+    """features -> (r / r_scale, log growth ratio): a small SiLU MLP with the feature normalisation folded in."""
+
+    def __init__(self, n_inputs: int, width: int, depth: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_inputs))
+        self.register_buffer("std", torch.ones(n_inputs))
+        layers, size = [], n_inputs
+        for _ in range(depth):
+            layers += [nn.Linear(size, width), nn.SiLU()]
+            size = width
+        layers.append(nn.Linear(size, 2))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body((x - self.mean) / self.std)
+
+
+class DensityResidualEnsemble(nn.Module):
+    """K members + gate. forward(features [N, F]) -> head output [N, 78] (what the runtime assembles);
+    ``outputs(features)`` -> (head output, uncertainty [N], log_growth_ratio [N])."""
+
+    head = "equivariant"
+    features = "invariants27+box7-v1"  # set from the config when trained or loaded
+
+    def __init__(self, members: list[Member], r_scale: float, sigma0: float, feature_mean: np.ndarray,
+                 feature_precision: np.ndarray, d2_max: float) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.register_buffer("r_scale", torch.tensor(float(r_scale)))
+        self.register_buffer("sigma0", torch.tensor(float(sigma0)))
+        self.register_buffer("feature_mean", torch.as_tensor(np.asarray(feature_mean), dtype=torch.float32))
+        self.register_buffer("feature_precision", torch.as_tensor(np.asarray(feature_precision), dtype=torch.float32))
+        self.register_buffer("d2_max", torch.tensor(float(d2_max)))
+        pattern = torch.zeros(HEAD_OUTPUT_SIZES["equivariant"])
+        pattern[-N_SPECIES:] = torch.tensor(DENSITY_PATTERN)
+        self.register_buffer("pattern", pattern)
+
+    def member_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(x) for member in self.members])  # [K, N, 2]
+
+    def outputs(self, x: torch.Tensor):
+        stacked = self.member_outputs(x)
+        r = stacked[..., 0] * self.r_scale  # [K, N]
+        r_mean = r.mean(dim=0)
+        sigma = torch.sqrt(((r - r_mean) ** 2).mean(dim=0))
+        centred = x.to(self.feature_mean.dtype) - self.feature_mean
+        d2 = ((centred @ self.feature_precision) * centred).sum(dim=-1)
+        gate = 1.0 / (1.0 + (sigma / self.sigma0) ** 2) * torch.exp(-torch.relu(d2 - self.d2_max) / self.d2_max)
+        used = r_mean * gate.to(r_mean.dtype)
+        head = used[:, None] * self.pattern.to(used.dtype)
+        growth = stacked[..., 1].mean(dim=0)
+        return head, sigma, growth
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.outputs(x)[0]
+
+
+class _ExportView(nn.Module):
+    """The three graph outputs, for torch.onnx.export."""
+
+    def __init__(self, ensemble: DensityResidualEnsemble) -> None:
+        super().__init__()
+        self.ensemble = ensemble
+
+    def forward(self, x):
+        return self.ensemble.outputs(x)
+
+
+def fit_member(X: np.ndarray, r: np.ndarray, log_growth: np.ndarray, seed: int, width: int = 64, depth: int = 2,
+               steps: int = 2000, lr: float = 3e-3, weight_decay: float = 1e-4, growth_weight: float = 0.5,
+               r_scale: float = 1.0) -> Member:
+    """One member, full-batch AdamW with cosine decay on L1 losses (the metric is an L1 of delta)."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    member = Member(X.shape[1], width, depth)
+    member.mean.copy_(torch.as_tensor(X.mean(axis=0), dtype=torch.float32))
+    std = X.std(axis=0)
+    member.std.copy_(torch.as_tensor(np.where(std > 0, std, 1.0), dtype=torch.float32))
+    # Bootstrap resample (bagging): members see different data, so their spread reflects it.
+    pick = torch.randint(0, len(X), (len(X),), generator=generator)
+    inputs = torch.as_tensor(X, dtype=torch.float32)[pick]
+    target_r = torch.as_tensor(r / r_scale, dtype=torch.float32)[pick]
+    target_g = torch.as_tensor(log_growth, dtype=torch.float32)[pick]
+    has_growth = torch.isfinite(target_g)
+    target_g = torch.where(has_growth, target_g, torch.zeros_like(target_g))
+    optimiser = torch.optim.AdamW(member.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
+    for _ in range(steps):
+        out = member(inputs)
+        loss = (out[:, 0] - target_r).abs().mean()
+        if growth_weight > 0:
+            loss = loss + growth_weight * ((out[:, 1] - target_g).abs() * has_growth).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+    return member.eval()
+
+
+def feature_statistics(X: np.ndarray, quantile: float = 0.995) -> tuple[np.ndarray, np.ndarray, float]:
+    """Mean, (regularised) inverse covariance and the training quantile of the squared Mahalanobis distance."""
+    mean = X.mean(axis=0)
+    covariance = np.cov(X, rowvar=False) + 1e-6 * np.eye(X.shape[1]) * np.trace(np.cov(X, rowvar=False)) / X.shape[1]
+    precision = np.linalg.inv(covariance)
+    centred = X - mean
+    d2 = np.einsum("ni,ij,nj->n", centred, precision, centred)
+    return mean, precision, float(np.quantile(d2, quantile))
+
+
+def fit_ensemble(X: np.ndarray, r: np.ndarray, log_growth: np.ndarray, members: int = 8, sigma0: float = 0.01,
+                 seed: int = 0, log=None, **member_options) -> DensityResidualEnsemble:
+    """Train ``members`` bagged members on features X [n, F], residuals r [n] and log growth ratios [n]."""
+    r_scale = float(np.std(r)) or 1.0
+    trained = []
+    for k in range(members):
+        trained.append(fit_member(X, r, log_growth, seed=seed + k, r_scale=r_scale, **member_options))
+        if log:
+            log(f"member {k + 1}/{members} trained")
+    mean, precision, d2_max = feature_statistics(X)
+    return DensityResidualEnsemble(trained, r_scale, sigma0, mean, precision, d2_max).eval()
+
+
+@torch.no_grad()
+def predict(ensemble: DensityResidualEnsemble, X: np.ndarray) -> dict:
+    """Gated residual, raw mean residual, spread and log growth ratio per row (float64 NumPy)."""
+    x = torch.as_tensor(X, dtype=torch.float32)
+    head, sigma, growth = ensemble.outputs(x)
+    stacked = ensemble.member_outputs(x)
+    return {"r_gated": head[:, -N_SPECIES].double().numpy(),
+            "r_mean": (stacked[..., 0].mean(0) * ensemble.r_scale).double().numpy(),
+            "sigma": sigma.double().numpy(), "log_growth_ratio": growth.double().numpy()}
+
+

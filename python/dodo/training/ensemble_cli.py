@@ -1,0 +1,62 @@
+"""`dodo train-ensemble` and `dodo learning-curve`: the default model's recipe (docs/training.md).
+Registering imports neither torch nor h5py."""
+from __future__ import annotations
+
+import json
+import sys
+
+from .cli import _friendly, _overrides
+
+
+@_friendly("train-ensemble")
+def _train_ensemble(args) -> int:
+    from .ensemble_train import EnsembleConfig, train_command
+
+    config = EnsembleConfig.load(args.config, _overrides(args.set))
+    train_command(config)
+    return 0
+
+
+@_friendly("learning-curve")
+def _learning_curve(args) -> int:
+    from .._atomic import write_json_atomic
+    from .ensemble_train import EnsembleConfig, learning_curve, plot_curve
+
+    config = EnsembleConfig.load(args.config, _overrides(args.set))
+    sizes = []
+    for part in args.sizes.split(","):
+        part = part.strip()
+        if part == "all":
+            sizes.append("all")
+        elif part.isdigit() and int(part) >= 10:
+            sizes.append(int(part))
+        else:
+            raise ValueError(f"--sizes takes integers >= 10 and 'all', comma separated; got {part!r}")
+    if args.folds < 2:
+        raise ValueError(f"--folds must be >= 2; got {args.folds}")
+    rows = learning_curve(config, sizes, folds=args.folds, members=args.members, emu_path=args.emu)
+    if args.plot:
+        plot_curve(rows, args.plot)
+        print(f"plot written to {args.plot}")
+    if args.json:
+        write_json_atomic(args.json, rows)
+        print(f"table written to {args.json}")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train-ensemble", help="train the density-residual ensemble (the default model's recipe)")
+    p.add_argument("--config", required=True, help="YAML, e.g. training/configs/ensemble_default.yaml")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.set_defaults(func=_train_ensemble)
+
+    p = subparsers.add_parser("learning-curve", help="k-fold CV error against training-set size (and on an Emu file)")
+    p.add_argument("--config", required=True, help="YAML, e.g. training/configs/ensemble_default.yaml")
+    p.add_argument("--sizes", default="500,1000,all", help="training-set sizes, comma separated ('all' = the whole pool)")
+    p.add_argument("--folds", type=int, default=5, help="k of the k-fold cross-validation (default 5)")
+    p.add_argument("--members", type=int, default=None, help="ensemble members per fit (default: the config's)")
+    p.add_argument("--emu", default=None, help="also score each fit on this Emu-layout file (reported only)")
+    p.add_argument("--plot", default=None, metavar="PNG", help="write the curve as a PNG")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the table as JSON")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.set_defaults(func=_learning_curve)

@@ -1,0 +1,426 @@
+"""Training, held-out report, learning curve and export of the density-residual ensemble.
+
+`dodo train-ensemble --config training/configs/ensemble_default.yaml` and
+`dodo learning-curve --config ... [--sizes 500,1000,all] [--folds 5] [--emu FILE]`
+(docs/training.md, "The default model"). Data: a preprocessed file (`dodo preprocess`); rows
+whose source file matches a `holdout` pattern are never trained on nor used to choose settings.
+"""
+from __future__ import annotations
+
+import datetime
+import fnmatch
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .._atomic import atomic_path
+from .config import ConfigError, read_yaml_mapping
+from .dataset import nu_nubar_swapped, rest_frame_arrays
+from .ensemble import (DensityResidualEnsemble, Member, fit_ensemble, nu_e_change, predict, state_error)
+
+CHECKPOINT_KIND = "density_residual_ensemble"
+
+
+@dataclass
+class EnsembleConfig:
+    """training/configs/ensemble_default.yaml; every key optional but data.path."""
+
+    data_path: str = "pdata/qke.h5"
+    features: str = "invariants27+box7-v1"
+    holdout: list = field(default_factory=lambda: ["*_seed9[0-9][0-9].h5"])
+    members: int = 8
+    width: int = 64
+    depth: int = 2
+    steps: int = 2000
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    growth_weight: float = 0.5
+    sigma0: float = 0.01
+    mirror: bool = True
+    seed: int = 0
+    threads: int = 1
+    checkpoint: str = "checkpoints/ensemble/ensemble.pt"
+
+    @classmethod
+    def load(cls, path: str, overrides: dict | None = None) -> "EnsembleConfig":
+        raw = read_yaml_mapping(path)
+        flat = {}
+        for section, values in raw.items():
+            if isinstance(values, dict):
+                for key, value in values.items():
+                    flat[f"{section}.{key}"] = value
+            else:
+                flat[section] = values
+        flat.update(overrides or {})
+        names = {"data.path": "data_path", "data.holdout": "holdout", "data.features": "features",
+                 "output.checkpoint": "checkpoint"}
+        config = cls()
+        for key, value in flat.items():
+            name = names.get(key, key.split(".")[-1])
+            if name not in cls.__dataclass_fields__:
+                raise ConfigError(f"{path}: unknown key {key!r}")
+            setattr(config, name, value)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        for name in ("members", "width", "depth", "steps", "threads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer; got {value!r}")
+        for name in ("lr", "sigma0"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a finite positive number; got {value!r}")
+        for name in ("weight_decay", "growth_weight"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name} must be a finite number >= 0; got {value!r}")
+        from .features import FEATURE_SIZES
+
+        if self.features not in FEATURE_SIZES:
+            raise ConfigError(f"data.features must be one of {sorted(FEATURE_SIZES)}; got {self.features!r}")
+        if not isinstance(self.holdout, list) or not all(isinstance(p, str) for p in self.holdout):
+            raise ConfigError(f"data.holdout must be a list of file-name patterns; got {self.holdout!r}")
+
+
+def load_table(path: str) -> dict:
+    """Rows of a preprocessed file as the ensemble sees them: features, residual, growth, sources."""
+    import h5py
+
+    from .preprocess import read_preprocessed_attrs
+
+    with h5py.File(path, "r") as f:
+        arrays = {key: f[key][()] for key in ("F_init", "F_box", "F_true", "u", "invariants", "source_file",
+                                             "growth_rate", "box3d_growth_rate")}
+    attrs = read_preprocessed_attrs(path)
+    sources = _sources(attrs)
+    rest = rest_frame_arrays(arrays["F_init"], arrays["F_box"], arrays["F_true"], arrays["u"], arrays["invariants"])
+    import dodo
+
+    rest["ntot"] = np.asarray(dodo.comoving_density(arrays["F_init"], arrays["u"]), float)
+    return table_from_rest(rest, arrays["growth_rate"], arrays["box3d_growth_rate"],
+                           np.array([sources[int(i)] for i in arrays["source_file"]]),
+                           box3d=attrs.get("box3d"), sha256=_file_sha256(path), kind=str(attrs.get("data_kind", "qke")))
+
+
+def _sources(attrs) -> list[str]:
+    import ast
+
+    value = attrs.get("sources", [])
+    if isinstance(value, str):
+        value = json.loads(value) if value.startswith("[{\"") else ast.literal_eval(value)
+    entries = value
+    return [str(entry["path"]) for entry in entries]
+
+
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def table_from_rest(rest: dict, growth_rate, box3d_growth_rate, sources, box3d=None, sha256="", kind="qke") -> dict:
+    from dodo.conventions import GROWTH_RATE_PER_NTOT
+
+    ntot_cgs = rest["ntot"]
+    rest = dict(rest, growth_over_ntot=np.asarray(box3d_growth_rate, float) / (ntot_cgs * GROWTH_RATE_PER_NTOT))
+    F_true_rest = rest["F_box_rest"] + rest["dF_true_rest"]
+    delta_box = nu_e_change(rest["F_box_rest"], rest["F_init_rest"])
+    delta_true = nu_e_change(F_true_rest, rest["F_init_rest"])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_growth = np.log(np.asarray(growth_rate, float) / np.asarray(box3d_growth_rate, float))
+    log_growth = np.where(np.isfinite(log_growth), log_growth, np.nan)
+    return {"rest": rest, "delta_box": delta_box,
+            "delta_true": delta_true, "r": delta_true - delta_box, "log_growth": log_growth,
+            "sources": np.asarray(sources), "box3d": box3d, "sha256": sha256, "kind": kind}
+
+
+def holdout_mask(sources, patterns) -> np.ndarray:
+    names = [Path(str(s)).name for s in sources]
+    return np.array([any(fnmatch.fnmatch(name, p) for p in patterns) for name in names], bool)
+
+
+def features_of(table: dict, rows: np.ndarray, features: str, swapped: bool = False) -> np.ndarray:
+    """Network inputs of ``rows``; ``swapped``: of their nu <-> nubar mirror images."""
+    from .features import feature_matrix
+
+    rest = {key: np.asarray(value)[rows] for key, value in table["rest"].items()}
+    if swapped:
+        rest = nu_nubar_swapped(rest)
+    return feature_matrix(features, rest["invariants"], rest["F_init_rest"], rest["F_box_rest"], rest["growth_over_ntot"])
+
+
+def _training_arrays(table: dict, rows: np.ndarray, config: "EnsembleConfig"):
+    X, r, g = features_of(table, rows, config.features), table["r"][rows], table["log_growth"][rows]
+    if config.mirror:  # nu <-> nubar: a symmetry of the equations; delta_e and the growth rate are unchanged
+        X = np.concatenate([X, features_of(table, rows, config.features, swapped=True)])
+        r, g = np.concatenate([r, r]), np.concatenate([g, g])
+    return X, r, g
+
+
+def train_on(table: dict, rows: np.ndarray, config: EnsembleConfig, members: int | None = None, log=None):
+    X, r, g = _training_arrays(table, rows, config)
+    torch.set_num_threads(config.threads)
+    ensemble = fit_ensemble(X, r, g, members=members or config.members, sigma0=config.sigma0, seed=config.seed,
+                            log=log, width=config.width, depth=config.depth, steps=config.steps, lr=config.lr,
+                            weight_decay=config.weight_decay, growth_weight=config.growth_weight)
+    ensemble.features = config.features
+    return ensemble
+
+
+def bootstrap_mean_interval(values, resamples=10000, seed=0) -> tuple[float, float]:
+    values = np.asarray(values, float)
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def score_rows(ensemble, table: dict, rows: np.ndarray) -> dict:
+    """Per-state errors of the gated ensemble, the ungated mean and Box3D on ``rows``."""
+    out = predict(ensemble, features_of(table, rows, ensemble.features))
+    delta_box, delta_true = table["delta_box"][rows], table["delta_true"][rows]
+    model = state_error(delta_box + out["r_gated"], delta_true)
+    ungated = state_error(delta_box + out["r_mean"], delta_true)
+    box = state_error(delta_box, delta_true)
+    growth = np.exp(table["log_growth"][rows] - out["log_growth_ratio"])  # measured / learned
+    proxy = np.exp(table["log_growth"][rows])  # measured / proxy
+    return {"model": model, "ungated": ungated, "box3d": box, "sigma": out["sigma"],
+            "growth_measured_over_model": growth, "growth_measured_over_proxy": proxy}
+
+
+def format_scores(title: str, scores: dict, threshold: float = 0.0025) -> str:
+    lines = [f"{title} ({len(scores['box3d'])} states; mean |dn|/N_tot, mu and tau averaged)",
+             f"{'':<16} {'mean':>9} {'95% CI':>20} {'max':>8} {'worse than Box3D by > %g' % threshold:>28}"]
+    for name in ("model", "ungated", "box3d"):
+        values = scores[name]
+        low, high = bootstrap_mean_interval(values)
+        worse = int(np.sum(values - scores["box3d"] > threshold)) if name != "box3d" else 0
+        lines.append(f"{name:<16} {values.mean():9.5f} {'[%.5f, %.5f]' % (low, high):>20} {values.max():8.4f} {worse:>28}")
+    low, high = bootstrap_mean_interval(scores["model"] - scores["box3d"])
+    lines.append(f"{'model - Box3D':<16} {np.mean(scores['model'] - scores['box3d']):+9.5f} {'[%+.5f, %+.5f]' % (low, high):>20}")
+    for name, key in (("learned growth", "growth_measured_over_model"), ("Box3D proxy", "growth_measured_over_proxy")):
+        ratio = scores[key][np.isfinite(scores[key])]
+        if ratio.size:
+            lines.append(f"{name:<16} measured/predicted growth: median {np.median(ratio):.3f}, within 10%: "
+                         f"{100 * np.mean(np.abs(1 / ratio - 1) <= 0.1):.0f}%")
+    return "\n".join(lines)
+
+
+def save_checkpoint(ensemble: DensityResidualEnsemble, config: EnsembleConfig, table: dict, train_rows, report: dict,
+                    path: str) -> None:
+    first = ensemble.members[0]
+    state = {"kind": CHECKPOINT_KIND, "config": asdict(config), "n_inputs": int(first.mean.numel()),
+             "members": len(ensemble.members), "state_dict": ensemble.state_dict(),
+             "data": {"box3d": _box3d_dict(table["box3d"]), "sha256": table["sha256"], "kind": table["kind"],
+                      "train_rows": int(len(train_rows)), "path": config.data_path},
+             "metrics": report,
+             "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _box3d_dict(value) -> dict:
+    import ast
+
+    if isinstance(value, dict):
+        return value
+    parsed = ast.literal_eval(str(value)) if value else {}
+    return {"scheme": "pairwise", "form": "delta", "lebedev_order": 17, "z_method": "exact", "max_flux_factor": 0.98,
+            **parsed}
+
+
+def load_ensemble(checkpoint: dict) -> DensityResidualEnsemble:
+    if checkpoint.get("kind") != CHECKPOINT_KIND:
+        raise ValueError("not a density-residual-ensemble checkpoint")
+    config = checkpoint["config"]
+    members = [Member(checkpoint["n_inputs"], config["width"], config["depth"]) for _ in range(checkpoint["members"])]
+    state = checkpoint["state_dict"]
+    n = checkpoint["n_inputs"]
+    ensemble = DensityResidualEnsemble(members, 1.0, 1.0, np.zeros(n), np.eye(n), 1.0)
+    ensemble.load_state_dict(state)
+    ensemble.features = config.get("features", "invariants27-v1")
+    return ensemble.eval()
+
+
+def train_command(config: EnsembleConfig, log=print) -> dict:
+    table = load_table(config.data_path)
+    held = holdout_mask(table["sources"], config.holdout)
+    train_rows, held_rows = np.flatnonzero(~held), np.flatnonzero(held)
+    if len(train_rows) == 0:
+        raise ValueError("no training rows: every row matches a holdout pattern")
+    log(f"{len(train_rows)} training states, {len(held_rows)} held out ({', '.join(config.holdout)})")
+    ensemble = train_on(table, train_rows, config, log=log)
+    report = {"n_train": int(len(train_rows)), "n_heldout": int(len(held_rows))}
+    if len(held_rows):
+        scores = score_rows(ensemble, table, held_rows)
+        log(format_scores("held-out states", scores))
+        report["heldout"] = {k: float(np.mean(v[np.isfinite(v)])) for k, v in scores.items()}
+        families = sorted({Path(str(s)).name.split("_seed")[0] for s in table["sources"][held_rows]})
+        for family in families:
+            rows = held_rows[[Path(str(s)).name.startswith(family + "_seed") for s in table["sources"][held_rows]]]
+            if len(rows):
+                log(format_scores(f"held-out, family {family}", score_rows(ensemble, table, rows)))
+    save_checkpoint(ensemble, config, table, train_rows, report, config.checkpoint)
+    log(f"wrote {config.checkpoint}")
+    return report
+
+
+def emu_table(path: str, box3d_settings: dict) -> dict:
+    """An Emu-layout file (initial and final states at rest) as a table, for reporting only."""
+    import h5py
+
+    import dodo
+    from dodo.conventions import from_emu_layout
+
+    with h5py.File(path, "r") as f:
+        F_init = from_emu_layout(f["F4_initial(1|ccm)"][()])
+        F_true = from_emu_layout(f["F4_final(1|ccm)"][()])
+        growth = f["growthRate(1|s)"][()] if "growthRate(1|s)" in f else np.full(len(F_init), np.nan)
+    u = np.tile([1.0, 0.0, 0.0, 0.0], (len(F_init), 1))
+    box = dodo.box3d(F_init, u, lebedev_order=int(box3d_settings["lebedev_order"]),
+                     z_method=str(box3d_settings["z_method"]))
+    invariants = np.asarray(dodo.invariants(F_init, u))
+    rest = rest_frame_arrays(F_init, np.asarray(box.F_box), F_true, u, invariants)
+    rest["ntot"] = np.asarray(dodo.comoving_density(F_init, u), float)
+    return table_from_rest(rest, growth, np.asarray(box.growth_rate), np.array([path] * len(F_init)))
+
+
+def learning_curve(config: EnsembleConfig, sizes: list, folds: int = 5, members: int | None = None,
+                   emu_path: str | None = None, log=print) -> list[dict]:
+    """k-fold CV error against training-set size (training pool only), and the same models'
+    score on an Emu file (reported, never used to choose anything)."""
+    table = load_table(config.data_path)
+    pool = np.flatnonzero(~holdout_mask(table["sources"], config.holdout))
+    rng = np.random.default_rng(config.seed)
+    order = rng.permutation(pool)
+    fold_of = np.arange(len(order)) % folds
+    emu = emu_table(emu_path, _box3d_dict(table["box3d"])) if emu_path else None
+    rows = []
+    for size in sizes:
+        n = len(pool) if size == "all" else int(size)
+        per_state_model, per_state_box, emu_scores = [], [], []
+        for k in range(folds):
+            test = order[fold_of == k]
+            train = order[fold_of != k]
+            train = train[: min(len(train), int(round(n * (folds - 1) / folds)))]
+            ensemble = train_on(table, train, config, members=members)
+            scores = score_rows(ensemble, table, test)
+            per_state_model.append(scores["model"])
+            per_state_box.append(scores["box3d"])
+            if emu is not None:
+                emu_scores.append(score_rows(ensemble, emu, np.arange(len(emu["r"])))["model"].mean())
+        model, box = np.concatenate(per_state_model), np.concatenate(per_state_box)
+        row = {"train_size": int(len(train)), "cv_model": float(model.mean()), "cv_box3d": float(box.mean()),
+               "cv_model_ci95": bootstrap_mean_interval(model), "cv_worse_than_box3d": int(np.sum(model - box > 0.0025)),
+               "cv_states": int(len(model))}
+        if emu is not None:
+            row["emu_model_mean_over_folds"] = float(np.mean(emu_scores))
+            row["emu_box3d"] = float(state_error(emu["delta_box"], emu["delta_true"]).mean())
+        rows.append(row)
+        log(format_curve_row(row))
+    return rows
+
+
+def format_curve_row(row: dict) -> str:
+    text = (f"train {row['train_size']:5d}: CV model {row['cv_model']:.5f} [{row['cv_model_ci95'][0]:.5f}, "
+            f"{row['cv_model_ci95'][1]:.5f}] vs Box3D {row['cv_box3d']:.5f}; worse than Box3D by > 0.0025: "
+            f"{row['cv_worse_than_box3d']}/{row['cv_states']}")
+    if "emu_model_mean_over_folds" in row:
+        text += f"; Emu file: model {row['emu_model_mean_over_folds']:.5f} vs Box3D {row['emu_box3d']:.5f}"
+    return text
+
+
+def plot_curve(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [r["train_size"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    low = [r["cv_model_ci95"][0] for r in rows]
+    high = [r["cv_model_ci95"][1] for r in rows]
+    ax.fill_between(sizes, low, high, alpha=0.3, label="model, CV 95% CI")
+    ax.plot(sizes, [r["cv_model"] for r in rows], "o-", label="model, k-fold CV")
+    ax.plot(sizes, [r["cv_box3d"] for r in rows], "k--", label="Box3D, same states")
+    if "emu_model_mean_over_folds" in rows[0]:
+        ax.plot(sizes, [r["emu_model_mean_over_folds"] for r in rows], "s-", label="model on Emu file")
+        ax.axhline(rows[0]["emu_box3d"], color="gray", ls=":", label="Box3D on Emu file")
+    ax.set_xscale("log")
+    ax.set_xlabel("training states")
+    ax.set_ylabel("mean |dn|/N_tot (mu, tau averaged)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+#: Graph outputs of an ensemble package (docs/model_package.md, optional outputs).
+ENSEMBLE_OUTPUTS = ("head_output", "uncertainty", "log_growth_ratio")
+
+
+def _ensemble_onnx_bytes(ensemble: DensityResidualEnsemble) -> bytes:
+    import copy
+    import inspect
+    import io
+    import warnings
+
+    from .ensemble import _ExportView
+    from .features import FEATURE_SIZES
+    from .export import OPSET
+
+    view = _ExportView(copy.deepcopy(ensemble).float().eval())
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        options = {}
+        if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+            options["dynamo"] = False
+        torch.onnx.export(view, (torch.zeros(2, FEATURE_SIZES[ensemble.features]),), buffer, input_names=["invariants"],
+                          output_names=list(ENSEMBLE_OUTPUTS),
+                          dynamic_axes={"invariants": {0: "N"}, **{name: {0: "N"} for name in ENSEMBLE_OUTPUTS}},
+                          opset_version=OPSET, **options)
+    return buffer.getvalue()
+
+
+def export_ensemble(checkpoint_path: str, output: str, n_test_vectors: int = 6, log=print) -> dict:
+    """Ensemble checkpoint -> model package (same format as `dodo export`, plus the optional outputs)."""
+    import onnx
+
+    from .. import _core
+    from .export import IR_VERSION, make_test_vectors, metadata_for, roundtrip_check
+
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    ensemble = load_ensemble(checkpoint)
+    box3d_settings = checkpoint["data"]["box3d"]
+    model = onnx.load_from_string(_ensemble_onnx_bytes(ensemble))
+    model.ir_version = min(model.ir_version, IR_VERSION)
+    model.doc_string = ("Dodo density-residual ensemble: raw invariants -> gated head output, uncertainty, "
+                        "log growth ratio (docs/model_package.md)")
+    test_vectors = make_test_vectors(ensemble, box3d_settings, n_test_vectors)
+    del model.metadata_props[:]
+    metadata = metadata_for(checkpoint, "equivariant", test_vectors)
+    metadata["dodo.features"] = ensemble.features
+    metadata["dodo.outputs"] = json.dumps(list(ENSEMBLE_OUTPUTS))
+    metadata["dodo.model_kind"] = CHECKPOINT_KIND
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(model)
+    final_bytes = _core.with_content_digest(model.SerializeToString())
+    roundtrip = roundtrip_check(ensemble, final_bytes, test_vectors, box3d_settings)
+    with atomic_path(output) as tmp:
+        tmp.write_bytes(final_bytes)
+    log(f"round trip torch vs onnxruntime: max head difference {roundtrip['max_head_difference']:.2e}; "
+        f"test vectors reproduced to {roundtrip['max_test_vector_error_over_ntot']:.2e} N_tot")
+    log(f"wrote {output} (density-residual ensemble of {len(ensemble.members)}, {len(final_bytes)} bytes)")
+    return {"path": str(output), "roundtrip": roundtrip}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Resumable, chunked QKE data campaign (issue 10; docs/dataset.md). Runs the chunks of
+# data/qke/campaign_plan.txt ("FAMILY SEED COUNT" per line) with JOBS processes at once (default 2,
+# one per core) and skips chunks whose file is complete; an interrupted chunk resumes from its
+# .partial.npz. Rerun the same command to continue; add lines to the plan to extend the campaign.
+#   bash scripts/qke_campaign.sh [JOBS] [PLAN]
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+jobs="${1:-2}"
+plan="${2:-data/qke/campaign_plan.txt}"
+dodo="${DODO_VENV:-$root/.venv}/bin/dodo"
+[ -x "$dodo" ] || { echo "qke_campaign: $dodo not found (bash scripts/setup_venv.sh first)" >&2; exit 2; }
+run_chunk() {
+  local family="$1" seed="$2" count="$3"
+  local out="data/qke/${family}_seed${seed}.h5"
+  if [ -f "$out" ] && "${DODO_VENV:-$root/.venv}/bin/python" -c "import h5py,sys; sys.exit(0 if h5py.File('$out','r').attrs.get('complete') else 1)" 2>/dev/null; then
+    return 0
+  fi
+  nice -n "${DODO_CAMPAIGN_NICE:-10}" "$dodo" simulate "$out" --random "$count" --seed "$seed" --family "$family" \
+    --batch-size 2 --max-cost 2.5 --backend cpp --quiet ${DODO_CAMPAIGN_ARGS:-} \
+    || echo "qke_campaign: chunk $family $seed failed (exit $?); rerun to retry" >&2
+}
+export -f run_chunk
+export root dodo
+grep -v '^\s*#' "$plan" | grep -v '^\s*$' | xargs -P "$jobs" -L 1 bash -c 'run_chunk "$0" "$1" "$2"'

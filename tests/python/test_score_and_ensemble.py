@@ -1,0 +1,208 @@
+"""The fidelity tools (issue 10): `dodo score`, the density-residual ensemble, its features,
+the campaign's state families."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import dodo
+from dodo.score import bootstrap_interval, mu_tau_averaged, state_errors
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "qke"
+EMU = DATA / "emu_1d_validation.h5"
+
+
+def _conserving_random_change(rng, n):
+    """Random density changes obeying the fast-flavour conservation laws, mu = tau."""
+    delta = rng.normal(scale=0.05, size=n)
+    pattern = np.array([1.0, -0.5, -0.5, 1.0, -0.5, -0.5])
+    return delta, delta[:, None] * pattern
+
+
+def test_metric_is_two_thirds_of_the_nu_e_error():
+    """For conserving, mu/tau-symmetric changes the shared metric is (2/3)|delta error|."""
+    from dodo.training.ensemble import METRIC_PER_DELTA, nu_e_change
+
+    rng = np.random.default_rng(1)
+    F_init = np.zeros((50, 6, 4))
+    F_init[..., 0] = rng.uniform(0.05, 0.3, (50, 6))
+    F_init /= F_init[..., 0].sum(axis=1)[:, None, None]
+    d_true, change_true = _conserving_random_change(rng, 50)
+    d_pred, change_pred = _conserving_random_change(rng, 50)
+    F_true, F_pred = F_init.copy(), F_init.copy()
+    F_true[..., 0] += change_true
+    F_pred[..., 0] += change_pred
+    metric = state_errors(F_pred, F_true, np.ones(50))
+    np.testing.assert_allclose(metric, METRIC_PER_DELTA * np.abs(d_pred - d_true), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(nu_e_change(F_true, F_init), d_true, atol=1e-15)
+
+
+def test_mu_tau_average_and_bootstrap():
+    F = np.arange(48, dtype=float).reshape(2, 6, 4)
+    averaged = mu_tau_averaged(F)
+    np.testing.assert_array_equal(averaged[:, 1], averaged[:, 2])
+    np.testing.assert_array_equal(averaged[:, 1], 0.5 * (F[:, 1] + F[:, 2]))
+    np.testing.assert_array_equal(averaged[:, 0], F[:, 0])
+    values = np.random.default_rng(0).normal(1.0, 0.1, 200)
+    low, high = bootstrap_interval(values, 2000, np.random.default_rng(1))
+    assert low < values.mean() < high
+    assert high - low == pytest.approx(2 * 1.96 * 0.1 / np.sqrt(200), rel=0.2)
+
+
+def _dodo(*args):
+    return subprocess.run([sys.executable, "-m", "dodo", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_score_box3d_against_itself_and_default_model():
+    """Box3D-only scores zero difference; Box3D's own mean is the shared README's 0.0065."""
+    run = _dodo("score", "box3d", str(EMU), "--bootstrap", "500")
+    assert run.returncode == 0, run.stderr
+    assert "model - Box3D           +0.00000" in run.stdout
+    assert "Box3D (anchor)           0.0064" in run.stdout or "Box3D (anchor)           0.0065" in run.stdout
+    assert "worse than Box3D by > 0.0025 N_tot: 0 of 32" in run.stdout
+    assert "growth rate / measured growthRate(1|s) on 32 states" in run.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (("box3d", "/nonexistent.h5"), "cannot read"),
+    (("box3d", str(EMU), "--bootstrap", "5"), "--bootstrap must be >= 100"),
+    (("box3d", str(EMU), "--threshold", "nan"), "--threshold"),
+])
+def test_score_errors_are_one_line(args, message):
+    run = _dodo("score", *args)
+    assert run.returncode == 2
+    assert message in run.stderr and "Traceback" not in run.stderr
+
+
+def test_score_refuses_a_file_without_final_states(tmp_path):
+    import h5py
+
+    path = tmp_path / "initial_only.h5"
+    with h5py.File(path, "w") as f:
+        f["F4_initial(1|ccm)"] = np.ones((2, 4, 2, 3))
+    run = _dodo("score", "box3d", str(path))
+    assert run.returncode == 2 and "F4_final(1|ccm)" in run.stderr
+
+
+def test_box_features_match_box3d_in_any_frame():
+    """invariants27+box7: the box columns are Box3D's comoving density changes and proxy, frame-free."""
+    from dodo.training.features import FEATURE_SIZES, INVARIANTS_AND_BOX, lab_features
+
+    from conftest import random_states, random_velocities
+
+    rng = np.random.default_rng(3)
+    F = random_states(rng, 40, max_flux_factor=0.7)
+    u = random_velocities(rng, 40, max_speed=0.6)
+    at_rest = lab_features(INVARIANTS_AND_BOX, F)
+    assert at_rest.shape == (40, FEATURE_SIZES[INVARIANTS_AND_BOX])
+    box = dodo.box3d(F)
+    ntot = F[..., 0].sum(axis=1)
+    np.testing.assert_allclose(at_rest[:, 27:33], (box.F_box[..., 0] - F[..., 0]) / ntot[:, None], atol=1e-14)
+    np.testing.assert_allclose(at_rest[:, 33], box.growth_over_ntot, rtol=1e-13)
+    # The same cells seen from a moving frame: the same features (boost invariance).
+    from dodo.training.frames import boost_from_rest
+
+    moving = lab_features(INVARIANTS_AND_BOX, boost_from_rest(F, u[:, None, :]), u)
+    np.testing.assert_allclose(moving, at_rest, atol=1e-9)
+
+
+def _tiny_ensemble(members=2, steps=30, sigma0=0.01):
+    from dodo.training.ensemble import fit_ensemble
+    from dodo.training.features import INVARIANTS_AND_BOX, lab_features
+
+    rng = np.random.default_rng(5)
+    from conftest import random_states
+
+    F = random_states(rng, 64, max_flux_factor=0.6, mu_equals_tau=True)
+    X = lab_features(INVARIANTS_AND_BOX, F)
+    r = 0.01 * np.tanh(X[:, 0] - X[:, 3])
+    ensemble = fit_ensemble(X, r, np.zeros(len(X)), members=members, sigma0=sigma0, steps=steps, width=16)
+    ensemble.features = INVARIANTS_AND_BOX
+    return ensemble, X
+
+
+def test_ensemble_head_is_a_conserving_density_change_and_the_gate_moves_it_to_box3d():
+    import torch
+
+    from dodo.training.conservation import conservation_projector
+    from dodo.training.ensemble import DENSITY_PATTERN
+
+    ensemble, X = _tiny_ensemble()
+    x = torch.as_tensor(X, dtype=torch.float32)
+    head, sigma, growth = ensemble.outputs(x)
+    assert head.shape == (len(X), 78) and sigma.shape == (len(X),) and growth.shape == (len(X),)
+    assert torch.all(head[:, :72] == 0)
+    pattern = np.zeros((6, 4))
+    pattern[:, 0] = DENSITY_PATTERN
+    projector = conservation_projector()
+    np.testing.assert_allclose(projector @ pattern.ravel(), pattern.ravel(), atol=1e-12)
+    assert torch.all(sigma >= 0)
+    # A vanishing sigma0 (no trust) returns Box3D: no correction at all.
+    ensemble.sigma0.fill_(1e-30)
+    assert torch.all(ensemble.outputs(x)[0].abs() < 1e-12)
+    # Far outside the training features: the Mahalanobis gate closes.
+    ensemble.sigma0.fill_(1e30)
+    far = x + 1e3 * x.std(dim=0)
+    assert torch.all(ensemble.outputs(far)[0].abs() < 1e-6 * (ensemble.outputs(x)[0].abs().max() + 1e-30))
+
+
+def test_ensemble_export_round_trip(tmp_path):
+    """An ensemble package: onnxruntime gives the torch outputs; test vectors embedded; 3 outputs."""
+    import json
+
+    import onnx
+    import torch
+
+    from dodo.training.ensemble_train import ENSEMBLE_OUTPUTS, EnsembleConfig, export_ensemble, save_checkpoint
+
+    ensemble, X = _tiny_ensemble()
+    table = {"box3d": {"scheme": "pairwise", "form": "delta", "lebedev_order": 17, "z_method": "exact",
+                       "max_flux_factor": 0.98}, "sha256": "0" * 64, "kind": "qke"}
+    checkpoint = tmp_path / "ensemble.pt"
+    save_checkpoint(ensemble, EnsembleConfig(width=16), table, np.arange(10), {}, str(checkpoint))
+    output = tmp_path / "ensemble.onnx"
+    result = export_ensemble(str(checkpoint), str(output), log=lambda *_: None)
+    assert result["roundtrip"]["max_test_vector_error_over_ntot"] < 1e-6
+    model = onnx.load(str(output))
+    assert [o.name for o in model.graph.output] == list(ENSEMBLE_OUTPUTS)
+    metadata = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(metadata["dodo.outputs"]) == list(ENSEMBLE_OUTPUTS)
+    assert metadata["dodo.features"] == "invariants27+box7-v1"
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"invariants": X.astype(np.float32)})
+    with torch.no_grad():
+        expected = [t.numpy() for t in ensemble.outputs(torch.as_tensor(X, dtype=torch.float32))]
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["emu", "three_flavour", "merger"])
+def test_state_families_cross_and_follow_their_recipe(family):
+    from dodo.qke.directions import uniform_sphere
+    from dodo.qke.linear import pair_lepton_numbers
+    from dodo.qke.states import FAMILY_MAX_FLUX_FACTOR, family_states
+
+    states = family_states(family, 12, np.random.default_rng(11))
+    n = states[..., 0]
+    ff = np.linalg.norm(states[..., 1:], axis=-1) / n
+    assert states.shape == (12, 6, 4)
+    np.testing.assert_allclose(n.sum(axis=1), 1e33, rtol=1e-12)
+    assert np.all(ff < FAMILY_MAX_FLUX_FACTOR[family])
+    for state in states:
+        lepton = pair_lepton_numbers(state, uniform_sphere(16))
+        assert np.any((lepton.max(axis=1) > 0) & (lepton.min(axis=1) < 0))
+    if family == "emu":
+        np.testing.assert_array_equal(states[:, 1], states[:, 2])
+    if family == "three_flavour":
+        assert np.all(states[:, 1, 0] != states[:, 2, 0])
+    if family == "merger":
+        assert np.all(n[:, 3] >= n[:, 0])  # nubar_e-rich
+        assert np.all(n[:, [1, 2, 4, 5]] <= 0.6 * n[:, [0]] + 1e-9 * n[:, [0]])
+        unit = states[..., 1:] / np.linalg.norm(states[..., 1:], axis=-1, keepdims=True)
+        assert np.all(np.sum(unit[:, 0] * unit[:, 3], axis=-1) > 0.0)  # roughly aligned fluxes

@@ -1,0 +1,106 @@
+"""Dataset card of the QKE-solver campaign: counts per family, sampling plots (docs/dataset.md).
+
+    python tools/dataset_card.py            # rewrites the generated part of docs/dataset.md and
+                                            # docs/figures/dataset_*.png from data/qke/*.h5
+Needs h5py and matplotlib (the training extra). Held-out files: campaign seeds 900-999.
+"""
+from __future__ import annotations
+
+import fnmatch
+import glob
+import json
+from pathlib import Path
+
+import h5py
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+import dodo  # noqa: E402
+from dodo.conventions import from_emu_layout  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+HOLDOUT = "*_seed9[0-9][0-9].h5"
+BEGIN, END = "<!-- dataset-card:begin -->", "<!-- dataset-card:end -->"
+
+
+def family_of(path: Path) -> str:
+    name = path.name
+    return "emu (first campaigns)" if name.startswith("random_crossing") else name.split("_seed")[0]
+
+
+def load() -> list[dict]:
+    rows = []
+    for path in sorted(Path(p) for p in glob.glob(str(ROOT / "data/qke/*.h5"))):
+        with h5py.File(path, "r") as f:
+            if "F4_initial(1|ccm)" not in f or len(f["F4_initial(1|ccm)"]) == 0:
+                continue
+            rows.append({"path": path, "family": family_of(path), "held_out": fnmatch.fnmatch(path.name, HOLDOUT),
+                         "F_init": from_emu_layout(f["F4_initial(1|ccm)"][()]),
+                         "F_final": from_emu_layout(f["F4_final(1|ccm)"][()]),
+                         "growth": f["growthRate(1|s)"][()], "complete": bool(f.attrs.get("complete", True)),
+                         "dropped": len(json.loads(f.attrs.get("dropped", "{}"))),
+                         "wall": float(f.attrs.get("wall_time_per_state_s", 0.0))})
+    return rows
+
+
+def main() -> int:
+    rows = load()
+    families = sorted({r["family"] for r in rows})
+    lines = [BEGIN, "", "| family | files | states (train) | states (held out) | dropped | mean wall s/state |",
+             "|---|---|---|---|---|---|"]
+    for family in families:
+        part = [r for r in rows if r["family"] == family]
+        train = sum(len(r["F_init"]) for r in part if not r["held_out"])
+        held = sum(len(r["F_init"]) for r in part if r["held_out"])
+        wall = np.mean([r["wall"] for r in part if r["wall"] > 0]) if any(r["wall"] > 0 for r in part) else 0.0
+        lines.append(f"| {family} | {len(part)} | {train} | {held} | {sum(r['dropped'] for r in part)} | {wall:.1f} |")
+    total_train = sum(len(r["F_init"]) for r in rows if not r["held_out"])
+    total_held = sum(len(r["F_init"]) for r in rows if r["held_out"])
+    lines.append(f"| **all** | {len(rows)} | **{total_train}** | **{total_held}** | | |")
+    lines += ["", "![sampling](figures/dataset_sampling.png)", "", END]
+
+    figures = ROOT / "docs/figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(2, 3, figsize=(14, 8))
+    for family in families:
+        F = np.concatenate([r["F_init"] for r in rows if r["family"] == family])
+        final = np.concatenate([r["F_final"] for r in rows if r["family"] == family])
+        growth = np.concatenate([r["growth"] for r in rows if r["family"] == family])
+        n = F[..., 0]
+        ntot = n.sum(axis=1)
+        ff = np.linalg.norm(F[..., 1:], axis=-1) / np.maximum(n, 1e-300)
+        box = dodo.box3d(F)
+        delta_box = (box.F_box[:, 0, 0] - n[:, 0]) / ntot
+        delta_true = (final[:, 0, 0] - n[:, 0]) / ntot
+        unit = F[..., 1:] / np.maximum(np.linalg.norm(F[..., 1:], axis=-1, keepdims=True), 1e-300)
+        alignment = np.sum(unit[:, 0] * unit[:, 3], axis=-1)
+        kw = dict(alpha=0.5, label=family)
+        axes[0, 0].hist(n[:, 3] / np.maximum(n[:, 0], 1e-300), bins=40, range=(0, 5), **kw)
+        axes[0, 1].hist(ff.ravel(), bins=40, range=(0, 1), **kw)
+        axes[0, 2].hist(alignment, bins=40, range=(-1, 1), **kw)
+        axes[1, 0].hist((n[:, 1] + n[:, 2] + n[:, 4] + n[:, 5]) / ntot, bins=40, range=(0, 1), **kw)
+        axes[1, 1].scatter(delta_box, delta_true, s=4, **kw)
+        axes[1, 2].hist(np.log10(growth / ntot), bins=40, **kw)
+    titles = ["n(nubar_e) / n(nu_e)", "flux factors (all species)", "cos angle(F_nu_e, F_nubar_e)",
+              "heavy-lepton fraction of N_tot", "nu_e change: Box3D (x) vs solver (y), N_tot",
+              "log10 growth rate / N_tot (s^-1 cm^3)"]
+    for ax, title in zip(axes.ravel(), titles):
+        ax.set_title(title, fontsize=10)
+    axes[1, 1].plot([-0.3, 0.3], [-0.3, 0.3], "k-", lw=0.5)
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(figures / "dataset_sampling.png", dpi=80)
+
+    card = ROOT / "docs/dataset.md"
+    text = card.read_text() if card.exists() else f"# Dataset\n\n{BEGIN}\n{END}\n"
+    start, stop = text.index(BEGIN), text.index(END) + len(END)
+    card.write_text(text[:start] + "\n".join(lines) + text[stop:])
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
