@@ -1,10 +1,12 @@
 """Issue 12: a model package loaded from memory (what an MPI code does after broadcasting the file)
-passes exactly the checks a file does (content digest, metadata, self-test) and gives the same
-closure; and device selection fails with a clear error where ONNX Runtime has no CUDA provider."""
+passes exactly the checks a file does (content digest, metadata digest, metadata, required test
+vectors, the size bound, self-test; issue 11) and gives the same closure; and device selection
+fails with a clear error where ONNX Runtime has no CUDA provider."""
 from __future__ import annotations
 
 import ctypes
 import json
+import mmap
 import re
 
 import numpy as np
@@ -13,6 +15,7 @@ import pytest
 from closure_helpers import onnx, write
 from libdodo_ctypes import Options, load_libdodo
 
+from dodo import _core
 from dodo._closure import Closure, runtime_available
 from dodo.models import default_model_path
 
@@ -44,14 +47,29 @@ def test_closure_from_memory_equals_closure_from_file_bit_for_bit(wrap):
     assert from_memory.model_path is None and "in memory" in repr(from_memory)
 
 
-def tampered_test_vectors(data: bytes) -> bytes:
+def edited_metadata(data: bytes, key: str, edit, resign: bool) -> bytes:
+    """`data` with metadata entry `key` replaced by edit(its value) (None: removed); resign: signed
+    again as a deliberate re-export would be, else as an edit after export."""
     model = onnx.load_from_string(data)
-    for entry in model.metadata_props:
-        if entry.key == "dodo.test_vectors":
-            vectors = json.loads(entry.value)
-            vectors["F_pred"][0][0][0] *= 1.01
-            entry.value = json.dumps(vectors)
-    return model.SerializeToString()  # metadata is outside the digest: only the self-test sees this
+    kept = [(entry.key, entry.value) for entry in model.metadata_props]
+    del model.metadata_props[:]
+    for name, value in kept:
+        value = edit(value) if name == key else value
+        if value is not None:
+            entry = model.metadata_props.add()
+            entry.key, entry.value = name, value
+    return _core.with_content_digest(model.SerializeToString()) if resign else model.SerializeToString()
+
+
+def wrong_expected_output(text: str) -> str:
+    vectors = json.loads(text)
+    vectors["F_pred"][0][0][0] *= 1.01
+    return json.dumps(vectors)
+
+
+def tampered_test_vectors(data: bytes) -> bytes:
+    # Re-signed: both digests hold, so only the self-test can see that the package is wrong.
+    return edited_metadata(data, "dodo.test_vectors", wrong_expected_output, resign=True)
 
 
 def flipped_weight_bit(data: bytes) -> bytes:
@@ -65,6 +83,9 @@ CASES = {
     "truncated": lambda data: data[: len(data) // 2],
     "bit flip": flipped_weight_bit,
     "self-test": tampered_test_vectors,
+    "metadata edited after export": lambda data: edited_metadata(data, "dodo.test_vectors", wrong_expected_output,
+                                                                 resign=False),
+    "no test vectors": lambda data: edited_metadata(data, "dodo.test_vectors", lambda value: None, resign=True),
     "not onnx": lambda data: b"\x00\x01 not a protobuf message at all",
 }
 
@@ -85,6 +106,25 @@ def test_damaged_package_is_refused_from_memory_as_from_a_file(tmp_path, case):
     # Same text, the source named differently.
     as_memory = str(from_file.value).replace(f'model file "{path}"', f"model in memory ({len(data)} bytes)")
     assert str(from_memory.value) == as_memory
+
+
+@pytest.mark.parametrize("case, words", [("self-test", "DODO_ERROR_SELF_TEST"),
+                                         ("metadata edited after export", '"dodo.metadata_sha256" says'),
+                                         ("no test vectors", "DODO_ALLOW_UNTESTED_MODEL=1")])
+def test_each_check_is_the_one_that_refuses_from_memory(tmp_path, case, words):
+    good = tmp_path / "good.onnx"
+    write(good, "equivariant", n_test_vectors=4)
+    with pytest.raises(RuntimeError, match=re.escape(words)):
+        Closure(CASES[case](good.read_bytes()))
+
+
+def test_untested_package_from_memory_loads_only_with_the_development_opt_out(tmp_path, monkeypatch):
+    path = tmp_path / "untested.onnx"
+    write(path, "equivariant", n_test_vectors=0)
+    with pytest.raises(RuntimeError, match="carries no test vectors"):
+        Closure(path.read_bytes())
+    monkeypatch.setenv("DODO_ALLOW_UNTESTED_MODEL", "1")
+    assert Closure(path.read_bytes()).has_model
 
 
 def test_box3d_settings_conflict_is_refused_from_memory_naming_the_key():
@@ -128,6 +168,24 @@ def test_c_api_creates_from_memory_and_refuses_null_and_empty_buffers(libdodo):
     assert (status, made) == ("DODO_ERROR_MODEL_FORMAT", False) and "empty" in message
     status, message, _ = create_from_memory(libdodo, data, size=len(data) - 7)
     assert status == "DODO_ERROR_MODEL_FORMAT" and f"model in memory ({len(data) - 7} bytes)" in message
+
+
+def test_c_api_refuses_a_buffer_above_the_model_size_limit(libdodo, tmp_path):
+    # A sparse file mapped into memory: a buffer of DODO_MAX_MODEL_FILE_BYTES + 1 bytes that uses
+    # neither RAM nor disk, and reads as zeros should the bound ever be skipped.
+    limit = 256 * 2**20
+    sparse = tmp_path / "sparse.bin"
+    with open(sparse, "wb") as handle:
+        handle.truncate(limit + 1)
+    with open(sparse, "r+b") as handle, mmap.mmap(handle.fileno(), limit + 1, access=mmap.ACCESS_COPY) as mapped:
+        anchor = ctypes.c_char.from_buffer(mapped)
+        closure, message = ctypes.c_void_p(), ctypes.create_string_buffer(1024)
+        status = libdodo.dodo_closure_create_from_memory(ctypes.addressof(anchor), limit + 1, None,
+                                                         ctypes.byref(closure), message, len(message))
+        del anchor  # the mapping can close only without exported pointers
+    assert libdodo.dodo_status_name(status) == b"DODO_ERROR_MODEL_FORMAT" and not closure
+    assert message.value.decode() == (f"model in memory ({limit + 1} bytes) is larger than a model package may be: "
+                                      f"at most {limit} bytes (DODO_MAX_MODEL_FILE_BYTES)")
 
 
 def options(library, **fields):
