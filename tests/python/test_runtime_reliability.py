@@ -228,9 +228,9 @@ def test_thread_creation_failure_degrades_instead_of_aborting_or_hanging():
 
 
 def test_thread_counts_above_the_documented_bound_are_refused():
-    with pytest.raises(ValueError, match=r"threads must lie in \[0, 1024\]"):
+    with pytest.raises(ValueError, match=r"threads must be an integer in \[0, 1024\]"):
         dodo.box3d(stable_cell(), threads=10**9)
-    with pytest.raises(ValueError, match=r"threads must lie in \[0, 1024\]"):
+    with pytest.raises(ValueError, match=r"threads must be an integer in \[0, 1024\]"):
         Closure("box3d", threads=2**31)
 
 
