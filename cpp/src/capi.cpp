@@ -300,24 +300,8 @@ void dodo_closure_destroy(dodo_closure* closure) {
 dodo_status dodo_apply(dodo_closure* closure, size_t n_cells, const double* F_init, const ptrdiff_t* F_init_strides,
                        const double* u, const ptrdiff_t* u_strides, double* F_pred, const ptrdiff_t* F_pred_strides,
                        uint32_t* cell_status) {
-  dodo_closure* handle = is_live(closure) ? closure : nullptr;
-  return guarded(handle, [&] {
-    checked_handle(closure);
-    if (n_cells == 0) return;
-    if (!F_init) throw Error(DODO_ERROR_INVALID_ARGUMENT, "F_init is NULL");
-    if (!F_pred) throw Error(DODO_ERROR_INVALID_ARGUMENT, "F_pred is NULL");
-    dodo::ConstCellArray input = cell_view(F_init, F_init_strides);
-    dodo::ConstCellArray output_view = cell_view(F_pred, F_pred_strides);
-    dodo::CellArray output{F_pred, output_view.cell_stride, output_view.species_stride, output_view.component_stride};
-    dodo::ConstVelocityArray velocity;
-    velocity.data = u;
-    if (u && u_strides) {
-      velocity.cell_stride = u_strides[0];
-      velocity.component_stride = u_strides[1];
-    }
-    dodo::runtime::check_apply_layout(n_cells, input, velocity, output, cell_status);
-    closure->closure->apply(n_cells, input, velocity, output, cell_status);
-  });
+  return dodo_apply_diagnostics(closure, n_cells, F_init, F_init_strides, u, u_strides, F_pred, F_pred_strides,
+                                cell_status, nullptr, nullptr);
 }
 
 dodo_status dodo_self_test(dodo_closure* closure, double* max_error_over_ntot) {
@@ -382,6 +366,35 @@ dodo_status dodo_closure_create_from_memory(const void* bytes, size_t size, cons
     if (size == 0) throw Error(DODO_ERROR_MODEL_FORMAT, "model in memory is empty (size 0)");
     const std::string_view view(static_cast<const char*>(bytes), size);
     return std::make_unique<dodo::runtime::Closure>(dodo::runtime::ModelInMemory{view}, settings);
+  });
+}
+
+// dodo_apply is this with no diagnostics.
+dodo_status dodo_apply_diagnostics(dodo_closure* closure, size_t n_cells, const double* F_init,
+                                   const ptrdiff_t* F_init_strides, const double* u, const ptrdiff_t* u_strides,
+                                   double* F_pred, const ptrdiff_t* F_pred_strides, uint32_t* cell_status,
+                                   double* growth_rate, double* uncertainty) {
+  dodo_closure* handle = is_live(closure) ? closure : nullptr;
+  return guarded(handle, [&] {
+    checked_handle(closure);
+    if (n_cells == 0) return;
+    if (!F_init) throw Error(DODO_ERROR_INVALID_ARGUMENT, "F_init is NULL");
+    if (!F_pred) throw Error(DODO_ERROR_INVALID_ARGUMENT, "F_pred is NULL");
+    dodo::ConstCellArray input = cell_view(F_init, F_init_strides);
+    dodo::ConstCellArray output_view = cell_view(F_pred, F_pred_strides);
+    dodo::CellArray output{F_pred, output_view.cell_stride, output_view.species_stride, output_view.component_stride};
+    dodo::ConstVelocityArray velocity;
+    velocity.data = u;
+    if (u && u_strides) {
+      velocity.cell_stride = u_strides[0];
+      velocity.component_stride = u_strides[1];
+    }
+    dodo::runtime::check_apply_layout(n_cells, input, velocity, output, cell_status);
+    dodo::runtime::check_diagnostics_layout(n_cells, input, velocity, output, cell_status, growth_rate, uncertainty);
+    dodo::runtime::CellDiagnostics diagnostics;
+    diagnostics.growth_rate = growth_rate;
+    diagnostics.uncertainty = uncertainty;
+    closure->closure->apply(n_cells, input, velocity, output, cell_status, diagnostics);
   });
 }
 

@@ -7,6 +7,8 @@ The Dodo closure for the neutrino fast flavour instability, over its C API (libd
     closure = Dodo.Closure("model.onnx"; threads = 2)     # or Dodo.Closure("box3d") for Box3D only
     F = rand(4, 6, n)                                      # (t,x,y,z) x species x cell
     F_pred = Dodo.apply(closure, F, u)                     # u: (4, n) four-velocities
+    rate, spread = zeros(n), zeros(n)                      # growth rate (1/s), uncertainty (N_tot)
+    apply!(closure, similar(F), F, u; growth_rate = rate, uncertainty = spread)
 
 Arrays are column-major `(4, 6, ncell)`, which is exactly the C layout `double[ncell][6][4]`:
 nothing is copied. Errors raise `Dodo.DodoError` with the status name and message.
@@ -76,21 +78,30 @@ function check(closure::Closure, status)
 end
 
 """
-    apply!(closure, F_pred, F_init, u = nothing; cell_status = nothing)
+    apply!(closure, F_pred, F_init, u = nothing; cell_status = nothing, growth_rate = nothing,
+           uncertainty = nothing)
 
 Writes the closure of `F_init` (4, 6, n) into `F_pred` (same shape; may be `F_init` itself).
 `u` (4, n) or `nothing` (cells in the fluid rest frame); `cell_status` a `Vector{UInt32}` of
-length n for the per-cell flags.
+length n for the per-cell flags; `growth_rate` a `Vector{Float64}` of length n for the growth
+rate of the instability in 1/s (densities in cm^-3; the model's where it has one, else Box3D's
+proxy; 0 for stable and rejected cells); `uncertainty` one for the model's spread of its
+correction in units of N_tot (0 where no correction is applied). See docs/runtime.md.
 """
 function apply!(closure::Closure, F_pred::Array{Float64,3}, F_init::Array{Float64,3},
-                u::Union{Nothing,Matrix{Float64}} = nothing; cell_status::Union{Nothing,Vector{UInt32}} = nothing)
+                u::Union{Nothing,Matrix{Float64}} = nothing; cell_status::Union{Nothing,Vector{UInt32}} = nothing,
+                growth_rate::Union{Nothing,Vector{Float64}} = nothing,
+                uncertainty::Union{Nothing,Vector{Float64}} = nothing)
     size(F_init, 1) == 4 && size(F_init, 2) == 6 || throw(ArgumentError("F_init must be (4, 6, ncell)"))
     size(F_pred) == size(F_init) || throw(ArgumentError("F_pred must have the shape of F_init"))
     n = size(F_init, 3)
     u === nothing || size(u) == (4, n) || throw(ArgumentError("u must be (4, ncell)"))
     cell_status === nothing || length(cell_status) == n || throw(ArgumentError("cell_status must have ncell entries"))
-    GC.@preserve F_pred F_init u cell_status begin
-        check(closure, LibDodo.apply(closure.handle, n, F_init, u, F_pred, cell_status))
+    growth_rate === nothing || length(growth_rate) == n || throw(ArgumentError("growth_rate must have ncell entries"))
+    uncertainty === nothing || length(uncertainty) == n || throw(ArgumentError("uncertainty must have ncell entries"))
+    GC.@preserve F_pred F_init u cell_status growth_rate uncertainty begin
+        check(closure, LibDodo.apply_diagnostics(closure.handle, n, F_init, u, F_pred, cell_status, growth_rate,
+                                                 uncertainty))
     end
     return F_pred
 end

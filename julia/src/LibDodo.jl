@@ -71,6 +71,15 @@ function apply(handle, n, F_init, u, F_pred, cell_status)
           cell_status === nothing ? C_NULL : cell_status)
 end
 
+function apply_diagnostics(handle, n, F_init, u, F_pred, cell_status, growth_rate, uncertainty)
+    ccall((:dodo_apply_diagnostics, library()), Cint,
+          (Ptr{Cvoid}, Csize_t, Ptr{Cdouble}, Ptr{Cptrdiff_t}, Ptr{Cdouble}, Ptr{Cptrdiff_t}, Ptr{Cdouble},
+           Ptr{Cptrdiff_t}, Ptr{UInt32}, Ptr{Cdouble}, Ptr{Cdouble}),
+          handle, n, F_init, C_NULL, u === nothing ? C_NULL : u, C_NULL, F_pred, C_NULL,
+          cell_status === nothing ? C_NULL : cell_status, growth_rate === nothing ? C_NULL : growth_rate,
+          uncertainty === nothing ? C_NULL : uncertainty)
+end
+
 self_test(handle, worst::Ref{Cdouble}) =
     ccall((:dodo_self_test, library()), Cint, (Ptr{Cvoid}, Ref{Cdouble}), handle, worst)
 get_counters(handle, counters::Ref{Counters}) =

@@ -27,11 +27,18 @@ using Dodo
         @test maximum(abs.(sum(F_box[:, 3s+1:3s+3, c] .- F[:, 3s+1:3s+3, c], dims = 2))) < 1e-12
     end
 
+    # Box3D alone: the growth-rate proxy, and no uncertainty.
+    rate, spread = fill(-1.0, n), fill(-1.0, n)
+    apply!(box, similar(F), F; growth_rate = rate, uncertainty = spread)
+    @test all(rate .>= 0) && any(rate .> 0) && all(spread .== 0)
+    @test_throws ArgumentError apply!(box, similar(F), F; growth_rate = zeros(n - 1))
+
     if !isempty(model)
         closure = Dodo.Closure(model; threads = 2)
         status = zeros(UInt32, n)
-        F_pred = apply!(closure, similar(F), F; cell_status = status)
+        F_pred = apply!(closure, similar(F), F; cell_status = status, growth_rate = rate, uncertainty = spread)
         @test all(s -> s & Dodo.CELL_REJECTED_MASK == 0, status)
+        @test all(rate .>= 0) && all(spread .>= 0)
         @test self_test(closure) < 1e-5
         @test counters(closure).cells >= n
         close(closure)

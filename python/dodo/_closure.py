@@ -18,7 +18,7 @@ import numpy as np
 
 from . import _core
 from ._box3d import _integral, _prepare, _threads
-from .conventions import GROWTH_RATE_PER_NTOT, N_COMPONENTS, N_SPECIES, minkowski_dot
+from .conventions import N_COMPONENTS, N_SPECIES
 from .models import default_model_path
 
 PathLike = Union[str, os.PathLike]
@@ -28,12 +28,19 @@ BOX3D_ONLY = "box3d"
 
 
 class ClosureResult(NamedTuple):
-    """One closure evaluation; every array has the batch shape of the input."""
+    """One closure evaluation; every array has the batch shape of the input.
+
+    The growth rate is the model's (Box3D's proxy times exp(log_growth_ratio)) where the model
+    has a ``log_growth_ratio`` output and corrected the cell, else the proxy; 0 for stable and
+    rejected cells. ``uncertainty`` is 0 where no correction is applied (docs/runtime.md).
+    """
 
     F_pred: np.ndarray  #: (..., 6, 4) float64 predicted asymptotic four-fluxes, lab frame
     status: np.ndarray  #: (...) uint32 bits of dodo.CellStatus
-    growth_over_ntot: np.ndarray  #: (...) Box3D growth proxy in units of N_tot
-    growth_rate: np.ndarray  #: (...) the proxy in s^-1 for densities in cm^-3
+    growth_over_ntot: np.ndarray  #: (...) growth rate in units of N_tot
+    growth_rate: np.ndarray  #: (...) growth rate in s^-1 for densities in cm^-3 (comoving frame)
+    growth_rate_proxy: np.ndarray  #: (...) Box3D's proxy alone, s^-1
+    uncertainty: np.ndarray  #: (...) the model's spread of its correction, units of N_tot
 
 
 def runtime_available() -> bool:
@@ -142,17 +149,14 @@ class Closure:
         their input, never NaN.
         """
         flat_F, flat_u, batch = _prepare(F_init, u)
-        F_pred, status, growth = self._runtime.apply(flat_F, flat_u)
-        with np.errstate(over="ignore", invalid="ignore"):  # densities near DBL_MAX: N_tot overflows (rate 0)
-            if flat_u is None:
-                ntot = flat_F[:, :, 0].sum(axis=-1)
-            else:
-                ntot = -minkowski_dot(flat_F, flat_u[:, None, :]).sum(axis=-1)
+        out = self._runtime.apply_diagnostics(flat_F, flat_u)
         return ClosureResult(
-            F_pred=F_pred.reshape(batch + (N_SPECIES, N_COMPONENTS)),
-            status=status.reshape(batch),
-            growth_over_ntot=growth.reshape(batch),
-            growth_rate=(growth * np.where(np.isfinite(ntot), ntot, 0.0) * GROWTH_RATE_PER_NTOT).reshape(batch),
+            F_pred=out["F_pred"].reshape(batch + (N_SPECIES, N_COMPONENTS)),
+            status=out["status"].reshape(batch),
+            growth_over_ntot=out["growth_over_ntot"].reshape(batch),
+            growth_rate=out["growth_rate"].reshape(batch),
+            growth_rate_proxy=out["growth_rate_proxy"].reshape(batch),
+            uncertainty=out["uncertainty"].reshape(batch),
         )
 
     def __call__(self, F_init, u=None) -> np.ndarray:
@@ -184,6 +188,12 @@ class Closure:
     @property
     def head(self) -> Optional[str]:
         return self._runtime.head
+
+    @property
+    def optional_outputs(self) -> list[str]:
+        """The model's optional per-cell outputs in use: "uncertainty", "log_growth_ratio" (its
+        "dodo.outputs" metadata; docs/model_package.md). Empty for Box3D alone."""
+        return list(self._runtime.optional_outputs)
 
     @property
     def metadata(self) -> dict:

@@ -2,7 +2,13 @@
  * (bad path, bad options, NULL arguments, use after destroy), conservation and realizability of
  * the output, strided layouts and thread-count independence.
  *
- * Usage: test_c_api MODEL.onnx     (prints "N passed, N failed"; exit status 0 when all pass) */
+ * With three more arguments, also the per-cell growth rate and uncertainty (dodo_apply_diagnostics):
+ * DIAGNOSTICS_MODEL.onnx has the optional outputs "uncertainty" and "log_growth_ratio",
+ * MISDECLARED.onnx declares an output its graph lacks, and DUMP receives the cells and results
+ * (raw doubles) for the Python parity test (tests/python/test_native_programs.py).
+ *
+ * Usage: test_c_api MODEL.onnx [DIAGNOSTICS_MODEL.onnx MISDECLARED.onnx DUMP]
+ *        (prints "N passed, N failed"; exit status 0 when all pass) */
 #include <dodo/dodo.h>
 
 #include <math.h>
@@ -194,6 +200,97 @@ static void test_closure(const char* model_path) {
   dodo_closure_destroy(closure);
 }
 
+/* Growth rate and uncertainty: zeros on stable and rejected cells, the proxy and zero uncertainty
+ * without the model outputs, the same F_pred as dodo_apply, and a file with the numbers for the
+ * Python side to compare. */
+static void test_diagnostics(const char* plain_model, const char* model, const char* misdeclared, const char* dump) {
+  static double F[NCELL][6][4], u[NCELL][4], F_pred[NCELL][6][4], F_plain[NCELL][6][4];
+  static double growth[NCELL], uncertainty[NCELL], proxy[NCELL], box_uncertainty[NCELL], plain_growth[NCELL],
+      plain_uncertainty[NCELL];
+  static uint32_t status[NCELL], plain_status[NCELL];
+  make_cells(F, u, NCELL);
+  for (int a = 0; a < 6; ++a) F[0][a][1] = F[0][a][2] = F[0][a][3] = 0.0; /* isotropic: stable */
+  F[1][2][0] = NAN;                                                      /* rejected */
+  F[2][4][0] = -F[2][4][0];                                              /* rejected */
+
+  char message[512];
+  dodo_closure *closure = NULL, *box = NULL, *plain = NULL;
+  CHECK(dodo_closure_create(model, NULL, &closure, message, sizeof message) == DODO_OK);
+  CHECK(dodo_closure_create(NULL, NULL, &box, NULL, 0) == DODO_OK);
+  CHECK(dodo_closure_create(plain_model, NULL, &plain, NULL, 0) == DODO_OK);
+  if (!closure || !box || !plain) {
+    fprintf(stderr, "cannot create closures: %s\n", message);
+    return;
+  }
+  CHECK(dodo_apply_diagnostics(closure, NCELL, &F[0][0][0], NULL, &u[0][0], NULL, &F_pred[0][0][0], NULL, status,
+                               growth, uncertainty) == DODO_OK);
+  CHECK(dodo_apply(closure, NCELL, &F[0][0][0], NULL, &u[0][0], NULL, &F_plain[0][0][0], NULL, plain_status) ==
+        DODO_OK);
+  CHECK(memcmp(F_pred, F_plain, sizeof F_pred) == 0 && memcmp(status, plain_status, sizeof status) == 0);
+  CHECK(status[0] == DODO_CELL_NO_CROSSING && growth[0] == 0.0 && uncertainty[0] == 0.0);
+  CHECK((status[1] & DODO_CELL_NONFINITE) && growth[1] == 0.0 && uncertainty[1] == 0.0);
+  CHECK((status[2] & DODO_CELL_NEGATIVE_DENSITY) && growth[2] == 0.0 && uncertainty[2] == 0.0);
+
+  /* Box3D alone: its proxy, no uncertainty. The learned rate differs from it, by a positive factor. */
+  CHECK(dodo_apply_diagnostics(box, NCELL, &F[0][0][0], NULL, &u[0][0], NULL, &F_plain[0][0][0], NULL, NULL, proxy,
+                               box_uncertainty) == DODO_OK);
+  int box_zero = 1, positive_ratio = 1, differs = 0, spread = 0;
+  for (int c = 3; c < NCELL; ++c) {
+    box_zero = box_zero && box_uncertainty[c] == 0.0;
+    if (status[c] & DODO_CELL_NO_CROSSING) {
+      positive_ratio = positive_ratio && growth[c] == 0.0 && uncertainty[c] == 0.0;
+      continue;
+    }
+    positive_ratio = positive_ratio && proxy[c] > 0.0 && growth[c] > 0.0;
+    differs = differs || fabs(growth[c] / proxy[c] - 1.0) > 1e-3;
+    spread = spread || uncertainty[c] > 0.0;
+  }
+  CHECK(box_zero && positive_ratio && differs && spread);
+
+  /* A model without the optional outputs: the proxy, to rounding, and no uncertainty. */
+  CHECK(dodo_apply_diagnostics(plain, NCELL, &F[0][0][0], NULL, &u[0][0], NULL, &F_plain[0][0][0], NULL, NULL,
+                               plain_growth, plain_uncertainty) == DODO_OK);
+  int proxy_kept = 1;
+  for (int c = 0; c < NCELL; ++c)
+    proxy_kept = proxy_kept && fabs(plain_growth[c] - proxy[c]) <= 1e-12 * proxy[c] && plain_uncertainty[c] == 0.0;
+  CHECK(proxy_kept);
+
+  /* Either output may be NULL; the other is unchanged. */
+  static double growth_only[NCELL], uncertainty_only[NCELL];
+  CHECK(dodo_apply_diagnostics(closure, NCELL, &F[0][0][0], NULL, &u[0][0], NULL, &F_plain[0][0][0], NULL, NULL,
+                               growth_only, NULL) == DODO_OK);
+  CHECK(dodo_apply_diagnostics(closure, NCELL, &F[0][0][0], NULL, &u[0][0], NULL, &F_plain[0][0][0], NULL, NULL, NULL,
+                               uncertainty_only) == DODO_OK);
+  CHECK(memcmp(growth_only, growth, sizeof growth) == 0 && memcmp(uncertainty_only, uncertainty, sizeof growth) == 0);
+  CHECK(dodo_apply_diagnostics(closure, 3, NULL, NULL, NULL, NULL, &F_pred[0][0][0], NULL, NULL, growth, NULL) ==
+        DODO_ERROR_INVALID_ARGUMENT);
+
+  /* An output array overlapping another array is refused before anything is written. */
+  CHECK(dodo_apply_diagnostics(closure, NCELL, &F[0][0][0], NULL, &u[0][0], NULL, &F_plain[0][0][0], NULL, NULL,
+                               &F_plain[0][0][0], NULL) == DODO_ERROR_INVALID_ARGUMENT);
+  CHECK(dodo_apply_diagnostics(closure, NCELL, &F[0][0][0], NULL, &u[0][0], NULL, &F_plain[0][0][0], NULL, NULL,
+                               growth_only, growth_only + 1) == DODO_ERROR_INVALID_ARGUMENT);
+  CHECK(dodo_last_error(closure, message, sizeof message) > 0 && strstr(message, "uncertainty overlaps") != NULL);
+  CHECK(memcmp(growth_only, growth, sizeof growth) == 0);
+
+  /* A package that declares an output its graph lacks is refused, naming the file. */
+  dodo_closure* refused = (dodo_closure*)1;
+  CHECK(dodo_closure_create(misdeclared, NULL, &refused, message, sizeof message) == DODO_ERROR_MODEL_FORMAT);
+  CHECK(refused == NULL && strstr(message, misdeclared) != NULL && strstr(message, "dodo.outputs") != NULL);
+
+  FILE* out = fopen(dump, "wb");
+  CHECK(out != NULL);
+  if (out) {
+    size_t written = fwrite(F, sizeof F, 1, out) + fwrite(u, sizeof u, 1, out) + fwrite(growth, sizeof growth, 1, out) +
+                     fwrite(uncertainty, sizeof uncertainty, 1, out) + fwrite(proxy, sizeof proxy, 1, out);
+    CHECK(written == 5);
+    CHECK(fclose(out) == 0);
+  }
+  dodo_closure_destroy(plain);
+  dodo_closure_destroy(box);
+  dodo_closure_destroy(closure);
+}
+
 /* Issue 11: the model argument (items 15, 21) and dodo_apply's array checks (item 10). */
 static void test_round_two(void) {
   char message[512];
@@ -235,13 +332,14 @@ static void test_round_two(void) {
 }
 
 int main(int argc, char** argv) {
-  if (argc < 2) {
-    fprintf(stderr, "usage: %s MODEL.onnx\n", argv[0]);
+  if (argc != 2 && argc != 5) {
+    fprintf(stderr, "usage: %s MODEL.onnx [DIAGNOSTICS_MODEL.onnx MISDECLARED.onnx DUMP]\n", argv[0]);
     return 2;
   }
   test_tables();
   test_create_errors();
   test_closure(argv[1]);
+  if (argc == 5) test_diagnostics(argv[1], argv[2], argv[3], argv[4]);
   test_round_two();
   printf("%d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;

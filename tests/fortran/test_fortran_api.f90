@@ -1,5 +1,9 @@
 ! gfortran test of the Fortran module: no-copy (4, 6, ncell) arrays, stat/errmsg error paths,
-! self-test, counters. Usage: test_fortran_api MODEL.onnx   (prints "N passed, N failed").
+! self-test, counters; with three more arguments the growth rate and uncertainty (a model with
+! the optional outputs, one that declares an output it lacks, and a file that receives the cells
+! and results for the Python parity test).
+! Usage: test_fortran_api MODEL.onnx [DIAGNOSTICS_MODEL.onnx MISDECLARED.onnx DUMP]
+!        (prints "N passed, N failed").
 program test_fortran_api
   use dodo
   implicit none
@@ -13,6 +17,7 @@ program test_fortran_api
   integer :: stat, c, a
 
   call get_command_argument(1, model)
+  if (command_argument_count() == 4) call test_diagnostics()
 
   ! Errors come back through stat and errmsg.
   call dodo_create(missing, "/no/such/model.onnx", stat=stat, errmsg=message)
@@ -82,6 +87,58 @@ program test_fortran_api
   if (failed > 0) error stop 1
 
 contains
+
+  ! Growth rate and uncertainty through dodo_apply's optional arguments.
+  subroutine test_diagnostics()
+    character(len=512) :: diagnostics_model, misdeclared, dump
+    type(dodo_closure) :: learned, plain, box
+    real(c_double) :: G(4, 6, 50), G_pred(4, 6, 50), G_plain(4, 6, 50), rate(50), spread(50), proxy(50), &
+                      box_spread(50), plain_rate(50), short(49)
+    integer(c_int32_t) :: flags(50)
+    integer :: unit
+    call get_command_argument(2, diagnostics_model)
+    call get_command_argument(3, misdeclared)
+    call get_command_argument(4, dump)
+    do c = 1, 50
+      do a = 1, 6
+        G(:, a, c) = [1d0 + 0.1d0 * a, 0.3d0 * cos(0.2d0 * c + a), 0.3d0 * sin(0.2d0 * c + a), 0.1d0]
+      end do
+      G(2:4, 4, c) = -G(2:4, 1, c)
+    end do
+    G(2:4, :, 1) = 0  ! isotropic: stable
+    G(1, 5, 2) = -1   ! negative density: rejected
+
+    call dodo_create(learned, trim(diagnostics_model), stat=stat, errmsg=message)
+    call check(stat == DODO_OK, "model with optional outputs loads")
+    call dodo_create(plain, trim(model), stat=stat)
+    call dodo_create(box, stat=stat)
+    call dodo_apply(learned, G, G_pred, cell_status=flags, growth_rate=rate, uncertainty=spread, stat=stat)
+    call check(stat == DODO_OK, "apply with growth_rate and uncertainty")
+    call dodo_apply(learned, G, G_plain, stat=stat)
+    call check(all(G_plain == G_pred), "the optional arguments leave F_pred unchanged")
+    call check(flags(1) == DODO_CELL_NO_CROSSING .and. rate(1) == 0 .and. spread(1) == 0, "stable cell: zeros")
+    call check(iand(flags(2), DODO_CELL_NEGATIVE_DENSITY) /= 0 .and. rate(2) == 0 .and. spread(2) == 0, &
+               "rejected cell: zeros")
+    call dodo_apply(box, G, G_plain, growth_rate=proxy, uncertainty=box_spread, stat=stat)
+    call check(stat == DODO_OK .and. all(box_spread == 0) .and. all(proxy(3:) > 0), "Box3D only: proxy, no spread")
+    call check(all(rate(3:) > 0) .and. any(abs(rate(3:) / proxy(3:) - 1) > 1d-3) .and. any(spread(3:) > 0), &
+               "the model's growth rate and spread")
+    call dodo_apply(plain, G, G_plain, growth_rate=plain_rate, uncertainty=box_spread, stat=stat)
+    call check(stat == DODO_OK .and. all(abs(plain_rate - proxy) <= 1d-12 * proxy) .and. all(box_spread == 0), &
+               "model without the outputs: the proxy, no spread")
+    call dodo_apply(learned, G, G_pred, growth_rate=short, stat=stat, errmsg=message)
+    call check(stat == DODO_ERROR_INVALID_ARGUMENT .and. index(message, "growth_rate") > 0, &
+               "a growth_rate of the wrong size is refused")
+    call dodo_create(missing, trim(misdeclared), stat=stat, errmsg=message)
+    call check(stat == DODO_ERROR_MODEL_FORMAT .and. index(message, trim(misdeclared)) > 0, &
+               "a package declaring an output it lacks is refused, naming the file")
+    open(newunit=unit, file=trim(dump), access="stream", form="unformatted", status="replace", action="write")
+    write(unit) G, rate, spread, proxy
+    close(unit)
+    call dodo_destroy(learned)
+    call dodo_destroy(plain)
+    call dodo_destroy(box)
+  end subroutine test_diagnostics
 
   subroutine check(condition, what)
     logical, intent(in) :: condition

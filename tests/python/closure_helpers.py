@@ -53,3 +53,24 @@ def save_resigned(model, path) -> None:
     """Saves an edited ONNX model with a fresh "dodo.content_sha256", as an exporter would: for
     tests of the checks behind the digest (opsets, shapes, self-test)."""
     path.write_bytes(dodo._core.with_content_digest(model.SerializeToString()))
+
+
+def write_diagnostics_model(path, *, names=synthetic.DIAGNOSTIC_OUTPUTS, scale=0.3, bias=0.1, seed=1, **kwargs):
+    """A package with the optional outputs `names` (scale 0: each the constant `bias`); its head
+    equals that of write(path, seed=seed)."""
+    mlp = synthetic.SyntheticMLP.random("equivariant", hidden=(32, 32), output_scale=0.02, seed=seed)
+    mlp.with_diagnostics(names, scale=scale, bias=bias)
+    synthetic.write_model(path, mlp, **kwargs)
+    return mlp
+
+
+def diagnostic_cells():
+    """Moving cells with crossings, then one stable (isotropic) cell and three rejected ones."""
+    F, u = synthetic.test_cells(96, seed=21)
+    F[91, 2, 0] = np.nan                 # NONFINITE
+    F[92, 4, 0] = -F[92, 4, 0]           # NEGATIVE_DENSITY
+    F[93, 0, 1:] = 2.0 * F[93, 0, 0]     # FLUX_FACTOR
+    rest_stable = np.zeros((6, 4))
+    rest_stable[:, 0] = np.linspace(1.0, 2.0, 6) * 1e32
+    F[90] = synthetic.boost_to_rest(u[90:91], rest_stable[None], sign=-1.0)[0]  # isotropic in the rest frame
+    return F, u

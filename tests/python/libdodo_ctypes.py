@@ -45,6 +45,7 @@ def load_libdodo():
     library.dodo_closure_destroy.argtypes = [ctypes.c_void_p]
     library.dodo_apply.argtypes = [ctypes.c_void_p, ctypes.c_size_t, double_p, size_p, double_p, size_p, double_p,
                                    size_p, p(ctypes.c_uint32)]
+    library.dodo_apply_diagnostics.argtypes = library.dodo_apply.argtypes + [double_p, double_p]
     library.dodo_self_test.argtypes = [ctypes.c_void_p, double_p]
     library.dodo_get_counters.argtypes = [ctypes.c_void_p, p(Counters)]
     library.dodo_get_metadata.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t]

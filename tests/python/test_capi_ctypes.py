@@ -6,7 +6,8 @@ import ctypes
 import numpy as np
 import pytest
 
-from closure_helpers import CONSERVED_TOLERANCE, FP32_TOLERANCE, conservation_residual, ntot, synthetic, write
+from closure_helpers import (CONSERVED_TOLERANCE, FP32_TOLERANCE, conservation_residual, diagnostic_cells, ntot, synthetic,
+                             write, write_diagnostics_model)
 from libdodo_ctypes import Counters, Options, load_libdodo
 
 from dodo._closure import Closure
@@ -142,3 +143,45 @@ def test_box3d_only_handle_has_no_model_and_no_self_test(lib):
         assert "Box3D-only" in last_error(lib, handle)
     finally:
         lib.dodo_closure_destroy(handle)
+
+
+def test_apply_diagnostics_matches_python_and_accepts_null_outputs(lib, tmp_path):
+    """dodo_apply_diagnostics: the growth rate and uncertainty of dodo.Closure.apply, bit for bit;
+    NULL outputs are skipped; a Box3D-only handle gives the proxy and zero uncertainty."""
+    path = tmp_path / "learned.onnx"
+    write_diagnostics_model(path, n_test_vectors=4)
+    F, u = diagnostic_cells()
+    expected = Closure(path).apply(F, u)
+    for model in (path, None):
+        status, handle, message = create(lib, model, threads=2)
+        assert status == DODO_OK, message
+        try:
+            F_pred, growth, uncertainty = np.empty_like(F), np.full(len(F), -1.0), np.full(len(F), -1.0)
+            cell_status = np.zeros(len(F), dtype=np.uint32)
+            assert lib.dodo_apply_diagnostics(handle, len(F), as_double(F), None, as_double(u), None,
+                                              as_double(F_pred), None,
+                                              cell_status.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32)),
+                                              as_double(growth), as_double(uncertainty)) == DODO_OK
+            if model is None:  # Box3D alone
+                np.testing.assert_array_equal(growth, expected.growth_rate_proxy)
+                assert np.all(uncertainty == 0.0)
+                continue
+            np.testing.assert_array_equal(F_pred, expected.F_pred)
+            np.testing.assert_array_equal(cell_status, expected.status)
+            np.testing.assert_array_equal(growth, expected.growth_rate)
+            np.testing.assert_array_equal(uncertainty, expected.uncertainty)
+            assert np.any(growth != expected.growth_rate_proxy) and np.any(uncertainty > 0)
+            growth_only = np.full(len(F), -1.0)
+            assert lib.dodo_apply_diagnostics(handle, len(F), as_double(F), None, as_double(u), None,
+                                              as_double(F_pred), None, None, as_double(growth_only), None) == DODO_OK
+            np.testing.assert_array_equal(growth_only, growth)
+        finally:
+            lib.dodo_closure_destroy(handle)
+
+
+def test_a_misdeclared_package_is_refused_through_the_c_api(lib, tmp_path):
+    path = tmp_path / "misdeclared.onnx"
+    write(path, n_test_vectors=0, metadata_overrides={"dodo.outputs": '["head_output", "log_growth_ratio"]'})
+    status, handle, message = create(lib, path)
+    assert status == 3 and handle.value is None  # DODO_ERROR_MODEL_FORMAT
+    assert str(path) in message and '"log_growth_ratio", which the graph does not have' in message

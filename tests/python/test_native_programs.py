@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dodo._closure import runtime_available, runtime_paths
@@ -73,6 +74,92 @@ def test_fortran_module_and_program(tmp_path):
          str(ROOT / "tests/fortran/test_fortran_api.f90"), *pkg_config("--libs"), "-o", str(program)])
     output = run([str(program), str(default_model_path())])
     assert output.strip().endswith("passed, 0 failed")
+
+
+@pytest.fixture(scope="module")
+def diagnostics_models(tmp_path_factory):
+    """A model with the optional outputs, and one declaring an output its graph lacks (needs onnx)."""
+    pytest.importorskip("onnx", reason="writing test models needs the onnx package")
+    from closure_helpers import write, write_diagnostics_model
+
+    root = tmp_path_factory.mktemp("native_diagnostics")
+    write(root / "plain.onnx", n_test_vectors=4)
+    write_diagnostics_model(root / "learned.onnx", n_test_vectors=4)
+    write(root / "misdeclared.onnx", n_test_vectors=0,
+          metadata_overrides={"dodo.outputs": '["head_output", "uncertainty", "log_growth_ratio"]'})
+    return root
+
+
+def closure_results(model, F, u):
+    from dodo import BOX3D_ONLY, Closure
+
+    return Closure(model, threads=1).apply(F, u), Closure(BOX3D_ONLY).apply(F, u)
+
+
+def test_c_program_growth_rate_and_uncertainty_match_python(tmp_path, diagnostics_models):
+    """tests/c/test_c_api.c with the diagnostics arguments: its own checks pass, and the numbers it
+    wrote equal dodo.Closure.apply's bit for bit (one C++ implementation behind both)."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        pytest.skip("no C compiler")
+    program, dump = tmp_path / "test_c_api", tmp_path / "c.bin"
+    run([compiler, "-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror", str(ROOT / "tests/c/test_c_api.c"),
+         *pkg_config("--cflags", "--libs"), "-lm", "-o", str(program)])
+    root = diagnostics_models
+    output = run([str(program), str(root / "plain.onnx"), str(root / "learned.onnx"), str(root / "misdeclared.onnx"),
+                  str(dump)])
+    assert output.strip().endswith("passed, 0 failed")
+    n = 200
+    values = np.fromfile(dump, dtype=np.float64)
+    assert values.size == n * (24 + 4 + 3)
+    F, u = values[:n * 24].reshape(n, 6, 4), values[n * 24:n * 28].reshape(n, 4)
+    growth, uncertainty, proxy = values[n * 28:].reshape(3, n)
+    learned, box = closure_results(root / "learned.onnx", F, u)
+    np.testing.assert_array_equal(growth, learned.growth_rate)
+    np.testing.assert_array_equal(uncertainty, learned.uncertainty)
+    np.testing.assert_array_equal(proxy, box.growth_rate)
+
+
+def test_fortran_program_growth_rate_and_uncertainty_match_python(tmp_path, diagnostics_models):
+    compiler = shutil.which("gfortran")
+    if not compiler:
+        pytest.skip("gfortran is not installed (apt-get install gfortran)")
+    include_dir = pkg_config("--variable=includedir")[0]
+    program, dump = tmp_path / "test_fortran_api", tmp_path / "fortran.bin"
+    run([compiler, "-std=f2018", "-Wall", "-J", str(tmp_path), f"{include_dir}/dodo/dodo.f90",
+         str(ROOT / "tests/fortran/test_fortran_api.f90"), *pkg_config("--libs"), "-o", str(program)])
+    root = diagnostics_models
+    output = run([str(program), str(root / "plain.onnx"), str(root / "learned.onnx"), str(root / "misdeclared.onnx"),
+                  str(dump)])
+    assert output.strip().endswith("passed, 0 failed")
+    n = 50
+    values = np.fromfile(dump, dtype=np.float64)
+    assert values.size == n * (24 + 3)
+    F = values[:n * 24].reshape(n, 6, 4)  # Fortran (4, 6, n) is C's [n][6][4]
+    growth, uncertainty, proxy = values[n * 24:].reshape(3, n)
+    learned, box = closure_results(root / "learned.onnx", F, None)
+    np.testing.assert_array_equal(growth, learned.growth_rate)
+    np.testing.assert_array_equal(uncertainty, learned.uncertainty)
+    np.testing.assert_array_equal(proxy, box.growth_rate)
+
+
+def test_diagnostics_add_no_allocation_per_call(tmp_path, diagnostics_models):
+    """tests/c/count_allocations.c counts malloc calls per call after warm-up: none for Box3D alone,
+    and asking for the growth rate and uncertainty adds none to what ONNX Runtime's Run makes."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        pytest.skip("no C compiler")
+    program = tmp_path / "count_allocations"
+    run([compiler, "-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror", str(ROOT / "tests/c/count_allocations.c"),
+         *pkg_config("--cflags", "--libs"), "-lm", "-o", str(program)])
+
+    def counts(model, threads):
+        words = run([str(program), str(model), str(threads)]).split()
+        return float(words[1]), float(words[3])
+
+    assert counts("-", 2) == (0.0, 0.0)
+    plain, diagnostics = counts(diagnostics_models / "learned.onnx", 1)
+    assert abs(diagnostics - plain) < 0.5  # 4 chunks per call: one allocation each would add 4
 
 
 @pytest.fixture(scope="module")

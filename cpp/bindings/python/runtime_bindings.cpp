@@ -54,7 +54,8 @@ py::dict counters_dict(const Closure& closure) {
   return out;
 }
 
-py::tuple apply(const Closure& closure, const CellInput& F_init, const std::optional<CellInput>& u) {
+// The closure and every per-cell diagnostic (CellDiagnostics), as a dict of arrays.
+py::dict apply_diagnostics(const Closure& closure, const CellInput& F_init, const std::optional<CellInput>& u) {
   if (F_init.ndim() != 3 || F_init.shape(1) != dodo::kSpecies || F_init.shape(2) != dodo::kComponents)
     throw py::value_error("F_init must have shape (n, 6, 4)");
   const std::size_t n = static_cast<std::size_t>(F_init.shape(0));
@@ -64,15 +65,34 @@ py::tuple apply(const Closure& closure, const CellInput& F_init, const std::opti
       throw py::value_error("u must have shape (n, 4) matching F_init");
     velocity.data = u->data();
   }
-  py::array_t<double> F_pred({static_cast<py::ssize_t>(n), py::ssize_t{dodo::kSpecies}, py::ssize_t{dodo::kComponents}});
-  py::array_t<std::uint32_t> status(static_cast<py::ssize_t>(n));
-  py::array_t<double> growth(static_cast<py::ssize_t>(n));
+  const auto cells = static_cast<py::ssize_t>(n);
+  py::array_t<double> F_pred({cells, py::ssize_t{dodo::kSpecies}, py::ssize_t{dodo::kComponents}});
+  py::array_t<std::uint32_t> status(cells);
+  py::array_t<double> growth(cells), rate(cells), proxy(cells), proxy_rate(cells), uncertainty(cells);
   dodo::ConstCellArray input{F_init.data()};
   dodo::CellArray output{F_pred.mutable_data()};
   std::uint32_t* status_data = status.mutable_data();
-  double* growth_data = growth.mutable_data();
-  dodo_python::without_gil([&] { closure.apply(n, input, velocity, output, status_data, growth_data); });
-  return py::make_tuple(F_pred, status, growth);
+  dodo::runtime::CellDiagnostics diagnostics;
+  diagnostics.growth_over_ntot = growth.mutable_data();
+  diagnostics.growth_rate = rate.mutable_data();
+  diagnostics.growth_over_ntot_proxy = proxy.mutable_data();
+  diagnostics.growth_rate_proxy = proxy_rate.mutable_data();
+  diagnostics.uncertainty = uncertainty.mutable_data();
+  dodo_python::without_gil([&] { closure.apply(n, input, velocity, output, status_data, diagnostics); });
+  py::dict out;
+  out["F_pred"] = F_pred;
+  out["status"] = status;
+  out["growth_over_ntot"] = growth;
+  out["growth_rate"] = rate;
+  out["growth_over_ntot_proxy"] = proxy;
+  out["growth_rate_proxy"] = proxy_rate;
+  out["uncertainty"] = uncertainty;
+  return out;
+}
+
+py::tuple apply(const Closure& closure, const CellInput& F_init, const std::optional<CellInput>& u) {
+  py::dict out = apply_diagnostics(closure, F_init, u);
+  return py::make_tuple(out["F_pred"], out["status"], out["growth_over_ntot_proxy"]);
 }
 
 }  // namespace
@@ -112,6 +132,9 @@ void register_runtime(py::module_& m) {
            py::arg("device") = "cpu", py::arg("run_self_test") = false)
       .def("apply", &apply, py::arg("F_init"), py::arg("u") = py::none(),
            "(n,6,4) float64 [, (n,4)] -> (F_pred (n,6,4), status (n,) uint32, growth_over_ntot (n,))")
+      .def("apply_diagnostics", &apply_diagnostics, py::arg("F_init"), py::arg("u") = py::none(),
+           "(n,6,4) float64 [, (n,4)] -> dict of F_pred, status, growth_over_ntot, growth_rate, "
+           "growth_over_ntot_proxy, growth_rate_proxy, uncertainty")
       .def("self_test", [](const Closure& closure) {
              double worst = 0.0;
              dodo_python::without_gil([&] { worst = closure.self_test(); });
@@ -120,6 +143,12 @@ void register_runtime(py::module_& m) {
       .def("counters", &counters_dict)
       .def("reset_counters", &Closure::reset_counters)
       .def_property_readonly("has_model", &Closure::has_model)
+      .def_property_readonly("optional_outputs", [](const Closure& c) {
+        py::list names;  // the optional graph outputs in use (docs/model_package.md, "dodo.outputs")
+        if (c.optional_outputs().uncertainty) names.append("uncertainty");
+        if (c.optional_outputs().log_growth_ratio) names.append("log_growth_ratio");
+        return names;
+      })
       .def_property_readonly("head", [](const Closure& c) -> py::object {
         return c.has_model() ? py::object(py::str(dodo::runtime::head_name(c.head()))) : py::object(py::none());
       })

@@ -6,6 +6,7 @@
 !   integer :: stat
 !   call dodo_create(closure, "model.onnx", stat=stat, threads=2)   ! or dodo_create_from_memory(closure, bytes, ...)
 !   call dodo_apply(closure, F, F_pred, u=u, stat=stat)
+!   call dodo_apply(closure, F, F_pred, u=u, growth_rate=rate, uncertainty=spread)  ! rate, spread: (ncell)
 !   call dodo_destroy(closure)
 !
 ! Arrays are passed without copies: a Fortran array F(4, 6, ncell) (component, species, cell)
@@ -97,12 +98,13 @@ module dodo
       import :: c_ptr
       type(c_ptr), value :: closure
     end subroutine
-    function c_apply(closure, n_cells, F_init, F_init_strides, u, u_strides, F_pred, F_pred_strides, cell_status) &
-        bind(c, name="dodo_apply")
+    function c_apply_diagnostics(closure, n_cells, F_init, F_init_strides, u, u_strides, F_pred, F_pred_strides, &
+                                 cell_status, growth_rate, uncertainty) bind(c, name="dodo_apply_diagnostics")
       import :: c_ptr, c_int, c_size_t
-      type(c_ptr), value :: closure, F_init, F_init_strides, u, u_strides, F_pred, F_pred_strides, cell_status
+      type(c_ptr), value :: closure, F_init, F_init_strides, u, u_strides, F_pred, F_pred_strides, cell_status, &
+                            growth_rate, uncertainty
       integer(c_size_t), value :: n_cells
-      integer(c_int) :: c_apply
+      integer(c_int) :: c_apply_diagnostics
     end function
     function c_self_test(closure, max_error) bind(c, name="dodo_self_test")
       import :: c_ptr, c_int, c_double
@@ -208,7 +210,11 @@ contains
   ! or one cell (4, 6); F_pred the same shape (it may be the same array as F_init).
   ! u: (4, ...) with one column per cell (e.g. (4, nx, ny, nz)), absent = every cell at rest;
   ! cell_status: one entry per cell, any shape, bits DODO_CELL_*.
-  subroutine dodo_apply(closure, F_init, F_pred, u, cell_status, stat, errmsg)
+  ! growth_rate: one entry per cell, any shape: the growth rate of the instability in s^-1 for
+  ! densities in cm^-3 (the model's where it has one, else Box3D's proxy; 0 for stable and
+  ! rejected cells); uncertainty: one entry per cell, the model's spread of its correction in
+  ! units of N_tot (0 where no correction is applied). See dodo_apply_diagnostics in dodo.h.
+  subroutine dodo_apply(closure, F_init, F_pred, u, cell_status, stat, errmsg, growth_rate, uncertainty)
     type(dodo_closure), intent(in) :: closure
     real(c_double), intent(in), contiguous, target :: F_init(..)
     real(c_double), intent(inout), contiguous, target :: F_pred(..)
@@ -216,7 +222,8 @@ contains
     integer(c_int32_t), intent(out), optional, contiguous, target :: cell_status(..)
     integer, intent(out), optional :: stat
     character(len=*), intent(inout), optional :: errmsg
-    type(c_ptr) :: u_pointer, status_pointer
+    real(c_double), intent(out), optional, contiguous, target :: growth_rate(..), uncertainty(..)
+    type(c_ptr) :: u_pointer, status_pointer, growth_pointer, uncertainty_pointer
     integer :: status
     integer(c_size_t) :: ncell
 
@@ -249,12 +256,28 @@ contains
       end if
       status_pointer = c_loc(cell_status)
     end if
+    growth_pointer = c_null_ptr
+    uncertainty_pointer = c_null_ptr
+    if (present(growth_rate)) then
+      if (size(growth_rate, kind=c_size_t) /= ncell) then
+        call report(DODO_ERROR_INVALID_ARGUMENT, "growth_rate must have one entry per cell", stat, errmsg)
+        return
+      end if
+      growth_pointer = c_loc(growth_rate)
+    end if
+    if (present(uncertainty)) then
+      if (size(uncertainty, kind=c_size_t) /= ncell) then
+        call report(DODO_ERROR_INVALID_ARGUMENT, "uncertainty must have one entry per cell", stat, errmsg)
+        return
+      end if
+      uncertainty_pointer = c_loc(uncertainty)
+    end if
     if (ncell == 0) then
       call report(DODO_OK, "", stat, errmsg)
       return
     end if
-    status = int(c_apply(closure%handle, ncell, c_loc(F_init), c_null_ptr, u_pointer, c_null_ptr, c_loc(F_pred), &
-                         c_null_ptr, status_pointer))
+    status = int(c_apply_diagnostics(closure%handle, ncell, c_loc(F_init), c_null_ptr, u_pointer, c_null_ptr, &
+                                     c_loc(F_pred), c_null_ptr, status_pointer, growth_pointer, uncertainty_pointer))
     call report(status, last_error(closure), stat, errmsg)
   end subroutine dodo_apply
 

@@ -183,11 +183,28 @@ DODO_API size_t dodo_last_error(const dodo_closure* closure, char* buffer, size_
 
 /* Like dodo_closure_create, from a model package already in memory (size bytes at `bytes`), with
  * the same checks as a file: content digest, metadata digest, required test vectors, the size
- * bound DODO_MAX_MODEL_FILE_BYTES, self-test. The bytes are only read during the call. For codes with many ranks: rank 0 reads the file, MPI_Bcast sends the bytes, every
- * rank creates its closure, and no other rank touches the file system (examples/c/mpi_closure.c). */
+ * bound DODO_MAX_MODEL_FILE_BYTES, self-test. The bytes are only read during the call. For codes
+ * with many ranks: rank 0 reads the file, MPI_Bcast sends the bytes, every rank creates its
+ * closure, and no other rank touches the file system (examples/c/mpi_closure.c). */
 DODO_API dodo_status dodo_closure_create_from_memory(const void* bytes, size_t size, const dodo_options* options,
                                                      dodo_closure** closure, char* error_buffer,
                                                      size_t error_buffer_size);
+
+/* dodo_apply, and per cell the growth rate of the instability and the model's uncertainty
+ * (docs/runtime.md, "Growth rate and uncertainty"); growth_rate and uncertainty are arrays of
+ * n_cells doubles, either may be NULL.
+ * growth_rate: in s^-1, comoving frame, for densities in cm^-3 (for densities in units of
+ *   k cm^-3, multiply by k). Box3D's proxy max_pairs sqrt(I+ I-) N_tot sqrt(2) G_F / hbar, times
+ *   exp(log_growth_ratio) where the model has that output; 0 for stable and rejected cells.
+ * uncertainty: the model's estimate of the spread of its correction, in units of the cell's
+ *   N_tot; 0 where no correction is applied (stable, rejected or network-nonfinite cells,
+ *   Box3D-only handles, models without the output).
+ * Neither may overlap the other or any other array of the call (DODO_ERROR_INVALID_ARGUMENT). */
+DODO_API dodo_status dodo_apply_diagnostics(dodo_closure* closure, size_t n_cells, const double* F_init,
+                                            const ptrdiff_t* F_init_strides, const double* u,
+                                            const ptrdiff_t* u_strides, double* F_pred,
+                                            const ptrdiff_t* F_pred_strides, uint32_t* cell_status,
+                                            double* growth_rate, double* uncertainty);
 
 #ifdef __cplusplus
 } /* extern "C" */

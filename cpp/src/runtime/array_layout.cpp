@@ -107,4 +107,29 @@ void check_apply_layout(std::size_t n, const ConstCellArray& F_init, const Const
   }
 }
 
+void check_diagnostics_layout(std::size_t n, const ConstCellArray& F_init, const ConstVelocityArray& u,
+                              const CellArray& F_pred, const std::uint32_t* status, const double* growth_rate,
+                              const double* uncertainty) {
+  if (n == 0 || (!growth_rate && !uncertainty)) return;
+  const std::size_t cell_extents[3] = {n, kSpecies, kComponents};
+  const std::ptrdiff_t init_strides[3] = {F_init.cell_stride, F_init.species_stride, F_init.component_stride};
+  const std::ptrdiff_t pred_strides[3] = {F_pred.cell_stride, F_pred.species_stride, F_pred.component_stride};
+  const std::size_t u_extents[2] = {n, 4}, per_cell[1] = {n};
+  const std::ptrdiff_t u_strides[2] = {u.cell_stride, u.component_stride}, contiguous[1] = {1};
+  const ByteRange taken[4] = {
+      byte_range("F_init", F_init.data, sizeof(double), cell_extents, init_strides, 3),
+      byte_range("F_pred", F_pred.data, sizeof(double), cell_extents, pred_strides, 3),
+      u.data ? byte_range("u", u.data, sizeof(double), u_extents, u_strides, 2) : ByteRange{},
+      status ? byte_range("cell_status", status, sizeof(std::uint32_t), per_cell, contiguous, 1) : ByteRange{}};
+  ByteRange growth;  // empty without growth_rate
+  if (growth_rate) growth = byte_range("growth_rate", growth_rate, sizeof(double), per_cell, contiguous, 1);
+  for (const ByteRange& other : taken)
+    if (growth.overlaps(other)) refuse("growth_rate overlaps F_pred, F_init, u or cell_status");
+  if (!uncertainty) return;
+  const ByteRange spread = byte_range("uncertainty", uncertainty, sizeof(double), per_cell, contiguous, 1);
+  for (const ByteRange& other : taken)
+    if (spread.overlaps(other)) refuse("uncertainty overlaps F_pred, F_init, u or cell_status");
+  if (spread.overlaps(growth)) refuse("uncertainty overlaps growth_rate");
+}
+
 }  // namespace dodo::runtime

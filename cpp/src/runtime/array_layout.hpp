@@ -15,4 +15,10 @@ namespace dodo::runtime {
 void check_apply_layout(std::size_t n, const ConstCellArray& F_init, const ConstVelocityArray& u,
                         const CellArray& F_pred, const std::uint32_t* status);
 
+// The same rule for dodo_apply_diagnostics' per-cell outputs (n contiguous doubles each, either
+// may be null): neither may overlap the other, F_pred, F_init, u or status.
+void check_diagnostics_layout(std::size_t n, const ConstCellArray& F_init, const ConstVelocityArray& u,
+                              const CellArray& F_pred, const std::uint32_t* status, const double* growth_rate,
+                              const double* uncertainty);
+
 }  // namespace dodo::runtime

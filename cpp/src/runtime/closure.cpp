@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <tuple>
 
 #include "../frame.hpp"
 #include "../realizability.hpp"
@@ -25,7 +26,9 @@ struct Closure::Workspace {
         ntot(chunk_size),
         growth(chunk_size),
         status(chunk_size) {
-    if (model) network = std::make_unique<EvaluationBuffers>(model->api(), chunk_size, model->output_size());
+    if (model)
+      network = std::make_unique<EvaluationBuffers>(model->api(), chunk_size, model->input_size(),
+                                                    model->output_size(), model->optional_outputs());
   }
   std::vector<double> F_init, velocity, F_box, F_init_rest, dF_box_rest, ntot, growth;
   std::vector<std::uint32_t> status;
@@ -40,7 +43,7 @@ struct Closure::Batch {
   ConstVelocityArray u;
   CellArray F_pred;
   std::uint32_t* status;
-  double* growth;
+  CellDiagnostics diagnostics;
   // First failure of any chunk (an ORT error); reported after the batch.
   std::mutex error_mutex;
   std::exception_ptr error;
@@ -72,6 +75,23 @@ std::unique_ptr<const Box3D> make_box3d(const Box3DSettings& settings) {
 bool all_finite(const double* values, int count) {
   for (int i = 0; i < count; ++i)
     if (!std::isfinite(values[i])) return false;
+  return true;
+}
+
+// Growth rate (units of N_tot) and uncertainty of network row `row` from the model's optional
+// outputs; members it lacks leave `growth` (the proxy) and `uncertainty` (0) as they are. False
+// when an output is not finite or the rate overflows: the cell's network output is then void.
+bool learned_diagnostics(const EvaluationBuffers& network, std::size_t row, double proxy, double ntot, double& growth,
+                         double& uncertainty) {
+  if (const float* log_ratio = network.log_growth_ratio()) {
+    if (!std::isfinite(log_ratio[row])) return false;
+    growth = proxy * std::exp(static_cast<double>(log_ratio[row]));
+    if (!std::isfinite(growth * (ntot * kGrowthRatePerNtot))) return false;
+  }
+  if (const float* spread = network.uncertainty()) {
+    if (!std::isfinite(spread[row])) return false;
+    uncertainty = spread[row];
+  }
   return true;
 }
 
@@ -175,9 +195,16 @@ void Closure::run_chunk(void* context, std::size_t chunk, int /*slot*/) {
 
 void Closure::apply(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, CellArray F_pred,
                     std::uint32_t* status, double* growth_over_ntot) const {
+  CellDiagnostics diagnostics;
+  diagnostics.growth_over_ntot_proxy = growth_over_ntot;
+  apply(n, F_init, u, F_pred, status, diagnostics);
+}
+
+void Closure::apply(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, CellArray F_pred,
+                    std::uint32_t* status, const CellDiagnostics& diagnostics) const {
   if (n == 0) return;
   if (!F_init.data || !F_pred.data) throw Error(DODO_ERROR_INVALID_ARGUMENT, "F_init and F_pred must not be null");
-  Batch batch{this, n, F_init, u, F_pred, status, growth_over_ntot, {}, {}};
+  Batch batch{this, n, F_init, u, F_pred, status, diagnostics, {}, {}};
   // Written so that n near SIZE_MAX cannot wrap to zero chunks.
   const std::size_t size = static_cast<std::size_t>(chunk_size_);
   const std::size_t chunks = n / size + (n % size != 0);
@@ -237,11 +264,18 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
         w.dF_box_rest[i * kCellValues + v] /= box.ntot;
       }
     }
+    if (w.network->input_size() > static_cast<std::size_t>(kInvariants)) {
+      // "invariants27+box7-v1": Box3D's rest-frame density changes and growth proxy (units of N_tot).
+      for (int a = 0; a < kSpecies; ++a)
+        row[kInvariants + a] = static_cast<float>(w.dF_box_rest[i * kCellValues + value_index(a, 0)]);
+      row[kInvariants + kSpecies] = static_cast<float>(box.growth_over_ntot);
+    }
   }
   if (model_ && network_rows > 0) {
     // Rows of rejected cells are don't-care; make them finite so no FP exceptions arise.
     for (std::size_t i = 0; i < count; ++i)
-      if (w.status[i] & kCellRejectedMask) std::fill(w.network->input_row(i), w.network->input_row(i) + kInvariants, 0.0f);
+      if (w.status[i] & kCellRejectedMask)
+        std::fill(w.network->input_row(i), w.network->input_row(i) + w.network->input_size(), 0.0f);
     model_->run(*w.network, count);
   }
 
@@ -250,7 +284,13 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
     const std::size_t cell = begin + i;
     double* F_out = &w.F_box[i * kCellValues];  // becomes F_pred in place
     std::uint32_t& flags = w.status[i];
-    if (model_ && !(flags & kCellRejectedMask)) {
+    // Learned growth rate and uncertainty where a correction is due; a non-finite one voids the
+    // cell's whole network output (Box3D's result and proxy, as for a non-finite correction).
+    double growth = w.growth[i], uncertainty = 0.0;
+    if (model_ && !(flags & (kCellRejectedMask | kCell_NO_CROSSING)) &&
+        !learned_diagnostics(*w.network, i, w.growth[i], w.ntot[i], growth, uncertainty))
+      flags |= kCell_NETWORK_NONFINITE;
+    if (model_ && !(flags & (kCellRejectedMask | kCell_NETWORK_NONFINITE))) {
       const double* F_init_rest = &w.F_init_rest[i * kCellValues];
       const double* dF_box_rest = &w.dF_box_rest[i * kCellValues];
       double correction[kCellValues];
@@ -280,7 +320,17 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
       for (int m = 0; m < kComponents; ++m)
         target[a * batch.F_pred.species_stride + m * batch.F_pred.component_stride] = F_out[value_index(a, m)];
     if (batch.status) batch.status[cell] = flags;
-    if (batch.growth) batch.growth[cell] = w.growth[i];
+    if (flags & (kCellRejectedMask | kCell_NO_CROSSING | kCell_NETWORK_NONFINITE)) {
+      growth = (flags & kCellRejectedMask) ? 0.0 : w.growth[i];
+      uncertainty = 0.0;
+    }
+    const CellDiagnostics& out = batch.diagnostics;
+    const double rate_per_ntot = w.ntot[i] * kGrowthRatePerNtot;  // 0 for rejected cells
+    if (out.growth_over_ntot) out.growth_over_ntot[cell] = growth;
+    if (out.growth_rate) out.growth_rate[cell] = growth * rate_per_ntot;
+    if (out.growth_over_ntot_proxy) out.growth_over_ntot_proxy[cell] = w.growth[i];
+    if (out.growth_rate_proxy) out.growth_rate_proxy[cell] = w.growth[i] * rate_per_ntot;
+    if (out.uncertainty) out.uncertainty[cell] = uncertainty;
     events.rejected += (flags & kCellRejectedMask) != 0;
     events.no_crossing += (flags & kCell_NO_CROSSING) != 0;
     events.box3d_limited += (flags & kCell_BOX3D_LIMITED) != 0;
@@ -299,10 +349,14 @@ double Closure::self_test() const {
   const TestVectors& vectors = description_.test_vectors;
   if (!model_) throw Error(DODO_ERROR_NO_MODEL, "self-test needs a model; this closure is Box3D-only");
   if (vectors.cells == 0) throw Error(DODO_ERROR_SELF_TEST, "model package has no \"dodo.test_vectors\"");
-  std::vector<double> predicted(vectors.cells * kCellValues);
+  std::vector<double> predicted(vectors.cells * kCellValues), growth(vectors.cells), uncertainty(vectors.cells);
   ConstVelocityArray velocity;
   velocity.data = vectors.u.empty() ? nullptr : vectors.u.data();
-  apply(vectors.cells, ConstCellArray{vectors.F_init.data()}, velocity, CellArray{predicted.data()}, nullptr);
+  CellDiagnostics diagnostics;
+  diagnostics.growth_over_ntot = growth.data();
+  diagnostics.uncertainty = uncertainty.data();
+  apply(vectors.cells, ConstCellArray{vectors.F_init.data()}, velocity, CellArray{predicted.data()}, nullptr,
+        diagnostics);
   double worst = 0.0;
   std::size_t worst_cell = 0;
   for (std::size_t c = 0; c < vectors.cells; ++c) {
@@ -322,6 +376,20 @@ double Closure::self_test() const {
     std::snprintf(text, sizeof text, "self-test failed: test vector %zu differs by %.3g N_tot (tolerance %.3g N_tot)",
                   worst_cell, worst, vectors.atol_over_ntot);
     throw Error(DODO_ERROR_SELF_TEST, text);
+  }
+  // The optional outputs' results, where the package gives them (both in units of N_tot).
+  for (auto [name, expected, got] : {std::tuple{"growth rate", &vectors.growth_over_ntot, &growth},
+                                     std::tuple{"uncertainty", &vectors.uncertainty, &uncertainty}}) {
+    for (std::size_t c = 0; c < expected->size(); ++c) {
+      const double error = std::fabs((*got)[c] - (*expected)[c]);
+      if (!(error <= vectors.atol_over_ntot)) {
+        char text[200];
+        std::snprintf(text, sizeof text,
+                      "self-test failed: test vector %zu's %s differs by %.3g N_tot (tolerance %.3g N_tot)", c, name,
+                      std::isnan(error) ? INFINITY : error, vectors.atol_over_ntot);
+        throw Error(DODO_ERROR_SELF_TEST, text);
+      }
+    }
   }
   return worst;
 }

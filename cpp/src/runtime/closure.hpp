@@ -34,6 +34,21 @@ struct ClosureOptions {
   bool run_self_test = false;
 };
 
+// Optional per-cell outputs of Closure::apply; any pointer may be null (docs/runtime.md,
+// "Growth rate and uncertainty").
+struct CellDiagnostics {
+  // Growth rate: Box3D's proxy times exp(log_growth_ratio) where the model has that output and
+  // corrected the cell, else the proxy; 0 for stable and rejected cells. In units of N_tot, and
+  // in s^-1 for densities in cm^-3 (comoving frame).
+  double* growth_over_ntot = nullptr;
+  double* growth_rate = nullptr;
+  double* growth_over_ntot_proxy = nullptr;  // Box3D's proxy alone, units of N_tot
+  double* growth_rate_proxy = nullptr;       // and in s^-1
+  // The model's estimate of the spread of its correction, units of N_tot; 0 where no correction
+  // is applied (stable, rejected or network-nonfinite cells, Box3D-only closures, no such output).
+  double* uncertainty = nullptr;
+};
+
 struct ClosureCounters {
   std::uint64_t cells = 0, rejected = 0, no_crossing = 0, box3d_limited = 0, network_nonfinite = 0,
                 correction_limited = 0;
@@ -58,6 +73,9 @@ class Closure {
   // strides. status and growth_over_ntot (Box3D's growth proxy) may be null.
   void apply(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, CellArray F_pred, std::uint32_t* status,
              double* growth_over_ntot = nullptr) const;
+  // The same, with the learned growth rate and the uncertainty (null fields are not written).
+  void apply(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, CellArray F_pred, std::uint32_t* status,
+             const CellDiagnostics& diagnostics) const;
 
   // Runs the package's test vectors; returns the largest |F_pred - expected| / N_tot and throws
   // Error(DODO_ERROR_SELF_TEST) when it exceeds the stored tolerance.
@@ -67,6 +85,7 @@ class Closure {
   void reset_counters() const;
 
   bool has_model() const { return model_ != nullptr; }
+  OptionalOutputs optional_outputs() const { return model_ ? model_->optional_outputs() : OptionalOutputs{}; }
   Head head() const { return description_.head; }
   const Box3DSettings& box3d_settings() const { return box3d_->settings(); }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdio>
 #include <stdexcept>
+#include <utility>
 
 #include "errors.hpp"
 #include "json.hpp"
@@ -70,6 +71,13 @@ TestVectors read_test_vectors(const std::string& text) {
       refuse_test_vectors("atol_over_ntot", ("is " + format_number(vectors.atol_over_ntot) + "; it must lie in (0, " +
                                              format_number(kMaxSelfTestTolerance) + "] (a larger one disables the self-test)")
                                                 .c_str());
+    for (auto [name, out] : {std::pair{"growth_over_ntot", &vectors.growth_over_ntot},
+                             std::pair{"uncertainty", &vectors.uncertainty}}) {
+      const JsonValue* values = json.find(name);
+      if (!values) continue;
+      for (const JsonValue& number : values->array()) out->push_back(number.number());
+      if (out->size() != n) refuse_test_vectors(name, "differs in length from \"F_init\"");
+    }
     vectors.cells = n;
   } catch (const std::invalid_argument& error) {
     refuse(std::string("model metadata \"dodo.test_vectors\" is malformed: ") + error.what());
@@ -95,6 +103,12 @@ Box3DSettings box3d_settings_without_model(const RequestedBox3D& requested) {
   return settings;
 }
 
+int feature_size(const std::string& features) {
+  if (features == kFeatures) return kInvariants;
+  if (features == kFeaturesWithBox) return kInvariants + kSpecies + 1;
+  return 0;
+}
+
 ModelDescription describe_model(const std::map<std::string, std::string>& metadata, int graph_output_size,
                                 const RequestedBox3D& requested) {
   ModelDescription model;
@@ -103,8 +117,10 @@ ModelDescription describe_model(const std::map<std::string, std::string>& metada
     refuse("model package \"dodo.format_version\" is \"" + version + "\"; this runtime reads version \"" +
            kFormatVersion + "\" (upgrade Dodo or re-export the model)");
   const std::string& features = require(metadata, "dodo.features");
-  if (features != kFeatures)
-    refuse("model \"dodo.features\" is \"" + features + "\"; this runtime computes \"" + kFeatures + "\"");
+  model.input_size = feature_size(features);
+  if (model.input_size == 0)
+    refuse("model \"dodo.features\" is \"" + features + "\"; this runtime computes \"" + kFeatures + "\" and \"" +
+           kFeaturesWithBox + "\"");
   const std::string& head = require(metadata, "dodo.head");
   try {
     model.head = head_from_name(head);

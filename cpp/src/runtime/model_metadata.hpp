@@ -12,6 +12,12 @@ namespace dodo::runtime {
 
 inline constexpr const char* kFormatVersion = "1";
 inline constexpr const char* kFeatures = "invariants27-v1";
+// The invariants, then Box3D's own answer: its six rest-frame comoving density changes and its
+// growth proxy, in units of N_tot (python/dodo/training/features.py).
+inline constexpr const char* kFeaturesWithBox = "invariants27+box7-v1";
+
+// Network inputs per cell for a feature set ("dodo.features"); 0 for a set this runtime does not compute.
+int feature_size(const std::string& features);
 
 // Box3D settings a caller asks for; unset fields take the model's value.
 struct RequestedBox3D {
@@ -30,12 +36,16 @@ inline constexpr const char* kAllowUntestedModelVariable = "DODO_ALLOW_UNTESTED_
 
 struct TestVectors {
   std::vector<double> F_init, u, F_pred;  // [n][24], [n][4], [n][24]
+  // Expected growth rate (units of N_tot) and uncertainty [n] of a package with the optional
+  // outputs (docs/model_package.md); empty when the package gives none.
+  std::vector<double> growth_over_ntot, uncertainty;
   std::size_t cells = 0;
   double atol_over_ntot = 1e-5;
 };
 
 struct ModelDescription {
   Head head = Head::kEquivariant;
+  int input_size = kInvariants;  // feature_size("dodo.features")
   Box3DSettings box3d;
   TestVectors test_vectors;  // cells == 0 when the package has none
 };

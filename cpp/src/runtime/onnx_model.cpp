@@ -8,9 +8,12 @@
 #include <cerrno>
 #include <cstring>
 #include <memory>
+#include <set>
 #include <utility>
 
 #include "errors.hpp"
+#include "json.hpp"
+#include "model_metadata.hpp"
 #include "onnx_package.hpp"
 
 namespace dodo::runtime {
@@ -18,6 +21,10 @@ namespace {
 
 constexpr const char* kInputName = "invariants";
 constexpr const char* kOutputName = "head_output";
+// Optional per-cell outputs (docs/model_package.md), used only when "dodo.outputs" declares them.
+constexpr const char* kUncertaintyName = "uncertainty";
+constexpr const char* kLogGrowthRatioName = "log_growth_ratio";
+constexpr const char* kOutputsKey = "dodo.outputs";
 
 std::size_t tier_of(std::size_t rows) {  // smallest t with 2^t >= rows
   std::size_t tier = 0;
@@ -157,20 +164,26 @@ DeviceSelection parse_device(const std::string& device) {
   return selection;
 }
 
-EvaluationBuffers::EvaluationBuffers(const OrtApi* api, std::size_t capacity, int output_size)
-    : api_(api), capacity_(std::size_t{1} << tier_of(capacity)), output_size_(output_size) {
-  input_.assign(capacity_ * kInputs, 0.0f);
+EvaluationBuffers::EvaluationBuffers(const OrtApi* api, std::size_t capacity, int input_size, int output_size,
+                                     OptionalOutputs optional)
+    : api_(api),
+      capacity_(std::size_t{1} << tier_of(capacity)),
+      input_size_(static_cast<std::size_t>(input_size)),
+      output_size_(output_size) {
+  input_.assign(capacity_ * input_size_, 0.0f);
   output_.assign(capacity_ * static_cast<std::size_t>(output_size_), 0.0f);
+  if (optional.uncertainty) uncertainty_.assign(capacity_, 0.0f);
+  if (optional.log_growth_ratio) log_growth_ratio_.assign(capacity_, 0.0f);
   OrtMemoryInfo* memory = nullptr;
   check_ort(api_, api_->CreateCpuMemoryInfo(OrtArenaAllocator, OrtMemTypeDefault, &memory), "creating memory info");
   std::unique_ptr<OrtMemoryInfo, OrtReleaser<OrtMemoryInfo>> memory_guard(memory, {api_, api_->ReleaseMemoryInfo});
   try {
     for (std::size_t rows = 1; rows <= capacity_; rows *= 2) {
-      int64_t input_shape[2] = {static_cast<int64_t>(rows), static_cast<int64_t>(kInputs)};
+      int64_t input_shape[2] = {static_cast<int64_t>(rows), static_cast<int64_t>(input_size_)};
       int64_t output_shape[2] = {static_cast<int64_t>(rows), output_size_};
       OrtValue* input = nullptr;
       check_ort(api_,
-                api_->CreateTensorWithDataAsOrtValue(memory, input_.data(), rows * kInputs * sizeof(float), input_shape, 2,
+                api_->CreateTensorWithDataAsOrtValue(memory, input_.data(), rows * input_size_ * sizeof(float), input_shape, 2,
                                                      ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &input),
                 "creating the input tensor");
       input_tensors_.push_back(input);
@@ -181,16 +194,30 @@ EvaluationBuffers::EvaluationBuffers(const OrtApi* api, std::size_t capacity, in
                 "creating the output tensor");
       output_tensors_.push_back(output);
     }
+    // Rank-1 views [rows] of the optional outputs' buffers, one per tier like the others.
+    for (auto [buffer, tensors] : {std::pair{&uncertainty_, &uncertainty_tensors_},
+                                   std::pair{&log_growth_ratio_, &log_growth_ratio_tensors_}}) {
+      if (buffer->empty()) continue;
+      for (std::size_t rows = 1; rows <= capacity_; rows *= 2) {
+        int64_t shape[1] = {static_cast<int64_t>(rows)};
+        OrtValue* value = nullptr;
+        check_ort(api_,
+                  api_->CreateTensorWithDataAsOrtValue(memory, buffer->data(), rows * sizeof(float), shape, 1,
+                                                       ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &value),
+                  "creating an optional output tensor");
+        tensors->push_back(value);
+      }
+    }
   } catch (...) {
-    for (OrtValue* value : input_tensors_) api_->ReleaseValue(value);
-    for (OrtValue* value : output_tensors_) api_->ReleaseValue(value);
+    for (auto* tensors : {&input_tensors_, &output_tensors_, &uncertainty_tensors_, &log_growth_ratio_tensors_})
+      for (OrtValue* value : *tensors) api_->ReleaseValue(value);
     throw;
   }
 }
 
 EvaluationBuffers::~EvaluationBuffers() {
-  for (OrtValue* value : input_tensors_) api_->ReleaseValue(value);
-  for (OrtValue* value : output_tensors_) api_->ReleaseValue(value);
+  for (auto* tensors : {&input_tensors_, &output_tensors_, &uncertainty_tensors_, &log_growth_ratio_tensors_})
+    for (OrtValue* value : *tensors) api_->ReleaseValue(value);
 }
 
 OnnxModel::OnnxModel(const OrtLibrary& library, std::string_view bytes, const std::string& source,
@@ -230,6 +257,7 @@ OnnxModel::OnnxModel(const OrtLibrary& library, std::string_view bytes, const st
   }
   try {
     check_signature();
+    check_declared_outputs();
     check_computed_shape();
   } catch (const Error& error) {
     api_->ReleaseSession(session_);
@@ -245,44 +273,56 @@ OnnxModel::OnnxModel(const OrtLibrary& library, std::string_view bytes, const st
 // graph really returns before any caller's data goes through it (issue 11, item 14).
 void OnnxModel::check_computed_shape() {
   if (output_size_ < 1) return;  // dynamic K: describe_model refuses it against the head
+  const std::size_t width = static_cast<std::size_t>(input_size_);
+  const char* output_names[3] = {kOutputName, nullptr, nullptr};
+  std::size_t outputs = 1;
+  if (optional_outputs_.uncertainty) output_names[outputs++] = kUncertaintyName;
+  if (optional_outputs_.log_growth_ratio) output_names[outputs++] = kLogGrowthRatioName;
   for (const int64_t rows : {int64_t{1}, int64_t{3}}) {
-    std::vector<float> input(static_cast<std::size_t>(rows) * EvaluationBuffers::kInputs, 0.0f);
-    for (int64_t r = 0; r < rows; ++r) input[static_cast<std::size_t>(r) * EvaluationBuffers::kInputs] = 1.0f;
+    std::vector<float> input(static_cast<std::size_t>(rows) * width, 0.0f);
+    for (int64_t r = 0; r < rows; ++r) input[static_cast<std::size_t>(r) * width] = 1.0f;
     OrtMemoryInfo* memory = nullptr;
     check_ort(api_, api_->CreateCpuMemoryInfo(OrtArenaAllocator, OrtMemTypeDefault, &memory), "creating memory info");
     std::unique_ptr<OrtMemoryInfo, OrtReleaser<OrtMemoryInfo>> memory_guard(memory, {api_, api_->ReleaseMemoryInfo});
-    const int64_t shape[2] = {rows, static_cast<int64_t>(EvaluationBuffers::kInputs)};
+    const int64_t shape[2] = {rows, static_cast<int64_t>(width)};
     OrtValue* in = nullptr;
     check_ort(api_, api_->CreateTensorWithDataAsOrtValue(memory, input.data(), input.size() * sizeof(float), shape, 2,
                                                          ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &in),
               "creating the probe input");
     std::unique_ptr<OrtValue, OrtReleaser<OrtValue>> in_guard(in, {api_, api_->ReleaseValue});
     const char* input_names[] = {kInputName};
-    const char* output_names[] = {kOutputName};
-    OrtValue* out = nullptr;
-    OrtStatus* ran = api_->Run(session_, nullptr, input_names, &in, 1, output_names, 1, &out);
+    OrtValue* out[3] = {nullptr, nullptr, nullptr};
+    OrtStatus* ran = api_->Run(session_, nullptr, input_names, &in, 1, output_names, outputs, out);
+    std::unique_ptr<OrtValue, OrtReleaser<OrtValue>> out_guards[3] = {
+        {out[0], {api_, api_->ReleaseValue}}, {out[1], {api_, api_->ReleaseValue}}, {out[2], {api_, api_->ReleaseValue}}};
     if (ran) {
       std::string message = "evaluating the graph on a probe batch failed: " + without_source_location(api_->GetErrorMessage(ran));
       api_->ReleaseStatus(ran);
       throw Error(DODO_ERROR_MODEL_FORMAT, message);
     }
-    std::unique_ptr<OrtValue, OrtReleaser<OrtValue>> out_guard(out, {api_, api_->ReleaseValue});
-    OrtTensorTypeAndShapeInfo* info = nullptr;
-    check_ort(api_, api_->GetTensorTypeAndShape(out, &info), "reading the probe output's shape");
-    std::unique_ptr<OrtTensorTypeAndShapeInfo, OrtReleaser<OrtTensorTypeAndShapeInfo>> info_guard(
-        info, {api_, api_->ReleaseTensorTypeAndShapeInfo});
-    ONNXTensorElementDataType element{};
-    check_ort(api_, api_->GetTensorElementType(info, &element), "reading the probe output's type");
-    std::size_t rank = 0;
-    check_ort(api_, api_->GetDimensionsCount(info, &rank), "reading the probe output's rank");
-    std::vector<int64_t> dims(rank);
-    check_ort(api_, api_->GetDimensions(info, dims.data(), rank), "reading the probe output's dimensions");
-    if (element != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || rank != 2 || dims[0] != rows || dims[1] != output_size_) {
-      std::string computed;
-      for (std::size_t d = 0; d < rank; ++d) computed += (d ? ", " : "") + std::to_string(dims[d]);
-      throw Error(DODO_ERROR_MODEL_FORMAT, "graph declares \"head_output\" float32 [N, " + std::to_string(output_size_) +
-                                               "] but computes [" + computed + "] for N = " + std::to_string(rows) +
-                                               (element != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT ? " (not float32)" : ""));
+    for (std::size_t o = 0; o < outputs; ++o) {
+      OrtTensorTypeAndShapeInfo* info = nullptr;
+      check_ort(api_, api_->GetTensorTypeAndShape(out[o], &info), "reading the probe output's shape");
+      std::unique_ptr<OrtTensorTypeAndShapeInfo, OrtReleaser<OrtTensorTypeAndShapeInfo>> info_guard(
+          info, {api_, api_->ReleaseTensorTypeAndShapeInfo});
+      ONNXTensorElementDataType element{};
+      check_ort(api_, api_->GetTensorElementType(info, &element), "reading the probe output's type");
+      std::size_t rank = 0;
+      check_ort(api_, api_->GetDimensionsCount(info, &rank), "reading the probe output's rank");
+      std::vector<int64_t> dims(rank);
+      check_ort(api_, api_->GetDimensions(info, dims.data(), rank), "reading the probe output's dimensions");
+      // head_output [N, K]; the optional per-cell outputs [N].
+      const bool head = o == 0;
+      const bool right = element == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT && rank == (head ? 2u : 1u) && dims[0] == rows &&
+                         (!head || dims[1] == output_size_);
+      if (!right) {
+        std::string computed;
+        for (std::size_t d = 0; d < rank; ++d) computed += (d ? ", " : "") + std::to_string(dims[d]);
+        throw Error(DODO_ERROR_MODEL_FORMAT, "graph declares \"" + std::string(output_names[o]) + "\" float32 [N" +
+                                                 (head ? ", " + std::to_string(output_size_) : std::string()) +
+                                                 "] but computes [" + computed + "] for N = " + std::to_string(rows) +
+                                                 (element != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT ? " (not float32)" : ""));
+      }
     }
   }
 }
@@ -336,8 +376,16 @@ void OnnxModel::check_signature() {
   if (input != kInputName)
     throw Error(DODO_ERROR_MODEL_FORMAT, "model input is named \"" + input + "\"; the contract says \"invariants\"");
   std::vector<int64_t> input_dims = float_shape(true, 0, input);
-  if (input_dims.size() != 2 || input_dims[1] != 27 || input_dims[0] > 0)
-    throw Error(DODO_ERROR_MODEL_FORMAT, "model input \"invariants\" must have shape [N, 27] with a dynamic N");
+  // Row width of the package's feature set; an unknown set is refused by describe_model.
+  const auto features = metadata_.find("dodo.features");
+  const int known = features == metadata_.end() ? 0 : feature_size(features->second);
+  input_size_ = known > 0 ? known : kInvariants;
+  if (input_dims.size() != 2 || input_dims[1] != input_size_ || input_dims[0] > 0)
+    throw Error(DODO_ERROR_MODEL_FORMAT, "model input \"invariants\" must have shape [N, " + std::to_string(input_size_) +
+                                             "] with a dynamic N" +
+                                             (known > 0 && known != kInvariants ? " (\"dodo.features\" is \"" +
+                                                                                      features->second + "\")"
+                                                                                : std::string()));
 
   for (size_t index = 0; index < outputs; ++index) {
     if (name_of(false, index) != kOutputName) continue;
@@ -355,11 +403,89 @@ void OnnxModel::run(EvaluationBuffers& buffers, std::size_t n) const {
   if (n == 0) return;
   const std::size_t tier = tier_of(n);
   const char* input_names[] = {kInputName};
-  const char* output_names[] = {kOutputName};
+  const char* output_names[3] = {kOutputName, nullptr, nullptr};
+  OrtValue* outputs[3] = {buffers.output_tensors_[tier], nullptr, nullptr};
+  std::size_t count = 1;
+  if (!buffers.uncertainty_tensors_.empty()) {
+    output_names[count] = kUncertaintyName;
+    outputs[count++] = buffers.uncertainty_tensors_[tier];
+  }
+  if (!buffers.log_growth_ratio_tensors_.empty()) {
+    output_names[count] = kLogGrowthRatioName;
+    outputs[count++] = buffers.log_growth_ratio_tensors_[tier];
+  }
   check_ort(api_,
-            api_->Run(session_, nullptr, input_names, &buffers.input_tensors_[tier], 1, output_names, 1,
-                      &buffers.output_tensors_[tier]),
+            api_->Run(session_, nullptr, input_names, &buffers.input_tensors_[tier], 1, output_names, count, outputs),
             "evaluating the network");
+}
+
+void OnnxModel::check_declared_outputs() {
+  const auto entry = metadata_.find(kOutputsKey);
+  if (entry == metadata_.end()) return;  // a package from before the key: head_output only
+  const std::string prefix = std::string("metadata \"") + kOutputsKey + "\" ";
+  const std::string known = "\"head_output\", \"uncertainty\", \"log_growth_ratio\"";
+  std::set<std::string> declared;
+  try {
+    const JsonValue list = JsonValue::parse(entry->second);
+    if (!list.is_array()) throw std::invalid_argument("not a list");
+    for (const JsonValue& name : list.array()) {
+      if (!name.is_string()) throw std::invalid_argument("not a list of strings");
+      if (!declared.insert(name.string()).second)
+        throw Error(DODO_ERROR_MODEL_METADATA, prefix + "names \"" + name.string() + "\" twice");
+    }
+  } catch (const std::invalid_argument& error) {
+    throw Error(DODO_ERROR_MODEL_METADATA, prefix + "must be a JSON list of output names (" + known +
+                                               "); got " + entry->second + " (" + error.what() + ")");
+  }
+  for (const std::string& name : declared)
+    if (name != kOutputName && name != kUncertaintyName && name != kLogGrowthRatioName)
+      throw Error(DODO_ERROR_MODEL_METADATA, prefix + "names an unknown output \"" + name + "\" (known: " + known + ")");
+  if (!declared.count(kOutputName))
+    throw Error(DODO_ERROR_MODEL_METADATA, prefix + "must include \"head_output\"; got " + entry->second);
+
+  // The graph must have exactly the declared outputs; the optional ones float32 [N], N dynamic.
+  OrtAllocator* allocator = nullptr;
+  check_ort(api_, api_->GetAllocatorWithDefaultOptions(&allocator), "getting the default allocator");
+  size_t outputs = 0;
+  check_ort(api_, api_->SessionGetOutputCount(session_, &outputs), "counting outputs");
+  std::set<std::string> graph;
+  std::string graph_list;
+  for (size_t index = 0; index < outputs; ++index) {
+    char* raw = nullptr;
+    check_ort(api_, api_->SessionGetOutputName(session_, index, allocator, &raw), "reading a graph name");
+    const std::string name = raw;
+    allocator->Free(allocator, raw);
+    graph.insert(name);
+    graph_list += (index ? ", \"" : "\"") + name + "\"";
+    if (name == kOutputName || !declared.count(name)) continue;
+    OrtTypeInfo* type_info = nullptr;
+    check_ort(api_, api_->SessionGetOutputTypeInfo(session_, index, &type_info), "reading a graph type");
+    std::unique_ptr<OrtTypeInfo, OrtReleaser<OrtTypeInfo>> guard(type_info, {api_, api_->ReleaseTypeInfo});
+    const OrtTensorTypeAndShapeInfo* tensor = nullptr;
+    check_ort(api_, api_->CastTypeInfoToTensorInfo(type_info, &tensor), "reading a tensor type");
+    ONNXTensorElementDataType element{};
+    size_t rank = 0;
+    int64_t first = 0;
+    if (tensor) {
+      check_ort(api_, api_->GetTensorElementType(tensor, &element), "reading an element type");
+      check_ort(api_, api_->GetDimensionsCount(tensor, &rank), "reading a rank");
+      if (rank == 1) check_ort(api_, api_->GetDimensions(tensor, &first, 1), "reading dimensions");
+    }
+    if (!tensor || element != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || rank != 1 || first > 0)
+      throw Error(DODO_ERROR_MODEL_FORMAT, "output \"" + name + "\" (declared in \"" + kOutputsKey +
+                                               "\") must be a float32 tensor of shape [N] with a dynamic N (one "
+                                               "number per cell)" + (rank > 1 ? "; it has rank " + std::to_string(rank) : ""));
+  }
+  for (const std::string& name : declared)
+    if (!graph.count(name))
+      throw Error(DODO_ERROR_MODEL_FORMAT, std::string("metadata \"") + kOutputsKey + "\" declares output \"" + name +
+                                               "\", which the graph does not have (graph outputs: " + graph_list + ")");
+  for (const std::string& name : graph)
+    if (!declared.count(name))
+      throw Error(DODO_ERROR_MODEL_FORMAT, "the graph has output \"" + name + "\", which metadata \"" +
+                                               kOutputsKey + "\" does not declare (it declares " + entry->second + ")");
+  optional_outputs_.uncertainty = declared.count(kUncertaintyName) != 0;
+  optional_outputs_.log_growth_ratio = declared.count(kLogGrowthRatioName) != 0;
 }
 
 }  // namespace dodo::runtime

@@ -1,6 +1,8 @@
 // One ONNX Runtime session over a model package (docs/model_package.md): input `invariants`
-// float32 [N, 27], output `head_output` float32 [N, K]. Intra-op threads 1 (parallelism is
-// over chunks, by Dodo or by the caller); Run is called concurrently on the one session.
+// float32 [N, F] (F = 27, or 34 for "invariants27+box7-v1"), output `head_output` float32 [N, K], and the optional per-cell outputs
+// `uncertainty` and `log_growth_ratio` float32 [N] that the package declares in "dodo.outputs".
+// Intra-op threads 1 (parallelism is over chunks, by Dodo or by the caller); Run is called
+// concurrently on the one session.
 #pragma once
 
 #include <cstddef>
@@ -9,32 +11,46 @@
 #include <string_view>
 #include <vector>
 
+#include "../conventions.hpp"
 #include "ort_library.hpp"
 
 namespace dodo::runtime {
+
+// Which optional per-cell outputs a package's graph has (metadata "dodo.outputs").
+struct OptionalOutputs {
+  bool uncertainty = false;       // spread of the correction, units of N_tot
+  bool log_growth_ratio = false;  // ln(growth rate / Box3D's proxy)
+};
 
 // Buffers and pre-made tensors for evaluating up to `capacity` rows without allocating: one
 // input/output tensor pair per power-of-two row count, all views of the same two buffers.
 // A batch of n rows runs on the smallest power of two >= n (rows past n are don't-care).
 class EvaluationBuffers {
  public:
-  EvaluationBuffers(const OrtApi* api, std::size_t capacity, int output_size);
+  EvaluationBuffers(const OrtApi* api, std::size_t capacity, int input_size, int output_size,
+                    OptionalOutputs optional = {});
   ~EvaluationBuffers();
   EvaluationBuffers(const EvaluationBuffers&) = delete;
   EvaluationBuffers& operator=(const EvaluationBuffers&) = delete;
 
-  float* input_row(std::size_t row) { return input_.data() + row * kInputs; }
+  float* input_row(std::size_t row) { return input_.data() + row * input_size_; }
+  std::size_t input_size() const { return input_size_; }
   const float* output_row(std::size_t row) const { return output_.data() + row * output_size_; }
+  // Per-row optional outputs; null when the model has no such output.
+  const float* uncertainty() const { return uncertainty_.empty() ? nullptr : uncertainty_.data(); }
+  const float* log_growth_ratio() const { return log_growth_ratio_.empty() ? nullptr : log_growth_ratio_.data(); }
   std::size_t capacity() const { return capacity_; }
 
  private:
   friend class OnnxModel;
-  static constexpr std::size_t kInputs = 27;
   const OrtApi* api_;
   std::size_t capacity_;
+  std::size_t input_size_;
   int output_size_;
   std::vector<float> input_, output_;
   std::vector<OrtValue*> input_tensors_, output_tensors_;  // index t: 2^t rows
+  std::vector<float> uncertainty_, log_growth_ratio_;      // empty when the model lacks them
+  std::vector<OrtValue*> uncertainty_tensors_, log_growth_ratio_tensors_;
 };
 
 // Where the network runs: the CPU, or CUDA device `cuda_device` through ONNX Runtime's CUDA
@@ -66,6 +82,8 @@ class OnnxModel {
 
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   int output_size() const { return output_size_; }  // K of the graph (-1 if dynamic)
+  int input_size() const { return input_size_; }    // features per row ("dodo.features")
+  const OptionalOutputs& optional_outputs() const { return optional_outputs_; }
   const OrtApi* api() const { return api_; }
 
   // Evaluates rows [0, n) of buffers' input into its output; thread-safe for distinct buffers.
@@ -74,10 +92,14 @@ class OnnxModel {
  private:
   void check_signature();
   void check_computed_shape();
+  // Checks "dodo.outputs" against the graph and sets optional_outputs_.
+  void check_declared_outputs();
 
   const OrtApi* api_;
   OrtSession* session_ = nullptr;
   int output_size_ = -1;
+  int input_size_ = kInvariants;
+  OptionalOutputs optional_outputs_;
   std::map<std::string, std::string> metadata_;
 };
 

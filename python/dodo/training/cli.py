@@ -129,14 +129,27 @@ def _study(args) -> int:
     return 0
 
 
+def _is_ensemble_checkpoint(path, kind: str) -> bool:
+    """Whether ``path`` is a density-residual-ensemble checkpoint (anything else: export's own checks)."""
+    import os
+
+    import torch
+
+    if not os.path.isfile(path):
+        return False
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # not a torch file: export_checkpoint says what is wrong with it
+        return False
+    return isinstance(state, dict) and state.get("kind") == kind
+
+
 @_friendly("export")
 def _export(args) -> int:
     from .ensemble_train import CHECKPOINT_KIND, export_ensemble
     from .export import export_checkpoint
 
-    import torch
-
-    if torch.load(args.checkpoint, map_location="cpu", weights_only=False).get("kind") == CHECKPOINT_KIND:
+    if _is_ensemble_checkpoint(args.checkpoint, CHECKPOINT_KIND):
         export_ensemble(args.checkpoint, args.output, n_test_vectors=args.test_vectors)
         return 0
     export_checkpoint(args.checkpoint, args.output, check=not args.no_check, n_test_vectors=args.test_vectors)

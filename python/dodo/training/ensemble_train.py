@@ -310,7 +310,7 @@ def learning_curve(config: EnsembleConfig, sizes: list, folds: int = 5, members:
         for k in range(folds):
             test = order[fold_of == k]
             train = order[fold_of != k]
-            train = train[: min(len(train), int(round(n * (folds - 1) / folds)))]
+            train = train[: min(len(train), n)]  # the first n of a fixed shuffle: nested sizes
             ensemble = train_on(table, train, config, members=members)
             scores = score_rows(ensemble, table, test)
             per_state_model.append(scores["model"])
@@ -392,6 +392,25 @@ def _ensemble_onnx_bytes(ensemble: DensityResidualEnsemble) -> bytes:
     return buffer.getvalue()
 
 
+def _diagnostic_test_vectors(ensemble: DensityResidualEnsemble, test_vectors: dict, box3d_settings: dict) -> dict:
+    """Expected growth rate (units of N_tot) and uncertainty of the test-vector cells (float64), so
+    that the runtime's self-test also checks the optional outputs (docs/model_package.md)."""
+    import copy
+
+    import dodo
+
+    from .features import lab_features
+
+    F = np.asarray(test_vectors["F_init"], float)
+    u = np.asarray(test_vectors["u"], float)
+    box = dodo.box3d(F, u, lebedev_order=int(box3d_settings["lebedev_order"]), z_method=str(box3d_settings["z_method"]))
+    X = lab_features(ensemble.features, F, u, box)
+    with torch.no_grad():
+        _, sigma, log_ratio = copy.deepcopy(ensemble).double().outputs(torch.from_numpy(X))
+    growth = np.asarray(box.growth_over_ntot, float) * np.exp(log_ratio.numpy())
+    return {"growth_over_ntot": growth.tolist(), "uncertainty": sigma.numpy().tolist()}
+
+
 def export_ensemble(checkpoint_path: str, output: str, n_test_vectors: int = 6, log=print) -> dict:
     """Ensemble checkpoint -> model package (same format as `dodo export`, plus the optional outputs)."""
     import onnx
@@ -407,6 +426,7 @@ def export_ensemble(checkpoint_path: str, output: str, n_test_vectors: int = 6, 
     model.doc_string = ("Dodo density-residual ensemble: raw invariants -> gated head output, uncertainty, "
                         "log growth ratio (docs/model_package.md)")
     test_vectors = make_test_vectors(ensemble, box3d_settings, n_test_vectors)
+    test_vectors.update(_diagnostic_test_vectors(ensemble, test_vectors, box3d_settings))
     del model.metadata_props[:]
     metadata = metadata_for(checkpoint, "equivariant", test_vectors)
     metadata["dodo.features"] = ensemble.features

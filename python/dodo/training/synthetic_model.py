@@ -25,11 +25,13 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from dodo.conventions import N_COMPONENTS, N_SPECIES, invariant_pairs, minkowski_dot
+from dodo.conventions import GROWTH_RATE_PER_NTOT, N_COMPONENTS, N_SPECIES, invariant_pairs, minkowski_dot
 
 from .conservation import conservation_projector  # NumPy only, no torch
 
 HEAD_OUTPUT_SIZES = {"direct": N_SPECIES * N_COMPONENTS, "equivariant": 2 * N_SPECIES * N_SPECIES + N_SPECIES}
+#: Optional per-cell outputs of format version 1 (docs/model_package.md, "dodo.outputs").
+DIAGNOSTIC_OUTPUTS = ("uncertainty", "log_growth_ratio")
 FORMAT_VERSION = "1"
 FEATURES = "invariants27-v1"
 
@@ -42,6 +44,9 @@ class SyntheticMLP:
     weights: list = field(default_factory=list)  # [(W [in, out], b [out]), ...]
     input_mean: np.ndarray = None
     input_std: np.ndarray = None
+    #: optional outputs: name -> (w [hidden], b), read from the last hidden layer; "uncertainty"
+    #: is |h.w + b| (a spread is not negative), "log_growth_ratio" is h.w + b
+    diagnostics: dict = field(default_factory=dict)
 
     @classmethod
     def random(cls, head: str = "equivariant", hidden: tuple[int, ...] = (32, 32), output_scale: float = 0.02,
@@ -60,14 +65,40 @@ class SyntheticMLP:
         std = np.concatenate([np.full(6, 0.1), np.full(21, 0.02)]).astype(np.float32)
         return cls(head=head, weights=weights, input_mean=mean, input_std=std)
 
+    def with_diagnostics(self, names=DIAGNOSTIC_OUTPUTS, scale: float = 0.3, bias: float = 0.1,
+                         seed: int = 2) -> "SyntheticMLP":
+        """Adds the optional outputs `names` (random weights times `scale`; scale 0 makes each
+        output the constant `bias`, |bias| for the uncertainty)."""
+        if len(self.weights) < 2:
+            raise ValueError("optional outputs read the last hidden layer: the MLP needs one")
+        rng = np.random.default_rng(seed)
+        hidden = self.weights[-1][0].shape[0]
+        for name in names:
+            if name not in DIAGNOSTIC_OUTPUTS:
+                raise ValueError(f"unknown optional output {name!r} (known: {DIAGNOSTIC_OUTPUTS})")
+            w = (rng.standard_normal(hidden) * scale / np.sqrt(hidden)).astype(np.float32)
+            self.diagnostics[name] = (w, np.float32(bias))
+        return self
+
+    def _hidden(self, invariants: np.ndarray) -> np.ndarray:
+        x = (np.asarray(invariants, dtype=np.float32) - self.input_mean) / self.input_std
+        for W, b in self.weights[:-1]:
+            x = np.tanh(x @ W + b)
+        return x
+
     def __call__(self, invariants: np.ndarray) -> np.ndarray:
         """Forward pass in float32, as ONNX Runtime computes it: [N, 27] -> [N, K]."""
-        x = (np.asarray(invariants, dtype=np.float32) - self.input_mean) / self.input_std
-        for layer, (W, b) in enumerate(self.weights):
-            x = x @ W + b
-            if layer < len(self.weights) - 1:
-                x = np.tanh(x)
-        return x.astype(np.float32)
+        W, b = self.weights[-1]
+        return (self._hidden(invariants) @ W + b).astype(np.float32)
+
+    def diagnostic_outputs(self, invariants: np.ndarray) -> dict:
+        """The optional outputs in float32: name -> [N]."""
+        h = self._hidden(invariants)
+        out = {}
+        for name, (w, b) in self.diagnostics.items():
+            value = (h @ w[:, None])[:, 0] + b
+            out[name] = (np.abs(value) if name == "uncertainty" else value).astype(np.float32)
+        return out
 
 
 # ---------------------------------------------------------------- NumPy reference of the closure
@@ -142,7 +173,11 @@ def reference_closure(F_init: np.ndarray, u: Optional[np.ndarray], network: Call
                       head: str, box3d_settings: Optional[dict] = None) -> dict:
     """The full closure in NumPy for cells F_init [N, 6, 4], u [N, 4] or None.
 
-    Returns F_pred, F_box, theta, status (Box3D's status plus the runtime's bits).
+    Returns F_pred, F_box, theta, status (Box3D's status plus the runtime's bits), and the
+    growth rate (units of N_tot) and uncertainty the runtime reports (docs/runtime.md): from the
+    network's optional outputs (``network.diagnostic_outputs``, if it has them) where a
+    correction is due, Box3D's proxy and 0 elsewhere; a non-finite one voids the cell's network
+    output as a non-finite correction does.
     """
     import dodo
 
@@ -159,6 +194,18 @@ def reference_closure(F_init: np.ndarray, u: Optional[np.ndarray], network: Call
     dF_box_rest = boost_to_rest(u, box.F_box - F) / safe
     dF = assemble_head(head, output, F_init_rest, dF_box_rest)
     finite = np.all(np.isfinite(dF), axis=(1, 2))
+    proxy = np.asarray(box.growth_over_ntot, dtype=np.float64)
+    growth, uncertainty = proxy.copy(), np.zeros_like(proxy)
+    due = ~rejected & ((status & np.uint32(dodo.CellStatus.NO_CROSSING)) == 0)
+    optional = network.diagnostic_outputs(features.astype(np.float32)) if hasattr(network, "diagnostic_outputs") else {}
+    with np.errstate(over="ignore", invalid="ignore"):
+        if "log_growth_ratio" in optional:
+            log_ratio = optional["log_growth_ratio"].astype(np.float64)
+            growth = proxy * np.exp(log_ratio)
+            finite &= ~due | (np.isfinite(log_ratio) & np.isfinite(growth * (safe[:, 0, 0] * GROWTH_RATE_PER_NTOT)))
+        if "uncertainty" in optional:
+            uncertainty = optional["uncertainty"].astype(np.float64)
+            finite &= ~due | np.isfinite(uncertainty)
     use = ~rejected & finite
     dF = np.where(use[:, None, None], dF, 0.0)
     dF = (dF.reshape(-1, 24) @ conservation_projector()).reshape(-1, 6, 4)
@@ -168,7 +215,11 @@ def reference_closure(F_init: np.ndarray, u: Optional[np.ndarray], network: Call
     F_pred = box.F_box + np.where(use[:, None, None], change, 0.0)
     status = status | np.where(~rejected & ~finite, np.uint32(dodo.CellStatus.NETWORK_NONFINITE), np.uint32(0))
     status = status | np.where(use & (theta < 1.0), np.uint32(dodo.CellStatus.CORRECTION_LIMITED), np.uint32(0))
-    return {"F_pred": F_pred, "F_box": np.asarray(box.F_box), "theta": theta, "status": status}
+    diagnosed = due & finite
+    growth = np.where(diagnosed, growth, np.where(rejected, 0.0, proxy))
+    uncertainty = np.where(diagnosed, uncertainty, 0.0)
+    return {"F_pred": F_pred, "F_box": np.asarray(box.F_box), "theta": theta, "status": status,
+            "growth_over_ntot": growth, "uncertainty": uncertainty}
 
 
 # ---------------------------------------------------------------- test cells and ONNX writing
@@ -228,11 +279,21 @@ def _onnx_graph(mlp: SyntheticMLP, nan_below: Optional[float]):
         nodes.append(helper.make_node("Mul", ["x0_log", constant("zero", [0.0])], ["poison"]))
         nodes.append(helper.make_node("Add", ["mlp_output", "poison"], ["head_output"]))
     K = HEAD_OUTPUT_SIZES[mlp.head]
+    outputs = [helper.make_tensor_value_info("head_output", TensorProto.FLOAT, ["N", K])]
+    hidden = f"a{len(mlp.weights) - 2}"  # input of the last layer
+    for name, (w, b) in mlp.diagnostics.items():
+        nodes.append(helper.make_node("MatMul", [hidden, constant(f"{name}_w", w[:, None])], [f"{name}_z"]))
+        nodes.append(helper.make_node("Add", [f"{name}_z", constant(f"{name}_b", [b])], [f"{name}_y"]))
+        raw = f"{name}_y"
+        if name == "uncertainty":
+            nodes.append(helper.make_node("Abs", [raw], [f"{name}_abs"]))
+            raw = f"{name}_abs"
+        nodes.append(helper.make_node("Reshape", [raw, constant_int(initializers, f"{name}_shape", [-1])], [name]))
+        outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N"]))
     graph = helper.make_graph(
         nodes, "dodo_synthetic",
         [helper.make_tensor_value_info("invariants", TensorProto.FLOAT, ["N", 27])],
-        [helper.make_tensor_value_info("head_output", TensorProto.FLOAT, ["N", K])],
-        initializers)
+        outputs, initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="dodo-synthetic")
     model.ir_version = 8  # readable by onnxruntime >= 1.14
     onnx.checker.check_model(model)
@@ -271,11 +332,16 @@ def write_model(path, mlp: SyntheticMLP, *, box3d_settings: Optional[dict] = Non
         "dodo.version": dodo.__version__,
         "dodo.description": description,
     }
+    if mlp.diagnostics:
+        metadata["dodo.outputs"] = json.dumps(["head_output", *mlp.diagnostics])
     if n_test_vectors:
         F, u = test_cells(n_test_vectors, seed=11)
         reference = reference_closure(F, u, mlp, mlp.head, settings)
-        metadata["dodo.test_vectors"] = json.dumps({
-            "F_init": F.tolist(), "u": u.tolist(), "F_pred": reference["F_pred"].tolist(), "atol_over_ntot": 1e-5})
+        vectors = {"F_init": F.tolist(), "u": u.tolist(), "F_pred": reference["F_pred"].tolist(), "atol_over_ntot": 1e-5}
+        if mlp.diagnostics:  # the optional outputs' results too (docs/model_package.md)
+            vectors.update(growth_over_ntot=reference["growth_over_ntot"].tolist(),
+                           uncertainty=reference["uncertainty"].tolist())
+        metadata["dodo.test_vectors"] = json.dumps(vectors)
     overrides = metadata_overrides or {}
     sign = "dodo.content_sha256" not in overrides  # an override replaces or removes the digest
     for key, value in overrides.items():
