@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite, set-up included: venv + install (test and train extras), C++ unit tests
-# (ctest), then pytest against the installed package.
+# (ctest), then pytest against the installed package (MPI tests where mpirun is installed).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 venv="${DODO_VENV:-$root/.venv}"
-bash scripts/setup_venv.sh test train
+extras=(test train)
+# With an MPI on the machine (DODO_WITH_MPI=1 scripts/install_system_deps.sh), mpi4py too: the MPI
+# tests then run instead of skipping.
+command -v mpirun >/dev/null 2>&1 && extras+=(mpi)
+bash scripts/setup_venv.sh "${extras[@]}"
 "$venv/bin/python" -m pip install --quiet cmake ninja
 # The venv's Python tells CMake where the onnxruntime wheel keeps its library: the system python3
 # of a fresh machine has no onnxruntime (issue 11).

@@ -6,12 +6,14 @@
 #include <limits.h>
 #include <sys/stat.h>
 
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <new>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "cell_status.hpp"
@@ -112,6 +114,78 @@ dodo::ConstCellArray cell_view(const double* data, const ptrdiff_t* strides) {
   return view;
 }
 
+// dodo_options as first released (API version 1), before `device` and `device_id` were added:
+// a program built against that dodo.h passes this size, and gets the defaults for the rest.
+struct OptionsV1 {
+  size_t struct_size;
+  int threads, chunk_size, lebedev_order;
+  const char* z_method;
+  double max_flux_factor;
+  const char* onnxruntime_library;
+  int run_self_test;
+};
+
+static_assert(offsetof(OptionsV1, run_self_test) == offsetof(dodo_options, run_self_test) &&
+                  sizeof(OptionsV1) != sizeof(dodo_options),
+              "dodo_options must extend the first release's layout");
+
+// The caller's options over the defaults, for any struct_size this library knows.
+dodo_options complete_options(const dodo_options* options) {
+  dodo_options given;
+  dodo_options_init(&given);
+  if (!options) return given;
+  if (options->struct_size == sizeof(dodo_options)) return *options;
+  if (options->struct_size == sizeof(OptionsV1)) {
+    std::memcpy(&given, options, offsetof(dodo_options, run_self_test) + sizeof(int));
+    given.struct_size = sizeof(dodo_options);
+    return given;
+  }
+  throw Error(DODO_ERROR_INVALID_ARGUMENT, "dodo_options.struct_size " + std::to_string(options->struct_size) +
+                                               " is not a size this library knows (initialise with dodo_options_init)");
+}
+
+dodo::runtime::ClosureOptions runtime_options(const dodo_options& given) {
+  dodo::runtime::ClosureOptions settings;
+  settings.threads = given.threads;
+  settings.chunk_size = given.chunk_size;
+  settings.box3d.lebedev_order = given.lebedev_order;
+  settings.box3d.z_method = given.z_method ? given.z_method : "";
+  settings.box3d.max_flux_factor = given.max_flux_factor;
+  settings.onnxruntime_library = given.onnxruntime_library ? given.onnxruntime_library : "";
+  settings.run_self_test = given.run_self_test != 0;
+  if (given.device == DODO_DEVICE_CUDA) {
+    if (given.device_id < 0)
+      throw Error(DODO_ERROR_INVALID_ARGUMENT, "device_id must be >= 0; got " + std::to_string(given.device_id));
+    settings.device = "cuda:" + std::to_string(given.device_id);
+  } else if (given.device != DODO_DEVICE_CPU) {
+    throw Error(DODO_ERROR_INVALID_ARGUMENT, "device must be DODO_DEVICE_CPU (0) or DODO_DEVICE_CUDA (1); got " +
+                                                 std::to_string(given.device));
+  }
+  return settings;
+}
+
+// The body of both create functions: options, the runtime closure made by `make`, registration.
+template <typename Make>
+dodo_status create_handle(const dodo_options* options, dodo_closure** closure, char* error_buffer,
+                          size_t error_buffer_size, Make&& make) {
+  // No handle exists yet to hold the text: a local one collects it for error_buffer.
+  dodo_closure collector;
+  dodo_status status = guarded(&collector, [&] {
+    if (!closure) throw Error(DODO_ERROR_INVALID_ARGUMENT, "output pointer `closure` is NULL");
+    *closure = nullptr;
+    const dodo::runtime::ClosureOptions settings = runtime_options(complete_options(options));
+    auto handle = std::make_unique<dodo_closure>();
+    handle->closure = make(settings);
+    {
+      std::lock_guard<std::mutex> lock(live_mutex);
+      live_handles().insert(handle.get());
+    }
+    *closure = handle.release();
+  });
+  copy_text(collector.last_error, error_buffer, error_buffer_size);
+  return status;
+}
+
 // The default model shipped with Dodo, found from where this library lies: beside the Python
 // package (the wheel: dodo/lib/libdodo.so or dodo/_core*.so, model in dodo/models/), under
 // share/dodo/models of an install prefix, or in the source tree this library was built from.
@@ -183,12 +257,22 @@ const char* dodo_cell_status_name(uint32_t bit) {
   return nullptr;
 }
 
-void dodo_options_init(dodo_options* options) {
-  if (!options) return;
-  std::memset(options, 0, sizeof *options);
-  options->struct_size = sizeof *options;
-  options->chunk_size = 1024;
+void dodo_options_init_sized(dodo_options* options, size_t size) {
+  if (!options || size < sizeof(OptionsV1)) return;  // smaller than any dodo_options: not ours to write
+  std::memset(options, 0, size);                     // the caller's struct is `size` bytes
+  options->struct_size = size;                       // a size this library does not know is refused at creation
+  options->chunk_size = 1024;                        // the other defaults are zero (CPU, the model's settings)
   options->run_self_test = 1;  // as in Python: a package is checked against its test vectors at load
+}
+
+// Parenthesised: the name, not dodo.h's macro of the same name.
+void(dodo_options_init)(dodo_options* options) {
+  if (!options) return;
+  OptionsV1 first_release{};
+  first_release.struct_size = sizeof first_release;
+  first_release.chunk_size = 1024;
+  first_release.run_self_test = 1;  // as in Python: a package is checked against its test vectors at load
+  std::memcpy(options, &first_release, sizeof first_release);  // never past the first release's size
 }
 
 const char* dodo_default_model_path(void) {
@@ -198,36 +282,10 @@ const char* dodo_default_model_path(void) {
 
 dodo_status dodo_closure_create(const char* model_path, const dodo_options* options, dodo_closure** closure,
                                 char* error_buffer, size_t error_buffer_size) {
-  std::unique_ptr<dodo_closure> handle;
-  std::string message;
-  // No handle exists yet to hold the text: a local one collects it for error_buffer.
-  dodo_closure collector;
-  dodo_status status = guarded(&collector, [&] {
-    if (!closure) throw Error(DODO_ERROR_INVALID_ARGUMENT, "output pointer `closure` is NULL");
-    *closure = nullptr;
-    dodo_options defaults;
-    dodo_options_init(&defaults);
-    if (options && options->struct_size != sizeof(dodo_options))
-      throw Error(DODO_ERROR_INVALID_ARGUMENT, "dodo_options.struct_size does not match this library (call dodo_options_init)");
-    const dodo_options& given = options ? *options : defaults;
-    dodo::runtime::ClosureOptions settings;
-    settings.threads = given.threads;
-    settings.chunk_size = given.chunk_size;
-    settings.box3d.lebedev_order = given.lebedev_order;
-    settings.box3d.z_method = given.z_method ? given.z_method : "";
-    settings.box3d.max_flux_factor = given.max_flux_factor;
-    settings.onnxruntime_library = given.onnxruntime_library ? given.onnxruntime_library : "";
-    settings.run_self_test = given.run_self_test != 0;
-    handle = std::make_unique<dodo_closure>();
-    handle->closure = std::make_unique<dodo::runtime::Closure>(model_path ? model_path : DODO_BOX3D_ONLY, settings);
-    {
-      std::lock_guard<std::mutex> lock(live_mutex);
-      live_handles().insert(handle.get());
-    }
-    *closure = handle.release();
+  return create_handle(options, closure, error_buffer, error_buffer_size, [&](const dodo::runtime::ClosureOptions& settings) {
+    // NULL: Box3D alone, as DODO_BOX3D_ONLY; an empty string is refused by the closure (issue 11.15).
+    return std::make_unique<dodo::runtime::Closure>(model_path ? model_path : DODO_BOX3D_ONLY, settings);
   });
-  copy_text(collector.last_error, error_buffer, error_buffer_size);
-  return status;
 }
 
 void dodo_closure_destroy(dodo_closure* closure) {
@@ -299,6 +357,16 @@ size_t dodo_last_error(const dodo_closure* closure, char* buffer, size_t buffer_
   std::lock_guard<std::mutex> lock(closure->error_mutex);
   copy_text(closure->last_error, buffer, buffer_size);
   return closure->last_error.size();
+}
+
+dodo_status dodo_closure_create_from_memory(const void* bytes, size_t size, const dodo_options* options,
+                                            dodo_closure** closure, char* error_buffer, size_t error_buffer_size) {
+  return create_handle(options, closure, error_buffer, error_buffer_size, [&](const dodo::runtime::ClosureOptions& settings) {
+    if (!bytes) throw Error(DODO_ERROR_INVALID_ARGUMENT, "model bytes pointer is NULL (for a Box3D-only closure use dodo_closure_create with DODO_BOX3D_ONLY)");
+    if (size == 0) throw Error(DODO_ERROR_MODEL_FORMAT, "model in memory is empty (size 0)");
+    const std::string_view view(static_cast<const char*>(bytes), size);
+    return std::make_unique<dodo::runtime::Closure>(dodo::runtime::ModelInMemory{view}, settings);
+  });
 }
 
 // dodo_apply is this with no diagnostics.

@@ -36,8 +36,10 @@ mutable struct Options
     max_flux_factor::Cdouble
     onnxruntime_library::Ptr{Cchar}
     run_self_test::Cint
+    device::Cint     # DODO_DEVICE_CPU = 0, DODO_DEVICE_CUDA = 1
+    device_id::Cint
 end
-Options() = Options(0, 0, 0, 0, C_NULL, 0.0, C_NULL, 0)
+Options() = Options(0, 0, 0, 0, C_NULL, 0.0, C_NULL, 0, 0, 0)
 
 struct Counters
     cells::UInt64
@@ -50,7 +52,8 @@ end
 
 version() = unsafe_string(ccall((:dodo_version, library()), Cstring, ()))
 status_name(status) = unsafe_string(ccall((:dodo_status_name, library()), Cstring, (Cint,), status))
-options_init!(options::Options) = ccall((:dodo_options_init, library()), Cvoid, (Ref{Options},), options)
+options_init!(options::Options) =
+    ccall((:dodo_options_init_sized, library()), Cvoid, (Ref{Options}, Csize_t), options, sizeof(Options))
 
 function closure_create(model_path, options::Options, handle::Ref{Ptr{Cvoid}}, buffer::Vector{UInt8})
     ccall((:dodo_closure_create, library()), Cint,

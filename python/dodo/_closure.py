@@ -84,8 +84,10 @@ def runtime_paths() -> dict:
 class Closure:
     """A loaded closure: Box3D, then the model's correction, per cell.
 
-    model: path of an ONNX model package (``dodo export``); None: the default model shipped
-        with Dodo (``dodo/models/qke_default.onnx``, trained on the QKE solver's data); ``"box3d"``: no
+    model: path of an ONNX model package (``dodo export``); the package's bytes (``bytes``,
+        ``bytearray``, ``memoryview`` or a uint8 array, e.g. received by an MPI broadcast: the
+        same checks as a file); None: the default model shipped with Dodo
+        (``dodo/models/qke_default.onnx``, trained on the QKE solver's data); ``"box3d"``: no
         model, Box3D alone (the same literal in C, C++, Fortran and Julia; a file of that name is
         ``"./box3d"``). An empty path is refused.
     threads: worker threads per call (None: all cores; 0 or 1: the calling thread only; at most
@@ -94,7 +96,8 @@ class Closure:
     chunk_size: cells per network call (fixed-size chunks; default 1024).
     lebedev_order, z_method, max_flux_factor: Box3D settings; None takes the model's, and a
         value that differs from the model's is refused (the model was trained against it).
-    device: "cpu", or "cuda" with an onnxruntime-gpu installation (untested without a GPU).
+    device: "cpu", or "cuda" / "cuda:N" (CUDA device N) with an onnxruntime-gpu installation
+        (untested without a GPU); a library without the CUDA provider is refused with a RuntimeError.
     self_test: run the model's embedded test vectors once at load time.
     onnxruntime_library: path of libonnxruntime; None: $DODO_ONNXRUNTIME_LIBRARY, then the
         ``onnxruntime`` Python package, then the system.
@@ -111,9 +114,13 @@ class Closure:
                 "this build of dodo has no closure runtime: ONNX Runtime's C API header was not found when it was "
                 "built. Install the header (Debian 13: apt-get install libonnxruntime-dev; Debian 12: "
                 "cmake/install_onnxruntime_headers.sh) and reinstall dodo; see docs/runtime.md")
+        model_bytes: Optional[bytes] = None
         if model is None:
             model_path: Optional[str] = str(default_model_path())
         elif isinstance(model, str) and model == BOX3D_ONLY:
+            model_path = None
+        elif isinstance(model, (bytes, bytearray, memoryview, np.ndarray)):
+            model_bytes = _package_bytes(model)
             model_path = None
         else:
             model_path = os.fspath(model)
@@ -123,15 +130,16 @@ class Closure:
             if not os.path.exists(model_path):
                 raise FileNotFoundError(f"model package {model_path!r} does not exist")
         library = onnxruntime_library
-        if library is None and model_path is not None and not os.environ.get("DODO_ONNXRUNTIME_LIBRARY"):
+        has_model = model_path is not None or model_bytes is not None
+        if library is None and has_model and not os.environ.get("DODO_ONNXRUNTIME_LIBRARY"):
             library = onnxruntime_library_path()
         self._model_path = model_path
         self._runtime = _core.Closure(
-            BOX3D_ONLY if model_path is None else model_path, threads=_threads(threads),
-            chunk_size=_integral("chunk_size", chunk_size),
+            model_bytes if model_bytes is not None else BOX3D_ONLY if model_path is None else model_path,
+            threads=_threads(threads), chunk_size=_integral("chunk_size", chunk_size),
             lebedev_order=0 if lebedev_order is None else _integral("lebedev_order", lebedev_order), z_method=z_method or "",
             max_flux_factor=float(max_flux_factor or 0.0), onnxruntime_library=os.fspath(library) if library else "",
-            device=device, run_self_test=bool(self_test and model_path is not None))
+            device=device, run_self_test=bool(self_test and has_model))
 
     # -- evaluation
     def apply(self, F_init, u=None) -> ClosureResult:
@@ -206,8 +214,18 @@ class Closure:
         return self._runtime.onnxruntime_library, self._runtime.onnxruntime_version
 
     def __repr__(self) -> str:
-        what = f"model={self._model_path!r}, head={self.head!r}" if self.has_model else "Box3D only"
+        source = repr(self._model_path) if self._model_path is not None else "<in memory>"
+        what = f"model={source}, head={self.head!r}" if self.has_model else "Box3D only"
         return f"dodo.Closure({what}, threads={self.threads})"
+
+
+def _package_bytes(model) -> bytes:
+    """The bytes of an in-memory model package given as bytes, bytearray, memoryview or uint8 array."""
+    if isinstance(model, np.ndarray) and model.dtype not in (np.uint8, np.int8):
+        raise TypeError(f"an in-memory model package must be bytes or a uint8 array, not an array of {model.dtype}")
+    if isinstance(model, np.ndarray):
+        return np.ascontiguousarray(model).tobytes()
+    return model if isinstance(model, bytes) else bytes(memoryview(model).cast("B"))
 
 
 @functools.lru_cache(maxsize=4)

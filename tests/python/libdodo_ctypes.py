@@ -7,7 +7,8 @@ import ctypes
 class Options(ctypes.Structure):
     _fields_ = [("struct_size", ctypes.c_size_t), ("threads", ctypes.c_int), ("chunk_size", ctypes.c_int),
                 ("lebedev_order", ctypes.c_int), ("z_method", ctypes.c_char_p), ("max_flux_factor", ctypes.c_double),
-                ("onnxruntime_library", ctypes.c_char_p), ("run_self_test", ctypes.c_int)]
+                ("onnxruntime_library", ctypes.c_char_p), ("run_self_test", ctypes.c_int),
+                ("device", ctypes.c_int), ("device_id", ctypes.c_int)]
 
 
 class Counters(ctypes.Structure):
@@ -37,7 +38,8 @@ def load_libdodo():
     library.dodo_status_message.restype = ctypes.c_char_p
     library.dodo_cell_status_name.restype = ctypes.c_char_p
     library.dodo_cell_status_name.argtypes = [ctypes.c_uint32]
-    library.dodo_options_init.argtypes = [p(Options)]
+    library.dodo_options_init.argtypes = [ctypes.c_char_p]  # the first release's: writes its fields only
+    library.dodo_options_init_sized.argtypes = [p(Options), ctypes.c_size_t]
     library.dodo_closure_create.argtypes = [ctypes.c_char_p, p(Options), p(ctypes.c_void_p), ctypes.c_char_p,
                                             ctypes.c_size_t]
     library.dodo_closure_destroy.argtypes = [ctypes.c_void_p]

@@ -28,7 +28,7 @@ def model(tmp_path_factory):
 
 def create(lib, path, **fields):
     options = Options()
-    lib.dodo_options_init(ctypes.byref(options))
+    lib.dodo_options_init_sized(ctypes.byref(options), ctypes.sizeof(options))
     for key, value in fields.items():
         setattr(options, key, value)
     handle = ctypes.c_void_p()

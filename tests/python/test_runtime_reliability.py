@@ -44,7 +44,7 @@ def stable_cell() -> np.ndarray:
 
 def c_create(lib, path, **fields):
     options = Options()
-    lib.dodo_options_init(ctypes.byref(options))
+    lib.dodo_options_init_sized(ctypes.byref(options), ctypes.sizeof(options))
     for key, value in fields.items():
         setattr(options, key, value)
     handle = ctypes.c_void_p()
@@ -534,8 +534,12 @@ def test_metadata_digest_follows_its_documented_definition(tmp_path):
 
 def test_c_options_run_the_self_test_by_default_as_python_does(lib):
     options = Options()
-    lib.dodo_options_init(ctypes.byref(options))
+    lib.dodo_options_init_sized(ctypes.byref(options), ctypes.sizeof(options))
     assert options.run_self_test == 1
+    # The first release's entry point (programs built against that dodo.h) has the same default.
+    first_release = ctypes.create_string_buffer(ctypes.sizeof(Options))
+    lib.dodo_options_init(first_release)
+    assert Options.from_buffer_copy(first_release.raw).run_self_test == 1
 
 
 def test_c_finds_the_shipped_default_model(lib):

@@ -101,7 +101,7 @@ void register_runtime(py::module_& m) {
   py::register_exception_translator(&translate_runtime_error);
 
   py::class_<Closure>(m, "Closure", "The C++ closure runtime; use dodo.Closure instead.")
-      .def(py::init([](const std::optional<std::string>& model, int threads, int chunk_size, int lebedev_order,
+      .def(py::init([](const py::object& model, int threads, int chunk_size, int lebedev_order,
                        const std::string& z_method, double max_flux_factor, const std::string& onnxruntime_library,
                        const std::string& device, bool run_self_test) {
              ClosureOptions options;
@@ -113,10 +113,18 @@ void register_runtime(py::module_& m) {
              options.onnxruntime_library = onnxruntime_library;
              options.device = device;
              options.run_self_test = run_self_test;
+             // model: None (Box3D only, as DODO_BOX3D_ONLY), a path (str), or the package's bytes
+             // (copied under the GIL).
+             const bool in_memory = py::isinstance<py::bytes>(model);
+             const std::string text = model.is_none() ? std::string(DODO_BOX3D_ONLY) : model.cast<std::string>();
              std::unique_ptr<Closure> closure;
-             const std::string path = model.value_or(DODO_BOX3D_ONLY);
              // Loading and warm-up can take a while.
-             dodo_python::without_gil([&] { closure = std::make_unique<Closure>(path, options); });
+             dodo_python::without_gil([&] {
+               if (in_memory)
+                 closure = std::make_unique<Closure>(dodo::runtime::ModelInMemory{text}, options);
+               else
+                 closure = std::make_unique<Closure>(text, options);
+             });
              return closure;
            }),
            py::arg("model"), py::arg("threads") = 0, py::arg("chunk_size") = 1024, py::arg("lebedev_order") = 0,

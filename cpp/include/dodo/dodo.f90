@@ -4,7 +4,7 @@
 !   type(dodo_closure) :: closure
 !   real(c_double) :: F(4, 6, ncell), F_pred(4, 6, ncell), u(4, ncell)
 !   integer :: stat
-!   call dodo_create(closure, "model.onnx", stat=stat, threads=2)
+!   call dodo_create(closure, "model.onnx", stat=stat, threads=2)   ! or dodo_create_from_memory(closure, bytes, ...)
 !   call dodo_apply(closure, F, F_pred, u=u, stat=stat)
 !   call dodo_apply(closure, F, F_pred, u=u, growth_rate=rate, uncertainty=spread)  ! rate, spread: (ncell)
 !   call dodo_destroy(closure)
@@ -20,14 +20,15 @@
 ! $(pkg-config --variable=includedir dodo)/dodo/dodo.f90.
 module dodo
   use, intrinsic :: iso_c_binding, only: c_ptr, c_null_ptr, c_null_char, c_char, c_int, c_double, c_size_t, &
-                                         c_int32_t, c_int64_t, c_long, c_associated, c_loc, c_f_pointer
+                                         c_int8_t, c_int32_t, c_int64_t, c_long, c_associated, c_loc, c_f_pointer, &
+                                         c_sizeof
   implicit none
   private
 
   public :: dodo_closure, dodo_counters
-  public :: dodo_create, dodo_destroy, dodo_apply, dodo_self_test, dodo_get_counters, dodo_version_string, &
-            dodo_default_model_path
-  public :: c_double, c_int32_t
+  public :: dodo_create, dodo_create_from_memory, dodo_destroy, dodo_apply, dodo_self_test, dodo_get_counters, &
+            dodo_version_string, dodo_default_model_path
+  public :: c_double, c_int8_t, c_int32_t
 
   ! Model path meaning Box3D alone (dodo.h DODO_BOX3D_ONLY).
   character(len=*), parameter, public :: DODO_BOX3D_ONLY = "box3d"
@@ -63,12 +64,15 @@ module dodo
     real(c_double) :: max_flux_factor
     type(c_ptr) :: onnxruntime_library
     integer(c_int) :: run_self_test
+    integer(c_int) :: device, device_id
   end type options_c
+  integer(c_int), parameter :: DEVICE_CUDA = 1  ! dodo.h DODO_DEVICE_CUDA
 
   interface
-    subroutine c_options_init(options) bind(c, name="dodo_options_init")
-      import :: options_c
+    subroutine c_options_init(options, size) bind(c, name="dodo_options_init_sized")
+      import :: options_c, c_size_t
       type(options_c), intent(inout) :: options
+      integer(c_size_t), value :: size
     end subroutine
     function c_create(model_path, options, closure, error_buffer, error_size) bind(c, name="dodo_closure_create")
       import :: c_ptr, c_int, c_char, c_size_t, options_c
@@ -78,6 +82,17 @@ module dodo
       character(kind=c_char), intent(inout) :: error_buffer(*)
       integer(c_size_t), value :: error_size
       integer(c_int) :: c_create
+    end function
+    function c_create_from_memory(bytes, size, options, closure, error_buffer, error_size) &
+        bind(c, name="dodo_closure_create_from_memory")
+      import :: c_ptr, c_int, c_char, c_size_t, options_c
+      type(c_ptr), value :: bytes
+      integer(c_size_t), value :: size
+      type(options_c), intent(in) :: options
+      type(c_ptr), intent(out) :: closure
+      character(kind=c_char), intent(inout) :: error_buffer(*)
+      integer(c_size_t), value :: error_size
+      integer(c_int) :: c_create_from_memory
     end function
     subroutine c_destroy(closure) bind(c, name="dodo_closure_destroy")
       import :: c_ptr
@@ -130,11 +145,13 @@ contains
   ! Creates a closure from a model package; model_path DODO_BOX3D_ONLY ("box3d") or absent gives a
   ! Box3D-only closure; a blank model_path is refused (DODO_ERROR_INVALID_ARGUMENT), so that an
   ! unset parameter never drops the learned correction silently. run_self_test defaults to .true.
+  ! cuda_device present: the network runs on that CUDA device (needs an onnxruntime-gpu library;
+  ! one device per rank: cuda_device = node-local rank mod devices per node).
   subroutine dodo_create(closure, model_path, threads, chunk_size, lebedev_order, max_flux_factor, &
-                         run_self_test, stat, errmsg)
+                         run_self_test, stat, errmsg, cuda_device)
     type(dodo_closure), intent(inout) :: closure
     character(len=*), intent(in), optional :: model_path
-    integer, intent(in), optional :: threads, chunk_size, lebedev_order
+    integer, intent(in), optional :: threads, chunk_size, lebedev_order, cuda_device
     real(c_double), intent(in), optional :: max_flux_factor
     logical, intent(in), optional :: run_self_test
     integer, intent(out), optional :: stat
@@ -145,14 +162,7 @@ contains
     type(c_ptr) :: path_pointer
     integer :: status
 
-    call c_options_init(options)
-    if (present(threads)) options%threads = int(threads, c_int)
-    if (present(chunk_size)) options%chunk_size = int(chunk_size, c_int)
-    if (present(lebedev_order)) options%lebedev_order = int(lebedev_order, c_int)
-    if (present(max_flux_factor)) options%max_flux_factor = max_flux_factor
-    if (present(run_self_test)) then
-      options%run_self_test = merge(1_c_int, 0_c_int, run_self_test)
-    end if
+    options = make_options(threads, chunk_size, lebedev_order, max_flux_factor, run_self_test, cuda_device)
     path_pointer = c_null_ptr
     if (present(model_path)) then
       path_c = to_c_string(model_path)  ! trailing blanks dropped; a blank path becomes "" (refused)
@@ -163,6 +173,32 @@ contains
     status = int(c_create(path_pointer, options, closure%handle, message, int(size(message), c_size_t)))
     call report(status, from_c_buffer(message), stat, errmsg)
   end subroutine dodo_create
+
+  ! Creates a closure from a model package already in memory (e.g. received with MPI_Bcast), with
+  ! the same checks as a file. bytes: the package file's bytes; only read during the call.
+  subroutine dodo_create_from_memory(closure, bytes, threads, chunk_size, lebedev_order, max_flux_factor, &
+                                     run_self_test, stat, errmsg, cuda_device)
+    type(dodo_closure), intent(inout) :: closure
+    integer(c_int8_t), intent(in), contiguous, target :: bytes(:)
+    integer, intent(in), optional :: threads, chunk_size, lebedev_order, cuda_device
+    real(c_double), intent(in), optional :: max_flux_factor
+    logical, intent(in), optional :: run_self_test
+    integer, intent(out), optional :: stat
+    character(len=*), intent(inout), optional :: errmsg
+    type(options_c) :: options
+    character(kind=c_char) :: message(1024)
+    type(c_ptr) :: bytes_pointer
+    integer :: status
+
+    options = make_options(threads, chunk_size, lebedev_order, max_flux_factor, run_self_test, cuda_device)
+    bytes_pointer = c_null_ptr
+    if (size(bytes) > 0) bytes_pointer = c_loc(bytes)
+    message = c_null_char
+    if (c_associated(closure%handle)) call c_destroy(closure%handle)
+    status = int(c_create_from_memory(bytes_pointer, int(size(bytes), c_size_t), options, closure%handle, message, &
+                                      int(size(message), c_size_t)))
+    call report(status, from_c_buffer(message), stat, errmsg)
+  end subroutine dodo_create_from_memory
 
   subroutine dodo_destroy(closure)
     type(dodo_closure), intent(inout) :: closure
@@ -290,6 +326,26 @@ contains
   end function dodo_default_model_path
 
   ! --- helpers -------------------------------------------------------------------------------
+
+  function make_options(threads, chunk_size, lebedev_order, max_flux_factor, run_self_test, cuda_device) &
+      result(options)
+    integer, intent(in), optional :: threads, chunk_size, lebedev_order, cuda_device
+    real(c_double), intent(in), optional :: max_flux_factor
+    logical, intent(in), optional :: run_self_test
+    type(options_c) :: options
+    call c_options_init(options, c_sizeof(options))
+    if (present(threads)) options%threads = int(threads, c_int)
+    if (present(chunk_size)) options%chunk_size = int(chunk_size, c_int)
+    if (present(lebedev_order)) options%lebedev_order = int(lebedev_order, c_int)
+    if (present(max_flux_factor)) options%max_flux_factor = max_flux_factor
+    if (present(run_self_test)) then
+      options%run_self_test = merge(1_c_int, 0_c_int, run_self_test)
+    end if
+    if (present(cuda_device)) then
+      options%device = DEVICE_CUDA
+      options%device_id = int(cuda_device, c_int)
+    end if
+  end function make_options
 
   subroutine report(status, message, stat, errmsg)
     integer, intent(in) :: status

@@ -80,7 +80,12 @@ typedef enum dodo_status {
 /* Opaque handle (SUNDIALS style: a pointer to an incomplete struct). */
 typedef struct dodo_closure dodo_closure;
 
-/* Options for dodo_closure_create. Initialise with dodo_options_init, then set fields. */
+/* Where the network runs (dodo_options.device). Box3D always runs on the CPU. */
+#define DODO_DEVICE_CPU 0
+#define DODO_DEVICE_CUDA 1 /* ONNX Runtime's CUDA execution provider (an onnxruntime-gpu library) */
+
+/* Options for dodo_closure_create. Initialise with dodo_options_init, then set fields.
+ * Fields are only ever added at the end; a program built against an older dodo.h keeps working. */
 typedef struct dodo_options {
   size_t struct_size;              /* set by dodo_options_init; lets the struct grow compatibly */
   int threads;                     /* worker threads per dodo_apply; 0 or 1 = caller's thread only */
@@ -90,6 +95,8 @@ typedef struct dodo_options {
   double max_flux_factor;          /* 0 = the model's (0.98 without one) */
   const char* onnxruntime_library; /* path of libonnxruntime; NULL = search (docs/runtime.md) */
   int run_self_test;               /* nonzero (the default): run the model's test vectors at creation */
+  int device;                      /* DODO_DEVICE_CPU (default) or DODO_DEVICE_CUDA */
+  int device_id;                   /* CUDA device number (DODO_DEVICE_CUDA only); e.g. the rank on its node */
 } dodo_options;
 
 typedef struct dodo_counters {
@@ -110,8 +117,16 @@ DODO_API const char* dodo_status_message(dodo_status status);
 /* Name of one cell status bit ("NO_CROSSING", ...), or NULL if `bit` is not exactly one known bit. */
 DODO_API const char* dodo_cell_status_name(uint32_t bit);
 
-/* Defaults: threads 0, chunk_size 1024, run_self_test 1, everything else the model's. */
+/* Sets the defaults in the caller's dodo_options of `size` bytes (the sizeof of the caller's
+ * dodo.h) and records the size in struct_size. Use it through dodo_options_init (below).
+ * Defaults: threads 0, chunk_size 1024, run_self_test 1, device CPU, everything else the model's. */
+DODO_API void dodo_options_init_sized(dodo_options* options, size_t size);
+/* The first release's entry point, kept for programs built against that dodo.h: initialises the
+ * first release's fields only (it cannot know the caller's size), with the same defaults. This
+ * header maps dodo_options_init(o) to dodo_options_init_sized(o, sizeof *(o)); bindings that call
+ * symbols (Fortran, Julia, ctypes) call dodo_options_init_sized with the size of their struct. */
 DODO_API void dodo_options_init(dodo_options* options);
+#define dodo_options_init(options) dodo_options_init_sized((options), sizeof *(options))
 
 /* Absolute path of the default model package shipped with Dodo (the model Python's
  * dodo.Closure() loads), found next to this library; NULL if it is not there. Static string. */
@@ -165,6 +180,15 @@ DODO_API long dodo_get_metadata(const dodo_closure* closure, const char* key, ch
 /* Copies the last error message recorded on this handle (by any thread) into buffer; returns its
  * length. Empty when the last call succeeded. */
 DODO_API size_t dodo_last_error(const dodo_closure* closure, char* buffer, size_t buffer_size);
+
+/* Like dodo_closure_create, from a model package already in memory (size bytes at `bytes`), with
+ * the same checks as a file: content digest, metadata digest, required test vectors, the size
+ * bound DODO_MAX_MODEL_FILE_BYTES, self-test. The bytes are only read during the call. For codes
+ * with many ranks: rank 0 reads the file, MPI_Bcast sends the bytes, every rank creates its
+ * closure, and no other rank touches the file system (examples/c/mpi_closure.c). */
+DODO_API dodo_status dodo_closure_create_from_memory(const void* bytes, size_t size, const dodo_options* options,
+                                                     dodo_closure** closure, char* error_buffer,
+                                                     size_t error_buffer_size);
 
 /* dodo_apply, and per cell the growth rate of the instability and the model's uncertainty
  * (docs/runtime.md, "Growth rate and uncertainty"); growth_rate and uncertainty are arrays of

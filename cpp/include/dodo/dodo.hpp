@@ -38,6 +38,9 @@ class Options {
   Options& max_flux_factor(double value) { options_.max_flux_factor = value; return *this; }
   Options& onnxruntime_library(std::string path) { onnxruntime_library_ = std::move(path); return *this; }
   Options& run_self_test(bool run) { options_.run_self_test = run ? 1 : 0; return *this; }
+  // The network on CUDA device `id` (needs an onnxruntime-gpu library); cpu() undoes it.
+  Options& cuda_device(int id) { options_.device = DODO_DEVICE_CUDA; options_.device_id = id; return *this; }
+  Options& cpu() { options_.device = DODO_DEVICE_CPU; options_.device_id = 0; return *this; }
 
   dodo_options c_options() const {
     dodo_options copy = options_;
@@ -59,6 +62,17 @@ class Closure {
   // Closure with an ONNX model package.
   explicit Closure(const std::string& model_path, const Options& options = Options()) {
     create(model_path.c_str(), options);
+  }
+  // Closure with a model package already in memory (e.g. after MPI_Bcast); same checks as a file.
+  // The bytes are only read during construction.
+  static Closure from_memory(const void* bytes, std::size_t size, const Options& options = Options()) {
+    Closure closure(nullptr);
+    char message[1024] = {0};
+    const dodo_options c_options = options.c_options();
+    dodo_status status =
+        dodo_closure_create_from_memory(bytes, size, &c_options, &closure.handle_, message, sizeof message);
+    if (status != DODO_OK) throw Error(status, message[0] ? message : dodo_status_message(status));
+    return closure;
   }
   ~Closure() { dodo_closure_destroy(handle_); }
   Closure(Closure&& other) noexcept : handle_(std::exchange(other.handle_, nullptr)) {}
@@ -122,6 +136,8 @@ class Closure {
   dodo_closure* get() const noexcept { return handle_; }
 
  private:
+  explicit Closure(std::nullptr_t) {}  // empty, for from_memory
+
   void create(const char* model_path, const Options& options) {
     char message[1024] = {0};
     const dodo_options c_options = options.c_options();

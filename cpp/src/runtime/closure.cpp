@@ -97,20 +97,36 @@ bool learned_diagnostics(const EvaluationBuffers& network, std::size_t row, doub
 
 }  // namespace
 
-Closure::Closure(const std::string& model_path, const ClosureOptions& raw_options)
-    : chunk_size_(checked(raw_options).chunk_size), pool_(raw_options.threads) {
-  const ClosureOptions& options = raw_options;
+Closure::Closure(const std::string& model_path, const ClosureOptions& options)
+    : chunk_size_(checked(options).chunk_size), pool_(options.threads) {
   // An empty path is a mistake (an unset parameter), never a request for Box3D alone (issue 11.15).
   if (model_path.empty())
     throw Error(DODO_ERROR_INVALID_ARGUMENT, std::string("empty model path: give a model package, or \"") +
                                                  DODO_BOX3D_ONLY + "\" for Box3D without a learned correction");
   if (model_path == DODO_BOX3D_ONLY) {
+    initialise(nullptr, "", options);
+    return;
+  }
+  // Read before ONNX Runtime is loaded, so that a missing file is reported as such.
+  const std::string bytes = read_model_file(model_path);
+  const std::string_view view(bytes);
+  initialise(&view, "model file \"" + model_path + "\"", options);
+}
+
+Closure::Closure(ModelInMemory model, const ClosureOptions& options)
+    : chunk_size_(checked(options).chunk_size), pool_(options.threads) {
+  initialise(&model.bytes, "model in memory (" + std::to_string(model.bytes.size()) + " bytes)", options);
+}
+
+void Closure::initialise(const std::string_view* bytes, const std::string& source, const ClosureOptions& options) {
+  if (!bytes) {
     box3d_ = make_box3d(box3d_settings_without_model(options.box3d));
   } else {
+    const DeviceSelection device = parse_device(options.device);
     const OrtLibrary& library = load_onnxruntime(options.onnxruntime_library);
     onnxruntime_path_ = library.path;
     onnxruntime_version_ = library.version;
-    model_ = std::make_unique<OnnxModel>(library, model_path, options.device);
+    model_ = std::make_unique<OnnxModel>(library, *bytes, source, device);
     metadata_ = model_->metadata();
     try {
       description_ = describe_model(metadata_, model_->output_size(), options.box3d);
@@ -124,7 +140,7 @@ Closure::Closure(const std::string& model_path, const ClosureOptions& raw_option
                                 "`dodo export` (development only: set ") +
                         kAllowUntestedModelVariable + "=1 to load it anyway)");
     } catch (const Error& error) {
-      throw Error(error.status(), "model file \"" + model_path + "\": " + error.what());
+      throw Error(error.status(), source + ": " + error.what());
     }
     box3d_ = make_box3d(description_.box3d);
   }

@@ -15,6 +15,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "../box3d/box3d.hpp"
@@ -29,7 +30,7 @@ struct ClosureOptions {
   int chunk_size = 1024;    // cells per network call
   RequestedBox3D box3d;     // unset fields: the model's settings
   std::string onnxruntime_library;  // empty: search (ort_library.hpp)
-  std::string device = "cpu";       // "cpu" or "cuda" (needs an onnxruntime-gpu library)
+  std::string device = "cpu";       // "cpu", "cuda" or "cuda:N" (needs an onnxruntime-gpu library)
   bool run_self_test = false;
 };
 
@@ -53,10 +54,17 @@ struct ClosureCounters {
                 correction_limited = 0;
 };
 
+// A model package already in memory (e.g. received by MPI_Bcast): the same checks as a file.
+struct ModelInMemory {
+  std::string_view bytes;
+};
+
 class Closure {
  public:
   // model_path DODO_BOX3D_ONLY ("box3d"): Box3D only (no ONNX Runtime needed); empty: refused.
   Closure(const std::string& model_path, const ClosureOptions& options);
+  // The bytes are read during construction only; the caller keeps ownership.
+  Closure(ModelInMemory model, const ClosureOptions& options);
   ~Closure();
   Closure(const Closure&) = delete;
   Closure& operator=(const Closure&) = delete;
@@ -90,6 +98,8 @@ class Closure {
  private:
   struct Workspace;
   struct Batch;
+  // Loads the model in `bytes` (named `source` in messages); null bytes: Box3D only.
+  void initialise(const std::string_view* bytes, const std::string& source, const ClosureOptions& options);
   static void run_chunk(void* batch, std::size_t chunk, int slot);
   void process_chunk(const Batch& batch, std::size_t begin, std::size_t end, Workspace& workspace) const;
   Workspace* acquire_workspace() const;

@@ -32,11 +32,76 @@ std::size_t tier_of(std::size_t rows) {  // smallest t with 2^t >= rows
   return tier;
 }
 
+// ORT prefixes some messages with its source location and C++ signature
+// ("/onnxruntime_src/...cc:256 onnxruntime::Model::Model(...) Unsupported model IR version: 99");
+// the user needs only the text after it.
+std::string without_source_location(const std::string& message) {
+  const std::size_t location = message.find(':');
+  if (message.empty() || message[0] != '/' || location == std::string::npos) return message;
+  const std::size_t open = message.find('(', location);
+  if (open == std::string::npos) return message;
+  int depth = 0;
+  for (std::size_t i = open; i < message.size(); ++i) {
+    if (message[i] == '(') ++depth;
+    if (message[i] == ')' && --depth == 0) {
+      std::size_t start = i + 1;
+      if (message.compare(start, 6, " const") == 0) start += 6;
+      while (start < message.size() && message[start] == ' ') ++start;
+      return start < message.size() ? message.substr(start) : message;
+    }
+  }
+  return message;
+}
+
+// Releases ORT objects on every path out of a scope.
+template <typename T>
+struct OrtReleaser {
+  const OrtApi* api;
+  void (*release)(T*);
+  void operator()(T* object) const {
+    if (object) release(object);
+  }
+};
+
+// Appends ONNX Runtime's CUDA execution provider for device `device_id`. A library built without
+// it (the CPU wheel) is refused up front with a message that says what to install, instead of
+// ORT's own text about a provider library it failed to dlopen.
+void enable_cuda(const OrtApi* api, OrtSessionOptions* options, int device_id) {
+  char** providers = nullptr;
+  int count = 0;
+  check_ort(api, api->GetAvailableProviders(&providers, &count), "listing execution providers");
+  bool available = false;
+  std::string names;
+  for (int i = 0; i < count; ++i) {
+    available = available || std::string(providers[i]) == "CUDAExecutionProvider";
+    names += (i ? ", " : "") + std::string(providers[i]);
+  }
+  if (OrtStatus* released = api->ReleaseAvailableProviders(providers, count)) api->ReleaseStatus(released);
+  if (!available)
+    throw Error(DODO_ERROR_ONNXRUNTIME_UNAVAILABLE,
+                "device cuda:" + std::to_string(device_id) +
+                    " requested, but this ONNX Runtime library has no CUDA execution provider (it offers: " + names +
+                    "); install onnxruntime-gpu and point onnxruntime_library or DODO_ONNXRUNTIME_LIBRARY at its "
+                    "libonnxruntime.so, or use the CPU");
+  OrtCUDAProviderOptionsV2* cuda = nullptr;
+  check_ort(api, api->CreateCUDAProviderOptions(&cuda), "creating CUDA provider options");
+  const std::string id = std::to_string(device_id);
+  const char* keys[] = {"device_id"};
+  const char* values[] = {id.c_str()};
+  OrtStatus* updated = api->UpdateCUDAProviderOptions(cuda, keys, values, 1);
+  OrtStatus* appended = updated ? nullptr : api->SessionOptionsAppendExecutionProvider_CUDA_V2(options, cuda);
+  api->ReleaseCUDAProviderOptions(cuda);
+  check_ort(api, updated, ("selecting CUDA device " + id).c_str());
+  check_ort(api, appended, ("enabling the CUDA execution provider on device " + id).c_str());
+}
+
+}  // namespace
+
 // Reads a model file, refusing before reading anything that cannot be a model package: a
 // directory, a device (/dev/zero never ends), a FIFO (would block) or a socket, and files larger
 // than DODO_MAX_MODEL_FILE_BYTES. Files whose size stat does not know (/proc) are read up to the
 // limit.
-std::string read_file(const std::string& path) {
+std::string read_model_file(const std::string& path) {
   const std::string quoted = "\"" + path + "\"";
   // O_NONBLOCK: opening a FIFO must not wait for a writer; regular files ignore the flag.
   const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
@@ -84,38 +149,20 @@ std::string read_file(const std::string& path) {
   return bytes;
 }
 
-// ORT prefixes some messages with its source location and C++ signature
-// ("/onnxruntime_src/...cc:256 onnxruntime::Model::Model(...) Unsupported model IR version: 99");
-// the user needs only the text after it.
-std::string without_source_location(const std::string& message) {
-  const std::size_t location = message.find(':');
-  if (message.empty() || message[0] != '/' || location == std::string::npos) return message;
-  const std::size_t open = message.find('(', location);
-  if (open == std::string::npos) return message;
-  int depth = 0;
-  for (std::size_t i = open; i < message.size(); ++i) {
-    if (message[i] == '(') ++depth;
-    if (message[i] == ')' && --depth == 0) {
-      std::size_t start = i + 1;
-      if (message.compare(start, 6, " const") == 0) start += 6;
-      while (start < message.size() && message[start] == ' ') ++start;
-      return start < message.size() ? message.substr(start) : message;
-    }
-  }
-  return message;
+DeviceSelection parse_device(const std::string& device) {
+  DeviceSelection selection;
+  if (device == "cpu") return selection;
+  selection.cuda = true;
+  if (device == "cuda") return selection;
+  const std::string prefix = "cuda:";
+  const std::string number = device.compare(0, prefix.size(), prefix) == 0 ? device.substr(prefix.size()) : "";
+  bool digits = !number.empty() && number.size() <= 6;
+  for (char c : number) digits = digits && c >= '0' && c <= '9';
+  if (!digits)
+    throw Error(DODO_ERROR_INVALID_ARGUMENT, "unknown device \"" + device + "\" (known: \"cpu\", \"cuda\", \"cuda:N\")");
+  selection.cuda_device = std::stoi(number);
+  return selection;
 }
-
-// Releases ORT objects on every path out of a scope.
-template <typename T>
-struct OrtReleaser {
-  const OrtApi* api;
-  void (*release)(T*);
-  void operator()(T* object) const {
-    if (object) release(object);
-  }
-};
-
-}  // namespace
 
 EvaluationBuffers::EvaluationBuffers(const OrtApi* api, std::size_t capacity, int input_size, int output_size,
                                      OptionalOutputs optional)
@@ -173,17 +220,22 @@ EvaluationBuffers::~EvaluationBuffers() {
     for (OrtValue* value : *tensors) api_->ReleaseValue(value);
 }
 
-OnnxModel::OnnxModel(const OrtLibrary& library, const std::string& path, const std::string& device)
+OnnxModel::OnnxModel(const OrtLibrary& library, std::string_view bytes, const std::string& source,
+                     const DeviceSelection& device)
     : api_(library.api) {
-  const std::string bytes = read_file(path);
-  // Our own reading of the file comes first: a damaged or altered file is refused by its digest
-  // before ONNX Runtime parses it, and the metadata is read once, the same way for every caller.
+  if (bytes.empty()) throw Error(DODO_ERROR_MODEL_FORMAT, source + " is empty");
+  // The same bound as for files (read_model_file), so a package in memory gets no more than one on disk.
+  if (bytes.size() > DODO_MAX_MODEL_FILE_BYTES)
+    throw Error(DODO_ERROR_MODEL_FORMAT, source + " is larger than a model package may be: at most " +
+                                             std::to_string(DODO_MAX_MODEL_FILE_BYTES) + " bytes (DODO_MAX_MODEL_FILE_BYTES)");
+  // Our own reading of the bytes comes first: a damaged or altered package is refused by its
+  // digest before ONNX Runtime parses it, and the metadata is read once, the same way for every caller.
   try {
     PackageContents package = read_package(bytes);
     verify_content_digest(package);
     metadata_ = std::move(package.metadata);
   } catch (const Error& error) {
-    throw Error(error.status(), "model file \"" + path + "\": " + error.what());
+    throw Error(error.status(), source + ": " + error.what());
   }
   OrtSessionOptions* options = nullptr;
   check_ort(api_, api_->CreateSessionOptions(&options), "creating session options");
@@ -195,18 +247,10 @@ OnnxModel::OnnxModel(const OrtLibrary& library, const std::string& path, const s
   check_ort(api_, api_->SetSessionExecutionMode(options, ORT_SEQUENTIAL), "setting execution mode");
   check_ort(api_, api_->SetSessionGraphOptimizationLevel(options, ORT_ENABLE_ALL), "setting optimisation level");
   check_ort(api_, api_->SetSessionLogSeverityLevel(options, ORT_LOGGING_LEVEL_FATAL), "setting log level");
-  if (device == "cuda") {
-    OrtCUDAProviderOptionsV2* cuda = nullptr;
-    check_ort(api_, api_->CreateCUDAProviderOptions(&cuda), "creating CUDA provider options");
-    OrtStatus* appended = api_->SessionOptionsAppendExecutionProvider_CUDA_V2(options, cuda);
-    api_->ReleaseCUDAProviderOptions(cuda);
-    check_ort(api_, appended, "enabling the CUDA execution provider (needs onnxruntime-gpu)");
-  } else if (device != "cpu") {
-    throw Error(DODO_ERROR_INVALID_ARGUMENT, "unknown device \"" + device + "\" (known: \"cpu\", \"cuda\")");
-  }
+  if (device.cuda) enable_cuda(api_, options, device.cuda_device);
   OrtStatus* created = api_->CreateSessionFromArray(library.env, bytes.data(), bytes.size(), options, &session_);
   if (created) {
-    std::string message = std::string("cannot load \"") + path + "\" as an ONNX model: " +
+    std::string message = "cannot load " + source + " as an ONNX model: " +
                           without_source_location(api_->GetErrorMessage(created));
     api_->ReleaseStatus(created);
     throw Error(DODO_ERROR_MODEL_FORMAT, message);
@@ -217,7 +261,7 @@ OnnxModel::OnnxModel(const OrtLibrary& library, const std::string& path, const s
     check_computed_shape();
   } catch (const Error& error) {
     api_->ReleaseSession(session_);
-    throw Error(error.status(), "model file \"" + path + "\": " + error.what());
+    throw Error(error.status(), source + ": " + error.what());
   } catch (...) {
     api_->ReleaseSession(session_);
     throw;

@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <map>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "../conventions.hpp"
@@ -52,11 +53,29 @@ class EvaluationBuffers {
   std::vector<OrtValue*> uncertainty_tensors_, log_growth_ratio_tensors_;
 };
 
+// Where the network runs: the CPU, or CUDA device `cuda_device` through ONNX Runtime's CUDA
+// execution provider (needs an onnxruntime-gpu library).
+struct DeviceSelection {
+  bool cuda = false;
+  int cuda_device = 0;
+};
+
+// Parses "cpu", "cuda" (device 0) or "cuda:N"; throws Error(DODO_ERROR_INVALID_ARGUMENT) otherwise.
+DeviceSelection parse_device(const std::string& device);
+
+// The bytes of a model file. Error(DODO_ERROR_FILE) when it does not exist, cannot be read, or is
+// a directory, device, FIFO or socket; Error(DODO_ERROR_MODEL_FORMAT) when it is empty or larger
+// than DODO_MAX_MODEL_FILE_BYTES (refused before reading where stat knows the size).
+std::string read_model_file(const std::string& path);
+
 class OnnxModel {
  public:
-  // Reads the file and its metadata_props, checks the content digest (onnx_package.hpp), creates
-  // the session (device "cpu" or "cuda") and checks the graph's inputs and outputs.
-  OnnxModel(const OrtLibrary& library, const std::string& path, const std::string& device);
+  // Reads the package's metadata_props from `bytes`, checks the content digest (onnx_package.hpp),
+  // creates the session on `device` and checks the graph's inputs and outputs. `source` names the
+  // bytes in messages ("model file \"x.onnx\"", "model in memory (N bytes)"). The bytes are not
+  // kept: the caller may free them once this returns.
+  OnnxModel(const OrtLibrary& library, std::string_view bytes, const std::string& source,
+            const DeviceSelection& device);
   ~OnnxModel();
   OnnxModel(const OnnxModel&) = delete;
   OnnxModel& operator=(const OnnxModel&) = delete;

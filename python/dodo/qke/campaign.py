@@ -5,9 +5,15 @@ the Emu-format database ``<output>`` (both atomically; attribute ``complete`` sa
 states are done); a rerun with the same states and settings skips the chunks already done.
 The partial file is removed at the end. Runs that do not saturate or do not conserve are
 dropped from the database and listed (index and reason) in its ``dropped`` attribute.
+
+Under MPI (``mpirun -n N dodo simulate ...``; dodo.qke.parallel) the batches are shared out over
+the ranks by estimated cost; rank r checkpoints to ``<output>.partial.rank<r>.npz``, a rerun with
+any N resumes from every checkpoint it finds, and rank 0 writes the database at the end. The
+batches, hence the rows, are the same as in one process.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -23,6 +29,7 @@ from .directions import uniform_sphere
 from .initial import species_direction_densities
 from .._atomic import atomic_write
 from .io import require_h5py, write_emu_database
+from .parallel import assign_batches, plan_batches, world
 from .solver import SolverConfig, make_box, resolve_backend
 from .states import NSM1_EMU_1D, box_setup, rotate_four_flux
 
@@ -64,7 +71,53 @@ def _empty_results(nstates: int) -> dict:
             "growth_rate": np.zeros(nstates), "saturation_time": np.zeros(nstates), "end_time": np.zeros(nstates),
             "box_length_cm": np.zeros(nstates), "rotation": np.tile(np.eye(3), (nstates, 1, 1)),
             "linear_growth_rate": np.zeros(nstates), "done": np.zeros(nstates, bool), "valid": np.zeros(nstates, bool),
-            "reason": np.array([""] * nstates, dtype=object), "wall_time_s": np.zeros(nstates)}
+            "reason": np.array([""] * nstates, dtype=object), "wall_time_s": np.zeros(nstates),
+            "skipped": np.zeros(nstates, bool)}  # dropped by max_cost: not part of the batch plan
+
+
+def _checkpoint_path(output: str, rank: int, nranks: int) -> str:
+    return output + (".partial.npz" if nranks == 1 else f".partial.rank{rank}.npz")
+
+
+def _checkpoints(output: str) -> list[str]:
+    """Every checkpoint of ``output``: one process's and each rank's, from any earlier run."""
+    return sorted(glob.glob(glob.escape(output) + ".partial*.npz"))
+
+
+def _merge(into: dict, part: dict, indices: np.ndarray) -> None:
+    """Copy the rows ``indices`` of ``part`` (arrays over those rows) into ``into`` where not done yet."""
+    fresh = ~into["done"][indices]
+    for key in into:
+        if key in part:
+            into[key][indices[fresh]] = part[key][fresh]
+
+
+def _load_checkpoints(output: str, fingerprint: str, nstates: int, report: Callable[[str], None]):
+    """(results merged from every matching checkpoint, the number of the checkpoint each done row
+    came from (-1: none), the checkpoint paths)."""
+    results = _empty_results(nstates)
+    origin = np.full(nstates, -1)
+    paths = _checkpoints(output)
+    for number, path in enumerate(paths):
+        try:
+            stored = np.load(path, allow_pickle=True)
+            matches = str(stored["fingerprint"]) == fingerprint
+        except (OSError, ValueError, KeyError):
+            matches = False
+        if not matches:
+            report(f"ignoring {path}: it belongs to other states or settings")
+            continue
+        if "indices" in stored.files:  # the rows it holds
+            indices = stored["indices"]
+            part = {key: stored[key] for key in results if key in stored.files}
+        else:  # written before checkpoints held only their rows: every row, "done" says which
+            indices = np.flatnonzero(stored["done"])
+            part = {key: stored[key][indices] for key in results if key in stored.files}
+        origin[indices[~results["done"][indices]]] = number
+        _merge(results, part, indices)
+    if results["done"].any():
+        report(f"resuming: {int(results['done'].sum())}/{nstates} states already simulated")
+    return results, origin, paths
 
 
 def _write_database(output: str, four_flux: np.ndarray, results: dict, settings: dict, attributes: dict | None) -> None:
@@ -89,7 +142,8 @@ def _write_database(output: str, four_flux: np.ndarray, results: dict, settings:
 def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, batch_size: int = 8, axis: str = "fastest",
                     rotation: np.ndarray | None = None, box_length_cm: float | None = None,
                     end_time_s: np.ndarray | None = None, attributes: dict | None = None,
-                    report: Callable[[str], None] = print, max_cost: float | None = None, threads: int = 1) -> dict:
+                    report: Callable[[str], None] = print, max_cost: float | None = None, threads: int = 1,
+                    communicator=None) -> dict:
     """Simulate states ``[n, 6, 4]`` (cm^-3, original frame) and write an Emu database to ``output``.
 
     max_cost: states whose estimated cost exceeds this many times the NSM1 run's are not
@@ -97,7 +151,9 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
     NSM1: a tenth of random states take half the CPU time). A filter, not a setting: a run can be
     resumed with a different cap. threads: the compiled kernel steps a batch's simulations on up to
     this many threads (use it with batch_size >= threads; results do not depend on it, so it is
-    not a setting either).
+    not a setting either); under MPI, per rank.
+    communicator: None = MPI's world when started by an MPI launcher with several ranks, else
+    this process alone (dodo.qke.parallel.world). Every rank returns the merged results.
     """
     four_flux = np.asarray(four_flux, float)
     if four_flux.ndim != 3 or four_flux.shape[1:] != (6, 4) or len(four_flux) == 0:
@@ -108,106 +164,125 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
         raise ValueError(f"box length must be positive and finite; got {box_length_cm}")
     if max_cost is not None and not max_cost > 0:
         raise ValueError("max_cost must be positive")
+    if max_cost is not None and end_time_s is not None:
+        raise ValueError("max_cost needs the default end times (not --use-input-end-time)")
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
         raise ValueError(f"threads must be an integer >= 1; got {threads!r}")
     require_h5py()  # before any computing: the results go to HDF5
     config.validate()
+    comm = world() if communicator is None else communicator
+    say = report if comm.rank == 0 else (lambda message: None)  # campaign-wide news: once
     backend, fallback = resolve_backend(config)
     if fallback is not None:
-        report(f"using the NumPy kernel: {fallback}")
+        say(f"using the NumPy kernel: {fallback}")
     config = replace(config, backend=backend)  # the settings record the kernel that ran
     nstates = len(four_flux)
     settings = {"solver": asdict(config), "axis": axis, "box_length_cm": box_length_cm, "batch_size": batch_size,
                 "rotation_given": rotation is not None,
                 "end_time_given": None if end_time_s is None else np.asarray(end_time_s, float).tolist()}
     fingerprint = _fingerprint(four_flux, settings)
-    partial_path = output + ".partial.npz"
-    results = _empty_results(nstates)
-    if os.path.exists(partial_path):
-        stored = np.load(partial_path, allow_pickle=True)
-        if str(stored["fingerprint"]) == fingerprint:
-            results = {key: stored[key] for key in results}
-            report(f"resuming: {int(results['done'].sum())}/{nstates} states already simulated")
-        else:
-            report(f"ignoring {partial_path}: it belongs to other states or settings")
+    # Rank 0 alone reads the checkpoints (thousands of ranks must not all scan the directory).
+    results, origin, paths = comm.computed_by_root(lambda: _load_checkpoints(output, fingerprint, nstates, say))
+    checkpoint = _checkpoint_path(output, comm.rank, comm.size)
+    # A rank's checkpoint holds its own rows only: those of the file it replaces, and those it computes.
+    owned = origin == (paths.index(checkpoint) if checkpoint in paths else -2)
+    computed = np.zeros(nstates, bool)
     directions = uniform_sphere(config.nphi_equator)
-    pending = np.flatnonzero(~results["done"])
-    # Nothing pending (a resumed run whose states are all done) -> straight to the final write.
-    cost = (relative_cost(four_flux[pending], directions, None if end_time_s is None else np.asarray(end_time_s)[pending])
-            if len(pending) else np.zeros(0))
+    # Costs of all states, whatever is done: the batch plan must not depend on the progress.
+    # Computed once (rank 0) and sent: every rank then plans with the very same numbers.
+    cost = comm.computed_by_root(
+        lambda: relative_cost(four_flux, directions, None if end_time_s is None else np.asarray(end_time_s)))
     if max_cost is not None:
-        if end_time_s is not None:
-            raise ValueError("max_cost needs the default end times (not --use-input-end-time)")
         cost_vs_nsm1 = cost / relative_cost(NSM1_EMU_1D[None], directions, None)[0]
-        expensive = cost_vs_nsm1 > max_cost
-        for index, ratio in zip(pending[expensive], cost_vs_nsm1[expensive]):
-            results["done"][index] = True
-            results["reason"][index] = f"estimated cost {ratio:.2f}x NSM1's exceeds max_cost {max_cost:g}"
-        if expensive.any():
-            report(f"skipping {int(expensive.sum())} states estimated to cost more than {max_cost:g}x NSM1's")
-        pending, cost = pending[~expensive], cost[~expensive]
-    pending = pending[np.argsort(cost, kind="stable")]
+        expensive = np.flatnonzero(~results["done"] & (cost_vs_nsm1 > max_cost))
+        for index in expensive:
+            results["done"][index], results["skipped"][index] = True, True
+            results["reason"][index] = f"estimated cost {cost_vs_nsm1[index]:.2f}x NSM1's exceeds max_cost {max_cost:g}"
+        if len(expensive):
+            say(f"skipping {len(expensive)} states estimated to cost more than {max_cost:g}x NSM1's")
+    batches = [batch for batch in plan_batches(cost, ~results["skipped"], batch_size) if not results["done"][batch].all()]
+    owner = assign_batches([len(batch) * cost[batch].max() for batch in batches], comm.size)
+    mine = [batch for batch, rank in zip(batches, owner) if rank == comm.rank]
+    prefix = f"[rank {comm.rank}/{comm.size}] " if comm.size > 1 else ""
     started = time.time()
-    for chunk_start in range(0, len(pending), batch_size):
-        chunk = pending[chunk_start:chunk_start + batch_size]
-        chunk_started = time.time()
-        runnable, rotated, lengths, ends = [], [], [], []
-        for index in chunk:
-            try:
-                if rotation is not None:
-                    R = np.asarray(rotation[index], float)
-                    setup = box_setup(rotate_four_flux(four_flux[index], R), directions, config.ncell, axis="z",
-                                      box_length_cm=box_length_cm,
-                                      end_time_s=None if end_time_s is None else float(end_time_s[index]))
-                    setup = (R,) + setup[1:]
-                else:
-                    setup = box_setup(four_flux[index], directions, config.ncell, axis=axis, box_length_cm=box_length_cm,
-                                      end_time_s=None if end_time_s is None else float(end_time_s[index]))
-            except ValueError as error:
-                results["done"][index], results["reason"][index] = True, str(error)
-                continue
-            R, length, end, linear_rate = setup
-            results["rotation"][index], results["box_length_cm"][index] = R, length
-            results["end_time"][index], results["linear_growth_rate"][index] = end, linear_rate
-            runnable.append(index)
-            rotated.append(rotate_four_flux(four_flux[index], R))
-            lengths.append(length)
-            ends.append(end)
-        if runnable:
-            chunk_config = SolverConfig(**{**asdict(config), "seed": config.seed + int(runnable[0])})
-            box = make_box(np.array(rotated), np.array(lengths), chunk_config, directions, threads=threads)
-            history = box.run(np.array(ends))
-            # Rotate the box-averaged history back to the input frame before reducing it, so that
-            # means and standard deviations are those of the input-frame components.
-            back = np.transpose(results["rotation"][runnable], (0, 2, 1))  # R^-1 = R^T
-            history_flux = history.four_flux.copy()
-            history_flux[..., 1:] = np.einsum("bij,btsfj->btsfi", back, history_flux[..., 1:])
-            state = asymptotic_states(history.time, history_flux, history.offdiag_magnitude)
-            for slot, index in enumerate(runnable):
-                results["final"][index] = state.final[slot].reshape(6, 4)
-                results["final_stddev"][index] = state.final_stddev[slot].reshape(6, 4)
-                results["growth_rate"][index] = state.growth_rate[slot]
-                results["saturation_time"][index] = state.saturation_time[slot]
-                results["valid"][index], results["reason"][index] = state.valid[slot], state.reason[slot]
-                results["wall_time_s"][index] = (time.time() - chunk_started) / len(runnable)
-                results["done"][index] = True
+    for number, batch in enumerate(mine, start=1):
+        todo = batch[~results["done"][batch]]
+        _simulate_batch(todo, four_flux, results, config, directions, axis, rotation, box_length_cm, end_time_s, threads)
+        computed[todo] = True
+        owned[todo] = True
 
         def write_partial(temporary: str) -> None:
+            rows = np.flatnonzero(owned & results["done"])
             with open(temporary, "wb") as stream:
-                np.savez(stream, fingerprint=fingerprint, **results)
+                np.savez(stream, fingerprint=fingerprint, indices=rows, **{key: value[rows] for key, value in results.items()})
 
-        atomic_write(partial_path, write_partial)
-        _write_database(output, four_flux, results, settings, attributes)  # usable while the campaign runs
-        done = int(results["done"].sum())
+        atomic_write(checkpoint, write_partial)
+        if comm.size == 1:
+            _write_database(output, four_flux, results, settings, attributes)  # usable while the campaign runs
         elapsed = time.time() - started
-        finished_here = chunk_start + len(chunk)
-        remaining = elapsed / finished_here * (len(pending) - finished_here)
-        report(f"{done}/{nstates} states done ({int(results['valid'].sum())} valid), {elapsed:.0f} s elapsed, "
-               f"about {remaining:.0f} s left (cheapest states first, so likely more)")
+        remaining = elapsed / number * (len(mine) - number)
+        report(f"{prefix}{int(results['done'].sum())}/{nstates} states done ({int(results['valid'].sum())} valid), "
+               f"{elapsed:.0f} s elapsed, about {remaining:.0f} s left (cheapest states first, so likely more)")
 
-    for index in np.flatnonzero(~results["valid"]):
-        report(f"dropped state {int(index)}: {results['reason'][index]}")
-    _write_database(output, four_flux, results, settings, attributes)
-    if os.path.exists(partial_path):  # absent when no batch ran (every state skipped)
-        os.remove(partial_path)
-    return results
+    # Rank 0 (which has every row of the checkpoints) collects what the ranks computed, writes the
+    # database, and removes the checkpoints.
+    rows = np.flatnonzero(computed)
+    parts = comm.gather((rows, {key: value[rows] for key, value in results.items()}), root=0)
+    if comm.rank == 0:
+        for indices, part in parts[1:]:
+            _merge(results, part, indices)
+        for index in np.flatnonzero(~results["valid"]):
+            report(f"dropped state {int(index)}: {results['reason'][index]}")
+        _write_database(output, four_flux, results, settings, attributes)
+        for path in _checkpoints(output):
+            os.remove(path)
+    return comm.bcast(results if comm.rank == 0 else None, root=0)
+
+
+def _simulate_batch(batch: np.ndarray, four_flux: np.ndarray, results: dict, config: SolverConfig,
+                    directions: np.ndarray, axis: str, rotation, box_length_cm, end_time_s, threads: int) -> None:
+    """Integrate one batch of states together and store their asymptotic states in ``results``."""
+    batch_started = time.time()
+    runnable, rotated, lengths, ends = [], [], [], []
+    for index in batch:
+        try:
+            if rotation is not None:
+                R = np.asarray(rotation[index], float)
+                setup = box_setup(rotate_four_flux(four_flux[index], R), directions, config.ncell, axis="z",
+                                  box_length_cm=box_length_cm,
+                                  end_time_s=None if end_time_s is None else float(end_time_s[index]))
+                setup = (R,) + setup[1:]
+            else:
+                setup = box_setup(four_flux[index], directions, config.ncell, axis=axis, box_length_cm=box_length_cm,
+                                  end_time_s=None if end_time_s is None else float(end_time_s[index]))
+        except ValueError as error:
+            results["done"][index], results["reason"][index] = True, str(error)
+            continue
+        R, length, end, linear_rate = setup
+        results["rotation"][index], results["box_length_cm"][index] = R, length
+        results["end_time"][index], results["linear_growth_rate"][index] = end, linear_rate
+        runnable.append(index)
+        rotated.append(rotate_four_flux(four_flux[index], R))
+        lengths.append(length)
+        ends.append(end)
+    if not runnable:
+        return
+    # The perturbation seed follows the batch (its first state), and the batch does not depend
+    # on the number of ranks: a state gets the same seed in every run.
+    batch_config = SolverConfig(**{**asdict(config), "seed": config.seed + int(runnable[0])})
+    box = make_box(np.array(rotated), np.array(lengths), batch_config, directions, threads=threads)
+    history = box.run(np.array(ends))
+    # Rotate the box-averaged history back to the input frame before reducing it, so that
+    # means and standard deviations are those of the input-frame components.
+    back = np.transpose(results["rotation"][runnable], (0, 2, 1))  # R^-1 = R^T
+    history_flux = history.four_flux.copy()
+    history_flux[..., 1:] = np.einsum("bij,btsfj->btsfi", back, history_flux[..., 1:])
+    state = asymptotic_states(history.time, history_flux, history.offdiag_magnitude)
+    for slot, index in enumerate(runnable):
+        results["final"][index] = state.final[slot].reshape(6, 4)
+        results["final_stddev"][index] = state.final_stddev[slot].reshape(6, 4)
+        results["growth_rate"][index] = state.growth_rate[slot]
+        results["saturation_time"][index] = state.saturation_time[slot]
+        results["valid"][index], results["reason"][index] = state.valid[slot], state.reason[slot]
+        results["wall_time_s"][index] = (time.time() - batch_started) / len(runnable)
+        results["done"][index] = True

@@ -16,7 +16,8 @@ def register(subparsers) -> argparse.ArgumentParser:
         "simulate", help="simulate fast-flavour instabilities (QKE solver) and write an Emu-format database",
         description="Simulate random or given initial states in periodic 1D boxes with Dodo's fast-flavour "
                     "QKE solver and write their asymptotic states in Emu's database layout (docs/qke.md).")
-    add_output_argument(parser, "output HDF5 file (written atomically; resumable via OUT.partial.npz)")
+    add_output_argument(parser, "output HDF5 file (written atomically; resumable via OUT.partial*.npz); under "
+                                "mpirun/srun the states are shared out over the ranks (docs/qke.md)")
     parser.set_defaults(parser=parser)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", help="initial states: Emu-layout HDF5 (F4_initial(1|ccm)) or YAML ('states' list)")
@@ -64,10 +65,16 @@ def run_simulate(args) -> int:
     """Handler of ``dodo simulate``; returns a process exit code."""
     from .campaign import simulate_states
     from .io import require_h5py
+    from .parallel import world
     from .states import family_states, random_crossing_states, read_states
 
     args.output = resolve_output(args.parser, args)  # OUT or -o OUT, as `dodo synth`
     report = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
+    try:
+        communicator = world()
+    except RuntimeError as error:
+        print(f"dodo simulate: error: {error}", file=sys.stderr)
+        return 2
     try:
         require_h5py()  # before reading or sampling states: the output is HDF5
         if args.box_length is not None and not (np.isfinite(args.box_length) and args.box_length > 0):
@@ -103,11 +110,15 @@ def run_simulate(args) -> int:
                                   rotation=rotation, box_length_cm=args.box_length, end_time_s=end_time,
                                   attributes={"source": source, "command": " ".join(sys.argv), "max_cost_vs_nsm1":
                                               "none" if args.max_cost is None else args.max_cost},
-                                  report=report, max_cost=args.max_cost, threads=args.threads)
+                                  report=report, max_cost=args.max_cost, threads=args.threads,
+                                  communicator=communicator)
     except (ValueError, OSError, ImportError) as error:
-        print(f"dodo simulate: error: {error}", file=sys.stderr)
+        print(f"dodo simulate: error: {error}", file=sys.stderr, flush=True)
+        if communicator.size > 1:
+            communicator.abort(2)  # the other ranks may be waiting for this one: stop them all
         return 2
-    report(f"wrote {args.output}: {int(results['valid'].sum())} of {len(results['valid'])} states valid")
+    if communicator.rank == 0:
+        report(f"wrote {args.output}: {int(results['valid'].sum())} of {len(results['valid'])} states valid")
     return 0
 
 

@@ -15,6 +15,7 @@ from .._atomic import atomic_path, sha256_file, write_json_atomic
 from .config import ExperimentConfig
 from .dataset import (CellDataset, check_preprocessed, collate_batch, count_rows, invariant_statistics, make_splits,
                       percentile_target_scale)
+from .distributed import Distribution, RankBatches, loss_weight
 from .losses import LOSS_TERMS, loss_terms, weighted_loss
 from .metrics import format_metric_table, metric_table
 from .model import ResidualClosure, ResidualFFIModel
@@ -83,10 +84,11 @@ def warmup_cosine(total_steps: int, warmup_fraction: float, min_lr_fraction: flo
     return factor
 
 
-def batch_loss(closure: ResidualClosure, batch, loss_config, device, amp: bool):
+def batch_loss(closure: ResidualClosure, batch, loss_config, device, amp: bool, network=None):
+    """network: the module to call instead of closure.network (its DDP wrapper in a distributed run)."""
     invariants, F_init, F_box, dF_true, weight = (t.to(device, non_blocking=True) for t in batch)
     with torch.autocast(device_type=device.type, enabled=amp and device.type == "cuda"):
-        output = closure.network(invariants)
+        output = (network or closure.network)(invariants)
     # Assembly, projection and limiter stay in fp32 (conservation to ~1e-7 N_tot).
     dF_pred, dF_unlimited, _ = closure.closure_head(output.float(), F_init, F_box, return_unlimited=True)
     return weighted_loss(loss_terms(dF_pred, dF_unlimited, dF_true, F_box, weight), loss_config)
@@ -259,26 +261,30 @@ def train(config: ExperimentConfig, echo=print) -> dict:
 
     On CPU the run is deterministic for a given seed (and thread count); torch's global
     deterministic-algorithms switch is restored afterwards.
+    Started by torchrun with several processes, it trains data-parallel (training/distributed.py).
     """
     previous = torch.are_deterministic_algorithms_enabled()
+    distribution = Distribution.from_environment()
     try:
-        return _train(config, echo)
+        return _train(config, echo, distribution)
     finally:
         torch.use_deterministic_algorithms(previous)
+        distribution.stop()
 
 
-def _train(config: ExperimentConfig, echo) -> dict:
+def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
     import dodo
 
     results_dir = Path(config.output.results_dir)
     checkpoint_dir = Path(config.output.checkpoint_dir)
     config.make_dirs()
-    log = RunLog(results_dir / "train.log", echo)
+    log = RunLog(results_dir / "train.log", echo) if distribution.is_main else (lambda message: None)
     t = config.training
     if t.threads:
         torch.set_num_threads(t.threads)
     seed_everything(t.seed)
-    device = select_device(t.device)
+    device = distribution.device(select_device(t.device))
+    distribution.start(device)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)
 
@@ -301,8 +307,15 @@ def _train(config: ExperimentConfig, echo) -> dict:
     generator = torch.Generator().manual_seed(t.seed)
     loader_options = {"batch_size": config.data.batch_size, "collate_fn": collate_batch,
                       "num_workers": config.data.num_workers, "pin_memory": device.type == "cuda"}
-    train_loader = torch.utils.data.DataLoader(datasets["train"], shuffle=True, drop_last=False, generator=generator,
-                                               **loader_options)
+    if distribution.enabled:  # the same global batches in every process (one seed); each takes its slice
+        global_batches = torch.utils.data.BatchSampler(
+            torch.utils.data.RandomSampler(datasets["train"], generator=generator), config.data.batch_size, False)
+        train_loader = torch.utils.data.DataLoader(  # generator: it also draws each epoch's worker seed
+            datasets["train"], batch_sampler=RankBatches(global_batches, distribution), generator=generator,
+            **{key: value for key, value in loader_options.items() if key != "batch_size"})
+    else:
+        train_loader = torch.utils.data.DataLoader(datasets["train"], shuffle=True, drop_last=False,
+                                                   generator=generator, **loader_options)
     val_loader = torch.utils.data.DataLoader(datasets["val"], shuffle=False, **loader_options)
 
     closure = build_closure(config.model, mean, std).to(device)
@@ -331,9 +344,11 @@ def _train(config: ExperimentConfig, echo) -> dict:
         best_val = checkpoint["best_val_loss"]
         history = checkpoint["history"]
         log(f"resumed from {resume_path} after epoch {checkpoint['epoch']}")
+    network = distribution.wrap(closure.network, device)  # DDP after loading: every process starts equal
 
     log(f"training {config.model.head} head on {len(splits.train)}/{len(splits.val)}/{len(splits.test)} "
-        f"train/val/test cells of {data_path} ({attrs.get('data_kind')}), device {device}, "
+        f"train/val/test cells of {data_path} ({attrs.get('data_kind')}), device {device}"
+        + (f" x {distribution.world_size} processes" if distribution.enabled else "") + ", "
         f"{sum(p.numel() for p in closure.parameters())} parameters")
 
     def checkpoint_state(epoch: int) -> dict:
@@ -356,13 +371,21 @@ def _train(config: ExperimentConfig, echo) -> dict:
     for epoch in range(start_epoch, t.epochs + 1):
         closure.train()
         sums, count = {}, 0
-        for batch in train_loader:
-            loss = batch_loss(closure, batch, config.loss, device, use_amp)
-            if not use_amp and not bool(torch.isfinite(loss.total)):  # with AMP the scaler skips such steps
+        for step_in_epoch, batch in enumerate(train_loader):
+            global_rows = min(config.data.batch_size, len(datasets["train"]) - step_in_epoch * config.data.batch_size)
+            begin, end = distribution.share(global_rows)
+            loss = batch_loss(closure, batch, config.loss, device, use_amp, network)
+            finite = bool(torch.isfinite(loss.total)) or end == begin
+            if distribution.enabled:  # every process stops together, or none does
+                finite = distribution.sum([0.0 if finite else 1.0], device)[0] == 0
+            if not use_amp and not finite:  # with AMP the scaler skips such steps
                 raise FloatingPointError(f"non-finite loss at epoch {epoch}, step {global_step + 1} "
                                          f"({loss.as_floats()}); lower training.lr or check the data file")
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss.total).backward()
+            if distribution.enabled:
+                scaler.scale(loss.total * loss_weight(end - begin, global_rows, distribution)).backward()
+            else:
+                scaler.scale(loss.total).backward()
             if t.grad_clip:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(closure.parameters(), t.grad_clip)
@@ -370,13 +393,17 @@ def _train(config: ExperimentConfig, echo) -> dict:
             scaler.update()
             scheduler.step()
             global_step += 1
-            n = batch[0].shape[0]
-            samples_seen += n
+            n = end - begin  # this process's rows (all of them in one process)
+            samples_seen += global_rows
             for name, value in loss.as_floats().items():
                 sums[name] = sums.get(name, 0.0) + value * n
             count += n
             if global_step % t.log_interval == 0:
                 log(f"epoch {epoch} step {global_step} loss {loss.total.detach().item():.4e} lr {scheduler.get_last_lr()[0]:.3e}")
+        if distribution.enabled:  # means over the global batches, as in one process
+            names = sorted(sums)
+            *totals, count = distribution.sum([sums[name] for name in names] + [count], device)
+            sums = dict(zip(names, totals))
         train_losses = {name: value / max(count, 1) for name, value in sums.items()}
         val_losses = evaluate_loss(closure, val_loader, config.loss, device)
         history["train"].append(train_losses)
@@ -386,8 +413,10 @@ def _train(config: ExperimentConfig, echo) -> dict:
             + (" (best)" if improved else ""))
         if improved:
             best_val = val_losses["total"]
-            save_checkpoint(checkpoint_state(epoch), checkpoint_dir / "best.pt")
-        save_checkpoint(checkpoint_state(epoch), checkpoint_dir / "last.pt", keep_previous=True)
+            if distribution.is_main:
+                save_checkpoint(checkpoint_state(epoch), checkpoint_dir / "best.pt")
+        if distribution.is_main:
+            save_checkpoint(checkpoint_state(epoch), checkpoint_dir / "last.pt", keep_previous=True)
         if t.stop_after_epoch is not None and epoch >= t.stop_after_epoch and epoch < t.epochs:
             status = "interrupted"
             log(f"stopping after epoch {epoch} as asked (training.stop_after_epoch); resume from {checkpoint_dir / 'last.pt'}")
@@ -395,6 +424,8 @@ def _train(config: ExperimentConfig, echo) -> dict:
     elapsed = time.perf_counter() - started
     if status == "interrupted":
         return {"status": status, "last_checkpoint": str(checkpoint_dir / "last.pt")}
+    if not distribution.is_main:  # rank 0 evaluates and writes the final files
+        return {"status": status, "rank": distribution.rank}
 
     final_state = checkpoint_state(t.epochs)
     # Report on the best-validation model (what `dodo export` ships by default).

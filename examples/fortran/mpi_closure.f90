@@ -1,0 +1,105 @@
+! Example 5 (Fortran + MPI): one closure per rank, the model read from disk by rank 0 only.
+!
+! Rank 0 reads the model package as a byte stream, MPI_Bcast sends the bytes, and every rank
+! creates its closure from memory (dodo_create_from_memory: the same checks as a file). No
+! other rank touches the file system, which matters at 10^4 ranks.
+!
+! Threads per rank: 1 when a rank runs on every core, else the node's cores divided by its
+! ranks. Devices: with an onnxruntime-gpu library, pass "cuda" and each rank uses device
+! (node-local rank mod GPUs per node), here assumed 1 GPU per node.
+!
+! Build:  mpif90 dodo.f90 mpi_closure.f90 $(pkg-config --libs dodo) -o mpi_closure
+! Run:    mpirun -n 4 ./mpi_closure MODEL.onnx [cuda]
+program mpi_closure
+  use mpi_f08
+  use dodo
+  implicit none
+  integer, parameter :: ncell = 2048, gpus_per_node = 1
+  integer(c_int8_t), allocatable :: package(:)
+  real(c_double), allocatable :: F(:, :, :), F_pred(:, :, :), u(:, :)
+  type(dodo_closure) :: closure
+  type(MPI_Comm) :: node
+  character(len=1024) :: model, device, message
+  integer :: rank, nranks, local_rank, stat, unit, a, c, failed, any_failed
+  integer(c_int64_t) :: package_size
+  real(c_double) :: x, density, flux, vx, W, violation, worst
+
+  call MPI_Init()
+  call MPI_Comm_rank(MPI_COMM_WORLD, rank)
+  call MPI_Comm_size(MPI_COMM_WORLD, nranks)
+  call MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, node)
+  call MPI_Comm_rank(node, local_rank)
+  call MPI_Comm_free(node)
+  model = ""
+  device = ""
+  if (command_argument_count() > 0) call get_command_argument(1, model)
+  if (command_argument_count() > 1) call get_command_argument(2, device)
+
+  ! 1. Rank 0 reads the package; its size goes first (-1: could not read).
+  package_size = -1
+  if (rank == 0) then
+    open(newunit=unit, file=trim(model), access="stream", form="unformatted", status="old", action="read", iostat=stat)
+    if (stat == 0) then
+      inquire(unit=unit, size=package_size)
+      allocate(package(package_size))
+      read(unit, iostat=stat) package
+      if (stat /= 0) package_size = -1
+      close(unit)
+    end if
+  end if
+  call MPI_Bcast(package_size, 1, MPI_INTEGER8, 0, MPI_COMM_WORLD)
+  if (package_size < 0) then
+    if (rank == 0) print '(3a)', 'cannot read the model package "', trim(model), '"'
+    call MPI_Finalize()
+    error stop 1
+  end if
+  if (rank /= 0) allocate(package(package_size))
+  call MPI_Bcast(package, int(package_size), MPI_BYTE, 0, MPI_COMM_WORLD)
+
+  ! 2. Every rank creates its own closure from the bytes, then frees them.
+  if (trim(device) == "cuda") then
+    call dodo_create_from_memory(closure, package, threads=1, run_self_test=.true., stat=stat, errmsg=message, &
+                                 cuda_device=mod(local_rank, gpus_per_node))
+  else
+    call dodo_create_from_memory(closure, package, threads=1, run_self_test=.true., stat=stat, errmsg=message)
+  end if
+  deallocate(package)
+  failed = merge(1, 0, stat /= DODO_OK)
+  if (failed == 1) print '(a, i0, a, i0, 2a)', "rank ", rank, ": dodo_create_from_memory failed, status ", stat, &
+                                                ": ", trim(message)
+  call MPI_Allreduce(failed, any_failed, 1, MPI_INTEGER, MPI_MAX, MPI_COMM_WORLD)
+  if (any_failed == 1) then
+    call dodo_destroy(closure)
+    call MPI_Finalize()
+    error stop 1
+  end if
+
+  ! 3. This rank's cells, the closure, and the host's own conservation check.
+  allocate(F(4, 6, ncell), F_pred(4, 6, ncell), u(4, ncell))
+  do c = 1, ncell
+    x = (rank * ncell + c - 0.5d0) / (4d0 * ncell)
+    do a = 1, 6
+      density = 1d32 * (0.4d0 + 0.1d0 * a + 0.3d0 * mod(x, 1d0))
+      flux = (0.1d0 + 0.3d0 * mod(3 * x, 1d0)) * density
+      if (a == 4) flux = -flux  ! nubar_e against nu_e: an ELN crossing
+      F(:, a, c) = [density, flux * cos(0.3d0 * a), flux * sin(0.3d0 * a), 0d0]
+    end do
+    vx = 0.2d0 * (mod(x, 1d0) - 0.5d0)
+    W = 1d0 / sqrt(1d0 - vx * vx)
+    u(:, c) = [W, W * vx, 0d0, 0d0]
+  end do
+  call dodo_apply(closure, F, F_pred, u=u, stat=stat, errmsg=message)
+  failed = merge(1, 0, stat /= DODO_OK)
+  if (failed == 1) print '(a, i0, 2a)', "rank ", rank, ": dodo_apply failed: ", trim(message)
+  violation = 0
+  do c = 1, ncell
+    violation = max(violation, abs(sum(F_pred(1, 1:3, c)) - sum(F(1, 1:3, c))) / sum(F(1, 1:3, c)))
+  end do
+  call MPI_Reduce(violation, worst, 1, MPI_DOUBLE_PRECISION, MPI_MAX, 0, MPI_COMM_WORLD)
+  call MPI_Allreduce(failed, any_failed, 1, MPI_INTEGER, MPI_MAX, MPI_COMM_WORLD)
+  if (rank == 0) print '(i0, a, i0, a, i0, a, es8.1)', nranks, " ranks (model of ", package_size, &
+      " bytes broadcast from rank 0): ", nranks * ncell, " cells, largest relative change of the neutrino number ", worst
+  call dodo_destroy(closure)
+  call MPI_Finalize()
+  if (any_failed == 1 .or. (rank == 0 .and. worst > 1d-12)) error stop 1
+end program mpi_closure

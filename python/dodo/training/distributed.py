@@ -1,0 +1,105 @@
+"""Data-parallel training over processes started by ``torchrun`` (PyTorch DDP).
+
+``torchrun --nproc-per-node K -m dodo train --config ...``: every process builds the same model
+and draws the same shuffled global batches (one shared seed); process r takes its slice of each
+global batch; DDP averages the gradients. Each process's loss is rescaled by its share of the
+global batch, so the averaged gradient is that of the whole global batch: a K-process run follows
+the one-process run of the same ``data.batch_size`` within float rounding (without dropout,
+whose masks are drawn per process). Backend: NCCL on CUDA (process r on GPU ``LOCAL_RANK``),
+gloo on CPU. Only rank 0 writes checkpoints, logs, metrics and plots.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+class Distribution:
+    """This process's place in the job; one process (rank 0 of 1) when not started by torchrun."""
+
+    def __init__(self, rank: int = 0, world_size: int = 1, local_rank: int = 0) -> None:
+        self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_environment(cls, environ=os.environ) -> "Distribution":
+        """Rank and world size as torchrun (or any launcher setting RANK/WORLD_SIZE) announces them."""
+        world = int(environ.get("WORLD_SIZE", "1") or 1)
+        if world <= 1:
+            return cls()
+        return cls(int(environ["RANK"]), world, int(environ.get("LOCAL_RANK", "0")))
+
+    def device(self, requested: torch.device) -> torch.device:
+        """One GPU per process: cuda:LOCAL_RANK when training on CUDA."""
+        if self.enabled and requested.type == "cuda":
+            return torch.device("cuda", self.local_rank)
+        return requested
+
+    def start(self, device: torch.device) -> None:
+        if not self.enabled or dist.is_initialized():
+            return
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=self.rank,
+                                world_size=self.world_size)
+
+    def stop(self) -> None:
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+    def wrap(self, network: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """The module whose backward pass averages gradients over the processes (DDP), or itself."""
+        if not self.enabled:
+            return network
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def share(self, global_rows: int) -> tuple[int, int]:
+        """[begin, end) of this process's rows in a global batch of ``global_rows``."""
+        return global_rows * self.rank // self.world_size, global_rows * (self.rank + 1) // self.world_size
+
+    def sum(self, values: list[float], device: torch.device) -> list[float]:
+        """Element-wise sum over the processes (float64)."""
+        if not self.enabled:
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+
+class RankBatches(torch.utils.data.Sampler):
+    """This process's slice of every global batch of ``batches`` (a BatchSampler shared by seed).
+
+    A slice that would be empty (a last global batch with fewer rows than processes) holds the
+    batch's first row instead; its loss counts with weight 0 (see loss_weight).
+    """
+
+    def __init__(self, batches, distribution: Distribution) -> None:
+        self.batches, self.distribution = batches, distribution
+
+    def __iter__(self):
+        for batch in self.batches:
+            begin, end = self.distribution.share(len(batch))
+            yield batch[begin:end] if end > begin else batch[:1]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def loss_weight(local_rows: int, global_rows: int, distribution: Distribution) -> float:
+    """Factor on a process's mean loss so that DDP's gradient average is the global batch's mean."""
+    return local_rows * distribution.world_size / global_rows
