@@ -33,7 +33,7 @@ class EnsembleConfig:
     features: str = "invariants27+box7-v1"
     holdout: list = field(default_factory=lambda: ["*_seed9[0-9][0-9].h5"])
     members: int = 8
-    width: int = 64
+    width: int = 32
     depth: int = 2
     steps: int = 2000
     lr: float = 3e-3
