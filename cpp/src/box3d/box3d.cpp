@@ -18,12 +18,15 @@ namespace {
 constexpr double kOneThird = 1.0 / 3.0;
 constexpr double kInverseFourPi = 0.25 / 3.14159265358979323846;
 
-// Per-thread scratch for the angular distributions: sized at first use (warm-up), then reused.
+// Per-thread scratch: sized at first use (warm-up), then reused.
 struct AngularScratch {
-  std::vector<double> distribution;  // [species][direction]
+  std::vector<double> distribution;    // [species][direction]
+  std::vector<double> eln_difference;  // [pair][direction]: G_p = ELN_i - ELN_j
   double* species(int a, std::size_t points) { return distribution.data() + a * points; }
+  double* pair(int p, std::size_t points) { return eln_difference.data() + p * points; }
   void reserve(std::size_t points) {
     if (distribution.size() < kSpecies * points) distribution.resize(kSpecies * points);
+    if (eln_difference.size() < kPairs * points) eln_difference.resize(kPairs * points);
   }
 };
 
@@ -32,12 +35,19 @@ AngularScratch& thread_scratch() {
   return scratch;
 }
 
+// Above this Z the paired form's exponent arithmetic could leave its range (Z > 700 means
+// f > 0.9986): the per-direction form takes over.
+constexpr double kPairedFormLargestZ = 700.0;
+
 // Maximum-entropy distribution of one species on the quadrature (physics.md section 2, step 1):
-// g(n_hat) = n/(4 pi) Z/sinh(Z) exp(Z F_hat.n_hat), written as 2Z/(1 - e^{-2Z}) e^{Z(mu - 1)}.
+// g(n_hat) = n/(4 pi) Z/sinh(Z) exp(Z F_hat.n_hat), written as A e^{+-s - Z} with
+// A = n/(4 pi) 2Z/(1 - e^{-2Z}) and s = Z F_hat.n_hat for the antipodal directions +-n_hat.
+// With s = k ln2 + r and Z = kZ ln2 + rZ: e^{+-s - Z} = e^{-rZ} P(+-r) 2^{+-k - kZ}, where
+// P(+-r) = even +- odd come from one polynomial evaluation.
 DODO_MULTIVERSION
-void reconstruct_species(const LebedevRule& rule, double density, double Z, const double* flux_direction,
+void reconstruct_species(const PairedRule& rule, double density, double Z, const double* flux_direction,
                          double* g) {
-  const std::size_t points = rule.size();
+  const std::size_t points = rule.size(), half = rule.half;
   const double* x = rule.x.data();
   const double* y = rule.y.data();
   const double* z = rule.z.data();
@@ -46,15 +56,28 @@ void reconstruct_species(const LebedevRule& rule, double density, double Z, cons
     return;
   }
   const double isotropic = density * kInverseFourPi;
+  const double hx = Z * flux_direction[0], hy = Z * flux_direction[1], hz = Z * flux_direction[2];
   if (Z < 1e-8) {
     // Linear in Z: the exact form's error here is O(Z^2) < 1e-16.
-    const double hx = Z * flux_direction[0], hy = Z * flux_direction[1], hz = Z * flux_direction[2];
     for (std::size_t q = 0; q < points; ++q) g[q] = isotropic * (1.0 + hx * x[q] + hy * y[q] + hz * z[q]);
     return;
   }
   const double amplitude = isotropic * 2.0 * Z / (-std::expm1(-2.0 * Z));
-  const double hx = Z * flux_direction[0], hy = Z * flux_direction[1], hz = Z * flux_direction[2];
-  for (std::size_t q = 0; q < points; ++q) g[q] = amplitude * clamped_exp(hx * x[q] + hy * y[q] + hz * z[q] - Z);
+  if (Z > kPairedFormLargestZ) {
+    for (std::size_t q = 0; q < points; ++q) g[q] = amplitude * clamped_exp(hx * x[q] + hy * y[q] + hz * z[q] - Z);
+    return;
+  }
+  double kZ, rZ;
+  reduce_by_ln2(Z, kZ, rZ);
+  const double scaled_amplitude = amplitude * clamped_exp(-rZ);
+  for (std::size_t q = 0; q < half; ++q) {
+    double k, r, even, odd;
+    reduce_by_ln2(hx * x[q] + hy * y[q] + hz * z[q], k, r);
+    exp_even_odd(r, even, odd);
+    // Exponents below -1022 (only for Z > 354) are clamped there: values under 2.2e-308 A.
+    g[q] = scaled_amplitude * (even + odd) * exact_power_of_two(std::max(k - kZ, -1022.0));
+    g[q + half] = scaled_amplitude * (even - odd) * exact_power_of_two(std::max(-k - kZ, -1022.0));
+  }
 }
 
 // Survival probabilities of one crossing flavour pair (physics.md section 2, step 3).
@@ -66,7 +89,10 @@ struct PairMixing {
 
 }  // namespace
 
-Box3D::Box3D(const Box3DSettings& settings) : settings_(settings), rule_(lebedev_rule(settings.lebedev_order)) {
+Box3D::Box3D(const Box3DSettings& settings)
+    : settings_(settings),
+      rule_(lebedev_rule(settings.lebedev_order)),
+      paired_rule_(paired_rule(rule_, kDirectionLanes)) {
   if (!(settings.max_flux_factor > 0.0 && settings.max_flux_factor < 1.0))
     throw std::invalid_argument("max_flux_factor must lie in (0, 1); got " + std::to_string(settings.max_flux_factor));
 }
@@ -74,7 +100,7 @@ Box3D::Box3D(const Box3DSettings& settings) : settings_(settings), rule_(lebedev
 namespace {
 
 DODO_MULTIVERSION
-std::uint32_t pairwise_box3d_change(const Box3DSettings& settings, const LebedevRule& rule, const double* F,
+std::uint32_t pairwise_box3d_change(const Box3DSettings& settings, const PairedRule& rule, const double* F,
                                     double* dF, double* growth_over_ntot) {
   std::fill(dF, dF + kCellValues, 0.0);
   *growth_over_ntot = 0.0;
@@ -117,23 +143,35 @@ std::uint32_t pairwise_box3d_change(const Box3DSettings& settings, const Lebedev
   }
   const double* weight = rule.weight.data();
 
-  // Steps 2-3: ELN differences G = ELN_i - ELN_j and their positive/negative integrals.
-  double positive[kPairs] = {0, 0, 0}, negative[kPairs] = {0, 0, 0};
-  for (int p = 0; p < kPairs; ++p) {
-    const int i = kPairFirst[p], j = kPairSecond[p];
-    const double *gi = g[i], *gj = g[j], *gbi = g[i + 3], *gbj = g[j + 3];
-    // `omp simd` (compiled with -fopenmp-simd, no OpenMP runtime) allows the reordered sums
-    // that vectorising a reduction needs; the order changes results only at rounding level.
-    double plus = 0.0, minus = 0.0;
-#pragma omp simd reduction(+ : plus, minus)
+  // Steps 2-3: ELN differences G_p = ELN_i - ELN_j of the three pairs and their positive and
+  // negative integrals, in one pass; G_p is kept for the mixing pass.
+  // `omp simd` (compiled with -fopenmp-simd, no OpenMP runtime) allows the reordered sums
+  // that vectorising a reduction needs; the order changes results only at rounding level.
+  static_assert(kPairFirst[0] == 0 && kPairSecond[0] == 1 && kPairFirst[1] == 0 && kPairSecond[1] == 2 &&
+                    kPairFirst[2] == 1 && kPairSecond[2] == 2,
+                "the fused pass below names the pairs (e,mu), (e,tau), (mu,tau)");
+  double* G01 = scratch.pair(0, points);
+  double* G02 = scratch.pair(1, points);
+  double* G12 = scratch.pair(2, points);
+  double plus01 = 0, minus01 = 0, plus02 = 0, minus02 = 0, plus12 = 0, minus12 = 0;
+  {
+    const double *g0 = g[0], *g1 = g[1], *g2 = g[2], *gb0 = g[3], *gb1 = g[4], *gb2 = g[5];
+#pragma omp simd reduction(+ : plus01, minus01, plus02, minus02, plus12, minus12)
     for (std::size_t q = 0; q < points; ++q) {
-      const double G = (gi[q] - gbi[q]) - (gj[q] - gbj[q]);
-      plus += weight[q] * std::max(G, 0.0);
-      minus += weight[q] * std::max(-G, 0.0);
+      const double eln0 = g0[q] - gb0[q], eln1 = g1[q] - gb1[q], eln2 = g2[q] - gb2[q];
+      const double d01 = eln0 - eln1, d02 = eln0 - eln2, d12 = eln1 - eln2;
+      G01[q] = d01;
+      G02[q] = d02;
+      G12[q] = d12;
+      plus01 += weight[q] * std::max(d01, 0.0);
+      minus01 += weight[q] * std::max(-d01, 0.0);
+      plus02 += weight[q] * std::max(d02, 0.0);
+      minus02 += weight[q] * std::max(-d02, 0.0);
+      plus12 += weight[q] * std::max(d12, 0.0);
+      minus12 += weight[q] * std::max(-d12, 0.0);
     }
-    positive[p] = plus;
-    negative[p] = minus;
   }
+  const double positive[kPairs] = {plus01, plus02, plus12}, negative[kPairs] = {minus01, minus02, minus12};
 
   PairMixing mixing[kPairs];
   int crossing_pairs = 0;
@@ -162,6 +200,7 @@ std::uint32_t pairwise_box3d_change(const Box3DSettings& settings, const Lebedev
     if (!mixing[p].crosses) continue;
     const int i = kPairFirst[p], j = kPairSecond[p];
     const double *gi = g[i], *gj = g[j], *gbi = g[i + 3], *gbj = g[j + 3];
+    const double* G_pair = scratch.pair(p, points);
     const double large_survival = mixing[p].large_side_survival;
     const double tie_mixing = (1.0 - 0.5 * (kOneThird + large_survival)) * inverse_k;
     const double small_mixing = (1.0 - kOneThird) * inverse_k;
@@ -171,7 +210,7 @@ std::uint32_t pairwise_box3d_change(const Box3DSettings& settings, const Lebedev
     double n_nu = 0, fx_nu = 0, fy_nu = 0, fz_nu = 0, n_nubar = 0, fx_nubar = 0, fy_nubar = 0, fz_nubar = 0;
 #pragma omp simd reduction(+ : n_nu, fx_nu, fy_nu, fz_nu, n_nubar, fx_nubar, fy_nubar, fz_nubar)
     for (std::size_t q = 0; q < points; ++q) {
-      const double G = (gi[q] - gbi[q]) - (gj[q] - gbj[q]);
+      const double G = G_pair[q];
       const double m = G > 0.0 ? positive_mixing : (G < 0.0 ? negative_mixing : tie_mixing);
       const double neutrino = weight[q] * m * (gj[q] - gi[q]);
       const double antineutrino = weight[q] * m * (gbj[q] - gbi[q]);
@@ -206,7 +245,7 @@ std::uint32_t pairwise_box3d_change(const Box3DSettings& settings, const Lebedev
 }  // namespace
 
 std::uint32_t Box3D::rest_frame_change(const double* F, double* dF, double* growth_over_ntot) const {
-  return pairwise_box3d_change(settings_, rule_, F, dF, growth_over_ntot);
+  return pairwise_box3d_change(settings_, paired_rule_, F, dF, growth_over_ntot);
 }
 
 void Box3D::apply_cell(const double* F_init, const double* u, Box3DCell& out) const {

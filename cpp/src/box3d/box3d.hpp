@@ -68,8 +68,12 @@ class Box3D {
  private:
   void classify_and_apply(const double* F_init, const double* u, Box3DCell& out) const;
 
+  // Directions per vector register of the widest code path (AVX-512: 8 doubles).
+  static constexpr std::size_t kDirectionLanes = 8;
+
   Box3DSettings settings_;
   LebedevRule rule_;
+  PairedRule paired_rule_;  // rule_ laid out for the direction loops
 };
 
 }  // namespace dodo
