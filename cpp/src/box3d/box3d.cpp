@@ -1,6 +1,7 @@
 #include "box3d.hpp"
 
 #include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -35,18 +36,18 @@ AngularScratch& thread_scratch() {
   return scratch;
 }
 
-// Above this Z the paired form's exponent arithmetic could leave its range (Z > 700 means
-// f > 0.9986): the per-direction form takes over.
-constexpr double kPairedFormLargestZ = 700.0;
+// Up to this Z (f < 0.9972) the paired form's exponents +-k - kZ stay within [-1022, 1]: 2^e
+// is built from its bits without a clamp. Beyond it the per-direction form takes over.
+constexpr double kPairedFormLargestZ = 350.0;
 
 // Maximum-entropy distribution of one species on the quadrature (physics.md section 2, step 1):
 // g(n_hat) = n/(4 pi) Z/sinh(Z) exp(Z F_hat.n_hat), written as A e^{+-s - Z} with
 // A = n/(4 pi) 2Z/(1 - e^{-2Z}) and s = Z F_hat.n_hat for the antipodal directions +-n_hat.
 // With s = k ln2 + r and Z = kZ ln2 + rZ: e^{+-s - Z} = e^{-rZ} P(+-r) 2^{+-k - kZ}, where
-// P(+-r) = even +- odd come from one polynomial evaluation.
+// P(+-r) = even +- odd come from one polynomial evaluation. `amplitude` is A (per unit density).
 DODO_MULTIVERSION
-void reconstruct_species(const PairedRule& rule, double density, double Z, const double* flux_direction,
-                         double* g) {
+void reconstruct_species(const PairedRule& rule, double density, double Z, double amplitude,
+                         const double* flux_direction, double* g) {
   const std::size_t points = rule.size(), half = rule.half;
   const double* x = rule.x.data();
   const double* y = rule.y.data();
@@ -62,22 +63,41 @@ void reconstruct_species(const PairedRule& rule, double density, double Z, const
     for (std::size_t q = 0; q < points; ++q) g[q] = isotropic * (1.0 + hx * x[q] + hy * y[q] + hz * z[q]);
     return;
   }
-  const double amplitude = isotropic * 2.0 * Z / (-std::expm1(-2.0 * Z));
+  const double scale = isotropic * amplitude;
   if (Z > kPairedFormLargestZ) {
-    for (std::size_t q = 0; q < points; ++q) g[q] = amplitude * clamped_exp(hx * x[q] + hy * y[q] + hz * z[q] - Z);
+    for (std::size_t q = 0; q < points; ++q) g[q] = scale * clamped_exp(hx * x[q] + hy * y[q] + hz * z[q] - Z);
     return;
   }
   double kZ, rZ;
   reduce_by_ln2(Z, kZ, rZ);
-  const double scaled_amplitude = amplitude * clamped_exp(-rZ);
+  const double scaled_amplitude = scale * clamped_exp(-rZ);
+  // Bits of 2^{k - kZ} are (k - kZ + 1023) << 52; those of 2^{-k - kZ} follow by one subtraction.
+  const std::int64_t plus_offset = 1023 - integer_of(kZ);
+  const std::int64_t both_exponents = (2 * plus_offset) << 52;  // bits(2^{k-kZ}) + bits(2^{-k-kZ})
   for (std::size_t q = 0; q < half; ++q) {
     double k, r, even, odd;
     reduce_by_ln2(hx * x[q] + hy * y[q] + hz * z[q], k, r);
     exp_even_odd(r, even, odd);
-    // Exponents below -1022 (only for Z > 354) are clamped there: values under 2.2e-308 A.
-    g[q] = scaled_amplitude * (even + odd) * exact_power_of_two(std::max(k - kZ, -1022.0));
-    g[q + half] = scaled_amplitude * (even - odd) * exact_power_of_two(std::max(-k - kZ, -1022.0));
+    const std::int64_t plus_bits = (integer_of(k) + plus_offset) << 52;
+    const std::int64_t minus_bits = both_exponents - plus_bits;
+    double plus_power, minus_power;
+    std::memcpy(&plus_power, &plus_bits, sizeof plus_power);
+    std::memcpy(&minus_power, &minus_bits, sizeof minus_power);
+    g[q] = scaled_amplitude * (even + odd) * plus_power;
+    g[q + half] = scaled_amplitude * (even - odd) * minus_power;
   }
+}
+
+// 2Z/(1 - e^{-2Z}) (the amplitude of the maximum-entropy distribution per n/(4 pi)), branch-free:
+// the Bernoulli series of x/(1 - e^{-x}) below x = 2Z = 0.3 (omitted terms < 1e-18), the
+// closed form above (1 - e^{-x} > 0.25 there, so no cancellation).
+inline double maxent_amplitude(double Z) {
+  const double x = 2.0 * Z, x2 = x * x;
+  const double series =
+      1.0 + 0.5 * x +
+      x2 * (1.0 / 12.0 + x2 * (-1.0 / 720.0 + x2 * (1.0 / 30240.0 + x2 * (-1.0 / 1209600.0 + x2 * (1.0 / 47900160.0 + x2 * (-691.0 / 1307674368000.0))))));
+  const double closed = x / (1.0 - clamped_exp(-x));
+  return x < 0.3 ? series : closed;
 }
 
 // Survival probabilities of one crossing flavour pair (physics.md section 2, step 3).
@@ -127,6 +147,9 @@ std::uint32_t pairwise_box3d_change(const Box3DSettings& settings, const PairedR
 #pragma omp simd
     for (int a = 0; a < kSpecies; ++a) Z[a] = halley_inverse_langevin(flux_factor[a]);
   }
+  double amplitude[kSpecies];
+#pragma omp simd
+  for (int a = 0; a < kSpecies; ++a) amplitude[a] = maxent_amplitude(Z[a]);
 
   const std::size_t points = rule.size();
   AngularScratch& scratch = thread_scratch();
@@ -138,7 +161,7 @@ std::uint32_t pairwise_box3d_change(const Box3DSettings& settings, const PairedR
     for (int b = 0; b < a && !g[a]; ++b)
       if (std::equal(F + a * kComponents, F + (a + 1) * kComponents, F + b * kComponents)) g[a] = g[b];
     if (g[a]) continue;
-    reconstruct_species(rule, density[a], Z[a], direction[a], scratch.species(a, points));
+    reconstruct_species(rule, density[a], Z[a], amplitude[a], direction[a], scratch.species(a, points));
     g[a] = scratch.species(a, points);
   }
   const double* weight = rule.weight.data();

@@ -26,15 +26,20 @@ inline void reduce_by_ln2(double x, double& k, double& r) {
   r = (x - k * kLn2High) - k * kLn2Low;
 }
 
-// 2^e for an integer-valued e in [-1022, 1023], built from its bits: the low bits of
-// e + 1.5 * 2^52 hold e.
-inline double exact_power_of_two(double e) {
+// An integer-valued double |e| < 2^51 as an integer, without a conversion instruction (which
+// AVX2 lacks for 64-bit integers): the low bits of e + 1.5 * 2^52 hold e.
+inline std::int64_t integer_of(double e) {
   constexpr double kRoundingShift = 6755399441055744.0;
   const double shifted = e + kRoundingShift;
   std::int64_t e_bits, shift_bits;
   std::memcpy(&e_bits, &shifted, sizeof e_bits);
   std::memcpy(&shift_bits, &kRoundingShift, sizeof shift_bits);
-  const std::int64_t exponent = (e_bits - shift_bits + 1023) << 52;
+  return e_bits - shift_bits;
+}
+
+// 2^e for an integer-valued e in [-1022, 1023], built from its bits.
+inline double exact_power_of_two(double e) {
+  const std::int64_t exponent = (integer_of(e) + 1023) << 52;
   double power;
   std::memcpy(&power, &exponent, sizeof power);
   return power;
