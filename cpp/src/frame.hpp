@@ -10,6 +10,22 @@ namespace dodo {
 // True when u is finite, future-directed and |u.u + 1| <= kVelocityNormTolerance.
 bool is_valid_four_velocity(const double* u);
 
+// The pure boost between the lab frame and the rest frame of a four-velocity u, its coefficients
+// computed once (per cell) and applied to many four-vectors. u = nullptr: identity.
+class LorentzBoost {
+ public:
+  explicit LorentzBoost(const double* u = nullptr);
+  void to_rest(const double* lab, double* rest) const { apply(1.0, lab, rest); }
+  void from_rest(const double* rest, double* lab) const { apply(-1.0, rest, lab); }
+  void cell_to_rest(const double* lab, double* rest) const;    // 6 species, 24 values
+  void cell_from_rest(const double* rest, double* lab) const;
+
+ private:
+  void apply(double sign, const double* in, double* out) const;
+  bool identity_ = true;
+  double W_ = 1.0, vx_ = 0.0, vy_ = 0.0, vz_ = 0.0, W2_over_W_plus_1_ = 0.5;
+};
+
 // Pure boost of a four-vector into the rest frame of u (and back). u = nullptr: identity.
 void boost_to_rest(const double* u, const double* lab, double* rest);
 void boost_from_rest(const double* u, const double* rest, double* lab);
@@ -23,5 +39,9 @@ double comoving_total_density(const double* F, const double* u);
 // The 27 invariants: x_a = -F_a.u / N_tot (6), F_a.F_b / N_tot^2 for a <= b (21, row-major).
 // Returns false (and writes zeros) when N_tot is not positive and finite.
 bool invariants(const double* F, const double* u, double* out27);
+
+// The same 27 invariants from the cell in the fluid rest frame in units of N_tot (as Box3D
+// computes it): x_a = F_a^t, then the 21 products. Equal to invariants() up to rounding.
+void rest_frame_invariants(const double* F_rest_normalised, double* out27);
 
 }  // namespace dodo

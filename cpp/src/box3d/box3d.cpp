@@ -7,7 +7,6 @@
 #include <string>
 #include <thread>
 
-#include "../frame.hpp"
 #include "../realizability.hpp"
 #include "../multiversion.hpp"
 #include "exp_kernel.hpp"
@@ -107,6 +106,54 @@ struct PairMixing {
   double large_side_survival = 1.0;    // P = 1 - (2/3) I_small / I_large
 };
 
+// Sign of ELN_f = g_f - gbar_f over the whole sphere, decided from the moments alone (no
+// distributions): +1 when ELN_f >= 0 everywhere, -1 when <= 0 everywhere, 0 when ELN_f = 0
+// identically (equal moments), kUndecided otherwise. With g = n A(Z) e^{Z (Fhat.n - 1)}/(4 pi),
+// g_f > gbar_f for every direction iff n A e^{-Z - |v|} > nbar Abar e^{-Zbar}, v = Zbar Fhatbar
+// - Z Fhat (the exponent's range over the sphere is [-|v|, |v|]). A relative margin of 1e-9
+// keeps the decision far above the rounding of the computed distributions, so a decided sign is
+// the one the quadrature values would show.
+constexpr int kUndecided = 2;
+
+int eln_sign(const double* F, int flavour, const double* density, const double* Z, const double* amplitude,
+             const double (*direction)[3]) {
+  const int a = flavour, b = flavour + kFlavours;
+  if (std::equal(F + a * kComponents, F + (a + 1) * kComponents, F + b * kComponents)) return 0;
+  // Beyond Z = 300 the reconstruction clamps tiny values: no shortcut.
+  if (Z[a] > 300.0 || Z[b] > 300.0) return kUndecided;
+  double v2 = 0.0;
+  for (int i = 0; i < 3; ++i) {
+    const double component = Z[b] * direction[b][i] - Z[a] * direction[a][i];
+    v2 += component * component;
+  }
+  const double v = std::sqrt(v2);
+  constexpr double kMargin = 1.0 + 1e-9;
+  const double lowest_nu = density[a] * amplitude[a] * std::exp(-Z[a] - v);
+  const double highest_nubar = density[b] * amplitude[b] * std::exp(-Z[b]);
+  if (lowest_nu > kMargin * highest_nubar) return 1;
+  const double lowest_nubar = density[b] * amplitude[b] * std::exp(-Z[b] - v);
+  const double highest_nu = density[a] * amplitude[a] * std::exp(-Z[a]);
+  if (lowest_nubar > kMargin * highest_nu) return -1;
+  return kUndecided;
+}
+
+// True when no flavour pair can have an ELN crossing, decided from the moments (eln_sign): a pair
+// (i, j) cannot cross when ELN_i and ELN_j have opposite signs or one of them vanishes (then
+// G = ELN_i - ELN_j has one sign), or when both flavours have equal moments (G = 0).
+bool stable_by_moments(const double* F, const double* density, const double* Z, const double* amplitude,
+                       const double (*direction)[3]) {
+  int sign[kFlavours];
+  for (int f = 0; f < kFlavours; ++f) sign[f] = eln_sign(F, f, density, Z, amplitude, direction);
+  for (int p = 0; p < kPairs; ++p) {
+    const int i = kPairFirst[p], j = kPairSecond[p];
+    const bool same_moments = std::equal(F + i * kComponents, F + (i + 1) * kComponents, F + j * kComponents) &&
+                              std::equal(F + (i + 3) * kComponents, F + (i + 4) * kComponents, F + (j + 3) * kComponents);
+    if (same_moments) continue;
+    if (sign[i] == kUndecided || sign[j] == kUndecided || sign[i] * sign[j] > 0) return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 Box3D::Box3D(const Box3DSettings& settings)
@@ -150,6 +197,10 @@ std::uint32_t pairwise_box3d_change(const Box3DSettings& settings, const PairedR
   double amplitude[kSpecies];
 #pragma omp simd
   for (int a = 0; a < kSpecies; ++a) amplitude[a] = maxent_amplitude(Z[a]);
+
+  // Most cells of a real grid are stable: decide those from the moments when possible, with the
+  // same answer (status NO_CROSSING, growth 0, no change) as the full computation below.
+  if (stable_by_moments(F, density, Z, amplitude, direction)) return kCell_NO_CROSSING;
 
   const std::size_t points = rule.size();
   AngularScratch& scratch = thread_scratch();
@@ -272,15 +323,25 @@ std::uint32_t Box3D::rest_frame_change(const double* F, double* dF, double* grow
 }
 
 void Box3D::apply_cell(const double* F_init, const double* u, Box3DCell& out) const {
-  classify_and_apply(F_init, u, out);
+  RestFrameCell cell;
+  rest_frame_cell(F_init, u, cell);
+  out.status = cell.status;
+  out.ntot = cell.ntot;
+  out.growth_over_ntot = cell.growth_over_ntot;
+  if (!(cell.status & kCellRejectedMask)) {
+    if (cell.status & kCell_NO_CROSSING) {
+      std::copy(F_init, F_init + kCellValues, out.F_box.begin());  // stable: the input itself
+      return;
+    }
+    if (finalise_cell(F_init, cell.boost, cell.ntot, cell.dF, out.F_box.data())) return;
+    out.status = kCell_NONFINITE;  // densities near DBL_MAX: the result is not representable
+  }
   // The one place where rejected cells get their output (Python, C, C++ and Fortran alike):
   // never NaN and never outside the realizable cone, even for a negative density or |F| > n.
-  if (out.status & kCellRejectedMask) {
-    realizable_fallback(F_init, out.F_box.data());
-  }
+  realizable_fallback(F_init, out.F_box.data());
 }
 
-void Box3D::classify_and_apply(const double* F_init, const double* u, Box3DCell& out) const {
+void Box3D::rest_frame_cell(const double* F_init, const double* u, RestFrameCell& out) const {
   out.growth_over_ntot = 0.0;
   out.ntot = 0.0;
   out.status = kCellOk;
@@ -289,20 +350,18 @@ void Box3D::classify_and_apply(const double* F_init, const double* u, Box3DCell&
   if (u)
     for (int m = 0; m < 4; ++m) finite = finite && std::isfinite(u[m]);
   if (!finite) {
-    // No finite answer is meaningful: return zeros, never NaN, and say why.
-    out.F_box.fill(0.0);
-    out.status = kCell_NONFINITE;
+    out.status = kCell_NONFINITE;  // no finite answer is meaningful
     return;
   }
-  std::copy(F_init, F_init + kCellValues, out.F_box.begin());
   if (!is_valid_four_velocity(u)) {
     out.status = kCell_BAD_VELOCITY;
     return;
   }
-  double rest[kCellValues];
-  boost_cell_to_rest(u, F_init, rest);
-  for (double value : rest)
-    if (!std::isfinite(value)) {  // finite input, but the boost overflowed (huge densities times W)
+  out.boost = LorentzBoost(u);
+  double* rest = out.F;
+  out.boost.cell_to_rest(F_init, rest);
+  for (int v = 0; v < kCellValues; ++v)
+    if (!std::isfinite(rest[v])) {  // finite input, but the boost overflowed (huge densities times W)
       out.status = kCell_NONFINITE;
       return;
     }
@@ -312,35 +371,20 @@ void Box3D::classify_and_apply(const double* F_init, const double* u, Box3DCell&
     total += rest[a * kComponents];
   }
   if (out.status) return;
-  if (!(total > 0.0)) {
-    out.status = kCell_ZERO_DENSITY;
-    return;
-  }
   if (!std::isfinite(total)) {
     out.status = kCell_NONFINITE;
-    out.F_box.fill(0.0);
+    return;
+  }
+  // Vacuum: below kSmallestNtot the changes would be rounded to the subnormal grid, which cannot
+  // keep the flavour sums to rounding of N_tot (1e-310: 8e-15 N_tot; 1e-320: 8e-5 N_tot).
+  if (!(total >= kSmallestNtot)) {
+    out.status = kCell_ZERO_DENSITY;
     return;
   }
   out.ntot = total;
   const double inverse_total = 1.0 / total;
-  if (std::isfinite(inverse_total)) {
-    for (double& value : rest) value *= inverse_total;
-  } else {  // subnormal N_tot (< 5.6e-309): 1/N_tot overflows, the quotients do not
-    for (double& value : rest) value /= total;
-  }
-
-  double change[kCellValues];
-  out.status = rest_frame_change(rest, change, &out.growth_over_ntot);
-  if (out.status & kCellRejectedMask) return;
-  for (double& value : change) value *= total;
-  double change_lab[kCellValues];
-  boost_cell_from_rest(u, change, change_lab);
-  for (int v = 0; v < kCellValues; ++v) out.F_box[v] = F_init[v] + change_lab[v];
-  for (double value : out.F_box)
-    if (!std::isfinite(value)) {  // densities near DBL_MAX: the result is not representable
-      out.status = kCell_NONFINITE;
-      return;
-    }
+  for (int v = 0; v < kCellValues; ++v) rest[v] *= inverse_total;
+  out.status = rest_frame_change(rest, out.dF, &out.growth_over_ntot);
 }
 
 void Box3D::apply(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, CellArray F_box,

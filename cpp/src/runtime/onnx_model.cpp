@@ -1,5 +1,6 @@
 #include "onnx_model.hpp"
 
+#include <algorithm>
 #include <fstream>
 #include <iterator>
 #include <memory>
@@ -14,7 +15,7 @@ namespace {
 constexpr const char* kInputName = "invariants";
 constexpr const char* kOutputName = "head_output";
 
-std::size_t tier_of(std::size_t rows) {  // smallest t with 2^t >= rows
+std::size_t ceil_log2(std::size_t rows) {  // smallest t with 2^t >= rows
   std::size_t tier = 0;
   while ((std::size_t{1} << tier) < rows) ++tier;
   return tier;
@@ -62,15 +63,22 @@ struct OrtReleaser {
 
 }  // namespace
 
+std::size_t EvaluationBuffers::tier_of(std::size_t rows) const {
+  if (rows <= granule_) return ceil_log2(rows);
+  return granule_log2_ + (rows + granule_ - 1) / granule_ - 1;
+}
+
 EvaluationBuffers::EvaluationBuffers(const OrtApi* api, std::size_t capacity, int output_size)
-    : api_(api), capacity_(std::size_t{1} << tier_of(capacity)), output_size_(output_size) {
+    : api_(api), capacity_(std::size_t{1} << ceil_log2(capacity)), output_size_(output_size) {
+  granule_ = std::max<std::size_t>(std::min<std::size_t>(32, capacity_), capacity_ / 32);
+  granule_log2_ = ceil_log2(granule_);
   input_.assign(capacity_ * kInputs, 0.0f);
   output_.assign(capacity_ * static_cast<std::size_t>(output_size_), 0.0f);
   OrtMemoryInfo* memory = nullptr;
   check_ort(api_, api_->CreateCpuMemoryInfo(OrtArenaAllocator, OrtMemTypeDefault, &memory), "creating memory info");
   std::unique_ptr<OrtMemoryInfo, OrtReleaser<OrtMemoryInfo>> memory_guard(memory, {api_, api_->ReleaseMemoryInfo});
   try {
-    for (std::size_t rows = 1; rows <= capacity_; rows *= 2) {
+    for (std::size_t rows = 1; rows <= capacity_; rows = rows < granule_ ? 2 * rows : rows + granule_) {
       int64_t input_shape[2] = {static_cast<int64_t>(rows), static_cast<int64_t>(kInputs)};
       int64_t output_shape[2] = {static_cast<int64_t>(rows), output_size_};
       OrtValue* input = nullptr;
@@ -210,7 +218,7 @@ void OnnxModel::check_signature() {
 
 void OnnxModel::run(EvaluationBuffers& buffers, std::size_t n) const {
   if (n == 0) return;
-  const std::size_t tier = tier_of(n);
+  const std::size_t tier = buffers.tier_of(n);
   const char* input_names[] = {kInputName};
   const char* output_names[] = {kOutputName};
   check_ort(api_,

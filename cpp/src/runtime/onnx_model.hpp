@@ -13,8 +13,9 @@
 namespace dodo::runtime {
 
 // Buffers and pre-made tensors for evaluating up to `capacity` rows without allocating: one
-// input/output tensor pair per power-of-two row count, all views of the same two buffers.
-// A batch of n rows runs on the smallest power of two >= n (rows past n are don't-care).
+// input/output tensor pair per tier of row counts, all views of the same two buffers. Tiers are
+// the powers of two below a granule (capacity/32, at least 32) and then every multiple of the
+// granule, so a batch of n rows runs on at most n + granule rows (rows past n are don't-care).
 class EvaluationBuffers {
  public:
   EvaluationBuffers(const OrtApi* api, std::size_t capacity, int output_size);
@@ -33,7 +34,9 @@ class EvaluationBuffers {
   std::size_t capacity_;
   int output_size_;
   std::vector<float> input_, output_;
-  std::vector<OrtValue*> input_tensors_, output_tensors_;  // index t: 2^t rows
+  std::size_t tier_of(std::size_t rows) const;
+  std::size_t granule_, granule_log2_;
+  std::vector<OrtValue*> input_tensors_, output_tensors_;  // one per tier
 };
 
 class OnnxModel {
