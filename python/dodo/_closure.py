@@ -18,7 +18,7 @@ import numpy as np
 
 from . import _core
 from ._box3d import _prepare, _threads
-from .conventions import GROWTH_RATE_PER_NTOT, N_COMPONENTS, N_SPECIES, minkowski_dot
+from .conventions import GROWTH_RATE_PER_NTOT, N_COMPONENTS, N_SPECIES
 from .models import default_model_path
 
 PathLike = Union[str, os.PathLike]
@@ -127,17 +127,16 @@ class Closure:
         their input, never NaN.
         """
         flat_F, flat_u, batch = _prepare(F_init, u)
-        F_pred, status, growth = self._runtime.apply(flat_F, flat_u)
-        with np.errstate(over="ignore", invalid="ignore"):  # densities near DBL_MAX: N_tot overflows (rate 0)
-            if flat_u is None:
-                ntot = flat_F[:, :, 0].sum(axis=-1)
-            else:
-                ntot = -minkowski_dot(flat_F, flat_u[:, None, :]).sum(axis=-1)
+        # N_tot comes from the runtime (0 for rejected cells, whose growth is 0): no (n, 6)
+        # temporaries here, so the peak memory stays near the input and output arrays.
+        F_pred, status, growth, ntot = self._runtime.apply(flat_F, flat_u)
+        growth_rate = np.multiply(ntot, growth, out=ntot)
+        growth_rate *= GROWTH_RATE_PER_NTOT
         return ClosureResult(
             F_pred=F_pred.reshape(batch + (N_SPECIES, N_COMPONENTS)),
             status=status.reshape(batch),
             growth_over_ntot=growth.reshape(batch),
-            growth_rate=(growth * np.where(np.isfinite(ntot), ntot, 0.0) * GROWTH_RATE_PER_NTOT).reshape(batch),
+            growth_rate=growth_rate.reshape(batch),
         )
 
     def __call__(self, F_init, u=None) -> np.ndarray:

@@ -66,15 +66,17 @@ py::tuple apply(const Closure& closure, const CellInput& F_init, const std::opti
   py::array_t<double> F_pred({static_cast<py::ssize_t>(n), py::ssize_t{dodo::kSpecies}, py::ssize_t{dodo::kComponents}});
   py::array_t<std::uint32_t> status(static_cast<py::ssize_t>(n));
   py::array_t<double> growth(static_cast<py::ssize_t>(n));
+  py::array_t<double> ntot(static_cast<py::ssize_t>(n));
   dodo::ConstCellArray input{F_init.data()};
   dodo::CellArray output{F_pred.mutable_data()};
   std::uint32_t* status_data = status.mutable_data();
   double* growth_data = growth.mutable_data();
+  double* ntot_data = ntot.mutable_data();
   {
     py::gil_scoped_release release;
-    closure.apply(n, input, velocity, output, status_data, growth_data);
+    closure.apply(n, input, velocity, output, status_data, growth_data, ntot_data);
   }
-  return py::make_tuple(F_pred, status, growth);
+  return py::make_tuple(F_pred, status, growth, ntot);
 }
 
 }  // namespace
@@ -102,7 +104,7 @@ void register_runtime(py::module_& m) {
            py::arg("z_method") = "", py::arg("max_flux_factor") = 0.0, py::arg("onnxruntime_library") = "",
            py::arg("device") = "cpu", py::arg("run_self_test") = false)
       .def("apply", &apply, py::arg("F_init"), py::arg("u") = py::none(),
-           "(n,6,4) float64 [, (n,4)] -> (F_pred (n,6,4), status (n,) uint32, growth_over_ntot (n,))")
+           "(n,6,4) float64 [, (n,4)] -> (F_pred (n,6,4), status (n,) uint32, growth_over_ntot (n,), ntot (n,))")
       .def("self_test", [](const Closure& closure) {
              py::gil_scoped_release release;
              return closure.self_test();

@@ -35,6 +35,7 @@ struct Closure::Batch {
   CellArray F_pred;
   std::uint32_t* status;
   double* growth;
+  double* ntot;
   // First failure of any chunk (an ORT error); reported after the batch.
   std::mutex error_mutex;
   std::exception_ptr error;
@@ -134,10 +135,10 @@ void Closure::run_chunk(void* context, std::size_t chunk, int /*slot*/) {
 }
 
 void Closure::apply(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, CellArray F_pred,
-                    std::uint32_t* status, double* growth_over_ntot) const {
+                    std::uint32_t* status, double* growth_over_ntot, double* ntot) const {
   if (n == 0) return;
   if (!F_init.data || !F_pred.data) throw Error(DODO_ERROR_INVALID_ARGUMENT, "F_init and F_pred must not be null");
-  Batch batch{this, n, F_init, u, F_pred, status, growth_over_ntot, {}, {}};
+  Batch batch{this, n, F_init, u, F_pred, status, growth_over_ntot, ntot, {}, {}};
   const std::size_t chunks = (n + static_cast<std::size_t>(chunk_size_) - 1) / static_cast<std::size_t>(chunk_size_);
   if (!pool_.try_run(chunks, &Closure::run_chunk, &batch)) {
     // The pool serves another caller's batch: this thread does its own chunks.
@@ -217,6 +218,7 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
         target[a * batch.F_pred.species_stride + m * batch.F_pred.component_stride] = F_out[value_index(a, m)];
     if (batch.status) batch.status[cell] = flags;
     if (batch.growth) batch.growth[cell] = rest.growth_over_ntot;
+    if (batch.ntot) batch.ntot[cell] = (flags & kCellRejectedMask) ? 0.0 : rest.ntot;
     events.rejected += (flags & kCellRejectedMask) != 0;
     events.no_crossing += (flags & kCell_NO_CROSSING) != 0;
     events.box3d_limited += (flags & kCell_BOX3D_LIMITED) != 0;

@@ -47,9 +47,10 @@ class Closure {
   Closure& operator=(const Closure&) = delete;
 
   // n cells of strided caller-owned arrays (see box3d.hpp); F_pred may alias F_init with equal
-  // strides. status and growth_over_ntot (Box3D's growth proxy) may be null.
+  // strides. status, growth_over_ntot (Box3D's growth proxy) and ntot (N_tot; 0 for rejected
+  // cells) may be null.
   void apply(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, CellArray F_pred, std::uint32_t* status,
-             double* growth_over_ntot = nullptr) const;
+             double* growth_over_ntot = nullptr, double* ntot = nullptr) const;
 
   // Runs the package's test vectors; returns the largest |F_pred - expected| / N_tot and throws
   // Error(DODO_ERROR_SELF_TEST) when it exceeds the stored tolerance.
