@@ -28,28 +28,6 @@ LorentzBoost::LorentzBoost(const double* u) {
   W2_over_W_plus_1_ = W_ * W_ / (W_ + 1.0);
 }
 
-void LorentzBoost::apply(double sign, const double* in, double* out) const {
-  if (identity_) {
-    for (int m = 0; m < 4; ++m) out[m] = in[m];
-    return;
-  }
-  const double vx = sign * vx_, vy = sign * vy_, vz = sign * vz_;
-  const double vF = vx * in[1] + vy * in[2] + vz * in[3];
-  const double coefficient = W2_over_W_plus_1_ * vF - W_ * in[0];
-  out[0] = W_ * (in[0] - vF);
-  out[1] = in[1] + coefficient * vx;
-  out[2] = in[2] + coefficient * vy;
-  out[3] = in[3] + coefficient * vz;
-}
-
-void LorentzBoost::cell_to_rest(const double* lab, double* rest) const {
-  for (int a = 0; a < kSpecies; ++a) to_rest(lab + a * kComponents, rest + a * kComponents);
-}
-
-void LorentzBoost::cell_from_rest(const double* rest, double* lab) const {
-  for (int a = 0; a < kSpecies; ++a) from_rest(rest + a * kComponents, lab + a * kComponents);
-}
-
 void boost_to_rest(const double* u, const double* lab, double* rest) { LorentzBoost(u).to_rest(lab, rest); }
 
 void boost_from_rest(const double* u, const double* rest, double* lab) { LorentzBoost(u).from_rest(rest, lab); }

@@ -17,11 +17,28 @@ class LorentzBoost {
   explicit LorentzBoost(const double* u = nullptr);
   void to_rest(const double* lab, double* rest) const { apply(1.0, lab, rest); }
   void from_rest(const double* rest, double* lab) const { apply(-1.0, rest, lab); }
-  void cell_to_rest(const double* lab, double* rest) const;    // 6 species, 24 values
-  void cell_from_rest(const double* rest, double* lab) const;
+  void cell_to_rest(const double* lab, double* rest) const {  // 6 species, 24 values
+    for (int a = 0; a < kSpecies; ++a) apply(1.0, lab + a * kComponents, rest + a * kComponents);
+  }
+  void cell_from_rest(const double* rest, double* lab) const {
+    for (int a = 0; a < kSpecies; ++a) apply(-1.0, rest + a * kComponents, lab + a * kComponents);
+  }
 
  private:
-  void apply(double sign, const double* in, double* out) const;
+  // F'^t = W (F^t - v.F), F' = F + (W^2/(W + 1) v.F - W F^t) v with v = sign * u_spatial / u^t.
+  void apply(double sign, const double* in, double* out) const {
+    if (identity_) {
+      for (int m = 0; m < 4; ++m) out[m] = in[m];
+      return;
+    }
+    const double vx = sign * vx_, vy = sign * vy_, vz = sign * vz_;
+    const double vF = vx * in[1] + vy * in[2] + vz * in[3];
+    const double coefficient = W2_over_W_plus_1_ * vF - W_ * in[0];
+    out[0] = W_ * (in[0] - vF);
+    out[1] = in[1] + coefficient * vx;
+    out[2] = in[2] + coefficient * vy;
+    out[3] = in[3] + coefficient * vz;
+  }
   bool identity_ = true;
   double W_ = 1.0, vx_ = 0.0, vy_ = 0.0, vz_ = 0.0, W2_over_W_plus_1_ = 0.5;
 };

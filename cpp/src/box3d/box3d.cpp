@@ -119,7 +119,7 @@ int eln_sign(const double* F, int flavour, const double* density, const double* 
              const double (*direction)[3]) {
   const int a = flavour, b = flavour + kFlavours;
   if (std::equal(F + a * kComponents, F + (a + 1) * kComponents, F + b * kComponents)) return 0;
-  // Beyond Z = 300 the reconstruction clamps tiny values: no shortcut.
+  // Beyond Z = 300 the reconstruction clamps tiny values, and so would clamped_exp: no shortcut.
   if (Z[a] > 300.0 || Z[b] > 300.0) return kUndecided;
   double v2 = 0.0;
   for (int i = 0; i < 3; ++i) {
@@ -128,12 +128,13 @@ int eln_sign(const double* F, int flavour, const double* density, const double* 
   }
   const double v = std::sqrt(v2);
   constexpr double kMargin = 1.0 + 1e-9;
-  const double lowest_nu = density[a] * amplitude[a] * std::exp(-Z[a] - v);
-  const double highest_nubar = density[b] * amplitude[b] * std::exp(-Z[b]);
-  if (lowest_nu > kMargin * highest_nubar) return 1;
-  const double lowest_nubar = density[b] * amplitude[b] * std::exp(-Z[b] - v);
-  const double highest_nu = density[a] * amplitude[a] * std::exp(-Z[a]);
-  if (lowest_nubar > kMargin * highest_nu) return -1;
+  // n A e^{-Z} of each side (its value across the flux direction) and the factor e^{-|v|}
+  // (|v| <= Z + Zbar <= 600: no clamping).
+  const double across_nu = density[a] * amplitude[a] * clamped_exp(-Z[a]);
+  const double across_nubar = density[b] * amplitude[b] * clamped_exp(-Z[b]);
+  const double spread = clamped_exp(-v);
+  if (across_nu * spread > kMargin * across_nubar) return 1;
+  if (across_nubar * spread > kMargin * across_nu) return -1;
   return kUndecided;
 }
 
