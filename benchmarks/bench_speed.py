@@ -21,8 +21,9 @@ factors up to 0.9, random directions), boosted with |v| < 0.6, Lebedev order 17,
 Rates: cells per second of wall time (median of --repeats, min-max) and per core: cells per
 second of this process's CPU time (summed over its threads, so already per core; other programs
 on a shared machine disturb it less than wall time). --callgrind adds instructions per cell (valgrind's callgrind on a small run:
-the difference between --callgrind-cells and 3x as many cells, which cancels start-up), which do
-not depend on the machine's load.
+--callgrind-cells cells set up once and run three times against once, so set-up and start-up
+cancel), which do not depend on the machine's load. Valgrind does not emulate AVX-512: these
+count the AVX2 code path.
 """
 from __future__ import annotations
 
@@ -131,12 +132,13 @@ def measure(function, repeats: int) -> tuple[list[float], list[float]]:
     return walls, cpus
 
 
-def callgrind_instructions(name: str, cells: int, threads: int) -> int:
-    """Instructions of a fresh process that sets up `name` on `cells` cells and runs it once."""
+def callgrind_instructions(name: str, cells: int, runs: int) -> int:
+    """Instructions of a fresh process that sets up `name` on `cells` cells and runs it `runs` times."""
     with tempfile.TemporaryDirectory() as folder:
         out = os.path.join(folder, "callgrind.out")
         subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__,
-                        "--worker", name, "--cells", str(cells), "--oracle-cells", str(cells), "--threads", str(threads)],
+                        "--worker", name, "--runs", str(runs), "--cells", str(cells), "--oracle-cells", str(cells),
+                        "--threads", "1"],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         text = pathlib.Path(out).read_text()
         return int(re.search(r"^(?:summary|totals):\s+(\d+)", text, re.M).group(1))
@@ -149,13 +151,15 @@ def main() -> int:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--callgrind", action="store_true", help="add instructions per cell (valgrind, a few minutes)")
-    parser.add_argument("--callgrind-cells", type=int, default=1000)
+    parser.add_argument("--callgrind-cells", type=int, default=2000)
     parser.add_argument("--worker", choices=PIPELINES, help=argparse.SUPPRESS)
+    parser.add_argument("--runs", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:  # one pipeline, set up and run once (under callgrind)
         function, _ = make_pipeline(args.worker, args.cells, args.threads[0], args.oracle_cells)
-        function()
+        for _ in range(args.runs):
+            function()
         return 0
 
     import onnxruntime
@@ -175,7 +179,7 @@ def main() -> int:
             instructions = None
             if args.callgrind and threads == 1:
                 small = args.callgrind_cells
-                instructions = (callgrind_instructions(name, 3 * small, 1) - callgrind_instructions(name, small, 1)) / (2 * small)
+                instructions = (callgrind_instructions(name, small, 3) - callgrind_instructions(name, small, 1)) / (2 * small)
             rows.append((name, threads, cells, walls, cpus, instructions))
             del function
 
