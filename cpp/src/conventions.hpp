@@ -27,6 +27,10 @@ constexpr int value_index(int species, int component) { return species * kCompon
 // sqrt(2) G_F / hbar in cm^3/s: growth rate [1/s] = growth_over_ntot * N_tot[cm^-3] * this.
 inline constexpr double kGrowthRatePerNtot = 1.9255e-22;
 
+// Smallest comoving total density N_tot a cell may have; below it the cell is vacuum (status
+// ZERO_DENSITY, returned unchanged): subnormal numbers cannot carry conservation to rounding.
+inline constexpr double kSmallestNtot = 1e-300;
+
 // |u.u + 1| above this is not a four-velocity.
 inline constexpr double kVelocityNormTolerance = 1e-6;
 

@@ -14,52 +14,31 @@ bool is_valid_four_velocity(const double* u) {
   return u[0] > 0.0 && four_velocity_norm_error(u) <= kVelocityNormTolerance;
 }
 
-namespace {
-
 // Pure boost by 3-velocity v = sign * u_spatial / W (physics.md section 1):
 // F'^t = W (F^t - v.F), F' = F + ((W - 1)(v.F)/v^2 - W F^t) v.
-void pure_boost(const double* u, double sign, const double* in, double* out) {
+LorentzBoost::LorentzBoost(const double* u) {
+  if (u == nullptr) return;
+  identity_ = false;
   // u is accepted with |u.u + 1| up to 1e-6: boost by the exact Lorentz factor of v = u/u^t
   // (W = u^t / sqrt(-u.u)), so the boost and its inverse are exact inverses and the conservation
   // laws hold to rounding for the normalised u (and so for u, a multiple of it).
   const double spatial2 = u[1] * u[1] + u[2] * u[2] + u[3] * u[3];
-  const double W = u[0] / std::sqrt((u[0] - std::sqrt(spatial2)) * (u[0] + std::sqrt(spatial2)));
-  const double vx = sign * u[1] / u[0], vy = sign * u[2] / u[0], vz = sign * u[3] / u[0];
-  const double v2 = vx * vx + vy * vy + vz * vz;
-  const double vF = vx * in[1] + vy * in[2] + vz * in[3];
+  W_ = u[0] / std::sqrt((u[0] - std::sqrt(spatial2)) * (u[0] + std::sqrt(spatial2)));
+  vx_ = u[1] / u[0];
+  vy_ = u[2] / u[0];
+  vz_ = u[3] / u[0];
   // (W - 1)/v^2 = W^2/(W + 1) avoids 0/0 for tiny v (W^2 v^2 = W^2 - 1).
-  const double coefficient = W * W / (W + 1.0) * vF - W * in[0];
-  out[0] = W * (in[0] - vF);
-  out[1] = in[1] + coefficient * vx;
-  out[2] = in[2] + coefficient * vy;
-  out[3] = in[3] + coefficient * vz;
-  (void)v2;
+  W2_over_W_plus_1_ = W_ * W_ / (W_ + 1.0);
 }
 
-}  // namespace
+void boost_to_rest(const double* u, const double* lab, double* rest) { LorentzBoost(u).to_rest(lab, rest); }
 
-void boost_to_rest(const double* u, const double* lab, double* rest) {
-  if (u == nullptr) {
-    for (int m = 0; m < 4; ++m) rest[m] = lab[m];
-    return;
-  }
-  pure_boost(u, 1.0, lab, rest);
-}
+void boost_from_rest(const double* u, const double* rest, double* lab) { LorentzBoost(u).from_rest(rest, lab); }
 
-void boost_from_rest(const double* u, const double* rest, double* lab) {
-  if (u == nullptr) {
-    for (int m = 0; m < 4; ++m) lab[m] = rest[m];
-    return;
-  }
-  pure_boost(u, -1.0, rest, lab);
-}
-
-void boost_cell_to_rest(const double* u, const double* lab, double* rest) {
-  for (int a = 0; a < kSpecies; ++a) boost_to_rest(u, lab + a * kComponents, rest + a * kComponents);
-}
+void boost_cell_to_rest(const double* u, const double* lab, double* rest) { LorentzBoost(u).cell_to_rest(lab, rest); }
 
 void boost_cell_from_rest(const double* u, const double* rest, double* lab) {
-  for (int a = 0; a < kSpecies; ++a) boost_from_rest(u, rest + a * kComponents, lab + a * kComponents);
+  LorentzBoost(u).cell_from_rest(rest, lab);
 }
 
 double comoving_total_density(const double* F, const double* u) {
@@ -98,6 +77,13 @@ bool invariants(const double* F, const double* u, double* out27) {
     for (int b = a; b < kSpecies; ++b)
       out27[index++] = minkowski_dot(normalised + a * kComponents, normalised + b * kComponents);
   return true;
+}
+
+void rest_frame_invariants(const double* F, double* out27) {
+  for (int a = 0; a < kSpecies; ++a) out27[a] = F[a * kComponents];
+  int index = kSpecies;
+  for (int a = 0; a < kSpecies; ++a)
+    for (int b = a; b < kSpecies; ++b) out27[index++] = minkowski_dot(F + a * kComponents, F + b * kComponents);
 }
 
 }  // namespace dodo

@@ -13,6 +13,39 @@ double four_velocity_norm_error(const double* u);
 // kVelocityNormTolerance: the one velocity check, shared by the C API and Python (issue 11.4).
 bool is_valid_four_velocity(const double* u);
 
+// The pure boost between the lab frame and the rest frame of a four-velocity u, its coefficients
+// computed once (per cell) and applied to many four-vectors. u = nullptr: identity.
+class LorentzBoost {
+ public:
+  explicit LorentzBoost(const double* u = nullptr);
+  void to_rest(const double* lab, double* rest) const { apply(1.0, lab, rest); }
+  void from_rest(const double* rest, double* lab) const { apply(-1.0, rest, lab); }
+  void cell_to_rest(const double* lab, double* rest) const {  // 6 species, 24 values
+    for (int a = 0; a < kSpecies; ++a) apply(1.0, lab + a * kComponents, rest + a * kComponents);
+  }
+  void cell_from_rest(const double* rest, double* lab) const {
+    for (int a = 0; a < kSpecies; ++a) apply(-1.0, rest + a * kComponents, lab + a * kComponents);
+  }
+
+ private:
+  // F'^t = W (F^t - v.F), F' = F + (W^2/(W + 1) v.F - W F^t) v with v = sign * u_spatial / u^t.
+  void apply(double sign, const double* in, double* out) const {
+    if (identity_) {
+      for (int m = 0; m < 4; ++m) out[m] = in[m];
+      return;
+    }
+    const double vx = sign * vx_, vy = sign * vy_, vz = sign * vz_;
+    const double vF = vx * in[1] + vy * in[2] + vz * in[3];
+    const double coefficient = W2_over_W_plus_1_ * vF - W_ * in[0];
+    out[0] = W_ * (in[0] - vF);
+    out[1] = in[1] + coefficient * vx;
+    out[2] = in[2] + coefficient * vy;
+    out[3] = in[3] + coefficient * vz;
+  }
+  bool identity_ = true;
+  double W_ = 1.0, vx_ = 0.0, vy_ = 0.0, vz_ = 0.0, W2_over_W_plus_1_ = 0.5;
+};
+
 // Pure boost of a four-vector into the rest frame of u (and back). u = nullptr: identity.
 void boost_to_rest(const double* u, const double* lab, double* rest);
 void boost_from_rest(const double* u, const double* rest, double* lab);
@@ -26,5 +59,9 @@ double comoving_total_density(const double* F, const double* u);
 // The 27 invariants: x_a = -F_a.u / N_tot (6), F_a.F_b / N_tot^2 for a <= b (21, row-major).
 // Returns false (and writes zeros) when N_tot is not positive and finite.
 bool invariants(const double* F, const double* u, double* out27);
+
+// The same 27 invariants from the cell in the fluid rest frame in units of N_tot (as Box3D
+// computes it): x_a = F_a^t, then the 21 products. Equal to invariants() up to rounding.
+void rest_frame_invariants(const double* F_rest_normalised, double* out27);
 
 }  // namespace dodo

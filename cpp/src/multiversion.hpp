@@ -1,10 +1,11 @@
-// DODO_MULTIVERSION compiles a hot function twice, for baseline x86-64 and for x86-64-v3
-// (AVX2 + FMA), and picks one at load time (GNU ifunc). Wheels and `pip install .` then stay
+// DODO_MULTIVERSION compiles a hot function three times, for baseline x86-64, x86-64-v3
+// (AVX2 + FMA) and x86-64-v4 (AVX-512: twice the doubles per vector, twice the registers), and
+// picks one at load time (GNU ifunc). Wheels and `pip install .` then stay
 // portable across the nodes of a cluster while using the wide vectors where they exist.
 #pragma once
 
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__) && !defined(DODO_NO_MULTIVERSION)
-#define DODO_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define DODO_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define DODO_MULTIVERSION
 #endif

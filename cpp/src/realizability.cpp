@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "conventions.hpp"
+#include "frame.hpp"
 
 namespace dodo {
 namespace {
@@ -19,6 +20,15 @@ inline double slack(const double* base, const double* change, double theta, doub
   return (1.0 - margin) * shifted[0] - flux_norm(shifted);
 }
 
+// d/dtheta of slack(): (1 - margin) dn - (F + theta dF).dF / |F + theta dF|.
+inline double slack_derivative(const double* base, const double* change, double theta, double margin) {
+  double shifted[4];
+  for (int m = 0; m < 4; ++m) shifted[m] = base[m] + theta * change[m];
+  const double norm = flux_norm(shifted);
+  const double along = shifted[1] * change[1] + shifted[2] * change[2] + shifted[3] * change[3];
+  return (1.0 - margin) * change[0] - (norm > 0.0 ? along / norm : flux_norm(change));
+}
+
 // |F| without overflow or underflow of the squares: scale by the largest component first.
 inline double scaled_flux_norm(const double* species) {
   const double largest = std::fmax(std::fabs(species[1]), std::fmax(std::fabs(species[2]), std::fabs(species[3])));
@@ -27,7 +37,83 @@ inline double scaled_flux_norm(const double* species) {
   return largest * std::sqrt(x * x + y * y + z * z);
 }
 
+// sqrt(Fx^2 + Fy^2 + Fz^2) - n computed as a host would, after scaling the species by a power of
+// two (exact) where the squares would leave the normal range; > 0: outside the cone.
+inline double cone_excess(const double* species) {
+  double largest = 0.0;
+  for (int m = 0; m < kComponents; ++m) largest = std::fabs(species[m]) > largest ? std::fabs(species[m]) : largest;
+  double scale = 1.0;
+  if (largest > 0x1p+500 || (largest > 0.0 && largest < 0x1p-500)) scale = std::ldexp(1.0, -std::ilogb(largest));
+  const double x = species[1] * scale, y = species[2] * scale, z = species[3] * scale;
+  return std::sqrt(x * x + y * y + z * z) - species[0] * scale;
+}
+
+inline double cone_room(const double* species) {
+  return species[0] - scaled_flux_norm(species);
+}
+
 }  // namespace
+
+bool finalise_cell(const double* F_init, const LorentzBoost& boost, double ntot, const double* dF_rest,
+                   double* F_out) {
+  double change_rest[kCellValues], change_lab[kCellValues];
+  for (int v = 0; v < kCellValues; ++v) change_rest[v] = dF_rest[v] * ntot;
+  boost.cell_from_rest(change_rest, change_lab);
+  for (int v = 0; v < kCellValues; ++v) F_out[v] = F_init[v] + change_lab[v];
+  for (int v = 0; v < kCellValues; ++v)
+    if (!std::isfinite(F_out[v])) return false;  // densities near DBL_MAX: not representable
+  clamp_to_cone(F_out);
+  return true;
+}
+
+bool clamp_to_cone(double* F) {
+  bool changed = false;
+  for (int a = 0; a < kSpecies; ++a) {
+    double* species = F + a * kComponents;
+    // Quick accept: squares in the safe range and a few ulp inside, so sqrt(|F|^2) <= n holds.
+    const double n = species[0];
+    const double flux2 = species[1] * species[1] + species[2] * species[2] + species[3] * species[3];
+    if (n < 1e150 && n > 1e-150 && flux2 <= (1.0 - 8.0 * DBL_EPSILON) * (n * n)) continue;
+    if (!(species[0] >= 0.0) || !(cone_excess(species) > 0.0)) continue;
+    changed = true;
+    // Shrink the flux until the host's test passes (one step almost always).
+    double shrunk[kComponents] = {species[0], 0.0, 0.0, 0.0};
+    if (species[0] > 0.0) {
+      double factor = species[0] / scaled_flux_norm(species);
+      for (int attempt = 0; attempt < 8; ++attempt) {
+        factor *= 1.0 - 4.0 * DBL_EPSILON;
+        for (int m = 1; m < kComponents; ++m) shrunk[m] = species[m] * factor;
+        if (!(cone_excess(shrunk) > 0.0)) break;
+      }
+      if (cone_excess(shrunk) > 0.0)
+        for (int m = 1; m < kComponents; ++m) shrunk[m] = 0.0;
+    }
+    double removed[kComponents] = {0.0, 0.0, 0.0, 0.0};
+    for (int m = 1; m < kComponents; ++m) removed[m] = species[m] - shrunk[m];
+    for (int m = 1; m < kComponents; ++m) species[m] = shrunk[m];
+    // Hand the removed flux to the other flavour of the same kind with the most room.
+    const int kind = a / kFlavours;
+    int best = -1;
+    double best_room = 0.0;
+    for (int f = 0; f < kFlavours; ++f) {
+      const int b = species_index(kind, f);
+      if (b == a) continue;
+      const double room = cone_room(F + b * kComponents);
+      if (room > best_room) {
+        best_room = room;
+        best = b;
+      }
+    }
+    const double removed_norm = scaled_flux_norm(removed);
+    if (best < 0 || !(best_room > 4.0 * removed_norm)) continue;
+    double* recipient = F + best * kComponents;
+    double given[kComponents];
+    for (int m = 0; m < kComponents; ++m) given[m] = recipient[m] + removed[m];
+    if (!(cone_excess(given) > 0.0))
+      for (int m = 1; m < kComponents; ++m) recipient[m] = given[m];
+  }
+  return changed;
+}
 
 void realizable_fallback(const double* F, double* out) {
   bool finite = true;
@@ -61,13 +147,33 @@ void realizable_fallback(const double* F, double* out) {
 bool cell_is_realizable(const double* F) {
   for (int a = 0; a < kSpecies; ++a) {
     const double* species = F + a * kComponents;
-    if (!(species[0] >= 0.0) || flux_norm(species) > species[0]) return false;
+    if (!(species[0] >= 0.0) || cone_excess(species) > 0.0) return false;
   }
   return true;
 }
 
+// True when every species is inside the cone both at F_base and at F_base + dF, tested on the
+// squares (no square roots; branch-free, vectorises): then the full step is admissible.
+bool both_ends_inside(const double* F_base, const double* dF) {
+  bool inside = true;
+  for (int a = 0; a < kSpecies; ++a) {
+    const double* base = F_base + a * kComponents;
+    const double* change = dF + a * kComponents;
+    const double n0 = base[0], n1 = base[0] + change[0];
+    const double x1 = base[1] + change[1], y1 = base[2] + change[2], z1 = base[3] + change[3];
+    const double flux0 = base[1] * base[1] + base[2] * base[2] + base[3] * base[3];
+    const double flux1 = x1 * x1 + y1 * y1 + z1 * z1;
+    inside = inside & (n0 >= 0.0) & (n1 >= 0.0) & (flux0 <= (1.0 - 8.0 * DBL_EPSILON) * (n0 * n0)) &
+             (flux1 <= (1.0 - 8.0 * DBL_EPSILON) * (n1 * n1));
+  }
+  return inside;
+}
+
 double realizable_step(const double* F_base, const double* dF) {
   constexpr double kMargin = 1e-12;
+  // Most cells: both ends well inside (squares compared with a few ulp to spare, so the square
+  // roots below would agree), so the whole step is admissible.
+  if (both_ends_inside(F_base, dF)) return 1.0;
   double theta = 1.0;
   for (int a = 0; a < kSpecies; ++a) {
     const double* base = F_base + a * kComponents;
@@ -75,11 +181,53 @@ double realizable_step(const double* F_base, const double* dF) {
     // A species already (slightly) outside the cone may not move further out.
     const double floor = std::fmin(0.0, slack(base, change, 0.0, 0.0));
     if (slack(base, change, theta, 0.0) >= floor) continue;
-    // The slack is concave in theta and admissible at 0: bisect for its last admissible point.
+    // The slack g is concave in theta and admissible at 0. For a concave g a chord between an
+    // admissible lo and an inadmissible hi meets zero at an admissible point, and a tangent at
+    // hi meets zero at an inadmissible one: both ends close in (quadratically from hi), and lo
+    // stays admissible. A bisection step whenever the bracket fails to halve bounds the count;
+    // it ends when lo and hi agree to 8 ulp (there the slack is rounding noise; the margin
+    // above is 1e-12 of the density).
     double lo = 0.0, hi = theta;
-    for (int iteration = 0; iteration < 64 && hi - lo > 1e-17; ++iteration) {
-      const double mid = 0.5 * (lo + hi);
-      if (slack(base, change, mid, kMargin) >= floor) lo = mid; else hi = mid;
+    double g_lo = slack(base, change, lo, kMargin) - floor;
+    if (!(g_lo >= 0.0)) {
+      theta = 0.0;
+      continue;
+    }
+    double g_hi = slack(base, change, hi, kMargin) - floor;
+    for (int iteration = 0; iteration < 100 && hi - lo > 8.0 * DBL_EPSILON * hi; ++iteration) {
+      const double width = hi - lo;
+      double chord = lo + width * (g_lo / (g_lo - g_hi));
+      if (!(chord > lo && chord < hi)) chord = 0.5 * (lo + hi);
+      const double g_chord = slack(base, change, chord, kMargin) - floor;
+      if (g_chord >= 0.0) {
+        lo = chord;
+        g_lo = g_chord;
+      } else {
+        hi = chord;
+        g_hi = g_chord;
+      }
+      const double tangent = hi - g_hi / slack_derivative(base, change, hi, kMargin);
+      if (tangent > lo && tangent < hi) {
+        const double g_tangent = slack(base, change, tangent, kMargin) - floor;
+        if (g_tangent >= 0.0) {
+          lo = tangent;
+          g_lo = g_tangent;
+        } else {
+          hi = tangent;
+          g_hi = g_tangent;
+        }
+      }
+      if (hi - lo > 0.5 * width) {
+        const double mid = 0.5 * (lo + hi);
+        const double g_mid = slack(base, change, mid, kMargin) - floor;
+        if (g_mid >= 0.0) {
+          lo = mid;
+          g_lo = g_mid;
+        } else {
+          hi = mid;
+          g_hi = g_mid;
+        }
+      }
     }
     theta = lo;
   }

@@ -3,7 +3,11 @@
 
 namespace dodo {
 
-// True when every species of the 24-value cell satisfies n >= 0 and |F| <= n.
+class LorentzBoost;
+
+// True when every species of the 24-value cell satisfies n >= 0 and |F| <= n, |F| evaluated as
+// sqrt(Fx^2 + Fy^2 + Fz^2) in double precision (after an exact power-of-two scaling where the
+// squares would overflow or underflow): the test a host code applies.
 bool cell_is_realizable(const double* F);
 
 // Largest theta in [0, 1] such that every species of F_base + theta * dF is realizable (the
@@ -20,5 +24,19 @@ double realizable_step(const double* F_base, const double* dF);
 // are lab-frame: the cone n >= |F| is Lorentz invariant, so the result is realizable in every
 // frame. The flux norm is computed without overflow (densities up to DBL_MAX).
 void realizable_fallback(const double* F, double* out);
+
+// The one place where a computed cell gets its output (Box3D and the closure runtime, every
+// language): F_out = F_init + (boost back of ntot * dF_rest), then clamp_to_cone. Returns false
+// (F_out unspecified) when a value is not finite.
+bool finalise_cell(const double* F_init, const LorentzBoost& boost, double ntot, const double* dF_rest,
+                   double* F_out);
+
+// Makes |F| <= n hold exactly in double precision (cell_is_realizable) for every species with
+// n >= 0 that rounding left outside the cone (|F| > n by ~1e-16 n at rest, up to ~1e-10 n after
+// a boost with W = 1e4): its flux is shrunk by a few ulp, and the flux taken off goes to the
+// species of the same kind (nu or nubar) with the most room, so that the flavour sums of every
+// component, which the closure conserves, keep their values to rounding. (With no room in the
+// other two flavours the few-ulp remainder is dropped.) Returns true when anything changed.
+bool clamp_to_cone(double* F);
 
 }  // namespace dodo

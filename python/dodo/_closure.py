@@ -149,6 +149,8 @@ class Closure:
         their input, never NaN.
         """
         flat_F, flat_u, batch = _prepare(F_init, u)
+        # Growth rates in s^-1 come from the runtime, which has N_tot: no (n, 6) temporaries here,
+        # so the peak memory stays near the input and output arrays.
         out = self._runtime.apply_diagnostics(flat_F, flat_u)
         return ClosureResult(
             F_pred=out["F_pred"].reshape(batch + (N_SPECIES, N_COMPONENTS)),

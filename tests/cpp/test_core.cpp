@@ -65,6 +65,44 @@ void test_lebedev_rules() {
   CHECK(refused);
 }
 
+// Box3D's layout: every point beside its antipode (q, q + half), same weights, padding of zero
+// weight, and the same quadrature as the table (sums of weights and moments unchanged).
+void test_paired_rules() {
+  for (int order : dodo::available_lebedev_orders()) {
+    const dodo::LebedevRule rule = dodo::lebedev_rule(order);
+    const dodo::PairedRule paired = dodo::paired_rule(rule, 8);
+    CHECK(paired.half % 8 == 0 && paired.size() == 2 * paired.half);
+    CHECK(2 * paired.half >= rule.size() && 2 * paired.half < rule.size() + 16);
+    std::size_t real_points = 0;
+    double total = 0.0, second_moment_xy = 0.0, second_moment_zz = 0.0;
+    for (std::size_t q = 0; q < paired.half; ++q) {
+      const std::size_t p = q + paired.half;
+      CHECK(paired.x[p] == -paired.x[q] && paired.y[p] == -paired.y[q] && paired.z[p] == -paired.z[q]);
+      CHECK(paired.weight[p] == paired.weight[q]);
+      if (paired.weight[q] == 0.0) CHECK(paired.x[q] == 0.0 && paired.y[q] == 0.0 && paired.z[q] == 0.0);
+      else real_points += 2;
+    }
+    for (std::size_t q = 0; q < paired.size(); ++q) {
+      total += paired.weight[q];
+      second_moment_xy += paired.weight[q] * paired.x[q] * paired.y[q];
+      second_moment_zz += paired.weight[q] * paired.z[q] * paired.z[q];
+    }
+    CHECK(real_points == rule.size());
+    CHECK(std::fabs(total - 4 * kPi) < 1e-12);
+    CHECK(std::fabs(second_moment_xy) < 1e-14);
+    CHECK(std::fabs(second_moment_zz - 4 * kPi / 3) < 1e-13);
+  }
+  dodo::LebedevRule lopsided = dodo::lebedev_rule(17);
+  lopsided.weight[0] *= 1.5;  // its antipode keeps the old weight
+  bool refused = false;
+  try {
+    dodo::paired_rule(lopsided, 8);
+  } catch (const std::invalid_argument&) {
+    refused = true;
+  }
+  CHECK(refused);
+}
+
 void test_inverse_langevin() {
   for (double f = 0.001; f < 0.985; f += 0.013) {
     const double Z = dodo::inverse_langevin_exact(f);
@@ -235,6 +273,7 @@ void test_row_fft() {
 
 int main() {
   test_lebedev_rules();
+  test_paired_rules();
   test_inverse_langevin();
   test_boost_round_trip();
   test_conservation_and_realizability();

@@ -63,18 +63,19 @@ typedef enum dodo_status {
 
 /* Per-cell status bits (OR-ed together in dodo_apply's cell_status output). */
 #define DODO_CELL_OK 0u
-#define DODO_CELL_NO_CROSSING 1u        /* no ELN crossing: stable, output = input */
+#define DODO_CELL_NO_CROSSING 1u        /* no ELN crossing: stable, output = input bit for bit (no correction) */
 #define DODO_CELL_FLUX_FACTOR 2u        /* flux factor at or above the representable limit (rejected) */
 #define DODO_CELL_NEGATIVE_DENSITY 4u   /* negative comoving density (rejected) */
 #define DODO_CELL_NONFINITE 8u          /* NaN/Inf input or result beyond the double range (rejected) */
-#define DODO_CELL_ZERO_DENSITY 16u      /* N_tot = 0 (rejected) */
+#define DODO_CELL_ZERO_DENSITY 16u      /* N_tot = 0 or < 1e-300, vacuum (rejected) */
 #define DODO_CELL_BAD_VELOCITY 32u      /* u not a future-directed unit four-velocity (rejected) */
 #define DODO_CELL_BOX3D_LIMITED 64u     /* Box3D change scaled down to stay realizable */
 #define DODO_CELL_NETWORK_NONFINITE 128u /* network output not finite: Box3D result returned */
 #define DODO_CELL_CORRECTION_LIMITED 256u /* learned correction scaled down by the realizability limiter */
 /* Any of these bits: the closure was not applied; the cell's output is its input when that is
  * finite and realizable, zeros when it is not finite, otherwise the input with negative densities
- * set to 0 and each flux scaled to |F| <= n (always finite and realizable). */
+ * set to 0 and each flux scaled to |F| <= n (always finite and realizable). Every other output is
+ * realizable exactly in double precision: sqrt(Fx*Fx + Fy*Fy + Fz*Fz) <= n for each species. */
 #define DODO_CELL_REJECTED_MASK 62u
 
 /* Opaque handle (SUNDIALS style: a pointer to an incomplete struct). */

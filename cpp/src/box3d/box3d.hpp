@@ -7,6 +7,7 @@
 
 #include "../cell_status.hpp"
 #include "../conventions.hpp"
+#include "../frame.hpp"
 #include "lebedev.hpp"
 #include "maxent.hpp"
 
@@ -25,6 +26,17 @@ struct Box3DCell {
   double growth_over_ntot = 0;   // max over pairs of sqrt(I+ I-) (rest frame, units of N_tot)
   double ntot = 0;               // comoving total number density N_tot = sum_a -F_a.u
   std::uint32_t status = kCellOk;
+};
+
+// The rest-frame part of one cell: what Box3D computes before the boost back, shared with the
+// closure runtime (which adds the learned correction there).
+struct RestFrameCell {
+  std::uint32_t status = kCellOk;  // rejected cells: the fields below are unspecified
+  double ntot = 0;                 // comoving total number density N_tot
+  double growth_over_ntot = 0;
+  LorentzBoost boost;              // lab <-> rest frame of u
+  double F[kCellValues];           // F_init in the rest frame, units of N_tot
+  double dF[kCellValues];          // Box3D's change there, units of N_tot (zeros when NO_CROSSING)
 };
 
 // Strided view of a batch of cells: element (cell, species, component) lives at
@@ -55,6 +67,11 @@ class Box3D {
   // realizable whatever the input (the input itself when it is finite and realizable).
   void apply_cell(const double* F_init, const double* u, Box3DCell& out) const;
 
+  // Checks and classifies one cell (lab frame F_init, u as above) and computes its rest-frame
+  // pieces. The cell's output is then finalise_cell(F_init, boost, ntot, dF) (realizability.hpp)
+  // unless it is rejected (realizable_fallback) or stable (F_init itself).
+  void rest_frame_cell(const double* F_init, const double* u, RestFrameCell& out) const;
+
   // Same computation in the fluid rest frame on normalised fluxes (sum of densities = 1),
   // returning the change dF (24 values, rest frame, units of N_tot). Used by the runtime.
   // Returns status bits (NO_CROSSING, FLUX_FACTOR); dF is zero when the cell is rejected.
@@ -66,10 +83,12 @@ class Box3D {
              double* growth_over_ntot, double* ntot, std::uint32_t* status, int threads) const;
 
  private:
-  void classify_and_apply(const double* F_init, const double* u, Box3DCell& out) const;
+  // Directions per vector register of the widest code path (AVX-512: 8 doubles).
+  static constexpr std::size_t kDirectionLanes = 8;
 
   Box3DSettings settings_;
   LebedevRule rule_;
+  PairedRule paired_rule_;  // rule_ laid out for the direction loops
 };
 
 }  // namespace dodo

@@ -1,6 +1,7 @@
-// exp() of non-positive arguments, branch-free and inline so that the compiler vectorises the
-// loops calling it without -ffast-math (std::exp is a scalar library call). Used for the maximum-entropy
-// distribution, where the argument Z (mu - 1) lies in [-2Z, 0].
+// exp() pieces, branch-free and inline so that the compiler vectorises the loops calling them
+// without -ffast-math (std::exp is a scalar library call). Used for the maximum-entropy
+// distribution: clamped_exp for arguments Z (mu - 1) in [-2Z, 0]; reduce_by_ln2, exp_even_odd and
+// exact_power_of_two for exp(+-s) of antipodal directions from one range reduction (box3d.cpp).
 //
 // exp(x) = 2^k exp(r), k = round(x / ln 2), r = x - k ln 2 split in two parts (Cody & Waite),
 // |r| <= ln2/2; exp(r) by its Taylor series to degree 13 (truncation < 4e-18 relative).
@@ -15,16 +16,62 @@
 
 namespace dodo {
 
-inline double clamped_exp(double argument) {
+// x = k ln 2 + r with k integer-valued (returned as a double) and |r| <= ln2/2, for |x| < 2^50.
+inline void reduce_by_ln2(double x, double& k, double& r) {
   constexpr double kLog2e = 1.4426950408889634;
   constexpr double kLn2High = 0.693147180369123816490;      // ln 2 with trailing zero bits
   constexpr double kLn2Low = 1.90821492927058770002e-10;    // ln 2 - kLn2High
   constexpr double kRoundingShift = 6755399441055744.0;      // 1.5 * 2^52: x + shift rounds x
+  k = (x * kLog2e + kRoundingShift) - kRoundingShift;
+  r = (x - k * kLn2High) - k * kLn2Low;
+}
+
+// An integer-valued double |e| < 2^51 as an integer, without a conversion instruction (which
+// AVX2 lacks for 64-bit integers): the low bits of e + 1.5 * 2^52 hold e.
+inline std::int64_t integer_of(double e) {
+  constexpr double kRoundingShift = 6755399441055744.0;
+  const double shifted = e + kRoundingShift;
+  std::int64_t e_bits, shift_bits;
+  std::memcpy(&e_bits, &shifted, sizeof e_bits);
+  std::memcpy(&shift_bits, &kRoundingShift, sizeof shift_bits);
+  return e_bits - shift_bits;
+}
+
+// 2^e for an integer-valued e in [-1022, 1023], built from its bits.
+inline double exact_power_of_two(double e) {
+  const std::int64_t exponent = (integer_of(e) + 1023) << 52;
+  double power;
+  std::memcpy(&power, &exponent, sizeof power);
+  return power;
+}
+
+// e^r = even + odd and e^{-r} = even - odd for |r| <= ln2/2 (Taylor series to degree 13 split
+// into its even and odd parts: one evaluation serves both signs).
+inline void exp_even_odd(double r, double& even, double& odd) {
+  const double r2 = r * r;
+  double e = 1.0 / 479001600.0;  // 1/12!
+  e = e * r2 + 1.0 / 3628800.0;
+  e = e * r2 + 1.0 / 40320.0;
+  e = e * r2 + 1.0 / 720.0;
+  e = e * r2 + 1.0 / 24.0;
+  e = e * r2 + 0.5;
+  e = e * r2 + 1.0;
+  double o = 1.0 / 6227020800.0;  // 1/13!
+  o = o * r2 + 1.0 / 39916800.0;
+  o = o * r2 + 1.0 / 362880.0;
+  o = o * r2 + 1.0 / 5040.0;
+  o = o * r2 + 1.0 / 120.0;
+  o = o * r2 + 1.0 / 6.0;
+  o = o * r2 + 1.0;
+  even = e;
+  odd = o * r;
+}
+
+inline double clamped_exp(double argument) {
   constexpr double kLowest = -700.0;
   const double x = argument > kLowest ? argument : kLowest;
-  const double shifted = x * kLog2e + kRoundingShift;
-  const double k = shifted - kRoundingShift;
-  const double r = (x - k * kLn2High) - k * kLn2Low;
+  double k, r;
+  reduce_by_ln2(x, k, r);
   double p = 1.0 / 6227020800.0;  // 1/13!
   p = p * r + 1.0 / 479001600.0;
   p = p * r + 1.0 / 39916800.0;
@@ -39,14 +86,7 @@ inline double clamped_exp(double argument) {
   p = p * r + 0.5;
   p = p * r + 1.0;
   p = p * r + 1.0;
-  // 2^k from its bits: the low bits of `shifted` hold k (|k| < 2^31).
-  std::int64_t k_bits, shift_bits;
-  std::memcpy(&k_bits, &shifted, sizeof k_bits);
-  std::memcpy(&shift_bits, &kRoundingShift, sizeof shift_bits);
-  const std::int64_t exponent = (k_bits - shift_bits + 1023) << 52;
-  double scale;
-  std::memcpy(&scale, &exponent, sizeof scale);
-  return p * scale;
+  return p * exact_power_of_two(k);
 }
 
 }  // namespace dodo

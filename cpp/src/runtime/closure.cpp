@@ -14,24 +14,19 @@
 
 namespace dodo::runtime {
 
-// Scratch for one chunk: lab inputs gathered from the caller's strides, the rest-frame pieces
-// the head needs, and the network's buffers. Sized once for chunk_size cells.
+// Scratch for one chunk: the lab inputs gathered from the caller's strides and the rest-frame
+// pieces of each cell (Box3D's, reused by the head), and the network's buffers. Sized once for
+// chunk_size cells.
 struct Closure::Workspace {
   explicit Workspace(std::size_t chunk_size, const OnnxModel* model)
-      : F_init(chunk_size * kCellValues),
-        velocity(chunk_size * 4),
-        F_box(chunk_size * kCellValues),
-        F_init_rest(chunk_size * kCellValues),
-        dF_box_rest(chunk_size * kCellValues),
-        ntot(chunk_size),
-        growth(chunk_size),
-        status(chunk_size) {
+      : F_init(chunk_size * kCellValues), cells(chunk_size), network_row(chunk_size) {
     if (model)
       network = std::make_unique<EvaluationBuffers>(model->api(), chunk_size, model->input_size(),
                                                     model->output_size(), model->optional_outputs());
   }
-  std::vector<double> F_init, velocity, F_box, F_init_rest, dF_box_rest, ntot, growth;
-  std::vector<std::uint32_t> status;
+  std::vector<double> F_init;
+  std::vector<RestFrameCell> cells;
+  std::vector<std::uint32_t> network_row;  // row of the cell in the network's input (cells that need it)
   std::unique_ptr<EvaluationBuffers> network;
 };
 
@@ -218,10 +213,10 @@ void Closure::apply(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, 
 void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t end, Workspace& w) const {
   const std::size_t count = end - begin;
   ClosureCounters events;
-  Box3DCell box;
-  std::size_t network_rows = 0;  // cells that need the network
+  std::size_t network_rows = 0;  // cells that need the network, packed at the front of its input
 
-  // 1. Gather, Box3D, invariants; keep the rest-frame pieces the head needs (units of N_tot).
+  // 1. Gather, Box3D in the rest frame, invariants of the cells that need the network: not
+  //    rejected and not stable (a NO_CROSSING cell is returned unchanged, network skipped).
   for (std::size_t i = 0; i < count; ++i) {
     const std::size_t cell = begin + i;
     double* F = &w.F_init[i * kCellValues];
@@ -230,106 +225,90 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
       for (int m = 0; m < kComponents; ++m)
         F[value_index(a, m)] = source[a * batch.F_init.species_stride + m * batch.F_init.component_stride];
     const double* velocity = nullptr;
+    double u[4];
     if (batch.u.data) {
-      double* v = &w.velocity[i * 4];
       const double* source_u = batch.u.data + static_cast<std::ptrdiff_t>(cell) * batch.u.cell_stride;
-      for (int m = 0; m < 4; ++m) v[m] = source_u[m * batch.u.component_stride];
-      velocity = v;
+      for (int m = 0; m < 4; ++m) u[m] = source_u[m * batch.u.component_stride];
+      velocity = u;
     }
-    box3d_->apply_cell(F, velocity, box);
-    std::copy(box.F_box.begin(), box.F_box.end(), &w.F_box[i * kCellValues]);
-    w.ntot[i] = box.ntot;
-    w.growth[i] = box.growth_over_ntot;
-    w.status[i] = box.status;
-    if (!model_ || (box.status & kCellRejectedMask)) continue;
-    ++network_rows;
-
+    RestFrameCell& rest = w.cells[i];
+    box3d_->rest_frame_cell(F, velocity, rest);
+    if (!model_ || (rest.status & (kCellRejectedMask | kCell_NO_CROSSING))) continue;
+    w.network_row[i] = static_cast<std::uint32_t>(network_rows);
     double invariants27[kInvariants];
-    invariants(F, velocity, invariants27);
-    float* row = w.network->input_row(i);
+    rest_frame_invariants(rest.F, invariants27);
+    float* row = w.network->input_row(network_rows++);
     for (int k = 0; k < kInvariants; ++k) row[k] = static_cast<float>(invariants27[k]);
-    const double inverse_ntot = 1.0 / box.ntot;
-    double change_lab[kCellValues];
-    for (int v = 0; v < kCellValues; ++v) change_lab[v] = box.F_box[v] - F[v];
-    boost_cell_to_rest(velocity, F, &w.F_init_rest[i * kCellValues]);
-    boost_cell_to_rest(velocity, change_lab, &w.dF_box_rest[i * kCellValues]);
-    if (std::isfinite(inverse_ntot)) {
-      for (int v = 0; v < kCellValues; ++v) {
-        w.F_init_rest[i * kCellValues + v] *= inverse_ntot;
-        w.dF_box_rest[i * kCellValues + v] *= inverse_ntot;
-      }
-    } else {  // subnormal N_tot: 1/N_tot overflows, the quotients do not
-      for (int v = 0; v < kCellValues; ++v) {
-        w.F_init_rest[i * kCellValues + v] /= box.ntot;
-        w.dF_box_rest[i * kCellValues + v] /= box.ntot;
-      }
-    }
     if (w.network->input_size() > static_cast<std::size_t>(kInvariants)) {
-      // "invariants27+box7-v1": Box3D's rest-frame density changes and growth proxy (units of N_tot).
-      for (int a = 0; a < kSpecies; ++a)
-        row[kInvariants + a] = static_cast<float>(w.dF_box_rest[i * kCellValues + value_index(a, 0)]);
-      row[kInvariants + kSpecies] = static_cast<float>(box.growth_over_ntot);
+      // "invariants27+box7-v1": Box3D's rest-frame density changes and growth proxy (units of
+      // N_tot), in this cell's packed row.
+      for (int a = 0; a < kSpecies; ++a) row[kInvariants + a] = static_cast<float>(rest.dF[value_index(a, 0)]);
+      row[kInvariants + kSpecies] = static_cast<float>(rest.growth_over_ntot);
     }
   }
-  if (model_ && network_rows > 0) {
-    // Rows of rejected cells are don't-care; make them finite so no FP exceptions arise.
-    for (std::size_t i = 0; i < count; ++i)
-      if (w.status[i] & kCellRejectedMask)
-        std::fill(w.network->input_row(i), w.network->input_row(i) + w.network->input_size(), 0.0f);
-    model_->run(*w.network, count);
-  }
+  if (network_rows > 0) model_->run(*w.network, network_rows);
 
-  // 2. Head, projection, limiter, boost back; scatter to the caller's strides.
+  // 2. Head, projection, limiter, boost back (finalise_cell); scatter to the caller's strides.
   for (std::size_t i = 0; i < count; ++i) {
     const std::size_t cell = begin + i;
-    double* F_out = &w.F_box[i * kCellValues];  // becomes F_pred in place
-    std::uint32_t& flags = w.status[i];
-    // Learned growth rate and uncertainty where a correction is due; a non-finite one voids the
-    // cell's whole network output (Box3D's result and proxy, as for a non-finite correction).
-    double growth = w.growth[i], uncertainty = 0.0;
-    if (model_ && !(flags & (kCellRejectedMask | kCell_NO_CROSSING)) &&
-        !learned_diagnostics(*w.network, i, w.growth[i], w.ntot[i], growth, uncertainty))
-      flags |= kCell_NETWORK_NONFINITE;
-    if (model_ && !(flags & (kCellRejectedMask | kCell_NETWORK_NONFINITE))) {
-      const double* F_init_rest = &w.F_init_rest[i * kCellValues];
-      const double* dF_box_rest = &w.dF_box_rest[i * kCellValues];
+    const double* F = &w.F_init[i * kCellValues];
+    const RestFrameCell& rest = w.cells[i];
+    std::uint32_t flags = rest.status;
+    double F_out[kCellValues];
+    // Growth rate (units of N_tot) and uncertainty: Box3D's proxy and 0 unless the network's
+    // optional outputs for this cell's packed row say otherwise.
+    double growth = rest.growth_over_ntot, uncertainty = 0.0;
+    bool done = false;
+    if (flags & (kCellRejectedMask | kCell_NO_CROSSING)) {
+      if (flags & kCellRejectedMask) realizable_fallback(F, F_out);
+      else std::copy(F, F + kCellValues, F_out);  // stable: returned unchanged
+      done = true;
+    } else if (model_) {
+      const std::size_t row = w.network_row[i];
+      // A non-finite optional output voids the cell's whole network output (Box3D's result and
+      // proxy, as for a non-finite correction).
       double correction[kCellValues];
-      assemble_correction(description_.head, w.network->output_row(i), F_init_rest, dF_box_rest, correction);
-      if (!all_finite(correction, kCellValues)) {
+      if (!learned_diagnostics(*w.network, row, rest.growth_over_ntot, rest.ntot, growth, uncertainty)) {
         flags |= kCell_NETWORK_NONFINITE;
       } else {
+        assemble_correction(description_.head, w.network->output_row(row), rest.F, rest.dF, correction);
+        if (!all_finite(correction, kCellValues)) flags |= kCell_NETWORK_NONFINITE;
+      }
+      if (!(flags & kCell_NETWORK_NONFINITE)) {
         project_conserving(correction);
         double F_box_rest[kCellValues];
-        for (int v = 0; v < kCellValues; ++v) F_box_rest[v] = F_init_rest[v] + dF_box_rest[v];
+        for (int v = 0; v < kCellValues; ++v) F_box_rest[v] = rest.F[v] + rest.dF[v];
         const double theta = realizable_step(F_box_rest, correction);
         if (theta < 1.0) flags |= kCell_CORRECTION_LIMITED;
-        const double scale = theta * w.ntot[i];
-        for (double& value : correction) value *= scale;
-        double correction_lab[kCellValues];
-        boost_cell_from_rest(batch.u.data ? &w.velocity[i * 4] : nullptr, correction, correction_lab);
-        double corrected[kCellValues];
-        for (int v = 0; v < kCellValues; ++v) corrected[v] = F_out[v] + correction_lab[v];
-        if (all_finite(corrected, kCellValues))
-          std::copy(corrected, corrected + kCellValues, F_out);
-        else  // overflow near DBL_MAX: keep Box3D's (finite) result
-          flags |= kCell_NETWORK_NONFINITE;
+        double change[kCellValues];
+        for (int v = 0; v < kCellValues; ++v) change[v] = rest.dF[v] + theta * correction[v];
+        done = finalise_cell(F, rest.boost, rest.ntot, change, F_out);
+        if (!done) flags |= kCell_NETWORK_NONFINITE;  // overflow near DBL_MAX: Box3D's result instead
       }
+    }
+    if (!done && !finalise_cell(F, rest.boost, rest.ntot, rest.dF, F_out)) {
+      flags = kCell_NONFINITE;  // Box3D's own result is not representable: rejected
+      realizable_fallback(F, F_out);
     }
     double* target = batch.F_pred.data + static_cast<std::ptrdiff_t>(cell) * batch.F_pred.cell_stride;
     for (int a = 0; a < kSpecies; ++a)
       for (int m = 0; m < kComponents; ++m)
         target[a * batch.F_pred.species_stride + m * batch.F_pred.component_stride] = F_out[value_index(a, m)];
     if (batch.status) batch.status[cell] = flags;
+    // Stable cells: growth 0 (no instability) and no correction; rejected cells: growth 0 and
+    // N_tot 0; network-nonfinite cells: Box3D's proxy and no uncertainty.
+    const bool rejected = (flags & kCellRejectedMask) != 0;
+    const double proxy = rejected ? 0.0 : rest.growth_over_ntot;
     if (flags & (kCellRejectedMask | kCell_NO_CROSSING | kCell_NETWORK_NONFINITE)) {
-      growth = (flags & kCellRejectedMask) ? 0.0 : w.growth[i];
+      growth = (flags & (kCellRejectedMask | kCell_NO_CROSSING)) ? 0.0 : proxy;
       uncertainty = 0.0;
     }
     const CellDiagnostics& out = batch.diagnostics;
-    const double rate_per_ntot = w.ntot[i] * kGrowthRatePerNtot;  // 0 for rejected cells
+    const double rate_per_ntot = rejected ? 0.0 : rest.ntot * kGrowthRatePerNtot;
     if (out.growth_over_ntot) out.growth_over_ntot[cell] = growth;
     if (out.growth_rate) out.growth_rate[cell] = growth * rate_per_ntot;
-    if (out.growth_over_ntot_proxy) out.growth_over_ntot_proxy[cell] = w.growth[i];
-    if (out.growth_rate_proxy) out.growth_rate_proxy[cell] = w.growth[i] * rate_per_ntot;
+    if (out.growth_over_ntot_proxy) out.growth_over_ntot_proxy[cell] = proxy;
+    if (out.growth_rate_proxy) out.growth_rate_proxy[cell] = proxy * rate_per_ntot;
     if (out.uncertainty) out.uncertainty[cell] = uncertainty;
     events.rejected += (flags & kCellRejectedMask) != 0;
     events.no_crossing += (flags & kCell_NO_CROSSING) != 0;

@@ -74,6 +74,8 @@ class Closure {
   void apply(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, CellArray F_pred, std::uint32_t* status,
              double* growth_over_ntot = nullptr) const;
   // The same, with the learned growth rate and the uncertainty (null fields are not written).
+  // The growth rates in s^-1 are computed here from the runtime's N_tot, so callers need no
+  // N_tot of their own.
   void apply(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, CellArray F_pred, std::uint32_t* status,
              const CellDiagnostics& diagnostics) const;
 

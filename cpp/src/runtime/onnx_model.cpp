@@ -26,7 +26,7 @@ constexpr const char* kUncertaintyName = "uncertainty";
 constexpr const char* kLogGrowthRatioName = "log_growth_ratio";
 constexpr const char* kOutputsKey = "dodo.outputs";
 
-std::size_t tier_of(std::size_t rows) {  // smallest t with 2^t >= rows
+std::size_t ceil_log2(std::size_t rows) {  // smallest t with 2^t >= rows
   std::size_t tier = 0;
   while ((std::size_t{1} << tier) < rows) ++tier;
   return tier;
@@ -164,12 +164,23 @@ DeviceSelection parse_device(const std::string& device) {
   return selection;
 }
 
+std::size_t EvaluationBuffers::tier_of(std::size_t rows) const {
+  if (rows <= granule_) return ceil_log2(rows);
+  return granule_log2_ + (rows + granule_ - 1) / granule_ - 1;
+}
+
+std::size_t EvaluationBuffers::next_tier_rows(std::size_t rows) const {
+  return rows < granule_ ? 2 * rows : rows + granule_;
+}
+
 EvaluationBuffers::EvaluationBuffers(const OrtApi* api, std::size_t capacity, int input_size, int output_size,
                                      OptionalOutputs optional)
     : api_(api),
-      capacity_(std::size_t{1} << tier_of(capacity)),
+      capacity_(std::size_t{1} << ceil_log2(capacity)),
       input_size_(static_cast<std::size_t>(input_size)),
       output_size_(output_size) {
+  granule_ = std::max<std::size_t>(std::min<std::size_t>(32, capacity_), capacity_ / 32);
+  granule_log2_ = ceil_log2(granule_);
   input_.assign(capacity_ * input_size_, 0.0f);
   output_.assign(capacity_ * static_cast<std::size_t>(output_size_), 0.0f);
   if (optional.uncertainty) uncertainty_.assign(capacity_, 0.0f);
@@ -178,7 +189,7 @@ EvaluationBuffers::EvaluationBuffers(const OrtApi* api, std::size_t capacity, in
   check_ort(api_, api_->CreateCpuMemoryInfo(OrtArenaAllocator, OrtMemTypeDefault, &memory), "creating memory info");
   std::unique_ptr<OrtMemoryInfo, OrtReleaser<OrtMemoryInfo>> memory_guard(memory, {api_, api_->ReleaseMemoryInfo});
   try {
-    for (std::size_t rows = 1; rows <= capacity_; rows *= 2) {
+    for (std::size_t rows = 1; rows <= capacity_; rows = next_tier_rows(rows)) {
       int64_t input_shape[2] = {static_cast<int64_t>(rows), static_cast<int64_t>(input_size_)};
       int64_t output_shape[2] = {static_cast<int64_t>(rows), output_size_};
       OrtValue* input = nullptr;
@@ -198,7 +209,7 @@ EvaluationBuffers::EvaluationBuffers(const OrtApi* api, std::size_t capacity, in
     for (auto [buffer, tensors] : {std::pair{&uncertainty_, &uncertainty_tensors_},
                                    std::pair{&log_growth_ratio_, &log_growth_ratio_tensors_}}) {
       if (buffer->empty()) continue;
-      for (std::size_t rows = 1; rows <= capacity_; rows *= 2) {
+      for (std::size_t rows = 1; rows <= capacity_; rows = next_tier_rows(rows)) {
         int64_t shape[1] = {static_cast<int64_t>(rows)};
         OrtValue* value = nullptr;
         check_ort(api_,
@@ -401,7 +412,7 @@ void OnnxModel::check_signature() {
 
 void OnnxModel::run(EvaluationBuffers& buffers, std::size_t n) const {
   if (n == 0) return;
-  const std::size_t tier = tier_of(n);
+  const std::size_t tier = buffers.tier_of(n);
   const char* input_names[] = {kInputName};
   const char* output_names[3] = {kOutputName, nullptr, nullptr};
   OrtValue* outputs[3] = {buffers.output_tensors_[tier], nullptr, nullptr};

@@ -23,8 +23,10 @@ struct OptionalOutputs {
 };
 
 // Buffers and pre-made tensors for evaluating up to `capacity` rows without allocating: one
-// input/output tensor pair per power-of-two row count, all views of the same two buffers.
-// A batch of n rows runs on the smallest power of two >= n (rows past n are don't-care).
+// input/output tensor pair (and optional-output tensors) per tier of row counts, all views of the
+// same buffers. Tiers are
+// the powers of two below a granule (capacity/32, at least 32) and then every multiple of the
+// granule, so a batch of n rows runs on at most n + granule rows (rows past n are don't-care).
 class EvaluationBuffers {
  public:
   EvaluationBuffers(const OrtApi* api, std::size_t capacity, int input_size, int output_size,
@@ -48,9 +50,12 @@ class EvaluationBuffers {
   std::size_t input_size_;
   int output_size_;
   std::vector<float> input_, output_;
-  std::vector<OrtValue*> input_tensors_, output_tensors_;  // index t: 2^t rows
+  std::size_t tier_of(std::size_t rows) const;
+  std::size_t next_tier_rows(std::size_t rows) const;  // row count of the tier after `rows`
+  std::size_t granule_, granule_log2_;
+  std::vector<OrtValue*> input_tensors_, output_tensors_;  // one per tier
   std::vector<float> uncertainty_, log_growth_ratio_;      // empty when the model lacks them
-  std::vector<OrtValue*> uncertainty_tensors_, log_growth_ratio_tensors_;
+  std::vector<OrtValue*> uncertainty_tensors_, log_growth_ratio_tensors_;  // one per tier
 };
 
 // Where the network runs: the CPU, or CUDA device `cuda_device` through ONNX Runtime's CUDA

@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""Closure speed in one run: Box3D, the network, the full closure, a stable-heavy grid and the naive
+Python composition, beside the NumPy oracle of the test suite as the anchor (issue 13).
+
+    python benchmarks/bench_speed.py                      # 1e6 moving cells, 1 and 2 threads
+    python benchmarks/bench_speed.py --cells 200000 --callgrind
+
+Every row is measured in this run on the same kind of cells: random realizable states (flux
+factors up to 0.9, random directions), boosted with |v| < 0.6, Lebedev order 17, exact Z.
+  oracle     tests/python/box3d_oracle.py (vectorised NumPy Box3D), --oracle-cells cells
+  box3d      dodo.box3d (C++ core)
+  network    the default model alone: onnxruntime Python session, 1 intra-op thread, chunks of
+             1024 rows of precomputed float32 invariants
+  closure    dodo.Closure with the default model (Box3D + invariants + network + head,
+             projection, limiter + boosts)
+  stable 80% the closure on a grid where 80% of the cells are stable as in a merger's M1 data
+             (the four heavy species equal, nu_e/nubar_e without ELN crossing) and 20% are the
+             crossing cells above
+  naive      the same pipeline composed in Python (dodo.box3d, NumPy invariants and glue, one
+             onnxruntime call): benchmarks/bench_closure.py's naive_closure
+Rates: cells per second of wall time (median of --repeats, min-max) and per core: cells per
+second of this process's CPU time (summed over its threads, so already per core; other programs
+on a shared machine disturb it less than wall time). --callgrind adds instructions per cell (valgrind's callgrind on a small run:
+--callgrind-cells cells set up once and run three times against once, so set-up and start-up
+cancel), which do not depend on the machine's load. Valgrind does not emulate AVX-512: these
+count the AVX2 code path.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests" / "python"))
+sys.path.insert(0, str(HERE))
+
+PIPELINES = ("oracle", "box3d", "network", "closure", "stable80", "naive")
+
+
+def moving_cells(n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    import dodo
+    from conftest import random_states, random_velocities
+
+    rng = np.random.default_rng(seed)
+    u = random_velocities(rng, n, max_speed=0.6)
+    return dodo.boost_from_rest(random_states(rng, n), u[:, None, :]), u
+
+
+def stable_heavy_cells(n: int, seed: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """80% stable M1-like cells (heavy species equal; nu_e, nubar_e without crossing), 20% random."""
+    import dodo
+    from conftest import random_states, random_velocities
+
+    rng = np.random.default_rng(seed)
+    n_stable = int(0.8 * n)
+    pool, found = [], 0
+    while found < n_stable:
+        F = random_states(rng, n, scale=1e33)
+        F[:, 2] = F[:, 4] = F[:, 5] = F[:, 1]  # nu_mu = nu_tau = nubar_mu = nubar_tau
+        F[:, 3] *= rng.uniform(0.2, 0.7, (n, 1))  # fewer nubar_e than nu_e
+        pool.append(F[dodo.box3d(F).status == int(dodo.CellStatus.NO_CROSSING)])
+        found += len(pool[-1])
+    rest = np.concatenate([np.concatenate(pool)[:n_stable], random_states(rng, n - n_stable)])[rng.permutation(n)]
+    u = random_velocities(rng, n, max_speed=0.6)
+    return dodo.boost_from_rest(rest, u[:, None, :]), u
+
+
+def make_pipeline(name: str, n: int, threads: int, oracle_cells: int):
+    """(function, cells) for one row; the cells are made here, outside the timing."""
+    import onnxruntime
+
+    import dodo
+
+    model = str(dodo.models.default_model_path())
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    if name == "oracle":
+        import box3d_oracle
+
+        F, u = moving_cells(oracle_cells)
+        return (lambda: box3d_oracle.box3d(F, u, order=17, z_method="exact")), oracle_cells
+    if name == "box3d":
+        F, u = moving_cells(n)
+        dodo.box3d(F[:2048], u[:2048], threads=threads)  # per-thread scratch
+        return (lambda: dodo.box3d(F, u, threads=threads)), n
+    if name == "network":
+        F, u = moving_cells(n)
+        features = dodo.invariants(F, u).astype(np.float32)
+        session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+        def network():
+            for start in range(0, n, 1024):
+                session.run(["head_output"], {"invariants": features[start:start + 1024]})
+        network()
+        return network, n
+    if name in ("closure", "stable80"):
+        F, u = moving_cells(n) if name == "closure" else stable_heavy_cells(n)
+        closure = dodo.Closure(model, threads=threads)
+        closure.apply(F[:2048], u[:2048])
+        return (lambda: closure.apply(F, u)), n
+    if name == "naive":
+        from bench_closure import naive_closure
+
+        F, u = moving_cells(n)
+        naive_options = onnxruntime.SessionOptions()
+        naive_options.intra_op_num_threads = threads
+        session = onnxruntime.InferenceSession(model, naive_options, providers=["CPUExecutionProvider"])
+        head = dodo.Closure(model).head
+        naive_closure(F[:2048], u[:2048], session, head, threads)
+        return (lambda: naive_closure(F, u, session, head, threads)), n
+    raise ValueError(name)
+
+
+def measure(function, repeats: int) -> tuple[list[float], list[float]]:
+    walls, cpus = [], []
+    for _ in range(repeats):
+        wall, cpu = time.perf_counter(), time.process_time()
+        function()
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return walls, cpus
+
+
+def callgrind_instructions(name: str, cells: int, runs: int) -> int:
+    """Instructions of a fresh process that sets up `name` on `cells` cells and runs it `runs` times."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = os.path.join(folder, "callgrind.out")
+        subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__,
+                        "--worker", name, "--runs", str(runs), "--cells", str(cells), "--oracle-cells", str(cells),
+                        "--threads", "1"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        text = pathlib.Path(out).read_text()
+        return int(re.search(r"^(?:summary|totals):\s+(\d+)", text, re.M).group(1))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cells", type=int, default=1_000_000)
+    parser.add_argument("--oracle-cells", type=int, default=20_000)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--callgrind", action="store_true", help="add instructions per cell (valgrind, a few minutes)")
+    parser.add_argument("--callgrind-cells", type=int, default=2000)
+    parser.add_argument("--worker", choices=PIPELINES, help=argparse.SUPPRESS)
+    parser.add_argument("--runs", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:  # one pipeline, set up and run once (under callgrind)
+        function, _ = make_pipeline(args.worker, args.cells, args.threads[0], args.oracle_cells)
+        for _ in range(args.runs):
+            function()
+        return 0
+
+    import onnxruntime
+
+    import dodo
+
+    print(f"# dodo {dodo.__version__}, onnxruntime {onnxruntime.__version__}, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; {args.cells:,} moving cells, order 17, exact Z; "
+          f"median of {args.repeats}")
+    rows = []
+    for threads in args.threads:
+        for name in PIPELINES:
+            if name in ("oracle", "network") and threads > 1:
+                continue  # single-threaded by construction
+            function, cells = make_pipeline(name, args.cells, threads, args.oracle_cells)
+            walls, cpus = measure(function, 1 if name == "naive" and args.cells > 200_000 else args.repeats)
+            instructions = None
+            if args.callgrind and threads == 1:
+                small = args.callgrind_cells
+                instructions = (callgrind_instructions(name, small, 3) - callgrind_instructions(name, small, 1)) / (2 * small)
+            rows.append((name, threads, cells, walls, cpus, instructions))
+            del function
+
+    anchor = next(cells / statistics.median(c) for name, _, cells, _, c, _ in rows if name == "oracle")
+    reference = {threads: cells / statistics.median(c) for name, threads, cells, _, c, _ in rows if name == "box3d"}
+    unstable = {threads: cells / statistics.median(c) for name, threads, cells, _, c, _ in rows if name == "closure"}
+    print("| pipeline | threads | cells | cells/s (wall, min-max) | cells/s per core (CPU time) | vs oracle | vs box3d | "
+          "instructions/cell |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, threads, cells, walls, cpus, instructions in rows:
+        per_core = cells / statistics.median(cpus)
+        wall = f"{cells / statistics.median(walls):,.0f} ({cells / max(walls):,.0f}-{cells / min(walls):,.0f})"
+        versus_box3d = f"{per_core / reference[threads]:.2f}" if threads in reference else ""
+        if name == "stable80" and threads in unstable:
+            versus_box3d += f" ({per_core / unstable[threads]:.1f}x the all-crossing closure)"
+        counted = f"{instructions:,.0f}" if instructions is not None else ""
+        print(f"| {name} | {threads} | {cells:,} | {wall} | {per_core:,.0f} | {per_core / anchor:,.0f}x | {versus_box3d} | "
+              f"{counted} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
