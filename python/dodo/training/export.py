@@ -59,8 +59,10 @@ def closure_float64(network: torch.nn.Module, F_init, u, box3d_settings: dict) -
         output = network64(torch.from_numpy(invariants))
         dF, _, theta = head(output, torch.from_numpy(F_init_rest), torch.from_numpy(F_box_rest), return_unlimited=True)
     dF_lab = boost_from_rest(dF.numpy() * scale, u[:, None, :])
-    # As in the runtime: a cell whose input Box3D rejects keeps the Box3D result (its input).
-    rejected = (np.asarray(box.status).astype(np.int64) & _rejected_mask()) != 0
+    # As in the runtime: a cell whose input Box3D rejects keeps the Box3D result (its input),
+    # and a stable (NO_CROSSING) cell is returned unchanged, without the learned correction.
+    status = np.asarray(box.status).astype(np.int64)
+    rejected = (status & (_rejected_mask() | int(dodo.CellStatus.NO_CROSSING))) != 0
     dF_lab[rejected] = 0.0
     return {"F_box": F_box, "F_pred": F_box + dF_lab, "status": np.asarray(box.status), "theta": theta.numpy(),
             "invariants": invariants, "ntot": ntot}
