@@ -96,12 +96,18 @@ def make_pipeline(name: str, n: int, threads: int, oracle_cells: int):
         return (lambda: dodo.box3d(F, u, threads=threads)), n
     if name == "network":
         F, u = moving_cells(n)
-        features = dodo.invariants(F, u).astype(np.float32)
         session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        feature_set = session.get_modelmeta().custom_metadata_map.get("dodo.features", "invariants27-v1")
+        if feature_set == "invariants27-v1":
+            features = dodo.invariants(F, u).astype(np.float32)
+        else:  # the model's own feature set (the same columns the runtime builds)
+            from dodo.training.features import lab_features
 
-        def network():
+            features = lab_features(feature_set, F, u).astype(np.float32)
+
+        def network():  # every graph output (head, and the optional uncertainty and growth)
             for start in range(0, n, 1024):
-                session.run(["head_output"], {"invariants": features[start:start + 1024]})
+                session.run(None, {"invariants": features[start:start + 1024]})
         network()
         return network, n
     if name in ("closure", "stable80"):
