@@ -24,15 +24,10 @@ NSM1_EMU_1D = np.array([
 MIN_CROSSING_FRACTION = 1e-3
 
 
-def random_crossing_states(count: int, rng: np.random.Generator, max_flux_factor: float = 0.8,
-                           heavy_equal: bool = True, total_density: float = 1e33,
-                           directions: np.ndarray | None = None, max_tries: int = 100000) -> np.ndarray:
-    """``count`` random four-fluxes ``[count, 6, 4]`` whose e-x lepton number crosses in angle.
-
-    Densities uniform on the simplex (then scaled to ``total_density`` cm^-3), flux directions
-    isotropic, flux factors uniform in [0, max_flux_factor). With ``heavy_equal`` the four heavy
-    species are identical (as in Emu's random campaigns), so mu = tau and nu_x = nubar_x.
-    """
+def _crossing_states(count: int, draw, max_flux_factor: float, total_density: float,
+                     directions: np.ndarray | None, max_tries: int) -> np.ndarray:
+    """``count`` states ``[count, 6, 4]`` from ``draw()`` (one state per call, any scale), each
+    scaled to ``total_density`` cm^-3, keeping only those that cross (_crossing)."""
     if count < 0:
         raise ValueError("count must be non-negative")
     if not (0 < max_flux_factor <= 0.95):
@@ -42,6 +37,25 @@ def random_crossing_states(count: int, rng: np.random.Generator, max_flux_factor
     for _ in range(max_tries):
         if len(states) == count:
             break
+        state = draw()
+        state *= total_density / state[:, 0].sum()
+        if _crossing(state, directions):
+            states.append(state)
+    if len(states) < count:
+        raise ValueError(f"found only {len(states)} crossing states in {max_tries} draws")
+    return np.array(states).reshape(count, 6, 4)
+
+
+def random_crossing_states(count: int, rng: np.random.Generator, max_flux_factor: float = 0.8,
+                           heavy_equal: bool = True, total_density: float = 1e33,
+                           directions: np.ndarray | None = None, max_tries: int = 100000) -> np.ndarray:
+    """``count`` random four-fluxes ``[count, 6, 4]`` whose e-x lepton number crosses in angle.
+
+    Densities uniform on the simplex (then scaled to ``total_density`` cm^-3), flux directions
+    isotropic, flux factors uniform in [0, max_flux_factor). With ``heavy_equal`` the four heavy
+    species are identical (as in Emu's random campaigns), so mu = tau and nu_x = nubar_x.
+    """
+    def draw() -> np.ndarray:
         independent = 3 if heavy_equal else 6
         weights = rng.dirichlet(np.ones(independent))
         flux_dir = rng.normal(size=(independent, 3))
@@ -53,12 +67,9 @@ def random_crossing_states(count: int, rng: np.random.Generator, max_flux_factor
             state = np.stack([species[0], heavy, heavy, species[1], heavy, heavy])
         else:
             state = species
-        state *= total_density / state[:, 0].sum()
-        if _crossing(state, directions):
-            states.append(state)
-    if len(states) < count:
-        raise ValueError(f"found only {len(states)} crossing states in {max_tries} draws")
-    return np.array(states).reshape(count, 6, 4)
+        return state
+
+    return _crossing_states(count, draw, max_flux_factor, total_density, directions, max_tries)
 
 
 #: Families of random initial states for data campaigns (docs/dataset.md has the recipes).
@@ -93,15 +104,7 @@ def merger_like_states(count: int, rng: np.random.Generator, max_flux_factor: fl
     flux factors nu_e U(0, 0.5), nubar_e U(0.05, 0.7), heavy U(0.1, max_flux_factor); mu and tau
     drawn independently with probability 1/2 (else identical), as are nu_x and nubar_x.
     """
-    if count < 0:
-        raise ValueError("count must be non-negative")
-    if not (0 < max_flux_factor <= 0.95):
-        raise ValueError("max_flux_factor must be in (0, 0.95]")
-    directions = uniform_sphere(16) if directions is None else directions
-    states = []
-    for _ in range(max_tries):
-        if len(states) == count:
-            break
+    def draw() -> np.ndarray:
         axis = _random_unit_vectors(rng, 1)[0]
         heavy_independent = rng.random() < 0.5
         n_e = 1.0
@@ -121,12 +124,9 @@ def merger_like_states(count: int, rng: np.random.Generator, max_flux_factor: fl
             state = np.stack([rows[0], rows[2], rows[3], rows[1], rows[4], rows[5]])
         else:
             state = np.stack([rows[0], rows[2], rows[2], rows[1], rows[2], rows[2]])
-        state *= total_density / state[:, 0].sum()
-        if _crossing(state, directions):
-            states.append(state)
-    if len(states) < count:
-        raise ValueError(f"found only {len(states)} crossing states in {max_tries} draws")
-    return np.array(states).reshape(count, 6, 4)
+        return state
+
+    return _crossing_states(count, draw, max_flux_factor, total_density, directions, max_tries)
 
 
 def family_states(family: str, count: int, rng: np.random.Generator,

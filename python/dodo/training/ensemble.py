@@ -33,18 +33,10 @@ DENSITY_PATTERN = (1.0, -0.5, -0.5, 1.0, -0.5, -0.5)
 METRIC_PER_DELTA = 2.0 / 3.0
 
 
-def mu_tau_averaged(F: np.ndarray) -> np.ndarray:
-    out = np.array(F, dtype=float, copy=True)
-    for mu, tau in ((1, 2), (4, 5)):
-        mean = 0.5 * (out[..., mu, :] + out[..., tau, :])
-        out[..., mu, :] = mean
-        out[..., tau, :] = mean
-    return out
-
-
 def nu_e_change(F_after_rest: np.ndarray, F_init_rest: np.ndarray) -> np.ndarray:
-    """delta = mu/tau-averaged nu_e density change (rest frame, units of N_tot) [n, 6, 4] -> [n]."""
-    return mu_tau_averaged(F_after_rest)[:, 0, 0] - mu_tau_averaged(F_init_rest)[:, 0, 0]
+    """delta = nu_e density change (rest frame, units of N_tot) [n, 6, 4] -> [n]; averaging mu and
+    tau leaves the nu_e column as it is, so no averaging is needed."""
+    return np.asarray(F_after_rest, float)[:, 0, 0] - np.asarray(F_init_rest, float)[:, 0, 0]
 
 
 def state_error(delta_pred: np.ndarray, delta_true: np.ndarray) -> np.ndarray:
