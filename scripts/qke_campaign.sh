@@ -4,6 +4,9 @@
 # one per core) and skips chunks whose file is complete; an interrupted chunk resumes from its
 # .partial.npz. Rerun the same command to continue; add lines to the plan to extend the campaign.
 #   bash scripts/qke_campaign.sh [JOBS] [PLAN]
+# Growth-rate labels only (linear theory, no time integration; docs/dataset.md):
+#   DODO_CAMPAIGN_DIR=data/qke_linear DODO_CAMPAIGN_ARGS=--linear-only \
+#     bash scripts/qke_campaign.sh 1 data/qke_linear/campaign_plan.txt
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -13,7 +16,7 @@ dodo="${DODO_VENV:-$root/.venv}/bin/dodo"
 [ -x "$dodo" ] || { echo "qke_campaign: $dodo not found (bash scripts/setup_venv.sh first)" >&2; exit 2; }
 run_chunk() {
   local family="$1" seed="$2" count="$3"
-  local out="data/qke/${family}_seed${seed}.h5"
+  local out="${DODO_CAMPAIGN_DIR:-data/qke}/${family}_seed${seed}.h5"
   if [ -f "$out" ] && "${DODO_VENV:-$root/.venv}/bin/python" -c "import h5py,sys; sys.exit(0 if h5py.File('$out','r').attrs.get('complete') else 1)" 2>/dev/null; then
     return 0
   fi
@@ -21,6 +24,7 @@ run_chunk() {
     --batch-size 2 --max-cost 2.5 --backend cpp --quiet ${DODO_CAMPAIGN_ARGS:-} \
     || echo "qke_campaign: chunk $family $seed failed (exit $?); rerun to retry" >&2
 }
+trap 'trap - TERM; kill 0' INT TERM  # stopping the campaign stops its chunks too
 export -f run_chunk
 export root dodo
 grep -v '^\s*#' "$plan" | grep -v '^\s*$' | xargs -P "$jobs" -L 1 bash -c 'run_chunk "$0" "$1" "$2"'

@@ -55,6 +55,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1,
                         help="compiled kernel: step a batch's simulations on up to this many threads (default 1; "
                              "--threads 2 --batch-size 2 uses both cores of a 2-core machine; same results)")
+    parser.add_argument("--linear-only", action="store_true",
+                        help="growth-rate labels only: the linear theory of the box modes for each state, no time "
+                             "integration (about 20x cheaper; output without final states; docs/dataset.md)")
     parser.add_argument("--device", default="cpu", choices=("cpu",), help="compute device (the solver runs on the CPU)")
     add_quiet_argument(parser, "no progress lines")
     parser.set_defaults(func=run_simulate)
@@ -106,6 +109,18 @@ def run_simulate(args) -> int:
         config = SolverConfig(ncell=args.ncell, nphi_equator=args.nphi, flavour_cfl=args.flavour_cfl,
                               hamiltonian_filter=args.hamiltonian_filter, seed=args.seed, backend=args.backend)
         config.validate()
+        if args.linear_only:
+            if communicator.size > 1:
+                raise ValueError("--linear-only runs in one process; start one process per output file")
+            if args.input and (rotation is not None or end_time is not None):
+                raise ValueError("--linear-only finds each state's fastest axis itself: add --ignore-rotation "
+                                 "and leave out --use-input-end-time")
+            from .growth_labels import linear_growth_labels
+
+            rows = linear_growth_labels(four_flux, args.output, config, max_cost=args.max_cost,
+                                        attributes={"source": source, "command": " ".join(sys.argv)}, report=report)
+            report(f"wrote {args.output}: {len(rows['input_index'])} of {len(four_flux)} states labelled")
+            return 0
         results = simulate_states(four_flux, args.output, config, batch_size=args.batch_size, axis=args.axis,
                                   rotation=rotation, box_length_cm=args.box_length, end_time_s=end_time,
                                   attributes={"source": source, "command": " ".join(sys.argv), "max_cost_vs_nsm1":

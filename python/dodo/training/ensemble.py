@@ -47,7 +47,7 @@ def state_error(delta_pred: np.ndarray, delta_true: np.ndarray) -> np.ndarray:
 class Member(nn.Module):
     """features -> (r / r_scale, log growth ratio): a small SiLU MLP with the feature normalisation folded in."""
 
-    def __init__(self, n_inputs: int, width: int, depth: int) -> None:
+    def __init__(self, n_inputs: int, width: int, depth: int, n_outputs: int = 2) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(n_inputs))
         self.register_buffer("std", torch.ones(n_inputs))
@@ -55,7 +55,7 @@ class Member(nn.Module):
         for _ in range(depth):
             layers += [nn.Linear(size, width), nn.SiLU()]
             size = width
-        layers.append(nn.Linear(size, 2))
+        layers.append(nn.Linear(size, n_outputs))
         self.body = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -81,6 +81,10 @@ class DensityResidualEnsemble(nn.Module):
         pattern = torch.zeros(HEAD_OUTPUT_SIZES["equivariant"])
         pattern[-N_SPECIES:] = torch.tensor(DENSITY_PATTERN)
         self.register_buffer("pattern", pattern)
+        # Optional growth-rate members (one output: the log growth ratio), trained on many more
+        # states than the density members (linear-theory labels, dodo.qke.growth_labels); when
+        # present they give the growth output instead of the density members' second output.
+        self.growth_members = nn.ModuleList()
 
     def member_outputs(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([member(x) for member in self.members])  # [K, N, 2]
@@ -95,7 +99,10 @@ class DensityResidualEnsemble(nn.Module):
         gate = 1.0 / (1.0 + (sigma / self.sigma0) ** 2) * torch.exp(-torch.relu(d2 - self.d2_max) / self.d2_max)
         used = r_mean * gate.to(r_mean.dtype)
         head = used[:, None] * self.pattern.to(used.dtype)
-        growth = stacked[..., 1].mean(dim=0)
+        if len(self.growth_members):
+            growth = torch.stack([member(x)[..., 0] for member in self.growth_members]).mean(dim=0)
+        else:
+            growth = stacked[..., 1].mean(dim=0)
         return head, sigma, growth
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -137,6 +144,31 @@ def fit_member(X: np.ndarray, r: np.ndarray, log_growth: np.ndarray, seed: int, 
         loss = (out[:, 0] - target_r).abs().mean()
         if growth_weight > 0:
             loss = loss + growth_weight * ((out[:, 1] - target_g).abs() * has_growth).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+    return member.eval()
+
+
+def fit_growth_member(X: np.ndarray, log_growth: np.ndarray, seed: int, width: int = 64, depth: int = 2,
+                      steps: int = 2000, lr: float = 3e-3, weight_decay: float = 1e-4) -> Member:
+    """One growth member: log(growth / Box3D proxy) from features, L1 loss, bagged like fit_member."""
+    finite = np.isfinite(log_growth)
+    X, log_growth = X[finite], log_growth[finite]
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    member = Member(X.shape[1], width, depth, n_outputs=1)
+    member.mean.copy_(torch.as_tensor(X.mean(axis=0), dtype=torch.float32))
+    std = X.std(axis=0)
+    member.std.copy_(torch.as_tensor(np.where(std > 0, std, 1.0), dtype=torch.float32))
+    pick = torch.randint(0, len(X), (len(X),), generator=generator)
+    inputs = torch.as_tensor(X, dtype=torch.float32)[pick]
+    target = torch.as_tensor(log_growth, dtype=torch.float32)[pick]
+    optimiser = torch.optim.AdamW(member.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
+    for _ in range(steps):
+        loss = (member(inputs)[:, 0] - target).abs().mean()
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

@@ -20,7 +20,8 @@ import torch
 from .._atomic import atomic_path
 from .config import ConfigError, read_yaml_mapping
 from .dataset import nu_nubar_swapped, rest_frame_arrays
-from .ensemble import (DensityResidualEnsemble, Member, fit_ensemble, nu_e_change, predict, state_error)
+from .ensemble import (DensityResidualEnsemble, Member, fit_ensemble, fit_growth_member, nu_e_change, predict,
+                       state_error)
 
 CHECKPOINT_KIND = "density_residual_ensemble"
 
@@ -44,6 +45,14 @@ class EnsembleConfig:
     seed: int = 0
     threads: int = 1
     checkpoint: str = "checkpoints/ensemble/ensemble.pt"
+    # Growth members (0: the growth output comes from the density members): trained on the
+    # training states' measured rates plus linear-theory labels (`dodo simulate --linear-only`
+    # files matching growth_data), those scaled by the training states' median measured/linear.
+    growth_data: list = field(default_factory=list)
+    growth_members: int = 0
+    growth_width: int = 64
+    growth_depth: int = 2
+    growth_steps: int = 2000
 
     @classmethod
     def load(cls, path: str, overrides: dict | None = None) -> "EnsembleConfig":
@@ -57,7 +66,8 @@ class EnsembleConfig:
                 flat[section] = values
         flat.update(overrides or {})
         names = {"data.path": "data_path", "data.holdout": "holdout", "data.features": "features",
-                 "output.checkpoint": "checkpoint"}
+                 "output.checkpoint": "checkpoint", "growth.data": "growth_data", "growth.members": "growth_members",
+                 "growth.width": "growth_width", "growth.depth": "growth_depth", "growth.steps": "growth_steps"}
         config = cls()
         for key, value in flat.items():
             name = names.get(key, key.split(".")[-1])
@@ -68,7 +78,7 @@ class EnsembleConfig:
         return config
 
     def validate(self) -> None:
-        for name in ("members", "width", "depth", "steps", "threads"):
+        for name in ("members", "width", "depth", "steps", "threads", "growth_width", "growth_depth", "growth_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer; got {value!r}")
@@ -86,6 +96,12 @@ class EnsembleConfig:
             raise ConfigError(f"data.features must be one of {sorted(FEATURE_SIZES)}; got {self.features!r}")
         if not isinstance(self.holdout, list) or not all(isinstance(p, str) for p in self.holdout):
             raise ConfigError(f"data.holdout must be a list of file-name patterns; got {self.holdout!r}")
+        if not isinstance(self.growth_data, list) or not all(isinstance(p, str) for p in self.growth_data):
+            raise ConfigError(f"growth.data must be a list of file patterns; got {self.growth_data!r}")
+        if isinstance(self.growth_members, bool) or not isinstance(self.growth_members, int) or self.growth_members < 0:
+            raise ConfigError(f"growth.members must be an integer >= 0; got {self.growth_members!r}")
+        if self.growth_data and not self.growth_members:
+            raise ConfigError("growth.data needs growth.members >= 1 (the members trained on it)")
 
 
 def load_table(path: str) -> dict:
@@ -142,6 +158,73 @@ def table_from_rest(rest: dict, growth_rate, box3d_growth_rate, sources, box3d=N
             "sources": np.asarray(sources), "box3d": box3d, "sha256": sha256, "kind": kind}
 
 
+def growth_calibration(sources) -> float:
+    """Median measured / linear box-mode growth rate over the solver files ``sources`` (the
+    training pool's): the factor that turns linear-theory labels into measured-rate labels."""
+    import h5py
+
+    ratios = []
+    for path in sorted({str(s) for s in sources}):
+        try:
+            with h5py.File(path, "r") as f:
+                if "growthRate(1|s)" not in f or "linear_growthRate_box(1|s)" not in f:
+                    continue
+                measured, linear = f["growthRate(1|s)"][()], f["linear_growthRate_box(1|s)"][()]
+        except OSError as error:
+            raise ValueError(f"growth calibration: cannot read training file {path}: {error}") from None
+        good = (measured > 0) & (linear > 0)
+        ratios.append(measured[good] / linear[good])
+    ratios = np.concatenate(ratios) if ratios else np.zeros(0)
+    if len(ratios) < 20:
+        raise ValueError(f"growth calibration: only {len(ratios)} training states carry both a measured and a "
+                         "linear growth rate (need >= 20)")
+    return float(np.median(ratios))
+
+
+def growth_label_table(patterns, holdout, box3d_settings: dict, calibration: float,
+                       max_flux_factor: float = 0.96) -> dict | None:
+    """Growth-only rows from linear-label files (``dodo simulate --linear-only``) matching ``patterns``:
+    features as the density rows', growth label ``calibration * linear rate``; r is NaN (no density label).
+    Files matching a holdout pattern are skipped; None when no file matches."""
+    import glob
+
+    import h5py
+
+    import dodo
+    from dodo.conventions import from_emu_layout
+
+    from .preprocess import box3d_rejected_mask
+    from .readers import flux_factor
+
+    paths = sorted({p for pattern in patterns for p in glob.glob(pattern)})
+    paths = [p for p in paths if not holdout_mask([p], holdout)[0]]
+    F_parts, rate_parts, sources = [], [], []
+    for path in paths:
+        with h5py.File(path, "r") as f:
+            if "linear_growthRate_box(1|s)" not in f or "F4_initial(1|ccm)" not in f:
+                raise ValueError(f"{path}: not a growth-label file (no linear_growthRate_box(1|s))")
+            F_parts.append(from_emu_layout(f["F4_initial(1|ccm)"][()]))
+            rate_parts.append(f["linear_growthRate_box(1|s)"][()])
+        sources += [path] * len(rate_parts[-1])
+    if not paths or not sum(len(r) for r in rate_parts):
+        return None
+    F_init, linear = np.concatenate(F_parts), np.concatenate(rate_parts)
+    u = np.tile([1.0, 0.0, 0.0, 0.0], (len(F_init), 1))
+    box = dodo.box3d(F_init, u, lebedev_order=int(box3d_settings["lebedev_order"]),
+                     z_method=str(box3d_settings["z_method"]))
+    proxy = np.asarray(box.growth_rate, float)
+    keep = (~box3d_rejected_mask(np.asarray(box.status).astype(np.uint32)) & (flux_factor(F_init) < max_flux_factor).all(axis=1)
+            & (linear > 0) & (proxy > 0))
+    F_init, linear, proxy, u = F_init[keep], linear[keep], proxy[keep], u[keep]
+    F_box = np.asarray(box.F_box, float)[keep]
+    rest = rest_frame_arrays(F_init, F_box, F_box, u, np.asarray(dodo.invariants(F_init, u)))
+    rest["ntot"] = np.asarray(dodo.comoving_density(F_init, u), float)
+    table = table_from_rest(rest, calibration * linear, proxy, np.asarray(sources)[keep], box3d=box3d_settings)
+    table["r"] = np.full(len(linear), np.nan)  # growth-only rows
+    table["calibration"] = calibration
+    return table
+
+
 def holdout_mask(sources, patterns) -> np.ndarray:
     names = [Path(str(s)).name for s in sources]
     return np.array([any(fnmatch.fnmatch(name, p) for p in patterns) for name in names], bool)
@@ -165,14 +248,39 @@ def _training_arrays(table: dict, rows: np.ndarray, config: "EnsembleConfig"):
     return X, r, g
 
 
-def train_on(table: dict, rows: np.ndarray, config: EnsembleConfig, members: int | None = None, log=None):
+def train_on(table: dict, rows: np.ndarray, config: EnsembleConfig, members: int | None = None, log=None,
+             growth_table: dict | None = None):
+    """The ensemble on ``rows`` of ``table``; with config.growth_members, growth members on those rows'
+    measured rates plus every row of ``growth_table`` (linear-theory labels)."""
     X, r, g = _training_arrays(table, rows, config)
     torch.set_num_threads(config.threads)
     ensemble = fit_ensemble(X, r, g, members=members or config.members, sigma0=config.sigma0, seed=config.seed,
                             log=log, width=config.width, depth=config.depth, steps=config.steps, lr=config.lr,
                             weight_decay=config.weight_decay, growth_weight=config.growth_weight)
     ensemble.features = config.features
+    if config.growth_members:
+        if growth_table is not None:
+            X_labels, _, g_labels = _training_arrays(growth_table, np.arange(len(growth_table["r"])), config)
+            X, g = np.concatenate([X, X_labels]), np.concatenate([g, g_labels])
+        for k in range(config.growth_members):
+            ensemble.growth_members.append(fit_growth_member(
+                X, g, seed=config.seed + 1000 + k, width=config.growth_width, depth=config.growth_depth,
+                steps=config.growth_steps, lr=config.lr, weight_decay=config.weight_decay))
+            if log:
+                log(f"growth member {k + 1}/{config.growth_members} trained on {int(np.isfinite(g).sum())} rows")
     return ensemble
+
+
+def load_growth_table(config: EnsembleConfig, table: dict, train_rows: np.ndarray, log=print) -> dict | None:
+    """The linear-label rows for config.growth_data, calibrated on the training rows' solver files."""
+    if not config.growth_data:
+        return None
+    calibration = growth_calibration(table["sources"][train_rows])
+    growth_table = growth_label_table(config.growth_data, config.holdout, _box3d_dict(table["box3d"]), calibration)
+    if growth_table is None:
+        raise ValueError(f"growth.data {config.growth_data} matches no growth-label file")
+    log(f"growth labels: {len(growth_table['r'])} linear-theory states, calibration measured/linear = {calibration:.4f}")
+    return growth_table
 
 
 def bootstrap_mean_interval(values, resamples=10000, seed=0) -> tuple[float, float]:
@@ -217,7 +325,8 @@ def save_checkpoint(ensemble: DensityResidualEnsemble, config: EnsembleConfig, t
                     path: str) -> None:
     first = ensemble.members[0]
     state = {"kind": CHECKPOINT_KIND, "config": asdict(config), "n_inputs": int(first.mean.numel()),
-             "members": len(ensemble.members), "state_dict": ensemble.state_dict(),
+             "members": len(ensemble.members), "growth_members": len(ensemble.growth_members),
+             "state_dict": ensemble.state_dict(),
              "data": {"box3d": _box3d_dict(table["box3d"]), "sha256": table["sha256"], "kind": table["kind"],
                       "train_rows": int(len(train_rows)), "path": config.data_path},
              "metrics": report,
@@ -245,6 +354,8 @@ def load_ensemble(checkpoint: dict) -> DensityResidualEnsemble:
     state = checkpoint["state_dict"]
     n = checkpoint["n_inputs"]
     ensemble = DensityResidualEnsemble(members, 1.0, 1.0, np.zeros(n), np.eye(n), 1.0)
+    for _ in range(checkpoint.get("growth_members", 0)):
+        ensemble.growth_members.append(Member(n, config["growth_width"], config["growth_depth"], n_outputs=1))
     ensemble.load_state_dict(state)
     ensemble.features = config.get("features", "invariants27-v1")
     return ensemble.eval()
@@ -257,8 +368,12 @@ def train_command(config: EnsembleConfig, log=print) -> dict:
     if len(train_rows) == 0:
         raise ValueError("no training rows: every row matches a holdout pattern")
     log(f"{len(train_rows)} training states, {len(held_rows)} held out ({', '.join(config.holdout)})")
-    ensemble = train_on(table, train_rows, config, log=log)
+    growth_table = load_growth_table(config, table, train_rows, log=log)
+    ensemble = train_on(table, train_rows, config, log=log, growth_table=growth_table)
     report = {"n_train": int(len(train_rows)), "n_heldout": int(len(held_rows))}
+    if growth_table is not None:
+        report["growth_labels"] = int(len(growth_table["r"]))
+        report["growth_calibration"] = float(growth_table["calibration"])
     if len(held_rows):
         scores = score_rows(ensemble, table, held_rows)
         log(format_scores("held-out states", scores))
@@ -303,38 +418,52 @@ def learning_curve(config: EnsembleConfig, sizes: list, folds: int = 5, members:
     order = rng.permutation(pool)
     fold_of = np.arange(len(order)) % folds
     emu = emu_table(emu_path, _box3d_dict(table["box3d"])) if emu_path else None
+    growth_table = load_growth_table(config, table, pool, log=log)
     rows = []
     for size in sizes:
         n = len(pool) if size == "all" else int(size)
-        per_state_model, per_state_box, emu_scores = [], [], []
+        per_state_model, per_state_box, emu_scores, growth_ok, emu_growth_ok = [], [], [], [], []
         for k in range(folds):
             test = order[fold_of == k]
             train = order[fold_of != k]
             train = train[: min(len(train), n)]  # the first n of a fixed shuffle: nested sizes
-            ensemble = train_on(table, train, config, members=members)
+            ensemble = train_on(table, train, config, members=members, growth_table=growth_table)
             scores = score_rows(ensemble, table, test)
             per_state_model.append(scores["model"])
             per_state_box.append(scores["box3d"])
+            growth_ok.append(_growth_within(scores["growth_measured_over_model"]))
             if emu is not None:
-                emu_scores.append(score_rows(ensemble, emu, np.arange(len(emu["r"])))["model"].mean())
+                emu_rows = score_rows(ensemble, emu, np.arange(len(emu["r"])))
+                emu_scores.append(emu_rows["model"].mean())
+                emu_growth_ok.append(_growth_within(emu_rows["growth_measured_over_model"]))
         model, box = np.concatenate(per_state_model), np.concatenate(per_state_box)
         row = {"train_size": int(len(train)), "cv_model": float(model.mean()), "cv_box3d": float(box.mean()),
                "cv_model_ci95": bootstrap_mean_interval(model), "cv_worse_than_box3d": int(np.sum(model - box > 0.0025)),
-               "cv_states": int(len(model))}
+               "cv_states": int(len(model)), "cv_growth_within_10pct": float(np.mean(np.concatenate(growth_ok)))}
         if emu is not None:
             row["emu_model_mean_over_folds"] = float(np.mean(emu_scores))
+            row["emu_growth_within_10pct"] = float(np.mean(np.concatenate(emu_growth_ok)))
             row["emu_box3d"] = float(state_error(emu["delta_box"], emu["delta_true"]).mean())
         rows.append(row)
         log(format_curve_row(row))
     return rows
 
 
+def _growth_within(measured_over_model: np.ndarray, tolerance: float = 0.1) -> np.ndarray:
+    """Per state with a measured rate: is the learned rate within ``tolerance`` of it?"""
+    ratio = np.asarray(measured_over_model, float)
+    ratio = ratio[np.isfinite(ratio)]
+    return np.abs(1.0 / ratio - 1.0) <= tolerance
+
+
 def format_curve_row(row: dict) -> str:
     text = (f"train {row['train_size']:5d}: CV model {row['cv_model']:.5f} [{row['cv_model_ci95'][0]:.5f}, "
             f"{row['cv_model_ci95'][1]:.5f}] vs Box3D {row['cv_box3d']:.5f}; worse than Box3D by > 0.0025: "
-            f"{row['cv_worse_than_box3d']}/{row['cv_states']}")
+            f"{row['cv_worse_than_box3d']}/{row['cv_states']}; growth within 10%: "
+            f"{100 * row.get('cv_growth_within_10pct', float('nan')):.0f}%")
     if "emu_model_mean_over_folds" in row:
-        text += f"; Emu file: model {row['emu_model_mean_over_folds']:.5f} vs Box3D {row['emu_box3d']:.5f}"
+        text += (f"; Emu file: model {row['emu_model_mean_over_folds']:.5f} vs Box3D {row['emu_box3d']:.5f}, "
+                 f"growth within 10% {100 * row.get('emu_growth_within_10pct', float('nan')):.0f}%")
     return text
 
 

@@ -1,0 +1,120 @@
+"""Growth-rate labels in bulk (`dodo simulate --linear-only`) and the growth members trained on them."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+h5py = pytest.importorskip("h5py")
+torch = pytest.importorskip("torch")
+
+from dodo.qke import growth_labels  # noqa: E402
+from dodo.qke.directions import uniform_sphere  # noqa: E402
+from dodo.qke.solver import SolverConfig  # noqa: E402
+from dodo.qke.states import box_setup, family_states  # noqa: E402
+from test_qke_cli import run_cli  # noqa: E402
+
+SMALL = ["--ncell", "16", "--nphi", "8", "--quiet"]
+
+
+def test_linear_only_labels_are_the_full_runs_linear_rates(tmp_path):
+    """Same seed and family: the same states and the same box-mode linear rates as a full run's set-up."""
+    output = str(tmp_path / "labels.h5")
+    assert run_cli(["simulate", output, "--random", "3", "--seed", "7", "--family", "emu", "--linear-only", *SMALL]) == 0
+    states = family_states("emu", 3, np.random.default_rng(7))
+    with h5py.File(output, "r") as f:
+        assert f.attrs["kind"] == "linear_growth_labels" and f.attrs["complete"]
+        assert "F4_final(1|ccm)" not in f  # labels only: no time integration
+        index = f["input_index"][()]
+        rates = f["linear_growthRate_box(1|s)"][()]
+        from dodo.conventions import from_emu_layout
+
+        np.testing.assert_array_equal(from_emu_layout(f["F4_initial(1|ccm)"][()]), states[index])
+    assert len(index) >= 2
+    for row, i in enumerate(index):
+        expected = box_setup(states[i], uniform_sphere(8), 16)[3]
+        assert rates[row] == pytest.approx(expected, rel=1e-12) and rates[row] > 0
+
+
+def test_linear_only_resumes_after_a_crash(tmp_path, monkeypatch):
+    states = family_states("emu", 5, np.random.default_rng(3))
+    config = SolverConfig(ncell=16, nphi_equator=8)
+    straight = growth_labels.linear_growth_labels(states, str(tmp_path / "straight.h5"), config, report=lambda m: None)
+    monkeypatch.setattr(growth_labels, "CHUNK", 2)
+    calls = {"n": 0}
+    real_setup = growth_labels.box_setup
+
+    def crash_on_the_fourth(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real_setup(*args, **kwargs)
+
+    output = str(tmp_path / "resumed.h5")
+    monkeypatch.setattr(growth_labels, "box_setup", crash_on_the_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        growth_labels.linear_growth_labels(states, output, config, report=lambda m: None)
+    with h5py.File(output, "r") as f:
+        assert f.attrs["nstates_processed"] == 2 and not f.attrs["complete"]
+    messages = []
+    monkeypatch.setattr(growth_labels, "box_setup", real_setup)
+    resumed = growth_labels.linear_growth_labels(states, output, config, report=messages.append)
+    assert any("resuming: 2 states" in m for m in messages)
+    np.testing.assert_array_equal(resumed["input_index"], straight["input_index"])
+    np.testing.assert_array_equal(resumed["linear_growth_rate"], straight["linear_growth_rate"])
+    with h5py.File(output, "r") as f:
+        assert f.attrs["complete"] and f.attrs["nstates_processed"] == 5
+
+
+def test_linear_only_refuses_a_fixed_rotation(tmp_path, yaml_states=None):
+    states = family_states("emu", 2, np.random.default_rng(1))
+    source = str(tmp_path / "in.h5")
+    from dodo.qke.io import write_emu_database
+
+    write_emu_database(source, {"initial": states, "final": states, "final_stddev": 0 * states,
+                                "growth_rate": np.ones(2), "rotation": np.tile(np.eye(3), (2, 1, 1))}, {})
+    assert run_cli(["simulate", str(tmp_path / "x.h5"), "--input", source, "--linear-only", *SMALL]) == 2
+    assert run_cli(["simulate", str(tmp_path / "x.h5"), "--input", source, "--linear-only", "--ignore-rotation",
+                    *SMALL]) == 0
+
+
+def test_growth_members_learn_from_label_rows_and_survive_a_checkpoint(tmp_path):
+    """Growth-only rows (r = NaN) train the growth members and never the density members."""
+    from conftest import random_states
+
+    from dodo.training.ensemble import predict
+    from dodo.training.ensemble_train import (EnsembleConfig, _training_arrays, load_ensemble, save_checkpoint,
+                                              table_from_rest, train_on)
+    from dodo.training.dataset import rest_frame_arrays
+
+    import dodo
+
+    rng = np.random.default_rng(11)
+
+    def table_of(F, growth, with_density):
+        u = np.tile([1.0, 0, 0, 0], (len(F), 1))
+        box = dodo.box3d(F, u)
+        rest = rest_frame_arrays(F, np.asarray(box.F_box), np.asarray(box.F_box), u, np.asarray(dodo.invariants(F, u)))
+        rest["ntot"] = np.asarray(dodo.comoving_density(F, u), float)
+        table = table_from_rest(rest, growth(np.asarray(box.growth_rate)), np.asarray(box.growth_rate),
+                                np.array(["x_seed1.h5"] * len(F)), box3d={"lebedev_order": 17, "z_method": "exact"})
+        if not with_density:
+            table["r"] = np.full(len(F), np.nan)
+        return table
+
+    F_density = random_states(rng, 40, max_flux_factor=0.6, mu_equals_tau=True)
+    F_labels = random_states(rng, 400, max_flux_factor=0.6, mu_equals_tau=True)
+    # Label rows say growth = 2 x proxy; the density rows carry no growth information (NaN).
+    density = table_of(F_density, lambda proxy: np.full(len(proxy), np.nan), True)
+    labels = table_of(F_labels, lambda proxy: 2.0 * proxy, False)
+    config = EnsembleConfig(members=2, width=8, steps=20, growth_members=2, growth_width=8, growth_steps=300,
+                            checkpoint=str(tmp_path / "e.pt"))
+    ensemble = train_on(density, np.arange(40), config, growth_table=labels)
+    X, r, _ = _training_arrays(density, np.arange(40), config)
+    out = predict(ensemble, X)
+    np.testing.assert_allclose(out["log_growth_ratio"], np.log(2.0), atol=0.1)
+    assert np.all(np.isfinite(out["r_mean"]))
+    save_checkpoint(ensemble, config, density, np.arange(40), {}, config.checkpoint)
+    loaded = load_ensemble(torch.load(config.checkpoint, weights_only=False))
+    assert len(loaded.growth_members) == 2
+    np.testing.assert_array_equal(predict(loaded, X)["log_growth_ratio"], out["log_growth_ratio"])
