@@ -78,7 +78,7 @@ def test_fused_graph_equals_the_unfused_torch_module_in_far_fewer_nodes():
 
     ensemble, mean = _random_ensemble(members=8, width=32, depth=2)
     x = _inputs(mean)
-    fused_bytes = _ensemble_onnx_bytes(ensemble)
+    fused_bytes = _ensemble_onnx_bytes(ensemble, fused=True)
     session = onnxruntime.InferenceSession(fused_bytes, providers=["CPUExecutionProvider"])
     got = session.run(list(ENSEMBLE_OUTPUTS), {"invariants": x.numpy()})
     with torch.no_grad():
@@ -93,7 +93,7 @@ def test_fused_graph_equals_the_unfused_torch_module_in_far_fewer_nodes():
     assert check_graph_outputs(ensemble, fused_bytes) < 1.0
 
     fused_nodes = len(onnx.load_from_string(fused_bytes).graph.node)
-    unfused_nodes = len(onnx.load_from_string(_ensemble_onnx_bytes(ensemble, fused=False)).graph.node)
+    unfused_nodes = len(onnx.load_from_string(_ensemble_onnx_bytes(ensemble)).graph.node)
     assert fused_nodes * 3 < unfused_nodes, (fused_nodes, unfused_nodes)
 
 
@@ -105,4 +105,48 @@ def test_graph_check_catches_a_graph_that_differs():
     ensemble, _ = _random_ensemble(seed=3)
     other, _ = _random_ensemble(seed=4)
     with pytest.raises(ExportError, match="differs from the torch ensemble"):
-        check_graph_outputs(ensemble, _ensemble_onnx_bytes(other))
+        check_graph_outputs(ensemble, _ensemble_onnx_bytes(other, fused=True))
+
+
+def test_fused_package_gives_the_closure_of_the_unfused_one(tmp_path):
+    """`dodo export --fused`: a package the C++ runtime loads (its self-test passes) and whose
+    closure equals the member-by-member package's to float32 rounding, outputs included."""
+    import dodo
+    from conftest import random_states, random_velocities
+    from dodo import cli
+    from dodo.training.ensemble_train import EnsembleConfig, save_checkpoint
+
+    ensemble, _ = _random_ensemble(members=4, width=16, depth=2)
+    ensemble.d2_max.fill_(1e4)  # keep the distance gate open on random cells: the correction shows
+    with torch.no_grad():  # log growth ratios of order 0.1, as a trained model's (random weights give ~10)
+        for member in ensemble.members:
+            member.body[-1].weight[1].mul_(0.02)
+            member.body[-1].bias[1].mul_(0.02)
+    table = {"box3d": {"scheme": "pairwise", "form": "delta", "lebedev_order": 17, "z_method": "exact",
+                       "max_flux_factor": 0.98}, "sha256": "0" * 64, "kind": "qke"}
+    checkpoint = tmp_path / "ensemble.pt"
+    save_checkpoint(ensemble, EnsembleConfig(width=16, members=4), table, np.arange(10), {}, str(checkpoint))
+    plain, fused = tmp_path / "plain.onnx", tmp_path / "fused.onnx"
+    assert cli.main(["export", str(checkpoint), "-o", str(plain)]) == 0
+    assert cli.main(["export", str(checkpoint), "-o", str(fused), "--fused"]) == 0
+
+    rng = np.random.default_rng(21)
+    u = random_velocities(rng, 3000, max_speed=0.6)
+    F = dodo.boost_from_rest(random_states(rng, 3000), u[:, None, :])
+    a, b = dodo.Closure(str(plain)).apply(F, u), dodo.Closure(str(fused)).apply(F, u)
+    ntot = dodo.comoving_density(F, u)
+    corrected = np.abs(a.F_pred - F).max(axis=(1, 2)) / ntot
+    assert np.median(corrected) > 1e-4  # the learned correction is really there
+    assert np.max(np.abs(a.F_pred - b.F_pred).max(axis=(1, 2)) / ntot) < 1e-6
+    np.testing.assert_array_equal(a.status, b.status)
+    np.testing.assert_allclose(b.growth_rate, a.growth_rate, rtol=1e-5)
+    np.testing.assert_allclose(b.uncertainty, a.uncertainty, rtol=1e-4, atol=1e-7)
+
+
+def test_fused_flag_refuses_a_checkpoint_that_is_not_an_ensemble(tmp_path, capsys):
+    from dodo import cli
+
+    checkpoint = tmp_path / "other.pt"
+    torch.save({"kind": "something else"}, checkpoint)
+    assert cli.main(["export", str(checkpoint), "-o", str(tmp_path / "x.onnx"), "--fused"]) == 2
+    assert "--fused applies to density-residual-ensemble checkpoints" in capsys.readouterr().err

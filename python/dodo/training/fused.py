@@ -19,15 +19,18 @@ passes itself on through a unit weight. The reshape [K * (width + 1), N] -> [K, 
 free. A block-diagonal Gemm instead of the batched MatMul costs K times the multiply-adds
 (measured 2.5x slower for K = 8).
 
-Measured (ONNX Runtime 1.32, one thread, 1024-row chunks, this project's AVX-512 CPU): the fused
-graph of the default model (37 nodes instead of 141) runs at the speed of the member-by-member
-one, within the noise of a shared machine. The network is bound by its multiply-adds (17,400 per
-cell) and its 512 SiLUs per cell (about 0.4 ns each), not by ONNX Runtime's per-node cost (about
-40 us per call of the member-by-member graph, 4% at 1024 rows).
+Measured (ONNX Runtime 1.32, one thread, 1024-row chunks, this project's AVX-512 CPU,
+benchmarks/bench_models.py): the fused graph of the default model (37 nodes instead of 141) is
+not faster; the network alone ran about 7% slower, the closure 0-8%. The network is bound by its
+multiply-adds (17,400 per cell) and its 512 SiLUs per cell (about 0.4 ns each), not by ONNX
+Runtime's per-node cost (about 40 us per call of the 141-node graph, 4% at 1024 rows), and MLAS
+multiplies fastest with the weights as its prepacked right-hand operand, which the member-by-member
+Gemms have and the stacked layout (activations on the right, packed on every call) has not. So
+`dodo export` writes the member-by-member graph; `dodo export --fused` writes this one.
 
 `fuse_members` fuses any ModuleList of same-shape `Member`s (any K, width, depth), so a second
 list can be fused the same way. `FusedEnsemble` reproduces `DensityResidualEnsemble.outputs(x)`
-to float32 rounding; the ensemble export writes it and checks it against the unfused module.
+to float32 rounding; `dodo export --fused` writes it and checks it against the unfused module.
 """
 from __future__ import annotations
 
