@@ -17,11 +17,11 @@ bias), so its activation is silu(BIAS_ROW_INPUT) = BIAS_ROW_INPUT to float32 rou
 layer's bias b becomes that row's weight, b / BIAS_ROW_INPUT (exact: a power of two), and the row
 passes itself on through a unit weight. The reshape [K * (width + 1), N] -> [K, width + 1, N] is
 free. A block-diagonal Gemm instead of the batched MatMul costs K times the multiply-adds
-(measured 2.5x slower for K = 8).
+(measured 2.7x slower for the first two layers, K = 8).
 
 Measured (ONNX Runtime 1.32, one thread, 1024-row chunks, this project's AVX-512 CPU,
 benchmarks/bench_models.py): the fused graph of the default model (37 nodes instead of 141) is
-not faster; the network alone ran about 7% slower, the closure 0-8%. The network is bound by its
+not faster: the network alone ran 7-19% slower; in the closure the difference was within the noise. The network is bound by its
 multiply-adds (17,400 per cell) and its 512 SiLUs per cell (about 0.4 ns each), not by ONNX
 Runtime's per-node cost (about 40 us per call of the 141-node graph, 4% at 1024 rows), and MLAS
 multiplies fastest with the weights as its prepacked right-hand operand, which the member-by-member
