@@ -398,8 +398,8 @@ def _ensemble_onnx_bytes(ensemble: DensityResidualEnsemble, fused: bool = False)
 
 
 def check_graph_outputs(ensemble: DensityResidualEnsemble, onnx_bytes: bytes, n_random: int = 2048) -> float:
-    """All three graph outputs against the unfused torch ensemble (fp32) on random crossing-cell
-    features; raises ExportError beyond the export's fp32 round-trip tolerance. Returns the
+    """All three graph outputs against the unfused torch ensemble (fp32) on random initial
+    states' features; raises ExportError beyond the export's fp32 round-trip tolerance. Returns the
     largest difference relative to that tolerance."""
     import copy
 
