@@ -497,17 +497,22 @@ def plot_curve(rows: list[dict], path: str) -> None:
 ENSEMBLE_OUTPUTS = ("head_output", "uncertainty", "log_growth_ratio")
 
 
-def _ensemble_onnx_bytes(ensemble: DensityResidualEnsemble) -> bytes:
+def _ensemble_onnx_bytes(ensemble: DensityResidualEnsemble, fused: bool = False) -> bytes:
+    """The ensemble as an ONNX graph: member by member as the torch module is written, or with
+    fused=True its members stacked into a few large nodes (dodo.training.fused; the same outputs,
+    measured not faster in ONNX Runtime on CPU, so not the default)."""
     import copy
     import inspect
     import io
     import warnings
 
     from .ensemble import _ExportView
-    from .features import FEATURE_SIZES
     from .export import OPSET
+    from .features import FEATURE_SIZES
+    from .fused import FusedEnsemble
 
-    view = _ExportView(copy.deepcopy(ensemble).float().eval())
+    ensemble = copy.deepcopy(ensemble).float().eval()
+    view = FusedEnsemble(ensemble).eval() if fused else _ExportView(ensemble)
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -519,6 +524,36 @@ def _ensemble_onnx_bytes(ensemble: DensityResidualEnsemble) -> bytes:
                           dynamic_axes={"invariants": {0: "N"}, **{name: {0: "N"} for name in ENSEMBLE_OUTPUTS}},
                           opset_version=OPSET, **options)
     return buffer.getvalue()
+
+
+def check_graph_outputs(ensemble: DensityResidualEnsemble, onnx_bytes: bytes, n_random: int = 2048) -> float:
+    """All three graph outputs against the unfused torch ensemble (fp32) on random initial
+    states' features; raises ExportError beyond the export's fp32 round-trip tolerance. Returns the
+    largest difference relative to that tolerance."""
+    import copy
+
+    import onnxruntime
+
+    from .export import ROUNDTRIP_ATOL, ROUNDTRIP_RTOL, ExportError
+    from .features import lab_features
+    from .synth import random_initial_states
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = onnxruntime.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+    X = np.asarray(lab_features(ensemble.features, random_initial_states(np.random.default_rng(8), n_random)),
+                   dtype=np.float32)
+    got = session.run(list(ENSEMBLE_OUTPUTS), {"invariants": X})
+    with torch.no_grad():
+        expected = [t.numpy() for t in copy.deepcopy(ensemble).float().eval().outputs(torch.from_numpy(X))]
+    worst = 0.0
+    for name, g, e in zip(ENSEMBLE_OUTPUTS, got, expected):
+        ratio = np.abs(g - e) / (ROUNDTRIP_ATOL + ROUNDTRIP_RTOL * np.abs(e))
+        if not np.all(ratio <= 1):  # NaN fails too
+            raise ExportError(f"graph output {name!r} differs from the torch ensemble by up to "
+                              f"{np.nanmax(np.abs(g - e)):.3e} (fp32 tolerance {ROUNDTRIP_ATOL} + {ROUNDTRIP_RTOL} |x|)")
+        worst = max(worst, float(ratio.max()))
+    return worst
 
 
 def _diagnostic_test_vectors(ensemble: DensityResidualEnsemble, test_vectors: dict, box3d_settings: dict) -> dict:
@@ -540,8 +575,9 @@ def _diagnostic_test_vectors(ensemble: DensityResidualEnsemble, test_vectors: di
     return {"growth_over_ntot": growth.tolist(), "uncertainty": sigma.numpy().tolist()}
 
 
-def export_ensemble(checkpoint_path: str, output: str, n_test_vectors: int = 6, log=print) -> dict:
-    """Ensemble checkpoint -> model package (same format as `dodo export`, plus the optional outputs)."""
+def export_ensemble(checkpoint_path: str, output: str, n_test_vectors: int = 6, log=print, fused: bool = False) -> dict:
+    """Ensemble checkpoint -> model package (same format as `dodo export`, plus the optional outputs);
+    fused=True writes the stacked graph of dodo.training.fused."""
     import onnx
 
     from .. import _core
@@ -550,7 +586,7 @@ def export_ensemble(checkpoint_path: str, output: str, n_test_vectors: int = 6, 
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     ensemble = load_ensemble(checkpoint)
     box3d_settings = checkpoint["data"]["box3d"]
-    model = onnx.load_from_string(_ensemble_onnx_bytes(ensemble))
+    model = onnx.load_from_string(_ensemble_onnx_bytes(ensemble, fused=fused))
     model.ir_version = min(model.ir_version, IR_VERSION)
     model.doc_string = ("Dodo density-residual ensemble: raw invariants -> gated head output, uncertainty, "
                         "log growth ratio (docs/model_package.md)")
@@ -566,10 +602,12 @@ def export_ensemble(checkpoint_path: str, output: str, n_test_vectors: int = 6, 
         entry.key, entry.value = key, value
     onnx.checker.check_model(model)
     final_bytes = _core.with_content_digest(model.SerializeToString())
+    check_graph_outputs(ensemble, final_bytes)
     roundtrip = roundtrip_check(ensemble, final_bytes, test_vectors, box3d_settings)
     with atomic_path(output) as tmp:
         tmp.write_bytes(final_bytes)
     log(f"round trip torch vs onnxruntime: max head difference {roundtrip['max_head_difference']:.2e}; "
         f"test vectors reproduced to {roundtrip['max_test_vector_error_over_ntot']:.2e} N_tot")
-    log(f"wrote {output} (density-residual ensemble of {len(ensemble.members)}, {len(final_bytes)} bytes)")
+    log(f"wrote {output} (density-residual ensemble of {len(ensemble.members)}, {'fused, ' if fused else ''}"
+        f"{len(model.graph.node)} ONNX nodes, {len(final_bytes)} bytes)")
     return {"path": str(output), "roundtrip": roundtrip}
