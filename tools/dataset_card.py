@@ -46,6 +46,15 @@ def load() -> list[dict]:
     return rows
 
 
+def load_linear_labels() -> list[dict]:
+    rows = []
+    for path in sorted(Path(p) for p in glob.glob(str(ROOT / "data/qke_linear/*.h5"))):
+        with h5py.File(path, "r") as f:
+            rows.append({"family": family_of(path), "n": len(f["linear_growthRate_box(1|s)"]),
+                         "dropped": len(json.loads(f.attrs.get("dropped", "{}")))})
+    return rows
+
+
 def main() -> int:
     rows = load()
     families = sorted({r["family"] for r in rows})
@@ -60,6 +69,13 @@ def main() -> int:
     total_train = sum(len(r["F_init"]) for r in rows if not r["held_out"])
     total_held = sum(len(r["F_init"]) for r in rows if r["held_out"])
     lines.append(f"| **all** | {len(rows)} | **{total_train}** | **{total_held}** | | |")
+    lines += ["", "Growth-rate labels (`data/qke_linear`, linear theory only, `dodo simulate --linear-only`):", "",
+              "| family | files | labelled states | dropped |", "|---|---|---|---|"]
+    labels = load_linear_labels()
+    for family in sorted({r["family"] for r in labels}):
+        part = [r for r in labels if r["family"] == family]
+        lines.append(f"| {family} | {len(part)} | {sum(r['n'] for r in part)} | {sum(r['dropped'] for r in part)} |")
+    lines.append(f"| **all** | {len(labels)} | **{sum(r['n'] for r in labels)}** | |")
     lines += ["", "![sampling](figures/dataset_sampling.png)", "", END]
 
     figures = ROOT / "docs/figures"

@@ -118,3 +118,43 @@ def test_growth_members_learn_from_label_rows_and_survive_a_checkpoint(tmp_path)
     loaded = load_ensemble(torch.load(config.checkpoint, weights_only=False))
     assert len(loaded.growth_members) == 2
     np.testing.assert_array_equal(predict(loaded, X)["log_growth_ratio"], out["log_growth_ratio"])
+
+
+def test_distilled_student_reproduces_the_members_and_exports(tmp_path):
+    """The student alone runs at inference: it must follow the members (mean, spread, growth), keep the
+    gate, survive a checkpoint and export with the round trip and test vectors of any ensemble package."""
+    from conftest import random_states
+
+    import dodo
+    from dodo.training.ensemble import fit_student, predict
+    from dodo.training.ensemble_train import (EnsembleConfig, export_ensemble, load_ensemble, save_checkpoint)
+    from test_score_and_ensemble import _tiny_ensemble
+
+    ensemble, X = _tiny_ensemble(members=3, steps=200)
+    teacher = predict(ensemble, X)
+    ensemble.student = fit_student(ensemble, X, width=32, steps=1500)
+    student = predict(ensemble, X)
+    scale = np.abs(teacher["r_mean"]).mean()
+    assert np.mean(np.abs(student["r_mean"] - teacher["r_mean"])) < 0.2 * scale
+    assert np.mean(np.abs(student["sigma"] - teacher["sigma"])) < 0.5 * teacher["sigma"].mean() + 1e-6
+    assert np.all(student["sigma"] >= 0)
+    # The gate acts on the student's outputs too: no trust -> Box3D.
+    x = torch.as_tensor(X, dtype=torch.float32)
+    sigma0 = ensemble.sigma0.clone()
+    ensemble.sigma0.fill_(1e-30)
+    assert torch.all(ensemble.outputs(x)[0].abs() < 1e-12)
+    ensemble.sigma0.copy_(sigma0)
+    config = EnsembleConfig(members=3, width=16, distill_width=32, checkpoint=str(tmp_path / "s.pt"))
+    table = {"box3d": dodo.box3d_settings(), "sha256": "", "kind": "qke"}
+    save_checkpoint(ensemble, config, table, np.arange(len(X)), {}, config.checkpoint)
+    loaded = load_ensemble(torch.load(config.checkpoint, weights_only=False))
+    assert loaded.student is not None
+    np.testing.assert_array_equal(predict(loaded, X)["r_gated"], student["r_gated"])
+    output = tmp_path / "student.onnx"
+    export_ensemble(config.checkpoint, str(output), log=lambda m: None)
+    closure = dodo.Closure(str(output))
+    F = random_states(np.random.default_rng(2), 16, max_flux_factor=0.6, mu_equals_tau=True)
+    result = closure.apply(F, np.tile([1.0, 0, 0, 0], (16, 1)))
+    assert np.all(np.isfinite(result.F_pred))
+    with pytest.raises(ValueError, match="distilled"):
+        export_ensemble(config.checkpoint, str(tmp_path / "f.onnx"), log=lambda m: None, fused=True)

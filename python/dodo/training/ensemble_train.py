@@ -20,8 +20,8 @@ import torch
 from .._atomic import atomic_path
 from .config import ConfigError, read_yaml_mapping
 from .dataset import nu_nubar_swapped, rest_frame_arrays
-from .ensemble import (DensityResidualEnsemble, Member, fit_ensemble, fit_growth_member, nu_e_change, predict,
-                       state_error)
+from .ensemble import (DensityResidualEnsemble, Member, fit_ensemble, fit_growth_member, fit_student, nu_e_change,
+                       predict, state_error)
 
 CHECKPOINT_KIND = "density_residual_ensemble"
 
@@ -53,6 +53,11 @@ class EnsembleConfig:
     growth_width: int = 64
     growth_depth: int = 2
     growth_steps: int = 2000
+    # Distillation (0: ship the members themselves): one network of this width reproduces the
+    # members' mean, spread and growth and alone runs at inference (docs/training.md).
+    distill_width: int = 0
+    distill_depth: int = 2
+    distill_steps: int = 3000
 
     @classmethod
     def load(cls, path: str, overrides: dict | None = None) -> "EnsembleConfig":
@@ -67,7 +72,8 @@ class EnsembleConfig:
         flat.update(overrides or {})
         names = {"data.path": "data_path", "data.holdout": "holdout", "data.features": "features",
                  "output.checkpoint": "checkpoint", "growth.data": "growth_data", "growth.members": "growth_members",
-                 "growth.width": "growth_width", "growth.depth": "growth_depth", "growth.steps": "growth_steps"}
+                 "growth.width": "growth_width", "growth.depth": "growth_depth", "growth.steps": "growth_steps",
+                 "distill.width": "distill_width", "distill.depth": "distill_depth", "distill.steps": "distill_steps"}
         config = cls()
         for key, value in flat.items():
             name = names.get(key, key.split(".")[-1])
@@ -78,7 +84,8 @@ class EnsembleConfig:
         return config
 
     def validate(self) -> None:
-        for name in ("members", "width", "depth", "steps", "threads", "growth_width", "growth_depth", "growth_steps"):
+        for name in ("members", "width", "depth", "steps", "threads", "growth_width", "growth_depth", "growth_steps",
+                     "distill_depth", "distill_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer; got {value!r}")
@@ -100,6 +107,8 @@ class EnsembleConfig:
             raise ConfigError(f"growth.data must be a list of file patterns; got {self.growth_data!r}")
         if isinstance(self.growth_members, bool) or not isinstance(self.growth_members, int) or self.growth_members < 0:
             raise ConfigError(f"growth.members must be an integer >= 0; got {self.growth_members!r}")
+        if isinstance(self.distill_width, bool) or not isinstance(self.distill_width, int) or self.distill_width < 0:
+            raise ConfigError(f"distill.width must be an integer >= 0; got {self.distill_width!r}")
         if self.growth_data and not self.growth_members:
             raise ConfigError("growth.data needs growth.members >= 1 (the members trained on it)")
 
@@ -268,6 +277,13 @@ def train_on(table: dict, rows: np.ndarray, config: EnsembleConfig, members: int
                 steps=config.growth_steps, lr=config.lr, weight_decay=config.weight_decay))
             if log:
                 log(f"growth member {k + 1}/{config.growth_members} trained on {int(np.isfinite(g).sum())} rows")
+    if config.distill_width:
+        # The student sees the training rows and the (unlabelled for density) growth-label states:
+        # in-distribution inputs where it must agree with the members.
+        ensemble.student = fit_student(ensemble, X, width=config.distill_width, depth=config.distill_depth,
+                                       steps=config.distill_steps, lr=config.lr, seed=config.seed + 2000)
+        if log:
+            log(f"student ({config.distill_width} wide) distilled on {len(X)} rows")
     return ensemble
 
 
@@ -326,6 +342,8 @@ def save_checkpoint(ensemble: DensityResidualEnsemble, config: EnsembleConfig, t
     first = ensemble.members[0]
     state = {"kind": CHECKPOINT_KIND, "config": asdict(config), "n_inputs": int(first.mean.numel()),
              "members": len(ensemble.members), "growth_members": len(ensemble.growth_members),
+             "student": None if ensemble.student is None else {"width": config.distill_width,
+                                                                "depth": config.distill_depth},
              "state_dict": ensemble.state_dict(),
              "data": {"box3d": _box3d_dict(table["box3d"]), "sha256": table["sha256"], "kind": table["kind"],
                       "train_rows": int(len(train_rows)), "path": config.data_path},
@@ -356,6 +374,8 @@ def load_ensemble(checkpoint: dict) -> DensityResidualEnsemble:
     ensemble = DensityResidualEnsemble(members, 1.0, 1.0, np.zeros(n), np.eye(n), 1.0)
     for _ in range(checkpoint.get("growth_members", 0)):
         ensemble.growth_members.append(Member(n, config["growth_width"], config["growth_depth"], n_outputs=1))
+    if checkpoint.get("student"):
+        ensemble.student = Member(n, checkpoint["student"]["width"], checkpoint["student"]["depth"], n_outputs=3)
     ensemble.load_state_dict(state)
     ensemble.features = config.get("features", "invariants27-v1")
     return ensemble.eval()
@@ -375,6 +395,12 @@ def train_command(config: EnsembleConfig, log=print) -> dict:
         report["growth_labels"] = int(len(growth_table["r"]))
         report["growth_calibration"] = float(growth_table["calibration"])
     if len(held_rows):
+        if ensemble.student is not None:  # what distillation costs: the members themselves on the same rows
+            student, ensemble.student = ensemble.student, None
+            teacher_scores = score_rows(ensemble, table, held_rows)
+            ensemble.student = student
+            log(format_scores("held-out states, the members (teacher; not shipped)", teacher_scores))
+            report["heldout_teacher"] = {k: float(np.mean(v[np.isfinite(v)])) for k, v in teacher_scores.items()}
         scores = score_rows(ensemble, table, held_rows)
         log(format_scores("held-out states", scores))
         report["heldout"] = {k: float(np.mean(v[np.isfinite(v)])) for k, v in scores.items()}
@@ -585,6 +611,8 @@ def export_ensemble(checkpoint_path: str, output: str, n_test_vectors: int = 6, 
 
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     ensemble = load_ensemble(checkpoint)
+    if fused and ensemble.student is not None:
+        raise ValueError("--fused: this checkpoint is distilled into one network; there are no members to fuse")
     box3d_settings = checkpoint["data"]["box3d"]
     model = onnx.load_from_string(_ensemble_onnx_bytes(ensemble, fused=fused))
     model.ir_version = min(model.ir_version, IR_VERSION)
@@ -608,6 +636,8 @@ def export_ensemble(checkpoint_path: str, output: str, n_test_vectors: int = 6, 
         tmp.write_bytes(final_bytes)
     log(f"round trip torch vs onnxruntime: max head difference {roundtrip['max_head_difference']:.2e}; "
         f"test vectors reproduced to {roundtrip['max_test_vector_error_over_ntot']:.2e} N_tot")
-    log(f"wrote {output} (density-residual ensemble of {len(ensemble.members)}, {'fused, ' if fused else ''}"
+    form = (f"distilled from {len(ensemble.members)} members into one network" if ensemble.student is not None
+            else f"ensemble of {len(ensemble.members)}")
+    log(f"wrote {output} (density-residual {form}, {'fused, ' if fused else ''}"
         f"{len(model.graph.node)} ONNX nodes, {len(final_bytes)} bytes)")
     return {"path": str(output), "roundtrip": roundtrip}
