@@ -76,18 +76,22 @@ PYBIND11_MODULE(_core, m) {
   m.attr("__version__") = DODO_VERSION;
 
   py::class_<dodo::Box3D>(m, "Box3D")
-      .def(py::init([](int lebedev_order, const std::string& z_method, double max_flux_factor) {
+      .def(py::init([](int lebedev_order, const std::string& z_method, double max_flux_factor,
+                       bool screen_stable_cells) {
              dodo::Box3DSettings settings;
              settings.lebedev_order = lebedev_order;
              settings.z_method = parse_z_method(z_method);
              settings.max_flux_factor = max_flux_factor;
+             settings.screen_stable_cells = screen_stable_cells;
              try {
                return dodo::Box3D(settings);
              } catch (const std::invalid_argument& error) {
                throw py::value_error(error.what());
              }
            }),
-           py::arg("lebedev_order") = 17, py::arg("z_method") = "exact", py::arg("max_flux_factor") = 0.98)
+           py::arg("lebedev_order") = 17, py::arg("z_method") = "exact", py::arg("max_flux_factor") = 0.98,
+           // False: every cell through the full computation (tests compare the screen against it).
+           py::arg("screen_stable_cells") = true)
       .def_property_readonly("lebedev_order", [](const dodo::Box3D& b) { return b.settings().lebedev_order; })
       .def_property_readonly("quadrature_size", [](const dodo::Box3D& b) { return b.quadrature().size(); })
       .def("apply", &apply_box3d, py::arg("F"), py::arg("u"), py::arg("threads") = 1,

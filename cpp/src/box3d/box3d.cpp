@@ -107,51 +107,139 @@ struct PairMixing {
   double large_side_survival = 1.0;    // P = 1 - (2/3) I_small / I_large
 };
 
-// Sign of ELN_f = g_f - gbar_f over the whole sphere, decided from the moments alone (no
-// distributions): +1 when ELN_f >= 0 everywhere, -1 when <= 0 everywhere, 0 when ELN_f = 0
-// identically (equal moments), kUndecided otherwise. With g = n A(Z) e^{Z (Fhat.n - 1)}/(4 pi),
-// g_f > gbar_f for every direction iff n A e^{-Z - |v|} > nbar Abar e^{-Zbar}, v = Zbar Fhatbar
-// - Z Fhat (the exponent's range over the sphere is [-|v|, |v|]). A relative margin of 1e-9
-// keeps the decision far above the rounding of the computed distributions, so a decided sign is
-// the one the quadrature values would show.
-constexpr int kUndecided = 2;
+// Step 1 for a block of cells, as flat loops over cells x species that vectorise across cells
+// (one cell's chain of inverse Langevin, amplitude and exponentials is long and serial; eight
+// cells side by side fill the vector lanes and hide it). Index [cell * kSpecies + species].
+constexpr std::size_t kBlockCells = 32;
+constexpr std::size_t kBlockSpecies = kBlockCells * kSpecies;
 
-int eln_sign(const double* F, int flavour, const double* density, const double* Z, const double* amplitude,
-             const double (*direction)[3]) {
-  const int a = flavour, b = flavour + kFlavours;
-  if (std::equal(F + a * kComponents, F + (a + 1) * kComponents, F + b * kComponents)) return 0;
-  // Beyond Z = 300 the reconstruction clamps tiny values, and so would clamped_exp: no shortcut.
-  if (Z[a] > 300.0 || Z[b] > 300.0) return kUndecided;
-  double v2 = 0.0;
-  for (int i = 0; i < 3; ++i) {
-    const double component = Z[b] * direction[b][i] - Z[a] * direction[a][i];
-    v2 += component * component;
+struct BlockMoments {
+  double density[kBlockSpecies], flux_factor[kBlockSpecies], Z[kBlockSpecies], amplitude[kBlockSpecies];
+  double direction[kBlockSpecies][3];
+  // Values of g * 4 pi over the sphere: peak n A (along the flux), across n A e^{-Z} (across
+  // it), floor n A e^{-2Z} (against it). Used by the stability screen.
+  double peak[kBlockSpecies], across[kBlockSpecies], floor[kBlockSpecies];
+  double spread[kBlockCells * kFlavours];  // e^{-|Zbar Fhatbar - Z Fhat|} of each flavour
+};
+
+// Flux factors and directions of the cells whose status is still kCellOk (F: normalised rest
+// frame, 24 values each); a flux factor the quadrature cannot represent sets FLUX_FACTOR.
+// Then Z, amplitudes and the screen's values for every cell of the block (rejected cells carry
+// zeros through, harmlessly).
+DODO_MULTIVERSION
+void block_moments(const Box3DSettings& settings, std::size_t count, RestFrameCell* cells, BlockMoments& m) {
+  for (std::size_t c = 0; c < count; ++c) {
+    const double* F = cells[c].F;
+    for (int a = 0; a < kSpecies; ++a) {
+      const std::size_t i = c * kSpecies + a;
+      const double* species = F + a * kComponents;
+      const double flux = std::sqrt(species[1] * species[1] + species[2] * species[2] + species[3] * species[3]);
+      m.density[i] = species[0];
+      m.flux_factor[i] = 0.0;
+      for (int k = 0; k < 3; ++k) m.direction[i][k] = 0.0;
+      if (cells[c].status != kCellOk) continue;
+      if (species[0] <= 0.0) {
+        if (flux > 0.0) cells[c].status = kCell_FLUX_FACTOR;  // flux without density: not a distribution
+      } else {
+        m.flux_factor[i] = flux / species[0];
+        if (!(m.flux_factor[i] < settings.max_flux_factor)) cells[c].status = kCell_FLUX_FACTOR;
+      }
+      for (int k = 0; k < 3; ++k) m.direction[i][k] = flux > 0.0 ? species[1 + k] / flux : 0.0;
+    }
   }
-  const double v = std::sqrt(v2);
-  constexpr double kMargin = 1.0 + 1e-9;
-  // n A e^{-Z} of each side (its value across the flux direction) and the factor e^{-|v|}
-  // (|v| <= Z + Zbar <= 600: no clamping).
-  const double across_nu = density[a] * amplitude[a] * clamped_exp(-Z[a]);
-  const double across_nubar = density[b] * amplitude[b] * clamped_exp(-Z[b]);
-  const double spread = clamped_exp(-v);
-  if (across_nu * spread > kMargin * across_nubar) return 1;
-  if (across_nubar * spread > kMargin * across_nu) return -1;
+  const std::size_t values = count * kSpecies;
+  if (settings.z_method == ZMethod::kJedynak) {
+    for (std::size_t i = 0; i < values; ++i) m.Z[i] = jedynak_inverse_langevin(m.flux_factor[i]);
+  } else {
+#pragma omp simd
+    for (std::size_t i = 0; i < values; ++i) m.Z[i] = halley_inverse_langevin(m.flux_factor[i]);
+  }
+#pragma omp simd
+  for (std::size_t i = 0; i < values; ++i) {
+    m.amplitude[i] = maxent_amplitude(m.Z[i]);
+    const double across_factor = clamped_exp(-m.Z[i]);
+    m.peak[i] = m.density[i] * m.amplitude[i];
+    m.across[i] = m.peak[i] * across_factor;
+    m.floor[i] = m.across[i] * across_factor;
+  }
+#pragma omp simd
+  for (std::size_t k = 0; k < count * kFlavours; ++k) {
+    const std::size_t a = k / kFlavours * kSpecies + k % kFlavours, b = a + kFlavours;
+    double v2 = 0.0;
+    for (int i = 0; i < 3; ++i) {
+      const double component = m.Z[b] * m.direction[b][i] - m.Z[a] * m.direction[a][i];
+      v2 += component * component;
+    }
+    m.spread[k] = clamped_exp(-std::sqrt(v2));  // |v| <= Z + Zbar: no clamping below Z = 300
+  }
+}
+
+// The stability screen: true only when no flavour pair can have an ELN crossing on the
+// quadrature, so that the full computation would return NO_CROSSING with no change and growth
+// 0; a cell it cannot decide goes through the full computation. Two sufficient conditions per
+// pair (i, j), G = ELN_i - ELN_j:
+//  - flavour signs: ELN_f = g_f - gbar_f keeps one sign over the sphere iff the ratio g_f/gbar_f
+//    does, and that ratio spans n A e^{-Z} / (nbar Abar e^{-Zbar}) e^{+-|v|}, v = Zbar Fhatbar -
+//    Z Fhat. The pair cannot cross when ELN_i and ELN_j have opposite signs or one vanishes
+//    (equal moments: computed exactly zero);
+//  - pair bounds: each g lies in [floor, peak] (its values against and along its flux); with
+//    species of equal moments and opposite signs in G cancelled (their computed distributions
+//    are the same numbers), G > 0 everywhere when the positive terms' floors exceed the negative
+//    terms' peaks (and G < 0 in the mirror case).
+// A relative margin of 1e-9 of the magnitudes involved keeps every decision far above the
+// rounding of the computed distributions and of the differences of the ELN pass (about 1e-13
+// relative, from the exponent Z Fhat.n_hat), so a decided sign is the one the quadrature shows.
+// Beyond Z = 300 the reconstruction clamps tiny values: no decision there.
+constexpr int kUndecided = 2;
+constexpr double kScreenMargin = 1e-9;
+
+bool same_four_vector(const double* F, int a, int b) {
+  return std::equal(F + a * kComponents, F + (a + 1) * kComponents, F + b * kComponents);
+}
+
+int eln_sign(const double* F, int flavour, const BlockMoments& m, std::size_t c) {
+  const int a = flavour, b = flavour + kFlavours;
+  if (same_four_vector(F, a, b)) return 0;
+  const std::size_t ia = c * kSpecies + a, ib = c * kSpecies + b;
+  if (m.Z[ia] > 300.0 || m.Z[ib] > 300.0) return kUndecided;
+  const double spread = m.spread[c * kFlavours + flavour];
+  if (m.across[ia] * spread > (1.0 + kScreenMargin) * m.across[ib]) return 1;
+  if (m.across[ib] * spread > (1.0 + kScreenMargin) * m.across[ia]) return -1;
   return kUndecided;
 }
 
-// True when no flavour pair can have an ELN crossing, decided from the moments (eln_sign): a pair
-// (i, j) cannot cross when ELN_i and ELN_j have opposite signs or one of them vanishes (then
-// G = ELN_i - ELN_j has one sign), or when both flavours have equal moments (G = 0).
-bool stable_by_moments(const double* F, const double* density, const double* Z, const double* amplitude,
-                       const double (*direction)[3]) {
+// Pair bounds (see above): true when G_p keeps one strict sign over the sphere.
+bool pair_bounded(const double* F, int i, int j, const BlockMoments& m, std::size_t c) {
+  const int species[4] = {i, i + kFlavours, j, j + kFlavours};
+  const double sign[4] = {1.0, -1.0, -1.0, 1.0};
+  bool live[4] = {true, true, true, true};
+  // Cancel the opposite-signed terms of equal moments: (nu_i, nubar_i), (nu_j, nubar_j),
+  // (nu_i, nu_j), (nubar_i, nubar_j).
+  const int opposite[4][2] = {{0, 1}, {2, 3}, {0, 2}, {1, 3}};
+  for (const auto& pair : opposite)
+    if (live[pair[0]] && live[pair[1]] && same_four_vector(F, species[pair[0]], species[pair[1]]))
+      live[pair[0]] = live[pair[1]] = false;
+  double lowest = 0.0, highest = 0.0, magnitude = 0.0;
+  for (int k = 0; k < 4; ++k) {
+    const std::size_t index = c * kSpecies + species[k];
+    magnitude += m.peak[index];  // the scale of the computed difference's rounding
+    if (!live[k]) continue;
+    if (m.Z[index] > 300.0) return false;
+    lowest += sign[k] > 0 ? m.floor[index] : -m.peak[index];
+    highest += sign[k] > 0 ? m.peak[index] : -m.floor[index];
+  }
+  const double margin = kScreenMargin * magnitude;
+  return lowest > margin || highest < -margin;
+}
+
+bool stable_by_moments(const double* F, const BlockMoments& m, std::size_t c) {
   int sign[kFlavours];
-  for (int f = 0; f < kFlavours; ++f) sign[f] = eln_sign(F, f, density, Z, amplitude, direction);
+  for (int f = 0; f < kFlavours; ++f) sign[f] = eln_sign(F, f, m, c);
   for (int p = 0; p < kPairs; ++p) {
     const int i = kPairFirst[p], j = kPairSecond[p];
-    const bool same_moments = std::equal(F + i * kComponents, F + (i + 1) * kComponents, F + j * kComponents) &&
-                              std::equal(F + (i + 3) * kComponents, F + (i + 4) * kComponents, F + (j + 3) * kComponents);
-    if (same_moments) continue;
-    if (sign[i] == kUndecided || sign[j] == kUndecided || sign[i] * sign[j] > 0) return false;
+    if (same_four_vector(F, i, j) && same_four_vector(F, i + kFlavours, j + kFlavours)) continue;  // G = 0
+    const bool signs_decide = sign[i] != kUndecided && sign[j] != kUndecided && sign[i] * sign[j] <= 0;
+    if (!signs_decide && !pair_bounded(F, i, j, m, c)) return false;
   }
   return true;
 }
@@ -168,42 +256,16 @@ Box3D::Box3D(const Box3DSettings& settings)
 
 namespace {
 
+// Steps 2-6 of one cell (F: normalised rest frame) whose step 1 is m's cell c: the angular
+// distributions, the pairs' crossing integrals, the mixing and the limiter. dF and the growth
+// are zero on entry.
 DODO_MULTIVERSION
-std::uint32_t pairwise_box3d_change(const Box3DSettings& settings, const PairedRule& rule, const double* F,
-                                    double* dF, double* growth_over_ntot) {
-  std::fill(dF, dF + kCellValues, 0.0);
-  *growth_over_ntot = 0.0;
-
-  // Step 1: flux factors; flag those the quadrature cannot represent; then Z for all six
-  // species at once (a fixed-count, branch-free solve that vectorises).
-  double density[kSpecies], flux_factor[kSpecies], Z[kSpecies], direction[kSpecies][3];
-  for (int a = 0; a < kSpecies; ++a) {
-    const double* species = F + a * kComponents;
-    density[a] = species[0];
-    const double flux = std::sqrt(species[1] * species[1] + species[2] * species[2] + species[3] * species[3]);
-    if (density[a] <= 0.0) {
-      if (flux > 0.0) return kCell_FLUX_FACTOR;  // flux without density: not a distribution
-      flux_factor[a] = 0.0;
-    } else {
-      flux_factor[a] = flux / density[a];
-      if (!(flux_factor[a] < settings.max_flux_factor)) return kCell_FLUX_FACTOR;
-    }
-    for (int i = 0; i < 3; ++i) direction[a][i] = flux > 0.0 ? species[1 + i] / flux : 0.0;
-  }
-  if (settings.z_method == ZMethod::kJedynak) {
-    for (int a = 0; a < kSpecies; ++a) Z[a] = jedynak_inverse_langevin(flux_factor[a]);
-  } else {
-#pragma omp simd
-    for (int a = 0; a < kSpecies; ++a) Z[a] = halley_inverse_langevin(flux_factor[a]);
-  }
-  double amplitude[kSpecies];
-#pragma omp simd
-  for (int a = 0; a < kSpecies; ++a) amplitude[a] = maxent_amplitude(Z[a]);
-
-  // Most cells of a real grid are stable: decide those from the moments when possible, with the
-  // same answer (status NO_CROSSING, growth 0, no change) as the full computation below.
-  if (stable_by_moments(F, density, Z, amplitude, direction)) return kCell_NO_CROSSING;
-
+std::uint32_t angular_change(const PairedRule& rule, const double* F, const BlockMoments& m, std::size_t c,
+                             double* dF, double* growth_over_ntot) {
+  const double* density = m.density + c * kSpecies;
+  const double* Z = m.Z + c * kSpecies;
+  const double* amplitude = m.amplitude + c * kSpecies;
+  const double (*direction)[3] = m.direction + c * kSpecies;
   const std::size_t points = rule.size();
   AngularScratch& scratch = thread_scratch();
   scratch.reserve(points);
@@ -320,33 +382,15 @@ std::uint32_t pairwise_box3d_change(const Box3DSettings& settings, const PairedR
 
 }  // namespace
 
-std::uint32_t Box3D::rest_frame_change(const double* F, double* dF, double* growth_over_ntot) const {
-  return pairwise_box3d_change(settings_, paired_rule_, F, dF, growth_over_ntot);
-}
+namespace {
 
-void Box3D::apply_cell(const double* F_init, const double* u, Box3DCell& out) const {
-  RestFrameCell cell;
-  rest_frame_cell(F_init, u, cell);
-  out.status = cell.status;
-  out.ntot = cell.ntot;
-  out.growth_over_ntot = cell.growth_over_ntot;
-  if (!(cell.status & kCellRejectedMask)) {
-    if (cell.status & kCell_NO_CROSSING) {
-      std::copy(F_init, F_init + kCellValues, out.F_box.begin());  // stable: the input itself
-      return;
-    }
-    if (finalise_cell(F_init, cell.boost, cell.ntot, cell.dF, out.F_box.data())) return;
-    out.status = kCell_NONFINITE;  // densities near DBL_MAX: the result is not representable
-  }
-  // The one place where rejected cells get their output (Python, C, C++ and Fortran alike):
-  // never NaN and never outside the realizable cone, even for a negative density or |F| > n.
-  realizable_fallback(F_init, out.F_box.data());
-}
-
-void Box3D::rest_frame_cell(const double* F_init, const double* u, RestFrameCell& out) const {
+// Checks one cell (lab frame F_init, u or nullptr), boosts it to the rest frame and normalises it
+// (out.F, out.ntot, out.boost); out.status says why not. Zeroes out.dF and the growth.
+void prepare_cell(const double* F_init, const double* u, RestFrameCell& out) {
   out.growth_over_ntot = 0.0;
   out.ntot = 0.0;
   out.status = kCellOk;
+  std::fill(out.dF, out.dF + kCellValues, 0.0);
   bool finite = true;
   for (int v = 0; v < kCellValues; ++v) finite = finite && std::isfinite(F_init[v]);
   if (u)
@@ -386,36 +430,115 @@ void Box3D::rest_frame_cell(const double* F_init, const double* u, RestFrameCell
   out.ntot = total;
   const double inverse_total = 1.0 / total;
   for (int v = 0; v < kCellValues; ++v) rest[v] *= inverse_total;
-  out.status = rest_frame_change(rest, out.dF, &out.growth_over_ntot);
+}
+
+}  // namespace
+
+void Box3D::classify_block(std::size_t count, RestFrameCell* cells) const {
+  BlockMoments moments;
+  block_moments(settings_, count, cells, moments);
+  for (std::size_t c = 0; c < count; ++c) {
+    RestFrameCell& cell = cells[c];
+    if (cell.status != kCellOk) continue;
+    // Most cells of a real grid are stable: the screen decides most of them from the moments,
+    // with the answer the full computation gives (NO_CROSSING, growth 0, no change).
+    if (settings_.screen_stable_cells && stable_by_moments(cell.F, moments, c)) {
+      cell.status = kCell_NO_CROSSING;
+      continue;
+    }
+    cell.status = angular_change(paired_rule_, cell.F, moments, c, cell.dF, &cell.growth_over_ntot);
+  }
+}
+
+void Box3D::rest_frame_cells(std::size_t n, const double* F_init, const double* u, RestFrameCell* out) const {
+  for (std::size_t begin = 0; begin < n; begin += kBlockCells) {
+    const std::size_t count = std::min(kBlockCells, n - begin);
+    for (std::size_t c = 0; c < count; ++c)
+      prepare_cell(F_init + (begin + c) * kCellValues, u ? u + (begin + c) * 4 : nullptr, out[begin + c]);
+    classify_block(count, out + begin);
+  }
+}
+
+void Box3D::rest_frame_cell(const double* F_init, const double* u, RestFrameCell& out) const {
+  rest_frame_cells(1, F_init, u, &out);
+}
+
+std::uint32_t Box3D::rest_frame_change(const double* F, double* dF, double* growth_over_ntot) const {
+  RestFrameCell cell;
+  cell.status = kCellOk;
+  std::copy(F, F + kCellValues, cell.F);
+  std::fill(cell.dF, cell.dF + kCellValues, 0.0);
+  cell.growth_over_ntot = 0.0;
+  classify_block(1, &cell);
+  std::copy(cell.dF, cell.dF + kCellValues, dF);
+  *growth_over_ntot = cell.growth_over_ntot;
+  if (cell.status & kCellRejectedMask) std::fill(dF, dF + kCellValues, 0.0);
+  return cell.status;
+}
+
+namespace {
+
+// A cell's result from its rest-frame pieces (F_init: lab frame, as given to rest_frame_cell).
+void cell_result(const double* F_init, const RestFrameCell& cell, Box3DCell& out) {
+  out.status = cell.status;
+  out.ntot = cell.ntot;
+  out.growth_over_ntot = cell.growth_over_ntot;
+  if (!(cell.status & kCellRejectedMask)) {
+    if (cell.status & kCell_NO_CROSSING) {
+      std::copy(F_init, F_init + kCellValues, out.F_box.begin());  // stable: the input itself
+      return;
+    }
+    if (finalise_cell(F_init, cell.boost, cell.ntot, cell.dF, out.F_box.data())) return;
+    out.status = kCell_NONFINITE;  // densities near DBL_MAX: the result is not representable
+  }
+  // The one place where rejected cells get their output (Python, C, C++ and Fortran alike):
+  // never NaN and never outside the realizable cone, even for a negative density or |F| > n.
+  realizable_fallback(F_init, out.F_box.data());
+}
+
+}  // namespace
+
+void Box3D::apply_cell(const double* F_init, const double* u, Box3DCell& out) const {
+  RestFrameCell cell;
+  rest_frame_cell(F_init, u, cell);
+  cell_result(F_init, cell, out);
 }
 
 void Box3D::apply(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, CellArray F_box,
                   double* growth_over_ntot, double* ntot, std::uint32_t* status, int threads) const {
   auto run_range = [&](std::size_t begin, std::size_t end) {
-    double cell[kCellValues];
-    double velocity[4];
+    // Blocks of cells gathered from the caller's strides, so that step 1 runs across cells.
+    double cells[kBlockCells * kCellValues];
+    double velocities[kBlockCells * 4];
+    RestFrameCell rest[kBlockCells];
     Box3DCell result;
-    for (std::size_t c = begin; c < end; ++c) {
-      const double* source = F_init.data + static_cast<std::ptrdiff_t>(c) * F_init.cell_stride;
-      for (int a = 0; a < kSpecies; ++a)
-        for (int m = 0; m < kComponents; ++m)
-          cell[value_index(a, m)] = source[a * F_init.species_stride + m * F_init.component_stride];
-      const double* cell_velocity = nullptr;
-      if (u.data) {
-        const double* source_u = u.data + static_cast<std::ptrdiff_t>(c) * u.cell_stride;
-        for (int m = 0; m < 4; ++m) velocity[m] = source_u[m * u.component_stride];
-        cell_velocity = velocity;
-      }
-      apply_cell(cell, cell_velocity, result);
-      if (F_box.data) {
-        double* target = F_box.data + static_cast<std::ptrdiff_t>(c) * F_box.cell_stride;
+    for (std::size_t block = begin; block < end; block += kBlockCells) {
+      const std::size_t count = std::min(kBlockCells, end - block);
+      for (std::size_t i = 0; i < count; ++i) {
+        const std::size_t c = block + i;
+        const double* source = F_init.data + static_cast<std::ptrdiff_t>(c) * F_init.cell_stride;
         for (int a = 0; a < kSpecies; ++a)
           for (int m = 0; m < kComponents; ++m)
-            target[a * F_box.species_stride + m * F_box.component_stride] = result.F_box[value_index(a, m)];
+            cells[i * kCellValues + value_index(a, m)] = source[a * F_init.species_stride + m * F_init.component_stride];
+        if (u.data) {
+          const double* source_u = u.data + static_cast<std::ptrdiff_t>(c) * u.cell_stride;
+          for (int m = 0; m < 4; ++m) velocities[i * 4 + m] = source_u[m * u.component_stride];
+        }
       }
-      if (growth_over_ntot) growth_over_ntot[c] = result.growth_over_ntot;
-      if (ntot) ntot[c] = result.ntot;
-      if (status) status[c] = result.status;
+      rest_frame_cells(count, cells, u.data ? velocities : nullptr, rest);
+      for (std::size_t i = 0; i < count; ++i) {
+        const std::size_t c = block + i;
+        cell_result(cells + i * kCellValues, rest[i], result);
+        if (F_box.data) {
+          double* target = F_box.data + static_cast<std::ptrdiff_t>(c) * F_box.cell_stride;
+          for (int a = 0; a < kSpecies; ++a)
+            for (int m = 0; m < kComponents; ++m)
+              target[a * F_box.species_stride + m * F_box.component_stride] = result.F_box[value_index(a, m)];
+        }
+        if (growth_over_ntot) growth_over_ntot[c] = result.growth_over_ntot;
+        if (ntot) ntot[c] = result.ntot;
+        if (status) status[c] = result.status;
+      }
     }
   };
 
