@@ -1,7 +1,23 @@
 // Realizability of four-fluxes: n >= 0 and |F| <= n for every species (physics.md section 3).
 #pragma once
 
+#include <cstdint>
+#include <cstring>
+
 namespace dodo {
+
+// True when none of the values is infinite or NaN. Branch-free (the exponent fields are tested
+// as integers, which vectorises), for the per-cell checks of the hot paths.
+inline bool all_values_finite(const double* values, int count) {
+  constexpr std::uint64_t kExponent = 0x7FF0000000000000ull;  // all ones: infinity or NaN
+  std::uint64_t not_finite = 0;
+  for (int i = 0; i < count; ++i) {
+    std::uint64_t bits;
+    std::memcpy(&bits, values + i, sizeof bits);
+    not_finite |= static_cast<std::uint64_t>((bits & kExponent) == kExponent);
+  }
+  return not_finite == 0;
+}
 
 class LorentzBoost;
 

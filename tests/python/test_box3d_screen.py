@@ -66,7 +66,6 @@ def test_screen_changes_nothing_bit_for_bit(kind, moving):
     for name, a, b in zip(("F_box", "growth_over_ntot", "ntot", "status"), screened, full):
         assert np.array_equal(a, b), f"{name} differs in {np.sum(np.any((a != b).reshape(n, -1), axis=1))} cells"
     stable = screened[3] == NO_CROSSING
-    print(kind, stable.mean())
     if kind not in ("random", "mu=tau"):
         assert 0.05 < stable.mean() < 0.95  # both answers
 

@@ -327,47 +327,67 @@ std::uint32_t angular_change(const PairedRule& rule, const double* F, const Bloc
   *growth_over_ntot = growth;
   if (crossing_pairs == 0) return kCell_NO_CROSSING;
 
-  // Steps 4-5: M_ij = (1 - P_ij)/k; (M - I) g moves number along each pair, so the change is
-  // accumulated as pair flows T_p = int M_ij (g_j - g_i)(1, n_hat): species i gains T_p and j
-  // loses it. Flavour sums vanish by construction, lepton number because M acts on nu and nubar.
-  const double* x = rule.x.data();
-  const double* y = rule.y.data();
-  const double* z = rule.z.data();
+  // Steps 4-5: M_ij = (1 - P_ij)/k; (M - I) g moves number along each pair: with the pair flow
+  // t_p = M_ij (g_j - g_i), species i gains t_p and j loses it. One pass takes the three pairs
+  // (a pair without crossing has M = 0) and integrates the changes of the first two flavours,
+  // A_0 = t_01 + t_02 and A_1 = t_12 - t_01, times (1, n_hat); the third flavour's change is
+  // -(A_0 + A_1), so flavour sums vanish by construction, lepton number because M acts on nu
+  // and nubar alike.
+  static_assert(kSpecies == 6 && kFlavours == 3, "the mixing pass names three flavours");
+  double positive_mixing[kPairs] = {}, negative_mixing[kPairs] = {}, tie_mixing[kPairs] = {};
   const double inverse_k = 1.0 / crossing_pairs;
   for (int p = 0; p < kPairs; ++p) {
     if (!mixing[p].crosses) continue;
-    const int i = kPairFirst[p], j = kPairSecond[p];
-    const double *gi = g[i], *gj = g[j], *gbi = g[i + 3], *gbj = g[j + 3];
-    const double* G_pair = scratch.pair(p, points);
     const double large_survival = mixing[p].large_side_survival;
-    const double tie_mixing = (1.0 - 0.5 * (kOneThird + large_survival)) * inverse_k;
     const double small_mixing = (1.0 - kOneThird) * inverse_k;
     const double large_mixing = (1.0 - large_survival) * inverse_k;
-    const double positive_mixing = mixing[p].positive_side_smaller ? small_mixing : large_mixing;
-    const double negative_mixing = mixing[p].positive_side_smaller ? large_mixing : small_mixing;
-    double n_nu = 0, fx_nu = 0, fy_nu = 0, fz_nu = 0, n_nubar = 0, fx_nubar = 0, fy_nubar = 0, fz_nubar = 0;
-#pragma omp simd reduction(+ : n_nu, fx_nu, fy_nu, fz_nu, n_nubar, fx_nubar, fy_nubar, fz_nubar)
-    for (std::size_t q = 0; q < points; ++q) {
-      const double G = G_pair[q];
-      const double m = G > 0.0 ? positive_mixing : (G < 0.0 ? negative_mixing : tie_mixing);
-      const double neutrino = weight[q] * m * (gj[q] - gi[q]);
-      const double antineutrino = weight[q] * m * (gbj[q] - gbi[q]);
-      n_nu += neutrino;
-      fx_nu += neutrino * x[q];
-      fy_nu += neutrino * y[q];
-      fz_nu += neutrino * z[q];
-      n_nubar += antineutrino;
-      fx_nubar += antineutrino * x[q];
-      fy_nubar += antineutrino * y[q];
-      fz_nubar += antineutrino * z[q];
-    }
-    const double flow[2][4] = {{n_nu, fx_nu, fy_nu, fz_nu}, {n_nubar, fx_nubar, fy_nubar, fz_nubar}};
-    for (int s = 0; s < 2; ++s)
-      for (int m = 0; m < kComponents; ++m) {
-        dF[value_index(species_index(s, i), m)] += flow[s][m];
-        dF[value_index(species_index(s, j), m)] -= flow[s][m];
-      }
+    tie_mixing[p] = (1.0 - 0.5 * (kOneThird + large_survival)) * inverse_k;
+    positive_mixing[p] = mixing[p].positive_side_smaller ? small_mixing : large_mixing;
+    negative_mixing[p] = mixing[p].positive_side_smaller ? large_mixing : small_mixing;
   }
+  const double* x = rule.x.data();
+  const double* y = rule.y.data();
+  const double* z = rule.z.data();
+  const double *g0 = g[0], *g1 = g[1], *g2 = g[2], *gb0 = g[3], *gb1 = g[4], *gb2 = g[5];
+  const double p01 = positive_mixing[0], p02 = positive_mixing[1], p12 = positive_mixing[2];
+  const double n01 = negative_mixing[0], n02 = negative_mixing[1], n12 = negative_mixing[2];
+  const double e01 = tie_mixing[0], e02 = tie_mixing[1], e12 = tie_mixing[2];
+  double n0 = 0, x0 = 0, y0 = 0, z0 = 0, n1 = 0, x1 = 0, y1 = 0, z1 = 0;          // nu_e, nu_mu
+  double nb0 = 0, xb0 = 0, yb0 = 0, zb0 = 0, nb1 = 0, xb1 = 0, yb1 = 0, zb1 = 0;  // nubar_e, nubar_mu
+#pragma omp simd reduction(+ : n0, x0, y0, z0, n1, x1, y1, z1, nb0, xb0, yb0, zb0, nb1, xb1, yb1, zb1)
+  for (std::size_t q = 0; q < points; ++q) {
+    const double w = weight[q];
+    const double c01 = w * (G01[q] > 0.0 ? p01 : (G01[q] < 0.0 ? n01 : e01));
+    const double c02 = w * (G02[q] > 0.0 ? p02 : (G02[q] < 0.0 ? n02 : e02));
+    const double c12 = w * (G12[q] > 0.0 ? p12 : (G12[q] < 0.0 ? n12 : e12));
+    const double t01 = c01 * (g1[q] - g0[q]), t02 = c02 * (g2[q] - g0[q]), t12 = c12 * (g2[q] - g1[q]);
+    const double tb01 = c01 * (gb1[q] - gb0[q]), tb02 = c02 * (gb2[q] - gb0[q]), tb12 = c12 * (gb2[q] - gb1[q]);
+    const double a0 = t01 + t02, a1 = t12 - t01, b0 = tb01 + tb02, b1 = tb12 - tb01;
+    n0 += a0;
+    x0 += a0 * x[q];
+    y0 += a0 * y[q];
+    z0 += a0 * z[q];
+    n1 += a1;
+    x1 += a1 * x[q];
+    y1 += a1 * y[q];
+    z1 += a1 * z[q];
+    nb0 += b0;
+    xb0 += b0 * x[q];
+    yb0 += b0 * y[q];
+    zb0 += b0 * z[q];
+    nb1 += b1;
+    xb1 += b1 * x[q];
+    yb1 += b1 * y[q];
+    zb1 += b1 * z[q];
+  }
+  const double change[2][2][kComponents] = {{{n0, x0, y0, z0}, {n1, x1, y1, z1}},
+                                            {{nb0, xb0, yb0, zb0}, {nb1, xb1, yb1, zb1}}};
+  for (int s = 0; s < 2; ++s)
+    for (int m = 0; m < kComponents; ++m) {
+      dF[value_index(species_index(s, 0), m)] = change[s][0][m];
+      dF[value_index(species_index(s, 1), m)] = change[s][1][m];
+      dF[value_index(species_index(s, 2), m)] = -(change[s][0][m] + change[s][1][m]);
+    }
 
   // Reconstruction error can push a nearly beamed species out of the realizable cone
   // (physics.md section 3): scale the whole change back, which keeps conservation exact.
@@ -391,11 +411,7 @@ void prepare_cell(const double* F_init, const double* u, RestFrameCell& out) {
   out.ntot = 0.0;
   out.status = kCellOk;
   std::fill(out.dF, out.dF + kCellValues, 0.0);
-  bool finite = true;
-  for (int v = 0; v < kCellValues; ++v) finite = finite && std::isfinite(F_init[v]);
-  if (u)
-    for (int m = 0; m < 4; ++m) finite = finite && std::isfinite(u[m]);
-  if (!finite) {
+  if (!all_values_finite(F_init, kCellValues) || (u && !all_values_finite(u, 4))) {
     out.status = kCell_NONFINITE;  // no finite answer is meaningful
     return;
   }
@@ -406,11 +422,10 @@ void prepare_cell(const double* F_init, const double* u, RestFrameCell& out) {
   out.boost = LorentzBoost(u);
   double* rest = out.F;
   out.boost.cell_to_rest(F_init, rest);
-  for (int v = 0; v < kCellValues; ++v)
-    if (!std::isfinite(rest[v])) {  // finite input, but the boost overflowed (huge densities times W)
-      out.status = kCell_NONFINITE;
-      return;
-    }
+  if (!all_values_finite(rest, kCellValues)) {  // finite input, but the boost overflowed (huge densities times W)
+    out.status = kCell_NONFINITE;
+    return;
+  }
   double total = 0.0;
   for (int a = 0; a < kSpecies; ++a) {
     if (rest[a * kComponents] < 0.0) out.status |= kCell_NEGATIVE_DENSITY;
