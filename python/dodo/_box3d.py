@@ -84,6 +84,8 @@ def _check_velocity(flat_u: np.ndarray, batch: tuple[int, ...]) -> None:
     The test itself is the C++ core's (the one dodo_apply uses), so Python and C agree bit for bit.
     """
     valid, norm_error = _core.check_four_velocities(flat_u)
+    if valid.all():  # the common case: no second pass over u
+        return
     bad = ~valid & np.isfinite(flat_u).all(axis=1)
     if np.any(bad):  # non-finite u is not refused here: such cells are flagged NONFINITE
         first = int(np.flatnonzero(bad)[0])

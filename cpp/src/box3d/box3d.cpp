@@ -47,7 +47,7 @@ constexpr double kPairedFormLargestZ = 350.0;
 // P(+-r) = even +- odd come from one polynomial evaluation. `amplitude` is A (per unit density).
 DODO_MULTIVERSION
 void reconstruct_species(const PairedRule& rule, double density, double Z, double amplitude,
-                         const double* flux_direction, double* g) {
+                         double direction_x, double direction_y, double direction_z, double* g) {
   const std::size_t points = rule.size(), half = rule.half;
   const double* x = rule.x.data();
   const double* y = rule.y.data();
@@ -57,7 +57,7 @@ void reconstruct_species(const PairedRule& rule, double density, double Z, doubl
     return;
   }
   const double isotropic = density * kInverseFourPi;
-  const double hx = Z * flux_direction[0], hy = Z * flux_direction[1], hz = Z * flux_direction[2];
+  const double hx = Z * direction_x, hy = Z * direction_y, hz = Z * direction_z;
   if (Z < 1e-8) {
     // Linear in Z: the exact form's error here is O(Z^2) < 1e-16.
     for (std::size_t q = 0; q < points; ++q) g[q] = isotropic * (1.0 + hx * x[q] + hy * y[q] + hz * z[q]);
@@ -74,6 +74,8 @@ void reconstruct_species(const PairedRule& rule, double density, double Z, doubl
   // Bits of 2^{k - kZ} are (k - kZ + 1023) << 52; those of 2^{-k - kZ} follow by one subtraction.
   const std::int64_t plus_offset = 1023 - integer_of(kZ);
   const std::int64_t both_exponents = (2 * plus_offset) << 52;  // bits(2^{k-kZ}) + bits(2^{-k-kZ})
+  // Iterations are independent and g does not alias the rule: no run-time overlap checks.
+#pragma omp simd
   for (std::size_t q = 0; q < half; ++q) {
     double k, r, even, odd;
     reduce_by_ln2(hx * x[q] + hy * y[q] + hz * z[q], k, r);
@@ -109,17 +111,22 @@ struct PairMixing {
 
 // Step 1 for a block of cells, as flat loops over cells x species that vectorise across cells
 // (one cell's chain of inverse Langevin, amplitude and exponentials is long and serial; eight
-// cells side by side fill the vector lanes and hide it). Index [cell * kSpecies + species].
+// cells side by side fill the vector lanes and hide it). Species-major: slot(cell, species), so
+// that a species' values over the cells are contiguous; lanes past the block's count hold zeros.
 constexpr std::size_t kBlockCells = 32;
 constexpr std::size_t kBlockSpecies = kBlockCells * kSpecies;
+constexpr std::size_t slot(std::size_t cell, int species) { return species * kBlockCells + cell; }
+// Lanes computed for a block of `count` cells: count rounded up to a whole vector (8 doubles).
+constexpr std::size_t block_lanes(std::size_t count) { return (count + 7) / 8 * 8; }
 
 struct BlockMoments {
-  double density[kBlockSpecies], flux_factor[kBlockSpecies], Z[kBlockSpecies], amplitude[kBlockSpecies];
-  double direction[kBlockSpecies][3];
+  double density[kBlockSpecies], flux_x[kBlockSpecies], flux_y[kBlockSpecies], flux_z[kBlockSpecies];
+  double flux_factor[kBlockSpecies], Z[kBlockSpecies], amplitude[kBlockSpecies];
+  double direction_x[kBlockSpecies], direction_y[kBlockSpecies], direction_z[kBlockSpecies];
   // Values of g * 4 pi over the sphere: peak n A (along the flux), across n A e^{-Z} (across
   // it), floor n A e^{-2Z} (against it). Used by the stability screen.
   double peak[kBlockSpecies], across[kBlockSpecies], floor[kBlockSpecies];
-  double spread[kBlockCells * kFlavours];  // e^{-|Zbar Fhatbar - Z Fhat|} of each flavour
+  int eln_sign[kBlockCells * kFlavours];  // the screen's sign of ELN_f, [flavour * kBlockCells + cell]
 };
 
 // Flux factors and directions of the cells whose status is still kCellOk (F: normalised rest
@@ -128,49 +135,57 @@ struct BlockMoments {
 // zeros through, harmlessly).
 DODO_MULTIVERSION
 void block_moments(const Box3DSettings& settings, std::size_t count, RestFrameCell* cells, BlockMoments& m) {
-  for (std::size_t c = 0; c < count; ++c) {
-    const double* F = cells[c].F;
+  static constexpr double kNoCell[kCellValues] = {};
+  const std::size_t lanes = block_lanes(count);
+  for (std::size_t c = 0; c < lanes; ++c) {  // transposed, so that the steps below vectorise
+    const double* F = c < count && cells[c].status == kCellOk ? cells[c].F : kNoCell;
     for (int a = 0; a < kSpecies; ++a) {
-      const std::size_t i = c * kSpecies + a;
-      const double* species = F + a * kComponents;
-      const double flux = std::sqrt(species[1] * species[1] + species[2] * species[2] + species[3] * species[3]);
-      m.density[i] = species[0];
-      m.flux_factor[i] = 0.0;
-      for (int k = 0; k < 3; ++k) m.direction[i][k] = 0.0;
-      if (cells[c].status != kCellOk) continue;
-      if (species[0] <= 0.0) {
-        if (flux > 0.0) cells[c].status = kCell_FLUX_FACTOR;  // flux without density: not a distribution
-      } else {
-        m.flux_factor[i] = flux / species[0];
-        if (!(m.flux_factor[i] < settings.max_flux_factor)) cells[c].status = kCell_FLUX_FACTOR;
-      }
-      for (int k = 0; k < 3; ++k) m.direction[i][k] = flux > 0.0 ? species[1 + k] / flux : 0.0;
+      const std::size_t i = slot(c, a);
+      m.density[i] = F[a * kComponents];
+      m.flux_x[i] = F[a * kComponents + 1];
+      m.flux_y[i] = F[a * kComponents + 2];
+      m.flux_z[i] = F[a * kComponents + 3];
     }
   }
-  const std::size_t values = count * kSpecies;
-  if (settings.z_method == ZMethod::kJedynak) {
-    for (std::size_t i = 0; i < values; ++i) m.Z[i] = jedynak_inverse_langevin(m.flux_factor[i]);
-  } else {
+  const double largest_flux_factor = settings.max_flux_factor;
+  bool unrepresentable[kBlockSpecies];
+  for (int a = 0; a < kSpecies; ++a) {
 #pragma omp simd
-    for (std::size_t i = 0; i < values; ++i) m.Z[i] = halley_inverse_langevin(m.flux_factor[i]);
-  }
-#pragma omp simd
-  for (std::size_t i = 0; i < values; ++i) {
-    m.amplitude[i] = maxent_amplitude(m.Z[i]);
-    const double across_factor = clamped_exp(-m.Z[i]);
-    m.peak[i] = m.density[i] * m.amplitude[i];
-    m.across[i] = m.peak[i] * across_factor;
-    m.floor[i] = m.across[i] * across_factor;
-  }
-#pragma omp simd
-  for (std::size_t k = 0; k < count * kFlavours; ++k) {
-    const std::size_t a = k / kFlavours * kSpecies + k % kFlavours, b = a + kFlavours;
-    double v2 = 0.0;
-    for (int i = 0; i < 3; ++i) {
-      const double component = m.Z[b] * m.direction[b][i] - m.Z[a] * m.direction[a][i];
-      v2 += component * component;
+    for (std::size_t i = slot(0, a); i < slot(lanes, a); ++i) {
+      const double density = m.density[i];
+      const double flux = std::sqrt(m.flux_x[i] * m.flux_x[i] + m.flux_y[i] * m.flux_y[i] + m.flux_z[i] * m.flux_z[i]);
+      const bool has_density = density > 0.0, has_flux = flux > 0.0;
+      const double flux_factor = flux / (has_density ? density : 1.0);
+      m.flux_factor[i] = has_density ? flux_factor : 0.0;
+      // A flux without density is not a distribution; nor is one the quadrature cannot represent.
+      unrepresentable[i] = has_density ? !(flux_factor < largest_flux_factor) : has_flux;
+      const double inverse_flux = has_flux ? 1.0 / flux : 0.0;
+      m.direction_x[i] = m.flux_x[i] * inverse_flux;
+      m.direction_y[i] = m.flux_y[i] * inverse_flux;
+      m.direction_z[i] = m.flux_z[i] * inverse_flux;
     }
-    m.spread[k] = clamped_exp(-std::sqrt(v2));  // |v| <= Z + Zbar: no clamping below Z = 300
+  }
+  for (std::size_t c = 0; c < count; ++c) {
+    bool any = false;
+    for (int a = 0; a < kSpecies; ++a) any |= unrepresentable[slot(c, a)];
+    if (any && cells[c].status == kCellOk) cells[c].status = kCell_FLUX_FACTOR;
+  }
+  for (int a = 0; a < kSpecies; ++a) {
+    const std::size_t begin = slot(0, a), end = slot(lanes, a);
+    if (settings.z_method == ZMethod::kJedynak) {
+      for (std::size_t i = begin; i < end; ++i) m.Z[i] = jedynak_inverse_langevin(m.flux_factor[i]);
+    } else {
+#pragma omp simd
+      for (std::size_t i = begin; i < end; ++i) m.Z[i] = halley_inverse_langevin(m.flux_factor[i]);
+    }
+#pragma omp simd
+    for (std::size_t i = begin; i < end; ++i) {
+      m.amplitude[i] = maxent_amplitude(m.Z[i]);
+      const double across_factor = clamped_exp(-m.Z[i]);
+      m.peak[i] = m.density[i] * m.amplitude[i];
+      m.across[i] = m.peak[i] * across_factor;
+      m.floor[i] = m.across[i] * across_factor;
+    }
   }
 }
 
@@ -193,23 +208,41 @@ void block_moments(const Box3DSettings& settings, std::size_t count, RestFrameCe
 constexpr int kUndecided = 2;
 constexpr double kScreenMargin = 1e-9;
 
-bool same_four_vector(const double* F, int a, int b) {
-  return std::equal(F + a * kComponents, F + (a + 1) * kComponents, F + b * kComponents);
+// Species a and b of cell c have equal moments (then equal computed distributions).
+inline bool same_species(const BlockMoments& m, std::size_t c, int a, int b) {
+  const std::size_t i = slot(c, a), j = slot(c, b);
+  return (m.density[i] == m.density[j]) & (m.flux_x[i] == m.flux_x[j]) & (m.flux_y[i] == m.flux_y[j]) &
+         (m.flux_z[i] == m.flux_z[j]);
 }
 
-int eln_sign(const double* F, int flavour, const BlockMoments& m, std::size_t c) {
-  const int a = flavour, b = flavour + kFlavours;
-  if (same_four_vector(F, a, b)) return 0;
-  const std::size_t ia = c * kSpecies + a, ib = c * kSpecies + b;
-  if (m.Z[ia] > 300.0 || m.Z[ib] > 300.0) return kUndecided;
-  const double spread = m.spread[c * kFlavours + flavour];
-  if (m.across[ia] * spread > (1.0 + kScreenMargin) * m.across[ib]) return 1;
-  if (m.across[ib] * spread > (1.0 + kScreenMargin) * m.across[ia]) return -1;
-  return kUndecided;
+// The flavour signs of every cell of the block, branch-free: +1 when ELN_f > 0 on the whole
+// sphere, -1 when < 0, 0 when it vanishes identically (equal moments), kUndecided otherwise.
+DODO_MULTIVERSION
+void block_eln_signs(std::size_t count, BlockMoments& m) {
+  // Slot a = slot(cell, flavour) is nu_flavour's; a + kAntineutrinos its nubar's.
+  constexpr std::size_t kAntineutrinos = kFlavours * kBlockCells;
+  const std::size_t lanes = block_lanes(count);
+  for (int flavour = 0; flavour < kFlavours; ++flavour) {
+#pragma omp simd
+    for (std::size_t a = slot(0, flavour); a < slot(lanes, flavour); ++a) {
+      const std::size_t b = a + kAntineutrinos;
+      const double vx = m.Z[b] * m.direction_x[b] - m.Z[a] * m.direction_x[a];
+      const double vy = m.Z[b] * m.direction_y[b] - m.Z[a] * m.direction_y[a];
+      const double vz = m.Z[b] * m.direction_z[b] - m.Z[a] * m.direction_z[a];
+      const double spread = clamped_exp(-std::sqrt(vx * vx + vy * vy + vz * vz));  // |v| <= 600: no clamping
+      const bool clamped = (m.Z[a] > 300.0) | (m.Z[b] > 300.0);
+      const bool positive = m.across[a] * spread > (1.0 + kScreenMargin) * m.across[b];
+      const bool negative = m.across[b] * spread > (1.0 + kScreenMargin) * m.across[a];
+      const bool same = (m.density[a] == m.density[b]) & (m.flux_x[a] == m.flux_x[b]) & (m.flux_y[a] == m.flux_y[b]) &
+                        (m.flux_z[a] == m.flux_z[b]);
+      const int sign = clamped ? kUndecided : (positive ? 1 : (negative ? -1 : kUndecided));
+      m.eln_sign[a] = same ? 0 : sign;
+    }
+  }
 }
 
 // Pair bounds (see above): true when G_p keeps one strict sign over the sphere.
-bool pair_bounded(const double* F, int i, int j, const BlockMoments& m, std::size_t c) {
+bool pair_bounded(int i, int j, const BlockMoments& m, std::size_t c) {
   const int species[4] = {i, i + kFlavours, j, j + kFlavours};
   const double sign[4] = {1.0, -1.0, -1.0, 1.0};
   bool live[4] = {true, true, true, true};
@@ -217,11 +250,11 @@ bool pair_bounded(const double* F, int i, int j, const BlockMoments& m, std::siz
   // (nu_i, nu_j), (nubar_i, nubar_j).
   const int opposite[4][2] = {{0, 1}, {2, 3}, {0, 2}, {1, 3}};
   for (const auto& pair : opposite)
-    if (live[pair[0]] && live[pair[1]] && same_four_vector(F, species[pair[0]], species[pair[1]]))
+    if (live[pair[0]] && live[pair[1]] && same_species(m, c, species[pair[0]], species[pair[1]]))
       live[pair[0]] = live[pair[1]] = false;
   double lowest = 0.0, highest = 0.0, magnitude = 0.0;
   for (int k = 0; k < 4; ++k) {
-    const std::size_t index = c * kSpecies + species[k];
+    const std::size_t index = slot(c, species[k]);
     magnitude += m.peak[index];  // the scale of the computed difference's rounding
     if (!live[k]) continue;
     if (m.Z[index] > 300.0) return false;
@@ -232,14 +265,15 @@ bool pair_bounded(const double* F, int i, int j, const BlockMoments& m, std::siz
   return lowest > margin || highest < -margin;
 }
 
-bool stable_by_moments(const double* F, const BlockMoments& m, std::size_t c) {
+bool stable_by_moments(const BlockMoments& m, std::size_t c) {
   int sign[kFlavours];
-  for (int f = 0; f < kFlavours; ++f) sign[f] = eln_sign(F, f, m, c);
+  for (int f = 0; f < kFlavours; ++f) sign[f] = m.eln_sign[f * kBlockCells + c];
   for (int p = 0; p < kPairs; ++p) {
     const int i = kPairFirst[p], j = kPairSecond[p];
-    if (same_four_vector(F, i, j) && same_four_vector(F, i + kFlavours, j + kFlavours)) continue;  // G = 0
-    const bool signs_decide = sign[i] != kUndecided && sign[j] != kUndecided && sign[i] * sign[j] <= 0;
-    if (!signs_decide && !pair_bounded(F, i, j, m, c)) return false;
+    const bool signs_decide = (sign[i] != kUndecided) & (sign[j] != kUndecided) & (sign[i] * sign[j] <= 0);
+    if (signs_decide) continue;
+    if (same_species(m, c, i, j) && same_species(m, c, i + kFlavours, j + kFlavours)) continue;  // G = 0
+    if (!pair_bounded(i, j, m, c)) return false;
   }
   return true;
 }
@@ -262,10 +296,17 @@ namespace {
 DODO_MULTIVERSION
 std::uint32_t angular_change(const PairedRule& rule, const double* F, const BlockMoments& m, std::size_t c,
                              double* dF, double* growth_over_ntot) {
-  const double* density = m.density + c * kSpecies;
-  const double* Z = m.Z + c * kSpecies;
-  const double* amplitude = m.amplitude + c * kSpecies;
-  const double (*direction)[3] = m.direction + c * kSpecies;
+  double density[kSpecies], Z[kSpecies], amplitude[kSpecies], direction_x[kSpecies], direction_y[kSpecies],
+      direction_z[kSpecies];
+  for (int a = 0; a < kSpecies; ++a) {
+    const std::size_t i = slot(c, a);
+    density[a] = m.density[i];
+    Z[a] = m.Z[i];
+    amplitude[a] = m.amplitude[i];
+    direction_x[a] = m.direction_x[i];
+    direction_y[a] = m.direction_y[i];
+    direction_z[a] = m.direction_z[i];
+  }
   const std::size_t points = rule.size();
   AngularScratch& scratch = thread_scratch();
   scratch.reserve(points);
@@ -276,7 +317,8 @@ std::uint32_t angular_change(const PairedRule& rule, const double* F, const Bloc
     for (int b = 0; b < a && !g[a]; ++b)
       if (std::equal(F + a * kComponents, F + (a + 1) * kComponents, F + b * kComponents)) g[a] = g[b];
     if (g[a]) continue;
-    reconstruct_species(rule, density[a], Z[a], amplitude[a], direction[a], scratch.species(a, points));
+    reconstruct_species(rule, density[a], Z[a], amplitude[a], direction_x[a], direction_y[a], direction_z[a],
+                        scratch.species(a, points));
     g[a] = scratch.species(a, points);
   }
   const double* weight = rule.weight.data();
@@ -406,7 +448,7 @@ namespace {
 
 // Checks one cell (lab frame F_init, u or nullptr), boosts it to the rest frame and normalises it
 // (out.F, out.ntot, out.boost); out.status says why not. Zeroes out.dF and the growth.
-void prepare_cell(const double* F_init, const double* u, RestFrameCell& out) {
+inline void prepare_cell(const double* F_init, const double* u, RestFrameCell& out) {
   out.growth_over_ntot = 0.0;
   out.ntot = 0.0;
   out.status = kCellOk;
@@ -447,17 +489,24 @@ void prepare_cell(const double* F_init, const double* u, RestFrameCell& out) {
   for (int v = 0; v < kCellValues; ++v) rest[v] *= inverse_total;
 }
 
+// prepare_cell for `count` cells (F_init count x 24, u count x 4 or nullptr).
+DODO_MULTIVERSION
+void prepare_block(std::size_t count, const double* F_init, const double* u, RestFrameCell* out) {
+  for (std::size_t c = 0; c < count; ++c) prepare_cell(F_init + c * kCellValues, u ? u + c * 4 : nullptr, out[c]);
+}
+
 }  // namespace
 
 void Box3D::classify_block(std::size_t count, RestFrameCell* cells) const {
   BlockMoments moments;
   block_moments(settings_, count, cells, moments);
+  if (settings_.screen_stable_cells) block_eln_signs(count, moments);
   for (std::size_t c = 0; c < count; ++c) {
     RestFrameCell& cell = cells[c];
     if (cell.status != kCellOk) continue;
     // Most cells of a real grid are stable: the screen decides most of them from the moments,
     // with the answer the full computation gives (NO_CROSSING, growth 0, no change).
-    if (settings_.screen_stable_cells && stable_by_moments(cell.F, moments, c)) {
+    if (settings_.screen_stable_cells && stable_by_moments(moments, c)) {
       cell.status = kCell_NO_CROSSING;
       continue;
     }
@@ -468,8 +517,7 @@ void Box3D::classify_block(std::size_t count, RestFrameCell* cells) const {
 void Box3D::rest_frame_cells(std::size_t n, const double* F_init, const double* u, RestFrameCell* out) const {
   for (std::size_t begin = 0; begin < n; begin += kBlockCells) {
     const std::size_t count = std::min(kBlockCells, n - begin);
-    for (std::size_t c = 0; c < count; ++c)
-      prepare_cell(F_init + (begin + c) * kCellValues, u ? u + (begin + c) * 4 : nullptr, out[begin + c]);
+    prepare_block(count, F_init + begin * kCellValues, u ? u + begin * 4 : nullptr, out + begin);
     classify_block(count, out + begin);
   }
 }
@@ -521,6 +569,9 @@ void Box3D::apply_cell(const double* F_init, const double* u, Box3DCell& out) co
 
 void Box3D::apply(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, CellArray F_box,
                   double* growth_over_ntot, double* ntot, std::uint32_t* status, int threads) const {
+  // The common layout (species then components, contiguous) is copied without index arithmetic.
+  const bool contiguous_input = F_init.species_stride == kComponents && F_init.component_stride == 1;
+  const bool contiguous_output = F_box.species_stride == kComponents && F_box.component_stride == 1;
   auto run_range = [&](std::size_t begin, std::size_t end) {
     // Blocks of cells gathered from the caller's strides, so that step 1 runs across cells.
     double cells[kBlockCells * kCellValues];
@@ -532,9 +583,13 @@ void Box3D::apply(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, Ce
       for (std::size_t i = 0; i < count; ++i) {
         const std::size_t c = block + i;
         const double* source = F_init.data + static_cast<std::ptrdiff_t>(c) * F_init.cell_stride;
-        for (int a = 0; a < kSpecies; ++a)
-          for (int m = 0; m < kComponents; ++m)
-            cells[i * kCellValues + value_index(a, m)] = source[a * F_init.species_stride + m * F_init.component_stride];
+        if (contiguous_input) {
+          std::copy(source, source + kCellValues, cells + i * kCellValues);
+        } else {
+          for (int a = 0; a < kSpecies; ++a)
+            for (int m = 0; m < kComponents; ++m)
+              cells[i * kCellValues + value_index(a, m)] = source[a * F_init.species_stride + m * F_init.component_stride];
+        }
         if (u.data) {
           const double* source_u = u.data + static_cast<std::ptrdiff_t>(c) * u.cell_stride;
           for (int m = 0; m < 4; ++m) velocities[i * 4 + m] = source_u[m * u.component_stride];
@@ -546,9 +601,13 @@ void Box3D::apply(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, Ce
         cell_result(cells + i * kCellValues, rest[i], result);
         if (F_box.data) {
           double* target = F_box.data + static_cast<std::ptrdiff_t>(c) * F_box.cell_stride;
-          for (int a = 0; a < kSpecies; ++a)
-            for (int m = 0; m < kComponents; ++m)
-              target[a * F_box.species_stride + m * F_box.component_stride] = result.F_box[value_index(a, m)];
+          if (contiguous_output) {
+            std::copy(result.F_box.begin(), result.F_box.end(), target);
+          } else {
+            for (int a = 0; a < kSpecies; ++a)
+              for (int m = 0; m < kComponents; ++m)
+                target[a * F_box.species_stride + m * F_box.component_stride] = result.F_box[value_index(a, m)];
+          }
         }
         if (growth_over_ntot) growth_over_ntot[c] = result.growth_over_ntot;
         if (ntot) ntot[c] = result.ntot;
