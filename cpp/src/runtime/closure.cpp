@@ -219,13 +219,20 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
   // 1. Gather; Box3D in the rest frame (all cells of the chunk in one call, so that its moments
   //    step runs across cells); invariants of the cells that need the network: not rejected and
   //    not stable (a NO_CROSSING cell is returned unchanged, network skipped).
+  // The common layout (species then components, contiguous) is copied without index arithmetic.
+  const bool contiguous_input = batch.F_init.species_stride == kComponents && batch.F_init.component_stride == 1;
+  const bool contiguous_output = batch.F_pred.species_stride == kComponents && batch.F_pred.component_stride == 1;
   for (std::size_t i = 0; i < count; ++i) {
     const std::size_t cell = begin + i;
     double* F = &w.F_init[i * kCellValues];
     const double* source = batch.F_init.data + static_cast<std::ptrdiff_t>(cell) * batch.F_init.cell_stride;
-    for (int a = 0; a < kSpecies; ++a)
-      for (int m = 0; m < kComponents; ++m)
-        F[value_index(a, m)] = source[a * batch.F_init.species_stride + m * batch.F_init.component_stride];
+    if (contiguous_input) {
+      std::copy(source, source + kCellValues, F);
+    } else {
+      for (int a = 0; a < kSpecies; ++a)
+        for (int m = 0; m < kComponents; ++m)
+          F[value_index(a, m)] = source[a * batch.F_init.species_stride + m * batch.F_init.component_stride];
+    }
     if (batch.u.data) {
       const double* source_u = batch.u.data + static_cast<std::ptrdiff_t>(cell) * batch.u.cell_stride;
       for (int m = 0; m < 4; ++m) w.u[i * 4 + m] = source_u[m * batch.u.component_stride];
@@ -292,9 +299,13 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
       realizable_fallback(F, F_out);
     }
     double* target = batch.F_pred.data + static_cast<std::ptrdiff_t>(cell) * batch.F_pred.cell_stride;
-    for (int a = 0; a < kSpecies; ++a)
-      for (int m = 0; m < kComponents; ++m)
-        target[a * batch.F_pred.species_stride + m * batch.F_pred.component_stride] = F_out[value_index(a, m)];
+    if (contiguous_output) {
+      std::copy(F_out, F_out + kCellValues, target);
+    } else {
+      for (int a = 0; a < kSpecies; ++a)
+        for (int m = 0; m < kComponents; ++m)
+          target[a * batch.F_pred.species_stride + m * batch.F_pred.component_stride] = F_out[value_index(a, m)];
+    }
     if (batch.status) batch.status[cell] = flags;
     // Stable cells: growth 0 (no instability) and no correction; rejected cells: growth 0 and
     // N_tot 0; network-nonfinite cells: Box3D's proxy and no uncertainty.
