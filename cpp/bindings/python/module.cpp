@@ -125,6 +125,17 @@ PYBIND11_MODULE(_core, m) {
     return py::make_tuple(valid, norm_error);
   }, py::arg("u"), "(n, 4) -> (valid (n,) bool, |u.u + 1| (n,)): the check dodo_apply uses.");
 
+  m.def("all_four_velocities_valid", [](const CArray& u) {
+    if (u.ndim() != 2 || u.shape(1) != 4) throw py::value_error("u must have shape (n, 4)");
+    const double* data = u.data();
+    const auto n = static_cast<std::size_t>(u.shape(0));
+    bool valid = true;
+    dodo_python::without_gil([&] {
+      for (std::size_t c = 0; c < n && valid; ++c) valid = dodo::is_valid_four_velocity(data + 4 * c);
+    });
+    return valid;
+  }, py::arg("u"), "(n, 4) -> True when every row passes check_four_velocities (no arrays made).");
+
   m.def("comoving_total_density", [](const CArray& F, const py::object& u) {
     const std::size_t n = check_cells(F);
     CArray u_holder;
