@@ -22,8 +22,8 @@ Rates: cells per second of wall time (median of --repeats, min-max) and per core
 second of this process's CPU time (summed over its threads, so already per core; other programs
 on a shared machine disturb it less than wall time). --callgrind adds instructions per cell (valgrind's callgrind on a small run:
 --callgrind-cells cells set up once and run three times against once, so set-up and start-up
-cancel), which do not depend on the machine's load. Valgrind does not emulate AVX-512: these
-count the AVX2 code path.
+cancel), which do not depend on the machine's load; only the main thread's count (see
+callgrind_instructions). Valgrind does not emulate AVX-512: these count the AVX2 code path.
 """
 from __future__ import annotations
 
@@ -139,14 +139,18 @@ def measure(function, repeats: int) -> tuple[list[float], list[float]]:
 
 
 def callgrind_instructions(name: str, cells: int, runs: int) -> int:
-    """Instructions of a fresh process that sets up `name` on `cells` cells and runs it `runs` times."""
+    """Instructions of the main thread of a fresh process that sets up `name` on `cells` cells and
+    runs it `runs` times. Only the main thread counts (every row runs there with one thread): idle
+    helper threads of other libraries (OpenBLAS's, onnxruntime's) poll under valgrind's
+    serialised scheduler, which adds instructions in proportion to the run's duration, not to
+    its work; on hardware they sleep."""
     with tempfile.TemporaryDirectory() as folder:
         out = os.path.join(folder, "callgrind.out")
-        subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__,
-                        "--worker", name, "--runs", str(runs), "--cells", str(cells), "--oracle-cells", str(cells),
-                        "--threads", "1"],
+        subprocess.run(["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}",
+                        sys.executable, __file__, "--worker", name, "--runs", str(runs), "--cells", str(cells),
+                        "--oracle-cells", str(cells), "--threads", "1"],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        text = pathlib.Path(out).read_text()
+        text = pathlib.Path(f"{out}-01").read_text()  # thread 1: the main thread
         return int(re.search(r"^(?:summary|totals):\s+(\d+)", text, re.M).group(1))
 
 

@@ -60,8 +60,7 @@ bool finalise_cell(const double* F_init, const LorentzBoost& boost, double ntot,
   for (int v = 0; v < kCellValues; ++v) change_rest[v] = dF_rest[v] * ntot;
   boost.cell_from_rest(change_rest, change_lab);
   for (int v = 0; v < kCellValues; ++v) F_out[v] = F_init[v] + change_lab[v];
-  for (int v = 0; v < kCellValues; ++v)
-    if (!std::isfinite(F_out[v])) return false;  // densities near DBL_MAX: not representable
+  if (!all_values_finite(F_out, kCellValues)) return false;  // densities near DBL_MAX: not representable
   clamp_to_cone(F_out);
   return true;
 }

@@ -5,6 +5,18 @@ namespace dodo {
 
 class LorentzBoost;
 
+// True when none of the values is infinite or NaN: v - v is 0 for finite v and NaN otherwise,
+// and a NaN survives the sums. Branch-free, four lanes at a time (the per-cell checks of the hot
+// paths).
+inline bool all_values_finite(const double* values, int count) {
+  double probe[4] = {0.0, 0.0, 0.0, 0.0};
+  int i = 0;
+  for (; i + 4 <= count; i += 4)
+    for (int lane = 0; lane < 4; ++lane) probe[lane] += values[i + lane] - values[i + lane];
+  for (; i < count; ++i) probe[0] += values[i] - values[i];
+  return (probe[0] + probe[1]) + (probe[2] + probe[3]) == 0.0;
+}
+
 // True when every species of the 24-value cell satisfies n >= 0 and |F| <= n, |F| evaluated as
 // sqrt(Fx^2 + Fy^2 + Fz^2) in double precision (after an exact power-of-two scaling where the
 // squares would overflow or underflow): the test a host code applies.

@@ -76,18 +76,22 @@ PYBIND11_MODULE(_core, m) {
   m.attr("__version__") = DODO_VERSION;
 
   py::class_<dodo::Box3D>(m, "Box3D")
-      .def(py::init([](int lebedev_order, const std::string& z_method, double max_flux_factor) {
+      .def(py::init([](int lebedev_order, const std::string& z_method, double max_flux_factor,
+                       bool screen_stable_cells) {
              dodo::Box3DSettings settings;
              settings.lebedev_order = lebedev_order;
              settings.z_method = parse_z_method(z_method);
              settings.max_flux_factor = max_flux_factor;
+             settings.screen_stable_cells = screen_stable_cells;
              try {
                return dodo::Box3D(settings);
              } catch (const std::invalid_argument& error) {
                throw py::value_error(error.what());
              }
            }),
-           py::arg("lebedev_order") = 17, py::arg("z_method") = "exact", py::arg("max_flux_factor") = 0.98)
+           py::arg("lebedev_order") = 17, py::arg("z_method") = "exact", py::arg("max_flux_factor") = 0.98,
+           // False: every cell through the full computation (tests compare the screen against it).
+           py::arg("screen_stable_cells") = true)
       .def_property_readonly("lebedev_order", [](const dodo::Box3D& b) { return b.settings().lebedev_order; })
       .def_property_readonly("quadrature_size", [](const dodo::Box3D& b) { return b.quadrature().size(); })
       .def("apply", &apply_box3d, py::arg("F"), py::arg("u"), py::arg("threads") = 1,
@@ -120,6 +124,17 @@ PYBIND11_MODULE(_core, m) {
     }
     return py::make_tuple(valid, norm_error);
   }, py::arg("u"), "(n, 4) -> (valid (n,) bool, |u.u + 1| (n,)): the check dodo_apply uses.");
+
+  m.def("all_four_velocities_valid", [](const CArray& u) {
+    if (u.ndim() != 2 || u.shape(1) != 4) throw py::value_error("u must have shape (n, 4)");
+    const double* data = u.data();
+    const auto n = static_cast<std::size_t>(u.shape(0));
+    bool valid = true;
+    dodo_python::without_gil([&] {
+      for (std::size_t c = 0; c < n && valid; ++c) valid = dodo::is_valid_four_velocity(data + 4 * c);
+    });
+    return valid;
+  }, py::arg("u"), "(n, 4) -> True when every row passes check_four_velocities (no arrays made).");
 
   m.def("comoving_total_density", [](const CArray& F, const py::object& u) {
     const std::size_t n = check_cells(F);

@@ -47,7 +47,7 @@ constexpr double kPairedFormLargestZ = 350.0;
 // P(+-r) = even +- odd come from one polynomial evaluation. `amplitude` is A (per unit density).
 DODO_MULTIVERSION
 void reconstruct_species(const PairedRule& rule, double density, double Z, double amplitude,
-                         const double* flux_direction, double* g) {
+                         double direction_x, double direction_y, double direction_z, double* g) {
   const std::size_t points = rule.size(), half = rule.half;
   const double* x = rule.x.data();
   const double* y = rule.y.data();
@@ -57,7 +57,7 @@ void reconstruct_species(const PairedRule& rule, double density, double Z, doubl
     return;
   }
   const double isotropic = density * kInverseFourPi;
-  const double hx = Z * flux_direction[0], hy = Z * flux_direction[1], hz = Z * flux_direction[2];
+  const double hx = Z * direction_x, hy = Z * direction_y, hz = Z * direction_z;
   if (Z < 1e-8) {
     // Linear in Z: the exact form's error here is O(Z^2) < 1e-16.
     for (std::size_t q = 0; q < points; ++q) g[q] = isotropic * (1.0 + hx * x[q] + hy * y[q] + hz * z[q]);
@@ -74,6 +74,8 @@ void reconstruct_species(const PairedRule& rule, double density, double Z, doubl
   // Bits of 2^{k - kZ} are (k - kZ + 1023) << 52; those of 2^{-k - kZ} follow by one subtraction.
   const std::int64_t plus_offset = 1023 - integer_of(kZ);
   const std::int64_t both_exponents = (2 * plus_offset) << 52;  // bits(2^{k-kZ}) + bits(2^{-k-kZ})
+  // Iterations are independent and g does not alias the rule: no run-time overlap checks.
+#pragma omp simd
   for (std::size_t q = 0; q < half; ++q) {
     double k, r, even, odd;
     reduce_by_ln2(hx * x[q] + hy * y[q] + hz * z[q], k, r);
@@ -107,51 +109,171 @@ struct PairMixing {
   double large_side_survival = 1.0;    // P = 1 - (2/3) I_small / I_large
 };
 
-// Sign of ELN_f = g_f - gbar_f over the whole sphere, decided from the moments alone (no
-// distributions): +1 when ELN_f >= 0 everywhere, -1 when <= 0 everywhere, 0 when ELN_f = 0
-// identically (equal moments), kUndecided otherwise. With g = n A(Z) e^{Z (Fhat.n - 1)}/(4 pi),
-// g_f > gbar_f for every direction iff n A e^{-Z - |v|} > nbar Abar e^{-Zbar}, v = Zbar Fhatbar
-// - Z Fhat (the exponent's range over the sphere is [-|v|, |v|]). A relative margin of 1e-9
-// keeps the decision far above the rounding of the computed distributions, so a decided sign is
-// the one the quadrature values would show.
-constexpr int kUndecided = 2;
+// Step 1 for a block of cells, as flat loops over cells x species that vectorise across cells
+// (one cell's chain of inverse Langevin, amplitude and exponentials is long and serial; eight
+// cells side by side fill the vector lanes and hide it). Species-major: slot(cell, species), so
+// that a species' values over the cells are contiguous; lanes past the block's count hold zeros.
+constexpr std::size_t kBlockCells = 32;
+constexpr std::size_t kBlockSpecies = kBlockCells * kSpecies;
+constexpr std::size_t slot(std::size_t cell, int species) { return species * kBlockCells + cell; }
+// Lanes computed for a block of `count` cells: count rounded up to a whole vector (8 doubles).
+constexpr std::size_t block_lanes(std::size_t count) { return (count + 7) / 8 * 8; }
 
-int eln_sign(const double* F, int flavour, const double* density, const double* Z, const double* amplitude,
-             const double (*direction)[3]) {
-  const int a = flavour, b = flavour + kFlavours;
-  if (std::equal(F + a * kComponents, F + (a + 1) * kComponents, F + b * kComponents)) return 0;
-  // Beyond Z = 300 the reconstruction clamps tiny values, and so would clamped_exp: no shortcut.
-  if (Z[a] > 300.0 || Z[b] > 300.0) return kUndecided;
-  double v2 = 0.0;
-  for (int i = 0; i < 3; ++i) {
-    const double component = Z[b] * direction[b][i] - Z[a] * direction[a][i];
-    v2 += component * component;
+struct BlockMoments {
+  double density[kBlockSpecies], flux_x[kBlockSpecies], flux_y[kBlockSpecies], flux_z[kBlockSpecies];
+  double flux_factor[kBlockSpecies], Z[kBlockSpecies], amplitude[kBlockSpecies];
+  double direction_x[kBlockSpecies], direction_y[kBlockSpecies], direction_z[kBlockSpecies];
+  // Values of g * 4 pi over the sphere: peak n A (along the flux), across n A e^{-Z} (across
+  // it), floor n A e^{-2Z} (against it). Used by the stability screen.
+  double peak[kBlockSpecies], across[kBlockSpecies], floor[kBlockSpecies];
+  int eln_sign[kBlockCells * kFlavours];  // the screen's sign of ELN_f, [flavour * kBlockCells + cell]
+};
+
+// Flux factors and directions of the cells whose status is still kCellOk (F: normalised rest
+// frame, 24 values each); a flux factor the quadrature cannot represent sets FLUX_FACTOR.
+// Then Z, amplitudes and the screen's values for every cell of the block (rejected cells carry
+// zeros through, harmlessly).
+DODO_MULTIVERSION
+void block_moments(const Box3DSettings& settings, std::size_t count, RestFrameCell* cells, BlockMoments& m) {
+  static constexpr double kNoCell[kCellValues] = {};
+  const std::size_t lanes = block_lanes(count);
+  for (std::size_t c = 0; c < lanes; ++c) {  // transposed, so that the steps below vectorise
+    const double* F = c < count && cells[c].status == kCellOk ? cells[c].F : kNoCell;
+    for (int a = 0; a < kSpecies; ++a) {
+      const std::size_t i = slot(c, a);
+      m.density[i] = F[a * kComponents];
+      m.flux_x[i] = F[a * kComponents + 1];
+      m.flux_y[i] = F[a * kComponents + 2];
+      m.flux_z[i] = F[a * kComponents + 3];
+    }
   }
-  const double v = std::sqrt(v2);
-  constexpr double kMargin = 1.0 + 1e-9;
-  // n A e^{-Z} of each side (its value across the flux direction) and the factor e^{-|v|}
-  // (|v| <= Z + Zbar <= 600: no clamping).
-  const double across_nu = density[a] * amplitude[a] * clamped_exp(-Z[a]);
-  const double across_nubar = density[b] * amplitude[b] * clamped_exp(-Z[b]);
-  const double spread = clamped_exp(-v);
-  if (across_nu * spread > kMargin * across_nubar) return 1;
-  if (across_nubar * spread > kMargin * across_nu) return -1;
-  return kUndecided;
+  const double largest_flux_factor = settings.max_flux_factor;
+  bool unrepresentable[kBlockSpecies];
+  for (int a = 0; a < kSpecies; ++a) {
+#pragma omp simd
+    for (std::size_t i = slot(0, a); i < slot(lanes, a); ++i) {
+      const double density = m.density[i];
+      const double flux = std::sqrt(m.flux_x[i] * m.flux_x[i] + m.flux_y[i] * m.flux_y[i] + m.flux_z[i] * m.flux_z[i]);
+      const bool has_density = density > 0.0, has_flux = flux > 0.0;
+      const double flux_factor = flux / (has_density ? density : 1.0);
+      m.flux_factor[i] = has_density ? flux_factor : 0.0;
+      // A flux without density is not a distribution; nor is one the quadrature cannot represent.
+      unrepresentable[i] = has_density ? !(flux_factor < largest_flux_factor) : has_flux;
+      const double inverse_flux = has_flux ? 1.0 / flux : 0.0;
+      m.direction_x[i] = m.flux_x[i] * inverse_flux;
+      m.direction_y[i] = m.flux_y[i] * inverse_flux;
+      m.direction_z[i] = m.flux_z[i] * inverse_flux;
+    }
+  }
+  for (std::size_t c = 0; c < count; ++c) {
+    bool any = false;
+    for (int a = 0; a < kSpecies; ++a) any |= unrepresentable[slot(c, a)];
+    if (any && cells[c].status == kCellOk) cells[c].status = kCell_FLUX_FACTOR;
+  }
+  for (int a = 0; a < kSpecies; ++a) {
+    const std::size_t begin = slot(0, a), end = slot(lanes, a);
+    if (settings.z_method == ZMethod::kJedynak) {
+      for (std::size_t i = begin; i < end; ++i) m.Z[i] = jedynak_inverse_langevin(m.flux_factor[i]);
+    } else {
+#pragma omp simd
+      for (std::size_t i = begin; i < end; ++i) m.Z[i] = halley_inverse_langevin(m.flux_factor[i]);
+    }
+#pragma omp simd
+    for (std::size_t i = begin; i < end; ++i) {
+      m.amplitude[i] = maxent_amplitude(m.Z[i]);
+      const double across_factor = clamped_exp(-m.Z[i]);
+      m.peak[i] = m.density[i] * m.amplitude[i];
+      m.across[i] = m.peak[i] * across_factor;
+      m.floor[i] = m.across[i] * across_factor;
+    }
+  }
 }
 
-// True when no flavour pair can have an ELN crossing, decided from the moments (eln_sign): a pair
-// (i, j) cannot cross when ELN_i and ELN_j have opposite signs or one of them vanishes (then
-// G = ELN_i - ELN_j has one sign), or when both flavours have equal moments (G = 0).
-bool stable_by_moments(const double* F, const double* density, const double* Z, const double* amplitude,
-                       const double (*direction)[3]) {
+// The stability screen: true only when no flavour pair can have an ELN crossing on the
+// quadrature, so that the full computation would return NO_CROSSING with no change and growth
+// 0; a cell it cannot decide goes through the full computation. Two sufficient conditions per
+// pair (i, j), G = ELN_i - ELN_j:
+//  - flavour signs: ELN_f = g_f - gbar_f keeps one sign over the sphere iff the ratio g_f/gbar_f
+//    does, and that ratio spans n A e^{-Z} / (nbar Abar e^{-Zbar}) e^{+-|v|}, v = Zbar Fhatbar -
+//    Z Fhat. The pair cannot cross when ELN_i and ELN_j have opposite signs or one vanishes
+//    (equal moments: computed exactly zero);
+//  - pair bounds: each g lies in [floor, peak] (its values against and along its flux); with
+//    species of equal moments and opposite signs in G cancelled (their computed distributions
+//    are the same numbers), G > 0 everywhere when the positive terms' floors exceed the negative
+//    terms' peaks (and G < 0 in the mirror case).
+// A relative margin of 1e-9 of the magnitudes involved keeps every decision far above the
+// rounding of the computed distributions and of the differences of the ELN pass (about 1e-13
+// relative, from the exponent Z Fhat.n_hat), so a decided sign is the one the quadrature shows.
+// Beyond Z = 300 the reconstruction clamps tiny values: no decision there.
+constexpr int kUndecided = 2;
+constexpr double kScreenMargin = 1e-9;
+
+// Species a and b of cell c have equal moments (then equal computed distributions).
+inline bool same_species(const BlockMoments& m, std::size_t c, int a, int b) {
+  const std::size_t i = slot(c, a), j = slot(c, b);
+  return (m.density[i] == m.density[j]) & (m.flux_x[i] == m.flux_x[j]) & (m.flux_y[i] == m.flux_y[j]) &
+         (m.flux_z[i] == m.flux_z[j]);
+}
+
+// The flavour signs of every cell of the block, branch-free: +1 when ELN_f > 0 on the whole
+// sphere, -1 when < 0, 0 when it vanishes identically (equal moments), kUndecided otherwise.
+DODO_MULTIVERSION
+void block_eln_signs(std::size_t count, BlockMoments& m) {
+  // Slot a = slot(cell, flavour) is nu_flavour's; a + kAntineutrinos its nubar's.
+  constexpr std::size_t kAntineutrinos = kFlavours * kBlockCells;
+  const std::size_t lanes = block_lanes(count);
+  for (int flavour = 0; flavour < kFlavours; ++flavour) {
+#pragma omp simd
+    for (std::size_t a = slot(0, flavour); a < slot(lanes, flavour); ++a) {
+      const std::size_t b = a + kAntineutrinos;
+      const double vx = m.Z[b] * m.direction_x[b] - m.Z[a] * m.direction_x[a];
+      const double vy = m.Z[b] * m.direction_y[b] - m.Z[a] * m.direction_y[a];
+      const double vz = m.Z[b] * m.direction_z[b] - m.Z[a] * m.direction_z[a];
+      const double spread = clamped_exp(-std::sqrt(vx * vx + vy * vy + vz * vz));  // |v| <= 600: no clamping
+      const bool clamped = (m.Z[a] > 300.0) | (m.Z[b] > 300.0);
+      const bool positive = m.across[a] * spread > (1.0 + kScreenMargin) * m.across[b];
+      const bool negative = m.across[b] * spread > (1.0 + kScreenMargin) * m.across[a];
+      const bool same = (m.density[a] == m.density[b]) & (m.flux_x[a] == m.flux_x[b]) & (m.flux_y[a] == m.flux_y[b]) &
+                        (m.flux_z[a] == m.flux_z[b]);
+      const int sign = clamped ? kUndecided : (positive ? 1 : (negative ? -1 : kUndecided));
+      m.eln_sign[a] = same ? 0 : sign;
+    }
+  }
+}
+
+// Pair bounds (see above): true when G_p keeps one strict sign over the sphere.
+bool pair_bounded(int i, int j, const BlockMoments& m, std::size_t c) {
+  const int species[4] = {i, i + kFlavours, j, j + kFlavours};
+  const double sign[4] = {1.0, -1.0, -1.0, 1.0};
+  bool live[4] = {true, true, true, true};
+  // Cancel the opposite-signed terms of equal moments: (nu_i, nubar_i), (nu_j, nubar_j),
+  // (nu_i, nu_j), (nubar_i, nubar_j).
+  const int opposite[4][2] = {{0, 1}, {2, 3}, {0, 2}, {1, 3}};
+  for (const auto& pair : opposite)
+    if (live[pair[0]] && live[pair[1]] && same_species(m, c, species[pair[0]], species[pair[1]]))
+      live[pair[0]] = live[pair[1]] = false;
+  double lowest = 0.0, highest = 0.0, magnitude = 0.0;
+  for (int k = 0; k < 4; ++k) {
+    const std::size_t index = slot(c, species[k]);
+    magnitude += m.peak[index];  // the scale of the computed difference's rounding
+    if (!live[k]) continue;
+    if (m.Z[index] > 300.0) return false;
+    lowest += sign[k] > 0 ? m.floor[index] : -m.peak[index];
+    highest += sign[k] > 0 ? m.peak[index] : -m.floor[index];
+  }
+  const double margin = kScreenMargin * magnitude;
+  return lowest > margin || highest < -margin;
+}
+
+bool stable_by_moments(const BlockMoments& m, std::size_t c) {
   int sign[kFlavours];
-  for (int f = 0; f < kFlavours; ++f) sign[f] = eln_sign(F, f, density, Z, amplitude, direction);
+  for (int f = 0; f < kFlavours; ++f) sign[f] = m.eln_sign[f * kBlockCells + c];
   for (int p = 0; p < kPairs; ++p) {
     const int i = kPairFirst[p], j = kPairSecond[p];
-    const bool same_moments = std::equal(F + i * kComponents, F + (i + 1) * kComponents, F + j * kComponents) &&
-                              std::equal(F + (i + 3) * kComponents, F + (i + 4) * kComponents, F + (j + 3) * kComponents);
-    if (same_moments) continue;
-    if (sign[i] == kUndecided || sign[j] == kUndecided || sign[i] * sign[j] > 0) return false;
+    const bool signs_decide = (sign[i] != kUndecided) & (sign[j] != kUndecided) & (sign[i] * sign[j] <= 0);
+    if (signs_decide) continue;
+    if (same_species(m, c, i, j) && same_species(m, c, i + kFlavours, j + kFlavours)) continue;  // G = 0
+    if (!pair_bounded(i, j, m, c)) return false;
   }
   return true;
 }
@@ -168,42 +290,23 @@ Box3D::Box3D(const Box3DSettings& settings)
 
 namespace {
 
+// Steps 2-6 of one cell (F: normalised rest frame) whose step 1 is m's cell c: the angular
+// distributions, the pairs' crossing integrals, the mixing and the limiter. dF and the growth
+// are zero on entry.
 DODO_MULTIVERSION
-std::uint32_t pairwise_box3d_change(const Box3DSettings& settings, const PairedRule& rule, const double* F,
-                                    double* dF, double* growth_over_ntot) {
-  std::fill(dF, dF + kCellValues, 0.0);
-  *growth_over_ntot = 0.0;
-
-  // Step 1: flux factors; flag those the quadrature cannot represent; then Z for all six
-  // species at once (a fixed-count, branch-free solve that vectorises).
-  double density[kSpecies], flux_factor[kSpecies], Z[kSpecies], direction[kSpecies][3];
+std::uint32_t angular_change(const PairedRule& rule, const double* F, const BlockMoments& m, std::size_t c,
+                             double* dF, double* growth_over_ntot) {
+  double density[kSpecies], Z[kSpecies], amplitude[kSpecies], direction_x[kSpecies], direction_y[kSpecies],
+      direction_z[kSpecies];
   for (int a = 0; a < kSpecies; ++a) {
-    const double* species = F + a * kComponents;
-    density[a] = species[0];
-    const double flux = std::sqrt(species[1] * species[1] + species[2] * species[2] + species[3] * species[3]);
-    if (density[a] <= 0.0) {
-      if (flux > 0.0) return kCell_FLUX_FACTOR;  // flux without density: not a distribution
-      flux_factor[a] = 0.0;
-    } else {
-      flux_factor[a] = flux / density[a];
-      if (!(flux_factor[a] < settings.max_flux_factor)) return kCell_FLUX_FACTOR;
-    }
-    for (int i = 0; i < 3; ++i) direction[a][i] = flux > 0.0 ? species[1 + i] / flux : 0.0;
+    const std::size_t i = slot(c, a);
+    density[a] = m.density[i];
+    Z[a] = m.Z[i];
+    amplitude[a] = m.amplitude[i];
+    direction_x[a] = m.direction_x[i];
+    direction_y[a] = m.direction_y[i];
+    direction_z[a] = m.direction_z[i];
   }
-  if (settings.z_method == ZMethod::kJedynak) {
-    for (int a = 0; a < kSpecies; ++a) Z[a] = jedynak_inverse_langevin(flux_factor[a]);
-  } else {
-#pragma omp simd
-    for (int a = 0; a < kSpecies; ++a) Z[a] = halley_inverse_langevin(flux_factor[a]);
-  }
-  double amplitude[kSpecies];
-#pragma omp simd
-  for (int a = 0; a < kSpecies; ++a) amplitude[a] = maxent_amplitude(Z[a]);
-
-  // Most cells of a real grid are stable: decide those from the moments when possible, with the
-  // same answer (status NO_CROSSING, growth 0, no change) as the full computation below.
-  if (stable_by_moments(F, density, Z, amplitude, direction)) return kCell_NO_CROSSING;
-
   const std::size_t points = rule.size();
   AngularScratch& scratch = thread_scratch();
   scratch.reserve(points);
@@ -214,7 +317,8 @@ std::uint32_t pairwise_box3d_change(const Box3DSettings& settings, const PairedR
     for (int b = 0; b < a && !g[a]; ++b)
       if (std::equal(F + a * kComponents, F + (a + 1) * kComponents, F + b * kComponents)) g[a] = g[b];
     if (g[a]) continue;
-    reconstruct_species(rule, density[a], Z[a], amplitude[a], direction[a], scratch.species(a, points));
+    reconstruct_species(rule, density[a], Z[a], amplitude[a], direction_x[a], direction_y[a], direction_z[a],
+                        scratch.species(a, points));
     g[a] = scratch.species(a, points);
   }
   const double* weight = rule.weight.data();
@@ -265,47 +369,67 @@ std::uint32_t pairwise_box3d_change(const Box3DSettings& settings, const PairedR
   *growth_over_ntot = growth;
   if (crossing_pairs == 0) return kCell_NO_CROSSING;
 
-  // Steps 4-5: M_ij = (1 - P_ij)/k; (M - I) g moves number along each pair, so the change is
-  // accumulated as pair flows T_p = int M_ij (g_j - g_i)(1, n_hat): species i gains T_p and j
-  // loses it. Flavour sums vanish by construction, lepton number because M acts on nu and nubar.
-  const double* x = rule.x.data();
-  const double* y = rule.y.data();
-  const double* z = rule.z.data();
+  // Steps 4-5: M_ij = (1 - P_ij)/k; (M - I) g moves number along each pair: with the pair flow
+  // t_p = M_ij (g_j - g_i), species i gains t_p and j loses it. One pass takes the three pairs
+  // (a pair without crossing has M = 0) and integrates the changes of the first two flavours,
+  // A_0 = t_01 + t_02 and A_1 = t_12 - t_01, times (1, n_hat); the third flavour's change is
+  // -(A_0 + A_1), so flavour sums vanish by construction, lepton number because M acts on nu
+  // and nubar alike.
+  static_assert(kSpecies == 6 && kFlavours == 3, "the mixing pass names three flavours");
+  double positive_mixing[kPairs] = {}, negative_mixing[kPairs] = {}, tie_mixing[kPairs] = {};
   const double inverse_k = 1.0 / crossing_pairs;
   for (int p = 0; p < kPairs; ++p) {
     if (!mixing[p].crosses) continue;
-    const int i = kPairFirst[p], j = kPairSecond[p];
-    const double *gi = g[i], *gj = g[j], *gbi = g[i + 3], *gbj = g[j + 3];
-    const double* G_pair = scratch.pair(p, points);
     const double large_survival = mixing[p].large_side_survival;
-    const double tie_mixing = (1.0 - 0.5 * (kOneThird + large_survival)) * inverse_k;
     const double small_mixing = (1.0 - kOneThird) * inverse_k;
     const double large_mixing = (1.0 - large_survival) * inverse_k;
-    const double positive_mixing = mixing[p].positive_side_smaller ? small_mixing : large_mixing;
-    const double negative_mixing = mixing[p].positive_side_smaller ? large_mixing : small_mixing;
-    double n_nu = 0, fx_nu = 0, fy_nu = 0, fz_nu = 0, n_nubar = 0, fx_nubar = 0, fy_nubar = 0, fz_nubar = 0;
-#pragma omp simd reduction(+ : n_nu, fx_nu, fy_nu, fz_nu, n_nubar, fx_nubar, fy_nubar, fz_nubar)
-    for (std::size_t q = 0; q < points; ++q) {
-      const double G = G_pair[q];
-      const double m = G > 0.0 ? positive_mixing : (G < 0.0 ? negative_mixing : tie_mixing);
-      const double neutrino = weight[q] * m * (gj[q] - gi[q]);
-      const double antineutrino = weight[q] * m * (gbj[q] - gbi[q]);
-      n_nu += neutrino;
-      fx_nu += neutrino * x[q];
-      fy_nu += neutrino * y[q];
-      fz_nu += neutrino * z[q];
-      n_nubar += antineutrino;
-      fx_nubar += antineutrino * x[q];
-      fy_nubar += antineutrino * y[q];
-      fz_nubar += antineutrino * z[q];
-    }
-    const double flow[2][4] = {{n_nu, fx_nu, fy_nu, fz_nu}, {n_nubar, fx_nubar, fy_nubar, fz_nubar}};
-    for (int s = 0; s < 2; ++s)
-      for (int m = 0; m < kComponents; ++m) {
-        dF[value_index(species_index(s, i), m)] += flow[s][m];
-        dF[value_index(species_index(s, j), m)] -= flow[s][m];
-      }
+    tie_mixing[p] = (1.0 - 0.5 * (kOneThird + large_survival)) * inverse_k;
+    positive_mixing[p] = mixing[p].positive_side_smaller ? small_mixing : large_mixing;
+    negative_mixing[p] = mixing[p].positive_side_smaller ? large_mixing : small_mixing;
   }
+  const double* x = rule.x.data();
+  const double* y = rule.y.data();
+  const double* z = rule.z.data();
+  const double *g0 = g[0], *g1 = g[1], *g2 = g[2], *gb0 = g[3], *gb1 = g[4], *gb2 = g[5];
+  const double p01 = positive_mixing[0], p02 = positive_mixing[1], p12 = positive_mixing[2];
+  const double n01 = negative_mixing[0], n02 = negative_mixing[1], n12 = negative_mixing[2];
+  const double e01 = tie_mixing[0], e02 = tie_mixing[1], e12 = tie_mixing[2];
+  double n0 = 0, x0 = 0, y0 = 0, z0 = 0, n1 = 0, x1 = 0, y1 = 0, z1 = 0;          // nu_e, nu_mu
+  double nb0 = 0, xb0 = 0, yb0 = 0, zb0 = 0, nb1 = 0, xb1 = 0, yb1 = 0, zb1 = 0;  // nubar_e, nubar_mu
+#pragma omp simd reduction(+ : n0, x0, y0, z0, n1, x1, y1, z1, nb0, xb0, yb0, zb0, nb1, xb1, yb1, zb1)
+  for (std::size_t q = 0; q < points; ++q) {
+    const double w = weight[q];
+    const double c01 = w * (G01[q] > 0.0 ? p01 : (G01[q] < 0.0 ? n01 : e01));
+    const double c02 = w * (G02[q] > 0.0 ? p02 : (G02[q] < 0.0 ? n02 : e02));
+    const double c12 = w * (G12[q] > 0.0 ? p12 : (G12[q] < 0.0 ? n12 : e12));
+    const double t01 = c01 * (g1[q] - g0[q]), t02 = c02 * (g2[q] - g0[q]), t12 = c12 * (g2[q] - g1[q]);
+    const double tb01 = c01 * (gb1[q] - gb0[q]), tb02 = c02 * (gb2[q] - gb0[q]), tb12 = c12 * (gb2[q] - gb1[q]);
+    const double a0 = t01 + t02, a1 = t12 - t01, b0 = tb01 + tb02, b1 = tb12 - tb01;
+    n0 += a0;
+    x0 += a0 * x[q];
+    y0 += a0 * y[q];
+    z0 += a0 * z[q];
+    n1 += a1;
+    x1 += a1 * x[q];
+    y1 += a1 * y[q];
+    z1 += a1 * z[q];
+    nb0 += b0;
+    xb0 += b0 * x[q];
+    yb0 += b0 * y[q];
+    zb0 += b0 * z[q];
+    nb1 += b1;
+    xb1 += b1 * x[q];
+    yb1 += b1 * y[q];
+    zb1 += b1 * z[q];
+  }
+  const double change[2][2][kComponents] = {{{n0, x0, y0, z0}, {n1, x1, y1, z1}},
+                                            {{nb0, xb0, yb0, zb0}, {nb1, xb1, yb1, zb1}}};
+  for (int s = 0; s < 2; ++s)
+    for (int m = 0; m < kComponents; ++m) {
+      dF[value_index(species_index(s, 0), m)] = change[s][0][m];
+      dF[value_index(species_index(s, 1), m)] = change[s][1][m];
+      dF[value_index(species_index(s, 2), m)] = -(change[s][0][m] + change[s][1][m]);
+    }
 
   // Reconstruction error can push a nearly beamed species out of the realizable cone
   // (physics.md section 3): scale the whole change back, which keeps conservation exact.
@@ -320,38 +444,16 @@ std::uint32_t pairwise_box3d_change(const Box3DSettings& settings, const PairedR
 
 }  // namespace
 
-std::uint32_t Box3D::rest_frame_change(const double* F, double* dF, double* growth_over_ntot) const {
-  return pairwise_box3d_change(settings_, paired_rule_, F, dF, growth_over_ntot);
-}
+namespace {
 
-void Box3D::apply_cell(const double* F_init, const double* u, Box3DCell& out) const {
-  RestFrameCell cell;
-  rest_frame_cell(F_init, u, cell);
-  out.status = cell.status;
-  out.ntot = cell.ntot;
-  out.growth_over_ntot = cell.growth_over_ntot;
-  if (!(cell.status & kCellRejectedMask)) {
-    if (cell.status & kCell_NO_CROSSING) {
-      std::copy(F_init, F_init + kCellValues, out.F_box.begin());  // stable: the input itself
-      return;
-    }
-    if (finalise_cell(F_init, cell.boost, cell.ntot, cell.dF, out.F_box.data())) return;
-    out.status = kCell_NONFINITE;  // densities near DBL_MAX: the result is not representable
-  }
-  // The one place where rejected cells get their output (Python, C, C++ and Fortran alike):
-  // never NaN and never outside the realizable cone, even for a negative density or |F| > n.
-  realizable_fallback(F_init, out.F_box.data());
-}
-
-void Box3D::rest_frame_cell(const double* F_init, const double* u, RestFrameCell& out) const {
+// Checks one cell (lab frame F_init, u or nullptr), boosts it to the rest frame and normalises it
+// (out.F, out.ntot, out.boost); out.status says why not. Zeroes out.dF and the growth.
+inline void prepare_cell(const double* F_init, const double* u, RestFrameCell& out) {
   out.growth_over_ntot = 0.0;
   out.ntot = 0.0;
   out.status = kCellOk;
-  bool finite = true;
-  for (int v = 0; v < kCellValues; ++v) finite = finite && std::isfinite(F_init[v]);
-  if (u)
-    for (int m = 0; m < 4; ++m) finite = finite && std::isfinite(u[m]);
-  if (!finite) {
+  std::fill(out.dF, out.dF + kCellValues, 0.0);
+  if (!all_values_finite(F_init, kCellValues) || (u && !all_values_finite(u, 4))) {
     out.status = kCell_NONFINITE;  // no finite answer is meaningful
     return;
   }
@@ -362,11 +464,10 @@ void Box3D::rest_frame_cell(const double* F_init, const double* u, RestFrameCell
   out.boost = LorentzBoost(u);
   double* rest = out.F;
   out.boost.cell_to_rest(F_init, rest);
-  for (int v = 0; v < kCellValues; ++v)
-    if (!std::isfinite(rest[v])) {  // finite input, but the boost overflowed (huge densities times W)
-      out.status = kCell_NONFINITE;
-      return;
-    }
+  if (!all_values_finite(rest, kCellValues)) {  // finite input, but the boost overflowed (huge densities times W)
+    out.status = kCell_NONFINITE;
+    return;
+  }
   double total = 0.0;
   for (int a = 0; a < kSpecies; ++a) {
     if (rest[a * kComponents] < 0.0) out.status |= kCell_NEGATIVE_DENSITY;
@@ -386,36 +487,132 @@ void Box3D::rest_frame_cell(const double* F_init, const double* u, RestFrameCell
   out.ntot = total;
   const double inverse_total = 1.0 / total;
   for (int v = 0; v < kCellValues; ++v) rest[v] *= inverse_total;
-  out.status = rest_frame_change(rest, out.dF, &out.growth_over_ntot);
+}
+
+// prepare_cell for `count` cells (F_init count x 24, u count x 4 or nullptr).
+DODO_MULTIVERSION
+void prepare_block(std::size_t count, const double* F_init, const double* u, RestFrameCell* out) {
+  for (std::size_t c = 0; c < count; ++c) prepare_cell(F_init + c * kCellValues, u ? u + c * 4 : nullptr, out[c]);
+}
+
+}  // namespace
+
+void Box3D::classify_block(std::size_t count, RestFrameCell* cells) const {
+  BlockMoments moments;
+  block_moments(settings_, count, cells, moments);
+  if (settings_.screen_stable_cells) block_eln_signs(count, moments);
+  for (std::size_t c = 0; c < count; ++c) {
+    RestFrameCell& cell = cells[c];
+    if (cell.status != kCellOk) continue;
+    // Most cells of a real grid are stable: the screen decides most of them from the moments,
+    // with the answer the full computation gives (NO_CROSSING, growth 0, no change).
+    if (settings_.screen_stable_cells && stable_by_moments(moments, c)) {
+      cell.status = kCell_NO_CROSSING;
+      continue;
+    }
+    cell.status = angular_change(paired_rule_, cell.F, moments, c, cell.dF, &cell.growth_over_ntot);
+  }
+}
+
+void Box3D::rest_frame_cells(std::size_t n, const double* F_init, const double* u, RestFrameCell* out) const {
+  for (std::size_t begin = 0; begin < n; begin += kBlockCells) {
+    const std::size_t count = std::min(kBlockCells, n - begin);
+    prepare_block(count, F_init + begin * kCellValues, u ? u + begin * 4 : nullptr, out + begin);
+    classify_block(count, out + begin);
+  }
+}
+
+void Box3D::rest_frame_cell(const double* F_init, const double* u, RestFrameCell& out) const {
+  rest_frame_cells(1, F_init, u, &out);
+}
+
+std::uint32_t Box3D::rest_frame_change(const double* F, double* dF, double* growth_over_ntot) const {
+  RestFrameCell cell;
+  cell.status = kCellOk;
+  std::copy(F, F + kCellValues, cell.F);
+  std::fill(cell.dF, cell.dF + kCellValues, 0.0);
+  cell.growth_over_ntot = 0.0;
+  classify_block(1, &cell);
+  std::copy(cell.dF, cell.dF + kCellValues, dF);
+  *growth_over_ntot = cell.growth_over_ntot;
+  if (cell.status & kCellRejectedMask) std::fill(dF, dF + kCellValues, 0.0);
+  return cell.status;
+}
+
+namespace {
+
+// A cell's result from its rest-frame pieces (F_init: lab frame, as given to rest_frame_cell).
+void cell_result(const double* F_init, const RestFrameCell& cell, Box3DCell& out) {
+  out.status = cell.status;
+  out.ntot = cell.ntot;
+  out.growth_over_ntot = cell.growth_over_ntot;
+  if (!(cell.status & kCellRejectedMask)) {
+    if (cell.status & kCell_NO_CROSSING) {
+      std::copy(F_init, F_init + kCellValues, out.F_box.begin());  // stable: the input itself
+      return;
+    }
+    if (finalise_cell(F_init, cell.boost, cell.ntot, cell.dF, out.F_box.data())) return;
+    out.status = kCell_NONFINITE;  // densities near DBL_MAX: the result is not representable
+  }
+  // The one place where rejected cells get their output (Python, C, C++ and Fortran alike):
+  // never NaN and never outside the realizable cone, even for a negative density or |F| > n.
+  realizable_fallback(F_init, out.F_box.data());
+}
+
+}  // namespace
+
+void Box3D::apply_cell(const double* F_init, const double* u, Box3DCell& out) const {
+  RestFrameCell cell;
+  rest_frame_cell(F_init, u, cell);
+  cell_result(F_init, cell, out);
 }
 
 void Box3D::apply(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, CellArray F_box,
                   double* growth_over_ntot, double* ntot, std::uint32_t* status, int threads) const {
+  // The common layout (species then components, contiguous) is copied without index arithmetic.
+  const bool contiguous_input = F_init.species_stride == kComponents && F_init.component_stride == 1;
+  const bool contiguous_output = F_box.species_stride == kComponents && F_box.component_stride == 1;
   auto run_range = [&](std::size_t begin, std::size_t end) {
-    double cell[kCellValues];
-    double velocity[4];
+    // Blocks of cells gathered from the caller's strides, so that step 1 runs across cells.
+    double cells[kBlockCells * kCellValues];
+    double velocities[kBlockCells * 4];
+    RestFrameCell rest[kBlockCells];
     Box3DCell result;
-    for (std::size_t c = begin; c < end; ++c) {
-      const double* source = F_init.data + static_cast<std::ptrdiff_t>(c) * F_init.cell_stride;
-      for (int a = 0; a < kSpecies; ++a)
-        for (int m = 0; m < kComponents; ++m)
-          cell[value_index(a, m)] = source[a * F_init.species_stride + m * F_init.component_stride];
-      const double* cell_velocity = nullptr;
-      if (u.data) {
-        const double* source_u = u.data + static_cast<std::ptrdiff_t>(c) * u.cell_stride;
-        for (int m = 0; m < 4; ++m) velocity[m] = source_u[m * u.component_stride];
-        cell_velocity = velocity;
+    for (std::size_t block = begin; block < end; block += kBlockCells) {
+      const std::size_t count = std::min(kBlockCells, end - block);
+      for (std::size_t i = 0; i < count; ++i) {
+        const std::size_t c = block + i;
+        const double* source = F_init.data + static_cast<std::ptrdiff_t>(c) * F_init.cell_stride;
+        if (contiguous_input) {
+          std::copy(source, source + kCellValues, cells + i * kCellValues);
+        } else {
+          for (int a = 0; a < kSpecies; ++a)
+            for (int m = 0; m < kComponents; ++m)
+              cells[i * kCellValues + value_index(a, m)] = source[a * F_init.species_stride + m * F_init.component_stride];
+        }
+        if (u.data) {
+          const double* source_u = u.data + static_cast<std::ptrdiff_t>(c) * u.cell_stride;
+          for (int m = 0; m < 4; ++m) velocities[i * 4 + m] = source_u[m * u.component_stride];
+        }
       }
-      apply_cell(cell, cell_velocity, result);
-      if (F_box.data) {
-        double* target = F_box.data + static_cast<std::ptrdiff_t>(c) * F_box.cell_stride;
-        for (int a = 0; a < kSpecies; ++a)
-          for (int m = 0; m < kComponents; ++m)
-            target[a * F_box.species_stride + m * F_box.component_stride] = result.F_box[value_index(a, m)];
+      rest_frame_cells(count, cells, u.data ? velocities : nullptr, rest);
+      for (std::size_t i = 0; i < count; ++i) {
+        const std::size_t c = block + i;
+        cell_result(cells + i * kCellValues, rest[i], result);
+        if (F_box.data) {
+          double* target = F_box.data + static_cast<std::ptrdiff_t>(c) * F_box.cell_stride;
+          if (contiguous_output) {
+            std::copy(result.F_box.begin(), result.F_box.end(), target);
+          } else {
+            for (int a = 0; a < kSpecies; ++a)
+              for (int m = 0; m < kComponents; ++m)
+                target[a * F_box.species_stride + m * F_box.component_stride] = result.F_box[value_index(a, m)];
+          }
+        }
+        if (growth_over_ntot) growth_over_ntot[c] = result.growth_over_ntot;
+        if (ntot) ntot[c] = result.ntot;
+        if (status) status[c] = result.status;
       }
-      if (growth_over_ntot) growth_over_ntot[c] = result.growth_over_ntot;
-      if (ntot) ntot[c] = result.ntot;
-      if (status) status[c] = result.status;
     }
   };
 

@@ -4,7 +4,8 @@
 // exact_power_of_two for exp(+-s) of antipodal directions from one range reduction (box3d.cpp).
 //
 // exp(x) = 2^k exp(r), k = round(x / ln 2), r = x - k ln 2 split in two parts (Cody & Waite),
-// |r| <= ln2/2; exp(r) by its Taylor series to degree 13 (truncation < 4e-18 relative).
+// |r| <= ln2/2; exp(r) by its Taylor series to degree 13 (truncation < 4e-18 relative), or for
+// the antipodal pairs by a near-minimax polynomial of degree 11 (exp_even_odd).
 // Relative error about 2 ulp for -700 <= x <= 0. Arguments below -700 are clamped there
 // (result 1e-304 instead of smaller: negligible against the distribution's scale, and it keeps
 // the loop free of branches and of denormals).
@@ -45,23 +46,24 @@ inline double exact_power_of_two(double e) {
   return power;
 }
 
-// e^r = even + odd and e^{-r} = even - odd for |r| <= ln2/2 (Taylor series to degree 13 split
-// into its even and odd parts: one evaluation serves both signs).
+// e^r = even + odd and e^{-r} = even - odd for |r| <= ln2/2: a degree-11 polynomial split into
+// its even and odd parts (one evaluation serves both signs). Its coefficients interpolate e^r at
+// the 12 Chebyshev nodes of [-ln2/2, ln2/2] (near-minimax, computed in 40-digit arithmetic and
+// rounded): relative error 1.7e-17 with these doubles, below the rounding of the evaluation;
+// two multiply-adds fewer than the degree-13 Taylor series it replaces.
 inline void exp_even_odd(double r, double& even, double& odd) {
   const double r2 = r * r;
-  double e = 1.0 / 479001600.0;  // 1/12!
-  e = e * r2 + 1.0 / 3628800.0;
-  e = e * r2 + 1.0 / 40320.0;
-  e = e * r2 + 1.0 / 720.0;
-  e = e * r2 + 1.0 / 24.0;
-  e = e * r2 + 0.5;
+  double e = 2.7632639639041029749e-7;
+  e = e * r2 + 2.4801485482328492419e-5;
+  e = e * r2 + 1.3888888952314774652e-3;
+  e = e * r2 + 4.1666666666488095495e-2;
+  e = e * r2 + 0.50000000000000183855;
   e = e * r2 + 1.0;
-  double o = 1.0 / 6227020800.0;  // 1/13!
-  o = o * r2 + 1.0 / 39916800.0;
-  o = o * r2 + 1.0 / 362880.0;
-  o = o * r2 + 1.0 / 5040.0;
-  o = o * r2 + 1.0 / 120.0;
-  o = o * r2 + 1.0 / 6.0;
+  double o = 2.5110037605963777712e-8;
+  o = o * r2 + 2.7557240918578969823e-6;
+  o = o * r2 + 1.9841269890047113707e-4;
+  o = o * r2 + 8.3333333333196006109e-3;
+  o = o * r2 + 0.16666666666666680806;
   o = o * r2 + 1.0;
   even = e;
   odd = o * r;

@@ -19,12 +19,13 @@ namespace dodo::runtime {
 // chunk_size cells.
 struct Closure::Workspace {
   explicit Workspace(std::size_t chunk_size, const OnnxModel* model)
-      : F_init(chunk_size * kCellValues), cells(chunk_size), network_row(chunk_size) {
+      : F_init(chunk_size * kCellValues), u(chunk_size * 4), cells(chunk_size), network_row(chunk_size) {
     if (model)
       network = std::make_unique<EvaluationBuffers>(model->api(), chunk_size, model->input_size(),
                                                     model->output_size(), model->optional_outputs());
   }
   std::vector<double> F_init;
+  std::vector<double> u;
   std::vector<RestFrameCell> cells;
   std::vector<std::uint32_t> network_row;  // row of the cell in the network's input (cells that need it)
   std::unique_ptr<EvaluationBuffers> network;
@@ -215,24 +216,31 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
   ClosureCounters events;
   std::size_t network_rows = 0;  // cells that need the network, packed at the front of its input
 
-  // 1. Gather, Box3D in the rest frame, invariants of the cells that need the network: not
-  //    rejected and not stable (a NO_CROSSING cell is returned unchanged, network skipped).
+  // 1. Gather; Box3D in the rest frame (all cells of the chunk in one call, so that its moments
+  //    step runs across cells); invariants of the cells that need the network: not rejected and
+  //    not stable (a NO_CROSSING cell is returned unchanged, network skipped).
+  // The common layout (species then components, contiguous) is copied without index arithmetic.
+  const bool contiguous_input = batch.F_init.species_stride == kComponents && batch.F_init.component_stride == 1;
+  const bool contiguous_output = batch.F_pred.species_stride == kComponents && batch.F_pred.component_stride == 1;
   for (std::size_t i = 0; i < count; ++i) {
     const std::size_t cell = begin + i;
     double* F = &w.F_init[i * kCellValues];
     const double* source = batch.F_init.data + static_cast<std::ptrdiff_t>(cell) * batch.F_init.cell_stride;
-    for (int a = 0; a < kSpecies; ++a)
-      for (int m = 0; m < kComponents; ++m)
-        F[value_index(a, m)] = source[a * batch.F_init.species_stride + m * batch.F_init.component_stride];
-    const double* velocity = nullptr;
-    double u[4];
+    if (contiguous_input) {
+      std::copy(source, source + kCellValues, F);
+    } else {
+      for (int a = 0; a < kSpecies; ++a)
+        for (int m = 0; m < kComponents; ++m)
+          F[value_index(a, m)] = source[a * batch.F_init.species_stride + m * batch.F_init.component_stride];
+    }
     if (batch.u.data) {
       const double* source_u = batch.u.data + static_cast<std::ptrdiff_t>(cell) * batch.u.cell_stride;
-      for (int m = 0; m < 4; ++m) u[m] = source_u[m * batch.u.component_stride];
-      velocity = u;
+      for (int m = 0; m < 4; ++m) w.u[i * 4 + m] = source_u[m * batch.u.component_stride];
     }
+  }
+  box3d_->rest_frame_cells(count, w.F_init.data(), batch.u.data ? w.u.data() : nullptr, w.cells.data());
+  for (std::size_t i = 0; i < count; ++i) {
     RestFrameCell& rest = w.cells[i];
-    box3d_->rest_frame_cell(F, velocity, rest);
     if (!model_ || (rest.status & (kCellRejectedMask | kCell_NO_CROSSING))) continue;
     w.network_row[i] = static_cast<std::uint32_t>(network_rows);
     double invariants27[kInvariants];
@@ -291,9 +299,13 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
       realizable_fallback(F, F_out);
     }
     double* target = batch.F_pred.data + static_cast<std::ptrdiff_t>(cell) * batch.F_pred.cell_stride;
-    for (int a = 0; a < kSpecies; ++a)
-      for (int m = 0; m < kComponents; ++m)
-        target[a * batch.F_pred.species_stride + m * batch.F_pred.component_stride] = F_out[value_index(a, m)];
+    if (contiguous_output) {
+      std::copy(F_out, F_out + kCellValues, target);
+    } else {
+      for (int a = 0; a < kSpecies; ++a)
+        for (int m = 0; m < kComponents; ++m)
+          target[a * batch.F_pred.species_stride + m * batch.F_pred.component_stride] = F_out[value_index(a, m)];
+    }
     if (batch.status) batch.status[cell] = flags;
     // Stable cells: growth 0 (no instability) and no correction; rejected cells: growth 0 and
     // N_tot 0; network-nonfinite cells: Box3D's proxy and no uncertainty.

@@ -1,0 +1,81 @@
+"""The stability screen (Box3D step 1, issue 13) decides stable cells from their moments alone; it
+may only skip work: with it and without it (every cell through the direction loops) statuses,
+outputs and growth rates are identical bit for bit, on random, M1-like and borderline cells."""
+import numpy as np
+import pytest
+
+import dodo
+from conftest import random_states, random_velocities
+
+NO_CROSSING = int(dodo.CellStatus.NO_CROSSING)
+
+
+def m1_like(rng, n, *, nubar_scale=(0.2, 0.7)):
+    """Heavy species equal (ELN_mu = ELN_tau = 0); fewer nubar_e than nu_e."""
+    F = random_states(rng, n, max_flux_factor=0.6)
+    F[:, 2] = F[:, 4] = F[:, 5] = F[:, 1]
+    F[:, 3] *= rng.uniform(*nubar_scale, (n, 1))
+    return F
+
+
+def borderline(rng, n):
+    """nubar_e close to nu_e in density, flux factor and direction: crossing or not, narrowly."""
+    F = m1_like(rng, n, nubar_scale=(1.0, 1.0))
+    turned = F[:, 0, 1:] + rng.normal(scale=0.03, size=(n, 3)) * F[:, 0, :1]
+    flux = np.linalg.norm(F[:, 0, 1:], axis=-1) * rng.uniform(0.9, 1.1, n)
+    F[:, 3, 1:] = turned / np.linalg.norm(turned, axis=-1, keepdims=True) * flux[:, None]
+    F[:, 3] *= rng.uniform(0.8, 1.0, (n, 1))
+    F[:, 3, 1:] *= np.minimum(1.0, 0.95 * F[:, 3, :1] / np.linalg.norm(F[:, 3, 1:], axis=-1, keepdims=True))
+    return F
+
+
+def weak_heavy_eln(rng, n):
+    """Four different heavy species with small ELNs beside a large nu_e excess: the pairs' bounds,
+    not the flavours' signs, decide many of these."""
+    F = m1_like(rng, n)
+    F[:, 4] = F[:, 1] * rng.uniform(0.97, 1.03, (n, 1))
+    F[:, 5] = F[:, 2] = F[:, 1] * rng.uniform(0.97, 1.03, (n, 1))
+    F[:, 5] *= rng.uniform(0.97, 1.03, (n, 1))
+    F[:, 0] *= 3.0
+    return F
+
+
+def isotropic_excess(rng, n):
+    """Nearly isotropic species (small flux factors): the bounds are tight, the decisions close."""
+    F = random_states(rng, n, max_flux_factor=0.05)
+    F[:, 0, 0] = F[:, 3, 0] * rng.uniform(0.99, 1.01, n)
+    return F
+
+
+KINDS = {"random": lambda rng, n: random_states(rng, n), "mu=tau": lambda rng, n: random_states(rng, n, mu_equals_tau=True),
+         "m1_like": m1_like, "borderline": borderline, "weak_heavy_eln": weak_heavy_eln,
+         "isotropic_excess": isotropic_excess}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("moving", [False, True], ids=["rest", "moving"])
+def test_screen_changes_nothing_bit_for_bit(kind, moving):
+    rng = np.random.default_rng([list(KINDS).index(kind), moving])
+    n = 4000
+    F = KINDS[kind](rng, n)
+    u = random_velocities(rng, n) if moving else None
+    if moving:
+        F = dodo.boost_from_rest(F, u[:, None, :])
+    screened = dodo._core.Box3D(17, "exact", 0.98).apply(F, u, 1)
+    full = dodo._core.Box3D(17, "exact", 0.98, screen_stable_cells=False).apply(F, u, 1)
+    for name, a, b in zip(("F_box", "growth_over_ntot", "ntot", "status"), screened, full):
+        assert np.array_equal(a, b), f"{name} differs in {np.sum(np.any((a != b).reshape(n, -1), axis=1))} cells"
+    stable = screened[3] == NO_CROSSING
+    if kind not in ("random", "mu=tau"):
+        assert 0.05 < stable.mean() < 0.95  # both answers
+
+
+@pytest.mark.parametrize("z_method", ["exact", "jedynak"])
+def test_screen_changes_nothing_at_other_orders_and_z_methods(z_method):
+    rng = np.random.default_rng(7)
+    F = np.concatenate([m1_like(rng, 500), borderline(rng, 500), weak_heavy_eln(rng, 500)])
+    for order in (17, 41):
+        screened = dodo._core.Box3D(order, z_method, 0.98).apply(F, None, 1)
+        full = dodo._core.Box3D(order, z_method, 0.98, screen_stable_cells=False).apply(F, None, 1)
+        for a, b in zip(screened, full):
+            assert np.array_equal(a, b), (order, z_method)
