@@ -53,8 +53,11 @@ run_target() {  # name, executions[, label: corpus/log name, default the target'
   local name="$1" n="$2" label="${3:-$1}" t0
   t0=$(date +%s)
   mkdir -p "$smoke/corpus/$label"
+  # fuzz/regressions/NAME: inputs that once crashed, replayed first by every run.
+  local regressions=()
+  [ -d "fuzz/regressions/$name" ] && regressions=("fuzz/regressions/$name")
   "$build/fuzz/fuzz_$name" -runs="$n" -seed=1 -max_len=32768 -print_final_stats=1 -artifact_prefix="$smoke/artifacts/$label-" \
-    "$smoke/corpus/$label" "$build/seeds/$name" > "$smoke/$label.log" 2>&1 || {
+    "$smoke/corpus/$label" "$build/seeds/$name" "${regressions[@]}" > "$smoke/$label.log" 2>&1 || {
     tail -n 60 "$smoke/$label.log"
     echo "fuzz_$label FAILED (log: $smoke/$label.log)"
     exit 1

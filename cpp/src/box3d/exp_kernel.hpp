@@ -69,9 +69,13 @@ inline void exp_even_odd(double r, double& even, double& odd) {
   odd = o * r;
 }
 
+// e^argument for argument in [-700, 700] (clamped there; NaN gives e^-700). Blocks of cells run
+// every lane, including cells already flagged (flux factor >= 1, NaN input), whose arguments may
+// be anything: the clamp keeps the exponent's bit construction defined for them.
 inline double clamped_exp(double argument) {
-  constexpr double kLowest = -700.0;
-  const double x = argument > kLowest ? argument : kLowest;
+  constexpr double kLowest = -700.0, kHighest = 700.0;
+  const double low_clamped = argument > kLowest ? argument : kLowest;
+  const double x = low_clamped < kHighest ? low_clamped : kHighest;
   double k, r;
   reduce_by_ln2(x, k, r);
   double p = 1.0 / 6227020800.0;  // 1/13!

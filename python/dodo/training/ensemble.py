@@ -197,7 +197,7 @@ SIGMA_FLOOR = 1e-5  # N_tot: the student learns log(sigma + floor); sigma0 = 0.0
 
 
 def fit_student(ensemble: "DensityResidualEnsemble", X: np.ndarray, width: int = 48, depth: int = 2,
-                steps: int = 3000, lr: float = 3e-3, seed: int = 0) -> Member:
+                steps: int = 3000, lr: float = 3e-3, seed: int = 0, growth_weight: float = 0.5) -> Member:
     """One small network trained to reproduce the members' mean r, spread and growth on inputs X
     (training rows and unlabelled in-distribution states); L1 losses, full batch, AdamW + cosine."""
     torch.manual_seed(seed)
@@ -205,7 +205,7 @@ def fit_student(ensemble: "DensityResidualEnsemble", X: np.ndarray, width: int =
     with torch.no_grad():
         r_mean, sigma, growth = ensemble.teacher_outputs(inputs)
     targets = torch.stack([r_mean / ensemble.r_scale, torch.log(sigma + SIGMA_FLOOR), growth], dim=1)
-    weights = torch.tensor([1.0, 0.3, 0.5])
+    weights = torch.tensor([1.0, 0.3, float(growth_weight)])
     student = Member(X.shape[1], width, depth, n_outputs=3)
     student.mean.copy_(torch.as_tensor(X.mean(axis=0), dtype=torch.float32))
     std = X.std(axis=0)

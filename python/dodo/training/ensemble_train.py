@@ -58,6 +58,7 @@ class EnsembleConfig:
     distill_width: int = 0
     distill_depth: int = 2
     distill_steps: int = 3000
+    distill_growth_weight: float = 0.5
 
     @classmethod
     def load(cls, path: str, overrides: dict | None = None) -> "EnsembleConfig":
@@ -73,7 +74,8 @@ class EnsembleConfig:
         names = {"data.path": "data_path", "data.holdout": "holdout", "data.features": "features",
                  "output.checkpoint": "checkpoint", "growth.data": "growth_data", "growth.members": "growth_members",
                  "growth.width": "growth_width", "growth.depth": "growth_depth", "growth.steps": "growth_steps",
-                 "distill.width": "distill_width", "distill.depth": "distill_depth", "distill.steps": "distill_steps"}
+                 "distill.width": "distill_width", "distill.depth": "distill_depth", "distill.steps": "distill_steps",
+                 "distill.growth_weight": "distill_growth_weight"}
         config = cls()
         for key, value in flat.items():
             name = names.get(key, key.split(".")[-1])
@@ -93,7 +95,7 @@ class EnsembleConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a finite positive number; got {value!r}")
-        for name in ("weight_decay", "growth_weight"):
+        for name in ("weight_decay", "growth_weight", "distill_growth_weight"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be a finite number >= 0; got {value!r}")
@@ -281,7 +283,8 @@ def train_on(table: dict, rows: np.ndarray, config: EnsembleConfig, members: int
         # The student sees the training rows and the (unlabelled for density) growth-label states:
         # in-distribution inputs where it must agree with the members.
         ensemble.student = fit_student(ensemble, X, width=config.distill_width, depth=config.distill_depth,
-                                       steps=config.distill_steps, lr=config.lr, seed=config.seed + 2000)
+                                       steps=config.distill_steps, lr=config.lr, seed=config.seed + 2000,
+                                       growth_weight=config.distill_growth_weight)
         if log:
             log(f"student ({config.distill_width} wide) distilled on {len(X)} rows")
     return ensemble
