@@ -158,3 +158,34 @@ def test_distilled_student_reproduces_the_members_and_exports(tmp_path):
     assert np.all(np.isfinite(result.F_pred))
     with pytest.raises(ValueError, match="distilled"):
         export_ensemble(config.checkpoint, str(tmp_path / "f.onnx"), log=lambda m: None, fused=True)
+
+
+def test_label_table_is_calibrated_growth_only_and_skips_held_out_files(tmp_path):
+    """growth_label_table: labels = calibration x linear rate over the Box3D proxy, r = NaN, held-out
+    file names never read; growth_calibration: the median measured/linear ratio of solver files."""
+    import dodo
+    from dodo.qke.io import write_emu_database
+    from dodo.training.ensemble_train import growth_calibration, growth_label_table
+
+    states = family_states("emu", 4, np.random.default_rng(9))
+    config = SolverConfig(ncell=16, nphi_equator=8)
+    rows = growth_labels.linear_growth_labels(states, str(tmp_path / "emu_seed2100.h5"), config, report=lambda m: None)
+    growth_labels.linear_growth_labels(states, str(tmp_path / "emu_seed950.h5"), config, report=lambda m: None)
+    settings = dodo.box3d_settings()
+    table = growth_label_table([str(tmp_path / "*.h5")], ["*_seed9[0-9][0-9].h5"], settings, calibration=0.9)
+    assert table is not None and set(table["sources"]) == {str(tmp_path / "emu_seed2100.h5")}
+    assert np.all(np.isnan(table["r"]))
+    kept = np.asarray(rows["input_index"])
+    proxy = np.asarray(dodo.box3d(states[kept]).growth_rate)
+    expected = np.log(0.9 * np.asarray(rows["linear_growth_rate"]) / proxy)
+    np.testing.assert_allclose(np.sort(table["log_growth"]), np.sort(expected[np.isfinite(expected)]), rtol=1e-10)
+
+    # A solver file whose measured rates are 0.95 x its linear ones: calibration 0.95.
+    solver_file = str(tmp_path / "full_seed1.h5")
+    linear = np.linspace(1.0, 2.0, 30) * 1e10
+    many = np.repeat(states[:1], 30, axis=0)
+    write_emu_database(solver_file, {"initial": many, "final": many, "final_stddev": 0 * many,
+                                     "growth_rate": 0.95 * linear, "linear_growth_rate": linear}, {})
+    assert growth_calibration([solver_file]) == pytest.approx(0.95)
+    with pytest.raises(ValueError, match="need >= 20"):
+        growth_calibration([str(tmp_path / "emu_seed2100.h5")])  # labels only: no measured rates
