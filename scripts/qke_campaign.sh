@@ -8,6 +8,11 @@
 #   DODO_CAMPAIGN_DIR=data/qke_linear DODO_CAMPAIGN_ARGS=--linear-only \
 #     bash scripts/qke_campaign.sh 1 data/qke_linear/campaign_plan.txt
 set -euo pipefail
+# Own process group (setsid), so that stopping the campaign (kill of this script) stops exactly its
+# chunks and nothing of the shell that started it.
+if [ "${DODO_CAMPAIGN_GROUP:-}" != inner ] && command -v setsid > /dev/null; then
+  exec setsid -w env DODO_CAMPAIGN_GROUP=inner bash "$0" "$@"
+fi
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 jobs="${1:-2}"
@@ -27,4 +32,7 @@ run_chunk() {
 trap 'trap - TERM; kill 0' INT TERM  # stopping the campaign stops its chunks too
 export -f run_chunk
 export root dodo
-grep -v '^\s*#' "$plan" | grep -v '^\s*$' | xargs -P "$jobs" -L 1 bash -c 'run_chunk "$0" "$1" "$2"'
+# In the background and waited for: bash runs the TERM trap only between commands, and `wait`
+# is where a signal interrupts it.
+grep -v '^\s*#' "$plan" | grep -v '^\s*$' | xargs -P "$jobs" -L 1 bash -c 'run_chunk "$0" "$1" "$2"' &
+wait $!
