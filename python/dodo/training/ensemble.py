@@ -87,7 +87,7 @@ class DensityResidualEnsemble(nn.Module):
         self.growth_members = nn.ModuleList()
         # Optional distilled student (a Member with 3 outputs: r / r_scale, log(sigma + SIGMA_FLOOR),
         # log growth ratio) trained to reproduce the members: when set, it alone runs at inference
-        # (a fifth of the members' multiply-adds, issue 13); the gate is the same.
+        # (about a tenth of the members' multiply-adds, issue 13); the gate is the same.
         self.student = None
 
     def member_outputs(self, x: torch.Tensor) -> torch.Tensor:
