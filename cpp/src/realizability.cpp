@@ -193,40 +193,25 @@ double realizable_step(const double* F_base, const double* dF) {
       continue;
     }
     double g_hi = slack(base, change, hi, kMargin) - floor;
+    // Evaluate the slack at x inside the bracket and move the end on its side to x.
+    const auto narrow = [&](double x) {
+      const double g = slack(base, change, x, kMargin) - floor;
+      if (g >= 0.0) {
+        lo = x;
+        g_lo = g;
+      } else {
+        hi = x;
+        g_hi = g;
+      }
+    };
     for (int iteration = 0; iteration < 100 && hi - lo > 8.0 * DBL_EPSILON * hi; ++iteration) {
       const double width = hi - lo;
       double chord = lo + width * (g_lo / (g_lo - g_hi));
       if (!(chord > lo && chord < hi)) chord = 0.5 * (lo + hi);
-      const double g_chord = slack(base, change, chord, kMargin) - floor;
-      if (g_chord >= 0.0) {
-        lo = chord;
-        g_lo = g_chord;
-      } else {
-        hi = chord;
-        g_hi = g_chord;
-      }
+      narrow(chord);
       const double tangent = hi - g_hi / slack_derivative(base, change, hi, kMargin);
-      if (tangent > lo && tangent < hi) {
-        const double g_tangent = slack(base, change, tangent, kMargin) - floor;
-        if (g_tangent >= 0.0) {
-          lo = tangent;
-          g_lo = g_tangent;
-        } else {
-          hi = tangent;
-          g_hi = g_tangent;
-        }
-      }
-      if (hi - lo > 0.5 * width) {
-        const double mid = 0.5 * (lo + hi);
-        const double g_mid = slack(base, change, mid, kMargin) - floor;
-        if (g_mid >= 0.0) {
-          lo = mid;
-          g_lo = g_mid;
-        } else {
-          hi = mid;
-          g_hi = g_mid;
-        }
-      }
+      if (tangent > lo && tangent < hi) narrow(tangent);
+      if (hi - lo > 0.5 * width) narrow(0.5 * (lo + hi));
     }
     theta = lo;
   }
