@@ -122,6 +122,4 @@ def linear_growth_labels(four_flux: np.ndarray, output: str, config: SolverConfi
             _write(output, four_flux, rows, attributes)
             report(f"{rows['processed']}/{len(four_flux)} states processed ({len(rows['input_index'])} labelled), "
                    f"{time.time() - started:.0f} s elapsed")
-    if rows["processed"] == len(four_flux) and not os.path.exists(output):
-        _write(output, four_flux, rows, attributes)
     return rows

@@ -137,16 +137,35 @@ class _ExportView(nn.Module):
         return self.ensemble.outputs(x)
 
 
+def _normalised_member(X: np.ndarray, width: int, depth: int, n_outputs: int) -> Member:
+    """A fresh Member whose input normalisation is X's (a constant feature keeps std 1)."""
+    member = Member(X.shape[1], width, depth, n_outputs=n_outputs)
+    member.mean.copy_(torch.as_tensor(X.mean(axis=0), dtype=torch.float32))
+    std = X.std(axis=0)
+    member.std.copy_(torch.as_tensor(np.where(std > 0, std, 1.0), dtype=torch.float32))
+    return member
+
+
+def _fit_full_batch(module: nn.Module, loss_of, steps: int, lr: float, weight_decay: float) -> nn.Module:
+    """``steps`` full-batch AdamW steps with cosine decay on ``loss_of(module)``; returns it in eval mode."""
+    optimiser = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
+    for _ in range(steps):
+        loss = loss_of(module)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+    return module.eval()
+
+
 def fit_member(X: np.ndarray, r: np.ndarray, log_growth: np.ndarray, seed: int, width: int = 64, depth: int = 2,
                steps: int = 2000, lr: float = 3e-3, weight_decay: float = 1e-4, growth_weight: float = 0.5,
                r_scale: float = 1.0) -> Member:
     """One member, full-batch AdamW with cosine decay on L1 losses (the metric is an L1 of delta)."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    member = Member(X.shape[1], width, depth)
-    member.mean.copy_(torch.as_tensor(X.mean(axis=0), dtype=torch.float32))
-    std = X.std(axis=0)
-    member.std.copy_(torch.as_tensor(np.where(std > 0, std, 1.0), dtype=torch.float32))
+    member = _normalised_member(X, width, depth, n_outputs=2)
     # Bootstrap resample (bagging): members see different data, so their spread reflects it.
     pick = torch.randint(0, len(X), (len(X),), generator=generator)
     inputs = torch.as_tensor(X, dtype=torch.float32)[pick]
@@ -154,18 +173,15 @@ def fit_member(X: np.ndarray, r: np.ndarray, log_growth: np.ndarray, seed: int, 
     target_g = torch.as_tensor(log_growth, dtype=torch.float32)[pick]
     has_growth = torch.isfinite(target_g)
     target_g = torch.where(has_growth, target_g, torch.zeros_like(target_g))
-    optimiser = torch.optim.AdamW(member.parameters(), lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
-    for _ in range(steps):
-        out = member(inputs)
+
+    def loss_of(network):
+        out = network(inputs)
         loss = (out[:, 0] - target_r).abs().mean()
         if growth_weight > 0:
             loss = loss + growth_weight * ((out[:, 1] - target_g).abs() * has_growth).mean()
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-    return member.eval()
+        return loss
+
+    return _fit_full_batch(member, loss_of, steps, lr, weight_decay)
 
 
 def fit_growth_member(X: np.ndarray, log_growth: np.ndarray, seed: int, width: int = 64, depth: int = 2,
@@ -175,22 +191,12 @@ def fit_growth_member(X: np.ndarray, log_growth: np.ndarray, seed: int, width: i
     X, log_growth = X[finite], log_growth[finite]
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    member = Member(X.shape[1], width, depth, n_outputs=1)
-    member.mean.copy_(torch.as_tensor(X.mean(axis=0), dtype=torch.float32))
-    std = X.std(axis=0)
-    member.std.copy_(torch.as_tensor(np.where(std > 0, std, 1.0), dtype=torch.float32))
+    member = _normalised_member(X, width, depth, n_outputs=1)
     pick = torch.randint(0, len(X), (len(X),), generator=generator)
     inputs = torch.as_tensor(X, dtype=torch.float32)[pick]
     target = torch.as_tensor(log_growth, dtype=torch.float32)[pick]
-    optimiser = torch.optim.AdamW(member.parameters(), lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
-    for _ in range(steps):
-        loss = (member(inputs)[:, 0] - target).abs().mean()
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-    return member.eval()
+    return _fit_full_batch(member, lambda network: (network(inputs)[:, 0] - target).abs().mean(),
+                           steps, lr, weight_decay)
 
 
 SIGMA_FLOOR = 1e-5  # N_tot: the student learns log(sigma + floor); sigma0 = 0.01 makes the floor irrelevant
@@ -206,19 +212,9 @@ def fit_student(ensemble: "DensityResidualEnsemble", X: np.ndarray, width: int =
         r_mean, sigma, growth = ensemble.teacher_outputs(inputs)
     targets = torch.stack([r_mean / ensemble.r_scale, torch.log(sigma + SIGMA_FLOOR), growth], dim=1)
     weights = torch.tensor([1.0, 0.3, float(growth_weight)])
-    student = Member(X.shape[1], width, depth, n_outputs=3)
-    student.mean.copy_(torch.as_tensor(X.mean(axis=0), dtype=torch.float32))
-    std = X.std(axis=0)
-    student.std.copy_(torch.as_tensor(np.where(std > 0, std, 1.0), dtype=torch.float32))
-    optimiser = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
-    for _ in range(steps):
-        loss = ((student(inputs) - targets).abs() * weights).mean()
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-    return student.eval()
+    student = _normalised_member(X, width, depth, n_outputs=3)
+    return _fit_full_batch(student, lambda network: ((network(inputs) - targets).abs() * weights).mean(),
+                           steps, lr, weight_decay=0.0)
 
 
 def feature_statistics(X: np.ndarray, quantile: float = 0.995) -> tuple[np.ndarray, np.ndarray, float]:
