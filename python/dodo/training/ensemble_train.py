@@ -169,6 +169,25 @@ def table_from_rest(rest: dict, growth_rate, box3d_growth_rate, sources, box3d=N
             "sources": np.asarray(sources), "box3d": box3d, "sha256": sha256, "kind": kind}
 
 
+def _box3d_at_rest(F_init: np.ndarray, box3d_settings: dict):
+    """Box3D of cells given in their rest frame (Emu files, growth labels), with the table's settings."""
+    import dodo
+
+    u = np.tile([1.0, 0.0, 0.0, 0.0], (len(F_init), 1))
+    return dodo.box3d(F_init, u, lebedev_order=int(box3d_settings["lebedev_order"]),
+                      z_method=str(box3d_settings["z_method"]))
+
+
+def _table_at_rest(F_init, F_box, F_true, growth_rate, box3d_growth_rate, sources, box3d=None) -> dict:
+    """The training table of cells given in their rest frame: rest-frame arrays, N_tot, labels."""
+    import dodo
+
+    u = np.tile([1.0, 0.0, 0.0, 0.0], (len(F_init), 1))
+    rest = rest_frame_arrays(F_init, F_box, F_true, u, np.asarray(dodo.invariants(F_init, u)))
+    rest["ntot"] = np.asarray(dodo.comoving_density(F_init, u), float)
+    return table_from_rest(rest, growth_rate, box3d_growth_rate, sources, box3d=box3d)
+
+
 def growth_calibration(sources) -> float:
     """Median measured / linear box-mode growth rate over the solver files ``sources`` (the
     training pool's): the factor that turns linear-theory labels into measured-rate labels."""
@@ -201,7 +220,6 @@ def growth_label_table(patterns, holdout, box3d_settings: dict, calibration: flo
 
     import h5py
 
-    import dodo
     from dodo.conventions import from_emu_layout
 
     from .preprocess import box3d_rejected_mask
@@ -220,17 +238,13 @@ def growth_label_table(patterns, holdout, box3d_settings: dict, calibration: flo
     if not paths or not sum(len(r) for r in rate_parts):
         return None
     F_init, linear = np.concatenate(F_parts), np.concatenate(rate_parts)
-    u = np.tile([1.0, 0.0, 0.0, 0.0], (len(F_init), 1))
-    box = dodo.box3d(F_init, u, lebedev_order=int(box3d_settings["lebedev_order"]),
-                     z_method=str(box3d_settings["z_method"]))
+    box = _box3d_at_rest(F_init, box3d_settings)
     proxy = np.asarray(box.growth_rate, float)
     keep = (~box3d_rejected_mask(np.asarray(box.status).astype(np.uint32)) & (flux_factor(F_init) < max_flux_factor).all(axis=1)
             & (linear > 0) & (proxy > 0))
-    F_init, linear, proxy, u = F_init[keep], linear[keep], proxy[keep], u[keep]
     F_box = np.asarray(box.F_box, float)[keep]
-    rest = rest_frame_arrays(F_init, F_box, F_box, u, np.asarray(dodo.invariants(F_init, u)))
-    rest["ntot"] = np.asarray(dodo.comoving_density(F_init, u), float)
-    table = table_from_rest(rest, calibration * linear, proxy, np.asarray(sources)[keep], box3d=box3d_settings)
+    table = _table_at_rest(F_init[keep], F_box, F_box, calibration * linear[keep], proxy[keep],
+                           np.asarray(sources)[keep], box3d=box3d_settings)
     table["r"] = np.full(len(linear), np.nan)  # growth-only rows
     table["calibration"] = calibration
     return table
@@ -421,20 +435,15 @@ def emu_table(path: str, box3d_settings: dict) -> dict:
     """An Emu-layout file (initial and final states at rest) as a table, for reporting only."""
     import h5py
 
-    import dodo
     from dodo.conventions import from_emu_layout
 
     with h5py.File(path, "r") as f:
         F_init = from_emu_layout(f["F4_initial(1|ccm)"][()])
         F_true = from_emu_layout(f["F4_final(1|ccm)"][()])
         growth = f["growthRate(1|s)"][()] if "growthRate(1|s)" in f else np.full(len(F_init), np.nan)
-    u = np.tile([1.0, 0.0, 0.0, 0.0], (len(F_init), 1))
-    box = dodo.box3d(F_init, u, lebedev_order=int(box3d_settings["lebedev_order"]),
-                     z_method=str(box3d_settings["z_method"]))
-    invariants = np.asarray(dodo.invariants(F_init, u))
-    rest = rest_frame_arrays(F_init, np.asarray(box.F_box), F_true, u, invariants)
-    rest["ntot"] = np.asarray(dodo.comoving_density(F_init, u), float)
-    return table_from_rest(rest, growth, np.asarray(box.growth_rate), np.array([path] * len(F_init)))
+    box = _box3d_at_rest(F_init, box3d_settings)
+    return _table_at_rest(F_init, np.asarray(box.F_box), F_true, growth, np.asarray(box.growth_rate),
+                          np.array([path] * len(F_init)))
 
 
 def learning_curve(config: EnsembleConfig, sizes: list, folds: int = 5, members: int | None = None,
