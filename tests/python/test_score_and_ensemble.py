@@ -150,6 +150,51 @@ def test_ensemble_head_is_a_conserving_density_change_and_the_gate_moves_it_to_b
     assert torch.all(ensemble.outputs(far)[0].abs() < 1e-6 * (ensemble.outputs(x)[0].abs().max() + 1e-30))
 
 
+def test_wiener_spread_gate_keeps_large_corrections_and_drops_uncertain_ones():
+    """The Wiener gate r^2 / (r^2 + (c sigma)^2): 1 without spread, 1/2 where |r| = c sigma, to 0
+    where the correction is small against its expected error, never NaN (r = sigma = 0)."""
+    import torch
+
+    from dodo.training.ensemble import spread_gate
+
+    c, sigma0 = torch.tensor(1.65), torch.tensor(0.01)
+    r = torch.tensor([0.02, 0.02, 1.65e-3, 1e-6, 0.0, -0.02])
+    sigma = torch.tensor([0.0, 1e-3, 1e-3, 1e-3, 0.0, 1e-3])
+    gate = spread_gate(r, sigma, sigma0, c)
+    expected = r**2 / (r**2 + (c * sigma) ** 2)
+    assert torch.all(torch.isfinite(gate)) and torch.all((gate >= 0) & (gate <= 1))
+    np.testing.assert_allclose(gate[:4].numpy(), [1.0, float(expected[1]), 0.5, float(expected[3])], rtol=1e-6)
+    assert gate[3] < 1e-5 and gate[4] == 0 and gate[5] == gate[1]  # symmetric in the sign of r
+    # c = 0 keeps the sigma0 gate of earlier models.
+    np.testing.assert_allclose(spread_gate(r, sigma, sigma0, torch.tensor(0.0)).numpy(),
+                               (1 / (1 + (sigma / sigma0) ** 2)).numpy(), rtol=1e-7)
+
+
+def test_ensemble_with_wiener_gate_exports_and_old_checkpoints_load(tmp_path):
+    """error_per_spread travels in the checkpoint and the ONNX graph reproduces the gated head;
+    a checkpoint without it (trained before the Wiener gate) loads with the sigma0 gate."""
+    import torch
+
+    from dodo.training.ensemble_train import _ensemble_onnx_bytes, check_graph_outputs, load_ensemble
+
+    ensemble, X = _tiny_ensemble()
+    ensemble.error_per_spread.fill_(1.65)
+    x = torch.as_tensor(X, dtype=torch.float32)
+    wiener = ensemble.outputs(x)[0]
+    ensemble.error_per_spread.fill_(0.0)
+    assert not torch.allclose(wiener, ensemble.outputs(x)[0])
+    ensemble.error_per_spread.fill_(1.65)
+    assert check_graph_outputs(ensemble, _ensemble_onnx_bytes(ensemble)) <= 1.0
+    state = {k: v for k, v in ensemble.state_dict().items() if k != "error_per_spread"}
+    checkpoint = {"kind": "density_residual_ensemble", "n_inputs": X.shape[1], "members": len(ensemble.members),
+                  "config": {"width": 16, "depth": 2, "features": ensemble.features}, "state_dict": state}
+    old = load_ensemble(checkpoint)
+    assert float(old.error_per_spread) == 0.0
+    ensemble.error_per_spread.fill_(0.0)
+    with torch.no_grad():
+        np.testing.assert_allclose(old.outputs(x)[0].numpy(), ensemble.outputs(x)[0].numpy(), rtol=1e-6, atol=1e-9)
+
+
 def test_ensemble_export_round_trip(tmp_path):
     """An ensemble package: onnxruntime gives the torch outputs; test vectors embedded; 3 outputs."""
     import json

@@ -13,9 +13,12 @@ The ensemble's correction enters the model package's equivariant head through th
 density-only term e_a u with e = r (1, -1/2, -1/2, 1, -1/2, -1/2): conserving by construction,
 then limited like any head (docs/model_package.md). Where the members disagree (spread sigma) or
 a cell lies outside the training distribution (Mahalanobis distance of its features), the
-correction is moved toward Box3D: r_used = r_mean * g, g = 1 / (1 + (sigma / sigma0)^2) *
-exp(-max(0, d^2 - d2_max) / d2_max). The graph also returns the spread (``uncertainty``) and
-the learned growth-rate ratio (``log_growth_ratio``).
+correction is moved toward Box3D: r_used = r_mean * g * exp(-max(0, d^2 - d2_max) / d2_max),
+with the spread gate g = r_mean^2 / (r_mean^2 + (c sigma)^2) (a Wiener filter: the correction is
+kept where it is large against its expected error c sigma; c = ``error_per_spread``, the measured
+ratio of the cross-validated error to the spread) or, with c = 0 (earlier models),
+g = 1 / (1 + (sigma / sigma0)^2). The graph also returns the spread (``uncertainty``) and the
+learned growth-rate ratio (``log_growth_ratio``).
 """
 from __future__ import annotations
 
@@ -70,11 +73,13 @@ class DensityResidualEnsemble(nn.Module):
     features = "invariants27+box7-v1"  # set from the config when trained or loaded
 
     def __init__(self, members: list[Member], r_scale: float, sigma0: float, feature_mean: np.ndarray,
-                 feature_precision: np.ndarray, d2_max: float) -> None:
+                 feature_precision: np.ndarray, d2_max: float, error_per_spread: float = 0.0) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
         self.register_buffer("r_scale", torch.tensor(float(r_scale)))
         self.register_buffer("sigma0", torch.tensor(float(sigma0)))
+        # > 0: the Wiener spread gate (module docstring); 0: the sigma0 gate of earlier models.
+        self.register_buffer("error_per_spread", torch.tensor(float(error_per_spread)))
         self.register_buffer("feature_mean", torch.as_tensor(np.asarray(feature_mean), dtype=torch.float32))
         self.register_buffer("feature_precision", torch.as_tensor(np.asarray(feature_precision), dtype=torch.float32))
         self.register_buffer("d2_max", torch.tensor(float(d2_max)))
@@ -117,13 +122,27 @@ class DensityResidualEnsemble(nn.Module):
             r_mean, sigma, growth = self.teacher_outputs(x)
         centred = x.to(self.feature_mean.dtype) - self.feature_mean
         d2 = ((centred @ self.feature_precision) * centred).sum(dim=-1)
-        gate = 1.0 / (1.0 + (sigma / self.sigma0) ** 2) * torch.exp(-torch.relu(d2 - self.d2_max) / self.d2_max)
-        used = r_mean * gate.to(r_mean.dtype)
+        gate = spread_gate(r_mean, sigma, self.sigma0, self.error_per_spread)
+        gate = gate * torch.exp(-torch.relu(d2 - self.d2_max) / self.d2_max).to(gate.dtype)
+        used = r_mean * gate
         head = used[:, None] * self.pattern.to(used.dtype)
         return head, sigma, growth
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.outputs(x)[0]
+
+
+def spread_gate(r_mean: torch.Tensor, sigma: torch.Tensor, sigma0: torch.Tensor,
+                error_per_spread: torch.Tensor) -> torch.Tensor:
+    """Factor in [0, 1] on the mean correction from the members' spread (module docstring).
+    Wiener form r^2 / (r^2 + (c sigma)^2): 0 where the correction is small against its expected
+    error, 1 where sigma -> 0; at r = sigma = 0 it is 0 (the correction is 0 anyway), never NaN."""
+    sigma = sigma.to(r_mean.dtype)
+    if float(error_per_spread) > 0:
+        noise = (error_per_spread.to(r_mean.dtype) * sigma) ** 2
+        signal = r_mean * r_mean
+        return signal / (signal + noise + torch.finfo(r_mean.dtype).tiny)
+    return 1.0 / (1.0 + (sigma / sigma0.to(r_mean.dtype)) ** 2)
 
 
 class _ExportView(nn.Module):
@@ -161,8 +180,9 @@ def _fit_full_batch(module: nn.Module, loss_of, steps: int, lr: float, weight_de
 
 def fit_member(X: np.ndarray, r: np.ndarray, log_growth: np.ndarray, seed: int, width: int = 64, depth: int = 2,
                steps: int = 2000, lr: float = 3e-3, weight_decay: float = 1e-4, growth_weight: float = 0.5,
-               r_scale: float = 1.0) -> Member:
-    """One member, full-batch AdamW with cosine decay on L1 losses (the metric is an L1 of delta)."""
+               r_scale: float = 1.0, weights: np.ndarray | None = None) -> Member:
+    """One member, full-batch AdamW with cosine decay on L1 losses (the metric is an L1 of delta);
+    ``weights`` [n] (None: all 1) weight each row's density loss (noise-aware training)."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     member = _normalised_member(X, width, depth, n_outputs=2)
@@ -173,10 +193,12 @@ def fit_member(X: np.ndarray, r: np.ndarray, log_growth: np.ndarray, seed: int, 
     target_g = torch.as_tensor(log_growth, dtype=torch.float32)[pick]
     has_growth = torch.isfinite(target_g)
     target_g = torch.where(has_growth, target_g, torch.zeros_like(target_g))
+    row_weight = None if weights is None else torch.as_tensor(weights, dtype=torch.float32)[pick]
 
     def loss_of(network):
         out = network(inputs)
-        loss = (out[:, 0] - target_r).abs().mean()
+        error = (out[:, 0] - target_r).abs()
+        loss = error.mean() if row_weight is None else (error * row_weight).mean()
         if growth_weight > 0:
             loss = loss + growth_weight * ((out[:, 1] - target_g).abs() * has_growth).mean()
         return loss
@@ -228,7 +250,8 @@ def feature_statistics(X: np.ndarray, quantile: float = 0.995) -> tuple[np.ndarr
 
 
 def fit_ensemble(X: np.ndarray, r: np.ndarray, log_growth: np.ndarray, members: int = 8, sigma0: float = 0.01,
-                 seed: int = 0, log=None, **member_options) -> DensityResidualEnsemble:
+                 seed: int = 0, log=None, error_per_spread: float = 0.0, **member_options) -> DensityResidualEnsemble:
+    # member_options: fit_member's (width, depth, steps, lr, weight_decay, growth_weight, weights)
     """Train ``members`` bagged members on features X [n, F], residuals r [n] and log growth ratios [n]."""
     r_scale = float(np.std(r)) or 1.0
     trained = []
@@ -237,7 +260,7 @@ def fit_ensemble(X: np.ndarray, r: np.ndarray, log_growth: np.ndarray, members: 
         if log:
             log(f"member {k + 1}/{members} trained")
     mean, precision, d2_max = feature_statistics(X)
-    return DensityResidualEnsemble(trained, r_scale, sigma0, mean, precision, d2_max).eval()
+    return DensityResidualEnsemble(trained, r_scale, sigma0, mean, precision, d2_max, error_per_spread).eval()
 
 
 @torch.no_grad()

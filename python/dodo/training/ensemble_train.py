@@ -41,6 +41,9 @@ class EnsembleConfig:
     weight_decay: float = 1e-4
     growth_weight: float = 0.5
     sigma0: float = 0.01
+    # > 0: the Wiener spread gate r^2 / (r^2 + (c sigma)^2) with c this (the cross-validated
+    # error per unit of spread; docs/training.md); 0: the sigma0 gate.
+    error_per_spread: float = 0.0
     mirror: bool = True
     seed: int = 0
     threads: int = 1
@@ -95,7 +98,7 @@ class EnsembleConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a finite positive number; got {value!r}")
-        for name in ("weight_decay", "growth_weight", "distill_growth_weight"):
+        for name in ("weight_decay", "growth_weight", "distill_growth_weight", "error_per_spread"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be a finite number >= 0; got {value!r}")
@@ -280,6 +283,7 @@ def train_on(table: dict, rows: np.ndarray, config: EnsembleConfig, members: int
     X, r, g = _training_arrays(table, rows, config)
     torch.set_num_threads(config.threads)
     ensemble = fit_ensemble(X, r, g, members=members or config.members, sigma0=config.sigma0, seed=config.seed,
+                            error_per_spread=config.error_per_spread,
                             log=log, width=config.width, depth=config.depth, steps=config.steps, lr=config.lr,
                             weight_decay=config.weight_decay, growth_weight=config.growth_weight)
     ensemble.features = config.features
@@ -386,7 +390,8 @@ def load_ensemble(checkpoint: dict) -> DensityResidualEnsemble:
         raise ValueError("not a density-residual-ensemble checkpoint")
     config = checkpoint["config"]
     members = [Member(checkpoint["n_inputs"], config["width"], config["depth"]) for _ in range(checkpoint["members"])]
-    state = checkpoint["state_dict"]
+    state = dict(checkpoint["state_dict"])
+    state.setdefault("error_per_spread", torch.tensor(0.0))  # checkpoints from before the Wiener gate
     n = checkpoint["n_inputs"]
     ensemble = DensityResidualEnsemble(members, 1.0, 1.0, np.zeros(n), np.eye(n), 1.0)
     for _ in range(checkpoint.get("growth_members", 0)):

@@ -39,7 +39,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .ensemble import DensityResidualEnsemble, Member
+from .ensemble import DensityResidualEnsemble, Member, spread_gate
 
 #: Pre-activation of each member's constant bias row: silu(32) = 32 (1 - 1.3e-14), 32 in float32.
 BIAS_ROW_INPUT = 32.0
@@ -143,6 +143,8 @@ class FusedEnsemble(nn.Module):
         self.register_buffer("d2_max", ensemble.d2_max.clone())
         self.register_buffer("inverse_d2_max", (1.0 / ensemble.d2_max.double()).to(dtype))
         self.register_buffer("inverse_sigma0_squared", (1.0 / ensemble.sigma0.double() ** 2).to(dtype))
+        self.register_buffer("sigma0", ensemble.sigma0.clone())
+        self.register_buffer("error_per_spread", ensemble.error_per_spread.clone())
         self.register_buffer("pattern", ensemble.pattern.clone())
 
     def forward(self, x: torch.Tensor):
@@ -153,7 +155,10 @@ class FusedEnsemble(nn.Module):
         r_mean, growth, r_variance = mean[0], mean[1], variance[0]
         centred = x - self.feature_mean
         d2 = ((centred @ self.feature_precision) * centred).sum(dim=-1)
-        # 1 / (1 + (sigma / sigma0)^2) * exp(-max(0, d2 - d2_max) / d2_max), as in the ensemble.
+        # The ensemble's gates: spread (Wiener or sigma0 form) times exp(-max(0, d2 - d2_max) / d2_max).
         distance_gate = torch.exp(-torch.relu(d2 - self.d2_max) * self.inverse_d2_max)
-        used = r_mean * distance_gate / (1.0 + r_variance * self.inverse_sigma0_squared)
+        if float(self.error_per_spread) > 0:
+            used = r_mean * distance_gate * spread_gate(r_mean, torch.sqrt(r_variance), self.sigma0, self.error_per_spread)
+        else:
+            used = r_mean * distance_gate / (1.0 + r_variance * self.inverse_sigma0_squared)
         return used[:, None] * self.pattern, torch.sqrt(r_variance), growth

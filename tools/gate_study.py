@@ -1,0 +1,81 @@
+"""Measure the gate's error_per_spread and compare gates, by k-fold CV inside the training pool.
+
+    python tools/gate_study.py [--config training/configs/ensemble_default.yaml] [--folds 5]
+
+Trains the config's members on k-1 folds of the pool (held-out files excluded, as in training),
+predicts the left-out fold, and prints c = mean |out-of-fold error| / mean spread (the value for
+`ensemble.error_per_spread`, docs/training.md) and, for several gates, the CV mean |dn|/N_tot and
+the states worse than Box3D by more than 0.0025 N_tot, for all states and for the Emu-recipe ones.
+Needs the training extra. About 8 members x folds fits: minutes on one core.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dodo.training import ensemble_train as et
+from dodo.training.ensemble import fit_ensemble, state_error
+
+EMU_RECIPE = ("emu", "random_crossing", "random_crossing_ff09")  # docs/dataset.md
+
+
+def out_of_fold(config: et.EnsembleConfig, folds: int):
+    table = et.load_table(config.data_path)
+    pool = np.flatnonzero(~et.holdout_mask(table["sources"], config.holdout))
+    order = np.random.default_rng(config.seed).permutation(pool)
+    fold_of = np.arange(len(order)) % folds
+    torch.set_num_threads(config.threads)
+    rows, r_mean, sigma, d2 = [], [], [], []
+    for k in range(folds):
+        test, train = order[fold_of == k], order[fold_of != k]
+        X, r, g = et._training_arrays(table, train, config)
+        ensemble = fit_ensemble(X, r, g, members=config.members, sigma0=config.sigma0, seed=config.seed,
+                                width=config.width, depth=config.depth, steps=config.steps, lr=config.lr,
+                                weight_decay=config.weight_decay, growth_weight=config.growth_weight)
+        x = torch.as_tensor(et.features_of(table, test, config.features), dtype=torch.float32)
+        with torch.no_grad():
+            stacked = torch.stack([member(x)[:, 0] for member in ensemble.members]) * ensemble.r_scale
+            centred = x - ensemble.feature_mean
+            d2.append((((centred @ ensemble.feature_precision) * centred).sum(-1) / ensemble.d2_max).double().numpy())
+        rows.append(test)
+        r_mean.append(stacked.mean(0).double().numpy())
+        sigma.append(stacked.std(0, unbiased=False).double().numpy())
+        print(f"fold {k + 1}/{folds} done", flush=True)
+    rows = np.concatenate(rows)
+    family = np.array([Path(str(s)).name.split("_seed")[0] for s in table["sources"][rows]])
+    return (table["delta_box"][rows], table["delta_true"][rows], np.concatenate(r_mean), np.concatenate(sigma),
+            np.concatenate(d2), np.isin(family, EMU_RECIPE))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="training/configs/ensemble_default.yaml")
+    parser.add_argument("--folds", type=int, default=5)
+    args = parser.parse_args()
+    config = et.EnsembleConfig.load(args.config)
+    delta_box, delta_true, r, sigma, d2, emu = out_of_fold(config, args.folds)
+    error = np.abs(r - (delta_true - delta_box))
+    c = float(error.mean() / sigma.mean())
+    print(f"{len(r)} pool states: mean |error of r| / mean spread = {c:.3f} (error_per_spread); "
+          f"config has {config.error_per_spread}")
+    box = state_error(delta_box, delta_true)
+    distance = np.exp(-np.maximum(0.0, d2 - 1.0))
+
+    def row(name, used):
+        model = state_error(delta_box + used, delta_true)
+        worse = model - box > 0.0025
+        print(f"{name:<30} all {model.mean():.5f} worse {int(worse.sum()):4d} | Emu recipe {model[emu].mean():.5f} "
+              f"worse {int(worse[emu].sum())}/{int(emu.sum())}")
+
+    print(f"{'Box3D':<30} all {box.mean():.5f} | Emu recipe {box[emu].mean():.5f}")
+    row("no gate", r)
+    row(f"sigma0 = {config.sigma0:g}", r / (1 + (sigma / config.sigma0) ** 2) * distance)
+    for factor in sorted({round(c, 2), 1.0, 2.5, 4.0}):
+        row(f"Wiener, c = {factor:g}", r ** 3 / (r ** 2 + (factor * sigma) ** 2 + 1e-300) * distance)
+
+
+if __name__ == "__main__":
+    main()
