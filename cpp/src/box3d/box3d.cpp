@@ -131,8 +131,7 @@ struct BlockMoments {
 
 // Flux factors and directions of the cells whose status is still kCellOk (F: normalised rest
 // frame, 24 values each); a flux factor the quadrature cannot represent sets FLUX_FACTOR.
-// Then Z, amplitudes and the screen's values for every cell of the block (rejected cells carry
-// zeros through, harmlessly).
+// Rejected cells carry zeros through, harmlessly.
 DODO_MULTIVERSION
 void block_moments(const Box3DSettings& settings, std::size_t count, RestFrameCell* cells, BlockMoments& m) {
   static constexpr double kNoCell[kCellValues] = {};
@@ -173,22 +172,81 @@ void block_moments(const Box3DSettings& settings, std::size_t count, RestFrameCe
     }
     if (any && cells[c].status == kCellOk) cells[c].status = kCell_FLUX_FACTOR;
   }
-  for (int a = 0; a < kSpecies; ++a) {
-    const std::size_t begin = slot(0, a), end = slot(lanes, a);
-    if (settings.z_method == ZMethod::kJedynak) {
-      for (std::size_t i = begin; i < end; ++i) m.Z[i] = jedynak_inverse_langevin(m.flux_factor[i]);
-    } else {
-#pragma omp simd
-      for (std::size_t i = begin; i < end; ++i) m.Z[i] = halley_inverse_langevin(m.flux_factor[i]);
+  // Z and the values derived from it come from block_species_values, for the species that need
+  // them; the others keep zeros.
+  std::fill(m.Z, m.Z + kBlockSpecies, 0.0);
+  std::fill(m.amplitude, m.amplitude + kBlockSpecies, 0.0);
+  std::fill(m.peak, m.peak + kBlockSpecies, 0.0);
+  std::fill(m.across, m.across + kBlockSpecies, 0.0);
+  std::fill(m.floor, m.floor + kBlockSpecies, 0.0);
+}
+
+// Z (inverse Langevin of the flux factor), the amplitude and the screen's values (peak, across,
+// floor) of the species that `wanted` marks and `computed` does not yet (both per slot), which
+// it then marks computed. They are gathered into a compact list so that only these are
+// computed, by the same loops for every entry; a species whose density and flux factor equal
+// those of an earlier species of its cell (mu = tau, the heavy species of M1 data) takes that
+// one's values, which are the same numbers.
+DODO_MULTIVERSION
+void block_species_values(const Box3DSettings& settings, std::size_t count, const bool* wanted, bool* computed,
+                          BlockMoments& m) {
+  alignas(64) double density[kBlockSpecies], flux_factor[kBlockSpecies], Z[kBlockSpecies], amplitude[kBlockSpecies],
+      peak[kBlockSpecies], across[kBlockSpecies], floor[kBlockSpecies];
+  std::uint16_t where[kBlockSpecies], copy_to[kBlockSpecies], copy_from[kBlockSpecies];
+  bool listed[kBlockSpecies] = {};
+  std::size_t n = 0, copies = 0;
+  for (std::size_t c = 0; c < count; ++c)
+    for (int a = 0; a < kSpecies; ++a) {
+      const std::size_t i = slot(c, a);
+      if (!wanted[i] || computed[i]) continue;
+      std::size_t source = i;
+      for (int b = 0; b < a && source == i; ++b) {
+        const std::size_t j = slot(c, b);
+        if ((computed[j] || listed[j]) && m.density[j] == m.density[i] && m.flux_factor[j] == m.flux_factor[i]) source = j;
+      }
+      if (source != i) {
+        copy_to[copies] = static_cast<std::uint16_t>(i);
+        copy_from[copies++] = static_cast<std::uint16_t>(source);
+        continue;
+      }
+      listed[i] = true;
+      where[n] = static_cast<std::uint16_t>(i);
+      density[n] = m.density[i];
+      flux_factor[n++] = m.flux_factor[i];
     }
+  const std::size_t lanes = block_lanes(n);
+  for (std::size_t k = n; k < lanes; ++k) density[k] = flux_factor[k] = 0.0;  // whole vectors
+  if (settings.z_method == ZMethod::kJedynak) {
+    for (std::size_t k = 0; k < lanes; ++k) Z[k] = jedynak_inverse_langevin(flux_factor[k]);
+  } else {
 #pragma omp simd
-    for (std::size_t i = begin; i < end; ++i) {
-      m.amplitude[i] = maxent_amplitude(m.Z[i]);
-      const double across_factor = clamped_exp(-m.Z[i]);
-      m.peak[i] = m.density[i] * m.amplitude[i];
-      m.across[i] = m.peak[i] * across_factor;
-      m.floor[i] = m.across[i] * across_factor;
-    }
+    for (std::size_t k = 0; k < lanes; ++k) Z[k] = halley_inverse_langevin(flux_factor[k]);
+  }
+#pragma omp simd
+  for (std::size_t k = 0; k < lanes; ++k) {
+    amplitude[k] = maxent_amplitude(Z[k]);
+    const double across_factor = clamped_exp(-Z[k]);
+    peak[k] = density[k] * amplitude[k];
+    across[k] = peak[k] * across_factor;
+    floor[k] = across[k] * across_factor;
+  }
+  for (std::size_t k = 0; k < n; ++k) {
+    const std::size_t i = where[k];
+    m.Z[i] = Z[k];
+    m.amplitude[i] = amplitude[k];
+    m.peak[i] = peak[k];
+    m.across[i] = across[k];
+    m.floor[i] = floor[k];
+    computed[i] = true;
+  }
+  for (std::size_t k = 0; k < copies; ++k) {
+    const std::size_t i = copy_to[k], j = copy_from[k];
+    m.Z[i] = m.Z[j];
+    m.amplitude[i] = m.amplitude[j];
+    m.peak[i] = m.peak[j];
+    m.across[i] = m.across[j];
+    m.floor[i] = m.floor[j];
+    computed[i] = true;
   }
 }
 
@@ -266,6 +324,19 @@ bool pair_bounded(int i, int j, const BlockMoments& m, std::size_t c) {
   }
   const double margin = kScreenMargin * magnitude;
   return lowest > margin || highest < -margin;
+}
+
+// True when the flavour signs alone (or vanishing G) settle every pair of cell c: the cell is
+// stable with no species' values beyond those of the flavours whose nu and nubar differ.
+bool stable_by_signs(const BlockMoments& m, std::size_t c) {
+  for (int p = 0; p < kPairs; ++p) {
+    const int i = kPairFirst[p], j = kPairSecond[p];
+    const int sign_i = m.eln_sign[i * kBlockCells + c], sign_j = m.eln_sign[j * kBlockCells + c];
+    if ((sign_i != kUndecided) & (sign_j != kUndecided) & (sign_i * sign_j <= 0)) continue;
+    if (same_species(m, c, i, j) && same_species(m, c, i + kFlavours, j + kFlavours)) continue;  // G = 0
+    return false;
+  }
+  return true;
 }
 
 bool stable_by_moments(const BlockMoments& m, std::size_t c) {
@@ -559,13 +630,31 @@ void prepare_block(std::size_t count, const double* F_init, const double* u, Res
 void Box3D::classify_block(std::size_t count, RestFrameCell* cells) const {
   BlockMoments moments;
   block_moments(settings_, count, cells, moments);
-  if (settings_.screen_stable_cells) block_eln_signs(count, moments);
+  const bool screen = settings_.screen_stable_cells;
+  bool wanted[kBlockSpecies] = {}, computed[kBlockSpecies] = {};
+  bool decided[kBlockCells] = {};  // stable by the flavour signs alone
+  if (screen) {
+    // Most cells of a real grid are stable, and the flavour signs decide most of them from the
+    // values of the flavours whose nu and nubar differ (in M1 data nu_e and nubar_e alone): those
+    // first; every species of the cells they leave undecided after.
+    for (std::size_t c = 0; c < count; ++c)
+      for (int a = 0; a < kSpecies; ++a) {
+        const int partner = a < kFlavours ? a + kFlavours : a - kFlavours;
+        wanted[slot(c, a)] = cells[c].status == kCellOk && !same_species(moments, c, a, partner);
+      }
+    block_species_values(settings_, count, wanted, computed, moments);
+    block_eln_signs(count, moments);
+    for (std::size_t c = 0; c < count; ++c) decided[c] = cells[c].status == kCellOk && stable_by_signs(moments, c);
+  }
+  for (std::size_t c = 0; c < count; ++c)
+    for (int a = 0; a < kSpecies; ++a) wanted[slot(c, a)] = cells[c].status == kCellOk && !decided[c];
+  block_species_values(settings_, count, wanted, computed, moments);
   for (std::size_t c = 0; c < count; ++c) {
     RestFrameCell& cell = cells[c];
     if (cell.status != kCellOk) continue;
-    // Most cells of a real grid are stable: the screen decides most of them from the moments,
-    // with the answer the full computation gives (NO_CROSSING, growth 0, no change).
-    if (settings_.screen_stable_cells && stable_by_moments(moments, c)) {
+    // The screen decides stable cells with the answer the full computation gives (NO_CROSSING,
+    // growth 0, no change).
+    if (decided[c] || (screen && stable_by_moments(moments, c))) {
       cell.status = kCell_NO_CROSSING;
       continue;
     }
