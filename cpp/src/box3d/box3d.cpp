@@ -92,13 +92,14 @@ void reconstruct_species(const PairedRule& rule, double density, double Z, doubl
 
 // 2Z/(1 - e^{-2Z}) (the amplitude of the maximum-entropy distribution per n/(4 pi)), branch-free:
 // the Bernoulli series of x/(1 - e^{-x}) below x = 2Z = 0.3 (omitted terms < 1e-18), the
-// closed form above (1 - e^{-x} > 0.25 there, so no cancellation).
-inline double maxent_amplitude(double Z) {
+// closed form above (1 - e^{-x} > 0.25 there, so no cancellation). e2 = e^{-2Z}, from the
+// caller's e^{-Z} (one exponential fewer).
+inline double maxent_amplitude(double Z, double e2) {
   const double x = 2.0 * Z, x2 = x * x;
   const double series =
       1.0 + 0.5 * x +
       x2 * (1.0 / 12.0 + x2 * (-1.0 / 720.0 + x2 * (1.0 / 30240.0 + x2 * (-1.0 / 1209600.0 + x2 * (1.0 / 47900160.0 + x2 * (-691.0 / 1307674368000.0))))));
-  const double closed = x / (1.0 - clamped_exp(-x));
+  const double closed = x / (1.0 - e2);
   return x < 0.3 ? series : closed;
 }
 
@@ -224,8 +225,8 @@ void block_species_values(const Box3DSettings& settings, std::size_t count, cons
   }
 #pragma omp simd
   for (std::size_t k = 0; k < lanes; ++k) {
-    amplitude[k] = maxent_amplitude(Z[k]);
     const double across_factor = clamped_exp(-Z[k]);
+    amplitude[k] = maxent_amplitude(Z[k], across_factor * across_factor);
     peak[k] = density[k] * amplitude[k];
     across[k] = peak[k] * across_factor;
     floor[k] = across[k] * across_factor;
