@@ -327,6 +327,31 @@ bool pair_bounded(int i, int j, const BlockMoments& m, std::size_t c) {
   return lowest > margin || highest < -margin;
 }
 
+// The sign of ELN_f on the quadrature's points, for a flavour whose sign over the whole sphere
+// block_eln_signs left undecided (a crossing there may fall between the points, where Box3D does
+// not see it). ln(g_f/gbar_f) = ln(across/across_bar) + (Z Fhat - Zbar Fhatbar).n_hat at each
+// point, with no exponential; a point within kScreenMargin of zero leaves it undecided (far above
+// the rounding of the computed distributions, as for the flavour signs). Stops at the first
+// point that shows both signs are possible (the usual case for a crossing cell).
+int quadrature_eln_sign(const LebedevRule& rule, const BlockMoments& m, std::size_t c, int flavour) {
+  const std::size_t a = slot(c, flavour), b = slot(c, flavour + kFlavours);
+  if (m.Z[a] > 300.0 || m.Z[b] > 300.0) return kUndecided;  // clamped reconstruction: no decision
+  if (!(m.across[a] > 0.0 && m.across[b] > 0.0)) return kUndecided;
+  const double log_ratio = std::log(m.across[a] / m.across[b]);
+  if (!std::isfinite(log_ratio)) return kUndecided;
+  const double vx = m.Z[a] * m.direction_x[a] - m.Z[b] * m.direction_x[b];
+  const double vy = m.Z[a] * m.direction_y[a] - m.Z[b] * m.direction_y[b];
+  const double vz = m.Z[a] * m.direction_z[a] - m.Z[b] * m.direction_z[b];
+  const std::size_t points = rule.size();
+  bool positive = true, negative = true;
+  for (std::size_t q = 0; q < points && (positive || negative); ++q) {
+    const double exponent = log_ratio + vx * rule.x[q] + vy * rule.y[q] + vz * rule.z[q];
+    positive &= exponent > kScreenMargin;
+    negative &= exponent < -kScreenMargin;
+  }
+  return positive ? 1 : (negative ? -1 : kUndecided);
+}
+
 // True when the flavour signs alone (or vanishing G) settle every pair of cell c: the cell is
 // stable with no species' values beyond those of the flavours whose nu and nubar differ.
 bool stable_by_signs(const BlockMoments& m, std::size_t c) {
@@ -645,7 +670,20 @@ void Box3D::classify_block(std::size_t count, RestFrameCell* cells) const {
       }
     block_species_values(settings_, count, wanted, computed, moments);
     block_eln_signs(count, moments);
-    for (std::size_t c = 0; c < count; ++c) decided[c] = cells[c].status == kCellOk && stable_by_signs(moments, c);
+    for (std::size_t c = 0; c < count; ++c) {
+      if (cells[c].status != kCellOk) continue;
+      decided[c] = stable_by_signs(moments, c);
+      if (decided[c]) continue;
+      // Signs undecided over the sphere may still be decided on the quadrature's points.
+      bool refined = false;
+      for (int f = 0; f < kFlavours; ++f) {
+        int& sign = moments.eln_sign[f * kBlockCells + c];
+        if (sign != kUndecided) continue;
+        sign = quadrature_eln_sign(rule_, moments, c, f);
+        refined |= sign != kUndecided;
+      }
+      decided[c] = refined && stable_by_signs(moments, c);
+    }
   }
   for (std::size_t c = 0; c < count; ++c)
     for (int a = 0; a < kSpecies; ++a) wanted[slot(c, a)] = cells[c].status == kCellOk && !decided[c];
