@@ -128,6 +128,9 @@ struct BlockMoments {
   // it), floor n A e^{-2Z} (against it). Used by the stability screen.
   double peak[kBlockSpecies], across[kBlockSpecies], floor[kBlockSpecies];
   int eln_sign[kBlockCells * kFlavours];  // the screen's sign of ELN_f, [flavour * kBlockCells + cell]
+  // ELN_f's sign is undecided, but its other sign is confined to a cap of angular radius below
+  // 26 degrees, which may fall between the quadrature's points: worth quadrature_eln_sign.
+  int near_edge[kBlockCells * kFlavours];
 };
 
 // Flux factors and directions of the cells whose status is still kCellOk (F: normalised rest
@@ -268,6 +271,10 @@ void block_species_values(const Box3DSettings& settings, std::size_t count, cons
 // relative, from the exponent Z Fhat.n_hat), so a decided sign is the one the quadrature shows.
 // Beyond Z = 300 the reconstruction clamps tiny values: no decision there.
 constexpr int kUndecided = 2;
+// quadrature_eln_sign is tried only where the other sign's cap is smaller than this cosine says
+// (radius 26 degrees): larger caps hold quadrature points (the covering radius of the order-17
+// rule is 13 degrees, smaller for the finer rules), so trying would only cost time.
+constexpr double kNearEdge = 0.9;
 constexpr double kScreenMargin = 1e-9;
 
 // Species a and b of cell c have equal moments (then equal computed distributions).
@@ -291,7 +298,11 @@ void block_eln_signs(std::size_t count, BlockMoments& m) {
       const double vx = m.Z[b] * m.direction_x[b] - m.Z[a] * m.direction_x[a];
       const double vy = m.Z[b] * m.direction_y[b] - m.Z[a] * m.direction_y[a];
       const double vz = m.Z[b] * m.direction_z[b] - m.Z[a] * m.direction_z[a];
-      const double spread = clamped_exp(-std::sqrt(vx * vx + vy * vy + vz * vz));  // |v| <= 600: no clamping
+      const double norm_v = std::sqrt(vx * vx + vy * vy + vz * vz);
+      const double spread = clamped_exp(-norm_v);  // |v| <= 600: no clamping
+      // |ln(across/across_bar)| > 0.9 |v|: the cap where the ratio crosses 1 has cos(radius) > 0.9
+      const double near_spread = clamped_exp(-kNearEdge * norm_v);
+      m.near_edge[a] = (m.across[a] * near_spread > m.across[b]) | (m.across[b] * near_spread > m.across[a]);
       const bool clamped = (m.Z[a] > 300.0) | (m.Z[b] > 300.0);
       const bool positive = m.across[a] * spread > (1.0 + kScreenMargin) * m.across[b];
       const bool negative = m.across[b] * spread > (1.0 + kScreenMargin) * m.across[a];
@@ -678,7 +689,7 @@ void Box3D::classify_block(std::size_t count, RestFrameCell* cells) const {
       bool refined = false;
       for (int f = 0; f < kFlavours; ++f) {
         int& sign = moments.eln_sign[f * kBlockCells + c];
-        if (sign != kUndecided) continue;
+        if (sign != kUndecided || !moments.near_edge[f * kBlockCells + c]) continue;
         sign = quadrature_eln_sign(rule_, moments, c, f);
         refined |= sign != kUndecided;
       }
