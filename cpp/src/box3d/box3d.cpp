@@ -19,6 +19,14 @@ namespace {
 constexpr double kOneThird = 1.0 / 3.0;
 constexpr double kInverseFourPi = 0.25 / 3.14159265358979323846;
 
+// The 24 values of a cell, as inline moves (a library memmove call per cell costs more than the
+// copy itself).
+inline void copy_cell(const double* from, double* to) {
+  double values[kCellValues];
+  for (int v = 0; v < kCellValues; ++v) values[v] = from[v];
+  for (int v = 0; v < kCellValues; ++v) to[v] = values[v];
+}
+
 // Per-thread scratch: sized at first use (warm-up), then reused.
 struct AngularScratch {
   std::vector<double> distribution;    // [species][direction]
@@ -746,7 +754,7 @@ void cell_result(const double* F_init, const RestFrameCell& cell, Box3DCell& out
   out.growth_over_ntot = cell.growth_over_ntot;
   if (!(cell.status & kCellRejectedMask)) {
     if (cell.status & kCell_NO_CROSSING) {
-      std::copy(F_init, F_init + kCellValues, out.F_box.begin());  // stable: the input itself
+      copy_cell(F_init, out.F_box.data());  // stable: the input itself
       return;
     }
     if (finalise_cell(F_init, cell.boost, cell.ntot, cell.dF, out.F_box.data())) return;
@@ -767,9 +775,12 @@ void Box3D::apply_cell(const double* F_init, const double* u, Box3DCell& out) co
 
 void Box3D::apply(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, CellArray F_box,
                   double* growth_over_ntot, double* ntot, std::uint32_t* status, int threads) const {
-  // The common layout (species then components, contiguous) is copied without index arithmetic.
+  // The common layout (species then components, contiguous) is copied without index arithmetic,
+  // and read in place when the cells follow each other (u likewise).
   const bool contiguous_input = F_init.species_stride == kComponents && F_init.component_stride == 1;
   const bool contiguous_output = F_box.species_stride == kComponents && F_box.component_stride == 1;
+  const bool packed_input = contiguous_input && F_init.cell_stride == kCellValues;
+  const bool packed_u = u.data && u.cell_stride == 4 && u.component_stride == 1;
   auto run_range = [&](std::size_t begin, std::size_t end) {
     // Blocks of cells gathered from the caller's strides, so that step 1 runs across cells.
     double cells[kBlockCells * kCellValues];
@@ -778,29 +789,33 @@ void Box3D::apply(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, Ce
     Box3DCell result;
     for (std::size_t block = begin; block < end; block += kBlockCells) {
       const std::size_t count = std::min(kBlockCells, end - block);
-      for (std::size_t i = 0; i < count; ++i) {
+      for (std::size_t i = 0; i < count && !(packed_input && (packed_u || !u.data)); ++i) {
         const std::size_t c = block + i;
-        const double* source = F_init.data + static_cast<std::ptrdiff_t>(c) * F_init.cell_stride;
-        if (contiguous_input) {
-          std::copy(source, source + kCellValues, cells + i * kCellValues);
-        } else {
-          for (int a = 0; a < kSpecies; ++a)
-            for (int m = 0; m < kComponents; ++m)
-              cells[i * kCellValues + value_index(a, m)] = source[a * F_init.species_stride + m * F_init.component_stride];
+        if (!packed_input) {
+          const double* source = F_init.data + static_cast<std::ptrdiff_t>(c) * F_init.cell_stride;
+          if (contiguous_input) {
+            copy_cell(source, cells + i * kCellValues);
+          } else {
+            for (int a = 0; a < kSpecies; ++a)
+              for (int m = 0; m < kComponents; ++m)
+                cells[i * kCellValues + value_index(a, m)] = source[a * F_init.species_stride + m * F_init.component_stride];
+          }
         }
-        if (u.data) {
+        if (u.data && !packed_u) {
           const double* source_u = u.data + static_cast<std::ptrdiff_t>(c) * u.cell_stride;
           for (int m = 0; m < 4; ++m) velocities[i * 4 + m] = source_u[m * u.component_stride];
         }
       }
-      rest_frame_cells(count, cells, u.data ? velocities : nullptr, rest);
+      const double* block_F = packed_input ? F_init.data + block * kCellValues : cells;
+      const double* block_u = !u.data ? nullptr : packed_u ? u.data + block * 4 : velocities;
+      rest_frame_cells(count, block_F, block_u, rest);
       for (std::size_t i = 0; i < count; ++i) {
         const std::size_t c = block + i;
-        cell_result(cells + i * kCellValues, rest[i], result);
+        cell_result(block_F + i * kCellValues, rest[i], result);
         if (F_box.data) {
           double* target = F_box.data + static_cast<std::ptrdiff_t>(c) * F_box.cell_stride;
           if (contiguous_output) {
-            std::copy(result.F_box.begin(), result.F_box.end(), target);
+            copy_cell(result.F_box.data(), target);
           } else {
             for (int a = 0; a < kSpecies; ++a)
               for (int m = 0; m < kComponents; ++m)
