@@ -47,9 +47,33 @@ def isotropic_excess(rng, n):
     return F
 
 
+def between_points(rng, n):
+    """M1-like cells whose ELN_e changes sign on the sphere but only near its edge, where the
+    ratio nu_e/nubar_e spans 1 by a little: on the quadrature's points mostly of one sign (Box3D
+    sees no crossing), which the screen then decides from the points themselves."""
+    from dodo import _core
+
+    F = m1_like(rng, n, nubar_scale=(0.3, 0.9))
+
+    def across_and_exponent(species):  # n A e^{-Z}, Z Fhat
+        flux = np.linalg.norm(species[:, 1:], axis=1)
+        Z = _core.inverse_langevin(flux / species[:, 0], "exact")
+        amplitude = np.where(Z > 1e-8, 2 * Z / -np.expm1(-2 * np.maximum(Z, 1e-300)), 1.0)
+        return species[:, 0] * amplitude * np.exp(-Z), Z[:, None] * species[:, 1:] / np.maximum(flux, 1e-300)[:, None]
+
+    (across, exponent), (across_bar, exponent_bar) = across_and_exponent(F[:, 0]), across_and_exponent(F[:, 3])
+    log_ratio = np.log(across / across_bar)
+    spread = np.linalg.norm(exponent - exponent_bar, axis=1)
+    # Scaling nubar_e by k keeps its Z and direction and moves ln(ratio) by -ln k: put |ln ratio|
+    # at 0.9-0.999 of its range over the sphere.
+    target = np.sign(log_ratio) * rng.uniform(0.9, 0.999, n) * spread
+    F[:, 3] *= np.exp(log_ratio - target)[:, None]
+    return F
+
+
 KINDS = {"random": lambda rng, n: random_states(rng, n), "mu=tau": lambda rng, n: random_states(rng, n, mu_equals_tau=True),
          "m1_like": m1_like, "borderline": borderline, "weak_heavy_eln": weak_heavy_eln,
-         "isotropic_excess": isotropic_excess}
+         "isotropic_excess": isotropic_excess, "between_points": between_points}
 
 
 @pytest.mark.parametrize("kind", KINDS)

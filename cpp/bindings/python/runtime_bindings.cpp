@@ -68,14 +68,15 @@ py::dict apply_diagnostics(const Closure& closure, const CellInput& F_init, cons
   const auto cells = static_cast<py::ssize_t>(n);
   py::array_t<double> F_pred({cells, py::ssize_t{dodo::kSpecies}, py::ssize_t{dodo::kComponents}});
   py::array_t<std::uint32_t> status(cells);
-  py::array_t<double> growth(cells), rate(cells), proxy(cells), proxy_rate(cells), uncertainty(cells);
+  // Only the arrays dodo.Closure.apply returns: every array is written page by page into fresh
+  // memory, which costs as much as the closure itself for stable cells.
+  py::array_t<double> growth(cells), rate(cells), proxy_rate(cells), uncertainty(cells);
   dodo::ConstCellArray input{F_init.data()};
   dodo::CellArray output{F_pred.mutable_data()};
   std::uint32_t* status_data = status.mutable_data();
   dodo::runtime::CellDiagnostics diagnostics;
   diagnostics.growth_over_ntot = growth.mutable_data();
   diagnostics.growth_rate = rate.mutable_data();
-  diagnostics.growth_over_ntot_proxy = proxy.mutable_data();
   diagnostics.growth_rate_proxy = proxy_rate.mutable_data();
   diagnostics.uncertainty = uncertainty.mutable_data();
   dodo_python::without_gil([&] { closure.apply(n, input, velocity, output, status_data, diagnostics); });
@@ -84,15 +85,31 @@ py::dict apply_diagnostics(const Closure& closure, const CellInput& F_init, cons
   out["status"] = status;
   out["growth_over_ntot"] = growth;
   out["growth_rate"] = rate;
-  out["growth_over_ntot_proxy"] = proxy;
   out["growth_rate_proxy"] = proxy_rate;
   out["uncertainty"] = uncertainty;
   return out;
 }
 
 py::tuple apply(const Closure& closure, const CellInput& F_init, const std::optional<CellInput>& u) {
-  py::dict out = apply_diagnostics(closure, F_init, u);
-  return py::make_tuple(out["F_pred"], out["status"], out["growth_over_ntot_proxy"]);
+  if (F_init.ndim() != 3 || F_init.shape(1) != dodo::kSpecies || F_init.shape(2) != dodo::kComponents)
+    throw py::value_error("F_init must have shape (n, 6, 4)");
+  const std::size_t n = static_cast<std::size_t>(F_init.shape(0));
+  dodo::ConstVelocityArray velocity;
+  if (u) {
+    if (u->ndim() != 2 || static_cast<std::size_t>(u->shape(0)) != n || u->shape(1) != 4)
+      throw py::value_error("u must have shape (n, 4) matching F_init");
+    velocity.data = u->data();
+  }
+  const auto cells = static_cast<py::ssize_t>(n);
+  py::array_t<double> F_pred({cells, py::ssize_t{dodo::kSpecies}, py::ssize_t{dodo::kComponents}});
+  py::array_t<std::uint32_t> status(cells);
+  py::array_t<double> proxy(cells);
+  dodo::ConstCellArray input{F_init.data()};
+  dodo::CellArray output{F_pred.mutable_data()};
+  std::uint32_t* status_data = status.mutable_data();
+  double* proxy_data = proxy.mutable_data();
+  dodo_python::without_gil([&] { closure.apply(n, input, velocity, output, status_data, proxy_data); });
+  return py::make_tuple(F_pred, status, proxy);
 }
 
 }  // namespace
@@ -134,7 +151,7 @@ void register_runtime(py::module_& m) {
            "(n,6,4) float64 [, (n,4)] -> (F_pred (n,6,4), status (n,) uint32, growth_over_ntot (n,))")
       .def("apply_diagnostics", &apply_diagnostics, py::arg("F_init"), py::arg("u") = py::none(),
            "(n,6,4) float64 [, (n,4)] -> dict of F_pred, status, growth_over_ntot, growth_rate, "
-           "growth_over_ntot_proxy, growth_rate_proxy, uncertainty")
+           "growth_rate_proxy, uncertainty")
       .def("self_test", [](const Closure& closure) {
              double worst = 0.0;
              dodo_python::without_gil([&] { worst = closure.self_test(); });

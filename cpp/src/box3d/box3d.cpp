@@ -19,6 +19,14 @@ namespace {
 constexpr double kOneThird = 1.0 / 3.0;
 constexpr double kInverseFourPi = 0.25 / 3.14159265358979323846;
 
+// The 24 values of a cell, as inline moves (a library memmove call per cell costs more than the
+// copy itself).
+inline void copy_cell(const double* from, double* to) {
+  double values[kCellValues];
+  for (int v = 0; v < kCellValues; ++v) values[v] = from[v];
+  for (int v = 0; v < kCellValues; ++v) to[v] = values[v];
+}
+
 // Per-thread scratch: sized at first use (warm-up), then reused.
 struct AngularScratch {
   std::vector<double> distribution;    // [species][direction]
@@ -92,13 +100,14 @@ void reconstruct_species(const PairedRule& rule, double density, double Z, doubl
 
 // 2Z/(1 - e^{-2Z}) (the amplitude of the maximum-entropy distribution per n/(4 pi)), branch-free:
 // the Bernoulli series of x/(1 - e^{-x}) below x = 2Z = 0.3 (omitted terms < 1e-18), the
-// closed form above (1 - e^{-x} > 0.25 there, so no cancellation).
-inline double maxent_amplitude(double Z) {
+// closed form above (1 - e^{-x} > 0.25 there, so no cancellation). e2 = e^{-2Z}, from the
+// caller's e^{-Z} (one exponential fewer).
+inline double maxent_amplitude(double Z, double e2) {
   const double x = 2.0 * Z, x2 = x * x;
   const double series =
       1.0 + 0.5 * x +
       x2 * (1.0 / 12.0 + x2 * (-1.0 / 720.0 + x2 * (1.0 / 30240.0 + x2 * (-1.0 / 1209600.0 + x2 * (1.0 / 47900160.0 + x2 * (-691.0 / 1307674368000.0))))));
-  const double closed = x / (1.0 - clamped_exp(-x));
+  const double closed = x / (1.0 - e2);
   return x < 0.3 ? series : closed;
 }
 
@@ -127,12 +136,14 @@ struct BlockMoments {
   // it), floor n A e^{-2Z} (against it). Used by the stability screen.
   double peak[kBlockSpecies], across[kBlockSpecies], floor[kBlockSpecies];
   int eln_sign[kBlockCells * kFlavours];  // the screen's sign of ELN_f, [flavour * kBlockCells + cell]
+  // ELN_f's sign is undecided, but its other sign is confined to a cap of angular radius below
+  // 26 degrees, which may fall between the quadrature's points: worth quadrature_eln_sign.
+  int near_edge[kBlockCells * kFlavours];
 };
 
 // Flux factors and directions of the cells whose status is still kCellOk (F: normalised rest
 // frame, 24 values each); a flux factor the quadrature cannot represent sets FLUX_FACTOR.
-// Then Z, amplitudes and the screen's values for every cell of the block (rejected cells carry
-// zeros through, harmlessly).
+// Rejected cells carry zeros through, harmlessly.
 DODO_MULTIVERSION
 void block_moments(const Box3DSettings& settings, std::size_t count, RestFrameCell* cells, BlockMoments& m) {
   static constexpr double kNoCell[kCellValues] = {};
@@ -148,7 +159,7 @@ void block_moments(const Box3DSettings& settings, std::size_t count, RestFrameCe
     }
   }
   const double largest_flux_factor = settings.max_flux_factor;
-  bool unrepresentable[kBlockSpecies];
+  double flux_norm[kBlockSpecies];  // |F| of each species (a double, so that the loop vectorises)
   for (int a = 0; a < kSpecies; ++a) {
 #pragma omp simd
     for (std::size_t i = slot(0, a); i < slot(lanes, a); ++i) {
@@ -157,9 +168,8 @@ void block_moments(const Box3DSettings& settings, std::size_t count, RestFrameCe
       const bool has_density = density > 0.0, has_flux = flux > 0.0;
       const double flux_factor = flux / (has_density ? density : 1.0);
       m.flux_factor[i] = has_density ? flux_factor : 0.0;
-      // A flux without density is not a distribution; nor is one the quadrature cannot represent.
-      unrepresentable[i] = has_density ? !(flux_factor < largest_flux_factor) : has_flux;
-      const double inverse_flux = has_flux ? 1.0 / flux : 0.0;
+      flux_norm[i] = flux;
+      const double inverse_flux = has_flux ? 1.0 / (has_flux ? flux : 1.0) : 0.0;
       m.direction_x[i] = m.flux_x[i] * inverse_flux;
       m.direction_y[i] = m.flux_y[i] * inverse_flux;
       m.direction_z[i] = m.flux_z[i] * inverse_flux;
@@ -167,25 +177,88 @@ void block_moments(const Box3DSettings& settings, std::size_t count, RestFrameCe
   }
   for (std::size_t c = 0; c < count; ++c) {
     bool any = false;
-    for (int a = 0; a < kSpecies; ++a) any |= unrepresentable[slot(c, a)];
+    for (int a = 0; a < kSpecies; ++a) {
+      // A flux without density is not a distribution; nor is one the quadrature cannot represent.
+      const std::size_t i = slot(c, a);
+      any |= m.density[i] > 0.0 ? !(m.flux_factor[i] < largest_flux_factor) : flux_norm[i] > 0.0;
+    }
     if (any && cells[c].status == kCellOk) cells[c].status = kCell_FLUX_FACTOR;
   }
-  for (int a = 0; a < kSpecies; ++a) {
-    const std::size_t begin = slot(0, a), end = slot(lanes, a);
-    if (settings.z_method == ZMethod::kJedynak) {
-      for (std::size_t i = begin; i < end; ++i) m.Z[i] = jedynak_inverse_langevin(m.flux_factor[i]);
-    } else {
-#pragma omp simd
-      for (std::size_t i = begin; i < end; ++i) m.Z[i] = halley_inverse_langevin(m.flux_factor[i]);
+  // Z and the values derived from it come from block_species_values, for the species that need
+  // them; the others keep zeros.
+  std::fill(m.Z, m.Z + kBlockSpecies, 0.0);
+  std::fill(m.amplitude, m.amplitude + kBlockSpecies, 0.0);
+  std::fill(m.peak, m.peak + kBlockSpecies, 0.0);
+  std::fill(m.across, m.across + kBlockSpecies, 0.0);
+  std::fill(m.floor, m.floor + kBlockSpecies, 0.0);
+}
+
+// Z (inverse Langevin of the flux factor), the amplitude and the screen's values (peak, across,
+// floor) of the species that `wanted` marks and `computed` does not yet (both per slot), which
+// it then marks computed. They are gathered into a compact list so that only these are
+// computed, by the same loops for every entry; a species whose density and flux factor equal
+// those of an earlier species of its cell (mu = tau, the heavy species of M1 data) takes that
+// one's values, which are the same numbers.
+DODO_MULTIVERSION
+void block_species_values(const Box3DSettings& settings, std::size_t count, const bool* wanted, bool* computed,
+                          BlockMoments& m) {
+  alignas(64) double density[kBlockSpecies], flux_factor[kBlockSpecies], Z[kBlockSpecies], amplitude[kBlockSpecies],
+      peak[kBlockSpecies], across[kBlockSpecies], floor[kBlockSpecies];
+  std::uint16_t where[kBlockSpecies], copy_to[kBlockSpecies], copy_from[kBlockSpecies];
+  bool listed[kBlockSpecies] = {};
+  std::size_t n = 0, copies = 0;
+  for (std::size_t c = 0; c < count; ++c)
+    for (int a = 0; a < kSpecies; ++a) {
+      const std::size_t i = slot(c, a);
+      if (!wanted[i] || computed[i]) continue;
+      std::size_t source = i;
+      for (int b = 0; b < a && source == i; ++b) {
+        const std::size_t j = slot(c, b);
+        if ((computed[j] || listed[j]) && m.density[j] == m.density[i] && m.flux_factor[j] == m.flux_factor[i]) source = j;
+      }
+      if (source != i) {
+        copy_to[copies] = static_cast<std::uint16_t>(i);
+        copy_from[copies++] = static_cast<std::uint16_t>(source);
+        continue;
+      }
+      listed[i] = true;
+      where[n] = static_cast<std::uint16_t>(i);
+      density[n] = m.density[i];
+      flux_factor[n++] = m.flux_factor[i];
     }
+  const std::size_t lanes = block_lanes(n);
+  for (std::size_t k = n; k < lanes; ++k) density[k] = flux_factor[k] = 0.0;  // whole vectors
+  if (settings.z_method == ZMethod::kJedynak) {
+    for (std::size_t k = 0; k < lanes; ++k) Z[k] = jedynak_inverse_langevin(flux_factor[k]);
+  } else {
 #pragma omp simd
-    for (std::size_t i = begin; i < end; ++i) {
-      m.amplitude[i] = maxent_amplitude(m.Z[i]);
-      const double across_factor = clamped_exp(-m.Z[i]);
-      m.peak[i] = m.density[i] * m.amplitude[i];
-      m.across[i] = m.peak[i] * across_factor;
-      m.floor[i] = m.across[i] * across_factor;
-    }
+    for (std::size_t k = 0; k < lanes; ++k) Z[k] = halley_inverse_langevin(flux_factor[k]);
+  }
+#pragma omp simd
+  for (std::size_t k = 0; k < lanes; ++k) {
+    const double across_factor = clamped_exp(-Z[k]);
+    amplitude[k] = maxent_amplitude(Z[k], across_factor * across_factor);
+    peak[k] = density[k] * amplitude[k];
+    across[k] = peak[k] * across_factor;
+    floor[k] = across[k] * across_factor;
+  }
+  for (std::size_t k = 0; k < n; ++k) {
+    const std::size_t i = where[k];
+    m.Z[i] = Z[k];
+    m.amplitude[i] = amplitude[k];
+    m.peak[i] = peak[k];
+    m.across[i] = across[k];
+    m.floor[i] = floor[k];
+    computed[i] = true;
+  }
+  for (std::size_t k = 0; k < copies; ++k) {
+    const std::size_t i = copy_to[k], j = copy_from[k];
+    m.Z[i] = m.Z[j];
+    m.amplitude[i] = m.amplitude[j];
+    m.peak[i] = m.peak[j];
+    m.across[i] = m.across[j];
+    m.floor[i] = m.floor[j];
+    computed[i] = true;
   }
 }
 
@@ -206,6 +279,10 @@ void block_moments(const Box3DSettings& settings, std::size_t count, RestFrameCe
 // relative, from the exponent Z Fhat.n_hat), so a decided sign is the one the quadrature shows.
 // Beyond Z = 300 the reconstruction clamps tiny values: no decision there.
 constexpr int kUndecided = 2;
+// quadrature_eln_sign is tried only where the other sign's cap is smaller than this cosine says
+// (radius 26 degrees): larger caps hold quadrature points (the covering radius of the order-17
+// rule is 13 degrees, smaller for the finer rules), so trying would only cost time.
+constexpr double kNearEdge = 0.9;
 constexpr double kScreenMargin = 1e-9;
 
 // Species a and b of cell c have equal moments (then equal computed distributions).
@@ -229,7 +306,11 @@ void block_eln_signs(std::size_t count, BlockMoments& m) {
       const double vx = m.Z[b] * m.direction_x[b] - m.Z[a] * m.direction_x[a];
       const double vy = m.Z[b] * m.direction_y[b] - m.Z[a] * m.direction_y[a];
       const double vz = m.Z[b] * m.direction_z[b] - m.Z[a] * m.direction_z[a];
-      const double spread = clamped_exp(-std::sqrt(vx * vx + vy * vy + vz * vz));  // |v| <= 600: no clamping
+      const double norm_v = std::sqrt(vx * vx + vy * vy + vz * vz);
+      const double spread = clamped_exp(-norm_v);  // |v| <= 600: no clamping
+      // |ln(across/across_bar)| > 0.9 |v|: the cap where the ratio crosses 1 has cos(radius) > 0.9
+      const double near_spread = clamped_exp(-kNearEdge * norm_v);
+      m.near_edge[a] = (m.across[a] * near_spread > m.across[b]) | (m.across[b] * near_spread > m.across[a]);
       const bool clamped = (m.Z[a] > 300.0) | (m.Z[b] > 300.0);
       const bool positive = m.across[a] * spread > (1.0 + kScreenMargin) * m.across[b];
       const bool negative = m.across[b] * spread > (1.0 + kScreenMargin) * m.across[a];
@@ -263,6 +344,44 @@ bool pair_bounded(int i, int j, const BlockMoments& m, std::size_t c) {
   }
   const double margin = kScreenMargin * magnitude;
   return lowest > margin || highest < -margin;
+}
+
+// The sign of ELN_f on the quadrature's points, for a flavour whose sign over the whole sphere
+// block_eln_signs left undecided (a crossing there may fall between the points, where Box3D does
+// not see it). ln(g_f/gbar_f) = ln(across/across_bar) + (Z Fhat - Zbar Fhatbar).n_hat at each
+// point, with no exponential; a point within kScreenMargin of zero leaves it undecided (far above
+// the rounding of the computed distributions, as for the flavour signs). Stops at the first
+// point that shows both signs are possible (the usual case for a crossing cell).
+int quadrature_eln_sign(const LebedevRule& rule, const BlockMoments& m, std::size_t c, int flavour) {
+  const std::size_t a = slot(c, flavour), b = slot(c, flavour + kFlavours);
+  if (m.Z[a] > 300.0 || m.Z[b] > 300.0) return kUndecided;  // clamped reconstruction: no decision
+  if (!(m.across[a] > 0.0 && m.across[b] > 0.0)) return kUndecided;
+  const double log_ratio = std::log(m.across[a] / m.across[b]);
+  if (!std::isfinite(log_ratio)) return kUndecided;
+  const double vx = m.Z[a] * m.direction_x[a] - m.Z[b] * m.direction_x[b];
+  const double vy = m.Z[a] * m.direction_y[a] - m.Z[b] * m.direction_y[b];
+  const double vz = m.Z[a] * m.direction_z[a] - m.Z[b] * m.direction_z[b];
+  const std::size_t points = rule.size();
+  bool positive = true, negative = true;
+  for (std::size_t q = 0; q < points && (positive || negative); ++q) {
+    const double exponent = log_ratio + vx * rule.x[q] + vy * rule.y[q] + vz * rule.z[q];
+    positive &= exponent > kScreenMargin;
+    negative &= exponent < -kScreenMargin;
+  }
+  return positive ? 1 : (negative ? -1 : kUndecided);
+}
+
+// True when the flavour signs alone (or vanishing G) settle every pair of cell c: the cell is
+// stable with no species' values beyond those of the flavours whose nu and nubar differ.
+bool stable_by_signs(const BlockMoments& m, std::size_t c) {
+  for (int p = 0; p < kPairs; ++p) {
+    const int i = kPairFirst[p], j = kPairSecond[p];
+    const int sign_i = m.eln_sign[i * kBlockCells + c], sign_j = m.eln_sign[j * kBlockCells + c];
+    if ((sign_i != kUndecided) & (sign_j != kUndecided) & (sign_i * sign_j <= 0)) continue;
+    if (same_species(m, c, i, j) && same_species(m, c, i + kFlavours, j + kFlavours)) continue;  // G = 0
+    return false;
+  }
+  return true;
 }
 
 bool stable_by_moments(const BlockMoments& m, std::size_t c) {
@@ -446,53 +565,109 @@ std::uint32_t angular_change(const PairedRule& rule, const double* F, const Bloc
 
 namespace {
 
-// Checks one cell (lab frame F_init, u or nullptr), boosts it to the rest frame and normalises it
-// (out.F, out.ntot, out.boost); out.status says why not. Zeroes out.dF and the growth.
-inline void prepare_cell(const double* F_init, const double* u, RestFrameCell& out) {
-  out.growth_over_ntot = 0.0;
-  out.ntot = 0.0;
-  out.status = kCellOk;
-  std::fill(out.dF, out.dF + kCellValues, 0.0);
-  if (!all_values_finite(F_init, kCellValues) || (u && !all_values_finite(u, 4))) {
-    out.status = kCell_NONFINITE;  // no finite answer is meaningful
-    return;
-  }
-  if (!is_valid_four_velocity(u)) {
-    out.status = kCell_BAD_VELOCITY;
-    return;
-  }
-  out.boost = LorentzBoost(u);
-  double* rest = out.F;
-  out.boost.cell_to_rest(F_init, rest);
-  if (!all_values_finite(rest, kCellValues)) {  // finite input, but the boost overflowed (huge densities times W)
-    out.status = kCell_NONFINITE;
-    return;
-  }
-  double total = 0.0;
-  for (int a = 0; a < kSpecies; ++a) {
-    if (rest[a * kComponents] < 0.0) out.status |= kCell_NEGATIVE_DENSITY;
-    total += rest[a * kComponents];
-  }
-  if (out.status) return;
-  if (!std::isfinite(total)) {
-    out.status = kCell_NONFINITE;
-    return;
-  }
-  // Vacuum: below kSmallestNtot the changes would be rounded to the subnormal grid, which cannot
-  // keep the flavour sums to rounding of N_tot (1e-310: 8e-15 N_tot; 1e-320: 8e-5 N_tot).
-  if (!(total >= kSmallestNtot)) {
-    out.status = kCell_ZERO_DENSITY;
-    return;
-  }
-  out.ntot = total;
-  const double inverse_total = 1.0 / total;
-  for (int v = 0; v < kCellValues; ++v) rest[v] *= inverse_total;
-}
-
-// prepare_cell for `count` cells (F_init count x 24, u count x 4 or nullptr).
-DODO_MULTIVERSION
+// Checks a block of `count` <= kBlockCells cells (lab frame F_init count x 24, u count x 4 or
+// nullptr), boosts them to the rest frame and normalises them (out.F, out.ntot, out.boost);
+// out.status says why not; zeroes out.dF and the growth. Loops across cells that vectorise: the
+// checks, the boost's coefficients (two square roots and five divisions per cell) and the boost
+// itself, by the operations of is_valid_four_velocity and LorentzBoost in their order and
+// without contracting a * b + c into one rounding (fp-contract=off): the same bits as the
+// per-cell code.
+DODO_MULTIVERSION __attribute__((optimize("fp-contract=off")))
 void prepare_block(std::size_t count, const double* F_init, const double* u, RestFrameCell* out) {
-  for (std::size_t c = 0; c < count; ++c) prepare_cell(F_init + c * kCellValues, u ? u + c * 4 : nullptr, out[c]);
+  const std::size_t lanes = block_lanes(count);
+  // Value-major copies: lab[v][c] is value v of cell c; lanes past count hold a harmless cell.
+  alignas(64) double lab[kCellValues][kBlockCells];
+  alignas(64) double velocity[4][kBlockCells];
+  for (std::size_t c = 0; c < lanes; ++c) {
+    for (int v = 0; v < kCellValues; ++v) lab[v][c] = c < count ? F_init[c * kCellValues + v] : 1.0;
+    for (int m = 0; m < 4; ++m) velocity[m][c] = c < count && u ? u[c * 4 + m] : (m == 0 ? 1.0 : 0.0);
+  }
+  alignas(64) double W[kBlockCells], vx[kBlockCells], vy[kBlockCells], vz[kBlockCells], W2[kBlockCells];
+  alignas(64) double total[kBlockCells];
+  alignas(64) std::int64_t status[kBlockCells];
+  // Checks (NONFINITE input before BAD_VELOCITY) and the boost coefficients.
+  alignas(64) double probe[kBlockCells] = {}, velocity_probe[kBlockCells] = {};  // NaN: a value not finite
+  for (int v = 0; v < kCellValues; ++v)
+#pragma omp simd
+    for (std::size_t c = 0; c < lanes; ++c) probe[c] += lab[v][c] - lab[v][c];
+  for (int m = 0; m < 4; ++m)
+#pragma omp simd
+    for (std::size_t c = 0; c < lanes; ++c) velocity_probe[c] += velocity[m][c] - velocity[m][c];
+#pragma omp simd
+  for (std::size_t c = 0; c < lanes; ++c) {
+    const double u0 = velocity[0][c], u1 = velocity[1][c], u2 = velocity[2][c], u3 = velocity[3][c];
+    const double norm_error = std::fabs(-u0 * u0 + u1 * u1 + u2 * u2 + u3 * u3 + 1.0);
+    const bool finite_input = (probe[c] == 0.0) & (velocity_probe[c] == 0.0);
+    const bool valid_velocity = (u0 > 0.0) & (norm_error <= kVelocityNormTolerance);
+    const double spatial2 = u1 * u1 + u2 * u2 + u3 * u3;
+    W[c] = u0 / std::sqrt((u0 - std::sqrt(spatial2)) * (u0 + std::sqrt(spatial2)));
+    vx[c] = u1 / u0;
+    vy[c] = u2 / u0;
+    vz[c] = u3 / u0;
+    W2[c] = W[c] * W[c] / (W[c] + 1.0);
+    status[c] = !finite_input ? kCell_NONFINITE : (!valid_velocity ? kCell_BAD_VELOCITY : kCellOk);
+  }
+  // The boost to the rest frame (the identity without u), its checks and N_tot.
+  alignas(64) double rest[kCellValues][kBlockCells];
+  if (u) {
+    for (int a = 0; a < kSpecies; ++a) {
+      double* t = rest[a * kComponents];
+      double* x = rest[a * kComponents + 1];
+      double* y = rest[a * kComponents + 2];
+      double* z = rest[a * kComponents + 3];
+      const double* in_t = lab[a * kComponents];
+      const double* in_x = lab[a * kComponents + 1];
+      const double* in_y = lab[a * kComponents + 2];
+      const double* in_z = lab[a * kComponents + 3];
+#pragma omp simd
+      for (std::size_t c = 0; c < lanes; ++c) {
+        const double vF = vx[c] * in_x[c] + vy[c] * in_y[c] + vz[c] * in_z[c];
+        const double coefficient = W2[c] * vF - W[c] * in_t[c];
+        t[c] = W[c] * (in_t[c] - vF);
+        x[c] = in_x[c] + coefficient * vx[c];
+        y[c] = in_y[c] + coefficient * vy[c];
+        z[c] = in_z[c] + coefficient * vz[c];
+      }
+    }
+  } else {
+    std::memcpy(rest, lab, sizeof rest);
+  }
+  alignas(64) double rest_probe[kBlockCells] = {};  // finite input, but the boost overflowed (huge densities times W)
+  alignas(64) std::int64_t negative[kBlockCells] = {};
+  for (int v = 0; v < kCellValues; ++v)
+#pragma omp simd
+    for (std::size_t c = 0; c < lanes; ++c) rest_probe[c] += rest[v][c] - rest[v][c];
+  for (std::size_t c = 0; c < lanes; ++c) total[c] = 0.0;
+  for (int a = 0; a < kSpecies; ++a)
+#pragma omp simd
+    for (std::size_t c = 0; c < lanes; ++c) {
+      negative[c] |= rest[a * kComponents][c] < 0.0;
+      total[c] += rest[a * kComponents][c];
+    }
+#pragma omp simd
+  for (std::size_t c = 0; c < lanes; ++c) {
+    // Vacuum: below kSmallestNtot the changes would be rounded to the subnormal grid, which
+    // cannot keep the flavour sums to rounding of N_tot (1e-310: 8e-15 N_tot; 1e-320: 8e-5 N_tot).
+    const double sum = total[c];
+    const std::int64_t flags = !(rest_probe[c] == 0.0)    ? kCell_NONFINITE
+                               : negative[c]               ? kCell_NEGATIVE_DENSITY
+                               : !(sum - sum == 0.0)       ? kCell_NONFINITE
+                               : !(sum >= kSmallestNtot)   ? kCell_ZERO_DENSITY
+                                                           : kCellOk;
+    status[c] = status[c] == kCellOk ? flags : status[c];
+  }
+  for (std::size_t c = 0; c < count; ++c) {
+    RestFrameCell& cell = out[c];
+    cell.growth_over_ntot = 0.0;
+    std::fill(cell.dF, cell.dF + kCellValues, 0.0);
+    cell.status = static_cast<std::uint32_t>(status[c]);
+    cell.ntot = 0.0;
+    if (cell.status != kCellOk) continue;  // rejected: the other fields are unspecified
+    cell.boost = u ? LorentzBoost::from_coefficients(W[c], vx[c], vy[c], vz[c], W2[c]) : LorentzBoost();
+    cell.ntot = total[c];
+    const double inverse_total = 1.0 / total[c];
+    for (int v = 0; v < kCellValues; ++v) cell.F[v] = rest[v][c] * inverse_total;
+  }
 }
 
 }  // namespace
@@ -500,13 +675,44 @@ void prepare_block(std::size_t count, const double* F_init, const double* u, Res
 void Box3D::classify_block(std::size_t count, RestFrameCell* cells) const {
   BlockMoments moments;
   block_moments(settings_, count, cells, moments);
-  if (settings_.screen_stable_cells) block_eln_signs(count, moments);
+  const bool screen = settings_.screen_stable_cells;
+  bool wanted[kBlockSpecies] = {}, computed[kBlockSpecies] = {};
+  bool decided[kBlockCells] = {};  // stable by the flavour signs alone
+  if (screen) {
+    // Most cells of a real grid are stable, and the flavour signs decide most of them from the
+    // values of the flavours whose nu and nubar differ (in M1 data nu_e and nubar_e alone): those
+    // first; every species of the cells they leave undecided after.
+    for (std::size_t c = 0; c < count; ++c)
+      for (int a = 0; a < kSpecies; ++a) {
+        const int partner = a < kFlavours ? a + kFlavours : a - kFlavours;
+        wanted[slot(c, a)] = cells[c].status == kCellOk && !same_species(moments, c, a, partner);
+      }
+    block_species_values(settings_, count, wanted, computed, moments);
+    block_eln_signs(count, moments);
+    for (std::size_t c = 0; c < count; ++c) {
+      if (cells[c].status != kCellOk) continue;
+      decided[c] = stable_by_signs(moments, c);
+      if (decided[c]) continue;
+      // Signs undecided over the sphere may still be decided on the quadrature's points.
+      bool refined = false;
+      for (int f = 0; f < kFlavours; ++f) {
+        int& sign = moments.eln_sign[f * kBlockCells + c];
+        if (sign != kUndecided || !moments.near_edge[f * kBlockCells + c]) continue;
+        sign = quadrature_eln_sign(rule_, moments, c, f);
+        refined |= sign != kUndecided;
+      }
+      decided[c] = refined && stable_by_signs(moments, c);
+    }
+  }
+  for (std::size_t c = 0; c < count; ++c)
+    for (int a = 0; a < kSpecies; ++a) wanted[slot(c, a)] = cells[c].status == kCellOk && !decided[c];
+  block_species_values(settings_, count, wanted, computed, moments);
   for (std::size_t c = 0; c < count; ++c) {
     RestFrameCell& cell = cells[c];
     if (cell.status != kCellOk) continue;
-    // Most cells of a real grid are stable: the screen decides most of them from the moments,
-    // with the answer the full computation gives (NO_CROSSING, growth 0, no change).
-    if (settings_.screen_stable_cells && stable_by_moments(moments, c)) {
+    // The screen decides stable cells with the answer the full computation gives (NO_CROSSING,
+    // growth 0, no change).
+    if (decided[c] || (screen && stable_by_moments(moments, c))) {
       cell.status = kCell_NO_CROSSING;
       continue;
     }
@@ -548,7 +754,7 @@ void cell_result(const double* F_init, const RestFrameCell& cell, Box3DCell& out
   out.growth_over_ntot = cell.growth_over_ntot;
   if (!(cell.status & kCellRejectedMask)) {
     if (cell.status & kCell_NO_CROSSING) {
-      std::copy(F_init, F_init + kCellValues, out.F_box.begin());  // stable: the input itself
+      copy_cell(F_init, out.F_box.data());  // stable: the input itself
       return;
     }
     if (finalise_cell(F_init, cell.boost, cell.ntot, cell.dF, out.F_box.data())) return;
@@ -569,9 +775,12 @@ void Box3D::apply_cell(const double* F_init, const double* u, Box3DCell& out) co
 
 void Box3D::apply(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, CellArray F_box,
                   double* growth_over_ntot, double* ntot, std::uint32_t* status, int threads) const {
-  // The common layout (species then components, contiguous) is copied without index arithmetic.
+  // The common layout (species then components, contiguous) is copied without index arithmetic,
+  // and read in place when the cells follow each other (u likewise).
   const bool contiguous_input = F_init.species_stride == kComponents && F_init.component_stride == 1;
   const bool contiguous_output = F_box.species_stride == kComponents && F_box.component_stride == 1;
+  const bool packed_input = contiguous_input && F_init.cell_stride == kCellValues;
+  const bool packed_u = u.data && u.cell_stride == 4 && u.component_stride == 1;
   auto run_range = [&](std::size_t begin, std::size_t end) {
     // Blocks of cells gathered from the caller's strides, so that step 1 runs across cells.
     double cells[kBlockCells * kCellValues];
@@ -580,29 +789,33 @@ void Box3D::apply(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, Ce
     Box3DCell result;
     for (std::size_t block = begin; block < end; block += kBlockCells) {
       const std::size_t count = std::min(kBlockCells, end - block);
-      for (std::size_t i = 0; i < count; ++i) {
+      for (std::size_t i = 0; i < count && !(packed_input && (packed_u || !u.data)); ++i) {
         const std::size_t c = block + i;
-        const double* source = F_init.data + static_cast<std::ptrdiff_t>(c) * F_init.cell_stride;
-        if (contiguous_input) {
-          std::copy(source, source + kCellValues, cells + i * kCellValues);
-        } else {
-          for (int a = 0; a < kSpecies; ++a)
-            for (int m = 0; m < kComponents; ++m)
-              cells[i * kCellValues + value_index(a, m)] = source[a * F_init.species_stride + m * F_init.component_stride];
+        if (!packed_input) {
+          const double* source = F_init.data + static_cast<std::ptrdiff_t>(c) * F_init.cell_stride;
+          if (contiguous_input) {
+            copy_cell(source, cells + i * kCellValues);
+          } else {
+            for (int a = 0; a < kSpecies; ++a)
+              for (int m = 0; m < kComponents; ++m)
+                cells[i * kCellValues + value_index(a, m)] = source[a * F_init.species_stride + m * F_init.component_stride];
+          }
         }
-        if (u.data) {
+        if (u.data && !packed_u) {
           const double* source_u = u.data + static_cast<std::ptrdiff_t>(c) * u.cell_stride;
           for (int m = 0; m < 4; ++m) velocities[i * 4 + m] = source_u[m * u.component_stride];
         }
       }
-      rest_frame_cells(count, cells, u.data ? velocities : nullptr, rest);
+      const double* block_F = packed_input ? F_init.data + block * kCellValues : cells;
+      const double* block_u = !u.data ? nullptr : packed_u ? u.data + block * 4 : velocities;
+      rest_frame_cells(count, block_F, block_u, rest);
       for (std::size_t i = 0; i < count; ++i) {
         const std::size_t c = block + i;
-        cell_result(cells + i * kCellValues, rest[i], result);
+        cell_result(block_F + i * kCellValues, rest[i], result);
         if (F_box.data) {
           double* target = F_box.data + static_cast<std::ptrdiff_t>(c) * F_box.cell_stride;
           if (contiguous_output) {
-            std::copy(result.F_box.begin(), result.F_box.end(), target);
+            copy_cell(result.F_box.data(), target);
           } else {
             for (int a = 0; a < kSpecies; ++a)
               for (int m = 0; m < kComponents; ++m)

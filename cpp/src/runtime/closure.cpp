@@ -91,6 +91,25 @@ bool learned_diagnostics(const EvaluationBuffers& network, std::size_t row, doub
   return true;
 }
 
+// The 24 values of a cell, as inline moves: a library memmove call per cell costs more than the
+// copy itself, and the stable cells of a grid are mostly copies.
+inline void copy_cell(const double* from, double* to) {
+  double values[kCellValues];
+  for (int v = 0; v < kCellValues; ++v) values[v] = from[v];
+  for (int v = 0; v < kCellValues; ++v) to[v] = values[v];
+}
+
+// A stable cell's diagnostics (as the general path below writes them): growth 0, Box3D's proxy
+// (0 for a cell without crossing), no uncertainty.
+inline void write_stable_diagnostics(const CellDiagnostics& out, std::size_t cell, const RestFrameCell& rest) {
+  const double rate_per_ntot = rest.ntot * kGrowthRatePerNtot;
+  if (out.growth_over_ntot) out.growth_over_ntot[cell] = 0.0;
+  if (out.growth_rate) out.growth_rate[cell] = 0.0 * rate_per_ntot;
+  if (out.growth_over_ntot_proxy) out.growth_over_ntot_proxy[cell] = rest.growth_over_ntot;
+  if (out.growth_rate_proxy) out.growth_rate_proxy[cell] = rest.growth_over_ntot * rate_per_ntot;
+  if (out.uncertainty) out.uncertainty[cell] = 0.0;
+}
+
 }  // namespace
 
 Closure::Closure(const std::string& model_path, const ClosureOptions& options)
@@ -219,26 +238,33 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
   // 1. Gather; Box3D in the rest frame (all cells of the chunk in one call, so that its moments
   //    step runs across cells); invariants of the cells that need the network: not rejected and
   //    not stable (a NO_CROSSING cell is returned unchanged, network skipped).
-  // The common layout (species then components, contiguous) is copied without index arithmetic.
+  // Packed input (cells of 24 contiguous values, one after the other; u likewise) is read in
+  // place; other layouts are gathered into the workspace first.
   const bool contiguous_input = batch.F_init.species_stride == kComponents && batch.F_init.component_stride == 1;
   const bool contiguous_output = batch.F_pred.species_stride == kComponents && batch.F_pred.component_stride == 1;
-  for (std::size_t i = 0; i < count; ++i) {
+  const bool packed_input = contiguous_input && batch.F_init.cell_stride == kCellValues;
+  const bool packed_u = batch.u.data && batch.u.cell_stride == 4 && batch.u.component_stride == 1;
+  const double* F_chunk = packed_input ? batch.F_init.data + begin * kCellValues : w.F_init.data();
+  const double* u_chunk = !batch.u.data ? nullptr : packed_u ? batch.u.data + begin * 4 : w.u.data();
+  for (std::size_t i = 0; i < count && !(packed_input && (packed_u || !batch.u.data)); ++i) {
     const std::size_t cell = begin + i;
-    double* F = &w.F_init[i * kCellValues];
-    const double* source = batch.F_init.data + static_cast<std::ptrdiff_t>(cell) * batch.F_init.cell_stride;
-    if (contiguous_input) {
-      std::copy(source, source + kCellValues, F);
-    } else {
-      for (int a = 0; a < kSpecies; ++a)
-        for (int m = 0; m < kComponents; ++m)
-          F[value_index(a, m)] = source[a * batch.F_init.species_stride + m * batch.F_init.component_stride];
+    if (!packed_input) {
+      double* F = &w.F_init[i * kCellValues];
+      const double* source = batch.F_init.data + static_cast<std::ptrdiff_t>(cell) * batch.F_init.cell_stride;
+      if (contiguous_input) {
+        copy_cell(source, F);
+      } else {
+        for (int a = 0; a < kSpecies; ++a)
+          for (int m = 0; m < kComponents; ++m)
+            F[value_index(a, m)] = source[a * batch.F_init.species_stride + m * batch.F_init.component_stride];
+      }
     }
-    if (batch.u.data) {
+    if (batch.u.data && !packed_u) {
       const double* source_u = batch.u.data + static_cast<std::ptrdiff_t>(cell) * batch.u.cell_stride;
       for (int m = 0; m < 4; ++m) w.u[i * 4 + m] = source_u[m * batch.u.component_stride];
     }
   }
-  box3d_->rest_frame_cells(count, w.F_init.data(), batch.u.data ? w.u.data() : nullptr, w.cells.data());
+  box3d_->rest_frame_cells(count, F_chunk, u_chunk, w.cells.data());
   for (std::size_t i = 0; i < count; ++i) {
     RestFrameCell& rest = w.cells[i];
     if (!model_ || (rest.status & (kCellRejectedMask | kCell_NO_CROSSING))) continue;
@@ -259,9 +285,19 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
   // 2. Head, projection, limiter, boost back (finalise_cell); scatter to the caller's strides.
   for (std::size_t i = 0; i < count; ++i) {
     const std::size_t cell = begin + i;
-    const double* F = &w.F_init[i * kCellValues];
+    const double* F = F_chunk + i * kCellValues;
     const RestFrameCell& rest = w.cells[i];
     std::uint32_t flags = rest.status;
+    double* target = batch.F_pred.data + static_cast<std::ptrdiff_t>(cell) * batch.F_pred.cell_stride;
+    if (flags == kCell_NO_CROSSING && contiguous_output) {
+      // Stable (most cells of a real grid): the input itself, copied straight to the caller's
+      // array (an exact in-place call copies each cell onto itself).
+      copy_cell(F, target);
+      if (batch.status) batch.status[cell] = flags;
+      write_stable_diagnostics(batch.diagnostics, cell, rest);
+      ++events.no_crossing;
+      continue;
+    }
     double F_out[kCellValues];
     // Growth rate (units of N_tot) and uncertainty: Box3D's proxy and 0 unless the network's
     // optional outputs for this cell's packed row say otherwise.
@@ -269,7 +305,7 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
     bool done = false;
     if (flags & (kCellRejectedMask | kCell_NO_CROSSING)) {
       if (flags & kCellRejectedMask) realizable_fallback(F, F_out);
-      else std::copy(F, F + kCellValues, F_out);  // stable: returned unchanged
+      else copy_cell(F, F_out);  // stable: returned unchanged
       done = true;
     } else if (model_) {
       const std::size_t row = w.network_row[i];
@@ -298,9 +334,8 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
       flags = kCell_NONFINITE;  // Box3D's own result is not representable: rejected
       realizable_fallback(F, F_out);
     }
-    double* target = batch.F_pred.data + static_cast<std::ptrdiff_t>(cell) * batch.F_pred.cell_stride;
     if (contiguous_output) {
-      std::copy(F_out, F_out + kCellValues, target);
+      copy_cell(F_out, target);
     } else {
       for (int a = 0; a < kSpecies; ++a)
         for (int m = 0; m < kComponents; ++m)
