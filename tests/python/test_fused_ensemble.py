@@ -97,6 +97,25 @@ def test_fused_graph_equals_the_unfused_torch_module_in_far_fewer_nodes():
     assert fused_nodes * 3 < unfused_nodes, (fused_nodes, unfused_nodes)
 
 
+def test_fused_graph_has_the_wiener_gate_of_the_unfused_module():
+    """With error_per_spread > 0 (the shipped gate form) the fused graph gates as the torch module."""
+    import onnxruntime
+
+    from dodo.training.ensemble_train import ENSEMBLE_OUTPUTS, _ensemble_onnx_bytes
+
+    ensemble, mean = _random_ensemble(members=8, width=32, depth=2)
+    x = _inputs(mean)
+    with torch.no_grad():
+        sigma0_head = ensemble.outputs(x)[0].numpy()
+        ensemble.error_per_spread.fill_(1.74)
+        expected = [t.numpy() for t in ensemble.outputs(x)]
+    assert not np.allclose(expected[0], sigma0_head)  # the Wiener gate is really in use
+    session = onnxruntime.InferenceSession(_ensemble_onnx_bytes(ensemble, fused=True), providers=["CPUExecutionProvider"])
+    got = session.run(list(ENSEMBLE_OUTPUTS), {"invariants": x.numpy()})
+    for name, g, e in zip(ENSEMBLE_OUTPUTS, got, expected):
+        np.testing.assert_allclose(g, e, rtol=2e-5, atol=2e-6 * np.abs(e).max(), err_msg=name)
+
+
 def test_graph_check_catches_a_graph_that_differs():
     """check_graph_outputs is what the export relies on: a graph of another ensemble fails it."""
     from dodo.training.ensemble_train import _ensemble_onnx_bytes, check_graph_outputs
