@@ -150,6 +150,23 @@ def test_ensemble_head_is_a_conserving_density_change_and_the_gate_moves_it_to_b
     assert torch.all(ensemble.outputs(far)[0].abs() < 1e-6 * (ensemble.outputs(x)[0].abs().max() + 1e-30))
 
 
+def test_member_row_weights_decide_which_rows_are_fitted():
+    """fit_member's row weights (used to measure noise-aware training, docs/training.md): rows of
+    weight 0 are ignored, so two disagreeing halves give the weighted half's answer."""
+    import torch
+
+    from dodo.training.ensemble import fit_member
+
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(200, 3))
+    r = np.where(np.arange(200) < 100, 1.0, -1.0)  # the same inputs' distribution, opposite targets
+    weights = (np.arange(200) < 100).astype(float) * 2.0
+    member = fit_member(X, r, np.full(200, np.nan), seed=0, width=8, steps=300, weights=weights)
+    with torch.no_grad():
+        prediction = member(torch.as_tensor(X, dtype=torch.float32))[:, 0].numpy()
+    assert np.median(prediction) > 0.8
+
+
 def test_wiener_spread_gate_keeps_large_corrections_and_drops_uncertain_ones():
     """The Wiener gate r^2 / (r^2 + (c sigma)^2): 1 without spread, 1/2 where |r| = c sigma, to 0
     where the correction is small against its expected error, never NaN (r = sigma = 0)."""
