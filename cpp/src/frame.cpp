@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "multiversion.hpp"
+
 namespace dodo {
 
 double four_velocity_norm_error(const double* u) { return std::fabs(minkowski_dot(u, u) + 1.0); }
@@ -79,6 +81,7 @@ bool invariants(const double* F, const double* u, double* out27) {
   return true;
 }
 
+DODO_MULTIVERSION
 void rest_frame_invariants(const double* F, double* out27) {
   for (int a = 0; a < kSpecies; ++a) out27[a] = F[a * kComponents];
   int index = kSpecies;

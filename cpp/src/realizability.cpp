@@ -5,6 +5,7 @@
 
 #include "conventions.hpp"
 #include "frame.hpp"
+#include "multiversion.hpp"
 
 namespace dodo {
 namespace {
@@ -52,8 +53,17 @@ inline double cone_room(const double* species) {
   return species[0] - scaled_flux_norm(species);
 }
 
+// The bodies of clamp_to_cone and of realizable_step's quick accept, inlined into each
+// instruction-set clone of their callers below.
+inline bool clamp_into_cone(double* F);
+inline bool both_ends_inside(const double* F_base, const double* dF);
+
 }  // namespace
 
+// The finishing functions of every crossing cell (Box3D and the closure) are cloned per instruction
+// set like Box3D's kernel; this file is compiled with -ffp-contract=off, so the clones give the
+// baseline build's bits.
+DODO_MULTIVERSION
 bool finalise_cell(const double* F_init, const LorentzBoost& boost, double ntot, const double* dF_rest,
                    double* F_out) {
   double change_rest[kCellValues], change_lab[kCellValues];
@@ -61,11 +71,16 @@ bool finalise_cell(const double* F_init, const LorentzBoost& boost, double ntot,
   boost.cell_from_rest(change_rest, change_lab);
   for (int v = 0; v < kCellValues; ++v) F_out[v] = F_init[v] + change_lab[v];
   if (!all_values_finite(F_out, kCellValues)) return false;  // densities near DBL_MAX: not representable
-  clamp_to_cone(F_out);
+  clamp_into_cone(F_out);
   return true;
 }
 
-bool clamp_to_cone(double* F) {
+DODO_MULTIVERSION
+bool clamp_to_cone(double* F) { return clamp_into_cone(F); }
+
+namespace {
+
+inline bool clamp_into_cone(double* F) {
   bool changed = false;
   for (int a = 0; a < kSpecies; ++a) {
     double* species = F + a * kComponents;
@@ -114,6 +129,8 @@ bool clamp_to_cone(double* F) {
   return changed;
 }
 
+}  // namespace
+
 void realizable_fallback(const double* F, double* out) {
   bool finite = true;
   for (int v = 0; v < kCellValues; ++v) finite = finite && std::isfinite(F[v]);
@@ -153,7 +170,9 @@ bool cell_is_realizable(const double* F) {
 
 // True when every species is inside the cone both at F_base and at F_base + dF, tested on the
 // squares (no square roots; branch-free, vectorises): then the full step is admissible.
-bool both_ends_inside(const double* F_base, const double* dF) {
+namespace {
+
+inline bool both_ends_inside(const double* F_base, const double* dF) {
   bool inside = true;
   for (int a = 0; a < kSpecies; ++a) {
     const double* base = F_base + a * kComponents;
@@ -168,6 +187,9 @@ bool both_ends_inside(const double* F_base, const double* dF) {
   return inside;
 }
 
+}  // namespace
+
+DODO_MULTIVERSION
 double realizable_step(const double* F_base, const double* dF) {
   constexpr double kMargin = 1e-12;
   // Most cells: both ends well inside (squares compared with a few ulp to spare, so the square

@@ -8,6 +8,7 @@
 #include <tuple>
 
 #include "../frame.hpp"
+#include "../multiversion.hpp"
 #include "../realizability.hpp"
 #include "errors.hpp"
 #include "residual.hpp"
@@ -68,12 +69,6 @@ std::unique_ptr<const Box3D> make_box3d(const Box3DSettings& settings) {
   }
 }
 
-bool all_finite(const double* values, int count) {
-  for (int i = 0; i < count; ++i)
-    if (!std::isfinite(values[i])) return false;
-  return true;
-}
-
 // Growth rate (units of N_tot) and uncertainty of network row `row` from the model's optional
 // outputs; members it lacks leave `growth` (the proxy) and `uncertainty` (0) as they are. False
 // when an output is not finite or the rate overflows: the cell's network output is then void.
@@ -108,6 +103,24 @@ inline void write_stable_diagnostics(const CellDiagnostics& out, std::size_t cel
   if (out.growth_over_ntot_proxy) out.growth_over_ntot_proxy[cell] = rest.growth_over_ntot;
   if (out.growth_rate_proxy) out.growth_rate_proxy[cell] = rest.growth_over_ntot * rate_per_ntot;
   if (out.uncertainty) out.uncertainty[cell] = 0.0;
+}
+
+// The learned part of a crossing cell in its rest frame (units of N_tot): the head's correction,
+// projected onto the conserving changes and limited to the realizable cone, added to Box3D's
+// change. Returns kCell_NETWORK_NONFINITE (change not written) or kCell_CORRECTION_LIMITED or 0.
+// Cloned per instruction set like Box3D's kernel, with the head and the projection inlined; this
+// file is compiled with -ffp-contract=off, so every clone gives the baseline build's bits.
+DODO_MULTIVERSION
+std::uint32_t learned_change(Head head, const float* head_output, const RestFrameCell& rest, double* change) {
+  double correction[kCellValues];
+  assemble_correction(head, head_output, rest.F, rest.dF, correction);
+  if (!all_values_finite(correction, kCellValues)) return kCell_NETWORK_NONFINITE;
+  project_conserving(correction);
+  double F_box_rest[kCellValues];
+  for (int v = 0; v < kCellValues; ++v) F_box_rest[v] = rest.F[v] + rest.dF[v];
+  const double theta = realizable_step(F_box_rest, correction);
+  for (int v = 0; v < kCellValues; ++v) change[v] = rest.dF[v] + theta * correction[v];
+  return theta < 1.0 ? kCell_CORRECTION_LIMITED : 0u;
 }
 
 }  // namespace
@@ -311,21 +324,12 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
       const std::size_t row = w.network_row[i];
       // A non-finite optional output voids the cell's whole network output (Box3D's result and
       // proxy, as for a non-finite correction).
-      double correction[kCellValues];
-      if (!learned_diagnostics(*w.network, row, rest.growth_over_ntot, rest.ntot, growth, uncertainty)) {
+      double change[kCellValues];
+      if (!learned_diagnostics(*w.network, row, rest.growth_over_ntot, rest.ntot, growth, uncertainty))
         flags |= kCell_NETWORK_NONFINITE;
-      } else {
-        assemble_correction(description_.head, w.network->output_row(row), rest.F, rest.dF, correction);
-        if (!all_finite(correction, kCellValues)) flags |= kCell_NETWORK_NONFINITE;
-      }
+      else
+        flags |= learned_change(description_.head, w.network->output_row(row), rest, change);
       if (!(flags & kCell_NETWORK_NONFINITE)) {
-        project_conserving(correction);
-        double F_box_rest[kCellValues];
-        for (int v = 0; v < kCellValues; ++v) F_box_rest[v] = rest.F[v] + rest.dF[v];
-        const double theta = realizable_step(F_box_rest, correction);
-        if (theta < 1.0) flags |= kCell_CORRECTION_LIMITED;
-        double change[kCellValues];
-        for (int v = 0; v < kCellValues; ++v) change[v] = rest.dF[v] + theta * correction[v];
         done = finalise_cell(F, rest.boost, rest.ntot, change, F_out);
         if (!done) flags |= kCell_NETWORK_NONFINITE;  // overflow near DBL_MAX: Box3D's result instead
       }
