@@ -54,20 +54,39 @@ py::dict counters_dict(const Closure& closure) {
   return out;
 }
 
-// The closure and every per-cell diagnostic (CellDiagnostics), as a dict of arrays.
-py::dict apply_diagnostics(const Closure& closure, const CellInput& F_init, const std::optional<CellInput>& u) {
+// The checked inputs of an apply call and its two always-returned arrays (fresh, unfilled).
+struct ApplyCall {
+  std::size_t n = 0;
+  py::ssize_t cells = 0;
+  dodo::ConstVelocityArray velocity;
+  py::array_t<double> F_pred;
+  py::array_t<std::uint32_t> status;
+};
+
+ApplyCall prepare_apply(const CellInput& F_init, const std::optional<CellInput>& u) {
   if (F_init.ndim() != 3 || F_init.shape(1) != dodo::kSpecies || F_init.shape(2) != dodo::kComponents)
     throw py::value_error("F_init must have shape (n, 6, 4)");
-  const std::size_t n = static_cast<std::size_t>(F_init.shape(0));
-  dodo::ConstVelocityArray velocity;
+  ApplyCall call;
+  call.n = static_cast<std::size_t>(F_init.shape(0));
   if (u) {
-    if (u->ndim() != 2 || static_cast<std::size_t>(u->shape(0)) != n || u->shape(1) != 4)
+    if (u->ndim() != 2 || static_cast<std::size_t>(u->shape(0)) != call.n || u->shape(1) != 4)
       throw py::value_error("u must have shape (n, 4) matching F_init");
-    velocity.data = u->data();
+    call.velocity.data = u->data();
   }
-  const auto cells = static_cast<py::ssize_t>(n);
-  py::array_t<double> F_pred({cells, py::ssize_t{dodo::kSpecies}, py::ssize_t{dodo::kComponents}});
-  py::array_t<std::uint32_t> status(cells);
+  call.cells = static_cast<py::ssize_t>(call.n);
+  call.F_pred = py::array_t<double>({call.cells, py::ssize_t{dodo::kSpecies}, py::ssize_t{dodo::kComponents}});
+  call.status = py::array_t<std::uint32_t>(call.cells);
+  return call;
+}
+
+// The closure and every per-cell diagnostic (CellDiagnostics), as a dict of arrays.
+py::dict apply_diagnostics(const Closure& closure, const CellInput& F_init, const std::optional<CellInput>& u) {
+  ApplyCall call = prepare_apply(F_init, u);
+  const std::size_t n = call.n;
+  const py::ssize_t cells = call.cells;
+  const dodo::ConstVelocityArray velocity = call.velocity;
+  py::array_t<double> F_pred = call.F_pred;
+  py::array_t<std::uint32_t> status = call.status;
   // Only the arrays dodo.Closure.apply returns: every array is written page by page into fresh
   // memory, which costs as much as the closure itself for stable cells.
   py::array_t<double> growth(cells), rate(cells), proxy_rate(cells), uncertainty(cells);
@@ -91,18 +110,12 @@ py::dict apply_diagnostics(const Closure& closure, const CellInput& F_init, cons
 }
 
 py::tuple apply(const Closure& closure, const CellInput& F_init, const std::optional<CellInput>& u) {
-  if (F_init.ndim() != 3 || F_init.shape(1) != dodo::kSpecies || F_init.shape(2) != dodo::kComponents)
-    throw py::value_error("F_init must have shape (n, 6, 4)");
-  const std::size_t n = static_cast<std::size_t>(F_init.shape(0));
-  dodo::ConstVelocityArray velocity;
-  if (u) {
-    if (u->ndim() != 2 || static_cast<std::size_t>(u->shape(0)) != n || u->shape(1) != 4)
-      throw py::value_error("u must have shape (n, 4) matching F_init");
-    velocity.data = u->data();
-  }
-  const auto cells = static_cast<py::ssize_t>(n);
-  py::array_t<double> F_pred({cells, py::ssize_t{dodo::kSpecies}, py::ssize_t{dodo::kComponents}});
-  py::array_t<std::uint32_t> status(cells);
+  ApplyCall call = prepare_apply(F_init, u);
+  const std::size_t n = call.n;
+  const py::ssize_t cells = call.cells;
+  const dodo::ConstVelocityArray velocity = call.velocity;
+  py::array_t<double> F_pred = call.F_pred;
+  py::array_t<std::uint32_t> status = call.status;
   py::array_t<double> proxy(cells);
   dodo::ConstCellArray input{F_init.data()};
   dodo::CellArray output{F_pred.mutable_data()};
