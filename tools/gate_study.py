@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from dodo.training import ensemble_train as et
-from dodo.training.ensemble import fit_ensemble, state_error
+from dodo.training.ensemble import fit_ensemble, spread_gate, state_error
 
 EMU_RECIPE = ("emu", "random_crossing", "random_crossing_ff09")  # docs/dataset.md
 
@@ -71,10 +71,15 @@ def main() -> None:
               f"worse {int(worse[emu].sum())}/{int(emu.sum())}")
 
     print(f"{'Box3D':<30} all {box.mean():.5f} | Emu recipe {box[emu].mean():.5f}")
+    def gated(sigma0: float, error_per_spread: float) -> np.ndarray:  # the shipped gate's code, in float64
+        gate = spread_gate(torch.from_numpy(r), torch.from_numpy(sigma), torch.tensor(sigma0, dtype=torch.float64),
+                           torch.tensor(error_per_spread, dtype=torch.float64)).numpy()
+        return r * gate * distance
+
     row("no gate", r)
-    row(f"sigma0 = {config.sigma0:g}", r / (1 + (sigma / config.sigma0) ** 2) * distance)
+    row(f"sigma0 = {config.sigma0:g}", gated(config.sigma0, 0.0))
     for factor in sorted({round(c, 2), 1.0, 2.5, 4.0}):
-        row(f"Wiener, c = {factor:g}", r ** 3 / (r ** 2 + (factor * sigma) ** 2 + 1e-300) * distance)
+        row(f"Wiener, c = {factor:g}", gated(config.sigma0, factor))
 
 
 if __name__ == "__main__":
