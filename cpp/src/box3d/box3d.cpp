@@ -122,7 +122,7 @@ struct PairMixing {
 // (one cell's chain of inverse Langevin, amplitude and exponentials is long and serial; eight
 // cells side by side fill the vector lanes and hide it). Species-major: slot(cell, species), so
 // that a species' values over the cells are contiguous; lanes past the block's count hold zeros.
-constexpr std::size_t kBlockCells = 32;
+constexpr std::size_t kBlockCells = Box3D::kBlockCells;
 constexpr std::size_t kBlockSpecies = kBlockCells * kSpecies;
 constexpr std::size_t slot(std::size_t cell, int species) { return species * kBlockCells + cell; }
 // Lanes computed for a block of `count` cells: count rounded up to a whole vector (8 doubles).
@@ -663,7 +663,8 @@ void prepare_block(std::size_t count, const double* F_init, const double* u, Res
     cell.status = static_cast<std::uint32_t>(status[c]);
     cell.ntot = 0.0;
     if (cell.status != kCellOk) continue;  // rejected: the other fields are unspecified
-    cell.boost = u ? LorentzBoost::from_coefficients(W[c], vx[c], vy[c], vz[c], W2[c]) : LorentzBoost();
+    if (u) cell.boost.set_coefficients(W[c], vx[c], vy[c], vz[c], W2[c]);
+    else cell.boost.set_identity();
     cell.ntot = total[c];
     const double inverse_total = 1.0 / total[c];
     for (int v = 0; v < kCellValues; ++v) cell.F[v] = rest[v][c] * inverse_total;
