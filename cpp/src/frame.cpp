@@ -16,6 +16,25 @@ bool is_valid_four_velocity(const double* u) {
   return u[0] > 0.0 && four_velocity_norm_error(u) <= kVelocityNormTolerance;
 }
 
+DODO_MULTIVERSION
+bool all_valid_four_velocities(std::size_t n, const double* u) {
+  constexpr std::size_t kBlock = 64;  // rows per branch-free pass; a bad row ends the scan soon after
+  for (std::size_t begin = 0; begin < n; begin += kBlock) {
+    const std::size_t end = n - begin < kBlock ? n : begin + kBlock;
+    int valid = 1;
+#pragma omp simd reduction(& : valid)
+    for (std::size_t c = begin; c < end; ++c) {
+      const double* v = u + 4 * c;
+      // is_valid_four_velocity's operations in its order (fp-contract=off: the same bits).
+      const bool finite = std::isfinite(v[0]) & std::isfinite(v[1]) & std::isfinite(v[2]) & std::isfinite(v[3]);
+      const double norm_error = std::fabs(-v[0] * v[0] + v[1] * v[1] + v[2] * v[2] + v[3] * v[3] + 1.0);
+      valid &= finite & (v[0] > 0.0) & (norm_error <= kVelocityNormTolerance);
+    }
+    if (!valid) return false;
+  }
+  return true;
+}
+
 // Pure boost by 3-velocity v = sign * u_spatial / W (physics.md section 1):
 // F'^t = W (F^t - v.F), F' = F + ((W - 1)(v.F)/v^2 - W F^t) v.
 LorentzBoost::LorentzBoost(const double* u) {

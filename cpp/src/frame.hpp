@@ -1,6 +1,7 @@
 // Frames and invariants (physics.md sections 1 and 4).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "conventions.hpp"
@@ -12,6 +13,9 @@ double four_velocity_norm_error(const double* u);
 // True when u is finite, future-directed (u^t > 0) and four_velocity_norm_error(u) <=
 // kVelocityNormTolerance: the one velocity check, shared by the C API and Python (issue 11.4).
 bool is_valid_four_velocity(const double* u);
+// is_valid_four_velocity of every row of u (n x 4), as one branch-free loop that vectorises:
+// Python's up-front check of a batch, which every call makes.
+bool all_valid_four_velocities(std::size_t n, const double* u);
 
 // The pure boost between the lab frame and the rest frame of a four-velocity u, its coefficients
 // computed once (per cell) and applied to many four-vectors. u = nullptr: identity.

@@ -319,7 +319,11 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
     std::uint32_t flags = rest.status;
     double* target = batch.F_pred.data + static_cast<std::ptrdiff_t>(cell) * batch.F_pred.cell_stride;
     if (flags == kCell_NO_CROSSING && contiguous_output) continue;  // finished in step 1
-    double F_out[kCellValues];
+    // Contiguous outputs receive the result directly (no copy through F_local), unless they
+    // overlap the cell's input (an in-place call), which the finishing still reads.
+    double F_local[kCellValues];
+    const bool direct = contiguous_output && (target + kCellValues <= F || F + kCellValues <= target);
+    double* F_out = direct ? target : F_local;
     // Growth rate (units of N_tot) and uncertainty: Box3D's proxy and 0 unless the network's
     // optional outputs for this cell's packed row say otherwise.
     double growth = rest.growth_over_ntot, uncertainty = 0.0;
@@ -346,9 +350,9 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
       flags = kCell_NONFINITE;  // Box3D's own result is not representable: rejected
       realizable_fallback(F, F_out);
     }
-    if (contiguous_output) {
-      copy_cell(F_out, target);
-    } else {
+    if (contiguous_output && !direct) {
+      copy_cell(F_out, target);  // in place: each cell onto itself
+    } else if (!contiguous_output) {
       for (int a = 0; a < kSpecies; ++a)
         for (int m = 0; m < kComponents; ++m)
           target[a * batch.F_pred.species_stride + m * batch.F_pred.component_stride] = F_out[value_index(a, m)];
