@@ -102,10 +102,20 @@ bool invariants(const double* F, const double* u, double* out27) {
 
 DODO_MULTIVERSION
 void rest_frame_invariants(const double* F, double* out27) {
-  for (int a = 0; a < kSpecies; ++a) out27[a] = F[a * kComponents];
-  int index = kSpecies;
-  for (int a = 0; a < kSpecies; ++a)
-    for (int b = a; b < kSpecies; ++b) out27[index++] = minkowski_dot(F + a * kComponents, F + b * kComponents);
+  // Component-major copies (component[m][b] = F_b^m), so that the products of species a with
+  // species b >= a run as vector loops over b, each with minkowski_dot's operations in its
+  // order (-a0 b0 + a1 b1 + a2 b2 + a3 b3; fp-contract=off: the same bits).
+  double component[kComponents][kSpecies];
+  for (int b = 0; b < kSpecies; ++b)
+    for (int m = 0; m < kComponents; ++m) component[m][b] = F[b * kComponents + m];
+  for (int a = 0; a < kSpecies; ++a) out27[a] = component[0][a];
+  double* out = out27 + kSpecies;
+  for (int a = 0; a < kSpecies; ++a) {
+    const double t = -component[0][a], x = component[1][a], y = component[2][a], z = component[3][a];
+    for (int b = a; b < kSpecies; ++b)
+      out[b - a] = t * component[0][b] + x * component[1][b] + y * component[2][b] + z * component[3][b];
+    out += kSpecies - a;
+  }
 }
 
 }  // namespace dodo
