@@ -16,6 +16,25 @@ bool is_valid_four_velocity(const double* u) {
   return u[0] > 0.0 && four_velocity_norm_error(u) <= kVelocityNormTolerance;
 }
 
+DODO_MULTIVERSION
+bool all_valid_four_velocities(std::size_t n, const double* u) {
+  constexpr std::size_t kBlock = 64;  // rows per branch-free pass; a bad row ends the scan soon after
+  for (std::size_t begin = 0; begin < n; begin += kBlock) {
+    const std::size_t end = n - begin < kBlock ? n : begin + kBlock;
+    int valid = 1;
+#pragma omp simd reduction(& : valid)
+    for (std::size_t c = begin; c < end; ++c) {
+      const double* v = u + 4 * c;
+      // is_valid_four_velocity's operations in its order (fp-contract=off: the same bits).
+      const bool finite = std::isfinite(v[0]) & std::isfinite(v[1]) & std::isfinite(v[2]) & std::isfinite(v[3]);
+      const double norm_error = std::fabs(-v[0] * v[0] + v[1] * v[1] + v[2] * v[2] + v[3] * v[3] + 1.0);
+      valid &= finite & (v[0] > 0.0) & (norm_error <= kVelocityNormTolerance);
+    }
+    if (!valid) return false;
+  }
+  return true;
+}
+
 // Pure boost by 3-velocity v = sign * u_spatial / W (physics.md section 1):
 // F'^t = W (F^t - v.F), F' = F + ((W - 1)(v.F)/v^2 - W F^t) v.
 LorentzBoost::LorentzBoost(const double* u) {
@@ -83,10 +102,20 @@ bool invariants(const double* F, const double* u, double* out27) {
 
 DODO_MULTIVERSION
 void rest_frame_invariants(const double* F, double* out27) {
-  for (int a = 0; a < kSpecies; ++a) out27[a] = F[a * kComponents];
-  int index = kSpecies;
-  for (int a = 0; a < kSpecies; ++a)
-    for (int b = a; b < kSpecies; ++b) out27[index++] = minkowski_dot(F + a * kComponents, F + b * kComponents);
+  // Component-major copies (component[m][b] = F_b^m), so that the products of species a with
+  // species b >= a run as vector loops over b, each with minkowski_dot's operations in its
+  // order (-a0 b0 + a1 b1 + a2 b2 + a3 b3; fp-contract=off: the same bits).
+  double component[kComponents][kSpecies];
+  for (int b = 0; b < kSpecies; ++b)
+    for (int m = 0; m < kComponents; ++m) component[m][b] = F[b * kComponents + m];
+  for (int a = 0; a < kSpecies; ++a) out27[a] = component[0][a];
+  double* out = out27 + kSpecies;
+  for (int a = 0; a < kSpecies; ++a) {
+    const double t = -component[0][a], x = component[1][a], y = component[2][a], z = component[3][a];
+    for (int b = a; b < kSpecies; ++b)
+      out[b - a] = t * component[0][b] + x * component[1][b] + y * component[2][b] + z * component[3][b];
+    out += kSpecies - a;
+  }
 }
 
 }  // namespace dodo

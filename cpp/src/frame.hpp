@@ -1,6 +1,7 @@
 // Frames and invariants (physics.md sections 1 and 4).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "conventions.hpp"
@@ -12,24 +13,28 @@ double four_velocity_norm_error(const double* u);
 // True when u is finite, future-directed (u^t > 0) and four_velocity_norm_error(u) <=
 // kVelocityNormTolerance: the one velocity check, shared by the C API and Python (issue 11.4).
 bool is_valid_four_velocity(const double* u);
+// is_valid_four_velocity of every row of u (n x 4), as one branch-free loop that vectorises:
+// Python's up-front check of a batch, which every call makes.
+bool all_valid_four_velocities(std::size_t n, const double* u);
 
 // The pure boost between the lab frame and the rest frame of a four-velocity u, its coefficients
 // computed once (per cell) and applied to many four-vectors. u = nullptr: identity.
 class LorentzBoost {
  public:
-  explicit LorentzBoost(const double* u = nullptr);
-  // The boost whose coefficients W, v = u_spatial/u^t and W^2/(W + 1) a caller computed itself,
-  // by the constructor's formulas (Box3D does so for blocks of cells at once).
-  static LorentzBoost from_coefficients(double W, double vx, double vy, double vz, double W2_over_W_plus_1) {
-    LorentzBoost boost;
-    boost.identity_ = false;
-    boost.W_ = W;
-    boost.vx_ = vx;
-    boost.vy_ = vy;
-    boost.vz_ = vz;
-    boost.W2_over_W_plus_1_ = W2_over_W_plus_1;
-    return boost;
+  LorentzBoost() = default;  // the identity (inline: no call for every RestFrameCell)
+  explicit LorentzBoost(const double* u);  // u = nullptr: the identity
+  // Makes this the boost whose coefficients W, v = u_spatial/u^t and W^2/(W + 1) a caller
+  // computed itself, by the constructor's formulas (Box3D does so for blocks of cells at once).
+  // Assigned in place: a temporary copied into a RestFrameCell stalled on store forwarding.
+  void set_coefficients(double W, double vx, double vy, double vz, double W2_over_W_plus_1) {
+    identity_ = false;
+    W_ = W;
+    vx_ = vx;
+    vy_ = vy;
+    vz_ = vz;
+    W2_over_W_plus_1_ = W2_over_W_plus_1;
   }
+  void set_identity() { *this = LorentzBoost(); }
   void to_rest(const double* lab, double* rest) const { apply(1.0, lab, rest); }
   void from_rest(const double* rest, double* lab) const { apply(-1.0, rest, lab); }
   void cell_to_rest(const double* lab, double* rest) const {  // 6 species, 24 values

@@ -9,7 +9,6 @@ import numpy as np
 
 from . import _core
 from .conventions import (
-    GROWTH_RATE_PER_NTOT,
     MAX_THREADS,
     N_COMPONENTS,
     N_SPECIES,
@@ -28,6 +27,47 @@ class Box3DResult(NamedTuple):
     growth_over_ntot: np.ndarray  #: (...) growth-rate proxy max sqrt(I+ I-) in units of N_tot
     growth_rate: np.ndarray  #: (...) the proxy in s^-1, for densities in cm^-3
     status: np.ndarray  #: (...) uint32 bits of dodo.CellStatus
+
+    @classmethod
+    def empty(cls, batch_shape=()) -> "Box3DResult":
+        """Unfilled arrays for ``dodo.box3d(..., out=)`` on cells of batch shape ``batch_shape``
+        (F_init's shape without its trailing (6, 4))."""
+        return _empty_result(cls, _BOX3D_OUTPUTS, batch_shape)
+
+
+# Per output of a result: (trailing shape after the batch shape, dtype).
+_BOX3D_OUTPUTS = {"F_box": ((N_SPECIES, N_COMPONENTS), np.float64), "growth_over_ntot": ((), np.float64),
+                  "growth_rate": ((), np.float64), "status": ((), np.uint32)}
+
+
+def _empty_result(result_type, outputs: dict, batch_shape):
+    batch = tuple(int(size) for size in batch_shape) if np.iterable(batch_shape) else (int(batch_shape),)
+    return result_type(*(np.empty(batch + trailing, dtype) for trailing, dtype in outputs.values()))
+
+
+def _flat_outputs(out, result_type, outputs: dict, batch: tuple[int, ...]) -> list[np.ndarray]:
+    """Flat (n, ...) views of the arrays of ``out`` (a ``result_type``) that a call on cells of
+    batch shape ``batch`` writes in place; a clear error for anything it cannot write into. The
+    core refuses arrays that share memory with the inputs or with each other."""
+    if not isinstance(out, result_type):
+        raise TypeError(f"out must be a dodo.{result_type.__name__} (a previous call's result, or "
+                        f"dodo.{result_type.__name__}.empty(batch_shape)); got {type(out).__name__}")
+    flat = []
+    for name, (trailing, dtype) in outputs.items():
+        array = getattr(out, name)
+        if not isinstance(array, np.ndarray):
+            raise TypeError(f"out.{name} must be a NumPy array; got {type(array).__name__}")
+        if array.dtype != dtype:
+            raise ValueError(f"out.{name} must have dtype {np.dtype(dtype)} (native byte order); got {array.dtype}")
+        if array.shape != batch + trailing:
+            raise ValueError(f"out.{name} has shape {array.shape}; this call writes {batch + trailing} "
+                             f"(the batch shape {batch} of F_init)")
+        if not array.flags.c_contiguous:
+            raise ValueError(f"out.{name} must be C-contiguous (it is written in place, never copied)")
+        if not array.flags.writeable:
+            raise ValueError(f"out.{name} is read-only")
+        flat.append(array.reshape((-1,) + trailing))  # a view: C-contiguous
+    return flat
 
 
 def box3d_settings(lebedev_order: int = DEFAULT_LEBEDEV_ORDER, z_method: str = DEFAULT_Z_METHOD,
@@ -133,7 +173,8 @@ def _lebedev_order(lebedev_order) -> int:
 
 
 def box3d(F_init, u=None, *, lebedev_order: int = DEFAULT_LEBEDEV_ORDER, z_method: str = DEFAULT_Z_METHOD,
-          max_flux_factor: float = DEFAULT_MAX_FLUX_FACTOR, threads: Optional[int] = None) -> Box3DResult:
+          max_flux_factor: float = DEFAULT_MAX_FLUX_FACTOR, threads: Optional[int] = None,
+          out: Optional[Box3DResult] = None) -> Box3DResult:
     """Box3D closure (pairwise, delta form) of a batch of cells.
 
     F_init: (..., 6, 4) initial four-fluxes, species (nu_e, nu_mu, nu_tau, nubar_e, nubar_mu,
@@ -141,16 +182,18 @@ def box3d(F_init, u=None, *, lebedev_order: int = DEFAULT_LEBEDEV_ORDER, z_metho
     u: (..., 4) fluid four-velocity (W, W v) in the same frame (broadcast over the batch);
     None means the input is already in the fluid rest frame.
     Cells with problems are flagged in ``status`` (see :class:`dodo.CellStatus`), never NaN.
+    out: a :class:`Box3DResult` to write into instead of new arrays (a previous call's result
+    for cells of the same batch shape, or ``Box3DResult.empty(batch_shape)``), as a time loop
+    calls it; returned. Its arrays must be C-contiguous, writeable, of the result's dtypes and
+    shapes, and share no memory with F_init, u or each other. The results are the same bits as
+    without ``out``. No array is allocated when F_init and u are C-contiguous float64 already
+    (u of the full batch shape, not broadcast).
     """
     engine = _engine(_lebedev_order(lebedev_order), z_method, float(max_flux_factor))
     flat_F, flat_u, batch = _prepare(F_init, u)
-    F_box, growth, ntot, status = engine.apply(flat_F, flat_u, _threads(threads))
-    return Box3DResult(
-        F_box=F_box.reshape(batch + (N_SPECIES, N_COMPONENTS)),
-        growth_over_ntot=growth.reshape(batch),
-        growth_rate=(growth * ntot * GROWTH_RATE_PER_NTOT).reshape(batch),
-        status=status.reshape(batch),
-    )
+    result = Box3DResult.empty(batch) if out is None else out
+    engine.apply_into(flat_F, flat_u, *_flat_outputs(result, Box3DResult, _BOX3D_OUTPUTS, batch), _threads(threads))
+    return result
 
 
 def invariants(F_init, u=None) -> np.ndarray:

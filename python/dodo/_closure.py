@@ -17,7 +17,7 @@ from typing import NamedTuple, Optional, Union
 import numpy as np
 
 from . import _core
-from ._box3d import _integral, _prepare, _threads
+from ._box3d import _empty_result, _flat_outputs, _integral, _prepare, _threads
 from .conventions import N_COMPONENTS, N_SPECIES
 from .models import default_model_path
 
@@ -41,6 +41,18 @@ class ClosureResult(NamedTuple):
     growth_rate: np.ndarray  #: (...) growth rate in s^-1 for densities in cm^-3 (comoving frame)
     growth_rate_proxy: np.ndarray  #: (...) Box3D's proxy alone, s^-1
     uncertainty: np.ndarray  #: (...) the model's spread of its correction, units of N_tot
+
+    @classmethod
+    def empty(cls, batch_shape=()) -> "ClosureResult":
+        """Unfilled arrays for ``Closure.apply(..., out=)`` on cells of batch shape ``batch_shape``
+        (F_init's shape without its trailing (6, 4))."""
+        return _empty_result(cls, _CLOSURE_OUTPUTS, batch_shape)
+
+
+# Per output: (trailing shape after the batch shape, dtype), in ClosureResult's order.
+_CLOSURE_OUTPUTS = {"F_pred": ((N_SPECIES, N_COMPONENTS), np.float64), "status": ((), np.uint32),
+                    "growth_over_ntot": ((), np.float64), "growth_rate": ((), np.float64),
+                    "growth_rate_proxy": ((), np.float64), "uncertainty": ((), np.float64)}
 
 
 def runtime_available() -> bool:
@@ -142,24 +154,25 @@ class Closure:
             device=device, run_self_test=bool(self_test and has_model))
 
     # -- evaluation
-    def apply(self, F_init, u=None) -> ClosureResult:
+    def apply(self, F_init, u=None, *, out: Optional[ClosureResult] = None) -> ClosureResult:
         """Closure of a batch: F_init (..., 6, 4), u (..., 4) or None (already in the rest frame).
 
         Cells with problems are flagged in ``status`` (dodo.CellStatus) and get Box3D's result or
         their input, never NaN.
+
+        out: a :class:`ClosureResult` to write into instead of new arrays (a previous call's
+        result for cells of the same batch shape, or ``ClosureResult.empty(batch_shape)``), as a
+        simulation's time loop calls it; returned. Its arrays must be C-contiguous, writeable, of
+        the result's dtypes and shapes, and share no memory with F_init, u or each other. The
+        results are the same bits as without ``out``. No array is allocated when F_init and u
+        are C-contiguous float64 already (u of the full batch shape, not broadcast).
         """
         flat_F, flat_u, batch = _prepare(F_init, u)
         # Growth rates in s^-1 come from the runtime, which has N_tot: no (n, 6) temporaries here,
         # so the peak memory stays near the input and output arrays.
-        out = self._runtime.apply_diagnostics(flat_F, flat_u)
-        return ClosureResult(
-            F_pred=out["F_pred"].reshape(batch + (N_SPECIES, N_COMPONENTS)),
-            status=out["status"].reshape(batch),
-            growth_over_ntot=out["growth_over_ntot"].reshape(batch),
-            growth_rate=out["growth_rate"].reshape(batch),
-            growth_rate_proxy=out["growth_rate_proxy"].reshape(batch),
-            uncertainty=out["uncertainty"].reshape(batch),
-        )
+        result = ClosureResult.empty(batch) if out is None else out
+        self._runtime.apply_into(flat_F, flat_u, *_flat_outputs(result, ClosureResult, _CLOSURE_OUTPUTS, batch))
+        return result
 
     def __call__(self, F_init, u=None) -> np.ndarray:
         """F_pred (..., 6, 4) float64; see :meth:`apply` for the status and growth rate."""

@@ -126,6 +126,32 @@ def test_python_refuses_exactly_the_velocity_the_c_api_flags(lib):
         lib.dodo_closure_destroy(handle)
 
 
+def test_the_batch_velocity_check_agrees_with_the_row_check_everywhere():
+    """_core.all_four_velocities_valid (Python's up-front check, one vectorised pass) accepts a
+    batch exactly when check_four_velocities accepts every row: velocities on both sides of the
+    tolerance, non-finite and past-directed rows, a bad row at every position of a pass."""
+    rng = np.random.default_rng(5)
+    v = rng.normal(size=(3000, 3))
+    v *= (rng.uniform(0, 0.9, 3000) / np.linalg.norm(v, axis=1))[:, None]
+    W = 1 / np.sqrt(1 - (v**2).sum(axis=1))
+    velocities = np.concatenate([W[:, None], W[:, None] * v], axis=1)
+    velocities *= np.sqrt(1 + rng.uniform(0.999999, 1.000001, 3000) * VELOCITY_NORM_TOLERANCE)[:, None]
+    velocities[::97, 0] = np.nan
+    velocities[5::89, 2] = np.inf
+    velocities[7::83] *= -1.0
+    valid = _core.check_four_velocities(np.ascontiguousarray(velocities))[0]
+    assert 100 < valid.sum() < 2900
+    for u in velocities:
+        assert _core.all_four_velocities_valid(np.ascontiguousarray(u[None])) == _core.check_four_velocities(u[None])[0][0]
+    good = np.ascontiguousarray(velocities[valid][:200])
+    assert _core.all_four_velocities_valid(good) and _core.all_four_velocities_valid(good[:0])
+    for bad in velocities[~valid][:20]:
+        for position in (0, 1, 63, 64, 65, 127, 128, 199):
+            batch = good.copy()
+            batch[position] = bad
+            assert not _core.all_four_velocities_valid(batch)
+
+
 def _refused_by_python(u) -> bool:
     try:
         dodo.invariants(stable_cell(), u)

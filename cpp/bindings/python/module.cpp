@@ -15,6 +15,7 @@
 #include "cell_status.hpp"
 #include "frame.hpp"
 #include "gil.hpp"
+#include "out_arrays.hpp"
 #include "realizability.hpp"
 
 #ifdef DODO_WITH_RUNTIME
@@ -69,6 +70,31 @@ py::tuple apply_box3d(const dodo::Box3D& box3d, const CArray& F, const py::objec
   return py::make_tuple(F_box, growth, ntot, status);
 }
 
+// dodo.box3d's outputs, written into the caller's arrays (dodo.Box3DResult.empty or a previous
+// call's): nothing allocated. growth_rate first receives N_tot, then becomes
+// (growth_over_ntot * N_tot) * kGrowthRatePerNtot in place.
+void apply_box3d_into(const dodo::Box3D& box3d, const CArray& F, const py::object& u, const py::array& F_box,
+                      const py::array& growth, const py::array& rate, const py::array& status, int threads) {
+  const std::size_t n = check_cells(F);
+  CArray u_holder;
+  const double* u_data = velocity_pointer(u, n, u_holder);
+  double* box_data = dodo_python::output_data<double>(F_box, "out.F_box", n * dodo::kCellValues);
+  double* growth_data = dodo_python::output_data<double>(growth, "out.growth_over_ntot", n);
+  double* rate_data = dodo_python::output_data<double>(rate, "out.growth_rate", n);
+  std::uint32_t* status_data = dodo_python::output_data<std::uint32_t>(status, "out.status", n);
+  using dodo_python::memory_range;
+  dodo_python::check_disjoint(
+      {memory_range("F_init", F), u_data ? memory_range("u", u_holder) : dodo_python::MemoryRange{"u"}},
+      {memory_range("out.F_box", F_box), memory_range("out.growth_over_ntot", growth),
+       memory_range("out.growth_rate", rate), memory_range("out.status", status)});
+  const double* F_data = F.data();
+  dodo_python::without_gil([&] {
+    box3d.apply(n, dodo::ConstCellArray{F_data}, dodo::ConstVelocityArray{u_data}, dodo::CellArray{box_data},
+                growth_data, rate_data, status_data, threads);
+    for (std::size_t c = 0; c < n; ++c) rate_data[c] = growth_data[c] * rate_data[c] * dodo::kGrowthRatePerNtot;
+  });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -95,7 +121,11 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("lebedev_order", [](const dodo::Box3D& b) { return b.settings().lebedev_order; })
       .def_property_readonly("quadrature_size", [](const dodo::Box3D& b) { return b.quadrature().size(); })
       .def("apply", &apply_box3d, py::arg("F"), py::arg("u"), py::arg("threads") = 1,
-           "Box3D of n cells: returns (F_box, growth_over_ntot, ntot, status).");
+           "Box3D of n cells: returns (F_box, growth_over_ntot, ntot, status).")
+      .def("apply_into", &apply_box3d_into, py::arg("F"), py::arg("u"), py::arg("F_box"), py::arg("growth_over_ntot"),
+           py::arg("growth_rate"), py::arg("status"), py::arg("threads") = 1,
+           "Box3D of n cells into F_box (n,6,4), growth_over_ntot, growth_rate (n,) float64, status (n,) "
+           "uint32: C-contiguous, writeable, not overlapping the inputs or each other.");
 
   m.def("invariants", [](const CArray& F, const py::object& u) {
     const std::size_t n = check_cells(F);
@@ -130,9 +160,7 @@ PYBIND11_MODULE(_core, m) {
     const double* data = u.data();
     const auto n = static_cast<std::size_t>(u.shape(0));
     bool valid = true;
-    dodo_python::without_gil([&] {
-      for (std::size_t c = 0; c < n && valid; ++c) valid = dodo::is_valid_four_velocity(data + 4 * c);
-    });
+    dodo_python::without_gil([&] { valid = dodo::all_valid_four_velocities(n, data); });
     return valid;
   }, py::arg("u"), "(n, 4) -> True when every row passes check_four_velocities (no arrays made).");
 

@@ -9,6 +9,7 @@
 
 #include "dodo/dodo.h"
 #include "gil.hpp"
+#include "out_arrays.hpp"
 #include "runtime/closure.hpp"
 #include "runtime/errors.hpp"
 #include "runtime/onnx_package.hpp"
@@ -54,68 +55,58 @@ py::dict counters_dict(const Closure& closure) {
   return out;
 }
 
-// The checked inputs of an apply call and its two always-returned arrays (fresh, unfilled).
-struct ApplyCall {
+// The checked inputs of an apply call.
+struct ApplyInput {
   std::size_t n = 0;
-  py::ssize_t cells = 0;
   dodo::ConstVelocityArray velocity;
-  py::array_t<double> F_pred;
-  py::array_t<std::uint32_t> status;
 };
 
-ApplyCall prepare_apply(const CellInput& F_init, const std::optional<CellInput>& u) {
+ApplyInput check_apply_input(const CellInput& F_init, const std::optional<CellInput>& u) {
   if (F_init.ndim() != 3 || F_init.shape(1) != dodo::kSpecies || F_init.shape(2) != dodo::kComponents)
     throw py::value_error("F_init must have shape (n, 6, 4)");
-  ApplyCall call;
+  ApplyInput call;
   call.n = static_cast<std::size_t>(F_init.shape(0));
   if (u) {
     if (u->ndim() != 2 || static_cast<std::size_t>(u->shape(0)) != call.n || u->shape(1) != 4)
       throw py::value_error("u must have shape (n, 4) matching F_init");
     call.velocity.data = u->data();
   }
-  call.cells = static_cast<py::ssize_t>(call.n);
-  call.F_pred = py::array_t<double>({call.cells, py::ssize_t{dodo::kSpecies}, py::ssize_t{dodo::kComponents}});
-  call.status = py::array_t<std::uint32_t>(call.cells);
   return call;
 }
 
-// The closure and every per-cell diagnostic (CellDiagnostics), as a dict of arrays.
-py::dict apply_diagnostics(const Closure& closure, const CellInput& F_init, const std::optional<CellInput>& u) {
-  ApplyCall call = prepare_apply(F_init, u);
+// The closure and every per-cell diagnostic (CellDiagnostics) of dodo.Closure.apply, written
+// into the caller's arrays (fresh ones from dodo.ClosureResult.empty, or a previous call's):
+// nothing is allocated here, as a simulation's time loop needs.
+void apply_into(const Closure& closure, const CellInput& F_init, const std::optional<CellInput>& u,
+                const py::array& F_pred, const py::array& status, const py::array& growth_over_ntot,
+                const py::array& growth_rate, const py::array& growth_rate_proxy, const py::array& uncertainty) {
+  const ApplyInput call = check_apply_input(F_init, u);
   const std::size_t n = call.n;
-  const py::ssize_t cells = call.cells;
-  const dodo::ConstVelocityArray velocity = call.velocity;
-  py::array_t<double> F_pred = call.F_pred;
-  py::array_t<std::uint32_t> status = call.status;
-  // Only the arrays dodo.Closure.apply returns: every array is written page by page into fresh
-  // memory, which costs as much as the closure itself for stable cells.
-  py::array_t<double> growth(cells), rate(cells), proxy_rate(cells), uncertainty(cells);
-  dodo::ConstCellArray input{F_init.data()};
-  dodo::CellArray output{F_pred.mutable_data()};
-  std::uint32_t* status_data = status.mutable_data();
+  dodo::CellArray output{dodo_python::output_data<double>(F_pred, "out.F_pred", n * dodo::kCellValues)};
+  std::uint32_t* status_data = dodo_python::output_data<std::uint32_t>(status, "out.status", n);
   dodo::runtime::CellDiagnostics diagnostics;
-  diagnostics.growth_over_ntot = growth.mutable_data();
-  diagnostics.growth_rate = rate.mutable_data();
-  diagnostics.growth_rate_proxy = proxy_rate.mutable_data();
-  diagnostics.uncertainty = uncertainty.mutable_data();
+  diagnostics.growth_over_ntot = dodo_python::output_data<double>(growth_over_ntot, "out.growth_over_ntot", n);
+  diagnostics.growth_rate = dodo_python::output_data<double>(growth_rate, "out.growth_rate", n);
+  diagnostics.growth_rate_proxy = dodo_python::output_data<double>(growth_rate_proxy, "out.growth_rate_proxy", n);
+  diagnostics.uncertainty = dodo_python::output_data<double>(uncertainty, "out.uncertainty", n);
+  using dodo_python::memory_range;
+  dodo_python::check_disjoint(
+      {memory_range("F_init", F_init), u ? memory_range("u", *u) : dodo_python::MemoryRange{"u"}},
+      {memory_range("out.F_pred", F_pred), memory_range("out.status", status),
+       memory_range("out.growth_over_ntot", growth_over_ntot), memory_range("out.growth_rate", growth_rate),
+       memory_range("out.growth_rate_proxy", growth_rate_proxy), memory_range("out.uncertainty", uncertainty)});
+  dodo::ConstCellArray input{F_init.data()};
+  const dodo::ConstVelocityArray velocity = call.velocity;
   dodo_python::without_gil([&] { closure.apply(n, input, velocity, output, status_data, diagnostics); });
-  py::dict out;
-  out["F_pred"] = F_pred;
-  out["status"] = status;
-  out["growth_over_ntot"] = growth;
-  out["growth_rate"] = rate;
-  out["growth_rate_proxy"] = proxy_rate;
-  out["uncertainty"] = uncertainty;
-  return out;
 }
 
 py::tuple apply(const Closure& closure, const CellInput& F_init, const std::optional<CellInput>& u) {
-  ApplyCall call = prepare_apply(F_init, u);
+  const ApplyInput call = check_apply_input(F_init, u);
   const std::size_t n = call.n;
-  const py::ssize_t cells = call.cells;
+  const auto cells = static_cast<py::ssize_t>(n);
   const dodo::ConstVelocityArray velocity = call.velocity;
-  py::array_t<double> F_pred = call.F_pred;
-  py::array_t<std::uint32_t> status = call.status;
+  py::array_t<double> F_pred({cells, py::ssize_t{dodo::kSpecies}, py::ssize_t{dodo::kComponents}});
+  py::array_t<std::uint32_t> status(cells);
   py::array_t<double> proxy(cells);
   dodo::ConstCellArray input{F_init.data()};
   dodo::CellArray output{F_pred.mutable_data()};
@@ -162,9 +153,12 @@ void register_runtime(py::module_& m) {
            py::arg("device") = "cpu", py::arg("run_self_test") = false)
       .def("apply", &apply, py::arg("F_init"), py::arg("u") = py::none(),
            "(n,6,4) float64 [, (n,4)] -> (F_pred (n,6,4), status (n,) uint32, growth_over_ntot (n,))")
-      .def("apply_diagnostics", &apply_diagnostics, py::arg("F_init"), py::arg("u") = py::none(),
-           "(n,6,4) float64 [, (n,4)] -> dict of F_pred, status, growth_over_ntot, growth_rate, "
-           "growth_rate_proxy, uncertainty")
+      .def("apply_into", &apply_into, py::arg("F_init"), py::arg("u"), py::arg("F_pred"), py::arg("status"),
+           py::arg("growth_over_ntot"), py::arg("growth_rate"), py::arg("growth_rate_proxy"),
+           py::arg("uncertainty"),
+           "(n,6,4) float64 [, (n,4)] into F_pred (n,6,4), status (n,) uint32 and growth_over_ntot, "
+           "growth_rate, growth_rate_proxy, uncertainty (n,) float64: C-contiguous, writeable, not "
+           "overlapping the inputs or each other")
       .def("self_test", [](const Closure& closure) {
              double worst = 0.0;
              dodo_python::without_gil([&] { worst = closure.self_test(); });

@@ -122,7 +122,7 @@ struct PairMixing {
 // (one cell's chain of inverse Langevin, amplitude and exponentials is long and serial; eight
 // cells side by side fill the vector lanes and hide it). Species-major: slot(cell, species), so
 // that a species' values over the cells are contiguous; lanes past the block's count hold zeros.
-constexpr std::size_t kBlockCells = 32;
+constexpr std::size_t kBlockCells = Box3D::kBlockCells;
 constexpr std::size_t kBlockSpecies = kBlockCells * kSpecies;
 constexpr std::size_t slot(std::size_t cell, int species) { return species * kBlockCells + cell; }
 // Lanes computed for a block of `count` cells: count rounded up to a whole vector (8 doubles).
@@ -663,7 +663,8 @@ void prepare_block(std::size_t count, const double* F_init, const double* u, Res
     cell.status = static_cast<std::uint32_t>(status[c]);
     cell.ntot = 0.0;
     if (cell.status != kCellOk) continue;  // rejected: the other fields are unspecified
-    cell.boost = u ? LorentzBoost::from_coefficients(W[c], vx[c], vy[c], vz[c], W2[c]) : LorentzBoost();
+    if (u) cell.boost.set_coefficients(W[c], vx[c], vy[c], vz[c], W2[c]);
+    else cell.boost.set_identity();
     cell.ntot = total[c];
     const double inverse_total = 1.0 / total[c];
     for (int v = 0; v < kCellValues; ++v) cell.F[v] = rest[v][c] * inverse_total;
@@ -747,22 +748,21 @@ std::uint32_t Box3D::rest_frame_change(const double* F, double* dF, double* grow
 
 namespace {
 
-// A cell's result from its rest-frame pieces (F_init: lab frame, as given to rest_frame_cell).
-void cell_result(const double* F_init, const RestFrameCell& cell, Box3DCell& out) {
-  out.status = cell.status;
-  out.ntot = cell.ntot;
-  out.growth_over_ntot = cell.growth_over_ntot;
+// A cell's F_box (24 values, written to F_box) from its rest-frame pieces (F_init: lab frame,
+// as given to rest_frame_cell); returns its status.
+std::uint32_t cell_result(const double* F_init, const RestFrameCell& cell, double* F_box) {
   if (!(cell.status & kCellRejectedMask)) {
     if (cell.status & kCell_NO_CROSSING) {
-      copy_cell(F_init, out.F_box.data());  // stable: the input itself
-      return;
+      copy_cell(F_init, F_box);  // stable: the input itself
+      return cell.status;
     }
-    if (finalise_cell(F_init, cell.boost, cell.ntot, cell.dF, out.F_box.data())) return;
-    out.status = kCell_NONFINITE;  // densities near DBL_MAX: the result is not representable
+    if (finalise_cell(F_init, cell.boost, cell.ntot, cell.dF, F_box)) return cell.status;
   }
   // The one place where rejected cells get their output (Python, C, C++ and Fortran alike):
   // never NaN and never outside the realizable cone, even for a negative density or |F| > n.
-  realizable_fallback(F_init, out.F_box.data());
+  realizable_fallback(F_init, F_box);
+  // Not rejected before: densities near DBL_MAX, the result is not representable.
+  return cell.status & kCellRejectedMask ? cell.status : kCell_NONFINITE;
 }
 
 }  // namespace
@@ -770,7 +770,9 @@ void cell_result(const double* F_init, const RestFrameCell& cell, Box3DCell& out
 void Box3D::apply_cell(const double* F_init, const double* u, Box3DCell& out) const {
   RestFrameCell cell;
   rest_frame_cell(F_init, u, cell);
-  cell_result(F_init, cell, out);
+  out.ntot = cell.ntot;
+  out.growth_over_ntot = cell.growth_over_ntot;
+  out.status = cell_result(F_init, cell, out.F_box.data());
 }
 
 void Box3D::apply(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, CellArray F_box,
@@ -786,7 +788,7 @@ void Box3D::apply(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, Ce
     double cells[kBlockCells * kCellValues];
     double velocities[kBlockCells * 4];
     RestFrameCell rest[kBlockCells];
-    Box3DCell result;
+    double F_cell[kCellValues];  // a cell's result, for outputs not laid out contiguously
     for (std::size_t block = begin; block < end; block += kBlockCells) {
       const std::size_t count = std::min(kBlockCells, end - block);
       for (std::size_t i = 0; i < count && !(packed_input && (packed_u || !u.data)); ++i) {
@@ -811,20 +813,20 @@ void Box3D::apply(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, Ce
       rest_frame_cells(count, block_F, block_u, rest);
       for (std::size_t i = 0; i < count; ++i) {
         const std::size_t c = block + i;
-        cell_result(block_F + i * kCellValues, rest[i], result);
-        if (F_box.data) {
-          double* target = F_box.data + static_cast<std::ptrdiff_t>(c) * F_box.cell_stride;
-          if (contiguous_output) {
-            copy_cell(result.F_box.data(), target);
-          } else {
-            for (int a = 0; a < kSpecies; ++a)
-              for (int m = 0; m < kComponents; ++m)
-                target[a * F_box.species_stride + m * F_box.component_stride] = result.F_box[value_index(a, m)];
-          }
+        // Contiguous outputs receive the cell's result directly (no copy through F_cell), unless
+        // they overlap the cell's input (an in-place call), which finalise_cell still reads.
+        const double* source = block_F + i * kCellValues;
+        double* target = F_box.data ? F_box.data + static_cast<std::ptrdiff_t>(c) * F_box.cell_stride : nullptr;
+        const bool direct = target && contiguous_output && (target + kCellValues <= source || source + kCellValues <= target);
+        const std::uint32_t cell_status = cell_result(source, rest[i], direct ? target : F_cell);
+        if (target && !direct) {
+          for (int a = 0; a < kSpecies; ++a)
+            for (int m = 0; m < kComponents; ++m)
+              target[a * F_box.species_stride + m * F_box.component_stride] = F_cell[value_index(a, m)];
         }
-        if (growth_over_ntot) growth_over_ntot[c] = result.growth_over_ntot;
-        if (ntot) ntot[c] = result.ntot;
-        if (status) status[c] = result.status;
+        if (growth_over_ntot) growth_over_ntot[c] = rest[i].growth_over_ntot;
+        if (ntot) ntot[c] = rest[i].ntot;
+        if (status) status[c] = cell_status;
       }
     }
   };

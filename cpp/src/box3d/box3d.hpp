@@ -77,6 +77,9 @@ class Box3D {
   // The same for n cells: F_init n x 24 and u n x 4 (nullptr: all at rest), contiguous. Faster
   // than n single calls: step 1 (the moments and the stability screen) runs across cells.
   void rest_frame_cells(std::size_t n, const double* F_init, const double* u, RestFrameCell* out) const;
+  // rest_frame_cells works through blocks of this many cells: calls on consecutive runs of
+  // whole blocks give the same results as one call on all of them.
+  static constexpr std::size_t kBlockCells = 32;
 
   // Same computation in the fluid rest frame on normalised fluxes (sum of densities = 1),
   // returning the change dF (24 values, rest frame, units of N_tot). Used by the runtime.

@@ -277,20 +277,36 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
       for (int m = 0; m < 4; ++m) w.u[i * 4 + m] = source_u[m * batch.u.component_stride];
     }
   }
-  box3d_->rest_frame_cells(count, F_chunk, u_chunk, w.cells.data());
-  for (std::size_t i = 0; i < count; ++i) {
-    RestFrameCell& rest = w.cells[i];
-    if (!model_ || (rest.status & (kCellRejectedMask | kCell_NO_CROSSING))) continue;
-    w.network_row[i] = static_cast<std::uint32_t>(network_rows);
-    double invariants27[kInvariants];
-    rest_frame_invariants(rest.F, invariants27);
-    float* row = w.network->input_row(network_rows++);
-    for (int k = 0; k < kInvariants; ++k) row[k] = static_cast<float>(invariants27[k]);
-    if (w.network->input_size() > static_cast<std::size_t>(kInvariants)) {
-      // "invariants27+box7-v1": Box3D's rest-frame density changes and growth proxy (units of
-      // N_tot), in this cell's packed row.
-      for (int a = 0; a < kSpecies; ++a) row[kInvariants + a] = static_cast<float>(rest.dF[value_index(a, 0)]);
-      row[kInvariants + kSpecies] = static_cast<float>(rest.growth_over_ntot);
+  // Box3D's blocks one at a time, so that a stable cell (most cells of a real grid) is finished
+  //    while its input and rest-frame pieces are still in the L1 cache: the input itself,
+  //    copied straight to the caller's array (an exact in-place call copies each cell onto
+  //    itself). The other cells are finished in step 2.
+  for (std::size_t block = 0; block < count; block += Box3D::kBlockCells) {
+    const std::size_t block_end = std::min(count, block + Box3D::kBlockCells);
+    box3d_->rest_frame_cells(block_end - block, F_chunk + block * kCellValues, u_chunk ? u_chunk + block * 4 : nullptr,
+                             w.cells.data() + block);
+    for (std::size_t i = block; i < block_end; ++i) {
+      RestFrameCell& rest = w.cells[i];
+      if (rest.status == kCell_NO_CROSSING && contiguous_output) {
+        const std::size_t cell = begin + i;
+        copy_cell(F_chunk + i * kCellValues, batch.F_pred.data + static_cast<std::ptrdiff_t>(cell) * batch.F_pred.cell_stride);
+        if (batch.status) batch.status[cell] = rest.status;
+        write_stable_diagnostics(batch.diagnostics, cell, rest);
+        ++events.no_crossing;
+        continue;
+      }
+      if (!model_ || (rest.status & (kCellRejectedMask | kCell_NO_CROSSING))) continue;
+      w.network_row[i] = static_cast<std::uint32_t>(network_rows);
+      double invariants27[kInvariants];
+      rest_frame_invariants(rest.F, invariants27);
+      float* row = w.network->input_row(network_rows++);
+      for (int k = 0; k < kInvariants; ++k) row[k] = static_cast<float>(invariants27[k]);
+      if (w.network->input_size() > static_cast<std::size_t>(kInvariants)) {
+        // "invariants27+box7-v1": Box3D's rest-frame density changes and growth proxy (units of
+        // N_tot), in this cell's packed row.
+        for (int a = 0; a < kSpecies; ++a) row[kInvariants + a] = static_cast<float>(rest.dF[value_index(a, 0)]);
+        row[kInvariants + kSpecies] = static_cast<float>(rest.growth_over_ntot);
+      }
     }
   }
   if (network_rows > 0) model_->run(*w.network, network_rows);
@@ -302,16 +318,12 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
     const RestFrameCell& rest = w.cells[i];
     std::uint32_t flags = rest.status;
     double* target = batch.F_pred.data + static_cast<std::ptrdiff_t>(cell) * batch.F_pred.cell_stride;
-    if (flags == kCell_NO_CROSSING && contiguous_output) {
-      // Stable (most cells of a real grid): the input itself, copied straight to the caller's
-      // array (an exact in-place call copies each cell onto itself).
-      copy_cell(F, target);
-      if (batch.status) batch.status[cell] = flags;
-      write_stable_diagnostics(batch.diagnostics, cell, rest);
-      ++events.no_crossing;
-      continue;
-    }
-    double F_out[kCellValues];
+    if (flags == kCell_NO_CROSSING && contiguous_output) continue;  // finished in step 1
+    // Contiguous outputs receive the result directly (no copy through F_local), unless they
+    // overlap the cell's input (an in-place call), which the finishing still reads.
+    double F_local[kCellValues];
+    const bool direct = contiguous_output && (target + kCellValues <= F || F + kCellValues <= target);
+    double* F_out = direct ? target : F_local;
     // Growth rate (units of N_tot) and uncertainty: Box3D's proxy and 0 unless the network's
     // optional outputs for this cell's packed row say otherwise.
     double growth = rest.growth_over_ntot, uncertainty = 0.0;
@@ -338,9 +350,9 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
       flags = kCell_NONFINITE;  // Box3D's own result is not representable: rejected
       realizable_fallback(F, F_out);
     }
-    if (contiguous_output) {
-      copy_cell(F_out, target);
-    } else {
+    if (contiguous_output && !direct) {
+      copy_cell(F_out, target);  // in place: each cell onto itself
+    } else if (!contiguous_output) {
       for (int a = 0; a < kSpecies; ++a)
         for (int m = 0; m < kComponents; ++m)
           target[a * batch.F_pred.species_stride + m * batch.F_pred.component_stride] = F_out[value_index(a, m)];
