@@ -59,41 +59,50 @@ def every_final_file_is_whole(directory: Path) -> None:
         load_checkpoint(path)
 
 
+HELD_TRAINING = Path(__file__).with_name("held_training.py")
+# (event, largest N): every choice is reached well before a 12-epoch run ends (5 optimizer steps,
+# 1-2 checkpoint saves and 2-3 renames per epoch), so each attempt is killed, whatever the speed.
+KILL_POINTS = [("step", 25), ("save-partial", 8), ("replace-before", 8), ("replace-after", 8)]
+
+
 def test_training_killed_at_random_points_resumes_to_the_same_result(workspace):
     root, data, reference = workspace
     out = root / "killed"
     config = write_config(root / "killed.yaml", data, out)
-    log = out / "results" / "train.log"
     last = out / "checkpoints" / "last.pt"
     chooser = random.Random(int(os.environ.get("DODO_CRASH_SEED", "0")) or None)
     kills = []
     for attempt in range(3):
         resume = ["--resume", last] if (last.exists() or previous_checkpoint_path(last).exists()) else []
-        before = log.read_text().count("\n") if log.exists() else 0
-        process = subprocess.Popen(dodo_command("train", "--config", config, *resume), env=ENV,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # Wait until this run is training (a new line in the log), then kill it at a random moment.
-        deadline = time.monotonic() + 120
-        while process.poll() is None and time.monotonic() < deadline:
-            if log.exists() and log.read_text().count("\n") > before:
-                break
+        event, largest = chooser.choice(KILL_POINTS)
+        count = chooser.randint(1, largest)
+        marker = root / f"held-{attempt}.txt"
+        process = subprocess.Popen([sys.executable, str(HELD_TRAINING), str(marker), event, str(count), "--",
+                                    "train", "--config", str(config), *map(str, resume)],
+                                   env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # The run holds itself at the chosen point; the deadline only guards against a hang.
+        deadline = time.monotonic() + 300
+        while process.poll() is None and not marker.exists() and time.monotonic() < deadline:
             time.sleep(0.02)
-        delay = chooser.uniform(0.0, 1.0)
-        time.sleep(delay)
-        if process.poll() is not None:
-            break  # it finished before the kill
+        if not marker.exists():
+            process.kill()
+            _, stderr = process.communicate()
+            assert attempt > 0, f"the first run never reached {event} {count} (exit {process.returncode}): {stderr}"
+            assert process.returncode == 0, f"run {attempt} failed before {event} {count}: {stderr}"
+            break  # a resumed run with fewer steps left than chosen finished before the point
         process.send_signal(signal.SIGKILL)
         process.wait()
+        process.stderr.close()
         state = load_checkpoint(last)["epoch"] if last.exists() else None
-        kills.append((round(delay, 2), state))
+        kills.append((marker.read_text(), state))
         every_final_file_is_whole(out / "checkpoints")
     resume = ["--resume", last] if (last.exists() or previous_checkpoint_path(last).exists()) else []
     finished = subprocess.run(dodo_command("train", "--config", config, *resume), env=ENV, capture_output=True,
                               text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr
-    assert kills, "no run was killed: the training finished too fast to interrupt"
+    assert kills, "no run was killed"
     same_result(load_checkpoint(out / "checkpoints" / "final.pt"), reference)
-    print(f"killed {len(kills)} times (delay s, last epoch saved): {kills}")
+    print(f"killed {len(kills)} times (where, last epoch saved): {kills}")
 
 
 def stopped_run(root: Path, data: Path, name: str, stop_after: int) -> Path:
