@@ -64,6 +64,8 @@ def naive_closure(F, u, session, head: str, threads: int) -> np.ndarray:
     dF_box_rest = synthetic.boost_to_rest(u, box.F_box - F) / safe
     if session.get_inputs()[0].shape[1] != features.shape[1]:  # invariants27+box7-v1: Box3D's own answer too
         features = np.concatenate([features, dF_box_rest[..., 0], box.growth_over_ntot[:, None]], axis=1)
+    if session.get_inputs()[0].shape[1] != features.shape[1]:  # +eln18: the crossing's shape
+        features = np.concatenate([features, np.nan_to_num(dodo.crossing_features(F_init_rest))], axis=1)
     (output,) = session.run(["head_output"], {"invariants": features.astype(np.float32)})
     dF = synthetic.assemble_head(head, output, F_init_rest, dF_box_rest)
     dF = (dF.reshape(-1, 24) @ synthetic.conservation_projector()).reshape(-1, 6, 4)

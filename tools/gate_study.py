@@ -18,6 +18,7 @@ import torch
 
 from dodo.training import ensemble_train as et
 from dodo.training.ensemble import fit_ensemble, spread_gate, state_error
+from dodo.training.features import OOD_COLUMNS
 
 EMU_RECIPE = ("emu", "random_crossing", "random_crossing_ff09")  # docs/dataset.md
 
@@ -34,12 +35,12 @@ def out_of_fold(config: et.EnsembleConfig, folds: int):
         X, r, g = et._training_arrays(table, train, config)
         ensemble = fit_ensemble(X, r, g, members=config.members, sigma0=config.sigma0, seed=config.seed,
                                 width=config.width, depth=config.depth, steps=config.steps, lr=config.lr,
-                                weight_decay=config.weight_decay, growth_weight=config.growth_weight)
+                                weight_decay=config.weight_decay, growth_weight=config.growth_weight,
+                                ood_columns=OOD_COLUMNS[config.features])
         x = torch.as_tensor(et.features_of(table, test, config.features), dtype=torch.float32)
         with torch.no_grad():
             stacked = torch.stack([member(x)[:, 0] for member in ensemble.members]) * ensemble.r_scale
-            centred = x - ensemble.feature_mean
-            d2.append((((centred @ ensemble.feature_precision) * centred).sum(-1) / ensemble.d2_max).double().numpy())
+            d2.append((ensemble.squared_distance(x) / ensemble.d2_max).double().numpy())
         rows.append(test)
         r_mean.append(stacked.mean(0).double().numpy())
         sigma.append(stacked.std(0, unbiased=False).double().numpy())

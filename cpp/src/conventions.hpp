@@ -16,6 +16,9 @@ inline constexpr int kComponents = 4;
 inline constexpr int kCellValues = kSpecies * kComponents;  // 24
 inline constexpr int kInvariants = 27;                       // 6 comoving densities + 21 dot products
 inline constexpr int kPairs = 3;
+// ELN-crossing inputs of a feature set "...+eln18": six per flavour pair (box3d.hpp, crossing_features).
+inline constexpr int kCrossingFeaturesPerPair = 6;
+inline constexpr int kCrossingFeatures = kPairs * kCrossingFeaturesPerPair;  // 18
 
 // Flavour pairs of pairwise Box3D: (e,mu), (e,tau), (mu,tau).
 inline constexpr int kPairFirst[kPairs] = {0, 0, 1};

@@ -24,6 +24,7 @@ from ._box3d import (
     box3d,
     box3d_settings,
     comoving_density,
+    crossing_features,
     invariants,
 )
 from ._closure import BOX3D_ONLY, Closure, ClosureResult, closure, runtime_available
@@ -44,6 +45,7 @@ __all__ = [
     "closure",
     "comoving_density",
     "conventions",
+    "crossing_features",
     "describe_status",
     "invariants",
     "runtime_available",

@@ -80,13 +80,26 @@ def box3d_settings(lebedev_order: int = DEFAULT_LEBEDEV_ORDER, z_method: str = D
 
 
 @functools.lru_cache(maxsize=16)
-def _engine(lebedev_order: int, z_method: str, max_flux_factor: float):
+def _engine(lebedev_order: int, z_method: str, max_flux_factor: float, screen_stable_cells: bool = True):
     if z_method not in ("exact", "jedynak"):
         raise ValueError(f"z_method must be 'exact' or 'jedynak'; got {z_method!r}")
     if lebedev_order not in _core.available_lebedev_orders():
         raise ValueError(
             f"lebedev_order {lebedev_order} is not available; available: {_core.available_lebedev_orders()}")
-    return _core.Box3D(lebedev_order, z_method, max_flux_factor)
+    return _core.Box3D(lebedev_order, z_method, max_flux_factor, screen_stable_cells)
+
+
+def crossing_features(F_init, u=None, lebedev_order: int = DEFAULT_LEBEDEV_ORDER, z_method: str = DEFAULT_Z_METHOD,
+                      max_flux_factor: float = DEFAULT_MAX_FLUX_FACTOR) -> np.ndarray:
+    """Box3D's ELN-crossing shape of each cell, (..., 18) float64 (the network inputs of the
+    feature set ``invariants27+box7+eln18-v1``; dodo.training.features): per flavour pair (e,mu),
+    (e,tau), (mu,tau) the integrals I+ and I- of G's positive and negative parts (units of N_tot),
+    the solid-angle fraction where G > 0, the lengths of the two lobes' weighted mean directions
+    and the cosine between them, in the fluid rest frame. Every valid cell is computed (stable ones
+    too: zero I+ or I-); NaN for a rejected cell (see dodo.box3d's status)."""
+    flat_F, flat_u, batch = _prepare(F_init, u)
+    engine = _engine(_lebedev_order(lebedev_order), z_method, float(max_flux_factor), False)
+    return np.asarray(engine.crossing_features(flat_F, flat_u)).reshape(batch + (18,))
 
 
 def _as_real_array(name: str, value, trailing: tuple[int, ...], shape_text: str) -> np.ndarray:

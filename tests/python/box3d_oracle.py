@@ -57,17 +57,9 @@ def inverse_langevin_jedynak(f):
     return f * numerator / ((1.0 - f) * (1.0 + 1.01524 * f))
 
 
-def box3d(F_init, u=None, order=17, z_method="exact"):
-    F_init = np.asarray(F_init, dtype=float)
-    batch = F_init.shape[:-2]
-    F = F_init.reshape(-1, 6, 4)
-    if u is None:
-        u = np.zeros(F.shape[:1] + (4,))
-        u[:, 0] = 1
-    u = np.broadcast_to(np.asarray(u, float), batch + (4,)).reshape(-1, 4)
-    Frest = boost_to_rest(F, u[:, None, :])
-    ntot = Frest[:, :, 0].sum(axis=1)
-    Fn = Frest / ntot[:, None, None]
+def species_distributions(Fn, order=17, z_method="exact"):
+    """Max-entropy angular distributions g [C, 6, Q] (per steradian) of normalised rest-frame cells
+    Fn [C, 6, 4] on the Lebedev points dirs [Q, 3] with weights w [Q] (summing to 4 pi)."""
     x, w = lebedev_rule(order)
     dirs = x.T  # (Q, 3)
     n = Fn[:, :, 0]
@@ -84,6 +76,42 @@ def box3d(F_init, u=None, order=17, z_method="exact"):
     small = 1 + Zq * mu
     shape = np.where(Zq > 1e-8, big, small)
     g = n[..., None] / (4 * np.pi) * shape  # (C, 6, Q)
+    return g, dirs, w
+
+
+def crossing_features_oracle(Fn, order=17):
+    """The 18 ELN-crossing inputs of normalised rest-frame cells Fn [C, 6, 4], per pair (e,mu),
+    (e,tau), (mu,tau): I+, I-, solid-angle fraction with G > 0, |<n>+|, |<n>-|, cosine between them."""
+    g, dirs, w = species_distributions(np.asarray(Fn, float), order)
+    eln = g[:, :3] - g[:, 3:]
+    out = []
+    for (i, j) in PAIRS:
+        G = eln[:, i] - eln[:, j]
+        up, down = np.maximum(G, 0) * w, np.maximum(-G, 0) * w
+        Ip, Im = up.sum(1), down.sum(1)
+        centre_up, centre_down = up @ dirs, down @ dirs
+        length_up, length_down = np.linalg.norm(centre_up, axis=1), np.linalg.norm(centre_down, axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out += [Ip, Im, ((G > 0) * w).sum(1) / (4 * np.pi),
+                    np.where(Ip > 0, length_up / np.where(Ip > 0, Ip, 1), 0.0),
+                    np.where(Im > 0, length_down / np.where(Im > 0, Im, 1), 0.0),
+                    np.where(length_up * length_down > 0,
+                             np.einsum("ci,ci->c", centre_up, centre_down) / (length_up * length_down), 0.0)]
+    return np.stack(out, axis=1)
+
+
+def box3d(F_init, u=None, order=17, z_method="exact"):
+    F_init = np.asarray(F_init, dtype=float)
+    batch = F_init.shape[:-2]
+    F = F_init.reshape(-1, 6, 4)
+    if u is None:
+        u = np.zeros(F.shape[:1] + (4,))
+        u[:, 0] = 1
+    u = np.broadcast_to(np.asarray(u, float), batch + (4,)).reshape(-1, 4)
+    Frest = boost_to_rest(F, u[:, None, :])
+    ntot = Frest[:, :, 0].sum(axis=1)
+    Fn = Frest / ntot[:, None, None]
+    g, dirs, w = species_distributions(Fn, order, z_method)
     eln = g[:, :3] - g[:, 3:]
     C, Q = g.shape[0], g.shape[2]
     M = np.zeros((C, Q, 3, 3))

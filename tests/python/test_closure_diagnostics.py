@@ -208,24 +208,26 @@ def test_self_test_checks_the_growth_rate_and_uncertainty(models, tmp_path):
             Closure(path)
 
 
-def test_an_exported_ensemble_runs_in_the_runtime_with_its_box_features(tmp_path):
-    """`dodo export` of a density-residual ensemble (features "invariants27+box7-v1", three outputs)
-    loads in dodo.Closure, passes its self-test, and gives ONNX Runtime's own outputs on the
-    Python-side features: the C++ runtime builds the same 34 inputs."""
+@pytest.mark.parametrize("feature_set", ["invariants27+box7-v1", "invariants27+box7+eln18-v1"])
+def test_an_exported_ensemble_runs_in_the_runtime_with_its_box_features(tmp_path, feature_set):
+    """`dodo export` of a density-residual ensemble (features with Box3D's answer, and with its
+    crossing shape too; three outputs) loads in dodo.Closure, passes its self-test, and gives ONNX
+    Runtime's own outputs on the Python-side features: the C++ runtime builds the same 34 / 52
+    inputs."""
     pytest.importorskip("torch", reason="the ensemble needs torch")
     import onnxruntime
 
     from conftest import random_states
     from dodo.training.ensemble import fit_ensemble
     from dodo.training.ensemble_train import EnsembleConfig, export_ensemble, save_checkpoint
-    from dodo.training.features import INVARIANTS_AND_BOX, lab_features
+    from dodo.training.features import lab_features
 
     rng = np.random.default_rng(5)
     F_train = random_states(rng, 64, max_flux_factor=0.6, mu_equals_tau=True)
-    X = lab_features(INVARIANTS_AND_BOX, F_train)
+    X = lab_features(feature_set, F_train)
     ensemble = fit_ensemble(X, 0.01 * np.tanh(X[:, 0] - X[:, 3]), 0.2 * np.tanh(X[:, 27] * 30), members=2,
                             sigma0=0.01, steps=30, width=16)
-    ensemble.features = INVARIANTS_AND_BOX
+    ensemble.features = feature_set
     table = {"box3d": dodo.box3d_settings(), "sha256": "0" * 64, "kind": "qke"}
     save_checkpoint(ensemble, EnsembleConfig(width=16), table, np.arange(10), {}, str(tmp_path / "ensemble.pt"))
     path = tmp_path / "ensemble.onnx"
@@ -237,7 +239,7 @@ def test_an_exported_ensemble_runs_in_the_runtime_with_its_box_features(tmp_path
     result = closure.apply(F, u)
     corrected = (result.status & NOT_CORRECTED) == 0
     assert corrected.sum() >= 80
-    features = lab_features(INVARIANTS_AND_BOX, np.nan_to_num(F[corrected]), u[corrected]).astype(np.float32)
+    features = lab_features(feature_set, np.nan_to_num(F[corrected]), u[corrected]).astype(np.float32)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     _, sigma, log_ratio = session.run(None, {"invariants": features})
     np.testing.assert_allclose(result.uncertainty[corrected], sigma, rtol=1e-4, atol=1e-7)

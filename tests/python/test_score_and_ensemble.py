@@ -110,6 +110,44 @@ def test_box_features_match_box3d_in_any_frame():
     np.testing.assert_allclose(moving, at_rest, atol=1e-9)
 
 
+def test_crossing_features_match_the_python_oracle_and_are_frame_free():
+    """invariants27+box7+eln18: the 18 crossing inputs of the C++ kernel equal the NumPy oracle's
+    (scipy's Lebedev rule, the exact inverse Langevin Z) and do not depend on the frame; the nu <->
+    nubar mirror swaps I+ and I- and the lobe lengths, and takes the G > 0 fraction to its complement."""
+    from box3d_oracle import crossing_features_oracle
+    from dodo.training.features import FEATURE_SIZES, INVARIANTS_AND_BOX, INVARIANTS_BOX_AND_CROSSING, lab_features
+    from dodo.training.frames import boost_from_rest
+
+    from conftest import random_states, random_velocities
+
+    rng = np.random.default_rng(11)
+    F = random_states(rng, 60, max_flux_factor=0.8)
+    F[:20, 2] = F[:20, 1]  # mu = tau in a third of them
+    F[:20, 5] = F[:20, 4]
+    ntot = F[..., 0].sum(axis=1)
+    kernel = dodo.crossing_features(F)
+    np.testing.assert_allclose(kernel, crossing_features_oracle(F / ntot[:, None, None]), rtol=0, atol=1e-12)
+    crossing = dodo.box3d(F).status & dodo.CellStatus.NO_CROSSING == 0
+    assert crossing.sum() >= 20 and np.all(kernel[crossing][:, 0::6] * kernel[crossing][:, 1::6] >= 0)
+    features = lab_features(INVARIANTS_BOX_AND_CROSSING, F)
+    assert features.shape == (60, FEATURE_SIZES[INVARIANTS_BOX_AND_CROSSING]) == (60, 52)
+    np.testing.assert_array_equal(features[:, :34], lab_features(INVARIANTS_AND_BOX, F))
+    np.testing.assert_allclose(features[:, 34:], kernel, rtol=0, atol=1e-12)
+    u = random_velocities(rng, 60, max_speed=0.6)
+    np.testing.assert_allclose(lab_features(INVARIANTS_BOX_AND_CROSSING, boost_from_rest(F, u[:, None, :]), u),
+                               features, atol=1e-9)
+    mirrored = dodo.crossing_features(F[:, [3, 4, 5, 0, 1, 2]])
+    for p in range(3):
+        np.testing.assert_allclose(mirrored[:, 6 * p], kernel[:, 6 * p + 1], atol=1e-13)
+        np.testing.assert_allclose(mirrored[:, 6 * p + 3], kernel[:, 6 * p + 4], atol=1e-12)
+        np.testing.assert_allclose(mirrored[:, 6 * p + 5], kernel[:, 6 * p + 5], atol=1e-12)
+        has_both = (kernel[:, 6 * p] > 0) & (kernel[:, 6 * p + 1] > 0)
+        np.testing.assert_allclose(mirrored[has_both, 6 * p + 2], 1 - kernel[has_both, 6 * p + 2], atol=1e-12)
+    bad = F.copy()
+    bad[0, 0, 0] = np.nan
+    assert np.isnan(dodo.crossing_features(bad)[0]).all() and np.isfinite(dodo.crossing_features(bad)[1:]).all()
+
+
 def _tiny_ensemble(members=2, steps=30, sigma0=0.01):
     from dodo.training.ensemble import fit_ensemble
     from dodo.training.features import INVARIANTS_AND_BOX, lab_features

@@ -5,7 +5,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <limits>
+#include <vector>
 #include <stdexcept>
 #include <string>
 
@@ -95,6 +98,34 @@ void apply_box3d_into(const dodo::Box3D& box3d, const CArray& F, const py::objec
   });
 }
 
+// Box3D's ELN-crossing inputs (RestFrameCell::crossing) of n cells: (n, 18) float64, NaN for a
+// cell that is rejected or that the stability screen decided without the angular computation.
+CArray crossing_features(const dodo::Box3D& box3d, const CArray& F, const py::object& u) {
+  const std::size_t n = check_cells(F);
+  CArray u_holder;
+  const double* u_data = velocity_pointer(u, n, u_holder);
+  CArray out({static_cast<py::ssize_t>(n), py::ssize_t{dodo::kCrossingFeatures}});
+  const double* F_data = F.data();
+  double* out_data = out.mutable_data();
+  dodo_python::without_gil([&] {
+    std::vector<dodo::RestFrameCell> cells(dodo::Box3D::kBlockCells);
+    for (std::size_t begin = 0; begin < n; begin += dodo::Box3D::kBlockCells) {
+      const std::size_t count = std::min(dodo::Box3D::kBlockCells, n - begin);
+      box3d.rest_frame_cells(count, F_data + begin * dodo::kCellValues, u_data ? u_data + begin * 4 : nullptr,
+                             cells.data(), true);
+      for (std::size_t i = 0; i < count; ++i) {
+        double* row = out_data + (begin + i) * dodo::kCrossingFeatures;
+        const std::uint32_t status = cells[i].status;
+        const bool computed = !(status & dodo::kCellRejectedMask) &&
+                              (!(status & dodo::kCell_NO_CROSSING) || !box3d.settings().screen_stable_cells);
+        for (int k = 0; k < dodo::kCrossingFeatures; ++k)
+          row[k] = computed ? cells[i].crossing[k] : std::numeric_limits<double>::quiet_NaN();
+      }
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -125,7 +156,10 @@ PYBIND11_MODULE(_core, m) {
       .def("apply_into", &apply_box3d_into, py::arg("F"), py::arg("u"), py::arg("F_box"), py::arg("growth_over_ntot"),
            py::arg("growth_rate"), py::arg("status"), py::arg("threads") = 1,
            "Box3D of n cells into F_box (n,6,4), growth_over_ntot, growth_rate (n,) float64, status (n,) "
-           "uint32: C-contiguous, writeable, not overlapping the inputs or each other.");
+           "uint32: C-contiguous, writeable, not overlapping the inputs or each other.")
+      .def("crossing_features", &crossing_features, py::arg("F"), py::arg("u"),
+           "Box3D's ELN-crossing inputs of n cells, (n, 18): per flavour pair I+, I-, the solid-angle fraction "
+           "with G > 0, the two lobes' mean-direction lengths and the cosine between them; NaN where not computed.");
 
   m.def("invariants", [](const CArray& F, const py::object& u) {
     const std::size_t n = check_cells(F);

@@ -40,6 +40,11 @@ struct RestFrameCell {
   LorentzBoost boost;              // lab <-> rest frame of u
   double F[kCellValues];           // F_init in the rest frame, units of N_tot
   double dF[kCellValues];          // Box3D's change there, units of N_tot (zeros when NO_CROSSING)
+  // Only when asked for (rest_frame_cells' crossing_features) and the cell went through the
+  // angular computation (not rejected, not decided stable by the screen): per flavour pair p,
+  // crossing[6 p + k] = I+, I-, the solid-angle fraction where G_p > 0, |<n>+|, |<n>-| (the lengths
+  // of the two lobes' weighted mean directions) and the cosine between those directions.
+  double crossing[kCrossingFeatures];
 };
 
 // Strided view of a batch of cells: element (cell, species, component) lives at
@@ -76,7 +81,9 @@ class Box3D {
   void rest_frame_cell(const double* F_init, const double* u, RestFrameCell& out) const;
   // The same for n cells: F_init n x 24 and u n x 4 (nullptr: all at rest), contiguous. Faster
   // than n single calls: step 1 (the moments and the stability screen) runs across cells.
-  void rest_frame_cells(std::size_t n, const double* F_init, const double* u, RestFrameCell* out) const;
+  // crossing_features: also fill out[i].crossing (the network inputs of feature sets with eln18).
+  void rest_frame_cells(std::size_t n, const double* F_init, const double* u, RestFrameCell* out,
+                        bool crossing_features = false) const;
   // rest_frame_cells works through blocks of this many cells: calls on consecutive runs of
   // whole blocks give the same results as one call on all of them.
   static constexpr std::size_t kBlockCells = 32;
@@ -96,7 +103,7 @@ class Box3D {
   static constexpr std::size_t kDirectionLanes = 8;
 
   // Step 1 and the rest of up to a block of prepared cells (status kCellOk, F normalised).
-  void classify_block(std::size_t count, RestFrameCell* cells) const;
+  void classify_block(std::size_t count, RestFrameCell* cells, bool crossing_features) const;
 
   Box3DSettings settings_;
   LebedevRule rule_;

@@ -247,6 +247,9 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
   const std::size_t count = end - begin;
   ClosureCounters events;
   std::size_t network_rows = 0;  // cells that need the network, packed at the front of its input
+  // Models of the "+eln18" feature set read the kernel's crossing shape of each crossing cell.
+  const bool wants_crossing =
+      model_ && w.network->input_size() == static_cast<std::size_t>(kInvariants + kSpecies + 1 + kCrossingFeatures);
 
   // 1. Gather; Box3D in the rest frame (all cells of the chunk in one call, so that its moments
   //    step runs across cells); invariants of the cells that need the network: not rejected and
@@ -284,7 +287,7 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
   for (std::size_t block = 0; block < count; block += Box3D::kBlockCells) {
     const std::size_t block_end = std::min(count, block + Box3D::kBlockCells);
     box3d_->rest_frame_cells(block_end - block, F_chunk + block * kCellValues, u_chunk ? u_chunk + block * 4 : nullptr,
-                             w.cells.data() + block);
+                             w.cells.data() + block, wants_crossing);
     for (std::size_t i = block; i < block_end; ++i) {
       RestFrameCell& rest = w.cells[i];
       if (rest.status == kCell_NO_CROSSING && contiguous_output) {
@@ -306,6 +309,10 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
         // N_tot), in this cell's packed row.
         for (int a = 0; a < kSpecies; ++a) row[kInvariants + a] = static_cast<float>(rest.dF[value_index(a, 0)]);
         row[kInvariants + kSpecies] = static_cast<float>(rest.growth_over_ntot);
+        // "+eln18": the kernel's crossing shape of this (crossing) cell.
+        if (wants_crossing)
+          for (int k = 0; k < kCrossingFeatures; ++k)
+            row[kInvariants + kSpecies + 1 + k] = static_cast<float>(rest.crossing[k]);
       }
     }
   }

@@ -106,6 +106,7 @@ Box3DSettings box3d_settings_without_model(const RequestedBox3D& requested) {
 int feature_size(const std::string& features) {
   if (features == kFeatures) return kInvariants;
   if (features == kFeaturesWithBox) return kInvariants + kSpecies + 1;
+  if (features == kFeaturesWithCrossing) return kInvariants + kSpecies + 1 + kCrossingFeatures;
   return 0;
 }
 
@@ -119,8 +120,8 @@ ModelDescription describe_model(const std::map<std::string, std::string>& metada
   const std::string& features = require(metadata, "dodo.features");
   model.input_size = feature_size(features);
   if (model.input_size == 0)
-    refuse("model \"dodo.features\" is \"" + features + "\"; this runtime computes \"" + kFeatures + "\" and \"" +
-           kFeaturesWithBox + "\"");
+    refuse("model \"dodo.features\" is \"" + features + "\"; this runtime computes \"" + kFeatures + "\", \"" +
+           kFeaturesWithBox + "\" and \"" + kFeaturesWithCrossing + "\"");
   const std::string& head = require(metadata, "dodo.head");
   try {
     model.head = head_from_name(head);

@@ -15,6 +15,10 @@ inline constexpr const char* kFeatures = "invariants27-v1";
 // The invariants, then Box3D's own answer: its six rest-frame comoving density changes and its
 // growth proxy, in units of N_tot (python/dodo/training/features.py).
 inline constexpr const char* kFeaturesWithBox = "invariants27+box7-v1";
+// Those 34, then the shape of the ELN crossing Box3D's kernel integrates (RestFrameCell::crossing,
+// 18 values: per flavour pair I+, I-, the solid-angle fraction with G > 0, both lobes' mean-direction
+// lengths and the cosine between them).
+inline constexpr const char* kFeaturesWithCrossing = "invariants27+box7+eln18-v1";
 
 // Network inputs per cell for a feature set ("dodo.features"); 0 for a set this runtime does not compute.
 int feature_size(const std::string& features);

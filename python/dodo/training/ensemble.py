@@ -120,13 +120,19 @@ class DensityResidualEnsemble(nn.Module):
             growth = out[:, 2]
         else:
             r_mean, sigma, growth = self.teacher_outputs(x)
-        centred = x.to(self.feature_mean.dtype) - self.feature_mean
-        d2 = ((centred @ self.feature_precision) * centred).sum(dim=-1)
+        d2 = self.squared_distance(x)
         gate = spread_gate(r_mean, sigma, self.sigma0, self.error_per_spread)
         gate = gate * torch.exp(-torch.relu(d2 - self.d2_max) / self.d2_max).to(gate.dtype)
         used = r_mean * gate
         head = used[:, None] * self.pattern.to(used.dtype)
         return head, sigma, growth
+
+    def squared_distance(self, x: torch.Tensor) -> torch.Tensor:
+        """Squared Mahalanobis distance of the features from the training rows' mean, on the first
+        feature_mean.numel() columns (ood_columns: the crossing inputs are functions of the same
+        moments, so the distance on the 34 before them tests the same thing at a third of the cost)."""
+        centred = x[:, :self.feature_mean.numel()].to(self.feature_mean.dtype) - self.feature_mean
+        return ((centred @ self.feature_precision) * centred).sum(dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.outputs(x)[0]
@@ -250,16 +256,18 @@ def feature_statistics(X: np.ndarray, quantile: float = 0.995) -> tuple[np.ndarr
 
 
 def fit_ensemble(X: np.ndarray, r: np.ndarray, log_growth: np.ndarray, members: int = 8, sigma0: float = 0.01,
-                 seed: int = 0, log=None, error_per_spread: float = 0.0, **member_options) -> DensityResidualEnsemble:
+                 seed: int = 0, log=None, error_per_spread: float = 0.0, ood_columns: int | None = None,
+                 **member_options) -> DensityResidualEnsemble:
     # member_options: fit_member's (width, depth, steps, lr, weight_decay, growth_weight, weights)
-    """Train ``members`` bagged members on features X [n, F], residuals r [n] and log growth ratios [n]."""
+    """Train ``members`` bagged members on features X [n, F], residuals r [n] and log growth ratios [n];
+    the distance gate uses the first ``ood_columns`` features (None: all)."""
     r_scale = float(np.std(r)) or 1.0
     trained = []
     for k in range(members):
         trained.append(fit_member(X, r, log_growth, seed=seed + k, r_scale=r_scale, **member_options))
         if log:
             log(f"member {k + 1}/{members} trained")
-    mean, precision, d2_max = feature_statistics(X)
+    mean, precision, d2_max = feature_statistics(X[:, :ood_columns])
     return DensityResidualEnsemble(trained, r_scale, sigma0, mean, precision, d2_max, error_per_spread).eval()
 
 

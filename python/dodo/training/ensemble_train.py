@@ -282,7 +282,10 @@ def train_on(table: dict, rows: np.ndarray, config: EnsembleConfig, members: int
     measured rates plus every row of ``growth_table`` (linear-theory labels)."""
     X, r, g = _training_arrays(table, rows, config)
     torch.set_num_threads(config.threads)
+    from .features import OOD_COLUMNS
+
     ensemble = fit_ensemble(X, r, g, members=members or config.members, sigma0=config.sigma0, seed=config.seed,
+                            ood_columns=OOD_COLUMNS[config.features],
                             error_per_spread=config.error_per_spread,
                             log=log, width=config.width, depth=config.depth, steps=config.steps, lr=config.lr,
                             weight_decay=config.weight_decay, growth_weight=config.growth_weight)
@@ -361,7 +364,9 @@ def format_scores(title: str, scores: dict, threshold: float = 0.0025) -> str:
 def save_checkpoint(ensemble: DensityResidualEnsemble, config: EnsembleConfig, table: dict, train_rows, report: dict,
                     path: str) -> None:
     first = ensemble.members[0]
-    state = {"kind": CHECKPOINT_KIND, "config": asdict(config), "n_inputs": int(first.mean.numel()),
+    # The feature set the members were trained on, whatever the config object says.
+    state = {"kind": CHECKPOINT_KIND, "config": {**asdict(config), "features": ensemble.features},
+             "n_inputs": int(first.mean.numel()),
              "members": len(ensemble.members), "growth_members": len(ensemble.growth_members),
              "student": None if ensemble.student is None else {"width": config.distill_width,
                                                                 "depth": config.distill_depth},
@@ -393,7 +398,8 @@ def load_ensemble(checkpoint: dict) -> DensityResidualEnsemble:
     state = dict(checkpoint["state_dict"])
     state.setdefault("error_per_spread", torch.tensor(0.0))  # checkpoints from before the Wiener gate
     n = checkpoint["n_inputs"]
-    ensemble = DensityResidualEnsemble(members, 1.0, 1.0, np.zeros(n), np.eye(n), 1.0)
+    ood = state["feature_mean"].numel()  # the distance gate's columns (OOD_COLUMNS), n before them
+    ensemble = DensityResidualEnsemble(members, 1.0, 1.0, np.zeros(ood), np.eye(ood), 1.0)
     for _ in range(checkpoint.get("growth_members", 0)):
         ensemble.growth_members.append(Member(n, config["growth_width"], config["growth_depth"], n_outputs=1))
     if checkpoint.get("student"):

@@ -6,6 +6,13 @@
   and the growth proxy growth_over_ntot. Box3D already runs in the closure, so they cost nothing
   at run time, and they carry what the invariants only imply (Rhea also feeds F_box). The C++
   runtime builds the same vector (cpp/src/runtime/closure.cpp); the model's test vectors tie both.
+- ``invariants27+box7+eln18-v1``: those 34, then the shape of the ELN crossing that Box3D's kernel
+  integrates anyway, six per flavour pair (e,mu), (e,tau), (mu,tau): I+ and I- (the integrals of
+  the positive and negative parts of G = ELN_i - ELN_j), the solid-angle fraction where G > 0, the
+  lengths of the two lobes' weighted mean directions and the cosine between those directions
+  (rotation- and boost-invariant, computed in the rest frame). The growth rate follows the
+  crossing's shape, which the invariants give the network only implicitly (docs/training.md,
+  growth). One implementation: the C++ kernel (``dodo._box3d.crossing_features``).
 """
 from __future__ import annotations
 
@@ -15,19 +22,41 @@ from dodo.conventions import N_INVARIANTS, N_SPECIES
 
 INVARIANTS = "invariants27-v1"
 INVARIANTS_AND_BOX = "invariants27+box7-v1"
-FEATURE_SIZES = {INVARIANTS: N_INVARIANTS, INVARIANTS_AND_BOX: N_INVARIANTS + N_SPECIES + 1}
+INVARIANTS_BOX_AND_CROSSING = "invariants27+box7+eln18-v1"
+N_CROSSING = 18
+FEATURE_SIZES = {INVARIANTS: N_INVARIANTS, INVARIANTS_AND_BOX: N_INVARIANTS + N_SPECIES + 1,
+                 INVARIANTS_BOX_AND_CROSSING: N_INVARIANTS + N_SPECIES + 1 + N_CROSSING}
+#: Features the out-of-distribution distance is measured on (the first ones): the crossing inputs
+#: are functions of the same moments, and a 52 x 52 distance would cost the closure as much as the
+#: network (issue 13).
+OOD_COLUMNS = {INVARIANTS: N_INVARIANTS, INVARIANTS_AND_BOX: N_INVARIANTS + N_SPECIES + 1,
+               INVARIANTS_BOX_AND_CROSSING: N_INVARIANTS + N_SPECIES + 1}
 
 
 def feature_matrix(features: str, invariants, F_init_rest=None, F_box_rest=None, growth_over_ntot=None) -> np.ndarray:
-    """[n, FEATURE_SIZES[features]] from invariants [n, 27] and, for the box set, rest-frame
-    F_init and F_box [n, 6, 4] in units of N_tot and the proxy growth_over_ntot [n]."""
+    """[n, FEATURE_SIZES[features]] from invariants [n, 27] and, for the box sets, rest-frame
+    F_init and F_box [n, 6, 4] in units of N_tot and the proxy growth_over_ntot [n] (the crossing
+    inputs are computed from F_init_rest)."""
     invariants = np.asarray(invariants, dtype=np.float64)
     if features == INVARIANTS:
         return invariants
-    if features == INVARIANTS_AND_BOX:
+    if features in (INVARIANTS_AND_BOX, INVARIANTS_BOX_AND_CROSSING):
         change = np.asarray(F_box_rest, np.float64)[..., 0] - np.asarray(F_init_rest, np.float64)[..., 0]
-        return np.concatenate([invariants, change, np.asarray(growth_over_ntot, np.float64).reshape(-1, 1)], axis=1)
+        columns = [invariants, change, np.asarray(growth_over_ntot, np.float64).reshape(-1, 1)]
+        if features == INVARIANTS_BOX_AND_CROSSING:
+            columns.append(crossing_inputs(F_init_rest))
+        return np.concatenate(columns, axis=1)
     raise ValueError(f"unknown feature set {features!r}; expected one of {sorted(FEATURE_SIZES)}")
+
+
+def crossing_inputs(F_init_rest) -> np.ndarray:
+    """The 18 ELN-crossing inputs [n, 18] of rest-frame cells [n, 6, 4] (units of N_tot), as the
+    closure's Box3D kernel computes them for a crossing cell. Zeros for a stable cell (no network
+    row at run time; training rows all cross)."""
+    from dodo._box3d import crossing_features
+
+    values = crossing_features(np.asarray(F_init_rest, np.float64))
+    return np.nan_to_num(values, nan=0.0)
 
 
 def lab_features(features: str, F_init, u=None, box=None) -> np.ndarray:

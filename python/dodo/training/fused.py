@@ -153,7 +153,7 @@ class FusedEnsemble(nn.Module):
         deviation = stacked - mean
         variance = (deviation * deviation).mean(dim=0)  # [2, N]; only row 0 (r) is used
         r_mean, growth, r_variance = mean[0], mean[1], variance[0]
-        centred = x - self.feature_mean
+        centred = x[:, :self.feature_mean.numel()] - self.feature_mean
         d2 = ((centred @ self.feature_precision) * centred).sum(dim=-1)
         # The ensemble's gates: spread (Wiener or sigma0 form) times exp(-max(0, d2 - d2_max) / d2_max).
         distance_gate = torch.exp(-torch.relu(d2 - self.d2_max) * self.inverse_d2_max)

@@ -1,0 +1,70 @@
+"""Which distilled student? Trains the config's teacher (members + growth member) once on folds 1-4
+of the training pool and distils students of several widths, step counts and growth weights; prints
+for each, on fold 0, the mean |dn|/N_tot, the states worse than Box3D by more than 0.0025 N_tot and
+the share of measured growth rates within 10%, for all states and the Emu-recipe ones, beside the
+teacher's (docs/training.md, "Distilled student").
+
+    python tools/student_study.py [--config training/configs/ensemble_default.yaml] [--threads 2]
+
+Held-out files are excluded as in training; the split is tools/gate_study.py's. Minutes on two cores.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dodo.training import ensemble_train as et
+from dodo.training.ensemble import fit_student, predict, state_error
+
+EMU_RECIPE = ("emu", "random_crossing", "random_crossing_ff09")  # docs/dataset.md
+# (width, steps, growth weight)
+STUDENTS = ((32, 3000, 2.0), (48, 3000, 2.0), (64, 3000, 2.0), (32, 6000, 2.0), (32, 3000, 5.0))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="training/configs/ensemble_default.yaml")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    config = dataclasses.replace(et.EnsembleConfig.load(args.config), threads=args.threads, distill_width=0)
+    torch.set_num_threads(args.threads)
+    table = et.load_table(config.data_path)
+    pool = np.flatnonzero(~et.holdout_mask(table["sources"], config.holdout))
+    order = np.random.default_rng(config.seed).permutation(pool)
+    fold_of = np.arange(len(order)) % 5
+    test, train = order[fold_of == 0], order[fold_of != 0]
+    family = np.array([Path(str(s)).name.split("_seed")[0] for s in table["sources"][test]])
+    emu = np.isin(family, EMU_RECIPE)
+    growth_table = et.load_growth_table(config, table, train, log=print)
+    ensemble = et.train_on(table, train, config, growth_table=growth_table)
+    inputs = np.concatenate([et._training_arrays(table, train, config)[0],
+                             et._training_arrays(growth_table, np.arange(len(growth_table["r"])), config)[0]])
+    X_test = et.features_of(table, test, config.features)
+    box = state_error(table["delta_box"][test], table["delta_true"][test])
+
+    def report(name: str) -> None:
+        out = predict(ensemble, X_test)
+        error = state_error(table["delta_box"][test] + out["r_gated"], table["delta_true"][test])
+        miss = table["log_growth"][test] - out["log_growth_ratio"]
+        finite = np.isfinite(miss)
+        hit = np.abs(np.exp(-miss[finite]) - 1) <= 0.1
+        worse = error - box > 0.0025
+        print(f"{name:<26} all {error.mean():.5f} worse {int(worse.sum()):4d} | Emu recipe {error[emu].mean():.5f} "
+              f"worse {int(worse[emu].sum()):3d} | growth within 10% {100 * hit.mean():.1f}% "
+              f"(Emu recipe {100 * hit[emu[finite]].mean():.1f}%)", flush=True)
+
+    print(f"fold 0: {len(test)} states (Box3D {box.mean():.5f}); teacher on {len(train)}")
+    report("teacher (members)")
+    for width, steps, growth_weight in STUDENTS:
+        ensemble.student = fit_student(ensemble, inputs, width=width, depth=config.distill_depth, steps=steps,
+                                       lr=config.lr, seed=config.seed + 2000, growth_weight=growth_weight)
+        report(f"student {width} wide, {steps} steps, growth weight {growth_weight:g}")
+        ensemble.student = None
+
+
+if __name__ == "__main__":
+    main()
