@@ -11,6 +11,7 @@ from . import _core
 from .conventions import (
     MAX_THREADS,
     N_COMPONENTS,
+    N_CROSSING_FEATURES,
     N_SPECIES,
     VELOCITY_NORM_TOLERANCE,
 )
@@ -99,7 +100,7 @@ def crossing_features(F_init, u=None, lebedev_order: int = DEFAULT_LEBEDEV_ORDER
     too: zero I+ or I-); NaN for a rejected cell (see dodo.box3d's status)."""
     flat_F, flat_u, batch = _prepare(F_init, u)
     engine = _engine(_lebedev_order(lebedev_order), z_method, float(max_flux_factor), False)
-    return np.asarray(engine.crossing_features(flat_F, flat_u)).reshape(batch + (18,))
+    return np.asarray(engine.crossing_features(flat_F, flat_u)).reshape(batch + (N_CROSSING_FEATURES,))
 
 
 def _as_real_array(name: str, value, trailing: tuple[int, ...], shape_text: str) -> np.ndarray:

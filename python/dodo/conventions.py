@@ -34,6 +34,10 @@ MAX_THREADS = 1024
 
 #: Flavour pairs of pairwise Box3D, in the order the core uses.
 FLAVOUR_PAIRS = ((0, 1), (0, 2), (1, 2))
+#: ELN-crossing inputs per flavour pair (dodo.crossing_features): I+, I-, the solid-angle fraction
+#: where G > 0, the two lobes' mean-direction lengths, the cosine between them (C++ kCrossingFeatures).
+CROSSING_FEATURES_PER_PAIR = 6
+N_CROSSING_FEATURES = len(FLAVOUR_PAIRS) * CROSSING_FEATURES_PER_PAIR
 
 
 def species_index(antineutrino: int, flavour: int) -> int:

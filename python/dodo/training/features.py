@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from dodo.conventions import N_INVARIANTS, N_SPECIES
+from dodo.conventions import N_CROSSING_FEATURES, N_INVARIANTS, N_SPECIES
 
 INVARIANTS = "invariants27-v1"
 INVARIANTS_AND_BOX = "invariants27+box7-v1"
 INVARIANTS_BOX_AND_CROSSING = "invariants27+box7+eln18-v1"
-N_CROSSING = 18
 FEATURE_SIZES = {INVARIANTS: N_INVARIANTS, INVARIANTS_AND_BOX: N_INVARIANTS + N_SPECIES + 1,
-                 INVARIANTS_BOX_AND_CROSSING: N_INVARIANTS + N_SPECIES + 1 + N_CROSSING}
+                 INVARIANTS_BOX_AND_CROSSING: N_INVARIANTS + N_SPECIES + 1 + N_CROSSING_FEATURES}
 #: Features the out-of-distribution distance is measured on (the first ones): the crossing inputs
 #: are functions of the same moments, and a 52 x 52 distance would cost the closure as much as the
 #: network (issue 13).
