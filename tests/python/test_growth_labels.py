@@ -78,30 +78,33 @@ def test_linear_only_refuses_a_fixed_rotation(tmp_path, yaml_states=None):
                     *SMALL]) == 0
 
 
+def rest_table(F, growth, with_density):
+    """A training table (ensemble_train.table_from_rest) of cells F at rest; growth(proxy) gives the
+    measured growth rates; without density, r = NaN (growth-label rows)."""
+    import dodo
+    from dodo.training.dataset import rest_frame_arrays
+    from dodo.training.ensemble_train import table_from_rest
+
+    u = np.tile([1.0, 0, 0, 0], (len(F), 1))
+    box = dodo.box3d(F, u)
+    rest = rest_frame_arrays(F, np.asarray(box.F_box), np.asarray(box.F_box), u, np.asarray(dodo.invariants(F, u)))
+    rest["ntot"] = np.asarray(dodo.comoving_density(F, u), float)
+    table = table_from_rest(rest, growth(np.asarray(box.growth_rate)), np.asarray(box.growth_rate),
+                            np.array(["x_seed1.h5"] * len(F)), box3d=dodo.box3d_settings())
+    if not with_density:
+        table["r"] = np.full(len(F), np.nan)
+    return table
+
+
 def test_growth_members_learn_from_label_rows_and_survive_a_checkpoint(tmp_path):
     """Growth-only rows (r = NaN) train the growth members and never the density members."""
     from conftest import random_states
 
     from dodo.training.ensemble import predict
-    from dodo.training.ensemble_train import (EnsembleConfig, _training_arrays, load_ensemble, save_checkpoint,
-                                              table_from_rest, train_on)
-    from dodo.training.dataset import rest_frame_arrays
-
-    import dodo
+    from dodo.training.ensemble_train import EnsembleConfig, _training_arrays, load_ensemble, save_checkpoint, train_on
 
     rng = np.random.default_rng(11)
-
-    def table_of(F, growth, with_density):
-        u = np.tile([1.0, 0, 0, 0], (len(F), 1))
-        box = dodo.box3d(F, u)
-        rest = rest_frame_arrays(F, np.asarray(box.F_box), np.asarray(box.F_box), u, np.asarray(dodo.invariants(F, u)))
-        rest["ntot"] = np.asarray(dodo.comoving_density(F, u), float)
-        table = table_from_rest(rest, growth(np.asarray(box.growth_rate)), np.asarray(box.growth_rate),
-                                np.array(["x_seed1.h5"] * len(F)), box3d={"lebedev_order": 17, "z_method": "exact"})
-        if not with_density:
-            table["r"] = np.full(len(F), np.nan)
-        return table
-
+    table_of = rest_table
     F_density = random_states(rng, 40, max_flux_factor=0.6, mu_equals_tau=True)
     F_labels = random_states(rng, 400, max_flux_factor=0.6, mu_equals_tau=True)
     # Label rows say growth = 2 x proxy; the density rows carry no growth information (NaN).
@@ -158,6 +161,42 @@ def test_distilled_student_reproduces_the_members_and_exports(tmp_path):
     assert np.all(np.isfinite(result.F_pred))
     with pytest.raises(ValueError, match="distilled"):
         export_ensemble(config.checkpoint, str(tmp_path / "f.onnx"), log=lambda m: None, fused=True)
+
+
+def test_the_shipped_recipe_with_crossing_inputs_trains_checkpoints_and_runs_in_the_runtime(tmp_path):
+    """The shipped config's feature set (invariants27+box7+eln18-v1: 52 inputs) through train_on with
+    growth members and a student: the out-of-distribution distance uses the first 34 inputs, the
+    checkpoint loads with both sizes, and the exported package passes the C++ runtime's self-test
+    (which computes the 18 crossing inputs in Box3D's kernel)."""
+    from conftest import random_states
+
+    import dodo
+    from dodo.training.ensemble import predict
+    from dodo.training.ensemble_train import (EnsembleConfig, _training_arrays, export_ensemble, load_ensemble,
+                                              save_checkpoint, train_on)
+    from dodo.training.features import INVARIANTS_BOX_AND_CROSSING, OOD_COLUMNS
+
+    rng = np.random.default_rng(12)
+    density = rest_table(random_states(rng, 60, max_flux_factor=0.7), lambda proxy: 1.2 * proxy, True)
+    labels = rest_table(random_states(rng, 100, max_flux_factor=0.7), lambda proxy: 1.5 * proxy, False)
+    config = EnsembleConfig(members=2, width=8, steps=30, growth_members=2, growth_width=8, growth_steps=50,
+                            distill_width=16, distill_steps=100, features=INVARIANTS_BOX_AND_CROSSING,
+                            error_per_spread=1.9, checkpoint=str(tmp_path / "c.pt"))
+    ensemble = train_on(density, np.arange(60), config, growth_table=labels)
+    X, _, _ = _training_arrays(density, np.arange(60), config)
+    assert X.shape[1] == 52 and ensemble.feature_mean.numel() == OOD_COLUMNS[INVARIANTS_BOX_AND_CROSSING] == 34
+    assert np.ptp(X[:, 34:], axis=0).max() > 0  # the crossing inputs vary from state to state
+    save_checkpoint(ensemble, config, density, np.arange(60), {}, config.checkpoint)
+    loaded = load_ensemble(torch.load(config.checkpoint, weights_only=False))
+    assert loaded.features == INVARIANTS_BOX_AND_CROSSING
+    np.testing.assert_array_equal(predict(loaded, X)["r_gated"], predict(ensemble, X)["r_gated"])
+    output = tmp_path / "crossing.onnx"
+    export_ensemble(config.checkpoint, str(output), log=lambda m: None)
+    closure = dodo.Closure(str(output))  # self-test: the runtime's 52 inputs give the test vectors
+    assert closure.metadata["dodo.features"] == INVARIANTS_BOX_AND_CROSSING
+    F = random_states(np.random.default_rng(3), 32, max_flux_factor=0.7)
+    result = closure.apply(F)
+    assert np.all(np.isfinite(result.F_pred)) and np.all(np.isfinite(result.growth_rate))
 
 
 def test_label_table_is_calibrated_growth_only_and_skips_held_out_files(tmp_path):
