@@ -10,6 +10,7 @@ gloo on CPU. Only rank 0 writes checkpoints, logs, metrics and plots.
 """
 from __future__ import annotations
 
+import datetime
 import os
 
 import torch
@@ -54,6 +55,14 @@ class Distribution:
 
     def stop(self) -> None:
         if self.enabled and dist.is_initialized():
+            if dist.get_backend() == "gloo":
+                # Leave together: a rank that returns early (rank 1 skips the final evaluation) and
+                # tears its gloo group down while rank 0 still holds the connection was seen to abort
+                # at exit once. Bounded wait, so a rank that failed cannot hang the other.
+                try:
+                    dist.monitored_barrier(timeout=datetime.timedelta(seconds=120))
+                except RuntimeError:
+                    pass
             dist.destroy_process_group()
 
     def wrap(self, network: torch.nn.Module, device: torch.device) -> torch.nn.Module:
