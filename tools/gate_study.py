@@ -11,7 +11,6 @@ Needs the training extra. About 8 members x folds fits: minutes on one core.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,14 +19,10 @@ from dodo.training import ensemble_train as et
 from dodo.training.ensemble import fit_ensemble, spread_gate, state_error
 from dodo.training.features import OOD_COLUMNS
 
-EMU_RECIPE = ("emu", "random_crossing", "random_crossing_ff09")  # docs/dataset.md
-
 
 def out_of_fold(config: et.EnsembleConfig, folds: int):
     table = et.load_table(config.data_path)
-    pool = np.flatnonzero(~et.holdout_mask(table["sources"], config.holdout))
-    order = np.random.default_rng(config.seed).permutation(pool)
-    fold_of = np.arange(len(order)) % folds
+    order, fold_of = et.pool_folds(table, config, folds)
     torch.set_num_threads(config.threads)
     rows, r_mean, sigma, d2 = [], [], [], []
     for k in range(folds):
@@ -46,9 +41,8 @@ def out_of_fold(config: et.EnsembleConfig, folds: int):
         sigma.append(stacked.std(0, unbiased=False).double().numpy())
         print(f"fold {k + 1}/{folds} done", flush=True)
     rows = np.concatenate(rows)
-    family = np.array([Path(str(s)).name.split("_seed")[0] for s in table["sources"][rows]])
     return (table["delta_box"][rows], table["delta_true"][rows], np.concatenate(r_mean), np.concatenate(sigma),
-            np.concatenate(d2), np.isin(family, EMU_RECIPE))
+            np.concatenate(d2), et.is_emu_recipe(table["sources"][rows]))
 
 
 def main() -> None:

@@ -50,9 +50,7 @@ def main() -> int:
     args = parser.parse_args()
     config = et.EnsembleConfig.load(args.config)
     table = et.load_table(config.data_path)
-    pool = np.flatnonzero(~et.holdout_mask(table["sources"], config.holdout))
-    order = np.random.default_rng(config.seed).permutation(pool)
-    fold_of = np.arange(len(order)) % args.folds
+    order, fold_of = et.pool_folds(table, config, args.folds)
     test, train = order[fold_of == 0], order[fold_of != 0]
     torch.set_num_threads(config.threads)
     labels = et.load_growth_table(config, table, pool, log=print)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,7 +21,6 @@ from dodo.training import ensemble_train as et
 from dodo.training.ensemble import fit_growth_member
 from dodo.training.features import INVARIANTS_BOX_AND_CROSSING
 
-EMU_RECIPE = ("emu", "random_crossing", "random_crossing_ff09")  # docs/dataset.md
 BASE = list(range(34))
 
 
@@ -45,13 +43,11 @@ def main() -> None:
     config = dataclasses.replace(et.EnsembleConfig.load(args.config), features=INVARIANTS_BOX_AND_CROSSING)
     torch.set_num_threads(1)
     table = et.load_table(config.data_path)
-    pool = np.flatnonzero(~et.holdout_mask(table["sources"], config.holdout))
-    order = np.random.default_rng(0).permutation(pool)
-    fold_of = np.arange(len(order)) % 5
-    growth_table = et.load_growth_table(config, table, pool, log=print)
+    order, fold_of = et.pool_folds(table, config, 5)
+    growth_table = et.load_growth_table(config, table, order, log=print)
     X_labels, _, g_labels = et._training_arrays(growth_table, np.arange(len(growth_table["r"])), config)
     X_all = et.features_of(table, np.arange(len(table["r"])), config.features)
-    family = np.array([Path(str(s)).name.split("_seed")[0] for s in table["sources"]])
+    emu_recipe = et.is_emu_recipe(table["sources"])
     for name in args.subsets:
         columns = SUBSETS[name]
         hits, emu = [], []
@@ -69,7 +65,7 @@ def main() -> None:
             miss = table["log_growth"][test] - predicted
             finite = np.isfinite(miss)
             hits.append(np.abs(np.exp(-miss[finite]) - 1) <= 0.1)
-            emu.append(np.isin(family[test][finite], EMU_RECIPE))
+            emu.append(emu_recipe[test][finite])
         hits, emu = np.concatenate(hits), np.concatenate(emu)
         print(f"{name:<22} ({len(columns)} inputs, {args.members} member(s)) growth within 10%: all {100 * hits.mean():.1f}%, "
               f"Emu recipe {100 * hits[emu].mean():.1f}% ({len(hits)} states)", flush=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,7 +19,6 @@ import torch
 from dodo.training import ensemble_train as et
 from dodo.training.ensemble import fit_student, predict, state_error
 
-EMU_RECIPE = ("emu", "random_crossing", "random_crossing_ff09")  # docs/dataset.md
 # (width, steps, growth weight)
 STUDENTS = ((32, 3000, 2.0), (48, 3000, 2.0), (64, 3000, 2.0), (32, 6000, 2.0), (32, 3000, 5.0))
 
@@ -33,12 +31,9 @@ def main() -> None:
     config = dataclasses.replace(et.EnsembleConfig.load(args.config), threads=args.threads, distill_width=0)
     torch.set_num_threads(args.threads)
     table = et.load_table(config.data_path)
-    pool = np.flatnonzero(~et.holdout_mask(table["sources"], config.holdout))
-    order = np.random.default_rng(config.seed).permutation(pool)
-    fold_of = np.arange(len(order)) % 5
+    order, fold_of = et.pool_folds(table, config, 5)
     test, train = order[fold_of == 0], order[fold_of != 0]
-    family = np.array([Path(str(s)).name.split("_seed")[0] for s in table["sources"][test]])
-    emu = np.isin(family, EMU_RECIPE)
+    emu = et.is_emu_recipe(table["sources"][test])
     growth_table = et.load_growth_table(config, table, train, log=print)
     ensemble = et.train_on(table, train, config, growth_table=growth_table)
     inputs = np.concatenate([et._training_arrays(table, train, config)[0],

@@ -457,20 +457,35 @@ def emu_table(path: str, box3d_settings: dict) -> dict:
                           np.array([path] * len(F_init)))
 
 
+#: Families drawn with emu_1d_validation.h5's recipe (docs/dataset.md): what "Emu recipe" means in CV tables.
+EMU_RECIPE_FAMILIES = ("emu", "random_crossing", "random_crossing_ff09")
+
+
+def is_emu_recipe(sources) -> np.ndarray:
+    """True for rows whose solver file (".../FAMILY_seedN.h5") is of an Emu-recipe family."""
+    family = np.array([Path(str(source)).name.split("_seed")[0] for source in sources])
+    return np.isin(family, EMU_RECIPE_FAMILIES)
+
+
+def pool_folds(table: dict, config: EnsembleConfig, folds: int) -> tuple[np.ndarray, np.ndarray]:
+    """The training pool (rows of files not matching config.holdout) in a fixed shuffle drawn with
+    config.seed, and each shuffled row's fold (0 .. folds-1): the split of every CV here."""
+    pool = np.flatnonzero(~holdout_mask(table["sources"], config.holdout))
+    order = np.random.default_rng(config.seed).permutation(pool)
+    return order, np.arange(len(order)) % folds
+
+
 def learning_curve(config: EnsembleConfig, sizes: list, folds: int = 5, members: int | None = None,
                    emu_path: str | None = None, log=print) -> list[dict]:
     """k-fold CV error against training-set size (training pool only), and the same models'
     score on an Emu file (reported, never used to choose anything)."""
     table = load_table(config.data_path)
-    pool = np.flatnonzero(~holdout_mask(table["sources"], config.holdout))
-    rng = np.random.default_rng(config.seed)
-    order = rng.permutation(pool)
-    fold_of = np.arange(len(order)) % folds
+    order, fold_of = pool_folds(table, config, folds)
     emu = emu_table(emu_path, _box3d_dict(table["box3d"])) if emu_path else None
-    growth_table = load_growth_table(config, table, pool, log=log)
+    growth_table = load_growth_table(config, table, order, log=log)
     rows = []
     for size in sizes:
-        n = len(pool) if size == "all" else int(size)
+        n = len(order) if size == "all" else int(size)
         per_state_model, per_state_box, emu_scores, growth_ok, emu_growth_ok = [], [], [], [], []
         for k in range(folds):
             test = order[fold_of == k]
