@@ -11,6 +11,8 @@ factors up to 0.9, random directions), boosted with |v| < 0.6, Lebedev order 17,
   box3d      dodo.box3d (C++ core)
   network    the default model alone: onnxruntime Python session, 1 intra-op thread, chunks of
              1024 rows of precomputed float32 invariants
+  native     the same network on the runtime's own evaluator (dodo._core.NativeNetwork, what the
+             closure runs on the CPU for a package with "dodo.native_network"), same chunks
   closure    dodo.Closure with the default model (Box3D + invariants + network + head,
              projection, limiter + boosts)
   stable 80% the closure on a grid where 80% of the cells are stable as in a merger's M1 data
@@ -48,7 +50,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "python"))
 sys.path.insert(0, str(HERE))
 
-PIPELINES = ("oracle", "box3d", "network", "closure", "stable80", "naive")
+PIPELINES = ("oracle", "box3d", "network", "native", "closure", "stable80", "naive")
 
 
 def moving_cells(n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -99,7 +101,7 @@ def make_pipeline(name: str, n: int, threads: int, oracle_cells: int):
         dodo.box3d(F[:2048], u[:2048], threads=threads)  # per-thread scratch
         box_out = dodo.Box3DResult.empty(n)  # as a time loop: outputs kept between calls
         return (lambda: dodo.box3d(F, u, threads=threads, out=box_out)), n
-    if name == "network":
+    if name in ("network", "native"):
         F, u = moving_cells(n)
         session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         feature_set = session.get_modelmeta().custom_metadata_map.get("dodo.features", "invariants27-v1")
@@ -113,6 +115,13 @@ def make_pipeline(name: str, n: int, threads: int, oracle_cells: int):
         def network():  # every graph output (head, and the optional uncertainty and growth)
             for start in range(0, n, 1024):
                 session.run(None, {"invariants": features[start:start + 1024]})
+
+        if name == "native":  # the closure's own evaluator of the same network (native_network.hpp)
+            evaluator = dodo._core.NativeNetwork(pathlib.Path(model).read_bytes())
+
+            def network():
+                for start in range(0, n, 1024):
+                    evaluator.evaluate(features[start:start + 1024])
         network()
         return network, n
     if name in ("closure", "stable80"):
@@ -188,7 +197,7 @@ def main() -> int:
     rows = []
     for threads in args.threads:
         for name in PIPELINES:
-            if name in ("oracle", "network") and threads > 1:
+            if name in ("oracle", "network", "native") and threads > 1:
                 continue  # single-threaded by construction
             function, cells = make_pipeline(name, args.cells, threads, args.oracle_cells)
             walls, cpus = measure(function, 1 if name == "naive" and args.cells > 200_000 else args.repeats)

@@ -111,6 +111,9 @@ class Closure:
     device: "cpu", or "cuda" / "cuda:N" (CUDA device N) with an onnxruntime-gpu installation
         (untested without a GPU); a library without the CUDA provider is refused with a RuntimeError.
     self_test: run the model's embedded test vectors once at load time.
+    evaluator: "auto" (Dodo's own evaluator of the network where the package describes it,
+        "dodo.native_network", and the device is the CPU; else ONNX Runtime) or "onnxruntime"
+        (ONNX Runtime always). The two agree to float32 rounding; ``evaluator`` (property) says which runs.
     onnxruntime_library: path of libonnxruntime; None: $DODO_ONNXRUNTIME_LIBRARY, then the
         ``onnxruntime`` Python package, then the system.
 
@@ -120,7 +123,7 @@ class Closure:
     def __init__(self, model: Optional[PathLike] = None, *, threads: Optional[int] = None, chunk_size: int = 1024,
                  lebedev_order: Optional[int] = None, z_method: Optional[str] = None,
                  max_flux_factor: Optional[float] = None, device: str = "cpu", self_test: bool = True,
-                 onnxruntime_library: Optional[PathLike] = None) -> None:
+                 onnxruntime_library: Optional[PathLike] = None, evaluator: str = "auto") -> None:
         if not runtime_available():
             raise RuntimeError(
                 "this build of dodo has no closure runtime: ONNX Runtime's C API header was not found when it was "
@@ -151,7 +154,7 @@ class Closure:
             threads=_threads(threads), chunk_size=_integral("chunk_size", chunk_size),
             lebedev_order=0 if lebedev_order is None else _integral("lebedev_order", lebedev_order), z_method=z_method or "",
             max_flux_factor=float(max_flux_factor or 0.0), onnxruntime_library=os.fspath(library) if library else "",
-            device=device, run_self_test=bool(self_test and has_model))
+            device=device, run_self_test=bool(self_test and has_model), evaluator=evaluator)
 
     # -- evaluation
     def apply(self, F_init, u=None, *, out: Optional[ClosureResult] = None) -> ClosureResult:
@@ -227,6 +230,11 @@ class Closure:
     def onnxruntime(self) -> tuple[str, str]:
         """(library path, version) of the ONNX Runtime in use; empty without a model."""
         return self._runtime.onnxruntime_library, self._runtime.onnxruntime_version
+
+    @property
+    def evaluator(self) -> str:
+        """Who evaluates the network: "native" (Dodo's kernels), "onnxruntime", or "" without a model."""
+        return self._runtime.evaluator
 
     def __repr__(self) -> str:
         source = repr(self._model_path) if self._model_path is not None else "<in memory>"

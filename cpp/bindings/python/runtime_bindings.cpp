@@ -12,6 +12,8 @@
 #include "out_arrays.hpp"
 #include "runtime/closure.hpp"
 #include "runtime/errors.hpp"
+#include "runtime/model_metadata.hpp"
+#include "runtime/native_network.hpp"
 #include "runtime/onnx_package.hpp"
 
 namespace py = pybind11;
@@ -124,7 +126,7 @@ void register_runtime(py::module_& m) {
   py::class_<Closure>(m, "Closure", "The C++ closure runtime; use dodo.Closure instead.")
       .def(py::init([](const py::object& model, int threads, int chunk_size, int lebedev_order,
                        const std::string& z_method, double max_flux_factor, const std::string& onnxruntime_library,
-                       const std::string& device, bool run_self_test) {
+                       const std::string& device, bool run_self_test, const std::string& evaluator) {
              ClosureOptions options;
              options.threads = threads;
              options.chunk_size = chunk_size;
@@ -134,6 +136,7 @@ void register_runtime(py::module_& m) {
              options.onnxruntime_library = onnxruntime_library;
              options.device = device;
              options.run_self_test = run_self_test;
+             options.evaluator = evaluator;
              // model: None (Box3D only, as DODO_BOX3D_ONLY), a path (str), or the package's bytes
              // (copied under the GIL).
              const bool in_memory = py::isinstance<py::bytes>(model);
@@ -150,7 +153,7 @@ void register_runtime(py::module_& m) {
            }),
            py::arg("model"), py::arg("threads") = 0, py::arg("chunk_size") = 1024, py::arg("lebedev_order") = 0,
            py::arg("z_method") = "", py::arg("max_flux_factor") = 0.0, py::arg("onnxruntime_library") = "",
-           py::arg("device") = "cpu", py::arg("run_self_test") = false)
+           py::arg("device") = "cpu", py::arg("run_self_test") = false, py::arg("evaluator") = "auto")
       .def("apply", &apply, py::arg("F_init"), py::arg("u") = py::none(),
            "(n,6,4) float64 [, (n,4)] -> (F_pred (n,6,4), status (n,) uint32, growth_over_ntot (n,))")
       .def("apply_into", &apply_into, py::arg("F_init"), py::arg("u"), py::arg("F_pred"), py::arg("status"),
@@ -190,7 +193,8 @@ void register_runtime(py::module_& m) {
       .def_property_readonly("threads", &Closure::threads)
       .def_property_readonly("chunk_size", &Closure::chunk_size)
       .def_property_readonly("onnxruntime_library", &Closure::onnxruntime_path)
-      .def_property_readonly("onnxruntime_version", &Closure::onnxruntime_version);
+      .def_property_readonly("onnxruntime_version", &Closure::onnxruntime_version)
+      .def_property_readonly("evaluator", &Closure::evaluator);
 
   // The model package's content digest (docs/model_package.md), for the exporters and tests.
   m.def("model_content_sha256", [](const py::bytes& model) {
@@ -205,6 +209,40 @@ void register_runtime(py::module_& m) {
     const std::string bytes = model;
     return dodo::runtime::read_package(bytes).metadata;
   }, py::arg("model"), "metadata_props of ONNX model bytes, as the runtime reads them.");
+  // The runtime's own evaluator of a package's network alone (no graph check, no closure): for
+  // benchmarks/bench_speed.py's network row and the parity tests.
+  py::class_<dodo::runtime::NativeNetwork>(m, "NativeNetwork",
+                                           "The runtime's evaluator of a package's \"dodo.native_network\" alone.")
+      .def(py::init([](const py::bytes& model) {
+             const std::string bytes = model;
+             const auto metadata = dodo::runtime::read_package(bytes).metadata;
+             const auto description = metadata.find(dodo::runtime::kNativeNetworkKey);
+             const auto features = metadata.find("dodo.features");
+             const auto outputs = metadata.find("dodo.output_size");
+             if (description == metadata.end() || features == metadata.end() || outputs == metadata.end())
+               throw dodo::runtime::Error(DODO_ERROR_MODEL_METADATA,
+                                          "the package has no \"dodo.native_network\" (or no dodo.features / "
+                                          "dodo.output_size)");
+             return std::make_unique<dodo::runtime::NativeNetwork>(
+                 description->second, dodo::runtime::read_float_initializers(bytes),
+                 dodo::runtime::feature_size(features->second), std::stoi(outputs->second));
+           }),
+           py::arg("model"))
+      .def_property_readonly("instruction_set", &dodo::runtime::NativeNetwork::instruction_set)
+      .def("evaluate",
+           [](const dodo::runtime::NativeNetwork& network,
+              py::array_t<float, py::array::c_style | py::array::forcecast> features) {
+             if (features.ndim() != 2 || features.shape(1) != network.input_size())
+               throw py::value_error("features must have shape (n, " + std::to_string(network.input_size()) + ")");
+             const auto n = static_cast<std::size_t>(features.shape(0));
+             py::array_t<float> head({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(network.output_size())});
+             py::array_t<float> uncertainty(static_cast<py::ssize_t>(n)), growth(static_cast<py::ssize_t>(n));
+             const float* in = features.data();
+             float *h = head.mutable_data(), *s = uncertainty.mutable_data(), *g = growth.mutable_data();
+             dodo_python::without_gil([&] { network.evaluate(in, n, h, s, g); });
+             return py::make_tuple(head, uncertainty, growth);
+           },
+           py::arg("features"), "float32 (n, F) -> (head_output (n, K), uncertainty (n,), log_growth_ratio (n,))");
   m.def("with_content_digest", [](const py::bytes& model) {
     const std::string bytes = model;
     return py::bytes(dodo::runtime::with_content_digest(bytes));

@@ -154,7 +154,10 @@ void Closure::initialise(const std::string_view* bytes, const std::string& sourc
     const OrtLibrary& library = load_onnxruntime(options.onnxruntime_library);
     onnxruntime_path_ = library.path;
     onnxruntime_version_ = library.version;
-    model_ = std::make_unique<OnnxModel>(library, *bytes, source, device);
+    if (options.evaluator != "auto" && options.evaluator != "onnxruntime")
+      throw Error(DODO_ERROR_INVALID_ARGUMENT,
+                  "unknown network evaluator \"" + options.evaluator + "\" (known: \"auto\", \"onnxruntime\")");
+    model_ = std::make_unique<OnnxModel>(library, *bytes, source, device, options.evaluator == "auto");
     metadata_ = model_->metadata();
     try {
       description_ = describe_model(metadata_, model_->output_size(), options.box3d);

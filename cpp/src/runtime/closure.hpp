@@ -31,6 +31,9 @@ struct ClosureOptions {
   RequestedBox3D box3d;     // unset fields: the model's settings
   std::string onnxruntime_library;  // empty: search (ort_library.hpp)
   std::string device = "cpu";       // "cpu", "cuda" or "cuda:N" (needs an onnxruntime-gpu library)
+  // "auto": Dodo's own evaluator of the network where the package describes it and the device is
+  // the CPU (native_network.hpp), else ONNX Runtime; "onnxruntime": ONNX Runtime always.
+  std::string evaluator = "auto";
   bool run_self_test = false;
 };
 
@@ -96,6 +99,8 @@ class Closure {
   int chunk_size() const { return chunk_size_; }
   const std::string& onnxruntime_path() const { return onnxruntime_path_; }
   const std::string& onnxruntime_version() const { return onnxruntime_version_; }
+  // "native", "onnxruntime", or "" without a model.
+  std::string evaluator() const { return model_ ? model_->evaluator() : ""; }
 
  private:
   struct Workspace;

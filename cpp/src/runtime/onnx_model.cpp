@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <set>
@@ -232,7 +233,7 @@ EvaluationBuffers::~EvaluationBuffers() {
 }
 
 OnnxModel::OnnxModel(const OrtLibrary& library, std::string_view bytes, const std::string& source,
-                     const DeviceSelection& device)
+                     const DeviceSelection& device, bool allow_native)
     : api_(library.api) {
   if (bytes.empty()) throw Error(DODO_ERROR_MODEL_FORMAT, source + " is empty");
   // The same bound as for files (read_model_file), so a package in memory gets no more than one on disk.
@@ -270,6 +271,12 @@ OnnxModel::OnnxModel(const OrtLibrary& library, std::string_view bytes, const st
     check_signature();
     check_declared_outputs();
     check_computed_shape();
+    const auto native = metadata_.find(kNativeNetworkKey);
+    if (native != metadata_.end() && allow_native && !device.cuda && output_size_ > 0) {
+      native_ = std::make_unique<NativeNetwork>(native->second, read_float_initializers(bytes), input_size_,
+                                                output_size_);
+      if (!check_native_agreement()) native_.reset();
+    }
   } catch (const Error& error) {
     api_->ReleaseSession(session_);
     throw Error(error.status(), source + ": " + error.what());
@@ -412,6 +419,47 @@ void OnnxModel::check_signature() {
 
 void OnnxModel::run(EvaluationBuffers& buffers, std::size_t n) const {
   if (n == 0) return;
+  if (native_) {
+    native_->evaluate(buffers.input_.data(), n, buffers.output_.data(),
+                      buffers.uncertainty_.empty() ? nullptr : buffers.uncertainty_.data(),
+                      buffers.log_growth_ratio_.empty() ? nullptr : buffers.log_growth_ratio_.data());
+    return;
+  }
+  run_graph(buffers, n);
+}
+
+bool OnnxModel::check_native_agreement() const {
+  constexpr std::size_t kRows = 64;
+  EvaluationBuffers graph(api_, kRows, input_size_, output_size_, optional_outputs_);
+  const std::vector<float> probe = native_->probe_inputs(kRows);
+  std::copy(probe.begin(), probe.end(), graph.input_row(0));
+  run_graph(graph, kRows);
+  std::vector<float> head(kRows * static_cast<std::size_t>(output_size_)), uncertainty(kRows), growth(kRows);
+  native_->evaluate(probe.data(), kRows, head.data(), uncertainty.data(), growth.data());
+  // Float32 sums in another order differ by about 1e-6 of the values' scale; a description of
+  // another network differs by the scale itself.
+  auto check = [&](const char* what, const float* expected, const float* got, std::size_t count) {
+    float scale = 0.0f;
+    for (std::size_t i = 0; i < count; ++i) scale = std::max(scale, std::fabs(expected[i]));
+    for (std::size_t i = 0; i < count; ++i)
+      if (!(std::fabs(got[i] - expected[i]) <= 1e-3f * scale + 1e-30f))
+        throw Error(DODO_ERROR_MODEL_FORMAT,
+                    std::string("metadata \"") + kNativeNetworkKey + "\" does not reproduce the graph's " + what +
+                        " (probe row " + std::to_string(i / std::max<std::size_t>(1, count / kRows)) + ": " +
+                        std::to_string(got[i]) + " instead of " + std::to_string(expected[i]) + ")");
+  };
+  // Every probe gated off (a model whose correction is 0 there): nothing to compare, so the
+  // graph keeps the evaluation.
+  bool open = false;
+  for (std::size_t i = 0; i < head.size(); ++i) open = open || graph.output_row(0)[i] != 0.0f;
+  if (!open) return false;
+  check("head_output", graph.output_row(0), head.data(), head.size());
+  if (graph.uncertainty()) check("uncertainty", graph.uncertainty(), uncertainty.data(), kRows);
+  if (graph.log_growth_ratio()) check("log_growth_ratio", graph.log_growth_ratio(), growth.data(), kRows);
+  return true;
+}
+
+void OnnxModel::run_graph(EvaluationBuffers& buffers, std::size_t n) const {
   const std::size_t tier = buffers.tier_of(n);
   const char* input_names[] = {kInputName};
   const char* output_names[3] = {kOutputName, nullptr, nullptr};

@@ -7,11 +7,13 @@
 
 #include <cstddef>
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "../conventions.hpp"
+#include "native_network.hpp"
 #include "ort_library.hpp"
 
 namespace dodo::runtime {
@@ -79,8 +81,11 @@ class OnnxModel {
   // creates the session on `device` and checks the graph's inputs and outputs. `source` names the
   // bytes in messages ("model file \"x.onnx\"", "model in memory (N bytes)"). The bytes are not
   // kept: the caller may free them once this returns.
+  // On the CPU, a package that describes its network for Dodo's own evaluator
+  // ("dodo.native_network", native_network.hpp) is evaluated by it unless `allow_native` is false;
+  // the description must reproduce the graph on probe rows, or the package is refused.
   OnnxModel(const OrtLibrary& library, std::string_view bytes, const std::string& source,
-            const DeviceSelection& device);
+            const DeviceSelection& device, bool allow_native = true);
   ~OnnxModel();
   OnnxModel(const OnnxModel&) = delete;
   OnnxModel& operator=(const OnnxModel&) = delete;
@@ -90,6 +95,8 @@ class OnnxModel {
   int input_size() const { return input_size_; }    // features per row ("dodo.features")
   const OptionalOutputs& optional_outputs() const { return optional_outputs_; }
   const OrtApi* api() const { return api_; }
+  // "native" (Dodo's evaluator of the package's network) or "onnxruntime".
+  const char* evaluator() const { return native_ ? "native" : "onnxruntime"; }
 
   // Evaluates rows [0, n) of buffers' input into its output; thread-safe for distinct buffers.
   void run(EvaluationBuffers& buffers, std::size_t n) const;
@@ -99,6 +106,11 @@ class OnnxModel {
   void check_computed_shape();
   // Checks "dodo.outputs" against the graph and sets optional_outputs_.
   void check_declared_outputs();
+  // Refuses a native description that does not reproduce the graph (head, uncertainty, growth)
+  // on probe rows; false when every probe row's correction is 0 (nothing to compare).
+  bool check_native_agreement() const;
+  // Evaluates rows [0, n) with ONNX Runtime, whatever evaluator run() uses.
+  void run_graph(EvaluationBuffers& buffers, std::size_t n) const;
 
   const OrtApi* api_;
   OrtSession* session_ = nullptr;
@@ -106,6 +118,7 @@ class OnnxModel {
   int input_size_ = kInvariants;
   OptionalOutputs optional_outputs_;
   std::map<std::string, std::string> metadata_;
+  std::unique_ptr<NativeNetwork> native_;
 };
 
 }  // namespace dodo::runtime

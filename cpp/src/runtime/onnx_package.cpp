@@ -1,6 +1,7 @@
 #include "onnx_package.hpp"
 
 #include <cstdint>
+#include <cstring>
 
 #include "errors.hpp"
 #include "sha256.hpp"
@@ -27,6 +28,7 @@ class WireReader {
   explicit WireReader(std::string_view bytes, std::size_t base = 0) : bytes_(bytes), base_(base) {}
   bool done() const { return position_ == bytes_.size(); }
   std::size_t offset() const { return base_ + position_; }
+  std::uint64_t number() const { return number_; }  // the last varint field's value
 
   std::uint64_t varint() {
     std::uint64_t value = 0;
@@ -39,7 +41,8 @@ class WireReader {
     malformed("a number longer than 10 bytes", offset());
   }
 
-  // One field: its number and wire type; length-delimited payloads are returned in `payload`.
+  // One field: its number and wire type; length-delimited payloads are returned in `payload`,
+  // varints in number().
   bool next(std::uint64_t& field, unsigned& wire_type, std::string_view& payload) {
     if (done()) return false;
     const std::size_t start = offset();
@@ -49,7 +52,7 @@ class WireReader {
     if (field == 0) malformed("field number 0", start);
     switch (wire_type) {
       case kVarint:
-        varint();
+        number_ = varint();
         break;
       case kFixed64:
         skip(8);
@@ -79,6 +82,7 @@ class WireReader {
   std::string_view bytes_;
   std::size_t base_;
   std::size_t position_ = 0;
+  std::uint64_t number_ = 0;
 };
 
 std::size_t offset_in(std::string_view whole, std::string_view part) {
@@ -201,6 +205,75 @@ std::string with_content_digest(std::string_view bytes) {
   append_entry(out, kContentDigestKey, package.metadata[kContentDigestKey]);
   append_entry(out, kMetadataDigestKey, package.metadata[kMetadataDigestKey]);
   return out;
+}
+
+// GraphProto.initializer (5) -> TensorProto: dims (1), data_type (2), float_data (4), name (8),
+// raw_data (9), data_location (14); onnx/onnx.proto3.
+std::map<std::string, FloatTensor> read_float_initializers(std::string_view bytes) {
+  constexpr std::uint64_t kGraphInitializer = 5;
+  constexpr std::uint64_t kDims = 1, kDataType = 2, kFloatData = 4, kName = 8, kRawData = 9, kDataLocation = 14;
+  constexpr std::uint64_t kFloat = 1, kExternal = 1;
+  std::map<std::string, FloatTensor> tensors;
+  WireReader model(bytes);
+  std::uint64_t field = 0;
+  unsigned wire_type = 0;
+  std::string_view graph;
+  while (model.next(field, wire_type, graph)) {
+    if (wire_type != kLengthDelimited || field != kModelGraph) continue;
+    WireReader graph_reader(graph, offset_in(bytes, graph));
+    std::string_view tensor;
+    while (graph_reader.next(field, wire_type, tensor)) {
+      if (wire_type != kLengthDelimited || field != kGraphInitializer) continue;
+      WireReader reader(tensor, offset_in(bytes, tensor));
+      FloatTensor out;
+      std::string name;
+      std::uint64_t data_type = 0, location = 0;
+      std::string_view payload, raw, packed_floats;
+      std::vector<float> loose_floats;
+      while (reader.next(field, wire_type, payload)) {
+        if (field == kDims && wire_type == kVarint) out.dims.push_back(static_cast<std::int64_t>(reader.number()));
+        if (field == kDims && wire_type == kLengthDelimited) {  // packed
+          WireReader dims(payload, offset_in(bytes, payload));
+          while (!dims.done()) out.dims.push_back(static_cast<std::int64_t>(dims.varint()));
+        }
+        if (field == kDataType && wire_type == kVarint) data_type = reader.number();
+        if (field == kDataLocation && wire_type == kVarint) location = reader.number();
+        if (field == kName && wire_type == kLengthDelimited) name.assign(payload);
+        if (field == kRawData && wire_type == kLengthDelimited) raw = payload;
+        if (field == kFloatData && wire_type == kLengthDelimited) packed_floats = payload;
+        if (field == kFloatData && wire_type == kFixed32) {
+          const char* end = tensor.data() + (reader.offset() - offset_in(bytes, tensor));
+          float value;
+          std::memcpy(&value, end - 4, 4);
+          loose_floats.push_back(value);
+        }
+      }
+      if (data_type != kFloat || location == kExternal) continue;
+      std::size_t count = 1;
+      for (std::int64_t d : out.dims) {
+        if (d < 0 || (d > 0 && count > (std::size_t{1} << 40) / static_cast<std::size_t>(d)))
+          malformed("initializer \"" + name + "\" has an impossible shape", offset_in(bytes, tensor));
+        count *= static_cast<std::size_t>(d);
+      }
+      const std::string_view data = !raw.empty() ? raw : packed_floats;
+      if (!data.empty()) {
+        if (data.size() != count * sizeof(float))
+          malformed("initializer \"" + name + "\" holds " + std::to_string(data.size()) + " bytes for " +
+                        std::to_string(count) + " floats",
+                    offset_in(bytes, tensor));
+        out.values.resize(count);
+        std::memcpy(out.values.data(), data.data(), data.size());  // little-endian, as ONNX stores it
+      } else {
+        if (loose_floats.size() != count)
+          malformed("initializer \"" + name + "\" holds " + std::to_string(loose_floats.size()) + " values for " +
+                        std::to_string(count),
+                    offset_in(bytes, tensor));
+        out.values = std::move(loose_floats);
+      }
+      tensors[name] = std::move(out);
+    }
+  }
+  return tensors;
 }
 
 }  // namespace dodo::runtime

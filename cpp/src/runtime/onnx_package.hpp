@@ -8,9 +8,11 @@
 // edits, not against someone who re-signs on purpose (with_content_digest does that).
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace dodo::runtime {
 
@@ -37,6 +39,17 @@ std::string metadata_sha256(const PackageContents& package);
 // Throws Error(DODO_ERROR_MODEL_METADATA) when a digest is missing or the metadata's differs,
 // and Error(DODO_ERROR_MODEL_FORMAT) when the content's differs.
 void verify_content_digest(const PackageContents& package);
+
+// A float32 initializer of the graph: its shape and values (row-major).
+struct FloatTensor {
+  std::vector<std::int64_t> dims;
+  std::vector<float> values;
+};
+
+// The graph's float32 initializers by name (raw_data or float_data; tensors stored outside the
+// file and other element types are left out). Throws Error(DODO_ERROR_MODEL_FORMAT) for a
+// malformed message or a tensor whose data does not match its shape.
+std::map<std::string, FloatTensor> read_float_initializers(std::string_view bytes);
 
 // The model in `bytes`, signed again: its content byte for byte, then its other metadata entries
 // (sorted by key), then a fresh "dodo.content_sha256" and "dodo.metadata_sha256".

@@ -151,6 +151,48 @@ def spread_gate(r_mean: torch.Tensor, sigma: torch.Tensor, sigma0: torch.Tensor,
     return 1.0 / (1.0 + (sigma / sigma0.to(r_mean.dtype)) ** 2)
 
 
+#: "dodo.native_network" form that the runtime's own evaluator computes (cpp/src/runtime/native_network.hpp).
+NATIVE_NETWORK_FORM = "silu-mlp-density-residual-v1"
+
+
+def native_network_description(ensemble: "DensityResidualEnsemble", initializer_names: set,
+                               prefix: str = "ensemble.") -> dict | None:
+    """The "dodo.native_network" entry of a distilled ensemble's package: the graph initializers
+    that hold the student's layers, its input normalisation and the distance's mean and matrix
+    (by name: the graph stays the one copy of the weights), and the gate's scalars. None when the
+    ensemble has no student (the members are left to ONNX Runtime) or the graph lacks a name."""
+    student = ensemble.student
+    if student is None:
+        return None
+    linears = [(i, m) for i, m in enumerate(student.body) if isinstance(m, nn.Linear)]
+    activations = [m for m in student.body if not isinstance(m, nn.Linear)]
+    if len(activations) != len(linears) - 1 or not all(isinstance(m, nn.SiLU) for m in activations):
+        return None
+    names = {
+        "input_mean": f"{prefix}student.mean",
+        "input_std": f"{prefix}student.std",
+        "feature_mean": f"{prefix}feature_mean",
+        "feature_precision": f"{prefix}feature_precision",
+    }
+    layers = [[f"{prefix}student.body.{i}.weight", f"{prefix}student.body.{i}.bias"] for i, _ in linears]
+    wanted = set(names.values()) | {name for pair in layers for name in pair}
+    if not wanted <= set(initializer_names):
+        return None
+    return {
+        "form": NATIVE_NETWORK_FORM,
+        **names,
+        "layers": layers,
+        # Scalars by value (float32, as the graph holds them): some have no initializer of their own.
+        "r_scale": float(ensemble.r_scale.float()),
+        "d2_max": float(ensemble.d2_max.float()),
+        "sigma_floor": float(torch.tensor(SIGMA_FLOOR, dtype=torch.float32)),
+        "error_per_spread": float(ensemble.error_per_spread.float()),
+        "sigma0": float(ensemble.sigma0.float()),
+        "tiny": float(torch.finfo(torch.float32).tiny),
+        "pattern": [float(v) for v in ensemble.pattern.float()],
+    }
+
+
 class _ExportView(nn.Module):
     """The three graph outputs, for torch.onnx.export."""
 

@@ -645,7 +645,8 @@ def export_ensemble(checkpoint_path: str, output: str, n_test_vectors: int = 6, 
     import onnx
 
     from .. import _core
-    from .export import IR_VERSION, make_test_vectors, metadata_for, roundtrip_check
+    from .ensemble import native_network_description
+    from .export import IR_VERSION, ExportError, make_test_vectors, metadata_for, roundtrip_check
 
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     ensemble = load_ensemble(checkpoint)
@@ -663,6 +664,10 @@ def export_ensemble(checkpoint_path: str, output: str, n_test_vectors: int = 6, 
     metadata["dodo.features"] = ensemble.features
     metadata["dodo.outputs"] = json.dumps(list(ENSEMBLE_OUTPUTS))
     metadata["dodo.model_kind"] = CHECKPOINT_KIND
+    # The student's arithmetic for the runtime's own evaluator (it checks the graph agrees at load).
+    native = None if fused else native_network_description(ensemble, {t.name for t in model.graph.initializer})
+    if native is not None:
+        metadata["dodo.native_network"] = json.dumps(native)
     for key, value in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
@@ -670,6 +675,12 @@ def export_ensemble(checkpoint_path: str, output: str, n_test_vectors: int = 6, 
     final_bytes = _core.with_content_digest(model.SerializeToString())
     check_graph_outputs(ensemble, final_bytes)
     roundtrip = roundtrip_check(ensemble, final_bytes, test_vectors, box3d_settings)
+    if native is not None:  # the runtime checks its evaluator against the graph while loading
+        import dodo
+
+        evaluator = dodo.Closure(final_bytes, threads=0).evaluator
+        if evaluator != "native":
+            raise ExportError(f"the runtime evaluates this package with {evaluator!r}, not its native description")
     with atomic_path(output) as tmp:
         tmp.write_bytes(final_bytes)
     log(f"round trip torch vs onnxruntime: max head difference {roundtrip['max_head_difference']:.2e}; "
