@@ -44,6 +44,17 @@ inline void assemble_correction(Head head, const float* head_output, const doubl
   const float* c = head_output;                    // c_ab, row-major
   const float* d = head_output + kSpecies * kSpecies;  // d_ab
   const float* e = head_output + 2 * kSpecies * kSpecies;  // e_a
+  // A density-only output (all c_ab and d_ab zero: the density-residual ensemble's pattern)
+  // is e_a u_rest alone; skipping the 288 multiply-adds by zero gives the same numbers.
+  int coupled = 0;
+  for (int i = 0; i < 2 * kSpecies * kSpecies; ++i) coupled |= head_output[i] != 0.0f;
+  if (!coupled) {
+    for (int a = 0; a < kSpecies; ++a) {
+      dF_ml[value_index(a, 0)] = e[a];
+      for (int m = 1; m < kComponents; ++m) dF_ml[value_index(a, m)] = 0.0;
+    }
+    return;
+  }
   for (int a = 0; a < kSpecies; ++a) {
     double sum[kComponents] = {static_cast<double>(e[a]), 0.0, 0.0, 0.0};  // e_a u_rest
     for (int b = 0; b < kSpecies; ++b) {
