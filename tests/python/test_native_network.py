@@ -183,3 +183,20 @@ def test_native_network_alone_reproduces_the_graph_on_the_runtime_features():
     assert np.allclose(growth, graph_growth, rtol=2e-5, atol=1e-6)
     with pytest.raises(ValueError, match=r"features must have shape \(n, 52\)"):
         network.evaluate(X[:, :34])
+
+
+def test_the_environment_variable_selects_onnxruntime_for_every_language():
+    """DODO_NETWORK_EVALUATOR=onnxruntime: the graph for callers that have no option (C, C++,
+    Fortran) and for Python's "auto"; an unknown value is refused with the variable named."""
+    import subprocess
+    import sys
+
+    script = ("import dodo; print(dodo.Closure().evaluator, dodo.Closure(evaluator='onnxruntime').evaluator)")
+    for value, expected in (("onnxruntime", "onnxruntime onnxruntime"), ("", "native onnxruntime")):
+        run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                             env={**__import__("os").environ, "DODO_NETWORK_EVALUATOR": value})
+        assert run.returncode == 0 and run.stdout.split() == expected.split(), (run.stdout, run.stderr[-2000:])
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "DODO_NETWORK_EVALUATOR": "gpu-magic"})
+    assert run.returncode != 0 and 'unknown network evaluator "gpu-magic"' in run.stderr
+    assert "DODO_NETWORK_EVALUATOR" in run.stderr

@@ -154,10 +154,15 @@ void Closure::initialise(const std::string_view* bytes, const std::string& sourc
     const OrtLibrary& library = load_onnxruntime(options.onnxruntime_library);
     onnxruntime_path_ = library.path;
     onnxruntime_version_ = library.version;
-    if (options.evaluator != "auto" && options.evaluator != "onnxruntime")
-      throw Error(DODO_ERROR_INVALID_ARGUMENT,
-                  "unknown network evaluator \"" + options.evaluator + "\" (known: \"auto\", \"onnxruntime\")");
-    model_ = std::make_unique<OnnxModel>(library, *bytes, source, device, options.evaluator == "auto");
+    // DODO_NETWORK_EVALUATOR=onnxruntime does for C, C++ and Fortran callers (and "auto" callers
+    // in Python) what the option does: the graph in ONNX Runtime, whatever the package describes.
+    std::string evaluator = options.evaluator;
+    const char* from_environment = std::getenv("DODO_NETWORK_EVALUATOR");
+    if (evaluator == "auto" && from_environment && *from_environment) evaluator = from_environment;
+    if (evaluator != "auto" && evaluator != "onnxruntime")
+      throw Error(DODO_ERROR_INVALID_ARGUMENT, "unknown network evaluator \"" + evaluator +
+                                                   "\" (known: \"auto\", \"onnxruntime\"; option or DODO_NETWORK_EVALUATOR)");
+    model_ = std::make_unique<OnnxModel>(library, *bytes, source, device, evaluator == "auto");
     metadata_ = model_->metadata();
     try {
       description_ = describe_model(metadata_, model_->output_size(), options.box3d);
