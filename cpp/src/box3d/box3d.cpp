@@ -427,7 +427,7 @@ void crossing_shape(const PairedRule& rule, const double* const G[kPairs], const
     // laid out so), in lane-wise partial sums over blocks of kLanes pairs (half is padded to a
     // multiple of them with zero weights): a fixed-width inner loop that GCC vectorises with its
     // seven accumulators in registers, where a seven-variable `omp simd` reduction ran scalar.
-    constexpr std::size_t kLanes = 8;
+    constexpr std::size_t kLanes = 4;
     double sums[7][kLanes] = {};
     const double* d = G[p];
     const std::size_t half = rule.half;
