@@ -79,10 +79,12 @@ inline __attribute__((always_inline)) float exp_float(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  std::int32_t shifted_bits, shift_bits;
+  // In unsigned arithmetic: for a NaN argument the bits are garbage, and a left shift of a
+  // negative int is undefined (found by fuzz_loader on a re-signed package with a NaN weight).
+  std::uint32_t shifted_bits, shift_bits;
   std::memcpy(&shifted_bits, &shifted, sizeof shifted_bits);
   std::memcpy(&shift_bits, &kShift, sizeof shift_bits);
-  const std::int32_t exponent = (shifted_bits - shift_bits + 127) << 23;
+  const std::uint32_t exponent = (shifted_bits - shift_bits + 127u) << 23;
   float scale;
   std::memcpy(&scale, &exponent, sizeof scale);
   return p * scale;
@@ -137,7 +139,7 @@ template <int Bytes>
 inline __attribute__((always_inline)) void exp_vector(const typename VectorOf<float, Bytes>::type& x,
                                                       typename VectorOf<float, Bytes>::type& result) {
   typedef typename VectorOf<float, Bytes>::type V;
-  typedef std::int32_t I __attribute__((vector_size(Bytes)));
+  typedef std::uint32_t I __attribute__((vector_size(Bytes)));  // unsigned: see exp_float
   constexpr float kLog2e = 1.44269504088896341f;
   constexpr float kLn2High = 0.693145751953125f;
   constexpr float kLn2Low = 1.42860682030941723212e-6f;
@@ -158,7 +160,7 @@ inline __attribute__((always_inline)) void exp_vector(const typename VectorOf<fl
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const I exponent = ((I)shifted - (I)(zero + kShift) + 127) << 23;
+  const I exponent = ((I)shifted - (I)(zero + kShift) + 127u) << 23;
   result = p * (V)exponent;
 }
 
