@@ -19,9 +19,6 @@ namespace {
 
 // Outputs are padded to whole vectors of the widest kernel (16 floats, AVX-512).
 constexpr int kPad = 16;
-// Independent accumulators per pass: enough to hide the multiply-add latency (4 cycles, two per
-// cycle), few enough to stay in registers on AVX2 (16 of them).
-constexpr int kAccumulators = 8;
 
 // Vectors of `Bytes` bytes of T: 64 (AVX-512), 32 (AVX2) or 16 (SSE2).
 template <typename T, int Bytes>
