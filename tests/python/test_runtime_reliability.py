@@ -230,7 +230,9 @@ LIMITED_ADDRESS_SPACE = """
 
     limit_address_space()
     result = dodo.box3d(F, threads=1024)       # 195 workers wanted; fewer can start
+    lift_limit()
     assert np.array_equal(result.F_box[:20_000], reference)
+    limit_address_space()
     closure = dodo.Closure("box3d", threads=1024)
     lift_limit()
     assert 1 <= closure.threads < 1024, closure.threads
