@@ -159,6 +159,31 @@ def test_distilled_student_reproduces_the_members_and_exports(tmp_path):
     F = random_states(np.random.default_rng(2), 16, max_flux_factor=0.6, mu_equals_tau=True)
     result = closure.apply(F, np.tile([1.0, 0, 0, 0], (16, 1)))
     assert np.all(np.isfinite(result.F_pred))
+    # The runtime's own evaluator runs this package (the sigma0 form of the gate: c = 0 here) and
+    # gives what the graph gives.
+    assert closure.evaluator == "native"
+    graph = dodo.Closure(str(output), evaluator="onnxruntime").apply(F, np.tile([1.0, 0, 0, 0], (16, 1)))
+    ntot = np.abs(F[..., 0]).sum(axis=1)
+    # Against the float64 ensemble (what was trained), on float32 features as the runtime builds
+    # them: the native evaluator (distance in double) is within rounding; the graph's float32
+    # distance may be off by ~1e-5 N_tot on a far-out cell.
+    import copy
+
+    from dodo.training.export import closure_float64
+    exact = copy.deepcopy(ensemble).double()
+
+    class Float64(torch.nn.Module):
+        head, features = "equivariant", ensemble.features
+
+        def forward(self, features):
+            return exact.outputs(features.float().double())[0]
+
+    u = np.tile([1.0, 0, 0, 0], (16, 1))
+    reference = closure_float64(Float64(), F, u, dodo.box3d_settings())["F_pred"]
+    native_error = np.abs(result.F_pred - reference).max(axis=(1, 2)) / ntot
+    graph_error = np.abs(graph.F_pred - reference).max(axis=(1, 2)) / ntot
+    assert native_error.max() < 1e-7, native_error
+    assert native_error.max() <= graph_error.max() + 1e-12
     with pytest.raises(ValueError, match="distilled"):
         export_ensemble(config.checkpoint, str(tmp_path / "f.onnx"), log=lambda m: None, fused=True)
 

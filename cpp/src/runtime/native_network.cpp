@@ -38,8 +38,17 @@ const FloatTensor& tensor_named(const std::map<std::string, FloatTensor>& initia
   return found->second;
 }
 
+// A vector by initializer name, or given inline as a JSON list of numbers (the exporter folds
+// some small constant vectors, such as an all-zero mean, out of the graph).
 std::vector<float> vector_named(const std::map<std::string, FloatTensor>& initializers, const JsonValue& name,
                                 std::size_t size) {
+  if (name.is_array()) {
+    if (name.array().size() != size) unusable("lists " + std::to_string(name.array().size()) + " values where " +
+                                              std::to_string(size) + " are needed");
+    std::vector<float> values;
+    for (const JsonValue& value : name.array()) values.push_back(static_cast<float>(value.number()));
+    return values;
+  }
   const FloatTensor& tensor = tensor_named(initializers, name);
   if (tensor.dims.size() != 1 || tensor.values.size() != size)
     unusable("tensor \"" + name.string() + "\" must be a vector of " + std::to_string(size) + " values");
@@ -263,12 +272,13 @@ NativeNetwork::NativeNetwork(const std::string& description, const std::map<std:
     sigma0_ = scalar_of(initializers, root.at("sigma0"));
     tiny_ = scalar_of(initializers, root.at("tiny"));
     d2_max_ = scalar_of(initializers, root.at("d2_max"));
-    const FloatTensor& mean = tensor_named(initializers, root.at("feature_mean"));
-    distance_columns_ = static_cast<int>(mean.values.size());
-    if (mean.dims.size() != 1 || distance_columns_ < 1 || distance_columns_ > input_size ||
-        2 * padded(distance_columns_) > kMaxWidth)
+    const JsonValue& mean = root.at("feature_mean");
+    distance_columns_ = static_cast<int>(mean.is_array() ? mean.array().size()
+                                                          : tensor_named(initializers, mean).values.size());
+    if ((!mean.is_array() && tensor_named(initializers, mean).dims.size() != 1) || distance_columns_ < 1 ||
+        distance_columns_ > input_size || 2 * padded(distance_columns_) > kMaxWidth)
       unusable("feature_mean must be a vector of at most " + std::to_string(input_size) + " values");
-    feature_mean_ = mean.values;
+    feature_mean_ = vector_named(initializers, mean, static_cast<std::size_t>(distance_columns_));
     const FloatTensor& precision = tensor_named(initializers, root.at("feature_precision"));
     if (precision.dims.size() != 2 || precision.dims[0] != distance_columns_ || precision.dims[1] != distance_columns_)
       unusable("feature_precision must be a square matrix of the feature_mean's size");

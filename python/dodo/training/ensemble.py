@@ -168,14 +168,15 @@ def native_network_description(ensemble: "DensityResidualEnsemble", initializer_
     activations = [m for m in student.body if not isinstance(m, nn.Linear)]
     if len(activations) != len(linears) - 1 or not all(isinstance(m, nn.SiLU) for m in activations):
         return None
-    names = {
-        "input_mean": f"{prefix}student.mean",
-        "input_std": f"{prefix}student.std",
-        "feature_mean": f"{prefix}feature_mean",
-        "feature_precision": f"{prefix}feature_precision",
-    }
+    # Vectors by name, or inline where the exporter folded them out of the graph (an all-zero
+    # mean, say); the weights and the distance's matrix by name only.
+    vectors = {"input_mean": ("student.mean", student.mean), "input_std": ("student.std", student.std),
+               "feature_mean": ("feature_mean", ensemble.feature_mean)}
+    names = {key: f"{prefix}{name}" if f"{prefix}{name}" in initializer_names else [float(v) for v in value.float()]
+             for key, (name, value) in vectors.items()}
+    names["feature_precision"] = f"{prefix}feature_precision"
     layers = [[f"{prefix}student.body.{i}.weight", f"{prefix}student.body.{i}.bias"] for i, _ in linears]
-    wanted = set(names.values()) | {name for pair in layers for name in pair}
+    wanted = {names["feature_precision"]} | {name for pair in layers for name in pair}
     if not wanted <= set(initializer_names):
         return None
     return {
