@@ -64,20 +64,26 @@ float scalar_of(const std::map<std::string, FloatTensor>& initializers, const Js
 
 int padded(int size) { return (size + kPad - 1) / kPad * kPad; }
 
-// e^x in float32 for vectorised loops (std::exp is a library call): x clamped to [-80, 88],
-// 2^k e^r with |r| <= ln2/2 and e^r by its Taylor series to degree 7 (truncation 5e-9
-// relative, below float rounding). NaN stays NaN.
-inline __attribute__((always_inline)) float exp_float(float x) {
+// e^x in float32, on a float or on a vector of floats (GCC's vector extensions; std::exp is a
+// library call that no loop vectorises): x clamped to [-80, 88] (no denormal results), 2^k e^r
+// with |r| <= ln2/2 and e^r by its Taylor series to degree 7 (truncation 5e-9 relative, below
+// float rounding). NaN stays NaN. V is float or a vector of them, U the unsigned integers of
+// the same shape. (By reference: GCC warns that vectors by value change the ABI between targets.)
+template <typename V, typename U>
+inline __attribute__((always_inline)) void exp_of(const V& x, V& result) {
   constexpr float kLog2e = 1.44269504088896341f;
   constexpr float kLn2High = 0.693145751953125f;         // ln 2 with trailing zero bits
   constexpr float kLn2Low = 1.42860682030941723212e-6f;  // ln 2 - kLn2High
   constexpr float kShift = 12582912.0f;                   // 1.5 * 2^23: x + shift rounds x
-  const float clamped = std::min(std::max(x, -80.0f), 88.0f);  // no denormal results
-  const float value = x == x ? clamped : x;
-  const float shifted = value * kLog2e + kShift;
-  const float k = shifted - kShift;
-  const float r = (value - k * kLn2High) - k * kLn2Low;
-  float p = 1.0f / 5040.0f;
+  const V zero = V{};
+  const V low = zero - 80.0f, high = zero + 88.0f;
+  V value = x < low ? low : x;
+  value = value > high ? high : value;
+  value = x == x ? value : x;
+  const V shifted = value * kLog2e + kShift;
+  const V k = shifted - kShift;
+  const V r = (value - k * kLn2High) - k * kLn2Low;
+  V p = zero + 1.0f / 5040.0f;
   p = p * r + 1.0f / 720.0f;
   p = p * r + 1.0f / 120.0f;
   p = p * r + 1.0f / 24.0f;
@@ -85,15 +91,22 @@ inline __attribute__((always_inline)) float exp_float(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  // In unsigned arithmetic: for a NaN argument the bits are garbage, and a left shift of a
-  // negative int is undefined (found by fuzz_loader on a re-signed package with a NaN weight).
-  std::uint32_t shifted_bits, shift_bits;
+  // The exponent's bits in unsigned arithmetic: for a NaN argument they are garbage, and a left
+  // shift of a negative int is undefined (found by fuzz_loader on a re-signed package with a NaN weight).
+  U shifted_bits, shift_bits;
+  const V shift = zero + kShift;
   std::memcpy(&shifted_bits, &shifted, sizeof shifted_bits);
-  std::memcpy(&shift_bits, &kShift, sizeof shift_bits);
-  const std::uint32_t exponent = (shifted_bits - shift_bits + 127u) << 23;
-  float scale;
+  std::memcpy(&shift_bits, &shift, sizeof shift_bits);
+  const U exponent = (shifted_bits - shift_bits + 127u) << 23;
+  V scale;
   std::memcpy(&scale, &exponent, sizeof scale);
-  return p * scale;
+  result = p * scale;
+}
+
+inline __attribute__((always_inline)) float exp_float(float x) {
+  float result;
+  exp_of<float, std::uint32_t>(x, result);
+  return result;
 }
 
 // Rows evaluated together, so that each weight vector loaded serves R rows (the loads, not the
@@ -137,40 +150,9 @@ inline __attribute__((always_inline)) void dense_block(const T* x, int xs, int i
     for (int v = 0; v < NV; ++v) std::memcpy(out + r * os + v * Lanes, &acc[r][v], sizeof(Vector));
 }
 
-// exp_float and SiLU on whole vectors with GCC's vector extensions: the scalar loop calling
-// exp_float was vectorised in the AVX-512 clone but left scalar in the AVX2 one (valgrind:
-// 3,700 instructions a row for the 128 SiLUs).
-// (Vectors by reference: GCC warns that passing them by value changes the ABI between targets.)
-template <int Bytes>
-inline __attribute__((always_inline)) void exp_vector(const typename VectorOf<float, Bytes>::type& x,
-                                                      typename VectorOf<float, Bytes>::type& result) {
-  typedef typename VectorOf<float, Bytes>::type V;
-  typedef std::uint32_t I __attribute__((vector_size(Bytes)));  // unsigned: see exp_float
-  constexpr float kLog2e = 1.44269504088896341f;
-  constexpr float kLn2High = 0.693145751953125f;
-  constexpr float kLn2Low = 1.42860682030941723212e-6f;
-  constexpr float kShift = 12582912.0f;
-  const V zero = V{} * 0.0f;
-  const V low = zero - 80.0f, high = zero + 88.0f;
-  V value = x < low ? low : x;
-  value = value > high ? high : value;
-  value = x == x ? value : x;  // NaN stays NaN
-  const V shifted = value * kLog2e + kShift;
-  const V k = shifted - kShift;
-  const V r = (value - k * kLn2High) - k * kLn2Low;
-  V p = zero + 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const I exponent = ((I)shifted - (I)(zero + kShift) + 127u) << 23;
-  result = p * (V)exponent;
-}
-
-// z sigmoid(z) = z / (1 + e^-z) on `count` values (a multiple of the lanes; padding stays 0).
+// z sigmoid(z) = z / (1 + e^-z) on `count` values (a multiple of the lanes; padding stays 0), a
+// vector at a time: a scalar loop calling exp_float was vectorised in the AVX-512 clone but left
+// scalar in the AVX2 one (valgrind: 3,700 instructions a row for the 128 SiLUs).
 // Below -80 the product is under 1e-33: 0, which keeps denormals (slow) out of the next layer.
 template <int Bytes>
 inline __attribute__((always_inline)) void silu_in_place(float* values, int count) {
@@ -182,7 +164,7 @@ inline __attribute__((always_inline)) void silu_in_place(float* values, int coun
     const V zero = V{};
     const V minus_z = -z;
     V e;
-    exp_vector<Bytes>(minus_z, e);
+    exp_of<V, typename VectorOf<std::uint32_t, Bytes>::type>(minus_z, e);
     const V silu = z / (zero + 1.0f + e);
     const V result = z > zero - 80.0f ? silu : zero;
     std::memcpy(values + i, &result, sizeof(V));
