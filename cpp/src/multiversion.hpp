@@ -6,6 +6,10 @@
 
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__) && !defined(DODO_NO_MULTIVERSION)
 #define DODO_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+// Set where functions may also be written per target by hand (GCC's target("...") versions of
+// one function, dispatched like the clones), for a body that differs by target (vector width).
+#define DODO_MULTIVERSION_ENABLED 1
 #else
 #define DODO_MULTIVERSION
+#define DODO_MULTIVERSION_ENABLED 0
 #endif

@@ -412,59 +412,155 @@ namespace {
 // The ELN-crossing shape of one cell (RestFrameCell::crossing) from its pairs' G_p on the
 // points and their integrals I+ (positive) and I- (negative). The growth rate follows the shape
 // of the crossing, which the moments' invariants give the network only implicitly (docs/training.md).
-DODO_MULTIVERSION
+// The crossing sums' max(a, 0) and min(a, 0) as single max and min instructions: GCC emits them
+// for `a > 0 ? a : 0` only where it may ignore NaN and the sign of zero (a G_p value is finite:
+// cells with non-finite moments are rejected before; +0 and -0 add the same to a sum).
+// no-math-errno: the tail's square roots, of sums of squares, then vectorise across the pairs.
+#define DODO_CROSSING_MATH \
+  __attribute__((always_inline, optimize("finite-math-only", "no-signed-zeros", "no-math-errno")))
+
+// Sum of a vector's lanes by halves (lanes l and l + width/2 first): vector adds down to one
+// lane, not a scalar add per lane.
+template <std::size_t kLanes>
+inline DODO_CROSSING_MATH double lane_sum(const double* lanes) {
+  if constexpr (kLanes == 1) {
+    return lanes[0];
+  } else {
+    typedef double Half __attribute__((vector_size(kLanes / 2 * sizeof(double))));
+    Half low, high;
+    std::memcpy(&low, lanes, sizeof low);
+    std::memcpy(&high, lanes + kLanes / 2, sizeof high);
+    const Half sum = low + high;
+    double folded[kLanes / 2];
+    std::memcpy(folded, &sum, sizeof folded);
+    return lane_sum<kLanes / 2>(folded);
+  }
+}
+
+// Sums over the antipodal pairs q, q + half (same weight, opposite directions: the rule is laid
+// out so) of pair p's G = value (at q), opposite (at q + half): sums[0] the weight where G > 0,
+// sums[1..3] the moment sum_G>0 w G n_hat, sums[4..6] sum_G<0 w |G| n_hat, on antipodes as
+// w (max(value, 0) - max(opposite, 0)) n_q and w (min(opposite, 0) - min(value, 0)) n_q. `a > 0 ?
+// a : 0` and `a < 0 ? a : 0` are one max and one min instruction each (x86's operand order).
+template <typename Vector>
+inline DODO_CROSSING_MATH void accumulate_crossing(const Vector& w, const Vector& xq, const Vector& yq,
+                                                               const Vector& zq, const Vector& value,
+                                                               const Vector& opposite, Vector* sums) {
+  const Vector zero = Vector{};
+  const Vector up_moment = w * ((value > zero ? value : zero) - (opposite > zero ? opposite : zero));
+  const Vector down_moment = w * ((opposite < zero ? opposite : zero) - (value < zero ? value : zero));
+  sums[0] += (value > zero ? w : zero) + (opposite > zero ? w : zero);
+  sums[1] += up_moment * xq;
+  sums[2] += up_moment * yq;
+  sums[3] += up_moment * zq;
+  sums[4] += down_moment * xq;
+  sums[5] += down_moment * yq;
+  sums[6] += down_moment * zq;
+}
+
+// The sums of kGroup pairs (first, first + 1, ...) in lane-wise partial sums over blocks of
+// kLanes antipodal pairs (half is padded to a multiple of 8 with zero weights), on GCC's vector
+// types so that the accumulators stay in registers (a seven-variable `omp simd` reduction ran
+// scalar; arrays of partial sums were zeroed and folded through memory), then folded in halves
+// (a tree) into totals[0..6][p].
+template <std::size_t kLanes, int kGroup>
+inline DODO_CROSSING_MATH void crossing_sums(const PairedRule& rule, const double* const G[kPairs],
+                                                         const int* pairs, double (*totals)[4]) {
+  static_assert(8 % kLanes == 0, "half is padded to a multiple of 8 (Box3D::kDirectionLanes)");
+  typedef double Vector __attribute__((vector_size(kLanes * sizeof(double))));
+  const double *weight = rule.weight.data(), *x = rule.x.data(), *y = rule.y.data(), *z = rule.z.data();
+  const std::size_t half = rule.half;
+  Vector sums[kGroup][7];
+#pragma GCC unroll 8
+  for (int g = 0; g < kGroup; ++g)
+#pragma GCC unroll 8
+    for (int k = 0; k < 7; ++k) sums[g][k] = Vector{};
+  for (std::size_t q = 0; q < half; q += kLanes) {
+    Vector w, xq, yq, zq;
+    std::memcpy(&w, weight + q, sizeof w);
+    std::memcpy(&xq, x + q, sizeof xq);
+    std::memcpy(&yq, y + q, sizeof yq);
+    std::memcpy(&zq, z + q, sizeof zq);
+#pragma GCC unroll 8
+    for (int g = 0; g < kGroup; ++g) {
+      Vector value, opposite;
+      std::memcpy(&value, G[pairs[g]] + q, sizeof value);
+      std::memcpy(&opposite, G[pairs[g]] + q + half, sizeof opposite);
+      accumulate_crossing(w, xq, yq, zq, value, opposite, sums[g]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int g = 0; g < kGroup; ++g)
+#pragma GCC unroll 8
+    for (int k = 0; k < 7; ++k) {
+      double lanes[kLanes];
+      std::memcpy(lanes, &sums[g][k], sizeof lanes);
+      totals[k][pairs[g]] = lane_sum<kLanes>(lanes);
+    }
+}
+
+// kLanes: antipodal pairs summed side by side, one vector of doubles; kAllPairs: the three pairs
+// in one pass over the points (their 21 accumulators fit AVX-512's 32 registers, not AVX2's 16,
+// where one pair at a time keeps its seven in registers).
+template <std::size_t kLanes, bool kAllPairs>
+inline DODO_CROSSING_MATH void crossing_shape_lanes(const PairedRule& rule, const double* const G[kPairs],
+                                                                const double* positive, const double* negative,
+                                                                double* out) {
+  constexpr double kInverseFourPi = 0.25 / 3.14159265358979323846;  // the weights sum to 4 pi
+  // A pair with G_p = 0 on every point (mu = tau) has all sums 0: skipped.
+  int active[kPairs], count = 0;
+  for (int p = 0; p < kPairs; ++p)
+    if (!(positive[p] == 0.0 && negative[p] == 0.0)) active[count++] = p;
+  double totals[7][4] = {};  // [sum][pair], a fourth pair of zeros: vectors of four pairs below
+  if (kAllPairs && count == kPairs) {
+    crossing_sums<kLanes, kPairs>(rule, G, active, totals);
+  } else {
+    for (int i = 0; i < count; ++i) crossing_sums<kLanes, 1>(rule, G, active + i, totals);
+  }
+  // Four pairs side by side (simple loops over them, which GCC vectorises: one square root or
+  // division instruction for all pairs; divisors made 1 where the quotient is not used, so that
+  // no division is conditional).
+  const double* const px = totals[1], *const py = totals[2], *const pz = totals[3];
+  const double* const mx = totals[4], *const my = totals[5], *const mz = totals[6];
+  double plus[4], minus[4], plus_length[4], minus_length[4], lengths[4], features[kCrossingFeaturesPerPair][4];
+  for (int p = 0; p < 4; ++p) {
+    plus[p] = p < kPairs ? positive[p] : 0.0;
+    minus[p] = p < kPairs ? negative[p] : 0.0;
+  }
+  for (int p = 0; p < 4; ++p) plus_length[p] = std::sqrt(px[p] * px[p] + py[p] * py[p] + pz[p] * pz[p]);
+  for (int p = 0; p < 4; ++p) minus_length[p] = std::sqrt(mx[p] * mx[p] + my[p] * my[p] + mz[p] * mz[p]);
+  for (int p = 0; p < 4; ++p) lengths[p] = plus_length[p] * minus_length[p];
+  for (int p = 0; p < 4; ++p) {
+    features[0][p] = plus[p];
+    features[1][p] = minus[p];
+    features[2][p] = totals[0][p] * kInverseFourPi;
+    const double to_plus = plus_length[p] / (plus[p] > 0.0 ? plus[p] : 1.0);
+    const double to_minus = minus_length[p] / (minus[p] > 0.0 ? minus[p] : 1.0);
+    const double cosine = (px[p] * mx[p] + py[p] * my[p] + pz[p] * mz[p]) / (lengths[p] > 0.0 ? lengths[p] : 1.0);
+    features[3][p] = plus[p] > 0.0 ? to_plus : 0.0;
+    features[4][p] = minus[p] > 0.0 ? to_minus : 0.0;
+    features[5][p] = lengths[p] > 0.0 ? cosine : 0.0;
+  }
+  for (int p = 0; p < kPairs; ++p)
+    for (int k = 0; k < kCrossingFeaturesPerPair; ++k) out[p * kCrossingFeaturesPerPair + k] = features[k][p];
+}
+
+#if DODO_MULTIVERSION_ENABLED
+__attribute__((target("arch=x86-64-v4"))) void crossing_shape(const PairedRule& rule, const double* const G[kPairs],
+                                                              const double* positive, const double* negative,
+                                                              double* out) {
+  crossing_shape_lanes<8, true>(rule, G, positive, negative, out);
+}
+__attribute__((target("arch=x86-64-v3"))) void crossing_shape(const PairedRule& rule, const double* const G[kPairs],
+                                                              const double* positive, const double* negative,
+                                                              double* out) {
+  crossing_shape_lanes<4, false>(rule, G, positive, negative, out);
+}
+__attribute__((target("default")))
+#endif
 void crossing_shape(const PairedRule& rule, const double* const G[kPairs], const double* positive,
                     const double* negative, double* out) {
-  const double *weight = rule.weight.data(), *x = rule.x.data(), *y = rule.y.data(), *z = rule.z.data();
-  constexpr double kInverseFourPi = 0.25 / 3.14159265358979323846;  // the weights sum to 4 pi
-  for (int p = 0; p < kPairs; ++p) {
-    double* f = out + p * kCrossingFeaturesPerPair;
-    if (positive[p] == 0.0 && negative[p] == 0.0) {  // G_p = 0 on every point (mu = tau): what the sums give
-      std::fill(f, f + kCrossingFeaturesPerPair, 0.0);
-      continue;
-    }
-    // Sums over the antipodal pairs q, q + half (same weight, opposite directions: the rule is
-    // laid out so), in lane-wise partial sums over blocks of kLanes pairs (half is padded to a
-    // multiple of them with zero weights): a fixed-width inner loop that GCC vectorises with its
-    // seven accumulators in registers, where a seven-variable `omp simd` reduction ran scalar.
-    constexpr std::size_t kLanes = 4;
-    double sums[7][kLanes] = {};
-    const double* d = G[p];
-    const std::size_t half = rule.half;
-    for (std::size_t block = 0; block < half; block += kLanes)
-      for (std::size_t l = 0; l < kLanes; ++l) {
-        const std::size_t q = block + l;
-        const double w = weight[q], value = d[q], opposite = d[q + half];
-        const double up = w * std::max(value, 0.0), up_opposite = w * std::max(opposite, 0.0);
-        const double down = w * std::max(-value, 0.0), down_opposite = w * std::max(-opposite, 0.0);
-        // Tested on `up`, not `value`: GCC then vectorises the loop (w > 0 on every real point).
-        sums[0][l] += (up > 0.0 ? w : 0.0) + (up_opposite > 0.0 ? w : 0.0);
-        const double up_moment = up - up_opposite, down_moment = down - down_opposite;
-        sums[1][l] += up_moment * x[q];
-        sums[2][l] += up_moment * y[q];
-        sums[3][l] += up_moment * z[q];
-        sums[4][l] += down_moment * x[q];
-        sums[5][l] += down_moment * y[q];
-        sums[6][l] += down_moment * z[q];
-      }
-    // Lanes folded in halves (a tree: three dependent adds instead of seven in a row).
-    for (std::size_t width = kLanes / 2; width >= 1; width /= 2)
-      for (int k = 0; k < 7; ++k)
-        for (std::size_t l = 0; l < width; ++l) sums[k][l] += sums[k][l + width];
-    double total[7];
-    for (int k = 0; k < 7; ++k) total[k] = sums[k][0];
-    const double area = total[0], px = total[1], py = total[2], pz = total[3], mx = total[4], my = total[5],
-                 mz = total[6];
-    const double plus_length = std::sqrt(px * px + py * py + pz * pz);
-    const double minus_length = std::sqrt(mx * mx + my * my + mz * mz);
-    f[0] = positive[p];
-    f[1] = negative[p];
-    f[2] = area * kInverseFourPi;
-    f[3] = positive[p] > 0.0 ? plus_length / positive[p] : 0.0;
-    f[4] = negative[p] > 0.0 ? minus_length / negative[p] : 0.0;
-    const double lengths = plus_length * minus_length;
-    f[5] = lengths > 0.0 ? (px * mx + py * my + pz * mz) / lengths : 0.0;
-  }
+  crossing_shape_lanes<4, false>(rule, G, positive, negative, out);
 }
 
 // Steps 2-6 of one cell (F: normalised rest frame) whose step 1 is m's cell c: the angular

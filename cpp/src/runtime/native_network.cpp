@@ -109,6 +109,22 @@ inline __attribute__((always_inline)) float exp_float(float x) {
   return result;
 }
 
+// 1/d for d >= 1 (SiLU's 1 + e^-z, up to e^88) by Newton's iteration y <- y (2 - d y) from the
+// exponent-flipping guess (5% off): three steps reach 2 float ulps. A vector division costs the
+// AVX-512 kernel more than these six multiply-adds (measured: 8% of its time). NaN stays NaN.
+// (By reference, as exp_of.)
+template <typename V, typename U>
+inline __attribute__((always_inline)) void reciprocal(const V& d, V& y) {
+  U bits;
+  std::memcpy(&bits, &d, sizeof bits);
+  const U guess_bits = 0x7EF311C7u - bits;
+  std::memcpy(&y, &guess_bits, sizeof y);
+  const V two = V{} + 2.0f;
+  y = y * (two - d * y);
+  y = y * (two - d * y);
+  y = y * (two - d * y);
+}
+
 // Rows evaluated together, so that each weight vector loaded serves R rows (the loads, not the
 // multiply-adds, bound a one-row loop), and accumulator vectors per pass (R x NV of them in
 // registers: AVX-512 has 32, AVX2 16).
@@ -165,10 +181,64 @@ inline __attribute__((always_inline)) void silu_in_place(float* values, int coun
     const V minus_z = -z;
     V e;
     exp_of<V, typename VectorOf<std::uint32_t, Bytes>::type>(minus_z, e);
-    const V silu = z / (zero + 1.0f + e);
+    V inverse;
+    reciprocal<V, typename VectorOf<std::uint32_t, Bytes>::type>(zero + 1.0f + e, inverse);
+    const V silu = z * inverse;
     const V result = z > zero - 80.0f ? silu : zero;
     std::memcpy(values + i, &result, sizeof(V));
   }
+}
+
+// Sum of a vector's lanes by halves: vector adds down to one lane.
+template <int Lanes>
+inline __attribute__((always_inline)) float lane_sum(const float* lanes) {
+  if constexpr (Lanes == 1) {
+    return lanes[0];
+  } else {
+    typedef float Half __attribute__((vector_size(Lanes / 2 * sizeof(float))));
+    Half low, high;
+    std::memcpy(&low, lanes, sizeof low);
+    std::memcpy(&high, lanes + Lanes / 2, sizeof high);
+    const Half sum = low + high;
+    float folded[Lanes / 2];
+    std::memcpy(folded, &sum, sizeof folded);
+    return lane_sum<Lanes / 2>(folded);
+  }
+}
+
+// A narrow layer (the last: 3 outputs) for R rows as dot products along the weight rows: a
+// vector of outputs per input would be 13/16 padding (measured: 15% of the dense layers' time).
+template <int Bytes, int R>
+inline __attribute__((always_inline)) void narrow_dense(const float* x, int xs, int padded_inputs,
+                                                        const float* weight_rows, int outputs, const float* bias,
+                                                        float* out, int os) {
+  typedef typename VectorOf<float, Bytes>::type Vector;
+  constexpr int Lanes = VectorOf<float, Bytes>::kLanes;
+  constexpr int kMax = NativeNetwork::kNarrowOutputs;
+  Vector acc[R][kMax];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int o = 0; o < kMax; ++o) acc[r][o] = Vector{};
+  for (int k = 0; k < padded_inputs; k += Lanes) {
+    Vector xv[R];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) std::memcpy(&xv[r], x + r * xs + k, sizeof(Vector));
+#pragma GCC unroll 4
+    for (int o = 0; o < kMax; ++o) {
+      if (o >= outputs) break;
+      Vector w;
+      std::memcpy(&w, weight_rows + static_cast<std::size_t>(o) * padded_inputs + k, sizeof w);
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) acc[r][o] += xv[r] * w;
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int o = 0; o < outputs; ++o) {
+      float lanes[Lanes];
+      std::memcpy(lanes, &acc[r][o], sizeof lanes);
+      out[r * os + o] = bias[o] + lane_sum<Lanes>(lanes);
+    }
 }
 
 // One layer for kBlockRows rows: out (padded_outputs values a row) = bias + x W^T, then SiLU if asked.
@@ -244,6 +314,14 @@ NativeNetwork::NativeNetwork(const std::string& description, const std::map<std:
           layer.weight_t[static_cast<std::size_t>(k) * layer.padded_outputs + o] =
               weight.values[static_cast<std::size_t>(o) * layer.inputs + k];
       }
+      if (layer.outputs <= kNarrowOutputs) {
+        const int padded_inputs = padded(layer.inputs);
+        layer.weight_rows.assign(static_cast<std::size_t>(layer.outputs) * padded_inputs, 0.0f);
+        for (int o = 0; o < layer.outputs; ++o)
+          for (int k = 0; k < layer.inputs; ++k)
+            layer.weight_rows[static_cast<std::size_t>(o) * padded_inputs + k] =
+                weight.values[static_cast<std::size_t>(o) * layer.inputs + k];
+      }
       width = layer.outputs;
       layers_.push_back(std::move(layer));
     }
@@ -258,22 +336,18 @@ NativeNetwork::NativeNetwork(const std::string& description, const std::map<std:
     distance_columns_ = static_cast<int>(mean.is_array() ? mean.array().size()
                                                           : tensor_named(initializers, mean).values.size());
     if ((!mean.is_array() && tensor_named(initializers, mean).dims.size() != 1) || distance_columns_ < 1 ||
-        distance_columns_ > input_size || 2 * padded(distance_columns_) > kMaxWidth)
+        distance_columns_ > input_size || distance_columns_ > kMaxDistanceColumns)
       unusable("feature_mean must be a vector of at most " + std::to_string(input_size) + " values");
     feature_mean_ = vector_named(initializers, mean, static_cast<std::size_t>(distance_columns_));
     const FloatTensor& precision = tensor_named(initializers, root.at("feature_precision"));
     if (precision.dims.size() != 2 || precision.dims[0] != distance_columns_ || precision.dims[1] != distance_columns_)
       unusable("feature_precision must be a square matrix of the feature_mean's size");
-    precision_.inputs = precision_.outputs = distance_columns_;
-    precision_.padded_outputs = padded(distance_columns_);
-    precision_.weight_t.assign(static_cast<std::size_t>(distance_columns_) * precision_.padded_outputs, 0.0f);
-    precision_.bias.assign(static_cast<std::size_t>(precision_.padded_outputs), 0.0f);
-    for (int i = 0; i < distance_columns_; ++i)  // t_j = sum_i c_i P_ij: P's rows are the w_t rows
-      for (int j = 0; j < distance_columns_; ++j)
-        precision_.weight_t[static_cast<std::size_t>(i) * precision_.padded_outputs + j] =
-            precision.values[static_cast<std::size_t>(i) * distance_columns_ + j];
-    precision_double_.assign(precision_.weight_t.begin(), precision_.weight_t.end());
-    zeros_double_.assign(static_cast<std::size_t>(precision_.padded_outputs), 0.0);
+    const auto P = [&](int i, int j) {
+      return static_cast<double>(precision.values[static_cast<std::size_t>(i) * distance_columns_ + j]);
+    };
+    for (int i = 0; i < distance_columns_; ++i)
+      for (int j = i; j < distance_columns_; ++j) distance_form_.push_back(j == i ? P(i, i) : P(i, j) + P(j, i));
+    feature_mean_double_.assign(feature_mean_.begin(), feature_mean_.end());
     const JsonValue& pattern = root.at("pattern");
     if (!pattern.is_array() || static_cast<int>(pattern.array().size()) != output_size)
       unusable("pattern must list " + std::to_string(output_size) + " numbers (the head output per unit correction)");
@@ -281,6 +355,7 @@ NativeNetwork::NativeNetwork(const std::string& description, const std::map<std:
   } catch (const std::invalid_argument& error) {
     unusable(std::string("is incomplete: ") + error.what());
   }
+  for (const float std : input_std_) input_inverse_std_.push_back(1.0f / std);
   if (!(d2_max_ > 0) || !(error_per_spread_ > 0 || sigma0_ > 0))
     unusable("needs d2_max > 0 and error_per_spread > 0 or sigma0 > 0");
   kernel_ = best_kernel();
@@ -301,45 +376,75 @@ std::vector<float> NativeNetwork::probe_inputs(std::size_t rows) const {
   return x;
 }
 
+// Squared Mahalanobis distance of D rows at once, one row per lane of a double vector: column i
+// of the rows' centred features is centred[i]. Sum over i of c_i (Q_ii c_i + sum_{j>i} Q_ij c_j):
+// each of the form's distinct products once (half the multiply-adds of c^T (P c)), in double (it
+// cancels digits: the features are correlated and P has large entries of both signs, so float32
+// sums in different orders disagree by up to 1e-3 of d2 on far-out cells). (Result by reference:
+// GCC warns that vectors by value change the ABI between targets.)
+template <typename DV>
+inline __attribute__((always_inline)) void distance_squared(const double* form, int columns, const DV* centred, DV& d2) {
+  d2 = DV{};
+  for (int i = 0; i < columns; ++i) {
+    // Four chains of multiply-adds: one chain waits on each add's latency (measured: 16% of the
+    // kernel's time).
+    DV inner[4] = {form[0] * centred[i], DV{}, DV{}, DV{}};
+    int j = i + 1;
+    for (; j + 3 < columns; j += 4)
+#pragma GCC unroll 4
+      for (int c = 0; c < 4; ++c) inner[c] += form[j + c - i] * centred[j + c];
+    for (; j < columns; ++j) inner[0] += form[j - i] * centred[j];
+    d2 += centred[i] * ((inner[0] + inner[1]) + (inner[2] + inner[3]));
+    form += columns - i;
+  }
+}
+
 template <int Bytes>
 inline __attribute__((always_inline)) void evaluate_rows(const NativeNetwork& net, const float* input, std::size_t n,
                                                          float* head, float* uncertainty, float* log_growth_ratio) {
-  constexpr int R = kBlockRows<Bytes>;
+  constexpr int R = kBlockRows<Bytes>;  // rows per pass of the dense layers
+  typedef typename VectorOf<double, Bytes>::type DoubleVector;
+  constexpr int D = VectorOf<double, Bytes>::kLanes;  // rows per block: one per lane of the distance
+  static_assert(D % R == 0, "a block is whole passes of the layers");
   constexpr int W = NativeNetwork::kMaxWidth;
-  alignas(64) float a[R][W], b[R][W];
-  // The Mahalanobis form in double: it cancels digits (the features are correlated, P has large
-  // entries of both signs), so float32 sums in different orders disagree by up to 1e-3 of d2 on
-  // far-out cells; double sums of the float32 inputs agree with the float64 definition.
-  alignas(64) double centred[R][W / 2], projected[R][W / 2];
-  const int columns = net.distance_columns_, stride = net.precision_.padded_outputs;
-  for (std::size_t first = 0; first < n; first += R) {
+  alignas(64) float a[D][W], b[D][W];
+  alignas(64) DoubleVector centred[NativeNetwork::kMaxDistanceColumns];
+  double d2_lanes[D];
+  const int columns = net.distance_columns_;
+  const std::size_t layers = net.layers_.size();
+  float(*result)[W] = layers % 2 ? b : a;  // where the last layer's outputs land
+  for (std::size_t first = 0; first < n; first += D) {
     // The graph's order of operations: (x - mean) / std, layers, then the outputs and gates. A
-    // last block short of R rows repeats its last row (results not written).
-    for (int r = 0; r < R; ++r) {
+    // last block short of D rows repeats its last row (results not written).
+    for (int r = 0; r < D; ++r) {
       const float* x = input + std::min(first + r, n - 1) * static_cast<std::size_t>(net.input_size_);
-      for (int k = 0; k < net.input_size_; ++k) a[r][k] = (x[k] - net.input_mean_[k]) / net.input_std_[k];
-      for (int j = 0; j < stride; ++j)
-        centred[r][j] = j < columns ? static_cast<double>(x[j]) - static_cast<double>(net.feature_mean_[j]) : 0.0;
+      for (int k = 0; k < net.input_size_; ++k) a[r][k] = (x[k] - net.input_mean_[k]) * net.input_inverse_std_[k];
+      for (int i = 0; i < columns; ++i)
+        centred[i][r] = static_cast<double>(x[i]) - net.feature_mean_double_[i];
     }
-    float(*in)[W] = a;
-    float(*out)[W] = b;
-    for (std::size_t l = 0; l < net.layers_.size(); ++l) {
-      const auto& layer = net.layers_[l];
-      dense<float, Bytes>(in[0], W, layer.inputs, layer.weight_t.data(), layer.padded_outputs, layer.bias.data(),
-                          l + 1 < net.layers_.size(), out[0], W);
-      std::swap(in, out);
+    DoubleVector d2_block;
+    distance_squared(net.distance_form_.data(), columns, centred, d2_block);
+    std::memcpy(d2_lanes, &d2_block, sizeof d2_lanes);
+    for (int pass = 0; pass < D; pass += R) {
+      float(*in)[W] = a + pass;
+      float(*out)[W] = b + pass;
+      for (std::size_t l = 0; l < layers; ++l) {
+        const auto& layer = net.layers_[l];
+        if (!layer.weight_rows.empty() && l + 1 == layers)
+          narrow_dense<Bytes, R>(in[0], W, padded(layer.inputs), layer.weight_rows.data(), layer.outputs,
+                                 layer.bias.data(), out[0], W);
+        else
+          dense<float, Bytes>(in[0], W, layer.inputs, layer.weight_t.data(), layer.padded_outputs, layer.bias.data(),
+                              l + 1 < layers, out[0], W);
+        std::swap(in, out);
+      }
     }
-    dense<double, Bytes>(centred[0], W / 2, columns, net.precision_double_.data(), stride, net.zeros_double_.data(),
-                         false, projected[0], W / 2);
-    for (int r = 0; r < R && first + r < n; ++r) {
+    for (int r = 0; r < D && first + r < n; ++r) {
       const std::size_t row = first + r;
-      const float* o = in[r];
+      const float* o = result[r];
       const float value = o[0] * net.r_scale_;
       const float sigma = std::max(exp_float(o[1]) - net.sigma_floor_, 0.0f);
-      double partial[4] = {0.0, 0.0, 0.0, 0.0};  // four chains (stride is a multiple of 16)
-      for (int j = 0; j < stride; j += 4)
-        for (int q = 0; q < 4; ++q) partial[q] += projected[r][j + q] * centred[r][j + q];
-      const float d2 = static_cast<float>((partial[0] + partial[1]) + (partial[2] + partial[3]));
+      const float d2 = static_cast<float>(d2_lanes[r]);
       float spread_gate;
       if (net.error_per_spread_ > 0) {  // Wiener form r^2 / (r^2 + (c sigma)^2)
         const float noise = (net.error_per_spread_ * sigma) * (net.error_per_spread_ * sigma);

@@ -48,6 +48,8 @@ class NativeNetwork {
   void evaluate(const float* input, std::size_t n, float* head, float* uncertainty, float* log_growth_ratio) const {
     kernel_(*this, input, n, head, uncertainty, log_growth_ratio);
   }
+  // Layers this narrow (the last) are evaluated as dot products along their weight rows.
+  static constexpr int kNarrowOutputs = 4;
   // The instruction set the kernel was compiled for: "avx512", "avx2" or "baseline".
   const char* instruction_set() const;
 
@@ -56,8 +58,12 @@ class NativeNetwork {
     int inputs = 0, outputs = 0, padded_outputs = 0;  // padded to whole vectors (zero weights)
     std::vector<float> weight_t;                      // [inputs][padded_outputs]
     std::vector<float> bias;                          // [padded_outputs]
+    // A narrow layer (at most kNarrowOutputs outputs, the last one) as dot products along its
+    // rows: [outputs][padded inputs], zero beyond `inputs` (the previous layer's padding is 0).
+    std::vector<float> weight_rows;
   };
   static constexpr int kMaxWidth = 512;  // widest layer (padded) the stack buffers take
+  static constexpr int kMaxDistanceColumns = 256;  // likewise for the distance's columns
   // The kernels (native_network.cpp), one per instruction set, chosen once at construction.
   template <int Bytes>
   friend void evaluate_rows(const NativeNetwork&, const float*, std::size_t, float*, float*, float*);
@@ -69,8 +75,10 @@ class NativeNetwork {
   float r_scale_ = 1, sigma_floor_ = 0, error_per_spread_ = 0, sigma0_ = 1, tiny_ = 0, d2_max_ = 1;
   int distance_columns_ = 0;
   std::vector<float> feature_mean_;
-  Layer precision_;  // the Mahalanobis form's matrix as a layer without bias: t = c P
-  std::vector<double> precision_double_, zeros_double_;  // the same in double, and its zero bias
+  // The Mahalanobis form c^T P c in double as a sum over i <= j: its upper triangle, row-major
+  // (Q_ii = P_ii, Q_ij = P_ij + P_ji for j > i), so that each product is taken once.
+  std::vector<double> feature_mean_double_, distance_form_;
+  std::vector<float> input_inverse_std_;  // 1 / input_std_: a multiply per input, not a division
   std::vector<float> pattern_;  // head output per unit of the used correction
   Kernel kernel_ = nullptr;
 };
