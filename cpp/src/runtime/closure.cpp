@@ -1,6 +1,7 @@
 #include "closure.hpp"
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -86,6 +87,17 @@ bool learned_diagnostics(const EvaluationBuffers& network, std::size_t row, doub
   return true;
 }
 
+// True when none of `count` floats is infinite or NaN (v - v is 0 for finite v, NaN otherwise),
+// eight lanes at a time, branch-free.
+inline bool all_floats_finite(const float* values, int count) {
+  float probe[8] = {};
+  int i = 0;
+  for (; i + 8 <= count; i += 8)
+    for (int lane = 0; lane < 8; ++lane) probe[lane] += values[i + lane] - values[i + lane];
+  for (; i < count; ++i) probe[0] += values[i] - values[i];
+  return ((probe[0] + probe[1]) + (probe[2] + probe[3])) + ((probe[4] + probe[5]) + (probe[6] + probe[7])) == 0.0f;
+}
+
 // The 24 values of a cell, as inline moves: a library memmove call per cell costs more than the
 // copy itself, and the stable cells of a grid are mostly copies.
 inline void copy_cell(const double* from, double* to) {
@@ -105,6 +117,46 @@ inline void write_stable_diagnostics(const CellDiagnostics& out, std::size_t cel
   if (out.uncertainty) out.uncertainty[cell] = 0.0;
 }
 
+// The learned part of a cell whose head output changes densities only (every c_ab and d_ab 0: the
+// density-residual ensemble's pattern) and whose whole step is admissible, the common case: the
+// operations of assemble_correction, project_conserving and realizable_step's quick accept on the
+// six densities in registers, so the same bits as the general path below, without writing the
+// 24-value correction and reading it back (each pass stalled on store forwarding). False, with
+// `change` unwritten, for any other cell: the general path takes it.
+inline bool density_only_change(const float* head_output, const RestFrameCell& rest, double* change) {
+  int coupled = 0;
+  for (int i = 0; i < 2 * kSpecies * kSpecies; ++i) coupled |= head_output[i] != 0.0f;
+  if (coupled) return false;
+  const float* e = head_output + 2 * kSpecies * kSpecies;
+  double common[kFlavours], mean = 0;
+  for (int f = 0; f < kFlavours; ++f) {
+    common[f] = 0.5 * (static_cast<double>(e[species_index(0, f)]) + static_cast<double>(e[species_index(1, f)]));
+    mean += common[f];
+  }
+  mean /= kFlavours;
+  double dn[kSpecies];
+  for (int f = 0; f < kFlavours; ++f) dn[species_index(0, f)] = dn[species_index(1, f)] = common[f] - mean;
+  // both_ends_inside (realizability.cpp) at F_box and F_box + correction; the correction's spatial
+  // components are +0 after the projection.
+  bool inside = true;
+  for (int a = 0; a < kSpecies; ++a) {
+    const double* F = rest.F + a * kComponents;
+    const double* dF = rest.dF + a * kComponents;
+    const double n0 = F[0] + dF[0], x0 = F[1] + dF[1], y0 = F[2] + dF[2], z0 = F[3] + dF[3];
+    const double n1 = n0 + dn[a], x1 = x0 + 0.0, y1 = y0 + 0.0, z1 = z0 + 0.0;
+    const double flux0 = x0 * x0 + y0 * y0 + z0 * z0;
+    const double flux1 = x1 * x1 + y1 * y1 + z1 * z1;
+    inside = inside & (n0 >= 0.0) & (n1 >= 0.0) & (flux0 <= (1.0 - 8.0 * DBL_EPSILON) * (n0 * n0)) &
+             (flux1 <= (1.0 - 8.0 * DBL_EPSILON) * (n1 * n1));
+  }
+  if (!inside) return false;
+  for (int a = 0; a < kSpecies; ++a) {
+    change[value_index(a, 0)] = rest.dF[value_index(a, 0)] + 1.0 * dn[a];
+    for (int m = 1; m < kComponents; ++m) change[value_index(a, m)] = rest.dF[value_index(a, m)] + 1.0 * 0.0;
+  }
+  return true;
+}
+
 // The learned part of a crossing cell in its rest frame (units of N_tot): the head's correction,
 // projected onto the conserving changes and limited to the realizable cone, added to Box3D's
 // change. Returns kCell_NETWORK_NONFINITE (change not written) or kCell_CORRECTION_LIMITED or 0.
@@ -112,9 +164,14 @@ inline void write_stable_diagnostics(const CellDiagnostics& out, std::size_t cel
 // file is compiled with -ffp-contract=off, so every clone gives the baseline build's bits.
 DODO_MULTIVERSION
 std::uint32_t learned_change(Head head, const float* head_output, const RestFrameCell& rest, double* change) {
+  // The correction is finite exactly when the head's outputs are (it is a sum of a dozen
+  // products of them with the cell's finite values in units of N_tot, far from overflow). Tested
+  // on the network's floats: reading the correction's doubles back as vectors right after its
+  // scalar stores stalled on store forwarding (measured: half of this function's time).
+  if (!all_floats_finite(head_output, head_output_size(head))) return kCell_NETWORK_NONFINITE;
+  if (head == Head::kEquivariant && density_only_change(head_output, rest, change)) return 0u;
   double correction[kCellValues];
   assemble_correction(head, head_output, rest.F, rest.dF, correction);
-  if (!all_values_finite(correction, kCellValues)) return kCell_NETWORK_NONFINITE;
   project_conserving(correction);
   double F_box_rest[kCellValues];
   for (int v = 0; v < kCellValues; ++v) F_box_rest[v] = rest.F[v] + rest.dF[v];
