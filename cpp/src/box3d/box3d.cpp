@@ -7,9 +7,10 @@
 #include <string>
 #include <thread>
 
+#include "../lane_sum.hpp"
+#include "../multiversion.hpp"
 #include "../realizability.hpp"
 #include "../thread_start.hpp"
-#include "../multiversion.hpp"
 #include "exp_kernel.hpp"
 #include "langevin_kernel.hpp"
 
@@ -419,24 +420,6 @@ namespace {
 #define DODO_CROSSING_MATH \
   __attribute__((always_inline, optimize("finite-math-only", "no-signed-zeros", "no-math-errno")))
 
-// Sum of a vector's lanes by halves (lanes l and l + width/2 first): vector adds down to one
-// lane, not a scalar add per lane.
-template <std::size_t kLanes>
-inline DODO_CROSSING_MATH double lane_sum(const double* lanes) {
-  if constexpr (kLanes == 1) {
-    return lanes[0];
-  } else {
-    typedef double Half __attribute__((vector_size(kLanes / 2 * sizeof(double))));
-    Half low, high;
-    std::memcpy(&low, lanes, sizeof low);
-    std::memcpy(&high, lanes + kLanes / 2, sizeof high);
-    const Half sum = low + high;
-    double folded[kLanes / 2];
-    std::memcpy(folded, &sum, sizeof folded);
-    return lane_sum<kLanes / 2>(folded);
-  }
-}
-
 // Sums over the antipodal pairs q, q + half (same weight, opposite directions: the rule is laid
 // out so) of pair p's G = value (at q), opposite (at q + half): sums[0] the weight where G > 0,
 // sums[1..3] the moment sum_G>0 w G n_hat, sums[4..6] sum_G<0 w |G| n_hat, on antipodes as
@@ -495,7 +478,7 @@ inline DODO_CROSSING_MATH void crossing_sums(const PairedRule& rule, const doubl
     for (int k = 0; k < 7; ++k) {
       double lanes[kLanes];
       std::memcpy(lanes, &sums[g][k], sizeof lanes);
-      totals[k][pairs[g]] = lane_sum<kLanes>(lanes);
+      totals[k][pairs[g]] = lane_sum<double, kLanes>(lanes);
     }
 }
 

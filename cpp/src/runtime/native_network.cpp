@@ -11,6 +11,7 @@
 #include <xmmintrin.h>
 #endif
 
+#include "../lane_sum.hpp"
 #include "errors.hpp"
 #include "json.hpp"
 
@@ -189,23 +190,6 @@ inline __attribute__((always_inline)) void silu_in_place(float* values, int coun
   }
 }
 
-// Sum of a vector's lanes by halves: vector adds down to one lane.
-template <int Lanes>
-inline __attribute__((always_inline)) float lane_sum(const float* lanes) {
-  if constexpr (Lanes == 1) {
-    return lanes[0];
-  } else {
-    typedef float Half __attribute__((vector_size(Lanes / 2 * sizeof(float))));
-    Half low, high;
-    std::memcpy(&low, lanes, sizeof low);
-    std::memcpy(&high, lanes + Lanes / 2, sizeof high);
-    const Half sum = low + high;
-    float folded[Lanes / 2];
-    std::memcpy(folded, &sum, sizeof folded);
-    return lane_sum<Lanes / 2>(folded);
-  }
-}
-
 // A narrow layer (the last: 3 outputs) for R rows as dot products along the weight rows: a
 // vector of outputs per input would be 13/16 padding (measured: 15% of the dense layers' time).
 template <int Bytes, int R>
@@ -237,7 +221,7 @@ inline __attribute__((always_inline)) void narrow_dense(const float* x, int xs, 
     for (int o = 0; o < outputs; ++o) {
       float lanes[Lanes];
       std::memcpy(lanes, &acc[r][o], sizeof lanes);
-      out[r * os + o] = bias[o] + lane_sum<Lanes>(lanes);
+      out[r * os + o] = bias[o] + lane_sum<float, Lanes>(lanes);
     }
 }
 
