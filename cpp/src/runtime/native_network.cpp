@@ -400,11 +400,19 @@ inline __attribute__((always_inline)) void evaluate_rows(const NativeNetwork& ne
   for (std::size_t first = 0; first < n; first += D) {
     // The graph's order of operations: (x - mean) / std, layers, then the outputs and gates. A
     // last block short of D rows repeats its last row (results not written).
+    const float* rows[D];
     for (int r = 0; r < D; ++r) {
-      const float* x = input + std::min(first + r, n - 1) * static_cast<std::size_t>(net.input_size_);
-      for (int k = 0; k < net.input_size_; ++k) a[r][k] = (x[k] - net.input_mean_[k]) * net.input_inverse_std_[k];
-      for (int i = 0; i < columns; ++i)
-        centred[i][r] = static_cast<double>(x[i]) - net.feature_mean_double_[i];
+      rows[r] = input + std::min(first + r, n - 1) * static_cast<std::size_t>(net.input_size_);
+      for (int k = 0; k < net.input_size_; ++k)
+        a[r][k] = (rows[r][k] - net.input_mean_[k]) * net.input_inverse_std_[k];
+    }
+    // The distance's columns, a vector over the block's rows each, assembled in registers (lane
+    // by lane stores read back as a vector stalled on store forwarding).
+    for (int i = 0; i < columns; ++i) {
+      DoubleVector column;
+#pragma GCC unroll 8
+      for (int r = 0; r < D; ++r) column[r] = static_cast<double>(rows[r][i]);
+      centred[i] = column - net.feature_mean_double_[i];
     }
     DoubleVector d2_block;
     distance_squared(net.distance_form_.data(), columns, centred, d2_block);
