@@ -100,22 +100,33 @@ bool invariants(const double* F, const double* u, double* out27) {
   return true;
 }
 
-DODO_MULTIVERSION
-void rest_frame_invariants(const double* F, double* out27) {
-  // Component-major copies (component[m][b] = F_b^m), so that the products of species a with
-  // species b >= a run as vector loops over b, each with minkowski_dot's operations in its
-  // order (-a0 b0 + a1 b1 + a2 b2 + a3 b3; fp-contract=off: the same bits).
-  double component[kComponents][kSpecies];
-  for (int b = 0; b < kSpecies; ++b)
-    for (int m = 0; m < kComponents; ++m) component[m][b] = F[b * kComponents + m];
-  for (int a = 0; a < kSpecies; ++a) out27[a] = component[0][a];
-  double* out = out27 + kSpecies;
+namespace {
+
+// The body of both rest_frame_invariants: products straight from the species-major values, each
+// with minkowski_dot's operations in its order (-a0 b0 + a1 b1 + a2 b2 + a3 b3; fp-contract=off:
+// the same bits), written as Out (double, or float for the network's input row). A
+// component-major copy first (for vector loops over b) stalled on store forwarding: its scalar
+// stores were read back as vectors.
+template <typename Out>
+inline __attribute__((always_inline)) void invariants_of(const double* F, Out* out27) {
+  for (int a = 0; a < kSpecies; ++a) out27[a] = static_cast<Out>(F[a * kComponents]);
+  Out* out = out27 + kSpecies;
   for (int a = 0; a < kSpecies; ++a) {
-    const double t = -component[0][a], x = component[1][a], y = component[2][a], z = component[3][a];
-    for (int b = a; b < kSpecies; ++b)
-      out[b - a] = t * component[0][b] + x * component[1][b] + y * component[2][b] + z * component[3][b];
-    out += kSpecies - a;
+    const double t = -F[a * kComponents], x = F[a * kComponents + 1], y = F[a * kComponents + 2],
+                 z = F[a * kComponents + 3];
+    for (int b = a; b < kSpecies; ++b) {
+      const double* other = F + b * kComponents;
+      *out++ = static_cast<Out>(t * other[0] + x * other[1] + y * other[2] + z * other[3]);
+    }
   }
 }
+
+}  // namespace
+
+DODO_MULTIVERSION
+void rest_frame_invariants(const double* F, double* out27) { invariants_of(F, out27); }
+
+DODO_MULTIVERSION
+void rest_frame_invariants(const double* F, float* out27) { invariants_of(F, out27); }
 
 }  // namespace dodo

@@ -80,5 +80,7 @@ bool invariants(const double* F, const double* u, double* out27);
 // The same 27 invariants from the cell in the fluid rest frame in units of N_tot (as Box3D
 // computes it): x_a = F_a^t, then the 21 products. Equal to invariants() up to rounding.
 void rest_frame_invariants(const double* F_rest_normalised, double* out27);
+// The same, each value rounded to float (the network's input row: the closure runtime).
+void rest_frame_invariants(const double* F_rest_normalised, float* out27);
 
 }  // namespace dodo

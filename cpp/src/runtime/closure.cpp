@@ -365,10 +365,8 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
       }
       if (!model_ || (rest.status & (kCellRejectedMask | kCell_NO_CROSSING))) continue;
       w.network_row[i] = static_cast<std::uint32_t>(network_rows);
-      double invariants27[kInvariants];
-      rest_frame_invariants(rest.F, invariants27);
       float* row = w.network->input_row(network_rows++);
-      for (int k = 0; k < kInvariants; ++k) row[k] = static_cast<float>(invariants27[k]);
+      rest_frame_invariants(rest.F, row);
       if (w.network->input_size() > static_cast<std::size_t>(kInvariants)) {
         // "invariants27+box7-v1": Box3D's rest-frame density changes and growth proxy (units of
         // N_tot), in this cell's packed row.
