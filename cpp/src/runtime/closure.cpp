@@ -136,18 +136,18 @@ inline bool density_only_change(const float* head_output, const RestFrameCell& r
   mean /= kFlavours;
   double dn[kSpecies];
   for (int f = 0; f < kFlavours; ++f) dn[species_index(0, f)] = dn[species_index(1, f)] = common[f] - mean;
-  // both_ends_inside (realizability.cpp) at F_box and F_box + correction; the correction's spatial
-  // components are +0 after the projection.
+  // both_ends_inside (realizability.cpp) at F_box and F_box + correction. The correction's spatial
+  // components are +0 after the projection, so both ends have the same squared flux (x + 0 is x,
+  // or +0 for x = -0: the same square).
   bool inside = true;
   for (int a = 0; a < kSpecies; ++a) {
     const double* F = rest.F + a * kComponents;
     const double* dF = rest.dF + a * kComponents;
     const double n0 = F[0] + dF[0], x0 = F[1] + dF[1], y0 = F[2] + dF[2], z0 = F[3] + dF[3];
-    const double n1 = n0 + dn[a], x1 = x0 + 0.0, y1 = y0 + 0.0, z1 = z0 + 0.0;
-    const double flux0 = x0 * x0 + y0 * y0 + z0 * z0;
-    const double flux1 = x1 * x1 + y1 * y1 + z1 * z1;
-    inside = inside & (n0 >= 0.0) & (n1 >= 0.0) & (flux0 <= (1.0 - 8.0 * DBL_EPSILON) * (n0 * n0)) &
-             (flux1 <= (1.0 - 8.0 * DBL_EPSILON) * (n1 * n1));
+    const double n1 = n0 + dn[a];
+    const double flux = x0 * x0 + y0 * y0 + z0 * z0;
+    inside = inside & (n0 >= 0.0) & (n1 >= 0.0) & (flux <= (1.0 - 8.0 * DBL_EPSILON) * (n0 * n0)) &
+             (flux <= (1.0 - 8.0 * DBL_EPSILON) * (n1 * n1));
   }
   if (!inside) return false;
   for (int a = 0; a < kSpecies; ++a) {

@@ -437,27 +437,43 @@ inline __attribute__((always_inline)) void evaluate_rows(const NativeNetwork& ne
         std::swap(in, out);
       }
     }
+    // The outputs and gates of the block's rows, one row per lane (the graph's operations in its
+    // order; std::max(x, 0) as x < 0 ? 0 : x, which keeps a NaN).
+    typedef typename VectorOf<float, Bytes / 2>::type RowFloats;  // D floats: half the doubles' bytes
+    typedef typename VectorOf<std::uint32_t, Bytes / 2>::type RowBits;
+    static_assert(VectorOf<float, Bytes / 2>::kLanes == D, "one row per lane");
+    const RowFloats zero = RowFloats{};
+    RowFloats value, log_spread, d2;
+    for (int r = 0; r < D; ++r) {
+      value[r] = result[r][0];
+      log_spread[r] = result[r][1];
+      d2[r] = static_cast<float>(d2_lanes[r]);
+    }
+    value = value * net.r_scale_;
+    RowFloats sigma;
+    exp_of<RowFloats, RowBits>(log_spread, sigma);
+    sigma = sigma - net.sigma_floor_;
+    sigma = sigma < zero ? zero : sigma;
+    RowFloats spread_gate;
+    if (net.error_per_spread_ > 0) {  // Wiener form r^2 / (r^2 + (c sigma)^2)
+      const RowFloats noise = (net.error_per_spread_ * sigma) * (net.error_per_spread_ * sigma);
+      const RowFloats signal = value * value;
+      spread_gate = signal / (signal + noise + net.tiny_);
+    } else {
+      const RowFloats ratio = sigma / net.sigma0_;
+      spread_gate = 1.0f / (1.0f + ratio * ratio);
+    }
+    RowFloats beyond = d2 - net.d2_max_;
+    beyond = beyond < zero ? zero : beyond;
+    RowFloats distance_gate;
+    exp_of<RowFloats, RowBits>(-beyond / net.d2_max_, distance_gate);
+    const RowFloats used = value * (spread_gate * distance_gate);
     for (int r = 0; r < D && first + r < n; ++r) {
       const std::size_t row = first + r;
-      const float* o = result[r];
-      const float value = o[0] * net.r_scale_;
-      const float sigma = std::max(exp_float(o[1]) - net.sigma_floor_, 0.0f);
-      const float d2 = static_cast<float>(d2_lanes[r]);
-      float spread_gate;
-      if (net.error_per_spread_ > 0) {  // Wiener form r^2 / (r^2 + (c sigma)^2)
-        const float noise = (net.error_per_spread_ * sigma) * (net.error_per_spread_ * sigma);
-        const float signal = value * value;
-        spread_gate = signal / (signal + noise + net.tiny_);
-      } else {
-        const float ratio = sigma / net.sigma0_;
-        spread_gate = 1.0f / (1.0f + ratio * ratio);
-      }
-      const float distance_gate = exp_float(-std::max(d2 - net.d2_max_, 0.0f) / net.d2_max_);
-      const float used = value * (spread_gate * distance_gate);
       float* head_row = head + row * static_cast<std::size_t>(net.output_size_);
-      for (int k = 0; k < net.output_size_; ++k) head_row[k] = used * net.pattern_[k];
-      if (uncertainty) uncertainty[row] = sigma;
-      if (log_growth_ratio) log_growth_ratio[row] = o[2];
+      for (int k = 0; k < net.output_size_; ++k) head_row[k] = used[r] * net.pattern_[k];
+      if (uncertainty) uncertainty[row] = sigma[r];
+      if (log_growth_ratio) log_growth_ratio[row] = result[r][2];
     }
   }
 }
