@@ -63,9 +63,12 @@ def test_native_and_graph_closures_agree_to_the_network_rounding(results):
         assert np.allclose(a, b, rtol=rtol, atol=1e-12 * np.abs(b).max()), name
 
 
-def test_native_evaluator_is_closer_to_the_float64_definition_than_the_float32_graph(results):
-    """Where the two disagree most, the float64 torch ensemble (what was trained) sides with the
-    native evaluator, which sums the distance in double."""
+def test_native_evaluator_is_never_farther_from_the_float64_definition_than_the_float32_graph(results):
+    """Where the two disagree most, the native evaluator (the distance summed in double) is no
+    farther from the float64 definition (what was trained) than the float32 graph, beyond float32
+    rounding: on far-out cells of some models the graph's float32 distance moved the closure by up
+    to 3e-5 N_tot; where both sit at rounding (~5e-8 N_tot, the shipped model on these cells),
+    which one is nearer is a coin toss that depends on the instruction set."""
     torch = pytest.importorskip("torch")
     from dodo.training.export import closure_float64
 
@@ -107,7 +110,7 @@ def test_native_evaluator_is_closer_to_the_float64_definition_than_the_float32_g
     native_error = np.abs(native.F_pred[worst] - reference["F_pred"]).max(axis=(1, 2)) / ntot[worst]
     graph_error = np.abs(graph.F_pred[worst] - reference["F_pred"]).max(axis=(1, 2)) / ntot[worst]
     assert native_error.max() < 1e-6, native_error
-    assert native_error.max() <= graph_error.max(), (native_error, graph_error)
+    assert native_error.max() <= max(graph_error.max(), 1e-7), (native_error, graph_error)
 
 
 def edited_package(change) -> bytes:
