@@ -6,15 +6,19 @@ namespace dodo {
 class LorentzBoost;
 
 // True when none of the values is infinite or NaN: v - v is 0 for finite v and NaN otherwise,
-// and a NaN survives the sums. Branch-free, four lanes at a time (the per-cell checks of the hot
-// paths).
-inline bool all_values_finite(const double* values, int count) {
-  double probe[4] = {0.0, 0.0, 0.0, 0.0};
+// and a NaN survives the sums. Branch-free, 32 bytes of lanes at a time (four doubles, eight
+// floats: the per-cell checks of the hot paths; floats: the network's head outputs).
+template <typename T>
+inline bool all_values_finite(const T* values, int count) {
+  constexpr int kLanes = 32 / static_cast<int>(sizeof(T));
+  T probe[kLanes] = {};
   int i = 0;
-  for (; i + 4 <= count; i += 4)
-    for (int lane = 0; lane < 4; ++lane) probe[lane] += values[i + lane] - values[i + lane];
+  for (; i + kLanes <= count; i += kLanes)
+    for (int lane = 0; lane < kLanes; ++lane) probe[lane] += values[i + lane] - values[i + lane];
   for (; i < count; ++i) probe[0] += values[i] - values[i];
-  return (probe[0] + probe[1]) + (probe[2] + probe[3]) == 0.0;
+  T total = 0;
+  for (int lane = 0; lane < kLanes; ++lane) total += probe[lane];
+  return total == 0;
 }
 
 // True when every species of the 24-value cell satisfies n >= 0 and |F| <= n, |F| evaluated as

@@ -87,17 +87,6 @@ bool learned_diagnostics(const EvaluationBuffers& network, std::size_t row, doub
   return true;
 }
 
-// True when none of `count` floats is infinite or NaN (v - v is 0 for finite v, NaN otherwise),
-// eight lanes at a time, branch-free.
-inline bool all_floats_finite(const float* values, int count) {
-  float probe[8] = {};
-  int i = 0;
-  for (; i + 8 <= count; i += 8)
-    for (int lane = 0; lane < 8; ++lane) probe[lane] += values[i + lane] - values[i + lane];
-  for (; i < count; ++i) probe[0] += values[i] - values[i];
-  return ((probe[0] + probe[1]) + (probe[2] + probe[3])) + ((probe[4] + probe[5]) + (probe[6] + probe[7])) == 0.0f;
-}
-
 // The 24 values of a cell, as inline moves: a library memmove call per cell costs more than the
 // copy itself, and the stable cells of a grid are mostly copies.
 inline void copy_cell(const double* from, double* to) {
@@ -124,9 +113,7 @@ inline void write_stable_diagnostics(const CellDiagnostics& out, std::size_t cel
 // 24-value correction and reading it back (each pass stalled on store forwarding). False, with
 // `change` unwritten, for any other cell: the general path takes it.
 inline bool density_only_change(const float* head_output, const RestFrameCell& rest, double* change) {
-  int coupled = 0;
-  for (int i = 0; i < 2 * kSpecies * kSpecies; ++i) coupled |= head_output[i] != 0.0f;
-  if (coupled) return false;
+  if (!density_only_output(head_output)) return false;
   const float* e = head_output + 2 * kSpecies * kSpecies;
   double common[kFlavours], mean = 0;
   for (int f = 0; f < kFlavours; ++f) {
@@ -168,7 +155,7 @@ std::uint32_t learned_change(Head head, const float* head_output, const RestFram
   // products of them with the cell's finite values in units of N_tot, far from overflow). Tested
   // on the network's floats: reading the correction's doubles back as vectors right after its
   // scalar stores stalled on store forwarding (measured: half of this function's time).
-  if (!all_floats_finite(head_output, head_output_size(head))) return kCell_NETWORK_NONFINITE;
+  if (!all_values_finite(head_output, head_output_size(head))) return kCell_NETWORK_NONFINITE;
   if (head == Head::kEquivariant && density_only_change(head_output, rest, change)) return 0u;
   double correction[kCellValues];
   assemble_correction(head, head_output, rest.F, rest.dF, correction);

@@ -65,10 +65,10 @@ float scalar_of(const std::map<std::string, FloatTensor>& initializers, const Js
 
 int padded(int size) { return (size + kPad - 1) / kPad * kPad; }
 
-// e^x in float32, on a float or on a vector of floats (GCC's vector extensions; std::exp is a
+// e^x in float32 on a vector of floats (GCC's vector extensions; std::exp is a
 // library call that no loop vectorises): x clamped to [-80, 88] (no denormal results), 2^k e^r
 // with |r| <= ln2/2 and e^r by its Taylor series to degree 7 (truncation 5e-9 relative, below
-// float rounding). NaN stays NaN. V is float or a vector of them, U the unsigned integers of
+// float rounding). NaN stays NaN. V is a vector of floats, U the unsigned integers of
 // the same shape. (By reference: GCC warns that vectors by value change the ABI between targets.)
 // kAboveOnly: x clamped from below only and NaN not kept, for a caller that discards the results
 // of x > 80 and of NaN (SiLU: four vector instructions fewer of its thirty); those lanes then
@@ -108,12 +108,6 @@ inline __attribute__((always_inline)) void exp_of(const V& x, V& result) {
   V scale;
   std::memcpy(&scale, &exponent, sizeof scale);
   result = p * scale;
-}
-
-inline __attribute__((always_inline)) float exp_float(float x) {
-  float result;
-  exp_of<float, std::uint32_t>(x, result);
-  return result;
 }
 
 // 1/d for d >= 1 (SiLU's 1 + e^-z, up to e^88) by Newton's iteration y <- y (2 - d y) from the
@@ -174,7 +168,7 @@ inline __attribute__((always_inline)) void dense_block(const T* x, int xs, int i
 }
 
 // z sigmoid(z) = z / (1 + e^-z) on `count` values (a multiple of the lanes; padding stays 0), a
-// vector at a time: a scalar loop calling exp_float was vectorised in the AVX-512 clone but left
+// vector at a time: a scalar loop calling a scalar exp was vectorised in the AVX-512 clone but left
 // scalar in the AVX2 one (valgrind: 3,700 instructions a row for the 128 SiLUs).
 // Below -80 the product is under 1e-33: 0, which keeps denormals (slow) out of the next layer.
 template <int Bytes>
@@ -296,15 +290,16 @@ NativeNetwork::NativeNetwork(const std::string& description, const std::map<std:
       layer.padded_outputs = padded(layer.outputs);
       if (layer.padded_outputs > kMaxWidth) unusable("has a layer wider than " + std::to_string(kMaxWidth));
       const std::vector<float> bias = vector_named(initializers, entry.array()[1], static_cast<std::size_t>(layer.outputs));
-      layer.weight_t.assign(static_cast<std::size_t>(layer.inputs) * layer.padded_outputs, 0.0f);
       layer.bias.assign(static_cast<std::size_t>(layer.padded_outputs), 0.0f);
-      for (int o = 0; o < layer.outputs; ++o) {
-        layer.bias[o] = bias[o];
-        for (int k = 0; k < layer.inputs; ++k)
-          layer.weight_t[static_cast<std::size_t>(k) * layer.padded_outputs + o] =
-              weight.values[static_cast<std::size_t>(o) * layer.inputs + k];
-      }
-      if (layer.outputs <= kNarrowOutputs) {
+      for (int o = 0; o < layer.outputs; ++o) layer.bias[o] = bias[o];
+      const bool last = &entry == &layers.array().back();
+      if (!(last && layer.outputs <= kNarrowOutputs)) {
+        layer.weight_t.assign(static_cast<std::size_t>(layer.inputs) * layer.padded_outputs, 0.0f);
+        for (int o = 0; o < layer.outputs; ++o)
+          for (int k = 0; k < layer.inputs; ++k)
+            layer.weight_t[static_cast<std::size_t>(k) * layer.padded_outputs + o] =
+                weight.values[static_cast<std::size_t>(o) * layer.inputs + k];
+      } else {
         const int padded_inputs = padded(layer.inputs);
         layer.weight_rows.assign(static_cast<std::size_t>(layer.outputs) * padded_inputs, 0.0f);
         for (int o = 0; o < layer.outputs; ++o)
@@ -428,7 +423,7 @@ inline __attribute__((always_inline)) void evaluate_rows(const NativeNetwork& ne
       float(*out)[W] = b + pass;
       for (std::size_t l = 0; l < layers; ++l) {
         const auto& layer = net.layers_[l];
-        if (!layer.weight_rows.empty() && l + 1 == layers)
+        if (!layer.weight_rows.empty())  // the last layer, when narrow
           narrow_dense<Bytes, R>(in[0], W, padded(layer.inputs), layer.weight_rows.data(), layer.outputs,
                                  layer.bias.data(), out[0], W);
         else

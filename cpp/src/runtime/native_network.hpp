@@ -57,10 +57,11 @@ class NativeNetwork {
  private:
   struct Layer {
     int inputs = 0, outputs = 0, padded_outputs = 0;  // padded to whole vectors (zero weights)
-    std::vector<float> weight_t;                      // [inputs][padded_outputs]
+    std::vector<float> weight_t;                      // [inputs][padded_outputs]; empty: weight_rows
     std::vector<float> bias;                          // [padded_outputs]
-    // A narrow layer (at most kNarrowOutputs outputs, the last one) as dot products along its
-    // rows: [outputs][padded inputs], zero beyond `inputs` (the previous layer's padding is 0).
+    // The last layer when narrow (at most kNarrowOutputs outputs), as dot products along its rows
+    // instead of weight_t: [outputs][padded inputs], zero beyond `inputs` (the previous layer's
+    // padding is 0). Empty for every other layer.
     std::vector<float> weight_rows;
   };
   static constexpr int kMaxWidth = 512;  // widest layer (padded) the stack buffers take

@@ -18,6 +18,14 @@ int head_output_size(Head head);
 Head head_from_name(const std::string& name);  // throws std::invalid_argument
 const char* head_name(Head head);
 
+// True when an equivariant head output has every c_ab and d_ab zero (the density-residual
+// ensemble's pattern): its correction changes the densities alone.
+inline bool density_only_output(const float* head_output) {
+  int coupled = 0;
+  for (int i = 0; i < 2 * kSpecies * kSpecies; ++i) coupled |= head_output[i] != 0.0f;
+  return !coupled;
+}
+
 // dF_ml from the head's raw outputs (float, as the network wrote them).
 // direct: the 24 numbers. equivariant: dF_a = sum_b c_ab F_b + sum_b d_ab dFbox_b + e_a u_rest,
 // u_rest = (1, 0, 0, 0). F_init_rest and dF_box_rest are in units of N_tot.
@@ -44,11 +52,9 @@ inline void assemble_correction(Head head, const float* head_output, const doubl
   const float* c = head_output;                    // c_ab, row-major
   const float* d = head_output + kSpecies * kSpecies;  // d_ab
   const float* e = head_output + 2 * kSpecies * kSpecies;  // e_a
-  // A density-only output (all c_ab and d_ab zero: the density-residual ensemble's pattern)
-  // is e_a u_rest alone; skipping the 288 multiply-adds by zero gives the same numbers.
-  int coupled = 0;
-  for (int i = 0; i < 2 * kSpecies * kSpecies; ++i) coupled |= head_output[i] != 0.0f;
-  if (!coupled) {
+  // A density-only output is e_a u_rest alone; skipping the 288 multiply-adds by zero gives the
+  // same numbers.
+  if (density_only_output(head_output)) {
     for (int a = 0; a < kSpecies; ++a) {
       dF_ml[value_index(a, 0)] = e[a];
       for (int m = 1; m < kComponents; ++m) dF_ml[value_index(a, m)] = 0.0;
