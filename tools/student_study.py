@@ -1,10 +1,12 @@
 """Which distilled student? Trains the config's teacher (members + growth member) once on folds 1-4
 of the training pool and distils students of several widths, step counts and growth weights; prints
 for each, on fold 0, the mean |dn|/N_tot, the states worse than Box3D by more than 0.0025 N_tot and
-the share of measured growth rates within 10%, for all states and the Emu-recipe ones, beside the
-teacher's (docs/training.md, "Distilled student").
+the share of measured growth rates within 10%, for all states and the Emu-recipe ones, and the
+share of states whose growth is more than 5% from the teacher's (a distillation loss that needs no
+label), beside the teacher's (docs/training.md, "Distilled student").
 
     python tools/student_study.py [--config training/configs/ensemble_default.yaml] [--threads 2]
+                                  [--students WIDTH:STEPS:GROWTH_WEIGHT,...]
 
 Held-out files are excluded as in training; the split is tools/gate_study.py's. Minutes on two cores.
 """
@@ -19,7 +21,7 @@ import torch
 from dodo.training import ensemble_train as et
 from dodo.training.ensemble import fit_student, predict, state_error
 
-# (width, steps, growth weight)
+# (width, steps, growth weight); --students overrides
 STUDENTS = ((32, 3000, 2.0), (48, 3000, 2.0), (64, 3000, 2.0), (32, 6000, 2.0), (32, 3000, 5.0))
 
 
@@ -27,7 +29,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="training/configs/ensemble_default.yaml")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--students", default=None,
+                        help="WIDTH:STEPS:GROWTH_WEIGHT,... (default: the five of the table in docs/training.md)")
     args = parser.parse_args()
+    students = STUDENTS if args.students is None else tuple(
+        (int(w), int(s), float(g)) for w, s, g in (item.split(":") for item in args.students.split(",")))
     config = dataclasses.replace(et.EnsembleConfig.load(args.config), threads=args.threads, distill_width=0)
     torch.set_num_threads(args.threads)
     table = et.load_table(config.data_path)
@@ -41,8 +47,15 @@ def main() -> None:
     X_test = et.features_of(table, test, config.features)
     box = state_error(table["delta_box"][test], table["delta_true"][test])
 
+    teacher_growth = None
+
     def report(name: str) -> None:
+        nonlocal teacher_growth
         out = predict(ensemble, X_test)
+        if teacher_growth is None:
+            teacher_growth = out["log_growth_ratio"]
+        # How far the student's growth is from its teacher's (distillation loss, no labels needed).
+        off_teacher = np.abs(np.exp(out["log_growth_ratio"] - teacher_growth) - 1)
         error = state_error(table["delta_box"][test] + out["r_gated"], table["delta_true"][test])
         miss = table["log_growth"][test] - out["log_growth_ratio"]
         finite = np.isfinite(miss)
@@ -50,11 +63,12 @@ def main() -> None:
         worse = error - box > 0.0025
         print(f"{name:<26} all {error.mean():.5f} worse {int(worse.sum()):4d} | Emu recipe {error[emu].mean():.5f} "
               f"worse {int(worse[emu].sum()):3d} | growth within 10% {100 * hit.mean():.1f}% "
-              f"(Emu recipe {100 * hit[emu[finite]].mean():.1f}%)", flush=True)
+              f"(Emu recipe {100 * hit[emu[finite]].mean():.1f}%) | growth off the teacher's: "
+              f"median {100 * np.median(off_teacher):.1f}%, > 5% on {100 * (off_teacher > 0.05).mean():.1f}%", flush=True)
 
     print(f"fold 0: {len(test)} states (Box3D {box.mean():.5f}); teacher on {len(train)}")
     report("teacher (members)")
-    for width, steps, growth_weight in STUDENTS:
+    for width, steps, growth_weight in students:
         ensemble.student = fit_student(ensemble, inputs, width=width, depth=config.distill_depth, steps=steps,
                                        lr=config.lr, seed=config.seed + 2000, growth_weight=growth_weight)
         report(f"student {width} wide, {steps} steps, growth weight {growth_weight:g}")
