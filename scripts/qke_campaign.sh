@@ -13,6 +13,12 @@ set -euo pipefail
 if [ "${DODO_CAMPAIGN_GROUP:-}" != inner ] && command -v setsid > /dev/null; then
   exec setsid -w env DODO_CAMPAIGN_GROUP=inner bash "$0" "$@"
 fi
+# With the kernel's autogroup scheduling on (Linux's default for desktops and many VMs), nice acts
+# only within a session's group and the new session above gets a full share of the CPU against
+# the user's training and benchmarks whatever its nice; the group's own nice makes it yield.
+if [ -w /proc/self/autogroup ]; then
+  echo "${DODO_CAMPAIGN_NICE:-10}" > /proc/self/autogroup 2> /dev/null || true
+fi
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 jobs="${1:-2}"

@@ -5,6 +5,7 @@ and prints the share of out-of-fold measured growth rates within 10% (docs/train
 
     python tools/growth_inputs_study.py [--config training/configs/ensemble_default.yaml] [--members 1]
     python tools/growth_inputs_study.py --subsets all18 --members 3   # three members averaged
+    python tools/growth_inputs_study.py --subsets all18 --members 3 --steps 6000 --width 64
 
 Held-out files are excluded as in training. One growth fit per subset, fold and member: about a
 minute each on one core.
@@ -39,6 +40,8 @@ def main() -> None:
     parser.add_argument("--config", default="training/configs/ensemble_default.yaml")
     parser.add_argument("--members", type=int, default=1, help="growth members averaged per fit (seeds 1000+)")
     parser.add_argument("--subsets", nargs="+", default=list(SUBSETS), choices=list(SUBSETS))
+    parser.add_argument("--steps", type=int, default=None, help="full-batch steps per member (default: the config's)")
+    parser.add_argument("--width", type=int, default=None, help="hidden width (default: the config's)")
     args = parser.parse_args()
     config = dataclasses.replace(et.EnsembleConfig.load(args.config), features=INVARIANTS_BOX_AND_CROSSING)
     torch.set_num_threads(1)
@@ -57,7 +60,9 @@ def main() -> None:
             predictions = []
             for seed in range(1000, 1000 + args.members):
                 member = fit_growth_member(np.concatenate([X, X_labels])[:, columns], np.concatenate([g, g_labels]),
-                                           seed=seed)
+                                           seed=seed, width=args.width or config.growth_width,
+                                           depth=config.growth_depth, steps=args.steps or config.growth_steps,
+                                           lr=config.lr, weight_decay=config.weight_decay)
                 with torch.no_grad():
                     x = torch.as_tensor(X_all[test][:, columns], dtype=torch.float32)
                     predictions.append(member(x)[:, 0].double().numpy())
@@ -67,7 +72,8 @@ def main() -> None:
             hits.append(np.abs(np.exp(-miss[finite]) - 1) <= 0.1)
             emu.append(emu_recipe[test][finite])
         hits, emu = np.concatenate(hits), np.concatenate(emu)
-        print(f"{name:<22} ({len(columns)} inputs, {args.members} member(s)) growth within 10%: all {100 * hits.mean():.1f}%, "
+        print(f"{name:<22} ({len(columns)} inputs, {args.members} member(s), width {args.width or config.growth_width}, "
+              f"{args.steps or config.growth_steps} steps) growth within 10%: all {100 * hits.mean():.1f}%, "
               f"Emu recipe {100 * hits[emu].mean():.1f}% ({len(hits)} states)", flush=True)
 
 
