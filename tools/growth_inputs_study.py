@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=None, help="hidden width (default: the config's)")
     args = parser.parse_args()
     config = dataclasses.replace(et.EnsembleConfig.load(args.config), features=INVARIANTS_BOX_AND_CROSSING)
+    width, steps = args.width or config.growth_width, args.steps or config.growth_steps
     torch.set_num_threads(1)
     table = et.load_table(config.data_path)
     order, fold_of = et.pool_folds(table, config, 5)
@@ -60,8 +61,7 @@ def main() -> None:
             predictions = []
             for seed in range(1000, 1000 + args.members):
                 member = fit_growth_member(np.concatenate([X, X_labels])[:, columns], np.concatenate([g, g_labels]),
-                                           seed=seed, width=args.width or config.growth_width,
-                                           depth=config.growth_depth, steps=args.steps or config.growth_steps,
+                                           seed=seed, width=width, depth=config.growth_depth, steps=steps,
                                            lr=config.lr, weight_decay=config.weight_decay)
                 with torch.no_grad():
                     x = torch.as_tensor(X_all[test][:, columns], dtype=torch.float32)
@@ -72,8 +72,8 @@ def main() -> None:
             hits.append(np.abs(np.exp(-miss[finite]) - 1) <= 0.1)
             emu.append(emu_recipe[test][finite])
         hits, emu = np.concatenate(hits), np.concatenate(emu)
-        print(f"{name:<22} ({len(columns)} inputs, {args.members} member(s), width {args.width or config.growth_width}, "
-              f"{args.steps or config.growth_steps} steps) growth within 10%: all {100 * hits.mean():.1f}%, "
+        print(f"{name:<22} ({len(columns)} inputs, {args.members} member(s), width {width}, {steps} steps) "
+              f"growth within 10%: all {100 * hits.mean():.1f}%, "
               f"Emu recipe {100 * hits[emu].mean():.1f}% ({len(hits)} states)", flush=True)
 
 

@@ -47,15 +47,9 @@ def main() -> None:
     X_test = et.features_of(table, test, config.features)
     box = state_error(table["delta_box"][test], table["delta_true"][test])
 
-    teacher_growth = None
-
-    def report(name: str) -> None:
-        nonlocal teacher_growth
-        out = predict(ensemble, X_test)
-        if teacher_growth is None:
-            teacher_growth = out["log_growth_ratio"]
-        # How far the student's growth is from its teacher's (distillation loss, no labels needed).
-        off_teacher = np.abs(np.exp(out["log_growth_ratio"] - teacher_growth) - 1)
+    def report(name: str, out: dict, teacher: dict) -> None:
+        # How far the growth is from the teacher's (the distillation loss, no labels needed).
+        off_teacher = np.abs(np.exp(out["log_growth_ratio"] - teacher["log_growth_ratio"]) - 1)
         error = state_error(table["delta_box"][test] + out["r_gated"], table["delta_true"][test])
         miss = table["log_growth"][test] - out["log_growth_ratio"]
         finite = np.isfinite(miss)
@@ -67,11 +61,13 @@ def main() -> None:
               f"median {100 * np.median(off_teacher):.1f}%, > 5% on {100 * (off_teacher > 0.05).mean():.1f}%", flush=True)
 
     print(f"fold 0: {len(test)} states (Box3D {box.mean():.5f}); teacher on {len(train)}")
-    report("teacher (members)")
+    teacher = predict(ensemble, X_test)  # no student yet: the members' outputs
+    report("teacher (members)", teacher, teacher)
     for width, steps, growth_weight in students:
         ensemble.student = fit_student(ensemble, inputs, width=width, depth=config.distill_depth, steps=steps,
                                        lr=config.lr, seed=config.seed + 2000, growth_weight=growth_weight)
-        report(f"student {width} wide, {steps} steps, growth weight {growth_weight:g}")
+        report(f"student {width} wide, {steps} steps, growth weight {growth_weight:g}", predict(ensemble, X_test),
+               teacher)
         ensemble.student = None
 
 
