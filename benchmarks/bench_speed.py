@@ -23,7 +23,10 @@ factors up to 0.9, random directions), boosted with |v| < 0.6, Lebedev order 17,
 box3d, closure and stable 80% write into output arrays made once before the timing (``out=``, as a
 simulation's time loop calls them), so no row pays for fresh pages (page faults and the kernel's
 zeroing); the network and naive rows allocate their outputs per call, as onnxruntime's Python
-session and the NumPy composition do.
+session and the NumPy composition do. box3d, closure and stable 80% run in turns, one repeat of
+each per round, and their ratios ("vs box3d", "x the all-crossing closure") are the medians of the
+rounds' ratios (min-max beside them): a load change between rows measured minutes apart moved
+those ratios by ~0.05 on a shared VM.
 Rates: cells per second of wall time (median of --repeats, min-max) and per core: cells per
 second of this process's CPU time (summed over its threads, so already per core; other programs
 on a shared machine disturb it less than wall time). --callgrind adds instructions per cell (valgrind's callgrind on a small run:
@@ -51,6 +54,9 @@ sys.path.insert(0, str(HERE.parent / "tests" / "python"))
 sys.path.insert(0, str(HERE))
 
 PIPELINES = ("oracle", "box3d", "network", "native", "closure", "stable80", "naive")
+# Measured in turns (one repeat of each, then the next round), so that each ratio between them is
+# taken from runs seconds apart under the same load: the ratios are medians over the rounds.
+INTERLEAVED = ("box3d", "closure", "stable80")
 
 
 def moving_cells(n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -195,22 +201,36 @@ def main() -> int:
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; {args.cells:,} moving cells, order 17, exact Z; "
           f"median of {args.repeats}")
     rows = []
+    round_ratios = {}  # (name, threads) -> per-round ratio to its reference row
     for threads in args.threads:
         for name in PIPELINES:
             if name in ("oracle", "network", "native") and threads > 1:
                 continue  # single-threaded by construction
-            function, cells = make_pipeline(name, args.cells, threads, args.oracle_cells)
-            walls, cpus = measure(function, 1 if name == "naive" and args.cells > 200_000 else args.repeats)
-            instructions = None
-            if args.callgrind and threads == 1:
-                small = args.callgrind_cells
-                instructions = (callgrind_instructions(name, small, 3) - callgrind_instructions(name, small, 1)) / (2 * small)
-            rows.append((name, threads, cells, walls, cpus, instructions))
-            del function
+            if name in INTERLEAVED[1:]:
+                continue  # measured with box3d
+            names = INTERLEAVED if name == INTERLEAVED[0] else (name,)
+            functions = [make_pipeline(each, args.cells, threads, args.oracle_cells) for each in names]
+            repeats = 1 if name == "naive" and args.cells > 200_000 else args.repeats
+            timings = [([], []) for _ in names]
+            for _ in range(repeats):
+                for (function, _cells), (walls, cpus) in zip(functions, timings):
+                    wall, cpu = measure(function, 1)
+                    walls += wall
+                    cpus += cpu
+            if len(names) > 1:  # closure / box3d and stable80 / closure, round by round (CPU time)
+                box_cpu, closure_cpu, stable_cpu = (cpus for _, cpus in timings)
+                round_ratios[("closure", threads)] = [b / c for b, c in zip(box_cpu, closure_cpu)]
+                round_ratios[("stable80", threads)] = [c / s for c, s in zip(closure_cpu, stable_cpu)]
+            for each, (_function, cells), (walls, cpus) in zip(names, functions, timings):
+                instructions = None
+                if args.callgrind and threads == 1:
+                    small = args.callgrind_cells
+                    instructions = (callgrind_instructions(each, small, 3) - callgrind_instructions(each, small, 1)) / (2 * small)
+                rows.append((each, threads, cells, walls, cpus, instructions))
+            del functions
 
     anchor = next(cells / statistics.median(c) for name, _, cells, _, c, _ in rows if name == "oracle")
     reference = {threads: cells / statistics.median(c) for name, threads, cells, _, c, _ in rows if name == "box3d"}
-    unstable = {threads: cells / statistics.median(c) for name, threads, cells, _, c, _ in rows if name == "closure"}
     print("| pipeline | threads | cells | cells/s (wall, min-max) | cells/s per core (CPU time) | vs oracle | vs box3d | "
           "instructions/cell |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -218,8 +238,13 @@ def main() -> int:
         per_core = cells / statistics.median(cpus)
         wall = f"{cells / statistics.median(walls):,.0f} ({cells / max(walls):,.0f}-{cells / min(walls):,.0f})"
         versus_box3d = f"{per_core / reference[threads]:.2f}" if threads in reference else ""
-        if name == "stable80" and threads in unstable:
-            versus_box3d += f" ({per_core / unstable[threads]:.1f}x the all-crossing closure)"
+        if name == "closure":  # the rounds' ratios: box3d and the closure measured seconds apart
+            ratios = round_ratios[(name, threads)]
+            versus_box3d = f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+        if name == "stable80":
+            ratios = round_ratios[(name, threads)]
+            versus_box3d += (f" ({statistics.median(ratios):.1f}x the all-crossing closure, "
+                             f"{min(ratios):.1f}-{max(ratios):.1f})")
         counted = f"{instructions:,.0f}" if instructions is not None else ""
         print(f"| {name} | {threads} | {cells:,} | {wall} | {per_core:,.0f} | {per_core / anchor:,.0f}x | {versus_box3d} | "
               f"{counted} |", flush=True)

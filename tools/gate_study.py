@@ -31,6 +31,7 @@ def out_of_fold(config: et.EnsembleConfig, folds: int):
         ensemble = fit_ensemble(X, r, g, members=config.members, sigma0=config.sigma0, seed=config.seed,
                                 width=config.width, depth=config.depth, steps=config.steps, lr=config.lr,
                                 weight_decay=config.weight_decay, growth_weight=config.growth_weight,
+                                batch_size=config.batch_size, epochs=config.epochs,
                                 ood_columns=OOD_COLUMNS[config.features])
         x = torch.as_tensor(et.features_of(table, test, config.features), dtype=torch.float32)
         with torch.no_grad():

@@ -6,7 +6,10 @@ share of states whose growth is more than 5% from the teacher's (a distillation 
 label), beside the teacher's (docs/training.md, "Distilled student").
 
     python tools/student_study.py [--config training/configs/ensemble_default.yaml] [--threads 2]
-                                  [--students WIDTH:STEPS:GROWTH_WEIGHT,...]
+                                  [--students WIDTH:STEPS:GROWTH_WEIGHT[:BATCH:EPOCHS],...]
+
+A student with BATCH and EPOCHS is fitted on mini-batches (STEPS unused), as distill.batch_size /
+distill.epochs in the config do.
 
 Held-out files are excluded as in training; the split is tools/gate_study.py's. Minutes on two cores.
 """
@@ -21,8 +24,17 @@ import torch
 from dodo.training import ensemble_train as et
 from dodo.training.ensemble import fit_student, predict, state_error
 
-# (width, steps, growth weight); --students overrides
-STUDENTS = ((32, 3000, 2.0), (48, 3000, 2.0), (64, 3000, 2.0), (32, 6000, 2.0), (32, 3000, 5.0))
+# (width, steps, growth weight, batch size, epochs); batch size 0: full batch; --students overrides
+STUDENTS = ((32, 3000, 2.0, 0, 0), (48, 3000, 2.0, 0, 0), (64, 3000, 2.0, 0, 0), (32, 6000, 2.0, 0, 0),
+            (32, 3000, 5.0, 0, 0))
+
+
+def parse_student(item: str) -> tuple:
+    fields = item.split(":")
+    if len(fields) not in (3, 5):
+        raise SystemExit(f"--students: {item!r} is not WIDTH:STEPS:GROWTH_WEIGHT[:BATCH:EPOCHS]")
+    batch_size, epochs = (int(fields[3]), int(fields[4])) if len(fields) == 5 else (0, 0)
+    return int(fields[0]), int(fields[1]), float(fields[2]), batch_size, epochs
 
 
 def main() -> None:
@@ -30,10 +42,13 @@ def main() -> None:
     parser.add_argument("--config", default="training/configs/ensemble_default.yaml")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--students", default=None,
-                        help="WIDTH:STEPS:GROWTH_WEIGHT,... (default: the five of the table in docs/training.md)")
+                        help="WIDTH:STEPS:GROWTH_WEIGHT[:BATCH:EPOCHS],... (default: the five of the table in "
+                             "docs/training.md)")
+    parser.add_argument("--sampled-states", type=int, default=None,
+                        help="unlabelled sampled states added to the students' inputs (default: the config's "
+                             "distill.sampled_states)")
     args = parser.parse_args()
-    students = STUDENTS if args.students is None else tuple(
-        (int(w), int(s), float(g)) for w, s, g in (item.split(":") for item in args.students.split(",")))
+    students = STUDENTS if args.students is None else tuple(parse_student(item) for item in args.students.split(","))
     config = dataclasses.replace(et.EnsembleConfig.load(args.config), threads=args.threads, distill_width=0)
     torch.set_num_threads(args.threads)
     table = et.load_table(config.data_path)
@@ -44,6 +59,12 @@ def main() -> None:
     ensemble = et.train_on(table, train, config, growth_table=growth_table)
     inputs = np.concatenate([et._training_arrays(table, train, config)[0],
                              et._training_arrays(growth_table, np.arange(len(growth_table["r"])), config)[0]])
+    sampled_states = config.distill_sampled_states if args.sampled_states is None else args.sampled_states
+    if sampled_states:  # as train_on adds them (the training rows' family mix)
+        sampled = et.sampled_state_table(sampled_states, et.family_shares(table["sources"][train]), config.seed + 3000,
+                                         et._box3d_dict(table["box3d"]))
+        inputs = np.concatenate([inputs, et._training_arrays(sampled, np.arange(len(sampled["r"])), config)[0]])
+        print(f"students: {len(inputs)} input rows with {len(sampled['r'])} sampled states (mirrored)")
     X_test = et.features_of(table, test, config.features)
     box = state_error(table["delta_box"][test], table["delta_true"][test])
 
@@ -63,10 +84,12 @@ def main() -> None:
     print(f"fold 0: {len(test)} states (Box3D {box.mean():.5f}); teacher on {len(train)}")
     teacher = predict(ensemble, X_test)  # no student yet: the members' outputs
     report("teacher (members)", teacher, teacher)
-    for width, steps, growth_weight in students:
+    for width, steps, growth_weight, batch_size, epochs in students:
         ensemble.student = fit_student(ensemble, inputs, width=width, depth=config.distill_depth, steps=steps,
-                                       lr=config.lr, seed=config.seed + 2000, growth_weight=growth_weight)
-        report(f"student {width} wide, {steps} steps, growth weight {growth_weight:g}", predict(ensemble, X_test),
+                                       lr=config.lr, seed=config.seed + 2000, growth_weight=growth_weight,
+                                       batch_size=batch_size, epochs=epochs)
+        schedule = f"{epochs} epochs of {batch_size}" if batch_size else f"{steps} steps"
+        report(f"student {width} wide, {schedule}, growth weight {growth_weight:g}", predict(ensemble, X_test),
                teacher)
         ensemble.student = None
 

@@ -205,6 +205,75 @@ def test_member_row_weights_decide_which_rows_are_fitted():
     assert np.median(prediction) > 0.8
 
 
+def test_mini_batch_members_fit_what_full_batch_ones_fit_and_are_reproducible():
+    """batch_size/epochs (docs/training.md): for the same arithmetic (20 passes over the rows)
+    mini-batch members fit a smooth target better than full-batch ones, the same seed gives the
+    same network, and growth members take the same options."""
+    import torch
+
+    from dodo.training.ensemble import fit_growth_member, fit_member
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(2000, 4))
+    r = np.sin(X[:, 0]) + 0.5 * X[:, 1] * X[:, 2]
+    x = torch.as_tensor(X, dtype=torch.float32)
+
+    def error(member):
+        with torch.no_grad():
+            return float(np.mean(np.abs(member(x)[:, 0].numpy() - r)))
+
+    full = fit_member(X, r, np.full(2000, np.nan), seed=0, width=32, steps=20)
+    mini = fit_member(X, r, np.full(2000, np.nan), seed=0, width=32, batch_size=256, epochs=20)
+    again = fit_member(X, r, np.full(2000, np.nan), seed=0, width=32, batch_size=256, epochs=20)
+    assert error(mini) < 0.5 * np.mean(np.abs(r - r.mean()))  # learned, not the mean
+    assert error(mini) < 0.5 * error(full)
+    assert all(torch.equal(a, b) for a, b in zip(mini.state_dict().values(), again.state_dict().values()))
+    growth = fit_growth_member(X, r, seed=0, width=32, batch_size=256, epochs=20)
+    assert error(growth) < 0.5 * np.mean(np.abs(r - r.mean()))
+
+
+@pytest.mark.parametrize("section, keys, message", [
+    ("ensemble", {"batch_size": 256}, "batch_size needs epochs"),
+    ("growth", {"batch_size": 64, "epochs": -1}, "growth_epochs must be an integer >= 0"),
+    ("distill", {"batch_size": 64}, "distill_batch_size needs distill_epochs"),
+    ("distill", {"sampled_states": 1.5}, "distill.sampled_states must be an integer >= 0"),
+    ("growth", {"lr": -1.0}, "growth.lr must be a finite number >= 0"),
+])
+def test_mini_batch_config_errors(tmp_path, section, keys, message):
+    import yaml
+
+    from dodo.training.config import ConfigError
+    from dodo.training.ensemble_train import EnsembleConfig
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"data": {"path": "x.h5"}, section: keys}))
+    with pytest.raises(ConfigError, match=message):
+        EnsembleConfig.load(str(path))
+
+
+def test_sampled_states_are_unlabelled_crossing_states_in_the_family_mix():
+    """distill.sampled_states: states drawn by the campaign's samplers, split by the training
+    files' family shares, every one crossing, with finite features and no labels."""
+    from dodo.qke.directions import uniform_sphere
+    from dodo.qke.linear import pair_lepton_numbers
+    from dodo.training import ensemble_train as et
+
+    shares = et.family_shares(["a/emu_seed1.h5", "a/random_crossing_seed3.h5", "b/merger_seed2.h5",
+                               "b/merger_seed4.h5"])
+    assert shares == {"emu": 0.5, "merger": 0.5}
+    table = et.sampled_state_table(40, shares, seed=0, box3d_settings=et._box3d_dict(""))
+    n = len(table["r"])
+    assert 36 <= n <= 40 and np.isnan(table["r"]).all() and np.isnan(table["log_growth"]).all()
+    names = [Path(str(s)).name for s in table["sources"]]
+    assert 15 <= names.count("emu_sampled.h5") <= 20 and 15 <= names.count("merger_sampled.h5") <= 20
+    config = et.EnsembleConfig(features="invariants27+box7+eln18-v1")
+    X = et._training_arrays(table, np.arange(n), config)[0]
+    assert X.shape == (2 * n, 52) and np.isfinite(X).all()
+    F_rest = np.asarray(table["rest"]["F_init_rest"])
+    lepton = pair_lepton_numbers(F_rest[0], uniform_sphere(16))
+    assert (lepton > 0).any() and (lepton < 0).any()
+
+
 def test_wiener_spread_gate_keeps_large_corrections_and_drops_uncertain_ones():
     """The Wiener gate r^2 / (r^2 + (c sigma)^2): 1 without spread, 1/2 where |r| = c sigma, to 0
     where the correction is small against its expected error, never NaN (r = sigma = 0)."""

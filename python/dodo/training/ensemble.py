@@ -214,24 +214,44 @@ def _normalised_member(X: np.ndarray, width: int, depth: int, n_outputs: int) ->
     return member
 
 
-def _fit_full_batch(module: nn.Module, loss_of, steps: int, lr: float, weight_decay: float) -> nn.Module:
-    """``steps`` full-batch AdamW steps with cosine decay on ``loss_of(module)``; returns it in eval mode."""
+def _fit(module: nn.Module, loss_of, rows: int, steps: int, lr: float, weight_decay: float,
+         batch_size: int = 0, epochs: int = 0, seed: int = 0) -> nn.Module:
+    """Fits ``module`` with AdamW on ``loss_of(module, index)`` and returns it in eval mode.
+    batch_size 0: ``steps`` full-batch steps (index None) with cosine decay. batch_size > 0:
+    ``epochs`` passes over the ``rows`` rows in shuffled mini-batches (index: a tensor of row
+    numbers), the rate warmed up over the first 5% of the steps and then annealed (one cycle).
+    Mini-batches give far more updates for the same arithmetic: on the pool, 40 epochs of
+    batches of 256 fit the density members better in a fifth of the time (docs/training.md)."""
     optimiser = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
-    for _ in range(steps):
-        loss = loss_of(module)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        schedule.step()
+    if batch_size <= 0:
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
+        batches = ([None] for _ in range(steps))
+    else:
+        per_epoch = (rows + batch_size - 1) // batch_size
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=epochs * per_epoch,
+                                                       pct_start=0.05)
+        generator = torch.Generator().manual_seed(seed)
+        batches = (torch.randperm(rows, generator=generator).split(batch_size) for _ in range(epochs))
+    for epoch in batches:
+        for index in epoch:
+            loss = loss_of(module, index)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            schedule.step()
     return module.eval()
+
+
+def _rows(tensor: torch.Tensor, index):
+    return tensor if index is None else tensor[index]
 
 
 def fit_member(X: np.ndarray, r: np.ndarray, log_growth: np.ndarray, seed: int, width: int = 64, depth: int = 2,
                steps: int = 2000, lr: float = 3e-3, weight_decay: float = 1e-4, growth_weight: float = 0.5,
-               r_scale: float = 1.0, weights: np.ndarray | None = None) -> Member:
-    """One member, full-batch AdamW with cosine decay on L1 losses (the metric is an L1 of delta);
-    ``weights`` [n] (None: all 1) weight each row's density loss (noise-aware training)."""
+               r_scale: float = 1.0, weights: np.ndarray | None = None, batch_size: int = 0,
+               epochs: int = 0) -> Member:
+    """One member, AdamW on L1 losses (the metric is an L1 of delta), full batch or mini-batches
+    (_fit); ``weights`` [n] (None: all 1) weight each row's density loss (noise-aware training)."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     member = _normalised_member(X, width, depth, n_outputs=2)
@@ -244,20 +264,21 @@ def fit_member(X: np.ndarray, r: np.ndarray, log_growth: np.ndarray, seed: int, 
     target_g = torch.where(has_growth, target_g, torch.zeros_like(target_g))
     row_weight = None if weights is None else torch.as_tensor(weights, dtype=torch.float32)[pick]
 
-    def loss_of(network):
-        out = network(inputs)
-        error = (out[:, 0] - target_r).abs()
-        loss = error.mean() if row_weight is None else (error * row_weight).mean()
+    def loss_of(network, index):
+        out = network(_rows(inputs, index))
+        error = (out[:, 0] - _rows(target_r, index)).abs()
+        loss = error.mean() if row_weight is None else (error * _rows(row_weight, index)).mean()
         if growth_weight > 0:
-            loss = loss + growth_weight * ((out[:, 1] - target_g).abs() * has_growth).mean()
+            loss = loss + growth_weight * ((out[:, 1] - _rows(target_g, index)).abs() * _rows(has_growth, index)).mean()
         return loss
 
-    return _fit_full_batch(member, loss_of, steps, lr, weight_decay)
+    return _fit(member, loss_of, len(inputs), steps, lr, weight_decay, batch_size, epochs, seed)
 
 
 def fit_growth_member(X: np.ndarray, log_growth: np.ndarray, seed: int, width: int = 64, depth: int = 2,
-                      steps: int = 2000, lr: float = 3e-3, weight_decay: float = 1e-4) -> Member:
-    """One growth member: log(growth / Box3D proxy) from features, L1 loss, bagged like fit_member."""
+                      steps: int = 2000, lr: float = 3e-3, weight_decay: float = 1e-4, batch_size: int = 0,
+                      epochs: int = 0) -> Member:
+    """One growth member: log(growth / Box3D proxy) from features, L1 loss, bagged and fitted like fit_member."""
     finite = np.isfinite(log_growth)
     X, log_growth = X[finite], log_growth[finite]
     generator = torch.Generator().manual_seed(seed)
@@ -266,17 +287,19 @@ def fit_growth_member(X: np.ndarray, log_growth: np.ndarray, seed: int, width: i
     pick = torch.randint(0, len(X), (len(X),), generator=generator)
     inputs = torch.as_tensor(X, dtype=torch.float32)[pick]
     target = torch.as_tensor(log_growth, dtype=torch.float32)[pick]
-    return _fit_full_batch(member, lambda network: (network(inputs)[:, 0] - target).abs().mean(),
-                           steps, lr, weight_decay)
+    return _fit(member, lambda network, index: (network(_rows(inputs, index))[:, 0] - _rows(target, index)).abs().mean(),
+                len(inputs), steps, lr, weight_decay, batch_size, epochs, seed)
 
 
 SIGMA_FLOOR = 1e-5  # N_tot: the student learns log(sigma + floor); sigma0 = 0.01 makes the floor irrelevant
 
 
 def fit_student(ensemble: "DensityResidualEnsemble", X: np.ndarray, width: int = 48, depth: int = 2,
-                steps: int = 3000, lr: float = 3e-3, seed: int = 0, growth_weight: float = 0.5) -> Member:
+                steps: int = 3000, lr: float = 3e-3, seed: int = 0, growth_weight: float = 0.5,
+                batch_size: int = 0, epochs: int = 0) -> Member:
     """One small network trained to reproduce the members' mean r, spread and growth on inputs X
-    (training rows and unlabelled in-distribution states); L1 losses, full batch, AdamW + cosine."""
+    (training rows and unlabelled in-distribution states); L1 losses, AdamW, full batch or
+    mini-batches (_fit)."""
     torch.manual_seed(seed)
     inputs = torch.as_tensor(X, dtype=torch.float32)
     with torch.no_grad():
@@ -284,8 +307,10 @@ def fit_student(ensemble: "DensityResidualEnsemble", X: np.ndarray, width: int =
     targets = torch.stack([r_mean / ensemble.r_scale, torch.log(sigma + SIGMA_FLOOR), growth], dim=1)
     weights = torch.tensor([1.0, 0.3, float(growth_weight)])
     student = _normalised_member(X, width, depth, n_outputs=3)
-    return _fit_full_batch(student, lambda network: ((network(inputs) - targets).abs() * weights).mean(),
-                           steps, lr, weight_decay=0.0)
+    def loss_of(network, index):
+        return ((network(_rows(inputs, index)) - _rows(targets, index)).abs() * weights).mean()
+
+    return _fit(student, loss_of, len(inputs), steps, lr, 0.0, batch_size, epochs, seed)
 
 
 def feature_statistics(X: np.ndarray, quantile: float = 0.995) -> tuple[np.ndarray, np.ndarray, float]:
@@ -301,7 +326,8 @@ def feature_statistics(X: np.ndarray, quantile: float = 0.995) -> tuple[np.ndarr
 def fit_ensemble(X: np.ndarray, r: np.ndarray, log_growth: np.ndarray, members: int = 8, sigma0: float = 0.01,
                  seed: int = 0, log=None, error_per_spread: float = 0.0, ood_columns: int | None = None,
                  **member_options) -> DensityResidualEnsemble:
-    # member_options: fit_member's (width, depth, steps, lr, weight_decay, growth_weight, weights)
+    # member_options: fit_member's (width, depth, steps, lr, weight_decay, growth_weight, weights,
+    # batch_size, epochs)
     """Train ``members`` bagged members on features X [n, F], residuals r [n] and log growth ratios [n];
     the distance gate uses the first ``ood_columns`` features (None: all)."""
     r_scale = float(np.std(r)) or 1.0

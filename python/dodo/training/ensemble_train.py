@@ -37,6 +37,10 @@ class EnsembleConfig:
     width: int = 32
     depth: int = 2
     steps: int = 2000
+    # batch_size > 0: `epochs` passes of mini-batches of this many rows instead of `steps`
+    # full-batch steps (here and in the growth and distill sections; ensemble._fit).
+    batch_size: int = 0
+    epochs: int = 0
     lr: float = 3e-3
     weight_decay: float = 1e-4
     growth_weight: float = 0.5
@@ -56,11 +60,17 @@ class EnsembleConfig:
     growth_width: int = 64
     growth_depth: int = 2
     growth_steps: int = 2000
+    growth_batch_size: int = 0
+    growth_epochs: int = 0
+    growth_lr: float = 0.0  # 0: lr
     # Distillation (0: ship the members themselves): one network of this width reproduces the
     # members' mean, spread and growth and alone runs at inference (docs/training.md).
     distill_width: int = 0
     distill_depth: int = 2
     distill_steps: int = 3000
+    distill_batch_size: int = 0
+    distill_epochs: int = 0
+    distill_sampled_states: int = 0  # unlabelled states drawn by the campaign's samplers, for the student
     distill_growth_weight: float = 0.5
 
     @classmethod
@@ -78,7 +88,9 @@ class EnsembleConfig:
                  "output.checkpoint": "checkpoint", "growth.data": "growth_data", "growth.members": "growth_members",
                  "growth.width": "growth_width", "growth.depth": "growth_depth", "growth.steps": "growth_steps",
                  "distill.width": "distill_width", "distill.depth": "distill_depth", "distill.steps": "distill_steps",
-                 "distill.growth_weight": "distill_growth_weight"}
+                 "distill.growth_weight": "distill_growth_weight", "growth.batch_size": "growth_batch_size",
+                 "growth.epochs": "growth_epochs", "growth.lr": "growth_lr", "distill.batch_size": "distill_batch_size",
+                 "distill.epochs": "distill_epochs", "distill.sampled_states": "distill_sampled_states"}
         config = cls()
         for key, value in flat.items():
             name = names.get(key, key.split(".")[-1])
@@ -114,6 +126,18 @@ class EnsembleConfig:
             raise ConfigError(f"growth.members must be an integer >= 0; got {self.growth_members!r}")
         if isinstance(self.distill_width, bool) or not isinstance(self.distill_width, int) or self.distill_width < 0:
             raise ConfigError(f"distill.width must be an integer >= 0; got {self.distill_width!r}")
+        value = self.distill_sampled_states
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"distill.sampled_states must be an integer >= 0; got {value!r}")
+        for prefix in ("", "growth_", "distill_"):
+            batch_size, epochs = getattr(self, prefix + "batch_size"), getattr(self, prefix + "epochs")
+            for name, value in ((prefix + "batch_size", batch_size), (prefix + "epochs", epochs)):
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise ConfigError(f"{name} must be an integer >= 0; got {value!r}")
+            if batch_size and not epochs:
+                raise ConfigError(f"{prefix}batch_size needs {prefix}epochs >= 1 (mini-batch training runs epochs, not steps)")
+        if not (isinstance(self.growth_lr, (int, float)) and np.isfinite(self.growth_lr) and self.growth_lr >= 0):
+            raise ConfigError(f"growth.lr must be a finite number >= 0 (0: the members' lr); got {self.growth_lr!r}")
         if self.growth_data and not self.growth_members:
             raise ConfigError("growth.data needs growth.members >= 1 (the members trained on it)")
 
@@ -253,6 +277,47 @@ def growth_label_table(patterns, holdout, box3d_settings: dict, calibration: flo
     return table
 
 
+def sampled_state_table(count: int, family_shares: dict, seed: int, box3d_settings: dict,
+                        max_flux_factor: float = 0.96) -> dict:
+    """``count`` unlabelled crossing states drawn by the campaign's samplers (dodo.qke.states),
+    split between families by ``family_shares`` (family -> share), as a table without labels
+    (r and growth NaN): inputs on which the student learns to agree with its teacher. Rows that
+    Box3D rejects or that exceed ``max_flux_factor`` are left out, as for the growth labels."""
+    from dodo.qke.states import family_states
+
+    from .preprocess import box3d_rejected_mask
+    from .readers import flux_factor
+
+    rng = np.random.default_rng(seed)
+    total = sum(family_shares.values())
+    parts, sources = [], []
+    for family, share in sorted(family_shares.items()):
+        n = int(round(count * share / total))
+        if n:
+            parts.append(family_states(family, n, rng))
+            sources += [f"sampled/{family}_sampled.h5"] * n
+    F_init = np.concatenate(parts)
+    box = _box3d_at_rest(F_init, box3d_settings)
+    proxy = np.asarray(box.growth_rate, float)
+    keep = (~box3d_rejected_mask(np.asarray(box.status).astype(np.uint32))
+            & (flux_factor(F_init) < max_flux_factor).all(axis=1) & (proxy > 0))
+    F_box = np.asarray(box.F_box, float)[keep]
+    table = _table_at_rest(F_init[keep], F_box, F_box, np.full(int(keep.sum()), np.nan), proxy[keep],
+                           np.asarray(sources)[keep], box3d=box3d_settings)
+    table["r"] = np.full(int(keep.sum()), np.nan)
+    return table
+
+
+def family_shares(sources) -> dict:
+    """Share of each campaign family (dodo.qke.states.STATE_FAMILIES) among solver files ``sources``;
+    the Emu-recipe families of the first campaigns count as "emu"."""
+    from dodo.qke.states import STATE_FAMILIES
+
+    families = [Path(str(source)).name.split("_seed")[0] for source in sources]
+    families = ["emu" if family in EMU_RECIPE_FAMILIES else family for family in families]
+    return {family: families.count(family) / len(families) for family in STATE_FAMILIES if family in families}
+
+
 def holdout_mask(sources, patterns) -> np.ndarray:
     names = [Path(str(s)).name for s in sources]
     return np.array([any(fnmatch.fnmatch(name, p) for p in patterns) for name in names], bool)
@@ -288,7 +353,8 @@ def train_on(table: dict, rows: np.ndarray, config: EnsembleConfig, members: int
                             ood_columns=OOD_COLUMNS[config.features],
                             error_per_spread=config.error_per_spread,
                             log=log, width=config.width, depth=config.depth, steps=config.steps, lr=config.lr,
-                            weight_decay=config.weight_decay, growth_weight=config.growth_weight)
+                            weight_decay=config.weight_decay, growth_weight=config.growth_weight,
+                            batch_size=config.batch_size, epochs=config.epochs)
     ensemble.features = config.features
     if config.growth_members:
         if growth_table is not None:
@@ -297,15 +363,22 @@ def train_on(table: dict, rows: np.ndarray, config: EnsembleConfig, members: int
         for k in range(config.growth_members):
             ensemble.growth_members.append(fit_growth_member(
                 X, g, seed=config.seed + 1000 + k, width=config.growth_width, depth=config.growth_depth,
-                steps=config.growth_steps, lr=config.lr, weight_decay=config.weight_decay))
+                steps=config.growth_steps, lr=config.growth_lr or config.lr, weight_decay=config.weight_decay,
+                batch_size=config.growth_batch_size, epochs=config.growth_epochs))
             if log:
                 log(f"growth member {k + 1}/{config.growth_members} trained on {int(np.isfinite(g).sum())} rows")
     if config.distill_width:
         # The student sees the training rows and the (unlabelled for density) growth-label states:
-        # in-distribution inputs where it must agree with the members.
+        # in-distribution inputs where it must agree with the members; plus distill.sampled_states
+        # states drawn by the campaign's samplers in the training rows' family mix.
+        if config.distill_sampled_states:
+            sampled = sampled_state_table(config.distill_sampled_states, family_shares(table["sources"][rows]),
+                                          config.seed + 3000, _box3d_dict(table["box3d"]))
+            X = np.concatenate([X, _training_arrays(sampled, np.arange(len(sampled["r"])), config)[0]])
         ensemble.student = fit_student(ensemble, X, width=config.distill_width, depth=config.distill_depth,
                                        steps=config.distill_steps, lr=config.lr, seed=config.seed + 2000,
-                                       growth_weight=config.distill_growth_weight)
+                                       growth_weight=config.distill_growth_weight,
+                                       batch_size=config.distill_batch_size, epochs=config.distill_epochs)
         if log:
             log(f"student ({config.distill_width} wide) distilled on {len(X)} rows")
     return ensemble
