@@ -44,7 +44,7 @@ def test_default_model_is_the_qke_trained_ensemble_and_passes_its_self_test():
 def test_default_model_beats_box3d_on_real_emu_runs_it_never_saw(report):
     print(json.dumps({k: report[k] for k in ("model", "box3d", "difference", "states_worse_than_box3d")}, indent=1))
     assert abs(report["box3d"]["mean"] - 0.0065) < 0.0002  # the shared README's reference value
-    assert report["model"]["mean"] < 0.50 * report["box3d"]["mean"]  # measured 0.38x
+    assert report["model"]["mean"] < 0.50 * report["box3d"]["mean"]  # measured 0.33x
     assert report["states_worse_than_box3d"] <= 1  # measured 0 of 32
     assert report["difference"]["ci95"][1] < 0  # the 95% bootstrap interval of the difference excludes zero
 
@@ -52,7 +52,7 @@ def test_default_model_beats_box3d_on_real_emu_runs_it_never_saw(report):
 def test_default_model_growth_rate_beats_the_box3d_proxy(report):
     growth = report["growth_rate"]
     assert growth["model"]["within_10_percent"] > growth["box3d_proxy"]["within_10_percent"]
-    assert growth["model"]["within_10_percent"] >= 0.75  # measured 91% (29 of 32; training/models/README.md)
+    assert growth["model"]["within_10_percent"] >= 0.75  # measured 84% (27 of 32; training/models/README.md)
     assert abs(growth["model"]["median_ratio"] - 1) < abs(growth["box3d_proxy"]["median_ratio"] - 1)
 
 
