@@ -293,9 +293,11 @@ def sampled_state_table(count: int, family_shares: dict, seed: int, box3d_settin
     parts, sources = [], []
     for family, share in sorted(family_shares.items()):
         n = int(round(count * share / total))
-        if n:
-            parts.append(family_states(family, n, rng))
-            sources += [f"sampled/{family}_sampled.h5"] * n
+        # In chunks: each call of the sampler has its own budget of draws (a few crossing states per
+        # hundred draws at worst), so any count is reachable.
+        for start in range(0, n, 5000):
+            parts.append(family_states(family, min(5000, n - start), rng))
+        sources += [f"sampled/{family}_sampled.h5"] * n
     F_init = np.concatenate(parts)
     box = _box3d_at_rest(F_init, box3d_settings)
     proxy = np.asarray(box.growth_rate, float)
