@@ -40,11 +40,16 @@ def main() -> None:
     parser.add_argument("--config", default="training/configs/ensemble_default.yaml")
     parser.add_argument("--members", type=int, default=1, help="growth members averaged per fit (seeds 1000+)")
     parser.add_argument("--subsets", nargs="+", default=list(SUBSETS), choices=list(SUBSETS))
-    parser.add_argument("--steps", type=int, default=None, help="full-batch steps per member (default: the config's)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="full-batch steps per member (default: the config's growth schedule, mini-batches if it "
+                             "has growth.batch_size)")
     parser.add_argument("--width", type=int, default=None, help="hidden width (default: the config's)")
     args = parser.parse_args()
     config = dataclasses.replace(et.EnsembleConfig.load(args.config), features=INVARIANTS_BOX_AND_CROSSING)
     width, steps = args.width or config.growth_width, args.steps or config.growth_steps
+    # --steps asks for full-batch fits; otherwise the config's own schedule (batch_size 0: full batch).
+    batch_size, epochs = (0, 0) if args.steps else (config.growth_batch_size, config.growth_epochs)
+    schedule = f"{epochs} epochs of {batch_size}" if batch_size else f"{steps} steps"
     torch.set_num_threads(1)
     table = et.load_table(config.data_path)
     order, fold_of = et.pool_folds(table, config, 5)
@@ -62,7 +67,8 @@ def main() -> None:
             for seed in range(1000, 1000 + args.members):
                 member = fit_growth_member(np.concatenate([X, X_labels])[:, columns], np.concatenate([g, g_labels]),
                                            seed=seed, width=width, depth=config.growth_depth, steps=steps,
-                                           lr=config.lr, weight_decay=config.weight_decay)
+                                           lr=config.growth_learning_rate, weight_decay=config.weight_decay,
+                                           batch_size=batch_size, epochs=epochs)
                 with torch.no_grad():
                     x = torch.as_tensor(X_all[test][:, columns], dtype=torch.float32)
                     predictions.append(member(x)[:, 0].double().numpy())
@@ -72,7 +78,7 @@ def main() -> None:
             hits.append(np.abs(np.exp(-miss[finite]) - 1) <= 0.1)
             emu.append(emu_recipe[test][finite])
         hits, emu = np.concatenate(hits), np.concatenate(emu)
-        print(f"{name:<22} ({len(columns)} inputs, {args.members} member(s), width {width}, {steps} steps) "
+        print(f"{name:<22} ({len(columns)} inputs, {args.members} member(s), width {width}, {schedule}) "
               f"growth within 10%: all {100 * hits.mean():.1f}%, "
               f"Emu recipe {100 * hits[emu].mean():.1f}% ({len(hits)} states)", flush=True)
 

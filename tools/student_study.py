@@ -61,10 +61,9 @@ def main() -> None:
                              et._training_arrays(growth_table, np.arange(len(growth_table["r"])), config)[0]])
     sampled_states = config.distill_sampled_states if args.sampled_states is None else args.sampled_states
     if sampled_states:  # as train_on adds them (the training rows' family mix)
-        sampled = et.sampled_state_table(sampled_states, et.family_shares(table["sources"][train]), config.seed + 3000,
-                                         et._box3d_dict(table["box3d"]))
-        inputs = np.concatenate([inputs, et._training_arrays(sampled, np.arange(len(sampled["r"])), config)[0]])
-        print(f"students: {len(inputs)} input rows with {len(sampled['r'])} sampled states (mirrored)")
+        extra = et.sampled_inputs(table, train, config, sampled_states)
+        inputs = np.concatenate([inputs, extra])
+        print(f"students: {len(inputs)} input rows with {len(extra)} sampled state rows (mirrored)")
     X_test = et.features_of(table, test, config.features)
     box = state_error(table["delta_box"][test], table["delta_true"][test])
 

@@ -62,7 +62,7 @@ class EnsembleConfig:
     growth_steps: int = 2000
     growth_batch_size: int = 0
     growth_epochs: int = 0
-    growth_lr: float = 0.0  # 0: lr
+    growth_lr: float = 0.0  # 0: lr (growth_learning_rate)
     # Distillation (0: ship the members themselves): one network of this width reproduces the
     # members' mean, spread and growth and alone runs at inference (docs/training.md).
     distill_width: int = 0
@@ -72,6 +72,11 @@ class EnsembleConfig:
     distill_epochs: int = 0
     distill_sampled_states: int = 0  # unlabelled states drawn by the campaign's samplers, for the student
     distill_growth_weight: float = 0.5
+
+    @property
+    def growth_learning_rate(self) -> float:
+        """The growth members' learning rate: growth.lr, or the members' lr when it is 0."""
+        return self.growth_lr or self.lr
 
     @classmethod
     def load(cls, path: str, overrides: dict | None = None) -> "EnsembleConfig":
@@ -249,9 +254,6 @@ def growth_label_table(patterns, holdout, box3d_settings: dict, calibration: flo
 
     from dodo.conventions import from_emu_layout
 
-    from .preprocess import box3d_rejected_mask
-    from .readers import flux_factor
-
     paths = sorted({p for pattern in patterns for p in glob.glob(pattern)})
     paths = [p for p in paths if not holdout_mask([p], holdout)[0]]
     F_parts, rate_parts, sources = [], [], []
@@ -265,15 +267,28 @@ def growth_label_table(patterns, holdout, box3d_settings: dict, calibration: flo
     if not paths or not sum(len(r) for r in rate_parts):
         return None
     F_init, linear = np.concatenate(F_parts), np.concatenate(rate_parts)
+    table = _unlabelled_density_table(F_init, calibration * linear, sources, box3d_settings, max_flux_factor)
+    table["calibration"] = calibration
+    return table
+
+
+def _unlabelled_density_table(F_init, growth_rate, sources, box3d_settings: dict, max_flux_factor: float) -> dict:
+    """A table of rest-frame states without density labels (r NaN) and growth labels ``growth_rate``
+    (None: no growth labels either, growth NaN); rows that Box3D rejects, that reach
+    ``max_flux_factor``, or whose Box3D proxy or (given) growth label is not positive are left out."""
+    from .preprocess import box3d_rejected_mask
+    from .readers import flux_factor
+
     box = _box3d_at_rest(F_init, box3d_settings)
     proxy = np.asarray(box.growth_rate, float)
-    keep = (~box3d_rejected_mask(np.asarray(box.status).astype(np.uint32)) & (flux_factor(F_init) < max_flux_factor).all(axis=1)
-            & (linear > 0) & (proxy > 0))
+    labelled = growth_rate is not None
+    growth_rate = np.asarray(growth_rate, float) if labelled else np.full(len(F_init), np.nan)
+    keep = (~box3d_rejected_mask(np.asarray(box.status).astype(np.uint32))
+            & (flux_factor(F_init) < max_flux_factor).all(axis=1) & (proxy > 0) & ((growth_rate > 0) | (not labelled)))
     F_box = np.asarray(box.F_box, float)[keep]
-    table = _table_at_rest(F_init[keep], F_box, F_box, calibration * linear[keep], proxy[keep],
-                           np.asarray(sources)[keep], box3d=box3d_settings)
-    table["r"] = np.full(len(linear), np.nan)  # growth-only rows
-    table["calibration"] = calibration
+    table = _table_at_rest(F_init[keep], F_box, F_box, growth_rate[keep], proxy[keep], np.asarray(sources)[keep],
+                           box3d=box3d_settings)
+    table["r"] = np.full(int(keep.sum()), np.nan)
     return table
 
 
@@ -284,9 +299,6 @@ def sampled_state_table(count: int, family_shares: dict, seed: int, box3d_settin
     (r and growth NaN): inputs on which the student learns to agree with its teacher. Rows that
     Box3D rejects or that exceed ``max_flux_factor`` are left out, as for the growth labels."""
     from dodo.qke.states import family_states
-
-    from .preprocess import box3d_rejected_mask
-    from .readers import flux_factor
 
     rng = np.random.default_rng(seed)
     total = sum(family_shares.values())
@@ -299,15 +311,15 @@ def sampled_state_table(count: int, family_shares: dict, seed: int, box3d_settin
             parts.append(family_states(family, min(5000, n - start), rng))
         sources += [f"sampled/{family}_sampled.h5"] * n
     F_init = np.concatenate(parts)
-    box = _box3d_at_rest(F_init, box3d_settings)
-    proxy = np.asarray(box.growth_rate, float)
-    keep = (~box3d_rejected_mask(np.asarray(box.status).astype(np.uint32))
-            & (flux_factor(F_init) < max_flux_factor).all(axis=1) & (proxy > 0))
-    F_box = np.asarray(box.F_box, float)[keep]
-    table = _table_at_rest(F_init[keep], F_box, F_box, np.full(int(keep.sum()), np.nan), proxy[keep],
-                           np.asarray(sources)[keep], box3d=box3d_settings)
-    table["r"] = np.full(int(keep.sum()), np.nan)
-    return table
+    return _unlabelled_density_table(F_init, None, sources, box3d_settings, max_flux_factor)
+
+
+def sampled_inputs(table: dict, rows: np.ndarray, config: "EnsembleConfig", count: int) -> np.ndarray:
+    """The student's extra inputs: features of ``count`` sampled states (sampled_state_table) in the
+    family mix of ``rows`` of ``table``, mirrored as the training rows are."""
+    sampled = sampled_state_table(count, family_shares(table["sources"][rows]), config.seed + 3000,
+                                  _box3d_dict(table["box3d"]))
+    return _training_arrays(sampled, np.arange(len(sampled["r"])), config)[0]
 
 
 def family_shares(sources) -> dict:
@@ -365,7 +377,7 @@ def train_on(table: dict, rows: np.ndarray, config: EnsembleConfig, members: int
         for k in range(config.growth_members):
             ensemble.growth_members.append(fit_growth_member(
                 X, g, seed=config.seed + 1000 + k, width=config.growth_width, depth=config.growth_depth,
-                steps=config.growth_steps, lr=config.growth_lr or config.lr, weight_decay=config.weight_decay,
+                steps=config.growth_steps, lr=config.growth_learning_rate, weight_decay=config.weight_decay,
                 batch_size=config.growth_batch_size, epochs=config.growth_epochs))
             if log:
                 log(f"growth member {k + 1}/{config.growth_members} trained on {int(np.isfinite(g).sum())} rows")
@@ -374,9 +386,7 @@ def train_on(table: dict, rows: np.ndarray, config: EnsembleConfig, members: int
         # in-distribution inputs where it must agree with the members; plus distill.sampled_states
         # states drawn by the campaign's samplers in the training rows' family mix.
         if config.distill_sampled_states:
-            sampled = sampled_state_table(config.distill_sampled_states, family_shares(table["sources"][rows]),
-                                          config.seed + 3000, _box3d_dict(table["box3d"]))
-            X = np.concatenate([X, _training_arrays(sampled, np.arange(len(sampled["r"])), config)[0]])
+            X = np.concatenate([X, sampled_inputs(table, rows, config, config.distill_sampled_states)])
         ensemble.student = fit_student(ensemble, X, width=config.distill_width, depth=config.distill_depth,
                                        steps=config.distill_steps, lr=config.lr, seed=config.seed + 2000,
                                        growth_weight=config.distill_growth_weight,
