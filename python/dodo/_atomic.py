@@ -5,6 +5,14 @@ names carry the writer's host and process id (``.NAME.HOST.PID.XXXX.tmp``), so t
 the same file removes the leftovers of a writer that was killed (SIGKILL, power loss) and is
 no longer running on this host. Standard library only: used by the training side and by the
 NumPy-only QKE solver alike.
+
+Output safety, in one place for every command (:func:`check_outputs`, also applied by
+:func:`atomic_path` itself): an output that is the same file as one of the command's inputs (same
+path after resolving symlinks, or ``os.path.samefile``) is refused before anything is written; so
+is an existing output that is not a regular file (a device such as ``/dev/null`` or ``/dev/full``,
+a FIFO, a socket, a directory), which a rename would replace, and an output whose directory is
+not a directory. An output that is a symlink is followed: the link's target is replaced
+atomically and the link is kept.
 """
 from __future__ import annotations
 
@@ -12,17 +20,101 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import socket
+import stat
 import tempfile
 from pathlib import Path
+from typing import Iterable, Optional
+
+
+class OutputPathError(ValueError):
+    """An output path that must not be written: an input of the command, or not a regular file."""
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether ``a`` and ``b`` name the same file: the same path once symlinks are resolved, or
+    (both existing) the same inode (``os.path.samefile``: hard links, bind mounts)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
+
+
+def check_output_target(path: str | Path) -> None:
+    """Refuse an output that a file written atomically cannot replace safely: an existing
+    non-regular file (device, FIFO, socket, directory; a symlink is judged by its target), or
+    a path below something that is not a directory. Raises :class:`OutputPathError`."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    except NotADirectoryError:
+        mode = None  # reported below, by the ancestor that is not a directory
+    except OSError as error:
+        raise OutputPathError(f"cannot write {path}: {error.strerror or error}") from None
+    if mode is not None and not stat.S_ISREG(mode):
+        raise OutputPathError(f"cannot write {path}: it exists and is {_file_kind(mode)}, not a regular file; "
+                              "choose a regular file as the output")
+    ancestor = Path(os.path.realpath(path)).parent if mode is None and os.path.islink(path) else path.parent
+    while True:  # the nearest existing ancestor must be a directory
+        try:
+            ancestor_mode = os.stat(ancestor).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            if ancestor == ancestor.parent:
+                return
+            ancestor = ancestor.parent
+            continue
+        except OSError:
+            return  # let the write itself report it
+        if not stat.S_ISDIR(ancestor_mode):
+            raise OutputPathError(f"cannot write {path}: {ancestor} is not a directory")
+        return
+
+
+def check_outputs(outputs: Iterable[Optional[str | Path]], inputs: Iterable[Optional[str | Path]] = ()) -> None:
+    """What every command that writes files checks before any work (None entries are skipped):
+    no output is the same file as an input or as another output, and each output passes
+    :func:`check_output_target`. Raises :class:`OutputPathError` naming both paths."""
+    outputs = [output for output in outputs if output is not None and str(output) != ""]
+    inputs = [given for given in inputs if given is not None and str(given) != ""]
+    for number, output in enumerate(outputs):
+        for given in inputs:
+            if same_file(output, given):
+                same = "" if str(output) == str(given) else f" (both are {os.path.realpath(output)})"
+                raise OutputPathError(f"output {output} is the same file as the input {given}{same}; writing it would "
+                                      "destroy the input: choose another output")
+        for other in outputs[:number]:
+            if same_file(output, other):
+                raise OutputPathError(f"outputs {other} and {output} are the same file; give different paths")
+        check_output_target(output)
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
 
 
 @contextlib.contextmanager
 def atomic_path(final: str | Path):
-    """Yield a temporary path next to ``final``; on success fsync it and rename onto ``final``."""
+    """Yield a temporary path next to ``final``; on success fsync it and rename onto ``final``.
+
+    ``final`` must be a regular file or absent (:func:`check_output_target`, checked before and
+    again just before the rename); a symlink is followed, so its target is replaced and the link kept.
+    """
     final = Path(final)
+    check_output_target(final)
+    if os.path.islink(final):
+        final = Path(os.path.realpath(final))
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(final)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.{_host()}.{os.getpid()}.", suffix=".tmp", dir=final.parent)
@@ -32,6 +124,7 @@ def atomic_path(final: str | Path):
         yield Path(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        check_output_target(final)  # nothing put a device, FIFO or directory there meanwhile
         os.replace(tmp, final)
         _fsync_directory(final.parent)
     except BaseException:
@@ -216,9 +309,32 @@ def _fsync_directory(directory: Path) -> None:
             os.close(fd)
 
 
+def json_safe(value):
+    """``value`` with NumPy scalars and arrays as Python numbers and lists, paths as strings, and
+    every non-finite float (NaN, +-Inf) as None, so that ``json.dumps(..., allow_nan=False)``
+    writes strict JSON (bare NaN and Infinity are not JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    if isinstance(value, Path):
+        return str(value)
+    if type(value).__module__ == "numpy":
+        import numpy as np
+
+        if isinstance(value, np.ndarray):
+            return json_safe(value.tolist())
+        if isinstance(value, np.generic):
+            return json_safe(value.item())
+    return value
+
+
 def write_json_atomic(path: str | Path, data) -> None:
+    """Strict JSON (non-finite numbers written as null, :func:`json_safe`), atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default))
+        tmp.write_text(json.dumps(json_safe(data), indent=2, sort_keys=False, default=_json_default, allow_nan=False))
 
 
 def torch_save_atomic(obj, path: str | Path) -> None:

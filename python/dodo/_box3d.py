@@ -42,7 +42,10 @@ _BOX3D_OUTPUTS = {"F_box": ((N_SPECIES, N_COMPONENTS), np.float64), "growth_over
 
 
 def _empty_result(result_type, outputs: dict, batch_shape):
-    batch = tuple(int(size) for size in batch_shape) if np.iterable(batch_shape) else (int(batch_shape),)
+    sizes = tuple(batch_shape) if np.iterable(batch_shape) else (batch_shape,)
+    batch = tuple(_integral("batch_shape", size) for size in sizes)  # 1.5 is refused, never truncated
+    if any(size < 0 for size in batch):
+        raise ValueError(f"batch_shape must hold sizes >= 0; got {batch_shape!r}")
     return result_type(*(np.empty(batch + trailing, dtype) for trailing, dtype in outputs.values()))
 
 

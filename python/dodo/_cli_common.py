@@ -22,6 +22,11 @@ def resolve_output(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     return given.pop()
 
 
+def json_target_file(target):
+    """The file of a --json argument of add_json_argument (None for none or stdout)."""
+    return None if target in (None, "-") else target
+
+
 def add_quiet_argument(parser: argparse.ArgumentParser, help_text: str = "no progress output") -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help=help_text)
 
@@ -32,13 +37,16 @@ def add_json_argument(parser: argparse.ArgumentParser, what: str) -> None:
                              "or printed instead of the table with --json alone or --json -")
 
 
-def emit(table_text: str, data, json_target) -> None:
-    """Print the table, or the JSON, or both (the JSON to a file), as add_json_argument says."""
-    from ._atomic import write_json_atomic
+def emit(table_text: str, data, json_target, inputs=()) -> None:
+    """Print the table, or the JSON, or both (the JSON to a file), as add_json_argument says.
+    The JSON is strict (NaN and Inf as null); a JSON file that is one of ``inputs`` is refused."""
+    from ._atomic import check_outputs, json_safe, write_json_atomic
 
     if json_target == "-":
-        print(json.dumps(data, indent=1, default=_plain))
+        print(json.dumps(json_safe(data), indent=1, default=_plain, allow_nan=False))
         return
+    if json_target:
+        check_outputs([json_target], inputs)
     print(table_text)
     if json_target:
         write_json_atomic(json_target, data)

@@ -151,7 +151,7 @@ class Closure:
         self._model_path = model_path
         self._runtime = _core.Closure(
             model_bytes if model_bytes is not None else BOX3D_ONLY if model_path is None else model_path,
-            threads=_threads(threads), chunk_size=_integral("chunk_size", chunk_size),
+            threads=_threads(threads), chunk_size=_chunk_size(chunk_size),
             lebedev_order=0 if lebedev_order is None else _integral("lebedev_order", lebedev_order), z_method=z_method or "",
             max_flux_factor=float(max_flux_factor or 0.0), onnxruntime_library=os.fspath(library) if library else "",
             device=device, run_self_test=bool(self_test and has_model), evaluator=evaluator)
@@ -240,6 +240,19 @@ class Closure:
         source = repr(self._model_path) if self._model_path is not None else "<in memory>"
         what = f"model={source}, head={self.head!r}" if self.has_model else "Box3D only"
         return f"dodo.Closure({what}, threads={self.threads})"
+
+
+#: Largest ``chunk_size`` of :class:`Closure` (the runtime's limit, cpp/src/runtime/closure.cpp).
+MAX_CHUNK_SIZE = 1 << 20
+
+
+def _chunk_size(chunk_size) -> int:
+    """Cells per network call: an integer in [1, MAX_CHUNK_SIZE], checked here so that a value
+    beyond a C int gives this ValueError rather than pybind11's TypeError."""
+    size = _integral("chunk_size", chunk_size)
+    if not 1 <= size <= MAX_CHUNK_SIZE:
+        raise ValueError(f"chunk_size must be an integer in [1, {MAX_CHUNK_SIZE}]; got {chunk_size}")
+    return size
 
 
 def _package_bytes(model) -> bytes:

@@ -53,8 +53,16 @@ def _check_arguments(args: argparse.Namespace) -> None:
             raise _UsageError(f"--model {args.model}: no such file")
         if not os.path.isfile(args.model):
             raise _UsageError(f"--model {args.model}: not a regular file (a model package is one .onnx file)")
-    if not os.path.isfile(args.data):
+    if os.path.isdir(args.data):
+        raise _UsageError(f"{args.data} is a directory; give an Emu-format HDF5 file")
+    if not os.path.exists(args.data):
         raise _UsageError(f"{args.data}: no such file")
+    if not os.path.isfile(args.data):
+        raise _UsageError(f"{args.data}: not a regular file")
+    if args.output is not None:
+        from ._atomic import check_outputs
+
+        check_outputs([args.output], [args.data, None if args.model == "box3d" else args.model])
 
 
 def _apply_command(args: argparse.Namespace) -> int:

@@ -89,9 +89,31 @@ def read_emu_states(path: str) -> EmuStates:
     return EmuStates(F_init, F_final, growth)
 
 
+def _left_out_reasons(states: EmuStates, ntot: np.ndarray, scored: np.ndarray) -> dict:
+    """Why each state that cannot be scored is left out: {reason: count}, most specific first."""
+    finite_input = np.isfinite(states.F_init).all(axis=(1, 2))
+    finite_truth = np.isfinite(states.F_final).all(axis=(1, 2))
+    reasons = {}
+    for index in np.flatnonzero(~scored):
+        if not finite_input[index]:
+            reason = "non-finite input (F4_initial)"
+        elif not finite_truth[index]:
+            reason = "non-finite truth (F4_final)"
+        elif not (np.isfinite(ntot[index]) and ntot[index] > 0):
+            reason = "no neutrinos (N_tot <= 0)"
+        else:
+            reason = "non-finite model or Box3D error"
+        reasons[reason] = reasons.get(reason, 0) + 1
+    return reasons
+
+
 def score(closure, states: EmuStates, resamples: int = 10000, seed: int = 0,
           threshold: float = WORSE_THRESHOLD) -> dict:
-    """Scores of a `dodo.Closure` on ``states`` (closure applied at rest), model beside Box3D."""
+    """Scores of a `dodo.Closure` on ``states`` (closure applied at rest), model beside Box3D.
+
+    States whose model or Box3D error is not finite (a NaN row, an empty state) are left out of
+    every mean, interval, count and growth ratio, and counted in ``left_out`` (with the reasons)
+    instead of turning every number into NaN; their per-state errors are None."""
     from . import box3d
 
     rng = np.random.default_rng(seed)
@@ -101,10 +123,19 @@ def score(closure, states: EmuStates, resamples: int = 10000, seed: int = 0,
     settings = closure.box3d_settings
     box = box3d(F_init, lebedev_order=int(settings["lebedev_order"]), z_method=str(settings["z_method"]),
                 max_flux_factor=float(settings["max_flux_factor"]))
-    model_error = state_errors(result.F_pred, states.F_final, ntot)
-    box_error = state_errors(box.F_box, states.F_final, ntot)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        model_all = state_errors(result.F_pred, states.F_final, ntot)
+        box_all = state_errors(box.F_box, states.F_final, ntot)
+    scored = np.isfinite(model_all) & np.isfinite(box_all)
+    if not scored.any():
+        raise ValueError("no state has a finite model and Box3D error to score (every state has a non-finite "
+                         "or empty input or truth)")
+    kept = np.flatnonzero(scored)  # original state numbers of the scored states
+    model_error, box_error = model_all[kept], box_all[kept]
     difference = model_error - box_error
-    report = {"n_states": int(len(F_init)), "threshold": threshold,
+    report = {"n_states": int(len(F_init)), "n_scored": int(len(kept)), "threshold": threshold,
+              "left_out": {"count": int(len(F_init) - len(kept)), "reasons": _left_out_reasons(states, ntot, scored),
+                           "indices": np.flatnonzero(~scored).tolist()},
               "model": {"mean": float(model_error.mean()), "ci95": bootstrap_interval(model_error, resamples, rng),
                         "max": float(model_error.max())},
               "box3d": {"mean": float(box_error.mean()), "ci95": bootstrap_interval(box_error, resamples, rng),
@@ -112,19 +143,22 @@ def score(closure, states: EmuStates, resamples: int = 10000, seed: int = 0,
               "difference": {"mean": float(difference.mean()), "ci95": bootstrap_interval(difference, resamples, rng)},
               "states_worse_than_box3d": int(np.sum(difference > threshold)),
               "states_better_than_box3d": int(np.sum(difference < 0)),
-              "worst_states": [{"index": int(i), "model": float(model_error[i]), "box3d": float(box_error[i])}
+              "worst_states": [{"index": int(kept[i]), "model": float(model_error[i]), "box3d": float(box_error[i])}
                                for i in np.argsort(difference)[::-1][:5]],
-              "per_state": {"model": model_error.tolist(), "box3d": box_error.tolist()}}
+              "per_state": {"model": [float(e) if ok else None for e, ok in zip(model_all, scored)],
+                            "box3d": [float(e) if ok else None for e, ok in zip(box_all, scored)]}}
     uncertainty = getattr(result, "uncertainty", None)
     if uncertainty is not None:
         report["per_state"]["uncertainty"] = np.asarray(uncertainty, float).tolist()
     if states.growth_rate is not None:
         measured = states.growth_rate
-        usable = measured > 0
+        with np.errstate(invalid="ignore"):
+            usable = scored & np.isfinite(measured) & (measured > 0)
         growth = {}
         proxy = np.asarray(getattr(result, "growth_rate_proxy", box.growth_rate), float)
         for name, rate in (("model", np.asarray(result.growth_rate, float)), ("box3d_proxy", proxy)):
             ratio = rate[usable] / measured[usable]
+            ratio = ratio[np.isfinite(ratio)]
             growth[name] = {"median_ratio": float(np.median(ratio)) if ratio.size else float("nan"),
                             "min_ratio": float(ratio.min(initial=np.inf)), "max_ratio": float(ratio.max(initial=0.0)),
                             "within_10_percent": float(np.mean(np.abs(ratio - 1) <= GROWTH_TOLERANCE)) if ratio.size else 0.0}
@@ -136,14 +170,22 @@ def score(closure, states: EmuStates, resamples: int = 10000, seed: int = 0,
 def format_report(report: dict, model_label: str, data_label: str) -> str:
     """The human-readable table of `dodo score`."""
     m, b, d = report["model"], report["box3d"], report["difference"]
+    n_scored = report.get("n_scored", report["n_states"])
     lines = [f"dodo score: {model_label} on {data_label} ({report['n_states']} states; closure at rest; "
-             "|dn|/N_tot per species, mu and tau averaged, mean over species)",
+             "|dn|/N_tot per species, mu and tau averaged, mean over species)"]
+    left_out = report.get("left_out", {})
+    if left_out.get("count"):
+        why = ", ".join(f"{count} with a {reason}" if not reason.startswith("no ") else f"{count} with {reason}"
+                        for reason, count in left_out["reasons"].items())
+        lines.append(f"states scored: {n_scored} of {report['n_states']} ({left_out['count']} left out of every "
+                     f"number below, growth ratios included: {why})")
+    lines += [
              f"{'':<22} {'mean':>9} {'95% bootstrap CI':>22} {'worst state':>12}",
              f"{'model':<22} {m['mean']:9.5f} {'[%.5f, %.5f]' % tuple(m['ci95']):>22} {m['max']:12.5f}",
              f"{'Box3D (anchor)':<22} {b['mean']:9.5f} {'[%.5f, %.5f]' % tuple(b['ci95']):>22} {b['max']:12.5f}",
              f"{'model - Box3D':<22} {d['mean']:+9.5f} {'[%+.5f, %+.5f]' % tuple(d['ci95']):>22}",
              f"states where the model is worse than Box3D by > {report['threshold']:g} N_tot: "
-             f"{report['states_worse_than_box3d']} of {report['n_states']} "
+             f"{report['states_worse_than_box3d']} of {n_scored} "
              f"(better than Box3D on {report['states_better_than_box3d']})",
              "largest (model - Box3D) states: " + ", ".join(
                  f"#{w['index']} {w['model']:.4f} vs {w['box3d']:.4f}" for w in report["worst_states"])]
@@ -170,7 +212,8 @@ def register(subparsers) -> None:
     parser.add_argument("--threshold", type=float, default=WORSE_THRESHOLD,
                         help=f"'worse than Box3D' margin in N_tot (default {WORSE_THRESHOLD})")
     parser.add_argument("--threads", type=int, default=1, help="closure worker threads (default 1)")
-    parser.add_argument("--json", metavar="PATH", default=None, help="also write the full report (per state) as JSON")
+    parser.add_argument("--json", metavar="PATH", default=None,
+                        help="also write the full report (per state) as strict JSON (a state left out: null)")
     parser.set_defaults(func=_run)
 
 
@@ -182,6 +225,10 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError(f"--bootstrap must be >= 100; got {args.bootstrap}")
         if not (np.isfinite(args.threshold) and args.threshold >= 0):
             raise ValueError(f"--threshold must be a finite number >= 0; got {args.threshold}")
+        if args.json:
+            from ._atomic import check_outputs
+
+            check_outputs([args.json], [*args.data, None if args.model in ("default", "box3d") else args.model])
         parts = [read_emu_states(path) for path in args.data]
         growth = None if any(p.growth_rate is None for p in parts) else np.concatenate([p.growth_rate for p in parts])
         states = EmuStates(np.concatenate([p.F_init for p in parts]), np.concatenate([p.F_final for p in parts]), growth)

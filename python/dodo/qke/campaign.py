@@ -13,6 +13,7 @@ batches, hence the rows, are the same as in one process.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -34,16 +35,68 @@ from .solver import SolverConfig, make_box, resolve_backend
 from .states import NSM1_EMU_1D, box_setup, rotate_four_flux
 
 
+def _comparable_settings(settings: dict) -> dict:
+    """The settings a resume must match: all but the kernel (backend)."""
+    return {**settings, "solver": {key: value for key, value in settings["solver"].items() if key != "backend"}}
+
+
 def _fingerprint(four_flux: np.ndarray, settings: dict) -> str:
     """What a resume must match: the states and the settings, except the kernel (backend).
 
     Both kernels compute the same runs (to rounding), so a campaign started with one resumes with
     the other, and partial files written before the compiled kernel existed stay usable.
     """
-    solver = {key: value for key, value in settings["solver"].items() if key != "backend"}
     digest = hashlib.sha256(np.ascontiguousarray(four_flux, dtype=float).tobytes())
-    digest.update(json.dumps({**settings, "solver": solver}, sort_keys=True).encode())
+    digest.update(json.dumps(_comparable_settings(settings), sort_keys=True).encode())
     return digest.hexdigest()
+
+
+def _states_digest(four_flux: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(four_flux, dtype=float).tobytes()).hexdigest()
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint ``OUT.partial*.npz`` of another campaign (or unreadable): never overwritten or removed."""
+
+
+def _flatten(settings: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _mismatch_reason(stored, four_flux: np.ndarray, settings: dict) -> str:
+    """Why the checkpoint ``stored`` (an open .npz) does not belong to this campaign, in words."""
+    if "settings" not in stored.files or "states_sha256" not in stored.files:
+        return ("its fingerprint differs from this run's: other states or settings (it was written by an older "
+                "version, which does not record which)")
+    reasons = []
+    if str(stored["states_sha256"]) != _states_digest(four_flux):
+        count = int(stored["nstates"]) if "nstates" in stored.files else None
+        reasons.append("other initial states" + (f" ({count} states there, {len(four_flux)} here)"
+                                                 if count is not None and count != len(four_flux) else ""))
+    theirs = _flatten(json.loads(str(stored["settings"])))
+    ours = _flatten(json.loads(json.dumps(_comparable_settings(settings), sort_keys=True)))
+    changed = sorted(key for key in set(theirs) | set(ours) if theirs.get(key) != ours.get(key))
+    shown = []
+    for key in changed:
+        there, here = theirs.get(key), ours.get(key)
+        if isinstance(there, list) or isinstance(here, list):
+            shown.append(f"{key} differs")
+        else:
+            shown.append(f"{key} {there!r} there, {here!r} here")
+    if shown:
+        reasons.append("other settings: " + ", ".join(shown))
+    if "batch_size" in changed:
+        hint = (f" (rerun with --batch-size {theirs.get('batch_size')} to resume)"
+                if changed == ["batch_size"] and len(reasons) == 1 else "")
+        reasons.append(f"the batch size decides each state's batch, hence its perturbation seed and time step, so "
+                       f"states done with --batch-size {theirs.get('batch_size')} cannot be mixed with this run's{hint}")
+    return "; ".join(reasons) or "its fingerprint differs from this run's"
 
 
 def relative_cost(four_flux: np.ndarray, directions: np.ndarray, end_time_s: np.ndarray | None) -> np.ndarray:
@@ -92,21 +145,26 @@ def _merge(into: dict, part: dict, indices: np.ndarray) -> None:
             into[key][indices[fresh]] = part[key][fresh]
 
 
-def _load_checkpoints(output: str, fingerprint: str, nstates: int, report: Callable[[str], None]):
-    """(results merged from every matching checkpoint, the number of the checkpoint each done row
-    came from (-1: none), the checkpoint paths)."""
+def _load_checkpoints(output: str, fingerprint: str, four_flux: np.ndarray, settings: dict,
+                      report: Callable[[str], None]):
+    """(results merged from every checkpoint, the number of the checkpoint each done row came from
+    (-1: none), the checkpoint paths). A checkpoint of other states or settings, or one that
+    cannot be read, raises :class:`CheckpointMismatchError`: it is never overwritten or removed."""
+    nstates = len(four_flux)
     results = _empty_results(nstates)
     origin = np.full(nstates, -1)
     paths = _checkpoints(output)
     for number, path in enumerate(paths):
         try:
             stored = np.load(path, allow_pickle=True)
-            matches = str(stored["fingerprint"]) == fingerprint
-        except (OSError, ValueError, KeyError):
-            matches = False
-        if not matches:
-            report(f"ignoring {path}: it belongs to other states or settings")
-            continue
+            why = None if str(stored["fingerprint"]) == fingerprint else _mismatch_reason(stored, four_flux, settings)
+        except Exception as error:  # noqa: BLE001 - any failure to read it (truncated, not .npz, no fingerprint)
+            why = f"it cannot be read as a checkpoint ({' '.join(str(error).split()) or type(error).__name__})"
+        if why is not None:
+            raise CheckpointMismatchError(
+                f"{path} does not belong to this campaign: {why}. It is left untouched: to resume it, rerun the "
+                f"command that wrote it; to start this campaign, remove {path} (its states are lost) or choose "
+                "another output file")
         if "indices" in stored.files:  # the rows it holds
             indices = stored["indices"]
             part = {key: stored[key] for key in results if key in stored.files}
@@ -181,8 +239,11 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
                 "rotation_given": rotation is not None,
                 "end_time_given": None if end_time_s is None else np.asarray(end_time_s, float).tolist()}
     fingerprint = _fingerprint(four_flux, settings)
+    # Stored beside the fingerprint so that a mismatch can be explained (which states or settings).
+    states_digest, settings_text = _states_digest(four_flux), json.dumps(_comparable_settings(settings), sort_keys=True)
     # Rank 0 alone reads the checkpoints (thousands of ranks must not all scan the directory).
-    results, origin, paths = comm.computed_by_root(lambda: _load_checkpoints(output, fingerprint, nstates, say))
+    results, origin, paths = comm.computed_by_root(
+        lambda: _load_checkpoints(output, fingerprint, four_flux, settings, say))
     checkpoint = _checkpoint_path(output, comm.rank, comm.size)
     # A rank's checkpoint holds its own rows only: those of the file it replaces, and those it computes.
     owned = origin == (paths.index(checkpoint) if checkpoint in paths else -2)
@@ -214,7 +275,8 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
         def write_partial(temporary: str) -> None:
             rows = np.flatnonzero(owned & results["done"])
             with open(temporary, "wb") as stream:
-                np.savez(stream, fingerprint=fingerprint, indices=rows, **{key: value[rows] for key, value in results.items()})
+                np.savez(stream, fingerprint=fingerprint, indices=rows, states_sha256=states_digest, nstates=nstates,
+                         settings=settings_text, **{key: value[rows] for key, value in results.items()})
 
         atomic_write(checkpoint, write_partial)
         if comm.size == 1:
@@ -234,8 +296,11 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
         for index in np.flatnonzero(~results["valid"]):
             report(f"dropped state {int(index)}: {results['reason'][index]}")
         _write_database(output, four_flux, results, settings, attributes)
-        for path in _checkpoints(output):
-            os.remove(path)
+        # Only the checkpoints this campaign read or wrote: a file that appeared meanwhile is not ours.
+        ours = set(paths) | {_checkpoint_path(output, rank, comm.size) for rank in range(comm.size)}
+        for path in sorted(ours):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
     return comm.bcast(results if comm.rank == 0 else None, root=0)
 
 

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 
+from .._atomic import check_outputs
 from .._cli_common import add_output_argument, add_quiet_argument, resolve_output
 from .solver import SolverConfig
 
@@ -80,6 +81,8 @@ def run_simulate(args) -> int:
         return 2
     try:
         require_h5py()  # before reading or sampling states: the output is HDF5
+        # Never overwrite (or checkpoint over) the input file; refuse a device, FIFO or directory as OUT.
+        check_outputs([args.output, args.output + ".partial.npz"], [args.input])
         if args.box_length is not None and not (np.isfinite(args.box_length) and args.box_length > 0):
             raise ValueError(f"box length must be positive and finite; got {args.box_length}")
         rotation = end_time = None

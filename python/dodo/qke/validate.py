@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._atomic import check_outputs, write_json_atomic
 from ..conventions import from_emu_layout
 from .asymptotic import asymptotic_states
 from .solver import SolverConfig, make_box, resolve_backend
@@ -150,6 +151,7 @@ def main(argv=None) -> int:
         p.add_argument("--backend", default=SolverConfig.backend, choices=("auto", "cpp", "numpy"),
                        help="time stepping: compiled kernel (cpp; auto = cpp where it can run) or NumPy")
     args = parser.parse_args(argv)
+    check_outputs([args.json, getattr(args, "output", None)], [args.reference, getattr(args, "box3d_cases", None)])
     if args.which == "nsm1":
         report = validate_nsm1(args.reference, args.box3d_cases, [int(s) for s in args.seeds.split(",")], args.flavour_cfl, args.only,
                                args.hamiltonian_filter, args.backend)
@@ -157,8 +159,7 @@ def main(argv=None) -> int:
         report = validate_emu32(args.reference, args.output, args.batch_size, args.flavour_cfl, args.seed,
                                 args.hamiltonian_filter, args.backend)
     if args.json:
-        with open(args.json, "w") as stream:
-            json.dump(report, stream, indent=1)
+        write_json_atomic(args.json, report)
     return 0
 
 

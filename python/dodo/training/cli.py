@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+from pathlib import Path
 
-from .._cli_common import add_json_argument, add_output_argument, add_quiet_argument
+from .._atomic import check_outputs
+from .._cli_common import add_json_argument, add_output_argument, add_quiet_argument, json_target_file
 
 
 def _overrides(pairs) -> dict:
@@ -52,6 +54,7 @@ def _preprocess(args) -> int:
     if args.output:
         overrides["output"] = args.output
     config = PreprocessConfig.load(args.config, overrides)
+    check_outputs([config.output], [args.config])  # the input files: preprocess() checks them
     preprocess(config, progress=not args.quiet)
     return 0
 
@@ -62,6 +65,7 @@ def _synth(args) -> int:
     from .synth import write_synthetic_database
 
     output = resolve_output(args.parser, args)
+    check_outputs([output])
     summary = write_synthetic_database(output, args.n, seed=args.seed, heavy_symmetric=not args.asymmetric_heavy,
                                        max_flux_factor=args.max_flux_factor, lebedev_order=args.lebedev_order,
                                        z_method=args.z_method, threads=args.threads, progress=not args.quiet)
@@ -78,7 +82,12 @@ def _train(args) -> int:
     overrides = _overrides(args.set)
     if args.resume:
         overrides["training.resume_from"] = args.resume
-    config = ExperimentConfig.load(args.config, overrides)
+    config = ExperimentConfig.load(args.config, overrides, create_dirs=False)
+    # The run's files must not be its training data (resuming from last.pt and writing it is intended).
+    checkpoints, results = Path(config.output.checkpoint_dir), Path(config.output.results_dir)
+    check_outputs([checkpoints / "best.pt", checkpoints / "last.pt", checkpoints / "last.prev.pt",
+                   checkpoints / "final.pt", results / "train.log"], [config.data.path, args.config])
+    config.make_dirs()
     summary = train(config)
     return 0 if summary["status"] in ("completed", "interrupted") else 1
 
@@ -88,8 +97,9 @@ def _evaluate(args) -> int:
     from .._cli_common import emit
     from .evaluate import describe, evaluate_checkpoint
 
+    check_outputs([json_target_file(args.json)], [args.checkpoint, args.data])
     table, _ = evaluate_checkpoint(args.checkpoint, args.data, args.split)
-    emit(describe(table), table, args.json)
+    emit(describe(table), table, args.json, inputs=[args.checkpoint, table["data"]])
     return 0
 
 
@@ -98,15 +108,18 @@ def _inspect(args) -> int:
     from .._cli_common import emit
     from .inspect import format_inspection, inspect_checkpoint
 
+    check_outputs([json_target_file(args.json)], [args.checkpoint, args.data])
     report = inspect_checkpoint(args.checkpoint, args.data, args.split, args.start, args.stop)
-    emit(format_inspection(report), report, args.json)
+    emit(format_inspection(report), report, args.json, inputs=[args.checkpoint, args.data])
     return 0
 
 
 @_friendly("plot")
 def _plot(args) -> int:
-    from .plots import plot_curve, plot_metrics
+    from .plots import parity_path, plot_curve, plot_metrics
 
+    outputs = [args.output] if args.what == "metrics" else [args.output, parity_path(args.output)]
+    check_outputs(outputs, args.files)
     if args.what == "metrics":
         written = [plot_metrics(args.files, args.output)]
     else:
@@ -149,6 +162,7 @@ def _export(args) -> int:
     from .ensemble_train import CHECKPOINT_KIND, export_ensemble
     from .export import export_checkpoint
 
+    check_outputs([args.output], [args.checkpoint])
     if _is_ensemble_checkpoint(args.checkpoint, CHECKPOINT_KIND):
         export_ensemble(args.checkpoint, args.output, n_test_vectors=args.test_vectors, fused=args.fused)
         return 0

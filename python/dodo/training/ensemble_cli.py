@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+from .._atomic import check_outputs
 from .cli import _friendly, _overrides
 
 
@@ -13,6 +14,7 @@ def _train_ensemble(args) -> int:
     from .ensemble_train import EnsembleConfig, train_command
 
     config = EnsembleConfig.load(args.config, _overrides(args.set))
+    check_outputs([config.checkpoint], [args.config, config.data_path])
     train_command(config)
     return 0
 
@@ -23,6 +25,7 @@ def _learning_curve(args) -> int:
     from .ensemble_train import EnsembleConfig, learning_curve, plot_curve
 
     config = EnsembleConfig.load(args.config, _overrides(args.set))
+    check_outputs([args.plot, args.json], [args.config, config.data_path, args.emu])
     sizes = []
     for part in args.sizes.split(","):
         part = part.strip()

@@ -80,8 +80,14 @@ def plot_curve(metrics_path: str | Path, output: str | Path) -> list[Path]:
         axes[0, 0].legend()
         fig.tight_layout()
         output = Path(output)
-        written.append(_save(fig, output.with_name(output.stem + "_parity.png")))
+        written.append(_save(fig, parity_path(output)))
     return written
+
+
+def parity_path(output) -> Path:
+    """The parity plot that `plot curve` writes beside ``output``."""
+    output = Path(output)
+    return output.with_name(output.stem + "_parity.png")
 
 
 def _save(fig, output) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._atomic import atomic_hdf5, sha256_file
+from .._atomic import atomic_hdf5, check_outputs, sha256_file
 from .config import PreprocessConfig
 from .readers import (DataFileError, FilterCounts, apply_hygiene, average_mu_tau_change, iter_emu_chunks,
                       open_emu_file)
@@ -57,6 +57,7 @@ def preprocess(config: PreprocessConfig, progress: bool = True, log=print) -> di
     import dodo
 
     files = resolve_inputs(config.inputs)
+    check_outputs([config.output], files)  # before anything is read or written: never overwrite an input
     settings = dodo.box3d_settings(lebedev_order=config.box3d.lebedev_order, z_method=config.box3d.z_method)
     sources, kinds = [], set()
     total_rows = 0

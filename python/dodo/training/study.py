@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-from .._atomic import write_json_atomic
+from .._atomic import atomic_path, check_outputs, write_json_atomic
 from .config import ConfigError, ExperimentConfig, merge_dotted, read_yaml_mapping
 
 ALLOWED_KEYS = {"base_config", "tag", "output_root", "overrides", "grid"}
@@ -51,6 +51,7 @@ def run_study(grid_path: str | Path, dry_run: bool = False, echo=print) -> list[
 
     spec = load_grid(grid_path)
     root = Path(spec["output_root"]) / spec["tag"]
+    check_outputs([root / "summary.json", root / "summary.txt"], [grid_path, spec["base_config"]])
     base_raw = read_yaml_mapping(spec["base_config"])
     points = grid_points(spec["grid"])
     rows = []
@@ -78,7 +79,8 @@ def run_study(grid_path: str | Path, dry_run: bool = False, echo=print) -> list[
                      "metrics": summary["paths"]["metrics"]})
     write_json_atomic(root / "summary.json", rows)
     text = format_summary(rows)
-    (root / "summary.txt").write_text(text + "\n")
+    with atomic_path(root / "summary.txt") as tmp:
+        tmp.write_text(text + "\n")
     echo(text)
     return rows
 

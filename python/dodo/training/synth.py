@@ -86,6 +86,16 @@ def write_synthetic_database(path: str | Path, n: int, seed: int = 0, chunk_size
 
     if n < 1:
         raise ValueError("number of synthetic rows must be >= 1")
+    # Refused before anything is written (issue: 1.5 wrote states with |F| > n, NaN and negative
+    # values failed inside NumPy), like `dodo apply --max-speed`.
+    if not (np.isfinite(max_flux_factor) and 0.0 <= max_flux_factor < 1.0):
+        raise ValueError(f"--max-flux-factor must be a finite flux factor |F|/n in [0, 1); got {max_flux_factor}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"--seed must be an integer >= 0; got {seed!r}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1; got {chunk_size}")
+    dodo.box3d_settings(lebedev_order=lebedev_order, z_method=z_method)  # an unavailable order: before writing
+    dodo.box3d(np.zeros((0, 6, 4)), lebedev_order=lebedev_order, z_method=z_method, threads=threads)  # bad threads
     rng = np.random.default_rng(seed)
     crossing = 0
     shape = (n, 4, 2, 3)
