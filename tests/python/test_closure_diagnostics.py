@@ -44,8 +44,10 @@ def test_growth_rate_is_the_proxy_times_exp_of_the_model_output(models):
     assert result.status[90] == CellStatus.NO_CROSSING
     assert np.all(result.status[91:94] & REJECTED)
 
-    expected = mlp.diagnostic_outputs(dodo.invariants(F, u).astype(np.float32))
-    ratio = np.exp(expected["log_growth_ratio"].astype(np.float64))
+    # The network's outputs blended over each cell's flavour images, as the runtime does.
+    expected = synthetic.flavour_image_blend(
+        F, u, lambda F_image: mlp.diagnostic_outputs(dodo.invariants(F_image, u).astype(np.float32)))
+    ratio = np.exp(expected["log_growth_ratio"])
     np.testing.assert_allclose(result.growth_rate[corrected], result.growth_rate_proxy[corrected] * ratio[corrected],
                                rtol=2e-6)  # the network in float32, NumPy against ONNX Runtime
     np.testing.assert_allclose(result.uncertainty[corrected], expected["uncertainty"][corrected], rtol=2e-6,
@@ -239,9 +241,15 @@ def test_an_exported_ensemble_runs_in_the_runtime_with_its_box_features(tmp_path
     result = closure.apply(F, u)
     corrected = (result.status & NOT_CORRECTED) == 0
     assert corrected.sum() >= 80
-    features = lab_features(feature_set, np.nan_to_num(F[corrected]), u[corrected]).astype(np.float32)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    _, sigma, log_ratio = session.run(None, {"invariants": features})
+
+    def outputs(F_image):  # each flavour image's features from its own relabelled cells (Python side)
+        features = lab_features(feature_set, F_image, u[corrected]).astype(np.float32)
+        _, spread, log_growth = session.run(None, {"invariants": features})
+        return {"sigma": spread, "log_ratio": log_growth}
+
+    blended = synthetic.flavour_image_blend(np.nan_to_num(F[corrected]), u[corrected], outputs)
+    sigma, log_ratio = blended["sigma"], blended["log_ratio"]
     np.testing.assert_allclose(result.uncertainty[corrected], sigma, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(result.growth_rate[corrected],
                                result.growth_rate_proxy[corrected] * np.exp(log_ratio.astype(np.float64)), rtol=1e-5)

@@ -47,7 +47,7 @@ def test_runtime_matches_the_torch_closure_on_fresh_cells(exported, head):
 
     path, network = exported[head]
     F, u = synthetic.test_cells(200, seed=31)
-    expected = closure_float64(network, F, u, dodo.box3d_settings())["F_pred"]
+    expected = closure_float64(network, F, u, dodo.box3d_settings(), flavour_images=True)["F_pred"]
     got = Closure(path, threads=2)(F, u)
     error = np.abs(got - np.asarray(expected)).max(axis=(1, 2)) / ntot(F, u)
     assert error.max() < FP32_TOLERANCE

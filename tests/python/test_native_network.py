@@ -106,7 +106,7 @@ def test_native_evaluator_is_never_farther_from_the_float64_definition_than_the_
             out = evaluator.run(["head_output"], {"invariants": x.float().numpy().astype(np.float64)})[0]
             return torch.from_numpy(np.asarray(out, dtype=np.float64))
 
-    reference = closure_float64(Float64Graph(), F[worst], u[worst], box3d_settings)
+    reference = closure_float64(Float64Graph(), F[worst], u[worst], box3d_settings, flavour_images=True)
     native_error = np.abs(native.F_pred[worst] - reference["F_pred"]).max(axis=(1, 2)) / ntot[worst]
     graph_error = np.abs(graph.F_pred[worst] - reference["F_pred"]).max(axis=(1, 2)) / ntot[worst]
     assert native_error.max() < 1e-6, native_error

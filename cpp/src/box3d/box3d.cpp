@@ -420,11 +420,17 @@ namespace {
 #define DODO_CROSSING_MATH \
   __attribute__((always_inline, optimize("finite-math-only", "no-signed-zeros", "no-math-errno")))
 
+// Sums per pair in the crossing pass: the weight where G > 0, the two lobes' moments (3 + 3), the
+// weight where G < 0.
+constexpr int kCrossingSums = 8;
+
 // Sums over the antipodal pairs q, q + half (same weight, opposite directions: the rule is laid
 // out so) of pair p's G = value (at q), opposite (at q + half): sums[0] the weight where G > 0,
 // sums[1..3] the moment sum_G>0 w G n_hat, sums[4..6] sum_G<0 w |G| n_hat, on antipodes as
-// w (max(value, 0) - max(opposite, 0)) n_q and w (min(opposite, 0) - min(value, 0)) n_q. `a > 0 ?
-// a : 0` and `a < 0 ? a : 0` are one max and one min instruction each (x86's operand order).
+// w (max(value, 0) - max(opposite, 0)) n_q and w (min(opposite, 0) - min(value, 0)) n_q; sums[7]
+// the weight where G < 0 (the fraction of the pair's mirror image, G -> -G: the closure's flavour
+// symmetrisation). `a > 0 ? a : 0` and `a < 0 ? a : 0` are one max and one min instruction each
+// (x86's operand order).
 template <typename Vector>
 inline DODO_CROSSING_MATH void accumulate_crossing(const Vector& w, const Vector& xq, const Vector& yq,
                                                                const Vector& zq, const Vector& value,
@@ -433,6 +439,7 @@ inline DODO_CROSSING_MATH void accumulate_crossing(const Vector& w, const Vector
   const Vector up_moment = w * ((value > zero ? value : zero) - (opposite > zero ? opposite : zero));
   const Vector down_moment = w * ((opposite < zero ? opposite : zero) - (value < zero ? value : zero));
   sums[0] += (value > zero ? w : zero) + (opposite > zero ? w : zero);
+  sums[7] += (value < zero ? w : zero) + (opposite < zero ? w : zero);
   sums[1] += up_moment * xq;
   sums[2] += up_moment * yq;
   sums[3] += up_moment * zq;
@@ -453,11 +460,11 @@ inline DODO_CROSSING_MATH void crossing_sums(const PairedRule& rule, const doubl
   typedef double Vector __attribute__((vector_size(kLanes * sizeof(double))));
   const double *weight = rule.weight.data(), *x = rule.x.data(), *y = rule.y.data(), *z = rule.z.data();
   const std::size_t half = rule.half;
-  Vector sums[kGroup][7];
+  Vector sums[kGroup][kCrossingSums];
 #pragma GCC unroll 8
   for (int g = 0; g < kGroup; ++g)
 #pragma GCC unroll 8
-    for (int k = 0; k < 7; ++k) sums[g][k] = Vector{};
+    for (int k = 0; k < kCrossingSums; ++k) sums[g][k] = Vector{};
   for (std::size_t q = 0; q < half; q += kLanes) {
     Vector w, xq, yq, zq;
     std::memcpy(&w, weight + q, sizeof w);
@@ -475,7 +482,7 @@ inline DODO_CROSSING_MATH void crossing_sums(const PairedRule& rule, const doubl
 #pragma GCC unroll 8
   for (int g = 0; g < kGroup; ++g)
 #pragma GCC unroll 8
-    for (int k = 0; k < 7; ++k) {
+    for (int k = 0; k < kCrossingSums; ++k) {
       double lanes[kLanes];
       std::memcpy(lanes, &sums[g][k], sizeof lanes);
       totals[k][pairs[g]] = lane_sum<double, kLanes>(lanes);
@@ -494,7 +501,7 @@ inline DODO_CROSSING_MATH void crossing_shape_lanes(const PairedRule& rule, cons
   int active[kPairs], count = 0;
   for (int p = 0; p < kPairs; ++p)
     if (!(positive[p] == 0.0 && negative[p] == 0.0)) active[count++] = p;
-  double totals[7][4] = {};  // [sum][pair], a fourth pair of zeros: vectors of four pairs below
+  double totals[kCrossingSums][4] = {};  // [sum][pair], a fourth pair of zeros: vectors of four pairs below
   if (kAllPairs && count == kPairs) {
     crossing_sums<kLanes, kPairs>(rule, G, active, totals);
   } else {
@@ -526,6 +533,7 @@ inline DODO_CROSSING_MATH void crossing_shape_lanes(const PairedRule& rule, cons
   }
   for (int p = 0; p < kPairs; ++p)
     for (int k = 0; k < kCrossingFeaturesPerPair; ++k) out[p * kCrossingFeaturesPerPair + k] = features[k][p];
+  for (int p = 0; p < kPairs; ++p) out[kCrossingFeatures + p] = totals[7][p] * kInverseFourPi;
 }
 
 #if DODO_MULTIVERSION_ENABLED

@@ -31,6 +31,10 @@ struct Box3DCell {
   std::uint32_t status = kCellOk;
 };
 
+// Values of a cell's ELN-crossing shape (RestFrameCell::crossing): the network's 18, then the
+// three pairs' fractions where G_p < 0.
+inline constexpr int kCrossingShapeValues = kCrossingFeatures + kPairs;
+
 // The rest-frame part of one cell: what Box3D computes before the boost back, shared with the
 // closure runtime (which adds the learned correction there).
 struct RestFrameCell {
@@ -43,8 +47,10 @@ struct RestFrameCell {
   // Only when asked for (rest_frame_cells' crossing_features) and the cell went through the
   // angular computation (not rejected, not decided stable by the screen): per flavour pair p,
   // crossing[6 p + k] = I+, I-, the solid-angle fraction where G_p > 0, |<n>+|, |<n>-| (the lengths
-  // of the two lobes' weighted mean directions) and the cosine between those directions.
-  double crossing[kCrossingFeatures];
+  // of the two lobes' weighted mean directions) and the cosine between those directions; then
+  // crossing[kCrossingFeatures + p] = the solid-angle fraction where G_p < 0 (not a network input:
+  // the fraction of the pair's mirror image G_p -> -G_p, for the closure's flavour symmetrisation).
+  double crossing[kCrossingShapeValues];
 };
 
 // Strided view of a batch of cells: element (cell, species, component) lives at

@@ -9,6 +9,7 @@
 #include <tuple>
 
 #include "../frame.hpp"
+#include "flavour_symmetry.hpp"
 #include "../multiversion.hpp"
 #include "../realizability.hpp"
 #include "errors.hpp"
@@ -16,20 +17,29 @@
 
 namespace dodo::runtime {
 
+// A network cell's flavour images (flavour_symmetry.hpp): their weights (0: not evaluated) and
+// network rows (the mu <-> tau image of a cell that is its own shares its partner's row).
+struct CellImages {
+  ImageWeights weights;
+  std::uint32_t row[kFlavourImages];
+};
+
 // Scratch for one chunk: the lab inputs gathered from the caller's strides and the rest-frame
 // pieces of each cell (Box3D's, reused by the head), and the network's buffers. Sized once for
-// chunk_size cells.
+// chunk_size cells, with network rows for each cell's flavour images (flavour_symmetry.hpp).
 struct Closure::Workspace {
   explicit Workspace(std::size_t chunk_size, const OnnxModel* model)
-      : F_init(chunk_size * kCellValues), u(chunk_size * 4), cells(chunk_size), network_row(chunk_size) {
+      : F_init(chunk_size * kCellValues), u(chunk_size * 4), cells(chunk_size), network_row(chunk_size),
+        images(chunk_size) {
     if (model)
-      network = std::make_unique<EvaluationBuffers>(model->api(), chunk_size, model->input_size(),
+      network = std::make_unique<EvaluationBuffers>(model->api(), chunk_size * kFlavourImages, model->input_size(),
                                                     model->output_size(), model->optional_outputs());
   }
   std::vector<double> F_init;
   std::vector<double> u;
   std::vector<RestFrameCell> cells;
   std::vector<std::uint32_t> network_row;  // row of the cell in the network's input (cells that need it)
+  std::vector<CellImages> images;          // with flavour images: their rows and weights
   std::unique_ptr<EvaluationBuffers> network;
 };
 
@@ -45,6 +55,9 @@ struct Closure::Batch {
   // First failure of any chunk (an ORT error); reported after the batch.
   std::mutex error_mutex;
   std::exception_ptr error;
+  // Average the network over the cell's flavour images (every call but the self-test, which checks
+  // the package's network as exported).
+  bool flavour_images = true;
 };
 
 namespace {
@@ -73,18 +86,72 @@ std::unique_ptr<const Box3D> make_box3d(const Box3DSettings& settings) {
 // Growth rate (units of N_tot) and uncertainty of network row `row` from the model's optional
 // outputs; members it lacks leave `growth` (the proxy) and `uncertainty` (0) as they are. False
 // when an output is not finite or the rate overflows: the cell's network output is then void.
-bool learned_diagnostics(const EvaluationBuffers& network, std::size_t row, double proxy, double ntot, double& growth,
+bool learned_diagnostics(const float* log_ratio, const float* spread, double proxy, double ntot, double& growth,
                          double& uncertainty) {
-  if (const float* log_ratio = network.log_growth_ratio()) {
-    if (!std::isfinite(log_ratio[row])) return false;
-    growth = proxy * std::exp(static_cast<double>(log_ratio[row]));
+  if (log_ratio) {
+    if (!std::isfinite(*log_ratio)) return false;
+    growth = proxy * std::exp(static_cast<double>(*log_ratio));
     if (!std::isfinite(growth * (ntot * kGrowthRatePerNtot))) return false;
   }
-  if (const float* spread = network.uncertainty()) {
-    if (!std::isfinite(spread[row])) return false;
-    uncertainty = spread[row];
+  if (spread) {
+    if (!std::isfinite(*spread)) return false;
+    uncertainty = *spread;
   }
   return true;
+}
+
+// A network cell's outputs in its own labelling: with flavour images, the blend of its images'
+// outputs (each mapped back by head_to_cell); without, row `row` itself. `head` points to
+// head_output_size(head) floats: the network's own row where the cell's one image is itself (most
+// cells), else `blended`; log_ratio and spread are left alone where the model lacks them.
+struct CellNetworkOutput {
+  const float* head;
+  float blended[kEquivariantOutputs];
+  float log_ratio, spread;
+};
+
+void cell_network_output(const EvaluationBuffers& network, Head head, std::size_t row, const CellImages* images,
+                         CellNetworkOutput& out) {
+  const int size = head_output_size(head);
+  const float* log_ratio = network.log_growth_ratio();
+  const float* spread = network.uncertainty();
+  const auto single = [&](std::size_t r, int g) {
+    if (g == 0) {
+      out.head = network.output_row(r);
+    } else {
+      head_to_cell(head, network.output_row(r), g, out.blended);
+      out.head = out.blended;
+    }
+    if (log_ratio) out.log_ratio = log_ratio[r];
+    if (spread) out.spread = spread[r];
+  };
+  if (!images) return single(row, 0);
+  const double* w = images->weights.weight;
+  // One image of weight 1 (most cells): its outputs mapped back, nothing to blend.
+  for (int g = 0; g < kFlavourImages; ++g)
+    if (w[g] == 1.0) return single(images->row[g], g);
+  float mapped[kFlavourImages][kEquivariantOutputs];
+  float log_ratios[kFlavourImages] = {}, spreads[kFlavourImages] = {};
+  const float* head_of[kFlavourImages];
+  bool density_only = head == Head::kEquivariant;
+  for (int g = 0; g < kFlavourImages; ++g) {
+    head_of[g] = mapped[g];
+    if (!(w[g] > 0.0)) continue;
+    const std::size_t r = images->row[g];
+    head_to_cell(head, network.output_row(r), g, mapped[g]);
+    density_only = density_only && density_only_output(mapped[g]);
+    if (log_ratio) log_ratios[g] = log_ratio[r];
+    if (spread) spreads[g] = spread[r];
+  }
+  // Density-only outputs (every c_ab, d_ab 0: the density-residual models) blend their e_a alone.
+  const int first = density_only ? 2 * kSpecies * kSpecies : 0;
+  std::fill(out.blended, out.blended + first, 0.0f);
+  for (int k = first; k < size; ++k) out.blended[k] = static_cast<float>(image_blend(w, head_of, k));
+  out.head = out.blended;
+  const float* log_ratio_of[kFlavourImages] = {&log_ratios[0], &log_ratios[1], &log_ratios[2], &log_ratios[3]};
+  const float* spread_of[kFlavourImages] = {&spreads[0], &spreads[1], &spreads[2], &spreads[3]};
+  if (log_ratio) out.log_ratio = static_cast<float>(image_blend(w, log_ratio_of, 0));
+  if (spread) out.spread = static_cast<float>(image_blend(w, spread_of, 0));
 }
 
 // The 24 values of a cell, as inline moves: a library memmove call per cell costs more than the
@@ -228,7 +295,7 @@ void Closure::initialise(const std::string_view* bytes, const std::string& sourc
   for (int slot = 0; slot < pool_.threads(); ++slot) {
     workspaces_.push_back(std::make_unique<Workspace>(static_cast<std::size_t>(chunk_size_), model_.get()));
     free_workspaces_.push_back(workspaces_.back().get());
-    if (model_) model_->run(*workspaces_.back()->network, static_cast<std::size_t>(chunk_size_));
+    if (model_) model_->run(*workspaces_.back()->network, workspaces_.back()->network->capacity());
   }
   // A package without test vectors gets here only with the development opt-out.
   if (options.run_self_test && model_ && description_.test_vectors.cells > 0) {
@@ -282,9 +349,14 @@ void Closure::apply(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, 
 
 void Closure::apply(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, CellArray F_pred,
                     std::uint32_t* status, const CellDiagnostics& diagnostics) const {
+  apply_batch(n, F_init, u, F_pred, status, diagnostics, true);
+}
+
+void Closure::apply_batch(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, CellArray F_pred,
+                          std::uint32_t* status, const CellDiagnostics& diagnostics, bool flavour_images) const {
   if (n == 0) return;
   if (!F_init.data || !F_pred.data) throw Error(DODO_ERROR_INVALID_ARGUMENT, "F_init and F_pred must not be null");
-  Batch batch{this, n, F_init, u, F_pred, status, diagnostics, {}, {}};
+  Batch batch{this, n, F_init, u, F_pred, status, diagnostics, {}, {}, flavour_images};
   // Written so that n near SIZE_MAX cannot wrap to zero chunks.
   const std::size_t size = static_cast<std::size_t>(chunk_size_);
   const std::size_t chunks = n / size + (n % size != 0);
@@ -351,18 +423,25 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
         continue;
       }
       if (!model_ || (rest.status & (kCellRejectedMask | kCell_NO_CROSSING))) continue;
+      const int input_size = static_cast<int>(w.network->input_size());
       w.network_row[i] = static_cast<std::uint32_t>(network_rows);
-      float* row = w.network->input_row(network_rows++);
-      rest_frame_invariants(rest.F, row);
-      if (w.network->input_size() > static_cast<std::size_t>(kInvariants)) {
-        // "invariants27+box7-v1": Box3D's rest-frame density changes and growth proxy (units of
-        // N_tot), in this cell's packed row.
-        for (int a = 0; a < kSpecies; ++a) row[kInvariants + a] = static_cast<float>(rest.dF[value_index(a, 0)]);
-        row[kInvariants + kSpecies] = static_cast<float>(rest.growth_over_ntot);
-        // "+eln18": the kernel's crossing shape of this (crossing) cell.
-        if (wants_crossing)
-          for (int k = 0; k < kCrossingFeatures; ++k)
-            row[kInvariants + kSpecies + 1 + k] = static_cast<float>(rest.crossing[k]);
+      if (!batch.flavour_images) {
+        image_row(rest, input_size, 0, w.network->input_row(network_rows++));
+        continue;
+      }
+      // The images of non-zero weight (flavour_symmetry.hpp), a row each; a cell that is its own
+      // mu <-> tau image gives images 1 and 3 the rows of 0 and 2.
+      CellImages& images = w.images[i];
+      images.weights = image_weights(rest.F);
+      const bool symmetric = mu_tau_symmetric(rest.F);
+      for (int g = 0; g < kFlavourImages; ++g) {
+        if (!(images.weights.weight[g] > 0.0)) continue;
+        if (symmetric && g % 2 == 1 && images.weights.weight[g - 1] > 0.0) {
+          images.row[g] = images.row[g - 1];
+          continue;
+        }
+        images.row[g] = static_cast<std::uint32_t>(network_rows);
+        image_row(rest, input_size, g, w.network->input_row(network_rows++));
       }
     }
   }
@@ -390,14 +469,18 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
       else copy_cell(F, F_out);  // stable: returned unchanged
       done = true;
     } else if (model_) {
-      const std::size_t row = w.network_row[i];
+      CellNetworkOutput output;
+      cell_network_output(*w.network, description_.head, w.network_row[i], batch.flavour_images ? &w.images[i] : nullptr,
+                          output);
       // A non-finite optional output voids the cell's whole network output (Box3D's result and
       // proxy, as for a non-finite correction).
       double change[kCellValues];
-      if (!learned_diagnostics(*w.network, row, rest.growth_over_ntot, rest.ntot, growth, uncertainty))
+      if (!learned_diagnostics(w.network->log_growth_ratio() ? &output.log_ratio : nullptr,
+                               w.network->uncertainty() ? &output.spread : nullptr, rest.growth_over_ntot, rest.ntot,
+                               growth, uncertainty))
         flags |= kCell_NETWORK_NONFINITE;
       else
-        flags |= learned_change(description_.head, w.network->output_row(row), rest, change);
+        flags |= learned_change(description_.head, output.head, rest, change);
       if (!(flags & kCell_NETWORK_NONFINITE)) {
         done = finalise_cell(F, rest.boost, rest.ntot, change, F_out);
         if (!done) flags |= kCell_NETWORK_NONFINITE;  // overflow near DBL_MAX: Box3D's result instead
@@ -454,8 +537,9 @@ double Closure::self_test() const {
   CellDiagnostics diagnostics;
   diagnostics.growth_over_ntot = growth.data();
   diagnostics.uncertainty = uncertainty.data();
-  apply(vectors.cells, ConstCellArray{vectors.F_init.data()}, velocity, CellArray{predicted.data()}, nullptr,
-        diagnostics);
+  // The package's network as exported, without the flavour images: its test vectors were computed so.
+  apply_batch(vectors.cells, ConstCellArray{vectors.F_init.data()}, velocity, CellArray{predicted.data()}, nullptr,
+              diagnostics, false);
   double worst = 0.0;
   std::size_t worst_cell = 0;
   for (std::size_t c = 0; c < vectors.cells; ++c) {

@@ -1,9 +1,10 @@
 // The in-loop closure: Box3D, then the learned correction, per grid cell (physics.md; issue 4).
 //
-// Per chunk of cells: Box3D in the rest frame (dodo::Box3D), the 27 invariants, one network call
-// (fp32, fixed chunk size), head assembly, conservation projection, realizability limiter,
-// scale by N_tot, boost back. Chunks are shared out over a pool of threads; each chunk uses a
-// workspace taken from a free list, so nothing is allocated per call once warm.
+// Per chunk of cells: Box3D in the rest frame (dodo::Box3D), the network's inputs, one network call
+// (fp32) on each crossing cell's flavour images (flavour_symmetry.hpp), their mean head output,
+// conservation projection, realizability limiter, scale by N_tot, boost back. Chunks are shared
+// out over a pool of threads; each chunk uses a workspace taken from a free list, so nothing is
+// allocated per call once warm.
 //
 // Immutable after construction apart from the event counters (atomics): apply() is const and
 // may be called from several threads at once on one object.
@@ -107,6 +108,10 @@ class Closure {
   struct Batch;
   // Loads the model in `bytes` (named `source` in messages); null bytes: Box3D only.
   void initialise(const std::string_view* bytes, const std::string& source, const ClosureOptions& options);
+  // apply(); flavour_images false: the network on each cell alone (the self-test's check of the
+  // package's network as exported).
+  void apply_batch(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, CellArray F_pred, std::uint32_t* status,
+                   const CellDiagnostics& diagnostics, bool flavour_images) const;
   static void run_chunk(void* batch, std::size_t chunk, int slot);
   void process_chunk(const Batch& batch, std::size_t begin, std::size_t end, Workspace& workspace) const;
   Workspace* acquire_workspace() const;

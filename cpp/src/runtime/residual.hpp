@@ -3,6 +3,8 @@
 // the fluid rest frame, four-fluxes in units of the cell's N_tot (24 values, species-major).
 #pragma once
 
+#include <cstdint>
+#include <cstring>
 #include <string>
 
 #include "../conventions.hpp"
@@ -21,9 +23,13 @@ const char* head_name(Head head);
 // True when an equivariant head output has every c_ab and d_ab zero (the density-residual
 // ensemble's pattern): its correction changes the densities alone.
 inline bool density_only_output(const float* head_output) {
-  int coupled = 0;
-  for (int i = 0; i < 2 * kSpecies * kSpecies; ++i) coupled |= head_output[i] != 0.0f;
-  return !coupled;
+  // On the bits without the sign (so -0 counts as 0, as == 0.0f says; NaN is not 0): an OR over
+  // integers, which vectorises, where a chain of float compares did not.
+  std::uint32_t bits[2 * kSpecies * kSpecies];
+  std::memcpy(bits, head_output, sizeof bits);
+  std::uint32_t coupled = 0;
+  for (int i = 0; i < 2 * kSpecies * kSpecies; ++i) coupled |= bits[i] & 0x7fffffffu;
+  return coupled == 0;
 }
 
 // dF_ml from the head's raw outputs (float, as the network wrote them).

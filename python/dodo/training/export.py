@@ -33,10 +33,13 @@ class ExportError(RuntimeError):
     """The export or its round-trip check failed."""
 
 
-def closure_float64(network: torch.nn.Module, F_init, u, box3d_settings: dict) -> dict:
+def closure_float64(network: torch.nn.Module, F_init, u, box3d_settings: dict, flavour_images: bool = False) -> dict:
     """The full closure in float64 (Box3D from dodo.box3d, then the learned correction).
 
     F_init [n, 6, 4] lab frame, u [n, 4]. Returns F_box, F_pred (lab frame), status, theta.
+    flavour_images: the network's head output blended over each cell's mu <-> tau and nu <-> nubar
+    images, from their own relabelled cells, as the runtime does (docs/runtime.md); False (the
+    package's test vectors, and the runtime's self-test): the network on the cell alone.
     """
     import dodo
 
@@ -57,6 +60,15 @@ def closure_float64(network: torch.nn.Module, F_init, u, box3d_settings: dict) -
     head = ResidualClosureHead(network.head).double()
     with torch.no_grad():
         output = network64(torch.from_numpy(invariants))
+        if flavour_images:
+            from .synthetic_model import IMAGE_SPECIES, flavour_image_weights, head_to_cell
+
+            weights, blended = flavour_image_weights(F_init_rest), 0.0
+            for g, species in enumerate(IMAGE_SPECIES):
+                image = lab_features(getattr(network, "features", FEATURES), F_init[:, list(species)], u)
+                mapped = head_to_cell(network.head, network64(torch.from_numpy(image)).numpy(), species)
+                blended = blended + np.where(weights[:, g][:, None] > 0, weights[:, g][:, None] * mapped, 0.0)
+            output = torch.from_numpy(np.asarray(blended, np.float64))
         dF, _, theta = head(output, torch.from_numpy(F_init_rest), torch.from_numpy(F_box_rest), return_unlimited=True)
     dF_lab = boost_from_rest(dF.numpy() * scale, u[:, None, :])
     # As in the runtime: a cell whose input Box3D rejects keeps the Box3D result (its input),

@@ -169,15 +169,75 @@ def limiter_theta(F_base: np.ndarray, dF: np.ndarray, iterations: int = 60) -> n
     return np.where(ok, one, lo)
 
 
+# The runtime's flavour images (cpp/src/runtime/flavour_symmetry.hpp): species a of image g is the
+# cell's species IMAGE_SPECIES[g][a]; weights from a_e = n_nubar_e - n_nu_e and a_mt = (n_tau +
+# n_taubar) - (n_mu + n_mubar) (rest frame, units of N_tot) through steep logistic functions.
+IMAGE_SPECIES = ((0, 1, 2, 3, 4, 5), (0, 2, 1, 3, 5, 4), (3, 4, 5, 0, 1, 2), (3, 5, 4, 0, 2, 1))
+IMAGE_BLEND_WIDTH = 0.01
+IMAGE_WEIGHT_FLOOR = 1e-7
+
+
+def flavour_image_weights(F_rest: np.ndarray) -> np.ndarray:
+    """[N, 4] weights of the cells' flavour images (F_rest [N, 6, 4], rest frame, units of N_tot)."""
+    edge = np.log((1.0 - IMAGE_WEIGHT_FLOOR) / IMAGE_WEIGHT_FLOOR)
+
+    def sides(a):
+        t = edge / IMAGE_BLEND_WIDTH * a
+        with np.errstate(over="ignore"):
+            keep, swap = 1.0 / (1.0 + np.exp(-t)), 1.0 / (1.0 + np.exp(t))
+        inside = np.abs(t) < edge
+        return np.where(inside, keep, (t > 0).astype(float)), np.where(inside, swap, (t <= 0).astype(float))
+
+    e_side = sides(F_rest[:, 3, 0] - F_rest[:, 0, 0])
+    mt_side = sides((F_rest[:, 2, 0] + F_rest[:, 5, 0]) - (F_rest[:, 1, 0] + F_rest[:, 4, 0]))
+    return np.stack([e_side[g // 2] * mt_side[g % 2] for g in range(4)], axis=1)
+
+
+def head_to_cell(head: str, output: np.ndarray, species) -> np.ndarray:
+    """Head outputs [N, K] of a flavour image (species a of the image is the cell's species[a])
+    in the cell's own labelling."""
+    output = np.asarray(output, np.float64)
+    mapped = np.empty_like(output)
+    p = np.asarray(species)
+    if head == "direct":
+        mapped.reshape(-1, 6, 4)[:, p] = output.reshape(-1, 6, 4)
+        return mapped
+    for block in (0, 36):
+        cell = np.empty((len(output), 6, 6))
+        cell[:, p[:, None], p[None, :]] = output[:, block:block + 36].reshape(-1, 6, 6)
+        mapped[:, block:block + 36] = cell.reshape(-1, 36)
+    mapped[:, 72 + p] = output[:, 72:78]
+    return mapped
+
+
+def flavour_image_blend(F: np.ndarray, u: Optional[np.ndarray], evaluate: Callable[[np.ndarray], dict]) -> dict:
+    """Per-cell scalar outputs blended over the cells' flavour images as the runtime does:
+    ``evaluate(F_image)`` gives a dict of [N] arrays for the relabelled cells F_image [N, 6, 4]."""
+    import dodo
+
+    ntot = np.asarray(dodo.comoving_density(np.nan_to_num(F), u), np.float64)
+    safe = np.where(ntot > 0, ntot, 1.0)[:, None, None]
+    weights = flavour_image_weights(boost_to_rest(u, np.nan_to_num(F)) / safe)
+    out: dict = {}
+    for g, species in enumerate(IMAGE_SPECIES):
+        w = weights[:, g]
+        for name, values in evaluate(F[:, list(species)]).items():
+            with np.errstate(invalid="ignore"):
+                out[name] = out.get(name, 0.0) + np.where(w > 0, w * np.asarray(values, np.float64), 0.0)
+    return out
+
+
 def reference_closure(F_init: np.ndarray, u: Optional[np.ndarray], network: Callable[[np.ndarray], np.ndarray],
-                      head: str, box3d_settings: Optional[dict] = None) -> dict:
+                      head: str, box3d_settings: Optional[dict] = None, flavour_images: bool = True) -> dict:
     """The full closure in NumPy for cells F_init [N, 6, 4], u [N, 4] or None.
 
     Returns F_pred, F_box, theta, status (Box3D's status plus the runtime's bits), and the
     growth rate (units of N_tot) and uncertainty the runtime reports (docs/runtime.md): from the
     network's optional outputs (``network.diagnostic_outputs``, if it has them) where a
     correction is due, Box3D's proxy and 0 elsewhere; a non-finite one voids the cell's network
-    output as a non-finite correction does.
+    output as a non-finite correction does. flavour_images: the network's outputs blended over the
+    cell's mu <-> tau and nu <-> nubar images as the runtime does (False: the network on the cell
+    alone, as the runtime's self-test and a package's test vectors).
     """
     import dodo
 
@@ -188,16 +248,28 @@ def reference_closure(F_init: np.ndarray, u: Optional[np.ndarray], network: Call
     rejected = (status & np.uint32(dodo.CellStatus.FLUX_FACTOR | dodo.CellStatus.NEGATIVE_DENSITY | dodo.CellStatus.NONFINITE
                                    | dodo.CellStatus.ZERO_DENSITY | dodo.CellStatus.BAD_VELOCITY)) != 0
     features, ntot = reference_invariants(F, u)
-    output = network(features.astype(np.float32))
     safe = np.where(ntot > 0, ntot, 1.0)[:, None, None]
     F_init_rest = boost_to_rest(u, F) / safe
     dF_box_rest = boost_to_rest(u, box.F_box - F) / safe
+    has_optional = hasattr(network, "diagnostic_outputs")
+    if flavour_images:  # each image's features from its own relabelled cell, outputs mapped back and blended
+        weights = flavour_image_weights(F_init_rest)
+        output, optional = 0.0, {}
+        for g, species in enumerate(IMAGE_SPECIES):
+            image_features = reference_invariants(F[:, list(species)], u)[0].astype(np.float32)
+            w = weights[:, g]
+            with np.errstate(invalid="ignore"):  # images of weight 0 are not read (they may be NaN)
+                output = output + np.where(w[:, None] > 0, w[:, None] * head_to_cell(head, network(image_features), species), 0.0)
+                for name, values in (network.diagnostic_outputs(image_features) if has_optional else {}).items():
+                    optional[name] = optional.get(name, 0.0) + np.where(w > 0, w * values.astype(np.float64), 0.0)
+    else:
+        output = network(features.astype(np.float32))
+        optional = network.diagnostic_outputs(features.astype(np.float32)) if has_optional else {}
     dF = assemble_head(head, output, F_init_rest, dF_box_rest)
     finite = np.all(np.isfinite(dF), axis=(1, 2))
     proxy = np.asarray(box.growth_over_ntot, dtype=np.float64)
     growth, uncertainty = proxy.copy(), np.zeros_like(proxy)
     due = ~rejected & ((status & np.uint32(dodo.CellStatus.NO_CROSSING)) == 0)
-    optional = network.diagnostic_outputs(features.astype(np.float32)) if hasattr(network, "diagnostic_outputs") else {}
     with np.errstate(over="ignore", invalid="ignore"):
         if "log_growth_ratio" in optional:
             log_ratio = optional["log_growth_ratio"].astype(np.float64)
@@ -336,7 +408,7 @@ def write_model(path, mlp: SyntheticMLP, *, box3d_settings: Optional[dict] = Non
         metadata["dodo.outputs"] = json.dumps(["head_output", *mlp.diagnostics])
     if n_test_vectors:
         F, u = test_cells(n_test_vectors, seed=11)
-        reference = reference_closure(F, u, mlp, mlp.head, settings)
+        reference = reference_closure(F, u, mlp, mlp.head, settings, flavour_images=False)  # the self-test's form
         vectors = {"F_init": F.tolist(), "u": u.tolist(), "F_pred": reference["F_pred"].tolist(), "atol_over_ntot": 1e-5}
         if mlp.diagnostics:  # the optional outputs' results too (docs/model_package.md)
             vectors.update(growth_over_ntot=reference["growth_over_ntot"].tolist(),

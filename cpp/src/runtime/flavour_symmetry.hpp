@@ -1,0 +1,170 @@
+// The closure's flavour symmetries (physics.md section 3): exchanging mu and tau, or neutrinos and
+// antineutrinos, in a cell's input must exchange them in its output. Box3D obeys both by
+// construction; a network on the invariants obeys them only as well as training taught it (an
+// outside probe measured 2.7e-3 N_tot on average, up to 3.6e-2, for mu <-> tau). So the runtime
+// evaluates the network on a crossing cell's images under the group {identity, mu <-> tau,
+// nu <-> nubar, both} and blends their outputs, mapped back to the cell's own labelling, with
+// weights that follow the images: image g weighs s(a_e(g x)) s(a_mt(g x)), s the logistic
+// function of a steep multiple of a_e = n_nubar_e - n_nu_e and a_mt = (n_tau + n_taubar) -
+// (n_mu + n_mubar) (units of N_tot; each swap negates one of them). A relabelled cell has the same
+// images with the same weights, so the closure's answer is relabelled with it; and the blend is
+// continuous. Outside a band of half-width kImageBlendWidth around a_e = 0 and around a_mt = 0
+// (where the other side's weight would be under 1e-7) a single image has weight 1 and is the only
+// one evaluated, so most cells cost one network row (a cell with mu = tau is its own mu <-> tau
+// image: one row for both). The images' rows are permutations of the cell's own network inputs (no
+// second Box3D).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <utility>
+
+#include "../box3d/box3d.hpp"
+#include "../conventions.hpp"
+#include "../frame.hpp"
+#include "residual.hpp"
+
+namespace dodo::runtime {
+
+inline constexpr int kFlavourImages = 4;  // identity, mu <-> tau, nu <-> nubar, both
+
+// kImageSpecies[g][a]: the cell's species that plays species a in image g.
+inline constexpr int kImageSpecies[kFlavourImages][kSpecies] = {
+    {0, 1, 2, 3, 4, 5}, {0, 2, 1, 3, 5, 4}, {3, 4, 5, 0, 1, 2}, {3, 5, 4, 0, 2, 1}};
+// The flavour that plays flavour f in image g, and whether the image swaps nu and nubar (which
+// turns every ELN, and so every pair's G, into its negative).
+inline constexpr int kImageFlavour[kFlavourImages][kFlavours] = {{0, 1, 2}, {0, 2, 1}, {0, 1, 2}, {0, 2, 1}};
+inline constexpr bool kImageNegatesEln[kFlavourImages] = {false, false, true, true};
+
+// Blend band half-width (units of N_tot) and the weight below which an image is left out.
+inline constexpr double kImageBlendWidth = 0.01;
+inline constexpr double kImageWeightFloor = 1e-7;
+
+// The images' weights for a cell F (rest frame, units of N_tot); 0: the image is not evaluated.
+struct ImageWeights {
+  double weight[kFlavourImages];
+};
+
+inline ImageWeights image_weights(const double* F) {
+  // s(t) and s(-t) as the same expression of t and -t, so that a swap, which negates t exactly,
+  // exchanges them to the last bit.
+  // Outside the band (|t| beyond `edge`, where the smaller side is under the floor) the sides are
+  // exactly 1 and 0, without an exponential: the cell's one image, unscaled.
+  static const double edge = std::log((1.0 - kImageWeightFloor) / kImageWeightFloor);
+  static const double steepness = edge / kImageBlendWidth;
+  const auto sides = [](double a, double* side) {
+    const double t = steepness * a;
+    if (!(std::fabs(t) < edge)) {
+      side[0] = t > 0.0 ? 1.0 : 0.0;
+      side[1] = t > 0.0 ? 0.0 : 1.0;
+      return;
+    }
+    side[0] = 1.0 / (1.0 + std::exp(-t));
+    side[1] = 1.0 / (1.0 + std::exp(t));
+  };
+  const double eln_e = F[value_index(3, 0)] - F[value_index(0, 0)];
+  const double mu_tau = (F[value_index(2, 0)] + F[value_index(5, 0)]) - (F[value_index(1, 0)] + F[value_index(4, 0)]);
+  double e_side[2], mt_side[2];
+  sides(eln_e, e_side);    // images 0, 1 keep nu and nubar; 2, 3 swap them
+  sides(mu_tau, mt_side);  // images 0, 2 keep mu and tau; 1, 3 swap them
+  ImageWeights out;
+  for (int g = 0; g < kFlavourImages; ++g) out.weight[g] = e_side[g / 2] * mt_side[g % 2];
+  return out;
+}
+
+// True when the mu <-> tau image of a cell (24 values, species-major) is the cell itself; its
+// rows then equal the identity's and the nu <-> nubar image's, and are not evaluated again.
+inline bool mu_tau_symmetric(const double* F) {
+  return std::equal(F + 1 * kComponents, F + 2 * kComponents, F + 2 * kComponents) &&
+         std::equal(F + 4 * kComponents, F + 5 * kComponents, F + 5 * kComponents);
+}
+
+// Position of F_a . F_b (a <= b) among the 27 invariants (the six densities, then a <= b row by row).
+constexpr int invariant_position(int a, int b) { return kSpecies + a * kSpecies - a * (a - 1) / 2 + (b - a); }
+
+// Position of pair {f1, f2} (f1 < f2) in the pair order of conventions.hpp.
+constexpr int pair_position(int f1, int f2) { return f1 == 0 ? f2 - 1 : 2; }
+static_assert(pair_position(kPairFirst[0], kPairSecond[0]) == 0 && pair_position(kPairFirst[1], kPairSecond[1]) == 1 &&
+                  pair_position(kPairFirst[2], kPairSecond[2]) == 2,
+              "pair order");
+
+// Network inputs (`size` columns): the 27 invariants; for feature sets with Box3D's answer, its six
+// rest-frame density changes and its proxy; for "+eln18", the three pairs' six crossing inputs.
+inline constexpr int kCrossingColumn = kInvariants + kSpecies + 1;
+
+// Image g's network input, made directly from the cell's rest-frame pieces (no row of the cell
+// itself first): the invariants of the relabelled cell (the products of the same numbers, so the
+// same bits as permuting the cell's own), Box3D's changes of the species that play each part, and
+// each pair's crossing inputs from the cell's pair of the same two flavours. A pair whose G
+// changes sign in the image swaps its lobes: I+ <-> I-, |<n>+| <-> |<n>-|, and the fraction where
+// G > 0 becomes the fraction where G < 0 (which Box3D's kernel also sums).
+inline void image_row(const RestFrameCell& rest, int size, int g, float* out) {
+  const int* species = kImageSpecies[g];
+  if (g == 0) {
+    rest_frame_invariants(rest.F, out);
+  } else {
+    double F[kCellValues];
+    for (int a = 0; a < kSpecies; ++a)
+      for (int m = 0; m < kComponents; ++m) F[value_index(a, m)] = rest.F[value_index(species[a], m)];
+    rest_frame_invariants(F, out);
+  }
+  if (size <= kInvariants) return;
+  for (int a = 0; a < kSpecies; ++a) out[kInvariants + a] = static_cast<float>(rest.dF[value_index(species[a], 0)]);
+  out[kInvariants + kSpecies] = static_cast<float>(rest.growth_over_ntot);  // invariant
+  if (size <= kCrossingColumn) return;
+  for (int q = 0; q < kPairs; ++q) {
+    int f1 = kImageFlavour[g][kPairFirst[q]], f2 = kImageFlavour[g][kPairSecond[q]];
+    bool negated = kImageNegatesEln[g];
+    if (f1 > f2) {
+      std::swap(f1, f2);
+      negated = !negated;
+    }
+    const int r = pair_position(f1, f2);
+    const double* from = rest.crossing + r * kCrossingFeaturesPerPair;
+    float* to = out + kCrossingColumn + q * kCrossingFeaturesPerPair;
+    const double fraction = negated ? rest.crossing[kCrossingFeatures + r] : from[2];
+    to[0] = static_cast<float>(from[negated ? 1 : 0]);
+    to[1] = static_cast<float>(from[negated ? 0 : 1]);
+    to[2] = static_cast<float>(fraction);
+    to[3] = static_cast<float>(from[negated ? 4 : 3]);
+    to[4] = static_cast<float>(from[negated ? 3 : 4]);
+    to[5] = static_cast<float>(from[5]);
+  }
+}
+
+// Image g's head output (in the image's labelling) mapped to the cell's own: the output for
+// species a of the image is that of species kImageSpecies[g][a] of the cell. direct: dF per
+// species; equivariant: c_ab, d_ab (both indices mapped) and e_a.
+inline void head_to_cell(Head head, const float* image_output, int g, float* cell_output) {
+  const int* species = kImageSpecies[g];
+  if (head == Head::kEquivariant && density_only_output(image_output)) {  // c_ab, d_ab all 0
+    std::fill(cell_output, cell_output + 2 * kSpecies * kSpecies, 0.0f);
+    for (int a = 0; a < kSpecies; ++a)
+      cell_output[2 * kSpecies * kSpecies + species[a]] = image_output[2 * kSpecies * kSpecies + a];
+    return;
+  }
+  if (head == Head::kDirect) {
+    for (int a = 0; a < kSpecies; ++a)
+      for (int m = 0; m < kComponents; ++m) cell_output[value_index(species[a], m)] = image_output[value_index(a, m)];
+    return;
+  }
+  for (int block = 0; block < 2; ++block) {  // c_ab, then d_ab
+    const float* from = image_output + block * kSpecies * kSpecies;
+    float* to = cell_output + block * kSpecies * kSpecies;
+    for (int a = 0; a < kSpecies; ++a)
+      for (int b = 0; b < kSpecies; ++b) to[species[a] * kSpecies + species[b]] = from[a * kSpecies + b];
+  }
+  for (int a = 0; a < kSpecies; ++a) cell_output[2 * kSpecies * kSpecies + species[a]] = image_output[2 * kSpecies * kSpecies + a];
+}
+
+// The blend of the four images' values (v[g] weighted by w[g]) in the order
+// ((image 0 + image 1) + (image 2 + image 3)): a relabelling of the cell permutes the images within
+// and between the two brackets, which float addition does not notice (it is commutative), so the
+// blend is the same to the last bit. Images of weight 0 are not read.
+inline double image_blend(const double* w, const float* const* v, int k) {
+  double term[kFlavourImages];
+  for (int g = 0; g < kFlavourImages; ++g) term[g] = w[g] > 0.0 ? w[g] * static_cast<double>(v[g][k]) : 0.0;
+  return (term[0] + term[1]) + (term[2] + term[3]);
+}
+
+}  // namespace dodo::runtime
