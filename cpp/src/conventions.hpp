@@ -34,7 +34,8 @@ inline constexpr double kGrowthRatePerNtot = 1.9255e-22;
 // ZERO_DENSITY, returned unchanged): subnormal numbers cannot carry conservation to rounding.
 inline constexpr double kSmallestNtot = 1e-300;
 
-// |u.u + 1| above this is not a four-velocity.
+// |u.u + 1| above this times max(1, u^t^2) is not a four-velocity (relative to u^t^2: the rounding
+// of u.u grows as W^2; frame.hpp, four_velocity_norm_tolerance).
 inline constexpr double kVelocityNormTolerance = 1e-6;
 
 // Most threads a closure or Box3D batch may ask for, in every language; more are refused.

@@ -13,7 +13,7 @@ bool is_valid_four_velocity(const double* u) {
   for (int m = 0; m < 4; ++m)
     if (!std::isfinite(u[m])) return false;
   // `<=` is false for a NaN error (an overflowing u.u gives inf - inf).
-  return u[0] > 0.0 && four_velocity_norm_error(u) <= kVelocityNormTolerance;
+  return u[0] > 0.0 && four_velocity_norm_error(u) <= four_velocity_norm_tolerance(u[0]);
 }
 
 DODO_MULTIVERSION
@@ -28,7 +28,7 @@ bool all_valid_four_velocities(std::size_t n, const double* u) {
       // is_valid_four_velocity's operations in its order (fp-contract=off: the same bits).
       const bool finite = std::isfinite(v[0]) & std::isfinite(v[1]) & std::isfinite(v[2]) & std::isfinite(v[3]);
       const double norm_error = std::fabs(-v[0] * v[0] + v[1] * v[1] + v[2] * v[2] + v[3] * v[3] + 1.0);
-      valid &= finite & (v[0] > 0.0) & (norm_error <= kVelocityNormTolerance);
+      valid &= finite & (v[0] > 0.0) & (norm_error <= four_velocity_norm_tolerance(v[0]));
     }
     if (!valid) return false;
   }
@@ -40,7 +40,7 @@ bool all_valid_four_velocities(std::size_t n, const double* u) {
 LorentzBoost::LorentzBoost(const double* u) {
   if (u == nullptr) return;
   identity_ = false;
-  // u is accepted with |u.u + 1| up to 1e-6: boost by the exact Lorentz factor of v = u/u^t
+  // u is accepted with |u.u + 1| up to 1e-6 max(1, u^t^2): boost by the exact Lorentz factor of v = u/u^t
   // (W = u^t / sqrt(-u.u)), so the boost and its inverse are exact inverses and the conservation
   // laws hold to rounding for the normalised u (and so for u, a multiple of it).
   const double spatial2 = u[1] * u[1] + u[2] * u[2] + u[3] * u[3];

@@ -10,8 +10,15 @@ namespace dodo {
 
 // |u.u + 1|, computed the one way every check uses (the Python API reports this number).
 double four_velocity_norm_error(const double* u);
+// The largest |u.u + 1| accepted for a u with time component u0: kVelocityNormTolerance *
+// max(1, u0^2) (rounding alone leaves |u.u + 1| ~ W^2 eps: a float32 u at v = 0.98, or a float64
+// one at W = 1e5, was refused by an absolute 1e-6). Inline: the vectorised checks use it too.
+inline double four_velocity_norm_tolerance(double u0) {
+  const double W2 = u0 * u0;
+  return kVelocityNormTolerance * (W2 > 1.0 ? W2 : 1.0);
+}
 // True when u is finite, future-directed (u^t > 0) and four_velocity_norm_error(u) <=
-// kVelocityNormTolerance: the one velocity check, shared by the C API and Python (issue 11.4).
+// four_velocity_norm_tolerance(u): the one velocity check, shared by the C API and Python (issue 11.4).
 bool is_valid_four_velocity(const double* u);
 // is_valid_four_velocity of every row of u (n x 4), as one branch-free loop that vectorises:
 // Python's up-front check of a batch, which every call makes.

@@ -150,7 +150,10 @@ def _check_velocity(flat_u: np.ndarray, batch: tuple[int, ...]) -> None:
         if flat_u[first, 0] <= 0:
             problem = f"u^t = {flat_u[first, 0]:.17g} is not positive (past-directed or zero)"
         else:
-            problem = f"|u.u + 1| = {norm_error[first]:.12g} exceeds the tolerance {VELOCITY_NORM_TOLERANCE}"
+            u0 = float(flat_u[first, 0])
+            tolerance = VELOCITY_NORM_TOLERANCE * max(1.0, u0 * u0)  # u0 ** 2 raises on overflow; u0 * u0 is inf
+            problem = (f"|u.u + 1| = {norm_error[first]:.12g} exceeds the tolerance {VELOCITY_NORM_TOLERANCE} "
+                       f"max(1, u^t^2) = {tolerance:.12g}")
         raise ValueError(
             f"u is not a future-directed unit timelike four-velocity at cell {where}: u = {flat_u[first].tolist()}, "
             f"{problem}; pass u = (W, W v) with W = 1/sqrt(1 - v^2)")

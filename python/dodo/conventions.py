@@ -26,7 +26,7 @@ REST_FRAME_VELOCITY = np.array([1.0, 0.0, 0.0, 0.0])
 #: G_F/(hbar c)^3 = 1.1663788e-5 GeV^-2 (PDG); hbar = 6.582119569e-25 GeV s; (hbar c) = 1.97326980e-14 GeV cm.
 GROWTH_RATE_PER_NTOT = 1.9255e-22
 
-#: Velocity normalisation tolerance: |u.u + 1| above this is rejected.
+#: Velocity normalisation tolerance: |u.u + 1| above this times max(1, u^t^2) is rejected.
 VELOCITY_NORM_TOLERANCE = 1e-6
 
 #: Most worker threads a Box3D batch or a closure may ask for (every language; C++ kMaxThreads).

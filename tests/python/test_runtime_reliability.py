@@ -29,6 +29,9 @@ BAD_VELOCITY = 32
 
 # The u of the issue: |u.u + 1| is 9.99999999918e-7 summed NumPy's way, just above 1e-6 summed C's way.
 ISSUE_U = np.array([1.2311908800849956, -0.017439377025977768, 0.47953386955454463, 0.5343904184053608])
+# The issue's u moved onto the tolerance since it became relative (1e-6 max(1, u^t^2), 2026-12-01):
+# scaled by f so that |u.u + 1| = f^2 (1 + 1e-6) - 1 exceeds 1e-6 f^2 u^t^2 by 1e-12 (about 1.5e-6).
+ISSUE_U = ISSUE_U * np.sqrt((1 + 1e-12) / (1 + 1e-6 - 1e-6 * ISSUE_U[0] ** 2))
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +105,7 @@ def test_python_refuses_exactly_the_velocity_the_c_api_flags(lib):
         assert lib.dodo_apply(handle, 1, as_double(F), None, as_double(u), None, as_double(out), None,
                               flags.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32))) == DODO_OK
         assert flags[0] & BAD_VELOCITY
-        with pytest.raises(ValueError, match=r"\|u.u \+ 1\| = 1\.000000000\d*e-06 exceeds the tolerance 1e-06"):
+        with pytest.raises(ValueError, match=r"\|u.u \+ 1\| = 1\.5\d*e-06 exceeds the tolerance 1e-06 max\(1, u\^t\^2\)"):
             dodo.box3d(stable_cell(), ISSUE_U)
 
         # Many velocities on both sides of the tolerance: Python accepts exactly what C does not flag.
@@ -111,7 +114,8 @@ def test_python_refuses_exactly_the_velocity_the_c_api_flags(lib):
         v *= (rng.uniform(0, 0.9, 4000) / np.linalg.norm(v, axis=1))[:, None]
         W = 1 / np.sqrt(1 - (v**2).sum(axis=1))
         velocities = np.concatenate([W[:, None], W[:, None] * v], axis=1)
-        velocities *= np.sqrt(1 + rng.uniform(0.999999, 1.000001, 4000) * VELOCITY_NORM_TOLERANCE)[:, None]
+        # |u.u + 1| = k 1e-6 W^2 for k on both sides of 1: the tolerance 1e-6 max(1, u^t^2).
+        velocities *= np.sqrt(1 + rng.uniform(0.99999, 1.00001, 4000) * VELOCITY_NORM_TOLERANCE * W**2)[:, None]
         velocities = np.ascontiguousarray(velocities)
         cells = np.ascontiguousarray(np.broadcast_to(stable_cell(), (4000, 6, 4)))
         out = np.empty_like(cells)
@@ -135,7 +139,7 @@ def test_the_batch_velocity_check_agrees_with_the_row_check_everywhere():
     v *= (rng.uniform(0, 0.9, 3000) / np.linalg.norm(v, axis=1))[:, None]
     W = 1 / np.sqrt(1 - (v**2).sum(axis=1))
     velocities = np.concatenate([W[:, None], W[:, None] * v], axis=1)
-    velocities *= np.sqrt(1 + rng.uniform(0.999999, 1.000001, 3000) * VELOCITY_NORM_TOLERANCE)[:, None]
+    velocities *= np.sqrt(1 + rng.uniform(0.99999, 1.00001, 3000) * VELOCITY_NORM_TOLERANCE * W**2)[:, None]
     velocities[::97, 0] = np.nan
     velocities[5::89, 2] = np.inf
     velocities[7::83] *= -1.0
@@ -594,3 +598,19 @@ def test_info_prints_the_default_model_path(capsys):
 
     assert main(["info", "--default-model"]) == 0
     assert capsys.readouterr().out.strip() == str(default_model_path())
+
+
+def test_fast_velocities_are_accepted_whatever_their_rounding():
+    """|u.u + 1| grows as W^2 eps by rounding alone: a float32 u at v = 0.98-0.999 and a float64 u at
+    W = 1e5 were refused by the absolute 1e-6 that the tolerance was (outside probe, 2026-12-01)."""
+    F = stable_cell()
+    for v in (0.9, 0.98, 0.99, 0.999):
+        W = 1 / np.sqrt(1 - v * v)
+        u = np.array([W, W * v, 0.0, 0.0]).astype(np.float32)
+        assert np.all(np.isfinite(dodo.box3d(F, u).F_box))
+    for W in (1e4, 3e4, 1e5):
+        v = np.sqrt(1 - 1 / W**2)
+        assert np.all(np.isfinite(dodo.box3d(F, np.array([W, W * v, 0.0, 0.0])).F_box))
+    with pytest.raises(ValueError, match="exceeds the tolerance"):  # still refused: 1e-5 W^2 off
+        W = 10.0
+        dodo.box3d(F, np.array([W, W * np.sqrt(1 - 1 / W**2), 0.0, 0.0]) * np.sqrt(1 + 1e-5 * W**2))

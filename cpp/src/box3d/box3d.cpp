@@ -747,7 +747,7 @@ void prepare_block(std::size_t count, const double* F_init, const double* u, Res
     const double u0 = velocity[0][c], u1 = velocity[1][c], u2 = velocity[2][c], u3 = velocity[3][c];
     const double norm_error = std::fabs(-u0 * u0 + u1 * u1 + u2 * u2 + u3 * u3 + 1.0);
     const bool finite_input = (probe[c] == 0.0) & (velocity_probe[c] == 0.0);
-    const bool valid_velocity = (u0 > 0.0) & (norm_error <= kVelocityNormTolerance);
+    const bool valid_velocity = (u0 > 0.0) & (norm_error <= four_velocity_norm_tolerance(u0));
     const double spatial2 = u1 * u1 + u2 * u2 + u3 * u3;
     W[c] = u0 / std::sqrt((u0 - std::sqrt(spatial2)) * (u0 + std::sqrt(spatial2)));
     vx[c] = u1 / u0;
