@@ -9,10 +9,10 @@
 #include <tuple>
 
 #include "../frame.hpp"
-#include "flavour_symmetry.hpp"
 #include "../multiversion.hpp"
 #include "../realizability.hpp"
 #include "errors.hpp"
+#include "flavour_symmetry.hpp"
 #include "residual.hpp"
 
 namespace dodo::runtime {
@@ -83,9 +83,10 @@ std::unique_ptr<const Box3D> make_box3d(const Box3DSettings& settings) {
   }
 }
 
-// Growth rate (units of N_tot) and uncertainty of network row `row` from the model's optional
-// outputs; members it lacks leave `growth` (the proxy) and `uncertainty` (0) as they are. False
-// when an output is not finite or the rate overflows: the cell's network output is then void.
+// Growth rate (units of N_tot) and uncertainty of a cell from its network outputs `log_ratio` and
+// `spread` (null where the model lacks that output, which leaves `growth` (the proxy) or
+// `uncertainty` (0) as they are). False when an output is not finite or the rate overflows: the
+// cell's network output is then void.
 bool learned_diagnostics(const float* log_ratio, const float* spread, double proxy, double ntot, double& growth,
                          double& uncertainty) {
   if (log_ratio) {

@@ -11,8 +11,8 @@
 // continuous. Outside a band of half-width kImageBlendWidth around a_e = 0 and around a_mt = 0
 // (where the other side's weight would be under 1e-7) a single image has weight 1 and is the only
 // one evaluated, so most cells cost one network row (a cell with mu = tau is its own mu <-> tau
-// image: one row for both). The images' rows are permutations of the cell's own network inputs (no
-// second Box3D).
+// image: one row for both). The images' rows are made from the cell's rest-frame pieces (no second
+// Box3D).
 #pragma once
 
 #include <algorithm>
@@ -78,9 +78,6 @@ inline bool mu_tau_symmetric(const double* F) {
   return std::equal(F + 1 * kComponents, F + 2 * kComponents, F + 2 * kComponents) &&
          std::equal(F + 4 * kComponents, F + 5 * kComponents, F + 5 * kComponents);
 }
-
-// Position of F_a . F_b (a <= b) among the 27 invariants (the six densities, then a <= b row by row).
-constexpr int invariant_position(int a, int b) { return kSpecies + a * kSpecies - a * (a - 1) / 2 + (b - a); }
 
 // Position of pair {f1, f2} (f1 < f2) in the pair order of conventions.hpp.
 constexpr int pair_position(int f1, int f2) { return f1 == 0 ? f2 - 1 : 2; }
