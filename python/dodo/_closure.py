@@ -261,19 +261,38 @@ def _package_bytes(model) -> bytes:
         raise TypeError(f"an in-memory model package must be bytes or a uint8 array, not an array of {model.dtype}")
     if isinstance(model, np.ndarray):
         return np.ascontiguousarray(model).tobytes()
-    return model if isinstance(model, bytes) else bytes(memoryview(model).cast("B"))
+    # tobytes: the view's bytes in logical order, whether or not it is contiguous (a strided view
+    # cannot be cast).
+    return model if isinstance(model, bytes) else memoryview(model).tobytes()
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_closure(model: Optional[str]) -> Closure:
+def _cached_closure(model: Optional[str], _identity: tuple = ()) -> Closure:
     return Closure(model)
+
+
+def _file_identity(path: str) -> tuple:
+    """What tells a model file's content apart without reading it: its resolved path, inode, size
+    and modification time (a package rewritten at the same path, or a relative path after a
+    change of directory, is another key); () where it cannot be stat'ed (Closure then says why)."""
+    try:
+        status = os.stat(path)
+    except (OSError, ValueError):
+        return ()
+    return (os.path.realpath(path), status.st_ino, status.st_size, status.st_mtime_ns)
 
 
 def closure(F_init, u=None, model: Optional[PathLike] = None) -> np.ndarray:
     """Predicted asymptotic four-fluxes F_pred (..., 6, 4) for F_init (..., 6, 4) and u (..., 4).
 
     model: as for :class:`Closure` (None: the default model). The loaded closure is cached, so
-    repeated calls do not reload the model.
+    repeated calls do not reload the model; the cache knows a file by its resolved path, inode,
+    size and modification time, so a package rewritten in place, or a relative path after
+    os.chdir, loads what the path names now.
     """
-    key = None if model is None else os.fspath(model)
-    return _cached_closure(key)(F_init, u)
+    if model is None:
+        return _cached_closure(None)(F_init, u)
+    path = os.fspath(model)
+    identity = () if path == BOX3D_ONLY else _file_identity(path)
+    key = identity[0] if identity else path
+    return _cached_closure(key, identity)(F_init, u)

@@ -310,3 +310,51 @@ def test_closure_chunk_size_and_empty_results_refuse_bad_sizes():
         dodo.Box3DResult.empty(-1)
     assert dodo.Box3DResult.empty((2, 3.0)).F_box.shape == (2, 3, 6, 4)
     assert dodo.Box3DResult.empty(np.int64(2)).status.shape == (2,)
+
+
+# -- dodo.closure's cache loads what the path names now (outside probe, 2026-12-01) -------------
+
+def test_closure_cache_follows_the_file_a_path_names_now(tmp_path, monkeypatch):
+    import shutil
+
+    import dodo
+    from dodo.models import default_model_path
+
+    if not dodo.runtime_available():
+        pytest.skip("closure runtime not built")
+    default = default_model_path()
+    synthetic = default.parent / "synthetic-test-equivariant.onnx"
+    rng = np.random.default_rng(3)
+    from conftest import random_states
+
+    F = random_states(rng, 64, max_flux_factor=0.6)
+    expected_default = dodo.Closure(default).apply(F).F_pred
+    expected_synthetic = dodo.Closure(synthetic).apply(F).F_pred
+    assert not np.array_equal(expected_default, expected_synthetic)
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir(), second.mkdir()
+    shutil.copy(default, first / "model.onnx")
+    shutil.copy(synthetic, second / "model.onnx")
+    monkeypatch.chdir(first)
+    np.testing.assert_array_equal(dodo.closure(F, model="model.onnx"), expected_default)
+    monkeypatch.chdir(second)  # the same relative path now names the other package
+    np.testing.assert_array_equal(dodo.closure(F, model="model.onnx"), expected_synthetic)
+    shutil.copy(default, second / "model.onnx.new")  # a package rewritten in place (atomically)
+    os.replace(second / "model.onnx.new", second / "model.onnx")
+    np.testing.assert_array_equal(dodo.closure(F, model="model.onnx"), expected_default)
+
+
+def test_a_strided_memoryview_of_a_package_loads_like_its_bytes():
+    import dodo
+    from dodo.models import default_model_path
+
+    if not dodo.runtime_available():
+        pytest.skip("closure runtime not built")
+    data = default_model_path().read_bytes()
+    doubled = bytearray(2 * len(data))
+    doubled[::2] = data
+    closure = dodo.Closure(memoryview(doubled)[::2])
+    F = np.zeros((1, 6, 4))
+    F[0, :, 0] = 1.0
+    np.testing.assert_array_equal(closure.apply(F).F_pred, dodo.Closure().apply(F).F_pred)
