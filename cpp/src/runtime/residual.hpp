@@ -25,10 +25,14 @@ const char* head_name(Head head);
 inline bool density_only_output(const float* head_output) {
   // On the bits without the sign (so -0 counts as 0, as == 0.0f says; NaN is not 0): an OR over
   // integers, which vectorises, where a chain of float compares did not.
-  std::uint32_t bits[2 * kSpecies * kSpecies];
-  std::memcpy(bits, head_output, sizeof bits);
+  // Each value's bits read straight from the output (a copy of the whole block to the stack first
+  // was read back stalled on store forwarding).
   std::uint32_t coupled = 0;
-  for (int i = 0; i < 2 * kSpecies * kSpecies; ++i) coupled |= bits[i] & 0x7fffffffu;
+  for (int i = 0; i < 2 * kSpecies * kSpecies; ++i) {
+    std::uint32_t bits;
+    std::memcpy(&bits, head_output + i, sizeof bits);
+    coupled |= bits & 0x7fffffffu;
+  }
   return coupled == 0;
 }
 
