@@ -61,14 +61,13 @@ def closure_float64(network: torch.nn.Module, F_init, u, box3d_settings: dict, f
     with torch.no_grad():
         output = network64(torch.from_numpy(invariants))
         if flavour_images:
-            from .synthetic_model import IMAGE_SPECIES, flavour_image_weights, head_to_cell
+            from .synthetic_model import blend_over_flavour_images, flavour_image_weights, head_to_cell
 
-            weights, blended = flavour_image_weights(F_init_rest), 0.0
-            for g, species in enumerate(IMAGE_SPECIES):
+            def image_head(species):
                 image = lab_features(getattr(network, "features", FEATURES), F_init[:, list(species)], u)
-                mapped = head_to_cell(network.head, network64(torch.from_numpy(image)).numpy(), species)
-                blended = blended + np.where(weights[:, g][:, None] > 0, weights[:, g][:, None] * mapped, 0.0)
-            output = torch.from_numpy(np.asarray(blended, np.float64))
+                return {"head": head_to_cell(network.head, network64(torch.from_numpy(image)).numpy(), species)}
+
+            output = torch.from_numpy(blend_over_flavour_images(flavour_image_weights(F_init_rest), image_head)["head"])
         dF, _, theta = head(output, torch.from_numpy(F_init_rest), torch.from_numpy(F_box_rest), return_unlimited=True)
     dF_lab = boost_from_rest(dF.numpy() * scale, u[:, None, :])
     # As in the runtime: a cell whose input Box3D rejects keeps the Box3D result (its input),

@@ -210,21 +210,31 @@ def head_to_cell(head: str, output: np.ndarray, species) -> np.ndarray:
     return mapped
 
 
+def blend_over_flavour_images(weights: np.ndarray, evaluate: Callable[[tuple], dict]) -> dict:
+    """The runtime's blend: for each image (species a of it is the cell's ``species[a]``),
+    ``evaluate(species)`` gives a dict of per-cell arrays ([N] or [N, K]) in the cell's own
+    labelling; each is summed with the image's weight ``weights[:, g]``. Images of weight 0 are
+    not read (their values may be NaN)."""
+    out: dict = {}
+    for g, species in enumerate(IMAGE_SPECIES):
+        w = weights[:, g]
+        for name, values in evaluate(species).items():
+            values = np.asarray(values, np.float64)
+            wg = w.reshape((-1,) + (1,) * (values.ndim - 1))
+            with np.errstate(invalid="ignore"):
+                out[name] = out.get(name, 0.0) + np.where(wg > 0, wg * values, 0.0)
+    return out
+
+
 def flavour_image_blend(F: np.ndarray, u: Optional[np.ndarray], evaluate: Callable[[np.ndarray], dict]) -> dict:
-    """Per-cell scalar outputs blended over the cells' flavour images as the runtime does:
+    """Per-cell outputs blended over the cells' flavour images as the runtime does:
     ``evaluate(F_image)`` gives a dict of [N] arrays for the relabelled cells F_image [N, 6, 4]."""
     import dodo
 
     ntot = np.asarray(dodo.comoving_density(np.nan_to_num(F), u), np.float64)
     safe = np.where(ntot > 0, ntot, 1.0)[:, None, None]
     weights = flavour_image_weights(boost_to_rest(u, np.nan_to_num(F)) / safe)
-    out: dict = {}
-    for g, species in enumerate(IMAGE_SPECIES):
-        w = weights[:, g]
-        for name, values in evaluate(F[:, list(species)]).items():
-            with np.errstate(invalid="ignore"):
-                out[name] = out.get(name, 0.0) + np.where(w > 0, w * np.asarray(values, np.float64), 0.0)
-    return out
+    return blend_over_flavour_images(weights, lambda species: evaluate(F[:, list(species)]))
 
 
 def reference_closure(F_init: np.ndarray, u: Optional[np.ndarray], network: Callable[[np.ndarray], np.ndarray],
@@ -253,15 +263,13 @@ def reference_closure(F_init: np.ndarray, u: Optional[np.ndarray], network: Call
     dF_box_rest = boost_to_rest(u, box.F_box - F) / safe
     has_optional = hasattr(network, "diagnostic_outputs")
     if flavour_images:  # each image's features from its own relabelled cell, outputs mapped back and blended
-        weights = flavour_image_weights(F_init_rest)
-        output, optional = 0.0, {}
-        for g, species in enumerate(IMAGE_SPECIES):
+        def image_outputs(species):
             image_features = reference_invariants(F[:, list(species)], u)[0].astype(np.float32)
-            w = weights[:, g]
-            with np.errstate(invalid="ignore"):  # images of weight 0 are not read (they may be NaN)
-                output = output + np.where(w[:, None] > 0, w[:, None] * head_to_cell(head, network(image_features), species), 0.0)
-                for name, values in (network.diagnostic_outputs(image_features) if has_optional else {}).items():
-                    optional[name] = optional.get(name, 0.0) + np.where(w > 0, w * values.astype(np.float64), 0.0)
+            values = network.diagnostic_outputs(image_features) if has_optional else {}
+            return {**values, "head": head_to_cell(head, network(image_features), species)}
+
+        optional = blend_over_flavour_images(flavour_image_weights(F_init_rest), image_outputs)
+        output = optional.pop("head")
     else:
         output = network(features.astype(np.float32))
         optional = network.diagnostic_outputs(features.astype(np.float32)) if has_optional else {}
