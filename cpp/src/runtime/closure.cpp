@@ -109,6 +109,7 @@ struct CellNetworkOutput {
   const float* head;
   float blended[kEquivariantOutputs];
   float log_ratio, spread;
+  bool coupled_zero = false;  // blended's c_ab, d_ab are all 0 (kept from cell to cell: not refilled)
 };
 
 void cell_network_output(const EvaluationBuffers& network, Head head, std::size_t row, const CellImages* images,
@@ -120,7 +121,7 @@ void cell_network_output(const EvaluationBuffers& network, Head head, std::size_
     if (g == 0) {
       out.head = network.output_row(r);
     } else {
-      head_to_cell(head, network.output_row(r), g, out.blended);
+      out.coupled_zero = head_to_cell(head, network.output_row(r), g, out.blended, out.coupled_zero);
       out.head = out.blended;
     }
     if (log_ratio) out.log_ratio = log_ratio[r];
@@ -139,15 +140,15 @@ void cell_network_output(const EvaluationBuffers& network, Head head, std::size_
     head_of[g] = mapped[g];
     if (!(w[g] > 0.0)) continue;
     const std::size_t r = images->row[g];
-    head_to_cell(head, network.output_row(r), g, mapped[g]);
-    density_only = density_only && density_only_output(mapped[g]);
+    density_only = head_to_cell(head, network.output_row(r), g, mapped[g]) && density_only;
     if (log_ratio) log_ratios[g] = log_ratio[r];
     if (spread) spreads[g] = spread[r];
   }
   // Density-only outputs (every c_ab, d_ab 0: the density-residual models) blend their e_a alone.
   const int first = density_only ? 2 * kSpecies * kSpecies : 0;
-  std::fill(out.blended, out.blended + first, 0.0f);
+  if (!(density_only && out.coupled_zero)) std::fill(out.blended, out.blended + first, 0.0f);
   for (int k = first; k < size; ++k) out.blended[k] = static_cast<float>(image_blend(w, head_of, k));
+  out.coupled_zero = density_only;
   out.head = out.blended;
   const float* log_ratio_of[kFlavourImages] = {&log_ratios[0], &log_ratios[1], &log_ratios[2], &log_ratios[3]};
   const float* spread_of[kFlavourImages] = {&spreads[0], &spreads[1], &spreads[2], &spreads[3]};
@@ -449,6 +450,7 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
   if (network_rows > 0) model_->run(*w.network, network_rows);
 
   // 2. Head, projection, limiter, boost back (finalise_cell); scatter to the caller's strides.
+  CellNetworkOutput output;  // one for the chunk: its zero c_ab, d_ab are kept from cell to cell
   for (std::size_t i = 0; i < count; ++i) {
     const std::size_t cell = begin + i;
     const double* F = F_chunk + i * kCellValues;
@@ -470,7 +472,6 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
       else copy_cell(F, F_out);  // stable: returned unchanged
       done = true;
     } else if (model_) {
-      CellNetworkOutput output;
       cell_network_output(*w.network, description_.head, w.network_row[i], batch.flavour_images ? &w.images[i] : nullptr,
                           output);
       // A non-finite optional output voids the cell's whole network output (Box3D's result and

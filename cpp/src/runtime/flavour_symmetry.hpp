@@ -131,19 +131,21 @@ inline void image_row(const RestFrameCell& rest, int size, int g, float* out) {
 
 // Image g's head output (in the image's labelling) mapped to the cell's own: the output for
 // species a of the image is that of species kImageSpecies[g][a] of the cell. direct: dF per
-// species; equivariant: c_ab, d_ab (both indices mapped) and e_a.
-inline void head_to_cell(Head head, const float* image_output, int g, float* cell_output) {
+// species; equivariant: c_ab, d_ab (both indices mapped) and e_a. Returns whether cell_output's
+// c_ab, d_ab are now all 0 (an equivariant density-only output); `coupled_zero`: they already are
+// (the zeros are then not written again: a fill per cell was most of this function's time).
+inline bool head_to_cell(Head head, const float* image_output, int g, float* cell_output, bool coupled_zero = false) {
   const int* species = kImageSpecies[g];
   if (head == Head::kEquivariant && density_only_output(image_output)) {  // c_ab, d_ab all 0
-    std::fill(cell_output, cell_output + 2 * kSpecies * kSpecies, 0.0f);
+    if (!coupled_zero) std::fill(cell_output, cell_output + 2 * kSpecies * kSpecies, 0.0f);
     for (int a = 0; a < kSpecies; ++a)
       cell_output[2 * kSpecies * kSpecies + species[a]] = image_output[2 * kSpecies * kSpecies + a];
-    return;
+    return true;
   }
   if (head == Head::kDirect) {
     for (int a = 0; a < kSpecies; ++a)
       for (int m = 0; m < kComponents; ++m) cell_output[value_index(species[a], m)] = image_output[value_index(a, m)];
-    return;
+    return false;
   }
   for (int block = 0; block < 2; ++block) {  // c_ab, then d_ab
     const float* from = image_output + block * kSpecies * kSpecies;
@@ -152,6 +154,7 @@ inline void head_to_cell(Head head, const float* image_output, int g, float* cel
       for (int b = 0; b < kSpecies; ++b) to[species[a] * kSpecies + species[b]] = from[a * kSpecies + b];
   }
   for (int a = 0; a < kSpecies; ++a) cell_output[2 * kSpecies * kSpecies + species[a]] = image_output[2 * kSpecies * kSpecies + a];
+  return false;
 }
 
 // The blend of the four images' values (v[g] weighted by w[g]) in the order
