@@ -143,6 +143,9 @@ def with_uncertainty_shape(source, target, dims):
     ("not_a_list", "DODO_ERROR_MODEL_METADATA", ["JSON list of output names"]),
     ("twice", "DODO_ERROR_MODEL_METADATA", ['"uncertainty" twice']),
     ("no_head_output", "DODO_ERROR_MODEL_METADATA", ['must include "head_output"']),
+    # No key declares head_output alone: a graph with more outputs (a package re-signed without the
+    # key) is refused, not loaded with its growth rate and uncertainty silently dropped.
+    ("no_key", "DODO_ERROR_MODEL_FORMAT", ['graph has output "', "head_output alone"]),
 ])
 def test_a_package_whose_declared_outputs_do_not_match_is_refused(tmp_path, case, status, words):
     path = tmp_path / f"{case}.onnx"
@@ -151,6 +154,8 @@ def test_a_package_whose_declared_outputs_do_not_match_is_refused(tmp_path, case
         write(path, n_test_vectors=0, metadata_overrides=declared(["head_output", "uncertainty"]))
     elif case == "undeclared_graph_output":
         write_diagnostics_model(path, n_test_vectors=0, metadata_overrides=declared(["head_output", "uncertainty"]))
+    elif case == "no_key":
+        write_diagnostics_model(path, n_test_vectors=0, metadata_overrides={"dodo.outputs": None})
     elif case == "wrong_shape":
         write_diagnostics_model(tmp_path / "source.onnx", n_test_vectors=0)
         with_uncertainty_shape(tmp_path / "source.onnx", path, ["N", 1])

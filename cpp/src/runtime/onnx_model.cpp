@@ -479,13 +479,17 @@ void OnnxModel::run_graph(EvaluationBuffers& buffers, std::size_t n) const {
 }
 
 void OnnxModel::check_declared_outputs() {
+  // A package from before the key declares head_output alone, and its graph is held to that: a
+  // graph with more outputs but no key (a tampered package) would otherwise load with its growth
+  // rate and uncertainty silently dropped.
   const auto entry = metadata_.find(kOutputsKey);
-  if (entry == metadata_.end()) return;  // a package from before the key: head_output only
+  const std::string listed = entry == metadata_.end() ? std::string("[\"") + kOutputName + "\"]" : entry->second;
+  const std::string declaration = entry == metadata_.end() ? "no list (head_output alone)" : entry->second;
   const std::string prefix = std::string("metadata \"") + kOutputsKey + "\" ";
   const std::string known = "\"head_output\", \"uncertainty\", \"log_growth_ratio\"";
   std::set<std::string> declared;
   try {
-    const JsonValue list = JsonValue::parse(entry->second);
+    const JsonValue list = JsonValue::parse(listed);
     if (!list.is_array()) throw std::invalid_argument("not a list");
     for (const JsonValue& name : list.array()) {
       if (!name.is_string()) throw std::invalid_argument("not a list of strings");
@@ -494,13 +498,13 @@ void OnnxModel::check_declared_outputs() {
     }
   } catch (const std::invalid_argument& error) {
     throw Error(DODO_ERROR_MODEL_METADATA, prefix + "must be a JSON list of output names (" + known +
-                                               "); got " + entry->second + " (" + error.what() + ")");
+                                               "); got " + listed + " (" + error.what() + ")");
   }
   for (const std::string& name : declared)
     if (name != kOutputName && name != kUncertaintyName && name != kLogGrowthRatioName)
       throw Error(DODO_ERROR_MODEL_METADATA, prefix + "names an unknown output \"" + name + "\" (known: " + known + ")");
   if (!declared.count(kOutputName))
-    throw Error(DODO_ERROR_MODEL_METADATA, prefix + "must include \"head_output\"; got " + entry->second);
+    throw Error(DODO_ERROR_MODEL_METADATA, prefix + "must include \"head_output\"; got " + listed);
 
   // The graph must have exactly the declared outputs; the optional ones float32 [N], N dynamic.
   OrtAllocator* allocator = nullptr;
@@ -542,7 +546,7 @@ void OnnxModel::check_declared_outputs() {
   for (const std::string& name : graph)
     if (!declared.count(name))
       throw Error(DODO_ERROR_MODEL_FORMAT, "the graph has output \"" + name + "\", which metadata \"" +
-                                               kOutputsKey + "\" does not declare (it declares " + entry->second + ")");
+                                               kOutputsKey + "\" does not declare (it declares " + declaration + ")");
   optional_outputs_.uncertainty = declared.count(kUncertaintyName) != 0;
   optional_outputs_.log_growth_ratio = declared.count(kLogGrowthRatioName) != 0;
 }
