@@ -12,7 +12,8 @@ path after resolving symlinks, or ``os.path.samefile``) is refused before anythi
 is an existing output that is not a regular file (a device such as ``/dev/null`` or ``/dev/full``,
 a FIFO, a socket, a directory), which a rename would replace, and an output whose directory is
 not a directory. An output that is a symlink is followed: the link's target is replaced
-atomically and the link is kept.
+atomically and the link is kept. Inputs have their check here too (:func:`check_input_file`):
+a data file must be a regular file, since opening a FIFO without a writer blocks for ever.
 """
 from __future__ import annotations
 
@@ -43,6 +44,26 @@ def same_file(a: str | Path, b: str | Path) -> bool:
         return os.path.samefile(a, b)
     except (OSError, ValueError):
         return False
+
+
+class InputPathError(ValueError):
+    """An input path that cannot be read as a data file: missing, or not a regular file."""
+
+
+def check_input_file(path: str | Path, expected: str = "a regular file") -> None:
+    """Refuse, before opening it, an input that is missing or is not a regular file (a directory,
+    a FIFO, a device, a socket; a symlink is judged by its target): opening a FIFO that has no
+    writer blocks for ever, and HDF5's and YAML's own messages about the others are several raw
+    lines. ``expected`` says what to give instead ("an Emu-layout HDF5 file"). Raises
+    :class:`InputPathError`; the one check every command's data inputs go through."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise InputPathError(f"cannot read {path}: no such file") from None
+    except OSError as error:
+        raise InputPathError(f"cannot read {path}: {error.strerror or error}") from None
+    if not stat.S_ISREG(mode):
+        raise InputPathError(f"{path} is {_file_kind(mode)}, not a regular file; give {expected}")
 
 
 def check_output_target(path: str | Path) -> None:

@@ -77,10 +77,10 @@ def _flat_outputs(out, result_type, outputs: dict, batch: tuple[int, ...]) -> li
 def box3d_settings(lebedev_order: int = DEFAULT_LEBEDEV_ORDER, z_method: str = DEFAULT_Z_METHOD,
                    max_flux_factor: float = DEFAULT_MAX_FLUX_FACTOR) -> dict:
     """The settings that define a Box3D result (recorded in preprocessed files and models)."""
-    lebedev_order = _lebedev_order(lebedev_order)
-    _engine(lebedev_order, z_method, float(max_flux_factor))  # validates
+    lebedev_order, max_flux_factor = _lebedev_order(lebedev_order), _real("max_flux_factor", max_flux_factor)
+    _engine(lebedev_order, z_method, max_flux_factor)  # validates
     return {"scheme": "pairwise", "form": "delta", "lebedev_order": lebedev_order,
-            "z_method": z_method, "max_flux_factor": float(max_flux_factor)}
+            "z_method": z_method, "max_flux_factor": max_flux_factor}
 
 
 @functools.lru_cache(maxsize=16)
@@ -102,7 +102,7 @@ def crossing_features(F_init, u=None, lebedev_order: int = DEFAULT_LEBEDEV_ORDER
     and the cosine between them, in the fluid rest frame. Every valid cell is computed (stable ones
     too: zero I+ or I-); NaN for a rejected cell (see dodo.box3d's status)."""
     flat_F, flat_u, batch = _prepare(F_init, u)
-    engine = _engine(_lebedev_order(lebedev_order), z_method, float(max_flux_factor), False)
+    engine = _engine(_lebedev_order(lebedev_order), z_method, _real("max_flux_factor", max_flux_factor), False)
     return np.asarray(engine.crossing_features(flat_F, flat_u)).reshape(batch + (N_CROSSING_FEATURES,))
 
 
@@ -174,6 +174,26 @@ def _integral(name: str, value) -> int:
     return as_int
 
 
+def _real(name: str, value) -> float:
+    """``value`` as a float if it is a real number (NumPy scalars and 0-d arrays too; not a bool,
+    a string or None, as for :func:`_integral`); a ValueError naming ``name`` otherwise, rather
+    than float()'s message that names no argument."""
+    if value is None or isinstance(value, (bool, np.bool_, str, bytes)):
+        raise ValueError(f"{name} must be a real number; got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a real number; got {value!r}") from None
+
+
+def _text(name: str, value, known: str) -> str:
+    """``value`` if it is a string; else a ValueError naming ``name`` and the ``known`` values,
+    rather than pybind11's list of constructor signatures."""
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string ({known}); got {value!r}")
+    return value
+
+
 def _threads(threads: Optional[int]) -> int:
     """Worker-thread count: None gives all cores; [0, MAX_THREADS] (0 and 1: the calling thread)."""
     if threads is None:
@@ -209,7 +229,7 @@ def box3d(F_init, u=None, *, lebedev_order: int = DEFAULT_LEBEDEV_ORDER, z_metho
     without ``out``. No array is allocated when F_init and u are C-contiguous float64 already
     (u of the full batch shape, not broadcast).
     """
-    engine = _engine(_lebedev_order(lebedev_order), z_method, float(max_flux_factor))
+    engine = _engine(_lebedev_order(lebedev_order), z_method, _real("max_flux_factor", max_flux_factor))
     flat_F, flat_u, batch = _prepare(F_init, u)
     result = Box3DResult.empty(batch) if out is None else out
     engine.apply_into(flat_F, flat_u, *_flat_outputs(result, Box3DResult, _BOX3D_OUTPUTS, batch), _threads(threads))

@@ -17,7 +17,7 @@ from typing import NamedTuple, Optional, Union
 import numpy as np
 
 from . import _core
-from ._box3d import _empty_result, _flat_outputs, _integral, _prepare, _threads
+from ._box3d import _empty_result, _flat_outputs, _integral, _prepare, _real, _text, _threads
 from .conventions import N_COMPONENTS, N_SPECIES
 from .models import default_model_path
 
@@ -25,6 +25,8 @@ PathLike = Union[str, os.PathLike]
 
 #: Model argument meaning "no model": the closure is Box3D alone.
 BOX3D_ONLY = "box3d"
+#: Model arguments that hold a package's contents rather than name a file (bytes are never a path).
+IN_MEMORY_PACKAGE = (bytes, bytearray, memoryview, np.ndarray)
 
 
 class ClosureResult(NamedTuple):
@@ -93,6 +95,18 @@ def runtime_paths() -> dict:
     }
 
 
+def model_file(model) -> Optional[str]:
+    """The file :class:`Closure` reads for the model argument ``model``: the default model's path
+    for None, None for ``"box3d"`` and in-memory packages (no file), else the path itself.
+    Commands pass it to check_outputs, so that the implicit default model is protected like one
+    given by name."""
+    if model is None:
+        return str(default_model_path())
+    if isinstance(model, IN_MEMORY_PACKAGE) or (isinstance(model, str) and model == BOX3D_ONLY):
+        return None
+    return os.fspath(model)
+
+
 class Closure:
     """A loaded closure: Box3D, then the model's correction, per cell.
 
@@ -134,7 +148,7 @@ class Closure:
             model_path: Optional[str] = str(default_model_path())
         elif isinstance(model, str) and model == BOX3D_ONLY:
             model_path = None
-        elif isinstance(model, (bytes, bytearray, memoryview, np.ndarray)):
+        elif isinstance(model, IN_MEMORY_PACKAGE):
             model_bytes = _package_bytes(model)
             model_path = None
         else:
@@ -152,9 +166,12 @@ class Closure:
         self._runtime = _core.Closure(
             model_bytes if model_bytes is not None else BOX3D_ONLY if model_path is None else model_path,
             threads=_threads(threads), chunk_size=_chunk_size(chunk_size),
-            lebedev_order=0 if lebedev_order is None else _integral("lebedev_order", lebedev_order), z_method=z_method or "",
-            max_flux_factor=float(max_flux_factor or 0.0), onnxruntime_library=os.fspath(library) if library else "",
-            device=device, run_self_test=bool(self_test and has_model), evaluator=evaluator)
+            lebedev_order=0 if lebedev_order is None else _integral("lebedev_order", lebedev_order),
+            z_method="" if z_method is None else _text("z_method", z_method, '"exact" or "jedynak"'),
+            max_flux_factor=0.0 if max_flux_factor is None else _real("max_flux_factor", max_flux_factor),
+            onnxruntime_library=os.fspath(library) if library else "",
+            device=_text("device", device, '"cpu", "cuda" or "cuda:N"'), run_self_test=bool(self_test and has_model),
+            evaluator=_text("evaluator", evaluator, '"auto" or "onnxruntime"'))
 
     # -- evaluation
     def apply(self, F_init, u=None, *, out: Optional[ClosureResult] = None) -> ClosureResult:
@@ -267,7 +284,7 @@ def _package_bytes(model) -> bytes:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_closure(model: Optional[str], _identity: tuple = ()) -> Closure:
+def _cached_closure(model: Union[str, bytes, None], _identity: tuple = ()) -> Closure:
     return Closure(model)
 
 
@@ -282,16 +299,19 @@ def _file_identity(path: str) -> tuple:
     return (os.path.realpath(path), status.st_ino, status.st_size, status.st_mtime_ns)
 
 
-def closure(F_init, u=None, model: Optional[PathLike] = None) -> np.ndarray:
+def closure(F_init, u=None, model: Union[PathLike, bytes, bytearray, memoryview, np.ndarray, None] = None) -> np.ndarray:
     """Predicted asymptotic four-fluxes F_pred (..., 6, 4) for F_init (..., 6, 4) and u (..., 4).
 
-    model: as for :class:`Closure` (None: the default model). The loaded closure is cached, so
+    model: as for :class:`Closure` (None: the default model; bytes, bytearray, memoryview or a
+    uint8 array: the package's contents, never a path). The loaded closure is cached, so
     repeated calls do not reload the model; the cache knows a file by its resolved path, inode,
     size and modification time, so a package rewritten in place, or a relative path after
-    os.chdir, loads what the path names now.
+    os.chdir, loads what the path names now, and an in-memory package by its contents.
     """
     if model is None:
         return _cached_closure(None)(F_init, u)
+    if isinstance(model, IN_MEMORY_PACKAGE):
+        return _cached_closure(_package_bytes(model))(F_init, u)
     path = os.fspath(model)
     identity = () if path == BOX3D_ONLY else _file_identity(path)
     key = identity[0] if identity else path

@@ -45,9 +45,13 @@ def open_emu_file(path: str | Path):
     """Open an Emu database with h5py, checking the layout; returns (h5py.File, nsims)."""
     import h5py
 
+    from ._atomic import InputPathError, check_input_file
+
     path = Path(path)
-    if not path.is_file():
-        raise DataFileError(f"Emu database not found: {path}")
+    try:
+        check_input_file(path, "an Emu database (HDF5)")  # a FIFO would block h5py for ever
+    except InputPathError as error:
+        raise DataFileError(f"Emu database: {error}") from None
     try:
         handle = h5py.File(path, "r")
     except OSError as exc:

@@ -10,7 +10,6 @@ the per-cell status counts and the throughput. Needs h5py to read the file.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
@@ -48,21 +47,15 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise _UsageError(f"--max-speed must be a finite speed in [0, 1) (units of c); got {args.max_speed}")
     if args.threads is not None and not 0 <= args.threads < 2**31:
         raise _UsageError(f"--threads must be >= 0 (0 and 1: the calling thread only); got {args.threads}")
-    if args.model is not None and args.model != "box3d":
-        if not os.path.exists(args.model):
-            raise _UsageError(f"--model {args.model}: no such file")
-        if not os.path.isfile(args.model):
-            raise _UsageError(f"--model {args.model}: not a regular file (a model package is one .onnx file)")
-    if os.path.isdir(args.data):
-        raise _UsageError(f"{args.data} is a directory; give an Emu-format HDF5 file")
-    if not os.path.exists(args.data):
-        raise _UsageError(f"{args.data}: no such file")
-    if not os.path.isfile(args.data):
-        raise _UsageError(f"{args.data}: not a regular file")
-    if args.output is not None:
-        from ._atomic import check_outputs
+    from ._atomic import check_input_file, check_outputs
+    from ._closure import model_file
 
-        check_outputs([args.output], [args.data, None if args.model == "box3d" else args.model])
+    if args.model is not None and args.model != "box3d":
+        check_input_file(args.model, "a model package (one .onnx file)")
+    check_input_file(args.data, "an Emu-format HDF5 file")
+    if args.output is not None:
+        # The model read is an input even when implicit: without --model, the shipped default.
+        check_outputs([args.output], [args.data, model_file(args.model)])
 
 
 def _apply_command(args: argparse.Namespace) -> int:

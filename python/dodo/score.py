@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -59,34 +59,54 @@ class EmuStates:
     F_init: np.ndarray  # [n, 6, 4] cm^-3, rest frame
     F_final: np.ndarray  # [n, 6, 4]
     growth_rate: np.ndarray | None  # [n] s^-1 (measured), or None
+    #: What was read but cannot be used (a growthRate(1|s) of the wrong length), for the report.
+    notes: list[str] = field(default_factory=list)
+
+
+def _numeric_dataset(handle, path: str, key: str) -> np.ndarray:
+    """Dataset ``key`` of an open file as float64, or a ValueError naming the file and dataset."""
+    values = np.asarray(handle[key][()])
+    if values.dtype.kind not in "fiu":
+        raise ValueError(f"{path}: dataset '{key}' must hold numbers; it holds {values.dtype} values")
+    return values.astype(float)
 
 
 def read_emu_states(path: str) -> EmuStates:
     """Initial and asymptotic states (and measured growth rates, if present) of an Emu-layout file."""
+    from ._atomic import check_input_file
+
     try:
         import h5py
     except ImportError:  # pragma: no cover - depends on the installation
         raise ValueError("reading HDF5 files needs h5py: pip install h5py (or dodo[train])") from None
+    check_input_file(path, "an Emu-layout HDF5 file")  # a FIFO would block h5py for ever
+    notes = []
     try:
         with h5py.File(path, "r") as f:
             for key in ("F4_initial(1|ccm)", "F4_final(1|ccm)"):
                 if key not in f or not isinstance(f[key], h5py.Dataset):
                     raise ValueError(f"{path}: no dataset '{key}' (not an Emu-layout file)")
-            F_init = from_emu_layout(f["F4_initial(1|ccm)"][()])
-            F_final = from_emu_layout(f["F4_final(1|ccm)"][()])
-            growth = f["growthRate(1|s)"][()] if "growthRate(1|s)" in f else None
+            emu_initial = _numeric_dataset(f, path, "F4_initial(1|ccm)")
+            emu_final = _numeric_dataset(f, path, "F4_final(1|ccm)")
+            growth = _numeric_dataset(f, path, "growthRate(1|s)") if "growthRate(1|s)" in f else None
     except OSError as error:
         raise ValueError(f"{path}: cannot read ({error})") from None
-    if F_init.shape != F_final.shape or F_init.shape[1] != 6:
-        raise ValueError(f"{path}: F4_initial {F_init.shape} and F4_final {F_final.shape} must both be "
-                         "[n, 4, 2, 3] (three flavours)")
-    if len(F_init) == 0:
+    for key, emu in (("F4_initial(1|ccm)", emu_initial), ("F4_final(1|ccm)", emu_final)):
+        if emu.ndim != 4 or emu.shape[1:] != (4, 2, 3):
+            raise ValueError(f"{path}: '{key}' has shape {emu.shape}; it must be [n, 4 (x,y,z,t), 2, 3] "
+                             "(three flavours)")
+    if len(emu_initial) != len(emu_final):
+        raise ValueError(f"{path}: F4_initial(1|ccm) holds {len(emu_initial)} states and F4_final(1|ccm) "
+                         f"{len(emu_final)}; they must hold the same states")
+    if len(emu_initial) == 0:
         raise ValueError(f"{path}: no states")
     if growth is not None:
-        growth = np.asarray(growth, float).reshape(-1)
-        if len(growth) != len(F_init):
+        growth = growth.reshape(-1)
+        if len(growth) != len(emu_initial):
+            notes.append(f"{path}: growthRate(1|s) has {len(growth)} values for {len(emu_initial)} states; "
+                         "not used (no growth-rate comparison)")
             growth = None
-    return EmuStates(F_init, F_final, growth)
+    return EmuStates(from_emu_layout(emu_initial), from_emu_layout(emu_final), growth, notes)
 
 
 def _left_out_reasons(states: EmuStates, ntot: np.ndarray, scored: np.ndarray) -> dict:
@@ -157,13 +177,19 @@ def score(closure, states: EmuStates, resamples: int = 10000, seed: int = 0,
         growth = {}
         proxy = np.asarray(getattr(result, "growth_rate_proxy", box.growth_rate), float)
         for name, rate in (("model", np.asarray(result.growth_rate, float)), ("box3d_proxy", proxy)):
-            ratio = rate[usable] / measured[usable]
+            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+                ratio = rate[usable] / measured[usable]
             ratio = ratio[np.isfinite(ratio)]
-            growth[name] = {"median_ratio": float(np.median(ratio)) if ratio.size else float("nan"),
-                            "min_ratio": float(ratio.min(initial=np.inf)), "max_ratio": float(ratio.max(initial=0.0)),
-                            "within_10_percent": float(np.mean(np.abs(ratio - 1) <= GROWTH_TOLERANCE)) if ratio.size else 0.0}
+            if ratio.size:
+                growth[name] = {"median_ratio": float(np.median(ratio)), "min_ratio": float(ratio.min()),
+                                "max_ratio": float(ratio.max()),
+                                "within_10_percent": float(np.mean(np.abs(ratio - 1) <= GROWTH_TOLERANCE))}
+            else:  # no measured rate > 0, say: null, never a median of NaN or a 0% that reads like a result
+                growth[name] = dict.fromkeys(("median_ratio", "min_ratio", "max_ratio", "within_10_percent"))
         growth["n_states"] = int(usable.sum())
         report["growth_rate"] = growth
+    if states.notes:
+        report["notes"] = list(states.notes)
     return report
 
 
@@ -191,11 +217,19 @@ def format_report(report: dict, model_label: str, data_label: str) -> str:
                  f"#{w['index']} {w['model']:.4f} vs {w['box3d']:.4f}" for w in report["worst_states"])]
     if "growth_rate" in report:
         g = report["growth_rate"]
-        lines.append(f"growth rate / measured growthRate(1|s) on {g['n_states']} states:")
-        for name in ("model", "box3d_proxy"):
-            row = g[name]
-            lines.append(f"  {name:<12} median {row['median_ratio']:.3f}, range [{row['min_ratio']:.3f}, "
-                         f"{row['max_ratio']:.3f}], within 10%: {100 * row['within_10_percent']:.0f}%")
+        if g["n_states"] == 0:
+            lines.append("growth rate / measured growthRate(1|s): no usable measured rates (none of the scored "
+                         "states has a finite rate > 0)")
+        else:
+            lines.append(f"growth rate / measured growthRate(1|s) on {g['n_states']} states:")
+            for name in ("model", "box3d_proxy"):
+                row = g[name]
+                if row["median_ratio"] is None:
+                    lines.append(f"  {name:<12} no finite ratio")
+                    continue
+                lines.append(f"  {name:<12} median {row['median_ratio']:.3f}, range [{row['min_ratio']:.3f}, "
+                             f"{row['max_ratio']:.3f}], within 10%: {100 * row['within_10_percent']:.0f}%")
+    lines += [f"note: {note}" for note in report.get("notes", ())]
     return "\n".join(lines)
 
 
@@ -218,24 +252,33 @@ def register(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ._closure import Closure
+    from ._closure import Closure, model_file
 
     try:
         if args.bootstrap < 100:
             raise ValueError(f"--bootstrap must be >= 100; got {args.bootstrap}")
         if not (np.isfinite(args.threshold) and args.threshold >= 0):
             raise ValueError(f"--threshold must be a finite number >= 0; got {args.threshold}")
+        model = None if args.model == "default" else args.model  # Closure's None: the shipped model
         if args.json:
             from ._atomic import check_outputs
 
-            check_outputs([args.json], [*args.data, None if args.model in ("default", "box3d") else args.model])
+            # The model read is an input too, the implicit default one included.
+            check_outputs([args.json], [*args.data, model_file(model)])
         parts = [read_emu_states(path) for path in args.data]
-        growth = None if any(p.growth_rate is None for p in parts) else np.concatenate([p.growth_rate for p in parts])
-        states = EmuStates(np.concatenate([p.F_init for p in parts]), np.concatenate([p.F_final for p in parts]), growth)
-        closure = Closure(None if args.model == "default" else args.model, threads=args.threads)
+        notes = [note for part in parts for note in part.notes]
+        growth = None
+        if all(p.growth_rate is not None for p in parts):
+            growth = np.concatenate([p.growth_rate for p in parts])
+        elif any(p.growth_rate is not None for p in parts):
+            missing = [path for path, p in zip(args.data, parts) if p.growth_rate is None]
+            notes.append(f"no usable growthRate(1|s) in {', '.join(missing)}: growth rates not compared")
+        states = EmuStates(np.concatenate([p.F_init for p in parts]), np.concatenate([p.F_final for p in parts]),
+                           growth, notes)
+        closure = Closure(model, threads=args.threads)
         report = score(closure, states, resamples=args.bootstrap, seed=args.seed, threshold=args.threshold)
     except (ValueError, OSError, RuntimeError) as error:
-        print(f"dodo score: error: {error}", file=sys.stderr)
+        print(f"dodo score: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     print(format_report(report, args.model, " + ".join(args.data)))
     if args.json:

@@ -148,3 +148,17 @@ def test_evaluate_and_inspect_spell_json_output_the_same_way(trained, tmp_path, 
         assert table_word in capsys.readouterr().out
         assert dodo_main([command, checkpoint, *extra, "--json"]) == 0
         assert json.loads(capsys.readouterr().out) == written
+
+
+def test_inspect_refuses_to_write_over_the_training_file_it_reads_implicitly(trained, preprocessed, capsys):
+    """Without --data, inspect reads the checkpoint's training file: an input like a named one
+    (outside probe, round four)."""
+    import hashlib
+
+    _, data = preprocessed
+    before = hashlib.sha256(data.read_bytes()).hexdigest()
+    capsys.readouterr()
+    code = dodo_main(["inspect", str(trained / "checkpoints" / "best.pt"), "--stop", "100", "--json", str(data)])
+    err = capsys.readouterr().err
+    assert code == 2 and "same file as the input" in err and str(data) in err, err
+    assert hashlib.sha256(data.read_bytes()).hexdigest() == before

@@ -107,8 +107,10 @@ def relative_cost(four_flux: np.ndarray, directions: np.ndarray, end_time_s: np.
     """
     per_direction = species_direction_densities(four_flux, directions).reshape(len(four_flux), 2, 3, -1)
     traceless = np.sqrt(np.sum((per_direction - per_direction.mean(axis=2, keepdims=True)) ** 2, axis=2))
-    kernel = 1.0 - directions @ directions.T
-    bound = ((traceless[:, 0] + traceless[:, 1]) @ kernel.T).max(axis=1)
+    weight = traceless[:, 0] + traceless[:, 1]  # [n, ndir]
+    # max_v sum_u weight_u (1 - v . u) = max_v (sum_u weight_u - v . sum_u weight_u u): the same
+    # bound without the ndir x ndir kernel matrix (1.6 GiB at nphi 200).
+    bound = (weight.sum(axis=1)[:, None] - (weight @ directions) @ directions.T).max(axis=1)
     if end_time_s is not None:
         return bound * np.asarray(end_time_s, float)
     lepton = per_direction[:, 0] - per_direction[:, 1]  # [n, flavour, ndir]

@@ -85,6 +85,10 @@ def run_simulate(args) -> int:
         check_outputs([args.output, args.output + ".partial.npz"], [args.input])
         if args.box_length is not None and not (np.isfinite(args.box_length) and args.box_length > 0):
             raise ValueError(f"box length must be positive and finite; got {args.box_length}")
+        # Resolution limits before any work: an absurd --nphi or --ncell is refused, not run out of memory.
+        config = SolverConfig(ncell=args.ncell, nphi_equator=args.nphi, flavour_cfl=args.flavour_cfl,
+                              hamiltonian_filter=args.hamiltonian_filter, seed=args.seed, backend=args.backend)
+        config.validate()
         rotation = end_time = None
         if args.input:
             loaded = read_states(args.input)
@@ -109,9 +113,6 @@ def run_simulate(args) -> int:
             source = {"random": args.random, "random_seed": args.seed, "max_flux_factor": args.max_flux_factor,
                       "family": args.family or ("three_flavour" if args.three_flavour else "emu"),
                       "heavy_equal": not args.three_flavour}
-        config = SolverConfig(ncell=args.ncell, nphi_equator=args.nphi, flavour_cfl=args.flavour_cfl,
-                              hamiltonian_filter=args.hamiltonian_filter, seed=args.seed, backend=args.backend)
-        config.validate()
         if args.linear_only:
             if communicator.size > 1:
                 raise ValueError("--linear-only runs in one process; start one process per output file")
@@ -130,8 +131,11 @@ def run_simulate(args) -> int:
                                               "none" if args.max_cost is None else args.max_cost},
                                   report=report, max_cost=args.max_cost, threads=args.threads,
                                   communicator=communicator)
-    except (ValueError, OSError, ImportError) as error:
-        print(f"dodo simulate: error: {error}", file=sys.stderr, flush=True)
+    except (ValueError, OSError, ImportError, MemoryError) as error:
+        if isinstance(error, MemoryError):  # NumPy's message alone does not say what to change
+            error = (f"out of memory ({error or 'MemoryError'}): this run needs more memory than the machine "
+                     "gives; lower --ncell, --nphi or --batch-size")
+        print(f"dodo simulate: error: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
         if communicator.size > 1:
             communicator.abort(2)  # the other ranks may be waiting for this one: stop them all
         return 2

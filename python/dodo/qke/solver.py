@@ -35,6 +35,12 @@ from .directions import uniform_sphere
 from .initial import initial_density_matrices
 from .linear import emu_coupling_transfer
 
+#: Resolution limits of SolverConfig.validate, far above any run of Dodo or Emu (at most 128 cells
+#: and nphi 16, 92 directions: docs/qke.md) but below sizes that only exhaust memory: a simulation
+#: holds ncell x directions density matrices (directions ~ 0.37 nphi^2; nphi 128 gives 6,022) and the
+#: linear analysis of each state builds directions x directions dispersion matrices.
+MAX_NCELL = 1 << 16
+MAX_NPHI_EQUATOR = 128
 HAMILTONIAN_FILTERS = ("none", "emu")
 STATE_FILTERS = ("houli", "two_thirds", "none")
 BACKENDS = ("auto", "cpp", "numpy")
@@ -70,8 +76,16 @@ class SolverConfig:
     def validate(self) -> None:
         if self.ncell < 2 or self.ncell % 2:
             raise ValueError(f"ncell must be an even integer >= 2; got {self.ncell}")
+        if self.ncell > MAX_NCELL:
+            raise ValueError(f"ncell must be at most {MAX_NCELL} (512x the cells of Emu's largest reference run; "
+                             f"memory grows as ncell x directions per simulation); got {self.ncell}")
         if self.nphi_equator < 2:
             raise ValueError(f"nphi_equator must be >= 2; got {self.nphi_equator}")
+        if self.nphi_equator > MAX_NPHI_EQUATOR:
+            directions = len(uniform_sphere(MAX_NPHI_EQUATOR))
+            raise ValueError(f"nphi_equator (--nphi) must be at most {MAX_NPHI_EQUATOR} ({directions:,} directions; "
+                             "Emu's runs use 16, 92 directions; the linear analysis needs memory growing as "
+                             f"directions^2); got {self.nphi_equator}")
         if not (0 < self.flavour_cfl <= 2.0):
             raise ValueError(f"flavour_cfl must be in (0, 2]; got {self.flavour_cfl}")
         if self.advection_cfl <= 0:

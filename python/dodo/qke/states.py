@@ -208,6 +208,11 @@ def read_states(path: str) -> dict:
     in Dodo's species order (nu_e, nu_mu, nu_tau, nubar_e, nubar_mu, nubar_tau), cm^-3.
     Returns {"four_flux": [n, 6, 4], "rotation": [n,3,3] or None, "end_time": [n] or None}.
     """
+    from .._atomic import check_input_file
+
+    if not path.endswith((".h5", ".hdf5", ".yaml", ".yml")):
+        raise ValueError(f"input must be .h5/.hdf5 or .yaml/.yml; got {path}")
+    check_input_file(path, "an Emu-layout HDF5 file or a YAML file")  # a FIFO would block the read for ever
     if path.endswith((".h5", ".hdf5")):
         import h5py
 
@@ -220,8 +225,11 @@ def read_states(path: str) -> dict:
     elif path.endswith((".yaml", ".yml")):
         import yaml
 
-        with open(path) as stream:
-            document = yaml.safe_load(stream)
+        try:
+            with open(path) as stream:
+                document = yaml.safe_load(stream)
+        except yaml.YAMLError as error:  # malformed, or a tag safe_load refuses (!!python/object)
+            raise ValueError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
         if not isinstance(document, dict) or "states" not in document:
             raise ValueError(f"{path}: expected a mapping with a 'states' list")
         try:
@@ -233,8 +241,6 @@ def read_states(path: str) -> dict:
         if four_flux.ndim != 3 or four_flux.shape[1:] != (6, 4):
             raise ValueError(f"{path}: each state must be 6 species x [n, Fx, Fy, Fz]; got shape {four_flux.shape}")
         rotation = end_time = None
-    else:
-        raise ValueError(f"input must be .h5/.hdf5 or .yaml/.yml; got {path}")
     if not np.all(np.isfinite(four_flux)):
         raise ValueError(f"{path}: non-finite initial four-fluxes")
     return {"four_flux": four_flux, "rotation": rotation, "end_time": end_time}

@@ -110,7 +110,8 @@ def _inspect(args) -> int:
 
     check_outputs([json_target_file(args.json)], [args.checkpoint, args.data])
     report = inspect_checkpoint(args.checkpoint, args.data, args.split, args.start, args.stop)
-    emit(format_inspection(report), report, args.json, inputs=[args.checkpoint, args.data])
+    # report["data"]: the file read, the checkpoint's training file when --data is not given.
+    emit(format_inspection(report), report, args.json, inputs=[args.checkpoint, report["data"]])
     return 0
 
 

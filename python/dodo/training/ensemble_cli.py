@@ -11,10 +11,10 @@ from .cli import _friendly, _overrides
 
 @_friendly("train-ensemble")
 def _train_ensemble(args) -> int:
-    from .ensemble_train import EnsembleConfig, train_command
+    from .ensemble_train import EnsembleConfig, growth_data_files, train_command
 
     config = EnsembleConfig.load(args.config, _overrides(args.set))
-    check_outputs([config.checkpoint], [args.config, config.data_path])
+    check_outputs([config.checkpoint], [args.config, config.data_path, *growth_data_files(config.growth_data)])
     train_command(config)
     return 0
 
@@ -22,10 +22,11 @@ def _train_ensemble(args) -> int:
 @_friendly("learning-curve")
 def _learning_curve(args) -> int:
     from .._atomic import write_json_atomic
-    from .ensemble_train import EnsembleConfig, learning_curve, plot_curve
+    from .ensemble_train import EnsembleConfig, growth_data_files, learning_curve, plot_curve
 
     config = EnsembleConfig.load(args.config, _overrides(args.set))
-    check_outputs([args.plot, args.json], [args.config, config.data_path, args.emu])
+    check_outputs([args.plot, args.json],
+                  [args.config, config.data_path, args.emu, *growth_data_files(config.growth_data)])
     sizes = []
     for part in args.sizes.split(","):
         part = part.strip()

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._atomic import atomic_path
+from .._atomic import atomic_path, check_input_file
 from .config import ConfigError, read_yaml_mapping
 from .dataset import nu_nubar_swapped, rest_frame_arrays
 from .ensemble import (DensityResidualEnsemble, Member, fit_ensemble, fit_growth_member, fit_student, nu_e_change,
@@ -153,6 +153,7 @@ def load_table(path: str) -> dict:
 
     from .preprocess import read_preprocessed_attrs
 
+    check_input_file(path, "a preprocessed HDF5 file (dodo preprocess)")  # a FIFO would block h5py for ever
     with h5py.File(path, "r") as f:
         arrays = {key: f[key][()] for key in ("F_init", "F_box", "F_true", "u", "invariants", "source_file",
                                              "growth_rate", "box3d_growth_rate")}
@@ -243,19 +244,24 @@ def growth_calibration(sources) -> float:
     return float(np.median(ratios))
 
 
+def growth_data_files(patterns) -> list[str]:
+    """The files the growth.data patterns match (sorted, each once): inputs of the commands that
+    train with them, so that no output of theirs may be one of these."""
+    import glob
+
+    return sorted({path for pattern in patterns for path in glob.glob(pattern)})
+
+
 def growth_label_table(patterns, holdout, box3d_settings: dict, calibration: float,
                        max_flux_factor: float = 0.96) -> dict | None:
     """Growth-only rows from linear-label files (``dodo simulate --linear-only``) matching ``patterns``:
     features as the density rows', growth label ``calibration * linear rate``; r is NaN (no density label).
     Files matching a holdout pattern are skipped; None when no file matches."""
-    import glob
-
     import h5py
 
     from dodo.conventions import from_emu_layout
 
-    paths = sorted({p for pattern in patterns for p in glob.glob(pattern)})
-    paths = [p for p in paths if not holdout_mask([p], holdout)[0]]
+    paths = [p for p in growth_data_files(patterns) if not holdout_mask([p], holdout)[0]]
     F_parts, rate_parts, sources = [], [], []
     for path in paths:
         with h5py.File(path, "r") as f:
@@ -533,6 +539,7 @@ def emu_table(path: str, box3d_settings: dict) -> dict:
 
     from dodo.conventions import from_emu_layout
 
+    check_input_file(path, "an Emu-layout HDF5 file")  # a FIFO would block h5py for ever
     with h5py.File(path, "r") as f:
         F_init = from_emu_layout(f["F4_initial(1|ccm)"][()])
         F_true = from_emu_layout(f["F4_final(1|ccm)"][()])

@@ -44,7 +44,7 @@ def inspect_checkpoint(checkpoint_path: str | Path, data_path=None, split: str =
     weighted = {k: getattr(loss_config, f"w_{k}") * v for k, v in terms.items()}
     F_box64, F_true64 = F_box.double().numpy(), (F_box + dF_true).double().numpy()
     return {
-        "cells": len(indices), "split": split, "slice": [start, stop],
+        "data": str(data_path), "cells": len(indices), "split": split, "slice": [start, stop],
         "loss_terms_model": terms, "loss_terms_weighted": weighted, "loss_total": sum(weighted.values()),
         "loss_terms_box3d": box_terms,
         "limiter_active_fraction": float((theta < 1).double().mean()), "theta_min": float(theta.min()),

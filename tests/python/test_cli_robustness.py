@@ -1,0 +1,339 @@
+"""Second outside probe (2026-12-01): implicit inputs are protected like named ones, data inputs
+that are FIFOs or directories are refused at once, malformed YAML and absurd resolutions give one
+line and exit 2, `dodo score` says what it could not use, and dodo.closure / dodo.Closure /
+dodo.box3d take and refuse the same arguments with messages naming them.
+
+The default-model tests point dodo.models at a private copy, so the shipped model is never at risk."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import dodo
+from dodo.cli import main
+
+EMU = Path(__file__).resolve().parents[1] / "data" / "qke" / "emu_1d_validation.h5"
+EMU_KEYS = ("F4_initial(1|ccm)", "F4_final(1|ccm)", "growthRate(1|s)")
+#: Generous: a refused FIFO answers in the time Python takes to start; a hang never does.
+SUBPROCESS_TIMEOUT_S = 300
+
+needs_runtime = pytest.mark.skipif(not dodo.runtime_available(), reason="closure runtime not built")
+
+
+def run(capsys, argv) -> tuple[int, str, str]:
+    """`dodo ARGV` in-process: (exit code, stdout, stderr)."""
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def refused(capsys, argv, *names) -> str:
+    """Assert `dodo ARGV` exits with 2 and one stderr line naming every one of ``names``."""
+    code, _, err = run(capsys, argv)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    for name in names:
+        assert str(name) in lines[0], lines[0]
+    return lines[0]
+
+
+def digest(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def emu_file(path: Path, rows=slice(None), **replace) -> Path:
+    """An Emu-layout file holding ``rows`` of emu_1d_validation.h5, with datasets ``replace``d
+    (a value of None leaves that dataset out)."""
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(EMU, "r") as source, h5py.File(path, "w") as target:
+        for key in EMU_KEYS:
+            value = replace.get(key, source[key][rows])
+            if value is not None:
+                target[key] = value
+    return path
+
+
+def dodo_subprocess(*arguments, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dodo", *map(str, arguments)], capture_output=True, text=True,
+                          timeout=SUBPROCESS_TIMEOUT_S, cwd=cwd)
+
+
+@pytest.fixture
+def private_default_model(tmp_path, monkeypatch) -> Path:
+    """dodo's default model redirected to a copy in tmp_path (what the commands must not overwrite)."""
+    import dodo.models
+
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(dodo.models.default_model_path(), models / dodo.models.DEFAULT_MODEL_NAME)
+    monkeypatch.setattr(dodo.models, "MODELS_DIR", models)
+    copy = dodo.models.default_model_path()
+    assert copy.parent == models  # the redirection holds: the shipped file is not the one at stake
+    return copy
+
+
+# -- D1: the implicit default model is an input --------------------------------------------------
+
+@needs_runtime
+def test_apply_without_model_refuses_to_write_over_the_default_model(tmp_path, capsys, private_default_model):
+    data = emu_file(tmp_path / "one.h5", slice(0, 1))
+    before = digest(private_default_model)
+    line = refused(capsys, ["apply", str(data), "--grid", "1x1x1", "-q", "-o", str(private_default_model)],
+                   private_default_model)
+    assert "same file as the input" in line
+    assert digest(private_default_model) == before
+
+
+@needs_runtime
+def test_score_default_refuses_to_write_its_json_over_the_default_model(tmp_path, capsys, private_default_model):
+    data = emu_file(tmp_path / "one.h5", slice(0, 4))
+    before = digest(private_default_model)
+    line = refused(capsys, ["score", "default", str(data), "--bootstrap", "100", "--json", str(private_default_model)],
+                   private_default_model)
+    assert "same file as the input" in line
+    assert digest(private_default_model) == before
+
+
+def test_model_file_names_what_closure_reads():
+    from dodo._closure import model_file
+    from dodo.models import default_model_path
+
+    assert model_file(None) == str(default_model_path())
+    assert model_file("box3d") is None and model_file(b"package bytes") is None
+    assert model_file(Path("box3d")) == "box3d"  # a path object is a file, as for Closure
+    assert model_file("m.onnx") == "m.onnx"
+
+
+def test_train_ensemble_and_learning_curve_refuse_to_write_over_growth_label_files(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("torch")
+    pytest.importorskip("yaml")
+    monkeypatch.chdir(tmp_path)
+    Path("labels_seed1.h5").write_bytes(b"growth labels: refused before reading")
+    Path("e.yaml").write_text("data: {path: pool.h5}\ngrowth: {data: ['labels_*.h5'], members: 1}\n"
+                              "output: {checkpoint: labels_seed1.h5}\n")
+    refused(capsys, ["train-ensemble", "--config", "e.yaml"], "labels_seed1.h5")
+    refused(capsys, ["learning-curve", "--config", "e.yaml", "--json", "labels_seed1.h5"], "labels_seed1.h5")
+    assert Path("labels_seed1.h5").read_bytes() == b"growth labels: refused before reading"
+
+
+# -- D4: data inputs that are FIFOs or directories -------------------------------------------------
+
+@pytest.mark.parametrize("command", [["score", "box3d", "{fifo}.h5"],
+                                     ["simulate", "out.h5", "--input", "{fifo}.h5", "-q"],
+                                     ["simulate", "out.h5", "--input", "{fifo}.yaml", "-q"],
+                                     ["apply", "{fifo}.h5", "--grid", "1x1x1"]])
+def test_a_fifo_as_data_input_is_refused_at_once(tmp_path, command):
+    pytest.importorskip("h5py")
+    for suffix in (".h5", ".yaml"):
+        os.mkfifo(tmp_path / f"fifo{suffix}")  # no writer: opening it for reading would block for ever
+    result = dodo_subprocess(*[part.format(fifo="fifo") for part in command], cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "FIFO" in lines[0] and "not a regular file" in lines[0]
+    assert sorted(os.listdir(tmp_path)) == ["fifo.h5", "fifo.yaml"]
+
+
+def test_train_ensemble_refuses_a_fifo_as_its_data(tmp_path):
+    pytest.importorskip("torch")
+    os.mkfifo(tmp_path / "pool.h5")
+    (tmp_path / "e.yaml").write_text("data: {path: pool.h5}\noutput: {checkpoint: out/ensemble.pt}\n")
+    result = dodo_subprocess("train-ensemble", "--config", "e.yaml", cwd=tmp_path)
+    assert result.returncode == 2 and "pool.h5 is a FIFO" in result.stderr, result.stderr
+
+
+def test_check_input_file_names_the_kind_of_file(tmp_path):
+    from dodo._atomic import InputPathError, check_input_file
+
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(InputPathError, match="is a FIFO .*not a regular file; give an HDF5 file"):
+        check_input_file(tmp_path / "fifo", "an HDF5 file")
+    with pytest.raises(InputPathError, match="is a directory"):
+        check_input_file(tmp_path)
+    with pytest.raises(InputPathError, match="no such file"):
+        check_input_file(tmp_path / "absent.h5")
+    (tmp_path / "regular").write_text("")
+    check_input_file(tmp_path / "regular")
+
+
+def test_score_names_a_directory_input_in_one_line(tmp_path, capsys):
+    pytest.importorskip("h5py")
+    directory = tmp_path / "runs.h5"
+    directory.mkdir()
+    line = refused(capsys, ["score", "box3d", str(directory)], directory)
+    assert "is a directory" in line
+
+
+# -- D2: malformed YAML --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text", ["{{{{", 'states: !!python/object/apply:os.system ["true"]\n'])
+def test_simulate_refuses_malformed_yaml_in_one_line(tmp_path, capsys, text):
+    pytest.importorskip("h5py")
+    pytest.importorskip("yaml")
+    states = tmp_path / "states.yaml"
+    states.write_text(text)
+    line = refused(capsys, ["simulate", str(tmp_path / "out.h5"), "--input", str(states), "-q"], states)
+    assert "not valid YAML" in line
+    assert sorted(os.listdir(tmp_path)) == ["states.yaml"]
+
+
+# -- D3: resolution limits and memory ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("option, limit", [(["--nphi", "100000"], "at most 128"),
+                                           (["--nphi", "2000"], "at most 128"),
+                                           (["--ncell", "100000000"], "at most 65536")])
+def test_simulate_refuses_resolutions_beyond_its_limits_before_any_work(tmp_path, capsys, monkeypatch, option,
+                                                                         limit):
+    pytest.importorskip("h5py")
+    import dodo.qke.campaign as campaign
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("started although the resolution is refused")
+
+    monkeypatch.setattr(campaign, "simulate_states", no_work)
+    line = refused(capsys, ["simulate", str(tmp_path / "o.h5"), "--random", "1", "-q", *option])
+    assert limit in line
+    assert os.listdir(tmp_path) == []
+
+
+def test_solver_limits_leave_every_documented_resolution_valid():
+    from dodo.qke.solver import MAX_NCELL, MAX_NPHI_EQUATOR, SolverConfig
+
+    for ncell, nphi in ((64, 16), (128, 16), (64, 8), (64, 12), (MAX_NCELL, MAX_NPHI_EQUATOR)):
+        SolverConfig(ncell=ncell, nphi_equator=nphi).validate()
+    for ncell, nphi in ((2 * MAX_NCELL, 16), (64, MAX_NPHI_EQUATOR + 1)):
+        with pytest.raises(ValueError, match="must be at most"):
+            SolverConfig(ncell=ncell, nphi_equator=nphi).validate()
+
+
+def test_cost_estimate_needs_no_directions_squared_matrix():
+    """relative_cost equals its defining sum over direction pairs, computed without the ndir x ndir
+    kernel (1 - v.u): at nphi 200 (14,740 directions) that kernel alone was 1.6 GiB."""
+    import tracemalloc
+
+    from dodo.qke import campaign
+    from dodo.qke.directions import uniform_sphere
+    from dodo.qke.states import NSM1_EMU_1D, random_crossing_states
+
+    states = np.concatenate([NSM1_EMU_1D[None], random_crossing_states(5, np.random.default_rng(2))])
+    directions = uniform_sphere(12)
+    per_direction = campaign.species_direction_densities(states, directions).reshape(len(states), 2, 3, -1)
+    traceless = np.sqrt(np.sum((per_direction - per_direction.mean(axis=2, keepdims=True)) ** 2, axis=2))
+    kernel = 1.0 - directions @ directions.T
+    bound = ((traceless[:, 0] + traceless[:, 1]) @ kernel.T).max(axis=1)
+    np.testing.assert_allclose(campaign.relative_cost(states, directions, np.ones(len(states))), bound, rtol=1e-12)
+
+    many = uniform_sphere(64)  # 1,506 directions: an ndir x ndir float64 matrix is 18 MB
+    tracemalloc.start()
+    try:
+        campaign.relative_cost(states, many, None)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < len(many) ** 2 * 8 / 4, f"peak {peak / 1e6:.1f} MB"
+
+
+def test_simulate_turns_running_out_of_memory_into_one_line(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("h5py")
+    import dodo.qke.campaign as campaign
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 1.6 PiB for an array")
+
+    monkeypatch.setattr(campaign, "simulate_states", out_of_memory)
+    line = refused(capsys, ["simulate", str(tmp_path / "o.h5"), "--random", "1", "--ncell", "16", "--nphi", "8",
+                            "-q"])
+    assert "out of memory" in line and "--nphi" in line
+
+
+# -- D8: dodo score says what it could not use ----------------------------------------------------------------
+
+def test_score_notes_a_growth_rate_of_the_wrong_length(tmp_path, capsys):
+    import h5py
+
+    with h5py.File(EMU, "r") as source:
+        growth = source["growthRate(1|s)"][:5]
+    data = emu_file(tmp_path / "g.h5", **{"growthRate(1|s)": growth})
+    code, out, _ = run(capsys, ["score", "box3d", str(data), "--bootstrap", "100", "--json", str(tmp_path / "r.json")])
+    assert code == 0
+    assert "note:" in out and "growthRate(1|s) has 5 values for 32 states" in out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert any("5 values for 32 states" in note for note in report["notes"]) and "growth_rate" not in report
+
+
+def test_score_reports_no_usable_measured_rates_as_such(tmp_path, capsys):
+    import h5py
+
+    with h5py.File(EMU, "r") as source:
+        zeros = np.zeros_like(source["growthRate(1|s)"][()])
+    data = emu_file(tmp_path / "z.h5", **{"growthRate(1|s)": zeros})
+    code, out, _ = run(capsys, ["score", "box3d", str(data), "--bootstrap", "100", "--json", str(tmp_path / "r.json")])
+    assert code == 0 and "no usable measured rates" in out
+    assert "nan" not in out.lower() and "inf" not in out.lower()
+    growth = json.loads((tmp_path / "r.json").read_text())["growth_rate"]
+    assert growth["n_states"] == 0
+    for name in ("model", "box3d_proxy"):
+        assert set(growth[name].values()) == {None}, growth[name]
+
+
+def test_score_says_f4_lengths_differ(tmp_path, capsys):
+    import h5py
+
+    with h5py.File(EMU, "r") as source:
+        final = source["F4_final(1|ccm)"][:10]
+    data = emu_file(tmp_path / "l.h5", **{"F4_final(1|ccm)": final})
+    line = refused(capsys, ["score", "box3d", str(data), "--bootstrap", "100"], data)
+    assert "F4_initial(1|ccm) holds 32 states and F4_final(1|ccm) 10" in line and "must be [n" not in line
+
+
+def test_score_names_the_file_and_dataset_of_text_growth_rates(tmp_path, capsys):
+    h5py = pytest.importorskip("h5py")
+    text = np.array([b"fast"] * 32, dtype=h5py.string_dtype())
+    data = emu_file(tmp_path / "s.h5", **{"growthRate(1|s)": text})
+    line = refused(capsys, ["score", "box3d", str(data), "--bootstrap", "100"], data, "growthRate(1|s)")
+    assert "must hold numbers" in line
+
+
+# -- D5, D7: the Python API's model and option arguments ---------------------------------------------------------
+
+@needs_runtime
+def test_closure_takes_every_in_memory_package_that_closure_class_takes():
+    from dodo.models import default_model_path
+
+    data = default_model_path().read_bytes()
+    F = np.zeros((2, 6, 4))
+    F[:, :, 0] = 1e33
+    F[:, 0, 3], F[:, 3, 3] = 0.5e33, -0.5e33
+    expected = dodo.Closure(data, threads=1)(F)
+    for package in (data, bytearray(data), memoryview(data), np.frombuffer(data, np.uint8)):
+        np.testing.assert_array_equal(dodo.closure(F, None, model=package), expected)
+    with pytest.raises(RuntimeError, match="DODO_ERROR_MODEL_FORMAT"):  # bytes are contents, never a path
+        dodo.closure(F, model=os.fsencode(default_model_path()))
+
+
+@needs_runtime
+@pytest.mark.parametrize("option", ["device", "evaluator", "z_method", "max_flux_factor"])
+def test_closure_options_of_the_wrong_type_are_value_errors_naming_them(option):
+    bad = {"device": None, "evaluator": None, "z_method": 3, "max_flux_factor": "high"}[option]
+    with pytest.raises(ValueError, match=f"^{option} must be"):
+        dodo.Closure("box3d", **{option: bad})
+
+
+@pytest.mark.parametrize("bad", [None, "0.9", True])
+def test_box3d_max_flux_factor_of_the_wrong_type_is_named(bad):
+    F = np.zeros((6, 4))
+    F[:, 0] = 1.0
+    with pytest.raises(ValueError, match="^max_flux_factor must be a real number"):
+        dodo.box3d(F, max_flux_factor=bad)
+    with pytest.raises(ValueError, match="^max_flux_factor must be a real number"):
+        dodo.box3d_settings(max_flux_factor=bad)
