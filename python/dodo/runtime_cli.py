@@ -10,6 +10,7 @@ the per-cell status counts and the throughput. Needs h5py to read the file.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 
@@ -92,6 +93,17 @@ def velocity_field(shape: tuple[int, int, int], max_speed: float) -> np.ndarray:
     return np.concatenate([W[..., None], W[..., None] * v], axis=-1)
 
 
+def _check_grid_fits(path: str, grid: str, count: int) -> None:
+    """Refuse, before reading any cell, a grid of more cells than the file holds (any size: the
+    count is an exact integer)."""
+    from .emu_files import open_emu_file
+
+    handle, nsims = open_emu_file(path)
+    handle.close()
+    if count > nsims:
+        raise _UsageError(f"{path} holds {nsims} cells; the grid needs {count} (--grid {grid})")
+
+
 def _read_cells(path: str, count: int) -> tuple[np.ndarray, np.ndarray]:
     from .emu_files import iter_emu_chunks
 
@@ -140,8 +152,9 @@ def _apply(args: argparse.Namespace) -> int:
     from .reference import conservation_error
 
     shape = _grid_shape(args.grid)
-    count = int(np.prod(shape))
+    count = math.prod(shape)  # exact: np.prod wraps past int64 (a 2^32 x 2^32 grid counted 0 cells)
     runtime = Closure(args.model, threads=args.threads)  # before reading: a bad model fails fast
+    _check_grid_fits(args.data, args.grid, count)
     F_rest, F_true_rest = _read_cells(args.data, count)
     u = velocity_field(shape, args.max_speed).reshape(-1, 4)
     F_init = boost_from_rest(F_rest, u[:, None, :])

@@ -337,3 +337,247 @@ def test_box3d_max_flux_factor_of_the_wrong_type_is_named(bad):
         dodo.box3d(F, max_flux_factor=bad)
     with pytest.raises(ValueError, match="^max_flux_factor must be a real number"):
         dodo.box3d_settings(max_flux_factor=bad)
+
+
+# == Third outside probe (2026-12-01): training consistency and one-line refusals ================
+
+#: A small ensemble recipe: seconds on one core (the probe's sizes).
+SMALL_ENSEMBLE = {"data": {"holdout": [], "features": "invariants27+box7+eln18-v1"},
+                  "ensemble": {"members": 2, "width": 8, "depth": 1, "steps": 20, "threads": 1},
+                  "distill": {"width": 8, "depth": 1, "steps": 20}}
+
+
+def _preprocessed(root: Path, n: int, seed: int, **box3d) -> Path:
+    """dodo synth (n cells) -> dodo preprocess with Box3D settings ``box3d``; the preprocessed path."""
+    root.mkdir(parents=True, exist_ok=True)
+    assert main(["synth", "-o", str(root / "syn.h5"), "-n", str(n), "--seed", str(seed), "-q"]) == 0
+    settings = "".join(f"\n  {key}: {value}" for key, value in box3d.items())
+    (root / "pre.yaml").write_text(f"inputs: [{root / 'syn.h5'}]\noutput: {root / 'pre.h5'}\n"
+                                   + (f"box3d:{settings}\n" if box3d else ""))
+    assert main(["preprocess", "--config", str(root / "pre.yaml"), "-q"]) == 0
+    return root / "pre.h5"
+
+
+def _ensemble_config(path: Path, data: Path, checkpoint: Path, **sections) -> Path:
+    config = json.loads(json.dumps(SMALL_ENSEMBLE))
+    config["data"]["path"] = str(data)
+    config["output"] = {"checkpoint": str(checkpoint)}
+    for section, values in sections.items():
+        config.setdefault(section, {}).update(values)
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory) -> Path:
+    """A preprocessed file of ~200 synthetic cells at the default Box3D settings."""
+    return _preprocessed(tmp_path_factory.mktemp("small"), 200, 3)
+
+
+# -- 1: the crossing inputs are computed at the data's Box3D settings -------------------------------
+
+@needs_runtime
+def test_ensemble_crossing_inputs_follow_the_files_box3d_settings_and_export_self_tests(tmp_path, capsys):
+    from dodo.training import ensemble_train as et
+    from dodo.training.features import INVARIANTS_BOX_AND_CROSSING
+
+    data = _preprocessed(tmp_path / "d", 120, 1, lebedev_order=41)
+    table = et.load_table(str(data))
+    rows = np.arange(len(table["r"]))
+    X = et.features_of(table, rows, INVARIANTS_BOX_AND_CROSSING)
+    F_rest = table["rest"]["F_init_rest"]
+    at_41 = np.nan_to_num(dodo.crossing_features(F_rest, lebedev_order=41), nan=0.0)
+    np.testing.assert_array_equal(X[:, 34:], at_41)
+    assert np.abs(at_41 - np.nan_to_num(dodo.crossing_features(F_rest), nan=0.0)).max() > 1e-6  # order matters
+
+    checkpoint = tmp_path / "e41.pt"
+    config = _ensemble_config(tmp_path / "e.yaml", data, checkpoint)
+    assert run(capsys, ["train-ensemble", "--config", str(config)])[0] == 0
+    package = tmp_path / "e41.onnx"
+    code, _, err = run(capsys, ["export", str(checkpoint), "-o", str(package)])
+    assert code == 0, err  # before: the self-test failed (order-17 training inputs, order-41 runtime)
+    closure = dodo.Closure(str(package))  # loading runs the embedded self-test at the package's settings
+    assert closure.box3d_settings["lebedev_order"] == 41
+
+    # The commands of `dodo train` checkpoints say which one handles an ensemble checkpoint.
+    refused(capsys, ["evaluate", str(checkpoint)], "train-ensemble", "dodo export")
+
+
+# -- 2: evaluate / inspect check the training file's checksum, as --resume does ---------------------
+
+def test_evaluate_and_inspect_refuse_a_changed_training_file(tmp_path, capsys, small_data):
+    from training_helpers import train
+
+    data = tmp_path / "data.h5"
+    shutil.copy(small_data, data)
+    checkpoints = train(tmp_path, data, "run")
+    capsys.readouterr()
+    assert run(capsys, ["evaluate", str(checkpoints / "best.pt")])[0] == 0  # unchanged: fine
+    other = _preprocessed(tmp_path / "other", 150, 9)
+    shutil.copy(other, data)  # the same path now holds other rows
+    for command in ("evaluate", "inspect"):
+        line = refused(capsys, [command, str(checkpoints / "best.pt")], "best.pt", "checksum differs", str(data))
+        assert f"cannot {command}" in line and "--data" in line
+    assert run(capsys, ["evaluate", str(checkpoints / "best.pt"), "--data", str(data), "--split", "all"])[0] == 0
+
+
+# -- 3, 9: data.max_samples and an empty test split are refused at config validation ----------------
+
+@pytest.mark.parametrize("setting, key", [("data.max_samples=-5", "data.max_samples"),
+                                          ("data.max_samples=0", "data.max_samples"),
+                                          ("data.max_samples=2.5", "data.max_samples"),
+                                          ("data.val_fraction=0.2", "data.train_fraction + data.val_fraction")])
+def test_train_refuses_bad_sample_counts_and_an_empty_test_split(tmp_path, capsys, setting, key):
+    from training_helpers import write_training_config
+
+    config = write_training_config(tmp_path / "c.yaml", tmp_path / "absent.h5", tmp_path / "out",
+                                   data={"train_fraction": 0.8})
+    refused(capsys, ["train", "--config", str(config), "--set", setting], key)
+
+
+def test_train_refuses_a_test_split_left_empty_by_rounding(tmp_path, capsys, small_data):
+    """Fractions that leave no test row of this file: refused, never the validation split reported as test."""
+    from training_helpers import write_training_config
+
+    config = write_training_config(tmp_path / "c.yaml", small_data, tmp_path / "out",
+                                   data={"train_fraction": 0.9, "val_fraction": 0.0999})
+    refused(capsys, ["train", "--config", str(config)], "the test split is empty")
+
+
+# -- 4: dodo apply --grid counts cells with exact integers -------------------------------------------
+
+@needs_runtime
+@pytest.mark.parametrize("grid, count", [("4294967296x4294967296x1", "18446744073709551616"),
+                                         ("99999999x99999999x99999999", "999999970000000299999999")])
+def test_apply_refuses_a_grid_beyond_int64_with_its_exact_count(capsys, grid, count):
+    refused(capsys, ["apply", str(EMU), "--model", "box3d", "--grid", grid], str(EMU), count)
+
+
+# -- 5: --set values that are not YAML --------------------------------------------------------------
+
+@pytest.mark.parametrize("command, item", [("train", "model.head=*x*"), ("train-ensemble", "data.holdout=*syn*"),
+                                           ("preprocess", "output=[x")])
+def test_set_with_a_value_that_is_not_yaml_is_one_line(tmp_path, capsys, command, item):
+    config = tmp_path / "c.yaml"
+    config.write_text("{}\n")
+    line = refused(capsys, [command, "--config", str(config), "--set", item], item, "not valid YAML")
+    assert "quote" in line
+
+
+def test_set_values_quoted_as_yaml_are_strings():
+    from dodo.training.cli import _overrides
+
+    assert _overrides(['data.holdout=["*syn*"]', 'model.head="*x*"']) == {"data.holdout": ["*syn*"],
+                                                                         "model.head": "*x*"}
+
+
+# -- 6, 7: train-ensemble and learning-curve: wrong files and arguments -----------------------------
+
+@pytest.mark.parametrize("command", ["train-ensemble", "learning-curve"])
+def test_ensemble_commands_refuse_an_emu_file_as_preprocessed_data(tmp_path, capsys, command):
+    config = _ensemble_config(tmp_path / "e.yaml", EMU, tmp_path / "x.pt")
+    extra = ["--sizes", "10", "--folds", "2"] if command == "learning-curve" else []
+    refused(capsys, [command, "--config", str(config), *extra], str(EMU), "not a Dodo preprocessed file",
+            "dodo preprocess")
+
+
+def test_learning_curve_refusals_are_one_line(tmp_path, capsys, small_data):
+    config = _ensemble_config(tmp_path / "e.yaml", small_data, tmp_path / "x.pt")
+    curve = ["learning-curve", "--config", str(config), "--sizes", "10", "--folds", "2"]
+    refused(capsys, [*curve, "--emu", str(small_data)], str(small_data), "F4_initial")  # not an Emu file
+    refused(capsys, [*curve, "--set", 'data.holdout=["*"]'], "no training rows: every row matches a holdout pattern")
+    for members in ("0", "-1"):
+        refused(capsys, [*curve, "--members", members], "--members must be a positive integer")
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(EMU, "r") as source:
+        F = source["F4_initial(1|ccm)"][:4].copy()
+    F[1] = np.nan
+    nan_file = emu_file(tmp_path / "nan_emu.h5", slice(0, 4), **{"F4_initial(1|ccm)": F})
+    line = refused(capsys, [*curve, "--emu", str(nan_file)], str(nan_file), "rows [1]")
+    assert "preprocessed" not in line
+
+
+# -- 8: too few training states; non-finite graph outputs are named as such -------------------------
+
+def test_train_ensemble_refuses_a_single_training_state(tmp_path, capsys):
+    from dodo.training.ensemble_train import MIN_TRAINING_STATES
+
+    data = _preprocessed(tmp_path / "d", 1, 1)
+    config = _ensemble_config(tmp_path / "e.yaml", data, tmp_path / "one.pt")
+    refused(capsys, ["train-ensemble", "--config", str(config)], "1 training state(s)",
+            f"at least {MIN_TRAINING_STATES}")
+    assert not (tmp_path / "one.pt").exists()
+
+
+def test_export_check_reports_non_finite_graph_outputs(tmp_path):
+    import torch
+
+    from dodo.training.ensemble import fit_ensemble
+    from dodo.training.ensemble_train import _ensemble_onnx_bytes, check_graph_outputs
+    from dodo.training.export import ExportError
+    from dodo.training.features import INVARIANTS_AND_BOX, OOD_COLUMNS, lab_features
+    from dodo.training.synth import random_initial_states
+
+    X = lab_features(INVARIANTS_AND_BOX, random_initial_states(np.random.default_rng(0), 40))
+    rng = np.random.default_rng(1)
+    ensemble = fit_ensemble(X, rng.normal(size=40) * 1e-3, rng.normal(size=40) * 0.1, members=2, width=8, depth=1,
+                            steps=5, ood_columns=OOD_COLUMNS[INVARIANTS_AND_BOX])
+    ensemble.features = INVARIANTS_AND_BOX
+    with torch.no_grad():
+        ensemble.members[0].std.fill_(float("nan"))  # a broken model: NaN everywhere
+    with pytest.raises(ExportError, match="not finite"):
+        check_graph_outputs(ensemble, _ensemble_onnx_bytes(ensemble), n_random=64)
+
+
+# -- 10 and minor: file names in messages; validate outside the repository; duplicate inputs --------
+
+def test_plot_names_a_file_that_is_not_json(tmp_path, capsys, small_data):
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1\n")
+    for what, path in (("metrics", bad), ("curve", small_data)):
+        refused(capsys, ["plot", what, str(path), "-o", str(tmp_path / "x.png")], str(path), "not a Dodo metrics JSON")
+
+
+def test_qke_validate_finds_its_reference_outside_the_repository(tmp_path, monkeypatch):
+    from dodo.qke import validate
+
+    monkeypatch.chdir(tmp_path)
+    assert Path(validate.reference_path(None, "emu_1d_validation.h5")).samefile(EMU)
+    with pytest.raises(FileNotFoundError, match="nope.h5.*--reference"):
+        validate.reference_path("nope.h5", "emu_1d_validation.h5")
+
+
+def test_qke_validate_without_h5py_or_reference_is_one_line(tmp_path, monkeypatch, capsys):
+    from dodo.qke import validate
+
+    assert validate.main(["emu32", "--reference", str(tmp_path / "nope.h5")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    monkeypatch.setitem(sys.modules, "h5py", None)  # import h5py fails as on a plain `pip install .`
+    assert validate.main(["emu32", "--output", str(tmp_path / "v.h5")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "h5py is not installed" in err
+    assert not (tmp_path / "v.h5").exists()
+
+
+def test_preprocess_reads_a_file_matched_twice_once(tmp_path, capsys):
+    once = _preprocessed(tmp_path / "a", 30, 2)
+    capsys.readouterr()
+    syn = tmp_path / "a" / "syn.h5"
+    (tmp_path / "twice.yaml").write_text(f"inputs: ['{tmp_path / 'a'}/syn*.h5', '{syn}']\n"
+                                         f"output: {tmp_path / 'twice.h5'}\n")
+    code, out, _ = run(capsys, ["preprocess", "--config", str(tmp_path / "twice.yaml"), "-q"])
+    assert code == 0 and "matched more than once" in out
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(once, "r") as a, h5py.File(tmp_path / "twice.h5", "r") as b:
+        assert b["F_init"].shape == a["F_init"].shape
+
+
+def test_simulate_names_a_two_flavour_input_file(tmp_path, capsys):
+    h5py = pytest.importorskip("h5py")
+    path = tmp_path / "two.h5"
+    with h5py.File(path, "w") as f:
+        f["F4_initial(1|ccm)"] = np.ones((3, 4, 2, 2))
+    from dodo.qke.states import read_states
+
+    with pytest.raises(ValueError, match="two.h5.*three flavours"):
+        read_states(str(path))

@@ -219,6 +219,10 @@ def read_states(path: str) -> dict:
         with h5py.File(path, "r") as f:
             if "F4_initial(1|ccm)" not in f:
                 raise ValueError(f"{path} has no 'F4_initial(1|ccm)' dataset")
+            shape = f["F4_initial(1|ccm)"].shape
+            if len(shape) != 4 or shape[1:] != (4, 2, 3):  # a two-flavour Emu file: [n, 4, 2, 2]
+                raise ValueError(f"{path}: 'F4_initial(1|ccm)' has shape {shape}; expected [nsims, 4 (x,y,z,t), 2, 3] "
+                                 "(three flavours)")
             four_flux = from_emu_layout(f["F4_initial(1|ccm)"][()])
             rotation = f["rotation_R"][()] if "rotation_R" in f else None
             end_time = f["tend(s)"][()] if "tend(s)" in f else None

@@ -130,17 +130,53 @@ def validate_emu32(reference: str, output: str, batch_size: int, flavour_cfl: fl
     return report
 
 
+#: Where the reference files live in a source checkout (tests/data/qke/ of the repository).
+REPOSITORY_REFERENCE_DIR = Path(__file__).resolve().parents[3] / "tests" / "data" / "qke"
+
+
+def reference_path(given: str | None, name: str) -> str:
+    """--reference as given; by default tests/data/qke/NAME of the repository this module belongs
+    to (whatever the working directory), else of the working directory."""
+    if given is not None:
+        candidate = Path(given)
+    else:
+        candidate = REPOSITORY_REFERENCE_DIR / name
+        if not candidate.is_file() and Path("tests/data/qke", name).is_file():
+            candidate = Path("tests/data/qke", name)
+    if not candidate.is_file():
+        where = "" if given is not None else (f" (the default: {REPOSITORY_REFERENCE_DIR / name} is not there; "
+                                              "an installed package has no tests/)")
+        raise FileNotFoundError(f"reference file not found: {candidate}{where}; pass --reference with the Emu file "
+                                f"{name} of the repository's tests/data/qke/")
+    return str(candidate)
+
+
 def main(argv=None) -> int:
+    """The command line; expected failures (missing h5py, a missing or bad file) end it with one
+    line on stderr and exit status 2."""
+    import sys
+
+    try:
+        return _main(argv)
+    except ModuleNotFoundError as error:
+        print(f"python -m dodo.qke.validate: error: {error.name} is not installed; pip install h5py", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError, KeyError) as error:
+        text = " ".join(str(error).split())
+        print(f"python -m dodo.qke.validate: error: {text}", file=sys.stderr)
+    return 2
+
+
+def _main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dodo.qke.validate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="which", required=True)
     nsm1 = sub.add_parser("nsm1", help="NSM1 point at Emu's four resolutions")
-    nsm1.add_argument("--reference", default="tests/data/qke/emu_nsm1_1d.h5")
+    nsm1.add_argument("--reference", default=None, help="default: tests/data/qke/emu_nsm1_1d.h5 of the repository")
     nsm1.add_argument("--box3d-cases", default=str(Path(__file__).resolve().parents[1] / "data" / "box3d_cases.json"))
     nsm1.add_argument("--seeds", default="0", help="comma-separated perturbation seeds")
     nsm1.add_argument("--only", default=None, help="run only configurations containing this text")
     emu32 = sub.add_parser("emu32", help="32 random states of emu_1d_validation.h5")
-    emu32.add_argument("--reference", default="tests/data/qke/emu_1d_validation.h5")
+    emu32.add_argument("--reference", default=None, help="default: tests/data/qke/emu_1d_validation.h5 of the repository")
     emu32.add_argument("--output", default="qke_emu32_validation.h5")
     emu32.add_argument("--batch-size", type=int, default=8)
     emu32.add_argument("--seed", type=int, default=0)
@@ -151,6 +187,9 @@ def main(argv=None) -> int:
         p.add_argument("--backend", default=SolverConfig.backend, choices=("auto", "cpp", "numpy"),
                        help="time stepping: compiled kernel (cpp; auto = cpp where it can run) or NumPy")
     args = parser.parse_args(argv)
+    args.reference = reference_path(args.reference, "emu_nsm1_1d.h5" if args.which == "nsm1" else "emu_1d_validation.h5")
+    import h5py  # noqa: F401  (both need it: one line before any work when it is missing)
+
     check_outputs([args.json, getattr(args, "output", None)], [args.reference, getattr(args, "box3d_cases", None)])
     if args.which == "nsm1":
         report = validate_nsm1(args.reference, args.box3d_cases, [int(s) for s in args.seeds.split(",")], args.flavour_cfl, args.only,

@@ -20,7 +20,12 @@ def _overrides(pairs) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"--set expects key=value (e.g. training.lr=1e-3); got {pair!r}")
-        result[key.strip()] = yaml.safe_load(value)
+        try:
+            result[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as error:  # *syn* (an alias), [x, {x: a YAML error, never a guessed string
+            problem = " ".join(str(getattr(error, "problem", None) or error).split())
+            raise ValueError(f"--set {pair!r}: the value is not valid YAML ({problem}); quote it as YAML, "
+                             f"e.g. --set '{key.strip()}=\"text\"' or --set 'data.holdout=[\"*x*\"]'") from None
     return result
 
 

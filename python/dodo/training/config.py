@@ -138,8 +138,16 @@ class ExperimentConfig:
         d = self.data
         if d.augment_nu_nubar and not d.in_memory:
             raise ConfigError("data.augment_nu_nubar needs data.in_memory: true")
-        if not (0 < d.train_fraction < 1 and 0 <= d.val_fraction < 1 and d.train_fraction + d.val_fraction < 1 + 1e-12):
-            raise ConfigError("data.train_fraction and data.val_fraction must be in (0,1) with sum <= 1")
+        if not (0 < d.train_fraction < 1 and 0 <= d.val_fraction < 1):
+            raise ConfigError(f"data.train_fraction must be in (0, 1) and data.val_fraction in [0, 1); "
+                              f"got {d.train_fraction!r} and {d.val_fraction!r}")
+        if d.train_fraction + d.val_fraction > 1 - 1e-9:  # the rest is the test split the final metrics are on
+            raise ConfigError(f"data.train_fraction + data.val_fraction must be < 1 (the rest is the test split, on "
+                              f"which the run's final metrics are computed); got {d.train_fraction} + {d.val_fraction}")
+        if d.max_samples is not None and (isinstance(d.max_samples, bool) or not isinstance(d.max_samples, int)
+                                          or d.max_samples < 1):
+            raise ConfigError(f"data.max_samples must be a positive integer (use the first N rows of the shuffle) or "
+                              f"null (all rows); got {d.max_samples!r}")
         if d.batch_size < 1:
             raise ConfigError("data.batch_size must be >= 1")
         if isinstance(d.target_scale, str) and d.target_scale != "p99":

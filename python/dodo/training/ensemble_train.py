@@ -152,12 +152,17 @@ def load_table(path: str) -> dict:
     import h5py
 
     from .preprocess import read_preprocessed_attrs
+    from .readers import DataFileError
 
     check_input_file(path, "a preprocessed HDF5 file (dodo preprocess)")  # a FIFO would block h5py for ever
-    with h5py.File(path, "r") as f:
-        arrays = {key: f[key][()] for key in ("F_init", "F_box", "F_true", "u", "invariants", "source_file",
-                                             "growth_rate", "box3d_growth_rate")}
+    # The check `dodo train` makes: an Emu file (or any other) is "not a Dodo preprocessed file".
     attrs = read_preprocessed_attrs(path)
+    names = ("F_init", "F_box", "F_true", "u", "invariants", "source_file", "growth_rate", "box3d_growth_rate")
+    with h5py.File(path, "r") as f:
+        missing = [key for key in names if key not in f]
+        if missing:
+            raise DataFileError(f"{path}: preprocessed file without datasets {missing}; re-make it with `dodo preprocess`")
+        arrays = {key: f[key][()] for key in names}
     sources = _sources(attrs)
     rest = rest_frame_arrays(arrays["F_init"], arrays["F_box"], arrays["F_true"], arrays["u"], arrays["invariants"])
     import dodo
@@ -350,7 +355,10 @@ def features_of(table: dict, rows: np.ndarray, features: str, swapped: bool = Fa
     rest = {key: np.asarray(value)[rows] for key, value in table["rest"].items()}
     if swapped:
         rest = nu_nubar_swapped(rest)
-    return feature_matrix(features, rest["invariants"], rest["F_init_rest"], rest["F_box_rest"], rest["growth_over_ntot"])
+    # The crossing inputs at the table's own Box3D settings: those the exported package records
+    # and the runtime computes them with (a file preprocessed at order 41 trains at order 41).
+    return feature_matrix(features, rest["invariants"], rest["F_init_rest"], rest["F_box_rest"], rest["growth_over_ntot"],
+                          box3d=_box3d_dict(table.get("box3d")))
 
 
 def _training_arrays(table: dict, rows: np.ndarray, config: "EnsembleConfig"):
@@ -361,10 +369,29 @@ def _training_arrays(table: dict, rows: np.ndarray, config: "EnsembleConfig"):
     return X, r, g
 
 
+#: The fewest training states an ensemble is fitted on. One state fails: its nu <-> nubar mirror is
+#: the only other row, the members' input normalisation then divides by the standard deviation of
+#: rounding noise (~1e-17) in columns that are equal in theory, and every bootstrap resample is the
+#: same state, so all members see the same data; the model gives outputs of ~1e14 and an infinite
+#: uncertainty elsewhere. Two distinct states give a finite normalisation (columns equal in both
+#: keep std 1) and members that differ.
+MIN_TRAINING_STATES = 2
+
+
+def check_training_rows(rows) -> None:
+    """Refuse a fit on fewer than MIN_TRAINING_STATES states (none: every row held out)."""
+    if len(rows) == 0:
+        raise ValueError("no training rows: every row matches a holdout pattern")
+    if len(rows) < MIN_TRAINING_STATES:
+        raise ValueError(f"{len(rows)} training state(s); the ensemble needs at least {MIN_TRAINING_STATES} "
+                         "(one state and its mirror give no spread and a degenerate input normalisation)")
+
+
 def train_on(table: dict, rows: np.ndarray, config: EnsembleConfig, members: int | None = None, log=None,
              growth_table: dict | None = None):
     """The ensemble on ``rows`` of ``table``; with config.growth_members, growth members on those rows'
     measured rates plus every row of ``growth_table`` (linear-theory labels)."""
+    check_training_rows(rows)
     X, r, g = _training_arrays(table, rows, config)
     torch.set_num_threads(config.threads)
     from .features import OOD_COLUMNS
@@ -504,8 +531,7 @@ def train_command(config: EnsembleConfig, log=print) -> dict:
     table = load_table(config.data_path)
     held = holdout_mask(table["sources"], config.holdout)
     train_rows, held_rows = np.flatnonzero(~held), np.flatnonzero(held)
-    if len(train_rows) == 0:
-        raise ValueError("no training rows: every row matches a holdout pattern")
+    check_training_rows(train_rows)
     log(f"{len(train_rows)} training states, {len(held_rows)} held out ({', '.join(config.holdout)})")
     growth_table = load_growth_table(config, table, train_rows, log=log)
     ensemble = train_on(table, train_rows, config, log=log, growth_table=growth_table)
@@ -535,18 +561,27 @@ def train_command(config: EnsembleConfig, log=print) -> dict:
 
 def emu_table(path: str, box3d_settings: dict) -> dict:
     """An Emu-layout file (initial and final states at rest) as a table, for reporting only."""
-    import h5py
-
     from dodo.conventions import from_emu_layout
+    from dodo.emu_files import open_emu_file
 
-    check_input_file(path, "an Emu-layout HDF5 file")  # a FIFO would block h5py for ever
-    with h5py.File(path, "r") as f:
+    from .readers import DataFileError
+
+    handle, nsims = open_emu_file(path)  # refuses a FIFO, a non-HDF5 file and another layout, naming the file
+    with handle as f:
         F_init = from_emu_layout(f["F4_initial(1|ccm)"][()])
         F_true = from_emu_layout(f["F4_final(1|ccm)"][()])
         growth = f["growthRate(1|s)"][()] if "growthRate(1|s)" in f else np.full(len(F_init), np.nan)
+    if nsims == 0:
+        raise DataFileError(f"{path}: the Emu file holds no rows")
+    bad = np.flatnonzero(~(np.isfinite(F_init).all(axis=(1, 2)) & np.isfinite(F_true).all(axis=(1, 2))
+                           & (F_init[..., 0].sum(axis=1) > 0)))
+    if len(bad):
+        raise DataFileError(f"{path}: {len(bad)} row(s) with non-finite four-fluxes or non-positive N_tot "
+                            f"(rows {bad[:5].tolist()}{' ...' if len(bad) > 5 else ''}); the --emu file is scored "
+                            "whole, so it must hold good rows only")
     box = _box3d_at_rest(F_init, box3d_settings)
     return _table_at_rest(F_init, np.asarray(box.F_box), F_true, growth, np.asarray(box.growth_rate),
-                          np.array([path] * len(F_init)))
+                          np.array([path] * len(F_init)), box3d=box3d_settings)
 
 
 #: Families drawn with emu_1d_validation.h5's recipe (docs/dataset.md): what "Emu recipe" means in CV tables.
@@ -571,8 +606,14 @@ def learning_curve(config: EnsembleConfig, sizes: list, folds: int = 5, members:
                    emu_path: str | None = None, log=print) -> list[dict]:
     """k-fold CV error against training-set size (training pool only), and the same models'
     score on an Emu file (reported, never used to choose anything)."""
+    if members is not None and (isinstance(members, bool) or not isinstance(members, int) or members < 1):
+        raise ValueError(f"--members must be a positive integer; got {members!r}")
     table = load_table(config.data_path)
     order, fold_of = pool_folds(table, config, folds)
+    check_training_rows(order)
+    if len(order) < folds:
+        raise ValueError(f"the training pool has {len(order)} states, fewer than the {folds} folds")
+    check_training_rows(order[fold_of != 0])  # each fold trains on the pool less one fold
     emu = emu_table(emu_path, _box3d_dict(table["box3d"])) if emu_path else None
     growth_table = load_growth_table(config, table, order, log=log)
     rows = []
@@ -704,10 +745,15 @@ def check_graph_outputs(ensemble: DensityResidualEnsemble, onnx_bytes: bytes, n_
         expected = [t.numpy() for t in copy.deepcopy(ensemble).float().eval().outputs(torch.from_numpy(X))]
     worst = 0.0
     for name, g, e in zip(ENSEMBLE_OUTPUTS, got, expected):
+        bad_graph, bad_torch = int(np.sum(~np.isfinite(g))), int(np.sum(~np.isfinite(e)))
+        if bad_graph or bad_torch:  # a difference of NaNs is no difference: say what is wrong
+            raise ExportError(f"graph output {name!r} is not finite on random initial states ({bad_graph} of "
+                              f"{g.size} values in ONNX Runtime, {bad_torch} in the torch ensemble): the trained "
+                              "model is broken (too few training states?); retrain it")
         ratio = np.abs(g - e) / (ROUNDTRIP_ATOL + ROUNDTRIP_RTOL * np.abs(e))
         if not np.all(ratio <= 1):  # NaN fails too
             raise ExportError(f"graph output {name!r} differs from the torch ensemble by up to "
-                              f"{np.nanmax(np.abs(g - e)):.3e} (fp32 tolerance {ROUNDTRIP_ATOL} + {ROUNDTRIP_RTOL} |x|)")
+                              f"{np.max(np.abs(g - e)):.3e} (fp32 tolerance {ROUNDTRIP_ATOL} + {ROUNDTRIP_RTOL} |x|)")
         worst = max(worst, float(ratio.max()))
     return worst
 
@@ -724,7 +770,7 @@ def _diagnostic_test_vectors(ensemble: DensityResidualEnsemble, test_vectors: di
     F = np.asarray(test_vectors["F_init"], float)
     u = np.asarray(test_vectors["u"], float)
     box = dodo.box3d(F, u, lebedev_order=int(box3d_settings["lebedev_order"]), z_method=str(box3d_settings["z_method"]))
-    X = lab_features(ensemble.features, F, u, box)
+    X = lab_features(ensemble.features, F, u, box, box3d=box3d_settings)
     with torch.no_grad():
         _, sigma, log_ratio = copy.deepcopy(ensemble).double().outputs(torch.from_numpy(X))
     growth = np.asarray(box.growth_over_ntot, float) * np.exp(log_ratio.numpy())

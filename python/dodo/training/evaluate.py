@@ -8,7 +8,20 @@ import torch
 from .config import DataConfig, from_dict
 from .dataset import CellDataset, check_preprocessed, count_rows, make_splits
 from .metrics import format_metric_table
-from .train import closure_from_checkpoint, load_checkpoint, metrics_for, predict
+from .train import check_training_data, closure_from_checkpoint, load_checkpoint, metrics_for, predict
+
+
+def checkpoint_data(checkpoint: dict, checkpoint_path, data_path, action: str) -> Path:
+    """The file ``action`` (evaluate, inspect) reads: ``data_path``, or when None the checkpoint's
+    training file, which must still be the file it was trained on (the resume check: same
+    SHA-256), else its splits would be other rows. Box3D settings checked either way."""
+    given = data_path is not None
+    data_path = Path(data_path if given else checkpoint["data"]["path"])
+    check_preprocessed(data_path, checkpoint["data"]["box3d"])
+    if not given:
+        check_training_data(checkpoint, checkpoint_path, data_path, action,
+                            " (its splits would be other rows; pass --data FILE to score another file)")
+    return data_path
 
 
 def split_indices_for(checkpoint: dict, data_path: Path, split: str):
@@ -23,8 +36,7 @@ def evaluate_checkpoint(checkpoint_path: str | Path, data_path: str | Path | Non
                         batch_size: int = 4096) -> tuple[dict, dict]:
     """Returns (metric table, prediction arrays) for ``split`` of ``data_path`` (default: training file)."""
     checkpoint = load_checkpoint(checkpoint_path)
-    data_path = Path(data_path or checkpoint["data"]["path"])
-    check_preprocessed(data_path, checkpoint["data"]["box3d"])
+    data_path = checkpoint_data(checkpoint, checkpoint_path, data_path, "evaluate")
     indices = split_indices_for(checkpoint, data_path, split)
     if len(indices) == 0:
         raise ValueError(f"split {split!r} of {data_path} is empty")

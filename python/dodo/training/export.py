@@ -50,7 +50,7 @@ def closure_float64(network: torch.nn.Module, F_init, u, box3d_settings: dict, f
     F_box = np.asarray(box.F_box, dtype=np.float64)
     from .features import lab_features
 
-    invariants = lab_features(getattr(network, "features", FEATURES), F_init, u, box)
+    invariants = lab_features(getattr(network, "features", FEATURES), F_init, u, box, box3d=box3d_settings)
     ntot = np.asarray(dodo.comoving_density(F_init, u), dtype=np.float64)
     scale = ntot[:, None, None]
     F_init_rest = boost_to_rest(F_init, u[:, None, :]) / scale
@@ -64,7 +64,8 @@ def closure_float64(network: torch.nn.Module, F_init, u, box3d_settings: dict, f
             from .synthetic_model import blend_over_flavour_images, flavour_image_weights, head_to_cell
 
             def image_head(species):
-                image = lab_features(getattr(network, "features", FEATURES), F_init[:, list(species)], u)
+                image = lab_features(getattr(network, "features", FEATURES), F_init[:, list(species)], u,
+                                     box3d=box3d_settings)
                 return {"head": head_to_cell(network.head, network64(torch.from_numpy(image)).numpy(), species)}
 
             output = torch.from_numpy(blend_over_flavour_images(flavour_image_weights(F_init_rest), image_head)["head"])
@@ -155,7 +156,8 @@ def roundtrip_check(network, onnx_bytes: bytes, test_vectors: dict, box3d_settin
     F = random_initial_states(rng, n_random)
     from .features import lab_features
 
-    invariants = np.asarray(lab_features(getattr(network, "features", FEATURES), F), dtype=np.float32)
+    invariants = np.asarray(lab_features(getattr(network, "features", FEATURES), F, box3d=box3d_settings),
+                            dtype=np.float32)
     with torch.no_grad():
         expected = copy.deepcopy(network).float().eval()(torch.from_numpy(invariants)).numpy()
     got = session.run(["head_output"], {"invariants": invariants})[0]

@@ -9,8 +9,8 @@ import torch
 from dodo.conventions import SPECIES
 
 from .config import LossConfig, from_dict
-from .dataset import CellDataset, check_preprocessed
-from .evaluate import split_indices_for
+from .dataset import CellDataset
+from .evaluate import checkpoint_data, split_indices_for
 from .losses import loss_terms
 from .train import closure_from_checkpoint, load_checkpoint
 
@@ -27,8 +27,7 @@ def flux_factor_statistics(F: np.ndarray) -> dict:
 def inspect_checkpoint(checkpoint_path: str | Path, data_path=None, split: str = "val", start: int = 0,
                        stop: int | None = 1000) -> dict:
     checkpoint = load_checkpoint(checkpoint_path)
-    data_path = Path(data_path or checkpoint["data"]["path"])
-    check_preprocessed(data_path, checkpoint["data"]["box3d"])
+    data_path = checkpoint_data(checkpoint, checkpoint_path, data_path, "inspect")
     indices = split_indices_for(checkpoint, data_path, split)[start:stop]
     if len(indices) == 0:
         raise ValueError(f"slice [{start}:{stop}] of split {split!r} is empty")

@@ -22,8 +22,11 @@ def load_metrics(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"metrics file not found: {path}")
-    data = json.loads(path.read_text())
-    if "history" not in data or "metric_table" not in data:
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:  # an HDF5 file, a YAML config, a cut JSON
+        raise ValueError(f"{path}: not a Dodo metrics JSON (not JSON: {error})") from None
+    if not isinstance(data, dict) or "history" not in data or "metric_table" not in data:
         raise ValueError(f"{path}: not a Dodo metrics JSON (no history / metric_table)")
     return data
 

@@ -19,14 +19,26 @@ FLOAT_DATASETS = {"F_init": (6, 4), "F_true": (6, 4), "F_box": (6, 4), "invarian
                   "u": (4,), "growth_rate": (), "box3d_growth_rate": ()}
 
 
-def resolve_inputs(patterns: list) -> list[Path]:
-    """Expand globs; every pattern must match at least one file."""
-    files = []
+def resolve_inputs(patterns: list, log=None) -> list[Path]:
+    """Expand globs; every pattern must match at least one file. A file matched twice (overlapping
+    globs, a file listed twice, a symlink or hard link to a listed file) is read once, at its first place:
+    duplicate rows would put copies of one cell on both sides of the train/test split.
+    ``log``: told how many duplicates were dropped."""
+    files, seen, duplicates = [], set(), 0
     for pattern in patterns:
         matches = sorted(glob.glob(str(pattern)))
         if not matches:
             raise DataFileError(f"input pattern matches no file: {pattern}")
-        files.extend(Path(m) for m in matches)
+        for match in matches:
+            status = Path(match).stat()
+            key = (status.st_dev, status.st_ino)  # the same file through a symlink or hard link too
+            if key in seen:
+                duplicates += 1
+                continue
+            seen.add(key)
+            files.append(Path(match))
+    if duplicates and log is not None:
+        log(f"preprocess: {duplicates} input file(s) matched more than once; each is read once")
     return files
 
 
@@ -56,7 +68,7 @@ def preprocess(config: PreprocessConfig, progress: bool = True, log=print) -> di
     """Run the whole preprocessing; returns a summary (also stored in the file attributes)."""
     import dodo
 
-    files = resolve_inputs(config.inputs)
+    files = resolve_inputs(config.inputs, log)
     check_outputs([config.output], files)  # before anything is read or written: never overwrite an input
     settings = dodo.box3d_settings(lebedev_order=config.box3d.lebedev_order, z_method=config.box3d.z_method)
     sources, kinds = [], set()

@@ -217,6 +217,10 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     except Exception as exc:  # torch raises several types for a corrupt file
         raise CorruptCheckpointError(f"{path}: not a readable Dodo checkpoint, truncated or corrupted ({exc})") from exc
     found = checkpoint.get("format") if isinstance(checkpoint, dict) else type(checkpoint).__name__
+    if isinstance(checkpoint, dict) and checkpoint.get("kind") == "density_residual_ensemble":
+        raise ValueError(f"{path}: a `dodo train-ensemble` checkpoint; this command reads `dodo train` checkpoints "
+                         "(export it with `dodo export`, score the package with `dodo score`; its held-out report "
+                         "is printed by train-ensemble)")
     if found != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a Dodo checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})")
     stored = checkpoint.get("sha256")
@@ -244,6 +248,18 @@ def load_resume_checkpoint(path: str | Path, log=print) -> tuple[dict, Path]:
             return load_checkpoint(previous), previous
         except (FileNotFoundError, CorruptCheckpointError) as second:
             raise CorruptCheckpointError(f"no usable checkpoint to resume from: {error}; and {second}") from second
+
+
+def check_training_data(checkpoint: dict, checkpoint_path, data_path, action: str, hint: str = "",
+                        data_sha256: str | None = None) -> None:
+    """Refuse to ``action`` (resume, evaluate, inspect) a checkpoint with the data file
+    ``data_path`` when its SHA-256 differs from the one the checkpoint was trained on: the same
+    path may now hold other rows, and the checkpoint's train/val/test splits would silently be
+    other cells. ``hint``: what to do instead, appended to the message; ``data_sha256``: the
+    file's SHA-256 when already computed."""
+    if checkpoint["data"].get("sha256") != (data_sha256 or sha256_file(data_path)):
+        raise ValueError(f"{checkpoint_path}: trained on another data file (checksum differs: {data_path} is not "
+                         f"the file it was trained on); cannot {action}{hint}")
 
 
 def closure_from_checkpoint(checkpoint: dict) -> ResidualClosure:
@@ -296,6 +312,8 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
                          config.data.split_seed, config.data.max_samples)
     if len(splits.val) == 0:
         raise ValueError("the validation split is empty: add rows or raise data.val_fraction")
+    if len(splits.test) == 0:  # the final metrics are the test split's (docs/training.md), never another's
+        raise ValueError("the test split is empty: add rows or lower data.train_fraction + data.val_fraction")
     mean, std = invariant_statistics(data_path, splits.train)
     target_scale = config.data.target_scale
     if target_scale == "p99":
@@ -332,8 +350,7 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
         checkpoint, resume_path = load_resume_checkpoint(t.resume_from, log)
         if checkpoint["config"]["model"] != dataclasses.asdict(config.model):
             raise ValueError(f"{resume_path}: model section differs from the config; cannot resume")
-        if checkpoint["data"]["sha256"] != data_sha256:
-            raise ValueError(f"{resume_path}: trained on another data file (checksum differs); cannot resume")
+        check_training_data(checkpoint, resume_path, data_path, "resume", data_sha256=data_sha256)
         closure.network.load_state_dict(checkpoint["model_state"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
@@ -431,7 +448,7 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
     # Report on the best-validation model (what `dodo export` ships by default).
     best = load_checkpoint(checkpoint_dir / "best.pt")
     closure.network.load_state_dict(best["model_state"])
-    test_name = "test" if len(splits.test) else "val"
+    test_name = "test"
     test_loader = torch.utils.data.DataLoader(datasets[test_name], shuffle=False, **loader_options)
     test_losses = evaluate_loss(closure, test_loader, config.loss, device)
     # Metrics as the runtime computes them: fp32 network, float64 four-fluxes and head.
