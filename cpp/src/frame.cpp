@@ -65,20 +65,17 @@ void boost_cell_from_rest(const double* u, const double* rest, double* lab) {
 double comoving_total_density(const double* F, const double* u) {
   static const double at_rest[4] = {1.0, 0.0, 0.0, 0.0};
   const double* velocity = u ? u : at_rest;
-  double total = 0.0;
-  for (int a = 0; a < kSpecies; ++a) total -= minkowski_dot(F + a * kComponents, velocity);
-  return total;
+  double comoving[kSpecies];
+  for (int a = 0; a < kSpecies; ++a) comoving[a] = -minkowski_dot(F + a * kComponents, velocity);
+  return flavour_symmetric_sum(comoving[0], comoving[1], comoving[2], comoving[3], comoving[4], comoving[5]);
 }
 
 bool invariants(const double* F, const double* u, double* out27) {
   static const double at_rest[4] = {1.0, 0.0, 0.0, 0.0};
   const double* velocity = u ? u : at_rest;
   double comoving[kSpecies];
-  double total = 0.0;
-  for (int a = 0; a < kSpecies; ++a) {
-    comoving[a] = -minkowski_dot(F + a * kComponents, velocity);
-    total += comoving[a];
-  }
+  for (int a = 0; a < kSpecies; ++a) comoving[a] = -minkowski_dot(F + a * kComponents, velocity);
+  const double total = flavour_symmetric_sum(comoving[0], comoving[1], comoving[2], comoving[3], comoving[4], comoving[5]);
   if (!(total > 0.0) || !std::isfinite(total)) {
     for (int i = 0; i < kInvariants; ++i) out27[i] = 0.0;
     return false;

@@ -824,13 +824,14 @@ void prepare_block(std::size_t count, const double* F_init, const double* u, Res
   for (int v = 0; v < kCellValues; ++v)
 #pragma omp simd
     for (std::size_t c = 0; c < lanes; ++c) rest_probe[c] += rest[v][c] - rest[v][c];
-  for (std::size_t c = 0; c < lanes; ++c) total[c] = 0.0;
   for (int a = 0; a < kSpecies; ++a)
 #pragma omp simd
-    for (std::size_t c = 0; c < lanes; ++c) {
-      negative[c] |= rest[a * kComponents][c] < 0.0;
-      total[c] += rest[a * kComponents][c];
-    }
+    for (std::size_t c = 0; c < lanes; ++c) negative[c] |= rest[a * kComponents][c] < 0.0;
+  // N_tot in the order the flavour symmetries keep (conventions.hpp, flavour_symmetric_sum).
+#pragma omp simd
+  for (std::size_t c = 0; c < lanes; ++c)
+    total[c] = flavour_symmetric_sum(rest[value_index(0, 0)][c], rest[value_index(1, 0)][c], rest[value_index(2, 0)][c],
+                                     rest[value_index(3, 0)][c], rest[value_index(4, 0)][c], rest[value_index(5, 0)][c]);
 #pragma omp simd
   for (std::size_t c = 0; c < lanes; ++c) {
     // Vacuum: below kSmallestNtot the changes would be rounded to the subnormal grid, which
