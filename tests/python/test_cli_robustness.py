@@ -539,9 +539,16 @@ def test_plot_names_a_file_that_is_not_json(tmp_path, capsys, small_data):
 
 
 def test_qke_validate_finds_its_reference_outside_the_repository(tmp_path, monkeypatch):
+    """An editable install finds the repository's file from any working directory; an installed
+    package (as CI installs it) has no tests/ beside it: it finds the file from the repository root
+    and elsewhere says to pass --reference, in one error."""
     from dodo.qke import validate
 
     monkeypatch.chdir(tmp_path)
+    if not validate.REPOSITORY_REFERENCE_DIR.is_dir():
+        with pytest.raises(FileNotFoundError, match="installed package has no tests/.*--reference"):
+            validate.reference_path(None, "emu_1d_validation.h5")
+        monkeypatch.chdir(Path(EMU).resolve().parents[3])  # the repository root
     assert Path(validate.reference_path(None, "emu_1d_validation.h5")).samefile(EMU)
     with pytest.raises(FileNotFoundError, match="nope.h5.*--reference"):
         validate.reference_path("nope.h5", "emu_1d_validation.h5")

@@ -283,3 +283,22 @@ def test_an_optional_output_computing_another_length_than_declared_is_refused(mo
     save_resigned(model, path)
     with pytest.raises(RuntimeError, match=r'DODO_ERROR_MODEL_FORMAT.*"uncertainty" float32 \[N\] but computes \[2\] for N = 1'):
         Closure(path)
+
+
+@pytest.mark.parametrize("features, status, words", [
+    # A set this runtime does not compute is a metadata fault, named by its key, whatever the
+    # graph's width (on a 52-wide graph it was reported as "must have shape [N, 27]").
+    ("invariants27+box7+eln18-v2", "DODO_ERROR_MODEL_METADATA", ['"dodo.features" is "invariants27+box7+eln18-v2"']),
+    # A known set of another width: the key, its value and the graph's shape.
+    ("invariants27-v1", "DODO_ERROR_MODEL_FORMAT", ["[N, 27]", '"dodo.features" is "invariants27-v1"', "[N, 52]"]),
+])
+def test_a_feature_set_that_does_not_fit_the_graph_is_named(features, status, words):
+    model = onnx.load(str(dodo.models.default_model_path()))  # a 52-wide graph
+    for entry in model.metadata_props:
+        if entry.key == "dodo.features":
+            entry.value = features
+    with pytest.raises(RuntimeError) as error:
+        Closure(bytes(dodo._core.with_content_digest(model.SerializeToString())), threads=1)
+    assert str(error.value).startswith(status)
+    for word in words:
+        assert word in str(error.value)

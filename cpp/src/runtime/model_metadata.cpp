@@ -110,6 +110,14 @@ int feature_size(const std::string& features) {
   return 0;
 }
 
+int known_feature_size(const std::string& features) {
+  const int size = feature_size(features);
+  if (size == 0)
+    refuse("model \"dodo.features\" is \"" + features + "\"; this runtime computes \"" + kFeatures + "\", \"" +
+           kFeaturesWithBox + "\" and \"" + kFeaturesWithCrossing + "\"");
+  return size;
+}
+
 ModelDescription describe_model(const std::map<std::string, std::string>& metadata, int graph_output_size,
                                 const RequestedBox3D& requested) {
   ModelDescription model;
@@ -117,11 +125,7 @@ ModelDescription describe_model(const std::map<std::string, std::string>& metada
   if (version != kFormatVersion)
     refuse("model package \"dodo.format_version\" is \"" + version + "\"; this runtime reads version \"" +
            kFormatVersion + "\" (upgrade Dodo or re-export the model)");
-  const std::string& features = require(metadata, "dodo.features");
-  model.input_size = feature_size(features);
-  if (model.input_size == 0)
-    refuse("model \"dodo.features\" is \"" + features + "\"; this runtime computes \"" + kFeatures + "\", \"" +
-           kFeaturesWithBox + "\" and \"" + kFeaturesWithCrossing + "\"");
+  model.input_size = known_feature_size(require(metadata, "dodo.features"));
   const std::string& head = require(metadata, "dodo.head");
   try {
     model.head = head_from_name(head);

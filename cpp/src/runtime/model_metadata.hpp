@@ -22,6 +22,10 @@ inline constexpr const char* kFeaturesWithCrossing = "invariants27+box7+eln18-v1
 
 // Network inputs per cell for a feature set ("dodo.features"); 0 for a set this runtime does not compute.
 int feature_size(const std::string& features);
+// feature_size, or a refusal (DODO_ERROR_MODEL_METADATA) naming "dodo.features", its value and the
+// sets this runtime computes, for any other set: the one check of the key, made before the graph's
+// input width is judged by it.
+int known_feature_size(const std::string& features);
 
 // Box3D settings a caller asks for; unset fields take the model's value.
 struct RequestedBox3D {

@@ -394,16 +394,20 @@ void OnnxModel::check_signature() {
   if (input != kInputName)
     throw Error(DODO_ERROR_MODEL_FORMAT, "model input is named \"" + input + "\"; the contract says \"invariants\"");
   std::vector<int64_t> input_dims = float_shape(true, 0, input);
-  // Row width of the package's feature set; an unknown set is refused by describe_model.
+  // Row width of the package's feature set: an unknown set is refused here, by its key, before the
+  // graph's width is judged by it (a package without the key is refused by describe_model).
   const auto features = metadata_.find("dodo.features");
-  const int known = features == metadata_.end() ? 0 : feature_size(features->second);
-  input_size_ = known > 0 ? known : kInvariants;
-  if (input_dims.size() != 2 || input_dims[1] != input_size_ || input_dims[0] > 0)
+  input_size_ = features == metadata_.end() ? kInvariants : known_feature_size(features->second);
+  if (input_dims.size() != 2 || input_dims[1] != input_size_ || input_dims[0] > 0) {
+    std::string shape;
+    for (const int64_t dim : input_dims) shape += (shape.empty() ? "" : ", ") + (dim < 0 ? std::string("N") : std::to_string(dim));
     throw Error(DODO_ERROR_MODEL_FORMAT, "model input \"invariants\" must have shape [N, " + std::to_string(input_size_) +
                                              "] with a dynamic N" +
-                                             (known > 0 && known != kInvariants ? " (\"dodo.features\" is \"" +
-                                                                                      features->second + "\")"
-                                                                                : std::string()));
+                                             (features == metadata_.end() ? std::string()
+                                                                          : " (metadata \"dodo.features\" is \"" +
+                                                                                features->second + "\")") +
+                                             "; the graph's is [" + shape + "]");
+  }
 
   for (size_t index = 0; index < outputs; ++index) {
     if (name_of(false, index) != kOutputName) continue;
