@@ -6,7 +6,6 @@ dodo.box3d take and refuse the same arguments with messages naming them.
 The default-model tests point dodo.models at a private copy, so the shipped model is never at risk."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 
 import dodo
+from cli_helpers import digest, refused, run
 from dodo.cli import main
 
 EMU = Path(__file__).resolve().parents[1] / "data" / "qke" / "emu_1d_validation.h5"
@@ -26,30 +26,6 @@ EMU_KEYS = ("F4_initial(1|ccm)", "F4_final(1|ccm)", "growthRate(1|s)")
 SUBPROCESS_TIMEOUT_S = 300
 
 needs_runtime = pytest.mark.skipif(not dodo.runtime_available(), reason="closure runtime not built")
-
-
-def run(capsys, argv) -> tuple[int, str, str]:
-    """`dodo ARGV` in-process: (exit code, stdout, stderr)."""
-    try:
-        code = main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def refused(capsys, argv, *names) -> str:
-    """Assert `dodo ARGV` exits with 2 and one stderr line naming every one of ``names``."""
-    code, _, err = run(capsys, argv)
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
-    for name in names:
-        assert str(name) in lines[0], lines[0]
-    return lines[0]
-
-
-def digest(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def emu_file(path: Path, rows=slice(None), **replace) -> Path:

@@ -4,7 +4,6 @@ leaves non-finite states out and writes strict JSON, `dodo synth` refuses unphys
 the small API refusals (Closure chunk_size, *Result.empty sizes, apply's paths)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -14,32 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cli_helpers import digest, refused
 from dodo.cli import main
 
 EMU = Path(__file__).resolve().parents[1] / "data" / "qke" / "emu_1d_validation.h5"
-
-
-def run(capsys, argv) -> tuple[int, str]:
-    """`dodo ARGV` in-process: (exit code, stderr)."""
-    try:
-        code = main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    return code, capsys.readouterr().err
-
-
-def refused(capsys, argv, *names) -> str:
-    """Assert `dodo ARGV` exits with 2 and one stderr line naming every one of ``names``."""
-    code, err = run(capsys, argv)
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
-    for name in names:
-        assert str(name) in lines[0], lines[0]
-    return lines[0]
-
-
-def digest(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def listing(directory) -> list[str]:
