@@ -448,6 +448,7 @@ inline DODO_CROSSING_MATH void accumulate_crossing(const Vector& w, const Vector
   sums[6] += down_moment * zq;
 }
 
+#if DODO_MULTIVERSION_ENABLED  // GCC (__builtin_shuffle); the 8-lane path below is its x86-64-v4 clone's
 // The lane sums of eight vectors of eight doubles, lane j of the result that of v[j], in
 // lane_sum's order (lanes l + l+4, then + l+2, then + l+1: the same bits) by three levels of
 // shuffles and adds: 7 adds and 14 shuffles against lane_sum's 8 x 6 instructions. (Result by
@@ -468,6 +469,7 @@ inline DODO_CROSSING_MATH void fold8(const Doubles8* v, Doubles8& sums) {
   sums = __builtin_shuffle(quarters[0], quarters[1], Lanes8{0, 2, 4, 6, 8, 10, 12, 14}) +  // + lane l+1
          __builtin_shuffle(quarters[0], quarters[1], Lanes8{1, 3, 5, 7, 9, 11, 13, 15});
 }
+#endif
 
 // The sums of kGroup pairs (first, first + 1, ...) in lane-wise partial sums over blocks of
 // kLanes antipodal pairs (half is padded to a multiple of 8 with zero weights), on GCC's vector
@@ -500,6 +502,7 @@ inline DODO_CROSSING_MATH void crossing_sums(const PairedRule& rule, const doubl
       accumulate_crossing(w, xq, yq, zq, value, opposite, sums[g]);
     }
   }
+#if DODO_MULTIVERSION_ENABLED
   if constexpr (kLanes == 8 && kGroup == kPairs) {
     // All three pairs, AVX-512: the 24 sums folded four rows of totals at a time in registers
     // and written as whole vectors, which the tail reads as vectors (a scalar store per total,
@@ -516,6 +519,7 @@ inline DODO_CROSSING_MATH void crossing_sums(const PairedRule& rule, const doubl
     }
     return;
   }
+#endif
 #pragma GCC unroll 8
   for (int g = 0; g < kGroup; ++g)
 #pragma GCC unroll 8
