@@ -143,16 +143,9 @@ class Closure:
                 "this build of dodo has no closure runtime: ONNX Runtime's C API header was not found when it was "
                 "built. Install the header (Debian 13: apt-get install libonnxruntime-dev; Debian 12: "
                 "cmake/install_onnxruntime_headers.sh) and reinstall dodo; see docs/runtime.md")
-        model_bytes: Optional[bytes] = None
-        if model is None:
-            model_path: Optional[str] = str(default_model_path())
-        elif isinstance(model, str) and model == BOX3D_ONLY:
-            model_path = None
-        elif isinstance(model, IN_MEMORY_PACKAGE):
-            model_bytes = _package_bytes(model)
-            model_path = None
-        else:
-            model_path = os.fspath(model)
+        model_bytes = _package_bytes(model) if isinstance(model, IN_MEMORY_PACKAGE) else None
+        model_path = model_file(model)
+        if model_path is not None and model is not None:
             if not model_path:  # an unset parameter must not silently drop the learned correction
                 raise ValueError(f'empty model path: give a model package, or "{BOX3D_ONLY}" for Box3D without a '
                                  'learned correction (None: the default model)')
