@@ -66,16 +66,30 @@ def test_linear_only_resumes_after_a_crash(tmp_path, monkeypatch):
         assert f.attrs["complete"] and f.attrs["nstates_processed"] == 5
 
 
-def test_linear_only_refuses_a_fixed_rotation(tmp_path, yaml_states=None):
-    states = family_states("emu", 2, np.random.default_rng(1))
-    source = str(tmp_path / "in.h5")
+def test_linear_only_starts_from_an_inputs_box_axes_and_reaches_the_same_labels(tmp_path):
+    """An input's rotation_R (a Dodo run's box axis: the best of the coarse search) starts the refined
+    search in place of the 24 coarse axes: the same labels at about half the cost; an input end time
+    is refused (no time integration)."""
     from dodo.qke.io import write_emu_database
+    from dodo.qke.linear import fastest_wavevector
+    from dodo.qke.states import rotation_to_z
 
+    states = family_states("emu", 3, np.random.default_rng(1))
+    search = uniform_sphere(8)  # SMALL's direction set (<= 54 directions: the search's own)
+    rotations = np.array([rotation_to_z(fastest_wavevector(F, search, np.linspace(0.0, 1.0, 21), uniform_sphere(8))[1])
+                          for F in states])
+    source = str(tmp_path / "in.h5")
     write_emu_database(source, {"initial": states, "final": states, "final_stddev": 0 * states,
-                                "growth_rate": np.ones(2), "rotation": np.tile(np.eye(3), (2, 1, 1))}, {})
-    assert run_cli(["simulate", str(tmp_path / "x.h5"), "--input", source, "--linear-only", *SMALL]) == 2
-    assert run_cli(["simulate", str(tmp_path / "x.h5"), "--input", source, "--linear-only", "--ignore-rotation",
-                    *SMALL]) == 0
+                                "growth_rate": np.ones(3), "rotation": rotations, "end_time": np.ones(3)}, {})
+    started, searched = str(tmp_path / "started.h5"), str(tmp_path / "searched.h5")
+    assert run_cli(["simulate", started, "--input", source, "--linear-only", *SMALL]) == 0
+    assert run_cli(["simulate", searched, "--input", source, "--linear-only", "--ignore-rotation", *SMALL]) == 0
+    with h5py.File(started, "r") as a, h5py.File(searched, "r") as b:
+        assert "axis_start" in json.loads(a.attrs["settings"]) and "axis_start" not in json.loads(b.attrs["settings"])
+        np.testing.assert_array_equal(a["input_index"][()], b["input_index"][()])
+        np.testing.assert_allclose(a["linear_growthRate_box(1|s)"][()], b["linear_growthRate_box(1|s)"][()], rtol=1e-6)
+    assert run_cli(["simulate", str(tmp_path / "x.h5"), "--input", source, "--linear-only", "--use-input-end-time",
+                    *SMALL]) == 2
 
 
 def rest_table(F, growth, with_density):
@@ -121,6 +135,60 @@ def test_growth_members_learn_from_label_rows_and_survive_a_checkpoint(tmp_path)
     loaded = load_ensemble(torch.load(config.checkpoint, weights_only=False))
     assert len(loaded.growth_members) == 2
     np.testing.assert_array_equal(predict(loaded, X)["log_growth_ratio"], out["log_growth_ratio"])
+
+
+def test_relabelled_states_replace_their_measured_rates_and_never_leak_from_outside_the_rows(tmp_path):
+    """growth.relabelled: a training state's own label (scripts/relabel_growth.sh) replaces its measured
+    rate; labels of states outside the training rows (a CV fold's test states) never train."""
+    from conftest import random_states
+
+    from dodo.training.ensemble import predict
+    from dodo.training.ensemble_train import EnsembleConfig, _training_arrays, growth_label_states, train_on
+
+    rng = np.random.default_rng(12)
+    F = random_states(rng, 60, max_flux_factor=0.6, mu_equals_tau=True)
+    # Measured rates 0.5 x proxy (a slow run axis); the new labels 2 x proxy for states 0-39 and
+    # 8 x proxy for states 40-59, which stay outside the training rows.
+    density = rest_table(F, lambda proxy: 0.5 * proxy, True)
+    labels = rest_table(F, lambda proxy: np.where(np.arange(len(proxy)) < 40, 2.0, 8.0) * proxy, False)
+    config = EnsembleConfig(members=2, width=8, steps=20, growth_members=1, growth_width=8, growth_steps=400,
+                            growth_data=["unused"], growth_relabelled=True, mirror=False,
+                            checkpoint=str(tmp_path / "e.pt"))
+    np.testing.assert_array_equal(growth_label_states(labels, density, config), np.arange(60))
+    rows = np.arange(40)
+    X, _, _ = _training_arrays(density, rows, config)
+    relabelled = predict(train_on(density, rows, config, growth_table=labels), X)["log_growth_ratio"]
+    np.testing.assert_allclose(relabelled, np.log(2.0), atol=0.1)  # neither 0.5 (measured) nor 8 (leaked)
+    config.growth_relabelled = False  # both labels of each state (an L1 fit: anywhere between them)
+    both = predict(train_on(density, rows, config, growth_table=labels), X)["log_growth_ratio"]
+    assert np.mean(both) < np.log(2.0) - 0.3
+
+
+def test_refined_axis_search_is_nearly_rotation_invariant_where_the_coarse_one_is_not():
+    """The 24 coarse axes of box_setup's first search miss the fastest direction by an amount that
+    depends on the state's orientation; the pattern search after it finds (nearly) the same rate in
+    every orientation, never below the coarse one."""
+    from dodo.qke.linear import fastest_wavevector, refine_fastest_wavevector
+    from dodo.qke.states import rotate_four_flux
+
+    search = uniform_sphere(12)
+    rng = np.random.default_rng(5)
+    coarse_spread, refined_spread = [], []
+    for F in family_states("emu", 3, np.random.default_rng(5)):
+        coarse, refined = [], []
+        for _ in range(3):
+            q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+            rotation = q * np.sign(np.diag(r))
+            rotation *= np.linalg.det(rotation)  # a proper rotation
+            G = rotate_four_flux(F, rotation)
+            rate, wavevector = fastest_wavevector(G, search, np.linspace(0.0, 1.0, 21), uniform_sphere(8))
+            better, _ = refine_fastest_wavevector(G, search, wavevector)
+            assert better >= rate
+            coarse.append(rate)
+            refined.append(better)
+        coarse_spread.append(1 - min(coarse) / max(coarse))
+        refined_spread.append(1 - min(refined) / max(refined))
+    assert max(refined_spread) < 0.02 and np.mean(refined_spread) < 0.5 * np.mean(coarse_spread)
 
 
 def test_distilled_student_reproduces_the_members_and_exports(tmp_path):

@@ -238,6 +238,8 @@ def test_mini_batch_members_fit_what_full_batch_ones_fit_and_are_reproducible():
     ("distill", {"batch_size": 64}, "distill_batch_size needs distill_epochs"),
     ("distill", {"sampled_states": 1.5}, "distill.sampled_states must be an integer >= 0"),
     ("growth", {"lr": -1.0}, "growth.lr must be a finite number >= 0"),
+    ("growth", {"relabelled": "yes"}, "growth.relabelled must be true or false"),
+    ("growth", {"relabelled": True}, "growth.relabelled: true needs growth.data"),
 ])
 def test_mini_batch_config_errors(tmp_path, section, keys, message):
     import yaml

@@ -58,7 +58,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                              "--threads 2 --batch-size 2 uses both cores of a 2-core machine; same results)")
     parser.add_argument("--linear-only", action="store_true",
                         help="growth-rate labels only: the linear theory of the box modes for each state, no time "
-                             "integration (about 20x cheaper; output without final states; docs/dataset.md)")
+                             "integration (about 20x cheaper; output without final states; docs/dataset.md); an input's "
+                             "rotation_R starts each state's fastest-axis search (unless --ignore-rotation)")
     parser.add_argument("--device", default="cpu", choices=("cpu",), help="compute device (the solver runs on the CPU)")
     add_quiet_argument(parser, "no progress lines")
     parser.set_defaults(func=run_simulate)
@@ -116,13 +117,15 @@ def run_simulate(args) -> int:
         if args.linear_only:
             if communicator.size > 1:
                 raise ValueError("--linear-only runs in one process; start one process per output file")
-            if args.input and (rotation is not None or end_time is not None):
-                raise ValueError("--linear-only finds each state's fastest axis itself: add --ignore-rotation "
-                                 "and leave out --use-input-end-time")
+            if end_time is not None:
+                raise ValueError("--linear-only runs no time integration: leave out --use-input-end-time")
             from .growth_labels import linear_growth_labels
 
+            # An input's box axes (rotation_R: F_sim = R F, box along z, so the axis is R's third
+            # row) start the refined search in place of the 24 coarse axes.
             rows = linear_growth_labels(four_flux, args.output, config, max_cost=args.max_cost,
-                                        attributes={"source": source, "command": " ".join(sys.argv)}, report=report)
+                                        attributes={"source": source, "command": " ".join(sys.argv)}, report=report,
+                                        start_axes=None if rotation is None else np.asarray(rotation)[:, 2, :])
             report(f"wrote {args.output}: {len(rows['input_index'])} of {len(four_flux)} states labelled")
             return 0
         results = simulate_states(four_flux, args.output, config, batch_size=args.batch_size, axis=args.axis,

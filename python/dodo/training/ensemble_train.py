@@ -63,6 +63,10 @@ class EnsembleConfig:
     growth_batch_size: int = 0
     growth_epochs: int = 0
     growth_lr: float = 0.0  # 0: lr (growth_learning_rate)
+    # True: where growth_data holds a label of a training state itself (scripts/relabel_growth.sh:
+    # the rate along its refined fastest axis), that label replaces the state's measured rate (run
+    # along the best of 24 coarse axes; docs/training.md, "Growth labels").
+    growth_relabelled: bool = False
     # Distillation (0: ship the members themselves): one network of this width reproduces the
     # members' mean, spread and growth and alone runs at inference (docs/training.md).
     distill_width: int = 0
@@ -94,7 +98,7 @@ class EnsembleConfig:
                  "growth.width": "growth_width", "growth.depth": "growth_depth", "growth.steps": "growth_steps",
                  "distill.width": "distill_width", "distill.depth": "distill_depth", "distill.steps": "distill_steps",
                  "distill.growth_weight": "distill_growth_weight", "growth.batch_size": "growth_batch_size",
-                 "growth.epochs": "growth_epochs", "growth.lr": "growth_lr", "distill.batch_size": "distill_batch_size",
+                 "growth.epochs": "growth_epochs", "growth.lr": "growth_lr", "growth.relabelled": "growth_relabelled", "distill.batch_size": "distill_batch_size",
                  "distill.epochs": "distill_epochs", "distill.sampled_states": "distill_sampled_states"}
         config = cls()
         for key, value in flat.items():
@@ -143,6 +147,10 @@ class EnsembleConfig:
                 raise ConfigError(f"{prefix}batch_size needs {prefix}epochs >= 1 (mini-batch training runs epochs, not steps)")
         if not (isinstance(self.growth_lr, (int, float)) and np.isfinite(self.growth_lr) and self.growth_lr >= 0):
             raise ConfigError(f"growth.lr must be a finite number >= 0 (0: the members' lr); got {self.growth_lr!r}")
+        if not isinstance(self.growth_relabelled, bool):
+            raise ConfigError(f"growth.relabelled must be true or false; got {self.growth_relabelled!r}")
+        if self.growth_relabelled and not self.growth_data:
+            raise ConfigError("growth.relabelled: true needs growth.data (the files holding the new labels)")
         if self.growth_data and not self.growth_members:
             raise ConfigError("growth.data needs growth.members >= 1 (the members trained on it)")
 
@@ -390,7 +398,8 @@ def check_training_rows(rows) -> None:
 def train_on(table: dict, rows: np.ndarray, config: EnsembleConfig, members: int | None = None, log=None,
              growth_table: dict | None = None):
     """The ensemble on ``rows`` of ``table``; with config.growth_members, growth members on those rows'
-    measured rates plus every row of ``growth_table`` (linear-theory labels)."""
+    measured rates plus the rows of ``growth_table`` (linear-theory labels) that are not labels of
+    states outside ``rows``; with config.growth_relabelled, a state's own label replaces its rate."""
     check_training_rows(rows)
     X, r, g = _training_arrays(table, rows, config)
     torch.set_num_threads(config.threads)
@@ -404,16 +413,26 @@ def train_on(table: dict, rows: np.ndarray, config: EnsembleConfig, members: int
                             batch_size=config.batch_size, epochs=config.epochs)
     ensemble.features = config.features
     if config.growth_members:
+        X_growth, g_growth = X, g
         if growth_table is not None:
-            X_labels, _, g_labels = _training_arrays(growth_table, np.arange(len(growth_table["r"])), config)
-            X, g = np.concatenate([X, X_labels]), np.concatenate([g, g_labels])
+            of_state = growth_label_states(growth_table, table, config)
+            # Labels of states outside `rows` (a fold's test states, held-out states) never train.
+            labelled = np.flatnonzero((of_state < 0) | np.isin(of_state, rows))
+            if config.growth_relabelled:  # a training state's own new label replaces its measured rate
+                replaced = np.isin(rows, of_state[labelled])
+                g_growth = np.where(np.tile(replaced, len(g) // len(rows)), np.nan, g)
+            X_labels, _, g_labels = _training_arrays(growth_table, labelled, config)
+            X, X_growth, g_growth = (np.concatenate([X, X_labels]), np.concatenate([X_growth, X_labels]),
+                                     np.concatenate([g_growth, g_labels]))
+        if not np.isfinite(g_growth).any():
+            raise ValueError("the growth members have no finite growth label to learn from")
         for k in range(config.growth_members):
             ensemble.growth_members.append(fit_growth_member(
-                X, g, seed=config.seed + 1000 + k, width=config.growth_width, depth=config.growth_depth,
+                X_growth, g_growth, seed=config.seed + 1000 + k, width=config.growth_width, depth=config.growth_depth,
                 steps=config.growth_steps, lr=config.growth_learning_rate, weight_decay=config.weight_decay,
                 batch_size=config.growth_batch_size, epochs=config.growth_epochs))
             if log:
-                log(f"growth member {k + 1}/{config.growth_members} trained on {int(np.isfinite(g).sum())} rows")
+                log(f"growth member {k + 1}/{config.growth_members} trained on {int(np.isfinite(g_growth).sum())} rows")
     if config.distill_width:
         # The student sees the training rows and the (unlabelled for density) growth-label states:
         # in-distribution inputs where it must agree with the members; plus distill.sampled_states
@@ -427,6 +446,19 @@ def train_on(table: dict, rows: np.ndarray, config: EnsembleConfig, members: int
         if log:
             log(f"student ({config.distill_width} wide) distilled on {len(X)} rows")
     return ensemble
+
+
+def growth_label_states(growth_table: dict, table: dict, config: EnsembleConfig) -> np.ndarray:
+    """For each row of ``growth_table``, the row of ``table`` holding the same state, or -1.
+
+    Growth labels may be made for the solver states themselves (scripts/relabel_growth.sh). A
+    label row is a table state's when its 27 invariants are the same numbers (both are computed
+    from the same F4_initial values)."""
+    invariants = slice(0, 27)
+    index = {row.tobytes(): i for i, row in enumerate(
+        np.ascontiguousarray(features_of(table, np.arange(len(table["r"])), config.features)[:, invariants]))}
+    labels = np.ascontiguousarray(features_of(growth_table, np.arange(len(growth_table["r"])), config.features)[:, invariants])
+    return np.array([index.get(row.tobytes(), -1) for row in labels], np.int64)
 
 
 def load_growth_table(config: EnsembleConfig, table: dict, train_rows: np.ndarray, log=print) -> dict | None:
