@@ -191,6 +191,23 @@ def test_refined_axis_search_is_nearly_rotation_invariant_where_the_coarse_one_i
     assert max(refined_spread) < 0.02 and np.mean(refined_spread) < 0.5 * np.mean(coarse_spread)
 
 
+def test_box_setup_falls_back_to_the_coarse_axis_when_the_refined_one_has_no_box_mode():
+    """On a coarse direction set the refined peak can be the set's own narrow mode, with no unstable
+    box mode along it: the state keeps the coarse axis (as before the refinement), not dropped."""
+    import dodo.qke.states as states_module
+    from dodo.qke.linear import fastest_wavevector
+    from dodo.qke.states import rotation_to_z
+
+    F = family_states("emu", 1, np.random.default_rng(4))[0]
+    rotation, _, _, rate = box_setup(F, uniform_sphere(8), 16)
+    _, coarse = fastest_wavevector(F, uniform_sphere(8), np.linspace(0.0, 1.0, 21), uniform_sphere(8))
+    np.testing.assert_allclose(rotation, rotation_to_z(coarse), atol=1e-12)
+    assert rate > 0
+    with pytest.raises(ValueError, match="no unstable (box )?mode"):
+        states_module._box_along(F, rotation_to_z(states_module.refine_fastest_wavevector(
+            F, uniform_sphere(8), coarse)[1]), uniform_sphere(8), uniform_sphere(8), 16, None, None)
+
+
 def test_distilled_student_reproduces_the_members_and_exports(tmp_path):
     """The student alone runs at inference: it must follow the members (mean, spread, growth), keep the
     gate, survive a checkpoint and export with the round trip and test vectors of any ensemble package."""

@@ -177,26 +177,38 @@ def box_setup(four_flux: np.ndarray, directions: np.ndarray, ncell: int, axis: s
     # 54-direction set (eigenproblems ~5x cheaper than on 92 directions).
     search_directions = uniform_sphere(12) if len(directions) > 54 else directions
     if axis == "fastest":
-        if start_axis is None:
-            rate, wavevector = fastest_wavevector(four_flux, search_directions, np.linspace(0.0, 1.0, 21),
-                                                  uniform_sphere(8))  # 24 candidate axes
-        else:  # the fastest |k| along the given axis (either sign), then the same refinement
+        rate = 0.0
+        if start_axis is not None:  # the fastest |k| along the given axis (either sign), then the refinement
             start_axis = np.asarray(start_axis, float)
             if start_axis.shape != (3,) or not np.all(np.isfinite(start_axis)) or not np.linalg.norm(start_axis) > 0:
                 raise ValueError(f"start axis must be a finite non-zero 3-vector; got {start_axis!r}")
             unit = start_axis / np.linalg.norm(start_axis)
             rate, wavevector = fastest_wavevector(four_flux, search_directions, np.linspace(0.0, 1.0, 21),
                                                   np.array([unit, -unit]))
+        if rate <= 0:  # no start axis, or one without growth: the 24 candidate axes
+            rate, wavevector = fastest_wavevector(four_flux, search_directions, np.linspace(0.0, 1.0, 21),
+                                                  uniform_sphere(8))
         if rate <= 0:
             raise ValueError("state is linearly stable: nothing to simulate")
         # The 24 axes alone left the box on a slower axis than Emu's search does (a quarter or
         # more of the rate lost on about one state in six; docs/qke.md, "Axis").
-        rate, wavevector = refine_fastest_wavevector(four_flux, search_directions, wavevector)
-        rotation = rotation_to_z(wavevector)
-    elif axis in ("x", "y", "z"):
-        rotation = rotation_to_z(np.eye(3)["xyz".index(axis)])
-    else:
+        _, refined = refine_fastest_wavevector(four_flux, search_directions, wavevector)
+        try:
+            return _box_along(four_flux, rotation_to_z(refined), directions, search_directions, ncell, box_length_cm,
+                              end_time_s)
+        except ValueError:
+            # The refined peak without an unstable box mode (seen only on coarse direction sets,
+            # where it is the set's own narrow mode): the coarse axis, as before the refinement.
+            return _box_along(four_flux, rotation_to_z(wavevector), directions, search_directions, ncell,
+                              box_length_cm, end_time_s)
+    if axis not in ("x", "y", "z"):
         raise ValueError(f"axis must be 'fastest', 'x', 'y' or 'z'; got {axis!r}")
+    return _box_along(four_flux, rotation_to_z(np.eye(3)["xyz".index(axis)]), directions, search_directions, ncell,
+                      box_length_cm, end_time_s)
+
+
+def _box_along(four_flux, rotation, directions, search_directions, ncell, box_length_cm, end_time_s):
+    """box_setup's result for the box along ``rotation``'s z axis."""
     rotated = rotate_four_flux(four_flux, rotation)
     # Fastest |k| along the box axis (either sign), on the cheaper search set.
     along_axis = np.array([[0.0, 0.0, 1.0], [0.0, 0.0, -1.0]])
