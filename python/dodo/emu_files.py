@@ -80,6 +80,19 @@ def _layout_problem(handle) -> str:
     return ""
 
 
+def numeric_dataset(handle, path, key: str) -> np.ndarray:
+    """Dataset ``key`` of an open HDF5 file as float64, or a ValueError naming the file and the
+    dataset (a group, strings or compound values in its place: not a traceback)."""
+    import h5py
+
+    item = handle[key]
+    if not isinstance(item, h5py.Dataset):
+        raise ValueError(f"{path}: '{key}' must be a dataset of numbers; it is a group")
+    if item.dtype.kind not in "fiu":
+        raise ValueError(f"{path}: dataset '{key}' must hold numbers; it holds {item.dtype} values")
+    return np.asarray(item[()], dtype=float)
+
+
 def _is_dataset(handle, name: str, shape: tuple) -> bool:
     import h5py
 

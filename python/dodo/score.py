@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .conventions import from_emu_layout
+from ._cli_common import add_json_argument, emit, json_target_file
+from ._status import REJECTED_MASK
+from .emu_files import numeric_dataset
 
 #: A state counts as "worse than Box3D" when the model's error exceeds Box3D's by this (N_tot).
 WORSE_THRESHOLD = 0.0025
@@ -63,14 +67,6 @@ class EmuStates:
     notes: list[str] = field(default_factory=list)
 
 
-def _numeric_dataset(handle, path: str, key: str) -> np.ndarray:
-    """Dataset ``key`` of an open file as float64, or a ValueError naming the file and dataset."""
-    values = np.asarray(handle[key][()])
-    if values.dtype.kind not in "fiu":
-        raise ValueError(f"{path}: dataset '{key}' must hold numbers; it holds {values.dtype} values")
-    return values.astype(float)
-
-
 def read_emu_states(path: str) -> EmuStates:
     """Initial and asymptotic states (and measured growth rates, if present) of an Emu-layout file."""
     from ._atomic import check_input_file
@@ -86,9 +82,9 @@ def read_emu_states(path: str) -> EmuStates:
             for key in ("F4_initial(1|ccm)", "F4_final(1|ccm)"):
                 if key not in f or not isinstance(f[key], h5py.Dataset):
                     raise ValueError(f"{path}: no dataset '{key}' (not an Emu-layout file)")
-            emu_initial = _numeric_dataset(f, path, "F4_initial(1|ccm)")
-            emu_final = _numeric_dataset(f, path, "F4_final(1|ccm)")
-            growth = _numeric_dataset(f, path, "growthRate(1|s)") if "growthRate(1|s)" in f else None
+            emu_initial = numeric_dataset(f, path, "F4_initial(1|ccm)")
+            emu_final = numeric_dataset(f, path, "F4_final(1|ccm)")
+            growth = numeric_dataset(f, path, "growthRate(1|s)") if "growthRate(1|s)" in f else None
     except OSError as error:
         raise ValueError(f"{path}: cannot read ({error})") from None
     for key, emu in (("F4_initial(1|ccm)", emu_initial), ("F4_final(1|ccm)", emu_final)):
@@ -109,7 +105,7 @@ def read_emu_states(path: str) -> EmuStates:
     return EmuStates(from_emu_layout(emu_initial), from_emu_layout(emu_final), growth, notes)
 
 
-def _left_out_reasons(states: EmuStates, ntot: np.ndarray, scored: np.ndarray) -> dict:
+def _left_out_reasons(states: EmuStates, ntot: np.ndarray, scored: np.ndarray, rejected: np.ndarray) -> dict:
     """Why each state that cannot be scored is left out: {reason: count}, most specific first."""
     finite_input = np.isfinite(states.F_init).all(axis=(1, 2))
     finite_truth = np.isfinite(states.F_final).all(axis=(1, 2))
@@ -121,6 +117,8 @@ def _left_out_reasons(states: EmuStates, ntot: np.ndarray, scored: np.ndarray) -
             reason = "non-finite truth (F4_final)"
         elif not (np.isfinite(ntot[index]) and ntot[index] > 0):
             reason = "no neutrinos (N_tot <= 0)"
+        elif rejected[index]:
+            reason = "closure rejected input (unphysical, e.g. n < 0 or |F| > n: see dodo.status)"
         else:
             reason = "non-finite model or Box3D error"
         reasons[reason] = reasons.get(reason, 0) + 1
@@ -146,7 +144,10 @@ def score(closure, states: EmuStates, resamples: int = 10000, seed: int = 0,
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         model_all = state_errors(result.F_pred, states.F_final, ntot)
         box_all = state_errors(box.F_box, states.F_final, ntot)
-    scored = np.isfinite(model_all) & np.isfinite(box_all)
+    # A state the closure rejects (negative density, |F| > n, ...) is returned as a fallback, not
+    # predicted: it is no score of the model.
+    rejected = (np.asarray(result.status).astype(np.int64) & REJECTED_MASK) != 0
+    scored = np.isfinite(model_all) & np.isfinite(box_all) & ~rejected
     if not scored.any():
         raise ValueError("no state has a finite model and Box3D error to score (every state has a non-finite "
                          "or empty input or truth)")
@@ -154,7 +155,8 @@ def score(closure, states: EmuStates, resamples: int = 10000, seed: int = 0,
     model_error, box_error = model_all[kept], box_all[kept]
     difference = model_error - box_error
     report = {"n_states": int(len(F_init)), "n_scored": int(len(kept)), "threshold": threshold,
-              "left_out": {"count": int(len(F_init) - len(kept)), "reasons": _left_out_reasons(states, ntot, scored),
+              "left_out": {"count": int(len(F_init) - len(kept)),
+                           "reasons": _left_out_reasons(states, ntot, scored, rejected),
                            "indices": np.flatnonzero(~scored).tolist()},
               "model": {"mean": float(model_error.mean()), "ci95": bootstrap_interval(model_error, resamples, rng),
                         "max": float(model_error.max())},
@@ -246,8 +248,7 @@ def register(subparsers) -> None:
     parser.add_argument("--threshold", type=float, default=WORSE_THRESHOLD,
                         help=f"'worse than Box3D' margin in N_tot (default {WORSE_THRESHOLD})")
     parser.add_argument("--threads", type=int, default=1, help="closure worker threads (default 1)")
-    parser.add_argument("--json", metavar="PATH", default=None,
-                        help="also write the full report (per state) as strict JSON (a state left out: null)")
+    add_json_argument(parser, "the full report (per state; a state left out: null)")
     parser.set_defaults(func=_run)
 
 
@@ -259,19 +260,25 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError(f"--bootstrap must be >= 100; got {args.bootstrap}")
         if not (np.isfinite(args.threshold) and args.threshold >= 0):
             raise ValueError(f"--threshold must be a finite number >= 0; got {args.threshold}")
+        if args.seed < 0:
+            raise ValueError(f"--seed must be an integer >= 0; got {args.seed}")
         model = None if args.model == "default" else args.model  # Closure's None: the shipped model
-        if args.json:
+        if json_target_file(args.json):
             from ._atomic import check_outputs
 
             # The model read is an input too, the implicit default one included.
             check_outputs([args.json], [*args.data, model_file(model)])
-        parts = [read_emu_states(path) for path in args.data]
+        # A file named twice is scored once (its states counted twice would narrow the intervals).
+        data = list({os.path.realpath(path): path for path in args.data}.values())
+        parts = [read_emu_states(path) for path in data]
         notes = [note for part in parts for note in part.notes]
+        if len(data) < len(args.data):
+            notes.append(f"{len(args.data) - len(data)} data file(s) named more than once: each scored once")
         growth = None
         if all(p.growth_rate is not None for p in parts):
             growth = np.concatenate([p.growth_rate for p in parts])
         elif any(p.growth_rate is not None for p in parts):
-            missing = [path for path, p in zip(args.data, parts) if p.growth_rate is None]
+            missing = [path for path, p in zip(data, parts) if p.growth_rate is None]
             notes.append(f"no usable growthRate(1|s) in {', '.join(missing)}: growth rates not compared")
         states = EmuStates(np.concatenate([p.F_init for p in parts]), np.concatenate([p.F_final for p in parts]),
                            growth, notes)
@@ -280,10 +287,5 @@ def _run(args: argparse.Namespace) -> int:
     except (ValueError, OSError, RuntimeError) as error:
         print(f"dodo score: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
-    print(format_report(report, args.model, " + ".join(args.data)))
-    if args.json:
-        from ._atomic import write_json_atomic
-
-        write_json_atomic(args.json, report)
-        print(f"report written to {args.json}")
+    emit(format_report(report, args.model, " + ".join(data)), report, args.json)
     return 0

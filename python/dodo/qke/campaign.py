@@ -99,13 +99,28 @@ def _mismatch_reason(stored, four_flux: np.ndarray, settings: dict) -> str:
     return "; ".join(reasons) or "its fingerprint differs from this run's"
 
 
+#: Why a state with a NaN relative_cost is dropped.
+RECONSTRUCTION_FAILED = "its angular distribution cannot be reconstructed (the maximum-entropy fit did not converge)"
+
+
 def relative_cost(four_flux: np.ndarray, directions: np.ndarray, end_time_s: np.ndarray | None) -> np.ndarray:
     """Estimated steps per state (up to a common factor): V_max t_end, with t_end ~ 1/(Box3D growth proxy).
 
     Used to batch states of similar cost together (a batch runs as many steps as its costliest member).
-    Both factors are rotation invariant, so no linear analysis is needed here.
+    Both factors are rotation invariant, so no linear analysis is needed here. NaN for a state whose
+    angular distribution cannot be reconstructed (RECONSTRUCTION_FAILED): one such state must not
+    stop the others of a run.
     """
-    per_direction = species_direction_densities(four_flux, directions).reshape(len(four_flux), 2, 3, -1)
+    four_flux = np.asarray(four_flux, float)
+    try:
+        per_direction = species_direction_densities(four_flux, directions)
+    except ValueError:
+        if len(four_flux) <= 1:
+            return np.full(len(four_flux), np.nan)
+        return np.concatenate([relative_cost(four_flux[i:i + 1], directions,
+                                             None if end_time_s is None else np.asarray(end_time_s, float)[i:i + 1])
+                               for i in range(len(four_flux))])
+    per_direction = per_direction.reshape(len(four_flux), 2, 3, -1)
     traceless = np.sqrt(np.sum((per_direction - per_direction.mean(axis=2, keepdims=True)) ** 2, axis=2))
     weight = traceless[:, 0] + traceless[:, 1]  # [n, ndir]
     # max_v sum_u weight_u (1 - v . u) = max_v (sum_u weight_u - v . sum_u weight_u u): the same
@@ -257,6 +272,9 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
     # Computed once (rank 0) and sent: every rank then plans with the very same numbers.
     cost = comm.computed_by_root(
         lambda: relative_cost(four_flux, directions, None if end_time_s is None else np.asarray(end_time_s)))
+    for index in np.flatnonzero(~results["done"] & ~np.isfinite(cost)):
+        results["done"][index], results["skipped"][index] = True, True
+        results["reason"][index] = RECONSTRUCTION_FAILED
     if max_cost is not None:
         cost_vs_nsm1 = cost / relative_cost(NSM1_EMU_1D[None], directions, None)[0]
         expensive = np.flatnonzero(~results["done"] & (cost_vs_nsm1 > max_cost))

@@ -71,7 +71,7 @@ def run_simulate(args) -> int:
     from .campaign import simulate_states
     from .io import require_h5py
     from .parallel import world
-    from .states import family_states, random_crossing_states, read_states
+    from .states import check_rotations, family_states, random_crossing_states, read_states
 
     args.output = resolve_output(args.parser, args)  # OUT or -o OUT, as `dodo synth`
     report = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
@@ -84,6 +84,8 @@ def run_simulate(args) -> int:
         require_h5py()  # before reading or sampling states: the output is HDF5
         # Never overwrite (or checkpoint over) the input file; refuse a device, FIFO or directory as OUT.
         check_outputs([args.output, args.output + ".partial.npz"], [args.input])
+        if args.seed < 0:
+            raise ValueError(f"--seed must be an integer >= 0; got {args.seed}")
         if args.box_length is not None and not (np.isfinite(args.box_length) and args.box_length > 0):
             raise ValueError(f"box length must be positive and finite; got {args.box_length}")
         # Resolution limits before any work: an absurd --nphi or --ncell is refused, not run out of memory.
@@ -94,12 +96,16 @@ def run_simulate(args) -> int:
         if args.input:
             loaded = read_states(args.input)
             four_flux = loaded["four_flux"]
-            if not args.ignore_rotation:
+            if not args.ignore_rotation and loaded["rotation"] is not None:
                 rotation = loaded["rotation"]
+                check_rotations(rotation, len(four_flux), f"{args.input}: rotation_R (or --ignore-rotation)")
             if args.use_input_end_time:
                 if loaded["end_time"] is None:
                     raise ValueError(f"{args.input} has no tend(s) dataset")
                 end_time = loaded["end_time"]
+                if end_time.shape != (len(four_flux),) or not np.all(np.isfinite(end_time) & (end_time > 0)):
+                    raise ValueError(f"{args.input}: tend(s) must hold one positive, finite end time per state "
+                                     f"({len(four_flux)}); got shape {end_time.shape}")
             source = {"input": args.input}
         else:
             rng = np.random.default_rng(args.seed)
@@ -119,6 +125,9 @@ def run_simulate(args) -> int:
                 raise ValueError("--linear-only runs in one process; start one process per output file")
             if end_time is not None:
                 raise ValueError("--linear-only runs no time integration: leave out --use-input-end-time")
+            if args.axis != "fastest" or args.box_length is not None:
+                raise ValueError("--linear-only labels each state along its fastest axis in its own box (k L = 18): "
+                                 "leave out --axis and --box-length")
             from .growth_labels import linear_growth_labels
 
             # An input's box axes (rotation_R: F_sim = R F, box along z, so the axis is R's third

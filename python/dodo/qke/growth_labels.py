@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from .._atomic import atomic_hdf5
-from .campaign import relative_cost
+from .campaign import RECONSTRUCTION_FAILED, CheckpointMismatchError, relative_cost
 from .directions import uniform_sphere
 from .io import species_to_emu
 from .solver import SolverConfig
@@ -41,21 +41,35 @@ def _fingerprint(four_flux: np.ndarray, settings: dict) -> str:
 
 
 def _resume(output: str, fingerprint: str, report: Callable[[str], None]) -> dict | None:
-    """The rows of an earlier run of the same states and settings, or None."""
+    """The rows of an earlier run of the same states and settings, or None (no file, or a complete
+    one of other states or settings, which is replaced as a full run replaces its output).
+
+    The output is this command's checkpoint too: an unfinished label file of other states or
+    settings, or a file that cannot be read as one, raises CheckpointMismatchError and is left
+    untouched (as the full solver's checkpoints are; docs/qke.md)."""
     if not os.path.exists(output):
         return None
     import h5py
 
     try:
         with h5py.File(output, "r") as f:
-            if f.attrs.get("fingerprint") != fingerprint:
-                report(f"{output} holds other states or settings: starting again")
-                return None
-            rows = {"processed": int(f.attrs["nstates_processed"]), "dropped": json.loads(f.attrs["dropped"]),
-                    "input_index": f["input_index"][()], "linear_growth_rate": f["linear_growthRate_box(1|s)"][()],
-                    "rotation": f["rotation_R"][()], "box_length_cm": f["box_length_cm"][()]}
-    except (OSError, KeyError, ValueError):
-        report(f"{output} is unreadable: starting again")
+            same = f.attrs.get("fingerprint") == fingerprint
+            complete = bool(f.attrs.get("complete", False))
+            if same:
+                rows = {"processed": int(f.attrs["nstates_processed"]), "dropped": json.loads(f.attrs["dropped"]),
+                        "input_index": f["input_index"][()], "linear_growth_rate": f["linear_growthRate_box(1|s)"][()],
+                        "rotation": f["rotation_R"][()], "box_length_cm": f["box_length_cm"][()]}
+    except (OSError, KeyError, ValueError) as error:
+        raise CheckpointMismatchError(
+            f"{output} exists but cannot be read as a growth-label file ({' '.join(str(error).split())}); it is left "
+            "untouched: remove it or choose another output file") from None
+    if not same:
+        if not complete:
+            raise CheckpointMismatchError(
+                f"{output} is an unfinished growth-label file of other states or settings; it is left untouched: to "
+                f"resume it, rerun the command that wrote it; to start this one, remove {output} (its labels are "
+                "lost) or choose another output file")
+        report(f"{output} is a finished label file of other states or settings: replacing it")
         return None
     report(f"resuming: {rows['processed']} states already processed")
     return rows
@@ -117,7 +131,9 @@ def linear_growth_labels(four_flux: np.ndarray, output: str, config: SolverConfi
     cost = relative_cost(four_flux, directions, None) / relative_cost(NSM1_EMU_1D[None], directions, None)[0]
     started = time.time()
     for index in range(rows["processed"], len(four_flux)):
-        if max_cost is not None and cost[index] > max_cost:
+        if not np.isfinite(cost[index]):
+            rows["dropped"][str(index)] = RECONSTRUCTION_FAILED
+        elif max_cost is not None and cost[index] > max_cost:
             rows["dropped"][str(index)] = f"estimated cost {cost[index]:.2f}x NSM1's exceeds max_cost {max_cost:g}"
         else:
             try:

@@ -84,8 +84,13 @@ def growth_rates(four_flux: np.ndarray, directions: np.ndarray, wavevectors: np.
     if candidates is None:
         candidates = unstable_candidates(pair_lepton_numbers(four_flux, directions))
     for lepton in candidates:
-        omega = np.linalg.eigvals(dispersion_matrices(lepton, directions, wavevectors, coupling_transfer))
-        rates = np.maximum(rates, omega.imag.max(axis=-1))
+        matrices = dispersion_matrices(lepton, directions, wavevectors, coupling_transfer)
+        growth = np.linalg.eigvals(matrices).imag.max(axis=-1)
+        # Below the eigenvalues' rounding (~eps |A|) a growth is noise: at |k| many orders beyond
+        # the self-interaction scale (a box of 1e-13 cm) it read as a real mode of ~1e10 s^-1, and a
+        # run of 1e18 steps followed.
+        noise = 1e3 * np.finfo(float).eps * np.abs(matrices).sum(axis=-1).max(axis=-1)
+        rates = np.maximum(rates, np.where(growth > noise, growth, 0.0))
     return rates
 
 

@@ -229,6 +229,22 @@ def _box_along(four_flux, rotation, directions, search_directions, ncell, box_le
     return rotation, float(box_length_cm), float(end_time_s), float(linear_rate)
 
 
+def check_rotations(rotation: np.ndarray, count: int, what: str) -> None:
+    """``rotation`` must be ``count`` proper rotations [count, 3, 3] (R R^T = 1 and det R = 1 to 1e-9):
+    a scaled or skewed matrix would change the fluxes it rotates (and break the run's conservation)."""
+    rotation = np.asarray(rotation, float)
+    if rotation.shape != (count, 3, 3):
+        raise ValueError(f"{what} must have shape [{count}, 3, 3] (one rotation per state); got {rotation.shape}")
+    if not np.all(np.isfinite(rotation)):
+        raise ValueError(f"{what} holds non-finite values")
+    orthogonality = np.abs(np.einsum("nij,nkj->nik", rotation, rotation) - np.eye(3)).max(axis=(1, 2))
+    determinant = np.linalg.det(rotation)
+    bad = np.flatnonzero((orthogonality > 1e-9) | (np.abs(determinant - 1.0) > 1e-9))
+    if len(bad):
+        raise ValueError(f"{what}: matrix {bad[0]} (and {len(bad) - 1} more) is not a proper rotation "
+                         f"(|R R^T - 1| = {orthogonality[bad[0]]:.2g}, det R = {determinant[bad[0]]:.6g})")
+
+
 def read_states(path: str) -> dict:
     """Initial states from an Emu-layout HDF5 file or a YAML list.
 
@@ -245,16 +261,19 @@ def read_states(path: str) -> dict:
     if path.endswith((".h5", ".hdf5")):
         import h5py
 
+        from ..emu_files import numeric_dataset
+
         with h5py.File(path, "r") as f:
             if "F4_initial(1|ccm)" not in f:
                 raise ValueError(f"{path} has no 'F4_initial(1|ccm)' dataset")
-            shape = f["F4_initial(1|ccm)"].shape
-            if len(shape) != 4 or shape[1:] != (4, 2, 3):  # a two-flavour Emu file: [n, 4, 2, 2]
-                raise ValueError(f"{path}: 'F4_initial(1|ccm)' has shape {shape}; expected [nsims, 4 (x,y,z,t), 2, 3] "
-                                 "(three flavours)")
-            four_flux = from_emu_layout(f["F4_initial(1|ccm)"][()])
-            rotation = f["rotation_R"][()] if "rotation_R" in f else None
-            end_time = f["tend(s)"][()] if "tend(s)" in f else None
+            initial = numeric_dataset(f, path, "F4_initial(1|ccm)")
+            if initial.ndim != 4 or initial.shape[1:] != (4, 2, 3):  # a two-flavour Emu file: [n, 4, 2, 2]
+                raise ValueError(f"{path}: 'F4_initial(1|ccm)' has shape {initial.shape}; expected [nsims, 4 "
+                                 "(x,y,z,t), 2, 3] (three flavours)")
+            four_flux = from_emu_layout(initial)
+            rotation = numeric_dataset(f, path, "rotation_R") if "rotation_R" in f else None
+            end_time = numeric_dataset(f, path, "tend(s)") if "tend(s)" in f else None
+
     elif path.endswith((".yaml", ".yml")):
         import yaml
 
