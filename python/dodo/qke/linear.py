@@ -94,6 +94,22 @@ def growth_rates(four_flux: np.ndarray, directions: np.ndarray, wavevectors: np.
     return rates
 
 
+def _golden_magnitude(four_flux: np.ndarray, directions: np.ndarray, axis: np.ndarray, lo: float, hi: float,
+                      candidates: list, iterations: int) -> tuple[float, float]:
+    """(growth rate, |k|) at the middle of [lo, hi] after ``iterations`` golden-section steps toward
+    the fastest |k| along ``axis`` (a unit vector)."""
+    golden = (np.sqrt(5) - 1) / 2
+    for _ in range(iterations):
+        a, b = hi - golden * (hi - lo), lo + golden * (hi - lo)
+        rate_a, rate_b = growth_rates(four_flux, directions, np.array([a * axis, b * axis]), candidates=candidates)
+        if rate_a > rate_b:
+            hi = b
+        else:
+            lo = a
+    k = 0.5 * (lo + hi)
+    return float(growth_rates(four_flux, directions, (k * axis)[None], candidates=candidates)[0]), k
+
+
 def refine_fastest_wavevector(four_flux: np.ndarray, directions: np.ndarray, wavevector: np.ndarray,
                               candidates: list | None = None, step_degrees: float = 16.0,
                               min_step_degrees: float = 0.5) -> tuple[float, np.ndarray]:
@@ -132,18 +148,9 @@ def refine_fastest_wavevector(four_flux: np.ndarray, directions: np.ndarray, wav
             axis = tried[best // 3] / np.linalg.norm(tried[best // 3])
         else:
             step /= 2
-    lo, hi = 0.8 * k, 1.2 * k
-    golden = (np.sqrt(5) - 1) / 2
-    for _ in range(20):
-        a, b = hi - golden * (hi - lo), lo + golden * (hi - lo)
-        rate_a, rate_b = growth_rates(four_flux, directions, np.array([a * axis, b * axis]), candidates=candidates)
-        if rate_a > rate_b:
-            hi = b
-        else:
-            lo = a
-    refined = float(growth_rates(four_flux, directions, (0.5 * (lo + hi) * axis)[None], candidates=candidates)[0])
+    refined, middle = _golden_magnitude(four_flux, directions, axis, 0.8 * k, 1.2 * k, candidates, 20)
     if refined > rate:
-        rate, k = refined, 0.5 * (lo + hi)
+        rate, k = refined, middle
     return rate, k * axis
 
 
@@ -196,15 +203,6 @@ def fastest_wavevector(four_flux: np.ndarray, directions: np.ndarray, k_over_mu_
     best_rate, best_vector = float(rates[best]), wavevectors[best]
     axis = axes[best // len(k_over_mu_grid)] / np.linalg.norm(axes[best // len(k_over_mu_grid)])  # defined even at k = 0
     step = (k_over_mu_grid[1] - k_over_mu_grid[0]) * k_scale if len(k_over_mu_grid) > 1 else 0.1 * k_scale
-    lo, hi = max(np.linalg.norm(best_vector) - step, 0.0), np.linalg.norm(best_vector) + step
-    golden = (np.sqrt(5) - 1) / 2
-    for _ in range(25):
-        a, b = hi - golden * (hi - lo), lo + golden * (hi - lo)
-        rate_a, rate_b = growth_rates(four_flux, directions, np.array([a * axis, b * axis]), candidates=candidates)
-        if rate_a > rate_b:
-            hi = b
-        else:
-            lo = a
-    k = 0.5 * (lo + hi)
-    rate = float(growth_rates(four_flux, directions, k * axis[None], candidates=candidates)[0])
+    rate, k = _golden_magnitude(four_flux, directions, axis, max(np.linalg.norm(best_vector) - step, 0.0),
+                                np.linalg.norm(best_vector) + step, candidates, 25)
     return (rate, k * axis) if rate > best_rate else (best_rate, best_vector)
