@@ -20,9 +20,14 @@ if [ -w /proc/self/autogroup ]; then
   echo "${DODO_CAMPAIGN_NICE:-10}" > /proc/self/autogroup 2> /dev/null || true
 fi
 root="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$root"
 jobs="${1:-2}"
-plan="${2:-data/qke/campaign_plan.txt}"
+case "$jobs" in
+  '' | *[!0-9]* | 0*) echo "qke_campaign: JOBS must be a positive integer (processes at once); got '$jobs'" >&2; exit 2 ;;
+esac
+plan="${2:-$root/data/qke/campaign_plan.txt}"
+case "$plan" in /*) ;; *) plan="$PWD/$plan" ;; esac  # a relative PLAN is the caller's, not the root's
+[ -f "$plan" ] || { echo "qke_campaign: plan $plan not found" >&2; exit 2; }
+cd "$root"
 dodo="${DODO_VENV:-$root/.venv}/bin/dodo"
 [ -x "$dodo" ] || { echo "qke_campaign: $dodo not found (bash scripts/setup_venv.sh first)" >&2; exit 2; }
 run_chunk() {
@@ -33,12 +38,13 @@ run_chunk() {
   fi
   nice -n "${DODO_CAMPAIGN_NICE:-10}" "$dodo" simulate "$out" --random "$count" --seed "$seed" --family "$family" \
     --batch-size 2 --max-cost 2.5 --backend cpp --quiet ${DODO_CAMPAIGN_ARGS:-} \
-    || echo "qke_campaign: chunk $family $seed failed (exit $?); rerun to retry" >&2
+    || { echo "qke_campaign: chunk $family $seed failed (exit $?); rerun to retry" >&2; return 1; }
 }
 trap 'trap - TERM; kill 0' INT TERM  # stopping the campaign stops its chunks too
 export -f run_chunk
 export root dodo
 # In the background and waited for: bash runs the TERM trap only between commands, and `wait`
 # is where a signal interrupts it.
-grep -v '^\s*#' "$plan" | grep -v '^\s*$' | xargs -P "$jobs" -L 1 bash -c 'run_chunk "$0" "$1" "$2"' &
-wait $!
+# -r: an empty plan runs nothing. A failed chunk makes xargs, and so the campaign, exit non-zero.
+{ grep -v -e '^\s*#' -e '^\s*$' "$plan" || true; } | xargs -r -P "$jobs" -L 1 bash -c 'run_chunk "$0" "$1" "$2"' &
+wait $! || { status=$?; echo "qke_campaign: not every chunk finished (exit $status; see above); rerun to retry" >&2; exit "$status"; }

@@ -19,6 +19,9 @@ fi
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 jobs="${1:-2}"
+case "$jobs" in
+  '' | *[!0-9]* | 0*) echo "relabel_growth: JOBS must be a positive integer (processes at once); got '$jobs'" >&2; exit 2 ;;
+esac
 python="${DODO_VENV:-$root/.venv}/bin/python"
 dodo="${DODO_VENV:-$root/.venv}/bin/dodo"
 [ -x "$dodo" ] || { echo "relabel_growth: $dodo not found (bash scripts/setup_venv.sh first)" >&2; exit 2; }
@@ -29,13 +32,14 @@ relabel() {
     return 0
   fi
   nice -n "${DODO_CAMPAIGN_NICE:-10}" "$dodo" simulate "$out" --input "$input" --linear-only --quiet \
-    || echo "relabel_growth: $input failed (exit $?); rerun to retry" >&2
+    || { echo "relabel_growth: $input failed (exit $?); rerun to retry" >&2; return 1; }
 }
 trap 'trap - TERM; kill 0' INT TERM
 export -f relabel
 export python dodo
 # Pool chunks only (held-out seeds 900-999 never labelled), complete ones, emu family first.
-"$python" - <<'EOF' | xargs -P "$jobs" -L 1 bash -c 'relabel "$0"'
+status=0
+"$python" - <<'EOF' | xargs -r -P "$jobs" -L 1 bash -c 'relabel "$0"' || status=$?
 import glob, re, h5py
 files = [p for p in sorted(glob.glob("data/qke/*_seed*.h5")) if not re.search(r"_seed9\d\d\.h5$", p)]
 def complete(p):
@@ -48,3 +52,4 @@ files = [p for p in files if complete(p)]
 for p in sorted(files, key=lambda p: (not p.split("/")[-1].startswith("emu_"), p)):
     print(p)
 EOF
+[ "$status" -eq 0 ] || { echo "relabel_growth: not every chunk finished (exit $status; see above); rerun to retry" >&2; exit "$status"; }

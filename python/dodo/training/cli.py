@@ -168,9 +168,12 @@ def _export(args) -> int:
     from .ensemble_train import CHECKPOINT_KIND, export_ensemble
     from .export import export_checkpoint
 
+    if args.test_vectors < 1:  # the package format needs one at least: the runtime's self-test reads them
+        raise ValueError(f"--test-vectors must be an integer >= 1; got {args.test_vectors}")
     check_outputs([args.output], [args.checkpoint])
     if _is_ensemble_checkpoint(args.checkpoint, CHECKPOINT_KIND):
-        export_ensemble(args.checkpoint, args.output, n_test_vectors=args.test_vectors, fused=args.fused)
+        export_ensemble(args.checkpoint, args.output, n_test_vectors=args.test_vectors, fused=args.fused,
+                        check=not args.no_check)
         return 0
     if args.fused:
         raise ValueError("--fused applies to density-residual-ensemble checkpoints (dodo train-ensemble) only")

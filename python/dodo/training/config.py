@@ -178,6 +178,21 @@ class ExperimentConfig:
             raise ConfigError(f"training.device must be auto, cpu, cuda or cuda:N; got {t.device!r}")
         if t.log_interval < 1:
             raise ConfigError("training.log_interval must be >= 1")
+        # Integers the libraries would refuse with messages that do not name the key, or take
+        # silently as something else (stop_after_epoch 0 ran one epoch; parity_samples -5 kept all
+        # but the last five cells).
+        for name, value, low, high in (("data.split_seed", d.split_seed, 0, 2**63 - 1),
+                                       ("training.seed", t.seed, 0, 2**32 - 1),
+                                       ("data.num_workers", d.num_workers, 0, 1024),
+                                       ("output.parity_samples", self.output.parity_samples, 0, 2**62)):
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ConfigError(f"{name} must be an integer in [{low}, {high}]; got {value!r}")
+        if t.stop_after_epoch is not None and (isinstance(t.stop_after_epoch, bool)
+                                               or not isinstance(t.stop_after_epoch, int) or t.stop_after_epoch < 1):
+            raise ConfigError(f"training.stop_after_epoch must be a positive integer or null; got {t.stop_after_epoch!r}")
+        if t.threads is not None and (isinstance(t.threads, bool) or not isinstance(t.threads, int) or t.threads < 0):
+            raise ConfigError(f"training.threads must be an integer >= 0 (0 or null: torch's default) or null; "
+                              f"got {t.threads!r}")
         for name, value in dataclasses.asdict(self.loss).items():
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"loss.{name} must be a finite number >= 0; got {value!r}")

@@ -21,11 +21,14 @@ def _train_ensemble(args) -> int:
 
 @_friendly("learning-curve")
 def _learning_curve(args) -> int:
-    from .._atomic import write_json_atomic
+    import json
+
+    from .._atomic import json_safe, write_json_atomic
     from .ensemble_train import EnsembleConfig, growth_data_files, learning_curve, plot_curve
 
     config = EnsembleConfig.load(args.config, _overrides(args.set))
-    check_outputs([args.plot, args.json],
+    json_file = None if args.json == "-" else args.json  # "-": the JSON on stdout, as evaluate/inspect/score
+    check_outputs([args.plot, json_file],
                   [args.config, config.data_path, args.emu, *growth_data_files(config.growth_data)])
     sizes = []
     for part in args.sizes.split(","):
@@ -42,7 +45,9 @@ def _learning_curve(args) -> int:
     if args.plot:
         plot_curve(rows, args.plot)
         print(f"plot written to {args.plot}")
-    if args.json:
+    if args.json == "-":
+        print(json.dumps(json_safe(rows), indent=1, allow_nan=False, default=float))
+    elif args.json:
         write_json_atomic(args.json, rows)
         print(f"table written to {args.json}")
     return 0
@@ -61,6 +66,6 @@ def register(subparsers) -> None:
     p.add_argument("--members", type=int, default=None, help="ensemble members per fit (default: the config's)")
     p.add_argument("--emu", default=None, help="also score each fit on this Emu-layout file (reported only)")
     p.add_argument("--plot", default=None, metavar="PNG", help="write the curve as a PNG")
-    p.add_argument("--json", default=None, metavar="PATH", help="write the table as JSON")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the table as JSON (- : to stdout)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.set_defaults(func=_learning_curve)

@@ -239,8 +239,11 @@ def growth_calibration(sources) -> float:
     training pool's): the factor that turns linear-theory labels into measured-rate labels."""
     import h5py
 
+    from dodo._atomic import check_input_file
+
     ratios = []
     for path in sorted({str(s) for s in sources}):
+        check_input_file(path, "a solver file of the training data")  # a FIFO would block the read for ever
         try:
             with h5py.File(path, "r") as f:
                 if "growthRate(1|s)" not in f or "linear_growthRate_box(1|s)" not in f:
@@ -274,14 +277,25 @@ def growth_label_table(patterns, holdout, box3d_settings: dict, calibration: flo
 
     from dodo.conventions import from_emu_layout
 
+    from dodo._atomic import check_input_file
+    from dodo.emu_files import numeric_dataset
+    from dodo.qke.growth_labels import KIND
+
     paths = [p for p in growth_data_files(patterns) if not holdout_mask([p], holdout)[0]]
     F_parts, rate_parts, sources = [], [], []
     for path in paths:
-        with h5py.File(path, "r") as f:
-            if "linear_growthRate_box(1|s)" not in f or "F4_initial(1|ccm)" not in f:
-                raise ValueError(f"{path}: not a growth-label file (no linear_growthRate_box(1|s))")
-            F_parts.append(from_emu_layout(f["F4_initial(1|ccm)"][()]))
-            rate_parts.append(f["linear_growthRate_box(1|s)"][()])
+        check_input_file(path, "a growth-label file (dodo simulate --linear-only)")  # FIFO, directory
+        try:
+            with h5py.File(path, "r") as f:
+                # Only label files: a solver file also holds linear_growthRate_box(1|s), but along its
+                # coarse run axis, and as growth.data it would pass for labels (growth.relabelled).
+                if f.attrs.get("kind") != KIND or "linear_growthRate_box(1|s)" not in f or "F4_initial(1|ccm)" not in f:
+                    raise ValueError(f"{path}: not a growth-label file (made by dodo simulate --linear-only: "
+                                     f"kind = {KIND!r}); growth.data takes only those")
+                F_parts.append(from_emu_layout(numeric_dataset(f, path, "F4_initial(1|ccm)")))
+                rate_parts.append(numeric_dataset(f, path, "linear_growthRate_box(1|s)"))
+        except OSError as error:
+            raise ValueError(f"growth.data: cannot read {path} as HDF5 ({' '.join(str(error).split())})") from None
         sources += [path] * len(rate_parts[-1])
     if not paths or not sum(len(r) for r in rate_parts):
         return None
@@ -401,6 +415,11 @@ def train_on(table: dict, rows: np.ndarray, config: EnsembleConfig, members: int
     measured rates plus the rows of ``growth_table`` (linear-theory labels) that are not labels of
     states outside ``rows``; with config.growth_relabelled, a state's own label replaces its rate."""
     check_training_rows(rows)
+    if config.distill_width and config.distill_sampled_states and not family_shares(table["sources"][rows]):
+        # Checked before any member is fitted: the samplers draw in the training files' family mix.
+        raise ValueError("distill.sampled_states draws states in the campaign families' mix (files named "
+                         "emu_seedN.h5, merger_seedN.h5, three_flavour_seedN.h5), and no training file is one; "
+                         "set distill.sampled_states: 0 for other data (docs/training.md)")
     X, r, g = _training_arrays(table, rows, config)
     torch.set_num_threads(config.threads)
     from .features import OOD_COLUMNS
@@ -420,6 +439,12 @@ def train_on(table: dict, rows: np.ndarray, config: EnsembleConfig, members: int
             labelled = np.flatnonzero((of_state < 0) | np.isin(of_state, rows))
             if config.growth_relabelled:  # a training state's own new label replaces its measured rate
                 replaced = np.isin(rows, of_state[labelled])
+                if not replaced.any():
+                    raise ValueError("growth.relabelled: true, but no file of growth.data labels a training state "
+                                     "(scripts/relabel_growth.sh makes such labels): nothing would be replaced")
+                if log:
+                    log(f"growth.relabelled: {int(replaced.sum())} of {len(rows)} training states' measured rates "
+                        "replaced by their own labels")
                 g_growth = np.where(np.tile(replaced, len(g) // len(rows)), np.nan, g)
             X_labels, _, g_labels = _training_arrays(growth_table, labelled, config)
             X, X_growth, g_growth = (np.concatenate([X, X_labels]), np.concatenate([X_growth, X_labels]),
@@ -809,9 +834,11 @@ def _diagnostic_test_vectors(ensemble: DensityResidualEnsemble, test_vectors: di
     return {"growth_over_ntot": growth.tolist(), "uncertainty": sigma.numpy().tolist()}
 
 
-def export_ensemble(checkpoint_path: str, output: str, n_test_vectors: int = 6, log=print, fused: bool = False) -> dict:
+def export_ensemble(checkpoint_path: str, output: str, n_test_vectors: int = 6, log=print, fused: bool = False,
+                    check: bool = True) -> dict:
     """Ensemble checkpoint -> model package (same format as `dodo export`, plus the optional outputs);
-    fused=True writes the stacked graph of dodo.training.fused."""
+    fused=True writes the stacked graph of dodo.training.fused; check=False skips the torch vs
+    onnxruntime round trip (`dodo export --no-check`; the runtime's self-test still runs at load)."""
     import onnx
 
     from .. import _core
@@ -844,7 +871,7 @@ def export_ensemble(checkpoint_path: str, output: str, n_test_vectors: int = 6, 
     onnx.checker.check_model(model)
     final_bytes = _core.with_content_digest(model.SerializeToString())
     check_graph_outputs(ensemble, final_bytes)
-    roundtrip = roundtrip_check(ensemble, final_bytes, test_vectors, box3d_settings)
+    roundtrip = roundtrip_check(ensemble, final_bytes, test_vectors, box3d_settings) if check else None
     if native is not None:  # the runtime checks its evaluator against the graph while loading
         import dodo
 
@@ -853,8 +880,11 @@ def export_ensemble(checkpoint_path: str, output: str, n_test_vectors: int = 6, 
             raise ExportError(f"the runtime evaluates this package with {evaluator!r}, not its native description")
     with atomic_path(output) as tmp:
         tmp.write_bytes(final_bytes)
-    log(f"round trip torch vs onnxruntime: max head difference {roundtrip['max_head_difference']:.2e}; "
-        f"test vectors reproduced to {roundtrip['max_test_vector_error_over_ntot']:.2e} N_tot")
+    if roundtrip is None:
+        log("round trip torch vs onnxruntime skipped (--no-check)")
+    else:
+        log(f"round trip torch vs onnxruntime: max head difference {roundtrip['max_head_difference']:.2e}; "
+            f"test vectors reproduced to {roundtrip['max_test_vector_error_over_ntot']:.2e} N_tot")
     form = (f"distilled from {len(ensemble.members)} members into one network" if ensemble.student is not None
             else f"ensemble of {len(ensemble.members)}")
     log(f"wrote {output} (density-residual {form}, {'fused, ' if fused else ''}"

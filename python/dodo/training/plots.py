@@ -97,7 +97,12 @@ def _save(fig, output) -> Path:
     from .._atomic import atomic_path
 
     output = Path(output)
+    # The file's own extension sets the format (a .pdf used to receive PNG bytes); none: PNG.
+    form = output.suffix.lower().lstrip(".") or "png"
+    if form not in ("png", "pdf", "svg"):
+        _pyplot().close(fig)
+        raise ValueError(f"{output}: plots are written as PNG, PDF or SVG; name the file .png, .pdf or .svg")
     with atomic_path(output) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
+        fig.savefig(tmp, dpi=120, format=form)
     _pyplot().close(fig)
     return output

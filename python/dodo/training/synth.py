@@ -90,8 +90,8 @@ def write_synthetic_database(path: str | Path, n: int, seed: int = 0, chunk_size
     # values failed inside NumPy), like `dodo apply --max-speed`.
     if not (np.isfinite(max_flux_factor) and 0.0 <= max_flux_factor < 1.0):
         raise ValueError(f"--max-flux-factor must be a finite flux factor |F|/n in [0, 1); got {max_flux_factor}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"--seed must be an integer >= 0; got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
+        raise ValueError(f"--seed must be an integer in [0, 2^63) (it is stored as a 64-bit attribute); got {seed!r}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1; got {chunk_size}")
     dodo.box3d_settings(lebedev_order=lebedev_order, z_method=z_method)  # an unavailable order: before writing
