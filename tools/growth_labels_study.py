@@ -91,9 +91,9 @@ def main() -> None:
         for k in args.folds:
             test, train = order[fold_of == k], order[fold_of != k]
             X, _, g = et._training_arrays(table, train, config)
-            labelled = np.flatnonzero((of_state < 0) | np.isin(of_state, train))
-            if relabelled:
-                g = np.where(np.tile(np.isin(train, of_state[labelled]), len(g) // len(train)), np.nan, g)
+            labelled, replaced = et.growth_member_labels(growth_table, table, train, config, of_state=of_state)
+            if replaced is not None:  # as train_on does
+                g = np.where(np.tile(replaced, len(g) // len(train)), np.nan, g)
             if not measured:
                 g = np.full_like(g, np.nan)
             X_labels, _, g_labels = et._training_arrays(growth_table, labelled, config)

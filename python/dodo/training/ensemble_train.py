@@ -434,17 +434,8 @@ def train_on(table: dict, rows: np.ndarray, config: EnsembleConfig, members: int
     if config.growth_members:
         X_growth, g_growth = X, g
         if growth_table is not None:
-            of_state = growth_label_states(growth_table, table, config)
-            # Labels of states outside `rows` (a fold's test states, held-out states) never train.
-            labelled = np.flatnonzero((of_state < 0) | np.isin(of_state, rows))
-            if config.growth_relabelled:  # a training state's own new label replaces its measured rate
-                replaced = np.isin(rows, of_state[labelled])
-                if not replaced.any():
-                    raise ValueError("growth.relabelled: true, but no file of growth.data labels a training state "
-                                     "(scripts/relabel_growth.sh makes such labels): nothing would be replaced")
-                if log:
-                    log(f"growth.relabelled: {int(replaced.sum())} of {len(rows)} training states' measured rates "
-                        "replaced by their own labels")
+            labelled, replaced = growth_member_labels(growth_table, table, rows, config, log=log)
+            if replaced is not None:  # mirrored rows: the same states again
                 g_growth = np.where(np.tile(replaced, len(g) // len(rows)), np.nan, g)
             X_labels, _, g_labels = _training_arrays(growth_table, labelled, config)
             X, X_growth, g_growth = (np.concatenate([X, X_labels]), np.concatenate([X_growth, X_labels]),
@@ -484,6 +475,27 @@ def growth_label_states(growth_table: dict, table: dict, config: EnsembleConfig)
         np.ascontiguousarray(features_of(table, np.arange(len(table["r"])), config.features)[:, invariants]))}
     labels = np.ascontiguousarray(features_of(growth_table, np.arange(len(growth_table["r"])), config.features)[:, invariants])
     return np.array([index.get(row.tobytes(), -1) for row in labels], np.int64)
+
+
+def growth_member_labels(growth_table: dict, table: dict, rows: np.ndarray, config: EnsembleConfig, log=None,
+                         of_state: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The rows of ``growth_table`` that may train growth members fitted on ``rows`` of ``table``
+    (never labels of states outside them: a fold's test states, held-out states), and, with
+    config.growth_relabelled, the mask over ``rows`` of the states whose own label replaces their
+    measured rate (None without). ``of_state``: growth_label_states' answer, when known."""
+    if of_state is None:
+        of_state = growth_label_states(growth_table, table, config)
+    labelled = np.flatnonzero((of_state < 0) | np.isin(of_state, rows))
+    if not config.growth_relabelled:
+        return labelled, None
+    replaced = np.isin(rows, of_state[labelled])
+    if not replaced.any():
+        raise ValueError("growth.relabelled: true, but no file of growth.data labels a training state "
+                         "(scripts/relabel_growth.sh makes such labels): nothing would be replaced")
+    if log:
+        log(f"growth.relabelled: {int(replaced.sum())} of {len(rows)} training states' measured rates replaced by "
+            "their own labels")
+    return labelled, replaced
 
 
 def load_growth_table(config: EnsembleConfig, table: dict, train_rows: np.ndarray, log=print) -> dict | None:
