@@ -61,10 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     reference.set_defaults(func=_reference)
     info = subparsers.add_parser("info", help="versions and paths of this installation (for CMake, pkg-config)")
     info.set_defaults(func=_info, path=None)
+    only = info.add_mutually_exclusive_group()  # one path per call: two flags printed the last alone
     for flag in ("include", "lib", "cmake", "pkgconfig"):
-        info.add_argument(f"--{flag}-dir", dest="path", action="store_const", const=f"{flag}_dir",
+        only.add_argument(f"--{flag}-dir", dest="path", action="store_const", const=f"{flag}_dir",
                           help=f"print only the {flag} directory")
-    info.add_argument("--default-model", dest="path", action="store_const", const="default_model",
+    only.add_argument("--default-model", dest="path", action="store_const", const="default_model",
                       help="print only the path of the shipped default model (C: dodo_default_model_path())")
     for module_name in _SUBCOMMAND_MODULES:
         try:

@@ -70,8 +70,14 @@ def _layout_problem(handle) -> str:
     for name in (INITIAL, FINAL):
         if name not in handle:
             return f"missing dataset '{name}' (not an Emu asymptotic database?)"
-        if not isinstance(handle[name], h5py.Dataset):
-            return f"'{name}' is a {type(handle[name]).__name__.lower()}, not a dataset (not an Emu asymptotic database?)"
+        try:  # a dangling external link or a soft-link loop: h5py raises KeyError / RuntimeError
+            item = handle[name]
+        except (KeyError, OSError, RuntimeError, ValueError) as error:
+            return f"'{name}' cannot be opened ({' '.join(str(error).split())}; a broken or looping link?)"
+        if not isinstance(item, h5py.Dataset):
+            return f"'{name}' is a {type(item).__name__.lower()}, not a dataset (not an Emu asymptotic database?)"
+        if item.dtype.kind not in "fiu":  # complex would lose its imaginary part, strings be parsed
+            return f"'{name}' holds {item.dtype} values; four-fluxes must be real numbers (float or integer)"
     shape = handle[INITIAL].shape
     if len(shape) != 4 or shape[1] != 4 or shape[2] != 2 or shape[3] != N_FLAVOURS:
         return f"'{INITIAL}' has shape {shape}; expected [nsims, 4 (x,y,z,t), 2, {N_FLAVOURS}]"

@@ -176,10 +176,12 @@ def _apply(args: argparse.Namespace) -> int:
     print(f"model: {runtime.model_path or 'none (Box3D only)'}; head {runtime.head}; {runtime.threads} thread(s); "
           f"ONNX Runtime {runtime.onnxruntime[1] or '-'}")
     if not scored.all():
-        print(f"cells scored: {int(scored.sum())} of {count} ({count - int(scored.sum())} with a non-finite or empty "
-              "input or truth left out; non-finite inputs are flagged NONFINITE below)")
+        print(f"cells scored: {int(scored.sum())} of {count} ({count - int(scored.sum())} with a non-finite input or "
+              "truth, or a comoving density N_tot <= 0, left out; such inputs are flagged NONFINITE, "
+              "NEGATIVE_DENSITY or ZERO_DENSITY below)")
     if not scored.any():
-        raise ValueError(f"no cell of {args.data} has a finite input and truth to score")
+        raise ValueError(f"no cell of {args.data} can be scored: each has a non-finite input or truth, or a comoving "
+                         "density N_tot <= 0 (negative or zero densities)")
     print("errors against the asymptotic states, fluid rest frame, mean over cells, units of N_tot")
     print(f"{'species':<11}{'|dn| box3d':>12}{'|dn| closure':>14}{'|dF| box3d':>12}{'|dF| closure':>14}")
     box_dn, box_dF = _errors(F_box[scored], F_true[scored], u[scored], ntot[scored])

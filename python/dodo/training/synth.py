@@ -96,15 +96,20 @@ def write_synthetic_database(path: str | Path, n: int, seed: int = 0, chunk_size
         raise ValueError(f"chunk_size must be >= 1; got {chunk_size}")
     dodo.box3d_settings(lebedev_order=lebedev_order, z_method=z_method)  # an unavailable order: before writing
     dodo.box3d(np.zeros((0, 6, 4)), lebedev_order=lebedev_order, z_method=z_method, threads=threads)  # bad threads
+    _check_free_space(path, n, seed)
     rng = np.random.default_rng(seed)
     crossing = 0
     shape = (n, 4, 2, 3)
+    # Chunked, so that HDF5 allocates (and, for the variable-length names, fills) storage as rows
+    # are written: a contiguous layout made the first write fill the whole extent (-n 1e11: the
+    # kernel's OOM killer after 24 GB; -n 1e9: 16 GB of fill written before the first row).
+    rows = min(n, chunk_size)
     with atomic_hdf5(path) as (out, check):
-        init = out.create_dataset("F4_initial(1|ccm)", shape, dtype="f8")
-        final = out.create_dataset("F4_final(1|ccm)", shape, dtype="f8")
-        stddev = out.create_dataset("F4_final_stddev(1|ccm)", shape, dtype="f8")
-        growth = out.create_dataset("growthRate(1|s)", (n,), dtype="f8")
-        dirs = out.create_dataset("directorynames", (n,), dtype=h5py.string_dtype())
+        init = out.create_dataset("F4_initial(1|ccm)", shape, dtype="f8", chunks=(rows, 4, 2, 3))
+        final = out.create_dataset("F4_final(1|ccm)", shape, dtype="f8", chunks=(rows, 4, 2, 3))
+        stddev = out.create_dataset("F4_final_stddev(1|ccm)", shape, dtype="f8", chunks=(rows, 4, 2, 3))
+        growth = out.create_dataset("growthRate(1|s)", (n,), dtype="f8", chunks=(rows,))
+        dirs = out.create_dataset("directorynames", (n,), dtype=h5py.string_dtype(), chunks=(rows,))
         out["nf"] = 3
         steps = range(0, n, chunk_size)
         if progress:
@@ -131,6 +136,32 @@ def write_synthetic_database(path: str | Path, n: int, seed: int = 0, chunk_size
         out.attrs["box3d"] = _json(dodo.box3d_settings(lebedev_order=lebedev_order, z_method=z_method))
         out.attrs["dodo_version"] = str(getattr(dodo, "__version__", "unknown"))
     return {"path": str(path), "rows": n, "crossing_fraction": crossing / n, "seed": seed}
+
+
+def _check_free_space(path: str | Path, n: int, seed: int) -> None:
+    """Refuse, before anything is written, ``n`` rows whose data alone exceed the free space of
+    the output's file system (a lower bound of the file's size: three [4, 2, 3] float64 tables,
+    the growth rate and each row's directory name with its 16-byte reference)."""
+    import shutil
+
+    needed = n * (3 * 24 * 8 + 8 + 16 + len(f"synthetic/{seed}/{n}"))
+    directory = Path(path).absolute().parent
+    while not directory.exists() and directory != directory.parent:  # created on writing
+        directory = directory.parent
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        return  # nothing to say: the write reports its own error
+    if needed > free:
+        raise ValueError(f"{path}: {n:,} rows need at least {_bytes_text(needed)} but {directory} has "
+                         f"{_bytes_text(free)} free; lower -n")
+
+
+def _bytes_text(count: int) -> str:
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count} bytes"
 
 
 def _json(value) -> str:

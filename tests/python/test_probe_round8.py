@@ -1,0 +1,121 @@
+"""Outside probe, round eight (docs/reliability_python.md section 11): inputs a first-time user
+sent to the Emu readers and the less-probed commands; each case failed before its fix."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cli_helpers import refused, run
+
+h5py = pytest.importorskip("h5py")
+
+import dodo  # noqa: E402
+from dodo.conventions import to_emu_layout  # noqa: E402
+
+
+def _cell_rows(n: int) -> np.ndarray:
+    """n crossing cells at rest, Emu layout [n, 4, 2, 3]."""
+    F = np.zeros((n, 6, 4))
+    F[:, 0] = [1.0, 0, 0, 0.5]
+    F[:, 3] = [1.0, 0, 0, -0.5]
+    F[:, [1, 2, 4, 5], 0] = 0.3
+    return to_emu_layout(F)
+
+
+def _emu_file(path, initial, final=None, **extra):
+    with h5py.File(path, "w") as handle:
+        handle["F4_initial(1|ccm)"] = initial
+        handle["F4_final(1|ccm)"] = initial if final is None else final
+        for name, value in extra.items():
+            handle[name] = value
+    return path
+
+
+@pytest.mark.parametrize("command", ["apply", "preprocess"])
+@pytest.mark.parametrize("damage", ["external link", "soft-link loop", "complex", "strings"])
+def test_emu_datasets_that_cannot_be_read_as_real_numbers_are_refused_naming_the_file(tmp_path, capsys,
+                                                                                      command, damage):
+    """A dangling external link gave a KeyError traceback; a soft-link loop HDF5's bare message
+    without the file; a complex F4_initial lost its imaginary part silently (rc 0); strings of the
+    right shape were parsed as numbers or failed inside NumPy."""
+    rows = _cell_rows(8)
+    path = tmp_path / "bad.h5"
+    with h5py.File(path, "w") as handle:
+        handle["F4_final(1|ccm)"] = rows
+        if damage == "external link":
+            handle["F4_initial(1|ccm)"] = h5py.ExternalLink("nonexistent.h5", "/x")
+        elif damage == "soft-link loop":
+            handle["F4_initial(1|ccm)"] = h5py.SoftLink("/F4_initial(1|ccm)")
+        elif damage == "complex":
+            handle["F4_initial(1|ccm)"] = rows * (1 + 0.5j)
+        else:
+            handle["F4_initial(1|ccm)"] = rows.astype("S8")
+    if command == "apply":
+        argv = ["apply", str(path), "--grid", "2x2x2", "--model", "box3d", "-q"]
+    else:
+        config = tmp_path / "pre.yaml"
+        config.write_text(f"inputs: [{path}]\noutput: {tmp_path / 'out.h5'}\n")
+        argv = ["preprocess", "--config", str(config), "-q"]
+    line = refused(capsys, argv, "bad.h5", "F4_initial(1|ccm)")
+    assert "Traceback" not in line
+    assert not (tmp_path / "out.h5").exists()
+
+
+def test_apply_names_non_positive_densities_as_such(tmp_path, capsys):
+    """Rows with negative densities were reported as 'a non-finite or empty input', 'flagged
+    NONFINITE below', and the run stopped with 'no cell ... has a finite input': all untrue."""
+    rows = _cell_rows(8)
+    path = _emu_file(tmp_path / "negative.h5", -rows)
+    line = refused(capsys, ["apply", str(path), "--grid", "2x2x2", "--model", "box3d", "-q"], "negative.h5")
+    assert "N_tot <= 0" in line and "has a finite input" not in line
+    rows_mixed = _cell_rows(8)
+    rows_mixed[:2] *= -1
+    path = _emu_file(tmp_path / "mixed.h5", rows_mixed)
+    code, out, err = run(capsys, ["apply", str(path), "--grid", "2x2x2", "--model", "box3d", "-q"])
+    assert code == 0, err
+    note = next(line for line in out.splitlines() if line.startswith("cells scored"))
+    assert "6 of 8" in note and "N_tot" in note and "NEGATIVE_DENSITY" in note
+
+
+def _limited_memory():
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # a failure, never the OOM killer
+
+
+def test_synth_of_many_rows_neither_fills_memory_nor_starts_beyond_the_free_disk(tmp_path):
+    """`dodo synth -n 100000000000` was killed by the kernel's OOM killer after 24 GB (the contiguous
+    variable-length `directorynames` dataset made HDF5 fill its whole extent at the first write; at
+    -n 1e9 the first chunk took 20 s writing 16 GB of fill). Now every dataset is chunked (next
+    test), and a run whose output cannot fit on the disk is refused before anything is written.
+    Run in a child limited to 3 GiB of address space, so that a regression fails instead of
+    taking the machine's memory."""
+    import subprocess
+    import sys
+
+    output = tmp_path / "many.h5"
+    child = subprocess.run([sys.executable, "-m", "dodo", "synth", str(output), "-n", str(10**11), "-q"],
+                           capture_output=True, text=True, timeout=120, preexec_fn=_limited_memory)
+    lines = [line for line in child.stderr.splitlines() if line.strip()]
+    assert child.returncode == 2 and len(lines) == 1 and "Traceback" not in child.stderr, child.stderr
+    assert "many.h5" in lines[0] and "free" in lines[0] and "TB" in lines[0], lines[0]
+    assert not list(tmp_path.iterdir())
+
+
+def test_synth_datasets_are_chunked_and_read_back(tmp_path):
+    from dodo.training.synth import write_synthetic_database
+
+    path = tmp_path / "small.h5"
+    write_synthetic_database(path, 10, chunk_size=4)
+    with h5py.File(path) as handle:
+        for name in ("F4_initial(1|ccm)", "F4_final(1|ccm)", "F4_final_stddev(1|ccm)", "growthRate(1|s)",
+                     "directorynames"):
+            assert handle[name].chunks is not None, name
+            assert handle[name].shape[0] == 10
+        assert handle["directorynames"][9].decode() == "synthetic/0/9"
+
+
+def test_info_refuses_two_paths_at_once(capsys):
+    """`dodo info --cmake-dir --lib-dir` printed the lib directory alone (the last flag won)."""
+    code, _, err = run(capsys, ["info", "--cmake-dir", "--lib-dir"])
+    assert code == 2 and "not allowed with" in err
