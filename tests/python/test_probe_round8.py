@@ -119,3 +119,59 @@ def test_info_refuses_two_paths_at_once(capsys):
     """`dodo info --cmake-dir --lib-dir` printed the lib directory alone (the last flag won)."""
     code, _, err = run(capsys, ["info", "--cmake-dir", "--lib-dir"])
     assert code == 2 and "not allowed with" in err
+
+
+@pytest.fixture(scope="module")
+def small_preprocessed(tmp_path_factory):
+    """A 300-row synthetic database, preprocessed: (directory, preprocessed file)."""
+    from dodo.cli import main
+
+    root = tmp_path_factory.mktemp("study")
+    assert main(["synth", str(root / "syn.h5"), "-n", "300", "-q"]) == 0
+    (root / "pre.yaml").write_text(f"inputs: [{root / 'syn.h5'}]\noutput: {root / 'pre.h5'}\n")
+    assert main(["preprocess", "--config", str(root / "pre.yaml"), "-q"]) == 0
+    return root, root / "pre.h5"
+
+
+def _study_grid(root, tag: str, grid: str, overrides: str):
+    (root / "base.yaml").write_text(
+        f"data: {{path: {root / 'pre.h5'}, batch_size: 64}}\nmodel: {{head: equivariant, hidden_dim: 8, n_blocks: 1}}\n"
+        "training: {epochs: 1, lr: 1.0e-3, threads: 1, log_interval: 1000}\n"
+        f"output: {{results_dir: {root / 'unused'}, checkpoint_dir: {root / 'unused'}}}\n")
+    grid_file = root / f"{tag}.yaml"
+    grid_file.write_text(f"base_config: base.yaml\ntag: {tag}\noutput_root: {root / 'studies'}\n"
+                         f"overrides: {overrides}\ngrid: {grid}\n")
+    return grid_file
+
+
+def test_a_diverging_grid_point_does_not_end_the_study(small_preprocessed, capsys):
+    """`dodo study` over learning rates stopped at the first diverging one ('non-finite loss'): the
+    remaining runs never ran and the finished ones got no summary. Now the run is recorded as
+    diverged, the others train, the summary is written, and the exit status is 1."""
+    pytest.importorskip("torch")
+    import json
+
+    root, _ = small_preprocessed
+    grid = _study_grid(root, "lr", "{training.lr: [1.0e+8, 1.0e-3]}", "{}")
+    code, out, err = run(capsys, ["study", str(grid)])
+    assert code == 1 and "1 of 2 runs did not finish (run_000 diverged)" in err, err
+    summary = json.loads((root / "studies" / "lr" / "summary.json").read_text())
+    assert [(row["run"], row["status"]) for row in summary] == [("run_000", "diverged"), ("run_001", "completed")]
+    assert "non-finite loss" in summary[0]["error"] and summary[0]["best_val_loss"] is None
+    assert summary[1]["best_val_loss"] > 0
+    table = (root / "studies" / "lr" / "summary.txt").read_text().splitlines()
+    assert table[1].split()[0] == "run_001" and table[2].split()[0] == "run_000"  # finished runs first
+
+
+def test_a_study_whose_runs_stop_early_is_summarised(small_preprocessed, capsys):
+    """overrides `training.stop_after_epoch` (a run stopped as asked, resumable) made `dodo study`
+    end in a KeyError traceback ('metric_table')."""
+    pytest.importorskip("torch")
+    import json
+
+    root, _ = small_preprocessed
+    grid = _study_grid(root, "early", "{training.lr: [1.0e-3]}", "{training.epochs: 2, training.stop_after_epoch: 1}")
+    code, out, err = run(capsys, ["study", str(grid)])
+    assert code == 1 and "Traceback" not in err and "run_000 interrupted" in err, err
+    [row] = json.loads((root / "studies" / "early" / "summary.json").read_text())
+    assert row["status"] == "interrupted" and "last.pt" in row["error"]

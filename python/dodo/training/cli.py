@@ -145,6 +145,12 @@ def _study(args) -> int:
     if args.dry_run:
         for row in rows:
             print(row)
+        return 0
+    unfinished = [f"{row['run']} {row['status']}" for row in rows if row.get("status") != "completed"]
+    if unfinished:  # the summary is written; the exit status still says that not every run finished
+        print(f"dodo study: {len(unfinished)} of {len(rows)} runs did not finish ({', '.join(unfinished)}); "
+              "see the summary", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -68,9 +68,20 @@ def run_study(grid_path: str | Path, dry_run: bool = False, echo=print) -> list[
     for run_dir, point, config in configs:
         config.make_dirs()
         echo(f"--- {run_dir.name}: {point}")
-        summary = train(config, echo=echo)
+        try:
+            summary = train(config, echo=echo)
+        except FloatingPointError as error:
+            # A diverging point is an outcome of a grid (a learning rate too high), not the end of
+            # the study: it used to abort the remaining runs and leave no summary of the finished ones.
+            echo(f"--- {run_dir.name} diverged: {error}")
+            rows.append(_unfinished_row(run_dir, point, "diverged", str(error)))
+            continue
+        if "metric_table" not in summary:  # stopped early (training.stop_after_epoch): no final metrics
+            rows.append(_unfinished_row(run_dir, point, summary["status"], f"resume from {summary.get('last_checkpoint')}"))
+            continue
         table = summary["metric_table"]
-        rows.append({"run": run_dir.name, **point, "best_val_loss": summary["best_val_loss"],
+        rows.append({"run": run_dir.name, **point, "status": summary["status"],
+                     "best_val_loss": summary["best_val_loss"],
                      "test_loss": summary["test_loss"]["total"],
                      "box3d_dn": table["box3d"]["mean_abs_dn_over_ntot_all"],
                      "model_dn": table["model"]["mean_abs_dn_over_ntot_all"],
@@ -85,16 +96,25 @@ def run_study(grid_path: str | Path, dry_run: bool = False, echo=print) -> list[
     return rows
 
 
+def _unfinished_row(run_dir: Path, point: dict, status: str, error: str) -> dict:
+    """A summary row for a run without final metrics (diverged, or stopped early)."""
+    return {"run": run_dir.name, **point, "status": status, "best_val_loss": None, "test_loss": None,
+            "box3d_dn": None, "model_dn": None, "box3d_dF": None, "model_dF": None, "metrics": None, "error": error}
+
+
 def format_summary(rows: list[dict]) -> str:
     if not rows:
         return "(no runs)"
-    columns = [k for k in rows[0] if k != "metrics"]
-    width = {c: max(len(c), *(len(_fmt(r[c])) for r in rows)) for c in columns}
+    columns = [k for k in rows[0] if k not in ("metrics", "error")]
+    width = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
     lines = ["  ".join(c.rjust(width[c]) for c in columns)]
-    for row in sorted(rows, key=lambda r: r["best_val_loss"]):
-        lines.append("  ".join(_fmt(row[c]).rjust(width[c]) for c in columns))
+    # Best first; runs without a loss (diverged) last.
+    for row in sorted(rows, key=lambda r: (r["best_val_loss"] is None, r["best_val_loss"] or 0.0)):
+        lines.append("  ".join(_fmt(row.get(c)).rjust(width[c]) for c in columns))
     return "\n".join(lines)
 
 
 def _fmt(value) -> str:
+    if value is None:
+        return "-"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
