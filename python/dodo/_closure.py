@@ -104,7 +104,17 @@ def model_file(model) -> Optional[str]:
         return str(default_model_path())
     if isinstance(model, IN_MEMORY_PACKAGE) or (isinstance(model, str) and model == BOX3D_ONLY):
         return None
-    return os.fspath(model)
+    return _path_text(model)
+
+
+def _path_text(model) -> str:
+    """The path a non-literal model argument names, as text. Only the string ``"box3d"`` means
+    Box3D alone: ``Path("box3d")`` names a file, so it becomes ``"./box3d"`` (the runtime would
+    take the bare text for the literal and silently drop the file's learned correction)."""
+    path = os.fspath(model)
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    return os.path.join(os.curdir, path) if path == BOX3D_ONLY and not isinstance(model, str) else path
 
 
 class Closure:
@@ -305,7 +315,7 @@ def closure(F_init, u=None, model: Union[PathLike, bytes, bytearray, memoryview,
         return _cached_closure(None)(F_init, u)
     if isinstance(model, IN_MEMORY_PACKAGE):
         return _cached_closure(_package_bytes(model))(F_init, u)
-    path = os.fspath(model)
+    path = model if isinstance(model, str) else _path_text(model)
     identity = () if path == BOX3D_ONLY else _file_identity(path)
     key = identity[0] if identity else path
     return _cached_closure(key, identity)(F_init, u)

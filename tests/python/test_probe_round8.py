@@ -175,3 +175,27 @@ def test_a_study_whose_runs_stop_early_is_summarised(small_preprocessed, capsys)
     assert code == 1 and "Traceback" not in err and "run_000 interrupted" in err, err
     [row] = json.loads((root / "studies" / "early" / "summary.json").read_text())
     assert row["status"] == "interrupted" and "last.pt" in row["error"]
+
+
+@pytest.mark.skipif(not dodo.runtime_available(), reason="closure runtime not built")
+def test_a_path_object_named_box3d_loads_the_file_not_box3d_alone(tmp_path, monkeypatch):
+    """`dodo.Closure(Path("box3d"))` (and `dodo.closure(F, model=Path("box3d"))`) with a model
+    package of that name in the working directory ran Box3D alone: the runtime took the path's text
+    for the literal "box3d" and dropped the learned correction without a word. Only the string
+    "box3d" means Box3D alone (docs: a file of that name is "./box3d")."""
+    import shutil
+    from pathlib import Path
+
+    from dodo.models import MODELS_DIR
+
+    shutil.copy(Path(MODELS_DIR) / "synthetic-test-equivariant.onnx", tmp_path / "box3d")
+    monkeypatch.chdir(tmp_path)
+    F = np.zeros((6, 4))
+    F[0], F[3], F[1], F[4] = [1, 0, 0, 0.5], [1, 0, 0, -0.5], [0.3, 0.1, 0, 0], [0.2, 0, 0.05, 0]
+    closure = dodo.Closure(Path("box3d"), threads=1)
+    assert closure.has_model and closure.model_path == "./box3d"
+    expected = dodo.Closure("./box3d", threads=1).apply(F).F_pred
+    assert np.array_equal(closure.apply(F).F_pred, expected)
+    assert np.array_equal(dodo.closure(F, model=Path("box3d")), expected)
+    assert not dodo.Closure("box3d").has_model  # the literal keeps its meaning
+    assert not np.array_equal(dodo.closure(F, model="box3d"), expected)
