@@ -199,3 +199,21 @@ def test_a_path_object_named_box3d_loads_the_file_not_box3d_alone(tmp_path, monk
     assert np.array_equal(dodo.closure(F, model=Path("box3d")), expected)
     assert not dodo.Closure("box3d").has_model  # the literal keeps its meaning
     assert not np.array_equal(dodo.closure(F, model="box3d"), expected)
+
+
+def test_plot_curve_writes_its_parity_plot_in_the_format_asked_for(small_preprocessed, tmp_path, capsys):
+    """`dodo plot curve M -o curve.pdf` wrote curve.pdf and a PNG curve_parity.png; --help said
+    "PNG path" although the extension sets the format (round seven)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("matplotlib")
+    root, _ = small_preprocessed
+    grid = _study_grid(root, "plot", "{training.lr: [1.0e-3]}", "{}")
+    assert run(capsys, ["study", str(grid)])[0] == 0
+    [metrics] = (root / "studies" / "plot" / "run_000" / "results").glob("metrics_*.json")
+    code, out, err = run(capsys, ["plot", "curve", str(metrics), "-o", str(tmp_path / "curve.pdf")])
+    assert code == 0, err
+    assert (tmp_path / "curve.pdf").read_bytes()[:4] == b"%PDF"
+    assert (tmp_path / "curve_parity.pdf").read_bytes()[:4] == b"%PDF"
+    assert not (tmp_path / "curve_parity.png").exists()
+    code, out, err = run(capsys, ["plot", "--help"])
+    assert "PNG path" not in out and ".pdf" in out

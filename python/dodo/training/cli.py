@@ -231,11 +231,13 @@ def register(subparsers) -> None:
     add_json_argument(p, "the report")
     p.set_defaults(func=_inspect)
 
-    p = subparsers.add_parser("plot", help="PNG plots from metrics JSON files")
+    p = subparsers.add_parser("plot", help="plots (PNG, PDF or SVG) from metrics JSON files")
     p.add_argument("what", choices=("metrics", "curve"),
-                   help="metrics: losses and |dn| across runs; curve: train/val curve and parity plot of one run")
+                   help="metrics: losses and |dn| across runs; curve: train/val curve of one run, and its parity "
+                        "plot beside it (OUTPUT_parity.EXT)")
     p.add_argument("files", nargs="+", metavar="FILE", help="results/metrics_<timestamp>.json file(s)")
-    p.add_argument("-o", "--output", required=True, help="PNG path")
+    p.add_argument("-o", "--output", required=True,
+                   help="plot file; its extension sets the format: .png (also without one), .pdf or .svg")
     p.set_defaults(func=_plot)
 
     p = subparsers.add_parser("study", help="grid of training runs with a summary table")

@@ -54,7 +54,8 @@ def plot_metrics(metrics_paths: list, output: str | Path) -> Path:
 
 
 def plot_curve(metrics_path: str | Path, output: str | Path) -> list[Path]:
-    """Train/val loss per epoch (output) and a per-species parity plot (<output>_parity.png)."""
+    """Train/val loss per epoch (output) and a per-species parity plot (<output stem>_parity, in
+    the output's format)."""
     plt = _pyplot()
     run = load_metrics(metrics_path)
     fig, axis = plt.subplots(figsize=(6, 4.5))
@@ -88,9 +89,10 @@ def plot_curve(metrics_path: str | Path, output: str | Path) -> list[Path]:
 
 
 def parity_path(output) -> Path:
-    """The parity plot that `plot curve` writes beside ``output``."""
+    """The parity plot that `plot curve` writes beside ``output``, in the same format (curve.pdf:
+    curve_parity.pdf; it was always a PNG); no extension: PNG, as for ``output``."""
     output = Path(output)
-    return output.with_name(output.stem + "_parity.png")
+    return output.with_name(output.stem + "_parity" + (output.suffix or ".png"))
 
 
 def _save(fig, output) -> Path:
