@@ -86,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        # Ctrl-C: one line instead of a traceback; outputs are written atomically, so none is left
+        # half-written (a temporary is removed on the way out), and 130 = 128 + SIGINT, as shells use.
+        print(f"dodo {args.command}: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # The reader went away (`dodo score ... --json - | head`): stop quietly, as Unix tools do;
         # point stdout at /dev/null so that the interpreter's final flush does not fail again.

@@ -217,3 +217,28 @@ def test_plot_curve_writes_its_parity_plot_in_the_format_asked_for(small_preproc
     assert not (tmp_path / "curve_parity.png").exists()
     code, out, err = run(capsys, ["plot", "--help"])
     assert "PNG path" not in out and ".pdf" in out
+
+
+def test_ctrl_c_ends_a_command_with_one_line_and_no_output(tmp_path, capsys, monkeypatch):
+    """Ctrl-C in any command printed a KeyboardInterrupt traceback (the temporary output was
+    already removed); now one line and exit status 130, and still no file under the output name."""
+    from dodo.training import synth
+
+    original = synth.random_initial_states
+    calls = []
+
+    def interrupted_on_second_chunk(rng, n, *args, **kwargs):
+        calls.append(n)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(rng, n, *args, **kwargs)
+
+    monkeypatch.setattr(synth, "random_initial_states", interrupted_on_second_chunk)
+    monkeypatch.setattr(synth.write_synthetic_database, "__defaults__",
+                        (0, 16) + synth.write_synthetic_database.__defaults__[2:])  # chunk_size 16
+    try:
+        code, out, err = run(capsys, ["synth", str(tmp_path / "out.h5"), "-n", "64", "-q"])
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped dodo's main: the user saw a traceback")
+    assert code == 130 and err.strip() == "dodo synth: interrupted" and len(calls) == 2, err
+    assert not list(tmp_path.iterdir())
