@@ -242,3 +242,23 @@ def test_ctrl_c_ends_a_command_with_one_line_and_no_output(tmp_path, capsys, mon
         pytest.fail("KeyboardInterrupt escaped dodo's main: the user saw a traceback")
     assert code == 130 and err.strip() == "dodo synth: interrupted" and len(calls) == 2, err
     assert not list(tmp_path.iterdir())
+
+
+def test_evaluate_from_another_directory_says_to_pass_data(small_preprocessed, tmp_path, capsys, monkeypatch):
+    """A checkpoint records its training file as given (often relative); `dodo evaluate CKPT` from
+    another directory said "preprocessed file not found: pre.h5 (run `dodo preprocess` first)",
+    although the file exists where the training ran. Now it says so and names --data."""
+    pytest.importorskip("torch")
+    root, _ = small_preprocessed
+    monkeypatch.chdir(root)
+    grid = _study_grid(root, "relative", "{training.lr: [1.0e-3]}", "{}")
+    grid.write_text(grid.read_text().replace(str(root / "pre.h5"), "pre.h5"))
+    (root / "base.yaml").write_text((root / "base.yaml").read_text().replace(str(root / "pre.h5"), "pre.h5"))
+    assert run(capsys, ["study", str(grid)])[0] == 0
+    checkpoint = root / "studies" / "relative" / "run_000" / "checkpoints" / "best.pt"
+    monkeypatch.chdir(tmp_path)
+    for command in ("evaluate", "inspect"):
+        line = refused(capsys, [command, str(checkpoint)], "pre.h5", "--data", str(tmp_path))
+        assert "dodo preprocess" not in line
+    code, out, err = run(capsys, ["evaluate", str(checkpoint), "--data", str(root / "pre.h5")])
+    assert code == 0, err

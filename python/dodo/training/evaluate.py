@@ -17,6 +17,12 @@ def checkpoint_data(checkpoint: dict, checkpoint_path, data_path, action: str) -
     SHA-256), else its splits would be other rows. Box3D settings checked either way."""
     given = data_path is not None
     data_path = Path(data_path if given else checkpoint["data"]["path"])
+    if not given and not data_path.exists():
+        # "run dodo preprocess first" was wrong advice when the file exists elsewhere: a recorded
+        # relative path is the training's working directory's, looked up here in this one.
+        where = "" if data_path.is_absolute() else f" (a path relative to where it trained; looked up in {Path.cwd()})"
+        raise ValueError(f"{checkpoint_path}: its training file {data_path} is not found{where}; "
+                         f"pass --data FILE to {action} on that file or another preprocessed one")
     check_preprocessed(data_path, checkpoint["data"]["box3d"])
     if not given:
         check_training_data(checkpoint, checkpoint_path, data_path, action,
