@@ -78,6 +78,13 @@ def _layout_problem(handle) -> str:
             return f"'{name}' is a {type(item).__name__.lower()}, not a dataset (not an Emu asymptotic database?)"
         if item.dtype.kind not in "fiu":  # complex would lose its imaginary part, strings be parsed
             return f"'{name}' holds {item.dtype} values; four-fluxes must be real numbers (float or integer)"
+    if GROWTH in handle:  # optional, but when present it must be numbers (strings failed in NumPy, complex lost i)
+        try:
+            growth = handle[GROWTH]
+        except (KeyError, OSError, RuntimeError, ValueError) as error:
+            return f"'{GROWTH}' cannot be opened ({' '.join(str(error).split())}; a broken or looping link?)"
+        if isinstance(growth, h5py.Dataset) and growth.dtype.kind not in "fiu":
+            return f"'{GROWTH}' holds {growth.dtype} values; growth rates must be real numbers (s^-1)"
     shape = handle[INITIAL].shape
     if len(shape) != 4 or shape[1] != 4 or shape[2] != 2 or shape[3] != N_FLAVOURS:
         return f"'{INITIAL}' has shape {shape}; expected [nsims, 4 (x,y,z,t), 2, {N_FLAVOURS}]"

@@ -61,6 +61,17 @@ def test_emu_datasets_that_cannot_be_read_as_real_numbers_are_refused_naming_the
     assert not (tmp_path / "out.h5").exists()
 
 
+@pytest.mark.parametrize("values", [np.array([b"fast"] * 8), np.ones(8) * (1 + 1j)], ids=["strings", "complex"])
+def test_a_growth_rate_dataset_of_strings_or_complex_numbers_is_refused_naming_it(tmp_path, capsys, values):
+    """`dodo preprocess` on a file whose growthRate(1|s) held strings: "could not convert string to
+    float: np.bytes_(b'fast')" (no file, no dataset); complex rates lost their imaginary part."""
+    path = _emu_file(tmp_path / "rates.h5", _cell_rows(8), **{"growthRate(1|s)": values})
+    config = tmp_path / "pre.yaml"
+    config.write_text(f"inputs: [{path}]\noutput: {tmp_path / 'out.h5'}\n")
+    refused(capsys, ["preprocess", "--config", str(config), "-q"], "rates.h5", "growthRate(1|s)")
+    assert not (tmp_path / "out.h5").exists()
+
+
 def test_apply_names_non_positive_densities_as_such(tmp_path, capsys):
     """Rows with negative densities were reported as 'a non-finite or empty input', 'flagged
     NONFINITE below', and the run stopped with 'no cell ... has a finite input': all untrue."""
