@@ -273,3 +273,23 @@ def test_evaluate_from_another_directory_says_to_pass_data(small_preprocessed, t
         assert "dodo preprocess" not in line
     code, out, err = run(capsys, ["evaluate", str(checkpoint), "--data", str(root / "pre.h5")])
     assert code == 0, err
+
+
+def test_evaluate_refuses_a_preprocessed_file_with_non_finite_rows(small_preprocessed, tmp_path, capsys):
+    """`dodo evaluate CKPT --data damaged.h5` (NaN in one F_true row, Inf in one invariants row:
+    dodo preprocess never writes them) printed a metric table of nan with exit 0."""
+    pytest.importorskip("torch")
+    import shutil
+
+    root, preprocessed = small_preprocessed
+    grid = _study_grid(root, "nan", "{training.lr: [1.0e-3]}", "{}")
+    assert run(capsys, ["study", str(grid)])[0] == 0
+    checkpoint = root / "studies" / "nan" / "run_000" / "checkpoints" / "best.pt"
+    damaged = tmp_path / "damaged.h5"
+    shutil.copy(preprocessed, damaged)
+    with h5py.File(damaged, "a") as handle:
+        handle["F_true"][5] = np.nan
+        handle["invariants"][7] = np.inf
+    line = refused(capsys, ["evaluate", str(checkpoint), "--data", str(damaged), "--split", "all"],
+                   "damaged.h5", "2 row(s) with non-finite values")
+    assert "nan" not in line.lower().replace("nan or inf", "")

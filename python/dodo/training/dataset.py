@@ -87,7 +87,18 @@ def read_rows(handle, indices: np.ndarray, target_scale=None) -> dict:
     """Rows ``indices`` (sorted, unique) of an open preprocessed file, as training arrays."""
     idx = np.asarray(indices)
     get = (lambda name: handle[name][idx]) if len(idx) else (lambda name: np.zeros((0,) + handle[name].shape[1:]))
-    return rest_frame_arrays(get("F_init"), get("F_box"), get("F_true"), get("u"), get("invariants"), target_scale)
+    try:
+        arrays = rest_frame_arrays(get("F_init"), get("F_box"), get("F_true"), get("u"), get("invariants"), target_scale)
+    except DataFileError as error:  # name the file
+        raise DataFileError(f"{handle.filename}: {error}") from None
+    finite = np.ones(len(idx), dtype=bool)
+    for values in arrays.values():
+        finite &= np.isfinite(values).all(axis=tuple(range(1, values.ndim)))
+    if not finite.all():  # `dodo evaluate` printed a table of nan with exit 0; training failed at step 1
+        raise DataFileError(f"{handle.filename}: {np.count_nonzero(~finite)} row(s) with non-finite values (NaN or Inf "
+                            "in F_true, F_box, u or the invariants); dodo preprocess never writes them (the file is "
+                            "damaged or was edited): re-run dodo preprocess")
+    return arrays
 
 
 class CellDataset(torch.utils.data.Dataset):
