@@ -293,3 +293,25 @@ def test_evaluate_refuses_a_preprocessed_file_with_non_finite_rows(small_preproc
     line = refused(capsys, ["evaluate", str(checkpoint), "--data", str(damaged), "--split", "all"],
                    "damaged.h5", "2 row(s) with non-finite values")
     assert "nan" not in line.lower().replace("nan or inf", "")
+
+
+def test_a_package_whose_weights_live_outside_the_file_is_refused(tmp_path, monkeypatch):
+    """ONNX external data: a package whose initializers sit in a weights.bin beside the working
+    directory loaded under a valid content digest, which covers only the reference, so an edited
+    weights.bin changed the outputs unnoticed. The loader now refuses such a file, and the signing
+    step refuses to sign one."""
+    onnx = pytest.importorskip("onnx")
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    from dodo.models import default_model_path
+    model = onnx.load(str(default_model_path()))
+    convert_model_to_external_data(model, all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    onnx.save_model(model, str(tmp_path / "external.onnx"))
+    assert (tmp_path / "weights.bin").stat().st_size > 10_000
+    monkeypatch.chdir(tmp_path)  # where ONNX Runtime would find weights.bin
+    with pytest.raises(Exception, match="external data"):
+        dodo.Closure(tmp_path / "external.onnx", threads=1)
+    with pytest.raises(Exception, match="external data"):
+        dodo._core.with_content_digest((tmp_path / "external.onnx").read_bytes())
+    # The shipped package itself holds every tensor.
+    assert dodo.Closure(default_model_path(), threads=1).has_model

@@ -125,6 +125,53 @@ void append_entry(std::string& out, std::string_view key, std::string_view value
   append_string_field(out, kModelMetadataProps, entry);
 }
 
+// Tensors stored outside the file (TensorProto.data_location = EXTERNAL, or external_data
+// entries) anywhere in the model: graph initializers and sparse initializers, node attributes
+// (tensors, sparse tensors, subgraphs), functions and training graphs. ONNX Runtime would read
+// such a tensor from a path beside the working directory, which the content digest does not cover
+// (outside probe, round eight: an edited weights.bin loaded under a valid digest), so a package
+// must hold every tensor itself. Field numbers from onnx/onnx.proto3.
+enum class Message { kModel, kGraph, kNode, kAttribute, kTensor, kSparseTensor, kFunction, kTrainingInfo };
+constexpr int kMaxNesting = 64;  // subgraphs within subgraphs: far beyond any real model
+
+struct Child {
+  Message parent;
+  std::uint64_t field;
+  Message child;
+};
+constexpr Child kChildren[] = {
+    {Message::kModel, 7, Message::kGraph},          {Message::kModel, 20, Message::kTrainingInfo},
+    {Message::kModel, 25, Message::kFunction},      {Message::kTrainingInfo, 1, Message::kGraph},
+    {Message::kTrainingInfo, 2, Message::kGraph},   {Message::kGraph, 1, Message::kNode},
+    {Message::kGraph, 5, Message::kTensor},         {Message::kGraph, 15, Message::kSparseTensor},
+    {Message::kFunction, 7, Message::kNode},        {Message::kNode, 5, Message::kAttribute},
+    {Message::kAttribute, 5, Message::kTensor},     {Message::kAttribute, 6, Message::kGraph},
+    {Message::kAttribute, 10, Message::kTensor},    {Message::kAttribute, 11, Message::kGraph},
+    {Message::kAttribute, 22, Message::kSparseTensor}, {Message::kAttribute, 23, Message::kSparseTensor},
+    {Message::kSparseTensor, 1, Message::kTensor},  {Message::kSparseTensor, 2, Message::kTensor},
+};
+
+void refuse_external_data(std::string_view bytes, std::string_view message, Message kind, int depth) {
+  if (depth > kMaxNesting) malformed("graphs nested more than " + std::to_string(kMaxNesting) + " deep", offset_in(bytes, message));
+  constexpr std::uint64_t kTensorExternalData = 13, kTensorDataLocation = 14, kExternal = 1;
+  WireReader reader(message, offset_in(bytes, message));
+  std::uint64_t field = 0;
+  unsigned wire_type = 0;
+  std::string_view payload;
+  while (reader.next(field, wire_type, payload)) {
+    if (kind == Message::kTensor &&
+        ((field == kTensorDataLocation && wire_type == kVarint && reader.number() == kExternal) ||
+         (field == kTensorExternalData && wire_type == kLengthDelimited)))
+      throw Error(DODO_ERROR_MODEL_FORMAT,
+                  "model file refers to tensor data stored outside it (ONNX external data, at byte " +
+                      std::to_string(offset_in(bytes, payload)) +
+                      "): a Dodo model package holds all its weights; re-export it with `dodo export`");
+    if (wire_type != kLengthDelimited) continue;
+    for (const Child& child : kChildren)
+      if (child.parent == kind && child.field == field) refuse_external_data(bytes, payload, child.child, depth + 1);
+  }
+}
+
 }  // namespace
 
 PackageContents read_package(std::string_view bytes) {
@@ -150,6 +197,7 @@ PackageContents read_package(std::string_view bytes) {
     }
   }
   if (!have_graph) throw Error(DODO_ERROR_MODEL_FORMAT, "not an ONNX model: the file has no graph");
+  refuse_external_data(bytes, bytes, Message::kModel, 0);
   return package;
 }
 
