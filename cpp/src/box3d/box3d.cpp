@@ -55,8 +55,8 @@ constexpr double kPairedFormLargestZ = 350.0;
 // With s = k ln2 + r and Z = kZ ln2 + rZ: e^{+-s - Z} = e^{-rZ} P(+-r) 2^{+-k - kZ}, where
 // P(+-r) = even +- odd come from one polynomial evaluation. `amplitude` is A (per unit density).
 DODO_MULTIVERSION
-void reconstruct_species(const PairedRule& rule, double density, double Z, double amplitude,
-                         double direction_x, double direction_y, double direction_z, double* g) {
+void reconstruct_species(const PairedRule& rule, double density, double Z, double amplitude, double paired_scale,
+                         double power_offset, double direction_x, double direction_y, double direction_z, double* g) {
   const std::size_t points = rule.size(), half = rule.half;
   const double* x = rule.x.data();
   const double* y = rule.y.data();
@@ -77,11 +77,11 @@ void reconstruct_species(const PairedRule& rule, double density, double Z, doubl
     for (std::size_t q = 0; q < points; ++q) g[q] = scale * clamped_exp(hx * x[q] + hy * y[q] + hz * z[q] - Z);
     return;
   }
-  double kZ, rZ;
-  reduce_by_ln2(Z, kZ, rZ);
-  const double scaled_amplitude = scale * clamped_exp(-rZ);
+  // scale e^{-rZ} and 1023 - kZ come from block_species_values (vectorised across cells: a scalar
+  // exponential here, before a loop of seven vectors, cost a sixth of this function's time).
+  const double scaled_amplitude = paired_scale;
   // Bits of 2^{k - kZ} are (k - kZ + 1023) << 52; those of 2^{-k - kZ} follow by one subtraction.
-  const std::int64_t plus_offset = 1023 - integer_of(kZ);
+  const std::int64_t plus_offset = integer_of(power_offset);
   const std::int64_t both_exponents = (2 * plus_offset) << 52;  // bits(2^{k-kZ}) + bits(2^{-k-kZ})
   // Iterations are independent and g does not alias the rule: no run-time overlap checks.
 #pragma omp simd
@@ -132,6 +132,8 @@ constexpr std::size_t block_lanes(std::size_t count) { return (count + 7) / 8 * 
 struct BlockMoments {
   double density[kBlockSpecies], flux_x[kBlockSpecies], flux_y[kBlockSpecies], flux_z[kBlockSpecies];
   double flux_factor[kBlockSpecies], Z[kBlockSpecies], amplitude[kBlockSpecies];
+  // The paired reconstruction's n/(4 pi) A e^{-rZ} and 1023 - kZ, for Z = kZ ln2 + rZ.
+  double paired_scale[kBlockSpecies], power_offset[kBlockSpecies];
   double direction_x[kBlockSpecies], direction_y[kBlockSpecies], direction_z[kBlockSpecies];
   // Values of g * 4 pi over the sphere: peak n A (along the flux), across n A e^{-Z} (across
   // it), floor n A e^{-2Z} (against it). Used by the stability screen.
@@ -189,22 +191,78 @@ void block_moments(const Box3DSettings& settings, std::size_t count, RestFrameCe
   // them; the others keep zeros.
   std::fill(m.Z, m.Z + kBlockSpecies, 0.0);
   std::fill(m.amplitude, m.amplitude + kBlockSpecies, 0.0);
+  std::fill(m.paired_scale, m.paired_scale + kBlockSpecies, 0.0);
+  std::fill(m.power_offset, m.power_offset + kBlockSpecies, 0.0);
   std::fill(m.peak, m.peak + kBlockSpecies, 0.0);
   std::fill(m.across, m.across + kBlockSpecies, 0.0);
   std::fill(m.floor, m.floor + kBlockSpecies, 0.0);
 }
 
-// Z (inverse Langevin of the flux factor), the amplitude and the screen's values (peak, across,
-// floor) of the species that `wanted` marks and `computed` does not yet (both per slot), which
-// it then marks computed. They are gathered into a compact list so that only these are
-// computed, by the same loops for every entry; a species whose density and flux factor equal
-// those of an earlier species of its cell (mu = tau, the heavy species of M1 data) takes that
-// one's values, which are the same numbers.
+// The per-species values of `lanes` entries (a whole number of vectors): Z (inverse Langevin of
+// the flux factor), the amplitude, the screen's values (peak, across, floor) and the paired
+// reconstruction's scale and exponent offset (reconstruct_species). Loops across entries that
+// vectorise; an entry's values depend on its own density and flux factor alone.
+struct SpeciesValues {
+  double *Z, *amplitude, *peak, *across, *floor, *paired_scale, *power_offset;
+};
+// One compiled body per instruction set (not inlined), whichever caller: inlined into two call
+// sites, its loops were contracted into multiply-adds differently, and a cell's values depended
+// on the cells that shared its block (test_api's batch-shape test saw the last bit move).
+DODO_MULTIVERSION __attribute__((noinline)) void species_values(const Box3DSettings& settings, std::size_t lanes,
+                                                                const double* density,
+                           const double* flux_factor, const SpeciesValues& out) {
+  double* const Z = out.Z;
+  if (settings.z_method == ZMethod::kJedynak) {
+    for (std::size_t k = 0; k < lanes; ++k) Z[k] = jedynak_inverse_langevin(flux_factor[k]);
+  } else {
+#pragma omp simd
+    for (std::size_t k = 0; k < lanes; ++k) Z[k] = halley_inverse_langevin(flux_factor[k]);
+  }
+#pragma omp simd
+  for (std::size_t k = 0; k < lanes; ++k) {
+    const double across_factor = clamped_exp(-Z[k]);
+    const double amplitude = maxent_amplitude(Z[k], across_factor * across_factor);
+    out.amplitude[k] = amplitude;
+    out.peak[k] = density[k] * amplitude;
+    out.across[k] = out.peak[k] * across_factor;
+    out.floor[k] = out.across[k] * across_factor;
+    double kZ, rZ;
+    reduce_by_ln2(Z[k], kZ, rZ);
+    out.paired_scale[k] = density[k] * kInverseFourPi * amplitude * clamped_exp(-rZ);
+    out.power_offset[k] = 1023.0 - kZ;
+  }
+}
+
+// The species values (species_values) of the slots that `wanted` marks and `computed` does not
+// yet, which it then marks computed. Where those are most of the block's slots (crossing cells
+// whose six species differ) every slot is computed in place, a species' lanes at a time; else
+// they are gathered into a compact list so that only these are computed (a stable M1-like grid's
+// screen wants two species of six), and a species whose density and flux factor equal those of
+// an earlier species of its cell (mu = tau, the heavy species of M1 data) takes that one's values,
+// which are the same numbers. Either way a slot gets the same bits (one species_values body).
 DODO_MULTIVERSION
 void block_species_values(const Box3DSettings& settings, std::size_t count, const bool* wanted, bool* computed,
                           BlockMoments& m) {
+  const std::size_t cell_lanes = block_lanes(count);
+  std::size_t candidates = 0;
+  for (std::size_t c = 0; c < count; ++c)
+    for (int a = 0; a < kSpecies; ++a) candidates += wanted[slot(c, a)] && !computed[slot(c, a)];
+  if (candidates == 0) return;
+  if (4 * candidates >= 3 * kSpecies * cell_lanes) {
+    // Every slot of the first cell_lanes cells, in place, a species' lanes at a time (rejected
+    // cells and lanes past `count` hold zero moments: harmless values).
+    for (int a = 0; a < kSpecies; ++a) {
+      const std::size_t i = slot(0, a);
+      species_values(settings, cell_lanes, m.density + i, m.flux_factor + i,
+                     {m.Z + i, m.amplitude + i, m.peak + i, m.across + i, m.floor + i, m.paired_scale + i,
+                      m.power_offset + i});
+      std::fill(computed + i, computed + i + cell_lanes, true);
+    }
+    return;
+  }
   alignas(64) double density[kBlockSpecies], flux_factor[kBlockSpecies], Z[kBlockSpecies], amplitude[kBlockSpecies],
-      peak[kBlockSpecies], across[kBlockSpecies], floor[kBlockSpecies];
+      peak[kBlockSpecies], across[kBlockSpecies], floor[kBlockSpecies], paired_scale[kBlockSpecies],
+      power_offset[kBlockSpecies];
   std::uint16_t where[kBlockSpecies], copy_to[kBlockSpecies], copy_from[kBlockSpecies];
   bool listed[kBlockSpecies] = {};
   std::size_t n = 0, copies = 0;
@@ -229,20 +287,7 @@ void block_species_values(const Box3DSettings& settings, std::size_t count, cons
     }
   const std::size_t lanes = block_lanes(n);
   for (std::size_t k = n; k < lanes; ++k) density[k] = flux_factor[k] = 0.0;  // whole vectors
-  if (settings.z_method == ZMethod::kJedynak) {
-    for (std::size_t k = 0; k < lanes; ++k) Z[k] = jedynak_inverse_langevin(flux_factor[k]);
-  } else {
-#pragma omp simd
-    for (std::size_t k = 0; k < lanes; ++k) Z[k] = halley_inverse_langevin(flux_factor[k]);
-  }
-#pragma omp simd
-  for (std::size_t k = 0; k < lanes; ++k) {
-    const double across_factor = clamped_exp(-Z[k]);
-    amplitude[k] = maxent_amplitude(Z[k], across_factor * across_factor);
-    peak[k] = density[k] * amplitude[k];
-    across[k] = peak[k] * across_factor;
-    floor[k] = across[k] * across_factor;
-  }
+  species_values(settings, lanes, density, flux_factor, {Z, amplitude, peak, across, floor, paired_scale, power_offset});
   for (std::size_t k = 0; k < n; ++k) {
     const std::size_t i = where[k];
     m.Z[i] = Z[k];
@@ -250,6 +295,8 @@ void block_species_values(const Box3DSettings& settings, std::size_t count, cons
     m.peak[i] = peak[k];
     m.across[i] = across[k];
     m.floor[i] = floor[k];
+    m.paired_scale[i] = paired_scale[k];
+    m.power_offset[i] = power_offset[k];
     computed[i] = true;
   }
   for (std::size_t k = 0; k < copies; ++k) {
@@ -259,6 +306,8 @@ void block_species_values(const Box3DSettings& settings, std::size_t count, cons
     m.peak[i] = m.peak[j];
     m.across[i] = m.across[j];
     m.floor[i] = m.floor[j];
+    m.paired_scale[i] = m.paired_scale[j];
+    m.power_offset[i] = m.power_offset[j];
     computed[i] = true;
   }
 }
@@ -602,13 +651,15 @@ void crossing_shape(const PairedRule& rule, const double* const G[kPairs], const
 DODO_MULTIVERSION
 std::uint32_t angular_change(const PairedRule& rule, const double* F, const BlockMoments& m, std::size_t c,
                              double* dF, double* growth_over_ntot, double* crossing) {
-  double density[kSpecies], Z[kSpecies], amplitude[kSpecies], direction_x[kSpecies], direction_y[kSpecies],
-      direction_z[kSpecies];
+  double density[kSpecies], Z[kSpecies], amplitude[kSpecies], paired_scale[kSpecies], power_offset[kSpecies],
+      direction_x[kSpecies], direction_y[kSpecies], direction_z[kSpecies];
   for (int a = 0; a < kSpecies; ++a) {
     const std::size_t i = slot(c, a);
     density[a] = m.density[i];
     Z[a] = m.Z[i];
     amplitude[a] = m.amplitude[i];
+    paired_scale[a] = m.paired_scale[i];
+    power_offset[a] = m.power_offset[i];
     direction_x[a] = m.direction_x[i];
     direction_y[a] = m.direction_y[i];
     direction_z[a] = m.direction_z[i];
@@ -623,7 +674,7 @@ std::uint32_t angular_change(const PairedRule& rule, const double* F, const Bloc
     for (int b = 0; b < a && !g[a]; ++b)
       if (std::equal(F + a * kComponents, F + (a + 1) * kComponents, F + b * kComponents)) g[a] = g[b];
     if (g[a]) continue;
-    reconstruct_species(rule, density[a], Z[a], amplitude[a], direction_x[a], direction_y[a], direction_z[a],
+    reconstruct_species(rule, density[a], Z[a], amplitude[a], paired_scale[a], power_offset[a], direction_x[a], direction_y[a], direction_z[a],
                         scratch.species(a, points));
     g[a] = scratch.species(a, points);
   }

@@ -112,8 +112,9 @@ struct CellNetworkOutput {
   bool coupled_zero = false;  // blended's c_ab, d_ab are all 0 (kept from cell to cell: not refilled)
 };
 
+// known_density_only: every row is density-only or non-finite (OnnxModel::density_only_rows).
 void cell_network_output(const EvaluationBuffers& network, Head head, std::size_t row, const CellImages* images,
-                         CellNetworkOutput& out) {
+                         bool known_density_only, CellNetworkOutput& out) {
   const int size = head_output_size(head);
   const float* log_ratio = network.log_growth_ratio();
   const float* spread = network.uncertainty();
@@ -121,7 +122,7 @@ void cell_network_output(const EvaluationBuffers& network, Head head, std::size_
     if (g == 0) {
       out.head = network.output_row(r);
     } else {
-      out.coupled_zero = head_to_cell(head, network.output_row(r), g, out.blended, out.coupled_zero);
+      out.coupled_zero = head_to_cell(head, network.output_row(r), g, out.blended, out.coupled_zero, known_density_only);
       out.head = out.blended;
     }
     if (log_ratio) out.log_ratio = log_ratio[r];
@@ -140,7 +141,7 @@ void cell_network_output(const EvaluationBuffers& network, Head head, std::size_
     head_of[g] = mapped[g];
     if (!(w[g] > 0.0)) continue;
     const std::size_t r = images->row[g];
-    density_only = head_to_cell(head, network.output_row(r), g, mapped[g]) && density_only;
+    density_only = head_to_cell(head, network.output_row(r), g, mapped[g], false, known_density_only) && density_only;
     if (log_ratio) log_ratios[g] = log_ratio[r];
     if (spread) spreads[g] = spread[r];
   }
@@ -180,9 +181,11 @@ inline void write_stable_diagnostics(const CellDiagnostics& out, std::size_t cel
 // operations of assemble_correction, project_conserving and realizable_step's quick accept on the
 // six densities in registers, so the same bits as the general path below, without writing the
 // 24-value correction and reading it back (each pass stalled on store forwarding). False, with
-// `change` unwritten, for any other cell: the general path takes it.
-inline bool density_only_change(const float* head_output, const RestFrameCell& rest, double* change) {
-  if (!density_only_output(head_output)) return false;
+// `change` unwritten, for any other cell: the general path takes it. known_density_only: the
+// output is density-only by construction (its check skipped).
+inline bool density_only_change(const float* head_output, const RestFrameCell& rest, double* change,
+                                bool known_density_only) {
+  if (!known_density_only && !density_only_output(head_output)) return false;
   const float* e = head_output + 2 * kSpecies * kSpecies;
   double common[kFlavours], mean = 0;
   for (int f = 0; f < kFlavours; ++f) {
@@ -218,14 +221,21 @@ inline bool density_only_change(const float* head_output, const RestFrameCell& r
 // change. Returns kCell_NETWORK_NONFINITE (change not written) or kCell_CORRECTION_LIMITED or 0.
 // Cloned per instruction set like Box3D's kernel, with the head and the projection inlined; this
 // file is compiled with -ffp-contract=off, so every clone gives the baseline build's bits.
+// known_density_only: the evaluator writes density-only rows (OnnxModel::density_only_rows), whose
+// 78 values are finite exactly when their six e_a are: only those are tested, and the 72 zeros
+// are not checked (perf: the two 78-value passes took 2% of the closure's time).
 DODO_MULTIVERSION
-std::uint32_t learned_change(Head head, const float* head_output, const RestFrameCell& rest, double* change) {
+std::uint32_t learned_change(Head head, const float* head_output, const RestFrameCell& rest, double* change,
+                             bool known_density_only) {
   // The correction is finite exactly when the head's outputs are (it is a sum of a dozen
   // products of them with the cell's finite values in units of N_tot, far from overflow). Tested
   // on the network's floats: reading the correction's doubles back as vectors right after its
   // scalar stores stalled on store forwarding (measured: half of this function's time).
-  if (!all_values_finite(head_output, head_output_size(head))) return kCell_NETWORK_NONFINITE;
-  if (head == Head::kEquivariant && density_only_change(head_output, rest, change)) return 0u;
+  const bool known = known_density_only && head == Head::kEquivariant;
+  const int first_tested = known ? 2 * kSpecies * kSpecies : 0;
+  if (!all_values_finite(head_output + first_tested, head_output_size(head) - first_tested))
+    return kCell_NETWORK_NONFINITE;
+  if (head == Head::kEquivariant && density_only_change(head_output, rest, change, known)) return 0u;
   double correction[kCellValues];
   assemble_correction(head, head_output, rest.F, rest.dF, correction);
   project_conserving(correction);
@@ -376,6 +386,7 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
   // Models of the "+eln18" feature set read the kernel's crossing shape of each crossing cell.
   const bool wants_crossing =
       model_ && w.network->input_size() == static_cast<std::size_t>(kInvariants + kSpecies + 1 + kCrossingFeatures);
+  const bool density_only_rows = model_ && model_->density_only_rows();
 
   // 1. Gather; Box3D in the rest frame (all cells of the chunk in one call, so that its moments
   //    step runs across cells); invariants of the cells that need the network: not rejected and
@@ -473,7 +484,7 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
       done = true;
     } else if (model_) {
       cell_network_output(*w.network, description_.head, w.network_row[i], batch.flavour_images ? &w.images[i] : nullptr,
-                          output);
+                          density_only_rows, output);
       // A non-finite optional output voids the cell's whole network output (Box3D's result and
       // proxy, as for a non-finite correction).
       double change[kCellValues];
@@ -482,7 +493,7 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
                                growth, uncertainty))
         flags |= kCell_NETWORK_NONFINITE;
       else
-        flags |= learned_change(description_.head, output.head, rest, change);
+        flags |= learned_change(description_.head, output.head, rest, change, density_only_rows);
       if (!(flags & kCell_NETWORK_NONFINITE)) {
         done = finalise_cell(F, rest.boost, rest.ntot, change, F_out);
         if (!done) flags |= kCell_NETWORK_NONFINITE;  // overflow near DBL_MAX: Box3D's result instead

@@ -133,10 +133,13 @@ inline void image_row(const RestFrameCell& rest, int size, int g, float* out) {
 // species a of the image is that of species kImageSpecies[g][a] of the cell. direct: dF per
 // species; equivariant: c_ab, d_ab (both indices mapped) and e_a. Returns whether cell_output's
 // c_ab, d_ab are now all 0 (an equivariant density-only output); `coupled_zero`: they already are
-// (the zeros are then not written again: a fill per cell was most of this function's time).
-inline bool head_to_cell(Head head, const float* image_output, int g, float* cell_output, bool coupled_zero = false) {
+// (the zeros are then not written again: a fill per cell was most of this function's time);
+// `known_density_only`: the evaluator writes only such rows (OnnxModel::density_only_rows), so
+// the check is skipped (a non-finite row then carries its NaN in e_a, where the caller tests it).
+inline bool head_to_cell(Head head, const float* image_output, int g, float* cell_output, bool coupled_zero = false,
+                         bool known_density_only = false) {
   const int* species = kImageSpecies[g];
-  if (head == Head::kEquivariant && density_only_output(image_output)) {  // c_ab, d_ab all 0
+  if (head == Head::kEquivariant && (known_density_only || density_only_output(image_output))) {  // c_ab, d_ab all 0
     if (!coupled_zero) std::fill(cell_output, cell_output + 2 * kSpecies * kSpecies, 0.0f);
     for (int a = 0; a < kSpecies; ++a)
       cell_output[2 * kSpecies * kSpecies + species[a]] = image_output[2 * kSpecies * kSpecies + a];

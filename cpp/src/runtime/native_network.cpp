@@ -14,6 +14,7 @@
 #include "../lane_sum.hpp"
 #include "errors.hpp"
 #include "json.hpp"
+#include "residual.hpp"
 
 namespace dodo::runtime {
 namespace {
@@ -384,6 +385,9 @@ NativeNetwork::NativeNetwork(const std::string& description, const std::map<std:
     if (!pattern.is_array() || static_cast<int>(pattern.array().size()) != output_size)
       unusable("pattern must list " + std::to_string(output_size) + " numbers (the head output per unit correction)");
     for (const JsonValue& value : pattern.array()) pattern_.push_back(static_cast<float>(value.number()));
+    density_only_ = output_size == kEquivariantOutputs &&
+                    std::all_of(pattern_.begin(), pattern_.begin() + 2 * kSpecies * kSpecies,
+                                [](float value) { return value == 0.0f; });
   } catch (const std::invalid_argument& error) {
     unusable(std::string("is incomplete: ") + error.what());
   }

@@ -53,6 +53,10 @@ class NativeNetwork {
   static constexpr int kNarrowOutputs = 4;
   // The instruction set the kernel was compiled for: "avx512", "avx2" or "baseline".
   const char* instruction_set() const;
+  // True when the head pattern is an equivariant head's with every c_ab and d_ab 0 (the
+  // density-residual ensemble's): each output row is the used correction times the pattern, so
+  // its c_ab, d_ab are exactly +-0 whenever its e_a are finite, and all NaN or infinite otherwise.
+  bool density_only() const { return density_only_; }
 
  private:
   struct Layer {
@@ -82,6 +86,7 @@ class NativeNetwork {
   std::vector<double> feature_mean_double_, distance_form_;
   std::vector<float> input_inverse_std_;  // 1 / input_std_: a multiply per input, not a division
   std::vector<float> pattern_;  // head output per unit of the used correction
+  bool density_only_ = false;
   Kernel kernel_ = nullptr;
 };
 

@@ -98,6 +98,9 @@ class OnnxModel {
   // "native" (Dodo's evaluator of the package's network) or "onnxruntime".
   const char* evaluator() const { return native_ ? "native" : "onnxruntime"; }
 
+  // True when run() evaluates with the native evaluator a density-only head (NativeNetwork::
+  // density_only): an output row is then finite exactly when its e_a are, and its c_ab, d_ab are 0.
+  bool density_only_rows() const { return native_ && native_->density_only(); }
   // Evaluates rows [0, n) of buffers' input into its output; thread-safe for distinct buffers.
   void run(EvaluationBuffers& buffers, std::size_t n) const;
 
