@@ -67,8 +67,12 @@ class KilledRank(parallel.SerialCommunicator):
 
     def __init__(self, rank: int, size: int) -> None:
         self.rank, self.size = rank, size
+        self.gathered = 0
 
     def gather(self, value, root=0):
+        self.gathered += 1
+        if self.gathered == 1:  # the ranks' agreement on states and settings, at the start
+            return [value] * self.size
         raise Killed
 
 

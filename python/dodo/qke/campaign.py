@@ -260,6 +260,17 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
     fingerprint = _fingerprint(four_flux, settings)
     # Stored beside the fingerprint so that a mismatch can be explained (which states or settings).
     states_digest, settings_text = _states_digest(four_flux), json.dumps(_comparable_settings(settings), sort_keys=True)
+    # Every rank must hold rank 0's states, settings and cost cap: a rank started with other
+    # arguments (or reading another copy of the input) would simulate other states, and rank 0
+    # would write them beside its own initial states (outside probe, round nine). All ranks see
+    # the same verdict, so all of them raise (the CLI then stops the job), none waits.
+    agreement = (fingerprint, max_cost)
+    held = comm.gather(agreement, root=0)
+    differing = comm.computed_by_root(lambda: [rank for rank, value in enumerate(held) if value != agreement])
+    if differing:
+        raise ValueError(f"the MPI ranks do not hold the same states and settings: rank(s) "
+                         f"{', '.join(map(str, differing))} differ from rank 0 (start every rank with the same "
+                         "arguments, reading the same input file)")
     # Rank 0 alone reads the checkpoints (thousands of ranks must not all scan the directory).
     results, origin, paths = comm.computed_by_root(
         lambda: _load_checkpoints(output, fingerprint, four_flux, settings, say))
