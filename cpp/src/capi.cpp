@@ -56,6 +56,11 @@ bool is_live(const dodo_closure* handle) {
   return live_handles().count(handle) != 0;
 }
 
+// The calling thread's last failure, from any call (with or without a live handle): what
+// dodo_last_error gives for a NULL or destroyed handle, and the text a thread sharing a handle
+// can read without another thread's call replacing it (outside probe, round nine).
+thread_local std::string thread_last_error;
+
 void copy_text(const std::string& text, char* buffer, size_t size) {
   if (!buffer || size == 0) return;
   size_t n = text.size() < size - 1 ? text.size() : size - 1;
@@ -86,12 +91,11 @@ dodo_status guarded(dodo_closure* handle, Body&& body) {
     status = DODO_ERROR_INTERNAL;
     message = "internal error: unknown exception";
   }
-  if (handle) {
-    try {
-      handle->set_error(message);
-    } catch (...) {
-      // Out of memory while recording the message: the status still says what happened.
-    }
+  try {
+    thread_last_error = message;
+    if (handle) handle->set_error(message);
+  } catch (...) {
+    // Out of memory while recording the message: the status still says what happened.
   }
   return status;
 }
@@ -350,9 +354,9 @@ long dodo_get_metadata(const dodo_closure* closure, const char* key, char* buffe
 }
 
 size_t dodo_last_error(const dodo_closure* closure, char* buffer, size_t buffer_size) {
-  if (!closure || !is_live(closure)) {
-    copy_text("", buffer, buffer_size);
-    return 0;
+  if (!closure || !is_live(closure)) {  // no handle to hold a text: this thread's own last error
+    copy_text(thread_last_error, buffer, buffer_size);
+    return thread_last_error.size();
   }
   std::lock_guard<std::mutex> lock(closure->error_mutex);
   copy_text(closure->last_error, buffer, buffer_size);

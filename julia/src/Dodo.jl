@@ -73,7 +73,7 @@ end
 function check(closure::Closure, status)
     status == LibDodo.DODO_OK && return nothing
     buffer = zeros(UInt8, 1024)
-    LibDodo.last_error(closure.handle, buffer)
+    LibDodo.last_error(C_NULL, buffer)  # this thread's own last error (not another task's on the handle)
     throw(DodoError(status, LibDodo.status_name(status), unsafe_string(pointer(buffer))))
 end
 

@@ -12,6 +12,7 @@
 #include <dodo/dodo.h>
 
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -331,6 +332,39 @@ static void test_round_two(void) {
   dodo_closure_destroy(closure);
 }
 
+/* Round nine (outside probe): a NULL or destroyed handle had no message anywhere, and a thread
+ * sharing a handle lost its failure's text to another thread's success. dodo_last_error(NULL)
+ * is the calling thread's own last error. */
+static dodo_closure* shared_handle;
+static void* succeed_on_shared_handle(void* unused) {
+  (void)unused;
+  double F[1][6][4], u[1][4], out[1][6][4];
+  make_cells(F, u, 1);
+  return (void*)(size_t)(dodo_apply(shared_handle, 1, &F[0][0][0], NULL, NULL, NULL, &out[0][0][0], NULL, NULL) != DODO_OK);
+}
+
+static void test_round_nine(void) {
+  char message[256];
+  double F[1][6][4], u[1][4], out[1][6][4];
+  make_cells(F, u, 1);
+  CHECK(dodo_apply(NULL, 1, &F[0][0][0], NULL, NULL, NULL, &out[0][0][0], NULL, NULL) == DODO_ERROR_INVALID_ARGUMENT);
+  CHECK(dodo_last_error(NULL, message, sizeof message) > 0 && strstr(message, "closure handle is NULL") != NULL);
+  CHECK(dodo_closure_create(DODO_BOX3D_ONLY, NULL, &shared_handle, NULL, 0) == DODO_OK);
+  CHECK(dodo_last_error(NULL, message, sizeof message) == 0 && message[0] == '\0');  /* a success clears it */
+  /* This thread fails on the shared handle, another succeeds on it before this one reads. */
+  CHECK(dodo_apply(shared_handle, 1, NULL, NULL, NULL, NULL, &out[0][0][0], NULL, NULL) == DODO_ERROR_INVALID_ARGUMENT);
+  pthread_t other;
+  void* other_failed = (void*)1;
+  CHECK(pthread_create(&other, NULL, succeed_on_shared_handle, NULL) == 0 && pthread_join(other, &other_failed) == 0);
+  CHECK(other_failed == NULL);
+  CHECK(dodo_last_error(shared_handle, message, sizeof message) == 0);  /* the handle's: the other thread's success */
+  CHECK(dodo_last_error(NULL, message, sizeof message) > 0 && strstr(message, "F_init is NULL") != NULL);
+  dodo_closure* stale = shared_handle;
+  dodo_closure_destroy(shared_handle);
+  CHECK(dodo_apply(stale, 1, &F[0][0][0], NULL, NULL, NULL, &out[0][0][0], NULL, NULL) == DODO_ERROR_INVALID_ARGUMENT);
+  CHECK(dodo_last_error(stale, message, sizeof message) > 0 && strstr(message, "not live") != NULL);
+}
+
 int main(int argc, char** argv) {
   if (argc != 2 && argc != 5) {
     fprintf(stderr, "usage: %s MODEL.onnx [DIAGNOSTICS_MODEL.onnx MISDECLARED.onnx DUMP]\n", argv[0]);
@@ -341,6 +375,7 @@ int main(int argc, char** argv) {
   test_closure(argv[1]);
   if (argc == 5) test_diagnostics(argv[1], argv[2], argv[3], argv[4]);
   test_round_two();
+  test_round_nine();
   printf("%d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;
 }

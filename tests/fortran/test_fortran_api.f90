@@ -9,7 +9,7 @@ program test_fortran_api
   implicit none
   integer :: passed = 0, failed = 0
   character(len=512) :: model, message
-  type(dodo_closure) :: closure, box_only, missing
+  type(dodo_closure) :: closure, box_only, missing, stale
   type(dodo_counters) :: counters
   real(c_double) :: F(4, 6, 50), F_pred(4, 6, 50), F_box(4, 6, 50), worst
   integer(c_int32_t) :: cell_status(50), grid_status(5, 2, 5)
@@ -77,7 +77,13 @@ program test_fortran_api
   call dodo_get_counters(closure, counters, stat=stat)
   call check(stat == DODO_OK .and. counters%cells >= 50, "counters count cells")
 
+  ! A copy of the type kept after dodo_destroy (round nine: stat 1 with an empty errmsg).
+  stale = closure
   call dodo_destroy(closure)
+  message = ""
+  call dodo_apply(stale, F, F_pred, stat=stat, errmsg=message)
+  call check(stat == DODO_ERROR_INVALID_ARGUMENT .and. index(message, "not live") > 0, &
+             "a stale copy of a destroyed closure is refused with a message")
   call dodo_destroy(closure)  ! a second destroy is harmless
   call dodo_apply(closure, F, F_pred, stat=stat)
   call check(stat == DODO_ERROR_INVALID_ARGUMENT, "use after destroy is refused")

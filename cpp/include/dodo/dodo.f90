@@ -363,7 +363,9 @@ contains
     character(kind=c_char) :: buffer(1024)
     integer(c_size_t) :: length
     buffer = c_null_char
-    length = c_last_error(closure%handle, buffer, int(size(buffer), c_size_t))
+    ! This thread's own last error (a NULL handle asks for it): another thread sharing the handle
+    ! cannot replace it, and a destroyed handle (a copy of the type kept after dodo_destroy) has one.
+    length = c_last_error(c_null_ptr, buffer, int(size(buffer), c_size_t))
     message = from_c_buffer(buffer)
     if (length == 0 .and. .not. c_associated(closure%handle)) message = "closure handle is not created"
   end function last_error

@@ -179,7 +179,10 @@ DODO_API int dodo_has_model(const dodo_closure* closure);
 DODO_API long dodo_get_metadata(const dodo_closure* closure, const char* key, char* buffer,
                                 size_t buffer_size);
 /* Copies the last error message recorded on this handle (by any thread) into buffer; returns its
- * length. Empty when the last call succeeded. */
+ * length. Empty when the last call succeeded. With closure NULL (or a destroyed handle): the
+ * calling thread's own last error, from any call, handle or not ("closure handle is NULL", ...;
+ * empty when that thread's last call succeeded). Threads sharing a handle should read that one:
+ * another thread's call replaces the handle's text between a failure and its reading. */
 DODO_API size_t dodo_last_error(const dodo_closure* closure, char* buffer, size_t buffer_size);
 
 /* Like dodo_closure_create, from a model package already in memory (size bytes at `bytes`), with

@@ -147,9 +147,10 @@ class Closure {
 
   void check(dodo_status status) const {
     if (status == DODO_OK) return;
-    std::string message(dodo_last_error(handle_, nullptr, 0) + 1, '\0');
-    dodo_last_error(handle_, &message[0], message.size());
-    message.resize(message.size() - 1);
+    // This thread's own last error (a NULL handle asks for it): another thread sharing the
+    // handle cannot replace it between the failure and this reading.
+    std::string message(dodo_last_error(nullptr, nullptr, 0) + 1, '\0');
+    message.resize(dodo_last_error(nullptr, &message[0], message.size()));
     throw Error(status, message.empty() ? dodo_status_message(status) : message);
   }
 
