@@ -46,3 +46,40 @@ def test_ranks_holding_other_states_or_settings_are_refused_before_any_simulatio
         simulate_states(_states(), str(output), config, batch_size=1, report=lambda message: None,
                         communicator=_RankZeroOfTwo(other))
     assert not list(tmp_path.iterdir())  # nothing simulated, no checkpoint
+
+
+FORTRAN_WIDE_INTEGERS = """
+program wide
+  use dodo
+  implicit none
+  type(dodo_closure) :: closure
+  integer :: stat
+  character(len=512) :: message
+  message = ""
+  call dodo_create(closure, DODO_BOX3D_ONLY, threads=4294967297, stat=stat, errmsg=message)
+  print '(i0, 1x, a)', stat, trim(message)
+  message = ""
+  call dodo_create(closure, DODO_BOX3D_ONLY, chunk_size=4294967360, stat=stat, errmsg=message)
+  print '(i0, 1x, a)', stat, trim(message)
+  call dodo_destroy(closure)
+end program wide
+"""
+
+
+def test_fortran_options_beyond_c_int_are_refused_not_wrapped(tmp_path):
+    """Compiled with -fdefault-integer-8 (legacy codes), threads = 2**32 + 1 became 1 thread and
+    chunk_size = 2**32 + 64 became 64, silently (int(x, c_int) wraps)."""
+    import shutil
+
+    from test_native_programs import ROOT, pkg_config, run
+
+    if not shutil.which("gfortran"):
+        pytest.skip("gfortran is not installed (apt-get install gfortran)")
+    source = tmp_path / "wide.f90"
+    source.write_text(FORTRAN_WIDE_INTEGERS)
+    program = tmp_path / "wide"
+    run(["gfortran", "-fdefault-integer-8", "-J", str(tmp_path), str(ROOT / "cpp/include/dodo/dodo.f90"), str(source),
+         *pkg_config("--libs"), "-o", str(program)])
+    lines = run([str(program)]).splitlines()
+    assert lines[0].startswith("1 ") and "threads must lie in [0, 1024]; got 2147483647" in lines[0], lines
+    assert lines[1].startswith("1 ") and "chunk_size must lie in" in lines[1], lines

@@ -334,18 +334,32 @@ contains
     logical, intent(in), optional :: run_self_test
     type(options_c) :: options
     call c_options_init(options, c_sizeof(options))
-    if (present(threads)) options%threads = int(threads, c_int)
-    if (present(chunk_size)) options%chunk_size = int(chunk_size, c_int)
-    if (present(lebedev_order)) options%lebedev_order = int(lebedev_order, c_int)
+    if (present(threads)) options%threads = to_c_int(threads)
+    if (present(chunk_size)) options%chunk_size = to_c_int(chunk_size)
+    if (present(lebedev_order)) options%lebedev_order = to_c_int(lebedev_order)
     if (present(max_flux_factor)) options%max_flux_factor = max_flux_factor
     if (present(run_self_test)) then
       options%run_self_test = merge(1_c_int, 0_c_int, run_self_test)
     end if
     if (present(cuda_device)) then
       options%device = DEVICE_CUDA
-      options%device_id = int(cuda_device, c_int)
+      options%device_id = to_c_int(cuda_device)
     end if
   end function make_options
+
+  ! An integer option as C's int. A value beyond its range (possible in a code compiled with
+  ! -fdefault-integer-8) becomes +-huge(0_c_int), which the library refuses naming the option,
+  ! instead of wrapping silently (threads = 2**32 + 1 used to give one thread).
+  integer(c_int) function to_c_int(value)
+    integer, intent(in) :: value
+    if (value > huge(0_c_int)) then
+      to_c_int = huge(0_c_int)
+    else if (value < -huge(0_c_int)) then
+      to_c_int = -huge(0_c_int)
+    else
+      to_c_int = int(value, c_int)
+    end if
+  end function to_c_int
 
   subroutine report(status, message, stat, errmsg)
     integer, intent(in) :: status
