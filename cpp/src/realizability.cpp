@@ -43,10 +43,15 @@ inline double scaled_flux_norm(const double* species) {
 inline double cone_excess(const double* species) {
   double largest = 0.0;
   for (int m = 0; m < kComponents; ++m) largest = std::fabs(species[m]) > largest ? std::fabs(species[m]) : largest;
-  double scale = 1.0;
-  if (largest > 0x1p+500 || (largest > 0.0 && largest < 0x1p-500)) scale = std::ldexp(1.0, -std::ilogb(largest));
-  const double x = species[1] * scale, y = species[2] * scale, z = species[3] * scale;
-  return std::sqrt(x * x + y * y + z * z) - species[0] * scale;
+  if (largest > 0x1p+500 || (largest > 0.0 && largest < 0x1p-500)) {
+    // ldexp per value: a power of two as one factor overflows for subnormal species (2^1051 for
+    // 3e-317 is inf, and inf - inf read as inside the cone; outside probe, round nine).
+    const int shift = -std::ilogb(largest);
+    const double x = std::ldexp(species[1], shift), y = std::ldexp(species[2], shift), z = std::ldexp(species[3], shift);
+    return std::sqrt(x * x + y * y + z * z) - std::ldexp(species[0], shift);
+  }
+  const double x = species[1], y = species[2], z = species[3];
+  return std::sqrt(x * x + y * y + z * z) - species[0];
 }
 
 inline double cone_room(const double* species) {
@@ -82,13 +87,29 @@ namespace {
 
 inline bool clamp_into_cone(double* F) {
   bool changed = false;
+  double total = -1.0;  // the cell's summed |density|, computed only when a species is negative
   for (int a = 0; a < kSpecies; ++a) {
     double* species = F + a * kComponents;
     // Quick accept: squares in the safe range and a few ulp inside, so sqrt(|F|^2) <= n holds.
     const double n = species[0];
     const double flux2 = species[1] * species[1] + species[2] * species[2] + species[3] * species[3];
     if (n < 1e150 && n > 1e-150 && flux2 <= (1.0 - 8.0 * DBL_EPSILON) * (n * n)) continue;
-    if (!(species[0] >= 0.0) || !(cone_excess(species) > 0.0)) continue;
+    if (n < 0.0) {
+      // A species ~1e-300 of the cell's density can come out of Box3D's change (rounding of the
+      // cell's scale) as -n (outside probe, round nine): a density below the cell's rounding is
+      // no number at all, so the species is set to zero (realizable; conservation moves by less
+      // than the rounding). A larger negative density is left for the caller to see.
+      if (total < 0.0) {
+        total = 0.0;
+        for (int b = 0; b < kSpecies; ++b) total += std::fabs(F[b * kComponents]);
+      }
+      if (-n <= 64.0 * DBL_EPSILON * total) {
+        for (int m = 0; m < kComponents; ++m) species[m] = 0.0;
+        changed = true;
+      }
+      continue;
+    }
+    if (!(cone_excess(species) > 0.0)) continue;
     changed = true;
     // Shrink the flux until the host's test passes (one step almost always).
     double shrunk[kComponents] = {species[0], 0.0, 0.0, 0.0};
@@ -144,7 +165,9 @@ void realizable_fallback(const double* F, double* out) {
     const double density = std::fmax(in[0], 0.0);
     const double flux = scaled_flux_norm(in);
     species[0] = density;
-    if (flux <= density) {
+    // Inside by the host's own test (sqrt(Fx^2 + Fy^2 + Fz^2) <= n, cone_excess): the scaled norm
+    // alone passed beamed species 1 ulp outside it unchanged (outside probe, round nine).
+    if (flux <= density && in[0] >= 0.0 && !(cone_excess(in) > 0.0)) {
       for (int m = 1; m < kComponents; ++m) species[m] = in[m];
       continue;
     }
@@ -155,7 +178,7 @@ void realizable_fallback(const double* F, double* out) {
     for (int m = 1; m < kComponents; ++m) species[m] = density > 0.0 ? (in[m] / flux) * density * shrink : 0.0;
     // Subnormal densities (no precision left to stay inside the cone), or rounding that still
     // leaves it: drop the flux.
-    if (!(density >= DBL_MIN) || scaled_flux_norm(species) > density * shrink)
+    if (!(density >= DBL_MIN) || scaled_flux_norm(species) > density * shrink || cone_excess(species) > 0.0)
       for (int m = 1; m < kComponents; ++m) species[m] = 0.0;
   }
 }
