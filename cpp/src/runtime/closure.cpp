@@ -1,6 +1,7 @@
 #include "closure.hpp"
 
 #include <algorithm>
+#include <cstring>
 #include <cfloat>
 #include <cmath>
 #include <cstdio>
@@ -447,15 +448,35 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
       CellImages& images = w.images[i];
       images.weights = image_weights(rest.F);
       const bool symmetric = mu_tau_symmetric(rest.F);
+      const std::size_t first_row = network_rows;
+      int own[kFlavourImages], rows = 0;  // the images with a row of their own, in the rows' order
       for (int g = 0; g < kFlavourImages; ++g) {
         if (!(images.weights.weight[g] > 0.0)) continue;
-        if (symmetric && g % 2 == 1 && images.weights.weight[g - 1] > 0.0) {
-          images.row[g] = images.row[g - 1];
-          continue;
-        }
-        images.row[g] = static_cast<std::uint32_t>(network_rows);
+        if (symmetric && g % 2 == 1 && images.weights.weight[g - 1] > 0.0) continue;  // row of g - 1
         image_row(rest, input_size, g, w.network->input_row(network_rows++));
+        own[rows++] = g;
       }
+      // A blended cell's rows in an order its relabellings share (weight, then the row's bytes): a
+      // relabelled cell has the same images with the same weights and rows, so each row lands at
+      // the same place in the batch, where ONNX Runtime's kernels round it the same way (in
+      // another place they rounded differently: 8e-10 N_tot under nu <-> nubar, outside probe
+      // round ten). One-image cells, most of a grid, skip this; the native evaluator does not
+      // depend on a row's place.
+      for (int a = 1; a < rows; ++a)
+        for (int b = a; b > 0; --b) {
+          float* earlier = w.network->input_row(first_row + b - 1);
+          float* later = w.network->input_row(first_row + b);
+          const double w_earlier = images.weights.weight[own[b - 1]], w_later = images.weights.weight[own[b]];
+          const bool swap = w_later > w_earlier ||
+                            (w_later == w_earlier && std::memcmp(later, earlier, input_size * sizeof(float)) < 0);
+          if (!swap) break;
+          std::swap_ranges(earlier, earlier + input_size, later);
+          std::swap(own[b - 1], own[b]);
+        }
+      for (int k = 0; k < rows; ++k) images.row[own[k]] = static_cast<std::uint32_t>(first_row + k);
+      if (symmetric)
+        for (int g = 1; g < kFlavourImages; g += 2)
+          if (images.weights.weight[g] > 0.0 && images.weights.weight[g - 1] > 0.0) images.row[g] = images.row[g - 1];
     }
   }
   if (network_rows > 0) model_->run(*w.network, network_rows);
