@@ -69,7 +69,13 @@ def check_input_file(path: str | Path, expected: str = "a regular file") -> None
 def check_output_target(path: str | Path) -> None:
     """Refuse an output that a file written atomically cannot replace safely: an existing
     non-regular file (device, FIFO, socket, directory; a symlink is judged by its target), or
-    a path below something that is not a directory. Raises :class:`OutputPathError`."""
+    a path below something that is not a directory, or a path ending in a slash (a directory's
+    spelling: Path() drops the slash, so ``-o results/`` wrote a file named ``results``). Raises
+    :class:`OutputPathError`."""
+    text = os.fspath(path)
+    if isinstance(text, str) and text.endswith((os.sep, "/")) or isinstance(text, bytes) and text.endswith(b"/"):
+        raise OutputPathError(f"cannot write {os.fsdecode(text)}: a path ending in / names a directory; give a "
+                              f"file name (e.g. {os.fsdecode(text)}NAME)")
     path = Path(path)
     try:
         mode = os.stat(path).st_mode

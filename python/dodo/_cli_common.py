@@ -7,10 +7,20 @@ import json
 import sys
 
 
+def output_path(text: str) -> str:
+    """argparse type of every output-file argument: an empty path (``-o "$OUT"`` with OUT unset) is
+    refused with a usage error. It was ignored (``apply -o ''`` wrote no file, ``--json ''`` no
+    JSON, ``preprocess -o ''`` wrote the config's output, each with exit status 0) or reported as
+    ``cannot write .: it exists and is a directory``."""
+    if text == "":
+        raise argparse.ArgumentTypeError("empty path (an unset shell variable?): give a file name")
+    return text
+
+
 def add_output_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
     """The output file, positional or with -o/--output (one of the two)."""
-    parser.add_argument("output_positional", nargs="?", metavar="OUT", help=help_text + " (or -o OUT)")
-    parser.add_argument("-o", "--output", dest="output_option", metavar="OUT", help=help_text)
+    parser.add_argument("output_positional", nargs="?", metavar="OUT", type=output_path, help=help_text + " (or -o OUT)")
+    parser.add_argument("-o", "--output", dest="output_option", metavar="OUT", type=output_path, help=help_text)
 
 
 def resolve_output(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
@@ -32,7 +42,7 @@ def add_quiet_argument(parser: argparse.ArgumentParser, help_text: str = "no pro
 
 
 def add_json_argument(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("--json", nargs="?", const="-", metavar="PATH",
+    parser.add_argument("--json", nargs="?", const="-", metavar="PATH", type=output_path,
                         help=f"{what} as JSON: written to PATH (atomically; the table is still printed), "
                              "or printed instead of the table with --json alone or --json -")
 

@@ -141,7 +141,12 @@ class Closure:
     onnxruntime_library: path of libonnxruntime; None: $DODO_ONNXRUNTIME_LIBRARY, then the
         ``onnxruntime`` Python package, then the system.
 
-    Instances are safe to share between threads.
+    Instances are safe to share between threads. They can be pickled (``multiprocessing``
+    workers, ``concurrent.futures.ProcessPoolExecutor``): the pickle holds the model's identity
+    and the options, not the loaded runtime, and unpickling loads the closure again: the same
+    file (by absolute path), the default model, Box3D alone, or an in-memory package's bytes
+    (carried in the pickle). A model file whose contents changed since the closure was made is
+    refused on unpickling (the package's content digest differs). Counters start at zero.
     """
 
     def __init__(self, model: Optional[PathLike] = None, *, threads: Optional[int] = None, chunk_size: int = 1024,
@@ -166,12 +171,19 @@ class Closure:
         if library is None and has_model and not os.environ.get("DODO_ONNXRUNTIME_LIBRARY"):
             library = onnxruntime_library_path()
         self._model_path = model_path
+        # What pickling needs to load the same closure again (see __reduce__): the model's source
+        # (an absolute path: a worker may run elsewhere in the file tree) and the options as given.
+        self._source = (model_bytes if model_bytes is not None else None if model is None
+                        else BOX3D_ONLY if model_path is None else os.path.abspath(model_path))
+        self._options = {"threads": threads, "chunk_size": chunk_size, "lebedev_order": lebedev_order,
+                         "z_method": z_method, "max_flux_factor": max_flux_factor, "device": device,
+                         "self_test": self_test, "onnxruntime_library": onnxruntime_library, "evaluator": evaluator}
         self._runtime = _core.Closure(
             model_bytes if model_bytes is not None else BOX3D_ONLY if model_path is None else model_path,
             threads=_threads(threads), chunk_size=_chunk_size(chunk_size),
             lebedev_order=0 if lebedev_order is None else _integral("lebedev_order", lebedev_order),
             z_method="" if z_method is None else _text("z_method", z_method, '"exact" or "jedynak"'),
-            max_flux_factor=0.0 if max_flux_factor is None else _real("max_flux_factor", max_flux_factor),
+            max_flux_factor=0.0 if max_flux_factor is None else _max_flux_factor(max_flux_factor),
             onnxruntime_library=os.fspath(library) if library else "",
             device=_text("device", device, '"cpu", "cuda" or "cuda:N"'), run_self_test=bool(self_test and has_model),
             evaluator=_text("evaluator", evaluator, '"auto" or "onnxruntime"'))
@@ -256,14 +268,52 @@ class Closure:
         """Who evaluates the network: "native" (Dodo's kernels), "onnxruntime", or "" without a model."""
         return self._runtime.evaluator
 
+    def __reduce__(self):
+        # The runtime (a C++ object holding an ONNX Runtime session) cannot be pickled: a pickle
+        # carries what loads it again, and the content digest that must match on the other side.
+        options = dict(self._options)
+        if options["onnxruntime_library"] is not None:
+            options["onnxruntime_library"] = os.fspath(options["onnxruntime_library"])
+        return (_unpickle_closure, (self._source, options, self._model_path, _model_digest(self.metadata)))
+
     def __repr__(self) -> str:
         source = repr(self._model_path) if self._model_path is not None else "<in memory>"
         what = f"model={source}, head={self.head!r}" if self.has_model else "Box3D only"
         return f"dodo.Closure({what}, threads={self.threads})"
 
 
+def _model_digest(metadata: dict) -> Optional[str]:
+    """The package's content digest (``dodo.content_sha256``; None without a model, or for a
+    package written before digests)."""
+    return metadata.get("dodo.content_sha256")
+
+
+def _unpickle_closure(source, options: dict, model_path: Optional[str], digest: Optional[str]) -> "Closure":
+    """A pickled :class:`Closure` loaded again (Closure.__reduce__)."""
+    restored = Closure(source, **options)
+    found = _model_digest(restored.metadata)
+    if found != digest:
+        where = f"model package {source!r}" if isinstance(source, str) else "the default model" if source is None \
+            else "the model package"
+        raise ValueError(f"cannot unpickle dodo.Closure: {where} is not the package the closure was made with "
+                         f"(content digest {str(found)[:16]}... now, {str(digest)[:16]}... when pickled; the file "
+                         "was replaced or edited): make a new Closure from the package you mean")
+    restored._model_path = model_path
+    return restored
+
+
 #: Largest ``chunk_size`` of :class:`Closure` (the runtime's limit, cpp/src/runtime/closure.cpp).
 MAX_CHUNK_SIZE = 1 << 20
+
+
+def _max_flux_factor(value) -> float:
+    """Box3D's flux-factor limit as asked for: a number in (0, 1). NaN passed the runtime's range
+    check (a comparison with NaN is false) and then its "differs from the model's" check, so a
+    closure with a model silently took the model's value for it."""
+    number = _real("max_flux_factor", value)
+    if not 0.0 <= number < 1.0:  # 0 means the model's, as in the C API
+        raise ValueError(f"max_flux_factor must lie in (0, 1), or None for the model's; got {value!r}")
+    return number
 
 
 def _chunk_size(chunk_size) -> int:

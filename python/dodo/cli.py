@@ -6,6 +6,7 @@ modules; registering never imports torch, so `dodo --help` works on a runtime-on
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -78,24 +79,109 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not hasattr(args, "func"):
-        parser.print_help()
-        return 2
+class StandardOutputError(Exception):
+    """Standard output cannot be written (a full disk, ``> /dev/full``, a closed descriptor, an
+    I/O error). Not an OSError on purpose: the commands' own ``except OSError`` handlers, meant for
+    their input and output files, must not report it as a problem of those files."""
+
+
+class _GuardedStdout:
+    """sys.stdout during a command: a write or flush that fails (other than a reader that went
+    away, BrokenPipeError, which ends the command quietly) raises StandardOutputError, so that
+    main() ends with one line instead of an OSError traceback. A closed standard output (the shell's
+    ``>&-``: Python then sets sys.stdout to None and print() drops the text silently) fails on the
+    first write in the same way."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self.failure: OSError | None = None
+
+    def _call(self, method: str, *args):
+        if self._stream is None:
+            self._fail(OSError(errno.EBADF, "standard output is closed"))
+        try:
+            return getattr(self._stream, method)(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as error:
+            self._fail(error)
+
+    def _fail(self, error: OSError):
+        self.failure = error
+        raise StandardOutputError(error.strerror or str(error)) from error
+
+    def write(self, text):
+        return self._call("write", text)
+
+    def writelines(self, lines):
+        return self._call("writelines", lines)
+
+    def flush(self):
+        if self._stream is None:  # nothing was written, nothing to flush (flush() of print(flush=True) too)
+            return None
+        return self._call("flush")
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _silence_stdout() -> None:
+    """Point the process's standard output at /dev/null, so that the interpreter's final flush of
+    text still buffered cannot fail again (an 'Exception ignored' message and exit status 120)."""
     try:
-        return int(args.func(args) or 0)
+        descriptor = (sys.__stdout__ or sys.stdout).fileno()
+    except (AttributeError, OSError, ValueError):  # captured (pytest) or closed: nothing to redirect
+        return
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), descriptor)
+    except OSError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    original, guard = sys.stdout, _GuardedStdout(sys.stdout)
+    sys.stdout = guard
+    command = None
+    try:
+        try:
+            parser = build_parser()
+            args = parser.parse_args(argv)
+        except SystemExit:  # --help, a usage error: argparse's text must reach stdout too
+            sys.stdout.flush()
+            raise
+        command = args.command
+        if not hasattr(args, "func"):
+            parser.print_help()
+            code = 2
+        else:
+            code = int(args.func(args) or 0)
+        sys.stdout.flush()  # text still buffered: a full disk shows here, not at the interpreter's exit
+        if guard.failure is not None:  # a command caught the StandardOutputError itself
+            raise StandardOutputError(guard.failure.strerror or str(guard.failure))
+        return code
     except KeyboardInterrupt:
         # Ctrl-C: one line instead of a traceback; outputs are written atomically, so none is left
         # half-written (a temporary is removed on the way out), and 130 = 128 + SIGINT, as shells use.
-        print(f"dodo {args.command}: interrupted", file=sys.stderr)
+        print(f"{_name(command)}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # The reader went away (`dodo score ... --json - | head`): stop quietly, as Unix tools do;
         # point stdout at /dev/null so that the interpreter's final flush does not fail again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _silence_stdout()
         return 141
+    except StandardOutputError as error:
+        # `dodo reference > /dev/full`, a full disk, `>&-`: the output is lost, say so in one line
+        # (files the command wrote are complete: they are written atomically, independently of stdout).
+        print(f"{_name(command)}: error: cannot write to standard output: {error}", file=sys.stderr)
+        _silence_stdout()
+        return 2
+    finally:
+        if sys.stdout is guard:
+            sys.stdout = original
+
+
+def _name(command) -> str:
+    return f"dodo {command}" if command else "dodo"
 
 
 if __name__ == "__main__":

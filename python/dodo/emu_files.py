@@ -86,6 +86,9 @@ def _layout_problem(handle) -> str:
         if isinstance(growth, h5py.Dataset) and growth.dtype.kind not in "fiu":
             return f"'{GROWTH}' holds {growth.dtype} values; growth rates must be real numbers (s^-1)"
     shape = handle[INITIAL].shape
+    for name in (INITIAL, FINAL):  # h5py.Empty (a null dataspace): shape None, no values
+        if handle[name].shape is None:
+            return f"'{name}' has a null dataspace (no values at all); expected [nsims, 4 (x,y,z,t), 2, {N_FLAVOURS}]"
     if len(shape) != 4 or shape[1] != 4 or shape[2] != 2 or shape[3] != N_FLAVOURS:
         return f"'{INITIAL}' has shape {shape}; expected [nsims, 4 (x,y,z,t), 2, {N_FLAVOURS}]"
     if handle[FINAL].shape != shape:
@@ -103,6 +106,8 @@ def numeric_dataset(handle, path, key: str) -> np.ndarray:
         raise ValueError(f"{path}: '{key}' must be a dataset of numbers; it is a group")
     if item.dtype.kind not in "fiu":
         raise ValueError(f"{path}: dataset '{key}' must hold numbers; it holds {item.dtype} values")
+    if item.shape is None:  # h5py.Empty: item[()] is no array (a TypeError traceback in np.asarray)
+        raise ValueError(f"{path}: dataset '{key}' has a null dataspace (no values at all)")
     return np.asarray(item[()], dtype=float)
 
 
@@ -123,7 +128,9 @@ def iter_emu_chunks(path: str | Path, chunk_size: int = 65536) -> Iterator[EmuCh
             growth = handle[GROWTH][start:stop].astype(np.float64) if has_growth else np.full(stop - start, np.nan)
             if has_dirs:
                 names = handle[DIRNAMES][start:stop]
-                dirs = np.array([d.decode() if isinstance(d, bytes) else str(d) for d in names], dtype=object)
+                # Labels only (holdout patterns, reports): bytes that are not UTF-8 must not stop the read.
+                dirs = np.array([d.decode("utf-8", "replace") if isinstance(d, bytes) else str(d) for d in names],
+                                dtype=object)
             else:
                 dirs = np.array([f"{Path(path).name}:{i}" for i in range(start, stop)], dtype=object)
             yield EmuChunk(

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 import time
 
 import numpy as np
 
+from ._cli_common import output_path
 from .conventions import SPECIES
 
 
@@ -28,7 +30,7 @@ def register(subparsers) -> None:
     parser.add_argument("--max-speed", type=float, default=0.3,
                         help="largest fluid speed of the velocity field, in [0, 1) (c = 1; default 0.3)")
     parser.add_argument("--threads", type=int, default=None, help="worker threads (default: all cores)")
-    parser.add_argument("-o", "--output", default=None,
+    parser.add_argument("-o", "--output", default=None, type=output_path,
                         help="also write the cells (F_init, u, F_true, F_box, F_pred, status) to this HDF5 file")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     parser.set_defaults(func=_apply_command)
@@ -48,9 +50,13 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise _UsageError(f"--max-speed must be a finite speed in [0, 1) (units of c); got {args.max_speed}")
     if args.threads is not None and not 0 <= args.threads < 2**31:
         raise _UsageError(f"--threads must be >= 0 (0 and 1: the calling thread only); got {args.threads}")
+    _grid_shape(args.grid)  # a malformed grid before any file is opened
     from ._atomic import check_input_file, check_outputs
     from ._closure import model_file
 
+    if args.model == "":  # an unset shell variable (--model "$MODEL"): "cannot read : no such file" before
+        raise _UsageError('--model is empty: give a model package (.onnx file), "box3d" for Box3D without a '
+                          "learned correction, or leave --model out for the model shipped with dodo")
     if args.model is not None and args.model != "box3d":
         check_input_file(args.model, "a model package (one .onnx file)")
     check_input_file(args.data, "an Emu-format HDF5 file")
@@ -73,12 +79,14 @@ def _apply_command(args: argparse.Namespace) -> int:
 
 
 def _grid_shape(text: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(part) for part in text.lower().split("x"))
-    except ValueError:
-        shape = ()
+    """NXxNYxNZ: three positive integers in ASCII digits joined by x. Python's int() alone took
+    '1_0' (digit grouping) for 10, ' 2', '+2' and other scripts' digits: a typo ran a grid
+    of another shape."""
+    match = re.fullmatch(r"([0-9]+)[xX]([0-9]+)[xX]([0-9]+)", text)
+    shape = tuple(int(part) for part in match.groups()) if match else ()
     if len(shape) != 3 or min(shape) < 1:
-        raise _UsageError(f"--grid must look like 16x16x16; got {text!r}")
+        raise _UsageError(f"--grid must look like 16x16x16: three positive whole numbers (digits 0-9) joined by x; "
+                          f"got {text!r}")
     return shape
 
 

@@ -27,6 +27,10 @@ from .emu_files import numeric_dataset
 WORSE_THRESHOLD = 0.0025
 #: A growth rate counts as right when within this relative error of the measured one.
 GROWTH_TOLERANCE = 0.10
+#: Truth (F4_final) whose flavour-summed four-fluxes or per-flavour lepton numbers differ from
+#: F4_initial's by more than this (units of N_tot) is not a fast-flavour outcome of its input:
+#: `dodo score` warns (the tolerance `dodo preprocess` drops such rows with by default).
+TRUTH_CONSERVATION_TOLERANCE = 1e-3
 
 
 def mu_tau_averaged(F: np.ndarray) -> np.ndarray:
@@ -45,14 +49,25 @@ def state_errors(F_pred: np.ndarray, F_true: np.ndarray, ntot: np.ndarray) -> np
     return np.abs(dn).mean(axis=-1) / ntot
 
 
+#: Resampled values held at once by bootstrap_interval (8 bytes each, twice: indices and values).
+BOOTSTRAP_BLOCK_VALUES = 1 << 22
+
+
 def bootstrap_interval(values: np.ndarray, resamples: int, rng: np.random.Generator,
                        level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``values`` (resampling states)."""
     values = np.asarray(values, float)
     if len(values) == 0:
         return (float("nan"), float("nan"))
-    picks = rng.integers(0, len(values), size=(resamples, len(values)))
-    means = values[picks].mean(axis=1)
+    # In blocks of resamples: one (resamples, states) index array took 2.7 GB for the default 10,000
+    # resamples of 34,000 states (and its gathered values as much again); an out-of-memory traceback
+    # for larger --bootstrap. Successive draws give the same numbers as one draw of the whole array.
+    means = np.empty(resamples)
+    block = max(1, BOOTSTRAP_BLOCK_VALUES // len(values))
+    for start in range(0, resamples, block):
+        stop = min(start + block, resamples)
+        picks = rng.integers(0, len(values), size=(stop - start, len(values)))
+        means[start:stop] = values[picks].mean(axis=1)
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(means, [tail, 100 - tail])
     return float(low), float(high)
@@ -105,6 +120,24 @@ def read_emu_states(path: str) -> EmuStates:
     return EmuStates(from_emu_layout(emu_initial), from_emu_layout(emu_final), growth, notes)
 
 
+def non_conserving_truth(states: EmuStates, tolerance: float = TRUTH_CONSERVATION_TOLERANCE) -> tuple[int, float]:
+    """(number of states, largest violation in N_tot) whose F_final breaks a conservation law of
+    F_init (rest frame; dodo.reference.conservation_error) by more than ``tolerance``; states
+    with a non-finite row or N_tot <= 0 are not counted here (the score leaves them out anyway)."""
+    from .reference import conservation_error
+
+    ntot = states.F_init[..., 0].sum(axis=-1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        checked = (np.isfinite(states.F_init).all(axis=(1, 2)) & np.isfinite(states.F_final).all(axis=(1, 2))
+                   & np.isfinite(ntot) & (ntot > 0))
+    if not checked.any():
+        return 0, 0.0
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        error = conservation_error(states.F_init[checked], states.F_final[checked])
+    bad = ~(error <= tolerance)  # NaN (an overflow) counts as broken
+    return int(bad.sum()), float(np.nanmax(error)) if bad.any() else 0.0
+
+
 def _left_out_reasons(states: EmuStates, ntot: np.ndarray, scored: np.ndarray, rejected: np.ndarray) -> dict:
     """Why each state that cannot be scored is left out: {reason: count}, most specific first."""
     finite_input = np.isfinite(states.F_init).all(axis=(1, 2))
@@ -148,9 +181,11 @@ def score(closure, states: EmuStates, resamples: int = 10000, seed: int = 0,
     # predicted: it is no score of the model.
     rejected = (np.asarray(result.status).astype(np.int64) & REJECTED_MASK) != 0
     scored = np.isfinite(model_all) & np.isfinite(box_all) & ~rejected
-    if not scored.any():
-        raise ValueError("no state has a finite model and Box3D error to score (every state has a non-finite "
-                         "or empty input or truth)")
+    if not scored.any():  # say why: "non-finite or empty" was said of states the closure had rejected too
+        reasons = _left_out_reasons(states, ntot, scored, rejected)
+        raise ValueError("no state can be scored: " + ", ".join(
+            f"{count} with a {reason}" if not reason.startswith("no ") else f"{count} with {reason}"
+            for reason, count in reasons.items()))
     kept = np.flatnonzero(scored)  # original state numbers of the scored states
     model_error, box_error = model_all[kept], box_all[kept]
     difference = model_error - box_error
@@ -252,6 +287,16 @@ def register(subparsers) -> None:
     parser.set_defaults(func=_run)
 
 
+def _file_key(path: str):
+    """What identifies the file ``path`` names: (device, inode), or its resolved path when it cannot
+    be stat'ed (read_emu_states then says why)."""
+    try:
+        status = os.stat(path)
+    except (OSError, ValueError):
+        return os.path.realpath(path)
+    return (status.st_dev, status.st_ino)
+
+
 def _run(args: argparse.Namespace) -> int:
     from ._closure import Closure, model_file
 
@@ -262,15 +307,28 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError(f"--threshold must be a finite number >= 0; got {args.threshold}")
         if args.seed < 0:
             raise ValueError(f"--seed must be an integer >= 0; got {args.seed}")
+        if args.model == "":  # an unset shell variable: Closure's message speaks of Python's None
+            raise ValueError("MODEL is empty: give a model package (.onnx file), 'default' for the model shipped "
+                             "with dodo, or 'box3d' for Box3D without a learned correction")
         model = None if args.model == "default" else args.model  # Closure's None: the shipped model
         if json_target_file(args.json):
             from ._atomic import check_outputs
 
             # The model read is an input too, the implicit default one included.
             check_outputs([args.json], [*args.data, model_file(model)])
-        # A file named twice is scored once (its states counted twice would narrow the intervals).
-        data = list({os.path.realpath(path): path for path in args.data}.values())
+        # A file named twice is scored once (its states counted twice would narrow the intervals),
+        # also through a symlink or a hard link (the same device and inode; realpath alone missed links).
+        data = list({_file_key(path): path for path in args.data}.values())
         parts = [read_emu_states(path) for path in data]
+        for path, part in zip(data, parts):
+            # Truth that is not a fast-flavour outcome of its input (edited, mislabelled rows) is
+            # scored as given, but not silently: the scores then measure the distance to it.
+            broken, largest = non_conserving_truth(part)
+            if broken:
+                print(f"dodo score: warning: {path}: {broken} of {len(part.F_init)} states have a truth "
+                      "(F4_final) that does not conserve F4_initial's flavour-summed four-fluxes or each "
+                      f"flavour's lepton number (by up to {largest:.2g} N_tot; tolerance "
+                      f"{TRUTH_CONSERVATION_TOLERANCE:g}); scored as given", file=sys.stderr)
         notes = [note for part in parts for note in part.notes]
         if len(data) < len(args.data):
             notes.append(f"{len(args.data) - len(data)} data file(s) named more than once: each scored once")

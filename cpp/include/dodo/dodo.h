@@ -92,7 +92,8 @@ typedef struct dodo_options {
   int threads;                     /* worker threads per dodo_apply; 0 or 1 = caller's thread only */
   int chunk_size;                  /* cells per network call (default 1024) */
   int lebedev_order;               /* Box3D quadrature order; 0 = the model's (17 without a model) */
-  const char* z_method;            /* "exact" or "jedynak"; NULL = the model's ("exact" without one) */
+  const char* z_method;            /* "exact" or "jedynak"; NULL or "" (the empty string) = the model's
+                                      ("exact" without one) */
   double max_flux_factor;          /* 0 = the model's (0.98 without one) */
   const char* onnxruntime_library; /* path of libonnxruntime; NULL = search (docs/runtime.md) */
   int run_self_test;               /* nonzero (the default): run the model's test vectors at creation */

@@ -69,7 +69,9 @@ ClosureOptions checked(const ClosureOptions& options) {
                                                  std::to_string(options.threads));
   if (options.chunk_size < 1 || options.chunk_size > (1 << 20))
     throw Error(DODO_ERROR_INVALID_ARGUMENT, "chunk_size must lie in [1, 1048576]; got " + std::to_string(options.chunk_size));
-  if (options.box3d.max_flux_factor < 0 || options.box3d.max_flux_factor >= 1)
+  // Written so that NaN fails it too (it passed `< 0 || >= 1`, then the model check, and a closure
+  // with a model silently took the model's value for it).
+  if (!(options.box3d.max_flux_factor >= 0 && options.box3d.max_flux_factor < 1))
     throw Error(DODO_ERROR_INVALID_ARGUMENT, "max_flux_factor must lie in (0, 1), or 0 for the model's");
   if (options.box3d.lebedev_order < 0)
     throw Error(DODO_ERROR_INVALID_ARGUMENT, "lebedev_order must be positive, or 0 for the model's");

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .._atomic import check_outputs
-from .._cli_common import add_json_argument, add_output_argument, add_quiet_argument, json_target_file
+from .._cli_common import add_json_argument, add_output_argument, add_quiet_argument, json_target_file, output_path
 
 
 def _overrides(pairs) -> dict:
@@ -191,7 +191,7 @@ def register(subparsers) -> None:
     """Add preprocess, synth, train, evaluate, inspect, plot, study and export."""
     p = subparsers.add_parser("preprocess", help="Emu databases -> preprocessed training file (HDF5)")
     p.add_argument("--config", required=True, help="YAML, e.g. training/configs/pre_process.yaml")
-    p.add_argument("-o", "--output", help="override the output path of the config")
+    p.add_argument("-o", "--output", type=output_path, help="override the output path of the config")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     add_quiet_argument(p, "no progress bar")
     p.set_defaults(func=_preprocess)
@@ -236,18 +236,22 @@ def register(subparsers) -> None:
                    help="metrics: losses and |dn| across runs; curve: train/val curve of one run, and its parity "
                         "plot beside it (OUTPUT_parity.EXT)")
     p.add_argument("files", nargs="+", metavar="FILE", help="results/metrics_<timestamp>.json file(s)")
-    p.add_argument("-o", "--output", required=True,
+    p.add_argument("-o", "--output", required=True, type=output_path,
                    help="plot file; its extension sets the format: .png (also without one), .pdf or .svg")
     p.set_defaults(func=_plot)
 
-    p = subparsers.add_parser("study", help="grid of training runs with a summary table")
+    p = subparsers.add_parser(
+        "study", help="grid of training runs with a summary table",
+        description="Train one run per grid point under OUTPUT_ROOT/TAG/run_XXX/ and write OUTPUT_ROOT/TAG/"
+                    "summary.{json,txt}. A rerun never overwrites earlier runs: its runs are numbered after the "
+                    "highest run_XXX already there, and the summary lists the earlier runs and the new ones.")
     p.add_argument("grid", help="YAML grid file, e.g. training/studies/lr_width.yaml")
     p.add_argument("--dry-run", action="store_true", help="list the runs without training")
     p.set_defaults(func=_study)
 
     p = subparsers.add_parser("export", help="checkpoint -> ONNX model package (docs/model_package.md)")
     p.add_argument("checkpoint")
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument("-o", "--output", required=True, type=output_path)
     p.add_argument("--no-check", action="store_true", help="skip the torch vs onnxruntime round trip")
     p.add_argument("--test-vectors", type=int, default=6, help="number of embedded test vectors")
     p.add_argument("--fused", action="store_true",

@@ -10,10 +10,17 @@ Grid file (YAML):
       model.hidden_dim: [64, 128]
       loss.w_density: [1.0]
       loss.w_residual_l1: [1.0]
+
+A rerun (the same tag and output_root) never overwrites earlier runs: its runs are numbered after
+the highest run_XXX already in the study directory, and summary.{json,txt} list the earlier
+runs (from the summary there) and the new ones. Before, a rerun trained into run_000... again,
+replacing those runs' checkpoints and results.
 """
 from __future__ import annotations
 
 import itertools
+import json
+import re
 from pathlib import Path
 
 from .._atomic import atomic_path, check_outputs, write_json_atomic
@@ -52,17 +59,21 @@ def run_study(grid_path: str | Path, dry_run: bool = False, echo=print) -> list[
     spec = load_grid(grid_path)
     root = Path(spec["output_root"]) / spec["tag"]
     check_outputs([root / "summary.json", root / "summary.txt"], [grid_path, spec["base_config"]])
+    earlier = _earlier_rows(root)  # before any work: an unreadable summary is refused, not replaced
+    first = next_run_number(root)
     base_raw = read_yaml_mapping(spec["base_config"])
     points = grid_points(spec["grid"])
     rows = []
     configs = []
-    for index, point in enumerate(points):
+    for index, point in enumerate(points, start=first):
         run_dir = root / f"run_{index:03d}"
         overrides = {**spec["overrides"], **point, "output.results_dir": str(run_dir / "results"),
                      "output.checkpoint_dir": str(run_dir / "checkpoints"), "training.resume_from": None}
         raw = merge_dotted(base_raw, overrides)
-        configs.append((run_dir, point, ExperimentConfig.from_mapping(raw, where=f"{grid_path} run_{index:03d}")))
-    echo(f"study '{spec['tag']}': {len(points)} runs under {root}")
+        configs.append((run_dir, point, ExperimentConfig.from_mapping(raw, where=f"{grid_path} {run_dir.name}")))
+    echo(f"study '{spec['tag']}': {len(points)} runs under {root}"
+         + (f" (after {first} earlier run director{'y' if first == 1 else 'ies'}, kept: the new runs start at "
+            f"run_{first:03d})" if first else ""))
     if dry_run:
         return [{"run": str(d), **p} for d, p, _ in configs]
     for run_dir, point, config in configs:
@@ -88,11 +99,43 @@ def run_study(grid_path: str | Path, dry_run: bool = False, echo=print) -> list[
                      "box3d_dF": table["box3d"]["mean_abs_dF_over_ntot_all"],
                      "model_dF": table["model"]["mean_abs_dF_over_ntot_all"],
                      "metrics": summary["paths"]["metrics"]})
-    write_json_atomic(root / "summary.json", rows)
-    text = format_summary(rows)
+    write_json_atomic(root / "summary.json", earlier + rows)
+    text = format_summary(earlier + rows)
     with atomic_path(root / "summary.txt") as tmp:
         tmp.write_text(text + "\n")
     echo(text)
+    return rows
+
+
+#: A run directory of a study: run_000, run_001, ... (more digits past 999).
+_RUN_DIRECTORY = re.compile(r"run_([0-9]{3,})")
+
+
+def next_run_number(root: Path) -> int:
+    """The number of the first new run in the study directory ``root``: one past the highest
+    run_XXX there (a directory or anything else of that name: nothing is reused), 0 for none."""
+    try:
+        names = [entry.name for entry in Path(root).iterdir()]
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    numbers = [int(match.group(1)) for match in map(_RUN_DIRECTORY.fullmatch, names) if match]
+    return max(numbers) + 1 if numbers else 0
+
+
+def _earlier_rows(root: Path) -> list[dict]:
+    """The rows of the summary.json an earlier run of the study wrote ([] when there is none); a
+    file there that is not such a summary is refused (it would be replaced by the new summary)."""
+    path = Path(root) / "summary.json"
+    if not path.exists():
+        return []
+    try:
+        rows = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        rows = error
+    if not (isinstance(rows, list) and all(isinstance(row, dict) and "run" in row for row in rows)):
+        why = f" ({' '.join(str(rows).split())})" if isinstance(rows, Exception) else ""
+        raise ConfigError(f"{path} exists but is not a summary written by dodo study{why}; a rerun adds its runs "
+                          "to that summary: move the file away or choose another tag")
     return rows
 
 
@@ -105,7 +148,8 @@ def _unfinished_row(run_dir: Path, point: dict, status: str, error: str) -> dict
 def format_summary(rows: list[dict]) -> str:
     if not rows:
         return "(no runs)"
-    columns = [k for k in rows[0] if k not in ("metrics", "error")]
+    # Every row's keys, in order of first appearance: a rerun over other grid keys adds columns.
+    columns = [k for k in dict.fromkeys(key for row in rows for key in row) if k not in ("metrics", "error")]
     width = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
     lines = ["  ".join(c.rjust(width[c]) for c in columns)]
     # Best first; runs without a loss (diverged) last.

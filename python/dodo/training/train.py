@@ -211,6 +211,10 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     the digest was introduced have none and are accepted as they are)."""
     path = Path(path)
     if not path.is_file():
+        if path.exists():  # a directory (checkpoints/), a FIFO: say what it is, not "not found"
+            from .._atomic import check_input_file
+
+            check_input_file(path, "a checkpoint file (.pt), e.g. checkpoints/best.pt")
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=False)
