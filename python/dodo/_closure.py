@@ -158,6 +158,9 @@ class Closure:
                 "this build of dodo has no closure runtime: ONNX Runtime's C API header was not found when it was "
                 "built. Install the header (Debian 13: apt-get install libonnxruntime-dev; Debian 12: "
                 "cmake/install_onnxruntime_headers.sh) and reinstall dodo; see docs/runtime.md")
+        # bool("no") is True: a string or number here would silently run (or skip) the self-test.
+        if not isinstance(self_test, (bool, np.bool_)):
+            raise TypeError(f"self_test must be True or False; got {self_test!r}")
         model_bytes = _package_bytes(model) if isinstance(model, IN_MEMORY_PACKAGE) else None
         model_path = model_file(model)
         if model_path is not None and model is not None:

@@ -21,4 +21,7 @@ _DESCRIPTIONS = {name: text for name, _, _, text in _core.cell_status_bits}
 def describe_status(status: int | np.integer) -> list[str]:
     """Names and meanings of the bits set in one cell's status."""
     value = int(status)
-    return [f"{flag.name}: {_DESCRIPTIONS[flag.name]}" for flag in CellStatus if flag.value and value & flag.value]
+    known = [f"{flag.name}: {_DESCRIPTIONS[flag.name]}" for flag in CellStatus if flag.value and value & flag.value]
+    unknown = value & ~sum(flag.value for flag in CellStatus)
+    # Bits no flag names (a status from another version, or not a status at all) are said, not dropped.
+    return known + ([f"UNKNOWN: bits {unknown:#x} are not status flags of this version"] if unknown else [])
