@@ -564,3 +564,38 @@ def test_simulate_names_a_two_flavour_input_file(tmp_path, capsys):
 
     with pytest.raises(ValueError, match="two.h5.*three flavours"):
         read_states(str(path))
+
+
+# -- 3: the gate factor without retraining (tools/regate_checkpoint.py) ------------------------------
+
+def test_regating_a_checkpoint_equals_training_with_that_factor(tmp_path, capsys, small_data):
+    """The Wiener gate does not enter training, so a checkpoint regated to c is the checkpoint that
+    train-ensemble makes with c in its config (training/models/README.md relies on it); the tool
+    refuses another table and its own input as output."""
+    torch = pytest.importorskip("torch")
+    tool = Path(__file__).resolve().parents[2] / "tools" / "regate_checkpoint.py"
+    trained = {}
+    for factor in (1.5, 3.0):
+        checkpoint = tmp_path / f"c{factor}.pt"
+        config = _ensemble_config(tmp_path / f"e{factor}.yaml", small_data, checkpoint,
+                                  ensemble={"error_per_spread": factor})
+        assert run(capsys, ["train-ensemble", "--config", str(config)])[0] == 0
+        trained[factor] = checkpoint
+    regated = tmp_path / "regated.pt"
+    result = subprocess.run([sys.executable, str(tool), str(trained[1.5]), "3", "--table", str(small_data),
+                             "-o", str(regated)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    a = torch.load(regated, map_location="cpu", weights_only=False)
+    b = torch.load(trained[3.0], map_location="cpu", weights_only=False)
+    assert a["config"]["error_per_spread"] == 3.0 and float(a["state_dict"]["error_per_spread"]) == 3.0
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+
+    other = _preprocessed(tmp_path / "other", 120, 7)
+    for args, message in ((["3", "--table", str(other), "-o", str(tmp_path / "x.pt")], "not the table"),
+                          (["3", "--table", str(small_data), "-o", str(trained[1.5])], "must not be the input"),
+                          (["0", "--table", str(small_data), "-o", str(tmp_path / "x.pt")], "finite number > 0")):
+        result = subprocess.run([sys.executable, str(tool), str(trained[1.5]), *args], capture_output=True, text=True)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert not (tmp_path / "x.pt").exists()

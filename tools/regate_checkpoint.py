@@ -1,0 +1,69 @@
+"""Set a density-residual-ensemble checkpoint's Wiener gate factor and recompute its held-out record.
+
+    python tools/regate_checkpoint.py CHECKPOINT FACTOR --table pdata/qke.h5 -o NEW_CHECKPOINT
+    dodo export NEW_CHECKPOINT -o model.onnx
+
+The gate r^2 / (r^2 + (c sigma)^2) (docs/training.md, "Gate toward Box3D") does not enter training:
+the members and the student fit the ungated mean and the spread. So a more (larger c) or less
+conservative closure needs no retraining: this sets c, scores the held-out states of the table the
+checkpoint was trained on exactly as `dodo train-ensemble` does (members and student, all held-out
+states and each family) and writes a new checkpoint (atomically; never over its input) whose
+config and metrics say the new factor. The default model of 2026-12-02 was made so from the
+2026-12-01 20:30 checkpoint (training/models/README.md).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dodo._atomic import atomic_path
+from dodo.training import ensemble_train as et
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("factor", type=float, help="the Wiener gate factor c (> 0)")
+    parser.add_argument("--table", required=True, help="the preprocessed file the checkpoint was trained on")
+    parser.add_argument("-o", "--output", required=True)
+    args = parser.parse_args()
+    if not np.isfinite(args.factor) or args.factor <= 0:
+        parser.error(f"factor must be a finite number > 0; got {args.factor}")
+    if os.path.exists(args.output) and os.path.samefile(args.output, args.checkpoint):
+        parser.error("the output must not be the input checkpoint")
+    checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    ensemble = et.load_ensemble(checkpoint)
+    ensemble.error_per_spread.fill_(args.factor)
+    table = et.load_table(args.table)
+    if table["sha256"] != checkpoint["data"]["sha256"]:
+        parser.error(f"{args.table} is not the table {args.checkpoint} was trained on (content digests differ)")
+    config = checkpoint["config"]
+    held_rows = np.flatnonzero(et.holdout_mask(table["sources"], config["holdout"]))
+    report = dict(checkpoint["metrics"])
+    if len(held_rows):
+        if ensemble.student is not None:
+            student, ensemble.student = ensemble.student, None
+            teacher = et.score_rows(ensemble, table, held_rows)
+            ensemble.student = student
+            print(et.format_scores("held-out states, the members (teacher; not shipped)", teacher))
+            report["heldout_teacher"] = {k: float(np.mean(v[np.isfinite(v)])) for k, v in teacher.items()}
+        scores = et.score_rows(ensemble, table, held_rows)
+        print(et.format_scores("held-out states", scores))
+        report["heldout"] = {k: float(np.mean(v[np.isfinite(v)])) for k, v in scores.items()}
+        for family in sorted({Path(str(s)).name.split("_seed")[0] for s in table["sources"][held_rows]}):
+            rows = held_rows[[Path(str(s)).name.startswith(family + "_seed") for s in table["sources"][held_rows]]]
+            print(et.format_scores(f"held-out, family {family}", et.score_rows(ensemble, table, rows)))
+    checkpoint["state_dict"] = ensemble.state_dict()
+    checkpoint["config"] = {**config, "error_per_spread": args.factor}
+    checkpoint["metrics"] = report
+    with atomic_path(args.output) as tmp:
+        torch.save(checkpoint, tmp)
+    print(f"wrote {args.output} (error_per_spread {float(config.get('error_per_spread', 0.0)):g} -> {args.factor:g})")
+
+
+if __name__ == "__main__":
+    main()
