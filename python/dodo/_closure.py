@@ -117,6 +117,31 @@ def _path_text(model) -> str:
     return os.path.join(os.curdir, path) if path == BOX3D_ONLY and not isinstance(model, str) else path
 
 
+# Leading bytes of files that users pass as a model by mistake: a torch checkpoint (a zip
+# archive: `dodo train`'s best.pt, `dodo train-ensemble`'s ensemble.pt) and HDF5 data files.
+_NOT_A_PACKAGE = (
+    (b"PK\x03\x04", "is a PyTorch checkpoint (dodo train / dodo train-ensemble), not an ONNX model package: "
+                     "export it first, dodo export {path} -o model.onnx, and give model.onnx"),
+    (b"\x89HDF\r\n\x1a\n", "is an HDF5 file (a data file?), not an ONNX model package (dodo export writes one)"),
+)
+
+
+def _refuse_known_non_packages(path: str) -> None:
+    """One clear line for a checkpoint or data file given as the model, where the runtime would say
+    "not an ONNX model (truncated or damaged file?)". Only regular files are read (a FIFO would
+    block; the runtime refuses special files itself, naming them)."""
+    try:
+        if not os.path.isfile(path):
+            return
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError:  # unreadable: the runtime reports it
+        return
+    for magic, problem in _NOT_A_PACKAGE:
+        if head.startswith(magic):
+            raise RuntimeError(f"DODO_ERROR_MODEL_FORMAT: model file {path!r} " + problem.format(path=path))
+
+
 class Closure:
     """A loaded closure: Box3D, then the model's correction, per cell.
 
@@ -169,6 +194,7 @@ class Closure:
                                  'learned correction (None: the default model)')
             if not os.path.exists(model_path):
                 raise FileNotFoundError(f"model package {model_path!r} does not exist")
+            _refuse_known_non_packages(model_path)
         library = onnxruntime_library
         has_model = model_path is not None or model_bytes is not None
         if library is None and has_model and not os.environ.get("DODO_ONNXRUNTIME_LIBRARY"):

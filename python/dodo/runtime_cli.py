@@ -70,6 +70,8 @@ def _apply_command(args: argparse.Namespace) -> int:
     try:
         _check_arguments(args)
         return _apply(args)
+    except BrokenPipeError:  # the reader went away (`| head`): dodo.cli.main ends quietly, 141
+        raise
     except ModuleNotFoundError as error:
         print(f"dodo apply: error: {error.name} is not installed (needed to read the HDF5 input); "
               "pip install h5py", file=sys.stderr)

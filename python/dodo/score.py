@@ -275,7 +275,7 @@ def register(subparsers) -> None:
         "score", help="score a model (and Box3D beside it) on an Emu-layout file: |dn|/N_tot with bootstrap "
                       "intervals, states worse than Box3D, growth-rate ratios",
         description="Apply the closure at rest to F4_initial(1|ccm) of an Emu-layout HDF5 file and compare with "
-                    "F4_final(1|ccm) and growthRate(1|s) (docs/training.md, 'Scoring').")
+                    "F4_final(1|ccm) and growthRate(1|s) (docs/training.md, 'Commands').")
     parser.add_argument("model", help="ONNX model package, 'default' (the shipped model) or 'box3d' (no model)")
     parser.add_argument("data", nargs="+", help="Emu-layout HDF5 file(s); several are scored together")
     parser.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples (default 10000)")

@@ -37,6 +37,8 @@ def _friendly(name: str):
         def run(args) -> int:
             try:
                 return int(handler(args) or 0)
+            except BrokenPipeError:  # the reader went away (`| head`): dodo.cli.main ends quietly, 141
+                raise
             except ModuleNotFoundError as exc:
                 print(f"dodo {name}: error: {exc.name} is not installed; install the training extra: "
                       "pip install 'dodo[train]'", file=sys.stderr)

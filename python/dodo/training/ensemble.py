@@ -228,8 +228,13 @@ def _fit(module: nn.Module, loss_of, rows: int, steps: int, lr: float, weight_de
         batches = ([None] for _ in range(steps))
     else:
         per_epoch = (rows + batch_size - 1) // batch_size
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=epochs * per_epoch,
-                                                       pct_start=0.05)
+        total_steps = epochs * per_epoch
+        # torch's OneCycleLR divides by pct_start * total_steps - 1, which is 0 for a 5% warm-up of
+        # exactly 20 steps (a short run ended with "float division by zero"): warm up over two
+        # steps there. Every other step count keeps the 5% warm-up, and so its rates.
+        pct_start = 0.05 if total_steps * 0.05 != 1.0 else 2.0 / total_steps
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=total_steps,
+                                                       pct_start=pct_start)
         generator = torch.Generator().manual_seed(seed)
         batches = (torch.randperm(rows, generator=generator).split(batch_size) for _ in range(epochs))
     for epoch in batches:
