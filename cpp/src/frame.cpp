@@ -1,6 +1,7 @@
 #include "frame.hpp"
 
 #include <cmath>
+#include <cstring>
 
 #include "multiversion.hpp"
 
@@ -125,5 +126,78 @@ void rest_frame_invariants(const double* F, double* out27) { invariants_of(F, ou
 
 DODO_MULTIVERSION
 void rest_frame_invariants(const double* F, float* out27) { invariants_of(F, out27); }
+
+#if DODO_MULTIVERSION_ENABLED  // GCC's vector types and __builtin_shuffle
+namespace {
+
+typedef double Doubles4 __attribute__((vector_size(32)));
+typedef long long Lanes4 __attribute__((vector_size(32)));
+typedef float Floats4 __attribute__((vector_size(16)));
+
+// The species pairs a <= b of the 21 products in row-major order.
+constexpr int kProducts = kSpecies * (kSpecies + 1) / 2;
+struct ProductPairs {
+  int a[kProducts], b[kProducts];
+};
+constexpr ProductPairs product_pairs() {
+  ProductPairs out{};
+  int k = 0;
+  for (int a = 0; a < kSpecies; ++a)
+    for (int b = a; b < kSpecies; ++b) {
+      out.a[k] = a;
+      out.b[k] = b;
+      ++k;
+    }
+  return out;
+}
+constexpr ProductPairs kProductPairs = product_pairs();
+
+// Four Minkowski products from their componentwise products p_i = F_a * F_b (unsigned):
+// ((p1 - p0) + p2) + p3, which is minkowski_dot's ((-t_a t_b + x_a x_b) + y_a y_b) + z_a z_b
+// bit for bit (u + v = v + u, and v - u = v + (-u) with -u exact; no contraction in this file),
+// by a 4 x 4 transpose, as four floats (one conversion).
+inline __attribute__((always_inline)) Floats4 dots4(const Doubles4& p0, const Doubles4& p1, const Doubles4& p2,
+                                                    const Doubles4& p3) {
+  const Doubles4 t0 = __builtin_shuffle(p0, p1, Lanes4{0, 4, 2, 6}), t1 = __builtin_shuffle(p0, p1, Lanes4{1, 5, 3, 7});
+  const Doubles4 t2 = __builtin_shuffle(p2, p3, Lanes4{0, 4, 2, 6}), t3 = __builtin_shuffle(p2, p3, Lanes4{1, 5, 3, 7});
+  const Doubles4 c0 = __builtin_shuffle(t0, t2, Lanes4{0, 1, 4, 5}), c1 = __builtin_shuffle(t1, t3, Lanes4{0, 1, 4, 5});
+  const Doubles4 c2 = __builtin_shuffle(t0, t2, Lanes4{2, 3, 6, 7}), c3 = __builtin_shuffle(t1, t3, Lanes4{2, 3, 6, 7});
+  return __builtin_convertvector(((c1 - c0) + c2) + c3, Floats4);
+}
+
+}  // namespace
+#endif
+
+DODO_MULTIVERSION
+void relabelled_invariants(const double* F, const int* species, float* out27) {
+  const double* s[kSpecies];
+  for (int a = 0; a < kSpecies; ++a) s[a] = F + species[a] * kComponents;
+  for (int a = 0; a < kSpecies; ++a) out27[a] = static_cast<float>(s[a][0]);
+  float* out = out27 + kSpecies;
+#if DODO_MULTIVERSION_ENABLED
+  // A species' four values are one vector (F is species-major): a product of two species is one
+  // vector multiply, and four products are lane-summed at once.
+  Doubles4 v[kSpecies];
+#pragma GCC unroll 6
+  for (int a = 0; a < kSpecies; ++a) std::memcpy(&v[a], s[a], sizeof v[a]);
+  static_assert(kProducts % 4 == 1, "five groups of four products and one left over");
+#pragma GCC unroll 5
+  for (int group = 0; group < kProducts / 4; ++group) {
+    Doubles4 p[4];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) p[i] = v[kProductPairs.a[4 * group + i]] * v[kProductPairs.b[4 * group + i]];
+    const Floats4 sums = dots4(p[0], p[1], p[2], p[3]);
+    std::memcpy(out + 4 * group, &sums, sizeof sums);
+  }
+  const double* last = s[kSpecies - 1];
+  out[kProducts - 1] =
+      static_cast<float>(-last[0] * last[0] + last[1] * last[1] + last[2] * last[2] + last[3] * last[3]);
+#else
+  for (int a = 0; a < kSpecies; ++a) {
+    const double t = -s[a][0], x = s[a][1], y = s[a][2], z = s[a][3];
+    for (int b = a; b < kSpecies; ++b) *out++ = static_cast<float>(t * s[b][0] + x * s[b][1] + y * s[b][2] + z * s[b][3]);
+  }
+#endif
+}
 
 }  // namespace dodo

@@ -89,5 +89,9 @@ bool invariants(const double* F, const double* u, double* out27);
 void rest_frame_invariants(const double* F_rest_normalised, double* out27);
 // The same, each value rounded to float (the network's input row: the closure runtime).
 void rest_frame_invariants(const double* F_rest_normalised, float* out27);
+// The float invariants of the relabelled cell whose species a is F's species species[a] (a
+// permutation; {0, ..., 5}: the cell itself), the same bits as rest_frame_invariants of the
+// relabelled copy, without the copy (the closure's flavour images).
+void relabelled_invariants(const double* F_rest_normalised, const int* species, float* out27);
 
 }  // namespace dodo

@@ -134,8 +134,7 @@ void cell_network_output(const EvaluationBuffers& network, Head head, std::size_
   if (!images) return single(row, 0);
   const double* w = images->weights.weight;
   // One image of weight 1 (most cells): its outputs mapped back, nothing to blend.
-  for (int g = 0; g < kFlavourImages; ++g)
-    if (w[g] == 1.0) return single(images->row[g], g);
+  if (images->weights.single >= 0) return single(images->row[images->weights.single], images->weights.single);
   float mapped[kFlavourImages][kEquivariantOutputs];
   float log_ratios[kFlavourImages] = {}, spreads[kFlavourImages] = {};
   const float* head_of[kFlavourImages];
@@ -201,6 +200,50 @@ inline bool density_only_change(const float* head_output, const RestFrameCell& r
   // both_ends_inside (realizability.cpp) at F_box and F_box + correction. The correction's spatial
   // components are +0 after the projection, so both ends have the same squared flux (x + 0 is x,
   // or +0 for x = -0: the same square).
+#if DODO_MULTIVERSION_ENABLED
+  // Four species side by side (species 4, 5 twice in the second group): each species' F_box is
+  // one vector add, its squares one multiply; a transpose gives the lanes' n0^2, x^2, y^2, z^2
+  // columns, summed in the scalar order. The same operations on the same numbers: the same bits
+  // and the same decision (a scalar pass with its spills was most of this function's time).
+  typedef double Doubles4 __attribute__((vector_size(32)));
+  typedef long long Lanes4 __attribute__((vector_size(32)));
+  Doubles4 box[kSpecies];
+  for (int a = 0; a < kSpecies; ++a) {
+    Doubles4 F, dF;
+    std::memcpy(&F, rest.F + a * kComponents, sizeof F);
+    std::memcpy(&dF, rest.dF + a * kComponents, sizeof dF);
+    box[a] = F + dF;
+  }
+  const Doubles4 limit = Doubles4{} + (1.0 - 8.0 * DBL_EPSILON), zero = Doubles4{};
+  Lanes4 outside = Lanes4{};
+  const auto check = [&](const Doubles4& s0, const Doubles4& s1, const Doubles4& s2, const Doubles4& s3,
+                         const Doubles4& dn4) {
+    const Doubles4 q0 = s0 * s0, q1 = s1 * s1, q2 = s2 * s2, q3 = s3 * s3;
+    const Doubles4 t0 = __builtin_shuffle(q0, q1, Lanes4{0, 4, 2, 6}), t1 = __builtin_shuffle(q0, q1, Lanes4{1, 5, 3, 7});
+    const Doubles4 t2 = __builtin_shuffle(q2, q3, Lanes4{0, 4, 2, 6}), t3 = __builtin_shuffle(q2, q3, Lanes4{1, 5, 3, 7});
+    const Doubles4 n0_squared = __builtin_shuffle(t0, t2, Lanes4{0, 1, 4, 5});
+    const Doubles4 x2 = __builtin_shuffle(t1, t3, Lanes4{0, 1, 4, 5}), y2 = __builtin_shuffle(t0, t2, Lanes4{2, 3, 6, 7});
+    const Doubles4 z2 = __builtin_shuffle(t1, t3, Lanes4{2, 3, 6, 7});
+    const Doubles4 u0 = __builtin_shuffle(s0, s1, Lanes4{0, 4, 2, 6}), u2 = __builtin_shuffle(s2, s3, Lanes4{0, 4, 2, 6});
+    const Doubles4 n0 = __builtin_shuffle(u0, u2, Lanes4{0, 1, 4, 5});
+    const Doubles4 n1 = n0 + dn4;
+    const Doubles4 flux = (x2 + y2) + z2;
+    outside |= ~((n0 >= zero) & (n1 >= zero) & (flux <= limit * n0_squared) & (flux <= limit * (n1 * n1)));
+  };
+  static_assert(species_index(0, 0) == 0 && species_index(1, 0) == 3 && kSpecies == 6, "dn of species 0-5");
+  const Doubles4 dn_first = {dn[0], dn[1], dn[2], dn[3]}, dn_last = {dn[4], dn[5], dn[4], dn[5]};
+  check(box[0], box[1], box[2], box[3], dn_first);
+  check(box[4], box[5], box[4], box[5], dn_last);
+  if ((outside[0] | outside[1] | outside[2] | outside[3]) != 0) return false;
+  // The scalar path's dF + 1.0 dn and dF + 1.0 * 0.0 (so -0 becomes +0), a vector per species.
+  for (int a = 0; a < kSpecies; ++a) {
+    Doubles4 dF;
+    std::memcpy(&dF, rest.dF + a * kComponents, sizeof dF);
+    const Doubles4 sum = dF + Doubles4{dn[a], 0.0, 0.0, 0.0};
+    std::memcpy(change + a * kComponents, &sum, sizeof sum);
+  }
+  return true;
+#else
   bool inside = true;
   for (int a = 0; a < kSpecies; ++a) {
     const double* F = rest.F + a * kComponents;
@@ -217,6 +260,7 @@ inline bool density_only_change(const float* head_output, const RestFrameCell& r
     for (int m = 1; m < kComponents; ++m) change[value_index(a, m)] = rest.dF[value_index(a, m)] + 1.0 * 0.0;
   }
   return true;
+#endif
 }
 
 // The learned part of a crossing cell in its rest frame (units of N_tot): the head's correction,
@@ -235,9 +279,16 @@ std::uint32_t learned_change(Head head, const float* head_output, const RestFram
   // on the network's floats: reading the correction's doubles back as vectors right after its
   // scalar stores stalled on store forwarding (measured: half of this function's time).
   const bool known = known_density_only && head == Head::kEquivariant;
-  const int first_tested = known ? 2 * kSpecies * kSpecies : 0;
-  if (!all_values_finite(head_output + first_tested, head_output_size(head) - first_tested))
+  if (known) {
+    // all_values_finite's test on the six e_a, as six terms in one sum (its eight-lane form cost
+    // four times as much for six values).
+    const float* e = head_output + 2 * kSpecies * kSpecies;
+    float probe = 0.0f;
+    for (int a = 0; a < kSpecies; ++a) probe += e[a] - e[a];
+    if (!(probe == 0.0f)) return kCell_NETWORK_NONFINITE;
+  } else if (!all_values_finite(head_output, head_output_size(head))) {
     return kCell_NETWORK_NONFINITE;
+  }
   if (head == Head::kEquivariant && density_only_change(head_output, rest, change, known)) return 0u;
   double correction[kCellValues];
   assemble_correction(head, head_output, rest.F, rest.dF, correction);
@@ -449,6 +500,11 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
       // mu <-> tau image gives images 1 and 3 the rows of 0 and 2.
       CellImages& images = w.images[i];
       images.weights = image_weights(rest.F);
+      if (images.weights.single >= 0) {  // one image of weight 1 (most cells): its row, nothing to order
+        images.row[images.weights.single] = static_cast<std::uint32_t>(network_rows);
+        image_row(rest, input_size, images.weights.single, w.network->input_row(network_rows++));
+        continue;
+      }
       const bool symmetric = mu_tau_symmetric(rest.F);
       const std::size_t first_row = network_rows;
       int own[kFlavourImages], rows = 0;  // the images with a row of their own, in the rows' order

@@ -43,6 +43,10 @@ inline constexpr double kImageWeightFloor = 1e-7;
 // The images' weights for a cell F (rest frame, units of N_tot); 0: the image is not evaluated.
 struct ImageWeights {
   double weight[kFlavourImages];
+  // The image of weight 1 when it is the only one (the cell lies outside both bands: most cells),
+  // else -1. A side inside its band is below 1 (1/(1 + e^{-t}) with |t| < edge), and a product
+  // with a factor below 1 is below 1: weight[g] == 1.0 exactly when g == single.
+  int single;
 };
 
 inline ImageWeights image_weights(const double* F) {
@@ -52,23 +56,26 @@ inline ImageWeights image_weights(const double* F) {
   // exactly 1 and 0, without an exponential: the cell's one image, unscaled.
   static const double edge = std::log((1.0 - kImageWeightFloor) / kImageWeightFloor);
   static const double steepness = edge / kImageBlendWidth;
+  // Returns the side of weight 1 outside the band, else -1.
   const auto sides = [](double a, double* side) {
     const double t = steepness * a;
     if (!(std::fabs(t) < edge)) {
       side[0] = t > 0.0 ? 1.0 : 0.0;
       side[1] = t > 0.0 ? 0.0 : 1.0;
-      return;
+      return t > 0.0 ? 0 : 1;
     }
     side[0] = 1.0 / (1.0 + std::exp(-t));
     side[1] = 1.0 / (1.0 + std::exp(t));
+    return -1;
   };
   const double eln_e = F[value_index(3, 0)] - F[value_index(0, 0)];
   const double mu_tau = (F[value_index(2, 0)] + F[value_index(5, 0)]) - (F[value_index(1, 0)] + F[value_index(4, 0)]);
   double e_side[2], mt_side[2];
-  sides(eln_e, e_side);    // images 0, 1 keep nu and nubar; 2, 3 swap them
-  sides(mu_tau, mt_side);  // images 0, 2 keep mu and tau; 1, 3 swap them
+  const int e_single = sides(eln_e, e_side);    // images 0, 1 keep nu and nubar; 2, 3 swap them
+  const int mt_single = sides(mu_tau, mt_side);  // images 0, 2 keep mu and tau; 1, 3 swap them
   ImageWeights out;
   for (int g = 0; g < kFlavourImages; ++g) out.weight[g] = e_side[g / 2] * mt_side[g % 2];
+  out.single = (e_single >= 0 && mt_single >= 0) ? 2 * e_single + mt_single : -1;
   return out;
 }
 
@@ -94,38 +101,63 @@ inline constexpr int kCrossingColumn = kInvariants + kSpecies + 1;
 // same bits as permuting the cell's own), Box3D's changes of the species that play each part, and
 // each pair's crossing inputs from the cell's pair of the same two flavours. A pair whose G
 // changes sign in the image swaps its lobes: I+ <-> I-, |<n>+| <-> |<n>-|, and the fraction where
-// G > 0 becomes the fraction where G < 0 (which Box3D's kernel also sums).
-inline void image_row(const RestFrameCell& rest, int size, int g, float* out) {
-  const int* species = kImageSpecies[g];
-  if (g == 0) {
-    rest_frame_invariants(rest.F, out);
-  } else {
-    double F[kCellValues];
-    for (int a = 0; a < kSpecies; ++a)
-      for (int m = 0; m < kComponents; ++m) F[value_index(a, m)] = rest.F[value_index(species[a], m)];
-    rest_frame_invariants(F, out);
-  }
+// G > 0 becomes the fraction where G < 0 (which Box3D's kernel also sums). The invariants come
+// from relabelled_invariants (vector products, no relabelled copy of the cell: the copy and
+// the scalar products cost ~460 instructions a cell, a fifth of the closure's own work outside
+// the network and the crossing pass, by callgrind), the crossing inputs by a table made once
+// from the rule above:
+// kImageCrossingSource.source[g][k] is the value of rest.crossing (the pairs' six inputs, then
+// the fractions where G < 0) that becomes image g's crossing input k.
+struct ImageCrossingSources {
+  int source[kFlavourImages][kCrossingFeatures];
+};
+constexpr ImageCrossingSources image_crossing_sources() {
+  ImageCrossingSources out{};
+  for (int g = 0; g < kFlavourImages; ++g)
+    for (int q = 0; q < kPairs; ++q) {
+      int f1 = kImageFlavour[g][kPairFirst[q]], f2 = kImageFlavour[g][kPairSecond[q]];
+      bool negated = kImageNegatesEln[g];
+      if (f1 > f2) {
+        const int f = f1;
+        f1 = f2;
+        f2 = f;
+        negated = !negated;
+      }
+      const int r = pair_position(f1, f2), from = r * kCrossingFeaturesPerPair;
+      int* to = out.source[g] + q * kCrossingFeaturesPerPair;
+      to[0] = from + (negated ? 1 : 0);
+      to[1] = from + (negated ? 0 : 1);
+      to[2] = negated ? kCrossingFeatures + r : from + 2;
+      to[3] = from + (negated ? 4 : 3);
+      to[4] = from + (negated ? 3 : 4);
+      to[5] = from + 5;
+    }
+  return out;
+}
+inline constexpr ImageCrossingSources kImageCrossingSource = image_crossing_sources();
+
+// One body per image (the tables' indices constants, the copies unrolled).
+template <int g>
+inline void image_row_of(const RestFrameCell& rest, int size, float* out) {
+  constexpr const int* species = kImageSpecies[g];
+  relabelled_invariants(rest.F, species, out);
   if (size <= kInvariants) return;
+#pragma GCC unroll 6
   for (int a = 0; a < kSpecies; ++a) out[kInvariants + a] = static_cast<float>(rest.dF[value_index(species[a], 0)]);
   out[kInvariants + kSpecies] = static_cast<float>(rest.growth_over_ntot);  // invariant
   if (size <= kCrossingColumn) return;
-  for (int q = 0; q < kPairs; ++q) {
-    int f1 = kImageFlavour[g][kPairFirst[q]], f2 = kImageFlavour[g][kPairSecond[q]];
-    bool negated = kImageNegatesEln[g];
-    if (f1 > f2) {
-      std::swap(f1, f2);
-      negated = !negated;
-    }
-    const int r = pair_position(f1, f2);
-    const double* from = rest.crossing + r * kCrossingFeaturesPerPair;
-    float* to = out + kCrossingColumn + q * kCrossingFeaturesPerPair;
-    const double fraction = negated ? rest.crossing[kCrossingFeatures + r] : from[2];
-    to[0] = static_cast<float>(from[negated ? 1 : 0]);
-    to[1] = static_cast<float>(from[negated ? 0 : 1]);
-    to[2] = static_cast<float>(fraction);
-    to[3] = static_cast<float>(from[negated ? 4 : 3]);
-    to[4] = static_cast<float>(from[negated ? 3 : 4]);
-    to[5] = static_cast<float>(from[5]);
+#pragma GCC unroll 18
+  for (int k = 0; k < kCrossingFeatures; ++k)
+    out[kCrossingColumn + k] = static_cast<float>(rest.crossing[kImageCrossingSource.source[g][k]]);
+}
+
+inline void image_row(const RestFrameCell& rest, int size, int g, float* out) {
+  static_assert(kFlavourImages == 4, "four images");
+  switch (g) {
+    case 0: return image_row_of<0>(rest, size, out);
+    case 1: return image_row_of<1>(rest, size, out);
+    case 2: return image_row_of<2>(rest, size, out);
+    default: return image_row_of<3>(rest, size, out);
   }
 }
 
