@@ -183,6 +183,12 @@ class Closure:
                 "this build of dodo has no closure runtime: ONNX Runtime's C API header was not found when it was "
                 "built. Install the header (Debian 13: apt-get install libonnxruntime-dev; Debian 12: "
                 "cmake/install_onnxruntime_headers.sh) and reinstall dodo; see docs/runtime.md")
+        # None means the model's setting; the C API's "" and 0 for it are refused here (an unset
+        # variable must not silently pick a setting), as dodo.box3d refuses them.
+        if isinstance(z_method, str) and not z_method:
+            raise ValueError('z_method must be "exact" or "jedynak", or None for the model\'s; got ""')
+        if lebedev_order is not None and _integral("lebedev_order", lebedev_order) == 0:
+            raise ValueError("lebedev_order must be a Lebedev order (17, 41, 131), or None for the model's; got 0")
         # bool("no") is True: a string or number here would silently run (or skip) the self-test.
         if not isinstance(self_test, (bool, np.bool_)):
             raise TypeError(f"self_test must be True or False; got {self_test!r}")

@@ -379,3 +379,13 @@ def test_describe_status_names_bits_that_are_no_flag():
     assert any(line.startswith("NO_CROSSING") for line in text)
     assert any("0x40000000" in line and "UNKNOWN" in line for line in text)
     assert dodo.describe_status(int(dodo.CellStatus.NO_CROSSING)) == text[:1]
+
+
+@pytest.mark.parametrize("options", [{"z_method": ""}, {"lebedev_order": 0}, {"lebedev_order": 0.0}])
+def test_closure_refuses_the_c_apis_model_defaults_in_python(options):
+    """None is Python's "the model's"; "" and 0 (the C API's spelling) are refused, as dodo.box3d does."""
+    with pytest.raises(ValueError, match="or None for the model's"):
+        dodo.Closure("box3d", **options)
+    with pytest.raises(ValueError):
+        dodo.box3d(np.ones((1, 6, 4)), **options)
+    dodo.Closure("box3d", z_method=None, lebedev_order=None)  # the model's (Box3D's defaults)
