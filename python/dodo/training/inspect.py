@@ -28,9 +28,12 @@ def inspect_checkpoint(checkpoint_path: str | Path, data_path=None, split: str =
                        stop: int | None = 1000) -> dict:
     checkpoint = load_checkpoint(checkpoint_path)
     data_path = checkpoint_data(checkpoint, checkpoint_path, data_path, "inspect")
-    indices = split_indices_for(checkpoint, data_path, split)[start:stop]
+    split_indices = split_indices_for(checkpoint, data_path, split)
+    indices = split_indices[start:stop]
     if len(indices) == 0:
-        raise ValueError(f"slice [{start}:{stop}] of split {split!r} is empty")
+        raise ValueError(f"slice [{start}:{stop}] of split {split!r} ({len(split_indices)} cells) is empty")
+    taken = range(len(split_indices))[start:stop]  # the slice as taken: --stop 1000 of 50 cells is [0, 50]
+    start, stop = taken.start, taken.stop
     closure = closure_from_checkpoint(checkpoint)
     dataset = CellDataset(data_path, indices, checkpoint.get("target_scale"))
     invariants, F_init, F_box, dF_true, weight = dataset.__getitems__(range(len(dataset)))
