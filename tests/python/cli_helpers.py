@@ -29,3 +29,11 @@ def refused(capsys, argv, *names) -> str:
 
 def digest(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def synthetic_preprocessed(root: Path, cells: int = 300) -> Path:
+    """`dodo synth` of ``cells`` rows into ROOT/syn.h5, preprocessed into ROOT/pre.h5 (returned)."""
+    assert main(["synth", str(root / "syn.h5"), "-n", str(cells), "-q"]) == 0
+    (root / "pre.yaml").write_text(f"inputs: [{root / 'syn.h5'}]\noutput: {root / 'pre.h5'}\n")
+    assert main(["preprocess", "--config", str(root / "pre.yaml"), "-q"]) == 0
+    return root / "pre.h5"

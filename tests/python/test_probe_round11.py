@@ -52,12 +52,10 @@ def _dodo(*argv, **kwargs) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def small_preprocessed(tmp_path_factory):
-    root = tmp_path_factory.mktemp("round11")
-    from dodo.cli import main
+    from cli_helpers import synthetic_preprocessed
 
-    assert main(["synth", str(root / "syn.h5"), "-n", "300", "-q"]) == 0
-    (root / "pre.yaml").write_text(f"inputs: [{root / 'syn.h5'}]\noutput: {root / 'pre.h5'}\n")
-    assert main(["preprocess", "--config", str(root / "pre.yaml"), "-q"]) == 0
+    root = tmp_path_factory.mktemp("round11")
+    synthetic_preprocessed(root)
     return root
 
 

@@ -135,13 +135,10 @@ def test_info_refuses_two_paths_at_once(capsys):
 @pytest.fixture(scope="module")
 def small_preprocessed(tmp_path_factory):
     """A 300-row synthetic database, preprocessed: (directory, preprocessed file)."""
-    from dodo.cli import main
+    from cli_helpers import synthetic_preprocessed
 
     root = tmp_path_factory.mktemp("study")
-    assert main(["synth", str(root / "syn.h5"), "-n", "300", "-q"]) == 0
-    (root / "pre.yaml").write_text(f"inputs: [{root / 'syn.h5'}]\noutput: {root / 'pre.h5'}\n")
-    assert main(["preprocess", "--config", str(root / "pre.yaml"), "-q"]) == 0
-    return root, root / "pre.h5"
+    return root, synthetic_preprocessed(root)
 
 
 def _study_grid(root, tag: str, grid: str, overrides: str):
