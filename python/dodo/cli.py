@@ -9,6 +9,7 @@ import argparse
 import errno
 import importlib
 import os
+import signal
 import sys
 
 # Modules that add subcommands through register(subparsers), if they are present.
@@ -138,10 +139,37 @@ def _silence_stdout() -> None:
         pass
 
 
+class _Terminated(BaseException):
+    """Raised in the main thread by SIGTERM while :func:`main` runs (a BaseException, as
+    KeyboardInterrupt is, so that no ``except Exception`` swallows it)."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    # A second SIGTERM while the first unwinds (temporaries being removed) ends the process at once.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise _Terminated()
+
+
+def _catch_sigterm():
+    """SIGTERM (`kill PID`, a batch system's time limit, `timeout`) unwinds like Ctrl-C: the
+    temporary of the file being written is removed (its target untouched), one line is printed,
+    exit 143 = 128 + SIGTERM. Before, Python's default action ended the process on the spot: no
+    message, and the temporary left beside the target (removed by the next write of that file).
+    Returns the handler to restore, or None when none was installed (not the main thread, or
+    SIGTERM not at its default: a caller that chose its own handling keeps it)."""
+    try:
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return None
+        return signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError):  # not the main thread of the main interpreter
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     original, guard = sys.stdout, _GuardedStdout(sys.stdout)
     sys.stdout = guard
     command = None
+    previous_sigterm = _catch_sigterm()
     try:
         try:
             parser = build_parser()
@@ -164,6 +192,11 @@ def main(argv: list[str] | None = None) -> int:
         # half-written (a temporary is removed on the way out), and 130 = 128 + SIGINT, as shells use.
         print(f"{_name(command)}: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        # SIGTERM: as Ctrl-C (atomic outputs: the temporary is removed, the target untouched);
+        # 143 = 128 + SIGTERM, the status a shell shows for a process that SIGTERM ended.
+        print(f"{_name(command)}: terminated", file=sys.stderr)
+        return 143
     except BrokenPipeError:
         # The reader went away (`dodo score ... --json - | head`): stop quietly, as Unix tools do;
         # point stdout at /dev/null so that the interpreter's final flush does not fail again.
@@ -176,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
         _silence_stdout()
         return 2
     finally:
+        if previous_sigterm is not None:
+            try:
+                signal.signal(signal.SIGTERM, previous_sigterm)
+            except (ValueError, OSError):
+                pass
         if sys.stdout is guard:
             sys.stdout = original
 

@@ -15,6 +15,11 @@ A rerun (the same tag and output_root) never overwrites earlier runs: its runs a
 the highest run_XXX already in the study directory, and summary.{json,txt} list the earlier
 runs (from the summary there) and the new ones. Before, a rerun trained into run_000... again,
 replacing those runs' checkpoints and results.
+
+The summary is rewritten (atomically) after every finished run, not only at the end: a study killed
+in its fourth run keeps its first three in summary.{json,txt}, and a rerun lists them as earlier
+runs. Before, a killed study left no summary (or the previous one), and its finished runs were
+missing from every later summary.
 """
 from __future__ import annotations
 
@@ -86,25 +91,35 @@ def run_study(grid_path: str | Path, dry_run: bool = False, echo=print) -> list[
             # the study: it used to abort the remaining runs and leave no summary of the finished ones.
             echo(f"--- {run_dir.name} diverged: {error}")
             rows.append(_unfinished_row(run_dir, point, "diverged", str(error)))
-            continue
-        if "metric_table" not in summary:  # stopped early (training.stop_after_epoch): no final metrics
-            rows.append(_unfinished_row(run_dir, point, summary["status"], f"resume from {summary.get('last_checkpoint')}"))
-            continue
-        table = summary["metric_table"]
-        rows.append({"run": run_dir.name, **point, "status": summary["status"],
-                     "best_val_loss": summary["best_val_loss"],
-                     "test_loss": summary["test_loss"]["total"],
-                     "box3d_dn": table["box3d"]["mean_abs_dn_over_ntot_all"],
-                     "model_dn": table["model"]["mean_abs_dn_over_ntot_all"],
-                     "box3d_dF": table["box3d"]["mean_abs_dF_over_ntot_all"],
-                     "model_dF": table["model"]["mean_abs_dF_over_ntot_all"],
-                     "metrics": summary["paths"]["metrics"]})
-    write_json_atomic(root / "summary.json", earlier + rows)
-    text = format_summary(earlier + rows)
-    with atomic_path(root / "summary.txt") as tmp:
-        tmp.write_text(text + "\n")
+        else:
+            if "metric_table" not in summary:  # stopped early (training.stop_after_epoch): no final metrics
+                rows.append(_unfinished_row(run_dir, point, summary["status"],
+                                            f"resume from {summary.get('last_checkpoint')}"))
+            else:
+                table = summary["metric_table"]
+                rows.append({"run": run_dir.name, **point, "status": summary["status"],
+                             "best_val_loss": summary["best_val_loss"],
+                             "test_loss": summary["test_loss"]["total"],
+                             "box3d_dn": table["box3d"]["mean_abs_dn_over_ntot_all"],
+                             "model_dn": table["model"]["mean_abs_dn_over_ntot_all"],
+                             "box3d_dF": table["box3d"]["mean_abs_dF_over_ntot_all"],
+                             "model_dF": table["model"]["mean_abs_dF_over_ntot_all"],
+                             "metrics": summary["paths"]["metrics"]})
+        # After every run, not only at the end: a study killed later keeps the runs it finished.
+        text = _write_summary(root, earlier + rows)
+    if not configs:
+        text = _write_summary(root, earlier)
     echo(text)
     return rows
+
+
+def _write_summary(root: Path, rows: list[dict]) -> str:
+    """summary.json and summary.txt of ``rows``, each written atomically; returns the text."""
+    write_json_atomic(root / "summary.json", rows)
+    text = format_summary(rows)
+    with atomic_path(root / "summary.txt") as tmp:
+        tmp.write_text(text + "\n")
+    return text
 
 
 #: A run directory of a study: run_000, run_001, ... (more digits past 999).
