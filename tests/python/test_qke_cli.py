@@ -147,7 +147,7 @@ def test_threads_and_backends_are_recorded_and_checked(tmp_path, yaml_states, ca
     assert run_cli(["simulate", output, "--input", yaml_states, "--batch-size", "2", "--threads", "2", *SMALL]) == 0
     with h5py.File(output, "r") as f:
         assert json.loads(f.attrs["settings"])["solver"]["backend"] == "cpp"
-    assert run_cli(["simulate", output, "--input", yaml_states, "--threads", "0", *SMALL]) == 2
+    assert run_cli(["simulate", output, "--input", yaml_states, "--threads", "0", *SMALL, "--overwrite"]) == 2
     assert "threads must be an integer >= 1" in capsys.readouterr().err
     # ncell 12 is not a power of two: auto falls back to NumPy and says so; cpp refuses.
     fallback = str(tmp_path / "fallback.h5")
@@ -155,7 +155,8 @@ def test_threads_and_backends_are_recorded_and_checked(tmp_path, yaml_states, ca
     assert "using the NumPy kernel: ncell = 12 is not a power of two" in capsys.readouterr().err
     with h5py.File(fallback, "r") as f:
         assert json.loads(f.attrs["settings"])["solver"]["backend"] == "numpy"
-    assert run_cli(["simulate", fallback, "--input", yaml_states, "--ncell", "12", "--nphi", "8", "--backend", "cpp"]) == 2
+    assert run_cli(["simulate", fallback, "--input", yaml_states, "--ncell", "12", "--nphi", "8", "--backend", "cpp",
+                    "--overwrite"]) == 2
     assert "backend 'cpp' cannot run" in capsys.readouterr().err
 
 

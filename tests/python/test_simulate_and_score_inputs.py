@@ -58,7 +58,9 @@ def test_linear_only_never_replaces_an_unfinished_file_of_other_settings(capsys,
     assert run(capsys, ["simulate", str(output), "--random", "4", "--linear-only", *SMALL])[0] == 0  # resumes
     with h5py.File(output, "r") as f:
         assert f.attrs["complete"]
-    assert run(capsys, ["simulate", str(output), "--random", "3", "--linear-only", *SMALL])[0] == 0  # finished: replaced
+    # Finished: kept unless --overwrite (kill sweep, docs/reliability_python.md section 14), then replaced.
+    refused(capsys, ["simulate", str(output), "--random", "3", "--linear-only", *SMALL], "complete solver database")
+    assert run(capsys, ["simulate", str(output), "--random", "3", "--linear-only", *SMALL, "--overwrite"])[0] == 0
     with h5py.File(output, "r") as f:
         assert f.attrs["nstates_requested"] == 3
     garbage = tmp_path / "garbage.h5"
@@ -163,3 +165,23 @@ def test_score_leaves_out_states_the_closure_rejects_and_scores_a_file_named_twi
     assert report["n_states"] == 4 and report["n_scored"] == 3 and report["left_out"]["indices"] == [0]
     assert any("closure rejected" in reason for reason in report["left_out"]["reasons"])
     assert report["growth_rate"]["n_states"] == 3
+
+
+def test_a_finished_solver_database_is_not_replaced_without_overwrite(tmp_path, capsys):
+    """Kill sweep (docs/reliability_python.md section 14): simulate replaced a complete database of
+    other settings batch by batch; now it refuses unless --overwrite, naming the file's command."""
+    import h5py
+
+    out = tmp_path / "done.h5"
+    with h5py.File(out, "w") as handle:
+        handle.attrs.update({"complete": True, "solver": "{}", "nstates_valid": 32,
+                             "command": "dodo simulate done.h5 --random 32 --seed 1"})
+    before = digest(out)
+    line = refused(capsys, ["simulate", str(out), "--random", "2", "--seed", "2", "-q"], out)
+    assert "complete solver database (32 states" in line and "--seed 1" in line and "--overwrite" in line
+    assert digest(out) == before
+    code, _, err = run(capsys, ["simulate", str(out), "--random", "2", "--seed", "2", "-q", "--max-cost", "0.01",
+                                "--overwrite"])
+    assert code == 0, err
+    with h5py.File(out, "r") as handle:
+        assert json.loads(handle.attrs["source"])["random_seed"] == 2  # the new run's database

@@ -61,6 +61,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                              "integration (about 20x cheaper; output without final states; docs/dataset.md); an input's "
                              "rotation_R starts each state's fastest-axis search (unless --ignore-rotation)")
     parser.add_argument("--device", default="cpu", choices=("cpu",), help="compute device (the solver runs on the CPU)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace OUT when it is a complete solver database (refused without it: hours of "
+                             "simulations are not lost to a rerun with other settings)")
     add_quiet_argument(parser, "no progress lines")
     parser.set_defaults(func=run_simulate)
     return parser
@@ -120,6 +123,8 @@ def run_simulate(args) -> int:
             source = {"random": args.random, "random_seed": args.seed, "max_flux_factor": args.max_flux_factor,
                       "family": args.family or ("three_flavour" if args.three_flavour else "emu"),
                       "heavy_equal": not args.three_flavour}
+        if not args.overwrite:  # after the arguments' checks, before any work
+            refuse_complete_database(args.output)
         if args.linear_only:
             if communicator.size > 1:
                 raise ValueError("--linear-only runs in one process; start one process per output file")
@@ -167,3 +172,30 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def refuse_complete_database(path: str) -> None:
+    """A ValueError when ``path`` holds a finished ``dodo simulate`` database (attribute complete true).
+
+    The run replaces its output after every batch (the database of the batches so far), so a rerun
+    onto a finished database, by mistake or with other settings, would destroy it batch by batch;
+    an unfinished one resumes (or is refused) through its checkpoint instead.
+    """
+    import os
+
+    import h5py
+
+    if not os.path.isfile(path):
+        return
+    try:
+        with h5py.File(path, "r") as handle:
+            attrs = dict(handle.attrs)
+            states = int(attrs.get("nstates_valid", -1))
+    except (OSError, ValueError):
+        return  # not HDF5 (or unreadable): no solver database to keep; the atomic writer replaces it
+    if not (bool(attrs.get("complete", False)) and "solver" in attrs):
+        return
+    command = str(attrs.get("command", "")).strip()
+    raise ValueError(f"{path} is a complete solver database ({states} states"
+                     + (f", written by `{command}`" if command else "") + "): it is not replaced; give another "
+                     "OUT, or --overwrite to replace it")
