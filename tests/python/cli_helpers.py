@@ -37,3 +37,25 @@ def synthetic_preprocessed(root: Path, cells: int = 300) -> Path:
     (root / "pre.yaml").write_text(f"inputs: [{root / 'syn.h5'}]\noutput: {root / 'pre.h5'}\n")
     assert main(["preprocess", "--config", str(root / "pre.yaml"), "-q"]) == 0
     return root / "pre.h5"
+
+
+def tiny_study_base(root: Path) -> Path:
+    """ROOT/base.yaml: a one-epoch, 8-wide `dodo train` config on ROOT/pre.h5, for `dodo study` grids."""
+    base = root / "base.yaml"
+    base.write_text(
+        f"data: {{path: {root / 'pre.h5'}, batch_size: 64}}\nmodel: {{head: equivariant, hidden_dim: 8, n_blocks: 1}}\n"
+        "training: {epochs: 1, lr: 1.0e-3, threads: 1, log_interval: 1000}\n"
+        f"output: {{results_dir: {root / 'unused'}, checkpoint_dir: {root / 'unused'}}}\n")
+    return base
+
+
+def emu_file(path, initial, final=None, **extra):
+    """An Emu-layout HDF5 file at PATH: F4_initial, F4_final (the initial states unless given) and EXTRA datasets."""
+    import h5py
+
+    with h5py.File(path, "w") as handle:
+        handle["F4_initial(1|ccm)"] = initial
+        handle["F4_final(1|ccm)"] = initial if final is None else final
+        for name, value in extra.items():
+            handle[name] = value
+    return path

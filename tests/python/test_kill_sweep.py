@@ -104,15 +104,12 @@ def test_a_killed_study_keeps_its_finished_runs_in_the_summary(tmp_path, monkeyp
     killed in run_001, rerun's summary = run_002..run_004 only). The summary is now rewritten
     after every run."""
     pytest.importorskip("torch")
-    from cli_helpers import synthetic_preprocessed
+    from cli_helpers import synthetic_preprocessed, tiny_study_base
 
     import dodo.training.train as training
 
     synthetic_preprocessed(tmp_path, cells=200)
-    (tmp_path / "base.yaml").write_text(
-        f"data: {{path: {tmp_path / 'pre.h5'}, batch_size: 64}}\nmodel: {{head: equivariant, hidden_dim: 8, n_blocks: 1}}\n"
-        "training: {epochs: 1, lr: 1.0e-3, threads: 1, log_interval: 1000}\n"
-        f"output: {{results_dir: {tmp_path / 'unused'}, checkpoint_dir: {tmp_path / 'unused'}}}\n")
+    tiny_study_base(tmp_path)
     grid = tmp_path / "grid.yaml"
     grid.write_text(f"base_config: base.yaml\ntag: kill\noutput_root: {tmp_path / 'studies'}\n"
                     "grid: {training.lr: [1.0e-3, 2.0e-3, 3.0e-3]}\n")

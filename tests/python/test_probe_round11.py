@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from cli_helpers import digest, refused, run
+from cli_helpers import digest, emu_file, refused, run, tiny_study_base
 
 h5py = pytest.importorskip("h5py")
 
@@ -33,13 +33,7 @@ def _cells(n: int) -> np.ndarray:
 
 
 def _emu_file(path, initial=None, final=None, **extra):
-    initial = to_emu_layout(_cells(8)) if initial is None else initial
-    with h5py.File(path, "w") as handle:
-        handle["F4_initial(1|ccm)"] = initial
-        handle["F4_final(1|ccm)"] = initial if final is None else final
-        for name, value in extra.items():
-            handle[name] = value
-    return path
+    return emu_file(path, to_emu_layout(_cells(8)) if initial is None else initial, final, **extra)
 
 
 def _dodo(*argv, **kwargs) -> subprocess.CompletedProcess:
@@ -64,10 +58,7 @@ def test_a_study_rerun_keeps_the_earlier_runs(small_preprocessed, capsys):
     checkpoints and results were replaced, and the summary listed only the new run."""
     pytest.importorskip("torch")
     root = small_preprocessed
-    (root / "base.yaml").write_text(
-        f"data: {{path: {root / 'pre.h5'}, batch_size: 64}}\nmodel: {{head: equivariant, hidden_dim: 8, n_blocks: 1}}\n"
-        "training: {epochs: 1, lr: 1.0e-3, threads: 1, log_interval: 1000}\n"
-        f"output: {{results_dir: {root / 'unused'}, checkpoint_dir: {root / 'unused'}}}\n")
+    tiny_study_base(root)
     grid = root / "again.yaml"
     grid.write_text(f"base_config: base.yaml\ntag: again\noutput_root: {root / 'studies'}\n"
                     "grid: {training.lr: [1.0e-3]}\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cli_helpers import refused, run
+from cli_helpers import emu_file, refused, run
 
 h5py = pytest.importorskip("h5py")
 
@@ -20,15 +20,6 @@ def _cell_rows(n: int) -> np.ndarray:
     F[:, 3] = [1.0, 0, 0, -0.5]
     F[:, [1, 2, 4, 5], 0] = 0.3
     return to_emu_layout(F)
-
-
-def _emu_file(path, initial, final=None, **extra):
-    with h5py.File(path, "w") as handle:
-        handle["F4_initial(1|ccm)"] = initial
-        handle["F4_final(1|ccm)"] = initial if final is None else final
-        for name, value in extra.items():
-            handle[name] = value
-    return path
 
 
 @pytest.mark.parametrize("command", ["apply", "preprocess"])
@@ -65,7 +56,7 @@ def test_emu_datasets_that_cannot_be_read_as_real_numbers_are_refused_naming_the
 def test_a_growth_rate_dataset_of_strings_or_complex_numbers_is_refused_naming_it(tmp_path, capsys, values):
     """`dodo preprocess` on a file whose growthRate(1|s) held strings: "could not convert string to
     float: np.bytes_(b'fast')" (no file, no dataset); complex rates lost their imaginary part."""
-    path = _emu_file(tmp_path / "rates.h5", _cell_rows(8), **{"growthRate(1|s)": values})
+    path = emu_file(tmp_path / "rates.h5", _cell_rows(8), **{"growthRate(1|s)": values})
     config = tmp_path / "pre.yaml"
     config.write_text(f"inputs: [{path}]\noutput: {tmp_path / 'out.h5'}\n")
     refused(capsys, ["preprocess", "--config", str(config), "-q"], "rates.h5", "growthRate(1|s)")
@@ -76,12 +67,12 @@ def test_apply_names_non_positive_densities_as_such(tmp_path, capsys):
     """Rows with negative densities were reported as 'a non-finite or empty input', 'flagged
     NONFINITE below', and the run stopped with 'no cell ... has a finite input': all untrue."""
     rows = _cell_rows(8)
-    path = _emu_file(tmp_path / "negative.h5", -rows)
+    path = emu_file(tmp_path / "negative.h5", -rows)
     line = refused(capsys, ["apply", str(path), "--grid", "2x2x2", "--model", "box3d", "-q"], "negative.h5")
     assert "N_tot <= 0" in line and "has a finite input" not in line
     rows_mixed = _cell_rows(8)
     rows_mixed[:2] *= -1
-    path = _emu_file(tmp_path / "mixed.h5", rows_mixed)
+    path = emu_file(tmp_path / "mixed.h5", rows_mixed)
     code, out, err = run(capsys, ["apply", str(path), "--grid", "2x2x2", "--model", "box3d", "-q"])
     assert code == 0, err
     note = next(line for line in out.splitlines() if line.startswith("cells scored"))
