@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
-
 import numpy as np
 import torch
 
@@ -43,20 +41,7 @@ def main() -> None:
         parser.error(f"{args.table} is not the table {args.checkpoint} was trained on (content digests differ)")
     config = checkpoint["config"]
     held_rows = np.flatnonzero(et.holdout_mask(table["sources"], config["holdout"]))
-    report = dict(checkpoint["metrics"])
-    if len(held_rows):
-        if ensemble.student is not None:
-            student, ensemble.student = ensemble.student, None
-            teacher = et.score_rows(ensemble, table, held_rows)
-            ensemble.student = student
-            print(et.format_scores("held-out states, the members (teacher; not shipped)", teacher))
-            report["heldout_teacher"] = {k: float(np.mean(v[np.isfinite(v)])) for k, v in teacher.items()}
-        scores = et.score_rows(ensemble, table, held_rows)
-        print(et.format_scores("held-out states", scores))
-        report["heldout"] = {k: float(np.mean(v[np.isfinite(v)])) for k, v in scores.items()}
-        for family in sorted({Path(str(s)).name.split("_seed")[0] for s in table["sources"][held_rows]}):
-            rows = held_rows[[Path(str(s)).name.startswith(family + "_seed") for s in table["sources"][held_rows]]]
-            print(et.format_scores(f"held-out, family {family}", et.score_rows(ensemble, table, rows)))
+    report = {**checkpoint["metrics"], **et.heldout_report(ensemble, table, held_rows)}
     checkpoint["state_dict"] = ensemble.state_dict()
     checkpoint["config"] = {**config, "error_per_spread": args.factor}
     checkpoint["metrics"] = report

@@ -596,6 +596,30 @@ def load_ensemble(checkpoint: dict) -> DensityResidualEnsemble:
     return ensemble.eval()
 
 
+def heldout_report(ensemble: DensityResidualEnsemble, table: dict, held_rows: np.ndarray, log=print) -> dict:
+    """The checkpoint's held-out record: the members (teacher, when a student ships) and the shipped
+    network on ``held_rows``, means as ``{"heldout_teacher": ..., "heldout": ...}``; logs their tables
+    and each family's. Empty when there are no held-out rows."""
+    report = {}
+    if not len(held_rows):
+        return report
+    if ensemble.student is not None:  # what distillation costs: the members themselves on the same rows
+        student, ensemble.student = ensemble.student, None
+        teacher_scores = score_rows(ensemble, table, held_rows)
+        ensemble.student = student
+        log(format_scores("held-out states, the members (teacher; not shipped)", teacher_scores))
+        report["heldout_teacher"] = {k: float(np.mean(v[np.isfinite(v)])) for k, v in teacher_scores.items()}
+    scores = score_rows(ensemble, table, held_rows)
+    log(format_scores("held-out states", scores))
+    report["heldout"] = {k: float(np.mean(v[np.isfinite(v)])) for k, v in scores.items()}
+    families = sorted({Path(str(s)).name.split("_seed")[0] for s in table["sources"][held_rows]})
+    for family in families:
+        rows = held_rows[[Path(str(s)).name.startswith(family + "_seed") for s in table["sources"][held_rows]]]
+        if len(rows):
+            log(format_scores(f"held-out, family {family}", score_rows(ensemble, table, rows)))
+    return report
+
+
 def train_command(config: EnsembleConfig, log=print) -> dict:
     table = load_table(config.data_path)
     held = holdout_mask(table["sources"], config.holdout)
@@ -608,21 +632,7 @@ def train_command(config: EnsembleConfig, log=print) -> dict:
     if growth_table is not None:
         report["growth_labels"] = int(len(growth_table["r"]))
         report["growth_calibration"] = float(growth_table["calibration"])
-    if len(held_rows):
-        if ensemble.student is not None:  # what distillation costs: the members themselves on the same rows
-            student, ensemble.student = ensemble.student, None
-            teacher_scores = score_rows(ensemble, table, held_rows)
-            ensemble.student = student
-            log(format_scores("held-out states, the members (teacher; not shipped)", teacher_scores))
-            report["heldout_teacher"] = {k: float(np.mean(v[np.isfinite(v)])) for k, v in teacher_scores.items()}
-        scores = score_rows(ensemble, table, held_rows)
-        log(format_scores("held-out states", scores))
-        report["heldout"] = {k: float(np.mean(v[np.isfinite(v)])) for k, v in scores.items()}
-        families = sorted({Path(str(s)).name.split("_seed")[0] for s in table["sources"][held_rows]})
-        for family in families:
-            rows = held_rows[[Path(str(s)).name.startswith(family + "_seed") for s in table["sources"][held_rows]]]
-            if len(rows):
-                log(format_scores(f"held-out, family {family}", score_rows(ensemble, table, rows)))
+    report.update(heldout_report(ensemble, table, held_rows, log))
     save_checkpoint(ensemble, config, table, train_rows, report, config.checkpoint)
     log(f"wrote {config.checkpoint}")
     return report
