@@ -88,6 +88,11 @@ def check_output_target(path: str | Path) -> None:
     if mode is not None and not stat.S_ISREG(mode):
         raise OutputPathError(f"cannot write {path}: it exists and is {_file_kind(mode)}, not a regular file; "
                               "choose a regular file as the output")
+    if mode is not None and not os.access(path, os.W_OK):
+        # A rename replaces a file its owner made read-only (chmod a-w on a finished result), which
+        # open(path, "w") refuses: refuse it too (root may write any file, as with open).
+        raise OutputPathError(f"cannot write {path}: it exists and is read-only (no write permission); make it "
+                              "writable or choose another output")
     ancestor = Path(os.path.realpath(path)).parent if mode is None and os.path.islink(path) else path.parent
     while True:  # the nearest existing ancestor must be a directory
         try:
@@ -138,16 +143,26 @@ def atomic_path(final: str | Path):
     ``final`` must be a regular file or absent (:func:`check_output_target`, checked before and
     again just before the rename); a symlink is followed, so its target is replaced and the link kept.
     """
+    given = final
     final = Path(final)
     check_output_target(final)
     if os.path.islink(final):
         final = Path(os.path.realpath(final))
-    final.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(final)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.{_host()}.{os.getpid()}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; finished files get the usual mode
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(final)
+        fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(final), suffix=".tmp", dir=final.parent)
+    except OSError as error:  # named by the output asked for, not by the temporary nobody knows of
+        raise OutputPathError(f"cannot write {given}: cannot create a file in {final.parent}: "
+                              f"{error.strerror or error}") from None
+    os.close(fd)
+    try:
+        # mkstemp makes 0600; a new file gets the usual mode, a replaced one keeps its own (a
+        # private 0600 result must not become world-readable by being rewritten).
+        try:
+            os.chmod(tmp, stat.S_IMODE(os.stat(final).st_mode) & 0o777)
+        except FileNotFoundError:
+            os.chmod(tmp, 0o666 & ~_umask())
         yield Path(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
@@ -293,7 +308,7 @@ class WriteErrorLatch(io.RawIOBase):
 def remove_stale_temporaries(final: str | Path) -> list[Path]:
     """Delete temporaries of ``final`` left by writers that no longer run on this host."""
     final = Path(final)
-    pattern = re.compile(re.escape(f".{final.name}.{_host()}.") + r"(\d+)\.[^.]+\.tmp")
+    pattern = re.compile(re.escape(_temporary_prefix(final, with_pid=False)) + r"(\d+)\.[^.]+\.tmp")
     removed = []
     with contextlib.suppress(OSError):
         for candidate in final.parent.iterdir():
@@ -303,6 +318,26 @@ def remove_stale_temporaries(final: str | Path) -> list[Path]:
                     candidate.unlink()
                     removed.append(candidate)
     return removed
+
+
+#: Bytes a temporary's name adds to the final one beyond HOST: the dots, a PID (at most 10 digits),
+#: mkstemp's 8 letters and ".tmp"; the file name is shortened so that the whole stays within NAME_MAX.
+_TEMPORARY_EXTRA = len(".." + "." + "9" * 10 + "." + "x" * 8 + ".tmp")
+
+
+def _temporary_prefix(final: Path, with_pid: bool = True) -> str:
+    """``.NAME.HOST.PID.`` for a temporary of ``final`` (mkstemp adds 8 letters and ``.tmp``), with
+    NAME shortened where the whole could exceed the file system's longest name (NAME_MAX, 255 bytes
+    on Linux): a legal output name of 240 bytes got "File name too long" for its temporary. Without
+    the PID: the part that remove_stale_temporaries matches (the same for every writer's PID)."""
+    try:
+        limit = os.pathconf(final.parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    room, name = max(limit - _TEMPORARY_EXTRA - len(os.fsencode(_host())), 1), final.name
+    while len(os.fsencode(name)) > room:
+        name = name[:-1]
+    return f".{name}.{_host()}." + (f"{os.getpid()}." if with_pid else "")
 
 
 def _host() -> str:

@@ -83,10 +83,15 @@ def box3d_settings(lebedev_order: int = DEFAULT_LEBEDEV_ORDER, z_method: str = D
             "z_method": z_method, "max_flux_factor": max_flux_factor}
 
 
-@functools.lru_cache(maxsize=16)
 def _engine(lebedev_order: int, z_method: str, max_flux_factor: float, screen_stable_cells: bool = True):
-    if z_method not in ("exact", "jedynak"):
+    # Checked before the cache: an unhashable z_method (a list) gave "unhashable type: 'list'".
+    if not isinstance(z_method, str) or z_method not in ("exact", "jedynak"):
         raise ValueError(f"z_method must be 'exact' or 'jedynak'; got {z_method!r}")
+    return _cached_engine(lebedev_order, z_method, max_flux_factor, screen_stable_cells)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_engine(lebedev_order: int, z_method: str, max_flux_factor: float, screen_stable_cells: bool):
     if lebedev_order not in _core.available_lebedev_orders():
         raise ValueError(
             f"lebedev_order {lebedev_order} is not available; available: {_core.available_lebedev_orders()}")

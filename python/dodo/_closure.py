@@ -111,7 +111,11 @@ def _path_text(model) -> str:
     """The path a non-literal model argument names, as text. Only the string ``"box3d"`` means
     Box3D alone: ``Path("box3d")`` names a file, so it becomes ``"./box3d"`` (the runtime would
     take the bare text for the literal and silently drop the file's learned correction)."""
-    path = os.fspath(model)
+    try:
+        path = os.fspath(model)
+    except TypeError:  # os.fspath's own message names no argument
+        raise TypeError("model must be a path (str or os.PathLike), a package's bytes, None (the default model) or "
+                        f'"{BOX3D_ONLY}"; got {type(model).__name__}') from None
     if isinstance(path, bytes):
         path = os.fsdecode(path)
     return os.path.join(os.curdir, path) if path == BOX3D_ONLY and not isinstance(model, str) else path
@@ -219,7 +223,7 @@ class Closure:
             lebedev_order=0 if lebedev_order is None else _integral("lebedev_order", lebedev_order),
             z_method="" if z_method is None else _text("z_method", z_method, '"exact" or "jedynak"'),
             max_flux_factor=0.0 if max_flux_factor is None else _max_flux_factor(max_flux_factor),
-            onnxruntime_library=os.fspath(library) if library else "",
+            onnxruntime_library=_library_path(library),
             device=_text("device", device, '"cpu", "cuda" or "cuda:N"'), run_self_test=bool(self_test and has_model),
             evaluator=_text("evaluator", evaluator, '"auto" or "onnxruntime"'))
 
@@ -349,6 +353,18 @@ def _max_flux_factor(value) -> float:
     if not 0.0 <= number < 1.0:  # 0 means the model's, as in the C API
         raise ValueError(f"max_flux_factor must lie in (0, 1), or None for the model's; got {value!r}")
     return number
+
+
+def _library_path(library) -> str:
+    """The onnxruntime_library option as text ("" for the search); a TypeError naming the option,
+    where os.fspath's says only "expected str, bytes or os.PathLike object, not int"."""
+    if library is None or isinstance(library, str) and not library:
+        return ""
+    try:
+        return os.fsdecode(os.fspath(library))
+    except TypeError:
+        raise TypeError(f"onnxruntime_library must be a path (str or os.PathLike) or None; got "
+                        f"{type(library).__name__}") from None
 
 
 def _chunk_size(chunk_size) -> int:

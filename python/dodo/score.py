@@ -342,8 +342,11 @@ def _run(args: argparse.Namespace) -> int:
                            growth, notes)
         closure = Closure(model, threads=args.threads)
         report = score(closure, states, resamples=args.bootstrap, seed=args.seed, threshold=args.threshold)
+        # Inside the try: a JSON file that cannot be written is one line, as for every other command.
+        emit(format_report(report, args.model, " + ".join(data)), report, args.json)
+    except BrokenPipeError:  # the reader went away (`| head`): dodo.cli.main ends quietly, 141
+        raise
     except (ValueError, OSError, RuntimeError) as error:
         print(f"dodo score: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
-    emit(format_report(report, args.model, " + ".join(data)), report, args.json)
     return 0

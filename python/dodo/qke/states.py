@@ -23,6 +23,12 @@ NSM1_EMU_1D = np.array([
     [1.91462371e33, 1.39738e32, 6.04844e31, -6.51290e32],
     [4.91135197e32, -1.07252e31, 3.68151e31, -2.60504e32],
     [4.91135197e32, -1.07252e31, 3.68151e31, -2.60504e32]])
+#: Largest ``count`` of random states one call draws (~190 bytes each in memory; far beyond what one
+#: run can simulate: the data/qke campaign holds 36,000): a mistyped 10^12 is refused, not drawn for ever.
+MAX_RANDOM_STATES = 10_000_000
+#: Draws allowed per state asked for (at least the functions' max_tries): room for families whose
+#: states cross rarely (the emu family: 2 in 3) without drawing for ever where none crosses.
+TRIES_PER_STATE = 20
 #: A pair crosses when both signed parts of its lepton-number difference exceed this (in N_tot).
 MIN_CROSSING_FRACTION = 1e-3
 
@@ -33,9 +39,16 @@ def _crossing_states(count: int, draw, max_flux_factor: float, total_density: fl
     scaled to ``total_density`` cm^-3, keeping only those that cross (_crossing)."""
     if count < 0:
         raise ValueError("count must be non-negative")
+    if count > MAX_RANDOM_STATES:
+        raise ValueError(f"at most {MAX_RANDOM_STATES:,} random states per run (asked for {count:,}): "
+                         "split the campaign into runs with other seeds")
     if not (0 < max_flux_factor <= 0.95):
         raise ValueError("max_flux_factor must be in (0, 0.95]")
     directions = uniform_sphere(16) if directions is None else directions
+    # The draws allowed grow with the count: about 2 in 3 random states cross, so a fixed 100,000
+    # draws stopped `--random 100000` (docs/qke.md's SLURM example) with "found only ~66,000".
+    # The draws stop at `count` crossing states, so the states of a smaller count are unchanged.
+    max_tries = max(max_tries, TRIES_PER_STATE * count)
     states = []
     for _ in range(max_tries):
         if len(states) == count:

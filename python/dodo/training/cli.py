@@ -171,13 +171,19 @@ def _is_ensemble_checkpoint(path, kind: str) -> bool:
     return isinstance(state, dict) and state.get("kind") == kind
 
 
+#: Most test vectors `dodo export` embeds (about 1.3 kB of metadata each; the runtime self-tests them all at load).
+MAX_TEST_VECTORS = 10_000
+
+
 @_friendly("export")
 def _export(args) -> int:
     from .ensemble_train import CHECKPOINT_KIND, export_ensemble
     from .export import export_checkpoint
 
-    if args.test_vectors < 1:  # the package format needs one at least: the runtime's self-test reads them
-        raise ValueError(f"--test-vectors must be an integer >= 1; got {args.test_vectors}")
+    # The package format needs one at least (the runtime's self-test reads them); each is drawn from 16
+    # candidate cells and stored as JSON text in the metadata: 10^8 asked for 71.5 GiB (MemoryError traceback).
+    if not 1 <= args.test_vectors <= MAX_TEST_VECTORS:
+        raise ValueError(f"--test-vectors must be an integer in [1, {MAX_TEST_VECTORS}]; got {args.test_vectors}")
     check_outputs([args.output], [args.checkpoint])
     if _is_ensemble_checkpoint(args.checkpoint, CHECKPOINT_KIND):
         export_ensemble(args.checkpoint, args.output, n_test_vectors=args.test_vectors, fused=args.fused,
