@@ -140,36 +140,48 @@ def _silence_stdout() -> None:
 
 
 class _Terminated(BaseException):
-    """Raised in the main thread by SIGTERM while :func:`main` runs (a BaseException, as
-    KeyboardInterrupt is, so that no ``except Exception`` swallows it)."""
+    """Raised in the main thread by SIGTERM or SIGHUP while :func:`main` runs (a BaseException, as
+    KeyboardInterrupt is, so that no ``except Exception`` swallows it); ``signum`` says which."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
-def _on_sigterm(signum, frame) -> None:
-    # A second SIGTERM while the first unwinds (temporaries being removed) ends the process at once.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    raise _Terminated()
+#: Signals that unwind a command like Ctrl-C, with the line printed for each: SIGTERM (`kill PID`, a
+#: batch system's time limit, `timeout`) and SIGHUP (the terminal or ssh session closed).
+_TERMINATING_SIGNALS = {signal.SIGTERM: "terminated", signal.SIGHUP: "hung up (SIGHUP: the terminal closed)"}
 
 
-def _catch_sigterm():
-    """SIGTERM (`kill PID`, a batch system's time limit, `timeout`) unwinds like Ctrl-C: the
-    temporary of the file being written is removed (its target untouched), one line is printed,
-    exit 143 = 128 + SIGTERM. Before, Python's default action ended the process on the spot: no
-    message, and the temporary left beside the target (removed by the next write of that file).
-    Returns the handler to restore, or None when none was installed (not the main thread, or
-    SIGTERM not at its default: a caller that chose its own handling keeps it)."""
-    try:
-        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-            return None
-        return signal.signal(signal.SIGTERM, _on_sigterm)
-    except (ValueError, OSError):  # not the main thread of the main interpreter
-        return None
+def _on_terminating_signal(signum, frame) -> None:
+    # A second signal while the first unwinds (temporaries being removed) ends the process at once.
+    signal.signal(signum, signal.SIG_DFL)
+    raise _Terminated(signum)
+
+
+def _catch_terminating_signals() -> dict:
+    """SIGTERM and SIGHUP unwind like Ctrl-C: the temporary of the file being written is removed
+    (its target untouched), one line is printed, exit 128 + the signal (143, 129). Before, Python's
+    default action ended the process on the spot: no message, and the temporary left beside the
+    target (removed by the next write of that file); SIGHUP (a closed terminal) still did so after
+    SIGTERM was handled. Returns {signal: handler to restore} for the handlers installed: none in
+    another thread than the main one, nor for a signal not at its default (a caller that chose its
+    own handling, or `nohup`, which ignores SIGHUP, keeps it)."""
+    previous = {}
+    for signum in _TERMINATING_SIGNALS:
+        try:
+            if signal.getsignal(signum) is signal.SIG_DFL:
+                previous[signum] = signal.signal(signum, _on_terminating_signal)
+        except (ValueError, OSError):  # not the main thread of the main interpreter
+            break
+    return previous
 
 
 def main(argv: list[str] | None = None) -> int:
     original, guard = sys.stdout, _GuardedStdout(sys.stdout)
     sys.stdout = guard
     command = None
-    previous_sigterm = _catch_sigterm()
+    previous_handlers = _catch_terminating_signals()
     try:
         try:
             parser = build_parser()
@@ -192,11 +204,11 @@ def main(argv: list[str] | None = None) -> int:
         # half-written (a temporary is removed on the way out), and 130 = 128 + SIGINT, as shells use.
         print(f"{_name(command)}: interrupted", file=sys.stderr)
         return 130
-    except _Terminated:
-        # SIGTERM: as Ctrl-C (atomic outputs: the temporary is removed, the target untouched);
-        # 143 = 128 + SIGTERM, the status a shell shows for a process that SIGTERM ended.
-        print(f"{_name(command)}: terminated", file=sys.stderr)
-        return 143
+    except _Terminated as ended:
+        # SIGTERM, SIGHUP: as Ctrl-C (atomic outputs: the temporary is removed, the target untouched);
+        # 128 + the signal (143, 129), the status a shell shows for a process that signal ended.
+        print(f"{_name(command)}: {_TERMINATING_SIGNALS[ended.signum]}", file=sys.stderr)
+        return 128 + int(ended.signum)
     except BrokenPipeError:
         # The reader went away (`dodo score ... --json - | head`): stop quietly, as Unix tools do;
         # point stdout at /dev/null so that the interpreter's final flush does not fail again.
@@ -209,9 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         _silence_stdout()
         return 2
     finally:
-        if previous_sigterm is not None:
+        for signum, handler in previous_handlers.items():
             try:
-                signal.signal(signal.SIGTERM, previous_sigterm)
+                signal.signal(signum, handler)
             except (ValueError, OSError):
                 pass
         if sys.stdout is guard:

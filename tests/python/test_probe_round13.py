@@ -224,3 +224,44 @@ def test_a_model_or_library_of_the_wrong_type_is_named(options, name):
     if name == "model":
         with pytest.raises(TypeError, match="^model must be a path"):
             dodo.closure(_crossing_cell(), model=model)
+
+
+# --- Signals -----------------------------------------------------------------------------------
+
+def test_sighup_at_the_rename_keeps_the_good_file_and_removes_the_temporary(tmp_path):
+    """SIGHUP (the terminal or ssh session that started the command closed) took Python's default
+    action after SIGTERM was handled: the process ended with no message and left its temporary
+    `.OUT.HOST.PID.XXXX.tmp` beside the output. It now unwinds as SIGTERM does: exit 129, one line."""
+    import signal
+
+    from cli_helpers import digest
+    from test_kill_sweep import _signal_while_temporary_exists
+
+    target = tmp_path / "db.h5"
+    target.write_bytes(b"a good file from an earlier run\n" * 100)
+    good = digest(target)
+    code, err, temporaries = _signal_while_temporary_exists(
+        tmp_path, ["synth", "-o", str(target), "-n", "50", "--seed", "4", "-q"], target, signal.SIGHUP)
+    assert len(temporaries) == 1, temporaries
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 129 and lines == ["dodo synth: hung up (SIGHUP: the terminal closed)"], (code, err)
+    assert digest(target) == good
+    assert list(tmp_path.glob(".db.h5.*")) == []
+
+
+def test_main_restores_the_sighup_disposition(capsys):
+    """The handler is dodo's only while a command runs; `nohup`'s ignored SIGHUP is left alone."""
+    import signal
+
+    from dodo.cli import main
+
+    before = signal.getsignal(signal.SIGHUP)
+    assert main(["info"]) == 0
+    assert signal.getsignal(signal.SIGHUP) is before
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        assert main(["info"]) == 0
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    capsys.readouterr()
