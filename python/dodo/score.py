@@ -49,6 +49,9 @@ def state_errors(F_pred: np.ndarray, F_true: np.ndarray, ntot: np.ndarray) -> np
     return np.abs(dn).mean(axis=-1) / ntot
 
 
+#: Most resamples `dodo score --bootstrap` takes: each resample's mean is held (80 MB at the limit);
+#: 10^12 asked for 7.3 TiB (a MemoryError traceback), and far fewer already fix a 95% interval's digits.
+MAX_BOOTSTRAP = 10_000_000
 #: Resampled values held at once by bootstrap_interval (8 bytes each, twice: indices and values).
 BOOTSTRAP_BLOCK_VALUES = 1 << 22
 
@@ -301,8 +304,8 @@ def _run(args: argparse.Namespace) -> int:
     from ._closure import Closure, model_file
 
     try:
-        if args.bootstrap < 100:
-            raise ValueError(f"--bootstrap must be >= 100; got {args.bootstrap}")
+        if not 100 <= args.bootstrap <= MAX_BOOTSTRAP:  # the resampled means are held: 8 bytes each
+            raise ValueError(f"--bootstrap must be >= 100 and at most {MAX_BOOTSTRAP:,}; got {args.bootstrap}")
         if not (np.isfinite(args.threshold) and args.threshold >= 0):
             raise ValueError(f"--threshold must be a finite number >= 0; got {args.threshold}")
         if args.seed < 0:

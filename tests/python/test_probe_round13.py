@@ -173,6 +173,13 @@ def test_export_refuses_a_test_vector_count_it_cannot_draw(tmp_path, capsys):
                      "--test-vectors", "100000000"], "--test-vectors", "10000")
 
 
+def test_score_refuses_a_bootstrap_it_cannot_hold(tmp_path, capsys):
+    """`dodo score box3d DATA --bootstrap 1000000000000` ended in a MemoryError traceback (7.3 TiB
+    for the resampled means, after the closure had run); refused at once now."""
+    refused(capsys, ["score", "box3d", str(_emu(tmp_path / "d.h5")), "--bootstrap", "1000000000000"],
+            "--bootstrap must be >= 100 and at most 10,000,000")
+
+
 def test_random_state_draws_grow_with_the_count():
     """About 2 in 3 random states cross, and the draws were capped at 100,000 whatever the count:
     docs/qke.md's `dodo simulate out.h5 --random 100000 --seed 1` stopped after minutes of drawing
