@@ -180,6 +180,31 @@ def test_score_refuses_a_bootstrap_it_cannot_hold(tmp_path, capsys):
             "--bootstrap must be >= 100 and at most 10,000,000")
 
 
+def test_a_study_grid_of_billions_of_runs_is_refused_before_building_them(tmp_path, capsys):
+    """Four grid lists of 300 values (8.1e9 runs): `dodo study --dry-run` built every run's config
+    first and ran out of memory (a MemoryError traceback under a 4 GB limit; without one, the
+    machine's). Refused from the list lengths now."""
+    pytest.importorskip("yaml")
+    (tmp_path / "base.yaml").write_text("data: {path: pre.h5}\n")
+    values = list(range(1, 301))
+    grid = tmp_path / "huge.yaml"
+    grid.write_text("base_config: base.yaml\ngrid:\n" + "".join(
+        f"  {key}: {values}\n" for key in ("training.lr", "model.hidden_dim", "training.epochs", "data.batch_size")))
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_AS)
+    pytest.importorskip("torch")
+    import dodo.training.train  # noqa: F401  (imported before the limit: run_study imports it)
+
+    with open("/proc/self/status") as status:
+        mapped = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+    resource.setrlimit(resource.RLIMIT_AS, (mapped + (2 << 30), limit[1]))
+    try:  # a regression fails with a MemoryError here instead of taking the machine's memory
+        refused(capsys, ["study", str(grid), "--dry-run"], "8,100,000,000 runs", "at most 10,000")
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, limit)
+
+
 def test_random_state_draws_grow_with_the_count():
     """About 2 in 3 random states cross, and the draws were capped at 100,000 whatever the count:
     docs/qke.md's `dodo simulate out.h5 --random 100000 --seed 1` stopped after minutes of drawing

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 from pathlib import Path
 
@@ -32,6 +33,9 @@ from .._atomic import atomic_path, check_outputs, write_json_atomic
 from .config import ConfigError, ExperimentConfig, merge_dotted, read_yaml_mapping
 
 ALLOWED_KEYS = {"base_config", "tag", "output_root", "overrides", "grid"}
+#: Most runs one grid may make: every run's config is built before the first trains, so four lists of
+#: 300 values (8.1e9 runs) took all the memory there was (a MemoryError, or the machine's OOM killer).
+MAX_STUDY_RUNS = 10_000
 
 
 def load_grid(path: str | Path) -> dict:
@@ -45,6 +49,10 @@ def load_grid(path: str | Path) -> dict:
     for key, values in spec["grid"].items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{path}: grid.{key} must be a non-empty list")
+    runs = math.prod(len(values) for values in spec["grid"].values())
+    if runs > MAX_STUDY_RUNS:  # the runs' configs are made before the first one trains
+        raise ConfigError(f"{path}: the grid makes {runs:,} runs (the product of its list lengths); at most "
+                          f"{MAX_STUDY_RUNS:,} in one study: split it into several grid files")
     base = Path(spec["base_config"])
     spec["base_config"] = base if base.is_absolute() else (path.parent / base)
     spec.setdefault("tag", path.stem)
