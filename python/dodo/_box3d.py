@@ -200,14 +200,25 @@ def _text(name: str, value, known: str) -> str:
 
 
 def _threads(threads: Optional[int]) -> int:
-    """Worker-thread count: None gives all cores; [0, MAX_THREADS] (0 and 1: the calling thread)."""
+    """Worker-thread count: None gives all cores this process may run on; [0, MAX_THREADS] (0 and 1:
+    the calling thread)."""
     if threads is None:
-        return min(os.cpu_count() or 1, MAX_THREADS)
+        return min(_usable_cpus(), MAX_THREADS)
     count = _integral("threads", threads)
     if not 0 <= count <= MAX_THREADS:
         raise ValueError(f"threads must be an integer in [0, {MAX_THREADS}] (0 and 1: the calling thread only); "
                          f"got {threads}")
     return count
+
+
+def _usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (taskset, `mpirun --bind-to core`, a
+    SLURM job's --cpus-per-task), not the machine's count. os.cpu_count() gave an MPI rank bound to
+    one core of a 128-core node 128 worker threads, all on that core."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity masks on this platform
+        return os.cpu_count() or 1
 
 
 def _lebedev_order(lebedev_order) -> int:

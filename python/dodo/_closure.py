@@ -155,8 +155,8 @@ class Closure:
         (``dodo/models/qke_default.onnx``, trained on the QKE solver's data); ``"box3d"``: no
         model, Box3D alone (the same literal in C, C++, Fortran and Julia; a file of that name is
         ``"./box3d"``). An empty path is refused.
-    threads: worker threads per call (None: all cores; 0 or 1: the calling thread only; at most
-        1024). If the system refuses to start some (thread or address-space limits), the closure
+    threads: worker threads per call (None: all cores this process may run on, i.e. its CPU
+        affinity; 0 or 1: the calling thread only; at most 1024). If the system refuses to start some (thread or address-space limits), the closure
         runs with those it could start (``threads`` says how many); results do not depend on it.
     chunk_size: cells per network call (fixed-size chunks; default 1024).
     lebedev_order, z_method, max_flux_factor: Box3D settings; None takes the model's, and a

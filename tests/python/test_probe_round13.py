@@ -297,3 +297,21 @@ def test_main_restores_the_sighup_disposition(capsys):
     finally:
         signal.signal(signal.SIGHUP, previous)
     capsys.readouterr()
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity masks on this platform")
+def test_threads_none_means_the_cores_this_process_may_run_on():
+    """`threads=None` ("all cores") took os.cpu_count(), the machine's count: an MPI rank bound to one
+    core (`mpirun --bind-to core`, `taskset -c 0`, SLURM --cpus-per-task=1) started a worker thread
+    per core of the node, all on its one core. Now the process's affinity mask."""
+    from dodo._box3d import _threads
+
+    allowed = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(allowed)})
+        assert _threads(None) == 1
+        if dodo.runtime_available():
+            assert dodo.Closure("box3d").threads == 1
+    finally:
+        os.sched_setaffinity(0, allowed)
+    assert _threads(None) == min(len(allowed), dodo.conventions.MAX_THREADS)
