@@ -315,3 +315,32 @@ def test_threads_none_means_the_cores_this_process_may_run_on():
     finally:
         os.sched_setaffinity(0, allowed)
     assert _threads(None) == min(len(allowed), dodo.conventions.MAX_THREADS)
+
+
+# --- Damaged input files ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def preprocessed(tmp_path_factory):
+    pytest.importorskip("torch")
+    from cli_helpers import synthetic_preprocessed, tiny_study_base
+
+    root = tmp_path_factory.mktemp("round13")
+    synthetic_preprocessed(root, cells=120)
+    return tiny_study_base(root)
+
+
+@pytest.mark.parametrize("value, problem", [("{bad json", "is not valid JSON"), ("[1, 2]", "must be a JSON object")])
+def test_a_damaged_box3d_attribute_of_a_preprocessed_file_is_named(preprocessed, tmp_path, capsys, value, problem):
+    """A preprocessed file whose `box3d` attribute was damaged or edited: `dodo train` said
+    `Expecting property name enclosed in double quotes: line 1 column 2 (char 1)` (no file, no
+    attribute), or ended in `AttributeError: 'list' object has no attribute 'get'`."""
+    import shutil
+
+    import h5py
+
+    damaged = tmp_path / "damaged.h5"
+    shutil.copy(preprocessed.parent / "pre.h5", damaged)
+    with h5py.File(damaged, "a") as handle:
+        handle.attrs["box3d"] = value
+    refused(capsys, ["train", "--config", str(preprocessed), "--set", f"data.path={damaged}"],
+            str(damaged), "'box3d'", problem)

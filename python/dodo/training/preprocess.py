@@ -230,7 +230,14 @@ def read_preprocessed_attrs(path: str | Path) -> dict:
         wrong = {name: handle[name].shape for name, shape in expected.items() if handle[name].shape != shape}
     if wrong:
         raise DataFileError(f"{path}: datasets with unexpected shapes {wrong}; expected {expected}")
-    for key in ("box3d", "sources", "filters", "filter_counts"):
-        if key in attrs:
-            attrs[key] = json.loads(attrs[key])
+    for key, kind in (("box3d", dict), ("sources", list), ("filters", dict), ("filter_counts", dict)):
+        if key in attrs:  # damaged or edited: one line naming the file and attribute, never a traceback
+            try:
+                attrs[key] = json.loads(attrs[key])
+            except (TypeError, ValueError) as error:
+                raise DataFileError(f"{path}: attribute {key!r} is not valid JSON ({error}); dodo preprocess writes "
+                                    "it: re-run `dodo preprocess`") from None
+            if not isinstance(attrs[key], kind):
+                raise DataFileError(f"{path}: attribute {key!r} must be a JSON {'object' if kind is dict else 'list'}; "
+                                    f"got {type(attrs[key]).__name__}; re-run `dodo preprocess`")
     return attrs
