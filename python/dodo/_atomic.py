@@ -98,6 +98,9 @@ def check_output_target(path: str | Path) -> None:
         try:
             ancestor_mode = os.stat(ancestor).st_mode
         except (FileNotFoundError, NotADirectoryError):
+            if os.path.islink(ancestor):  # mkdir would say "File exists" of a directory that is not there
+                raise OutputPathError(f"cannot write {path}: {ancestor} is a symbolic link to "
+                                      f"{os.readlink(ancestor)}, which does not exist (a dangling link)") from None
             if ancestor == ancestor.parent:
                 return
             ancestor = ancestor.parent

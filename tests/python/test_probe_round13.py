@@ -88,6 +88,16 @@ def test_an_output_that_cannot_be_created_is_one_line_naming_it(tmp_path, capsys
     assert not out.exists()
 
 
+def test_an_output_below_a_dangling_symlink_says_so(tmp_path, capsys):
+    """`-o results/x.h5` with `results` a symlink to a directory that is not there (an unmounted
+    disk): `cannot write results/x.h5: cannot create a file in results: File exists`."""
+    (tmp_path / "results").symlink_to(tmp_path / "unmounted" / "dir")
+    out = tmp_path / "results" / "x.h5"
+    refused(capsys, ["apply", str(_emu(tmp_path / "d.h5")), "--model", "box3d", "--grid", "2x2x1", "-q", "-o", str(out)],
+            "is a symbolic link to", "which does not exist")
+    assert not (tmp_path / "unmounted").exists()
+
+
 def test_score_piped_into_head_still_ends_quietly(tmp_path):
     """Guard for the fix above (score's JSON output now inside its error handling): a reader that
     goes away is still exit 141 without a message, not 'error'."""
