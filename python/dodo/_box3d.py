@@ -140,6 +140,11 @@ def _prepare(F_init, u) -> tuple[np.ndarray, Optional[np.ndarray], tuple[int, ..
     return flat_F, flat_u, batch
 
 
+def _is_four_velocity(u: np.ndarray) -> bool:
+    """Whether ``u`` (one four-vector) passes the core's four-velocity check."""
+    return bool(_core.check_four_velocities(np.ascontiguousarray(u, dtype=np.float64).reshape(1, 4))[0][0])
+
+
 def _check_velocity(flat_u: np.ndarray, batch: tuple[int, ...]) -> None:
     """Refuse a u that is not a future-directed unit timelike vector (non-finite u passes: flagged later).
 
@@ -154,6 +159,10 @@ def _check_velocity(flat_u: np.ndarray, batch: tuple[int, ...]) -> None:
         where = tuple(int(i) for i in np.unravel_index(first, batch)) if batch else ()
         if flat_u[first, 0] <= 0:
             problem = f"u^t = {flat_u[first, 0]:.17g} is not positive (past-directed or zero)"
+            if flat_u[first, 0] < 0 and _is_four_velocity(-flat_u[first]):
+                # (-W, W v) is what a code storing the covariant u_mu passes for u^mu = (W, W v).
+                problem += ("; it is a unit vector with u_t = -W: the covariant components u_mu? pass the "
+                            "contravariant u^mu = (W, W v), i.e. u^t = -u_t and u^i = u_i")
         else:
             u0 = float(flat_u[first, 0])
             tolerance = VELOCITY_NORM_TOLERANCE * max(1.0, u0 * u0)  # u0 ** 2 raises on overflow; u0 * u0 is inf

@@ -354,3 +354,14 @@ def test_a_damaged_box3d_attribute_of_a_preprocessed_file_is_named(preprocessed,
         handle.attrs["box3d"] = value
     refused(capsys, ["train", "--config", str(preprocessed), "--set", f"data.path={damaged}"],
             str(damaged), "'box3d'", problem)
+
+
+def test_a_covariant_four_velocity_is_named_as_such():
+    """A code that stores the covariant u_mu = (-W, W v) and passes it as u got "u^t = -1.15... is not
+    positive (past-directed or zero)", which does not say what to change."""
+    W = 1 / np.sqrt(1 - 0.25)
+    with pytest.raises(ValueError, match=r"covariant components u_mu\? pass the contravariant u\^mu = \(W, W v\)"):
+        dodo.box3d(_crossing_cell(), [-W, 0.5 * W, 0.0, 0.0])
+    with pytest.raises(ValueError, match="past-directed or zero\\); pass u") as caught:  # not a unit vector: no hint
+        dodo.box3d(_crossing_cell(), [-2.0, 0.0, 0.0, 0.0])
+    assert "covariant" not in str(caught.value)
