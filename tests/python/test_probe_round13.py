@@ -365,3 +365,71 @@ def test_a_covariant_four_velocity_is_named_as_such():
     with pytest.raises(ValueError, match="past-directed or zero\\); pass u") as caught:  # not a unit vector: no hint
         dodo.box3d(_crossing_cell(), [-2.0, 0.0, 0.0, 0.0])
     assert "covariant" not in str(caught.value)
+
+
+def _pickle_that_runs(marker) -> bytes:
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (os.mkdir, (str(marker),))
+
+    return pickle.dumps(Payload())
+
+
+def test_a_planted_simulate_checkpoint_cannot_run_code(tmp_path, capsys):
+    """`dodo simulate OUT` reads every OUT.partial*.npz beside OUT with np.load(allow_pickle=True):
+    a pickle planted there (a shared directory) ran its code (here: made a directory) before being
+    refused as 'not a checkpoint'. Now refused without being unpickled."""
+    pytest.importorskip("h5py")
+    marker = tmp_path / "code_ran"
+    planted = tmp_path / "out.h5.partial.rank7.npz"
+    planted.write_bytes(_pickle_that_runs(marker))
+    refused(capsys, ["simulate", str(tmp_path / "out.h5"), "--random", "1", "--seed", "1", "--ncell", "16",
+                     "--nphi", "4", "-q"], str(planted), "does not belong to this campaign")
+    assert not marker.exists()
+    assert planted.exists()  # left untouched, as any checkpoint of another campaign
+
+
+def test_a_checkpoint_array_holding_another_pickle_is_not_run(tmp_path):
+    """The object arrays a checkpoint holds (the "reason" texts, pickled by np.savez) are read by an
+    unpickler that takes numpy arrays of Python objects and nothing else."""
+    import io
+    import pickle
+    import zipfile
+
+    from dodo.qke.campaign import _read_checkpoint
+
+    marker = tmp_path / "code_ran"
+    planted = tmp_path / "out.h5.partial.npz"
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|O", "fortran_order": False, "shape": (1,)})
+    with zipfile.ZipFile(planted, "w") as archive:
+        archive.writestr("fingerprint.npy", _npy(np.array("x")))
+        archive.writestr("reason.npy", header.getvalue() + _pickle_that_runs(marker))
+    with pytest.raises(pickle.UnpicklingError, match="posix.mkdir"):
+        _read_checkpoint(str(planted))
+    assert not marker.exists()
+
+
+def _npy(array) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def test_a_checkpoint_with_reason_texts_still_reads_as_before(tmp_path):
+    """The restricted reader gives what np.load(allow_pickle=True) gave for what the campaign writes."""
+    from dodo.qke.campaign import _read_checkpoint
+
+    path = tmp_path / "out.h5.partial.npz"
+    reasons = np.array(["", "state is linearly stable: nothing to simulate", "\u00e9"], dtype=object)
+    np.savez(path, fingerprint="abc", indices=np.arange(3), reason=reasons, done=np.ones(3, bool))
+    read = _read_checkpoint(str(path))
+    with np.load(path, allow_pickle=True) as expected:
+        assert sorted(read.files) == sorted(expected.files)
+        for key in expected.files:
+            np.testing.assert_array_equal(read[key], expected[key])
+    assert read["reason"].dtype == object and read["reason"].tolist() == reasons.tolist()

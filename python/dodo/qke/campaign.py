@@ -19,7 +19,9 @@ import hashlib
 import json
 import os
 import math
+import pickle
 import time
+import zipfile
 from dataclasses import asdict, replace
 from typing import Callable
 
@@ -162,6 +164,44 @@ def _merge(into: dict, part: dict, indices: np.ndarray) -> None:
             into[key][indices[fresh]] = part[key][fresh]
 
 
+class _CheckpointUnpickler(pickle.Unpickler):
+    """Unpickles what np.savez writes for an object array (the "reason" texts) and nothing else:
+    np.load(allow_pickle=True) ran any pickle found in a file named OUT.partial*.npz, so a file put
+    beside the output (a shared directory) ran its code in `dodo simulate OUT`."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it holds a pickled {module}.{name}, which a checkpoint never does")
+
+
+class _Checkpoint(dict):
+    """The arrays of a checkpoint .npz (``files`` as np.load's NpzFile has)."""
+
+    @property
+    def files(self) -> list[str]:
+        return list(self)
+
+
+def _read_checkpoint(path: str) -> _Checkpoint:
+    """Every array of the .npz at ``path``, object arrays through :class:`_CheckpointUnpickler`."""
+    arrays = _Checkpoint()
+    with np.load(path, allow_pickle=False) as stored:  # a bare pickle is refused here (ValueError)
+        for key in stored.files:
+            try:
+                arrays[key] = stored[key]
+            except ValueError:  # an object array: its .npy holds a pickle of the array
+                with zipfile.ZipFile(path) as archive, archive.open(f"{key}.npy") as member:
+                    version = np.lib.format.read_magic(member)
+                    (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                     else np.lib.format.read_array_header_2_0)(member)
+                    arrays[key] = np.asarray(_CheckpointUnpickler(member).load())
+    return arrays
+
+
 def _load_checkpoints(output: str, fingerprint: str, four_flux: np.ndarray, settings: dict,
                       report: Callable[[str], None]):
     """(results merged from every checkpoint, the number of the checkpoint each done row came from
@@ -173,7 +213,7 @@ def _load_checkpoints(output: str, fingerprint: str, four_flux: np.ndarray, sett
     paths = _checkpoints(output)
     for number, path in enumerate(paths):
         try:
-            stored = np.load(path, allow_pickle=True)
+            stored = _read_checkpoint(path)
             why = None if str(stored["fingerprint"]) == fingerprint else _mismatch_reason(stored, four_flux, settings)
         except Exception as error:  # noqa: BLE001 - any failure to read it (truncated, not .npz, no fingerprint)
             why = f"it cannot be read as a checkpoint ({' '.join(str(error).split()) or type(error).__name__})"
