@@ -19,9 +19,25 @@ _DESCRIPTIONS = {name: text for name, _, _, text in _core.cell_status_bits}
 
 
 def describe_status(status: int | np.integer) -> list[str]:
-    """Names and meanings of the bits set in one cell's status."""
-    value = int(status)
+    """Names and meanings of the bits set in one cell's status (an integer in [0, 2**32))."""
+    value = _one_status(status)
     known = [f"{flag.name}: {_DESCRIPTIONS[flag.name]}" for flag in CellStatus if flag.value and value & flag.value]
     unknown = value & ~sum(flag.value for flag in CellStatus)
     # Bits no flag names (a status from another version, or not a status at all) are said, not dropped.
     return known + ([f"UNKNOWN: bits {unknown:#x} are not status flags of this version"] if unknown else [])
+
+
+def _one_status(status) -> int:
+    """``status`` as an int if it is one cell's status: an integer (Python, NumPy, or a 0-d integer
+    array) in [0, 2**32). int() took 1.5 as 1, "3" as 3 and -1 as every flag, and a batch's status
+    array failed with NumPy's "only 0-dimensional arrays can be converted to Python scalars"."""
+    array = np.asarray(status) if isinstance(status, np.ndarray) else None
+    if array is not None and array.ndim:
+        raise TypeError(f"describe_status takes one cell's status; got an array of shape {array.shape}: "
+                        "call it per cell, e.g. describe_status(result.status[i])")
+    value = status.item() if array is not None or isinstance(status, np.generic) else status
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"a cell status is an integer (uint32 bits of dodo.CellStatus); got {status!r}")
+    if not 0 <= value < 1 << 32:
+        raise ValueError(f"a cell status is a uint32, in [0, 2**32); got {value}")
+    return value

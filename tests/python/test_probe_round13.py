@@ -433,3 +433,15 @@ def test_a_checkpoint_with_reason_texts_still_reads_as_before(tmp_path):
         for key in expected.files:
             np.testing.assert_array_equal(read[key], expected[key])
     assert read["reason"].dtype == object and read["reason"].tolist() == reasons.tolist()
+
+
+@pytest.mark.parametrize("status, error", [(1.5, TypeError), ("3", TypeError), (True, TypeError), (-1, ValueError),
+                                           (2 ** 40, ValueError), (np.array([1, 2], np.uint32), TypeError)])
+def test_describe_status_takes_one_cells_status_only(status, error):
+    """describe_status took int() of anything: 1.5 as NO_CROSSING, "3" as two flags, -1 as every
+    flag plus 'bits -0x200', and a batch's status array failed with NumPy's 'only 0-dimensional
+    arrays can be converted to Python scalars'."""
+    with pytest.raises(error, match="status"):
+        dodo.describe_status(status)
+    assert dodo.describe_status(np.uint32(2)) == dodo.describe_status(np.array(2, np.uint32)) \
+        == dodo.describe_status(dodo.CellStatus.FLUX_FACTOR) == dodo.describe_status(2)
