@@ -41,6 +41,22 @@ class EmuChunk:
         return len(self.row)
 
 
+def open_hdf5(path: str | Path):
+    """``h5py.File(path, "r")``; an OSError becomes a :class:`DataFileError` naming the file, and a
+    file that another process holds open for writing (HDF5's file lock: an h5py session, a writer
+    still running) is called that, not "not a readable HDF5 file"."""
+    import h5py
+
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        text = " ".join(str(error).split())
+        if "unable to lock file" in text:
+            raise DataFileError(f"{path}: another process has it open for writing (HDF5 file lock: {text}); "
+                                "wait until that writer closes it, or read a copy") from None
+        raise DataFileError(f"{path}: not a readable HDF5 file ({text})") from None
+
+
 def open_emu_file(path: str | Path):
     """Open an Emu database with h5py, checking the layout; returns (h5py.File, nsims)."""
     import h5py
@@ -52,10 +68,7 @@ def open_emu_file(path: str | Path):
         check_input_file(path, "an Emu database (HDF5)")  # a FIFO would block h5py for ever
     except InputPathError as error:
         raise DataFileError(f"Emu database: {error}") from None
-    try:
-        handle = h5py.File(path, "r")
-    except OSError as exc:
-        raise DataFileError(f"{path}: not a readable HDF5 file ({exc})") from exc
+    handle = open_hdf5(path)
     problem = _layout_problem(handle)
     if problem:  # the message is made while the file is open, then the file is closed (issue 11)
         handle.close()

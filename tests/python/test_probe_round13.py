@@ -445,3 +445,39 @@ def test_describe_status_takes_one_cells_status_only(status, error):
         dodo.describe_status(status)
     assert dodo.describe_status(np.uint32(2)) == dodo.describe_status(np.array(2, np.uint32)) \
         == dodo.describe_status(dodo.CellStatus.FLUX_FACTOR) == dodo.describe_status(2)
+
+
+@pytest.mark.skipif(os.environ.get("HDF5_USE_FILE_LOCKING", "").upper() == "FALSE", reason="HDF5 file locking off")
+@pytest.mark.parametrize("command", ["apply", "score", "simulate"])
+def test_an_input_another_process_is_writing_is_called_that(tmp_path, capsys, command):
+    """An Emu file held open for writing by another process (an h5py session, a writer still running):
+    `not a readable HDF5 file ([Errno 11] ... unable to lock file ...)` (apply, preprocess, train,
+    evaluate), `cannot read (...)` (score), and from `simulate --input` the HDF5 text alone,
+    without the file's name."""
+    import subprocess
+    import sys
+
+    data = _emu(tmp_path / "busy.h5")
+    writer = subprocess.Popen([sys.executable, "-c", "import h5py, sys; f = h5py.File(sys.argv[1], 'a'); "
+                               "print('open', flush=True); sys.stdin.read()", str(data)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "open"
+        argv = {"apply": ["apply", str(data), "--model", "box3d", "--grid", "2x2x1", "-q"],
+                "score": ["score", "box3d", str(data)],
+                "simulate": ["simulate", str(tmp_path / "out.h5"), "--input", str(data), "-q"]}[command]
+        refused(capsys, argv, str(data), "another process has it open for writing")
+    finally:
+        writer.stdin.close()
+        writer.wait(timeout=60)
+        writer.stdout.close()
+
+
+def test_simulate_names_an_input_that_is_not_hdf5(tmp_path, capsys):
+    """`dodo simulate OUT --input garbage.h5`: `Unable to synchronously open file (file signature not
+    found)`, no file named."""
+    pytest.importorskip("h5py")
+    garbage = tmp_path / "garbage.h5"
+    garbage.write_text("not HDF5\n")
+    refused(capsys, ["simulate", str(tmp_path / "out.h5"), "--input", str(garbage), "-q"], str(garbage),
+            "not a readable HDF5 file")

@@ -274,9 +274,9 @@ def read_states(path: str) -> dict:
     if path.endswith((".h5", ".hdf5")):
         import h5py
 
-        from ..emu_files import numeric_dataset
+        from ..emu_files import numeric_dataset, open_hdf5
 
-        with h5py.File(path, "r") as f:
+        with open_hdf5(path) as f:
             if "F4_initial(1|ccm)" not in f:
                 raise ValueError(f"{path} has no 'F4_initial(1|ccm)' dataset")
             initial = numeric_dataset(f, path, "F4_initial(1|ccm)")

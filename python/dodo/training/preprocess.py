@@ -13,6 +13,7 @@ from .._atomic import atomic_hdf5, check_outputs, sha256_file
 from .config import PreprocessConfig
 from .readers import (DataFileError, FilterCounts, apply_hygiene, average_mu_tau_change, iter_emu_chunks,
                       open_emu_file)
+from ..emu_files import open_hdf5
 
 PREPROCESSED_FORMAT = "dodo-preprocessed-v1"
 FLOAT_DATASETS = {"F_init": (6, 4), "F_true": (6, 4), "F_box": (6, 4), "invariants": (27,), "residual": (24,),
@@ -215,12 +216,9 @@ def read_preprocessed_attrs(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise DataFileError(f"preprocessed file not found: {path} (run `dodo preprocess` first)")
-    try:
-        with h5py.File(path, "r") as handle:
-            attrs = dict(handle.attrs)
-            missing = [n for n in ("F_init", "F_true", "F_box", "invariants", "u") if n not in handle]
-    except OSError as exc:
-        raise DataFileError(f"{path}: not a readable HDF5 file ({exc})") from exc
+    with open_hdf5(path) as handle:
+        attrs = dict(handle.attrs)
+        missing = [n for n in ("F_init", "F_true", "F_box", "invariants", "u") if n not in handle]
     if attrs.get("format") != PREPROCESSED_FORMAT or missing:
         raise DataFileError(f"{path}: not a Dodo preprocessed file (format attribute {attrs.get('format')!r}, "
                             f"missing datasets {missing}); make it with `dodo preprocess`")
