@@ -264,7 +264,8 @@ def box3d(F_init, u=None, *, lebedev_order: int = DEFAULT_LEBEDEV_ORDER, z_metho
 def invariants(F_init, u=None) -> np.ndarray:
     """The 27 invariant features (..., 27): x_a = -F_a.u/N_tot, then F_a.F_b/N_tot^2 (a <= b).
 
-    Order of the products: :func:`dodo.conventions.invariant_pairs`. Cells with N_tot <= 0 give zeros.
+    Order of the products: :func:`dodo.conventions.invariant_pairs`. Cells whose N_tot is not a positive
+    finite number (zero, negative, NaN, or overflowing to inf: densities near 1e308) give zeros.
     """
     flat_F, flat_u, batch = _prepare(F_init, u)
     return _core.invariants(flat_F, flat_u).reshape(batch + (27,))
