@@ -481,3 +481,12 @@ def test_simulate_names_an_input_that_is_not_hdf5(tmp_path, capsys):
     garbage.write_text("not HDF5\n")
     refused(capsys, ["simulate", str(tmp_path / "out.h5"), "--input", str(garbage), "-q"], str(garbage),
             "not a readable HDF5 file")
+
+
+@pytest.mark.parametrize("option", ["--json", "--plot"])
+def test_learning_curve_refuses_an_empty_output_path(tmp_path, capsys, option):
+    """`dodo learning-curve --json "$OUT"` with OUT unset ran the whole cross-validation and wrote no
+    file, exit 0 (round eleven made every other output argument refuse it)."""
+    pytest.importorskip("yaml")
+    code, _, err = run(capsys, ["learning-curve", "--config", str(tmp_path / "none.yaml"), option, ""])
+    assert code == 2 and "empty path" in err and "Traceback" not in err, err

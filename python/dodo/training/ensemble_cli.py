@@ -6,6 +6,7 @@ import json
 import sys
 
 from .._atomic import check_outputs
+from .._cli_common import output_path
 from .cli import _friendly, _overrides
 
 
@@ -65,7 +66,10 @@ def register(subparsers) -> None:
     p.add_argument("--folds", type=int, default=5, help="k of the k-fold cross-validation (default 5)")
     p.add_argument("--members", type=int, default=None, help="ensemble members per fit (default: the config's)")
     p.add_argument("--emu", default=None, help="also score each fit on this Emu-layout file (reported only)")
-    p.add_argument("--plot", default=None, metavar="PNG", help="write the curve as a PNG")
-    p.add_argument("--json", default=None, metavar="PATH", help="write the table as JSON (- : to stdout)")
+    # output_path: an empty path (an unset shell variable) is a usage error, as in every other command;
+    # it wrote no file and said nothing.
+    p.add_argument("--plot", default=None, metavar="PNG", type=output_path, help="write the curve as a PNG")
+    p.add_argument("--json", default=None, metavar="PATH", type=output_path,
+                   help="write the table as JSON (- : to stdout)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.set_defaults(func=_learning_curve)
