@@ -25,7 +25,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("apply", help="closure (C++ runtime) over a grid of cells from an Emu-format file, "
                                                  "scored beside Box3D")
     parser.add_argument("data", help="Emu-format HDF5 (F4_initial(1|ccm), F4_final(1|ccm), ...)")
-    parser.add_argument("--model", default=None, help="ONNX model package (default: the model shipped with dodo)")
+    parser.add_argument("--model", default=None, help="ONNX model package, 'box3d' (no model) or 'default' "
+                        "(the model shipped with dodo, also when --model is left out)")
     parser.add_argument("--grid", default="16x16x16", help="grid shape NXxNYxNZ (default 16x16x16)")
     parser.add_argument("--max-speed", type=float, default=0.3,
                         help="largest fluid speed of the velocity field, in [0, 1) (c = 1; default 0.3)")
@@ -57,6 +58,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
     if args.model == "":  # an unset shell variable (--model "$MODEL"): "cannot read : no such file" before
         raise _UsageError('--model is empty: give a model package (.onnx file), "box3d" for Box3D without a '
                           "learned correction, or leave --model out for the model shipped with dodo")
+    if args.model == "default":  # dodo score's spelling of the shipped model ("cannot read default" before)
+        args.model = None
     if args.model is not None and args.model != "box3d":
         check_input_file(args.model, "a model package (one .onnx file)")
     check_input_file(args.data, "an Emu-format HDF5 file")

@@ -490,3 +490,14 @@ def test_learning_curve_refuses_an_empty_output_path(tmp_path, capsys, option):
     pytest.importorskip("yaml")
     code, _, err = run(capsys, ["learning-curve", "--config", str(tmp_path / "none.yaml"), option, ""])
     assert code == 2 and "empty path" in err and "Traceback" not in err, err
+
+
+@needs_runtime
+def test_apply_takes_scores_name_for_the_shipped_model(tmp_path, capsys):
+    """`dodo score default DATA` scores the shipped model; `dodo apply DATA --model default` said
+    `cannot read default: no such file`."""
+    from dodo.models import default_model_path
+
+    code, out, err = run(capsys, ["apply", str(_emu(tmp_path / "d.h5")), "--model", "default", "--grid", "2x2x1", "-q"])
+    assert code == 0, err
+    assert f"model: {default_model_path()}" in out
