@@ -203,7 +203,9 @@ class Closure:
                 raise ValueError(f'empty model path: give a model package, or "{BOX3D_ONLY}" for Box3D without a '
                                  'learned correction (None: the default model)')
             if not os.path.exists(model_path):
-                raise FileNotFoundError(f"model package {model_path!r} does not exist")
+                hint = " (the model shipped with dodo is model=None, which `dodo score` calls 'default')" \
+                    if model_path == "default" else ""
+                raise FileNotFoundError(f"model package {model_path!r} does not exist{hint}")
             _refuse_known_non_packages(model_path)
         library = onnxruntime_library
         has_model = model_path is not None or model_bytes is not None

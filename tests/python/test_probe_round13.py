@@ -501,3 +501,11 @@ def test_apply_takes_scores_name_for_the_shipped_model(tmp_path, capsys):
     code, out, err = run(capsys, ["apply", str(_emu(tmp_path / "d.h5")), "--model", "default", "--grid", "2x2x1", "-q"])
     assert code == 0, err
     assert f"model: {default_model_path()}" in out
+
+
+@needs_runtime
+def test_closure_of_default_points_to_none(tmp_path, monkeypatch):
+    """`dodo.Closure("default")` (the CLI's name) said only that the file does not exist."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="model=None"):
+        dodo.Closure("default")
