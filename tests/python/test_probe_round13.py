@@ -509,3 +509,16 @@ def test_closure_of_default_points_to_none(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match="model=None"):
         dodo.Closure("default")
+
+
+@pytest.mark.parametrize("argv", [["emu32", "--output", ""], ["emu32", "--json", ""], ["nsm1", "--json", ""]])
+def test_the_validation_command_refuses_an_empty_output_path(capsys, argv, tmp_path, monkeypatch):
+    """`python -m dodo.qke.validate emu32 --output "$OUT"` with OUT unset: `cannot write .: it exists and
+    is a directory`; `--json ''` simulated all 32 states and wrote no report."""
+    pytest.importorskip("h5py")
+    monkeypatch.chdir(tmp_path)  # where a regression would write its default output
+    from dodo.qke.validate import main
+
+    with pytest.raises(SystemExit) as ended:
+        main(argv)
+    assert ended.value.code == 2 and "empty path" in capsys.readouterr().err
