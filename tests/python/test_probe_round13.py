@@ -522,3 +522,15 @@ def test_the_validation_command_refuses_an_empty_output_path(capsys, argv, tmp_p
     with pytest.raises(SystemExit) as ended:
         main(argv)
     assert ended.value.code == 2 and "empty path" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["train", "study"])
+def test_a_config_that_is_not_a_regular_file_is_called_what_it_is(tmp_path, capsys, command):
+    """`dodo train --config DIR` (or /dev/zero, a FIFO): `config file not found: DIR` of a path that is there."""
+    pytest.importorskip("yaml")
+    argv = {"train": ["train", "--config", str(tmp_path)], "study": ["study", str(tmp_path)]}[command]
+    refused(capsys, argv, f"{tmp_path} is a directory, not a regular file")
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)
+    argv = {"train": ["train", "--config", str(fifo)], "study": ["study", str(fifo)]}[command]
+    refused(capsys, argv, "is a FIFO (named pipe)")

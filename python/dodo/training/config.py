@@ -264,7 +264,14 @@ def _available_lebedev_orders() -> list:
 def read_yaml_mapping(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        from .._atomic import InputPathError, check_input_file
+
+        try:  # a directory, FIFO or device: say what it is ("not found" of a file that is there misled)
+            check_input_file(path, "a YAML config file")
+        except InputPathError as error:
+            raise ConfigError(str(error)) from None
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
