@@ -524,13 +524,28 @@ def test_the_validation_command_refuses_an_empty_output_path(capsys, argv, tmp_p
     assert ended.value.code == 2 and "empty path" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["train", "study"])
+@pytest.mark.parametrize("command", ["train", "study", "evaluate --data", "plot"])
 def test_a_config_that_is_not_a_regular_file_is_called_what_it_is(tmp_path, capsys, command):
-    """`dodo train --config DIR` (or /dev/zero, a FIFO): `config file not found: DIR` of a path that is there."""
+    """`dodo train --config DIR` (or /dev/zero, a FIFO): `config file not found: DIR` of a path that is
+    there; likewise `preprocessed file not found` (`evaluate --data`, `train`'s data.path) and `metrics
+    file not found` (`dodo plot`)."""
     pytest.importorskip("yaml")
-    argv = {"train": ["train", "--config", str(tmp_path)], "study": ["study", str(tmp_path)]}[command]
-    refused(capsys, argv, f"{tmp_path} is a directory, not a regular file")
+
+    def argv(path):
+        return {"train": ["train", "--config", str(path)], "study": ["study", str(path)],
+                "evaluate --data": ["evaluate", str(tmp_path / "missing.pt"), "--data", str(path)],
+                "plot": ["plot", "metrics", str(path), "-o", str(tmp_path / "p.png")]}[command]
+
+    if command == "evaluate --data":  # the data file is read before the checkpoint
+        pytest.importorskip("torch")
+        from dodo.training.preprocess import read_preprocessed_attrs
+
+        with pytest.raises(ValueError, match="is a directory, not a regular file"):
+            read_preprocessed_attrs(tmp_path)
+        return
+    if command == "plot":
+        pytest.importorskip("matplotlib")
+    refused(capsys, argv(tmp_path), f"{tmp_path} is a directory, not a regular file")
     fifo = tmp_path / "config.yaml"
     os.mkfifo(fifo)
-    argv = {"train": ["train", "--config", str(fifo)], "study": ["study", str(fifo)]}[command]
-    refused(capsys, argv, "is a FIFO (named pipe)")
+    refused(capsys, argv(fifo), "is a FIFO (named pipe)")

@@ -21,6 +21,10 @@ def _pyplot():
 def load_metrics(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
+        if path.exists():  # a directory, FIFO or device: say so ("not found" of a path that is there misled)
+            from .._atomic import check_input_file
+
+            check_input_file(path, "a metrics JSON file (dodo train writes them)")
         raise FileNotFoundError(f"metrics file not found: {path}")
     try:
         data = json.loads(path.read_text())

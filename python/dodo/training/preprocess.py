@@ -215,6 +215,13 @@ def read_preprocessed_attrs(path: str | Path) -> dict:
 
     path = Path(path)
     if not path.is_file():
+        if path.exists():  # a directory, FIFO or device: say so ("not found" of a path that is there misled)
+            from .._atomic import InputPathError, check_input_file
+
+            try:
+                check_input_file(path, "a preprocessed HDF5 file (dodo preprocess)")
+            except InputPathError as error:
+                raise DataFileError(str(error)) from None
         raise DataFileError(f"preprocessed file not found: {path} (run `dodo preprocess` first)")
     with open_hdf5(path) as handle:
         attrs = dict(handle.attrs)
