@@ -137,8 +137,12 @@ def _run_unprivileged(function) -> str:
     if pid == 0:  # pragma: no cover - the child
         try:
             os.close(read)
-            os.setgid(65534)
-            os.setuid(65534)
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+            except OSError:  # a user namespace without that id: cannot test here
+                os.write(write, b"SKIP")
+                return ""
             os.write(write, function().encode())
         finally:
             os._exit(0)
@@ -167,6 +171,8 @@ def test_a_read_only_output_is_not_replaced():
             return "written"
 
         outcome = _run_unprivileged(attempt)
+        if outcome == "SKIP":
+            pytest.skip("cannot drop root's privileges here (setuid refused)")
         assert "read-only" in outcome and target in outcome, outcome
         with open(target) as handle:
             assert json.load(handle) == {"kept": True}
