@@ -555,3 +555,17 @@ def test_a_config_that_is_not_a_regular_file_is_called_what_it_is(tmp_path, caps
     fifo = tmp_path / "config.yaml"
     os.mkfifo(fifo)
     refused(capsys, argv(fifo), "is a FIFO (named pipe)")
+
+
+def test_simulate_out_of_memory_names_the_error(tmp_path, capsys, monkeypatch):
+    """A bare MemoryError (no message, as Python's own allocations raise it) printed `out of memory ():`."""
+    pytest.importorskip("h5py")
+    import dodo.qke.campaign as campaign
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(campaign, "simulate_states", no_memory)
+    line = refused(capsys, ["simulate", str(tmp_path / "out.h5"), "--random", "1", "--seed", "1", "-q"],
+                   "out of memory (MemoryError)")
+    assert "()" not in line

@@ -150,7 +150,7 @@ def run_simulate(args) -> int:
                                   communicator=communicator)
     except (ValueError, OSError, ImportError, MemoryError) as error:
         if isinstance(error, MemoryError):  # NumPy's message alone does not say what to change
-            error = (f"out of memory ({error or 'MemoryError'}): this run needs more memory than the machine "
+            error = (f"out of memory ({str(error) or 'MemoryError'}): this run needs more memory than the machine "
                      "gives; lower --ncell, --nphi or --batch-size")
         print(f"dodo simulate: error: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
         if communicator.size > 1:
