@@ -569,3 +569,15 @@ def test_simulate_out_of_memory_names_the_error(tmp_path, capsys, monkeypatch):
     line = refused(capsys, ["simulate", str(tmp_path / "out.h5"), "--random", "1", "--seed", "1", "-q"],
                    "out of memory (MemoryError)")
     assert "()" not in line
+
+
+def test_simulate_refuses_keys_its_yaml_input_does_not_read(tmp_path, capsys):
+    """`states.yaml` with `end_time: 1e-6` (or a misspelt key) beside `states`: ignored without a word,
+    the run used its default end time."""
+    pytest.importorskip("h5py")
+    pytest.importorskip("yaml")
+    states = tmp_path / "states.yaml"
+    cell = _crossing_cell() * 1e32
+    states.write_text(f"states: [{cell.tolist()}]\nend_time: 1.0e-6\n")
+    refused(capsys, ["simulate", str(tmp_path / "out.h5"), "--input", str(states), "-q"], "unknown key(s) ['end_time']")
+    assert not (tmp_path / "out.h5").exists()

@@ -297,6 +297,10 @@ def read_states(path: str) -> dict:
             raise ValueError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
         if not isinstance(document, dict) or "states" not in document:
             raise ValueError(f"{path}: expected a mapping with a 'states' list")
+        unknown = sorted(str(key) for key in document if key != "states")
+        if unknown:  # `end_time: 1e-6` or a misspelt key was ignored without a word: the run used the defaults
+            raise ValueError(f"{path}: unknown key(s) {unknown}; a YAML input holds 'states' only (end times, "
+                             "rotations and box lengths: an Emu-layout HDF5 input, or --box-length)")
         try:
             four_flux = np.asarray(document["states"], dtype=float)
         except (TypeError, ValueError):  # a state given as a mapping, ragged lists, strings
