@@ -156,8 +156,9 @@ class Closure:
         model, Box3D alone (the same literal in C, C++, Fortran and Julia; a file of that name is
         ``"./box3d"``). An empty path is refused.
     threads: worker threads per call (None: all cores this process may run on, i.e. its CPU
-        affinity; 0 or 1: the calling thread only; at most 1024). If the system refuses to start some (thread or address-space limits), the closure
-        runs with those it could start (``threads`` says how many); results do not depend on it.
+        affinity; 0 or 1: the calling thread only; at most 1024). If the system refuses to start
+        some (thread or address-space limits), the closure runs with those it could start
+        (``threads`` says how many); results do not depend on it.
     chunk_size: cells per network call (fixed-size chunks; default 1024).
     lebedev_order, z_method, max_flux_factor: Box3D settings; None takes the model's, and a
         value that differs from the model's is refused (the model was trained against it).
