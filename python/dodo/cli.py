@@ -55,6 +55,10 @@ def _info(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dodo", description="Dodo: Box3D + learned closure for the neutrino FFI")
+    from . import __version__  # `dodo --version`, as most tools answer it (was "unrecognized arguments")
+
+    parser.add_argument("--version", "-V", action="version", version=f"dodo {__version__}",
+                        help="print the version and exit (dodo info: versions and paths)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     reference = subparsers.add_parser("reference", help="Box3D over the shipped reference cases, as a table")
     # Defaults as dodo.box3d's (issue 11): order 17, exact Z.

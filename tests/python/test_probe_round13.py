@@ -581,3 +581,10 @@ def test_simulate_refuses_keys_its_yaml_input_does_not_read(tmp_path, capsys):
     states.write_text(f"states: [{cell.tolist()}]\nend_time: 1.0e-6\n")
     refused(capsys, ["simulate", str(tmp_path / "out.h5"), "--input", str(states), "-q"], "unknown key(s) ['end_time']")
     assert not (tmp_path / "out.h5").exists()
+
+
+def test_dodo_answers_version(capsys):
+    """`dodo --version` / `-V`: `unrecognized arguments: --version`, exit 2."""
+    for flag in ("--version", "-V"):
+        code, out, err = run(capsys, [flag])
+        assert code == 0 and out.strip() == f"dodo {dodo.__version__}", (code, out, err)
