@@ -588,3 +588,20 @@ def test_dodo_answers_version(capsys):
     for flag in ("--version", "-V"):
         code, out, err = run(capsys, [flag])
         assert code == 0 and out.strip() == f"dodo {dodo.__version__}", (code, out, err)
+
+
+@pytest.mark.parametrize("content", [{"history": "abc", "metric_table": 5},
+                                     {"history": [1, 2], "metric_table": {}},
+                                     {"history": {"train": [{"total": "x"}], "val": []}, "best_val_loss": 1.0,
+                                      "test_loss": {"total": 1.0},
+                                      "metric_table": {"box3d": {"mean_abs_dn_over_ntot_all": 0.1},
+                                                       "model": {"mean_abs_dn_over_ntot_all": 0.1}}}])
+@pytest.mark.parametrize("what", ["metrics", "curve"])
+def test_plot_names_a_metrics_file_with_wrong_entries(tmp_path, capsys, content, what):
+    """A metrics JSON with history and metric_table but not dodo train's entries (edited, or another
+    tool's): `KeyError: 'best_val_loss'` or `TypeError: string indices must be integers` tracebacks."""
+    pytest.importorskip("matplotlib")
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps(content))
+    refused(capsys, ["plot", what, str(metrics), "-o", str(tmp_path / "p.png")], str(metrics),
+            "not a Dodo metrics JSON of dodo train")

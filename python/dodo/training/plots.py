@@ -32,7 +32,37 @@ def load_metrics(path: str | Path) -> dict:
         raise ValueError(f"{path}: not a Dodo metrics JSON (not JSON: {error})") from None
     if not isinstance(data, dict) or "history" not in data or "metric_table" not in data:
         raise ValueError(f"{path}: not a Dodo metrics JSON (no history / metric_table)")
+    # The entries the plots read, checked here: an edited or older file ended in a KeyError or
+    # TypeError traceback ('best_val_loss', "string indices must be integers").
+    for keys in _PLOTTED_NUMBERS:
+        value = data
+        for key in keys:
+            value = value.get(key, _MISSING) if isinstance(value, dict) else _MISSING
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"{path}: not a Dodo metrics JSON of dodo train ({'.'.join(keys)} is "
+                             f"{'missing' if value is _MISSING else 'not a number'})")
+    history = data["history"]
+    for split in ("train", "val"):
+        rows = history.get(split) if isinstance(history, dict) else None
+        if not isinstance(rows, list) or not all(isinstance(row, dict) and _is_number(row.get("total", _MISSING))
+                                                 for row in rows):
+            raise ValueError(f"{path}: not a Dodo metrics JSON of dodo train (history.{split} must be a list of "
+                             "epochs, each with a 'total' loss)")
     return data
+
+
+_MISSING = object()
+#: Numbers of a metrics JSON that `dodo plot` draws (null: a non-finite value, drawn as a gap).
+_PLOTTED_NUMBERS = (("best_val_loss",), ("test_loss", "total"), ("metric_table", "box3d", "mean_abs_dn_over_ntot_all"),
+                    ("metric_table", "model", "mean_abs_dn_over_ntot_all"))
+
+
+def _is_number(value) -> bool:
+    return value is None or isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _number(value) -> float:
+    return float("nan") if value is None else float(value)
 
 
 def plot_metrics(metrics_paths: list, output: str | Path) -> Path:
@@ -42,12 +72,14 @@ def plot_metrics(metrics_paths: list, output: str | Path) -> Path:
     labels = [Path(p).parent.parent.name + "/" + Path(p).stem.replace("metrics_", "") for p in metrics_paths]
     x = np.arange(len(runs))
     fig, (ax_loss, ax_dn) = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(runs) + 6), 4.5))
-    ax_loss.bar(x - 0.2, [r["best_val_loss"] for r in runs], 0.4, label="best val")
-    ax_loss.bar(x + 0.2, [r["test_loss"]["total"] for r in runs], 0.4, label="test")
+    ax_loss.bar(x - 0.2, [_number(r["best_val_loss"]) for r in runs], 0.4, label="best val")
+    ax_loss.bar(x + 0.2, [_number(r["test_loss"]["total"]) for r in runs], 0.4, label="test")
     ax_loss.set_yscale("log")
     ax_loss.set_ylabel("loss")
-    ax_dn.bar(x - 0.2, [r["metric_table"]["box3d"]["mean_abs_dn_over_ntot_all"] for r in runs], 0.4, label="Box3D")
-    ax_dn.bar(x + 0.2, [r["metric_table"]["model"]["mean_abs_dn_over_ntot_all"] for r in runs], 0.4, label="model")
+    ax_dn.bar(x - 0.2, [_number(r["metric_table"]["box3d"]["mean_abs_dn_over_ntot_all"]) for r in runs], 0.4,
+              label="Box3D")
+    ax_dn.bar(x + 0.2, [_number(r["metric_table"]["model"]["mean_abs_dn_over_ntot_all"]) for r in runs], 0.4,
+              label="model")
     ax_dn.set_yscale("log")
     ax_dn.set_ylabel("mean |dn| / N_tot (test)")
     for axis in (ax_loss, ax_dn):
@@ -64,8 +96,9 @@ def plot_curve(metrics_path: str | Path, output: str | Path) -> list[Path]:
     run = load_metrics(metrics_path)
     fig, axis = plt.subplots(figsize=(6, 4.5))
     epochs = np.arange(1, len(run["history"]["train"]) + 1)
-    axis.plot(epochs, [h["total"] for h in run["history"]["train"]], label="train")
-    axis.plot(epochs, [h["total"] for h in run["history"]["val"]], label="val")
+    axis.plot(epochs, [_number(h["total"]) for h in run["history"]["train"]], label="train")
+    axis.plot(np.arange(1, len(run["history"]["val"]) + 1), [_number(h["total"]) for h in run["history"]["val"]],
+              label="val")
     axis.set_yscale("log")
     axis.set_xlabel("epoch")
     axis.set_ylabel("loss")
