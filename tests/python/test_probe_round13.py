@@ -595,7 +595,12 @@ def test_dodo_answers_version(capsys):
                                      {"history": {"train": [{"total": "x"}], "val": []}, "best_val_loss": 1.0,
                                       "test_loss": {"total": 1.0},
                                       "metric_table": {"box3d": {"mean_abs_dn_over_ntot_all": 0.1},
-                                                       "model": {"mean_abs_dn_over_ntot_all": 0.1}}}])
+                                                       "model": {"mean_abs_dn_over_ntot_all": 0.1}}},
+                                     {"history": {"train": [{"total": 1.0}], "val": [{"total": 1.0}]},
+                                      "best_val_loss": 1.0, "test_loss": {"total": 1.0},
+                                      "metric_table": {"box3d": {"mean_abs_dn_over_ntot_all": 0.1},
+                                                       "model": {"mean_abs_dn_over_ntot_all": 0.1}},
+                                      "parity": {"n_true": [[1.0, 2.0]], "n_box3d": "x", "n_model": []}}])
 @pytest.mark.parametrize("what", ["metrics", "curve"])
 def test_plot_names_a_metrics_file_with_wrong_entries(tmp_path, capsys, content, what):
     """A metrics JSON with history and metric_table but not dodo train's entries (edited, or another
@@ -605,3 +610,4 @@ def test_plot_names_a_metrics_file_with_wrong_entries(tmp_path, capsys, content,
     metrics.write_text(json.dumps(content))
     refused(capsys, ["plot", what, str(metrics), "-o", str(tmp_path / "p.png")], str(metrics),
             "not a Dodo metrics JSON of dodo train")
+    assert not (tmp_path / "p.png").exists()  # refused before the first of plot curve's two files

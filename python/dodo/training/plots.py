@@ -18,7 +18,9 @@ def _pyplot():
     return plt
 
 
-def load_metrics(path: str | Path) -> dict:
+def load_metrics(path: str | Path, numbers: bool = True) -> dict:
+    """A metrics JSON of `dodo train`, with the history `plot curve` draws and (``numbers``) the
+    losses and scores `plot metrics` draws."""
     path = Path(path)
     if not path.is_file():
         if path.exists():  # a directory, FIFO or device: say so ("not found" of a path that is there misled)
@@ -34,7 +36,7 @@ def load_metrics(path: str | Path) -> dict:
         raise ValueError(f"{path}: not a Dodo metrics JSON (no history / metric_table)")
     # The entries the plots read, checked here: an edited or older file ended in a KeyError or
     # TypeError traceback ('best_val_loss', "string indices must be integers").
-    for keys in _PLOTTED_NUMBERS:
+    for keys in _PLOTTED_NUMBERS if numbers else ():
         value = data
         for key in keys:
             value = value.get(key, _MISSING) if isinstance(value, dict) else _MISSING
@@ -48,11 +50,24 @@ def load_metrics(path: str | Path) -> dict:
                                                  for row in rows):
             raise ValueError(f"{path}: not a Dodo metrics JSON of dodo train (history.{split} must be a list of "
                              "epochs, each with a 'total' loss)")
+    parity = data.get("parity")
+    if parity:  # checked before anything is drawn: `plot curve` writes the curve, then the parity plot
+        if not (isinstance(parity, dict) and all(key in parity for key in ("n_true", "n_box3d", "n_model"))):
+            raise ValueError(f"{path}: not a Dodo metrics JSON of dodo train (parity must hold n_true, n_box3d, "
+                             "n_model)")
+        for key in ("n_true", "n_box3d", "n_model"):
+            try:
+                values = np.array(parity[key], dtype=float)
+            except (TypeError, ValueError):
+                values = np.empty(0)
+            if parity["n_true"] and (values.ndim != 2 or values.shape[1] != len(SPECIES)):
+                raise ValueError(f"{path}: not a Dodo metrics JSON of dodo train (parity.{key} must be "
+                                 f"[cells, {len(SPECIES)} species] numbers)")
     return data
 
 
 _MISSING = object()
-#: Numbers of a metrics JSON that `dodo plot` draws (null: a non-finite value, drawn as a gap).
+#: Numbers of a metrics JSON that `dodo plot metrics` draws (null: a non-finite value, drawn as a gap).
 _PLOTTED_NUMBERS = (("best_val_loss",), ("test_loss", "total"), ("metric_table", "box3d", "mean_abs_dn_over_ntot_all"),
                     ("metric_table", "model", "mean_abs_dn_over_ntot_all"))
 
@@ -93,7 +108,7 @@ def plot_curve(metrics_path: str | Path, output: str | Path) -> list[Path]:
     """Train/val loss per epoch (output) and a per-species parity plot (<output stem>_parity, in
     the output's format)."""
     plt = _pyplot()
-    run = load_metrics(metrics_path)
+    run = load_metrics(metrics_path, numbers=False)  # the history alone (and the parity data if there)
     fig, axis = plt.subplots(figsize=(6, 4.5))
     epochs = np.arange(1, len(run["history"]["train"]) + 1)
     axis.plot(epochs, [_number(h["total"]) for h in run["history"]["train"]], label="train")
