@@ -188,6 +188,56 @@ def test_native_network_alone_reproduces_the_graph_on_the_runtime_features():
         network.evaluate(X[:, :34])
 
 
+def supported_kernels(package: bytes) -> list[str]:
+    kernels = []
+    for name in ("avx512", "avx2", "baseline"):
+        try:
+            dodo._core.NativeNetwork(package, instruction_set=name)
+        except ValueError:
+            continue
+        kernels.append(name)
+    return kernels
+
+
+def test_every_kernel_this_cpu_runs_reproduces_the_graph_whatever_the_batch():
+    """The closure only ever runs the widest kernel of its CPU, so the narrower ones (AVX2 on the
+    many clusters without AVX-512, baseline SSE2) would go untested on a test machine that has
+    AVX-512. Each kernel this CPU can run: the graph's head, uncertainty and growth to float32
+    rounding, and a row's result independent of the rows around it and of the call's length
+    (the kernels take rows in blocks and passes of 1 to 4, and unroll their input loops)."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from dodo.training.features import lab_features
+
+    package = default_model_path().read_bytes()
+    kernels = supported_kernels(package)
+    assert "baseline" in kernels
+    with pytest.raises(ValueError, match="cannot run the \"sse9\" kernel"):
+        dodo._core.NativeNetwork(package, instruction_set="sse9")
+    F, u = moving_cells(6_000, seed=23)
+    X = lab_features(Closure().metadata["dodo.features"], F, u).astype(np.float32)
+    X = X[np.isfinite(X).all(axis=1)]
+    session = onnxruntime.InferenceSession(package, providers=["CPUExecutionProvider"])
+    graph_head, graph_sigma, graph_growth = session.run(None, {"invariants": X})
+    scale = np.abs(graph_head).max()
+    heads = {}
+    for name in kernels:
+        network = dodo._core.NativeNetwork(package, instruction_set=name)
+        assert network.instruction_set == name
+        head, sigma, growth = network.evaluate(X)
+        close = np.abs(head - graph_head).max(axis=1) <= 1e-5 * scale
+        assert close.mean() > 0.999, (name, close.mean())
+        assert np.allclose(sigma, graph_sigma, rtol=2e-5, atol=1e-7 * np.abs(graph_sigma).max()), name
+        assert np.allclose(growth, graph_growth, rtol=2e-5, atol=1e-6), name
+        for start, stop in ((0, 1), (1, 3), (5, 10), (17, 1041)):
+            part = network.evaluate(X[start:stop])
+            for whole, piece in zip((head, sigma, growth), part):
+                assert np.array_equal(piece, whole[start:stop]), (name, start, stop)
+        heads[name] = head
+    # The kernels differ from each other by float32 rounding only (sums in other orders, FMA or not).
+    for name, head in heads.items():
+        assert np.abs(head - heads["baseline"]).max() <= 1e-5 * scale, name
+
+
 def test_the_environment_variable_selects_onnxruntime_for_every_language():
     """DODO_NETWORK_EVALUATOR=onnxruntime: the graph for callers that have no option (C, C++,
     Fortran) and for Python's "auto"; an unknown value is refused with the variable named."""

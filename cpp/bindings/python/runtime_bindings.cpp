@@ -213,7 +213,7 @@ void register_runtime(py::module_& m) {
   // benchmarks/bench_speed.py's network row and the parity tests.
   py::class_<dodo::runtime::NativeNetwork>(m, "NativeNetwork",
                                            "The runtime's evaluator of a package's \"dodo.native_network\" alone.")
-      .def(py::init([](const py::bytes& model) {
+      .def(py::init([](const py::bytes& model, const std::string& instruction_set) {
              const std::string bytes = model;
              const auto metadata = dodo::runtime::read_package(bytes).metadata;
              const auto description = metadata.find(dodo::runtime::kNativeNetworkKey);
@@ -223,11 +223,17 @@ void register_runtime(py::module_& m) {
                throw dodo::runtime::Error(DODO_ERROR_MODEL_METADATA,
                                           "the package has no \"dodo.native_network\" (or no dodo.features / "
                                           "dodo.output_size)");
-             return std::make_unique<dodo::runtime::NativeNetwork>(
+             auto network = std::make_unique<dodo::runtime::NativeNetwork>(
                  description->second, dodo::runtime::read_float_initializers(bytes),
                  dodo::runtime::feature_size(features->second), std::stoi(outputs->second));
+             // "auto": the widest kernel this CPU runs (what the closure uses); a named one for
+             // the tests that compare the kernels.
+             if (instruction_set != "auto" && !network->use_instruction_set(instruction_set))
+               throw py::value_error("this CPU cannot run the \"" + instruction_set +
+                                     "\" kernel (\"avx512\", \"avx2\", \"baseline\" or \"auto\")");
+             return network;
            }),
-           py::arg("model"))
+           py::arg("model"), py::arg("instruction_set") = "auto")
       .def_property_readonly("instruction_set", &dodo::runtime::NativeNetwork::instruction_set)
       .def("evaluate",
            [](const dodo::runtime::NativeNetwork& network,

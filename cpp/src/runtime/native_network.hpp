@@ -53,6 +53,11 @@ class NativeNetwork {
   static constexpr int kNarrowOutputs = 4;
   // The instruction set the kernel was compiled for: "avx512", "avx2" or "baseline".
   const char* instruction_set() const;
+  // Evaluates with the kernel of `name` ("avx512", "avx2" or "baseline") instead of the widest
+  // this CPU runs, so that tests can compare every kernel the CPU can run (the test suite's
+  // machines would otherwise only ever run the widest); false, kernel unchanged, when this CPU
+  // cannot run it or the name is none of these.
+  bool use_instruction_set(const std::string& name);
   // True when the head pattern is an equivariant head's with every c_ab and d_ab 0 (the
   // density-residual ensemble's): each output row is the used correction times the pattern, so
   // its c_ab, d_ab are exactly +-0 whenever its e_a are finite, and all NaN or infinite otherwise.
