@@ -71,9 +71,43 @@ def between_points(rng, n):
     return F
 
 
+def aligned_near_isotropic(rng, n, max_flux_factor, jitter_degrees, density_spread=0.5):
+    """Six species with small flux factors along nearly one (radial) direction, as in the optically
+    thick part of a merger: the [floor, peak] bounds span +-Z of each density there."""
+    radial = rng.normal(size=(n, 3))
+    radial /= np.linalg.norm(radial, axis=1, keepdims=True)
+    F = np.empty((n, 6, 4))
+    for a in range(6):
+        direction = radial + rng.normal(scale=np.radians(jitter_degrees), size=(n, 3))
+        direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+        F[:, a, 0] = rng.uniform(1 - density_spread, 1 + density_spread, n)
+        F[:, a, 1:] = direction * (F[:, a, 0] * rng.uniform(0.0, max_flux_factor, n))[:, None]
+    return F
+
+
+def heavy_species_apart(rng, n):
+    """Optically thick cells whose four heavy species differ by ~1% (mu != tau, nu_x != nubar_x):
+    the linearised pair bounds decide most of their stable cells, the [floor, peak] bounds few."""
+    F = aligned_near_isotropic(rng, n, 0.05, 20)
+    F[:, 2] = F[:, 1] * rng.uniform(0.99, 1.01, (n, 1))
+    F[:, 4] = F[:, 1] * rng.uniform(0.99, 1.01, (n, 1))
+    F[:, 5] = F[:, 2] * rng.uniform(0.99, 1.01, (n, 1))
+    return F
+
+
+def near_isotropic_tiny_eln(rng, n):
+    """Six nearly isotropic, nearly equal species: ELN differences of 1e-7 to 1e-2 against
+    anisotropies of the same order, so that many cells sit at the bounds' edges."""
+    F = aligned_near_isotropic(rng, n, 1e-3, 90, density_spread=0.0)
+    F[:, :, 0] *= 1 + 10.0 ** rng.uniform(-7, -2, (n, 1)) * rng.uniform(-1, 1, (n, 6))
+    F[:, :, 1:] *= (10.0 ** rng.uniform(-4, 0, (n, 6)))[..., None]
+    return F
+
+
 KINDS = {"random": lambda rng, n: random_states(rng, n), "mu=tau": lambda rng, n: random_states(rng, n, mu_equals_tau=True),
          "m1_like": m1_like, "borderline": borderline, "weak_heavy_eln": weak_heavy_eln,
-         "isotropic_excess": isotropic_excess, "between_points": between_points}
+         "isotropic_excess": isotropic_excess, "between_points": between_points,
+         "heavy_species_apart": heavy_species_apart, "near_isotropic_tiny_eln": near_isotropic_tiny_eln}
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -97,7 +131,8 @@ def test_screen_changes_nothing_bit_for_bit(kind, moving):
 @pytest.mark.parametrize("z_method", ["exact", "jedynak"])
 def test_screen_changes_nothing_at_other_orders_and_z_methods(z_method):
     rng = np.random.default_rng(7)
-    F = np.concatenate([m1_like(rng, 500), borderline(rng, 500), weak_heavy_eln(rng, 500)])
+    F = np.concatenate([m1_like(rng, 500), borderline(rng, 500), weak_heavy_eln(rng, 500), heavy_species_apart(rng, 500),
+                        near_isotropic_tiny_eln(rng, 500)])
     for order in (17, 41):
         screened = dodo._core.Box3D(order, z_method, 0.98).apply(F, None, 1)
         full = dodo._core.Box3D(order, z_method, 0.98, screen_stable_cells=False).apply(F, None, 1)
