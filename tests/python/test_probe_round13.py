@@ -611,3 +611,16 @@ def test_plot_names_a_metrics_file_with_wrong_entries(tmp_path, capsys, content,
     refused(capsys, ["plot", what, str(metrics), "-o", str(tmp_path / "p.png")], str(metrics),
             "not a Dodo metrics JSON of dodo train")
     assert not (tmp_path / "p.png").exists()  # refused before the first of plot curve's two files
+
+
+def test_a_training_config_beyond_the_memory_is_one_line(preprocessed, tmp_path, capsys, monkeypatch):
+    """`dodo train --set model.n_blocks=100000000` under a 6 GB limit: a MemoryError traceback (40 lines)
+    while building the network; every other training failure was one line."""
+    import dodo.training.train as training
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(training, "train", no_memory)
+    refused(capsys, ["train", "--config", str(preprocessed), "--set", f"output.checkpoint_dir={tmp_path / 'c'}",
+                     "--set", f"output.results_dir={tmp_path / 'r'}"], "out of memory (MemoryError)", "model.n_blocks")

@@ -46,6 +46,11 @@ def _friendly(name: str):
             except (ValueError, FileNotFoundError, RuntimeError, OSError, ArithmeticError) as exc:
                 print(f"dodo {name}: error: {exc}", file=sys.stderr)
                 return 2
+            except MemoryError as exc:  # a config asking for more than the machine has (model.n_blocks: 10^8)
+                print(f"dodo {name}: error: out of memory ({str(exc) or 'MemoryError'}): the configuration needs "
+                      "more memory than the machine gives; lower model.hidden_dim, model.n_blocks or "
+                      "data.batch_size (or the number of rows)", file=sys.stderr)
+                return 2
 
         return run
 
