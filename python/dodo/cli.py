@@ -213,6 +213,12 @@ def main(argv: list[str] | None = None) -> int:
         # 128 + the signal (143, 129), the status a shell shows for a process that signal ended.
         print(f"{_name(command)}: {_TERMINATING_SIGNALS[ended.signum]}", file=sys.stderr)
         return 128 + int(ended.signum)
+    except MemoryError as error:
+        # An input or option asking for more than the machine has (apply, score, synth ...: the solver and
+        # training commands say which settings to lower themselves): one line, not a traceback.
+        print(f"{_name(command)}: error: out of memory ({str(error) or 'MemoryError'}): the input or the options "
+              "ask for more memory than the machine gives", file=sys.stderr)
+        return 2
     except BrokenPipeError:
         # The reader went away (`dodo score ... --json - | head`): stop quietly, as Unix tools do;
         # point stdout at /dev/null so that the interpreter's final flush does not fail again.

@@ -624,3 +624,14 @@ def test_a_training_config_beyond_the_memory_is_one_line(preprocessed, tmp_path,
     monkeypatch.setattr(training, "train", no_memory)
     refused(capsys, ["train", "--config", str(preprocessed), "--set", f"output.checkpoint_dir={tmp_path / 'c'}",
                      "--set", f"output.results_dir={tmp_path / 'r'}"], "out of memory (MemoryError)", "model.n_blocks")
+
+
+def test_any_command_ends_a_memory_error_with_one_line(tmp_path, capsys, monkeypatch):
+    """`dodo score` / `dodo apply` (inputs or options beyond the memory): a MemoryError traceback."""
+    import dodo.score as scoring
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 7.28 TiB")
+
+    monkeypatch.setattr(scoring, "score", no_memory)
+    refused(capsys, ["score", "box3d", str(_emu(tmp_path / "d.h5"))], "dodo score: error: out of memory (Unable to allocate")
