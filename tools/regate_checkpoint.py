@@ -20,6 +20,7 @@ import torch
 
 from dodo._atomic import atomic_path
 from dodo.training import ensemble_train as et
+from dodo.training.safe_load import UntrustedCheckpointError, load_torch_file
 
 
 def main() -> None:
@@ -33,7 +34,10 @@ def main() -> None:
         parser.error(f"factor must be a finite number > 0; got {args.factor}")
     if os.path.exists(args.output) and os.path.samefile(args.output, args.checkpoint):
         parser.error("the output must not be the input checkpoint")
-    checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    try:
+        checkpoint = load_torch_file(args.checkpoint)
+    except UntrustedCheckpointError as exc:
+        parser.error(str(exc))
     ensemble = et.load_ensemble(checkpoint)
     ensemble.error_per_spread.fill_(args.factor)
     table = et.load_table(args.table)

@@ -165,12 +165,14 @@ def _is_ensemble_checkpoint(path, kind: str) -> bool:
     """Whether ``path`` is a density-residual-ensemble checkpoint (anything else: export's own checks)."""
     import os
 
-    import torch
+    from .safe_load import UntrustedCheckpointError, load_torch_file
 
     if not os.path.isfile(path):
         return False
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = load_torch_file(path)
+    except UntrustedCheckpointError:
+        raise
     except Exception:  # not a torch file: export_checkpoint says what is wrong with it
         return False
     return isinstance(state, dict) and state.get("kind") == kind

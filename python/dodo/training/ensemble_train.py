@@ -20,6 +20,7 @@ import torch
 from .._atomic import atomic_path, check_input_file
 from .config import ConfigError, read_yaml_mapping
 from .dataset import nu_nubar_swapped, rest_frame_arrays
+from .safe_load import load_torch_file
 from .ensemble import (DensityResidualEnsemble, Member, fit_ensemble, fit_growth_member, fit_student, nu_e_change,
                        predict, state_error)
 
@@ -867,7 +868,7 @@ def export_ensemble(checkpoint_path: str, output: str, n_test_vectors: int = 6, 
     from .ensemble import native_network_description
     from .export import IR_VERSION, ExportError, make_test_vectors, metadata_for, roundtrip_check
 
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    checkpoint = load_torch_file(checkpoint_path)
     ensemble = load_ensemble(checkpoint)
     if fused and ensemble.student is not None:
         raise ValueError("--fused: this checkpoint is distilled into one network; there are no members to fuse")

@@ -19,6 +19,7 @@ from .distributed import Distribution, RankBatches, loss_weight
 from .losses import LOSS_TERMS, loss_terms, weighted_loss
 from .metrics import format_metric_table, metric_table
 from .model import ResidualClosure, ResidualFFIModel
+from .safe_load import UntrustedCheckpointError, load_torch_file
 
 CHECKPOINT_FORMAT = "dodo-checkpoint-v1"
 
@@ -217,7 +218,9 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
             check_input_file(path, "a checkpoint file (.pt), e.g. checkpoints/best.pt")
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+        checkpoint = load_torch_file(path, map_location=map_location)
+    except UntrustedCheckpointError:
+        raise
     except Exception as exc:  # torch raises several types for a corrupt file
         raise CorruptCheckpointError(f"{path}: not a readable Dodo checkpoint, truncated or corrupted ({exc})") from exc
     found = checkpoint.get("format") if isinstance(checkpoint, dict) else type(checkpoint).__name__
