@@ -86,6 +86,17 @@ def _synth(args) -> int:
     return 0
 
 
+def _refuse_to_replace_a_run(checkpoints: Path) -> None:
+    """A fresh run would replace another run's checkpoints at its first epochs: refuse unless asked."""
+    found = [name for name in ("final.pt", "last.pt", "best.pt") if (checkpoints / name).exists()]
+    if not found:
+        return
+    what = "a finished run (final.pt)" if "final.pt" in found else "an unfinished run (" + ", ".join(found) + ")"
+    hint = f"--resume {checkpoints / 'last.pt'} continues it, " if "final.pt" not in found and "last.pt" in found else ""
+    raise ValueError(f"{checkpoints} holds {what}; a new run would replace it: {hint}--overwrite replaces it, "
+                     f"or set output.checkpoint_dir to another directory")
+
+
 @_friendly("train")
 def _train(args) -> int:
     from .config import ExperimentConfig
@@ -99,6 +110,8 @@ def _train(args) -> int:
     checkpoints, results = Path(config.output.checkpoint_dir), Path(config.output.results_dir)
     check_outputs([checkpoints / "best.pt", checkpoints / "last.pt", checkpoints / "last.prev.pt",
                    checkpoints / "final.pt", results / "train.log"], [config.data.path, args.config])
+    if not args.resume and not args.overwrite:
+        _refuse_to_replace_a_run(checkpoints)
     config.make_dirs()
     summary = train(config)
     return 0 if summary["status"] in ("completed", "interrupted") else 1
@@ -227,6 +240,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train the residual model")
     p.add_argument("--config", required=True, help="YAML, e.g. training/configs/model.yaml")
     p.add_argument("--resume", metavar="CHECKPOINT", help="continue exactly from a checkpoint (e.g. checkpoints/last.pt)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the checkpoints of another run in output.checkpoint_dir (refused otherwise)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.set_defaults(func=_train)
 
