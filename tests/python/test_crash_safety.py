@@ -73,7 +73,8 @@ def test_training_killed_at_random_points_resumes_to_the_same_result(workspace):
     chooser = random.Random(int(os.environ.get("DODO_CRASH_SEED", "0")) or None)
     kills = []
     for attempt in range(3):
-        resume = ["--resume", last] if (last.exists() or previous_checkpoint_path(last).exists()) else []
+        # No last.pt yet: a fresh start, which must replace a best.pt of the killed attempt (--overwrite).
+        resume = ["--resume", last] if (last.exists() or previous_checkpoint_path(last).exists()) else ["--overwrite"]
         event, largest = chooser.choice(KILL_POINTS)
         count = chooser.randint(1, largest)
         marker = root / f"held-{attempt}.txt"
@@ -96,7 +97,7 @@ def test_training_killed_at_random_points_resumes_to_the_same_result(workspace):
         state = load_checkpoint(last)["epoch"] if last.exists() else None
         kills.append((marker.read_text(), state))
         every_final_file_is_whole(out / "checkpoints")
-    resume = ["--resume", last] if (last.exists() or previous_checkpoint_path(last).exists()) else []
+    resume = ["--resume", last] if (last.exists() or previous_checkpoint_path(last).exists()) else ["--overwrite"]
     finished = subprocess.run(dodo_command("train", "--config", config, *resume), env=ENV, capture_output=True,
                               text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr
