@@ -86,6 +86,21 @@ def test_a_state_that_cannot_be_reconstructed_is_dropped_not_the_whole_run(capsy
             assert list(f["input_index"][()]) == [0, 2]
 
 
+def test_a_state_with_a_negative_density_or_no_flux_limit_is_dropped_naming_its_defect(capsys, tmp_path):
+    """Probe round thirteen: such states were dropped as 'the maximum-entropy fit did not converge'."""
+    states = family_states("emu", 30, np.random.default_rng(0))[[20, 22, 22]].copy()
+    states[0, 3, 0] = -abs(states[0, 3, 0])  # nubar_e with a negative density
+    states[1, 1, 3] = 1.2 * states[1, 1, 0]  # nu_mu with |F| > n
+    source = emu_input(tmp_path / "in.h5", states)
+    for extra in (["--linear-only"], []):
+        output = tmp_path / f"out{len(extra)}.h5"
+        assert run(capsys, ["simulate", str(output), "--input", source, "--ignore-rotation", *extra, *SMALL])[0] == 0
+        with h5py.File(output, "r") as f:
+            dropped = json.loads(f.attrs["dropped"])
+            assert list(f["input_index"][()]) == [2]
+        assert "non-negative" in dropped["0"] and "flux factor" in dropped["1"], dropped
+
+
 def test_a_box_far_below_the_instability_scale_is_dropped_at_once():
     """At |k| many orders beyond the self-interaction scale the eigenvalues' rounding read as growth
     (a 1e-15 cm box: a run of ~1e18 steps followed); such growth is noise: no unstable box mode."""

@@ -105,6 +105,17 @@ def _mismatch_reason(stored, four_flux: np.ndarray, settings: dict) -> str:
 RECONSTRUCTION_FAILED = "its angular distribution cannot be reconstructed (the maximum-entropy fit did not converge)"
 
 
+def reconstruction_failure(state: np.ndarray, directions: np.ndarray) -> str:
+    """Why one state [6, 4] has no angular distribution: its own defect (a negative density, a flux
+    factor at or past the limit, a non-finite entry) when it has one, else RECONSTRUCTION_FAILED."""
+    try:
+        species_direction_densities(np.asarray(state, float)[None], directions)
+    except ValueError as exc:
+        if "did not converge" not in str(exc):
+            return f"its angular distribution cannot be reconstructed: {exc}"
+    return RECONSTRUCTION_FAILED
+
+
 def relative_cost(four_flux: np.ndarray, directions: np.ndarray, end_time_s: np.ndarray | None) -> np.ndarray:
     """Estimated steps per state (up to a common factor): V_max t_end, with t_end ~ 1/(Box3D growth proxy).
 
@@ -325,7 +336,7 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
         lambda: relative_cost(four_flux, directions, None if end_time_s is None else np.asarray(end_time_s)))
     for index in np.flatnonzero(~results["done"] & ~np.isfinite(cost)):
         results["done"][index], results["skipped"][index] = True, True
-        results["reason"][index] = RECONSTRUCTION_FAILED
+        results["reason"][index] = reconstruction_failure(four_flux[index], directions)
     if max_cost is not None:
         cost_vs_nsm1 = cost / relative_cost(NSM1_EMU_1D[None], directions, None)[0]
         expensive = np.flatnonzero(~results["done"] & (cost_vs_nsm1 > max_cost))

@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from .._atomic import atomic_hdf5
-from .campaign import RECONSTRUCTION_FAILED, CheckpointMismatchError, relative_cost
+from .campaign import CheckpointMismatchError, reconstruction_failure, relative_cost
 from .directions import uniform_sphere
 from .io import species_to_emu
 from .solver import SolverConfig
@@ -132,7 +132,7 @@ def linear_growth_labels(four_flux: np.ndarray, output: str, config: SolverConfi
     started = time.time()
     for index in range(rows["processed"], len(four_flux)):
         if not np.isfinite(cost[index]):
-            rows["dropped"][str(index)] = RECONSTRUCTION_FAILED
+            rows["dropped"][str(index)] = reconstruction_failure(four_flux[index], directions)
         elif max_cost is not None and cost[index] > max_cost:
             rows["dropped"][str(index)] = f"estimated cost {cost[index]:.2f}x NSM1's exceeds max_cost {max_cost:g}"
         else:
