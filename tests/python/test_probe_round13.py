@@ -635,3 +635,29 @@ def test_any_command_ends_a_memory_error_with_one_line(tmp_path, capsys, monkeyp
 
     monkeypatch.setattr(scoring, "score", no_memory)
     refused(capsys, ["score", "box3d", str(_emu(tmp_path / "d.h5"))], "dodo score: error: out of memory (Unable to allocate")
+
+
+@pytest.mark.parametrize("raised, status, word", [("KeyboardInterrupt", 130, "interrupted"),
+                                                  ("SIGTERM", 143, "terminated"), ("SIGHUP", 129, "hung up")])
+def test_validate_ends_on_ctrl_c_and_sigterm_with_one_line(capsys, monkeypatch, raised, status, word):
+    """`python -m dodo.qke.validate` printed a KeyboardInterrupt traceback on Ctrl-C and ended without a
+    word on SIGTERM; it now unwinds as `dodo` does (one line, 128 + the signal) and restores the handlers."""
+    import signal
+
+    from dodo import cli
+    from dodo.qke import validate
+
+    def interrupted(argv):
+        assert signal.getsignal(signal.SIGTERM) is cli._on_terminating_signal  # installed while it works
+        if raised == "KeyboardInterrupt":
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), getattr(signal, raised))  # the real signal, through the installed handler
+        raise AssertionError("the signal did not unwind the run")
+
+    monkeypatch.setattr(validate, "_main", interrupted)
+    before = signal.getsignal(signal.SIGTERM)
+    assert validate.main(["emu32"]) == status
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"python -m dodo.qke.validate: {word}"), err
+    assert signal.getsignal(signal.SIGTERM) is before
