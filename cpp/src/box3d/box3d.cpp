@@ -406,20 +406,28 @@ bool pair_bounded(int i, int j, const BlockMoments& m, std::size_t c) {
   if (lowest > margin || highest < -margin) return true;
   // Linearised bounds (see above). The computed distributions and these sums carry rounding of
   // about 1e-13 of the magnitude (sum of peaks = across e^Z), far below the margin.
-  double constant = 0.0, linear_x = 0.0, linear_y = 0.0, linear_z = 0.0, below = 0.0, above = 0.0;
+  double constant = 0.0, linear_x = 0.0, linear_y = 0.0, linear_z = 0.0;
   for (int k = 0; k < 4; ++k) {
     if (!live[k]) continue;
     const std::size_t index = slot(c, species[k]);
     const double term = sign[k] * m.across[index], Z = m.Z[index];
-    const double curvature = m.across[index] * (std::expm1(Z) - Z);  // across rho(Z) >= 0
     constant += term;
     linear_x += term * Z * m.direction_x[index];
     linear_y += term * Z * m.direction_y[index];
     linear_z += term * Z * m.direction_z[index];
-    (sign[k] > 0 ? above : below) += curvature;
   }
   const double linear = std::sqrt(linear_x * linear_x + linear_y * linear_y + linear_z * linear_z);
-  return constant - linear - below > margin || constant + linear + above < -margin;
+  // The curvature only widens the bounds: without it neither holding (a crossing cell's usual
+  // case) decides the pair undecided without the exponentials.
+  const bool may_be_positive = constant - linear > margin, may_be_negative = constant + linear < -margin;
+  if (!may_be_positive && !may_be_negative) return false;
+  double curvature = 0.0;  // sum of across rho(Z) >= 0 over the terms of the sign that works against
+  for (int k = 0; k < 4; ++k) {
+    if (!live[k] || (sign[k] < 0) != may_be_positive) continue;
+    const std::size_t index = slot(c, species[k]);
+    curvature += m.across[index] * std::max(0.0, std::expm1(m.Z[index]) - m.Z[index]);
+  }
+  return may_be_positive ? constant - linear - curvature > margin : constant + linear + curvature < -margin;
 }
 
 // The sign of ELN_f on the quadrature's points, for a flavour whose sign over the whole sphere
