@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 
 import numpy as np
 
@@ -156,9 +157,34 @@ def run_simulate(args) -> int:
         if communicator.size > 1:
             communicator.abort(2)  # the other ranks may be waiting for this one: stop them all
         return 2
+    except BaseException as error:
+        # Under MPI, a rank that ends any other way (SIGTERM or SIGHUP to this rank alone, Ctrl-C, an
+        # unexpected exception) must stop the job too: unwound to dodo's main and MPI_Finalize, it
+        # left the other ranks waiting for it in their gather for ever (probe round fourteen). The
+        # temporaries are already removed (the exception has unwound through the atomic writes).
+        if communicator.size > 1:
+            code, line = _ending(error)
+            if line is None:
+                traceback.print_exc()
+                line = f"error: {type(error).__name__} on rank {communicator.rank}"
+            print(f"dodo simulate: {line}; stopping all {communicator.size} ranks", file=sys.stderr, flush=True)
+            communicator.abort(code)
+        raise
     if communicator.rank == 0:
         report(f"wrote {args.output}: {int(results['valid'].sum())} of {len(results['valid'])} states valid")
     return 0
+
+
+def _ending(error: BaseException) -> tuple:
+    """(exit status, line) for a rank ended by a signal or Ctrl-C as dodo's main reports them;
+    (1, None) for anything else."""
+    from ..cli import _TERMINATING_SIGNALS, _Terminated
+
+    if isinstance(error, KeyboardInterrupt):
+        return 130, "interrupted"
+    if isinstance(error, _Terminated):
+        return 128 + int(error.signum), _TERMINATING_SIGNALS[error.signum]
+    return 1, None
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,109 @@
+"""Outside probe, round fourteen (docs/reliability_cpp.md, "Round five"): the C API and its
+wrappers as a transport code uses them, the physics laws on the retrained default model, and the
+MPI paths with ranks that fail. Each test here failed on the code before its fix."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("h5py")
+
+from dodo import cli as dodo_cli  # noqa: E402
+from dodo.qke import campaign, parallel  # noqa: E402
+
+
+class _RankOneOfTwo(parallel.SerialCommunicator):
+    """Rank 1 of a 2-rank job; abort records its code and ends the process as MPI_Abort would."""
+
+    rank, size = 1, 2
+
+    def __init__(self):
+        self.aborted = None
+
+    def abort(self, code: int) -> None:
+        self.aborted = code
+        raise SystemExit(code)
+
+
+@pytest.mark.parametrize("ending, code, line", [
+    (lambda: dodo_cli._Terminated(signal.SIGTERM), 143, "terminated"),
+    (lambda: dodo_cli._Terminated(signal.SIGHUP), 129, "hung up"),
+    (lambda: KeyboardInterrupt(), 130, "interrupted"),
+    (lambda: RuntimeError("unforeseen"), 1, "RuntimeError on rank 1"),
+], ids=["SIGTERM", "SIGHUP", "Ctrl-C", "unexpected exception"])
+def test_a_rank_ended_by_a_signal_or_an_unexpected_error_stops_every_rank(tmp_path, monkeypatch, capsys, ending,
+                                                                          code, line):
+    """`kill -TERM` of one rank of `mpirun -n 2 dodo simulate`: that rank printed 'terminated' and
+    went into MPI_Finalize; the other finished its states and then waited in its gather for ever
+    (100% CPU; only mpirun's own kill ended it). Now the rank aborts the job with 128 + the signal
+    (130 for Ctrl-C, 1 for an unexpected exception, after its traceback)."""
+    comm = _RankOneOfTwo()
+    monkeypatch.setattr(parallel, "world", lambda: comm)
+
+    def simulate_states(*args, **kwargs):
+        raise ending()
+
+    monkeypatch.setattr(campaign, "simulate_states", simulate_states)
+    with pytest.raises(SystemExit):
+        dodo_cli.main(["simulate", "--random", "2", "--ncell", "16", "--nphi", "8", str(tmp_path / "out.h5")])
+    assert comm.aborted == code
+    err = capsys.readouterr().err
+    assert f"dodo simulate: " in err and line in err and "stopping all 2 ranks" in err
+
+
+def _rank_pid(launcher: subprocess.Popen, rank: int):
+    """Pid of the process of the given rank among mpirun's children (OpenMPI's environment)."""
+    import glob
+
+    for status in glob.glob("/proc/[0-9]*/status"):
+        try:
+            with open(status) as stream:
+                ppid = next(int(row.split()[1]) for row in stream if row.startswith("PPid:"))
+            if ppid != launcher.pid:
+                continue
+            pid = int(status.split("/")[2])
+            with open(f"/proc/{pid}/environ", "rb") as stream:
+                if f"OMPI_COMM_WORLD_RANK={rank}".encode() in stream.read().split(b"\0"):
+                    return pid
+        except (OSError, StopIteration, ValueError):
+            continue
+    return None
+
+
+def test_sigterm_to_one_rank_of_mpirun_dodo_simulate_ends_the_job(tmp_path):
+    """The same under a real `mpirun -n 2 dodo simulate`: SIGTERM to rank 1 after its first batch.
+    Before: the job never ended (rank 0 spun in its gather). Now: it ends, exit 143, and rank 1's
+    checkpoint stays for the rerun."""
+    pytest.importorskip("mpi4py")
+    from mpi_helpers import mpi_environment, mpirun
+
+    log = tmp_path / "stderr.txt"
+    command = mpirun(2) + [sys.executable, "-m", "dodo", "simulate", "--random", "8", "--batch-size", "1",
+                           "--ncell", "16", "--nphi", "8", "--seed", "3", str(tmp_path / "out.h5")]
+    with open(log, "w") as stream:
+        launcher = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stream, env=mpi_environment(),
+                                    cwd=tmp_path, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "[rank 1/2]" not in log.read_text() and launcher.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pid = _rank_pid(launcher, 1)
+        if pid is None or launcher.poll() is not None:
+            pytest.skip("rank 1 ended before it could be signalled (a machine much faster than expected)")
+        os.kill(pid, signal.SIGTERM)
+        try:
+            code = launcher.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the job did not end after SIGTERM to rank 1:\n" + log.read_text()[-2000:])
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+    text = log.read_text()
+    assert code != 0 and "dodo simulate: terminated; stopping all 2 ranks" in text, text[-2000:]
+    assert not (tmp_path / "out.h5").exists()
