@@ -107,3 +107,70 @@ def test_sigterm_to_one_rank_of_mpirun_dodo_simulate_ends_the_job(tmp_path):
     text = log.read_text()
     assert code != 0 and "dodo simulate: terminated; stopping all 2 ranks" in text, text[-2000:]
     assert not (tmp_path / "out.h5").exists()
+
+
+FORTRAN_HUGE_COUNT = """
+program huge_count
+  use dodo
+  use iso_c_binding
+  implicit none
+  interface
+    function mmap(addr, length, prot, flags, fd, offset) bind(c, name="mmap") result(p)
+      import :: c_ptr, c_size_t, c_int, c_long
+      type(c_ptr), value :: addr
+      integer(c_size_t), value :: length
+      integer(c_int), value :: prot, flags, fd
+      integer(c_long), value :: offset
+      type(c_ptr) :: p
+    end function
+  end interface
+  ! 2**32 + 24 doubles: N = 178956971 cells; a default-integer size() wraps to 24 (one cell)
+  integer(c_size_t), parameter :: ncell = 178956971_c_size_t
+  type(dodo_closure) :: closure
+  real(c_double), pointer, contiguous :: F(:, :, :), u(:, :), growth(:)
+  integer(c_int32_t), pointer, contiguous :: status(:)
+  type(c_ptr) :: p
+  integer :: stat
+  character(len=512) :: message
+  ! PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE: address space only, never touched
+  p = mmap(c_null_ptr, 24 * 8 * ncell, 0, int(z'4022', c_int), -1, 0_c_long)
+  call c_f_pointer(p, F, [4_c_size_t, 6_c_size_t, ncell])
+  p = mmap(c_null_ptr, 4 * 8 * ncell, 0, int(z'4022', c_int), -1, 0_c_long)
+  call c_f_pointer(p, u, [4_c_size_t, ncell])
+  p = mmap(c_null_ptr, 4 * ncell, 0, int(z'4022', c_int), -1, 0_c_long)
+  call c_f_pointer(p, status, [ncell])
+  p = mmap(c_null_ptr, 8 * (ncell + 1), 0, int(z'4022', c_int), -1, 0_c_long)
+  call c_f_pointer(p, growth, [ncell + 1])
+  call dodo_create(closure, DODO_BOX3D_ONLY, stat=stat, errmsg=message)
+  ! every array has one entry per cell except growth_rate (one too many): refused over growth_rate
+  ! before libdodo reads anything
+  message = ""
+  call dodo_apply(closure, F, F, u=u, cell_status=status, growth_rate=growth, stat=stat, errmsg=message)
+  print '(i0, 1x, a)', stat, trim(message)
+  call dodo_destroy(closure)
+end program huge_count
+"""
+
+
+def test_fortran_apply_counts_cells_past_two_to_the_31_values(tmp_path):
+    """dodo_apply (Fortran) took the cell count from a default-integer size(F_init), which wraps
+    past 2**31 - 1 values: 178,956,971 cells (2**32 + 24 values) were taken for one cell, so that
+    a u of one column per cell was refused as misshapen, and without u one cell was computed and
+    the other 178,956,970 left untouched with stat 0. The arrays here are address space only
+    (PROT_NONE, never touched): every one has one entry per cell except growth_rate, whose
+    refusal names it before libdodo reads anything."""
+    import shutil
+
+    from test_native_programs import ROOT, pkg_config, run
+
+    if not shutil.which("gfortran"):
+        pytest.skip("gfortran is not installed (apt-get install gfortran)")
+    if sys.maxsize < 2**40:
+        pytest.skip("needs a 64-bit address space")
+    source = tmp_path / "huge.f90"
+    source.write_text(FORTRAN_HUGE_COUNT)
+    program = tmp_path / "huge"
+    run(["gfortran", "-J", str(tmp_path), str(ROOT / "cpp/include/dodo/dodo.f90"), str(source),
+         *pkg_config("--libs"), "-o", str(program)])
+    lines = run([str(program)]).splitlines()
+    assert lines == ["1 growth_rate must have one entry per cell"], lines

@@ -192,10 +192,10 @@ contains
 
     options = make_options(threads, chunk_size, lebedev_order, max_flux_factor, run_self_test, cuda_device)
     bytes_pointer = c_null_ptr
-    if (size(bytes) > 0) bytes_pointer = c_loc(bytes)
+    if (size(bytes, kind=c_size_t) > 0) bytes_pointer = c_loc(bytes)
     message = c_null_char
     if (c_associated(closure%handle)) call c_destroy(closure%handle)
-    status = int(c_create_from_memory(bytes_pointer, int(size(bytes), c_size_t), options, closure%handle, message, &
+    status = int(c_create_from_memory(bytes_pointer, size(bytes, kind=c_size_t), options, closure%handle, message, &
                                       int(size(message), c_size_t)))
     call report(status, from_c_buffer(message), stat, errmsg)
   end subroutine dodo_create_from_memory
@@ -231,11 +231,13 @@ contains
       call report(DODO_ERROR_INVALID_ARGUMENT, "F_init and F_pred must both have shape (4, 6, ...)", stat, errmsg)
       return
     end if
-    if (any(shape(F_pred) /= shape(F_init))) then
+    if (any(shape(F_pred, kind=c_size_t) /= shape(F_init, kind=c_size_t))) then
       call report(DODO_ERROR_INVALID_ARGUMENT, "F_init and F_pred must both have shape (4, 6, ...)", stat, errmsg)
       return
     end if
-    ncell = int(size(F_init) / 24, c_size_t)
+    ! size() of kind c_size_t: a default-integer size() wraps past 2**31 - 1 values (89,478,485
+    ! cells), so that 178,956,971 cells were taken for one (probe round fourteen)
+    ncell = size(F_init, kind=c_size_t) / 24_c_size_t
     u_pointer = c_null_ptr
     status_pointer = c_null_ptr
     if (present(u)) then
