@@ -174,3 +174,39 @@ def test_fortran_apply_counts_cells_past_two_to_the_31_values(tmp_path):
          *pkg_config("--libs"), "-o", str(program)])
     lines = run([str(program)]).splitlines()
     assert lines == ["1 growth_rate must have one entry per cell"], lines
+
+
+FORTRAN_EMPTY_PACKAGE = """
+program empty_package
+  use dodo
+  implicit none
+  type(dodo_closure) :: closure
+  integer(c_int8_t), allocatable :: package(:)
+  integer :: stat
+  character(len=512) :: message
+  allocate(package(0))
+  message = ""
+  call dodo_create_from_memory(closure, package, stat=stat, errmsg=message)
+  print '(i0, 1x, a)', stat, trim(message)
+end program empty_package
+"""
+
+
+def test_fortran_empty_package_in_memory_is_called_empty(tmp_path):
+    """An empty byte array (a model file read as 0 bytes, as examples/fortran/mpi_closure.f90 does
+    for an empty file) reached C as a NULL pointer: DODO_ERROR_INVALID_ARGUMENT "model bytes
+    pointer is NULL (for a Box3D-only closure use dodo_closure_create with DODO_BOX3D_ONLY)". Now
+    the refusal C gives any empty package: DODO_ERROR_MODEL_FORMAT "model in memory is empty"."""
+    import shutil
+
+    from test_native_programs import ROOT, pkg_config, run
+
+    if not shutil.which("gfortran"):
+        pytest.skip("gfortran is not installed (apt-get install gfortran)")
+    source = tmp_path / "empty.f90"
+    source.write_text(FORTRAN_EMPTY_PACKAGE)
+    program = tmp_path / "empty"
+    run(["gfortran", "-std=f2018", "-Wall", "-J", str(tmp_path), str(ROOT / "cpp/include/dodo/dodo.f90"), str(source),
+         *pkg_config("--libs"), "-o", str(program)])
+    lines = run([str(program)]).splitlines()
+    assert len(lines) == 1 and lines[0].startswith("3 ") and "model in memory is empty" in lines[0], lines

@@ -187,11 +187,14 @@ contains
     character(len=*), intent(inout), optional :: errmsg
     type(options_c) :: options
     character(kind=c_char) :: message(1024)
+    integer(c_int8_t), target :: no_bytes(1)
     type(c_ptr) :: bytes_pointer
     integer :: status
 
     options = make_options(threads, chunk_size, lebedev_order, max_flux_factor, run_self_test, cuda_device)
-    bytes_pointer = c_null_ptr
+    ! An empty array (a file read as 0 bytes) is an empty package, not a NULL pointer: C's refusal
+    ! then says "model in memory is empty" instead of suggesting DODO_BOX3D_ONLY (probe round fourteen)
+    bytes_pointer = c_loc(no_bytes)
     if (size(bytes, kind=c_size_t) > 0) bytes_pointer = c_loc(bytes)
     message = c_null_char
     if (c_associated(closure%handle)) call c_destroy(closure%handle)
