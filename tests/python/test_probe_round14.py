@@ -228,3 +228,102 @@ def test_an_explicit_self_test_leaves_the_counters_to_the_callers_cells():
     assert closure.counters["cells"] == 0
     closure.self_test()
     assert closure.counters["cells"] == 0
+
+
+# A stand-in for libonnxruntime whose loading takes a second: its constructor says "loading" on the
+# pipe FAKE_ORT_FD, then sleeps, so that the host forks while libdodo is inside dlopen.
+SLOW_LIBRARY = r"""
+#include <stdlib.h>
+#include <unistd.h>
+__attribute__((constructor)) static void slow_load(void) {
+  const char* fd = getenv("FAKE_ORT_FD");
+  if (fd) { (void)!write(atoi(fd), "x", 1); }
+  sleep(1);
+}
+"""
+
+FORK_DURING_CREATE = r"""
+#define _POSIX_C_SOURCE 200809L
+#include <dodo/dodo.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static const char *model, *library;
+
+static dodo_status create(void) {
+  dodo_options options;
+  dodo_options_init(&options);
+  options.onnxruntime_library = library;
+  dodo_closure* closure = NULL;
+  char message[512];
+  dodo_status status = dodo_closure_create(model, &options, &closure, message, sizeof message);
+  dodo_closure_destroy(closure);
+  return status;
+}
+
+static void* creator(void* unused) {
+  (void)unused;
+  printf("thread %s\n", dodo_status_name(create()));
+  return NULL;
+}
+
+int main(int argc, char** argv) {
+  if (argc < 3) return 2;
+  setvbuf(stdout, NULL, _IONBF, 0);  /* no buffered line of the thread copied into the child */
+  model = argv[1];
+  library = argv[2];
+  int ends[2];
+  if (pipe(ends) != 0) return 2;
+  char fd[16];
+  snprintf(fd, sizeof fd, "%d", ends[1]);
+  setenv("FAKE_ORT_FD", fd, 1);
+  pthread_t thread;
+  pthread_create(&thread, NULL, creator, NULL);
+  char byte;
+  if (read(ends[0], &byte, 1) != 1) return 2;  /* the thread is inside the library's loading */
+  pid_t child = fork();
+  if (child == 0) {
+    unsetenv("FAKE_ORT_FD");
+    alarm(20);  /* a hang ends the child with SIGALRM */
+    printf("child %s\n", dodo_status_name(create()));
+    _exit(0);
+  }
+  pthread_join(thread, NULL);
+  int status = 0;
+  waitpid(child, &status, 0);
+  printf("child ended by %s\n", WIFSIGNALED(status) ? "a signal" : "exit");
+  return 0;
+}
+"""
+
+
+def test_fork_while_another_thread_loads_onnx_runtime_leaves_the_child_usable(tmp_path):
+    """fork() while another thread was inside dodo_closure_create's loading of ONNX Runtime (the
+    first closure with a model: dlopen and the environment, ~50 ms) copied libdodo's loader mutex
+    locked into the child: the child's own dodo_closure_create with a model waited for ever (seen
+    with the real library at every fork delay from 0 to 40 ms). Here the library is a stand-in whose
+    loading takes a second, so the fork lands inside it whatever the machine's speed; both
+    creations then fail as they should (not ONNX Runtime), and neither hangs."""
+    import shutil
+
+    from test_native_programs import pkg_config, run
+
+    from dodo.models import default_model_path
+
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        pytest.skip("no C compiler")
+    (tmp_path / "slow.c").write_text(SLOW_LIBRARY)
+    library = tmp_path / "libslow.so"
+    run([compiler, "-shared", "-fPIC", str(tmp_path / "slow.c"), "-o", str(library)])
+    (tmp_path / "fork.c").write_text(FORK_DURING_CREATE)
+    program = tmp_path / "fork"
+    run([compiler, "-std=c99", str(tmp_path / "fork.c"), *pkg_config("--cflags", "--libs"), "-lpthread",
+         "-o", str(program)])
+    lines = run([str(program), str(default_model_path()), str(library)]).splitlines()
+    assert sorted(lines) == ["child DODO_ERROR_ONNXRUNTIME_UNAVAILABLE", "child ended by exit",
+                             "thread DODO_ERROR_ONNXRUNTIME_UNAVAILABLE"], lines

@@ -2,6 +2,7 @@
 
 #include <dlfcn.h>
 #include <glob.h>
+#include <pthread.h>
 
 #include <cstdlib>
 #include <mutex>
@@ -107,11 +108,29 @@ void check_ort(const OrtApi* api, OrtStatus* status, const char* context) {
   throw Error(dodo_code, message);
 }
 
+namespace {
+
+// Held while the library is loaded (dlopen, the environment: tens of milliseconds).
+std::mutex& load_mutex() {
+  static std::mutex mutex;
+  return mutex;
+}
+
+// fork() while another thread was loading the library copied the mutex locked into the child,
+// whose first closure with a model then waited for ever (probe round fourteen: a C host forking
+// while a thread creates its closure, Python multiprocessing beside a thread making a Closure).
+// fork now waits for a load under way to finish: the child finds the mutex free and the library
+// either loaded or not yet (then it loads its own).
+const int kForkHandlers = pthread_atfork([] { load_mutex().lock(); }, [] { load_mutex().unlock(); },
+                                         [] { load_mutex().unlock(); });
+
+}  // namespace
+
 const OrtLibrary& load_onnxruntime(const std::string& explicit_path) {
   // Loaded once; a failed attempt may be retried (e.g. after fixing the environment variable).
-  static std::mutex mutex;
   static OrtLibrary* loaded = nullptr;
-  std::lock_guard<std::mutex> lock(mutex);
+  (void)kForkHandlers;
+  std::lock_guard<std::mutex> lock(load_mutex());
   if (!loaded) loaded = new OrtLibrary(open_library(explicit_path));  // lives until process exit
   return *loaded;
 }
