@@ -53,7 +53,7 @@ def test_a_rank_ended_by_a_signal_or_an_unexpected_error_stops_every_rank(tmp_pa
         dodo_cli.main(["simulate", "--random", "2", "--ncell", "16", "--nphi", "8", str(tmp_path / "out.h5")])
     assert comm.aborted == code
     err = capsys.readouterr().err
-    assert f"dodo simulate: " in err and line in err and "stopping all 2 ranks" in err
+    assert "dodo simulate: " in err and line in err and "stopping all 2 ranks" in err
 
 
 def _rank_pid(launcher: subprocess.Popen, rank: int):
@@ -327,3 +327,77 @@ def test_fork_while_another_thread_loads_onnx_runtime_leaves_the_child_usable(tm
     lines = run([str(program), str(default_model_path()), str(library)]).splitlines()
     assert sorted(lines) == ["child DODO_ERROR_ONNXRUNTIME_UNAVAILABLE", "child ended by exit",
                              "thread DODO_ERROR_ONNXRUNTIME_UNAVAILABLE"], lines
+
+
+def test_default_model_laws_on_empty_species_extreme_flux_factors_and_boosts():
+    """Held (no change needed) on the retrained default model: cells with one or several species
+    empty (heavy leptons, all antineutrinos), one species at flux factor 0.95-0.999, moving with
+    W up to 10: finite, conserving, realizable in the rest frame, stable and rejected cells bit
+    for bit, flux factors from 0.98 rejected; C API and Python bitwise equal (docs/reliability_cpp.md,
+    "Round five")."""
+    import ctypes
+
+    import numpy as np
+
+    import dodo
+    from dodo.models import default_model_path
+
+    if not dodo.runtime_available():
+        pytest.skip("closure runtime not built")
+    from closure_helpers import conservation_residual, ntot, synthetic
+    from libdodo_ctypes import load_libdodo
+
+    rng = np.random.default_rng(1414)
+    n = 1200
+    density = rng.uniform(0.05, 1.0, (n, 6))
+    direction = rng.normal(size=(n, 6, 3))
+    direction /= np.linalg.norm(direction, axis=2, keepdims=True)
+    factor = rng.uniform(0.0, 0.7, (n, 6))
+    which = rng.integers(0, 6, n)
+    factor[np.arange(n), which] = np.where(np.arange(n) % 2 == 0, rng.uniform(0.95, 0.999, n),
+                                           factor[np.arange(n), which])
+    F = np.empty((n, 6, 4))
+    F[..., 0], F[..., 1:] = density, direction * (density * factor)[..., None]
+    for rows, species in ((np.arange(n) % 6 == 1, [1, 2, 4, 5]), (np.arange(n) % 6 == 3, [3, 4, 5]),
+                          (np.arange(n) % 6 == 5, [int(k) for k in rng.integers(0, 6, 1)])):
+        F[np.ix_(rows, species)] = 0
+    # Boost half the cells: rest-frame F to the lab frame of a fluid moving with W in [1, 10].
+    W = np.where(np.arange(n) % 2 == 0, 1.0, rng.uniform(1.0, 10.0, n))
+    v_hat = rng.normal(size=(n, 3))
+    v_hat /= np.linalg.norm(v_hat, axis=1, keepdims=True)
+    v = v_hat * np.sqrt(1 - 1 / W**2)[:, None]
+    u = np.concatenate([W[:, None], W[:, None] * v], axis=1)
+    v_dot_F = np.einsum("ni,nsi->ns", v, F[..., 1:])
+    v2 = np.maximum((v**2).sum(1), 1e-300)
+    lab = np.empty_like(F)
+    lab[..., 0] = W[:, None] * (F[..., 0] + v_dot_F)
+    lab[..., 1:] = F[..., 1:] + (((W - 1) / v2)[:, None] * v_dot_F + W[:, None] * F[..., 0])[..., None] * v[:, None, :]
+    lab = np.ascontiguousarray(lab)
+
+    result = dodo.Closure().apply(lab, u)
+    out, status = result.F_pred, result.status
+    assert np.isfinite(out).all() and np.isfinite(result.growth_rate).all()
+    assert conservation_residual(out, lab, u).max() < 1e-13
+    rest = synthetic.boost_to_rest(u, out)
+    margin = (rest[..., 0] - np.linalg.norm(rest[..., 1:], axis=-1)) / ntot(lab, u)[:, None]
+    assert margin.min() >= -1e-15
+    untouched = (status == 1) | ((status & 62) != 0)
+    assert np.array_equal(out[untouched], lab[untouched])
+    # FLUX_FACTOR exactly where the rest-frame flux factor reaches the limit 0.98 (away from it by
+    # more than the boost's rounding).
+    largest = np.where(F[np.arange(n), which, 0] > 0, factor[np.arange(n), which], 0.0)
+    clear = np.abs(largest - 0.98) > 1e-6
+    assert np.array_equal(((status & 2) != 0)[clear], (largest >= 0.98)[clear])
+
+    library = load_libdodo()
+    handle = ctypes.c_void_p()
+    assert library.dodo_closure_create(str(default_model_path()).encode(), None, ctypes.byref(handle), None, 0) == 0
+    try:
+        double_p = ctypes.POINTER(ctypes.c_double)
+        c_out, c_status = np.empty_like(lab), np.zeros(n, np.uint32)
+        assert library.dodo_apply(handle, n, lab.ctypes.data_as(double_p), None, u.ctypes.data_as(double_p), None,
+                                  c_out.ctypes.data_as(double_p), None,
+                                  c_status.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32))) == 0
+    finally:
+        library.dodo_closure_destroy(handle)
+    assert np.array_equal(c_out, out) and np.array_equal(c_status, status)
