@@ -59,6 +59,9 @@ struct Closure::Batch {
   // Average the network over the cell's flavour images (every call but the self-test, which checks
   // the package's network as exported).
   bool flavour_images = true;
+  // Add the batch's cells and events to the counters (every call but the self-test: the counters
+  // describe the caller's cells only).
+  bool counted = true;
 };
 
 namespace {
@@ -365,8 +368,7 @@ void Closure::initialise(const std::string_view* bytes, const std::string& sourc
   }
   // A package without test vectors gets here only with the development opt-out.
   if (options.run_self_test && model_ && description_.test_vectors.cells > 0) {
-    self_test();
-    reset_counters();  // counters describe the caller's cells only
+    self_test();  // its cells are not counted: the counters describe the caller's cells only
   }
 }
 
@@ -415,14 +417,15 @@ void Closure::apply(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, 
 
 void Closure::apply(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, CellArray F_pred,
                     std::uint32_t* status, const CellDiagnostics& diagnostics) const {
-  apply_batch(n, F_init, u, F_pred, status, diagnostics, true);
+  apply_batch(n, F_init, u, F_pred, status, diagnostics, true, true);
 }
 
 void Closure::apply_batch(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, CellArray F_pred,
-                          std::uint32_t* status, const CellDiagnostics& diagnostics, bool flavour_images) const {
+                          std::uint32_t* status, const CellDiagnostics& diagnostics, bool flavour_images,
+                          bool counted) const {
   if (n == 0) return;
   if (!F_init.data || !F_pred.data) throw Error(DODO_ERROR_INVALID_ARGUMENT, "F_init and F_pred must not be null");
-  Batch batch{this, n, F_init, u, F_pred, status, diagnostics, {}, {}, flavour_images};
+  Batch batch{this, n, F_init, u, F_pred, status, diagnostics, {}, {}, flavour_images, counted};
   // Written so that n near SIZE_MAX cannot wrap to zero chunks.
   const std::size_t size = static_cast<std::size_t>(chunk_size_);
   const std::size_t chunks = n / size + (n % size != 0);
@@ -611,6 +614,7 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
     events.network_nonfinite += (flags & kCell_NETWORK_NONFINITE) != 0;
     events.correction_limited += (flags & kCell_CORRECTION_LIMITED) != 0;
   }
+  if (!batch.counted) return;
   cells_.fetch_add(count, std::memory_order_relaxed);
   rejected_.fetch_add(events.rejected, std::memory_order_relaxed);
   no_crossing_.fetch_add(events.no_crossing, std::memory_order_relaxed);
@@ -631,7 +635,7 @@ double Closure::self_test() const {
   diagnostics.uncertainty = uncertainty.data();
   // The package's network as exported, without the flavour images: its test vectors were computed so.
   apply_batch(vectors.cells, ConstCellArray{vectors.F_init.data()}, velocity, CellArray{predicted.data()}, nullptr,
-              diagnostics, false);
+              diagnostics, false, false);
   double worst = 0.0;
   std::size_t worst_cell = 0;
   for (std::size_t c = 0; c < vectors.cells; ++c) {

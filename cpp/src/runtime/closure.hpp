@@ -109,9 +109,9 @@ class Closure {
   // Loads the model in `bytes` (named `source` in messages); null bytes: Box3D only.
   void initialise(const std::string_view* bytes, const std::string& source, const ClosureOptions& options);
   // apply(); flavour_images false: the network on each cell alone (the self-test's check of the
-  // package's network as exported).
+  // package's network as exported); counted false: the counters are left as they are (the self-test).
   void apply_batch(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, CellArray F_pred, std::uint32_t* status,
-                   const CellDiagnostics& diagnostics, bool flavour_images) const;
+                   const CellDiagnostics& diagnostics, bool flavour_images, bool counted) const;
   static void run_chunk(void* batch, std::size_t chunk, int slot);
   void process_chunk(const Batch& batch, std::size_t begin, std::size_t end, Workspace& workspace) const;
   Workspace* acquire_workspace() const;
