@@ -9,13 +9,11 @@ import json, sys
 import numpy as np
 import pathlib
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests" / "python"))
-import onnx, torch
-from onnx import numpy_helper
-from onnx.reference import ReferenceEvaluator
 import dodo
 from dodo._closure import Closure, default_model_path
 from dodo.training.export import closure_float64
 from conftest import random_states, random_velocities
+from float64_graph import float64_network
 
 n = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
 rng = np.random.default_rng(99)
@@ -24,30 +22,8 @@ F_rest = np.concatenate([random_states(rng, n - n // 5), random_states(rng, n //
 F = dodo.boost_from_rest(F_rest, u[:, None, :])
 native, graph = Closure(threads=1), Closure(threads=1, evaluator="onnxruntime")
 a, b = native.apply(F, u), graph.apply(F, u)
-model = onnx.load(str(default_model_path()))
-widen = lambda t: numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float64), t.name)
-for initializer in model.graph.initializer:
-    if initializer.data_type == onnx.TensorProto.FLOAT:
-        initializer.CopyFrom(widen(initializer))
-for node in model.graph.node:
-    for attribute in node.attribute:
-        if node.op_type == "Constant" and attribute.name == "value" and attribute.t.data_type == onnx.TensorProto.FLOAT:
-            attribute.t.CopyFrom(widen(attribute.t))
-        if node.op_type == "Cast" and attribute.name == "to" and attribute.i == onnx.TensorProto.FLOAT:
-            attribute.i = onnx.TensorProto.DOUBLE
-for value in list(model.graph.input) + list(model.graph.output):
-    if value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
-        value.type.tensor_type.elem_type = onnx.TensorProto.DOUBLE
-evaluator = ReferenceEvaluator(model)
-
-class Float64Graph(torch.nn.Module):
-    head = "equivariant"
-    features = native.metadata["dodo.features"]
-    def forward(self, x):
-        out = evaluator.run(["head_output"], {"invariants": x.float().numpy().astype(np.float64)})[0]
-        return torch.from_numpy(np.asarray(out, dtype=np.float64))
-
-reference = closure_float64(Float64Graph(), F, u, json.loads(native.metadata["dodo.box3d"]), flavour_images=True)
+network = float64_network(default_model_path(), native.metadata["dodo.features"])
+reference = closure_float64(network, F, u, json.loads(native.metadata["dodo.box3d"]), flavour_images=True)
 ntot = np.asarray(dodo.comoving_density(F, u))
 for name, r in (("native", a), ("onnxruntime", b)):
     d = np.abs(r.F_pred - reference["F_pred"]).max(axis=(1, 2)) / ntot

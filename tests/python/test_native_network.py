@@ -69,44 +69,18 @@ def test_native_evaluator_is_never_farther_from_the_float64_definition_than_the_
     rounding: on far-out cells of some models the graph's float32 distance moved the closure by up
     to 3e-5 N_tot; where both sit at rounding (~5e-8 N_tot, the shipped model on these cells),
     which one is nearer is a coin toss that depends on the instruction set."""
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     from dodo.training.export import closure_float64
 
     F, u, native, graph = results
     ntot = np.abs(F[..., 0]).sum(axis=1)
     worst = np.argsort(-np.abs(native.F_pred - graph.F_pred).max(axis=(1, 2)) / ntot)[:6]
     box3d_settings = json.loads(Closure().metadata["dodo.box3d"])
-    # The training checkpoint is not shipped; the graph evaluated in float64 (onnx's reference
-    # evaluator, every weight widened) stands in for the float64 torch ensemble.
-    from onnx import numpy_helper
-    from onnx.reference import ReferenceEvaluator
+    # The training checkpoint is not shipped; the graph evaluated in float64 stands in for it.
+    from float64_graph import float64_network
 
-    model = onnx.load(str(default_model_path()))
-    widen = lambda t: numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float64), t.name)  # noqa: E731
-    for initializer in model.graph.initializer:  # the same graph with every float in float64
-        if initializer.data_type == onnx.TensorProto.FLOAT:
-            initializer.CopyFrom(widen(initializer))
-    for node in model.graph.node:
-        for attribute in node.attribute:
-            if node.op_type == "Constant" and attribute.name == "value" and attribute.t.data_type == onnx.TensorProto.FLOAT:
-                attribute.t.CopyFrom(widen(attribute.t))
-            if node.op_type == "Cast" and attribute.name == "to" and attribute.i == onnx.TensorProto.FLOAT:
-                attribute.i = onnx.TensorProto.DOUBLE
-    for value in list(model.graph.input) + list(model.graph.output):
-        if value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
-            value.type.tensor_type.elem_type = onnx.TensorProto.DOUBLE
-    evaluator = ReferenceEvaluator(model)
-
-    class Float64Graph(torch.nn.Module):
-        head = "equivariant"
-        features = Closure().metadata["dodo.features"]
-
-        def forward(self, x):
-            # float32 features, as the runtime builds them; everything after them in float64
-            out = evaluator.run(["head_output"], {"invariants": x.float().numpy().astype(np.float64)})[0]
-            return torch.from_numpy(np.asarray(out, dtype=np.float64))
-
-    reference = closure_float64(Float64Graph(), F[worst], u[worst], box3d_settings, flavour_images=True)
+    network = float64_network(default_model_path(), Closure().metadata["dodo.features"])
+    reference = closure_float64(network, F[worst], u[worst], box3d_settings, flavour_images=True)
     native_error = np.abs(native.F_pred[worst] - reference["F_pred"]).max(axis=(1, 2)) / ntot[worst]
     graph_error = np.abs(graph.F_pred[worst] - reference["F_pred"]).max(axis=(1, 2)) / ntot[worst]
     assert native_error.max() < 1e-6, native_error
