@@ -80,3 +80,20 @@ def test_what_dodo_checkpoints_hold_still_loads(tmp_path):
     assert loaded["rng"]["python"] == state["rng"]["python"]
     assert np.array_equal(loaded["mean"], state["mean"]) and loaded["scale"] == 2.5
     assert torch.equal(loaded["weights"]["w"], state["weights"]["w"])
+
+
+def test_a_checkpoint_pickled_under_numpy_1_still_loads(tmp_path):
+    """NumPy 1.x pickles its arrays as numpy.core.multiarray._reconstruct (2.x: numpy._core)."""
+    import io
+    import zipfile
+
+    torch.save({"mean": np.arange(4.0), "scale": np.float64(2.5)}, tmp_path / "new.pt")
+    with zipfile.ZipFile(tmp_path / "new.pt") as source, zipfile.ZipFile(tmp_path / "old.pt", "w") as target:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename.endswith("data.pkl"):
+                data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+                assert b"numpy.core.multiarray" in data
+            target.writestr(info, data)
+    loaded = load_torch_file(tmp_path / "old.pt")
+    assert np.array_equal(loaded["mean"], np.arange(4.0)) and loaded["scale"] == 2.5

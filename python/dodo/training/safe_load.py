@@ -23,6 +23,9 @@ def _numpy_globals() -> list:
     core = getattr(np, "_core", None) or np.core
     allowed = [core.multiarray._reconstruct, core.multiarray.scalar, np.ndarray, np.dtype]
     allowed += [type(np.dtype(name)) for name in ("uint32", "int64", "float64", "float32", "bool", "int32")]
+    # A checkpoint pickled under NumPy 1.x names numpy.core.multiarray: the same functions.
+    allowed += [(core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+                (core.multiarray.scalar, "numpy.core.multiarray.scalar")]
     return allowed
 
 
