@@ -4,7 +4,6 @@ crafted to run code on load is refused in one line and its code never runs (prob
 reported torch.load(weights_only=False) on every path; docs/reliability_python.md section 15)."""
 from __future__ import annotations
 
-import os
 import random
 import subprocess
 import sys
@@ -61,9 +60,10 @@ def test_train_resume_from_a_planted_checkpoint_runs_no_code(tmp_path):
 
 def test_regate_tool_refuses_a_planted_checkpoint(tmp_path):
     path, marker = planted_checkpoint(tmp_path, kind="density_residual_ensemble")
+    # The installed dodo (the test run's interpreter), as a user runs the tool from a checkout.
     result = subprocess.run([sys.executable, str(REPO / "tools" / "regate_checkpoint.py"), str(path), "2.5",
-                             "--table", str(tmp_path / "table.h5"), "-o", str(tmp_path / "out.pt")], capture_output=True, text=True, timeout=300,
-                            env=dict(os.environ, PYTHONPATH=str(REPO / "python")))
+                             "--table", str(tmp_path / "table.h5"), "-o", str(tmp_path / "out.pt")],
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "refused" in result.stderr
     assert not marker.exists() and not (tmp_path / "out.pt").exists()
 

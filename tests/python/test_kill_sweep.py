@@ -35,6 +35,13 @@ _CHILD = textwrap.dedent("""
 """)
 
 
+def _default_signal_dispositions() -> None:
+    # The child starts as from a terminal, whatever ran the tests: pytest's own SIGINT handling,
+    # or `nohup`'s ignored SIGHUP (dodo keeps an ignored SIGHUP by design), are not inherited.
+    for signum in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 def _signal_while_temporary_exists(tmp_path: Path, argv: list[str], target: Path, signum: int):
     """Run `dodo ARGV` in a child, send ``signum`` while TARGET's temporary is complete and not yet
     renamed; return (exit status, stderr, the temporaries there when the signal was sent)."""
@@ -42,7 +49,7 @@ def _signal_while_temporary_exists(tmp_path: Path, argv: list[str], target: Path
     sentinel.unlink(missing_ok=True)
     child = subprocess.Popen([sys.executable, "-c", _CHILD, str(sentinel), *argv], cwd=tmp_path,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                             preexec_fn=_default_signal_dispositions)
     try:
         deadline = time.monotonic() + 120
         while not sentinel.exists():
@@ -55,7 +62,7 @@ def _signal_while_temporary_exists(tmp_path: Path, argv: list[str], target: Path
     finally:
         if child.poll() is None:
             child.kill()
-            child.wait()
+        child.communicate()  # reaps the child and closes its pipes, also after a failed assertion
     return child.returncode, err, temporaries
 
 

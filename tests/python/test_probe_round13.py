@@ -655,9 +655,14 @@ def test_validate_ends_on_ctrl_c_and_sigterm_with_one_line(capsys, monkeypatch, 
         raise AssertionError("the signal did not unwind the run")
 
     monkeypatch.setattr(validate, "_main", interrupted)
-    before = signal.getsignal(signal.SIGTERM)
-    assert validate.main(["emu32"]) == status
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"python -m dodo.qke.validate: {word}"), err
-    assert signal.getsignal(signal.SIGTERM) is before
+    # As from a terminal: under `nohup` SIGHUP is ignored, and dodo leaves an ignored SIGHUP alone.
+    previous_hup = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        before = signal.getsignal(signal.SIGTERM)
+        assert validate.main(["emu32"]) == status
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"python -m dodo.qke.validate: {word}"), lines
+        assert signal.getsignal(signal.SIGTERM) is before
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGHUP, previous_hup)
