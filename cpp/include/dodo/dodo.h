@@ -102,7 +102,7 @@ typedef struct dodo_options {
 } dodo_options;
 
 typedef struct dodo_counters {
-  uint64_t cells;               /* cells processed by dodo_apply */
+  uint64_t cells;               /* cells processed by dodo_apply (the self-test's are not counted) */
   uint64_t rejected;            /* cells whose input was rejected (output = input) */
   uint64_t no_crossing;         /* stable cells (no ELN crossing) */
   uint64_t box3d_limited;       /* cells whose Box3D change was limited */
@@ -170,7 +170,8 @@ DODO_API dodo_status dodo_apply(dodo_closure* closure, size_t n_cells, const dou
                                 const ptrdiff_t* F_pred_strides, uint32_t* cell_status);
 
 /* Runs the model's embedded test vectors through dodo_apply; DODO_ERROR_SELF_TEST if any cell
- * differs by more than the tolerance stored in the model. max_error_over_ntot may be NULL. */
+ * differs by more than the tolerance stored in the model. max_error_over_ntot may be NULL.
+ * The counters are left as they are (they describe the caller's cells only). */
 DODO_API dodo_status dodo_self_test(dodo_closure* closure, double* max_error_over_ntot);
 
 DODO_API dodo_status dodo_get_counters(const dodo_closure* closure, dodo_counters* counters);
