@@ -8,7 +8,12 @@
 
 #include <Python.h>
 
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <thread>
 #include <utility>
 
@@ -41,6 +46,29 @@ void without_gil(Work&& work) {
     throw;
   }
   restore_gil(state);
+}
+
+// Cells per slice of a long call (dodo._core._set_interrupt_slice_cells changes it, for tests).
+inline std::atomic<std::size_t>& interrupt_slice_cells() {
+  static std::atomic<std::size_t> cells{std::size_t{1} << 18};
+  return cells;
+}
+
+// A call over n cells in slices, each without the GIL: between slices the GIL is taken back and
+// pending signals run, so Ctrl-C (or dodo's SIGTERM handler) ends a 10^8-cell call within one
+// slice's time (a few tenths of a second) instead of at its end. work(begin, count) computes
+// cells [begin, begin + count); results do not depend on how a batch is split (test_api,
+// test_out_arrays), so the slicing is invisible. n = 0 still calls work(0, 0) once.
+template <typename Work>
+void in_interruptible_slices(std::size_t n, Work&& work) {
+  const std::size_t slice = std::max<std::size_t>(1, interrupt_slice_cells().load());
+  std::size_t begin = 0;
+  do {
+    const std::size_t count = std::min(slice, n - begin);
+    without_gil([&] { work(begin, count); });
+    begin += count;
+    if (begin < n && PyErr_CheckSignals() != 0) throw pybind11::error_already_set();
+  } while (begin < n);
 }
 
 }  // namespace dodo_python

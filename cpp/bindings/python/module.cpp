@@ -64,11 +64,11 @@ py::tuple apply_box3d(const dodo::Box3D& box3d, const CArray& F, const py::objec
   double* growth_data = growth.mutable_data();
   double* ntot_data = ntot.mutable_data();
   std::uint32_t* status_data = status.mutable_data();
-  dodo_python::without_gil([&] {
-    dodo::ConstCellArray input{F_data};
-    dodo::ConstVelocityArray velocity{u_data};
-    dodo::CellArray output{box_data};
-    box3d.apply(n, input, velocity, output, growth_data, ntot_data, status_data, threads);
+  dodo_python::in_interruptible_slices(n, [&](std::size_t begin, std::size_t count) {
+    dodo::ConstCellArray input{F_data + begin * dodo::kCellValues};
+    dodo::ConstVelocityArray velocity{u_data ? u_data + begin * 4 : nullptr};
+    dodo::CellArray output{box_data + begin * dodo::kCellValues};
+    box3d.apply(count, input, velocity, output, growth_data + begin, ntot_data + begin, status_data + begin, threads);
   });
   return py::make_tuple(F_box, growth, ntot, status);
 }
@@ -91,10 +91,13 @@ void apply_box3d_into(const dodo::Box3D& box3d, const CArray& F, const py::objec
       {memory_range("out.F_box", F_box), memory_range("out.growth_over_ntot", growth),
        memory_range("out.growth_rate", rate), memory_range("out.status", status)});
   const double* F_data = F.data();
-  dodo_python::without_gil([&] {
-    box3d.apply(n, dodo::ConstCellArray{F_data}, dodo::ConstVelocityArray{u_data}, dodo::CellArray{box_data},
-                growth_data, rate_data, status_data, threads);
-    for (std::size_t c = 0; c < n; ++c) rate_data[c] = growth_data[c] * rate_data[c] * dodo::kGrowthRatePerNtot;
+  dodo_python::in_interruptible_slices(n, [&](std::size_t begin, std::size_t count) {
+    box3d.apply(count, dodo::ConstCellArray{F_data + begin * dodo::kCellValues},
+                dodo::ConstVelocityArray{u_data ? u_data + begin * 4 : nullptr},
+                dodo::CellArray{box_data + begin * dodo::kCellValues}, growth_data + begin, rate_data + begin,
+                status_data + begin, threads);
+    for (std::size_t c = begin; c < begin + count; ++c)
+      rate_data[c] = growth_data[c] * rate_data[c] * dodo::kGrowthRatePerNtot;
   });
 }
 
@@ -274,6 +277,13 @@ PYBIND11_MODULE(_core, m) {
     return py::make_tuple(points, weights);
   });
   m.def("available_lebedev_orders", &dodo::available_lebedev_orders);
+  m.def(
+      "_set_interrupt_slice_cells",
+      [](std::size_t cells) {
+        if (cells < 1) throw py::value_error("the slice must hold at least one cell");
+        return dodo_python::interrupt_slice_cells().exchange(cells);
+      },
+      "Cells per slice of a long call (between slices Ctrl-C is seen); returns the previous value. For tests.");
 
   // The per-cell status bits, from the single C++ list, for dodo.CellStatus.
   py::list statuses;

@@ -76,6 +76,25 @@ ApplyInput check_apply_input(const CellInput& F_init, const std::optional<CellIn
   return call;
 }
 
+// closure.apply over packed arrays in interruptible slices (gil.hpp): each slice's pointers are
+// the cells' own, every diagnostic offset with them.
+void apply_in_slices(const Closure& closure, std::size_t n, const double* F_init, dodo::ConstVelocityArray velocity,
+                     double* F_pred, std::uint32_t* status, const dodo::runtime::CellDiagnostics& diagnostics) {
+  const auto at = [](double* data, std::size_t begin) { return data ? data + begin : nullptr; };
+  dodo_python::in_interruptible_slices(n, [&](std::size_t begin, std::size_t count) {
+    dodo::ConstVelocityArray u = velocity;
+    if (u.data) u.data += static_cast<std::ptrdiff_t>(begin) * u.cell_stride;
+    dodo::runtime::CellDiagnostics slice;
+    slice.growth_over_ntot = at(diagnostics.growth_over_ntot, begin);
+    slice.growth_rate = at(diagnostics.growth_rate, begin);
+    slice.growth_over_ntot_proxy = at(diagnostics.growth_over_ntot_proxy, begin);
+    slice.growth_rate_proxy = at(diagnostics.growth_rate_proxy, begin);
+    slice.uncertainty = at(diagnostics.uncertainty, begin);
+    closure.apply(count, dodo::ConstCellArray{F_init + begin * dodo::kCellValues}, u,
+                  dodo::CellArray{F_pred + begin * dodo::kCellValues}, status ? status + begin : nullptr, slice);
+  });
+}
+
 // The closure and every per-cell diagnostic (CellDiagnostics) of dodo.Closure.apply, written
 // into the caller's arrays (fresh ones from dodo.ClosureResult.empty, or a previous call's):
 // nothing is allocated here, as a simulation's time loop needs.
@@ -97,9 +116,7 @@ void apply_into(const Closure& closure, const CellInput& F_init, const std::opti
       {memory_range("out.F_pred", F_pred), memory_range("out.status", status),
        memory_range("out.growth_over_ntot", growth_over_ntot), memory_range("out.growth_rate", growth_rate),
        memory_range("out.growth_rate_proxy", growth_rate_proxy), memory_range("out.uncertainty", uncertainty)});
-  dodo::ConstCellArray input{F_init.data()};
-  const dodo::ConstVelocityArray velocity = call.velocity;
-  dodo_python::without_gil([&] { closure.apply(n, input, velocity, output, status_data, diagnostics); });
+  apply_in_slices(closure, n, F_init.data(), call.velocity, output.data, status_data, diagnostics);
 }
 
 py::tuple apply(const Closure& closure, const CellInput& F_init, const std::optional<CellInput>& u) {
@@ -110,11 +127,9 @@ py::tuple apply(const Closure& closure, const CellInput& F_init, const std::opti
   py::array_t<double> F_pred({cells, py::ssize_t{dodo::kSpecies}, py::ssize_t{dodo::kComponents}});
   py::array_t<std::uint32_t> status(cells);
   py::array_t<double> proxy(cells);
-  dodo::ConstCellArray input{F_init.data()};
-  dodo::CellArray output{F_pred.mutable_data()};
-  std::uint32_t* status_data = status.mutable_data();
-  double* proxy_data = proxy.mutable_data();
-  dodo_python::without_gil([&] { closure.apply(n, input, velocity, output, status_data, proxy_data); });
+  dodo::runtime::CellDiagnostics diagnostics;
+  diagnostics.growth_over_ntot_proxy = proxy.mutable_data();
+  apply_in_slices(closure, n, F_init.data(), velocity, F_pred.mutable_data(), status.mutable_data(), diagnostics);
   return py::make_tuple(F_pred, status, proxy);
 }
 
