@@ -102,6 +102,7 @@ int main(int argc, char** argv) {
   dodo_options_init(&options);
   long cores = sysconf(_SC_NPROCESSORS_ONLN);
   options.threads = cores > local_size ? (int)(cores / local_size) : 1;
+  if (options.threads > 1024) options.threads = 1024; /* the runtime's bound on threads per handle */
   options.run_self_test = 1;
   if (argc > 2 && strcmp(argv[2], "cuda") == 0) {
     const char* per_node = getenv("DODO_GPUS_PER_NODE");

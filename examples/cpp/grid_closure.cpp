@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <exception>
 #include <thread>
 #include <vector>
 
@@ -33,14 +34,23 @@ int main(int argc, char** argv) {
     dodo::Closure closure = argc > 1 ? dodo::Closure(argv[1], dodo::Options().threads(0).run_self_test(true))
                                      : dodo::Closure(dodo::Options());
     std::vector<std::thread> workers;
+    // An exception must not leave a std::thread (that would call std::terminate): each worker keeps
+    // its error, and the first one is rethrown here, after every thread has joined.
+    std::vector<std::exception_ptr> errors(host_threads);
     const int slab = ncell / host_threads;
     for (int t = 0; t < host_threads; ++t) {
       workers.emplace_back([&, t] {
-        const std::size_t first = static_cast<std::size_t>(t) * slab;
-        closure.apply(slab, &F[first * 24], &u[first * 4], &F_pred[first * 24]);
+        try {
+          const std::size_t first = static_cast<std::size_t>(t) * slab;
+          closure.apply(slab, &F[first * 24], &u[first * 4], &F_pred[first * 24]);
+        } catch (...) {
+          errors[t] = std::current_exception();
+        }
       });
     }
     for (auto& worker : workers) worker.join();
+    for (const auto& error : errors)
+      if (error) std::rethrow_exception(error);
 
     double worst = 0.0;
     for (int c = 0; c < ncell; ++c)
