@@ -181,6 +181,25 @@ def _catch_terminating_signals() -> dict:
     return previous
 
 
+def _restore_signal_handlers(previous: dict) -> None:
+    """Puts back the handlers :func:`_catch_terminating_signals` replaced."""
+    for signum, handler in previous.items():
+        try:
+            signal.signal(signum, handler)
+        except (ValueError, OSError):
+            pass
+
+
+def _signal_ending(error: BaseException) -> tuple[int, str] | None:
+    """(exit status, word) for a command ended by Ctrl-C, SIGTERM or SIGHUP: 128 + the signal (130,
+    143, 129), the status a shell shows for a process that signal ended; None for anything else."""
+    if isinstance(error, KeyboardInterrupt):
+        return 130, "interrupted"
+    if isinstance(error, _Terminated):
+        return 128 + int(error.signum), _TERMINATING_SIGNALS[error.signum]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     original, guard = sys.stdout, _GuardedStdout(sys.stdout)
     sys.stdout = guard
@@ -203,16 +222,12 @@ def main(argv: list[str] | None = None) -> int:
         if guard.failure is not None:  # a command caught the StandardOutputError itself
             raise StandardOutputError(guard.failure.strerror or str(guard.failure))
         return code
-    except KeyboardInterrupt:
-        # Ctrl-C: one line instead of a traceback; outputs are written atomically, so none is left
-        # half-written (a temporary is removed on the way out), and 130 = 128 + SIGINT, as shells use.
-        print(f"{_name(command)}: interrupted", file=sys.stderr)
-        return 130
-    except _Terminated as ended:
-        # SIGTERM, SIGHUP: as Ctrl-C (atomic outputs: the temporary is removed, the target untouched);
-        # 128 + the signal (143, 129), the status a shell shows for a process that signal ended.
-        print(f"{_name(command)}: {_TERMINATING_SIGNALS[ended.signum]}", file=sys.stderr)
-        return 128 + int(ended.signum)
+    except (KeyboardInterrupt, _Terminated) as ended:
+        # Ctrl-C, SIGTERM, SIGHUP: one line instead of a traceback; outputs are written atomically, so
+        # none is left half-written (a temporary is removed on the way out, the target untouched).
+        status, word = _signal_ending(ended)
+        print(f"{_name(command)}: {word}", file=sys.stderr)
+        return status
     except MemoryError as error:
         # An input or option asking for more than the machine has (apply, score, synth ...: the solver and
         # training commands say which settings to lower themselves): one line, not a traceback.
@@ -231,11 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         _silence_stdout()
         return 2
     finally:
-        for signum, handler in previous_handlers.items():
-            try:
-                signal.signal(signum, handler)
-            except (ValueError, OSError):
-                pass
+        _restore_signal_handlers(previous_handlers)
         if sys.stdout is guard:
             sys.stdout = original
 

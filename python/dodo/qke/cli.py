@@ -163,7 +163,9 @@ def run_simulate(args) -> int:
         # left the other ranks waiting for it in their gather for ever (probe round fourteen). The
         # temporaries are already removed (the exception has unwound through the atomic writes).
         if communicator.size > 1:
-            code, line = _ending(error)
+            from ..cli import _signal_ending
+
+            code, line = _signal_ending(error) or (1, None)
             if line is None:
                 traceback.print_exc()
                 line = f"error: {type(error).__name__} on rank {communicator.rank}"
@@ -173,31 +175,6 @@ def run_simulate(args) -> int:
     if communicator.rank == 0:
         report(f"wrote {args.output}: {int(results['valid'].sum())} of {len(results['valid'])} states valid")
     return 0
-
-
-def _ending(error: BaseException) -> tuple:
-    """(exit status, line) for a rank ended by a signal or Ctrl-C as dodo's main reports them;
-    (1, None) for anything else."""
-    from ..cli import _TERMINATING_SIGNALS, _Terminated
-
-    if isinstance(error, KeyboardInterrupt):
-        return 130, "interrupted"
-    if isinstance(error, _Terminated):
-        return 128 + int(error.signum), _TERMINATING_SIGNALS[error.signum]
-    return 1, None
-
-
-def main(argv=None) -> int:
-    """Stand-alone entry point (``python -m dodo.qke.cli``) until ``dodo`` wires the subcommand."""
-    parser = argparse.ArgumentParser(prog="dodo")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    register(subparsers)
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
 
 
 def refuse_complete_database(path: str) -> None:
@@ -225,3 +202,16 @@ def refuse_complete_database(path: str) -> None:
     raise ValueError(f"{path} is a complete solver database ({states} states"
                      + (f", written by `{command}`" if command else "") + "): it is not replaced; give another "
                      "OUT, or --overwrite to replace it")
+
+
+def main(argv=None) -> int:
+    """Stand-alone entry point (``python -m dodo.qke.cli``) until ``dodo`` wires the subcommand."""
+    parser = argparse.ArgumentParser(prog="dodo")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    register(subparsers)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

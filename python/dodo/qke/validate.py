@@ -155,29 +155,25 @@ def reference_path(given: str | None, name: str) -> str:
 def main(argv=None) -> int:
     """The command line; expected failures (missing h5py, a missing or bad file) end it with one
     line on stderr and exit status 2."""
-    import signal
     import sys
 
-    from ..cli import _TERMINATING_SIGNALS, _Terminated, _catch_terminating_signals
+    from ..cli import _catch_terminating_signals, _restore_signal_handlers, _signal_ending, _Terminated
 
     name = "python -m dodo.qke.validate"
     previous_handlers = _catch_terminating_signals()  # SIGTERM/SIGHUP unwind as Ctrl-C does, as in `dodo`
     try:
         return _main(argv)
-    except KeyboardInterrupt:  # outputs are atomic: the temporary goes, the target stays untouched
-        print(f"{name}: interrupted", file=sys.stderr)
-        return 130
-    except _Terminated as ended:
-        print(f"{name}: {_TERMINATING_SIGNALS[ended.signum]}", file=sys.stderr)
-        return 128 + int(ended.signum)
+    except (KeyboardInterrupt, _Terminated) as ended:  # outputs are atomic: the target stays untouched
+        status, word = _signal_ending(ended)
+        print(f"{name}: {word}", file=sys.stderr)
+        return status
     except ModuleNotFoundError as error:
         print(f"{name}: error: {error.name} is not installed; pip install h5py", file=sys.stderr)
     except (ValueError, OSError, RuntimeError, KeyError) as error:
         text = " ".join(str(error).split())
         print(f"{name}: error: {text}", file=sys.stderr)
     finally:
-        for signum, handler in previous_handlers.items():
-            signal.signal(signum, handler)
+        _restore_signal_handlers(previous_handlers)
     return 2
 
 
