@@ -63,8 +63,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                              "rotation_R starts each state's fastest-axis search (unless --ignore-rotation)")
     parser.add_argument("--device", default="cpu", choices=("cpu",), help="compute device (the solver runs on the CPU)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace OUT when it is a complete solver database (refused without it: hours of "
-                             "simulations are not lost to a rerun with other settings)")
+                        help="replace OUT when it is a complete solver database or any other file that is not an "
+                             "unfinished dodo simulate database (refused without it: hours of simulations, or an "
+                             "Emu database, are not lost to a rerun or to a run killed after its first batch)")
     add_quiet_argument(parser, "no progress lines")
     parser.set_defaults(func=run_simulate)
     return parser
@@ -178,25 +179,37 @@ def run_simulate(args) -> int:
 
 
 def refuse_complete_database(path: str) -> None:
-    """A ValueError when ``path`` holds a finished ``dodo simulate`` database (attribute complete true).
+    """A ValueError when ``path`` holds something a run must not replace without ``--overwrite``:
+    a finished ``dodo simulate`` database (attribute complete true), or any other non-empty file
+    that is not a ``dodo simulate`` database at all (an Emu database, a preprocessed file, a file
+    that is not HDF5).
 
     The run replaces its output after every batch (the database of the batches so far), so a rerun
-    onto a finished database, by mistake or with other settings, would destroy it batch by batch;
-    an unfinished one resumes (or is refused) through its checkpoint instead.
+    onto a finished database, by mistake or with other settings, would destroy it batch by batch,
+    and a run killed after its first batch left that partial database in place of whatever file
+    was there (outside probe, round fifteen: a real Emu database of 32 runs); an unfinished
+    ``dodo simulate`` database resumes (or is refused) through its checkpoint instead. An empty
+    file (``mktemp``) holds nothing to lose.
     """
     import os
 
     import h5py
 
-    if not os.path.isfile(path):
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
         return
     try:
         with h5py.File(path, "r") as handle:
             attrs = dict(handle.attrs)
             states = int(attrs.get("nstates_valid", -1))
-    except (OSError, ValueError):
-        return  # not HDF5 (or unreadable): no solver database to keep; the atomic writer replaces it
-    if not (bool(attrs.get("complete", False)) and "solver" in attrs):
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path} exists and is not a dodo simulate database (it cannot be read as HDF5: "
+                         f"{' '.join(str(error).split())}): it is not replaced; give another OUT, or --overwrite to "
+                         "replace it") from None
+    if "solver" not in attrs:
+        raise ValueError(f"{path} exists and is not a dodo simulate database (an HDF5 file without its 'solver' "
+                         "record: an Emu database, a preprocessed file, ...): it is not replaced, since the run "
+                         "writes the batches finished so far over it; give another OUT, or --overwrite to replace it")
+    if not bool(attrs.get("complete", False)):
         return
     command = str(attrs.get("command", "")).strip()
     raise ValueError(f"{path} is a complete solver database ({states} states"
