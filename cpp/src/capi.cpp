@@ -4,6 +4,7 @@
 // codes and the handle's last-error text. Nothing here prints, exits or aborts.
 #include <dlfcn.h>
 #include <limits.h>
+#include <pthread.h>
 #include <sys/stat.h>
 
 #include <cstddef>
@@ -55,6 +56,21 @@ bool is_live(const dodo_closure* handle) {
   std::lock_guard<std::mutex> lock(live_mutex);
   return live_handles().count(handle) != 0;
 }
+
+// fork() while another thread held live_mutex (every call's liveness check) or a handle's
+// error_mutex copied that lock, held, into the child, whose next call hung (outside probe, round
+// fifteen; the runtime's own workspaces and workers are fork-safe by process id). A fork waits
+// until neither is held. No code holds an error_mutex while it takes live_mutex, so this order
+// cannot deadlock.
+void lock_for_fork() {
+  live_mutex.lock();
+  for (const dodo_closure* handle : live_handles()) handle->error_mutex.lock();
+}
+void unlock_after_fork() {
+  for (const dodo_closure* handle : live_handles()) handle->error_mutex.unlock();
+  live_mutex.unlock();
+}
+[[maybe_unused]] const int kForkHandlers = pthread_atfork(lock_for_fork, unlock_after_fork, unlock_after_fork);
 
 // The calling thread's last failure, from any call (with or without a live handle): what
 // dodo_last_error gives for a NULL or destroyed handle, and the text a thread sharing a handle

@@ -162,7 +162,9 @@ void realizable_fallback(const double* F, double* out) {
   for (int a = 0; a < kSpecies; ++a) {
     const double* in = F + a * kComponents;
     double* species = out + a * kComponents;
-    const double density = std::fmax(in[0], 0.0);
+    // A negative density becomes 0; -0.0 stays -0.0 (fmax gave +0.0: a rejected all-zero cell written
+    // as -0.0 came back with other bits than its input, outside probe round fifteen).
+    const double density = in[0] >= 0.0 ? in[0] : 0.0;
     const double flux = scaled_flux_norm(in);
     species[0] = density;
     // Inside by the host's own test (sqrt(Fx^2 + Fy^2 + Fz^2) <= n, cone_excess): the scaled norm

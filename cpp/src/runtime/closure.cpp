@@ -9,6 +9,8 @@
 #include <exception>
 #include <tuple>
 
+#include <unistd.h>
+
 #include "../frame.hpp"
 #include "../multiversion.hpp"
 #include "../realizability.hpp"
@@ -43,6 +45,30 @@ struct Closure::Workspace {
   std::vector<CellImages> images;          // with flavour images: their rows and weights
   std::unique_ptr<EvaluationBuffers> network;
 };
+
+// The workspaces of one process (closure.hpp, Workspaces).
+struct Closure::WorkspacePool {
+  const pid_t owner = ::getpid();
+  std::mutex mutex;
+  std::vector<std::unique_ptr<Workspace>> all;
+  std::vector<Workspace*> free;
+};
+
+Closure::WorkspacePool& Closure::Workspaces::for_this_process() {
+  WorkspacePool* current = pool.load(std::memory_order_acquire);
+  if (current && current->owner == ::getpid()) return *current;
+  // Construction, or the first chunk in a child of fork(): a pool of this process's own (the
+  // parent's is abandoned: its lock may be held by a thread that does not exist here).
+  WorkspacePool* fresh = new WorkspacePool;
+  if (pool.compare_exchange_strong(current, fresh, std::memory_order_acq_rel)) return *fresh;
+  delete fresh;  // another thread of this process was first; `current` now holds its pool
+  return *current;
+}
+
+Closure::Workspaces::~Workspaces() {
+  WorkspacePool* current = pool.load();
+  if (current && current->owner == ::getpid()) delete current;
+}
 
 // One apply() call as seen by the chunks.
 struct Closure::Batch {
@@ -361,10 +387,11 @@ void Closure::initialise(const std::string_view* bytes, const std::string& sourc
     box3d_ = make_box3d(description_.box3d);
   }
   // Warm-up: one workspace per thread, and one network call each so ORT sizes its arena now.
+  WorkspacePool& workspaces = workspaces_.for_this_process();
   for (int slot = 0; slot < pool_.threads(); ++slot) {
-    workspaces_.push_back(std::make_unique<Workspace>(static_cast<std::size_t>(chunk_size_), model_.get()));
-    free_workspaces_.push_back(workspaces_.back().get());
-    if (model_) model_->run(*workspaces_.back()->network, workspaces_.back()->network->capacity());
+    workspaces.all.push_back(std::make_unique<Workspace>(static_cast<std::size_t>(chunk_size_), model_.get()));
+    workspaces.free.push_back(workspaces.all.back().get());
+    if (model_) model_->run(*workspaces.all.back()->network, workspaces.all.back()->network->capacity());
   }
   // A package without test vectors gets here only with the development opt-out.
   if (options.run_self_test && model_ && description_.test_vectors.cells > 0) {
@@ -375,21 +402,24 @@ void Closure::initialise(const std::string_view* bytes, const std::string& sourc
 Closure::~Closure() = default;
 
 Closure::Workspace* Closure::acquire_workspace() const {
-  std::lock_guard<std::mutex> lock(workspace_mutex_);
-  if (free_workspaces_.empty()) {
+  WorkspacePool& workspaces = workspaces_.for_this_process();
+  std::lock_guard<std::mutex> lock(workspaces.mutex);
+  if (workspaces.free.empty()) {
     // More concurrent callers than ever before (a host's threads sharing the handle): grow once.
-    workspaces_.push_back(std::make_unique<Workspace>(static_cast<std::size_t>(chunk_size_), model_.get()));
-    free_workspaces_.reserve(workspaces_.size());
-    return workspaces_.back().get();
+    workspaces.all.push_back(std::make_unique<Workspace>(static_cast<std::size_t>(chunk_size_), model_.get()));
+    workspaces.free.reserve(workspaces.all.size());
+    return workspaces.all.back().get();
   }
-  Workspace* workspace = free_workspaces_.back();
-  free_workspaces_.pop_back();
+  Workspace* workspace = workspaces.free.back();
+  workspaces.free.pop_back();
   return workspace;
 }
 
 void Closure::release_workspace(Workspace* workspace) const {
-  std::lock_guard<std::mutex> lock(workspace_mutex_);
-  free_workspaces_.push_back(workspace);  // capacity reserved when the workspace was made
+  // The pool the workspace came from: this thread took it from this process's pool.
+  WorkspacePool& workspaces = *workspaces_.pool.load(std::memory_order_acquire);
+  std::lock_guard<std::mutex> lock(workspaces.mutex);
+  workspaces.free.push_back(workspace);  // capacity reserved when the workspace was made
 }
 
 void Closure::run_chunk(void* context, std::size_t chunk, int /*slot*/) {

@@ -125,9 +125,18 @@ class Closure {
   int chunk_size_;
 
   mutable ChunkPool pool_;
-  mutable std::mutex workspace_mutex_;
-  mutable std::vector<std::unique_ptr<Workspace>> workspaces_;
-  mutable std::vector<Workspace*> free_workspaces_;
+  // The workspaces, their free list and its lock, tagged with the process id (as ChunkPool's
+  // Crew): a child of fork() may inherit the lock held by a parent thread that does not exist
+  // there (a fork while another thread was inside apply hung the child's first call, outside
+  // probe round fifteen), so the child's first chunk abandons the parent's pool, never touching
+  // it again, and makes its own.
+  struct WorkspacePool;
+  struct Workspaces {
+    std::atomic<WorkspacePool*> pool{nullptr};
+    WorkspacePool& for_this_process();
+    ~Workspaces();  // deletes this process's pool; a parent's, inherited by fork(), is left alone
+  };
+  mutable Workspaces workspaces_;
 
   mutable std::atomic<std::uint64_t> cells_{0}, rejected_{0}, no_crossing_{0}, box3d_limited_{0},
       network_nonfinite_{0}, correction_limited_{0};
