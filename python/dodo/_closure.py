@@ -353,7 +353,9 @@ def _max_flux_factor(value) -> float:
     check (a comparison with NaN is false) and then its "differs from the model's" check, so a
     closure with a model silently took the model's value for it."""
     number = _real("max_flux_factor", value)
-    if not 0.0 <= number < 1.0:  # 0 means the model's, as in the C API
+    # 0 is the C API's "the model's"; Python's is None, and 0 is refused like z_method="" and
+    # lebedev_order=0 (round eleven): it silently took the model's 0.98 (outside probe, round fifteen).
+    if not 0.0 < number < 1.0:
         raise ValueError(f"max_flux_factor must lie in (0, 1), or None for the model's; got {value!r}")
     return number
 
