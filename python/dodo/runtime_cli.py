@@ -176,7 +176,9 @@ def _apply(args: argparse.Namespace) -> int:
         ntot = comoving_density(F_init, u)
 
     F_pred, status, seconds = _run_in_blocks(runtime, F_init, u, args.quiet)
-    F_box = box3d(F_init, u, **{k: runtime.box3d_settings[k] for k in ("lebedev_order", "z_method")},
+    # Box3D at the closure's own settings, its flux-factor limit included (a model exported at
+    # another limit than 0.98 had its Box3D column computed at 0.98: outside probe, round fifteen).
+    F_box = box3d(F_init, u, **{k: runtime.box3d_settings[k] for k in ("lebedev_order", "z_method", "max_flux_factor")},
                   threads=args.threads).F_box
     if args.output:
         _write_output(args.output, F_init, u, F_true, F_box, F_pred, status, shape)

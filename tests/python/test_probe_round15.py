@@ -250,3 +250,38 @@ def test_closure_refuses_a_zero_max_flux_factor_as_dodo_box3d_does(model, value)
         dodo.Closure(model, max_flux_factor=value)
     with pytest.raises(ValueError, match="max_flux_factor must lie in"):
         dodo.box3d(np.zeros((6, 4)), max_flux_factor=value)
+
+
+# --- dodo apply's Box3D column ------------------------------------------------------------------
+
+@needs_runtime
+def test_apply_computes_box3d_at_the_models_flux_factor_limit(tmp_path, capsys):
+    """`dodo apply --model M -o OUT` for a package exported at another Box3D flux-factor limit than
+    0.98 computed its Box3D column (and OUT's F_box) at 0.98, while the closure used the model's:
+    cells between the two limits were Box3D-corrected in the column and rejected by the closure,
+    so the table compared the model with another Box3D than its own. Now Box3D runs at every one
+    of the closure's settings (as `dodo score` already did)."""
+    h5py = pytest.importorskip("h5py")
+    pytest.importorskip("onnx")
+    from closure_helpers import write
+
+    from dodo.conventions import to_emu_layout
+
+    model = tmp_path / "limit05.onnx"
+    write(model, box3d_settings={"max_flux_factor": 0.5})
+    cells = np.zeros((8, 6, 4))
+    cells[:, 0] = [1.0, 0, 0, 0.7]  # flux factor 0.7: computed at 0.98, rejected at 0.5
+    cells[:, 3] = [1.0, 0, 0, -0.3]
+    cells[:, [1, 2, 4, 5], 0] = 0.3
+    data = tmp_path / "cells.h5"
+    with h5py.File(data, "w") as handle:
+        handle["F4_initial(1|ccm)"] = to_emu_layout(cells)
+        handle["F4_final(1|ccm)"] = to_emu_layout(cells)
+    out = tmp_path / "out.h5"
+    code, _, err = run(capsys, ["apply", str(data), "--model", str(model), "--grid", "2x2x2", "-q", "-o", str(out)])
+    assert code == 0, err
+    with h5py.File(out, "r") as handle:
+        F_init, u, F_box = handle["F_init"][()], handle["u"][()], handle["F_box"][()]
+    expected = dodo.box3d(F_init, u, max_flux_factor=0.5)
+    assert np.all(expected.status & dodo.CellStatus.FLUX_FACTOR)
+    assert np.array_equal(F_box, expected.F_box)
