@@ -10,6 +10,7 @@ import functools
 import glob
 import importlib.util
 import os
+import re
 import sysconfig
 from pathlib import Path
 from typing import NamedTuple, Optional, Union
@@ -197,6 +198,14 @@ class Closure:
         # bool("no") is True: a string or number here would silently run (or skip) the self-test.
         if not isinstance(self_test, (bool, np.bool_)):
             raise TypeError(f"self_test must be True or False; got {self_test!r}")
+        # The runtime checks these only when it loads a model: Closure("box3d", evaluator="nativ")
+        # or device="gpu" was accepted silently (outside probe, round fifteen); same words as its.
+        _text("device", device, '"cpu", "cuda" or "cuda:N"')
+        if not re.fullmatch(r"cpu|cuda|cuda:[0-9]{1,6}", device):
+            raise ValueError(f'DODO_ERROR_INVALID_ARGUMENT: unknown device "{device}" (known: "cpu", "cuda", "cuda:N")')
+        if _text("evaluator", evaluator, '"auto" or "onnxruntime"') not in ("auto", "onnxruntime"):
+            raise ValueError(f'DODO_ERROR_INVALID_ARGUMENT: unknown network evaluator "{evaluator}" (known: "auto", '
+                             '"onnxruntime")')
         model_bytes = _package_bytes(model) if isinstance(model, IN_MEMORY_PACKAGE) else None
         model_path = model_file(model)
         if model_path is not None and model is not None:

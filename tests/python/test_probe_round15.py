@@ -285,3 +285,17 @@ def test_apply_computes_box3d_at_the_models_flux_factor_limit(tmp_path, capsys):
     expected = dodo.box3d(F_init, u, max_flux_factor=0.5)
     assert np.all(expected.status & dodo.CellStatus.FLUX_FACTOR)
     assert np.array_equal(F_box, expected.F_box)
+
+
+@needs_runtime
+@pytest.mark.parametrize("option", [{"evaluator": "native"}, {"evaluator": ""}, {"evaluator": "ONNXRUNTIME"},
+                                    {"device": "gpu"}, {"device": "cuda:-1"}, {"device": ""}, {"device": "CPU"}])
+def test_box3d_only_closure_refuses_the_options_a_model_closure_refuses(option):
+    """Closure("box3d", evaluator="native") or device="gpu" loaded silently (the runtime checks
+    evaluator and device only when it loads a network), while the same option with a model is
+    refused: a typo went unnoticed until a model was given. Both now refuse it the same way."""
+    name, value = next(iter(option.items()))
+    for model in ("box3d", None):
+        with pytest.raises(ValueError, match=f'unknown (network )?{name}'):
+            dodo.Closure(model, **option)
+    assert dodo.Closure("box3d", device="cuda:0", evaluator="onnxruntime").evaluator == ""
