@@ -299,3 +299,33 @@ def test_box3d_only_closure_refuses_the_options_a_model_closure_refuses(option):
         with pytest.raises(ValueError, match=f'unknown (network )?{name}'):
             dodo.Closure(model, **option)
     assert dodo.Closure("box3d", device="cuda:0", evaluator="onnxruntime").evaluator == ""
+
+
+def test_a_full_simulate_run_does_not_replace_an_unfinished_growth_label_file(tmp_path, capsys, monkeypatch):
+    """An interrupted `dodo simulate OUT --linear-only` leaves OUT as its own checkpoint (the labels
+    so far, resumed by rerunning it). A full run onto that OUT (the same command without
+    --linear-only, a slip in a campaign script) replaced it with its own database, exit 0: the
+    labels were lost. It is now refused, naming the file and how to resume it; --overwrite
+    replaces it."""
+    pytest.importorskip("h5py")
+    from dodo.qke import growth_labels
+
+    output = tmp_path / "labels.h5"
+    monkeypatch.setattr(growth_labels, "CHUNK", 2)
+    calls = {"n": 0}
+    real = growth_labels.box_setup
+
+    def stop_on_the_third(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(growth_labels, "box_setup", stop_on_the_third)
+    assert run(capsys, ["simulate", str(output), "--random", "4", "--linear-only", *SMALL])[0] == 130
+    monkeypatch.setattr(growth_labels, "box_setup", real)
+    before = digest(output)
+    refused(capsys, ["simulate", str(output), "--random", "4", "--max-cost", "0.01", *SMALL], output,
+            "unfinished growth-label file", "--linear-only", "--overwrite")
+    assert digest(output) == before
+    assert run(capsys, ["simulate", str(output), "--random", "4", "--linear-only", *SMALL])[0] == 0  # resumes

@@ -126,7 +126,7 @@ def run_simulate(args) -> int:
                       "family": args.family or ("three_flavour" if args.three_flavour else "emu"),
                       "heavy_equal": not args.three_flavour}
         if not args.overwrite:  # after the arguments' checks, before any work
-            refuse_complete_database(args.output)
+            refuse_complete_database(args.output, linear_only=args.linear_only)
         if args.linear_only:
             if communicator.size > 1:
                 raise ValueError("--linear-only runs in one process; start one process per output file")
@@ -178,7 +178,7 @@ def run_simulate(args) -> int:
     return 0
 
 
-def refuse_complete_database(path: str) -> None:
+def refuse_complete_database(path: str, linear_only: bool = False) -> None:
     """A ValueError when ``path`` holds something a run must not replace without ``--overwrite``:
     a finished ``dodo simulate`` database (attribute complete true), or any other non-empty file
     that is not a ``dodo simulate`` database at all (an Emu database, a preprocessed file, a file
@@ -189,7 +189,8 @@ def refuse_complete_database(path: str) -> None:
     and a run killed after its first batch left that partial database in place of whatever file
     was there (outside probe, round fifteen: a real Emu database of 32 runs); an unfinished
     ``dodo simulate`` database resumes (or is refused) through its checkpoint instead. An empty
-    file (``mktemp``) holds nothing to lose.
+    file (``mktemp``) holds nothing to lose. An unfinished ``--linear-only`` label file is its own
+    checkpoint: a full run (``linear_only`` false) onto it would replace it, so it is refused too.
     """
     import os
 
@@ -210,6 +211,11 @@ def refuse_complete_database(path: str) -> None:
                          "record: an Emu database, a preprocessed file, ...): it is not replaced, since the run "
                          "writes the batches finished so far over it; give another OUT, or --overwrite to replace it")
     if not bool(attrs.get("complete", False)):
+        if not linear_only and attrs.get("kind") == "linear_growth_labels":
+            raise ValueError(f"{path} is an unfinished growth-label file (dodo simulate --linear-only; "
+                             f"{int(attrs.get('nstates_processed', 0))} states processed): a full run would replace "
+                             "it; to resume it, rerun the command that wrote it (with --linear-only); give another "
+                             "OUT, or --overwrite to replace it")
         return
     command = str(attrs.get("command", "")).strip()
     raise ValueError(f"{path} is a complete solver database ({states} states"
