@@ -147,18 +147,22 @@ struct BlockMoments {
 // Flux factors and directions of the cells whose status is still kCellOk (F: normalised rest
 // frame, 24 values each); a flux factor the quadrature cannot represent sets FLUX_FACTOR.
 // Rejected cells carry zeros through, harmlessly.
+// `normalised`: the block's F, value-major (normalised[v * kBlockCells + c] is value v of cell c,
+// zeros for cells not kCellOk and for the lanes past count), as prepare_block writes it: a
+// species' values over the cells are rows of it, copied as whole vectors.
 DODO_MULTIVERSION
-void block_moments(const Box3DSettings& settings, std::size_t count, RestFrameCell* cells, BlockMoments& m) {
-  static constexpr double kNoCell[kCellValues] = {};
+void block_moments(const Box3DSettings& settings, std::size_t count, RestFrameCell* cells, const double* normalised,
+                   BlockMoments& m) {
   const std::size_t lanes = block_lanes(count);
-  for (std::size_t c = 0; c < lanes; ++c) {  // transposed, so that the steps below vectorise
-    const double* F = c < count && cells[c].status == kCellOk ? cells[c].F : kNoCell;
-    for (int a = 0; a < kSpecies; ++a) {
+  for (int a = 0; a < kSpecies; ++a) {
+    const double* row = normalised + a * kComponents * kBlockCells;
+#pragma omp simd
+    for (std::size_t c = 0; c < lanes; ++c) {
       const std::size_t i = slot(c, a);
-      m.density[i] = F[a * kComponents];
-      m.flux_x[i] = F[a * kComponents + 1];
-      m.flux_y[i] = F[a * kComponents + 2];
-      m.flux_z[i] = F[a * kComponents + 3];
+      m.density[i] = row[c];
+      m.flux_x[i] = row[kBlockCells + c];
+      m.flux_y[i] = row[2 * kBlockCells + c];
+      m.flux_z[i] = row[3 * kBlockCells + c];
     }
   }
   const double largest_flux_factor = settings.max_flux_factor;
@@ -178,15 +182,17 @@ void block_moments(const Box3DSettings& settings, std::size_t count, RestFrameCe
       m.direction_z[i] = m.flux_z[i] * inverse_flux;
     }
   }
-  for (std::size_t c = 0; c < count; ++c) {
-    bool any = false;
-    for (int a = 0; a < kSpecies; ++a) {
-      // A flux without density is not a distribution; nor is one the quadrature cannot represent.
+  // A flux without density is not a distribution; nor is one the quadrature cannot represent.
+  // Across cells, a species at a time (64-bit flags, so that the loop vectorises).
+  alignas(64) std::int64_t unrepresentable[kBlockCells] = {};
+  for (int a = 0; a < kSpecies; ++a)
+#pragma omp simd
+    for (std::size_t c = 0; c < lanes; ++c) {
       const std::size_t i = slot(c, a);
-      any |= m.density[i] > 0.0 ? !(m.flux_factor[i] < largest_flux_factor) : flux_norm[i] > 0.0;
+      unrepresentable[c] |= m.density[i] > 0.0 ? !(m.flux_factor[i] < largest_flux_factor) : flux_norm[i] > 0.0;
     }
-    if (any && cells[c].status == kCellOk) cells[c].status = kCell_FLUX_FACTOR;
-  }
+  for (std::size_t c = 0; c < count; ++c)
+    if (unrepresentable[c] && cells[c].status == kCellOk) cells[c].status = kCell_FLUX_FACTOR;
   // Z and the values derived from it come from block_species_values, for the species that need
   // them; the others keep zeros.
   std::fill(m.Z, m.Z + kBlockSpecies, 0.0);
@@ -248,18 +254,30 @@ void block_species_values(const Box3DSettings& settings, std::size_t count, cons
   for (std::size_t c = 0; c < count; ++c)
     for (int a = 0; a < kSpecies; ++a) candidates += wanted[slot(c, a)] && !computed[slot(c, a)];
   if (candidates == 0) return;
+  // A species' lanes in place (rejected cells and lanes past `count` hold zero moments: harmless
+  // values).
+  const auto in_place = [&](int a) {
+    const std::size_t i = slot(0, a);
+    species_values(settings, cell_lanes, m.density + i, m.flux_factor + i,
+                   {m.Z + i, m.amplitude + i, m.peak + i, m.across + i, m.floor + i, m.paired_scale + i,
+                    m.power_offset + i});
+    std::fill(computed + i, computed + i + cell_lanes, true);
+  };
   if (4 * candidates >= 3 * kSpecies * cell_lanes) {
-    // Every slot of the first cell_lanes cells, in place, a species' lanes at a time (rejected
-    // cells and lanes past `count` hold zero moments: harmless values).
-    for (int a = 0; a < kSpecies; ++a) {
-      const std::size_t i = slot(0, a);
-      species_values(settings, cell_lanes, m.density + i, m.flux_factor + i,
-                     {m.Z + i, m.amplitude + i, m.peak + i, m.across + i, m.floor + i, m.paired_scale + i,
-                      m.power_offset + i});
-      std::fill(computed + i, computed + i + cell_lanes, true);
-    }
+    for (int a = 0; a < kSpecies; ++a) in_place(a);  // every slot of the first cell_lanes cells
     return;
   }
+  // A species most of whose cells want it (nu_e and nubar_e of a stable M1-like grid, wanted by
+  // the screen in every cell) in place too: no gathering and scattering of those slots.
+  for (int a = 0; a < kSpecies; ++a) {
+    std::size_t row = 0;
+    for (std::size_t c = 0; c < count; ++c) row += wanted[slot(c, a)] && !computed[slot(c, a)];
+    if (row > 0 && 4 * row >= 3 * cell_lanes) {
+      in_place(a);
+      candidates -= row;
+    }
+  }
+  if (candidates == 0) return;
   alignas(64) double density[kBlockSpecies], flux_factor[kBlockSpecies], Z[kBlockSpecies], amplitude[kBlockSpecies],
       peak[kBlockSpecies], across[kBlockSpecies], floor[kBlockSpecies], paired_scale[kBlockSpecies],
       power_offset[kBlockSpecies];
@@ -383,6 +401,47 @@ void block_eln_signs(std::size_t count, BlockMoments& m) {
       m.eln_sign[a] = same ? 0 : sign;
     }
   }
+}
+
+// wanted[slot(c, a)] for the live cells c whose flavour of species a has nu and nubar with
+// different moments (the species whose values the flavour signs need); false elsewhere. Across
+// cells, a flavour at a time: vector compares (a scalar loop of compares and flag moves was half
+// of classify_block's instructions on a stable cell).
+DODO_MULTIVERSION
+void flavours_differing(std::size_t count, const bool* live, const BlockMoments& m, bool* wanted) {
+  constexpr std::size_t kAntineutrinos = kFlavours * kBlockCells;
+  const std::size_t lanes = block_lanes(count);  // live is false past count
+#if DODO_MULTIVERSION_ENABLED
+  // Four cells a step in GCC's vector types (an `omp simd` loop over bools stayed scalar).
+  typedef double Doubles4 __attribute__((vector_size(32)));
+  typedef long long Lanes4 __attribute__((vector_size(32)));
+  typedef signed char Bytes4 __attribute__((vector_size(4)));
+  for (int flavour = 0; flavour < kFlavours; ++flavour) {
+    for (std::size_t c = 0; c < lanes; c += 4) {
+      const std::size_t a = slot(c, flavour), b = a + kAntineutrinos;
+      Lanes4 same = Lanes4{} - 1;
+      for (const double* values : {m.density, m.flux_x, m.flux_y, m.flux_z}) {
+        Doubles4 x, y;
+        std::memcpy(&x, values + a, sizeof x);
+        std::memcpy(&y, values + b, sizeof y);
+        same &= x == y;
+      }
+      Bytes4 alive;
+      std::memcpy(&alive, live + c, sizeof alive);  // bools: 0 or 1
+      const Bytes4 differ = alive & ~__builtin_convertvector(same, Bytes4);
+      std::memcpy(wanted + a, &differ, sizeof differ);
+      std::memcpy(wanted + b, &differ, sizeof differ);
+    }
+  }
+#else
+  for (int flavour = 0; flavour < kFlavours; ++flavour)
+    for (std::size_t c = 0; c < lanes; ++c) {
+      const std::size_t a = slot(c, flavour), b = a + kAntineutrinos;
+      const bool same = (m.density[a] == m.density[b]) & (m.flux_x[a] == m.flux_x[b]) & (m.flux_y[a] == m.flux_y[b]) &
+                        (m.flux_z[a] == m.flux_z[b]);
+      wanted[a] = wanted[b] = live[c] & !same;
+    }
+#endif
 }
 
 // Pair bounds (see above): true when G_p keeps one strict sign over the sphere.
@@ -688,10 +747,12 @@ void crossing_shape(const PairedRule& rule, const double* const G[kPairs], const
 
 // Steps 2-6 of one cell (F: normalised rest frame) whose step 1 is m's cell c: the angular
 // distributions, the pairs' crossing integrals, the mixing and the limiter. dF and the growth
-// are zero on entry. crossing: nullptr, or where the cell's crossing shape goes.
+// are zero on entry. crossing: nullptr, or where the cell's crossing shape goes. scratch: the
+// thread's (thread_scratch(), looked up once a block by the caller: in a shared library each
+// lookup is a call to __tls_get_addr, ~110 instructions a cell under callgrind).
 DODO_MULTIVERSION
 std::uint32_t angular_change(const PairedRule& rule, const double* F, const BlockMoments& m, std::size_t c,
-                             double* dF, double* growth_over_ntot, double* crossing) {
+                             double* dF, double* growth_over_ntot, double* crossing, AngularScratch& scratch) {
   double density[kSpecies], Z[kSpecies], amplitude[kSpecies], paired_scale[kSpecies], power_offset[kSpecies],
       direction_x[kSpecies], direction_y[kSpecies], direction_z[kSpecies];
   for (int a = 0; a < kSpecies; ++a) {
@@ -706,7 +767,6 @@ std::uint32_t angular_change(const PairedRule& rule, const double* F, const Bloc
     direction_z[a] = m.direction_z[i];
   }
   const std::size_t points = rule.size();
-  AngularScratch& scratch = thread_scratch();
   scratch.reserve(points);
   // Species with identical moments (mu = tau, the common case) share one distribution.
   const double* g[kSpecies];
@@ -849,19 +909,63 @@ std::uint32_t angular_change(const PairedRule& rule, const double* F, const Bloc
 namespace {
 
 // Checks a block of `count` <= kBlockCells cells (lab frame F_init count x 24, u count x 4 or
-// nullptr), boosts them to the rest frame and normalises them (out.F, out.ntot, out.boost);
-// out.status says why not; zeroes out.dF and the growth. Loops across cells that vectorise: the
+// nullptr), boosts them to the rest frame and normalises them (out.ntot, out.boost, and the
+// normalised F value-major in `normalised`, zeros for rejected cells and past count: out.F is
+// written by classify_block for the cells that need it); out.status says why not; zeroes out.dF
+// and the growth. Loops across cells that vectorise: the
 // checks, the boost's coefficients (two square roots and five divisions per cell) and the boost
 // itself, by the operations of is_valid_four_velocity and LorentzBoost in their order and
 // without contracting a * b + c into one rounding (fp-contract=off): the same bits as the
 // per-cell code.
 DODO_MULTIVERSION __attribute__((optimize("fp-contract=off")))
-void prepare_block(std::size_t count, const double* F_init, const double* u, RestFrameCell* out) {
+void prepare_block(std::size_t count, const double* F_init, const double* u, RestFrameCell* out, double* normalised) {
   const std::size_t lanes = block_lanes(count);
   // Value-major copies: lab[v][c] is value v of cell c; lanes past count hold a harmless cell.
   alignas(64) double lab[kCellValues][kBlockCells];
   alignas(64) double velocity[4][kBlockCells];
-  for (std::size_t c = 0; c < lanes; ++c) {
+  std::size_t first_partial = 0;  // cells before this were copied four at a time
+#if DODO_MULTIVERSION_ENABLED
+  // Four cells at a time, a 4 x 4 transpose per species (and of u): two levels of shuffles
+  // instead of a scalar load and store per value (a third of this function's instructions).
+  typedef double Doubles4 __attribute__((vector_size(32)));
+  typedef long long Lanes4 __attribute__((vector_size(32)));
+  // Rows r[0..3] (four values each) into columns[m][c..c+3].
+#define DODO_TRANSPOSE4(first_row, row_stride, column_of, c)                                                        \
+  do {                                                                                                               \
+    Doubles4 r0, r1, r2, r3;                                                                                         \
+    std::memcpy(&r0, (first_row), sizeof r0);                                                                        \
+    std::memcpy(&r1, (first_row) + (row_stride), sizeof r1);                                                         \
+    std::memcpy(&r2, (first_row) + 2 * (row_stride), sizeof r2);                                                     \
+    std::memcpy(&r3, (first_row) + 3 * (row_stride), sizeof r3);                                                     \
+    const Doubles4 t0 = __builtin_shuffle(r0, r1, Lanes4{0, 4, 2, 6}), t1 = __builtin_shuffle(r0, r1, Lanes4{1, 5, 3, 7}); \
+    const Doubles4 t2 = __builtin_shuffle(r2, r3, Lanes4{0, 4, 2, 6}), t3 = __builtin_shuffle(r2, r3, Lanes4{1, 5, 3, 7}); \
+    const Doubles4 k0 = __builtin_shuffle(t0, t2, Lanes4{0, 1, 4, 5}), k1 = __builtin_shuffle(t1, t3, Lanes4{0, 1, 4, 5}); \
+    const Doubles4 k2 = __builtin_shuffle(t0, t2, Lanes4{2, 3, 6, 7}), k3 = __builtin_shuffle(t1, t3, Lanes4{2, 3, 6, 7}); \
+    std::memcpy(column_of(0) + (c), &k0, sizeof k0);                                                                 \
+    std::memcpy(column_of(1) + (c), &k1, sizeof k1);                                                                 \
+    std::memcpy(column_of(2) + (c), &k2, sizeof k2);                                                                 \
+    std::memcpy(column_of(3) + (c), &k3, sizeof k3);                                                                 \
+  } while (0)
+  for (; first_partial + 4 <= count; first_partial += 4) {
+    const std::size_t c = first_partial;
+#pragma GCC unroll 6
+    for (int a = 0; a < kSpecies; ++a) {
+#define DODO_LAB_COLUMN(m) lab[a * kComponents + (m)]
+      DODO_TRANSPOSE4(F_init + c * kCellValues + a * kComponents, kCellValues, DODO_LAB_COLUMN, c);
+#undef DODO_LAB_COLUMN
+    }
+    if (u) {
+#define DODO_VELOCITY_COLUMN(m) velocity[m]
+      DODO_TRANSPOSE4(u + c * 4, 4, DODO_VELOCITY_COLUMN, c);
+#undef DODO_VELOCITY_COLUMN
+    } else {
+      for (std::size_t k = c; k < c + 4; ++k)
+        for (int m = 0; m < 4; ++m) velocity[m][k] = m == 0 ? 1.0 : 0.0;
+    }
+  }
+#undef DODO_TRANSPOSE4
+#endif
+  for (std::size_t c = first_partial; c < lanes; ++c) {
     for (int v = 0; v < kCellValues; ++v) lab[v][c] = c < count ? F_init[c * kCellValues + v] : 1.0;
     for (int m = 0; m < 4; ++m) velocity[m][c] = c < count && u ? u[c * 4 + m] : (m == 0 ? 1.0 : 0.0);
   }
@@ -940,26 +1044,40 @@ void prepare_block(std::size_t count, const double* F_init, const double* u, Res
                                                            : kCellOk;
     status[c] = status[c] == kCellOk ? flags : status[c];
   }
+  // The normalised values, value-major and across cells (the same product rest * (1 / total) per
+  // value as a per-cell loop: the same bits); zeros where block_moments wants no cell.
+  alignas(64) double inverse_total[kBlockCells];
+#pragma omp simd
+  for (std::size_t c = 0; c < lanes; ++c) {
+    const bool keep = (c < count) & (status[c] == kCellOk);
+    inverse_total[c] = keep ? 1.0 / total[c] : 0.0;
+  }
+  for (int v = 0; v < kCellValues; ++v)
+#pragma omp simd
+    for (std::size_t c = 0; c < lanes; ++c)
+      normalised[v * kBlockCells + c] = inverse_total[c] == 0.0 ? 0.0 : rest[v][c] * inverse_total[c];
   for (std::size_t c = 0; c < count; ++c) {
     RestFrameCell& cell = out[c];
     cell.growth_over_ntot = 0.0;
-    std::fill(cell.dF, cell.dF + kCellValues, 0.0);
+    // Zeros as unrolled stores (whole vectors): std::fill became a `rep stos` per cell, whose
+    // start-up costs more than the 192 bytes.
+#pragma GCC unroll 24
+    for (int v = 0; v < kCellValues; ++v) cell.dF[v] = 0.0;
     cell.status = static_cast<std::uint32_t>(status[c]);
     cell.ntot = 0.0;
     if (cell.status != kCellOk) continue;  // rejected: the other fields are unspecified
     if (u) cell.boost.set_coefficients(W[c], vx[c], vy[c], vz[c], W2[c]);
     else cell.boost.set_identity();
     cell.ntot = total[c];
-    const double inverse_total = 1.0 / total[c];
-    for (int v = 0; v < kCellValues; ++v) cell.F[v] = rest[v][c] * inverse_total;
   }
 }
 
 }  // namespace
 
-void Box3D::classify_block(std::size_t count, RestFrameCell* cells, bool crossing_features) const {
+void Box3D::classify_block(std::size_t count, RestFrameCell* cells, const double* normalised,
+                           bool crossing_features) const {
   BlockMoments moments;
-  block_moments(settings_, count, cells, moments);
+  block_moments(settings_, count, cells, normalised, moments);
   const bool screen = settings_.screen_stable_cells;
   bool wanted[kBlockSpecies] = {}, computed[kBlockSpecies] = {};
   bool decided[kBlockCells] = {};  // stable by the flavour signs alone
@@ -967,11 +1085,9 @@ void Box3D::classify_block(std::size_t count, RestFrameCell* cells, bool crossin
     // Most cells of a real grid are stable, and the flavour signs decide most of them from the
     // values of the flavours whose nu and nubar differ (in M1 data nu_e and nubar_e alone): those
     // first; every species of the cells they leave undecided after.
-    for (std::size_t c = 0; c < count; ++c)
-      for (int a = 0; a < kSpecies; ++a) {
-        const int partner = a < kFlavours ? a + kFlavours : a - kFlavours;
-        wanted[slot(c, a)] = cells[c].status == kCellOk && !same_species(moments, c, a, partner);
-      }
+    bool live[kBlockCells] = {};
+    for (std::size_t c = 0; c < count; ++c) live[c] = cells[c].status == kCellOk;
+    flavours_differing(count, live, moments, wanted);
     block_species_values(settings_, count, wanted, computed, moments);
     block_eln_signs(count, moments);
     for (std::size_t c = 0; c < count; ++c) {
@@ -989,9 +1105,15 @@ void Box3D::classify_block(std::size_t count, RestFrameCell* cells, bool crossin
       decided[c] = refined && stable_by_signs(moments, c);
     }
   }
-  for (std::size_t c = 0; c < count; ++c)
-    for (int a = 0; a < kSpecies; ++a) wanted[slot(c, a)] = cells[c].status == kCellOk && !decided[c];
-  block_species_values(settings_, count, wanted, computed, moments);
+  // Every species of the cells left undecided (none in a block of stable M1-like cells).
+  bool undecided = false;
+  for (std::size_t c = 0; c < count; ++c) undecided |= cells[c].status == kCellOk && !decided[c];
+  if (undecided) {
+    for (std::size_t c = 0; c < count; ++c)
+      for (int a = 0; a < kSpecies; ++a) wanted[slot(c, a)] = cells[c].status == kCellOk && !decided[c];
+    block_species_values(settings_, count, wanted, computed, moments);
+  }
+  AngularScratch* scratch = nullptr;
   for (std::size_t c = 0; c < count; ++c) {
     RestFrameCell& cell = cells[c];
     if (cell.status != kCellOk) continue;
@@ -1001,17 +1123,21 @@ void Box3D::classify_block(std::size_t count, RestFrameCell* cells, bool crossin
       cell.status = kCell_NO_CROSSING;
       continue;
     }
+    // The cell's F from the block's normalised values (a stable cell's is never read).
+    for (int v = 0; v < kCellValues; ++v) cell.F[v] = normalised[v * kBlockCells + c];
+    if (!scratch) scratch = &thread_scratch();
     cell.status = angular_change(paired_rule_, cell.F, moments, c, cell.dF, &cell.growth_over_ntot,
-                                 crossing_features ? cell.crossing : nullptr);
+                                 crossing_features ? cell.crossing : nullptr, *scratch);
   }
 }
 
 void Box3D::rest_frame_cells(std::size_t n, const double* F_init, const double* u, RestFrameCell* out,
                              bool crossing_features) const {
+  alignas(64) double normalised[kCellValues * kBlockCells];
   for (std::size_t begin = 0; begin < n; begin += kBlockCells) {
     const std::size_t count = std::min(kBlockCells, n - begin);
-    prepare_block(count, F_init + begin * kCellValues, u ? u + begin * 4 : nullptr, out + begin);
-    classify_block(count, out + begin, crossing_features);
+    prepare_block(count, F_init + begin * kCellValues, u ? u + begin * 4 : nullptr, out + begin, normalised);
+    classify_block(count, out + begin, normalised, crossing_features);
   }
 }
 
@@ -1025,7 +1151,9 @@ std::uint32_t Box3D::rest_frame_change(const double* F, double* dF, double* grow
   std::copy(F, F + kCellValues, cell.F);
   std::fill(cell.dF, cell.dF + kCellValues, 0.0);
   cell.growth_over_ntot = 0.0;
-  classify_block(1, &cell, false);
+  alignas(64) double normalised[kCellValues * kBlockCells] = {};  // the cell in lane 0
+  for (int v = 0; v < kCellValues; ++v) normalised[v * kBlockCells] = F[v];
+  classify_block(1, &cell, normalised, false);
   std::copy(cell.dF, cell.dF + kCellValues, dF);
   *growth_over_ntot = cell.growth_over_ntot;
   if (cell.status & kCellRejectedMask) std::fill(dF, dF + kCellValues, 0.0);

@@ -42,7 +42,9 @@ struct RestFrameCell {
   double ntot = 0;                 // comoving total number density N_tot
   double growth_over_ntot = 0;
   LorentzBoost boost;              // lab <-> rest frame of u
-  double F[kCellValues];           // F_init in the rest frame, units of N_tot
+  double F[kCellValues];           // F_init in the rest frame, units of N_tot (not written for a
+                                   // cell the screen decides stable: NO_CROSSING without the
+                                   // angular computation)
   double dF[kCellValues];          // Box3D's change there, units of N_tot (zeros when NO_CROSSING)
   // Only when asked for (rest_frame_cells' crossing_features) and the cell went through the
   // angular computation (not rejected, not decided stable by the screen): per flavour pair p,
@@ -108,8 +110,10 @@ class Box3D {
   // Directions per vector register of the widest code path (AVX-512: 8 doubles).
   static constexpr std::size_t kDirectionLanes = 8;
 
-  // Step 1 and the rest of up to a block of prepared cells (status kCellOk, F normalised).
-  void classify_block(std::size_t count, RestFrameCell* cells, bool crossing_features) const;
+  // Step 1 and the rest of up to a block of prepared cells (status kCellOk), whose normalised F
+  // is value-major in `normalised` (kCellValues x kBlockCells; zeros for cells not kCellOk and
+  // lanes past count); writes cells[c].F for the cells that go through the angular computation.
+  void classify_block(std::size_t count, RestFrameCell* cells, const double* normalised, bool crossing_features) const;
 
   Box3DSettings settings_;
   LebedevRule rule_;

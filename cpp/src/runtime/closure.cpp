@@ -207,6 +207,28 @@ inline void write_stable_diagnostics(const CellDiagnostics& out, std::size_t cel
   if (out.uncertainty) out.uncertainty[cell] = 0.0;
 }
 
+// The stable cells (NO_CROSSING) of a block of `count` cells, for a contiguous output: each cell's
+// input F (24 values a cell) copied to the caller's array at cell `first + i` (an exact in-place
+// call copies each onto itself), its status and diagnostics (write_stable_diagnostics); returns
+// how many. One body per instruction set and out of line: a cell's copy is a few whole-vector
+// moves (inlined into process_chunk's baseline code it went through the stack, two 16-byte moves
+// per 16 bytes, most of a stable cell's time in this file).
+DODO_MULTIVERSION __attribute__((noinline)) std::size_t finish_stable_cells(
+    const RestFrameCell* cells, std::size_t count, const double* F, std::size_t first, double* F_pred,
+    std::ptrdiff_t cell_stride, std::uint32_t* status, const CellDiagnostics& diagnostics) {
+  std::size_t stable = 0;
+  for (std::size_t i = 0; i < count; ++i) {
+    const RestFrameCell& rest = cells[i];
+    if (rest.status != kCell_NO_CROSSING) continue;
+    const std::size_t cell = first + i;
+    copy_cell(F + i * kCellValues, F_pred + static_cast<std::ptrdiff_t>(cell) * cell_stride);
+    if (status) status[cell] = rest.status;
+    write_stable_diagnostics(diagnostics, cell, rest);
+    ++stable;
+  }
+  return stable;
+}
+
 // The learned part of a cell whose head output changes densities only (every c_ab and d_ab 0: the
 // density-residual ensemble's pattern) and whose whole step is admissible, the common case: the
 // operations of assemble_correction, project_conserving and realizable_step's quick accept on the
@@ -512,16 +534,13 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
     const std::size_t block_end = std::min(count, block + Box3D::kBlockCells);
     box3d_->rest_frame_cells(block_end - block, F_chunk + block * kCellValues, u_chunk ? u_chunk + block * 4 : nullptr,
                              w.cells.data() + block, wants_crossing);
+    if (contiguous_output)
+      events.no_crossing += finish_stable_cells(w.cells.data() + block, block_end - block, F_chunk + block * kCellValues,
+                                                begin + block, batch.F_pred.data, batch.F_pred.cell_stride, batch.status,
+                                                batch.diagnostics);
     for (std::size_t i = block; i < block_end; ++i) {
       RestFrameCell& rest = w.cells[i];
-      if (rest.status == kCell_NO_CROSSING && contiguous_output) {
-        const std::size_t cell = begin + i;
-        copy_cell(F_chunk + i * kCellValues, batch.F_pred.data + static_cast<std::ptrdiff_t>(cell) * batch.F_pred.cell_stride);
-        if (batch.status) batch.status[cell] = rest.status;
-        write_stable_diagnostics(batch.diagnostics, cell, rest);
-        ++events.no_crossing;
-        continue;
-      }
+      if (rest.status == kCell_NO_CROSSING && contiguous_output) continue;  // finished above
       if (!model_ || (rest.status & (kCellRejectedMask | kCell_NO_CROSSING))) continue;
       const int input_size = static_cast<int>(w.network->input_size());
       w.network_row[i] = static_cast<std::uint32_t>(network_rows);
