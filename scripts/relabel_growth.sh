@@ -9,6 +9,9 @@
 # Resumable: complete outputs are skipped, a partial one resumes; rerun the same command to
 # continue. Emu-recipe chunks first (the family of the issue's target).
 #   bash scripts/relabel_growth.sh [JOBS]
+# With DODO_GROWTH_AXIS=emu: data/qke_emu_axis/NAME.h5 instead, the linear rate along the fastest
+# of the 38 axes Emu's validation runs were searched on (dodo simulate --linear-only --axis emu;
+# docs/dataset.md, "Emu's axis search"): the rate such a run measures, ~0.6 s per state.
 set -euo pipefail
 if [ "${DODO_CAMPAIGN_GROUP:-}" != inner ] && command -v setsid > /dev/null; then
   exec setsid -w env DODO_CAMPAIGN_GROUP=inner bash "$0" "$@"
@@ -25,22 +28,27 @@ esac
 python="${DODO_VENV:-$root/.venv}/bin/python"
 dodo="${DODO_VENV:-$root/.venv}/bin/dodo"
 [ -x "$dodo" ] || { echo "relabel_growth: $dodo not found (bash scripts/setup_venv.sh first)" >&2; exit 2; }
-mkdir -p data/qke_growth
+case "${DODO_GROWTH_AXIS:-fastest}" in
+  fastest) labels=data/qke_growth; axis_args="" ;;
+  emu) labels=data/qke_emu_axis; axis_args="--axis emu --ignore-rotation" ;;
+  *) echo "relabel_growth: DODO_GROWTH_AXIS must be fastest or emu; got '$DODO_GROWTH_AXIS'" >&2; exit 2 ;;
+esac
+mkdir -p "$labels"
 relabel() {
-  local input="$1" out="data/qke_growth/$(basename "$1")"
+  local input="$1" out="$labels/$(basename "$1")"
   if [ -f "$out" ] && "$python" -c "import h5py,sys; sys.exit(0 if h5py.File('$out','r').attrs.get('complete') else 1)" 2>/dev/null; then
     return 0
   fi
-  nice -n "${DODO_CAMPAIGN_NICE:-10}" "$dodo" simulate "$out" --input "$input" --linear-only --quiet \
+  nice -n "${DODO_CAMPAIGN_NICE:-10}" "$dodo" simulate "$out" --input "$input" --linear-only $axis_args --quiet \
     || { echo "relabel_growth: $input failed (exit $?); rerun to retry" >&2; return 1; }
 }
 trap 'trap - TERM; kill 0' INT TERM
 export -f relabel
-export python dodo
+export python dodo labels axis_args
 # Pool chunks only (held-out seeds 900-999 never labelled), complete ones, emu family first.
 status=0
 "$python" - <<'EOF' | xargs -r -P "$jobs" -L 1 bash -c 'relabel "$0"' || status=$?
-import glob, re, h5py
+import glob, os, re, h5py
 files = [p for p in sorted(glob.glob("data/qke/*_seed*.h5")) if not re.search(r"_seed9\d\d\.h5$", p)]
 def complete(p):
     try:
@@ -49,7 +57,18 @@ def complete(p):
     except OSError:
         return False
 files = [p for p in files if complete(p)]
-for p in sorted(files, key=lambda p: (not p.split("/")[-1].startswith("emu_"), p)):
+files = sorted(files, key=lambda p: (not p.split("/")[-1].startswith("emu_"), p))
+if os.environ.get("DODO_GROWTH_AXIS") == "emu":
+    # Every family from the start (two emu chunks to one of each other family), so that a study or
+    # a training run on what is labelled so far sees them all.
+    by_family = {}
+    for p in files:
+        by_family.setdefault(p.split("/")[-1].rsplit("_seed", 1)[0], []).append(p)
+    share = {family: (2 if family == "emu" else 1) for family in by_family}
+    rounds = max(-(-len(chunks) // share[family]) for family, chunks in by_family.items())
+    files = [p for r in range(rounds) for family, chunks in sorted(by_family.items())
+             for p in chunks[r * share[family]:(r + 1) * share[family]]]
+for p in files:
     print(p)
 EOF
 [ "$status" -eq 0 ] || { echo "relabel_growth: not every chunk finished (exit $status; see above); rerun to retry" >&2; exit "$status"; }

@@ -46,9 +46,15 @@ def load() -> list[dict]:
     return rows
 
 
-def load_linear_labels() -> list[dict]:
+# Growth-label directories (dodo simulate --linear-only) and what their labels are.
+LABEL_SETS = (("data/qke_linear", "random states, along the best of 24 coarse axes"),
+              ("data/qke_growth", "the pool's states, along their refined fastest axis"),
+              ("data/qke_emu_axis", "the pool's states, along the axis Emu's validation search picks"))
+
+
+def load_linear_labels(directory: str = "data/qke_linear") -> list[dict]:
     rows = []
-    for path in sorted(Path(p) for p in glob.glob(str(ROOT / "data/qke_linear/*.h5"))):
+    for path in sorted(Path(p) for p in glob.glob(str(ROOT / directory / "*.h5"))):
         with h5py.File(path, "r") as f:
             rows.append({"family": family_of(path), "n": len(f["linear_growthRate_box(1|s)"]),
                          "dropped": len(json.loads(f.attrs.get("dropped", "{}")))})
@@ -69,13 +75,15 @@ def main() -> int:
     total_train = sum(len(r["F_init"]) for r in rows if not r["held_out"])
     total_held = sum(len(r["F_init"]) for r in rows if r["held_out"])
     lines.append(f"| **all** | {len(rows)} | **{total_train}** | **{total_held}** | | |")
-    lines += ["", "Growth-rate labels (`data/qke_linear`, linear theory only, `dodo simulate --linear-only`):", "",
-              "| family | files | labelled states | dropped |", "|---|---|---|---|"]
-    labels = load_linear_labels()
-    for family in sorted({r["family"] for r in labels}):
-        part = [r for r in labels if r["family"] == family]
-        lines.append(f"| {family} | {len(part)} | {sum(r['n'] for r in part)} | {sum(r['dropped'] for r in part)} |")
-    lines.append(f"| **all** | {len(labels)} | **{sum(r['n'] for r in labels)}** | |")
+    lines += ["", "Growth-rate labels (linear theory only, `dodo simulate --linear-only`; docs/dataset.md):", "",
+              "| labels | family | files | labelled states | dropped |", "|---|---|---|---|---|"]
+    for directory, what in LABEL_SETS:
+        labels = load_linear_labels(directory)
+        for family in sorted({r["family"] for r in labels}):
+            part = [r for r in labels if r["family"] == family]
+            lines.append(f"| `{directory}` ({what}) | {family} | {len(part)} | {sum(r['n'] for r in part)} | "
+                         f"{sum(r['dropped'] for r in part)} |")
+        lines.append(f"| `{directory}` | **all** | {len(labels)} | **{sum(r['n'] for r in labels)}** | |")
     lines += ["", "![sampling](figures/dataset_sampling.png)", "", END]
 
     figures = ROOT / "docs/figures"

@@ -338,3 +338,119 @@ def test_label_table_is_calibrated_growth_only_and_skips_held_out_files(tmp_path
     assert growth_calibration([solver_file]) == pytest.approx(0.95)
     with pytest.raises(ValueError, match="need >= 20"):
         growth_calibration([str(tmp_path / "emu_seed2100.h5")])  # labels only: no measured rates
+
+
+EMU_FILE = os.path.join(os.path.dirname(__file__), "..", "data", "qke", "emu_1d_validation.h5")
+
+
+def test_every_run_axis_of_the_emu_file_is_one_of_the_38_axes_emus_search_knows():
+    """The recipe fact behind axis="emu": each run of emu_1d_validation.h5 lies along a direction of
+    uniform_sphere(10) (rotation_R's third row: F_sim = R F, box along z), to rounding."""
+    from dodo.qke.states import EMU_SEARCH_AXES_NPHI
+
+    with h5py.File(EMU_FILE, "r") as f:
+        run_axes = f["rotation_R"][()][:, 2, :]
+    cosines = np.abs(run_axes @ uniform_sphere(EMU_SEARCH_AXES_NPHI).T).max(axis=1)
+    assert np.all(cosines > 1 - 1e-9)
+    assert np.abs(run_axes @ uniform_sphere(8).T).max(axis=1).min() < 0.99  # not Dodo's own 24 coarse axes
+
+
+def test_emu_axis_search_finds_the_fastest_of_the_38_axes():
+    """box_setup(axis="emu"): the box lies along the one of Emu's 38 search directions whose own
+    fastest |k| grows fastest on the run's direction set (a brute-force search over every axis)."""
+    from dodo.qke.linear import fastest_wavevector
+    from dodo.qke.states import EMU_SEARCH_AXES_NPHI
+
+    directions = uniform_sphere(14)
+    axes = uniform_sphere(EMU_SEARCH_AXES_NPHI)
+    for F in family_states("emu", 2, np.random.default_rng(21)):
+        rotation, _, _, rate = box_setup(F, directions, 16, axis="emu")
+        chosen = rotation[2]
+        assert np.abs(chosen @ axes.T).max() > 1 - 1e-9  # one of the 38 directions
+        per_axis = np.array([fastest_wavevector(F, directions, np.linspace(0.0, 1.0, 11), axes[i:i + 1])[0]
+                             for i in range(len(axes))])
+        best = axes[np.argmax(per_axis)]
+        assert abs(chosen @ best) > 1 - 1e-9 or per_axis.max() - per_axis[np.argmax(np.abs(axes @ chosen))] \
+            < 0.01 * per_axis.max()  # a near tie may fall either way
+        assert rate > 0
+
+
+def test_emu_axis_search_picks_the_emu_files_own_axes():
+    """On the first three runs of emu_1d_validation.h5 (their original-frame states, the run's 92
+    directions), the search puts the box along the very axis Emu's run used."""
+    from dodo.conventions import from_emu_layout
+
+    with h5py.File(EMU_FILE, "r") as f:
+        states = from_emu_layout(f["F4_initial(1|ccm)"][()][:3])
+        run_axes = f["rotation_R"][()][:3, 2, :]
+    for F, run_axis in zip(states, run_axes):
+        rotation = box_setup(F, uniform_sphere(16), 64, axis="emu")[0]
+        assert abs(rotation[2] @ run_axis) > 1 - 1e-9
+
+
+def test_linear_only_labels_along_emus_axes_record_the_search_and_refuse_a_given_rotation(tmp_path):
+    output = str(tmp_path / "emu_axis.h5")
+    assert run_cli(["simulate", output, "--random", "2", "--seed", "7", "--family", "emu", "--linear-only",
+                    "--axis", "emu", *SMALL]) == 0
+    states = family_states("emu", 2, np.random.default_rng(7))
+    with h5py.File(output, "r") as f:
+        settings = json.loads(f.attrs["settings"])
+        index, rates = f["input_index"][()], f["linear_growthRate_box(1|s)"][()]
+    assert settings["axis_search"].startswith("Emu's validation search")
+    for row, i in enumerate(index):
+        assert rates[row] == pytest.approx(box_setup(states[i], uniform_sphere(8), 16, axis="emu")[3], rel=1e-12)
+    # An input with box axes of its own: the search would ignore them, so the command asks.
+    assert run_cli(["simulate", str(tmp_path / "again.h5"), "--input", output, "--linear-only", "--axis", "emu",
+                    *SMALL]) == 2
+
+
+def test_growth_measured_false_trains_the_growth_members_on_the_labels_alone(tmp_path):
+    """growth.measured: false: the training states' measured rates (0.5 x proxy, a slow run axis)
+    do not train the growth members; only growth.data's labels (2 x proxy) do."""
+    from conftest import random_states
+
+    from dodo.training.ensemble import predict
+    from dodo.training.ensemble_train import ConfigError, EnsembleConfig, _training_arrays, train_on
+
+    rng = np.random.default_rng(13)
+    F = random_states(rng, 40, max_flux_factor=0.6, mu_equals_tau=True)
+    density = rest_table(F, lambda proxy: 0.5 * proxy, True)
+    labels = rest_table(F, lambda proxy: 2.0 * proxy, False)
+    config = EnsembleConfig(members=2, width=8, steps=20, growth_members=1, growth_width=8, growth_steps=400,
+                            growth_data=["unused"], growth_measured=False, mirror=False,
+                            checkpoint=str(tmp_path / "e.pt"))
+    rows = np.arange(40)
+    X, _, _ = _training_arrays(density, rows, config)
+    np.testing.assert_allclose(predict(train_on(density, rows, config, growth_table=labels), X)["log_growth_ratio"],
+                               np.log(2.0), atol=0.1)
+    with pytest.raises(ConfigError, match="growth.measured: false needs growth.data"):
+        EnsembleConfig(growth_members=1, growth_measured=False).validate()
+    with pytest.raises(ConfigError, match="growth.measured must be true or false"):
+        EnsembleConfig(growth_members=1, growth_data=["x"], growth_measured="no").validate()
+
+
+def test_refitting_growth_and_student_on_kept_members_gives_train_ons_networks(tmp_path):
+    """tools/refit_growth.py's premise: the growth members and the student fitted again on the same
+    rows and labels, over the same density members, are train_on's own, weight for weight."""
+    from conftest import random_states
+
+    from dodo.training.ensemble_train import EnsembleConfig, fit_growth_and_student, train_on
+
+    F = random_states(np.random.default_rng(14), 40, max_flux_factor=0.6, mu_equals_tau=True)
+    density = rest_table(F, lambda proxy: 0.5 * proxy, True)
+    labels = rest_table(F[:20], lambda proxy: 2.0 * proxy, False)
+    config = EnsembleConfig(members=2, width=8, steps=20, growth_members=2, growth_width=8, growth_steps=50,
+                            growth_data=["unused"], distill_width=8, distill_steps=50, mirror=False,
+                            checkpoint=str(tmp_path / "e.pt"))
+    rows = np.arange(40)
+    trained = train_on(density, rows, config, growth_table=labels)
+    before = {k: v.clone() for k, v in trained.state_dict().items()}
+    trained.growth_members = torch.nn.ModuleList()
+    trained.student = None
+    fit_growth_and_student(trained, density, rows, config, growth_table=labels)
+    after = trained.state_dict()
+    assert before.keys() == after.keys()
+    for key in before:
+        assert torch.equal(before[key], after[key]), key
+    with pytest.raises(ValueError, match="where there are none yet"):
+        fit_growth_and_student(trained, density, rows, config, growth_table=labels)

@@ -34,7 +34,7 @@ from .._atomic import atomic_write
 from .io import require_h5py, write_emu_database
 from .parallel import assign_batches, plan_batches, world
 from .solver import SolverConfig, make_box, resolve_backend
-from .states import AXIS_SEARCH, NSM1_EMU_1D, box_setup, rotate_four_flux
+from .states import AXIS_SEARCH, EMU_AXIS_SEARCH, NSM1_EMU_1D, box_setup, rotate_four_flux
 
 
 def _comparable_settings(settings: dict) -> dict:
@@ -308,6 +308,8 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
                 "end_time_given": None if end_time_s is None else np.asarray(end_time_s, float).tolist()}
     if axis == "fastest" and rotation is None:  # chunks of the earlier search do not resume with this one
         settings["axis_search"] = AXIS_SEARCH
+    if axis == "emu" and rotation is None:
+        settings["axis_search"] = EMU_AXIS_SEARCH
     fingerprint = _fingerprint(four_flux, settings)
     # Stored beside the fingerprint so that a mismatch can be explained (which states or settings).
     states_digest, settings_text = _states_digest(four_flux), json.dumps(_comparable_settings(settings), sort_keys=True)

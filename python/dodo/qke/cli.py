@@ -36,8 +36,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=8, help="simulations integrated together (default 8)")
     parser.add_argument("--ncell", type=int, default=64, help="cells along the box axis (default 64)")
     parser.add_argument("--nphi", type=int, default=16, help="directions: Emu uniform_sphere(nphi) (16 -> 92)")
-    parser.add_argument("--axis", default="fastest", choices=("fastest", "x", "y", "z"),
-                        help="box axis: fastest-growing wavevector (default) or a fixed axis; an input file's "
+    parser.add_argument("--axis", default="fastest", choices=("fastest", "emu", "x", "y", "z"),
+                        help="box axis: fastest-growing wavevector (default), the fastest of the 38 axes Emu's "
+                             "validation runs were searched on (emu), or a fixed axis; an input file's "
                              "rotation_R, when present, takes precedence unless --ignore-rotation")
     parser.add_argument("--ignore-rotation", action="store_true", help="ignore rotation_R in the input file")
     parser.add_argument("--box-length", type=float, default=None, help="box length in cm (default: k_fastest L = 18)")
@@ -132,16 +133,20 @@ def run_simulate(args) -> int:
                 raise ValueError("--linear-only runs in one process; start one process per output file")
             if end_time is not None:
                 raise ValueError("--linear-only runs no time integration: leave out --use-input-end-time")
-            if args.axis != "fastest" or args.box_length is not None:
-                raise ValueError("--linear-only labels each state along its fastest axis in its own box (k L = 18): "
-                                 "leave out --axis and --box-length")
+            if args.axis not in ("fastest", "emu") or args.box_length is not None:
+                raise ValueError("--linear-only labels each state along its fastest axis (or with --axis emu, Emu's "
+                                 "search's) in its own box (k L = 18): leave out --box-length and a fixed --axis")
+            if args.axis == "emu" and rotation is not None:
+                raise ValueError("--axis emu searches Emu's 38 axes itself: add --ignore-rotation to leave the "
+                                 "input's rotation_R out")
             from .growth_labels import linear_growth_labels
 
             # An input's box axes (rotation_R: F_sim = R F, box along z, so the axis is R's third
             # row) start the refined search in place of the 24 coarse axes.
             rows = linear_growth_labels(four_flux, args.output, config, max_cost=args.max_cost,
                                         attributes={"source": source, "command": " ".join(sys.argv)}, report=report,
-                                        start_axes=None if rotation is None else np.asarray(rotation)[:, 2, :])
+                                        start_axes=None if rotation is None else np.asarray(rotation)[:, 2, :],
+                                        axis=args.axis)
             report(f"wrote {args.output}: {len(rows['input_index'])} of {len(four_flux)} states labelled")
             return 0
         results = simulate_states(four_flux, args.output, config, batch_size=args.batch_size, axis=args.axis,

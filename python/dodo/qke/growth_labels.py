@@ -28,7 +28,7 @@ from .campaign import CheckpointMismatchError, reconstruction_failure, relative_
 from .directions import uniform_sphere
 from .io import species_to_emu
 from .solver import SolverConfig
-from .states import AXIS_SEARCH, NSM1_EMU_1D, box_setup
+from .states import AXIS_SEARCH, EMU_AXIS_SEARCH, NSM1_EMU_1D, box_setup
 
 KIND = "linear_growth_labels"
 CHUNK = 100
@@ -95,7 +95,7 @@ def _write(output: str, four_flux: np.ndarray, rows: dict, attributes: dict) -> 
 
 def linear_growth_labels(four_flux: np.ndarray, output: str, config: SolverConfig, max_cost: float | None = None,
                          attributes: dict | None = None, report: Callable[[str], None] = print,
-                         start_axes: np.ndarray | None = None) -> dict:
+                         start_axes: np.ndarray | None = None, axis: str = "fastest") -> dict:
     """Linear growth rates of the box modes (s^-1) for states ``[n, 6, 4]``, written to ``output``.
 
     Same set-up as a full run (box_setup on the solver's direction set and ncell; states estimated
@@ -111,13 +111,17 @@ def linear_growth_labels(four_flux: np.ndarray, output: str, config: SolverConfi
     if max_cost is not None and not max_cost > 0:
         raise ValueError("max_cost must be positive")
     config.validate()
+    if axis not in ("fastest", "emu"):
+        raise ValueError(f"growth labels are made along the fastest axis ('fastest') or Emu's search's ('emu'); got {axis!r}")
+    if axis == "emu" and start_axes is not None:
+        raise ValueError("Emu's axis search starts from its own 38 axes, not from given ones")
     directions = uniform_sphere(config.nphi_equator)
     if start_axes is not None:
         start_axes = np.asarray(start_axes, float)
         if start_axes.shape != (len(four_flux), 3):
             raise ValueError(f"start axes must have shape [{len(four_flux)}, 3]; got {start_axes.shape}")
     settings = {"ncell": config.ncell, "nphi_equator": config.nphi_equator, "max_cost": max_cost,
-                "axis_search": AXIS_SEARCH}
+                "axis_search": AXIS_SEARCH if axis == "fastest" else EMU_AXIS_SEARCH}
     if start_axes is not None:
         settings["axis_start"] = "the input's box axes (rotation_R)"
         settings["axis_start_digest"] = hashlib.sha256(np.ascontiguousarray(start_axes).tobytes()).hexdigest()
@@ -137,7 +141,7 @@ def linear_growth_labels(four_flux: np.ndarray, output: str, config: SolverConfi
             rows["dropped"][str(index)] = f"estimated cost {cost[index]:.2f}x NSM1's exceeds max_cost {max_cost:g}"
         else:
             try:
-                rotation, length, _, rate = box_setup(four_flux[index], directions, config.ncell,
+                rotation, length, _, rate = box_setup(four_flux[index], directions, config.ncell, axis=axis,
                                                       start_axis=None if start_axes is None else start_axes[index])
             except ValueError as error:
                 rows["dropped"][str(index)] = str(error)

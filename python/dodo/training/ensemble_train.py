@@ -68,6 +68,10 @@ class EnsembleConfig:
     # the rate along its refined fastest axis), that label replaces the state's measured rate (run
     # along the best of 24 coarse axes; docs/training.md, "Growth labels").
     growth_relabelled: bool = False
+    # False: the training states' own measured rates do not train the growth members; only the
+    # growth_data labels do (e.g. data/qke_emu_axis: the rate along the axis Emu's validation
+    # search picks, which the measured rates of runs along other axes would blur).
+    growth_measured: bool = True
     # Distillation (0: ship the members themselves): one network of this width reproduces the
     # members' mean, spread and growth and alone runs at inference (docs/training.md).
     distill_width: int = 0
@@ -99,7 +103,8 @@ class EnsembleConfig:
                  "growth.width": "growth_width", "growth.depth": "growth_depth", "growth.steps": "growth_steps",
                  "distill.width": "distill_width", "distill.depth": "distill_depth", "distill.steps": "distill_steps",
                  "distill.growth_weight": "distill_growth_weight", "growth.batch_size": "growth_batch_size",
-                 "growth.epochs": "growth_epochs", "growth.lr": "growth_lr", "growth.relabelled": "growth_relabelled", "distill.batch_size": "distill_batch_size",
+                 "growth.epochs": "growth_epochs", "growth.lr": "growth_lr", "growth.relabelled": "growth_relabelled",
+                 "growth.measured": "growth_measured", "distill.batch_size": "distill_batch_size",
                  "distill.epochs": "distill_epochs", "distill.sampled_states": "distill_sampled_states"}
         config = cls()
         for key, value in flat.items():
@@ -150,6 +155,10 @@ class EnsembleConfig:
             raise ConfigError(f"growth.lr must be a finite number >= 0 (0: the members' lr); got {self.growth_lr!r}")
         if not isinstance(self.growth_relabelled, bool):
             raise ConfigError(f"growth.relabelled must be true or false; got {self.growth_relabelled!r}")
+        if not isinstance(self.growth_measured, bool):
+            raise ConfigError(f"growth.measured must be true or false; got {self.growth_measured!r}")
+        if not self.growth_measured and not self.growth_data:
+            raise ConfigError("growth.measured: false needs growth.data (the labels the growth members learn instead)")
         if self.growth_relabelled and not self.growth_data:
             raise ConfigError("growth.relabelled: true needs growth.data (the files holding the new labels)")
         if self.growth_data and not self.growth_members:
@@ -432,12 +441,27 @@ def train_on(table: dict, rows: np.ndarray, config: EnsembleConfig, members: int
                             weight_decay=config.weight_decay, growth_weight=config.growth_weight,
                             batch_size=config.batch_size, epochs=config.epochs)
     ensemble.features = config.features
+    fit_growth_and_student(ensemble, table, rows, config, log=log, growth_table=growth_table)
+    return ensemble
+
+
+def fit_growth_and_student(ensemble, table: dict, rows: np.ndarray, config: EnsembleConfig, log=None,
+                           growth_table: dict | None = None) -> None:
+    """train_on's stages after the density members: the growth members (config.growth_members) and
+    the distilled student (config.distill_width), fitted in place on ``rows`` of ``table``. Also
+    tools/refit_growth.py's: new growth labels for members already trained."""
+    if len(ensemble.growth_members) or ensemble.student is not None:
+        raise ValueError("fit_growth_and_student fits growth members and a student where there are none yet")
+    X, _, g = _training_arrays(table, rows, config)
+    torch.set_num_threads(config.threads)
     if config.growth_members:
         X_growth, g_growth = X, g
         if growth_table is not None:
             labelled, replaced = growth_member_labels(growth_table, table, rows, config, log=log)
             if replaced is not None:  # mirrored rows: the same states again
                 g_growth = np.where(np.tile(replaced, len(g) // len(rows)), np.nan, g)
+            if not config.growth_measured:
+                g_growth = np.full_like(g, np.nan)
             X_labels, _, g_labels = _training_arrays(growth_table, labelled, config)
             X, X_growth, g_growth = (np.concatenate([X, X_labels]), np.concatenate([X_growth, X_labels]),
                                      np.concatenate([g_growth, g_labels]))
@@ -462,7 +486,6 @@ def train_on(table: dict, rows: np.ndarray, config: EnsembleConfig, members: int
                                        batch_size=config.distill_batch_size, epochs=config.distill_epochs)
         if log:
             log(f"student ({config.distill_width} wide) distilled on {len(X)} rows")
-    return ensemble
 
 
 def growth_label_states(growth_table: dict, table: dict, config: EnsembleConfig) -> np.ndarray:

@@ -1,0 +1,77 @@
+"""Refit a density-residual-ensemble checkpoint's growth members and student on new growth labels.
+
+    python tools/refit_growth.py CHECKPOINT --config C --table pdata/qke.h5 -o NEW_CHECKPOINT
+    dodo export NEW_CHECKPOINT -o model.onnx
+
+`dodo train-ensemble` fits the density members, then the growth members, then the student that
+distils both (ensemble_train.train_on). The density members never see the growth members' labels,
+so a change of growth labels (the config's `growth:` section) needs only the last two stages: this
+keeps the checkpoint's density members, fits the growth members and the student exactly as
+train_on does (ensemble_train.fit_growth_and_student) with the config's growth and distill
+settings, recomputes the held-out record as train-ensemble does and writes a new checkpoint
+(atomically; never over its input). The result is the one `dodo train-ensemble --config C` makes
+on the same table (its members being the same fits of the same seeds), at a third of the time.
+The config's other sections must be the checkpoint's (features, members, holdout): checked.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+
+import numpy as np
+import torch
+
+from dodo.training import ensemble_train as et
+from dodo.training.safe_load import UntrustedCheckpointError, load_torch_file
+
+# Settings that shape the density members: the checkpoint's and the config's must agree.
+MEMBER_SETTINGS = ("features", "holdout", "members", "width", "depth", "steps", "batch_size", "epochs", "lr",
+                   "weight_decay", "growth_weight", "mirror", "seed", "error_per_spread", "sigma0")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--config", required=True, help="the train-ensemble config whose growth/distill sections apply")
+    parser.add_argument("--table", required=True, help="the preprocessed file the checkpoint was trained on")
+    parser.add_argument("-o", "--output", required=True)
+    args = parser.parse_args()
+    if os.path.exists(args.output) and os.path.samefile(args.output, args.checkpoint):
+        parser.error("the output must not be the input checkpoint")
+    try:
+        checkpoint = load_torch_file(args.checkpoint)
+        config = et.EnsembleConfig.load(args.config)
+    except (UntrustedCheckpointError, et.ConfigError, ValueError, OSError) as exc:
+        parser.error(str(exc))
+    earlier = checkpoint["config"]
+    differ = [key for key in MEMBER_SETTINGS if key in earlier and earlier[key] != getattr(config, key)]
+    if differ:
+        parser.error(f"{args.config} and {args.checkpoint} differ in the density members' settings {differ}: "
+                     "retrain with dodo train-ensemble")
+    table = et.load_table(args.table)
+    if table["sha256"] != checkpoint["data"]["sha256"]:
+        parser.error(f"{args.table} is not the table {args.checkpoint} was trained on (content digests differ)")
+    config = dataclasses.replace(config, data_path=args.table, checkpoint=args.output)
+    ensemble = et.load_ensemble(checkpoint)
+    ensemble.growth_members = torch.nn.ModuleList()
+    ensemble.student = None
+    held = et.holdout_mask(table["sources"], config.holdout)
+    train_rows, held_rows = np.flatnonzero(~held), np.flatnonzero(held)
+    print(f"{len(train_rows)} training states, {len(held_rows)} held out; the checkpoint's "
+          f"{len(ensemble.members)} density members kept", flush=True)
+    growth_table = et.load_growth_table(config, table, train_rows)
+    et.fit_growth_and_student(ensemble, table, train_rows, config, log=lambda m: print(m, flush=True),
+                              growth_table=growth_table)
+    report = {"n_train": int(len(train_rows)), "n_heldout": int(len(held_rows)),
+              "members_from": os.path.basename(args.checkpoint)}
+    if growth_table is not None:
+        report["growth_labels"] = int(len(growth_table["r"]))
+        report["growth_calibration"] = float(growth_table["calibration"])
+    report.update(et.heldout_report(ensemble, table, held_rows))
+    et.save_checkpoint(ensemble, config, table, train_rows, report, args.output)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
