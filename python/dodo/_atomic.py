@@ -178,6 +178,51 @@ def atomic_path(final: str | Path):
         raise
 
 
+class DirectoryInUseError(ValueError):
+    """Another process holds the directory's lock (exclusive_directory)."""
+
+
+#: The lock file exclusive_directory keeps in a run's directory (empty but for the holder's pid).
+LOCK_NAME = ".dodo.lock"
+
+
+@contextlib.contextmanager
+def exclusive_directory(directory: str | Path, command: str):
+    """Hold ``directory``'s lock for the block: a second process that asks for it (another `dodo
+    train` into the same checkpoint directory, another `dodo study` of the same tag) is refused at
+    once with DirectoryInUseError instead of writing the same files. An flock on LOCK_NAME: the
+    kernel releases it when the holder exits, however it ends (killed too), so a stale file never
+    blocks; on a file system without locks the block runs unguarded."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system
+        yield
+        return
+    path = directory / LOCK_NAME
+    handle = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            raise DirectoryInUseError(f"{directory} is in use by another {command}"
+                                      + (f" (pid {holder})" if holder.isdigit() else "")
+                                      + ": wait for it to end, or choose another directory") from None
+        except OSError:  # no locks here (some network file systems): as before, unguarded
+            yield
+            return
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock
+
+
 def atomic_write(path: str | Path, write) -> None:
     """Call ``write(temporary_path)`` and move the result onto ``path`` atomically."""
     with atomic_path(path) as tmp:

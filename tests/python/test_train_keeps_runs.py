@@ -45,3 +45,65 @@ def test_overwrite_replaces_the_run(finished_run, capsys):
     code, _, err = run(capsys, ["train", "--config", str(config), "--overwrite", "--set", "training.seed=9"])
     assert code == 0, err
     assert (checkpoints / "final.pt").exists()
+
+
+def _hold_lock(directory, ready, release):
+    """A child process standing for another `dodo train`: takes the directory's lock and waits."""
+    from dodo._atomic import exclusive_directory
+
+    with exclusive_directory(directory, "dodo train"):
+        ready.set()
+        release.wait(60)
+
+
+def test_a_run_into_a_directory_another_run_is_using_is_refused_until_that_one_ends(finished_run, capsys, tmp_path):
+    """Two runs started together would both pass the finished-run check and write the same
+    checkpoints: the second is refused at once, naming the holder; after the holder ends (its lock
+    goes with its process) the same command runs."""
+    import multiprocessing
+
+    config, _ = finished_run
+    busy = tmp_path / "busy"
+    context = multiprocessing.get_context("spawn")
+    ready, release = context.Event(), context.Event()
+    holder = context.Process(target=_hold_lock, args=(busy, ready, release))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        line = refused(capsys, ["train", "--config", str(config), "--set", f"output.checkpoint_dir={busy}",
+                                "--set", "training.epochs=1"], str(busy), "in use by another dodo train",
+                       f"pid {holder.pid}")
+        assert not (busy / "last.pt").exists() and line
+    finally:
+        release.set()
+        holder.join(60)
+    from dodo.cli import main
+
+    assert main(["train", "--config", str(config), "--set", f"output.checkpoint_dir={busy}",
+                 "--set", "training.epochs=1"]) == 0
+    assert (busy / "final.pt").exists()
+
+
+def test_a_study_of_a_tag_another_study_is_running_is_refused(tmp_path, capsys):
+    import multiprocessing
+
+    from dodo.training.study import load_grid
+
+    data = synth_and_preprocess(tmp_path, 200, seed=3)
+    base = write_training_config(tmp_path / "base.yaml", data, tmp_path / "unused")
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(f"base_config: {base}\noutput_root: {tmp_path / 'studies'}\ntag: t\n"
+                    "grid:\n  training.lr: [0.001]\noverrides:\n  training.epochs: 1\n")
+    root = tmp_path / "studies" / "t"
+    assert load_grid(grid)["tag"] == "t"
+    context = multiprocessing.get_context("spawn")
+    ready, release = context.Event(), context.Event()
+    holder = context.Process(target=_hold_lock, args=(root, ready, release))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        refused(capsys, ["study", str(grid)], str(root), "in use by another")
+        assert not any(root.glob("run_*"))
+    finally:
+        release.set()
+        holder.join(60)

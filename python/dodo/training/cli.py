@@ -110,10 +110,15 @@ def _train(args) -> int:
     checkpoints, results = Path(config.output.checkpoint_dir), Path(config.output.results_dir)
     check_outputs([checkpoints / "best.pt", checkpoints / "last.pt", checkpoints / "last.prev.pt",
                    checkpoints / "final.pt", results / "train.log"], [config.data.path, args.config])
-    if not args.resume and not args.overwrite:
-        _refuse_to_replace_a_run(checkpoints)
-    config.make_dirs()
-    summary = train(config)
+    from .._atomic import exclusive_directory
+
+    # Held from the check to the end: two runs started together would both pass the check and then
+    # write the same checkpoints.
+    with exclusive_directory(checkpoints, "dodo train"):
+        if not args.resume and not args.overwrite:
+            _refuse_to_replace_a_run(checkpoints)
+        config.make_dirs()
+        summary = train(config)
     return 0 if summary["status"] in ("completed", "interrupted") else 1
 
 

@@ -29,7 +29,7 @@ import math
 import re
 from pathlib import Path
 
-from .._atomic import atomic_path, check_outputs, write_json_atomic
+from .._atomic import atomic_path, check_outputs, exclusive_directory, write_json_atomic
 from .config import ConfigError, ExperimentConfig, merge_dotted, read_yaml_mapping
 
 ALLOWED_KEYS = {"base_config", "tag", "output_root", "overrides", "grid"}
@@ -67,11 +67,19 @@ def grid_points(grid: dict) -> list[dict]:
 
 
 def run_study(grid_path: str | Path, dry_run: bool = False, echo=print) -> list[dict]:
-    from .train import train
-
     spec = load_grid(grid_path)
     root = Path(spec["output_root"]) / spec["tag"]
     check_outputs([root / "summary.json", root / "summary.txt"], [grid_path, spec["base_config"]])
+    if dry_run:
+        return _run_study(grid_path, spec, root, dry_run, echo)
+    # Two studies of one tag at once would number their runs alike and write the same directories.
+    with exclusive_directory(root, "dodo study of this tag"):
+        return _run_study(grid_path, spec, root, dry_run, echo)
+
+
+def _run_study(grid_path, spec: dict, root: Path, dry_run: bool, echo) -> list[dict]:
+    from .train import train
+
     earlier = _earlier_rows(root)  # before any work: an unreadable summary is refused, not replaced
     first = next_run_number(root)
     base_raw = read_yaml_mapping(spec["base_config"])
