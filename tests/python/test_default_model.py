@@ -56,6 +56,33 @@ def test_default_model_growth_rate_beats_the_box3d_proxy(report):
     assert abs(growth["model"]["median_ratio"] - 1) < abs(growth["box3d_proxy"]["median_ratio"] - 1)
 
 
+def test_default_model_growth_rate_on_the_held_out_states_emu_axis_rates():
+    """The in-house check of the growth target (docs/training.md, "Growth labels along Emu's own
+    search axis"): on the 130 held-out campaign states, the rate along the axis Emu's validation
+    search picks (linear theory times the measured/linear calibration of the training chunks,
+    0.9567) is what an Emu run would measure; the learned rate is within 10% of it on 85% (emu
+    family 89%), the Box3D proxy on 28%."""
+    import h5py
+
+    from dodo.conventions import from_emu_layout
+
+    labels = sorted((EMU_VALIDATION.parents[3] / "data" / "qke_emu_axis_heldout").glob("*_seed9[0-9][0-9].h5"))
+    assert len(labels) == 3  # one per family
+    closure = Closure(threads=1)
+    model, proxy = [], []
+    for path in labels:
+        with h5py.File(path, "r") as f:
+            F = from_emu_layout(f["F4_initial(1|ccm)"][()])
+            truth = 0.9567 * f["linear_growthRate_box(1|s)"][()]
+        result = closure.apply(F)
+        model.append(result.growth_rate / truth)
+        proxy.append(result.growth_rate_proxy / truth)
+    model, proxy = np.concatenate(model), np.concatenate(proxy)
+    assert len(model) == 130
+    assert np.mean(np.abs(model - 1) <= 0.1) >= 0.80  # measured 84.6%
+    assert np.mean(np.abs(proxy - 1) <= 0.1) < 0.4  # measured 27.7%
+
+
 def test_default_model_keeps_the_laws_and_reports_its_uncertainty():
     from dodo.training.conservation import conservation_violation
 
