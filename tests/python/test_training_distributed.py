@@ -95,7 +95,9 @@ def test_only_rank_zero_writes(setup, two_processes):
     out = setup[0] / "ddp"
     log = (out / "results" / "train.log").read_text()
     assert log.count("epoch 1/3") == 1 and "x 2 processes" in log
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt", "final.pt", "last.prev.pt", "last.pt"]
+    # (and the run's lock, .dodo.lock, which rank 0 alone takes: dodo._atomic.exclusive_directory)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [".dodo.lock", "best.pt", "final.pt",
+                                                                       "last.prev.pt", "last.pt"]
     assert len(list((out / "results").glob("metrics_*.json"))) == 1
     assert not list(out.rglob("*.tmp"))
 

@@ -110,11 +110,16 @@ def _train(args) -> int:
     checkpoints, results = Path(config.output.checkpoint_dir), Path(config.output.results_dir)
     check_outputs([checkpoints / "best.pt", checkpoints / "last.pt", checkpoints / "last.prev.pt",
                    checkpoints / "final.pt", results / "train.log"], [config.data.path, args.config])
+    import contextlib
+    import os
+
     from .._atomic import exclusive_directory
+    from .distributed import Distribution
 
     # Held from the check to the end: two runs started together would both pass the check and then
-    # write the same checkpoints.
-    with exclusive_directory(checkpoints, "dodo train"):
+    # write the same checkpoints. By rank 0 only under torchrun: the one that writes the files.
+    writer = Distribution.from_environment(os.environ).rank == 0
+    with exclusive_directory(checkpoints, "dodo train") if writer else contextlib.nullcontext():
         if not args.resume and not args.overwrite:
             _refuse_to_replace_a_run(checkpoints)
         config.make_dirs()
