@@ -49,7 +49,8 @@ def load() -> list[dict]:
 # Growth-label directories (dodo simulate --linear-only) and what their labels are.
 LABEL_SETS = (("data/qke_linear", "random states, along the best of 24 coarse axes"),
               ("data/qke_growth", "the pool's states, along their refined fastest axis"),
-              ("data/qke_emu_axis", "the pool's states, along the axis Emu's validation search picks"))
+              ("data/qke_emu_axis", "the pool's states, along the axis Emu's validation search picks"),
+              ("data/qke_emu_axis_heldout", "the held-out states, the same axis; report only"))
 
 
 def load_linear_labels(directory: str = "data/qke_linear") -> list[dict]:
