@@ -33,7 +33,6 @@ import numpy as np
 import torch
 
 from dodo.training import ensemble_train as et
-from dodo.training.ensemble import fit_growth_member
 
 EMU_AXIS = "data/qke_emu_axis/*.h5"
 LINEAR = "data/qke_linear/*.h5"
@@ -93,20 +92,8 @@ def main() -> None:
                 predicted = np.load(cached)
                 score(predicted, test, on_axis, on_measured, emu)
                 continue
-            X, _, g = et._training_arrays(table, train, config)
-            labelled, replaced = et.growth_member_labels(growth_table, table, train, config, of_state=label_of)
-            if replaced is not None:  # as train_on does
-                g = np.where(np.tile(replaced, len(g) // len(train)), np.nan, g)
-            if not measured:
-                g = np.full_like(g, np.nan)
-            X_labels, _, g_labels = et._training_arrays(growth_table, labelled, config)
             predictions = []
-            for seed in range(1000, 1000 + args.members):
-                member = fit_growth_member(np.concatenate([X, X_labels]), np.concatenate([g, g_labels]), seed=seed,
-                                           width=config.growth_width, depth=config.growth_depth,
-                                           steps=config.growth_steps, lr=config.growth_learning_rate,
-                                           weight_decay=config.weight_decay, batch_size=config.growth_batch_size,
-                                           epochs=config.growth_epochs)
+            for member in et.fit_growth_members_on(table, train, config, growth_table, args.members, of_state=label_of):
                 with torch.no_grad():
                     predictions.append(member(torch.as_tensor(X_all[test], dtype=torch.float32))[:, 0].double().numpy())
             predicted = np.mean(predictions, axis=0)

@@ -31,7 +31,6 @@ import torch
 
 from dodo.conventions import from_emu_layout
 from dodo.training import ensemble_train as et
-from dodo.training.ensemble import fit_growth_member
 
 RELABELLED = "data/qke_growth/*.h5"
 LINEAR = "data/qke_linear/*.h5"
@@ -84,26 +83,15 @@ def main() -> None:
     X_all = et.features_of(table, np.arange(len(table["r"])), base.features)
     for name in args.variants:
         patterns, relabelled, measured = variants[name]
-        config = dataclasses.replace(base, growth_data=patterns, growth_relabelled=relabelled)
+        config = dataclasses.replace(base, growth_data=patterns, growth_relabelled=relabelled,
+                                     growth_measured=measured)
         growth_table = et.load_growth_table(config, table, order, log=lambda message: None)
         of_state = et.growth_label_states(growth_table, table, config)
         hits, near, emu = [], [], []
         for k in args.folds:
             test, train = order[fold_of == k], order[fold_of != k]
-            X, _, g = et._training_arrays(table, train, config)
-            labelled, replaced = et.growth_member_labels(growth_table, table, train, config, of_state=of_state)
-            if replaced is not None:  # as train_on does
-                g = np.where(np.tile(replaced, len(g) // len(train)), np.nan, g)
-            if not measured:
-                g = np.full_like(g, np.nan)
-            X_labels, _, g_labels = et._training_arrays(growth_table, labelled, config)
             predictions = []
-            for seed in range(1000, 1000 + args.members):
-                member = fit_growth_member(np.concatenate([X, X_labels]), np.concatenate([g, g_labels]), seed=seed,
-                                           width=config.growth_width, depth=config.growth_depth,
-                                           steps=config.growth_steps, lr=config.growth_learning_rate,
-                                           weight_decay=config.weight_decay, batch_size=config.growth_batch_size,
-                                           epochs=config.growth_epochs)
+            for member in et.fit_growth_members_on(table, train, config, growth_table, args.members, of_state=of_state):
                 with torch.no_grad():
                     predictions.append(member(torch.as_tensor(X_all[test], dtype=torch.float32))[:, 0].double().numpy())
             miss = table["log_growth"][test] - np.mean(predictions, axis=0)

@@ -452,19 +452,11 @@ def fit_growth_and_student(ensemble, table: dict, rows: np.ndarray, config: Ense
     tools/refit_growth.py's: new growth labels for members already trained."""
     if len(ensemble.growth_members) or ensemble.student is not None:
         raise ValueError("fit_growth_and_student fits growth members and a student where there are none yet")
-    X, _, g = _training_arrays(table, rows, config)
+    X, _, _ = _training_arrays(table, rows, config)
     torch.set_num_threads(config.threads)
     if config.growth_members:
-        X_growth, g_growth = X, g
-        if growth_table is not None:
-            labelled, replaced = growth_member_labels(growth_table, table, rows, config, log=log)
-            if replaced is not None:  # mirrored rows: the same states again
-                g_growth = np.where(np.tile(replaced, len(g) // len(rows)), np.nan, g)
-            if not config.growth_measured:
-                g_growth = np.full_like(g, np.nan)
-            X_labels, _, g_labels = _training_arrays(growth_table, labelled, config)
-            X, X_growth, g_growth = (np.concatenate([X, X_labels]), np.concatenate([X_growth, X_labels]),
-                                     np.concatenate([g_growth, g_labels]))
+        X_growth, g_growth, X_labels = growth_member_rows(table, rows, config, growth_table, log=log)
+        X = np.concatenate([X, X_labels])
         if not np.isfinite(g_growth).any():
             raise ValueError("the growth members have no finite growth label to learn from")
         for k in range(config.growth_members):
@@ -486,6 +478,36 @@ def fit_growth_and_student(ensemble, table: dict, rows: np.ndarray, config: Ense
                                        batch_size=config.distill_batch_size, epochs=config.distill_epochs)
         if log:
             log(f"student ({config.distill_width} wide) distilled on {len(X)} rows")
+
+
+def growth_member_rows(table: dict, rows: np.ndarray, config: EnsembleConfig, growth_table: dict | None,
+                       log=None, of_state: np.ndarray | None = None):
+    """What the growth members fitted on ``rows`` learn from: ``(X, g, X_labels)``, the rows' features
+    and measured rates (NaN where a state's own label replaces its rate, all NaN with
+    growth.measured false) followed by growth_table's label rows that may train them
+    (growth_member_labels); X_labels, those label rows' features alone (the student sees them too)."""
+    X, _, g = _training_arrays(table, rows, config)
+    if growth_table is None:
+        return X, g, X[:0]
+    labelled, replaced = growth_member_labels(growth_table, table, rows, config, log=log, of_state=of_state)
+    if replaced is not None:  # mirrored rows: the same states again
+        g = np.where(np.tile(replaced, len(g) // len(rows)), np.nan, g)
+    if not config.growth_measured:
+        g = np.full_like(g, np.nan)
+    X_labels, _, g_labels = _training_arrays(growth_table, labelled, config)
+    return np.concatenate([X, X_labels]), np.concatenate([g, g_labels]), X_labels
+
+
+def fit_growth_members_on(table: dict, rows: np.ndarray, config: EnsembleConfig, growth_table: dict | None,
+                          members: int = 1, of_state: np.ndarray | None = None) -> list:
+    """``members`` growth members fitted as fit_growth_and_student fits them (seeds 1000, 1001, ...
+    without config.seed: the studies' convention), for the growth studies in tools/."""
+    X, g, _ = growth_member_rows(table, rows, config, growth_table, of_state=of_state)
+    return [fit_growth_member(X, g, seed=seed, width=config.growth_width, depth=config.growth_depth,
+                              steps=config.growth_steps, lr=config.growth_learning_rate,
+                              weight_decay=config.weight_decay, batch_size=config.growth_batch_size,
+                              epochs=config.growth_epochs)
+            for seed in range(1000, 1000 + members)]
 
 
 def growth_label_states(growth_table: dict, table: dict, config: EnsembleConfig) -> np.ndarray:
