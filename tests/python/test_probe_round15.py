@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli_helpers import digest, refused, run
+from cli_helpers import digest, interrupted_linear_only_run, refused, run
 
 import dodo  # noqa: E402
 
@@ -308,22 +308,8 @@ def test_a_full_simulate_run_does_not_replace_an_unfinished_growth_label_file(tm
     labels were lost. It is now refused, naming the file and how to resume it; --overwrite
     replaces it."""
     pytest.importorskip("h5py")
-    from dodo.qke import growth_labels
-
     output = tmp_path / "labels.h5"
-    monkeypatch.setattr(growth_labels, "CHUNK", 2)
-    calls = {"n": 0}
-    real = growth_labels.box_setup
-
-    def stop_on_the_third(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(growth_labels, "box_setup", stop_on_the_third)
-    assert run(capsys, ["simulate", str(output), "--random", "4", "--linear-only", *SMALL])[0] == 130
-    monkeypatch.setattr(growth_labels, "box_setup", real)
+    interrupted_linear_only_run(capsys, monkeypatch, output, SMALL)
     before = digest(output)
     refused(capsys, ["simulate", str(output), "--random", "4", "--max-cost", "0.01", *SMALL], output,
             "unfinished growth-label file", "--linear-only", "--overwrite")

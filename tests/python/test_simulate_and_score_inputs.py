@@ -8,7 +8,7 @@ import pytest
 
 h5py = pytest.importorskip("h5py")
 
-from cli_helpers import digest, refused, run  # noqa: E402
+from cli_helpers import digest, interrupted_linear_only_run, refused, run  # noqa: E402
 from dodo.qke.directions import uniform_sphere  # noqa: E402
 from dodo.qke.io import write_emu_database  # noqa: E402
 from dodo.qke.states import family_states  # noqa: E402
@@ -34,23 +34,9 @@ def test_linear_only_refuses_options_it_cannot_honour(capsys, tmp_path, option):
 def test_linear_only_never_replaces_an_unfinished_file_of_other_settings(capsys, tmp_path, monkeypatch):
     """The label file is its own checkpoint: an unfinished one of other settings (or an unreadable
     file) is left untouched with exit 2; a finished one is replaced, as a full run replaces its output."""
-    from dodo.qke import growth_labels
-
     output = tmp_path / "labels.h5"
-    monkeypatch.setattr(growth_labels, "CHUNK", 2)
-    calls = {"n": 0}
-    real = growth_labels.box_setup
-
-    def stop_on_the_third(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(growth_labels, "box_setup", stop_on_the_third)
     # Interrupted (Ctrl-C: one line and exit 130, docs/reliability_python.md section 11) after the first chunk.
-    assert run(capsys, ["simulate", str(output), "--random", "4", "--linear-only", *SMALL])[0] == 130
-    monkeypatch.setattr(growth_labels, "box_setup", real)
+    interrupted_linear_only_run(capsys, monkeypatch, output, SMALL)
     before = digest(output)
     refused(capsys, ["simulate", str(output), "--random", "4", "--linear-only", "--ncell", "18", "--nphi", "8",
                      "--quiet"], str(output), "unfinished", "left untouched")

@@ -4,6 +4,9 @@ finished or an unfinished run is refused in one line before any work, `--resume`
 unfinished one, and `--overwrite` replaces it."""
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
+
 import pytest
 
 pytest.importorskip("torch")
@@ -56,27 +59,32 @@ def _hold_lock(directory, ready, release):
         release.wait(60)
 
 
+@contextlib.contextmanager
+def lock_held_by_another_process(directory):
+    """Yields the pid of a child process holding ``directory``'s lock until the block ends."""
+    context = multiprocessing.get_context("spawn")
+    ready, release = context.Event(), context.Event()
+    holder = context.Process(target=_hold_lock, args=(directory, ready, release))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        yield holder.pid
+    finally:
+        release.set()
+        holder.join(60)
+
+
 def test_a_run_into_a_directory_another_run_is_using_is_refused_until_that_one_ends(finished_run, capsys, tmp_path):
     """Two runs started together would both pass the finished-run check and write the same
     checkpoints: the second is refused at once, naming the holder; after the holder ends (its lock
     goes with its process) the same command runs."""
-    import multiprocessing
-
     config, _ = finished_run
     busy = tmp_path / "busy"
-    context = multiprocessing.get_context("spawn")
-    ready, release = context.Event(), context.Event()
-    holder = context.Process(target=_hold_lock, args=(busy, ready, release))
-    holder.start()
-    try:
-        assert ready.wait(60)
+    with lock_held_by_another_process(busy) as holder:
         line = refused(capsys, ["train", "--config", str(config), "--set", f"output.checkpoint_dir={busy}",
                                 "--set", "training.epochs=1"], str(busy), "in use by another dodo train",
-                       f"pid {holder.pid}")
+                       f"pid {holder}")
         assert not (busy / "last.pt").exists() and line
-    finally:
-        release.set()
-        holder.join(60)
     from dodo.cli import main
 
     assert main(["train", "--config", str(config), "--set", f"output.checkpoint_dir={busy}",
@@ -85,8 +93,6 @@ def test_a_run_into_a_directory_another_run_is_using_is_refused_until_that_one_e
 
 
 def test_a_study_of_a_tag_another_study_is_running_is_refused(tmp_path, capsys):
-    import multiprocessing
-
     from dodo.training.study import load_grid
 
     data = synth_and_preprocess(tmp_path, 200, seed=3)
@@ -96,14 +102,6 @@ def test_a_study_of_a_tag_another_study_is_running_is_refused(tmp_path, capsys):
                     "grid:\n  training.lr: [0.001]\noverrides:\n  training.epochs: 1\n")
     root = tmp_path / "studies" / "t"
     assert load_grid(grid)["tag"] == "t"
-    context = multiprocessing.get_context("spawn")
-    ready, release = context.Event(), context.Event()
-    holder = context.Process(target=_hold_lock, args=(root, ready, release))
-    holder.start()
-    try:
-        assert ready.wait(60)
+    with lock_held_by_another_process(root):
         refused(capsys, ["study", str(grid)], str(root), "in use by another")
         assert not any(root.glob("run_*"))
-    finally:
-        release.set()
-        holder.join(60)
