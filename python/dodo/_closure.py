@@ -349,7 +349,10 @@ def _unpickle_closure(source, options: dict, model_path: Optional[str], digest: 
         raise ValueError(f"cannot unpickle dodo.Closure: {where} is not the package the closure was made with "
                          f"(content digest {str(found)[:16]}... now, {str(digest)[:16]}... when pickled; the file "
                          "was replaced or edited): make a new Closure from the package you mean")
-    restored._model_path = model_path
+    # The path as the user gave it, unless relative: unpickled in another directory (a worker
+    # process) it would name another file or none; the absolute path loaded is the one meant.
+    restored._model_path = source if isinstance(source, str) and model_path is not None and \
+        not os.path.isabs(model_path) else model_path
     return restored
 
 
@@ -407,14 +410,16 @@ def _cached_closure(model: Union[str, bytes, None], _identity: tuple = ()) -> Cl
 
 
 def _file_identity(path: str) -> tuple:
-    """What tells a model file's content apart without reading it: its resolved path, inode, size
-    and modification time (a package rewritten at the same path, or a relative path after a
-    change of directory, is another key); () where it cannot be stat'ed (Closure then says why)."""
+    """What tells a model file's content apart without reading it: its resolved path, inode, size,
+    modification time and status-change time (a package rewritten at the same path, or a relative
+    path after a change of directory, is another key; the change time also catches a rewrite of
+    the same size whose modification time was set back, which os.utime can do and nothing can to
+    the change time); () where it cannot be stat'ed (Closure then says why)."""
     try:
         status = os.stat(path)
     except (OSError, ValueError):
         return ()
-    return (os.path.realpath(path), status.st_ino, status.st_size, status.st_mtime_ns)
+    return (os.path.realpath(path), status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
 
 
 def closure(F_init, u=None, model: Union[PathLike, bytes, bytearray, memoryview, np.ndarray, None] = None) -> np.ndarray:

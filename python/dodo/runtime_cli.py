@@ -33,6 +33,9 @@ def register(subparsers) -> None:
     parser.add_argument("--threads", type=int, default=None, help="worker threads (default: all cores this process may run on)")
     parser.add_argument("-o", "--output", default=None, type=output_path,
                         help="also write the cells (F_init, u, F_true, F_box, F_pred, status) to this HDF5 file")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the -o file when it exists and is not a cell file of an earlier dodo apply -o "
+                             "(a solver database, an Emu database, another command's output: refused without it)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     parser.set_defaults(func=_apply_command)
 
@@ -54,6 +57,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
     _grid_shape(args.grid)  # a malformed grid before any file is opened
     from ._atomic import check_input_file, check_outputs
     from ._closure import model_file
+    from ._output_guard import APPLIED_CELLS, refuse_replacing
 
     if args.model == "":  # an unset shell variable (--model "$MODEL"): "cannot read : no such file" before
         raise _UsageError('--model is empty: give a model package (.onnx file), "box3d" for Box3D without a '
@@ -66,6 +70,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
     if args.output is not None:
         # The model read is an input even when implicit: without --model, the shipped default.
         check_outputs([args.output], [args.data, model_file(args.model)])
+        refuse_replacing(args.output, APPLIED_CELLS, "dodo apply -o", args.overwrite)
 
 
 def _apply_command(args: argparse.Namespace) -> int:
@@ -220,6 +225,7 @@ def _apply(args: argparse.Namespace) -> int:
 def _write_output(path: str, F_init, u, F_true, F_box, F_pred, status, shape) -> None:
     """The grid's cells, lab frame, Dodo's layout [nx, ny, nz, 6, 4]; written atomically."""
     from ._atomic import atomic_hdf5
+    from ._output_guard import APPLIED_CELLS_MARK
 
     grid = tuple(shape)
     with atomic_hdf5(path) as (out, _):
@@ -227,3 +233,4 @@ def _write_output(path: str, F_init, u, F_true, F_box, F_pred, status, shape) ->
             out[name] = values.reshape(grid + values.shape[1:])
         out["status"] = status.reshape(grid)
         out.attrs["layout"] = "[nx, ny, nz, species (nu_e..nubar_tau), (t, x, y, z)], lab frame; u = (W, W v)"
+        out.attrs["kind"] = APPLIED_CELLS_MARK

@@ -62,7 +62,8 @@ def test_synth_and_simulate_outputs_on_a_full_disk(tmp_path, capsys, disk_full_a
 
     disk_full_after["bytes"] = budget
     (tmp_path / "old.h5").write_bytes(b"earlier")
-    line = one_line_error(capsys, ["synth", "-o", str(tmp_path / "old.h5"), "-n", "50", "-q"])
+    # --overwrite: "earlier" is not a synthetic database, which dodo synth keeps without it (test_output_guard.py)
+    line = one_line_error(capsys, ["synth", "-o", str(tmp_path / "old.h5"), "-n", "50", "-q", "--overwrite"])
     assert "No space left on device" in line
     states = np.zeros((2, 6, 4))
     states[:, :, 0] = 1.0

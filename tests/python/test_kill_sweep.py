@@ -74,10 +74,10 @@ def test_sigterm_and_sigint_at_the_rename_keep_the_good_file_and_remove_the_temp
     output (removed only by the next write of that file). It now unwinds as Ctrl-C does: exit 143,
     one line `dodo synth: terminated`, the temporary removed, the good file byte-identical."""
     target = tmp_path / "db.h5"
-    target.write_bytes(b"a good file from an earlier run\n" * 100)
+    target.write_bytes(b"a good file from an earlier run\n" * 100)  # not HDF5: replaced only with --overwrite
     good = digest(target)
     code, err, temporaries = _signal_while_temporary_exists(
-        tmp_path, ["synth", "-o", str(target), "-n", "50", "--seed", "4", "-q"], target, signum)
+        tmp_path, ["synth", "-o", str(target), "-n", "50", "--seed", "4", "-q", "--overwrite"], target, signum)
     assert len(temporaries) == 1, temporaries  # the signal did arrive while the temporary existed
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == status and lines == [f"dodo synth: {word}"], (code, err)
@@ -89,9 +89,9 @@ def test_sigkill_at_the_rename_keeps_the_good_file_and_a_rerun_removes_the_tempo
     """SIGKILL cannot be caught: the temporary stays, the good file is untouched, and the next write
     of the same file removes the dead writer's temporary and completes."""
     target = tmp_path / "db.h5"
-    target.write_bytes(b"a good file from an earlier run\n" * 100)
+    target.write_bytes(b"a good file from an earlier run\n" * 100)  # not HDF5: replaced only with --overwrite
     good = digest(target)
-    argv = ["synth", "-o", str(target), "-n", "50", "--seed", "4", "-q"]
+    argv = ["synth", "-o", str(target), "-n", "50", "--seed", "4", "-q", "--overwrite"]
     code, _, temporaries = _signal_while_temporary_exists(tmp_path, argv, target, signal.SIGKILL)
     assert code == -signal.SIGKILL and len(temporaries) == 1
     assert digest(target) == good and list(tmp_path.glob(".db.h5.*")) == temporaries

@@ -286,10 +286,10 @@ def test_sighup_at_the_rename_keeps_the_good_file_and_removes_the_temporary(tmp_
     from test_kill_sweep import _signal_while_temporary_exists
 
     target = tmp_path / "db.h5"
-    target.write_bytes(b"a good file from an earlier run\n" * 100)
+    target.write_bytes(b"a good file from an earlier run\n" * 100)  # not HDF5: replaced only with --overwrite
     good = digest(target)
     code, err, temporaries = _signal_while_temporary_exists(
-        tmp_path, ["synth", "-o", str(target), "-n", "50", "--seed", "4", "-q"], target, signal.SIGHUP)
+        tmp_path, ["synth", "-o", str(target), "-n", "50", "--seed", "4", "-q", "--overwrite"], target, signal.SIGHUP)
     assert len(temporaries) == 1, temporaries
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 129 and lines == ["dodo synth: hung up (SIGHUP: the terminal closed)"], (code, err)

@@ -276,7 +276,8 @@ def pwrite(self, view, offset):  # the disk fills up after `budget` bytes
 
 
 atomic.WriteErrorLatch._pwrite = pwrite
-sys.exit(main(["preprocess", "--config", sys.argv[1], "-q"]))
+# --overwrite: the earlier output of the test is not HDF5, which preprocess keeps without it
+sys.exit(main(["preprocess", "--config", sys.argv[1], "-q", "--overwrite"]))
 """
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .._atomic import check_outputs
+from .._output_guard import PREPROCESSED, SYNTHETIC, refuse_replacing
 from .._cli_common import add_json_argument, add_output_argument, add_quiet_argument, json_target_file, output_path
 
 
@@ -67,6 +68,7 @@ def _preprocess(args) -> int:
         overrides["output"] = args.output
     config = PreprocessConfig.load(args.config, overrides)
     check_outputs([config.output], [args.config])  # the input files: preprocess() checks them
+    refuse_replacing(config.output, PREPROCESSED, "dodo preprocess", args.overwrite)
     preprocess(config, progress=not args.quiet)
     return 0
 
@@ -78,6 +80,7 @@ def _synth(args) -> int:
 
     output = resolve_output(args.parser, args)
     check_outputs([output])
+    refuse_replacing(output, SYNTHETIC, "dodo synth", args.overwrite)
     summary = write_synthetic_database(output, args.n, seed=args.seed, heavy_symmetric=not args.asymmetric_heavy,
                                        max_flux_factor=args.max_flux_factor, lebedev_order=args.lebedev_order,
                                        z_method=args.z_method, threads=args.threads, progress=not args.quiet)
@@ -225,12 +228,18 @@ def _export(args) -> int:
     return 0
 
 
+#: --overwrite of the commands that replace only their own kind of output (dodo._output_guard).
+OVERWRITE_HELP = ("replace the output when it exists and is not a {own} of an earlier run (a solver "
+                  "database, an Emu database, another command's output: refused without it)")
+
+
 def register(subparsers) -> None:
     """Add preprocess, synth, train, evaluate, inspect, plot, study and export."""
     p = subparsers.add_parser("preprocess", help="Emu databases -> preprocessed training file (HDF5)")
     p.add_argument("--config", required=True, help="YAML, e.g. training/configs/pre_process.yaml")
     p.add_argument("-o", "--output", type=output_path, help="override the output path of the config")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP.format(own="preprocessed file"))
     add_quiet_argument(p, "no progress bar")
     p.set_defaults(func=_preprocess)
 
@@ -244,6 +253,7 @@ def register(subparsers) -> None:
     p.add_argument("--lebedev-order", type=int, default=17)
     p.add_argument("--z-method", choices=("exact", "jedynak"), default="exact")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP.format(own="synthetic database"))
     add_quiet_argument(p, "no progress bar")
     p.set_defaults(func=_synth)
 

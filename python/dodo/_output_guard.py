@@ -1,0 +1,62 @@
+"""Which existing files a command may replace with its HDF5 output.
+
+`dodo synth`, `dodo preprocess` and `dodo apply -o` write their output atomically, so a failed run
+never leaves a broken file; but a finished run still replaces whatever the output path held. Given
+by mistake the path of a solver database (hours of `dodo simulate`), an Emu database or another
+command's output, that file was lost (outside probe, left open in the reliability notes). Each
+command now replaces only a file of its own kind (a rerun) or an empty one; anything else needs
+its --overwrite. `dodo simulate` has its own, stricter rule (dodo.qke.cli.refuse_complete_database).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: The kind each command writes (the attribute that marks it, see `file_kind`).
+SYNTHETIC = "a synthetic database (dodo synth)"
+PREPROCESSED = "a preprocessed training file (dodo preprocess)"
+APPLIED_CELLS = "a cell file of dodo apply -o"
+
+#: `dodo apply -o`'s mark (attrs["kind"]); files written before it carry only its layout string.
+APPLIED_CELLS_MARK = "dodo-apply-cells-v1"
+_APPLIED_CELLS_LAYOUT_PREFIX = "[nx, ny, nz, species"
+
+
+def file_kind(path: str | Path) -> str:
+    """A short description of what the existing file at ``path`` holds, by its attributes."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            attrs = dict(handle.attrs)
+            names = set(handle.keys())
+    except (OSError, ValueError):
+        return "a file that is not HDF5"
+    # First: a preprocessed file carries its inputs' attributes (a solver database's included).
+    if str(attrs.get("format", "")).startswith("dodo-preprocessed"):
+        return PREPROCESSED
+    if "solver" in attrs:
+        states = int(attrs.get("nstates_valid", attrs.get("nstates_processed", -1)))
+        done = "complete" if bool(attrs.get("complete", False)) else "unfinished"
+        return f"a dodo simulate database ({done}" + (f", {states} states)" if states >= 0 else ")")
+    if bool(attrs.get("synthetic", False)):
+        return SYNTHETIC
+    if attrs.get("kind") == APPLIED_CELLS_MARK or str(attrs.get("layout", "")).startswith(_APPLIED_CELLS_LAYOUT_PREFIX):
+        return APPLIED_CELLS
+    if any(name.startswith("F4_initial") for name in names):
+        return "an Emu database"
+    return "an HDF5 file of another kind"
+
+
+def refuse_replacing(path: str | Path | None, own_kind: str, command: str, overwrite: bool) -> None:
+    """A ValueError when ``path`` exists, is not empty, holds something other than ``own_kind``
+    and ``overwrite`` is false; nothing otherwise (no file, an empty one, a rerun's own output)."""
+    if path is None or overwrite:
+        return
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return  # absent (or not a regular file: check_outputs refuses that), or empty (mktemp)
+    kind = file_kind(path)
+    if kind == own_kind:
+        return
+    raise ValueError(f"{path} exists and is {kind}, not {own_kind}: it is not replaced; "
+                     f"give {command} another output, or --overwrite to replace it")
