@@ -105,3 +105,31 @@ def test_a_study_of_a_tag_another_study_is_running_is_refused(tmp_path, capsys):
     with lock_held_by_another_process(root):
         refused(capsys, ["study", str(grid)], str(root), "in use by another")
         assert not any(root.glob("run_*"))
+
+
+def test_train_ensemble_keeps_an_earlier_checkpoint_unless_asked(tmp_path, capsys):
+    """`dodo train-ensemble` wrote its checkpoint at the end over an earlier run's (tens of minutes
+    of training, perhaps the exported default): now refused before any work unless --overwrite,
+    and refused at once while another run holds the checkpoint's directory."""
+    import json
+
+    data = synth_and_preprocess(tmp_path, 150, seed=4)
+    checkpoint = tmp_path / "out" / "ensemble.pt"
+    config = tmp_path / "e.yaml"
+    config.write_text(json.dumps({
+        "data": {"path": str(data), "holdout": [], "features": "invariants27+box7+eln18-v1"},
+        "ensemble": {"members": 2, "width": 8, "depth": 1, "steps": 20, "threads": 1},
+        "distill": {"width": 8, "depth": 1, "steps": 20}, "output": {"checkpoint": str(checkpoint)}}))
+    assert run(capsys, ["train-ensemble", "--config", str(config)])[0] == 0
+    before = digest(checkpoint)
+    refused(capsys, ["train-ensemble", "--config", str(config)], checkpoint, "earlier run", "--overwrite",
+            "output.checkpoint=")
+    assert digest(checkpoint) == before
+    with lock_held_by_another_process(checkpoint.parent) as holder:
+        refused(capsys, ["train-ensemble", "--config", str(config), "--overwrite"], checkpoint.parent,
+                "in use by another dodo train-ensemble", f"pid {holder}")
+    assert digest(checkpoint) == before
+    assert run(capsys, ["train-ensemble", "--config", str(config), "--overwrite"])[0] == 0
+    other = tmp_path / "other.pt"
+    assert run(capsys, ["train-ensemble", "--config", str(config), "--set", f"output.checkpoint={other}"])[0] == 0
+    assert other.exists()

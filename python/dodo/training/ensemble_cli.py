@@ -16,8 +16,31 @@ def _train_ensemble(args) -> int:
 
     config = EnsembleConfig.load(args.config, _overrides(args.set))
     check_outputs([config.checkpoint], [args.config, config.data_path, *growth_data_files(config.growth_data)])
-    train_command(config)
+    from pathlib import Path
+
+    from .._atomic import exclusive_directory
+
+    # Held from the check to the end: two runs started together would both pass the check and the
+    # later one would replace the earlier one's checkpoint.
+    with exclusive_directory(Path(config.checkpoint).resolve().parent, "dodo train-ensemble"):
+        if not args.overwrite:
+            _refuse_to_replace_a_checkpoint(Path(config.checkpoint))
+        train_command(config)
     return 0
+
+
+def _refuse_to_replace_a_checkpoint(checkpoint) -> None:
+    """A run writes its checkpoint at its end (atomically), over a finished one of an earlier run
+    (tens of minutes of training, perhaps the model exported and shipped): refuse unless asked."""
+    import datetime
+    import os
+
+    if not os.path.isfile(checkpoint) or os.path.getsize(checkpoint) == 0:
+        return
+    written = datetime.datetime.fromtimestamp(os.path.getmtime(checkpoint), datetime.timezone.utc)
+    raise ValueError(f"{checkpoint} holds the checkpoint of an earlier run (written {written:%Y-%m-%d %H:%M} UTC); "
+                     "this run would replace it at its end: --overwrite replaces it, or give another path "
+                     "(--set output.checkpoint=PATH)")
 
 
 @_friendly("learning-curve")
@@ -58,6 +81,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("train-ensemble", help="train the density-residual ensemble (the default model's recipe)")
     p.add_argument("--config", required=True, help="YAML, e.g. training/configs/ensemble_default.yaml")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace output.checkpoint when it exists (an earlier run's: refused without it)")
     p.set_defaults(func=_train_ensemble)
 
     p = subparsers.add_parser("learning-curve", help="k-fold CV error against training-set size (and on an Emu file)")
