@@ -142,6 +142,12 @@ struct BlockMoments {
   // ELN_f's sign is undecided, but its other sign is confined to a cap of angular radius below
   // 26 degrees, which may fall between the quadrature's points: worth quadrature_eln_sign.
   int near_edge[kBlockCells * kFlavours];
+  // Species whose rows of the values above (Z to floor) hold their values or zeros over the
+  // block's lanes: block_species_values fills a row (or zeroes it before filling some of its
+  // slots) when it first computes a slot of it; block_moments leaves every row unwritten (zeroing
+  // seven whole arrays a block cost more than a stable cell's use of them). Only the slots marked
+  // computed and the rows marked here are read.
+  bool row_ready[kSpecies];
 };
 
 // Flux factors and directions of the cells whose status is still kCellOk (F: normalised rest
@@ -194,14 +200,8 @@ void block_moments(const Box3DSettings& settings, std::size_t count, RestFrameCe
   for (std::size_t c = 0; c < count; ++c)
     if (unrepresentable[c] && cells[c].status == kCellOk) cells[c].status = kCell_FLUX_FACTOR;
   // Z and the values derived from it come from block_species_values, for the species that need
-  // them; the others keep zeros.
-  std::fill(m.Z, m.Z + kBlockSpecies, 0.0);
-  std::fill(m.amplitude, m.amplitude + kBlockSpecies, 0.0);
-  std::fill(m.paired_scale, m.paired_scale + kBlockSpecies, 0.0);
-  std::fill(m.power_offset, m.power_offset + kBlockSpecies, 0.0);
-  std::fill(m.peak, m.peak + kBlockSpecies, 0.0);
-  std::fill(m.across, m.across + kBlockSpecies, 0.0);
-  std::fill(m.floor, m.floor + kBlockSpecies, 0.0);
+  // them (row_ready).
+  for (int a = 0; a < kSpecies; ++a) m.row_ready[a] = false;
 }
 
 // The per-species values of `lanes` entries (a whole number of vectors): Z (inverse Langevin of
@@ -250,9 +250,25 @@ DODO_MULTIVERSION
 void block_species_values(const Box3DSettings& settings, std::size_t count, const bool* wanted, bool* computed,
                           BlockMoments& m) {
   const std::size_t cell_lanes = block_lanes(count);
+  // Bit c of pending[a]: slot(c, a) wanted and not computed, c < count. Eight bools a word (0 or
+  // 1 each, so wanted & ~computed is a byte's 0 or 1, and a multiply gathers eight bytes' low
+  // bits into one byte): scalar loops over the 192 slots were a third of this function's
+  // instructions in a grid of stable and crossing cells.
+  static_assert(kBlockCells == 32, "a row's lanes are one 32-bit mask");
+  const std::uint32_t count_mask = count >= kBlockCells ? ~0u : (1u << count) - 1u;
+  std::uint32_t pending[kSpecies];
   std::size_t candidates = 0;
-  for (std::size_t c = 0; c < count; ++c)
-    for (int a = 0; a < kSpecies; ++a) candidates += wanted[slot(c, a)] && !computed[slot(c, a)];
+  for (int a = 0; a < kSpecies; ++a) {
+    std::uint32_t bits = 0;
+    for (std::size_t k = 0; k < kBlockCells / 8; ++k) {
+      std::uint64_t w, d;
+      std::memcpy(&w, wanted + slot(8 * k, a), sizeof w);
+      std::memcpy(&d, computed + slot(8 * k, a), sizeof d);
+      bits |= static_cast<std::uint32_t>(((w & ~d) * 0x0102040810204080ull) >> 56) << (8 * k);
+    }
+    pending[a] = bits & count_mask;
+    candidates += static_cast<std::size_t>(__builtin_popcount(pending[a]));
+  }
   if (candidates == 0) return;
   // A species' lanes in place (rejected cells and lanes past `count` hold zero moments: harmless
   // values).
@@ -262,6 +278,7 @@ void block_species_values(const Box3DSettings& settings, std::size_t count, cons
                    {m.Z + i, m.amplitude + i, m.peak + i, m.across + i, m.floor + i, m.paired_scale + i,
                     m.power_offset + i});
     std::fill(computed + i, computed + i + cell_lanes, true);
+    m.row_ready[a] = true;
   };
   if (4 * candidates >= 3 * kSpecies * cell_lanes) {
     for (int a = 0; a < kSpecies; ++a) in_place(a);  // every slot of the first cell_lanes cells
@@ -270,11 +287,11 @@ void block_species_values(const Box3DSettings& settings, std::size_t count, cons
   // A species most of whose cells want it (nu_e and nubar_e of a stable M1-like grid, wanted by
   // the screen in every cell) in place too: no gathering and scattering of those slots.
   for (int a = 0; a < kSpecies; ++a) {
-    std::size_t row = 0;
-    for (std::size_t c = 0; c < count; ++c) row += wanted[slot(c, a)] && !computed[slot(c, a)];
+    const std::size_t row = static_cast<std::size_t>(__builtin_popcount(pending[a]));
     if (row > 0 && 4 * row >= 3 * cell_lanes) {
       in_place(a);
       candidates -= row;
+      pending[a] = 0;
     }
   }
   if (candidates == 0) return;
@@ -284,10 +301,13 @@ void block_species_values(const Box3DSettings& settings, std::size_t count, cons
   std::uint16_t where[kBlockSpecies], copy_to[kBlockSpecies], copy_from[kBlockSpecies];
   bool listed[kBlockSpecies] = {};
   std::size_t n = 0, copies = 0;
-  for (std::size_t c = 0; c < count; ++c)
+  std::uint32_t cells_pending = 0;
+  for (int a = 0; a < kSpecies; ++a) cells_pending |= pending[a];
+  for (; cells_pending != 0; cells_pending &= cells_pending - 1) {  // cells in increasing order
+    const std::size_t c = static_cast<std::size_t>(__builtin_ctz(cells_pending));
     for (int a = 0; a < kSpecies; ++a) {
       const std::size_t i = slot(c, a);
-      if (!wanted[i] || computed[i]) continue;
+      if (!(pending[a] >> c & 1u)) continue;
       std::size_t source = i;
       for (int b = 0; b < a && source == i; ++b) {
         const std::size_t j = slot(c, b);
@@ -303,9 +323,18 @@ void block_species_values(const Box3DSettings& settings, std::size_t count, cons
       density[n] = m.density[i];
       flux_factor[n++] = m.flux_factor[i];
     }
+  }
   const std::size_t lanes = block_lanes(n);
   for (std::size_t k = n; k < lanes; ++k) density[k] = flux_factor[k] = 0.0;  // whole vectors
   species_values(settings, lanes, density, flux_factor, {Z, amplitude, peak, across, floor, paired_scale, power_offset});
+  // A row's first slots: the rest of its lanes zeros (no slot of a row not ready is computed yet).
+  for (int a = 0; a < kSpecies; ++a) {
+    if (pending[a] == 0 || m.row_ready[a]) continue;  // no slot of the row listed or copied
+    const std::size_t i = slot(0, a);
+    for (double* values : {m.Z, m.amplitude, m.peak, m.across, m.floor, m.paired_scale, m.power_offset})
+      std::fill(values + i, values + i + kBlockCells, 0.0);  // a whole row: a few vector stores
+    m.row_ready[a] = true;
+  }
   for (std::size_t k = 0; k < n; ++k) {
     const std::size_t i = where[k];
     m.Z[i] = Z[k];
@@ -375,12 +404,22 @@ inline bool same_species(const BlockMoments& m, std::size_t c, int a, int b) {
 
 // The flavour signs of every cell of the block, branch-free: +1 when ELN_f > 0 on the whole
 // sphere, -1 when < 0, 0 when it vanishes identically (equal moments), kUndecided otherwise.
+// `differing`: bit f set when some live cell of the block has nu_f and nubar_f with different
+// moments (flavours_differing); a flavour without one has sign 0 and no near edge in every live
+// cell (equal moments, and zero values: no slot of the flavour computed), without its loop of two
+// exponentials and a square root a lane (the heavy flavours of a block of stable M1-like cells).
+// Rejected cells' signs are never read.
 DODO_MULTIVERSION
-void block_eln_signs(std::size_t count, BlockMoments& m) {
+void block_eln_signs(std::size_t count, unsigned differing, BlockMoments& m) {
   // Slot a = slot(cell, flavour) is nu_flavour's; a + kAntineutrinos its nubar's.
   constexpr std::size_t kAntineutrinos = kFlavours * kBlockCells;
   const std::size_t lanes = block_lanes(count);
   for (int flavour = 0; flavour < kFlavours; ++flavour) {
+    if (!(differing >> flavour & 1u)) {
+      std::fill(m.eln_sign + slot(0, flavour), m.eln_sign + slot(kBlockCells, flavour), 0);
+      std::fill(m.near_edge + slot(0, flavour), m.near_edge + slot(kBlockCells, flavour), 0);
+      continue;
+    }
 #pragma omp simd
     for (std::size_t a = slot(0, flavour); a < slot(lanes, flavour); ++a) {
       const std::size_t b = a + kAntineutrinos;
@@ -406,17 +445,20 @@ void block_eln_signs(std::size_t count, BlockMoments& m) {
 // wanted[slot(c, a)] for the live cells c whose flavour of species a has nu and nubar with
 // different moments (the species whose values the flavour signs need); false elsewhere. Across
 // cells, a flavour at a time: vector compares (a scalar loop of compares and flag moves was half
-// of classify_block's instructions on a stable cell).
+// of classify_block's instructions on a stable cell). Returns the flavours with such a cell (bit f
+// for flavour f).
 DODO_MULTIVERSION
-void flavours_differing(std::size_t count, const bool* live, const BlockMoments& m, bool* wanted) {
+unsigned flavours_differing(std::size_t count, const bool* live, const BlockMoments& m, bool* wanted) {
   constexpr std::size_t kAntineutrinos = kFlavours * kBlockCells;
   const std::size_t lanes = block_lanes(count);  // live is false past count
+  unsigned differing = 0;
 #if DODO_MULTIVERSION_ENABLED
   // Four cells a step in GCC's vector types (an `omp simd` loop over bools stayed scalar).
   typedef double Doubles4 __attribute__((vector_size(32)));
   typedef long long Lanes4 __attribute__((vector_size(32)));
   typedef signed char Bytes4 __attribute__((vector_size(4)));
   for (int flavour = 0; flavour < kFlavours; ++flavour) {
+    std::uint32_t any = 0;
     for (std::size_t c = 0; c < lanes; c += 4) {
       const std::size_t a = slot(c, flavour), b = a + kAntineutrinos;
       Lanes4 same = Lanes4{} - 1;
@@ -431,7 +473,11 @@ void flavours_differing(std::size_t count, const bool* live, const BlockMoments&
       const Bytes4 differ = alive & ~__builtin_convertvector(same, Bytes4);
       std::memcpy(wanted + a, &differ, sizeof differ);
       std::memcpy(wanted + b, &differ, sizeof differ);
+      std::uint32_t bytes;
+      std::memcpy(&bytes, &differ, sizeof bytes);
+      any |= bytes;
     }
+    differing |= (any != 0 ? 1u : 0u) << flavour;
   }
 #else
   for (int flavour = 0; flavour < kFlavours; ++flavour)
@@ -440,8 +486,10 @@ void flavours_differing(std::size_t count, const bool* live, const BlockMoments&
       const bool same = (m.density[a] == m.density[b]) & (m.flux_x[a] == m.flux_x[b]) & (m.flux_y[a] == m.flux_y[b]) &
                         (m.flux_z[a] == m.flux_z[b]);
       wanted[a] = wanted[b] = live[c] & !same;
+      differing |= (wanted[a] ? 1u : 0u) << flavour;
     }
 #endif
+  return differing;
 }
 
 // Pair bounds (see above): true when G_p keeps one strict sign over the sphere.
@@ -909,16 +957,18 @@ std::uint32_t angular_change(const PairedRule& rule, const double* F, const Bloc
 namespace {
 
 // Checks a block of `count` <= kBlockCells cells (lab frame F_init count x 24, u count x 4 or
-// nullptr), boosts them to the rest frame and normalises them (out.ntot, out.boost, and the
-// normalised F value-major in `normalised`, zeros for rejected cells and past count: out.F is
-// written by classify_block for the cells that need it); out.status says why not; zeroes out.dF
-// and the growth. Loops across cells that vectorise: the
+// nullptr), boosts them to the rest frame and normalises them (out.ntot, the boost's
+// coefficients in `boost` (W, vx, vy, vz, W^2/(W + 1), kBlockCells values each), and the
+// normalised F value-major in `normalised`, zeros for rejected cells and past count: out.F,
+// out.dF and out.boost are written by classify_block for the cells that need them); out.status
+// says why not; zeroes the growth. Loops across cells that vectorise: the
 // checks, the boost's coefficients (two square roots and five divisions per cell) and the boost
 // itself, by the operations of is_valid_four_velocity and LorentzBoost in their order and
 // without contracting a * b + c into one rounding (fp-contract=off): the same bits as the
 // per-cell code.
 DODO_MULTIVERSION __attribute__((optimize("fp-contract=off")))
-void prepare_block(std::size_t count, const double* F_init, const double* u, RestFrameCell* out, double* normalised) {
+void prepare_block(std::size_t count, const double* F_init, const double* u, RestFrameCell* out, double* normalised,
+                   double* __restrict boost) {
   const std::size_t lanes = block_lanes(count);
   // Value-major copies: lab[v][c] is value v of cell c; lanes past count hold a harmless cell.
   alignas(64) double lab[kCellValues][kBlockCells];
@@ -969,7 +1019,13 @@ void prepare_block(std::size_t count, const double* F_init, const double* u, Res
     for (int v = 0; v < kCellValues; ++v) lab[v][c] = c < count ? F_init[c * kCellValues + v] : 1.0;
     for (int m = 0; m < 4; ++m) velocity[m][c] = c < count && u ? u[c * 4 + m] : (m == 0 ? 1.0 : 0.0);
   }
-  alignas(64) double W[kBlockCells], vx[kBlockCells], vy[kBlockCells], vz[kBlockCells], W2[kBlockCells];
+  // The boost's coefficients, in the caller's block (classify_block gives them to the cells that
+  // need them).
+  double* const W = boost;
+  double* const vx = boost + kBlockCells;
+  double* const vy = boost + 2 * kBlockCells;
+  double* const vz = boost + 3 * kBlockCells;
+  double* const W2 = boost + 4 * kBlockCells;
   alignas(64) double total[kBlockCells];
   alignas(64) std::int64_t status[kBlockCells];
   // Checks (NONFINITE input before BAD_VELOCITY) and the boost coefficients.
@@ -1058,23 +1114,17 @@ void prepare_block(std::size_t count, const double* F_init, const double* u, Res
       normalised[v * kBlockCells + c] = inverse_total[c] == 0.0 ? 0.0 : rest[v][c] * inverse_total[c];
   for (std::size_t c = 0; c < count; ++c) {
     RestFrameCell& cell = out[c];
-    cell.growth_over_ntot = 0.0;
-    // Zeros as unrolled stores (whole vectors): std::fill became a `rep stos` per cell, whose
-    // start-up costs more than the 192 bytes.
-#pragma GCC unroll 24
-    for (int v = 0; v < kCellValues; ++v) cell.dF[v] = 0.0;
+    cell.growth_over_ntot = 0.0;  // dF: zeroed by classify_block for the cells that use it
     cell.status = static_cast<std::uint32_t>(status[c]);
     cell.ntot = 0.0;
     if (cell.status != kCellOk) continue;  // rejected: the other fields are unspecified
-    if (u) cell.boost.set_coefficients(W[c], vx[c], vy[c], vz[c], W2[c]);
-    else cell.boost.set_identity();
     cell.ntot = total[c];
   }
 }
 
 }  // namespace
 
-void Box3D::classify_block(std::size_t count, RestFrameCell* cells, const double* normalised,
+void Box3D::classify_block(std::size_t count, RestFrameCell* cells, const double* normalised, const double* boost,
                            bool crossing_features) const {
   BlockMoments moments;
   block_moments(settings_, count, cells, normalised, moments);
@@ -1087,9 +1137,9 @@ void Box3D::classify_block(std::size_t count, RestFrameCell* cells, const double
     // first; every species of the cells they leave undecided after.
     bool live[kBlockCells] = {};
     for (std::size_t c = 0; c < count; ++c) live[c] = cells[c].status == kCellOk;
-    flavours_differing(count, live, moments, wanted);
+    const unsigned differing = flavours_differing(count, live, moments, wanted);
     block_species_values(settings_, count, wanted, computed, moments);
-    block_eln_signs(count, moments);
+    block_eln_signs(count, differing, moments);
     for (std::size_t c = 0; c < count; ++c) {
       if (cells[c].status != kCellOk) continue;
       decided[c] = stable_by_signs(moments, c);
@@ -1109,8 +1159,9 @@ void Box3D::classify_block(std::size_t count, RestFrameCell* cells, const double
   bool undecided = false;
   for (std::size_t c = 0; c < count; ++c) undecided |= cells[c].status == kCellOk && !decided[c];
   if (undecided) {
-    for (std::size_t c = 0; c < count; ++c)
-      for (int a = 0; a < kSpecies; ++a) wanted[slot(c, a)] = cells[c].status == kCellOk && !decided[c];
+    bool need[kBlockCells] = {};  // false past count, as the first pass left those lanes
+    for (std::size_t c = 0; c < count; ++c) need[c] = cells[c].status == kCellOk && !decided[c];
+    for (int a = 0; a < kSpecies; ++a) std::memcpy(wanted + slot(0, a), need, sizeof need);
     block_species_values(settings_, count, wanted, computed, moments);
   }
   AngularScratch* scratch = nullptr;
@@ -1123,8 +1174,18 @@ void Box3D::classify_block(std::size_t count, RestFrameCell* cells, const double
       cell.status = kCell_NO_CROSSING;
       continue;
     }
-    // The cell's F from the block's normalised values (a stable cell's is never read).
+    // The cell's F from the block's normalised values, its boost and dF zeros (a stable cell's
+    // are never read: prepare_block wrote them for every cell).
     for (int v = 0; v < kCellValues; ++v) cell.F[v] = normalised[v * kBlockCells + c];
+    if (boost)
+      cell.boost.set_coefficients(boost[c], boost[kBlockCells + c], boost[2 * kBlockCells + c], boost[3 * kBlockCells + c],
+                                  boost[4 * kBlockCells + c]);
+    else
+      cell.boost.set_identity();
+    // Zeros as unrolled stores (whole vectors): std::fill became a `rep stos` per cell, whose
+    // start-up costs more than the 192 bytes.
+#pragma GCC unroll 24
+    for (int v = 0; v < kCellValues; ++v) cell.dF[v] = 0.0;
     if (!scratch) scratch = &thread_scratch();
     cell.status = angular_change(paired_rule_, cell.F, moments, c, cell.dF, &cell.growth_over_ntot,
                                  crossing_features ? cell.crossing : nullptr, *scratch);
@@ -1134,10 +1195,11 @@ void Box3D::classify_block(std::size_t count, RestFrameCell* cells, const double
 void Box3D::rest_frame_cells(std::size_t n, const double* F_init, const double* u, RestFrameCell* out,
                              bool crossing_features) const {
   alignas(64) double normalised[kCellValues * kBlockCells];
+  alignas(64) double boost[5 * kBlockCells];
   for (std::size_t begin = 0; begin < n; begin += kBlockCells) {
     const std::size_t count = std::min(kBlockCells, n - begin);
-    prepare_block(count, F_init + begin * kCellValues, u ? u + begin * 4 : nullptr, out + begin, normalised);
-    classify_block(count, out + begin, normalised, crossing_features);
+    prepare_block(count, F_init + begin * kCellValues, u ? u + begin * 4 : nullptr, out + begin, normalised, boost);
+    classify_block(count, out + begin, normalised, u ? boost : nullptr, crossing_features);
   }
 }
 
@@ -1153,7 +1215,7 @@ std::uint32_t Box3D::rest_frame_change(const double* F, double* dF, double* grow
   cell.growth_over_ntot = 0.0;
   alignas(64) double normalised[kCellValues * kBlockCells] = {};  // the cell in lane 0
   for (int v = 0; v < kCellValues; ++v) normalised[v * kBlockCells] = F[v];
-  classify_block(1, &cell, normalised, false);
+  classify_block(1, &cell, normalised, nullptr, false);
   std::copy(cell.dF, cell.dF + kCellValues, dF);
   *growth_over_ntot = cell.growth_over_ntot;
   if (cell.status & kCellRejectedMask) std::fill(dF, dF + kCellValues, 0.0);

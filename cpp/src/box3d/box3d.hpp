@@ -41,11 +41,14 @@ struct RestFrameCell {
   std::uint32_t status = kCellOk;  // rejected cells: the fields below are unspecified
   double ntot = 0;                 // comoving total number density N_tot
   double growth_over_ntot = 0;
-  LorentzBoost boost;              // lab <-> rest frame of u
+  LorentzBoost boost;              // lab <-> rest frame of u (written, like dF, only for a cell
+                                   // that goes through the angular computation)
   double F[kCellValues];           // F_init in the rest frame, units of N_tot (not written for a
                                    // cell the screen decides stable: NO_CROSSING without the
                                    // angular computation)
-  double dF[kCellValues];          // Box3D's change there, units of N_tot (zeros when NO_CROSSING)
+  double dF[kCellValues];          // Box3D's change there, units of N_tot (zeros when NO_CROSSING;
+                                   // not written for a rejected cell or one the screen decides
+                                   // stable, like F)
   // Only when asked for (rest_frame_cells' crossing_features) and the cell went through the
   // angular computation (not rejected, not decided stable by the screen): per flavour pair p,
   // crossing[6 p + k] = I+, I-, the solid-angle fraction where G_p > 0, |<n>+|, |<n>-| (the lengths
@@ -112,8 +115,11 @@ class Box3D {
 
   // Step 1 and the rest of up to a block of prepared cells (status kCellOk), whose normalised F
   // is value-major in `normalised` (kCellValues x kBlockCells; zeros for cells not kCellOk and
-  // lanes past count); writes cells[c].F for the cells that go through the angular computation.
-  void classify_block(std::size_t count, RestFrameCell* cells, const double* normalised, bool crossing_features) const;
+  // lanes past count); writes cells[c].F, dF and boost for the cells that go through the angular
+  // computation (the boost from `boost`: W, vx, vy, vz, W^2/(W + 1), each kBlockCells values, as
+  // the block preparation computed them; nullptr: the identity).
+  void classify_block(std::size_t count, RestFrameCell* cells, const double* normalised, const double* boost,
+                      bool crossing_features) const;
 
   Box3DSettings settings_;
   LebedevRule rule_;
