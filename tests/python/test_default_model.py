@@ -52,7 +52,9 @@ def test_default_model_beats_box3d_on_real_emu_runs_it_never_saw(report):
 def test_default_model_growth_rate_beats_the_box3d_proxy(report):
     growth = report["growth_rate"]
     assert growth["model"]["within_10_percent"] > growth["box3d_proxy"]["within_10_percent"]
-    assert growth["model"]["within_10_percent"] >= 0.75  # measured 84% (27 of 32; training/models/README.md)
+    # Measured 91% (29 of 32; training/models/README.md); the nearest states sit 0.007 inside and 0.015
+    # outside the 10% line, far beyond float differences between platforms; one state of margin.
+    assert growth["model"]["within_10_percent"] >= 28 / 32
     assert abs(growth["model"]["median_ratio"] - 1) < abs(growth["box3d_proxy"]["median_ratio"] - 1)
 
 
@@ -60,8 +62,9 @@ def test_default_model_growth_rate_on_the_held_out_states_emu_axis_rates():
     """The in-house check of the growth target (docs/training.md, "Growth labels along Emu's own
     search axis"): on the 130 held-out campaign states, the rate along the axis Emu's validation
     search picks (linear theory times the measured/linear calibration of the training chunks,
-    0.9567) is what an Emu run would measure; the learned rate is within 10% of it on 85% (emu
-    family 89%), the Box3D proxy on 28%."""
+    0.9567) is what an Emu run would measure; the learned rate (trained on such labels of pool
+    states since 2026-12-02 10:30 UTC) is within 10% of it on 85% (emu family 95%), the Box3D
+    proxy on 28%."""
     import h5py
 
     from dodo.conventions import from_emu_layout
@@ -80,6 +83,7 @@ def test_default_model_growth_rate_on_the_held_out_states_emu_axis_rates():
     model, proxy = np.concatenate(model), np.concatenate(proxy)
     assert len(model) == 130
     assert np.mean(np.abs(model - 1) <= 0.1) >= 0.80  # measured 84.6%
+    assert np.mean(np.abs(model[:37] - 1) <= 0.1) >= 0.90  # the emu family (the first file): measured 94.6%
     assert np.mean(np.abs(proxy - 1) <= 0.1) < 0.4  # measured 27.7%
 
 
