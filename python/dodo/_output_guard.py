@@ -1,6 +1,6 @@
 """Which existing files a command may replace with its HDF5 output.
 
-`dodo synth`, `dodo preprocess` and `dodo apply -o` write their output atomically, so a failed run
+`dodo synth`, `dodo preprocess`, `dodo apply -o` and `dodo export` write their output atomically, so a failed run
 never leaves a broken file; but a finished run still replaces whatever the output path held. Given
 by mistake the path of a solver database (hours of `dodo simulate`), an Emu database or another
 command's output, that file was lost (outside probe, left open in the reliability notes). Each
@@ -16,6 +16,7 @@ from pathlib import Path
 SYNTHETIC = "a synthetic database (dodo synth)"
 PREPROCESSED = "a preprocessed training file (dodo preprocess)"
 APPLIED_CELLS = "a cell file of dodo apply -o"
+MODEL_PACKAGE = "an ONNX model package (dodo export)"
 
 #: `dodo apply -o`'s mark (attrs["kind"]); files written before it carry only its layout string.
 APPLIED_CELLS_MARK = "dodo-apply-cells-v1"
@@ -27,11 +28,19 @@ def file_kind(path: str | Path) -> str:
     import h5py
 
     try:
+        with open(path, "rb") as handle:
+            if handle.read(4) == b"PK\x03\x04":  # torch.save's zip archive
+                return "a PyTorch checkpoint (dodo train / dodo train-ensemble)"
+    except OSError:
+        return "a file that cannot be read"
+    if _is_model_package(path):
+        return MODEL_PACKAGE
+    try:
         with h5py.File(path, "r") as handle:
             attrs = dict(handle.attrs)
             names = set(handle.keys())
     except (OSError, ValueError):
-        return "a file that is not HDF5"
+        return "a file of another kind (neither HDF5, a checkpoint nor a model package)"
     # First: a preprocessed file carries its inputs' attributes (a solver database's included).
     if str(attrs.get("format", "")).startswith("dodo-preprocessed"):
         return PREPROCESSED
@@ -60,3 +69,20 @@ def refuse_replacing(path: str | Path | None, own_kind: str, command: str, overw
         return
     raise ValueError(f"{path} exists and is {kind}, not {own_kind}: it is not replaced; "
                      f"give {command} another output, or --overwrite to replace it")
+
+
+def _is_model_package(path: str | Path) -> bool:
+    """An ONNX file carrying Dodo's package metadata (dodo.format_version), at most 256 MiB. Read
+    with the onnx package where it is installed (it is wherever `dodo export` runs); without it,
+    no file is."""
+    try:
+        import onnx
+    except ImportError:
+        return False
+    if os.path.getsize(path) > (256 << 20):  # packages are kB to MB; never parse a large data file whole
+        return False
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - any parse failure: not a package
+        return False
+    return any(entry.key == "dodo.format_version" for entry in model.metadata_props)

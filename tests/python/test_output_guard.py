@@ -1,4 +1,4 @@
-"""`dodo synth`, `dodo preprocess` and `dodo apply -o` replace only their own kind of output.
+"""`dodo synth`, `dodo preprocess`, `dodo apply -o` and `dodo export` replace only their own kind of output.
 
 Each wrote its result atomically over whatever its output path held: a solver database (hours of
 `dodo simulate`), an Emu database, another command's output, a text file. Now such a file is kept
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from cli_helpers import digest, emu_file, refused, run
-from dodo._output_guard import APPLIED_CELLS, PREPROCESSED, SYNTHETIC, file_kind
+from dodo._output_guard import APPLIED_CELLS, MODEL_PACKAGE, PREPROCESSED, SYNTHETIC, file_kind
 
 
 def solver_database(path: Path) -> Path:
@@ -39,7 +39,11 @@ def others(tmp_path) -> dict[str, Path]:
 def test_kinds_are_recognised(tmp_path, others):
     assert file_kind(others["simulate"]).startswith("a dodo simulate database (complete, 2 states")
     assert file_kind(others["emu"]) == "an Emu database"
-    assert file_kind(others["text"]) == "a file that is not HDF5"
+    assert file_kind(others["text"]).startswith("a file of another kind")
+    pytest.importorskip("onnx")
+    from dodo.models import default_model_path
+
+    assert file_kind(default_model_path()) == MODEL_PACKAGE
 
 
 def test_synth_keeps_other_files_and_replaces_its_own(tmp_path, capsys, others):
@@ -101,3 +105,30 @@ def test_preprocess_keeps_other_files_and_replaces_its_own(tmp_path, capsys, mon
     assert run(capsys, ["preprocess", "--config", "p.yaml", "-q"])[0] == 0  # a rerun
     assert run(capsys, ["preprocess", "--config", "p.yaml", "-q", "-o", str(others["text"]), "--overwrite"])[0] == 0
     assert file_kind(others["text"]) == PREPROCESSED
+
+
+def test_export_keeps_other_files_and_replaces_a_package(tmp_path, capsys, others):
+    """Refused before the checkpoint is read: a solver database, an Emu database, a text file or a
+    checkpoint given as `dodo export`'s output is kept; an earlier package is replaced as before."""
+    import shutil
+
+    pytest.importorskip("onnx")
+    pytest.importorskip("torch")
+    from dodo._output_guard import refuse_replacing
+    from dodo.models import default_model_path
+
+    checkpoint = tmp_path / "model.pt"
+    import torch
+
+    torch.save({"not": "read"}, checkpoint)
+    other_checkpoint = tmp_path / "other.pt"
+    shutil.copy(checkpoint, other_checkpoint)
+    assert file_kind(other_checkpoint).startswith("a PyTorch checkpoint")
+    for path in [*others.values(), other_checkpoint]:
+        before = digest(path)
+        refused(capsys, ["export", str(checkpoint), "-o", str(path)], path.name, "--overwrite")
+        assert digest(path) == before
+    package = tmp_path / "earlier.onnx"
+    shutil.copy(default_model_path(), package)
+    refuse_replacing(package, MODEL_PACKAGE, "dodo export", overwrite=False)  # a rerun: no refusal
+    refuse_replacing(others["emu"], MODEL_PACKAGE, "dodo export", overwrite=True)

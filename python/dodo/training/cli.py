@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .._atomic import check_outputs
-from .._output_guard import PREPROCESSED, SYNTHETIC, refuse_replacing
+from .._output_guard import MODEL_PACKAGE, PREPROCESSED, SYNTHETIC, refuse_replacing
 from .._cli_common import add_json_argument, add_output_argument, add_quiet_argument, json_target_file, output_path
 
 
@@ -218,6 +218,7 @@ def _export(args) -> int:
     if not 1 <= args.test_vectors <= MAX_TEST_VECTORS:
         raise ValueError(f"--test-vectors must be an integer in [1, {MAX_TEST_VECTORS}]; got {args.test_vectors}")
     check_outputs([args.output], [args.checkpoint])
+    refuse_replacing(args.output, MODEL_PACKAGE, "dodo export", args.overwrite)
     if _is_ensemble_checkpoint(args.checkpoint, CHECKPOINT_KIND):
         export_ensemble(args.checkpoint, args.output, n_test_vectors=args.test_vectors, fused=args.fused,
                         check=not args.no_check)
@@ -304,6 +305,7 @@ def register(subparsers) -> None:
     p.add_argument("-o", "--output", required=True, type=output_path)
     p.add_argument("--no-check", action="store_true", help="skip the torch vs onnxruntime round trip")
     p.add_argument("--test-vectors", type=int, default=6, help="number of embedded test vectors")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP.format(own="model package"))
     p.add_argument("--fused", action="store_true",
                    help="ensemble checkpoints: write the members as one stacked graph (same outputs, a quarter "
                         "of the nodes; not faster with ONNX Runtime on CPU, docs/training.md)")
