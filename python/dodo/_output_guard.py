@@ -1,7 +1,7 @@
-"""Which existing files a command may replace with its HDF5 output.
+"""Which existing files a command may replace with its output.
 
-`dodo synth`, `dodo preprocess`, `dodo apply -o` and `dodo export` write their output atomically, so a failed run
-never leaves a broken file; but a finished run still replaces whatever the output path held. Given
+`dodo synth`, `dodo preprocess`, `dodo apply -o` and `dodo export` write their output atomically,
+so a failed run never leaves a broken file; but a finished run still replaces whatever the output path held. Given
 by mistake the path of a solver database (hours of `dodo simulate`), an Emu database or another
 command's output, that file was lost (outside probe, left open in the reliability notes). Each
 command now replaces only a file of its own kind (a rerun) or an empty one; anything else needs
@@ -29,18 +29,20 @@ def file_kind(path: str | Path) -> str:
 
     try:
         with open(path, "rb") as handle:
-            if handle.read(4) == b"PK\x03\x04":  # torch.save's zip archive
-                return "a PyTorch checkpoint (dodo train / dodo train-ensemble)"
+            head = handle.read(8)
     except OSError:
         return "a file that cannot be read"
-    if _is_model_package(path):
-        return MODEL_PACKAGE
+    if head.startswith(b"PK\x03\x04"):  # torch.save's zip archive
+        return "a PyTorch checkpoint (dodo train / dodo train-ensemble)"
+    if head != b"\x89HDF\r\n\x1a\n":
+        return MODEL_PACKAGE if _is_model_package(path) else \
+            "a file of another kind (neither HDF5, a checkpoint nor a model package)"
     try:
         with h5py.File(path, "r") as handle:
             attrs = dict(handle.attrs)
             names = set(handle.keys())
     except (OSError, ValueError):
-        return "a file of another kind (neither HDF5, a checkpoint nor a model package)"
+        return "an HDF5 file that cannot be read"
     # First: a preprocessed file carries its inputs' attributes (a solver database's included).
     if str(attrs.get("format", "")).startswith("dodo-preprocessed"):
         return PREPROCESSED
