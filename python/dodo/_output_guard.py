@@ -6,6 +6,8 @@ by mistake the path of a solver database (hours of `dodo simulate`), an Emu data
 command's output, that file was lost (outside probe, left open in the reliability notes). Each
 command now replaces only a file of its own kind (a rerun) or an empty one; anything else needs
 its --overwrite. `dodo simulate` has its own, stricter rule (dodo.qke.cli.refuse_complete_database).
+Report outputs (`--json` tables, plots) never replace data: an HDF5 file, a checkpoint or a model
+package given as one is kept (`refuse_replacing_data`).
 """
 from __future__ import annotations
 
@@ -88,3 +90,22 @@ def _is_model_package(path: str | Path) -> bool:
     except Exception:  # noqa: BLE001 - any parse failure: not a package
         return False
     return any(entry.key == "dodo.format_version" for entry in model.metadata_props)
+
+
+def refuse_replacing_data(paths, command: str) -> None:
+    """A ValueError when one of ``paths`` (a report's outputs: a JSON table, a plot) exists and is
+    an HDF5 file, a checkpoint or a model package: a report is never meant to replace those (a
+    mistyped `--json run.h5`), so there is no option to; other files are replaced as before."""
+    for path in paths:
+        if path is None or path == "-" or not os.path.isfile(path) or os.path.getsize(path) == 0:
+            continue
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(8)
+        except OSError:
+            continue  # the writer reports an unreadable or unwritable output itself
+        data = head == b"\x89HDF\r\n\x1a\n" or head.startswith(b"PK\x03\x04") or \
+            (str(path).endswith(".onnx") and _is_model_package(path))
+        if data:
+            raise ValueError(f"{path} exists and is {file_kind(path)}: {command} does not write a report over it; "
+                             "give another path")

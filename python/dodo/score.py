@@ -319,6 +319,9 @@ def _run(args: argparse.Namespace) -> int:
 
             # The model read is an input too, the implicit default one included.
             check_outputs([args.json], [*args.data, model_file(model)])
+            from ._output_guard import refuse_replacing_data
+
+            refuse_replacing_data([args.json], "dodo score --json")
         # A file named twice is scored once (its states counted twice would narrow the intervals),
         # also through a symlink or a hard link (the same device and inode; realpath alone missed links).
         data = list({_file_key(path): path for path in args.data}.values())

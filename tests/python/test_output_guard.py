@@ -132,3 +132,29 @@ def test_export_keeps_other_files_and_replaces_a_package(tmp_path, capsys, other
     shutil.copy(default_model_path(), package)
     refuse_replacing(package, MODEL_PACKAGE, "dodo export", overwrite=False)  # a rerun: no refusal
     refuse_replacing(others["emu"], MODEL_PACKAGE, "dodo export", overwrite=True)
+
+
+def test_a_report_never_replaces_data(tmp_path, capsys, others):
+    """`--json` tables and plots: a mistyped path that names an HDF5 file, a checkpoint or a model
+    package is kept (no option replaces it); a text or JSON file is replaced as before."""
+    import shutil
+
+    from dodo._output_guard import refuse_replacing_data
+    from dodo.models import default_model_path
+
+    emu = Path(__file__).resolve().parents[1] / "data" / "qke" / "emu_1d_validation.h5"
+    for path in (others["simulate"], others["emu"]):
+        before = digest(path)
+        refused(capsys, ["score", "box3d", str(emu), "--json", str(path)], path.name, "does not write a report")
+        assert digest(path) == before
+    report = tmp_path / "report.json"
+    report.write_text("{}")
+    assert run(capsys, ["score", "box3d", str(emu), "--json", str(report)])[0] == 0
+    assert report.read_text() != "{}"
+    assert run(capsys, ["score", "box3d", str(emu), "--json", str(others["text"])])[0] == 0  # text: a report
+    package = tmp_path / "model.onnx"
+    shutil.copy(default_model_path(), package)
+    if __import__("importlib").util.find_spec("onnx") is not None:
+        with pytest.raises(ValueError, match="model package"):
+            refuse_replacing_data([package], "dodo plot")
+    refuse_replacing_data([None, "-", tmp_path / "new.json"], "dodo plot")  # nothing there: no refusal

@@ -202,6 +202,9 @@ def _main(argv=None) -> int:
     import h5py  # noqa: F401  (both need it: one line before any work when it is missing)
 
     check_outputs([args.json, getattr(args, "output", None)], [args.reference, getattr(args, "box3d_cases", None)])
+    from .._output_guard import refuse_replacing_data
+
+    refuse_replacing_data([args.json], "python -m dodo.qke.validate --json")
     if args.which == "nsm1":
         report = validate_nsm1(args.reference, args.box3d_cases, [int(s) for s in args.seeds.split(",")], args.flavour_cfl, args.only,
                                args.hamiltonian_filter, args.backend)
