@@ -56,10 +56,7 @@ def emit(table_text: str, data, json_target, inputs=()) -> None:
         print(json.dumps(json_safe(data), indent=1, default=_plain, allow_nan=False))
         return
     if json_target:
-        from ._output_guard import refuse_replacing_data
-
         check_outputs([json_target], inputs)
-        refuse_replacing_data([json_target], "--json")
     print(table_text)
     if json_target:
         write_json_atomic(json_target, data)
