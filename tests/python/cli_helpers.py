@@ -61,21 +61,30 @@ def emu_file(path, initial, final=None, **extra):
     return path
 
 
-def interrupted_linear_only_run(capsys, monkeypatch, output, small_args) -> None:
-    """`dodo simulate OUTPUT --random 4 --linear-only` stopped by Ctrl-C after its first chunk of
-    two states (one line, exit 130): OUTPUT is left as its own unfinished checkpoint."""
+def interrupt_linear_labels_at(monkeypatch, call: int):
+    """Growth labels in chunks of two states, with Ctrl-C (KeyboardInterrupt) at the ``call``-th
+    state's box set-up; returns the real box_setup, to put back for a resumed run."""
     from dodo.qke import growth_labels
 
     monkeypatch.setattr(growth_labels, "CHUNK", 2)
     calls = {"n": 0}
     real = growth_labels.box_setup
 
-    def stop_on_the_third(*args, **kwargs):
+    def interrupting(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == call:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(growth_labels, "box_setup", stop_on_the_third)
+    monkeypatch.setattr(growth_labels, "box_setup", interrupting)
+    return real
+
+
+def interrupted_linear_only_run(capsys, monkeypatch, output, small_args) -> None:
+    """`dodo simulate OUTPUT --random 4 --linear-only` stopped by Ctrl-C after its first chunk of
+    two states (one line, exit 130): OUTPUT is left as its own unfinished checkpoint."""
+    from dodo.qke import growth_labels
+
+    real = interrupt_linear_labels_at(monkeypatch, 3)
     assert run(capsys, ["simulate", str(output), "--random", "4", "--linear-only", *small_args])[0] == 130
     monkeypatch.setattr(growth_labels, "box_setup", real)

@@ -12,6 +12,7 @@ from dodo.qke import growth_labels  # noqa: E402
 from dodo.qke.directions import uniform_sphere  # noqa: E402
 from dodo.qke.solver import SolverConfig  # noqa: E402
 from dodo.qke.states import box_setup, family_states  # noqa: E402
+from cli_helpers import interrupt_linear_labels_at  # noqa: E402
 from test_qke_cli import run_cli  # noqa: E402
 
 SMALL = ["--ncell", "16", "--nphi", "8", "--quiet"]
@@ -40,18 +41,8 @@ def test_linear_only_resumes_after_a_crash(tmp_path, monkeypatch):
     states = family_states("emu", 5, np.random.default_rng(3))
     config = SolverConfig(ncell=16, nphi_equator=8)
     straight = growth_labels.linear_growth_labels(states, str(tmp_path / "straight.h5"), config, report=lambda m: None)
-    monkeypatch.setattr(growth_labels, "CHUNK", 2)
-    calls = {"n": 0}
-    real_setup = growth_labels.box_setup
-
-    def crash_on_the_fourth(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return real_setup(*args, **kwargs)
-
+    real_setup = interrupt_linear_labels_at(monkeypatch, 4)
     output = str(tmp_path / "resumed.h5")
-    monkeypatch.setattr(growth_labels, "box_setup", crash_on_the_fourth)
     with pytest.raises(KeyboardInterrupt):
         growth_labels.linear_growth_labels(states, output, config, report=lambda m: None)
     with h5py.File(output, "r") as f:
