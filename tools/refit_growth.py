@@ -1,4 +1,4 @@
-"""Refit a density-residual-ensemble checkpoint's growth members and student on new growth labels.
+"""Refit a density-residual-ensemble checkpoint's stages after its density members: label-noise member, growth members, student.
 
     python tools/refit_growth.py CHECKPOINT --config C --table pdata/qke.h5 -o NEW_CHECKPOINT
     dodo export NEW_CHECKPOINT -o model.onnx
@@ -9,9 +9,12 @@ so a change of growth labels (the config's `growth:` section) needs only the las
 keeps the checkpoint's density members, fits the growth members and the student exactly as
 train_on does (ensemble_train.fit_growth_and_student) with the config's growth and distill
 settings, recomputes the held-out record as train-ensemble does and writes a new checkpoint
-(atomically; never over its input). The result is the one `dodo train-ensemble --config C` makes
-on the same table (its members being the same fits of the same seeds), at a third of the time.
-The config's other sections must be the checkpoint's (features, members, holdout): checked.
+(atomically; never over its input). The gate (ensemble.error_per_spread and the config's `noise:`
+section: the label-noise member, fitted here as train_on fits it) is the config's too: the density
+members never see it, but the student distils the gated uncertainty. The result is the one
+`dodo train-ensemble --config C` makes on the same table (its members being the same fits of the
+same seeds), at a third of the time. The config's member settings must be the checkpoint's
+(features, members, holdout, ...): checked.
 """
 from __future__ import annotations
 
@@ -25,9 +28,10 @@ import torch
 from dodo.training import ensemble_train as et
 from dodo.training.safe_load import UntrustedCheckpointError, load_torch_file
 
-# Settings that shape the density members: the checkpoint's and the config's must agree.
+# Settings that shape the density members: the checkpoint's and the config's must agree. (The gate's
+# error_per_spread and sigma0 do not enter their fit; they are taken from the config.)
 MEMBER_SETTINGS = ("features", "holdout", "members", "width", "depth", "steps", "batch_size", "epochs", "lr",
-                   "weight_decay", "growth_weight", "mirror", "seed", "error_per_spread", "sigma0")
+                   "weight_decay", "growth_weight", "mirror", "seed")
 
 
 def main() -> None:
@@ -56,10 +60,16 @@ def main() -> None:
     ensemble = et.load_ensemble(checkpoint)
     ensemble.growth_members = torch.nn.ModuleList()
     ensemble.student = None
+    ensemble.noise_member = None
+    ensemble.label_noise_weight.fill_(0.0)
+    ensemble.error_per_spread.fill_(float(config.error_per_spread))
+    ensemble.sigma0.fill_(float(config.sigma0))
     held = et.holdout_mask(table["sources"], config.holdout)
     train_rows, held_rows = np.flatnonzero(~held), np.flatnonzero(held)
     print(f"{len(train_rows)} training states, {len(held_rows)} held out; the checkpoint's "
           f"{len(ensemble.members)} density members kept", flush=True)
+    if config.noise_oof:
+        et.fit_label_noise(ensemble, table, train_rows, config, log=lambda m: print(m, flush=True))
     growth_table = et.load_growth_table(config, table, train_rows)
     et.fit_growth_and_student(ensemble, table, train_rows, config, log=lambda m: print(m, flush=True),
                               growth_table=growth_table)

@@ -17,8 +17,12 @@ correction is moved toward Box3D: r_used = r_mean * g * exp(-max(0, d^2 - d2_max
 with the spread gate g = r_mean^2 / (r_mean^2 + (c sigma)^2) (a Wiener filter: the correction is
 kept where it is large against its expected error c sigma; c = ``error_per_spread``, the measured
 ratio of the cross-validated error to the spread) or, with c = 0 (earlier models),
-g = 1 / (1 + (sigma / sigma0)^2). The graph also returns the spread (``uncertainty``) and the
-learned growth-rate ratio (``log_growth_ratio``).
+g = 1 / (1 + (sigma / sigma0)^2). Optionally (a label-noise member, ``noise`` in the config) sigma
+is the spread combined with a learned scale a of the error the members cannot see in each other,
+sigma^2 = spread^2 + (k a / c)^2, so that the gate reads r^2 / (r^2 + (c spread)^2 + (k a)^2): a is
+fitted to the absolute out-of-fold residuals of members trained without the state (tools/gate_study.py),
+the members' spread alone misses the label noise and the bias that all members share. The graph also
+returns sigma (``uncertainty``) and the learned growth-rate ratio (``log_growth_ratio``).
 """
 from __future__ import annotations
 
@@ -94,6 +98,10 @@ class DensityResidualEnsemble(nn.Module):
         # log growth ratio) trained to reproduce the members: when set, it alone runs at inference
         # (about a tenth of the members' multiply-adds, issue 13); the gate is the same.
         self.student = None
+        # Optional label-noise member (a Member with 1 output: log(a / r_scale)) and its weight k in
+        # the gate (module docstring); None / 0: the spread alone.
+        self.noise_member = None
+        self.register_buffer("label_noise_weight", torch.tensor(0.0))
 
     def member_outputs(self, x: torch.Tensor) -> torch.Tensor:
         if self.student is not None:
@@ -101,16 +109,24 @@ class DensityResidualEnsemble(nn.Module):
         return torch.stack([member(x) for member in self.members])  # [K, N, 2]
 
     def teacher_outputs(self, x: torch.Tensor):
-        """(mean r, spread of r, log growth ratio) of the members themselves (never the student)."""
+        """(mean r, uncertainty, log growth ratio) of the members themselves (never the student); the
+        uncertainty is the members' spread, combined with the label-noise member's scale when set."""
         stacked = torch.stack([member(x) for member in self.members])
         r = stacked[..., 0] * self.r_scale  # [K, N]
         r_mean = r.mean(dim=0)
         sigma = torch.sqrt(((r - r_mean) ** 2).mean(dim=0))
+        if self.noise_member is not None and float(self.error_per_spread) > 0:
+            extra = self.label_noise_weight / self.error_per_spread * self.label_noise(x)
+            sigma = torch.sqrt(sigma * sigma + extra * extra)
         if len(self.growth_members):
             growth = torch.stack([member(x)[..., 0] for member in self.growth_members]).mean(dim=0)
         else:
             growth = stacked[..., 1].mean(dim=0)
         return r_mean, sigma, growth
+
+    def label_noise(self, x: torch.Tensor) -> torch.Tensor:
+        """The label-noise member's scale a(x) (delta units: the expected |out-of-fold residual|)."""
+        return torch.exp(self.noise_member(x)[:, 0]) * self.r_scale
 
     def outputs(self, x: torch.Tensor):
         if self.student is not None:
@@ -294,6 +310,25 @@ def fit_growth_member(X: np.ndarray, log_growth: np.ndarray, seed: int, width: i
     target = torch.as_tensor(log_growth, dtype=torch.float32)[pick]
     return _fit(member, lambda network, index: (network(_rows(inputs, index))[:, 0] - _rows(target, index)).abs().mean(),
                 len(inputs), steps, lr, weight_decay, batch_size, epochs, seed)
+
+
+def fit_noise_member(X: np.ndarray, abs_residual: np.ndarray, r_scale: float, seed: int, width: int = 64,
+                     depth: int = 2, lr: float = 2e-3, weight_decay: float = 1e-4, batch_size: int = 512,
+                     epochs: int = 50) -> Member:
+    """The label-noise member: log(a / r_scale) from features, fitted to absolute out-of-fold
+    residuals |e| by the Laplace likelihood (loss log a + |e| / a, least at a = E[|e| | x])."""
+    torch.manual_seed(seed)
+    member = _normalised_member(X, width, depth, n_outputs=1)
+    target = torch.as_tensor(np.asarray(abs_residual) / r_scale, dtype=torch.float32)
+    inputs = torch.as_tensor(X, dtype=torch.float32)
+    with torch.no_grad():  # start at the typical scale: the likelihood's gradient is flat far from it
+        member.body[-1].bias.fill_(float(torch.log(target.mean() + 1e-12)))
+
+    def loss_of(network, index):
+        log_a = network(_rows(inputs, index))[:, 0]
+        return (log_a + _rows(target, index) * torch.exp(-log_a)).mean()
+
+    return _fit(member, loss_of, len(inputs), 0, lr, weight_decay, batch_size, epochs, seed)
 
 
 SIGMA_FLOOR = 1e-5  # N_tot: the student learns log(sigma + floor); sigma0 = 0.01 makes the floor irrelevant

@@ -21,6 +21,7 @@ from .._atomic import atomic_path, check_input_file
 from .config import ConfigError, read_yaml_mapping
 from .dataset import nu_nubar_swapped, rest_frame_arrays
 from .safe_load import load_torch_file
+from .label_noise import fit_label_noise
 from .ensemble import (DensityResidualEnsemble, Member, fit_ensemble, fit_growth_member, fit_student, nu_e_change,
                        predict, state_error)
 
@@ -81,6 +82,17 @@ class EnsembleConfig:
     distill_epochs: int = 0
     distill_sampled_states: int = 0  # unlabelled states drawn by the campaign's samplers, for the student
     distill_growth_weight: float = 0.5
+    # Label-noise member (docs/training.md, "Label-noise gate"; "": none): fitted on the absolute
+    # out-of-fold residuals of a gate study's file (tools/gate_study.py --save, made with
+    # noise_folds folds on this table and pool); the gate gains (noise_weight a)^2 beside
+    # (c spread)^2. Needs error_per_spread > 0.
+    noise_oof: str = ""
+    noise_folds: int = 5
+    noise_weight: float = 0.0
+    noise_width: int = 64
+    noise_depth: int = 2
+    noise_batch_size: int = 512
+    noise_epochs: int = 50
 
     @property
     def growth_learning_rate(self) -> float:
@@ -105,7 +117,10 @@ class EnsembleConfig:
                  "distill.growth_weight": "distill_growth_weight", "growth.batch_size": "growth_batch_size",
                  "growth.epochs": "growth_epochs", "growth.lr": "growth_lr", "growth.relabelled": "growth_relabelled",
                  "growth.measured": "growth_measured", "distill.batch_size": "distill_batch_size",
-                 "distill.epochs": "distill_epochs", "distill.sampled_states": "distill_sampled_states"}
+                 "distill.epochs": "distill_epochs", "distill.sampled_states": "distill_sampled_states",
+                 "noise.oof": "noise_oof", "noise.folds": "noise_folds", "noise.weight": "noise_weight",
+                 "noise.width": "noise_width", "noise.depth": "noise_depth", "noise.batch_size": "noise_batch_size",
+                 "noise.epochs": "noise_epochs"}
         config = cls()
         for key, value in flat.items():
             name = names.get(key, key.split(".")[-1])
@@ -163,6 +178,19 @@ class EnsembleConfig:
             raise ConfigError("growth.relabelled: true needs growth.data (the files holding the new labels)")
         if self.growth_data and not self.growth_members:
             raise ConfigError("growth.data needs growth.members >= 1 (the members trained on it)")
+        if not isinstance(self.noise_oof, str):
+            raise ConfigError(f"noise.oof must be a path (or empty: no label-noise member); got {self.noise_oof!r}")
+        for name in ("noise_folds", "noise_width", "noise_depth", "noise_batch_size", "noise_epochs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1 or name == "noise_folds" and value < 2:
+                raise ConfigError(f"noise.{name[6:]} must be an integer >= {2 if name == 'noise_folds' else 1}; got {value!r}")
+        value = self.noise_weight
+        if isinstance(value, bool) or not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
+            raise ConfigError(f"noise.weight must be a finite number >= 0; got {value!r}")
+        if self.noise_weight and not self.noise_oof:
+            raise ConfigError("noise.weight needs noise.oof (the out-of-fold file the label-noise member learns from)")
+        if self.noise_oof and not self.error_per_spread:
+            raise ConfigError("noise.oof needs ensemble.error_per_spread > 0 (the label-noise term joins the Wiener gate)")
 
 
 def load_table(path: str) -> dict:
@@ -441,6 +469,8 @@ def train_on(table: dict, rows: np.ndarray, config: EnsembleConfig, members: int
                             weight_decay=config.weight_decay, growth_weight=config.growth_weight,
                             batch_size=config.batch_size, epochs=config.epochs)
     ensemble.features = config.features
+    if config.noise_oof:
+        fit_label_noise(ensemble, table, rows, config, log=log)
     fit_growth_and_student(ensemble, table, rows, config, log=log, growth_table=growth_table)
     return ensemble
 
@@ -603,6 +633,8 @@ def save_checkpoint(ensemble: DensityResidualEnsemble, config: EnsembleConfig, t
              "members": len(ensemble.members), "growth_members": len(ensemble.growth_members),
              "student": None if ensemble.student is None else {"width": config.distill_width,
                                                                 "depth": config.distill_depth},
+             "noise_member": None if ensemble.noise_member is None else {"width": config.noise_width,
+                                                                          "depth": config.noise_depth},
              "state_dict": ensemble.state_dict(),
              "data": {"box3d": _box3d_dict(table["box3d"]), "sha256": table["sha256"], "kind": table["kind"],
                       "train_rows": int(len(train_rows)), "path": config.data_path},
@@ -630,6 +662,7 @@ def load_ensemble(checkpoint: dict) -> DensityResidualEnsemble:
     members = [Member(checkpoint["n_inputs"], config["width"], config["depth"]) for _ in range(checkpoint["members"])]
     state = dict(checkpoint["state_dict"])
     state.setdefault("error_per_spread", torch.tensor(0.0))  # checkpoints from before the Wiener gate
+    state.setdefault("label_noise_weight", torch.tensor(0.0))  # and from before the label-noise member
     n = checkpoint["n_inputs"]
     ood = state["feature_mean"].numel()  # the distance gate's columns (OOD_COLUMNS), n before them
     ensemble = DensityResidualEnsemble(members, 1.0, 1.0, np.zeros(ood), np.eye(ood), 1.0)
@@ -637,6 +670,9 @@ def load_ensemble(checkpoint: dict) -> DensityResidualEnsemble:
         ensemble.growth_members.append(Member(n, config["growth_width"], config["growth_depth"], n_outputs=1))
     if checkpoint.get("student"):
         ensemble.student = Member(n, checkpoint["student"]["width"], checkpoint["student"]["depth"], n_outputs=3)
+    if checkpoint.get("noise_member"):
+        shape = checkpoint["noise_member"]
+        ensemble.noise_member = Member(n, shape["width"], shape["depth"], n_outputs=1)
     ensemble.load_state_dict(state)
     ensemble.features = config.get("features", "invariants27-v1")
     return ensemble.eval()
