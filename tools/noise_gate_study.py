@@ -1,7 +1,7 @@
 """Choose the gate's label-noise weight k (and its factor c) by nested cross-validation on a gate
 study's out-of-fold file (docs/training.md, "Label-noise gate").
 
-    python tools/noise_gate_study.py --oof checkpoints/gate_oof_36101.npz [--config C] [--folds 5]
+    python tools/noise_gate_study.py --oof training/out_of_fold/gate_oof_36101.npz [--config C]
         [--factors 2 2.5 3 3.5] [--weights 0 0.5 0.75 1 1.25 1.5] [--reference 3.5]
 
 The file (tools/gate_study.py --save) holds each pool state's out-of-fold mean correction r and
@@ -56,7 +56,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="training/configs/ensemble_default.yaml")
     parser.add_argument("--oof", required=True, help="tools/gate_study.py --save's file for this table and pool")
-    parser.add_argument("--folds", type=int, default=5, help="the folds the out-of-fold file was made with")
     parser.add_argument("--inner-folds", type=int, default=5)
     parser.add_argument("--factors", type=float, nargs="+", default=[2.0, 2.5, 3.0, 3.5])
     parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.5, 0.75, 1.0, 1.25, 1.5])
@@ -66,9 +65,12 @@ def main() -> None:
     config = et.EnsembleConfig.load(args.config)
     torch.set_num_threads(config.threads)
     table = et.load_table(config.data_path)
-    rows, residual = out_of_fold_rows(args.oof, table, config, args.folds)
+    rows, residual = out_of_fold_rows(args.oof, table, config)
     with np.load(args.oof) as saved:
         delta_box, delta_true, r, sigma, d2, emu = (saved[k] for k in ("delta_box", "delta_true", "r", "sigma", "d2", "emu"))
+    if len(rows) != len(r):
+        raise SystemExit(f"{args.oof}: {len(r) - len(rows)} of its states are not in {config.data_path}; "
+                         "the study needs the table it was made on")
     r_scale = float(np.std(table["r"][rows]))
     scale = nested_noise_scale(table, rows, residual, config, r_scale, args.inner_folds)
     if args.save:

@@ -84,35 +84,44 @@ def _out_of_fold_file(path, table, config, folds, r=None):
 
 
 def test_train_on_fits_the_noise_member_from_a_gate_studys_file_and_refuses_another_tables(tmp_path):
+    """The file's states are found in the table by their deltas: all of them in the table it was
+    made on, those it shares with a grown table, none in another table (refused)."""
     from dodo.training.ensemble_train import EnsembleConfig, train_on
     from dodo.training.label_noise import out_of_fold_rows
 
     table = _pool_table()
     config = EnsembleConfig(members=2, width=8, steps=20, error_per_spread=2.5, noise_oof=str(tmp_path / "oof.npz"),
-                            noise_folds=3, noise_weight=1.0, noise_width=8, noise_epochs=2, noise_batch_size=32,
-                            mirror=False)
+                            noise_weight=1.0, noise_width=8, noise_epochs=2, noise_batch_size=32, mirror=False)
     rows = _out_of_fold_file(tmp_path / "oof.npz", table, config, 3)
-    found, residual = out_of_fold_rows(config.noise_oof, table, config, 3)
+    found, residual = out_of_fold_rows(config.noise_oof, table, config)
     np.testing.assert_array_equal(found, rows)
     np.testing.assert_allclose(residual, table["r"][rows])
     ensemble = train_on(table, np.arange(60), config)
     assert ensemble.noise_member is not None and float(ensemble.label_noise_weight) == 1.0
 
-    with pytest.raises(ValueError, match="does not hold this table's training pool in 5 folds"):
-        out_of_fold_rows(config.noise_oof, table, config, 5)
+    extra = np.linspace(0.1, 0.2, 20)  # 20 states made after the study, listed first
+    grown = {key: np.concatenate([extra, table[key]]) for key in ("delta_box", "delta_true", "r")}
+    grown["sources"] = np.concatenate([np.array(["data/qke/emu_seed7.h5"] * 20), table["sources"]])
+    found, residual = out_of_fold_rows(config.noise_oof, grown, config)
+    np.testing.assert_array_equal(found, rows + 20)
+    np.testing.assert_allclose(residual, table["r"][rows])
+    # a new state with the same pair of deltas as one of the study's: that pair names neither
+    grown = {key: np.concatenate([table[key][:1], table[key]]) for key in ("delta_box", "delta_true", "r", "sources")}
+    found, _ = out_of_fold_rows(config.noise_oof, grown, config)
+    np.testing.assert_array_equal(found, rows[rows != 0] + 1)
     other = _pool_table()
     other["delta_true"] = other["delta_true"] + 1e-3
-    with pytest.raises(ValueError, match="does not hold this table's training pool"):
-        out_of_fold_rows(config.noise_oof, other, config, 3)
+    with pytest.raises(ValueError, match="holds no state of this table"):
+        out_of_fold_rows(config.noise_oof, other, config)
     np.savez(tmp_path / "other.npz", r=np.zeros(3))
     with pytest.raises(ValueError, match="not a gate study's out-of-fold file"):
-        out_of_fold_rows(str(tmp_path / "other.npz"), table, config, 3)
+        out_of_fold_rows(str(tmp_path / "other.npz"), table, config)
 
 
 @pytest.mark.parametrize("settings, message", [
     ({"noise_weight": 1.0}, "noise.weight needs noise.oof"),
     ({"noise_oof": "f.npz"}, "noise.oof needs ensemble.error_per_spread > 0"),
-    ({"noise_oof": "f.npz", "error_per_spread": 2.5, "noise_folds": 1}, "noise.folds must be an integer >= 2"),
+    ({"noise_oof": "f.npz", "error_per_spread": 2.5, "noise_width": 0}, "noise.width must be a positive integer"),
     ({"noise_oof": "f.npz", "error_per_spread": 2.5, "noise_weight": -1.0}, "noise.weight must be a finite number >= 0"),
 ])
 def test_noise_config_errors(settings, message):

@@ -83,11 +83,10 @@ class EnsembleConfig:
     distill_sampled_states: int = 0  # unlabelled states drawn by the campaign's samplers, for the student
     distill_growth_weight: float = 0.5
     # Label-noise member (docs/training.md, "Label-noise gate"; "": none): fitted on the absolute
-    # out-of-fold residuals of a gate study's file (tools/gate_study.py --save, made with
-    # noise_folds folds on this table and pool); the gate gains (noise_weight a)^2 beside
+    # out-of-fold residuals of a gate study's file (tools/gate_study.py --save on this table, or on
+    # an earlier one: the states it shares are used); the gate gains (noise_weight a)^2 beside
     # (c spread)^2. Needs error_per_spread > 0.
     noise_oof: str = ""
-    noise_folds: int = 5
     noise_weight: float = 0.0
     noise_width: int = 64
     noise_depth: int = 2
@@ -118,7 +117,7 @@ class EnsembleConfig:
                  "growth.epochs": "growth_epochs", "growth.lr": "growth_lr", "growth.relabelled": "growth_relabelled",
                  "growth.measured": "growth_measured", "distill.batch_size": "distill_batch_size",
                  "distill.epochs": "distill_epochs", "distill.sampled_states": "distill_sampled_states",
-                 "noise.oof": "noise_oof", "noise.folds": "noise_folds", "noise.weight": "noise_weight",
+                 "noise.oof": "noise_oof", "noise.weight": "noise_weight",
                  "noise.width": "noise_width", "noise.depth": "noise_depth", "noise.batch_size": "noise_batch_size",
                  "noise.epochs": "noise_epochs"}
         config = cls()
@@ -180,10 +179,10 @@ class EnsembleConfig:
             raise ConfigError("growth.data needs growth.members >= 1 (the members trained on it)")
         if not isinstance(self.noise_oof, str):
             raise ConfigError(f"noise.oof must be a path (or empty: no label-noise member); got {self.noise_oof!r}")
-        for name in ("noise_folds", "noise_width", "noise_depth", "noise_batch_size", "noise_epochs"):
+        for name in ("noise_width", "noise_depth", "noise_batch_size", "noise_epochs"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1 or name == "noise_folds" and value < 2:
-                raise ConfigError(f"noise.{name[6:]} must be an integer >= {2 if name == 'noise_folds' else 1}; got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"noise.{name[6:]} must be a positive integer; got {value!r}")
         value = self.noise_weight
         if isinstance(value, bool) or not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
             raise ConfigError(f"noise.weight must be a finite number >= 0; got {value!r}")

@@ -9,6 +9,8 @@ r^2 / (r^2 + (c spread)^2 + (k a)^2) (ensemble.py's module docstring): k = 0 is 
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 
 from .ensemble import fit_noise_member
@@ -17,10 +19,13 @@ from .ensemble import fit_noise_member
 OUT_OF_FOLD_KEYS = ("delta_box", "delta_true", "r", "sigma", "d2", "emu")
 
 
-def out_of_fold_rows(path: str, table: dict, config, folds: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows of ``table``, out-of-fold residual e) of a gate study's file, which lists the pool's
-    rows fold by fold in pool_folds' order. Checked against the table's own deltas, so a file made
-    on another table, pool or fold count is refused rather than paired with the wrong states."""
+def out_of_fold_rows(path: str, table: dict, config) -> tuple[np.ndarray, np.ndarray]:
+    """(rows of ``table``, out-of-fold residual e) for the states of a gate study's file that the
+    table holds. The file lists its pool's rows fold by fold in pool_folds' order: on the table it
+    was made on, that order is found again (every state, exactly). On a table grown since, states
+    are found by their Box3D and solver deltas (float64, the same numbers in both), leaving out the
+    few whose pair is not unique (e.g. delta_box = 0); a file none of whose states are in the table
+    (another table) is refused rather than paired with wrong states."""
     from .ensemble_train import pool_folds
 
     with np.load(path) as saved:
@@ -29,20 +34,36 @@ def out_of_fold_rows(path: str, table: dict, config, folds: int) -> tuple[np.nda
             raise ValueError(f"{path} is not a gate study's out-of-fold file (tools/gate_study.py --save): "
                              f"no {', '.join(missing)}")
         delta_box, delta_true, r_mean = (np.asarray(saved[key], dtype=np.float64) for key in ("delta_box", "delta_true", "r"))
-    order, fold_of = pool_folds(table, config, folds)
-    rows = np.concatenate([order[fold_of == k] for k in range(folds)])
-    if len(rows) != len(delta_true) or not (np.array_equal(table["delta_box"][rows], delta_box)
-                                            and np.array_equal(table["delta_true"][rows], delta_true)):
-        raise ValueError(f"{path} does not hold this table's training pool in {folds} folds (its states differ): "
-                         "rerun tools/gate_study.py --save on this table and config, or leave noise.oof empty "
-                         "(no label-noise member)")
-    return rows, delta_true - delta_box - r_mean
+    residual = delta_true - delta_box - r_mean
+    order, _ = pool_folds(table, config, 2)
+    if len(order) == len(delta_true):
+        for folds in range(2, 11):  # the study's own table: its fold-by-fold order
+            rows = np.concatenate([order[np.arange(len(order)) % folds == k] for k in range(folds)])
+            if np.array_equal(table["delta_box"][rows], delta_box) and np.array_equal(table["delta_true"][rows], delta_true):
+                return rows, residual
+    table_keys, file_keys = _state_keys(table["delta_box"], table["delta_true"]), _state_keys(delta_box, delta_true)
+    row_of, seen = {}, set()
+    for row, key in enumerate(table_keys):
+        row_of[key] = -1 if key in seen else row  # a pair two states share names neither
+        seen.add(key)
+    repeated = {key for key, count in Counter(file_keys).items() if count > 1}
+    found = np.array([-1 if key in repeated else row_of.get(key, -1) for key in file_keys], dtype=np.int64)
+    if not (found >= 0).any():
+        raise ValueError(f"{path} holds no state of this table (their deltas differ): rerun tools/gate_study.py --save "
+                         "on this table and config, or leave noise.oof empty (no label-noise member)")
+    keep = found >= 0
+    return found[keep], residual[keep]
+
+
+def _state_keys(delta_box: np.ndarray, delta_true: np.ndarray) -> list:
+    pairs = np.stack([np.asarray(delta_box, dtype=np.float64), np.asarray(delta_true, dtype=np.float64)], axis=1)
+    return [row.tobytes() for row in pairs]
 
 
 def fit_label_noise(ensemble, table: dict, rows: np.ndarray, config, log=None) -> None:
     """Fit ``ensemble``'s label-noise member on the out-of-fold residuals (config.noise_oof) of the
     states among ``rows`` and set its gate weight config.noise_weight. In place."""
-    oof_rows, residual = out_of_fold_rows(config.noise_oof, table, config, config.noise_folds)
+    oof_rows, residual = out_of_fold_rows(config.noise_oof, table, config)
     keep = np.isin(oof_rows, rows)
     if keep.sum() < 2:
         raise ValueError(f"{config.noise_oof} holds no out-of-fold residual of the training states")
@@ -54,7 +75,8 @@ def fit_label_noise(ensemble, table: dict, rows: np.ndarray, config, log=None) -
                                              epochs=config.noise_epochs)
     ensemble.label_noise_weight.fill_(float(config.noise_weight))
     if log:
-        log(f"label-noise member fitted on {int(keep.sum())} out-of-fold residuals (gate weight k = {config.noise_weight})")
+        log(f"label-noise member fitted on the out-of-fold residuals of {int(keep.sum())} of the {len(rows)} "
+            f"training states (gate weight k = {config.noise_weight})")
 
 
 def mirrored_features(table: dict, rows: np.ndarray, config) -> np.ndarray:
