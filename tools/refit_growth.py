@@ -69,7 +69,8 @@ def main() -> None:
     print(f"{len(train_rows)} training states, {len(held_rows)} held out; the checkpoint's "
           f"{len(ensemble.members)} density members kept", flush=True)
     if config.noise_oof:
-        et.fit_label_noise(ensemble, table, train_rows, config, log=lambda m: print(m, flush=True))
+        et.fit_label_noise(ensemble, table, config, et.training_residuals(table, train_rows, config), len(train_rows),
+                           log=lambda m: print(m, flush=True))
     growth_table = et.load_growth_table(config, table, train_rows)
     et.fit_growth_and_student(ensemble, table, train_rows, config, log=lambda m: print(m, flush=True),
                               growth_table=growth_table)

@@ -129,3 +129,24 @@ def test_noise_config_errors(settings, message):
 
     with pytest.raises(ConfigError, match=message):
         EnsembleConfig(**settings).validate()
+
+
+def test_a_foreign_out_of_fold_file_is_refused_before_any_member_is_fitted(tmp_path, monkeypatch):
+    """A user's own table with the shipped config (noise.oof of the default model's pool): a clear
+    error at once, not after the members' training."""
+    from dodo.training import ensemble_train
+    from dodo.training.ensemble_train import EnsembleConfig, train_on
+
+    table = _pool_table()
+    config = EnsembleConfig(members=2, width=8, steps=20, error_per_spread=2.5, noise_oof=str(tmp_path / "oof.npz"),
+                            noise_weight=1.0, mirror=False)
+    _out_of_fold_file(tmp_path / "oof.npz", table, config, 3)
+    other = _pool_table()
+    other["delta_true"] = other["delta_true"] + 1e-3
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("a member was fitted")
+
+    monkeypatch.setattr(ensemble_train, "fit_ensemble", no_fit)
+    with pytest.raises(ValueError, match="holds no state of this table.*leave noise.oof empty"):
+        train_on(other, np.arange(60), config)

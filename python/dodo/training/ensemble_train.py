@@ -21,7 +21,7 @@ from .._atomic import atomic_path, check_input_file
 from .config import ConfigError, read_yaml_mapping
 from .dataset import nu_nubar_swapped, rest_frame_arrays
 from .safe_load import load_torch_file
-from .label_noise import fit_label_noise
+from .label_noise import fit_label_noise, training_residuals
 from .ensemble import (DensityResidualEnsemble, Member, fit_ensemble, fit_growth_member, fit_student, nu_e_change,
                        predict, state_error)
 
@@ -457,6 +457,7 @@ def train_on(table: dict, rows: np.ndarray, config: EnsembleConfig, members: int
         raise ValueError("distill.sampled_states draws states in the campaign families' mix (files named "
                          "emu_seedN.h5, merger_seedN.h5, three_flavour_seedN.h5), and no training file is one; "
                          "set distill.sampled_states: 0 for other data (docs/training.md)")
+    residuals = training_residuals(table, rows, config) if config.noise_oof else None
     X, r, g = _training_arrays(table, rows, config)
     torch.set_num_threads(config.threads)
     from .features import OOD_COLUMNS
@@ -468,8 +469,8 @@ def train_on(table: dict, rows: np.ndarray, config: EnsembleConfig, members: int
                             weight_decay=config.weight_decay, growth_weight=config.growth_weight,
                             batch_size=config.batch_size, epochs=config.epochs)
     ensemble.features = config.features
-    if config.noise_oof:
-        fit_label_noise(ensemble, table, rows, config, log=log)
+    if residuals is not None:
+        fit_label_noise(ensemble, table, config, residuals, len(rows), log=log)
     fit_growth_and_student(ensemble, table, rows, config, log=log, growth_table=growth_table)
     return ensemble
 

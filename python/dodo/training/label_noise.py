@@ -60,22 +60,33 @@ def _state_keys(delta_box: np.ndarray, delta_true: np.ndarray) -> list:
     return [row.tobytes() for row in pairs]
 
 
-def fit_label_noise(ensemble, table: dict, rows: np.ndarray, config, log=None) -> None:
-    """Fit ``ensemble``'s label-noise member on the out-of-fold residuals (config.noise_oof) of the
-    states among ``rows`` and set its gate weight config.noise_weight. In place."""
+def training_residuals(table: dict, rows: np.ndarray, config) -> tuple[np.ndarray, np.ndarray]:
+    """The out-of-fold residuals (config.noise_oof) of the states among ``rows``: (their rows, e).
+    Called before any member is fitted, so that a file of another table fails in a second, not
+    after the members' half hour."""
     oof_rows, residual = out_of_fold_rows(config.noise_oof, table, config)
     keep = np.isin(oof_rows, rows)
     if keep.sum() < 2:
-        raise ValueError(f"{config.noise_oof} holds no out-of-fold residual of the training states")
-    X = mirrored_features(table, oof_rows[keep], config)
-    target = np.tile(np.abs(residual[keep]), len(X) // int(keep.sum()))
+        raise ValueError(f"noise.oof {config.noise_oof} holds no out-of-fold residual of the training states: "
+                         "rerun tools/gate_study.py --save on this table and config, or leave noise.oof empty "
+                         "(no label-noise member)")
+    return oof_rows[keep], residual[keep]
+
+
+def fit_label_noise(ensemble, table: dict, config, residuals: tuple[np.ndarray, np.ndarray], total_rows: int,
+                    log=None) -> None:
+    """Fit ``ensemble``'s label-noise member on ``residuals`` (training_residuals: rows, e) and set
+    its gate weight config.noise_weight. In place."""
+    rows, residual = residuals
+    X = mirrored_features(table, rows, config)
+    target = np.tile(np.abs(residual), len(X) // len(rows))
     ensemble.noise_member = fit_noise_member(X, target, float(ensemble.r_scale), seed=config.seed + 3000,
                                              width=config.noise_width, depth=config.noise_depth, lr=config.lr,
                                              weight_decay=config.weight_decay, batch_size=config.noise_batch_size,
                                              epochs=config.noise_epochs)
     ensemble.label_noise_weight.fill_(float(config.noise_weight))
     if log:
-        log(f"label-noise member fitted on the out-of-fold residuals of {int(keep.sum())} of the {len(rows)} "
+        log(f"label-noise member fitted on the out-of-fold residuals of {len(rows)} of the {total_rows} "
             f"training states (gate weight k = {config.noise_weight})")
 
 
