@@ -150,3 +150,20 @@ def test_a_foreign_out_of_fold_file_is_refused_before_any_member_is_fitted(tmp_p
     monkeypatch.setattr(ensemble_train, "fit_ensemble", no_fit)
     with pytest.raises(ValueError, match="holds no state of this table.*leave noise.oof empty"):
         train_on(other, np.arange(60), config)
+
+
+@pytest.mark.parametrize("write, message", [
+    (lambda p: np.save(p, np.zeros(3)), "one array, not an .npz"),
+    (lambda p: p.write_text("not numpy"), "is not a gate study's out-of-fold file"),
+    (lambda p: np.savez(p, r=np.zeros(2)), "no delta_box, delta_true, sigma, d2, emu"),
+    (lambda p: p.mkdir(), "is a directory"),
+])
+def test_a_file_that_is_no_out_of_fold_file_is_a_clear_error(tmp_path, write, message):
+    from dodo.training.ensemble_train import EnsembleConfig
+    from dodo.training.label_noise import out_of_fold_rows
+
+    path = tmp_path / "oof"
+    write(path)
+    path = next(p for p in (path, tmp_path / "oof.npy", tmp_path / "oof.npz") if p.exists())  # NumPy adds its suffix
+    with pytest.raises(ValueError, match=message):
+        out_of_fold_rows(str(path), _pool_table(), EnsembleConfig())

@@ -9,6 +9,7 @@ r^2 / (r^2 + (c spread)^2 + (k a)^2) (ensemble.py's module docstring): k = 0 is 
 """
 from __future__ import annotations
 
+import zipfile
 from collections import Counter
 
 import numpy as np
@@ -28,12 +29,7 @@ def out_of_fold_rows(path: str, table: dict, config) -> tuple[np.ndarray, np.nda
     (another table) is refused rather than paired with wrong states."""
     from .ensemble_train import pool_folds
 
-    with np.load(path) as saved:
-        missing = [key for key in OUT_OF_FOLD_KEYS if key not in saved.files]
-        if missing:
-            raise ValueError(f"{path} is not a gate study's out-of-fold file (tools/gate_study.py --save): "
-                             f"no {', '.join(missing)}")
-        delta_box, delta_true, r_mean = (np.asarray(saved[key], dtype=np.float64) for key in ("delta_box", "delta_true", "r"))
+    delta_box, delta_true, r_mean = _read_out_of_fold(path)
     residual = delta_true - delta_box - r_mean
     order, _ = pool_folds(table, config, 2)
     if len(order) == len(delta_true):
@@ -53,6 +49,28 @@ def out_of_fold_rows(path: str, table: dict, config) -> tuple[np.ndarray, np.nda
                          "on this table and config, or leave noise.oof empty (no label-noise member)")
     keep = found >= 0
     return found[keep], residual[keep]
+
+
+def _read_out_of_fold(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """delta_box, delta_true and r of a gate study's .npz; a ValueError naming the file for anything else."""
+    from .._atomic import check_input_file
+
+    check_input_file(path, "a gate study's out-of-fold file (tools/gate_study.py --save)")  # a FIFO would block
+    wrong = f"noise.oof: {path} is not a gate study's out-of-fold file (tools/gate_study.py --save)"
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            arrays = {key: np.asarray(saved[key]) for key in OUT_OF_FOLD_KEYS if key in saved.files}
+    except (AttributeError, TypeError):  # a .npy file: one array, no .files, no context manager
+        raise ValueError(f"{wrong}: one array, not an .npz of {', '.join(OUT_OF_FOLD_KEYS)}") from None
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:  # not NumPy's at all
+        raise ValueError(f"{wrong} ({' '.join(str(error).split())[:200]})") from None
+    missing = [key for key in OUT_OF_FOLD_KEYS if key not in arrays]
+    if missing:
+        raise ValueError(f"{wrong}: no {', '.join(missing)}")
+    arrays = [arrays[key].astype(np.float64) for key in ("delta_box", "delta_true", "r")]
+    if len({a.shape for a in arrays}) != 1 or arrays[0].ndim != 1:
+        raise ValueError(f"{wrong}: its arrays are not of one length")
+    return tuple(arrays)
 
 
 def _state_keys(delta_box: np.ndarray, delta_true: np.ndarray) -> list:
