@@ -209,7 +209,7 @@ inline __attribute__((always_inline)) void silu_in_place(float* values, int coun
 // silu_in_place for `rows` rows (os floats apart) with AVX-512's own instructions where the generic
 // form spends most: vrndscaleps for k = round(x log2 e), vscalefps for 2^k e^r (0 and +inf beyond
 // the float range, so no clamps and no exponent bits), vrcp14ps and one Newton step for
-// 1 / (1 + e^-z) (14 bits to 28). 20 instructions a vector against the generic 31 (perf: SiLU was
+// 1 / (1 + e^-z) (14 bits to 28). 19 instructions a vector against the generic 31 (perf: SiLU was
 // a quarter of the network's time). Same results to float rounding; z <= -80 and NaN give 0, as
 // the generic form does. A function of its own, not inlined: code of the default target (the
 // layer templates) may call AVX-512 code but not inline it.
@@ -219,7 +219,7 @@ inline __attribute__((always_inline)) void silu_in_place(float* values, int coun
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma,bmi2"), noinline))
 void silu_rows_avx512(float* values, int os, int rows, int count) {
-  const __m512 log2e = _mm512_set1_ps(1.44269504088896341f);
+  const __m512 minus_log2e = _mm512_set1_ps(-1.44269504088896341f);
   const __m512 ln2_high = _mm512_set1_ps(0.693145751953125f);  // exact products with k below 128
   const __m512 ln2_low = _mm512_set1_ps(1.42860682030941723212e-6f);
   const __m512 cap = _mm512_set1_ps(80.0f), floor = _mm512_set1_ps(-80.0f);
@@ -229,11 +229,15 @@ void silu_rows_avx512(float* values, int os, int rows, int count) {
     float* row = values + static_cast<std::ptrdiff_t>(r) * os;
     for (int i = 0; i < count; i += 16) {
       const __m512 z = _mm512_loadu_ps(row + i);
-      const __m512 x = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_min_ps(z, cap));  // -z, at least -80
-      const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      const __m512 reduced = _mm512_fnmadd_ps(k, ln2_low, _mm512_fnmadd_ps(k, ln2_high, x));  // |r| <= ln2/2
+      // e^x for x = -min(z, 80) = 2^k e^r, computed from y = min(z, 80) = -x without negating it:
+      // k = round(y (-log2 e)), and r = -s with s = (y + k ln2_high) + k ln2_low, each step the
+      // negation of x's (a negation is exact and rounding to nearest is symmetric: the same
+      // bits), and the polynomial's p r + c as c - p s (fnmadd: the same single rounding).
+      const __m512 y = _mm512_min_ps(z, cap);
+      const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(y, minus_log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m512 s = _mm512_fmadd_ps(k, ln2_low, _mm512_fmadd_ps(k, ln2_high, y));  // -r, |r| <= ln2/2
       __m512 p = _mm512_set1_ps(taylor[0]);
-      for (int t = 1; t < 8; ++t) p = _mm512_fmadd_ps(p, reduced, _mm512_set1_ps(taylor[t]));
+      for (int t = 1; t < 8; ++t) p = _mm512_fnmadd_ps(p, s, _mm512_set1_ps(taylor[t]));
       const __m512 d = _mm512_add_ps(one, _mm512_scalef_ps(p, k));  // 1 + e^-z
       __m512 inverse = _mm512_rcp14_ps(d);
       inverse = _mm512_mul_ps(inverse, _mm512_fnmadd_ps(d, inverse, two));
@@ -451,6 +455,62 @@ inline __attribute__((always_inline)) void distance_squared(const double* form, 
   }
 }
 
+#if defined(__GNUC__) && !defined(__clang__)  // __builtin_shuffle (clang, the fuzzers' compiler, names it otherwise)
+#define DODO_TRANSPOSED_COLUMNS 1
+// v[j][l] <- v[l][j] for N vectors of N lanes (N = 2, 4, 8): at each scale s, the upper s lanes of
+// each block of v[j] trade places with the lower s lanes of v[j + s] (j without bit s), so an
+// element's row and lane end swapped. Only moves: the values are unchanged.
+template <typename V, int N>
+inline __attribute__((always_inline)) void transpose_square(V* v) {
+  typedef typename VectorOf<long long, static_cast<int>(sizeof(V))>::type Index;
+  static_assert(sizeof(V) / N == 8, "doubles");
+  const auto butterfly = [&](int s, const Index& low, const Index& high) __attribute__((always_inline)) {
+    for (int j = 0; j < N; ++j) {
+      if (j & s) continue;
+      const V a = v[j], b = v[j + s];
+      v[j] = __builtin_shuffle(a, b, low);
+      v[j + s] = __builtin_shuffle(a, b, high);
+    }
+  };
+  if constexpr (N == 2) {
+    butterfly(1, Index{0, 2}, Index{1, 3});
+  } else if constexpr (N == 4) {
+    butterfly(1, Index{0, 4, 2, 6}, Index{1, 5, 3, 7});
+    butterfly(2, Index{0, 1, 4, 5}, Index{2, 3, 6, 7});
+  } else {
+    static_assert(N == 8, "2, 4 or 8 lanes");
+    butterfly(1, Index{0, 8, 2, 10, 4, 12, 6, 14}, Index{1, 9, 3, 11, 5, 13, 7, 15});
+    butterfly(2, Index{0, 1, 8, 9, 4, 5, 12, 13}, Index{2, 3, 10, 11, 6, 7, 14, 15});
+    butterfly(4, Index{0, 1, 2, 3, 8, 9, 10, 11}, Index{4, 5, 6, 7, 12, 13, 14, 15});
+  }
+}
+#else
+#define DODO_TRANSPOSED_COLUMNS 0
+#endif
+
+// distance_squared for a number of columns known at compile time, fully unrolled: the same
+// operations in the same order (so the same bits), without the short inner loops' counters,
+// branches and remainders, which cost more instructions than the multiply-adds themselves at the
+// default model's 34 columns (callgrind, AVX2: ~2,600 instructions a block of four rows, 595 of
+// them multiply-adds). Row i of the form, then the rows after it.
+template <typename DV, int kColumns, int i = 0>
+inline __attribute__((always_inline)) void distance_rows(const double* form, const DV* centred, DV& d2) {
+  if constexpr (i < kColumns) {
+    DV inner[4] = {form[0] * centred[i], DV{}, DV{}, DV{}};
+    constexpr int kQuads = (kColumns - (i + 1)) / 4;  // whole groups of four after the diagonal
+#pragma GCC unroll 16
+    for (int quad = 0; quad < kQuads; ++quad) {
+      const int j = i + 1 + 4 * quad;
+#pragma GCC unroll 4
+      for (int c = 0; c < 4; ++c) inner[c] += form[j + c - i] * centred[j + c];
+    }
+#pragma GCC unroll 4
+    for (int j = i + 1 + 4 * kQuads; j < kColumns; ++j) inner[0] += form[j - i] * centred[j];
+    d2 += centred[i] * ((inner[0] + inner[1]) + (inner[2] + inner[3]));
+    distance_rows<DV, kColumns, i + 1>(form + (kColumns - i), centred, d2);
+  }
+}
+
 template <int Bytes>
 inline __attribute__((always_inline)) void evaluate_rows(const NativeNetwork& net, const float* input, std::size_t n,
                                                          float* head, float* uncertainty, float* log_growth_ratio) {
@@ -459,6 +519,9 @@ inline __attribute__((always_inline)) void evaluate_rows(const NativeNetwork& ne
   constexpr int D = VectorOf<double, Bytes>::kLanes;  // rows per block: one per lane of the distance
   static_assert(D % R == 0, "a block is whole passes of the layers");
   constexpr int W = NativeNetwork::kMaxWidth;
+  typedef typename VectorOf<float, Bytes / 2>::type RowFloats;  // D floats: half the doubles' bytes
+  typedef typename VectorOf<std::uint32_t, Bytes / 2>::type RowBits;
+  static_assert(VectorOf<float, Bytes / 2>::kLanes == D, "one row per lane");
   alignas(64) float a[D][W], b[D][W];
   alignas(64) DoubleVector centred[NativeNetwork::kMaxDistanceColumns];
   double d2_lanes[D];
@@ -475,15 +538,38 @@ inline __attribute__((always_inline)) void evaluate_rows(const NativeNetwork& ne
         a[r][k] = (rows[r][k] - net.input_mean_[k]) * net.input_inverse_std_[k];
     }
     // The distance's columns, a vector over the block's rows each, assembled in registers (lane
-    // by lane stores read back as a vector stalled on store forwarding).
-    for (int i = 0; i < columns; ++i) {
+    // by lane stores read back as a vector stalled on store forwarding). D columns at a time: each
+    // row's D floats widened to doubles (exact) and the D x D block transposed by shuffles, instead
+    // of a scalar load, conversion and lane insert per value (perf: most of the distance's time
+    // besides its multiply-adds); the last columns one at a time. The same values either way.
+    int i = 0;
+#if DODO_TRANSPOSED_COLUMNS
+    for (; i + D <= columns; i += D) {
+      DoubleVector block[D];
+#pragma GCC unroll 8
+      for (int r = 0; r < D; ++r) {
+        RowFloats values;
+        std::memcpy(&values, rows[r] + i, sizeof values);
+        block[r] = __builtin_convertvector(values, DoubleVector);
+      }
+      transpose_square<DoubleVector, D>(block);
+#pragma GCC unroll 8
+      for (int c = 0; c < D; ++c) centred[i + c] = block[c] - net.feature_mean_double_[i + c];
+    }
+#endif
+    for (; i < columns; ++i) {
       DoubleVector column;
 #pragma GCC unroll 8
       for (int r = 0; r < D; ++r) column[r] = static_cast<double>(rows[r][i]);
       centred[i] = column - net.feature_mean_double_[i];
     }
     DoubleVector d2_block;
-    distance_squared(net.distance_form_.data(), columns, centred, d2_block);
+    if (columns == 34) {  // the default model's distance (its 34 invariant and Box3D columns)
+      d2_block = DoubleVector{};
+      distance_rows<DoubleVector, 34>(net.distance_form_.data(), centred, d2_block);
+    } else {
+      distance_squared(net.distance_form_.data(), columns, centred, d2_block);
+    }
     std::memcpy(d2_lanes, &d2_block, sizeof d2_lanes);
     for (int pass = 0; pass < D; pass += R) {
       float(*in)[W] = a + pass;
@@ -501,9 +587,6 @@ inline __attribute__((always_inline)) void evaluate_rows(const NativeNetwork& ne
     }
     // The outputs and gates of the block's rows, one row per lane (the graph's operations in its
     // order; std::max(x, 0) as x < 0 ? 0 : x, which keeps a NaN).
-    typedef typename VectorOf<float, Bytes / 2>::type RowFloats;  // D floats: half the doubles' bytes
-    typedef typename VectorOf<std::uint32_t, Bytes / 2>::type RowBits;
-    static_assert(VectorOf<float, Bytes / 2>::kLanes == D, "one row per lane");
     const RowFloats zero = RowFloats{};
     RowFloats value, log_spread, d2;
     for (int r = 0; r < D; ++r) {
