@@ -289,6 +289,20 @@ def test_closure_chunk_size_and_empty_results_refuse_bad_sizes():
     assert dodo.Box3DResult.empty(np.int64(2)).status.shape == (2,)
 
 
+def test_workspaces_beyond_the_machines_memory_are_refused_before_any_is_made():
+    """threads x chunk_size at their limits (1,024 x 2^20 cells: ~3 TiB of workspaces) was touched
+    page by page at construction, so the kernel's out-of-memory killer ended the process; now a
+    MemoryError says so at once, for a model and for Box3D alone."""
+    import dodo
+
+    if not dodo.runtime_available():
+        pytest.skip("no runtime")
+    for model in (None, "box3d"):
+        with pytest.raises(MemoryError, match=r"1024 thread\(s\) x chunk_size 1048576 need .* GiB of workspaces, "
+                                              r"more than this machine's .* lower chunk_size or threads"):
+            dodo.Closure(model, threads=1024, chunk_size=2**20)
+
+
 # -- dodo.closure's cache loads what the path names now (outside probe, 2026-12-01) -------------
 
 def test_closure_cache_follows_the_file_a_path_names_now(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <new>
 #include <tuple>
 
 #include <unistd.h>
@@ -376,6 +377,33 @@ std::uint32_t learned_change(Head head, const float* head_output, const RestFram
   return theta < 1.0 ? kCell_CORRECTION_LIMITED : 0u;
 }
 
+// Bytes of one thread's workspace for chunk_size cells (Workspace and its network buffers).
+std::size_t workspace_bytes(std::size_t chunk_size, const OnnxModel* model) {
+  std::size_t per_cell = sizeof(double) * (kCellValues + 4) + sizeof(RestFrameCell) + sizeof(std::uint32_t) +
+                         sizeof(CellImages);
+  if (model)
+    per_cell += kFlavourImages * sizeof(float) *
+                static_cast<std::size_t>(model->input_size() + model->output_size() + 2);
+  return chunk_size * per_cell;
+}
+
+// The workspaces are made (and touched) at construction: threads x chunk_size cells beyond the
+// machine's memory would end in the kernel's out-of-memory killer, not in an error, so they are
+// refused first. The estimate leaves out ONNX Runtime's arena, so it errs toward allowing.
+void refuse_workspaces_beyond_memory(std::size_t chunk_size, int threads, const OnnxModel* model) {
+  const long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGE_SIZE);
+  if (pages <= 0 || page_size <= 0) return;  // unknown: the allocation's own bad_alloc remains
+  const double memory = static_cast<double>(pages) * static_cast<double>(page_size);
+  const double needed = static_cast<double>(workspace_bytes(chunk_size, model)) * std::max(threads, 1);
+  if (needed <= memory) return;
+  char text[256];
+  std::snprintf(text, sizeof text,
+                "%d thread(s) x chunk_size %zu need %.1f GiB of workspaces, more than this machine's %.1f GiB of "
+                "memory: lower chunk_size or threads",
+                std::max(threads, 1), chunk_size, needed / (1 << 30), memory / (1 << 30));
+  throw Error(DODO_ERROR_OUT_OF_MEMORY, text);
+}
+
 }  // namespace
 
 Closure::Closure(const std::string& model_path, const ClosureOptions& options)
@@ -434,11 +462,18 @@ void Closure::initialise(const std::string_view* bytes, const std::string& sourc
     box3d_ = make_box3d(description_.box3d);
   }
   // Warm-up: one workspace per thread, and one network call each so ORT sizes its arena now.
+  refuse_workspaces_beyond_memory(static_cast<std::size_t>(chunk_size_), pool_.threads(), model_.get());
   WorkspacePool& workspaces = workspaces_.for_this_process();
-  for (int slot = 0; slot < pool_.threads(); ++slot) {
-    workspaces.all.push_back(std::make_unique<Workspace>(static_cast<std::size_t>(chunk_size_), model_.get()));
-    workspaces.free.push_back(workspaces.all.back().get());
-    if (model_) model_->run(*workspaces.all.back()->network, workspaces.all.back()->network->capacity());
+  try {
+    for (int slot = 0; slot < pool_.threads(); ++slot) {
+      workspaces.all.push_back(std::make_unique<Workspace>(static_cast<std::size_t>(chunk_size_), model_.get()));
+      workspaces.free.push_back(workspaces.all.back().get());
+      if (model_) model_->run(*workspaces.all.back()->network, workspaces.all.back()->network->capacity());
+    }
+  } catch (const std::bad_alloc&) {
+    throw Error(DODO_ERROR_OUT_OF_MEMORY, "out of memory making the closure's " + std::to_string(pool_.threads()) +
+                                              " workspaces of " + std::to_string(chunk_size_) +
+                                              " cells: lower chunk_size or threads");
   }
   // A package without test vectors gets here only with the development opt-out.
   if (options.run_self_test && model_ && description_.test_vectors.cells > 0) {
