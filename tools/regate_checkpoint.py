@@ -39,6 +39,11 @@ def main() -> None:
     except UntrustedCheckpointError as exc:
         parser.error(str(exc))
     ensemble = et.load_ensemble(checkpoint)
+    if ensemble.noise_member is not None and ensemble.student is not None:
+        # The student learnt sqrt(spread^2 + (k a / c)^2) at the checkpoint's c: another c here
+        # would change k with it. tools/refit_growth.py distils a student for the config's c and k.
+        parser.error(f"{args.checkpoint} has a label-noise member, whose term the student learnt at its own c: "
+                     "set ensemble.error_per_spread (and noise.weight) in the config and run tools/refit_growth.py")
     ensemble.error_per_spread.fill_(args.factor)
     table = et.load_table(args.table)
     if table["sha256"] != checkpoint["data"]["sha256"]:
