@@ -169,3 +169,24 @@ def test_fused_flag_refuses_a_checkpoint_that_is_not_an_ensemble(tmp_path, capsy
     torch.save({"kind": "something else"}, checkpoint)
     assert cli.main(["export", str(checkpoint), "-o", str(tmp_path / "x.onnx"), "--fused"]) == 2
     assert "--fused applies to density-residual-ensemble checkpoints" in capsys.readouterr().err
+
+
+def test_fused_flag_refuses_an_ensemble_with_members_it_would_leave_out(tmp_path, capsys):
+    """FusedEnsemble stacks the density members only: a label-noise member (or growth members) would
+    be dropped from the package's outputs, so --fused refuses such a checkpoint."""
+    from dodo import cli
+    from dodo.training.ensemble import fit_noise_member
+    from dodo.training.ensemble_train import EnsembleConfig, save_checkpoint
+
+    ensemble, mean = _random_ensemble(members=2, width=8, depth=2)
+    ensemble.error_per_spread.fill_(2.5)
+    X = _inputs(mean, n=64).numpy()
+    ensemble.noise_member = fit_noise_member(X, np.full(len(X), 0.01), 1.0, seed=0, width=8, batch_size=16, epochs=1)
+    ensemble.label_noise_weight.fill_(1.0)
+    table = {"box3d": {"scheme": "pairwise", "form": "delta", "lebedev_order": 17, "z_method": "exact",
+                       "max_flux_factor": 0.98}, "sha256": "0" * 64, "kind": "qke"}
+    checkpoint = tmp_path / "ensemble.pt"
+    save_checkpoint(ensemble, EnsembleConfig(width=8, members=2, noise_width=8), table, np.arange(10), {}, str(checkpoint))
+    assert cli.main(["export", str(checkpoint), "-o", str(tmp_path / "x.onnx"), "--fused"]) == 2
+    assert "--fused stacks the density members only" in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()

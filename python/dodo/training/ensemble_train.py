@@ -953,6 +953,11 @@ def export_ensemble(checkpoint_path: str, output: str, n_test_vectors: int = 6, 
     ensemble = load_ensemble(checkpoint)
     if fused and ensemble.student is not None:
         raise ValueError("--fused: this checkpoint is distilled into one network; there are no members to fuse")
+    if fused and (len(ensemble.growth_members) or ensemble.noise_member is not None):
+        # FusedEnsemble stacks the density members alone: growth members and the label-noise
+        # member would be left out of its outputs.
+        raise ValueError("--fused stacks the density members only, and this checkpoint also has growth members or a "
+                         "label-noise member: export it without --fused")
     box3d_settings = checkpoint["data"]["box3d"]
     model = onnx.load_from_string(_ensemble_onnx_bytes(ensemble, fused=fused))
     model.ir_version = min(model.ir_version, IR_VERSION)
