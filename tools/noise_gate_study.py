@@ -26,7 +26,7 @@ import torch
 
 from dodo.training import ensemble_train as et
 from dodo.training.ensemble import fit_noise_member, spread_gate, state_error
-from dodo.training.label_noise import mirrored_features, out_of_fold_rows
+from dodo.training.label_noise import out_of_fold_rows
 
 
 def nested_noise_scale(table: dict, rows: np.ndarray, residual: np.ndarray, config, r_scale: float,
@@ -40,7 +40,7 @@ def nested_noise_scale(table: dict, rows: np.ndarray, residual: np.ndarray, conf
     scale = np.empty(len(rows))
     for k in range(groups):
         train, test = np.flatnonzero(group != k), np.flatnonzero(group == k)
-        X = mirrored_features(table, rows[train], config)
+        X = et._training_arrays(table, rows[train], config)[0]  # mirrored as the members see them
         target = np.tile(np.abs(residual[train]), len(X) // len(train))
         member = fit_noise_member(X, target, r_scale, seed=config.seed + 3000 + k, width=config.noise_width,
                                   depth=config.noise_depth, lr=config.lr, weight_decay=config.weight_decay,

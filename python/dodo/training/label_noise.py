@@ -31,10 +31,10 @@ def out_of_fold_rows(path: str, table: dict, config) -> tuple[np.ndarray, np.nda
 
     delta_box, delta_true, r_mean = _read_out_of_fold(path)
     residual = delta_true - delta_box - r_mean
-    order, _ = pool_folds(table, config, 2)
-    if len(order) == len(delta_true):
+    if len(pool_folds(table, config, 2)[0]) == len(delta_true):
         for folds in range(2, 11):  # the study's own table: its fold-by-fold order
-            rows = np.concatenate([order[np.arange(len(order)) % folds == k] for k in range(folds)])
+            order, fold_of = pool_folds(table, config, folds)
+            rows = np.concatenate([order[fold_of == k] for k in range(folds)])
             if np.array_equal(table["delta_box"][rows], delta_box) and np.array_equal(table["delta_true"][rows], delta_true):
                 return rows, residual
     table_keys, file_keys = _state_keys(table["delta_box"], table["delta_true"]), _state_keys(delta_box, delta_true)
@@ -95,8 +95,10 @@ def fit_label_noise(ensemble, table: dict, config, residuals: tuple[np.ndarray, 
                     log=None) -> None:
     """Fit ``ensemble``'s label-noise member on ``residuals`` (training_residuals: rows, e) and set
     its gate weight config.noise_weight. In place."""
+    from .ensemble_train import _training_arrays
+
     rows, residual = residuals
-    X = mirrored_features(table, rows, config)
+    X = _training_arrays(table, rows, config)[0]  # mirrored as the members see them
     target = np.tile(np.abs(residual), len(X) // len(rows))
     ensemble.noise_member = fit_noise_member(X, target, float(ensemble.r_scale), seed=config.seed + 3000,
                                              width=config.noise_width, depth=config.noise_depth, lr=config.lr,
@@ -106,13 +108,3 @@ def fit_label_noise(ensemble, table: dict, config, residuals: tuple[np.ndarray, 
     if log:
         log(f"label-noise member fitted on the out-of-fold residuals of {len(rows)} of the {total_rows} "
             f"training states (gate weight k = {config.noise_weight})")
-
-
-def mirrored_features(table: dict, rows: np.ndarray, config) -> np.ndarray:
-    """The rows' features, followed by their nu <-> nubar mirrors' when config.mirror (as the members see them)."""
-    from .ensemble_train import features_of
-
-    X = features_of(table, rows, config.features)
-    if config.mirror:
-        X = np.concatenate([X, features_of(table, rows, config.features, swapped=True)])
-    return X
