@@ -29,14 +29,12 @@ def file_kind(path: str | Path) -> str:
     """A short description of what the existing file at ``path`` holds, by its attributes."""
     import h5py
 
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(8)
-    except OSError:
+    signature = _signature(path)
+    if signature is None:
         return "a file that cannot be read"
-    if head.startswith(b"PK\x03\x04"):  # torch.save's zip archive
+    if signature == "zip":
         return "a PyTorch checkpoint (dodo train / dodo train-ensemble)"
-    if head != b"\x89HDF\r\n\x1a\n":
+    if signature != "hdf5":
         return MODEL_PACKAGE if _is_model_package(path) else \
             "a file of another kind (neither HDF5, a checkpoint nor a model package)"
     try:
@@ -75,6 +73,18 @@ def refuse_replacing(path: str | Path | None, own_kind: str, command: str, overw
                      f"give {command} another output, or --overwrite to replace it")
 
 
+def _signature(path: str | Path) -> str | None:
+    """"hdf5", "zip" (torch.save's archive) or "other" by the file's first bytes; None if unreadable."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError:
+        return None
+    if head == b"\x89HDF\r\n\x1a\n":
+        return "hdf5"
+    return "zip" if head.startswith(b"PK\x03\x04") else "other"
+
+
 def _is_model_package(path: str | Path) -> bool:
     """An ONNX file carrying Dodo's package metadata (dodo.format_version), at most 256 MiB. Read
     with the onnx package where it is installed (it is wherever `dodo export` runs); without it,
@@ -99,13 +109,10 @@ def refuse_replacing_data(paths, command: str) -> None:
     for path in paths:
         if path is None or path == "-" or not os.path.isfile(path) or os.path.getsize(path) == 0:
             continue
-        try:
-            with open(path, "rb") as handle:
-                head = handle.read(8)
-        except OSError:
+        signature = _signature(path)
+        if signature is None:
             continue  # the writer reports an unreadable or unwritable output itself
-        data = head == b"\x89HDF\r\n\x1a\n" or head.startswith(b"PK\x03\x04") or \
-            (str(path).endswith(".onnx") and _is_model_package(path))
+        data = signature in ("hdf5", "zip") or (str(path).endswith(".onnx") and _is_model_package(path))
         if data:
             raise ValueError(f"{path} exists and is {file_kind(path)}: {command} does not write a report over it; "
                              "give another path")
