@@ -493,6 +493,10 @@ inline __attribute__((always_inline)) void transpose_square(V* v) {
 // branches and remainders, which cost more instructions than the multiply-adds themselves at the
 // default model's 34 columns (callgrind, AVX2: ~2,600 instructions a block of four rows, 595 of
 // them multiply-adds). Row i of the form, then the rows after it.
+// The distance column count distance_rows is compiled for: the default model's (its 27 invariant
+// and 7 Box3D columns, OOD_COLUMNS of dodo.training.features); other counts take distance_squared.
+constexpr int kUnrolledDistanceColumns = 34;
+
 template <typename DV, int kColumns, int i = 0>
 inline __attribute__((always_inline)) void distance_rows(const double* form, const DV* centred, DV& d2) {
   if constexpr (i < kColumns) {
@@ -564,9 +568,9 @@ inline __attribute__((always_inline)) void evaluate_rows(const NativeNetwork& ne
       centred[i] = column - net.feature_mean_double_[i];
     }
     DoubleVector d2_block;
-    if (columns == 34) {  // the default model's distance (its 34 invariant and Box3D columns)
+    if (columns == kUnrolledDistanceColumns) {
       d2_block = DoubleVector{};
-      distance_rows<DoubleVector, 34>(net.distance_form_.data(), centred, d2_block);
+      distance_rows<DoubleVector, kUnrolledDistanceColumns>(net.distance_form_.data(), centred, d2_block);
     } else {
       distance_squared(net.distance_form_.data(), columns, centred, d2_block);
     }
