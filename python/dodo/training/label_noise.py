@@ -22,8 +22,16 @@ OUT_OF_FOLD_KEYS = ("delta_box", "delta_true", "r", "sigma", "d2", "emu")
 
 def out_of_fold_rows(path: str, table: dict, config) -> tuple[np.ndarray, np.ndarray]:
     """(rows of ``table``, out-of-fold residual e) for the states of a gate study's file that the
-    table holds. The file lists its pool's rows fold by fold in pool_folds' order: on the table it
-    was made on, that order is found again (every state, exactly). On a table grown since, states
+    table holds (out_of_fold_match's rows, the unmatched left out)."""
+    found, residual = out_of_fold_match(path, table, config)
+    keep = found >= 0
+    return found[keep], residual[keep]
+
+
+def out_of_fold_match(path: str, table: dict, config) -> tuple[np.ndarray, np.ndarray]:
+    """(row of ``table`` or -1, out-of-fold residual e) for each state of a gate study's file. The
+    file lists its pool's rows fold by fold in pool_folds' order: on the table it was made on, that
+    order is found again (every state, exactly). On a table grown since, states
     are found by their Box3D and solver deltas (float64, the same numbers in both), leaving out the
     few whose pair is not unique (e.g. delta_box = 0); a file none of whose states are in the table
     (another table) is refused rather than paired with wrong states."""
@@ -47,8 +55,7 @@ def out_of_fold_rows(path: str, table: dict, config) -> tuple[np.ndarray, np.nda
     if not (found >= 0).any():
         raise ValueError(f"{path} holds no state of this table (their deltas differ): rerun tools/gate_study.py --save "
                          "on this table and config, or leave noise.oof empty (no label-noise member)")
-    keep = found >= 0
-    return found[keep], residual[keep]
+    return found, residual
 
 
 def _read_out_of_fold(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
