@@ -130,6 +130,35 @@ class _GuardedStdout:
         return getattr(self._stream, name)
 
 
+class _ForgivingStderr:
+    """sys.stderr during a command: a diagnostic that cannot be written (``2>/dev/full``, a closed
+    stderr) is dropped, as argparse drops its own, so that the command's exit status (2 for a
+    refused input) is not replaced by an OSError's 1 from the line that reports it."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def _call(self, method: str, *args):
+        if self._stream is None:
+            return None
+        try:
+            return getattr(self._stream, method)(*args)
+        except (OSError, ValueError):  # ValueError: a stream closed under us
+            return None
+
+    def write(self, text):
+        return self._call("write", text)
+
+    def writelines(self, lines):
+        return self._call("writelines", lines)
+
+    def flush(self):
+        return self._call("flush")
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def _silence_stdout() -> None:
     """Point the process's standard output at /dev/null, so that the interpreter's final flush of
     text still buffered cannot fail again (an 'Exception ignored' message and exit status 120)."""
@@ -202,7 +231,8 @@ def _signal_ending(error: BaseException) -> tuple[int, str] | None:
 
 def main(argv: list[str] | None = None) -> int:
     original, guard = sys.stdout, _GuardedStdout(sys.stdout)
-    sys.stdout = guard
+    original_stderr, forgiving = sys.stderr, _ForgivingStderr(sys.stderr)
+    sys.stdout, sys.stderr = guard, forgiving
     command = None
     previous_handlers = _catch_terminating_signals()
     try:
@@ -249,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         _restore_signal_handlers(previous_handlers)
         if sys.stdout is guard:
             sys.stdout = original
+        if sys.stderr is forgiving:
+            sys.stderr = original_stderr
 
 
 def _name(command) -> str:

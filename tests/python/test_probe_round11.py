@@ -108,6 +108,18 @@ def test_a_full_standard_output_is_one_line_and_a_failure(argv):
     assert "cannot write to standard output" in lines[0] and "No space left on device" in lines[0]
 
 
+@pytest.mark.parametrize("redirect", ["2>/dev/full", "2>&-"])
+def test_a_refusal_keeps_its_status_when_its_message_cannot_be_written(redirect, tmp_path):
+    """`dodo score MISSING 2>/dev/full`: the refusal's line could not be written and the OSError it
+    raised turned the exit status 2 into 1; a diagnostic that cannot be written is dropped instead."""
+    if redirect == "2>/dev/full" and not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    missing = tmp_path / "missing.h5"
+    result = subprocess.run(["bash", "-c", f"'{sys.executable}' -m dodo score default '{missing}' {redirect}"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, (result.returncode, result.stdout)
+
+
 def test_a_closed_standard_output_is_an_error_not_silence():
     """`dodo info >&-`: Python sets sys.stdout to None and print() drops the text; exit 0."""
     result = subprocess.run(["bash", "-c", f"'{sys.executable}' -m dodo info >&-"], capture_output=True, text=True,
