@@ -15,7 +15,13 @@ double four_velocity_norm_error(const double* u);
 // one at W = 1e5, was refused by an absolute 1e-6). Inline: the vectorised checks use it too.
 inline double four_velocity_norm_tolerance(double u0) {
   const double W2 = u0 * u0;
-  return kVelocityNormTolerance * (W2 > 1.0 ? W2 : 1.0);
+  // u0 beyond ~1.3e154 overflows u0^2 to inf: the tolerance was inf, and the error |u.u + 1| (inf
+  // for any u with a finite spatial part) passed it, so u = (1e160, 0, 0, 0), whose u.u is -1e320,
+  // was taken for a unit vector (a degenerate boost, the cell flagged ZERO_DENSITY; round sixteen).
+  // A finite cap keeps every finite tolerance's bits and makes that inf error fail. No unit vector
+  // is lost: with u0^2 = inf, u.u = -1 needs |u_spatial|^2 = inf too, whose error is NaN already.
+  const double capped = W2 < 1.7976931348623157e308 ? W2 : 1.7976931348623157e308;
+  return kVelocityNormTolerance * (capped > 1.0 ? capped : 1.0);
 }
 // True when u is finite, future-directed (u^t > 0) and four_velocity_norm_error(u) <=
 // four_velocity_norm_tolerance(u): the one velocity check, shared by the C API and Python (issue 11.4).

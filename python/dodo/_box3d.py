@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -165,7 +166,8 @@ def _check_velocity(flat_u: np.ndarray, batch: tuple[int, ...]) -> None:
                             "contravariant u^mu = (W, W v), i.e. u^t = -u_t and u^i = u_i")
         else:
             u0 = float(flat_u[first, 0])
-            tolerance = VELOCITY_NORM_TOLERANCE * max(1.0, u0 * u0)  # u0 ** 2 raises on overflow; u0 * u0 is inf
+            # u0 ** 2 raises on overflow; u0 * u0 is inf, capped as the core caps it (frame.hpp).
+            tolerance = VELOCITY_NORM_TOLERANCE * max(1.0, min(u0 * u0, sys.float_info.max))
             problem = (f"|u.u + 1| = {norm_error[first]:.12g} exceeds the tolerance {VELOCITY_NORM_TOLERANCE} "
                        f"max(1, u^t^2) = {tolerance:.12g}")
         raise ValueError(

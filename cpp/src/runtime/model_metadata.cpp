@@ -1,10 +1,12 @@
 #include "model_metadata.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <stdexcept>
 #include <utility>
 
+#include "../box3d/lebedev.hpp"
 #include "errors.hpp"
 #include "json.hpp"
 
@@ -153,6 +155,17 @@ ModelDescription describe_model(const std::map<std::string, std::string>& metada
     if (!(order >= 1 && order <= 1e6 && order == std::floor(order)))
       refuse("model \"dodo.box3d\" lebedev_order is " + format_number(order) + "; expected a positive integer");
     model.box3d.lebedev_order = static_cast<int>(order);
+    // The model's own settings are checked here, as metadata: an order Box3D lacks (5) or a
+    // max_flux_factor outside (0, 1) (0, 1.5, NaN) in an edited package reached Box3D's constructor
+    // and came back as DODO_ERROR_INVALID_ARGUMENT / ValueError "Box3D settings: ...", blaming an
+    // argument the caller never gave and naming neither the file nor the key (round sixteen).
+    const std::vector<int> orders = available_lebedev_orders();
+    if (std::find(orders.begin(), orders.end(), model.box3d.lebedev_order) == orders.end()) {
+      std::string known;
+      for (int known_order : orders) known += (known.empty() ? "" : ", ") + std::to_string(known_order);
+      refuse("model \"dodo.box3d\" lebedev_order is " + std::to_string(model.box3d.lebedev_order) +
+             "; this runtime has the orders " + known);
+    }
     if (requested.lebedev_order && requested.lebedev_order != model.box3d.lebedev_order)
       refuse("model \"dodo.box3d\" lebedev_order is " + std::to_string(model.box3d.lebedev_order) +
              " but lebedev_order " + std::to_string(requested.lebedev_order) + " was requested");
@@ -164,6 +177,9 @@ ModelDescription describe_model(const std::map<std::string, std::string>& metada
       refuse("model \"dodo.box3d\" z_method is \"" + z_method + "\" but z_method \"" + requested.z_method +
              "\" was requested");
     model.box3d.max_flux_factor = box3d.at("max_flux_factor").number();
+    if (!(model.box3d.max_flux_factor > 0.0 && model.box3d.max_flux_factor < 1.0))  // NaN fails too
+      refuse("model \"dodo.box3d\" max_flux_factor is " + format_number(model.box3d.max_flux_factor) +
+             "; it must lie in (0, 1)");
     if (requested.max_flux_factor && std::fabs(requested.max_flux_factor - model.box3d.max_flux_factor) > 1e-12)
       refuse("model \"dodo.box3d\" max_flux_factor is " + format_number(model.box3d.max_flux_factor) +
              " but max_flux_factor " + format_number(requested.max_flux_factor) + " was requested");
