@@ -82,7 +82,7 @@ def test_default_model_growth_rate_on_the_held_out_states_emu_axis_rates():
         proxy.append(result.growth_rate_proxy / truth)
     model, proxy = np.concatenate(model), np.concatenate(proxy)
     assert len(model) == 130
-    assert np.mean(np.abs(model - 1) <= 0.1) >= 0.80  # measured 88.5% (84.6% before 2026-12-02 13:06 UTC)
+    assert np.mean(np.abs(model - 1) <= 0.1) >= 0.80  # measured 86.9% (88.5% for the 13:06 UTC model)
     assert np.mean(np.abs(model[:37] - 1) <= 0.1) >= 0.90  # the emu family (the first file): measured 97.3%
     assert np.mean(np.abs(proxy - 1) <= 0.1) < 0.4  # measured 27.7%
 
