@@ -59,8 +59,8 @@ def main() -> None:
     parser.add_argument("--inner-folds", type=int, default=5)
     parser.add_argument("--factors", type=float, nargs="+", default=[2.0, 2.5, 3.0, 3.5])
     parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.5, 0.75, 1.0, 1.25, 1.5])
-    parser.add_argument("--reference", type=float, default=3.5, help="the shipped gate's c (k = 0)")
-    parser.add_argument("--reference-weight", type=float, default=0.0, help="the shipped gate's k")
+    parser.add_argument("--reference", type=float, default=3.5, help="the reference gate's c (with k = --reference-weight)")
+    parser.add_argument("--reference-weight", type=float, default=0.0, help="the reference gate's k (default 0)")
     parser.add_argument("--mean-tolerance", type=float, default=1.0,
                         help="admit grid points whose means are at most this times the reference's")
     parser.add_argument("--min-cut", type=float, default=0.10,

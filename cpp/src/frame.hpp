@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 
 #include "conventions.hpp"
 
@@ -20,7 +21,8 @@ inline double four_velocity_norm_tolerance(double u0) {
   // was taken for a unit vector (a degenerate boost, the cell flagged ZERO_DENSITY; round sixteen).
   // A finite cap keeps every finite tolerance's bits and makes that inf error fail. No unit vector
   // is lost: with u0^2 = inf, u.u = -1 needs |u_spatial|^2 = inf too, whose error is NaN already.
-  const double capped = W2 < 1.7976931348623157e308 ? W2 : 1.7976931348623157e308;
+  constexpr double kLargest = std::numeric_limits<double>::max();
+  const double capped = W2 < kLargest ? W2 : kLargest;
   return kVelocityNormTolerance * (capped > 1.0 ? capped : 1.0);
 }
 // True when u is finite, future-directed (u^t > 0) and four_velocity_norm_error(u) <=

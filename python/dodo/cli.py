@@ -90,7 +90,24 @@ class StandardOutputError(Exception):
     their input and output files, must not report it as a problem of those files."""
 
 
-class _GuardedStdout:
+class _WrappedStream:
+    """A standard stream during a command: its writes and flushes go through _call, which each
+    wrapper below defines; everything else reaches the stream itself."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text):
+        return self._call("write", text)
+
+    def writelines(self, lines):
+        return self._call("writelines", lines)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+class _GuardedStdout(_WrappedStream):
     """sys.stdout during a command: a write or flush that fails (other than a reader that went
     away, BrokenPipeError, which ends the command quietly) raises StandardOutputError, so that
     main() ends with one line instead of an OSError traceback. A closed standard output (the shell's
@@ -98,7 +115,7 @@ class _GuardedStdout:
     first write in the same way."""
 
     def __init__(self, stream) -> None:
-        self._stream = stream
+        super().__init__(stream)
         self.failure: OSError | None = None
 
     def _call(self, method: str, *args):
@@ -115,28 +132,16 @@ class _GuardedStdout:
         self.failure = error
         raise StandardOutputError(error.strerror or str(error)) from error
 
-    def write(self, text):
-        return self._call("write", text)
-
-    def writelines(self, lines):
-        return self._call("writelines", lines)
-
     def flush(self):
         if self._stream is None:  # nothing was written, nothing to flush (flush() of print(flush=True) too)
             return None
         return self._call("flush")
 
-    def __getattr__(self, name):
-        return getattr(self._stream, name)
 
-
-class _ForgivingStderr:
+class _ForgivingStderr(_WrappedStream):
     """sys.stderr during a command: a diagnostic that cannot be written (``2>/dev/full``, a closed
     stderr) is dropped, as argparse drops its own, so that the command's exit status (2 for a
     refused input) is not replaced by an OSError's 1 from the line that reports it."""
-
-    def __init__(self, stream) -> None:
-        self._stream = stream
 
     def _call(self, method: str, *args):
         if self._stream is None:
@@ -146,17 +151,8 @@ class _ForgivingStderr:
         except (OSError, ValueError):  # ValueError: a stream closed under us
             return None
 
-    def write(self, text):
-        return self._call("write", text)
-
-    def writelines(self, lines):
-        return self._call("writelines", lines)
-
     def flush(self):
         return self._call("flush")
-
-    def __getattr__(self, name):
-        return getattr(self._stream, name)
 
 
 def _silence_stdout() -> None:
