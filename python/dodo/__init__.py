@@ -7,6 +7,10 @@ Conventions (species, components, metric, frames) are in :mod:`dodo.conventions`
 """
 from __future__ import annotations
 
+from . import _startup
+
+_startup.guard()  # Ctrl-C while the `dodo` command imports: one line, exit 130 (no traceback)
+
 try:
     from . import _core
 except ImportError as error:  # pragma: no cover - only on a broken install

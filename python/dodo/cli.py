@@ -12,6 +12,8 @@ import os
 import signal
 import sys
 
+from . import _startup
+
 # Modules that add subcommands through register(subparsers), if they are present.
 _SUBCOMMAND_MODULES = ("dodo.training.cli", "dodo.qke.cli", "dodo.runtime_cli", "dodo.score",
                        "dodo.training.ensemble_cli")
@@ -232,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     command = None
     previous_handlers = _catch_terminating_signals()
     try:
+        # The start-up handler of `dodo` and `python -m dodo` (dodo._startup) ends the process on a
+        # Ctrl-C during the imports; from here on Ctrl-C unwinds the command (temporaries removed).
+        _startup.release()
         try:
             parser = build_parser()
             args = parser.parse_args(argv)

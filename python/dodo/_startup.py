@@ -1,0 +1,70 @@
+"""Ctrl-C while the `dodo` command starts up.
+
+The console script (``dodo``) and ``python -m dodo`` import the package (numpy, the compiled core,
+the subcommands' modules) before :func:`dodo.cli.main` runs and installs its own handling, which
+turns Ctrl-C into one line and exit status 130. A Ctrl-C in that first fraction of a second (most
+likely on a loaded machine) printed a ``KeyboardInterrupt`` traceback from inside an import
+instead. When, and only when, the process is one of those two commands, :func:`guard` installs a
+SIGINT handler that prints the same line as main() and ends the process with 130 at once (nothing
+has been written yet: no file is at risk, and no half-imported module is left to run);
+:func:`release` (called by main) puts Python's own handler back, after which Ctrl-C unwinds the
+command as before. A program that imports dodo as a library is never touched.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+_COMMAND_MODULES = ("dodo", "dodo.cli")
+
+
+def _launched_as_command() -> bool:
+    """True for the `dodo` console script and for ``python -m dodo`` / ``python -m dodo.cli``."""
+    main = sys.modules.get("__main__")
+    script = getattr(main, "__file__", None)
+    if script and getattr(main, "__spec__", None) is None and \
+            os.path.basename(script).removesuffix(".exe") == "dodo":
+        try:  # the script pip writes for the entry point dodo.cli:main, not a user's program of that name
+            with open(script, "rb") as handle:
+                return b"from dodo.cli import main" in handle.read(4096)
+        except OSError:
+            return False
+    argv = getattr(sys, "orig_argv", None) or []
+    if sys.argv[:1] != ["-m"]:  # runpy sets argv[0] to "-m" while it imports the module's package
+        return False
+    for index, word in enumerate(argv[1:], start=1):
+        if word == "-m":
+            return index + 1 < len(argv) and argv[index + 1] in _COMMAND_MODULES
+        if word.startswith("-m"):
+            return word[2:] in _COMMAND_MODULES
+        if not word.startswith("-"):
+            return False
+    return False
+
+
+def _interrupted_while_starting(signum, frame) -> None:
+    try:
+        os.write(2, b"dodo: interrupted\n")
+    except OSError:  # stderr closed or full: the exit status still says it
+        pass
+    os._exit(128 + signum)
+
+
+def guard() -> None:
+    """Installs the start-up handler when this process is the `dodo` command and SIGINT is Python's
+    default (a shell that made the command ignore SIGINT keeps that)."""
+    try:
+        if _launched_as_command() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, _interrupted_while_starting)
+    except (ValueError, OSError, AttributeError):  # not the main thread, or no signals here
+        pass
+
+
+def release() -> None:
+    """Python's own SIGINT handler again (KeyboardInterrupt), if :func:`guard` installed its own."""
+    try:
+        if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    except (ValueError, OSError):
+        pass

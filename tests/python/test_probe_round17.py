@@ -1,0 +1,102 @@
+"""Outside probe, round seventeen (docs/reliability_python.md section 19): each test failed on the
+code before its fix."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+# --- Ctrl-C while the command imports its modules -----------------------------------------------
+
+# A sitecustomize that sends the process SIGINT when a chosen module is about to be imported: the
+# Ctrl-C arrives at a known point of the start-up, whatever the machine's speed.
+_SIGINT_AT_IMPORT = textwrap.dedent("""
+    import os, signal, sys
+
+    class _InterruptAt:
+        def find_spec(self, name, path=None, target=None):
+            if name == os.environ["PROBE_SIGINT_AT"]:
+                sys.meta_path.remove(self)
+                os.kill(os.getpid(), signal.SIGINT)
+            return None
+
+    if os.environ.get("PROBE_SIGINT_AT"):
+        sys.meta_path.insert(0, _InterruptAt())
+""")
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # as from a terminal, whatever ran the tests
+
+
+def _run_interrupted(tmp_path: Path, argv: list[str], module: str) -> subprocess.CompletedProcess:
+    hook = tmp_path / "hook"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(_SIGINT_AT_IMPORT)
+    env = dict(os.environ, PROBE_SIGINT_AT=module,
+               PYTHONPATH=os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])))
+    return subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+                          preexec_fn=_default_sigint)
+
+
+def _console_script() -> str:
+    script = Path(sys.executable).parent / "dodo"
+    if not script.is_file():
+        pytest.skip("no `dodo` console script beside this Python")
+    return str(script)
+
+
+# numpy and the compiled core: imported by dodo/__init__.py; dodo._closure by the package too;
+# argparse: by dodo.cli, still before main(); dodo.score: inside main() (handled before the fix).
+@pytest.mark.parametrize("module", ["numpy", "dodo._core", "dodo._closure", "argparse", "dodo.score"])
+@pytest.mark.parametrize("launcher", ["console script", "python -m dodo"])
+def test_ctrl_c_while_the_command_starts_is_one_line_and_exit_130(tmp_path, module, launcher):
+    """A Ctrl-C before main() ran (the imports of numpy, the core, the CLI) printed a KeyboardInterrupt
+    traceback from inside an import; now the same line as a Ctrl-C later, `dodo: interrupted`, exit 130."""
+    command = [_console_script()] if launcher == "console script" else [sys.executable, "-m", "dodo"]
+    finished = _run_interrupted(tmp_path, command + ["info"], module)
+    assert finished.returncode == 130, (finished.returncode, finished.stderr)
+    assert "Traceback" not in finished.stderr, finished.stderr
+    assert finished.stderr.strip().splitlines()[-1] in ("dodo: interrupted", "dodo info: interrupted"), finished.stderr
+    assert finished.stdout == ""
+
+
+def test_a_program_that_imports_dodo_still_gets_keyboard_interrupt(tmp_path):
+    """The start-up handling is the command's alone: a program importing dodo sees its own
+    KeyboardInterrupt, and after the import Python's SIGINT handler is in place."""
+    program = ("import signal\ntry:\n    import dodo\nexcept KeyboardInterrupt:\n    print('caught')\n"
+               "import dodo\nprint(signal.getsignal(signal.SIGINT) is signal.default_int_handler)\n")
+    finished = _run_interrupted(tmp_path, [sys.executable, "-c", program], "numpy")
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout.split() == ["caught", "True"]
+    # A script that happens to be called `dodo` is a program too.
+    script = tmp_path / "dodo"
+    script.write_text(program)
+    finished = _run_interrupted(tmp_path, [sys.executable, str(script)], "numpy")
+    assert finished.stdout.split() == ["caught", "True"], finished.stderr
+
+
+def test_after_start_up_ctrl_c_unwinds_the_command_as_before(tmp_path):
+    """main() puts Python's own handler back, so a later Ctrl-C is a KeyboardInterrupt that main()
+    turns into its line (removing the temporaries of files being written)."""
+    program = textwrap.dedent("""
+        import signal, sys
+        from dodo import cli
+        def record(args):
+            print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+            raise KeyboardInterrupt
+        cli._info = record
+        sys.exit(cli.main())
+    """)
+    script = tmp_path / "dodo"  # what pip writes for the entry point, with the command replaced
+    script.write_text("import sys\nfrom dodo.cli import main\n" + program)
+    finished = subprocess.run([sys.executable, str(script), "info"], capture_output=True, text=True, timeout=300,
+                              preexec_fn=_default_sigint)
+    assert finished.returncode == 130, finished.stderr
+    assert finished.stdout.split() == ["True"]
+    assert finished.stderr.strip() == "dodo info: interrupted"
