@@ -100,3 +100,42 @@ def test_after_start_up_ctrl_c_unwinds_the_command_as_before(tmp_path):
     assert finished.returncode == 130, finished.stderr
     assert finished.stdout.split() == ["True"]
     assert finished.stderr.strip() == "dodo info: interrupted"
+
+
+# --- a config file that is not valid YAML, or not text ----------------------------------------
+
+_NOT_YAML = {"unclosed bracket": "training:\n  epochs: [1\n", "tab indent": "training:\n\tepochs: 1\n",
+             "unclosed flow": "a: [\n"}
+
+
+@pytest.mark.parametrize("command", ["preprocess", "train", "train-ensemble"])
+@pytest.mark.parametrize("case", sorted(_NOT_YAML))
+def test_a_config_that_is_not_valid_yaml_is_one_line_with_its_line_and_column(tmp_path, capsys, command, case):
+    """PyYAML's error text (five lines: a "while parsing" context, the problem, `in "<unicode string>"`,
+    the source line and a caret) was printed as it is; now one line naming the file, the problem
+    and where it is."""
+    pytest.importorskip("yaml")
+    from cli_helpers import refused
+
+    config = tmp_path / "config.yaml"
+    config.write_text(_NOT_YAML[case])
+    line = refused(capsys, [command, "--config", str(config)], config, "not valid YAML", "at line ")
+    assert "<unicode string>" not in line
+
+
+@pytest.mark.parametrize("command", ["preprocess", "train", "train-ensemble", "simulate"])
+def test_a_binary_config_or_states_file_is_named_in_its_one_line(tmp_path, capsys, command):
+    """A config (or `dodo simulate --input` states file) that is not text gave "'utf-8' codec can't
+    decode byte 0xff in position 0: invalid start byte", naming no file."""
+    pytest.importorskip("yaml")
+    if command == "simulate":
+        pytest.importorskip("h5py")
+    from cli_helpers import refused
+
+    config = tmp_path / "config.yaml"
+    config.write_bytes(b"\xff\xfe\x00training: {}\n")
+    argv = ([command, str(tmp_path / "out.h5"), "--input", str(config), "-q"] if command == "simulate"
+            else [command, "--config", str(config)])
+    line = refused(capsys, argv, config, "not a text file")
+    assert "codec" not in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]

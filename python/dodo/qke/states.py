@@ -336,8 +336,11 @@ def read_states(path: str) -> dict:
         import yaml
 
         try:
-            with open(path) as stream:
-                document = yaml.safe_load(stream)
+            with open(path, "rb") as stream:
+                document = yaml.safe_load(stream.read().decode("utf-8"))
+        except UnicodeDecodeError as error:  # was "'utf-8' codec can't decode byte 0xff ...", naming no file
+            raise ValueError(f"{path}: not a text file (byte {error.start} is not UTF-8): give YAML states or an "
+                             "Emu-layout HDF5 file") from None
         except yaml.YAMLError as error:  # malformed, or a tag safe_load refuses (!!python/object)
             raise ValueError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
         if not isinstance(document, dict) or "states" not in document:

@@ -261,6 +261,17 @@ def _available_lebedev_orders() -> list:
     return list(_core.available_lebedev_orders())
 
 
+def yaml_problem(error: Exception) -> str:
+    """A YAML parser error on one line: what is wrong and where (line and column, from 1)."""
+    problem = getattr(error, "problem", None)
+    mark = getattr(error, "problem_mark", None)
+    if not problem:
+        return " ".join(str(error).split())
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    context = getattr(error, "context", None)
+    return " ".join(f"{problem}{where}{f' ({context})' if context else ''}".split())
+
+
 def read_yaml_mapping(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -273,9 +284,18 @@ def read_yaml_mapping(path: str | Path) -> dict:
         except InputPathError as error:
             raise ConfigError(str(error)) from None
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        # Bytes, decoded here: a binary file gave "'utf-8' codec can't decode byte 0xff in position 0",
+        # naming neither the file nor that it is not text.
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file (byte {exc.start} is not UTF-8): give a YAML config file") \
+            from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:  # PyYAML's text spans five lines, with the source line and a caret
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(exc)}") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
