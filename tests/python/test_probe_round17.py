@@ -139,3 +139,22 @@ def test_a_binary_config_or_states_file_is_named_in_its_one_line(tmp_path, capsy
     line = refused(capsys, argv, config, "not a text file")
     assert "codec" not in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
+
+
+# --- training.threads beyond any machine -------------------------------------------------------
+
+@pytest.mark.parametrize("threads", ["100000", "1025"])
+def test_train_refuses_a_thread_count_beyond_the_limit_instead_of_crashing(tmp_path, threads):
+    """`dodo train` with training.threads 100000 reached torch.set_num_threads(100000) and the process
+    ended in a segmentation fault (exit 139) after its error line; now refused like dodo's own
+    `threads` (at most 1024) before anything runs: exit 2, one line naming the key."""
+    pytest.importorskip("torch")
+    pytest.importorskip("yaml")
+    config = tmp_path / "model.yaml"
+    config.write_text("training:\n  epochs: 1\n")
+    finished = subprocess.run([sys.executable, "-m", "dodo", "train", "--config", str(config), "--set",
+                               f"training.threads={threads}"], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300)
+    lines = finished.stderr.strip().splitlines()
+    assert finished.returncode == 2 and len(lines) == 1, (finished.returncode, finished.stderr)
+    assert "training.threads must be an integer in [0, 1024]" in lines[0], lines[0]

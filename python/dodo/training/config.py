@@ -15,6 +15,8 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from ..conventions import MAX_THREADS
+
 
 #: Activations the model knows (dodo.training.model.ACTIVATIONS has the same keys).
 ACTIVATION_NAMES = ("relu", "silu", "gelu", "tanh", "elu")
@@ -190,9 +192,12 @@ class ExperimentConfig:
         if t.stop_after_epoch is not None and (isinstance(t.stop_after_epoch, bool)
                                                or not isinstance(t.stop_after_epoch, int) or t.stop_after_epoch < 1):
             raise ConfigError(f"training.stop_after_epoch must be a positive integer or null; got {t.stop_after_epoch!r}")
-        if t.threads is not None and (isinstance(t.threads, bool) or not isinstance(t.threads, int) or t.threads < 0):
-            raise ConfigError(f"training.threads must be an integer >= 0 (0 or null: torch's default) or null; "
-                              f"got {t.threads!r}")
+        # At most dodo's own limit: torch.set_num_threads(100000) was accepted and the process ended in
+        # a segmentation fault (exit 139) after its last line, whatever the run had written.
+        if t.threads is not None and (isinstance(t.threads, bool) or not isinstance(t.threads, int)
+                                      or not 0 <= t.threads <= MAX_THREADS):
+            raise ConfigError(f"training.threads must be an integer in [0, {MAX_THREADS}] (0 or null: torch's "
+                              f"default) or null; got {t.threads!r}")
         for name, value in dataclasses.asdict(self.loss).items():
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"loss.{name} must be a finite number >= 0; got {value!r}")
@@ -245,8 +250,8 @@ class PreprocessConfig:
         if config.box3d.lebedev_order not in _available_lebedev_orders():
             raise ConfigError(f"{path}: box3d.lebedev_order must be one of {_available_lebedev_orders()}; "
                               f"got {config.box3d.lebedev_order!r}")
-        if config.threads is not None and config.threads < 0:
-            raise ConfigError(f"{path}: threads must be >= 0 or null; got {config.threads!r}")
+        if config.threads is not None and (isinstance(config.threads, bool) or not 0 <= config.threads <= MAX_THREADS):
+            raise ConfigError(f"{path}: threads must be an integer in [0, {MAX_THREADS}] or null; got {config.threads!r}")
         filters = config.filters
         for name in ("conservation_tolerance", "max_flux_factor"):
             value = getattr(filters, name)
