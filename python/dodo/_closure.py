@@ -18,7 +18,7 @@ from typing import NamedTuple, Optional, Union
 import numpy as np
 
 from . import _core
-from ._box3d import _empty_result, _flat_outputs, _integral, _prepare, _real, _text, _threads
+from ._box3d import _empty_result, _flat_outputs, _integral, _prepare, _real, _text, _threads, _usable_cpus
 from .conventions import N_COMPONENTS, N_SPECIES
 from .models import default_model_path
 
@@ -157,9 +157,12 @@ class Closure:
         model, Box3D alone (the same literal in C, C++, Fortran and Julia; a file of that name is
         ``"./box3d"``). An empty path is refused.
     threads: worker threads per call (None: all cores this process may run on, i.e. its CPU
-        affinity; 0 or 1: the calling thread only; at most 1024). If the system refuses to start
-        some (thread or address-space limits), the closure runs with those it could start
-        (``threads`` says how many); results do not depend on it.
+        affinity; 0 or 1: the calling thread only; at most 1024). Workers beyond the CPUs this
+        process may run on (but at least 64) are not started: each is made with its workspace at
+        creation and could only wait for a core (``threads=1024`` took seconds on a small machine).
+        If the system refuses to start some (thread or address-space limits), the closure runs
+        with those it could start. ``threads`` (property) says how many run; results do not
+        depend on it.
     chunk_size: cells per network call (fixed-size chunks; default 1024).
     lebedev_order, z_method, max_flux_factor: Box3D settings; None takes the model's, and a
         value that differs from the model's is refused (the model was trained against it).
@@ -231,7 +234,7 @@ class Closure:
                          "self_test": self_test, "onnxruntime_library": onnxruntime_library, "evaluator": evaluator}
         self._runtime = _core.Closure(
             model_bytes if model_bytes is not None else BOX3D_ONLY if model_path is None else model_path,
-            threads=_threads(threads), chunk_size=_chunk_size(chunk_size),
+            threads=min(_threads(threads), _most_workers()), chunk_size=_chunk_size(chunk_size),
             lebedev_order=0 if lebedev_order is None else _integral("lebedev_order", lebedev_order),
             z_method="" if z_method is None else _text("z_method", z_method, '"exact" or "jedynak"'),
             max_flux_factor=0.0 if max_flux_factor is None else _max_flux_factor(max_flux_factor),
@@ -354,6 +357,19 @@ def _unpickle_closure(source, options: dict, model_path: Optional[str], digest: 
     restored._model_path = source if isinstance(source, str) and model_path is not None and \
         not os.path.isabs(model_path) else model_path
     return restored
+
+
+#: Workers a :class:`Closure` starts at most, whatever the CPU count: more than the CPUs the process
+#: may run on are started up to this many (a few threads per core are harmless), no more.
+MIN_WORKER_CAP = 64
+
+
+def _most_workers() -> int:
+    """Most worker threads a :class:`Closure` starts: the CPUs this process may run on, at least
+    MIN_WORKER_CAP. Each worker gets its workspace (chunk_size cells, touched) when the closure is
+    made, so threads=1024 on a 2-core machine took ~5-17 s and ~1,000 idle threads to create, for no
+    speed: a CPU-bound call cannot use more workers than cores."""
+    return max(MIN_WORKER_CAP, _usable_cpus())
 
 
 #: Largest ``chunk_size`` of :class:`Closure` (the runtime's limit, cpp/src/runtime/closure.cpp).

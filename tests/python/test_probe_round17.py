@@ -158,3 +158,37 @@ def test_train_refuses_a_thread_count_beyond_the_limit_instead_of_crashing(tmp_p
     lines = finished.stderr.strip().splitlines()
     assert finished.returncode == 2 and len(lines) == 1, (finished.returncode, finished.stderr)
     assert "training.threads must be an integer in [0, 1024]" in lines[0], lines[0]
+
+
+# --- Closure(threads=1024) on a small machine ---------------------------------------------------
+
+@pytest.mark.parametrize("model", [None, "box3d"])
+def test_a_closure_starts_no_more_workers_than_the_cpus_allow(model):
+    """Closure(threads=1024) started 1024 workers, each with its workspace made and touched at
+    creation: ~5-17 s and ~1,000 idle threads on a 2-core machine, for no speed. Now at most the CPUs
+    this process may run on (at least 64) are started; `threads` says how many; results unchanged."""
+    import numpy as np
+
+    import dodo
+    import dodo._closure
+    from dodo._box3d import _usable_cpus
+
+    if not dodo.runtime_available():
+        pytest.skip("closure runtime not built")
+    cap = max(getattr(dodo._closure, "MIN_WORKER_CAP", 64), _usable_cpus())
+    closure = dodo.Closure(model, threads=1024)
+    assert 1 <= closure.threads <= cap, closure.threads
+    assert f"threads={closure.threads}" in repr(closure)
+    if cap >= 8:  # a count under the cap is started as asked
+        assert dodo.Closure(model, threads=8).threads == 8
+    rng = np.random.default_rng(17)
+    F = np.zeros((3000, 6, 4))
+    F[..., 0] = rng.uniform(0.1, 1.0, (3000, 6))
+    F[..., 3] = rng.uniform(-0.5, 0.5, (3000, 6)) * F[..., 0]
+    single = dodo.Closure(model, threads=1).apply(F)
+    many = closure.apply(F)
+    np.testing.assert_array_equal(many.F_pred, single.F_pred)
+    np.testing.assert_array_equal(many.status, single.status)
+    # The bound is on the workers started, not on what may be asked: above 1024 is still refused.
+    with pytest.raises(ValueError, match=r"threads must be an integer in \[0, 1024\]"):
+        dodo.Closure(model, threads=1025)
