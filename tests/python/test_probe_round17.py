@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 # --- Ctrl-C while the command imports its modules -----------------------------------------------
@@ -192,3 +193,64 @@ def test_a_closure_starts_no_more_workers_than_the_cpus_allow(model):
     # The bound is on the workers started, not on what may be asked: above 1024 is still refused.
     with pytest.raises(ValueError, match=r"threads must be an integer in \[0, 1024\]"):
         dodo.Closure(model, threads=1025)
+
+
+# --- dodo export reads the checkpoint once ------------------------------------------------------
+
+def test_export_loads_an_ensemble_checkpoint_once(tmp_path, capsys, monkeypatch):
+    """`dodo export` loaded an ensemble checkpoint twice, tensors and all: once to learn its kind,
+    once to export it (a file replaced between the two was taken for one kind and exported as the
+    other). The kind is now read from the checkpoint's pickle alone, which runs nothing in the file;
+    the one full load is the export's, and the package is the same."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    import dodo
+
+    if not dodo.runtime_available():
+        pytest.skip("closure runtime not built")
+    from cli_helpers import run
+    from test_score_and_ensemble import _tiny_ensemble
+
+    from dodo.training.ensemble_train import EnsembleConfig, save_checkpoint
+
+    ensemble, _ = _tiny_ensemble(steps=5)
+    table = {"box3d": {"scheme": "pairwise", "form": "delta", "lebedev_order": 17, "z_method": "exact",
+                       "max_flux_factor": 0.98}, "sha256": "0" * 64, "kind": "qke"}
+    checkpoint = tmp_path / "ensemble.pt"
+    save_checkpoint(ensemble, EnsembleConfig(width=16), table, np.arange(10), {}, str(checkpoint))
+    loads = []
+    original = torch.load
+
+    def counting_load(f, *args, **kwargs):
+        loads.append(str(f))
+        return original(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    output = tmp_path / "ensemble.onnx"
+    code, _, err = run(capsys, ["export", str(checkpoint), "-o", str(output), "--no-check"])
+    assert code == 0, err
+    assert loads.count(str(checkpoint)) == 1, loads
+    assert dodo.Closure(str(output)).has_model
+
+
+def test_the_checkpoint_kind_is_peeked_without_running_the_pickle(tmp_path):
+    """The peek resolves no global: a checkpoint whose pickle would call os.system is read inertly
+    (and the export's restricted load then refuses it, as before)."""
+    import pickle
+    import zipfile
+
+    from dodo.training.cli import _peek_checkpoint_kind
+
+    marker = tmp_path / "ran"
+
+    class Planted:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    archive = tmp_path / "crafted.pt"
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("crafted/data.pkl", pickle.dumps({"kind": "density_residual_ensemble", "x": Planted()}))
+    assert _peek_checkpoint_kind(archive) == (True, "density_residual_ensemble")
+    assert not marker.exists()
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    assert _peek_checkpoint_kind(tmp_path / "text.pt") == (False, None)

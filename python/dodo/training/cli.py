@@ -190,14 +190,70 @@ def _study(args) -> int:
     return 0
 
 
+class _Inert:
+    """Whatever a checkpoint's pickle names (a tensor's rebuild function, an OrderedDict): built and
+    filled without running anything, so that :func:`_peek_checkpoint_kind` can read plain entries."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def __call__(self, *args, **kwargs):
+        return _Inert()
+
+    def __setstate__(self, state) -> None:
+        pass
+
+    def __setitem__(self, key, value) -> None:
+        pass
+
+    def append(self, value) -> None:
+        pass
+
+    def extend(self, values) -> None:
+        pass
+
+
+def _peek_checkpoint_kind(path):
+    """The top-level ``kind`` entry of a torch checkpoint (a zip archive), read from its pickle alone:
+    no tensor's bytes are read and no global is resolved (every one becomes an inert object), so
+    nothing in the file runs. (False, None) when the file is not such an archive or the pickle cannot
+    be read this way: the caller then loads the file as before."""
+    import io
+    import pickle
+    import zipfile
+
+    class Peek(pickle.Unpickler):
+        def find_class(self, module, name):
+            return _Inert
+
+        def persistent_load(self, pid):
+            return None
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [name for name in archive.namelist() if name.endswith("/data.pkl") and name.count("/") == 1]
+            if len(pickles) != 1 or archive.getinfo(pickles[0]).file_size > 64 * 2**20:
+                return False, None
+            state = Peek(io.BytesIO(archive.read(pickles[0]))).load()
+    except Exception:  # not a zip archive, damaged, an old torch format: load it as before
+        return False, None
+    return True, state.get("kind") if isinstance(state, dict) else None
+
+
 def _is_ensemble_checkpoint(path, kind: str) -> bool:
-    """Whether ``path`` is a density-residual-ensemble checkpoint (anything else: export's own checks)."""
+    """Whether ``path`` is a density-residual-ensemble checkpoint (anything else: export's own checks).
+    Read from the checkpoint's pickle alone where it can be (export loads the file fully afterwards:
+    it was loaded twice, tensors and all, and a file replaced between the two loads was taken for
+    one kind and exported as the other); a full restricted load otherwise."""
     import os
 
     from .safe_load import UntrustedCheckpointError, load_torch_file
 
     if not os.path.isfile(path):
         return False
+    peeked, found = _peek_checkpoint_kind(path)
+    if peeked:
+        return found == kind
     try:
         state = load_torch_file(path)
     except UntrustedCheckpointError:
