@@ -6,6 +6,8 @@
 // keeps the workers it has.
 #pragma once
 
+#include <pthread.h>
+#include <signal.h>
 #include <sys/mman.h>
 
 #include <cstddef>
@@ -27,12 +29,39 @@ inline bool address_space_has_headroom() {
   return true;
 }
 
+// Blocks the asynchronous signals (SIGINT, SIGTERM, SIGUSR1, SIGCHLD, ...) in the calling thread
+// while it lives, so that threads started meanwhile (Dodo's workers, ONNX Runtime's own) inherit
+// the mask: a signal sent to the process then goes to one of the host's threads, never to a
+// library thread. Without it, a host that blocks SIGTERM and waits for it with sigwait or a
+// signalfd (after making its closure) was killed by the default action run on a Dodo worker
+// (outside probe, round seventeen). Faults (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS)
+// and SIGABRT stay deliverable to the thread that raises them.
+class AsyncSignalsBlocked {
+ public:
+  AsyncSignalsBlocked() {
+    sigset_t asynchronous;
+    sigfillset(&asynchronous);
+    for (int fault : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS, SIGABRT}) sigdelset(&asynchronous, fault);
+    blocked_ = ::pthread_sigmask(SIG_BLOCK, &asynchronous, &previous_) == 0;
+  }
+  ~AsyncSignalsBlocked() {
+    if (blocked_) ::pthread_sigmask(SIG_SETMASK, &previous_, nullptr);
+  }
+  AsyncSignalsBlocked(const AsyncSignalsBlocked&) = delete;
+  AsyncSignalsBlocked& operator=(const AsyncSignalsBlocked&) = delete;
+
+ private:
+  sigset_t previous_;
+  bool blocked_ = false;
+};
+
 // Appends a thread running `function` to `threads`; false (nothing started) when the system
 // cannot give it one. `threads` must have capacity for it (no reallocation can throw).
 template <typename Function>
 bool try_start_thread(std::vector<std::thread>& threads, Function&& function) {
   if (threads.size() == threads.capacity() || !address_space_has_headroom()) return false;
   try {
+    const AsyncSignalsBlocked library_thread;  // the new thread starts with them blocked
     threads.emplace_back(std::forward<Function>(function));
   } catch (const std::system_error&) {
     return false;

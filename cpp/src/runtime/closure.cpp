@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <exception>
 #include <new>
+#include <optional>
 #include <tuple>
 
 #include <unistd.h>
@@ -15,6 +16,7 @@
 #include "../frame.hpp"
 #include "../multiversion.hpp"
 #include "../realizability.hpp"
+#include "../thread_start.hpp"
 #include "errors.hpp"
 #include "flavour_symmetry.hpp"
 #include "residual.hpp"
@@ -432,6 +434,9 @@ void Closure::initialise(const std::string_view* bytes, const std::string& sourc
     box3d_ = make_box3d(box3d_settings_without_model(options.box3d));
   } else {
     const DeviceSelection device = parse_device(options.device);
+    // ONNX Runtime starts threads of its own while it is loaded and a session made: they inherit
+    // this mask, so a signal sent to the process is never given to one of them.
+    std::optional<AsyncSignalsBlocked> library_threads(std::in_place);
     const OrtLibrary& library = load_onnxruntime(options.onnxruntime_library);
     onnxruntime_path_ = library.path;
     onnxruntime_version_ = library.version;
@@ -444,6 +449,7 @@ void Closure::initialise(const std::string_view* bytes, const std::string& sourc
       throw Error(DODO_ERROR_INVALID_ARGUMENT, "unknown network evaluator \"" + evaluator +
                                                    "\" (known: \"auto\", \"onnxruntime\"; option or DODO_NETWORK_EVALUATOR)");
     model_ = std::make_unique<OnnxModel>(library, *bytes, source, device, evaluator == "auto");
+    library_threads.reset();
     metadata_ = model_->metadata();
     try {
       description_ = describe_model(metadata_, model_->output_size(), options.box3d);
