@@ -94,3 +94,140 @@ def test_library_threads_never_take_a_signal_the_host_blocked(tmp_path, model, t
     if report["received"] is not None:
         assert report["received"] == 10 or report["received"] > 0
 
+
+# --- a re-signed package whose test vectors test nothing ------------------------------------------
+
+def _stable_cells(n: int) -> np.ndarray:
+    """Cells without an ELN crossing (nu_e ahead of nubar_e in every direction): stable."""
+    F = np.zeros((n, 6, 4))
+    F[:, :, 0] = [2.0, 0.5, 0.5, 1.0, 0.5, 0.5]
+    F[:, 0, 3] = 0.1
+    F[:, 3, 3] = 0.05
+    F *= np.linspace(1.0, 2.0, n)[:, None, None]
+    return F
+
+
+def _resigned(tmp_path: Path, name: str, *, F_init=None, F_pred=None, u=None, nan_weights=False) -> Path:
+    """The synthetic test package with its test vectors (and optionally its last layer's bias)
+    replaced and both digests written again, as a deliberate re-signer would."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import numpy_helper
+
+    model = onnx.load(str(MODELS / "synthetic-test-equivariant.onnx"))
+    if nan_weights:
+        for index, tensor in enumerate(model.graph.initializer):
+            if tensor.name == "b2":
+                values = numpy_helper.to_array(tensor).copy()
+                values[:] = np.nan
+                model.graph.initializer[index].CopyFrom(numpy_helper.from_array(values, "b2"))
+    for entry in model.metadata_props:
+        if entry.key == "dodo.test_vectors":
+            vectors = json.loads(entry.value)
+            if F_init is not None:
+                vectors["F_init"] = F_init.tolist()
+                vectors["F_pred"] = F_pred.tolist()
+                if u is None:
+                    vectors.pop("u", None)
+                else:
+                    vectors["u"] = u.tolist()
+            elif F_pred is not None:
+                vectors["F_pred"] = F_pred.tolist()
+            entry.value = json.dumps(vectors)
+    path = tmp_path / f"{name}.onnx"
+    path.write_bytes(bytes(dodo._core.with_content_digest(model.SerializeToString())))
+    return path
+
+
+def _create(lib, path: Path, run_self_test: int = 1):
+    from libdodo_ctypes import Options
+
+    options = Options()
+    lib.dodo_options_init_sized(ctypes.byref(options), ctypes.sizeof(options))
+    options.run_self_test = run_self_test
+    handle = ctypes.c_void_p()
+    message = ctypes.create_string_buffer(2048)
+    status = lib.dodo_closure_create(str(path).encode(), ctypes.byref(options), ctypes.byref(handle), message, 2048)
+    return status, handle, message.value.decode()
+
+
+def _trivial_package(tmp_path: Path, kind: str) -> Path:
+    if kind == "stable":
+        F = _stable_cells(8)
+        return _resigned(tmp_path, kind, F_init=F, F_pred=F.copy())
+    if kind == "rejected":  # vacuum cells (ZERO_DENSITY): the output is the input
+        F = np.zeros((4, 6, 4))
+        return _resigned(tmp_path, kind, F_init=F, F_pred=F.copy())
+    assert kind == "nan_network"
+    # Every weight of the last layer NaN: every cell network-nonfinite, so the closure returns
+    # Box3D's result; test vectors holding Box3D's result passed the self-test.
+    onnx = pytest.importorskip("onnx")
+    model = onnx.load(str(MODELS / "synthetic-test-equivariant.onnx"))
+    vectors = json.loads({e.key: e.value for e in model.metadata_props}["dodo.test_vectors"])
+    F_init, u = np.array(vectors["F_init"]), np.array(vectors["u"])
+    box3d_result = dodo.Closure(dodo.BOX3D_ONLY, lebedev_order=json.loads(
+        {e.key: e.value for e in model.metadata_props}["dodo.box3d"]).get("lebedev_order", 17)).apply(F_init, u)
+    F_box = np.asarray(box3d_result.F_pred if hasattr(box3d_result, "F_pred") else box3d_result[0])
+    return _resigned(tmp_path, kind, F_pred=F_box, nan_weights=True)
+
+
+@needs_runtime
+@pytest.mark.parametrize("kind", ["stable", "rejected", "nan_network"])
+def test_a_resigned_package_whose_test_vectors_never_reach_the_network_is_refused(tmp_path, monkeypatch, kind):
+    """A package re-signed with test vectors that are all stable (NO_CROSSING) or all rejected
+    cells, whose expected output is the input whatever the weights, or with a network whose output
+    is NaN for every cell and test vectors holding Box3D's result, loaded as a tested package:
+    the self-test passed with an error of 0 and checked no weight (the NaN network then returned
+    Box3D alone for every cell, flagged NETWORK_NONFINITE). Now dodo_closure_create refuses it,
+    DODO_ERROR_SELF_TEST, saying why; dodo_self_test on a handle made without the self-test too.
+    The development opt-out DODO_ALLOW_UNTESTED_MODEL=1 still loads the stable/rejected ones."""
+    from libdodo_ctypes import load_libdodo
+
+    monkeypatch.delenv("DODO_ALLOW_UNTESTED_MODEL", raising=False)
+    lib = load_libdodo()
+    path = _trivial_package(tmp_path, kind)
+    status, handle, message = _create(lib, path)
+    assert status == DODO_ERROR_SELF_TEST and not handle.value, (status, message)
+    expected = "not finite" if kind == "nan_network" else "reaches the network"
+    assert expected in message and "self-test failed" in message, message
+    # Made without the self-test, the explicit one says the same.
+    status, handle, message = _create(lib, path, run_self_test=0)
+    assert status == DODO_OK, message
+    try:
+        worst = ctypes.c_double(-1.0)
+        assert lib.dodo_self_test(handle, ctypes.byref(worst)) == DODO_ERROR_SELF_TEST
+        text = ctypes.create_string_buffer(2048)
+        lib.dodo_last_error(handle, text, 2048)
+        assert expected in text.value.decode()
+    finally:
+        lib.dodo_closure_destroy(handle)
+    if kind != "nan_network":
+        monkeypatch.setenv("DODO_ALLOW_UNTESTED_MODEL", "1")
+        status, handle, message = _create(lib, path)
+        assert status == DODO_OK, message
+        lib.dodo_closure_destroy(handle)
+
+
+@needs_runtime
+def test_shipped_packages_and_one_crossing_test_vector_still_pass_the_self_test(tmp_path, monkeypatch):
+    """The rule needs one test vector that reaches the network: the shipped packages (every vector
+    a crossing cell) load, and so does a package whose vectors are stable cells plus one of its
+    original crossing cells."""
+    from libdodo_ctypes import load_libdodo
+
+    monkeypatch.delenv("DODO_ALLOW_UNTESTED_MODEL", raising=False)
+    lib = load_libdodo()
+    for name in ("qke_default.onnx", "synthetic-test-equivariant.onnx"):
+        status, handle, message = _create(lib, MODELS / name)
+        assert status == DODO_OK, message
+        lib.dodo_closure_destroy(handle)
+    onnx = pytest.importorskip("onnx")
+    model = onnx.load(str(MODELS / "synthetic-test-equivariant.onnx"))
+    vectors = json.loads({e.key: e.value for e in model.metadata_props}["dodo.test_vectors"])
+    stable = _stable_cells(5)
+    F_init = np.concatenate([stable, np.array(vectors["F_init"])[:1]])
+    F_pred = np.concatenate([stable, np.array(vectors["F_pred"])[:1]])
+    u = np.concatenate([np.tile([1.0, 0.0, 0.0, 0.0], (5, 1)), np.array(vectors["u"])[:1]])
+    status, handle, message = _create(lib, _resigned(tmp_path, "mixed", F_init=F_init, F_pred=F_pred, u=u))
+    assert status == DODO_OK, message
+    lib.dodo_closure_destroy(handle)
+

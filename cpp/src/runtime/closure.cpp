@@ -743,14 +743,37 @@ double Closure::self_test() const {
   if (!model_) throw Error(DODO_ERROR_NO_MODEL, "self-test needs a model; this closure is Box3D-only");
   if (vectors.cells == 0) throw Error(DODO_ERROR_SELF_TEST, "model package has no \"dodo.test_vectors\"");
   std::vector<double> predicted(vectors.cells * kCellValues), growth(vectors.cells), uncertainty(vectors.cells);
+  std::vector<std::uint32_t> flags(vectors.cells);
   ConstVelocityArray velocity;
   velocity.data = vectors.u.empty() ? nullptr : vectors.u.data();
   CellDiagnostics diagnostics;
   diagnostics.growth_over_ntot = growth.data();
   diagnostics.uncertainty = uncertainty.data();
   // The package's network as exported, without the flavour images: its test vectors were computed so.
-  apply_batch(vectors.cells, ConstCellArray{vectors.F_init.data()}, velocity, CellArray{predicted.data()}, nullptr,
+  apply_batch(vectors.cells, ConstCellArray{vectors.F_init.data()}, velocity, CellArray{predicted.data()}, flags.data(),
               diagnostics, false, false);
+  // Test vectors that never reach the network (every cell stable or rejected: its output is its
+  // input, whatever the weights) or whose network output is not finite (Box3D's result returned)
+  // pass with 0 and check no weight: a package re-signed with such vectors loaded as tested
+  // (outside probe, round seventeen). `dodo export` draws unflagged crossing cells.
+  std::size_t reaching_network = 0;
+  for (std::size_t c = 0; c < vectors.cells; ++c) {
+    if (flags[c] & kCell_NETWORK_NONFINITE) {
+      char text[200];
+      std::snprintf(text, sizeof text,
+                    "self-test failed: the network's output for test vector %zu is not finite (Box3D's result was "
+                    "returned in its place)", c);
+      throw Error(DODO_ERROR_SELF_TEST, text);
+    }
+    reaching_network += (flags[c] & (kCellRejectedMask | kCell_NO_CROSSING)) == 0;
+  }
+  const char* allow = std::getenv(kAllowUntestedModelVariable);
+  if (reaching_network == 0 && !(allow && std::string(allow) == "1"))
+    throw Error(DODO_ERROR_SELF_TEST,
+                "self-test failed: none of the package's " + std::to_string(vectors.cells) +
+                    " test vectors reaches the network (each is stable or rejected, so its output is its input "
+                    "whatever the weights): they test nothing; re-export the package with `dodo export` "
+                    "(development only: set " + kAllowUntestedModelVariable + "=1 to load it anyway)");
   double worst = 0.0;
   std::size_t worst_cell = 0;
   for (std::size_t c = 0; c < vectors.cells; ++c) {
