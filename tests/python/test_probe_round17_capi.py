@@ -231,3 +231,57 @@ def test_shipped_packages_and_one_crossing_test_vector_still_pass_the_self_test(
     assert status == DODO_OK, message
     lib.dodo_closure_destroy(handle)
 
+
+# --- Fortran: zero cells on a NULL or destroyed handle ---------------------------------------------
+
+FORTRAN_ZERO_CELLS = """
+program zero_cells
+  use dodo
+  implicit none
+  type(dodo_closure) :: never, closure, stale
+  real(c_double) :: F(4, 6, 0), G(4, 6, 0)
+  integer :: stat
+  character(len=200) :: message
+  message = ""
+  call dodo_apply(never, F, G, stat=stat, errmsg=message)
+  print '(i0, 1x, a)', stat, trim(message)
+  call dodo_create(closure, DODO_BOX3D_ONLY)
+  stale = closure
+  call dodo_destroy(closure)
+  message = ""
+  call dodo_apply(stale, F, G, stat=stat, errmsg=message)
+  print '(i0, 1x, a)', stat, trim(message)
+  call dodo_create(closure, DODO_BOX3D_ONLY)
+  message = ""
+  call dodo_apply(closure, F, G, stat=stat, errmsg=message)
+  print '(i0, 1x, a)', stat, trim(message)
+  call dodo_destroy(closure)
+end program zero_cells
+"""
+
+
+@needs_runtime
+def test_fortran_zero_cells_on_a_null_or_destroyed_handle_is_refused_as_in_c(tmp_path):
+    """Fortran's dodo_apply returned stat 0 for an empty grid before looking at the handle, so a
+    never-created or destroyed closure passed where C's dodo_apply (n_cells = 0) gives
+    DODO_ERROR_INVALID_ARGUMENT "closure handle is NULL" / "... not live ...". Now Fortran asks C,
+    with the same status and message; a live handle with zero cells is still stat 0."""
+    from test_native_programs import ROOT, pkg_config, run
+
+    if not shutil.which("gfortran"):
+        pytest.skip("gfortran is not installed (apt-get install gfortran)")
+    source = tmp_path / "zero.f90"
+    source.write_text(FORTRAN_ZERO_CELLS)
+    program = tmp_path / "zero"
+    run(["gfortran", "-std=f2018", "-Wall", "-J", str(tmp_path), str(ROOT / "cpp/include/dodo/dodo.f90"), str(source),
+         *pkg_config("--libs"), "-o", str(program)])
+    lines = [line.rstrip() for line in run([str(program)]).splitlines()]
+    assert lines == ["1 closure handle is NULL", "1 closure handle is not live (destroyed or never created)", "0"], lines
+    # C says the same for n_cells = 0.
+    from libdodo_ctypes import load_libdodo
+
+    lib = load_libdodo()
+    assert lib.dodo_apply(None, 0, None, None, None, None, None, None, None) == DODO_ERROR_INVALID_ARGUMENT
+    text = ctypes.create_string_buffer(256)
+    lib.dodo_last_error(None, text, 256)
+    assert text.value == b"closure handle is NULL"

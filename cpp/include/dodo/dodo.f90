@@ -278,7 +278,11 @@ contains
       uncertainty_pointer = c_loc(uncertainty)
     end if
     if (ncell == 0) then
-      call report(DODO_OK, "", stat, errmsg)
+      ! No array to pass, but the handle is still checked, as C checks it: a NULL or destroyed
+      ! handle is refused with its message whatever the cell count.
+      status = int(c_apply_diagnostics(closure%handle, 0_c_size_t, c_null_ptr, c_null_ptr, c_null_ptr, c_null_ptr, &
+                                       c_null_ptr, c_null_ptr, c_null_ptr, c_null_ptr, c_null_ptr))
+      call report(status, last_error(closure), stat, errmsg)
       return
     end if
     status = int(c_apply_diagnostics(closure%handle, ncell, c_loc(F_init), c_null_ptr, u_pointer, c_null_ptr, &
