@@ -14,19 +14,30 @@
 #include <dodo/dodo.h>
 #include <mpi.h>
 
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 enum { NCELL = 4096 };
 
-/* Rank 0: the file's bytes (malloc'ed) and their count, or a negative count on failure. */
+/* Rank 0: the file's bytes (malloc'ed) and their count, or a negative count on failure.
+ * Only a regular file is read: fopen on a FIFO waits for a writer, and rank 0 blocked there
+ * while every other rank waited in MPI_Bcast (a hang of the whole job). O_NONBLOCK makes the
+ * open return at once; fstat then refuses anything but a regular file. */
 static unsigned char* read_package(const char* path, long* size) {
   *size = -1;
-  FILE* file = fopen(path, "rb");
-  if (!file) return NULL;
+  int fd = open(path, O_RDONLY | O_NONBLOCK);
+  if (fd < 0) return NULL;
+  struct stat info;
+  FILE* file = NULL;
+  if (fstat(fd, &info) != 0 || !S_ISREG(info.st_mode) || !(file = fdopen(fd, "rb"))) {
+    close(fd);
+    return NULL;
+  }
   unsigned char* bytes = NULL;
   if (fseek(file, 0, SEEK_END) == 0) {
     long length = ftell(file);
@@ -82,7 +93,7 @@ int main(int argc, char** argv) {
   unsigned char* package = rank == 0 ? read_package(argv[1], &package_size) : NULL;
   MPI_Bcast(&package_size, 1, MPI_LONG, 0, MPI_COMM_WORLD);
   if (package_size < 0) {
-    if (rank == 0) fprintf(stderr, "cannot read the model package \"%s\"\n", argv[1]);
+    if (rank == 0) fprintf(stderr, "cannot read the model package \"%s\" (missing, unreadable or not a regular file)\n", argv[1]);
     MPI_Finalize();
     return 1;
   }

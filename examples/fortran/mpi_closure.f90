@@ -35,10 +35,17 @@ program mpi_closure
   if (command_argument_count() > 0) call get_command_argument(1, model)
   if (command_argument_count() > 1) call get_command_argument(2, device)
 
-  ! 1. Rank 0 reads the package; its size goes first (-1: could not read).
+  ! 1. Rank 0 reads the package; its size goes first (-1: could not read). The file's size is
+  !    asked before it is opened: a FIFO (size 0) would block the open until a writer came, with
+  !    every other rank waiting in MPI_Bcast; an empty package is refused in any case.
   package_size = -1
   if (rank == 0) then
-    open(newunit=unit, file=trim(model), access="stream", form="unformatted", status="old", action="read", iostat=stat)
+    inquire(file=trim(model), size=package_size)
+    if (package_size > huge(stat)) package_size = -1  ! MPI_Bcast's count is a default integer
+    stat = 1
+    if (package_size > 0) open(newunit=unit, file=trim(model), access="stream", form="unformatted", status="old", &
+                               action="read", iostat=stat)
+    if (stat /= 0) package_size = -1
     if (stat == 0) then
       inquire(unit=unit, size=package_size)
       allocate(package(package_size))
@@ -49,7 +56,8 @@ program mpi_closure
   end if
   call MPI_Bcast(package_size, 1, MPI_INTEGER8, 0, MPI_COMM_WORLD)
   if (package_size < 0) then
-    if (rank == 0) print '(3a)', 'cannot read the model package "', trim(model), '"'
+    if (rank == 0) print '(3a)', 'cannot read the model package "', trim(model), &
+                             '" (missing, empty, unreadable or not a regular file)'
     call MPI_Finalize()
     error stop 1
   end if

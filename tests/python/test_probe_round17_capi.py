@@ -285,3 +285,185 @@ def test_fortran_zero_cells_on_a_null_or_destroyed_handle_is_refused_as_in_c(tmp
     text = ctypes.create_string_buffer(256)
     lib.dodo_last_error(None, text, 256)
     assert text.value == b"closure handle is NULL"
+
+
+# --- the MPI examples on a FIFO, a device, a directory -------------------------------------------
+
+# One-rank stand-ins for MPI, so that the examples' file handling is checked where no MPI is
+# installed (the real two-rank runs are below and in test_mpi_examples.py).
+STUB_MPI_H = """
+#include <string.h>
+typedef int MPI_Comm;
+typedef int MPI_Datatype; /* the element size in bytes */
+typedef int MPI_Op;
+typedef int MPI_Info;
+#define MPI_COMM_WORLD 0
+#define MPI_COMM_TYPE_SHARED 1
+#define MPI_INFO_NULL 0
+#define MPI_BYTE 1
+#define MPI_INT ((int)sizeof(int))
+#define MPI_LONG ((int)sizeof(long))
+#define MPI_DOUBLE ((int)sizeof(double))
+#define MPI_MIN 0
+#define MPI_MAX 1
+#define MPI_SUM 2
+static inline int MPI_Init(int* argc, char*** argv) { (void)argc; (void)argv; return 0; }
+static inline int MPI_Finalize(void) { return 0; }
+static inline int MPI_Comm_rank(MPI_Comm comm, int* rank) { (void)comm; *rank = 0; return 0; }
+static inline int MPI_Comm_size(MPI_Comm comm, int* size) { (void)comm; *size = 1; return 0; }
+static inline int MPI_Comm_split_type(MPI_Comm comm, int type, int key, MPI_Info info, MPI_Comm* out) {
+  (void)comm; (void)type; (void)key; (void)info; *out = 0; return 0;
+}
+static inline int MPI_Comm_free(MPI_Comm* comm) { (void)comm; return 0; }
+static inline int MPI_Bcast(void* buffer, int count, MPI_Datatype type, int root, MPI_Comm comm) {
+  (void)buffer; (void)count; (void)type; (void)root; (void)comm; return 0;
+}
+static inline int MPI_Allreduce(const void* in, void* out, int count, MPI_Datatype type, MPI_Op op, MPI_Comm comm) {
+  (void)op; (void)comm; memcpy(out, in, (size_t)count * (size_t)type); return 0;
+}
+static inline int MPI_Reduce(const void* in, void* out, int count, MPI_Datatype type, MPI_Op op, int root,
+                             MPI_Comm comm) {
+  (void)op; (void)root; (void)comm; memcpy(out, in, (size_t)count * (size_t)type); return 0;
+}
+"""
+
+STUB_MPI_F08 = """
+module mpi_f08
+  use, intrinsic :: iso_c_binding, only: c_double, c_int64_t  ! re-exported, as the real module's use
+  implicit none
+  type :: MPI_Comm
+    integer :: id = 0
+  end type
+  type :: MPI_Datatype
+    integer :: id = 0
+  end type
+  type :: MPI_Op
+    integer :: id = 0
+  end type
+  type :: MPI_Info
+    integer :: id = 0
+  end type
+  type(MPI_Comm), parameter :: MPI_COMM_WORLD = MPI_Comm(0)
+  integer, parameter :: MPI_COMM_TYPE_SHARED = 1
+  type(MPI_Info), parameter :: MPI_INFO_NULL = MPI_Info(0)
+  type(MPI_Datatype), parameter :: MPI_INTEGER8 = MPI_Datatype(1), MPI_BYTE = MPI_Datatype(2), &
+                                   MPI_INTEGER = MPI_Datatype(3), MPI_DOUBLE_PRECISION = MPI_Datatype(4)
+  type(MPI_Op), parameter :: MPI_MAX = MPI_Op(1)
+contains
+  subroutine MPI_Init()
+  end subroutine
+  subroutine MPI_Finalize()
+  end subroutine
+  subroutine MPI_Comm_rank(comm, rank)
+    type(MPI_Comm), intent(in) :: comm
+    integer, intent(out) :: rank
+    rank = comm%id * 0
+  end subroutine
+  subroutine MPI_Comm_size(comm, size)
+    type(MPI_Comm), intent(in) :: comm
+    integer, intent(out) :: size
+    size = comm%id * 0 + 1
+  end subroutine
+  subroutine MPI_Comm_split_type(comm, split_type, key, info, newcomm)
+    type(MPI_Comm), intent(in) :: comm
+    integer, intent(in) :: split_type, key
+    type(MPI_Info), intent(in) :: info
+    type(MPI_Comm), intent(out) :: newcomm
+    newcomm = MPI_Comm(comm%id + 0 * (split_type + key + info%id))
+  end subroutine
+  subroutine MPI_Comm_free(comm)
+    type(MPI_Comm), intent(inout) :: comm
+    comm%id = 0
+  end subroutine
+  subroutine MPI_Bcast(buffer, count, datatype, root, comm)
+    type(*), dimension(..), intent(inout) :: buffer
+    integer, intent(in) :: count, root
+    type(MPI_Datatype), intent(in) :: datatype
+    type(MPI_Comm), intent(in) :: comm
+  end subroutine
+  subroutine MPI_Allreduce(sendbuf, recvbuf, count, datatype, op, comm)
+    integer, intent(in) :: sendbuf, count
+    integer, intent(out) :: recvbuf
+    type(MPI_Datatype), intent(in) :: datatype
+    type(MPI_Op), intent(in) :: op
+    type(MPI_Comm), intent(in) :: comm
+    recvbuf = sendbuf
+  end subroutine
+  subroutine MPI_Reduce(sendbuf, recvbuf, count, datatype, op, root, comm)
+    real(c_double), intent(in) :: sendbuf
+    real(c_double), intent(out) :: recvbuf
+    integer, intent(in) :: count, root
+    type(MPI_Datatype), intent(in) :: datatype
+    type(MPI_Op), intent(in) :: op
+    type(MPI_Comm), intent(in) :: comm
+    recvbuf = sendbuf
+  end subroutine
+end module mpi_f08
+"""
+
+
+def _one_rank_example(tmp_path: Path, language: str) -> Path:
+    from test_native_programs import ROOT, pkg_config, run
+
+    compiler = {"c": "gcc", "fortran": "gfortran"}[language]
+    if not shutil.which(compiler):
+        pytest.skip(f"{compiler} is not installed")
+    program = tmp_path / f"mpi_closure_{language}"
+    if language == "c":
+        (tmp_path / "mpi.h").write_text(STUB_MPI_H)
+        run([compiler, "-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror", f"-I{tmp_path}",
+             str(ROOT / "examples/c/mpi_closure.c"), *pkg_config("--cflags", "--libs"), "-lm", "-o", str(program)])
+    else:
+        (tmp_path / "mpi_f08.f90").write_text(STUB_MPI_F08)
+        run([compiler, "-std=f2018", "-J", str(tmp_path), str(tmp_path / "mpi_f08.f90"),
+             str(ROOT / "cpp/include/dodo/dodo.f90"), str(ROOT / "examples/fortran/mpi_closure.f90"),
+             *pkg_config("--libs"), "-o", str(program)])
+    return program
+
+
+def _special_paths(tmp_path: Path) -> dict:
+    fifo = tmp_path / "model.fifo"
+    os.mkfifo(fifo)
+    directory = tmp_path / "a_directory"
+    directory.mkdir()
+    return {"fifo": fifo, "/dev/zero": Path("/dev/zero"), "directory": directory}
+
+
+@needs_runtime
+@pytest.mark.parametrize("language", ["c", "fortran"])
+def test_mpi_examples_refuse_a_fifo_as_the_model_instead_of_hanging(tmp_path, language):
+    """examples/c/mpi_closure.c (fopen) and examples/fortran/mpi_closure.f90 (open) opened the
+    model path on rank 0 with a blocking open: named a FIFO, rank 0 waited for a writer for ever
+    while every other rank waited in MPI_Bcast (killed by the timeout here, one rank, MPI stood in
+    for). Now rank 0 reads only a regular file (C: open with O_NONBLOCK and fstat; Fortran: the
+    file's size asked first, a FIFO's is 0) and every rank stops with "cannot read the model
+    package"; the default model still runs."""
+    from dodo.models import default_model_path
+
+    program = _one_rank_example(tmp_path, language)
+    result = subprocess.run([str(program), str(default_model_path())], capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0 and "1 ranks" in result.stdout, result.stdout + result.stderr
+    for name, path in _special_paths(tmp_path).items():
+        try:
+            result = subprocess.run([str(program), str(path)], capture_output=True, text=True, timeout=60,
+                                    stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the {language} example hung on a model path that is a {name}")
+        assert result.returncode != 0, (name, result.stdout, result.stderr)
+        assert "cannot read the model package" in result.stdout + result.stderr, (name, result.stdout, result.stderr)
+
+
+@needs_runtime
+@pytest.mark.parametrize("language", ["c", "fortran"])
+def test_mpi_examples_on_two_ranks_stop_on_a_fifo(tmp_path, language):
+    """The same on two real ranks (CI's MPI; skipped where mpirun or the wrappers are absent)."""
+    from test_mpi_examples import build, launch
+
+    program = build(tmp_path, language)
+    fifo = _special_paths(tmp_path)["fifo"]
+    try:
+        result = launch(program, fifo)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the {language} example hung on two ranks with a FIFO as the model")
+    assert result.returncode != 0
+    assert "cannot read the model package" in result.stdout + result.stderr
