@@ -180,6 +180,14 @@ def _apply(args: argparse.Namespace) -> int:
     with np.errstate(invalid="ignore", over="ignore"):
         ntot = comoving_density(F_init, u)
 
+    # Cells with non-finite input or truth (NaN rows of a database) are flagged and left out of
+    # the scores, so one bad row cannot turn every mean into NaN (issue 11, item 19).
+    scored = (np.isfinite(F_init).all(axis=(1, 2)) & np.isfinite(F_true).all(axis=(1, 2))
+              & np.isfinite(ntot) & (ntot > 0))
+    if not scored.any():  # before -o is written: a run that fails must not replace an earlier good file
+        raise ValueError(f"no cell of {args.data} can be scored: each has a non-finite input or truth, or a comoving "
+                         "density N_tot <= 0 (negative or zero densities)")
+
     F_pred, status, seconds = _run_in_blocks(runtime, F_init, u, args.quiet)
     # Box3D at the closure's own settings, its flux-factor limit included (a model exported at
     # another limit than 0.98 had its Box3D column computed at 0.98: outside probe, round fifteen).
@@ -188,10 +196,6 @@ def _apply(args: argparse.Namespace) -> int:
     if args.output:
         _write_output(args.output, F_init, u, F_true, F_box, F_pred, status, shape)
 
-    # Cells with non-finite input or truth (NaN rows of a database) are flagged and left out of
-    # the scores, so one bad row cannot turn every mean into NaN (issue 11, item 19).
-    scored = (np.isfinite(F_init).all(axis=(1, 2)) & np.isfinite(F_true).all(axis=(1, 2))
-              & np.isfinite(ntot) & (ntot > 0))
     print(f"closure on a {args.grid} grid ({count} cells from {args.data}), fluid speeds up to {args.max_speed}")
     print(f"model: {runtime.model_path or 'none (Box3D only)'}; head {runtime.head}; {runtime.threads} thread(s); "
           f"ONNX Runtime {runtime.onnxruntime[1] or '-'}")
@@ -199,9 +203,6 @@ def _apply(args: argparse.Namespace) -> int:
         print(f"cells scored: {int(scored.sum())} of {count} ({count - int(scored.sum())} with a non-finite input or "
               "truth, or a comoving density N_tot <= 0, left out; such inputs are flagged NONFINITE, "
               "NEGATIVE_DENSITY or ZERO_DENSITY below)")
-    if not scored.any():
-        raise ValueError(f"no cell of {args.data} can be scored: each has a non-finite input or truth, or a comoving "
-                         "density N_tot <= 0 (negative or zero densities)")
     print("errors against the asymptotic states, fluid rest frame, mean over cells, units of N_tot")
     print(f"{'species':<11}{'|dn| box3d':>12}{'|dn| closure':>14}{'|dF| box3d':>12}{'|dF| closure':>14}")
     box_dn, box_dF = _errors(F_box[scored], F_true[scored], u[scored], ntot[scored])

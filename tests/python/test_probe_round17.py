@@ -254,3 +254,35 @@ def test_the_checkpoint_kind_is_peeked_without_running_the_pickle(tmp_path):
     assert not marker.exists()
     (tmp_path / "text.pt").write_text("not a checkpoint")
     assert _peek_checkpoint_kind(tmp_path / "text.pt") == (False, None)
+
+
+# --- dodo apply -o is not replaced by a run that fails -----------------------------------------
+
+def test_apply_that_can_score_no_cell_keeps_the_earlier_output(tmp_path, capsys):
+    """`dodo apply DATA -o OUT` where no cell of DATA can be scored (all NaN, or all negative
+    densities) wrote OUT first and then failed (exit 2): the earlier good OUT (an earlier `dodo apply
+    -o` of real data, which the command replaces by design) was lost to a failing run. The check now
+    comes before anything is computed or written."""
+    h5py = pytest.importorskip("h5py")
+    import dodo
+
+    if not dodo.runtime_available():
+        pytest.skip("closure runtime not built")
+    from cli_helpers import digest, run
+
+    validation = Path(__file__).resolve().parents[1] / "data" / "qke" / "emu_1d_validation.h5"
+    output = tmp_path / "cells.h5"
+    code, _, err = run(capsys, ["apply", str(validation), "--grid", "2x4x4", "--model", "box3d", "-q",
+                                "-o", str(output)])
+    assert code == 0, err
+    good = digest(output)
+    for name, fill in (("nan.h5", np.nan), ("negative.h5", -1.0)):
+        bad = tmp_path / name
+        with h5py.File(bad, "w") as handle:
+            handle["F4_initial(1|ccm)"] = np.full((32, 4, 2, 3), fill)
+            handle["F4_final(1|ccm)"] = np.full((32, 4, 2, 3), fill)
+        code, _, err = run(capsys, ["apply", str(bad), "--grid", "2x4x4", "--model", "box3d", "-q",
+                                    "-o", str(output)])
+        assert code == 2 and "can be scored" in err, err
+        assert digest(output) == good
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
