@@ -467,3 +467,89 @@ def test_mpi_examples_on_two_ranks_stop_on_a_fifo(tmp_path, language):
         pytest.fail(f"the {language} example hung on two ranks with a FIFO as the model")
     assert result.returncode != 0
     assert "cannot read the model package" in result.stdout + result.stderr
+
+
+# --- long messages and NUL characters in the C++ and Fortran wrappers ----------------------------
+
+CPP_LONG_MESSAGES = r"""
+#include <dodo/dodo.hpp>
+#include <cstdio>
+#include <string>
+int main() {
+  const std::string path = "/tmp/" + std::string(3000, 'x') + ".onnx";  // a name longer than NAME_MAX
+  try {
+    dodo::Closure closure(path);
+    std::printf("created\n");
+  } catch (const dodo::Error& error) {
+    const std::string text = error.what();
+    std::printf("%d %zu %s\n", static_cast<int>(error.status()), text.size(), text.substr(text.size() - 24).c_str());
+  }
+  try {
+    dodo::Closure closure(std::string("box3d\0/tmp/model.onnx", 21));
+    std::printf("created, has_model %d\n", static_cast<int>(closure.has_model()));
+  } catch (const dodo::Error& error) {
+    std::printf("%d %s\n", static_cast<int>(error.status()), error.what());
+  }
+  try {
+    dodo::Options options;
+    options.z_method(std::string("exact\0jedynak", 13));
+    std::printf("z_method accepted\n");
+  } catch (const dodo::Error& error) {
+    std::printf("%d %s\n", static_cast<int>(error.status()), error.what());
+  }
+}
+"""
+
+FORTRAN_LONG_MESSAGE = """
+program long_path
+  use dodo
+  implicit none
+  type(dodo_closure) :: closure
+  integer :: stat
+  character(len=8000) :: message
+  message = ""
+  call dodo_create(closure, "/tmp/" // repeat("x", 3000) // ".onnx", stat=stat, errmsg=message)
+  print '(i0, 1x, i0, 1x, a)', stat, len_trim(message), message(len_trim(message) - 23:len_trim(message))
+end program long_path
+"""
+
+
+@needs_runtime
+def test_cpp_wrapper_keeps_long_messages_whole_and_refuses_nul_characters(tmp_path):
+    """dodo.hpp read a failed creation's message from a 1,024-byte buffer: a model path of 3,000
+    characters gave a dodo::Error of 1,023 characters ending inside the path, its reason ("File
+    name too long") lost, where C's dodo_last_error gives it whole. And a std::string path holding
+    a NUL reached C cut at it: Closure("box3d\\0/tmp/model.onnx") made a Box3D-only closure without
+    a word. Now the message is the thread's whole last error, and a path, z_method or
+    onnxruntime_library holding a NUL is refused (DODO_ERROR_INVALID_ARGUMENT)."""
+    from test_native_programs import ROOT, pkg_config, run
+
+    if not shutil.which("g++"):
+        pytest.skip("g++ is not installed")
+    source = tmp_path / "long.cpp"
+    source.write_text(CPP_LONG_MESSAGES)
+    program = tmp_path / "long"
+    run(["g++", "-std=c++17", "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'cpp/include'}", str(source),
+         *pkg_config("--cflags", "--libs"), "-o", str(program)])
+    lines = run([str(program)]).splitlines()
+    assert lines[0] == '2 3055 nnx": File name too long', lines
+    assert lines[1] == "1 model path contains a NUL character", lines
+    assert lines[2] == "1 z_method contains a NUL character", lines
+
+
+@needs_runtime
+def test_fortran_errmsg_keeps_a_long_message_whole(tmp_path):
+    """dodo.f90 copied a failed creation's message (and every other call's, through a 1,024-
+    character buffer) cut at 1,023 characters: after a 3,000-character model path the reason was
+    lost. Now the whole message reaches errmsg (as long as errmsg holds it)."""
+    from test_native_programs import ROOT, pkg_config, run
+
+    if not shutil.which("gfortran"):
+        pytest.skip("gfortran is not installed (apt-get install gfortran)")
+    source = tmp_path / "long.f90"
+    source.write_text(FORTRAN_LONG_MESSAGE)
+    program = tmp_path / "long"
+    run(["gfortran", "-std=f2018", "-Wall", "-J", str(tmp_path), str(ROOT / "cpp/include/dodo/dodo.f90"), str(source),
+         *pkg_config("--libs"), "-o", str(program)])
+    lines = [line.rstrip() for line in run([str(program)]).splitlines()]
+    assert lines == ['2 3055 nnx": File name too long'], lines

@@ -171,7 +171,7 @@ contains
     message = c_null_char
     if (c_associated(closure%handle)) call c_destroy(closure%handle)
     status = int(c_create(path_pointer, options, closure%handle, message, int(size(message), c_size_t)))
-    call report(status, from_c_buffer(message), stat, errmsg)
+    call report(status, last_error(closure), stat, errmsg)
   end subroutine dodo_create
 
   ! Creates a closure from a model package already in memory (e.g. received with MPI_Bcast), with
@@ -200,7 +200,7 @@ contains
     if (c_associated(closure%handle)) call c_destroy(closure%handle)
     status = int(c_create_from_memory(bytes_pointer, size(bytes, kind=c_size_t), options, closure%handle, message, &
                                       int(size(message), c_size_t)))
-    call report(status, from_c_buffer(message), stat, errmsg)
+    call report(status, last_error(closure), stat, errmsg)
   end subroutine dodo_create_from_memory
 
   subroutine dodo_destroy(closure)
@@ -383,11 +383,16 @@ contains
   function last_error(closure) result(message)
     type(dodo_closure), intent(in) :: closure
     character(len=:), allocatable :: message
-    character(kind=c_char) :: buffer(1024)
+    character(kind=c_char), allocatable :: buffer(:)
+    character(kind=c_char) :: probe(1)
     integer(c_size_t) :: length
-    buffer = c_null_char
     ! This thread's own last error (a NULL handle asks for it): another thread sharing the handle
     ! cannot replace it, and a destroyed handle (a copy of the type kept after dodo_destroy) has one.
+    ! Its length first, then the whole text: a fixed buffer of 1,024 cut long messages (a model
+    ! path of some thousand characters), losing the reason at their end.
+    length = c_last_error(c_null_ptr, probe, 1_c_size_t)
+    allocate(buffer(length + 1))
+    buffer = c_null_char
     length = c_last_error(c_null_ptr, buffer, int(size(buffer), c_size_t))
     message = from_c_buffer(buffer)
     if (length == 0 .and. .not. c_associated(closure%handle)) message = "closure handle is not created"

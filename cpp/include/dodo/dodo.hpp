@@ -34,9 +34,12 @@ class Options {
   Options& threads(int n) { options_.threads = n; return *this; }
   Options& chunk_size(int n) { options_.chunk_size = n; return *this; }
   Options& lebedev_order(int order) { options_.lebedev_order = order; return *this; }
-  Options& z_method(std::string method) { z_method_ = std::move(method); return *this; }
+  Options& z_method(std::string method) { z_method_ = checked_text("z_method", std::move(method)); return *this; }
   Options& max_flux_factor(double value) { options_.max_flux_factor = value; return *this; }
-  Options& onnxruntime_library(std::string path) { onnxruntime_library_ = std::move(path); return *this; }
+  Options& onnxruntime_library(std::string path) {
+    onnxruntime_library_ = checked_text("onnxruntime_library", std::move(path));
+    return *this;
+  }
   Options& run_self_test(bool run) { options_.run_self_test = run ? 1 : 0; return *this; }
   // The network on CUDA device `id` (needs an onnxruntime-gpu library); cpu() undoes it.
   Options& cuda_device(int id) { options_.device = DODO_DEVICE_CUDA; options_.device_id = id; return *this; }
@@ -47,6 +50,14 @@ class Options {
     copy.z_method = z_method_.empty() ? nullptr : z_method_.c_str();
     copy.onnxruntime_library = onnxruntime_library_.empty() ? nullptr : onnxruntime_library_.c_str();
     return copy;
+  }
+
+  // A std::string holding a NUL reaches C cut at it ("box3d\0model.onnx" would be "box3d",
+  // Box3D alone): refused instead.
+  static std::string checked_text(const char* what, std::string text) {
+    if (text.find('\0') != std::string::npos)
+      throw Error(DODO_ERROR_INVALID_ARGUMENT, std::string(what) + " contains a NUL character");
+    return text;
   }
 
  private:
@@ -61,17 +72,14 @@ class Closure {
   explicit Closure(const Options& options = Options()) { create(nullptr, options); }
   // Closure with an ONNX model package.
   explicit Closure(const std::string& model_path, const Options& options = Options()) {
-    create(model_path.c_str(), options);
+    create(Options::checked_text("model path", model_path).c_str(), options);
   }
   // Closure with a model package already in memory (e.g. after MPI_Bcast); same checks as a file.
   // The bytes are only read during construction.
   static Closure from_memory(const void* bytes, std::size_t size, const Options& options = Options()) {
     Closure closure(nullptr);
-    char message[1024] = {0};
     const dodo_options c_options = options.c_options();
-    dodo_status status =
-        dodo_closure_create_from_memory(bytes, size, &c_options, &closure.handle_, message, sizeof message);
-    if (status != DODO_OK) throw Error(status, message[0] ? message : dodo_status_message(status));
+    closure.check(dodo_closure_create_from_memory(bytes, size, &c_options, &closure.handle_, nullptr, 0));
     return closure;
   }
   ~Closure() { dodo_closure_destroy(handle_); }
@@ -139,16 +147,16 @@ class Closure {
   explicit Closure(std::nullptr_t) {}  // empty, for from_memory
 
   void create(const char* model_path, const Options& options) {
-    char message[1024] = {0};
     const dodo_options c_options = options.c_options();
-    dodo_status status = dodo_closure_create(model_path, &c_options, &handle_, message, sizeof message);
-    if (status != DODO_OK) throw Error(status, message[0] ? message : dodo_status_message(status));
+    check(dodo_closure_create(model_path, &c_options, &handle_, nullptr, 0));
   }
 
   void check(dodo_status status) const {
     if (status == DODO_OK) return;
-    // This thread's own last error (a NULL handle asks for it): another thread sharing the
-    // handle cannot replace it between the failure and this reading.
+    // This thread's own last error (a NULL handle asks for it), whole: another thread sharing
+    // the handle cannot replace it between the failure and this reading, and a long message (a
+    // model path of some thousand characters) is not cut at a fixed buffer's size, as creation's
+    // was at 1,023 characters, its reason lost.
     std::string message(dodo_last_error(nullptr, nullptr, 0) + 1, '\0');
     message.resize(dodo_last_error(nullptr, &message[0], message.size()));
     throw Error(status, message.empty() ? dodo_status_message(status) : message);
