@@ -251,7 +251,7 @@ class PreprocessConfig:
             raise ConfigError(f"{path}: box3d.lebedev_order must be one of {_available_lebedev_orders()}; "
                               f"got {config.box3d.lebedev_order!r}")
         if config.threads is not None and (isinstance(config.threads, bool) or not 0 <= config.threads <= MAX_THREADS):
-            raise ConfigError(f"{path}: threads must be an integer in [0, {MAX_THREADS}] or null; got {config.threads!r}")
+            raise ConfigError(f"{path}: threads must be >= 0 and <= {MAX_THREADS}, or null; got {config.threads!r}")
         filters = config.filters
         for name in ("conservation_tolerance", "max_flux_factor"):
             value = getattr(filters, name)
