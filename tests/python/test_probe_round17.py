@@ -286,3 +286,31 @@ def test_apply_that_can_score_no_cell_keeps_the_earlier_output(tmp_path, capsys)
         assert code == 2 and "can be scored" in err, err
         assert digest(output) == good
         assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+# --- a report written to a full disk names its file ---------------------------------------------
+
+def test_a_json_report_on_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path, capsys, monkeypatch):
+    """`dodo score M DATA --json F` on a full disk said only `[Errno 28] No space left on device` (a
+    failed write names no file); now the line names F. F keeps its earlier content, no temporary left."""
+    pytest.importorskip("h5py")
+    import errno
+
+    import dodo._atomic
+    from cli_helpers import run
+
+    validation = Path(__file__).resolve().parents[1] / "data" / "qke" / "emu_1d_validation.h5"
+    report = tmp_path / "report.json"
+    report.write_text('{"earlier": true}\n')
+
+    def full_disk_write_text(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a write() that runs out of room
+
+    monkeypatch.setattr(dodo._atomic.Path, "write_text", full_disk_write_text)
+    code, _, err = run(capsys, ["score", "box3d", str(validation), "--bootstrap", "100", "--json", str(report)])
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert "No space left on device" in lines[0] and str(report) in lines[0], lines[0]
+    monkeypatch.undo()
+    assert report.read_text() == '{"earlier": true}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
