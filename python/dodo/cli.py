@@ -83,7 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # that part is not part of this installation
             raise
         module.register(subparsers)
+    parser.subcommand_parsers = subparsers.choices  # {name: parser}, for _parse's messages
     return parser
+
+
+def _parse(parser: argparse.ArgumentParser, argv):
+    """parse_args, except that an unknown option of a subcommand is reported by that subcommand's
+    parser: its usage line, `dodo reference: error: unrecognized arguments: --threads 0`, where
+    argparse printed dodo's top-level usage (`usage: dodo [-h] [--version] COMMAND ...`), which
+    names no option of the command that was run."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        subcommand = getattr(parser, "subcommand_parsers", {}).get(getattr(args, "command", None))
+        (subcommand or parser).error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 class StandardOutputError(Exception):
@@ -239,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         _startup.release()
         try:
             parser = build_parser()
-            args = parser.parse_args(argv)
+            args = _parse(parser, argv)
         except SystemExit:  # --help, a usage error: argparse's text must reach stdout too
             sys.stdout.flush()
             raise

@@ -314,3 +314,27 @@ def test_a_json_report_on_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_p
     monkeypatch.undo()
     assert report.read_text() == '{"earlier": true}\n'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+
+
+# --- an unknown option is reported by the subcommand that was run ------------------------------
+
+@pytest.mark.parametrize("argv", [["reference", "--threads", "0"], ["info", "--json"],
+                                  ["apply", "cells.h5", "--bogus"], ["score", "box3d", "a.h5", "--bogus"]])
+def test_an_unknown_option_of_a_subcommand_shows_that_subcommands_usage(capsys, argv):
+    """`dodo reference --threads 0` printed dodo's top-level usage (`usage: dodo [-h] [--version]
+    COMMAND ...`) and `dodo: error: ...`, naming no option of the command run (left open in round
+    fifteen); now that command's usage and `dodo reference: error: unrecognized arguments: ...`."""
+    from cli_helpers import run
+
+    code, _, err = run(capsys, argv)
+    assert code == 2
+    assert err.startswith(f"usage: dodo {argv[0]} "), err
+    assert f"dodo {argv[0]}: error: unrecognized arguments: {' '.join(argv[-2:] if argv[-1] == '0' else argv[-1:])}" \
+        in err, err
+
+
+def test_an_unknown_option_before_any_subcommand_keeps_the_top_level_usage(capsys):
+    from cli_helpers import run
+
+    code, _, err = run(capsys, ["--bogus"])
+    assert code == 2 and err.startswith("usage: dodo [-h]") and "dodo: error: unrecognized arguments: --bogus" in err
