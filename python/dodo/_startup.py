@@ -33,13 +33,12 @@ def _launched_as_command() -> bool:
     argv = getattr(sys, "orig_argv", None) or []
     if sys.argv[:1] != ["-m"]:  # runpy sets argv[0] to "-m" while it imports the module's package
         return False
+    # The interpreter's own options may come first, some with a value (`python -X dev -W error -m dodo`).
     for index, word in enumerate(argv[1:], start=1):
         if word == "-m":
             return index + 1 < len(argv) and argv[index + 1] in _COMMAND_MODULES
         if word.startswith("-m"):
             return word[2:] in _COMMAND_MODULES
-        if not word.startswith("-"):
-            return False
     return False
 
 

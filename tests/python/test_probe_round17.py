@@ -55,11 +55,11 @@ def _console_script() -> str:
 # numpy and the compiled core: imported by dodo/__init__.py; dodo._closure by the package too;
 # argparse: by dodo.cli, still before main(); dodo.score: inside main() (handled before the fix).
 @pytest.mark.parametrize("module", ["numpy", "dodo._core", "dodo._closure", "argparse", "dodo.score"])
-@pytest.mark.parametrize("launcher", ["console script", "python -m dodo"])
+@pytest.mark.parametrize("launcher", ["console script", "python -m dodo", "python -X dev -m dodo.cli"])
 def test_ctrl_c_while_the_command_starts_is_one_line_and_exit_130(tmp_path, module, launcher):
     """A Ctrl-C before main() ran (the imports of numpy, the core, the CLI) printed a KeyboardInterrupt
     traceback from inside an import; now the same line as a Ctrl-C later, `dodo: interrupted`, exit 130."""
-    command = [_console_script()] if launcher == "console script" else [sys.executable, "-m", "dodo"]
+    command = [_console_script()] if launcher == "console script" else [sys.executable] + launcher.split()[1:]
     finished = _run_interrupted(tmp_path, command + ["info"], module)
     assert finished.returncode == 130, (finished.returncode, finished.stderr)
     assert "Traceback" not in finished.stderr, finished.stderr
