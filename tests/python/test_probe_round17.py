@@ -2,6 +2,7 @@
 code before its fix."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -338,3 +339,35 @@ def test_an_unknown_option_before_any_subcommand_keeps_the_top_level_usage(capsy
 
     code, _, err = run(capsys, ["--bogus"])
     assert code == 2 and err.startswith("usage: dodo [-h]") and "dodo: error: unrecognized arguments: --bogus" in err
+
+
+# --- dodo preprocess reruns when its output lies where its input pattern looks ------------------
+
+def test_preprocess_reruns_when_its_input_pattern_matches_its_own_earlier_output(tmp_path, capsys):
+    """`inputs: [data/*.h5]` with `output: data/pre.h5`: the first run worked and every rerun of the same
+    command was refused ("output data/pre.h5 is the same file as the input data/pre.h5"), its own
+    earlier output counted as an Emu input. Now that preprocessed file is left out of the inputs (it is
+    never an Emu database) and replaced; an Emu database at the output path is still refused."""
+    pytest.importorskip("h5py")
+    pytest.importorskip("yaml")
+    import shutil
+
+    import h5py
+    from cli_helpers import refused, run
+
+    validation = Path(__file__).resolve().parents[1] / "data" / "qke" / "emu_1d_validation.h5"
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(validation, data / "emu.h5")
+    config = tmp_path / "pre.yaml"
+    config.write_text(f"inputs: ['{data}/*.h5']\noutput: '{data}/pre.h5'\n")
+    for attempt in range(2):
+        code, _, err = run(capsys, ["preprocess", "--config", str(config), "-q"])
+        assert code == 0, (attempt, err)
+        with h5py.File(data / "pre.h5") as handle:
+            assert handle.attrs["format"].startswith("dodo-preprocessed")
+            assert json.loads(handle.attrs["sources"])[0]["path"].endswith("emu.h5")
+            assert len(json.loads(handle.attrs["sources"])) == 1
+    # The output path naming the Emu input itself is refused as before.
+    config.write_text(f"inputs: ['{data}/*.h5']\noutput: '{data}/emu.h5'\n")
+    refused(capsys, ["preprocess", "--config", str(config), "-q", "--overwrite"], "same file as the input")

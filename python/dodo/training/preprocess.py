@@ -43,6 +43,30 @@ def resolve_inputs(patterns: list, log=None) -> list[Path]:
     return files
 
 
+def _without_own_earlier_output(files: list[Path], output, log) -> list[Path]:
+    """The inputs without the preprocessed file at ``output``, when a glob matched it. A config whose
+    output lies where its input pattern looks (``inputs: [pdata/*.h5]``, ``output: pdata/pre.h5``) ran
+    once, and every rerun of the same command was refused ("output pdata/pre.h5 is the same file as
+    the input"), its earlier output counted as an Emu input. A preprocessed file is never an Emu
+    database, so it is left out (and replaced by the rerun); any other file at ``output`` that an
+    input names stays an input, and check_outputs refuses to write over it."""
+    from .._output_guard import PREPROCESSED, file_kind
+
+    try:
+        target = Path(output).stat()
+    except (OSError, ValueError):
+        return files
+    own = [path for path in files if (path.stat().st_dev, path.stat().st_ino) == (target.st_dev, target.st_ino)
+           and file_kind(path) == PREPROCESSED]
+    kept = [path for path in files if path not in own]
+    if not own or not kept:  # nothing else to read: check_outputs names the clash, as before
+        return files
+    if log is not None:
+        log(f"preprocess: {own[0]} is this command's earlier output (a preprocessed file), not an Emu database: "
+            "not read as an input; it is replaced")
+    return kept
+
+
 #: dodo.CellStatus bits meaning "input rejected, output = input" (cpp/src/cell_status.hpp).
 REJECTING_FLAGS = ("FLUX_FACTOR", "NEGATIVE_DENSITY", "NONFINITE", "ZERO_DENSITY", "BAD_VELOCITY")
 
@@ -69,7 +93,7 @@ def preprocess(config: PreprocessConfig, progress: bool = True, log=print) -> di
     """Run the whole preprocessing; returns a summary (also stored in the file attributes)."""
     import dodo
 
-    files = resolve_inputs(config.inputs, log)
+    files = _without_own_earlier_output(resolve_inputs(config.inputs, log), config.output, log)
     check_outputs([config.output], files)  # before anything is read or written: never overwrite an input
     settings = dodo.box3d_settings(lebedev_order=config.box3d.lebedev_order, z_method=config.box3d.z_method)
     sources, kinds = [], set()
