@@ -100,7 +100,9 @@ def test_box3d_only_returns_the_proxy_and_no_uncertainty():
 
 def test_an_overflowing_growth_ratio_voids_the_network_output(models):
     F, u = diagnostic_cells()
-    result = Closure(models["overflow"][0], threads=1).apply(F, u)
+    # Without its self-test: every test vector's network output is non-finite, which the self-test
+    # refuses (a package that never corrects a cell; probe round seventeen).
+    result = Closure(models["overflow"][0], threads=1, self_test=False).apply(F, u)
     box = dodo.box3d(F, u)
     crossing = (box.status & np.uint32(REJECTED | CellStatus.NO_CROSSING)) == 0
     assert np.all(result.status[crossing] & CellStatus.NETWORK_NONFINITE)
@@ -185,7 +187,7 @@ def test_runtime_matches_the_numpy_reference_closure(models, model):
     uncertainty on its own: same statuses, same numbers to float32 rounding of the network."""
     F, u = diagnostic_cells()
     path, mlp = models[model]
-    result = Closure(path, threads=1).apply(F, u)
+    result = Closure(path, threads=1, self_test=model != "overflow").apply(F, u)  # see the overflow test above
     reference = synthetic.reference_closure(F, u, mlp, mlp.head)
     np.testing.assert_array_equal(result.status, reference["status"])
     np.testing.assert_allclose(result.growth_over_ntot, reference["growth_over_ntot"], rtol=2e-6, atol=0)
