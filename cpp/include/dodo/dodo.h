@@ -12,6 +12,9 @@
  * Rules: C99; every function returns a status or a plain value; nothing prints, exits or
  * aborts; handles are immutable after creation and may be shared between threads;
  * dodo_closure_destroy(NULL) is a no-op. Strings returned as `const char*` are static.
+ * Threads the library starts (dodo_options.threads workers, ONNX Runtime's own) block the
+ * asynchronous signals (SIGINT, SIGTERM, SIGUSR1, ...): a signal sent to the process goes to one
+ * of the host's threads, so a host may block it and wait for it with sigwait or a signalfd.
  */
 #ifndef DODO_DODO_H
 #define DODO_DODO_H
@@ -170,7 +173,9 @@ DODO_API dodo_status dodo_apply(dodo_closure* closure, size_t n_cells, const dou
                                 const ptrdiff_t* F_pred_strides, uint32_t* cell_status);
 
 /* Runs the model's embedded test vectors through dodo_apply; DODO_ERROR_SELF_TEST if any cell
- * differs by more than the tolerance stored in the model. max_error_over_ntot may be NULL.
+ * differs by more than the tolerance stored in the model, if the network's output for one is not
+ * finite, or if none reaches the network (every one stable or rejected: such vectors test no
+ * weight). max_error_over_ntot may be NULL.
  * The counters are left as they are (they describe the caller's cells only). */
 DODO_API dodo_status dodo_self_test(dodo_closure* closure, double* max_error_over_ntot);
 
