@@ -166,7 +166,9 @@ DODO_API void dodo_closure_destroy(dodo_closure* closure);
  * strides whose addresses leave the address space, F_pred strides under which two output values
  * share memory (e.g. a zero species or component stride), and F_pred or cell_status overlapping
  * F_init or u other than by exact in-place use.
- * Cells are independent: a bad cell is flagged, never an error. */
+ * Cells are independent: a bad cell is flagged, never an error. An error after those checks
+ * (DODO_ERROR_OUT_OF_MEMORY, DODO_ERROR_ONNXRUNTIME) leaves the outputs partly written: some
+ * cells may hold their result, in place too, so keep a copy of F_init to retry from. */
 DODO_API dodo_status dodo_apply(dodo_closure* closure, size_t n_cells, const double* F_init,
                                 const ptrdiff_t* F_init_strides, const double* u,
                                 const ptrdiff_t* u_strides, double* F_pred,
