@@ -382,8 +382,10 @@ size_t dodo_last_error(const dodo_closure* closure, char* buffer, size_t buffer_
 dodo_status dodo_closure_create_from_memory(const void* bytes, size_t size, const dodo_options* options,
                                             dodo_closure** closure, char* error_buffer, size_t error_buffer_size) {
   return create_handle(options, closure, error_buffer, error_buffer_size, [&](const dodo::runtime::ClosureOptions& settings) {
-    if (!bytes) throw Error(DODO_ERROR_INVALID_ARGUMENT, "model bytes pointer is NULL (for a Box3D-only closure use dodo_closure_create with DODO_BOX3D_ONLY)");
+    // Size first: an empty package is empty whatever its pointer (a C++ std::vector or a Fortran
+    // array read from an empty file may give NULL for it), one status and message in every language.
     if (size == 0) throw Error(DODO_ERROR_MODEL_FORMAT, "model in memory is empty (size 0)");
+    if (!bytes) throw Error(DODO_ERROR_INVALID_ARGUMENT, "model bytes pointer is NULL (for a Box3D-only closure use dodo_closure_create with DODO_BOX3D_ONLY)");
     const std::string_view view(static_cast<const char*>(bytes), size);
     return std::make_unique<dodo::runtime::Closure>(dodo::runtime::ModelInMemory{view}, settings);
   });

@@ -553,3 +553,51 @@ def test_fortran_errmsg_keeps_a_long_message_whole(tmp_path):
          *pkg_config("--libs"), "-o", str(program)])
     lines = [line.rstrip() for line in run([str(program)]).splitlines()]
     assert lines == ['2 3055 nnx": File name too long'], lines
+
+
+# --- an empty package in memory, whatever its pointer ---------------------------------------------
+
+CPP_EMPTY_PACKAGE = r"""
+#include <dodo/dodo.hpp>
+#include <cstdio>
+#include <vector>
+int main() {
+  std::vector<char> bytes;  // an empty model file read into a vector: its data() is nullptr
+  try {
+    dodo::Closure closure = dodo::Closure::from_memory(bytes.data(), bytes.size());
+    std::printf("created\n");
+  } catch (const dodo::Error& error) {
+    std::printf("%d %s\n", static_cast<int>(error.status()), error.what());
+  }
+}
+"""
+
+
+@needs_runtime
+def test_an_empty_package_in_memory_is_called_empty_whatever_its_pointer(tmp_path):
+    """dodo_closure_create_from_memory(NULL, 0) said DODO_ERROR_INVALID_ARGUMENT "model bytes
+    pointer is NULL (for a Box3D-only closure use ...)", which a C++ host meets for an empty file
+    read into a std::vector (data() is nullptr), while Fortran and C with any other pointer say
+    DODO_ERROR_MODEL_FORMAT "model in memory is empty (size 0)". Now size 0 is "empty" whatever
+    the pointer; NULL with a size is still the NULL-pointer error."""
+    from libdodo_ctypes import load_libdodo
+    from test_native_programs import ROOT, pkg_config, run
+
+    lib = load_libdodo()
+    lib.dodo_closure_create_from_memory.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
+                                                    ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p, ctypes.c_size_t]
+    for pointer, size, status, words in [(None, 0, 3, "model in memory is empty (size 0)"),
+                                         (ctypes.addressof(ctypes.c_char()), 0, 3, "model in memory is empty (size 0)"),
+                                         (None, 10, 1, "model bytes pointer is NULL")]:
+        handle = ctypes.c_void_p()
+        message = ctypes.create_string_buffer(512)
+        assert lib.dodo_closure_create_from_memory(pointer, size, None, ctypes.byref(handle), message, 512) == status
+        assert words in message.value.decode() and not handle.value
+    if not shutil.which("g++"):
+        pytest.skip("g++ is not installed")
+    source = tmp_path / "empty.cpp"
+    source.write_text(CPP_EMPTY_PACKAGE)
+    program = tmp_path / "empty"
+    run(["g++", "-std=c++17", "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'cpp/include'}", str(source),
+         *pkg_config("--cflags", "--libs"), "-o", str(program)])
+    assert run([str(program)]).strip() == "3 model in memory is empty (size 0)"
