@@ -162,6 +162,20 @@ def test_train_refuses_a_thread_count_beyond_the_limit_instead_of_crashing(tmp_p
     assert "training.threads must be an integer in [0, 1024]" in lines[0], lines[0]
 
 
+def test_train_ensemble_refuses_a_thread_count_beyond_the_limit_instead_of_crashing(tmp_path):
+    """`dodo train-ensemble --set ensemble.threads=100000` reached torch.set_num_threads(100000), a
+    segmentation fault; now refused before the table is read: exit 2, one line naming the key."""
+    pytest.importorskip("torch")
+    pytest.importorskip("yaml")
+    config = tmp_path / "ensemble.yaml"
+    config.write_text("data:\n  path: missing.h5\nensemble:\n  members: 1\n")
+    finished = subprocess.run([sys.executable, "-m", "dodo", "train-ensemble", "--config", str(config), "--set",
+                               "ensemble.threads=100000"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    lines = finished.stderr.strip().splitlines()
+    assert finished.returncode == 2 and len(lines) == 1, (finished.returncode, finished.stderr)
+    assert "threads must be an integer in [1, 1024]" in lines[0], lines[0]
+
+
 # --- Closure(threads=1024) on a small machine ---------------------------------------------------
 
 @pytest.mark.parametrize("model", [None, "box3d"])

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .._atomic import atomic_path, check_input_file
+from ..conventions import MAX_THREADS
 from .config import ConfigError, read_yaml_mapping
 from .dataset import nu_nubar_swapped, rest_frame_arrays
 from .safe_load import load_torch_file
@@ -135,6 +136,9 @@ class EnsembleConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer; got {value!r}")
+        # torch.set_num_threads(100000) ends the process in a segmentation fault: dodo's own limit.
+        if self.threads > MAX_THREADS:
+            raise ConfigError(f"threads must be an integer in [1, {MAX_THREADS}]; got {self.threads!r}")
         for name in ("lr", "sigma0"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
