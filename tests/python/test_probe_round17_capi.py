@@ -89,7 +89,8 @@ def test_library_threads_never_take_a_signal_the_host_blocked(tmp_path, model, t
                             text=True, timeout=240, env=env, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, (result.returncode, result.stdout, result.stderr[-3000:])
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["new_threads"] >= 1  # the threads under test exist
+    if threads >= 2:  # Dodo's own workers exist; ONNX Runtime's thread (threads = 0) is its build's choice:
+        assert report["new_threads"] >= 1  # a fresh clone's CI saw none there, this machine one
     assert report["unblocked"] == []
     if report["received"] is not None:
         assert report["received"] == 10 or report["received"] > 0
