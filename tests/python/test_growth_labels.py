@@ -445,3 +445,27 @@ def test_refitting_growth_and_student_on_kept_members_gives_train_ons_networks(t
         assert torch.equal(before[key], after[key]), key
     with pytest.raises(ValueError, match="where there are none yet"):
         fit_growth_and_student(trained, density, rows, config, growth_table=labels)
+
+
+def test_a_refinement_without_unstable_pairs_keeps_the_coarse_axis_without_a_nan_rotation(monkeypatch):
+    """A refinement that found no unstable pair returned the zero vector, and rotation_to_z divided by
+    its zero length: a NaN matrix and a RuntimeWarning in the campaign's log (the state then fell back
+    to the coarse axis through _box_along's ValueError). The coarse axis is now taken at once, and a
+    zero or non-finite axis is refused by rotation_to_z itself."""
+    import warnings
+
+    import dodo.qke.states as states_module
+    from dodo.qke.linear import fastest_wavevector
+    from dodo.qke.states import rotation_to_z
+
+    for axis in (np.zeros(3), np.array([np.nan, 0.0, 1.0]), np.array([np.inf, 0.0, 0.0]), np.ones(2)):
+        with pytest.raises(ValueError, match="finite non-zero 3-vector"):
+            rotation_to_z(axis)
+    F = family_states("emu", 1, np.random.default_rng(4))[0]
+    monkeypatch.setattr(states_module, "refine_fastest_wavevector", lambda *args, **kwargs: (0.0, np.zeros(3)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rotation, _, _, rate = box_setup(F, uniform_sphere(8), 16)
+    _, coarse = fastest_wavevector(F, uniform_sphere(8), np.linspace(0.0, 1.0, 21), uniform_sphere(8))
+    np.testing.assert_allclose(rotation, rotation_to_z(coarse), atol=1e-12)
+    assert rate > 0

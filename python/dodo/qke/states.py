@@ -166,7 +166,11 @@ def family_states(family: str, count: int, rng: np.random.Generator,
 
 def rotation_to_z(axis: np.ndarray) -> np.ndarray:
     """Rotation matrix R with R axis_hat = z_hat (Rodrigues' formula; identity for axis = z)."""
-    axis = np.asarray(axis, float) / np.linalg.norm(axis)
+    axis = np.asarray(axis, float)
+    length = float(np.linalg.norm(axis)) if axis.shape == (3,) else float("nan")
+    if not (np.isfinite(length) and length > 0):  # a zero axis made a NaN matrix (and a RuntimeWarning)
+        raise ValueError(f"box axis must be a finite non-zero 3-vector; got {axis!r}")
+    axis = axis / length
     z = np.array([0.0, 0.0, 1.0])
     cross, cosine = np.cross(axis, z), float(axis @ z)
     if np.linalg.norm(cross) < 1e-14:
@@ -215,6 +219,8 @@ def box_setup(four_flux: np.ndarray, directions: np.ndarray, ncell: int, axis: s
         # The 24 axes alone left the box on a slower axis than Emu's search does (a quarter or
         # more of the rate lost on about one state in six; docs/qke.md, "Axis").
         _, refined = refine_fastest_wavevector(four_flux, search_directions, wavevector)
+        if not np.linalg.norm(refined) > 0:  # no unstable pair for the refinement: the coarse axis
+            refined = wavevector
         try:
             return _box_along(four_flux, rotation_to_z(refined), directions, search_directions, ncell, box_length_cm,
                               end_time_s)
