@@ -248,13 +248,13 @@ def test_export_loads_an_ensemble_checkpoint_once(tmp_path, capsys, monkeypatch)
     assert dodo.Closure(str(output)).has_model
 
 
-def test_the_checkpoint_kind_is_peeked_without_running_the_pickle(tmp_path):
-    """The peek resolves no global: a checkpoint whose pickle would call os.system is read inertly
-    (and the export's restricted load then refuses it, as before)."""
+def test_the_one_read_of_a_checkpoint_runs_nothing_in_its_pickle(tmp_path, capsys):
+    """The export's single read is the restricted load: a checkpoint whose pickle would call os.system
+    is refused without running it, and so is a text file (one line, nothing written)."""
     import pickle
     import zipfile
 
-    from dodo.training.cli import _peek_checkpoint_kind
+    from cli_helpers import run
 
     marker = tmp_path / "ran"
 
@@ -265,10 +265,12 @@ def test_the_checkpoint_kind_is_peeked_without_running_the_pickle(tmp_path):
     archive = tmp_path / "crafted.pt"
     with zipfile.ZipFile(archive, "w") as handle:
         handle.writestr("crafted/data.pkl", pickle.dumps({"kind": "density_residual_ensemble", "x": Planted()}))
-    assert _peek_checkpoint_kind(archive) == (True, "density_residual_ensemble")
-    assert not marker.exists()
+    code, _, err = run(capsys, ["export", str(archive), "-o", str(tmp_path / "crafted.onnx")])
+    assert code == 2 and not marker.exists(), err
     (tmp_path / "text.pt").write_text("not a checkpoint")
-    assert _peek_checkpoint_kind(tmp_path / "text.pt") == (False, None)
+    code, _, err = run(capsys, ["export", str(tmp_path / "text.pt"), "-o", str(tmp_path / "text.onnx")])
+    assert code == 2 and "it was not loaded" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["crafted.pt", "text.pt"]
 
 
 # --- dodo apply -o is not replaced by a run that fails -----------------------------------------

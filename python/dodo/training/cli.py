@@ -190,79 +190,6 @@ def _study(args) -> int:
     return 0
 
 
-class _Inert:
-    """Whatever a checkpoint's pickle names (a tensor's rebuild function, an OrderedDict): built and
-    filled without running anything, so that :func:`_peek_checkpoint_kind` can read plain entries."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        pass
-
-    def __call__(self, *args, **kwargs):
-        return _Inert()
-
-    def __setstate__(self, state) -> None:
-        pass
-
-    def __setitem__(self, key, value) -> None:
-        pass
-
-    def append(self, value) -> None:
-        pass
-
-    def extend(self, values) -> None:
-        pass
-
-
-def _peek_checkpoint_kind(path):
-    """The top-level ``kind`` entry of a torch checkpoint (a zip archive), read from its pickle alone:
-    no tensor's bytes are read and no global is resolved (every one becomes an inert object), so
-    nothing in the file runs. (False, None) when the file is not such an archive or the pickle cannot
-    be read this way: the caller then loads the file as before."""
-    import io
-    import pickle
-    import zipfile
-
-    class Peek(pickle.Unpickler):
-        def find_class(self, module, name):
-            return _Inert
-
-        def persistent_load(self, pid):
-            return None
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            pickles = [name for name in archive.namelist() if name.endswith("/data.pkl") and name.count("/") == 1]
-            if len(pickles) != 1 or archive.getinfo(pickles[0]).file_size > 64 * 2**20:
-                return False, None
-            state = Peek(io.BytesIO(archive.read(pickles[0]))).load()
-    except Exception:  # not a zip archive, damaged, an old torch format: load it as before
-        return False, None
-    return True, state.get("kind") if isinstance(state, dict) else None
-
-
-def _is_ensemble_checkpoint(path, kind: str) -> bool:
-    """Whether ``path`` is a density-residual-ensemble checkpoint (anything else: export's own checks).
-    Read from the checkpoint's pickle alone where it can be (export loads the file fully afterwards:
-    it was loaded twice, tensors and all, and a file replaced between the two loads was taken for
-    one kind and exported as the other); a full restricted load otherwise."""
-    import os
-
-    from .safe_load import UntrustedCheckpointError, load_torch_file
-
-    if not os.path.isfile(path):
-        return False
-    peeked, found = _peek_checkpoint_kind(path)
-    if peeked:
-        return found == kind
-    try:
-        state = load_torch_file(path)
-    except UntrustedCheckpointError:
-        raise
-    except Exception:  # not a torch file: export_checkpoint says what is wrong with it
-        return False
-    return isinstance(state, dict) and state.get("kind") == kind
-
-
 #: Most test vectors `dodo export` embeds (about 1.3 kB of metadata each; the runtime self-tests them all at load).
 MAX_TEST_VECTORS = 10_000
 
@@ -271,6 +198,7 @@ MAX_TEST_VECTORS = 10_000
 def _export(args) -> int:
     from .ensemble_train import CHECKPOINT_KIND, export_ensemble
     from .export import export_checkpoint
+    from .train import read_checkpoint_file
 
     # The package format needs one at least (the runtime's self-test reads them); each is drawn from 16
     # candidate cells and stored as JSON text in the metadata: 10^8 asked for 71.5 GiB (MemoryError traceback).
@@ -278,13 +206,17 @@ def _export(args) -> int:
         raise ValueError(f"--test-vectors must be an integer in [1, {MAX_TEST_VECTORS}]; got {args.test_vectors}")
     check_outputs([args.output], [args.checkpoint])
     refuse_replacing(args.output, MODEL_PACKAGE, "dodo export", args.overwrite)
-    if _is_ensemble_checkpoint(args.checkpoint, CHECKPOINT_KIND):
+    # Read once and sent on by its kind: it was read twice (once to learn its kind, once to export
+    # it), and a file replaced between the two reads was taken for one kind and exported as the other.
+    checkpoint = read_checkpoint_file(args.checkpoint)
+    if isinstance(checkpoint, dict) and checkpoint.get("kind") == CHECKPOINT_KIND:
         export_ensemble(args.checkpoint, args.output, n_test_vectors=args.test_vectors, fused=args.fused,
-                        check=not args.no_check)
+                        check=not args.no_check, checkpoint=checkpoint)
         return 0
     if args.fused:
         raise ValueError("--fused applies to density-residual-ensemble checkpoints (dodo train-ensemble) only")
-    export_checkpoint(args.checkpoint, args.output, check=not args.no_check, n_test_vectors=args.test_vectors)
+    export_checkpoint(args.checkpoint, args.output, check=not args.no_check, n_test_vectors=args.test_vectors,
+                      checkpoint=checkpoint)
     return 0
 
 

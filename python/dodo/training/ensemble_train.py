@@ -943,7 +943,7 @@ def _diagnostic_test_vectors(ensemble: DensityResidualEnsemble, test_vectors: di
 
 
 def export_ensemble(checkpoint_path: str, output: str, n_test_vectors: int = 6, log=print, fused: bool = False,
-                    check: bool = True) -> dict:
+                    check: bool = True, checkpoint: dict | None = None) -> dict:
     """Ensemble checkpoint -> model package (same format as `dodo export`, plus the optional outputs);
     fused=True writes the stacked graph of dodo.training.fused; check=False skips the torch vs
     onnxruntime round trip (`dodo export --no-check`; the runtime's self-test still runs at load)."""
@@ -953,7 +953,8 @@ def export_ensemble(checkpoint_path: str, output: str, n_test_vectors: int = 6, 
     from .ensemble import native_network_description
     from .export import IR_VERSION, ExportError, make_test_vectors, metadata_for, roundtrip_check
 
-    checkpoint = load_torch_file(checkpoint_path)
+    if checkpoint is None:  # `dodo export` passes the file's content, read once
+        checkpoint = load_torch_file(checkpoint_path)
     ensemble = load_ensemble(checkpoint)
     if fused and ensemble.student is not None:
         raise ValueError("--fused: this checkpoint is distilled into one network; there are no members to fuse")

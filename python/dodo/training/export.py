@@ -17,7 +17,7 @@ from dodo.conventions import N_INVARIANTS
 from .._atomic import atomic_path
 from .frames import boost_from_rest, boost_to_rest, random_velocity
 from .physics_torch import HEAD_OUTPUT_SIZES, ResidualClosureHead
-from .train import closure_from_checkpoint, load_checkpoint
+from .train import closure_from_checkpoint, load_checkpoint, verified_checkpoint
 
 FORMAT_VERSION = "1"
 FEATURES = "invariants27-v1"
@@ -195,11 +195,13 @@ class _OnnxHead(torch.nn.Module):
 
 
 def export_checkpoint(checkpoint_path: str | Path, output: str | Path, check: bool = True, n_test_vectors: int = 6,
-                      log=print) -> dict:
-    """Write the model package; returns {'path', 'metadata', 'roundtrip'}."""
+                      log=print, checkpoint=None) -> dict:
+    """Write the model package; returns {'path', 'metadata', 'roundtrip'}. ``checkpoint``: the file's
+    content when the caller has read it already (read_checkpoint_file), verified here all the same."""
     import onnx
 
-    checkpoint = load_checkpoint(checkpoint_path)
+    checkpoint = (load_checkpoint(checkpoint_path) if checkpoint is None
+                  else verified_checkpoint(checkpoint, checkpoint_path))
     closure = closure_from_checkpoint(checkpoint)
     network = closure.network
     box3d_settings = checkpoint["data"]["box3d"]

@@ -210,6 +210,12 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """Reads and verifies a checkpoint: CorruptCheckpointError (a ValueError) when the file is
     unreadable or its content does not match the embedded SHA-256 (checkpoints written before
     the digest was introduced have none and are accepted as they are)."""
+    return verified_checkpoint(read_checkpoint_file(path, map_location), path)
+
+
+def read_checkpoint_file(path: str | Path, map_location="cpu"):
+    """The object a checkpoint file holds (restricted load), of any kind: `dodo export` reads the
+    file once and sends it on by its ``kind``. CorruptCheckpointError when it cannot be read."""
     path = Path(path)
     if not path.is_file():
         if path.exists():  # a directory (checkpoints/), a FIFO: say what it is, not "not found"
@@ -223,6 +229,12 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         raise
     except Exception as exc:  # torch raises several types for a corrupt file
         raise CorruptCheckpointError(f"{path}: not a readable Dodo checkpoint, truncated or corrupted ({exc})") from exc
+    return checkpoint
+
+
+def verified_checkpoint(checkpoint, path: str | Path) -> dict:
+    """``checkpoint`` (read from ``path``) when it is a `dodo train` checkpoint whose content matches
+    its stored SHA-256; ValueError / CorruptCheckpointError naming ``path`` otherwise."""
     found = checkpoint.get("format") if isinstance(checkpoint, dict) else type(checkpoint).__name__
     if isinstance(checkpoint, dict) and checkpoint.get("kind") == "density_residual_ensemble":
         raise ValueError(f"{path}: a `dodo train-ensemble` checkpoint; this command reads `dodo train` checkpoints "
