@@ -172,17 +172,13 @@ def atomic_path(final: str | Path):
         check_output_target(final)  # nothing put a device, FIFO or directory there meanwhile
         os.replace(tmp, final)
         _fsync_directory(final.parent)
-    except OSError as error:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if error.filename is None and error.errno is not None:
+        if isinstance(error, OSError) and error.filename is None and error.errno is not None:
             # A failed write() names no file (`dodo score --json F` on a full disk said only "[Errno 28]
             # No space left on device"): the output asked for is named (same errno, same OSError subclass).
             raise OSError(error.errno, error.strerror, str(given)) from None
-        raise
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
         raise
 
 
