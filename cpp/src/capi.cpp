@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <sys/stat.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
@@ -45,13 +46,48 @@ namespace {
 
 using dodo::runtime::Error;
 
+// The default model's path, made on first use with no guard variable and no lock (threads racing
+// to make it each make one, one is kept), so that a fork() at any moment leaves the child nothing
+// held (a function-local static's guard, taken during its first initialisation, stays taken in
+// the child, whose next call then waits for ever); never destroyed, so a pointer given out stays
+// valid through exit. nullptr when there is no memory for it.
+template <typename T, typename Make>
+T* made_once(std::atomic<T*>& slot, Make&& make) noexcept {
+  T* made = slot.load(std::memory_order_acquire);
+  if (made) return made;
+  try {
+    made = make();
+  } catch (...) {
+    return nullptr;
+  }
+  T* expected = nullptr;
+  if (slot.compare_exchange_strong(expected, made, std::memory_order_acq_rel)) return made;
+  delete made;  // another thread's is kept
+  return expected;
+}
+
+// An object built in place and never destroyed: it outlives exit()'s destructors.
+template <typename T>
+union NeverDestroyed {
+  T value;
+  NeverDestroyed() : value() {}
+  ~NeverDestroyed() {}
+};
+
 // Live handles, so that a destroyed or foreign pointer is refused instead of dereferenced
-// (double destroy, use after destroy from a Fortran code that kept a copy).
+// (double destroy, use after destroy from a Fortran code that kept a copy). The set is never
+// destroyed: as a plain function-local static it was destroyed by exit(), and a host's own
+// static owner of a closure destroyed after it (a C++ `static std::unique_ptr<dodo::Closure>`
+// filled in main) erased from the freed set: "free(): double free detected", exit by SIGABRT
+// (outside probe, round eighteen); a thread still calling libdodo during exit read it freed.
+// Made when the library is loaded (kLiveHandlesMade), so that no fork() can catch its guard
+// variable held; the guard still orders a use from another library's static initialiser.
 std::mutex live_mutex;
 std::set<const dodo_closure*>& live_handles() {
-  static std::set<const dodo_closure*> handles;
-  return handles;
+  static NeverDestroyed<std::set<const dodo_closure*>> handles;  // std::set() does not allocate
+  return handles.value;
 }
+[[maybe_unused]] const bool kLiveHandlesMade = (live_handles(), true);
 bool is_live(const dodo_closure* handle) {
   std::lock_guard<std::mutex> lock(live_mutex);
   return live_handles().count(handle) != 0;
@@ -296,8 +332,11 @@ void(dodo_options_init)(dodo_options* options) {
 }
 
 const char* dodo_default_model_path(void) {
-  static const std::string path = find_default_model();
-  return path.empty() ? nullptr : path.c_str();
+  // Made once, never destroyed (a pointer given out stays valid through exit), no guard to be
+  // caught held by a fork (made_once); NULL also when there is no memory to look.
+  static std::atomic<std::string*> found{nullptr};
+  const std::string* path = made_once(found, [] { return new std::string(find_default_model()); });
+  return !path || path->empty() ? nullptr : path->c_str();
 }
 
 dodo_status dodo_closure_create(const char* model_path, const dodo_options* options, dodo_closure** closure,

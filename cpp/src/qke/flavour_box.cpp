@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "../multiversion.hpp"
+#include "../thread_start.hpp"
 
 namespace dodo::qke {
 
@@ -547,13 +548,23 @@ void FlavourBoxKernel::step(const double* dt, std::complex<double>* moments_at_s
     for (std::size_t s = first; s < nsim_; s += workers) step_box(boxes_[s], dt[s]);
   };
   std::thread pool[kMaxStepThreads];
-  for (std::size_t w = 1; w < workers; ++w) {
-    try {
-      pool[w] = std::thread(run, w);
-    } catch (const std::system_error&) {
-      run(w);  // the system could not start a thread: do its share here
+  {
+    // Workers start with the asynchronous signals blocked, as the closure's (thread_start.hpp):
+    // a host that blocks SIGTERM and waits for it (sigwait, signalfd) is not killed by its default
+    // action run on a solver thread (outside probe, round eighteen). A start is tried only while
+    // address space is left for the thread (under ulimit -v glibc otherwise aborts).
+    const AsyncSignalsBlocked solver_threads;
+    for (std::size_t w = 1; w < workers; ++w) {
+      if (!address_space_has_headroom()) break;
+      try {
+        pool[w] = std::thread(run, w);
+      } catch (const std::system_error&) {
+        break;
+      }
     }
   }
+  for (std::size_t w = 1; w < workers; ++w)
+    if (!pool[w].joinable()) run(w);  // the system could not start its thread: its share here
   run(0);
   for (std::size_t w = 1; w < workers; ++w)
     if (pool[w].joinable()) pool[w].join();

@@ -39,12 +39,18 @@ inline constexpr bool kImageNegatesEln[kFlavourImages] = {false, false, true, tr
 // Blend band half-width (units of N_tot) and the weight below which an image is left out.
 inline constexpr double kImageBlendWidth = 0.01;
 inline constexpr double kImageWeightFloor = 1e-7;
+// |t| beyond which a side's weight is under the floor, and t per unit asymmetry. Namespace-scope
+// constants (GCC folds them at compile time, as it did the function-local statics they were):
+// a function-local static a compiler initialises at run time has a guard variable, which a
+// fork() during the first cell's evaluation could leave taken in the child.
+inline const double kImageBandEdge = std::log((1.0 - kImageWeightFloor) / kImageWeightFloor);
+inline const double kImageSteepness = kImageBandEdge / kImageBlendWidth;
 
 // The images' weights for a cell F (rest frame, units of N_tot); 0: the image is not evaluated.
 struct ImageWeights {
   double weight[kFlavourImages];
   // The image of weight 1 when it is the only one (the cell lies outside both bands: most cells),
-  // else -1. A side inside its band is below 1 (1/(1 + e^{-t}) with |t| < edge), and a product
+  // else -1. A side inside its band is below 1 (1/(1 + e^{-t}) with |t| < kImageBandEdge), and a product
   // with a factor below 1 is below 1: weight[g] == 1.0 exactly when g == single.
   int single;
 };
@@ -52,14 +58,12 @@ struct ImageWeights {
 inline ImageWeights image_weights(const double* F) {
   // s(t) and s(-t) as the same expression of t and -t, so that a swap, which negates t exactly,
   // exchanges them to the last bit.
-  // Outside the band (|t| beyond `edge`, where the smaller side is under the floor) the sides are
+  // Outside the band (|t| beyond kImageBandEdge, where the smaller side is under the floor) the sides are
   // exactly 1 and 0, without an exponential: the cell's one image, unscaled.
-  static const double edge = std::log((1.0 - kImageWeightFloor) / kImageWeightFloor);
-  static const double steepness = edge / kImageBlendWidth;
   // Returns the side of weight 1 outside the band, else -1.
   const auto sides = [](double a, double* side) {
-    const double t = steepness * a;
-    if (!(std::fabs(t) < edge)) {
+    const double t = kImageSteepness * a;
+    if (!(std::fabs(t) < kImageBandEdge)) {
       side[0] = t > 0.0 ? 1.0 : 0.0;
       side[1] = t > 0.0 ? 0.0 : 1.0;
       return t > 0.0 ? 0 : 1;

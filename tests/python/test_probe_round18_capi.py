@@ -1,0 +1,244 @@
+"""Outside probe, round eighteen, C side (docs/reliability_cpp.md, "Round ten (round
+eighteen)"): the C API, dodo.hpp, the QKE solver's compiled kernel. Each test failed on the code
+before its fix."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import dodo
+
+HERE = Path(__file__).resolve().parent
+needs_runtime = pytest.mark.skipif(not dodo.runtime_available(), reason="closure runtime not built")
+
+
+def _compile(tmp_path: Path, name: str, source: str, language: str = "c++") -> Path:
+    from test_native_programs import ROOT, pkg_config, run
+
+    compiler = "g++" if language == "c++" else "gcc"
+    if not shutil.which(compiler):
+        pytest.skip(f"{compiler} is not installed")
+    suffix = ".cpp" if language == "c++" else ".c"
+    standard = "-std=c++17" if language == "c++" else "-std=c11"
+    path = tmp_path / (name + suffix)
+    path.write_text(source)
+    program = tmp_path / name
+    run([compiler, standard, "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'cpp/include'}", str(path),
+         *pkg_config("--cflags", "--libs"), "-lpthread", "-ldl", "-o", str(program)])
+    return program
+
+
+def _run(program: Path, *arguments: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([str(program), *arguments], capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+# --- the QKE solver's threads and the host's signals -----------------------------------------------
+
+# A child interpreter that blocks SIGUSR1 first (as a host that waits for it), then steps a batch
+# of boxes on 4 threads while a watcher thread records each new thread's blocked signals and, once
+# it has seen solver threads, sends SIGUSR1 to the process.
+QKE_SIGNAL_CHILD = textwrap.dedent("""
+    import json, os, signal, sys, threading, time
+    import numpy as np
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    from dodo._core import QkeKernel
+    from dodo.qke.directions import uniform_sphere
+    nsim, ncell = 4, 64
+    directions = uniform_sphere(16)
+    kernel = QkeKernel(directions, ncell, np.full(nsim, 4.0), np.ones(ncell), None, 1.9e-22, 3e10)
+    state = np.zeros((6, nsim, 2, ncell, len(directions)), complex)
+    state[0] = 1.0
+    state[1] = 0.5
+    kernel.set_state(state)
+    dt = np.full(nsim, 1e-12)
+    before = set(os.listdir("/proc/self/task"))
+    seen, unblocked, sent = set(), [], [False]
+    done = threading.Event()
+    def watch():
+        own = str(threading.get_native_id())
+        deadline = time.monotonic() + 60
+        while not done.is_set() and time.monotonic() < deadline:
+            for task in set(os.listdir("/proc/self/task")) - before - {own} - seen:
+                try:
+                    status = open(f"/proc/self/task/{task}/status").read()
+                except OSError:
+                    continue
+                seen.add(task)
+                mask = int([l for l in status.splitlines() if l.startswith("SigBlk:")][0].split()[1], 16)
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP, signal.SIGCHLD):
+                    if not mask & (1 << (sig - 1)):
+                        unblocked.append([task, int(sig)])
+            if len(seen) >= 3 and not sent[0]:
+                sent[0] = True
+                os.kill(os.getpid(), signal.SIGUSR1)
+            if len(seen) >= 12:
+                done.set()
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    start = time.monotonic()
+    while not done.is_set() and time.monotonic() - start < 60:
+        kernel.step(dt, 4)
+    done.set()
+    watcher.join()
+    received = signal.sigtimedwait({signal.SIGUSR1}, 10)
+    print(json.dumps({"seen": len(seen), "unblocked": unblocked, "sent": sent[0],
+                      "received": received.si_signo if received else None}))
+""")
+
+
+def test_qke_solver_threads_block_the_asynchronous_signals_as_the_closures_do(tmp_path):
+    """The compiled QKE kernel (dodo simulate, dodo.qke with backend 'cpp') started its per-step
+    threads with the calling thread's mask, so SIGINT, SIGTERM, SIGHUP, SIGCHLD open in every
+    solver thread (3 of 3 runs: 3 to 7 threads each), unlike the closure's workers (round
+    seventeen): a signal the host handles could run its handler on a solver thread (a handler that
+    siglongjmps or asks which thread it is on then misbehaves). Now they start with the
+    asynchronous signals blocked, as the closure's; a signal the host blocks still waits for its
+    sigtimedwait (it did before too: the threads inherited that block)."""
+    pytest.importorskip("dodo._core")
+    script = tmp_path / "child.py"
+    script.write_text(QKE_SIGNAL_CHILD)
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240, env=env,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr[-3000:])
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["seen"] >= 3 and report["sent"], report
+    assert report["unblocked"] == [], report
+    assert report["received"] == 10, report  # SIGUSR1, waiting for the host
+
+
+# --- a host's static owner of a closure, destroyed after libdodo's statics ---------------------------
+
+CPP_STATIC_OWNER = r"""
+#include <dodo/dodo.hpp>
+#include <cstdio>
+#include <memory>
+#include <string>
+static std::unique_ptr<dodo::Closure> closure;  // made (empty) before main, filled in main
+int main(int argc, char** argv) {
+  const std::string model = argc > 1 ? argv[1] : "box3d";
+  closure = std::make_unique<dodo::Closure>(model);
+  double F[24] = {1.0, 0.0, 0.0, 0.3, 1.1, 0, 0, 0, 1.2, 0, 0, 0, 1.3, 0, 0, -0.5, 1.4, 0, 0, 0, 1.5, 0, 0, 0};
+  double out[24];
+  closure->apply(1, F, nullptr, out);
+  std::printf("applied %d\n", static_cast<int>(closure->has_model()));
+  std::fflush(stdout);
+  return 0;  // exit(): destructors in reverse order of registration, libdodo's first
+}
+"""
+
+C_ATEXIT_OWNER = r"""
+#include <dodo/dodo.h>
+#include <stdio.h>
+#include <stdlib.h>
+static dodo_closure* closure = NULL;
+static void release(void) { dodo_closure_destroy(closure); puts("released"); fflush(stdout); }
+int main(void) {
+  atexit(release);  /* registered before libdodo's first call */
+  char message[512];
+  if (dodo_closure_create(DODO_BOX3D_ONLY, NULL, &closure, message, sizeof message) != DODO_OK) {
+    puts(message);
+    return 1;
+  }
+  return 0;
+}
+"""
+
+
+@needs_runtime
+def test_a_closure_owned_by_a_static_is_destroyed_cleanly_at_exit(tmp_path):
+    """libdodo's set of live handles was a function-local static, destroyed by exit(). A host whose
+    own static owner of a closure is destroyed after it (a C++ `static std::unique_ptr<dodo::Closure>`
+    filled in main, a C atexit handler registered before the first call) made dodo_closure_destroy
+    erase from the freed set: "free(): double free detected in tcache 2", exit by SIGABRT (134),
+    3 of 3 runs. Now the set is never destroyed: exit 0."""
+    from dodo.models import default_model_path
+
+    cpp = _compile(tmp_path, "static_owner", CPP_STATIC_OWNER)
+    for model, has_model in (("box3d", 0), (str(default_model_path()), 1)):
+        result = _run(cpp, model)
+        assert result.returncode == 0, (model, result.returncode, result.stdout, result.stderr[-2000:])
+        assert result.stdout.split("\n")[0] == f"applied {has_model}", result.stdout
+        assert "free()" not in result.stderr, result.stderr
+    program = _compile(tmp_path, "atexit_owner", C_ATEXIT_OWNER, language="c")
+    result = _run(program)
+    assert (result.returncode, result.stdout.strip()) == (0, "released"), (result.returncode, result.stderr[-2000:])
+
+
+# --- fork while another thread looks up the default model for the first time ------------------------
+
+# stat() is replaced by one that, for the default model's candidates, tells the main thread the
+# lookup is under way and lingers there; the main thread forks meanwhile and the child looks the
+# path up itself.
+C_FORK_DURING_FIRST_LOOKUP = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <dodo/dodo.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+static int entered[2];
+static int lingered = 0;
+int stat(const char* path, struct stat* status) {
+  int (*real)(const char*, struct stat*) = (int (*)(const char*, struct stat*))dlsym(RTLD_NEXT, "stat");
+  if (strstr(path, "qke_default.onnx") && !lingered) {
+    lingered = 1;
+    if (write(entered[1], "s", 1) != 1) return -1;
+    usleep(300000);
+  }
+  return real(path, status);
+}
+static void* first_lookup(void* unused) {
+  (void)unused;
+  dodo_default_model_path();
+  return NULL;
+}
+int main(void) {
+  if (pipe(entered) != 0) return 2;
+  pthread_t thread;
+  pthread_create(&thread, NULL, first_lookup, NULL);
+  char c;
+  if (read(entered[0], &c, 1) != 1) return 2;  /* the thread is inside the first lookup */
+  pid_t child = fork();
+  if (child == 0) {
+    alarm(20);
+    const char* path = dodo_default_model_path();
+    printf("child %s\n", path ? "found" : "none");
+    fflush(stdout);
+    _exit(0);
+  }
+  int status = 0;
+  waitpid(child, &status, 0);
+  pthread_join(thread, NULL);
+  const char* path = dodo_default_model_path();
+  printf("parent %s\n", path ? "found" : "none");
+  if (WIFEXITED(status)) printf("child exit %d\n", WEXITSTATUS(status));
+  else printf("child signal %d\n", WTERMSIG(status));
+  return 0;
+}
+"""
+
+
+@needs_runtime
+def test_a_fork_during_the_first_default_model_lookup_leaves_the_child_usable(tmp_path):
+    """dodo_default_model_path kept its answer in a function-local static. fork() while another
+    thread was making it (dladdr, stat, realpath: microseconds, or longer on a slow file system)
+    copied its guard variable, taken, into the child, whose own call then waited for ever (killed
+    here by its alarm: SIGALRM, every run). Now the path is published without a guard or lock:
+    the child looks it up itself."""
+    program = _compile(tmp_path, "fork_lookup", C_FORK_DURING_FIRST_LOOKUP, language="c")
+    result = _run(program, timeout=60)
+    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr[-2000:])
+    lines = result.stdout.split("\n")
+    assert lines[:3] == ["child found", "parent found", "child exit 0"], result.stdout
