@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import operator
 import os
 import sys
 from typing import NamedTuple, Optional
@@ -44,10 +45,22 @@ _BOX3D_OUTPUTS = {"F_box": ((N_SPECIES, N_COMPONENTS), np.float64), "growth_over
 
 def _empty_result(result_type, outputs: dict, batch_shape):
     sizes = tuple(batch_shape) if np.iterable(batch_shape) else (batch_shape,)
-    batch = tuple(_integral("batch_shape", size) for size in sizes)  # 1.5 is refused, never truncated
+    batch = tuple(_shape_size(size, batch_shape) for size in sizes)  # 1.5 and 2.0 are refused, never truncated
     if any(size < 0 for size in batch):
         raise ValueError(f"batch_shape must hold sizes >= 0; got {batch_shape!r}")
     return result_type(*(np.empty(batch + trailing, dtype) for trailing, dtype in outputs.values()))
+
+
+def _shape_size(size, batch_shape) -> int:
+    """One size of a batch shape: an integer as NumPy's shapes take it (int, NumPy integers);
+    a float, even an integral one (2.0, which np.empty refuses too), or a bool is refused."""
+    if not isinstance(size, (bool, np.bool_)):
+        try:
+            return operator.index(size)
+        except TypeError:
+            pass
+    raise ValueError(f"batch_shape must be an integer or a tuple of integers, as a NumPy shape (a float such as 2.0 "
+                     f"is refused, as np.empty refuses it); got {batch_shape!r}")
 
 
 def _flat_outputs(out, result_type, outputs: dict, batch: tuple[int, ...]) -> list[np.ndarray]:

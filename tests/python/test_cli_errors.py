@@ -194,7 +194,7 @@ def test_train_accepts_grad_clip_null_as_no_clipping():
 
 @pytest.mark.parametrize("setting, expected", [
     ("box3d.lebedev_order=5", "box3d.lebedev_order must be one of"),
-    ("threads=-2", "threads must be >= 0"),
+    ("threads=-2", "threads must be an integer in [0, 1024] or null"),
     ("filters.max_flux_factor=.nan", "filters.max_flux_factor must be a finite positive number"),
 ])
 def test_preprocess_refuses_bad_values(tmp_path, monkeypatch, capsys, setting, expected):

@@ -131,11 +131,11 @@ def test_max_cost_skips_expensive_states_and_says_why(tmp_path, yaml_states):
         np.testing.assert_allclose(from_emu_layout(f["F4_initial(1|ccm)"][()])[0], np.array(STATES[0]) * 1e33)
         dropped = json.loads(f.attrs["dropped"]) if isinstance(f.attrs["dropped"], str) else f.attrs["dropped"]
         assert list(dropped) == ["1"] and "exceeds max_cost 0.5" in dropped["1"]
-    # Everything skipped: a valid, empty database and no partial file.
+    # Everything skipped: an error (exit 2), no database and no partial file (round eighteen: an
+    # empty database marked complete was written, exit 0; docs/reliability_python.md section 20).
     empty = str(tmp_path / "empty.h5")
-    assert run_cli(["simulate", empty, "--input", yaml_states, "--max-cost", "0.01", *SMALL]) == 0
-    with h5py.File(empty, "r") as f:
-        assert f["F4_initial(1|ccm)"].shape[0] == 0
+    assert run_cli(["simulate", empty, "--input", yaml_states, "--max-cost", "0.01", *SMALL]) == 2
+    assert not os.path.exists(empty)
     assert not os.path.exists(empty + ".partial.npz")
     assert run_cli(["simulate", empty, "--input", yaml_states, "--max-cost", "-1", *SMALL]) == 2
 

@@ -61,6 +61,19 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint ``OUT.partial*.npz`` of another campaign (or unreadable): never overwritten or removed."""
 
 
+class NoValidStateError(ValueError):
+    """Every state of a run was dropped: no output is written (an empty database marked complete
+    read as a finished run, and replaced whatever file was there; outside probe, round eighteen)."""
+
+
+def no_valid_state(output: str, nstates: int, dropped: dict, what: str = "gave a valid run") -> NoValidStateError:
+    """The error for a run of ``nstates`` states none of which ``what``; ``dropped``: index -> reason."""
+    reasons = [f"state {int(index)}: {reason}" for index, reason in sorted(dropped.items(), key=lambda item: int(item[0]))]
+    shown = "; ".join(reasons[:3]) + (f"; and {len(reasons) - 3} more" if len(reasons) > 3 else "")
+    return NoValidStateError(f"none of the {nstates} states {what}, so {output} is not written"
+                             + (f" (dropped: {shown})" if shown else ""))
+
+
 def _flatten(settings: dict, prefix: str = "") -> dict:
     flat = {}
     for key, value in settings.items():
@@ -365,8 +378,9 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
                          settings=settings_text, **{key: value[rows] for key, value in results.items()})
 
         atomic_write(checkpoint, write_partial)
-        if comm.size == 1:
-            _write_database(output, four_flux, results, settings, attributes)  # usable while the campaign runs
+        if comm.size == 1 and (results["valid"] & results["done"]).any():
+            # Usable while the campaign runs; not while it holds no valid run (an empty database).
+            _write_database(output, four_flux, results, settings, attributes)
         elapsed = time.time() - started
         remaining = elapsed / number * (len(mine) - number)
         report(f"{prefix}{int(results['done'].sum())}/{nstates} states done ({int(results['valid'].sum())} valid), "
@@ -381,13 +395,18 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
             _merge(results, part, indices)
         for index in np.flatnonzero(~results["valid"]):
             report(f"dropped state {int(index)}: {results['reason'][index]}")
-        _write_database(output, four_flux, results, settings, attributes)
+        if results["valid"].any():
+            _write_database(output, four_flux, results, settings, attributes)
         # Only the checkpoints this campaign read or wrote: a file that appeared meanwhile is not ours.
+        # Removed also when no run is valid: the campaign is finished, its checkpoints hold drops only.
         ours = set(paths) | {_checkpoint_path(output, rank, comm.size) for rank in range(comm.size)}
         for path in sorted(ours):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
-    return comm.bcast(results if comm.rank == 0 else None, root=0)
+    results = comm.bcast(results if comm.rank == 0 else None, root=0)
+    if not results["valid"].any():  # on every rank: the CLI then stops them all
+        raise no_valid_state(output, nstates, {int(i): str(results["reason"][i]) for i in range(nstates)})
+    return results
 
 
 def _simulate_batch(batch: np.ndarray, four_flux: np.ndarray, results: dict, config: SolverConfig,

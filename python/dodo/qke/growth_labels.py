@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from .._atomic import atomic_hdf5
-from .campaign import CheckpointMismatchError, reconstruction_failure, relative_cost
+from .campaign import CheckpointMismatchError, no_valid_state, reconstruction_failure, relative_cost
 from .directions import uniform_sphere
 from .io import species_to_emu
 from .solver import SolverConfig
@@ -47,8 +47,8 @@ def _resume(output: str, fingerprint: str, report: Callable[[str], None]) -> dic
     The output is this command's checkpoint too: an unfinished label file of other states or
     settings, or a file that cannot be read as one, raises CheckpointMismatchError and is left
     untouched (as the full solver's checkpoints are; docs/qke.md)."""
-    if not os.path.exists(output):
-        return None
+    if not os.path.exists(output) or (os.path.isfile(output) and os.path.getsize(output) == 0):
+        return None  # an empty file (mktemp) holds nothing, as for a full run (round eighteen)
     import h5py
 
     try:
@@ -151,6 +151,12 @@ def linear_growth_labels(four_flux: np.ndarray, output: str, config: SolverConfi
                 rows["rotation"].append(rotation)
                 rows["box_length_cm"].append(length)
         rows["processed"] = index + 1
+        if not rows["input_index"]:
+            # No label yet: nothing to write (an empty label file marked complete read as a finished
+            # run and replaced whatever was there; outside probe, round eighteen). Drops are cheap to redo.
+            if rows["processed"] == len(four_flux):
+                raise no_valid_state(output, len(four_flux), rows["dropped"], what="could be labelled")
+            continue
         if rows["processed"] % CHUNK == 0 or rows["processed"] == len(four_flux):
             _write(output, four_flux, rows, attributes)
             report(f"{rows['processed']}/{len(four_flux)} states processed ({len(rows['input_index'])} labelled), "

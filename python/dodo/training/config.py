@@ -27,6 +27,18 @@ class ConfigError(ValueError):
     """A configuration file or value is invalid (message names the offending key)."""
 
 
+def check_thread_count(name: str, value, lowest: int = 0, nullable: bool = True, where: str = "") -> None:
+    """The bound on a config's thread count, for every config (``training.threads``, `dodo
+    preprocess`'s ``threads``, `dodo train-ensemble`'s ``threads``), in one message: an integer in
+    [lowest, MAX_THREADS], or null where ``nullable``. torch.set_num_threads(100000) ends the process
+    in a segmentation fault (exit 139) after its last line, whatever the run had written."""
+    if value is None and nullable:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= MAX_THREADS:
+        raise ConfigError(f"{where}{name} must be an integer in [{lowest}, {MAX_THREADS}]"
+                          f"{' or null' if nullable else ''}; got {value!r}")
+
+
 @dataclass
 class Box3DConfig:
     """Box3D settings the residual is trained against (must match the preprocessed file)."""
@@ -192,12 +204,7 @@ class ExperimentConfig:
         if t.stop_after_epoch is not None and (isinstance(t.stop_after_epoch, bool)
                                                or not isinstance(t.stop_after_epoch, int) or t.stop_after_epoch < 1):
             raise ConfigError(f"training.stop_after_epoch must be a positive integer or null; got {t.stop_after_epoch!r}")
-        # At most dodo's own limit: torch.set_num_threads(100000) was accepted and the process ended in
-        # a segmentation fault (exit 139) after its last line, whatever the run had written.
-        if t.threads is not None and (isinstance(t.threads, bool) or not isinstance(t.threads, int)
-                                      or not 0 <= t.threads <= MAX_THREADS):
-            raise ConfigError(f"training.threads must be an integer in [0, {MAX_THREADS}] (0 or null: torch's "
-                              f"default) or null; got {t.threads!r}")
+        check_thread_count("training.threads", t.threads)  # 0 or null: torch's default
         for name, value in dataclasses.asdict(self.loss).items():
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"loss.{name} must be a finite number >= 0; got {value!r}")
@@ -250,8 +257,7 @@ class PreprocessConfig:
         if config.box3d.lebedev_order not in _available_lebedev_orders():
             raise ConfigError(f"{path}: box3d.lebedev_order must be one of {_available_lebedev_orders()}; "
                               f"got {config.box3d.lebedev_order!r}")
-        if config.threads is not None and (isinstance(config.threads, bool) or not 0 <= config.threads <= MAX_THREADS):
-            raise ConfigError(f"{path}: threads must be >= 0 and <= {MAX_THREADS}, or null; got {config.threads!r}")
+        check_thread_count("threads", config.threads, where=f"{path}: ")
         filters = config.filters
         for name in ("conservation_tolerance", "max_flux_factor"):
             value = getattr(filters, name)
@@ -342,6 +348,10 @@ def from_dict(cls, raw: Any, where: str):
     return cls(**values)
 
 
+_YAML_KINDS = {int: "an integer", float: "a number", str: "a string", bool: "true/false", list: "a list",
+               type(None): "null"}
+
+
 def _coerce(hint, value, key):
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
@@ -358,7 +368,8 @@ def _coerce(hint, value, key):
                 return _coerce(option, value, key)
             except ConfigError as exc:
                 errors.append(str(exc))
-        allowed = " or ".join(getattr(o, "__name__", str(o)) for o in options)
+        # In YAML's words ("an integer or null"), not Python's type names ("int or NoneType").
+        allowed = " or ".join(_YAML_KINDS.get(option, getattr(option, "__name__", str(option))) for option in options)
         raise ConfigError(f"{key}: expected {allowed}, got {value!r}")
     if hint is list or origin is list:
         if isinstance(value, str):

@@ -18,8 +18,7 @@ import numpy as np
 import torch
 
 from .._atomic import atomic_path, check_input_file
-from ..conventions import MAX_THREADS
-from .config import ConfigError, read_yaml_mapping
+from .config import ConfigError, check_thread_count, read_yaml_mapping
 from .dataset import nu_nubar_swapped, rest_frame_arrays
 from .safe_load import load_torch_file
 from .label_noise import fit_label_noise, training_residuals
@@ -131,14 +130,12 @@ class EnsembleConfig:
         return config
 
     def validate(self) -> None:
-        for name in ("members", "width", "depth", "steps", "threads", "growth_width", "growth_depth", "growth_steps",
+        for name in ("members", "width", "depth", "steps", "growth_width", "growth_depth", "growth_steps",
                      "distill_depth", "distill_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer; got {value!r}")
-        # torch.set_num_threads(100000) ends the process in a segmentation fault: dodo's own limit.
-        if self.threads > MAX_THREADS:
-            raise ConfigError(f"threads must be an integer in [1, {MAX_THREADS}]; got {self.threads!r}")
+        check_thread_count("ensemble.threads", self.threads, lowest=1, nullable=False)
         for name in ("lr", "sigma0"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):

@@ -29,8 +29,42 @@ def _numpy_globals() -> list:
     return allowed
 
 
+class NotATorchFileError(ValueError):
+    """A file in neither of torch.save's formats (a zip archive; a pickle, torch's legacy format)."""
+
+
+def _not_a_torch_file(path: str | Path) -> str | None:
+    """Why ``path`` cannot be a torch file, from its first bytes, or None when it may be one.
+
+    torch.load reads any file that is not a zip archive as a legacy pickle, so a text file (notes,
+    a YAML config, a JSON report given by mistake) was taken for pickle opcodes and refused as a
+    file that "asks to run Python code" (outside probe, round eighteen): misleading, and a
+    protocol-0 pickle is text too. torch.save writes a zip archive (PK\\x03\\x04); its legacy
+    format, and any other pickle of protocol 2 or more, starts with PROTO (0x80) and the protocol.
+    """
+    with open(path, "rb") as stream:
+        head = stream.read(64)
+    if head.startswith(b"PK\x03\x04") or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5):
+        return None
+    if not head:
+        return "the file is empty"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as error:  # a multi-byte character cut at byte 64 is still text
+        text = head[:error.start].decode("utf-8") if len(head) == 64 and error.start >= 61 else None
+    if text is not None and all(character.isprintable() or character in "\t\r\n" for character in text):
+        first = (text.strip().splitlines() or [""])[0]
+        return f"it is a text file, starting {first[:40]!r}"
+    return f"it starts with the bytes {head[:8].hex(' ')}"
+
+
 def load_torch_file(path: str | Path, map_location="cpu"):
-    """torch.load with weights_only=True and NumPy arrays allowed; UntrustedCheckpointError otherwise."""
+    """torch.load with weights_only=True and NumPy arrays allowed; UntrustedCheckpointError otherwise,
+    NotATorchFileError for a file that is not in a format torch.save writes (nothing is unpickled)."""
+    why = _not_a_torch_file(path)
+    if why is not None:
+        raise NotATorchFileError(f"{path}: not a checkpoint ({why}; torch.save writes a zip archive): give a "
+                                 "checkpoint of `dodo train` (e.g. checkpoints/best.pt) or `dodo train-ensemble`")
     with torch.serialization.safe_globals(_numpy_globals()):
         try:
             return torch.load(path, map_location=map_location, weights_only=True)

@@ -19,7 +19,7 @@ from .distributed import Distribution, RankBatches, loss_weight
 from .losses import LOSS_TERMS, loss_terms, weighted_loss
 from .metrics import format_metric_table, metric_table
 from .model import ResidualClosure, ResidualFFIModel
-from .safe_load import UntrustedCheckpointError, load_torch_file
+from .safe_load import NotATorchFileError, UntrustedCheckpointError, load_torch_file
 
 CHECKPOINT_FORMAT = "dodo-checkpoint-v1"
 
@@ -227,6 +227,8 @@ def read_checkpoint_file(path: str | Path, map_location="cpu"):
         checkpoint = load_torch_file(path, map_location=map_location)
     except UntrustedCheckpointError:
         raise
+    except NotATorchFileError as exc:  # its own words: "not a checkpoint (it is a text file ...)"
+        raise CorruptCheckpointError(str(exc)) from None
     except Exception as exc:  # torch raises several types for a corrupt file
         raise CorruptCheckpointError(f"{path}: not a readable Dodo checkpoint, truncated or corrupted ({exc})") from exc
     return checkpoint

@@ -1,0 +1,233 @@
+"""Outside probe, round eighteen (docs/reliability_python.md section 20): each test failed on the
+code before its fix."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import dodo
+from cli_helpers import digest, refused, run
+
+SMALL = ["--ncell", "16", "--nphi", "8", "--quiet"]
+
+# Two states that can never be simulated: a negative nu_e density (dropped before any batch).
+_NEGATIVE = ("states:\n"
+             "  - [[-1.0e32, 0, 0, 0], [1.0e32, 0, 0, 0], [1.0e32, 0, 0, 0], [1.0e32, 0, 0, 0], [1.0e32, 0, 0, 0], "
+             "[1.0e32, 0, 0, 0]]\n"
+             "  - [[-2.0e32, 0, 0, 0], [1.0e32, 0, 0, 0], [1.0e32, 0, 0, 0], [1.0e32, 0, 0, 0], [1.0e32, 0, 0, 0], "
+             "[1.0e32, 0, 0, 0]]\n")
+# Two isotropic states: no crossing, dropped inside the batch loop (after a checkpoint is written).
+_STABLE = ("states:\n"
+           "  - [[1.0e32, 0, 0, 0], [1.0e32, 0, 0, 0], [1.0e32, 0, 0, 0], [1.0e32, 0, 0, 0], [1.0e32, 0, 0, 0], "
+           "[1.0e32, 0, 0, 0]]\n"
+           "  - [[2.0e32, 0, 0, 0], [1.0e32, 0, 0, 0], [1.0e32, 0, 0, 0], [1.0e32, 0, 0, 0], [1.0e32, 0, 0, 0], "
+           "[1.0e32, 0, 0, 0]]\n")
+
+
+def _dropped_every_state(capsys, argv) -> str:
+    code, _, err = run(capsys, argv)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and "Traceback" not in err, err
+    assert lines[-1].startswith("dodo simulate: error: none of the 2 states"), lines
+    return lines[-1]
+
+
+# --- dodo simulate where every state is dropped -------------------------------------------------
+
+@pytest.mark.parametrize("states, extra", [(_NEGATIVE, []), (_STABLE, []), (_NEGATIVE, ["--linear-only"]),
+                                           (_STABLE, ["--linear-only"])],
+                         ids=["negative", "stable", "negative-linear-only", "stable-linear-only"])
+def test_simulate_that_drops_every_state_writes_nothing_and_fails(tmp_path, capsys, states, extra):
+    """Every state dropped (negative densities, or linearly stable): an empty database marked
+    complete was written, `wrote OUT: 0 of 2 states valid`, exit 0 (--linear-only: `0 of 2 states
+    labelled`). Now exit 2, one error line naming OUT and why each state was dropped; no OUT, no
+    checkpoint left."""
+    pytest.importorskip("h5py")
+    source = tmp_path / "states.yaml"
+    source.write_text(states)
+    out = tmp_path / "out.h5"
+    line = _dropped_every_state(capsys, ["simulate", str(out), "--input", str(source), *SMALL, *extra])
+    assert str(out) in line and "is not written" in line and "state 0:" in line and "state 1:" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["states.yaml"]
+
+
+@pytest.mark.parametrize("extra", [[], ["--linear-only"]])
+def test_simulate_that_drops_every_state_keeps_the_earlier_output(tmp_path, capsys, extra):
+    """With --overwrite onto a complete database, a run that drops every state replaced it with an
+    empty one; now the earlier file is kept bit for bit (and an empty mktemp file stays empty;
+    --linear-only refused an empty file as `cannot be read as a growth-label file`, while a full
+    run writes over it)."""
+    h5py = pytest.importorskip("h5py")
+    source = tmp_path / "states.yaml"
+    source.write_text(_NEGATIVE)
+    out = tmp_path / "done.h5"
+    with h5py.File(out, "w") as handle:
+        handle["F4_initial(1|ccm)"] = np.ones((3, 4, 2, 3))
+        handle.attrs.update({"complete": True, "solver": "{}", "nstates_valid": 3, "command": "dodo simulate ..."})
+    before = digest(out)
+    _dropped_every_state(capsys, ["simulate", str(out), "--input", str(source), *SMALL, "--overwrite", *extra])
+    assert digest(out) == before
+    empty = tmp_path / "empty.h5"
+    empty.touch()
+    _dropped_every_state(capsys, ["simulate", str(empty), "--input", str(source), *SMALL, *extra])
+    assert empty.stat().st_size == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["done.h5", "empty.h5", "states.yaml"]
+
+
+def test_simulate_states_raises_when_no_state_is_valid(tmp_path):
+    """The library call returned all-invalid results after writing the empty database."""
+    pytest.importorskip("h5py")
+    from dodo.qke.campaign import NoValidStateError, simulate_states
+    from dodo.qke.growth_labels import linear_growth_labels
+    from dodo.qke.solver import SolverConfig
+
+    states = -np.ones((1, 6, 4)) * 1e32
+    states[..., 1:] = 0
+    config = SolverConfig(ncell=16, nphi_equator=8)
+    with pytest.raises(NoValidStateError, match="none of the 1 states gave a valid run"):
+        simulate_states(states, str(tmp_path / "a.h5"), config, report=lambda message: None)
+    with pytest.raises(NoValidStateError, match="none of the 1 states could be labelled"):
+        linear_growth_labels(states, str(tmp_path / "b.h5"), config, report=lambda message: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_with_some_valid_states_still_writes_them(tmp_path, capsys):
+    """The other side: one state dropped by --max-cost, the other simulated, exit 0."""
+    h5py = pytest.importorskip("h5py")
+    out = tmp_path / "out.h5"
+    code, _, err = run(capsys, ["simulate", str(out), "--random", "2", "--seed", "2", "--max-cost", "1", *SMALL])
+    assert code == 0, err
+    with h5py.File(out, "r") as handle:
+        assert handle["F4_initial(1|ccm)"].shape[0] == 1 and bool(handle.attrs["complete"])
+
+
+def test_linear_only_writes_over_an_empty_file_as_a_full_run_does(tmp_path, capsys):
+    """`f=$(mktemp); dodo simulate $f --linear-only ...` was refused: `exists but cannot be read as a
+    growth-label file (... file signature not found)`; a full run writes over an empty file."""
+    h5py = pytest.importorskip("h5py")
+    out = tmp_path / "labels.h5"
+    out.touch()
+    code, _, err = run(capsys, ["simulate", str(out), "--random", "2", "--linear-only", *SMALL])
+    assert code == 0, err
+    with h5py.File(out, "r") as handle:
+        assert len(handle["input_index"]) == 2 and bool(handle.attrs["complete"])
+
+
+# --- dodo export / evaluate / inspect of a file that is not a checkpoint ------------------------
+
+@pytest.mark.parametrize("content, said", [
+    (b"hello world\n", "it is a text file, starting 'hello world'"),
+    (b"model: x\nepochs: 3\n", "it is a text file, starting 'model: x'"),
+    (b'{"a": 1}', "it is a text file"),
+    (b"caf\xc3\xa9 notes", "it is a text file, starting 'caf\u00e9 notes'"),
+    (b"", "the file is empty"),
+    (bytes(range(7, 200)), "it starts with the bytes 07 08 09"),
+], ids=["text", "yaml", "json", "utf8", "empty", "binary"])
+@pytest.mark.parametrize("command", ["export", "evaluate", "inspect"])
+def test_a_file_that_is_not_a_checkpoint_is_called_so(tmp_path, capsys, content, said, command):
+    """torch.load reads any file that is not a zip archive as a legacy pickle: a text file given as
+    a checkpoint was refused as one that "asks to run Python code ... (Unsupported operand 109)",
+    an empty one as "truncated or corrupted ()", "hello world" as "... corrupted (101)". Now: not a
+    checkpoint, what it is, and what to give; nothing is unpickled, nothing written."""
+    pytest.importorskip("torch")
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    argv = [command, str(path)] + (["-o", str(tmp_path / "m.onnx")] if command == "export" else [])
+    line = refused(capsys, argv, path, "not a checkpoint (", said)
+    assert "Python code" not in line and "operand" not in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+def test_a_text_pickle_is_not_a_checkpoint_and_never_runs(tmp_path, capsys):
+    """A protocol-0 pickle is text: it is refused before any unpickling, its code never runs; a
+    crafted pickle inside a zip archive (torch's format) is still refused as code to run."""
+    torch = pytest.importorskip("torch")
+    marker = tmp_path / "ran"
+    text = tmp_path / "text.pt"
+    text.write_bytes(f"cos\nsystem\n(S'touch {marker}'\ntR.".encode())
+    refused(capsys, ["export", str(text), "-o", str(tmp_path / "a.onnx")], "not a checkpoint (it is a text file")
+
+    class Planted:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    archive = tmp_path / "crafted.pt"
+    torch.save({"format": "dodo-checkpoint-v1", "x": Planted()}, archive)
+    refused(capsys, ["export", str(archive), "-o", str(tmp_path / "b.onnx")], "refused", "not loaded")
+    assert not marker.exists()
+
+
+def test_a_train_resume_from_a_text_file_falls_back_to_the_previous_checkpoint(tmp_path):
+    """A last.pt that is not a checkpoint is a corrupt one for resuming (the previous one is used)."""
+    pytest.importorskip("torch")
+    from dodo.training.train import CorruptCheckpointError, load_checkpoint
+
+    path = tmp_path / "last.pt"
+    path.write_text("not a checkpoint\n")
+    with pytest.raises(CorruptCheckpointError, match="not a checkpoint \\(it is a text file"):
+        load_checkpoint(path)
+
+
+# --- ClosureResult.empty / Box3DResult.empty with a float size ----------------------------------
+
+@pytest.mark.parametrize("shape", [(2.0,), 2.0, (2, 3.0), (np.float64(2),), (True,), (2, False)])
+@pytest.mark.parametrize("kind", ["ClosureResult", "Box3DResult"])
+def test_empty_results_refuse_a_float_or_bool_size(shape, kind):
+    """`ClosureResult.empty((2.0,))` made arrays of 2 cells, although a shape holds integers
+    (np.empty((2.0,)) refuses it); now a ValueError naming the shape."""
+    with pytest.raises(ValueError, match="batch_shape must be an integer or a tuple of integers") as caught:
+        getattr(dodo, kind).empty(shape)
+    assert repr(shape) in str(caught.value)
+
+
+def test_empty_results_take_integer_sizes_of_any_integer_type():
+    assert dodo.ClosureResult.empty((np.int64(2), np.uint8(3))).F_pred.shape == (2, 3, 6, 4)
+    assert dodo.Box3DResult.empty(np.int32(4)).status.shape == (4,)
+    assert dodo.ClosureResult.empty(()).F_pred.shape == (6, 4)
+
+
+# --- one bound, one message, for the thread count of every config ------------------------------
+
+def test_every_config_bounds_its_thread_count_in_one_message(tmp_path, capsys):
+    """The bound on threads was checked in three config classes, each in its own words
+    (`training.threads must be an integer in [0, 1024] (0 or null: torch's default) or null`,
+    `pre.yaml: threads must be >= 0 and <= 1024, or null`, `threads must be a positive integer`
+    for 0 and `threads must be an integer in [1, 1024]` above). Now one helper and one message."""
+    pytest.importorskip("yaml")
+    pytest.importorskip("torch")
+    (tmp_path / "train.yaml").write_text("training:\n  epochs: 1\n")
+    (tmp_path / "pre.yaml").write_text("inputs: [x.h5]\noutput: o.h5\n")
+    (tmp_path / "ensemble.yaml").write_text("data:\n  path: missing.h5\nensemble:\n  members: 1\n")
+    cases = [("train", "train.yaml", "training.threads", "[0, 1024] or null"),
+             ("preprocess", "pre.yaml", "threads", "[0, 1024] or null"),
+             ("train-ensemble", "ensemble.yaml", "ensemble.threads", "[1, 1024]")]
+    for command, config, key, bound in cases:
+        for value in ("100000", "-1") + (("0",) if command == "train-ensemble" else ()):
+            line = refused(capsys, [command, "--config", str(tmp_path / config), "--set", f"{key}={value}"])
+            assert f"{key} must be an integer in {bound}; got {value}" in line, line
+
+
+def test_the_thread_count_helper():
+    from dodo.training.config import ConfigError, check_thread_count
+
+    for value in (0, 1, 1024, None):
+        check_thread_count("threads", value)
+    for value in (-1, 1025, 2.0, True, "2"):
+        with pytest.raises(ConfigError, match=r"^threads must be an integer in \[0, 1024\] or null; got "):
+            check_thread_count("threads", value)
+    with pytest.raises(ConfigError, match=r"^f.yaml: t must be an integer in \[1, 1024\]; got None$"):
+        check_thread_count("t", None, lowest=1, nullable=False, where="f.yaml: ")
+
+
+# --- a config value of the wrong type, in YAML's words ------------------------------------------
+
+def test_a_wrong_type_for_an_optional_key_is_said_in_yaml_words(tmp_path, capsys):
+    """`training.threads: 2.5` gave `expected int or NoneType, got 2.5`: Python's type names."""
+    pytest.importorskip("yaml")
+    config = tmp_path / "train.yaml"
+    config.write_text("training:\n  epochs: 1\n  threads: 2.5\n")
+    line = refused(capsys, ["train", "--config", str(config)], "training.threads: expected an integer or null, got 2.5")
+    assert "NoneType" not in line
