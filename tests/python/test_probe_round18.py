@@ -231,3 +231,29 @@ def test_a_wrong_type_for_an_optional_key_is_said_in_yaml_words(tmp_path, capsys
     config.write_text("training:\n  epochs: 1\n  threads: 2.5\n")
     line = refused(capsys, ["train", "--config", str(config)], "training.threads: expected an integer or null, got 2.5")
     assert "NoneType" not in line
+
+
+# --- dodo simulate --box-length far from the fastest wavelength --------------------------------
+
+def test_a_box_far_longer_than_the_fastest_wavelength_runs(tmp_path, capsys):
+    """`--box-length 1e30` dropped every state with numpy's "Maximum allowed size exceeded" (the
+    box modes near the fastest k were an np.arange from ~1e29); a box of 1e5 cm, long enough to
+    leave no mode near it too, ran on all the box's modes. Now 1e30 runs as 1e5 does."""
+    h5py = pytest.importorskip("h5py")
+    out = tmp_path / "long.h5"
+    code, _, err = run(capsys, ["simulate", str(out), "--random", "2", "--box-length", "1e30", *SMALL])
+    assert code == 0, err
+    with h5py.File(out, "r") as handle:
+        assert handle.attrs["nstates_valid"] == 2
+        assert np.all(np.isfinite(handle["F4_final(1|ccm)"][()]))
+
+
+def test_a_box_too_small_for_its_wavenumbers_is_said_so(tmp_path, capsys):
+    """`--box-length 1e-300`: a RuntimeWarning ("invalid value encountered in matmul") and each
+    state dropped as "Array must not contain infs or NaNs" (linalg, on the overflowed rates)."""
+    pytest.importorskip("h5py")
+    out = tmp_path / "small.h5"
+    code, _, err = run(capsys, ["simulate", str(out), "--random", "1", "--box-length", "1e-300", *SMALL])
+    assert code == 2 and "Warning" not in err and "infs or NaNs" not in err, err
+    assert "box length 1e-300 cm is too small" in err, err
+    assert not out.exists()

@@ -282,9 +282,22 @@ def _box_along(four_flux, rotation, directions, search_directions, ncell, box_le
         raise ValueError("no unstable mode along the box axis")
     if box_length_cm is None:
         box_length_cm = FASTEST_K_TIMES_BOX_LENGTH / k_fastest
-    # Box modes near the fastest k, on the solver's own direction set.
+    # A given box so small that its modes' rates overflow (c 2 pi n / L = inf): refused in words, not
+    # as linalg's "Array must not contain infs or NaNs" after a RuntimeWarning (round eighteen).
+    if not np.isfinite(SPEED_OF_LIGHT * 2 * np.pi * (ncell // 2) / box_length_cm):
+        raise ValueError(f"box length {box_length_cm:g} cm is too small: its modes' wavenumbers 2 pi n / L overflow "
+                         f"(the fastest mode has |k| = {k_fastest:.3g} cm^-1: k L = 18 gives "
+                         f"{FASTEST_K_TIMES_BOX_LENGTH / k_fastest:.3g} cm)")
+    # Box modes near the fastest k, on the solver's own direction set. Clipped to the grid's modes
+    # before int(): in a box many times the fastest wavelength (--box-length 1e30) nearest is
+    # ~1e30 or inf, and np.arange of such ints raised "Maximum allowed size exceeded" (round
+    # eighteen); with no candidate left, box_growth_rate tries all the box's modes, as it did for
+    # boxes long enough to leave none near the fastest k.
     nearest = k_fastest * box_length_cm / (2 * np.pi)
-    candidates = np.arange(max(1, int(np.floor(0.5 * nearest))), min(ncell // 2, int(np.ceil(1.5 * nearest)) + 1) + 1)
+    half = ncell // 2
+    lowest = int(min(max(1.0, np.floor(0.5 * nearest)), half + 1))
+    highest = int(min(float(half), np.ceil(1.5 * nearest) + 1))
+    candidates = np.arange(lowest, highest + 1)
     linear_rate, _ = box_growth_rate(rotated, directions, box_length_cm, ncell, modes=np.concatenate([candidates, -candidates]))
     if linear_rate <= 0:
         raise ValueError("no unstable box mode: nothing to simulate")
