@@ -304,3 +304,36 @@ def test_misaligned_arrays_are_refused_before_anything_is_written():
             assert message.startswith(f"{name} is misaligned: its address lies {offset % (4 if name == 'cell_status' else 8)}"), message
     finally:
         lib.dodo_closure_destroy(handle)
+
+
+# --- dodo.hpp: a metadata key holding a NUL ---------------------------------------------------------
+
+CPP_METADATA_KEY = r"""
+#include <dodo/dodo.hpp>
+#include <cstdio>
+#include <string>
+int main(int argc, char** argv) {
+  dodo::Closure closure(argv[1]);
+  const std::string whole = closure.metadata("dodo.format_version");
+  const std::string cut = closure.metadata(std::string("dodo.format_version\0.junk", 25));
+  std::printf("[%s] [%s]\n", whole.c_str(), cut.c_str());
+  (void)argc;
+}
+"""
+
+
+@needs_runtime
+def test_cpp_metadata_key_holding_a_nul_is_absent():
+    """dodo::Closure::metadata(std::string("dodo.format_version\\0.junk", 25)) reached C cut at the
+    NUL and returned dodo.format_version's value for a key the package does not have. No key holds
+    a NUL, so such a key is now absent (empty), as the wrapper's other strings refuse a NUL."""
+    import tempfile
+
+    from dodo.models import default_model_path
+
+    with tempfile.TemporaryDirectory() as directory:
+        program = _compile(Path(directory), "metadata_key", CPP_METADATA_KEY)
+        result = _run(program, str(default_model_path()))
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    whole, cut = result.stdout.strip().split(" ")
+    assert whole not in ("[]", "") and cut == "[]", result.stdout

@@ -131,8 +131,10 @@ class Closure {
 
   bool has_model() const { return dodo_has_model(handle_) != 0; }
 
-  // The model's metadata value for key; empty when absent.
+  // The model's metadata value for key; empty when absent. No key holds a NUL: such a key is
+  // absent (C would see it cut at the NUL and answer for another key).
   std::string metadata(const std::string& key) const {
+    if (key.find('\0') != std::string::npos) return std::string();
     long length = dodo_get_metadata(handle_, key.c_str(), nullptr, 0);
     if (length < 0) return std::string();
     std::string value(static_cast<std::size_t>(length) + 1, '\0');
