@@ -257,3 +257,56 @@ def test_a_box_too_small_for_its_wavenumbers_is_said_so(tmp_path, capsys):
     assert code == 2 and "Warning" not in err and "infs or NaNs" not in err, err
     assert "box length 1e-300 cm is too small" in err, err
     assert not out.exists()
+
+
+# --- dodo train on a preprocessed file with NaN or Inf --------------------------------------------
+
+def _damaged_copy(tmp_path: Path, dataset: str, index) -> Path:
+    import shutil
+
+    import h5py
+    from cli_helpers import synthetic_preprocessed
+
+    clean = tmp_path / "clean"
+    clean.mkdir(exist_ok=True)
+    source = clean / "pre.h5" if (clean / "pre.h5").exists() else synthetic_preprocessed(clean, cells=200)
+    damaged = tmp_path / f"{dataset}.h5"
+    shutil.copyfile(source, damaged)
+    with h5py.File(damaged, "r+") as handle:
+        values = handle[dataset][()]
+        values[index] = np.nan if dataset == "F_init" else np.inf
+        handle[dataset][...] = values
+    return damaged
+
+
+@pytest.mark.parametrize("dataset, index", [("F_init", (0, 0, 0)), ("invariants", (slice(None), 3))])
+def test_train_on_a_preprocessed_file_with_nan_or_inf_is_one_line_naming_it(tmp_path, capsys, dataset, index):
+    """NaN in F_init was refused as "rows with non-positive total comoving density N_tot" (no
+    word of NaN); Inf in the invariants printed NumPy's RuntimeWarning ("invalid value
+    encountered in subtract", from the training statistics) before the error: three lines."""
+    pytest.importorskip("torch")
+    damaged = _damaged_copy(tmp_path, dataset, index)
+    config = tmp_path / "train.yaml"
+    config.write_text(f"data: {{path: {damaged}, batch_size: 64}}\nmodel: {{head: equivariant, hidden_dim: 8, "
+                      "n_blocks: 1}\ntraining: {epochs: 1, threads: 1}\n"
+                      f"output: {{results_dir: {tmp_path / 'r'}, checkpoint_dir: {tmp_path / 'c'}}}\n")
+    with _no_warning():
+        line = refused(capsys, ["train", "--config", str(config)], damaged, "with non-finite values (NaN or Inf in F_init,")
+    assert "non-positive" not in line
+
+
+class _no_warning:
+    """Fails the test on any warning inside the block (the one-line contract)."""
+
+    def __enter__(self):
+        import warnings
+
+        self._catcher = warnings.catch_warnings(record=True)
+        self._caught = self._catcher.__enter__()
+        warnings.simplefilter("always")
+        return self
+
+    def __exit__(self, *exc):
+        self._catcher.__exit__(*exc)
+        assert not self._caught, [str(w.message) for w in self._caught]
+        return False

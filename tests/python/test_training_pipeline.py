@@ -111,7 +111,7 @@ def test_bad_config_and_bad_files_give_clear_errors(preprocessed, tmp_path, caps
     assert "preprocessed file not found" in capsys.readouterr().err
     (tmp_path / "junk.pt").write_bytes(b"junk")
     assert dodo_main(["evaluate", str(tmp_path / "junk.pt")]) == 2
-    assert "not a readable Dodo checkpoint" in capsys.readouterr().err
+    assert "junk.pt: not a checkpoint (it is a text file" in capsys.readouterr().err  # round eighteen
 
 
 def test_inspect_plots_and_study(trained, preprocessed, tmp_path, capsys):

@@ -18,8 +18,22 @@ from .readers import DataFileError
 FIELDS = ("invariants", "F_init_rest", "F_box_rest", "dF_true_rest", "cell_weight")
 
 
+def non_finite_rows(count: int) -> str:
+    """The one message for rows of a preprocessed file holding NaN or Inf (without the file name)."""
+    return (f"{count} row(s) with non-finite values (NaN or Inf in F_init, F_true, F_box, u or the invariants); dodo "
+            "preprocess never writes them (the file is damaged or was edited): re-run dodo preprocess")
+
+
+def _finite_rows(values) -> np.ndarray:
+    values = np.asarray(values)
+    return np.isfinite(values).all(axis=tuple(range(1, values.ndim)))
+
+
 def rest_frame_arrays(F_init, F_box, F_true, u, invariants, target_scale=None) -> dict:
     """Float64 per-cell training arrays from lab-frame rows (see module docstring)."""
+    finite = _finite_rows(F_init) & _finite_rows(F_box) & _finite_rows(F_true) & _finite_rows(u) & _finite_rows(invariants)
+    if not finite.all():  # a NaN in F_init was "rows with non-positive total comoving density N_tot"
+        raise DataFileError(non_finite_rows(int(np.count_nonzero(~finite))))
     u_species = np.asarray(u, dtype=np.float64)[:, None, :]
     F_init_rest = boost_to_rest(F_init, u_species)
     ntot = F_init_rest[..., 0].sum(axis=1)
@@ -92,12 +106,10 @@ def read_rows(handle, indices: np.ndarray, target_scale=None) -> dict:
     except DataFileError as error:  # name the file
         raise DataFileError(f"{handle.filename}: {error}") from None
     finite = np.ones(len(idx), dtype=bool)
-    for values in arrays.values():
-        finite &= np.isfinite(values).all(axis=tuple(range(1, values.ndim)))
+    for values in arrays.values():  # the boosts of finite rows may still overflow
+        finite &= _finite_rows(values)
     if not finite.all():  # `dodo evaluate` printed a table of nan with exit 0; training failed at step 1
-        raise DataFileError(f"{handle.filename}: {np.count_nonzero(~finite)} row(s) with non-finite values (NaN or Inf "
-                            "in F_true, F_box, u or the invariants); dodo preprocess never writes them (the file is "
-                            "damaged or was edited): re-run dodo preprocess")
+        raise DataFileError(f"{handle.filename}: {non_finite_rows(int(np.count_nonzero(~finite)))}")
     return arrays
 
 
@@ -171,10 +183,16 @@ def invariant_statistics(path: str | Path, indices: np.ndarray, block: int = 262
     total_sq = np.zeros(27)
     with h5py.File(path, "r") as handle:
         dataset = handle["invariants"]
+        non_finite = 0
         for start in range(0, len(indices), block):
             rows = dataset[np.asarray(indices[start:start + block])]
+            finite = _finite_rows(rows)
+            non_finite += int(np.count_nonzero(~finite))
+            rows = rows[finite]
             total += rows.sum(axis=0)
             total_sq += (rows ** 2).sum(axis=0)
+    if non_finite:  # refused here, before NumPy's RuntimeWarning on inf - inf (three lines, not one)
+        raise DataFileError(f"{path}: {non_finite_rows(non_finite)}")
     n = max(len(indices), 1)
     mean = total / n
     std = np.sqrt(np.maximum(total_sq / n - mean ** 2, 0.0))
