@@ -310,3 +310,82 @@ class _no_warning:
         self._catcher.__exit__(*exc)
         assert not self._caught, [str(w.message) for w in self._caught]
         return False
+
+
+# --- dodo train-ensemble on an edited preprocessed file --------------------------------------------
+
+def _edit(handle, case: str) -> None:
+    if case == "source index out of range":
+        handle["source_file"][...] = 99
+    elif case == "negative source index":
+        handle["source_file"][0] = -1
+    elif case == "float source indices":
+        del handle["source_file"]
+        handle["source_file"] = np.zeros(len(handle["F_init"]))
+    elif case == "sources not objects":
+        handle.attrs["sources"] = "[1, 2]"
+    elif case == "source without path":
+        handle.attrs["sources"] = '[{"rows": 3}]'
+    elif case == "lebedev order 5":
+        handle.attrs["box3d"] = '{"form": "delta", "lebedev_order": 5, "max_flux_factor": 0.98, "scheme": "pairwise", ' \
+                                '"z_method": "exact"}'
+    elif case == "flux-factor limit 1.5":
+        handle.attrs["box3d"] = '{"form": "delta", "lebedev_order": 17, "max_flux_factor": 1.5, "scheme": "pairwise", ' \
+                                '"z_method": "exact"}'
+    elif case == "NaN in F_init":
+        values = handle["F_init"][()]
+        values[0, 0, 0] = np.nan
+        handle["F_init"][...] = values
+
+
+@pytest.mark.parametrize("case, said", [
+    ("source index out of range", "dataset 'source_file' must hold one index per row"),
+    ("negative source index", "dataset 'source_file' must hold one index per row"),
+    ("float source indices", "dataset 'source_file' must hold one index per row"),
+    ("sources not objects", "attribute 'sources' must list one"),
+    ("source without path", "attribute 'sources' must list one"),
+    ("lebedev order 5", "attribute 'box3d' holds settings Box3D does not have (lebedev_order 5"),
+    ("flux-factor limit 1.5", "attribute 'box3d' holds settings Box3D does not have (max_flux_factor"),
+    ("NaN in F_init", "1 row(s) with non-finite values"),
+])
+def test_train_ensemble_refuses_an_edited_preprocessed_file_in_one_line(tmp_path, capsys, case, said):
+    """An out-of-range, negative or float `source_file` ended in an IndexError traceback (exit 1);
+    a `sources` entry that is not an object with a path in a TypeError or KeyError traceback; a
+    `box3d` attribute with settings Box3D does not have was trained on, and only `dodo export`
+    refused it after the training; the non-finite-rows error named no file. Now one line naming
+    the file and what is wrong, before any training; no checkpoint written."""
+    pytest.importorskip("torch")
+    import shutil
+
+    import h5py
+    from cli_helpers import synthetic_preprocessed
+
+    clean = synthetic_preprocessed(tmp_path, cells=200)
+    edited = tmp_path / "edited.h5"
+    shutil.copyfile(clean, edited)
+    with h5py.File(edited, "r+") as handle:
+        _edit(handle, case)
+    config = tmp_path / "ensemble.yaml"
+    config.write_text(f"data:\n  path: {edited}\n  holdout: []\nensemble:\n  members: 1\n  width: 8\n  depth: 1\n"
+                      f"  batch_size: 64\n  epochs: 1\noutput:\n  checkpoint: {tmp_path / 'out' / 'ensemble.pt'}\n")
+    refused(capsys, ["train-ensemble", "--config", str(config)], edited, said)
+    assert not (tmp_path / "out" / "ensemble.pt").exists()
+
+
+def test_train_refuses_box3d_settings_box3d_does_not_have(tmp_path, capsys):
+    """`dodo train` called an edited `lebedev_order: 5` "other Box3D settings" than its config's:
+    now what is wrong with the file itself."""
+    pytest.importorskip("torch")
+    import shutil
+
+    import h5py
+    from cli_helpers import synthetic_preprocessed, tiny_study_base
+
+    clean = synthetic_preprocessed(tmp_path, cells=120)
+    edited = tmp_path / "edited.h5"
+    shutil.copyfile(clean, edited)
+    with h5py.File(edited, "r+") as handle:
+        _edit(handle, "lebedev order 5")
+    base = tiny_study_base(tmp_path)
+    refused(capsys, ["train", "--config", str(base), "--set", f"data.path={edited}"], edited,
+            "attribute 'box3d' holds settings Box3D does not have (lebedev_order 5 is not available")

@@ -209,13 +209,28 @@ def load_table(path: str) -> dict:
         if missing:
             raise DataFileError(f"{path}: preprocessed file without datasets {missing}; re-make it with `dodo preprocess`")
         arrays = {key: f[key][()] for key in names}
-    sources = _sources(attrs)
-    rest = rest_frame_arrays(arrays["F_init"], arrays["F_box"], arrays["F_true"], arrays["u"], arrays["invariants"])
+    try:
+        sources = _sources(attrs)
+    except DataFileError as error:
+        raise DataFileError(f"{path}: {error}") from None
+    # Each row's source file is an index into the 'sources' attribute: an edited one ended in an
+    # IndexError traceback (round eighteen).
+    index = np.asarray(arrays["source_file"])
+    if index.shape != (len(arrays["F_init"]),) or index.dtype.kind not in "iu" or (
+            len(index) and not (index.min() >= 0 and index.max() < len(sources))):
+        raise DataFileError(f"{path}: dataset 'source_file' must hold one index per row into the {len(sources)} "
+                            f"entries of the 'sources' attribute; got {index.dtype} values of shape {index.shape}"
+                            + (f" in [{index.min()}, {index.max()}]" if index.size and index.dtype.kind in "iuf" else "")
+                            + "; dodo preprocess writes it: re-run `dodo preprocess`")
+    try:
+        rest = rest_frame_arrays(arrays["F_init"], arrays["F_box"], arrays["F_true"], arrays["u"], arrays["invariants"])
+    except DataFileError as error:  # name the file, as `dodo train` does
+        raise DataFileError(f"{path}: {error}") from None
     import dodo
 
     rest["ntot"] = np.asarray(dodo.comoving_density(arrays["F_init"], arrays["u"]), float)
     return table_from_rest(rest, arrays["growth_rate"], arrays["box3d_growth_rate"],
-                           np.array([sources[int(i)] for i in arrays["source_file"]]),
+                           np.array([sources[int(i)] for i in index]),
                            box3d=attrs.get("box3d"), sha256=_file_sha256(path), kind=str(attrs.get("data_kind", "qke")))
 
 
@@ -226,7 +241,12 @@ def _sources(attrs) -> list[str]:
     if isinstance(value, str):
         value = json.loads(value) if value.startswith("[{\"") else ast.literal_eval(value)
     entries = value
-    return [str(entry["path"]) for entry in entries]
+    if not all(isinstance(entry, dict) and isinstance(entry.get("path"), str) for entry in entries):
+        from .readers import DataFileError  # an edited list ended in a TypeError or KeyError traceback
+
+        raise DataFileError("attribute 'sources' must list one {\"path\": ...} object per source file; dodo preprocess "
+                            "writes it: re-run `dodo preprocess`")
+    return [entry["path"] for entry in entries]
 
 
 def _file_sha256(path: str) -> str:
