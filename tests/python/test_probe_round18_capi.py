@@ -337,3 +337,56 @@ def test_cpp_metadata_key_holding_a_nul_is_absent():
     assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
     whole, cut = result.stdout.strip().split(" ")
     assert whole not in ("[]", "") and cut == "[]", result.stdout
+
+
+# --- dodo._core and misaligned numpy arrays ---------------------------------------------------------
+
+def _misaligned(shape, dtype, offset):
+    import numpy as np
+
+    itemsize = np.dtype(dtype).itemsize
+    count = int(np.prod(shape))
+    raw = np.zeros(count * itemsize + 16, np.uint8)
+    start = (-raw.ctypes.data) % 16 + offset  # `offset` bytes past a 16-byte boundary
+    array = raw[start:start + count * itemsize].view(dtype).reshape(shape)
+    assert array.flags.aligned == (offset % itemsize == 0)
+    return array
+
+
+def test_core_copies_misaligned_inputs_and_refuses_misaligned_outputs():
+    """dodo._core took a misaligned float64 array (a buffer at an odd offset; numpy passes it on as
+    it is unless asked for alignment) and read or wrote its doubles through a misaligned pointer:
+    undefined behaviour, as in the C API. Inputs are now copied to aligned memory (same values),
+    and an output array written in place (dodo.box3d(..., out=)) that is misaligned is refused
+    with ValueError (it was written)."""
+    import numpy as np
+
+    core = pytest.importorskip("dodo._core")
+    box3d = core.Box3D()
+    n = 9
+    F = np.zeros((n, 6, 4))
+    F[:, :, 0] = 1.0 + 0.1 * np.arange(6)
+    F[:, 0, 3], F[:, 3, 3] = 0.3, -0.5
+    F[:, 1, 1] = np.linspace(-0.2, 0.2, n)
+    u = np.tile([1.25, 0.75, 0.0, 0.0], (n, 1))
+    reference = box3d.apply(F, u)
+    odd_F, odd_u = _misaligned(F.shape, np.float64, 3), _misaligned(u.shape, np.float64, 5)
+    odd_F[...], odd_u[...] = F, u
+    for got, want in zip(box3d.apply(odd_F, odd_u), reference):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(core.invariants(odd_F, odd_u), core.invariants(F, u))
+
+    def outputs(offset=0, which="F_box"):
+        arrays = {"F_box": np.empty((n, 6, 4)), "growth_over_ntot": np.empty(n), "growth_rate": np.empty(n),
+                  "status": np.empty(n, np.uint32)}
+        if offset:
+            arrays[which] = _misaligned(arrays[which].shape, arrays[which].dtype, offset)
+        return arrays
+
+    good = outputs()
+    box3d.apply_into(F, u, good["F_box"], good["growth_over_ntot"], good["growth_rate"], good["status"])
+    np.testing.assert_array_equal(good["F_box"], reference[0])
+    for which, offset in [("F_box", 4), ("growth_over_ntot", 1), ("growth_rate", 2), ("status", 2)]:
+        bad = outputs(offset, which)
+        with pytest.raises(ValueError, match=f"out.{which}: an output array must be aligned"):
+            box3d.apply_into(F, u, bad["F_box"], bad["growth_over_ntot"], bad["growth_rate"], bad["status"])

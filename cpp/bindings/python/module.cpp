@@ -27,7 +27,11 @@ void register_runtime(pybind11::module_& m);
 void register_qke(pybind11::module_& m);
 
 namespace py = pybind11;
-using CArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
+// Input arrays: C-contiguous float64, converted when they are not, and aligned: numpy hands a
+// misaligned array (a buffer at an odd offset) over as it is unless asked, and reading doubles
+// through a misaligned pointer is undefined behaviour (outside probe, round eighteen); such an
+// array is copied (an aligned one is passed as before, no copy).
+using CArray = py::array_t<double, py::array::c_style | py::array::forcecast | py::detail::npy_api::NPY_ARRAY_ALIGNED_>;
 
 namespace {
 

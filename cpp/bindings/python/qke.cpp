@@ -17,8 +17,12 @@ namespace py = pybind11;
 
 namespace {
 
-using RealArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
-using ComplexArray = py::array_t<std::complex<double>, py::array::c_style | py::array::forcecast>;
+// Input arrays: C-contiguous float64, converted when they are not, and aligned: numpy hands a
+// misaligned array (a buffer at an odd offset) over as it is unless asked, and reading doubles
+// through a misaligned pointer is undefined behaviour (outside probe, round eighteen); such an
+// array is copied (an aligned one is passed as before, no copy).
+using RealArray = py::array_t<double, py::array::c_style | py::array::forcecast | py::detail::npy_api::NPY_ARRAY_ALIGNED_>;
+using ComplexArray = py::array_t<std::complex<double>, py::array::c_style | py::array::forcecast | py::detail::npy_api::NPY_ARRAY_ALIGNED_>;
 using dodo::qke::FlavourBoxKernel;
 
 std::vector<double> to_vector(const RealArray& array) { return {array.data(), array.data() + array.size()}; }

@@ -22,7 +22,11 @@ using dodo::runtime::ClosureOptions;
 
 namespace {
 
-using CellInput = py::array_t<double, py::array::c_style | py::array::forcecast>;
+// Input arrays: C-contiguous float64, converted when they are not, and aligned: numpy hands a
+// misaligned array (a buffer at an odd offset) over as it is unless asked, and reading doubles
+// through a misaligned pointer is undefined behaviour (outside probe, round eighteen); such an
+// array is copied (an aligned one is passed as before, no copy).
+using CellInput = py::array_t<double, py::array::c_style | py::array::forcecast | py::detail::npy_api::NPY_ARRAY_ALIGNED_>;
 
 // Status codes become the Python exception a user expects, with the status name in the text.
 void translate_runtime_error(std::exception_ptr pointer) {
@@ -252,7 +256,7 @@ void register_runtime(py::module_& m) {
       .def_property_readonly("instruction_set", &dodo::runtime::NativeNetwork::instruction_set)
       .def("evaluate",
            [](const dodo::runtime::NativeNetwork& network,
-              py::array_t<float, py::array::c_style | py::array::forcecast> features) {
+              py::array_t<float, py::array::c_style | py::array::forcecast | py::detail::npy_api::NPY_ARRAY_ALIGNED_> features) {
              if (features.ndim() != 2 || features.shape(1) != network.input_size())
                throw py::value_error("features must have shape (n, " + std::to_string(network.input_size()) + ")");
              const auto n = static_cast<std::size_t>(features.shape(0));
