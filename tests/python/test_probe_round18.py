@@ -332,6 +332,19 @@ def _edit(handle, case: str) -> None:
     elif case == "flux-factor limit 1.5":
         handle.attrs["box3d"] = '{"form": "delta", "lebedev_order": 17, "max_flux_factor": 1.5, "scheme": "pairwise", ' \
                                 '"z_method": "exact"}'
+    elif case == "u a group":
+        del handle["u"]
+        handle.create_group("u")
+    elif case == "u strings":
+        rows = len(handle["F_init"])
+        del handle["u"]
+        handle["u"] = np.array([[b"a"] * 4] * rows)
+    elif case == "short growth rates":
+        del handle["growth_rate"]
+        handle["growth_rate"] = np.zeros(10)
+    elif case == "growth rates a group":
+        del handle["growth_rate"]
+        handle.create_group("growth_rate")
     elif case == "NaN in F_init":
         values = handle["F_init"][()]
         values[0, 0, 0] = np.nan
@@ -347,13 +360,19 @@ def _edit(handle, case: str) -> None:
     ("lebedev order 5", "attribute 'box3d' holds settings Box3D does not have (lebedev_order 5"),
     ("flux-factor limit 1.5", "attribute 'box3d' holds settings Box3D does not have (max_flux_factor"),
     ("NaN in F_init", "1 row(s) with non-finite values"),
+    ("u a group", "['u'] must be datasets, not groups"),
+    ("u strings", "datasets that do not hold real numbers {'u': '|S1'}"),
+    ("short growth rates", "datasets {'growth_rate': 'float64 (10,)'} must hold one real number per row"),
+    ("growth rates a group", "preprocessed file without datasets ['growth_rate']"),
 ])
 def test_train_ensemble_refuses_an_edited_preprocessed_file_in_one_line(tmp_path, capsys, case, said):
     """An out-of-range, negative or float `source_file` ended in an IndexError traceback (exit 1);
     a `sources` entry that is not an object with a path in a TypeError or KeyError traceback; a
     `box3d` attribute with settings Box3D does not have was trained on, and only `dodo export`
-    refused it after the training; the non-finite-rows error named no file. Now one line naming
-    the file and what is wrong, before any training; no checkpoint written."""
+    refused it after the training; the non-finite-rows error named no file; `u` as a group ended in
+    "AttributeError: 'Group' object has no attribute 'shape'", as strings in a TypeError from
+    np.isfinite; short growth rates in NumPy's "operands could not be broadcast together". Now one
+    line naming the file and what is wrong, before any training; no checkpoint written."""
     pytest.importorskip("torch")
     import shutil
 

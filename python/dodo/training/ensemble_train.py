@@ -205,7 +205,7 @@ def load_table(path: str) -> dict:
     attrs = read_preprocessed_attrs(path)
     names = ("F_init", "F_box", "F_true", "u", "invariants", "source_file", "growth_rate", "box3d_growth_rate")
     with h5py.File(path, "r") as f:
-        missing = [key for key in names if key not in f]
+        missing = [key for key in names if not isinstance(f.get(key), h5py.Dataset)]  # absent, or a group
         if missing:
             raise DataFileError(f"{path}: preprocessed file without datasets {missing}; re-make it with `dodo preprocess`")
         arrays = {key: f[key][()] for key in names}
@@ -222,6 +222,11 @@ def load_table(path: str) -> dict:
                             f"entries of the 'sources' attribute; got {index.dtype} values of shape {index.shape}"
                             + (f" in [{index.min()}, {index.max()}]" if index.size and index.dtype.kind in "iuf" else "")
                             + "; dodo preprocess writes it: re-run `dodo preprocess`")
+    odd = {name: f"{arrays[name].dtype} {arrays[name].shape}" for name in ("growth_rate", "box3d_growth_rate")
+           if arrays[name].shape != (len(arrays["F_init"]),) or arrays[name].dtype.kind not in "iuf"}
+    if odd:  # a short or 2-D one gave NumPy's "operands could not be broadcast together", strings its ValueError
+        raise DataFileError(f"{path}: datasets {odd} must hold one real number per row ({len(arrays['F_init'])}); "
+                            "dodo preprocess writes them: re-run `dodo preprocess`")
     try:
         rest = rest_frame_arrays(arrays["F_init"], arrays["F_box"], arrays["F_true"], arrays["u"], arrays["invariants"])
     except DataFileError as error:  # name the file, as `dodo train` does

@@ -254,11 +254,20 @@ def read_preprocessed_attrs(path: str | Path) -> dict:
         raise DataFileError(f"{path}: not a Dodo preprocessed file (format attribute {attrs.get('format')!r}, "
                             f"missing datasets {missing}); make it with `dodo preprocess`")
     with h5py.File(path, "r") as handle:
-        n = handle["F_init"].shape[0]
+        groups = sorted(name for name in ("F_init", "F_true", "F_box", "invariants", "u")
+                        if not isinstance(handle[name], h5py.Dataset))
+        if groups:  # a group there ended in "AttributeError: 'Group' object has no attribute 'shape'"
+            raise DataFileError(f"{path}: {groups} must be datasets, not groups; make it with `dodo preprocess`")
+        n = handle["F_init"].shape[0] if handle["F_init"].ndim else 0
         expected = {"F_init": (n, 6, 4), "F_true": (n, 6, 4), "F_box": (n, 6, 4), "invariants": (n, 27), "u": (n, 4)}
         wrong = {name: handle[name].shape for name, shape in expected.items() if handle[name].shape != shape}
+        # Strings or compound types ended in a TypeError traceback from np.isfinite (round eighteen).
+        not_real = {name: str(handle[name].dtype) for name in expected if handle[name].dtype.kind not in "iuf"}
     if wrong:
         raise DataFileError(f"{path}: datasets with unexpected shapes {wrong}; expected {expected}")
+    if not_real:
+        raise DataFileError(f"{path}: datasets that do not hold real numbers {not_real}; dodo preprocess writes "
+                            "float64: re-run `dodo preprocess`")
     for key, kind in (("box3d", dict), ("sources", list), ("filters", dict), ("filter_counts", dict)):
         if key in attrs:  # damaged or edited: one line naming the file and attribute, never a traceback
             try:
