@@ -408,3 +408,84 @@ def test_train_refuses_box3d_settings_box3d_does_not_have(tmp_path, capsys):
     base = tiny_study_base(tmp_path)
     refused(capsys, ["train", "--config", str(base), "--set", f"data.path={edited}"], edited,
             "attribute 'box3d' holds settings Box3D does not have (lebedev_order 5 is not available")
+
+
+# --- dodo export of an edited train-ensemble checkpoint --------------------------------------------
+
+@pytest.fixture(scope="module")
+def ensemble_checkpoint(tmp_path_factory):
+    pytest.importorskip("torch")
+    from cli_helpers import synthetic_preprocessed
+    from dodo.cli import main
+
+    root = tmp_path_factory.mktemp("round18_ensemble")
+    pre = synthetic_preprocessed(root, cells=200)
+    config = root / "ensemble.yaml"
+    config.write_text(f"data:\n  path: {pre}\n  holdout: []\nensemble:\n  members: 2\n  width: 8\n  depth: 1\n"
+                      f"  batch_size: 64\n  epochs: 1\noutput:\n  checkpoint: {root / 'ensemble.pt'}\n")
+    assert main(["train-ensemble", "--config", str(config)]) == 0
+    return root / "ensemble.pt"
+
+
+def _edited_checkpoint(checkpoint: dict, case: str) -> None:
+    import torch
+
+    state = checkpoint["state_dict"]
+    edits = {
+        "members as text": lambda: checkpoint.__setitem__("members", "2"),
+        "members 0": lambda: checkpoint.__setitem__("members", 0),
+        "unknown features": lambda: checkpoint["config"].__setitem__("features", "bogus"),
+        "no box3d": lambda: checkpoint["data"].pop("box3d"),
+        "no data": lambda: checkpoint.pop("data"),
+        "config null": lambda: checkpoint.__setitem__("config", None),
+        "state a list": lambda: checkpoint.__setitem__("state_dict", [1, 2]),
+        "student without width": lambda: checkpoint.__setitem__("student", {"x": 1}),
+        "a weight missing": lambda: state.pop("members.0.body.0.weight"),
+        "three members claimed": lambda: checkpoint.__setitem__("members", 3),
+        "lebedev order 5": lambda: checkpoint["data"]["box3d"].__setitem__("lebedev_order", 5),
+        "NaN error_per_spread": lambda: state.__setitem__("error_per_spread", torch.tensor(float("nan"))),
+        "negative sigma0": lambda: state.__setitem__("sigma0", torch.tensor(-1.0)),
+        "zero r_scale": lambda: state.__setitem__("r_scale", torch.tensor(0.0)),
+    }
+    edits[case]()
+
+
+@pytest.mark.parametrize("case, said", [
+    ("members as text", "members is '2'; it must be an integer >= 1"),
+    ("members 0", "members is 0"),
+    ("unknown features", "its feature set 'bogus' is unknown"),
+    ("no box3d", "it records no Box3D settings"),
+    ("no data", "its 'data' is NoneType, not a mapping"),
+    ("config null", "its 'config' is NoneType, not a mapping"),
+    ("state a list", "its 'state_dict' is list, not a mapping"),
+    ("student without width", "its 'student' must be null or a mapping"),
+    ("a weight missing", "Missing key(s) in state_dict"),
+    ("three members claimed", "Missing key(s) in state_dict"),
+    ("lebedev order 5", "its Box3D settings (data.box3d) are not settings Box3D has (lebedev_order 5"),
+    ("NaN error_per_spread", "its gate scalar error_per_spread is nan"),
+    ("negative sigma0", "its gate scalar sigma0 is -1.0"),
+    ("zero r_scale", "its gate scalar r_scale is 0.0"),
+])
+def test_export_refuses_an_edited_ensemble_checkpoint_in_one_line(ensemble_checkpoint, tmp_path, capsys, case, said):
+    """Edited or damaged `dodo train-ensemble` checkpoints ended in KeyError / TypeError tracebacks
+    (exit 1: no data or config, members as text, an unknown feature set, a student without its
+    width), in torch's multi-line load_state_dict report, or were exported: a NaN error_per_spread
+    (the package silently fell back to the sigma0 gate), a negative sigma0, r_scale 0 (no
+    correction at all). Now one line naming the file and what is wrong; nothing written."""
+    import torch
+
+    from dodo.training.safe_load import load_torch_file
+
+    checkpoint = load_torch_file(ensemble_checkpoint)
+    _edited_checkpoint(checkpoint, case)
+    edited = tmp_path / "edited.pt"
+    torch.save(checkpoint, edited)
+    refused(capsys, ["export", str(edited), "-o", str(tmp_path / "m.onnx")], edited,
+            "not a usable `dodo train-ensemble` checkpoint", said)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["edited.pt"]
+
+
+def test_export_of_the_unedited_ensemble_checkpoint_still_works(ensemble_checkpoint, tmp_path, capsys):
+    code, _, err = run(capsys, ["export", str(ensemble_checkpoint), "-o", str(tmp_path / "m.onnx")])
+    assert code == 0, err
+    assert dodo.Closure(tmp_path / "m.onnx").has_model

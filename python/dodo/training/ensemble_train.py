@@ -11,6 +11,7 @@ import datetime
 import fnmatch
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -704,6 +705,67 @@ def load_ensemble(checkpoint: dict) -> DensityResidualEnsemble:
     return ensemble.eval()
 
 
+class EnsembleCheckpointError(ValueError):
+    """A `dodo train-ensemble` checkpoint whose content cannot make the ensemble it claims to hold."""
+
+
+# The gate's scalars (state_dict buffers) and the values they may take: NaN, a negative or zero
+# scale made a package that loads and silently changes the correction (a NaN error_per_spread
+# falls back to the sigma0 gate, r_scale 0 removes the correction).
+_GATE_SCALARS = {"r_scale": "finite and > 0", "sigma0": "finite and > 0", "d2_max": "finite and > 0",
+                 "error_per_spread": "finite and >= 0", "label_noise_weight": "finite and >= 0"}
+
+
+def checked_ensemble(checkpoint, path) -> DensityResidualEnsemble:
+    """:func:`load_ensemble` of the content of ``path``, with every problem of that content one
+    EnsembleCheckpointError naming the file: an edited or damaged checkpoint ended in KeyError,
+    TypeError or IndexError tracebacks (exit 1), in torch's multi-line load_state_dict report, or
+    was exported with a NaN or negative gate scale (outside probe, round eighteen)."""
+    from .features import FEATURE_SIZES
+
+    def refuse(problem: str):
+        raise EnsembleCheckpointError(f"{path}: not a usable `dodo train-ensemble` checkpoint: {problem} (the file was "
+                                      "edited or damaged; export the checkpoint train-ensemble wrote, or retrain)")
+
+    if not isinstance(checkpoint, dict) or checkpoint.get("kind") != CHECKPOINT_KIND:
+        refuse("its kind is not a density-residual ensemble")
+    for key, kind in (("config", dict), ("state_dict", dict), ("data", dict)):
+        if not isinstance(checkpoint.get(key), kind):
+            refuse(f"its {key!r} is {type(checkpoint.get(key)).__name__}, not a mapping")
+    for key, lowest in (("members", 1), ("n_inputs", 1), ("growth_members", 0)):
+        value = checkpoint.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+            refuse(f"{key} is {value!r}; it must be an integer >= {lowest}")
+    features = checkpoint["config"].get("features", "invariants27-v1")
+    if features not in FEATURE_SIZES:
+        refuse(f"its feature set {features!r} is unknown (known: {', '.join(FEATURE_SIZES)})")
+    box3d = checkpoint["data"].get("box3d")
+    if not isinstance(box3d, dict):
+        refuse("it records no Box3D settings (data.box3d)")
+    try:
+        import dodo
+
+        dodo.box3d_settings(**{key: box3d[key] for key in ("lebedev_order", "z_method", "max_flux_factor") if key in box3d})
+    except (TypeError, ValueError) as error:
+        refuse(f"its Box3D settings (data.box3d) are not settings Box3D has ({error})")
+    for key in ("student", "noise_member"):
+        shape = checkpoint.get(key)
+        if shape is not None and not (isinstance(shape, dict) and all(
+                isinstance(shape.get(name), int) and not isinstance(shape.get(name), bool) and shape.get(name) >= 1
+                for name in ("width", "depth"))):
+            refuse(f"its {key!r} must be null or a mapping of a positive width and depth; got {shape!r}")
+    try:
+        ensemble = load_ensemble(checkpoint)
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as error:
+        text = " ".join(str(error).split())
+        refuse(f"{type(error).__name__}: {text[:300]}{' ...' if len(text) > 300 else ''}")
+    for name, allowed in _GATE_SCALARS.items():
+        value = float(getattr(ensemble, name))
+        if not (math.isfinite(value) and (value > 0 if allowed.endswith("> 0") else value >= 0)):
+            refuse(f"its gate scalar {name} is {value!r}; it must be {allowed}")
+    return ensemble
+
+
 def heldout_report(ensemble: DensityResidualEnsemble, table: dict, held_rows: np.ndarray, log=print) -> dict:
     """The checkpoint's held-out record: the members (teacher, when a student ships) and the shipped
     network on ``held_rows``, means as ``{"heldout_teacher": ..., "heldout": ...}``; logs their tables
@@ -977,7 +1039,7 @@ def export_ensemble(checkpoint_path: str, output: str, n_test_vectors: int = 6, 
 
     if checkpoint is None:  # `dodo export` passes the file's content, read once
         checkpoint = load_torch_file(checkpoint_path)
-    ensemble = load_ensemble(checkpoint)
+    ensemble = checked_ensemble(checkpoint, checkpoint_path)
     if fused and ensemble.student is not None:
         raise ValueError("--fused: this checkpoint is distilled into one network; there are no members to fuse")
     if fused and (len(ensemble.growth_members) or ensemble.noise_member is not None):
