@@ -390,3 +390,85 @@ def test_core_copies_misaligned_inputs_and_refuses_misaligned_outputs():
         bad = outputs(offset, which)
         with pytest.raises(ValueError, match=f"out.{which}: an output array must be aligned"):
             box3d.apply_into(F, u, bad["F_box"], bad["growth_over_ntot"], bad["growth_rate"], bad["status"])
+
+
+# --- a fork()ed child leaving with exit() after ONNX Runtime was loaded ------------------------------
+
+C_FORK_CHILD_EXITS = r"""
+#define _POSIX_C_SOURCE 200809L
+#include <dodo/dodo.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+int main(int argc, char** argv) {
+  dodo_options options;
+  dodo_options_init(&options);
+  options.threads = 2;
+  dodo_closure* closure = NULL;
+  char message[512] = "usage: fork_exit MODEL MODE [ALARM_SECONDS]";
+  if (argc < 3 || dodo_closure_create(argv[1], &options, &closure, message, sizeof message) != DODO_OK) {
+    puts(message);
+    return 1;
+  }
+  const int mode = atoi(argv[2]);  /* 1: the child applies the parent's handle; 2: and destroys it */
+  static double F[64 * 24], out[64 * 24];
+  for (int i = 0; i < 64 * 24; ++i) F[i] = i % 4 == 0 ? 1.0 + 0.01 * (i % 24) : (i % 24 == 3 ? 0.3 : (i % 24 == 15 ? -0.4 : 0.0));
+  const pid_t child = fork();
+  if (child == 0) {
+    alarm(argc > 3 ? (unsigned)atoi(argv[3]) : 20u);
+    int status = mode >= 1 ? dodo_apply(closure, 64, F, NULL, NULL, NULL, out, NULL, NULL) : 0;
+    if (mode >= 2) dodo_closure_destroy(closure);
+    exit(status == DODO_OK ? 0 : 3);  /* exit(), not _exit(): every exit handler runs */
+  }
+  int status = 0;
+  waitpid(child, &status, 0);
+  const char* telemetry = getenv("ORT_DISABLE_TELEMETRY");
+  printf("%s %d %s\n", WIFEXITED(status) ? "exit" : "signal", WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status),
+         telemetry ? telemetry : "(unset)");
+  dodo_closure_destroy(closure);
+  return 0;
+}
+"""
+
+PYTHON_FORK_CHILD_EXITS = textwrap.dedent('''
+    import os, signal, sys
+    import dodo
+    closure = dodo.Closure()
+    child = os.fork()
+    if child == 0:
+        signal.alarm(20)
+        sys.exit(0)
+    _, status = os.waitpid(child, 0)
+    print("exit" if os.WIFEXITED(status) else "signal", os.WEXITSTATUS(status) if os.WIFEXITED(status)
+          else os.WTERMSIG(status))
+''')
+
+
+@needs_runtime
+def test_a_forked_child_that_calls_exit_after_a_model_was_loaded_exits(tmp_path):
+    """After a closure with a model was made (ONNX Runtime loaded), a child made by fork() that left
+    with exit() hung for ever (killed here by its alarm: SIGALRM), or aborted (std::system_error
+    "No such process") when it had applied and destroyed the parent's handle; the same in Python
+    (os.fork(), then sys.exit). ONNX Runtime 1.32's environment starts a telemetry uploader thread,
+    and its static destructor waited in the child for that thread, which only the parent has.
+    libdodo now sets ORT_DISABLE_TELEMETRY=1 before loading ONNX Runtime unless the host set it
+    (no such thread, no uploads from compute nodes); a host's own value is kept."""
+    from dodo.models import default_model_path
+
+    program = _compile(tmp_path, "fork_exit", C_FORK_CHILD_EXITS, language="c")
+    model = str(default_model_path())
+    env = {key: value for key, value in os.environ.items() if key != "ORT_DISABLE_TELEMETRY"}
+    for mode in ("0", "1", "2"):
+        result = subprocess.run([str(program), model, mode], capture_output=True, text=True, timeout=120, env=env,
+                                stdin=subprocess.DEVNULL)
+        assert result.returncode == 0, (mode, result.returncode, result.stdout, result.stderr[-2000:])
+        assert result.stdout.strip() == "exit 0 1", (mode, result.stdout, result.stderr[-2000:])
+    kept = subprocess.run([str(program), model, "0", "2"], capture_output=True, text=True, timeout=120,
+                          env=dict(env, ORT_DISABLE_TELEMETRY="0"), stdin=subprocess.DEVNULL)
+    assert kept.stdout.strip().endswith(" 0"), kept.stdout  # the host's own choice stands (and its child hangs)
+    script = tmp_path / "fork_exit.py"
+    script.write_text(PYTHON_FORK_CHILD_EXITS)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env,
+                            stdin=subprocess.DEVNULL)
+    assert (result.returncode, result.stdout.strip()) == (0, "exit 0"), (result.stdout, result.stderr[-2000:])

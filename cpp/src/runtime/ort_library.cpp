@@ -60,7 +60,21 @@ std::vector<std::string> candidate_paths(const std::string& explicit_path) {
   return paths;
 }
 
+// ONNX Runtime's Linux builds (1.32 here) start a telemetry uploader thread (1DS) with their
+// environment unless ORT_DISABLE_TELEMETRY is set (or a CI variable). That thread made every child
+// of a fork() that left with exit() hang for ever (ONNX Runtime's static destructor waited on a
+// condition variable for the parent's thread, which the child does not have; pthread_cond_destroy
+// in the child's exit handlers) or abort (std::system_error "No such process" joining it), in C
+// and in Python (os.fork(), then sys.exit) alike (outside probe, round eighteen); and it would send
+// usage data from compute nodes. So libdodo asks for no telemetry before ONNX Runtime is loaded,
+// unless the host set the variable itself (ORT_DISABLE_TELEMETRY=0 keeps ONNX Runtime's default).
+// Called once, under the load lock, before any ONNX Runtime thread exists.
+void ask_for_no_onnxruntime_telemetry() {
+  if (std::getenv("ORT_DISABLE_TELEMETRY") == nullptr) ::setenv("ORT_DISABLE_TELEMETRY", "1", 0);
+}
+
 OrtLibrary open_library(const std::string& explicit_path) {
+  ask_for_no_onnxruntime_telemetry();
   std::string tried;
   for (const std::string& path : candidate_paths(explicit_path)) {
     void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
