@@ -489,3 +489,70 @@ def test_export_of_the_unedited_ensemble_checkpoint_still_works(ensemble_checkpo
     code, _, err = run(capsys, ["export", str(ensemble_checkpoint), "-o", str(tmp_path / "m.onnx")])
     assert code == 0, err
     assert dodo.Closure(tmp_path / "m.onnx").has_model
+
+
+# --- dodo export / evaluate / inspect / train resume of an edited dodo train checkpoint ----------
+
+@pytest.fixture(scope="module")
+def train_run(tmp_path_factory):
+    pytest.importorskip("torch")
+    from cli_helpers import synthetic_preprocessed
+    from dodo.cli import main
+
+    root = tmp_path_factory.mktemp("round18_train")
+    pre = synthetic_preprocessed(root, cells=200)
+    config = root / "train.yaml"
+    config.write_text(f"data: {{path: {pre}, batch_size: 64}}\nmodel: {{head: equivariant, hidden_dim: 8, n_blocks: 1}}\n"
+                      "training: {epochs: 1, threads: 1, log_interval: 1000}\n"
+                      f"output: {{results_dir: {root / 'results'}, checkpoint_dir: {root / 'checkpoints'}}}\n")
+    assert main(["train", "--config", str(config)]) == 0
+    return config, root / "checkpoints" / "last.pt"
+
+
+def _edited_train_checkpoint(source: Path, target: Path, case: str) -> Path:
+    import torch
+
+    from dodo.training.safe_load import load_torch_file
+    from dodo.training.train import checkpoint_digest
+
+    checkpoint = load_torch_file(source)
+    if case == "re-signed without a weight":
+        checkpoint["model_state"].pop(next(iter(checkpoint["model_state"])))
+        checkpoint["sha256"] = checkpoint_digest(checkpoint)
+    else:
+        checkpoint.pop("sha256")  # a checkpoint without a digest is read unverified
+        if case == "config null":
+            checkpoint["config"] = None
+        else:
+            checkpoint.pop(case)
+    torch.save(checkpoint, target)
+    return target
+
+
+@pytest.mark.parametrize("case, said", [
+    ("config null", "not a usable Dodo checkpoint: its 'config' is NoneType, not a mapping"),
+    ("config", "not a usable Dodo checkpoint: its 'config' is NoneType"),
+    ("data", "not a usable Dodo checkpoint: its 'data' is NoneType"),
+    ("model_state", "not a usable Dodo checkpoint: its 'model_state' is NoneType"),
+    ("re-signed without a weight", "its weights do not fit its model section (Error(s) in loading state_dict"),
+])
+@pytest.mark.parametrize("command", ["export", "evaluate", "inspect"])
+def test_an_edited_train_checkpoint_is_one_line(train_run, tmp_path, capsys, case, said, command):
+    """A `dodo train` checkpoint whose digest was removed (read unverified) or recomputed, with its
+    config, data or weights removed: KeyError / TypeError tracebacks (exit 1), or torch's
+    multi-line load_state_dict report. Now one line naming the file."""
+    edited = _edited_train_checkpoint(train_run[1], tmp_path / "edited.pt", case)
+    argv = [command, str(edited)] + (["-o", str(tmp_path / "m.onnx")] if command == "export" else [])
+    refused(capsys, argv, edited, said)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("case", ["optimizer", "rng", "history", "epoch"])
+def test_resuming_from_an_edited_train_checkpoint_is_one_line(train_run, tmp_path, capsys, case):
+    """`dodo train` resuming from a checkpoint without its digest and without `optimizer` (`rng`,
+    `history`, `epoch`) ended in a KeyError traceback."""
+    config, last = train_run
+    edited = _edited_train_checkpoint(last, tmp_path / "edited.pt", case)
+    refused(capsys, ["train", "--config", str(config), "--set", f"training.resume_from={edited}", "--set",
+                     "training.epochs=2", "--set", f"output.checkpoint_dir={tmp_path / 'c'}", "--set",
+                     f"output.results_dir={tmp_path / 'r'}"], edited, f"cannot resume from it: KeyError '{case}'")

@@ -45,7 +45,8 @@ def _friendly(name: str):
                       "pip install 'dodo[train]'", file=sys.stderr)
                 return 3
             except (ValueError, FileNotFoundError, RuntimeError, OSError, ArithmeticError) as exc:
-                print(f"dodo {name}: error: {exc}", file=sys.stderr)
+                # One line, whatever the message holds (torch's load_state_dict report is several).
+                print(f"dodo {name}: error: {' '.join(str(exc).split())}", file=sys.stderr)
                 return 2
             except MemoryError as exc:  # a config asking for more than the machine has (model.n_blocks: 10^8)
                 print(f"dodo {name}: error: out of memory ({str(exc) or 'MemoryError'}): the configuration needs "

@@ -46,7 +46,7 @@ def evaluate_checkpoint(checkpoint_path: str | Path, data_path: str | Path | Non
     indices = split_indices_for(checkpoint, data_path, split)
     if len(indices) == 0:
         raise ValueError(f"split {split!r} of {data_path} is empty")
-    closure = closure_from_checkpoint(checkpoint)
+    closure = closure_from_checkpoint(checkpoint, checkpoint_path)
     dataset = CellDataset(data_path, indices, checkpoint.get("target_scale"), in_memory=True, dtype=torch.float64)
     prediction = predict(closure, dataset, torch.device("cpu"), batch_size)
     table = metrics_for(prediction)

@@ -202,7 +202,7 @@ def export_checkpoint(checkpoint_path: str | Path, output: str | Path, check: bo
 
     checkpoint = (load_checkpoint(checkpoint_path) if checkpoint is None
                   else verified_checkpoint(checkpoint, checkpoint_path))
-    closure = closure_from_checkpoint(checkpoint)
+    closure = closure_from_checkpoint(checkpoint, checkpoint_path)
     network = closure.network
     box3d_settings = checkpoint["data"]["box3d"]
     model_bytes = _onnx_bytes(network)

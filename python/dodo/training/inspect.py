@@ -34,7 +34,7 @@ def inspect_checkpoint(checkpoint_path: str | Path, data_path=None, split: str =
         raise ValueError(f"slice [{start}:{stop}] of split {split!r} ({len(split_indices)} cells) is empty")
     taken = range(len(split_indices))[start:stop]  # the slice as taken: --stop 1000 of 50 cells is [0, 50]
     start, stop = taken.start, taken.stop
-    closure = closure_from_checkpoint(checkpoint)
+    closure = closure_from_checkpoint(checkpoint, checkpoint_path)
     dataset = CellDataset(data_path, indices, checkpoint.get("target_scale"))
     invariants, F_init, F_box, dF_true, weight = dataset.__getitems__(range(len(dataset)))
     loss_config = from_dict(LossConfig, checkpoint["config"]["loss"], "checkpoint loss")

@@ -251,7 +251,28 @@ def verified_checkpoint(checkpoint, path: str | Path) -> dict:
             raise CorruptCheckpointError(
                 f"{path}: checkpoint is corrupted: SHA-256 of its content is {computed[:16]}..., the digest stored "
                 f"at save time is {str(stored)[:16]}... (the file was altered after it was written)")
+    problem = _layout_problem(checkpoint)
+    if problem is not None:  # a checkpoint without its digest, or re-signed: KeyError / TypeError tracebacks
+        raise CorruptCheckpointError(f"{path}: not a usable Dodo checkpoint: {problem} (the file was edited or "
+                                     "damaged)")
     return checkpoint
+
+
+def _layout_problem(checkpoint: dict) -> str | None:
+    """What a `dodo train` checkpoint lacks of what export, evaluate and inspect read, or None."""
+    for key in ("config", "model_state", "data"):
+        if not isinstance(checkpoint.get(key), dict):
+            return f"its {key!r} is {type(checkpoint.get(key)).__name__}, not a mapping"
+    for key in ("data", "model", "loss"):
+        if not isinstance(checkpoint["config"].get(key), dict):
+            return f"its config has no {key!r} section"
+    data = checkpoint["data"]
+    if not isinstance(data.get("box3d"), dict):
+        return "it records no Box3D settings (data.box3d)"
+    for key in ("sha256", "kind", "path"):
+        if not isinstance(data.get(key), str):
+            return f"its data.{key} is {type(data.get(key)).__name__}, not a string"
+    return None
 
 
 def load_resume_checkpoint(path: str | Path, log=print) -> tuple[dict, Path]:
@@ -283,12 +304,19 @@ def check_training_data(checkpoint: dict, checkpoint_path, data_path, action: st
                          f"the file it was trained on); cannot {action}{hint}")
 
 
-def closure_from_checkpoint(checkpoint: dict) -> ResidualClosure:
+def closure_from_checkpoint(checkpoint: dict, path: str | Path | None = None) -> ResidualClosure:
+    """The checkpoint's network; weights that do not fit its model section (an edited checkpoint)
+    are a CorruptCheckpointError naming ``path``, in one line, not torch's multi-line report."""
     from .config import ModelConfig, from_dict
 
     model_config = from_dict(ModelConfig, checkpoint["config"]["model"], "checkpoint model")
     closure = build_closure(model_config)
-    closure.network.load_state_dict(checkpoint["model_state"])
+    try:
+        closure.network.load_state_dict(checkpoint["model_state"])
+    except RuntimeError as error:
+        text = " ".join(str(error).split())
+        raise CorruptCheckpointError(f"{path or 'checkpoint'}: its weights do not fit its model section ({text[:300]}"
+                                     f"{' ...' if len(text) > 300 else ''}); the file was edited or damaged") from None
     closure.eval()
     return closure
 
@@ -372,15 +400,23 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
         if checkpoint["config"]["model"] != dataclasses.asdict(config.model):
             raise ValueError(f"{resume_path}: model section differs from the config; cannot resume")
         check_training_data(checkpoint, resume_path, data_path, "resume", data_sha256=data_sha256)
-        closure.network.load_state_dict(checkpoint["model_state"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        restore_rng_state(checkpoint["rng"], generator)
-        start_epoch = checkpoint["epoch"] + 1
-        global_step = checkpoint["global_step"]
-        best_val = checkpoint["best_val_loss"]
-        history = checkpoint["history"]
+        try:  # a checkpoint without its digest, or re-signed, may lack any of these: one line, not a KeyError traceback
+            closure.network.load_state_dict(checkpoint["model_state"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            scheduler.load_state_dict(checkpoint["scheduler"])
+            scaler.load_state_dict(checkpoint["scaler"])
+            restore_rng_state(checkpoint["rng"], generator)
+            start_epoch = int(checkpoint["epoch"]) + 1
+            global_step = int(checkpoint["global_step"])
+            best_val = float(checkpoint["best_val_loss"])
+            history = checkpoint["history"]
+            if not (isinstance(history, dict) and all(isinstance(history.get(key), list) for key in ("train", "val"))):
+                raise TypeError(f"history is {type(history).__name__}, not train and val lists")
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
+            text = " ".join(str(error).split())
+            raise CorruptCheckpointError(
+                f"{resume_path}: cannot resume from it: {type(error).__name__} {text[:300]}"
+                f"{' ...' if len(text) > 300 else ''} (the file was edited or damaged)") from None
         log(f"resumed from {resume_path} after epoch {checkpoint['epoch']}")
     network = distribution.wrap(closure.network, device)  # DDP after loading: every process starts equal
 
