@@ -556,3 +556,46 @@ def test_resuming_from_an_edited_train_checkpoint_is_one_line(train_run, tmp_pat
     refused(capsys, ["train", "--config", str(config), "--set", f"training.resume_from={edited}", "--set",
                      "training.epochs=2", "--set", f"output.checkpoint_dir={tmp_path / 'c'}", "--set",
                      f"output.results_dir={tmp_path / 'r'}"], edited, f"cannot resume from it: KeyError '{case}'")
+
+
+# --- dodo study grid files of the wrong shape ------------------------------------------------------
+
+@pytest.mark.parametrize("lines, said", [
+    ("tag: t\noverrides: [1, 2]\n", "overrides must be a mapping of dotted keys to values; got [1, 2]"),
+    ("tag: 5\n", "tag must be a non-empty string (a name); got 5"),
+    ("tag: t\noutput_root: 3\n", "output_root must be a non-empty string (a path); got 3"),
+    ("tag: t\ngrid_extra: 1\n", "unknown key(s) ['grid_extra']"),
+    ("tag: t\noverrides: {training.resume_from: x.pt}\n", "overrides sets ['training.resume_from'], which dodo study sets"),
+    ("tag: t\noverrides: {output.checkpoint_dir: /tmp/x}\n", "overrides sets ['output.checkpoint_dir']"),
+], ids=["overrides list", "int tag", "int root", "unknown key", "resume", "checkpoint dir"])
+def test_a_study_grid_of_the_wrong_shape_is_one_line(tmp_path, capsys, lines, said):
+    """A grid file with a list of overrides, a number as its tag or output root ended in TypeError
+    tracebacks (exit 1); a run directory or resume set in the grid was shown by --dry-run and then
+    silently replaced by the study's own."""
+    pytest.importorskip("torch")
+    (tmp_path / "train.yaml").write_text("training: {epochs: 1}\n")
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(f"base_config: train.yaml\noutput_root: {tmp_path / 'studies'}\n" + lines
+                    + "grid:\n  training.lr: [1.0e-3]\n")
+    refused(capsys, ["study", str(grid), "--dry-run"], grid, said)
+
+
+@pytest.mark.parametrize("grid_lines, said", [
+    ("grid:\n  3: [1.0e-3]\n", "grid keys must be dotted config keys (section.key); got [3]"),
+    ("grid:\n  output.results_dir: [a, b]\n", "grid sets ['output.results_dir']"),
+])
+def test_a_study_grid_key_that_is_not_a_config_key_is_one_line(tmp_path, capsys, grid_lines, said):
+    """`3: [...]` in the grid ended in "AttributeError: 'int' object has no attribute 'split'"."""
+    pytest.importorskip("torch")
+    (tmp_path / "train.yaml").write_text("training: {epochs: 1}\n")
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("base_config: train.yaml\ntag: t\n"
+                    f"output_root: {tmp_path / 'studies'}\n" + grid_lines)
+    refused(capsys, ["study", str(grid), "--dry-run"], grid, said)
+
+
+def test_a_study_base_config_that_is_not_a_path_is_one_line(tmp_path, capsys):
+    pytest.importorskip("torch")
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("base_config: [a]\ntag: t\ngrid:\n  training.lr: [1.0e-3]\n")
+    refused(capsys, ["study", str(grid), "--dry-run"], grid, "base_config must be a non-empty string (a path)")

@@ -33,6 +33,8 @@ from .._atomic import atomic_path, check_outputs, exclusive_directory, write_jso
 from .config import ConfigError, ExperimentConfig, merge_dotted, read_yaml_mapping
 
 ALLOWED_KEYS = {"base_config", "tag", "output_root", "overrides", "grid"}
+#: Keys dodo study sets itself for every run (its directories; never a resume).
+_SET_PER_RUN = {"output.results_dir", "output.checkpoint_dir", "training.resume_from"}
 #: Most runs one grid may make: every run's config is built before the first trains, so four lists of
 #: 300 values (8.1e9 runs) took all the memory there was (a MemoryError, or the machine's OOM killer).
 MAX_STUDY_RUNS = 10_000
@@ -46,6 +48,23 @@ def load_grid(path: str | Path) -> dict:
         raise ConfigError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(ALLOWED_KEYS)}")
     if "base_config" not in spec or not isinstance(spec.get("grid"), dict) or not spec["grid"]:
         raise ConfigError(f"{path}: needs 'base_config' and a non-empty 'grid' mapping of dotted keys to lists")
+    # A list of overrides, a number as the tag or a list as the base config ended in TypeError
+    # tracebacks (outside probe, round eighteen).
+    for key in ("base_config", "tag", "output_root"):
+        if key in spec and (not isinstance(spec[key], str) or not spec[key].strip()):
+            raise ConfigError(f"{path}: {key} must be a non-empty string (a {'name' if key == 'tag' else 'path'}); "
+                              f"got {spec[key]!r}")
+    if not isinstance(spec.get("overrides", {}), dict):
+        raise ConfigError(f"{path}: overrides must be a mapping of dotted keys to values; got {spec['overrides']!r}")
+    for section in ("overrides", "grid"):
+        odd = [key for key in spec.get(section, {}) if not isinstance(key, str)]
+        if odd:  # `3: [...]` ended in "AttributeError: 'int' object has no attribute 'split'"
+            raise ConfigError(f"{path}: {section} keys must be dotted config keys (section.key); got {odd!r}")
+        # The study sets these per run: a value given here was shown by --dry-run and then ignored.
+        taken = sorted(set(spec.get(section, {})) & _SET_PER_RUN)
+        if taken:
+            raise ConfigError(f"{path}: {section} sets {taken}, which dodo study sets for each run "
+                              "(OUTPUT_ROOT/TAG/run_XXX/...); choose where runs go with output_root and tag")
     for key, values in spec["grid"].items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{path}: grid.{key} must be a non-empty list")
