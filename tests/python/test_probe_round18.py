@@ -599,3 +599,42 @@ def test_a_study_base_config_that_is_not_a_path_is_one_line(tmp_path, capsys):
     grid = tmp_path / "grid.yaml"
     grid.write_text("base_config: [a]\ntag: t\ngrid:\n  training.lr: [1.0e-3]\n")
     refused(capsys, ["study", str(grid), "--dry-run"], grid, "base_config must be a non-empty string (a path)")
+
+
+# --- train-ensemble config keys in the wrong place, or of the wrong type ----------------------------
+
+@pytest.mark.parametrize("setting, said", [
+    ("data.seed=3", "unknown key 'data.seed' (the data section has ['features', 'holdout', 'path'])"),
+    ("growth.seed=3", "unknown key 'growth.seed' (the growth section has"),
+    ("noise.lr=1", "unknown key 'noise.lr'"),
+    ("members=3", "unknown key 'members'"),
+    ("ensemble.holdout=[]", "unknown key 'ensemble.holdout'"),
+    ("ensemble=3", "'ensemble' is a section; set one of its keys"),
+    ("growth.data={a: 1}", "growth.data must be a value, not a mapping"),
+    ("data.path=[a]", "data.path must be a path (a non-empty string); got ['a']"),
+    ("output.checkpoint=5", "output.checkpoint must be a path (a non-empty string); got 5"),
+    ("ensemble.seed=1.5", "seed must be an integer >= 0; got 1.5"),
+    ("ensemble.seed=-1", "seed must be an integer >= 0; got -1"),
+    ("ensemble.mirror=maybe", "mirror must be true or false; got 'maybe'"),
+])
+@pytest.mark.parametrize("command", ["train-ensemble", "learning-curve"])
+def test_ensemble_config_keys_are_known_in_their_own_section_only(tmp_path, capsys, setting, said, command):
+    """Any `SECTION.x` (or a bare `x`) set the ensemble's field x: `data.seed`, `growth.seed` set the
+    members' seed, `noise.lr` their learning rate, without a word; `ensemble: 3` was "unknown key
+    'ensemble'"; a list or number as data.path or output.checkpoint ended in os.fspath's TypeError
+    traceback; a float seed in torch's "manual_seed expected a long"; a negative seed and a string
+    mirror were taken. Now one line each, before the table is read."""
+    pytest.importorskip("torch")
+    config = tmp_path / "ensemble.yaml"
+    config.write_text(f"data:\n  path: {tmp_path / 'missing.h5'}\nensemble:\n  members: 1\noutput:\n"
+                      f"  checkpoint: {tmp_path / 'out.pt'}\n")
+    refused(capsys, [command, "--config", str(config), "--set", setting], said)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ensemble.yaml"]
+
+
+def test_the_default_ensemble_config_still_loads():
+    from dodo.training.ensemble_train import EnsembleConfig
+
+    root = Path(__file__).resolve().parents[2]
+    config = EnsembleConfig.load(str(root / "training" / "configs" / "ensemble_default.yaml"))
+    assert config.members >= 1 and config.noise_oof is not None

@@ -29,6 +29,10 @@ from .ensemble import (DensityResidualEnsemble, Member, fit_ensemble, fit_growth
 CHECKPOINT_KIND = "density_residual_ensemble"
 
 
+#: The sections of a train-ensemble config (training/configs/ensemble_default.yaml).
+_SECTIONS = ("data", "ensemble", "growth", "distill", "noise", "output")
+
+
 @dataclass
 class EnsembleConfig:
     """training/configs/ensemble_default.yaml; every key optional but data.path."""
@@ -107,9 +111,14 @@ class EnsembleConfig:
             if isinstance(values, dict):
                 for key, value in values.items():
                     flat[f"{section}.{key}"] = value
+            elif section in _SECTIONS:  # `ensemble: 3`, `data: null` were "unknown key 'ensemble'"
+                raise ConfigError(f"{path}: {section!r} must be a mapping of its keys; got {values!r}")
             else:
                 flat[section] = values
-        flat.update(overrides or {})
+        for key, value in (overrides or {}).items():
+            if key in _SECTIONS:
+                raise ConfigError(f"--set {key}=...: {key!r} is a section; set one of its keys ({key}.KEY=VALUE)")
+            flat[key] = value
         names = {"data.path": "data_path", "data.holdout": "holdout", "data.features": "features",
                  "output.checkpoint": "checkpoint", "growth.data": "growth_data", "growth.members": "growth_members",
                  "growth.width": "growth_width", "growth.depth": "growth_depth", "growth.steps": "growth_steps",
@@ -122,10 +131,22 @@ class EnsembleConfig:
                  "noise.width": "noise_width", "noise.depth": "noise_depth", "noise.batch_size": "noise_batch_size",
                  "noise.epochs": "noise_epochs"}
         config = cls()
+        # A key is known in its own section only: any "SECTION.x" (and a bare "x") used to set the
+        # field x, so a misplaced `data.seed` or `growth.seed` silently set the members' seed, and a
+        # `noise.lr` the members' learning rate (outside probe, round eighteen).
+        ensemble_keys = set(cls.__dataclass_fields__) - set(names.values())
         for key, value in flat.items():
-            name = names.get(key, key.split(".")[-1])
-            if name not in cls.__dataclass_fields__:
-                raise ConfigError(f"{path}: unknown key {key!r}")
+            if key in names:
+                name = names[key]
+            elif key.startswith("ensemble.") and key[len("ensemble."):] in ensemble_keys:
+                name = key[len("ensemble."):]
+            else:
+                section = key.split(".")[0] if "." in key else None
+                where = (f" (the {section} section has {sorted(k.split('.', 1)[1] for k in names if k.startswith(section + '.'))})"
+                         if section in _SECTIONS and section != "ensemble" else "")
+                raise ConfigError(f"{path}: unknown key {key!r}{where}")
+            if isinstance(value, dict):  # a nested mapping (`growth: {data: {x: 1}}`) is never a value
+                raise ConfigError(f"{path}: {key} must be a value, not a mapping; got {value!r}")
             setattr(config, name, value)
         config.validate()
         return config
@@ -145,6 +166,16 @@ class EnsembleConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be a finite number >= 0; got {value!r}")
+        # A number or a list as a path ended in os.fspath's TypeError traceback; a float seed in
+        # torch's "manual_seed expected a long"; a negative one is refused by `dodo train` too.
+        for name, key in (("data_path", "data.path"), ("checkpoint", "output.checkpoint")):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(f"{key} must be a path (a non-empty string); got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed must be an integer >= 0; got {self.seed!r}")
+        if not isinstance(self.mirror, bool):
+            raise ConfigError(f"mirror must be true or false; got {self.mirror!r}")
         from .features import FEATURE_SIZES
 
         if self.features not in FEATURE_SIZES:
