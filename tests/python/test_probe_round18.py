@@ -638,3 +638,20 @@ def test_the_default_ensemble_config_still_loads():
     root = Path(__file__).resolve().parents[2]
     config = EnsembleConfig.load(str(root / "training" / "configs" / "ensemble_default.yaml"))
     assert config.members >= 1 and config.noise_oof is not None
+
+
+# --- dodo simulate with no states to simulate ----------------------------------------------------
+
+def test_simulate_of_no_states_names_the_input_or_the_option(tmp_path, capsys):
+    """`--random 0` said "states must have shape [n >= 1, 6, 4]; got (0, 6, 4)", `--random -2` "count
+    must be non-negative", an input with no states the same shape line without its name."""
+    h5py = pytest.importorskip("h5py")
+    empty = tmp_path / "empty.h5"
+    with h5py.File(empty, "w") as handle:
+        handle["F4_initial(1|ccm)"] = np.zeros((0, 4, 2, 3))
+    out = tmp_path / "out.h5"
+    for extra in ([], ["--linear-only"]):
+        refused(capsys, ["simulate", str(out), "--input", str(empty), *extra], empty, "holds no states")
+    for count in ("0", "-2"):
+        refused(capsys, ["simulate", str(out), "--random", count], f"--random must be a number of states >= 1; got {count}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.h5"]

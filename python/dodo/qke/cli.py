@@ -99,9 +99,14 @@ def run_simulate(args) -> int:
                               hamiltonian_filter=args.hamiltonian_filter, seed=args.seed, backend=args.backend)
         config.validate()
         rotation = end_time = None
+        # Was "count must be non-negative" or "states must have shape [n >= 1, 6, 4]; got (0, 6, 4)".
+        if args.random is not None and args.random < 1:
+            raise ValueError(f"--random must be a number of states >= 1; got {args.random}")
         if args.input:
             loaded = read_states(args.input)
             four_flux = loaded["four_flux"]
+            if len(four_flux) == 0:  # was "states must have shape [n >= 1, 6, 4]; got (0, 6, 4)", naming no file
+                raise ValueError(f"{args.input} holds no states: nothing to simulate")
             if not args.ignore_rotation and loaded["rotation"] is not None:
                 rotation = loaded["rotation"]
                 check_rotations(rotation, len(four_flux), f"{args.input}: rotation_R (or --ignore-rotation)")
