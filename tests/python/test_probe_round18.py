@@ -655,3 +655,21 @@ def test_simulate_of_no_states_names_the_input_or_the_option(tmp_path, capsys):
     for count in ("0", "-2"):
         refused(capsys, ["simulate", str(out), "--random", count], f"--random must be a number of states >= 1; got {count}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.h5"]
+
+
+# --- python -m dodo.test with arguments ------------------------------------------------------------
+
+def test_the_smoke_test_answers_help_and_refuses_arguments(tmp_path):
+    """`python -m dodo.test --help` ran the whole check (no usage); `python -m dodo.test bogus`
+    ignored its argument without a word."""
+    import subprocess
+    import sys
+
+    shown = subprocess.run([sys.executable, "-m", "dodo.test", "--help"], capture_output=True, text=True, timeout=300,
+                           cwd=tmp_path)
+    assert shown.returncode == 0 and shown.stdout.startswith("usage: python -m dodo.test"), shown
+    assert "OK" not in shown.stdout  # the check did not run
+    refused = subprocess.run([sys.executable, "-m", "dodo.test", "bogus"], capture_output=True, text=True,
+                             timeout=300, cwd=tmp_path)
+    assert refused.returncode == 2 and refused.stdout == "", refused
+    assert refused.stderr.splitlines()[-1] == "python -m dodo.test: error: it takes no arguments; got bogus"
