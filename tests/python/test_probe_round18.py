@@ -673,3 +673,54 @@ def test_the_smoke_test_answers_help_and_refuses_arguments(tmp_path):
                              timeout=300, cwd=tmp_path)
     assert refused.returncode == 2 and refused.stdout == "", refused
     assert refused.stderr.splitlines()[-1] == "python -m dodo.test: error: it takes no arguments; got bogus"
+
+
+# --- python -m dodo.qke.validate -----------------------------------------------------------------
+
+def _validate(capsys, argv) -> tuple[int, str]:
+    from dodo.qke.validate import main
+
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+def test_validate_emu32_does_not_replace_a_file_that_is_not_its_own(tmp_path, capsys):
+    """`python -m dodo.qke.validate emu32 --output syn.h5` replaced a `dodo synth` database (any
+    file: an Emu database, a campaign chunk, notes) with its validation database, exit 0. Now
+    refused before any work unless --overwrite; its own earlier database, an empty file and a new
+    path are written as before."""
+    h5py = pytest.importorskip("h5py")
+    from dodo.cli import main
+    from dodo.qke.validate import refuse_replacing_other_files
+
+    synthetic = tmp_path / "syn.h5"
+    assert main(["synth", str(synthetic), "-n", "20", "-q"]) == 0
+    capsys.readouterr()
+    notes = tmp_path / "notes.h5"
+    notes.write_bytes(b"three days of notes")
+    for path, kind in ((synthetic, "a synthetic database (dodo synth)"), (notes, "a file of another kind")):
+        before = digest(path)
+        code, err = _validate(capsys, ["emu32", "--output", str(path)])
+        assert code == 2 and f"{path} exists and is {kind}" in err and "--overwrite" in err, err
+        assert digest(path) == before
+    own = tmp_path / "own.h5"
+    with h5py.File(own, "w") as handle:
+        handle.attrs.update({"solver": "dodo.qke", "validation_reference": "emu_1d_validation.h5", "complete": True})
+    refuse_replacing_other_files(str(own))  # a rerun's own output: replaced as before
+    (tmp_path / "empty.h5").touch()
+    refuse_replacing_other_files(str(tmp_path / "empty.h5"))
+    refuse_replacing_other_files(str(tmp_path / "new.h5"))
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["nsm1", "--seeds", "abc"], "--seeds takes comma-separated integers, e.g. 0,1,2; got 'abc'"),
+    (["nsm1", "--seeds", ""], "--seeds takes comma-separated integers"),
+    (["nsm1", "--seeds", "-1"], "--seeds must be integers >= 0; got '-1'"),
+    (["nsm1", "--only", "zzz"], "--only 'zzz' matches none of the configurations"),
+])
+def test_validate_nsm1_options_that_cannot_run_are_one_line(capsys, argv, said):
+    """`--seeds abc` said "invalid literal for int() with base 10: 'abc'" (no option named); `--only`
+    matching no configuration ran nothing and exited 0."""
+    pytest.importorskip("h5py")
+    code, err = _validate(capsys, argv)
+    assert code == 2 and said in err and len(err.strip().splitlines()) == 1, err

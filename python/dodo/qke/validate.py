@@ -57,6 +57,8 @@ def validate_nsm1(reference: str, box3d_cases: str | None, seeds: list[int], fla
         emu_growth = f["growthRate(1|s)"][()]
         emu_wall = f["walltime(s)"][()]
         emu_end = f["tend(s)"][()]
+    if only and not any(only in name for name in names):  # ran nothing and exited 0 (round eighteen)
+        raise ValueError(f"--only {only!r} matches none of the configurations of {reference}: {', '.join(names)}")
     report = {"runs": []}
     for row, name in enumerate(names):
         ncell = int(name.split("_nz")[1].split("_")[0])
@@ -152,6 +154,30 @@ def reference_path(given: str | None, name: str) -> str:
     return str(candidate)
 
 
+def refuse_replacing_other_files(output: str) -> None:
+    """emu32 writes its database over ``--output`` (and resumes an unfinished one of its own): any
+    other non-empty file there, a `dodo synth` or Emu database, a campaign's solver database, was
+    replaced without a word (outside probe, round eighteen). A ValueError unless the file is
+    absent, empty or an earlier emu32 database (a `dodo simulate` database that records its
+    validation reference)."""
+    import os
+
+    from .._output_guard import file_kind
+
+    if not os.path.isfile(output) or os.path.getsize(output) == 0:
+        return
+    import h5py
+
+    try:
+        with h5py.File(output, "r") as handle:
+            if "solver" in handle.attrs and "validation_reference" in handle.attrs:
+                return
+    except (OSError, ValueError):
+        pass
+    raise ValueError(f"{output} exists and is {file_kind(output)}, not an emu32 validation database: it is not "
+                     "replaced; give another --output, or --overwrite to replace it")
+
+
 def main(argv=None) -> int:
     """The command line; expected failures (missing h5py, a missing or bad file) end it with one
     line on stderr and exit status 2."""
@@ -191,6 +217,8 @@ def _main(argv=None) -> int:
     emu32.add_argument("--output", default="qke_emu32_validation.h5", type=output_path)
     emu32.add_argument("--batch-size", type=int, default=8)
     emu32.add_argument("--seed", type=int, default=0)
+    emu32.add_argument("--overwrite", action="store_true",
+                       help="replace --output when it holds anything but an earlier emu32 validation database")
     for p in (nsm1, emu32):
         p.add_argument("--flavour-cfl", type=float, default=SolverConfig.flavour_cfl)
         p.add_argument("--hamiltonian-filter", default=SolverConfig.hamiltonian_filter, choices=("emu", "none"))
@@ -205,8 +233,16 @@ def _main(argv=None) -> int:
     from .._output_guard import refuse_replacing_data
 
     refuse_replacing_data([args.json], "python -m dodo.qke.validate --json")
+    if args.which == "emu32" and not args.overwrite:
+        refuse_replacing_other_files(args.output)
     if args.which == "nsm1":
-        report = validate_nsm1(args.reference, args.box3d_cases, [int(s) for s in args.seeds.split(",")], args.flavour_cfl, args.only,
+        try:  # int()'s "invalid literal for int() with base 10: 'abc'" named no option
+            seeds = [int(seed) for seed in args.seeds.split(",")]
+        except ValueError:
+            raise ValueError(f"--seeds takes comma-separated integers, e.g. 0,1,2; got {args.seeds!r}") from None
+        if any(seed < 0 for seed in seeds):
+            raise ValueError(f"--seeds must be integers >= 0; got {args.seeds!r}")
+        report = validate_nsm1(args.reference, args.box3d_cases, seeds, args.flavour_cfl, args.only,
                                args.hamiltonian_filter, args.backend)
     else:
         report = validate_emu32(args.reference, args.output, args.batch_size, args.flavour_cfl, args.seed,
