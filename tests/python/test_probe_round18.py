@@ -724,3 +724,30 @@ def test_validate_nsm1_options_that_cannot_run_are_one_line(capsys, argv, said):
     pytest.importorskip("h5py")
     code, err = _validate(capsys, argv)
     assert code == 2 and said in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["nsm1", "--reference", "/dev/null"], "/dev/null is a character device, not a regular file"),
+    (["nsm1", "--box3d-cases", "{notes}"], "not Dodo's box3d_cases.json with an 'nsm1' case (JSONDecodeError"),
+    (["nsm1", "--box3d-cases", "{no_case}"], "not Dodo's box3d_cases.json with an 'nsm1' case (StopIteration"),
+    (["nsm1", "--reference", "{synthetic}"], "no dataset 'walltime(s)': not an Emu reference file like emu_nsm1_1d.h5"),
+    (["emu32", "--reference", "{synthetic}", "--output", "{out}"],
+     "no dataset 'linear_growthRate_box(1|s)': not an Emu reference file like emu_1d_validation.h5"),
+])
+def test_validate_reference_and_case_files_of_another_kind_are_one_line(tmp_path, capsys, argv, said):
+    """`--reference /dev/null` was "reference file not found"; a box3d-cases file that is not JSON
+    was "Expecting value: line 1 column 1 (char 0)" (no file named, and only after the runs), one
+    without an nsm1 case a StopIteration traceback; a reference file of another kind h5py's
+    "Unable to synchronously open object (object '...' doesn't exist)"."""
+    pytest.importorskip("h5py")
+    from dodo.cli import main
+
+    (tmp_path / "notes.json").write_text("three days of notes")
+    (tmp_path / "none.json").write_text('{"cases": []}')
+    assert main(["synth", str(tmp_path / "syn.h5"), "-n", "20", "-q"]) == 0
+    capsys.readouterr()
+    names = {"notes": tmp_path / "notes.json", "no_case": tmp_path / "none.json", "synthetic": tmp_path / "syn.h5",
+             "out": tmp_path / "out.h5"}
+    code, err = _validate(capsys, [part.format(**names) for part in argv])
+    assert code == 2 and said in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out.h5").exists()

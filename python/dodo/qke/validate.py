@@ -9,6 +9,7 @@ separately), averaged over the six species (and over states for emu32).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -46,17 +47,39 @@ def box3d_prediction(initial: np.ndarray) -> np.ndarray | None:
     return np.asarray(dodo.box3d(initial).F_box)
 
 
-def validate_nsm1(reference: str, box3d_cases: str | None, seeds: list[int], flavour_cfl: float, only: str | None = None,
-                  hamiltonian_filter: str = SolverConfig.hamiltonian_filter, backend: str = SolverConfig.backend) -> dict:
+@contextlib.contextmanager
+def _reference_file(reference: str, name: str):
+    """The open reference file; a dataset it lacks is one line naming the file and the dataset
+    (h5py's "Unable to synchronously open object (object 'F4_initial(1|ccm)' doesn't exist)" named
+    neither file nor what it should be)."""
     import h5py
 
-    with h5py.File(reference, "r") as f:
+    with h5py.File(reference, "r") as handle:
+        try:
+            yield handle
+        except KeyError as error:
+            missing = str(error).split("object '")[1].split("'")[0] if "object '" in str(error) else str(error)
+            raise ValueError(f"{reference}: no dataset {missing!r}: not an Emu reference file like {name} of the "
+                             "repository's tests/data/qke/") from None
+
+
+def validate_nsm1(reference: str, box3d_cases: str | None, seeds: list[int], flavour_cfl: float, only: str | None = None,
+                  hamiltonian_filter: str = SolverConfig.hamiltonian_filter, backend: str = SolverConfig.backend) -> dict:
+    with _reference_file(reference, "emu_nsm1_1d.h5") as f:
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in f["directorynames"][()]]
         emu_initial = from_emu_layout(f["F4_initial(1|ccm)"][()])
         emu_final = from_emu_layout(f["F4_final(1|ccm)"][()])
         emu_growth = f["growthRate(1|s)"][()]
         emu_wall = f["walltime(s)"][()]
         emu_end = f["tend(s)"][()]
+    case = None
+    if box3d_cases:  # read before the runs: a bad file was found only after them
+        try:  # "Expecting value: line 1 column 1 (char 0)" named no file; no nsm1 case was a StopIteration traceback
+            with open(box3d_cases) as stream:
+                case = next(c for c in json.load(stream)["cases"] if c["name"] == "nsm1")
+        except (ValueError, KeyError, TypeError, StopIteration) as error:
+            raise ValueError(f"{box3d_cases}: not Dodo's box3d_cases.json with an 'nsm1' case "
+                             f"({type(error).__name__}: {error})") from None
     if only and not any(only in name for name in names):  # ran nothing and exited 0 (round eighteen)
         raise ValueError(f"--only {only!r} matches none of the configurations of {reference}: {', '.join(names)}")
     report = {"runs": []}
@@ -86,8 +109,6 @@ def validate_nsm1(reference: str, box3d_cases: str | None, seeds: list[int], fla
     if box3d is not None:
         report["box3d_vs_emu"] = {other: float(density_error(box3d[0], emu_final[j], emu_initial[0])) for j, other in enumerate(names)}
     if box3d_cases:
-        with open(box3d_cases) as stream:
-            case = next(c for c in json.load(stream)["cases"] if c["name"] == "nsm1")
         emu3d = np.asarray(case["emu_final"])
         report["emu3d_vs_emu1d"] = {other: float(density_error(emu3d, emu_final[j], emu_initial[0])) for j, other in enumerate(names)}
         report["emu3d_densities_over_ntot"] = (mu_tau_averaged_densities(emu3d) / np.asarray(case["F_init"])[:, 0].sum()).tolist()
@@ -98,11 +119,9 @@ def validate_nsm1(reference: str, box3d_cases: str | None, seeds: list[int], fla
 
 def validate_emu32(reference: str, output: str, batch_size: int, flavour_cfl: float, seed: int,
                    hamiltonian_filter: str = SolverConfig.hamiltonian_filter, backend: str = SolverConfig.backend) -> dict:
-    import h5py
-
     from .campaign import simulate_states
 
-    with h5py.File(reference, "r") as f:
+    with _reference_file(reference, "emu_1d_validation.h5") as f:
         initial = from_emu_layout(f["F4_initial(1|ccm)"][()])
         emu_final = from_emu_layout(f["F4_final(1|ccm)"][()])
         emu_growth = f["growthRate(1|s)"][()]
@@ -146,6 +165,10 @@ def reference_path(given: str | None, name: str) -> str:
         candidate = REPOSITORY_REFERENCE_DIR / name
         if not candidate.is_file() and Path("tests/data/qke", name).is_file():
             candidate = Path("tests/data/qke", name)
+    if candidate.exists() and not candidate.is_file():  # /dev/null, a directory: "not found" misled
+        from .._atomic import check_input_file
+
+        check_input_file(candidate, f"the Emu reference file {name}")
     if not candidate.is_file():
         where = "" if given is not None else (f" (the default: {REPOSITORY_REFERENCE_DIR / name} is not there; "
                                               "an installed package has no tests/)")
