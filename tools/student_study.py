@@ -6,10 +6,11 @@ share of states whose growth is more than 5% from the teacher's (a distillation 
 label), beside the teacher's (docs/training.md, "Distilled student").
 
     python tools/student_study.py [--config training/configs/ensemble_default.yaml] [--threads 2]
-                                  [--students WIDTH:STEPS:GROWTH_WEIGHT[:BATCH:EPOCHS],...]
+                                  [--students WIDTH:STEPS:GROWTH_WEIGHT[:BATCH:EPOCHS[:SAMPLED]],...]
 
 A student with BATCH and EPOCHS is fitted on mini-batches (STEPS unused), as distill.batch_size /
-distill.epochs in the config do.
+distill.epochs in the config do; SAMPLED sets that student's unlabelled sampled states (default:
+--sampled-states, else the config's distill.sampled_states).
 
 Held-out files are excluded as in training; the split is tools/gate_study.py's. Minutes on two cores.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import time
 
 import numpy as np
 import torch
@@ -24,17 +26,19 @@ import torch
 from dodo.training import ensemble_train as et
 from dodo.training.ensemble import fit_student, predict, state_error
 
-# (width, steps, growth weight, batch size, epochs); batch size 0: full batch; --students overrides
-STUDENTS = ((32, 3000, 2.0, 0, 0), (48, 3000, 2.0, 0, 0), (64, 3000, 2.0, 0, 0), (32, 6000, 2.0, 0, 0),
-            (32, 3000, 5.0, 0, 0))
+# (width, steps, growth weight, batch size, epochs, sampled states); batch size 0: full batch;
+# sampled states None: the run's default; --students overrides
+STUDENTS = ((32, 3000, 2.0, 0, 0, None), (48, 3000, 2.0, 0, 0, None), (64, 3000, 2.0, 0, 0, None),
+            (32, 6000, 2.0, 0, 0, None), (32, 3000, 5.0, 0, 0, None))
 
 
 def parse_student(item: str) -> tuple:
     fields = item.split(":")
-    if len(fields) not in (3, 5):
-        raise SystemExit(f"--students: {item!r} is not WIDTH:STEPS:GROWTH_WEIGHT[:BATCH:EPOCHS]")
-    batch_size, epochs = (int(fields[3]), int(fields[4])) if len(fields) == 5 else (0, 0)
-    return int(fields[0]), int(fields[1]), float(fields[2]), batch_size, epochs
+    if len(fields) not in (3, 5, 6):
+        raise SystemExit(f"--students: {item!r} is not WIDTH:STEPS:GROWTH_WEIGHT[:BATCH:EPOCHS[:SAMPLED]]")
+    batch_size, epochs = (int(fields[3]), int(fields[4])) if len(fields) >= 5 else (0, 0)
+    sampled = int(fields[5]) if len(fields) == 6 else None
+    return int(fields[0]), int(fields[1]), float(fields[2]), batch_size, epochs, sampled
 
 
 def main() -> None:
@@ -57,13 +61,17 @@ def main() -> None:
     emu = et.is_emu_recipe(table["sources"][test])
     growth_table = et.load_growth_table(config, table, train, log=print)
     ensemble = et.train_on(table, train, config, growth_table=growth_table)
-    inputs = np.concatenate([et._training_arrays(table, train, config)[0],
-                             et._training_arrays(growth_table, np.arange(len(growth_table["r"])), config)[0]])
-    sampled_states = config.distill_sampled_states if args.sampled_states is None else args.sampled_states
-    if sampled_states:  # as train_on adds them (the training rows' family mix)
-        extra = et.sampled_inputs(table, train, config, sampled_states)
-        inputs = np.concatenate([inputs, extra])
-        print(f"students: {len(inputs)} input rows with {len(extra)} sampled state rows (mirrored)")
+    labelled_inputs = np.concatenate([et._training_arrays(table, train, config)[0],
+                                      et._training_arrays(growth_table, np.arange(len(growth_table["r"])), config)[0]])
+    default_sampled = config.distill_sampled_states if args.sampled_states is None else args.sampled_states
+
+    def student_inputs(sampled_states: int) -> np.ndarray:
+        if not sampled_states:
+            return labelled_inputs
+        extra = et.sampled_inputs(table, train, config, sampled_states)  # as train_on adds them
+        print(f"students: {len(labelled_inputs) + len(extra)} input rows with {len(extra)} sampled state rows "
+              f"(mirrored)", flush=True)
+        return np.concatenate([labelled_inputs, extra])
     X_test = et.features_of(table, test, config.features)
     box = state_error(table["delta_box"][test], table["delta_true"][test])
 
@@ -83,13 +91,17 @@ def main() -> None:
     print(f"fold 0: {len(test)} states (Box3D {box.mean():.5f}); teacher on {len(train)}")
     teacher = predict(ensemble, X_test)  # no student yet: the members' outputs
     report("teacher (members)", teacher, teacher)
-    for width, steps, growth_weight, batch_size, epochs in students:
+    for width, steps, growth_weight, batch_size, epochs, sampled in students:
+        sampled = default_sampled if sampled is None else sampled
+        inputs = student_inputs(sampled)
+        started = time.monotonic()
         ensemble.student = fit_student(ensemble, inputs, width=width, depth=config.distill_depth, steps=steps,
                                        lr=config.lr, seed=config.seed + 2000, growth_weight=growth_weight,
                                        batch_size=batch_size, epochs=epochs)
         schedule = f"{epochs} epochs of {batch_size}" if batch_size else f"{steps} steps"
-        report(f"student {width} wide, {schedule}, growth weight {growth_weight:g}", predict(ensemble, X_test),
-               teacher)
+        print(f"  (fitted in {time.monotonic() - started:.0f} s)", flush=True)
+        report(f"student {width} wide, {schedule}, growth weight {growth_weight:g}, {sampled} sampled",
+               predict(ensemble, X_test), teacher)
         ensemble.student = None
 
 
