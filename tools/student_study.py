@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import time
 
 import numpy as np
@@ -65,6 +66,7 @@ def main() -> None:
                                       et._training_arrays(growth_table, np.arange(len(growth_table["r"])), config)[0]])
     default_sampled = config.distill_sampled_states if args.sampled_states is None else args.sampled_states
 
+    @functools.cache  # students with the same count share one draw
     def student_inputs(sampled_states: int) -> np.ndarray:
         if not sampled_states:
             return labelled_inputs
