@@ -79,6 +79,21 @@ def species_distributions(Fn, order=17, z_method="exact"):
     return g, dirs, w
 
 
+# A lobe of G counts only above this fraction of the pair's n_i + nbar_i + n_j + nbar_j: below it G is
+# rounding noise (the C++ core's kLobeNoise, cpp/src/box3d/box3d.hpp; written out here, not imported,
+# as the oracle is an independent implementation).
+LOBE_NOISE = 1e-12
+
+
+def pair_lobes(G, w, Fn, i, j):
+    """I+ and I- of a pair's G [C, Q], each zeroed where it is at most LOBE_NOISE x the pair's scale."""
+    n = np.asarray(Fn, float)[:, :, 0]
+    noise = LOBE_NOISE * ((n[:, i] + n[:, i + 3]) + (n[:, j] + n[:, j + 3]))
+    Ip = np.sum(np.maximum(G, 0) * w, axis=1)
+    Im = np.sum(np.maximum(-G, 0) * w, axis=1)
+    return np.where(Ip > noise, Ip, 0.0), np.where(Im > noise, Im, 0.0)
+
+
 def crossing_features_oracle(Fn, order=17):
     """The 18 ELN-crossing inputs of normalised rest-frame cells Fn [C, 6, 4], per pair (e,mu),
     (e,tau), (mu,tau): I+, I-, solid-angle fraction with G > 0, |<n>+|, |<n>-|, cosine between them."""
@@ -87,12 +102,13 @@ def crossing_features_oracle(Fn, order=17):
     out = []
     for (i, j) in PAIRS:
         G = eln[:, i] - eln[:, j]
-        up, down = np.maximum(G, 0) * w, np.maximum(-G, 0) * w
-        Ip, Im = up.sum(1), down.sum(1)
+        Ip, Im = pair_lobes(G, w, Fn, i, j)
+        up = np.maximum(G, 0) * w * (Ip > 0)[:, None]  # an empty lobe (noise) has no shape
+        down = np.maximum(-G, 0) * w * (Im > 0)[:, None]
         centre_up, centre_down = up @ dirs, down @ dirs
         length_up, length_down = np.linalg.norm(centre_up, axis=1), np.linalg.norm(centre_down, axis=1)
         with np.errstate(divide="ignore", invalid="ignore"):
-            out += [Ip, Im, ((G > 0) * w).sum(1) / (4 * np.pi),
+            out += [Ip, Im, np.where(Ip > 0, ((G > 0) * w).sum(1), 0.0) / (4 * np.pi),
                     np.where(Ip > 0, length_up / np.where(Ip > 0, Ip, 1), 0.0),
                     np.where(Im > 0, length_down / np.where(Im > 0, Im, 1), 0.0),
                     np.where(length_up * length_down > 0,
@@ -120,8 +136,7 @@ def box3d(F_init, u=None, order=17, z_method="exact"):
     Ps = []
     for (i, j) in PAIRS:
         G = eln[:, i] - eln[:, j]
-        Ip = np.sum(np.maximum(G, 0) * w, axis=1)
-        Im = np.sum(np.maximum(-G, 0) * w, axis=1)
+        Ip, Im = pair_lobes(G, w, Fn, i, j)
         growth = np.maximum(growth, np.sqrt(Ip * Im))
         cross = (Ip > 0) & (Im > 0)
         Ismall = np.minimum(Ip, Im)

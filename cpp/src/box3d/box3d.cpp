@@ -762,17 +762,17 @@ inline DODO_CROSSING_MATH void crossing_shape_lanes(const PairedRule& rule, cons
   for (int p = 0; p < 4; ++p) {
     features[0][p] = plus[p];
     features[1][p] = minus[p];
-    features[2][p] = totals[0][p] * kInverseFourPi;
+    features[2][p] = plus[p] > 0.0 ? totals[0][p] * kInverseFourPi : 0.0;  // a lobe below kLobeNoise is empty
     const double to_plus = plus_length[p] / (plus[p] > 0.0 ? plus[p] : 1.0);
     const double to_minus = minus_length[p] / (minus[p] > 0.0 ? minus[p] : 1.0);
     const double cosine = (px[p] * mx[p] + py[p] * my[p] + pz[p] * mz[p]) / (lengths[p] > 0.0 ? lengths[p] : 1.0);
     features[3][p] = plus[p] > 0.0 ? to_plus : 0.0;
     features[4][p] = minus[p] > 0.0 ? to_minus : 0.0;
-    features[5][p] = lengths[p] > 0.0 ? cosine : 0.0;
+    features[5][p] = plus[p] > 0.0 && minus[p] > 0.0 && lengths[p] > 0.0 ? cosine : 0.0;
   }
   for (int p = 0; p < kPairs; ++p)
     for (int k = 0; k < kCrossingFeaturesPerPair; ++k) out[p * kCrossingFeaturesPerPair + k] = features[k][p];
-  for (int p = 0; p < kPairs; ++p) out[kCrossingFeatures + p] = totals[7][p] * kInverseFourPi;
+  for (int p = 0; p < kPairs; ++p) out[kCrossingFeatures + p] = minus[p] > 0.0 ? totals[7][p] * kInverseFourPi : 0.0;
 }
 
 #if DODO_MULTIVERSION_ENABLED
@@ -857,7 +857,14 @@ std::uint32_t angular_change(const PairedRule& rule, const double* F, const Bloc
       minus12 += weight[q] * std::max(-d12, 0.0);
     }
   }
-  const double positive[kPairs] = {plus01, plus02, plus12}, negative[kPairs] = {minus01, minus02, minus12};
+  // Lobes at the level of rounding noise are empty (box3d.hpp, kLobeNoise).
+  double positive[kPairs] = {plus01, plus02, plus12}, negative[kPairs] = {minus01, minus02, minus12};
+  for (int p = 0; p < kPairs; ++p) {
+    const int i = kPairFirst[p], j = kPairSecond[p];
+    const double noise = kLobeNoise * ((density[i] + density[i + kFlavours]) + (density[j] + density[j + kFlavours]));
+    if (positive[p] <= noise) positive[p] = 0.0;
+    if (negative[p] <= noise) negative[p] = 0.0;
+  }
   if (crossing) {
     const double* G[kPairs] = {G01, G02, G12};
     crossing_shape(rule, G, positive, negative, crossing);

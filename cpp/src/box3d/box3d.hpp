@@ -26,10 +26,20 @@ struct Box3DSettings {
 // Result of one cell.
 struct Box3DCell {
   CellFluxes F_box{};            // lab frame, caller's units
-  double growth_over_ntot = 0;   // max over pairs of sqrt(I+ I-) (rest frame, units of N_tot)
+  double growth_over_ntot = 0;   // max over crossing pairs of sqrt(I+ I-) (rest frame, units of N_tot)
   double ntot = 0;               // comoving total number density N_tot = sum_a -F_a.u
   std::uint32_t status = kCellOk;
 };
+
+// A lobe of a pair's G = ELN_i - ELN_j counts (its integral I+ or I-) only above this fraction of
+// the pair's own scale, n_i + nbar_i + n_j + nbar_j. Where the ELNs of two flavours agree as
+// functions (isotropic species with equal lepton numbers, species equal up to the boost's last
+// bits), G is rounding noise of a few ulp with both signs, ~1e-16 of that scale: read as a
+// crossing, it set the 1/k mixing of every pair and equilibrated the pair by a ratio of two
+// noise integrals, so the output changed with the input's last bits and its scale (an outside
+// probe). A lobe below this is taken as empty: it neither crosses, nor adds to the growth proxy,
+// nor shapes the crossing inputs. 1e-12 keeps four orders of magnitude above the noise.
+inline constexpr double kLobeNoise = 1e-12;
 
 // Values of a cell's ELN-crossing shape (RestFrameCell::crossing): the network's 18, then the
 // three pairs' fractions where G_p < 0.
