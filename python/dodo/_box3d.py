@@ -27,7 +27,7 @@ class Box3DResult(NamedTuple):
     """Box3D of a batch of cells; every array has the batch shape of the input."""
 
     F_box: np.ndarray  #: (..., 6, 4) float64 four-fluxes after the instability, lab frame
-    growth_over_ntot: np.ndarray  #: (...) growth-rate proxy max sqrt(I+ I-) in units of N_tot
+    growth_over_ntot: np.ndarray  #: (...) growth-rate proxy: max over crossing pairs of sqrt(I+ I-), units of N_tot
     growth_rate: np.ndarray  #: (...) the proxy in s^-1, for densities in cm^-3
     status: np.ndarray  #: (...) uint32 bits of dodo.CellStatus
 
@@ -119,7 +119,9 @@ def crossing_features(F_init, u=None, lebedev_order: int = DEFAULT_LEBEDEV_ORDER
     (e,tau), (mu,tau) the integrals I+ and I- of G's positive and negative parts (units of N_tot),
     the solid-angle fraction where G > 0, the lengths of the two lobes' weighted mean directions
     and the cosine between them, in the fluid rest frame. Every valid cell is computed (stable ones
-    too: zero I+ or I-); NaN for a rejected cell (see dodo.box3d's status)."""
+    too: zero I+ or I-); NaN for a rejected cell (see dodo.box3d's status). A lobe whose integral is
+    at most 1e-12 of the pair's n_i + nbar_i + n_j + nbar_j is rounding noise and empty: its I, its
+    solid-angle fraction, its length and the cosine are 0 (cpp/src/box3d/box3d.hpp, kLobeNoise)."""
     flat_F, flat_u, batch = _prepare(F_init, u)
     engine = _engine(_lebedev_order(lebedev_order), z_method, _real("max_flux_factor", max_flux_factor), False)
     return np.asarray(engine.crossing_features(flat_F, flat_u)).reshape(batch + (N_CROSSING_FEATURES,))
