@@ -26,7 +26,7 @@ import torch
 
 from dodo.training import ensemble_train as et
 from dodo.training.ensemble import fit_noise_member, spread_gate, state_error
-from dodo.training.label_noise import out_of_fold_match
+from dodo.training.label_noise import out_of_fold_match, read_out_of_fold
 
 
 def nested_noise_scale(table: dict, rows: np.ndarray, residual: np.ndarray, config, r_scale: float,
@@ -70,9 +70,9 @@ def main() -> None:
     config = et.EnsembleConfig.load(args.config)
     torch.set_num_threads(config.threads)
     table = et.load_table(config.data_path)
-    found, residual = out_of_fold_match(args.oof, table, config)
-    with np.load(args.oof) as saved:
-        delta_box, delta_true, r, sigma, d2, emu = (saved[k] for k in ("delta_box", "delta_true", "r", "sigma", "d2", "emu"))
+    saved = read_out_of_fold(args.oof)  # read once: the states matched are the states studied
+    found, residual = out_of_fold_match(args.oof, table, config, saved)
+    delta_box, delta_true, r, sigma, d2, emu = (saved[k] for k in ("delta_box", "delta_true", "r", "sigma", "d2", "emu"))
     matched = found >= 0  # on a table grown since, the few states whose deltas are not unique drop out
     if not matched.all():
         print(f"{args.oof}: {int((~matched).sum())} of its {len(found)} states not found by their deltas in "

@@ -182,8 +182,16 @@ def atomic_path(final: str | Path):
         raise
 
 
-class DirectoryInUseError(ValueError):
+class InUseError(ValueError):
+    """Another process holds the lock of a run's directory or output file."""
+
+
+class DirectoryInUseError(InUseError):
     """Another process holds the directory's lock (exclusive_directory)."""
+
+
+class OutputInUseError(InUseError):
+    """Another process holds the output file's lock (exclusive_output)."""
 
 
 #: The lock file exclusive_directory keeps in a run's directory (empty but for the holder's pid).
@@ -199,31 +207,79 @@ def exclusive_directory(directory: str | Path, command: str):
     blocks; on a file system without locks the block runs unguarded."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    with _flock(directory / LOCK_NAME, remove=False, refuse=lambda holder: DirectoryInUseError(
+            f"{directory} is in use by another {command}{holder}: wait for it to end, or choose another directory")):
+        yield
+
+
+def output_lock_path(output: str | Path) -> Path:
+    """The lock file exclusive_output takes for ``output``: ``.NAME.lock`` beside the file it names
+    (a symlink's target, which is the file atomic_path replaces)."""
+    final = Path(os.path.realpath(output))
+    return final.with_name(f".{final.name}.lock")
+
+
+@contextlib.contextmanager
+def exclusive_output(output: str | Path, command: str):
+    """Hold ``output``'s lock for the block: a second process writing the same file (two `dodo
+    simulate OUT` at once) is refused at once with OutputInUseError; without it both ran, each
+    checkpointing over the other's OUT.partial.npz, and the one to end last replaced the other's
+    database without a word. An flock on :func:`output_lock_path`, removed when the block ends (so
+    no file stays beside each output); one left by a killed holder is taken over by the next run."""
+    lock = output_lock_path(output)
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        open(lock, "a").close()
+    except OSError as error:  # named by the output asked for, as atomic_path does, not by the lock file
+        raise OutputPathError(f"cannot write {output}: cannot create a file in {lock.parent}: "
+                              f"{error.strerror or error}") from None
+    with _flock(lock, remove=True, refuse=lambda holder: OutputInUseError(
+            f"{output} is being written by another {command}{holder}: wait for it to end, or choose another "
+            f"output (the lock is {lock})")):
+        yield
+
+
+@contextlib.contextmanager
+def _flock(path: Path, remove: bool, refuse):
+    """Exclusive, non-blocking flock on ``path`` for the block (the holder's pid written in it);
+    ``refuse(" (pid N)")`` is raised when another process holds it. remove: unlink the file before
+    releasing it; a process that opened the old file meanwhile sees it is no longer ``path`` and
+    opens the new one (so two processes never hold locks on two different files of one name)."""
     try:
         import fcntl
     except ImportError:  # not a POSIX system
         yield
         return
-    path = directory / LOCK_NAME
-    handle = open(path, "a+")
-    try:
+    while True:
+        handle = open(path, "a+")
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip()
-            raise DirectoryInUseError(f"{directory} is in use by another {command}"
-                                      + (f" (pid {holder})" if holder.isdigit() else "")
-                                      + ": wait for it to end, or choose another directory") from None
+            handle.close()
+            raise refuse(f" (pid {holder})" if holder.isdigit() else "") from None
         except OSError:  # no locks here (some network file systems): as before, unguarded
+            handle.close()
             yield
             return
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        if current is not None and os.path.samestat(os.fstat(handle.fileno()), current):
+            break
+        handle.close()  # removed by the holder we waited for: lock the file now at ``path``
+    try:
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))
         handle.flush()
         yield
     finally:
+        if remove:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
         handle.close()  # releases the lock
 
 

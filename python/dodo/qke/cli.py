@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import traceback
 
 import numpy as np
 
-from .._atomic import check_outputs
+from .._atomic import check_outputs, exclusive_output
 from .._cli_common import add_output_argument, add_quiet_argument, resolve_output
 from .solver import SolverConfig
 
@@ -86,6 +87,7 @@ def run_simulate(args) -> int:
     except RuntimeError as error:
         print(f"dodo simulate: error: {error}", file=sys.stderr)
         return 2
+    hold = contextlib.ExitStack()  # OUT's lock, from the arguments' checks to the end
     try:
         require_h5py()  # before reading or sampling states: the output is HDF5
         # Never overwrite (or checkpoint over) the input file; refuse a device, FIFO or directory as OUT.
@@ -131,6 +133,8 @@ def run_simulate(args) -> int:
             source = {"random": args.random, "random_seed": args.seed, "max_flux_factor": args.max_flux_factor,
                       "family": args.family or ("three_flavour" if args.three_flavour else "emu"),
                       "heavy_equal": not args.three_flavour}
+        if communicator.rank == 0:  # one lock per job: rank 0's (a refusal there stops every rank)
+            hold.enter_context(exclusive_output(args.output, "dodo simulate"))
         if not args.overwrite:  # after the arguments' checks, before any work
             refuse_complete_database(args.output, linear_only=args.linear_only)
         if args.linear_only:
@@ -183,6 +187,8 @@ def run_simulate(args) -> int:
             print(f"dodo simulate: {line}; stopping all {communicator.size} ranks", file=sys.stderr, flush=True)
             communicator.abort(code)
         raise
+    finally:
+        hold.close()
     if communicator.rank == 0:
         report(f"wrote {args.output}: {int(results['valid'].sum())} of {len(results['valid'])} states valid")
     return 0

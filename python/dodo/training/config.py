@@ -263,6 +263,9 @@ class PreprocessConfig:
             value = getattr(filters, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{path}: filters.{name} must be a finite positive number; got {value!r}")
+        if filters.max_flux_factor > 1:  # |F|/N <= 1 for any distribution: a larger limit drops nothing physical
+            raise ConfigError(f"{path}: filters.max_flux_factor is a flux factor |F|/N, which lies in [0, 1]: give a "
+                              f"limit in (0, 1] (default 0.9); got {filters.max_flux_factor!r}")
         return config
 
 

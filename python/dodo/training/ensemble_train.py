@@ -894,6 +894,17 @@ def learning_curve(config: EnsembleConfig, sizes: list, folds: int = 5, members:
     if len(order) < folds:
         raise ValueError(f"the training pool has {len(order)} states, fewer than the {folds} folds")
     check_training_rows(order[fold_of != 0])  # each fold trains on the pool less one fold
+    # Two sizes that train the same states (500,500; or 1000 and all where a fold holds fewer) fitted
+    # the same ensembles twice and wrote the same row twice: refused before any fit.
+    fold_sizes = [int(np.sum(fold_of != k)) for k in range(folds)]
+    trained = {}
+    for size in sizes:
+        n = len(order) if size == "all" else int(size)
+        taken = tuple(min(available, n) for available in fold_sizes)
+        if taken in trained:
+            raise ValueError(f"--sizes {trained[taken]} and {size} train on the same states (each fold's training set holds "
+                             f"at most {max(fold_sizes)}): give each size once")
+        trained[taken] = size
     emu = emu_table(emu_path, _box3d_dict(table["box3d"])) if emu_path else None
     growth_table = load_growth_table(config, table, order, log=log)
     rows = []
@@ -1009,15 +1020,11 @@ def check_graph_outputs(ensemble: DensityResidualEnsemble, onnx_bytes: bytes, n_
     largest difference relative to that tolerance."""
     import copy
 
-    import onnxruntime
-
-    from .export import ROUNDTRIP_ATOL, ROUNDTRIP_RTOL, ExportError
+    from .export import ROUNDTRIP_ATOL, ROUNDTRIP_RTOL, ExportError, cpu_session
     from .features import lab_features
     from .synth import random_initial_states
 
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = onnxruntime.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+    session = cpu_session(onnx_bytes)
     X = np.asarray(lab_features(ensemble.features, random_initial_states(np.random.default_rng(8), n_random)),
                    dtype=np.float32)
     got = session.run(list(ENSEMBLE_OUTPUTS), {"invariants": X})

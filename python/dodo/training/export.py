@@ -140,16 +140,28 @@ def metadata_for(checkpoint: dict, head: str, test_vectors: dict) -> dict:
     }
 
 
-def roundtrip_check(network, onnx_bytes: bytes, test_vectors: dict, box3d_settings: dict, n_random: int = 512) -> dict:
-    """Same batch through torch (fp32) and onnxruntime; then the test vectors' full closure with
-    the ONNX head output. Raises ExportError beyond fp32 tolerance."""
-    import onnxruntime
+def cpu_session(onnx_bytes: bytes):
+    """An onnxruntime session (CPU, one thread) for the export's checks. ONNX Runtime's Linux builds
+    start a telemetry uploader thread with their environment unless ORT_DISABLE_TELEMETRY is set,
+    and a child forked after it (multiprocessing, a DataLoader worker) hung in its exit handlers
+    waiting for that thread; so, as libdodo does before it loads ONNX Runtime (ort_library.cpp),
+    telemetry is asked off unless the user set the variable (docs/runtime.md, Fork)."""
+    import os
 
-    from .synth import random_initial_states
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
-    session = onnxruntime.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def roundtrip_check(network, onnx_bytes: bytes, test_vectors: dict, box3d_settings: dict, n_random: int = 512) -> dict:
+    """Same batch through torch (fp32) and onnxruntime; then the test vectors' full closure with
+    the ONNX head output. Raises ExportError beyond fp32 tolerance."""
+    from .synth import random_initial_states
+
+    session = cpu_session(onnx_bytes)
     rng = np.random.default_rng(7)
     import dodo
 

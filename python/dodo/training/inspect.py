@@ -26,6 +26,11 @@ def flux_factor_statistics(F: np.ndarray) -> dict:
 
 def inspect_checkpoint(checkpoint_path: str | Path, data_path=None, split: str = "val", start: int = 0,
                        stop: int | None = 1000) -> dict:
+    # Cell positions in the split, from 0: a negative --start took Python's slice from the end
+    # (`--start -5`: the last five cells), which no one asking for cell -5 meant.
+    for name, value in (("--start", start), ("--stop", stop)):
+        if value is not None and value < 0:
+            raise ValueError(f"{name} is a cell position in the split, counted from 0; got {value}")
     checkpoint = load_checkpoint(checkpoint_path)
     data_path = checkpoint_data(checkpoint, checkpoint_path, data_path, "inspect")
     split_indices = split_indices_for(checkpoint, data_path, split)

@@ -28,7 +28,7 @@ def out_of_fold_rows(path: str, table: dict, config) -> tuple[np.ndarray, np.nda
     return found[keep], residual[keep]
 
 
-def out_of_fold_match(path: str, table: dict, config) -> tuple[np.ndarray, np.ndarray]:
+def out_of_fold_match(path: str, table: dict, config, saved: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(row of ``table`` or -1, out-of-fold residual e) for each state of a gate study's file. The
     file lists its pool's rows fold by fold in pool_folds' order: on the table it was made on, that
     order is found again (every state, exactly). On a table grown since, states
@@ -37,7 +37,11 @@ def out_of_fold_match(path: str, table: dict, config) -> tuple[np.ndarray, np.nd
     (another table) is refused rather than paired with wrong states."""
     from .ensemble_train import pool_folds
 
-    delta_box, delta_true, r_mean = _read_out_of_fold(path)
+    # saved: the file's arrays as read_out_of_fold gave them to a caller that studies them too
+    # (tools/noise_gate_study.py), so that the states matched are those it studies: a second read
+    # could see a file replaced meanwhile.
+    saved = read_out_of_fold(path) if saved is None else saved
+    delta_box, delta_true, r_mean = (np.asarray(saved[key], np.float64) for key in ("delta_box", "delta_true", "r"))
     residual = delta_true - delta_box - r_mean
     if len(pool_folds(table, config, 2)[0]) == len(delta_true):
         for folds in range(2, 11):  # the study's own table: its fold-by-fold order
@@ -58,8 +62,9 @@ def out_of_fold_match(path: str, table: dict, config) -> tuple[np.ndarray, np.nd
     return found, residual
 
 
-def _read_out_of_fold(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """delta_box, delta_true and r of a gate study's .npz; a ValueError naming the file for anything else."""
+def read_out_of_fold(path: str) -> dict:
+    """The arrays OUT_OF_FOLD_KEYS of a gate study's .npz, read once (delta_box, delta_true and r as
+    float64, of one length); a ValueError naming the file for anything else."""
     from .._atomic import check_input_file
 
     check_input_file(path, "a gate study's out-of-fold file (tools/gate_study.py --save)")  # a FIFO would block
@@ -74,10 +79,11 @@ def _read_out_of_fold(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     missing = [key for key in OUT_OF_FOLD_KEYS if key not in arrays]
     if missing:
         raise ValueError(f"{wrong}: no {', '.join(missing)}")
-    arrays = [arrays[key].astype(np.float64) for key in ("delta_box", "delta_true", "r")]
-    if len({a.shape for a in arrays}) != 1 or arrays[0].ndim != 1:
+    for key in ("delta_box", "delta_true", "r"):
+        arrays[key] = arrays[key].astype(np.float64)
+    if len({arrays[key].shape for key in OUT_OF_FOLD_KEYS}) != 1 or arrays["r"].ndim != 1:
         raise ValueError(f"{wrong}: its arrays are not of one length")
-    return tuple(arrays)
+    return arrays
 
 
 def _state_keys(delta_box: np.ndarray, delta_true: np.ndarray) -> list:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -54,6 +55,11 @@ def load_grid(path: str | Path) -> dict:
         if key in spec and (not isinstance(spec[key], str) or not spec[key].strip()):
             raise ConfigError(f"{path}: {key} must be a non-empty string (a {'name' if key == 'tag' else 'path'}); "
                               f"got {spec[key]!r}")
+    tag = spec.get("tag")
+    if isinstance(tag, str) and (tag.strip() in (".", "..") or "/" in tag or os.sep in tag or "\0" in tag):
+        # The study goes to OUTPUT_ROOT/TAG: `tag: ../../x` (or an absolute path) put it outside output_root.
+        raise ConfigError(f"{path}: tag must be a plain name (no '/', not '.' or '..'), the study's folder under "
+                          f"output_root; got {tag!r} (choose the folder with output_root)")
     if not isinstance(spec.get("overrides", {}), dict):
         raise ConfigError(f"{path}: overrides must be a mapping of dotted keys to values; got {spec['overrides']!r}")
     for section in ("overrides", "grid"):
