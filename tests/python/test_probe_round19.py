@@ -98,6 +98,16 @@ def test_study_refuses_a_tag_that_is_not_a_plain_folder_name(tmp_path, capsys, t
     assert not (tmp_path / "studies").exists() and not (tmp_path / "escaped").exists()
 
 
+def test_study_refuses_a_grid_file_whose_stem_is_a_dot_when_it_names_no_tag(tmp_path, capsys):
+    """The tag defaults to the grid file's stem, and "..yaml" has the stem ".": the runs went into
+    output_root itself."""
+    base = tmp_path / "base.yaml"
+    base.write_text("data: {path: nowhere.h5}\n")
+    grid = tmp_path / "..yaml"
+    grid.write_text(f"base_config: {base}\noutput_root: {tmp_path / 'studies'}\ngrid: {{training.lr: [1.0e-3]}}\n")
+    refused(capsys, ["study", str(grid), "--dry-run"], "tag must be a plain name", "'.'")
+
+
 # --- dodo preprocess: a flux-factor filter is a flux factor ---------------------------------------
 
 @pytest.mark.parametrize("limit", ["2", "1.5"])

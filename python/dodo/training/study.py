@@ -55,11 +55,6 @@ def load_grid(path: str | Path) -> dict:
         if key in spec and (not isinstance(spec[key], str) or not spec[key].strip()):
             raise ConfigError(f"{path}: {key} must be a non-empty string (a {'name' if key == 'tag' else 'path'}); "
                               f"got {spec[key]!r}")
-    tag = spec.get("tag")
-    if isinstance(tag, str) and (tag.strip() in (".", "..") or "/" in tag or os.sep in tag or "\0" in tag):
-        # The study goes to OUTPUT_ROOT/TAG: `tag: ../../x` (or an absolute path) put it outside output_root.
-        raise ConfigError(f"{path}: tag must be a plain name (no '/', not '.' or '..'), the study's folder under "
-                          f"output_root; got {tag!r} (choose the folder with output_root)")
     if not isinstance(spec.get("overrides", {}), dict):
         raise ConfigError(f"{path}: overrides must be a mapping of dotted keys to values; got {spec['overrides']!r}")
     for section in ("overrides", "grid"):
@@ -81,6 +76,11 @@ def load_grid(path: str | Path) -> dict:
     base = Path(spec["base_config"])
     spec["base_config"] = base if base.is_absolute() else (path.parent / base)
     spec.setdefault("tag", path.stem)
+    tag = spec["tag"]  # given, or the grid file's stem (a file "..yaml" has the stem ".")
+    if tag.strip() in (".", "..") or "/" in tag or os.sep in tag or "\0" in tag:
+        # The study goes to OUTPUT_ROOT/TAG: `tag: ../../x` (or an absolute path) put it outside output_root.
+        raise ConfigError(f"{path}: tag must be a plain name (no '/', not '.' or '..'), the study's folder under "
+                          f"output_root; got {tag!r} (choose the folder with output_root)")
     spec.setdefault("output_root", "results/studies")
     spec.setdefault("overrides", {})
     return spec
