@@ -129,8 +129,8 @@ def non_conserving_truth(states: EmuStates, tolerance: float = TRUTH_CONSERVATIO
     with a non-finite row or N_tot <= 0 are not counted here (the score leaves them out anyway)."""
     from .reference import conservation_error
 
-    ntot = states.F_init[..., 0].sum(axis=-1)
     with np.errstate(invalid="ignore", over="ignore"):
+        ntot = states.F_init[..., 0].sum(axis=-1)
         checked = (np.isfinite(states.F_init).all(axis=(1, 2)) & np.isfinite(states.F_final).all(axis=(1, 2))
                    & np.isfinite(ntot) & (ntot > 0))
     if not checked.any():
@@ -151,7 +151,9 @@ def _left_out_reasons(states: EmuStates, ntot: np.ndarray, scored: np.ndarray, r
             reason = "non-finite input (F4_initial)"
         elif not finite_truth[index]:
             reason = "non-finite truth (F4_final)"
-        elif not (np.isfinite(ntot[index]) and ntot[index] > 0):
+        elif not np.isfinite(ntot[index]):  # finite densities whose sum overflows: "N_tot <= 0" misled
+            reason = "non-finite N_tot (the densities' sum overflows float64)"
+        elif not ntot[index] > 0:
             reason = "no neutrinos (N_tot <= 0)"
         elif rejected[index]:
             reason = "closure rejected input (unphysical, e.g. n < 0 or |F| > n: see dodo.status)"
@@ -172,7 +174,8 @@ def score(closure, states: EmuStates, resamples: int = 10000, seed: int = 0,
 
     rng = np.random.default_rng(seed)
     F_init = states.F_init
-    ntot = F_init[..., 0].sum(axis=-1)
+    with np.errstate(over="ignore"):  # densities near 1e308 overflow: such a state is left out, with its reason
+        ntot = F_init[..., 0].sum(axis=-1)
     result = closure.apply(F_init)
     settings = closure.box3d_settings
     box = box3d(F_init, lebedev_order=int(settings["lebedev_order"]), z_method=str(settings["z_method"]),

@@ -205,3 +205,29 @@ def test_the_states_matched_are_those_of_the_arrays_read_once(tmp_path):
     np.testing.assert_allclose(residual, table["r"][rows])
     tool = (Path(__file__).resolve().parents[2] / "tools" / "noise_gate_study.py").read_text()
     assert "np.load" not in tool and "out_of_fold_match(args.oof, table, config, saved)" in tool
+
+
+# --- densities whose sum overflows float64 ---------------------------------------------------------
+
+def _overflowing_emu_file(path):
+    from cli_helpers import emu_file
+
+    pytest.importorskip("h5py")
+    initial = np.zeros((2, 4, 2, 3))
+    initial[:, 3] = 1e308  # each density finite, their sum (N_tot) not
+    return emu_file(path, initial)
+
+
+def test_score_names_an_overflowing_total_density_as_such(tmp_path, capsys):
+    """Was "2 with no neutrinos (N_tot <= 0)" of states holding 6e308 neutrinos, after a NumPy
+    RuntimeWarning."""
+    data = _overflowing_emu_file(tmp_path / "huge.h5")
+    line = refused(capsys, ["score", "box3d", str(data)], "2 with a non-finite N_tot", "overflows float64")
+    assert "N_tot <= 0" not in line
+
+
+def test_simulate_refuses_states_whose_total_density_overflows(tmp_path, capsys):
+    """Was NumPy overflow warnings, then every state dropped as "linearly stable"."""
+    data = _overflowing_emu_file(tmp_path / "huge.h5")
+    refused(capsys, ["simulate", str(tmp_path / "out.h5"), "--input", str(data), *SMALL], str(data),
+            "state(s) [0, 1]", "N_tot is not finite")

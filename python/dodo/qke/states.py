@@ -379,4 +379,9 @@ def read_states(path: str) -> dict:
         rotation = end_time = None
     if not np.all(np.isfinite(four_flux)):
         raise ValueError(f"{path}: non-finite initial four-fluxes")
+    with np.errstate(over="ignore"):
+        overflowing = np.flatnonzero(~np.isfinite(np.abs(four_flux[..., 0]).sum(axis=1)))
+    if len(overflowing):  # densities near 1e308: NumPy overflow warnings, then "linearly stable" drops
+        raise ValueError(f"{path}: the densities of state(s) {overflowing[:10].tolist()} sum beyond float64 (N_tot "
+                         "is not finite); give densities in cm^-3 (Emu's are near 1e32)")
     return {"four_flux": four_flux, "rotation": rotation, "end_time": end_time}
