@@ -231,3 +231,12 @@ def test_simulate_refuses_states_whose_total_density_overflows(tmp_path, capsys)
     data = _overflowing_emu_file(tmp_path / "huge.h5")
     refused(capsys, ["simulate", str(tmp_path / "out.h5"), "--input", str(data), *SMALL], str(data),
             "state(s) [0, 1]", "N_tot is not finite")
+
+
+def test_preprocess_drops_rows_whose_total_density_overflows_as_non_finite(tmp_path, capsys):
+    """Such rows passed the conservation filter (0 / inf) after a NumPy overflow warning and were
+    counted as Box3D rejections; now counted by the non-finite filter."""
+    data = _overflowing_emu_file(tmp_path / "huge.h5")
+    config = tmp_path / "pre.yaml"
+    config.write_text(f"inputs: [{data}]\noutput: {tmp_path / 'pre.h5'}\n")
+    refused(capsys, ["preprocess", "--config", str(config), "-q"], "no rows survived", "'nonfinite_dropped': 2")
