@@ -240,3 +240,33 @@ def test_preprocess_drops_rows_whose_total_density_overflows_as_non_finite(tmp_p
     config = tmp_path / "pre.yaml"
     config.write_text(f"inputs: [{data}]\noutput: {tmp_path / 'pre.h5'}\n")
     refused(capsys, ["preprocess", "--config", str(config), "-q"], "no rows survived", "'nonfinite_dropped': 2")
+
+
+# --- dodo learning-curve --plot: the format its name says -------------------------------------------
+
+def test_the_learning_curve_plot_is_written_in_the_format_its_name_says(tmp_path):
+    """`--plot curve.pdf` received PNG bytes (`dodo plot` already took the extension's format)."""
+    pytest.importorskip("matplotlib")
+    from dodo.training.ensemble_train import plot_curve
+
+    rows = [{"train_size": size, "cv_model": 0.01 / size ** 0.5, "cv_box3d": 0.02, "cv_model_ci95": [0.001, 0.002]}
+            for size in (100, 400)]
+    plot_curve(rows, str(tmp_path / "curve.pdf"))
+    plot_curve(rows, str(tmp_path / "curve.svg"))
+    plot_curve(rows, str(tmp_path / "curve"))
+    assert (tmp_path / "curve.pdf").read_bytes().startswith(b"%PDF")
+    assert b"<svg" in (tmp_path / "curve.svg").read_bytes()[:1000]
+    assert (tmp_path / "curve").read_bytes().startswith(b"\x89PNG")
+
+
+def test_learning_curve_refuses_a_plot_format_before_any_fit(tmp_path, capsys, monkeypatch, pool):
+    from dodo.training import ensemble_train
+    from test_cli_robustness import _ensemble_config
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("fitted before the plot's name was checked")
+
+    monkeypatch.setattr(ensemble_train, "train_on", no_fit)
+    config = _ensemble_config(tmp_path / "e.yaml", pool, tmp_path / "x.pt")
+    refused(capsys, ["learning-curve", "--config", str(config), "--sizes", "10", "--folds", "2", "--plot",
+                     str(tmp_path / "curve.bmp")], "curve.bmp", ".png, .pdf or .svg")

@@ -57,6 +57,10 @@ def _learning_curve(args) -> int:
     from .._output_guard import refuse_replacing_data
 
     refuse_replacing_data([args.plot, json_file], "dodo learning-curve")
+    if args.plot:  # before the cross-validation, not after it
+        from .plots import plot_format
+
+        plot_format(args.plot)
     sizes = []
     for part in args.sizes.split(","):
         part = part.strip()
@@ -96,7 +100,8 @@ def register(subparsers) -> None:
     p.add_argument("--emu", default=None, help="also score each fit on this Emu-layout file (reported only)")
     # output_path: an empty path (an unset shell variable) is a usage error, as in every other command;
     # it wrote no file and said nothing.
-    p.add_argument("--plot", default=None, metavar="PNG", type=output_path, help="write the curve as a PNG")
+    p.add_argument("--plot", default=None, metavar="PLOT", type=output_path,
+                   help="write the curve to this file: .png (also without an extension), .pdf or .svg")
     p.add_argument("--json", default=None, metavar="PATH", type=output_path,
                    help="write the table as JSON (- : to stdout)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")

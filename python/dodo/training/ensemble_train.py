@@ -976,9 +976,9 @@ def plot_curve(rows: list[dict], path: str) -> None:
     ax.set_ylabel("mean |dn|/N_tot (mu, tau averaged)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    from .plots import save_figure
+
+    save_figure(fig, path)  # in the format its name says: --plot curve.pdf received PNG bytes
 
 
 #: Graph outputs of an ensemble package (docs/model_package.md, optional outputs).

@@ -101,7 +101,7 @@ def plot_metrics(metrics_paths: list, output: str | Path) -> Path:
         axis.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)
         axis.legend()
     fig.tight_layout()
-    return _save(fig, output)
+    return save_figure(fig, output)
 
 
 def plot_curve(metrics_path: str | Path, output: str | Path) -> list[Path]:
@@ -119,7 +119,7 @@ def plot_curve(metrics_path: str | Path, output: str | Path) -> list[Path]:
     axis.set_ylabel("loss")
     axis.legend()
     fig.tight_layout()
-    written = [_save(fig, output)]
+    written = [save_figure(fig, output)]
 
     parity = run.get("parity")
     if parity and parity["n_true"]:
@@ -136,7 +136,7 @@ def plot_curve(metrics_path: str | Path, output: str | Path) -> list[Path]:
         axes[0, 0].legend()
         fig.tight_layout()
         output = Path(output)
-        written.append(_save(fig, parity_path(output)))
+        written.append(save_figure(fig, parity_path(output)))
     return written
 
 
@@ -147,15 +147,27 @@ def parity_path(output) -> Path:
     return output.with_name(output.stem + "_parity" + (output.suffix or ".png"))
 
 
-def _save(fig, output) -> Path:
+def plot_format(output) -> str:
+    """The format a plot file is written in: its own extension's (a .pdf used to receive PNG
+    bytes), PNG without one; ValueError for any other, so that a command can check its plot's name
+    before its work (`dodo learning-curve --plot`)."""
+    output = Path(output)
+    form = output.suffix.lower().lstrip(".") or "png"
+    if form not in ("png", "pdf", "svg"):
+        raise ValueError(f"{output}: plots are written as PNG, PDF or SVG; name the file .png, .pdf or .svg")
+    return form
+
+
+def save_figure(fig, output) -> Path:
+    """``fig`` written atomically to ``output`` in :func:`plot_format`'s format, then closed."""
     from .._atomic import atomic_path
 
     output = Path(output)
-    # The file's own extension sets the format (a .pdf used to receive PNG bytes); none: PNG.
-    form = output.suffix.lower().lstrip(".") or "png"
-    if form not in ("png", "pdf", "svg"):
+    try:
+        form = plot_format(output)
+    except ValueError:
         _pyplot().close(fig)
-        raise ValueError(f"{output}: plots are written as PNG, PDF or SVG; name the file .png, .pdf or .svg")
+        raise
     with atomic_path(output) as tmp:
         fig.savefig(tmp, dpi=120, format=form)
     _pyplot().close(fig)
