@@ -270,3 +270,19 @@ def test_learning_curve_refuses_a_plot_format_before_any_fit(tmp_path, capsys, m
     config = _ensemble_config(tmp_path / "e.yaml", pool, tmp_path / "x.pt")
     refused(capsys, ["learning-curve", "--config", str(config), "--sizes", "10", "--folds", "2", "--plot",
                      str(tmp_path / "curve.bmp")], "curve.bmp", ".png, .pdf or .svg")
+
+
+def test_a_second_emu32_validation_onto_the_same_output_is_refused(tmp_path, capsys):
+    """`python -m dodo.qke.validate emu32` writes and resumes its database as `dodo simulate` does
+    (default --output in the working directory): two at once clobbered each other the same way."""
+    fcntl = pytest.importorskip("fcntl")
+    pytest.importorskip("h5py")
+    from dodo.qke import validate
+
+    output = tmp_path / "v.h5"
+    with open(tmp_path / ".v.h5.lock", "a+") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert validate.main(["emu32", "--output", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "being written by another python -m dodo.qke.validate emu32" in err, err
+    assert not output.exists()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._atomic import check_outputs, write_json_atomic
+from .._atomic import check_outputs, exclusive_output, write_json_atomic
 from .._cli_common import output_path
 from ..conventions import from_emu_layout
 from .asymptotic import asymptotic_states
@@ -256,9 +256,14 @@ def _main(argv=None) -> int:
     from .._output_guard import refuse_replacing_data
 
     refuse_replacing_data([args.json], "python -m dodo.qke.validate --json")
-    if args.which == "emu32" and not args.overwrite:
-        refuse_replacing_other_files(args.output)
-    if args.which == "nsm1":
+    if args.which == "emu32":
+        # Its database is written (and resumed) as `dodo simulate`'s is: one run per --output at a time.
+        with exclusive_output(args.output, "python -m dodo.qke.validate emu32"):
+            if not args.overwrite:
+                refuse_replacing_other_files(args.output)
+            report = validate_emu32(args.reference, args.output, args.batch_size, args.flavour_cfl, args.seed,
+                                    args.hamiltonian_filter, args.backend)
+    else:
         try:  # int()'s "invalid literal for int() with base 10: 'abc'" named no option
             seeds = [int(seed) for seed in args.seeds.split(",")]
         except ValueError:
@@ -267,9 +272,6 @@ def _main(argv=None) -> int:
             raise ValueError(f"--seeds must be integers >= 0; got {args.seeds!r}")
         report = validate_nsm1(args.reference, args.box3d_cases, seeds, args.flavour_cfl, args.only,
                                args.hamiltonian_filter, args.backend)
-    else:
-        report = validate_emu32(args.reference, args.output, args.batch_size, args.flavour_cfl, args.seed,
-                                args.hamiltonian_filter, args.backend)
     if args.json:
         write_json_atomic(args.json, report)
     return 0
