@@ -169,9 +169,11 @@ DODO_API void dodo_closure_destroy(dodo_closure* closure);
  * F_pred may be F_init (same pointer and strides) for in-place use. cell_status (n_cells entries)
  * may be NULL. Refused with DODO_ERROR_INVALID_ARGUMENT before anything is written: n_cells or
  * strides whose addresses leave the address space, F_pred strides under which two output values
- * share memory (e.g. a zero species or component stride), F_pred or cell_status overlapping
- * F_init or u other than by exact in-place use, and an array not at its type's alignment (8 bytes
- * for the doubles, 4 for cell_status).
+ * share memory (e.g. a zero species or component stride), F_pred or cell_status sharing memory
+ * with F_init or u other than by exact in-place use, and an array not at its type's alignment
+ * (8 bytes for the doubles, 4 for cell_status). Arrays interleaved in one struct per cell (F_init,
+ * F_pred and u with the same cell stride) share nothing and are accepted; interleaved arrays of
+ * different cell strides are refused as sharing memory.
  * Cells are independent: a bad cell is flagged, never an error. An error after those checks
  * (DODO_ERROR_OUT_OF_MEMORY, DODO_ERROR_ONNXRUNTIME) leaves the outputs partly written: some
  * cells may hold their result, in place too, so keep a copy of F_init to retry from. */

@@ -11,11 +11,49 @@ namespace {
 // Holds sums of n * stride products of 64-bit values without overflow (GCC and Clang).
 __extension__ typedef __int128 Wide;
 
-// The bytes [lo, hi) an array touches; lo and hi are addresses.
+// The bytes [lo, hi) an array touches; lo and hi are addresses. For the per-cell arrays of
+// dodo_apply also where its elements lie: element (c, v) at base + c * cell + offsets[v], each
+// `size` bytes (values == 0: only the range is known).
 struct ByteRange {
   Wide lo = 0, hi = 0;
-  bool overlaps(const ByteRange& other) const { return lo < other.hi && other.lo < hi; }
+  Wide base = 0, cell = 0, size = 0;
+  std::size_t n = 0;
+  int values = 0;
+  Wide offsets[kCellValues] = {};
+  bool overlaps(const ByteRange& other) const;
 };
+
+// Floor division for a positive divisor.
+Wide floor_div(Wide a, Wide b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+// True when two arrays share a byte. Arrays whose ranges interleave without sharing an element
+// are those of a host's array of structs (one struct per cell holding F, F_pred and u): refusing
+// them as overlapping refused a layout the strides exist for (outside probe, round eleven).
+// Exact when both arrays step through cells by the same number of bytes (or one cell each):
+// elements (c, v) of this and (c', w) of other meet iff some k = c' - c, |k| < n, puts
+// x = other.base - base + offsets'[w] - offsets[v] + k * cell in (-other.size, size). Arrays of
+// different cell strides whose ranges meet are taken to overlap (refused, as before).
+bool ByteRange::overlaps(const ByteRange& other) const {
+  if (!(lo < other.hi && other.lo < hi)) return false;
+  if (values == 0 || other.values == 0 || n != other.n) return true;
+  const bool one_cell = n == 1;
+  if (!one_cell && cell != other.cell) return true;
+  const Wide step = one_cell ? 0 : (cell < 0 ? -cell : cell);
+  const Wide k_limit = static_cast<Wide>(n) - 1;
+  for (int v = 0; v < values; ++v)
+    for (int w = 0; w < other.values; ++w) {
+      const Wide start = other.base - base + other.offsets[w] - offsets[v];
+      // Some integer k in [-k_limit, k_limit] with -other.size < start + k * step < size?
+      if (step == 0) {
+        if (-other.size < start && start < size) return true;
+        continue;
+      }
+      Wide k = floor_div(-other.size - start, step) + 1;  // the least k above the lower bound
+      if (k < -k_limit) k = -k_limit;
+      if (k <= k_limit && start + k * step < size) return true;
+    }
+  return false;
+}
 
 [[noreturn]] void refuse(const std::string& message) { throw Error(DODO_ERROR_INVALID_ARGUMENT, message); }
 
@@ -47,6 +85,24 @@ ByteRange byte_range(const char* name, const void* data, std::size_t element_siz
       range.hi > static_cast<Wide>(std::numeric_limits<std::uintptr_t>::max()))
     refuse(std::string(name) + " with " + std::to_string(extents[0]) +
            " cells and these strides would reach beyond the address space (n_cells too large or a stride too large)");
+  // Where each element lies (rank 1: one value per cell; rank 2: u's 4; rank 3: the 6 x 4 of F).
+  const Wide bytes = static_cast<Wide>(element_size);
+  range.base = base;
+  range.size = bytes;
+  range.n = extents[0];
+  range.cell = static_cast<Wide>(strides[0]) * bytes;
+  if (rank == 1) {
+    range.values = 1;
+  } else if (rank == 2) {
+    range.values = static_cast<int>(extents[1]);
+    for (int m = 0; m < range.values; ++m) range.offsets[m] = static_cast<Wide>(m) * strides[1] * bytes;
+  } else {
+    range.values = static_cast<int>(extents[1] * extents[2]);
+    for (std::size_t a = 0; a < extents[1]; ++a)
+      for (std::size_t m = 0; m < extents[2]; ++m)
+        range.offsets[a * extents[2] + m] =
+            (static_cast<Wide>(a) * strides[1] + static_cast<Wide>(m) * strides[2]) * bytes;
+  }
   return range;
 }
 
