@@ -8,17 +8,9 @@
 #   DODO_CAMPAIGN_DIR=data/qke_linear DODO_CAMPAIGN_ARGS=--linear-only \
 #     bash scripts/qke_campaign.sh 1 data/qke_linear/campaign_plan.txt
 set -euo pipefail
-# Own process group (setsid), so that stopping the campaign (kill of this script) stops exactly its
-# chunks and nothing of the shell that started it.
-if [ "${DODO_CAMPAIGN_GROUP:-}" != inner ] && command -v setsid > /dev/null; then
-  exec setsid -w env DODO_CAMPAIGN_GROUP=inner bash "$0" "$@"
-fi
-# With the kernel's autogroup scheduling on (Linux's default for desktops and many VMs), nice acts
-# only within a session's group and the new session above gets a full share of the CPU against
-# the user's training and benchmarks whatever its nice; the group's own nice makes it yield.
-if [ -w /proc/self/autogroup ]; then
-  echo "${DODO_CAMPAIGN_NICE:-10}" > /proc/self/autogroup 2> /dev/null || true
-fi
+# Its own session and process group, stopped as a whole by Ctrl-C or a kill of this script
+# (scripts/own_session.sh).
+. "$(dirname "$0")/own_session.sh" "$0" "$@"
 root="$(cd "$(dirname "$0")/.." && pwd)"
 jobs="${1:-2}"
 case "$jobs" in

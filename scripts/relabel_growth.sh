@@ -13,12 +13,9 @@
 # of the 38 axes Emu's validation runs were searched on (dodo simulate --linear-only --axis emu;
 # docs/dataset.md, "Emu's axis search"): the rate such a run measures, ~0.6 s per state.
 set -euo pipefail
-if [ "${DODO_CAMPAIGN_GROUP:-}" != inner ] && command -v setsid > /dev/null; then
-  exec setsid -w env DODO_CAMPAIGN_GROUP=inner bash "$0" "$@"
-fi
-if [ -w /proc/self/autogroup ]; then
-  echo "${DODO_CAMPAIGN_NICE:-10}" > /proc/self/autogroup 2> /dev/null || true
-fi
+# Its own session and process group, stopped as a whole by Ctrl-C or a kill of this script
+# (scripts/own_session.sh).
+. "$(dirname "$0")/own_session.sh" "$0" "$@"
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 jobs="${1:-2}"

@@ -104,7 +104,7 @@ def stub_venv(tmp_path):
     repo = tmp_path / "repo"
     (repo / "scripts").mkdir(parents=True)
     (repo / "data" / "qke").mkdir(parents=True)
-    for name in ("qke_campaign.sh", "relabel_growth.sh"):
+    for name in ("qke_campaign.sh", "relabel_growth.sh", "own_session.sh"):
         (repo / "scripts" / name).write_text((ROOT / "scripts" / name).read_text())
     venv = tmp_path / "venv" / "bin"
     venv.mkdir(parents=True)
@@ -138,6 +138,53 @@ def test_campaign_scripts_refuse_bad_jobs_skip_an_empty_plan_and_report_failed_c
     relabel = subprocess.run(["bash", str(repo / "scripts" / "relabel_growth.sh"), "0"], env=env,
                              capture_output=True, text=True, timeout=60)
     assert relabel.returncode == 2 and "JOBS must be a positive integer" in relabel.stderr
+
+
+@pytest.mark.parametrize("signal_name, whole_group", [("SIGINT", True), ("SIGTERM", False)])
+def test_stopping_a_campaign_stops_its_chunks(tmp_path, stub_venv, signal_name, whole_group):
+    """Ctrl-C (SIGINT to the terminal's foreground group) or a kill of the script's pid killed only
+    an `exec setsid` wrapper: the campaign, in a session of its own, ran on with its chunks."""
+    import signal
+    import time
+
+    repo, env = stub_venv
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    stub = tmp_path / "venv" / "bin" / "dodo"  # a chunk that runs until it is stopped
+    stub.write_text(f"#!/bin/bash\necho $$ > {pids}/$$\nexec sleep 600\n")
+    (tmp_path / "plan.txt").write_text("emu 1 3\nemu 2 3\n")
+    campaign = subprocess.Popen(["bash", str(repo / "scripts" / "qke_campaign.sh"), "2", "plan.txt"], cwd=tmp_path,
+                                env=env, start_new_session=True, stderr=subprocess.DEVNULL)
+
+    def wait_for(condition, what):
+        deadline = time.monotonic() + 120  # generous: only a hang reaches it
+        while not condition():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.05)
+
+    def alive(pid):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    try:
+        wait_for(lambda: len([p for p in pids.iterdir() if p.read_text().strip()]) == 2, "chunks did not start")
+        chunk_pids = [int(p.read_text()) for p in pids.iterdir()]
+        sent = getattr(signal, signal_name)
+        if whole_group:
+            os.killpg(campaign.pid, sent)
+        else:
+            os.kill(campaign.pid, sent)
+        assert campaign.wait(timeout=120) != 0
+        wait_for(lambda: not any(alive(pid) for pid in chunk_pids), "a chunk outlived its stopped campaign")
+    finally:
+        for pid in [int(p.read_text() or 0) for p in pids.iterdir()]:
+            if pid and alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if campaign.poll() is None:
+            campaign.kill()
 
 
 @pytest.mark.parametrize("key, value", [("data.split_seed", -1), ("training.seed", -1), ("training.seed", 2**32),

@@ -1,0 +1,30 @@
+# Sourced by the campaign scripts (qke_campaign.sh, relabel_growth.sh): runs the calling script
+# again in a session of its own and returns only in that copy. The campaign then has its own
+# process group, so that stopping it stops exactly its chunks and nothing of the shell that
+# started it, and its own autogroup, so that nice makes it yield (below). This first copy stays as
+# the waiting parent: a Ctrl-C (SIGINT to the terminal's foreground group, which the new session is
+# not in), SIGTERM or SIGHUP reaching it is passed on to the campaign's whole group, whose own trap
+# stops its chunks; the parent then waits for that and exits with the campaign's status. (An
+# `exec setsid` parent died at once and left the campaign running, orphaned.)
+#   . "$(dirname "$0")/own_session.sh" "$0" "$@"
+if [ "${DODO_CAMPAIGN_GROUP:-}" != inner ] && command -v setsid > /dev/null; then
+  # A non-interactive shell's background job is no process-group leader, so setsid(1) does not
+  # fork: $! is the new session's leader, and its pid is the campaign's process group.
+  DODO_CAMPAIGN_GROUP=inner setsid bash "$@" &
+  campaign_pid=$!
+  trap 'kill -TERM -- "-$campaign_pid" 2> /dev/null || kill -TERM "$campaign_pid" 2> /dev/null || true' INT TERM HUP
+  campaign_status=0
+  wait "$campaign_pid" || campaign_status=$?
+  # A trapped signal ends `wait` early: wait again for the campaign's own exit.
+  while kill -0 "$campaign_pid" 2> /dev/null; do
+    campaign_status=0
+    wait "$campaign_pid" || campaign_status=$?
+  done
+  exit "$campaign_status"
+fi
+# With the kernel's autogroup scheduling on (Linux's default for desktops and many VMs), nice acts
+# only within a session's group and the new session above gets a full share of the CPU against
+# the user's training and benchmarks whatever its nice; the group's own nice makes it yield.
+if [ -w /proc/self/autogroup ]; then
+  echo "${DODO_CAMPAIGN_NICE:-10}" > /proc/self/autogroup 2> /dev/null || true
+fi
