@@ -32,6 +32,7 @@ import os
 import numpy as np
 import torch
 
+from dodo._atomic import numpy_save_atomic
 from dodo.training import ensemble_train as et
 
 EMU_AXIS = "data/qke_emu_axis/*.h5"
@@ -99,7 +100,7 @@ def main() -> None:
             predicted = np.mean(predictions, axis=0)
             if cached:
                 os.makedirs(args.cache, exist_ok=True)
-                np.save(cached, predicted)
+                numpy_save_atomic(cached, predicted)  # a killed run leaves no torn cache
             score(predicted, test, on_axis, on_measured, emu)
         on_axis, emu, on_measured = np.concatenate(on_axis), np.concatenate(emu), np.concatenate(on_measured)
         print(f"{name:<19} within 10% of the Emu-axis rate: Emu recipe {100 * on_axis[emu].mean():.1f}% "

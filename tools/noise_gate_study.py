@@ -24,6 +24,7 @@ import argparse
 import numpy as np
 import torch
 
+from dodo._atomic import numpy_save_atomic
 from dodo.training import ensemble_train as et
 from dodo.training.ensemble import fit_noise_member, spread_gate, state_error
 from dodo.training.label_noise import out_of_fold_match, read_out_of_fold
@@ -82,7 +83,7 @@ def main() -> None:
     r_scale = float(np.std(table["r"][rows]))
     scale = nested_noise_scale(table, rows, residual, config, r_scale, args.inner_folds)
     if args.save:
-        np.save(args.save, scale)
+        numpy_save_atomic(args.save, scale)  # a killed run leaves an earlier file whole
     box = state_error(delta_box, delta_true)
     distance = np.exp(-np.maximum(0.0, d2 - 1.0))
 

@@ -514,6 +514,15 @@ def torch_save_atomic(obj, path: str | Path) -> None:
         torch.save(obj, tmp)
 
 
+def numpy_save_atomic(path: str | Path, array) -> None:
+    """``np.save`` atomically. Through a handle: given a file name, NumPy appends ".npy" to it,
+    and the temporary's contents would land beside it instead of being moved onto ``path``."""
+    import numpy as np
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, array)
+
+
 def sha256_file(path: str | Path, block: int = 1 << 22) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -357,3 +357,23 @@ def test_a_strided_memoryview_of_a_package_loads_like_its_bytes():
     F = np.zeros((1, 6, 4))
     F[0, :, 0] = 1.0
     np.testing.assert_array_equal(closure.apply(F).F_pred, dodo.Closure().apply(F).F_pred)
+
+
+def test_numpy_save_atomic_writes_exactly_the_named_file_and_keeps_it_on_failure(tmp_path):
+    """The tools' np.save calls (noise_gate_study --save, growth_emu_axis_study --cache) wrote in
+    place: a killed run left a torn file where a whole one had been."""
+    from dodo._atomic import numpy_save_atomic
+
+    target = tmp_path / "scale.npy"
+    numpy_save_atomic(target, np.arange(3.0))
+    assert np.array_equal(np.load(target), np.arange(3.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scale.npy"]  # no ".npy.npy", no temporary left
+
+    class Unsaveable:
+        def __array__(self, *args, **kwargs):
+            raise RuntimeError("fails mid-write")
+
+    with pytest.raises(RuntimeError, match="mid-write"):
+        numpy_save_atomic(target, Unsaveable())
+    assert np.array_equal(np.load(target), np.arange(3.0))  # the earlier file is whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scale.npy"]
