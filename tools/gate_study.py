@@ -14,12 +14,11 @@ compare other gates without fitting again.
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 
 import numpy as np
 import torch
 
+from dodo._atomic import numpy_savez_atomic
 from dodo.training import ensemble_train as et
 from dodo.training.ensemble import fit_ensemble, spread_gate, state_error
 from dodo.training.features import OOD_COLUMNS
@@ -68,11 +67,8 @@ def main() -> None:
             delta_box, delta_true, r, sigma, d2, emu = (saved[name] for name in names)
     else:
         delta_box, delta_true, r, sigma, d2, emu = out_of_fold(config, args.folds)
-    if args.save:  # atomically: a killed run leaves an earlier file whole
-        directory = os.path.dirname(os.path.abspath(args.save))
-        with tempfile.NamedTemporaryFile(dir=directory, suffix=".npz", delete=False) as handle:
-            np.savez(handle, **dict(zip(names, (delta_box, delta_true, r, sigma, d2, emu))))
-        os.replace(handle.name, args.save)
+    if args.save:  # atomically: a killed run leaves an earlier file whole (and no temporary behind)
+        numpy_savez_atomic(args.save, dict(zip(names, (delta_box, delta_true, r, sigma, d2, emu))))
     error = np.abs(r - (delta_true - delta_box))
     c = float(error.mean() / sigma.mean())
     print(f"{len(r)} pool states: mean |error of r| / mean spread = {c:.3f} (error_per_spread); "

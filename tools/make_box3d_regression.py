@@ -20,7 +20,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "python"))
 
 import dodo  # noqa: E402
-from dodo._atomic import atomic_write  # noqa: E402
+from dodo._atomic import numpy_savez_atomic  # noqa: E402
 from conftest import random_states, random_velocities  # noqa: E402
 
 
@@ -53,12 +53,7 @@ def main() -> int:
     result = dodo.box3d(F, u, lebedev_order=17, z_method="exact")
     out = ROOT / "tests" / "data" / "box3d_regression.npz"
     arrays = dict(F_init=F, u=u, F_box=result.F_box, growth_over_ntot=result.growth_over_ntot, status=result.status)
-
-    def write(path):  # through a handle: given a name, NumPy appends ".npz" to the temporary one
-        with open(path, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
-
-    atomic_write(out, write)  # a failed run leaves the committed reference whole
+    numpy_savez_atomic(out, arrays, compressed=True)  # a failed run leaves the committed reference whole
     print(f"{out}: {len(F)} cells, {np.mean(result.status == int(dodo.CellStatus.NO_CROSSING)):.0%} stable")
     return 0
 

@@ -523,6 +523,15 @@ def numpy_save_atomic(path: str | Path, array) -> None:
         np.save(handle, array)
 
 
+def numpy_savez_atomic(path: str | Path, arrays: dict, compressed: bool = False) -> None:
+    """``np.savez`` (``np.savez_compressed``) of ``arrays`` atomically, through a handle as above
+    (NumPy appends ".npz" to a name)."""
+    import numpy as np
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        (np.savez_compressed if compressed else np.savez)(handle, **arrays)
+
+
 def sha256_file(path: str | Path, block: int = 1 << 22) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -377,3 +377,16 @@ def test_numpy_save_atomic_writes_exactly_the_named_file_and_keeps_it_on_failure
         numpy_save_atomic(target, Unsaveable())
     assert np.array_equal(np.load(target), np.arange(3.0))  # the earlier file is whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scale.npy"]
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_numpy_savez_atomic_writes_exactly_the_named_file(tmp_path, compressed):
+    """tools/gate_study.py --save (a NamedTemporaryFile left behind when a run failed) and
+    tools/make_box3d_regression.py (the committed reference, written in place) use it."""
+    from dodo._atomic import numpy_savez_atomic
+
+    target = tmp_path / "oof"  # no suffix: np.savez given this name would write oof.npz
+    numpy_savez_atomic(target, {"r": np.arange(4.0), "d2": np.ones(4)}, compressed=compressed)
+    with np.load(target) as saved:
+        assert np.array_equal(saved["r"], np.arange(4.0)) and np.array_equal(saved["d2"], np.ones(4))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["oof"]
