@@ -55,6 +55,16 @@ def minkowski_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return -a[..., 0] * b[..., 0] + np.einsum("...i,...i->...", a[..., 1:], b[..., 1:])
 
 
+def total_density(F: np.ndarray, absolute: bool = False) -> np.ndarray:
+    """N_tot = the sum of the six densities of rest-frame cells ([..., 6, 4] -> [...]); with
+    ``absolute``, the sum of their magnitudes. Densities near 1e308 sum beyond float64: such a cell's
+    N_tot is inf (or NaN), without NumPy's overflow warning, so that callers flag it by
+    ``np.isfinite`` (a state whose N_tot is not finite cannot be normalised, scored or simulated)."""
+    n = np.asarray(F)[..., 0]
+    with np.errstate(over="ignore", invalid="ignore"):
+        return (np.abs(n) if absolute else n).sum(axis=-1)
+
+
 def from_emu_layout(emu: np.ndarray) -> np.ndarray:
     """[sim, (x,y,z,t), (nu,nubar), flavour] -> [sim, 6 species, (t,x,y,z)]."""
     emu = np.asarray(emu)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .conventions import from_emu_layout
+from .conventions import from_emu_layout, total_density
 from ._cli_common import add_json_argument, emit, json_target_file
 from ._status import REJECTED_MASK
 from .emu_files import numeric_dataset, open_hdf5
@@ -129,8 +129,8 @@ def non_conserving_truth(states: EmuStates, tolerance: float = TRUTH_CONSERVATIO
     with a non-finite row or N_tot <= 0 are not counted here (the score leaves them out anyway)."""
     from .reference import conservation_error
 
-    with np.errstate(invalid="ignore", over="ignore"):
-        ntot = states.F_init[..., 0].sum(axis=-1)
+    ntot = total_density(states.F_init)
+    with np.errstate(invalid="ignore"):
         checked = (np.isfinite(states.F_init).all(axis=(1, 2)) & np.isfinite(states.F_final).all(axis=(1, 2))
                    & np.isfinite(ntot) & (ntot > 0))
     if not checked.any():
@@ -174,8 +174,7 @@ def score(closure, states: EmuStates, resamples: int = 10000, seed: int = 0,
 
     rng = np.random.default_rng(seed)
     F_init = states.F_init
-    with np.errstate(over="ignore"):  # densities near 1e308 overflow: such a state is left out, with its reason
-        ntot = F_init[..., 0].sum(axis=-1)
+    ntot = total_density(F_init)  # inf for densities near 1e308: such a state is left out, with its reason
     result = closure.apply(F_init)
     settings = closure.box3d_settings
     box = box3d(F_init, lebedev_order=int(settings["lebedev_order"]), z_method=str(settings["z_method"]),

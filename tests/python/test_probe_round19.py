@@ -286,3 +286,23 @@ def test_a_second_emu32_validation_onto_the_same_output_is_refused(tmp_path, cap
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "being written by another python -m dodo.qke.validate emu32" in err, err
     assert not output.exists()
+
+
+def test_total_density_flags_an_overflowing_sum_without_a_warning():
+    """One helper (dodo.conventions.total_density) serves the four places that flag densities
+    summing beyond float64: N_tot inf there, the plain sum elsewhere, and no NumPy warning."""
+    import warnings
+
+    from dodo.conventions import total_density
+
+    F = np.zeros((3, 6, 4))
+    F[0, :, 0] = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    F[1, :, 0] = 1e308
+    F[2, :, 0] = [1e308, -1e308, 0.0, 0.0, 0.0, 1.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plain = total_density(F)
+        magnitude = total_density(F, absolute=True)
+    assert plain[0] == 21.0 and magnitude[0] == 21.0
+    assert np.isinf(plain[1]) and np.isinf(magnitude[1])
+    assert plain[2] == 1.0 and np.isinf(magnitude[2])  # cancelling giants: only the magnitude flags them

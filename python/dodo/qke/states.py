@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..conventions import from_emu_layout
+from ..conventions import from_emu_layout, total_density
 from .directions import uniform_sphere
 from .constants import SELF_INTERACTION_PER_DENSITY, SPEED_OF_LIGHT
 from .linear import (box_growth_rate, fastest_wavevector, growth_rates,
@@ -379,8 +379,7 @@ def read_states(path: str) -> dict:
         rotation = end_time = None
     if not np.all(np.isfinite(four_flux)):
         raise ValueError(f"{path}: non-finite initial four-fluxes")
-    with np.errstate(over="ignore"):
-        overflowing = np.flatnonzero(~np.isfinite(np.abs(four_flux[..., 0]).sum(axis=1)))
+    overflowing = np.flatnonzero(~np.isfinite(total_density(four_flux, absolute=True)))
     if len(overflowing):  # densities near 1e308: NumPy overflow warnings, then "linearly stable" drops
         raise ValueError(f"{path}: the densities of state(s) {overflowing[:10].tolist()} sum beyond float64 (N_tot "
                          "is not finite); give densities in cm^-3 (Emu's are near 1e32)")

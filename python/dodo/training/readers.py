@@ -12,6 +12,7 @@ from dodo.emu_files import (DIRNAMES, FINAL, GROWTH, INITIAL, DataFileError, Emu
                             iter_emu_chunks, open_emu_file)
 
 from .conservation import conservation_violation
+from dodo.conventions import total_density
 
 
 @dataclass
@@ -50,8 +51,7 @@ def apply_hygiene(chunk: EmuChunk, filters) -> tuple[EmuChunk, FilterCounts]:
     counts = FilterCounts(rows_read=len(chunk))
     if filters.drop_nonfinite:
         finite = np.isfinite(chunk.F_init).all(axis=(1, 2)) & np.isfinite(chunk.F_final).all(axis=(1, 2))
-        with np.errstate(over="ignore"):  # finite densities whose sum (N_tot) overflows: not finite either
-            finite &= np.isfinite(np.abs(chunk.F_init[..., 0]).sum(axis=1))
+        finite &= np.isfinite(total_density(chunk.F_init, absolute=True))  # N_tot overflowing: not finite either
         counts.nonfinite_dropped = int((~finite).sum())
         chunk = chunk.select(finite)
     if filters.clamp_negative_density:
@@ -59,8 +59,8 @@ def apply_hygiene(chunk: EmuChunk, filters) -> tuple[EmuChunk, FilterCounts]:
         counts.negative_density_clamped = int(negative.any(axis=1).sum())
         chunk.F_init[..., 0] = np.where(negative, 0.0, chunk.F_init[..., 0])
     if filters.drop_conservation_violation:
+        ntot = total_density(chunk.F_init)  # rest-frame files: N_tot = sum of densities
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            ntot = chunk.F_init[..., 0].sum(axis=1)  # rest-frame files: N_tot = sum of densities
             relative = conservation_violation(chunk.F_final - chunk.F_init) / ntot
         good = np.isfinite(relative) & (relative <= filters.conservation_tolerance)
         counts.conservation_dropped = int((~good).sum())
