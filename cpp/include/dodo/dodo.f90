@@ -27,7 +27,7 @@ module dodo
 
   public :: dodo_closure, dodo_counters
   public :: dodo_create, dodo_create_from_memory, dodo_destroy, dodo_apply, dodo_self_test, dodo_get_counters, &
-            dodo_version_string, dodo_default_model_path
+            dodo_reset_counters, dodo_has_model, dodo_get_metadata, dodo_version_string, dodo_default_model_path
   public :: c_double, c_int8_t, c_int32_t
 
   ! Model path meaning Box3D alone (dodo.h DODO_BOX3D_ONLY).
@@ -118,6 +118,24 @@ module dodo
       type(dodo_counters), intent(out) :: counters
       integer(c_int) :: c_get_counters
     end function
+    function c_reset_counters(closure) bind(c, name="dodo_reset_counters")
+      import :: c_ptr, c_int
+      type(c_ptr), value :: closure
+      integer(c_int) :: c_reset_counters
+    end function
+    function c_has_model(closure) bind(c, name="dodo_has_model")
+      import :: c_ptr, c_int
+      type(c_ptr), value :: closure
+      integer(c_int) :: c_has_model
+    end function
+    function c_get_metadata(closure, key, buffer, buffer_size) bind(c, name="dodo_get_metadata")
+      import :: c_ptr, c_char, c_size_t, c_long
+      type(c_ptr), value :: closure
+      character(kind=c_char), intent(in) :: key(*)
+      character(kind=c_char), intent(inout) :: buffer(*)
+      integer(c_size_t), value :: buffer_size
+      integer(c_long) :: c_get_metadata
+    end function
     function c_last_error(closure, buffer, buffer_size) bind(c, name="dodo_last_error")
       import :: c_ptr, c_char, c_size_t
       type(c_ptr), value :: closure
@@ -160,18 +178,33 @@ contains
     character(kind=c_char), allocatable, target :: path_c(:)
     character(kind=c_char) :: message(1024)
     type(c_ptr) :: path_pointer
-    integer :: status
+    integer :: status, nul
 
     options = make_options(threads, chunk_size, lebedev_order, max_flux_factor, run_self_test, cuda_device)
     path_pointer = c_null_ptr
     if (present(model_path)) then
-      path_c = to_c_string(model_path)  ! trailing blanks dropped; a blank path becomes "" (refused)
+      ! C reads the path up to its first NUL: "box3d" // c_null_char // "model.onnx" was a Box3D-only
+      ! closure without a word (probe round twelve of the C side; dodo.hpp refuses it likewise). A
+      ! NUL followed only by NULs and blanks (a C-style terminator) ends the path.
+      nul = index(model_path, c_null_char)
+      if (nul > 0) then
+        if (verify(model_path(nul:), c_null_char // " ") > 0) then
+          if (c_associated(closure%handle)) call c_destroy(closure%handle)
+          closure%handle = c_null_ptr
+          call report(DODO_ERROR_INVALID_ARGUMENT, "model_path contains a NUL character before its end (C would read &
+                      &only the part before it)", stat, errmsg)
+          return
+        end if
+        path_c = to_c_string(model_path(1:nul - 1))
+      else
+        path_c = to_c_string(model_path)  ! trailing blanks dropped; a blank path becomes "" (refused)
+      end if
       path_pointer = c_loc(path_c)
     end if
     message = c_null_char
     if (c_associated(closure%handle)) call c_destroy(closure%handle)
     status = int(c_create(path_pointer, options, closure%handle, message, int(size(message), c_size_t)))
-    call report(status, last_error(closure), stat, errmsg)
+    call report_call(status, closure, stat, errmsg)
   end subroutine dodo_create
 
   ! Creates a closure from a model package already in memory (e.g. received with MPI_Bcast), with
@@ -200,7 +233,7 @@ contains
     if (c_associated(closure%handle)) call c_destroy(closure%handle)
     status = int(c_create_from_memory(bytes_pointer, size(bytes, kind=c_size_t), options, closure%handle, message, &
                                       int(size(message), c_size_t)))
-    call report(status, last_error(closure), stat, errmsg)
+    call report_call(status, closure, stat, errmsg)
   end subroutine dodo_create_from_memory
 
   subroutine dodo_destroy(closure)
@@ -282,12 +315,12 @@ contains
       ! handle is refused with its message whatever the cell count.
       status = int(c_apply_diagnostics(closure%handle, 0_c_size_t, c_null_ptr, c_null_ptr, c_null_ptr, c_null_ptr, &
                                        c_null_ptr, c_null_ptr, c_null_ptr, c_null_ptr, c_null_ptr))
-      call report(status, last_error(closure), stat, errmsg)
+      call report_call(status, closure, stat, errmsg)
       return
     end if
     status = int(c_apply_diagnostics(closure%handle, ncell, c_loc(F_init), c_null_ptr, u_pointer, c_null_ptr, &
                                      c_loc(F_pred), c_null_ptr, status_pointer, growth_pointer, uncertainty_pointer))
-    call report(status, last_error(closure), stat, errmsg)
+    call report_call(status, closure, stat, errmsg)
   end subroutine dodo_apply
 
   ! True for an array of shape (4, 6, ...).
@@ -309,7 +342,7 @@ contains
     worst = 0
     status = int(c_self_test(closure%handle, worst))
     if (present(max_error)) max_error = worst
-    call report(status, last_error(closure), stat, errmsg)
+    call report_call(status, closure, stat, errmsg)
   end subroutine dodo_self_test
 
   subroutine dodo_get_counters(closure, counters, stat, errmsg)
@@ -319,8 +352,56 @@ contains
     character(len=*), intent(inout), optional :: errmsg
     integer :: status
     status = int(c_get_counters(closure%handle, counters))
-    call report(status, last_error(closure), stat, errmsg)
+    call report_call(status, closure, stat, errmsg)
   end subroutine dodo_get_counters
+
+  ! Sets the counters to zero (e.g. at each time step, to read that step's counts).
+  subroutine dodo_reset_counters(closure, stat, errmsg)
+    type(dodo_closure), intent(in) :: closure
+    integer, intent(out), optional :: stat
+    character(len=*), intent(inout), optional :: errmsg
+    call report_call(int(c_reset_counters(closure%handle)), closure, stat, errmsg)
+  end subroutine dodo_reset_counters
+
+  ! .true. if the closure carries a model, .false. if it is Box3D-only (or not created).
+  logical function dodo_has_model(closure)
+    type(dodo_closure), intent(in) :: closure
+    dodo_has_model = c_has_model(closure%handle) /= 0
+  end function dodo_has_model
+
+  ! The model's metadata value for key (e.g. "dodo.model_kind"); "" and found = .false. when the
+  ! key is absent, the closure Box3D-only or not created. Trailing blanks of key are dropped; a key
+  ! holding a NUL is absent (C would read it cut at the NUL: another key), as in dodo.hpp.
+  function dodo_get_metadata(closure, key, found) result(value)
+    type(dodo_closure), intent(in) :: closure
+    character(len=*), intent(in) :: key
+    logical, intent(out), optional :: found
+    character(len=:), allocatable :: value
+    character(kind=c_char) :: key_c(len_trim(key) + 1)
+    character(kind=c_char), allocatable :: buffer(:)
+    character(kind=c_char) :: probe(1)
+    integer(c_long) :: length
+    integer :: i
+    value = ""
+    if (present(found)) found = .false.
+    if (index(key, c_null_char) > 0) return
+    do i = 1, len_trim(key)
+      key_c(i) = key(i:i)
+    end do
+    key_c(size(key_c)) = c_null_char
+    length = c_get_metadata(closure%handle, key_c, probe, 0_c_size_t)
+    if (length < 0) return
+    allocate(buffer(length + 1))
+    buffer = c_null_char
+    length = c_get_metadata(closure%handle, key_c, buffer, int(size(buffer), c_size_t))
+    if (length < 0 .or. length >= size(buffer)) return
+    deallocate(value)
+    allocate(character(len=length) :: value)
+    do i = 1, int(length)  ! the whole value, NUL characters included
+      value(i:i) = buffer(i)
+    end do
+    if (present(found)) found = .true.
+  end function dodo_get_metadata
 
   function dodo_version_string() result(version)
     character(len=:), allocatable :: version
@@ -369,6 +450,21 @@ contains
       to_c_int = int(value, c_int)
     end if
   end function to_c_int
+
+  ! A call's status: its message (this thread's last error) is read only on failure. Read on every
+  ! call, it cost three heap allocations per dodo_apply in a time loop that succeeds (probe round
+  ! twelve of the C side), where the library itself allocates nothing per call after warm-up.
+  subroutine report_call(status, closure, stat, errmsg)
+    integer, intent(in) :: status
+    type(dodo_closure), intent(in) :: closure
+    integer, intent(out), optional :: stat
+    character(len=*), intent(inout), optional :: errmsg
+    if (status == DODO_OK) then
+      if (present(stat)) stat = DODO_OK
+      return
+    end if
+    call report(status, last_error(closure), stat, errmsg)
+  end subroutine report_call
 
   subroutine report(status, message, stat, errmsg)
     integer, intent(in) :: status

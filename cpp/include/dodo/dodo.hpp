@@ -74,6 +74,17 @@ class Closure {
   explicit Closure(const std::string& model_path, const Options& options = Options()) {
     create(Options::checked_text("model path", model_path).c_str(), options);
   }
+  // The same from a C string. A null pointer is refused (DODO_ERROR_INVALID_ARGUMENT): it reached
+  // the std::string overload, whose construction from NULL is undefined behaviour (libstdc++ threw
+  // std::logic_error, not dodo::Error), e.g. for a path from getenv of an unset variable; an unset
+  // path must not become Box3D alone either (an empty one is refused). Box3D alone: Closure(options)
+  // or Closure(DODO_BOX3D_ONLY).
+  explicit Closure(const char* model_path, const Options& options = Options()) {
+    if (!model_path)
+      throw Error(DODO_ERROR_INVALID_ARGUMENT,
+                  "model path is a null pointer (for Box3D alone use dodo::Closure(options) or DODO_BOX3D_ONLY)");
+    create(model_path, options);
+  }
   // Closure with a model package already in memory (e.g. after MPI_Bcast); same checks as a file.
   // The bytes are only read during construction.
   static Closure from_memory(const void* bytes, std::size_t size, const Options& options = Options()) {
