@@ -296,3 +296,93 @@ def test_cpp_null_c_string_model_path_is_a_dodo_error(tmp_path):
     lines = _run(program)
     assert lines == ["dodo::Error 1 model path is a null pointer (for Box3D alone use dodo::Closure(options) or "
                      "DODO_BOX3D_ONLY)", "box3d has_model=0"], lines
+
+
+# --- Fortran: z_method and onnxruntime_library, as C and C++ have them ------------------------------
+
+FORTRAN_TEXT_OPTIONS = """
+program text_options
+  use dodo
+  use, intrinsic :: iso_c_binding, only: c_null_char
+  implicit none
+  integer, parameter :: n = 40
+  type(dodo_closure) :: closure
+  real(c_double) :: F(4, 6, n), exact(4, 6, n), jedynak(4, 6, n)
+  integer(c_int8_t), allocatable :: package(:)
+  integer :: c, a, stat, unit, bytes
+  character(len=4096) :: model
+  character(len=1024) :: message
+  F = 0
+  do c = 1, n
+    do a = 1, 6
+      F(1, a, c) = 1 + 0.1d0 * a + 0.05d0 * sin(real(c, c_double))
+      F(2, a, c) = merge(-0.3d0, 0.3d0, a == 4) * cos(0.1d0 * c)
+      F(4, a, c) = 0.2d0 * sin(0.3d0 * c + a)
+    end do
+  end do
+  call get_command_argument(1, model)
+  ! First model load of the process: an explicit library is honoured or fails (no fallback).
+  message = ""
+  call dodo_create(closure, trim(model), onnxruntime_library="/nonexistent/libonnxruntime.so.1", stat=stat, &
+                   errmsg=message)
+  print '(a, i0, 1x, l1)', "library ", stat, index(message, "/nonexistent/libonnxruntime.so.1") > 0
+  call dodo_create(closure, DODO_BOX3D_ONLY, z_method="exact")
+  call dodo_apply(closure, F, exact)
+  call dodo_create(closure, DODO_BOX3D_ONLY, z_method="jedynak  ")
+  call dodo_apply(closure, F, jedynak)
+  print '(a, l1)', "jedynak differs ", any(exact /= jedynak)
+  call dodo_create(closure, DODO_BOX3D_ONLY, z_method="   ")
+  call dodo_apply(closure, F, jedynak)
+  print '(a, l1)', "blank is exact ", all(exact == jedynak)
+  message = ""
+  call dodo_create(closure, DODO_BOX3D_ONLY, z_method="EXACT", stat=stat, errmsg=message)
+  print '(a, i0, 1x, a)', "unknown ", stat, trim(message)
+  message = ""
+  call dodo_create(closure, DODO_BOX3D_ONLY, z_method="exact" // c_null_char // "jedynak", stat=stat, errmsg=message)
+  print '(a, i0, 1x, l1, 1x, a)', "nul z_method ", stat, dodo_has_model(closure), trim(message)
+  message = ""
+  call dodo_create(closure, trim(model), z_method="jedynak", stat=stat, errmsg=message)
+  print '(a, i0)', "model refuses jedynak ", stat
+  open(newunit=unit, file=trim(model), access="stream", form="unformatted", action="read")
+  inquire(unit=unit, size=bytes)
+  allocate(package(bytes))
+  read(unit) package
+  close(unit)
+  message = ""
+  call dodo_create_from_memory(closure, package, z_method="jedynak", stat=stat, errmsg=message)
+  print '(a, i0)', "memory refuses jedynak ", stat
+  message = ""
+  call dodo_create_from_memory(closure, package, onnxruntime_library="x" // c_null_char // "y", stat=stat, &
+                               errmsg=message)
+  print '(a, i0, 1x, a)', "nul library ", stat, trim(message)
+  call dodo_create_from_memory(closure, package, z_method="exact" // c_null_char, stat=stat)
+  print '(a, i0, 1x, l1)', "memory exact ", stat, dodo_has_model(closure)
+  call dodo_destroy(closure)
+end program text_options
+"""
+
+
+@needs_runtime
+def test_fortran_takes_z_method_and_onnxruntime_library_as_c_does(tmp_path):
+    """The Fortran module had neither dodo_options string: a Fortran code could not choose
+    Jedynak's closure for Box3D alone, nor name the ONNX Runtime library (C and C++ can). Both are
+    now optional arguments of dodo_create and dodo_create_from_memory, with C's meaning (blank: the
+    model's / the search), and a NUL before the end is refused as for the model path."""
+    import os
+
+    path = _default_model()
+    program = _fortran(tmp_path, "text_options", FORTRAN_TEXT_OPTIONS)
+    environment = {key: value for key, value in os.environ.items() if key != "DODO_ONNXRUNTIME_LIBRARY"}
+    result = subprocess.run([str(program), path], capture_output=True, text=True, timeout=300,
+                            stdin=subprocess.DEVNULL, env=environment)
+    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr[-2000:])
+    lines = [line.rstrip() for line in result.stdout.splitlines()]
+    assert lines[0] == "library 5 T", lines
+    assert lines[1:3] == ["jedynak differs T", "blank is exact T"], lines
+    assert lines[3].startswith("unknown 1 ") and "z_method" in lines[3], lines
+    assert lines[4] == ("nul z_method 1 F z_method contains a NUL character before its end (C would read only the "
+                        "part before it)"), lines
+    assert lines[5:7] == ["model refuses jedynak 4", "memory refuses jedynak 4"], lines
+    assert lines[7] == ("nul library 1 onnxruntime_library contains a NUL character before its end (C would read "
+                        "only the part before it)"), lines
+    assert lines[8] == "memory exact 0 T", lines

@@ -165,52 +165,52 @@ contains
   ! unset parameter never drops the learned correction silently. run_self_test defaults to .true.
   ! cuda_device present: the network runs on that CUDA device (needs an onnxruntime-gpu library;
   ! one device per rank: cuda_device = node-local rank mod devices per node).
+  ! z_method: "exact" or "jedynak" (blank or absent: the model's, "exact" without one);
+  ! onnxruntime_library: path of libonnxruntime (blank or absent: the search of docs/runtime.md).
+  ! A model_path, z_method or onnxruntime_library holding a NUL before its end is refused (C would
+  ! read it cut at the NUL); a trailing C-style terminator (NULs and blanks only) ends it.
   subroutine dodo_create(closure, model_path, threads, chunk_size, lebedev_order, max_flux_factor, &
-                         run_self_test, stat, errmsg, cuda_device)
+                         run_self_test, stat, errmsg, cuda_device, z_method, onnxruntime_library)
     type(dodo_closure), intent(inout) :: closure
-    character(len=*), intent(in), optional :: model_path
+    character(len=*), intent(in), optional :: model_path, z_method, onnxruntime_library
     integer, intent(in), optional :: threads, chunk_size, lebedev_order, cuda_device
     real(c_double), intent(in), optional :: max_flux_factor
     logical, intent(in), optional :: run_self_test
     integer, intent(out), optional :: stat
     character(len=*), intent(inout), optional :: errmsg
     type(options_c) :: options
-    character(kind=c_char), allocatable, target :: path_c(:)
+    character(kind=c_char), allocatable, target :: path_c(:), z_method_c(:), library_c(:)
     character(kind=c_char) :: message(1024)
+    character(len=:), allocatable :: problem
     type(c_ptr) :: path_pointer
-    integer :: status, nul
+    integer :: status
 
     options = make_options(threads, chunk_size, lebedev_order, max_flux_factor, run_self_test, cuda_device)
+    problem = ""
     path_pointer = c_null_ptr
+    ! C reads a string up to its first NUL: "box3d" // c_null_char // "model.onnx" was a Box3D-only
+    ! closure without a word (probe round twelve of the C side; dodo.hpp refuses it likewise).
     if (present(model_path)) then
-      ! C reads the path up to its first NUL: "box3d" // c_null_char // "model.onnx" was a Box3D-only
-      ! closure without a word (probe round twelve of the C side; dodo.hpp refuses it likewise). A
-      ! NUL followed only by NULs and blanks (a C-style terminator) ends the path.
-      nul = index(model_path, c_null_char)
-      if (nul > 0) then
-        if (verify(model_path(nul:), c_null_char // " ") > 0) then
-          if (c_associated(closure%handle)) call c_destroy(closure%handle)
-          closure%handle = c_null_ptr
-          call report(DODO_ERROR_INVALID_ARGUMENT, "model_path contains a NUL character before its end (C would read &
-                      &only the part before it)", stat, errmsg)
-          return
-        end if
-        path_c = to_c_string(model_path(1:nul - 1))
-      else
-        path_c = to_c_string(model_path)  ! trailing blanks dropped; a blank path becomes "" (refused)
-      end if
-      path_pointer = c_loc(path_c)
+      ! trailing blanks dropped; a blank path becomes "" (refused by C)
+      if (checked_c_string(model_path, "model_path", path_c, problem)) path_pointer = c_loc(path_c)
+    end if
+    call text_options(options, z_method, onnxruntime_library, z_method_c, library_c, problem)
+    if (c_associated(closure%handle)) call c_destroy(closure%handle)
+    closure%handle = c_null_ptr
+    if (len(problem) > 0) then
+      call report(DODO_ERROR_INVALID_ARGUMENT, problem, stat, errmsg)
+      return
     end if
     message = c_null_char
-    if (c_associated(closure%handle)) call c_destroy(closure%handle)
     status = int(c_create(path_pointer, options, closure%handle, message, int(size(message), c_size_t)))
     call report_call(status, closure, stat, errmsg)
   end subroutine dodo_create
 
   ! Creates a closure from a model package already in memory (e.g. received with MPI_Bcast), with
   ! the same checks as a file. bytes: the package file's bytes; only read during the call.
+  ! z_method, onnxruntime_library: as for dodo_create.
   subroutine dodo_create_from_memory(closure, bytes, threads, chunk_size, lebedev_order, max_flux_factor, &
-                                     run_self_test, stat, errmsg, cuda_device)
+                                     run_self_test, stat, errmsg, cuda_device, z_method, onnxruntime_library)
     type(dodo_closure), intent(inout) :: closure
     integer(c_int8_t), intent(in), contiguous, target :: bytes(:)
     integer, intent(in), optional :: threads, chunk_size, lebedev_order, cuda_device
@@ -218,13 +218,24 @@ contains
     logical, intent(in), optional :: run_self_test
     integer, intent(out), optional :: stat
     character(len=*), intent(inout), optional :: errmsg
+    character(len=*), intent(in), optional :: z_method, onnxruntime_library
     type(options_c) :: options
     character(kind=c_char) :: message(1024)
+    character(kind=c_char), allocatable, target :: z_method_c(:), library_c(:)
+    character(len=:), allocatable :: problem
     integer(c_int8_t), target :: no_bytes(1)
     type(c_ptr) :: bytes_pointer
     integer :: status
 
     options = make_options(threads, chunk_size, lebedev_order, max_flux_factor, run_self_test, cuda_device)
+    problem = ""
+    call text_options(options, z_method, onnxruntime_library, z_method_c, library_c, problem)
+    if (len(problem) > 0) then
+      if (c_associated(closure%handle)) call c_destroy(closure%handle)
+      closure%handle = c_null_ptr
+      call report(DODO_ERROR_INVALID_ARGUMENT, problem, stat, errmsg)
+      return
+    end if
     ! An empty array (a file read as 0 bytes) is an empty package, not a NULL pointer: C's refusal
     ! then says "model in memory is empty" instead of suggesting DODO_BOX3D_ONLY (probe round fourteen)
     bytes_pointer = c_loc(no_bytes)
@@ -436,6 +447,43 @@ contains
       options%device_id = to_c_int(cuda_device)
     end if
   end function make_options
+
+  ! The string options as C strings in z_method_c and library_c (which must outlive the C call),
+  ! their pointers in options; a refusal goes to `problem` (left as it is when there is none).
+  subroutine text_options(options, z_method, onnxruntime_library, z_method_c, library_c, problem)
+    type(options_c), intent(inout) :: options
+    character(len=*), intent(in), optional :: z_method, onnxruntime_library
+    character(kind=c_char), allocatable, target, intent(inout) :: z_method_c(:), library_c(:)
+    character(len=:), allocatable, intent(inout) :: problem
+    if (present(z_method)) then
+      if (checked_c_string(z_method, "z_method", z_method_c, problem)) options%z_method = c_loc(z_method_c)
+    end if
+    if (present(onnxruntime_library)) then
+      if (checked_c_string(onnxruntime_library, "onnxruntime_library", library_c, problem)) &
+        options%onnxruntime_library = c_loc(library_c)
+    end if
+  end subroutine text_options
+
+  ! text as a C string in c_text, trailing blanks dropped; .false. (and `problem` set, when it is
+  ! still empty) if text holds a NUL before its end: C would read only the part before it. A NUL
+  ! followed only by NULs and blanks (a C-style terminator) ends the text.
+  logical function checked_c_string(text, name, c_text, problem) result(ok)
+    character(len=*), intent(in) :: text, name
+    character(kind=c_char), allocatable, intent(inout) :: c_text(:)
+    character(len=:), allocatable, intent(inout) :: problem
+    integer :: nul
+    nul = index(text, c_null_char)
+    ok = .true.
+    if (nul == 0) then
+      c_text = to_c_string(text)
+    else if (verify(text(nul:), c_null_char // " ") == 0) then
+      c_text = to_c_string(text(1:nul - 1))
+    else
+      ok = .false.
+      if (len(problem) == 0) &
+        problem = name // " contains a NUL character before its end (C would read only the part before it)"
+    end if
+  end function checked_c_string
 
   ! An integer option as C's int. A value beyond its range (possible in a code compiled with
   ! -fdefault-integer-8) becomes +-huge(0_c_int), which the library refuses naming the option,
