@@ -386,3 +386,26 @@ def test_fortran_takes_z_method_and_onnxruntime_library_as_c_does(tmp_path):
     assert lines[7] == ("nul library 1 onnxruntime_library contains a NUL character before its end (C would read "
                         "only the part before it)"), lines
     assert lines[8] == "memory exact 0 T", lines
+
+
+# --- the workspace check and a control group's memory limit -----------------------------------------
+
+def test_the_workspace_check_reads_a_control_groups_memory_limit(tmp_path):
+    """refuse_workspaces_beyond_memory (closure.cpp) compared threads x chunk_size's workspaces with
+    sysconf(_SC_PHYS_PAGES), the machine's physical memory, so a job confined by a control group (a
+    batch system's cgroup, a container's --memory) passed it and met the kernel's out-of-memory
+    killer instead of DODO_ERROR_OUT_OF_MEMORY. The bound is now the smallest of the physical memory
+    and the cgroup v1 / v2 limits along the process's cgroup path. tests/cpp/test_memory_limit.cpp
+    (also ctest `memory_limit`) checks the reader on made-up cgroup trees; this machine gives the
+    session no cgroup of its own to limit, so the refusal itself is not run end to end."""
+    from test_native_programs import ROOT, run
+
+    if not shutil.which("g++"):
+        pytest.skip("g++ is not installed")
+    program = tmp_path / "test_memory_limit"
+    run(["g++", "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'cpp/src'}",
+         str(ROOT / "tests/cpp/test_memory_limit.cpp"), str(ROOT / "cpp/src/runtime/memory_limit.cpp"),
+         "-o", str(program)])
+    lines = _run(program)
+    assert lines[-1] == "memory_limit: 0 failed", lines
+    assert not [line for line in lines if line.startswith("FAIL")], lines

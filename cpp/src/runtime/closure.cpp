@@ -19,6 +19,7 @@
 #include "../thread_start.hpp"
 #include "errors.hpp"
 #include "flavour_symmetry.hpp"
+#include "memory_limit.hpp"
 #include "residual.hpp"
 
 namespace dodo::runtime {
@@ -390,18 +391,21 @@ std::size_t workspace_bytes(std::size_t chunk_size, const OnnxModel* model) {
 }
 
 // The workspaces are made (and touched) at construction: threads x chunk_size cells beyond the
-// machine's memory would end in the kernel's out-of-memory killer, not in an error, so they are
-// refused first. The estimate leaves out ONNX Runtime's arena, so it errs toward allowing.
+// memory the process may use would end in the kernel's out-of-memory killer, not in an error, so
+// they are refused first. That memory is the machine's, or less where a control group confines
+// the process (a batch system's job, a container): physical memory alone let a job under a cgroup
+// limit be killed (outside probe, round twelve of the C side). The estimate leaves out ONNX
+// Runtime's arena, so it errs toward allowing.
 void refuse_workspaces_beyond_memory(std::size_t chunk_size, int threads, const OnnxModel* model) {
-  const long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGE_SIZE);
-  if (pages <= 0 || page_size <= 0) return;  // unknown: the allocation's own bad_alloc remains
-  const double memory = static_cast<double>(pages) * static_cast<double>(page_size);
+  const double memory = usable_memory_bytes();
+  if (!std::isfinite(memory)) return;  // unknown: the allocation's own bad_alloc remains
   const double needed = static_cast<double>(workspace_bytes(chunk_size, model)) * std::max(threads, 1);
   if (needed <= memory) return;
-  char text[256];
+  char text[320];
   std::snprintf(text, sizeof text,
                 "%d thread(s) x chunk_size %zu need %.1f GiB of workspaces, more than this machine's %.1f GiB of "
-                "memory: lower chunk_size or threads",
+                "memory (its physical memory, or the process's control-group limit where lower): lower chunk_size "
+                "or threads",
                 std::max(threads, 1), chunk_size, needed / (1 << 30), memory / (1 << 30));
   throw Error(DODO_ERROR_OUT_OF_MEMORY, text);
 }

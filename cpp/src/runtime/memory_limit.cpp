@@ -1,0 +1,89 @@
+#include "memory_limit.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <vector>
+
+namespace dodo::runtime {
+namespace {
+
+// A limit file's number of bytes; infinity for "max", an unreadable file or one that holds no
+// number, and for values at or above 2^62 (cgroup v1 writes "no limit" as 2^63 less a page).
+double read_limit(const std::string& path) {
+  std::ifstream file(path);
+  std::string text;
+  if (!file || !std::getline(file, text)) return INFINITY;
+  const std::size_t start = text.find_first_not_of(" \t");
+  if (start == std::string::npos || text.compare(start, 3, "max") == 0) return INFINITY;
+  errno = 0;
+  char* end = nullptr;
+  const unsigned long long value = std::strtoull(text.c_str() + start, &end, 10);
+  if (errno != 0 || end == text.c_str() + start) return INFINITY;
+  const double bytes = static_cast<double>(value);
+  return bytes >= std::ldexp(1.0, 62) ? INFINITY : bytes;
+}
+
+// `file` in `directory` + path and in each ancestor of path, up to `directory` itself.
+double smallest_along(const std::string& directory, std::string path, const std::string& file) {
+  double smallest = INFINITY;
+  while (true) {
+    while (!path.empty() && path.back() == '/') path.pop_back();
+    smallest = std::min(smallest, read_limit(directory + path + "/" + file));
+    if (path.empty()) return smallest;
+    const std::size_t slash = path.rfind('/');
+    path = slash == std::string::npos ? std::string() : path.substr(0, slash);
+  }
+}
+
+bool names_memory_controller(const std::string& controllers) {
+  std::stringstream list(controllers);
+  std::string name;
+  while (std::getline(list, name, ','))
+    if (name == "memory") return true;
+  return false;
+}
+
+}  // namespace
+
+double cgroup_memory_limit(const std::string& proc_self_cgroup, const std::string& cgroup_root) {
+  double smallest = INFINITY;
+  std::stringstream lines(proc_self_cgroup);
+  std::string line;
+  while (std::getline(lines, line)) {
+    // hierarchy-ID:controller-list:cgroup-path (man 7 cgroups); the path may hold ':'.
+    const std::size_t first = line.find(':');
+    if (first == std::string::npos) continue;
+    const std::size_t second = line.find(':', first + 1);
+    if (second == std::string::npos) continue;
+    const std::string id = line.substr(0, first);
+    const std::string controllers = line.substr(first + 1, second - first - 1);
+    const std::string path = line.substr(second + 1);
+    if (path.empty() || path[0] != '/' || path.find("/..") != std::string::npos) continue;
+    if (id == "0" && controllers.empty())  // cgroup v2 (unified hierarchy)
+      smallest = std::min(smallest, smallest_along(cgroup_root, path, "memory.max"));
+    else if (names_memory_controller(controllers))  // cgroup v1's memory controller
+      smallest = std::min(smallest, smallest_along(cgroup_root + "/memory", path, "memory.limit_in_bytes"));
+  }
+  return smallest;
+}
+
+double usable_memory_bytes() {
+  double memory = INFINITY;
+  const long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGE_SIZE);
+  if (pages > 0 && page_size > 0) memory = static_cast<double>(pages) * static_cast<double>(page_size);
+  std::ifstream file("/proc/self/cgroup");
+  if (file) {
+    std::stringstream text;
+    text << file.rdbuf();
+    memory = std::min(memory, cgroup_memory_limit(text.str(), "/sys/fs/cgroup"));
+  }
+  return memory;
+}
+
+}  // namespace dodo::runtime
