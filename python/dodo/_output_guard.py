@@ -87,19 +87,38 @@ def _signature(path: str | Path) -> str | None:
 
 def _is_model_package(path: str | Path) -> bool:
     """An ONNX file carrying Dodo's package metadata (dodo.format_version), at most 256 MiB. Read
-    with the onnx package where it is installed (it is wherever `dodo export` runs); without it,
-    no file is."""
+    with the onnx package where it is installed (it is wherever `dodo export` runs). Without it (a
+    run-time install: numpy and onnxruntime), by its bytes: an ONNX model's serialisation starts
+    with its ir_version field (byte 0x08) and holds the metadata key as plain bytes; a package must
+    never pass for "another kind of file" only because onnx is missing (`dodo score --json` would
+    replace it)."""
+    if os.path.getsize(path) > _LARGEST_PACKAGE:  # packages are kB to MB; never parse a large data file whole
+        return False
+    try:
+        with open(path, "rb") as handle:
+            content = handle.read(1)
+            if content != b"\x08":
+                return False  # not an ONNX model: nothing more is read
+            content += handle.read()
+    except OSError:
+        return False
+    if _PACKAGE_KEY not in content:
+        return False  # not an ONNX model, or one without Dodo's metadata: no parse needed
     try:
         import onnx
     except ImportError:
-        return False
-    if os.path.getsize(path) > (256 << 20):  # packages are kB to MB; never parse a large data file whole
-        return False
+        return True
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        model = onnx.load_from_string(content)
     except Exception:  # noqa: BLE001 - any parse failure: not a package
         return False
     return any(entry.key == "dodo.format_version" for entry in model.metadata_props)
+
+
+#: Model packages are kB to MB; a larger file is never read whole to find out.
+_LARGEST_PACKAGE = 256 << 20
+#: The metadata key every Dodo model package carries (docs/model_package.md).
+_PACKAGE_KEY = b"dodo.format_version"
 
 
 def refuse_replacing_data(paths, command: str) -> None:
@@ -112,7 +131,7 @@ def refuse_replacing_data(paths, command: str) -> None:
         signature = _signature(path)
         if signature is None:
             continue  # the writer reports an unreadable or unwritable output itself
-        data = signature in ("hdf5", "zip") or (str(path).endswith(".onnx") and _is_model_package(path))
+        data = signature in ("hdf5", "zip") or _is_model_package(path)  # a package by its content, whatever its name
         if data:
             raise ValueError(f"{path} exists and is {file_kind(path)}: {command} does not write a report over it; "
                              "give another path")

@@ -33,11 +33,24 @@ class Distribution:
 
     @classmethod
     def from_environment(cls, environ=os.environ) -> "Distribution":
-        """Rank and world size as torchrun (or any launcher setting RANK/WORLD_SIZE) announces them."""
-        world = int(environ.get("WORLD_SIZE", "1") or 1)
+        """Rank and world size as torchrun (or any launcher setting RANK/WORLD_SIZE) announces them.
+
+        A ValueError naming the variable when they do not describe a place in a job (WORLD_SIZE
+        without RANK, a word, a rank outside [0, WORLD_SIZE)): a variable left in the shell would
+        otherwise end in a KeyError traceback, or in a rendezvous that waits for ranks never started.
+        """
+        world = _environment_integer(environ, "WORLD_SIZE", "1", 1)
         if world <= 1:
             return cls()
-        return cls(int(environ["RANK"]), world, int(environ.get("LOCAL_RANK", "0")))
+        if not str(environ.get("RANK", "")).strip():
+            raise ValueError(f"WORLD_SIZE is {world} but RANK is not set: a data-parallel run is started by torchrun "
+                             "(torchrun --nproc-per-node K -m dodo ...), which sets both; unset WORLD_SIZE to train "
+                             "in one process")
+        rank = _environment_integer(environ, "RANK", "0", 0)
+        if rank >= world:
+            raise ValueError(f"RANK is {rank} but WORLD_SIZE is {world}: a rank lies in [0, WORLD_SIZE); a "
+                             "data-parallel run is started by torchrun, which sets both")
+        return cls(rank, world, _environment_integer(environ, "LOCAL_RANK", "0", 0))
 
     def device(self, requested: torch.device) -> torch.device:
         """One GPU per process: cuda:LOCAL_RANK when training on CUDA."""
@@ -112,3 +125,16 @@ class RankBatches(torch.utils.data.Sampler):
 def loss_weight(local_rows: int, global_rows: int, distribution: Distribution) -> float:
     """Factor on a process's mean loss so that DDP's gradient average is the global batch's mean."""
     return local_rows * distribution.world_size / global_rows
+
+
+def _environment_integer(environ, name: str, default: str, lowest: int) -> int:
+    """The launcher variable ``name`` as an integer >= ``lowest`` (``default`` when unset or empty)."""
+    text = str(environ.get(name, default) or default).strip()
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < lowest:
+        raise ValueError(f"the environment variable {name} must be an integer >= {lowest} (torchrun sets it); "
+                         f"got {text!r}")
+    return value

@@ -1,0 +1,94 @@
+"""Outside probe, round twenty (docs/reliability_python.md, section 22): each test failed on the
+code before its fix."""
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from cli_helpers import digest, refused
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "qke"
+EMU = DATA / "emu_1d_validation.h5"
+
+
+# --- a report never replaces a model package, with or without the onnx package ------------------
+
+@pytest.mark.parametrize("name", ["model.onnx", "model_v2", "model.bin"])
+@pytest.mark.parametrize("onnx_installed", [True, False])
+def test_a_report_never_replaces_a_model_package(capsys, tmp_path, monkeypatch, name, onnx_installed):
+    """`dodo score M DATA --json PATH` with PATH a model package: kept only where the onnx package
+    was importable and the name ended in .onnx. A run-time install (numpy, onnxruntime) has no
+    onnx, so the package was replaced by the JSON table, exit 0."""
+    from dodo.models import default_model_path
+
+    if onnx_installed:
+        pytest.importorskip("onnx")
+    else:
+        monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx raises ImportError
+    package = tmp_path / name
+    shutil.copy(default_model_path(), package)
+    before = digest(package)
+    line = refused(capsys, ["score", "box3d", str(EMU), "--bootstrap", "100", "--json", str(package)],
+                   package.name, "does not write a report")
+    assert "model package" in line
+    assert digest(package) == before
+
+
+def test_files_that_only_look_like_packages_are_not_called_packages(tmp_path, monkeypatch):
+    """The byte test needs both the ONNX start and the metadata key: a note that names the key, or a
+    file starting with byte 0x08 without it, stays a file of another kind (a report replaces it)."""
+    from dodo._output_guard import MODEL_PACKAGE, file_kind, refuse_replacing_data
+
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    note = tmp_path / "notes.txt"
+    note.write_text("every package carries dodo.format_version\n")
+    other = tmp_path / "other.bin"
+    other.write_bytes(b"\x08\x07 not a package")
+    for path in (note, other):
+        assert file_kind(path) != MODEL_PACKAGE
+        refuse_replacing_data([path], "dodo score --json")  # no refusal
+
+
+# --- dodo train: launcher variables that describe no place in a job ------------------------------
+
+@pytest.fixture(scope="module")
+def train_config(tmp_path_factory) -> Path:
+    from cli_helpers import synthetic_preprocessed, tiny_study_base
+
+    root = tmp_path_factory.mktemp("train")
+    synthetic_preprocessed(root)
+    return tiny_study_base(root)
+
+
+@pytest.mark.parametrize("environment, named", [
+    ({"WORLD_SIZE": "2"}, "RANK is not set"),
+    ({"WORLD_SIZE": "abc"}, "WORLD_SIZE must be an integer"),
+    ({"WORLD_SIZE": "-3"}, "WORLD_SIZE must be an integer >= 1"),
+    ({"WORLD_SIZE": "2", "RANK": "x"}, "RANK must be an integer"),
+    ({"WORLD_SIZE": "2", "RANK": "5"}, "RANK is 5 but WORLD_SIZE is 2"),
+    ({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "-1"}, "LOCAL_RANK must be an integer >= 0"),
+])
+def test_train_names_a_launcher_variable_that_describes_no_job(capsys, train_config, monkeypatch, environment, named):
+    """`WORLD_SIZE=2 dodo train ...` (a variable left in the shell, no torchrun): a KeyError 'RANK'
+    traceback, exit 1; a word gave `invalid literal for int()` naming no variable; RANK 5 of 2 went
+    on to the rendezvous. Now one line naming the variable, exit 2, before any file is made."""
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    line = refused(capsys, ["train", "--config", str(train_config)], named)
+    assert "Traceback" not in line
+    assert not (train_config.parent / "unused").exists()
+
+
+def test_the_launcher_variables_of_a_real_job_still_read():
+    from dodo.training.distributed import Distribution
+
+    assert Distribution.from_environment({}).world_size == 1
+    assert Distribution.from_environment({"WORLD_SIZE": "1"}).world_size == 1
+    assert Distribution.from_environment({"WORLD_SIZE": ""}).world_size == 1
+    job = Distribution.from_environment({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"})
+    assert (job.rank, job.world_size, job.local_rank) == (3, 4, 1)
