@@ -92,3 +92,50 @@ def test_the_launcher_variables_of_a_real_job_still_read():
     assert Distribution.from_environment({"WORLD_SIZE": ""}).world_size == 1
     job = Distribution.from_environment({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"})
     assert (job.rank, job.world_size, job.local_rank) == (3, 4, 1)
+
+
+# --- python -m dodo.training.synthetic_model: --help writes nothing ------------------------------
+
+def test_the_test_model_writer_answers_help_without_writing(tmp_path):
+    """`python -m dodo.training.synthetic_model --help` (or any argument) rewrote the package's
+    shipped test model (python/dodo/models/synthetic-test-equivariant.onnx) in place. Now --help
+    prints the usage, an unknown argument is refused, and -o names the file to write."""
+    import subprocess
+
+    from dodo.models import MODELS_DIR, TEST_MODEL_NAME
+
+    shipped = MODELS_DIR / TEST_MODEL_NAME
+    before = (digest(shipped), shipped.stat().st_mtime_ns)
+    command = [sys.executable, "-m", "dodo.training.synthetic_model"]
+    answer = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=120)
+    assert answer.returncode == 0 and "usage:" in answer.stdout, answer.stderr
+    answer = subprocess.run([*command, "bogus"], capture_output=True, text=True, timeout=120)
+    assert answer.returncode == 2 and "unrecognized arguments: bogus" in answer.stderr
+    assert (digest(shipped), shipped.stat().st_mtime_ns) == before
+    output = tmp_path / "test-model.onnx"
+    answer = subprocess.run([*command, "-o", str(output)], capture_output=True, text=True, timeout=120)
+    assert answer.returncode == 0, answer.stderr
+    assert output.stat().st_size > 1000 and (digest(shipped), shipped.stat().st_mtime_ns) == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["test-model.onnx"]  # no temporary left
+
+
+def test_write_model_keeps_the_earlier_package_when_the_write_fails(tmp_path, monkeypatch):
+    """write_model wrote with Path.write_bytes in place: a failed write left a torn package."""
+    from pathlib import Path as RealPath
+
+    from dodo.training import synthetic_model
+
+    output = tmp_path / "model.onnx"
+    output.write_bytes(b"the earlier package")
+    mlp = synthetic_model.SyntheticMLP.random("equivariant", hidden=(4,), output_scale=0.02, seed=1)
+
+    def full_disk(self, data):
+        with open(self, "wb") as handle:
+            handle.write(data[:10])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(RealPath, "write_bytes", full_disk)
+    with pytest.raises(OSError):
+        synthetic_model.write_model(output, mlp)
+    assert output.read_bytes() == b"the earlier package"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model.onnx"]

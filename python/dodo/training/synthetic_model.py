@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -436,16 +437,35 @@ def write_model(path, mlp: SyntheticMLP, *, box3d_settings: Optional[dict] = Non
     if sign:
         model_bytes = dodo._core.with_content_digest(model_bytes)
     path = Path(path)
-    path.write_bytes(model_bytes)
+    from .._atomic import atomic_path
+
+    with atomic_path(path) as temporary:  # a failed or killed write leaves the earlier package whole
+        temporary.write_bytes(model_bytes)
     return path
 
 
-def main() -> None:  # pragma: no cover - regenerates the shipped test model (not the default model)
+def main(argv: Optional[list[str]] = None) -> int:
+    """``python -m dodo.training.synthetic_model``: regenerate the shipped test model (not the
+    default model). ``--help`` prints the usage and writes nothing; an argument it does not know is
+    refused (each used to rewrite the package's test model, in the installed package too)."""
+    import argparse
+
     from dodo.models import MODELS_DIR, TEST_MODEL_NAME
 
+    parser = argparse.ArgumentParser(
+        prog="python -m dodo.training.synthetic_model",
+        description=f"Write the random-weight test model package (equivariant head, seed 1) that the runtime's "
+                    f"tests and fuzzers load; by default over the one shipped with dodo ({TEST_MODEL_NAME}).")
+    parser.add_argument("-o", "--output", default=str(MODELS_DIR / TEST_MODEL_NAME),
+                        help="package to write (atomically); default: the shipped %(default)s")
+    args = parser.parse_args(argv)
     mlp = SyntheticMLP.random("equivariant", hidden=(32, 32), output_scale=0.02, seed=1)
-    print(write_model(MODELS_DIR / TEST_MODEL_NAME, mlp, n_test_vectors=8))
+    try:
+        print(write_model(args.output, mlp, n_test_vectors=8))
+    except (OSError, ValueError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    sys.exit(main())
