@@ -83,19 +83,17 @@ def _layout_problem(handle) -> str:
     for name in (INITIAL, FINAL):
         if name not in handle:
             return f"missing dataset '{name}' (not an Emu asymptotic database?)"
-        try:  # a dangling external link or a soft-link loop: h5py raises KeyError / RuntimeError
-            item = handle[name]
-        except (KeyError, OSError, RuntimeError, ValueError) as error:
-            return f"'{name}' cannot be opened ({' '.join(str(error).split())}; a broken or looping link?)"
+        item, problem = _open_item(handle, name)
+        if problem:
+            return problem
         if not isinstance(item, h5py.Dataset):
             return f"'{name}' is a {type(item).__name__.lower()}, not a dataset (not an Emu asymptotic database?)"
         if item.dtype.kind not in "fiu":  # complex would lose its imaginary part, strings be parsed
             return f"'{name}' holds {item.dtype} values; four-fluxes must be real numbers (float or integer)"
     if GROWTH in handle:  # optional, but when present it must be numbers (strings failed in NumPy, complex lost i)
-        try:
-            growth = handle[GROWTH]
-        except (KeyError, OSError, RuntimeError, ValueError) as error:
-            return f"'{GROWTH}' cannot be opened ({' '.join(str(error).split())}; a broken or looping link?)"
+        growth, problem = _open_item(handle, GROWTH)
+        if problem:
+            return problem
         if isinstance(growth, h5py.Dataset) and growth.dtype.kind not in "fiu":
             return f"'{GROWTH}' holds {growth.dtype} values; growth rates must be real numbers (s^-1)"
     shape = handle[INITIAL].shape
@@ -109,12 +107,31 @@ def _layout_problem(handle) -> str:
     return ""
 
 
+def _open_item(handle, name: str):
+    """(``handle[name]``, "") or (None, why it cannot be opened). ``name in handle`` is true for a
+    link whose target is missing (a dangling soft or external link, a soft-link loop); opening it
+    raises KeyError / RuntimeError in h5py."""
+    try:
+        return handle[name], ""
+    except (KeyError, OSError, RuntimeError, ValueError) as error:
+        return None, f"'{name}' cannot be opened ({' '.join(str(error).split())}; a broken or looping link?)"
+
+
+def hdf5_item(handle, path, name: str):
+    """``handle[name]`` of an open HDF5 file, or a :class:`DataFileError` naming the file and the
+    item when it is a link that cannot be followed (not h5py's KeyError traceback)."""
+    item, problem = _open_item(handle, name)
+    if problem:
+        raise DataFileError(f"{path}: {problem}")
+    return item
+
+
 def numeric_dataset(handle, path, key: str) -> np.ndarray:
     """Dataset ``key`` of an open HDF5 file as float64, or a ValueError naming the file and the
-    dataset (a group, strings or compound values in its place: not a traceback)."""
+    dataset (a group, strings or compound values in its place, a broken link: not a traceback)."""
     import h5py
 
-    item = handle[key]
+    item = hdf5_item(handle, path, key)
     if not isinstance(item, h5py.Dataset):
         raise ValueError(f"{path}: '{key}' must be a dataset of numbers; it is a group")
     if item.dtype.kind not in "fiu":

@@ -21,7 +21,7 @@ import numpy as np
 from .conventions import from_emu_layout, total_density
 from ._cli_common import add_json_argument, emit, json_target_file
 from ._status import REJECTED_MASK
-from .emu_files import numeric_dataset, open_hdf5
+from .emu_files import hdf5_item, numeric_dataset, open_hdf5
 
 #: A state counts as "worse than Box3D" when the model's error exceeds Box3D's by this (N_tot).
 WORSE_THRESHOLD = 0.0025
@@ -98,7 +98,7 @@ def read_emu_states(path: str) -> EmuStates:
     try:
         with open_hdf5(path) as f:
             for key in ("F4_initial(1|ccm)", "F4_final(1|ccm)"):
-                if key not in f or not isinstance(f[key], h5py.Dataset):
+                if key not in f or not isinstance(hdf5_item(f, path, key), h5py.Dataset):
                     raise ValueError(f"{path}: no dataset '{key}' (not an Emu-layout file)")
             emu_initial = numeric_dataset(f, path, "F4_initial(1|ccm)")
             emu_final = numeric_dataset(f, path, "F4_final(1|ccm)")

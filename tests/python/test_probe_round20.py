@@ -139,3 +139,39 @@ def test_write_model_keeps_the_earlier_package_when_the_write_fails(tmp_path, mo
         synthetic_model.write_model(output, mlp)
     assert output.read_bytes() == b"the earlier package"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["model.onnx"]
+
+
+# --- HDF5 inputs whose datasets are links that cannot be followed --------------------------------
+
+def _linked_copy(path: Path, name: str, link: str) -> Path:
+    """EMU's datasets at ``path``, with ``name`` replaced by a dangling soft link or an external
+    link to a file that does not exist."""
+    import h5py
+
+    with h5py.File(EMU, "r") as source, h5py.File(path, "w") as handle:
+        for key in source:
+            if key != name:
+                handle[key] = source[key][()]
+        handle[name] = h5py.SoftLink("/nowhere") if link == "soft" else h5py.ExternalLink("missing.h5", "/x")
+    return path
+
+
+@pytest.mark.parametrize("link", ["soft", "external"])
+@pytest.mark.parametrize("name", ["F4_initial(1|ccm)", "F4_final(1|ccm)", "growthRate(1|s)"])
+def test_score_names_a_dataset_that_is_a_broken_link(capsys, tmp_path, name, link):
+    """`name in file` is true for a link whose target is missing; opening it raised h5py's
+    KeyError ("Unable to synchronously open object") as a traceback, exit 1 (`dodo apply` said so in
+    one line)."""
+    data = _linked_copy(tmp_path / "linked.h5", name, link)
+    line = refused(capsys, ["score", "box3d", str(data), "--bootstrap", "100"], data, name, "cannot be opened")
+    assert "broken or looping link" in line
+
+
+@pytest.mark.parametrize("link", ["soft", "external"])
+@pytest.mark.parametrize("name", ["F4_initial(1|ccm)", "rotation_R", "tend(s)"])
+def test_simulate_names_an_input_dataset_that_is_a_broken_link(capsys, tmp_path, name, link):
+    data = _linked_copy(tmp_path / "linked.h5", name, link)
+    output = tmp_path / "out.h5"
+    refused(capsys, ["simulate", str(output), "--input", str(data), "--linear-only", "--ncell", "16", "--nphi", "8",
+                     "--quiet"], data, name, "cannot be opened")
+    assert not output.exists()
