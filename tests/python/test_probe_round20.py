@@ -175,3 +175,21 @@ def test_simulate_names_an_input_dataset_that_is_a_broken_link(capsys, tmp_path,
     refused(capsys, ["simulate", str(output), "--input", str(data), "--linear-only", "--ncell", "16", "--nphi", "8",
                      "--quiet"], data, name, "cannot be opened")
     assert not output.exists()
+
+
+@pytest.mark.parametrize("name", ["F_init", "invariants", "u"])
+def test_train_names_a_preprocessed_dataset_that_is_a_broken_link(capsys, tmp_path, train_config, name):
+    """`dodo train` / `train-ensemble` on a preprocessed file whose dataset is a dangling link:
+    h5py's KeyError traceback, exit 1."""
+    import h5py
+
+    data = tmp_path / "linked.h5"
+    shutil.copy(train_config.parent / "pre.h5", data)
+    with h5py.File(data, "a") as handle:
+        del handle[name]
+        handle[name] = h5py.SoftLink("/nowhere")
+    refused(capsys, ["train", "--config", str(train_config), "--set", f"data.path={data}",
+                     "--set", f"output.checkpoint_dir={tmp_path / 'ck'}", "--set", f"output.results_dir={tmp_path / 'res'}"],
+            data, f"'{name}' cannot be opened")
+    (tmp_path / "ensemble.yaml").write_text(f"data:\n  path: {data}\noutput:\n  checkpoint: {tmp_path / 'e.pt'}\n")
+    refused(capsys, ["train-ensemble", "--config", str(tmp_path / "ensemble.yaml")], data, f"'{name}' cannot be opened")

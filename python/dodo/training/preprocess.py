@@ -253,7 +253,11 @@ def read_preprocessed_attrs(path: str | Path) -> dict:
     if attrs.get("format") != PREPROCESSED_FORMAT or missing:
         raise DataFileError(f"{path}: not a Dodo preprocessed file (format attribute {attrs.get('format')!r}, "
                             f"missing datasets {missing}); make it with `dodo preprocess`")
+    from ..emu_files import hdf5_item
+
     with h5py.File(path, "r") as handle:
+        for name in ("F_init", "F_true", "F_box", "invariants", "u"):
+            hdf5_item(handle, path, name)  # a dangling soft or external link: one line, not h5py's KeyError
         groups = sorted(name for name in ("F_init", "F_true", "F_box", "invariants", "u")
                         if not isinstance(handle[name], h5py.Dataset))
         if groups:  # a group there ended in "AttributeError: 'Group' object has no attribute 'shape'"
