@@ -8,6 +8,7 @@ file already holds to 1e-12 N_tot, so the new entries are made the way the old o
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "python"))
 import box3d_oracle  # noqa: E402
+from dodo._atomic import atomic_path  # noqa: E402
 
 CASES = ROOT / "python" / "dodo" / "data" / "box3d_cases.json"
 
@@ -46,10 +48,22 @@ def main(order: int, z_method: str) -> int:
         if not any(e["lebedev_order"] == order and e["z_method"] == z_method for e in case["expected"]):
             case["expected"].append(oracle_entry(case, order, z_method))
             added += 1
-    CASES.write_text(json.dumps(document, indent=1) + "\n")
+    with atomic_path(CASES) as temporary:  # a failed run leaves the shipped reference cases whole
+        temporary.write_text(json.dumps(document, indent=1) + "\n")
     print(f"oracle reproduces the stored settings to {worst:.1e} N_tot; added order {order} {z_method} to {added} cases")
     return 0
 
 
+def parse_arguments(argv=None):
+    """ORDER Z_METHOD; --help prints the usage (a word for ORDER was a ValueError traceback)."""
+    import dodo
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("order", type=int, choices=dodo._core.available_lebedev_orders(), help="Lebedev order")
+    parser.add_argument("z_method", choices=["exact", "jedynak"], help="Z method")
+    return parser.parse_args(argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main(int(sys.argv[1]), sys.argv[2]))
+    arguments = parse_arguments()
+    sys.exit(main(arguments.order, arguments.z_method))

@@ -6,6 +6,7 @@ Needs h5py and matplotlib (the training extra). Held-out files: campaign seeds 9
 """
 from __future__ import annotations
 
+import argparse
 import fnmatch
 import glob
 import json
@@ -19,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import dodo  # noqa: E402
+from dodo._atomic import atomic_path  # noqa: E402
 from dodo.conventions import from_emu_layout  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +64,9 @@ def load_linear_labels(directory: str = "data/qke_linear") -> list[dict]:
     return rows
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    # No options: --help (or any argument) ran the whole card and rewrote docs/dataset.md.
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     rows = load()
     families = sorted({r["family"] for r in rows})
     lines = [BEGIN, "", "| family | files | states (train) | states (held out) | dropped | mean wall s/state |",
@@ -122,7 +126,8 @@ def main() -> int:
     card = ROOT / "docs/dataset.md"
     text = card.read_text() if card.exists() else f"# Dataset\n\n{BEGIN}\n{END}\n"
     start, stop = text.index(BEGIN), text.index(END) + len(END)
-    card.write_text(text[:start] + "\n".join(lines) + text[stop:])
+    with atomic_path(card) as temporary:  # a failed run leaves the card whole
+        temporary.write_text(text[:start] + "\n".join(lines) + text[stop:])
     print("\n".join(lines))
     return 0
 

@@ -11,6 +11,7 @@ species equal) whose nu_e/nubar_e pair is stable, borderline or crossing.
 """
 from __future__ import annotations
 
+import argparse
 import pathlib
 import sys
 
@@ -44,7 +45,9 @@ def cells(rng: np.random.Generator) -> np.ndarray:
     return np.concatenate(parts + [stable, near])
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    # No options: --help (or any argument) rewrote the committed reference file.
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     rng = np.random.default_rng(20261130)
     F_rest = cells(rng)
     u = random_velocities(rng, len(F_rest), max_speed=0.6)

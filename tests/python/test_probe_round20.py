@@ -193,3 +193,33 @@ def test_train_names_a_preprocessed_dataset_that_is_a_broken_link(capsys, tmp_pa
             data, f"'{name}' cannot be opened")
     (tmp_path / "ensemble.yaml").write_text(f"data:\n  path: {data}\noutput:\n  checkpoint: {tmp_path / 'e.pt'}\n")
     refused(capsys, ["train-ensemble", "--config", str(tmp_path / "ensemble.yaml")], data, f"'{name}' cannot be opened")
+
+
+# --- the maintenance tools that rewrite committed files: --help writes nothing --------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("tool, written", [
+    ("dataset_card.py", ["docs/dataset.md", "docs/figures/dataset_sampling.png"]),
+    ("make_box3d_regression.py", ["tests/data/box3d_regression.npz"]),
+    ("add_reference_setting.py", ["python/dodo/data/box3d_cases.json"]),
+])
+def test_tools_that_rewrite_committed_files_answer_help_without_writing(tool, written):
+    """`python tools/dataset_card.py --help` rewrote docs/dataset.md and its figure from data/qke,
+    `tools/make_box3d_regression.py --help` the committed regression reference (both ignored
+    their arguments); `tools/add_reference_setting.py --help` was `int('--help')`'s ValueError
+    traceback. Now --help prints the usage and an argument they do not take is refused, exit 2."""
+    import subprocess
+
+    pytest.importorskip("scipy" if tool == "add_reference_setting.py" else "numpy")
+    if tool == "dataset_card.py":
+        pytest.importorskip("matplotlib")
+    files = [ROOT / name for name in written]
+    before = [(digest(path), path.stat().st_mtime_ns) for path in files]
+    command = [sys.executable, str(ROOT / "tools" / tool)]
+    answer = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=120)
+    assert answer.returncode == 0 and answer.stdout.startswith("usage:"), answer.stderr
+    answer = subprocess.run([*command, "bogus", "words", "here"], capture_output=True, text=True, timeout=120)
+    assert answer.returncode == 2 and "error:" in answer.stderr and "Traceback" not in answer.stderr, answer.stderr
+    assert [(digest(path), path.stat().st_mtime_ns) for path in files] == before
