@@ -302,6 +302,16 @@ def _file_key(path: str):
     return (status.st_dev, status.st_ino)
 
 
+def _states_digest(states: EmuStates) -> str:
+    """SHA-256 of a file's states as scored (initial, final and measured growth rates, float64)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for array in (states.F_init, states.F_final, states.growth_rate):
+        digest.update(b"none" if array is None else np.ascontiguousarray(array, dtype=np.float64).tobytes())
+    return digest.hexdigest()
+
+
 def _run(args: argparse.Namespace) -> int:
     from ._closure import Closure, model_file
 
@@ -328,6 +338,15 @@ def _run(args: argparse.Namespace) -> int:
         # also through a symlink or a hard link (the same device and inode; realpath alone missed links).
         data = list({_file_key(path): path for path in args.data}.values())
         parts = [read_emu_states(path) for path in data]
+        # A copy of a file (the same states under another name: a backup, a download) counts its
+        # states twice just the same: scored once, by content.
+        named, kept, seen = len(data), [], set()
+        for path, part in zip(data, parts):
+            content = _states_digest(part)
+            if content not in seen:
+                seen.add(content)
+                kept.append((path, part))
+        data, parts = [path for path, _ in kept], [part for _, part in kept]
         for path, part in zip(data, parts):
             # Truth that is not a fast-flavour outcome of its input (edited, mislabelled rows) is
             # scored as given, but not silently: the scores then measure the distance to it.
@@ -338,8 +357,11 @@ def _run(args: argparse.Namespace) -> int:
                       f"flavour's lepton number (by up to {largest:.2g} N_tot; tolerance "
                       f"{TRUTH_CONSERVATION_TOLERANCE:g}); scored as given", file=sys.stderr)
         notes = [note for part in parts for note in part.notes]
-        if len(data) < len(args.data):
-            notes.append(f"{len(args.data) - len(data)} data file(s) named more than once: each scored once")
+        if named < len(args.data):
+            notes.append(f"{len(args.data) - named} data file(s) named more than once: each scored once")
+        if len(data) < named:
+            notes.append(f"{named - len(data)} data file(s) hold the same states as another one given (a copy): "
+                         "each set of states scored once")
         growth = None
         if all(p.growth_rate is not None for p in parts):
             growth = np.concatenate([p.growth_rate for p in parts])

@@ -223,3 +223,28 @@ def test_tools_that_rewrite_committed_files_answer_help_without_writing(tool, wr
     answer = subprocess.run([*command, "bogus", "words", "here"], capture_output=True, text=True, timeout=120)
     assert answer.returncode == 2 and "error:" in answer.stderr and "Traceback" not in answer.stderr, answer.stderr
     assert [(digest(path), path.stat().st_mtime_ns) for path in files] == before
+
+
+# --- dodo score: a copy of a data file counts its states once -----------------------------------
+
+def test_score_counts_the_states_of_a_copied_file_once(capsys, tmp_path):
+    """The same file named twice (or through a link) was scored once, since its states counted
+    twice narrow the intervals; a copy under another name was counted twice: 64 states, a 95%
+    interval a third narrower, no word."""
+    import json
+
+    from cli_helpers import run
+
+    copy = tmp_path / "copy.h5"
+    shutil.copy(EMU, copy)
+    code, out, err = run(capsys, ["score", "box3d", str(EMU), "--bootstrap", "100", "--json", "-"])
+    assert code == 0
+    alone = json.loads(out)
+    code, out, err = run(capsys, ["score", "box3d", str(EMU), str(copy), "--bootstrap", "100", "--json", "-"])
+    assert code == 0
+    both = json.loads(out)
+    assert both["n_states"] == alone["n_states"] == 32
+    assert both["box3d"] == alone["box3d"]
+    assert any("same states as another one" in note for note in both["notes"])
+    code, out, err = run(capsys, ["score", "box3d", str(EMU), str(copy), "--bootstrap", "100"])
+    assert code == 0 and "(32 states;" in out and "a copy" in out
