@@ -6,6 +6,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cli_helpers import digest, refused
@@ -248,3 +249,57 @@ def test_score_counts_the_states_of_a_copied_file_once(capsys, tmp_path):
     assert any("same states as another one" in note for note in both["notes"])
     code, out, err = run(capsys, ["score", "box3d", str(EMU), str(copy), "--bootstrap", "100"])
     assert code == 0 and "(32 states;" in out and "a copy" in out
+
+
+# --- dodo simulate --use-input-end-time: an end time that cannot be meant ------------------------
+
+def _with_end_times(path: Path, scale: float, first: float | None = None) -> Path:
+    """The first two states of EMU with their tend(s) multiplied by ``scale`` (the first set to
+    ``first`` when given)."""
+    import h5py
+
+    with h5py.File(EMU, "r") as source, h5py.File(path, "w") as handle:
+        for key in source:
+            values = source[key][()]
+            handle[key] = values[:2] if np.ndim(values) and len(values) == 32 else values
+        end = handle["tend(s)"][()] * scale
+        if first is not None:
+            end[0] = first
+        handle["tend(s)"][...] = end
+    return path
+
+
+SMALL_RUN = ["--use-input-end-time", "--ncell", "16", "--nphi", "8", "--quiet"]
+
+
+def test_simulate_drops_end_times_in_another_unit_instead_of_running_for_ever(capsys, tmp_path):
+    """tend(s) in nanoseconds (1.6 instead of 1.6e-9) was integrated as given: 1e9 times the
+    run, a command that never ends (killed after 30 s in the probe). Each such state is now
+    dropped with its reason; none valid: exit 2, nothing written."""
+    data = _with_end_times(tmp_path / "ns.h5", 1e9)
+    output = tmp_path / "out.h5"
+    line = refused(capsys, ["simulate", str(output), "--input", str(data), *SMALL_RUN], "growth times",
+                   "is tend(s) in seconds?")
+    assert "state 0" in line and "state 1" in line
+    assert not output.exists()
+
+
+def test_simulate_names_an_end_time_whose_cost_overflows(capsys, tmp_path):
+    """tend(s) = 1e300 s: a NumPy overflow warning, then the state dropped as 'the maximum-entropy
+    fit did not converge'. Now no warning and the end time is named; the other state runs."""
+    import warnings
+
+    from cli_helpers import run
+
+    data = _with_end_times(tmp_path / "huge.h5", 1.0, first=1e300)
+    output = tmp_path / "out.h5"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        code, out, err = run(capsys, ["simulate", str(output), "--input", str(data), *SMALL_RUN])
+    assert code == 0, err
+    assert "maximum-entropy" not in out + err
+    import h5py
+
+    with h5py.File(output, "r") as handle:
+        assert int(handle.attrs["nstates_valid"]) == 1
+        assert "its end time 1e+300 s is too long" in str(handle.attrs["dropped"])

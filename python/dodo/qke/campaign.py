@@ -153,7 +153,8 @@ def relative_cost(four_flux: np.ndarray, directions: np.ndarray, end_time_s: np.
     # bound without the ndir x ndir kernel matrix (1.6 GiB at nphi 200).
     bound = (weight.sum(axis=1)[:, None] - (weight @ directions) @ directions.T).max(axis=1)
     if end_time_s is not None:
-        return bound * np.asarray(end_time_s, float)
+        with np.errstate(over="ignore"):  # an end time of 1e300 s: an infinite cost, dropped by the caller
+            return bound * np.asarray(end_time_s, float)
     lepton = per_direction[:, 0] - per_direction[:, 1]  # [n, flavour, ndir]
     proxy = np.zeros(len(four_flux))
     for i, j in ((0, 1), (0, 2), (1, 2)):
@@ -351,7 +352,11 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
         lambda: relative_cost(four_flux, directions, None if end_time_s is None else np.asarray(end_time_s)))
     for index in np.flatnonzero(~results["done"] & ~np.isfinite(cost)):
         results["done"][index], results["skipped"][index] = True, True
-        results["reason"][index] = reconstruction_failure(four_flux[index], directions)
+        if np.isnan(cost[index]) or end_time_s is None:
+            results["reason"][index] = reconstruction_failure(four_flux[index], directions)
+        else:  # was called a failed maximum-entropy fit
+            results["reason"][index] = (f"its end time {float(np.asarray(end_time_s)[index]):g} s is too long to "
+                                        "simulate (its estimated cost overflows float64): is tend(s) in seconds?")
     if max_cost is not None:
         cost_vs_nsm1 = cost / relative_cost(NSM1_EMU_1D[None], directions, None)[0]
         expensive = np.flatnonzero(~results["done"] & (cost_vs_nsm1 > max_cost))

@@ -13,6 +13,10 @@ from .linear import (box_growth_rate, fastest_wavevector, growth_rates,
 FASTEST_K_TIMES_BOX_LENGTH = 18.0
 #: Default run length in units of the inverse linear box growth rate (Emu validation recipe).
 END_TIME_GROWTH_TIMES = 80.0
+#: A given end time (``--use-input-end-time``) longer than this many growth times (1 / the linear
+#: box growth rate, 125 times the default) is refused for its state: 1e300 s, or end times in
+#: nanoseconds taken as seconds, would integrate for ever.
+MAX_END_TIME_GROWTH_TIMES = 1e4
 #: How ``axis="fastest"`` finds the axis, recorded in the settings of every run and label file
 #: (a chunk begun with the earlier 24-axis search does not resume with this one).
 AXIS_SEARCH = "24 axes, then pattern search (refine_fastest_wavevector)"
@@ -303,6 +307,10 @@ def _box_along(four_flux, rotation, directions, search_directions, ncell, box_le
         raise ValueError("no unstable box mode: nothing to simulate")
     if end_time_s is None:
         end_time_s = END_TIME_GROWTH_TIMES / linear_rate
+    elif not end_time_s * linear_rate <= MAX_END_TIME_GROWTH_TIMES:
+        raise ValueError(f"its end time {end_time_s:g} s is {end_time_s * linear_rate:.3g} growth times of its fastest box "
+                         f"mode (1/rate = {1 / linear_rate:.3g} s; the default end time is {END_TIME_GROWTH_TIMES:g} of them, "
+                         f"at most {MAX_END_TIME_GROWTH_TIMES:g} are run): is tend(s) in seconds?")
     return rotation, float(box_length_cm), float(end_time_s), float(linear_rate)
 
 
