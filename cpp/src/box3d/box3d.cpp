@@ -666,16 +666,42 @@ inline DODO_CROSSING_MATH void fold8(const Doubles8* v, Doubles8& sums) {
   sums = __builtin_shuffle(quarters[0], quarters[1], Lanes8{0, 2, 4, 6, 8, 10, 12, 14}) +  // + lane l+1
          __builtin_shuffle(quarters[0], quarters[1], Lanes8{1, 3, 5, 7, 9, 11, 13, 15});
 }
+
+typedef double Doubles4 __attribute__((vector_size(32)));
+typedef long long Lanes4 __attribute__((vector_size(32)));
+
+// The lane sums of four vectors of four doubles, lane j of the result that of v[j], in
+// lane_sum's order ((l0 + l2) + (l1 + l3): the same bits) by shuffles and three vector adds.
+// (Result by reference, as fold8's.)
+inline DODO_CROSSING_MATH void fold4(const Doubles4* v, Doubles4& sums) {
+  const Doubles4 h01 = __builtin_shuffle(v[0], v[1], Lanes4{0, 1, 4, 5}) + __builtin_shuffle(v[0], v[1], Lanes4{2, 3, 6, 7});
+  const Doubles4 h23 = __builtin_shuffle(v[2], v[3], Lanes4{0, 1, 4, 5}) + __builtin_shuffle(v[2], v[3], Lanes4{2, 3, 6, 7});
+  sums = __builtin_shuffle(h01, h23, Lanes4{0, 2, 4, 6}) + __builtin_shuffle(h01, h23, Lanes4{1, 3, 5, 7});
+}
+
+// r[k] = (c[0][k], c[1][k], c[2][k], c[3][k]): a 4 x 4 transpose by shuffles.
+inline DODO_CROSSING_MATH void transpose4(const Doubles4& c0, const Doubles4& c1, const Doubles4& c2,
+                                          const Doubles4& c3, Doubles4* r) {
+  const Doubles4 t0 = __builtin_shuffle(c0, c1, Lanes4{0, 4, 2, 6}), t1 = __builtin_shuffle(c0, c1, Lanes4{1, 5, 3, 7});
+  const Doubles4 t2 = __builtin_shuffle(c2, c3, Lanes4{0, 4, 2, 6}), t3 = __builtin_shuffle(c2, c3, Lanes4{1, 5, 3, 7});
+  r[0] = __builtin_shuffle(t0, t2, Lanes4{0, 1, 4, 5});
+  r[1] = __builtin_shuffle(t1, t3, Lanes4{0, 1, 4, 5});
+  r[2] = __builtin_shuffle(t0, t2, Lanes4{2, 3, 6, 7});
+  r[3] = __builtin_shuffle(t1, t3, Lanes4{2, 3, 6, 7});
+}
 #endif
 
 // The sums of kGroup pairs (first, first + 1, ...) in lane-wise partial sums over blocks of
 // kLanes antipodal pairs (half is padded to a multiple of 8 with zero weights), on GCC's vector
 // types so that the accumulators stay in registers (a seven-variable `omp simd` reduction ran
 // scalar; arrays of partial sums were zeroed and folded through memory), then folded in halves
-// (a tree) into totals[0..6][p].
-template <std::size_t kLanes, int kGroup>
+// (a tree): with GCC's vectors (DODO_MULTIVERSION_ENABLED), one pair into its two columns
+// (Totals: Doubles4[2], sums 0-3 and 4-7) or, all three pairs on AVX-512, into the rows of
+// totals (Totals: Doubles4[8], row k: sum k of each pair, kept in registers for the tail);
+// otherwise into totals[0..7][p] (Totals: double[8][4]).
+template <std::size_t kLanes, int kGroup, typename Totals>
 inline DODO_CROSSING_MATH void crossing_sums(const PairedRule& rule, const double* const G[kPairs],
-                                                         const int* pairs, double (*totals)[4]) {
+                                                         const int* pairs, Totals& totals) {
   static_assert(8 % kLanes == 0, "half is padded to a multiple of 8 (Box3D::kDirectionLanes)");
   typedef double Vector __attribute__((vector_size(kLanes * sizeof(double))));
   const double *weight = rule.weight.data(), *x = rule.x.data(), *y = rule.y.data(), *z = rule.z.data();
@@ -702,9 +728,10 @@ inline DODO_CROSSING_MATH void crossing_sums(const PairedRule& rule, const doubl
 #if DODO_MULTIVERSION_ENABLED
   if constexpr (kLanes == 8 && kGroup == kPairs) {
     // All three pairs, AVX-512: the 24 sums folded four rows of totals at a time in registers
-    // and written as whole vectors, which the tail reads as vectors (a scalar store per total,
-    // read back as a vector, stalled on store forwarding: perf put 40% of the crossing pass's
-    // time after its loop). fold8's adds are lane_sum's, in its order: the same bits.
+    // and handed to the tail as vectors (a scalar store per total, read back as a vector, stalled
+    // on store forwarding: perf put 40% of the crossing pass's time after its loop; whole-vector
+    // stores to a stack array, read back by the tail, were the next step). fold8's adds are
+    // lane_sum's, in its order: the same bits.
     static_assert(kPairs == 3 && kCrossingSums % 2 == 0, "two rows of totals per fold: three pairs and a zero");
 #pragma GCC unroll 4
     for (int k = 0; k < kCrossingSums; k += 2) {
@@ -712,11 +739,34 @@ inline DODO_CROSSING_MATH void crossing_sums(const PairedRule& rule, const doubl
       for (int half = 0; half < 2; ++half)
         for (int g = 0; g < kPairs; ++g) std::memcpy(&rows[4 * half + g], &sums[g][k + half], sizeof(Doubles8));
       fold8(rows, folded);
-      std::memcpy(&totals[k][0], &folded, sizeof folded);  // rows k and k + 1 of the totals
+      std::memcpy(&totals[k], &folded, sizeof totals[k]);  // rows k and k + 1 of the totals
+      std::memcpy(&totals[k + 1], reinterpret_cast<const char*>(&folded) + sizeof totals[k], sizeof totals[k + 1]);
     }
     return;
+  } else if constexpr (kGroup == 1) {
+    // One pair: its eight sums as two vectors of four (totals[0]: sums 0-3, totals[1]: 4-7),
+    // folded across four sums at a time in lane_sum's order (8 lanes: l + l+4 first, then as 4
+    // lanes: (l0 + l2) + (l1 + l3)): the same bits, without a scalar store per sum that the
+    // tail read back as vectors (store forwarding).
+    static_assert(kLanes == 4 || kLanes == 8, "fold4 takes four lanes");
+    Doubles4 quarter[kCrossingSums];
+#pragma GCC unroll 8
+    for (int k = 0; k < kCrossingSums; ++k) {
+      if constexpr (kLanes == 8) {
+        Doubles4 low, high;
+        std::memcpy(&low, &sums[0][k], sizeof low);
+        std::memcpy(&high, reinterpret_cast<const char*>(&sums[0][k]) + sizeof low, sizeof high);
+        quarter[k] = low + high;
+      } else {
+        std::memcpy(&quarter[k], &sums[0][k], sizeof quarter[k]);
+      }
+    }
+    fold4(quarter, totals[0]);
+    fold4(quarter + 4, totals[1]);
+  } else {
+    static_assert(kGroup == 1, "the three pairs at once only on AVX-512 (kLanes 8)");
   }
-#endif
+#else
 #pragma GCC unroll 8
   for (int g = 0; g < kGroup; ++g)
 #pragma GCC unroll 8
@@ -725,7 +775,55 @@ inline DODO_CROSSING_MATH void crossing_sums(const PairedRule& rule, const doubl
       std::memcpy(lanes, &sums[g][k], sizeof lanes);
       totals[k][pairs[g]] = lane_sum<double, kLanes>(lanes);
     }
+#endif
 }
+
+#if DODO_MULTIVERSION_ENABLED
+// The crossing inputs of the four pairs side by side (the fourth: zeros) from the rows of
+// totals (row k: sum k of each pair): the scalar tail's operations (below, #else) on the same
+// numbers lane by lane, as vector operations (one square root or division instruction for all
+// pairs; divisors made 1 where the quotient is not used, so that no division is conditional),
+// and written to `out` by two 4 x 4 transposes instead of a scalar store per value. The same bits.
+inline DODO_CROSSING_MATH void crossing_tail(const Doubles4* rows, const double* positive, const double* negative,
+                                             double* out) {
+  constexpr double kInverseFourPi = 0.25 / 3.14159265358979323846;  // the weights sum to 4 pi
+  const Doubles4 zero = Doubles4{}, one = zero + 1.0;
+  const Doubles4 plus = {positive[0], positive[1], positive[2], 0.0};
+  const Doubles4 minus = {negative[0], negative[1], negative[2], 0.0};
+  const Doubles4 px = rows[1], py = rows[2], pz = rows[3], mx = rows[4], my = rows[5], mz = rows[6];
+  Doubles4 plus_length = px * px + py * py + pz * pz, minus_length = mx * mx + my * my + mz * mz;
+#pragma GCC unroll 4
+  for (int p = 0; p < 4; ++p) plus_length[p] = std::sqrt(plus_length[p]);
+#pragma GCC unroll 4
+  for (int p = 0; p < 4; ++p) minus_length[p] = std::sqrt(minus_length[p]);
+  const Doubles4 lengths = plus_length * minus_length;
+  const Lanes4 has_plus = plus > zero, has_minus = minus > zero, has_lengths = lengths > zero;
+  const Doubles4 f0 = plus, f1 = minus;
+  const Doubles4 f2 = has_plus ? rows[0] * kInverseFourPi : zero;  // a lobe below kLobeNoise is empty
+  const Doubles4 to_plus = plus_length / (has_plus ? plus : one);
+  const Doubles4 to_minus = minus_length / (has_minus ? minus : one);
+  const Doubles4 cosine = (px * mx + py * my + pz * mz) / (has_lengths ? lengths : one);
+  const Doubles4 f3 = has_plus ? to_plus : zero;
+  const Doubles4 f4 = has_minus ? to_minus : zero;
+  const Doubles4 f5 = (has_plus & has_minus & has_lengths) ? cosine : zero;
+  const Doubles4 f7 = has_minus ? rows[7] * kInverseFourPi : zero;
+  static_assert(kPairs == 3 && kCrossingFeaturesPerPair == 6, "three pairs of six inputs: out[6 p + k]");
+  const Doubles4 t0 = __builtin_shuffle(f0, f1, Lanes4{0, 4, 2, 6}), t1 = __builtin_shuffle(f0, f1, Lanes4{1, 5, 3, 7});
+  const Doubles4 t2 = __builtin_shuffle(f2, f3, Lanes4{0, 4, 2, 6}), t3 = __builtin_shuffle(f2, f3, Lanes4{1, 5, 3, 7});
+  const Doubles4 pair0 = __builtin_shuffle(t0, t2, Lanes4{0, 1, 4, 5});  // f0..f3 of pair 0
+  const Doubles4 pair1 = __builtin_shuffle(t1, t3, Lanes4{0, 1, 4, 5});
+  const Doubles4 pair2 = __builtin_shuffle(t0, t2, Lanes4{2, 3, 6, 7});
+  const Doubles4 u0 = __builtin_shuffle(f4, f5, Lanes4{0, 4, 2, 6});  // f4, f5 of pairs 0 and 2
+  const Doubles4 u1 = __builtin_shuffle(f4, f5, Lanes4{1, 5, 3, 7});  // of pairs 1 and 3
+  std::memcpy(out, &pair0, sizeof pair0);
+  std::memcpy(out + 4, &u0, 2 * sizeof(double));
+  std::memcpy(out + 6, &pair1, sizeof pair1);
+  std::memcpy(out + 10, &u1, 2 * sizeof(double));
+  std::memcpy(out + 12, &pair2, sizeof pair2);
+  std::memcpy(out + 16, reinterpret_cast<const double*>(&u0) + 2, 2 * sizeof(double));
+  std::memcpy(out + kCrossingFeatures, &f7, kPairs * sizeof(double));
+}
+#endif
 
 // kLanes: antipodal pairs summed side by side, one vector of doubles; kAllPairs: the three pairs
 // in one pass over the points (their 21 accumulators fit AVX-512's 32 registers, not AVX2's 16,
@@ -734,18 +832,32 @@ template <std::size_t kLanes, bool kAllPairs>
 inline DODO_CROSSING_MATH void crossing_shape_lanes(const PairedRule& rule, const double* const G[kPairs],
                                                                 const double* positive, const double* negative,
                                                                 double* out) {
-  constexpr double kInverseFourPi = 0.25 / 3.14159265358979323846;  // the weights sum to 4 pi
   // A pair with G_p = 0 on every point (mu = tau) has all sums 0: skipped.
   int active[kPairs], count = 0;
   for (int p = 0; p < kPairs; ++p)
     if (!(positive[p] == 0.0 && negative[p] == 0.0)) active[count++] = p;
-  double totals[kCrossingSums][4];  // [sum][pair], a fourth pair of zeros: vectors of four pairs below
-  if (kAllPairs && count == kPairs) {
-    crossing_sums<kLanes, kPairs>(rule, G, active, totals);  // writes every total
-  } else {
-    std::memset(totals, 0, sizeof totals);
-    for (int i = 0; i < count; ++i) crossing_sums<kLanes, 1>(rule, G, active + i, totals);
+#if DODO_MULTIVERSION_ENABLED
+  Doubles4 rows[kCrossingSums];  // [sum], lanes: the pairs and a fourth of zeros
+  if constexpr (kAllPairs) {
+    if (count == kPairs) {
+      crossing_sums<kLanes, kPairs>(rule, G, active, rows);  // writes every row
+      return crossing_tail(rows, positive, negative, out);
+    }
   }
+  // Pair by pair: each pair's sums as two vectors (columns), transposed to the rows of four
+  // pairs; inactive pairs and the fourth stay 0.
+  Doubles4 columns[4][2];
+#pragma GCC unroll 8
+  for (int p = 0; p < 4; ++p) columns[p][0] = columns[p][1] = Doubles4{};  // (`= {}` became a memset call)
+  for (int i = 0; i < count; ++i) crossing_sums<kLanes, 1>(rule, G, active + i, columns[active[i]]);
+  transpose4(columns[0][0], columns[1][0], columns[2][0], columns[3][0], rows);
+  transpose4(columns[0][1], columns[1][1], columns[2][1], columns[3][1], rows + 4);
+  crossing_tail(rows, positive, negative, out);
+#else
+  constexpr double kInverseFourPi = 0.25 / 3.14159265358979323846;  // the weights sum to 4 pi
+  double totals[kCrossingSums][4];  // [sum][pair], a fourth pair of zeros: vectors of four pairs below
+  std::memset(totals, 0, sizeof totals);
+  for (int i = 0; i < count; ++i) crossing_sums<kLanes, 1>(rule, G, active + i, totals);
   // Four pairs side by side (simple loops over them, which GCC vectorises: one square root or
   // division instruction for all pairs; divisors made 1 where the quotient is not used, so that
   // no division is conditional).
@@ -773,6 +885,7 @@ inline DODO_CROSSING_MATH void crossing_shape_lanes(const PairedRule& rule, cons
   for (int p = 0; p < kPairs; ++p)
     for (int k = 0; k < kCrossingFeaturesPerPair; ++k) out[p * kCrossingFeaturesPerPair + k] = features[k][p];
   for (int p = 0; p < kPairs; ++p) out[kCrossingFeatures + p] = minus[p] > 0.0 ? totals[7][p] * kInverseFourPi : 0.0;
+#endif
 }
 
 #if DODO_MULTIVERSION_ENABLED
