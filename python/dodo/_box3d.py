@@ -297,6 +297,14 @@ def comoving_density(F_init, u=None) -> np.ndarray:
 def _boost(F, u, inverse: bool) -> np.ndarray:
     vectors = _as_real_array("F", F, (N_COMPONENTS,), "(..., 4): four-vectors (t, x, y, z)")
     velocity = _as_real_array("u", u, (N_COMPONENTS,), "(..., 4): fluid four-velocity (t, x, y, z)")
+    # u in the per-cell form of box3d and invariants, (..., 4) beside cells F (..., 6, 4), would
+    # broadcast against F's species axis when the last batch axis happens to be as long (six cells
+    # of six species): each species boosted with another cell's velocity, silently.
+    if velocity.ndim >= 2 and vectors.ndim == velocity.ndim + 1 and velocity.shape == vectors.shape[:-2] + (N_COMPONENTS,):
+        raise ValueError(
+            f"u with shape {velocity.shape} has the shape of F's cells ({vectors.shape[:-2]}) but would broadcast against "
+            f"F's axis -2 (length {vectors.shape[-2]}): pass u[..., None, :] for one velocity per cell, or "
+            "np.broadcast_to(u, F.shape) for one per four-vector")
     try:
         shape = np.broadcast_shapes(vectors.shape, velocity.shape)
     except ValueError:

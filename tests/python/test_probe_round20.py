@@ -303,3 +303,25 @@ def test_simulate_names_an_end_time_whose_cost_overflows(capsys, tmp_path):
     with h5py.File(output, "r") as handle:
         assert int(handle.attrs["nstates_valid"]) == 1
         assert "its end time 1e+300 s is too long" in str(handle.attrs["dropped"])
+
+
+def test_boost_refuses_a_per_cell_velocity_that_would_pair_with_the_species_axis():
+    """Six cells of six species with u in box3d's per-cell form (6, 4): NumPy would broadcast u
+    against the species axis (each species boosted with another cell's velocity). Refused with
+    the way out named; u[..., None, :] gives each cell its own velocity, as box3d does."""
+    import dodo
+
+    rng = np.random.default_rng(5)
+    F = rng.uniform(0.1, 1.0, (6, 6, 4))
+    F[..., 1:] *= 0.1
+    v = rng.uniform(-0.3, 0.3, (6, 3))
+    W = 1.0 / np.sqrt(1.0 - (v ** 2).sum(axis=1))
+    u = np.concatenate([W[:, None], W[:, None] * v], axis=1)
+    for boost in (dodo.boost_to_rest, dodo.boost_from_rest):
+        with pytest.raises(ValueError, match=r"u\[\.\.\., None, :\]"):
+            boost(F, u)
+    per_cell = dodo.boost_to_rest(F, u[:, None, :])
+    for cell in range(6):  # each cell with its own velocity
+        assert np.array_equal(per_cell[cell], dodo.boost_to_rest(F[cell], u[cell]))
+    per_vector = dodo.boost_to_rest(F, np.broadcast_to(u, F.shape))  # the explicit other meaning still works
+    assert np.array_equal(per_vector[0, 2], dodo.boost_to_rest(F[0, 2], u[2]))
