@@ -318,7 +318,8 @@ def _boost(F, u, inverse: bool) -> np.ndarray:
 def boost_to_rest(F, u) -> np.ndarray:
     """Components of four-vectors F (..., 4) in the fluid rest frame: the pure boost along v = u/W.
 
-    u (..., 4) broadcasts against F; for cells (..., 6, 4) pass ``u[..., None, :]``.
+    u (..., 4) broadcasts against F; for cells (..., 6, 4) pass ``u[..., None, :]`` (a u of the
+    cells' shape plus (4,), which would broadcast against the species axis, is refused).
     """
     return _boost(F, u, inverse=False)
 
