@@ -44,7 +44,7 @@ def test_default_model_is_the_qke_trained_ensemble_and_passes_its_self_test():
 def test_default_model_beats_box3d_on_real_emu_runs_it_never_saw(report):
     print(json.dumps({k: report[k] for k in ("model", "box3d", "difference", "states_worse_than_box3d")}, indent=1))
     assert abs(report["box3d"]["mean"] - 0.0065) < 0.0002  # the shared README's reference value
-    assert report["model"]["mean"] < 0.50 * report["box3d"]["mean"]  # measured 0.33x
+    assert report["model"]["mean"] < 0.50 * report["box3d"]["mean"]  # measured 0.40x (0.00257 / 0.00649)
     assert report["states_worse_than_box3d"] <= 1  # measured 0 of 32
     assert report["difference"]["ci95"][1] < 0  # the 95% bootstrap interval of the difference excludes zero
 
@@ -52,8 +52,9 @@ def test_default_model_beats_box3d_on_real_emu_runs_it_never_saw(report):
 def test_default_model_growth_rate_beats_the_box3d_proxy(report):
     growth = report["growth_rate"]
     assert growth["model"]["within_10_percent"] > growth["box3d_proxy"]["within_10_percent"]
-    # Measured 91% (29 of 32; training/models/README.md); the nearest states sit 0.007 inside and 0.015
-    # outside the 10% line, far beyond float differences between platforms; one state of margin.
+    # Measured 88% (28 of 32; training/models/README.md; issue 10's 90% is missed by one state there);
+    # the nearest states sit 0.006 inside and 0.015 outside the 10% line, far beyond float
+    # differences between platforms. The threshold is the model before it (29 of 32) less one state.
     assert growth["model"]["within_10_percent"] >= 28 / 32
     assert abs(growth["model"]["median_ratio"] - 1) < abs(growth["box3d_proxy"]["median_ratio"] - 1)
 
@@ -82,7 +83,7 @@ def test_default_model_growth_rate_on_the_held_out_states_emu_axis_rates():
         proxy.append(result.growth_rate_proxy / truth)
     model, proxy = np.concatenate(model), np.concatenate(proxy)
     assert len(model) == 130
-    assert np.mean(np.abs(model - 1) <= 0.1) >= 0.80  # measured 86.9% (88.5% for the 13:06 UTC model)
+    assert np.mean(np.abs(model - 1) <= 0.1) >= 0.80  # measured 90.8% (89.2% for the model before)
     assert np.mean(np.abs(model[:37] - 1) <= 0.1) >= 0.90  # the emu family (the first file): measured 97.3%
     assert np.mean(np.abs(proxy - 1) <= 0.1) < 0.4  # measured 27.7%
 

@@ -42,7 +42,11 @@ def test_relabelling_a_blend_band_cell_relabels_its_answer(evaluator, relabel, m
     assert closure.evaluator == ("native" if evaluator == "auto" else evaluator)
     direct, relabelled = closure.apply(F, u), closure.apply(F[:, relabel], u)
     ntot = dodo.comoving_density(F, u)
-    assert direct.status[0] == 0
+    # A crossing cell that the network corrected (the limiter may scale the correction down:
+    # CORRECTION_LIMITED is a corrected cell, and relabelled with it).
+    corrected_only = int(dodo.CellStatus.CORRECTION_LIMITED)
+    assert int(direct.status[0]) & ~corrected_only == 0, dodo.describe_status(direct.status[0])
+    assert relabelled.status[0] == direct.status[0]
     error = np.abs(relabelled.F_pred[:, relabel] - direct.F_pred).max() / ntot[0]
     assert error < 1e-13, error
     assert relabelled.growth_rate[0] == direct.growth_rate[0]
