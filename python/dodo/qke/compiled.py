@@ -8,6 +8,10 @@ of two (the kernel's FFT); :func:`compiled_unavailable_reason` says why it canno
 """
 from __future__ import annotations
 
+import atexit
+import os
+import threading
+
 import numpy as np
 
 from .constants import SELF_INTERACTION_PER_DENSITY, SPEED_OF_LIGHT
@@ -31,6 +35,88 @@ def compiled_unavailable_reason(ncell: int) -> str | None:
     return None
 
 
+class _ExitGuard:
+    """Keeps kernel calls out of the interpreter's finalization (outside probe, round twenty-one).
+
+    The kernel's bindings release the GIL with pybind11's ``gil_scoped_release``, whose destructor
+    takes it back and is noexcept. A daemon thread inside a kernel call when the interpreter
+    finalizes is ended by a forced unwind from that destructor: ``std::terminate``, SIGABRT, after
+    the program did all its work. So an ``atexit`` handler (atexit runs before finalization, after
+    the non-daemon threads ended) waits for the calls in flight (each one step, bounded) and
+    holds back every later one: a daemon thread then waits in Python, where finalization ends it
+    cleanly. The counter's lock is made anew in a fork child (a fork while another thread held it
+    would leave the child's copy held for ever); the child has no calls in flight.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+        atexit.register(self.drain)
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._condition = threading.Condition(threading.Lock())
+        self._in_flight = 0
+        self._exiting = False
+
+    def drain(self) -> None:
+        with self._condition:
+            self._exiting = True
+            while self._in_flight:
+                self._condition.wait()
+
+    def call(self, kernel: "_GuardedKernel", method, *args):
+        condition = self._condition
+        with condition:
+            while self._exiting:  # the interpreter is exiting: never enter the kernel again
+                condition.wait()
+            pid = os.getpid()
+            if kernel._pid != pid:  # first call in a fork child
+                if kernel._busy:
+                    raise RuntimeError(
+                        "this QKE box was being stepped by another thread when the process forked: its "
+                        "state in the child is incomplete (and the kernel's lock was copied held, so the "
+                        "call would wait for ever); make the box again in the child")
+                kernel._pid = pid
+            kernel._busy += 1
+            self._in_flight += 1
+        try:
+            return method(*args)
+        finally:
+            with condition:
+                kernel._busy -= 1
+                self._in_flight -= 1
+                if not self._in_flight:
+                    condition.notify_all()
+
+
+_EXIT_GUARD = _ExitGuard()
+
+
+class _GuardedKernel:
+    """A ``dodo._core.QkeKernel`` whose GIL-releasing calls go through :data:`_EXIT_GUARD`."""
+
+    def __init__(self, kernel) -> None:
+        self._kernel = kernel
+        self._busy = 0  # calls inside the kernel now (counted under the guard's lock)
+        self._pid = os.getpid()  # the process that counted them
+
+    def __getattr__(self, name):  # nsim, ncell, ndir: no GIL released
+        return getattr(self._kernel, name)
+
+    def set_state(self, packed):
+        return _EXIT_GUARD.call(self, self._kernel.set_state, packed)
+
+    def get_state(self):
+        return _EXIT_GUARD.call(self, self._kernel.get_state)
+
+    def moments(self):
+        return _EXIT_GUARD.call(self, self._kernel.moments)
+
+    def step(self, dt, threads=1):
+        return _EXIT_GUARD.call(self, self._kernel.step, dt, threads)
+
+
 class CompiledFlavourBox(FastFlavourBox):
     """A batch of periodic 1D boxes stepped by the C++ kernel; interface of :class:`FastFlavourBox`."""
 
@@ -51,10 +137,10 @@ class CompiledFlavourBox(FastFlavourBox):
 
     def _make_kernel(self, coupling: bool):
         moment_filter = None if self._moment_filter is None else np.ascontiguousarray(self._moment_filter, float)
-        return _kernel_class()(np.ascontiguousarray(self.directions, float), self.config.ncell,
-                               np.ascontiguousarray(self.cell_size_cm, float),
-                               np.ascontiguousarray(self._state_filter, float), moment_filter,
-                               SELF_INTERACTION_PER_DENSITY, SPEED_OF_LIGHT, coupling)
+        return _GuardedKernel(_kernel_class()(np.ascontiguousarray(self.directions, float), self.config.ncell,
+                                              np.ascontiguousarray(self.cell_size_cm, float),
+                                              np.ascontiguousarray(self._state_filter, float), moment_filter,
+                                              SELF_INTERACTION_PER_DENSITY, SPEED_OF_LIGHT, coupling))
 
     @property
     def state(self) -> np.ndarray:

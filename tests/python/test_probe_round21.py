@@ -1,0 +1,110 @@
+"""Outside probe, round twenty-one (docs/reliability_python.md, section 23): concurrency and process
+life. Every child runs in its own interpreter and process group with a timeout, so a hang is a
+failure, never a stuck suite; nothing depends on the machine's speed (a thread signals that it is
+inside its loop before the main thread acts)."""
+from __future__ import annotations
+
+import pytest
+
+from dodo.qke.compiled import compiled_unavailable_reason
+from test_runtime_reliability import run_child
+
+needs_kernel = pytest.mark.skipif(compiled_unavailable_reason(16) is not None, reason="no compiled QKE kernel")
+
+BOX = """
+    import os, sys, threading, time
+    import numpy as np
+    from dodo.qke.compiled import CompiledFlavourBox
+    from dodo.qke.solver import SolverConfig
+    from dodo.qke.states import NSM1_EMU_1D
+
+    box = CompiledFlavourBox(NSM1_EMU_1D[None].repeat(2, 0), np.array([4.0, 4.0]),
+                             SolverConfig(backend="cpp", ncell=32, nphi_equator=8), threads={threads})
+    dt, _ = box.time_steps(np.array([1e-9, 1e-9]))
+"""
+
+# --- interpreter exit while a daemon thread steps the compiled QKE kernel --------------------------
+
+EXIT_WHILE_STEPPING = BOX + """
+    inside = threading.Event()
+
+    def loop():
+        while True:
+            if "{op}" == "step":
+                box.step(dt)
+            elif "{op}" == "state":
+                box.state
+            else:
+                box.state = box.state
+            inside.set()
+
+    threading.Thread(target=loop, daemon=True).start()
+    assert inside.wait(60)
+    print("exiting", flush=True)
+"""
+
+
+@needs_kernel
+@pytest.mark.parametrize("op", ["step", "state", "set_state"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_interpreter_exit_while_a_daemon_thread_steps_the_qke_kernel_is_clean(op, threads):
+    """The QKE kernel's bindings release the GIL with pybind11's gil_scoped_release, whose
+    destructor takes it back and is noexcept: a daemon thread inside a kernel call when the
+    interpreter finalizes was ended by a forced unwind through that destructor, i.e.
+    std::terminate: 'terminate called without an active exception', SIGABRT (exit 134), every
+    time, after the program had done all its work (round seven's fix for dodo.box3d and
+    Closure.apply, cpp/bindings/python/gil.hpp, was not applied to qke.cpp)."""
+    for attempt in range(3):
+        result = run_child(EXIT_WHILE_STEPPING.format(threads=threads, op=op), timeout=120)
+        assert result.returncode == 0, (attempt, result.returncode, result.stderr[-2000:])
+        assert result.stdout.strip() == "exiting"
+        assert "terminate called" not in result.stderr
+
+
+# --- a fork while another thread steps a QKE box -------------------------------------------------
+
+FORK_WHILE_STEPPING = BOX + """
+    reference = CompiledFlavourBox(NSM1_EMU_1D[None].repeat(2, 0), np.array([4.0, 4.0]),
+                                   SolverConfig(backend="cpp", ncell=32, nphi_equator=8), threads=1)
+    start = reference.state
+    expected = reference.step(dt)
+    inside = threading.Event()
+
+    def loop():
+        while True:
+            box.step(dt)
+            inside.set()
+
+    threading.Thread(target=loop, daemon=True).start()
+    assert inside.wait(60)
+    for fork in range(20):
+        time.sleep(0.001 * (fork % 5))
+        pid = os.fork()
+        if pid == 0:  # the child steps a box of its own and the one the thread was stepping
+            child = CompiledFlavourBox(NSM1_EMU_1D[None].repeat(2, 0), np.array([4.0, 4.0]),
+                                       SolverConfig(backend="cpp", ncell=32, nphi_equator=8), threads=1)
+            child.state = start
+            same = np.array_equal(child.step(dt), expected)
+            try:
+                box.step(dt)  # complete at the fork, or refused: never a wait for ever
+            except RuntimeError as error:
+                if "being stepped by another thread when the process forked" not in str(error):
+                    os._exit(4)
+            os._exit(0 if same else 3)
+        _, status = os.waitpid(pid, 0)
+        assert status == 0, (fork, status)
+    print("forks done", flush=True)
+"""
+
+
+@needs_kernel
+def test_a_fork_while_a_thread_steps_the_qke_kernel_leaves_the_child_usable():
+    """The kernel holds a mutex of its own through each call (cpp/src/qke/flavour_box.cpp): a fork
+    while another thread was inside a call on a box left the child's copy of that mutex locked,
+    and the child's first call on that box waited for ever (1 fork in ~5 with one busy thread,
+    the first with two kernel threads). Now the child's call on such a box is refused in one line
+    (its state was mid-step); a box made in the child steps bit-equal to a fresh one; the exit
+    guard's own lock is made anew in the child. Twenty forks; a hang fails after the timeout."""
+    result = run_child(FORK_WHILE_STEPPING.format(threads=2), timeout=180)
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    assert result.stdout.strip() == "forks done"
