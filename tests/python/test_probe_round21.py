@@ -108,3 +108,37 @@ def test_a_fork_while_a_thread_steps_the_qke_kernel_leaves_the_child_usable():
     result = run_child(FORK_WHILE_STEPPING.format(threads=2), timeout=180)
     assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
     assert result.stdout.strip() == "forks done"
+
+
+# --- a count the main thread left behind does not make the exit wait for ever ---------------------
+
+EXIT_AFTER_A_CUT_OFF_CALL = BOX + """
+    import threading
+    from dodo.qke import compiled
+
+    # A KeyboardInterrupt can arrive between the guard's count and the kernel call; simulated by
+    # counting a call of the main thread that never happened, then stepping on a daemon thread.
+    guard = compiled._EXIT_GUARD
+    with guard._condition:
+        guard._in_flight[threading.get_ident()] = 1
+    inside = threading.Event()
+
+    def loop():
+        while True:
+            box.step(dt)
+            inside.set()
+
+    threading.Thread(target=loop, daemon=True).start()
+    assert inside.wait(60)
+    print("exiting", flush=True)
+"""
+
+
+@needs_kernel
+def test_a_call_count_left_by_an_interrupt_in_the_main_thread_does_not_hang_the_exit():
+    """The exit guard waits for other threads' kernel calls only: the main thread runs atexit, so
+    a count of its own is one a KeyboardInterrupt cut off (signals run in the main thread), and
+    waiting for it would hang every exit after such a Ctrl-C."""
+    result = run_child(EXIT_AFTER_A_CUT_OFF_CALL.format(threads=1), timeout=120)
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    assert result.stdout.strip() == "exiting"

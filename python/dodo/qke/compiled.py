@@ -56,38 +56,50 @@ class _ExitGuard:
 
     def _reset(self) -> None:
         self._condition = threading.Condition(threading.Lock())
-        self._in_flight = 0
+        self._in_flight: dict[int, int] = {}  # calls inside the kernel, by thread
         self._exiting = False
+
+    @staticmethod
+    def _others(counts: dict) -> int:
+        # The calling thread is never inside a kernel call while it runs this: a count of its own
+        # can only be one that a KeyboardInterrupt (signals run in the main thread, which also
+        # runs atexit and usually forks) cut off between the count and the call. Ignoring it,
+        # the exit cannot wait for ever on a call that never happened.
+        me = threading.get_ident()
+        return sum(count for thread, count in counts.items() if thread != me)
 
     def drain(self) -> None:
         with self._condition:
             self._exiting = True
-            while self._in_flight:
+            while self._others(self._in_flight):
                 self._condition.wait()
 
     def call(self, kernel: "_GuardedKernel", method, *args):
         condition = self._condition
+        me = threading.get_ident()
         with condition:
             while self._exiting:  # the interpreter is exiting: never enter the kernel again
                 condition.wait()
             pid = os.getpid()
             if kernel._pid != pid:  # first call in a fork child
-                if kernel._busy:
+                if self._others(kernel._busy):
                     raise RuntimeError(
                         "this QKE box was being stepped by another thread when the process forked: its "
                         "state in the child is incomplete (and the kernel's lock was copied held, so the "
                         "call would wait for ever); make the box again in the child")
                 kernel._pid = pid
-            kernel._busy += 1
-            self._in_flight += 1
+                kernel._busy = {}
+            kernel._busy[me] = kernel._busy.get(me, 0) + 1
+            self._in_flight[me] = self._in_flight.get(me, 0) + 1
         try:
             return method(*args)
         finally:
             with condition:
-                kernel._busy -= 1
-                self._in_flight -= 1
-                if not self._in_flight:
-                    condition.notify_all()
+                for counts in (kernel._busy, self._in_flight):
+                    counts[me] -= 1
+                    if not counts[me]:
+                        del counts[me]
+                condition.notify_all()  # drain (if waiting) counts again
 
 
 _EXIT_GUARD = _ExitGuard()
@@ -98,7 +110,7 @@ class _GuardedKernel:
 
     def __init__(self, kernel) -> None:
         self._kernel = kernel
-        self._busy = 0  # calls inside the kernel now (counted under the guard's lock)
+        self._busy: dict[int, int] = {}  # calls inside the kernel now, by thread (under the guard's lock)
         self._pid = os.getpid()  # the process that counted them
 
     def __getattr__(self, name):  # nsim, ncell, ndir: no GIL released
