@@ -142,3 +142,32 @@ def test_a_call_count_left_by_an_interrupt_in_the_main_thread_does_not_hang_the_
     result = run_child(EXIT_AFTER_A_CUT_OFF_CALL.format(threads=1), timeout=120)
     assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
     assert result.stdout.strip() == "exiting"
+
+
+RAW_KERNEL_AT_EXIT = BOX + """
+    raw = box._kernel._kernel  # dodo._core.QkeKernel itself, past the Python exit guard
+    assert type(raw).__name__ == "QkeKernel"
+    inside = threading.Event()
+
+    def loop():
+        while True:
+            raw.step(dt, {threads})
+            raw.get_state()
+            inside.set()
+
+    threading.Thread(target=loop, daemon=True).start()
+    assert inside.wait(60)
+    print("exiting", flush=True)
+"""
+
+
+@needs_kernel
+def test_interpreter_exit_while_a_daemon_thread_is_in_the_raw_qke_kernel_is_clean():
+    """The bindings themselves (cpp/bindings/python/qke.cpp) release the GIL through gil.hpp's
+    without_gil, as box3d's and the closure's do: a daemon thread inside dodo._core.QkeKernel when
+    the interpreter finalizes is parked, not ended through a noexcept destructor (SIGABRT before)."""
+    for attempt in range(3):
+        result = run_child(RAW_KERNEL_AT_EXIT.format(threads=2), timeout=120)
+        assert result.returncode == 0, (attempt, result.returncode, result.stderr[-2000:])
+        assert result.stdout.strip() == "exiting"
+        assert "terminate called" not in result.stderr

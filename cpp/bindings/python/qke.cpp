@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "gil.hpp"
 #include "qke/flavour_box.hpp"
 
 namespace py = pybind11;
@@ -67,21 +68,18 @@ void register_qke(py::module_& m) {
       .def_property_readonly("ndir", &FlavourBoxKernel::ndir)
       .def("set_state", [](FlavourBoxKernel& k, const ComplexArray& packed) {
         check_shape(packed, field_shape(k, k.ndir()), "state");
-        py::gil_scoped_release release;
-        k.set_state(packed.data());
+        dodo_python::without_gil([&] { k.set_state(packed.data()); });
       }, py::arg("state"), "Set the packed state [6, nsim, 2, ncell, ndir] (diagonal entries: real part).")
       .def("get_state", [](const FlavourBoxKernel& k) {
         ComplexArray out(field_shape(k, k.ndir()));
         std::complex<double>* data = out.mutable_data();
-        py::gil_scoped_release release;
-        k.get_state(data);
+        dodo_python::without_gil([&] { k.get_state(data); });
         return out;
       }, "The packed state [6, nsim, 2, ncell, ndir] (a copy).")
       .def("moments", [](const FlavourBoxKernel& k) {
         ComplexArray out(field_shape(k, 4));
         std::complex<double>* data = out.mutable_data();
-        py::gil_scoped_release release;
-        k.moments(data);
+        dodo_python::without_gil([&] { k.moments(data); });
         return out;
       }, "Packed four-moments [6, nsim, 2, ncell, 4] of the state.")
       .def("step", [](FlavourBoxKernel& k, const RealArray& dt, int threads) {
@@ -89,10 +87,9 @@ void register_qke(py::module_& m) {
         ComplexArray out(field_shape(k, 4));
         std::complex<double>* data = out.mutable_data();
         const double* steps = dt.data();
-        {
-          py::gil_scoped_release release;
-          k.step(steps, data, threads);  // std::invalid_argument becomes ValueError
-        }
+        // Without the GIL through gil.hpp: pybind11's gil_scoped_release ended the process with
+        // std::terminate when the interpreter exited while a daemon thread stepped.
+        dodo_python::without_gil([&] { k.step(steps, data, threads); });  // std::invalid_argument becomes ValueError
         return out;
       }, py::arg("dt"), py::arg("threads") = 1,
          "One Lawson-RK4 step of dt [nsim] s (simulations on up to `threads` threads); returns the "
