@@ -409,3 +409,51 @@ def test_the_workspace_check_reads_a_control_groups_memory_limit(tmp_path):
     lines = _run(program)
     assert lines[-1] == "memory_limit: 0 failed", lines
     assert not [line for line in lines if line.startswith("FAIL")], lines
+
+
+# --- Fortran: a failed re-creation keeps the closure the variable held ------------------------------
+
+FORTRAN_RECREATE = """
+program recreate
+  use dodo
+  implicit none
+  type(dodo_closure) :: closure
+  integer :: stat, a
+  integer(c_int8_t) :: empty(0)
+  real(c_double) :: F(4, 6, 2), G(4, 6, 2)
+  character(len=4096) :: model
+  character(len=512) :: message
+  F = 0
+  do a = 1, 6
+    F(1, a, :) = 1 + 0.1d0 * a
+    F(4, a, :) = merge(-0.4d0, 0.3d0, a == 4)
+  end do
+  call get_command_argument(1, model)
+  call dodo_create(closure, trim(model), stat=stat)
+  if (stat /= 0) error stop "create"
+  message = ""
+  call dodo_create(closure, "/nonexistent/model.onnx", stat=stat, errmsg=message)
+  print '(a, l1, 1x, l1)', "after a failed path ", stat /= 0, dodo_has_model(closure)
+  call dodo_create_from_memory(closure, empty, stat=stat, errmsg=message)
+  print '(a, l1, 1x, l1)', "after failed bytes ", stat /= 0, dodo_has_model(closure)
+  call dodo_create(closure, "box3d", z_method="no such method", stat=stat, errmsg=message)
+  print '(a, l1, 1x, l1)', "after a refused option ", stat /= 0, dodo_has_model(closure)
+  call dodo_apply(closure, F, G, stat=stat)
+  print '(a, i0)', "apply ", stat
+  call dodo_create(closure, "box3d", stat=stat)
+  print '(a, i0, 1x, l1)', "replaced ", stat, dodo_has_model(closure)
+  call dodo_destroy(closure)
+end program recreate
+"""
+
+
+@needs_runtime
+def test_fortran_failed_re_creation_keeps_the_closure_the_variable_held(tmp_path):
+    """dodo_create / dodo_create_from_memory on a variable holding a live closure destroyed it
+    before trying the new one, so a failed re-creation (a missing file, empty bytes, a refused
+    option) left the host with no closure at all. Now the new closure replaces the old only when
+    it is made (as C++'s move assignment does); a failure leaves the old one usable."""
+    program = _fortran(tmp_path, "recreate", FORTRAN_RECREATE)
+    lines = _run(program, _default_model())
+    assert lines == ["after a failed path T T", "after failed bytes T T", "after a refused option T T",
+                     "apply 0", "replaced 0 F"], lines

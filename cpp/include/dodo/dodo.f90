@@ -182,7 +182,7 @@ contains
     character(kind=c_char), allocatable, target :: path_c(:), z_method_c(:), library_c(:)
     character(kind=c_char) :: message(1024)
     character(len=:), allocatable :: problem
-    type(c_ptr) :: path_pointer
+    type(c_ptr) :: path_pointer, fresh
     integer :: status
 
     options = make_options(threads, chunk_size, lebedev_order, max_flux_factor, run_self_test, cuda_device)
@@ -195,14 +195,14 @@ contains
       if (checked_c_string(model_path, "model_path", path_c, problem)) path_pointer = c_loc(path_c)
     end if
     call text_options(options, z_method, onnxruntime_library, z_method_c, library_c, problem)
-    if (c_associated(closure%handle)) call c_destroy(closure%handle)
-    closure%handle = c_null_ptr
     if (len(problem) > 0) then
       call report(DODO_ERROR_INVALID_ARGUMENT, problem, stat, errmsg)
       return
     end if
     message = c_null_char
-    status = int(c_create(path_pointer, options, closure%handle, message, int(size(message), c_size_t)))
+    fresh = c_null_ptr
+    status = int(c_create(path_pointer, options, fresh, message, int(size(message), c_size_t)))
+    call replace_handle(closure, fresh, status)
     call report_call(status, closure, stat, errmsg)
   end subroutine dodo_create
 
@@ -224,15 +224,13 @@ contains
     character(kind=c_char), allocatable, target :: z_method_c(:), library_c(:)
     character(len=:), allocatable :: problem
     integer(c_int8_t), target :: no_bytes(1)
-    type(c_ptr) :: bytes_pointer
+    type(c_ptr) :: bytes_pointer, fresh
     integer :: status
 
     options = make_options(threads, chunk_size, lebedev_order, max_flux_factor, run_self_test, cuda_device)
     problem = ""
     call text_options(options, z_method, onnxruntime_library, z_method_c, library_c, problem)
     if (len(problem) > 0) then
-      if (c_associated(closure%handle)) call c_destroy(closure%handle)
-      closure%handle = c_null_ptr
       call report(DODO_ERROR_INVALID_ARGUMENT, problem, stat, errmsg)
       return
     end if
@@ -241,9 +239,10 @@ contains
     bytes_pointer = c_loc(no_bytes)
     if (size(bytes, kind=c_size_t) > 0) bytes_pointer = c_loc(bytes)
     message = c_null_char
-    if (c_associated(closure%handle)) call c_destroy(closure%handle)
-    status = int(c_create_from_memory(bytes_pointer, size(bytes, kind=c_size_t), options, closure%handle, message, &
+    fresh = c_null_ptr
+    status = int(c_create_from_memory(bytes_pointer, size(bytes, kind=c_size_t), options, fresh, message, &
                                       int(size(message), c_size_t)))
+    call replace_handle(closure, fresh, status)
     call report_call(status, closure, stat, errmsg)
   end subroutine dodo_create_from_memory
 
@@ -502,6 +501,21 @@ contains
   ! A call's status: its message (this thread's last error) is read only on failure. Read on every
   ! call, it cost three heap allocations per dodo_apply in a time loop that succeeds (probe round
   ! twelve of the C side), where the library itself allocates nothing per call after warm-up.
+  ! A created closure replaces the one the variable held (destroyed only now); a failed creation
+  ! leaves the variable's closure as it was, as C++'s move assignment does (probe round twelve of
+  ! the C side: the old one was destroyed first, so a failed re-creation left the host with none).
+  subroutine replace_handle(closure, fresh, status)
+    type(dodo_closure), intent(inout) :: closure
+    type(c_ptr), intent(in) :: fresh
+    integer, intent(in) :: status
+    if (status /= DODO_OK) then
+      if (c_associated(fresh)) call c_destroy(fresh)
+      return
+    end if
+    if (c_associated(closure%handle)) call c_destroy(closure%handle)
+    closure%handle = fresh
+  end subroutine replace_handle
+
   subroutine report_call(status, closure, stat, errmsg)
     integer, intent(in) :: status
     type(dodo_closure), intent(in) :: closure
