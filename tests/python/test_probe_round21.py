@@ -23,6 +23,13 @@ BOX = """
     dt, _ = box.time_steps(np.array([1e-9, 1e-9]))
 """
 
+# The daemon thread runs loop() (which sets `inside` once in), the main thread exits past it.
+START_LOOP_THEN_EXIT = """
+    threading.Thread(target=loop, daemon=True).start()
+    assert inside.wait(60)
+    print("exiting", flush=True)
+"""
+
 # --- interpreter exit while a daemon thread steps the compiled QKE kernel --------------------------
 
 EXIT_WHILE_STEPPING = BOX + """
@@ -38,10 +45,7 @@ EXIT_WHILE_STEPPING = BOX + """
                 box.state = box.state
             inside.set()
 
-    threading.Thread(target=loop, daemon=True).start()
-    assert inside.wait(60)
-    print("exiting", flush=True)
-"""
+""" + START_LOOP_THEN_EXIT
 
 
 @needs_kernel
@@ -128,10 +132,7 @@ EXIT_AFTER_A_CUT_OFF_CALL = BOX + """
             box.step(dt)
             inside.set()
 
-    threading.Thread(target=loop, daemon=True).start()
-    assert inside.wait(60)
-    print("exiting", flush=True)
-"""
+""" + START_LOOP_THEN_EXIT
 
 
 @needs_kernel
@@ -155,10 +156,7 @@ RAW_KERNEL_AT_EXIT = BOX + """
             raw.get_state()
             inside.set()
 
-    threading.Thread(target=loop, daemon=True).start()
-    assert inside.wait(60)
-    print("exiting", flush=True)
-"""
+""" + START_LOOP_THEN_EXIT
 
 
 @needs_kernel
