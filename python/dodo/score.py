@@ -302,14 +302,15 @@ def _file_key(path: str):
     return (status.st_dev, status.st_ino)
 
 
-def _states_digest(states: EmuStates) -> str:
-    """SHA-256 of a file's states as scored (initial, final and measured growth rates, float64)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for array in (states.F_init, states.F_final, states.growth_rate):
-        digest.update(b"none" if array is None else np.ascontiguousarray(array, dtype=np.float64).tobytes())
-    return digest.hexdigest()
+def _state_keys(states: EmuStates) -> list[bytes]:
+    """One key per state as scored (initial, final and measured growth rate, float64 bytes)."""
+    n = len(states.F_init)
+    rows = [np.ascontiguousarray(states.F_init, dtype=np.float64).reshape(n, -1),
+            np.ascontiguousarray(states.F_final, dtype=np.float64).reshape(n, -1)]
+    if states.growth_rate is not None:
+        rows.append(np.ascontiguousarray(states.growth_rate, dtype=np.float64).reshape(n, 1))
+    joined = np.concatenate(rows, axis=1)
+    return [row.tobytes() for row in joined]
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -338,14 +339,21 @@ def _run(args: argparse.Namespace) -> int:
         # also through a symlink or a hard link (the same device and inode; realpath alone missed links).
         data = list({_file_key(path): path for path in args.data}.values())
         parts = [read_emu_states(path) for path in data]
-        # A copy of a file (the same states under another name: a backup, a download) counts its
-        # states twice just the same: scored once, by content.
-        named, kept, seen = len(data), [], set()
+        # A copy of a file (the same states under another name: a backup, a download), or a file
+        # that shares some states with another (a subset, a merge of two runs), would count those
+        # states twice: each state is scored once, by content, where it is first given.
+        named, kept, seen, repeated = len(data), [], set(), 0
         for path, part in zip(data, parts):
-            content = _states_digest(part)
-            if content not in seen:
-                seen.add(content)
-                kept.append((path, part))
+            keys = _state_keys(part)
+            fresh = np.array([key not in seen for key in keys], dtype=bool)
+            seen.update(keys)
+            if not fresh.any():
+                continue  # every state given before: the file is a copy
+            if not fresh.all():
+                repeated += int((~fresh).sum())
+                part = EmuStates(part.F_init[fresh], part.F_final[fresh],
+                                 None if part.growth_rate is None else part.growth_rate[fresh], part.notes)
+            kept.append((path, part))
         data, parts = [path for path, _ in kept], [part for _, part in kept]
         for path, part in zip(data, parts):
             # Truth that is not a fast-flavour outcome of its input (edited, mislabelled rows) is
@@ -362,6 +370,9 @@ def _run(args: argparse.Namespace) -> int:
         if len(data) < named:
             notes.append(f"{named - len(data)} data file(s) hold the same states as another one given (a copy): "
                          "each set of states scored once")
+        if repeated:
+            notes.append(f"{repeated} state(s) repeat states of another data file given (the same initial and final "
+                         "four-fluxes and growth rate): each scored once")
         growth = None
         if all(p.growth_rate is not None for p in parts):
             growth = np.concatenate([p.growth_rate for p in parts])

@@ -325,3 +325,28 @@ def test_boost_refuses_a_per_cell_velocity_that_would_pair_with_the_species_axis
         assert np.array_equal(per_cell[cell], dodo.boost_to_rest(F[cell], u[cell]))
     per_vector = dodo.boost_to_rest(F, np.broadcast_to(u, F.shape))  # the explicit other meaning still works
     assert np.array_equal(per_vector[0, 2], dodo.boost_to_rest(F[0, 2], u[2]))
+
+
+def test_score_counts_states_shared_by_two_files_once(capsys, tmp_path):
+    """A file that shares only some states with another (its first ten states, as a subset or a
+    merge of two runs would) escaped the copy check, which compared whole files: 42 states
+    scored, ten of them twice, and no word. Each state now counts once, with a note."""
+    import json
+
+    import h5py
+
+    from cli_helpers import run
+
+    subset = tmp_path / "first_ten.h5"
+    with h5py.File(EMU, "r") as source, h5py.File(subset, "w") as target:
+        for name, item in source.items():
+            target[name] = item[()] if item.shape == () else item[:10]
+    code, out, err = run(capsys, ["score", "box3d", str(EMU), "--bootstrap", "100", "--json", "-"])
+    assert code == 0
+    alone = json.loads(out)
+    code, out, err = run(capsys, ["score", "box3d", str(subset), str(EMU), "--bootstrap", "100", "--json", "-"])
+    assert code == 0, err
+    both = json.loads(out)
+    assert both["n_states"] == alone["n_states"] == 32
+    assert both["box3d"]["mean"] == pytest.approx(alone["box3d"]["mean"], rel=1e-12)
+    assert any("10 state(s) repeat states of another data file" in note for note in both["notes"])
