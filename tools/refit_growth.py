@@ -25,6 +25,7 @@ import os
 import numpy as np
 import torch
 
+from dodo._output_guard import check_tool_output
 from dodo.training import ensemble_train as et
 from dodo.training.safe_load import UntrustedCheckpointError, load_torch_file
 
@@ -40,9 +41,13 @@ def main() -> None:
     parser.add_argument("--config", required=True, help="the train-ensemble config whose growth/distill sections apply")
     parser.add_argument("--table", required=True, help="the preprocessed file the checkpoint was trained on")
     parser.add_argument("-o", "--output", required=True)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the output when it exists and is not a checkpoint (refused without it)")
     args = parser.parse_args()
-    if os.path.exists(args.output) and os.path.samefile(args.output, args.checkpoint):
-        parser.error("the output must not be the input checkpoint")
+    try:  # before any work: never over an input (the table, the config), nor over another kind of file
+        check_tool_output(args.output, [args.checkpoint, args.table, args.config], "tools/refit_growth.py", args.overwrite)
+    except ValueError as exc:
+        parser.error(str(exc))
     try:
         checkpoint = load_torch_file(args.checkpoint)
         config = et.EnsembleConfig.load(args.config)

@@ -14,11 +14,11 @@ config and metrics say the new factor. The default model of 2026-12-02 was made 
 from __future__ import annotations
 
 import argparse
-import os
 import numpy as np
 import torch
 
 from dodo._atomic import atomic_path
+from dodo._output_guard import check_tool_output
 from dodo.training import ensemble_train as et
 from dodo.training.safe_load import UntrustedCheckpointError, load_torch_file
 
@@ -29,11 +29,15 @@ def main() -> None:
     parser.add_argument("factor", type=float, help="the Wiener gate factor c (> 0)")
     parser.add_argument("--table", required=True, help="the preprocessed file the checkpoint was trained on")
     parser.add_argument("-o", "--output", required=True)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the output when it exists and is not a checkpoint (refused without it)")
     args = parser.parse_args()
     if not np.isfinite(args.factor) or args.factor <= 0:
         parser.error(f"factor must be a finite number > 0; got {args.factor}")
-    if os.path.exists(args.output) and os.path.samefile(args.output, args.checkpoint):
-        parser.error("the output must not be the input checkpoint")
+    try:  # before any work: never over an input (the table, the config), nor over another kind of file
+        check_tool_output(args.output, [args.checkpoint, args.table], "tools/regate_checkpoint.py", args.overwrite)
+    except ValueError as exc:
+        parser.error(str(exc))
     try:
         checkpoint = load_torch_file(args.checkpoint)
     except UntrustedCheckpointError as exc:

@@ -19,6 +19,8 @@ SYNTHETIC = "a synthetic database (dodo synth)"
 PREPROCESSED = "a preprocessed training file (dodo preprocess)"
 APPLIED_CELLS = "a cell file of dodo apply -o"
 MODEL_PACKAGE = "an ONNX model package (dodo export)"
+#: What a torch.save zip archive is called (tools/regate_checkpoint.py and refit_growth.py write one).
+CHECKPOINT = "a PyTorch checkpoint (dodo train / dodo train-ensemble)"
 
 #: `dodo apply -o`'s mark (attrs["kind"]); files written before it carry only its layout string.
 APPLIED_CELLS_MARK = "dodo-apply-cells-v1"
@@ -33,7 +35,7 @@ def file_kind(path: str | Path) -> str:
     if signature is None:
         return "a file that cannot be read"
     if signature == "zip":
-        return "a PyTorch checkpoint (dodo train / dodo train-ensemble)"
+        return CHECKPOINT
     if signature != "hdf5":
         return MODEL_PACKAGE if _is_model_package(path) else \
             "a file of another kind (neither HDF5, a checkpoint nor a model package)"
@@ -71,6 +73,17 @@ def refuse_replacing(path: str | Path | None, own_kind: str, command: str, overw
         return
     raise ValueError(f"{path} exists and is {kind}, not {own_kind}: it is not replaced; "
                      f"give {command} another output, or --overwrite to replace it")
+
+
+def check_tool_output(output: str | Path, inputs, command: str, overwrite: bool) -> None:
+    """What a script that writes a checkpoint checks before any work (tools/regate_checkpoint.py,
+    tools/refit_growth.py): ``output`` is none of ``inputs`` (they compared it with the input
+    checkpoint only, so `-o` naming the table or the config replaced it) and, unless
+    ``overwrite``, not an existing file other than a checkpoint. Raises ValueError."""
+    from ._atomic import check_outputs
+
+    check_outputs([output], inputs)
+    refuse_replacing(output, CHECKPOINT, command, overwrite)
 
 
 def _signature(path: str | Path) -> str | None:

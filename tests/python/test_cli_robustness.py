@@ -594,7 +594,7 @@ def test_regating_a_checkpoint_equals_training_with_that_factor(tmp_path, capsys
 
     other = _preprocessed(tmp_path / "other", 120, 7)
     for args, message in ((["3", "--table", str(other), "-o", str(tmp_path / "x.pt")], "not the table"),
-                          (["3", "--table", str(small_data), "-o", str(trained[1.5])], "must not be the input"),
+                          (["3", "--table", str(small_data), "-o", str(trained[1.5])], "same file as the input"),
                           (["0", "--table", str(small_data), "-o", str(tmp_path / "x.pt")], "finite number > 0")):
         result = subprocess.run([sys.executable, str(tool), str(trained[1.5]), *args], capture_output=True, text=True)
         assert result.returncode == 2 and message in result.stderr, result.stderr

@@ -1,0 +1,92 @@
+"""Outside probe, round twenty-two (docs/reliability_python.md, section 24): each test failed on the
+code before its fix, except where its docstring says otherwise."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cli_helpers import digest, synthetic_preprocessed
+from dodo.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+TOOLS = REPO / "tools"
+#: Generous: the refusals answer in the time Python takes to start.
+SUBPROCESS_TIMEOUT_S = 300
+
+
+# --- the checkpoint tools never write over their own inputs or another command's file -------------
+
+@pytest.fixture(scope="module")
+def ensemble_run(tmp_path_factory) -> dict:
+    """A preprocessed table of 200 synthetic cells, a two-member train-ensemble config on it and
+    the checkpoint that config trains (a few seconds)."""
+    pytest.importorskip("torch")
+    root = tmp_path_factory.mktemp("ensemble")
+    table = synthetic_preprocessed(root, 200)
+    checkpoint = root / "ens.pt"
+    config = root / "ens.json"
+    config.write_text(json.dumps({
+        "data": {"path": str(table), "holdout": [], "features": "invariants27+box7+eln18-v1"},
+        "ensemble": {"members": 2, "width": 8, "depth": 1, "steps": 20, "threads": 1},
+        "distill": {"width": 8, "depth": 1, "steps": 20}, "output": {"checkpoint": str(checkpoint)}}))
+    assert main(["train-ensemble", "--config", str(config)]) == 0
+    return {"table": table, "checkpoint": checkpoint, "config": config, "root": root}
+
+
+def _tool(name: str, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(TOOLS / name), *map(str, args)], capture_output=True, text=True,
+                          timeout=SUBPROCESS_TIMEOUT_S, cwd=REPO)
+
+
+def _copied(run: dict, root: Path) -> dict:
+    """The run's table, config and checkpoint copied into ROOT (the same contents)."""
+    return {key: Path(shutil.copy(run[key], root / run[key].name)) for key in ("table", "checkpoint", "config")}
+
+
+def _tool_args(name: str, run: dict, output) -> list:
+    if name == "regate_checkpoint.py":
+        return [run["checkpoint"], "2.5", "--table", run["table"], "-o", output]
+    return [run["checkpoint"], "--config", run["config"], "--table", run["table"], "-o", output]
+
+
+@pytest.mark.parametrize("name, which", [("regate_checkpoint.py", "table"), ("refit_growth.py", "table"),
+                                         ("refit_growth.py", "config")])
+def test_checkpoint_tools_do_not_write_over_their_inputs(ensemble_run, name, which, tmp_path):
+    """`tools/regate_checkpoint.py CKPT C --table pdata/qke.h5 -o pdata/qke.h5` (and
+    `tools/refit_growth.py ... -o` its table or its config) replaced that input with the new
+    checkpoint, exit 0: the tools compared the output with the input checkpoint only. Now refused
+    before any work, exit 2, the input kept byte for byte."""
+    run = _copied(ensemble_run, tmp_path)  # on the old code the tool destroys what it is given
+    target = run[which]
+    before = digest(target)
+    result = _tool(name, *_tool_args(name, run, target))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "same file as the input" in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert digest(target) == before
+
+
+@pytest.mark.parametrize("name", ["regate_checkpoint.py", "refit_growth.py"])
+def test_checkpoint_tools_do_not_replace_a_file_of_another_kind(ensemble_run, name, tmp_path):
+    """`-o` naming an existing file that is not a checkpoint (here a `dodo synth` database, as
+    `dodo export`, `apply -o`, `synth` and `preprocess` refuse since round two): replaced by the
+    checkpoint, exit 0. Now refused unless --overwrite; a checkpoint (a rerun's own output) is still
+    replaced without it."""
+    database = tmp_path / "syn.h5"
+    assert main(["synth", str(database), "-n", "5", "-q"]) == 0
+    before = digest(database)
+    result = _tool(name, *_tool_args(name, ensemble_run, database))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "synthetic database" in result.stderr and "--overwrite" in result.stderr, result.stderr
+    assert digest(database) == before
+    rerun = Path(shutil.copy(ensemble_run["checkpoint"], tmp_path / "out.pt"))  # an earlier run's output
+    result = _tool(name, *_tool_args(name, ensemble_run, rerun))
+    assert result.returncode == 0, result.stderr
+    assert digest(rerun) != digest(ensemble_run["checkpoint"])
+    result = _tool(name, *_tool_args(name, ensemble_run, database), "--overwrite")
+    assert result.returncode == 0, result.stderr
+    assert database.read_bytes()[:4] == b"PK\x03\x04"
