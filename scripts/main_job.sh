@@ -15,6 +15,20 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 venv="${DODO_VENV:-$root/.venv}"
 work="${DODO_MAIN_JOB_DIR:-$root/build/main_job}"
+# The work directory is emptied below (rm -rf): only one this script made (its mark file), the
+# default one, or a new or empty one. DODO_MAIN_JOB_DIR naming a directory of the user's (their
+# runs, or the repository as $PWD) deleted it with everything in it (outside probe, round 22).
+mark=".dodo-main-job"
+if [ -d "$work" ] && [ ! -e "$work/$mark" ] && [ "$(cd "$work" && pwd -P)" != "$(mkdir -p "$root/build" && cd "$root/build" && pwd -P)/main_job" ] &&
+   [ -n "$(ls -A "$work")" ]; then
+  echo "main_job: DODO_MAIN_JOB_DIR=$work holds files and was not made by scripts/main_job.sh (no $mark in it): it is" \
+       "not emptied; give a new or empty directory" >&2
+  exit 2
+fi
+if [ -e "$work" ] && [ ! -d "$work" ]; then
+  echo "main_job: DODO_MAIN_JOB_DIR=$work exists and is not a directory: give a new or empty directory" >&2
+  exit 2
+fi
 bash scripts/setup_venv.sh train
 dodo="$venv/bin/dodo"
 
@@ -23,7 +37,7 @@ echo "== 1. Box3D on the shipped reference cases"
 "$venv/bin/python" -m dodo.test
 
 echo "== 2. Training on synthetic data (Box3D + a known correction), in $work"
-rm -rf "$work" && mkdir -p "$work" && cd "$work"
+rm -rf "$work" && mkdir -p "$work" && touch "$work/$mark" && cd "$work"
 "$dodo" synth -o data/synthetic_demo.h5 -n 5000 --seed 0 -q
 "$dodo" preprocess --config "$root/training/configs/pre_process_demo.yaml" -q
 "$dodo" train --config "$root/training/configs/demo_synthetic.yaml"

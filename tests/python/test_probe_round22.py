@@ -90,3 +90,54 @@ def test_checkpoint_tools_do_not_replace_a_file_of_another_kind(ensemble_run, na
     result = _tool(name, *_tool_args(name, ensemble_run, database), "--overwrite")
     assert result.returncode == 0, result.stderr
     assert database.read_bytes()[:4] == b"PK\x03\x04"
+
+
+# --- scripts/main_job.sh removes only a work directory of its own ---------------------------------
+
+def _fake_venv(root: Path) -> Path:
+    """A stand-in for the venv: bin/python and bin/dodo that succeed at once and do nothing, so that
+    the script runs through without installing or computing anything."""
+    bin_dir = root / "venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    for name in ("python", "dodo"):
+        (bin_dir / name).write_text("#!/bin/sh\nexit 0\n")
+        (bin_dir / name).chmod(0o755)
+    return root / "venv"
+
+
+def _main_job(venv: Path, work: Path) -> subprocess.CompletedProcess:
+    import os
+
+    environment = {**os.environ, "DODO_VENV": str(venv), "DODO_MAIN_JOB_DIR": str(work)}
+    return subprocess.run(["bash", str(REPO / "scripts" / "main_job.sh")], capture_output=True, text=True,
+                          env=environment, timeout=SUBPROCESS_TIMEOUT_S, cwd=REPO)
+
+
+def test_main_job_does_not_delete_a_directory_it_did_not_make(tmp_path):
+    """`DODO_MAIN_JOB_DIR=DIR bash scripts/main_job.sh` ran `rm -rf DIR` first thing: a directory
+    of the user's (their runs, the repository itself given as $PWD) was deleted with everything in
+    it. Now a DIR that holds files and was not made by an earlier main job is refused (exit 2,
+    before the venv is set up), and kept whole."""
+    venv = _fake_venv(tmp_path)
+    work = tmp_path / "my_runs"
+    work.mkdir()
+    (work / "results.h5").write_bytes(b"hours of work")
+    result = _main_job(venv, work)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "DODO_MAIN_JOB_DIR" in result.stderr and str(work) in result.stderr, result.stderr
+    assert (work / "results.h5").read_bytes() == b"hours of work"
+
+
+def test_main_job_reuses_its_own_work_directory(tmp_path):
+    """The other side: a new or empty DIR, and DIR as an earlier main job left it, are (re)made as
+    before, so the main job can be rerun into the same directory."""
+    venv = _fake_venv(tmp_path)
+    work = tmp_path / "main_job"
+    for _ in range(2):
+        result = _main_job(venv, work)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert work.is_dir()
+        (work / "left_by_the_run.h5").write_bytes(b"x")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _main_job(venv, empty).returncode == 0
