@@ -1,8 +1,11 @@
 #include "flavour_box.hpp"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <system_error>
@@ -223,6 +226,81 @@ void add_scaled(double* __restrict xr, double* __restrict xi, const double* __re
 
 }  // namespace
 
+// Fork safety. Each kernel runs one call at a time under its mutex_. A fork() while another
+// thread was inside a call copied that mutex held into the child, where its holder does not
+// exist: the child's first call on the kernel waited for ever (outside probe, round twenty-one;
+// only the Python guard in dodo/qke/compiled.py refused such a call, not dodo._core.QkeKernel
+// itself nor a C++ host). Now every live kernel sits in one list; before a fork the prepare
+// handler tries (never waits for) each kernel's lock. An idle kernel's lock is held across the
+// fork, so the child's copy is whole, and released on both sides. A busy kernel's copy in the
+// child is mid-call: the child handler gives it a fresh, free lock and marks it, and every call
+// on it throws instead of waiting (a parent's kernel whose call ends between the try and the
+// fork is refused too: a conservative refusal, its state was whole). The list's own lock is
+// held across the fork, so no kernel is added or removed half way. No code holds a kernel's
+// lock while it takes the list's, so this order cannot deadlock. The list and its lock are
+// trivially destructible: nothing here is destroyed by exit() before a kernel that outlives it.
+struct KernelForkHandlers {
+  static std::mutex list_mutex;
+  static FlavourBoxKernel* first;
+
+  static void add(FlavourBoxKernel* kernel) {
+    std::lock_guard<std::mutex> guard(list_mutex);
+    kernel->fork_next_ = first;
+    if (first) first->fork_prev_ = kernel;
+    first = kernel;
+  }
+  static void remove(FlavourBoxKernel* kernel) {
+    std::lock_guard<std::mutex> guard(list_mutex);
+    if (kernel->fork_prev_) kernel->fork_prev_->fork_next_ = kernel->fork_next_;
+    else if (first == kernel) first = kernel->fork_next_;
+    if (kernel->fork_next_) kernel->fork_next_->fork_prev_ = kernel->fork_prev_;
+    kernel->fork_prev_ = kernel->fork_next_ = nullptr;
+  }
+  static void prepare() {
+    list_mutex.lock();
+    for (FlavourBoxKernel* k = first; k; k = k->fork_next_) k->held_for_fork_ = k->mutex_.try_lock();
+  }
+  static void parent() {
+    for (FlavourBoxKernel* k = first; k; k = k->fork_next_) {
+      if (k->held_for_fork_) k->mutex_.unlock();
+      k->held_for_fork_ = false;
+    }
+    list_mutex.unlock();
+  }
+  static void child() {
+    for (FlavourBoxKernel* k = first; k; k = k->fork_next_) {
+      if (k->held_for_fork_) {
+        k->mutex_.unlock();
+      } else {
+        // Its holder is a thread of the parent: the copy is never unlocked. A new mutex in its
+        // storage (std::mutex's constructor only writes the free state; nothing waits on it here).
+        k->forked_mid_call_.store(true, std::memory_order_relaxed);
+        new (&k->mutex_) std::mutex;
+      }
+      k->held_for_fork_ = false;
+    }
+    list_mutex.unlock();
+  }
+};
+std::mutex KernelForkHandlers::list_mutex;
+FlavourBoxKernel* KernelForkHandlers::first = nullptr;
+
+namespace {
+[[maybe_unused]] const int kKernelForkHandlers =
+    pthread_atfork(KernelForkHandlers::prepare, KernelForkHandlers::parent, KernelForkHandlers::child);
+}  // namespace
+
+std::unique_lock<std::mutex> FlavourBoxKernel::lock() const {
+  if (forked_mid_call())
+    throw std::runtime_error(
+        "this QKE box was being stepped by another thread when the process forked (a call on its compiled "
+        "kernel was in progress, in a thread the child does not have): its state in this process is "
+        "incomplete, so every call on it is refused; make the box again in the child");
+  return std::unique_lock<std::mutex>(mutex_);
+}
+
+FlavourBoxKernel::~FlavourBoxKernel() { KernelForkHandlers::remove(this); }
+
 FlavourBoxKernel::FlavourBoxKernel(FlavourBoxSettings settings, std::vector<double> cell_size_cm,
                                    std::vector<double> moment_filter)
     : settings_(std::move(settings)),
@@ -305,6 +383,7 @@ FlavourBoxKernel::FlavourBoxKernel(FlavourBoxSettings settings, std::vector<doub
     box.cell_size_cm = cell_size_cm[s];
     box.phase_dt = std::numeric_limits<double>::quiet_NaN();
   }
+  KernelForkHandlers::add(this);  // last: a constructor that throws leaves nothing in the list
 }
 
 void FlavourBoxKernel::build_phases(Box& box, double dt) const {
@@ -447,7 +526,7 @@ void FlavourBoxKernel::step_box(Box& box, double dt) const {
 }
 
 void FlavourBoxKernel::set_state(const std::complex<double>* packed) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  const auto held = lock();
   // packed index: (((entry * nsim + sim) * 2 + species) * ncell + cell) * ndir + dir
   auto at = [&](std::size_t entry, std::size_t sim, std::size_t species, std::size_t cell) {
     return packed + (((entry * nsim_ + sim) * 2 + species) * ncell_ + cell) * ndir_;
@@ -483,7 +562,7 @@ void FlavourBoxKernel::set_state(const std::complex<double>* packed) {
 }
 
 void FlavourBoxKernel::get_state(std::complex<double>* packed) const {
-  std::lock_guard<std::mutex> lock(mutex_);
+  const auto held = lock();
   auto at = [&](std::size_t entry, std::size_t sim, std::size_t species, std::size_t cell) {
     return packed + (((entry * nsim_ + sim) * 2 + species) * ncell_ + cell) * ndir_;
   };
@@ -512,7 +591,7 @@ void FlavourBoxKernel::get_state(std::complex<double>* packed) const {
 }
 
 void FlavourBoxKernel::moments(std::complex<double>* out) const {
-  std::lock_guard<std::mutex> lock(mutex_);
+  const auto held = lock();
   // out index: (((entry * nsim + sim) * 2 + species) * ncell + cell) * 4 + moment
   const std::size_t block_stride = ncell_ * kMoments * 2;
   for (std::size_t s = 0; s < nsim_; ++s) {
@@ -540,7 +619,7 @@ void FlavourBoxKernel::step(const double* dt, std::complex<double>* moments_at_s
   for (std::size_t s = 0; s < nsim_; ++s)
     if (!(dt[s] > 0) || !std::isfinite(dt[s])) throw std::invalid_argument("time steps must be positive and finite");
   if (moments_at_start != nullptr) moments(moments_at_start);
-  std::lock_guard<std::mutex> lock(mutex_);
+  const auto held = lock();
   const std::size_t requested = threads > 1 ? static_cast<std::size_t>(threads) : 1;
   const std::size_t workers = std::min({requested, nsim_, kMaxStepThreads});
   // Worker w steps boxes w, w + workers, ...: each box touches only its own memory.

@@ -16,6 +16,7 @@
 // All memory is allocated at construction; step() allocates nothing.
 #pragma once
 
+#include <atomic>
 #include <complex>
 #include <cstddef>
 #include <mutex>
@@ -39,6 +40,9 @@ class FlavourBoxKernel {
   // cell_size_cm [nsim]; moment_filter [nsim][ncell] (numpy.fft order) or empty for none.
   // Throws std::invalid_argument on inconsistent sizes or an ncell that is not a power of two.
   FlavourBoxKernel(FlavourBoxSettings settings, std::vector<double> cell_size_cm, std::vector<double> moment_filter);
+  ~FlavourBoxKernel();
+  FlavourBoxKernel(const FlavourBoxKernel&) = delete;
+  FlavourBoxKernel& operator=(const FlavourBoxKernel&) = delete;
 
   std::size_t nsim() const { return nsim_; }
   std::size_t ncell() const { return ncell_; }
@@ -55,6 +59,14 @@ class FlavourBoxKernel {
   // depend on it). Threads start and end within the call (fork-safe); when the system cannot
   // start one, the calling thread does its share.
   void step(const double* dt, std::complex<double>* moments_at_start, int threads = 1);
+
+  // Fork: one call at a time runs per kernel (a mutex). A process that forks while another thread
+  // is inside a call on a kernel (any of the four above) copies that kernel mid-call; in the child
+  // every call on it throws std::runtime_error saying so (make the kernel again there), where it
+  // waited for ever on the copied lock before (its holder does not exist in the child). Kernels
+  // idle at the fork are copied whole and work in the child. pthread_atfork handlers
+  // (flavour_box.cpp) tell the two apart; they never wait for a call to end.
+  bool forked_mid_call() const { return forked_mid_call_.load(std::memory_order_relaxed); }
 
  private:
   struct Box {
@@ -94,7 +106,16 @@ class FlavourBoxKernel {
   std::vector<double> state_filter_;         // [ncell] bit-reversed
   std::vector<double> storage_;
   std::vector<Box> boxes_;
+  std::unique_lock<std::mutex> lock() const;  // mutex_, after the fork check
+
   mutable std::mutex mutex_;  // one call at a time per kernel
+  // Fork bookkeeping (flavour_box.cpp): every kernel alive sits in one list, so that the
+  // pthread_atfork handlers can find them; all three fields under that list's lock.
+  FlavourBoxKernel* fork_prev_ = nullptr;
+  FlavourBoxKernel* fork_next_ = nullptr;
+  bool held_for_fork_ = false;             // the prepare handler took mutex_ (the kernel was idle)
+  std::atomic<bool> forked_mid_call_{false};  // set in a child only: the kernel was busy at the fork
+  friend struct KernelForkHandlers;
 };
 
 }  // namespace dodo::qke

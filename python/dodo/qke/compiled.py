@@ -38,14 +38,20 @@ def compiled_unavailable_reason(ncell: int) -> str | None:
 class _ExitGuard:
     """Keeps kernel calls out of the interpreter's finalization (outside probe, round twenty-one).
 
-    The kernel's bindings release the GIL with pybind11's ``gil_scoped_release``, whose destructor
-    takes it back and is noexcept. A daemon thread inside a kernel call when the interpreter
-    finalizes is ended by a forced unwind from that destructor: ``std::terminate``, SIGABRT, after
-    the program did all its work. So an ``atexit`` handler (atexit runs before finalization, after
-    the non-daemon threads ended) waits for the calls in flight (each one step, bounded) and
-    holds back every later one: a daemon thread then waits in Python, where finalization ends it
+    A daemon thread inside a kernel call when the interpreter finalizes was ended through the
+    bindings' noexcept GIL re-acquisition: ``std::terminate``, SIGABRT, after the program did all
+    its work (the bindings now park such a thread themselves, gil.hpp; this guard came first and
+    stays as a second line). An ``atexit`` handler (atexit runs before finalization, after the
+    non-daemon threads ended) waits for the calls in flight (each one step, bounded) and holds
+    back every later one: a daemon thread then waits in Python, where finalization ends it
     cleanly. The counter's lock is made anew in a fork child (a fork while another thread held it
     would leave the child's copy held for ever); the child has no calls in flight.
+
+    Fork: the guard no longer checks for a box that another thread was inside at the fork. The
+    kernel itself does (cpp/src/qke/flavour_box.cpp, pthread_atfork; reliability_cpp.md round
+    thirteen) and refuses every call on such a box in the child, exactly, also when
+    ``dodo._core.QkeKernel`` is called directly; the guard's count refused, besides, a box whose
+    call had ended in C++ but not yet been counted back here.
     """
 
     def __init__(self) -> None:
@@ -74,31 +80,20 @@ class _ExitGuard:
             while self._others(self._in_flight):
                 self._condition.wait()
 
-    def call(self, kernel: "_GuardedKernel", method, *args):
+    def call(self, method, *args):
         condition = self._condition
         me = threading.get_ident()
         with condition:
             while self._exiting:  # the interpreter is exiting: never enter the kernel again
                 condition.wait()
-            pid = os.getpid()
-            if kernel._pid != pid:  # first call in a fork child
-                if self._others(kernel._busy):
-                    raise RuntimeError(
-                        "this QKE box was being stepped by another thread when the process forked: its "
-                        "state in the child is incomplete (and the kernel's lock was copied held, so the "
-                        "call would wait for ever); make the box again in the child")
-                kernel._pid = pid
-                kernel._busy = {}
-            kernel._busy[me] = kernel._busy.get(me, 0) + 1
             self._in_flight[me] = self._in_flight.get(me, 0) + 1
         try:
             return method(*args)
         finally:
             with condition:
-                for counts in (kernel._busy, self._in_flight):
-                    counts[me] -= 1
-                    if not counts[me]:
-                        del counts[me]
+                self._in_flight[me] -= 1
+                if not self._in_flight[me]:
+                    del self._in_flight[me]
                 condition.notify_all()  # drain (if waiting) counts again
 
 
@@ -110,23 +105,21 @@ class _GuardedKernel:
 
     def __init__(self, kernel) -> None:
         self._kernel = kernel
-        self._busy: dict[int, int] = {}  # calls inside the kernel now, by thread (under the guard's lock)
-        self._pid = os.getpid()  # the process that counted them
 
     def __getattr__(self, name):  # nsim, ncell, ndir: no GIL released
         return getattr(self._kernel, name)
 
     def set_state(self, packed):
-        return _EXIT_GUARD.call(self, self._kernel.set_state, packed)
+        return _EXIT_GUARD.call(self._kernel.set_state, packed)
 
     def get_state(self):
-        return _EXIT_GUARD.call(self, self._kernel.get_state)
+        return _EXIT_GUARD.call(self._kernel.get_state)
 
     def moments(self):
-        return _EXIT_GUARD.call(self, self._kernel.moments)
+        return _EXIT_GUARD.call(self._kernel.moments)
 
     def step(self, dt, threads=1):
-        return _EXIT_GUARD.call(self, self._kernel.step, dt, threads)
+        return _EXIT_GUARD.call(self._kernel.step, dt, threads)
 
 
 class CompiledFlavourBox(FastFlavourBox):
