@@ -128,6 +128,14 @@ def crossing_features(F_init, u=None, lebedev_order: int = DEFAULT_LEBEDEV_ORDER
 
 
 def _as_real_array(name: str, value, trailing: tuple[int, ...], shape_text: str) -> np.ndarray:
+    # np.asarray drops a masked array's mask: the masked entries' underlying data (a netCDF fill
+    # value, anything) were computed with as if they were values (outside probe, round 22).
+    if isinstance(value, np.ma.MaskedArray) and np.ma.is_masked(value):
+        first = tuple(int(i) for i in np.argwhere(np.ma.getmaskarray(value))[0])
+        cell = first[:max(len(first) - len(trailing), 0)]
+        raise ValueError(f"{name} is a masked array with masked entries (missing values), the first at cell {cell} "
+                         f"(index {first}): a masked entry has no value to compute with; fill or drop those cells "
+                         "first (np.ma.filled, np.ma.compress_rows)")
     try:
         array = np.asarray(value)
     except ValueError as error:  # ragged nested sequences

@@ -141,3 +141,65 @@ def test_main_job_reuses_its_own_work_directory(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert _main_job(venv, empty).returncode == 0
+
+
+# --- masked arrays: a masked entry is no value, and is not computed with ------------------------
+
+def _cells() -> "np.ndarray":
+    import numpy as np
+
+    F = np.array([[1.0, 0, 0, 0.5], [0.5, 0, 0, 0.1], [0.5, 0, 0, 0.1],
+                  [1.2, 0, 0, -0.6], [0.5, 0, 0, 0.1], [0.5, 0, 0, 0.1]]) * 1e32
+    return np.stack([F, F * 2.0, F * 0.5])
+
+
+def _api_calls():
+    import dodo
+
+    calls = [("box3d", lambda F, u: dodo.box3d(F, u)), ("invariants", lambda F, u: dodo.invariants(F, u)),
+             ("comoving_density", lambda F, u: dodo.comoving_density(F, u)),
+             ("crossing_features", lambda F, u: dodo.crossing_features(F, u)),
+             ("boost_to_rest", lambda F, u: dodo.boost_to_rest(F, u if u is None else u[..., None, :])),
+             ("boost_from_rest", lambda F, u: dodo.boost_from_rest(F, u if u is None else u[..., None, :]))]
+    if dodo.runtime_available():
+        calls += [("closure", lambda F, u: dodo.closure(F, u, model="box3d")),
+                  ("Closure.apply", lambda F, u: dodo.Closure("box3d", threads=1).apply(F, u).F_pred)]
+    return calls
+
+
+@pytest.mark.parametrize("name, call", _api_calls(), ids=[name for name, _ in _api_calls()])
+@pytest.mark.parametrize("which", ["F", "u"])
+def test_a_masked_entry_is_refused_not_computed_with(name, call, which):
+    """A numpy.ma masked array (what netCDF4 returns for a variable with missing values) was read
+    through np.asarray, which drops the mask: the masked entries' underlying data (a fill value,
+    anything) went into Box3D and the closure as if they were four-fluxes or velocities, and the
+    call returned results for them without a word. Now a ValueError naming the argument and the
+    first masked cell."""
+    import numpy as np
+
+    F = _cells()
+    u = np.tile([1.0, 0.0, 0.0, 0.0], (len(F), 1))
+    if which == "F":
+        mask = np.zeros(F.shape, dtype=bool)
+        mask[1, 3, 0] = True  # one density of cell 1
+        F = np.ma.masked_array(F, mask=mask, fill_value=9.96921e36)
+    else:
+        mask = np.zeros(u.shape, dtype=bool)
+        mask[1, 2] = True
+        u = np.ma.masked_array(u, mask=mask)
+    with pytest.raises(ValueError, match=r"masked.*cell \(?1"):
+        call(F, u)
+
+
+@pytest.mark.parametrize("name, call", _api_calls(), ids=[name for name, _ in _api_calls()])
+def test_a_masked_array_without_masked_entries_is_taken_as_its_data(name, call):
+    """The other side: a masked array none of whose entries is masked (np.ma.nomask, or a mask of
+    False) gives the bits a plain array gives."""
+    import numpy as np
+
+    F = _cells()
+    u = np.tile([1.0, 0.0, 0.0, 0.0], (len(F), 1))
+    plain = np.asarray(getattr(call(F, u), "F_box", call(F, u)))
+    for masked in (np.ma.masked_array(F), np.ma.masked_array(F, mask=np.zeros(F.shape, dtype=bool))):
+        result = call(masked, np.ma.masked_array(u))
+        np.testing.assert_array_equal(np.asarray(getattr(result, "F_box", result)), plain)
