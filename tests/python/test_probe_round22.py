@@ -203,3 +203,40 @@ def test_a_masked_array_without_masked_entries_is_taken_as_its_data(name, call):
     for masked in (np.ma.masked_array(F), np.ma.masked_array(F, mask=np.zeros(F.shape, dtype=bool))):
         result = call(masked, np.ma.masked_array(u))
         np.testing.assert_array_equal(np.asarray(getattr(result, "F_box", result)), plain)
+
+
+# --- dodo simulate: an option for the other source of states is refused, not ignored -------------
+
+@pytest.fixture(scope="module")
+def one_emu_state(tmp_path_factory) -> Path:
+    """An Emu-layout file holding the first state of tests/data/qke/emu_1d_validation.h5."""
+    h5py = pytest.importorskip("h5py")
+    path = tmp_path_factory.mktemp("one") / "one.h5"
+    with h5py.File(REPO / "tests" / "data" / "qke" / "emu_1d_validation.h5", "r") as source, \
+            h5py.File(path, "w") as target:
+        for key in ("F4_initial(1|ccm)", "F4_final(1|ccm)", "growthRate(1|s)", "rotation_R", "tend(s)"):
+            target[key] = source[key][:1]
+    return path
+
+
+@pytest.mark.parametrize("options, named", [
+    (["--input", "{input}", "--max-flux-factor", "0.5"], "--max-flux-factor"),
+    (["--input", "{input}", "--family", "merger"], "--family"),
+    (["--input", "{input}", "--three-flavour"], "--three-flavour"),
+    (["--random", "1", "--use-input-end-time"], "--use-input-end-time"),
+    (["--random", "1", "--ignore-rotation"], "--ignore-rotation"),
+])
+def test_simulate_refuses_an_option_that_does_not_apply_to_its_states(capsys, tmp_path, one_emu_state, options,
+                                                                        named):
+    """`dodo simulate OUT --input F --max-flux-factor 0.5` (or `--family merger`, `--three-flavour`)
+    simulated every state of F, whatever its flux factor: those options shape random states and
+    were silently dropped with --input; `--random N --use-input-end-time` (or `--ignore-rotation`)
+    ran with the default end times, there being no input file. `--three-flavour` with `--family`
+    was already refused. Now one line naming the option, exit 2, nothing written."""
+    from cli_helpers import refused
+
+    out = tmp_path / "out.h5"
+    argv = ["simulate", str(out), *[part.format(input=one_emu_state) for part in options], "--linear-only", "-q"]
+    line = refused(capsys, argv, named)
+    assert "--input" in line and "--random" in line, line
+    assert not out.exists()

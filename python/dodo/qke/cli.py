@@ -104,6 +104,24 @@ def run_simulate(args) -> int:
         # Was "count must be non-negative" or "states must have shape [n >= 1, 6, 4]; got (0, 6, 4)".
         if args.random is not None and args.random < 1:
             raise ValueError(f"--random must be a number of states >= 1; got {args.random}")
+        # Options of the other source of states were dropped without a word: --input F --max-flux-factor
+        # 0.5 simulated every state of F, --random N --use-input-end-time ran the default end times
+        # (outside probe, round 22). Refused, as --three-flavour with --family is.
+        if args.input:
+            stray = [name for name, given in (("--max-flux-factor", args.max_flux_factor is not None),
+                                              ("--family", args.family is not None),
+                                              ("--three-flavour", args.three_flavour)) if given]
+            if stray:
+                raise ValueError(f"{' and '.join(stray)} shape{'s' if len(stray) == 1 else ''} random states (--random); "
+                                 f"with --input the states are {args.input}'s as they are, so "
+                                 f"{'it' if len(stray) == 1 else 'they'} would be ignored: leave {'it' if len(stray) == 1 else 'them'} out")
+        else:
+            stray = [name for name, given in (("--use-input-end-time", args.use_input_end_time),
+                                              ("--ignore-rotation", args.ignore_rotation)) if given]
+            if stray:
+                raise ValueError(f"{' and '.join(stray)} read{'s' if len(stray) == 1 else ''} the --input file's datasets; "
+                                 "with --random there is no input file, so "
+                                 f"{'it' if len(stray) == 1 else 'they'} would be ignored: leave {'it' if len(stray) == 1 else 'them'} out")
         if args.input:
             loaded = read_states(args.input)
             four_flux = loaded["four_flux"]
