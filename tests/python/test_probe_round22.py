@@ -240,3 +240,55 @@ def test_simulate_refuses_an_option_that_does_not_apply_to_its_states(capsys, tm
     line = refused(capsys, argv, named)
     assert "--input" in line and "--random" in line, line
     assert not out.exists()
+
+
+# --- dodo train --resume: never into a directory holding another run ------------------------------
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory) -> dict:
+    """Two finished one-epoch `dodo train` runs, A and C, of the same config into two directories."""
+    pytest.importorskip("torch")
+    from cli_helpers import tiny_study_base
+
+    root = tmp_path_factory.mktemp("runs")
+    synthetic_preprocessed(root, 200)
+    base = tiny_study_base(root)
+    for name in ("A", "C"):
+        assert main(["train", "--config", str(base), "--set", f"output.checkpoint_dir={root / name}",
+                     "--set", f"output.results_dir={root / ('results_' + name)}"]) == 0
+    return {"root": root, "base": base}
+
+
+def _train(base: Path, directory: Path, *extra) -> list:
+    return ["train", "--config", str(base), "--set", f"output.checkpoint_dir={directory}",
+            "--set", f"output.results_dir={directory.parent / 'results'}", "--set", "training.epochs=2", *extra]
+
+
+def test_resuming_another_run_does_not_replace_the_run_in_the_checkpoint_directory(capsys, two_runs):
+    """`dodo train --resume A/last.pt` with output.checkpoint_dir C, where C holds another finished
+    run (best.pt, final.pt): the check that refuses a new run over another run's checkpoints was
+    skipped for any --resume, so C's run was replaced without --overwrite, exit 0. Now refused
+    (one line naming both, exit 2), C kept byte for byte; --overwrite still replaces it."""
+    from cli_helpers import refused
+
+    root = two_runs["root"]
+    before = {path.name: digest(path) for path in (root / "C").glob("*.pt")}
+    line = refused(capsys, _train(two_runs["base"], root / "C", "--resume", str(root / "A" / "last.pt")),
+                   str(root / "C"), "--overwrite")
+    assert "last.pt" in line
+    assert {path.name: digest(path) for path in (root / "C").glob("*.pt")} == before
+
+
+def test_resuming_a_run_in_its_own_or_an_empty_directory_still_runs(capsys, two_runs, tmp_path):
+    """The other side: resuming a run's own last.pt into its directory, and another run's into an
+    empty directory (a branch of that run), train as before; --overwrite replaces another run."""
+    from cli_helpers import run
+
+    root = two_runs["root"]
+    own = tmp_path / "own"
+    shutil.copytree(root / "A", own)
+    assert run(capsys, _train(two_runs["base"], own, "--resume", str(own / "last.pt")))[0] == 0
+    assert run(capsys, _train(two_runs["base"], tmp_path / "empty", "--resume", str(root / "A" / "last.pt")))[0] == 0
+    other = tmp_path / "other"
+    shutil.copytree(root / "C", other)
+    assert run(capsys, _train(two_runs["base"], other, "--resume", str(root / "A" / "last.pt"), "--overwrite"))[0] == 0

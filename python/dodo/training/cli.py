@@ -90,12 +90,29 @@ def _synth(args) -> int:
     return 0
 
 
-def _refuse_to_replace_a_run(checkpoints: Path) -> None:
-    """A fresh run would replace another run's checkpoints at its first epochs: refuse unless asked."""
+def _refuse_to_replace_a_run(checkpoints: Path, resume_from: str | None = None) -> None:
+    """A fresh run would replace another run's checkpoints at its first epochs: refuse unless asked.
+    So would a run resumed from a checkpoint outside ``checkpoints`` (another run's last.pt): every
+    --resume skipped this check, and `--resume A/last.pt` into a directory holding a finished run C
+    replaced C's best.pt and final.pt without --overwrite (outside probe, round 22). Resuming a
+    checkpoint of the directory itself continues its run, as intended."""
+    import os
+
     found = [name for name in ("final.pt", "last.pt", "best.pt") if (checkpoints / name).exists()]
     if not found:
         return
+    if resume_from:
+        try:
+            if os.path.samefile(os.path.dirname(os.path.abspath(resume_from)), checkpoints):
+                return  # its own run, continued
+        except OSError:
+            pass
     what = "a finished run (final.pt)" if "final.pt" in found else "an unfinished run (" + ", ".join(found) + ")"
+    if resume_from:
+        own = f"--resume {checkpoints / 'last.pt'} continues that run, " if "last.pt" in found else ""
+        raise ValueError(f"{checkpoints} holds {what} of its own; resuming {resume_from} (another directory's "
+                         f"checkpoint) there would replace it: {own}--overwrite replaces it, or set "
+                         "output.checkpoint_dir to another directory")
     hint = f"--resume {checkpoints / 'last.pt'} continues it, " if "final.pt" not in found and "last.pt" in found else ""
     raise ValueError(f"{checkpoints} holds {what}; a new run would replace it: {hint}--overwrite replaces it, "
                      f"or set output.checkpoint_dir to another directory")
@@ -124,8 +141,8 @@ def _train(args) -> int:
     # write the same checkpoints. By rank 0 only under torchrun: the one that writes the files.
     writer = Distribution.from_environment(os.environ).rank == 0
     with exclusive_directory(checkpoints, "dodo train") if writer else contextlib.nullcontext():
-        if not args.resume and not args.overwrite:
-            _refuse_to_replace_a_run(checkpoints)
+        if not args.overwrite:
+            _refuse_to_replace_a_run(checkpoints, config.training.resume_from)
         config.make_dirs()
         summary = train(config)
     return 0 if summary["status"] in ("completed", "interrupted") else 1
