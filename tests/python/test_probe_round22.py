@@ -292,3 +292,32 @@ def test_resuming_a_run_in_its_own_or_an_empty_directory_still_runs(capsys, two_
     other = tmp_path / "other"
     shutil.copytree(root / "C", other)
     assert run(capsys, _train(two_runs["base"], other, "--resume", str(root / "A" / "last.pt"), "--overwrite"))[0] == 0
+
+
+# --- the QKE solver's seed: refused before any work, not at the first batch -----------------------
+
+def test_emu32_validation_refuses_a_negative_seed_before_any_work(capsys, tmp_path):
+    """`python -m dodo.qke.validate emu32 --seed -1` (`dodo simulate` refuses --seed -1) set up every
+    state's box and ran the cheaper ones for seconds, then stopped with NumPy's `expected
+    non-negative integer` (naming no option) when it reached state 0, whose perturbation seed is
+    seed + 0, leaving a partial database behind. Now SolverConfig.validate, which every run calls
+    before its work, refuses it: exit 2 naming the seed, nothing written."""
+    from dodo.qke.validate import main as validate_main
+
+    out = tmp_path / "v.h5"
+    code = validate_main(["emu32", "--output", str(out), "--seed", "-1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "seed" in err and "-1" in err, err
+    assert sorted(path.name for path in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("field, value", [("seed", -1), ("seed", 1.5), ("seed", True), ("perturbation_amplitude", float("nan")),
+                                          ("advection_cfl", float("nan"))])
+def test_solver_config_refuses_a_seed_or_amplitude_that_cannot_run(field, value):
+    """SolverConfig(seed=-1).validate() passed (the run failed later, in NumPy), as did a float or
+    bool seed and a NaN perturbation amplitude or advection CFL (NaN <= 0 is false: a NaN
+    amplitude seeds NaN into every off-diagonal)."""
+    from dodo.qke.solver import SolverConfig
+
+    with pytest.raises(ValueError, match=field):
+        SolverConfig(**{field: value}).validate()

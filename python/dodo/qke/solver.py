@@ -88,14 +88,19 @@ class SolverConfig:
                              f"directions^2); got {self.nphi_equator}")
         if not (0 < self.flavour_cfl <= 2.0):
             raise ValueError(f"flavour_cfl must be in (0, 2]; got {self.flavour_cfl}")
-        if self.advection_cfl <= 0:
+        if not self.advection_cfl > 0:  # NaN too
             raise ValueError(f"advection_cfl must be positive; got {self.advection_cfl}")
         if self.hamiltonian_filter not in HAMILTONIAN_FILTERS:
             raise ValueError(f"hamiltonian_filter must be one of {HAMILTONIAN_FILTERS}; got {self.hamiltonian_filter!r}")
         if self.state_filter not in STATE_FILTERS:
             raise ValueError(f"state_filter must be one of {STATE_FILTERS}; got {self.state_filter!r}")
-        if self.perturbation_amplitude <= 0:
-            raise ValueError("perturbation_amplitude must be positive")
+        if not self.perturbation_amplitude > 0:  # NaN too: it seeded NaN into every off-diagonal
+            raise ValueError(f"perturbation_amplitude must be positive; got {self.perturbation_amplitude}")
+        # Each batch's perturbations are drawn with seed + its first state's number: a negative seed
+        # failed in NumPy ("expected non-negative integer") only when state 0's batch came, after the
+        # other batches had run (python -m dodo.qke.validate emu32 --seed -1; outside probe, round 22).
+        if isinstance(self.seed, (bool, np.bool_)) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise ValueError(f"seed (--seed) must be an integer >= 0; got {self.seed!r}")
         if self.record_every < 1:
             raise ValueError("record_every must be >= 1")
         if self.backend not in BACKENDS:
