@@ -17,10 +17,23 @@ def output_path(text: str) -> str:
     return text
 
 
+def file_output_path(text: str) -> str:
+    """argparse type of an output that is a file and only a file (HDF5 databases, checkpoints, model
+    packages, plots, python -m dodo.qke.validate's --json): an empty path is refused as by :func:`output_path`, and so is ``-``, which by
+    convention (and in these commands' own ``--json -``) means standard output. `dodo synth -o -`
+    wrote an HDF5 file named '-' in the working directory, `dodo plot -o -` also '-_parity.png'
+    (outside probe, round 22); a file of that name is still ``./-``."""
+    if output_path(text) == "-":
+        raise argparse.ArgumentTypeError("'-' means standard output, which this option does not write to: give a "
+                                         "file name (./- for a file named '-')")
+    return text
+
+
 def add_output_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
     """The output file, positional or with -o/--output (one of the two)."""
-    parser.add_argument("output_positional", nargs="?", metavar="OUT", type=output_path, help=help_text + " (or -o OUT)")
-    parser.add_argument("-o", "--output", dest="output_option", metavar="OUT", type=output_path, help=help_text)
+    parser.add_argument("output_positional", nargs="?", metavar="OUT", type=file_output_path,
+                        help=help_text + " (or -o OUT)")
+    parser.add_argument("-o", "--output", dest="output_option", metavar="OUT", type=file_output_path, help=help_text)
 
 
 def resolve_output(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:

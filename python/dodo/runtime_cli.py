@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from ._cli_common import output_path
+from ._cli_common import file_output_path
 from .conventions import SPECIES
 
 
@@ -31,7 +31,7 @@ def register(subparsers) -> None:
     parser.add_argument("--max-speed", type=float, default=0.3,
                         help="largest fluid speed of the velocity field, in [0, 1) (c = 1; default 0.3)")
     parser.add_argument("--threads", type=int, default=None, help="worker threads (default: all cores this process may run on)")
-    parser.add_argument("-o", "--output", default=None, type=output_path,
+    parser.add_argument("-o", "--output", default=None, type=file_output_path,
                         help="also write the cells (F_init, u, F_true, F_box, F_pred, status) to this HDF5 file")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the -o file when it exists and is not a cell file of an earlier dodo apply -o "

@@ -321,3 +321,45 @@ def test_solver_config_refuses_a_seed_or_amplitude_that_cannot_run(field, value)
 
     with pytest.raises(ValueError, match=field):
         SolverConfig(**{field: value}).validate()
+
+
+# --- '-' as a file output: standard output by convention, not a file named '-' ------------------
+
+@pytest.mark.parametrize("argv", [
+    ["synth", "-o", "-", "-n", "3", "-q"],
+    ["synth", "-", "-n", "3", "-q"],
+    ["apply", "missing.h5", "-o", "-"],
+    ["preprocess", "--config", "missing.yaml", "-o", "-"],
+    ["export", "missing.pt", "-o", "-"],
+    ["plot", "curve", "missing.json", "-o", "-"],
+    ["simulate", "-", "--input", "missing.h5"],
+    ["learning-curve", "--config", "missing.yaml", "--plot", "-"],
+], ids=["synth -o -", "synth -", "apply -o -", "preprocess -o -", "export -o -", "plot -o -", "simulate -",
+        "learning-curve --plot -"])
+def test_a_dash_is_not_taken_for_a_file_name(capsys, tmp_path, monkeypatch, argv):
+    """`dodo synth -o -` wrote an HDF5 file named '-' in the working directory (exit 0), as did
+    `dodo apply -o -`, `dodo plot -o -` ('-' and '-_parity.png'), `dodo simulate -`, ...: '-' is
+    standard output by convention, and these commands' own `--json -` means it. A binary output
+    cannot go there: now a usage error (exit 2) that says so, and no file '-'."""
+    from cli_helpers import run
+
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, argv)
+    assert code == 2 and "standard output" in err and "Traceback" not in err, err
+    assert not (tmp_path / "-").exists()
+
+
+@pytest.mark.parametrize("argv", [["emu32", "--output", "-"], ["emu32", "--json", "-"], ["nsm1", "--json", "-"]],
+                         ids=["emu32 --output -", "emu32 --json -", "nsm1 --json -"])
+def test_validate_dash_is_not_a_file_name(capsys, tmp_path, monkeypatch, argv):
+    """The same for `python -m dodo.qke.validate emu32 --output -` (its database) and `--json -`
+    (written to a file '-' after the runs; this command prints no JSON to standard output)."""
+    from dodo.qke.validate import main as validate_main
+
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = validate_main([*argv, "--reference", "missing.h5"])
+    except SystemExit as ended:  # argparse's usage error
+        code = ended.code
+    assert code == 2 and "standard output" in capsys.readouterr().err
+    assert not (tmp_path / "-").exists()

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .._atomic import check_outputs, exclusive_output, write_json_atomic
-from .._cli_common import output_path
+from .._cli_common import file_output_path
 from ..conventions import from_emu_layout
 from .asymptotic import asymptotic_states
 from .solver import SolverConfig, make_box, resolve_backend
@@ -237,7 +237,7 @@ def _main(argv=None) -> int:
     nsm1.add_argument("--only", default=None, help="run only configurations containing this text")
     emu32 = sub.add_parser("emu32", help="32 random states of emu_1d_validation.h5")
     emu32.add_argument("--reference", default=None, help="default: tests/data/qke/emu_1d_validation.h5 of the repository")
-    emu32.add_argument("--output", default="qke_emu32_validation.h5", type=output_path)
+    emu32.add_argument("--output", default="qke_emu32_validation.h5", type=file_output_path)
     emu32.add_argument("--batch-size", type=int, default=8)
     emu32.add_argument("--seed", type=int, default=0)
     emu32.add_argument("--overwrite", action="store_true",
@@ -245,7 +245,7 @@ def _main(argv=None) -> int:
     for p in (nsm1, emu32):
         p.add_argument("--flavour-cfl", type=float, default=SolverConfig.flavour_cfl)
         p.add_argument("--hamiltonian-filter", default=SolverConfig.hamiltonian_filter, choices=("emu", "none"))
-        p.add_argument("--json", default=None, type=output_path, help="also write the report here")
+        p.add_argument("--json", default=None, type=file_output_path, help="also write the report here")
         p.add_argument("--backend", default=SolverConfig.backend, choices=("auto", "cpp", "numpy"),
                        help="time stepping: compiled kernel (cpp; auto = cpp where it can run) or NumPy")
     args = parser.parse_args(argv)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from .._atomic import check_outputs
 from .._output_guard import MODEL_PACKAGE, PREPROCESSED, SYNTHETIC, refuse_replacing, refuse_replacing_data
-from .._cli_common import add_json_argument, add_output_argument, add_quiet_argument, json_target_file, output_path
+from .._cli_common import (add_json_argument, add_output_argument, add_quiet_argument, file_output_path,
+                           json_target_file)
 
 
 def _overrides(pairs) -> dict:
@@ -247,7 +248,7 @@ def register(subparsers) -> None:
     """Add preprocess, synth, train, evaluate, inspect, plot, study and export."""
     p = subparsers.add_parser("preprocess", help="Emu databases -> preprocessed training file (HDF5)")
     p.add_argument("--config", required=True, help="YAML, e.g. training/configs/pre_process.yaml")
-    p.add_argument("-o", "--output", type=output_path, help="override the output path of the config")
+    p.add_argument("-o", "--output", type=file_output_path, help="override the output path of the config")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP.format(own="preprocessed file"))
     add_quiet_argument(p, "no progress bar")
@@ -296,7 +297,7 @@ def register(subparsers) -> None:
                    help="metrics: losses and |dn| across runs; curve: train/val curve of one run, and its parity "
                         "plot beside it (OUTPUT_parity.EXT)")
     p.add_argument("files", nargs="+", metavar="FILE", help="results/metrics_<timestamp>.json file(s)")
-    p.add_argument("-o", "--output", required=True, type=output_path,
+    p.add_argument("-o", "--output", required=True, type=file_output_path,
                    help="plot file; its extension sets the format: .png (also without one), .pdf or .svg")
     p.set_defaults(func=_plot)
 
@@ -311,7 +312,7 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("export", help="checkpoint -> ONNX model package (docs/model_package.md)")
     p.add_argument("checkpoint")
-    p.add_argument("-o", "--output", required=True, type=output_path)
+    p.add_argument("-o", "--output", required=True, type=file_output_path)
     p.add_argument("--no-check", action="store_true", help="skip the torch vs onnxruntime round trip")
     p.add_argument("--test-vectors", type=int, default=6, help="number of embedded test vectors")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP.format(own="model package"))

@@ -6,7 +6,7 @@ import json
 import sys
 
 from .._atomic import check_outputs
-from .._cli_common import output_path
+from .._cli_common import file_output_path, output_path
 from .cli import _friendly, _overrides
 
 
@@ -100,7 +100,7 @@ def register(subparsers) -> None:
     p.add_argument("--emu", default=None, help="also score each fit on this Emu-layout file (reported only)")
     # output_path: an empty path (an unset shell variable) is a usage error, as in every other command;
     # it wrote no file and said nothing.
-    p.add_argument("--plot", default=None, metavar="PLOT", type=output_path,
+    p.add_argument("--plot", default=None, metavar="PLOT", type=file_output_path,
                    help="write the curve to this file: .png (also without an extension), .pdf or .svg")
     p.add_argument("--json", default=None, metavar="PATH", type=output_path,
                    help="write the table as JSON (- : to stdout)")
