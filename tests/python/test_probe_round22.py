@@ -363,3 +363,51 @@ def test_validate_dash_is_not_a_file_name(capsys, tmp_path, monkeypatch, argv):
         code = ended.code
     assert code == 2 and "standard output" in capsys.readouterr().err
     assert not (tmp_path / "-").exists()
+
+
+# --- YAML: a key given twice in one mapping -------------------------------------------------------
+
+def test_a_config_with_a_section_given_twice_is_refused(capsys, tmp_path):
+    """A config whose mapping names a key twice (a second `output:` or `training:` appended to the
+    file) was read by PyYAML keeping the last one without a word: the first section's settings were
+    dropped whole. `dodo preprocess` wrote the second output, exit 0. Now one line naming the file,
+    the key and both lines, exit 2, nothing written."""
+    from cli_helpers import refused
+
+    assert main(["synth", str(tmp_path / "syn.h5"), "-n", "5", "-q"]) == 0
+    config = tmp_path / "pre.yaml"
+    config.write_text(f"inputs: [{tmp_path / 'syn.h5'}]\noutput: {tmp_path / 'first.h5'}\n"
+                      f"output: {tmp_path / 'second.h5'}\n")
+    line = refused(capsys, ["preprocess", "--config", str(config), "-q"], "pre.yaml", "'output'", "line 2", "line 3")
+    assert "twice" in line
+    assert not (tmp_path / "first.h5").exists() and not (tmp_path / "second.h5").exists()
+
+
+def test_a_training_config_with_a_nested_key_given_twice_is_refused(tmp_path):
+    """The same one level down (`training: {lr: 1e-3, ..., lr: 1e-2}`), for every config read by
+    dodo.training.config.read_yaml_mapping (train, study grids, train-ensemble, learning-curve);
+    YAML merge keys (`<<: *base`, overriding what they merge) are no duplicates and still load."""
+    from dodo.training.config import ConfigError, read_yaml_mapping
+
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("training:\n  lr: 1.0e-3\n  epochs: 3\n  lr: 1.0e-2\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml.*'lr'.*twice.*line 2.*line 4"):
+        read_yaml_mapping(twice)
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("base: &base {lr: 1.0e-3, epochs: 3}\ntraining:\n  <<: *base\n  lr: 1.0e-2\n")
+    assert read_yaml_mapping(merged)["training"] == {"lr": 1.0e-2, "epochs": 3}
+
+
+def test_simulate_refuses_a_states_file_with_two_state_lists(capsys, tmp_path):
+    """`dodo simulate OUT --input states.yaml` where the file holds `states:` twice (two lists pasted
+    together): the first list was dropped without a word and only the second simulated."""
+    from cli_helpers import refused
+
+    state = "[[1.0e32, 0, 0, 5.0e31], [5.0e31, 0, 0, 1.0e31], [5.0e31, 0, 0, 1.0e31], " \
+            "[1.2e32, 0, 0, -6.0e31], [5.0e31, 0, 0, 1.0e31], [5.0e31, 0, 0, 1.0e31]]"
+    states = tmp_path / "states.yaml"
+    states.write_text(f"states: [{state}]\nstates: [{state}]\n")
+    out = tmp_path / "out.h5"
+    line = refused(capsys, ["simulate", str(out), "--input", str(states), "--linear-only", "-q"], "'states'", "twice")
+    assert "states.yaml" in line
+    assert not out.exists()

@@ -362,9 +362,11 @@ def read_states(path: str) -> dict:
     elif path.endswith((".yaml", ".yml")):
         import yaml
 
+        from .. import _yaml as unique_key_yaml
+
         try:
             with open(path, "rb") as stream:
-                document = yaml.safe_load(stream.read().decode("utf-8"))
+                document = unique_key_yaml.safe_load(stream.read().decode("utf-8"))  # `states:` twice: an error
         except UnicodeDecodeError as error:  # was "'utf-8' codec can't decode byte 0xff ...", naming no file
             raise ValueError(f"{path}: not a text file (byte {error.start} is not UTF-8): give YAML states or an "
                              "Emu-layout HDF5 file") from None

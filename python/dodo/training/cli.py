@@ -17,13 +17,15 @@ def _overrides(pairs) -> dict:
     """--set key=value (value parsed as YAML) -> {dotted key: value}."""
     import yaml
 
+    from .. import _yaml as unique_key_yaml
+
     result = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"--set expects key=value (e.g. training.lr=1e-3); got {pair!r}")
         try:
-            result[key.strip()] = yaml.safe_load(value)
+            result[key.strip()] = unique_key_yaml.safe_load(value)  # {a: 1, a: 2}: an error
         except yaml.YAMLError as error:  # *syn* (an alias), [x, {x: a YAML error, never a guessed string
             problem = " ".join(str(getattr(error, "problem", None) or error).split())
             raise ValueError(f"--set {pair!r}: the value is not valid YAML ({problem}); quote it as YAML, "

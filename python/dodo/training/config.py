@@ -15,6 +15,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from .. import _yaml as unique_key_yaml
 from ..conventions import MAX_THREADS
 
 
@@ -307,7 +308,7 @@ def read_yaml_mapping(path: str | Path) -> dict:
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = unique_key_yaml.safe_load(text)  # a key given twice is an error, not the last one kept
     except yaml.YAMLError as exc:  # PyYAML's text spans five lines, with the source line and a caret
         raise ConfigError(f"{path}: not valid YAML: {yaml_problem(exc)}") from None
     if raw is None:
