@@ -3,12 +3,55 @@
 section 23). Each test failed on the code as it was before its fix."""
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
 
+import dodo
 from dodo.qke.compiled import compiled_unavailable_reason
 from test_runtime_reliability import run_child
 
 needs_kernel = pytest.mark.skipif(compiled_unavailable_reason(16) is not None, reason="no compiled QKE kernel")
+needs_runtime = pytest.mark.skipif(not dodo.runtime_available(), reason="closure runtime not built")
+
+
+def _default_model() -> str:
+    from dodo._closure import runtime_paths
+
+    path = runtime_paths()["default_model"]
+    if not path or not Path(path).is_file():
+        pytest.skip("no default model")
+    return path
+
+
+def _compile(tmp_path: Path, name: str, source: str, language: str = "c") -> Path:
+    from test_native_programs import ROOT, pkg_config, run
+
+    compiler = {"c": "gcc", "c++": "g++"}[language]
+    if not shutil.which(compiler):
+        pytest.skip(f"{compiler} is not installed")
+    path = tmp_path / (name + (".c" if language == "c" else ".cpp"))
+    path.write_text(source)
+    program = tmp_path / name
+    standard = "-std=c11" if language == "c" else "-std=c++17"
+    run([compiler, standard, "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'cpp/include'}", str(path),
+         *pkg_config("--cflags", "--libs"), "-lm", "-pthread", "-o", str(program)])
+    return program
+
+
+def _run(program: Path, *arguments: str, timeout: float = 120, env: dict | None = None) -> list[str]:
+    """Runs a probe program; a hang past `timeout` fails (subprocess kills it with SIGKILL, which
+    no blocked signal mask stops)."""
+    try:
+        result = subprocess.run([str(program), *arguments], capture_output=True, text=True, timeout=timeout,
+                                stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{program.name} {' '.join(arguments)} did not finish within {timeout} s (hang)")
+    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr[-2000:])
+    return [line.rstrip() for line in result.stdout.splitlines()]
 
 
 # --- a fork while another thread is inside the raw QKE kernel ---------------------------------------
@@ -88,3 +131,48 @@ def test_a_fork_while_a_thread_is_inside_the_raw_qke_kernel_never_leaves_the_chi
     result = run_child(RAW_KERNEL_FORK.replace("{op}", op), timeout=300)
     assert result.returncode == 0, (result.returncode, result.stdout[-2000:], result.stderr[-2000:])
     assert result.stdout.startswith("forks done"), result.stdout
+
+
+# --- an ONNX Runtime library path that is a FIFO ----------------------------------------------------
+
+ORT_LIBRARY_PATH = r"""
+#include <dodo/dodo.h>
+#include <stdio.h>
+#include <string.h>
+
+int main(int argc, char** argv) {
+  dodo_options options;
+  dodo_options_init(&options);
+  options.onnxruntime_library = argc > 2 && strlen(argv[2]) ? argv[2] : NULL;
+  dodo_closure* closure = NULL;
+  char message[4096];
+  dodo_status status = dodo_closure_create(argv[1], &options, &closure, message, sizeof message);
+  printf("%s\n", dodo_status_name(status));
+  printf("%s\n", message);
+  dodo_closure_destroy(closure);
+  return 0;
+}
+"""
+
+
+@needs_runtime
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_an_onnxruntime_library_path_that_is_a_fifo_is_refused_instead_of_hanging(tmp_path, how):
+    """`onnxruntime_library` (or DODO_ONNXRUNTIME_LIBRARY) naming a FIFO: dlopen opened it and
+    waited for ever for a writer (the kernel's wait_for_partner), inside dodo_closure_create, with
+    the asynchronous signals blocked around ONNX Runtime's load (round nine), so that neither the
+    host's Ctrl-C nor a batch system's SIGTERM ended the process; only SIGKILL did. A model file
+    that is a FIFO was refused since round nine; the library path was not checked. Now a path that
+    is not a regular file is refused without being opened, DODO_ERROR_ONNXRUNTIME_UNAVAILABLE
+    naming it and what it is; a directory and a device likewise."""
+    fifo = tmp_path / "libonnxruntime.so.1"
+    os.mkfifo(fifo)
+    program = _compile(tmp_path, "ort_library_path", ORT_LIBRARY_PATH)
+    for path, what in ((fifo, "a FIFO"), (tmp_path, "a directory"), (Path("/dev/zero"), "a device")):
+        if how == "option":
+            lines = _run(program, _default_model(), str(path), timeout=60)
+        else:
+            lines = _run(program, _default_model(), "", timeout=60, env={"DODO_ONNXRUNTIME_LIBRARY": str(path)})
+        assert lines[0] == "DODO_ERROR_ONNXRUNTIME_UNAVAILABLE", lines
+        text = "\n".join(lines[1:])
+        assert f"{path}: not a regular file ({what}): not opened" in text, text

@@ -3,6 +3,7 @@
 #include <dlfcn.h>
 #include <glob.h>
 #include <pthread.h>
+#include <sys/stat.h>
 
 #include <cstdlib>
 #include <mutex>
@@ -73,10 +74,30 @@ void ask_for_no_onnxruntime_telemetry() {
   if (std::getenv("ORT_DISABLE_TELEMETRY") == nullptr) ::setenv("ORT_DISABLE_TELEMETRY", "1", 0);
 }
 
+// What a path that dlopen must not open is ("" for a regular file, or for a name without a slash,
+// which dlopen looks up in the loader's own directories). dlopen opens a FIFO for reading and waits
+// for a writer for ever, here with the asynchronous signals blocked (Closure::initialise), so that
+// neither Ctrl-C nor a batch system's SIGTERM ended the host (outside probe of the C side, round
+// thirteen: `onnxruntime_library` or DODO_ONNXRUNTIME_LIBRARY naming a FIFO).
+std::string not_a_library_file(const std::string& path) {
+  struct stat status {};
+  if (path.find('/') == std::string::npos || ::stat(path.c_str(), &status) != 0) return {};  // dlopen says why
+  if (S_ISREG(status.st_mode)) return {};
+  if (S_ISFIFO(status.st_mode)) return "a FIFO";
+  if (S_ISDIR(status.st_mode)) return "a directory";
+  if (S_ISSOCK(status.st_mode)) return "a socket";
+  if (S_ISCHR(status.st_mode) || S_ISBLK(status.st_mode)) return "a device";
+  return "not a file";
+}
+
 OrtLibrary open_library(const std::string& explicit_path) {
   ask_for_no_onnxruntime_telemetry();
   std::string tried;
   for (const std::string& path : candidate_paths(explicit_path)) {
+    if (const std::string what = not_a_library_file(path); !what.empty()) {
+      tried += "\n  " + path + ": not a regular file (" + what + "): not opened";
+      continue;
+    }
     void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
     if (!handle) {
       const char* why = dlerror();
