@@ -176,3 +176,94 @@ def test_an_onnxruntime_library_path_that_is_a_fifo_is_refused_instead_of_hangin
         assert lines[0] == "DODO_ERROR_ONNXRUNTIME_UNAVAILABLE", lines
         text = "\n".join(lines[1:])
         assert f"{path}: not a regular file ({what}): not opened" in text, text
+
+
+# --- Fortran: refusals of misshapen arrays say what was given ------------------------------------
+
+def _fortran(tmp_path: Path, name: str, source: str, module: Path | None = None) -> Path:
+    from test_native_programs import ROOT, pkg_config, run
+
+    if not shutil.which("gfortran"):
+        pytest.skip("gfortran is not installed (apt-get install gfortran)")
+    path = tmp_path / (name + ".f90")
+    path.write_text(source)
+    program = tmp_path / name
+    run(["gfortran", "-std=f2018", "-Wall", "-J", str(tmp_path), str(module or ROOT / "cpp/include/dodo/dodo.f90"),
+         str(path), *pkg_config("--libs"), "-o", str(program)])
+    return program
+
+
+FORTRAN_SHAPES = """
+program shapes
+  use dodo
+  implicit none
+  type(dodo_closure) :: closure
+  real(c_double) :: grid(4, 6, 5, 2), flat(4, 6, 10), swapped(6, 4, 10), u(4, 11), u3(3, 10)
+  real(c_double) :: rate(9)
+  integer(c_int32_t) :: flags(12)
+  integer :: stat
+  character(len=400) :: message
+  grid = 0
+  flat = 0
+  swapped = 0
+  u = 0
+  u3 = 0
+  call dodo_create(closure, DODO_BOX3D_ONLY, stat=stat)
+  call probe("ranks")
+  call dodo_apply(closure, grid, flat, stat=stat, errmsg=message)
+  call show()
+  call probe("swapped")
+  call dodo_apply(closure, swapped, swapped, stat=stat, errmsg=message)
+  call show()
+  call probe("extents")
+  call dodo_apply(closure, flat, flat(:, :, 1:9), stat=stat, errmsg=message)
+  call show()
+  call probe("u")
+  call dodo_apply(closure, flat, flat, u=u, stat=stat, errmsg=message)
+  call show()
+  call probe("u3")
+  call dodo_apply(closure, flat, flat, u=u3, stat=stat, errmsg=message)
+  call show()
+  call probe("status")
+  call dodo_apply(closure, flat, flat, cell_status=flags, stat=stat, errmsg=message)
+  call show()
+  call probe("rate")
+  call dodo_apply(closure, grid, grid, growth_rate=rate, stat=stat, errmsg=message)
+  call show()
+  call probe("spread")
+  call dodo_apply(closure, grid, grid, uncertainty=rate, stat=stat, errmsg=message)
+  call show()
+  call dodo_destroy(closure)
+contains
+  subroutine probe(name)
+    character(len=*), intent(in) :: name
+    write (*, '(a, 1x)', advance='no') name
+    message = ""
+  end subroutine probe
+  subroutine show()
+    print '(i0, 1x, a)', stat, trim(message)
+  end subroutine show
+end program shapes
+"""
+
+
+@needs_runtime
+def test_fortran_shape_refusals_say_what_was_given(tmp_path):
+    """Fortran dodo_apply refused misshapen arrays with a fixed text: F_init (4, 6, 5, 2) and
+    F_pred (4, 6, 10), which both have shape (4, 6, ...), were told "F_init and F_pred must both
+    have shape (4, 6, ...)"; a C-ordered (6, 4, 10) array, a u with one column too many, a
+    cell_status of 12 for 10 cells got the rule without the shape or count given, so the host
+    was left to guess which array and dimension was wrong. Each refusal now ends with the shapes
+    or counts it saw (read on failure only: a call that succeeds still allocates nothing)."""
+    lines = _run(_fortran(tmp_path, "shapes", FORTRAN_SHAPES))
+    rule = "1 F_init and F_pred must both have shape (4, 6, ...)"
+    assert lines == [
+        f"ranks {rule}, the same: F_init has (4, 6, 5, 2), F_pred (4, 6, 10)",
+        f"swapped {rule} (component, species, cells): F_init has (6, 4, 10)",
+        f"extents {rule}, the same: F_init has (4, 6, 10), F_pred (4, 6, 9)",
+        "u 1 u must have shape (4, ...) with one column per cell: u has (4, 11) for 10 cell(s)",
+        "u3 1 u must have shape (4, ...) with one column per cell: u has (3, 10) for 10 cell(s)",
+        "status 1 cell_status must have one entry per cell: it has 12 for 10 cell(s)",
+        "rate 1 growth_rate must have one entry per cell: it has 9 for 10 cell(s)",
+        "spread 1 uncertainty must have one entry per cell: it has 9 for 10 cell(s)",
+    ], lines

@@ -273,12 +273,23 @@ contains
     integer :: status
     integer(c_size_t) :: ncell
 
-    if (.not. cells_shaped(F_init) .or. rank(F_pred) /= rank(F_init)) then
-      call report(DODO_ERROR_INVALID_ARGUMENT, "F_init and F_pred must both have shape (4, 6, ...)", stat, errmsg)
+    ! Refusals say what was given (probe round thirteen of the C side: "must both have shape
+    ! (4, 6, ...)" for two arrays that both had it, of different ranks, left the host guessing).
+    if (.not. cells_shaped(F_init)) then
+      call report(DODO_ERROR_INVALID_ARGUMENT, "F_init and F_pred must both have shape (4, 6, ...) (component, " // &
+                  "species, cells): F_init has " // shape_text(shape(F_init, kind=c_size_t)), stat, errmsg)
+      return
+    end if
+    if (rank(F_pred) /= rank(F_init)) then
+      call report(DODO_ERROR_INVALID_ARGUMENT, "F_init and F_pred must both have shape (4, 6, ...), the same: " // &
+                  "F_init has " // shape_text(shape(F_init, kind=c_size_t)) // ", F_pred " // &
+                  shape_text(shape(F_pred, kind=c_size_t)), stat, errmsg)
       return
     end if
     if (any(shape(F_pred, kind=c_size_t) /= shape(F_init, kind=c_size_t))) then
-      call report(DODO_ERROR_INVALID_ARGUMENT, "F_init and F_pred must both have shape (4, 6, ...)", stat, errmsg)
+      call report(DODO_ERROR_INVALID_ARGUMENT, "F_init and F_pred must both have shape (4, 6, ...), the same: " // &
+                  "F_init has " // shape_text(shape(F_init, kind=c_size_t)) // ", F_pred " // &
+                  shape_text(shape(F_pred, kind=c_size_t)), stat, errmsg)
       return
     end if
     ! size() of kind c_size_t: a default-integer size() wraps past 2**31 - 1 values (89,478,485
@@ -288,18 +299,21 @@ contains
     status_pointer = c_null_ptr
     if (present(u)) then
       if (rank(u) < 1) then
-        call report(DODO_ERROR_INVALID_ARGUMENT, "u must have shape (4, ...) with one column per cell", stat, errmsg)
+        call report(DODO_ERROR_INVALID_ARGUMENT, "u must have shape (4, ...) with one column per cell: u is a " // &
+                    "scalar, for " // count_text(ncell) // " cell(s)", stat, errmsg)
         return
       end if
       if (size(u, 1) /= 4 .or. size(u, kind=c_size_t) /= 4 * ncell) then
-        call report(DODO_ERROR_INVALID_ARGUMENT, "u must have shape (4, ...) with one column per cell", stat, errmsg)
+        call report(DODO_ERROR_INVALID_ARGUMENT, "u must have shape (4, ...) with one column per cell: u has " // &
+                    shape_text(shape(u, kind=c_size_t)) // " for " // count_text(ncell) // " cell(s)", stat, errmsg)
         return
       end if
       u_pointer = c_loc(u)
     end if
     if (present(cell_status)) then
       if (size(cell_status, kind=c_size_t) /= ncell) then
-        call report(DODO_ERROR_INVALID_ARGUMENT, "cell_status must have one entry per cell", stat, errmsg)
+        call report(DODO_ERROR_INVALID_ARGUMENT, "cell_status must have one entry per cell: it has " // &
+                    count_text(size(cell_status, kind=c_size_t)) // " for " // count_text(ncell) // " cell(s)", stat, errmsg)
         return
       end if
       status_pointer = c_loc(cell_status)
@@ -308,14 +322,16 @@ contains
     uncertainty_pointer = c_null_ptr
     if (present(growth_rate)) then
       if (size(growth_rate, kind=c_size_t) /= ncell) then
-        call report(DODO_ERROR_INVALID_ARGUMENT, "growth_rate must have one entry per cell", stat, errmsg)
+        call report(DODO_ERROR_INVALID_ARGUMENT, "growth_rate must have one entry per cell: it has " // &
+                    count_text(size(growth_rate, kind=c_size_t)) // " for " // count_text(ncell) // " cell(s)", stat, errmsg)
         return
       end if
       growth_pointer = c_loc(growth_rate)
     end if
     if (present(uncertainty)) then
       if (size(uncertainty, kind=c_size_t) /= ncell) then
-        call report(DODO_ERROR_INVALID_ARGUMENT, "uncertainty must have one entry per cell", stat, errmsg)
+        call report(DODO_ERROR_INVALID_ARGUMENT, "uncertainty must have one entry per cell: it has " // &
+                    count_text(size(uncertainty, kind=c_size_t)) // " for " // count_text(ncell) // " cell(s)", stat, errmsg)
         return
       end if
       uncertainty_pointer = c_loc(uncertainty)
@@ -332,6 +348,27 @@ contains
                                      c_loc(F_pred), c_null_ptr, status_pointer, growth_pointer, uncertainty_pointer))
     call report_call(status, closure, stat, errmsg)
   end subroutine dodo_apply
+
+  ! "(4, 6, 10)": an array's shape for a message ("()" for a scalar).
+  function shape_text(dims) result(text)
+    integer(c_size_t), intent(in) :: dims(:)
+    character(len=:), allocatable :: text
+    integer :: i
+    text = "("
+    do i = 1, size(dims)
+      text = text // count_text(dims(i))
+      if (i < size(dims)) text = text // ", "
+    end do
+    text = text // ")"
+  end function shape_text
+
+  function count_text(count) result(text)
+    integer(c_size_t), intent(in) :: count
+    character(len=:), allocatable :: text
+    character(len=24) :: digits
+    write (digits, '(i0)') count
+    text = trim(digits)
+  end function count_text
 
   ! True for an array of shape (4, 6, ...).
   logical function cells_shaped(F)
