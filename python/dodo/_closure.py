@@ -231,7 +231,8 @@ class Closure:
                         else BOX3D_ONLY if model_path is None else os.path.abspath(model_path))
         self._options = {"threads": threads, "chunk_size": chunk_size, "lebedev_order": lebedev_order,
                          "z_method": z_method, "max_flux_factor": max_flux_factor, "device": device,
-                         "self_test": self_test, "onnxruntime_library": onnxruntime_library, "evaluator": evaluator}
+                         "self_test": self_test, "evaluator": evaluator,
+                         "onnxruntime_library": None if onnxruntime_library is None else _library_path(onnxruntime_library)}
         self._runtime = _core.Closure(
             model_bytes if model_bytes is not None else BOX3D_ONLY if model_path is None else model_path,
             threads=min(_threads(threads), _most_workers()), chunk_size=_chunk_size(chunk_size),
@@ -390,14 +391,18 @@ def _max_flux_factor(value) -> float:
 
 def _library_path(library) -> str:
     """The onnxruntime_library option as text ("" for the search); a TypeError naming the option,
-    where os.fspath's says only "expected str, bytes or os.PathLike object, not int"."""
+    where os.fspath's says only "expected str, bytes or os.PathLike object, not int". A relative
+    path (one with a slash) is made absolute here, as the model's path is for pickling: a pickled
+    closure carried it as given, and a worker started in another directory (or after os.chdir)
+    could not load the library (outside probe, round 22). A bare name is dlopen's search name, kept."""
     if library is None or isinstance(library, str) and not library:
         return ""
     try:
-        return os.fsdecode(os.fspath(library))
+        text = os.fsdecode(os.fspath(library))
     except TypeError:
         raise TypeError(f"onnxruntime_library must be a path (str or os.PathLike) or None; got "
                         f"{type(library).__name__}") from None
+    return os.path.abspath(text) if "/" in text and not os.path.isabs(text) else text
 
 
 def _chunk_size(chunk_size) -> int:

@@ -411,3 +411,37 @@ def test_simulate_refuses_a_states_file_with_two_state_lists(capsys, tmp_path):
     line = refused(capsys, ["simulate", str(out), "--input", str(states), "--linear-only", "-q"], "'states'", "twice")
     assert "states.yaml" in line
     assert not out.exists()
+
+
+# --- a pickled Closure names its ONNX Runtime library by an absolute path, as it does its model ---
+
+@pytest.mark.skipif(not __import__("dodo").runtime_available(), reason="closure runtime not built")
+def test_a_closure_with_a_relative_onnxruntime_library_unpickles_in_another_directory(tmp_path, monkeypatch):
+    """`dodo.Closure(model, onnxruntime_library="lib/libonnxruntime.so")` pickled, then loaded by a
+    worker started in another directory (or after os.chdir): the pickle carried the relative path
+    as given, so the worker failed with DODO_ERROR_ONNXRUNTIME_UNAVAILABLE (`lib/...: cannot open
+    shared object file`), while the model path had been made absolute for this very reason. Now a
+    relative path (one with a slash; a bare name is the loader's search name and is kept) is made
+    absolute when the closure is made."""
+    import os
+    import pickle
+
+    import dodo
+    from dodo._closure import onnxruntime_library_path
+
+    library = onnxruntime_library_path()
+    if library is None:
+        pytest.skip("no onnxruntime package to point at")
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / os.path.basename(library)).symlink_to(library)
+    monkeypatch.chdir(tmp_path)
+    relative = os.path.join("lib", os.path.basename(library))
+    closure = dodo.Closure(None, threads=1, onnxruntime_library=relative)
+    data = pickle.dumps(closure)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = subprocess.run([sys.executable, "-c", "import pickle, sys; closure = pickle.loads(sys.stdin.buffer.read()); "
+                             "print(closure.onnxruntime[0])"], input=data, capture_output=True, cwd=elsewhere,
+                            timeout=SUBPROCESS_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr.decode()[-600:]
+    assert result.stdout.decode().strip() == str(tmp_path / relative)
