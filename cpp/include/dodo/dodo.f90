@@ -441,7 +441,7 @@ contains
     allocate(buffer(length + 1))
     buffer = c_null_char
     length = c_get_metadata(closure%handle, key_c, buffer, int(size(buffer), c_size_t))
-    if (length < 0 .or. length >= size(buffer)) return
+    if (length < 0 .or. length >= size(buffer, kind=c_long)) return  ! c_long: -Wconversion-extra -Werror hosts
     deallocate(value)
     allocate(character(len=length) :: value)
     do i = 1, int(length)  ! the whole value, NUL characters included

@@ -30,7 +30,9 @@ class Error : public std::runtime_error {
 // Builder over dodo_options; strings are copied so temporaries are safe.
 class Options {
  public:
-  Options() { dodo_options_init(&options_); }
+  // Members in the initialiser list: a host compiling with -Weffc++ -Werror could not include this
+  // header (probe round thirteen of the C side).
+  Options() : options_(), z_method_(), onnxruntime_library_() { dodo_options_init(&options_); }
   Options& threads(int n) { options_.threads = n; return *this; }
   Options& chunk_size(int n) { options_.chunk_size = n; return *this; }
   Options& lebedev_order(int order) { options_.lebedev_order = order; return *this; }
