@@ -75,5 +75,31 @@ def _command(argv: list[str]) -> int:
     return main()
 
 
+def _guarded(argv: list[str]) -> int:
+    """:func:`_command` with standard output guarded as `dodo` guards it (dodo.cli.main): a reader
+    that went away (`python -m dodo.test | head -1`) ends it quietly with 141, an output that
+    cannot be written (`> /dev/full`, `>&-`) with one line and 2; both were tracebacks with exit
+    status 1, or with `>&-` the report silently dropped (outside probe, round 22)."""
+    from dodo.cli import StandardOutputError, _GuardedStdout, _silence_stdout
+
+    name = "python -m dodo.test"
+    original, guard = sys.stdout, _GuardedStdout(sys.stdout)
+    sys.stdout = guard
+    try:
+        code = _command(argv)
+        sys.stdout.flush()  # text still buffered: a full disk shows here, not at the interpreter's exit
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141
+    except StandardOutputError as error:
+        print(f"{name}: error: cannot write to standard output: {error}", file=sys.stderr)
+        _silence_stdout()
+        return 2
+    finally:
+        if sys.stdout is guard:
+            sys.stdout = original
+
+
 if __name__ == "__main__":
-    sys.exit(_command(sys.argv[1:]))
+    sys.exit(_guarded(sys.argv[1:]))

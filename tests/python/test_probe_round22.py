@@ -445,3 +445,38 @@ def test_a_closure_with_a_relative_onnxruntime_library_unpickles_in_another_dire
                             timeout=SUBPROCESS_TIMEOUT_S)
     assert result.returncode == 0, result.stderr.decode()[-600:]
     assert result.stdout.decode().strip() == str(tmp_path / relative)
+
+
+# --- python -m dodo.test with a standard output that cannot take its lines ----------------------
+
+def _smoke_test(stdout) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dodo.test"], stdout=stdout, stderr=subprocess.PIPE, text=True,
+                          timeout=SUBPROCESS_TIMEOUT_S)
+
+
+def test_the_smoke_test_ends_quietly_when_its_reader_goes_away():
+    """`python -m dodo.test | head -1` (or any reader that closed early) ended in a BrokenPipeError
+    traceback, exit 1, where `dodo` commands stop quietly with 141 (the shell's status for
+    SIGPIPE). Here the pipe's reading end is closed before the check starts, so every write fails."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = _smoke_test(write_end)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 141, result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
+
+
+def test_the_smoke_test_says_when_its_output_is_lost():
+    """`python -m dodo.test > /dev/full` (a full disk) ended in an OSError traceback, exit 1. Now one
+    line, exit 2, as `dodo` commands say it."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    with open("/dev/full", "w") as full:
+        result = _smoke_test(full)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "python -m dodo.test: error: cannot write to standard output" in lines[0], lines
