@@ -176,6 +176,12 @@ def test_an_onnxruntime_library_path_that_is_a_fifo_is_refused_instead_of_hangin
         assert lines[0] == "DODO_ERROR_ONNXRUNTIME_UNAVAILABLE", lines
         text = "\n".join(lines[1:])
         assert f"{path}: not a regular file ({what}): not opened" in text, text
+        # and the advice fits how the path was given (it said "set DODO_ONNXRUNTIME_LIBRARY" also
+        # when the option named the library, which the variable cannot override)
+        if how == "option":
+            assert "the onnxruntime_library option names it" in text and "DODO_ONNXRUNTIME_LIBRARY" not in text, text
+        else:
+            assert "DODO_ONNXRUNTIME_LIBRARY names it: set it to the path of a libonnxruntime.so, or unset it" in text
 
 
 # --- Fortran: refusals of misshapen arrays say what was given ------------------------------------

@@ -125,9 +125,17 @@ OrtLibrary open_library(const std::string& explicit_path) {
               "creating the ONNX Runtime environment");
     return library;
   }
-  throw Error(DODO_ERROR_ONNXRUNTIME_UNAVAILABLE,
-              "cannot load the ONNX Runtime library (pip install onnxruntime, or set DODO_ONNXRUNTIME_LIBRARY "
-              "to the path of libonnxruntime.so); tried:" + tried);
+  // The advice fits the way the library was asked for: an explicit path (the option) is used
+  // alone, so setting DODO_ONNXRUNTIME_LIBRARY, which the message used to suggest, changed nothing
+  // (probe round thirteen of the C side).
+  const char* env = std::getenv("DODO_ONNXRUNTIME_LIBRARY");
+  std::string advice = "pip install onnxruntime, or set DODO_ONNXRUNTIME_LIBRARY to the path of libonnxruntime.so";
+  if (!explicit_path.empty())
+    advice = "the onnxruntime_library option names it: give the path of a libonnxruntime.so, or leave the option "
+             "empty to search";
+  else if (env && *env)
+    advice = "DODO_ONNXRUNTIME_LIBRARY names it: set it to the path of a libonnxruntime.so, or unset it to search";
+  throw Error(DODO_ERROR_ONNXRUNTIME_UNAVAILABLE, "cannot load the ONNX Runtime library (" + advice + "); tried:" + tried);
 }
 
 }  // namespace
