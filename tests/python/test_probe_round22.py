@@ -480,3 +480,43 @@ def test_the_smoke_test_says_when_its_output_is_lost():
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert "python -m dodo.test: error: cannot write to standard output" in lines[0], lines
+
+
+# --- dodo preprocess: a copy of an input file is read once ---------------------------------------
+
+def test_preprocess_reads_a_copied_input_once(capsys, tmp_path):
+    """`dodo preprocess` with inputs [run.h5, backup/run.h5] (a byte-for-byte copy: `cp`, a download)
+    wrote every state twice, without a word (a file named twice, or reached through a link, was
+    already read once): `dodo train` then split the copies between the training and test sets, so
+    its test metrics measured recall of training states. Now the copy is left out (by the SHA-256
+    the file's sources record already), with a line saying so."""
+    h5py = pytest.importorskip("h5py")
+    from cli_helpers import run
+
+    assert main(["synth", str(tmp_path / "run.h5"), "-n", "20", "-q"]) == 0
+    (tmp_path / "backup").mkdir()
+    shutil.copy(tmp_path / "run.h5", tmp_path / "backup" / "run.h5")
+    config = tmp_path / "pre.yaml"
+    config.write_text(f"inputs: [{tmp_path / 'run.h5'}, {tmp_path / 'backup' / 'run.h5'}]\n"
+                      f"output: {tmp_path / 'pre.h5'}\n")
+    code, out, err = run(capsys, ["preprocess", "--config", str(config), "-q"])
+    assert code == 0, err
+    assert "same bytes as" in out and str(tmp_path / "backup" / "run.h5") in out, out
+    with h5py.File(tmp_path / "pre.h5", "r") as handle:
+        assert handle["F_init"].shape[0] == 20
+        assert [source["path"] for source in json.loads(handle.attrs["sources"])] == [str(tmp_path / "run.h5")]
+
+
+def test_preprocess_still_refuses_a_fifo_input_before_reading_it(tmp_path):
+    """The other side of the copy check: each input is opened (and a FIFO, device or directory
+    refused) before its bytes are hashed, so a FIFO among the inputs is one line, not a wait for ever
+    in the hash (a first version of the fix hashed first; passes on the code before the fix)."""
+    import os
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    config = tmp_path / "pre.yaml"
+    config.write_text(f"inputs: [{fifo}]\noutput: {tmp_path / 'pre.h5'}\n")
+    result = subprocess.run([sys.executable, "-m", "dodo", "preprocess", "--config", str(config), "-q"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "FIFO" in result.stderr, result.stderr

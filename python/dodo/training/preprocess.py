@@ -98,13 +98,24 @@ def preprocess(config: PreprocessConfig, progress: bool = True, log=print) -> di
     settings = dodo.box3d_settings(lebedev_order=config.box3d.lebedev_order, z_method=config.box3d.z_method)
     sources, kinds = [], set()
     total_rows = 0
+    read, seen = [], {}
     for path in files:
-        handle, nsims = open_emu_file(path)
+        handle, nsims = open_emu_file(path)  # first: it refuses a FIFO, which sha256_file would wait on
         with handle:
             kind = source_kind(handle.attrs)
+        digest = sha256_file(path)
+        if digest in seen:
+            # A copy (cp, a download) of a file read already: its states would be read twice, and
+            # `dodo train` would put the two copies of a state on both sides of its train/test split
+            # (outside probe, round 22). Read once, as a file named twice or reached through a link is.
+            log(f"preprocess: {path} holds the same bytes as {seen[digest]} (a copy): read once")
+            continue
+        seen[digest] = path
+        read.append(path)
         kinds.add(kind)
-        sources.append({"path": str(path), "sha256": sha256_file(path), "rows": int(nsims), "kind": kind})
+        sources.append({"path": str(path), "sha256": digest, "rows": int(nsims), "kind": kind})
         total_rows += nsims
+    files = read
     # One of "synthetic", "qke", "emu" (docs/model_package.md); a mixture lists its kinds ("emu+qke").
     data_kind = "+".join(sorted(kinds))
 
