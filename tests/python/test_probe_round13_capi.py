@@ -314,3 +314,67 @@ def test_the_shipped_headers_compile_under_a_strict_hosts_warnings_as_errors(tmp
              "-o", str(tmp_path / "dodo.o")])
     if not (shutil.which("g++") or shutil.which("gfortran")):
         pytest.skip("neither g++ nor gfortran is installed")
+
+
+# --- docs/runtime.md's MPI pattern, as written, on a package rank 0 could not read -------------------
+
+MPI_SNIPPET_STUBS = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <dodo/dodo.h>
+typedef int MPI_Comm;
+#define MPI_COMM_WORLD 0
+#define MPI_LONG 8
+#define MPI_BYTE 1
+static int stub_rank;
+/* As MPI with MPI_ERRORS_ARE_FATAL: a negative count ends the job. The size's broadcast gives the
+ * other ranks rank 0's -1 (it could not read the file). */
+static int MPI_Bcast(void* buffer, int count, int type, int root, MPI_Comm comm) {
+  (void)root; (void)comm;
+  if (count < 0) { printf("MPI_ERR_COUNT: invalid count argument\n"); exit(2); }
+  if (stub_rank != 0 && type == MPI_LONG && count == 1) *(long*)buffer = -1;
+  return 0;
+}
+static int MPI_Finalize(void) { return 0; }
+static int MPI_Abort(MPI_Comm comm, int code) { (void)comm; printf("MPI_Abort %d\n", code); exit(code); }
+static unsigned char* read_file(const char* path, long* size) {
+  FILE* file = fopen(path, "rb");
+  *size = -1;
+  if (file) fclose(file);  /* (the stub never reads: the test's path does not exist) */
+  return NULL;
+}
+int main(int argc, char** argv) {
+  (void)argc;
+  int rank = stub_rank = atoi(argv[1]);
+  const char* path = argv[2];
+  dodo_options options;
+  dodo_options_init(&options);
+  dodo_closure* closure = NULL;
+  char message[512];
+  (void)closure; (void)message; (void)options; (void)MPI_Abort; (void)MPI_Finalize;
+#line 1 "docs/runtime.md (MPI snippet)"
+SNIPPET
+  printf("past the snippet\n");
+  return 0;
+}
+"""
+
+
+def test_the_documented_mpi_pattern_stops_every_rank_when_rank_0_cannot_read_the_package(tmp_path):
+    """docs/runtime.md's "Load the model once, from memory" snippet broadcast the size ("negative:
+    rank 0 could not read it") and went on: malloc of a negative size on the other ranks and an
+    MPI_Bcast of count -1 on every rank, which MPI refuses by ending the job (MPI_ERR_COUNT), not a
+    message saying the package could not be read. examples/c/mpi_closure.c checks; the snippet
+    hosts copy did not. It now stops every rank on a negative size, before malloc."""
+    from test_native_programs import ROOT
+
+    text = (ROOT / "docs/runtime.md").read_text()
+    start = text.index("```c\nlong size;")
+    snippet = text[start + len("```c\n"):text.index("```", start + 4)]
+    program = _compile(tmp_path, "mpi_snippet", MPI_SNIPPET_STUBS.replace("SNIPPET", snippet))
+    for rank in ("0", "1"):
+        result = subprocess.run([str(program), rank, str(tmp_path / "missing.onnx")], capture_output=True, text=True,
+                                timeout=60)
+        assert "MPI_ERR_COUNT" not in result.stdout, (rank, result.stdout)
+        assert "past the snippet" not in result.stdout, (rank, result.stdout)
+        assert result.returncode != 0, (rank, result.returncode, result.stdout, result.stderr)
