@@ -520,3 +520,30 @@ def test_preprocess_still_refuses_a_fifo_input_before_reading_it(tmp_path):
     result = subprocess.run([sys.executable, "-m", "dodo", "preprocess", "--config", str(config), "-q"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "FIFO" in result.stderr, result.stderr
+
+
+# --- python -m dodo.training.synthetic_model -o: only over a model package ------------------------
+
+def test_the_test_model_writer_does_not_replace_a_data_file(capsys, tmp_path):
+    """`python -m dodo.training.synthetic_model -o F` with F a `dodo synth` database (any file that
+    is not a model package) replaced it with the test model package, exit 0: `dodo export` has
+    refused this since round two. Now refused (exit 2) unless --overwrite; a package (its own
+    earlier output) is replaced as before."""
+    pytest.importorskip("onnx")
+    from dodo.training.synthetic_model import main as write_test_model
+
+    database = tmp_path / "syn.h5"
+    assert main(["synth", str(database), "-n", "5", "-q"]) == 0
+    before = digest(database)
+    try:
+        code = write_test_model(["-o", str(database)])
+    except SystemExit as ended:
+        code = ended.code
+    err = capsys.readouterr().err
+    assert code == 2 and "synthetic database" in err and "--overwrite" in err, err
+    assert digest(database) == before
+    package = tmp_path / "test.onnx"
+    assert write_test_model(["-o", str(package)]) == 0
+    assert write_test_model(["-o", str(package)]) == 0  # over its own earlier output
+    assert write_test_model(["-o", str(database), "--overwrite"]) == 0
+    assert database.read_bytes()[:1] == b"\x08"

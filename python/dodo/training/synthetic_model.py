@@ -458,9 +458,17 @@ def main(argv: Optional[list[str]] = None) -> int:
                     f"tests and fuzzers load; by default over the one shipped with dodo ({TEST_MODEL_NAME}).")
     parser.add_argument("-o", "--output", default=str(MODELS_DIR / TEST_MODEL_NAME),
                         help="package to write (atomically); default: the shipped %(default)s")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the output when it exists and is not a model package (a data file, a "
+                             "checkpoint: refused without it)")
     args = parser.parse_args(argv)
     mlp = SyntheticMLP.random("equivariant", hidden=(32, 32), output_scale=0.02, seed=1)
     try:
+        # Only over a model package (its own earlier output), as `dodo export`: `-o data.h5` replaced a
+        # database with the test package, exit 0 (outside probe, round 22).
+        from dodo._output_guard import MODEL_PACKAGE, refuse_replacing
+
+        refuse_replacing(args.output, MODEL_PACKAGE, f"{parser.prog} -o", args.overwrite)
         print(write_model(args.output, mlp, n_test_vectors=8))
     except (OSError, ValueError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
