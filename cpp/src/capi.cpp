@@ -196,6 +196,15 @@ dodo_options complete_options(const dodo_options* options) {
     given.struct_size = sizeof(dodo_options);
     return given;
   }
+  // Larger than ours: the struct of a later dodo.h (fields are only added at the end), whose fields
+  // this library cannot honour. Said so: the general advice ("initialise with dodo_options_init")
+  // named the wrong cause for a program that had (probe round thirteen of the C side).
+  if (options->struct_size > sizeof(dodo_options))
+    throw Error(DODO_ERROR_INVALID_ARGUMENT,
+                "dodo_options.struct_size " + std::to_string(options->struct_size) + " is larger than this library's (" +
+                    std::to_string(sizeof(dodo_options)) + " bytes): the program was built against a newer dodo.h than "
+                    "this libdodo " + dodo_version() + "; build it against this library's dodo.h, or link a libdodo "
+                    "at least as new as its header");
   throw Error(DODO_ERROR_INVALID_ARGUMENT, "dodo_options.struct_size " + std::to_string(options->struct_size) +
                                                " is not a size this library knows (initialise with dodo_options_init)");
 }

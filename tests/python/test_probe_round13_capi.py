@@ -378,3 +378,48 @@ def test_the_documented_mpi_pattern_stops_every_rank_when_rank_0_cannot_read_the
         assert "MPI_ERR_COUNT" not in result.stdout, (rank, result.stdout)
         assert "past the snippet" not in result.stdout, (rank, result.stdout)
         assert result.returncode != 0, (rank, result.returncode, result.stdout, result.stderr)
+
+
+# --- dodo_options from a newer dodo.h ---------------------------------------------------------------
+
+NEWER_HEADER_OPTIONS = r"""
+#include <dodo/dodo.h>
+#include <stdio.h>
+
+/* A program built against a later dodo.h, whose dodo_options has grown by a field (fields are only
+ * ever added at the end), linked to this older libdodo. */
+struct later_options {
+  dodo_options known;
+  int added_later;
+};
+
+int main(void) {
+  struct later_options later;
+  dodo_options_init_sized(&later.known, sizeof later);
+  dodo_closure* closure = NULL;
+  char message[1024];
+  dodo_status status = dodo_closure_create(DODO_BOX3D_ONLY, &later.known, &closure, message, sizeof message);
+  printf("%s\n%s\n", dodo_status_name(status), message);
+  dodo_options odd;
+  dodo_options_init(&odd);
+  odd.struct_size = sizeof odd - 4;
+  status = dodo_closure_create(DODO_BOX3D_ONLY, &odd, &closure, message, sizeof message);
+  printf("%s\n%s\n", dodo_status_name(status), message);
+  return 0;
+}
+"""
+
+
+@needs_runtime
+def test_options_from_a_newer_header_say_the_header_is_newer_than_the_library(tmp_path):
+    """A program built against a later dodo.h (a larger dodo_options) and run with this libdodo was
+    told "dodo_options.struct_size 88 is not a size this library knows (initialise with
+    dodo_options_init)", though it had initialised the struct so: the message named the wrong cause
+    and no fix. Now a size above this library's says the header is newer than the library (both
+    sizes, the library's version, and what to do); another unknown size keeps the old advice."""
+    lines = _run(_compile(tmp_path, "newer_header", NEWER_HEADER_OPTIONS))
+    assert lines[0] == "DODO_ERROR_INVALID_ARGUMENT", lines
+    assert "larger than this library's" in lines[1] and "newer dodo.h than this libdodo" in lines[1], lines
+    assert f"libdodo {dodo.__version__}" in lines[1] or "libdodo 0." in lines[1], lines
+    assert lines[2] == "DODO_ERROR_INVALID_ARGUMENT", lines
+    assert "is not a size this library knows (initialise with dodo_options_init)" in lines[3], lines
