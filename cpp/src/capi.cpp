@@ -410,11 +410,16 @@ int dodo_has_model(const dodo_closure* closure) {
 
 long dodo_get_metadata(const dodo_closure* closure, const char* key, char* buffer, size_t buffer_size) {
   if (!closure || !key || !is_live(closure)) return -1;
-  const auto& metadata = closure->closure->metadata();
-  auto it = metadata.find(key);
-  if (it == metadata.end()) return -1;
-  copy_text(it->second, buffer, buffer_size);
-  return static_cast<long>(it->second.size());
+  // Compared in place: std::map::find(key) copied the key into a std::string, outside any
+  // exception guard, so that a failed allocation ended the host in std::terminate (probe round
+  // thirteen of the C side). A package holds a few dozen keys.
+  const std::string_view wanted(key);
+  for (const auto& [name, value] : closure->closure->metadata()) {
+    if (name != wanted) continue;
+    copy_text(value, buffer, buffer_size);
+    return static_cast<long>(value.size());
+  }
+  return -1;
 }
 
 size_t dodo_last_error(const dodo_closure* closure, char* buffer, size_t buffer_size) {

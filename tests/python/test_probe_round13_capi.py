@@ -423,3 +423,52 @@ def test_options_from_a_newer_header_say_the_header_is_newer_than_the_library(tm
     assert f"libdodo {dodo.__version__}" in lines[1] or "libdodo 0." in lines[1], lines
     assert lines[2] == "DODO_ERROR_INVALID_ARGUMENT", lines
     assert "is not a size this library knows (initialise with dodo_options_init)" in lines[3], lines
+
+
+# --- dodo_get_metadata under memory pressure ---------------------------------------------------------
+
+METADATA_OUT_OF_MEMORY = r"""
+#include <dodo/dodo.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+int main(int argc, char** argv) {
+  const size_t length = (size_t)256 << 20;  /* a key of 256 MiB, made before the limit */
+  char* key = malloc(length + 1);
+  if (!key) return 3;
+  memset(key, 'k', length);
+  key[length] = '\0';
+  dodo_closure* closure = NULL;
+  if (dodo_closure_create(argc > 1 ? argv[1] : DODO_BOX3D_ONLY, NULL, &closure, NULL, 0) != DODO_OK) return 4;
+  /* The address space may grow by 64 MiB from here: no copy of the key fits. */
+  long pages = 0;
+  FILE* statm = fopen("/proc/self/statm", "r");
+  if (!statm || fscanf(statm, "%ld", &pages) != 1) return 5;
+  fclose(statm);
+  struct rlimit limit = {(rlim_t)pages * 4096 + ((rlim_t)64 << 20), RLIM_INFINITY};
+  if (setrlimit(RLIMIT_AS, &limit) != 0) return 6;
+  long found = dodo_get_metadata(closure, key, NULL, 0);
+  long known = dodo_get_metadata(closure, "dodo.format_version", NULL, 0);
+  printf("%ld %d\n", found, known > 0 || !dodo_has_model(closure));
+  dodo_closure_destroy(closure);
+  return 0;
+}
+"""
+
+
+@needs_runtime
+@pytest.mark.parametrize("with_model", [False, True])
+def test_metadata_lookup_under_memory_pressure_answers_instead_of_aborting(tmp_path, with_model):
+    """dodo_get_metadata copied the key into a std::string to look it up (std::map::find), outside
+    the C API's exception guard: when that copy could not be allocated, std::bad_alloc crossed the
+    extern "C" boundary and the host ended in std::terminate (SIGABRT), where dodo.h promises that
+    nothing aborts. Shown with a 256 MiB key and the address space capped 64 MiB above its use; a
+    short key in a host out of memory takes the same road. The lookup now compares in place,
+    allocating nothing: -1 (absent), and a real key is still found under the same cap."""
+    program = _compile(tmp_path, "metadata_oom", METADATA_OUT_OF_MEMORY)
+    arguments = [_default_model()] if with_model else []
+    result = subprocess.run([str(program), *arguments], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr[-2000:])
+    assert result.stdout.split() == ["-1", "1"], result.stdout
