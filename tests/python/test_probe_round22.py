@@ -547,3 +547,20 @@ def test_the_test_model_writer_does_not_replace_a_data_file(capsys, tmp_path):
     assert write_test_model(["-o", str(package)]) == 0  # over its own earlier output
     assert write_test_model(["-o", str(database), "--overwrite"]) == 0
     assert database.read_bytes()[:1] == b"\x08"
+
+
+# --- dodo learning-curve --json -: standard output holds the JSON alone ---------------------------
+
+def test_learning_curve_json_on_stdout_is_json_alone(capsys, ensemble_run):
+    """`dodo learning-curve --json -` ("- : to stdout", as `--json -` of score, evaluate and
+    inspect) printed its per-size summary lines (`train    50: CV model ...`) on standard output
+    before the JSON, so `dodo learning-curve ... --json - | jq` (or json.load) failed on the first
+    line. Now the progress lines go to standard error when the JSON takes standard output."""
+    from cli_helpers import run
+
+    code, out, err = run(capsys, ["learning-curve", "--config", str(ensemble_run["config"]), "--sizes", "50",
+                                  "--folds", "2", "--members", "1", "--json", "-"])
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [row["train_size"] for row in rows] == [50]
+    assert "CV model" in err

@@ -72,10 +72,13 @@ def _learning_curve(args) -> int:
             raise ValueError(f"--sizes takes integers >= 10 and 'all', comma separated; got {part!r}")
     if args.folds < 2:
         raise ValueError(f"--folds must be >= 2; got {args.folds}")
-    rows = learning_curve(config, sizes, folds=args.folds, members=args.members, emu_path=args.emu)
+    # With --json - the JSON alone goes to standard output: the per-size lines came first there, so
+    # `--json - | jq` failed on them (outside probe, round 22); they go to standard error instead.
+    say = (lambda message: print(message, file=sys.stderr, flush=True)) if args.json == "-" else print
+    rows = learning_curve(config, sizes, folds=args.folds, members=args.members, emu_path=args.emu, log=say)
     if args.plot:
         plot_curve(rows, args.plot)
-        print(f"plot written to {args.plot}")
+        say(f"plot written to {args.plot}")
     if args.json == "-":
         print(json.dumps(json_safe(rows), indent=1, allow_nan=False, default=float))
     elif args.json:
