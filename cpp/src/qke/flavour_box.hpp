@@ -13,7 +13,9 @@
 // (advection and filters are Hermitian-symmetric multipliers, so a pair of real signals shares
 // one complex transform), and the three off-diagonal entries for neutrinos and antineutrinos.
 // Lawson RK4 runs in Fourier space: 4 forward and 4 inverse transforms of the state per step.
-// All memory is allocated at construction; step() allocates nothing.
+// All the boxes' memory is allocated at construction; step() allocates none of it (with threads > 1
+// it starts and joins its worker threads within the call, whose start records and stacks the
+// system allocates: fork-safe, not allocation-free).
 #pragma once
 
 #include <atomic>
