@@ -87,8 +87,15 @@ def metadata_seeds() -> dict[str, bytes]:
     return seeds
 
 
-def main() -> None:
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "build" / "fuzz" / "seeds"
+def main(argv=None) -> None:
+    # argparse: `--help` was taken for the output directory (the corpora went to ./--help/) and a
+    # second argument was ignored (outside probe, round 22).
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="fuzz/make_seeds.py", description=__doc__.splitlines()[0])
+    parser.add_argument("out", nargs="?", type=Path, default=ROOT / "build" / "fuzz" / "seeds",
+                        help="directory of the corpora (default: build/fuzz/seeds of the repository)")
+    out = parser.parse_args(sys.argv[1:] if argv is None else argv).out
     rng = random.Random(20251126)
     corpora = {"apply": apply_seeds(rng), "loader": loader_seeds(rng), "metadata": metadata_seeds(),
                "python": apply_seeds(random.Random(7))}

@@ -564,3 +564,24 @@ def test_learning_curve_json_on_stdout_is_json_alone(capsys, ensemble_run):
     rows = json.loads(out)
     assert [row["train_size"] for row in rows] == [50]
     assert "CV model" in err
+
+
+# --- fuzz/make_seeds.py: --help is not a directory name -------------------------------------------
+
+def test_the_seed_writer_answers_help_without_writing(tmp_path):
+    """`python fuzz/make_seeds.py --help` took '--help' for its output directory and wrote the four
+    seed corpora into ./--help/ (any first argument was the directory, a second one ignored). Now
+    --help prints the usage and writes nothing; an extra argument is refused (exit 2); OUT works as
+    before."""
+    script = REPO / "fuzz" / "make_seeds.py"
+    result = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, cwd=tmp_path,
+                            timeout=SUBPROCESS_TIMEOUT_S)
+    assert result.returncode == 0 and "usage" in result.stdout.lower(), result.stdout + result.stderr
+    assert list(tmp_path.iterdir()) == []
+    result = subprocess.run([sys.executable, str(script), "a", "b"], capture_output=True, text=True, cwd=tmp_path,
+                            timeout=SUBPROCESS_TIMEOUT_S)
+    assert result.returncode == 2 and list(tmp_path.iterdir()) == [], result.stderr
+    result = subprocess.run([sys.executable, str(script), str(tmp_path / "seeds")], capture_output=True, text=True,
+                            timeout=SUBPROCESS_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in (tmp_path / "seeds").iterdir()) == ["apply", "loader", "metadata", "python"]
