@@ -472,3 +472,52 @@ def test_metadata_lookup_under_memory_pressure_answers_instead_of_aborting(tmp_p
     result = subprocess.run([str(program), *arguments], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, (result.returncode, result.stdout, result.stderr[-2000:])
     assert result.stdout.split() == ["-1", "1"], result.stdout
+
+
+# --- option refusals name the value given ------------------------------------------------------------
+
+OPTION_VALUES = r"""
+#include <dodo/dodo.h>
+#include <math.h>
+#include <stdio.h>
+
+static void try_options(const char* what, dodo_options* options) {
+  dodo_closure* closure = NULL;
+  char message[512];
+  dodo_status status = dodo_closure_create(DODO_BOX3D_ONLY, options, &closure, message, sizeof message);
+  printf("%s: %d %s\n", what, (int)status, message);
+  dodo_closure_destroy(closure);
+}
+
+int main(void) {
+  dodo_options options;
+  const double values[] = {1.5, -0.25, NAN, 1.0};
+  const char* names[] = {"max_flux_factor 1.5", "max_flux_factor -0.25", "max_flux_factor nan", "max_flux_factor 1"};
+  for (int i = 0; i < 4; ++i) {
+    dodo_options_init(&options);
+    options.max_flux_factor = values[i];
+    try_options(names[i], &options);
+  }
+  dodo_options_init(&options);
+  options.lebedev_order = -3;
+  try_options("lebedev_order -3", &options);
+  return 0;
+}
+"""
+
+
+@needs_runtime
+def test_option_refusals_name_the_value_given(tmp_path):
+    """dodo_options refusals of threads and chunk_size ended with "; got N", but max_flux_factor
+    (1.5, -0.25, NaN, 1) and a negative lebedev_order were refused with the rule alone: a host
+    reading the value from an input deck could not see what it had passed (a unit mix-up, a NaN
+    from an uninitialised variable). Both now end with the value given."""
+    lines = _run(_compile(tmp_path, "option_values", OPTION_VALUES))
+    rule = "1 max_flux_factor must lie in (0, 1), or 0 for the model's; got "
+    assert lines == [
+        f"max_flux_factor 1.5: {rule}1.5",
+        f"max_flux_factor -0.25: {rule}-0.25",
+        f"max_flux_factor nan: {rule}nan",
+        f"max_flux_factor 1: {rule}1",
+        "lebedev_order -3: 1 lebedev_order must be positive, or 0 for the model's; got -3",
+    ], lines

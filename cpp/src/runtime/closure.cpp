@@ -104,10 +104,16 @@ ClosureOptions checked(const ClosureOptions& options) {
     throw Error(DODO_ERROR_INVALID_ARGUMENT, "chunk_size must lie in [1, 1048576]; got " + std::to_string(options.chunk_size));
   // Written so that NaN fails it too (it passed `< 0 || >= 1`, then the model check, and a closure
   // with a model silently took the model's value for it).
-  if (!(options.box3d.max_flux_factor >= 0 && options.box3d.max_flux_factor < 1))
-    throw Error(DODO_ERROR_INVALID_ARGUMENT, "max_flux_factor must lie in (0, 1), or 0 for the model's");
+  // Each refusal names the value given, as threads' and chunk_size's do (probe round thirteen of
+  // the C side: a host reading it from an input deck could not see what it had passed).
+  if (!(options.box3d.max_flux_factor >= 0 && options.box3d.max_flux_factor < 1)) {
+    char given[32];
+    std::snprintf(given, sizeof given, "%.17g", options.box3d.max_flux_factor);
+    throw Error(DODO_ERROR_INVALID_ARGUMENT, std::string("max_flux_factor must lie in (0, 1), or 0 for the model's; got ") + given);
+  }
   if (options.box3d.lebedev_order < 0)
-    throw Error(DODO_ERROR_INVALID_ARGUMENT, "lebedev_order must be positive, or 0 for the model's");
+    throw Error(DODO_ERROR_INVALID_ARGUMENT, "lebedev_order must be positive, or 0 for the model's; got " +
+                                                 std::to_string(options.box3d.lebedev_order));
   return options;
 }
 
