@@ -83,6 +83,10 @@ class EmuStates:
     growth_rate: np.ndarray | None  # [n] s^-1 (measured), or None
     #: What was read but cannot be used (a growthRate(1|s) of the wrong length), for the report.
     notes: list[str] = field(default_factory=list)
+    #: Where each state was read ("FILE#ROW", ROW counted from 0 in FILE as given), when several
+    #: files were joined or some of their states dropped as repeats: report indices alone would
+    #: not say which file's row a state is. None: the states are one file's rows in order.
+    origins: list[str] | None = None
 
 
 def read_emu_states(path: str) -> EmuStates:
@@ -205,7 +209,8 @@ def score(closure, states: EmuStates, resamples: int = 10000, seed: int = 0,
               "difference": {"mean": float(difference.mean()), "ci95": bootstrap_interval(difference, resamples, rng)},
               "states_worse_than_box3d": int(np.sum(difference > threshold)),
               "states_better_than_box3d": int(np.sum(difference < 0)),
-              "worst_states": [{"index": int(kept[i]), "model": float(model_error[i]), "box3d": float(box_error[i])}
+              "worst_states": [{"index": int(kept[i]), "model": float(model_error[i]), "box3d": float(box_error[i]),
+                                **({"origin": states.origins[kept[i]]} if states.origins else {})}
                                for i in np.argsort(difference)[::-1][:5]],
               "per_state": {"model": [float(e) if ok else None for e, ok in zip(model_all, scored)],
                             "box3d": [float(e) if ok else None for e, ok in zip(box_all, scored)]}}
@@ -230,6 +235,8 @@ def score(closure, states: EmuStates, resamples: int = 10000, seed: int = 0,
                 growth[name] = dict.fromkeys(("median_ratio", "min_ratio", "max_ratio", "within_10_percent"))
         growth["n_states"] = int(usable.sum())
         report["growth_rate"] = growth
+    if states.origins:
+        report["per_state"]["origin"] = list(states.origins)
     if states.notes:
         report["notes"] = list(states.notes)
     return report
@@ -256,7 +263,8 @@ def format_report(report: dict, model_label: str, data_label: str) -> str:
              f"{report['states_worse_than_box3d']} of {n_scored} "
              f"(better than Box3D on {report['states_better_than_box3d']})",
              "largest (model - Box3D) states: " + ", ".join(
-                 f"#{w['index']} {w['model']:.4f} vs {w['box3d']:.4f}" for w in report["worst_states"])]
+                 f"#{w['index']}{' (' + w['origin'] + ')' if 'origin' in w else ''} {w['model']:.4f} vs "
+                 f"{w['box3d']:.4f}" for w in report["worst_states"])]
     if "growth_rate" in report:
         g = report["growth_rate"]
         if g["n_states"] == 0:
@@ -349,10 +357,11 @@ def _run(args: argparse.Namespace) -> int:
             seen.update(keys)
             if not fresh.any():
                 continue  # every state given before: the file is a copy
-            if not fresh.all():
-                repeated += int((~fresh).sum())
-                part = EmuStates(part.F_init[fresh], part.F_final[fresh],
-                                 None if part.growth_rate is None else part.growth_rate[fresh], part.notes)
+            repeated += int((~fresh).sum())
+            rows = np.flatnonzero(fresh)
+            part = EmuStates(part.F_init[fresh], part.F_final[fresh],
+                             None if part.growth_rate is None else part.growth_rate[fresh], part.notes,
+                             [f"{path}#{row}" for row in rows])
             kept.append((path, part))
         data, parts = [path for path, _ in kept], [part for _, part in kept]
         for path, part in zip(data, parts):
@@ -379,8 +388,11 @@ def _run(args: argparse.Namespace) -> int:
         elif any(p.growth_rate is not None for p in parts):
             missing = [path for path, p in zip(data, parts) if p.growth_rate is None]
             notes.append(f"no usable growthRate(1|s) in {', '.join(missing)}: growth rates not compared")
+        # Indices in the report count the states as joined: with several files, or repeats left
+        # out, each state also names its file and row there.
+        origins = [origin for p in parts for origin in p.origins] if len(parts) > 1 or repeated else None
         states = EmuStates(np.concatenate([p.F_init for p in parts]), np.concatenate([p.F_final for p in parts]),
-                           growth, notes)
+                           growth, notes, origins)
         closure = Closure(model, threads=args.threads)
         report = score(closure, states, resamples=args.bootstrap, seed=args.seed, threshold=args.threshold)
         # Inside the try: a JSON file that cannot be written is one line, as for every other command.

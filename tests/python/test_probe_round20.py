@@ -350,3 +350,10 @@ def test_score_counts_states_shared_by_two_files_once(capsys, tmp_path):
     assert both["n_states"] == alone["n_states"] == 32
     assert both["box3d"]["mean"] == pytest.approx(alone["box3d"]["mean"], rel=1e-12)
     assert any("10 state(s) repeat states of another data file" in note for note in both["notes"])
+    # Indices count the joined states; each also names its file and row there (the later file's
+    # rows 0-9 were left out, so joined state 10 is its row 10).
+    origins = both["per_state"]["origin"]
+    assert len(origins) == 32 and origins[0] == f"{subset}#0" and origins[10] == f"{EMU}#10"
+    assert all(w["origin"] == origins[w["index"]] for w in both["worst_states"])
+    code, out, err = run(capsys, ["score", "box3d", str(subset), str(EMU), "--bootstrap", "100"])
+    assert code == 0 and (f"({EMU}#" in out or f"({subset}#" in out)
