@@ -521,3 +521,61 @@ def test_option_refusals_name_the_value_given(tmp_path):
         f"max_flux_factor 1: {rule}1",
         "lebedev_order -3: 1 lebedev_order must be positive, or 0 for the model's; got -3",
     ], lines
+
+
+# --- overlap refusals name the array that is overlapped ----------------------------------------------
+
+OVERLAP_NAMES = r"""
+#include <dodo/dodo.h>
+#include <stdint.h>
+#include <stdio.h>
+
+enum { N = 4 };
+static double F[N][6][4], G[N][6][4], u[N][4], rate[N], spread[N];
+static uint32_t flags[N];
+
+static void show(const char* what, dodo_status status) {
+  char message[512];
+  dodo_last_error(NULL, message, sizeof message);
+  printf("%s: %d %s\n", what, (int)status, message);
+}
+
+int main(void) {
+  dodo_closure* h = NULL;
+  if (dodo_closure_create(DODO_BOX3D_ONLY, NULL, &h, NULL, 0) != DODO_OK) return 1;
+  for (int c = 0; c < N; ++c) u[c][0] = 1;
+  show("status in F_init", dodo_apply(h, N, &F[0][0][0], NULL, u[0], NULL, &G[0][0][0], NULL, (uint32_t*)&F[1][0][0]));
+  show("status in F_pred", dodo_apply(h, N, &F[0][0][0], NULL, u[0], NULL, &G[0][0][0], NULL, (uint32_t*)&G[1][0][0]));
+  show("status in u", dodo_apply(h, N, &F[0][0][0], NULL, u[0], NULL, &G[0][0][0], NULL, (uint32_t*)u[1]));
+  show("rate in u", dodo_apply_diagnostics(h, N, &F[0][0][0], NULL, u[0], NULL, &G[0][0][0], NULL, flags, u[1], spread));
+  show("rate in F_init", dodo_apply_diagnostics(h, N, &F[0][0][0], NULL, u[0], NULL, &G[0][0][0], NULL, flags,
+                                                &F[2][0][0], spread));
+  show("spread in status", dodo_apply_diagnostics(h, N, &F[0][0][0], NULL, u[0], NULL, &G[0][0][0], NULL, flags, rate,
+                                                  (double*)flags));
+  show("spread in F_pred", dodo_apply_diagnostics(h, N, &F[0][0][0], NULL, u[0], NULL, &G[0][0][0], NULL, flags, rate,
+                                                  &G[3][0][0]));
+  show("spread in rate", dodo_apply_diagnostics(h, N, &F[0][0][0], NULL, u[0], NULL, &G[0][0][0], NULL, flags, rate,
+                                                rate + 1));
+  dodo_closure_destroy(h);
+  return 0;
+}
+"""
+
+
+@needs_runtime
+def test_overlap_refusals_name_the_array_that_is_overlapped(tmp_path):
+    """A cell_status sharing memory with an input or the output was refused as "cell_status
+    overlaps F_pred, F_init or u", a growth_rate or uncertainty as "... overlaps F_pred, F_init, u
+    or cell_status": three or four candidates, where the library knew which one it had found.
+    Each refusal now names that array."""
+    lines = _run(_compile(tmp_path, "overlap_names", OVERLAP_NAMES))
+    assert lines == [
+        "status in F_init: 1 cell_status overlaps F_init",
+        "status in F_pred: 1 cell_status overlaps F_pred",
+        "status in u: 1 cell_status overlaps u",
+        "rate in u: 1 growth_rate overlaps u",
+        "rate in F_init: 1 growth_rate overlaps F_init",
+        "spread in status: 1 uncertainty overlaps cell_status",
+        "spread in F_pred: 1 uncertainty overlaps F_pred",
+        "spread in rate: 1 uncertainty overlaps growth_rate",
+    ], lines

@@ -167,8 +167,11 @@ void check_apply_layout(std::size_t n, const ConstCellArray& F_init, const Const
     const std::size_t status_extents[1] = {n};
     const std::ptrdiff_t status_strides[1] = {1};
     const ByteRange flags = byte_range("cell_status", status, sizeof(std::uint32_t), status_extents, status_strides, 1);
-    if (flags.overlaps(pred) || flags.overlaps(init) || flags.overlaps(velocity))
-      refuse("cell_status overlaps F_pred, F_init or u");
+    // Each refusal names the array it found (probe round thirteen of the C side: it listed every
+    // candidate, "F_pred, F_init or u").
+    if (flags.overlaps(pred)) refuse("cell_status overlaps F_pred");
+    if (flags.overlaps(init)) refuse("cell_status overlaps F_init");
+    if (flags.overlaps(velocity)) refuse("cell_status overlaps u");
   }
 }
 
@@ -186,14 +189,15 @@ void check_diagnostics_layout(std::size_t n, const ConstCellArray& F_init, const
       byte_range("F_pred", F_pred.data, sizeof(double), cell_extents, pred_strides, 3),
       u.data ? byte_range("u", u.data, sizeof(double), u_extents, u_strides, 2) : ByteRange{},
       status ? byte_range("cell_status", status, sizeof(std::uint32_t), per_cell, contiguous, 1) : ByteRange{}};
+  const char* const taken_names[4] = {"F_init", "F_pred", "u", "cell_status"};
   ByteRange growth;  // empty without growth_rate
   if (growth_rate) growth = byte_range("growth_rate", growth_rate, sizeof(double), per_cell, contiguous, 1);
-  for (const ByteRange& other : taken)
-    if (growth.overlaps(other)) refuse("growth_rate overlaps F_pred, F_init, u or cell_status");
+  for (int i = 0; i < 4; ++i)
+    if (growth.overlaps(taken[i])) refuse(std::string("growth_rate overlaps ") + taken_names[i]);
   if (!uncertainty) return;
   const ByteRange spread = byte_range("uncertainty", uncertainty, sizeof(double), per_cell, contiguous, 1);
-  for (const ByteRange& other : taken)
-    if (spread.overlaps(other)) refuse("uncertainty overlaps F_pred, F_init, u or cell_status");
+  for (int i = 0; i < 4; ++i)
+    if (spread.overlaps(taken[i])) refuse(std::string("uncertainty overlaps ") + taken_names[i]);
   if (spread.overlaps(growth)) refuse("uncertainty overlaps growth_rate");
 }
 
