@@ -33,6 +33,20 @@ def _overrides(pairs) -> dict:
     return result
 
 
+def _refuse_two_values(overrides: dict, key: str, value, option: str) -> None:
+    """An option that sets ``key`` given together with ``--set key=OTHER``: `dodo preprocess -o A
+    --set output=B` wrote A and said nothing of B (outside probe, round 23), the value meant unknown.
+    Refused unless both name the same thing."""
+    import os
+
+    if key not in overrides:
+        return
+    other = overrides[key]
+    if other is not None and (str(other) == str(value) or os.path.abspath(str(other)) == os.path.abspath(str(value))):
+        return
+    raise ValueError(f"{option} {value} and --set {key}={other} give two values for one setting: give one of them")
+
+
 def _friendly(name: str):
     """Turn expected failures (bad config, bad file, missing dependency) into one-line errors."""
 
@@ -69,6 +83,7 @@ def _preprocess(args) -> int:
 
     overrides = _overrides(args.set)
     if args.output:
+        _refuse_two_values(overrides, "output", args.output, "-o")
         overrides["output"] = args.output
     config = PreprocessConfig.load(args.config, overrides)
     check_outputs([config.output], [args.config])  # the input files: preprocess() checks them
@@ -128,6 +143,7 @@ def _train(args) -> int:
 
     overrides = _overrides(args.set)
     if args.resume:
+        _refuse_two_values(overrides, "training.resume_from", args.resume, "--resume")
         overrides["training.resume_from"] = args.resume
     config = ExperimentConfig.load(args.config, overrides, create_dirs=False)
     # The run's files must not be its training data (resuming from last.pt and writing it is intended).
@@ -143,12 +159,50 @@ def _train(args) -> int:
     # Held from the check to the end: two runs started together would both pass the check and then
     # write the same checkpoints. By rank 0 only under torchrun: the one that writes the files.
     writer = Distribution.from_environment(os.environ).rank == 0
+    made = _missing_directories([checkpoints, results]) if writer else []
     with exclusive_directory(checkpoints, "dodo train") if writer else contextlib.nullcontext():
-        if not args.overwrite:
-            _refuse_to_replace_a_run(checkpoints, config.training.resume_from)
-        config.make_dirs()
-        summary = train(config)
+        try:
+            if not args.overwrite:
+                _refuse_to_replace_a_run(checkpoints, config.training.resume_from)
+            config.make_dirs()
+            summary = train(config)
+        except BaseException:
+            _remove_empty_directories(made, checkpoints)
+            raise
     return 0 if summary["status"] in ("completed", "interrupted") else 1
+
+
+def _missing_directories(directories) -> list[Path]:
+    """The directories a run would make for ``directories`` (each and its missing parents), deepest
+    first: those a failed run removes again when it left nothing in them."""
+    missing: list[Path] = []
+    for directory in directories:
+        directory = Path(directory).absolute()
+        while not directory.exists() and directory != directory.parent:
+            if directory not in missing:
+                missing.append(directory)
+            directory = directory.parent
+    return sorted(missing, key=lambda path: len(path.parts), reverse=True)
+
+
+def _remove_empty_directories(made: list[Path], locked: Path) -> None:
+    """After a failed `dodo train`: remove the directories it made (``made``, deepest first) that hold
+    nothing but its own lock file (in ``locked``, the checkpoint directory, held until the caller's
+    block ends; a process that asks for it meanwhile is refused as before). A failed --resume left an
+    empty checkpoint directory with `.dodo.lock` in it, and an empty results directory (outside probe,
+    round 23). Anything the run wrote (train.log, a checkpoint) keeps its directory."""
+    import contextlib
+    import os
+
+    from .._atomic import LOCK_NAME
+
+    lock = Path(locked).absolute() / LOCK_NAME
+    for directory in made:
+        with contextlib.suppress(OSError):
+            entries = os.listdir(directory)
+            if entries == [LOCK_NAME] and directory / LOCK_NAME == lock:
+                os.unlink(lock)
+            os.rmdir(directory)  # refused (kept) unless it is empty
 
 
 @_friendly("evaluate")

@@ -1,0 +1,255 @@
+"""Outside probe, round twenty-three (docs/reliability_python.md, section 25): each test failed on
+the code before its fix, except where its docstring says otherwise."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cli_helpers import digest, refused, run, synthetic_preprocessed
+
+REPO = Path(__file__).resolve().parents[2]
+TOOLS = REPO / "tools"
+#: Generous: the commands below answer in the time Python takes to start and read a small file.
+SUBPROCESS_TIMEOUT_S = 300
+SMALL = ["--ncell", "16", "--nphi", "8", "--quiet"]
+
+
+# --- an output given twice: -o and --set output= ---------------------------------------------------
+
+def test_preprocess_refuses_an_output_given_twice_with_two_values(tmp_path, capsys):
+    """`dodo preprocess --config C -o A.h5 --set output=B.h5` wrote A.h5 and said nothing of B.h5:
+    two values for one setting, the one the user meant unknown. Now refused in one line naming
+    both, nothing written; the same value twice still runs."""
+    pytest.importorskip("h5py")
+    assert run(capsys, ["synth", str(tmp_path / "syn.h5"), "-n", "10", "-q"])[0] == 0
+    config = tmp_path / "pre.yaml"
+    config.write_text(f"inputs: [{tmp_path / 'syn.h5'}]\noutput: {tmp_path / 'pre.h5'}\n")
+    a, b = tmp_path / "A.h5", tmp_path / "B.h5"
+    refused(capsys, ["preprocess", "--config", str(config), "-o", str(a), "--set", f"output={b}", "-q"],
+            str(a), str(b), "--set output")
+    assert not a.exists() and not b.exists()
+    assert run(capsys, ["preprocess", "--config", str(config), "-o", str(a), "--set", f"output={a}", "-q"])[0] == 0
+    assert a.exists()
+
+
+def test_train_refuses_a_resume_checkpoint_given_twice_with_two_values(tmp_path, capsys):
+    """`dodo train --resume X --set training.resume_from=Y`: the same silent choice of one of two
+    values (X, the --set dropped). Now refused in one line naming both, before any directory is made."""
+    pytest.importorskip("torch")
+    table = synthetic_preprocessed(tmp_path, 60)
+    config = _train_config(tmp_path, table)
+    refused(capsys, ["train", "--config", str(config), "--resume", str(tmp_path / "x.pt"),
+                     "--set", f"training.resume_from={tmp_path / 'y.pt'}"], "x.pt", "y.pt", "training.resume_from")
+    assert not (tmp_path / "ck").exists()
+
+
+# --- a failed dodo train leaves no directory of its own ---------------------------------------------
+
+def _train_config(root: Path, table: Path) -> Path:
+    config = root / "train.yaml"
+    config.write_text(
+        f"data: {{path: {table}, batch_size: 64}}\nmodel: {{head: equivariant, hidden_dim: 8, n_blocks: 1}}\n"
+        "training: {epochs: 1, lr: 1.0e-3, threads: 1, log_interval: 1000}\n"
+        f"output: {{results_dir: {root / 'runs' / 'res'}, checkpoint_dir: {root / 'runs' / 'ck'}}}\n")
+    return config
+
+
+@pytest.mark.parametrize("resume", ["missing", "text"])
+def test_a_failed_train_leaves_no_directory_it_made(tmp_path, capsys, resume):
+    """`dodo train --resume BAD` (a file that is missing, or of another kind) failed in one line but
+    left the checkpoint directory it had made (with the parents it made), empty but for its lock
+    file `.dodo.lock`, and an empty results directory. Now the directories the failed run made are
+    removed; a directory that existed before is kept as it was (the other side)."""
+    pytest.importorskip("torch")
+    table = synthetic_preprocessed(tmp_path, 60)
+    config = _train_config(tmp_path, table)
+    bad = tmp_path / "bad.pt"
+    if resume == "text":
+        bad.write_text("not a checkpoint\n")
+    code, _, err = run(capsys, ["train", "--config", str(config), "--resume", str(bad)])
+    assert code == 2 and "Traceback" not in err, err
+    assert not (tmp_path / "runs").exists(), sorted(p.name for p in (tmp_path / "runs").rglob("*"))
+    # A checkpoint directory the user made beforehand (empty) is theirs: kept, and left empty.
+    (tmp_path / "runs" / "ck").mkdir(parents=True)
+    code, _, err = run(capsys, ["train", "--config", str(config), "--resume", str(bad)])
+    assert code == 2, err
+    assert (tmp_path / "runs" / "ck").is_dir() and not (tmp_path / "runs" / "res").exists()
+
+
+# --- python -m dodo.qke.validate and its standard output ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_nsm1_reference(tmp_path_factory) -> Path:
+    """The NSM1 reference cut to one configuration of 16 cells run for 1e-11 s (a fraction of a second)."""
+    h5py = pytest.importorskip("h5py")
+    path = tmp_path_factory.mktemp("nsm1") / "tiny.h5"
+    with h5py.File(REPO / "tests/data/qke/emu_nsm1_1d.h5", "r") as source, h5py.File(path, "w") as handle:
+        for name in ("F4_initial(1|ccm)", "F4_final(1|ccm)", "growthRate(1|s)", "walltime(s)"):
+            handle[name] = source[name][()][:1]
+        handle["directorynames"] = np.array([b"tiny_nz16_L4_nphi8"])
+        handle["tend(s)"] = np.array([1e-11])
+    return path
+
+
+def _validate(reference: Path, stdout) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dodo.qke.validate", "nsm1", "--reference", str(reference),
+                           "--box3d-cases", ""], stdout=stdout, stderr=subprocess.PIPE, text=True,
+                          timeout=SUBPROCESS_TIMEOUT_S)
+
+
+def test_validate_ends_quietly_when_its_reader_goes_away(tiny_nsm1_reference):
+    """`python -m dodo.qke.validate nsm1 | head -1`: `python -m dodo.qke.validate: error: [Errno 32]
+    Broken pipe`, exit 2, where `dodo` and `python -m dodo.test` end quietly with 141. The pipe's
+    reading end is closed before the start, so every write fails whatever the machine's speed."""
+    reading, writing = os.pipe()
+    os.close(reading)
+    try:
+        result = _validate(tiny_nsm1_reference, writing)
+    finally:
+        os.close(writing)
+    assert result.returncode == 141 and result.stderr == "", (result.returncode, result.stderr)
+
+
+@pytest.mark.parametrize("where", ["full", "closed"])
+def test_validate_says_when_its_report_is_lost(tiny_nsm1_reference, where):
+    """`python -m dodo.qke.validate nsm1 > /dev/full`: `error: [Errno 28] No space left on device`
+    (named nothing); with standard output closed (`>&-`) the report was dropped without a word,
+    exit 0. Now as `dodo` says it: `cannot write to standard output: ...`, exit 2."""
+    if where == "full":
+        if not os.path.exists("/dev/full"):
+            pytest.skip("no /dev/full here")
+        with open("/dev/full", "w") as full:
+            result = _validate(tiny_nsm1_reference, full)
+    else:
+        import shlex
+
+        command = " ".join(shlex.quote(str(part)) for part in (sys.executable, "-m", "dodo.qke.validate", "nsm1",
+                                                                "--reference", tiny_nsm1_reference, "--box3d-cases", ""))
+        result = subprocess.run(command + " >&-", shell=True, stderr=subprocess.PIPE, text=True,
+                                timeout=SUBPROCESS_TIMEOUT_S)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, (result.returncode, result.stderr)
+    assert lines[0].startswith("python -m dodo.qke.validate: error: cannot write to standard output"), lines
+
+
+# --- the tools that write committed files write them atomically --------------------------------------
+
+#: A subprocess limit on the size of any file it writes (RLIMIT_FSIZE, SIGXFSZ ignored): a write past
+#: it fails with EFBIG, as on a full disk, at a place that does not depend on the machine's speed.
+_LIMITED_WRITES = """
+import resource, signal
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
+"""
+
+
+def _load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), TOOLS / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_generate_lebedev_keeps_the_earlier_table_when_its_write_fails(tmp_path):
+    """`tools/generate_lebedev.py --output F` wrote F with `write_text` (truncate, then write): a
+    write that failed part way (a full disk, a kill) left F torn, where F is by default the committed
+    `cpp/src/box3d/lebedev_tables.cpp`. Now written through `dodo._atomic.atomic_path`: F stays whole.
+    Runs on a temporary --output only (order 3: six points)."""
+    pytest.importorskip("scipy")
+    output = tmp_path / "tables.cpp"
+    output.write_text("// the earlier tables\n" * 200)
+    before = digest(output)
+    program = _LIMITED_WRITES.format(limit=600) + textwrap.dedent(f"""
+        import sys
+        sys.argv = ["generate_lebedev.py", "--orders", "3", "--output", {str(output)!r}]
+        sys.path.insert(0, {str(TOOLS)!r})
+        import generate_lebedev
+        generate_lebedev.main()
+    """)
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                            timeout=SUBPROCESS_TIMEOUT_S)
+    assert result.returncode != 0, result.stdout + result.stderr  # the table needs more than 600 bytes
+    assert digest(output) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["tables.cpp"]  # no temporary left
+    # Without the limit it writes the table, as before.
+    result = subprocess.run([sys.executable, str(TOOLS / "generate_lebedev.py"), "--orders", "3", "--output",
+                             str(output)], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr
+    assert "kOrder3[6][4]" in output.read_text()
+
+
+def test_dataset_card_keeps_the_earlier_figure_when_its_write_fails(tmp_path):
+    """`tools/dataset_card.py` wrote `docs/figures/dataset_sampling.png` with `fig.savefig` in place
+    (the card itself is written atomically): a write that failed part way left the committed figure
+    torn. Now through `atomic_path`. The tool runs on a copy of the repository's layout in a
+    temporary directory (its ROOT replaced: nothing committed is read or written), one small
+    campaign file, with file writes limited to 4000 bytes (the figure is tens of kB)."""
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("h5py")
+    root = tmp_path / "repo"
+    (root / "data/qke").mkdir(parents=True)
+    (root / "docs/figures").mkdir(parents=True)
+    _campaign_file(root / "data/qke/random_seed1.h5")
+    (root / "docs/dataset.md").write_text("# Dataset\n\n<!-- dataset-card:begin -->\n<!-- dataset-card:end -->\n")
+    figure = root / "docs/figures/dataset_sampling.png"
+    figure.write_bytes(b"\x89PNG the earlier figure" * 10)
+    before = digest(figure)
+    program = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        sys.path.insert(0, {str(TOOLS)!r})
+        import dataset_card
+        dataset_card.ROOT = Path({str(root)!r})
+        import matplotlib.pyplot  # its font cache made before the limit
+    """) + _LIMITED_WRITES.format(limit=4000) + "dataset_card.main([])\n"
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                            timeout=SUBPROCESS_TIMEOUT_S, cwd=tmp_path)
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert digest(figure) == before
+    assert sorted(p.name for p in figure.parent.iterdir()) == ["dataset_sampling.png"]
+
+
+def _campaign_file(path: Path) -> None:
+    """A complete `dodo simulate`-like campaign file of 8 states (their final states the initial)."""
+    import h5py
+
+    from dodo.conventions import to_emu_layout
+
+    rng = np.random.default_rng(3)
+    states = np.zeros((8, 6, 4))
+    states[..., 0] = rng.uniform(1, 2, (8, 6)) * 1e32
+    states[..., 3] = states[..., 0] * rng.uniform(-0.3, 0.3, (8, 6))
+    with h5py.File(path, "w") as handle:
+        handle["F4_initial(1|ccm)"] = to_emu_layout(states)
+        handle["F4_final(1|ccm)"] = to_emu_layout(states)
+        handle["growthRate(1|s)"] = np.full(8, 1e10)
+
+
+# --- dodo simulate --linear-only onto an unfinished full run --------------------------------------------
+
+def test_linear_only_names_an_unfinished_full_run_for_what_it_is(tmp_path, capsys):
+    """`dodo simulate OUT --linear-only` with OUT an unfinished full-run database (a campaign stopped
+    after its first batch, its checkpoint OUT.partial.npz beside it): refused and kept, but the
+    message called OUT `an unfinished growth-label file of other states or settings` and said that
+    removing it loses `its labels`. Now it names a full run's unfinished database, how to resume it
+    (the command without --linear-only) and its checkpoint."""
+    pytest.importorskip("h5py")
+    yaml = pytest.importorskip("yaml")
+    from test_output_safety import STATES, interrupted_campaign
+
+    output = str(tmp_path / "out.h5")
+    kept = interrupted_campaign(output)
+    database = digest(output)
+    states = tmp_path / "states.yaml"
+    states.write_text(yaml.safe_dump({"states": STATES.tolist()}))
+    line = refused(capsys, ["simulate", output, "--input", str(states), "--linear-only", *SMALL], output,
+                   "unfinished solver database", "without --linear-only")
+    assert "growth-label" not in line and "labels are lost" not in line, line
+    assert digest(output) == database and digest(output + ".partial.npz") == kept
