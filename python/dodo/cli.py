@@ -183,6 +183,33 @@ def _silence_stdout() -> None:
         pass
 
 
+def with_guarded_stdout(name: str, call) -> int:
+    """``call()`` with standard output guarded as :func:`main` guards it, for the package's other
+    programs (``python -m dodo.test``, ``python -m dodo.qke.validate``): a reader that went away
+    (``| head -1``) ends it quietly with 141, an output that cannot be written (``> /dev/full``,
+    ``>&-``) with one line ``NAME: error: cannot write to standard output: ...`` and 2. Without it
+    they ended with an ``[Errno 32] Broken pipe`` error or traceback, or (``>&-``) dropped their
+    report without a word (outside probe, rounds 22 and 23)."""
+    original, guard = sys.stdout, _GuardedStdout(sys.stdout)
+    sys.stdout = guard
+    try:
+        code = call()
+        sys.stdout.flush()  # text still buffered: a full disk shows here, not at the interpreter's exit
+        if guard.failure is not None:  # the program caught the StandardOutputError itself
+            raise StandardOutputError(guard.failure.strerror or str(guard.failure))
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141
+    except StandardOutputError as error:
+        print(f"{name}: error: cannot write to standard output: {error}", file=sys.stderr)
+        _silence_stdout()
+        return 2
+    finally:
+        if sys.stdout is guard:
+            sys.stdout = original
+
+
 class _Terminated(BaseException):
     """Raised in the main thread by SIGTERM or SIGHUP while :func:`main` runs (a BaseException, as
     KeyboardInterrupt is, so that no ``except Exception`` swallows it); ``signum`` says which."""

@@ -80,25 +80,9 @@ def _guarded(argv: list[str]) -> int:
     that went away (`python -m dodo.test | head -1`) ends it quietly with 141, an output that
     cannot be written (`> /dev/full`, `>&-`) with one line and 2; both were tracebacks with exit
     status 1, or with `>&-` the report silently dropped (outside probe, round 22)."""
-    from dodo.cli import StandardOutputError, _GuardedStdout, _silence_stdout
+    from dodo.cli import with_guarded_stdout
 
-    name = "python -m dodo.test"
-    original, guard = sys.stdout, _GuardedStdout(sys.stdout)
-    sys.stdout = guard
-    try:
-        code = _command(argv)
-        sys.stdout.flush()  # text still buffered: a full disk shows here, not at the interpreter's exit
-        return code
-    except BrokenPipeError:
-        _silence_stdout()
-        return 141
-    except StandardOutputError as error:
-        print(f"{name}: error: cannot write to standard output: {error}", file=sys.stderr)
-        _silence_stdout()
-        return 2
-    finally:
-        if sys.stdout is guard:
-            sys.stdout = original
+    return with_guarded_stdout("python -m dodo.test", lambda: _command(argv))
 
 
 if __name__ == "__main__":

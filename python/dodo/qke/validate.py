@@ -208,10 +208,14 @@ def main(argv=None) -> int:
 
     from ..cli import _catch_terminating_signals, _restore_signal_handlers, _signal_ending, _Terminated
 
+    from ..cli import with_guarded_stdout
+
     name = "python -m dodo.qke.validate"
     previous_handlers = _catch_terminating_signals()  # SIGTERM/SIGHUP unwind as Ctrl-C does, as in `dodo`
     try:
-        return _main(argv)
+        # Its report goes to standard output: `| head -1` said "error: [Errno 32] Broken pipe" and
+        # `>&-` dropped the report without a word (outside probe, round 23); now as `dodo` does.
+        return with_guarded_stdout(name, lambda: _main(argv))
     except (KeyboardInterrupt, _Terminated) as ended:  # outputs are atomic: the target stays untouched
         status, word = _signal_ending(ended)
         print(f"{name}: {word}", file=sys.stderr)
