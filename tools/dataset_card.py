@@ -121,7 +121,10 @@ def main(argv=None) -> int:
     axes[1, 1].plot([-0.3, 0.3], [-0.3, 0.3], "k-", lw=0.5)
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(figures / "dataset_sampling.png", dpi=80)
+    # Atomically, as the card: savefig in place left the committed figure torn when the write failed
+    # (outside probe, round 23). The format is named: the temporary's name does not end in .png.
+    with atomic_path(figures / "dataset_sampling.png") as temporary:
+        fig.savefig(temporary, dpi=80, format="png")
 
     card = ROOT / "docs/dataset.md"
     text = card.read_text() if card.exists() else f"# Dataset\n\n{BEGIN}\n{END}\n"

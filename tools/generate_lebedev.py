@@ -12,6 +12,7 @@ Usage: python tools/generate_lebedev.py [--orders 17 41 131] [--output PATH]
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import pathlib
 
 import numpy as np
@@ -20,6 +21,16 @@ from scipy.special import sph_harm_y
 
 DEFAULT_ORDERS = (17, 41, 131)
 OUTPUT = pathlib.Path(__file__).resolve().parents[1] / "cpp/src/box3d/lebedev_tables.cpp"
+
+
+def _atomic_path():
+    """dodo._atomic.atomic_path, read from this checkout's python/dodo/_atomic.py (standard library
+    only), so that the generator runs before the package is built, as it must for a new table."""
+    source = pathlib.Path(__file__).resolve().parents[1] / "python/dodo/_atomic.py"
+    spec = importlib.util.spec_from_file_location("_dodo_atomic", source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.atomic_path
 
 
 def check_rule(order: int, points: np.ndarray, weights: np.ndarray) -> float:
@@ -75,7 +86,10 @@ def main() -> None:
     lines.append("const int kTableCount = sizeof(kTables) / sizeof(kTables[0]);")
     lines.append("")
     lines.append("}  // namespace dodo::lebedev_tables")
-    args.output.write_text("\n".join(lines) + "\n")
+    # Atomically: write_text truncated the committed table first, so a failed or killed write
+    # (a full disk) left it torn (outside probe, round 23).
+    with _atomic_path()(args.output) as temporary:
+        temporary.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.output}")
 
 
