@@ -55,6 +55,8 @@ def _resume(output: str, fingerprint: str, report: Callable[[str], None]) -> dic
         with h5py.File(output, "r") as f:
             same = f.attrs.get("fingerprint") == fingerprint
             complete = bool(f.attrs.get("complete", False))
+            full_run = "solver" in f.attrs and f.attrs.get("kind") != "linear_growth_labels"
+            processed = int(f.attrs.get("nstates_processed", 0))
             if same:
                 rows = {"processed": int(f.attrs["nstates_processed"]), "dropped": json.loads(f.attrs["dropped"]),
                         "input_index": f["input_index"][()], "linear_growth_rate": f["linear_growthRate_box(1|s)"][()],
@@ -64,6 +66,11 @@ def _resume(output: str, fingerprint: str, report: Callable[[str], None]) -> dic
             f"{output} exists but cannot be read as a growth-label file ({' '.join(str(error).split())}); it is left "
             "untouched: remove it or choose another output file") from None
     if not same:
+        if not complete and full_run:  # was called "an unfinished growth-label file" (outside probe, round 23)
+            raise CheckpointMismatchError(
+                f"{output} is an unfinished solver database (a full dodo simulate run, {processed} states processed; "
+                f"its checkpoint is {output}.partial*.npz); it is left untouched: to resume it, rerun the command "
+                "that wrote it, without --linear-only; for growth labels choose another output file")
         if not complete:
             raise CheckpointMismatchError(
                 f"{output} is an unfinished growth-label file of other states or settings; it is left untouched: to "
