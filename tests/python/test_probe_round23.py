@@ -253,3 +253,25 @@ def test_linear_only_names_an_unfinished_full_run_for_what_it_is(tmp_path, capsy
                    "unfinished solver database", "without --linear-only")
     assert "growth-label" not in line and "labels are lost" not in line, line
     assert digest(output) == database and digest(output + ".partial.npz") == kept
+
+
+# --- a preprocess input whose name holds glob characters -----------------------------------------------
+
+def test_preprocess_reads_an_input_named_with_brackets_as_named(tmp_path, capsys, monkeypatch):
+    """`inputs: ["run[1].h5"]` with the files `run[1].h5` (10 states) and `run1.h5` (30) beside each
+    other: the name was taken as a glob pattern, `[1]` a character class, so run1.h5 was read
+    instead, without a word (30 rows, its source recorded as run1.h5). A name that is an existing
+    file is now read as named; a pattern that names no file is still a pattern."""
+    h5py = pytest.importorskip("h5py")
+    monkeypatch.chdir(tmp_path)
+    assert run(capsys, ["synth", "run[1].h5", "-n", "10", "--seed", "1", "-q"])[0] == 0
+    assert run(capsys, ["synth", "run1.h5", "-n", "30", "--seed", "2", "-q"])[0] == 0
+    (tmp_path / "c.yaml").write_text('inputs: ["run[1].h5"]\noutput: out.h5\n')
+    assert run(capsys, ["preprocess", "--config", "c.yaml", "-q"])[0] == 0
+    with h5py.File("out.h5", "r") as handle:
+        assert len(handle["F_init"]) == 10
+        assert '"path": "run[1].h5"' in handle.attrs["sources"]
+    (tmp_path / "c.yaml").write_text('inputs: ["run[12].h5"]\noutput: out2.h5\n')  # a pattern: run1.h5
+    assert run(capsys, ["preprocess", "--config", "c.yaml", "-q"])[0] == 0
+    with h5py.File("out2.h5", "r") as handle:
+        assert len(handle["F_init"]) == 30

@@ -21,13 +21,23 @@ FLOAT_DATASETS = {"F_init": (6, 4), "F_true": (6, 4), "F_box": (6, 4), "invarian
 
 
 def resolve_inputs(patterns: list, log=None) -> list[Path]:
-    """Expand globs; every pattern must match at least one file. A file matched twice (overlapping
+    """Expand globs; every pattern must match at least one file. A pattern that is the name of an
+    existing file (``run[1].h5``) is that file, whatever it would match as a pattern. A file matched twice (overlapping
     globs, a file listed twice, a symlink or hard link to a listed file) is read once, at its first place:
     duplicate rows would put copies of one cell on both sides of the train/test split.
     ``log``: told how many duplicates were dropped."""
     files, seen, duplicates = [], set(), 0
     for pattern in patterns:
-        matches = sorted(glob.glob(str(pattern)))
+        if glob.has_magic(str(pattern)) and Path(pattern).exists():
+            # A file whose name holds [, * or ?: `run[1].h5` as a pattern matched run1.h5, which was
+            # read in its place without a word (outside probe, round 23). An existing name is read as named.
+            others = sorted(set(glob.glob(str(pattern))) - {str(pattern)})
+            if others and log is not None:
+                log(f"preprocess: {pattern} is a file: read as named, not as a pattern (which would match "
+                    f"{', '.join(others[:3])}{' ...' if len(others) > 3 else ''})")
+            matches = [str(pattern)]
+        else:
+            matches = sorted(glob.glob(str(pattern)))
         if not matches:
             raise DataFileError(f"input pattern matches no file: {pattern}")
         for match in matches:
