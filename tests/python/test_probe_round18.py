@@ -575,8 +575,9 @@ def test_a_study_grid_of_the_wrong_shape_is_one_line(tmp_path, capsys, lines, sa
     pytest.importorskip("torch")
     (tmp_path / "train.yaml").write_text("training: {epochs: 1}\n")
     grid = tmp_path / "grid.yaml"
-    grid.write_text(f"base_config: train.yaml\noutput_root: {tmp_path / 'studies'}\n" + lines
-                    + "grid:\n  training.lr: [1.0e-3]\n")
+    # One output_root: a key given twice is refused as such since round 22 (dodo._yaml).
+    root = "" if "output_root:" in lines else f"output_root: {tmp_path / 'studies'}\n"
+    grid.write_text("base_config: train.yaml\n" + root + lines + "grid:\n  training.lr: [1.0e-3]\n")
     refused(capsys, ["study", str(grid), "--dry-run"], grid, said)
 
 

@@ -275,3 +275,25 @@ def test_preprocess_reads_an_input_named_with_brackets_as_named(tmp_path, capsys
     assert run(capsys, ["preprocess", "--config", "c.yaml", "-q"])[0] == 0
     with h5py.File("out2.h5", "r") as handle:
         assert len(handle["F_init"]) == 30
+
+
+# --- a study grid that sets one key twice ------------------------------------------------------------------
+
+@pytest.mark.parametrize("overrides, grid_key", [("{training.lr: 1.0e-2}", "training.lr"),
+                                                 ("{training: {lr: 1.0e-2}}", "training.lr"),
+                                                 ("{training.lr: 1.0e-2}", "training")])
+def test_study_refuses_a_key_set_by_both_overrides_and_grid(tmp_path, capsys, overrides, grid_key):
+    """A grid file whose `overrides:` and `grid:` both set `training.lr` (or one a section holding the
+    other): the grid's values were used and the override dropped without a word, even by --dry-run,
+    which lists the grid points only. Now refused in one line naming the key, before any run."""
+    (tmp_path / "base.yaml").write_text("data: {path: pre.h5}\n")
+    values = "[1.0e-3, 3.0e-3]" if grid_key == "training.lr" else "[{lr: 1.0e-3}]"
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(f"base_config: base.yaml\noutput_root: {tmp_path / 'studies'}\noverrides: {overrides}\n"
+                    f"grid:\n  {grid_key}: {values}\n")
+    refused(capsys, ["study", str(grid), "--dry-run"], "training", "overrides", "grid")
+    assert not (tmp_path / "studies").exists()
+    # The other side: an override of another key of the same section is no clash.
+    grid.write_text(f"base_config: base.yaml\noutput_root: {tmp_path / 'studies'}\n"
+                    "overrides: {training: {epochs: 2}, training.weight_decay: 1.0e-5}\ngrid:\n  training.lr: [1.0e-3]\n")
+    assert run(capsys, ["study", str(grid), "--dry-run"])[0] == 0
