@@ -297,3 +297,30 @@ def test_study_refuses_a_key_set_by_both_overrides_and_grid(tmp_path, capsys, ov
     grid.write_text(f"base_config: base.yaml\noutput_root: {tmp_path / 'studies'}\n"
                     "overrides: {training: {epochs: 2}, training.weight_decay: 1.0e-5}\ngrid:\n  training.lr: [1.0e-3]\n")
     assert run(capsys, ["study", str(grid), "--dry-run"])[0] == 0
+
+
+# --- dodo export of a network whose weights are not finite ------------------------------------------------
+
+@pytest.mark.parametrize("check", [[], ["--no-check"]])
+def test_export_refuses_a_network_with_weights_that_are_not_finite(tmp_path, capsys, check):
+    """A checkpoint whose network holds a NaN weight (a run whose last step blew up at an epoch's end;
+    here one weight set to NaN and the checkpoint's digest recomputed, as the trainer writes it):
+    `dodo export --no-check` wrote a package, exit 0, whose every load fails its self-test
+    (`DODO_ERROR_SELF_TEST: ... test vector 0 is not finite`): its test vectors were NaN. Without
+    --no-check the round trip refused it as `differ by up to nan`. Now refused before anything is
+    written, naming the weight, with or without --no-check."""
+    torch = pytest.importorskip("torch")
+    from dodo.training.train import checkpoint_digest
+
+    table = synthetic_preprocessed(tmp_path, 60)
+    config = _train_config(tmp_path, table)
+    assert run(capsys, ["train", "--config", str(config)])[0] == 0
+    state = torch.load(tmp_path / "runs/ck/best.pt", weights_only=False)
+    name = next(key for key, value in state["model_state"].items() if key.endswith("weight")
+                and value.dtype.is_floating_point)
+    state["model_state"][name].view(-1)[0] = float("nan")
+    state["sha256"] = checkpoint_digest(state)
+    torch.save(state, tmp_path / "nan.pt")
+    output = tmp_path / "nan.onnx"
+    refused(capsys, ["export", str(tmp_path / "nan.pt"), "-o", str(output), *check], "not finite", name)
+    assert not output.exists()

@@ -206,6 +206,21 @@ class _OnnxHead(torch.nn.Module):
         return torch.from_numpy(out).to(invariants.dtype)
 
 
+def _refuse_weights_that_are_not_finite(network: torch.nn.Module, checkpoint_path) -> None:
+    """A network holding a NaN or infinite weight or buffer gives NaN on every cell: `dodo export
+    --no-check` wrote a package of it whose every load fails its self-test (its test vectors were
+    NaN), exit 0; with the check, the refusal said only `differ by up to nan` (outside probe,
+    round 23). Refused by name before anything is written."""
+    for kind, entries in (("weight", network.named_parameters()), ("buffer", network.named_buffers())):
+        for name, value in entries:
+            if value.dtype.is_floating_point and not bool(torch.isfinite(value).all()):
+                bad = int((~torch.isfinite(value)).sum())
+                raise ExportError(f"{checkpoint_path}: the network's {kind} {name} is not finite ({bad} of "
+                                  f"{value.numel()} entries NaN or infinite; did the run diverge?): a package of it "
+                                  "would give NaN on every cell and fail its self-test at load; export another "
+                                  "checkpoint (best.pt of the run, or an earlier one)")
+
+
 def export_checkpoint(checkpoint_path: str | Path, output: str | Path, check: bool = True, n_test_vectors: int = 6,
                       log=print, checkpoint=None) -> dict:
     """Write the model package; returns {'path', 'metadata', 'roundtrip'}. ``checkpoint``: the file's
@@ -216,6 +231,7 @@ def export_checkpoint(checkpoint_path: str | Path, output: str | Path, check: bo
                   else verified_checkpoint(checkpoint, checkpoint_path))
     closure = closure_from_checkpoint(checkpoint, checkpoint_path)
     network = closure.network
+    _refuse_weights_that_are_not_finite(network, checkpoint_path)
     box3d_settings = checkpoint["data"]["box3d"]
     model_bytes = _onnx_bytes(network)
     test_vectors = make_test_vectors(network, box3d_settings, n_test_vectors)
