@@ -579,3 +579,43 @@ def test_overlap_refusals_name_the_array_that_is_overlapped(tmp_path):
         "spread in F_pred: 1 uncertainty overlaps F_pred",
         "spread in rate: 1 uncertainty overlaps growth_rate",
     ], lines
+
+
+# --- C++: a moved-from dodo::Closure -----------------------------------------------------------------
+
+MOVED_FROM = r"""
+#include <dodo/dodo.hpp>
+#include <cstdio>
+#include <utility>
+#include <vector>
+
+int main() {
+  dodo::Closure first;  // Box3D alone
+  dodo::Closure second = std::move(first);
+  std::vector<double> F(24, 0.0), G(24);
+  for (int a = 0; a < 6; ++a) F[4 * a] = 1.0;
+  second.apply(1, F.data(), nullptr, G.data());  // the moved-to closure works
+  auto attempt = [&](const char* what, auto&& call) {
+    try {
+      call();
+      std::printf("%s: no error\n", what);
+    } catch (const dodo::Error& error) {
+      std::printf("%s: %d %s\n", what, static_cast<int>(error.status()), error.what());
+    }
+  };
+  attempt("apply", [&] { first.apply(1, F.data(), nullptr, G.data()); });
+  attempt("counters", [&] { first.counters(); });
+  attempt("self_test", [&] { first.self_test(); });
+  return 0;
+}
+"""
+
+
+@needs_runtime
+def test_a_moved_from_cpp_closure_says_it_was_moved_from(tmp_path):
+    """A dodo::Closure used after std::move threw dodo::Error "closure handle is NULL": C's words
+    for a C argument the C++ host never saw (it holds an object, not a handle). Now the wrapper says
+    the object holds no closure because it was moved from (DODO_ERROR_INVALID_ARGUMENT as before)."""
+    lines = _run(_compile(tmp_path, "moved_from", MOVED_FROM, language="c++"))
+    text = "1 this dodo::Closure holds no closure (it was moved from: use the object it was moved to)"
+    assert lines == [f"apply: {text}", f"counters: {text}", f"self_test: {text}"], lines
