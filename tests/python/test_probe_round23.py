@@ -324,3 +324,24 @@ def test_export_refuses_a_network_with_weights_that_are_not_finite(tmp_path, cap
     output = tmp_path / "nan.onnx"
     refused(capsys, ["export", str(tmp_path / "nan.pt"), "-o", str(output), *check], "not finite", name)
     assert not output.exists()
+
+
+# --- the modules' own entry points ---------------------------------------------------------------------
+
+def test_the_training_module_entry_point_guards_its_output_as_dodo_does(tmp_path):
+    """`python -m dodo.training.cli synth F -n 5 -q | head -0` (the module's stand-alone entry, left from
+    before `dodo` wired its commands): a `BrokenPipeError` traceback, exit 1, where `dodo synth` ends
+    quietly with 141; it skipped every guard of `dodo.cli.main` (signals, standard output, memory).
+    Both stand-alone entries (`dodo.training.cli`, `dodo.qke.cli`) now run `dodo.cli.main`. The
+    pipe's reading end is closed before the start: every write fails, whatever the machine's speed."""
+    pytest.importorskip("h5py")
+    reading, writing = os.pipe()
+    os.close(reading)
+    try:
+        result = subprocess.run([sys.executable, "-m", "dodo.training.cli", "synth", str(tmp_path / "s.h5"), "-n", "5",
+                                 "-q"],
+                                stdout=writing, stderr=subprocess.PIPE, text=True, timeout=SUBPROCESS_TIMEOUT_S)
+    finally:
+        os.close(writing)
+    assert result.returncode == 141 and result.stderr == "", (result.returncode, result.stderr)
+    assert (tmp_path / "s.h5").is_file()  # the file is written before the line that reports it

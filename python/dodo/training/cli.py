@@ -379,11 +379,12 @@ def register(subparsers) -> None:
 
 
 def main(argv=None) -> int:
-    """Stand-alone entry (python -m dodo.training.cli ...) for use before the main CLI wires us in."""
-    parser = argparse.ArgumentParser(prog="dodo")
-    register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    """``python -m dodo.training.cli ...``: the `dodo` command itself. This entry was left from before
+    `dodo` wired these commands and ran them without its guards (standard output, signals, memory):
+    `| head` ended in a BrokenPipeError traceback (outside probe, round 23)."""
+    from ..cli import main as dodo_main
+
+    return dodo_main(argv)
 
 
 if __name__ == "__main__":
