@@ -345,3 +345,19 @@ def test_the_training_module_entry_point_guards_its_output_as_dodo_does(tmp_path
         os.close(writing)
     assert result.returncode == 141 and result.stderr == "", (result.returncode, result.stderr)
     assert (tmp_path / "s.h5").is_file()  # the file is written before the line that reports it
+
+
+def test_the_test_model_writer_ends_quietly_when_its_reader_goes_away(tmp_path):
+    """`python -m dodo.training.synthetic_model -o F | head -0`: `error: [Errno 32] Broken pipe`,
+    exit 2, after writing F; now 141 and nothing on stderr, as `dodo` (F written all the same)."""
+    pytest.importorskip("onnx")
+    reading, writing = os.pipe()
+    os.close(reading)
+    output = tmp_path / "test.onnx"
+    try:
+        result = subprocess.run([sys.executable, "-m", "dodo.training.synthetic_model", "-o", str(output)],
+                                stdout=writing, stderr=subprocess.PIPE, text=True, timeout=SUBPROCESS_TIMEOUT_S)
+    finally:
+        os.close(writing)
+    assert result.returncode == 141 and result.stderr == "", (result.returncode, result.stderr)
+    assert output.is_file()
