@@ -361,3 +361,33 @@ def test_the_test_model_writer_ends_quietly_when_its_reader_goes_away(tmp_path):
         os.close(writing)
     assert result.returncode == 141 and result.stderr == "", (result.returncode, result.stderr)
     assert output.is_file()
+
+
+# --- dodo.qke.box_growth_rate's arguments ------------------------------------------------------------------
+
+_NSM_LIKE = np.array([[1.0, 0, 0, 1 / 3], [0.5, 0, 0, 0], [0.5, 0, 0, 0], [1.0, 0, 0, -1 / 3], [0.5, 0, 0, 0],
+                      [0.5, 0, 0, 0]]) * 1e33
+
+
+@pytest.mark.parametrize("change, said", [
+    ({"box_length_cm": -4.0}, "box_length_cm"), ({"box_length_cm": float("nan")}, "box_length_cm"),
+    ({"box_length_cm": 0.0}, "box_length_cm"), ({"ncell": 0}, "ncell"), ({"ncell": 2.5}, "ncell"),
+    ({"axis": (0.0, 0.0, 0.0)}, "axis"), ({"axis": (0.0, float("nan"), 1.0)}, "axis"),
+    ({"four_flux": np.stack([_NSM_LIKE, _NSM_LIKE])}, "one state"),
+    ({"hamiltonian_filter": "Emu"}, "hamiltonian_filter"),
+])
+def test_box_growth_rate_names_an_argument_it_cannot_use(change, said):
+    """`dodo.qke.box_growth_rate` (public, `dodo.qke.__all__`): a negative box length gave the growth
+    rate of the positive one without a word; NaN `LinAlgError: Array must not contain infs or NaNs`;
+    `ncell=0` `attempt to get argmax of an empty sequence`; a zero axis a RuntimeWarning and the
+    LinAlgError; two states a matmul shape error; `hamiltonian_filter="Emu"` (any text but "emu")
+    silently the unfiltered rate. Now a ValueError naming the argument."""
+    from dodo.qke import box_growth_rate, uniform_sphere
+
+    arguments = {"four_flux": _NSM_LIKE, "directions": uniform_sphere(8), "box_length_cm": 4.0, "ncell": 16}
+    arguments.update(change)
+    with pytest.raises(ValueError, match=said):
+        box_growth_rate(**arguments)
+    arguments = {"four_flux": _NSM_LIKE, "directions": uniform_sphere(8), "box_length_cm": 4.0, "ncell": 16}
+    assert box_growth_rate(**arguments)[0] > 0  # the other side
+    assert box_growth_rate(**{**arguments, "four_flux": _NSM_LIKE[None]}) == box_growth_rate(**arguments)

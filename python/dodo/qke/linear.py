@@ -159,6 +159,32 @@ def growth_rate(four_flux: np.ndarray, directions: np.ndarray, wavevector: np.nd
     return float(growth_rates(four_flux, directions, np.asarray(wavevector, float)[None])[0])
 
 
+def _checked_box_arguments(four_flux, box_length_cm, ncell, axis, hamiltonian_filter):
+    """box_growth_rate's arguments, refused by name when they cannot be used: a negative box length
+    gave the positive one's rate without a word, a NaN one or a zero axis numpy.linalg's "Array must
+    not contain infs or NaNs", ncell 0 "argmax of an empty sequence", two states a matmul shape
+    error, a filter other than "emu"/"none" the unfiltered rate (outside probe, round 23).
+    Returns the state ``[6, 4]`` and the unit axis."""
+    four_flux = np.asarray(four_flux, float)
+    if four_flux.shape == (1, 6, 4):
+        four_flux = four_flux[0]
+    if four_flux.shape != (6, 4):
+        raise ValueError(f"four_flux must be one state [6, 4] (species, t x y z); got shape {four_flux.shape}: "
+                         "call box_growth_rate once per state")
+    length = float(box_length_cm)
+    if not (np.isfinite(length) and length > 0):
+        raise ValueError(f"box_length_cm must be a positive finite length (cm); got {box_length_cm!r}")
+    if isinstance(ncell, (bool, np.bool_)) or not isinstance(ncell, (int, np.integer)) or ncell < 2:
+        raise ValueError(f"ncell must be an integer >= 2 (cells along the box); got {ncell!r}")
+    axis = np.asarray(axis, float)
+    norm = np.linalg.norm(axis) if axis.shape == (3,) else np.nan
+    if not (np.isfinite(norm) and norm > 0):
+        raise ValueError(f"axis must be a finite, non-zero 3-vector; got {axis.tolist()!r}")
+    if hamiltonian_filter not in ("emu", "none"):
+        raise ValueError(f"hamiltonian_filter must be 'emu' or 'none'; got {hamiltonian_filter!r}")
+    return four_flux, axis / norm
+
+
 def box_growth_rate(four_flux: np.ndarray, directions: np.ndarray, box_length_cm: float, ncell: int,
                     axis: np.ndarray = (0.0, 0.0, 1.0), modes: np.ndarray | None = None,
                     hamiltonian_filter: str = "none") -> tuple[float, float]:
@@ -170,7 +196,7 @@ def box_growth_rate(four_flux: np.ndarray, directions: np.ndarray, box_length_cm
     as in Emu's runs of such states. ``hamiltonian_filter`` "emu" predicts the solver run with
     that filter (Emu's particle-mesh coupling).
     """
-    axis = np.asarray(axis, float) / np.linalg.norm(axis)
+    four_flux, axis = _checked_box_arguments(four_flux, box_length_cm, ncell, axis, hamiltonian_filter)
     if modes is not None:
         modes = np.asarray(modes)
         modes = modes[(modes != 0) & (np.abs(modes) <= ncell // 2)]
