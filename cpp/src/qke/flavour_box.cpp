@@ -592,6 +592,10 @@ void FlavourBoxKernel::get_state(std::complex<double>* packed) const {
 
 void FlavourBoxKernel::moments(std::complex<double>* out) const {
   const auto held = lock();
+  write_moments(out);
+}
+
+void FlavourBoxKernel::write_moments(std::complex<double>* out) const {
   // out index: (((entry * nsim + sim) * 2 + species) * ncell + cell) * 4 + moment
   const std::size_t block_stride = ncell_ * kMoments * 2;
   for (std::size_t s = 0; s < nsim_; ++s) {
@@ -618,8 +622,11 @@ void FlavourBoxKernel::moments(std::complex<double>* out) const {
 void FlavourBoxKernel::step(const double* dt, std::complex<double>* moments_at_start, int threads) {
   for (std::size_t s = 0; s < nsim_; ++s)
     if (!(dt[s] > 0) || !std::isfinite(dt[s])) throw std::invalid_argument("time steps must be positive and finite");
-  if (moments_at_start != nullptr) moments(moments_at_start);
+  // One hold of the lock for the moments and the step: a set_state from another thread between
+  // two holds made the moments returned those of a state the step did not start from (outside
+  // probe, round fourteen).
   const auto held = lock();
+  if (moments_at_start != nullptr) write_moments(moments_at_start);
   const std::size_t requested = threads > 1 ? static_cast<std::size_t>(threads) : 1;
   const std::size_t workers = std::min({requested, nsim_, kMaxStepThreads});
   // Worker w steps boxes w, w + workers, ...: each box touches only its own memory.

@@ -109,6 +109,7 @@ class FlavourBoxKernel {
   std::vector<double> storage_;
   std::vector<Box> boxes_;
   std::unique_lock<std::mutex> lock() const;  // mutex_, after the fork check
+  void write_moments(std::complex<double>* out) const;  // moments() with the lock held by the caller
 
   mutable std::mutex mutex_;  // one call at a time per kernel
   // Fork bookkeeping (flavour_box.cpp): every kernel alive sits in one list, so that the
