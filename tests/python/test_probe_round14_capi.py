@@ -37,3 +37,45 @@ def test_qke_step_returns_the_moments_of_the_state_it_stepped_from(tmp_path):
     result = _run(program)
     assert result.returncode == 0, (result.returncode, result.stdout, result.stderr)
     assert result.stdout.strip() == "moments of X; state Y (set after the step)"
+
+
+# --- ORT_DISABLE_TELEMETRY: set when libdodo is loaded, not while the host's threads run ----------
+
+def _libdodo_flags() -> list[str]:
+    from test_native_programs import pkg_config
+
+    return [f"-I{ROOT / 'cpp/include'}", *pkg_config("--cflags", "--libs")]
+
+
+def _default_model() -> str:
+    import dodo
+    from dodo._closure import runtime_paths
+
+    if not dodo.runtime_available():
+        pytest.skip("closure runtime not built")
+    path = runtime_paths()["default_model"]
+    if not path or not Path(path).is_file():
+        pytest.skip("no default model")
+    return path
+
+
+def test_libdodo_sets_no_environment_variable_while_the_host_has_threads(tmp_path):
+    """libdodo set ORT_DISABLE_TELEMETRY=1 at the first closure with a model, with setenv: by then a
+    host has its threads, and glibc's setenv may move the environment array from under one inside
+    getenv (setenv is MT-Unsafe). setenv interposed in a host that starts a thread before its first
+    closure: before, one call with two threads alive; now the variable is set when libdodo is loaded
+    (before main), and the host's own value (0) is still kept."""
+    if not shutil.which("gcc"):
+        pytest.skip("gcc is not installed")
+    model = _default_model()
+    program = tmp_path / "setenv_threads"
+    subprocess.run(["gcc", "-std=c11", "-Wall", "-Wextra", "-Werror", str(HERE / "setenv_threads.c"),
+                    *_libdodo_flags(), "-pthread", "-ldl", "-o", str(program)], check=True)
+    env = {key: value for key, value in os.environ.items() if key != "ORT_DISABLE_TELEMETRY"}
+    result = subprocess.run([str(program), model], capture_output=True, text=True, timeout=120, env=env,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, (result.stdout, result.stderr[-2000:])
+    assert result.stdout.strip() == "create 0; at main 1; after 1; setenv alone 1, with threads 0", result.stdout
+    result = subprocess.run([str(program), model], capture_output=True, text=True, timeout=120,
+                            env=dict(env, ORT_DISABLE_TELEMETRY="0"), stdin=subprocess.DEVNULL)
+    assert result.stdout.strip() == "create 0; at main 0; after 0; setenv alone 0, with threads 0", result.stdout

@@ -15,8 +15,9 @@
  * Threads the library starts (dodo_options.threads workers, ONNX Runtime's own) block the
  * asynchronous signals (SIGINT, SIGTERM, SIGUSR1, ...): a signal sent to the process goes to one
  * of the host's threads, so a host may block it and wait for it with sigwait or a signalfd.
- * Before it loads ONNX Runtime, libdodo sets ORT_DISABLE_TELEMETRY=1 unless the host set it:
- * ONNX Runtime's telemetry thread otherwise made a fork()ed child hang in exit().
+ * When it is loaded (before main for a program linked to it), libdodo sets
+ * ORT_DISABLE_TELEMETRY=1 unless the host set it: ONNX Runtime's telemetry thread otherwise made
+ * a fork()ed child hang in exit(). Later (ONNX Runtime's first load) only if the host removed it.
  * A handle may be destroyed during exit (by a host's static object or atexit handler): the
  * library's own state outlives exit's destructors. A thread calling dodo_apply needs about
  * 64 KiB of stack (a 48 KiB thread stack overflowed).

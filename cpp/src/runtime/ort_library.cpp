@@ -69,10 +69,18 @@ std::vector<std::string> candidate_paths(const std::string& explicit_path) {
 // and in Python (os.fork(), then sys.exit) alike (outside probe, round eighteen); and it would send
 // usage data from compute nodes. So libdodo asks for no telemetry before ONNX Runtime is loaded,
 // unless the host set the variable itself (ORT_DISABLE_TELEMETRY=0 keeps ONNX Runtime's default).
-// Called once, under the load lock, before any ONNX Runtime thread exists.
+// ONNX Runtime reads it when its environment is made (CreateEnv starts the thread; its
+// DisableTelemetryEvents afterwards neither stops it nor the hang: checked with 1.32), so only the
+// variable does it. It is set when libdodo is loaded (a static initialiser: before main for a host
+// linked to libdodo), not at the first closure with a model: glibc's setenv may move the
+// environment array under a host thread inside getenv, and by the first closure a host has its
+// threads (outside probe, round fourteen). At the load itself it is asked again only if the
+// variable has gone since (a host that cleared its environment).
 void ask_for_no_onnxruntime_telemetry() {
   if (std::getenv("ORT_DISABLE_TELEMETRY") == nullptr) ::setenv("ORT_DISABLE_TELEMETRY", "1", 0);
 }
+
+[[maybe_unused]] const bool kTelemetryAskedAtLoad = (ask_for_no_onnxruntime_telemetry(), true);
 
 // What a path that dlopen must not open is ("" for a regular file, or for a name without a slash,
 // which dlopen looks up in the loader's own directories). dlopen opens a FIFO for reading and waits
