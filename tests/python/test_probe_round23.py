@@ -391,3 +391,42 @@ def test_box_growth_rate_names_an_argument_it_cannot_use(change, said):
     arguments = {"four_flux": _NSM_LIKE, "directions": uniform_sphere(8), "box_length_cm": 4.0, "ncell": 16}
     assert box_growth_rate(**arguments)[0] > 0  # the other side
     assert box_growth_rate(**{**arguments, "four_flux": _NSM_LIKE[None]}) == box_growth_rate(**arguments)
+
+
+# --- dodo evaluate / inspect --data on a file other than the training file ------------------------------------
+
+@pytest.fixture(scope="module")
+def trained_and_superset(tmp_path_factory) -> dict:
+    """A one-epoch `dodo train` run on a preprocessed file of 60 synthetic states, and a second
+    preprocessed file holding those 60 states and 40 more (the table re-preprocessed after the
+    campaign grew): another file (its SHA-256 differs) that shares the training states."""
+    pytest.importorskip("torch")
+    from dodo.cli import main
+
+    root = tmp_path_factory.mktemp("superset")
+    table = synthetic_preprocessed(root, 60)
+    config = _train_config(root, table)
+    assert main(["train", "--config", str(config)]) == 0
+    assert main(["synth", str(root / "more.h5"), "-n", "40", "--seed", "7", "-q"]) == 0
+    (root / "grown.yaml").write_text(f"inputs: [{root / 'syn.h5'}, {root / 'more.h5'}]\noutput: {root / 'grown.h5'}\n")
+    assert main(["preprocess", "--config", str(root / "grown.yaml"), "-q"]) == 0
+    return {"checkpoint": root / "runs/ck/best.pt", "table": table, "grown": root / "grown.h5"}
+
+
+@pytest.mark.parametrize("command, split", [("evaluate", "test"), ("inspect", "val")])
+def test_a_split_of_another_file_is_not_taken_for_the_checkpoints_split(trained_and_superset, capsys, command, split):
+    """`dodo evaluate CKPT --data grown.h5` (a file other than the one trained on, here one holding
+    the training states and more): the default `--split test` drew a 'test' split of grown.h5 by the
+    checkpoint's seed and fractions, rows that include states the model trained on, reported as
+    "split 'test' of grown.h5" without a word (`dodo inspect`: its 'val'). The checkpoint's split
+    describes its training file only: on another file the default is now all its rows (said so),
+    and an explicit train/val/test split is refused in one line naming --split all. The training
+    file itself (same SHA-256, by --data or by default) keeps its own split (the other side)."""
+    checkpoint, grown = trained_and_superset["checkpoint"], trained_and_superset["grown"]
+    code, out, err = run(capsys, [command, str(checkpoint), "--data", str(grown)])
+    assert code == 0, err
+    assert f"split '{split}'" not in out and "'all'" in out + err, out
+    refused(capsys, [command, str(checkpoint), "--data", str(grown), "--split", split], "--split all", str(grown))
+    for argv in ([], ["--data", str(trained_and_superset["table"])]):
+        code, out, err = run(capsys, [command, str(checkpoint), *argv])
+        assert code == 0 and f"split '{split}'" in out + err, out + err

@@ -335,14 +335,18 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="model-vs-Box3D metric table of a checkpoint")
     p.add_argument("checkpoint")
     p.add_argument("--data", help="preprocessed file (default: the checkpoint's training file)")
-    p.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
+    p.add_argument("--split", default=None, choices=("train", "val", "test", "all"),
+                   help="rows of the data (default: test of the checkpoint's training file, all of another file; "
+                        "train/val/test describe the training file only)")
     add_json_argument(p, "the table")
     p.set_defaults(func=_evaluate)
 
     p = subparsers.add_parser("inspect", help="loss-term breakdown and flux-factor statistics on a slice")
     p.add_argument("checkpoint")
     p.add_argument("--data")
-    p.add_argument("--split", default="val", choices=("train", "val", "test", "all"))
+    p.add_argument("--split", default=None, choices=("train", "val", "test", "all"),
+                   help="rows of the data (default: val of the checkpoint's training file, all of another file; "
+                        "train/val/test describe the training file only)")
     p.add_argument("--start", type=int, default=0)
     p.add_argument("--stop", type=int, default=1000)
     add_json_argument(p, "the report")

@@ -30,6 +30,27 @@ def checkpoint_data(checkpoint: dict, checkpoint_path, data_path, action: str) -
     return data_path
 
 
+def resolve_split(checkpoint: dict, data_path: Path, split: str | None, default: str) -> str:
+    """The split to read of ``data_path``: ``split``, or when None ``default`` on the checkpoint's
+    training file (same SHA-256) and 'all' on any other file. The checkpoint's train/val/test
+    split describes its training file only: on another file the same seed and fractions drew other
+    rows, and on a file that shares states with the training file (the table re-preprocessed after
+    the campaign grew) a "test" split that holds states the model trained on, reported as its test
+    split without a word (outside probe, round 23). So train/val/test of another file is refused."""
+    from .._atomic import sha256_file
+
+    if split == "all":
+        return split
+    own = checkpoint["data"].get("sha256") == sha256_file(data_path)
+    if own:
+        return default if split is None else split
+    if split is None:
+        return "all"
+    raise ValueError(f"--split {split} selects the checkpoint's {split} rows of the file it was trained on; {data_path} "
+                     "is another file (its SHA-256 differs), whose rows that split does not describe (drawn again, "
+                     "they may hold states the model trained on): use --split all, or --data with the training file")
+
+
 def split_indices_for(checkpoint: dict, data_path: Path, split: str):
     """The checkpoint's own split when evaluating its training file, else all rows for 'all'."""
     data_config = from_dict(DataConfig, checkpoint["config"]["data"], "checkpoint data")
@@ -38,11 +59,13 @@ def split_indices_for(checkpoint: dict, data_path: Path, split: str):
     return splits.get(split)
 
 
-def evaluate_checkpoint(checkpoint_path: str | Path, data_path: str | Path | None = None, split: str = "test",
+def evaluate_checkpoint(checkpoint_path: str | Path, data_path: str | Path | None = None, split: str | None = None,
                         batch_size: int = 4096) -> tuple[dict, dict]:
-    """Returns (metric table, prediction arrays) for ``split`` of ``data_path`` (default: training file)."""
+    """Returns (metric table, prediction arrays) for ``split`` of ``data_path`` (default: training
+    file). ``split`` None: 'test' of the training file, 'all' of another file (:func:`resolve_split`)."""
     checkpoint = load_checkpoint(checkpoint_path)
     data_path = checkpoint_data(checkpoint, checkpoint_path, data_path, "evaluate")
+    split = resolve_split(checkpoint, data_path, split, "test")
     indices = split_indices_for(checkpoint, data_path, split)
     if len(indices) == 0:
         raise ValueError(f"split {split!r} of {data_path} is empty")

@@ -10,7 +10,7 @@ from dodo.conventions import SPECIES
 
 from .config import LossConfig, from_dict
 from .dataset import CellDataset
-from .evaluate import checkpoint_data, split_indices_for
+from .evaluate import checkpoint_data, resolve_split, split_indices_for
 from .losses import loss_terms
 from .train import closure_from_checkpoint, load_checkpoint
 
@@ -24,7 +24,7 @@ def flux_factor_statistics(F: np.ndarray) -> dict:
             for i, name in enumerate(SPECIES)}
 
 
-def inspect_checkpoint(checkpoint_path: str | Path, data_path=None, split: str = "val", start: int = 0,
+def inspect_checkpoint(checkpoint_path: str | Path, data_path=None, split: str | None = None, start: int = 0,
                        stop: int | None = 1000) -> dict:
     # Cell positions in the split, from 0: a negative --start took Python's slice from the end
     # (`--start -5`: the last five cells), which no one asking for cell -5 meant.
@@ -33,6 +33,7 @@ def inspect_checkpoint(checkpoint_path: str | Path, data_path=None, split: str =
             raise ValueError(f"{name} is a cell position in the split, counted from 0; got {value}")
     checkpoint = load_checkpoint(checkpoint_path)
     data_path = checkpoint_data(checkpoint, checkpoint_path, data_path, "inspect")
+    split = resolve_split(checkpoint, data_path, split, "val")  # None: 'val' of the training file, else 'all'
     split_indices = split_indices_for(checkpoint, data_path, split)
     indices = split_indices[start:stop]
     if len(indices) == 0:
