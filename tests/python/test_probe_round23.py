@@ -430,3 +430,26 @@ def test_a_split_of_another_file_is_not_taken_for_the_checkpoints_split(trained_
     for argv in ([], ["--data", str(trained_and_superset["table"])]):
         code, out, err = run(capsys, [command, str(checkpoint), *argv])
         assert code == 0 and f"split '{split}'" in out + err, out + err
+
+
+# --- dodo simulate --axis with an input that sets its own axes -------------------------------------------------
+
+@pytest.mark.parametrize("axis", ["x", "emu"])
+def test_simulate_refuses_an_axis_that_the_inputs_rotation_overrides(tmp_path, capsys, axis):
+    """`dodo simulate OUT --input F --axis x` with F carrying rotation_R (every Emu validation file
+    does): the boxes were set along F's axes and --axis dropped without a word, the output's
+    settings even recording `"axis": "x"`. Now refused in one line naming --ignore-rotation,
+    nothing written; with --ignore-rotation --axis is used (the other side)."""
+    h5py = pytest.importorskip("h5py")
+    source = tmp_path / "two.h5"
+    with h5py.File(REPO / "tests/data/qke/emu_1d_validation.h5", "r") as reference, h5py.File(source, "w") as handle:
+        for name in ("F4_initial(1|ccm)", "rotation_R", "tend(s)"):
+            handle[name] = reference[name][()][:1]
+    output = tmp_path / "out.h5"
+    arguments = ["simulate", str(output), "--input", str(source), "--axis", axis, *SMALL]
+    refused(capsys, arguments, f"--axis {axis}", "rotation_R", "--ignore-rotation")
+    assert not output.exists()
+    if axis == "x":
+        assert run(capsys, [*arguments, "--ignore-rotation"])[0] == 0
+        with h5py.File(output, "r") as handle:
+            assert np.allclose(np.abs(handle["rotation_R"][0][2]), [1, 0, 0])  # the box along x

@@ -40,7 +40,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--axis", default="fastest", choices=("fastest", "emu", "x", "y", "z"),
                         help="box axis: fastest-growing wavevector (default), the fastest of the 38 axes Emu's "
                              "validation runs were searched on (emu), or a fixed axis; an input file's "
-                             "rotation_R, when present, takes precedence unless --ignore-rotation")
+                             "rotation_R, when present, sets the axes (a full run refuses --axis other than "
+                             "fastest with it unless --ignore-rotation)")
     parser.add_argument("--ignore-rotation", action="store_true", help="ignore rotation_R in the input file")
     parser.add_argument("--box-length", type=float, default=None, help="box length in cm (default: k_fastest L = 18)")
     parser.add_argument("--use-input-end-time", action="store_true", help="use the input file's tend(s)")
@@ -176,6 +177,11 @@ def run_simulate(args) -> int:
                                         axis=args.axis)
             report(f"wrote {args.output}: {len(rows['input_index'])} of {len(four_flux)} states labelled")
             return 0
+        if rotation is not None and args.axis != "fastest":
+            # The input's rotation_R sets every box's axis: --axis x was dropped without a word, the
+            # output's settings recording "axis": "x" (outside probe, round 23).
+            raise ValueError(f"--axis {args.axis} would not be used: {args.input}'s rotation_R sets each state's box "
+                             f"axis; add --ignore-rotation to set the axes by --axis {args.axis}, or leave --axis out")
         results = simulate_states(four_flux, args.output, config, batch_size=args.batch_size, axis=args.axis,
                                   rotation=rotation, box_length_cm=args.box_length, end_time_s=end_time,
                                   attributes={"source": source, "command": " ".join(sys.argv), "max_cost_vs_nsm1":
