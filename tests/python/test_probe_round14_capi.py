@@ -79,3 +79,28 @@ def test_libdodo_sets_no_environment_variable_while_the_host_has_threads(tmp_pat
     result = subprocess.run([str(program), model], capture_output=True, text=True, timeout=120,
                             env=dict(env, ORT_DISABLE_TELEMETRY="0"), stdin=subprocess.DEVNULL)
     assert result.stdout.strip() == "create 0; at main 0; after 0; setenv alone 0, with threads 0", result.stdout
+
+
+# --- QKE kernel sizes whose storage wraps past 2^64 ------------------------------------------------
+
+def test_qke_kernel_storage_beyond_the_address_space_is_refused_not_wrapped(tmp_path):
+    """The kernel's storage, ncell x (76 directions + 192) doubles per simulation, was multiplied
+    unchecked. ncell 65536, 2,732,696 directions, 1,355,297 simulations wrapped past 2^64 to 251 MB:
+    accepted, and the first step wrote beyond it (SIGSEGV; 760 MB peak before the fix, 145 MB now).
+    262144 of each did not wrap but was refused with libstdc++'s "cannot create std::vector larger
+    than max_size()". Both are now std::invalid_argument (ValueError in Python) naming the sizes."""
+    if not shutil.which("g++"):
+        pytest.skip("g++ is not installed")
+    program = tmp_path / "qke_kernel_sizes"
+    subprocess.run(["g++", "-std=c++17", "-O1", f"-I{ROOT / 'cpp/src'}", str(HERE / "qke_kernel_sizes.cpp"),
+                    str(ROOT / "cpp/src/qke/flavour_box.cpp"), str(ROOT / "cpp/src/qke/row_fft.cpp"),
+                    "-o", str(program), "-pthread"], check=True)
+    for ncell, ndir, nsim in ((65536, 2732696, 1355297), (262144, 262144, 262144)):
+        result = _run(program, str(ncell), str(ndir), str(nsim))
+        assert result.returncode == 0, (ncell, ndir, nsim, result.returncode, result.stdout, result.stderr[-2000:])
+        assert result.stdout.strip() == (
+            f"refused: the compiled QKE kernel cannot hold {nsim} simulation(s) of {ncell} cells x {ndir} directions: "
+            "its storage (about 76 doubles per cell, direction and simulation) would exceed the address space"), \
+            result.stdout
+    result = _run(program, "64", "48", "4")  # an ordinary size still steps
+    assert result.stdout.split() == ["accepted", "stepped"], result.stdout

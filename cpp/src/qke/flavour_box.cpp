@@ -333,6 +333,27 @@ FlavourBoxKernel::FlavourBoxKernel(FlavourBoxSettings settings, std::vector<doub
   if (!(settings_.self_interaction > 0) || !(settings_.speed_of_light > 0))
     throw std::invalid_argument("self_interaction and speed_of_light must be positive");
 
+  // The storage's size, checked before anything is allocated: the products below wrapped past
+  // 2^64 for large enough ncell x ndir x nsim, and a wrapped size could be small enough to
+  // allocate (ncell 65536, 2,732,696 directions, 1,355,297 simulations: 251 MB accepted for a
+  // kernel whose boxes lie far beyond it; the first step writes out of bounds); an unwrapped one
+  // beyond a vector's maximum was refused as "cannot create std::vector larger than max_size()"
+  // (outside probe, round fourteen).
+  {
+    const auto times = [](std::size_t a, std::size_t b, std::size_t& out) { return !__builtin_mul_overflow(a, b, &out); };
+    // Doubles per box = ncell * (76 width + 193) at most: 8 fields and 4 phase rows per direction
+    // (76 width), the moments and lepton moments (192), the moment filter (1).
+    std::size_t row = 0, per_box_doubles = 0, total = 0;
+    const bool fits = width_ >= ndir_ && times(76, width_, row) && !__builtin_add_overflow(row, 193, &row) &&
+                      times(ncell_, row, per_box_doubles) && times(per_box_doubles, nsim_, total) &&
+                      times(total, sizeof(double), total) &&
+                      total <= static_cast<std::size_t>(std::numeric_limits<std::ptrdiff_t>::max());
+    if (!fits)
+      throw std::invalid_argument("the compiled QKE kernel cannot hold " + std::to_string(nsim_) + " simulation(s) of " +
+                                  std::to_string(ncell_) + " cells x " + std::to_string(ndir_) +
+                                  " directions: its storage (about 76 doubles per cell, direction and simulation) "
+                                  "would exceed the address space");
+  }
   moment_weights_.assign(kMoments * width_, 0.0);
   hamiltonian_weights_.assign(kMoments * width_, 0.0);
   for (std::size_t d = 0; d < ndir_; ++d) {
@@ -353,6 +374,7 @@ FlavourBoxKernel::FlavourBoxKernel(FlavourBoxSettings settings, std::vector<doub
   const bool filtered = !moment_filter.empty();
   const std::size_t lepton = ncell_ * kEntries * kMoments;
   const std::size_t per_box = 8 * field + 2 * moments + 4 * phases + 2 * lepton + (filtered ? ncell_ : 0);
+  // = ncell * (76 width + 192) (+ ncell): within the bound checked above.
   storage_.assign(per_box * nsim_, 0.0);
   boxes_.resize(nsim_);
   for (std::size_t s = 0; s < nsim_; ++s) {
