@@ -212,6 +212,36 @@ def exclusive_directory(directory: str | Path, command: str):
         yield
 
 
+def missing_directories(directories) -> list[Path]:
+    """The directories that making ``directories`` (each with its parents) would create, deepest
+    first: those a failed command removes again when it left nothing in them
+    (:func:`remove_empty_directories`)."""
+    missing: list[Path] = []
+    for directory in directories:
+        directory = Path(directory).absolute()
+        while not directory.exists() and directory != directory.parent:
+            if directory not in missing:
+                missing.append(directory)
+            directory = directory.parent
+    return sorted(missing, key=lambda path: len(path.parts), reverse=True)
+
+
+def remove_empty_directories(made, locked: str | Path | None = None) -> None:
+    """After a failed `dodo train` or `dodo study`: remove the directories it made (``made``, from
+    :func:`missing_directories`, deepest first) that hold nothing, or nothing but the lock file of
+    :func:`exclusive_directory` in ``locked`` (held by the caller until its block ends; a process
+    that asks for it meanwhile is refused as before). A failed `dodo train --resume` left an empty
+    checkpoint directory with its `.dodo.lock`, and an empty results directory; a failed study an
+    empty run_000 that shifted the next study's numbering (outside probe, round 23). Anything the
+    command wrote keeps its directory."""
+    lock = None if locked is None else Path(locked).absolute() / LOCK_NAME
+    for directory in made:
+        with contextlib.suppress(OSError):
+            if lock is not None and os.listdir(directory) == [LOCK_NAME] and directory / LOCK_NAME == lock:
+                os.unlink(lock)
+            os.rmdir(directory)  # refused (kept) unless it is empty
+
+
 def output_lock_path(output: str | Path) -> Path:
     """The lock file exclusive_output takes for ``output``: ``.NAME.lock`` beside the file it names
     (a symlink's target, which is the file atomic_path replaces)."""

@@ -453,3 +453,23 @@ def test_simulate_refuses_an_axis_that_the_inputs_rotation_overrides(tmp_path, c
         assert run(capsys, [*arguments, "--ignore-rotation"])[0] == 0
         with h5py.File(output, "r") as handle:
             assert np.allclose(np.abs(handle["rotation_R"][0][2]), [1, 0, 0])  # the box along x
+
+
+def test_a_failed_study_leaves_no_empty_run_directory(tmp_path, capsys):
+    """`dodo study GRID` whose runs cannot train (here its data file is missing) failed in one line
+    but left OUTPUT_ROOT/TAG/ with its lock file and an empty run_000/{checkpoints,results}: the
+    next study of the tag then numbered its runs from run_001, and the summary's earlier runs had a
+    gap. Now the directories the failed run made are removed when they hold nothing; a study that
+    runs keeps its directories (the other side)."""
+    pytest.importorskip("torch")
+    table = synthetic_preprocessed(tmp_path, 60)
+    config = _train_config(tmp_path, table)
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(f"base_config: {config}\noutput_root: {tmp_path / 'studies'}\n"
+                    f"overrides: {{data.path: {tmp_path / 'missing.h5'}}}\ngrid:\n  training.lr: [1.0e-3]\n")
+    code, _, err = run(capsys, ["study", str(grid)])
+    assert code == 2 and "missing.h5" in err, err
+    assert not (tmp_path / "studies").exists(), sorted(str(p) for p in (tmp_path / "studies").rglob("*"))
+    grid.write_text(f"base_config: {config}\noutput_root: {tmp_path / 'studies'}\ngrid:\n  training.lr: [1.0e-3]\n")
+    assert run(capsys, ["study", str(grid)])[0] == 0
+    assert (tmp_path / "studies/grid/run_000/checkpoints/best.pt").is_file()

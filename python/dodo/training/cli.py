@@ -153,13 +153,13 @@ def _train(args) -> int:
     import contextlib
     import os
 
-    from .._atomic import exclusive_directory
+    from .._atomic import exclusive_directory, missing_directories, remove_empty_directories
     from .distributed import Distribution
 
     # Held from the check to the end: two runs started together would both pass the check and then
     # write the same checkpoints. By rank 0 only under torchrun: the one that writes the files.
     writer = Distribution.from_environment(os.environ).rank == 0
-    made = _missing_directories([checkpoints, results]) if writer else []
+    made = missing_directories([checkpoints, results]) if writer else []
     with exclusive_directory(checkpoints, "dodo train") if writer else contextlib.nullcontext():
         try:
             if not args.overwrite:
@@ -167,42 +167,9 @@ def _train(args) -> int:
             config.make_dirs()
             summary = train(config)
         except BaseException:
-            _remove_empty_directories(made, checkpoints)
+            remove_empty_directories(made, checkpoints)
             raise
     return 0 if summary["status"] in ("completed", "interrupted") else 1
-
-
-def _missing_directories(directories) -> list[Path]:
-    """The directories a run would make for ``directories`` (each and its missing parents), deepest
-    first: those a failed run removes again when it left nothing in them."""
-    missing: list[Path] = []
-    for directory in directories:
-        directory = Path(directory).absolute()
-        while not directory.exists() and directory != directory.parent:
-            if directory not in missing:
-                missing.append(directory)
-            directory = directory.parent
-    return sorted(missing, key=lambda path: len(path.parts), reverse=True)
-
-
-def _remove_empty_directories(made: list[Path], locked: Path) -> None:
-    """After a failed `dodo train`: remove the directories it made (``made``, deepest first) that hold
-    nothing but its own lock file (in ``locked``, the checkpoint directory, held until the caller's
-    block ends; a process that asks for it meanwhile is refused as before). A failed --resume left an
-    empty checkpoint directory with `.dodo.lock` in it, and an empty results directory (outside probe,
-    round 23). Anything the run wrote (train.log, a checkpoint) keeps its directory."""
-    import contextlib
-    import os
-
-    from .._atomic import LOCK_NAME
-
-    lock = Path(locked).absolute() / LOCK_NAME
-    for directory in made:
-        with contextlib.suppress(OSError):
-            entries = os.listdir(directory)
-            if entries == [LOCK_NAME] and directory / LOCK_NAME == lock:
-                os.unlink(lock)
-            os.rmdir(directory)  # refused (kept) unless it is empty
 
 
 @_friendly("evaluate")

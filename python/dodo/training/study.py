@@ -30,7 +30,8 @@ import os
 import re
 from pathlib import Path
 
-from .._atomic import atomic_path, check_outputs, exclusive_directory, write_json_atomic
+from .._atomic import (atomic_path, check_outputs, exclusive_directory, missing_directories, remove_empty_directories,
+                       write_json_atomic)
 from .config import ConfigError, ExperimentConfig, merge_dotted, read_yaml_mapping
 
 ALLOWED_KEYS = {"base_config", "tag", "output_root", "overrides", "grid"}
@@ -121,8 +122,13 @@ def run_study(grid_path: str | Path, dry_run: bool = False, echo=print) -> list[
     if dry_run:
         return _run_study(grid_path, spec, root, dry_run, echo)
     # Two studies of one tag at once would number their runs alike and write the same directories.
+    made = missing_directories([root])
     with exclusive_directory(root, "dodo study of this tag"):
-        return _run_study(grid_path, spec, root, dry_run, echo)
+        try:
+            return _run_study(grid_path, spec, root, dry_run, echo)
+        except BaseException:
+            remove_empty_directories(made, root)  # the study's own directory, when nothing is left in it
+            raise
 
 
 def _run_study(grid_path, spec: dict, root: Path, dry_run: bool, echo) -> list[dict]:
@@ -146,6 +152,7 @@ def _run_study(grid_path, spec: dict, root: Path, dry_run: bool, echo) -> list[d
     if dry_run:
         return [{"run": str(d), **p} for d, p, _ in configs]
     for run_dir, point, config in configs:
+        made = missing_directories([config.output.checkpoint_dir, config.output.results_dir])
         config.make_dirs()
         echo(f"--- {run_dir.name}: {point}")
         try:
@@ -155,6 +162,11 @@ def _run_study(grid_path, spec: dict, root: Path, dry_run: bool, echo) -> list[d
             # the study: it used to abort the remaining runs and leave no summary of the finished ones.
             echo(f"--- {run_dir.name} diverged: {error}")
             rows.append(_unfinished_row(run_dir, point, "diverged", str(error)))
+        except BaseException:
+            # A run that could not start (its data file missing) left an empty run_XXX, which moved
+            # the next study's numbering on (outside probe, round 23): removed when nothing is in it.
+            remove_empty_directories(made)
+            raise
         else:
             if "metric_table" not in summary:  # stopped early (training.stop_after_epoch): no final metrics
                 rows.append(_unfinished_row(run_dir, point, summary["status"],
