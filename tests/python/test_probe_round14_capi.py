@@ -104,3 +104,24 @@ def test_qke_kernel_storage_beyond_the_address_space_is_refused_not_wrapped(tmp_
             result.stdout
     result = _run(program, "64", "48", "4")  # an ordinary size still steps
     assert result.stdout.split() == ["accepted", "stepped"], result.stdout
+
+
+# --- an option value the library does not know, with a model ---------------------------------------
+
+def test_an_unknown_z_method_or_lebedev_order_is_named_as_such_with_a_model_too(tmp_path):
+    """z_method "Exact" (a typo) or lebedev_order 5 (an order the library lacks): Box3D alone said
+    'unknown z_method "Exact" (known: ...)' / 'lebedev_order 5 is not available; available orders:
+    ...' (DODO_ERROR_INVALID_ARGUMENT); with a model the same typo came back as the package's fault,
+    DODO_ERROR_MODEL_METADATA 'model "dodo.box3d" z_method is "exact" but z_method "Exact" was
+    requested', as if "Exact" were a value the host could have meant. Now the same refusal both ways."""
+    if not shutil.which("gcc"):
+        pytest.skip("gcc is not installed")
+    model = _default_model()
+    program = tmp_path / "option_typos"
+    subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", str(HERE / "option_typos.c"), *_libdodo_flags(),
+                    "-o", str(program)], check=True)
+    result = _run(program, model)
+    assert result.returncode == 0, (result.stdout, result.stderr[-2000:])
+    z_method = 'DODO_ERROR_INVALID_ARGUMENT|unknown z_method "Exact" (known: "exact", "jedynak")'
+    order = "DODO_ERROR_INVALID_ARGUMENT|Box3D settings: lebedev_order 5 is not available; available orders: 17 41 131"
+    assert result.stdout.splitlines() == [z_method, order, z_method, order], result.stdout
