@@ -125,3 +125,25 @@ def test_an_unknown_z_method_or_lebedev_order_is_named_as_such_with_a_model_too(
     z_method = 'DODO_ERROR_INVALID_ARGUMENT|unknown z_method "Exact" (known: "exact", "jedynak")'
     order = "DODO_ERROR_INVALID_ARGUMENT|Box3D settings: lebedev_order 5 is not available; available orders: 17 41 131"
     assert result.stdout.splitlines() == [z_method, order, z_method, order], result.stdout
+
+
+# --- Fortran: a dodo_closure that holds no closure --------------------------------------------------
+
+def test_fortran_calls_on_a_closure_never_created_or_destroyed_say_so(tmp_path):
+    """dodo_apply, dodo_get_counters, dodo_reset_counters, dodo_self_test on a type(dodo_closure)
+    never created, whose dodo_create failed, or after dodo_destroy: stat 1 with C's "closure handle
+    is NULL", words for a pointer the Fortran host never saw (it holds a derived type). Now the
+    Fortran text says what the variable is and what to do (read on failure only)."""
+    from test_native_programs import pkg_config, run
+
+    if not shutil.which("gfortran"):
+        pytest.skip("gfortran is not installed")
+    program = tmp_path / "no_closure"
+    run(["gfortran", "-std=f2018", "-Wall", "-J", str(tmp_path), str(ROOT / "cpp/include/dodo/dodo.f90"),
+         str(HERE / "no_closure.f90"), *pkg_config("--libs"), "-o", str(program)])
+    result = _run(program)
+    assert result.returncode == 0, (result.stdout, result.stderr[-2000:])
+    text = ("this dodo_closure holds no closure (never created, its dodo_create failed, or dodo_destroy "
+            "destroyed it): call dodo_create first")
+    assert result.stdout.splitlines() == [f"never apply 1 {text}", f"failed counters 1 {text}",
+                                          f"destroyed reset 1 {text}", f"destroyed self_test 1 {text}"], result.stdout

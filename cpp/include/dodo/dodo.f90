@@ -591,6 +591,11 @@ contains
     length = c_last_error(c_null_ptr, buffer, int(size(buffer), c_size_t))
     message = from_c_buffer(buffer)
     if (length == 0 .and. .not. c_associated(closure%handle)) message = "closure handle is not created"
+    ! C's words for its NULL pointer, which a Fortran host never saw: it holds a type(dodo_closure)
+    ! (outside probe of the C side, round fourteen; the failure path only).
+    if (.not. c_associated(closure%handle) .and. message == "closure handle is NULL") &
+      message = "this dodo_closure holds no closure (never created, its dodo_create failed, or dodo_destroy " // &
+                "destroyed it): call dodo_create first"
   end function last_error
 
   ! Copy of a static NUL-terminated C string ("" for NULL).
