@@ -151,13 +151,24 @@ def atomic_path(final: str | Path):
     check_output_target(final)
     if os.path.islink(final):
         final = Path(os.path.realpath(final))
-    try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(final)
-        fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(final), suffix=".tmp", dir=final.parent)
-    except OSError as error:  # named by the output asked for, not by the temporary nobody knows of
-        raise OutputPathError(f"cannot write {given}: cannot create a file in {final.parent}: "
-                              f"{error.strerror or error}") from None
+    # The directories made for this output, removed again (when empty) if the write fails: a failed
+    # `dodo preprocess -o new/dir/out.h5` left new/dir/ behind (outside probe, round 23).
+    made = missing_directories([final.parent])
+    for attempt in range(3):
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(final)
+            fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(final), suffix=".tmp", dir=final.parent)
+            break
+        except FileNotFoundError:  # another writer's failed write removed the new directory meanwhile
+            if attempt < 2:
+                continue
+            raise OutputPathError(f"cannot write {given}: cannot create a file in {final.parent}: "
+                                  "the directory keeps disappearing") from None
+        except OSError as error:  # named by the output asked for, not by the temporary nobody knows of
+            remove_empty_directories(made)
+            raise OutputPathError(f"cannot write {given}: cannot create a file in {final.parent}: "
+                                  f"{error.strerror or error}") from None
     os.close(fd)
     try:
         # mkstemp makes 0600; a new file gets the usual mode, a replaced one keeps its own (a
@@ -175,6 +186,7 @@ def atomic_path(final: str | Path):
     except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        remove_empty_directories(made)
         if isinstance(error, OSError) and error.filename is None and error.errno is not None:
             # A failed write() names no file (`dodo score --json F` on a full disk said only "[Errno 28]
             # No space left on device"): the output asked for is named (same errno, same OSError subclass).

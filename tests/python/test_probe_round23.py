@@ -473,3 +473,20 @@ def test_a_failed_study_leaves_no_empty_run_directory(tmp_path, capsys):
     grid.write_text(f"base_config: {config}\noutput_root: {tmp_path / 'studies'}\ngrid:\n  training.lr: [1.0e-3]\n")
     assert run(capsys, ["study", str(grid)])[0] == 0
     assert (tmp_path / "studies/grid/run_000/checkpoints/best.pt").is_file()
+
+
+def test_a_failed_write_leaves_no_directory_it_made(tmp_path, capsys):
+    """`dodo preprocess` with `output: new/dir/out.h5` whose rows all fail the filters: refused in one
+    line, the output not written, but `new/dir/` (made for it) left behind, empty; so for every
+    output written through `dodo._atomic.atomic_path` whose write fails. Now the directories made
+    for a write that fails are removed when they hold nothing; an existing directory is kept."""
+    pytest.importorskip("h5py")
+    assert run(capsys, ["synth", str(tmp_path / "syn.h5"), "-n", "10", "-q"])[0] == 0
+    config = tmp_path / "pre.yaml"
+    config.write_text(f"inputs: [{tmp_path / 'syn.h5'}]\noutput: {tmp_path / 'new/dir/out.h5'}\n"
+                      "filters: {max_flux_factor: 1.0e-6}\n")
+    refused(capsys, ["preprocess", "--config", str(config), "-q"], "no rows survived")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "new").mkdir()
+    refused(capsys, ["preprocess", "--config", str(config), "-q"], "no rows survived")
+    assert sorted(p.name for p in tmp_path.rglob("*") if "new" in p.parts) == ["new"]
