@@ -490,3 +490,19 @@ def test_a_failed_write_leaves_no_directory_it_made(tmp_path, capsys):
     (tmp_path / "new").mkdir()
     refused(capsys, ["preprocess", "--config", str(config), "-q"], "no rows survived")
     assert sorted(p.name for p in tmp_path.rglob("*") if "new" in p.parts) == ["new"]
+
+
+@pytest.mark.parametrize("key", ["output.checkpoint_dir", "output.results_dir"])
+def test_train_refuses_an_empty_output_directory(tmp_path, capsys, monkeypatch, key):
+    """`output.checkpoint_dir: ''` (a YAML empty string, or `--set "output.checkpoint_dir=''"`) ran
+    the training and wrote best.pt, last.pt, final.pt and the lock file into the working directory
+    (Path('') is '.'); `results_dir: ''` train.log and the metrics there. An unset value (null) was
+    already refused. Now refused in one line naming the key, nothing written."""
+    pytest.importorskip("torch")
+    table = synthetic_preprocessed(tmp_path, 60)
+    config = _train_config(tmp_path, table)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    refused(capsys, ["train", "--config", str(config), "--set", f"{key}=''"], key)
+    assert list(work.iterdir()) == []

@@ -175,6 +175,10 @@ class ExperimentConfig:
         if d.box3d.lebedev_order not in _available_lebedev_orders():
             raise ConfigError(f"data.box3d.lebedev_order must be one of {_available_lebedev_orders()}; "
                               f"got {d.box3d.lebedev_order!r}")
+        for name in ("checkpoint_dir", "results_dir"):  # '' is '.': the run's files went into the working directory
+            if not str(getattr(self.output, name)).strip():
+                raise ConfigError(f"output.{name} must name a directory; got an empty string (the run's files would go "
+                                  "into the working directory: write '.' to mean it)")
         t = self.training
         if t.epochs < 1:
             raise ConfigError("training.epochs must be >= 1")
