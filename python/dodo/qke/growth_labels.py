@@ -56,7 +56,7 @@ def _resume(output: str, fingerprint: str, report: Callable[[str], None]) -> dic
             same = f.attrs.get("fingerprint") == fingerprint
             complete = bool(f.attrs.get("complete", False))
             full_run = "solver" in f.attrs and f.attrs.get("kind") != "linear_growth_labels"
-            processed = int(f.attrs.get("nstates_processed", 0))
+            done = f"{int(f.attrs.get('nstates_done', 0))} of {int(f.attrs.get('nstates_requested', 0))} states done"
             if same:
                 rows = {"processed": int(f.attrs["nstates_processed"]), "dropped": json.loads(f.attrs["dropped"]),
                         "input_index": f["input_index"][()], "linear_growth_rate": f["linear_growthRate_box(1|s)"][()],
@@ -68,7 +68,7 @@ def _resume(output: str, fingerprint: str, report: Callable[[str], None]) -> dic
     if not same:
         if not complete and full_run:  # was called "an unfinished growth-label file" (outside probe, round 23)
             raise CheckpointMismatchError(
-                f"{output} is an unfinished solver database (a full dodo simulate run, {processed} states processed; "
+                f"{output} is an unfinished solver database (a full dodo simulate run, {done}; "
                 f"its checkpoint is {output}.partial*.npz); it is left untouched: to resume it, rerun the command "
                 "that wrote it, without --linear-only; for growth labels choose another output file")
         if not complete:
