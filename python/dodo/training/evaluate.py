@@ -1,6 +1,7 @@
 """`dodo evaluate`: the model-vs-Box3D metric table of a checkpoint on a data split."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -26,8 +27,26 @@ def checkpoint_data(checkpoint: dict, checkpoint_path, data_path, action: str) -
     check_preprocessed(data_path, checkpoint["data"]["box3d"])
     if not given:
         check_training_data(checkpoint, checkpoint_path, data_path, action,
-                            " (its splits would be other rows; pass --data FILE to score another file)")
+                            " (its splits would be other rows; pass --data FILE to score another file)",
+                            data_sha256=_file_sha256(data_path))
     return data_path
+
+
+def _file_sha256(path) -> str:
+    """SHA-256 of the file at ``path``, read once per command (the data check and the split both
+    ask; a preprocessed table may be gigabytes)."""
+    import os
+
+    status = os.stat(path)  # a file rewritten or replaced has another inode, size or change time: read again
+    return _sha256_of(os.path.realpath(path), status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns,
+                      status.st_ctime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256_of(path: str, *identity) -> str:
+    from .._atomic import sha256_file
+
+    return sha256_file(path)
 
 
 def resolve_split(checkpoint: dict, data_path: Path, split: str | None, default: str) -> str:
@@ -37,11 +56,9 @@ def resolve_split(checkpoint: dict, data_path: Path, split: str | None, default:
     rows, and on a file that shares states with the training file (the table re-preprocessed after
     the campaign grew) a "test" split that holds states the model trained on, reported as its test
     split without a word (outside probe, round 23). So train/val/test of another file is refused."""
-    from .._atomic import sha256_file
-
     if split == "all":
         return split
-    own = checkpoint["data"].get("sha256") == sha256_file(data_path)
+    own = checkpoint["data"].get("sha256") == _file_sha256(data_path)
     if own:
         return default if split is None else split
     if split is None:
