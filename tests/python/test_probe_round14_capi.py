@@ -147,3 +147,36 @@ def test_fortran_calls_on_a_closure_never_created_or_destroyed_say_so(tmp_path):
             "destroyed it): call dodo_create first")
     assert result.stdout.splitlines() == [f"never apply 1 {text}", f"failed counters 1 {text}",
                                           f"destroyed reset 1 {text}", f"destroyed self_test 1 {text}"], result.stdout
+
+
+def test_python_qke_kernel_of_impossible_size_is_a_value_error_naming_it():
+    """The same through dodo._core.QkeKernel: ValueError naming the sizes (it said "cannot create
+    std::vector larger than max_size()")."""
+    import numpy as np
+
+    core = pytest.importorskip("dodo._core")
+    directions = np.zeros((262144, 3))
+    directions[:, 2] = 1.0
+    with pytest.raises(ValueError, match=r"cannot hold 262144 simulation\(s\) of 262144 cells x 262144 directions"):
+        core.QkeKernel(directions, 262144, np.ones(262144), np.ones(262144), None, 1.0, 1.0)
+
+
+# --- dodo.hpp under a C++ standard it does not support ---------------------------------------------
+
+def test_dodo_hpp_under_cplusplus_11_says_which_standard_it_needs(tmp_path):
+    """A host still on C++11 (-std=c++11) got "'exchange' is not a member of 'std'" from inside
+    dodo.hpp, nothing about the standard; now one #error naming what it needs and the C API as the
+    way from C++11. C++14, 17 and 20 compile as before."""
+    if not shutil.which("g++"):
+        pytest.skip("g++ is not installed")
+    source = tmp_path / "host.cpp"
+    source.write_text("#include <dodo/dodo.hpp>\nint main() { dodo::Closure closure; return closure.has_model(); }\n")
+    old = subprocess.run(["g++", "-std=c++11", "-fsyntax-only", f"-I{ROOT / 'cpp/include'}", str(source)],
+                         capture_output=True, text=True)
+    assert old.returncode != 0
+    assert "dodo/dodo.hpp needs C++14 or later" in old.stderr, old.stderr[-2000:]
+    assert "exchange" not in old.stderr, old.stderr[-2000:]
+    for standard in ("c++14", "c++17", "c++20"):
+        done = subprocess.run(["g++", f"-std={standard}", "-fsyntax-only", f"-I{ROOT / 'cpp/include'}", str(source)],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, (standard, done.stderr[-2000:])

@@ -8,6 +8,12 @@
 #ifndef DODO_DODO_HPP
 #define DODO_DODO_HPP
 
+// One clear line for a host on an older standard (it got "'exchange' is not a member of 'std'"
+// from inside this header). MSVC reports __cplusplus only with /Zc:__cplusplus: _MSVC_LANG there.
+#if (defined(_MSVC_LANG) ? _MSVC_LANG : __cplusplus) < 201402L
+#error "dodo/dodo.hpp needs C++14 or later (C++17 is what it is tested with): compile with -std=c++17, or use the C API, dodo/dodo.h, which it wraps"
+#else  // the header itself; nothing of it is compiled after the #error (its errors would bury it)
+
 #include <cstddef>
 #include <cstdint>
 #include <stdexcept>
@@ -194,4 +200,5 @@ inline std::string version() { return dodo_version(); }
 
 }  // namespace dodo
 
+#endif  // C++14 or later
 #endif  // DODO_DODO_HPP
