@@ -507,3 +507,17 @@ def test_train_refuses_an_empty_output_directory(tmp_path, capsys, monkeypatch, 
     monkeypatch.chdir(work)
     refused(capsys, ["train", "--config", str(config), "--set", f"{key}=''"], key)
     assert list(work.iterdir()) == []
+
+
+@pytest.mark.parametrize("change, said", [({"record_every": 2.5}, "record_every"), ({"record_every": True}, "record_every"),
+                                          ({"ncell": 16.0}, "ncell"), ({"nphi_equator": 8.0}, "nphi_equator")])
+def test_solver_config_takes_whole_numbers_only(change, said):
+    """`SolverConfig(record_every=2.5)` validated and ran, recording every fifth step (`istep % 2.5`),
+    a history of 2 records where 5 were asked, without a word; `True` ran as 1; `ncell=16.0` failed in
+    NumPy (`n should be an integer`, naming nothing); `nphi_equator=8.0` ran. Now a ValueError naming
+    the setting, as `seed` has been since round 22."""
+    from dodo.qke import SolverConfig
+
+    with pytest.raises(ValueError, match=said):
+        SolverConfig(**{"ncell": 16, "nphi_equator": 8, **change}).validate()
+    SolverConfig(ncell=np.int64(16), nphi_equator=8, record_every=np.int32(2)).validate()  # NumPy integers: fine

@@ -74,6 +74,12 @@ class SolverConfig:
     backend: str = "auto"
 
     def validate(self) -> None:
+        # Whole numbers: record_every=2.5 recorded every fifth step (istep % 2.5) without a word, True
+        # ran as 1, ncell=16.0 failed in NumPy naming nothing (outside probe, round 23).
+        for name in ("ncell", "nphi_equator", "record_every"):
+            value = getattr(self, name)
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+                raise ValueError(f"{name} must be an integer; got {value!r}")
         if self.ncell < 2 or self.ncell % 2:
             raise ValueError(f"ncell must be an even integer >= 2; got {self.ncell}")
         if self.ncell > MAX_NCELL:
