@@ -17,6 +17,16 @@ def output_path(text: str) -> str:
     return text
 
 
+def input_path(text: str) -> str:
+    """argparse type of an input-file option: an empty path (``--resume "$CKPT"`` with CKPT unset)
+    is a usage error. `dodo train --resume ''` was taken for no --resume and started a fresh run,
+    `dodo simulate --input ''` ended in a TypeError traceback, `--data ''` and `--config ''` said
+    `. is a directory` (outside probe, round 23)."""
+    if text == "":
+        raise argparse.ArgumentTypeError("empty path (an unset shell variable?): give a file name")
+    return text
+
+
 def file_output_path(text: str) -> str:
     """argparse type of an output that is a file and only a file (HDF5 databases, checkpoints, model
     packages, plots, python -m dodo.qke.validate's --json): an empty path is refused as by :func:`output_path`, and so is ``-``, which by

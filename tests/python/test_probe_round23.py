@@ -521,3 +521,31 @@ def test_solver_config_takes_whole_numbers_only(change, said):
     with pytest.raises(ValueError, match=said):
         SolverConfig(**{"ncell": 16, "nphi_equator": 8, **change}).validate()
     SolverConfig(ncell=np.int64(16), nphi_equator=8, record_every=np.int32(2)).validate()  # NumPy integers: fine
+
+
+# --- an input option given as an empty path (an unset shell variable) ---------------------------------------
+
+def test_train_resume_of_an_empty_path_is_refused_not_a_fresh_run(tmp_path, capsys):
+    """`dodo train --config C --resume "$CKPT"` with CKPT unset: `--resume ''` was taken for no
+    --resume, and a fresh run trained into an empty checkpoint directory, exit 0: the run meant to
+    be continued was started over. Now a usage error naming the empty path, before any file or
+    directory is made (empty outputs have been refused so since round two)."""
+    pytest.importorskip("torch")
+    table = synthetic_preprocessed(tmp_path, 60)
+    config = _train_config(tmp_path, table)
+    code, _, err = run(capsys, ["train", "--config", str(config), "--resume", ""])
+    assert code == 2 and "--resume" in err and "empty path" in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("argv", [["simulate", "{out}", "--input", ""], ["evaluate", "x.pt", "--data", ""],
+                                  ["preprocess", "--config", ""]])
+def test_an_empty_input_path_is_a_usage_error(tmp_path, capsys, argv):
+    """`dodo simulate OUT --input ''`: a `TypeError: '<' not supported between instances of
+    'NoneType' and 'int'` traceback, exit 1 (the empty path taken for no --input, then --random
+    missing); `evaluate --data ''` and `preprocess --config ''`: `. is a directory`. Now the usage
+    error of an empty path, exit 2."""
+    argv = [part.replace("{out}", str(tmp_path / "out.h5")) for part in argv]
+    code, _, err = run(capsys, argv)
+    assert code == 2 and "empty path" in err and "Traceback" not in err, err
+    assert not (tmp_path / "out.h5").exists()

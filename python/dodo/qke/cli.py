@@ -9,7 +9,7 @@ import traceback
 import numpy as np
 
 from .._atomic import check_outputs, exclusive_output
-from .._cli_common import add_output_argument, add_quiet_argument, resolve_output
+from .._cli_common import add_output_argument, add_quiet_argument, input_path, resolve_output
 from .solver import SolverConfig
 
 
@@ -23,7 +23,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                                 "mpirun/srun the states are shared out over the ranks (docs/qke.md)")
     parser.set_defaults(parser=parser)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", help="initial states: Emu-layout HDF5 (F4_initial(1|ccm)) or YAML ('states' list)")
+    source.add_argument("--input", type=input_path, help="initial states: Emu-layout HDF5 (F4_initial(1|ccm)) or YAML ('states' list)")
     source.add_argument("--random", type=int, metavar="N", help="simulate N random ELN-crossing states")
     parser.add_argument("--seed", type=int, default=0, help="random seed for states and perturbations (default 0)")
     parser.add_argument("--family", default=None, choices=("emu", "three_flavour", "merger"),

@@ -10,7 +10,7 @@ from pathlib import Path
 from .._atomic import check_outputs
 from .._output_guard import MODEL_PACKAGE, PREPROCESSED, SYNTHETIC, refuse_replacing, refuse_replacing_data
 from .._cli_common import (add_json_argument, add_output_argument, add_quiet_argument, file_output_path,
-                           json_target_file)
+                           input_path, json_target_file)
 
 
 def _overrides(pairs) -> dict:
@@ -270,7 +270,7 @@ OVERWRITE_HELP = ("replace the output when it exists and is not a {own} of an ea
 def register(subparsers) -> None:
     """Add preprocess, synth, train, evaluate, inspect, plot, study and export."""
     p = subparsers.add_parser("preprocess", help="Emu databases -> preprocessed training file (HDF5)")
-    p.add_argument("--config", required=True, help="YAML, e.g. training/configs/pre_process.yaml")
+    p.add_argument("--config", required=True, type=input_path, help="YAML, e.g. training/configs/pre_process.yaml")
     p.add_argument("-o", "--output", type=file_output_path, help="override the output path of the config")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP.format(own="preprocessed file"))
@@ -292,8 +292,8 @@ def register(subparsers) -> None:
     p.set_defaults(func=_synth)
 
     p = subparsers.add_parser("train", help="train the residual model")
-    p.add_argument("--config", required=True, help="YAML, e.g. training/configs/model.yaml")
-    p.add_argument("--resume", metavar="CHECKPOINT", help="continue exactly from a checkpoint (e.g. checkpoints/last.pt)")
+    p.add_argument("--config", required=True, type=input_path, help="YAML, e.g. training/configs/model.yaml")
+    p.add_argument("--resume", metavar="CHECKPOINT", type=input_path, help="continue exactly from a checkpoint (e.g. checkpoints/last.pt)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the checkpoints of another run in output.checkpoint_dir (refused otherwise)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
@@ -301,7 +301,7 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("evaluate", help="model-vs-Box3D metric table of a checkpoint")
     p.add_argument("checkpoint")
-    p.add_argument("--data", help="preprocessed file (default: the checkpoint's training file)")
+    p.add_argument("--data", type=input_path, help="preprocessed file (default: the checkpoint's training file)")
     p.add_argument("--split", default=None, choices=("train", "val", "test", "all"),
                    help="rows of the data (default: test of the checkpoint's training file, all of another file; "
                         "train/val/test describe the training file only)")
@@ -310,7 +310,7 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("inspect", help="loss-term breakdown and flux-factor statistics on a slice")
     p.add_argument("checkpoint")
-    p.add_argument("--data")
+    p.add_argument("--data", type=input_path)
     p.add_argument("--split", default=None, choices=("train", "val", "test", "all"),
                    help="rows of the data (default: val of the checkpoint's training file, all of another file; "
                         "train/val/test describe the training file only)")
