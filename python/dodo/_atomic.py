@@ -121,7 +121,10 @@ def check_outputs(outputs: Iterable[Optional[str | Path]], inputs: Iterable[Opti
     for number, output in enumerate(outputs):
         for given in inputs:
             if same_file(output, given):
-                same = "" if str(output) == str(given) else f" (both are {os.path.realpath(output)})"
+                # Two names of one inode (a hard link) do not resolve to one path: "(both are OUTPUT)"
+                # said a thing of the input that was not so (outside probe, round 23).
+                same = ("" if str(output) == str(given) else f" (both are {os.path.realpath(output)})"
+                        if os.path.realpath(output) == os.path.realpath(given) else " (hard links to one file)")
                 raise OutputPathError(f"output {output} is the same file as the input {given}{same}; writing it would "
                                       "destroy the input: choose another output")
         for other in outputs[:number]:

@@ -549,3 +549,19 @@ def test_an_empty_input_path_is_a_usage_error(tmp_path, capsys, argv):
     code, _, err = run(capsys, argv)
     assert code == 2 and "empty path" in err and "Traceback" not in err, err
     assert not (tmp_path / "out.h5").exists()
+
+
+def test_an_output_hard_linked_to_an_input_is_named_as_such(tmp_path, capsys):
+    """`dodo apply syn.h5 -o link.h5` with link.h5 a hard link of syn.h5: refused (the input kept),
+    but the message said `(both are .../link.h5)`, which syn.h5 is not: two names of one file
+    (the same inode), not one path. Now it says they are hard links to one file; a symlink still
+    names the path both resolve to."""
+    pytest.importorskip("h5py")
+    assert run(capsys, ["synth", str(tmp_path / "syn.h5"), "-n", "5", "-q"])[0] == 0
+    os.link(tmp_path / "syn.h5", tmp_path / "link.h5")
+    line = refused(capsys, ["apply", str(tmp_path / "syn.h5"), "--model", "box3d", "--grid", "2x2x2", "-o",
+                            str(tmp_path / "link.h5"), "-q"], "same file as the input", "hard link")
+    assert f"both are {tmp_path / 'link.h5'}" not in line, line
+    os.symlink(tmp_path / "syn.h5", tmp_path / "soft.h5")
+    refused(capsys, ["apply", str(tmp_path / "syn.h5"), "--model", "box3d", "--grid", "2x2x2", "-o",
+                     str(tmp_path / "soft.h5"), "-q"], f"both are {tmp_path / 'syn.h5'}")
