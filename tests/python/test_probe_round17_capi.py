@@ -277,7 +277,11 @@ def test_fortran_zero_cells_on_a_null_or_destroyed_handle_is_refused_as_in_c(tmp
     run(["gfortran", "-std=f2018", "-Wall", "-J", str(tmp_path), str(ROOT / "cpp/include/dodo/dodo.f90"), str(source),
          *pkg_config("--libs"), "-o", str(program)])
     lines = [line.rstrip() for line in run([str(program)]).splitlines()]
-    assert lines == ["1 closure handle is NULL", "1 closure handle is not live (destroyed or never created)", "0"], lines
+    # Round fourteen of the C side: Fortran's own words for a dodo_closure that holds no closure
+    # (C's "closure handle is NULL" named a pointer the Fortran host never saw); same status.
+    never = ("1 this dodo_closure holds no closure (never created, its dodo_create failed, or dodo_destroy "
+             "destroyed it): call dodo_create first")
+    assert lines == [never, "1 closure handle is not live (destroyed or never created)", "0"], lines
     # C says the same for n_cells = 0.
     from libdodo_ctypes import load_libdodo
 
