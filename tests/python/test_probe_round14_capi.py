@@ -180,3 +180,24 @@ def test_dodo_hpp_under_cplusplus_11_says_which_standard_it_needs(tmp_path):
         done = subprocess.run(["g++", f"-std={standard}", "-fsyntax-only", f"-I{ROOT / 'cpp/include'}", str(source)],
                               capture_output=True, text=True)
         assert done.returncode == 0, (standard, done.stderr[-2000:])
+
+
+# --- pybind11: an output array of the wrong dtype says which ---------------------------------------
+
+def test_an_output_array_of_the_wrong_dtype_names_both_dtypes():
+    """dodo._core's apply_into (Box3D and the closure) said "out.F_box: wrong dtype for an output
+    array", neither what it was given nor what it writes; now both."""
+    import numpy as np
+
+    core = pytest.importorskip("dodo._core")
+    F = np.zeros((3, 6, 4))
+    F[:, :, 0] = 1.0
+    F[:, :, 3] = 0.2
+    good = dict(F_box=np.zeros((3, 6, 4)), growth_over_ntot=np.zeros(3), growth_rate=np.zeros(3),
+                status=np.zeros(3, np.uint32))
+    for name, bad, text in (("F_box", np.zeros((3, 6, 4), np.float32), "it is float32, this call writes float64"),
+                            ("status", np.zeros(3, np.int32), "it is int32, this call writes uint32")):
+        arrays = {**good, name: bad}
+        with pytest.raises(TypeError, match=f"out.{name}: wrong dtype for an output array: {text}"):
+            core.Box3D().apply_into(F, None, arrays["F_box"], arrays["growth_over_ntot"], arrays["growth_rate"],
+                                    arrays["status"])

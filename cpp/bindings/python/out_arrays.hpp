@@ -29,7 +29,9 @@ inline MemoryRange memory_range(const char* name, const pybind11::array& array) 
 template <typename T>
 T* output_data(const pybind11::array& array, const char* name, std::size_t values) {
   if (!pybind11::isinstance<pybind11::array_t<T>>(array))
-    throw pybind11::type_error(std::string(name) + ": wrong dtype for an output array");
+    throw pybind11::type_error(std::string(name) + ": wrong dtype for an output array: it is " +
+                               pybind11::str(array.dtype()).cast<std::string>() + ", this call writes " +
+                               pybind11::str(pybind11::dtype::of<T>()).cast<std::string>());
   if (!(array.flags() & pybind11::array::c_style))
     throw pybind11::value_error(std::string(name) + ": an output array must be C-contiguous");
   if (!array.writeable()) throw pybind11::value_error(std::string(name) + ": an output array must be writeable");
