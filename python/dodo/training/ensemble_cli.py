@@ -18,14 +18,22 @@ def _train_ensemble(args) -> int:
     check_outputs([config.checkpoint], [args.config, config.data_path, *growth_data_files(config.growth_data)])
     from pathlib import Path
 
-    from .._atomic import exclusive_directory
+    from .._atomic import exclusive_directory, missing_directories, remove_empty_directories
 
+    directory = Path(config.checkpoint).resolve().parent
+    # A run that fails (a missing data file, a bad config value, Ctrl-C) removes the directories it
+    # made if it left nothing in them but its lock, as dodo train does (outside probe, round 23).
+    made = missing_directories([directory])
     # Held from the check to the end: two runs started together would both pass the check and the
     # later one would replace the earlier one's checkpoint.
-    with exclusive_directory(Path(config.checkpoint).resolve().parent, "dodo train-ensemble"):
-        if not args.overwrite:
-            _refuse_to_replace_a_checkpoint(Path(config.checkpoint))
-        train_command(config)
+    with exclusive_directory(directory, "dodo train-ensemble"):
+        try:
+            if not args.overwrite:
+                _refuse_to_replace_a_checkpoint(Path(config.checkpoint))
+            train_command(config)
+        except BaseException:
+            remove_empty_directories(made, directory)
+            raise
     return 0
 
 
@@ -51,6 +59,11 @@ def _learning_curve(args) -> int:
     from .ensemble_train import EnsembleConfig, growth_data_files, learning_curve, plot_curve
 
     config = EnsembleConfig.load(args.config, _overrides(args.set))
+    if args.members is not None and any(item.split("=", 1)[0].strip() == "ensemble.members" for item in args.set or []):
+        # Two values for one setting: --members won without a word (outside probe, round 23).
+        raise ValueError("--members and --set ensemble.members=... both give the members per fit: give one")
+    if args.members is not None and args.members < 1:
+        raise ValueError(f"--members must be >= 1; got {args.members}")
     json_file = None if args.json == "-" else args.json  # "-": the JSON on stdout, as evaluate/inspect/score
     check_outputs([args.plot, json_file],
                   [args.config, config.data_path, args.emu, *growth_data_files(config.growth_data)])
