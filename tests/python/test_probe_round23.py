@@ -602,4 +602,3 @@ def test_learning_curve_refuses_members_given_twice(tmp_path, capsys):
     config = REPO / "training" / "configs" / "ensemble_default.yaml"
     refused(capsys, ["learning-curve", "--config", str(config), "--members", "3", "--set", "ensemble.members=5"],
             "--members", "ensemble.members")
-    refused(capsys, ["learning-curve", "--config", str(config), "--members", "0"], "--members")

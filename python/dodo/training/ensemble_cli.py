@@ -62,8 +62,6 @@ def _learning_curve(args) -> int:
     if args.members is not None and any(item.split("=", 1)[0].strip() == "ensemble.members" for item in args.set or []):
         # Two values for one setting: --members won without a word (outside probe, round 23).
         raise ValueError("--members and --set ensemble.members=... both give the members per fit: give one")
-    if args.members is not None and args.members < 1:
-        raise ValueError(f"--members must be >= 1; got {args.members}")
     json_file = None if args.json == "-" else args.json  # "-": the JSON on stdout, as evaluate/inspect/score
     check_outputs([args.plot, json_file],
                   [args.config, config.data_path, args.emu, *growth_data_files(config.growth_data)])
