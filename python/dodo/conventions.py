@@ -40,6 +40,13 @@ CROSSING_FEATURES_PER_PAIR = 6
 N_CROSSING_FEATURES = len(FLAVOUR_PAIRS) * CROSSING_FEATURES_PER_PAIR
 
 
+#: Species relabellings under which the fast-flavour equations are symmetric (docs/qke.md): new
+#: species a is old species PERMUTATION[a]. Neutrinos <-> antineutrinos (H -> -H*), and mu <-> tau
+#: (two flavours whose vacuum terms the FFI equations drop). The runtime's flavour images use both.
+NU_NUBAR_EXCHANGE = (3, 4, 5, 0, 1, 2)
+MU_TAU_EXCHANGE = (0, 2, 1, 3, 5, 4)
+
+
 def species_index(antineutrino: int, flavour: int) -> int:
     """Species index ``3*s + f`` (s = 0 neutrino, 1 antineutrino; f = 0 e, 1 mu, 2 tau)."""
     return 3 * antineutrino + flavour

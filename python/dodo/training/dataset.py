@@ -47,22 +47,40 @@ def rest_frame_arrays(F_init, F_box, F_true, u, invariants, target_scale=None) -
             "F_box_rest": F_box_rest, "dF_true_rest": F_true_rest - F_box_rest, "cell_weight": weight}
 
 
+def species_relabelled(arrays: dict, species) -> dict:
+    """The same cells with species a relabelled as species[a] (training arrays of
+    rest_frame_arrays): the per-species rows and the pair invariants follow the relabelling."""
+    from ..conventions import N_SPECIES, invariant_pairs
+
+    species = np.asarray(species, dtype=np.int64)
+    if sorted(species.tolist()) != list(range(N_SPECIES)):
+        raise ValueError(f"species must be a permutation of 0..{N_SPECIES - 1}; got {species.tolist()}")
+    column_of = {pair: N_SPECIES + k for k, pair in enumerate(invariant_pairs())}
+    columns = list(species) + [column_of[tuple(sorted((int(species[a]), int(species[b]))))] for a, b in invariant_pairs()]
+    out = dict(arrays)
+    out["invariants"] = np.asarray(arrays["invariants"])[:, columns]
+    for name in ("F_init_rest", "F_box_rest", "dF_true_rest"):
+        if name in arrays:
+            out[name] = np.asarray(arrays[name])[:, species]
+    return out
+
+
 def nu_nubar_swapped(arrays: dict) -> dict:
     """The same cells with neutrinos and antineutrinos exchanged (training arrays of
     rest_frame_arrays). The fast-flavour equations are symmetric under this exchange (H -> -H*,
     docs/qke.md), Box3D is equivariant under it (tests), so each swapped cell is as true a sample
     as the original; the network, which sees invariants, is not symmetric by construction."""
-    from ..conventions import N_SPECIES, invariant_pairs
+    from ..conventions import NU_NUBAR_EXCHANGE
 
-    half = N_SPECIES // 2
-    species = np.array([(a + half) % N_SPECIES for a in range(N_SPECIES)])
-    column_of = {pair: N_SPECIES + k for k, pair in enumerate(invariant_pairs())}
-    columns = list(species) + [column_of[tuple(sorted((species[a], species[b])))] for a, b in invariant_pairs()]
-    out = dict(arrays)
-    out["invariants"] = np.asarray(arrays["invariants"])[:, columns]
-    for name in ("F_init_rest", "F_box_rest", "dF_true_rest"):
-        out[name] = np.asarray(arrays[name])[:, species]
-    return out
+    return species_relabelled(arrays, NU_NUBAR_EXCHANGE)
+
+
+def mu_tau_swapped(arrays: dict) -> dict:
+    """The same cells with the mu and tau flavours exchanged; nu_e's change and the growth rate are
+    those of the cell, as for nu_nubar_swapped."""
+    from ..conventions import MU_TAU_EXCHANGE
+
+    return species_relabelled(arrays, MU_TAU_EXCHANGE)
 
 
 @dataclass

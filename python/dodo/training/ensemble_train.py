@@ -20,7 +20,7 @@ import torch
 
 from .._atomic import atomic_path, check_input_file
 from .config import ConfigError, check_thread_count, read_yaml_mapping
-from .dataset import nu_nubar_swapped, rest_frame_arrays
+from .dataset import nu_nubar_swapped, rest_frame_arrays, species_relabelled
 from .safe_load import load_torch_file
 from .label_noise import fit_label_noise, training_residuals
 from .ensemble import (DensityResidualEnsemble, Member, fit_ensemble, fit_growth_member, fit_student, nu_e_change,
@@ -56,6 +56,8 @@ class EnsembleConfig:
     # error per unit of spread; docs/training.md); 0: the sigma0 gate.
     error_per_spread: float = 0.0
     mirror: bool = True
+    # Also the mu <-> tau image of every row (training_images; docs/training.md, "Flavour images").
+    flavour_images: bool = False
     seed: int = 0
     threads: int = 1
     checkpoint: str = "checkpoints/ensemble/ensemble.pt"
@@ -174,8 +176,9 @@ class EnsembleConfig:
                 raise ConfigError(f"{key} must be a path (a non-empty string); got {value!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed must be an integer >= 0; got {self.seed!r}")
-        if not isinstance(self.mirror, bool):
-            raise ConfigError(f"mirror must be true or false; got {self.mirror!r}")
+        for name in ("mirror", "flavour_images"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false; got {getattr(self, name)!r}")
         from .features import FEATURE_SIZES
 
         if self.features not in FEATURE_SIZES:
@@ -465,25 +468,48 @@ def holdout_mask(sources, patterns) -> np.ndarray:
     return np.array([any(fnmatch.fnmatch(name, p) for p in patterns) for name in names], bool)
 
 
-def features_of(table: dict, rows: np.ndarray, features: str, swapped: bool = False) -> np.ndarray:
-    """Network inputs of ``rows``; ``swapped``: of their nu <-> nubar mirror images."""
+def features_of(table: dict, rows: np.ndarray, features: str, swapped: bool = False, species=None) -> np.ndarray:
+    """Network inputs of ``rows``; ``swapped``: of their nu <-> nubar mirror images; ``species``:
+    of the images with species a relabelled as species[a] (dodo.training.dataset.species_relabelled)."""
     from .features import feature_matrix
 
     rest = {key: np.asarray(value)[rows] for key, value in table["rest"].items()}
     if swapped:
         rest = nu_nubar_swapped(rest)
+    if species is not None:
+        rest = species_relabelled(rest, species)
     # The crossing inputs at the table's own Box3D settings: those the exported package records
     # and the runtime computes them with (a file preprocessed at order 41 trains at order 41).
     return feature_matrix(features, rest["invariants"], rest["F_init_rest"], rest["F_box_rest"], rest["growth_over_ntot"],
                           box3d=_box3d_dict(table.get("box3d")))
 
 
+def training_images(config: "EnsembleConfig") -> list:
+    """The species relabellings each training row is learned in (None: as given), in the order
+    their blocks of rows follow each other: with ``mirror`` the nu <-> nubar image, with
+    ``flavour_images`` the mu <-> tau image and (with mirror) both exchanges. Each is a symmetry of
+    the fast-flavour equations under which nu_e's change and the growth rate are the cell's own;
+    the runtime evaluates the network on a cell's canonical image (docs/runtime.md, step 2), so the
+    networks see every image the runtime may evaluate."""
+    from ..conventions import MU_TAU_EXCHANGE, NU_NUBAR_EXCHANGE
+
+    images = [None]
+    if config.mirror:
+        images.append(np.array(NU_NUBAR_EXCHANGE))
+    if config.flavour_images:
+        images.append(np.array(MU_TAU_EXCHANGE))
+        if config.mirror:
+            images.append(np.array(NU_NUBAR_EXCHANGE)[np.array(MU_TAU_EXCHANGE)])
+    return images
+
+
 def _training_arrays(table: dict, rows: np.ndarray, config: "EnsembleConfig"):
-    X, r, g = features_of(table, rows, config.features), table["r"][rows], table["log_growth"][rows]
-    if config.mirror:  # nu <-> nubar: a symmetry of the equations; delta_e and the growth rate are unchanged
-        X = np.concatenate([X, features_of(table, rows, config.features, swapped=True)])
-        r, g = np.concatenate([r, r]), np.concatenate([g, g])
-    return X, r, g
+    """``(X, r, g)`` of ``rows`` in every image of training_images, one block of len(rows) rows
+    per image (callers tile per-state arrays by len(X) // len(rows))."""
+    r, g = table["r"][rows], table["log_growth"][rows]
+    images = training_images(config)
+    X = np.concatenate([features_of(table, rows, config.features, species=species) for species in images])
+    return X, np.tile(r, len(images)), np.tile(g, len(images))
 
 
 #: The fewest training states an ensemble is fitted on. One state fails: its nu <-> nubar mirror is
