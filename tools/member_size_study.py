@@ -16,14 +16,10 @@ import argparse
 import dataclasses
 import time
 
-import numpy as np
 import torch
 
 from dodo.training import ensemble_train as et
-from dodo.training.ensemble import fit_ensemble, spread_gate, state_error
-from dodo.training.features import OOD_COLUMNS
-
-WORSE = 0.0025
+from study_common import fit_members, fold_zero, score_members
 
 
 def main() -> None:
@@ -41,39 +37,24 @@ def main() -> None:
         variants.append(tuple(fields))
     config = dataclasses.replace(et.EnsembleConfig.load(args.config), threads=args.threads)
     torch.set_num_threads(args.threads)
-    table = et.load_table(config.data_path)
-    order, fold_of = et.pool_folds(table, config, 5)
-    test, train = order[fold_of == 0], order[fold_of != 0]
-    emu = et.is_emu_recipe(table["sources"][test])
-    X, r, g = et._training_arrays(table, train, config)
-    X_test = torch.as_tensor(et.features_of(table, test, config.features), dtype=torch.float32)
-    box = state_error(table["delta_box"][test], table["delta_true"][test])
-    c = torch.tensor(config.error_per_spread, dtype=torch.float64)
-    print(f"fold 0: {len(test)} states ({int(emu.sum())} Emu recipe; Box3D {box.mean():.5f} / "
-          f"{box[emu].mean():.5f}); members on {len(train)} training states ({len(X)} rows, mirrored)", flush=True)
-    print(f"{'members':<22} {'ungated':>8} {'Emu':>8} | {'gated c=' + format(float(c), 'g'):>10} {'worse':>5} "
-          f"{'Emu':>8} {'worse':>5}", flush=True)
+    fold = fold_zero(config)
+    X, r, g = et._training_arrays(fold.table, fold.train, config)
+    X_test = et.features_of(fold.table, fold.test, config.features)
+    emu = fold.emu
+    print(f"fold 0: {len(fold.test)} states ({int(emu.sum())} Emu recipe; Box3D {fold.box.mean():.5f} / "
+          f"{fold.box[emu].mean():.5f}); members on {len(fold.train)} training states ({len(X)} rows, mirrored)",
+          flush=True)
+    print(f"{'members':<22} {'ungated':>8} {'Emu':>8} | {'gated c=' + format(config.error_per_spread, 'g'):>10} "
+          f"{'worse':>5} {'Emu':>8} {'worse':>5}", flush=True)
     for variant in variants:
         width, depth = variant[:2]
         epochs = variant[2] if len(variant) == 3 else config.epochs
         started = time.monotonic()
-        ensemble = fit_ensemble(X, r, g, members=args.members, sigma0=config.sigma0, seed=config.seed,
-                                ood_columns=OOD_COLUMNS[config.features], error_per_spread=config.error_per_spread,
-                                width=width, depth=depth, steps=config.steps, lr=config.lr,
-                                weight_decay=config.weight_decay, growth_weight=config.growth_weight,
-                                batch_size=config.batch_size, epochs=epochs)
-        with torch.no_grad():
-            r_mean, sigma, _ = ensemble.teacher_outputs(X_test)
-            r_mean, sigma = r_mean.double(), sigma.double()
-            gate = spread_gate(r_mean, sigma, torch.tensor(1.0, dtype=torch.float64), c)
-            d2 = ensemble.squared_distance(X_test).double()
-            gate = gate * torch.exp(-torch.relu(d2 - ensemble.d2_max) / ensemble.d2_max)
-        ungated = state_error(table["delta_box"][test] + r_mean.numpy(), table["delta_true"][test])
-        gated = state_error(table["delta_box"][test] + (r_mean * gate).numpy(), table["delta_true"][test])
-        worse = gated - box > WORSE
+        ensemble = fit_members(X, r, g, config, args.members, width=width, depth=depth, epochs=epochs)
+        s = score_members(ensemble, X_test, fold, config)
         name = f"{args.members} x {width}x{depth}, {epochs} ep"
-        print(f"{name:<22} {ungated.mean():8.5f} {ungated[emu].mean():8.5f} | {gated.mean():10.5f} "
-              f"{int(worse.sum()):5d} {gated[emu].mean():8.5f} {int(worse[emu].sum()):5d}   "
+        print(f"{name:<22} {s.ungated.mean():8.5f} {s.ungated[emu].mean():8.5f} | {s.gated.mean():10.5f} "
+              f"{int(s.worse.sum()):5d} {s.gated[emu].mean():8.5f} {int(s.worse[emu].sum()):5d}   "
               f"({time.monotonic() - started:.0f} s)", flush=True)
 
 

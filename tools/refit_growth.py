@@ -32,7 +32,7 @@ from dodo.training.safe_load import UntrustedCheckpointError, load_torch_file
 # Settings that shape the density members: the checkpoint's and the config's must agree. (The gate's
 # error_per_spread and sigma0 do not enter their fit; they are taken from the config.)
 MEMBER_SETTINGS = ("features", "holdout", "members", "width", "depth", "steps", "batch_size", "epochs", "lr",
-                   "weight_decay", "growth_weight", "mirror", "seed")
+                   "weight_decay", "growth_weight", "mirror", "flavour_images", "seed")
 
 
 def main() -> None:
@@ -54,7 +54,9 @@ def main() -> None:
     except (UntrustedCheckpointError, et.ConfigError, ValueError, OSError) as exc:
         parser.error(str(exc))
     earlier = checkpoint["config"]
-    differ = [key for key in MEMBER_SETTINGS if key in earlier and earlier[key] != getattr(config, key)]
+    # A key a checkpoint lacks came after its run, which had it at the default (flavour_images).
+    defaults = et.EnsembleConfig()
+    differ = [key for key in MEMBER_SETTINGS if earlier.get(key, getattr(defaults, key)) != getattr(config, key)]
     if differ:
         parser.error(f"{args.config} and {args.checkpoint} differ in the density members' settings {differ}: "
                      "retrain with dodo train-ensemble")

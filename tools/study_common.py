@@ -1,0 +1,67 @@
+"""What the density-member studies in tools/ share: pool fold 0 of tools/gate_study.py's split, the
+config's member fit, and the members' scores on the left-out fold (ungated, under the config's
+spread gate times the distance factor, states worse than Box3D). Imported by the study scripts
+beside it (`python tools/X_study.py` puts this folder on the import path)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from dodo.training import ensemble_train as et
+from dodo.training.ensemble import fit_ensemble, spread_gate, state_error
+from dodo.training.features import OOD_COLUMNS
+
+#: A state is worse than Box3D when its |dn|/N_tot exceeds Box3D's by more than this (issue 10).
+WORSE = 0.0025
+
+
+@dataclass
+class FoldZero:
+    table: dict
+    train: np.ndarray
+    test: np.ndarray
+    emu: np.ndarray  # over test: the Emu-recipe states
+    box: np.ndarray  # over test: Box3D's |dn|/N_tot
+
+
+def fold_zero(config: et.EnsembleConfig, folds: int = 5) -> FoldZero:
+    """Fold 0 of the pool's ``folds`` folds as the test states, the others as the training states."""
+    table = et.load_table(config.data_path)
+    order, fold_of = et.pool_folds(table, config, folds)
+    test, train = order[fold_of == 0], order[fold_of != 0]
+    return FoldZero(table, train, test, et.is_emu_recipe(table["sources"][test]),
+                    state_error(table["delta_box"][test], table["delta_true"][test]))
+
+
+def fit_members(X, r, g, config: et.EnsembleConfig, members: int, **changed):
+    """The config's density members on rows (X, r, g); ``changed`` overrides width, depth or epochs."""
+    options = dict(width=config.width, depth=config.depth, epochs=config.epochs)
+    options.update(changed)
+    return fit_ensemble(X, r, g, members=members, sigma0=config.sigma0, seed=config.seed,
+                        ood_columns=OOD_COLUMNS[config.features], error_per_spread=config.error_per_spread,
+                        steps=config.steps, lr=config.lr, weight_decay=config.weight_decay,
+                        growth_weight=config.growth_weight, batch_size=config.batch_size, **options)
+
+
+@dataclass
+class MemberScores:
+    ungated: np.ndarray  # |dn|/N_tot per test state, the members' mean residual
+    gated: np.ndarray  # the same under the spread gate (c = config.error_per_spread) and the distance factor
+    worse: np.ndarray  # gated worse than Box3D by more than WORSE
+    log_growth: np.ndarray  # the members' growth output
+
+
+def score_members(ensemble, X_test: np.ndarray, fold: FoldZero, config: et.EnsembleConfig) -> MemberScores:
+    x = torch.as_tensor(X_test, dtype=torch.float32)
+    c = torch.tensor(config.error_per_spread, dtype=torch.float64)
+    with torch.no_grad():
+        r_mean, sigma, growth = (v.double() for v in ensemble.teacher_outputs(x))
+        gate = spread_gate(r_mean, sigma, torch.tensor(1.0, dtype=torch.float64), c)
+        d2 = ensemble.squared_distance(x).double()
+        gate = gate * torch.exp(-torch.relu(d2 - ensemble.d2_max) / ensemble.d2_max)
+    delta_box, delta_true = fold.table["delta_box"][fold.test], fold.table["delta_true"][fold.test]
+    ungated = state_error(delta_box + r_mean.numpy(), delta_true)
+    gated = state_error(delta_box + (r_mean * gate).numpy(), delta_true)
+    return MemberScores(ungated, gated, gated - fold.box > WORSE, growth.numpy())
