@@ -34,6 +34,7 @@ import torch
 
 from dodo._atomic import numpy_save_atomic
 from dodo.training import ensemble_train as et
+from study_common import growth_member_prediction, growth_variant
 
 EMU_AXIS = "data/qke_emu_axis/*.h5"
 LINEAR = "data/qke_linear/*.h5"
@@ -79,11 +80,7 @@ def main() -> None:
         on_measured.append(within_10_percent(table["log_growth"][test][finite], predicted[finite]))
 
     for name in args.variants:
-        patterns, relabelled, measured = VARIANTS[name]
-        config = dataclasses.replace(base, growth_data=patterns, growth_relabelled=relabelled,
-                                     growth_measured=measured)
-        growth_table = et.load_growth_table(config, table, order, log=lambda message: None)
-        label_of = et.growth_label_states(growth_table, table, config)
+        config, growth_table, label_of = growth_variant(base, table, order, *VARIANTS[name])
         on_axis, on_measured, emu = [], [], []
         for k in args.folds:
             test, train = order[fold_of == k], order[fold_of != k]
@@ -93,11 +90,7 @@ def main() -> None:
                 predicted = np.load(cached)
                 score(predicted, test, on_axis, on_measured, emu)
                 continue
-            predictions = []
-            for member in et.fit_growth_members_on(table, train, config, growth_table, args.members, of_state=label_of):
-                with torch.no_grad():
-                    predictions.append(member(torch.as_tensor(X_all[test], dtype=torch.float32))[:, 0].double().numpy())
-            predicted = np.mean(predictions, axis=0)
+            predicted = growth_member_prediction(table, train, X_all[test], config, growth_table, args.members, label_of)
             if cached:
                 os.makedirs(args.cache, exist_ok=True)
                 numpy_save_atomic(cached, predicted)  # a killed run leaves no torn cache

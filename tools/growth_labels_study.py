@@ -21,7 +21,6 @@ Pool data only (held-out files excluded as in training); one growth fit per vari
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import glob
 import os
 
@@ -31,6 +30,7 @@ import torch
 
 from dodo.conventions import from_emu_layout
 from dodo.training import ensemble_train as et
+from study_common import growth_member_prediction, growth_variant
 
 RELABELLED = "data/qke_growth/*.h5"
 LINEAR = "data/qke_linear/*.h5"
@@ -82,19 +82,12 @@ def main() -> None:
                 "relabelled-only": ([RELABELLED], True, False)}
     X_all = et.features_of(table, np.arange(len(table["r"])), base.features)
     for name in args.variants:
-        patterns, relabelled, measured = variants[name]
-        config = dataclasses.replace(base, growth_data=patterns, growth_relabelled=relabelled,
-                                     growth_measured=measured)
-        growth_table = et.load_growth_table(config, table, order, log=lambda message: None)
-        of_state = et.growth_label_states(growth_table, table, config)
+        config, growth_table, of_state = growth_variant(base, table, order, *variants[name])
         hits, near, emu = [], [], []
         for k in args.folds:
             test, train = order[fold_of == k], order[fold_of != k]
-            predictions = []
-            for member in et.fit_growth_members_on(table, train, config, growth_table, args.members, of_state=of_state):
-                with torch.no_grad():
-                    predictions.append(member(torch.as_tensor(X_all[test], dtype=torch.float32))[:, 0].double().numpy())
-            miss = table["log_growth"][test] - np.mean(predictions, axis=0)
+            predicted = growth_member_prediction(table, train, X_all[test], config, growth_table, args.members, of_state)
+            miss = table["log_growth"][test] - predicted
             finite = np.isfinite(miss)
             hits.append(np.abs(np.exp(-miss[finite]) - 1) <= 0.1)
             near.append(quality[test][finite] >= NEAR_FASTEST)

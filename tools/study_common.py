@@ -65,3 +65,25 @@ def score_members(ensemble, X_test: np.ndarray, fold: FoldZero, config: et.Ensem
     ungated = state_error(delta_box + r_mean.numpy(), delta_true)
     gated = state_error(delta_box + (r_mean * gate).numpy(), delta_true)
     return MemberScores(ungated, gated, gated - fold.box > WORSE, growth.numpy())
+
+
+def growth_variant(base: et.EnsembleConfig, table: dict, order: np.ndarray, patterns: list, relabelled: bool,
+                   measured: bool):
+    """A growth-label variant of ``base`` (growth.data, growth.relabelled, growth.measured): its
+    config, its label table and, per label row, the pool state it labels (-1: none)."""
+    import dataclasses
+
+    config = dataclasses.replace(base, growth_data=patterns, growth_relabelled=relabelled, growth_measured=measured)
+    growth_table = et.load_growth_table(config, table, order, log=lambda message: None)
+    return config, growth_table, et.growth_label_states(growth_table, table, config)
+
+
+def growth_member_prediction(table: dict, train: np.ndarray, X_test: np.ndarray, config: et.EnsembleConfig,
+                             growth_table: dict, members: int, of_state: np.ndarray) -> np.ndarray:
+    """The mean log growth ratio on X_test of ``members`` growth members fitted on ``train`` as
+    training fits them (et.fit_growth_members_on)."""
+    predictions = []
+    for member in et.fit_growth_members_on(table, train, config, growth_table, members, of_state=of_state):
+        with torch.no_grad():
+            predictions.append(member(torch.as_tensor(X_test, dtype=torch.float32))[:, 0].double().numpy())
+    return np.mean(predictions, axis=0)
