@@ -108,16 +108,39 @@ void unlock_after_fork() {
 }
 [[maybe_unused]] const int kForkHandlers = pthread_atfork(lock_for_fork, unlock_after_fork, unlock_after_fork);
 
-// The calling thread's last failure, from any call (with or without a live handle): what
-// dodo_last_error gives for a NULL or destroyed handle, and the text a thread sharing a handle
-// can read without another thread's call replacing it (outside probe, round nine).
-thread_local std::string thread_last_error;
-
-void copy_text(const std::string& text, char* buffer, size_t size) {
+void copy_text(std::string_view text, char* buffer, size_t size) {
   if (!buffer || size == 0) return;
   size_t n = text.size() < size - 1 ? text.size() : size - 1;
   std::memcpy(buffer, text.data(), n);
   buffer[n] = '\0';
+}
+
+// The calling thread's last failure, from any call (with or without a live handle): what
+// dodo_last_error gives for a NULL or destroyed handle, and the text a thread sharing a handle
+// can read without another thread's call replacing it (outside probe, round nine).
+// A thread_local std::string is destroyed when its thread ends, and the main thread's by exit()
+// before the atexit handlers and static destructors run; a host calling libdodo from one of those
+// (a static object's destructor reading the counters) wrote into the freed text: heap corruption,
+// "malloc(): unaligned tcache chunk detected", SIGABRT (outside probe of the C side, round
+// fifteen). A trivially destructible flag, readable for the thread's whole life, says when it is
+// gone; later texts go to a fixed buffer that is never destroyed (cut to its size).
+thread_local bool thread_error_destroyed = false;
+thread_local char thread_error_late[1024] = "";
+struct ThreadError {
+  std::string text;
+  ~ThreadError() { thread_error_destroyed = true; }
+};
+thread_local ThreadError thread_error;
+
+void set_thread_error(const std::string& message) {
+  if (thread_error_destroyed)
+    copy_text(message, thread_error_late, sizeof thread_error_late);
+  else
+    thread_error.text = message;
+}
+
+std::string_view thread_error_text() {
+  return thread_error_destroyed ? std::string_view(thread_error_late) : std::string_view(thread_error.text);
 }
 
 // The choke point. `handle` receives the error text (may be null: then only the status says it).
@@ -144,7 +167,7 @@ dodo_status guarded(dodo_closure* handle, Body&& body) {
     message = "internal error: unknown exception";
   }
   try {
-    thread_last_error = message;
+    set_thread_error(message);
     if (handle) handle->set_error(message);
   } catch (...) {
     // Out of memory while recording the message: the status still says what happened.
@@ -424,8 +447,9 @@ long dodo_get_metadata(const dodo_closure* closure, const char* key, char* buffe
 
 size_t dodo_last_error(const dodo_closure* closure, char* buffer, size_t buffer_size) {
   if (!closure || !is_live(closure)) {  // no handle to hold a text: this thread's own last error
-    copy_text(thread_last_error, buffer, buffer_size);
-    return thread_last_error.size();
+    const std::string_view text = thread_error_text();
+    copy_text(text, buffer, buffer_size);
+    return text.size();
   }
   std::lock_guard<std::mutex> lock(closure->error_mutex);
   copy_text(closure->last_error, buffer, buffer_size);

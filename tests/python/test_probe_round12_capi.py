@@ -5,42 +5,15 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
 import dodo
 
-needs_runtime = pytest.mark.skipif(not dodo.runtime_available(), reason="closure runtime not built")
-
-
-def _default_model() -> str:
-    from dodo._closure import runtime_paths
-
-    path = runtime_paths()["default_model"]
-    if not path or not Path(path).is_file():
-        pytest.skip("no default model")
-    return path
-
-
-def _fortran(tmp_path: Path, name: str, source: str, *objects: str) -> Path:
-    from test_native_programs import ROOT, pkg_config, run
-
-    if not shutil.which("gfortran"):
-        pytest.skip("gfortran is not installed (apt-get install gfortran)")
-    path = tmp_path / (name + ".f90")
-    path.write_text(source)
-    program = tmp_path / name
-    run(["gfortran", "-std=f2018", "-Wall", "-J", str(tmp_path), str(ROOT / "cpp/include/dodo/dodo.f90"), str(path),
-         *objects, *pkg_config("--libs"), "-o", str(program)])
-    return program
-
-
-def _run(program: Path, *arguments: str, timeout: float = 300) -> list[str]:
-    result = subprocess.run([str(program), *arguments], capture_output=True, text=True, timeout=timeout,
-                            stdin=subprocess.DEVNULL)
-    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr[-2000:])
-    return [line.rstrip() for line in result.stdout.splitlines()]
+from capi_host import compile_fortran as _fortran
+from capi_host import default_model as _default_model
+from capi_host import needs_runtime
+from capi_host import run_host as _run
 
 
 # --- Fortran: a model path holding a NUL -------------------------------------------------------------

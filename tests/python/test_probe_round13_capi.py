@@ -12,46 +12,14 @@ import pytest
 
 import dodo
 from dodo.qke.compiled import compiled_unavailable_reason
+from capi_host import compile_fortran as _fortran
+from capi_host import compile_host as _compile
+from capi_host import default_model as _default_model
+from capi_host import needs_runtime
+from capi_host import run_host as _run
 from test_runtime_reliability import run_child
 
 needs_kernel = pytest.mark.skipif(compiled_unavailable_reason(16) is not None, reason="no compiled QKE kernel")
-needs_runtime = pytest.mark.skipif(not dodo.runtime_available(), reason="closure runtime not built")
-
-
-def _default_model() -> str:
-    from dodo._closure import runtime_paths
-
-    path = runtime_paths()["default_model"]
-    if not path or not Path(path).is_file():
-        pytest.skip("no default model")
-    return path
-
-
-def _compile(tmp_path: Path, name: str, source: str, language: str = "c") -> Path:
-    from test_native_programs import ROOT, pkg_config, run
-
-    compiler = {"c": "gcc", "c++": "g++"}[language]
-    if not shutil.which(compiler):
-        pytest.skip(f"{compiler} is not installed")
-    path = tmp_path / (name + (".c" if language == "c" else ".cpp"))
-    path.write_text(source)
-    program = tmp_path / name
-    standard = "-std=c11" if language == "c" else "-std=c++17"
-    run([compiler, standard, "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'cpp/include'}", str(path),
-         *pkg_config("--cflags", "--libs"), "-lm", "-pthread", "-o", str(program)])
-    return program
-
-
-def _run(program: Path, *arguments: str, timeout: float = 120, env: dict | None = None) -> list[str]:
-    """Runs a probe program; a hang past `timeout` fails (subprocess kills it with SIGKILL, which
-    no blocked signal mask stops)."""
-    try:
-        result = subprocess.run([str(program), *arguments], capture_output=True, text=True, timeout=timeout,
-                                stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"{program.name} {' '.join(arguments)} did not finish within {timeout} s (hang)")
-    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr[-2000:])
-    return [line.rstrip() for line in result.stdout.splitlines()]
 
 
 # --- a fork while another thread is inside the raw QKE kernel ---------------------------------------
@@ -185,19 +153,6 @@ def test_an_onnxruntime_library_path_that_is_a_fifo_is_refused_instead_of_hangin
 
 
 # --- Fortran: refusals of misshapen arrays say what was given ------------------------------------
-
-def _fortran(tmp_path: Path, name: str, source: str, module: Path | None = None) -> Path:
-    from test_native_programs import ROOT, pkg_config, run
-
-    if not shutil.which("gfortran"):
-        pytest.skip("gfortran is not installed (apt-get install gfortran)")
-    path = tmp_path / (name + ".f90")
-    path.write_text(source)
-    program = tmp_path / name
-    run(["gfortran", "-std=f2018", "-Wall", "-J", str(tmp_path), str(module or ROOT / "cpp/include/dodo/dodo.f90"),
-         str(path), *pkg_config("--libs"), "-o", str(program)])
-    return program
-
 
 FORTRAN_SHAPES = """
 program shapes

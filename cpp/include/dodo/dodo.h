@@ -18,9 +18,12 @@
  * When it is loaded (before main for a program linked to it), libdodo sets
  * ORT_DISABLE_TELEMETRY=1 unless the host set it: ONNX Runtime's telemetry thread otherwise made
  * a fork()ed child hang in exit(). Later (ONNX Runtime's first load) only if the host removed it.
- * A handle may be destroyed during exit (by a host's static object or atexit handler): the
- * library's own state outlives exit's destructors. A thread calling dodo_apply needs about
- * 64 KiB of stack (a 48 KiB thread stack overflowed).
+ * A handle may be destroyed, and called, during exit (from a host's static object or atexit
+ * handler) and from a thread's pthread key destructors: the library's own state outlives exit's
+ * destructors and the calling thread's thread_local objects (with the network in ONNX Runtime, a
+ * call made after ONNX Runtime's own static destructors ran, which happens to an atexit handler
+ * registered before the first closure with a model, returns DODO_ERROR_ONNXRUNTIME).
+ * A thread calling dodo_apply needs about 64 KiB of stack (a 48 KiB thread stack overflowed).
  */
 #ifndef DODO_DODO_H
 #define DODO_DODO_H

@@ -40,9 +40,26 @@ struct AngularScratch {
   }
 };
 
+// A thread_local object is destroyed when its thread ends, and the main thread's by exit() before
+// the atexit handlers and static destructors run, from which a host may still call the closure:
+// the destroyed scratch's vectors pointed into freed memory and the next call wrote there (heap
+// corruption, "free(): corrupted unsorted chunks", SIGABRT; outside probe of the C side, round
+// fifteen). A trivially destructible flag, readable for the thread's whole life, says when it is
+// gone; calls after that get a scratch of their own, kept (never freed) for the thread's rest.
+thread_local bool scratch_destroyed = false;
+struct ScratchOwner {
+  AngularScratch scratch;
+  ~ScratchOwner() { scratch_destroyed = true; }
+};
+
 AngularScratch& thread_scratch() {
-  thread_local AngularScratch scratch;
-  return scratch;
+  if (scratch_destroyed) {
+    thread_local AngularScratch* late = nullptr;  // a pointer: nothing to destroy
+    if (!late) late = new AngularScratch;
+    return *late;
+  }
+  thread_local ScratchOwner owner;
+  return owner.scratch;
 }
 
 // Up to this Z (f < 0.9972) the paired form's exponents +-k - kZ stay within [-1022, 1]: 2^e

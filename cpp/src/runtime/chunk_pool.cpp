@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include "../process_identity.hpp"
 #include "../thread_start.hpp"
 
 namespace dodo::runtime {
@@ -14,7 +15,7 @@ struct ChunkPool::Crew {
   void work_on_batch(int slot);
   bool try_run(std::size_t n_chunks, ChunkBody body, void* context);
 
-  const pid_t owner = ::getpid();
+  const ProcessIdentity owner;  // not the process id alone: ids are reused (process_identity.hpp)
   std::vector<std::thread> workers;
   std::mutex batch_mutex;  // held by the caller for the whole batch
 
@@ -99,12 +100,12 @@ ChunkPool::~ChunkPool() {
   Crew* crew = crew_.load();
   // A Crew inherited from a parent process has no threads here and its locks may be held by
   // threads that do not exist: destroying it could block for ever, so it is left alone.
-  if (crew->owner == ::getpid()) delete crew;
+  if (crew->owner.is_this_process()) delete crew;
 }
 
 ChunkPool::Crew* ChunkPool::crew_for_this_process() {
   Crew* crew = crew_.load(std::memory_order_acquire);
-  if (crew->owner == ::getpid()) return crew;
+  if (crew->owner.is_this_process()) return crew;
   // First batch in a child of fork(): start this process's own workers.
   Crew* fresh = new Crew(requested_);
   if (crew_.compare_exchange_strong(crew, fresh, std::memory_order_acq_rel)) return fresh;  // parent's abandoned

@@ -5,8 +5,9 @@
 //
 // Fork-safe (issue 11, item 5): a child made by fork() has none of the parent's workers, and the
 // parent's mutexes and condition variables may be in any state there. The workers and everything
-// they wait on live in one Crew tagged with the process id; the first batch in a child finds a
-// foreign Crew, abandons it (never touched again, its memory left alone) and starts a new one.
+// they wait on live in one Crew tagged with the process (its id and its count of forks, since ids
+// are reused: process_identity.hpp); the first batch in a child finds a foreign Crew, abandons
+// it (never touched again, its memory left alone) and starts a new one.
 //
 // Thread creation may fail (address-space limit, thread limit): the pool then keeps the workers
 // it could start (issue 11, item 6); threads() reports how many run.

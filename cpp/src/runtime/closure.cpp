@@ -16,6 +16,7 @@
 #include "../box3d/lebedev.hpp"
 #include "../frame.hpp"
 #include "../multiversion.hpp"
+#include "../process_identity.hpp"
 #include "../realizability.hpp"
 #include "../thread_start.hpp"
 #include "errors.hpp"
@@ -53,7 +54,7 @@ struct Closure::Workspace {
 
 // The workspaces of one process (closure.hpp, Workspaces).
 struct Closure::WorkspacePool {
-  const pid_t owner = ::getpid();
+  const ProcessIdentity owner;  // not the process id alone: ids are reused (process_identity.hpp)
   std::mutex mutex;
   std::vector<std::unique_ptr<Workspace>> all;
   std::vector<Workspace*> free;
@@ -61,7 +62,7 @@ struct Closure::WorkspacePool {
 
 Closure::WorkspacePool& Closure::Workspaces::for_this_process() {
   WorkspacePool* current = pool.load(std::memory_order_acquire);
-  if (current && current->owner == ::getpid()) return *current;
+  if (current && current->owner.is_this_process()) return *current;
   // Construction, or the first chunk in a child of fork(): a pool of this process's own (the
   // parent's is abandoned: its lock may be held by a thread that does not exist here).
   WorkspacePool* fresh = new WorkspacePool;
@@ -72,7 +73,7 @@ Closure::WorkspacePool& Closure::Workspaces::for_this_process() {
 
 Closure::Workspaces::~Workspaces() {
   WorkspacePool* current = pool.load();
-  if (current && current->owner == ::getpid()) delete current;
+  if (current && current->owner.is_this_process()) delete current;
 }
 
 // One apply() call as seen by the chunks.

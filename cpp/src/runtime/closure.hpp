@@ -125,7 +125,7 @@ class Closure {
   int chunk_size_;
 
   mutable ChunkPool pool_;
-  // The workspaces, their free list and its lock, tagged with the process id (as ChunkPool's
+  // The workspaces, their free list and its lock, tagged with the process (as ChunkPool's
   // Crew): a child of fork() may inherit the lock held by a parent thread that does not exist
   // there (a fork while another thread was inside apply hung the child's first call, outside
   // probe round fifteen), so the child's first chunk abandons the parent's pool, never touching
