@@ -143,9 +143,30 @@ std::string_view thread_error_text() {
   return thread_error_destroyed ? std::string_view(thread_error_late) : std::string_view(thread_error.text);
 }
 
+// POSIX cancellation of a host thread (pthread_cancel) is held off for the length of a call and
+// acted on at the host's next cancellation point after it. A cancellation point inside a call (a
+// wait for the workers, the model file's read, a worker's join in destroy) unwound the thread
+// through the library: the exception guard below caught glibc's forced unwinding without
+// rethrowing it, "FATAL: exception not rethrown", abort (outside probe of the C side, round
+// fifteen); had it gone on, it would have left the workers inside a batch whose memory it freed.
+class CancellationHeldOff {
+ public:
+  CancellationHeldOff() noexcept { ::pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &previous_); }
+  ~CancellationHeldOff() {
+    int ignored = 0;
+    ::pthread_setcancelstate(previous_, &ignored);
+  }
+  CancellationHeldOff(const CancellationHeldOff&) = delete;
+  CancellationHeldOff& operator=(const CancellationHeldOff&) = delete;
+
+ private:
+  int previous_ = PTHREAD_CANCEL_ENABLE;
+};
+
 // The choke point. `handle` receives the error text (may be null: then only the status says it).
 template <typename Body>
 dodo_status guarded(dodo_closure* handle, Body&& body) {
+  const CancellationHeldOff no_cancellation;
   std::string message;
   dodo_status status = DODO_OK;
   try {
@@ -364,6 +385,7 @@ void(dodo_options_init)(dodo_options* options) {
 }
 
 const char* dodo_default_model_path(void) {
+  const CancellationHeldOff no_cancellation;  // it looks at files
   // Made once, never destroyed (a pointer given out stays valid through exit), no guard to be
   // caught held by a fork (made_once); NULL also when there is no memory to look.
   static std::atomic<std::string*> found{nullptr};
@@ -381,6 +403,7 @@ dodo_status dodo_closure_create(const char* model_path, const dodo_options* opti
 
 void dodo_closure_destroy(dodo_closure* closure) {
   if (!closure) return;
+  const CancellationHeldOff no_cancellation;  // destroying joins the workers: a cancellation point
   {
     std::lock_guard<std::mutex> lock(live_mutex);
     if (live_handles().erase(closure) == 0) return;  // double destroy or foreign pointer: ignore

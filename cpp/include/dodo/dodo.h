@@ -24,6 +24,8 @@
  * call made after ONNX Runtime's own static destructors ran, which happens to an atexit handler
  * registered before the first closure with a model, returns DODO_ERROR_ONNXRUNTIME).
  * A thread calling dodo_apply needs about 64 KiB of stack (a 48 KiB thread stack overflowed).
+ * A host thread cancelled with pthread_cancel during a call is cancelled after it, at its own
+ * next cancellation point: the calls hold cancellation off.
  */
 #ifndef DODO_DODO_H
 #define DODO_DODO_H
