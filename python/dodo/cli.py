@@ -183,26 +183,33 @@ def _silence_stdout() -> None:
         pass
 
 
-def with_guarded_stdout(name: str, call) -> int:
-    """``call()`` with standard output guarded as :func:`main` guards it, for the package's other
-    programs (``python -m dodo.test``, ``python -m dodo.qke.validate``): a reader that went away
+def with_guarded_stdout(name, call) -> int:
+    """``call()`` with standard output guarded, for :func:`main` and the package's other programs
+    (``python -m dodo.test``, ``python -m dodo.qke.validate``): a reader that went away
     (``| head -1``) ends it quietly with 141, an output that cannot be written (``> /dev/full``,
     ``>&-``) with one line ``NAME: error: cannot write to standard output: ...`` and 2. Without it
     they ended with an ``[Errno 32] Broken pipe`` error or traceback, or (``>&-``) dropped their
-    report without a word (outside probe, rounds 22 and 23)."""
+    report without a word (outside probe, rounds 22 and 23). ``name`` is the program's name, or a
+    function giving it when the line is printed (``main`` knows its subcommand only once parsed)."""
     original, guard = sys.stdout, _GuardedStdout(sys.stdout)
     sys.stdout = guard
     try:
         code = call()
-        sys.stdout.flush()  # text still buffered: a full disk shows here, not at the interpreter's exit
+        # Text still buffered: a full disk shows here, not at the interpreter's exit.
+        sys.stdout.flush()
         if guard.failure is not None:  # the program caught the StandardOutputError itself
             raise StandardOutputError(guard.failure.strerror or str(guard.failure))
         return code
     except BrokenPipeError:
+        # The reader went away (`dodo score ... --json - | head`): stop quietly, as Unix tools do;
+        # point stdout at /dev/null so that the interpreter's final flush does not fail again.
         _silence_stdout()
         return 141
     except StandardOutputError as error:
-        print(f"{name}: error: cannot write to standard output: {error}", file=sys.stderr)
+        # `dodo reference > /dev/full`, a full disk, `>&-`: the output is lost, say so in one line
+        # (files the command wrote are complete: they are written atomically, independently of stdout).
+        print(f"{name() if callable(name) else name}: error: cannot write to standard output: {error}",
+              file=sys.stderr)
         _silence_stdout()
         return 2
     finally:
@@ -268,12 +275,13 @@ def _signal_ending(error: BaseException) -> tuple[int, str] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    original, guard = sys.stdout, _GuardedStdout(sys.stdout)
     original_stderr, forgiving = sys.stderr, _ForgivingStderr(sys.stderr)
-    sys.stdout, sys.stderr = guard, forgiving
+    sys.stderr = forgiving
     command = None
     previous_handlers = _catch_terminating_signals()
-    try:
+
+    def run() -> int:
+        nonlocal command
         # The start-up handler of `dodo` and `python -m dodo` (dodo._startup) ends the process on a
         # Ctrl-C during the imports; from here on Ctrl-C unwinds the command (temporaries removed).
         _startup.release()
@@ -286,13 +294,13 @@ def main(argv: list[str] | None = None) -> int:
         command = args.command
         if not hasattr(args, "func"):
             parser.print_help()
-            code = 2
-        else:
-            code = int(args.func(args) or 0)
-        sys.stdout.flush()  # text still buffered: a full disk shows here, not at the interpreter's exit
-        if guard.failure is not None:  # a command caught the StandardOutputError itself
-            raise StandardOutputError(guard.failure.strerror or str(guard.failure))
-        return code
+            return 2
+        return int(args.func(args) or 0)
+
+    try:
+        # Standard output as every program of the package guards it (one helper: a reader that went
+        # away, 141; an output that cannot be written, one line and 2).
+        return with_guarded_stdout(lambda: _name(command), run)
     except (KeyboardInterrupt, _Terminated) as ended:
         # Ctrl-C, SIGTERM, SIGHUP: one line instead of a traceback; outputs are written atomically, so
         # none is left half-written (a temporary is removed on the way out, the target untouched).
@@ -305,21 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{_name(command)}: error: out of memory ({str(error) or 'MemoryError'}): the input or the options "
               "ask for more memory than the machine gives", file=sys.stderr)
         return 2
-    except BrokenPipeError:
-        # The reader went away (`dodo score ... --json - | head`): stop quietly, as Unix tools do;
-        # point stdout at /dev/null so that the interpreter's final flush does not fail again.
-        _silence_stdout()
-        return 141
-    except StandardOutputError as error:
-        # `dodo reference > /dev/full`, a full disk, `>&-`: the output is lost, say so in one line
-        # (files the command wrote are complete: they are written atomically, independently of stdout).
-        print(f"{_name(command)}: error: cannot write to standard output: {error}", file=sys.stderr)
-        _silence_stdout()
-        return 2
     finally:
         _restore_signal_handlers(previous_handlers)
-        if sys.stdout is guard:
-            sys.stdout = original
         if sys.stderr is forgiving:
             sys.stderr = original_stderr
 
