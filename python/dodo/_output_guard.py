@@ -7,10 +7,13 @@ command's output, that file was lost (outside probe, left open in the reliabilit
 command now replaces only a file of its own kind (a rerun) or an empty one; anything else needs
 its --overwrite. `dodo simulate` has its own, stricter rule (dodo.qke.cli.refuse_complete_database).
 Report outputs (`--json` tables, plots) never replace data: an HDF5 file, a checkpoint or a model
-package given as one is kept (`refuse_replacing_data`).
+package given as one is kept (`refuse_replacing_data`). The JSON reports of `dodo score --json` and
+`python -m dodo.qke.validate --json` replace only a JSON document (an earlier report) or an empty
+file; anything else needs `dodo score`'s --overwrite (`refuse_replacing_with_report`).
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -148,3 +151,32 @@ def refuse_replacing_data(paths, command: str) -> None:
         if data:
             raise ValueError(f"{path} exists and is {file_kind(path)}: {command} does not write a report over it; "
                              "give another path")
+
+
+def refuse_replacing_with_report(path, command: str, overwrite: bool = False, overwrite_option: str | None = None) -> None:
+    """For a JSON report's output ``path``: :func:`refuse_replacing_data` (never over data, whatever
+    ``overwrite`` says), and a ValueError when ``path`` exists, is not empty and is not a JSON
+    document (an earlier report, a rerun's own output), unless ``overwrite``. `dodo score --json
+    notes.txt` (or a YAML config, a script: a path given by mistake) replaced that file with the
+    report, exit 0 (outside probe, round 24). ``overwrite_option``: the option that allows it, named
+    in the message (None: the command has none, give another path)."""
+    refuse_replacing_data([path], command)
+    if path is None or path == "-" or overwrite or not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return
+    if _is_json_document(path):
+        return
+    allow = f", or {overwrite_option} to replace it" if overwrite_option else ""
+    raise ValueError(f"{path} exists and is not a JSON document (an earlier report), so {command} does not replace "
+                     f"it with its report: give another path{allow}")
+
+
+def _is_json_document(path) -> bool:
+    """Whether the file at ``path`` holds one JSON document (UTF-8, at most 256 MiB: reports are kB to MB)."""
+    try:
+        if os.path.getsize(path) > _LARGEST_PACKAGE:
+            return False
+        with open(path, "rb") as handle:
+            json.loads(handle.read().decode("utf-8"))
+    except (OSError, ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return False
+    return True

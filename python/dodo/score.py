@@ -297,6 +297,9 @@ def register(subparsers) -> None:
                         help=f"'worse than Box3D' margin in N_tot (default {WORSE_THRESHOLD})")
     parser.add_argument("--threads", type=int, default=1, help="closure worker threads (default 1)")
     add_json_argument(parser, "the full report (per state; a state left out: null)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the --json file when it exists and is not a JSON document (an earlier report); "
+                             "an HDF5 file, a checkpoint or a model package is never replaced")
     parser.set_defaults(func=_run)
 
 
@@ -340,9 +343,9 @@ def _run(args: argparse.Namespace) -> int:
 
             # The model read is an input too, the implicit default one included.
             check_outputs([args.json], [*args.data, model_file(model)])
-            from ._output_guard import refuse_replacing_data
+            from ._output_guard import refuse_replacing_with_report
 
-            refuse_replacing_data([args.json], "dodo score --json")
+            refuse_replacing_with_report(args.json, "dodo score --json", args.overwrite, "--overwrite")
         # A file named twice is scored once (its states counted twice would narrow the intervals),
         # also through a symlink or a hard link (the same device and inode; realpath alone missed links).
         data = list({_file_key(path): path for path in args.data}.values())

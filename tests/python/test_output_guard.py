@@ -136,7 +136,8 @@ def test_export_keeps_other_files_and_replaces_a_package(tmp_path, capsys, other
 
 def test_a_report_never_replaces_data(tmp_path, capsys, others):
     """`--json` tables and plots: a mistyped path that names an HDF5 file, a checkpoint or a model
-    package is kept (no option replaces it); a text or JSON file is replaced as before."""
+    package is kept (no option replaces it); a JSON file (an earlier report) is replaced as before, a
+    text file only with `dodo score --overwrite` (outside probe, round 24)."""
     import shutil
 
     from dodo._output_guard import refuse_replacing_data
@@ -151,7 +152,8 @@ def test_a_report_never_replaces_data(tmp_path, capsys, others):
     report.write_text("{}")
     assert run(capsys, ["score", "box3d", str(emu), "--json", str(report)])[0] == 0
     assert report.read_text() != "{}"
-    assert run(capsys, ["score", "box3d", str(emu), "--json", str(others["text"])])[0] == 0  # text: a report
+    refused(capsys, ["score", "box3d", str(emu), "--json", str(others["text"])], "not a JSON document")
+    assert run(capsys, ["score", "box3d", str(emu), "--json", str(others["text"]), "--overwrite"])[0] == 0
     package = tmp_path / "model.onnx"
     shutil.copy(default_model_path(), package)
     if __import__("importlib").util.find_spec("onnx") is not None:

@@ -257,9 +257,9 @@ def _main(argv=None) -> int:
     import h5py  # noqa: F401  (both need it: one line before any work when it is missing)
 
     check_outputs([args.json, getattr(args, "output", None)], [args.reference, getattr(args, "box3d_cases", None)])
-    from .._output_guard import refuse_replacing_data
+    from .._output_guard import refuse_replacing_with_report
 
-    refuse_replacing_data([args.json], "python -m dodo.qke.validate --json")
+    refuse_replacing_with_report(args.json, "python -m dodo.qke.validate --json")
     if args.which == "emu32":
         # Its database is written (and resumed) as `dodo simulate`'s is: one run per --output at a time.
         with exclusive_output(args.output, "python -m dodo.qke.validate emu32"):

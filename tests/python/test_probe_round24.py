@@ -1,0 +1,136 @@
+"""Outside probe, round twenty-four (docs/reliability_python.md, section 26): each test failed on
+the code before its fix, except where its docstring says otherwise."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cli_helpers import digest, refused, run
+
+REPO = Path(__file__).resolve().parents[2]
+EMU = REPO / "tests/data/qke/emu_1d_validation.h5"
+SCORE = ["score", "box3d", str(EMU), "--bootstrap", "100"]
+
+#: Files a mistyped `--json PATH` may name: none is a report, each was replaced by one.
+NOT_REPORTS = {
+    "notes.txt": b"results of the 3 December run, to keep\n",
+    "model.yaml": b"training:\n  lr: 1.0e-3\n  epochs: 40\n",
+    "run.sh": b"#!/bin/sh\ndodo score default data.h5\n",
+    "latin1.txt": "d\xe9j\xe0 vu\n".encode("latin-1"),
+}
+
+
+# --- a JSON report written over a file that is not a report -----------------------------------------
+
+@pytest.mark.parametrize("name", sorted(NOT_REPORTS))
+def test_score_json_does_not_replace_a_file_that_is_not_a_report(tmp_path, capsys, name):
+    """`dodo score M DATA --json notes.txt` (a YAML config, a script: any path given by mistake)
+    replaced that file with the JSON report, exit 0: only HDF5 files, checkpoints and model packages
+    were kept. Now one line, exit 2, the file untouched; --overwrite replaces it."""
+    pytest.importorskip("h5py")
+    target = tmp_path / name
+    target.write_bytes(NOT_REPORTS[name])
+    before = digest(target)
+    refused(capsys, [*SCORE, "--json", str(target)], target, "not a JSON document", "--overwrite")
+    assert digest(target) == before
+
+    code, _, err = run(capsys, [*SCORE, "--json", str(target), "--overwrite"])
+    assert code == 0, err
+    assert json.loads(target.read_text())["n_states"] == 32
+
+
+def test_score_json_still_replaces_an_earlier_report(tmp_path, capsys):
+    """The other side: a rerun writes over its own earlier report, any JSON document, or an empty
+    file (mktemp) without --overwrite, as before; data stays refused even with the new --overwrite
+    (that last call is a usage error on the code before, which had no such option)."""
+    pytest.importorskip("h5py")
+    report = tmp_path / "report.json"
+    for content in (None, '{"n_states": 1}', "[1, 2]", ""):
+        if content is not None:
+            report.write_text(content)
+        code, _, err = run(capsys, [*SCORE, "--json", str(report)])
+        assert code == 0, err
+        assert json.loads(report.read_text())["n_states"] == 32
+    data = tmp_path / "copy.h5"
+    data.write_bytes(EMU.read_bytes())
+    refused(capsys, [*SCORE, "--json", str(data), "--overwrite"], data, "Emu database")
+    assert digest(data) == digest(EMU)
+
+
+@pytest.fixture(scope="module")
+def tiny_nsm1_reference(tmp_path_factory) -> Path:
+    """The NSM1 reference cut to one configuration of 16 cells run for 1e-11 s (a fraction of a
+    second; as in test_probe_round23.py)."""
+    h5py = pytest.importorskip("h5py")
+    path = tmp_path_factory.mktemp("nsm1") / "tiny.h5"
+    with h5py.File(REPO / "tests/data/qke/emu_nsm1_1d.h5", "r") as source, h5py.File(path, "w") as handle:
+        for name in ("F4_initial(1|ccm)", "F4_final(1|ccm)", "growthRate(1|s)", "walltime(s)"):
+            handle[name] = source[name][()][:1]
+        handle["directorynames"] = np.array([b"tiny_nz16_L4_nphi8"])
+        handle["tend(s)"] = np.array([1e-11])
+    return path
+
+
+def test_validate_json_does_not_replace_a_file_that_is_not_a_report(tmp_path, capsys, tiny_nsm1_reference):
+    """`python -m dodo.qke.validate nsm1 --json notes.txt`: the file replaced by the report, exit 0.
+    Now refused before any run, one line, exit 2; an earlier report is still replaced."""
+    from dodo.qke.validate import main
+
+    target = tmp_path / "notes.txt"
+    target.write_bytes(NOT_REPORTS["notes.txt"])
+    before = digest(target)
+    argv = ["nsm1", "--reference", str(tiny_nsm1_reference), "--box3d-cases", "", "--json", str(target)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "not a JSON document" in lines[0] and str(target) in lines[0], err
+    assert digest(target) == before
+
+    report = tmp_path / "report.json"
+    report.write_text("{}")
+    argv[-1] = str(report)
+    assert main(argv) == 0, capsys.readouterr().err
+    assert json.loads(report.read_text()) != {}
+
+
+# --- dodo.cli.main and with_guarded_stdout: one handling of standard output -----------------------------
+
+def test_main_guards_standard_output_through_the_shared_helper(capsys, monkeypatch):
+    """Review item, not a defect of released code: `main` repeated `with_guarded_stdout`'s
+    BrokenPipeError / StandardOutputError tail and now calls it (on the code before, the spy sees
+    no call). The behaviour is pinned as before: an error writing standard output is one line
+    naming the subcommand, exit 2; a reader that went away is 141, quietly."""
+    import dodo.cli as cli
+
+    calls = []
+    real = cli.with_guarded_stdout
+
+    def spy(name, call):
+        calls.append(name)
+        return real(name, call)
+
+    monkeypatch.setattr(cli, "with_guarded_stdout", spy)
+    monkeypatch.setattr(cli, "_silence_stdout", lambda: None)  # the test runner's own descriptor 1 stays
+
+    class Failing:
+        def __init__(self, error):
+            self.error = error
+
+        def write(self, text):
+            raise self.error
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stdout", Failing(OSError(28, "No space left on device")))
+    assert cli.main(["reference"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "dodo reference: error: cannot write to standard output: No space left on device", err
+    monkeypatch.setattr(sys, "stdout", Failing(BrokenPipeError(32, "Broken pipe")))
+    assert cli.main(["reference"]) == 141
+    assert capsys.readouterr().err == ""
+    assert len(calls) == 2
