@@ -25,7 +25,7 @@ dodo="${DODO_VENV:-$root/.venv}/bin/dodo"
 run_chunk() {
   local family="$1" seed="$2" count="$3"
   local out="${DODO_CAMPAIGN_DIR:-data/qke}/${family}_seed${seed}.h5"
-  if [ -f "$out" ] && "${DODO_VENV:-$root/.venv}/bin/python" -c "import h5py,sys; sys.exit(0 if h5py.File('$out','r').attrs.get('complete') else 1)" 2>/dev/null; then
+  if [ -f "$out" ] && "${DODO_VENV:-$root/.venv}/bin/python" -c 'import h5py, sys; sys.exit(0 if h5py.File(sys.argv[1], "r").attrs.get("complete") else 1)' "$out" 2>/dev/null; then
     return 0
   fi
   nice -n "${DODO_CAMPAIGN_NICE:-10}" "$dodo" simulate "$out" --random "$count" --seed "$seed" --family "$family" \

@@ -33,7 +33,7 @@ esac
 mkdir -p "$labels"
 relabel() {
   local input="$1" out="$labels/$(basename "$1")"
-  if [ -f "$out" ] && "$python" -c "import h5py,sys; sys.exit(0 if h5py.File('$out','r').attrs.get('complete') else 1)" 2>/dev/null; then
+  if [ -f "$out" ] && "$python" -c 'import h5py, sys; sys.exit(0 if h5py.File(sys.argv[1], "r").attrs.get("complete") else 1)' "$out" 2>/dev/null; then
     return 0
   fi
   nice -n "${DODO_CAMPAIGN_NICE:-10}" "$dodo" simulate "$out" --input "$input" --linear-only $axis_args --quiet \

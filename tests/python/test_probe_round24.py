@@ -134,3 +134,31 @@ def test_main_guards_standard_output_through_the_shared_helper(capsys, monkeypat
     assert cli.main(["reference"]) == 141
     assert capsys.readouterr().err == ""
     assert len(calls) == 2
+
+
+# --- scripts/qke_campaign.sh: a chunk's path read as Python source -------------------------------------
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the campaign scripts are bash scripts for Linux")
+def test_campaign_rerun_skips_a_complete_chunk_in_a_directory_named_with_an_apostrophe(tmp_path):
+    """`DODO_CAMPAIGN_DIR="runs/o'brien" bash scripts/qke_campaign.sh 1 PLAN`, run again once its
+    chunk was complete: the completeness check put the chunk's path into Python source
+    (`h5py.File('$out')`), a SyntaxError for a path with an apostrophe, read as "not complete", so
+    `dodo simulate` was started onto the complete database, refused it, and the rerun failed
+    (exit 123) instead of skipping it. Now the path is passed as an argument (the same in
+    scripts/relabel_growth.sh)."""
+    import os
+    import subprocess
+
+    pytest.importorskip("h5py")
+    directory = tmp_path / "o'brien"
+    directory.mkdir()
+    plan = tmp_path / "plan.txt"
+    plan.write_text("emu 2 1\n")
+    environment = {**os.environ, "DODO_CAMPAIGN_DIR": str(directory), "DODO_CAMPAIGN_NICE": "0",
+                   "DODO_CAMPAIGN_ARGS": "--ncell 16 --nphi 8", "DODO_VENV": sys.prefix}
+    for attempt in range(2):
+        result = subprocess.run(["bash", str(REPO / "scripts/qke_campaign.sh"), "1", str(plan)], env=environment,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, (attempt, result.stderr)
+        assert (directory / "emu_seed2.h5").is_file()
+    assert "failed" not in result.stderr and "complete solver database" not in result.stderr, result.stderr
