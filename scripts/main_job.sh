@@ -14,6 +14,9 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 venv="${DODO_VENV:-$root/.venv}"
+# A relative DODO_VENV names a directory under the repository root, where setup_venv.sh makes it:
+# kept relative, it named nothing once step 2 changed into the work directory (outside probe, round 24).
+case "$venv" in /*) ;; *) venv="$root/$venv" ;; esac
 work="${DODO_MAIN_JOB_DIR:-$root/build/main_job}"
 # The work directory is emptied below (rm -rf): only one this script made (its mark file), the
 # default one, or a new or empty one. DODO_MAIN_JOB_DIR naming a directory of the user's (their

@@ -162,3 +162,27 @@ def test_campaign_rerun_skips_a_complete_chunk_in_a_directory_named_with_an_apos
         assert result.returncode == 0, (attempt, result.stderr)
         assert (directory / "emu_seed2.h5").is_file()
     assert "failed" not in result.stderr and "complete solver database" not in result.stderr, result.stderr
+
+
+# --- scripts/main_job.sh with a relative DODO_VENV ---------------------------------------------------
+
+def test_main_job_runs_with_a_relative_venv_path(tmp_path):
+    """`DODO_VENV=.venv bash scripts/main_job.sh` (the default, spelt relative; every script reads
+    DODO_VENV from the repository root): the venv was set up and step 1 ran, then step 2 changed
+    into the work directory and `.venv/bin/dodo` named nothing there: `No such file or directory`,
+    exit 127, after the whole install. Now a relative DODO_VENV is taken from the repository root
+    throughout. (A stand-in venv whose python and dodo do nothing, as in test_probe_round22.py.)"""
+    import os
+    import subprocess
+
+    bin_dir = tmp_path / "venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    for name in ("python", "dodo"):
+        (bin_dir / name).write_text("#!/bin/sh\nexit 0\n")
+        (bin_dir / name).chmod(0o755)
+    relative = os.path.relpath(tmp_path / "venv", REPO)
+    environment = {**os.environ, "DODO_VENV": relative, "DODO_MAIN_JOB_DIR": str(tmp_path / "work")}
+    result = subprocess.run(["bash", str(REPO / "scripts" / "main_job.sh")], capture_output=True, text=True,
+                            env=environment, timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "== 4." in result.stdout
