@@ -186,3 +186,19 @@ def test_main_job_runs_with_a_relative_venv_path(tmp_path):
                             env=environment, timeout=600, cwd=REPO)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "== 4." in result.stdout
+
+
+@pytest.mark.parametrize("argv", [
+    ["evaluate", "missing.pt", "--data", "missing.h5"],
+    ["inspect", "missing.pt", "--data", "missing.h5"],
+    ["learning-curve", "--config", str(REPO / "training/configs/ensemble_default.yaml"), "--sizes", "500"],
+], ids=["evaluate", "inspect", "learning-curve"])
+def test_training_commands_json_does_not_replace_a_file_that_is_not_a_report(tmp_path, capsys, argv):
+    """Round 24 left `dodo evaluate`, `dodo inspect` and `dodo learning-curve` replacing a text file
+    given as --json (training code was being edited then); they refuse it as `dodo score` does,
+    before any work, the file untouched."""
+    target = tmp_path / "notes.txt"
+    target.write_bytes(NOT_REPORTS["notes.txt"])
+    before = digest(target)
+    refused(capsys, [*argv, "--json", str(target)], target, "not a JSON document")
+    assert digest(target) == before

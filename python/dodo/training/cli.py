@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from .._atomic import check_outputs
-from .._output_guard import MODEL_PACKAGE, PREPROCESSED, SYNTHETIC, refuse_replacing, refuse_replacing_data
+from .._output_guard import (MODEL_PACKAGE, PREPROCESSED, SYNTHETIC, refuse_replacing, refuse_replacing_data,
+                             refuse_replacing_with_report)
 from .._cli_common import (add_json_argument, add_output_argument, add_quiet_argument, file_output_path,
                            input_path, json_target_file)
 
@@ -178,7 +179,7 @@ def _evaluate(args) -> int:
     from .evaluate import describe, evaluate_checkpoint
 
     check_outputs([json_target_file(args.json)], [args.checkpoint, args.data])
-    refuse_replacing_data([json_target_file(args.json)], "dodo evaluate --json")
+    refuse_replacing_with_report(json_target_file(args.json), "dodo evaluate --json")
     table, _ = evaluate_checkpoint(args.checkpoint, args.data, args.split)
     emit(describe(table), table, args.json, inputs=[args.checkpoint, table["data"]])
     return 0
@@ -190,7 +191,7 @@ def _inspect(args) -> int:
     from .inspect import format_inspection, inspect_checkpoint
 
     check_outputs([json_target_file(args.json)], [args.checkpoint, args.data])
-    refuse_replacing_data([json_target_file(args.json)], "dodo inspect --json")
+    refuse_replacing_with_report(json_target_file(args.json), "dodo inspect --json")
     report = inspect_checkpoint(args.checkpoint, args.data, args.split, args.start, args.stop)
     # report["data"]: the file read, the checkpoint's training file when --data is not given.
     emit(format_inspection(report), report, args.json, inputs=[args.checkpoint, report["data"]])

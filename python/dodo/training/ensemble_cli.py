@@ -65,9 +65,10 @@ def _learning_curve(args) -> int:
     json_file = None if args.json == "-" else args.json  # "-": the JSON on stdout, as evaluate/inspect/score
     check_outputs([args.plot, json_file],
                   [args.config, config.data_path, args.emu, *growth_data_files(config.growth_data)])
-    from .._output_guard import refuse_replacing_data
+    from .._output_guard import refuse_replacing_data, refuse_replacing_with_report
 
-    refuse_replacing_data([args.plot, json_file], "dodo learning-curve")
+    refuse_replacing_data([args.plot], "dodo learning-curve")
+    refuse_replacing_with_report(json_file, "dodo learning-curve --json")
     if args.plot:  # before the cross-validation, not after it
         from .plots import plot_format
 
