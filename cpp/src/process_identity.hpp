@@ -29,8 +29,12 @@ inline void count_fork_in_child() noexcept { forks_to_this_process.fetch_add(1, 
 [[maybe_unused]] inline const int kForkCounterRegistered = pthread_atfork(nullptr, nullptr, count_fork_in_child);
 
 struct ProcessIdentity {
-  pid_t pid = ::getpid();
-  std::uint64_t forks = forks_to_this_process.load(std::memory_order_relaxed);
+  // User-provided: a `const ProcessIdentity` member needs it for its class to stay default
+  // constructible (clang refuses default member initializers alone there).
+  ProcessIdentity() noexcept : pid(::getpid()), forks(forks_to_this_process.load(std::memory_order_relaxed)) {}
+
+  pid_t pid;
+  std::uint64_t forks;
 
   bool is_this_process() const noexcept {
     return forks == forks_to_this_process.load(std::memory_order_relaxed) && pid == ::getpid();
