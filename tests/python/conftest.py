@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,3 +62,17 @@ def rng() -> np.random.Generator:
 def reference_cases() -> list[dict]:
     text = resources.files("dodo").joinpath("data/box3d_cases.json").read_text()
     return json.loads(text)["cases"]
+
+
+@pytest.fixture(scope="module")
+def tiny_nsm1_reference(tmp_path_factory) -> Path:
+    """The NSM1 reference cut to one configuration of 16 cells run for 1e-11 s (a fraction of a
+    second): python -m dodo.qke.validate runs it in the probe rounds' tests."""
+    h5py = pytest.importorskip("h5py")
+    path = tmp_path_factory.mktemp("nsm1") / "tiny.h5"
+    with h5py.File(Path(__file__).resolve().parents[2] / "tests/data/qke/emu_nsm1_1d.h5", "r") as source, h5py.File(path, "w") as handle:
+        for name in ("F4_initial(1|ccm)", "F4_final(1|ccm)", "growthRate(1|s)", "walltime(s)"):
+            handle[name] = source[name][()][:1]
+        handle["directorynames"] = np.array([b"tiny_nz16_L4_nphi8"])
+        handle["tend(s)"] = np.array([1e-11])
+    return path

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from capi_host import default_model
+
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent / "probe_round14"
 
@@ -47,18 +49,6 @@ def _libdodo_flags() -> list[str]:
     return [f"-I{ROOT / 'cpp/include'}", *pkg_config("--cflags", "--libs")]
 
 
-def _default_model() -> str:
-    import dodo
-    from dodo._closure import runtime_paths
-
-    if not dodo.runtime_available():
-        pytest.skip("closure runtime not built")
-    path = runtime_paths()["default_model"]
-    if not path or not Path(path).is_file():
-        pytest.skip("no default model")
-    return path
-
-
 def test_libdodo_sets_no_environment_variable_while_the_host_has_threads(tmp_path):
     """libdodo set ORT_DISABLE_TELEMETRY=1 at the first closure with a model, with setenv: by then a
     host has its threads, and glibc's setenv may move the environment array from under one inside
@@ -67,7 +57,7 @@ def test_libdodo_sets_no_environment_variable_while_the_host_has_threads(tmp_pat
     (before main), and the host's own value (0) is still kept."""
     if not shutil.which("gcc"):
         pytest.skip("gcc is not installed")
-    model = _default_model()
+    model = default_model()
     program = tmp_path / "setenv_threads"
     subprocess.run(["gcc", "-std=c11", "-Wall", "-Wextra", "-Werror", str(HERE / "setenv_threads.c"),
                     *_libdodo_flags(), "-pthread", "-ldl", "-o", str(program)], check=True)
@@ -116,7 +106,7 @@ def test_an_unknown_z_method_or_lebedev_order_is_named_as_such_with_a_model_too(
     requested', as if "Exact" were a value the host could have meant. Now the same refusal both ways."""
     if not shutil.which("gcc"):
         pytest.skip("gcc is not installed")
-    model = _default_model()
+    model = default_model()
     program = tmp_path / "option_typos"
     subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", str(HERE / "option_typos.c"), *_libdodo_flags(),
                     "-o", str(program)], check=True)

@@ -85,19 +85,6 @@ def test_a_failed_train_leaves_no_directory_it_made(tmp_path, capsys, resume):
 
 # --- python -m dodo.qke.validate and its standard output ---------------------------------------------
 
-@pytest.fixture(scope="module")
-def tiny_nsm1_reference(tmp_path_factory) -> Path:
-    """The NSM1 reference cut to one configuration of 16 cells run for 1e-11 s (a fraction of a second)."""
-    h5py = pytest.importorskip("h5py")
-    path = tmp_path_factory.mktemp("nsm1") / "tiny.h5"
-    with h5py.File(REPO / "tests/data/qke/emu_nsm1_1d.h5", "r") as source, h5py.File(path, "w") as handle:
-        for name in ("F4_initial(1|ccm)", "F4_final(1|ccm)", "growthRate(1|s)", "walltime(s)"):
-            handle[name] = source[name][()][:1]
-        handle["directorynames"] = np.array([b"tiny_nz16_L4_nphi8"])
-        handle["tend(s)"] = np.array([1e-11])
-    return path
-
-
 def _validate(reference: Path, stdout) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "dodo.qke.validate", "nsm1", "--reference", str(reference),
                            "--box3d-cases", ""], stdout=stdout, stderr=subprocess.PIPE, text=True,

@@ -6,7 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from cli_helpers import digest, refused, run
@@ -59,20 +58,6 @@ def test_score_json_still_replaces_an_earlier_report(tmp_path, capsys):
     data.write_bytes(EMU.read_bytes())
     refused(capsys, [*SCORE, "--json", str(data), "--overwrite"], data, "Emu database")
     assert digest(data) == digest(EMU)
-
-
-@pytest.fixture(scope="module")
-def tiny_nsm1_reference(tmp_path_factory) -> Path:
-    """The NSM1 reference cut to one configuration of 16 cells run for 1e-11 s (a fraction of a
-    second; as in test_probe_round23.py)."""
-    h5py = pytest.importorskip("h5py")
-    path = tmp_path_factory.mktemp("nsm1") / "tiny.h5"
-    with h5py.File(REPO / "tests/data/qke/emu_nsm1_1d.h5", "r") as source, h5py.File(path, "w") as handle:
-        for name in ("F4_initial(1|ccm)", "F4_final(1|ccm)", "growthRate(1|s)", "walltime(s)"):
-            handle[name] = source[name][()][:1]
-        handle["directorynames"] = np.array([b"tiny_nz16_L4_nphi8"])
-        handle["tend(s)"] = np.array([1e-11])
-    return path
 
 
 def test_validate_json_does_not_replace_a_file_that_is_not_a_report(tmp_path, capsys, tiny_nsm1_reference):
