@@ -7,9 +7,10 @@ command's output, that file was lost (outside probe, left open in the reliabilit
 command now replaces only a file of its own kind (a rerun) or an empty one; anything else needs
 its --overwrite. `dodo simulate` has its own, stricter rule (dodo.qke.cli.refuse_complete_database).
 Report outputs (`--json` tables, plots) never replace data: an HDF5 file, a checkpoint or a model
-package given as one is kept (`refuse_replacing_data`). The JSON reports of `dodo score --json` and
-`python -m dodo.qke.validate --json` replace only a JSON document (an earlier report) or an empty
-file; anything else needs `dodo score`'s --overwrite (`refuse_replacing_with_report`).
+package given as one is kept. A JSON report replaces only an earlier report of the same command
+(marked `"dodo_report": COMMAND`, or one written before the mark, known by its keys) or an empty
+file (`refuse_replacing_with_report`); a plot replaces only an image of its own format or an empty
+file (`refuse_replacing_with_plot`). Anything else needs the command's --overwrite where it has one.
 """
 from __future__ import annotations
 
@@ -137,46 +138,144 @@ _LARGEST_PACKAGE = 256 << 20
 _PACKAGE_KEY = b"dodo.format_version"
 
 
-def refuse_replacing_data(paths, command: str) -> None:
-    """A ValueError when one of ``paths`` (a report's outputs: a JSON table, a plot) exists and is
-    an HDF5 file, a checkpoint or a model package: a report is never meant to replace those (a
-    mistyped `--json run.h5`), so there is no option to; other files are replaced as before."""
-    for path in paths:
-        if path is None or path == "-" or not os.path.isfile(path) or os.path.getsize(path) == 0:
-            continue
-        signature = _signature(path)
-        if signature is None:
-            continue  # the writer reports an unreadable or unwritable output itself
-        data = signature in ("hdf5", "zip") or _is_model_package(path)  # a package by its content, whatever its name
-        if data:
-            raise ValueError(f"{path} exists and is {file_kind(path)}: {command} does not write a report over it; "
-                             "give another path")
+def _refuse_data(path, command: str) -> None:
+    """A ValueError when ``path`` (a report's output: a JSON table, a plot) exists and is an HDF5
+    file, a checkpoint or a model package: a report is never meant to replace those (a mistyped
+    `--json run.h5`), so no option allows it."""
+    if path is None or path == "-" or not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return
+    signature = _signature(path)
+    if signature is None:
+        return  # the writer reports an unreadable or unwritable output itself
+    if signature in ("hdf5", "zip") or _is_model_package(path):  # a package by its content, whatever its name
+        raise ValueError(f"{path} exists and is {file_kind(path)}: {command} does not write a report over it; "
+                         "give another path")
+
+
+#: The key that marks a JSON report as Dodo's, its value the command that wrote it (`marked_report`).
+REPORT_MARK = "dodo_report"
+
+
+def marked_report(report, command: str):
+    """``report`` (a dict) with ``REPORT_MARK: command`` first, so that a later run of ``command``
+    knows the file for its own report and replaces it (`refuse_replacing_with_report`)."""
+    return {REPORT_MARK: command, **report}
+
+
+#: Reports written before REPORT_MARK, known by the top-level keys each always had; by the command
+#: as the guard's callers name it (their --json stripped).
+_UNMARKED_REPORT_KEYS = {
+    "dodo score": [{"n_states", "model", "box3d", "difference", "per_state"}],
+    "dodo evaluate": [{"n_cells", "species", "box3d", "model", "limiter_active_fraction", "split", "data"}],
+    "dodo inspect": [{"data", "cells", "split", "slice", "loss_terms_model", "loss_total", "flux_factor"}],
+    "python -m dodo.qke.validate": [{"runs", "emu_densities_over_ntot"},  # nsm1
+                                    {"nstates", "nvalid", "solver_vs_emu_mean_abs_dn_over_ntot", "per_state_error"}],
+}
+#: `dodo learning-curve --json` writes a list of rows, each with these keys.
+_LEARNING_CURVE_ROW_KEYS = {"train_size", "cv_model", "cv_box3d"}
+
+
+def _report_name(command: str) -> str:
+    return command.removesuffix(" --json")
+
+
+def _report_of(document) -> str | None:
+    """The command whose report ``document`` (parsed JSON) is, by its mark or, unmarked, by its keys."""
+    if isinstance(document, dict):
+        mark = document.get(REPORT_MARK)
+        if isinstance(mark, str):
+            return mark
+        for name, key_sets in _UNMARKED_REPORT_KEYS.items():
+            if any(keys <= document.keys() for keys in key_sets):
+                return name
+    elif isinstance(document, list) and document and \
+            all(isinstance(row, dict) and _LEARNING_CURVE_ROW_KEYS <= row.keys() for row in document):
+        return "dodo learning-curve"
+    return None
 
 
 def refuse_replacing_with_report(path, command: str, overwrite: bool = False, overwrite_option: str | None = None) -> None:
-    """For a JSON report's output ``path``: :func:`refuse_replacing_data` (never over data, whatever
-    ``overwrite`` says), and a ValueError when ``path`` exists, is not empty and is not a JSON
-    document (an earlier report, a rerun's own output), unless ``overwrite``. `dodo score --json
-    notes.txt` (or a YAML config, a script: a path given by mistake) replaced that file with the
-    report, exit 0 (outside probe, round 24). ``overwrite_option``: the option that allows it, named
-    in the message (None: the command has none, give another path)."""
-    refuse_replacing_data([path], command)
+    """For a JSON report's output ``path``: never over data, whatever ``overwrite`` says; and, unless
+    ``overwrite``, a ValueError when ``path`` exists, is not empty and is not an earlier report of
+    ``command`` (`dodo score --json`, ...). A text file, then any JSON document (a package.json, a
+    notebook, a config given by mistake) was replaced by the report, exit 0 (outside probe, rounds
+    24 and 25). ``overwrite_option``: the option that allows it, named in the message (None: the
+    command has none, give another path)."""
+    _refuse_data(path, command)
     if path is None or path == "-" or overwrite or not os.path.isfile(path) or os.path.getsize(path) == 0:
         return
-    if _is_json_document(path):
-        return
+    own = _report_name(command)
+    document = _json_document(path)
+    if document is _NOT_JSON:
+        what = "is not a JSON document"
+    else:
+        report = _report_of(document)
+        if report == own:
+            return
+        what = f"is a report of {report}" if report else "is a JSON document that is not a Dodo report"
     allow = f", or {overwrite_option} to replace it" if overwrite_option else ""
-    raise ValueError(f"{path} exists and is not a JSON document (an earlier report), so {command} does not replace "
+    raise ValueError(f"{path} exists and {what}, not an earlier report of {own}, so {command} does not replace "
                      f"it with its report: give another path{allow}")
 
 
-def _is_json_document(path) -> bool:
-    """Whether the file at ``path`` holds one JSON document (UTF-8, at most 256 MiB: reports are kB to MB)."""
+_NOT_JSON = object()
+
+
+def _json_document(path):
+    """The JSON document the file at ``path`` holds (UTF-8, at most 256 MiB: reports are kB to MB), or _NOT_JSON."""
     try:
         if os.path.getsize(path) > _LARGEST_PACKAGE:
-            return False
+            return _NOT_JSON
         with open(path, "rb") as handle:
-            json.loads(handle.read().decode("utf-8"))
+            return json.loads(handle.read().decode("utf-8"))
     except (OSError, ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return _NOT_JSON
+
+
+#: The first bytes of each plot format (dodo.training.plots.plot_format: PNG, PDF, SVG).
+_IMAGE_SIGNATURES = {"png": (b"\x89PNG\r\n\x1a\n",), "pdf": (b"%PDF-",), "svg": (b"<?xml", b"<svg")}
+
+
+def _plot_format(path) -> str:
+    """The format a plot at ``path`` is written in, by its name (as plot_format: no suffix, PNG)."""
+    return Path(path).suffix.lower().lstrip(".") or "png"
+
+
+def _is_image(path, form: str) -> bool:
+    """Whether the file at ``path`` starts as an image of format ``form`` does (SVG: after
+    whitespace or a byte-order mark, its XML declaration or <svg>, and an <svg element early on)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    except OSError:
         return False
-    return True
+    signatures = _IMAGE_SIGNATURES.get(form, ())
+    if form == "svg":
+        head = head.removeprefix(b"\xef\xbb\xbf").lstrip()
+        return head.startswith(signatures) and b"<svg" in head
+    return head.startswith(signatures)
+
+
+def refuse_replacing_with_plot(paths, command: str, overwrite: bool = False, overwrite_option: str | None = None) -> None:
+    """For plot outputs ``paths``: never over data, whatever ``overwrite`` says; and, unless
+    ``overwrite``, a ValueError when one exists, is not empty and is not an image of the format its
+    name asks for (an earlier plot). `dodo plot -o analysis.py`, `--plot notes.txt` (a path given
+    by mistake) replaced that file with a figure (outside probe, round 25)."""
+    for path in paths:
+        _refuse_data(path, command)
+    for path in paths:
+        if path is None or path == "-" or overwrite or not os.path.isfile(path) or os.path.getsize(path) == 0:
+            continue
+        form = _plot_format(path)
+        if _is_image(path, form):
+            continue
+        image = f"a {form.upper()} image" if form in _IMAGE_SIGNATURES else "an image (PNG, PDF or SVG)"
+        allow = f", or {overwrite_option} to replace it" if overwrite_option else " (or remove it first)"
+        raise ValueError(f"{path} exists and is not {image} (an earlier plot), so {command} does not "
+                         f"replace it with its plot: give another path{allow}")
+
+
+def refuse_replacing_data(paths, command: str) -> None:
+    """The plot guard under its earlier name, which the plotting commands call (`dodo plot`,
+    `dodo learning-curve --plot`, python/dodo/training/): :func:`refuse_replacing_with_plot`."""
+    refuse_replacing_with_plot(paths, command)

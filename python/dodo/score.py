@@ -20,6 +20,7 @@ import numpy as np
 
 from .conventions import from_emu_layout, total_density
 from ._cli_common import add_json_argument, emit, json_target_file
+from ._output_guard import marked_report
 from ._status import REJECTED_MASK
 from .emu_files import hdf5_item, numeric_dataset, open_hdf5
 
@@ -298,7 +299,7 @@ def register(subparsers) -> None:
     parser.add_argument("--threads", type=int, default=1, help="closure worker threads (default 1)")
     add_json_argument(parser, "the full report (per state; a state left out: null)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace the --json file when it exists and is not a JSON document (an earlier report); "
+                        help="replace the --json file when it exists and is not an earlier dodo score report; "
                              "an HDF5 file, a checkpoint or a model package is never replaced")
     parser.set_defaults(func=_run)
 
@@ -399,7 +400,8 @@ def _run(args: argparse.Namespace) -> int:
         closure = Closure(model, threads=args.threads)
         report = score(closure, states, resamples=args.bootstrap, seed=args.seed, threshold=args.threshold)
         # Inside the try: a JSON file that cannot be written is one line, as for every other command.
-        emit(format_report(report, args.model, " + ".join(data)), report, args.json)
+        # Marked as dodo score's report: a rerun's --json replaces it, a user's JSON file is kept.
+        emit(format_report(report, args.model, " + ".join(data)), marked_report(report, "dodo score"), args.json)
     except BrokenPipeError:  # the reader went away (`| head`): dodo.cli.main ends quietly, 141
         raise
     except (ValueError, OSError, RuntimeError) as error:

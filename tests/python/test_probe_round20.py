@@ -40,8 +40,9 @@ def test_a_report_never_replaces_a_model_package(capsys, tmp_path, monkeypatch, 
 
 def test_files_that_only_look_like_packages_are_not_called_packages(tmp_path, monkeypatch):
     """The byte test needs both the ONNX start and the metadata key: a note that names the key, or a
-    file starting with byte 0x08 without it, stays a file of another kind (a report replaces it)."""
-    from dodo._output_guard import MODEL_PACKAGE, file_kind, refuse_replacing_data
+    file starting with byte 0x08 without it, stays a file of another kind (a report replaces it;
+    since round 24 only with --overwrite, the case checked here)."""
+    from dodo._output_guard import MODEL_PACKAGE, file_kind, refuse_replacing_with_report
 
     monkeypatch.setitem(sys.modules, "onnx", None)
     note = tmp_path / "notes.txt"
@@ -50,7 +51,7 @@ def test_files_that_only_look_like_packages_are_not_called_packages(tmp_path, mo
     other.write_bytes(b"\x08\x07 not a package")
     for path in (note, other):
         assert file_kind(path) != MODEL_PACKAGE
-        refuse_replacing_data([path], "dodo score --json")  # no refusal
+        refuse_replacing_with_report(path, "dodo score --json", overwrite=True)  # not data: no refusal
 
 
 # --- dodo train: launcher variables that describe no place in a job ------------------------------

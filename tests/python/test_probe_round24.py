@@ -43,12 +43,15 @@ def test_score_json_does_not_replace_a_file_that_is_not_a_report(tmp_path, capsy
 
 
 def test_score_json_still_replaces_an_earlier_report(tmp_path, capsys):
-    """The other side: a rerun writes over its own earlier report, any JSON document, or an empty
-    file (mktemp) without --overwrite, as before; data stays refused even with the new --overwrite
-    (that last call is a usage error on the code before, which had no such option)."""
+    """The other side: a rerun writes over its own earlier report (marked, or unmarked as written
+    before round 25: known by its keys) or an empty file (mktemp) without --overwrite, as before;
+    data stays refused even with the new --overwrite (that last call is a usage error on the code
+    before, which had no such option). Round 25: any other JSON document is no longer replaced
+    (test_probe_round25.py); the JSON contents here were '{"n_states": 1}' and "[1, 2]"."""
     pytest.importorskip("h5py")
     report = tmp_path / "report.json"
-    for content in (None, '{"n_states": 1}', "[1, 2]", ""):
+    unmarked = {"n_states": 1, "model": {}, "box3d": {}, "difference": {}, "per_state": {}}
+    for content in (None, json.dumps(unmarked), ""):
         if content is not None:
             report.write_text(content)
         code, _, err = run(capsys, [*SCORE, "--json", str(report)])
@@ -75,11 +78,11 @@ def test_validate_json_does_not_replace_a_file_that_is_not_a_report(tmp_path, ca
     assert len(lines) == 1 and "not a JSON document" in lines[0] and str(target) in lines[0], err
     assert digest(target) == before
 
-    report = tmp_path / "report.json"
-    report.write_text("{}")
+    report = tmp_path / "report.json"  # an earlier nsm1 report, unmarked as before round 25 (was "{}")
+    report.write_text('{"runs": [], "emu_densities_over_ntot": {}}')
     argv[-1] = str(report)
     assert main(argv) == 0, capsys.readouterr().err
-    assert json.loads(report.read_text()) != {}
+    assert json.loads(report.read_text())["runs"] != []
 
 
 # --- dodo.cli.main and with_guarded_stdout: one handling of standard output -----------------------------

@@ -257,7 +257,7 @@ def _main(argv=None) -> int:
     import h5py  # noqa: F401  (both need it: one line before any work when it is missing)
 
     check_outputs([args.json, getattr(args, "output", None)], [args.reference, getattr(args, "box3d_cases", None)])
-    from .._output_guard import refuse_replacing_with_report
+    from .._output_guard import marked_report, refuse_replacing_with_report
 
     refuse_replacing_with_report(args.json, "python -m dodo.qke.validate --json")
     if args.which == "emu32":
@@ -276,8 +276,8 @@ def _main(argv=None) -> int:
             raise ValueError(f"--seeds must be integers >= 0; got {args.seeds!r}")
         report = validate_nsm1(args.reference, args.box3d_cases, seeds, args.flavour_cfl, args.only,
                                args.hamiltonian_filter, args.backend)
-    if args.json:
-        write_json_atomic(args.json, report)
+    if args.json:  # marked as this command's report: a rerun replaces it, a user's JSON file is kept
+        write_json_atomic(args.json, marked_report(report, "python -m dodo.qke.validate"))
     return 0
 
 

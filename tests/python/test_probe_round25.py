@@ -1,0 +1,199 @@
+"""Outside probe, round twenty-five (docs/reliability_python.md, section 27): each test failed on
+the code before its fix, except where its docstring says otherwise."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cli_helpers import digest, refused, run
+
+REPO = Path(__file__).resolve().parents[2]
+EMU = REPO / "tests/data/qke/emu_1d_validation.h5"
+SCORE = ["score", "box3d", str(EMU), "--bootstrap", "100"]
+ENSEMBLE_CONFIG = str(REPO / "training/configs/ensemble_default.yaml")
+
+#: JSON documents a mistyped `--json PATH` may name: none is a Dodo report, each was replaced by one.
+NOT_REPORTS = {
+    "package.json": '{"name": "analysis", "version": "1.0.0", "dependencies": {}}\n',
+    "fig3.ipynb": json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}),
+    "config.json": '{"lebedev_order": 41, "threads": 8}\n',
+    "states.json": "[[1, 2, 3], [4, 5, 6]]\n",
+}
+
+
+# --- a JSON report written over a JSON document that is not its own report ---------------------------
+
+@pytest.mark.parametrize("name", sorted(NOT_REPORTS))
+def test_score_json_does_not_replace_a_json_document_that_is_not_a_report(tmp_path, capsys, name):
+    """`dodo score M DATA --json package.json` (a notebook, a config, any JSON file given by mistake)
+    replaced the file with the report, exit 0: round 24 kept only files that are not JSON. Now one
+    line, exit 2, before any work, the file untouched; --overwrite replaces it."""
+    pytest.importorskip("h5py")
+    target = tmp_path / name
+    target.write_text(NOT_REPORTS[name])
+    before = digest(target)
+    refused(capsys, [*SCORE, "--json", str(target)], target, "not a Dodo report", "--overwrite")
+    assert digest(target) == before
+
+    code, _, err = run(capsys, [*SCORE, "--json", str(target), "--overwrite"])
+    assert code == 0, err
+    assert json.loads(target.read_text())["dodo_report"] == "dodo score"
+
+
+def test_score_json_replaces_its_own_earlier_report_and_marks_it(tmp_path, capsys):
+    """The other side: the report carries `"dodo_report": "dodo score"` (new), and a rerun replaces
+    it, an unmarked report of an earlier version (known by its keys) and an empty file, without
+    --overwrite. A report of another command is refused and named."""
+    pytest.importorskip("h5py")
+    report = tmp_path / "report.json"
+    unmarked = {"n_states": 3, "model": {}, "box3d": {}, "difference": {}, "per_state": {}}
+    for content in (None, None, json.dumps(unmarked), ""):
+        if content is not None:
+            report.write_text(content)
+        code, _, err = run(capsys, [*SCORE, "--json", str(report)])
+        assert code == 0, err
+        written = json.loads(report.read_text())
+        assert written["dodo_report"] == "dodo score" and written["n_states"] == 32
+
+    other = tmp_path / "validation.json"
+    other.write_text(json.dumps({"dodo_report": "python -m dodo.qke.validate", "runs": []}))
+    before = digest(other)
+    refused(capsys, [*SCORE, "--json", str(other)], "is a report of python -m dodo.qke.validate")
+    assert digest(other) == before
+
+
+def test_validate_json_does_not_replace_a_json_document_that_is_not_its_report(tmp_path, capsys, tiny_nsm1_reference):
+    """`python -m dodo.qke.validate nsm1 --json package.json`: replaced, exit 0. Now refused before
+    the run; its own report (marked now, or unmarked from before) is replaced and marked."""
+    from dodo.qke.validate import main
+
+    target = tmp_path / "package.json"
+    target.write_text(NOT_REPORTS["package.json"])
+    before = digest(target)
+    argv = ["nsm1", "--reference", str(tiny_nsm1_reference), "--box3d-cases", "", "--json", str(target)]
+    assert main(argv) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "not a Dodo report" in lines[0] and str(target) in lines[0], lines
+    assert digest(target) == before
+
+    report = tmp_path / "report.json"
+    report.write_text('{"runs": [], "emu_densities_over_ntot": {}}')  # unmarked, from an earlier version
+    argv[-1] = str(report)
+    for _ in range(2):
+        assert main(argv) == 0, capsys.readouterr().err
+        written = json.loads(report.read_text())
+        assert written["dodo_report"] == "python -m dodo.qke.validate" and written["runs"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["evaluate", "missing.pt", "--data", "missing.h5"],
+    ["inspect", "missing.pt", "--data", "missing.h5"],
+    # --sizes 5 is refused before any work: on the code before, the JSON passed and this was the refusal.
+    ["learning-curve", "--config", ENSEMBLE_CONFIG, "--sizes", "5"],
+], ids=["evaluate", "inspect", "learning-curve"])
+def test_training_commands_json_does_not_replace_a_json_document(tmp_path, capsys, argv):
+    """`dodo evaluate/inspect/learning-curve --json package.json`: the guard passed any JSON document.
+    Now refused first, the file untouched (their writers are unchanged: python/dodo/training/)."""
+    target = tmp_path / "package.json"
+    target.write_text(NOT_REPORTS["package.json"])
+    before = digest(target)
+    refused(capsys, [*argv, "--json", str(target)], target, "not a Dodo report")
+    assert digest(target) == before
+
+
+def test_earlier_reports_are_known_by_their_keys(tmp_path):
+    """The reports of evaluate, inspect and learning-curve carry no mark yet (their writers are in
+    python/dodo/training/): each is replaced by a rerun of its own command, and only of it. The
+    keys are those the writers put there (metrics.metric_table, inspect.inspect_checkpoint,
+    ensemble_train.learning_curve). On the code before, the refusal of the second half was missing."""
+    from dodo._output_guard import refuse_replacing_with_report
+
+    reports = {
+        "dodo evaluate": {"n_cells": 4, "species": [], "box3d": {}, "model": {}, "limiter_active_fraction": 0.0,
+                          "split": "test", "data": "d.h5"},
+        "dodo inspect": {"data": "d.h5", "cells": 4, "split": "test", "slice": [0, 4], "loss_terms_model": {},
+                         "loss_terms_weighted": {}, "loss_total": 0.0, "flux_factor": {}},
+        "dodo learning-curve": [{"train_size": 500, "cv_model": 0.01, "cv_box3d": 0.02}],
+        "dodo score": {"dodo_report": "dodo score", "n_states": 1},
+    }
+    for command, content in reports.items():
+        path = tmp_path / f"{command.split()[-1]}.json"
+        path.write_text(json.dumps(content))
+        refuse_replacing_with_report(path, f"{command} --json")  # its own: no refusal
+        for other in reports:
+            if other != command:
+                with pytest.raises(ValueError, match=f"is a report of {command}"):
+                    refuse_replacing_with_report(path, f"{other} --json")
+    empty_list = tmp_path / "rows.json"
+    empty_list.write_text("[]")
+    with pytest.raises(ValueError, match="not a Dodo report"):
+        refuse_replacing_with_report(empty_list, "dodo learning-curve --json")
+
+
+# --- a plot written over a file that is not an image ---------------------------------------------------
+
+def _metrics(tmp_path) -> Path:
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"history": {"train": [{"total": 1.0}, {"total": 0.5}],
+                                               "val": [{"total": 1.1}, {"total": 0.6}]}, "metric_table": {}}))
+    return metrics
+
+
+@pytest.mark.parametrize("name, content", [
+    ("Makefile", b"all:\n\tdodo plot curve m.json -o curve.png\n"),  # no extension: a PNG plot
+    ("notes.png", b"to do: remake figure 3\n"),
+    ("fig.pdf", b"\x89PNG\r\n\x1a\n not a PDF"),
+    ("fig.svg", b"<html><body>draft</body></html>\n"),
+])
+def test_plot_does_not_replace_a_file_that_is_not_an_image(tmp_path, capsys, name, content):
+    """`dodo plot curve m.json -o Makefile` (a script, notes, a file of another format given by
+    mistake) replaced it with the figure, exit 0: only data files were kept. Now one line, exit 2,
+    before any work, the file untouched (`dodo plot` has no --overwrite: another path, or remove it)."""
+    pytest.importorskip("matplotlib")
+    metrics = _metrics(tmp_path)
+    target = tmp_path / name
+    target.write_bytes(content)
+    before = digest(target)
+    refused(capsys, ["plot", "curve", str(metrics), "-o", str(target)], target, "is not a", "image")
+    assert digest(target) == before
+
+
+def test_plot_does_not_replace_a_parity_file_that_is_not_an_image(tmp_path, capsys):
+    """`plot curve -o fig.png` also writes fig_parity.png: a text file of that name was replaced."""
+    pytest.importorskip("matplotlib")
+    metrics = _metrics(tmp_path)
+    parity = tmp_path / "fig_parity.png"
+    parity.write_text("keep me\n")
+    refused(capsys, ["plot", "curve", str(metrics), "-o", str(tmp_path / "fig.png")], parity, "not a PNG image")
+    assert parity.read_text() == "keep me\n" and not (tmp_path / "fig.png").exists()
+
+
+def test_plot_still_replaces_an_earlier_plot_or_an_empty_file(tmp_path, capsys):
+    """The other side (passed before the fix too): each format's rerun replaces its own plot, and
+    an empty file (mktemp) is written."""
+    pytest.importorskip("matplotlib")
+    metrics = _metrics(tmp_path)
+    for name in ("curve.png", "curve.pdf", "curve.svg", "curve"):
+        target = tmp_path / name
+        for _ in range(2):
+            code, _, err = run(capsys, ["plot", "curve", str(metrics), "-o", str(target)])
+            assert code == 0, err
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    code, _, err = run(capsys, ["plot", "curve", str(metrics), "-o", str(empty)])
+    assert code == 0, err
+    assert empty.read_bytes().startswith(b"\x89PNG")
+
+
+def test_learning_curve_plot_does_not_replace_a_file_that_is_not_an_image(tmp_path, capsys):
+    """`dodo learning-curve --plot curve` with `curve` a script (no extension: PNG): the plot guard
+    passed it. Now refused before any work. (--sizes 5 is refused next, before any work: on the code
+    before that was the message.)"""
+    target = tmp_path / "curve"
+    target.write_text("#!/bin/sh\nexec dodo learning-curve --config c.yaml\n")
+    before = digest(target)
+    refused(capsys, ["learning-curve", "--config", ENSEMBLE_CONFIG, "--sizes", "5", "--plot", str(target)],
+            target, "not a PNG image")
+    assert digest(target) == before
