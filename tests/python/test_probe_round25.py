@@ -197,3 +197,46 @@ def test_learning_curve_plot_does_not_replace_a_file_that_is_not_an_image(tmp_pa
     refused(capsys, ["learning-curve", "--config", ENSEMBLE_CONFIG, "--sizes", "5", "--plot", str(target)],
             target, "not a PNG image")
     assert digest(target) == before
+
+
+# --- python -m dodo.qke.validate: its two input files ----------------------------------------------------
+
+def test_validate_refuses_box3d_cases_that_are_not_a_regular_file(tmp_path, tiny_nsm1_reference):
+    """`python -m dodo.qke.validate nsm1 --box3d-cases FIFO` (a process substitution, a named pipe)
+    read the reference and then blocked for ever opening the FIFO (killed after 30 s in the probe);
+    a directory was `[Errno 21] Is a directory: 'dir'`. Now one line, exit 2, before any work.
+    Run in a child process so that the code before, which blocks, fails the test instead of hanging it."""
+    import os
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "cases.json"
+    os.mkfifo(fifo)
+    for cases, kind in ((fifo, "is a FIFO"), (tmp_path, "is a directory")):
+        try:
+            result = subprocess.run([sys.executable, "-m", "dodo.qke.validate", "nsm1", "--reference",
+                                     str(tiny_nsm1_reference), "--box3d-cases", str(cases)],
+                                    capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"--box3d-cases {cases} did not end")
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 2 and len(lines) == 1, result.stderr
+        assert str(cases) in lines[0] and kind in lines[0] and "--box3d-cases ''" in lines[0], lines[0]
+
+
+def test_validate_names_a_reference_that_is_not_hdf5(tmp_path, capsys):
+    """`--reference notes.txt` (or an empty, truncated download): `error: Unable to synchronously open
+    file (file signature not found)`, naming no file. Now the file and what it should be."""
+    from dodo.qke.validate import main
+
+    for which, name in (("nsm1", "emu_nsm1_1d.h5"), ("emu32", "emu_1d_validation.h5")):
+        reference = tmp_path / "notes.txt"
+        reference.write_text("not HDF5\n")
+        argv = [which, "--reference", str(reference)]
+        if which == "emu32":
+            argv += ["--output", str(tmp_path / "out.h5")]
+        assert main(argv) == 2
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(lines) == 1 and str(reference) in lines[0] and "not a readable HDF5 file" in lines[0] \
+            and name in lines[0], lines
+        assert not (tmp_path / "out.h5").exists()

@@ -54,7 +54,12 @@ def _reference_file(reference: str, name: str):
     neither file nor what it should be)."""
     import h5py
 
-    with h5py.File(reference, "r") as handle:
+    try:
+        handle = h5py.File(reference, "r")
+    except OSError as error:  # "Unable to synchronously open file (file signature not found)" named no file
+        raise ValueError(f"{reference}: not a readable HDF5 file ({error}): not an Emu reference file like {name} of "
+                         "the repository's tests/data/qke/") from None
+    with handle:
         try:
             yield handle
         except KeyError as error:
@@ -256,6 +261,10 @@ def _main(argv=None) -> int:
     args.reference = reference_path(args.reference, "emu_nsm1_1d.h5" if args.which == "nsm1" else "emu_1d_validation.h5")
     import h5py  # noqa: F401  (both need it: one line before any work when it is missing)
 
+    if getattr(args, "box3d_cases", None):  # a FIFO blocked for ever (after the reference was read), a directory was an Errno
+        from .._atomic import check_input_file
+
+        check_input_file(args.box3d_cases, "Dodo's box3d_cases.json, or --box3d-cases '' for no Box3D comparison")
     check_outputs([args.json, getattr(args, "output", None)], [args.reference, getattr(args, "box3d_cases", None)])
     from .._output_guard import marked_report, refuse_replacing_with_report
 
