@@ -240,3 +240,19 @@ def test_validate_names_a_reference_that_is_not_hdf5(tmp_path, capsys):
         assert len(lines) == 1 and str(reference) in lines[0] and "not a readable HDF5 file" in lines[0] \
             and name in lines[0], lines
         assert not (tmp_path / "out.h5").exists()
+
+
+# --- dodo simulate --input states.yaml: a number float64 cannot hold -----------------------------------
+
+def test_simulate_names_a_yaml_integer_beyond_float64(tmp_path, capsys):
+    """A YAML state with an integer of 309 digits or more (a density typed out, a paste gone wrong):
+    `OverflowError: int too large to convert to float`, a traceback, exit 1. Now one line naming the
+    file, exit 2, nothing written. (1e400, a float, was and is `non-finite initial four-fluxes`.)"""
+    pytest.importorskip("yaml")
+    pytest.importorskip("h5py")
+    zero = "[1.0e33, 0, 0, 0]"
+    states = tmp_path / "states.yaml"
+    states.write_text(f"states: [[[1.0e33, 0, 0, {'9' * 400}], {zero}, {zero}, {zero}, {zero}, {zero}]]\n")
+    output = tmp_path / "out.h5"
+    refused(capsys, ["simulate", str(output), "--input", str(states)], states, "beyond float64")
+    assert not output.exists()

@@ -384,6 +384,9 @@ def read_states(path: str) -> dict:
             raise ValueError(f"{path}: 'states' must be a list of states, each a list of 6 species x "
                              "[n, Fx, Fy, Fz] numbers (species order nu_e, nu_mu, nu_tau, nubar_e, nubar_mu, "
                              "nubar_tau); got something else (a mapping?)") from None
+        except OverflowError:  # an integer of 309 digits or more: an OverflowError traceback before
+            raise ValueError(f"{path}: 'states' holds an integer beyond float64's range (1.8e308); give densities "
+                             "in cm^-3 (Emu's are near 1e32)") from None
         if four_flux.ndim != 3 or four_flux.shape[1:] != (6, 4):
             raise ValueError(f"{path}: each state must be 6 species x [n, Fx, Fy, Fz]; got shape {four_flux.shape}")
         rotation = end_time = None
