@@ -25,6 +25,7 @@ import os
 import numpy as np
 import torch
 
+from dodo._atomic import check_input_file
 from dodo._output_guard import check_tool_output
 from dodo.training import ensemble_train as et
 from dodo.training.safe_load import UntrustedCheckpointError, load_torch_file
@@ -48,8 +49,11 @@ def main() -> None:
         check_tool_output(args.output, [args.checkpoint, args.table, args.config], "tools/refit_growth.py", args.overwrite)
     except ValueError as exc:
         parser.error(str(exc))
-    try:
+    try:  # a FIFO given as an input blocked for ever (outside probe, round 25)
+        check_input_file(args.checkpoint, "a checkpoint of dodo train-ensemble")
+        check_input_file(args.config, "the train-ensemble config (YAML)")
         checkpoint = load_torch_file(args.checkpoint)
+        check_input_file(args.table, "the preprocessed table the checkpoint was trained on")
         config = et.EnsembleConfig.load(args.config)
     except (UntrustedCheckpointError, et.ConfigError, ValueError, OSError) as exc:
         parser.error(str(exc))

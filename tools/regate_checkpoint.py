@@ -17,7 +17,7 @@ import argparse
 import numpy as np
 import torch
 
-from dodo._atomic import atomic_path
+from dodo._atomic import atomic_path, check_input_file
 from dodo._output_guard import check_tool_output
 from dodo.training import ensemble_train as et
 from dodo.training.safe_load import UntrustedCheckpointError, load_torch_file
@@ -38,9 +38,11 @@ def main() -> None:
         check_tool_output(args.output, [args.checkpoint, args.table], "tools/regate_checkpoint.py", args.overwrite)
     except ValueError as exc:
         parser.error(str(exc))
-    try:
+    try:  # a FIFO given as either input blocked for ever; a directory or a file that is no checkpoint was a traceback
+        check_input_file(args.checkpoint, "a checkpoint of dodo train-ensemble")
         checkpoint = load_torch_file(args.checkpoint)
-    except UntrustedCheckpointError as exc:
+        check_input_file(args.table, "the preprocessed table the checkpoint was trained on")
+    except (UntrustedCheckpointError, ValueError, OSError) as exc:
         parser.error(str(exc))
     ensemble = et.load_ensemble(checkpoint)
     if ensemble.noise_member is not None and ensemble.student is not None:

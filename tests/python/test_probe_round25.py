@@ -256,3 +256,39 @@ def test_simulate_names_a_yaml_integer_beyond_float64(tmp_path, capsys):
     output = tmp_path / "out.h5"
     refused(capsys, ["simulate", str(output), "--input", str(states)], states, "beyond float64")
     assert not output.exists()
+
+
+# --- tools/regate_checkpoint.py and tools/refit_growth.py: inputs that are not checkpoints --------------
+
+@pytest.mark.parametrize("tool", ["regate_checkpoint.py", "refit_growth.py"])
+def test_checkpoint_tools_refuse_inputs_that_are_not_regular_files(tmp_path, tool):
+    """The two tools of the default model's recipe (training/models/README.md) given a FIFO as the
+    checkpoint (or as the table, the config) blocked for ever (killed after 60 s in the probe); a
+    directory, or a text file, as the checkpoint was an IsADirectoryError or NotATorchFileError
+    traceback, exit 1. Now the tool's usage error naming the file, exit 2, before any work.
+    In a child process, so that the code before, which blocks, fails the test instead of hanging it."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("torch")
+    fifo = tmp_path / "fifo.pt"
+    os.mkfifo(fifo)
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint\n")
+    table = tmp_path / "table.h5"
+    table.write_bytes(b"")
+    config = tmp_path / "config.yaml"
+    config.write_text("members: 2\n")
+    extra = ["--config", str(config)] if tool == "refit_growth.py" else []
+    for checkpoint, kind in ((fifo, "is a FIFO"), (tmp_path, "is a directory"), (text, "not a checkpoint")):
+        argv = [sys.executable, str(REPO / "tools" / tool), str(checkpoint)]
+        argv += (["2.5"] if tool == "regate_checkpoint.py" else []) + extra
+        argv += ["--table", str(table), "-o", str(tmp_path / "out.pt")]
+        try:
+            result = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{tool} {checkpoint} did not end")
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert str(checkpoint) in result.stderr and kind in result.stderr, result.stderr
+        assert not (tmp_path / "out.pt").exists()
