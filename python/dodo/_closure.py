@@ -142,6 +142,12 @@ def _refuse_known_non_packages(path: str) -> None:
             head = handle.read(8)
     except OSError:  # unreadable: the runtime reports it
         return
+    if head.startswith(b"PK\x03\x04"):
+        from ._output_guard import _is_other_zip
+
+        if _is_other_zip(path):  # a NumPy .npz or any other zip was called a PyTorch checkpoint
+            raise RuntimeError(f"DODO_ERROR_MODEL_FORMAT: model file {path!r} is a zip archive that is not a "
+                               "checkpoint (a NumPy .npz, a .zip), not an ONNX model package (dodo export writes one)")
     for magic, problem in _NOT_A_PACKAGE:
         if head.startswith(magic):
             raise RuntimeError(f"DODO_ERROR_MODEL_FORMAT: model file {path!r} " + problem.format(path=path))

@@ -26,6 +26,9 @@ MODEL_PACKAGE = "an ONNX model package (dodo export)"
 #: What a torch.save zip archive is called (tools/regate_checkpoint.py and refit_growth.py write one).
 CHECKPOINT = "a PyTorch checkpoint (dodo train / dodo train-ensemble)"
 
+#: A zip archive that torch.save did not write (a NumPy .npz, a .zip, an office document).
+ZIP_ARCHIVE = "a zip archive that is not a checkpoint (a NumPy .npz, a .zip)"
+
 #: `dodo apply -o`'s mark (attrs["kind"]); files written before it carry only its layout string.
 APPLIED_CELLS_MARK = "dodo-apply-cells-v1"
 _APPLIED_CELLS_LAYOUT_PREFIX = "[nx, ny, nz, species"
@@ -38,8 +41,8 @@ def file_kind(path: str | Path) -> str:
     signature = _signature(path)
     if signature is None:
         return "a file that cannot be read"
-    if signature == "zip":
-        return CHECKPOINT
+    if signature == "zip":  # a NumPy .npz (simulate's OUT.partial.npz) or any zip was called a checkpoint
+        return ZIP_ARCHIVE if _is_other_zip(path) else CHECKPOINT
     if signature != "hdf5":
         return MODEL_PACKAGE if _is_model_package(path) else \
             "a file of another kind (neither HDF5, a checkpoint nor a model package)"
@@ -100,6 +103,20 @@ def _signature(path: str | Path) -> str | None:
     if head == b"\x89HDF\r\n\x1a\n":
         return "hdf5"
     return "zip" if head.startswith(b"PK\x03\x04") else "other"
+
+
+def _is_other_zip(path: str | Path) -> bool:
+    """Whether the file at ``path`` is a readable zip archive that torch.save did not write (it
+    writes ``FOLDER/data.pkl``; the central directory alone is read). A zip that cannot be read
+    (a torn or truncated checkpoint) is not known to be another one: False."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+    return not any(name.count("/") == 1 and name.endswith("/data.pkl") for name in names)
 
 
 def _is_model_package(path: str | Path) -> bool:

@@ -292,3 +292,33 @@ def test_checkpoint_tools_refuse_inputs_that_are_not_regular_files(tmp_path, too
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert str(checkpoint) in result.stderr and kind in result.stderr, result.stderr
         assert not (tmp_path / "out.pt").exists()
+
+
+# --- a zip archive that is not a checkpoint ------------------------------------------------------------
+
+def test_a_zip_that_is_not_a_checkpoint_is_not_called_one(tmp_path, capsys):
+    """Every zip archive (a NumPy .npz such as `dodo simulate`'s OUT.partial.npz, a .zip) was "a
+    PyTorch checkpoint" in the refusals of `--json`, `-o` and `Closure(path)`; and a tool writing a
+    checkpoint (tools/regate_checkpoint.py -o) took it for its own kind and replaced it without
+    --overwrite. Now named for what it is, and kept; torch.save's archive is still a checkpoint."""
+    import numpy as np
+
+    import dodo
+    from dodo._output_guard import CHECKPOINT, file_kind, refuse_replacing
+
+    archive = tmp_path / "run.partial.npz"
+    np.savez(archive, indices=np.arange(3))
+    before = digest(archive)
+    assert file_kind(archive) != CHECKPOINT and "zip archive" in file_kind(archive)
+    with pytest.raises(ValueError, match="zip archive"):
+        refuse_replacing(archive, CHECKPOINT, "tools/regate_checkpoint.py", overwrite=False)
+    refused(capsys, ["synth", "-o", str(archive), "-n", "10"], archive, "zip archive", "--overwrite")
+    with pytest.raises(RuntimeError, match="is a zip archive that is not a checkpoint"):
+        dodo.Closure(str(archive))
+    assert digest(archive) == before
+
+    torch = pytest.importorskip("torch")
+    checkpoint = tmp_path / "best.pt"
+    torch.save({"state_dict": {}}, checkpoint)
+    assert file_kind(checkpoint) == CHECKPOINT
+    refuse_replacing(checkpoint, CHECKPOINT, "tools/regate_checkpoint.py", overwrite=False)  # its own kind
