@@ -3,6 +3,7 @@ the code before its fix, except where its docstring says otherwise."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -322,3 +323,30 @@ def test_a_zip_that_is_not_a_checkpoint_is_not_called_one(tmp_path, capsys):
     torch.save({"state_dict": {}}, checkpoint)
     assert file_kind(checkpoint) == CHECKPOINT
     refuse_replacing(checkpoint, CHECKPOINT, "tools/regate_checkpoint.py", overwrite=False)  # its own kind
+
+
+# --- dodo simulate: a path that is not UTF-8 -----------------------------------------------------------
+
+@pytest.mark.parametrize("linear_only", [False, True], ids=["full", "linear-only"])
+def test_simulate_writes_its_database_under_a_path_that_is_not_utf8(tmp_path, linear_only):
+    """`dodo simulate o.h5 --input s\\xe9.yaml` (a Latin-1 file name, valid on Linux): the run did
+    its work, then failed writing the command line into the database's attributes (`'utf-8' codec
+    can't encode character '\\udce9' ...: surrogates not allowed`, exit 2), leaving only its
+    checkpoint; every rerun failed the same way at the same place. Now written, the name kept in
+    the attributes with the byte escaped. In a child process: the command line is what fails."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("yaml")
+    h5py = pytest.importorskip("h5py")
+    zero = "[1.0e33, 0, 0, 0]"
+    states = tmp_path / os.fsdecode(b"s\xe9.yaml")
+    states.write_text(f"states: [[[1.0e33, 0, 0, 0.5e33], {zero}, {zero}, [1.0e33, 0, 0, -0.5e33], {zero}, {zero}]]\n")
+    output = tmp_path / os.fsdecode(b"o\xe9.h5")
+    argv = [sys.executable, "-m", "dodo", "simulate", os.fsencode(output), "--input", os.fsencode(states)]
+    result = subprocess.run(argv + (["--linear-only"] if linear_only else []), capture_output=True,
+                            stdin=subprocess.DEVNULL, timeout=600)
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    with h5py.File(output, "r") as handle:
+        assert "s\\xe9.yaml" in handle.attrs["command"]
+    assert not [path for path in tmp_path.iterdir() if "partial" in path.name]

@@ -26,7 +26,7 @@ import numpy as np
 from .._atomic import atomic_hdf5
 from .campaign import CheckpointMismatchError, no_valid_state, reconstruction_failure, relative_cost
 from .directions import uniform_sphere
-from .io import species_to_emu
+from .io import attribute_value, species_to_emu
 from .solver import SolverConfig
 from .states import AXIS_SEARCH, EMU_AXIS_SEARCH, NSM1_EMU_1D, box_setup
 
@@ -92,7 +92,7 @@ def _write(output: str, four_flux: np.ndarray, rows: dict, attributes: dict) -> 
         f["input_index"] = index
         f["nf"] = np.int64(3)
         for key, value in attributes.items():
-            f.attrs[key] = value if isinstance(value, (str, int, float, np.number)) else json.dumps(value)
+            f.attrs[key] = attribute_value(value)
         f.attrs["nstates_processed"] = int(rows["processed"])
         f.attrs["nstates_valid"] = int(len(index))
         f.attrs["dropped"] = json.dumps(rows["dropped"])

@@ -29,6 +29,16 @@ def require_h5py() -> None:
         raise ModuleNotFoundError("writing the output needs h5py: pip install h5py (or pip install 'dodo[qke]')") from None
 
 
+def attribute_value(value):
+    """``value`` as an HDF5 attribute takes it: text made storable (a path or command line that is
+    not UTF-8 arrives surrogate-escaped, which h5py cannot encode: `dodo simulate OUT --input d\xe9.h5`
+    failed writing its provenance, after the work, every rerun the same), other plain values as
+    they are, anything else as JSON (which escapes such text itself)."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return value if isinstance(value, (int, float, np.number)) else json.dumps(value)
+
+
 def write_emu_database(path: str, results: dict, attributes: dict) -> None:
     """Write valid runs in Emu's layout; ``results`` holds Dodo-layout arrays [n, 6, 4] etc."""
     # atomic_hdf5: a full disk gives one OSError and leaves no file, never an HDF5 crash (issue 11).
@@ -44,4 +54,4 @@ def write_emu_database(path: str, results: dict, attributes: dict) -> None:
             if key in results:
                 f[name] = np.asarray(results[key])
         for key, value in attributes.items():
-            f.attrs[key] = value if isinstance(value, (str, int, float, np.number)) else json.dumps(value)
+            f.attrs[key] = attribute_value(value)
