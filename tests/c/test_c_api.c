@@ -86,6 +86,11 @@ static void test_create_errors(void) {
   CHECK(status == DODO_ERROR_FILE);
   CHECK(closure == NULL);
   CHECK(strstr(message, "/no/such/model.onnx") != NULL);
+  /* A path's control characters come back escaped: the message stays one line (round sixteen). */
+  status = dodo_closure_create("/no/such\nmodel\t.onnx", NULL, &closure, message, sizeof message);
+  CHECK(status == DODO_ERROR_FILE);
+  CHECK(strstr(message, "\"/no/such\\x0amodel\\x09.onnx\"") != NULL);
+  CHECK(strchr(message, '\n') == NULL && strchr(message, '\t') == NULL);
 
   dodo_options options;
   dodo_options_init(&options);

@@ -22,7 +22,8 @@
  * handler) and from a thread's pthread key destructors: the library's own state outlives exit's
  * destructors and the calling thread's thread_local objects (with the network in ONNX Runtime, a
  * call made after ONNX Runtime's own static destructors ran, which happens to an atexit handler
- * registered before the first closure with a model, returns DODO_ERROR_ONNXRUNTIME).
+ * registered before the first closure with a model, returns DODO_ERROR_ONNXRUNTIME, whose message
+ * says that the process is exiting).
  * A thread calling dodo_apply needs about 64 KiB of stack (a 48 KiB thread stack overflowed).
  * A host thread cancelled with pthread_cancel during a call is cancelled after it, at its own
  * next cancellation point: the calls hold cancellation off.

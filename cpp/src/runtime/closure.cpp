@@ -448,7 +448,7 @@ Closure::Closure(const std::string& model_path, const ClosureOptions& options)
   // Read before ONNX Runtime is loaded, so that a missing file is reported as such.
   const std::string bytes = read_model_file(model_path);
   const std::string_view view(bytes);
-  initialise(&view, "model file \"" + model_path + "\"", options);
+  initialise(&view, "model file " + quoted_path(model_path), options);
 }
 
 Closure::Closure(ModelInMemory model, const ClosureOptions& options)

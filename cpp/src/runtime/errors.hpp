@@ -43,6 +43,28 @@ inline std::string printable_message(const std::string& text) {
   return out;
 }
 
+// Text a host gave (a path) inside a message: every control character escaped as "\xNN", the
+// newline and tab too, which printable_message keeps for a message's own lines. A path holding
+// one would otherwise split the message where the path does not end (probe round sixteen).
+inline std::string control_escaped(const std::string& text) {
+  std::string out;
+  out.reserve(text.size());
+  for (const char c : text) {
+    const unsigned char byte = static_cast<unsigned char>(c);
+    if (byte >= 0x20 && byte != 0x7f) {
+      out += c;
+      continue;
+    }
+    const char* digits = "0123456789abcdef";
+    out += "\\x";
+    out += digits[byte >> 4];
+    out += digits[byte & 15];
+  }
+  return out;
+}
+
+inline std::string quoted_path(const std::string& path) { return "\"" + control_escaped(path) + "\""; }
+
 class Error : public std::runtime_error {
  public:
   Error(dodo_status status, const std::string& message)

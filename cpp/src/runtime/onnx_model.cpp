@@ -103,7 +103,7 @@ void enable_cuda(const OrtApi* api, OrtSessionOptions* options, int device_id) {
 // than DODO_MAX_MODEL_FILE_BYTES. Files whose size stat does not know (/proc) are read up to the
 // limit.
 std::string read_model_file(const std::string& path) {
-  const std::string quoted = "\"" + path + "\"";
+  const std::string quoted = quoted_path(path);
   // O_NONBLOCK: opening a FIFO must not wait for a writer; regular files ignore the flag.
   const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
   if (fd < 0) {

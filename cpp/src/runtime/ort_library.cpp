@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <sys/stat.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <mutex>
 #include <vector>
@@ -102,26 +103,27 @@ OrtLibrary open_library(const std::string& explicit_path) {
   ask_for_no_onnxruntime_telemetry();
   std::string tried;
   for (const std::string& path : candidate_paths(explicit_path)) {
+    const std::string shown = control_escaped(path);  // one line per path tried
     if (const std::string what = not_a_library_file(path); !what.empty()) {
-      tried += "\n  " + path + ": not a regular file (" + what + "): not opened";
+      tried += "\n  " + shown + ": not a regular file (" + what + "): not opened";
       continue;
     }
     void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
     if (!handle) {
       const char* why = dlerror();
-      tried += "\n  " + path + ": " + (why ? why : "not found");
+      tried += "\n  " + shown + ": " + (why ? control_escaped(why) : "not found");
       continue;
     }
     using GetApiBase = const OrtApiBase* (*)();
     auto get_api_base = reinterpret_cast<GetApiBase>(dlsym(handle, "OrtGetApiBase"));
     if (!get_api_base) {
-      tried += "\n  " + path + ": no symbol OrtGetApiBase (not ONNX Runtime?)";
+      tried += "\n  " + shown + ": no symbol OrtGetApiBase (not ONNX Runtime?)";
       continue;  // keep the handle: unloading foreign libraries is not worth the risk
     }
     const OrtApiBase* base = get_api_base();
     const OrtApi* api = base->GetApi(ORT_API_VERSION);
     if (!api) {
-      tried += "\n  " + path + ": ONNX Runtime " + base->GetVersionString() + " is older than API version " +
+      tried += "\n  " + shown + ": ONNX Runtime " + base->GetVersionString() + " is older than API version " +
                std::to_string(ORT_API_VERSION) + " that Dodo was built against";
       continue;
     }
@@ -148,9 +150,25 @@ OrtLibrary open_library(const std::string& explicit_path) {
 
 }  // namespace
 
+namespace {
+
+// Set once exit() (or a dlclose of libdodo) has begun destroying static objects, at the latest
+// before ONNX Runtime's own: a host's atexit handler that runs after those gets ORT's failure
+// ("GetElementType is not implemented"), which then says why (probe round sixteen).
+std::atomic<bool> static_objects_destroyed{false};
+
+struct StaticDestructionMarker {
+  ~StaticDestructionMarker() { static_objects_destroyed.store(true, std::memory_order_relaxed); }
+};
+
+}  // namespace
+
 void check_ort(const OrtApi* api, OrtStatus* status, const char* context) {
   if (!status) return;
   std::string message = std::string(context) + ": " + api->GetErrorMessage(status);
+  if (static_objects_destroyed.load(std::memory_order_relaxed))
+    message += " (the process is exiting and ONNX Runtime's own objects are destroyed by now: call dodo before "
+               "exit(), or from an atexit handler registered after the first closure with a model)";
   OrtErrorCode code = api->GetErrorCode(status);
   api->ReleaseStatus(status);
   dodo_status dodo_code = DODO_ERROR_ONNXRUNTIME;
@@ -182,7 +200,12 @@ const OrtLibrary& load_onnxruntime(const std::string& explicit_path) {
   static OrtLibrary* loaded = nullptr;
   (void)kForkHandlers;
   std::lock_guard<std::mutex> lock(load_mutex());
-  if (!loaded) loaded = new OrtLibrary(open_library(explicit_path));  // lives until process exit
+  if (!loaded) {
+    loaded = new OrtLibrary(open_library(explicit_path));  // lives until process exit
+    // Made after ONNX Runtime's static objects, so destroyed before them at exit.
+    static StaticDestructionMarker marker;
+    (void)marker;
+  }
   return *loaded;
 }
 
