@@ -64,6 +64,26 @@ float scalar_of(const std::map<std::string, FloatTensor>& initializers, const Js
   return tensor.values[0];
 }
 
+// Values the description gives by number (not by a tensor's name) must be constants the graph
+// holds itself (an initializer or a Constant node): the digests do not stop a package re-signed
+// after an edit, and the load-time probes (near the training mean, at 1e-3 of the outputs' scale)
+// let small edits of the gates' constants through (probe round sixteen: sigma_floor x0.5,
+// r_scale x1.0005, tiny x1e30 loaded and moved outputs by up to 4e-5 N_tot).
+void require_graph_constant(const std::map<std::string, FloatTensor>& constants, const JsonValue& root,
+                            const char* key) {
+  const JsonValue& given = root.at(key);
+  if (given.is_string()) return;  // by name: the graph's own tensor
+  std::vector<float> values;
+  if (given.is_number()) values.push_back(static_cast<float>(given.number()));
+  if (given.is_array())
+    for (const JsonValue& value : given.array()) values.push_back(static_cast<float>(value.number()));
+  for (const auto& entry : constants)
+    if (entry.second.values == values) return;
+  std::string shown = given.dump();
+  if (shown.size() > 60) shown = shown.substr(0, 57) + "...";
+  unusable(std::string("gives ") + key + " " + shown + ", which is not a constant of the graph (edited after export?)");
+}
+
 int padded(int size) { return (size + kPad - 1) / kPad * kPad; }
 
 // e^x in float32 on a vector of floats (GCC's vector extensions; std::exp is a
@@ -403,6 +423,12 @@ NativeNetwork::NativeNetwork(const std::string& description, const std::map<std:
     if (!pattern.is_array() || static_cast<int>(pattern.array().size()) != output_size)
       unusable("pattern must list " + std::to_string(output_size) + " numbers (the head output per unit correction)");
     for (const JsonValue& value : pattern.array()) pattern_.push_back(static_cast<float>(value.number()));
+    // The constants the evaluation uses (sigma0 only without the Wiener form's error_per_spread).
+    for (const char* key : {"r_scale", "d2_max", "sigma_floor", "pattern"})
+      require_graph_constant(initializers, root, key);
+    for (const char* key : {"error_per_spread", "tiny"})
+      if (error_per_spread_ > 0) require_graph_constant(initializers, root, key);
+    if (!(error_per_spread_ > 0)) require_graph_constant(initializers, root, "sigma0");
     density_only_ = output_size == kEquivariantOutputs &&
                     std::all_of(pattern_.begin(), pattern_.begin() + 2 * kSpecies * kSpecies,
                                 [](float value) { return value == 0.0f; });

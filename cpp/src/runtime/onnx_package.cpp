@@ -255,12 +255,115 @@ std::string with_content_digest(std::string_view bytes) {
   return out;
 }
 
-// GraphProto.initializer (5) -> TensorProto: dims (1), data_type (2), float_data (4), name (8),
-// raw_data (9), data_location (14); onnx/onnx.proto3.
-std::map<std::string, FloatTensor> read_float_initializers(std::string_view bytes) {
-  constexpr std::uint64_t kGraphInitializer = 5;
+namespace {
+
+// TensorProto: dims (1), data_type (2), float_data (4), name (8), raw_data (9), data_location (14);
+// onnx/onnx.proto3. Adds a float32 tensor stored in the file to `tensors` under its own name, or
+// under `name` when given; other element types and external data are left out.
+void read_float_tensor(std::string_view bytes, std::string_view tensor, std::map<std::string, FloatTensor>& tensors,
+                       const std::string* name_given) {
   constexpr std::uint64_t kDims = 1, kDataType = 2, kFloatData = 4, kName = 8, kRawData = 9, kDataLocation = 14;
   constexpr std::uint64_t kFloat = 1, kExternal = 1;
+  std::uint64_t field = 0;
+  unsigned wire_type = 0;
+  WireReader reader(tensor, offset_in(bytes, tensor));
+  FloatTensor out;
+  std::string name;
+  std::uint64_t data_type = 0, location = 0;
+  std::string_view payload, raw, packed_floats;
+  std::vector<float> loose_floats;
+  while (reader.next(field, wire_type, payload)) {
+    if (field == kDims && wire_type == kVarint) out.dims.push_back(static_cast<std::int64_t>(reader.number()));
+    if (field == kDims && wire_type == kLengthDelimited) {  // packed
+      WireReader dims(payload, offset_in(bytes, payload));
+      while (!dims.done()) out.dims.push_back(static_cast<std::int64_t>(dims.varint()));
+    }
+    if (field == kDataType && wire_type == kVarint) data_type = reader.number();
+    if (field == kDataLocation && wire_type == kVarint) location = reader.number();
+    if (field == kName && wire_type == kLengthDelimited) name.assign(payload);
+    if (field == kRawData && wire_type == kLengthDelimited) raw = payload;
+    if (field == kFloatData && wire_type == kLengthDelimited) packed_floats = payload;
+    if (field == kFloatData && wire_type == kFixed32) {
+      const char* end = tensor.data() + (reader.offset() - offset_in(bytes, tensor));
+      float value;
+      std::memcpy(&value, end - 4, 4);
+      loose_floats.push_back(value);
+    }
+  }
+  if (name_given) name = *name_given;
+  if (data_type != kFloat || location == kExternal) return;
+  std::size_t count = 1;
+  for (std::int64_t d : out.dims) {
+    if (d < 0 || (d > 0 && count > (std::size_t{1} << 40) / static_cast<std::size_t>(d)))
+      malformed("initializer \"" + name + "\" has an impossible shape", offset_in(bytes, tensor));
+    count *= static_cast<std::size_t>(d);
+  }
+  const std::string_view data = !raw.empty() ? raw : packed_floats;
+  if (!data.empty()) {
+    if (data.size() != count * sizeof(float))
+      malformed("initializer \"" + name + "\" holds " + std::to_string(data.size()) + " bytes for " +
+                    std::to_string(count) + " floats",
+                offset_in(bytes, tensor));
+    out.values.resize(count);
+    std::memcpy(out.values.data(), data.data(), data.size());  // little-endian, as ONNX stores it
+  } else {
+    if (loose_floats.size() != count)
+      malformed("initializer \"" + name + "\" holds " + std::to_string(loose_floats.size()) + " values for " +
+                    std::to_string(count),
+                offset_in(bytes, tensor));
+    out.values = std::move(loose_floats);
+  }
+  tensors[name] = std::move(out);
+}
+
+// NodeProto: output (2), op_type (4), attribute (5); AttributeProto: name (1), f (2), t (5).
+// A Constant node's float32 value ("value" as a tensor, or "value_float"), under its output's name.
+void read_constant_node(std::string_view bytes, std::string_view node, std::map<std::string, FloatTensor>& tensors) {
+  constexpr std::uint64_t kNodeOutput = 2, kNodeOpType = 4, kNodeAttribute = 5;
+  constexpr std::uint64_t kAttributeName = 1, kAttributeFloat = 2, kAttributeTensor = 5;
+  std::uint64_t field = 0;
+  unsigned wire_type = 0;
+  std::string_view payload, output, op_type;
+  std::vector<std::string_view> attributes;
+  WireReader reader(node, offset_in(bytes, node));
+  while (reader.next(field, wire_type, payload)) {
+    if (wire_type != kLengthDelimited) continue;
+    if (field == kNodeOutput && output.empty()) output = payload;
+    if (field == kNodeOpType) op_type = payload;
+    if (field == kNodeAttribute) attributes.push_back(payload);
+  }
+  if (op_type != "Constant" || output.empty()) return;
+  const std::string name(output);
+  for (const std::string_view attribute : attributes) {
+    WireReader attribute_reader(attribute, offset_in(bytes, attribute));
+    std::string_view attribute_name, tensor;
+    bool has_float = false;
+    float value = 0;
+    while (attribute_reader.next(field, wire_type, payload)) {
+      if (field == kAttributeName && wire_type == kLengthDelimited) attribute_name = payload;
+      if (field == kAttributeTensor && wire_type == kLengthDelimited) tensor = payload;
+      if (field == kAttributeFloat && wire_type == kFixed32) {
+        std::memcpy(&value, attribute.data() + (attribute_reader.offset() - offset_in(bytes, attribute)) - 4, 4);
+        has_float = true;
+      }
+    }
+    // A value whose data does not fit its shape is ONNX Runtime's to judge (it accepted the graph):
+    // here it only vouches for no number.
+    if (attribute_name == "value" && !tensor.empty()) {
+      try {
+        read_float_tensor(bytes, tensor, tensors, &name);
+      } catch (const Error&) {
+      }
+    }
+    if (attribute_name == "value_float" && has_float) tensors[name] = FloatTensor{{}, {value}};
+  }
+}
+
+}  // namespace
+
+// GraphProto: node (1), initializer (5).
+std::map<std::string, FloatTensor> read_float_initializers(std::string_view bytes) {
+  constexpr std::uint64_t kGraphNode = 1, kGraphInitializer = 5;
   std::map<std::string, FloatTensor> tensors;
   WireReader model(bytes);
   std::uint64_t field = 0;
@@ -269,56 +372,18 @@ std::map<std::string, FloatTensor> read_float_initializers(std::string_view byte
   while (model.next(field, wire_type, graph)) {
     if (wire_type != kLengthDelimited || field != kModelGraph) continue;
     WireReader graph_reader(graph, offset_in(bytes, graph));
-    std::string_view tensor;
-    while (graph_reader.next(field, wire_type, tensor)) {
-      if (wire_type != kLengthDelimited || field != kGraphInitializer) continue;
-      WireReader reader(tensor, offset_in(bytes, tensor));
-      FloatTensor out;
-      std::string name;
-      std::uint64_t data_type = 0, location = 0;
-      std::string_view payload, raw, packed_floats;
-      std::vector<float> loose_floats;
-      while (reader.next(field, wire_type, payload)) {
-        if (field == kDims && wire_type == kVarint) out.dims.push_back(static_cast<std::int64_t>(reader.number()));
-        if (field == kDims && wire_type == kLengthDelimited) {  // packed
-          WireReader dims(payload, offset_in(bytes, payload));
-          while (!dims.done()) out.dims.push_back(static_cast<std::int64_t>(dims.varint()));
-        }
-        if (field == kDataType && wire_type == kVarint) data_type = reader.number();
-        if (field == kDataLocation && wire_type == kVarint) location = reader.number();
-        if (field == kName && wire_type == kLengthDelimited) name.assign(payload);
-        if (field == kRawData && wire_type == kLengthDelimited) raw = payload;
-        if (field == kFloatData && wire_type == kLengthDelimited) packed_floats = payload;
-        if (field == kFloatData && wire_type == kFixed32) {
-          const char* end = tensor.data() + (reader.offset() - offset_in(bytes, tensor));
-          float value;
-          std::memcpy(&value, end - 4, 4);
-          loose_floats.push_back(value);
-        }
-      }
-      if (data_type != kFloat || location == kExternal) continue;
-      std::size_t count = 1;
-      for (std::int64_t d : out.dims) {
-        if (d < 0 || (d > 0 && count > (std::size_t{1} << 40) / static_cast<std::size_t>(d)))
-          malformed("initializer \"" + name + "\" has an impossible shape", offset_in(bytes, tensor));
-        count *= static_cast<std::size_t>(d);
-      }
-      const std::string_view data = !raw.empty() ? raw : packed_floats;
-      if (!data.empty()) {
-        if (data.size() != count * sizeof(float))
-          malformed("initializer \"" + name + "\" holds " + std::to_string(data.size()) + " bytes for " +
-                        std::to_string(count) + " floats",
-                    offset_in(bytes, tensor));
-        out.values.resize(count);
-        std::memcpy(out.values.data(), data.data(), data.size());  // little-endian, as ONNX stores it
-      } else {
-        if (loose_floats.size() != count)
-          malformed("initializer \"" + name + "\" holds " + std::to_string(loose_floats.size()) + " values for " +
-                        std::to_string(count),
-                    offset_in(bytes, tensor));
-        out.values = std::move(loose_floats);
-      }
-      tensors[name] = std::move(out);
+    std::string_view part;
+    std::vector<std::string_view> constant_nodes;
+    while (graph_reader.next(field, wire_type, part)) {
+      if (wire_type != kLengthDelimited) continue;
+      if (field == kGraphInitializer) read_float_tensor(bytes, part, tensors, nullptr);
+      if (field == kGraphNode) constant_nodes.push_back(part);
+    }
+    // After the initializers: an initializer keeps its name if a node's output shares it.
+    for (const std::string_view node : constant_nodes) {
+      std::map<std::string, FloatTensor> constant;
+      read_constant_node(bytes, node, constant);
+      for (auto& [name, tensor] : constant) tensors.emplace(name, std::move(tensor));
     }
   }
   return tensors;

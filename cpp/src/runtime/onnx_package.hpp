@@ -46,8 +46,9 @@ struct FloatTensor {
   std::vector<float> values;
 };
 
-// The graph's float32 initializers by name (raw_data or float_data; tensors stored outside the
-// file and other element types are left out). Throws Error(DODO_ERROR_MODEL_FORMAT) for a
+// The graph's float32 constants by name: its initializers, and its top-level Constant nodes'
+// values under their outputs' names (raw_data or float_data; tensors stored outside the file and
+// other element types are left out). Throws Error(DODO_ERROR_MODEL_FORMAT) for a
 // malformed message or a tensor whose data does not match its shape.
 std::map<std::string, FloatTensor> read_float_initializers(std::string_view bytes);
 
