@@ -1,5 +1,6 @@
 """Small C, C++ and Fortran host programs for the outside probes of the C side
-(test_probe_round12_capi.py, test_probe_round13_capi.py, test_probe_round15_capi.py): compiled
+(test_probe_round12_capi.py, test_probe_round13_capi.py, test_probe_round15_capi.py,
+test_probe_round16_capi.py): compiled
 against the source tree's headers (dodo.h, dodo.hpp, dodo.f90) and linked to the installed
 libdodo through its pkg-config file, then run with a limit that turns a hang into a failure."""
 from __future__ import annotations
@@ -17,6 +18,20 @@ ROOT = Path(__file__).resolve().parents[2]
 FORTRAN_MODULE = ROOT / "cpp/include/dodo/dodo.f90"
 
 needs_runtime = pytest.mark.skipif(not dodo.runtime_available(), reason="closure runtime not built")
+
+
+# The cells the hosts apply the closure to, shared so that each host does not repeat the loop: n
+# cells of six species at rest, each with an ELN crossing (species 3's flux points against the
+# others'), densities rising by `step` a cell so that the cells differ.
+CROSSING_CELLS = r"""
+static void fill_crossing_cells(double (*F)[6][4], int n, double step) {
+  for (int c = 0; c < n; ++c)
+    for (int a = 0; a < 6; ++a) {
+      F[c][a][0] = 1 + 0.1 * a + step * c;
+      F[c][a][3] = a == 3 ? -0.4 : 0.3;
+    }
+}
+"""
 
 
 def default_model() -> str:

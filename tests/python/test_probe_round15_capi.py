@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from capi_host import compile_host, default_model, needs_runtime, run_host
+from capi_host import CROSSING_CELLS, compile_host, default_model, needs_runtime, run_host
 
 
 # --- a descendant given the process id of the ended process whose workers it inherited ----------
@@ -26,6 +26,7 @@ PID_REUSE = r"""
 
 enum { N = 64 };
 static double F[N][6][4], expected[N][6][4], got[N][6][4];
+""" + CROSSING_CELLS + r"""
 
 static int apply(dodo_closure* closure, double (*out)[6][4]) {
   return dodo_apply(closure, N, &F[0][0][0], NULL, NULL, NULL, &out[0][0][0], NULL, NULL);
@@ -44,11 +45,7 @@ static int next_pid_is(pid_t pid) {
 
 int main(int argc, char** argv) {
   if (argc != 2) return 8;
-  for (int c = 0; c < N; ++c)
-    for (int a = 0; a < 6; ++a) {
-      F[c][a][0] = 1 + 0.1 * a + 0.01 * c;
-      F[c][a][3] = a == 3 ? -0.4 : 0.3;
-    }
+  fill_crossing_cells(F, N, 0.01);
   prctl(PR_SET_CHILD_SUBREAPER, 1);  /* the orphaned child comes back to this process */
   int report[2];
   if (pipe(report)) return 9;
@@ -144,6 +141,7 @@ EXIT_CALLS = r"""
 enum { N = 16 };
 static dodo_closure* closure;
 static double F[N][6][4], expected[N][6][4];
+""" + CROSSING_CELLS + r"""
 static pthread_key_t key;
 
 /* A call made after the calling thread's thread_local objects are destroyed. */
@@ -177,11 +175,7 @@ static void* thread_body(void* unused) {
 
 int main(int argc, char** argv) {
   if (argc != 2) return 8;
-  for (int c = 0; c < N; ++c)
-    for (int a = 0; a < 6; ++a) {
-      F[c][a][0] = 1 + 0.1 * a + 0.01 * c;
-      F[c][a][3] = a == 3 ? -0.4 : 0.3;
-    }
+  fill_crossing_cells(F, N, 0.01);
   char message[512];
   if (dodo_closure_create(argv[1], NULL, &closure, message, sizeof message)) {
     printf("create: %s\n", message);
@@ -234,6 +228,7 @@ CANCEL = r"""
 
 enum { N = 4000 };
 static double F[N][6][4], expected[N][6][4], got[N][6][4];
+""" + CROSSING_CELLS + r"""
 static dodo_closure* closure;
 static long calls;
 
@@ -267,11 +262,7 @@ static void* creating(void* model) {
 
 int main(int argc, char** argv) {
   if (argc != 3) return 8;
-  for (int c = 0; c < N; ++c)
-    for (int a = 0; a < 6; ++a) {
-      F[c][a][0] = 1 + 0.1 * a + 0.001 * c;
-      F[c][a][3] = a == 3 ? -0.4 : 0.3;
-    }
+  fill_crossing_cells(F, N, 0.001);
   dodo_options options;
   dodo_options_init(&options);
   options.threads = 2;
