@@ -153,8 +153,12 @@ def test_stopping_a_campaign_stops_its_chunks(tmp_path, stub_venv, signal_name, 
     stub = tmp_path / "venv" / "bin" / "dodo"  # a chunk that runs until it is stopped
     stub.write_text(f"#!/bin/bash\necho $$ > {pids}/$$\nexec sleep 600\n")
     (tmp_path / "plan.txt").write_text("emu 1 3\nemu 2 3\n")
+    # As from a terminal: SIGINT at its default. A suite started in the background by a
+    # non-interactive shell (`pytest ... &`) inherits SIGINT ignored, which bash cannot trap: the
+    # campaign's parent then never saw the Ctrl-C and this test hung for its two minutes.
     campaign = subprocess.Popen(["bash", str(repo / "scripts" / "qke_campaign.sh"), "2", "plan.txt"], cwd=tmp_path,
-                                env=env, start_new_session=True, stderr=subprocess.DEVNULL)
+                                env=env, start_new_session=True, stderr=subprocess.DEVNULL,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
     def wait_for(condition, what):
         deadline = time.monotonic() + 120  # generous: only a hang reaches it
