@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .._atomic import check_outputs
 from .._output_guard import (MODEL_PACKAGE, PREPROCESSED, SYNTHETIC, refuse_replacing, refuse_replacing_data,
-                             refuse_replacing_with_report)
+                             refuse_replacing_with_report, marked_report)
 from .._cli_common import (add_json_argument, add_output_argument, add_quiet_argument, file_output_path,
                            input_path, json_target_file)
 
@@ -181,7 +181,7 @@ def _evaluate(args) -> int:
     check_outputs([json_target_file(args.json)], [args.checkpoint, args.data])
     refuse_replacing_with_report(json_target_file(args.json), "dodo evaluate --json")
     table, _ = evaluate_checkpoint(args.checkpoint, args.data, args.split)
-    emit(describe(table), table, args.json, inputs=[args.checkpoint, table["data"]])
+    emit(describe(table), marked_report(table, "dodo evaluate"), args.json, inputs=[args.checkpoint, table["data"]])
     return 0
 
 
@@ -194,7 +194,7 @@ def _inspect(args) -> int:
     refuse_replacing_with_report(json_target_file(args.json), "dodo inspect --json")
     report = inspect_checkpoint(args.checkpoint, args.data, args.split, args.start, args.stop)
     # report["data"]: the file read, the checkpoint's training file when --data is not given.
-    emit(format_inspection(report), report, args.json, inputs=[args.checkpoint, report["data"]])
+    emit(format_inspection(report), marked_report(report, "dodo inspect"), args.json, inputs=[args.checkpoint, report["data"]])
     return 0
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,6 +29,17 @@ class ConfigError(ValueError):
     """A configuration file or value is invalid (message names the offending key)."""
 
 
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxlist, _SHORT_REPR.maxdict = 2, 4, 4
+_SHORT_REPR.maxstring, _SHORT_REPR.maxother, _SHORT_REPR.maxlong = 60, 60, 40
+
+
+def shown(value) -> str:
+    """A value for an error message, cut short: the whole repr of a YAML alias bomb (9^8 strings
+    behind one key) took 12 s and 4 GB to print (outside probe, round 25)."""
+    return _SHORT_REPR.repr(value)
+
+
 def check_thread_count(name: str, value, lowest: int = 0, nullable: bool = True, where: str = "") -> None:
     """The bound on a config's thread count, for every config (``training.threads``, `dodo
     preprocess`'s ``threads``, `dodo train-ensemble`'s ``threads``), in one message: an integer in
@@ -37,7 +49,7 @@ def check_thread_count(name: str, value, lowest: int = 0, nullable: bool = True,
         return
     if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= MAX_THREADS:
         raise ConfigError(f"{where}{name} must be an integer in [{lowest}, {MAX_THREADS}]"
-                          f"{' or null' if nullable else ''}; got {value!r}")
+                          f"{' or null' if nullable else ''}; got {shown(value)}")
 
 
 @dataclass
@@ -205,14 +217,14 @@ class ExperimentConfig:
                                        ("data.num_workers", d.num_workers, 0, 1024),
                                        ("output.parity_samples", self.output.parity_samples, 0, 2**62)):
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise ConfigError(f"{name} must be an integer in [{low}, {high}]; got {value!r}")
+                raise ConfigError(f"{name} must be an integer in [{low}, {high}]; got {shown(value)}")
         if t.stop_after_epoch is not None and (isinstance(t.stop_after_epoch, bool)
                                                or not isinstance(t.stop_after_epoch, int) or t.stop_after_epoch < 1):
             raise ConfigError(f"training.stop_after_epoch must be a positive integer or null; got {t.stop_after_epoch!r}")
         check_thread_count("training.threads", t.threads)  # 0 or null: torch's default
         for name, value in dataclasses.asdict(self.loss).items():
             if not (math.isfinite(value) and value >= 0):
-                raise ConfigError(f"loss.{name} must be a finite number >= 0; got {value!r}")
+                raise ConfigError(f"loss.{name} must be a finite number >= 0; got {shown(value)}")
 
     def make_dirs(self) -> None:
         Path(self.output.results_dir).mkdir(parents=True, exist_ok=True)
@@ -267,7 +279,7 @@ class PreprocessConfig:
         for name in ("conservation_tolerance", "max_flux_factor"):
             value = getattr(filters, name)
             if not (math.isfinite(value) and value > 0):
-                raise ConfigError(f"{path}: filters.{name} must be a finite positive number; got {value!r}")
+                raise ConfigError(f"{path}: filters.{name} must be a finite positive number; got {shown(value)}")
         if filters.max_flux_factor > 1:  # |F|/N <= 1 for any distribution: a larger limit drops nothing physical
             raise ConfigError(f"{path}: filters.max_flux_factor is a flux factor |F|/N, which lies in [0, 1]: give a "
                               f"limit in (0, 1] (default 0.9); got {filters.max_flux_factor!r}")
@@ -378,20 +390,20 @@ def _coerce(hint, value, key):
                 errors.append(str(exc))
         # In YAML's words ("an integer or null"), not Python's type names ("int or NoneType").
         allowed = " or ".join(_YAML_KINDS.get(option, getattr(option, "__name__", str(option))) for option in options)
-        raise ConfigError(f"{key}: expected {allowed}, got {value!r}")
+        raise ConfigError(f"{key}: expected {allowed}, got {shown(value)}")
     if hint is list or origin is list:
         if isinstance(value, str):
             return [value]
         if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {shown(value)}")
         return value
     if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+            raise ConfigError(f"{key}: expected true/false, got {shown(value)}")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {shown(value)}")
         return value
     if hint is float:
         if isinstance(value, str):
@@ -400,10 +412,13 @@ def _coerce(hint, value, key):
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
+            raise ConfigError(f"{key}: expected a number, got {shown(value)}")
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond float64 (10^400): one line naming the key
+            raise ConfigError(f"{key}: {shown(value)} is beyond the range of a float") from None
     if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {shown(value)}")
         return value
     return value

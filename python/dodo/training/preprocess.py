@@ -4,6 +4,8 @@ from __future__ import annotations
 import datetime
 import glob
 import json
+import os
+import reprlib
 import time
 from pathlib import Path
 
@@ -28,6 +30,11 @@ def resolve_inputs(patterns: list, log=None) -> list[Path]:
     ``log``: told how many duplicates were dropped."""
     files, seen, duplicates = [], set(), 0
     for pattern in patterns:
+        # A nested list (YAML `- [a.h5, b.h5]`) was a TypeError traceback, and null, a number or ""
+        # "matches no file: None" (outside probe, round 25).
+        if not isinstance(pattern, (str, os.PathLike)) or not str(pattern):
+            raise DataFileError(f"inputs: each entry must be a file name or a glob pattern (a non-empty string); "
+                                f"got {reprlib.repr(pattern)}")
         if glob.has_magic(str(pattern)) and Path(pattern).exists():
             # A file whose name holds [, * or ?: `run[1].h5` as a pattern matched run1.h5, which was
             # read in its place without a word (outside probe, round 23). An existing name is read as named.

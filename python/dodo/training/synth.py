@@ -86,6 +86,8 @@ def write_synthetic_database(path: str | Path, n: int, seed: int = 0, chunk_size
 
     if n < 1:
         raise ValueError("number of synthetic rows must be >= 1")
+    if n >= 2**63:  # stored as a 64-bit count; larger failed later as "int too large to convert to float"
+        raise ValueError(f"-n must be below 2^63 rows; got a number of {len(str(n))} digits")
     # Refused before anything is written (issue: 1.5 wrote states with |F| > n, NaN and negative
     # values failed inside NumPy), like `dodo apply --max-speed`.
     if not (np.isfinite(max_flux_factor) and 0.0 <= max_flux_factor < 1.0):
