@@ -88,3 +88,16 @@ def interrupted_linear_only_run(capsys, monkeypatch, output, small_args) -> None
     real = interrupt_linear_labels_at(monkeypatch, 3)
     assert run(capsys, ["simulate", str(output), "--random", "4", "--linear-only", *small_args])[0] == 130
     monkeypatch.setattr(growth_labels, "box_setup", real)
+
+
+def refused_then_replaced_with_overwrite(capsys, argv, target, reason) -> dict:
+    """`dodo ARGV --json TARGET` refused in one line naming TARGET, ``reason`` and --overwrite, the
+    file untouched; then replaced with --overwrite. Returns the report written."""
+    import json
+
+    before = digest(target)
+    refused(capsys, [*argv, "--json", str(target)], target, reason, "--overwrite")
+    assert digest(target) == before
+    code, _, err = run(capsys, [*argv, "--json", str(target), "--overwrite"])
+    assert code == 0, err
+    return json.loads(Path(target).read_text())

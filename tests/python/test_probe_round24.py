@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import digest, refused, run
+from cli_helpers import digest, refused, refused_then_replaced_with_overwrite, run
 
 REPO = Path(__file__).resolve().parents[2]
 EMU = REPO / "tests/data/qke/emu_1d_validation.h5"
@@ -33,13 +33,8 @@ def test_score_json_does_not_replace_a_file_that_is_not_a_report(tmp_path, capsy
     pytest.importorskip("h5py")
     target = tmp_path / name
     target.write_bytes(NOT_REPORTS[name])
-    before = digest(target)
-    refused(capsys, [*SCORE, "--json", str(target)], target, "not a JSON document", "--overwrite")
-    assert digest(target) == before
-
-    code, _, err = run(capsys, [*SCORE, "--json", str(target), "--overwrite"])
-    assert code == 0, err
-    assert json.loads(target.read_text())["n_states"] == 32
+    report = refused_then_replaced_with_overwrite(capsys, SCORE, target, "not a JSON document")
+    assert report["n_states"] == 32
 
 
 def test_score_json_still_replaces_an_earlier_report(tmp_path, capsys):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import digest, refused, run
+from cli_helpers import digest, refused, refused_then_replaced_with_overwrite, run
 
 REPO = Path(__file__).resolve().parents[2]
 EMU = REPO / "tests/data/qke/emu_1d_validation.h5"
@@ -34,13 +34,8 @@ def test_score_json_does_not_replace_a_json_document_that_is_not_a_report(tmp_pa
     pytest.importorskip("h5py")
     target = tmp_path / name
     target.write_text(NOT_REPORTS[name])
-    before = digest(target)
-    refused(capsys, [*SCORE, "--json", str(target)], target, "not a Dodo report", "--overwrite")
-    assert digest(target) == before
-
-    code, _, err = run(capsys, [*SCORE, "--json", str(target), "--overwrite"])
-    assert code == 0, err
-    assert json.loads(target.read_text())["dodo_report"] == "dodo score"
+    report = refused_then_replaced_with_overwrite(capsys, SCORE, target, "not a Dodo report")
+    assert report["dodo_report"] == "dodo score"
 
 
 def test_score_json_replaces_its_own_earlier_report_and_marks_it(tmp_path, capsys):
