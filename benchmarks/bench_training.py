@@ -2,6 +2,7 @@
 
     python benchmarks/bench_training.py                 # 1,000,000 cells preprocessed, 1 epoch on 200k
     python benchmarks/bench_training.py --cells 100000 --train-cells 20000   # quick
+    python benchmarks/bench_training.py --device cuda [--amp]               # on a GPU (scripts/gpu_check.sh)
 
 Writes a synthetic Emu-format database first (timed separately, not part of preprocessing).
 """
@@ -24,6 +25,8 @@ def main(argv=None) -> int:
     parser.add_argument("--n-blocks", type=int, default=3)
     parser.add_argument("--head", default="equivariant", choices=("equivariant", "direct"))
     parser.add_argument("--torch-threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="training.device: cpu, cuda, cuda:N or auto (default cpu)")
+    parser.add_argument("--amp", action="store_true", help="mixed precision (training.amp; CUDA only)")
     parser.add_argument("--workdir", help="keep files here (default: a temporary directory)")
     args = parser.parse_args(argv)
 
@@ -51,7 +54,8 @@ def main(argv=None) -> int:
         raw = {"data": {"path": str(work / "pre.h5"), "batch_size": args.batch_size, "max_samples": int(n_train / 0.8) + 1,
                         "train_fraction": 0.8, "val_fraction": 0.1},
                "model": {"head": args.head, "hidden_dim": args.hidden_dim, "n_blocks": args.n_blocks},
-               "training": {"epochs": 1, "threads": args.torch_threads, "log_interval": 10**9},
+               "training": {"epochs": 1, "threads": args.torch_threads, "log_interval": 10**9,
+                            "device": args.device, "amp": args.amp},
                "output": {"results_dir": str(work / "results"), "checkpoint_dir": str(work / "checkpoints"),
                           "parity_samples": 0}}
         experiment = ExperimentConfig.from_mapping(raw)
@@ -60,7 +64,7 @@ def main(argv=None) -> int:
         results["train_seconds_one_epoch"] = summary["seconds"]
         results["train_samples_per_second"] = summary["train_samples_per_second"]
         results["model"] = f"{args.head} head, hidden {args.hidden_dim}, {args.n_blocks} blocks, batch {args.batch_size}, " \
-                           f"torch threads {args.torch_threads}"
+                           f"torch threads {args.torch_threads}, device {args.device}{' (AMP)' if args.amp else ''}"
 
     print(f"preprocess: {results['preprocess_cells']} cells in {results['preprocess_seconds']:.2f} s "
           f"= {results['preprocess_cells_per_second']:.3g} cells/s  (synth took {results['synth_seconds']:.2f} s)")

@@ -39,6 +39,14 @@ def test_ranks_split_every_global_batch_and_their_weights_restore_its_mean():
     assert Distribution.from_environment({"WORLD_SIZE": "4", "RANK": "2", "LOCAL_RANK": "0"}).rank == 2
 
 
+def test_more_processes_than_gpus_is_refused_with_the_way_out():
+    """NCCL takes one GPU per process; LOCAL_RANK past the node's GPUs is refused before any group starts."""
+    beyond = torch.cuda.device_count()
+    with pytest.raises(ValueError, match=r"no GPU of its own.*--nproc-per-node.*training.device: cpu"):
+        Distribution(beyond, beyond + 2, beyond).device(torch.device("cuda"))
+    assert Distribution(1, 2, 1).device(torch.device("cpu")) == torch.device("cpu")
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
@@ -47,7 +55,8 @@ def setup(tmp_path_factory):
     # A batch size that leaves a last global batch of one row: one process then holds none of it.
     batch_size = next(b for b in range(40, 120) if len(splits.train) % b == 1)
     sections = {"data": {"batch_size": batch_size},
-                "training": {"epochs": 3, "lr": 3e-3, "threads": 1, "log_interval": 1000, "seed": 7}}
+                "training": {"epochs": 3, "lr": 3e-3, "threads": 1, "log_interval": 1000, "seed": 7,
+                             "device": "cpu"}}  # gloo; on a GPU machine "auto" would take NCCL, one GPU per process
     return root, data, sections
 
 

@@ -53,8 +53,18 @@ class Distribution:
         return cls(rank, world, _environment_integer(environ, "LOCAL_RANK", "0", 0))
 
     def device(self, requested: torch.device) -> torch.device:
-        """One GPU per process: cuda:LOCAL_RANK when training on CUDA."""
+        """One GPU per process: cuda:LOCAL_RANK when training on CUDA.
+
+        A ValueError when this node has fewer GPUs than processes: NCCL refuses two ranks on one
+        GPU only once the job runs, with a message that names neither torchrun nor the device.
+        """
         if self.enabled and requested.type == "cuda":
+            visible = torch.cuda.device_count()
+            if self.local_rank >= visible:
+                raise ValueError(f"process {self.rank} (LOCAL_RANK {self.local_rank}) has no GPU of its own: "
+                                 f"{visible} GPU(s) visible on this node and one process per GPU on CUDA; start "
+                                 f"at most {visible} process(es) per node (torchrun --nproc-per-node), or train "
+                                 "on CPU (training.device: cpu, the gloo backend)")
             return torch.device("cuda", self.local_rank)
         return requested
 
