@@ -581,17 +581,25 @@ def fit_growth_and_student(ensemble, table: dict, rows: np.ndarray, config: Ense
             if log:
                 log(f"growth member {k + 1}/{config.growth_members} trained on {int(np.isfinite(g_growth).sum())} rows")
     if config.distill_width:
-        # The student sees the training rows and the (unlabelled for density) growth-label states:
-        # in-distribution inputs where it must agree with the members; plus distill.sampled_states
-        # states drawn by the campaign's samplers in the training rows' family mix.
-        if config.distill_sampled_states:
-            X = np.concatenate([X, sampled_inputs(table, rows, config, config.distill_sampled_states)])
-        ensemble.student = fit_student(ensemble, X, width=config.distill_width, depth=config.distill_depth,
-                                       steps=config.distill_steps, lr=config.lr, seed=config.seed + 2000,
-                                       growth_weight=config.distill_growth_weight,
-                                       batch_size=config.distill_batch_size, epochs=config.distill_epochs)
-        if log:
-            log(f"student ({config.distill_width} wide) distilled on {len(X)} rows")
+        fit_distilled_student(ensemble, table, rows, config, X, log=log)
+
+
+def fit_distilled_student(ensemble, table: dict, rows: np.ndarray, config: EnsembleConfig, X: np.ndarray,
+                          log=None) -> None:
+    """The student stage of fit_growth_and_student (config.distill_*), in place; X: the training
+    rows' features followed by the growth-label states' (growth_member_rows). Also
+    tools/student_width_study.py's, which re-distils a trained teacher."""
+    # The student sees the training rows and the (unlabelled for density) growth-label states:
+    # in-distribution inputs where it must agree with the members; plus distill.sampled_states
+    # states drawn by the campaign's samplers in the training rows' family mix.
+    if config.distill_sampled_states:
+        X = np.concatenate([X, sampled_inputs(table, rows, config, config.distill_sampled_states)])
+    ensemble.student = fit_student(ensemble, X, width=config.distill_width, depth=config.distill_depth,
+                                   steps=config.distill_steps, lr=config.lr, seed=config.seed + 2000,
+                                   growth_weight=config.distill_growth_weight,
+                                   batch_size=config.distill_batch_size, epochs=config.distill_epochs)
+    if log:
+        log(f"student ({config.distill_width} wide) distilled on {len(X)} rows")
 
 
 def growth_member_rows(table: dict, rows: np.ndarray, config: EnsembleConfig, growth_table: dict | None,

@@ -1,0 +1,133 @@
+"""How much does a narrower student lose against its teacher? Re-distils a trained checkpoint's
+student at other widths and measures, on fresh unlabelled states, how far each student's gated
+correction and growth are from the teacher's, beside the checkpoint's own student.
+
+    python tools/student_width_study.py CHECKPOINT --config C --table pdata/qke.h5 --widths 32,48
+                                        [--fresh-states 20000] [--threads 1] [--save-dir DIR]
+
+The teacher (density members, label-noise member, growth members) is the checkpoint's; each
+student is fitted as `dodo train-ensemble` fits it (ensemble_train.fit_distilled_student, the
+config's distill section, only the width changed) on the same inputs. The fresh states are drawn
+by the campaign's samplers in the training rows' family mix with a seed no training stage uses
+(config.seed + 7000), in every flavour image the config trains on; no label, held-out state or
+Emu file is read. Per student:
+
+- D_T: mean of METRIC_PER_DELTA |r_used(student) - r_used(teacher)| (N_tot; r_used is the gated
+  correction the closure applies), with its 95th percentile;
+- G: share of rows whose log growth differs from the teacher's by more than ln 1.05.
+
+The student's error on labelled states is at most the teacher's plus D_T state by state, so D_T
+bounds what the width costs. --save-dir writes each re-distilled checkpoint (width_W.pt) for
+`dodo export`. Minutes per student on one core (issue 13; docs/speed.md).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import math
+import os
+
+import numpy as np
+import torch
+
+from dodo._atomic import check_input_file
+from dodo.training import ensemble_train as et
+from dodo.conventions import N_SPECIES
+from dodo.training.ensemble import METRIC_PER_DELTA
+from dodo.training.safe_load import UntrustedCheckpointError, load_torch_file
+
+FRESH_SEED_OFFSET = 7000  # training uses config.seed + 0..999 (members), 1000s, 2000, 3000
+
+
+@torch.no_grad()
+def closure_outputs(ensemble, X: np.ndarray, teacher: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(gated correction r_used, log growth ratio) per row, of the student or of the teacher."""
+    student = ensemble.student
+    if teacher:
+        ensemble.student = None
+    try:
+        head, _, growth = ensemble.outputs(torch.as_tensor(X, dtype=torch.float32))
+    finally:
+        ensemble.student = student
+    # head = r_used * pattern; the pattern's last N_SPECIES entries are DENSITY_PATTERN, whose first is 1
+    return head[:, -N_SPECIES].double().numpy(), growth.double().numpy()
+
+
+def distance_row(name: str, r: np.ndarray, g: np.ndarray, r_teacher: np.ndarray, g_teacher: np.ndarray) -> str:
+    gap = METRIC_PER_DELTA * np.abs(r - r_teacher)
+    growth_off = np.mean(np.abs(g - g_teacher) > math.log(1.05))
+    return f"{name:<28} {gap.mean():10.6f} {np.quantile(gap, 0.95):10.6f} {100 * growth_off:9.2f}%"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--config", required=True, help="the train-ensemble config whose distill section applies")
+    parser.add_argument("--table", required=True, help="the preprocessed file the checkpoint was trained on")
+    parser.add_argument("--widths", required=True, help="student widths to distil, comma-separated")
+    parser.add_argument("--fresh-states", type=int, default=20000)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--save-dir", default=None, help="write each re-distilled checkpoint here as width_W.pt")
+    args = parser.parse_args()
+    try:
+        widths = [int(item) for item in args.widths.split(",")]
+    except ValueError:
+        parser.error(f"--widths: {args.widths!r} is not a comma-separated list of integers")
+    if not widths or min(widths) < 1 or args.fresh_states < 1:
+        parser.error("--widths and --fresh-states must be positive")
+    try:
+        check_input_file(args.checkpoint, "a checkpoint of dodo train-ensemble")
+        check_input_file(args.config, "the train-ensemble config (YAML)")
+        check_input_file(args.table, "the preprocessed table the checkpoint was trained on")
+        checkpoint = load_torch_file(args.checkpoint)
+        config = et.EnsembleConfig.load(args.config)
+    except (UntrustedCheckpointError, et.ConfigError, ValueError, OSError) as exc:
+        parser.error(str(exc))
+    table = et.load_table(args.table)
+    if table["sha256"] != checkpoint["data"]["sha256"]:
+        parser.error(f"{args.table} is not the table {args.checkpoint} was trained on (content digests differ)")
+    # The checkpoint's own settings (images, holdout, seed, gate) rule; the config gives distill only.
+    trained = et.EnsembleConfig(**{key: value for key, value in checkpoint["config"].items()
+                                   if key in {f.name for f in dataclasses.fields(et.EnsembleConfig)}})
+    distill = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name.startswith("distill_")}
+    config = dataclasses.replace(trained, threads=args.threads, **distill)
+    torch.set_num_threads(args.threads)
+    ensemble = et.load_ensemble(checkpoint).eval()
+    if ensemble.student is None:
+        parser.error(f"{args.checkpoint} has no student to compare with")
+
+    held = et.holdout_mask(table["sources"], config.holdout)
+    train_rows = np.flatnonzero(~held)
+    fresh = et.sampled_state_table(args.fresh_states, et.family_shares(table["sources"][train_rows]),
+                                   config.seed + FRESH_SEED_OFFSET, et._box3d_dict(table["box3d"]))
+    X_fresh = et._training_arrays(fresh, np.arange(len(fresh["r"])), config)[0]
+    r_teacher, g_teacher = closure_outputs(ensemble, X_fresh, teacher=True)
+    r_shipped, g_shipped = closure_outputs(ensemble, X_fresh)
+    shipped_width = checkpoint["student"]["width"]
+    print(f"{len(train_rows)} training states; {len(X_fresh)} fresh rows ({len(fresh['r'])} states in "
+          f"{len(X_fresh) // len(fresh['r'])} images)", flush=True)
+
+    # The student's inputs, as fit_growth_and_student builds them: training rows, then growth-label states.
+    X = et._training_arrays(table, train_rows, config)[0]
+    growth_table = et.load_growth_table(config, table, train_rows, log=lambda m: print(m, flush=True))
+    if config.growth_members and growth_table is not None:
+        X = np.concatenate([X, et.growth_member_rows(table, train_rows, config, growth_table)[2]])
+    header = f"{'student':<28} {'D_T mean':>10} {'D_T p95':>10} {'G (>5%)':>10}"
+    rows = [distance_row(f"{shipped_width} wide (checkpoint's)", r_shipped, g_shipped, r_teacher, g_teacher)]
+    for width in widths:
+        candidate = copy.deepcopy(ensemble)
+        candidate.student = None
+        wide = dataclasses.replace(config, distill_width=width)
+        et.fit_distilled_student(candidate, table, train_rows, wide, X, log=lambda m: print(m, flush=True))
+        r, g = closure_outputs(candidate, X_fresh)
+        rows.append(distance_row(f"{width} wide (re-distilled)", r, g, r_teacher, g_teacher))
+        print("\n".join([header, *rows]), flush=True)
+        if args.save_dir:
+            path = os.path.join(args.save_dir, f"width_{width}.pt")
+            et.save_checkpoint(candidate, wide, table, train_rows, checkpoint.get("metrics", {}), path)
+            print(f"wrote {path} (its metrics are the checkpoint's, of the {shipped_width}-wide student)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
