@@ -22,6 +22,8 @@ from dodo._atomic import numpy_savez_atomic
 from dodo.training import ensemble_train as et
 from dodo.training.ensemble import fit_ensemble, spread_gate, state_error
 from dodo.training.features import OOD_COLUMNS
+from dodo.training.label_noise import OUT_OF_FOLD_KEYS, read_out_of_fold
+from study_common import run_study
 
 
 def out_of_fold(config: et.EnsembleConfig, folds: int):
@@ -61,10 +63,10 @@ def main() -> None:
     group.add_argument("--load", help="read out-of-fold predictions written by --save instead of fitting")
     args = parser.parse_args()
     config = et.EnsembleConfig.load(args.config)
-    names = ("delta_box", "delta_true", "r", "sigma", "d2", "emu")
-    if args.load:
-        with np.load(args.load) as saved:
-            delta_box, delta_true, r, sigma, d2, emu = (saved[name] for name in names)
+    names = OUT_OF_FOLD_KEYS
+    if args.load:  # checked as noise.oof is: a FIFO blocked np.load for ever, a text file was a traceback
+        saved = read_out_of_fold(args.load)
+        delta_box, delta_true, r, sigma, d2, emu = (saved[name] for name in names)
     else:
         delta_box, delta_true, r, sigma, d2, emu = out_of_fold(config, args.folds)
     if args.save:  # atomically: a killed run leaves an earlier file whole (and no temporary behind)
@@ -95,4 +97,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_study(main)  # one line, exit 2, for a config or input file that is not its own

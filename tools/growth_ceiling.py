@@ -59,17 +59,37 @@ def box_rate(four_flux: np.ndarray, axis: np.ndarray, ncell: int = 64) -> float:
     return box_growth_rate(rotated, uniform_sphere(16), length, ncell, modes=np.concatenate([modes, -modes]))[0]
 
 
-def main() -> None:
-    import h5py
+def read_emu_run_file(path: str, states: int | None):
+    """The first ``states`` rows of an Emu file's initial four-fluxes (Dodo's layout), measured growth
+    rates and run rotations, or a ValueError naming the file and what is missing or malformed."""
+    from dodo.emu_files import GROWTH, INITIAL, numeric_dataset, open_emu_file
 
+    handle, _ = open_emu_file(path)  # checks the file (not a FIFO, a directory) and the Emu layout
+    with handle:
+        F = from_emu_layout(numeric_dataset(handle, path, INITIAL))[:states]
+        for key in (GROWTH, "rotation_R"):
+            if key not in handle:
+                raise ValueError(f"{path}: no dataset '{key}'; give an Emu file of the validation recipe "
+                                 "(e.g. tests/data/qke/emu_1d_validation.h5)")
+        measured = numeric_dataset(handle, path, GROWTH)[:states]
+        rotation = numeric_dataset(handle, path, "rotation_R")[:states]
+    if measured.shape != F.shape[:1] or rotation.shape != (len(F), 3, 3):
+        raise ValueError(f"{path}: '{GROWTH}' {measured.shape} and 'rotation_R' {rotation.shape} do not match "
+                         f"{len(F)} states (expected ({len(F)},) and ({len(F)}, 3, 3))")
+    return F, measured, rotation
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("emu_file")
     parser.add_argument("--states", type=int, default=None, help="the first N states (default: all)")
     args = parser.parse_args()
-    with h5py.File(args.emu_file, "r") as f:
-        F = from_emu_layout(f["F4_initial(1|ccm)"][()])[:args.states]
-        measured = f["growthRate(1|s)"][()][:args.states]
-        rotation = f["rotation_R"][()][:args.states]
+    if args.states is not None and args.states < 1:  # a negative N sliced from the end without a word
+        parser.error(f"--states must be >= 1; got {args.states}")
+    try:  # a FIFO blocked for ever, another kind of file ended in a traceback (outside probe, round 26)
+        F, measured, rotation = read_emu_run_file(args.emu_file, args.states)
+    except ValueError as error:
+        parser.error(str(error))
     along_run, best = [], []
     print("state  run axis / fastest direction (continuous rates)  measured / fastest-direction box rate")
     for i, four_flux in enumerate(F):

@@ -16,11 +16,34 @@ import argparse
 import glob
 import os
 
-import h5py
 import numpy as np
 
 import dodo
 from dodo.conventions import from_emu_layout
+
+
+#: The linear box-mode rate along Emu's search axis that `dodo simulate --linear-only --axis emu` writes.
+LINEAR_RATE = "linear_growthRate_box(1|s)"
+
+
+def read_label_file(path: str):
+    """(initial four-fluxes in Dodo's layout, linear rates) of a label file, or a ValueError naming
+    the file and what it lacks."""
+    from dodo._atomic import check_input_file
+    from dodo.emu_files import INITIAL, numeric_dataset, open_hdf5
+
+    check_input_file(path, "a label file of dodo simulate --linear-only --axis emu (HDF5)")
+    with open_hdf5(path) as handle:
+        for key in (INITIAL, LINEAR_RATE):
+            if key not in handle:
+                raise ValueError(f"{path}: no dataset '{key}'; give label files of dodo simulate --linear-only "
+                                 "--axis emu (data/qke_emu_axis_heldout/*.h5)")
+        initial = numeric_dataset(handle, path, INITIAL)
+        rate = numeric_dataset(handle, path, LINEAR_RATE)
+    if initial.ndim != 4 or initial.shape[1:3] != (4, 2) or rate.shape != initial.shape[:1]:
+        raise ValueError(f"{path}: '{INITIAL}' {initial.shape} and '{LINEAR_RATE}' {rate.shape} are not "
+                         "[n, 4, 2, flavours] and [n]")
+    return from_emu_layout(initial), rate
 
 
 def main() -> None:
@@ -29,17 +52,23 @@ def main() -> None:
     parser.add_argument("files", nargs="+")
     parser.add_argument("--calibration", type=float, default=None)
     args = parser.parse_args()
+    if args.calibration is not None and not (np.isfinite(args.calibration) and args.calibration > 0):
+        parser.error(f"--calibration must be a finite number > 0; got {args.calibration}")
+    # Each file and the model before any work: a FIFO blocked for ever, a directory, a text file or a
+    # missing model ended in a traceback, after the calibration's read of data/qke (outside probe, round 26).
+    try:
+        label_files = [read_label_file(path) for path in args.files]
+        closure = dodo.Closure(None if args.model == "default" else args.model)
+    except (OSError, ValueError, RuntimeError) as error:
+        parser.error(" ".join(str(error).split()))
     if args.calibration is None:
         from dodo.training.ensemble_train import growth_calibration, holdout_mask
 
         chunks = [p for p in sorted(glob.glob("data/qke/*_seed*.h5")) if not holdout_mask([p], ["*_seed9[0-9][0-9].h5"])[0]]
         args.calibration = growth_calibration(np.array(chunks))
-    closure = dodo.Closure(None if args.model == "default" else args.model)
     families: dict[str, list] = {}
-    for path in args.files:
-        with h5py.File(path, "r") as f:
-            F = from_emu_layout(f["F4_initial(1|ccm)"][()])
-            truth = args.calibration * f["linear_growthRate_box(1|s)"][()]
+    for path, (F, linear_rate) in zip(args.files, label_files):
+        truth = args.calibration * linear_rate
         result = closure.apply(F)
         proxy = np.asarray(getattr(result, "growth_rate_proxy", dodo.box3d(F).growth_rate), float)
         rows = families.setdefault(os.path.basename(path).split("_seed")[0], [])

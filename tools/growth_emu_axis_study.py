@@ -34,7 +34,7 @@ import torch
 
 from dodo._atomic import numpy_save_atomic
 from dodo.training import ensemble_train as et
-from study_common import growth_member_prediction, growth_variant
+from study_common import growth_member_prediction, growth_variant, run_study
 
 EMU_AXIS = "data/qke_emu_axis/*.h5"
 LINEAR = "data/qke_linear/*.h5"
@@ -102,4 +102,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_study(main)  # one line, exit 2, for a config or input file that is not its own

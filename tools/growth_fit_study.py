@@ -18,6 +18,7 @@ import torch
 
 from dodo.training import ensemble_train as et
 from dodo.training.ensemble import fit_growth_member
+from study_common import run_study
 
 
 def within_10_percent(table, rows, predict) -> tuple[float, float]:
@@ -75,4 +76,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_study(main)  # one line, exit 2, for a config or input file that is not its own

@@ -21,6 +21,7 @@ import torch
 from dodo.training import ensemble_train as et
 from dodo.training.ensemble import fit_growth_member
 from dodo.training.features import INVARIANTS_BOX_AND_CROSSING
+from study_common import run_study
 
 BASE = list(range(34))
 
@@ -84,4 +85,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_study(main)  # one line, exit 2, for a config or input file that is not its own

@@ -30,7 +30,7 @@ import torch
 
 from dodo.conventions import from_emu_layout
 from dodo.training import ensemble_train as et
-from study_common import growth_member_prediction, growth_variant
+from study_common import growth_member_prediction, growth_variant, run_study
 
 RELABELLED = "data/qke_growth/*.h5"
 LINEAR = "data/qke_linear/*.h5"
@@ -99,4 +99,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_study(main)  # one line, exit 2, for a config or input file that is not its own

@@ -24,7 +24,7 @@ import torch
 
 from dodo.conventions import MU_TAU_EXCHANGE, N_SPECIES, NU_NUBAR_EXCHANGE
 from dodo.training import ensemble_train as et
-from study_common import fit_members, fold_zero, score_members
+from study_common import fit_members, fold_zero, run_study, score_members
 
 
 def canonical_features(table: dict, rows: np.ndarray, config) -> np.ndarray:
@@ -80,4 +80,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_study(main)  # one line, exit 2, for a config or input file that is not its own

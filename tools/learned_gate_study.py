@@ -31,6 +31,7 @@ import torch
 from dodo.training import ensemble_train as et
 from dodo.training.ensemble import METRIC_PER_DELTA, _fit, _normalised_member, spread_gate, state_error
 from dodo.training.label_noise import out_of_fold_match, read_out_of_fold
+from study_common import run_study
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from noise_gate_study import nested_noise_scale  # noqa: E402  (the shipped gate's nested a(x))
@@ -76,9 +77,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     args = parser.parse_args()
     config = et.EnsembleConfig.load(args.config)
+    saved = read_out_of_fold(args.oof)  # before the table's read: a wrong --oof is refused at once
     torch.set_num_threads(config.threads)
     table = et.load_table(config.data_path)
-    saved = read_out_of_fold(args.oof)
     found, residual = out_of_fold_match(args.oof, table, config, saved)
     matched = found >= 0
     rows, residual = found[matched], residual[matched]
@@ -144,4 +145,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_study(main)  # one line, exit 2, for a config or input file that is not its own

@@ -19,7 +19,7 @@ import time
 import torch
 
 from dodo.training import ensemble_train as et
-from study_common import fit_members, fold_zero, score_members
+from study_common import fit_members, fold_zero, run_study, score_members
 
 
 def main() -> None:
@@ -59,4 +59,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_study(main)  # one line, exit 2, for a config or input file that is not its own

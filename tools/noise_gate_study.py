@@ -28,6 +28,7 @@ from dodo._atomic import numpy_save_atomic
 from dodo.training import ensemble_train as et
 from dodo.training.ensemble import fit_noise_member, spread_gate, state_error
 from dodo.training.label_noise import out_of_fold_match, read_out_of_fold
+from study_common import run_study
 
 
 def nested_noise_scale(table: dict, rows: np.ndarray, residual: np.ndarray, config, r_scale: float,
@@ -69,9 +70,9 @@ def main() -> None:
     parser.add_argument("--save", help="write the nested scales a(x) to this .npy")
     args = parser.parse_args()
     config = et.EnsembleConfig.load(args.config)
+    saved = read_out_of_fold(args.oof)  # read once: the states matched are the states studied; before the table
     torch.set_num_threads(config.threads)
     table = et.load_table(config.data_path)
-    saved = read_out_of_fold(args.oof)  # read once: the states matched are the states studied
     found, residual = out_of_fold_match(args.oof, table, config, saved)
     delta_box, delta_true, r, sigma, d2, emu = (saved[k] for k in ("delta_box", "delta_true", "r", "sigma", "d2", "emu"))
     matched = found >= 0  # on a table grown since, the few states whose deltas are not unique drop out
@@ -117,4 +118,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_study(main)  # one line, exit 2, for a config or input file that is not its own

@@ -26,6 +26,7 @@ import torch
 
 from dodo.training import ensemble_train as et
 from dodo.training.ensemble import fit_student, predict, state_error
+from study_common import run_study
 
 # (width, steps, growth weight, batch size, epochs, sampled states); batch size 0: full batch;
 # sampled states None: the run's default; --students overrides
@@ -108,4 +109,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_study(main)  # one line, exit 2, for a config or input file that is not its own

@@ -4,7 +4,9 @@ spread gate times the distance factor, states worse than Box3D). Imported by the
 beside it (`python tools/X_study.py` puts this folder on the import path)."""
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -12,6 +14,22 @@ import torch
 from dodo.training import ensemble_train as et
 from dodo.training.ensemble import fit_ensemble, spread_gate, state_error
 from dodo.training.features import OOD_COLUMNS
+
+def run_study(main) -> None:
+    """Run a study script's ``main``: an expected failure (a config or an input file that is not the
+    study's, a missing file) ends it with one line and exit 2, as the dodo commands do, instead of a
+    traceback (outside probe, round 26); Ctrl-C with one line and exit 130."""
+    name = Path(sys.argv[0]).name
+    try:
+        status = main()
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except (ValueError, OSError) as error:  # ConfigError, InputPathError, DataFileError are ValueErrors
+        print(f"{name}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        raise SystemExit(2) from None
+    raise SystemExit(status or 0)
+
 
 #: A state is worse than Box3D when its |dn|/N_tot exceeds Box3D's by more than this (issue 10).
 WORSE = 0.0025

@@ -11,6 +11,7 @@ import glob
 import importlib.util
 import os
 import re
+import stat
 import sysconfig
 from pathlib import Path
 from typing import NamedTuple, Optional, Union
@@ -153,6 +154,41 @@ def _refuse_known_non_packages(path: str) -> None:
             raise RuntimeError(f"DODO_ERROR_MODEL_FORMAT: model file {path!r} " + problem.format(path=path))
 
 
+#: DODO_MAX_MODEL_FILE_BYTES of dodo.h: the runtime refuses a larger package, on disk or in memory.
+_MAX_MODEL_FILE_BYTES = 256 << 20
+
+
+def _model_file_bytes_if_not_utf8(path: str) -> Optional[bytes]:
+    """The content of the model file at ``path`` when its name is not UTF-8 (a Latin-1 name, which
+    Python holds surrogate-escaped), None otherwise (the runtime reads the file itself). The runtime
+    takes a path as UTF-8 text: such a name failed with pybind11's "Unable to cast Python instance of
+    type <class 'str'> to C++ type '?'" (outside probe, round 26), so the file is read here and its
+    bytes are loaded as a package in memory. Opened without blocking: a FIFO is refused, not waited on."""
+    try:
+        path.encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        pass
+    shown = _shown_path(path)
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as error:
+        raise FileNotFoundError(f"DODO_ERROR_FILE: cannot open model file {shown}: {error.strerror}") from None
+    mode = os.fstat(descriptor).st_mode
+    if not stat.S_ISREG(mode):  # as the runtime says it (os.fdopen refuses a directory in its own words)
+        os.close(descriptor)
+        what = "is a directory, not a model file" if stat.S_ISDIR(mode) else \
+            "is not a regular file (a device, FIFO or socket)"
+        raise FileNotFoundError(f"DODO_ERROR_FILE: model path {shown} {what}")
+    with os.fdopen(descriptor, "rb") as handle:
+        return handle.read(_MAX_MODEL_FILE_BYTES + 1)  # one byte over: the runtime names the bound
+
+
+def _shown_path(path: str) -> str:
+    """``path`` quoted as the runtime quotes one, a byte that is not UTF-8 written as \\xNN."""
+    return '"' + os.fsencode(path).decode("utf-8", "backslashreplace") + '"'
+
+
 class Closure:
     """A loaded closure: Box3D, then the model's correction, per cell.
 
@@ -239,15 +275,30 @@ class Closure:
                          "z_method": z_method, "max_flux_factor": max_flux_factor, "device": device,
                          "self_test": self_test, "evaluator": evaluator,
                          "onnxruntime_library": None if onnxruntime_library is None else _library_path(onnxruntime_library)}
-        self._runtime = _core.Closure(
-            model_bytes if model_bytes is not None else BOX3D_ONLY if model_path is None else model_path,
-            threads=min(_threads(threads), _most_workers()), chunk_size=_chunk_size(chunk_size),
-            lebedev_order=0 if lebedev_order is None else _integral("lebedev_order", lebedev_order),
-            z_method="" if z_method is None else _text("z_method", z_method, '"exact" or "jedynak"'),
-            max_flux_factor=0.0 if max_flux_factor is None else _max_flux_factor(max_flux_factor),
-            onnxruntime_library=_library_path(library),
-            device=_text("device", device, '"cpu", "cuda" or "cuda:N"'), run_self_test=bool(self_test and has_model),
-            evaluator=_text("evaluator", evaluator, '"auto" or "onnxruntime"'))
+        file_bytes = None if model_path is None else _model_file_bytes_if_not_utf8(model_path)
+        try:
+            self._runtime = _core.Closure(
+                model_bytes if model_bytes is not None else file_bytes if file_bytes is not None
+                else BOX3D_ONLY if model_path is None else model_path,
+                threads=min(_threads(threads), _most_workers()), chunk_size=_chunk_size(chunk_size),
+                lebedev_order=0 if lebedev_order is None else _integral("lebedev_order", lebedev_order),
+                z_method="" if z_method is None else _text("z_method", z_method, '"exact" or "jedynak"'),
+                max_flux_factor=0.0 if max_flux_factor is None else _max_flux_factor(max_flux_factor),
+                onnxruntime_library=_library_path(library),
+                device=_text("device", device, '"cpu", "cuda" or "cuda:N"'), run_self_test=bool(self_test and has_model),
+                evaluator=_text("evaluator", evaluator, '"auto" or "onnxruntime"'))
+        except (RuntimeError, ValueError, OSError) as error:
+            if file_bytes is not None and "model in memory (" in str(error):
+                # Read here, the runtime calls the file "model in memory (N bytes)": name it instead.
+                text = re.sub(r"model in memory \(\d+ bytes\)", lambda _: f"model file {_shown_path(model_path)}",
+                              str(error), count=1)
+                raise type(error)(text) from None
+            if isinstance(model, bytes) and len(model) <= 4096 and os.path.exists(model):
+                # os.fsencode(name) is a file's name, but bytes are a package's content: say so.
+                raise type(error)(f"{error}; these {len(model)} bytes name an existing file, but bytes are read "
+                                  "as a package's content: give a file name as str or os.PathLike "
+                                  "(os.fsdecode(name))") from None
+            raise
 
     # -- evaluation
     def apply(self, F_init, u=None, *, out: Optional[ClosureResult] = None) -> ClosureResult:
@@ -408,6 +459,12 @@ def _library_path(library) -> str:
     except TypeError:
         raise TypeError(f"onnxruntime_library must be a path (str or os.PathLike) or None; got "
                         f"{type(library).__name__}") from None
+    try:  # pybind11 cannot pass a surrogate-escaped name as text: a TypeError dumping every argument (round 26)
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"onnxruntime_library {_shown_path(text)}: the runtime takes the library's path as UTF-8 "
+                         "text and this name is not UTF-8; reach the library through a symlink whose name is "
+                         "UTF-8") from None
     return os.path.abspath(text) if "/" in text and not os.path.isabs(text) else text
 
 

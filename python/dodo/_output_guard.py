@@ -188,7 +188,7 @@ _UNMARKED_REPORT_KEYS = {
     "python -m dodo.qke.validate": [{"runs", "emu_densities_over_ntot"},  # nsm1
                                     {"nstates", "nvalid", "solver_vs_emu_mean_abs_dn_over_ntot", "per_state_error"}],
 }
-#: `dodo learning-curve --json` writes a list of rows, each with these keys.
+#: `dodo learning-curve --json` wrote a list of rows, each with these keys (now marked: {"dodo_report", "rows"}).
 _LEARNING_CURVE_ROW_KEYS = {"train_size", "cv_model", "cv_box3d"}
 
 
@@ -293,6 +293,6 @@ def refuse_replacing_with_plot(paths, command: str, overwrite: bool = False, ove
 
 
 def refuse_replacing_data(paths, command: str) -> None:
-    """The plot guard under its earlier name, which the plotting commands call (`dodo plot`,
-    `dodo learning-curve --plot`, python/dodo/training/): :func:`refuse_replacing_with_plot`."""
+    """The plot guard under its earlier name, without an --overwrite (the plotting commands now call
+    :func:`refuse_replacing_with_plot` with theirs)."""
     refuse_replacing_with_plot(paths, command)

@@ -76,3 +76,24 @@ def tiny_nsm1_reference(tmp_path_factory) -> Path:
         handle["directorynames"] = np.array([b"tiny_nz16_L4_nphi8"])
         handle["tend(s)"] = np.array([1e-11])
     return path
+
+
+@pytest.fixture(scope="module")
+def ensemble_run(tmp_path_factory) -> dict:
+    """A preprocessed table of 200 synthetic cells, a two-member train-ensemble config on it and
+    the checkpoint that config trains (a few seconds). Rounds 22 and 26 run the checkpoint tools
+    and `dodo learning-curve` on it."""
+    pytest.importorskip("torch")
+    from cli_helpers import synthetic_preprocessed
+    from dodo.cli import main
+
+    root = tmp_path_factory.mktemp("ensemble")
+    table = synthetic_preprocessed(root, 200)
+    checkpoint = root / "ens.pt"
+    config = root / "ens.json"
+    config.write_text(json.dumps({
+        "data": {"path": str(table), "holdout": [], "features": "invariants27+box7+eln18-v1"},
+        "ensemble": {"members": 2, "width": 8, "depth": 1, "steps": 20, "threads": 1},
+        "distill": {"width": 8, "depth": 1, "steps": 20}, "output": {"checkpoint": str(checkpoint)}}))
+    assert main(["train-ensemble", "--config", str(config)]) == 0
+    return {"table": table, "checkpoint": checkpoint, "config": config, "root": root}

@@ -250,7 +250,12 @@ def _main(argv=None) -> int:
     emu32.add_argument("--batch-size", type=int, default=8)
     emu32.add_argument("--seed", type=int, default=0)
     emu32.add_argument("--overwrite", action="store_true",
-                       help="replace --output when it holds anything but an earlier emu32 validation database")
+                       help="replace --output when it holds anything but an earlier emu32 validation database, "
+                            "and --json when it holds anything but an earlier report (never data)")
+    # nsm1 writes only its --json report: the option every report command has (outside probe, round 26).
+    nsm1.add_argument("--overwrite", action="store_true",
+                      help="replace --json when it holds anything but an earlier report of this command; an HDF5 "
+                           "file, a checkpoint or a model package is never replaced")
     for p in (nsm1, emu32):
         p.add_argument("--flavour-cfl", type=float, default=SolverConfig.flavour_cfl)
         p.add_argument("--hamiltonian-filter", default=SolverConfig.hamiltonian_filter, choices=("emu", "none"))
@@ -268,7 +273,7 @@ def _main(argv=None) -> int:
     check_outputs([args.json, getattr(args, "output", None)], [args.reference, getattr(args, "box3d_cases", None)])
     from .._output_guard import marked_report, refuse_replacing_with_report
 
-    refuse_replacing_with_report(args.json, "python -m dodo.qke.validate --json")
+    refuse_replacing_with_report(args.json, "python -m dodo.qke.validate --json", args.overwrite, "--overwrite")
     if args.which == "emu32":
         # Its database is written (and resumed) as `dodo simulate`'s is: one run per --output at a time.
         with exclusive_output(args.output, "python -m dodo.qke.validate emu32"):

@@ -7,7 +7,7 @@ import sys
 
 from .._atomic import check_outputs
 from .._cli_common import file_output_path, output_path
-from .cli import _friendly, _overrides
+from .cli import REPORT_OVERWRITE_HELP, _friendly, _overrides
 
 
 @_friendly("train-ensemble")
@@ -65,10 +65,10 @@ def _learning_curve(args) -> int:
     json_file = None if args.json == "-" else args.json  # "-": the JSON on stdout, as evaluate/inspect/score
     check_outputs([args.plot, json_file],
                   [args.config, config.data_path, args.emu, *growth_data_files(config.growth_data)])
-    from .._output_guard import refuse_replacing_data, refuse_replacing_with_report
+    from .._output_guard import marked_report, refuse_replacing_with_plot, refuse_replacing_with_report
 
-    refuse_replacing_data([args.plot], "dodo learning-curve")
-    refuse_replacing_with_report(json_file, "dodo learning-curve --json")
+    refuse_replacing_with_plot([args.plot], "dodo learning-curve", args.overwrite, "--overwrite")
+    refuse_replacing_with_report(json_file, "dodo learning-curve --json", args.overwrite, "--overwrite")
     if args.plot:  # before the cross-validation, not after it
         from .plots import plot_format
 
@@ -91,10 +91,13 @@ def _learning_curve(args) -> int:
     if args.plot:
         plot_curve(rows, args.plot)
         say(f"plot written to {args.plot}")
+    # An object with the mark, as every other report: the bare list of rows carried none, so a later
+    # run knew it by its rows' keys only (outside probe, rounds 25 and 26). Rows: the same as before.
+    report = marked_report({"rows": rows}, "dodo learning-curve")
     if args.json == "-":
-        print(json.dumps(json_safe(rows), indent=1, allow_nan=False, default=float))
+        print(json.dumps(json_safe(report), indent=1, allow_nan=False, default=float))
     elif args.json:
-        write_json_atomic(args.json, rows)
+        write_json_atomic(args.json, report)
         print(f"table written to {args.json}")
     return 0
 
@@ -120,4 +123,5 @@ def register(subparsers) -> None:
     p.add_argument("--json", default=None, metavar="PATH", type=output_path,
                    help="write the table as JSON (- : to stdout)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help=REPORT_OVERWRITE_HELP)
     p.set_defaults(func=_learning_curve)
