@@ -181,7 +181,10 @@ def _model_file_bytes_if_not_utf8(path: str) -> Optional[bytes]:
             "is not a regular file (a device, FIFO or socket)"
         raise FileNotFoundError(f"DODO_ERROR_FILE: model path {shown} {what}")
     with os.fdopen(descriptor, "rb") as handle:
-        return handle.read(_MAX_MODEL_FILE_BYTES + 1)  # one byte over: the runtime names the bound
+        if os.fstat(descriptor).st_size > _MAX_MODEL_FILE_BYTES:  # never read a large data file whole
+            raise RuntimeError(f"DODO_ERROR_MODEL_FORMAT: model file {shown} is larger than a model package may be: "
+                               f"at most {_MAX_MODEL_FILE_BYTES} bytes (DODO_MAX_MODEL_FILE_BYTES)")
+        return handle.read(_MAX_MODEL_FILE_BYTES + 1)  # grown since: one byte over, the runtime names the bound
 
 
 def _shown_path(path: str) -> str:

@@ -254,17 +254,21 @@ def test_a_model_file_whose_name_is_not_utf8_loads_and_pickles(tmp_path):
 
 
 def test_a_model_path_that_is_not_utf8_is_refused_in_the_runtimes_words(tmp_path):
-    """The other cases of such a name: a text file, a FIFO (never waited on), a directory: each the
-    runtime's refusal naming the file with its byte escaped (`r\\xe9sultats`), not the cast error."""
+    """The other cases of such a name: a text file, a file above the package bound (never read
+    whole), a FIFO (never waited on), a directory: each the runtime's refusal naming the file with
+    its byte escaped (`r\\xe9sultats`), not the cast error."""
     import dodo
 
     if not dodo.runtime_available():
         pytest.skip("no closure runtime in this build")
     directory = _latin1_directory(tmp_path)
-    text, fifo = (os.fsdecode(os.path.join(directory, name)) for name in (b"notes.onnx", b"pipe.onnx"))
+    text, fifo, large = (os.fsdecode(os.path.join(directory, name)) for name in (b"notes.onnx", b"pipe.onnx", b"big.onnx"))
     Path(text).write_text("not a model\n")
     os.mkfifo(fifo)
+    with open(large, "wb") as handle:  # sparse: refused by its size, never read
+        handle.truncate((256 << 20) + 1)
     for path, kind, words in ((text, RuntimeError, "not an ONNX model"),
+                              (large, RuntimeError, "larger than a model package may be"),
                               (fifo, FileNotFoundError, "not a regular file"),
                               (os.fsdecode(directory), FileNotFoundError, "is a directory")):
         with pytest.raises(kind) as refusal:
