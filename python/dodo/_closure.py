@@ -164,11 +164,8 @@ def _model_file_bytes_if_not_utf8(path: str) -> Optional[bytes]:
     takes a path as UTF-8 text: such a name failed with pybind11's "Unable to cast Python instance of
     type <class 'str'> to C++ type '?'" (outside probe, round 26), so the file is read here and its
     bytes are loaded as a package in memory. Opened without blocking: a FIFO is refused, not waited on."""
-    try:
-        path.encode("utf-8")
+    if _is_utf8(path):
         return None
-    except UnicodeEncodeError:
-        pass
     shown = _shown_path(path)
     try:
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -185,6 +182,15 @@ def _model_file_bytes_if_not_utf8(path: str) -> Optional[bytes]:
             raise RuntimeError(f"DODO_ERROR_MODEL_FORMAT: model file {shown} is larger than a model package may be: "
                                f"at most {_MAX_MODEL_FILE_BYTES} bytes (DODO_MAX_MODEL_FILE_BYTES)")
         return handle.read(_MAX_MODEL_FILE_BYTES + 1)  # grown since: one byte over, the runtime names the bound
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8 (a file name of other bytes is held surrogate-escaped)."""
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _shown_path(path: str) -> str:
@@ -376,7 +382,16 @@ class Closure:
     @property
     def onnxruntime(self) -> tuple[str, str]:
         """(library path, version) of the ONNX Runtime in use; empty without a model."""
-        return self._runtime.onnxruntime_library, self._runtime.onnxruntime_version
+        try:
+            library = self._runtime.onnxruntime_library
+        except UnicodeDecodeError:
+            # The runtime returns the path as UTF-8 text: a library loaded through a
+            # DODO_ONNXRUNTIME_LIBRARY name that is not UTF-8 (the option refuses such names) made
+            # this a UnicodeDecodeError, and `python -m dodo.test` a traceback (outside probe, round 26).
+            library = os.environ.get("DODO_ONNXRUNTIME_LIBRARY", "")
+            if _is_utf8(library):
+                library = "(a path that is not UTF-8)"
+        return library, self._runtime.onnxruntime_version
 
     @property
     def evaluator(self) -> str:
@@ -462,12 +477,10 @@ def _library_path(library) -> str:
     except TypeError:
         raise TypeError(f"onnxruntime_library must be a path (str or os.PathLike) or None; got "
                         f"{type(library).__name__}") from None
-    try:  # pybind11 cannot pass a surrogate-escaped name as text: a TypeError dumping every argument (round 26)
-        text.encode("utf-8")
-    except UnicodeEncodeError:
+    if not _is_utf8(text):  # pybind11 cannot pass a surrogate-escaped name as text: a TypeError listing every argument
         raise ValueError(f"onnxruntime_library {_shown_path(text)}: the runtime takes the library's path as UTF-8 "
                          "text and this name is not UTF-8; reach the library through a symlink whose name is "
-                         "UTF-8") from None
+                         "UTF-8")
     return os.path.abspath(text) if "/" in text and not os.path.isabs(text) else text
 
 

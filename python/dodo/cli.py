@@ -50,6 +50,10 @@ def _info(args: argparse.Namespace) -> int:
     print(f"core module: {_core.__file__}")
     print(f"Lebedev orders: {_core.available_lebedev_orders()}")
     print("closure runtime:", "built" if runtime_available() else "NOT built (no ONNX Runtime headers at build time)")
+    library = os.environ.get("DODO_ONNXRUNTIME_LIBRARY")
+    if library:  # what a closure loads first (docs/runtime.md): the onnxruntime package's was shown instead
+        paths["onnxruntime_library"] = (f"{library} (DODO_ONNXRUNTIME_LIBRARY; the onnxruntime package's: "
+                                        f"{paths['onnxruntime_library'] or 'none'})")
     for key in ("include_dir", "lib_dir", "cmake_dir", "pkgconfig_dir", "default_model", "onnxruntime_library"):
         print(f"{key}: {paths[key]}")
     return 0

@@ -300,3 +300,43 @@ def test_an_onnxruntime_library_path_that_is_not_utf8_is_refused_in_one_line(tmp
     library = os.fsdecode(os.path.join(_latin1_directory(tmp_path), b"libonnxruntime.so"))
     with pytest.raises(ValueError, match=r"onnxruntime_library .*r\\xe9sultats.*not UTF-8; .*symlink"):
         dodo.Closure(onnxruntime_library=library)
+
+
+def _copy_of_the_onnxruntime_library(tmp_path) -> str:
+    """The ONNX Runtime library the default closure loads, copied under a Latin-1 directory name."""
+    import shutil
+
+    import dodo
+
+    if not dodo.runtime_available():
+        pytest.skip("no closure runtime in this build")
+    library = dodo.Closure(threads=1).onnxruntime[0]
+    copy = os.path.join(_latin1_directory(tmp_path), os.fsencode(os.path.basename(library)))
+    shutil.copyfile(library, copy)
+    return os.fsdecode(copy)
+
+
+def test_a_library_named_by_the_environment_in_latin1_is_reported_not_a_traceback(tmp_path):
+    """DODO_ONNXRUNTIME_LIBRARY naming a library whose path is not UTF-8: it loaded, but
+    `Closure.onnxruntime` raised `UnicodeDecodeError` (the binding returns the path as UTF-8 text),
+    so `python -m dodo.test` ended in a traceback. Now the property gives the variable's value and
+    the self-check passes, naming it. Run in a child: the library is loaded once per process."""
+    library = _copy_of_the_onnxruntime_library(tmp_path)
+    environment = {**os.environ, "DODO_ONNXRUNTIME_LIBRARY": library}
+    result = subprocess.run([sys.executable, "-m", "dodo.test"], capture_output=True, timeout=SUBPROCESS_TIMEOUT_S,
+                            env=environment, cwd=tmp_path, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0 and b"Traceback" not in result.stderr, result.stderr.decode(errors="replace")
+    assert b"dodo 0.1.0: OK" in result.stdout and os.fsencode(library) in result.stdout, result.stdout
+
+
+def test_dodo_info_shows_the_library_the_environment_names(tmp_path):
+    """`DODO_ONNXRUNTIME_LIBRARY=/opt/ort/libonnxruntime.so dodo info` printed the onnxruntime
+    package's library as `onnxruntime_library:`, not the one every closure loads first. Now it
+    prints the variable's path, saying where it comes from, and the package's beside it."""
+    environment = {**os.environ, "DODO_ONNXRUNTIME_LIBRARY": str(tmp_path / "libonnxruntime.so.1")}
+    result = subprocess.run([sys.executable, "-m", "dodo", "info"], capture_output=True, text=True,
+                            timeout=SUBPROCESS_TIMEOUT_S, env=environment, cwd=tmp_path, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    line = [text for text in result.stdout.splitlines() if text.startswith("onnxruntime_library:")]
+    assert line and line[0].startswith(f"onnxruntime_library: {tmp_path / 'libonnxruntime.so.1'} "
+                                       "(DODO_ONNXRUNTIME_LIBRARY"), result.stdout
