@@ -3,22 +3,25 @@ student at other widths and measures, on fresh unlabelled states, how far each s
 correction and growth are from the teacher's, beside the checkpoint's own student.
 
     python tools/student_width_study.py CHECKPOINT --config C --table pdata/qke.h5 --widths 32,48
-                                        [--fresh-states 20000] [--threads 1] [--save-dir DIR]
+                                        [--fresh-states 20000] [--fresh-seed-offset 7000] [--threads 1]
+                                        [--growth-weight G] [--sampled-states S] [--save-dir DIR]
 
 The teacher (density members, label-noise member, growth members) is the checkpoint's; each
 student is fitted as `dodo train-ensemble` fits it (ensemble_train.fit_distilled_student, the
-config's distill section, only the width changed) on the same inputs. The fresh states are drawn
+config's distill section, only the width changed, or the growth weight and sampled states given)
+on the same inputs. The fresh states are drawn
 by the campaign's samplers in the training rows' family mix with a seed no training stage uses
-(config.seed + 7000), in every flavour image the config trains on; no label, held-out state or
-Emu file is read. Per student:
+(config.seed + 7000), in every flavour image the config trains on; the measure reads no label,
+held-out state or Emu file. Per student:
 
 - D_T: mean of METRIC_PER_DELTA |r_used(student) - r_used(teacher)| (N_tot; r_used is the gated
   correction the closure applies), with its 95th percentile;
 - G: share of rows whose log growth differs from the teacher's by more than ln 1.05.
 
 The student's error on labelled states is at most the teacher's plus D_T state by state, so D_T
-bounds what the width costs. --save-dir writes each re-distilled checkpoint (width_W.pt) for
-`dodo export`. Minutes per student on one core (issue 13; docs/speed.md).
+bounds what the width costs. --save-dir writes each re-distilled checkpoint
+(student_wW_gwG_sS.pt, with its own held-out record, not printed) for `dodo export`. About 20
+minutes per student on one core (issue 13, docs/speed.md; issue 10, docs/training.md).
 """
 from __future__ import annotations
 
@@ -57,7 +60,7 @@ def closure_outputs(ensemble, X: np.ndarray, teacher: bool = False) -> tuple[np.
 def distance_row(name: str, r: np.ndarray, g: np.ndarray, r_teacher: np.ndarray, g_teacher: np.ndarray) -> str:
     gap = METRIC_PER_DELTA * np.abs(r - r_teacher)
     growth_off = np.mean(np.abs(g - g_teacher) > math.log(1.05))
-    return f"{name:<28} {gap.mean():10.6f} {np.quantile(gap, 0.95):10.6f} {100 * growth_off:9.2f}%"
+    return f"{name:<50} {gap.mean():10.6f} {np.quantile(gap, 0.95):10.6f} {100 * growth_off:9.2f}%"
 
 
 def main() -> None:
@@ -67,6 +70,12 @@ def main() -> None:
     parser.add_argument("--table", required=True, help="the preprocessed file the checkpoint was trained on")
     parser.add_argument("--widths", required=True, help="student widths to distil, comma-separated")
     parser.add_argument("--fresh-states", type=int, default=20000)
+    parser.add_argument("--fresh-seed-offset", type=int, default=FRESH_SEED_OFFSET,
+                        help=f"the fresh states' seed is config.seed + this (default {FRESH_SEED_OFFSET}; "
+                             "keep it clear of the training stages' 0-3999)")
+    parser.add_argument("--growth-weight", type=float, default=None, help="distill.growth_weight (default: the config's)")
+    parser.add_argument("--sampled-states", type=int, default=None,
+                        help="distill.sampled_states (default: the config's)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--save-dir", default=None, help="write each re-distilled checkpoint here as width_W.pt")
     args = parser.parse_args()
@@ -76,6 +85,8 @@ def main() -> None:
         parser.error(f"--widths: {args.widths!r} is not a comma-separated list of integers")
     if not widths or min(widths) < 1 or args.fresh_states < 1:
         parser.error("--widths and --fresh-states must be positive")
+    if args.fresh_seed_offset < 4000:
+        parser.error("--fresh-seed-offset below 4000 draws states a training stage may have drawn")
     try:
         check_input_file(args.checkpoint, "a checkpoint of dodo train-ensemble")
         check_input_file(args.config, "the train-ensemble config (YAML)")
@@ -91,6 +102,10 @@ def main() -> None:
     trained = et.EnsembleConfig(**{key: value for key, value in checkpoint["config"].items()
                                    if key in {f.name for f in dataclasses.fields(et.EnsembleConfig)}})
     distill = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name.startswith("distill_")}
+    if args.growth_weight is not None:
+        distill["distill_growth_weight"] = args.growth_weight
+    if args.sampled_states is not None:
+        distill["distill_sampled_states"] = args.sampled_states
     config = dataclasses.replace(trained, threads=args.threads, **distill)
     torch.set_num_threads(args.threads)
     ensemble = et.load_ensemble(checkpoint).eval()
@@ -98,9 +113,9 @@ def main() -> None:
         parser.error(f"{args.checkpoint} has no student to compare with")
 
     held = et.holdout_mask(table["sources"], config.holdout)
-    train_rows = np.flatnonzero(~held)
+    train_rows, held_rows = np.flatnonzero(~held), np.flatnonzero(held)
     fresh = et.sampled_state_table(args.fresh_states, et.family_shares(table["sources"][train_rows]),
-                                   config.seed + FRESH_SEED_OFFSET, et._box3d_dict(table["box3d"]))
+                                   config.seed + args.fresh_seed_offset, et._box3d_dict(table["box3d"]))
     X_fresh = et._training_arrays(fresh, np.arange(len(fresh["r"])), config)[0]
     r_teacher, g_teacher = closure_outputs(ensemble, X_fresh, teacher=True)
     r_shipped, g_shipped = closure_outputs(ensemble, X_fresh)
@@ -113,7 +128,7 @@ def main() -> None:
     growth_table = et.load_growth_table(config, table, train_rows, log=lambda m: print(m, flush=True))
     if config.growth_members and growth_table is not None:
         X = np.concatenate([X, et.growth_member_rows(table, train_rows, config, growth_table)[2]])
-    header = f"{'student':<28} {'D_T mean':>10} {'D_T p95':>10} {'G (>5%)':>10}"
+    header = f"{'student':<50} {'D_T mean':>10} {'D_T p95':>10} {'G (>5%)':>10}"
     rows = [distance_row(f"{shipped_width} wide (checkpoint's)", r_shipped, g_shipped, r_teacher, g_teacher)]
     for width in widths:
         candidate = copy.deepcopy(ensemble)
@@ -121,12 +136,18 @@ def main() -> None:
         wide = dataclasses.replace(config, distill_width=width)
         et.fit_distilled_student(candidate, table, train_rows, wide, X, log=lambda m: print(m, flush=True))
         r, g = closure_outputs(candidate, X_fresh)
-        rows.append(distance_row(f"{width} wide (re-distilled)", r, g, r_teacher, g_teacher))
+        name = f"{width} wide, growth weight {wide.distill_growth_weight:g}, {wide.distill_sampled_states} sampled"
+        rows.append(distance_row(name, r, g, r_teacher, g_teacher))
         print("\n".join([header, *rows]), flush=True)
         if args.save_dir:
-            path = os.path.join(args.save_dir, f"width_{width}.pt")
-            et.save_checkpoint(candidate, wide, table, train_rows, checkpoint.get("metrics", {}), path)
-            print(f"wrote {path} (its metrics are the checkpoint's, of the {shipped_width}-wide student)", flush=True)
+            path = os.path.join(args.save_dir, f"student_w{width}_gw{wide.distill_growth_weight:g}_"
+                                               f"s{wide.distill_sampled_states}.pt")
+            # The record a checkpoint carries (train-ensemble's): this student's held-out table, logged
+            # only when saving, after the fresh-state table above (the study's measure) is printed.
+            record = et.heldout_report(candidate, table, held_rows, log=lambda m: None)
+            report = {**checkpoint.get("metrics", {}), **record}
+            et.save_checkpoint(candidate, wide, table, train_rows, report, path)
+            print(f"wrote {path}", flush=True)
 
 
 if __name__ == "__main__":
