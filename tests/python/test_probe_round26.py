@@ -340,3 +340,10 @@ def test_dodo_info_shows_the_library_the_environment_names(tmp_path):
     line = [text for text in result.stdout.splitlines() if text.startswith("onnxruntime_library:")]
     assert line and line[0].startswith(f"onnxruntime_library: {tmp_path / 'libonnxruntime.so.1'} "
                                        "(DODO_ONNXRUNTIME_LIBRARY"), result.stdout
+
+
+def test_learning_curve_names_folds_beyond_any_pool(capsys):
+    """`dodo learning-curve --folds 10^24`: `error: Python int too large to convert to C long`,
+    naming no option. Now `--folds must be >= 2 and at most 1,000,000`, before any fit."""
+    config = str(REPO / "training/configs/ensemble_default.yaml")
+    refused(capsys, ["learning-curve", "--config", config, "--folds", str(10**24)], "--folds", "at most 1,000,000")

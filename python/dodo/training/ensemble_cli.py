@@ -51,6 +51,10 @@ def _refuse_to_replace_a_checkpoint(checkpoint) -> None:
                      "(--set output.checkpoint=PATH)")
 
 
+#: More folds than any training pool has states (63,261 in data/qke): a bound that names --folds.
+MAX_FOLDS = 1_000_000
+
+
 @_friendly("learning-curve")
 def _learning_curve(args) -> int:
     import json
@@ -82,8 +86,10 @@ def _learning_curve(args) -> int:
             sizes.append(int(part))
         else:
             raise ValueError(f"--sizes takes integers >= 10 and 'all', comma separated; got {part!r}")
-    if args.folds < 2:
-        raise ValueError(f"--folds must be >= 2; got {args.folds}")
+    # Above the bound, "Python int too large to convert to C long" named no option (outside probe, round 26);
+    # the fit checks again that the pool has as many states as folds.
+    if not 2 <= args.folds <= MAX_FOLDS:
+        raise ValueError(f"--folds must be >= 2 and at most {MAX_FOLDS:,} (and the pool's states); got {args.folds}")
     # With --json - the JSON alone goes to standard output: the per-size lines came first there, so
     # `--json - | jq` failed on them (outside probe, round 22); they go to standard error instead.
     say = (lambda message: print(message, file=sys.stderr, flush=True)) if args.json == "-" else print
