@@ -65,7 +65,10 @@ def main() -> None:
         from dodo.training.ensemble_train import growth_calibration, holdout_mask
 
         chunks = [p for p in sorted(glob.glob("data/qke/*_seed*.h5")) if not holdout_mask([p], ["*_seed9[0-9][0-9].h5"])[0]]
-        args.calibration = growth_calibration(np.array(chunks))
+        try:  # data/qke is read from the working directory: elsewhere there is none (a traceback before)
+            args.calibration = growth_calibration(np.array(chunks))
+        except ValueError as error:
+            parser.error(f"{error}: run from the repository root (data/qke) or give --calibration")
     families: dict[str, list] = {}
     for path, (F, linear_rate) in zip(args.files, label_files):
         truth = args.calibration * linear_rate

@@ -170,7 +170,8 @@ def test_growth_ceiling_refuses_files_that_are_not_its_emu_file(tmp_path):
 def test_growth_emu_axis_report_refuses_files_and_models_that_are_not_its_inputs(tmp_path):
     """`tools/growth_emu_axis_report.py default FIFO` blocked for ever; a directory, a text file, a
     file without `linear_growthRate_box(1|s)` or a missing model ended in a traceback, after the
-    calibration's read. Now one usage line, exit 2, before any work."""
+    calibration's read, and so did the calibration run outside the repository root. Now one usage
+    line, exit 2, before any work."""
     pytest.importorskip("h5py")
     for reason, path in _odd_inputs(tmp_path).items():
         _assert_usage_error(_tool("growth_emu_axis_report.py", "default", path, "--calibration", "0.9", cwd=tmp_path),
@@ -179,6 +180,8 @@ def test_growth_emu_axis_report_refuses_files_and_models_that_are_not_its_inputs
                               cwd=tmp_path), "missing.onnx")
     _assert_usage_error(_tool("growth_emu_axis_report.py", "default", EMU, "--calibration", "nan", cwd=tmp_path),
                         "--calibration")
+    # Without --calibration outside the repository root (no data/qke there): a traceback before.
+    _assert_usage_error(_tool("growth_emu_axis_report.py", "default", EMU, cwd=tmp_path), "give --calibration")
 
 
 def test_growth_emu_axis_report_still_reports_on_a_label_file(tmp_path):
