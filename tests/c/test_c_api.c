@@ -91,6 +91,11 @@ static void test_create_errors(void) {
   CHECK(status == DODO_ERROR_FILE);
   CHECK(strstr(message, "\"/no/such\\x0amodel\\x09.onnx\"") != NULL);
   CHECK(strchr(message, '\n') == NULL && strchr(message, '\t') == NULL);
+  /* Round seventeen: one escaping function for paths and messages; a path's escape, DEL and a byte
+     that is not UTF-8 are escaped, a valid UTF-8 letter (e-acute) is kept, the text exact. */
+  status = dodo_closure_create("/no/such\x1b\x7f\xff\xc3\xa9\r.onnx", NULL, &closure, message, sizeof message);
+  CHECK(status == DODO_ERROR_FILE);
+  CHECK(strcmp(message, "model file \"/no/such\\x1b\\x7f\\xff\xc3\xa9\\x0d.onnx\" does not exist") == 0);
 
   dodo_options options;
   dodo_options_init(&options);

@@ -453,7 +453,20 @@ Closure::Closure(const std::string& model_path, const ClosureOptions& options)
 
 Closure::Closure(ModelInMemory model, const ClosureOptions& options)
     : chunk_size_(checked(options).chunk_size), pool_(options.threads) {
-  initialise(&model.bytes, "model in memory (" + std::to_string(model.bytes.size()) + " bytes)", options);
+  // The host's bytes are read three times (the digests with the metadata, ONNX Runtime's parse, the
+  // native network's weights), so they are copied once, as a file's are read once: the digests
+  // then vouch for exactly what the other two read, even if the host's buffer changes during the
+  // call (a thread of its own, a file mapped MAP_SHARED that another process rewrites; probe round
+  // seventeen: a byte changed between the digest and the parse was loaded). A size above the bound
+  // is not copied: OnnxModel refuses it by its size without reading it.
+  const std::string source = "model in memory (" + std::to_string(model.bytes.size()) + " bytes)";
+  if (model.bytes.size() > DODO_MAX_MODEL_FILE_BYTES) {
+    initialise(&model.bytes, source, options);
+    return;
+  }
+  const std::string copy(model.bytes);
+  const std::string_view view(copy);
+  initialise(&view, source, options);
 }
 
 void Closure::initialise(const std::string_view* bytes, const std::string& source, const ClosureOptions& options) {

@@ -12,7 +12,11 @@ namespace dodo::runtime {
 // Messages quote text from model files (metadata keys and values, ORT's messages about the file),
 // which a corrupted file can fill with any bytes. Hosts print them and Python decodes them as
 // UTF-8, so bytes that are not valid UTF-8, and control characters, become "\xNN".
-inline std::string printable_message(const std::string& text) {
+// keep_line_breaks: a whole message keeps its newlines and tabs (its own lists use them). Text a
+// host gave (a path) is quoted with keep_line_breaks false: every byte under 0x20 and 0x7f escaped,
+// so a path holding a newline cannot split a message where the path does not end (probe round
+// sixteen). One function for both (probe round seventeen; round sixteen had a second loop).
+inline std::string printable_message(const std::string& text, bool keep_line_breaks = true) {
   std::string out;
   out.reserve(text.size());
   auto escape = [&out](unsigned char byte) {
@@ -32,7 +36,8 @@ inline std::string printable_message(const std::string& text) {
       if (length == 3) valid = !(lead == 0xe0 && second < 0xa0) && !(lead == 0xed && second >= 0xa0);
       if (length == 4) valid = lead <= 0xf4 && !(lead == 0xf0 && second < 0x90) && !(lead == 0xf4 && second >= 0x90);
     }
-    if (!valid || (length == 1 && ((lead < 0x20 && lead != '\n' && lead != '\t') || lead == 0x7f))) {
+    const bool line_break = keep_line_breaks && (lead == '\n' || lead == '\t');
+    if (!valid || (length == 1 && ((lead < 0x20 && !line_break) || lead == 0x7f))) {
       escape(lead);
       ++i;
       continue;
@@ -43,27 +48,7 @@ inline std::string printable_message(const std::string& text) {
   return out;
 }
 
-// Text a host gave (a path) inside a message: every control character escaped as "\xNN", the
-// newline and tab too, which printable_message keeps for a message's own lines. A path holding
-// one would otherwise split the message where the path does not end (probe round sixteen).
-inline std::string control_escaped(const std::string& text) {
-  std::string out;
-  out.reserve(text.size());
-  for (const char c : text) {
-    const unsigned char byte = static_cast<unsigned char>(c);
-    if (byte >= 0x20 && byte != 0x7f) {
-      out += c;
-      continue;
-    }
-    const char* digits = "0123456789abcdef";
-    out += "\\x";
-    out += digits[byte >> 4];
-    out += digits[byte & 15];
-  }
-  return out;
-}
-
-inline std::string quoted_path(const std::string& path) { return "\"" + control_escaped(path) + "\""; }
+inline std::string quoted_path(const std::string& path) { return "\"" + printable_message(path, false) + "\""; }
 
 class Error : public std::runtime_error {
  public:

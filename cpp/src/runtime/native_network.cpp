@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <stdexcept>
 #include <type_traits>
@@ -69,6 +70,12 @@ float scalar_of(const std::map<std::string, FloatTensor>& initializers, const Js
 // after an edit, and the load-time probes (near the training mean, at 1e-3 of the outputs' scale)
 // let small edits of the gates' constants through (probe round sixteen: sigma_floor x0.5,
 // r_scale x1.0005, tiny x1e30 loaded and moved outputs by up to 4e-5 N_tot).
+std::string number_text(float value) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.17g", static_cast<double>(value));
+  return text;
+}
+
 void require_graph_constant(const std::map<std::string, FloatTensor>& constants, const JsonValue& root,
                             const char* key) {
   const JsonValue& given = root.at(key);
@@ -77,10 +84,39 @@ void require_graph_constant(const std::map<std::string, FloatTensor>& constants,
   if (given.is_number()) values.push_back(static_cast<float>(given.number()));
   if (given.is_array())
     for (const JsonValue& value : given.array()) values.push_back(static_cast<float>(value.number()));
-  for (const auto& entry : constants)
-    if (entry.second.values == values) return;
   std::string shown = given.dump();
   if (shown.size() > 60) shown = shown.substr(0, 57) + "...";
+  // Per node where the graph names one for the key: a tensor called `key` or `<prefix>.key` (the
+  // exporter's "ensemble.r_scale", "ensemble.d2_max") is the constant the number belongs to, so
+  // the number must be that one's, not merely some constant's (probe round seventeen: r_scale
+  // edited onto d2_max's exact value loaded). The other numbers have exporter-made names
+  // ("onnx::Mul_203", "/Constant_1_output_0"): no node is theirs by name, and finding theirs would
+  // mean reading the graph's operators, so for them membership stays the test.
+  const std::string suffix = std::string(".") + key;
+  const FloatTensor* named = nullptr;
+  std::string named_as;
+  for (const auto& entry : constants) {
+    const std::string& name = entry.first;
+    const bool matches = name == key || (name.size() > suffix.size() &&
+                                         name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0);
+    if (!matches) continue;
+    if (named) {  // two candidates: no one node is the key's
+      named = nullptr;
+      named_as.clear();
+      break;
+    }
+    named = &entry.second;
+    named_as = name;
+  }
+  if (named) {
+    if (named->values == values) return;
+    unusable(std::string("gives ") + key + " " + shown + ", but the graph's \"" + named_as + "\" holds " +
+             (named->values.size() == 1 ? number_text(named->values[0])
+                                        : std::to_string(named->values.size()) + " other values") +
+             " (edited after export?)");
+  }
+  for (const auto& entry : constants)
+    if (entry.second.values == values) return;
   unusable(std::string("gives ") + key + " " + shown + ", which is not a constant of the graph (edited after export?)");
 }
 
