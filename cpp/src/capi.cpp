@@ -108,12 +108,21 @@ void unlock_after_fork() {
 }
 [[maybe_unused]] const int kForkHandlers = pthread_atfork(lock_for_fork, unlock_after_fork, unlock_after_fork);
 
-void copy_text(std::string_view text, char* buffer, size_t size) {
+// Copies text cut to the buffer, always NUL-terminated. A message (whole_characters) is cut at a
+// character's start: messages are UTF-8 (printable_message), and a cut inside a character left
+// bytes that are not, which a host decoding its buffer as UTF-8 (Python's ctypes .decode()) could
+// not read (probe round seventeen). Metadata values are the package's data, cut byte for byte
+// (their length is returned).
+void copy_text(std::string_view text, char* buffer, size_t size, bool whole_characters = false) {
   if (!buffer || size == 0) return;
   size_t n = text.size() < size - 1 ? text.size() : size - 1;
+  if (whole_characters)
+    while (n > 0 && n < text.size() && (static_cast<unsigned char>(text[n]) & 0xc0) == 0x80) --n;
   std::memcpy(buffer, text.data(), n);
   buffer[n] = '\0';
 }
+
+void copy_message(std::string_view text, char* buffer, size_t size) { copy_text(text, buffer, size, true); }
 
 // The calling thread's last failure, from any call (with or without a live handle): what
 // dodo_last_error gives for a NULL or destroyed handle, and the text a thread sharing a handle
@@ -134,7 +143,7 @@ thread_local ThreadError thread_error;
 
 void set_thread_error(const std::string& message) {
   if (thread_error_destroyed)
-    copy_text(message, thread_error_late, sizeof thread_error_late);
+    copy_message(message, thread_error_late, sizeof thread_error_late);
   else
     thread_error.text = message;
 }
@@ -291,7 +300,7 @@ dodo_status create_handle(const dodo_options* options, dodo_closure** closure, c
     }
     *closure = handle.release();
   });
-  copy_text(collector.last_error, error_buffer, error_buffer_size);
+  copy_message(collector.last_error, error_buffer, error_buffer_size);
   return status;
 }
 
@@ -471,11 +480,11 @@ long dodo_get_metadata(const dodo_closure* closure, const char* key, char* buffe
 size_t dodo_last_error(const dodo_closure* closure, char* buffer, size_t buffer_size) {
   if (!closure || !is_live(closure)) {  // no handle to hold a text: this thread's own last error
     const std::string_view text = thread_error_text();
-    copy_text(text, buffer, buffer_size);
+    copy_message(text, buffer, buffer_size);
     return text.size();
   }
   std::lock_guard<std::mutex> lock(closure->error_mutex);
-  copy_text(closure->last_error, buffer, buffer_size);
+  copy_message(closure->last_error, buffer, buffer_size);
   return closure->last_error.size();
 }
 

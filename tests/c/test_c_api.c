@@ -96,6 +96,17 @@ static void test_create_errors(void) {
   status = dodo_closure_create("/no/such\x1b\x7f\xff\xc3\xa9\r.onnx", NULL, &closure, message, sizeof message);
   CHECK(status == DODO_ERROR_FILE);
   CHECK(strcmp(message, "model file \"/no/such\\x1b\\x7f\\xff\xc3\xa9\\x0d.onnx\" does not exist") == 0);
+  /* A message cut to a small buffer is cut before a character, not inside it (still UTF-8):
+     "model file \"/no/such/" is 21 bytes, then the two bytes of e-acute. */
+  {
+    char cut[24];
+    dodo_closure_create("/no/such/\xc3\xa9.onnx", NULL, &closure, cut, 23);
+    CHECK(strcmp(cut, "model file \"/no/such/") == 0);
+    CHECK(dodo_last_error(NULL, cut, 23) == strlen("model file \"/no/such/\xc3\xa9.onnx\" does not exist"));
+    CHECK(strcmp(cut, "model file \"/no/such/") == 0);
+    dodo_last_error(NULL, cut, 24);
+    CHECK(strcmp(cut, "model file \"/no/such/\xc3\xa9") == 0);
+  }
 
   dodo_options options;
   dodo_options_init(&options);

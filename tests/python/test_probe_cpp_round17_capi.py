@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from capi_host import CROSSING_CELLS, compile_host, default_model, needs_runtime, run_host
+from capi_host import CROSSING_CELLS, compile_fortran, compile_host, default_model, needs_runtime, run_host
 from test_probe_round16_capi import LOAD_PACKAGES
 
 
@@ -174,3 +174,60 @@ def test_a_package_in_memory_changed_after_its_digests_are_checked_is_not_what_l
     # the digests had not seen: the closure loaded and gave other results on all 2,000 cells.
     # Now the bytes are copied once and every reading is of the copy the digests vouch for.
     assert lines == ["clean 0", "changed 0", "differ 0"], lines
+
+
+# --- a message cut to a short buffer or errmsg ------------------------------------------------------
+
+CUT_MESSAGES = r"""
+#include <dodo/dodo.h>
+#include <stdio.h>
+#include <string.h>
+
+int main(void) {
+  /* "model file \"/no/such/" is 21 bytes, then the two bytes of e-acute: every buffer from 20 to
+     26 bytes, through the create call's buffer and dodo_last_error. */
+  const char* path = "/no/such/\xc3\xa9.onnx";
+  for (size_t size = 20; size <= 26; ++size) {
+    char created[64], last[64];
+    dodo_closure* closure = NULL;
+    dodo_closure_create(path, NULL, &closure, created, size);
+    dodo_last_error(NULL, last, size);
+    printf("%zu %zu %s|%s\n", size, strlen(created), created, last);
+  }
+  return 0;
+}
+"""
+
+CUT_ERRMSG = """
+program cut_errmsg
+  use dodo
+  implicit none
+  type(dodo_closure) :: closure
+  character(len=22) :: short
+  character(len=23) :: whole
+  integer :: stat
+  call dodo_create(closure, "/no/such/" // char(195) // char(169) // ".onnx", stat=stat, errmsg=short)
+  print "(i0, 1x, a, a)", stat, trim(short), "|"
+  call dodo_create(closure, "/no/such/" // char(195) // char(169) // ".onnx", stat=stat, errmsg=whole)
+  print "(i0, 1x, a, a)", stat, trim(whole), "|"
+end program cut_errmsg
+"""
+
+
+@needs_runtime
+def test_a_message_cut_to_a_short_buffer_is_cut_between_characters(tmp_path):
+    import subprocess
+
+    program = compile_host(tmp_path, "cut_messages", CUT_MESSAGES)
+    # Bytes, not text: before, a cut inside the e-acute left a lone lead byte, not UTF-8.
+    output = subprocess.run([str(program)], capture_output=True, timeout=120, check=True).stdout
+    lines = output.decode("utf-8").splitlines()
+    head = 'model file "/no/such/'
+    expected = {20: head[:19], 21: head[:20], 22: head, 23: head, 24: head + "\u00e9", 25: head + "\u00e9.",
+                26: head + "\u00e9.o"}
+    assert lines == [f"{size} {len(text.encode())} {text}|{text}" for size, text in expected.items()], lines
+
+    fortran = compile_fortran(tmp_path, "cut_errmsg", CUT_ERRMSG)
+    output = subprocess.run([str(fortran)], capture_output=True, timeout=120, check=True).stdout
+    # errmsg of 22 characters: the e-acute's first byte no longer ends it; 23 take it whole.
+    assert output.decode("utf-8").splitlines() == [f"2 {head}|", f"2 {head}\u00e9|"], output

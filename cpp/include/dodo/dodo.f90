@@ -571,9 +571,26 @@ contains
     integer, intent(out), optional :: stat
     character(len=*), intent(inout), optional :: errmsg
     if (present(stat)) stat = status
-    if (status /= DODO_OK .and. present(errmsg)) errmsg = message
+    if (status /= DODO_OK .and. present(errmsg)) errmsg = whole_characters(message, len(errmsg))
     if (status /= DODO_OK .and. .not. present(stat)) error stop "dodo: " // message
   end subroutine report
+
+  ! text cut to at most n bytes before a character, not inside one (messages are UTF-8; an errmsg
+  ! shorter than the message took it cut inside a character: probe round seventeen of the C side).
+  function whole_characters(text, n) result(cut)
+    character(len=*), intent(in) :: text
+    integer, intent(in) :: n
+    character(len=:), allocatable :: cut
+    integer :: k
+    k = min(len(text), max(n, 0))
+    if (k < len(text)) then
+      do while (k > 0)
+        if (iand(ichar(text(k + 1:k + 1)), 192) /= 128) exit
+        k = k - 1
+      end do
+    end if
+    cut = text(1:k)
+  end function whole_characters
 
   function last_error(closure) result(message)
     type(dodo_closure), intent(in) :: closure
