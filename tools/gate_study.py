@@ -23,7 +23,7 @@ from dodo.training import ensemble_train as et
 from dodo.training.ensemble import fit_ensemble, spread_gate, state_error
 from dodo.training.features import OOD_COLUMNS
 from dodo.training.label_noise import OUT_OF_FOLD_KEYS, read_out_of_fold
-from study_common import run_study
+from study_common import check_save_path, run_study
 
 
 def out_of_fold(config: et.EnsembleConfig, folds: int):
@@ -52,6 +52,14 @@ def out_of_fold(config: et.EnsembleConfig, folds: int):
             np.concatenate(d2), et.is_emu_recipe(table["sources"][rows]))
 
 
+def _holds_out_of_fold(path: str) -> bool:
+    try:
+        read_out_of_fold(path, "--save")
+    except ValueError:
+        return False
+    return True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="training/configs/ensemble_default.yaml")
@@ -61,11 +69,15 @@ def main() -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--save", help="write the out-of-fold predictions to this .npz")
     group.add_argument("--load", help="read out-of-fold predictions written by --save instead of fitting")
+    parser.add_argument("--overwrite", action="store_true", help="let --save replace a file that is not an earlier --save's")
     args = parser.parse_args()
     config = et.EnsembleConfig.load(args.config)
     names = OUT_OF_FOLD_KEYS
+    if args.save:  # before the fits (minutes): never over the config or its table, nor an unrelated file
+        check_save_path(args.save, [args.config, config.data_path], _holds_out_of_fold,
+                        "a gate study's out-of-fold file (an earlier --save)", args.overwrite)
     if args.load:  # checked as noise.oof is: a FIFO blocked np.load for ever, a text file was a traceback
-        saved = read_out_of_fold(args.load)
+        saved = read_out_of_fold(args.load, "--load")
         delta_box, delta_true, r, sigma, d2, emu = (saved[name] for name in names)
     else:
         delta_box, delta_true, r, sigma, d2, emu = out_of_fold(config, args.folds)

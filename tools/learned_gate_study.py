@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     args = parser.parse_args()
     config = et.EnsembleConfig.load(args.config)
-    saved = read_out_of_fold(args.oof)  # before the table's read: a wrong --oof is refused at once
+    saved = read_out_of_fold(args.oof, "--oof")  # before the table's read: a wrong --oof is refused at once
     torch.set_num_threads(config.threads)
     table = et.load_table(config.data_path)
     found, residual = out_of_fold_match(args.oof, table, config, saved)

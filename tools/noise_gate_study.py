@@ -28,7 +28,7 @@ from dodo._atomic import numpy_save_atomic
 from dodo.training import ensemble_train as et
 from dodo.training.ensemble import fit_noise_member, spread_gate, state_error
 from dodo.training.label_noise import out_of_fold_match, read_out_of_fold
-from study_common import run_study
+from study_common import check_save_path, run_study
 
 
 def nested_noise_scale(table: dict, rows: np.ndarray, residual: np.ndarray, config, r_scale: float,
@@ -54,6 +54,11 @@ def nested_noise_scale(table: dict, rows: np.ndarray, residual: np.ndarray, conf
     return scale
 
 
+def _is_numpy_array_file(path: str) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(6) == b"\x93NUMPY"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="training/configs/ensemble_default.yaml")
@@ -68,9 +73,13 @@ def main() -> None:
     parser.add_argument("--min-cut", type=float, default=0.10,
                         help="adopt the choice only with at least this share fewer worse Emu-recipe states")
     parser.add_argument("--save", help="write the nested scales a(x) to this .npy")
+    parser.add_argument("--overwrite", action="store_true", help="let --save replace a file that is not a NumPy .npy")
     args = parser.parse_args()
     config = et.EnsembleConfig.load(args.config)
-    saved = read_out_of_fold(args.oof)  # read once: the states matched are the states studied; before the table
+    if args.save:  # before the fits: never over --oof, the config or its table, nor an unrelated file
+        check_save_path(args.save, [args.oof, args.config, config.data_path], _is_numpy_array_file,
+                        "a NumPy .npy array (an earlier --save)", args.overwrite)
+    saved = read_out_of_fold(args.oof, "--oof")  # read once: the states matched are the states studied; before the table
     torch.set_num_threads(config.threads)
     table = et.load_table(config.data_path)
     found, residual = out_of_fold_match(args.oof, table, config, saved)

@@ -31,6 +31,23 @@ def run_study(main) -> None:
     raise SystemExit(status or 0)
 
 
+def check_save_path(path, inputs, holds_own_kind, own_kind: str, overwrite: bool) -> None:
+    """What a study's --save checks before any work: the path is none of ``inputs`` (the config, its
+    table, an --oof file: writing over one destroyed it) and, unless ``overwrite``, not an existing
+    file other than ``own_kind`` (``holds_own_kind(path)``: an earlier run's) or an empty one. The
+    dodo commands check this of every output; the --save of gate_study.py and noise_gate_study.py
+    did not (outside probe, round 26, left; fixed in round 27). Raises ValueError."""
+    import os
+
+    from dodo._atomic import check_outputs
+
+    check_outputs([path], inputs)
+    if overwrite or not os.path.isfile(path) or os.path.getsize(path) == 0 or holds_own_kind(path):
+        return
+    raise ValueError(f"{path} exists and is not {own_kind}: it is not replaced; give --save another path, "
+                     "or --overwrite to replace it")
+
+
 #: A state is worse than Box3D when its |dn|/N_tot exceeds Box3D's by more than this (issue 10).
 WORSE = 0.0025
 

@@ -126,7 +126,8 @@ def reconstruction_failure(state: np.ndarray, directions: np.ndarray) -> str:
     except ValueError as exc:
         if "did not converge" not in str(exc):
             return f"its angular distribution cannot be reconstructed: {exc}"
-    return RECONSTRUCTION_FAILED
+    # On a coarse set (--nphi 4 or 5) most states have no fit: say so, rather than blame the state alone.
+    return f"{RECONSTRUCTION_FAILED} on {len(directions)} directions; a larger --nphi may fit it"
 
 
 def relative_cost(four_flux: np.ndarray, directions: np.ndarray, end_time_s: np.ndarray | None) -> np.ndarray:

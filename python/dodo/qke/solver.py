@@ -41,6 +41,8 @@ from .linear import emu_coupling_transfer
 #: linear analysis of each state builds directions x directions dispersion matrices.
 MAX_NCELL = 1 << 16
 MAX_NPHI_EQUATOR = 128
+#: The fewest directions at the equator whose set spans three dimensions (4: an octahedron).
+MIN_NPHI_EQUATOR = 4
 HAMILTONIAN_FILTERS = ("none", "emu")
 STATE_FILTERS = ("houli", "two_thirds", "none")
 BACKENDS = ("auto", "cpp", "numpy")
@@ -85,8 +87,16 @@ class SolverConfig:
         if self.ncell > MAX_NCELL:
             raise ValueError(f"ncell must be at most {MAX_NCELL} (512x the cells of Emu's largest reference run; "
                              f"memory grows as ncell x directions per simulation); got {self.ncell}")
-        if self.nphi_equator < 2:
-            raise ValueError(f"nphi_equator must be >= 2; got {self.nphi_equator}")
+        if self.nphi_equator < MIN_NPHI_EQUATOR:
+            # --nphi 2 and 3 gave 2 and 3 directions in the equatorial plane: no flux off that plane has
+            # a distribution on them, and every state was dropped as "the fit did not converge", as if
+            # the states were at fault (outside probe, round 27).
+            if self.nphi_equator < 1:
+                raise ValueError(f"nphi_equator (--nphi) must be >= {MIN_NPHI_EQUATOR}; got {self.nphi_equator}")
+            directions = len(uniform_sphere(self.nphi_equator))
+            raise ValueError(f"nphi_equator (--nphi) must be >= {MIN_NPHI_EQUATOR}: {self.nphi_equator} gives "
+                             f"{directions} directions, all in one plane, which cannot hold a flux out of it "
+                             f"(Emu's runs use 16); got {self.nphi_equator}")
         if self.nphi_equator > MAX_NPHI_EQUATOR:
             directions = len(uniform_sphere(MAX_NPHI_EQUATOR))
             raise ValueError(f"nphi_equator (--nphi) must be at most {MAX_NPHI_EQUATOR} ({directions:,} directions; "

@@ -62,13 +62,16 @@ def out_of_fold_match(path: str, table: dict, config, saved: dict | None = None)
     return found, residual
 
 
-def read_out_of_fold(path: str) -> dict:
+def read_out_of_fold(path: str, given_as: str = "noise.oof") -> dict:
     """The arrays OUT_OF_FOLD_KEYS of a gate study's .npz, read once (delta_box, delta_true and r as
-    float64, of one length); a ValueError naming the file for anything else."""
+    float64, of one length); a ValueError naming the file for anything else. ``given_as`` is how
+    the caller's user named the file (the config key, or a script's --load / --oof), which starts
+    the message: "noise.oof:" of a file given as gate_study.py --load sent users to a config key
+    they never set (outside probe, round 26, left; fixed in round 27)."""
     from .._atomic import check_input_file
 
     check_input_file(path, "a gate study's out-of-fold file (tools/gate_study.py --save)")  # a FIFO would block
-    wrong = f"noise.oof: {path} is not a gate study's out-of-fold file (tools/gate_study.py --save)"
+    wrong = f"{given_as}: {path} is not a gate study's out-of-fold file (tools/gate_study.py --save)"
     try:
         with np.load(path, allow_pickle=False) as saved:
             arrays = {key: np.asarray(saved[key]) for key in OUT_OF_FOLD_KEYS if key in saved.files}

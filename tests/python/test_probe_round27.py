@@ -1,0 +1,140 @@
+"""Outside probe, round 27 (docs/reliability_python.md, section 29)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cli_helpers import digest, refused
+
+REPO = Path(__file__).resolve().parents[2]
+TOOLS = REPO / "tools"
+#: Generous: the refusals answer in the time Python starts and imports torch and dodo; the code
+#: before went on to fit (or failed on the table), so nothing here can hang the run.
+SUBPROCESS_TIMEOUT_S = 120
+
+
+# --- dodo simulate: direction sets too coarse to hold a state ---------------------------------------------
+
+@pytest.mark.parametrize("nphi, directions", [(1, 2), (2, 2), (3, 3)])
+def test_simulate_refuses_an_nphi_whose_directions_lie_in_one_plane(capsys, tmp_path, nphi, directions):
+    """`dodo simulate --nphi 2` (or 3) ran, then dropped every state as "the maximum-entropy fit did
+    not converge", blaming the states: 2 or 3 directions in the equatorial plane hold no flux out of
+    it. Now refused before any work, naming the count."""
+    output = tmp_path / "out.h5"
+    message = refused(capsys, ["simulate", str(output), "--random", "2", "--nphi", str(nphi), "--linear-only", "-q"],
+                      "--nphi")
+    assert f"gives {directions} directions, all in one plane" in message
+    assert not output.exists()
+
+
+def test_simulate_refuses_a_zero_or_negative_nphi_with_the_bound():
+    from dodo.qke.solver import MIN_NPHI_EQUATOR, SolverConfig
+
+    for nphi in (0, -3):
+        with pytest.raises(ValueError, match=f"must be >= {MIN_NPHI_EQUATOR}; got {nphi}"):
+            SolverConfig(nphi_equator=nphi).validate()
+    SolverConfig(nphi_equator=MIN_NPHI_EQUATOR).validate()  # an octahedron: accepted
+
+
+def test_a_state_with_no_fit_on_a_coarse_set_is_told_a_larger_nphi_may_fit_it():
+    """The reason a state is dropped names the direction count and the way out."""
+    from dodo.qke.campaign import RECONSTRUCTION_FAILED, reconstruction_failure
+    from dodo.qke.directions import uniform_sphere
+    from dodo.qke.states import family_states
+
+    states = family_states("emu", 30, np.random.default_rng(0))
+    directions = uniform_sphere(8)
+    reason = reconstruction_failure(states[21], directions)  # no fit on 24 directions (test_simulate_and_score_inputs)
+    assert reason.startswith(RECONSTRUCTION_FAILED)
+    assert f"on {len(directions)} directions; a larger --nphi may fit it" in reason
+
+
+# --- the gate studies: how the out-of-fold file was given, and where --save writes ---------------------
+
+def _tool(name: str, *args, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(TOOLS / name), *map(str, args)], capture_output=True, text=True,
+                          timeout=SUBPROCESS_TIMEOUT_S, cwd=cwd, stdin=subprocess.DEVNULL)
+
+
+def _last_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    return result.stderr.strip().splitlines()[-1]
+
+
+def _study_config(tmp_path) -> Path:
+    """The default ensemble config with its table moved to a text file under tmp_path: a study
+    that got past its checks fails reading the table, before any fit or write."""
+    table = tmp_path / "table.h5"
+    table.write_text("not a table\n")
+    config = tmp_path / "ensemble.yaml"
+    text = (REPO / "training/configs/ensemble_default.yaml").read_text().replace("path: pdata/qke.h5",
+                                                                               f"path: {table}", 1)
+    assert str(table) in text
+    config.write_text(text)
+    return config
+
+
+def _out_of_fold_file(path: Path) -> Path:
+    from dodo._atomic import numpy_savez_atomic
+    from dodo.training.label_noise import OUT_OF_FOLD_KEYS
+
+    numpy_savez_atomic(path, {key: np.zeros(4) for key in OUT_OF_FOLD_KEYS})
+    return path
+
+
+def test_the_out_of_fold_reader_names_the_option_the_file_came_from(tmp_path):
+    """`gate_study.py --load notes.npz` (and learned/noise_gate_study.py --oof) answered
+    `noise.oof: notes.npz is not a gate study's out-of-fold file`, naming a config key the user never
+    set (round 26, left). Now the option the file was given as; the config's key keeps its name."""
+    pytest.importorskip("torch")
+    notes = tmp_path / "notes.npz"
+    notes.write_text("not an npz\n")
+    for tool, option in (("gate_study.py", "--load"), ("learned_gate_study.py", "--oof"),
+                         ("noise_gate_study.py", "--oof")):
+        last = _last_line(_tool(tool, option, notes, cwd=REPO))
+        assert f"{option}: {notes} is not a gate study's out-of-fold file" in last and "noise.oof" not in last, last
+    from dodo.training.label_noise import read_out_of_fold
+
+    with pytest.raises(ValueError, match=r"^noise\.oof: "):
+        read_out_of_fold(str(notes))
+
+
+@pytest.mark.parametrize("tool", ["gate_study.py", "noise_gate_study.py"])
+def test_study_save_never_writes_over_its_inputs(tmp_path, tool):
+    """`noise_gate_study.py --save` (and gate_study.py --save) wrote over whatever path it was given,
+    its --oof file, config or table included (round 26, left). Now refused before any work, the file kept."""
+    pytest.importorskip("torch")
+    config = _study_config(tmp_path)
+    oof = _out_of_fold_file(tmp_path / "oof.npz")
+    extra = ["--oof", oof] if tool == "noise_gate_study.py" else []
+    targets = [config, tmp_path / "table.h5"] + ([oof] if extra else [])
+    for target in targets:
+        before = digest(target)
+        last = _last_line(_tool(tool, "--config", config, *extra, "--save", target, cwd=tmp_path))
+        assert f"output {target} is the same file as the input" in last, last
+        assert digest(target) == before
+
+
+@pytest.mark.parametrize("tool", ["gate_study.py", "noise_gate_study.py"])
+def test_study_save_keeps_an_unrelated_file_unless_overwrite(tmp_path, tool):
+    pytest.importorskip("torch")
+    config = _study_config(tmp_path)
+    extra = ["--oof", _out_of_fold_file(tmp_path / "oof.npz")] if tool == "noise_gate_study.py" else []
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a week of notes\n")
+    last = _last_line(_tool(tool, "--config", config, *extra, "--save", notes, cwd=tmp_path))
+    assert f"{notes} exists and is not" in last and "--overwrite" in last, last
+    assert notes.read_text() == "a week of notes\n"
+    # With --overwrite the guard lets it through: the run goes on to the table (a text file here).
+    last = _last_line(_tool(tool, "--config", config, *extra, "--save", notes, "--overwrite", cwd=tmp_path))
+    assert "table.h5" in last and "exists and is not" not in last, last
+    # An earlier --save's own kind is replaced without --overwrite (a rerun).
+    own = _out_of_fold_file(tmp_path / "earlier.npz") if tool == "gate_study.py" else tmp_path / "earlier.npy"
+    if tool == "noise_gate_study.py":
+        np.save(own, np.zeros(3))
+    last = _last_line(_tool(tool, "--config", config, *extra, "--save", own, cwd=tmp_path))
+    assert "table.h5" in last and "exists and is not" not in last, last
