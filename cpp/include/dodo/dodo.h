@@ -160,7 +160,8 @@ DODO_API const char* dodo_default_model_path(void);
  * refused (DODO_ERROR_FILE / DODO_ERROR_MODEL_FORMAT) before anything is read. The package must
  * carry test vectors (docs/model_package.md); with run_self_test (default on) they are run here.
  * options may be NULL (defaults). On failure *closure is NULL and, if error_buffer is not NULL,
- * a message (truncated to error_buffer_size, always NUL-terminated) says what went wrong. */
+ * a message (truncated to error_buffer_size, always NUL-terminated; UTF-8, cut before a character,
+ * never inside one) says what went wrong. */
 DODO_API dodo_status dodo_closure_create(const char* model_path, const dodo_options* options,
                                          dodo_closure** closure, char* error_buffer,
                                          size_t error_buffer_size);
@@ -214,7 +215,8 @@ DODO_API size_t dodo_last_error(const dodo_closure* closure, char* buffer, size_
 
 /* Like dodo_closure_create, from a model package already in memory (size bytes at `bytes`), with
  * the same checks as a file: content digest, metadata digest, required test vectors, the size
- * bound DODO_MAX_MODEL_FILE_BYTES, self-test. The bytes are only read during the call. For codes
+ * bound DODO_MAX_MODEL_FILE_BYTES, self-test. The bytes are only read during the call, and read
+ * once: they are copied at its start, so every check is of the bytes that load. For codes
  * with many ranks: rank 0 reads the file, MPI_Bcast sends the bytes, every rank creates its
  * closure, and no other rank touches the file system (examples/c/mpi_closure.c). */
 DODO_API dodo_status dodo_closure_create_from_memory(const void* bytes, size_t size, const dodo_options* options,
