@@ -167,6 +167,7 @@ def _apply(args: argparse.Namespace) -> int:
     from . import CellStatus, box3d, comoving_density
     from ._box3d import boost_from_rest, boost_to_rest
     from ._closure import Closure
+    from ._status import REJECTED_MASK
     from .reference import conservation_error
 
     shape = _grid_shape(args.grid)
@@ -189,6 +190,16 @@ def _apply(args: argparse.Namespace) -> int:
                          "density N_tot <= 0 (negative or zero densities)")
 
     F_pred, status, seconds = _run_in_blocks(runtime, F_init, u, args.quiet)
+    # Cells the closure rejects (|F| > n, a flux factor past its limit) come back as their input put
+    # onto the flux cone: scored, they read as a closure error, and apply printed a conservation
+    # violation of 1.5 N_tot for the closure's own clamping (outside probe, round 27). `dodo score`
+    # has left them out since round six; so does apply, counting them.
+    rejected = scored & ((status.astype(np.int64) & REJECTED_MASK) != 0)
+    if not (scored & ~rejected).any():  # before -o is written, as above
+        raise ValueError(f"no cell of {args.data} can be scored: the closure rejects every cell's input as "
+                         "unphysical (e.g. n < 0 or |F| > n, or a flux factor past its limit: see dodo.status)")
+    unusable = int(np.count_nonzero(~scored))
+    scored &= ~rejected
     # Box3D at the closure's own settings, its flux-factor limit included (a model exported at
     # another limit than 0.98 had its Box3D column computed at 0.98: outside probe, round fifteen).
     F_box = box3d(F_init, u, **{k: runtime.box3d_settings[k] for k in ("lebedev_order", "z_method", "max_flux_factor")},
@@ -200,9 +211,11 @@ def _apply(args: argparse.Namespace) -> int:
     print(f"model: {runtime.model_path or 'none (Box3D only)'}; head {runtime.head}; {runtime.threads} thread(s); "
           f"ONNX Runtime {runtime.onnxruntime[1] or '-'}")
     if not scored.all():
-        print(f"cells scored: {int(scored.sum())} of {count} ({count - int(scored.sum())} with a non-finite input or "
-              "truth, or a comoving density N_tot <= 0, left out; such inputs are flagged NONFINITE, "
-              "NEGATIVE_DENSITY or ZERO_DENSITY below)")
+        reasons = ([f"{unusable} with a non-finite input or truth, or a comoving density N_tot <= 0, left out; such "
+                    "inputs are flagged NONFINITE, NEGATIVE_DENSITY or ZERO_DENSITY below"] if unusable else []) + \
+                  ([f"{int(rejected.sum())} whose input the closure rejects as unphysical (|F| > n, a flux factor "
+                    "past its limit), left out; their flags are below (dodo.status)"] if rejected.any() else [])
+        print(f"cells scored: {int(scored.sum())} of {count} ({'; '.join(reasons)})")
     print("errors against the asymptotic states, fluid rest frame, mean over cells, units of N_tot")
     print(f"{'species':<11}{'|dn| box3d':>12}{'|dn| closure':>14}{'|dF| box3d':>12}{'|dF| closure':>14}")
     box_dn, box_dF = _errors(F_box[scored], F_true[scored], u[scored], ntot[scored])

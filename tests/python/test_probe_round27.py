@@ -138,3 +138,35 @@ def test_study_save_keeps_an_unrelated_file_unless_overwrite(tmp_path, tool):
         np.save(own, np.zeros(3))
     last = _last_line(_tool(tool, "--config", config, *extra, "--save", own, cwd=tmp_path))
     assert "table.h5" in last and "exists and is not" not in last, last
+
+
+# --- dodo apply: cells the closure rejects ---------------------------------------------------------------
+
+def test_apply_leaves_out_cells_the_closure_rejects_as_score_does(capsys, tmp_path):
+    """`dodo apply` on an Emu file whose first states have |F| > n scored the closure's clamped
+    fallback as its answer and printed `largest conservation violation / N_tot: 1.5e+00`: the
+    closure's own projection onto the flux cone read as a conservation failure. Now those cells are
+    left out of every number, counted (dodo score has done so since round six); all of them: refused
+    before -o is written."""
+    import h5py
+
+    from cli_helpers import emu_file, run
+
+    with h5py.File(REPO / "tests/data/qke/emu_1d_validation.h5", "r") as handle:
+        initial = handle["F4_initial(1|ccm)"][:8]
+        final = handle["F4_final(1|ccm)"][:8]
+    initial[:5, :3] *= 5.0  # (x, y, z, t): the spatial fluxes of five states past their densities
+    path = emu_file(tmp_path / "superluminal.h5", initial, final)
+    code, out, err = run(capsys, ["apply", str(path), "--grid", "2x2x2", "--max-speed", "0", "--threads", "1", "-q"])
+    assert code == 0, err
+    assert "cells scored: 3 of 8 (5 whose input the closure rejects as unphysical" in out, out
+    violation = float(out.split("largest conservation violation / N_tot: ")[1].split(";")[0])
+    assert violation < 1e-12, out
+    assert "FLUX_FACTOR 5" in out
+
+    initial[:, :3] *= 5.0
+    every = emu_file(tmp_path / "all_rejected.h5", initial, final)
+    output = tmp_path / "cells.h5"
+    refused(capsys, ["apply", str(every), "--grid", "2x2x2", "--threads", "1", "-q", "-o", str(output)],
+            "all_rejected.h5", "rejects every cell")
+    assert not output.exists()
