@@ -170,3 +170,24 @@ def test_apply_leaves_out_cells_the_closure_rejects_as_score_does(capsys, tmp_pa
     refused(capsys, ["apply", str(every), "--grid", "2x2x2", "--threads", "1", "-q", "-o", str(output)],
             "all_rejected.h5", "rejects every cell")
     assert not output.exists()
+
+
+# --- dodo simulate --random: flux factors too small to cross ----------------------------------------------
+
+def test_random_states_too_near_isotropy_to_cross_are_refused_early(capsys, monkeypatch, tmp_path):
+    """`dodo simulate OUT --random 2 --max-flux-factor 0.001` drew 100,000 states (about ten
+    minutes, not a line), then `found only 0 crossing states in 100000 draws`, naming no option. Now
+    a draw that finds no crossing state at all stops after DRAWS_BEFORE_GIVING_UP draws (2,000;
+    50 here, to be quick), naming --max-flux-factor."""
+    import dodo.qke.states as states
+
+    monkeypatch.setattr(states, "DRAWS_BEFORE_GIVING_UP", 50, raising=False)
+    with pytest.raises(ValueError, match="no crossing state in the first 50 draws with flux factors below 0.001"):
+        states.random_crossing_states(2, np.random.default_rng(0), max_flux_factor=1e-3, max_tries=200)
+    output = tmp_path / "out.h5"
+    line = refused(capsys, ["simulate", str(output), "--random", "2", "--max-flux-factor", "0.001", "--nphi", "6",
+                            "--ncell", "8", "-q"], "--max-flux-factor")
+    assert "no crossing state" in line and not output.exists()
+    # Families that cross are drawn as before (the same first states).
+    np.testing.assert_array_equal(states.random_crossing_states(3, np.random.default_rng(1)),
+                                  states.random_crossing_states(5, np.random.default_rng(1))[:3])

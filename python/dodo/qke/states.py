@@ -43,6 +43,11 @@ MAX_RANDOM_STATES = 10_000_000
 TRIES_PER_STATE = 20
 #: A pair crosses when both signed parts of its lepton-number difference exceed this (in N_tot).
 MIN_CROSSING_FRACTION = 1e-3
+#: Draws after which a draw that has found no crossing state at all stops: `dodo simulate --random 2
+#: --max-flux-factor 0.001` (states too near isotropy ever to cross by MIN_CROSSING_FRACTION) drew
+#: 100,000 states, about 10 minutes without a line, then said "found only 0 crossing states"
+#: (outside probe, round 27). Every family crosses in about 2 draws of 3, so none stops here.
+DRAWS_BEFORE_GIVING_UP = 2000
 
 
 def _crossing_states(count: int, draw, max_flux_factor: float, total_density: float,
@@ -62,15 +67,20 @@ def _crossing_states(count: int, draw, max_flux_factor: float, total_density: fl
     # The draws stop at `count` crossing states, so the states of a smaller count are unchanged.
     max_tries = max(max_tries, TRIES_PER_STATE * count)
     states = []
-    for _ in range(max_tries):
+    for tries in range(max_tries):
         if len(states) == count:
             break
+        if tries == DRAWS_BEFORE_GIVING_UP and not states:
+            raise ValueError(f"no crossing state in the first {tries:,} draws with flux factors below "
+                             f"{max_flux_factor:g}: states this near isotropy have no ELN crossing of more than "
+                             f"{MIN_CROSSING_FRACTION:g} N_tot; raise the largest flux factor (--max-flux-factor)")
         state = draw()
         state *= total_density / state[:, 0].sum()
         if _crossing(state, directions):
             states.append(state)
     if len(states) < count:
-        raise ValueError(f"found only {len(states)} crossing states in {max_tries} draws")
+        raise ValueError(f"found only {len(states)} crossing states in {max_tries} draws with flux factors below "
+                         f"{max_flux_factor:g}; a larger flux factor (--max-flux-factor) crosses more often")
     return np.array(states).reshape(count, 6, 4)
 
 
