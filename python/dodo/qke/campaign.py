@@ -126,7 +126,12 @@ def reconstruction_failure(state: np.ndarray, directions: np.ndarray) -> str:
     except ValueError as exc:
         if "did not converge" not in str(exc):
             return f"its angular distribution cannot be reconstructed: {exc}"
-    # On a coarse set (--nphi 4 or 5) most states have no fit: say so, rather than blame the state alone.
+    return no_fit_reason(directions)
+
+
+def no_fit_reason(directions: np.ndarray) -> str:
+    """RECONSTRUCTION_FAILED with the direction count: on a coarse set (--nphi 4 or 5) most states
+    have no fit, and the reason blamed the state alone (outside probe, round 27)."""
     return f"{RECONSTRUCTION_FAILED} on {len(directions)} directions; a larger --nphi may fit it"
 
 
@@ -432,7 +437,10 @@ def _simulate_batch(batch: np.ndarray, four_flux: np.ndarray, results: dict, con
                 setup = box_setup(four_flux[index], directions, config.ncell, axis=axis, box_length_cm=box_length_cm,
                                   end_time_s=None if end_time_s is None else float(end_time_s[index]))
         except ValueError as error:
-            results["done"][index], results["reason"][index] = True, str(error)
+            # A state rotated onto its box axis (rotation_R) can lose the fit that it had unrotated:
+            # the same reason as before the run, not the fitter's "flux factor too close ... ?".
+            reason = no_fit_reason(directions) if "did not converge" in str(error) else str(error)
+            results["done"][index], results["reason"][index] = True, reason
             continue
         R, length, end, linear_rate = setup
         results["rotation"][index], results["box_length_cm"][index] = R, length

@@ -135,9 +135,14 @@ def run_simulate(args) -> int:
                 if loaded["end_time"] is None:
                     raise ValueError(f"{args.input} has no tend(s) dataset")
                 end_time = loaded["end_time"]
-                if end_time.shape != (len(four_flux),) or not np.all(np.isfinite(end_time) & (end_time > 0)):
+                if end_time.shape != (len(four_flux),):
                     raise ValueError(f"{args.input}: tend(s) must hold one positive, finite end time per state "
                                      f"({len(four_flux)}); got shape {end_time.shape}")
+                bad = np.flatnonzero(~(np.isfinite(end_time) & (end_time > 0)))
+                if len(bad):  # "got shape (2,)" was said of a right shape holding zeros (outside probe, round 27)
+                    more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+                    raise ValueError(f"{args.input}: tend(s) must hold one positive, finite end time per state; "
+                                     f"state {bad[0]} has {float(end_time[bad[0]]):g} s{more}")
             source = {"input": args.input}
         else:
             rng = np.random.default_rng(args.seed)
