@@ -230,3 +230,37 @@ def test_a_state_that_loses_its_fit_in_the_box_setup_gets_the_same_reason(capsys
     assert code == 2, err
     assert f"state 1: {RECONSTRUCTION_FAILED} on 14 directions; a larger --nphi may fit it" in err, err
     assert "flux factor too close" not in err
+
+
+def test_simulate_on_a_full_disk_says_what_of_the_run_is_kept(capsys, monkeypatch, tmp_path):
+    """`dodo simulate` whose checkpoint could not be written (a full disk: a 64 KiB tmpfs in the
+    probe) said only `[Errno 28] No space left on device: 'OUT.partial.npz'`. Now the message says
+    whether an earlier checkpoint is kept and that rerunning resumes from it."""
+    import errno
+
+    from cli_helpers import run
+
+    import dodo.qke.campaign as campaign
+
+    real_write, calls = campaign.atomic_write, []
+
+    def full_after_the_first(path, write):
+        calls.append(path)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_write(path, write)
+
+    monkeypatch.setattr(campaign, "atomic_write", full_after_the_first)
+    output = tmp_path / "out.h5"
+    argv = ["simulate", str(output), "--random", "2", "--seed", "3", "--nphi", "6", "--ncell", "8", "--batch-size", "1",
+            "-q"]
+    code, _, err = run(capsys, argv)
+    checkpoint = Path(f"{output}.partial.npz")
+    assert code == 2 and "Traceback" not in err, err
+    assert f"cannot write the checkpoint {checkpoint} (No space left on device); its earlier version" in err, err
+    assert "rerun the same command to resume from it" in err and checkpoint.exists()
+    # A full disk at the first batch: nothing is kept, and the message does not promise a resume.
+    checkpoint.unlink()
+    calls.append("every call fails from now on")
+    code, _, err = run(capsys, argv)
+    assert code == 2 and "no earlier checkpoint exists" in err and "resume" not in err, err

@@ -388,7 +388,16 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
                 np.savez(stream, fingerprint=fingerprint, indices=rows, states_sha256=states_digest, nstates=nstates,
                          settings=settings_text, **{key: value[rows] for key, value in results.items()})
 
-        atomic_write(checkpoint, write_partial)
+        try:
+            atomic_write(checkpoint, write_partial)
+        except OSError as error:
+            # A full disk said only "[Errno 28] No space left on device: 'OUT.partial.npz'": whether the
+            # work done so far survived, and how to go on, went unsaid (outside probe, round 27).
+            kept = ("its earlier version (the batches before this one) is kept: free space (or fix the cause) and "
+                    "rerun the same command to resume from it" if os.path.exists(checkpoint) else
+                    "no earlier checkpoint exists: free space (or fix the cause) and rerun the same command")
+            raise OSError(error.errno, f"cannot write the checkpoint {checkpoint} ({error.strerror or error}); {kept}"
+                          ) from None
         if comm.size == 1 and (results["valid"] & results["done"]).any():
             # Usable while the campaign runs; not while it holds no valid run (an empty database).
             _write_database(output, four_flux, results, settings, attributes)
