@@ -12,16 +12,21 @@ from test_probe_round16_capi import LOAD_PACKAGES
 
 # --- a number of the network description edited onto another constant's exact value ------------
 
-def _resigned(tmp_path, model, edit, name):
+def _resigned(tmp_path, model, edit, name, extra_scalar=None):
     """The package with its "dodo.native_network" description changed by `edit` (a function of
-    the parsed description), digests recomputed as a deliberate editor would."""
+    the parsed description), and optionally one more float32 scalar initializer in the graph
+    (name, value), digests recomputed as a deliberate editor would."""
     import json
 
+    import numpy as np
     import onnx
+    from onnx import numpy_helper
 
     import dodo
 
     package = onnx.load(model)
+    if extra_scalar:
+        package.graph.initializer.append(numpy_helper.from_array(np.array(extra_scalar[1], np.float32), extra_scalar[0]))
     entry = next(e for e in package.metadata_props if e.key == "dodo.native_network")
     description = json.loads(entry.value)
     edit(description)
@@ -44,16 +49,30 @@ def test_a_named_constant_of_the_description_must_equal_its_own_node_not_another
     def d2_max_onto_error_per_spread(description):
         description["d2_max"] = description["error_per_spread"]
 
+    def r_scale_by_the_name_of_another(description):
+        description["r_scale"] = "ensemble.r_scale_edited"
+
+    import json
+
+    import onnx
+
+    r_scale = json.loads(next(e.value for e in onnx.load(model).metadata_props if e.key == "dodo.native_network"))["r_scale"]
     packages = [_resigned(tmp_path, model, lambda d: None, "unedited"),
                 _resigned(tmp_path, model, swap, "swapped"),
                 _resigned(tmp_path, model, r_scale_onto_d2_max, "r_scale"),
-                _resigned(tmp_path, model, d2_max_onto_error_per_spread, "d2_max")]
+                _resigned(tmp_path, model, d2_max_onto_error_per_spread, "d2_max"),
+                # by name: a tensor added to the graph holding r_scale x 1.0005, named in its place
+                _resigned(tmp_path, model, r_scale_by_the_name_of_another, "by_name",
+                          extra_scalar=("ensemble.r_scale_edited", r_scale * 1.0005))]
     program = compile_host(tmp_path, "load_packages", LOAD_PACKAGES)
     lines = run_host(program, *packages, timeout=300)
     assert lines[0] == "0", lines
-    # Before: each edit equals some constant of the graph exactly (d2_max's, r_scale's, the 2.0 of
-    # error_per_spread), so the membership test let all three load (status 0).
-    for line, key in zip(lines[1:], ["r_scale", "r_scale", "d2_max"], strict=True):
+    # Before: each edited number equals some constant of the graph exactly (d2_max's, r_scale's,
+    # the 2.0 of error_per_spread), so it passed the membership test and was refused only by the
+    # load-time probe comparison (status 3, "does not reproduce the graph's head_output"), which
+    # an edit onto a constant near the number's own value would pass; the value given by a
+    # tensor's name was not checked and loaded (status 0: x 1.0005 is within the probes).
+    for line, key in zip(lines[1:], ["r_scale", "r_scale", "d2_max", "r_scale"], strict=True):
         assert line.startswith("4 model file "), line  # DODO_ERROR_MODEL_METADATA
         assert f'metadata "dodo.native_network" gives {key} ' in line, line
         assert f'but the graph\'s "ensemble.{key}" holds ' in line, line

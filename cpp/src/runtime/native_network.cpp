@@ -65,22 +65,24 @@ float scalar_of(const std::map<std::string, FloatTensor>& initializers, const Js
   return tensor.values[0];
 }
 
-// Values the description gives by number (not by a tensor's name) must be constants the graph
-// holds itself (an initializer or a Constant node): the digests do not stop a package re-signed
-// after an edit, and the load-time probes (near the training mean, at 1e-3 of the outputs' scale)
-// let small edits of the gates' constants through (probe round sixteen: sigma_floor x0.5,
-// r_scale x1.0005, tiny x1e30 loaded and moved outputs by up to 4e-5 N_tot).
 std::string number_text(float value) {
   char text[32];
   std::snprintf(text, sizeof text, "%.17g", static_cast<double>(value));
   return text;
 }
 
+// Values the description gives by number must be constants the graph holds itself (an
+// initializer or a Constant node): the digests do not stop a package re-signed after an edit, and
+// the load-time probes (near the training mean, at 1e-3 of the outputs' scale) let small edits of
+// the gates' constants through (probe round sixteen: sigma_floor x0.5, r_scale x1.0005, tiny x1e30
+// loaded and moved outputs by up to 4e-5 N_tot). A value given by a tensor's name is the graph's
+// own, and is held to the key's own tensor below like a number (probe round seventeen).
+
 void require_graph_constant(const std::map<std::string, FloatTensor>& constants, const JsonValue& root,
                             const char* key) {
   const JsonValue& given = root.at(key);
-  if (given.is_string()) return;  // by name: the graph's own tensor
   std::vector<float> values;
+  if (given.is_string()) values = tensor_named(constants, given).values;  // by name: held to the key's node too
   if (given.is_number()) values.push_back(static_cast<float>(given.number()));
   if (given.is_array())
     for (const JsonValue& value : given.array()) values.push_back(static_cast<float>(value.number()));
