@@ -316,10 +316,14 @@ def _flock(path: Path, remove: bool, refuse):
             break
         handle.close()  # removed by the holder we waited for: lock the file now at ``path``
     try:
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
+        try:
+            handle.seek(0)
+            handle.truncate()
+            # Unbuffered: a buffered write that failed (a full disk) failed again in close(), and the
+            # message was a bare "[Errno 28] No space left on device", naming no file (round 27).
+            os.write(handle.fileno(), str(os.getpid()).encode())
+        except OSError as error:
+            raise OSError(error.errno, f"cannot write the lock file {path}: {error.strerror or error}") from None
         yield
     finally:
         if remove:

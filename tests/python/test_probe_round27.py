@@ -264,3 +264,71 @@ def test_simulate_on_a_full_disk_says_what_of_the_run_is_kept(capsys, monkeypatc
     calls.append("every call fails from now on")
     code, _, err = run(capsys, argv)
     assert code == 2 and "no earlier checkpoint exists" in err and "resume" not in err, err
+
+
+def test_simulate_whose_database_cannot_be_written_points_to_the_checkpoint(capsys, monkeypatch, tmp_path):
+    """The database written after each batch, on a full disk: `[Errno 28] writing
+    .out.h5.vm.8315.vv7no_pz.tmp: No space left on device`, naming a temporary. Now OUT, the cause,
+    that an earlier OUT is untouched and that the checkpoint resumes the run; the rerun does."""
+    import errno
+
+    from cli_helpers import run
+
+    import dodo.qke.campaign as campaign
+
+    def full(output, *database):
+        raise OSError(errno.ENOSPC, f"writing .{Path(output).name}.vm.1.tmp: No space left on device")
+
+    monkeypatch.setattr(campaign, "_write_database", full)
+    output = tmp_path / "out.h5"
+    argv = ["simulate", str(output), "--random", "2", "--seed", "3", "--nphi", "8", "--ncell", "16", "--batch-size",
+            "1", "-q"]
+    code, _, err = run(capsys, argv)
+    assert code == 2 and "Traceback" not in err, err
+    assert f"cannot write {output} (writing .out.h5.vm.1.tmp: No space left on device)" in err, err
+    assert f"the checkpoint {output}.partial.npz holds the batches done" in err and not output.exists()
+    monkeypatch.undo()
+    code, _, err = run(capsys, argv)
+    assert code == 0 and output.exists() and not Path(f"{output}.partial.npz").exists(), err
+
+
+def test_a_lock_file_that_cannot_be_written_is_named_and_removed(monkeypatch, tmp_path):
+    """On a disk with a few bytes left (`dodo simulate --linear-only` onto a full 64 KiB tmpfs), the
+    output's lock file was created but its pid could not be written: `[Errno 28] No space left on
+    device`, naming no file (the buffered write failed again in close())."""
+    import errno
+    import os
+
+    import dodo._atomic as atomic
+
+    output = tmp_path / "labels.h5"
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError, match=f"cannot write the lock file {atomic.output_lock_path(output)}: No space left"):
+        with atomic.exclusive_output(output, "dodo simulate"):
+            pytest.fail("the block ran without its lock")
+    monkeypatch.undo()
+    assert not atomic.output_lock_path(output).exists()
+    with atomic.exclusive_output(output, "dodo simulate"):  # and a later run takes the lock
+        assert atomic.output_lock_path(output).read_text() == str(os.getpid())
+
+
+def test_a_label_file_that_cannot_be_written_says_so_by_name(capsys, monkeypatch, tmp_path):
+    import errno
+
+    from cli_helpers import run
+
+    import dodo.qke.growth_labels as growth_labels
+
+    def full(output, *rest):
+        raise OSError(errno.ENOSPC, f"writing .{Path(output).name}.vm.1.tmp: No space left on device")
+
+    monkeypatch.setattr(growth_labels, "_write", full)
+    output = tmp_path / "labels.h5"
+    code, _, err = run(capsys, ["simulate", str(output), "--random", "2", "--seed", "3", "--nphi", "8", "--linear-only",
+                                "-q"])
+    assert code == 2 and "Traceback" not in err, err
+    assert f"cannot write {output} (writing .labels.h5.vm.1.tmp: No space left on device); no labels were written" in err

@@ -266,6 +266,19 @@ def _load_checkpoints(output: str, fingerprint: str, four_flux: np.ndarray, sett
     return results, origin, paths
 
 
+def _write_database_keeping(checkpoint: str, output: str, *database) -> None:
+    """_write_database, saying on failure what survives: a full disk said only "[Errno 28] writing
+    .out.h5.vm.8315.vv7no_pz.tmp: No space left on device", naming a temporary, not that the
+    checkpoint holds the batches done (outside probe, round 27)."""
+    try:
+        _write_database(output, *database)
+    except OSError as error:
+        kept = (f"the checkpoint {checkpoint} holds the batches done: free space (or fix the cause) and rerun the "
+                "same command to resume from it" if os.path.exists(checkpoint) else "no checkpoint holds its batches")
+        raise OSError(error.errno, f"cannot write {output} ({error.strerror or error}); an earlier {output} is "
+                                   f"untouched, and {kept}") from None
+
+
 def _write_database(output: str, four_flux: np.ndarray, results: dict, settings: dict, attributes: dict | None) -> None:
     """Write the valid runs finished so far as an Emu database (atomically)."""
     valid = results["valid"] & results["done"]
@@ -400,7 +413,7 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
                           ) from None
         if comm.size == 1 and (results["valid"] & results["done"]).any():
             # Usable while the campaign runs; not while it holds no valid run (an empty database).
-            _write_database(output, four_flux, results, settings, attributes)
+            _write_database_keeping(checkpoint, output, four_flux, results, settings, attributes)
         elapsed = time.time() - started
         remaining = elapsed / number * (len(mine) - number)
         report(f"{prefix}{int(results['done'].sum())}/{nstates} states done ({int(results['valid'].sum())} valid), "
@@ -416,7 +429,7 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
         for index in np.flatnonzero(~results["valid"]):
             report(f"dropped state {int(index)}: {results['reason'][index]}")
         if results["valid"].any():
-            _write_database(output, four_flux, results, settings, attributes)
+            _write_database_keeping(checkpoint, output, four_flux, results, settings, attributes)
         # Only the checkpoints this campaign read or wrote: a file that appeared meanwhile is not ours.
         # Removed also when no run is valid: the campaign is finished, its checkpoints hold drops only.
         ours = set(paths) | {_checkpoint_path(output, rank, comm.size) for rank in range(comm.size)}

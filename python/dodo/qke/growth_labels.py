@@ -165,7 +165,13 @@ def linear_growth_labels(four_flux: np.ndarray, output: str, config: SolverConfi
                 raise no_valid_state(output, len(four_flux), rows["dropped"], what="could be labelled")
             continue
         if rows["processed"] % CHUNK == 0 or rows["processed"] == len(four_flux):
-            _write(output, four_flux, rows, attributes)
+            try:
+                _write(output, four_flux, rows, attributes)
+            except OSError as error:  # a full disk named a temporary only, not what survives (round 27)
+                kept = (f"an earlier {output} (the labels written before) is untouched: free space (or fix the cause) "
+                        "and rerun the same command to resume from it" if os.path.exists(output) else
+                        "no labels were written yet")
+                raise OSError(error.errno, f"cannot write {output} ({error.strerror or error}); {kept}") from None
             report(f"{rows['processed']}/{len(four_flux)} states processed ({len(rows['input_index'])} labelled), "
                    f"{time.time() - started:.0f} s elapsed")
     return rows
