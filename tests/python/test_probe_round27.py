@@ -332,3 +332,40 @@ def test_a_label_file_that_cannot_be_written_says_so_by_name(capsys, monkeypatch
                                 "-q"])
     assert code == 2 and "Traceback" not in err, err
     assert f"cannot write {output} (writing .labels.h5.vm.1.tmp: No space left on device); no labels were written" in err
+
+
+def test_a_run_killed_on_one_rotation_does_not_resume_on_another(capsys, monkeypatch, tmp_path):
+    """`dodo simulate OUT --input A.h5` killed after its first batch, then `dodo simulate OUT --input
+    B.h5` with the same initial states but other rotation_R: the checkpoint recorded only that there
+    were rotations, so B's run resumed A's states, simulated along other axes, into one database.
+    Now refused, the checkpoint kept, naming rotation_R; A's own rerun resumes."""
+    import h5py
+
+    from cli_helpers import emu_file, run
+
+    import dodo.qke.campaign as campaign
+
+    with h5py.File(REPO / "tests/data/qke/emu_1d_validation.h5", "r") as handle:
+        initial, rotation = handle["F4_initial(1|ccm)"][:2], handle["rotation_R"][:2]
+    first = emu_file(tmp_path / "a.h5", initial, rotation_R=rotation)
+    second = emu_file(tmp_path / "b.h5", initial, rotation_R=rotation[::-1])
+    output = tmp_path / "out.h5"
+    small = ["--nphi", "8", "--ncell", "16", "--batch-size", "1", "-q"]
+    real_batch, batches = campaign._simulate_batch, []
+
+    def interrupted_after_one(*args, **kwargs):
+        batches.append(1)
+        if len(batches) > 1:
+            raise KeyboardInterrupt
+        return real_batch(*args, **kwargs)
+
+    monkeypatch.setattr(campaign, "_simulate_batch", interrupted_after_one)
+    code, _, err = run(capsys, ["simulate", str(output), "--input", str(first), *small])
+    assert code == 130, err
+    monkeypatch.undo()
+    checkpoint = Path(f"{output}.partial.npz")
+    before = digest(checkpoint)
+    line = refused(capsys, ["simulate", str(output), "--input", str(second), *small], "rotation differs")
+    assert "does not belong to this campaign" in line and digest(checkpoint) == before
+    code, _, err = run(capsys, ["simulate", str(output), "--input", str(first), *small[:-1]])
+    assert code == 0 and "resuming" in err, err

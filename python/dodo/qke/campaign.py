@@ -102,6 +102,8 @@ def _mismatch_reason(stored, four_flux: np.ndarray, settings: dict) -> str:
         there, here = theirs.get(key), ours.get(key)
         if isinstance(there, list) or isinstance(here, list):
             shown.append(f"{key} differs")
+        elif key.endswith("_sha256"):  # a digest of arrays: their name, not two hex strings
+            shown.append(f"{key[:-len('_sha256')]} differs")
         else:
             shown.append(f"{key} {there!r} there, {here!r} here")
     if shown:
@@ -339,6 +341,11 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
     settings = {"solver": asdict(config), "axis": axis, "box_length_cm": box_length_cm, "batch_size": batch_size,
                 "rotation_given": rotation is not None,
                 "end_time_given": None if end_time_s is None else np.asarray(end_time_s, float).tolist()}
+    if rotation is not None:
+        # The rotations themselves, not only that there were some: a run killed on A.h5 resumed on
+        # B.h5 of the same states with other rotation_R, mixing boxes along other axes into one
+        # database (outside probe, round 27). --linear-only's label files record theirs (axis_start_digest).
+        settings["rotation_sha256"] = hashlib.sha256(np.ascontiguousarray(rotation, dtype=float).tobytes()).hexdigest()
     if axis == "fastest" and rotation is None:  # chunks of the earlier search do not resume with this one
         settings["axis_search"] = AXIS_SEARCH
     if axis == "emu" and rotation is None:
