@@ -369,3 +369,41 @@ def test_a_run_killed_on_one_rotation_does_not_resume_on_another(capsys, monkeyp
     assert "does not belong to this campaign" in line and digest(checkpoint) == before
     code, _, err = run(capsys, ["simulate", str(output), "--input", str(first), *small[:-1]])
     assert code == 0 and "resuming" in err, err
+
+
+# --- python -m dodo.qke.validate emu32 on references that are not whole ----------------------------------
+
+def _reference_with(path: Path, name: str, change) -> Path:
+    import shutil
+
+    import h5py
+
+    shutil.copyfile(REPO / "tests/data/qke/emu_1d_validation.h5", path)
+    with h5py.File(path, "r+") as handle:
+        value = handle[name][()]
+        del handle[name]
+        handle[name] = change(value)
+    return path
+
+
+@pytest.mark.parametrize("name, change, expected", [
+    ("F4_initial(1|ccm)", lambda v: v[:5], "F4_final(1|ccm) holds 32 states and F4_initial(1|ccm) 5"),
+    ("tend(s)", lambda v: v * 0, "F4_initial(1|ccm) and tend(s) must be finite, and tend(s) positive"),
+    ("rotation_R", lambda v: v * 0, "rotation_R: matrix 0 (and 31 more) is not a proper rotation"),
+    ("walltime(s)", lambda v: np.array([b"x"] * len(v)), "walltime(s) must hold numbers"),
+    ("growthRate(1|s)", lambda v: v[:4], "growthRate(1|s) must hold one value per state (32); got shape (4,)"),
+], ids=["five-initial-states", "zero-end-times", "zero-rotations", "strings", "short-growth-rates"])
+def test_validate_emu32_names_the_reference_and_what_is_wrong_with_it(capsys, tmp_path, name, change, expected):
+    """`python -m dodo.qke.validate emu32 --reference R` read R's datasets as they were: five states
+    of F4_initial ended in NumPy's `operands could not be broadcast together with shapes (5,) (32,)`,
+    zero end times in `end times must be positive and finite` (no file named), and matrices of zeros
+    as rotation_R were run (dodo simulate --input refuses them). Now one line naming R, before any work."""
+    from dodo.qke.validate import main
+
+    reference = _reference_with(tmp_path / "reference.h5", name, change)
+    output = tmp_path / "validation.h5"
+    code = main(["emu32", "--reference", str(reference), "--output", str(output), "--batch-size", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert f"{reference}: {expected}" in err, err
+    assert not output.exists() and not Path(f"{output}.partial.npz").exists()

@@ -127,13 +127,23 @@ def validate_emu32(reference: str, output: str, batch_size: int, flavour_cfl: fl
     from .campaign import simulate_states
 
     with _reference_file(reference, "emu_1d_validation.h5") as f:
-        initial = from_emu_layout(f["F4_initial(1|ccm)"][()])
-        emu_final = from_emu_layout(f["F4_final(1|ccm)"][()])
-        emu_growth = f["growthRate(1|s)"][()]
-        linear_growth = f["linear_growthRate_box(1|s)"][()]
+        def numbers(name: str) -> np.ndarray:
+            try:
+                return np.asarray(f[name][()], float)
+            except (TypeError, ValueError):  # strings, a compound type
+                raise ValueError(f"{reference}: {name} must hold numbers; it holds {f[name].dtype} values") from None
+
+        try:
+            initial = from_emu_layout(numbers("F4_initial(1|ccm)"))
+            emu_final = from_emu_layout(numbers("F4_final(1|ccm)"))
+        except ValueError as error:  # the wrong shape: from_emu_layout's words, then the file's name
+            raise ValueError(error if str(error).startswith(reference) else f"{reference}: {error}") from None
+        emu_growth, linear_growth, end_time, emu_wall = (
+            numbers(name) for name in ("growthRate(1|s)", "linear_growthRate_box(1|s)", "tend(s)", "walltime(s)"))
         rotation = f["rotation_R"][()]
-        end_time = f["tend(s)"][()]
-        emu_wall = f["walltime(s)"][()]
+    _check_emu32_reference(reference, initial, emu_final, rotation,
+                           {"growthRate(1|s)": emu_growth, "linear_growthRate_box(1|s)": linear_growth,
+                            "tend(s)": end_time, "walltime(s)": emu_wall})
     config = SolverConfig(flavour_cfl=flavour_cfl, seed=seed, hamiltonian_filter=hamiltonian_filter, backend=backend)
     started = time.time()
     results = simulate_states(initial, output, config, batch_size=batch_size, rotation=rotation, box_length_cm=4.0,
@@ -155,6 +165,27 @@ def validate_emu32(reference: str, output: str, batch_size: int, flavour_cfl: fl
         report["box3d_vs_emu_mean_abs_dn_over_ntot"] = float(np.mean(density_error(box3d, emu_final, initial)))
     print(json.dumps({k: v for k, v in report.items() if k != "per_state_error"}, indent=1), flush=True)
     return report
+
+
+def _check_emu32_reference(reference: str, initial, final, rotation, per_state: dict) -> None:
+    """One line naming the file for a reference that is not 32 (or n) whole states: five states of
+    F4_initial failed in NumPy (`operands could not be broadcast together with shapes (5,) (32,)`),
+    zero end times as `end times must be positive and finite` naming no file, and matrices of zeros
+    as rotation_R ran, as `dodo simulate --input` refuses them (outside probe, round 27)."""
+    from .states import check_rotations
+
+    count = len(initial)
+    if count == 0:
+        raise ValueError(f"{reference}: F4_initial(1|ccm) holds no states")
+    if final.shape != initial.shape:
+        raise ValueError(f"{reference}: F4_final(1|ccm) holds {len(final)} states and F4_initial(1|ccm) {count}; "
+                         "they must hold the same states")
+    for name, values in per_state.items():
+        if values.shape != (count,):
+            raise ValueError(f"{reference}: {name} must hold one value per state ({count}); got shape {values.shape}")
+    if not (np.isfinite(initial).all() and np.isfinite(per_state["tend(s)"]).all() and (per_state["tend(s)"] > 0).all()):
+        raise ValueError(f"{reference}: F4_initial(1|ccm) and tend(s) must be finite, and tend(s) positive")
+    check_rotations(rotation, count, f"{reference}: rotation_R")
 
 
 #: Where the reference files live in a source checkout (tests/data/qke/ of the repository).
