@@ -77,7 +77,6 @@ std::string number_text(float value) {
 // the gates' constants through (probe round sixteen: sigma_floor x0.5, r_scale x1.0005, tiny x1e30
 // loaded and moved outputs by up to 4e-5 N_tot). A value given by a tensor's name is the graph's
 // own, and is held to the key's own tensor below like a number (probe round seventeen).
-
 void require_graph_constant(const std::map<std::string, FloatTensor>& constants, const JsonValue& root,
                             const char* key) {
   const JsonValue& given = root.at(key);
@@ -91,9 +90,10 @@ void require_graph_constant(const std::map<std::string, FloatTensor>& constants,
   // Per node where the graph names one for the key: a tensor called `key` or `<prefix>.key` (the
   // exporter's "ensemble.r_scale", "ensemble.d2_max") is the constant the number belongs to, so
   // the number must be that one's, not merely some constant's (probe round seventeen: r_scale
-  // edited onto d2_max's exact value loaded). The other numbers have exporter-made names
-  // ("onnx::Mul_203", "/Constant_1_output_0"): no node is theirs by name, and finding theirs would
-  // mean reading the graph's operators, so for them membership stays the test.
+  // edited onto d2_max's exact value passed membership, refused only by the load-time probes; a
+  // tensor named in r_scale's place holding it x 1.0005 loaded). The other numbers have
+  // exporter-made names ("onnx::Mul_203", "/Constant_1_output_0"): no node is theirs by name, and
+  // finding theirs would mean reading the graph's operators, so for them membership stays the test.
   const std::string suffix = std::string(".") + key;
   const FloatTensor* named = nullptr;
   std::string named_as;
