@@ -407,3 +407,23 @@ def test_validate_emu32_names_the_reference_and_what_is_wrong_with_it(capsys, tm
     assert code == 2 and "Traceback" not in err, err
     assert f"{reference}: {expected}" in err, err
     assert not output.exists() and not Path(f"{output}.partial.npz").exists()
+
+
+def test_linear_only_refuses_the_emu_filter_it_does_not_apply(capsys, tmp_path):
+    """`dodo simulate OUT --random 2 --linear-only --hamiltonian-filter emu` ran, exit 0: the labels
+    are the continuum linear theory's whatever the filter, and the label file did not record it.
+    Now refused; `none` (what the labels are) and no filter still run."""
+    import h5py
+
+    from cli_helpers import run
+
+    output = tmp_path / "labels.h5"
+    small = ["--random", "2", "--nphi", "8", "--linear-only", "-q"]
+    refused(capsys, ["simulate", str(output), *small, "--hamiltonian-filter", "emu"], "--hamiltonian-filter emu")
+    assert not output.exists()
+    for extra in ([], ["--hamiltonian-filter", "none", "--overwrite"]):
+        assert run(capsys, ["simulate", str(output), *small, *extra])[0] == 0
+    full = tmp_path / "full.h5"  # a full run's default is still Emu's filter
+    assert run(capsys, ["simulate", str(full), "--random", "1", "--nphi", "8", "--ncell", "16", "-q"])[0] == 0
+    with h5py.File(full, "r") as handle:
+        assert '"hamiltonian_filter": "emu"' in handle.attrs["settings"]

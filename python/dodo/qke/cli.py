@@ -47,9 +47,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--use-input-end-time", action="store_true", help="use the input file's tend(s)")
     parser.add_argument("--flavour-cfl", type=float, default=SolverConfig.flavour_cfl,
                         help=f"time step in units of 1/V_max (default {SolverConfig.flavour_cfl})")
-    parser.add_argument("--hamiltonian-filter", default=SolverConfig.hamiltonian_filter, choices=("emu", "none"),
+    # default None: --linear-only must tell the emu filter asked for from the default (it does not use it)
+    parser.add_argument("--hamiltonian-filter", default=None, choices=("emu", "none"),
                         help="emu (default): couple through Emu's particle-mesh transfer function, so growth "
-                             "rates match Emu's; none: the continuum equations")
+                             "rates match Emu's; none: the continuum equations (--linear-only: neither, "
+                             "its labels are the continuum linear theory's)")
     parser.add_argument("--max-cost", type=float, default=None, metavar="X",
                         help="skip (drop, with the reason) states estimated to cost more than X times the NSM1 run, "
                              "as Emu's validation set did with X = 2.5 (default: no limit)")
@@ -99,7 +101,8 @@ def run_simulate(args) -> int:
             raise ValueError(f"box length must be positive and finite; got {args.box_length}")
         # Resolution limits before any work: an absurd --nphi or --ncell is refused, not run out of memory.
         config = SolverConfig(ncell=args.ncell, nphi_equator=args.nphi, flavour_cfl=args.flavour_cfl,
-                              hamiltonian_filter=args.hamiltonian_filter, seed=args.seed, backend=args.backend)
+                              hamiltonian_filter=args.hamiltonian_filter or SolverConfig.hamiltonian_filter,
+                              seed=args.seed, backend=args.backend)
         config.validate()
         rotation = end_time = None
         # Was "count must be non-negative" or "states must have shape [n >= 1, 6, 4]; got (0, 6, 4)".
@@ -169,6 +172,12 @@ def run_simulate(args) -> int:
             if args.axis not in ("fastest", "emu") or args.box_length is not None:
                 raise ValueError("--linear-only labels each state along its fastest axis (or with --axis emu, Emu's "
                                  "search's) in its own box (k L = 18): leave out --box-length and a fixed --axis")
+            if args.hamiltonian_filter == "emu":  # "none" is what the labels are
+                # Ignored before without a word (outside probe, round 27): the labels are the continuum
+                # linear theory's whatever the filter, and the label file's settings did not record it.
+                raise ValueError("--linear-only labels with the continuum linear theory (training rescales the "
+                                 "labels by the pool's measured/linear ratio, docs/dataset.md), no particle-mesh "
+                                 "filter: leave out --hamiltonian-filter emu")
             if args.axis == "emu" and rotation is not None:
                 raise ValueError("--axis emu searches Emu's 38 axes itself: add --ignore-rotation to leave the "
                                  "input's rotation_R out")
