@@ -316,6 +316,9 @@ std::string find_default_model() {
     directory = slash == std::string::npos ? "." : directory.substr(0, slash);
     candidates.push_back(directory + "/../models/" DODO_DEFAULT_MODEL_NAME);
     candidates.push_back(directory + "/models/" DODO_DEFAULT_MODEL_NAME);
+#ifdef DODO_INSTALLED_MODELS_DIR  // where `cmake --install` of this build puts it (CMakeLists)
+    candidates.push_back(directory + "/" DODO_INSTALLED_MODELS_DIR "/" DODO_DEFAULT_MODEL_NAME);
+#endif
     candidates.push_back(directory + "/../share/dodo/models/" DODO_DEFAULT_MODEL_NAME);
   }
 #ifdef DODO_SOURCE_MODELS_DIR

@@ -109,9 +109,8 @@ ClosureOptions checked(const ClosureOptions& options) {
   // Each refusal names the value given, as threads' and chunk_size's do (probe round thirteen of
   // the C side: a host reading it from an input deck could not see what it had passed).
   if (!(options.box3d.max_flux_factor >= 0 && options.box3d.max_flux_factor < 1)) {
-    char given[32];
-    std::snprintf(given, sizeof given, "%.17g", options.box3d.max_flux_factor);
-    throw Error(DODO_ERROR_INVALID_ARGUMENT, std::string("max_flux_factor must lie in (0, 1), or 0 for the model's; got ") + given);
+    throw Error(DODO_ERROR_INVALID_ARGUMENT, "max_flux_factor must lie in (0, 1), or 0 for the model's; got " +
+                                                 number_text(options.box3d.max_flux_factor));
   }
   if (options.box3d.lebedev_order < 0)
     throw Error(DODO_ERROR_INVALID_ARGUMENT, "lebedev_order must be positive, or 0 for the model's; got " +
@@ -424,13 +423,12 @@ void refuse_workspaces_beyond_memory(std::size_t chunk_size, int threads, const 
   if (!std::isfinite(memory)) return;  // unknown: the allocation's own bad_alloc remains
   const double needed = static_cast<double>(workspace_bytes(chunk_size, model)) * std::max(threads, 1);
   if (needed <= memory) return;
-  char text[320];
-  std::snprintf(text, sizeof text,
-                "%d thread(s) x chunk_size %zu need %.1f GiB of workspaces, more than this machine's %.1f GiB of "
-                "memory (its physical memory, or the process's control-group limit where lower): lower chunk_size "
-                "or threads",
-                std::max(threads, 1), chunk_size, needed / (1 << 30), memory / (1 << 30));
-  throw Error(DODO_ERROR_OUT_OF_MEMORY, text);
+  throw Error(DODO_ERROR_OUT_OF_MEMORY,
+              std::to_string(std::max(threads, 1)) + " thread(s) x chunk_size " + std::to_string(chunk_size) + " need " +
+                  number_text(needed / (1 << 30), 1, true) + " GiB of workspaces, more than this machine's " +
+                  number_text(memory / (1 << 30), 1, true) +
+                  " GiB of memory (its physical memory, or the process's control-group limit where lower): lower "
+                  "chunk_size or threads");
 }
 
 }  // namespace
@@ -829,10 +827,9 @@ double Closure::self_test() const {
     }
   }
   if (!(worst <= vectors.atol_over_ntot)) {
-    char text[160];
-    std::snprintf(text, sizeof text, "self-test failed: test vector %zu differs by %.3g N_tot (tolerance %.3g N_tot)",
-                  worst_cell, worst, vectors.atol_over_ntot);
-    throw Error(DODO_ERROR_SELF_TEST, text);
+    throw Error(DODO_ERROR_SELF_TEST, "self-test failed: test vector " + std::to_string(worst_cell) + " differs by " +
+                                          number_text(worst, 3) + " N_tot (tolerance " +
+                                          number_text(vectors.atol_over_ntot, 3) + " N_tot)");
   }
   // The optional outputs' results, where the package gives them (both in units of N_tot).
   for (auto [name, expected, got] : {std::tuple{"growth rate", &vectors.growth_over_ntot, &growth},
@@ -840,11 +837,9 @@ double Closure::self_test() const {
     for (std::size_t c = 0; c < expected->size(); ++c) {
       const double error = std::fabs((*got)[c] - (*expected)[c]);
       if (!(error <= vectors.atol_over_ntot)) {
-        char text[200];
-        std::snprintf(text, sizeof text,
-                      "self-test failed: test vector %zu's %s differs by %.3g N_tot (tolerance %.3g N_tot)", c, name,
-                      std::isnan(error) ? INFINITY : error, vectors.atol_over_ntot);
-        throw Error(DODO_ERROR_SELF_TEST, text);
+        throw Error(DODO_ERROR_SELF_TEST, "self-test failed: test vector " + std::to_string(c) + "'s " + name +
+                                              " differs by " + number_text(std::isnan(error) ? INFINITY : error, 3) +
+                                              " N_tot (tolerance " + number_text(vectors.atol_over_ntot, 3) + " N_tot)");
       }
     }
   }

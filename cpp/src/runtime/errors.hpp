@@ -2,6 +2,9 @@
 // (and every other exception) into a status code at one choke point.
 #pragma once
 
+#include <ios>
+#include <locale>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 
@@ -49,6 +52,18 @@ inline std::string printable_message(const std::string& text, bool keep_line_bre
 }
 
 inline std::string quoted_path(const std::string& path) { return "\"" + printable_message(path, false) + "\""; }
+
+// A number for a message, as printf's "%.<digits>g" (or "%.<digits>f" with fixed) writes it in the
+// "C" locale: snprintf follows the host's LC_NUMERIC, and a host that had called setlocale(LC_ALL,
+// "") under a German locale read "got 1,5" and "differs by 3,2e-05" (probe round eighteen).
+inline std::string number_text(double value, int digits = 17, bool fixed = false) {
+  std::ostringstream text;
+  text.imbue(std::locale::classic());
+  if (fixed) text << std::fixed;
+  text.precision(digits);
+  text << value;
+  return text.str();
+}
 
 class Error : public std::runtime_error {
  public:

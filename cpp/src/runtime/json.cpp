@@ -3,6 +3,8 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <locale>
+#include <sstream>
 #include <stdexcept>
 
 namespace dodo::runtime {
@@ -21,8 +23,31 @@ class JsonParser {
  private:
   static constexpr int kMaxDepth = 64;  // metadata is shallow; refuse pathological nesting
 
-  [[noreturn]] void fail(const char* what) const {
-    throw std::invalid_argument(std::string("invalid JSON (") + what + " at offset " + std::to_string(pos_) + ")");
+  [[noreturn]] void fail(const char* what) const { fail_with(what); }
+  [[noreturn]] void fail_with(const std::string& what) const {
+    throw std::invalid_argument("invalid JSON (" + what + " at offset " + std::to_string(pos_) + ")");
+  }
+  bool digit_at(std::size_t at) const { return at < text_.size() && text_[at] >= '0' && text_[at] <= '9'; }
+  std::size_t skip_digits(std::size_t at) const {
+    while (digit_at(at)) ++at;
+    return at;
+  }
+  // Four hex digits of a \u escape, exactly (std::stoul took a sign, blanks and "0x", and read
+  // fewer digits, so that "\u-001" gave the bytes ff bf bf and "\u41\"" swallowed the quote).
+  unsigned hex4() {
+    if (pos_ + 4 > text_.size()) fail("short \\u escape");
+    unsigned code = 0;
+    for (int i = 0; i < 4; ++i) {
+      const char c = text_[pos_ + i];
+      const int digit = c >= '0' && c <= '9'   ? c - '0'
+                        : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                        : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                               : -1;
+      if (digit < 0) fail("bad \\u escape");
+      code = code * 16 + static_cast<unsigned>(digit);
+    }
+    pos_ += 4;
+    return code;
   }
   void skip_space() {
     while (pos_ < text_.size() && (text_[pos_] == ' ' || text_[pos_] == '\n' || text_[pos_] == '\r' || text_[pos_] == '\t'))
@@ -49,7 +74,15 @@ class JsonParser {
       while (true) {
         skip_space();
         if (pos_ >= text_.size() || text_[pos_] != '"') fail("expected a key");
+        const std::size_t key_at = pos_;
         std::string key = parse_string();
+        // A key given twice: RFC 8259 leaves the meaning open, and a map kept the last one
+        // silently, so an edited package could carry two values for one key (one for Dodo, one
+        // for a reader that keeps the first). `dodo export` writes Python dicts: never twice.
+        if (value.object_.count(key)) {
+          pos_ = key_at;
+          fail_with("key \"" + key + "\" given twice");
+        }
         skip_space();
         if (pos_ >= text_.size() || text_[pos_++] != ':') fail("expected ':'");
         value.object_[key] = parse_value(depth + 1);
@@ -84,11 +117,31 @@ class JsonParser {
     if (consume("NaN")) { value.kind_ = JsonValue::Kind::kNumber; value.number_ = std::nan(""); return value; }
     if (consume("Infinity")) { value.kind_ = JsonValue::Kind::kNumber; value.number_ = INFINITY; return value; }
     if (consume("-Infinity")) { value.kind_ = JsonValue::Kind::kNumber; value.number_ = -INFINITY; return value; }
-    const char* begin = text_.c_str() + pos_;
-    char* end = nullptr;
-    double number = std::strtod(begin, &end);
-    if (end == begin) fail("unexpected character");
-    pos_ += static_cast<size_t>(end - begin);
+    // A number as RFC 8259 writes it: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?. Read in
+    // the "C" locale: std::strtod follows the host's LC_NUMERIC, so a host that had called
+    // setlocale(LC_ALL, "") under a German or French locale read "0.98" as 0 and no model
+    // loaded; it also took hex ("0x11"), "inf" and "nan(...)".
+    std::size_t end = pos_;
+    if (end < text_.size() && text_[end] == '-') ++end;
+    if (!digit_at(end)) fail("unexpected character");
+    end = text_[end] == '0' ? end + 1 : skip_digits(end);
+    if (end < text_.size() && text_[end] == '.') {
+      if (!digit_at(end + 1)) { pos_ = end + 1; fail("expected a digit"); }
+      end = skip_digits(end + 1);
+    }
+    if (end < text_.size() && (text_[end] == 'e' || text_[end] == 'E')) {
+      std::size_t exponent = end + 1;
+      if (exponent < text_.size() && (text_[exponent] == '+' || text_[exponent] == '-')) ++exponent;
+      if (!digit_at(exponent)) { pos_ = exponent; fail("expected a digit"); }
+      end = skip_digits(exponent);
+    }
+    std::istringstream stream(text_.substr(pos_, end - pos_));
+    stream.imbue(std::locale::classic());
+    double number = 0;
+    stream >> number;
+    // libstdc++ and libc++ set failbit for a number beyond the double range
+    if (stream.fail()) fail("number out of range");
+    pos_ = end;
     value.kind_ = JsonValue::Kind::kNumber;
     value.number_ = number;
     return value;
@@ -113,17 +166,29 @@ class JsonParser {
         case 'r': out += '\r'; break;
         case 't': out += '\t'; break;
         case 'u': {
-          if (pos_ + 4 > text_.size()) fail("short \\u escape");
-          unsigned code = static_cast<unsigned>(std::stoul(text_.substr(pos_, 4), nullptr, 16));
-          pos_ += 4;
-          // Basic multilingual plane only; metadata keys and values are ASCII in practice.
+          unsigned code = hex4();
+          // Python's json.dumps (ensure_ascii) writes a character beyond the basic multilingual
+          // plane as a surrogate pair: one code point, four UTF-8 bytes. A lone surrogate is no
+          // character (its three bytes were not UTF-8).
+          if (code >= 0xDC00 && code <= 0xDFFF) fail("lone low surrogate in a \\u escape");
+          if (code >= 0xD800 && code <= 0xDBFF) {
+            if (!consume("\\u")) fail("lone high surrogate in a \\u escape");
+            const unsigned low = hex4();
+            if (low < 0xDC00 || low > 0xDFFF) fail("lone high surrogate in a \\u escape");
+            code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00);
+          }
           if (code < 0x80) {
             out += static_cast<char>(code);
           } else if (code < 0x800) {
             out += static_cast<char>(0xC0 | (code >> 6));
             out += static_cast<char>(0x80 | (code & 0x3F));
-          } else {
+          } else if (code < 0x10000) {
             out += static_cast<char>(0xE0 | (code >> 12));
+            out += static_cast<char>(0x80 | ((code >> 6) & 0x3F));
+            out += static_cast<char>(0x80 | (code & 0x3F));
+          } else {
+            out += static_cast<char>(0xF0 | (code >> 18));
+            out += static_cast<char>(0x80 | ((code >> 12) & 0x3F));
             out += static_cast<char>(0x80 | ((code >> 6) & 0x3F));
             out += static_cast<char>(0x80 | (code & 0x3F));
           }
@@ -168,10 +233,12 @@ std::string JsonValue::dump() const {
   switch (kind_) {
     case Kind::kNull: return "null";
     case Kind::kBool: return boolean_ ? "true" : "false";
-    case Kind::kNumber: {
-      char buffer[32];
-      std::snprintf(buffer, sizeof buffer, "%.17g", number_);
-      return buffer;
+    case Kind::kNumber: {  // as "%.17g" in the "C" locale (errors.hpp)
+      std::ostringstream text;
+      text.imbue(std::locale::classic());
+      text.precision(17);
+      text << number_;
+      return text.str();
     }
     case Kind::kString: return "\"" + string_ + "\"";
     case Kind::kArray: {

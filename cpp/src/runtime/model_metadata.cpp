@@ -52,11 +52,7 @@ std::size_t flatten_cells(const JsonValue& value, std::size_t rows, std::size_t 
   return cells.size();
 }
 
-std::string format_number(double value) {
-  char buffer[32];
-  std::snprintf(buffer, sizeof buffer, "%.17g", value);
-  return buffer;
-}
+std::string format_number(double value) { return number_text(value); }
 
 TestVectors read_test_vectors(const std::string& text) {
   TestVectors vectors;

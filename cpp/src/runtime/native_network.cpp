@@ -65,11 +65,7 @@ float scalar_of(const std::map<std::string, FloatTensor>& initializers, const Js
   return tensor.values[0];
 }
 
-std::string number_text(float value) {
-  char text[32];
-  std::snprintf(text, sizeof text, "%.17g", static_cast<double>(value));
-  return text;
-}
+std::string number_text(float value) { return dodo::runtime::number_text(static_cast<double>(value)); }
 
 // Values the description gives by number must be constants the graph holds itself (an
 // initializer or a Constant node): the digests do not stop a package re-signed after an edit, and
@@ -389,10 +385,10 @@ NativeNetwork::NativeNetwork(const std::string& description, const std::map<std:
   JsonValue root;
   try {
     root = JsonValue::parse(description);
-    if (!root.is_object()) throw std::invalid_argument("not an object");
-  } catch (const std::invalid_argument& error) {
-    unusable(std::string("is not a JSON object (") + error.what() + ")");
+  } catch (const std::invalid_argument& error) {  // as the other keys say it (model_metadata.cpp)
+    unusable(std::string("is not valid JSON: ") + error.what());
   }
+  if (!root.is_object()) unusable("is not a JSON object");
   try {
     const JsonValue& form = root.at("form");
     if (!form.is_string() || form.string() != kNativeNetworkForm)

@@ -450,7 +450,7 @@ bool OnnxModel::check_native_agreement() const {
         throw Error(DODO_ERROR_MODEL_FORMAT,
                     std::string("metadata \"") + kNativeNetworkKey + "\" does not reproduce the graph's " + what +
                         " (probe row " + std::to_string(i / std::max<std::size_t>(1, count / kRows)) + ": " +
-                        std::to_string(got[i]) + " instead of " + std::to_string(expected[i]) + ")");
+                        number_text(got[i], 9) + " instead of " + number_text(expected[i], 9) + ")");
   };
   // Every probe gated off (a model whose correction is 0 there): nothing to compare, so the
   // graph keeps the evaluation.

@@ -1,0 +1,153 @@
+// The metadata JSON reader (cpp/src/runtime/json.cpp) on texts an edited package could carry:
+// a key given twice, numbers outside RFC 8259's grammar, \u escapes that are not four hex
+// digits, surrogate pairs, and numbers read under a host's comma-decimal LC_NUMERIC (outside
+// probe, round eighteen of the C side). ctest `json`.
+#include <clocale>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "runtime/json.hpp"
+
+using dodo::runtime::JsonValue;
+
+namespace {
+
+int failures = 0;
+
+void expect(bool ok, const std::string& what) {
+  std::printf("%s %s\n", ok ? "ok  " : "FAIL", what.c_str());
+  if (!ok) ++failures;
+}
+
+// The reader's message for `text`, or "" if it was read.
+std::string refusal(const std::string& text) {
+  try {
+    JsonValue::parse(text);
+  } catch (const std::invalid_argument& error) {
+    return error.what();
+  }
+  return "";
+}
+
+// `text` read and rendered again, or the reader's message.
+std::string dumped(const std::string& text) {
+  try {
+    return JsonValue::parse(text).dump();
+  } catch (const std::invalid_argument& error) {
+    return error.what();
+  }
+}
+
+void expect_refused(const std::string& text, const std::string& part) {
+  const std::string message = refusal(text);
+  expect(!message.empty() && message.find(part) != std::string::npos,
+         "refused " + text + " naming \"" + part + "\" (got \"" + message + "\")");
+}
+
+void expect_number(const std::string& text, double value) {
+  try {
+    const JsonValue json = JsonValue::parse("{\"x\": " + text + "}");
+    const double got = json.at("x").number();
+    expect(got == value && std::signbit(got) == std::signbit(value), "number " + text + " read exactly");
+  } catch (const std::invalid_argument& error) {
+    expect(false, "number " + text + " read (refused: " + error.what() + ")");
+  }
+}
+
+void expect_string(const std::string& text, const std::string& value) {
+  try {
+    expect(JsonValue::parse(text).string() == value, "string " + text + " read as its UTF-8 bytes");
+  } catch (const std::invalid_argument& error) {
+    expect(false, "string " + text + " read (refused: " + error.what() + ")");
+  }
+}
+
+void test_duplicate_keys() {
+  // Before: the map kept the last value, silently.
+  expect_refused(R"({"max_flux_factor": 0.5, "lebedev_order": 17, "max_flux_factor": 0.98})",
+                 "key \"max_flux_factor\" given twice at offset 46");
+  expect_refused(R"({"a": {"b": 1, "b": 1}})", "key \"b\" given twice");
+  expect_refused(R"({"a\u0062": 1, "ab": 2})", "key \"ab\" given twice");  // the same key, escaped once
+  expect(refusal(R"({"a": {"b": 1}, "b": {"a": 2}, "c": [{"b": 1}, {"b": 2}]})").empty(),
+         "one key in several objects is no duplicate");
+}
+
+void test_numbers() {
+  // Before: std::strtod took these (hex 0x11 as 17, "inf", "nan(1)", "+1", ".5"); RFC 8259 has
+  // none of them (NaN, Infinity and -Infinity, which Python writes, stay accepted).
+  for (const char* text : {"0x11", "inf", "nan(1)", "+1", ".5", "-.5", "1.", "1.e3", "1e", "1e+", "-", "0X1p3",
+                           "infinity", "- 1"})
+    expect(!refusal(std::string("{\"x\": ") + text + "}").empty(), std::string("refused the number ") + text);
+  expect_refused("{\"x\": 01}", "expected ',' or '}'");
+  expect_refused("{\"x\": 1e400}", "number out of range");
+  expect_number("0", 0.0);
+  expect_number("-0.0", -0.0);
+  expect_number("17", 17.0);
+  expect_number("0.98", 0.98);
+  expect_number("1e-05", 1e-05);
+  expect_number("-2.5E+300", -2.5e300);
+  expect_number("5e-324", 5e-324);
+  expect_number("0.1000000000000000055511151231257827", 0.1);
+  expect_number("123456789012345678901234567890", 123456789012345678901234567890.0);
+  expect_number("Infinity", INFINITY);
+  expect_number("-Infinity", -INFINITY);
+  expect(dumped("NaN") == "nan", "NaN read");
+  expect(dumped("[0.98]") == "[0.97999999999999998]", "a number rendered as %.17g");
+}
+
+void test_unicode_escapes() {
+  // Before: std::stoul read the four characters, so a sign, blanks or "0x" passed, "\u-001"
+  // gave the bytes ff bf bf (no UTF-8), "\u+074" was a "t", and "\u74" swallowed what followed.
+  expect_refused(R"("exac\u+074")", "bad \\u escape");
+  expect_refused(R"("\u-001")", "bad \\u escape");
+  expect_refused(R"("\u 074")", "bad \\u escape");
+  expect_refused(R"("\u0x74")", "bad \\u escape");
+  expect_refused(R"(["\u74", "x"])", "bad \\u escape");
+  expect_refused(R"("\uzzzz")", "bad \\u escape");  // before: "stoul", std::stoul's own text
+  expect_refused(R"("\u00)", "short \\u escape");
+  // Python's json.dumps writes U+1F600 as a surrogate pair: one code point, four bytes (before:
+  // two three-byte encodings of the surrogates, not UTF-8).
+  expect_string(R"("\ud83d\ude00")", "\xf0\x9f\x98\x80");
+  expect_string(R"("\u00e9\u20AC\u0074")", "\xc3\xa9\xe2\x82\xac" "t");
+  expect_refused(R"("\ud83d")", "lone high surrogate");
+  expect_refused(R"("\ud83dx")", "lone high surrogate");
+  expect_refused(R"("\ud83d\u0041")", "lone high surrogate");
+  expect_refused(R"("\ude00")", "lone low surrogate");
+}
+
+// Under a locale whose decimal separator is a comma (where one is installed: DODO_TEST_LOCALE,
+// else de_DE / fr_FR): before, std::strtod read "0.98" as 0 and stopped at the '.'.
+void test_comma_locale() {
+  const char* wanted = std::getenv("DODO_TEST_LOCALE");
+  const char* names[] = {wanted ? wanted : "", "de_DE.UTF-8", "de_DE.utf8", "fr_FR.UTF-8", "fr_FR.utf8", "de_DE"};
+  const char* chosen = nullptr;
+  for (const char* name : names)
+    if (*name && std::setlocale(LC_ALL, name) && std::strcmp(std::localeconv()->decimal_point, ",") == 0) {
+      chosen = name;
+      break;
+    }
+  if (!chosen) {
+    std::setlocale(LC_ALL, "C");
+    std::printf("skip no comma-decimal locale is installed (tests/python/test_probe_c_round18.py makes one)\n");
+    return;
+  }
+  expect_number("0.98", 0.98);
+  expect_number("-2.5E+300", -2.5e300);
+  expect(dumped("[0.98, -1e-05]") == "[0.97999999999999998,-1.0000000000000001e-05]",
+         std::string("numbers rendered with a point under ") + chosen + " (got " + dumped("[0.98, -1e-05]") + ")");
+  std::setlocale(LC_ALL, "C");
+}
+
+}  // namespace
+
+int main() {
+  test_duplicate_keys();
+  test_numbers();
+  test_unicode_escapes();
+  test_comma_locale();
+  std::printf("%d failure(s)\n", failures);
+  return failures == 0 ? 0 : 1;
+}
