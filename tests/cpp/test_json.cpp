@@ -1,7 +1,7 @@
 // The metadata JSON reader (cpp/src/runtime/json.cpp) on texts an edited package could carry:
 // a key given twice, numbers outside RFC 8259's grammar, \u escapes that are not four hex
-// digits, surrogate pairs, and numbers read under a host's comma-decimal LC_NUMERIC (outside
-// probe, round eighteen of the C side). ctest `json`.
+// digits, surrogate pairs, more values than a node's memory holds, and numbers read under a
+// host's comma-decimal LC_NUMERIC (outside probe, round eighteen of the C side). ctest `json`.
 #include <clocale>
 #include <cmath>
 #include <cstdio>
@@ -23,9 +23,9 @@ void expect(bool ok, const std::string& what) {
 }
 
 // The reader's message for `text`, or "" if it was read.
-std::string refusal(const std::string& text) {
+std::string refusal(const std::string& text, std::size_t max_values = JsonValue::kMaxValues) {
   try {
-    JsonValue::parse(text);
+    JsonValue::parse(text, max_values);
   } catch (const std::invalid_argument& error) {
     return error.what();
   }
@@ -41,8 +41,9 @@ std::string dumped(const std::string& text) {
   }
 }
 
-void expect_refused(const std::string& text, const std::string& part) {
-  const std::string message = refusal(text);
+void expect_refused(const std::string& text, const std::string& part,
+                    std::size_t max_values = JsonValue::kMaxValues) {
+  const std::string message = refusal(text, max_values);
   expect(!message.empty() && message.find(part) != std::string::npos,
          "refused " + text + " naming \"" + part + "\" (got \"" + message + "\")");
 }
@@ -118,6 +119,28 @@ void test_unicode_escapes() {
   expect_refused(R"("\ude00")", "lone low surrogate");
 }
 
+void test_value_bound() {
+  // Before: no bound; a metadata entry of 40 MB of "0," took 4.2 GB to read.
+  expect(refusal("[1, [2, 3], {\"a\": 4}, \"b\", null, 5]", 10).empty(), "10 values within a bound of 10");
+  expect_refused("[1, [2, 3], {\"a\": 4}, \"b\", null, 5, 6]", "more than 10 values at offset 35", 10);
+  expect(JsonValue::kMaxValues == 2097152, "the bound is 2,097,152 values");
+  // The exporter's largest test vectors (dodo export --test-vectors 10000) fit under it.
+  std::string cell = "[";
+  for (int a = 0; a < 6; ++a) cell += std::string(a ? ", " : "") + "[0.1234567890123, -0.25, 3.5e-05, 1e+30]";
+  cell += "]";
+  std::string cells = "[", u = "[", numbers = "[";
+  for (int c = 0; c < 10000; ++c) {
+    cells += (c ? ", " : "") + cell;
+    u += c ? ", [1.25, 0.5, -0.5, 0.25]" : "[1.25, 0.5, -0.5, 0.25]";
+    numbers += c ? ", 0.125" : "0.125";
+  }
+  cells += "]", u += "]", numbers += "]";
+  const std::string vectors = "{\"F_init\": " + cells + ", \"F_pred\": " + cells + ", \"u\": " + u +
+                              ", \"growth_over_ntot\": " + numbers + ", \"uncertainty\": " + numbers +
+                              ", \"atol_over_ntot\": 1e-05}";
+  expect(refusal(vectors).empty(), "10,000 test vectors within the bound");
+}
+
 // Under a locale whose decimal separator is a comma (where one is installed: DODO_TEST_LOCALE,
 // else de_DE / fr_FR): before, std::strtod read "0.98" as 0 and stopped at the '.'.
 void test_comma_locale() {
@@ -147,6 +170,7 @@ int main() {
   test_duplicate_keys();
   test_numbers();
   test_unicode_escapes();
+  test_value_bound();
   test_comma_locale();
   std::printf("%d failure(s)\n", failures);
   return failures == 0 ? 0 : 1;

@@ -69,6 +69,21 @@ def test_a_key_given_twice_in_the_models_metadata_json_is_refused(tmp_path):
         assert where in line and what in line, line
 
 
+@needs_runtime
+def test_a_metadata_entry_of_millions_of_values_is_refused_before_it_takes_gigabytes(tmp_path):
+    model = default_model()
+    # 2,200,000 zeros (4.4 MB) after the test vectors' own keys: well within the 256 MiB file bound.
+    padded = _resigned(tmp_path, model, "dodo.test_vectors",
+                       lambda text: text[:-1] + ', "pad": [' + ",".join(["0"] * 2_200_000) + "]}", "padded")
+    program = compile_host(tmp_path, "load_packages", LOAD_PACKAGES)
+    lines = run_host(program, padded, timeout=300)
+    # Before: loaded (status 0) after reading each value into some 200 bytes: 40 MB of "0," took
+    # 4.2 GB and 19 s, and a package near the file bound more memory than a node has.
+    assert lines[0].startswith("4 model file "), lines
+    assert 'model metadata "dodo.test_vectors" is not valid JSON: invalid JSON (more than 2097152 values at offset ' \
+        in lines[0], lines
+
+
 def _comma_locale(tmp_path) -> dict:
     """The environment of a host that can set "de_DE.UTF-8", a locale whose decimal separator is
     a comma: made with localedef into tmp_path (LOCPATH); skipped where localedef or its sources

@@ -11,7 +11,7 @@ namespace dodo::runtime {
 
 class JsonParser {
  public:
-  explicit JsonParser(const std::string& text) : text_(text) {}
+  JsonParser(const std::string& text, std::size_t max_values) : text_(text), max_values_(max_values) {}
 
   JsonValue parse_document() {
     JsonValue value = parse_value(0);
@@ -62,6 +62,7 @@ class JsonParser {
 
   JsonValue parse_value(int depth) {
     if (depth > kMaxDepth) fail("nesting too deep");
+    if (++values_ > max_values_) fail_with("more than " + std::to_string(max_values_) + " values");
     skip_space();
     if (pos_ >= text_.size()) fail("unexpected end");
     JsonValue value;
@@ -201,10 +202,14 @@ class JsonParser {
   }
 
   const std::string& text_;
+  const std::size_t max_values_;
+  std::size_t values_ = 0;
   size_t pos_ = 0;
 };
 
-JsonValue JsonValue::parse(const std::string& text) { return JsonParser(text).parse_document(); }
+JsonValue JsonValue::parse(const std::string& text, std::size_t max_values) {
+  return JsonParser(text, max_values).parse_document();
+}
 
 double JsonValue::number() const {
   if (kind_ != Kind::kNumber) throw std::invalid_argument("JSON value is not a number: " + dump());
