@@ -53,6 +53,7 @@ def main() -> None:
         check_input_file(args.checkpoint, "a checkpoint of dodo train-ensemble")
         check_input_file(args.config, "the train-ensemble config (YAML)")
         checkpoint = load_torch_file(args.checkpoint)
+        et.ensemble_checkpoint_of(checkpoint, args.checkpoint)  # a dodo train checkpoint: one line, not "settings differ"
         check_input_file(args.table, "the preprocessed table the checkpoint was trained on")
         config = et.EnsembleConfig.load(args.config)
     except (UntrustedCheckpointError, et.ConfigError, ValueError, OSError) as exc:
@@ -64,7 +65,10 @@ def main() -> None:
     if differ:
         parser.error(f"{args.config} and {args.checkpoint} differ in the density members' settings {differ}: "
                      "retrain with dodo train-ensemble")
-    table = et.load_table(args.table)
+    try:  # a file that is not a preprocessed table (an Emu or synth database, a config) was a traceback
+        table = et.load_table(args.table)
+    except (ValueError, OSError) as exc:
+        parser.error(str(exc))
     if table["sha256"] != checkpoint["data"]["sha256"]:
         parser.error(f"{args.table} is not the table {args.checkpoint} was trained on (content digests differ)")
     config = dataclasses.replace(config, data_path=args.table, checkpoint=args.output)

@@ -41,17 +41,20 @@ def main() -> None:
     try:  # a FIFO given as either input blocked for ever; a directory or a file that is no checkpoint was a traceback
         check_input_file(args.checkpoint, "a checkpoint of dodo train-ensemble")
         checkpoint = load_torch_file(args.checkpoint)
+        ensemble = et.ensemble_checkpoint_of(checkpoint, args.checkpoint)  # a dodo train checkpoint: one line
         check_input_file(args.table, "the preprocessed table the checkpoint was trained on")
     except (UntrustedCheckpointError, ValueError, OSError) as exc:
         parser.error(str(exc))
-    ensemble = et.load_ensemble(checkpoint)
     if ensemble.noise_member is not None and ensemble.student is not None:
         # The student learnt sqrt(spread^2 + (k a / c)^2) at the checkpoint's c: another c here
         # would change k with it. tools/refit_growth.py distils a student for the config's c and k.
         parser.error(f"{args.checkpoint} has a label-noise member, whose term the student learnt at its own c: "
                      "set ensemble.error_per_spread (and noise.weight) in the config and run tools/refit_growth.py")
     ensemble.error_per_spread.fill_(args.factor)
-    table = et.load_table(args.table)
+    try:  # a file that is not a preprocessed table (an Emu or synth database, a config) was a traceback
+        table = et.load_table(args.table)
+    except (ValueError, OSError) as exc:
+        parser.error(str(exc))
     if table["sha256"] != checkpoint["data"]["sha256"]:
         parser.error(f"{args.table} is not the table {args.checkpoint} was trained on (content digests differ)")
     config = checkpoint["config"]

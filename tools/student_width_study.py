@@ -92,10 +92,14 @@ def main() -> None:
         check_input_file(args.config, "the train-ensemble config (YAML)")
         check_input_file(args.table, "the preprocessed table the checkpoint was trained on")
         checkpoint = load_torch_file(args.checkpoint)
+        et.ensemble_checkpoint_of(checkpoint, args.checkpoint)  # a dodo train checkpoint: one line, not a traceback
         config = et.EnsembleConfig.load(args.config)
     except (UntrustedCheckpointError, et.ConfigError, ValueError, OSError) as exc:
         parser.error(str(exc))
-    table = et.load_table(args.table)
+    try:  # a file that is not a preprocessed table (an Emu or synth database, a config) was a traceback
+        table = et.load_table(args.table)
+    except (ValueError, OSError) as exc:
+        parser.error(str(exc))
     if table["sha256"] != checkpoint["data"]["sha256"]:
         parser.error(f"{args.table} is not the table {args.checkpoint} was trained on (content digests differ)")
     # The checkpoint's own settings (images, holdout, seed, gate) rule; the config gives distill only.
@@ -114,7 +118,12 @@ def main() -> None:
 
     held = et.holdout_mask(table["sources"], config.holdout)
     train_rows, held_rows = np.flatnonzero(~held), np.flatnonzero(held)
-    fresh = et.sampled_state_table(args.fresh_states, et.family_shares(table["sources"][train_rows]),
+    shares = et.family_shares(table["sources"][train_rows])
+    if not shares:  # a table of other data (dodo synth, Emu files): numpy's "need at least one array" traceback
+        parser.error(f"{args.table}: the fresh states are drawn in the campaign families' mix (files named "
+                     "emu_seedN.h5, merger_seedN.h5, three_flavour_seedN.h5), and no training file of this table "
+                     "is one: this study needs a table preprocessed from dodo simulate campaign files")
+    fresh = et.sampled_state_table(args.fresh_states, shares,
                                    config.seed + args.fresh_seed_offset, et._box3d_dict(table["box3d"]))
     X_fresh = et._training_arrays(fresh, np.arange(len(fresh["r"])), config)[0]
     r_teacher, g_teacher = closure_outputs(ensemble, X_fresh, teacher=True)

@@ -20,17 +20,28 @@ def _overrides(pairs) -> dict:
 
     from .. import _yaml as unique_key_yaml
 
-    result = {}
+    result, given = {}, {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"--set expects key=value (e.g. training.lr=1e-3); got {pair!r}")
+        key = key.strip()
         try:
-            result[key.strip()] = unique_key_yaml.safe_load(value)  # {a: 1, a: 2}: an error
+            parsed = unique_key_yaml.safe_load(value)  # {a: 1, a: 2}: an error
         except yaml.YAMLError as error:  # *syn* (an alias), [x, {x: a YAML error, never a guessed string
             problem = " ".join(str(getattr(error, "problem", None) or error).split())
             raise ValueError(f"--set {pair!r}: the value is not valid YAML ({problem}); quote it as YAML, "
-                             f"e.g. --set '{key.strip()}=\"text\"' or --set 'data.holdout=[\"*x*\"]'") from None
+                             f"e.g. --set '{key}=\"text\"' or --set 'data.holdout=[\"*x*\"]'") from None
+        # One setting given twice (`--set training.lr=1e-3 ... --set training.lr=3e-3`), or a section and
+        # one of its keys (`--set 'filters={...}' --set filters.max_flux_factor=0.5`): the later silently
+        # replaced the earlier, as a YAML key given twice did before round 22 (outside probe, round 28).
+        for earlier in given:
+            if earlier == key and result[key] == parsed:
+                continue  # the same value twice: one setting, no conflict
+            if earlier == key or earlier.startswith(key + ".") or key.startswith(earlier + "."):
+                raise ValueError(f"--set {given[earlier]!r} and --set {pair!r} both set {max(earlier, key, key=len)}: "
+                                 "one would silently win over the other; give each setting once")
+        result[key], given[key] = parsed, pair
     return result
 
 
@@ -87,7 +98,13 @@ def _preprocess(args) -> int:
         _refuse_two_values(overrides, "output", args.output, "-o")
         overrides["output"] = args.output
     config = PreprocessConfig.load(args.config, overrides)
-    check_outputs([config.output], [args.config])  # the input files: preprocess() checks them
+    # The input files too, before refuse_replacing: an output that is one of the inputs (a synth
+    # database) was refused as "not a preprocessed file ... or --overwrite to replace it", advice that
+    # only met the input check then (outside probe, round 28). preprocess() resolves them again and logs.
+    from .preprocess import _without_own_earlier_output, resolve_inputs
+
+    check_outputs([config.output], [args.config, *_without_own_earlier_output(resolve_inputs(config.inputs),
+                                                                              config.output, None)])
     refuse_replacing(config.output, PREPROCESSED, "dodo preprocess", args.overwrite)
     preprocess(config, progress=not args.quiet)
     return 0

@@ -831,6 +831,18 @@ def checked_ensemble(checkpoint, path) -> DensityResidualEnsemble:
     return ensemble
 
 
+def ensemble_checkpoint_of(checkpoint, path) -> DensityResidualEnsemble:
+    """:func:`checked_ensemble` for the tools that take a `dodo train-ensemble` checkpoint
+    (tools/regate_checkpoint.py, refit_growth.py, student_width_study.py): a `dodo train` checkpoint
+    is named as one. Given one, they ended in a ValueError traceback naming no file ("not a
+    density-residual-ensemble checkpoint") or, refit_growth.py, in advice to retrain because the
+    "density members' settings" differed (outside probe, round 28)."""
+    if isinstance(checkpoint, dict) and checkpoint.get("kind") != CHECKPOINT_KIND and "model_state" in checkpoint:
+        raise EnsembleCheckpointError(f"{path}: a `dodo train` checkpoint; this tool reads `dodo train-ensemble` "
+                                      "checkpoints (its output.checkpoint)")
+    return checked_ensemble(checkpoint, path)
+
+
 def heldout_report(ensemble: DensityResidualEnsemble, table: dict, held_rows: np.ndarray, log=print) -> dict:
     """The checkpoint's held-out record: the members (teacher, when a student ships) and the shipped
     network on ``held_rows``, means as ``{"heldout_teacher": ..., "heldout": ...}``; logs their tables
