@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from capi_host import compile_host, default_model, needs_runtime, run_host
@@ -82,6 +83,33 @@ def test_a_metadata_entry_of_millions_of_values_is_refused_before_it_takes_gigab
     assert lines[0].startswith("4 model file "), lines
     assert 'model metadata "dodo.test_vectors" is not valid JSON: invalid JSON (more than 2097152 values at offset ' \
         in lines[0], lines
+
+
+@needs_runtime
+def test_a_number_matching_only_a_constant_that_no_node_reads_is_refused(tmp_path):
+    import json
+
+    import onnx
+
+    from test_probe_cpp_round17_capi import _resigned as resigned_description
+
+    model = default_model()
+    description = json.loads(next(e.value for e in onnx.load(model).metadata_props if e.key == "dodo.native_network"))
+    halved = float(np.float32(description["sigma_floor"]) * np.float32(0.5))
+
+    def halve(d):
+        d["sigma_floor"] = halved
+
+    packages = [resigned_description(tmp_path, model, lambda d: None, "decoy_alone", extra_scalar=("decoy", halved)),
+                resigned_description(tmp_path, model, halve, "decoy_halved", extra_scalar=("decoy", halved))]
+    program = compile_host(tmp_path, "load_packages", LOAD_PACKAGES)
+    lines = run_host(program, *packages, timeout=300)
+    assert lines[0] == "0", lines  # an unused initializer alone changes nothing
+    # Before: status 0, sigma_floor x 0.5 in use (round seventeen's open item): the number equals
+    # the unused initializer "decoy", which passed the membership test.
+    assert lines[1].startswith("4 model file "), lines
+    assert 'metadata "dodo.native_network" gives sigma_floor ' in lines[1], lines
+    assert "which is not a constant of the graph (edited after export?)" in lines[1], lines
 
 
 def _comma_locale(tmp_path) -> dict:

@@ -44,12 +44,17 @@ void verify_content_digest(const PackageContents& package);
 struct FloatTensor {
   std::vector<std::int64_t> dims;
   std::vector<float> values;
+  // False for a tensor that no node of the graph takes as an input and that is no graph output:
+  // it plays no part in what the graph computes. Always true in a graph with subgraphs (If, Loop,
+  // Scan), whose nodes may read a tensor of the outer graph.
+  bool read_by_a_node = true;
 };
 
 // The graph's float32 constants by name: its initializers, and its top-level Constant nodes'
 // values under their outputs' names (raw_data or float_data; tensors stored outside the file and
-// other element types are left out). Throws Error(DODO_ERROR_MODEL_FORMAT) for a
-// malformed message or a tensor whose data does not match its shape.
+// other element types are left out), each marked whether a node reads it. Throws
+// Error(DODO_ERROR_MODEL_FORMAT) for a malformed message or a tensor whose data does not match its
+// shape.
 std::map<std::string, FloatTensor> read_float_initializers(std::string_view bytes);
 
 // The model in `bytes`, signed again: its content byte for byte, then its other metadata entries
