@@ -23,7 +23,7 @@ from dodo.training import ensemble_train as et
 from dodo.training.ensemble import fit_ensemble, spread_gate, state_error
 from dodo.training.features import OOD_COLUMNS
 from dodo.training.label_noise import OUT_OF_FOLD_KEYS, read_out_of_fold
-from study_common import check_save_path, run_study
+from study_common import check_count, check_numbers, check_save_path, run_study
 
 
 def out_of_fold(config: et.EnsembleConfig, folds: int):
@@ -71,6 +71,8 @@ def main() -> None:
     group.add_argument("--load", help="read out-of-fold predictions written by --save instead of fitting")
     parser.add_argument("--overwrite", action="store_true", help="let --save replace a file that is not an earlier --save's")
     args = parser.parse_args()
+    check_count("--folds", args.folds, 2)
+    check_numbers("--factors", args.factors)  # the Wiener gate's c, >= 0 as ensemble.error_per_spread (0: the sigma0 gate)
     config = et.EnsembleConfig.load(args.config)
     names = OUT_OF_FOLD_KEYS
     if args.save:  # before the fits (minutes): never over the config or its table, nor an unrelated file

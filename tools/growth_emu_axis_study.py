@@ -34,7 +34,7 @@ import torch
 
 from dodo._atomic import numpy_save_atomic
 from dodo.training import ensemble_train as et
-from study_common import growth_member_prediction, growth_variant, run_study
+from study_common import check_count, growth_member_prediction, growth_variant, run_study
 
 EMU_AXIS = "data/qke_emu_axis/*.h5"
 LINEAR = "data/qke_linear/*.h5"
@@ -57,6 +57,9 @@ def main() -> None:
     parser.add_argument("--cache", help="directory keeping the shipped variant's out-of-fold predictions (its "
                                          "fits use no Emu-axis label, so a later run with more labels reuses them)")
     args = parser.parse_args()
+    for k in args.folds:  # as growth_labels_study.py: a fold of the 5-fold split
+        check_count("--folds (a fold of the 5-fold split)", k, 0, 4)
+    check_count("--members", args.members)
     base = et.EnsembleConfig.load(args.config)
     torch.set_num_threads(1)
     table = et.load_table(base.data_path)

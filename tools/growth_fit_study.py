@@ -18,7 +18,7 @@ import torch
 
 from dodo.training import ensemble_train as et
 from dodo.training.ensemble import fit_growth_member
-from study_common import run_study
+from study_common import check_count, growth_labels_of, run_study
 
 
 def within_10_percent(table, rows, predict) -> tuple[float, float]:
@@ -49,12 +49,18 @@ def main() -> int:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--steps", type=int, nargs="+", default=[2000, 8000])
     args = parser.parse_args()
+    check_count("--folds", args.folds, 2)
+    for steps in args.steps:
+        check_count("--steps", steps)
     config = et.EnsembleConfig.load(args.config)
     table = et.load_table(config.data_path)
     order, fold_of = et.pool_folds(table, config, args.folds)
+    # The pool in row order, as before pool_folds took the split over (6206585 left `pool` undefined:
+    # every run ended in a NameError; outside probe, round 28).
+    pool = np.sort(order)
     test, train = order[fold_of == 0], order[fold_of != 0]
     torch.set_num_threads(config.threads)
-    labels = et.load_growth_table(config, table, pool, log=print)
+    labels = growth_labels_of(config, table, pool, args.config)
     X_labels, _, g_labels = et._training_arrays(labels, np.arange(len(labels["r"])), config)
     X, _, g = et._training_arrays(table, train, config)
     X, g = np.concatenate([X, X_labels]), np.concatenate([g, g_labels])

@@ -21,7 +21,7 @@ import torch
 from dodo.training import ensemble_train as et
 from dodo.training.ensemble import fit_growth_member
 from dodo.training.features import INVARIANTS_BOX_AND_CROSSING
-from study_common import run_study
+from study_common import check_count, growth_labels_of, run_study
 
 BASE = list(range(34))
 
@@ -46,6 +46,8 @@ def main() -> None:
                              "has growth.batch_size)")
     parser.add_argument("--width", type=int, default=None, help="hidden width (default: the config's)")
     args = parser.parse_args()
+    for option, value in (("--members", args.members), ("--steps", args.steps), ("--width", args.width)):
+        check_count(option, value)  # --width 0 and --steps 0 silently meant the config's
     config = dataclasses.replace(et.EnsembleConfig.load(args.config), features=INVARIANTS_BOX_AND_CROSSING)
     width, steps = args.width or config.growth_width, args.steps or config.growth_steps
     # --steps asks for full-batch fits; otherwise the config's own schedule (batch_size 0: full batch).
@@ -54,7 +56,7 @@ def main() -> None:
     torch.set_num_threads(1)
     table = et.load_table(config.data_path)
     order, fold_of = et.pool_folds(table, config, 5)
-    growth_table = et.load_growth_table(config, table, order, log=print)
+    growth_table = growth_labels_of(config, table, order, args.config)
     X_labels, _, g_labels = et._training_arrays(growth_table, np.arange(len(growth_table["r"])), config)
     X_all = et.features_of(table, np.arange(len(table["r"])), config.features)
     emu_recipe = et.is_emu_recipe(table["sources"])

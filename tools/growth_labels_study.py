@@ -30,7 +30,7 @@ import torch
 
 from dodo.conventions import from_emu_layout
 from dodo.training import ensemble_train as et
-from study_common import growth_member_prediction, growth_variant, run_study
+from study_common import check_count, growth_member_prediction, growth_variant, run_study
 
 RELABELLED = "data/qke_growth/*.h5"
 LINEAR = "data/qke_linear/*.h5"
@@ -67,6 +67,9 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=1)
     parser.add_argument("--variants", nargs="+", default=["measured", "relabelled", "relabelled-only"])
     args = parser.parse_args()
+    for k in args.folds:  # --folds 9 of the 5-fold split: numpy's "need at least one array to concatenate"
+        check_count("--folds (a fold of the 5-fold split)", k, 0, 4)
+    check_count("--members", args.members)
     base = et.EnsembleConfig.load(args.config)
     torch.set_num_threads(1)
     table = et.load_table(base.data_path)

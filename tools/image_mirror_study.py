@@ -24,7 +24,7 @@ import torch
 
 from dodo.conventions import MU_TAU_EXCHANGE, N_SPECIES, NU_NUBAR_EXCHANGE
 from dodo.training import ensemble_train as et
-from study_common import fit_members, fold_zero, run_study, score_members
+from study_common import MAX_THREADS, check_count, fit_members, fold_zero, run_study, score_members
 
 
 def canonical_features(table: dict, rows: np.ndarray, config) -> np.ndarray:
@@ -51,6 +51,8 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    check_count("--members", args.members)
+    check_count("--threads", args.threads, 1, MAX_THREADS)
     config = dataclasses.replace(et.EnsembleConfig.load(args.config), threads=args.threads)
     torch.set_num_threads(args.threads)
     fold = fold_zero(config)

@@ -31,7 +31,7 @@ import torch
 from dodo.training import ensemble_train as et
 from dodo.training.ensemble import METRIC_PER_DELTA, _fit, _normalised_member, spread_gate, state_error
 from dodo.training.label_noise import out_of_fold_match, read_out_of_fold
-from study_common import run_study
+from study_common import check_count, check_numbers, run_study
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from noise_gate_study import nested_noise_scale  # noqa: E402  (the shipped gate's nested a(x))
@@ -76,6 +76,9 @@ def main() -> None:
     parser.add_argument("--inner-folds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=30)
     args = parser.parse_args()
+    check_numbers("--lambdas", args.lambdas)
+    check_count("--inner-folds", args.inner_folds, 2)
+    check_count("--epochs", args.epochs)
     config = et.EnsembleConfig.load(args.config)
     saved = read_out_of_fold(args.oof, "--oof")  # before the table's read: a wrong --oof is refused at once
     torch.set_num_threads(config.threads)

@@ -19,7 +19,7 @@ import time
 import torch
 
 from dodo.training import ensemble_train as et
-from study_common import fit_members, fold_zero, run_study, score_members
+from study_common import MAX_THREADS, check_count, fit_members, fold_zero, run_study, score_members
 
 
 def main() -> None:
@@ -29,11 +29,18 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    check_count("--members", args.members)
+    check_count("--threads", args.threads, 1, MAX_THREADS)
     variants = []
     for item in args.variants.split(","):
-        fields = [int(v) for v in item.split(":")]
+        # int("abc") said "invalid literal for int() with base 10: 'abc'", naming no option, and a
+        # SystemExit with the text exited 1 (outside probe, round 28): one ValueError for both.
+        try:
+            fields = [int(v) for v in item.split(":")]
+        except ValueError:
+            fields = []
         if len(fields) not in (2, 3) or min(fields) < 1:
-            raise SystemExit(f"--variants: {item!r} is not WIDTH:DEPTH[:EPOCHS] of positive integers")
+            raise ValueError(f"--variants: {item!r} is not WIDTH:DEPTH[:EPOCHS] of positive integers")
         variants.append(tuple(fields))
     config = dataclasses.replace(et.EnsembleConfig.load(args.config), threads=args.threads)
     torch.set_num_threads(args.threads)

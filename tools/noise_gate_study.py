@@ -28,7 +28,7 @@ from dodo._atomic import numpy_save_atomic
 from dodo.training import ensemble_train as et
 from dodo.training.ensemble import fit_noise_member, spread_gate, state_error
 from dodo.training.label_noise import out_of_fold_match, read_out_of_fold
-from study_common import check_save_path, run_study
+from study_common import check_count, check_numbers, check_save_path, run_study
 
 
 def nested_noise_scale(table: dict, rows: np.ndarray, residual: np.ndarray, config, r_scale: float,
@@ -36,6 +36,13 @@ def nested_noise_scale(table: dict, rows: np.ndarray, residual: np.ndarray, conf
     """a(x) of each state from a label-noise member fitted on the other file groups' residuals."""
     files = np.array([str(s) for s in table["sources"][rows]])
     names = np.unique(files)
+    # The groups are of files: with --inner-folds 1, or all states from one file, a group trained on no
+    # state, a ZeroDivisionError traceback after the table's read (outside probe, round 28).
+    if groups < 2:
+        raise ValueError(f"--inner-folds must be an integer >= 2; got {groups}")
+    if len(names) < 2:
+        raise ValueError(f"the matched states come from {len(names)} solver file; the nested split of --inner-folds "
+                         "is by file and needs at least 2 (a table of several campaign files)")
     group_of_file = dict(zip(names[np.random.default_rng(config.seed).permutation(len(names))],
                              np.arange(len(names)) % groups))
     group = np.array([group_of_file[name] for name in files])
@@ -75,6 +82,13 @@ def main() -> None:
     parser.add_argument("--save", help="write the nested scales a(x) to this .npy")
     parser.add_argument("--overwrite", action="store_true", help="let --save replace a file that is not a NumPy .npy")
     args = parser.parse_args()
+    check_count("--inner-folds", args.inner_folds, 2)
+    check_numbers("--factors", args.factors, strict=True)  # the gate's c: ensemble.error_per_spread > 0
+    check_numbers("--weights", args.weights)  # k: noise.weight >= 0
+    check_numbers("--reference", args.reference, strict=True)
+    check_numbers("--reference-weight", args.reference_weight)
+    check_numbers("--mean-tolerance", args.mean_tolerance, strict=True)
+    check_numbers("--min-cut", args.min_cut, highest=1.0)  # a share of the worse states
     config = et.EnsembleConfig.load(args.config)
     if args.save:  # before the fits: never over --oof, the config or its table, nor an unrelated file
         check_save_path(args.save, [args.oof, args.config, config.data_path], _is_numpy_array_file,

@@ -26,7 +26,7 @@ import torch
 
 from dodo.training import ensemble_train as et
 from dodo.training.ensemble import fit_student, predict, state_error
-from study_common import run_study
+from study_common import MAX_THREADS, check_count, growth_labels_of, run_study
 
 # (width, steps, growth weight, batch size, epochs, sampled states); batch size 0: full batch;
 # sampled states None: the run's default; --students overrides
@@ -35,12 +35,23 @@ STUDENTS = ((32, 3000, 2.0, 0, 0, None), (48, 3000, 2.0, 0, 0, None), (64, 3000,
 
 
 def parse_student(item: str) -> tuple:
+    """One --students item. A ValueError naming it (run_study's one line, exit 2): a wrong count of
+    fields was a SystemExit with exit status 1, a field that is not a number int()'s "invalid literal
+    for int() with base 10", naming no option (outside probe, round 28)."""
     fields = item.split(":")
+    problem = ValueError(f"--students: {item!r} is not WIDTH:STEPS:GROWTH_WEIGHT[:BATCH:EPOCHS[:SAMPLED]] "
+                         "(integers, a growth weight >= 0, the width >= 1)")
     if len(fields) not in (3, 5, 6):
-        raise SystemExit(f"--students: {item!r} is not WIDTH:STEPS:GROWTH_WEIGHT[:BATCH:EPOCHS[:SAMPLED]]")
-    batch_size, epochs = (int(fields[3]), int(fields[4])) if len(fields) >= 5 else (0, 0)
-    sampled = int(fields[5]) if len(fields) == 6 else None
-    return int(fields[0]), int(fields[1]), float(fields[2]), batch_size, epochs, sampled
+        raise problem
+    try:
+        batch_size, epochs = (int(fields[3]), int(fields[4])) if len(fields) >= 5 else (0, 0)
+        sampled = int(fields[5]) if len(fields) == 6 else None
+        width, steps, weight = int(fields[0]), int(fields[1]), float(fields[2])
+    except ValueError:
+        raise problem from None
+    if width < 1 or min(steps, batch_size, epochs, sampled or 0) < 0 or not weight >= 0 or weight == float("inf"):
+        raise problem
+    return width, steps, weight, batch_size, epochs, sampled
 
 
 def main() -> None:
@@ -54,6 +65,8 @@ def main() -> None:
                         help="unlabelled sampled states added to the students' inputs (default: the config's "
                              "distill.sampled_states)")
     args = parser.parse_args()
+    check_count("--threads", args.threads, 1, MAX_THREADS)
+    check_count("--sampled-states", args.sampled_states, 0)
     students = STUDENTS if args.students is None else tuple(parse_student(item) for item in args.students.split(","))
     config = dataclasses.replace(et.EnsembleConfig.load(args.config), threads=args.threads, distill_width=0)
     torch.set_num_threads(args.threads)
@@ -61,7 +74,7 @@ def main() -> None:
     order, fold_of = et.pool_folds(table, config, 5)
     test, train = order[fold_of == 0], order[fold_of != 0]
     emu = et.is_emu_recipe(table["sources"][test])
-    growth_table = et.load_growth_table(config, table, train, log=print)
+    growth_table = growth_labels_of(config, table, train, args.config)
     ensemble = et.train_on(table, train, config, growth_table=growth_table)
     labelled_inputs = np.concatenate([et._training_arrays(table, train, config)[0],
                                       et._training_arrays(growth_table, np.arange(len(growth_table["r"])), config)[0]])

@@ -31,6 +31,50 @@ def run_study(main) -> None:
     raise SystemExit(status or 0)
 
 
+#: The most threads a study's --threads may ask for (the dodo commands' bound).
+MAX_THREADS = 1024
+
+
+def check_count(option: str, value, lowest: int = 1, highest: int | None = None) -> None:
+    """An integer option of a study in [lowest, highest]; a ValueError naming the option otherwise
+    (run_study's one line, exit 2). --members 0 ended in torch's "stack expects a non-empty
+    TensorList", --threads 0 in "set_num_threads expects a positive integer", --folds 1 in
+    "random_ expects 'from' to be less than 'to'", each a traceback after loading the table
+    (outside probe, round 28)."""
+    if value is None:
+        return
+    if highest is not None and not lowest <= value <= highest:
+        raise ValueError(f"{option} must be an integer in [{lowest}, {highest}]; got {value}")
+    if value < lowest:
+        raise ValueError(f"{option} must be an integer >= {lowest}; got {value}")
+
+
+def check_numbers(option: str, values, lowest: float = 0.0, strict: bool = False, highest: float | None = None) -> None:
+    """Real options of a study: finite, >= lowest (> lowest when ``strict``), <= highest. A NaN gate
+    factor ended in "min() arg is an empty sequence", a negative noise weight or reference factor was
+    studied and its gate "adopted", though the config refuses such a gate (outside probe, round 28)."""
+    import math
+
+    for value in values if isinstance(values, (list, tuple)) else [values]:
+        low = value > lowest if strict else value >= lowest
+        if not (math.isfinite(value) and low and (highest is None or value <= highest)):
+            bound = f"{'>' if strict else '>='} {lowest:g}" + ("" if highest is None else f" and <= {highest:g}")
+            raise ValueError(f"{option} must be a finite number {bound}; got {value}")
+
+
+def growth_labels_of(config, table, train_rows, config_path) -> dict:
+    """The config's growth-label table (``et.load_growth_table``), refused in one line when the config
+    has no growth.data: the growth studies fit growth members on those labels and ended in "'NoneType'
+    object is not subscriptable" (outside probe, round 28)."""
+    from dodo.training import ensemble_train as et
+
+    labels = et.load_growth_table(config, table, train_rows, log=print)
+    if labels is None:
+        raise ValueError(f"{config_path}: growth.data is empty; this study fits growth members on its linear-theory "
+                         "labels: give a config with growth.data (training/configs/ensemble_default.yaml)")
+    return labels
+
+
 def check_save_path(path, inputs, holds_own_kind, own_kind: str, overwrite: bool) -> None:
     """What a study's --save checks before any work: the path is none of ``inputs`` (the config, its
     table, an --oof file: writing over one destroyed it) and, unless ``overwrite``, not an existing

@@ -282,8 +282,17 @@ def _export(args) -> int:
 
 #: --overwrite of the report and plot outputs (dodo score's says the same): only dodo score had one,
 #: so a file that was not an earlier report or plot had to be removed by hand (outside probe, round 26).
-REPORT_OVERWRITE_HELP = ("replace an output file (--json, plot) that exists and is not an earlier report or plot "
-                         "of this command; an HDF5 file, a checkpoint or a model package is never replaced")
+def report_overwrite_help(outputs: str, own: str) -> str:
+    """--overwrite's help for a command whose outputs are reports or plots: ``outputs`` names its
+    options, ``own`` what it replaces without being asked. One text for all four commands named
+    "--json, plot" in each, though evaluate and inspect write no plot and plot has no --json
+    (outside probe, round 28)."""
+    return (f"replace {outputs} when it exists and is not {own}; an HDF5 file, a checkpoint or a model package is "
+            "never replaced")
+
+
+#: learning-curve's --overwrite (its --json report and its --plot).
+REPORT_OVERWRITE_HELP = report_overwrite_help("the --json or --plot file", "an earlier report or plot of this command")
 
 #: --overwrite of the commands that replace only their own kind of output (dodo._output_guard).
 OVERWRITE_HELP = ("replace the output when it exists and is not a {own} of an earlier run (a solver "
@@ -329,7 +338,7 @@ def register(subparsers) -> None:
                    help="rows of the data (default: test of the checkpoint's training file, all of another file; "
                         "train/val/test describe the training file only)")
     add_json_argument(p, "the table")
-    p.add_argument("--overwrite", action="store_true", help=REPORT_OVERWRITE_HELP)
+    p.add_argument("--overwrite", action="store_true", help=report_overwrite_help("the --json file", "an earlier report of this command"))
     p.set_defaults(func=_evaluate)
 
     p = subparsers.add_parser("inspect", help="loss-term breakdown and flux-factor statistics on a slice")
@@ -341,7 +350,7 @@ def register(subparsers) -> None:
     p.add_argument("--start", type=int, default=0)
     p.add_argument("--stop", type=int, default=1000)
     add_json_argument(p, "the report")
-    p.add_argument("--overwrite", action="store_true", help=REPORT_OVERWRITE_HELP)
+    p.add_argument("--overwrite", action="store_true", help=report_overwrite_help("the --json file", "an earlier report of this command"))
     p.set_defaults(func=_inspect)
 
     p = subparsers.add_parser("plot", help="plots (PNG, PDF or SVG) from metrics JSON files")
@@ -351,7 +360,7 @@ def register(subparsers) -> None:
     p.add_argument("files", nargs="+", metavar="FILE", help="results/metrics_<timestamp>.json file(s)")
     p.add_argument("-o", "--output", required=True, type=file_output_path,
                    help="plot file; its extension sets the format: .png (also without one), .pdf or .svg")
-    p.add_argument("--overwrite", action="store_true", help=REPORT_OVERWRITE_HELP)
+    p.add_argument("--overwrite", action="store_true", help=report_overwrite_help("the -o file", "an image of its format"))
     p.set_defaults(func=_plot)
 
     p = subparsers.add_parser(
