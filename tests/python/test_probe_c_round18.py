@@ -112,6 +112,45 @@ def test_a_number_matching_only_a_constant_that_no_node_reads_is_refused(tmp_pat
     assert "which is not a constant of the graph (edited after export?)" in lines[1], lines
 
 
+MESSAGE_LENGTHS = r"""
+#include <dodo/dodo.h>
+#include <stdio.h>
+
+int main(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    dodo_closure* closure = NULL;
+    static char message[4096];
+    int status = dodo_closure_create(argv[i], NULL, &closure, message, sizeof message);
+    printf("%d %zu %s\n", status, dodo_last_error(NULL, NULL, 0), message);
+    dodo_closure_destroy(closure);
+  }
+  return 0;
+}
+"""
+
+
+@needs_runtime
+def test_a_megabyte_metadata_value_is_quoted_in_a_message_by_its_first_bytes_and_length(tmp_path):
+    model = default_model()
+    packages = [
+        _resigned(tmp_path, model, "dodo.format_version", lambda text: text + "x" * 2_000_000, "format_version"),
+        _resigned(tmp_path, model, "dodo.features", lambda text: text + "y" * 2_000_000, "features"),
+        _resigned(tmp_path, model, "dodo.outputs", lambda text: text + " " + "q" * 2_000_000, "outputs"),
+        _resigned(tmp_path, model, "dodo.box3d", lambda text: text.replace('"exact"', '"' + "w" * 2_000_000 + '"'), "z_method"),
+    ]
+    program = compile_host(tmp_path, "message_lengths", MESSAGE_LENGTHS)
+    lines = run_host(program, *packages, timeout=300)
+    # Before: each message quoted the whole value: 2,000,000 bytes and more (dodo_last_error's
+    # length; Python's exception text, a log line), for a value the host never gave.
+    for line, quoted in zip(lines, ['"dodo.format_version" is "1xxxxx', '"dodo.features" is "invariants',
+                                    'got ["head_output"', 'z_method "wwwww'], strict=True):
+        status, length, message = line.split(" ", 2)
+        assert status == "4", line
+        assert int(length) < 1000 and len(message) == int(length), line
+        assert quoted in message, line
+        assert " bytes)" in message, line
+
+
 def _comma_locale(tmp_path) -> dict:
     """The environment of a host that can set "de_DE.UTF-8", a locale whose decimal separator is
     a comma: made with localedef into tmp_path (LOCPATH); skipped where localedef or its sources

@@ -51,6 +51,19 @@ inline std::string printable_message(const std::string& text, bool keep_line_bre
   return out;
 }
 
+// A value read from a model file, quoted for a message: whole up to `limit` bytes, else its first
+// bytes (cut between characters) and its length. A re-signed package's "dodo.format_version" of
+// 20 MB came back as a message of 20 MB (probe round eighteen).
+// excerpt: the same unquoted ("[...]" of a JSON text).
+inline std::string excerpt(const std::string& value, bool quoted = false, std::size_t limit = 200) {
+  const char* quote = quoted ? "\"" : "";
+  if (value.size() <= limit) return quote + value + quote;
+  std::size_t cut = limit;
+  while (cut > 0 && (static_cast<unsigned char>(value[cut]) & 0xC0) == 0x80) --cut;
+  return quote + value.substr(0, cut) + quote + "... (" + std::to_string(value.size()) + " bytes)";
+}
+inline std::string quoted_value(const std::string& value) { return excerpt(value, true); }
+
 inline std::string quoted_path(const std::string& path) { return "\"" + printable_message(path, false) + "\""; }
 
 // A number for a message, as printf's "%.<digits>g" (or "%.<digits>f" with fixed) writes it in the

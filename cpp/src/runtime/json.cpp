@@ -82,7 +82,7 @@ class JsonParser {
         // for a reader that keeps the first). `dodo export` writes Python dicts: never twice.
         if (value.object_.count(key)) {
           pos_ = key_at;
-          fail_with("key \"" + key + "\" given twice");
+          fail_with("key \"" + (key.size() <= 200 ? key : key.substr(0, 200) + "...") + "\" given twice");
         }
         skip_space();
         if (pos_ >= text_.size() || text_[pos_++] != ':') fail("expected ':'");
@@ -207,20 +207,29 @@ class JsonParser {
   size_t pos_ = 0;
 };
 
+std::string JsonValue::dump_excerpt() const {
+  std::string text = dump();
+  constexpr std::size_t kLimit = 200;
+  if (text.size() <= kLimit) return text;
+  std::size_t cut = kLimit;
+  while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
+  return text.substr(0, cut) + "... (" + std::to_string(text.size()) + " bytes)";
+}
+
 JsonValue JsonValue::parse(const std::string& text, std::size_t max_values) {
   return JsonParser(text, max_values).parse_document();
 }
 
 double JsonValue::number() const {
-  if (kind_ != Kind::kNumber) throw std::invalid_argument("JSON value is not a number: " + dump());
+  if (kind_ != Kind::kNumber) throw std::invalid_argument("JSON value is not a number: " + dump_excerpt());
   return number_;
 }
 const std::string& JsonValue::string() const {
-  if (kind_ != Kind::kString) throw std::invalid_argument("JSON value is not a string: " + dump());
+  if (kind_ != Kind::kString) throw std::invalid_argument("JSON value is not a string: " + dump_excerpt());
   return string_;
 }
 const std::vector<JsonValue>& JsonValue::array() const {
-  if (kind_ != Kind::kArray) throw std::invalid_argument("JSON value is not an array: " + dump());
+  if (kind_ != Kind::kArray) throw std::invalid_argument("JSON value is not an array: " + dump_excerpt());
   return array_;
 }
 const JsonValue* JsonValue::find(const std::string& key) const {

@@ -34,8 +34,10 @@ class JsonValue {
   const JsonValue* find(const std::string& key) const;  // nullptr if absent or not an object
   const JsonValue& at(const std::string& key) const;    // throws if absent
 
-  // Rendering for messages ("17", "\"exact\"").
+  // Rendering for messages ("17", "\"exact\""); dump_excerpt cuts it after 200 bytes (between
+  // characters) and adds its length: a value from a file may be megabytes long.
   std::string dump() const;
+  std::string dump_excerpt() const;
 
  private:
   friend class JsonParser;

@@ -111,7 +111,7 @@ int feature_size(const std::string& features) {
 int known_feature_size(const std::string& features) {
   const int size = feature_size(features);
   if (size == 0)
-    refuse("model \"dodo.features\" is \"" + features + "\"; this runtime computes \"" + kFeatures + "\", \"" +
+    refuse("model \"dodo.features\" is " + quoted_value(features) + "; this runtime computes \"" + kFeatures + "\", \"" +
            kFeaturesWithBox + "\" and \"" + kFeaturesWithCrossing + "\"");
   return size;
 }
@@ -121,7 +121,7 @@ ModelDescription describe_model(const std::map<std::string, std::string>& metada
   ModelDescription model;
   const std::string& version = require(metadata, "dodo.format_version");
   if (version != kFormatVersion)
-    refuse("model package \"dodo.format_version\" is \"" + version + "\"; this runtime reads version \"" +
+    refuse("model package \"dodo.format_version\" is " + quoted_value(version) + "; this runtime reads version \"" +
            kFormatVersion + "\" (upgrade Dodo or re-export the model)");
   model.input_size = known_feature_size(require(metadata, "dodo.features"));
   const std::string& head = require(metadata, "dodo.head");
@@ -133,7 +133,7 @@ ModelDescription describe_model(const std::map<std::string, std::string>& metada
   const int expected = head_output_size(model.head);
   const std::string& declared = require(metadata, "dodo.output_size");
   if (declared != std::to_string(expected))
-    refuse("model \"dodo.output_size\" is \"" + declared + "\" but head \"" + head + "\" has " +
+    refuse("model \"dodo.output_size\" is " + quoted_value(declared) + " but head \"" + head + "\" has " +
            std::to_string(expected) + " outputs");
   if (graph_output_size >= 0 && graph_output_size != expected)
     refuse("model graph output \"head_output\" has " + std::to_string(graph_output_size) + " columns; head \"" + head +
@@ -143,9 +143,9 @@ ModelDescription describe_model(const std::map<std::string, std::string>& metada
   const JsonValue box3d = parse_json("dodo.box3d", require(metadata, "dodo.box3d"));
   try {
     const std::string scheme = box3d.at("scheme").string();
-    if (scheme != "pairwise") refuse("model \"dodo.box3d\" scheme is \"" + scheme + "\"; this runtime has \"pairwise\"");
+    if (scheme != "pairwise") refuse("model \"dodo.box3d\" scheme is " + quoted_value(scheme) + "; this runtime has \"pairwise\"");
     const std::string form = box3d.at("form").string();
-    if (form != "delta") refuse("model \"dodo.box3d\" form is \"" + form + "\"; this runtime has \"delta\"");
+    if (form != "delta") refuse("model \"dodo.box3d\" form is " + quoted_value(form) + "; this runtime has \"delta\"");
     const double order = box3d.at("lebedev_order").number();
     // Checked before the conversion: a double outside int's range (or NaN) cast to int is undefined.
     if (!(order >= 1 && order <= 1e6 && order == std::floor(order)))
@@ -167,7 +167,7 @@ ModelDescription describe_model(const std::map<std::string, std::string>& metada
              " but lebedev_order " + std::to_string(requested.lebedev_order) + " was requested");
     const std::string z_method = box3d.at("z_method").string();
     if (z_method != "exact" && z_method != "jedynak")
-      refuse("model \"dodo.box3d\" z_method \"" + z_method + "\" is unknown");
+      refuse("model \"dodo.box3d\" z_method " + quoted_value(z_method) + " is unknown");
     model.box3d.z_method = z_method_from_name(z_method);
     if (!requested.z_method.empty() && requested.z_method != z_method)
       refuse("model \"dodo.box3d\" z_method is \"" + z_method + "\" but z_method \"" + requested.z_method +

@@ -35,9 +35,9 @@ struct VectorOf {
 }
 
 const FloatTensor& tensor_named(const std::map<std::string, FloatTensor>& initializers, const JsonValue& name) {
-  if (!name.is_string()) unusable("names a tensor by " + name.dump() + ", not by a string");
+  if (!name.is_string()) unusable("names a tensor by " + name.dump_excerpt() + ", not by a string");
   const auto found = initializers.find(name.string());
-  if (found == initializers.end()) unusable("names \"" + name.string() + "\", which is not a float32 initializer of the graph");
+  if (found == initializers.end()) unusable("names " + quoted_value(name.string()) + ", which is not a float32 initializer of the graph");
   return found->second;
 }
 
@@ -54,7 +54,7 @@ std::vector<float> vector_named(const std::map<std::string, FloatTensor>& initia
   }
   const FloatTensor& tensor = tensor_named(initializers, name);
   if (tensor.dims.size() != 1 || tensor.values.size() != size)
-    unusable("tensor \"" + name.string() + "\" must be a vector of " + std::to_string(size) + " values");
+    unusable("tensor " + quoted_value(name.string()) + " must be a vector of " + std::to_string(size) + " values");
   return tensor.values;
 }
 
@@ -394,7 +394,7 @@ NativeNetwork::NativeNetwork(const std::string& description, const std::map<std:
   try {
     const JsonValue& form = root.at("form");
     if (!form.is_string() || form.string() != kNativeNetworkForm)
-      unusable("has form " + form.dump() + "; this runtime evaluates \"" + kNativeNetworkForm + "\"");
+      unusable("has form " + form.dump_excerpt() + "; this runtime evaluates \"" + kNativeNetworkForm + "\"");
     input_mean_ = vector_named(initializers, root.at("input_mean"), static_cast<std::size_t>(input_size));
     input_std_ = vector_named(initializers, root.at("input_std"), static_cast<std::size_t>(input_size));
     const JsonValue& layers = root.at("layers");

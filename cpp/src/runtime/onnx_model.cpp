@@ -498,17 +498,17 @@ void OnnxModel::check_declared_outputs() {
     for (const JsonValue& name : list.array()) {
       if (!name.is_string()) throw std::invalid_argument("not a list of strings");
       if (!declared.insert(name.string()).second)
-        throw Error(DODO_ERROR_MODEL_METADATA, prefix + "names \"" + name.string() + "\" twice");
+        throw Error(DODO_ERROR_MODEL_METADATA, prefix + "names " + quoted_value(name.string()) + " twice");
     }
   } catch (const std::invalid_argument& error) {
     throw Error(DODO_ERROR_MODEL_METADATA, prefix + "must be a JSON list of output names (" + known +
-                                               "); got " + listed + " (" + error.what() + ")");
+                                               "); got " + excerpt(listed) + " (" + error.what() + ")");
   }
   for (const std::string& name : declared)
     if (name != kOutputName && name != kUncertaintyName && name != kLogGrowthRatioName)
-      throw Error(DODO_ERROR_MODEL_METADATA, prefix + "names an unknown output \"" + name + "\" (known: " + known + ")");
+      throw Error(DODO_ERROR_MODEL_METADATA, prefix + "names an unknown output " + quoted_value(name) + " (known: " + known + ")");
   if (!declared.count(kOutputName))
-    throw Error(DODO_ERROR_MODEL_METADATA, prefix + "must include \"head_output\"; got " + listed);
+    throw Error(DODO_ERROR_MODEL_METADATA, prefix + "must include \"head_output\"; got " + excerpt(listed));
 
   // The graph must have exactly the declared outputs; the optional ones float32 [N], N dynamic.
   OrtAllocator* allocator = nullptr;

@@ -102,7 +102,7 @@ void read_entry(std::string_view bytes, std::string_view entry, std::map<std::st
     if (field == kEntryValue) value.assign(payload);
   }
   if (!metadata.emplace(key, value).second)
-    throw Error(DODO_ERROR_MODEL_METADATA, "model metadata key \"" + key + "\" appears twice");
+    throw Error(DODO_ERROR_MODEL_METADATA, "model metadata key " + quoted_value(key) + " appears twice");
 }
 
 void append_varint(std::string& out, std::uint64_t value) {
