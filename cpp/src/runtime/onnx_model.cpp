@@ -550,7 +550,7 @@ void OnnxModel::check_declared_outputs() {
   for (const std::string& name : graph)
     if (!declared.count(name))
       throw Error(DODO_ERROR_MODEL_FORMAT, "the graph has output \"" + name + "\", which metadata \"" +
-                                               kOutputsKey + "\" does not declare (it declares " + declaration + ")");
+                                               kOutputsKey + "\" does not declare (it declares " + excerpt(declaration) + ")");
   optional_outputs_.uncertainty = declared.count(kUncertaintyName) != 0;
   optional_outputs_.log_growth_ratio = declared.count(kLogGrowthRatioName) != 0;
 }

@@ -296,20 +296,20 @@ void read_float_tensor(std::string_view bytes, std::string_view tensor, std::map
   std::size_t count = 1;
   for (std::int64_t d : out.dims) {
     if (d < 0 || (d > 0 && count > (std::size_t{1} << 40) / static_cast<std::size_t>(d)))
-      malformed("initializer \"" + name + "\" has an impossible shape", offset_in(bytes, tensor));
+      malformed("initializer " + quoted_value(name) + " has an impossible shape", offset_in(bytes, tensor));
     count *= static_cast<std::size_t>(d);
   }
   const std::string_view data = !raw.empty() ? raw : packed_floats;
   if (!data.empty()) {
     if (data.size() != count * sizeof(float))
-      malformed("initializer \"" + name + "\" holds " + std::to_string(data.size()) + " bytes for " +
+      malformed("initializer " + quoted_value(name) + " holds " + std::to_string(data.size()) + " bytes for " +
                     std::to_string(count) + " floats",
                 offset_in(bytes, tensor));
     out.values.resize(count);
     std::memcpy(out.values.data(), data.data(), data.size());  // little-endian, as ONNX stores it
   } else {
     if (loose_floats.size() != count)
-      malformed("initializer \"" + name + "\" holds " + std::to_string(loose_floats.size()) + " values for " +
+      malformed("initializer " + quoted_value(name) + " holds " + std::to_string(loose_floats.size()) + " values for " +
                     std::to_string(count),
                 offset_in(bytes, tensor));
     out.values = std::move(loose_floats);
