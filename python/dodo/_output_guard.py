@@ -22,6 +22,9 @@ from pathlib import Path
 SYNTHETIC = "a synthetic database (dodo synth)"
 PREPROCESSED = "a preprocessed training file (dodo preprocess)"
 APPLIED_CELLS = "a cell file of dodo apply -o"
+LINEAR_LABELS = "a growth-label file of dodo simulate --linear-only"
+#: The ``kind`` attribute of those label files (dodo.qke.growth_labels.KIND).
+LINEAR_LABELS_KIND = "linear_growth_labels"
 MODEL_PACKAGE = "an ONNX model package (dodo export)"
 #: What a torch.save zip archive is called (tools/regate_checkpoint.py and refit_growth.py write one).
 CHECKPOINT = "a PyTorch checkpoint (dodo train / dodo train-ensemble)"
@@ -55,6 +58,10 @@ def file_kind(path: str | Path) -> str:
     # First: a preprocessed file carries its inputs' attributes (a solver database's included).
     if str(attrs.get("format", "")).startswith("dodo-preprocessed"):
         return PREPROCESSED
+    if str(attrs.get("kind", "")) == LINEAR_LABELS_KIND:  # it has "solver" too: it was called a solver database
+        states = int(attrs.get("nstates_valid", attrs.get("nstates_processed", -1)))
+        done = "complete" if bool(attrs.get("complete", False)) else "unfinished"
+        return f"{LINEAR_LABELS} ({done}" + (f", {states} states)" if states >= 0 else ")")
     if "solver" in attrs:
         states = int(attrs.get("nstates_valid", attrs.get("nstates_processed", -1)))
         done = "complete" if bool(attrs.get("complete", False)) else "unfinished"

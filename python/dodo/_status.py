@@ -7,11 +7,31 @@ import numpy as np
 
 from . import _core
 
-CellStatus = enum.IntFlag("CellStatus", {"OK": 0, **{name: bit for name, bit, _, _ in _core.cell_status_bits}})
+
+class _StatusType(type(enum.IntFlag)):
+    """CellStatus's metaclass: ``CellStatus(value)`` also takes one cell's status as NumPy holds it.
+
+    ``result.status`` is a uint32 array, so ``dodo.CellStatus(result.status[i])`` (a np.uint32), or
+    ``dodo.CellStatus(result.status)`` of a single cell (a 0-d array), is how a user decodes a cell;
+    enum's own lookup takes only Python ints for a combination of flags, and said
+    ``ValueError: np.uint32(3) is not a valid CellStatus`` of a valid status, and of a batch's array
+    ``The truth value of an array with more than one element is ambiguous`` (outside probe, round 29)."""
+
+    def __call__(cls, value, *args, **kwargs):
+        if not args and not kwargs and cls._member_map_ and isinstance(value, (np.generic, np.ndarray)):
+            value = _one_status(value, "dodo.CellStatus", "dodo.CellStatus(result.status[i])")
+        return super().__call__(value, *args, **kwargs)
+
+
+class _StatusFlags(enum.IntFlag, metaclass=_StatusType):
+    """The base of CellStatus (no members: its members are the core's list)."""
+
+
+CellStatus = _StatusFlags("CellStatus", {"OK": 0, **{name: bit for name, bit, _, _ in _core.cell_status_bits}},
+                          module=__name__)
 CellStatus.__doc__ = "Bits of the per-cell status: " + "; ".join(
     f"{name}: {text}" for name, _, _, text in _core.cell_status_bits
 )
-
 #: Bits meaning the cell was rejected: the output is the input when finite and realizable, zeros when
 #: not finite, else negative densities set to 0 and fluxes scaled to |F| <= n (docs/runtime.md).
 REJECTED_MASK = sum(bit for _, bit, rejects, _ in _core.cell_status_bits if rejects)
@@ -27,14 +47,14 @@ def describe_status(status: int | np.integer) -> list[str]:
     return known + ([f"UNKNOWN: bits {unknown:#x} are not status flags of this version"] if unknown else [])
 
 
-def _one_status(status) -> int:
+def _one_status(status, caller: str = "describe_status", example: str = "describe_status(result.status[i])") -> int:
     """``status`` as an int if it is one cell's status: an integer (Python, NumPy, or a 0-d integer
     array) in [0, 2**32). int() took 1.5 as 1, "3" as 3 and -1 as every flag, and a batch's status
     array failed with NumPy's "only 0-dimensional arrays can be converted to Python scalars"."""
     array = np.asarray(status) if isinstance(status, np.ndarray) else None
     if array is not None and array.ndim:
-        raise TypeError(f"describe_status takes one cell's status; got an array of shape {array.shape}: "
-                        "call it per cell, e.g. describe_status(result.status[i])")
+        raise TypeError(f"{caller} takes one cell's status; got an array of shape {array.shape}: "
+                        f"call it per cell, e.g. {example}")
     value = status.item() if array is not None or isinstance(status, np.generic) else status
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"a cell status is an integer (uint32 bits of dodo.CellStatus); got {status!r}")

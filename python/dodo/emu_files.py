@@ -12,6 +12,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ._output_guard import LINEAR_LABELS_KIND  # `dodo simulate --linear-only`'s label files (no final states)
 from .conventions import N_FLAVOURS, from_emu_layout
 
 INITIAL = "F4_initial(1|ccm)"
@@ -76,13 +77,64 @@ def open_emu_file(path: str | Path):
     return handle, handle[INITIAL].shape[0]
 
 
+def _attribute(handle, name: str):
+    """Attribute ``name`` of an open HDF5 file as str where it is text; None where absent or unreadable."""
+    try:
+        value = handle.attrs.get(name)
+    except (OSError, RuntimeError, TypeError, ValueError):  # an attribute h5py cannot read
+        return None
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def known_file_problem(handle, name: str) -> str:
+    """Why an open file of another Dodo command lacks dataset ``name`` of an Emu database, naming
+    what the file is, or '' for any other file. `dodo score` and `dodo apply` called Dodo's own
+    outputs "not an Emu-layout file": a label file of `dodo simulate --linear-only` (its states'
+    F4_initial(1|ccm) and linear growth rates, no F4_final(1|ccm)), a preprocessed training file, a
+    cell file of `dodo apply -o` (outside probe, round 29)."""
+    from ._output_guard import APPLIED_CELLS, APPLIED_CELLS_MARK, PREPROCESSED
+
+    kind, form = _attribute(handle, "kind"), _attribute(handle, "format")
+    if isinstance(kind, str) and kind == LINEAR_LABELS_KIND and FINAL not in handle:
+        return (f"a growth-label file of `dodo simulate --linear-only` (its states' linear growth rates, no "
+                f"asymptotic states): there is no '{FINAL}' to compare with; give a database of a full `dodo "
+                "simulate` run (without --linear-only) or an Emu database")
+    if isinstance(form, str) and form.startswith("dodo-preprocessed"):
+        what = PREPROCESSED + " (its rows are in Dodo's layout, Box3D added)"
+    elif isinstance(kind, str) and kind == APPLIED_CELLS_MARK:
+        what = APPLIED_CELLS + " (a grid of lab-frame cells)"
+    else:
+        return ""
+    return (f"{what}, not an Emu-layout database: no dataset '{name}'; give the Emu-layout file it was made from "
+            "(a dodo simulate, dodo synth or Emu database)")
+
+
+def unfinished_run_note(handle, path) -> str:
+    """A note for an open database that an unfinished `dodo simulate` run wrote (attribute
+    ``complete`` false: the run writes its database after each batch, so a killed or still running
+    one leaves some of its states under the final name), or '' for any other file. `dodo score` and
+    `dodo apply` scored the states done so far as if they were the run's (outside probe, round 29)."""
+    try:
+        complete = handle.attrs.get("complete")
+        done, requested = handle.attrs.get("nstates_done"), handle.attrs.get("nstates_requested")
+    except (OSError, RuntimeError, TypeError, ValueError):
+        return ""
+    if complete is None or not isinstance(complete, (bool, np.bool_)) or complete:
+        return ""
+    count = (f"{int(done)} of its {int(requested)} states done so far" if isinstance(done, (int, np.integer))
+             and isinstance(requested, (int, np.integer)) else "not all of its states done")
+    return (f"{path} is the database of an unfinished `dodo simulate` run ({count}: the run was stopped, or is "
+            "still running); only the states it holds are used. Rerun its command (the `command` attribute) to "
+            "finish it")
+
+
 def _layout_problem(handle) -> str:
     """What is wrong with an open Emu database's layout, or '' when nothing is."""
     import h5py
 
     for name in (INITIAL, FINAL):
         if name not in handle:
-            return f"missing dataset '{name}' (not an Emu asymptotic database?)"
+            return known_file_problem(handle, name) or f"missing dataset '{name}' (not an Emu asymptotic database?)"
         item, problem = _open_item(handle, name)
         if problem:
             return problem

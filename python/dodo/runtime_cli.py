@@ -111,15 +111,19 @@ def velocity_field(shape: tuple[int, int, int], max_speed: float) -> np.ndarray:
     return np.concatenate([W[..., None], W[..., None] * v], axis=-1)
 
 
-def _check_grid_fits(path: str, grid: str, count: int) -> None:
+def _check_grid_fits(path: str, grid: str, count: int) -> str:
     """Refuse, before reading any cell, a grid of more cells than the file holds (any size: the
-    count is an exact integer)."""
-    from .emu_files import open_emu_file
+    count is an exact integer). Returns a note for the report when the file is an unfinished
+    `dodo simulate` run's database ('' otherwise)."""
+    from .emu_files import open_emu_file, unfinished_run_note
 
     handle, nsims = open_emu_file(path)
-    handle.close()
+    with handle:
+        note = unfinished_run_note(handle, path)
     if count > nsims:
-        raise _UsageError(f"{path} holds {nsims} cells; the grid needs {count} (--grid {grid})")
+        raise _UsageError(f"{path} holds {nsims} cells; the grid needs {count} (--grid {grid})"
+                          + (f" ({note})" if note else ""))
+    return note
 
 
 def _read_cells(path: str, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -173,7 +177,7 @@ def _apply(args: argparse.Namespace) -> int:
     shape = _grid_shape(args.grid)
     count = math.prod(shape)  # exact: np.prod wraps past int64 (a 2^32 x 2^32 grid counted 0 cells)
     runtime = Closure(args.model, threads=args.threads)  # before reading: a bad model fails fast
-    _check_grid_fits(args.data, args.grid, count)
+    unfinished = _check_grid_fits(args.data, args.grid, count)
     F_rest, F_true_rest = _read_cells(args.data, count)
     u = velocity_field(shape, args.max_speed).reshape(-1, 4)
     F_init = boost_from_rest(F_rest, u[:, None, :])
@@ -210,6 +214,8 @@ def _apply(args: argparse.Namespace) -> int:
     print(f"closure on a {args.grid} grid ({count} cells from {args.data}), fluid speeds up to {args.max_speed}")
     print(f"model: {runtime.model_path or 'none (Box3D only)'}; head {runtime.head}; {runtime.threads} thread(s); "
           f"ONNX Runtime {runtime.onnxruntime[1] or '-'}")
+    if unfinished:
+        print(f"note: {unfinished}")
     if not scored.all():
         reasons = ([f"{unusable} with a non-finite input or truth, or a comoving density N_tot <= 0, left out; such "
                     "inputs are flagged NONFINITE, NEGATIVE_DENSITY or ZERO_DENSITY below"] if unusable else []) + \

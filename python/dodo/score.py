@@ -22,7 +22,7 @@ from .conventions import from_emu_layout, total_density
 from ._cli_common import add_json_argument, emit, json_target_file
 from ._output_guard import marked_report
 from ._status import REJECTED_MASK
-from .emu_files import hdf5_item, numeric_dataset, open_hdf5
+from .emu_files import hdf5_item, known_file_problem, numeric_dataset, open_hdf5, unfinished_run_note
 
 #: A state counts as "worse than Box3D" when the model's error exceeds Box3D's by this (N_tot).
 WORSE_THRESHOLD = 0.0025
@@ -103,11 +103,16 @@ def read_emu_states(path: str) -> EmuStates:
     try:
         with open_hdf5(path) as f:
             for key in ("F4_initial(1|ccm)", "F4_final(1|ccm)"):
+                if key not in f and known_file_problem(f, key):  # another command's output, named
+                    raise ValueError(f"{path}: {known_file_problem(f, key)}")
                 if key not in f or not isinstance(hdf5_item(f, path, key), h5py.Dataset):
                     raise ValueError(f"{path}: no dataset '{key}' (not an Emu-layout file)")
             emu_initial = numeric_dataset(f, path, "F4_initial(1|ccm)")
             emu_final = numeric_dataset(f, path, "F4_final(1|ccm)")
             growth = numeric_dataset(f, path, "growthRate(1|s)") if "growthRate(1|s)" in f else None
+            unfinished = unfinished_run_note(f, path)
+            if unfinished:  # scored, but not silently as if they were the whole run's states
+                notes.append(unfinished)
     except OSError as error:
         raise ValueError(f"{path}: cannot read ({error})") from None
     for key, emu in (("F4_initial(1|ccm)", emu_initial), ("F4_final(1|ccm)", emu_final)):

@@ -66,14 +66,20 @@ class MPICommunicator:
 
 def launched_size(environ=os.environ) -> int:
     """Number of ranks the launcher started (1 when not started by one)."""
+    return _launched(environ)[0]
+
+
+def _launched(environ) -> tuple[int, str]:
+    """(number of ranks the launcher started, the environment variables that say so, as NAME=VALUE)."""
     for name in _SIZE_VARIABLES:
         if environ.get(name, "").isdigit():
-            return int(environ[name])
+            return int(environ[name]), f"{name}={environ[name]}"
     step = environ.get("SLURM_STEP_ID", "")
     # Inside `srun` (a job step, not the batch script itself, whose step id is 0xfffffffe): one task per rank.
     if step.isdigit() and int(step) < 0xFFFFFFF0 and environ.get("SLURM_STEP_NUM_TASKS", "").isdigit():
-        return int(environ["SLURM_STEP_NUM_TASKS"])
-    return 1
+        return int(environ["SLURM_STEP_NUM_TASKS"]), \
+            f"SLURM_STEP_ID={step} and SLURM_STEP_NUM_TASKS={environ['SLURM_STEP_NUM_TASKS']}"
+    return 1, ""
 
 
 def world(environ=os.environ):
@@ -82,18 +88,23 @@ def world(environ=os.environ):
     Raises RuntimeError when launched as N ranks but mpi4py is missing or its world differs (the
     ranks would each run the whole campaign and overwrite each other's files).
     """
-    expected = launched_size(environ)
+    expected, variables = _launched(environ)
     if expected <= 1:
         return SerialCommunicator()
+    # The count comes from the environment alone: name what set it, so that a variable inherited
+    # from elsewhere (a shell or a parent process inside an MPI job) can be told from a real launch;
+    # "started as 2 MPI ranks" of a command started by hand named nothing (outside probe, round 29).
+    source = (f"; {expected} is what {variables} in the environment says: if this process was not started by "
+              "mpirun or srun, that is left from another job (unset it)")
     try:
         from mpi4py import MPI
     except ImportError as error:
         raise RuntimeError(f"started as {expected} MPI ranks, but mpi4py is not installed: pip install 'dodo[mpi]' "
-                           f"(it needs an MPI such as Debian's openmpi-bin libopenmpi-dev)") from error
+                           f"(it needs an MPI such as Debian's openmpi-bin libopenmpi-dev){source}") from error
     communicator = MPICommunicator(MPI.COMM_WORLD)
     if communicator.size != expected:
         raise RuntimeError(f"the launcher started {expected} ranks but MPI's world has {communicator.size}: mpi4py is "
-                           "built against another MPI than the launcher's (with srun, try srun --mpi=pmix)")
+                           f"built against another MPI than the launcher's (with srun, try srun --mpi=pmix){source}")
     return communicator
 
 
