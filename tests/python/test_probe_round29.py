@@ -89,8 +89,9 @@ def test_score_and_apply_name_a_linear_only_label_file(tmp_path, capsys):
 
 
 def test_score_and_apply_name_another_commands_output(tmp_path, capsys):
-    """A preprocessed training file and a cell file of `dodo apply -o` given to `dodo score` or
-    `dodo apply`: ``no dataset 'F4_initial(1|ccm)' (not an Emu-layout file)`` of Dodo's own files."""
+    """A preprocessed training file and a cell file of `dodo apply -o` given to `dodo score`, `dodo
+    apply` or `dodo simulate --input`: ``no dataset 'F4_initial(1|ccm)' (not an Emu-layout file)``,
+    ``missing dataset ...`` and ``has no 'F4_initial(1|ccm)' dataset`` of Dodo's own files."""
     pytest.importorskip("h5py")
     from cli_helpers import synthetic_preprocessed
 
@@ -101,10 +102,13 @@ def test_score_and_apply_name_another_commands_output(tmp_path, capsys):
     for path, kind in ((preprocessed, "a preprocessed training file (dodo preprocess)"),
                        (cells, "a cell file of dodo apply -o")):
         for argv in (["score", "box3d", str(path), "--bootstrap", "100"],
-                     ["apply", str(path), "--grid", "1x1x1", "--model", "box3d"]):
+                     ["apply", str(path), "--grid", "1x1x1", "--model", "box3d"],
+                     ["simulate", str(tmp_path / "run.h5"), "--input", str(path), "--ncell", "16", "--nphi", "8",
+                      "-q"]):
             line = refused(capsys, argv, f"{path}: {kind}", "not an Emu-layout database",
                            "no dataset 'F4_initial(1|ccm)'", "give the Emu-layout file it was made from")
-            assert "(not an Emu" not in line
+            assert "(not an Emu" not in line and "has no" not in line
+    assert not (tmp_path / "run.h5").exists()
 
 
 def _unfinished_database(path: Path, states: int = 2, requested: int = 12) -> Path:

@@ -356,11 +356,12 @@ def read_states(path: str) -> dict:
     if path.endswith((".h5", ".hdf5")):
         import h5py
 
-        from ..emu_files import numeric_dataset, open_hdf5
+        from ..emu_files import known_file_problem, numeric_dataset, open_hdf5
 
         with open_hdf5(path) as f:
-            if "F4_initial(1|ccm)" not in f:
-                raise ValueError(f"{path} has no 'F4_initial(1|ccm)' dataset")
+            if "F4_initial(1|ccm)" not in f:  # a preprocessed file or an apply -o cell file is named (round 29)
+                known = known_file_problem(f, "F4_initial(1|ccm)")
+                raise ValueError(f"{path}: {known}" if known else f"{path} has no 'F4_initial(1|ccm)' dataset")
             initial = numeric_dataset(f, path, "F4_initial(1|ccm)")
             if initial.ndim != 4 or initial.shape[1:] != (4, 2, 3):  # a two-flavour Emu file: [n, 4, 2, 2]
                 raise ValueError(f"{path}: 'F4_initial(1|ccm)' has shape {initial.shape}; expected [nsims, 4 "
