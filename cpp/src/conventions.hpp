@@ -49,6 +49,10 @@ inline constexpr double kSmallestNtot = 1e-300;
 // |u.u + 1| above this times max(1, u^t^2) is not a four-velocity (relative to u^t^2: the rounding
 // of u.u grows as W^2; frame.hpp, four_velocity_norm_tolerance).
 inline constexpr double kVelocityNormTolerance = 1e-6;
+// ... but never more than this: from u^t ~ 707 on, 1e-6 u^t^2 reached 1, and a null u (u.u = 0) or
+// a spacelike one passed as a four-velocity (outside probe, round 29). With |u.u + 1| <= 0.5 every
+// accepted u is timelike; a float64 (W, W v) rounds to that only past W ~ 5e7, a float32 one ~ 2e3.
+inline constexpr double kVelocityNormToleranceCap = 0.5;
 
 // Most threads a closure or Box3D batch may ask for, in every language; more are refused.
 inline constexpr int kMaxThreads = 1024;

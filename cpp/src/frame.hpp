@@ -13,7 +13,8 @@ namespace dodo {
 double four_velocity_norm_error(const double* u);
 // The largest |u.u + 1| accepted for a u with time component u0: kVelocityNormTolerance *
 // max(1, u0^2) (rounding alone leaves |u.u + 1| ~ W^2 eps: a float32 u at v = 0.98, or a float64
-// one at W = 1e5, was refused by an absolute 1e-6). Inline: the vectorised checks use it too.
+// one at W = 1e5, was refused by an absolute 1e-6), at most kVelocityNormToleranceCap (so u.u < 0:
+// timelike). Inline: the vectorised checks use it too.
 inline double four_velocity_norm_tolerance(double u0) {
   const double W2 = u0 * u0;
   // u0 beyond ~1.3e154 overflows u0^2 to inf: the tolerance was inf, and the error |u.u + 1| (inf
@@ -23,7 +24,8 @@ inline double four_velocity_norm_tolerance(double u0) {
   // is lost: with u0^2 = inf, u.u = -1 needs |u_spatial|^2 = inf too, whose error is NaN already.
   constexpr double kLargest = std::numeric_limits<double>::max();
   const double capped = W2 < kLargest ? W2 : kLargest;
-  return kVelocityNormTolerance * (capped > 1.0 ? capped : 1.0);
+  const double tolerance = kVelocityNormTolerance * (capped > 1.0 ? capped : 1.0);
+  return tolerance < kVelocityNormToleranceCap ? tolerance : kVelocityNormToleranceCap;
 }
 // True when u is finite, future-directed (u^t > 0) and four_velocity_norm_error(u) <=
 // four_velocity_norm_tolerance(u): the one velocity check, shared by the C API and Python (issue 11.4).

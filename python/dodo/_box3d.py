@@ -16,6 +16,7 @@ from .conventions import (
     N_CROSSING_FEATURES,
     N_SPECIES,
     VELOCITY_NORM_TOLERANCE,
+    VELOCITY_NORM_TOLERANCE_CAP,
 )
 
 DEFAULT_LEBEDEV_ORDER = 17
@@ -191,8 +192,13 @@ def _check_velocity(flat_u: np.ndarray, batch: tuple[int, ...]) -> None:
             u0 = float(flat_u[first, 0])
             # u0 ** 2 raises on overflow; u0 * u0 is inf, capped as the core caps it (frame.hpp).
             tolerance = VELOCITY_NORM_TOLERANCE * max(1.0, min(u0 * u0, sys.float_info.max))
-            problem = (f"|u.u + 1| = {norm_error[first]:.12g} exceeds the tolerance {VELOCITY_NORM_TOLERANCE} "
-                       f"max(1, u^t^2) = {tolerance:.12g}")
+            if tolerance < VELOCITY_NORM_TOLERANCE_CAP:
+                problem = (f"|u.u + 1| = {norm_error[first]:.12g} exceeds the tolerance {VELOCITY_NORM_TOLERANCE} "
+                           f"max(1, u^t^2) = {tolerance:.12g}")
+            else:  # the cap keeps null and spacelike u out (frame.hpp)
+                problem = (f"|u.u + 1| = {norm_error[first]:.12g} exceeds the largest tolerance "
+                           f"{VELOCITY_NORM_TOLERANCE_CAP} ({VELOCITY_NORM_TOLERANCE} max(1, u^t^2) is capped there "
+                           f"from u^t ~ 707 on, so that every accepted u is timelike)")
         raise ValueError(
             f"u is not a future-directed unit timelike four-velocity at cell {where}: u = {flat_u[first].tolist()}, "
             f"{problem}; pass u = (W, W v) with W = 1/sqrt(1 - v^2)")

@@ -8,6 +8,7 @@ __version__: str
 cell_status_bits: list[tuple[str, int, bool, str]]
 growth_rate_per_ntot: float
 velocity_norm_tolerance: float
+velocity_norm_tolerance_cap: float
 max_threads: int
 
 class Box3D:

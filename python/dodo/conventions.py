@@ -28,6 +28,8 @@ GROWTH_RATE_PER_NTOT = 1.9255e-22
 
 #: Velocity normalisation tolerance: |u.u + 1| above this times max(1, u^t^2) is rejected.
 VELOCITY_NORM_TOLERANCE = 1e-6
+#: ... but at most this (C++ kVelocityNormToleranceCap): every accepted u is timelike (u.u <= -0.5).
+VELOCITY_NORM_TOLERANCE_CAP = 0.5
 
 #: Most worker threads a Box3D batch or a closure may ask for (every language; C++ kMaxThreads).
 MAX_THREADS = 1024

@@ -49,7 +49,8 @@ def test_a_four_velocity_whose_square_overflows_is_not_taken_for_a_unit_vector(u
     for call in calls:
         with pytest.raises(ValueError, match="not a future-directed unit timelike four-velocity") as error:
             call()
-        assert "inf" not in str(error.value).split("max(1, u^t^2) = ")[1].split(";")[0]  # a finite tolerance
+        # a finite tolerance: since round 29 the cap, 0.5, from u^t ~ 707 on
+        assert "exceeds the largest tolerance 0.5 (" in str(error.value)
     # u = (1e150, 0, 0, 0), whose u^t^2 is finite, was refused already: the two now agree.
     with pytest.raises(ValueError, match="unit timelike"):
         dodo.box3d(F, np.array([1e150, 0.0, 0.0, 0.0]))

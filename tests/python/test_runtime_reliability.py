@@ -22,7 +22,7 @@ from libdodo_ctypes import Options, load_libdodo
 import dodo
 from dodo import _core
 from dodo._closure import Closure
-from dodo.conventions import VELOCITY_NORM_TOLERANCE
+from dodo.conventions import VELOCITY_NORM_TOLERANCE, VELOCITY_NORM_TOLERANCE_CAP
 
 DODO_OK, DODO_ERROR_INVALID_ARGUMENT, DODO_ERROR_FILE, DODO_ERROR_MODEL_FORMAT = 0, 1, 2, 3
 BAD_VELOCITY = 32
@@ -91,6 +91,45 @@ def run_child(script: str, timeout: float = 120, env: dict | None = None) -> sub
 
 def test_the_velocity_tolerance_is_defined_once():
     assert VELOCITY_NORM_TOLERANCE == _core.velocity_norm_tolerance
+    assert VELOCITY_NORM_TOLERANCE_CAP == _core.velocity_norm_tolerance_cap
+
+
+def test_a_null_or_spacelike_velocity_is_refused_however_fast(lib):
+    """Outside probe, round 29: 1e-6 max(1, u^t^2) reaches 1 at u^t ~ 707, and past it a null u
+    (1000, 1000, 0, 0), a spacelike one (u.u = +50 at u^t = 1e4) or one with u.u = -91 passed as
+    four-velocities (Python raised nothing, C flagged no BAD_VELOCITY; comoving_density came out
+    negative). The tolerance is capped at 0.5, so every accepted u is timelike; unit vectors this
+    fast, as (W, W v) in float64, still pass."""
+    W = 1e4
+    bad = np.array([[1000.0, 1000.0, 0.0, 0.0],
+                    [W, np.sqrt(W * W + 50.0), 0.0, 0.0],
+                    [W, np.sqrt(W * W - 91.0), 0.0, 0.0],
+                    [2e6, 0.0, 0.0, 2e6]])
+    good = np.array([[W, np.sqrt(W * W - 1.0), 0.0, 0.0],
+                     [800.0, 0.0, np.sqrt(800.0**2 - 1.0), 0.0],
+                     [1e6, 0.0, 0.0, np.sqrt(1e12 - 1.0)]])
+    assert not _core.check_four_velocities(np.ascontiguousarray(bad))[0].any()
+    assert _core.check_four_velocities(np.ascontiguousarray(good))[0].all()
+    assert not _core.all_four_velocities_valid(np.ascontiguousarray(bad[:1]))
+    for u in bad:
+        with pytest.raises(ValueError, match=r"exceeds the largest tolerance 0\.5 .* every accepted u is timelike"):
+            dodo.box3d(stable_cell(), u)
+        with pytest.raises(ValueError, match="not a future-directed unit timelike four-velocity"):
+            dodo.comoving_density(stable_cell(), u)
+    status, handle, message = c_create(lib, "box3d")
+    assert status == DODO_OK, message
+    try:
+        velocities = np.ascontiguousarray(np.concatenate([bad, good]))
+        cells = np.ascontiguousarray(np.broadcast_to(stable_cell(), (len(velocities), 6, 4)))
+        out = np.empty_like(cells)
+        flags = np.zeros(len(velocities), dtype=np.uint32)
+        assert lib.dodo_apply(handle, len(velocities), as_double(cells), None, as_double(velocities), None,
+                              as_double(out), None, flags.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32))) == DODO_OK
+        assert ((flags[:len(bad)] & BAD_VELOCITY) != 0).all()
+        assert ((flags[len(bad):] & BAD_VELOCITY) == 0).all()
+        assert np.isfinite(out).all()
+    finally:
+        lib.dodo_closure_destroy(handle)
 
 
 def test_python_refuses_exactly_the_velocity_the_c_api_flags(lib):

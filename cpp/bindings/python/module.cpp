@@ -297,6 +297,7 @@ PYBIND11_MODULE(_core, m) {
   m.attr("cell_status_bits") = statuses;
   m.attr("growth_rate_per_ntot") = dodo::kGrowthRatePerNtot;
   m.attr("velocity_norm_tolerance") = dodo::kVelocityNormTolerance;
+  m.attr("velocity_norm_tolerance_cap") = dodo::kVelocityNormToleranceCap;
   m.attr("max_threads") = dodo::kMaxThreads;
 
   register_qke(m);
