@@ -222,7 +222,9 @@ def score(closure, states: EmuStates, resamples: int = 10000, seed: int = 0,
                             "box3d": [float(e) if ok else None for e, ok in zip(box_all, scored)]}}
     uncertainty = getattr(result, "uncertainty", None)
     if uncertainty is not None:
-        report["per_state"]["uncertainty"] = np.asarray(uncertainty, float).tolist()
+        # None where a state is left out (as its errors), and so never NaN in strict JSON
+        report["per_state"]["uncertainty"] = [value if ok and np.all(np.isfinite(value)) else None for value, ok
+                                              in zip(np.asarray(uncertainty, float).tolist(), scored)]
     if states.growth_rate is not None:
         measured = states.growth_rate
         with np.errstate(invalid="ignore"):

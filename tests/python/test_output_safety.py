@@ -254,6 +254,16 @@ def test_score_leaves_non_finite_states_out_and_writes_strict_json(tmp_path, cap
     assert {w["index"] for w in report["worst_states"]}.isdisjoint({3, 5})
     assert report["growth_rate"]["n_states"] <= 30 and np.isfinite(report["growth_rate"]["model"]["median_ratio"])
 
+    # With a model that has an uncertainty output, a left-out state's is None too (outside probe,
+    # round 29: it held a number beside the None errors; the NaN state's was NaN, not strict JSON).
+    model_report = tmp_path / "m.json"
+    assert main(["score", "default", str(data), "--bootstrap", "100", "--json", str(model_report)]) == 0
+    capsys.readouterr()
+    report = json.loads(model_report.read_text(), parse_constant=no_constants)
+    uncertainty = report["per_state"]["uncertainty"]
+    assert len(uncertainty) == 32 and uncertainty[3] is None and uncertainty[5] is None
+    assert all(value is not None and np.all(np.isfinite(value)) for i, value in enumerate(uncertainty) if i not in (3, 5))
+
 
 # -- 5. synth options ------------------------------------------------------------------------------------
 
