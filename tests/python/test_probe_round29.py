@@ -169,3 +169,22 @@ def test_a_launcher_variable_left_in_the_environment_is_named(monkeypatch, envir
     text = str(error.value)
     assert text.startswith(f"started as {named.split('=')[-1]} MPI ranks, but mpi4py is not installed")
     assert f"is what {named} in the environment says" in text and "unset it" in text
+
+
+def test_preprocess_notes_an_unfinished_run_it_reads(tmp_path, capsys):
+    """`dodo preprocess` read a stopped `dodo simulate` database's states without a word (left alone
+    by round 29, taken after it): it still reads them (a campaign's chunk being written is read as
+    far as it goes), and says so as score and apply do; a finished one gets no note."""
+    pytest.importorskip("h5py")
+    import h5py
+
+    part = _unfinished_database(tmp_path / "part.h5")
+    config = tmp_path / "pre.yaml"
+    config.write_text(f"inputs: [{part}]\noutput: {tmp_path / 'pre.h5'}\n")
+    code, out, err = run(capsys, ["preprocess", "--config", str(config), "-q"])
+    assert code == 0 and "Traceback" not in err, err
+    assert f"note: {part} is the database of an unfinished `dodo simulate` run (2 of its 12 states done" in out + err
+    with h5py.File(part, "a") as handle:
+        handle.attrs["complete"] = True
+    code, out, err = run(capsys, ["preprocess", "--config", str(config), "-q", "--overwrite"])
+    assert code == 0 and "unfinished" not in out + err

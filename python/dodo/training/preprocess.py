@@ -15,7 +15,7 @@ from .._atomic import atomic_hdf5, check_outputs, sha256_file
 from .config import PreprocessConfig
 from .readers import (DataFileError, FilterCounts, apply_hygiene, average_mu_tau_change, iter_emu_chunks,
                       open_emu_file)
-from ..emu_files import open_hdf5
+from ..emu_files import open_hdf5, unfinished_run_note
 
 PREPROCESSED_FORMAT = "dodo-preprocessed-v1"
 FLOAT_DATASETS = {"F_init": (6, 4), "F_true": (6, 4), "F_box": (6, 4), "invariants": (27,), "residual": (24,),
@@ -120,6 +120,9 @@ def preprocess(config: PreprocessConfig, progress: bool = True, log=print) -> di
         handle, nsims = open_emu_file(path)  # first: it refuses a FIFO, which sha256_file would wait on
         with handle:
             kind = source_kind(handle.attrs)
+            unfinished = unfinished_run_note(handle, path)  # as dodo score and apply say it (round 29)
+        if unfinished:
+            log(f"preprocess: note: {unfinished}")
         digest = sha256_file(path)
         if digest in seen:
             # A copy (cp, a download) of a file read already: its states would be read twice, and
