@@ -2,9 +2,21 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 
 from dodo.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+#: Generous, a hang guard only: a tool's refusal answers in the time Python takes to start (and import torch).
+TOOL_TIMEOUT_S = 300
+
+
+def run_tool(name: str, *args, cwd=REPO) -> subprocess.CompletedProcess:
+    """Runs tools/NAME with ``args`` in a child interpreter (stdin closed), its output captured."""
+    return subprocess.run([sys.executable, str(REPO / "tools" / name), *map(str, args)], capture_output=True,
+                          text=True, timeout=TOOL_TIMEOUT_S, cwd=cwd, stdin=subprocess.DEVNULL)
 
 
 def run(capsys, argv) -> tuple[int, str, str]:

@@ -10,20 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import digest, synthetic_preprocessed
+from cli_helpers import digest, run_tool, synthetic_preprocessed
 from dodo.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
-TOOLS = REPO / "tools"
 #: Generous: the refusals answer in the time Python takes to start.
 SUBPROCESS_TIMEOUT_S = 300
 
 
 # --- the checkpoint tools never write over their own inputs or another command's file -------------
 
-def _tool(name: str, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(TOOLS / name), *map(str, args)], capture_output=True, text=True,
-                          timeout=SUBPROCESS_TIMEOUT_S, cwd=REPO)
+_tool = run_tool  # tests/python/cli_helpers.py
 
 
 def _copied(run: dict, root: Path) -> dict:

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import digest, emu_file, refused, run
+from cli_helpers import digest, emu_file, refused, run, run_tool
 
 REPO = Path(__file__).resolve().parents[2]
-TOOLS = REPO / "tools"
 EMU = REPO / "tests/data/qke/emu_1d_validation.h5"
 #: Generous: the refusals answer in the time Python starts and imports dodo; a tool that blocks on a
 #: FIFO (the code before) fails the test at this limit instead of hanging the run.
@@ -135,9 +134,7 @@ def test_validate_overwrite_replaces_a_json_document(tmp_path, capsys, tiny_nsm1
 
 # --- research tools: their inputs checked before any work -----------------------------------------------
 
-def _tool(name: str, *args, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(TOOLS / name), *map(str, args)], capture_output=True, text=True,
-                          timeout=SUBPROCESS_TIMEOUT_S, cwd=cwd, stdin=subprocess.DEVNULL)
+_tool = run_tool  # tests/python/cli_helpers.py
 
 
 def _odd_inputs(tmp_path) -> dict:

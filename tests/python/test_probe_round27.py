@@ -2,19 +2,14 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from cli_helpers import digest, refused
+from cli_helpers import digest, refused, run_tool
 
 REPO = Path(__file__).resolve().parents[2]
-TOOLS = REPO / "tools"
-#: Generous: the refusals answer in the time Python starts and imports torch and dodo; the code
-#: before went on to fit (or failed on the table), so nothing here can hang the run.
-SUBPROCESS_TIMEOUT_S = 120
 
 
 # --- dodo simulate: direction sets too coarse to hold a state ---------------------------------------------
@@ -55,9 +50,7 @@ def test_a_state_with_no_fit_on_a_coarse_set_is_told_a_larger_nphi_may_fit_it():
 
 # --- the gate studies: how the out-of-fold file was given, and where --save writes ---------------------
 
-def _tool(name: str, *args, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(TOOLS / name), *map(str, args)], capture_output=True, text=True,
-                          timeout=SUBPROCESS_TIMEOUT_S, cwd=cwd, stdin=subprocess.DEVNULL)
+_tool = run_tool  # tests/python/cli_helpers.py
 
 
 def _last_line(result: subprocess.CompletedProcess) -> str:

@@ -3,23 +3,16 @@ the code before its fix (the docstrings say what that code did)."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from cli_helpers import digest, refused, run, synthetic_preprocessed, tiny_study_base
+from cli_helpers import digest, refused, run, run_tool, synthetic_preprocessed, tiny_study_base
 from dodo.cli import main
 
-REPO = Path(__file__).resolve().parents[2]
-TOOLS = REPO / "tools"
-#: Generous: the refusals answer in the time Python takes to start and import torch.
-SUBPROCESS_TIMEOUT_S = 300
 
 
-def _tool(name: str, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(TOOLS / name), *map(str, args)], capture_output=True, text=True,
-                          timeout=SUBPROCESS_TIMEOUT_S, cwd=REPO)
+_tool = run_tool  # tests/python/cli_helpers.py
 
 
 def _one_line_refusal(result: subprocess.CompletedProcess, *names) -> str:
