@@ -103,8 +103,9 @@ def read_emu_states(path: str) -> EmuStates:
     try:
         with open_hdf5(path) as f:
             for key in ("F4_initial(1|ccm)", "F4_final(1|ccm)"):
-                if key not in f and known_file_problem(f, key):  # another command's output, named
-                    raise ValueError(f"{path}: {known_file_problem(f, key)}")
+                problem = known_file_problem(f, key) if key not in f else ""
+                if problem:  # another command's output, named
+                    raise ValueError(f"{path}: {problem}")
                 if key not in f or not isinstance(hdf5_item(f, path, key), h5py.Dataset):
                     raise ValueError(f"{path}: no dataset '{key}' (not an Emu-layout file)")
             emu_initial = numeric_dataset(f, path, "F4_initial(1|ccm)")
