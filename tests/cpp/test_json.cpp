@@ -1,7 +1,8 @@
 // The metadata JSON reader (cpp/src/runtime/json.cpp) on texts an edited package could carry:
 // a key given twice, numbers outside RFC 8259's grammar, \u escapes that are not four hex
 // digits, surrogate pairs, more values than a node's memory holds, and numbers read under a
-// host's comma-decimal LC_NUMERIC (outside probe, round eighteen of the C side). ctest `json`.
+// host's comma-decimal LC_NUMERIC (outside probe, round eighteen of the C side); raw control
+// characters inside strings and long keys cut between characters (round nineteen). ctest `json`.
 #include <clocale>
 #include <cmath>
 #include <cstdio>
@@ -119,6 +120,32 @@ void test_unicode_escapes() {
   expect_refused(R"("\ude00")", "lone low surrogate");
 }
 
+void test_control_characters() {
+  // Before (probe round nineteen): a raw byte below 0x20 inside a string was read as it stood,
+  // though RFC 8259 wants it escaped; a re-signed "exact\n" or a key holding NUL was no JSON.
+  expect_refused(std::string("{\"z_method\": \"exact\n\"}"), "unescaped control character U+000A in a string at offset 19");
+  expect_refused(std::string("{\"a\0b\": 1}", 10), "unescaped control character U+0000 in a string at offset 3");
+  expect_refused("[\"tab\there\"]", "unescaped control character U+0009");
+  expect_refused("\"\x1f\"", "unescaped control character U+001F in a string at offset 1");
+  expect_refused("\"\r\"", "U+000D");
+  // Escaped, the same characters read; whitespace between tokens stays whitespace; DEL (0x7f)
+  // and UTF-8 are no control characters to JSON.
+  expect_string(R"("exact\n\t\u0000\u001f")", std::string("exact\n\t\0\x1f", 9));
+  expect(refusal("{\n\t\"a\":\r\n 1\n}").empty(), "line breaks and tabs between tokens are whitespace");
+  expect_string("\"a\x7f\xc3\xa9\"", "a\x7f\xc3\xa9");
+}
+
+void test_long_key_cut_between_characters() {
+  // Before (probe round nineteen): a key given twice was cut at byte 200 for the message, inside
+  // a two-byte character when an odd number of bytes came before it (a lone lead byte 0xc3).
+  std::string key = "a";
+  for (int i = 0; i < 150; ++i) key += "\xc3\xa9";
+  const std::string message = refusal("{\"" + key + "\": 1, \"" + key + "\": 2}");
+  const std::string kept = key.substr(0, 199);  // "a" and 99 whole characters
+  expect(message.find("key \"" + kept + "... (301 bytes)\" given twice at offset 309") != std::string::npos,
+         "a long key given twice is quoted by its first whole characters (got \"" + message.substr(message.size() - 60) + "\")");
+}
+
 void test_value_bound() {
   // Before: no bound; a metadata entry of 40 MB of "0," took 4.2 GB to read.
   expect(refusal("[1, [2, 3], {\"a\": 4}, \"b\", null, 5]", 10).empty(), "10 values within a bound of 10");
@@ -170,6 +197,8 @@ int main() {
   test_duplicate_keys();
   test_numbers();
   test_unicode_escapes();
+  test_control_characters();
+  test_long_key_cut_between_characters();
   test_value_bound();
   test_comma_locale();
   std::printf("%d failure(s)\n", failures);

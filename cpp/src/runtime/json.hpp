@@ -1,5 +1,7 @@
 // A small JSON reader for the model's metadata_props (dodo.box3d, dodo.test_vectors).
-// Enough of RFC 8259 for what `dodo export` writes; throws std::invalid_argument on bad input.
+// RFC 8259's grammar (plus NaN, Infinity and -Infinity, which Python writes), strictly: a key
+// given twice, a number outside the grammar, a bad \u escape, a lone surrogate and a raw control
+// character inside a string are refused; throws std::invalid_argument on bad input.
 #pragma once
 
 #include <cstddef>

@@ -61,7 +61,7 @@ std::vector<float> vector_named(const std::map<std::string, FloatTensor>& initia
 float scalar_of(const std::map<std::string, FloatTensor>& initializers, const JsonValue& value) {
   if (value.is_number()) return static_cast<float>(value.number());
   const FloatTensor& tensor = tensor_named(initializers, value);
-  if (tensor.values.size() != 1) unusable("tensor \"" + value.string() + "\" must be a scalar");
+  if (tensor.values.size() != 1) unusable("tensor " + quoted_value(value.string()) + " must be a scalar");
   return tensor.values[0];
 }
 
@@ -81,8 +81,8 @@ void require_graph_constant(const std::map<std::string, FloatTensor>& constants,
   if (given.is_number()) values.push_back(static_cast<float>(given.number()));
   if (given.is_array())
     for (const JsonValue& value : given.array()) values.push_back(static_cast<float>(value.number()));
-  std::string shown = given.dump();
-  if (shown.size() > 60) shown = shown.substr(0, 57) + "...";
+  // Cut between characters (a byte cut left a lone lead byte, shown as "\xc3"; probe round nineteen).
+  const std::string shown = excerpt(given.dump(), false, 60);
   // Per node where the graph names one for the key: a tensor called `key` or `<prefix>.key` (the
   // exporter's "ensemble.r_scale", "ensemble.d2_max") is the constant the number belongs to, so
   // the number must be that one's, not merely some constant's (probe round seventeen: r_scale
@@ -108,7 +108,7 @@ void require_graph_constant(const std::map<std::string, FloatTensor>& constants,
   }
   if (named) {
     if (named->values == values) return;
-    unusable(std::string("gives ") + key + " " + shown + ", but the graph's \"" + named_as + "\" holds " +
+    unusable(std::string("gives ") + key + " " + shown + ", but the graph's " + quoted_value(named_as) + " holds " +
              (named->values.size() == 1 ? number_text(named->values[0])
                                         : std::to_string(named->values.size()) + " other values") +
              " (edited after export?)");
@@ -404,7 +404,7 @@ NativeNetwork::NativeNetwork(const std::string& description, const std::map<std:
       if (!entry.is_array() || entry.array().size() != 2) unusable("layers must be [weight, bias] name pairs");
       const FloatTensor& weight = tensor_named(initializers, entry.array()[0]);
       if (weight.dims.size() != 2 || weight.dims[1] != width || weight.dims[0] < 1)
-        unusable("layer weight \"" + entry.array()[0].string() + "\" must have shape [outputs, " +
+        unusable("layer weight " + quoted_value(entry.array()[0].string()) + " must have shape [outputs, " +
                  std::to_string(width) + "]");
       Layer layer;
       layer.inputs = width;

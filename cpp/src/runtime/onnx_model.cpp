@@ -378,11 +378,11 @@ void OnnxModel::check_signature() {
     std::unique_ptr<OrtTypeInfo, OrtReleaser<OrtTypeInfo>> guard(type_info, {api_, api_->ReleaseTypeInfo});
     const OrtTensorTypeAndShapeInfo* tensor = nullptr;
     check_ort(api_, api_->CastTypeInfoToTensorInfo(type_info, &tensor), "reading a tensor type");
-    if (!tensor) throw Error(DODO_ERROR_MODEL_FORMAT, "graph value \"" + name + "\" is not a tensor");
+    if (!tensor) throw Error(DODO_ERROR_MODEL_FORMAT, "graph value " + quoted_value(name) + " is not a tensor");
     ONNXTensorElementDataType element{};
     check_ort(api_, api_->GetTensorElementType(tensor, &element), "reading an element type");
     if (element != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
-      throw Error(DODO_ERROR_MODEL_FORMAT, "graph value \"" + name + "\" must be float32 (export the model in fp32)");
+      throw Error(DODO_ERROR_MODEL_FORMAT, "graph value " + quoted_value(name) + " must be float32 (export the model in fp32)");
     size_t rank = 0;
     check_ort(api_, api_->GetDimensionsCount(tensor, &rank), "reading a rank");
     std::vector<int64_t> dims(rank);
@@ -392,7 +392,7 @@ void OnnxModel::check_signature() {
 
   const std::string input = name_of(true, 0);
   if (input != kInputName)
-    throw Error(DODO_ERROR_MODEL_FORMAT, "model input is named \"" + input + "\"; the contract says \"invariants\"");
+    throw Error(DODO_ERROR_MODEL_FORMAT, "model input is named " + quoted_value(input) + "; the contract says \"invariants\"");
   std::vector<int64_t> input_dims = float_shape(true, 0, input);
   // Row width of the package's feature set: an unknown set is refused here, by its key, before the
   // graph's width is judged by it (a package without the key is refused by describe_model).
@@ -523,7 +523,10 @@ void OnnxModel::check_declared_outputs() {
     const std::string name = raw;
     allocator->Free(allocator, raw);
     graph.insert(name);
-    graph_list += (index ? ", \"" : "\"") + name + "\"";
+    // Names from the graph, quoted by their first bytes: a re-signed graph's output names may be
+    // megabytes long, and were quoted whole (probe round nineteen).
+    if (graph_list.size() < 1000) graph_list += (index ? ", " : "") + quoted_value(name);
+    else if (index + 1 == outputs) graph_list += ", ... (" + std::to_string(outputs) + " outputs)";
     if (name == kOutputName || !declared.count(name)) continue;
     OrtTypeInfo* type_info = nullptr;
     check_ort(api_, api_->SessionGetOutputTypeInfo(session_, index, &type_info), "reading a graph type");
@@ -539,17 +542,17 @@ void OnnxModel::check_declared_outputs() {
       if (rank == 1) check_ort(api_, api_->GetDimensions(tensor, &first, 1), "reading dimensions");
     }
     if (!tensor || element != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || rank != 1 || first > 0)
-      throw Error(DODO_ERROR_MODEL_FORMAT, "output \"" + name + "\" (declared in \"" + kOutputsKey +
+      throw Error(DODO_ERROR_MODEL_FORMAT, "output " + quoted_value(name) + " (declared in \"" + kOutputsKey +
                                                "\") must be a float32 tensor of shape [N] with a dynamic N (one "
                                                "number per cell)" + (rank > 1 ? "; it has rank " + std::to_string(rank) : ""));
   }
   for (const std::string& name : declared)
     if (!graph.count(name))
-      throw Error(DODO_ERROR_MODEL_FORMAT, std::string("metadata \"") + kOutputsKey + "\" declares output \"" + name +
-                                               "\", which the graph does not have (graph outputs: " + graph_list + ")");
+      throw Error(DODO_ERROR_MODEL_FORMAT, std::string("metadata \"") + kOutputsKey + "\" declares output " + quoted_value(name) +
+                                               ", which the graph does not have (graph outputs: " + graph_list + ")");
   for (const std::string& name : graph)
     if (!declared.count(name))
-      throw Error(DODO_ERROR_MODEL_FORMAT, "the graph has output \"" + name + "\", which metadata \"" +
+      throw Error(DODO_ERROR_MODEL_FORMAT, "the graph has output " + quoted_value(name) + ", which metadata \"" +
                                                kOutputsKey + "\" does not declare (it declares " + excerpt(declaration) + ")");
   optional_outputs_.uncertainty = declared.count(kUncertaintyName) != 0;
   optional_outputs_.log_growth_ratio = declared.count(kLogGrowthRatioName) != 0;

@@ -386,6 +386,17 @@ bool add_node_inputs(std::string_view bytes, std::string_view node, std::set<std
   return flat;
 }
 
+// TensorProto: name (8).
+std::string_view tensor_name(std::string_view bytes, std::string_view tensor) {
+  std::uint64_t field = 0;
+  unsigned wire_type = 0;
+  std::string_view payload, name;
+  WireReader reader(tensor, offset_in(bytes, tensor));
+  while (reader.next(field, wire_type, payload))
+    if (field == 8 && wire_type == kLengthDelimited) name = payload;
+  return name;
+}
+
 // ValueInfoProto: name (1).
 std::string_view value_info_name(std::string_view bytes, std::string_view info) {
   std::uint64_t field = 0;
@@ -415,10 +426,18 @@ std::map<std::string, FloatTensor> read_float_initializers(std::string_view byte
     // What the graph's nodes read, and its outputs: a constant outside both is computed with by
     // nothing (probe round eighteen: an initializer added beside the graph, holding an edited
     // description's number, passed the membership test of native_network.cpp).
-    std::set<std::string_view> read;
+    std::set<std::string_view> read, initializer_names;
     bool flat = true;
     while (graph_reader.next(field, wire_type, part)) {
       if (wire_type != kLengthDelimited) continue;
+      // Two initializers of one name (ONNX wants each name once; onnx.checker refuses it): the
+      // map kept the last, ONNX Runtime computed with the other, so that a re-signed package
+      // with a copy of a weight x 1.0001 appended loaded and the native network ran the copy,
+      // ONNX Runtime the original, both within the load-time comparison (probe round nineteen).
+      if (field == kGraphInitializer && !initializer_names.insert(tensor_name(bytes, part)).second)
+        throw Error(DODO_ERROR_MODEL_FORMAT, "the graph has two initializers named " +
+                                                 quoted_value(std::string(tensor_name(bytes, part))) +
+                                                 " (ONNX wants each name once; edited after export?)");
       if (field == kGraphInitializer) read_float_tensor(bytes, part, tensors, nullptr);
       if (field == kGraphNode) {
         constant_nodes.push_back(part);
