@@ -73,8 +73,18 @@ class Distribution:
             return
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=self.rank,
-                                world_size=self.world_size)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        _meet_interruptibly(lambda: dist.init_process_group(backend, rank=self.rank, world_size=self.world_size),
+                            self._waiting_note())
+
+    def _waiting_note(self) -> str:
+        """What a process still waiting for the others after :data:`RENDEZVOUS_NOTE_S` prints."""
+        where = ", ".join(f"{name}={os.environ[name]}" for name in ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT")
+                          if name in os.environ)
+        return (f"dodo train: waiting for the other processes of a {self.world_size}-process data-parallel job "
+                f"to meet ({where} in the environment); if this process was not started by torchrun (or another "
+                "launcher of all the job's processes), these variables are left from another job: unset them to "
+                "train in one process (Ctrl-C ends the wait)")
 
     def stop(self) -> None:
         if self.enabled and dist.is_initialized():
@@ -135,6 +145,40 @@ class RankBatches(torch.utils.data.Sampler):
 def loss_weight(local_rows: int, global_rows: int, distribution: Distribution) -> float:
     """Factor on a process's mean loss so that DDP's gradient average is the global batch's mean."""
     return local_rows * distribution.world_size / global_rows
+
+
+#: Seconds a process waits for the others of its job before it says so (torchrun starts them together).
+RENDEZVOUS_NOTE_S = 10.0
+
+
+def _meet_interruptibly(call, note: str, note_after: float | None = None):
+    """``call()`` (the process group's rendezvous) in a helper thread, the main thread waiting on it
+    in short joins: a rendezvous waits in C++ (up to torch's 30-minute timeout) without running
+    Python's signal handlers, so `dodo train` with RANK, WORLD_SIZE and MASTER_ADDR left from another
+    job sat silent through Ctrl-C and SIGTERM (outside probe, round 30). Now Ctrl-C, SIGTERM and
+    SIGHUP end it as they end any command, and ``note`` is printed once the wait has lasted
+    ``note_after`` seconds. Returns ``call()``'s value or raises its exception."""
+    import sys
+    import threading
+
+    outcome: dict = {}
+
+    def meet() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as error:  # handed to the main thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=meet, name="dodo-rendezvous", daemon=True)
+    thread.start()
+    thread.join(RENDEZVOUS_NOTE_S if note_after is None else note_after)
+    if thread.is_alive():
+        print(note, file=sys.stderr, flush=True)
+    while thread.is_alive():
+        thread.join(0.25)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
 
 
 def _environment_integer(environ, name: str, default: str, lowest: int) -> int:
