@@ -12,6 +12,10 @@
  * Rules: C99; every function returns a status or a plain value; nothing prints, exits or
  * aborts; handles are immutable after creation and may be shared between threads;
  * dodo_closure_destroy(NULL) is a no-op. Strings returned as `const char*` are static.
+ * The calls that compute (the two creates, dodo_apply, dodo_apply_diagnostics, dodo_self_test)
+ * run in the default floating-point environment (round to nearest, no exception trapping)
+ * whatever the caller's (feenableexcept, gfortran -ffpe-trap, fesetround), and give the caller's
+ * environment back as it was, its exception flags included (the library's own are discarded).
  * Threads the library starts (dodo_options.threads workers, ONNX Runtime's own) block the
  * asynchronous signals (SIGINT, SIGTERM, SIGUSR1, ...): a signal sent to the process goes to one
  * of the host's threads, so a host may block it and wait for it with sigwait or a signalfd.
