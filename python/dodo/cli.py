@@ -299,6 +299,10 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "func"):
             parser.print_help()
             return 2
+        replicated = _torchrun_replica_problem(command)
+        if replicated:
+            print(f"{_name(command)}: error: {replicated}", file=sys.stderr)
+            return 2
         return int(args.func(args) or 0)
 
     try:
@@ -321,6 +325,36 @@ def main(argv: list[str] | None = None) -> int:
         _restore_signal_handlers(previous_handlers)
         if sys.stderr is forgiving:
             sys.stderr = original_stderr
+
+
+#: The one command that runs data-parallel over the processes torchrun starts (training/distributed.py).
+_DATA_PARALLEL_COMMANDS = frozenset({"train"})
+
+
+def _torchrun_replica_problem(command, environ=None) -> str | None:
+    """Why ``command`` must not run in this process: started by torchrun (TORCHELASTIC_RUN_ID set,
+    WORLD_SIZE > 1), every process would run the whole of a command other than `dodo train`.
+    `torchrun --nproc-per-node 2 -m dodo train-ensemble` trained in one process while the other
+    stopped at the output's lock with `... is in use by another dodo train-ensemble (pid N): wait for
+    it to end`, naming its sibling as a stranger, and torchrun then killed the first (`dodo
+    simulate`, the same with its lock; `dodo export` and `preprocess` wrote their file twice)
+    (outside probe, round 30). None when the command may run."""
+    environ = os.environ if environ is None else environ
+    if command in _DATA_PARALLEL_COMMANDS or not str(environ.get("TORCHELASTIC_RUN_ID", "")).strip():
+        return None
+    try:
+        world = int(str(environ.get("WORLD_SIZE", "1")).strip() or "1")
+    except ValueError:
+        return None
+    if world <= 1:
+        return None
+    return (f"started by torchrun as one of {world} processes (WORLD_SIZE={world}), but only dodo train runs "
+            f"data-parallel over them; each process would run the whole command: run dodo {command} as one "
+            "process, without torchrun" + _REPLICA_HINTS.get(command, ""))
+
+
+_REPLICA_HINTS = {"train-ensemble": " (its members train on ensemble.threads threads)",
+                  "simulate": " (mpirun or srun shares a campaign over MPI ranks: docs/qke.md)"}
 
 
 def _name(command) -> str:

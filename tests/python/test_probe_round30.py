@@ -9,12 +9,11 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from cli_helpers import refused, run, synthetic_preprocessed
+from cli_helpers import synthetic_preprocessed
 
 REPO = Path(__file__).resolve().parents[2]
 #: A hang guard only, never a measure of speed.
@@ -96,3 +95,40 @@ def test_rendezvous_helper_returns_and_raises_what_the_call_does(capsys):
     with pytest.raises(RuntimeError, match="rendezvous failed"):
         _meet_interruptibly(lambda: (_ for _ in ()).throw(RuntimeError("rendezvous failed")), "note", note_after=60)
     assert capsys.readouterr().err == ""
+
+
+# --- commands other than dodo train started by torchrun ----------------------------------------------
+
+def test_torchrun_of_a_command_other_than_train_is_refused_in_one_line(tmp_path):
+    """`torchrun --nproc-per-node 2 -m dodo train-ensemble --config C`: before, one process trained
+    while the other stopped at the output's lock with `TMP is in use by another dodo train-ensemble
+    (pid N): wait for it to end, or choose another directory` (its own sibling, named as a stranger),
+    and torchrun then ended the first (`dodo train-ensemble: terminated`): no checkpoint, a misleading
+    reason. Now each process refuses at once: started by torchrun as one of 2 processes, only dodo train
+    runs data-parallel, run it as one process; nothing is written."""
+    pytest.importorskip("torch")
+    config = tmp_path / "ens.json"
+    config.write_text('{"data": {"path": "none.h5"}, "output": {"checkpoint": "%s"}}' % (tmp_path / "ens.pt"))
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "dodo", "train-ensemble", "--config", str(config)], capture_output=True, text=True,
+                          timeout=HANG_GUARD_S, stdin=subprocess.DEVNULL, cwd=tmp_path,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode != 0
+    ours = [line for line in done.stderr.splitlines() if line.startswith("dodo train-ensemble")]
+    assert len(ours) == 2 and ours[0] == ours[1], done.stderr
+    assert "started by torchrun as one of 2 processes (WORLD_SIZE=2)" in ours[0]
+    assert "only dodo train runs data-parallel" in ours[0] and "without torchrun" in ours[0]
+    assert "in use by another" not in done.stderr and not (tmp_path / "ens.pt").exists()
+
+
+def test_torchrun_replica_check_leaves_train_and_plain_runs_alone():
+    """`dodo train` under torchrun, and every command with WORLD_SIZE but no torchrun run id (an MPI
+    job's or a shell's variables: round 29's cases), run as before."""
+    from dodo.cli import _torchrun_replica_problem
+
+    torchrun = {"TORCHELASTIC_RUN_ID": "abc", "WORLD_SIZE": "2"}
+    assert _torchrun_replica_problem("train", torchrun) is None
+    assert _torchrun_replica_problem("simulate", {"WORLD_SIZE": "2"}) is None
+    assert _torchrun_replica_problem("export", dict(torchrun, WORLD_SIZE="1")) is None
+    assert _torchrun_replica_problem("export", dict(torchrun, WORLD_SIZE="x")) is None
+    assert "mpirun or srun" in _torchrun_replica_problem("simulate", torchrun)
