@@ -132,3 +132,48 @@ def test_torchrun_replica_check_leaves_train_and_plain_runs_alone():
     assert _torchrun_replica_problem("export", dict(torchrun, WORLD_SIZE="1")) is None
     assert _torchrun_replica_problem("export", dict(torchrun, WORLD_SIZE="x")) is None
     assert "mpirun or srun" in _torchrun_replica_problem("simulate", torchrun)
+
+
+# --- dodo train --overwrite stopped before its end --------------------------------------------------
+
+def test_overwrite_run_stopped_early_leaves_no_file_of_the_replaced_run(tmp_path, capsys):
+    """`dodo train --overwrite` into a directory of a finished run replaced best.pt and last.pt as it
+    went, moved the old last.pt to last.prev.pt and left the old final.pt: stopped (here by
+    training.stop_after_epoch; Ctrl-C or a kill alike) before its end, the directory held the new
+    run's best.pt and last.pt beside the replaced run's final.pt and last.prev.pt, so `dodo export
+    final.pt` exported the replaced model without a word and the next `dodo train` said "holds a
+    finished run (final.pt)" of an unfinished one. Now the replaced run's files go once the new run has
+    written its first checkpoint (not before: a run that fails at its start destroys nothing)."""
+    pytest.importorskip("torch")
+    from cli_helpers import run
+    from dodo.training.train import load_checkpoint
+
+    config = _tiny_train_config(tmp_path)
+    checkpoints = tmp_path / "ck"
+    assert run(capsys, ["train", "--config", str(config)])[0] == 0
+    assert (checkpoints / "final.pt").exists()
+    # A replacing run that fails at its start (its data file unreadable) keeps the finished run whole.
+    broken = tmp_path / "broken.h5"
+    broken.write_bytes(b"not HDF5")
+    before = sorted(p.name for p in checkpoints.iterdir())
+    assert run(capsys, ["train", "--config", str(config), "--overwrite", "--set", f"data.path={broken}"])[0] == 2
+    assert sorted(p.name for p in checkpoints.iterdir()) == before
+    code, out, err = run(capsys, ["train", "--config", str(config), "--overwrite", "--set", "training.epochs=3",
+                                  "--set", "training.stop_after_epoch=1", "--set", "training.seed=9"])
+    assert code == 0, err
+    assert sorted(p.name for p in checkpoints.iterdir() if p.suffix == ".pt") == ["best.pt", "last.pt"]
+    for name in ("best.pt", "last.pt"):
+        state = load_checkpoint(checkpoints / name)
+        assert state["config"]["training"]["seed"] == 9 and state["epoch"] == 1
+    assert "removed the replaced run's" in out + err
+    line = refused_line(capsys, ["train", "--config", str(config)])
+    assert "an unfinished run" in line and "--resume" in line and "finished run (final.pt)" not in line
+
+
+def refused_line(capsys, argv) -> str:
+    from cli_helpers import run
+
+    code, _, err = run(capsys, argv)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, err
+    return lines[0]

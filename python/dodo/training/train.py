@@ -189,6 +189,46 @@ def previous_checkpoint_path(path: str | Path) -> Path:
     return path.with_name(f"{path.stem}.prev{path.suffix}")
 
 
+#: The files of a `dodo train` run in output.checkpoint_dir.
+RUN_CHECKPOINTS = ("final.pt", "best.pt", "last.pt", "last.prev.pt")
+
+
+def earlier_run_checkpoints(checkpoint_dir: Path, resume_from: str | None) -> list[Path]:
+    """The checkpoints of another run in ``checkpoint_dir`` that this run replaces (`dodo train
+    --overwrite`): all of them for a fresh run or one resumed from another directory; none when
+    resuming a checkpoint of the directory itself (its own run, continued)."""
+    import os
+
+    if resume_from:
+        try:
+            if os.path.samefile(os.path.dirname(os.path.abspath(resume_from)), checkpoint_dir):
+                return []
+        except OSError:
+            pass
+    return [checkpoint_dir / name for name in RUN_CHECKPOINTS if (checkpoint_dir / name).exists()]
+
+
+def remove_earlier_run(files: list[Path], keep: Path | None, log) -> None:
+    """Removes the replaced run's checkpoints once this run has written its first one (``keep``, the
+    best.pt just written, stays). Before, `dodo train --overwrite` replaced best.pt and last.pt as it
+    went and left the earlier run's final.pt (and moved its last.pt to last.prev.pt), so a run
+    stopped or killed before its end left a directory mixing two runs: `dodo export final.pt` took
+    the replaced run's model without a word, and the next `dodo train` called the directory "a
+    finished run" (outside probe, round 30). Until this run's first epoch ends, the earlier run is
+    kept whole: an --overwrite run that fails at its start destroys nothing."""
+    removed = []
+    for path in files:
+        if keep is not None and path == keep:
+            continue
+        try:
+            path.unlink()
+            removed.append(path.name)
+        except FileNotFoundError:
+            pass
+    if removed:
+        log(f"removed the replaced run's {', '.join(removed)} from {files[0].parent} (--overwrite)")
+
+
 def save_checkpoint(state: dict, path: str | Path, keep_previous: bool = False) -> None:
     """Atomic torch.save with an embedded SHA-256 of the content (verified by load_checkpoint).
 
@@ -442,6 +482,7 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
     started = time.perf_counter()
     samples_seen = 0
     status = "completed"
+    earlier_run = earlier_run_checkpoints(checkpoint_dir, t.resume_from) if distribution.is_main else []
     for epoch in range(start_epoch, t.epochs + 1):
         closure.train()
         sums, count = {}, 0
@@ -489,6 +530,9 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
             best_val = val_losses["total"]
             if distribution.is_main:
                 save_checkpoint(checkpoint_state(epoch), checkpoint_dir / "best.pt")
+        if earlier_run:  # this run's first checkpoints: the replaced run's files go (best.pt: just replaced)
+            remove_earlier_run(earlier_run, keep=checkpoint_dir / "best.pt" if improved else None, log=log)
+            earlier_run = []
         if distribution.is_main:
             save_checkpoint(checkpoint_state(epoch), checkpoint_dir / "last.pt", keep_previous=True)
         if t.stop_after_epoch is not None and epoch >= t.stop_after_epoch and epoch < t.epochs:
