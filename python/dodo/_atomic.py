@@ -223,8 +223,24 @@ def exclusive_directory(directory: str | Path, command: str):
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     with _flock(directory / LOCK_NAME, remove=False, refuse=lambda holder: DirectoryInUseError(
-            f"{directory} is in use by another {command}{holder}: wait for it to end, or choose another directory")):
+            f"{directory} is in use by another {command}{holder}: wait for it to end, or choose another directory"
+            + launched_ranks_hint(command))):
         yield
+
+
+def launched_ranks_hint(command: str, environ=None) -> str:
+    """A refusal's tail when an MPI launcher's world size above 1 is in the environment: `mpirun -n 2
+    dodo train` (or train-ensemble, or `dodo simulate` without mpi4py's ranks) ran the whole command in
+    every rank, and all but one stopped at the run's lock, "in use by another dodo train (pid N)",
+    their sibling named as a stranger (outside probe, round 30). Empty otherwise."""
+    environ = os.environ if environ is None else environ
+    for name in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
+        value = str(environ.get(name, "")).strip()
+        if value.isdigit() and int(value) > 1:
+            return (f" ({name}={value} in the environment: if this is one of {value} ranks of mpirun or srun, each "
+                    f"rank runs the whole {command}, and another rank holds the lock; only dodo simulate shares its "
+                    "work over MPI ranks (and dodo train over torchrun's processes): run it as one process)")
+    return ""
 
 
 def missing_directories(directories) -> list[Path]:

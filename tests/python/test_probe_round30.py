@@ -177,3 +177,28 @@ def refused_line(capsys, argv) -> str:
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1, err
     return lines[0]
+
+
+# --- dodo train / train-ensemble started by mpirun --------------------------------------------------
+
+def test_lock_refusal_under_an_mpi_launcher_says_every_rank_runs_the_command(tmp_path, capsys, monkeypatch):
+    """`mpirun -n 2 dodo train --config C` (or train-ensemble): every rank ran the whole command and
+    all but one stopped at the run's lock with `ck is in use by another dodo train (pid N): wait for it
+    to end, or choose another directory`, the sibling rank named as a stranger. Now the refusal adds,
+    when OMPI_COMM_WORLD_SIZE (or PMI_SIZE) above 1 is in the environment, that each rank runs the
+    whole command and only dodo simulate shares its work over MPI ranks. (The lock is held here by this
+    process, as the sibling rank holds it.) Without such a variable the line is as before."""
+    pytest.importorskip("torch")
+    from dodo._atomic import exclusive_directory
+
+    config = _tiny_train_config(tmp_path)
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
+    with exclusive_directory(tmp_path / "ck", "dodo train"):
+        line = refused_line(capsys, ["train", "--config", str(config)])
+    assert "is in use by another dodo train" in line and "OMPI_COMM_WORLD_SIZE=2" in line
+    assert "each rank runs the whole dodo train" in line and "only dodo simulate shares its work" in line
+    from dodo._atomic import launched_ranks_hint
+
+    assert launched_ranks_hint("dodo train", {"PMI_SIZE": "4"}).startswith(" (PMI_SIZE=4 in the environment")
+    assert launched_ranks_hint("dodo train", {"OMPI_COMM_WORLD_SIZE": "1"}) == ""
+    assert launched_ranks_hint("dodo train", {}) == ""
