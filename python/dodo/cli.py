@@ -54,6 +54,10 @@ def _info(args: argparse.Namespace) -> int:
     if library:  # what a closure loads first (docs/runtime.md): the onnxruntime package's was shown instead
         paths["onnxruntime_library"] = (f"{library} (DODO_ONNXRUNTIME_LIBRARY; the onnxruntime package's: "
                                         f"{paths['onnxruntime_library'] or 'none'})")
+    elif not paths["onnxruntime_library"]:  # was a blank after the colon (outside probe, round 30)
+        paths["onnxruntime_library"] = ("none found: no onnxruntime package in this Python; a closure then looks "
+                                        "for libonnxruntime on the system's library path (pip install onnxruntime, "
+                                        "or set DODO_ONNXRUNTIME_LIBRARY)")
     for key in ("include_dir", "lib_dir", "cmake_dir", "pkgconfig_dir", "default_model", "onnxruntime_library"):
         print(f"{key}: {paths[key]}")
     return 0

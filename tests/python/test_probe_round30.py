@@ -202,3 +202,20 @@ def test_lock_refusal_under_an_mpi_launcher_says_every_rank_runs_the_command(tmp
     assert launched_ranks_hint("dodo train", {"PMI_SIZE": "4"}).startswith(" (PMI_SIZE=4 in the environment")
     assert launched_ranks_hint("dodo train", {"OMPI_COMM_WORLD_SIZE": "1"}) == ""
     assert launched_ranks_hint("dodo train", {}) == ""
+
+
+# --- dodo info without the onnxruntime package ------------------------------------------------------
+
+def test_info_says_when_no_onnxruntime_library_was_found(capsys, monkeypatch):
+    """In an environment made with `pip install --no-deps dodo*.whl` (no onnxruntime), `dodo info`
+    printed `onnxruntime_library: ` and nothing after it, while `python -m dodo.test` failed with
+    DODO_ERROR_ONNXRUNTIME_UNAVAILABLE. Now the line says none was found and what to do."""
+    import dodo._closure
+    from cli_helpers import run
+
+    monkeypatch.delenv("DODO_ONNXRUNTIME_LIBRARY", raising=False)
+    monkeypatch.setattr(dodo._closure, "onnxruntime_library_path", lambda: None)
+    code, out, _ = run(capsys, ["info"])
+    line = next(line for line in out.splitlines() if line.startswith("onnxruntime_library:"))
+    assert code == 0 and line.startswith("onnxruntime_library: none found: no onnxruntime package"), line
+    assert "pip install onnxruntime" in line and "DODO_ONNXRUNTIME_LIBRARY" in line
