@@ -219,3 +219,37 @@ def test_info_says_when_no_onnxruntime_library_was_found(capsys, monkeypatch):
     line = next(line for line in out.splitlines() if line.startswith("onnxruntime_library:"))
     assert code == 0 and line.startswith("onnxruntime_library: none found: no onnxruntime package"), line
     assert "pip install onnxruntime" in line and "DODO_ONNXRUNTIME_LIBRARY" in line
+
+
+# --- dodo study interrupted inside a run -------------------------------------------------------------
+
+def test_study_interrupted_inside_a_run_lists_that_run_as_interrupted(tmp_path, capsys, monkeypatch):
+    """Ctrl-C (or SIGTERM, `timeout`) while `dodo study` trains a run: before, the run's directory kept
+    its resumable last.pt but no summary named it (none was written when it was the first run), and a
+    rerun, numbering its runs past it, left it out of its summary too. Now the summary lists it as
+    `interrupted` with the checkpoint to resume from, and a rerun keeps that row. (The run is
+    interrupted here by a stand-in for train() that writes last.pt and raises KeyboardInterrupt, as
+    Ctrl-C does after an epoch; the real case was checked with `timeout -s TERM 12 dodo study`.)"""
+    pytest.importorskip("torch")
+    import json
+
+    import dodo.training.train as train_module
+    from cli_helpers import run
+
+    _tiny_train_config(tmp_path)
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(f"base_config: {tmp_path / 'train.yaml'}\ntag: g\noutput_root: {tmp_path / 'studies'}\n"
+                    "grid:\n  training.lr: [1.0e-3, 3.0e-3]\n")
+
+    def interrupted(config, echo=print):
+        (Path(config.output.checkpoint_dir) / "last.pt").write_bytes(b"a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train", interrupted)
+    code, _, err = run(capsys, ["study", str(grid)])
+    assert code == 130 and "dodo study: interrupted" in err
+    root = tmp_path / "studies" / "g"
+    rows = json.loads((root / "summary.json").read_text())
+    assert [(row["run"], row["status"]) for row in rows] == [("run_000", "interrupted")]
+    assert str(root / "run_000" / "checkpoints" / "last.pt") in rows[0]["error"]
+    assert "interrupted" in (root / "summary.txt").read_text()

@@ -162,10 +162,17 @@ def _run_study(grid_path, spec: dict, root: Path, dry_run: bool, echo) -> list[d
             # the study: it used to abort the remaining runs and leave no summary of the finished ones.
             echo(f"--- {run_dir.name} diverged: {error}")
             rows.append(_unfinished_row(run_dir, point, "diverged", str(error)))
-        except BaseException:
+        except BaseException as error:
             # A run that could not start (its data file missing) left an empty run_XXX, which moved
             # the next study's numbering on (outside probe, round 23): removed when nothing is in it.
             remove_empty_directories(made)
+            last = Path(config.output.checkpoint_dir) / "last.pt"
+            if not isinstance(error, Exception) and last.exists():
+                # Ctrl-C, SIGTERM, SIGHUP inside a run: it stays resumable, and the summary says so. Before,
+                # no summary named it, and a rerun's summary left out the run_XXX it numbered past
+                # (outside probe, round 30).
+                rows.append(_unfinished_row(run_dir, point, "interrupted", f"resume from {last}"))
+                _write_summary(root, earlier + rows)
             raise
         else:
             if "metric_table" not in summary:  # stopped early (training.stop_after_epoch): no final metrics
