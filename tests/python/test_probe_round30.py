@@ -253,3 +253,25 @@ def test_study_interrupted_inside_a_run_lists_that_run_as_interrupted(tmp_path, 
     assert [(row["run"], row["status"]) for row in rows] == [("run_000", "interrupted")]
     assert str(root / "run_000" / "checkpoints" / "last.pt") in rows[0]["error"]
     assert "interrupted" in (root / "summary.txt").read_text()
+
+
+# --- dodo train --resume DIRECTORY ------------------------------------------------------------------
+
+def test_resume_from_a_directory_names_the_checkpoint_to_give(tmp_path, capsys):
+    """`dodo train --config C --resume ck` (the run's checkpoint directory, not its last.pt): before,
+    `ck holds a finished run (final.pt) of its own; resuming ck (another directory's checkpoint) there
+    would replace it: ... --overwrite replaces it`, advice to replace the very run meant to be
+    continued (with --overwrite the checkpoint reader refused the directory later). Now: `ck is a
+    directory, not a regular file; give a checkpoint file, e.g. ck/last.pt`, before any check of the
+    run, with or without --overwrite."""
+    pytest.importorskip("torch")
+    from cli_helpers import run
+
+    config = _tiny_train_config(tmp_path)
+    assert run(capsys, ["train", "--config", str(config)])[0] == 0
+    checkpoints = tmp_path / "ck"
+    for extra in ([], ["--overwrite"]):
+        line = refused_line(capsys, ["train", "--config", str(config), "--resume", str(checkpoints), *extra])
+        assert f"{checkpoints} is a directory, not a regular file" in line, line
+        assert f"e.g. {checkpoints / 'last.pt'}" in line and "another directory's checkpoint" not in line
+    assert (checkpoints / "final.pt").exists()

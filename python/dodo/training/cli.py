@@ -161,6 +161,15 @@ def _train(args) -> int:
 
     overrides = _overrides(args.set)
     if args.resume:
+        import os
+
+        if os.path.isdir(args.resume):
+            # `--resume ck` (the run's directory) was taken for another directory's checkpoint: "ck holds
+            # a finished run of its own; resuming ck (another directory's checkpoint) there would replace
+            # it" (outside probe, round 30).
+            from .._atomic import check_input_file
+
+            check_input_file(args.resume, f"a checkpoint file, e.g. {Path(args.resume) / 'last.pt'}")
         _refuse_two_values(overrides, "training.resume_from", args.resume, "--resume")
         overrides["training.resume_from"] = args.resume
     config = ExperimentConfig.load(args.config, overrides, create_dirs=False)
