@@ -114,8 +114,10 @@ def test_torchrun_of_a_command_other_than_train_is_refused_in_one_line(tmp_path)
                           timeout=HANG_GUARD_S, stdin=subprocess.DEVNULL, cwd=tmp_path,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert done.returncode != 0
-    ours = [line for line in done.stderr.splitlines() if line.startswith("dodo train-ensemble")]
-    assert len(ours) == 2 and ours[0] == ours[1], done.stderr
+    # Each process refuses; torchrun may end the second (SIGTERM) before it prints its line.
+    ours = [line for line in done.stderr.splitlines() if line.startswith("dodo train-ensemble")
+            and line != "dodo train-ensemble: terminated"]
+    assert 1 <= len(ours) <= 2 and len(set(ours)) == 1, done.stderr
     assert "started by torchrun as one of 2 processes (WORLD_SIZE=2)" in ours[0]
     assert "only dodo train runs data-parallel" in ours[0] and "without torchrun" in ours[0]
     assert "in use by another" not in done.stderr and not (tmp_path / "ens.pt").exists()

@@ -74,8 +74,13 @@ class Distribution:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         backend = "nccl" if device.type == "cuda" else "gloo"
-        _meet_interruptibly(lambda: dist.init_process_group(backend, rank=self.rank, world_size=self.world_size),
-                            self._waiting_note())
+
+        def meet() -> None:
+            if device.type == "cuda":  # CUDA's current device is per thread: the helper's too is LOCAL_RANK's
+                torch.cuda.set_device(device)
+            dist.init_process_group(backend, rank=self.rank, world_size=self.world_size)
+
+        _meet_interruptibly(meet, self._waiting_note())
 
     def _waiting_note(self) -> str:
         """What a process still waiting for the others after :data:`RENDEZVOUS_NOTE_S` prints."""
