@@ -277,3 +277,25 @@ def test_resume_from_a_directory_names_the_checkpoint_to_give(tmp_path, capsys):
         assert f"{checkpoints} is a directory, not a regular file" in line, line
         assert f"e.g. {checkpoints / 'last.pt'}" in line and "another directory's checkpoint" not in line
     assert (checkpoints / "final.pt").exists()
+
+
+# --- dodo simulate --threads where nothing uses it -------------------------------------------------
+
+@pytest.mark.parametrize("extra, what", [(["--linear-only"], "--linear-only integrates nothing in time"),
+                                         (["--backend", "numpy"], "--backend numpy steps its batches on one thread")])
+def test_simulate_refuses_threads_that_nothing_would_use(tmp_path, capsys, extra, what):
+    """`dodo simulate OUT --random 1 --linear-only --threads 2` and `--backend numpy --threads 2` ran on
+    one thread and said nothing: `--threads` reaches only the compiled kernel's time stepping. Now
+    refused before any work, as the other options that would be ignored are (round 22); `--threads 1`
+    still runs."""
+    pytest.importorskip("h5py")
+    from cli_helpers import run
+
+    out = tmp_path / "out.h5"
+    argv = ["simulate", str(out), "--random", "1", "--ncell", "16", "--nphi", "8", "-q", *extra]
+    line = refused_line(capsys, [*argv, "--threads", "2"])
+    assert what in line and "--threads 2 would be ignored: leave it out" in line, line
+    assert not out.exists()
+    if extra[0] == "--linear-only":  # cheap: the linear theory of one state
+        code, _, err = run(capsys, [*argv, "--threads", "1"])
+        assert code == 0 and out.exists(), err

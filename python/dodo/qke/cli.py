@@ -104,6 +104,13 @@ def run_simulate(args) -> int:
                               hamiltonian_filter=args.hamiltonian_filter or SolverConfig.hamiltonian_filter,
                               seed=args.seed, backend=args.backend)
         config.validate()
+        if args.threads != 1 and (args.linear_only or args.backend == "numpy"):
+            # Taken and dropped without a word: the linear theory and the NumPy solver run on one thread
+            # (outside probe, round 30), as --use-input-end-time with --random is refused (round 22).
+            what = ("--linear-only integrates nothing in time" if args.linear_only
+                    else "--backend numpy steps its batches on one thread")
+            raise ValueError(f"--threads sets the compiled kernel's threads for its time stepping; {what}, so "
+                             f"--threads {args.threads} would be ignored: leave it out")
         rotation = end_time = None
         # Was "count must be non-negative" or "states must have shape [n >= 1, 6, 4]; got (0, 6, 4)".
         if args.random is not None and args.random < 1:
