@@ -573,10 +573,16 @@ def write_json_atomic(path: str | Path, data) -> None:
 
 
 def torch_save_atomic(obj, path: str | Path) -> None:
+    """``torch.save`` atomically, serialised in memory first so that a full disk is Python's
+    `[Errno 28] No space left on device`, not torch's `unexpected pos` (dodo.training.safe_load)."""
+    import io
+
     import torch
 
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def numpy_save_atomic(path: str | Path, array) -> None:

@@ -299,3 +299,35 @@ def test_simulate_refuses_threads_that_nothing_would_use(tmp_path, capsys, extra
     if extra[0] == "--linear-only":  # cheap: the linear theory of one state
         code, _, err = run(capsys, [*argv, "--threads", "1"])
         assert code == 0 and out.exists(), err
+
+
+# --- a full disk under a checkpoint ------------------------------------------------------------------
+
+def test_a_full_disk_under_a_checkpoint_is_named_as_such(tmp_path, capsys, monkeypatch):
+    """`dodo train` (and `dodo train-ensemble`) on a full file system (a 200 kB tmpfs) ended with
+    `dodo train: error: [enforce fail at inline_container.cc:672] . unexpected pos 128 vs 0`: torch's
+    writer reports a failed write so. The checkpoint is now serialised in memory and written by Python,
+    whose error names the cause: `[Errno 28] No space left on device: '.../best.pt'`. The full disk is
+    /dev/full here, handed to the checkpoint writer as its temporary; the earlier files are untouched
+    as before (atomic_path)."""
+    pytest.importorskip("torch")
+    import contextlib
+
+    import dodo.training.train as train_module
+    from dodo.training.safe_load import write_torch_file
+
+    config = _tiny_train_config(tmp_path)
+
+    @contextlib.contextmanager
+    def onto_a_full_disk(path):
+        try:
+            yield Path("/dev/full")
+        except OSError as error:  # as atomic_path names the final file, not its temporary
+            raise OSError(error.errno, error.strerror, str(path)) from None
+
+    monkeypatch.setattr(train_module, "atomic_path", onto_a_full_disk)
+    line = refused_line(capsys, ["train", "--config", str(config)])
+    assert "No space left on device" in line and "best.pt" in line and "enforce fail" not in line, line
+    with pytest.raises(OSError) as raised:
+        write_torch_file({"weights": [1.0, 2.0]}, "/dev/full")
+    assert raised.value.errno == 28

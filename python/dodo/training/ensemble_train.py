@@ -22,7 +22,7 @@ from .._atomic import atomic_path, check_input_file
 from ..score import bootstrap_interval
 from .config import ConfigError, check_thread_count, read_yaml_mapping
 from .dataset import nu_nubar_swapped, rest_frame_arrays, species_relabelled
-from .safe_load import load_torch_file
+from .safe_load import load_torch_file, write_torch_file
 from .label_noise import fit_label_noise, training_residuals
 from .ensemble import (DensityResidualEnsemble, Member, fit_ensemble, fit_growth_member, fit_student, nu_e_change,
                        predict, state_error)
@@ -734,7 +734,7 @@ def save_checkpoint(ensemble: DensityResidualEnsemble, config: EnsembleConfig, t
              "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        write_torch_file(state, tmp)
 
 
 def _box3d_dict(value) -> dict:

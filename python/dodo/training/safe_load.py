@@ -82,3 +82,16 @@ def _first_line_naming_global(message: str) -> str:
         if "GLOBAL" in line or "Unsupported" in line:
             return line.strip()[:200]
     return "restricted unpickler"
+
+
+def write_torch_file(obj, path: str | Path) -> None:
+    """``torch.save(obj, path)`` by way of memory: serialised first, then written with Python's file
+    I/O. torch's own writer turns a full disk into `[enforce fail at inline_container.cc:672] .
+    unexpected pos 128 vs 0`, which `dodo train` printed as its one line (outside probe, round 30);
+    Python's write says `[Errno 28] No space left on device`. Checkpoints are small (a few MB at most)."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with open(path, "wb") as stream:
+        stream.write(buffer.getbuffer())

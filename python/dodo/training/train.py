@@ -19,7 +19,7 @@ from .distributed import Distribution, RankBatches, loss_weight
 from .losses import LOSS_TERMS, loss_terms, weighted_loss
 from .metrics import format_metric_table, metric_table
 from .model import ResidualClosure, ResidualFFIModel
-from .safe_load import NotATorchFileError, UntrustedCheckpointError, load_torch_file
+from .safe_load import NotATorchFileError, UntrustedCheckpointError, load_torch_file, write_torch_file
 
 CHECKPOINT_FORMAT = "dodo-checkpoint-v1"
 
@@ -241,7 +241,7 @@ def save_checkpoint(state: dict, path: str | Path, keep_previous: bool = False) 
     state = dict(state)
     state["sha256"] = checkpoint_digest(state)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        write_torch_file(state, tmp)
         if keep_previous and path.exists():
             os.replace(path, previous_checkpoint_path(path))
 
