@@ -32,11 +32,24 @@ run_chunk() {
     --batch-size 2 --max-cost 2.5 --backend cpp --quiet ${DODO_CAMPAIGN_ARGS:-} \
     || { echo "qke_campaign: chunk $family $seed failed (exit $?); rerun to retry" >&2; return 1; }
 }
+# Every line FAMILY SEED COUNT, checked before any chunk starts (comments and blank lines aside; a
+# CR of a Windows line end dropped). xargs -L 1 read a line ending in a blank as continued on the
+# next one, so that next chunk never ran and the campaign still ended with 0; a fourth field was
+# dropped without a word, and a line of two fields ran `--random ''` (argparse's usage per chunk).
+chunks="$(awk -v plan="$plan" '
+  { sub(/\r$/, "") }
+  /^[[:space:]]*(#|$)/ { next }
+  NF != 3 || $1 !~ /^(emu|three_flavour|merger)$/ || $2 !~ /^[0-9]+$/ || $3 !~ /^[0-9]*[1-9][0-9]*$/ {
+    printf "qke_campaign: %s, line %d: expected FAMILY SEED COUNT (family emu, three_flavour or merger; seed an integer >= 0; count >= 1), got \"%s\"\n", plan, NR, $0 > "/dev/stderr"
+    bad = 1; next
+  }
+  { print $1, $2, $3 }
+  END { exit bad }' "$plan")" || exit 2
 trap 'trap - TERM; kill 0' INT TERM  # stopping the campaign stops its chunks too
 export -f run_chunk
 export root dodo
 # In the background and waited for: bash runs the TERM trap only between commands, and `wait`
 # is where a signal interrupts it.
 # -r: an empty plan runs nothing. A failed chunk makes xargs, and so the campaign, exit non-zero.
-{ grep -v -e '^\s*#' -e '^\s*$' "$plan" || true; } | xargs -r -P "$jobs" -L 1 bash -c 'run_chunk "$0" "$1" "$2"' &
+printf '%s' "$chunks${chunks:+$'\n'}" | xargs -r -P "$jobs" -L 1 bash -c 'run_chunk "$0" "$1" "$2"' &
 wait $! || { status=$?; echo "qke_campaign: not every chunk finished (exit $status; see above); rerun to retry" >&2; exit "$status"; }

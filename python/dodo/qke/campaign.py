@@ -116,6 +116,28 @@ def _mismatch_reason(stored, four_flux: np.ndarray, settings: dict) -> str:
     return "; ".join(reasons) or "its fingerprint differs from this run's"
 
 
+#: Most time steps the light-crossing limit of the step may ask of one run (a default box takes a few
+#: hundred to ~20,000: its cells are 0.28 / k_fastest long). A --box-length thousands of times below
+#: the default (1e-6 cm) needed ~10^11 steps of at most 2 cells' light-crossing time: the run never
+#: ended and its history grew by gigabytes (outside probe, solver round 3); such a state is dropped.
+MAX_ADVECTIVE_STEPS = 10**6
+
+
+def too_many_steps(end_time_s: float, box_length_cm: float, config: SolverConfig) -> str | None:
+    """Why a run of ``end_time_s`` in a box of ``box_length_cm`` cannot be integrated, or None: the
+    step is at most ``advection_cfl`` cells' light-crossing time (FastFlavourBox.time_steps)."""
+    from .constants import SPEED_OF_LIGHT
+
+    step = config.advection_cfl * box_length_cm / config.ncell / SPEED_OF_LIGHT
+    steps = end_time_s / step
+    if not steps > MAX_ADVECTIVE_STEPS:
+        return None
+    return (f"its box of {box_length_cm:g} cm in {config.ncell} cells needs {steps:.3g} time steps to reach its end "
+            f"time {end_time_s:.3g} s (a step is at most {config.advection_cfl:g} cells' light-crossing time, "
+            f"{step:.3g} s), more than the {MAX_ADVECTIVE_STEPS:,} a run may take: the box is far smaller than its "
+            "fastest wavelength (is --box-length in cm?); leave --box-length out for k L = 18, or give a larger one")
+
+
 #: Why a state with a NaN relative_cost is dropped.
 RECONSTRUCTION_FAILED = "its angular distribution cannot be reconstructed (the maximum-entropy fit did not converge)"
 
@@ -474,6 +496,10 @@ def _simulate_batch(batch: np.ndarray, four_flux: np.ndarray, results: dict, con
         R, length, end, linear_rate = setup
         results["rotation"][index], results["box_length_cm"][index] = R, length
         results["end_time"][index], results["linear_growth_rate"][index] = end, linear_rate
+        endless = too_many_steps(end, length, config)
+        if endless is not None:
+            results["done"][index], results["reason"][index] = True, endless
+            continue
         runnable.append(index)
         rotated.append(rotate_four_flux(four_flux[index], R))
         lengths.append(length)

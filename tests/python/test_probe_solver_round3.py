@@ -1,0 +1,93 @@
+"""Solver reliability round 3 (outside probe of `dodo simulate`, its campaign scripts and
+`python -m dodo.qke.validate`; docs/reliability_python.md, section 33). Each test failed against the
+code before its fix; its docstring says what that code did."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# --- scripts/qke_campaign.sh: the plan's lines ---------------------------------------------------------
+
+@pytest.fixture()
+def campaign_copy(tmp_path):
+    """The campaign scripts in a scratch repository, with a `dodo` that logs its arguments and fails."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    for name in ("qke_campaign.sh", "own_session.sh"):
+        (repo / "scripts" / name).write_text((ROOT / "scripts" / name).read_text())
+    venv = tmp_path / "venv" / "bin"
+    venv.mkdir(parents=True)
+    log = tmp_path / "calls.txt"
+    (venv / "dodo").write_text(f"#!/bin/bash\necho \"$*\" >> {log}\nexit 2\n")
+    (venv / "dodo").chmod(0o755)
+    (venv / "python").write_text(f"#!/bin/bash\nexec {sys.executable} \"$@\"\n")
+    (venv / "python").chmod(0o755)
+    env = dict(os.environ, DODO_VENV=str(venv.parent), DODO_CAMPAIGN_DIR=str(tmp_path / "out"),
+               DODO_CAMPAIGN_NICE="0")
+
+    def campaign(plan_text: str):
+        (tmp_path / "plan.txt").write_text(plan_text)
+        result = subprocess.run(["bash", str(repo / "scripts" / "qke_campaign.sh"), "1", "plan.txt"], cwd=tmp_path,
+                                env=env, capture_output=True, text=True, timeout=120)
+        calls = log.read_text().splitlines() if log.exists() else []
+        if log.exists():
+            log.unlink()
+        return result, calls
+
+    return campaign
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the campaign scripts are bash scripts for Linux")
+def test_campaign_runs_every_plan_line_and_refuses_a_malformed_one(campaign_copy):
+    """A plan line ending in a blank (`emu 1 3 ` then `emu 2 3`): xargs -L 1 read it as continued on
+    the next line, so chunk emu 2 never ran (its words went to chunk 1 as extra arguments, dropped),
+    and a campaign of chunks that all succeeded ended 0 with a chunk missing. A fourth field was
+    dropped without a word, and a line of two fields started `dodo simulate --random ''` (argparse's
+    usage, per chunk). Now every line is read as FAMILY SEED COUNT and a malformed one stops the
+    campaign before any chunk starts, naming the line."""
+    result, calls = campaign_copy("emu 1 3 \nemu 2 3\r\n\tmerger 3 3\n# note\n\n")
+    seeds = sorted(call.split("--seed ")[1].split()[0] for call in calls)
+    assert seeds == ["1", "2", "3"], (calls, result.stderr)
+    for line in ("emu 4", "emu 4 3 extra", "emu x 3", "emu 4 0", "bogus 4 3", "emu 4 -3"):
+        result, calls = campaign_copy(f"emu 1 3\n{line}\n")
+        assert result.returncode == 2, (line, result.stderr)
+        assert calls == [], line  # nothing started
+        assert "plan.txt, line 2: expected FAMILY SEED COUNT" in result.stderr and line in result.stderr, result.stderr
+
+
+# --- dodo simulate --box-length far below the state's wavelength ----------------------------------------
+
+def test_a_box_needing_billions_of_steps_is_dropped_not_run_for_ever(tmp_path, monkeypatch):
+    """`dodo simulate OUT --random 2 --seed 3 --ncell 16 --nphi 8 --box-length 1e-6` (a box length in
+    the wrong unit): the step is at most two cells' light-crossing time (4e-18 s here) and the end
+    time 80 growth times of the box's slow tail mode (3e-6 s), so the run took ~7e11 steps: after 10
+    minutes it was still in its first batch with 4 GB of history and growing (0.01 cm: the same at
+    7e7 steps). Now such a state is dropped before its box is made, its reason giving the step
+    count and what to change. (The box is never made here: make_box fails the test.)"""
+    pytest.importorskip("h5py")
+    from dodo.qke import campaign
+    from dodo.qke.solver import SolverConfig
+    from dodo.qke.states import random_crossing_states
+
+    state = random_crossing_states(2, np.random.default_rng(3))[:1]  # `--random 2 --seed 3`'s state 0
+
+    def no_box(*args, **kwargs):
+        raise AssertionError("a box was made for a run of ~10^11 steps")
+
+    monkeypatch.setattr(campaign, "make_box", no_box)
+    config = SolverConfig(ncell=16, nphi_equator=8)
+    with pytest.raises(campaign.NoValidStateError) as caught:
+        campaign.simulate_states(state, str(tmp_path / "out.h5"), config, batch_size=1,
+                                 box_length_cm=1e-6, report=lambda message: None)
+    text = str(caught.value)
+    assert "time steps to reach its end time" in text and "more than the 1,000,000" in text, text
+    assert "--box-length" in text and not (tmp_path / "out.h5").exists()
+    assert campaign.too_many_steps(1e-9, 4.0, SolverConfig()) is None  # NSM1's box: a few hundred steps
