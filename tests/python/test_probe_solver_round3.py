@@ -91,3 +91,32 @@ def test_a_box_needing_billions_of_steps_is_dropped_not_run_for_ever(tmp_path, m
     assert "time steps to reach its end time" in text and "more than the 1,000,000" in text, text
     assert "--box-length" in text and not (tmp_path / "out.h5").exists()
     assert campaign.too_many_steps(1e-9, 4.0, SolverConfig()) is None  # NSM1's box: a few hundred steps
+
+
+# --- dodo simulate: the engine's checks in the options' words --------------------------------------------
+
+@pytest.mark.parametrize("options, words", [
+    (["--batch-size", "0"], "--batch-size must be an integer >= 1; got 0"),
+    (["--threads", "-2"], "--threads must be an integer >= 1; got -2"),
+    (["--max-cost", "0"], "--max-cost must be a number > 0"),
+    (["--max-cost", "nan"], "--max-cost must be a number > 0"),
+    (["--max-flux-factor", "0.99"], "--max-flux-factor must be in (0, 0.95]"),
+    (["--family", "merger", "--max-flux-factor", "nan"], "--max-flux-factor must be in (0, 0.95]"),
+])
+def test_simulate_names_the_option_it_refuses(tmp_path, capsys, options, words):
+    """These said `batch_size must be >= 1`, `threads must be an integer >= 1; got -2`, `max_cost must
+    be positive`, `max_flux_factor must be in (0, 0.95]`: the engine's parameter names, which no
+    option of `dodo simulate` has (and after the random states were drawn)."""
+    pytest.importorskip("h5py")
+    import argparse
+
+    from dodo.qke import cli
+
+    parser = argparse.ArgumentParser(prog="dodo")
+    cli.register(parser.add_subparsers(dest="command", required=True))
+    output = tmp_path / "out.h5"
+    args = parser.parse_args(["simulate", str(output), "--random", "1", "--ncell", "16", "--nphi", "8", "-q", *options])
+    assert args.func(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dodo simulate: error: ") and words in err and err.count("\n") == 1, err
+    assert not output.exists()

@@ -97,6 +97,17 @@ def run_simulate(args) -> int:
         check_outputs([args.output, args.output + ".partial.npz"], [args.input])
         if args.seed < 0:
             raise ValueError(f"--seed must be an integer >= 0; got {args.seed}")
+        # The engine's words named its parameters, not the options ("batch_size must be >= 1",
+        # "threads must be ...", "max_cost must be positive", "max_flux_factor must be in (0, 0.95]";
+        # outside probe, solver round 3), and came after the states were read or drawn.
+        for option, value in (("--batch-size", args.batch_size), ("--threads", args.threads)):
+            if value < 1:
+                raise ValueError(f"{option} must be an integer >= 1; got {value}")
+        if args.max_cost is not None and not args.max_cost > 0:
+            raise ValueError(f"--max-cost must be a number > 0 (times NSM1's cost; inf: no limit); got {args.max_cost}")
+        if args.max_flux_factor is not None and not 0 < args.max_flux_factor <= 0.95:
+            raise ValueError(f"--max-flux-factor must be in (0, 0.95] (the solver's angular distributions reach 0.95); "
+                             f"got {args.max_flux_factor}")
         if args.box_length is not None and not (np.isfinite(args.box_length) and args.box_length > 0):
             raise ValueError(f"box length must be positive and finite; got {args.box_length}")
         # Resolution limits before any work: an absurd --nphi or --ncell is refused, not run out of memory.
