@@ -4,7 +4,7 @@ Usage: python held_training.py MARKER EVENT N -- dodo arguments...
 
 EVENT is where the N-th occurrence (counted from this process's start) holds the run:
   step            after the N-th optimizer step (between checkpoints, mid-epoch)
-  save-partial    inside the N-th torch.save: half of the checkpoint written to its temporary
+  save-partial    inside the N-th checkpoint write: half of the checkpoint written to its temporary
   replace-before  just before the N-th os.replace (a temporary complete, not yet renamed)
   replace-after   just after the N-th os.replace (e.g. between keeping last.prev.pt and the rename)
 On reaching it the run writes MARKER and sleeps until killed, so where it dies does not depend on
@@ -45,19 +45,22 @@ def main() -> int:
                 hold(marker, f"after optimizer step {count}")
         register_optimizer_step_post_hook(after_step)
     elif event == "save-partial":
-        real_save = torch.save
+        # The checkpoint writer (serialised in memory, then written: dodo.training.safe_load, round 30).
+        import dodo.training.train as training
 
-        def partial_save(obj, target, *args, **kwargs):
+        real_write = training.write_torch_file
+
+        def partial_write(obj, target):
             if not reached():
-                return real_save(obj, target, *args, **kwargs)
+                return real_write(obj, target)
             buffer = io.BytesIO()
-            real_save(obj, buffer, *args, **kwargs)
+            torch.save(obj, buffer)
             with open(target, "wb") as handle:
                 handle.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
                 handle.flush()
                 os.fsync(handle.fileno())
-            hold(marker, f"half of torch.save {count} written to {target}")
-        torch.save = partial_save
+            hold(marker, f"half of checkpoint write {count} written to {target}")
+        training.write_torch_file = partial_write
     elif event in ("replace-before", "replace-after"):
         real_replace = os.replace
 
