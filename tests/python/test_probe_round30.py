@@ -331,3 +331,17 @@ def test_a_full_disk_under_a_checkpoint_is_named_as_such(tmp_path, capsys, monke
     with pytest.raises(OSError) as raised:
         write_torch_file({"weights": [1.0, 2.0]}, "/dev/full")
     assert raised.value.errno == 28
+
+
+def test_rendezvous_note_under_torchrun_does_not_blame_the_environment(monkeypatch):
+    """Under torchrun (TORCHELASTIC_RUN_ID set) a process still waiting after 10 s has slow or failed
+    siblings, not variables left from another job: its note says so."""
+    pytest.importorskip("torch")
+    from dodo.training.distributed import Distribution
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "abc")
+    note = Distribution(0, 2, 0)._waiting_note()
+    assert "still starting, or failed to start" in note and "left from another job" not in note
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+    assert "left from another job" in Distribution(0, 2, 0)._waiting_note()

@@ -86,10 +86,13 @@ class Distribution:
         """What a process still waiting for the others after :data:`RENDEZVOUS_NOTE_S` prints."""
         where = ", ".join(f"{name}={os.environ[name]}" for name in ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT")
                           if name in os.environ)
-        return (f"dodo train: waiting for the other processes of a {self.world_size}-process data-parallel job "
-                f"to meet ({where} in the environment); if this process was not started by torchrun (or another "
-                "launcher of all the job's processes), these variables are left from another job: unset them to "
-                "train in one process (Ctrl-C ends the wait)")
+        waiting = (f"dodo train: waiting for the other processes of a {self.world_size}-process data-parallel job "
+                   f"to meet ({where} in the environment); ")
+        if str(os.environ.get("TORCHELASTIC_RUN_ID", "")).strip():  # torchrun started this process
+            return waiting + "the others are still starting, or failed to start (Ctrl-C ends the wait)"
+        return waiting + ("if this process was not started by torchrun (or another launcher of all the job's "
+                          "processes), these variables are left from another job: unset them to train in one "
+                          "process (Ctrl-C ends the wait)")
 
     def stop(self) -> None:
         if self.enabled and dist.is_initialized():
