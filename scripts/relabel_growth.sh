@@ -12,6 +12,8 @@
 # With DODO_GROWTH_AXIS=emu: data/qke_emu_axis/NAME.h5 instead, the linear rate along the fastest
 # of the 38 axes Emu's validation runs were searched on (dodo simulate --linear-only --axis emu;
 # docs/dataset.md, "Emu's axis search"): the rate such a run measures, ~0.6 s per state.
+# With DODO_CAMPAIGN_DIR=DIR (as for scripts/qke_campaign.sh; relative paths from the repository
+# root): the chunks of DIR, labelled into DIR_growth (DIR_emu_axis) instead of data/qke(_growth).
 set -euo pipefail
 # Its own session and process group, stopped as a whole by Ctrl-C or a kill of this script
 # (scripts/own_session.sh).
@@ -25,9 +27,13 @@ esac
 python="${DODO_VENV:-$root/.venv}/bin/python"
 dodo="${DODO_VENV:-$root/.venv}/bin/dodo"
 [ -x "$dodo" ] || { echo "relabel_growth: $dodo not found (bash scripts/setup_venv.sh first)" >&2; exit 2; }
+# The campaign's chunks: DODO_CAMPAIGN_DIR as qke_campaign.sh writes them (it was not read here, so
+# a campaign made elsewhere had data/qke labelled into data/ instead; solver round 3).
+chunks="${DODO_CAMPAIGN_DIR:-data/qke}"
+while [ "${#chunks}" -gt 1 ] && [ "${chunks%/}" != "$chunks" ]; do chunks="${chunks%/}"; done
 case "${DODO_GROWTH_AXIS:-fastest}" in
-  fastest) labels=data/qke_growth; axis_args="" ;;
-  emu) labels=data/qke_emu_axis; axis_args="--axis emu --ignore-rotation" ;;
+  fastest) labels="${chunks}_growth"; axis_args="" ;;
+  emu) labels="${chunks}_emu_axis"; axis_args="--axis emu --ignore-rotation" ;;
   *) echo "relabel_growth: DODO_GROWTH_AXIS must be fastest or emu; got '$DODO_GROWTH_AXIS'" >&2; exit 2 ;;
 esac
 mkdir -p "$labels"
@@ -41,12 +47,13 @@ relabel() {
 }
 trap 'trap - TERM; kill 0' INT TERM
 export -f relabel
-export python dodo labels axis_args
+export python dodo labels axis_args chunks
 # Pool chunks only (held-out seeds 900-999 never labelled), complete ones, emu family first.
 status=0
-"$python" - <<'EOF' | xargs -r -P "$jobs" -L 1 bash -c 'relabel "$0"' || status=$?
+"$python" - <<'EOF' | xargs -r -d '\n' -n 1 -P "$jobs" bash -c 'relabel "$0"' || status=$?
 import glob, os, re, h5py
-files = [p for p in sorted(glob.glob("data/qke/*_seed*.h5")) if not re.search(r"_seed9\d\d\.h5$", p)]
+files = [p for p in sorted(glob.glob(os.path.join(glob.escape(os.environ["chunks"]), "*_seed*.h5")))
+         if not re.search(r"_seed9\d\d\.h5$", p)]
 def complete(p):
     try:
         with h5py.File(p, "r") as f:

@@ -120,3 +120,47 @@ def test_simulate_names_the_option_it_refuses(tmp_path, capsys, options, words):
     err = capsys.readouterr().err
     assert err.startswith("dodo simulate: error: ") and words in err and err.count("\n") == 1, err
     assert not output.exists()
+
+
+# --- scripts/relabel_growth.sh on a campaign made with DODO_CAMPAIGN_DIR -----------------------------------
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the campaign scripts are bash scripts for Linux")
+@pytest.mark.parametrize("axis, suffix", [("fastest", "_growth"), ("emu", "_emu_axis")])
+def test_relabel_growth_labels_the_campaign_of_dodo_campaign_dir(tmp_path, axis, suffix):
+    """`DODO_CAMPAIGN_DIR=DIR bash scripts/qke_campaign.sh` writes its chunks to DIR, but
+    relabel_growth.sh read data/qke of the repository whatever the variable said and wrote its labels
+    to data/qke_growth (data/qke_emu_axis): a campaign made elsewhere was never labelled, and the
+    repository's pool was labelled into data/ instead (here: no chunk of DIR given to `dodo`). Now
+    DIR's chunks are labelled into DIR_growth (DIR_emu_axis); held-out seeds 900-999 still never,
+    and a directory name with a space is one path."""
+    h5py = pytest.importorskip("h5py")
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    for name in ("relabel_growth.sh", "own_session.sh"):
+        (repo / "scripts" / name).write_text((ROOT / "scripts" / name).read_text())
+    (repo / "data" / "qke").mkdir(parents=True)  # the repository's pool: not this campaign's
+    with h5py.File(repo / "data" / "qke" / "emu_seed5.h5", "w") as f:
+        f.attrs["complete"] = True
+    campaign = tmp_path / "my campaign"
+    campaign.mkdir()
+    for name in ("emu_seed1.h5", "merger_seed2.h5", "emu_seed905.h5"):
+        with h5py.File(campaign / name, "w") as f:
+            f.attrs["complete"] = True
+    venv = tmp_path / "venv" / "bin"
+    venv.mkdir(parents=True)
+    log = tmp_path / "calls.txt"
+    (venv / "dodo").write_text(f"#!/bin/bash\necho \"$*\" >> '{log}'\nexit 0\n")
+    (venv / "dodo").chmod(0o755)
+    (venv / "python").write_text(f"#!/bin/bash\nexec {sys.executable} \"$@\"\n")
+    (venv / "python").chmod(0o755)
+    env = dict(os.environ, DODO_VENV=str(venv.parent), DODO_CAMPAIGN_DIR=f"{campaign}/", DODO_GROWTH_AXIS=axis,
+               DODO_CAMPAIGN_NICE="0")
+    result = subprocess.run(["bash", str(repo / "scripts" / "relabel_growth.sh"), "1"], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    calls = sorted(log.read_text().splitlines()) if log.exists() else []
+    labels = f"{campaign}{suffix}"
+    assert calls == sorted(f"simulate {labels}/{name} --input {campaign}/{name} --linear-only"
+                           + (" --axis emu --ignore-rotation" if axis == "emu" else "") + " --quiet"
+                           for name in ("emu_seed1.h5", "merger_seed2.h5")), calls
+    assert Path(labels).is_dir() and not (repo / "data" / f"qke{suffix}").exists()
