@@ -59,11 +59,23 @@ def check_input_file(path: str | Path, expected: str = "a regular file") -> None
     try:
         mode = os.stat(path).st_mode
     except (FileNotFoundError, NotADirectoryError):
-        raise InputPathError(f"cannot read {path}: no such file") from None
+        raise InputPathError(f"cannot read {path}: no such file{relative_to_cwd(path)}") from None
     except OSError as error:
         raise InputPathError(f"cannot read {path}: {error.strerror or error}") from None
     if not stat.S_ISREG(mode):
         raise InputPathError(f"{path} is {_file_kind(mode)}, not a regular file; give {expected}")
+
+
+def relative_to_cwd(path) -> str:
+    """`` (relative to the current directory D)`` for a relative path that is not there, else "": a
+    config's relative paths are read from the current directory, so `dodo train --config
+    /repo/training/configs/C.yaml` run from elsewhere said `cannot read pdata/x.h5: no such file` of a
+    file that exists under /repo (outside probe, round 30)."""
+    try:
+        text = os.fsdecode(path)
+        return "" if os.path.isabs(text) else f" (relative to the current directory {os.getcwd()})"
+    except (OSError, TypeError, ValueError):
+        return ""
 
 
 def check_output_target(path: str | Path) -> None:

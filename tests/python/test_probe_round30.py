@@ -345,3 +345,34 @@ def test_rendezvous_note_under_torchrun_does_not_blame_the_environment(monkeypat
     assert "still starting, or failed to start" in note and "left from another job" not in note
     monkeypatch.delenv("TORCHELASTIC_RUN_ID")
     assert "left from another job" in Distribution(0, 2, 0)._waiting_note()
+
+
+# --- relative paths of a config, run from another directory ------------------------------------------
+
+def test_a_missing_relative_path_names_the_directory_it_was_read_from(tmp_path, capsys, monkeypatch):
+    """A config's relative paths are read from the current directory (training/configs/*.yaml name
+    pdata/..., data/... of the repository root). `dodo train --config /repo/.../C.yaml` run from another
+    directory said `preprocessed file not found: pdata/x.h5 (run dodo preprocess first)` of a file that
+    exists, train-ensemble `cannot read pdata/x.h5: no such file`, preprocess `input pattern matches no
+    file: data/x.h5`. Each now adds `(relative to the current directory D)`; absolute paths read as
+    before."""
+    pytest.importorskip("torch")
+    table = synthetic_preprocessed(tmp_path, 64)
+    config = tmp_path / "train.yaml"
+    config.write_text("data: {path: pre.h5, batch_size: 32}\nmodel: {head: equivariant, hidden_dim: 8, n_blocks: 1}\n"
+                      "training: {epochs: 1, threads: 1}\noutput: {results_dir: res, checkpoint_dir: ck}\n")
+    ensemble = tmp_path / "ens.yaml"
+    ensemble.write_text("data: {path: pre.h5}\noutput: {checkpoint: ens.pt}\n")
+    pre = tmp_path / "pre2.yaml"
+    pre.write_text("inputs: [syn.h5]\noutput: pre2.h5\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    where = f"(relative to the current directory {elsewhere})"
+    for argv, said in ((["train", "--config", str(config)], "preprocessed file not found: pre.h5"),
+                       (["train-ensemble", "--config", str(ensemble)], "cannot read pre.h5: no such file"),
+                       (["preprocess", "--config", str(pre)], "input pattern matches no file: syn.h5")):
+        line = refused_line(capsys, argv)
+        assert said in line and where in line, line
+    line = refused_line(capsys, ["score", "box3d", str(table.with_name("missing.h5"))])
+    assert "no such file" in line and "relative to the current directory" not in line

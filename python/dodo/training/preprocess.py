@@ -46,7 +46,9 @@ def resolve_inputs(patterns: list, log=None) -> list[Path]:
         else:
             matches = sorted(glob.glob(str(pattern)))
         if not matches:
-            raise DataFileError(f"input pattern matches no file: {pattern}")
+            from .._atomic import relative_to_cwd
+
+            raise DataFileError(f"input pattern matches no file: {pattern}{relative_to_cwd(pattern)}")
         for match in matches:
             status = Path(match).stat()
             key = (status.st_dev, status.st_ino)  # the same file through a symlink or hard link too
@@ -277,7 +279,9 @@ def read_preprocessed_attrs(path: str | Path) -> dict:
                 check_input_file(path, "a preprocessed HDF5 file (dodo preprocess)")
             except InputPathError as error:
                 raise DataFileError(str(error)) from None
-        raise DataFileError(f"preprocessed file not found: {path} (run `dodo preprocess` first)")
+        from .._atomic import relative_to_cwd
+
+        raise DataFileError(f"preprocessed file not found: {path}{relative_to_cwd(path)}; run `dodo preprocess` first")
     with open_hdf5(path) as handle:
         attrs = dict(handle.attrs)
         missing = [n for n in ("F_init", "F_true", "F_box", "invariants", "u") if n not in handle]
