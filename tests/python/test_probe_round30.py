@@ -376,3 +376,23 @@ def test_a_missing_relative_path_names_the_directory_it_was_read_from(tmp_path, 
         assert said in line and where in line, line
     line = refused_line(capsys, ["score", "box3d", str(table.with_name("missing.h5"))])
     assert "no such file" in line and "relative to the current directory" not in line
+
+
+# --- python -m dodo.training.synthetic_model without the training extra ----------------------------
+
+def test_synthetic_model_tool_names_a_missing_module_in_one_line(tmp_path, capsys, monkeypatch):
+    """`python -m dodo.training.synthetic_model` (docs/runtime.md: regenerates the test model, "needs
+    onnx") in an environment of `pip install dodo*.whl` alone ended in a `ModuleNotFoundError: No module
+    named 'h5py'` traceback (and without onnx, likewise). Now one line naming the module and the
+    extra, exit 2, nothing written."""
+    from dodo.training import synthetic_model
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx raises ModuleNotFoundError
+    out = tmp_path / "test.onnx"
+    with pytest.raises(SystemExit) as ended:
+        synthetic_model.main(["-o", str(out)])
+    err = capsys.readouterr().err
+    assert ended.value.code == 2 and "Traceback" not in err, err
+    assert err.strip() == ("python -m dodo.training.synthetic_model: error: onnx is not installed; this tool needs "
+                           "the training extra: pip install 'dodo[train]'")
+    assert not out.exists()

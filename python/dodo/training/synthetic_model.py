@@ -472,6 +472,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(write_model(args.output, mlp, n_test_vectors=8))
     except BrokenPipeError:  # the reader went away: ended quietly below, not "error: [Errno 32] Broken pipe"
         raise
+    except ModuleNotFoundError as error:  # a run-time install: was a traceback (outside probe, round 30)
+        parser.exit(2, f"{parser.prog}: error: {error.name} is not installed; this tool needs the training extra: "
+                       "pip install 'dodo[train]'\n")
     except (OSError, ValueError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     return 0
