@@ -396,3 +396,20 @@ def test_synthetic_model_tool_names_a_missing_module_in_one_line(tmp_path, capsy
     assert err.strip() == ("python -m dodo.training.synthetic_model: error: onnx is not installed; this tool needs "
                            "the training extra: pip install 'dodo[train]'")
     assert not out.exists()
+
+
+# --- a missing training dependency: the exit status --------------------------------------------------
+
+def test_a_missing_training_module_exits_2_as_the_other_commands_do(tmp_path, capsys, monkeypatch):
+    """In an environment of `pip install dodo*.whl` (no training extra), `dodo synth`, `preprocess`,
+    `train`, `export`, `evaluate`, ... said `... is not installed; install the training extra` and exited
+    3, while `dodo score`, `apply` and `simulate` exit 2 for a missing h5py and the README says a missing
+    h5py gives one line and exit 2. Now 2 for all."""
+    from cli_helpers import run
+
+    monkeypatch.setitem(sys.modules, "h5py", None)  # import h5py raises ModuleNotFoundError
+    code, _, err = run(capsys, ["synth", "-o", str(tmp_path / "s.h5"), "-n", "5", "-q"])
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0] == "dodo synth: error: h5py is not installed; install the training extra: pip install 'dodo[train]'"
+    assert not (tmp_path / "s.h5").exists()

@@ -70,9 +70,11 @@ def _friendly(name: str):
             except BrokenPipeError:  # the reader went away (`| head`): dodo.cli.main ends quietly, 141
                 raise
             except ModuleNotFoundError as exc:
+                # Exit 2, as dodo score, apply and simulate say a missing h5py and as the README promises
+                # (was 3, in these commands alone: outside probe, round 30).
                 print(f"dodo {name}: error: {exc.name} is not installed; install the training extra: "
                       "pip install 'dodo[train]'", file=sys.stderr)
-                return 3
+                return 2
             except (ValueError, FileNotFoundError, RuntimeError, OSError, ArithmeticError) as exc:
                 # One line, whatever the message holds (torch's load_state_dict report is several).
                 print(f"dodo {name}: error: {' '.join(str(exc).split())}", file=sys.stderr)
