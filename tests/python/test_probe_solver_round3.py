@@ -164,3 +164,31 @@ def test_relabel_growth_labels_the_campaign_of_dodo_campaign_dir(tmp_path, axis,
                            + (" --axis emu --ignore-rotation" if axis == "emu" else "") + " --quiet"
                            for name in ("emu_seed1.h5", "merger_seed2.h5")), calls
     assert Path(labels).is_dir() and not (repo / "data" / f"qke{suffix}").exists()
+
+
+# --- dodo simulate: another output's checkpoint beside OUT ----------------------------------------------
+
+def test_the_checkpoint_of_another_output_named_out_partial_something_is_not_read(tmp_path):
+    """`dodo simulate c.h5` beside an interrupted `dodo simulate c.h5.partialX.h5`: the glob
+    OUT.partial*.npz took that run's checkpoint c.h5.partialX.h5.partial.npz as one of c.h5's, so
+    c.h5 stopped before any work ("does not belong to this campaign") when the other run had other
+    states or settings, and when it had the same ones c.h5 merged it and then removed it, the other
+    run's checkpoint. Now only OUT.partial.npz and OUT.partial.rank<r>.npz are OUT's."""
+    pytest.importorskip("h5py")
+    from dodo.qke import campaign
+    from dodo.qke.solver import SolverConfig
+    from dodo.qke.states import NSM1_EMU_1D
+
+    output = tmp_path / "c.h5"
+    other = tmp_path / "c.h5.partialX.h5.partial.npz"
+    other.write_bytes(b"the checkpoint of another run")
+    results = campaign.simulate_states(NSM1_EMU_1D[None], str(output), SolverConfig(ncell=16, nphi_equator=8),
+                                       batch_size=1, report=lambda message: None)
+    assert results["valid"].all() and output.is_file()
+    assert other.read_bytes() == b"the checkpoint of another run"
+    for name in ("c.h5.partial.npz", "c.h5.partial.rank0.npz", "c.h5.partial.rank12.npz"):
+        (tmp_path / name).touch()
+    for name in ("c.h5.partial.rankx.npz", "c.h5.partial.rank1.h5.partial.npz"):
+        (tmp_path / name).touch()
+    assert campaign._checkpoints(str(output)) == sorted(
+        str(tmp_path / name) for name in ("c.h5.partial.npz", "c.h5.partial.rank0.npz", "c.h5.partial.rank12.npz"))

@@ -207,8 +207,15 @@ def _checkpoint_path(output: str, rank: int, nranks: int) -> str:
 
 
 def _checkpoints(output: str) -> list[str]:
-    """Every checkpoint of ``output``: one process's and each rank's, from any earlier run."""
-    return sorted(glob.glob(glob.escape(output) + ".partial*.npz"))
+    """Every checkpoint of ``output``: one process's and each rank's, from any earlier run.
+
+    Only OUT.partial.npz and OUT.partial.rank<r>.npz: the glob OUT.partial*.npz also took the
+    checkpoint of another output named OUT.partial<anything> (OUT.partialX.h5.partial.npz), which
+    stopped this run as "not of this campaign", or was merged and then removed (solver round 3)."""
+    prefix = glob.escape(output) + ".partial"
+    found = glob.glob(prefix + ".npz") + glob.glob(prefix + ".rank*.npz")
+    return sorted(path for path in found
+                  if path == output + ".partial.npz" or path[len(output) + len(".partial.rank"):-len(".npz")].isdigit())
 
 
 def _merge(into: dict, part: dict, indices: np.ndarray) -> None:
