@@ -192,3 +192,56 @@ def test_the_checkpoint_of_another_output_named_out_partial_something_is_not_rea
         (tmp_path / name).touch()
     assert campaign._checkpoints(str(output)) == sorted(
         str(tmp_path / name) for name in ("c.h5.partial.npz", "c.h5.partial.rank0.npz", "c.h5.partial.rank12.npz"))
+
+
+# --- dodo simulate: a run killed after its last batch ------------------------------------------------------
+
+def test_a_run_killed_between_its_finished_database_and_its_checkpoint_removal_is_finished_by_the_rerun(
+        tmp_path, monkeypatch, capsys):
+    """Killed after writing its finished database (complete true) and before removing OUT.partial.npz,
+    the rerun that docs/qke.md prescribes ("rerunning the same command resumes from it and removes
+    it at the end, also when every state was already done") stopped with `OUT is a complete solver
+    database ...: it is not replaced; give another OUT, or --overwrite`, and the checkpoint stayed
+    for ever (qke_campaign.sh then skips the complete chunk). Now a checkpoint beside a complete OUT
+    lets the run go on: its own campaign's is finished and removed, another's refused as always."""
+    h5py = pytest.importorskip("h5py")
+    import argparse
+
+    from dodo.qke import campaign, cli
+
+    def simulate(*extra):
+        parser = argparse.ArgumentParser(prog="dodo")
+        cli.register(parser.add_subparsers(dest="command", required=True))
+        args = parser.parse_args(["simulate", str(output), "--random", "2", "--seed", "5", "--ncell", "16",
+                                  "--nphi", "8", "--batch-size", "1", "-q", *extra])
+        return args.func(args)
+
+    output = tmp_path / "k.h5"
+    checkpoint = tmp_path / "k.h5.partial.npz"
+    real_remove = os.remove
+
+    def killed_before_removing(path):  # the run "dies" here: its checkpoint stays
+        if str(path) != str(checkpoint):
+            real_remove(path)
+
+    monkeypatch.setattr(campaign.os, "remove", killed_before_removing)
+    assert simulate() == 0
+    monkeypatch.setattr(campaign.os, "remove", real_remove)
+    assert checkpoint.is_file()
+    with h5py.File(output, "r") as f:
+        assert f.attrs["complete"]
+        before = f["F4_final(1|ccm)"][()]
+    capsys.readouterr()
+    assert simulate() == 0, capsys.readouterr().err
+    assert not checkpoint.exists()
+    with h5py.File(output, "r") as f:
+        assert np.array_equal(f["F4_final(1|ccm)"][()], before)
+    # Finished and without a checkpoint: refused as before.
+    assert simulate() == 2 and "is a complete solver database" in capsys.readouterr().err
+    # A checkpoint of another campaign beside a complete OUT: refused, both kept.
+    monkeypatch.setattr(campaign.os, "remove", killed_before_removing)
+    assert simulate("--overwrite", "--nphi", "12") == 0
+    monkeypatch.setattr(campaign.os, "remove", real_remove)
+    kept = checkpoint.read_bytes()
+    assert simulate() == 2
+    assert "does not belong to this campaign" in capsys.readouterr().err and checkpoint.read_bytes() == kept

@@ -282,6 +282,15 @@ def refuse_complete_database(path: str, linear_only: bool = False) -> None:
         raise ValueError(f"{path} exists and is not a dodo simulate database (an HDF5 file without its 'solver' "
                          "record: an Emu database, a preprocessed file, ...): it is not replaced, since the run "
                          "writes the batches finished so far over it; give another OUT, or --overwrite to replace it")
+    if bool(attrs.get("complete", False)) and not linear_only and attrs.get("kind") != "linear_growth_labels":
+        from .campaign import _checkpoints
+
+        # A run killed after its last batch, between writing the finished database and removing its
+        # checkpoints: the rerun docs/qke.md prescribes ("resumes ... also when every state was
+        # already done") was refused here, the checkpoint left for ever (outside probe, solver round
+        # 3). The checkpoint decides: of this campaign, the run finishes it; of another, it is refused.
+        if _checkpoints(path):
+            return
     if not bool(attrs.get("complete", False)):
         if not linear_only and attrs.get("kind") == "linear_growth_labels":
             raise ValueError(f"{path} is an unfinished growth-label file (dodo simulate --linear-only; "
