@@ -413,3 +413,18 @@ def test_a_missing_training_module_exits_2_as_the_other_commands_do(tmp_path, ca
     assert code == 2 and len(lines) == 1, err
     assert lines[0] == "dodo synth: error: h5py is not installed; install the training extra: pip install 'dodo[train]'"
     assert not (tmp_path / "s.h5").exists()
+
+
+@pytest.mark.parametrize("port", ["abc", " ", "70000"])
+def test_a_bad_master_port_is_named(tmp_path, capsys, monkeypatch, port):
+    """`WORLD_SIZE=2 RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=abc dodo train ...`: `dodo train: error:
+    invalid literal for int() with base 10: 'abc'` (torch's int() inside the rendezvous), naming no
+    variable; a blank the same. Now: `the environment variable MASTER_PORT must be a port number in [0,
+    65535] (torchrun sets it); got 'abc'`, before any directory is made."""
+    pytest.importorskip("torch")
+    config = _tiny_train_config(tmp_path)
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", port)):
+        monkeypatch.setenv(name, value)
+    line = refused_line(capsys, ["train", "--config", str(config)])
+    assert "the environment variable MASTER_PORT must be a port number in [0, 65535]" in line, line
+    assert f"got {port!r}" in line and not (tmp_path / "ck").exists()

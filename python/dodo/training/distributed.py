@@ -50,6 +50,13 @@ class Distribution:
         if rank >= world:
             raise ValueError(f"RANK is {rank} but WORLD_SIZE is {world}: a rank lies in [0, WORLD_SIZE); a "
                              "data-parallel run is started by torchrun, which sets both")
+        if "MASTER_PORT" in environ:
+            # torch read it with int() inside the rendezvous: "invalid literal for int() with base 10: 'abc'",
+            # naming no variable (outside probe, round 30).
+            port = str(environ["MASTER_PORT"]).strip()
+            if not (port.isascii() and port.isdigit() and int(port) <= 65535):
+                raise ValueError(f"the environment variable MASTER_PORT must be a port number in [0, 65535] "
+                                 f"(torchrun sets it); got {environ['MASTER_PORT']!r}")
         return cls(rank, world, _environment_integer(environ, "LOCAL_RANK", "0", 0))
 
     def device(self, requested: torch.device) -> torch.device:
