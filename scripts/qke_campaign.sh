@@ -32,13 +32,14 @@ run_chunk() {
     --batch-size 2 --max-cost 2.5 --backend cpp --quiet ${DODO_CAMPAIGN_ARGS:-} \
     || { echo "qke_campaign: chunk $family $seed failed (exit $?); rerun to retry" >&2; return 1; }
 }
-# Every line FAMILY SEED COUNT, checked before any chunk starts (comments and blank lines aside; a
-# CR of a Windows line end dropped). xargs -L 1 read a line ending in a blank as continued on the
-# next one, so that next chunk never ran and the campaign still ended with 0; a fourth field was
-# dropped without a word, and a line of two fields ran `--random ''` (argparse's usage per chunk).
+# Every line FAMILY SEED COUNT, checked before any chunk starts (comments, also after the three
+# fields, and blank lines aside; a CR of a Windows line end dropped). xargs -L 1 read a line ending
+# in a blank as continued on the next one, so that next chunk never ran and the campaign still
+# ended with 0; a fourth field was dropped without a word, and a line of two fields ran
+# `--random ''` (argparse's usage per chunk; solver round 3).
 chunks="$(awk -v plan="$plan" '
-  { sub(/\r$/, "") }
-  /^[[:space:]]*(#|$)/ { next }
+  { sub(/\r$/, ""); sub(/#.*/, "") }
+  /^[[:space:]]*$/ { next }
   NF != 3 || $1 !~ /^(emu|three_flavour|merger)$/ || $2 !~ /^[0-9]+$/ || $3 !~ /^[0-9]*[1-9][0-9]*$/ {
     printf "qke_campaign: %s, line %d: expected FAMILY SEED COUNT (family emu, three_flavour or merger; seed an integer >= 0; count >= 1), got \"%s\"\n", plan, NR, $0 > "/dev/stderr"
     bad = 1; next

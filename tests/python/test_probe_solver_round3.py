@@ -51,11 +51,11 @@ def test_campaign_runs_every_plan_line_and_refuses_a_malformed_one(campaign_copy
     the next line, so chunk emu 2 never ran (its words went to chunk 1 as extra arguments, dropped),
     and a campaign of chunks that all succeeded ended 0 with a chunk missing. A fourth field was
     dropped without a word, and a line of two fields started `dodo simulate --random ''` (argparse's
-    usage, per chunk). Now every line is read as FAMILY SEED COUNT and a malformed one stops the
-    campaign before any chunk starts, naming the line."""
-    result, calls = campaign_copy("emu 1 3 \nemu 2 3\r\n\tmerger 3 3\n# note\n\n")
+    usage, per chunk). Now every line is read as FAMILY SEED COUNT (a comment may follow) and a
+    malformed one stops the campaign before any chunk starts, naming the line."""
+    result, calls = campaign_copy("emu 1 3 \nemu 2 3\r\n\tmerger 3 3\n# note\n\nemu 4 3  # a note\n")
     seeds = sorted(call.split("--seed ")[1].split()[0] for call in calls)
-    assert seeds == ["1", "2", "3"], (calls, result.stderr)
+    assert seeds == ["1", "2", "3", "4"], (calls, result.stderr)
     for line in ("emu 4", "emu 4 3 extra", "emu x 3", "emu 4 0", "bogus 4 3", "emu 4 -3"):
         result, calls = campaign_copy(f"emu 1 3\n{line}\n")
         assert result.returncode == 2, (line, result.stderr)
