@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "func"):
             parser.print_help()
             return 2
-        replicated = _torchrun_replica_problem(command)
+        replicated = _torchrun_replica_problem(command) or _removed_working_directory(command)
         if replicated:
             print(f"{_name(command)}: error: {replicated}", file=sys.stderr)
             return 2
@@ -359,6 +359,28 @@ def _torchrun_replica_problem(command, environ=None) -> str | None:
 
 _REPLICA_HINTS = {"train-ensemble": " (its members train on ensemble.threads threads)",
                   "simulate": " (mpirun or srun shares a campaign over MPI ranks: docs/qke.md)"}
+
+
+#: Commands that resolve no path of the user's (they still run in a removed working directory).
+_PATHLESS_COMMANDS = frozenset({"info", "reference"})
+
+
+def _removed_working_directory(command) -> str | None:
+    """Why ``command`` cannot run here: the working directory was removed after the shell entered it
+    (`rm -rf` of a results folder, then a rerun from inside it). `dodo score box3d x.h5` and `dodo synth
+    -o s.h5` said `[Errno 2] No such file or directory`, naming nothing, and every torch command ended
+    in `Intel oneMKL FATAL ERROR: Cannot load .../libtorch_cpu.so` (outside probe, round 30)."""
+    if command in _PATHLESS_COMMANDS:
+        return None
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        where = os.environ.get("PWD", "")
+        return (f"the current directory{f' ({where})' if where else ''} no longer exists (it was removed after "
+                "this shell entered it): cd to an existing directory and run the command again")
+    except OSError:
+        return None
+    return None
 
 
 def _name(command) -> str:

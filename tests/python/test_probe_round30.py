@@ -428,3 +428,26 @@ def test_a_bad_master_port_is_named(tmp_path, capsys, monkeypatch, port):
     line = refused_line(capsys, ["train", "--config", str(config)])
     assert "the environment variable MASTER_PORT must be a port number in [0, 65535]" in line, line
     assert f"got {port!r}" in line and not (tmp_path / "ck").exists()
+
+
+# --- a removed working directory --------------------------------------------------------------------
+
+def test_a_removed_working_directory_is_named(tmp_path):
+    """A shell inside a directory that was then removed (`rm -rf` of a results folder, then a rerun from
+    inside it): `dodo synth -o s.h5` and `dodo score box3d x.h5` said `[Errno 2] No such file or
+    directory`, naming nothing, and `dodo train` ended in `Intel oneMKL FATAL ERROR: Cannot load
+    .../libtorch_cpu.so` at torch's import. Now one line says the current directory no longer exists,
+    exit 2; `dodo info` still runs."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    for argv, code in ((["synth", "-o", "s.h5", "-n", "5", "-q"], 2), (["score", "box3d", "x.h5"], 2),
+                       (["info"], 0)):
+        script = f"cd '{gone}' && rmdir '{gone}' && exec '{sys.executable}' -m dodo " + " ".join(argv)
+        done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=HANG_GUARD_S,
+                              stdin=subprocess.DEVNULL)
+        assert done.returncode == code, done.stderr
+        if code:
+            assert done.stderr.strip() == (f"dodo {argv[0]}: error: the current directory ({gone}) no longer exists "
+                                           "(it was removed after this shell entered it): cd to an existing "
+                                           "directory and run the command again"), done.stderr
+        gone.mkdir()
