@@ -11,14 +11,37 @@ from . import _startup
 
 _startup.guard()  # Ctrl-C while the `dodo` command imports: one line, exit 130 (no traceback)
 
+
+
+def _core_missing(error: ImportError) -> str:
+    """Why ``dodo._core`` is missing, for the ImportError. `python -m dodo.test` run from the
+    repository's python/ directory (or with PYTHONPATH at it) beside an installed dodo imported the
+    source tree, which has no compiled core, and was told to build and install the package, which
+    was installed (outside probe, round 30): that case names both directories."""
+    import os
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        from importlib import metadata
+
+        installed_dist = metadata.distribution("dodo")
+        installed = os.path.abspath(str(installed_dist.locate_file("dodo")))
+    except Exception:  # no installed distribution, or an unreadable one
+        installed_dist = installed = None
+    if installed and installed != here and os.path.isfile(os.path.join(installed, "__init__.py")):
+        return (f"dodo was imported from {here}, a source tree without its compiled core (dodo._core), ahead of "
+                f"the installed dodo {installed_dist.version} in {installed}: the current directory or PYTHONPATH "
+                "puts the source tree first on sys.path; run from another directory (or unset PYTHONPATH). "
+                f"Original error: {error}")
+    return ("dodo's compiled core (dodo._core) could not be imported. Build and install the package "
+            "with `pip install .` (needs a C++17 compiler and Python headers); see the README. "
+            f"Original error: {error}")
+
+
 try:
     from . import _core
 except ImportError as error:  # pragma: no cover - only on a broken install
-    raise ImportError(
-        "dodo's compiled core (dodo._core) could not be imported. Build and install the package "
-        "with `pip install .` (needs a C++17 compiler and Python headers); see the README. "
-        f"Original error: {error}"
-    ) from error
+    raise ImportError(_core_missing(error)) from error
 
 from . import conventions
 from ._box3d import (

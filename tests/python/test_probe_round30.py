@@ -451,3 +451,32 @@ def test_a_removed_working_directory_is_named(tmp_path):
                                            "(it was removed after this shell entered it): cd to an existing "
                                            "directory and run the command again"), done.stderr
         gone.mkdir()
+
+
+# --- a source tree ahead of the installed package --------------------------------------------------
+
+def test_a_source_tree_ahead_of_the_installed_package_is_named(tmp_path):
+    """`python -m dodo.test` run from the repository's python/ directory (or with PYTHONPATH at it) in
+    an environment where dodo is installed from a wheel imported the source tree, which has no compiled
+    core: `ImportError: dodo's compiled core (dodo._core) could not be imported. Build and install the
+    package with pip install . ...`, advice for a package that was installed. Now the error names the
+    source tree, the installed package and the cause (sys.path order). Here: a copy of the package's
+    __init__ without its core, ahead of a stand-in installed distribution."""
+    import shutil
+
+    source, installed = tmp_path / "src" / "dodo", tmp_path / "inst"
+    source.mkdir(parents=True)
+    for name in ("__init__.py", "_startup.py"):
+        shutil.copy(REPO / "python" / "dodo" / name, source / name)
+    (installed / "dodo").mkdir(parents=True)
+    (installed / "dodo" / "__init__.py").write_text("")
+    (installed / "dodo-0.1.0.dist-info").mkdir()
+    (installed / "dodo-0.1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: dodo\nVersion: 0.1.0\n")
+    # -S: no site-packages, so no editable-install finder that would import the checkout instead.
+    done = subprocess.run([sys.executable, "-S", "-c", "import dodo"], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=HANG_GUARD_S, stdin=subprocess.DEVNULL,
+                          env=dict(os.environ, PYTHONPATH=f"{source.parent}{os.pathsep}{installed}"))
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert f"dodo was imported from {source}, a source tree without its compiled core" in last, last
+    assert f"ahead of the installed dodo 0.1.0 in {installed / 'dodo'}" in last and "PYTHONPATH" in last
