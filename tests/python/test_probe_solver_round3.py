@@ -245,3 +245,26 @@ def test_a_run_killed_between_its_finished_database_and_its_checkpoint_removal_i
     kept = checkpoint.read_bytes()
     assert simulate() == 2
     assert "does not belong to this campaign" in capsys.readouterr().err and checkpoint.read_bytes() == kept
+
+
+# --- states whose fastest growth is the homogeneous mode ------------------------------------------------
+
+@pytest.mark.parametrize("seed, index, words", [
+    (780, 0, "its fastest growth is the homogeneous mode (k = 0, 2.21e+09 s^-1)"),
+    (1199, 1, "its fastest growth along the box axis is the homogeneous mode (k = 0, 8.38e+08 s^-1)"),
+])
+def test_a_state_growing_fastest_at_k_zero_is_dropped_for_that_reason(seed, index, words):
+    """`dodo simulate OUT --random 32 --seed 780 --family emu` (default resolution) dropped state 0,
+    an unstable state (2.2e9 s^-1) whose fastest growth is the homogeneous mode, as "box axis must be
+    a finite non-zero 3-vector; got array([0., 0., 0.])" (earlier versions: "densities and fluxes must
+    be finite", of finite random moments; the pool data/qke holds 5 such drops), and seed 1199's
+    state 1, growing along its box axis only at k = 0, as "no unstable mode along the box axis".
+    The drops stay (the recipe's box length k L = 18 needs a fastest k > 0); their reasons now say
+    why."""
+    from dodo.qke.directions import uniform_sphere
+    from dodo.qke.states import box_setup, family_states
+
+    state = family_states("emu", 32, np.random.default_rng(seed))[index]
+    with pytest.raises(ValueError) as caught:
+        box_setup(state, uniform_sphere(16), 64)
+    assert words in str(caught.value) and "needs a fastest k > 0" in str(caught.value), str(caught.value)

@@ -178,6 +178,13 @@ def family_states(family: str, count: int, rng: np.random.Generator,
     return random_crossing_states(count, rng, max_flux_factor=limit, heavy_equal=(family == "emu"))
 
 
+def homogeneous_reason(rate: float, where: str = "") -> str:
+    """Why a state whose fastest growth (``where``) is the homogeneous mode gets no box: the recipe's
+    length k L = 18 needs the fastest k to be non-zero."""
+    return (f"its fastest growth {where}is the homogeneous mode (k = 0, {rate:.3g} s^-1): the box recipe "
+            "(length k L = 18 for the fastest k) needs a fastest k > 0")
+
+
 def rotation_to_z(axis: np.ndarray) -> np.ndarray:
     """Rotation matrix R with R axis_hat = z_hat (Rodrigues' formula; identity for axis = z)."""
     axis = np.asarray(axis, float)
@@ -239,6 +246,10 @@ def box_setup(four_flux: np.ndarray, directions: np.ndarray, ncell: int, axis: s
             return _box_along(four_flux, rotation_to_z(refined), directions, search_directions, ncell, box_length_cm,
                               end_time_s)
         except ValueError:
+            if not np.linalg.norm(wavevector) > 0:
+                # Was dropped as "box axis must be a finite non-zero 3-vector; got array([0., 0., 0.])"
+                # (older versions: "densities and fluxes must be finite"; outside probe, solver round 3).
+                raise ValueError(homogeneous_reason(rate)) from None
             # The refined peak without an unstable box mode (seen only on coarse direction sets,
             # where it is the set's own narrow mode): the coarse axis, as before the refinement.
             return _box_along(four_flux, rotation_to_z(wavevector), directions, search_directions, ncell,
@@ -247,6 +258,8 @@ def box_setup(four_flux: np.ndarray, directions: np.ndarray, ncell: int, axis: s
         rate, wavevector = emu_search_wavevector(four_flux, directions, search_directions)
         if rate <= 0:
             raise ValueError("state is linearly stable: nothing to simulate")
+        if not np.linalg.norm(wavevector) > 0:
+            raise ValueError(homogeneous_reason(rate))
         return _box_along(four_flux, rotation_to_z(wavevector), directions, search_directions, ncell, box_length_cm,
                           end_time_s)
     if axis not in ("x", "y", "z"):
@@ -290,10 +303,12 @@ def _box_along(four_flux, rotation, directions, search_directions, ncell, box_le
     rotated = rotate_four_flux(four_flux, rotation)
     # Fastest |k| along the box axis (either sign), on the cheaper search set.
     along_axis = np.array([[0.0, 0.0, 1.0], [0.0, 0.0, -1.0]])
-    _, k_fastest = fastest_wavevector(rotated, search_directions, np.linspace(0.0, 1.0, 41), along_axis)
+    rate_along, k_fastest = fastest_wavevector(rotated, search_directions, np.linspace(0.0, 1.0, 41), along_axis)
     k_fastest = float(np.linalg.norm(k_fastest))
     if k_fastest == 0:
-        raise ValueError("no unstable mode along the box axis")
+        # "no unstable mode along the box axis" was said also of growth at k = 0 (solver round 3).
+        raise ValueError("no unstable mode along the box axis" if not rate_along > 0 else
+                         homogeneous_reason(rate_along, "along the box axis "))
     if box_length_cm is None:
         box_length_cm = FASTEST_K_TIMES_BOX_LENGTH / k_fastest
     # A given box so small that its modes' rates overflow (c 2 pi n / L = inf): refused in words, not
