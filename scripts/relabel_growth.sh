@@ -31,6 +31,8 @@ dodo="${DODO_VENV:-$root/.venv}/bin/dodo"
 # a campaign made elsewhere had data/qke labelled into data/ instead; solver round 3).
 chunks="${DODO_CAMPAIGN_DIR:-data/qke}"
 while [ "${#chunks}" -gt 1 ] && [ "${chunks%/}" != "$chunks" ]; do chunks="${chunks%/}"; done
+# A mistyped directory labelled nothing, exit 0, and left an empty DIR_growth behind.
+[ -d "$chunks" ] || { echo "relabel_growth: $chunks is not a directory (DODO_CAMPAIGN_DIR: the campaign's chunks)" >&2; exit 2; }
 case "${DODO_GROWTH_AXIS:-fastest}" in
   fastest) labels="${chunks}_growth"; axis_args="" ;;
   emu) labels="${chunks}_emu_axis"; axis_args="--axis emu --ignore-rotation" ;;

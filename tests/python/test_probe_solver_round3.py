@@ -268,3 +268,28 @@ def test_a_state_growing_fastest_at_k_zero_is_dropped_for_that_reason(seed, inde
     with pytest.raises(ValueError) as caught:
         box_setup(state, uniform_sphere(16), 64)
     assert words in str(caught.value) and "needs a fastest k > 0" in str(caught.value), str(caught.value)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the campaign scripts are bash scripts for Linux")
+def test_relabel_growth_refuses_a_campaign_dir_that_is_not_there(tmp_path):
+    """`DODO_CAMPAIGN_DIR=/tmp/mistyped bash scripts/relabel_growth.sh` (after its fix above): nothing
+    labelled, exit 0, and an empty /tmp/mistyped_growth made. Now one line and exit 2, nothing made.
+    (A copy of the scripts and a `dodo` that does nothing: never the repository's data.)"""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    for name in ("relabel_growth.sh", "own_session.sh"):
+        (repo / "scripts" / name).write_text((ROOT / "scripts" / name).read_text())
+    venv = tmp_path / "venv" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "dodo").write_text("#!/bin/bash\nexit 0\n")
+    (venv / "dodo").chmod(0o755)
+    (venv / "python").write_text(f"#!/bin/bash\nexec {sys.executable} \"$@\"\n")
+    (venv / "python").chmod(0o755)
+    campaigns = tmp_path / "campaigns"
+    campaigns.mkdir()
+    env = dict(os.environ, DODO_VENV=str(venv.parent), DODO_CAMPAIGN_DIR=str(campaigns / "mistyped"),
+               DODO_CAMPAIGN_NICE="0")
+    result = subprocess.run(["bash", str(repo / "scripts" / "relabel_growth.sh"), "1"], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2 and "mistyped is not a directory" in result.stderr, result.stderr
+    assert list(campaigns.iterdir()) == []
