@@ -208,18 +208,17 @@ def earlier_run_checkpoints(checkpoint_dir: Path, resume_from: str | None) -> li
     return [checkpoint_dir / name for name in RUN_CHECKPOINTS if (checkpoint_dir / name).exists()]
 
 
-def remove_earlier_run(files: list[Path], keep: Path | None, log) -> None:
-    """Removes the replaced run's checkpoints once this run has written its first one (``keep``, the
-    best.pt just written, stays). Before, `dodo train --overwrite` replaced best.pt and last.pt as it
-    went and left the earlier run's final.pt (and moved its last.pt to last.prev.pt), so a run
-    stopped or killed before its end left a directory mixing two runs: `dodo export final.pt` took
-    the replaced run's model without a word, and the next `dodo train` called the directory "a
-    finished run" (outside probe, round 30). Until this run's first epoch ends, the earlier run is
-    kept whole: an --overwrite run that fails at its start destroys nothing."""
+def remove_earlier_run(files: list[Path], log) -> None:
+    """Removes the replaced run's checkpoints when this run's first epoch has ended, just before its
+    first checkpoints are written (a kill between the two leaves no file of either run, never a mix).
+    Before, `dodo train --overwrite` replaced best.pt and last.pt as it went and left the earlier
+    run's final.pt (and moved its last.pt to last.prev.pt), so a run stopped or killed before its end
+    left a directory mixing two runs: `dodo export final.pt` took the replaced run's model without a
+    word, and the next `dodo train` called the directory "a finished run" (outside probe, round 30).
+    Until this run's first epoch ends, the earlier run is kept whole: an --overwrite run that fails at
+    its start destroys nothing."""
     removed = []
     for path in files:
-        if keep is not None and path == keep:
-            continue
         try:
             path.unlink()
             removed.append(path.name)
@@ -526,13 +525,13 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
         improved = val_losses["total"] < best_val
         log(f"epoch {epoch}/{t.epochs} train {train_losses['total']:.4e} val {val_losses['total']:.4e}"
             + (" (best)" if improved else ""))
+        if earlier_run:  # this run's first checkpoints are next: the replaced run's files go first
+            remove_earlier_run(earlier_run, log=log)
+            earlier_run = []
         if improved:
             best_val = val_losses["total"]
             if distribution.is_main:
                 save_checkpoint(checkpoint_state(epoch), checkpoint_dir / "best.pt")
-        if earlier_run:  # this run's first checkpoints: the replaced run's files go (best.pt: just replaced)
-            remove_earlier_run(earlier_run, keep=checkpoint_dir / "best.pt" if improved else None, log=log)
-            earlier_run = []
         if distribution.is_main:
             save_checkpoint(checkpoint_state(epoch), checkpoint_dir / "last.pt", keep_previous=True)
         if t.stop_after_epoch is not None and epoch >= t.stop_after_epoch and epoch < t.epochs:
