@@ -480,3 +480,15 @@ def test_a_source_tree_ahead_of_the_installed_package_is_named(tmp_path):
     last = done.stderr.strip().splitlines()[-1]
     assert f"dodo was imported from {source}, a source tree without its compiled core" in last, last
     assert f"ahead of the installed dodo 0.1.0 in {installed / 'dodo'}" in last and "PYTHONPATH" in last
+
+
+def test_simulate_linear_only_refuses_a_time_step(tmp_path, capsys):
+    """`dodo simulate OUT --random 1 --linear-only --flavour-cfl 0.5` wrote its labels as without the
+    option and recorded nothing of it in the file's settings: the linear theory integrates nothing in
+    time. Now refused before any work, as `--hamiltonian-filter emu` is (round 27); without the option
+    the run is as before, and a full run takes it as ever."""
+    pytest.importorskip("h5py")
+    out = tmp_path / "out.h5"
+    line = refused_line(capsys, ["simulate", str(out), "--random", "1", "--linear-only", "--flavour-cfl", "0.5", "-q"])
+    assert "--linear-only integrates nothing in time, so --flavour-cfl (the time step) would be ignored" in line
+    assert not out.exists()
