@@ -293,3 +293,18 @@ def test_relabel_growth_refuses_a_campaign_dir_that_is_not_there(tmp_path):
                             text=True, timeout=120)
     assert result.returncode == 2 and "mistyped is not a directory" in result.stderr, result.stderr
     assert list(campaigns.iterdir()) == []
+
+
+# --- dodo simulate --flavour-cfl near 0 -------------------------------------------------------------------
+
+@pytest.mark.parametrize("cfl", [1e-300, 5e-324, 1e-9, 0.0009])
+def test_a_flavour_cfl_that_would_never_end_is_refused_before_any_work(cfl):
+    """`dodo simulate OUT --random 1 --ncell 16 --nphi 8 --flavour-cfl 1e-300` passed the check
+    (0, 2] and ran ~10^302 steps: still running when stopped, its history growing (1e-9: ~10^11
+    steps). Now `flavour_cfl (--flavour-cfl) must be in [0.001, 2]` (a thousand times the default's
+    steps) before any work. (Only the check is called here: the old code would not return.)"""
+    from dodo.qke.solver import SolverConfig
+
+    with pytest.raises(ValueError, match=r"flavour_cfl \(--flavour-cfl\) must be in \[0.001, 2\]"):
+        SolverConfig(ncell=16, nphi_equator=8, flavour_cfl=cfl).validate()
+    SolverConfig(ncell=16, nphi_equator=8, flavour_cfl=0.001).validate()

@@ -48,6 +48,11 @@ STATE_FILTERS = ("houli", "two_thirds", "none")
 BACKENDS = ("auto", "cpp", "numpy")
 
 
+#: Smallest flavour_cfl: a thousand times the default's steps (0.5 already changes NSM1's asymptotic
+#: densities by only 2e-4 N_tot; docs/qke.md).
+MIN_FLAVOUR_CFL = 1e-3
+
+
 @dataclass
 class SolverConfig:
     """Resolution and numerics of one batched run (all simulations share them)."""
@@ -102,8 +107,12 @@ class SolverConfig:
             raise ValueError(f"nphi_equator (--nphi) must be at most {MAX_NPHI_EQUATOR} ({directions:,} directions; "
                              "Emu's runs use 16, 92 directions; the linear analysis needs memory growing as "
                              f"directions^2); got {self.nphi_equator}")
-        if not (0 < self.flavour_cfl <= 2.0):
-            raise ValueError(f"flavour_cfl must be in (0, 2]; got {self.flavour_cfl}")
+        if not (MIN_FLAVOUR_CFL <= self.flavour_cfl <= 2.0):
+            # (0, 2] took 1e-300 (or 1e-9): ~10^302 steps, a run that never ended, its history growing
+            # without bound (outside probe, solver round 3).
+            raise ValueError(f"flavour_cfl (--flavour-cfl) must be in [{MIN_FLAVOUR_CFL:g}, 2] (the step is flavour_cfl / "
+                             f"V_max: {MIN_FLAVOUR_CFL:g} takes {1 / MIN_FLAVOUR_CFL:,.0f} times the default's steps); "
+                             f"got {self.flavour_cfl}")
         if not self.advection_cfl > 0:  # NaN too
             raise ValueError(f"advection_cfl must be positive; got {self.advection_cfl}")
         if self.hamiltonian_filter not in HAMILTONIAN_FILTERS:
