@@ -36,7 +36,9 @@ run_chunk() {
 # fields, and blank lines aside; a CR of a Windows line end dropped). xargs -L 1 read a line ending
 # in a blank as continued on the next one, so that next chunk never ran and the campaign still
 # ended with 0; a fourth field was dropped without a word, and a line of two fields ran
-# `--random ''` (argparse's usage per chunk; solver round 3).
+# `--random ''` (argparse's usage per chunk; solver round 3). A chunk planned twice ran twice onto one
+# file (the second refused by its lock) or, one after the other, was skipped as complete whatever its
+# second COUNT said.
 chunks="$(awk -v plan="$plan" '
   { sub(/\r$/, ""); sub(/#.*/, "") }
   /^[[:space:]]*$/ { next }
@@ -44,7 +46,11 @@ chunks="$(awk -v plan="$plan" '
     printf "qke_campaign: %s, line %d: expected FAMILY SEED COUNT (family emu, three_flavour or merger; seed an integer >= 0; count >= 1), got \"%s\"\n", plan, NR, $0 > "/dev/stderr"
     bad = 1; next
   }
-  { print $1, $2, $3 }
+  ($1 " " $2) in line {
+    printf "qke_campaign: %s, line %d: chunk %s %s is also on line %d (one output file per FAMILY and SEED)\n", plan, NR, $1, $2, line[$1 " " $2] > "/dev/stderr"
+    bad = 1; next
+  }
+  { line[$1 " " $2] = NR; print $1, $2, $3 }
   END { exit bad }' "$plan")" || exit 2
 trap 'trap - TERM; kill 0' INT TERM  # stopping the campaign stops its chunks too
 export -f run_chunk

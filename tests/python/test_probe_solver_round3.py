@@ -61,6 +61,11 @@ def test_campaign_runs_every_plan_line_and_refuses_a_malformed_one(campaign_copy
         assert result.returncode == 2, (line, result.stderr)
         assert calls == [], line  # nothing started
         assert "plan.txt, line 2: expected FAMILY SEED COUNT" in result.stderr and line in result.stderr, result.stderr
+    # The same chunk twice: run twice onto one file (the second refused by its lock), or skipped as
+    # complete whatever its second COUNT said.
+    result, calls = campaign_copy("emu 1 3\nmerger 1 3\nemu 1 5\n")
+    assert result.returncode == 2 and calls == [], result.stderr
+    assert "plan.txt, line 3: chunk emu 1 is also on line 1" in result.stderr, result.stderr
 
 
 # --- dodo simulate --box-length far below the state's wavelength ----------------------------------------
