@@ -325,10 +325,37 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{_name(command)}: error: out of memory ({str(error) or 'MemoryError'}): the input or the options "
               "ask for more memory than the machine gives", file=sys.stderr)
         return 2
+    except ImportError as error:
+        # An installed dependency that fails to import (torch without its CUDA libraries, h5py without
+        # libhdf5): a traceback, exit 1, in apply, synth, preprocess and every torch command (outside
+        # probe, round 30). A module that is not installed at all is named by the commands themselves.
+        print(f"{_name(command)}: error: {_import_failure(error)}", file=sys.stderr)
+        return 2
     finally:
         _restore_signal_handlers(previous_handlers)
         if sys.stderr is forgiving:
             sys.stderr = original_stderr
+
+
+def _import_failure(error: ImportError) -> str:
+    """One line for an ImportError that ended a command: the module whose import failed (the first
+    frame of the traceback outside dodo), and its own words."""
+    module = None
+    frame = error.__traceback__
+    while frame is not None:
+        name = str(frame.tb_frame.f_globals.get("__name__", ""))
+        if name and name.split(".")[0] not in ("dodo", "importlib", "__main__"):
+            module = name.split(".")[0]
+            break
+        frame = frame.tb_next
+    module = module or (error.name or "").split(".")[0] or None
+    text = " ".join(str(error).split())
+    if isinstance(error, ModuleNotFoundError):
+        return f"{error.name or module} is not installed ({text})"
+    if module is None:
+        return f"an import failed: {text}"
+    return (f"importing {module} failed: {text} (its installation is broken or incomplete: reinstall it, e.g. "
+            f"pip install --force-reinstall {module})")
 
 
 #: The one command that runs data-parallel over the processes torchrun starts (training/distributed.py).

@@ -492,3 +492,26 @@ def test_simulate_linear_only_refuses_a_time_step(tmp_path, capsys):
     line = refused_line(capsys, ["simulate", str(out), "--random", "1", "--linear-only", "--flavour-cfl", "0.5", "-q"])
     assert "--linear-only integrates nothing in time, so --flavour-cfl (the time step) would be ignored" in line
     assert not out.exists()
+
+
+# --- an installed dependency that fails to import --------------------------------------------------
+
+@pytest.mark.parametrize("module, argv", [("torch", ["export", "none.pt", "-o", "m.onnx"]),
+                                          ("h5py", ["synth", "-o", "s.h5", "-n", "3"]),
+                                          ("h5py", ["apply", str(REPO / "tests" / "data" / "qke" / "emu_1d_validation.h5")])])
+def test_a_broken_dependency_is_one_line(tmp_path, module, argv):
+    """torch installed without its CUDA libraries, h5py without libhdf5: the import raises ImportError
+    (not ModuleNotFoundError). `dodo export`, `train`, `evaluate` ... , `dodo synth`, `preprocess` and
+    `apply` ended in a traceback, exit 1. Now one line: `importing torch failed: libcudnn.so.9: cannot
+    open shared object file ... (its installation is broken or incomplete: reinstall it, e.g. pip install
+    --force-reinstall torch)`, exit 2. (A stand-in package that raises so is put first on PYTHONPATH.)"""
+    fake = tmp_path / "fake" / module
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('raise ImportError("libstandin.so.9: cannot open shared object file")\n')
+    done = subprocess.run([sys.executable, "-m", "dodo", *argv], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=HANG_GUARD_S, stdin=subprocess.DEVNULL,
+                          env=dict(os.environ, PYTHONPATH=str(fake.parent)))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip() == (f"dodo {argv[0]}: error: importing {module} failed: libstandin.so.9: cannot open "
+                                   "shared object file (its installation is broken or incomplete: reinstall it, "
+                                   f"e.g. pip install --force-reinstall {module})"), done.stderr
