@@ -498,11 +498,14 @@ def test_simulate_linear_only_refuses_a_time_step(tmp_path, capsys):
 
 @pytest.mark.parametrize("module, argv", [("torch", ["export", "none.pt", "-o", "m.onnx"]),
                                           ("h5py", ["synth", "-o", "s.h5", "-n", "3"]),
-                                          ("h5py", ["apply", str(REPO / "tests" / "data" / "qke" / "emu_1d_validation.h5")])])
+                                          ("h5py", ["apply", str(REPO / "tests" / "data" / "qke" / "emu_1d_validation.h5")]),
+                                          ("h5py", ["score", "box3d",
+                                                    str(REPO / "tests" / "data" / "qke" / "emu_1d_validation.h5")])])
 def test_a_broken_dependency_is_one_line(tmp_path, module, argv):
     """torch installed without its CUDA libraries, h5py without libhdf5: the import raises ImportError
     (not ModuleNotFoundError). `dodo export`, `train`, `evaluate` ... , `dodo synth`, `preprocess` and
-    `apply` ended in a traceback, exit 1. Now one line: `importing torch failed: libcudnn.so.9: cannot
+    `apply` ended in a traceback, exit 1; `dodo score` said `reading HDF5 files needs h5py: pip install
+    h5py` of an h5py that is installed. Now one line: `importing torch failed: libcudnn.so.9: cannot
     open shared object file ... (its installation is broken or incomplete: reinstall it, e.g. pip install
     --force-reinstall torch)`, exit 2. (A stand-in package that raises so is put first on PYTHONPATH.)"""
     fake = tmp_path / "fake" / module
