@@ -313,3 +313,30 @@ def test_a_flavour_cfl_that_would_never_end_is_refused_before_any_work(cfl):
     with pytest.raises(ValueError, match=r"flavour_cfl \(--flavour-cfl\) must be in \[0.001, 2\]"):
         SolverConfig(ncell=16, nphi_equator=8, flavour_cfl=cfl).validate()
     SolverConfig(ncell=16, nphi_equator=8, flavour_cfl=0.001).validate()
+
+
+# --- the output's `command` ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("linear_only", [False, True])
+def test_the_recorded_command_reads_back_as_the_words_it_was_run_with(tmp_path, monkeypatch, linear_only):
+    """`dodo simulate "/tmp/a b é.h5" --random 1 ...` recorded `command` = the arguments joined by
+    blanks, `dodo simulate /tmp/a b é.h5 --random 1 ...`, which the refusal of a finished OUT quotes
+    ("written by `...`") for a rerun: pasted into a shell it is another command (OUT `/tmp/a`, a
+    stray `b`). Now quoted as a shell reads it (shlex.join), for the label files too."""
+    h5py = pytest.importorskip("h5py")
+    import argparse
+    import shlex
+
+    from dodo.qke import cli
+
+    output = tmp_path / "a b 'c'.h5"
+    argv = ["simulate", str(output), "--random", "1", "--ncell", "16", "--nphi", "8", "-q"]
+    if linear_only:
+        argv.append("--linear-only")
+    monkeypatch.setattr(sys, "argv", ["dodo", *argv])
+    parser = argparse.ArgumentParser(prog="dodo")
+    cli.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    assert args.func(args) == 0
+    with h5py.File(output, "r") as f:
+        assert shlex.split(f.attrs["command"]) == ["dodo", *argv], f.attrs["command"]

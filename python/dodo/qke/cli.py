@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shlex
 import sys
 import traceback
 
@@ -209,8 +210,10 @@ def run_simulate(args) -> int:
 
             # An input's box axes (rotation_R: F_sim = R F, box along z, so the axis is R's third
             # row) start the refined search in place of the 24 coarse axes.
+            # `command` (quoted by the refusal of a finished OUT, to rerun) as a shell reads it: joined
+            # by blanks, `OUT "a b.h5"` came back as two words (outside probe, solver round 3).
             rows = linear_growth_labels(four_flux, args.output, config, max_cost=args.max_cost,
-                                        attributes={"source": source, "command": " ".join(sys.argv)}, report=report,
+                                        attributes={"source": source, "command": shlex.join(sys.argv)}, report=report,
                                         start_axes=None if rotation is None else np.asarray(rotation)[:, 2, :],
                                         axis=args.axis)
             report(f"wrote {args.output}: {len(rows['input_index'])} of {len(four_flux)} states labelled")
@@ -222,7 +225,7 @@ def run_simulate(args) -> int:
                              f"axis; add --ignore-rotation to set the axes by --axis {args.axis}, or leave --axis out")
         results = simulate_states(four_flux, args.output, config, batch_size=args.batch_size, axis=args.axis,
                                   rotation=rotation, box_length_cm=args.box_length, end_time_s=end_time,
-                                  attributes={"source": source, "command": " ".join(sys.argv), "max_cost_vs_nsm1":
+                                  attributes={"source": source, "command": shlex.join(sys.argv), "max_cost_vs_nsm1":
                                               "none" if args.max_cost is None else args.max_cost},
                                   report=report, max_cost=args.max_cost, threads=args.threads,
                                   communicator=communicator)
