@@ -117,7 +117,7 @@ def _mismatch_reason(stored, four_flux: np.ndarray, settings: dict) -> str:
 
 
 #: Most time steps the light-crossing limit of the step may ask of one run (a default box takes a few
-#: hundred to ~20,000: its cells are 0.28 / k_fastest long). A --box-length thousands of times below
+#: hundred to ~20,000: its cells are 0.28 / k_fastest long). A --box-length far below
 #: the default (1e-6 cm) needed ~10^11 steps of at most 2 cells' light-crossing time: the run never
 #: ended and its history grew by gigabytes (outside probe, solver round 3); such a state is dropped.
 MAX_ADVECTIVE_STEPS = 10**6
