@@ -340,3 +340,22 @@ def test_the_recorded_command_reads_back_as_the_words_it_was_run_with(tmp_path, 
     assert args.func(args) == 0
     with h5py.File(output, "r") as f:
         assert shlex.split(f.attrs["command"]) == ["dodo", *argv], f.attrs["command"]
+
+
+# --- python -m dodo.qke.validate nsm1 with emu32's reference --------------------------------------------------
+
+def test_validate_nsm1_names_a_reference_that_is_not_the_nsm1_file(capsys):
+    """`python -m dodo.qke.validate nsm1 --reference tests/data/qke/emu_1d_validation.h5` (emu32's
+    reference given to nsm1, the two files side by side): `IndexError: list index out of range`, a
+    traceback from parsing its directory name `validation_000`. Now one line naming the file, the
+    name and the file it should be, exit 2."""
+    pytest.importorskip("h5py")
+    from dodo.qke import validate
+
+    reference = ROOT / "tests" / "data" / "qke" / "emu_1d_validation.h5"
+    if not reference.is_file():
+        pytest.skip("no tests/data/qke/emu_1d_validation.h5")
+    assert validate.main(["nsm1", "--reference", str(reference), "--box3d-cases", ""]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "directorynames holds 'validation_000', not an NSM1 configuration" in err, err
+    assert "emu_nsm1_1d.h5" in err

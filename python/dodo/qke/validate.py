@@ -68,6 +68,21 @@ def _reference_file(reference: str, name: str):
                              "repository's tests/data/qke/") from None
 
 
+def _nsm1_configuration(reference: str, name: str) -> tuple[int, float, int]:
+    """(cells, box length in cm, nphi) from an emu_nsm1_1d.h5 directory name such as
+    nsm1_1d_nz64_L4_nphi16. Another file's names (emu_1d_validation.h5's validation_000, given as
+    --reference by mistake) were an IndexError traceback (outside probe, solver round 3)."""
+    try:
+        ncell = int(name.split("_nz")[1].split("_")[0])
+        length = float(name.split("_L")[1].split("_")[0])
+        nphi = int(name.split("_nphi")[1])
+    except (IndexError, ValueError):
+        raise ValueError(f"{reference}: directorynames holds {name!r}, not an NSM1 configuration such as "
+                         "nsm1_1d_nz64_L4_nphi16 (cells, box length in cm, nphi): not an Emu reference file like "
+                         "emu_nsm1_1d.h5 of the repository's tests/data/qke/ (emu_1d_validation.h5 is emu32's)") from None
+    return ncell, length, nphi
+
+
 def validate_nsm1(reference: str, box3d_cases: str | None, seeds: list[int], flavour_cfl: float, only: str | None = None,
                   hamiltonian_filter: str = SolverConfig.hamiltonian_filter, backend: str = SolverConfig.backend) -> dict:
     with _reference_file(reference, "emu_nsm1_1d.h5") as f:
@@ -87,11 +102,9 @@ def validate_nsm1(reference: str, box3d_cases: str | None, seeds: list[int], fla
                              f"({type(error).__name__}: {error})") from None
     if only and not any(only in name for name in names):  # ran nothing and exited 0 (round eighteen)
         raise ValueError(f"--only {only!r} matches none of the configurations of {reference}: {', '.join(names)}")
+    configurations = [_nsm1_configuration(reference, name) for name in names]
     report = {"runs": []}
-    for row, name in enumerate(names):
-        ncell = int(name.split("_nz")[1].split("_")[0])
-        length = float(name.split("_L")[1].split("_")[0])
-        nphi = int(name.split("_nphi")[1])
+    for row, (name, (ncell, length, nphi)) in enumerate(zip(names, configurations)):
         if only and only not in name:
             continue
         for seed in seeds:
