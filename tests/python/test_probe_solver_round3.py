@@ -359,3 +359,19 @@ def test_validate_nsm1_names_a_reference_that_is_not_the_nsm1_file(capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "directorynames holds 'validation_000', not an NSM1 configuration" in err, err
     assert "emu_nsm1_1d.h5" in err
+
+
+def test_validate_emu32_names_its_batch_size_option(tmp_path, capsys):
+    """`python -m dodo.qke.validate emu32 --batch-size 0` said `batch_size must be >= 1` (the engine's
+    parameter; `dodo simulate` now names the option too), after taking the output's lock and reading
+    the reference. Now `--batch-size must be an integer >= 1; got 0`, nothing written."""
+    pytest.importorskip("h5py")
+    from dodo.qke import validate
+
+    reference = ROOT / "tests" / "data" / "qke" / "emu_1d_validation.h5"
+    if not reference.is_file():
+        pytest.skip("no tests/data/qke/emu_1d_validation.h5")
+    output = tmp_path / "v.h5"
+    assert validate.main(["emu32", "--reference", str(reference), "--output", str(output), "--batch-size", "0"]) == 2
+    assert "--batch-size must be an integer >= 1; got 0" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -318,6 +318,8 @@ def _main(argv=None) -> int:
     from .._output_guard import marked_report, refuse_replacing_with_report
 
     refuse_replacing_with_report(args.json, "python -m dodo.qke.validate --json", args.overwrite, "--overwrite")
+    if args.which == "emu32" and args.batch_size < 1:  # was the engine's "batch_size must be >= 1" (solver round 3)
+        raise ValueError(f"--batch-size must be an integer >= 1; got {args.batch_size}")
     if args.which == "emu32":
         # Its database is written (and resumed) as `dodo simulate`'s is: one run per --output at a time.
         with exclusive_output(args.output, "python -m dodo.qke.validate emu32"):
