@@ -107,11 +107,13 @@ def test_a_box_needing_billions_of_steps_is_dropped_not_run_for_ever(tmp_path, m
     (["--max-cost", "nan"], "--max-cost must be a number > 0"),
     (["--max-flux-factor", "0.99"], "--max-flux-factor must be in (0, 0.95]"),
     (["--family", "merger", "--max-flux-factor", "nan"], "--max-flux-factor must be in (0, 0.95]"),
+    (["--max-cost", "2", "--use-input-end-time"], "--max-cost estimates each state's cost from the default end time"),
 ])
 def test_simulate_names_the_option_it_refuses(tmp_path, capsys, options, words):
     """These said `batch_size must be >= 1`, `threads must be an integer >= 1; got -2`, `max_cost must
-    be positive`, `max_flux_factor must be in (0, 0.95]`: the engine's parameter names, which no
-    option of `dodo simulate` has (and after the random states were drawn)."""
+    be positive`, `max_flux_factor must be in (0, 0.95]`, `max_cost needs the default end times (not
+    --use-input-end-time)`: the engine's parameter names, which no option of `dodo simulate` has (and
+    after the states were read or drawn)."""
     pytest.importorskip("h5py")
     import argparse
 

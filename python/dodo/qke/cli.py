@@ -106,6 +106,9 @@ def run_simulate(args) -> int:
                 raise ValueError(f"{option} must be an integer >= 1; got {value}")
         if args.max_cost is not None and not args.max_cost > 0:
             raise ValueError(f"--max-cost must be a number > 0 (times NSM1's cost; inf: no limit); got {args.max_cost}")
+        if args.max_cost is not None and args.use_input_end_time:  # was the engine's "max_cost needs ..."
+            raise ValueError("--max-cost estimates each state's cost from the default end time (80 growth times), "
+                             "so it cannot be used with --use-input-end-time: leave one of them out")
         if args.max_flux_factor is not None and not 0 < args.max_flux_factor <= 0.95:
             raise ValueError(f"--max-flux-factor must be in (0, 0.95] (the solver's angular distributions reach 0.95); "
                              f"got {args.max_flux_factor}")
