@@ -135,7 +135,8 @@ def too_many_steps(end_time_s: float, box_length_cm: float, config: SolverConfig
     return (f"its box of {box_length_cm:g} cm in {config.ncell} cells needs {steps:.3g} time steps to reach its end "
             f"time {end_time_s:.3g} s (a step is at most {config.advection_cfl:g} cells' light-crossing time, "
             f"{step:.3g} s), more than the {MAX_ADVECTIVE_STEPS:,} a run may take: the box is far smaller than its "
-            "fastest wavelength (is --box-length in cm?); leave --box-length out for k L = 18, or give a larger one")
+            "fastest wavelength (is --box-length in cm?), or the end time very long (is tend(s) in s?); leave "
+            "--box-length out for k L = 18, or give a larger one")
 
 
 #: Why a state with a NaN relative_cost is dropped.
