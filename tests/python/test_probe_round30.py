@@ -52,9 +52,12 @@ def test_train_waiting_for_absent_ranks_says_so_and_ends_on_a_signal(tmp_path, s
     config = _tiny_train_config(tmp_path)
     env = dict(os.environ, WORLD_SIZE="2", RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                MASTER_PORT=str(_free_port()), OMP_NUM_THREADS="1")
+    # SIGINT at its default in the child, as from a terminal: a suite started in the background by a
+    # non-interactive shell (CI's `.ci/run &`) inherits SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler, so the command would never see the Ctrl-C this test sends.
     child = subprocess.Popen([sys.executable, "-m", "dodo", "train", "--config", str(config)], env=env,
                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             text=True)
+                             text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines: list[str] = []
     noted = threading.Event()
 
