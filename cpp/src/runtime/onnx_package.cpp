@@ -386,27 +386,23 @@ bool add_node_inputs(std::string_view bytes, std::string_view node, std::set<std
   return flat;
 }
 
-// TensorProto: name (8).
-std::string_view tensor_name(std::string_view bytes, std::string_view tensor) {
+// The last length-delimited field `number` of a message (protobuf: the last of a repeated
+// scalar wins), or empty.
+std::string_view string_field(std::string_view bytes, std::string_view message, std::uint64_t number) {
   std::uint64_t field = 0;
   unsigned wire_type = 0;
-  std::string_view payload, name;
-  WireReader reader(tensor, offset_in(bytes, tensor));
+  std::string_view payload, value;
+  WireReader reader(message, offset_in(bytes, message));
   while (reader.next(field, wire_type, payload))
-    if (field == 8 && wire_type == kLengthDelimited) name = payload;
-  return name;
+    if (field == number && wire_type == kLengthDelimited) value = payload;
+  return value;
 }
 
+// TensorProto: name (8).
+std::string_view tensor_name(std::string_view bytes, std::string_view tensor) { return string_field(bytes, tensor, 8); }
+
 // ValueInfoProto: name (1).
-std::string_view value_info_name(std::string_view bytes, std::string_view info) {
-  std::uint64_t field = 0;
-  unsigned wire_type = 0;
-  std::string_view payload, name;
-  WireReader reader(info, offset_in(bytes, info));
-  while (reader.next(field, wire_type, payload))
-    if (field == 1 && wire_type == kLengthDelimited) name = payload;
-  return name;
-}
+std::string_view value_info_name(std::string_view bytes, std::string_view info) { return string_field(bytes, info, 1); }
 
 }  // namespace
 
