@@ -14,6 +14,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def stand_in_venv(tmp_path: Path, dodo_script: str) -> Path:
+    """A venv directory for the campaign scripts' DODO_VENV: `bin/dodo` runs ``dodo_script`` (bash),
+    `bin/python` is this interpreter. Returns the venv's root."""
+    venv = tmp_path / "venv" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "dodo").write_text(f"#!/bin/bash\n{dodo_script}\n")
+    (venv / "dodo").chmod(0o755)
+    (venv / "python").write_text(f"#!/bin/bash\nexec {sys.executable} \"$@\"\n")
+    (venv / "python").chmod(0o755)
+    return venv.parent
+
+
 # --- scripts/qke_campaign.sh: the plan's lines ---------------------------------------------------------
 
 @pytest.fixture()
@@ -23,14 +35,9 @@ def campaign_copy(tmp_path):
     (repo / "scripts").mkdir(parents=True)
     for name in ("qke_campaign.sh", "own_session.sh"):
         (repo / "scripts" / name).write_text((ROOT / "scripts" / name).read_text())
-    venv = tmp_path / "venv" / "bin"
-    venv.mkdir(parents=True)
     log = tmp_path / "calls.txt"
-    (venv / "dodo").write_text(f"#!/bin/bash\necho \"$*\" >> {log}\nexit 2\n")
-    (venv / "dodo").chmod(0o755)
-    (venv / "python").write_text(f"#!/bin/bash\nexec {sys.executable} \"$@\"\n")
-    (venv / "python").chmod(0o755)
-    env = dict(os.environ, DODO_VENV=str(venv.parent), DODO_CAMPAIGN_DIR=str(tmp_path / "out"),
+    venv = stand_in_venv(tmp_path, f"echo \"$*\" >> {log}\nexit 2")
+    env = dict(os.environ, DODO_VENV=str(venv), DODO_CAMPAIGN_DIR=str(tmp_path / "out"),
                DODO_CAMPAIGN_NICE="0")
 
     def campaign(plan_text: str):
@@ -153,14 +160,9 @@ def test_relabel_growth_labels_the_campaign_of_dodo_campaign_dir(tmp_path, axis,
     for name in ("emu_seed1.h5", "merger_seed2.h5", "emu_seed905.h5"):
         with h5py.File(campaign / name, "w") as f:
             f.attrs["complete"] = True
-    venv = tmp_path / "venv" / "bin"
-    venv.mkdir(parents=True)
     log = tmp_path / "calls.txt"
-    (venv / "dodo").write_text(f"#!/bin/bash\necho \"$*\" >> '{log}'\nexit 0\n")
-    (venv / "dodo").chmod(0o755)
-    (venv / "python").write_text(f"#!/bin/bash\nexec {sys.executable} \"$@\"\n")
-    (venv / "python").chmod(0o755)
-    env = dict(os.environ, DODO_VENV=str(venv.parent), DODO_CAMPAIGN_DIR=f"{campaign}/", DODO_GROWTH_AXIS=axis,
+    venv = stand_in_venv(tmp_path, f"echo \"$*\" >> '{log}'\nexit 0")
+    env = dict(os.environ, DODO_VENV=str(venv), DODO_CAMPAIGN_DIR=f"{campaign}/", DODO_GROWTH_AXIS=axis,
                DODO_CAMPAIGN_NICE="0")
     result = subprocess.run(["bash", str(repo / "scripts" / "relabel_growth.sh"), "1"], env=env, capture_output=True,
                             text=True, timeout=120)
@@ -286,15 +288,10 @@ def test_relabel_growth_refuses_a_campaign_dir_that_is_not_there(tmp_path):
     (repo / "scripts").mkdir(parents=True)
     for name in ("relabel_growth.sh", "own_session.sh"):
         (repo / "scripts" / name).write_text((ROOT / "scripts" / name).read_text())
-    venv = tmp_path / "venv" / "bin"
-    venv.mkdir(parents=True)
-    (venv / "dodo").write_text("#!/bin/bash\nexit 0\n")
-    (venv / "dodo").chmod(0o755)
-    (venv / "python").write_text(f"#!/bin/bash\nexec {sys.executable} \"$@\"\n")
-    (venv / "python").chmod(0o755)
+    venv = stand_in_venv(tmp_path, "exit 0")
     campaigns = tmp_path / "campaigns"
     campaigns.mkdir()
-    env = dict(os.environ, DODO_VENV=str(venv.parent), DODO_CAMPAIGN_DIR=str(campaigns / "mistyped"),
+    env = dict(os.environ, DODO_VENV=str(venv), DODO_CAMPAIGN_DIR=str(campaigns / "mistyped"),
                DODO_CAMPAIGN_NICE="0")
     result = subprocess.run(["bash", str(repo / "scripts" / "relabel_growth.sh"), "1"], env=env, capture_output=True,
                             text=True, timeout=120)
