@@ -6,6 +6,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include <atomic>
 #include <cfenv>
@@ -36,6 +37,10 @@ struct dodo_closure {
   std::unique_ptr<dodo::runtime::Closure> closure;
   mutable std::mutex error_mutex;
   std::string last_error;
+  // Calls inside the library on this handle (HandleInUse): dodo_closure_destroy waits for them to
+  // end before it frees the handle. Counted up under live_mutex, so that after destroy has taken
+  // the handle out of the live set no call can start on it.
+  mutable std::atomic<long> calls_in_flight{0};
 
   void set_error(const std::string& message) {
     std::lock_guard<std::mutex> lock(error_mutex);
@@ -89,10 +94,33 @@ std::set<const dodo_closure*>& live_handles() {
   return handles.value;
 }
 [[maybe_unused]] const bool kLiveHandlesMade = (live_handles(), true);
-bool is_live(const dodo_closure* handle) {
-  std::lock_guard<std::mutex> lock(live_mutex);
-  return live_handles().count(handle) != 0;
-}
+// A call's hold on its handle, from the liveness check to the call's end (its error text
+// included): dodo_closure_destroy from another thread waits until every call that found the
+// handle live has ended, instead of freeing the closure under it. The live-handle set alone
+// refused only a handle destroyed before the call; one destroyed while another thread was inside
+// dodo_apply was freed under it, a use after free (outside probe of the C side, round twenty: a
+// thread held inside dodo_apply, destroy returned at once and the call went on in freed memory).
+// One lock and two atomic counts a call: the lock is the liveness check each call already took.
+class HandleInUse {
+ public:
+  explicit HandleInUse(const dodo_closure* handle) noexcept {
+    if (!handle) return;
+    std::lock_guard<std::mutex> lock(live_mutex);
+    if (live_handles().count(handle) == 0) return;
+    handle->calls_in_flight.fetch_add(1, std::memory_order_relaxed);
+    handle_ = const_cast<dodo_closure*>(handle);
+  }
+  ~HandleInUse() {
+    if (handle_) handle_->calls_in_flight.fetch_sub(1, std::memory_order_release);
+  }
+  HandleInUse(const HandleInUse&) = delete;
+  HandleInUse& operator=(const HandleInUse&) = delete;
+  // The handle when it is live (and held until this object ends), else nullptr.
+  dodo_closure* live() const noexcept { return handle_; }
+
+ private:
+  dodo_closure* handle_ = nullptr;
+};
 
 // fork() while another thread held live_mutex (every call's liveness check) or a handle's
 // error_mutex copied that lock, held, into the child, whose next call hung (outside probe, round
@@ -107,7 +135,13 @@ void unlock_after_fork() {
   for (const dodo_closure* handle : live_handles()) handle->error_mutex.unlock();
   live_mutex.unlock();
 }
-[[maybe_unused]] const int kForkHandlers = pthread_atfork(lock_for_fork, unlock_after_fork, unlock_after_fork);
+// The child has only the thread that forked, which is inside no call: the parent's other threads'
+// calls are not the child's, and its dodo_closure_destroy must not wait for them.
+void unlock_in_child() {
+  for (const dodo_closure* handle : live_handles()) handle->calls_in_flight.store(0, std::memory_order_relaxed);
+  unlock_after_fork();
+}
+[[maybe_unused]] const int kForkHandlers = pthread_atfork(lock_for_fork, unlock_after_fork, unlock_in_child);
 
 // Copies text cut to the buffer, always NUL-terminated. A message (whole_characters) is cut at a
 // character's start: messages are UTF-8 (printable_message), and a cut inside a character left
@@ -237,10 +271,11 @@ dodo_status guarded(dodo_closure* handle, Body&& body) {
   return status;
 }
 
-dodo_closure* checked_handle(dodo_closure* handle) {
+// The handle a call was given, refused unless `in_use` holds it live.
+dodo_closure* checked_handle(const dodo_closure* handle, const HandleInUse& in_use) {
   if (!handle) throw Error(DODO_ERROR_INVALID_ARGUMENT, "closure handle is NULL");
-  if (!is_live(handle)) throw Error(DODO_ERROR_INVALID_ARGUMENT, "closure handle is not live (destroyed or never created)");
-  return handle;
+  if (!in_use.live()) throw Error(DODO_ERROR_INVALID_ARGUMENT, "closure handle is not live (destroyed or never created)");
+  return in_use.live();
 }
 
 // NULL strides mean the contiguous layout double[n][6][4] (= Fortran (4, 6, n)).
@@ -453,6 +488,11 @@ void dodo_closure_destroy(dodo_closure* closure) {
     std::lock_guard<std::mutex> lock(live_mutex);
     if (live_handles().erase(closure) == 0) return;  // double destroy or foreign pointer: ignore
   }
+  // No call can start on it now; those that had (another thread's dodo_apply) end first.
+  while (closure->calls_in_flight.load(std::memory_order_acquire) != 0) {
+    const struct timespec pause {0, 100000};  // 0.1 ms
+    ::nanosleep(&pause, nullptr);
+  }
   delete closure;
 }
 
@@ -464,21 +504,20 @@ dodo_status dodo_apply(dodo_closure* closure, size_t n_cells, const double* F_in
 }
 
 dodo_status dodo_self_test(dodo_closure* closure, double* max_error_over_ntot) {
-  dodo_closure* handle = is_live(closure) ? closure : nullptr;
-  return guarded(handle, [&] {
+  const HandleInUse in_use(closure);
+  return guarded(in_use.live(), [&] {
     const FloatingPointEnvironmentHeld default_floating_point;
-    checked_handle(closure);
-    const double worst = closure->closure->self_test();
+    const double worst = checked_handle(closure, in_use)->closure->self_test();
     if (max_error_over_ntot) *max_error_over_ntot = worst;
   });
 }
 
 dodo_status dodo_get_counters(const dodo_closure* closure, dodo_counters* counters) {
-  dodo_closure* handle = const_cast<dodo_closure*>(closure);  // only its error text is written
-  return guarded(is_live(handle) ? handle : nullptr, [&] {
-    checked_handle(handle);
+  const HandleInUse in_use(closure);  // only its error text is written
+  return guarded(in_use.live(), [&] {
+    dodo_closure* handle = checked_handle(closure, in_use);
     if (!counters) throw Error(DODO_ERROR_INVALID_ARGUMENT, "counters is NULL");
-    dodo::runtime::ClosureCounters c = closure->closure->counters();
+    dodo::runtime::ClosureCounters c = handle->closure->counters();
     counters->cells = c.cells;
     counters->rejected = c.rejected;
     counters->no_crossing = c.no_crossing;
@@ -489,24 +528,23 @@ dodo_status dodo_get_counters(const dodo_closure* closure, dodo_counters* counte
 }
 
 dodo_status dodo_reset_counters(dodo_closure* closure) {
-  dodo_closure* handle = is_live(closure) ? closure : nullptr;
-  return guarded(handle, [&] {
-    checked_handle(closure);
-    closure->closure->reset_counters();
-  });
+  const HandleInUse in_use(closure);
+  return guarded(in_use.live(), [&] { checked_handle(closure, in_use)->closure->reset_counters(); });
 }
 
 int dodo_has_model(const dodo_closure* closure) {
-  return closure && is_live(closure) && closure->closure->has_model() ? 1 : 0;
+  const HandleInUse in_use(closure);
+  return in_use.live() && in_use.live()->closure->has_model() ? 1 : 0;
 }
 
 long dodo_get_metadata(const dodo_closure* closure, const char* key, char* buffer, size_t buffer_size) {
-  if (!closure || !key || !is_live(closure)) return -1;
+  const HandleInUse in_use(closure);
+  if (!in_use.live() || !key) return -1;
   // Compared in place: std::map::find(key) copied the key into a std::string, outside any
   // exception guard, so that a failed allocation ended the host in std::terminate (probe round
   // thirteen of the C side). A package holds a few dozen keys.
   const std::string_view wanted(key);
-  for (const auto& [name, value] : closure->closure->metadata()) {
+  for (const auto& [name, value] : in_use.live()->closure->metadata()) {
     if (name != wanted) continue;
     copy_text(value, buffer, buffer_size);
     return static_cast<long>(value.size());
@@ -515,7 +553,8 @@ long dodo_get_metadata(const dodo_closure* closure, const char* key, char* buffe
 }
 
 size_t dodo_last_error(const dodo_closure* closure, char* buffer, size_t buffer_size) {
-  if (!closure || !is_live(closure)) {  // no handle to hold a text: this thread's own last error
+  const HandleInUse in_use(closure);
+  if (!in_use.live()) {  // no handle to hold a text: this thread's own last error
     const std::string_view text = thread_error_text();
     copy_message(text, buffer, buffer_size);
     return text.size();
@@ -542,10 +581,10 @@ dodo_status dodo_apply_diagnostics(dodo_closure* closure, size_t n_cells, const 
                                    const ptrdiff_t* F_init_strides, const double* u, const ptrdiff_t* u_strides,
                                    double* F_pred, const ptrdiff_t* F_pred_strides, uint32_t* cell_status,
                                    double* growth_rate, double* uncertainty) {
-  dodo_closure* handle = is_live(closure) ? closure : nullptr;
-  return guarded(handle, [&] {
+  const HandleInUse in_use(closure);
+  return guarded(in_use.live(), [&] {
     const FloatingPointEnvironmentHeld default_floating_point;
-    checked_handle(closure);
+    dodo_closure* handle = checked_handle(closure, in_use);
     if (n_cells == 0) return;
     if (!F_init) throw Error(DODO_ERROR_INVALID_ARGUMENT, "F_init is NULL");
     if (!F_pred) throw Error(DODO_ERROR_INVALID_ARGUMENT, "F_pred is NULL");
@@ -563,7 +602,7 @@ dodo_status dodo_apply_diagnostics(dodo_closure* closure, size_t n_cells, const 
     dodo::runtime::CellDiagnostics diagnostics;
     diagnostics.growth_rate = growth_rate;
     diagnostics.uncertainty = uncertainty;
-    closure->closure->apply(n_cells, input, velocity, output, cell_status, diagnostics);
+    handle->closure->apply(n_cells, input, velocity, output, cell_status, diagnostics);
   });
 }
 

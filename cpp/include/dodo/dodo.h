@@ -169,9 +169,11 @@ DODO_API const char* dodo_default_model_path(void);
 DODO_API dodo_status dodo_closure_create(const char* model_path, const dodo_options* options,
                                          dodo_closure** closure, char* error_buffer,
                                          size_t error_buffer_size);
-/* A destroyed (or foreign) handle is refused by every call, and a second destroy is a no-op; but
- * a handle must outlive the calls on it (destroying it while another thread is inside dodo_apply
- * is a use after free), and a later dodo_closure_create may reuse a destroyed handle's address. */
+/* A destroyed (or foreign) handle is refused by every call, and a second destroy is a no-op.
+ * Destroying a handle while other threads are inside calls on it waits until those calls have
+ * returned (calls that begin after destroy are refused); a call that never returns (a host
+ * thread stopped inside one) keeps destroy waiting. A later dodo_closure_create may reuse a
+ * destroyed handle's address, which a stale copy then reaches as a live handle. */
 DODO_API void dodo_closure_destroy(dodo_closure* closure);
 
 /* Applies the closure to n_cells cells.

@@ -1,0 +1,174 @@
+"""Outside probe of the C interface, round twenty (docs/reliability_cpp.md, "Round twenty").
+Each test failed on the code as it was before its fix, then passed (against a build of the fixed
+library: LD_LIBRARY_PATH, until the installed one is rebuilt). Hosts through capi_host.py."""
+from __future__ import annotations
+
+import pytest
+
+from capi_host import compile_host, default_model, needs_runtime, run_host
+
+# A thread inside dodo_apply on a handle that another thread destroys. The call is held inside the
+# library deterministically: one page in the middle of F_init is PROT_NONE, and the SIGSEGV
+# handler (on the applying thread, at the library's first read of that page) waits until the
+# destroyer has begun, then for destroy to return (at most 3 s: a destroy that waits for the call
+# never returns before it), then makes the page readable and lets the read go on. With "fork",
+# the main thread first forks while the call is held, and the child destroys the parent's handle.
+DESTROY_WHILE_IN_FLIGHT = r"""
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include "dodo/dodo.h"
+
+static double (*F)[6][4];
+static size_t n, page;
+static char* gate;
+static dodo_closure* closure;
+static atomic_int in_call, destroy_started, destroy_returned, apply_returned;
+
+static void on_segv(int sig, siginfo_t* info, void* context) {
+  (void)sig;
+  (void)context;
+  char* at = (char*)info->si_addr;
+  if (at < gate || at >= gate + page) {
+    signal(SIGSEGV, SIG_DFL);
+    raise(SIGSEGV);
+    return;
+  }
+  while (!atomic_load(&destroy_started)) usleep(1000);
+  for (int waited = 0; waited < 3000 && !atomic_load(&destroy_returned); ++waited) usleep(1000);
+  mprotect(gate, page, PROT_READ | PROT_WRITE);
+}
+
+static void* applier(void* arg) {
+  (void)arg;
+  double (*out)[6][4] = malloc(n * sizeof *out);
+  atomic_store(&in_call, 1);
+  dodo_status s = dodo_apply(closure, n, &F[0][0][0], NULL, NULL, NULL, &out[0][0][0], NULL, NULL);
+  atomic_store(&apply_returned, 1);
+  printf("apply %d\n", (int)s);
+  free(out);
+  return NULL;
+}
+
+int main(int argc, char** argv) {
+  page = (size_t)sysconf(_SC_PAGESIZE);
+  n = 4096;
+  size_t bytes = (n * sizeof *F + page - 1) / page * page;
+  F = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  for (size_t c = 0; c < n; ++c)
+    for (int a = 0; a < 6; ++a) {
+      F[c][a][0] = 1 + 0.1 * a + 1e-3 * (double)c;
+      F[c][a][3] = a == 3 ? -0.4 : 0.3;
+    }
+  dodo_options o;
+  dodo_options_init(&o);
+  o.threads = atoi(argv[2]);
+  char err[512];
+  if (dodo_closure_create(argv[1], &o, &closure, err, sizeof err)) {
+    printf("create: %s\n", err);
+    return 2;
+  }
+  gate = (char*)F + bytes / 2 / page * page;
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = on_segv;
+  sa.sa_flags = SA_SIGINFO;
+  sigaction(SIGSEGV, &sa, NULL);
+  mprotect(gate, page, PROT_NONE);
+  pthread_t t;
+  pthread_create(&t, NULL, applier, NULL);
+  while (!atomic_load(&in_call)) usleep(1000);
+  usleep(20000);
+  if (argc > 3) {
+    pid_t child = fork();
+    if (child == 0) {
+      alarm(20);
+      dodo_closure_destroy(closure);
+      printf("child destroyed\n");
+      fflush(stdout);
+      _exit(0);
+    }
+    int status = 0;
+    waitpid(child, &status, 0);
+    printf("child %s %d\n", WIFEXITED(status) ? "exit" : "signal",
+           WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+    fflush(stdout);
+  }
+  atomic_store(&destroy_started, 1);
+  dodo_closure_destroy(closure);
+  int early = !atomic_load(&apply_returned);
+  atomic_store(&destroy_returned, 1);
+  printf("destroy returned %s\n", early ? "while a call was in flight" : "after the call");
+  fflush(stdout);
+  if (early) _exit(0);  /* the call goes on in freed memory: leave before it can crash */
+  pthread_join(t, NULL);
+  printf("after %d\n", (int)dodo_apply(closure, 1, &F[0][0][0], NULL, NULL, NULL, &F[0][0][0], NULL, NULL));
+  return 0;
+}
+"""
+
+
+@needs_runtime
+@pytest.mark.parametrize("model", ["box3d", "default"])
+@pytest.mark.parametrize("threads", ["0", "2"])
+def test_destroying_a_handle_while_another_thread_is_inside_a_call_waits_for_the_call(tmp_path, model, threads):
+    path = "box3d" if model == "box3d" else default_model()
+    program = compile_host(tmp_path, "destroy_in_flight", DESTROY_WHILE_IN_FLIGHT)
+    # Before: destroy freed the closure at once, "destroy returned while a call was in flight",
+    # and the held call went on in the freed closure (a use after free).
+    assert run_host(program, path, threads, timeout=120) == [
+        "apply 0", "destroy returned after the call", "after 1"]
+    # A fork while the call is held: the child, which has no such call, destroys at once.
+    assert run_host(program, path, threads, "fork", timeout=120) == [
+        "child destroyed", "child exit 0", "apply 0", "destroy returned after the call", "after 1"]
+
+
+def _metadata_entry(key: bytes, value: bytes = b"") -> bytes:
+    """One ModelProto.metadata_props field (14) holding a StringStringEntryProto, as protobuf
+    writes it; no value field when the value is empty (its default)."""
+    def varint(number: int) -> bytes:
+        out = b""
+        while number >= 0x80:
+            out += bytes([(number & 0x7F) | 0x80])
+            number >>= 7
+        return out + bytes([number])
+
+    payload = b"\x0a" + varint(len(key)) + key + (b"\x12" + varint(len(value)) + value if value else b"")
+    return b"\x72" + varint(len(payload)) + payload
+
+
+@needs_runtime
+def test_a_package_of_millions_of_metadata_entries_is_refused_before_it_takes_gigabytes(tmp_path):
+    from pathlib import Path
+
+    import onnx
+
+    import dodo
+    from test_probe_round16_capi import LOAD_PACKAGES
+
+    model = default_model()
+    clean = Path(model).read_bytes()
+    # 2,000,000 entries of 7 bytes (3-byte keys, no value) appended to the default model, unsigned:
+    # each entry became a map node and two strings before the digest was checked, some 150 bytes
+    # for 7 in the file (4,000,000 entries, 40 MB: 605 MB resident; 256 MiB of them: some 6 GB).
+    many = tmp_path / "many_entries.onnx"
+    many.write_bytes(clean + b"".join(_metadata_entry(i.to_bytes(3, "little")) for i in range(2_000_000)))
+    # 4,096 entries in all, re-signed: within the bound, loads.
+    package = onnx.load(model)
+    for i in range(4096 - len(package.metadata_props)):
+        package.metadata_props.add(key=f"note.{i}", value="x")
+    bounded = tmp_path / "bounded.onnx"
+    bounded.write_bytes(dodo._core.with_content_digest(package.SerializeToString()))
+    program = compile_host(tmp_path, "load_packages", LOAD_PACKAGES)
+    lines = run_host(program, str(many), str(bounded), timeout=300)
+    # Before: '4 ... model metadata was altered after export ...', after reading all 2,000,000.
+    assert lines[0].startswith("4 model file "), lines
+    assert "model metadata has more than 4096 entries (entry 4097 at byte " in lines[0], lines
+    assert lines[1] == "0", lines
