@@ -146,6 +146,14 @@ def _layout_problem(handle) -> str:
         growth, problem = _open_item(handle, GROWTH)
         if problem:
             return problem
+    if DIRNAMES in handle:
+        # Optional too (the rows' names: holdout patterns, reports), but a link that cannot be followed
+        # (dangling, external to a missing file, a loop) ended `dodo apply` and `dodo preprocess` in
+        # h5py's KeyError traceback, or in "Special link traversal failed (too many links)" naming
+        # neither file nor dataset (outside probe, round 31): refused as a broken growthRate(1|s) is.
+        _, problem = _open_item(handle, DIRNAMES)
+        if problem:
+            return problem
         if isinstance(growth, h5py.Dataset) and growth.dtype.kind not in "fiu":
             return f"'{GROWTH}' holds {growth.dtype} values; growth rates must be real numbers (s^-1)"
     shape = handle[INITIAL].shape
