@@ -172,3 +172,34 @@ def test_a_package_of_millions_of_metadata_entries_is_refused_before_it_takes_gi
     assert lines[0].startswith("4 model file "), lines
     assert "model metadata has more than 4096 entries (entry 4097 at byte " in lines[0], lines
     assert lines[1] == "0", lines
+
+
+@needs_runtime
+def test_a_graph_declaring_zero_rows_for_its_input_or_head_output_is_refused_as_a_format_error(tmp_path):
+    import onnx
+
+    import dodo
+    from test_probe_round16_capi import LOAD_PACKAGES
+
+    model = default_model()
+
+    def zero_rows(which):
+        package = onnx.load(model)
+        graph_values = package.graph.input if which == "input" else package.graph.output
+        dim = graph_values[0].type.tensor_type.shape.dim[0]
+        dim.Clear()
+        dim.dim_value = 0  # a fixed N of 0, where the contract wants a dynamic N
+        path = tmp_path / f"{which}_zero_rows.onnx"
+        path.write_bytes(dodo._core.with_content_digest(package.SerializeToString()))
+        return str(path)
+
+    program = compile_host(tmp_path, "load_packages", LOAD_PACKAGES)
+    lines = run_host(program, zero_rows("input"), zero_rows("output"), timeout=300)
+    # Before: 0 passed as dynamic (only > 0 was refused); the first evaluation failed in ONNX
+    # Runtime's words ("Got invalid dimensions for input: invariants ... Expected: 0"), and for
+    # head_output with DODO_ERROR_ONNXRUNTIME (6), as if ONNX Runtime, not the package, were at fault.
+    assert lines[0].startswith("3 model file "), lines
+    assert 'model input "invariants" must have shape [N, 52] with a dynamic N' in lines[0], lines
+    assert "the graph's is [0, 52]" in lines[0], lines
+    assert lines[1].startswith("3 model file "), lines
+    assert 'model output "head_output" must have shape [N, K] with a dynamic N; the graph\'s is [0, 78]' in lines[1], lines

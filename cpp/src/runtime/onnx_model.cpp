@@ -398,7 +398,10 @@ void OnnxModel::check_signature() {
   // graph's width is judged by it (a package without the key is refused by describe_model).
   const auto features = metadata_.find("dodo.features");
   input_size_ = features == metadata_.end() ? kInvariants : known_feature_size(features->second);
-  if (input_dims.size() != 2 || input_dims[1] != input_size_ || input_dims[0] > 0) {
+  // A dynamic N is -1 to ONNX Runtime; a declared 0 is a fixed 0 rows, which passed as dynamic and was
+  // refused only by the first evaluation, in ONNX Runtime's words (outside probe of the C side,
+  // round twenty; head_output's [0, K] as DODO_ERROR_ONNXRUNTIME).
+  if (input_dims.size() != 2 || input_dims[1] != input_size_ || input_dims[0] >= 0) {
     std::string shape;
     for (const int64_t dim : input_dims) shape += (shape.empty() ? "" : ", ") + (dim < 0 ? std::string("N") : std::to_string(dim));
     throw Error(DODO_ERROR_MODEL_FORMAT, "model input \"invariants\" must have shape [N, " + std::to_string(input_size_) +
@@ -413,8 +416,12 @@ void OnnxModel::check_signature() {
     if (name_of(false, index) != kOutputName) continue;
     if (index != 0) throw Error(DODO_ERROR_MODEL_FORMAT, "\"head_output\" must be the model's first output");
     std::vector<int64_t> output_dims = float_shape(false, index, kOutputName);
-    if (output_dims.size() != 2 || output_dims[0] > 0)
-      throw Error(DODO_ERROR_MODEL_FORMAT, "model output \"head_output\" must have shape [N, K] with a dynamic N");
+    if (output_dims.size() != 2 || output_dims[0] >= 0) {
+      std::string shape;
+      for (const int64_t dim : output_dims) shape += (shape.empty() ? "" : ", ") + (dim < 0 ? std::string("N") : std::to_string(dim));
+      throw Error(DODO_ERROR_MODEL_FORMAT,
+                  "model output \"head_output\" must have shape [N, K] with a dynamic N; the graph's is [" + shape + "]");
+    }
     output_size_ = static_cast<int>(output_dims[1]);
     return;
   }
@@ -541,7 +548,7 @@ void OnnxModel::check_declared_outputs() {
       check_ort(api_, api_->GetDimensionsCount(tensor, &rank), "reading a rank");
       if (rank == 1) check_ort(api_, api_->GetDimensions(tensor, &first, 1), "reading dimensions");
     }
-    if (!tensor || element != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || rank != 1 || first > 0)
+    if (!tensor || element != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || rank != 1 || first >= 0)  // 0: fixed, not dynamic
       throw Error(DODO_ERROR_MODEL_FORMAT, "output " + quoted_value(name) + " (declared in \"" + kOutputsKey +
                                                "\") must be a float32 tensor of shape [N] with a dynamic N (one "
                                                "number per cell)" + (rank > 1 ? "; it has rank " + std::to_string(rank) : ""));
