@@ -198,13 +198,32 @@ def numeric_dataset(handle, path, key: str) -> np.ndarray:
         raise ValueError(f"{path}: dataset '{key}' must hold numbers; it holds {item.dtype} values")
     if item.shape is None:  # h5py.Empty: item[()] is no array (a TypeError traceback in np.asarray)
         raise ValueError(f"{path}: dataset '{key}' has a null dataspace (no values at all)")
-    return np.asarray(item[()], dtype=float)
+    try:
+        values = item[()]
+    except OSError as error:  # h5py's text named neither file nor dataset (`dodo simulate --input`, round 31)
+        raise DataFileError(f"{path}: cannot read '{key}' ({' '.join(str(error).split())}): the file is damaged (a "
+                            "corrupted or truncated copy?)") from None
+    return np.asarray(values, dtype=float)
 
 
 def _is_dataset(handle, name: str, shape: tuple) -> bool:
     import h5py
 
     return name in handle and isinstance(handle[name], h5py.Dataset) and handle[name].shape == shape
+
+
+def _rows(handle, path, name: str, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of dataset ``name``, or a :class:`DataFileError` naming the file, the dataset
+    and the rows when HDF5 cannot read them (a damaged compressed chunk, a bad checksum). h5py's OSError
+    named neither: `dodo apply` said only `Can't synchronously read data (filter returned failure during
+    read)`, and `dodo preprocess` blamed its output, `pre.h5 not written: Can't synchronously read
+    data ...`, whichever of its inputs was damaged (outside probe, round 31)."""
+    try:
+        return handle[name][start:stop]
+    except OSError as error:
+        raise DataFileError(f"{path}: cannot read rows {start} to {stop - 1} of '{name}' "
+                            f"({' '.join(str(error).split())}): the file is damaged (a corrupted or truncated "
+                            "copy?)") from None
 
 
 def iter_emu_chunks(path: str | Path, chunk_size: int = 65536) -> Iterator[EmuChunk]:
@@ -215,15 +234,16 @@ def iter_emu_chunks(path: str | Path, chunk_size: int = 65536) -> Iterator[EmuCh
         has_dirs = _is_dataset(handle, DIRNAMES, (nsims,))
         for start in range(0, nsims, chunk_size):
             stop = min(start + chunk_size, nsims)
-            growth = handle[GROWTH][start:stop].astype(np.float64) if has_growth else np.full(stop - start, np.nan)
+            growth = _rows(handle, path, GROWTH, start, stop).astype(np.float64) if has_growth else \
+                np.full(stop - start, np.nan)
             if has_dirs:
-                names = handle[DIRNAMES][start:stop]
+                names = _rows(handle, path, DIRNAMES, start, stop)
                 # Labels only (holdout patterns, reports): bytes that are not UTF-8 must not stop the read.
                 dirs = np.array([d.decode("utf-8", "replace") if isinstance(d, bytes) else str(d) for d in names],
                                 dtype=object)
             else:
                 dirs = np.array([f"{Path(path).name}:{i}" for i in range(start, stop)], dtype=object)
             yield EmuChunk(
-                F_init=from_emu_layout(handle[INITIAL][start:stop].astype(np.float64)),
-                F_final=from_emu_layout(handle[FINAL][start:stop].astype(np.float64)),
+                F_init=from_emu_layout(_rows(handle, path, INITIAL, start, stop).astype(np.float64)),
+                F_final=from_emu_layout(_rows(handle, path, FINAL, start, stop).astype(np.float64)),
                 growth_rate=growth, dirname=dirs, row=np.arange(start, stop))

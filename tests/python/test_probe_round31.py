@@ -47,3 +47,48 @@ def test_directorynames_that_cannot_be_opened_is_named_in_one_line(tmp_path, cap
     config.write_text(f"inputs: [{data}]\noutput: {tmp_path / 'pre.h5'}\n")
     refused(capsys, ["preprocess", "--config", str(config), "-q"], data, "'directorynames' cannot be opened")
     assert not (tmp_path / "pre.h5").exists()
+
+
+# --- an Emu file whose data HDF5 cannot read (a damaged chunk) ---------------------------------------
+
+def _damaged_emu_file(path: Path, damaged: str) -> Path:
+    """An Emu file whose datasets are chunked with HDF5's Fletcher-32 checksum, and 16 bytes of
+    dataset ``damaged``'s first chunk flipped: the file opens, its layout is right, and reading that
+    dataset fails (`Can't synchronously read data (... checksum ...)`), as with a corrupted copy."""
+    with h5py.File(path, "w") as handle:
+        for name in ("F4_initial(1|ccm)", "F4_final(1|ccm)"):
+            handle.create_dataset(name, data=_emu_states(), chunks=True, fletcher32=True)
+    with h5py.File(path, "r") as handle:  # where the chunk lies once written
+        chunk = handle[damaged].id.get_chunk_info(0)
+    content = bytearray(path.read_bytes())
+    middle = chunk.byte_offset + chunk.size // 2
+    # XOR 0x5A: flipping every bit of zero words (0x0000 <-> 0xFFFF) is the one change Fletcher-32 misses.
+    content[middle:middle + 16] = bytes(byte ^ 0x5A for byte in content[middle:middle + 16])
+    path.write_bytes(bytes(content))
+    with h5py.File(path, "r") as handle, pytest.raises(OSError):
+        handle[damaged][()]
+    return path
+
+
+@pytest.mark.parametrize("damaged", ["F4_initial(1|ccm)", "F4_final(1|ccm)"])
+def test_a_damaged_dataset_is_named_with_its_file(tmp_path, capsys, damaged):
+    """`dodo apply`, `dodo preprocess`, `dodo score` and `dodo simulate --input` on an Emu file whose
+    data cannot be read (a damaged chunk): before, `dodo apply: error: Can't synchronously read data
+    (...)` and `dodo simulate: error: ...` named neither the file nor the dataset, and `dodo
+    preprocess` blamed its own output: `pre.h5 not written: Can't synchronously read data ...`,
+    whichever of its inputs was damaged. Now each names the input file and the dataset (`FILE: cannot
+    read ... of 'F4_final(1|ccm)' (...): the file is damaged`), and no output is written."""
+    data = _damaged_emu_file(tmp_path / "emu.h5", damaged)
+    refused(capsys, ["apply", str(data), "--grid", "2x2x2", "-q", "-o", str(tmp_path / "cells.h5")],
+            data, f"'{damaged}'", "damaged")
+    refused(capsys, ["score", "box3d", str(data), "--bootstrap", "100"], data, f"'{damaged}'", "damaged")
+    if damaged == "F4_initial(1|ccm)":  # the only dataset a simulation reads
+        refused(capsys, ["simulate", str(tmp_path / "sim.h5"), "--input", str(data), "--ncell", "16", "--nphi", "8"],
+                data, f"'{damaged}'", "damaged")
+    pytest.importorskip("yaml")
+    good = emu_file(tmp_path / "good.h5", _emu_states())
+    config = tmp_path / "pre.yaml"
+    config.write_text(f"inputs: [{good}, {data}]\noutput: {tmp_path / 'pre.h5'}\n")
+    line = refused(capsys, ["preprocess", "--config", str(config), "-q"], data, f"'{damaged}'", "damaged")
+    assert "not written" not in line
+    assert not any(path.name.startswith(("cells", "sim", "pre.h5", ".pre")) for path in tmp_path.iterdir())
