@@ -76,7 +76,8 @@ def test_a_damaged_dataset_is_named_with_its_file(tmp_path, capsys, damaged):
     data cannot be read (a damaged chunk): before, `dodo apply: error: Can't synchronously read data
     (...)` and `dodo simulate: error: ...` named neither the file nor the dataset, and `dodo
     preprocess` blamed its own output: `pre.h5 not written: Can't synchronously read data ...`,
-    whichever of its inputs was damaged. Now each names the input file and the dataset (`FILE: cannot
+    whichever of its inputs was damaged; `python -m dodo.qke.validate emu32 --reference` the same as
+    apply. Now each names the input file and the dataset (`FILE: cannot
     read ... of 'F4_final(1|ccm)' (...): the file is damaged`), and no output is written."""
     data = _damaged_emu_file(tmp_path / "emu.h5", damaged)
     refused(capsys, ["apply", str(data), "--grid", "2x2x2", "-q", "-o", str(tmp_path / "cells.h5")],
@@ -85,10 +86,16 @@ def test_a_damaged_dataset_is_named_with_its_file(tmp_path, capsys, damaged):
     if damaged == "F4_initial(1|ccm)":  # the only dataset a simulation reads
         refused(capsys, ["simulate", str(tmp_path / "sim.h5"), "--input", str(data), "--ncell", "16", "--nphi", "8"],
                 data, f"'{damaged}'", "damaged")
+    # python -m dodo.qke.validate emu32 --reference: `error: Can't synchronously read data (...)` before
+    from dodo.qke.validate import main as validate_main
+
+    assert validate_main(["emu32", "--reference", str(data), "--output", str(tmp_path / "val.h5")]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and str(data) in lines[0] and "damaged" in lines[0], lines
     pytest.importorskip("yaml")
     good = emu_file(tmp_path / "good.h5", _emu_states())
     config = tmp_path / "pre.yaml"
     config.write_text(f"inputs: [{good}, {data}]\noutput: {tmp_path / 'pre.h5'}\n")
     line = refused(capsys, ["preprocess", "--config", str(config), "-q"], data, f"'{damaged}'", "damaged")
     assert "not written" not in line
-    assert not any(path.name.startswith(("cells", "sim", "pre.h5", ".pre")) for path in tmp_path.iterdir())
+    assert not any(path.name.startswith(("cells", "sim", "val", "pre.h5", ".pre")) for path in tmp_path.iterdir())

@@ -66,6 +66,9 @@ def _reference_file(reference: str, name: str):
             missing = str(error).split("object '")[1].split("'")[0] if "object '" in str(error) else str(error)
             raise ValueError(f"{reference}: no dataset {missing!r}: not an Emu reference file like {name} of the "
                              "repository's tests/data/qke/") from None
+        except OSError as error:  # a dataset HDF5 cannot read (a damaged chunk): h5py's text named no file
+            raise ValueError(f"{reference}: cannot read it ({' '.join(str(error).split())}): the file is damaged (a "
+                             f"corrupted or truncated copy of {name}?)") from None
 
 
 def _nsm1_configuration(reference: str, name: str) -> tuple[int, float, int]:
