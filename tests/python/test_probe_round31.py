@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli_helpers import emu_file, refused
+from cli_helpers import emu_file, refused, run, synthetic_preprocessed
 
 h5py = pytest.importorskip("h5py")
 
@@ -99,3 +99,45 @@ def test_a_damaged_dataset_is_named_with_its_file(tmp_path, capsys, damaged):
     line = refused(capsys, ["preprocess", "--config", str(config), "-q"], data, f"'{damaged}'", "damaged")
     assert "not written" not in line
     assert not any(path.name.startswith(("cells", "sim", "val", "pre.h5", ".pre")) for path in tmp_path.iterdir())
+
+
+def _damage_dataset(path: Path, name: str) -> None:
+    """Rewrites dataset ``name`` of the HDF5 file at ``path`` chunked with HDF5's Fletcher-32 checksum,
+    then flips 16 bytes of its first chunk (as _damaged_emu_file)."""
+    with h5py.File(path, "a") as handle:
+        values = handle[name][()]
+        del handle[name]
+        handle.create_dataset(name, data=values, chunks=True, fletcher32=True)
+    with h5py.File(path, "r") as handle:
+        chunk = handle[name].id.get_chunk_info(0)
+    content = bytearray(path.read_bytes())
+    middle = chunk.byte_offset + chunk.size // 2
+    content[middle:middle + 16] = bytes(byte ^ 0x5A for byte in content[middle:middle + 16])
+    path.write_bytes(bytes(content))
+
+
+def test_a_damaged_preprocessed_file_is_named(tmp_path, capsys):
+    """`dodo train`, `dodo evaluate --data` and `dodo inspect --data` on a preprocessed file whose
+    `F_true` HDF5 cannot read (a damaged chunk): before, `dodo train: error: Can't synchronously read
+    data (filter returned failure during read)`, naming neither the file nor the dataset (the table
+    of a study or a config may name several). Now `FILE: cannot read 'F_true' (...): the file is
+    damaged ...; re-run dodo preprocess`."""
+    pytest.importorskip("torch")
+    pytest.importorskip("yaml")
+    table = synthetic_preprocessed(tmp_path, 64)
+    config = tmp_path / "train.yaml"
+    config.write_text(
+        f"data: {{path: {table}, batch_size: 32}}\nmodel: {{head: equivariant, hidden_dim: 8, n_blocks: 1}}\n"
+        "training: {epochs: 1, lr: 1.0e-3, threads: 1, log_interval: 1000}\n"
+        f"output: {{results_dir: {tmp_path / 'res'}, checkpoint_dir: {tmp_path / 'ck'}}}\n")
+    code, _, err = run(capsys, ["train", "--config", str(config)])
+    assert code == 0, err
+    damaged = tmp_path / "damaged.h5"
+    damaged.write_bytes(table.read_bytes())
+    _damage_dataset(damaged, "F_true")
+    checkpoint = tmp_path / "ck" / "best.pt"
+    for command in ("evaluate", "inspect"):
+        refused(capsys, [command, str(checkpoint), "--data", str(damaged)], damaged, "'F_true'", "damaged")
+    config.write_text(config.read_text().replace(str(table), str(damaged)).replace(str(tmp_path / "ck"),
+                                                                                  str(tmp_path / "ck2")))
+    refused(capsys, ["train", "--config", str(config)], damaged, "'F_true'", "damaged")

@@ -115,12 +115,26 @@ def count_rows(path: str | Path) -> int:
         return int(handle["F_init"].shape[0])
 
 
+def read_dataset(handle, name: str, index) -> np.ndarray:
+    """``handle[name][index]`` of an open preprocessed file, or a :class:`DataFileError` naming the file
+    and the dataset when HDF5 cannot read it (a damaged chunk, a bad checksum): h5py's `Can't
+    synchronously read data (filter returned failure during read)` named neither, and `dodo train`,
+    `evaluate` and `inspect` printed it alone (outside probe, round 31)."""
+    try:
+        return handle[name][index]
+    except OSError as error:
+        raise DataFileError(f"{handle.filename}: cannot read '{name}' ({' '.join(str(error).split())}): the file is "
+                            "damaged (a corrupted or truncated copy?); re-run dodo preprocess") from None
+
+
 def read_rows(handle, indices: np.ndarray, target_scale=None) -> dict:
     """Rows ``indices`` (sorted, unique) of an open preprocessed file, as training arrays."""
     idx = np.asarray(indices)
-    get = (lambda name: handle[name][idx]) if len(idx) else (lambda name: np.zeros((0,) + handle[name].shape[1:]))
+    get = (lambda name: read_dataset(handle, name, idx)) if len(idx) else \
+        (lambda name: np.zeros((0,) + handle[name].shape[1:]))
+    rows = [get(name) for name in ("F_init", "F_box", "F_true", "u", "invariants")]  # read_dataset names the file
     try:
-        arrays = rest_frame_arrays(get("F_init"), get("F_box"), get("F_true"), get("u"), get("invariants"), target_scale)
+        arrays = rest_frame_arrays(*rows, target_scale)
     except DataFileError as error:  # name the file
         raise DataFileError(f"{handle.filename}: {error}") from None
     finite = np.ones(len(idx), dtype=bool)
@@ -200,10 +214,9 @@ def invariant_statistics(path: str | Path, indices: np.ndarray, block: int = 262
     total = np.zeros(27)
     total_sq = np.zeros(27)
     with h5py.File(path, "r") as handle:
-        dataset = handle["invariants"]
         non_finite = 0
         for start in range(0, len(indices), block):
-            rows = dataset[np.asarray(indices[start:start + block])]
+            rows = read_dataset(handle, "invariants", np.asarray(indices[start:start + block]))
             finite = _finite_rows(rows)
             non_finite += int(np.count_nonzero(~finite))
             rows = rows[finite]
@@ -222,7 +235,7 @@ def percentile_target_scale(path: str | Path, indices: np.ndarray, q: float = 99
     import h5py
 
     with h5py.File(path, "r") as handle:
-        values = np.abs(handle["F_true"][np.asarray(indices[:1_000_000])])
+        values = np.abs(read_dataset(handle, "F_true", np.asarray(indices[:1_000_000])))
     return float(np.percentile(values, q))
 
 
