@@ -202,4 +202,54 @@ def test_a_graph_declaring_zero_rows_for_its_input_or_head_output_is_refused_as_
     assert 'model input "invariants" must have shape [N, 52] with a dynamic N' in lines[0], lines
     assert "the graph's is [0, 52]" in lines[0], lines
     assert lines[1].startswith("3 model file "), lines
-    assert 'model output "head_output" must have shape [N, K] with a dynamic N; the graph\'s is [0, 78]' in lines[1], lines
+    assert 'model output "head_output" must have shape [N, K] with a dynamic N and a fixed K; the graph\'s is [0, 78]' in lines[1], lines
+
+
+@needs_runtime
+def test_a_head_output_of_dynamic_or_oversized_width_is_refused_as_a_format_error(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    import dodo
+    from test_probe_round16_capi import LOAD_PACKAGES
+
+    model = default_model()
+
+    def sliced_head(width):
+        """head_output computed as Slice(h, 0, Shape(h)[1], axis 1): the same 78 columns, but a
+        width that ONNX's shape inference cannot know, so the declared one is what ONNX Runtime
+        reports: `width` (a dim_param "K", dynamic, or a number)."""
+        package = onnx.load(model)
+        graph = package.graph
+        for node in graph.node:
+            for names in (node.input, node.output):
+                for k, name in enumerate(names):
+                    if name == "head_output":
+                        names[k] = "head_unsliced"
+        graph.initializer.extend([numpy_helper.from_array(np.array([value], dtype=np.int64), name)
+                                  for value, name in ((0, "slice_zero"), (1, "slice_one"), (2, "slice_two"))])
+        graph.node.extend([
+            helper.make_node("Shape", ["head_unsliced"], ["head_shape"]),
+            helper.make_node("Slice", ["head_shape", "slice_one", "slice_two"], ["head_width"]),
+            helper.make_node("Slice", ["head_unsliced", "slice_zero", "head_width", "slice_one"], ["head_output"])])
+        dim = graph.output[0].type.tensor_type.shape.dim[1]
+        dim.Clear()
+        if isinstance(width, str):
+            dim.dim_param = width
+        else:
+            dim.dim_value = width
+        path = tmp_path / f"head_width_{width}.onnx"
+        path.write_bytes(dodo._core.with_content_digest(package.SerializeToString()))
+        return str(path)
+
+    program = compile_host(tmp_path, "load_packages", LOAD_PACKAGES)
+    lines = run_host(program, sliced_head("K"), sliced_head(2**32 + 78), sliced_head(78), timeout=300)
+    # Before: the dynamic width sized the runtime's buffers by (size_t)-1, DODO_ERROR_INTERNAL (10)
+    # "internal error: cannot create std::vector larger than max_size()"; 2**32 + 78 was cut to
+    # int (78) and refused only by the first evaluation, DODO_ERROR_ONNXRUNTIME (6) in ONNX
+    # Runtime's words ("Got: 78 Expected: 4294967374").
+    expected = 'model output "head_output" must have shape [N, K] with a dynamic N and a fixed K; the graph\'s is '
+    assert lines[0].startswith("3 model file ") and expected + "[N, K]" in lines[0], lines
+    assert lines[1].startswith("3 model file ") and expected + "[N, 4294967374]" in lines[1], lines
+    assert lines[2] == "0", lines  # the same graph declaring its true width loads

@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <set>
 #include <utility>
@@ -416,11 +417,17 @@ void OnnxModel::check_signature() {
     if (name_of(false, index) != kOutputName) continue;
     if (index != 0) throw Error(DODO_ERROR_MODEL_FORMAT, "\"head_output\" must be the model's first output");
     std::vector<int64_t> output_dims = float_shape(false, index, kOutputName);
-    if (output_dims.size() != 2 || output_dims[0] >= 0) {
+    // K fixed and positive: the runtime's buffers are sized from it. A dynamic K (-1) sized them
+    // by (size_t)-1, "internal error: cannot create std::vector larger than max_size()"
+    // (DODO_ERROR_INTERNAL), and a K beyond int was cut to its low 32 bits (outside probe of the C
+    // side, round twenty).
+    if (output_dims.size() != 2 || output_dims[0] >= 0 || output_dims[1] < 1 ||
+        output_dims[1] > std::numeric_limits<int>::max()) {
       std::string shape;
-      for (const int64_t dim : output_dims) shape += (shape.empty() ? "" : ", ") + (dim < 0 ? std::string("N") : std::to_string(dim));
-      throw Error(DODO_ERROR_MODEL_FORMAT,
-                  "model output \"head_output\" must have shape [N, K] with a dynamic N; the graph's is [" + shape + "]");
+      for (std::size_t d = 0; d < output_dims.size(); ++d)
+        shape += (d ? ", " : "") + (output_dims[d] >= 0 ? std::to_string(output_dims[d]) : std::string(d ? "K" : "N"));
+      throw Error(DODO_ERROR_MODEL_FORMAT, "model output \"head_output\" must have shape [N, K] with a dynamic N and a "
+                                           "fixed K; the graph's is [" + shape + "]");
     }
     output_size_ = static_cast<int>(output_dims[1]);
     return;
