@@ -3,6 +3,7 @@ the CLI, probed as an independent tester would. Each test failed on the code bef
 docstrings say what that code did)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -117,11 +118,11 @@ def _damage_dataset(path: Path, name: str) -> None:
 
 
 def test_a_damaged_preprocessed_file_is_named(tmp_path, capsys):
-    """`dodo train`, `dodo evaluate --data` and `dodo inspect --data` on a preprocessed file whose
-    `F_true` HDF5 cannot read (a damaged chunk): before, `dodo train: error: Can't synchronously read
-    data (filter returned failure during read)`, naming neither the file nor the dataset (the table
-    of a study or a config may name several). Now `FILE: cannot read 'F_true' (...): the file is
-    damaged ...; re-run dodo preprocess`."""
+    """`dodo train`, `dodo train-ensemble`, `dodo evaluate --data` and `dodo inspect --data` on a
+    preprocessed file whose `F_true` HDF5 cannot read (a damaged chunk): before, `dodo train: error:
+    Can't synchronously read data (filter returned failure during read)`, naming neither the file nor
+    the dataset (a study's table or a config may name several). Now `FILE: cannot read 'F_true'
+    (...): the file is damaged ...; re-run dodo preprocess`, and no checkpoint is written."""
     pytest.importorskip("torch")
     pytest.importorskip("yaml")
     table = synthetic_preprocessed(tmp_path, 64)
@@ -141,3 +142,10 @@ def test_a_damaged_preprocessed_file_is_named(tmp_path, capsys):
     config.write_text(config.read_text().replace(str(table), str(damaged)).replace(str(tmp_path / "ck"),
                                                                                   str(tmp_path / "ck2")))
     refused(capsys, ["train", "--config", str(config)], damaged, "'F_true'", "damaged")
+    ensemble = tmp_path / "ens.json"
+    ensemble.write_text(json.dumps({
+        "data": {"path": str(damaged), "holdout": [], "features": "invariants27+box7+eln18-v1"},
+        "ensemble": {"members": 2, "width": 8, "depth": 1, "steps": 20, "threads": 1},
+        "distill": {"width": 8, "depth": 1, "steps": 20}, "output": {"checkpoint": str(tmp_path / "ens.pt")}}))
+    refused(capsys, ["train-ensemble", "--config", str(ensemble)], damaged, "'F_true'", "damaged")
+    assert not (tmp_path / "ens.pt").exists()
