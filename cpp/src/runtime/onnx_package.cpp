@@ -138,8 +138,21 @@ void append_entry(std::string& out, std::string_view key, std::string_view value
 // such a tensor from a path beside the working directory, which the content digest does not cover
 // (outside probe, round eight: an edited weights.bin loaded under a valid digest), so a package
 // must hold every tensor itself. Field numbers from onnx/onnx.proto3.
-enum class Message { kModel, kGraph, kNode, kAttribute, kTensor, kSparseTensor, kFunction, kTrainingInfo };
+//
+// The same walk counts the model's elements (each field of these messages, each element of a packed
+// list of integers, such as a tensor's dims) and refuses a model of more than kMaxModelElements
+// before ONNX Runtime parses it: ONNX Runtime takes some 100 to 700 bytes of memory for each
+// (a dimension, a node's name), so that a re-signed package of 40 MB, the default model with an
+// unused initializer of rank 20,000,000, loaded in 11 s with 4.3 GB resident, 20 MB of value_info
+// dimensions took 0.7 GB, 15 MB of Identity nodes 1.1 GB, and a package near the 256 MiB bound
+// would take tens of GB (outside probe of the C side, round twenty). Dodo's packages hold some
+// hundreds of elements (the default model 544), large image networks some 30,000.
+enum class Message {
+  kModel, kGraph, kNode, kAttribute, kTensor, kSparseTensor, kFunction, kTrainingInfo,
+  kValueInfo, kType, kTensorType, kSequenceType, kMapType, kOptionalType, kTensorShape
+};
 constexpr int kMaxNesting = 64;  // subgraphs within subgraphs: far beyond any real model
+constexpr std::size_t kMaxModelElements = 500000;
 
 struct Child {
   Message parent;
@@ -156,9 +169,39 @@ constexpr Child kChildren[] = {
     {Message::kAttribute, 10, Message::kTensor},    {Message::kAttribute, 11, Message::kGraph},
     {Message::kAttribute, 22, Message::kSparseTensor}, {Message::kAttribute, 23, Message::kSparseTensor},
     {Message::kSparseTensor, 1, Message::kTensor},  {Message::kSparseTensor, 2, Message::kTensor},
+    // Attribute defaults of a function (attribute_proto), and the types of values, whose shapes'
+    // dimensions are elements: ValueInfoProto, TypeProto and its kinds, TensorShapeProto.
+    {Message::kFunction, 11, Message::kAttribute},  {Message::kFunction, 12, Message::kValueInfo},
+    {Message::kGraph, 11, Message::kValueInfo},     {Message::kGraph, 12, Message::kValueInfo},
+    {Message::kGraph, 13, Message::kValueInfo},     {Message::kValueInfo, 2, Message::kType},
+    {Message::kAttribute, 14, Message::kType},      {Message::kAttribute, 15, Message::kType},
+    {Message::kType, 1, Message::kTensorType},      {Message::kType, 8, Message::kTensorType},
+    {Message::kType, 4, Message::kSequenceType},    {Message::kType, 5, Message::kMapType},
+    {Message::kType, 9, Message::kOptionalType},    {Message::kTensorType, 2, Message::kTensorShape},
+    {Message::kSequenceType, 1, Message::kType},    {Message::kMapType, 2, Message::kType},
+    {Message::kOptionalType, 1, Message::kType},
 };
 
-void refuse_external_data(std::string_view bytes, std::string_view message, Message kind, int depth) {
+// Packed lists of varints: TensorProto dims (1), int32_data (5), int64_data (7), uint64_data (11);
+// SparseTensorProto dims (3); AttributeProto ints (8). Each element is one, however few its bytes.
+bool packed_integers(Message kind, std::uint64_t field) {
+  if (kind == Message::kTensor) return field == 1 || field == 5 || field == 7 || field == 11;
+  return (kind == Message::kSparseTensor && field == 3) || (kind == Message::kAttribute && field == 8);
+}
+
+void count_element(std::size_t at, std::size_t& elements, std::size_t more = 1) {
+  elements += more;
+  if (elements > kMaxModelElements)
+    throw Error(DODO_ERROR_MODEL_FORMAT,
+                "model file holds more than " + std::to_string(kMaxModelElements) +
+                    " graph elements (nodes, tensors, names, dimensions; the last counted at byte " +
+                    std::to_string(at) +
+                    "): a Dodo model package holds some hundreds, and ONNX Runtime would take some hundred bytes "
+                    "of memory for each");
+}
+
+void refuse_external_data(std::string_view bytes, std::string_view message, Message kind, int depth,
+                          std::size_t& elements) {
   if (depth > kMaxNesting) malformed("graphs nested more than " + std::to_string(kMaxNesting) + " deep", offset_in(bytes, message));
   constexpr std::uint64_t kTensorExternalData = 13, kTensorDataLocation = 14, kExternal = 1;
   WireReader reader(message, offset_in(bytes, message));
@@ -166,6 +209,7 @@ void refuse_external_data(std::string_view bytes, std::string_view message, Mess
   unsigned wire_type = 0;
   std::string_view payload;
   while (reader.next(field, wire_type, payload)) {
+    count_element(reader.offset(), elements);
     if (kind == Message::kTensor &&
         ((field == kTensorDataLocation && wire_type == kVarint && reader.number() == kExternal) ||
          (field == kTensorExternalData && wire_type == kLengthDelimited)))
@@ -174,8 +218,13 @@ void refuse_external_data(std::string_view bytes, std::string_view message, Mess
                       std::to_string(offset_in(bytes, payload)) +
                       "): a Dodo model package holds all its weights; re-export it with `dodo export`");
     if (wire_type != kLengthDelimited) continue;
+    if (packed_integers(kind, field)) {
+      std::size_t count = 0;
+      for (const char byte : payload) count += (static_cast<unsigned char>(byte) & 0x80u) == 0;
+      count_element(offset_in(bytes, payload), elements, count);
+    }
     for (const Child& child : kChildren)
-      if (child.parent == kind && child.field == field) refuse_external_data(bytes, payload, child.child, depth + 1);
+      if (child.parent == kind && child.field == field) refuse_external_data(bytes, payload, child.child, depth + 1, elements);
   }
 }
 
@@ -209,7 +258,8 @@ PackageContents read_package(std::string_view bytes) {
     }
   }
   if (!have_graph) throw Error(DODO_ERROR_MODEL_FORMAT, "not an ONNX model: the file has no graph");
-  refuse_external_data(bytes, bytes, Message::kModel, 0);
+  std::size_t elements = 0;
+  refuse_external_data(bytes, bytes, Message::kModel, 0, elements);
   return package;
 }
 
