@@ -6,6 +6,7 @@ modules; registering never imports torch, so `dodo --help` works on a runtime-on
 from __future__ import annotations
 
 import argparse
+import codecs
 import errno
 import importlib
 import os
@@ -191,6 +192,45 @@ def _silence_stdout() -> None:
         pass
 
 
+#: The error handler of standard output and error during a command (registered below): see
+#: :func:`_tolerant_encoding`.
+_UNENCODABLE = "dodo.original_bytes_or_backslash"
+
+
+def _original_bytes_or_backslash(error: UnicodeError):
+    """Encoding error handler: a file name's bytes that are not valid in the locale's encoding (held by
+    Python as lone surrogates, U+DC80-U+DCFF) are written back as those bytes, as `surrogateescape`
+    does; any other character the stream cannot encode is written as a backslash escape."""
+    if isinstance(error, UnicodeEncodeError):
+        text = error.object[error.start:error.end]
+        if all(0xDC80 <= ord(character) <= 0xDCFF for character in text):
+            return bytes(ord(character) - 0xDC00 for character in text), error.end
+        return codecs.backslashreplace_errors(error)
+    raise error
+
+
+codecs.register_error(_UNENCODABLE, _original_bytes_or_backslash)
+
+
+def _tolerant_encoding(stream):
+    """Make ``stream`` (standard output or error) write what its encoding cannot hold instead of failing;
+    returns the function that puts its error handler back (None when nothing was changed). With a
+    strict UTF-8 standard output (the default in a UTF-8 locale such as en_US.UTF-8) a command on a
+    file whose name is not UTF-8 (`dodo apply $'r\xe9s.h5'`: Python holds the byte as a surrogate) did
+    all its work, then failed as it printed the report: `dodo apply: error: 'utf-8' codec can't encode
+    character '\udce9' ...: surrogates not allowed`, exit 2, the report lost (`dodo synth` said so of
+    a file it had written); `PYTHONIOENCODING=ascii` likewise of any accented name (outside probe,
+    round 31). Standard error's backslash escapes showed such a name as `r\udce9s.h5`."""
+    reconfigure, errors = getattr(stream, "reconfigure", None), getattr(stream, "errors", None)
+    if reconfigure is None or errors not in ("strict", "backslashreplace"):
+        return None
+    try:
+        reconfigure(errors=_UNENCODABLE)
+    except (AttributeError, OSError, TypeError, ValueError):
+        return None
+    return lambda: reconfigure(errors=errors)
+
+
 def with_guarded_stdout(name, call) -> int:
     """``call()`` with standard output guarded, for :func:`main` and the package's other programs
     (``python -m dodo.test``, ``python -m dodo.qke.validate``): a reader that went away
@@ -200,6 +240,7 @@ def with_guarded_stdout(name, call) -> int:
     report without a word (outside probe, rounds 22 and 23). ``name`` is the program's name, or a
     function giving it when the line is printed (``main`` knows its subcommand only once parsed)."""
     original, guard = sys.stdout, _GuardedStdout(sys.stdout)
+    restore = [undo for undo in (_tolerant_encoding(original), _tolerant_encoding(sys.stderr)) if undo]
     sys.stdout = guard
     try:
         code = call()
@@ -223,6 +264,11 @@ def with_guarded_stdout(name, call) -> int:
     finally:
         if sys.stdout is guard:
             sys.stdout = original
+        for undo in restore:
+            try:
+                undo()
+            except (AttributeError, OSError, TypeError, ValueError):  # a stream closed meanwhile
+                pass
 
 
 class _Terminated(BaseException):

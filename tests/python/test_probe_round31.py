@@ -4,6 +4,9 @@ docstrings say what that code did)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +152,26 @@ def test_a_damaged_preprocessed_file_is_named(tmp_path, capsys):
         "distill": {"width": 8, "depth": 1, "steps": 20}, "output": {"checkpoint": str(tmp_path / "ens.pt")}}))
     refused(capsys, ["train-ensemble", "--config", str(ensemble)], damaged, "'F_true'", "damaged")
     assert not (tmp_path / "ens.pt").exists()
+
+
+# --- a file name that is not UTF-8, and a standard output that cannot hold it --------------------------
+
+@pytest.mark.parametrize("encoding", ["utf-8:strict", "ascii"])
+def test_a_report_naming_a_file_the_output_cannot_encode_is_printed_not_lost(tmp_path, encoding):
+    """`dodo synth` and `dodo apply` on a file whose name is not UTF-8 (`r\\xe9s.h5`, a Latin-1 name:
+    Python holds the byte as a surrogate), with standard output strict UTF-8 as in any UTF-8 locale
+    (en_US.UTF-8; the C locale and UTF-8 mode escape it), or ASCII (`PYTHONIOENCODING=ascii`): before,
+    each did its work, then failed as it printed the report: `dodo apply: error: 'utf-8' codec can't
+    encode character '\\udce9' in position 39: surrogates not allowed`, exit 2, the report lost
+    (`dodo synth` said so of the file it had just written). Now the report is printed, the name as
+    its bytes (or, in ASCII, `\\xe9`), exit 0."""
+    name = b"r\xe9s.h5" if encoding.startswith("utf-8") else "r\u00e9s.h5".encode()
+    data = tmp_path / os.fsdecode(name)
+    env = dict(os.environ, PYTHONIOENCODING=encoding, LC_ALL="C.UTF-8")
+    shown = b"r\xe9s.h5" if encoding.startswith("utf-8") else b"r\\xe9s.h5"
+    for argv in (["synth", "-n", "20", "-q", "-o", str(data)], ["apply", str(data), "--grid", "2x2x2", "-q"]):
+        child = subprocess.run([sys.executable, "-m", "dodo", *argv], env=env, capture_output=True, timeout=300,
+                               stdin=subprocess.DEVNULL)
+        assert child.returncode == 0, child.stderr
+        assert shown in child.stdout + child.stderr, (child.stdout, child.stderr)
+        assert b"error" not in child.stderr, child.stderr
