@@ -59,20 +59,63 @@ def file_kind(path: str | Path) -> str:
     if str(attrs.get("format", "")).startswith("dodo-preprocessed"):
         return PREPROCESSED
     if str(attrs.get("kind", "")) == LINEAR_LABELS_KIND:  # it has "solver" too: it was called a solver database
-        states = int(attrs.get("nstates_valid", attrs.get("nstates_processed", -1)))
-        done = "complete" if bool(attrs.get("complete", False)) else "unfinished"
-        return f"{LINEAR_LABELS} ({done}" + (f", {states} states)" if states >= 0 else ")")
-    if "solver" in attrs:
-        states = int(attrs.get("nstates_valid", attrs.get("nstates_processed", -1)))
-        done = "complete" if bool(attrs.get("complete", False)) else "unfinished"
-        return f"a dodo simulate database ({done}" + (f", {states} states)" if states >= 0 else ")")
-    if bool(attrs.get("synthetic", False)):
+        return f"{LINEAR_LABELS} ({_run_state(attrs)})"
+    if is_solver_database(attrs):
+        return f"a dodo simulate database ({_run_state(attrs)})"
+    if _truth(attrs.get("synthetic", False)):
         return SYNTHETIC
-    if attrs.get("kind") == APPLIED_CELLS_MARK or str(attrs.get("layout", "")).startswith(_APPLIED_CELLS_LAYOUT_PREFIX):
+    if str(attrs.get("kind", "")) == APPLIED_CELLS_MARK or \
+            str(attrs.get("layout", "")).startswith(_APPLIED_CELLS_LAYOUT_PREFIX):
         return APPLIED_CELLS
     if any(name.startswith("F4_initial") for name in names):
         return "an Emu database"
     return "an HDF5 file of another kind"
+
+
+#: How the `solver` attribute of every database and label file `dodo simulate` writes begins
+#: ("dodo.qke fast-flavour QKE solver (docs/qke.md)", "dodo.qke linear theory of the box modes ...").
+SOLVER_ATTRIBUTE_PREFIX = "dodo.qke"
+
+
+def is_solver_database(attrs) -> bool:
+    """Whether HDF5 attributes ``attrs`` (a dict or h5py's AttributeManager) are those of a file
+    `dodo simulate` wrote: its `solver` attribute names Dodo's solver, or its `command` attribute
+    the `dodo simulate` run that wrote it. Any `solver` attribute was taken for it, so another
+    program's database that records its solver so (`solver: "my FFI code v2"`) was an "unfinished
+    dodo simulate database", and `dodo simulate` replaced it with its own output without --overwrite
+    (outside probe, round 31)."""
+    try:
+        solver, command = attrs.get("solver"), attrs.get("command")
+    except (OSError, RuntimeError, TypeError, ValueError):  # an attribute h5py cannot read
+        return False
+    solver, command = (value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+                       for value in (solver, command))
+    if isinstance(solver, str) and solver.startswith(SOLVER_ATTRIBUTE_PREFIX):
+        return True
+    return solver is not None and isinstance(command, str) and "dodo simulate " in f" {command} ".replace("/", " ")
+
+
+def _run_state(attrs: dict) -> str:
+    """"complete, 4 states" / "unfinished" of a solver database's or label file's attributes."""
+    done = "complete" if _truth(attrs.get("complete", False)) else "unfinished"
+    try:
+        states = int(attrs.get("nstates_valid", attrs.get("nstates_processed", -1)))
+    except (TypeError, ValueError, OverflowError):
+        states = -1
+    return done + (f", {states} states" if states >= 0 else "")
+
+
+def _truth(value) -> bool:
+    """``bool(value)`` of an attribute, False where it has none (an array of several values). The
+    attributes of a file that is in the way of an output are another program's: `dodo apply -o F`
+    and `dodo synth -o F` over an HDF5 file whose `solver` attribute came with an `nstates_valid`
+    of "n/a" or of two values, or a `complete` of two values, said `invalid literal for int()`,
+    `The truth value of an array ... is ambiguous` or a TypeError traceback instead of what the file
+    is and that --overwrite replaces it (outside probe, round 31)."""
+    try:
+        return bool(value)
+    except (TypeError, ValueError):
+        return False
 
 
 def refuse_replacing(path: str | Path | None, own_kind: str, command: str, overwrite: bool) -> None:

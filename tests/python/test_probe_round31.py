@@ -175,3 +175,55 @@ def test_a_report_naming_a_file_the_output_cannot_encode_is_printed_not_lost(tmp
         assert child.returncode == 0, child.stderr
         assert shown in child.stdout + child.stderr, (child.stdout, child.stderr)
         assert b"error" not in child.stderr, child.stderr
+
+
+# --- an existing output written by another program -----------------------------------------------------
+
+def test_simulate_never_replaces_another_programs_database_with_a_solver_attribute(tmp_path, capsys):
+    """`dodo simulate OUT` where OUT is another program's database of 8 states whose attributes record
+    its solver (`solver: "my FFI code v2"`) and `complete` false: any `solver` attribute was taken for
+    an unfinished `dodo simulate` database, so the run replaced it with its own single state, exit 0,
+    without --overwrite (`--linear-only` likewise); `dodo apply -o` and `dodo synth -o` called it "a
+    dodo simulate database (unfinished)". Now Dodo's databases are known by a `solver` attribute naming
+    dodo.qke (or a `command` attribute of the `dodo simulate` run that wrote them): the file is
+    refused, kept bit for bit, and named for what it is (an Emu database)."""
+    from cli_helpers import digest
+
+    out = emu_file(tmp_path / "theirs.h5", _emu_states())
+    with h5py.File(out, "a") as handle:
+        handle.attrs["solver"] = "my FFI code v2"
+        handle.attrs["complete"] = False
+    before = digest(out)
+    for extra in ([], ["--linear-only"]):
+        refused(capsys, ["simulate", str(out), "--random", "1", "--seed", "3", "--ncell", "16", "--nphi", "8", *extra],
+                out, "not a dodo simulate database", "--overwrite")
+        assert digest(out) == before
+    data = emu_file(tmp_path / "emu.h5", _emu_states())
+    for argv in (["apply", str(data), "--grid", "2x2x2", "-q", "-o", str(out)],
+                 ["synth", "-n", "5", "-q", "-o", str(out)]):
+        line = refused(capsys, argv, out, "--overwrite")
+        assert "an Emu database" in line and "dodo simulate database" not in line, line
+    assert digest(out) == before
+
+
+@pytest.mark.parametrize("attributes", [{"nstates_valid": np.array([3, 4])}, {"nstates_valid": "n/a"},
+                                        {"complete": np.array([True, False])}],
+                         ids=["count-of-two-values", "count-as-text", "complete-of-two-values"])
+def test_an_output_in_the_way_with_odd_attributes_is_named_not_a_traceback(tmp_path, capsys, attributes):
+    """`dodo apply -o F` and `dodo synth -o F` over an existing `dodo simulate` database whose
+    `nstates_valid` or `complete` attribute is not one number or flag (edited by hand, or written
+    by another tool): the guard that names what F is failed itself: a `TypeError: only 0-dimensional
+    arrays can be converted to Python scalars` traceback, or `dodo apply: error: invalid literal for
+    int() with base 10: 'n/a'` / `The truth value of an array ... is ambiguous`, without saying that
+    F exists or that --overwrite replaces it. Now F is named as a dodo simulate database and the
+    refusal offers --overwrite."""
+    out = emu_file(tmp_path / "db.h5", _emu_states())
+    with h5py.File(out, "a") as handle:
+        handle.attrs["solver"] = "dodo.qke fast-flavour QKE solver (docs/qke.md)"
+        for name, value in attributes.items():
+            handle.attrs[name] = value
+    data = emu_file(tmp_path / "emu.h5", _emu_states())
+    for argv in (["apply", str(data), "--grid", "2x2x2", "-q", "-o", str(out)],
+                 ["synth", "-n", "5", "-q", "-o", str(out)]):
+        line = refused(capsys, argv, out, "a dodo simulate database", "--overwrite")
+        assert "Traceback" not in line

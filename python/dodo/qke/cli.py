@@ -280,6 +280,8 @@ def refuse_complete_database(path: str, linear_only: bool = False) -> None:
 
     import h5py
 
+    from .._output_guard import is_solver_database
+
     if not os.path.isfile(path) or os.path.getsize(path) == 0:
         return
     try:
@@ -290,10 +292,11 @@ def refuse_complete_database(path: str, linear_only: bool = False) -> None:
         raise ValueError(f"{path} exists and is not a dodo simulate database (it cannot be read as HDF5: "
                          f"{' '.join(str(error).split())}): it is not replaced; give another OUT, or --overwrite to "
                          "replace it") from None
-    if "solver" not in attrs:
+    if not is_solver_database(attrs):  # any `solver` attribute passed: another program's database was replaced
         raise ValueError(f"{path} exists and is not a dodo simulate database (an HDF5 file without its 'solver' "
-                         "record: an Emu database, a preprocessed file, ...): it is not replaced, since the run "
-                         "writes the batches finished so far over it; give another OUT, or --overwrite to replace it")
+                         "record naming dodo.qke: an Emu database, a preprocessed file, another program's output, "
+                         "...): it is not replaced, since the run writes the batches finished so far over it; give "
+                         "another OUT, or --overwrite to replace it")
     if bool(attrs.get("complete", False)) and not linear_only and attrs.get("kind") != "linear_growth_labels":
         from .campaign import _checkpoints
 
