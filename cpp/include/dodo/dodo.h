@@ -94,7 +94,9 @@ typedef enum dodo_status {
 /* Any of these bits: the closure was not applied; the cell's output is its input when that is
  * finite and realizable, zeros when it is not finite, otherwise the input with negative densities
  * set to 0 and each flux scaled to |F| <= n (always finite and realizable). Every other output is
- * realizable exactly in double precision: sqrt(Fx*Fx + Fy*Fy + Fz*Fz) <= n for each species. */
+ * realizable exactly in double precision: sqrt(Fx*Fx + Fy*Fy + Fz*Fz) <= n for each species
+ * (for components beyond about 1e154 or below about 1e-154, whose squares leave the double range
+ * or lose their digits, with n and the components first scaled by one power of two). */
 #define DODO_CELL_REJECTED_MASK 62u
 
 /* Opaque handle (SUNDIALS style: a pointer to an incomplete struct). */
