@@ -404,7 +404,13 @@ class Closure:
         options = dict(self._options)
         if options["onnxruntime_library"] is not None:
             options["onnxruntime_library"] = os.fspath(options["onnxruntime_library"])
-        return (_unpickle_closure, (self._source, options, self._model_path, _model_digest(self.metadata)))
+        # A subclass comes back as itself, with the attributes it added: it came back as a plain
+        # dodo.Closure without them, so a worker's call of its own method failed (outside probe, round 31).
+        added = {key: value for key, value in self.__dict__.items() if key not in _CLOSURE_ATTRIBUTES}
+        arguments = (self._source, options, self._model_path, _model_digest(self.metadata))
+        if type(self) is Closure and not added:
+            return (_unpickle_closure, arguments)
+        return (_unpickle_closure, arguments + (type(self),), added or None)
 
     def __repr__(self) -> str:
         source = repr(self._model_path) if self._model_path is not None else "<in memory>"
@@ -418,9 +424,20 @@ def _model_digest(metadata: dict) -> Optional[str]:
     return metadata.get("dodo.content_sha256")
 
 
-def _unpickle_closure(source, options: dict, model_path: Optional[str], digest: Optional[str]) -> "Closure":
-    """A pickled :class:`Closure` loaded again (Closure.__reduce__)."""
-    restored = Closure(source, **options)
+#: What Closure.__init__ sets: the rest of an instance's __dict__ (a subclass's own) travels in a pickle.
+_CLOSURE_ATTRIBUTES = frozenset({"_runtime", "_model_path", "_source", "_options"})
+
+
+def _unpickle_closure(source, options: dict, model_path: Optional[str], digest: Optional[str],
+                      cls: Optional[type] = None) -> "Closure":
+    """A pickled :class:`Closure` loaded again (Closure.__reduce__); ``cls``: a subclass, made without
+    calling its own __init__ (whose arguments the pickle does not know): pickle then sets the
+    attributes it added."""
+    if cls is None or cls is Closure:
+        restored = Closure(source, **options)
+    else:
+        restored = cls.__new__(cls)
+        Closure.__init__(restored, source, **options)
     found = _model_digest(restored.metadata)
     if found != digest:
         where = f"model package {source!r}" if isinstance(source, str) else "the default model" if source is None \

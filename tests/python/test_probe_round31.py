@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import dodo
+
 from cli_helpers import emu_file, refused, run, synthetic_preprocessed
 
 h5py = pytest.importorskip("h5py")
@@ -227,3 +229,47 @@ def test_an_output_in_the_way_with_odd_attributes_is_named_not_a_traceback(tmp_p
                  ["synth", "-n", "5", "-q", "-o", str(out)]):
         line = refused(capsys, argv, out, "a dodo simulate database", "--overwrite")
         assert "Traceback" not in line
+
+
+# --- a subclass of dodo.Closure through pickle -------------------------------------------------------
+
+class LabelledClosure(dodo.Closure):
+    """A user's subclass: a constructor of its own, an attribute and a method."""
+
+    def __init__(self, model=None, *, label: str, **options):
+        super().__init__(model, **options)
+        self.label = label
+
+    def described(self, F_init) -> tuple[str, np.ndarray]:
+        return self.label, self.apply(F_init).F_pred
+
+
+def _described_in_worker(closure, F_init):
+    return type(closure).__name__, closure.described(F_init)
+
+
+def test_a_subclass_of_closure_comes_back_from_pickle_as_itself():
+    """A subclass of `dodo.Closure` (its own constructor, attribute and method) pickled, deep-copied or
+    sent to a process pool: it came back as a plain `dodo.Closure` without its attribute (`__reduce__`
+    rebuilt the base class), so the worker's `closure.described(...)` failed with `AttributeError:
+    'Closure' object has no attribute 'described'`. Now it comes back as its class, with its
+    attributes, loaded again as any closure (the same bits)."""
+    import concurrent.futures
+    import copy
+    import multiprocessing
+    import pickle
+
+    closure = LabelledClosure("box3d", label="grid A", threads=1)
+    F_init = np.zeros((3, 6, 4))
+    F_init[:, :, 0] = 1.0
+    F_init[:, 0, 3], F_init[:, 3, 3] = 0.5, -0.5
+    expected = closure.apply(F_init).F_pred
+    for again in (pickle.loads(pickle.dumps(closure)), copy.deepcopy(closure), copy.copy(closure)):
+        assert type(again) is LabelledClosure and again.label == "grid A"
+        label, F_pred = again.described(F_init)
+        assert label == "grid A" and np.array_equal(F_pred, expected)
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+        name, (label, F_pred) = pool.submit(_described_in_worker, closure, F_init).result(timeout=300)
+    assert name == "LabelledClosure" and label == "grid A" and np.array_equal(F_pred, expected)
+    plain = pickle.loads(pickle.dumps(dodo.Closure("box3d")))  # the base class, as before
+    assert type(plain).__name__ == "Closure" and not hasattr(plain, "label")
