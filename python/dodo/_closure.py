@@ -231,7 +231,8 @@ class Closure:
     and the options, not the loaded runtime, and unpickling loads the closure again: the same
     file (by absolute path), the default model, Box3D alone, or an in-memory package's bytes
     (carried in the pickle). A model file whose contents changed since the closure was made is
-    refused on unpickling (the package's content digest differs). Counters start at zero.
+    refused on unpickling (the package's content digest differs). Counters start at zero. A subclass
+    comes back as itself with the attributes it added (its own ``__init__`` is not called again).
     """
 
     def __init__(self, model: Optional[PathLike] = None, *, threads: Optional[int] = None, chunk_size: int = 1024,
