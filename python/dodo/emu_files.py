@@ -55,7 +55,23 @@ def open_hdf5(path: str | Path):
         if "unable to lock file" in text:
             raise DataFileError(f"{path}: another process has it open for writing (HDF5 file lock: {text}); "
                                 "wait until that writer closes it, or read a copy") from None
-        raise DataFileError(f"{path}: not a readable HDF5 file ({text})") from None
+        raise DataFileError(f"{path}: not a readable HDF5 file ({text}){_what_else(path)}") from None
+
+
+def _what_else(path) -> str:
+    """``": it is a model package ..."`` for a file that is not HDF5 but one of Dodo's other files, or ''.
+    `dodo score data.h5 model.onnx` (the two swapped) said only `model.onnx: not a readable HDF5 file
+    (... file signature not found)` (outside probe, round 31)."""
+    from ._output_guard import CHECKPOINT, MODEL_PACKAGE, ZIP_ARCHIVE, file_kind
+
+    try:
+        kind = file_kind(path)
+    except (ImportError, OSError, ValueError):
+        return ""
+    if kind == MODEL_PACKAGE:
+        return (f": it is {kind}, not data (`dodo score MODEL DATA ...` takes the model first; `dodo apply DATA "
+                "--model MODEL`)")
+    return f": it is {kind}, not data" if kind in (CHECKPOINT, ZIP_ARCHIVE) else ""
 
 
 def open_emu_file(path: str | Path):

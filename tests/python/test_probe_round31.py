@@ -273,3 +273,14 @@ def test_a_subclass_of_closure_comes_back_from_pickle_as_itself():
     assert name == "LabelledClosure" and label == "grid A" and np.array_equal(F_pred, expected)
     plain = pickle.loads(pickle.dumps(dodo.Closure("box3d")))  # the base class, as before
     assert type(plain).__name__ == "Closure" and not hasattr(plain, "label")
+
+
+def test_a_model_package_given_as_data_is_named_as_one(tmp_path, capsys):
+    """`dodo score data.h5 model.onnx` (the two arguments swapped) and `dodo apply model.onnx`: before,
+    `model.onnx: not a readable HDF5 file (Unable to synchronously open file (file signature not
+    found))`, which did not say what the file is. Now the line adds `it is an ONNX model package (dodo
+    export), not data (`dodo score MODEL DATA ...` takes the model first ...)`."""
+    model = Path(dodo.__file__).parent / "models" / "synthetic-test-equivariant.onnx"
+    data = emu_file(tmp_path / "emu.h5", _emu_states())
+    for argv in (["score", str(data), str(model)], ["apply", str(model), "--grid", "2x2x2"]):
+        refused(capsys, argv, model, "an ONNX model package", "takes the model first")
