@@ -3,6 +3,7 @@ the CLI, probed as an independent tester would. Each test failed on the code bef
 docstrings say what that code did)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -82,8 +83,8 @@ def test_a_damaged_dataset_is_named_with_its_file(tmp_path, capsys, damaged):
     data cannot be read (a damaged chunk): before, `dodo apply: error: Can't synchronously read data
     (...)` and `dodo simulate: error: ...` named neither the file nor the dataset, and `dodo
     preprocess` blamed its own output: `pre.h5 not written: Can't synchronously read data ...`,
-    whichever of its inputs was damaged; `python -m dodo.qke.validate emu32 --reference` the same as
-    apply. Now each names the input file and the dataset (`FILE: cannot
+    whichever of its inputs was damaged; `python -m dodo.qke.validate emu32 --reference` and `dodo
+    learning-curve --emu`'s reader the same as apply. Now each names the input file and the dataset (`FILE: cannot
     read ... of 'F4_final(1|ccm)' (...): the file is damaged`), and no output is written."""
     data = _damaged_emu_file(tmp_path / "emu.h5", damaged)
     refused(capsys, ["apply", str(data), "--grid", "2x2x2", "-q", "-o", str(tmp_path / "cells.h5")],
@@ -98,6 +99,12 @@ def test_a_damaged_dataset_is_named_with_its_file(tmp_path, capsys, damaged):
     assert validate_main(["emu32", "--reference", str(data), "--output", str(tmp_path / "val.h5")]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and str(data) in lines[0] and "damaged" in lines[0], lines
+    if importlib.util.find_spec("torch") is not None:  # `dodo learning-curve --emu`'s reader, the same words
+        from dodo.training.ensemble_train import emu_table
+
+        with pytest.raises(ValueError, match="damaged") as refusal:
+            emu_table(str(data), dodo.box3d_settings())
+        assert str(data) in str(refusal.value) and damaged in str(refusal.value)
     pytest.importorskip("yaml")
     good = emu_file(tmp_path / "good.h5", _emu_states())
     config = tmp_path / "pre.yaml"

@@ -888,15 +888,15 @@ def train_command(config: EnsembleConfig, log=print) -> dict:
 def emu_table(path: str, box3d_settings: dict) -> dict:
     """An Emu-layout file (initial and final states at rest) as a table, for reporting only."""
     from dodo.conventions import from_emu_layout
-    from dodo.emu_files import open_emu_file
+    from dodo.emu_files import numeric_dataset, open_emu_file
 
     from .readers import DataFileError
 
     handle, nsims = open_emu_file(path)  # refuses a FIFO, a non-HDF5 file and another layout, naming the file
-    with handle as f:
-        F_init = from_emu_layout(f["F4_initial(1|ccm)"][()])
-        F_true = from_emu_layout(f["F4_final(1|ccm)"][()])
-        growth = f["growthRate(1|s)"][()] if "growthRate(1|s)" in f else np.full(len(F_init), np.nan)
+    with handle as f:  # numeric_dataset: a damaged dataset is named with the file (round 31)
+        F_init = from_emu_layout(numeric_dataset(f, path, "F4_initial(1|ccm)"))
+        F_true = from_emu_layout(numeric_dataset(f, path, "F4_final(1|ccm)"))
+        growth = numeric_dataset(f, path, "growthRate(1|s)") if "growthRate(1|s)" in f else np.full(len(F_init), np.nan)
     if nsims == 0:
         raise DataFileError(f"{path}: the Emu file holds no rows")
     bad = np.flatnonzero(~(np.isfinite(F_init).all(axis=(1, 2)) & np.isfinite(F_true).all(axis=(1, 2))
