@@ -32,6 +32,10 @@ CHECKPOINT = "a PyTorch checkpoint (dodo train / dodo train-ensemble)"
 #: A zip archive that torch.save did not write (a NumPy .npz, a .zip, an office document).
 ZIP_ARCHIVE = "a zip archive that is not a checkpoint (a NumPy .npz, a .zip)"
 
+#: What an HDF5 file is called that another process holds open for writing (HDF5's file lock): a
+#: writer still running (`dodo simulate`'s own output, an h5py session). It was "an HDF5 file that
+#: cannot be read", and the refusal offered --overwrite (outside probe, round 31).
+OPEN_FOR_WRITING = "an HDF5 file another process has open for writing (HDF5 file lock)"
 #: `dodo apply -o`'s mark (attrs["kind"]); files written before it carry only its layout string.
 APPLIED_CELLS_MARK = "dodo-apply-cells-v1"
 _APPLIED_CELLS_LAYOUT_PREFIX = "[nx, ny, nz, species"
@@ -53,8 +57,8 @@ def file_kind(path: str | Path) -> str:
         with h5py.File(path, "r") as handle:
             attrs = dict(handle.attrs)
             names = set(handle.keys())
-    except (OSError, ValueError):
-        return "an HDF5 file that cannot be read"
+    except (OSError, ValueError) as error:
+        return OPEN_FOR_WRITING if "unable to lock file" in str(error) else "an HDF5 file that cannot be read"
     # First: a preprocessed file carries its inputs' attributes (a solver database's included).
     if str(attrs.get("format", "")).startswith("dodo-preprocessed"):
         return PREPROCESSED
@@ -128,6 +132,9 @@ def refuse_replacing(path: str | Path | None, own_kind: str, command: str, overw
     kind = file_kind(path)
     if kind == own_kind:
         return
+    if kind == OPEN_FOR_WRITING:  # "an HDF5 file that cannot be read", with --overwrite offered, before
+        raise ValueError(f"{path} exists and is {kind}: it is not replaced; wait until that process closes it, or "
+                         f"give {command} another output")
     raise ValueError(f"{path} exists and is {kind}, not {own_kind}: it is not replaced; "
                      f"give {command} another output, or --overwrite to replace it")
 

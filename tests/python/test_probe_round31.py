@@ -291,3 +291,38 @@ def test_a_model_package_given_as_data_is_named_as_one(tmp_path, capsys):
     data = emu_file(tmp_path / "emu.h5", _emu_states())
     for argv in (["score", str(data), str(model)], ["apply", str(model), "--grid", "2x2x2"]):
         refused(capsys, argv, model, "an ONNX model package", "takes the model first")
+
+
+def test_an_output_another_process_is_writing_is_named_so(tmp_path, capsys):
+    """`dodo simulate OUT`, `dodo apply -o OUT`, `dodo synth -o OUT`, `dodo score --json OUT` while
+    another process holds OUT (a `dodo simulate` database) open for writing (HDF5's file lock: an h5py
+    session, a writer still running): before, simulate said `OUT exists and is not a dodo simulate
+    database (it cannot be read as HDF5: ... unable to lock file ...): ... or --overwrite to replace
+    it`, the others `exists and is an HDF5 file that cannot be read, ... or --overwrite to replace it`:
+    a database called something it is not, and an offer to replace a file still being written. Now
+    each says that another process has it open for writing: wait until it closes it, or give another
+    output."""
+    if os.environ.get("HDF5_USE_FILE_LOCKING", "").upper() in ("FALSE", "0"):
+        pytest.skip("HDF5 file locking is switched off in this environment")
+    from cli_helpers import digest
+
+    out = emu_file(tmp_path / "db.h5", _emu_states())
+    with h5py.File(out, "a") as handle:
+        handle.attrs.update({"solver": "dodo.qke fast-flavour QKE solver (docs/qke.md)", "complete": True,
+                             "nstates_valid": 8, "command": "dodo simulate db.h5 --random 8"})
+    before = digest(out)
+    writer = subprocess.Popen([sys.executable, "-c", "import sys, h5py\nf = h5py.File(sys.argv[1], 'a')\n"
+                               "print('open', flush=True)\nsys.stdin.read()\n", str(out)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "open"
+        data = emu_file(tmp_path / "emu.h5", _emu_states())
+        for argv in (["simulate", str(out), "--random", "1", "--seed", "3", "--ncell", "16", "--nphi", "8"],
+                     ["apply", str(data), "--grid", "2x2x2", "-q", "-o", str(out)],
+                     ["synth", "-n", "5", "-q", "-o", str(out)],
+                     ["score", "box3d", str(data), "--bootstrap", "100", "--json", str(out)]):
+            line = refused(capsys, argv, out, "another process has", "open for writing")
+            assert "--overwrite" not in line, line
+    finally:
+        writer.communicate("", timeout=300)
+    assert digest(out) == before

@@ -289,6 +289,10 @@ def refuse_complete_database(path: str, linear_only: bool = False) -> None:
             attrs = dict(handle.attrs)
             states = int(attrs.get("nstates_valid", -1))
     except (OSError, ValueError) as error:
+        if "unable to lock file" in str(error):  # was "not a dodo simulate database ... or --overwrite"
+            raise ValueError(f"{path} exists and another process has it open for writing (HDF5 file lock: "
+                             f"{' '.join(str(error).split())}): it is not replaced; wait until that process closes "
+                             "it, or give another OUT") from None
         raise ValueError(f"{path} exists and is not a dodo simulate database (it cannot be read as HDF5: "
                          f"{' '.join(str(error).split())}): it is not replaced; give another OUT, or --overwrite to "
                          "replace it") from None
