@@ -9,10 +9,11 @@ from capi_host import compile_host, default_model, needs_runtime, run_host
 
 # A thread inside dodo_apply on a handle that another thread destroys. The call is held inside the
 # library deterministically: one page in the middle of F_init is PROT_NONE, and the SIGSEGV
-# handler (on the applying thread, at the library's first read of that page) waits until the
-# destroyer has begun, then for destroy to return (at most 3 s: a destroy that waits for the call
-# never returns before it), then makes the page readable and lets the read go on. With "fork",
-# the main thread first forks while the call is held, and the child destroys the parent's handle.
+# handler (on the thread that reads that page first, the caller or a worker) says the call is held,
+# waits until the destroyer has begun, then for destroy to return (at most 3 s: a destroy that
+# waits for the call never returns before it), then marks the call released, makes the page
+# readable and lets the read go on. The main thread destroys only once the call is held. With
+# "fork", it first forks while the call is held, and the child destroys the parent's handle.
 DESTROY_WHILE_IN_FLIGHT = r"""
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -30,7 +31,7 @@ static double (*F)[6][4];
 static size_t n, page;
 static char* gate;
 static dodo_closure* closure;
-static atomic_int in_call, destroy_started, destroy_returned, apply_returned;
+static atomic_int held, destroy_started, destroy_returned, released;
 
 static void on_segv(int sig, siginfo_t* info, void* context) {
   (void)sig;
@@ -41,17 +42,17 @@ static void on_segv(int sig, siginfo_t* info, void* context) {
     raise(SIGSEGV);
     return;
   }
+  atomic_store(&held, 1);
   while (!atomic_load(&destroy_started)) usleep(1000);
   for (int waited = 0; waited < 3000 && !atomic_load(&destroy_returned); ++waited) usleep(1000);
+  atomic_store(&released, 1);
   mprotect(gate, page, PROT_READ | PROT_WRITE);
 }
 
 static void* applier(void* arg) {
   (void)arg;
   double (*out)[6][4] = malloc(n * sizeof *out);
-  atomic_store(&in_call, 1);
   dodo_status s = dodo_apply(closure, n, &F[0][0][0], NULL, NULL, NULL, &out[0][0][0], NULL, NULL);
-  atomic_store(&apply_returned, 1);
   printf("apply %d\n", (int)s);
   free(out);
   return NULL;
@@ -84,8 +85,7 @@ int main(int argc, char** argv) {
   mprotect(gate, page, PROT_NONE);
   pthread_t t;
   pthread_create(&t, NULL, applier, NULL);
-  while (!atomic_load(&in_call)) usleep(1000);
-  usleep(20000);
+  while (!atomic_load(&held)) usleep(1000); /* the call is inside the library, held */
   if (argc > 3) {
     pid_t child = fork();
     if (child == 0) {
@@ -103,12 +103,16 @@ int main(int argc, char** argv) {
   }
   atomic_store(&destroy_started, 1);
   dodo_closure_destroy(closure);
-  int early = !atomic_load(&apply_returned);
+  /* The held call is still inside the library until the handler has let it go. */
+  int early = !atomic_load(&released);
   atomic_store(&destroy_returned, 1);
-  printf("destroy returned %s\n", early ? "while a call was in flight" : "after the call");
-  fflush(stdout);
-  if (early) _exit(0);  /* the call goes on in freed memory: leave before it can crash */
+  if (early) {
+    printf("destroy returned while a call was in flight\n");
+    fflush(stdout);
+    _exit(0); /* the call goes on in freed memory: leave before it can crash */
+  }
   pthread_join(t, NULL);
+  printf("destroy returned after the call\n");
   printf("after %d\n", (int)dodo_apply(closure, 1, &F[0][0][0], NULL, NULL, NULL, &F[0][0][0], NULL, NULL));
   return 0;
 }
