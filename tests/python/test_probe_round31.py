@@ -326,3 +326,22 @@ def test_an_output_another_process_is_writing_is_named_so(tmp_path, capsys):
     finally:
         writer.communicate("", timeout=300)
     assert digest(out) == before
+
+
+@pytest.mark.parametrize("name", ["runs.H5", "runs.hdf", "runs.he5", "runs"])
+def test_simulate_reads_an_hdf5_input_whatever_its_suffix(tmp_path, capsys, name):
+    """`dodo simulate OUT --input F` with an Emu-layout HDF5 file named `runs.H5`, `runs.hdf`, `runs.he5`
+    or `runs` (no suffix): before, `input must be .h5/.hdf5 or .yaml/.yml; got runs.H5`, although `dodo
+    score` and `dodo apply` read the same file. Now an HDF5 input is known by its content (HDF5's
+    signature), YAML by its suffix; a file that is neither is refused naming both."""
+    data = emu_file(tmp_path / name, _emu_states(2))
+    out = tmp_path / "labels.h5"
+    code, _, err = run(capsys, ["simulate", str(out), "--input", str(data), "--ncell", "16", "--nphi", "8",
+                                "--linear-only", "-q"])
+    assert code == 0, err
+    with h5py.File(out, "r") as handle:
+        assert handle["F4_initial(1|ccm)"].shape == (2, 4, 2, 3)
+    text = tmp_path / "notes.txt"
+    text.write_text("states: []\n")
+    refused(capsys, ["simulate", str(tmp_path / "o.h5"), "--input", str(text), "--linear-only"], text,
+            "neither an HDF5 file")

@@ -355,6 +355,17 @@ def check_rotations(rotation: np.ndarray, count: int, what: str) -> None:
                          f"(|R R^T - 1| = {orthogonality[bad[0]]:.2g}, det R = {determinant[bad[0]]:.6g})")
 
 
+def _is_hdf5(path: str) -> bool:
+    """Whether the regular file at ``path`` carries HDF5's signature (h5py.is_hdf5: at byte 0, or after a
+    user block); False where it cannot be read (the reader then says why)."""
+    try:
+        import h5py
+
+        return bool(h5py.is_hdf5(path))
+    except (ImportError, OSError, ValueError):
+        return False
+
+
 def read_states(path: str) -> dict:
     """Initial states from an Emu-layout HDF5 file or a YAML list.
 
@@ -365,10 +376,16 @@ def read_states(path: str) -> dict:
     """
     from .._atomic import check_input_file
 
-    if not path.endswith((".h5", ".hdf5", ".yaml", ".yml")):
-        raise ValueError(f"input must be .h5/.hdf5 or .yaml/.yml; got {path}")
     check_input_file(path, "an Emu-layout HDF5 file or a YAML file")  # a FIFO would block the read for ever
-    if path.endswith((".h5", ".hdf5")):
+    # HDF5 by its content, whatever the name: `S.H5`, `runs.hdf`, `runs.he5` or a name without a suffix
+    # were refused (`input must be .h5/.hdf5 or .yaml/.yml`) although `dodo score` and `dodo apply` read
+    # them (outside probe, round 31). YAML by its suffix, as before.
+    yaml_name = path.lower().endswith((".yaml", ".yml"))
+    hdf5 = not yaml_name and (path.endswith((".h5", ".hdf5")) or _is_hdf5(path))
+    if not yaml_name and not hdf5:
+        raise ValueError(f"{path}: neither an HDF5 file (no HDF5 signature) nor YAML (.yaml/.yml); give an "
+                         "Emu-layout HDF5 file or a YAML list of states")
+    if hdf5:
         import h5py
 
         from ..emu_files import known_file_problem, numeric_dataset, open_hdf5
@@ -385,7 +402,7 @@ def read_states(path: str) -> dict:
             rotation = numeric_dataset(f, path, "rotation_R") if "rotation_R" in f else None
             end_time = numeric_dataset(f, path, "tend(s)") if "tend(s)" in f else None
 
-    elif path.endswith((".yaml", ".yml")):
+    else:
         import yaml
 
         from .. import _yaml as unique_key_yaml
