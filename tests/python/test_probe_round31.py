@@ -345,3 +345,25 @@ def test_simulate_reads_an_hdf5_input_whatever_its_suffix(tmp_path, capsys, name
     text.write_text("states: []\n")
     refused(capsys, ["simulate", str(tmp_path / "o.h5"), "--input", str(text), "--linear-only"], text,
             "neither an HDF5 file")
+
+
+# --- a package whose metadata is not UTF-8 ---------------------------------------------------------------
+
+def test_a_package_whose_metadata_is_not_utf8_is_refused_at_load(tmp_path, capsys):
+    """The default model with two bytes of its `dodo.export_time` value replaced by 0xff 0xfe (not
+    UTF-8, which ONNX's strings must be) and its digest recomputed: the runtime loaded it, `dodo score`
+    and `dodo apply` ran, and then `closure.metadata` and pickling the closure failed with
+    `UnicodeDecodeError: 'utf-8' codec can't decode byte 0xff in position 18`, naming no package. Now
+    the closure is refused as it is made: `DODO_ERROR_MODEL_METADATA: model file "...": a metadata
+    entry is not UTF-8 text ...`, in memory and from a file, and by `dodo score` in one line."""
+    content = Path(dodo.__file__).parent.joinpath("models", "qke_default.onnx").read_bytes()
+    stamp = content.index(dodo.Closure().metadata["dodo.export_time"].encode())
+    edited = content[:stamp + 18] + b"\xff\xfe" + content[stamp + 20:]
+    package = dodo._core.with_content_digest(edited)
+    model = tmp_path / "edited.onnx"
+    model.write_bytes(package)
+    for source in (package, model):
+        with pytest.raises(ValueError, match="DODO_ERROR_MODEL_METADATA.*not UTF-8"):
+            dodo.Closure(source, threads=1)
+    refused(capsys, ["score", str(model), str(emu_file(tmp_path / "emu.h5", _emu_states())), "--bootstrap", "100"],
+            model, "not UTF-8")
