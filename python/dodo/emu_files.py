@@ -162,6 +162,8 @@ def _layout_problem(handle) -> str:
         growth, problem = _open_item(handle, GROWTH)
         if problem:
             return problem
+        if isinstance(growth, h5py.Dataset) and growth.dtype.kind not in "fiu":
+            return f"'{GROWTH}' holds {growth.dtype} values; growth rates must be real numbers (s^-1)"
     if DIRNAMES in handle:
         # Optional too (the rows' names: holdout patterns, reports), but a link that cannot be followed
         # (dangling, external to a missing file, a loop) ended `dodo apply` and `dodo preprocess` in
@@ -170,8 +172,6 @@ def _layout_problem(handle) -> str:
         _, problem = _open_item(handle, DIRNAMES)
         if problem:
             return problem
-        if isinstance(growth, h5py.Dataset) and growth.dtype.kind not in "fiu":
-            return f"'{GROWTH}' holds {growth.dtype} values; growth rates must be real numbers (s^-1)"
     shape = handle[INITIAL].shape
     for name in (INITIAL, FINAL):  # h5py.Empty (a null dataspace): shape None, no values
         if handle[name].shape is None:

@@ -56,6 +56,21 @@ def test_directorynames_that_cannot_be_opened_is_named_in_one_line(tmp_path, cap
     assert not (tmp_path / "pre.h5").exists()
 
 
+def test_directorynames_beside_any_growth_rates_still_read(tmp_path, capsys):
+    """The other side of the check above: `directorynames` that open, with no `growthRate(1|s)` (read:
+    `dodo apply` runs) or with one of strings (refused by its own check, as before). The first version
+    of the check (cc7e96f) put it between the growth rates' two checks: a file with names and no
+    growth rates ended in `UnboundLocalError`, and string growth rates passed when names were absent."""
+    names = np.array([f"run_{i}".encode() for i in range(8)])
+    data = emu_file(tmp_path / "names.h5", _emu_states(), directorynames=names)
+    code, out, err = run(capsys, ["apply", str(data), "--grid", "2x2x2", "--model", "box3d", "-q"])
+    assert code == 0 and "status counts" in out, err
+    for extra in ({}, {"directorynames": names}):
+        text = emu_file(tmp_path / f"text{len(extra)}.h5", _emu_states(), **{"growthRate(1|s)": np.array([b"x"] * 8)},
+                        **extra)
+        refused(capsys, ["apply", str(text), "--grid", "2x2x2", "--model", "box3d", "-q"], "growth rates must be real")
+
+
 # --- an Emu file whose data HDF5 cannot read (a damaged chunk) ---------------------------------------
 
 def _damaged_emu_file(path: Path, damaged: str) -> Path:
