@@ -112,8 +112,8 @@ def fastest_oracle(dev_files: list[str], fastest_dir: str, dev_table: dict, teac
     if not pairs:
         print(f"no fastest-axis label file in {fastest_dir} for the dev chunks")
         return
-    emu_axis = et.growth_label_table([p for p, _ in pairs], [], box3d, calibration)
-    fastest = et.growth_label_table([f for _, f in pairs], [], box3d, calibration)
+    emu_axis = et.growth_label_table([glob.escape(p) for p, _ in pairs], [], box3d, calibration)
+    fastest = et.growth_label_table([glob.escape(f) for _, f in pairs], [], box3d, calibration)
     if len(emu_axis["r"]) != len(fastest["r"]) or not np.allclose(
             emu_axis["rest"]["F_init_rest"], fastest["rest"]["F_init_rest"]):
         print("the fastest-axis files do not hold the dev files' states row for row: oracle skipped")
@@ -141,6 +141,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.epochs < 1 or args.threads < 1:
         parser.error("--epochs and --threads must be >= 1")
+    if args.fastest_dir is not None and not os.path.isdir(args.fastest_dir):  # said only after minutes of work
+        parser.error(f"--fastest-dir {args.fastest_dir}: not a directory (the fastest-axis label files of the dev chunks)")
     try:
         for path in [args.checkpoint, *args.dev]:
             check_input_file(path, "a checkpoint or growth-label file")
@@ -153,12 +155,26 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     fields = {f.name for f in dataclasses.fields(et.EnsembleConfig)}
     config = et.EnsembleConfig(**{k: v for k, v in checkpoint["config"].items() if k in fields})
-    box3d, calibration = et._box3d_dict(checkpoint["data"]["box3d"]), float(checkpoint["metrics"]["growth_calibration"])
+    metrics = checkpoint.get("metrics")
+    calibration = metrics.get("growth_calibration") if isinstance(metrics, dict) else None
+    # A checkpoint whose growth members learnt the measured rates alone (no growth.data) records no
+    # calibration: it ended in KeyError: 'growth_calibration' (outside probe, round 32).
+    if not isinstance(calibration, (int, float)) or isinstance(calibration, bool) or not math.isfinite(calibration) \
+            or calibration <= 0:
+        parser.error(f"{args.checkpoint}: records no growth calibration (metrics.growth_calibration): its growth "
+                     "members were not trained on growth.data labels, which this study compares against")
+    box3d, calibration = et._box3d_dict(checkpoint["data"]["box3d"]), float(calibration)
 
     dev_names = {os.path.basename(path) for path in args.dev}
     train_files = [p for p in sorted(glob.glob(args.train_labels)) if os.path.basename(p) not in dev_names]
-    train = et.growth_label_table(train_files, config.holdout, box3d, calibration)
-    dev = et.growth_label_table(sorted(args.dev), config.holdout, box3d, calibration)
+    # A --dev or training file that is not a growth-label file (a solver database, a preprocessed
+    # table) ended in growth_label_table's ValueError traceback, exit 1 (outside probe, round 32).
+    # The dev files are paths, not patterns: a name holding [ or * is read as itself.
+    try:
+        train = et.growth_label_table([glob.escape(p) for p in train_files], config.holdout, box3d, calibration)
+        dev = et.growth_label_table([glob.escape(p) for p in sorted(args.dev)], config.holdout, box3d, calibration)
+    except (ValueError, OSError) as exc:
+        parser.error(" ".join(str(exc).split()))
     if train is None or dev is None:
         parser.error("no training or no dev growth label left (--train-labels, --dev)")
     X_train, _, g_train = et._training_arrays(train, np.arange(len(train["r"])), config)
@@ -185,7 +201,10 @@ def main() -> None:
     tuned = window_tuned_members(teacher, X_train, g_train, config.seed + 1000, config.weight_decay, args.epochs)
     row("teacher, members fine-tuned to the window", lambda X: members_growth(tuned, X))
     if args.fastest_dir:
-        fastest_oracle(sorted(args.dev), args.fastest_dir, dev, teacher, config, box3d, calibration)
+        try:
+            fastest_oracle(sorted(args.dev), args.fastest_dir, dev, teacher, config, box3d, calibration)
+        except (ValueError, OSError) as exc:
+            parser.error(f"--fastest-dir: {' '.join(str(exc).split())}")
 
 
 if __name__ == "__main__":

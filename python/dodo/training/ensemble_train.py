@@ -150,6 +150,14 @@ class EnsembleConfig:
                 raise ConfigError(f"{path}: unknown key {key!r}{where}")
             if isinstance(value, dict):  # a nested mapping (`growth: {data: {x: 1}}`) is never a value
                 raise ConfigError(f"{path}: {key} must be a value, not a mapping; got {value!r}")
+            if isinstance(value, str) and cls.__dataclass_fields__[name].type in ("float", float):
+                # YAML 1.1 reads 1e-3 (no dot) as a string, and so a JSON config's "lr": 1e-3 and
+                # `--set ensemble.lr=1e-3` were refused ("lr must be a finite positive number; got
+                # '1e-3'"), where `dodo train` reads them as numbers (outside probe, round 32).
+                try:
+                    value = float(value)
+                except ValueError:
+                    pass
             setattr(config, name, value)
         config.validate()
         return config
@@ -161,13 +169,14 @@ class EnsembleConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer; got {value!r}")
         check_thread_count("ensemble.threads", self.threads, lowest=1, nullable=False)
+        # true/false are no numbers (`lr: yes` trained at a learning rate of 1).
         for name in ("lr", "sigma0"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
+            if isinstance(value, bool) or not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a finite positive number; got {value!r}")
         for name in ("weight_decay", "growth_weight", "distill_growth_weight", "error_per_spread"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
+            if isinstance(value, bool) or not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be a finite number >= 0; got {value!r}")
         # A number or a list as a path ended in os.fspath's TypeError traceback; a float seed in
         # torch's "manual_seed expected a long"; a negative one is refused by `dodo train` too.
@@ -202,7 +211,8 @@ class EnsembleConfig:
                     raise ConfigError(f"{name} must be an integer >= 0; got {value!r}")
             if batch_size and not epochs:
                 raise ConfigError(f"{prefix}batch_size needs {prefix}epochs >= 1 (mini-batch training runs epochs, not steps)")
-        if not (isinstance(self.growth_lr, (int, float)) and np.isfinite(self.growth_lr) and self.growth_lr >= 0):
+        if isinstance(self.growth_lr, bool) or not (isinstance(self.growth_lr, (int, float)) and np.isfinite(self.growth_lr)
+                                                    and self.growth_lr >= 0):
             raise ConfigError(f"growth.lr must be a finite number >= 0 (0: the members' lr); got {self.growth_lr!r}")
         if not isinstance(self.growth_relabelled, bool):
             raise ConfigError(f"growth.relabelled must be true or false; got {self.growth_relabelled!r}")

@@ -1,0 +1,115 @@
+"""Outside probe, round thirty-two (docs/reliability_python.md, section 35): the training and solver
+side. Each test failed against the code before its fix; its docstring says what that code did."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from cli_helpers import REPO, run, run_tool  # noqa: E402
+
+
+def _ensemble_config(root, table, checkpoint, **ensemble):
+    config = root / f"{checkpoint.stem}.json"
+    config.write_text(json.dumps({
+        "data": {"path": str(table), "holdout": [], "features": "invariants27+box7+eln18-v1"},
+        "ensemble": {"members": 1, "width": 8, "depth": 1, "steps": 2, "threads": 1, **ensemble},
+        "output": {"checkpoint": str(checkpoint)}}).replace('"LR"', "1e-3"))
+    return config
+
+
+def test_train_ensemble_reads_an_exponent_without_a_dot_as_a_number(ensemble_run, tmp_path, capsys):
+    """YAML 1.1 reads 1e-3 (no dot) as a string: a JSON config's `"lr": 1e-3` and `--set
+    ensemble.lr=1e-3` were refused, `lr must be a finite positive number; got '1e-3'`, where `dodo
+    train` reads the same spelling as a number (its `_coerce`)."""
+    checkpoint = tmp_path / "a.pt"
+    config = _ensemble_config(tmp_path, ensemble_run["table"], checkpoint, lr="LR")
+    assert '"lr": 1e-3' in config.read_text()
+    code, _, err = run(capsys, ["train-ensemble", "--config", str(config)])
+    assert code == 0, err
+    assert torch.load(checkpoint, weights_only=False)["config"]["lr"] == pytest.approx(1e-3)
+    other = tmp_path / "b.pt"
+    code, _, err = run(capsys, ["train-ensemble", "--config", str(config), "--set", "ensemble.sigma0=2E-2",
+                                "--set", "growth.lr=5e-4", "--set", f"output.checkpoint={other}"])
+    assert code == 0, err
+    saved = torch.load(other, weights_only=False)["config"]
+    assert saved["sigma0"] == pytest.approx(2e-2) and saved["growth_lr"] == pytest.approx(5e-4)
+
+
+@pytest.mark.parametrize("setting", ["ensemble.lr=true", "ensemble.weight_decay=yes", "growth.lr=true",
+                                     "ensemble.lr=abc"])
+def test_train_ensemble_refuses_true_false_or_text_as_a_number(ensemble_run, tmp_path, capsys, setting):
+    """`lr: true` (or YAML 1.1's `yes`) trained at a learning rate of 1, `weight_decay: yes` at 1:
+    a bool passed the isinstance(int) check. Text that is no number is still refused."""
+    checkpoint = tmp_path / "c.pt"
+    config = _ensemble_config(tmp_path, ensemble_run["table"], checkpoint)
+    code, _, err = run(capsys, ["train-ensemble", "--config", str(config), "--set", setting])
+    assert code == 2 and "Traceback" not in err and setting.split(".")[1].split("=")[0] in err, err
+    assert not checkpoint.exists()
+
+
+def _growth_checkpoint(root, calibration=True):
+    """A train-ensemble checkpoint with a growth member and a student (trained in-process on a tiny
+    synthetic table, growth labels 2 x the Box3D proxy), and a growth-label file of two states."""
+    import dodo
+    from conftest import random_states
+    from dodo.training.dataset import rest_frame_arrays
+    from dodo.training.ensemble_train import EnsembleConfig, save_checkpoint, table_from_rest, train_on
+
+    rng = np.random.default_rng(5)
+
+    def table(F, with_density):
+        u = np.tile([1.0, 0, 0, 0], (len(F), 1))
+        box = dodo.box3d(F, u)
+        rest = rest_frame_arrays(F, np.asarray(box.F_box), np.asarray(box.F_box), u, np.asarray(dodo.invariants(F, u)))
+        rest["ntot"] = np.asarray(dodo.comoving_density(F, u), float)
+        result = table_from_rest(rest, 2.0 * np.asarray(box.growth_rate), np.asarray(box.growth_rate),
+                                 np.array(["x_seed1.h5"] * len(F)), box3d=dodo.box3d_settings())
+        if not with_density:
+            result["r"] = np.full(len(F), np.nan)
+        return result
+
+    density = table(random_states(rng, 30, max_flux_factor=0.6, mu_equals_tau=True), True)
+    labels = table(random_states(rng, 60, max_flux_factor=0.6, mu_equals_tau=True), False)
+    config = EnsembleConfig(members=1, width=8, depth=1, steps=2, growth_members=1, growth_width=8, growth_depth=1,
+                            growth_steps=2, distill_width=8, distill_depth=1, distill_steps=2, mirror=False,
+                            features="invariants27+box7-v1", checkpoint=str(root / "g.pt"))
+    ensemble = train_on(density, np.arange(30), config, growth_table=labels)
+    save_checkpoint(ensemble, config, density, np.arange(30), {"growth_calibration": 1.0} if calibration else {},
+                    config.checkpoint)
+    return root / "g.pt"
+
+
+def _label_file(path):
+    """A growth-label file of two emu states (`dodo simulate --linear-only`, a second)."""
+    from dodo.cli import main
+
+    assert main(["simulate", str(path), "--linear-only", "--random", "2", "--seed", "2", "--family", "emu",
+                 "--ncell", "16", "--nphi", "8", "--quiet"]) == 0
+    return path
+
+
+def test_growth_window_study_names_a_file_that_is_not_a_label_file(tmp_path, ensemble_run):
+    """A --dev (or --train-labels) file that is not a growth-label file (a preprocessed table, a
+    solver database) ended in growth_label_table's `ValueError: ... not a growth-label file`
+    traceback, exit 1; a checkpoint whose growth members learnt no growth.data labels (no
+    metrics.growth_calibration) in `KeyError: 'growth_calibration'`; a mistyped --fastest-dir was
+    said only at the end, after minutes of fine-tuning."""
+    checkpoint = _growth_checkpoint(tmp_path)
+    dev = _label_file(tmp_path / "emu_seed2.h5")
+    table = ensemble_run["table"]
+    for args, words in (([checkpoint, "--dev", table, "--train-labels", str(dev)], [str(table), "not a growth-label file"]),
+                        ([checkpoint, "--dev", dev, "--train-labels", str(table)], [str(table), "not a growth-label file"]),
+                        ([checkpoint, "--dev", dev, "--fastest-dir", tmp_path / "nowhere"], ["--fastest-dir", "not a directory"])):
+        result = run_tool("growth_window_study.py", *args)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        for word in words:
+            assert word in result.stderr.splitlines()[-1], result.stderr
+    (tmp_path / "u").mkdir()
+    uncalibrated = _growth_checkpoint(tmp_path / "u", calibration=False)
+    result = run_tool("growth_window_study.py", uncalibrated, "--dev", dev)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "growth calibration" in result.stderr
