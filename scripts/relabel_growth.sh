@@ -53,7 +53,7 @@ export python dodo labels axis_args chunks
 # Pool chunks only (held-out seeds 900-999 never labelled), complete ones, emu family first.
 status=0
 "$python" - <<'EOF' | xargs -r -d '\n' -n 1 -P "$jobs" bash -c 'relabel "$0"' || status=$?
-import glob, os, re, h5py
+import glob, os, re, sys, h5py
 files = [p for p in sorted(glob.glob(os.path.join(glob.escape(os.environ["chunks"]), "*_seed*.h5")))
          if not re.search(r"_seed9\d\d\.h5$", p)]
 def complete(p):
@@ -63,6 +63,9 @@ def complete(p):
     except OSError:
         return False
 files = [p for p in files if complete(p)]
+if not files:  # a campaign just started: say so (with --axis emu this was max()'s traceback, exit 1)
+    print(f"relabel_growth: no complete chunk in {os.environ['chunks']} yet (FAMILY_seedN.h5 of a finished "
+          "dodo simulate; held-out seeds 900-999 are never labelled): nothing to label", file=sys.stderr)
 files = sorted(files, key=lambda p: (not p.split("/")[-1].startswith("emu_"), p))
 if os.environ.get("DODO_GROWTH_AXIS") == "emu":
     # Every family from the start (two emu chunks to one of each other family), so that a study or
@@ -71,7 +74,7 @@ if os.environ.get("DODO_GROWTH_AXIS") == "emu":
     for p in files:
         by_family.setdefault(p.split("/")[-1].rsplit("_seed", 1)[0], []).append(p)
     share = {family: (2 if family == "emu" else 1) for family in by_family}
-    rounds = max(-(-len(chunks) // share[family]) for family, chunks in by_family.items())
+    rounds = max((-(-len(chunks) // share[family]) for family, chunks in by_family.items()), default=0)
     files = [p for r in range(rounds) for family, chunks in sorted(by_family.items())
              for p in chunks[r * share[family]:(r + 1) * share[family]]]
 for p in files:

@@ -113,3 +113,40 @@ def test_growth_window_study_names_a_file_that_is_not_a_label_file(tmp_path, ens
     result = run_tool("growth_window_study.py", uncalibrated, "--dev", dev)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "growth calibration" in result.stderr
+
+
+@pytest.mark.parametrize("axis", ["emu", "fastest"])
+def test_relabel_growth_of_a_campaign_without_a_complete_chunk_says_so(tmp_path, axis):
+    """`DODO_GROWTH_AXIS=emu DODO_CAMPAIGN_DIR=DIR bash scripts/relabel_growth.sh` on a campaign whose
+    chunks are all still running (or none yet): `ValueError: max() arg is an empty sequence`, a Python
+    traceback, then `not every chunk finished ...; rerun to retry`, exit 1 (the fastest axis: exit 0
+    without a word). Now one line saying no chunk is complete yet, exit 0, nothing run. (A copy of the
+    scripts and a `dodo` that records its calls: never the repository's data.)"""
+    import os
+    import subprocess
+    import sys
+
+    import h5py
+
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    for name in ("relabel_growth.sh", "own_session.sh"):
+        (repo / "scripts" / name).write_text((REPO / "scripts" / name).read_text())
+    venv = tmp_path / "venv" / "bin"
+    venv.mkdir(parents=True)
+    log = tmp_path / "calls.txt"
+    (venv / "dodo").write_text(f"#!/bin/bash\necho \"$*\" >> '{log}'\n")
+    (venv / "python").write_text(f"#!/bin/bash\nexec {sys.executable} \"$@\"\n")
+    for name in ("dodo", "python"):
+        (venv / name).chmod(0o755)
+    campaign = tmp_path / "campaign"
+    campaign.mkdir()
+    with h5py.File(campaign / "emu_seed1.h5", "w") as f:  # a chunk still being written
+        f.attrs["complete"] = False
+    env = dict(os.environ, DODO_VENV=str(venv.parent), DODO_CAMPAIGN_DIR=str(campaign), DODO_GROWTH_AXIS=axis,
+               DODO_CAMPAIGN_NICE="0")
+    result = subprocess.run(["bash", str(repo / "scripts" / "relabel_growth.sh"), "1"], env=env, capture_output=True,
+                            text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "no complete chunk" in result.stderr, result.stderr
+    assert not log.exists()
