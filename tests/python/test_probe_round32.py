@@ -150,3 +150,32 @@ def test_relabel_growth_of_a_campaign_without_a_complete_chunk_says_so(tmp_path,
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr and "no complete chunk" in result.stderr, result.stderr
     assert not log.exists()
+
+
+@pytest.mark.parametrize("setting", ["training.lr=0.5", "training.weight_decay=0.3", "training.seed=9",
+                                     "data.split_seed=7", "data.val_fraction=0.15", "data.max_samples=150"])
+def test_resume_refuses_a_setting_it_would_ignore_or_that_redraws_the_split(tmp_path, capsys, setting):
+    """`dodo train --resume ck/last.pt --set training.lr=0.5` gave weights bit-identical to a resume
+    without it (the optimizer and scheduler continue from the checkpoint, which hold the first lr),
+    while the new checkpoints recorded lr 0.5; a new weight decay or seed the same; a new
+    data.split_seed, fraction or max_samples drew another split, so the resumed epochs trained on rows
+    of the first epochs' validation and test splits (the final metrics' rows). Now refused in one
+    line naming the key and the run's value; the same values, and a new epoch count, still resume."""
+    from cli_helpers import synthetic_preprocessed, tiny_study_base
+
+    synthetic_preprocessed(tmp_path, 200)
+    base = tiny_study_base(tmp_path)
+    ck = tmp_path / "ck"
+    common = ["train", "--config", str(base), "--set", f"output.checkpoint_dir={ck}",
+              "--set", f"output.results_dir={tmp_path / 'res'}"]
+    assert run(capsys, common)[0] == 0
+    before = (ck / "last.pt").read_bytes()
+    code, _, err = run(capsys, [*common, "--resume", str(ck / "last.pt"), "--set", "training.epochs=2", "--set", setting])
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert setting.split("=")[0] in lines[0] and "cannot resume" in lines[0], lines[0]
+    assert (ck / "last.pt").read_bytes() == before
+    same = setting.split("=")[0] + "=" + json.dumps(torch.load(ck / "last.pt", weights_only=False)["config"][
+        setting.split(".")[0]][setting.split(".")[1].split("=")[0]])
+    code, _, err = run(capsys, [*common, "--resume", str(ck / "last.pt"), "--set", "training.epochs=2", "--set", same])
+    assert code == 0, err

@@ -314,6 +314,37 @@ def _layout_problem(checkpoint: dict) -> str | None:
     return None
 
 
+#: Settings a resumed run cannot take from the config: the optimizer, the scheduler and the random
+#: generators continue from the checkpoint (so a new lr, weight decay or seed was ignored while the
+#: new checkpoints recorded it), and the split is drawn again from these (so a new one trained the
+#: resumed epochs on rows of the first epochs' validation and test splits, the final metrics' rows).
+#: Outside probe, round 32: `--resume last.pt --set training.lr=0.5` gave bit-identical weights.
+RESUME_FIXED = {("training", "lr"): "the optimizer and scheduler it continues hold it",
+                ("training", "weight_decay"): "the optimizer it continues holds it",
+                ("training", "seed"): "the random generators it continues were seeded with it",
+                ("data", "split_seed"): "the train/val/test split is drawn with it",
+                ("data", "train_fraction"): "the train/val/test split is drawn with it",
+                ("data", "val_fraction"): "the train/val/test split is drawn with it",
+                ("data", "max_samples"): "the train/val/test split is drawn with it"}
+
+
+def refuse_settings_a_resume_cannot_change(checkpoint: dict, resume_path, config) -> None:
+    """ValueError naming the first setting of RESUME_FIXED that the config gives another value than
+    the run in ``checkpoint`` was started with (a setting the checkpoint does not record is not compared)."""
+    recorded = checkpoint.get("config")
+    for (section, key), why in RESUME_FIXED.items():
+        saved = recorded.get(section) if isinstance(recorded, dict) else None
+        if not isinstance(saved, dict) or key not in saved:
+            continue
+        given = getattr(getattr(config, section), key)
+        if given != saved[key]:
+            consequence = ("the resumed epochs would train on rows of the run's validation and test splits"
+                           if section == "data" else f"{given!r} would be ignored")
+            raise ValueError(f"{resume_path}: cannot resume with {section}.{key} = {given!r}: the run was started with "
+                             f"{saved[key]!r} and {why}, so {consequence}; resume with {saved[key]!r}, or start a new "
+                             f"run (another output.checkpoint_dir, or --overwrite)")
+
+
 def load_resume_checkpoint(path: str | Path, log=print) -> tuple[dict, Path]:
     """The checkpoint to resume from: ``path``, or, when it is missing, unreadable or fails its
     checksum, the previous one kept beside it (last.prev.pt), with a message saying so."""
@@ -438,6 +469,7 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
         checkpoint, resume_path = load_resume_checkpoint(t.resume_from, log)
         if checkpoint["config"]["model"] != dataclasses.asdict(config.model):
             raise ValueError(f"{resume_path}: model section differs from the config; cannot resume")
+        refuse_settings_a_resume_cannot_change(checkpoint, resume_path, config)
         check_training_data(checkpoint, resume_path, data_path, "resume", data_sha256=data_sha256)
         try:  # a checkpoint without its digest, or re-signed, may lack any of these: one line, not a KeyError traceback
             closure.network.load_state_dict(checkpoint["model_state"])
