@@ -179,3 +179,32 @@ def test_resume_refuses_a_setting_it_would_ignore_or_that_redraws_the_split(tmp_
         setting.split(".")[0]][setting.split(".")[1].split("=")[0]])
     code, _, err = run(capsys, [*common, "--resume", str(ck / "last.pt"), "--set", "training.epochs=2", "--set", same])
     assert code == 0, err
+
+
+def test_train_ensemble_names_a_file_in_the_way_that_is_no_checkpoint(ensemble_run, tmp_path, capsys):
+    """`dodo train-ensemble --set output.checkpoint=F` with F a model package, a preprocessed table, a
+    growth-label file or a text file: `F holds the checkpoint of an earlier run (written ...); this run
+    would replace it at its end: --overwrite replaces it`, calling any file a checkpoint and offering
+    --overwrite as for a rerun. Now it says what F is, as the other commands' guard does
+    (`_output_guard.file_kind`); F is kept, and an earlier checkpoint is still called one."""
+    from cli_helpers import digest
+    from dodo.cli import main
+
+    package = tmp_path / "m.onnx"
+    assert main(["export", str(ensemble_run["checkpoint"]), "-o", str(package)]) == 0
+    other_table = tmp_path / "other.h5"
+    other_table.write_bytes(ensemble_run["table"].read_bytes())
+    notes = tmp_path / "notes.txt"
+    notes.write_text("results of the week\n")
+    config = _ensemble_config(tmp_path, ensemble_run["table"], tmp_path / "unused.pt")
+    for path, kind in ((package, "an ONNX model package"), (other_table, "a preprocessed training file"),
+                       (notes, "a file of another kind")):
+        before = digest(path)
+        code, _, err = run(capsys, ["train-ensemble", "--config", str(config), "--set", f"output.checkpoint={path}"])
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1, err
+        assert f"{path} exists and is {kind}" in lines[0] and "earlier run" not in lines[0], lines[0]
+        assert digest(path) == before
+    code, _, err = run(capsys, ["train-ensemble", "--config", str(config), "--set",
+                                f"output.checkpoint={ensemble_run['checkpoint']}"])
+    assert code == 2 and "holds the checkpoint of an earlier run" in err, err

@@ -45,6 +45,15 @@ def _refuse_to_replace_a_checkpoint(checkpoint) -> None:
 
     if not os.path.isfile(checkpoint) or os.path.getsize(checkpoint) == 0:
         return
+    from .._output_guard import CHECKPOINT, file_kind
+
+    kind = file_kind(checkpoint)
+    if kind != CHECKPOINT:
+        # Any file was "the checkpoint of an earlier run": a model package, a preprocessed table or a
+        # solver database given as output.checkpoint was called one, and --overwrite offered as for
+        # a rerun (outside probe, round 32). Say what it is, as the other commands' guard does.
+        raise ValueError(f"{checkpoint} exists and is {kind}, not {CHECKPOINT}: it is not replaced; give "
+                         "output.checkpoint another path (--set output.checkpoint=PATH), or --overwrite to replace it")
     written = datetime.datetime.fromtimestamp(os.path.getmtime(checkpoint), datetime.timezone.utc)
     raise ValueError(f"{checkpoint} holds the checkpoint of an earlier run (written {written:%Y-%m-%d %H:%M} UTC); "
                      "this run would replace it at its end: --overwrite replaces it, or give another path "
