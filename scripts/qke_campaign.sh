@@ -14,8 +14,12 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 jobs="${1:-2}"
 case "$jobs" in
-  '' | *[!0-9]* | 0*) echo "qke_campaign: JOBS must be a positive integer (processes at once); got '$jobs'" >&2; exit 2 ;;
+  '' | *[!0-9]* | 0* | ???????*) echo "qke_campaign: JOBS must be a positive integer up to 999999 (processes at once); got '$jobs'" >&2; exit 2 ;;
 esac
+# A niceness nice(1) refuses failed every chunk with "nice: invalid adjustment" and "rerun to retry"
+# (outside probe, round 32): checked once, before any chunk.
+[[ "${DODO_CAMPAIGN_NICE:-10}" =~ ^[-+]?[0-9]{1,9}$ ]] || {
+  echo "qke_campaign: DODO_CAMPAIGN_NICE must be an integer, the chunks' niceness (nice -n; default 10); got '$DODO_CAMPAIGN_NICE'" >&2; exit 2; }
 plan="${2:-$root/data/qke/campaign_plan.txt}"
 case "$plan" in /*) ;; *) plan="$PWD/$plan" ;; esac  # a relative PLAN is the caller's, not the root's
 [ -f "$plan" ] || { echo "qke_campaign: plan $plan not found" >&2; exit 2; }

@@ -22,8 +22,12 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 jobs="${1:-2}"
 case "$jobs" in
-  '' | *[!0-9]* | 0*) echo "relabel_growth: JOBS must be a positive integer (processes at once); got '$jobs'" >&2; exit 2 ;;
+  '' | *[!0-9]* | 0* | ???????*) echo "relabel_growth: JOBS must be a positive integer up to 999999 (processes at once); got '$jobs'" >&2; exit 2 ;;
 esac
+# A niceness nice(1) refuses failed every chunk with "nice: invalid adjustment" and "rerun to retry"
+# (outside probe, round 32): checked once, before any chunk.
+[[ "${DODO_CAMPAIGN_NICE:-10}" =~ ^[-+]?[0-9]{1,9}$ ]] || {
+  echo "relabel_growth: DODO_CAMPAIGN_NICE must be an integer, the chunks' niceness (nice -n; default 10); got '$DODO_CAMPAIGN_NICE'" >&2; exit 2; }
 python="${DODO_VENV:-$root/.venv}/bin/python"
 dodo="${DODO_VENV:-$root/.venv}/bin/dodo"
 [ -x "$dodo" ] || { echo "relabel_growth: $dodo not found (bash scripts/setup_venv.sh first)" >&2; exit 2; }

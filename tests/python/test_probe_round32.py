@@ -208,3 +208,47 @@ def test_train_ensemble_names_a_file_in_the_way_that_is_no_checkpoint(ensemble_r
     code, _, err = run(capsys, ["train-ensemble", "--config", str(config), "--set",
                                 f"output.checkpoint={ensemble_run['checkpoint']}"])
     assert code == 2 and "holds the checkpoint of an earlier run" in err, err
+
+
+@pytest.mark.parametrize("script", ["qke_campaign.sh", "relabel_growth.sh"])
+@pytest.mark.parametrize("nice, jobs", [("abc", "1"), ("1 2", "1"), ("10", "99999999999999999999")])
+def test_campaign_scripts_refuse_a_niceness_or_jobs_nothing_could_run_with(tmp_path, script, nice, jobs):
+    """`DODO_CAMPAIGN_NICE=abc bash scripts/qke_campaign.sh`: every chunk failed with `nice: invalid
+    adjustment 'abc'` and `chunk emu 1 failed (exit 125); rerun to retry` (a rerun fails the same),
+    exit 123; JOBS beyond xargs's bound: `xargs: value ... for -P option should be <= 2147483647`
+    and `not every chunk finished ...; rerun to retry`. Now one line naming the variable (or JOBS),
+    exit 2, before any chunk. (Copies of the scripts and a `dodo` that records its calls.)"""
+    import os
+    import subprocess
+    import sys
+
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    for name in (script, "own_session.sh"):
+        (repo / "scripts" / name).write_text((REPO / "scripts" / name).read_text())
+    venv = tmp_path / "venv" / "bin"
+    venv.mkdir(parents=True)
+    log = tmp_path / "calls.txt"
+    (venv / "dodo").write_text(f"#!/bin/bash\necho \"$*\" >> '{log}'\n")
+    (venv / "python").write_text(f"#!/bin/bash\nexec {sys.executable} \"$@\"\n")
+    for name in ("dodo", "python"):
+        (venv / name).chmod(0o755)
+    campaign = tmp_path / "campaign"
+    campaign.mkdir()
+    import h5py
+
+    with h5py.File(campaign / "emu_seed1.h5", "w") as f:  # a complete chunk, for relabel_growth.sh
+        f.attrs["complete"] = True
+    plan = tmp_path / "plan.txt"
+    plan.write_text("emu 3 2\n")
+    env = dict(os.environ, DODO_VENV=str(venv.parent), DODO_CAMPAIGN_DIR=str(campaign), DODO_CAMPAIGN_NICE=nice)
+    argv = ["bash", str(repo / "scripts" / script), jobs] + ([str(plan)] if script == "qke_campaign.sh" else [])
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert ("DODO_CAMPAIGN_NICE" if nice != "10" else "JOBS") in lines[0], lines[0]
+    assert not log.exists()
+    env["DODO_CAMPAIGN_NICE"] = "0"  # and a good one runs
+    result = subprocess.run(argv[:2] + ["1"] + argv[3:], env=env, capture_output=True, text=True, timeout=120,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0 and log.exists(), result.stderr
