@@ -252,3 +252,54 @@ def test_campaign_scripts_refuse_a_niceness_or_jobs_nothing_could_run_with(tmp_p
     result = subprocess.run(argv[:2] + ["1"] + argv[3:], env=env, capture_output=True, text=True, timeout=120,
                             stdin=subprocess.DEVNULL)
     assert result.returncode == 0 and log.exists(), result.stderr
+
+
+def test_batch_norm_with_a_last_batch_of_one_row_trains(tmp_path, capsys):
+    """`model.batch_norm: true` with 160 training rows in batches of 53 (a last batch of one row):
+    `dodo train: error: Expected more than 1 value per channel when training, got input size
+    torch.Size([1, 8])` at the first epoch's end (torch's batch norm); data.batch_size 1 the same at
+    the first step. Now the last partial batch of each epoch is left out (shuffled anew: no row for
+    good; a run that worked before is unchanged) and a batch size that cannot hold 2 rows is refused
+    in one line before training."""
+    from cli_helpers import synthetic_preprocessed, tiny_study_base
+
+    synthetic_preprocessed(tmp_path, 200)
+    base = tiny_study_base(tmp_path)
+    common = ["train", "--config", str(base), "--set", "model.batch_norm=true",
+              "--set", f"output.results_dir={tmp_path / 'res'}"]
+    code, out, err = run(capsys, [*common, "--set", "data.batch_size=53", "--set", f"output.checkpoint_dir={tmp_path / 'a'}"])
+    assert code == 0, err
+    assert "last batch (1 of 160" in out
+    assert (tmp_path / "a" / "final.pt").exists()
+    code, _, err = run(capsys, [*common, "--set", "data.batch_size=1", "--set", f"output.checkpoint_dir={tmp_path / 'b'}"])
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "model.batch_norm" in lines[0] and "data.batch_size" in lines[0], err
+    assert not (tmp_path / "b" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("extra, missing", [({}, "MASTER_ADDR and MASTER_PORT are not set"),
+                                            ({"MASTER_ADDR": "127.0.0.1"}, "MASTER_PORT is not set")])
+def test_train_with_world_size_and_rank_but_no_master_names_the_variables(tmp_path, extra, missing):
+    """`WORLD_SIZE=2 RANK=0 dodo train ...` (left from another job, no MASTER_ADDR): `dodo train: error:
+    Error initializing torch.distributed using env:// rendezvous: environment variable MASTER_ADDR
+    expected, but not set` (torch's words), naming neither WORLD_SIZE nor RANK, after the run's
+    directories were made. Now one line naming them and what is missing, before any directory."""
+    import os
+    import subprocess
+    import sys
+
+    from cli_helpers import synthetic_preprocessed, tiny_study_base
+
+    synthetic_preprocessed(tmp_path, 60)
+    base = tiny_study_base(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")}
+    env.update(WORLD_SIZE="2", RANK="0", **extra)
+    result = subprocess.run([sys.executable, "-m", "dodo", "train", "--config", str(base),
+                             "--set", f"output.checkpoint_dir={tmp_path / 'ck'}",
+                             "--set", f"output.results_dir={tmp_path / 'res'}"],
+                            env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    for word in ("WORLD_SIZE=2", "RANK=0", missing, "unset them"):
+        assert word in lines[0], lines[0]
+    assert not (tmp_path / "ck").exists() and not (tmp_path / "res").exists()

@@ -187,7 +187,9 @@ def _train(args) -> int:
 
     # Held from the check to the end: two runs started together would both pass the check and then
     # write the same checkpoints. By rank 0 only under torchrun: the one that writes the files.
-    writer = Distribution.from_environment(os.environ).rank == 0
+    distribution = Distribution.from_environment(os.environ)
+    distribution.check_rendezvous_variables(os.environ)  # before any directory is made
+    writer = distribution.rank == 0
     made = missing_directories([checkpoints, results]) if writer else []
     with exclusive_directory(checkpoints, "dodo train") if writer else contextlib.nullcontext():
         try:

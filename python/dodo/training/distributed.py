@@ -59,6 +59,23 @@ class Distribution:
                                  f"(torchrun sets it); got {environ['MASTER_PORT']!r}")
         return cls(rank, world, _environment_integer(environ, "LOCAL_RANK", "0", 0))
 
+    def check_rendezvous_variables(self, environ=os.environ) -> None:
+        """A ValueError naming MASTER_ADDR / MASTER_PORT when this process is one of a job
+        (WORLD_SIZE > 1) and they are not set: torch's env:// rendezvous said only "environment
+        variable MASTER_ADDR expected, but not set", naming neither the variables that made this a
+        data-parallel run nor where they came from, after the run's directories were made (outside
+        probe, round 32). Nothing for a one-process run."""
+        if not self.enabled:
+            return
+        world, rank = self.world_size, self.rank
+        missing = (["MASTER_ADDR"] if not str(environ.get("MASTER_ADDR", "")).strip() else []) + \
+            (["MASTER_PORT"] if "MASTER_PORT" not in environ else [])  # a blank port: from_environment's check
+        if missing:
+            raise ValueError(f"WORLD_SIZE={world} and RANK={rank} in the environment make this one process of a "
+                             f"data-parallel job, but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+                             "not set (torchrun sets all of them): if this process was not started by torchrun, "
+                             "WORLD_SIZE and RANK are left from another job: unset them to train in one process")
+
     def device(self, requested: torch.device) -> torch.device:
         """One GPU per process: cuda:LOCAL_RANK when training on CUDA.
 
@@ -78,6 +95,7 @@ class Distribution:
     def start(self, device: torch.device) -> None:
         if not self.enabled or dist.is_initialized():
             return
+        self.check_rendezvous_variables()
         if device.type == "cuda":
             torch.cuda.set_device(device)
         backend = "nccl" if device.type == "cuda" else "gloo"

@@ -391,6 +391,24 @@ def closure_from_checkpoint(checkpoint: dict, path: str | Path | None = None) ->
     return closure
 
 
+def batch_norm_drops_last_batch(config: ExperimentConfig, train_rows: int, world_size: int = 1) -> bool:
+    """Whether each epoch's last, partial training batch is left out: with model.batch_norm, a batch
+    norm layer in training mode needs 2 rows or more a process, and a last batch of fewer than
+    2 x world_size rows (160 rows in batches of 53: one row) ended the run at its first epoch's end
+    in torch's `Expected more than 1 value per channel when training` (outside probe, round 32).
+    Shuffled anew each epoch, no row is left out for good; runs that worked before are unchanged.
+    A ValueError when no batch could hold 2 rows a process (data.batch_size, or the split, too small)."""
+    if not config.model.batch_norm:
+        return False
+    batch, smallest = config.data.batch_size, 2 * world_size
+    if batch < smallest or train_rows < smallest:
+        processes = f" over {world_size} processes" if world_size > 1 else ""
+        raise ValueError(f"model.batch_norm needs at least 2 rows a batch in each process (batch statistics): "
+                         f"data.batch_size {batch} and a training split of {train_rows} rows{processes} allow "
+                         f"fewer; raise data.batch_size (to >= {smallest}) or set model.batch_norm: false")
+    return 0 < train_rows % batch < smallest
+
+
 def train(config: ExperimentConfig, echo=print) -> dict:
     """Train per ``config``; returns a summary (the metrics JSON content, plus 'status').
 
@@ -441,17 +459,21 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
     datasets = {name: CellDataset(data_path, splits.get(name), target_scale, config.data.in_memory,
                                   augment_nu_nubar=config.data.augment_nu_nubar and name == "train")
                 for name in ("train", "val", "test")}
+    drop_last = batch_norm_drops_last_batch(config, len(datasets["train"]), distribution.world_size)
+    if drop_last:
+        log(f"each epoch's last batch ({len(datasets['train']) % config.data.batch_size} of {len(datasets['train'])} "
+            "shuffled training rows) is left out: model.batch_norm needs 2 rows a batch in each process")
     generator = torch.Generator().manual_seed(t.seed)
     loader_options = {"batch_size": config.data.batch_size, "collate_fn": collate_batch,
                       "num_workers": config.data.num_workers, "pin_memory": device.type == "cuda"}
     if distribution.enabled:  # the same global batches in every process (one seed); each takes its slice
         global_batches = torch.utils.data.BatchSampler(
-            torch.utils.data.RandomSampler(datasets["train"], generator=generator), config.data.batch_size, False)
+            torch.utils.data.RandomSampler(datasets["train"], generator=generator), config.data.batch_size, drop_last)
         train_loader = torch.utils.data.DataLoader(  # generator: it also draws each epoch's worker seed
             datasets["train"], batch_sampler=RankBatches(global_batches, distribution), generator=generator,
             **{key: value for key, value in loader_options.items() if key != "batch_size"})
     else:
-        train_loader = torch.utils.data.DataLoader(datasets["train"], shuffle=True, drop_last=False,
+        train_loader = torch.utils.data.DataLoader(datasets["train"], shuffle=True, drop_last=drop_last,
                                                    generator=generator, **loader_options)
     val_loader = torch.utils.data.DataLoader(datasets["val"], shuffle=False, **loader_options)
 
