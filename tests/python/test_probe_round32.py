@@ -303,3 +303,28 @@ def test_train_with_world_size_and_rank_but_no_master_names_the_variables(tmp_pa
     for word in ("WORLD_SIZE=2", "RANK=0", missing, "unset them"):
         assert word in lines[0], lines[0]
     assert not (tmp_path / "ck").exists() and not (tmp_path / "res").exists()
+
+
+@pytest.mark.parametrize("setting, key", [("ensemble.width=100000000000000000000", "width"),
+                                          ("ensemble.seed=100000000000000000000", "seed"),
+                                          ("ensemble.batch_size=100000000000000000000", "batch_size")])
+def test_train_ensemble_names_an_integer_beyond_int64(ensemble_run, tmp_path, capsys, setting, key):
+    """`--set ensemble.width=10^20`: a TypeError traceback from torch (`Overflow when unpacking long
+    long`), exit 1; a seed or batch size of 10^20: that text as the one line, naming no key. Now
+    `KEY must be at most 2^62` before any work."""
+    checkpoint = tmp_path / "w.pt"
+    config = _ensemble_config(tmp_path, ensemble_run["table"], checkpoint, epochs=1)
+    code, _, err = run(capsys, ["train-ensemble", "--config", str(config), "--set", setting])
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and f"{key} must be at most 2^62" in lines[0], err
+    assert not checkpoint.exists()
+
+
+def test_train_names_a_batch_size_beyond_sys_maxsize(tmp_path, capsys):
+    """`dodo train --set data.batch_size=10^20`: `dodo train: error: Stop argument for islice() must
+    be None or an integer: 0 <= x <= sys.maxsize.`, naming no key. Now the key, before any work."""
+    from cli_helpers import tiny_study_base
+
+    base = tiny_study_base(tmp_path)
+    code, _, err = run(capsys, ["train", "--config", str(base), "--set", "data.batch_size=100000000000000000000"])
+    assert code == 2 and "data.batch_size must be at most 2^62" in err, err

@@ -177,6 +177,9 @@ class ExperimentConfig:
                               f"null (all rows); got {d.max_samples!r}")
         if d.batch_size < 1:
             raise ConfigError("data.batch_size must be >= 1")
+        if d.batch_size > 2**62:  # beyond sys.maxsize: "Stop argument for islice() must be ...", naming no key
+            raise ConfigError(f"data.batch_size must be at most 2^62 (a batch larger than the split is the whole "
+                              f"split); got {shown(d.batch_size)}")
         if isinstance(d.target_scale, str) and d.target_scale != "p99":
             raise ConfigError(f"data.target_scale must be null, a positive number or 'p99'; got {d.target_scale!r}")
         if isinstance(d.target_scale, (int, float)) and not (math.isfinite(d.target_scale) and d.target_scale > 0):

@@ -237,6 +237,12 @@ class EnsembleConfig:
             raise ConfigError("noise.weight needs noise.oof (the out-of-fold file the label-noise member learns from)")
         if self.noise_oof and not self.error_per_spread:
             raise ConfigError("noise.oof needs ensemble.error_per_spread > 0 (the label-noise term joins the Wiener gate)")
+        # Beyond int64 a width ended in torch's "Overflow when unpacking long long" (a traceback for
+        # a width, one line naming no key for a seed or batch size; outside probe, round 32).
+        for name, spec in self.__dataclass_fields__.items():
+            value = getattr(self, name)
+            if spec.type in ("int", int) and isinstance(value, int) and value > 2**62:
+                raise ConfigError(f"{name} must be at most 2^62; got {value}")
 
 
 def load_table(path: str) -> dict:
