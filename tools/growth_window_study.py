@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from dodo._atomic import check_input_file
+from dodo.conventions import MAX_THREADS
 from dodo.training import ensemble_train as et
 from dodo.training.ensemble import _fit, _rows
 from dodo.training.safe_load import UntrustedCheckpointError, load_torch_file
@@ -139,8 +140,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    if args.epochs < 1 or args.threads < 1:
-        parser.error("--epochs and --threads must be >= 1")
+    if args.epochs < 1:
+        parser.error("--epochs must be >= 1")
+    if not 1 <= args.threads <= MAX_THREADS:  # torch.set_num_threads(100000): a segmentation fault (exit 139)
+        parser.error(f"--threads must be an integer in [1, {MAX_THREADS}]; got {args.threads}")
     if args.fastest_dir is not None and not os.path.isdir(args.fastest_dir):  # said only after minutes of work
         parser.error(f"--fastest-dir {args.fastest_dir}: not a directory (the fastest-axis label files of the dev chunks)")
     try:

@@ -36,7 +36,7 @@ import torch
 
 from dodo._atomic import check_input_file
 from dodo.training import ensemble_train as et
-from dodo.conventions import N_SPECIES
+from dodo.conventions import MAX_THREADS, N_SPECIES
 from dodo.training.ensemble import METRIC_PER_DELTA
 from dodo.training.safe_load import UntrustedCheckpointError, load_torch_file
 
@@ -87,6 +87,10 @@ def main() -> None:
         parser.error("--widths and --fresh-states must be positive")
     if args.fresh_seed_offset < 4000:
         parser.error("--fresh-seed-offset below 4000 draws states a training stage may have drawn")
+    # --threads 0: torch's "set_num_threads expects a positive integer" traceback after the table's read;
+    # 100000: a segmentation fault (exit 139; outside probe, round 32).
+    if not 1 <= args.threads <= MAX_THREADS:
+        parser.error(f"--threads must be an integer in [1, {MAX_THREADS}]; got {args.threads}")
     try:
         check_input_file(args.checkpoint, "a checkpoint of dodo train-ensemble")
         check_input_file(args.config, "the train-ensemble config (YAML)")

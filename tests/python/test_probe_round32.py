@@ -328,3 +328,17 @@ def test_train_names_a_batch_size_beyond_sys_maxsize(tmp_path, capsys):
     base = tiny_study_base(tmp_path)
     code, _, err = run(capsys, ["train", "--config", str(base), "--set", "data.batch_size=100000000000000000000"])
     assert code == 2 and "data.batch_size must be at most 2^62" in err, err
+
+
+@pytest.mark.parametrize("tool", ["growth_window_study.py", "student_width_study.py"])
+@pytest.mark.parametrize("threads", ["0", "100000"])
+def test_study_tools_refuse_a_thread_count_torch_cannot_take(ensemble_run, tool, threads):
+    """`tools/growth_window_study.py CK --dev F --threads 100000`: torch.set_num_threads(100000) ended
+    the process in a segmentation fault (exit 139) after the tables' read; student_width_study.py the
+    same, and its --threads 0 was torch's `set_num_threads expects a positive integer` traceback.
+    Now `--threads must be an integer in [1, 1024]`, exit 2, before any file is read."""
+    args = (["--dev", ensemble_run["table"]] if tool == "growth_window_study.py" else
+            ["--config", ensemble_run["config"], "--table", ensemble_run["table"], "--widths", "8"])
+    result = run_tool(tool, ensemble_run["checkpoint"], *args, "--threads", threads)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "--threads must be an integer in [1, 1024]" in result.stderr.splitlines()[-1], result.stderr
