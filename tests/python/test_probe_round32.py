@@ -342,3 +342,21 @@ def test_study_tools_refuse_a_thread_count_torch_cannot_take(ensemble_run, tool,
     result = run_tool(tool, ensemble_run["checkpoint"], *args, "--threads", threads)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "--threads must be an integer in [1, 1024]" in result.stderr.splitlines()[-1], result.stderr
+
+
+def test_batch_norm_last_batch_rule_over_processes():
+    """The rule behind the test above, for data-parallel runs too: each process's slice of a global
+    batch needs 2 rows (RankBatches); only a last global batch of fewer than 2 x processes rows is
+    left out, so a run that worked before keeps every batch."""
+    from dodo.training.config import ExperimentConfig
+    from dodo.training.train import batch_norm_drops_last_batch
+
+    config = ExperimentConfig.from_mapping({"model": {"batch_norm": True}, "data": {"batch_size": 50}})
+    assert batch_norm_drops_last_batch(config, 151, 1) and not batch_norm_drops_last_batch(config, 152, 1)
+    assert not batch_norm_drops_last_batch(config, 150, 1)
+    assert batch_norm_drops_last_batch(config, 153, 2) and not batch_norm_drops_last_batch(config, 154, 2)
+    with pytest.raises(ValueError, match="data.batch_size 3 .* over 2 processes"):
+        batch_norm_drops_last_batch(ExperimentConfig.from_mapping(
+            {"model": {"batch_norm": True}, "data": {"batch_size": 3}}), 100, 2)
+    plain = ExperimentConfig.from_mapping({"data": {"batch_size": 50}})
+    assert not batch_norm_drops_last_batch(plain, 151, 1)
