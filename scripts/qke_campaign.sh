@@ -43,11 +43,13 @@ run_chunk() {
 # `--random ''` (argparse's usage per chunk; solver round 3). A chunk planned twice ran twice onto one
 # file (the second refused by its lock) or, one after the other, was skipped as complete whatever its
 # second COUNT said.
+# A seed with leading zeros (emu 007) passed that check beside emu 7 and ran the same seed into a
+# second file (emu_seed007.h5): refused (round 32's left-alone list).
 chunks="$(awk -v plan="$plan" '
   { sub(/\r$/, ""); sub(/#.*/, "") }
   /^[[:space:]]*$/ { next }
-  NF != 3 || $1 !~ /^(emu|three_flavour|merger)$/ || $2 !~ /^[0-9]+$/ || $3 !~ /^[0-9]*[1-9][0-9]*$/ {
-    printf "qke_campaign: %s, line %d: expected FAMILY SEED COUNT (family emu, three_flavour or merger; seed an integer >= 0; count >= 1), got \"%s\"\n", plan, NR, $0 > "/dev/stderr"
+  NF != 3 || $1 !~ /^(emu|three_flavour|merger)$/ || $2 !~ /^(0|[1-9][0-9]*)$/ || $3 !~ /^[0-9]*[1-9][0-9]*$/ {
+    printf "qke_campaign: %s, line %d: expected FAMILY SEED COUNT (family emu, three_flavour or merger; seed an integer >= 0 without leading zeros; count >= 1), got \"%s\"\n", plan, NR, $0 > "/dev/stderr"
     bad = 1; next
   }
   ($1 " " $2) in line {

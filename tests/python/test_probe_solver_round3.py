@@ -63,7 +63,7 @@ def test_campaign_runs_every_plan_line_and_refuses_a_malformed_one(campaign_copy
     result, calls = campaign_copy("emu 1 3 \nemu 2 3\r\n\tmerger 3 3\n# note\n\nemu 4 3  # a note\n")
     seeds = sorted(call.split("--seed ")[1].split()[0] for call in calls)
     assert seeds == ["1", "2", "3", "4"], (calls, result.stderr)
-    for line in ("emu 4", "emu 4 3 extra", "emu x 3", "emu 4 0", "bogus 4 3", "emu 4 -3"):
+    for line in ("emu 4", "emu 4 3 extra", "emu x 3", "emu 4 0", "bogus 4 3", "emu 4 -3", "emu 04 3"):
         result, calls = campaign_copy(f"emu 1 3\n{line}\n")
         assert result.returncode == 2, (line, result.stderr)
         assert calls == [], line  # nothing started
