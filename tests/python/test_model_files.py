@@ -250,7 +250,12 @@ def test_error_quoting_invalid_utf8_from_the_file_is_still_a_clean_error(tmp_pat
     data = path.read_bytes()
     assert data.count(b"clairvoyant") == 1
     # Same length: the protobuf stays valid; signed again so that the head check is reached.
+    # Bytes that are not UTF-8 are refused as such before the head is read (C round twenty-one).
     path.write_bytes(dodo._core.with_content_digest(data.replace(b"clairvoyant", b"clai\xe1\x80\x01yant")))
+    with pytest.raises(RuntimeError, match=r'DODO_ERROR_MODEL_METADATA: .*"dodo.head" is not UTF-8 text \(byte 4 '):
+        Closure(path)
+    # Control characters (UTF-8, but not printable) still reach the head check, escaped.
+    path.write_bytes(dodo._core.with_content_digest(data.replace(b"clairvoyant", b"clai\x1b\x01\x7fyant")))
     with pytest.raises(RuntimeError, match=r"DODO_ERROR_MODEL_METADATA: .*unknown head") as raised:
         Closure(path)
-    assert "clai\\xe1\\x80\\x01yant" in str(raised.value), raised.value
+    assert "clai\\x1b\\x01\\x7fyant" in str(raised.value), raised.value

@@ -182,11 +182,12 @@ DODO_API void dodo_closure_destroy(dodo_closure* closure);
  * Element (cell c, species a, component m) of F_init is F_init[c*s[0] + a*s[1] + m*s[2]] with
  * s = F_init_strides (in elements; NULL = {24, 4, 1}); likewise F_pred. u[c*v[0] + m*v[1]] with
  * v = u_strides (NULL = {4, 1}); u = NULL means every cell is at rest.
- * F_pred may be F_init (same pointer and strides) for in-place use. cell_status (n_cells entries)
- * may be NULL. Refused with DODO_ERROR_INVALID_ARGUMENT before anything is written: n_cells or
- * strides whose addresses leave the address space, F_pred strides under which two output values
- * share memory (e.g. a zero species or component stride), F_pred or cell_status sharing memory
- * with F_init or u other than by exact in-place use, and an array not at its type's alignment
+ * F_pred may be F_init (same pointer and strides; for one cell the cell strides may differ) for
+ * in-place use. cell_status (n_cells entries) may be NULL. Refused with
+ * DODO_ERROR_INVALID_ARGUMENT before anything is written: n_cells or strides whose addresses
+ * leave the address space, F_pred strides under which two output values share memory (e.g. a
+ * zero species or component stride), F_pred or cell_status sharing memory with F_init or u
+ * other than by exact in-place use, and an array not at its type's alignment
  * (8 bytes for the doubles, 4 for cell_status). Arrays interleaved in one struct per cell (F_init,
  * F_pred and u with the same cell stride) share nothing and are accepted; interleaved arrays of
  * different cell strides are refused as sharing memory.

@@ -1,6 +1,7 @@
 // Checks of the caller's strided arrays before dodo_apply touches them (issue 11, item 10): the
 // addresses must fit in the address space, no two output elements may share memory, and an output
-// may not overlap an input except as exact in-place use (F_pred == F_init, same strides).
+// may not overlap an input except as exact in-place use (F_pred == F_init, same strides;
+// for one cell the cell strides may differ).
 #pragma once
 
 #include <cstddef>

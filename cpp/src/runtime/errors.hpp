@@ -12,6 +12,34 @@
 
 namespace dodo::runtime {
 
+// The length of the UTF-8 character that starts at text[i], or 0 where the bytes there are not one
+// (a lone continuation byte, a cut sequence, an overlong form, a surrogate, a code point above
+// U+10FFFF). Shared by printable_message and first_invalid_utf8 (probe round twenty-one).
+inline std::size_t utf8_character_length(const std::string& text, std::size_t i) {
+  const unsigned char lead = static_cast<unsigned char>(text[i]);
+  std::size_t length = lead < 0x80 ? 1 : (lead >> 5) == 6 ? 2 : (lead >> 4) == 14 ? 3 : (lead >> 3) == 30 ? 4 : 0;
+  bool valid = length > 0 && i + length <= text.size();
+  for (std::size_t k = 1; valid && k < length; ++k) valid = (static_cast<unsigned char>(text[i + k]) >> 6) == 2;
+  if (valid && length > 1) {  // no overlong forms, surrogates or code points above U+10FFFF
+    const unsigned char second = static_cast<unsigned char>(text[i + 1]);
+    if (length == 2) valid = lead >= 0xc2;
+    if (length == 3) valid = !(lead == 0xe0 && second < 0xa0) && !(lead == 0xed && second >= 0xa0);
+    if (length == 4) valid = lead <= 0xf4 && !(lead == 0xf0 && second < 0x90) && !(lead == 0xf4 && second >= 0x90);
+  }
+  return valid ? length : 0;
+}
+
+// The offset of the first byte of `text` that begins no UTF-8 character, or std::string::npos
+// when the whole text is UTF-8.
+inline std::size_t first_invalid_utf8(const std::string& text) {
+  for (std::size_t i = 0; i < text.size();) {
+    const std::size_t length = utf8_character_length(text, i);
+    if (length == 0) return i;
+    i += length;
+  }
+  return std::string::npos;
+}
+
 // Messages quote text from model files (metadata keys and values, ORT's messages about the file),
 // which a corrupted file can fill with any bytes. Hosts print them and Python decodes them as
 // UTF-8, so bytes that are not valid UTF-8, and control characters, become "\xNN".
@@ -30,15 +58,8 @@ inline std::string printable_message(const std::string& text, bool keep_line_bre
   };
   for (std::size_t i = 0; i < text.size();) {
     const unsigned char lead = static_cast<unsigned char>(text[i]);
-    std::size_t length = lead < 0x80 ? 1 : (lead >> 5) == 6 ? 2 : (lead >> 4) == 14 ? 3 : (lead >> 3) == 30 ? 4 : 0;
-    bool valid = length > 0 && i + length <= text.size();
-    for (std::size_t k = 1; valid && k < length; ++k) valid = (static_cast<unsigned char>(text[i + k]) >> 6) == 2;
-    if (valid && length > 1) {  // no overlong forms, surrogates or code points above U+10FFFF
-      const unsigned char second = static_cast<unsigned char>(text[i + 1]);
-      if (length == 2) valid = lead >= 0xc2;
-      if (length == 3) valid = !(lead == 0xe0 && second < 0xa0) && !(lead == 0xed && second >= 0xa0);
-      if (length == 4) valid = lead <= 0xf4 && !(lead == 0xf0 && second < 0x90) && !(lead == 0xf4 && second >= 0x90);
-    }
+    const std::size_t length = utf8_character_length(text, i);
+    const bool valid = length > 0;
     const bool line_break = keep_line_breaks && (lead == '\n' || lead == '\t');
     if (!valid || (length == 1 && ((lead < 0x20 && !line_break) || lead == 0x7f))) {
       escape(lead);

@@ -300,6 +300,21 @@ void verify_content_digest(const PackageContents& package) {
     throw Error(DODO_ERROR_MODEL_METADATA, "model metadata was altered after export: its entries have SHA-256 " +
                                                actual_metadata + " but \"" + kMetadataDigestKey + "\" says " +
                                                stored_metadata->second.substr(0, 64));
+  // ONNX's strings are UTF-8, and hosts read these as text (Python decodes them; Fortran and Julia
+  // hosts print them). A re-signed package whose "dodo.export_time" held 0xff 0xfe loaded, and its
+  // bytes reached every C, Fortran and Julia caller of dodo_get_metadata as they were (probe round
+  // twenty-one; Python refused it after the load since its round thirty-one).
+  for (const auto& [key, value] : package.metadata) {
+    if (const std::size_t at = first_invalid_utf8(key); at != std::string::npos)
+      throw Error(DODO_ERROR_MODEL_METADATA, "model metadata key " + quoted_value(key) + " is not UTF-8 text (byte " +
+                                                 std::to_string(at) + " of the key; ONNX's strings are UTF-8): a "
+                                                 "damaged or edited package; export it again with `dodo export`");
+    if (const std::size_t at = first_invalid_utf8(value); at != std::string::npos)
+      throw Error(DODO_ERROR_MODEL_METADATA, "model metadata entry " + quoted_value(key) + " is not UTF-8 text (byte " +
+                                                 std::to_string(at) + " of its value of " + std::to_string(value.size()) +
+                                                 " bytes; ONNX's strings are UTF-8): a damaged or edited package; "
+                                                 "export it again with `dodo export`");
+  }
 }
 
 std::string with_content_digest(std::string_view bytes) {

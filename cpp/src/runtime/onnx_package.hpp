@@ -36,7 +36,8 @@ std::string content_sha256(const PackageContents& package);
 // key, each as: key length (8 bytes, little-endian), key, value length (same), value.
 std::string metadata_sha256(const PackageContents& package);
 
-// Throws Error(DODO_ERROR_MODEL_METADATA) when a digest is missing or the metadata's differs,
+// Throws Error(DODO_ERROR_MODEL_METADATA) when a digest is missing, the metadata's differs or a key
+// or value is not UTF-8 text,
 // and Error(DODO_ERROR_MODEL_FORMAT) when the content's differs.
 void verify_content_digest(const PackageContents& package);
 
