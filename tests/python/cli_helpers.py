@@ -13,6 +13,18 @@ REPO = Path(__file__).resolve().parents[2]
 TOOL_TIMEOUT_S = 300
 
 
+def stand_in_venv(tmp_path: Path, dodo_script: str) -> Path:
+    """A venv directory for the campaign scripts' DODO_VENV: `bin/dodo` runs ``dodo_script`` (bash),
+    `bin/python` is this interpreter. Returns the venv's root."""
+    venv = tmp_path / "venv" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "dodo").write_text(f"#!/bin/bash\n{dodo_script}\n")
+    (venv / "dodo").chmod(0o755)
+    (venv / "python").write_text(f"#!/bin/bash\nexec {sys.executable} \"$@\"\n")
+    (venv / "python").chmod(0o755)
+    return venv.parent
+
+
 def run_tool(name: str, *args, cwd=REPO) -> subprocess.CompletedProcess:
     """Runs tools/NAME with ``args`` in a child interpreter (stdin closed), its output captured."""
     return subprocess.run([sys.executable, str(REPO / "tools" / name), *map(str, args)], capture_output=True,

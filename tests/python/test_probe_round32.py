@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from cli_helpers import REPO, run, run_tool  # noqa: E402
+from cli_helpers import REPO, run, run_tool, stand_in_venv  # noqa: E402
 
 
 def _ensemble_config(root, table, checkpoint, **ensemble):
@@ -124,7 +124,6 @@ def test_relabel_growth_of_a_campaign_without_a_complete_chunk_says_so(tmp_path,
     scripts and a `dodo` that records its calls: never the repository's data.)"""
     import os
     import subprocess
-    import sys
 
     import h5py
 
@@ -132,13 +131,8 @@ def test_relabel_growth_of_a_campaign_without_a_complete_chunk_says_so(tmp_path,
     (repo / "scripts").mkdir(parents=True)
     for name in ("relabel_growth.sh", "own_session.sh"):
         (repo / "scripts" / name).write_text((REPO / "scripts" / name).read_text())
-    venv = tmp_path / "venv" / "bin"
-    venv.mkdir(parents=True)
     log = tmp_path / "calls.txt"
-    (venv / "dodo").write_text(f"#!/bin/bash\necho \"$*\" >> '{log}'\n")
-    (venv / "python").write_text(f"#!/bin/bash\nexec {sys.executable} \"$@\"\n")
-    for name in ("dodo", "python"):
-        (venv / name).chmod(0o755)
+    venv = stand_in_venv(tmp_path, f"echo \"$*\" >> '{log}'") / "bin"
     campaign = tmp_path / "campaign"
     campaign.mkdir()
     with h5py.File(campaign / "emu_seed1.h5", "w") as f:  # a chunk still being written
@@ -220,19 +214,13 @@ def test_campaign_scripts_refuse_a_niceness_or_jobs_nothing_could_run_with(tmp_p
     exit 2, before any chunk. (Copies of the scripts and a `dodo` that records its calls.)"""
     import os
     import subprocess
-    import sys
 
     repo = tmp_path / "repo"
     (repo / "scripts").mkdir(parents=True)
     for name in (script, "own_session.sh"):
         (repo / "scripts" / name).write_text((REPO / "scripts" / name).read_text())
-    venv = tmp_path / "venv" / "bin"
-    venv.mkdir(parents=True)
     log = tmp_path / "calls.txt"
-    (venv / "dodo").write_text(f"#!/bin/bash\necho \"$*\" >> '{log}'\n")
-    (venv / "python").write_text(f"#!/bin/bash\nexec {sys.executable} \"$@\"\n")
-    for name in ("dodo", "python"):
-        (venv / name).chmod(0o755)
+    venv = stand_in_venv(tmp_path, f"echo \"$*\" >> '{log}'") / "bin"
     campaign = tmp_path / "campaign"
     campaign.mkdir()
     import h5py

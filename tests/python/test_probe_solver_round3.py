@@ -11,19 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cli_helpers import stand_in_venv
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def stand_in_venv(tmp_path: Path, dodo_script: str) -> Path:
-    """A venv directory for the campaign scripts' DODO_VENV: `bin/dodo` runs ``dodo_script`` (bash),
-    `bin/python` is this interpreter. Returns the venv's root."""
-    venv = tmp_path / "venv" / "bin"
-    venv.mkdir(parents=True)
-    (venv / "dodo").write_text(f"#!/bin/bash\n{dodo_script}\n")
-    (venv / "dodo").chmod(0o755)
-    (venv / "python").write_text(f"#!/bin/bash\nexec {sys.executable} \"$@\"\n")
-    (venv / "python").chmod(0o755)
-    return venv.parent
 
 
 # --- scripts/qke_campaign.sh: the plan's lines ---------------------------------------------------------
