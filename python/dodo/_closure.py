@@ -309,8 +309,6 @@ class Closure:
                                   "as a package's content: give a file name as str or os.PathLike "
                                   "(os.fsdecode(name))") from None
             raise
-        if has_model:
-            _check_metadata_text(self._runtime, model_path, model_bytes)
 
     # -- evaluation
     def apply(self, F_init, u=None, *, out: Optional[ClosureResult] = None) -> ClosureResult:
@@ -419,21 +417,6 @@ class Closure:
         source = repr(self._model_path) if self._model_path is not None else "<in memory>"
         what = f"model={source}, head={self.head!r}" if self.has_model else "Box3D only"
         return f"dodo.Closure({what}, threads={self.threads})"
-
-
-def _check_metadata_text(runtime, model_path: Optional[str], model_bytes: Optional[bytes]) -> None:
-    """A ValueError (DODO_ERROR_MODEL_METADATA) for a package whose metadata entries are not UTF-8 text,
-    as ONNX's string fields must be: the runtime loaded one (its digest recomputed after an edit of the
-    bytes), and only later ``closure.metadata`` and pickling failed with `UnicodeDecodeError: 'utf-8'
-    codec can't decode byte 0xff ...`, naming no package (outside probe, round 31)."""
-    try:
-        runtime.metadata
-    except UnicodeDecodeError as error:
-        source = f"model file {_shown_path(model_path)}" if model_path is not None else \
-            f"model in memory ({len(model_bytes or b'')} bytes)"
-        raise ValueError(f"DODO_ERROR_MODEL_METADATA: {source}: a metadata entry is not UTF-8 text (byte "
-                         f"{error.object[error.start:error.start + 1]!r}; ONNX's strings are UTF-8): "
-                         "a damaged or edited package; export it again with `dodo export`") from None
 
 
 def _model_digest(metadata: dict) -> Optional[str]:

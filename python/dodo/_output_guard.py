@@ -58,7 +58,9 @@ def file_kind(path: str | Path) -> str:
             attrs = dict(handle.attrs)
             names = set(handle.keys())
     except (OSError, ValueError) as error:
-        return OPEN_FOR_WRITING if "unable to lock file" in str(error) else "an HDF5 file that cannot be read"
+        from .emu_files import held_open_for_writing
+
+        return OPEN_FOR_WRITING if held_open_for_writing(error) else "an HDF5 file that cannot be read"
     # First: a preprocessed file carries its inputs' attributes (a solver database's included).
     if str(attrs.get("format", "")).startswith("dodo-preprocessed"):
         return PREPROCESSED

@@ -42,6 +42,12 @@ class EmuChunk:
         return len(self.row)
 
 
+def held_open_for_writing(error: BaseException) -> bool:
+    """Whether h5py's ``error`` opening a file is HDF5's file lock: another process (an h5py session, a
+    writer still running) holds it open for writing, which is no damage and no other format."""
+    return "unable to lock file" in str(error)
+
+
 def open_hdf5(path: str | Path):
     """``h5py.File(path, "r")``; an OSError becomes a :class:`DataFileError` naming the file, and a
     file that another process holds open for writing (HDF5's file lock: an h5py session, a writer
@@ -52,7 +58,7 @@ def open_hdf5(path: str | Path):
         return h5py.File(path, "r")
     except OSError as error:
         text = " ".join(str(error).split())
-        if "unable to lock file" in text:
+        if held_open_for_writing(error):
             raise DataFileError(f"{path}: another process has it open for writing (HDF5 file lock: {text}); "
                                 "wait until that writer closes it, or read a copy") from None
         raise DataFileError(f"{path}: not a readable HDF5 file ({text}){_what_else(path)}") from None
@@ -76,8 +82,6 @@ def _what_else(path) -> str:
 
 def open_emu_file(path: str | Path):
     """Open an Emu database with h5py, checking the layout; returns (h5py.File, nsims)."""
-    import h5py
-
     from ._atomic import InputPathError, check_input_file
 
     path = Path(path)

@@ -379,7 +379,7 @@ def test_a_package_whose_metadata_is_not_utf8_is_refused_at_load(tmp_path, capsy
     model.write_bytes(package)
     for source in (package, model):
         # RuntimeError since C round twenty-one: the runtime refuses it as it loads, as it does
-        # every other DODO_ERROR_MODEL_METADATA; Python's own check (ValueError) stays behind it.
+        # every other DODO_ERROR_MODEL_METADATA (Python's own check, a ValueError, was then removed as its twin).
         with pytest.raises((RuntimeError, ValueError), match="DODO_ERROR_MODEL_METADATA.*not UTF-8"):
             dodo.Closure(source, threads=1)
     refused(capsys, ["score", str(model), str(emu_file(tmp_path / "emu.h5", _emu_states())), "--bootstrap", "100"],

@@ -281,6 +281,7 @@ def refuse_complete_database(path: str, linear_only: bool = False) -> None:
     import h5py
 
     from .._output_guard import is_solver_database
+    from ..emu_files import held_open_for_writing
 
     if not os.path.isfile(path) or os.path.getsize(path) == 0:
         return
@@ -289,7 +290,7 @@ def refuse_complete_database(path: str, linear_only: bool = False) -> None:
             attrs = dict(handle.attrs)
             states = int(attrs.get("nstates_valid", -1))
     except (OSError, ValueError) as error:
-        if "unable to lock file" in str(error):  # was "not a dodo simulate database ... or --overwrite"
+        if held_open_for_writing(error):  # was "not a dodo simulate database ... or --overwrite"
             raise ValueError(f"{path} exists and another process has it open for writing (HDF5 file lock: "
                              f"{' '.join(str(error).split())}): it is not replaced; wait until that process closes "
                              "it, or give another OUT") from None
