@@ -83,12 +83,16 @@ def species_distributions(Fn, order=17, z_method="exact"):
 # rounding noise (the C++ core's kLobeNoise, cpp/src/box3d/box3d.hpp; written out here, not imported,
 # as the oracle is an independent implementation).
 LOBE_NOISE = 1e-12
+# A moving cell's bound grows with the boost's rounding, W^2 eps of the densities (kBoostLobeNoise).
+BOOST_LOBE_NOISE = 8 * np.finfo(float).eps
 
 
-def pair_lobes(G, w, Fn, i, j):
-    """I+ and I- of a pair's G [C, Q], each zeroed where it is at most LOBE_NOISE x the pair's scale."""
+def pair_lobes(G, w, Fn, i, j, W=None):
+    """I+ and I- of a pair's G [C, Q], each zeroed where it is at most max(LOBE_NOISE, BOOST_LOBE_NOISE
+    W^2) x the pair's scale (W: the cells' boost factors, None at rest)."""
     n = np.asarray(Fn, float)[:, :, 0]
-    noise = LOBE_NOISE * ((n[:, i] + n[:, i + 3]) + (n[:, j] + n[:, j + 3]))
+    fraction = LOBE_NOISE if W is None else np.maximum(LOBE_NOISE, BOOST_LOBE_NOISE * np.asarray(W) ** 2)
+    noise = fraction * ((n[:, i] + n[:, i + 3]) + (n[:, j] + n[:, j + 3]))
     Ip = np.sum(np.maximum(G, 0) * w, axis=1)
     Im = np.sum(np.maximum(-G, 0) * w, axis=1)
     return np.where(Ip > noise, Ip, 0.0), np.where(Im > noise, Im, 0.0)
@@ -136,7 +140,7 @@ def box3d(F_init, u=None, order=17, z_method="exact"):
     Ps = []
     for (i, j) in PAIRS:
         G = eln[:, i] - eln[:, j]
-        Ip, Im = pair_lobes(G, w, Fn, i, j)
+        Ip, Im = pair_lobes(G, w, Fn, i, j, W=u[:, 0])
         growth = np.maximum(growth, np.sqrt(Ip * Im))
         cross = (Ip > 0) & (Im > 0)
         Ismall = np.minimum(Ip, Im)

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <cfloat>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -190,11 +191,17 @@ void block_moments(const Box3DSettings& settings, std::size_t count, RestFrameCe
   }
   const double largest_flux_factor = settings.max_flux_factor;
   double flux_norm[kBlockSpecies];  // |F| of each species (a double, so that the loop vectorises)
+  // Squares below the normal range: a species ~1e-154 of N_tot or less (beside a far denser one)
+  // whose |F|^2 underflowed read flux factor 0, and one with |F| > n passed as stable and
+  // unflagged (outside probe, round 33). Those few are redone below, scaled.
+  std::int64_t tiny_squares = 0;
   for (int a = 0; a < kSpecies; ++a) {
-#pragma omp simd
+#pragma omp simd reduction(| : tiny_squares)
     for (std::size_t i = slot(0, a); i < slot(lanes, a); ++i) {
       const double density = m.density[i];
-      const double flux = std::sqrt(m.flux_x[i] * m.flux_x[i] + m.flux_y[i] * m.flux_y[i] + m.flux_z[i] * m.flux_z[i]);
+      const double square = m.flux_x[i] * m.flux_x[i] + m.flux_y[i] * m.flux_y[i] + m.flux_z[i] * m.flux_z[i];
+      const double flux = std::sqrt(square);
+      tiny_squares |= (square < DBL_MIN) & ((m.flux_x[i] != 0.0) | (m.flux_y[i] != 0.0) | (m.flux_z[i] != 0.0));
       const bool has_density = density > 0.0, has_flux = flux > 0.0;
       const double flux_factor = flux / (has_density ? density : 1.0);
       m.flux_factor[i] = has_density ? flux_factor : 0.0;
@@ -203,6 +210,27 @@ void block_moments(const Box3DSettings& settings, std::size_t count, RestFrameCe
       m.direction_x[i] = m.flux_x[i] * inverse_flux;
       m.direction_y[i] = m.flux_y[i] * inverse_flux;
       m.direction_z[i] = m.flux_z[i] * inverse_flux;
+    }
+  }
+  if (tiny_squares) {
+    for (std::size_t i = 0; i < kBlockSpecies; ++i) {
+      if (i % kBlockCells >= lanes) continue;  // lanes past the block's: never written
+      const double x = m.flux_x[i], y = m.flux_y[i], z = m.flux_z[i];
+      const double largest = std::fmax(std::fabs(x), std::fmax(std::fabs(y), std::fabs(z)));
+      if (!(largest > 0.0) || !(x * x + y * y + z * z < DBL_MIN)) continue;
+      // Scaled by a power of two (exact): the norm and direction the squares would give unrounded.
+      const int shift = -std::ilogb(largest);
+      const double sx = std::ldexp(x, shift), sy = std::ldexp(y, shift), sz = std::ldexp(z, shift);
+      const double scaled_flux = std::sqrt(sx * sx + sy * sy + sz * sz);  // in [1, 2)
+      const double flux = std::ldexp(scaled_flux, -shift);  // may round to 0 or a subnormal: only kept as a flag
+      const double density = m.density[i];
+      // |F| / n from the scaled values: n scaled likewise (0 where n underflows: flux without density).
+      const double scaled_density = std::ldexp(density, shift);
+      m.flux_factor[i] = density > 0.0 ? scaled_flux / scaled_density : 0.0;
+      flux_norm[i] = flux > 0.0 ? flux : largest;
+      m.direction_x[i] = sx / scaled_flux;
+      m.direction_y[i] = sy / scaled_flux;
+      m.direction_z[i] = sz / scaled_flux;
     }
   }
   // A flux without density is not a distribution; nor is one the quadrature cannot represent.
@@ -930,7 +958,8 @@ void crossing_shape(const PairedRule& rule, const double* const G[kPairs], const
 // lookup is a call to __tls_get_addr, ~110 instructions a cell under callgrind).
 DODO_MULTIVERSION
 std::uint32_t angular_change(const PairedRule& rule, const double* F, const BlockMoments& m, std::size_t c,
-                             double* dF, double* growth_over_ntot, double* crossing, AngularScratch& scratch) {
+                             double noise_fraction, double* dF, double* growth_over_ntot, double* crossing,
+                             AngularScratch& scratch) {
   double density[kSpecies], Z[kSpecies], amplitude[kSpecies], paired_scale[kSpecies], power_offset[kSpecies],
       direction_x[kSpecies], direction_y[kSpecies], direction_z[kSpecies];
   for (int a = 0; a < kSpecies; ++a) {
@@ -987,11 +1016,12 @@ std::uint32_t angular_change(const PairedRule& rule, const double* F, const Bloc
       minus12 += weight[q] * std::max(-d12, 0.0);
     }
   }
-  // Lobes at the level of rounding noise are empty (box3d.hpp, kLobeNoise).
+  // Lobes at the level of rounding noise are empty (box3d.hpp, kLobeNoise; noise_fraction is
+  // lobe_noise of the cell's W).
   double positive[kPairs] = {plus01, plus02, plus12}, negative[kPairs] = {minus01, minus02, minus12};
   for (int p = 0; p < kPairs; ++p) {
     const int i = kPairFirst[p], j = kPairSecond[p];
-    const double noise = kLobeNoise * ((density[i] + density[i + kFlavours]) + (density[j] + density[j + kFlavours]));
+    const double noise = noise_fraction * ((density[i] + density[i + kFlavours]) + (density[j] + density[j + kFlavours]));
     if (positive[p] <= noise) positive[p] = 0.0;
     if (negative[p] <= noise) negative[p] = 0.0;
   }
@@ -1004,7 +1034,11 @@ std::uint32_t angular_change(const PairedRule& rule, const double* F, const Bloc
   int crossing_pairs = 0;
   double growth = 0.0;
   for (int p = 0; p < kPairs; ++p) {
-    growth = std::max(growth, std::sqrt(positive[p] * negative[p]));  // step 6
+    // Step 6. The product underflows for species ~1e-154 N_tot and below (beside a far denser
+    // one): the crossing's growth read 0; there as two roots (elsewhere one, the same bits as before).
+    const double product = positive[p] * negative[p];
+    growth = std::max(growth, product >= DBL_MIN ? std::sqrt(product)
+                                                  : std::sqrt(positive[p]) * std::sqrt(negative[p]));
     if (!(positive[p] > 0.0 && negative[p] > 0.0)) continue;
     mixing[p].crosses = true;
     mixing[p].positive_side_smaller = positive[p] <= negative[p];
@@ -1324,7 +1358,8 @@ void Box3D::classify_block(std::size_t count, RestFrameCell* cells, const double
 #pragma GCC unroll 24
     for (int v = 0; v < kCellValues; ++v) cell.dF[v] = 0.0;
     if (!scratch) scratch = &thread_scratch();
-    cell.status = angular_change(paired_rule_, cell.F, moments, c, cell.dF, &cell.growth_over_ntot,
+    const double noise_fraction = boost ? lobe_noise(boost[c]) : kLobeNoise;
+    cell.status = angular_change(paired_rule_, cell.F, moments, c, noise_fraction, cell.dF, &cell.growth_over_ntot,
                                  crossing_features ? cell.crossing : nullptr, *scratch);
   }
 }

@@ -1,7 +1,9 @@
 // Pairwise Box3D in delta form (physics.md section 2; Richers et al., PRD 110, 103019 (2024)).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -40,6 +42,14 @@ struct Box3DCell {
 // probe). A lobe below this is taken as empty: it neither crosses, nor adds to the growth proxy,
 // nor shapes the crossing inputs. 1e-12 keeps four orders of magnitude above the noise.
 inline constexpr double kLobeNoise = 1e-12;
+// A moving cell's rest-frame fluxes carry the boost's rounding, ~W^2 eps of the densities (its
+// components cancel terms of size W^2 n): an isotropic cell moving at W = 1000 read fluxes of 6e-11
+// N_tot, lobes above kLobeNoise, and was mixed by 5% of N_tot (an outside probe, round 33). The
+// bound is then kBoostLobeNoise W^2 of the pair's scale, over 30 times the noise measured there; it
+// exceeds kLobeNoise only above W ~ 24, so a cell at a simulation's speeds gets the same bits.
+inline constexpr double kBoostLobeNoise = 8.0 * std::numeric_limits<double>::epsilon();
+// The lobe bound of a cell whose boost factor is W (1 at rest).
+inline double lobe_noise(double W) { return std::max(kLobeNoise, kBoostLobeNoise * (W * W)); }
 
 // Values of a cell's ELN-crossing shape (RestFrameCell::crossing): the network's 18, then the
 // three pairs' fractions where G_p < 0.
