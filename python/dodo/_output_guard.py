@@ -68,7 +68,7 @@ def file_kind(path: str | Path) -> str:
         return f"{LINEAR_LABELS} ({_run_state(attrs)})"
     if is_solver_database(attrs):
         return f"a dodo simulate database ({_run_state(attrs)})"
-    if _truth(attrs.get("synthetic", False)):
+    if is_synthetic_mark(attrs.get("synthetic")):
         return SYNTHETIC
     if str(attrs.get("kind", "")) == APPLIED_CELLS_MARK or \
             str(attrs.get("layout", "")).startswith(_APPLIED_CELLS_LAYOUT_PREFIX):
@@ -109,6 +109,18 @@ def _run_state(attrs: dict) -> str:
     except (TypeError, ValueError, OverflowError):
         states = -1
     return done + (f", {states} states" if states >= 0 else "")
+
+
+def is_synthetic_mark(value) -> bool:
+    """Whether an HDF5 ``synthetic`` attribute is the mark `dodo synth` writes: the boolean true
+    (read back as numpy.bool_). Its truth was taken, so another program's database whose attribute
+    reads "False" (a non-empty string) was "a synthetic database" that `dodo synth -o F` replaced
+    without --overwrite, and `dodo preprocess` recorded its rows as data kind "synthetic"; an array of
+    two values stopped preprocess with NumPy's "truth value of an array ... is ambiguous" (outside
+    probe, round 34)."""
+    import numpy as np
+
+    return isinstance(value, (bool, np.bool_)) and bool(value)
 
 
 def _truth(value) -> bool:

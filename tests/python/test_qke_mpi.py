@@ -167,6 +167,7 @@ def test_a_checkpoint_in_the_earlier_every_state_layout_still_resumes(tmp_path, 
         run_states(output, parallel.SerialCommunicator(), report=stop_after_first_batch)
     stored = dict(np.load(output + ".partial.npz", allow_pickle=True))
     rows, fingerprint = stored.pop("indices"), stored.pop("fingerprint")
+    stored.pop("max_cost")  # recorded since round 34; the earlier layout had no such entry
     nstates = len(cheap_states())
     every_state = {}
     for key, value in stored.items():  # the layout before checkpoints held only their rows

@@ -265,8 +265,29 @@ def _read_checkpoint(path: str) -> _Checkpoint:
     return arrays
 
 
+def _max_cost_mismatch(stored, max_cost: float | None) -> str | None:
+    """Why a checkpoint of this campaign's states and settings was written under another --max-cost, or None.
+
+    The cap is kept beside the fingerprint, not in it: checkpoints written before it was recorded
+    (no ``max_cost`` entry) resume as before. A resume with another cap was taken (outside probe,
+    round 34): a lower cap kept the states done above it while the database recorded the lower cap,
+    and either way the batches (each state's perturbation seed and time step) differ from a run
+    with the new cap from the start."""
+    if "max_cost" not in stored.files:
+        return None
+    there = json.loads(str(stored["max_cost"]))
+    if there == max_cost:
+        return None
+    def shown(value):
+        return "none" if value is None else f"{value:g}"
+    return (f"other settings: --max-cost {shown(there)} there, {shown(max_cost)} here; the cap decides which states "
+            "are run and how they are batched (each state's perturbation seed and time step), so states done under "
+            f"one cap cannot be mixed with another's (rerun with "
+            f"{'no --max-cost' if there is None else '--max-cost ' + shown(there)} to resume)")
+
+
 def _load_checkpoints(output: str, fingerprint: str, four_flux: np.ndarray, settings: dict,
-                      report: Callable[[str], None]):
+                      report: Callable[[str], None], max_cost: float | None = None):
     """(results merged from every checkpoint, the number of the checkpoint each done row came from
     (-1: none), the checkpoint paths). A checkpoint of other states or settings, or one that
     cannot be read, raises :class:`CheckpointMismatchError`: it is never overwritten or removed."""
@@ -277,7 +298,8 @@ def _load_checkpoints(output: str, fingerprint: str, four_flux: np.ndarray, sett
     for number, path in enumerate(paths):
         try:
             stored = _read_checkpoint(path)
-            why = None if str(stored["fingerprint"]) == fingerprint else _mismatch_reason(stored, four_flux, settings)
+            why = (_max_cost_mismatch(stored, max_cost) if str(stored["fingerprint"]) == fingerprint
+                   else _mismatch_reason(stored, four_flux, settings))
         except Exception as error:  # noqa: BLE001 - any failure to read it (truncated, not .npz, no fingerprint)
             why = f"it cannot be read as a checkpoint ({' '.join(str(error).split()) or type(error).__name__})"
         if why is not None:
@@ -339,8 +361,9 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
 
     max_cost: states whose estimated cost exceeds this many times the NSM1 run's are not
     simulated but dropped with the reason (Emu's validation set skipped candidates above 2.5x
-    NSM1: a tenth of random states take half the CPU time). A filter, not a setting: a run can be
-    resumed with a different cap. threads: the compiled kernel steps a batch's simulations on up to
+    NSM1: a tenth of random states take half the CPU time). Recorded in the checkpoint beside the
+    fingerprint: a resume with another cap is refused (checkpoints written before it was recorded
+    resume with any). threads: the compiled kernel steps a batch's simulations on up to
     this many threads (use it with batch_size >= threads; results do not depend on it, so it is
     not a setting either); under MPI, per rank.
     communicator: None = MPI's world when started by an MPI launcher with several ranks, else
@@ -396,7 +419,7 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
                          "arguments, reading the same input file)")
     # Rank 0 alone reads the checkpoints (thousands of ranks must not all scan the directory).
     results, origin, paths = comm.computed_by_root(
-        lambda: _load_checkpoints(output, fingerprint, four_flux, settings, say))
+        lambda: _load_checkpoints(output, fingerprint, four_flux, settings, say, max_cost))
     checkpoint = _checkpoint_path(output, comm.rank, comm.size)
     # A rank's checkpoint holds its own rows only: those of the file it replaces, and those it computes.
     owned = origin == (paths.index(checkpoint) if checkpoint in paths else -2)
@@ -436,7 +459,7 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
             rows = np.flatnonzero(owned & results["done"])
             with open(temporary, "wb") as stream:
                 np.savez(stream, fingerprint=fingerprint, indices=rows, states_sha256=states_digest, nstates=nstates,
-                         settings=settings_text, **{key: value[rows] for key, value in results.items()})
+                         settings=settings_text, max_cost=json.dumps(max_cost), **{key: value[rows] for key, value in results.items()})
 
         try:
             atomic_write(checkpoint, write_partial)

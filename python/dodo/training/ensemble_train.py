@@ -158,6 +158,11 @@ class EnsembleConfig:
                     value = float(value)
                 except ValueError:
                     pass
+            if isinstance(value, str) and name in ("holdout", "growth_data"):
+                # One pattern as a string (`holdout: "*_seed9*.h5"`, `--set growth.data=labels/*.h5`)
+                # is a one-item list, as `dodo preprocess`'s inputs and `dodo train`'s list keys
+                # take it; it was refused ("must be a list of file-name patterns", round 32/34).
+                value = [value]
             setattr(config, name, value)
         config.validate()
         return config
@@ -193,10 +198,12 @@ class EnsembleConfig:
 
         if self.features not in FEATURE_SIZES:
             raise ConfigError(f"data.features must be one of {sorted(FEATURE_SIZES)}; got {self.features!r}")
-        if not isinstance(self.holdout, list) or not all(isinstance(p, str) for p in self.holdout):
-            raise ConfigError(f"data.holdout must be a list of file-name patterns; got {self.holdout!r}")
-        if not isinstance(self.growth_data, list) or not all(isinstance(p, str) for p in self.growth_data):
-            raise ConfigError(f"growth.data must be a list of file patterns; got {self.growth_data!r}")
+        # An empty pattern matches no file: `holdout: ""` (taken as a one-item list since round 34)
+        # would hold nothing out without a word; `holdout: []` says so on purpose.
+        if not isinstance(self.holdout, list) or not all(isinstance(p, str) and p.strip() for p in self.holdout):
+            raise ConfigError(f"data.holdout must be a list of file-name patterns (non-empty strings); got {self.holdout!r}")
+        if not isinstance(self.growth_data, list) or not all(isinstance(p, str) and p.strip() for p in self.growth_data):
+            raise ConfigError(f"growth.data must be a list of file patterns (non-empty strings); got {self.growth_data!r}")
         if isinstance(self.growth_members, bool) or not isinstance(self.growth_members, int) or self.growth_members < 0:
             raise ConfigError(f"growth.members must be an integer >= 0; got {self.growth_members!r}")
         if isinstance(self.distill_width, bool) or not isinstance(self.distill_width, int) or self.distill_width < 0:

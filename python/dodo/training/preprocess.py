@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .._atomic import atomic_hdf5, check_outputs, sha256_file
+from .._output_guard import is_synthetic_mark
 from .config import PreprocessConfig
 from .readers import (DataFileError, FilterCounts, apply_hygiene, average_mu_tau_change, iter_emu_chunks,
                       open_emu_file)
@@ -92,7 +93,7 @@ REJECTING_FLAGS = ("FLUX_FACTOR", "NEGATIVE_DENSITY", "NONFINITE", "ZERO_DENSITY
 
 def source_kind(attrs) -> str:
     """'synthetic' (dodo synth), 'qke' (dodo simulate, the QKE solver) or 'emu' (anything else)."""
-    if bool(attrs.get("synthetic", False)):
+    if is_synthetic_mark(attrs.get("synthetic")):  # dodo synth's boolean, not any true value
         return "synthetic"
     solver = attrs.get("solver", "")
     if isinstance(solver, bytes):
