@@ -132,3 +132,29 @@ def test_preprocess_reads_the_data_kind_from_synths_boolean_only(tmp_path, value
     assert main(["preprocess", "--config", str(config), "-q"]) == 0
     with h5py.File(output, "r") as handle:
         assert str(handle.attrs["data_kind"]) == kind
+
+
+def test_train_resume_with_fewer_epochs_than_done_is_refused(tmp_path, capsys):
+    """`dodo train --resume ck/last.pt --set training.epochs=1` of a run stopped after epoch 2 trained
+    nothing, wrote final.pt recording epoch 1 (its config `epochs: 1`) of a model trained for two, and
+    the metrics called the run completed. Now one line before any file is written; the same number
+    of epochs as done still writes the final files."""
+    pytest.importorskip("torch")
+    from cli_helpers import run, synthetic_preprocessed
+    from dodo.training.train import load_checkpoint
+
+    table = synthetic_preprocessed(tmp_path, 64)
+    config = tmp_path / "train.yaml"
+    config.write_text(
+        f"data: {{path: {table}, batch_size: 32}}\nmodel: {{head: equivariant, hidden_dim: 8, n_blocks: 1}}\n"
+        "training: {epochs: 3, lr: 1.0e-3, threads: 1, log_interval: 1000}\n"
+        f"output: {{results_dir: {tmp_path / 'res'}, checkpoint_dir: {tmp_path / 'ck'}}}\n")
+    assert run(capsys, ["train", "--config", str(config), "--set", "training.stop_after_epoch=2"])[0] == 0
+    last = str(tmp_path / "ck" / "last.pt")
+    code, _, err = run(capsys, ["train", "--config", str(config), "--resume", last, "--set", "training.epochs=1"])
+    assert code == 2 and "has trained 2 epochs, more than training.epochs = 1" in err, err
+    assert not (tmp_path / "ck" / "final.pt").exists()
+    assert not list((tmp_path / "res").glob("metrics_*.json"))
+    code, _, err = run(capsys, ["train", "--config", str(config), "--resume", last, "--set", "training.epochs=2"])
+    assert code == 0, err
+    assert load_checkpoint(tmp_path / "ck" / "final.pt")["epoch"] == 2

@@ -510,6 +510,14 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
             raise CorruptCheckpointError(
                 f"{resume_path}: cannot resume from it: {type(error).__name__} {text[:300]}"
                 f"{' ...' if len(text) > 300 else ''} (the file was edited or damaged)") from None
+        if start_epoch - 1 > t.epochs:
+            # It trained nothing and wrote final.pt as "epoch 1" of a model trained for 2, its config
+            # saying epochs: 1, and called the run completed (outside probe, round 34).
+            raise ValueError(
+                f"{resume_path}: the run has trained {start_epoch - 1} epochs, more than training.epochs = "
+                f"{t.epochs}: the resume would train none and record its final model as epoch {t.epochs}; "
+                f"resume with training.epochs >= {start_epoch - 1} ({start_epoch - 1} only writes the final files), "
+                "or use its best.pt or last.pt as they are")
         log(f"resumed from {resume_path} after epoch {checkpoint['epoch']}")
     network = distribution.wrap(closure.network, device)  # DDP after loading: every process starts equal
 
