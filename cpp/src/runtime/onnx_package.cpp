@@ -200,8 +200,13 @@ void count_element(std::size_t at, std::size_t& elements, std::size_t more = 1) 
                     "of memory for each");
 }
 
-void refuse_external_data(std::string_view bytes, std::string_view message, Message kind, int depth,
-                          std::size_t& elements) {
+// Walks one message and, through kChildren, every message nested in it (deeper than kMaxNesting: refused).
+// Does two things on the way: refuses a tensor whose data lie outside the file (ONNX external data),
+// and counts the graph elements (every field, and every integer of a packed list) against
+// kMaxModelElements, so a file of millions of tiny elements is refused before ONNX Runtime or the
+// native evaluator allocates for them.
+void check_tensors_and_count_elements(std::string_view bytes, std::string_view message, Message kind, int depth,
+                                      std::size_t& elements) {
   if (depth > kMaxNesting) malformed("graphs nested more than " + std::to_string(kMaxNesting) + " deep", offset_in(bytes, message));
   constexpr std::uint64_t kTensorExternalData = 13, kTensorDataLocation = 14, kExternal = 1;
   WireReader reader(message, offset_in(bytes, message));
@@ -224,7 +229,8 @@ void refuse_external_data(std::string_view bytes, std::string_view message, Mess
       count_element(offset_in(bytes, payload), elements, count);
     }
     for (const Child& child : kChildren)
-      if (child.parent == kind && child.field == field) refuse_external_data(bytes, payload, child.child, depth + 1, elements);
+      if (child.parent == kind && child.field == field)
+        check_tensors_and_count_elements(bytes, payload, child.child, depth + 1, elements);
   }
 }
 
@@ -259,7 +265,7 @@ PackageContents read_package(std::string_view bytes) {
   }
   if (!have_graph) throw Error(DODO_ERROR_MODEL_FORMAT, "not an ONNX model: the file has no graph");
   std::size_t elements = 0;
-  refuse_external_data(bytes, bytes, Message::kModel, 0, elements);
+  check_tensors_and_count_elements(bytes, bytes, Message::kModel, 0, elements);
   return package;
 }
 
