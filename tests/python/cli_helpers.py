@@ -63,6 +63,19 @@ def synthetic_preprocessed(root: Path, cells: int = 300) -> Path:
     return root / "pre.h5"
 
 
+def tiny_train_config(root: Path, table: Path, *, batch_size: int = 32, epochs: int = 1,
+                      outputs: Path | None = None) -> Path:
+    """ROOT/train.yaml: a `dodo train` config of an 8-wide one-block network on TABLE, writing its
+    results and checkpoints under OUTPUTS (default ROOT) as res/ and ck/."""
+    outputs = root if outputs is None else outputs
+    config = root / "train.yaml"
+    config.write_text(
+        f"data: {{path: {table}, batch_size: {batch_size}}}\nmodel: {{head: equivariant, hidden_dim: 8, n_blocks: 1}}\n"
+        f"training: {{epochs: {epochs}, lr: 1.0e-3, threads: 1, log_interval: 1000}}\n"
+        f"output: {{results_dir: {outputs / 'res'}, checkpoint_dir: {outputs / 'ck'}}}\n")
+    return config
+
+
 def tiny_study_base(root: Path) -> Path:
     """ROOT/base.yaml: a one-epoch, 8-wide `dodo train` config on ROOT/pre.h5, for `dodo study` grids."""
     base = root / "base.yaml"

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli_helpers import digest, refused, run, synthetic_preprocessed
+from cli_helpers import digest, refused, run, synthetic_preprocessed, tiny_train_config
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = REPO / "tools"
@@ -53,12 +53,7 @@ def test_train_refuses_a_resume_checkpoint_given_twice_with_two_values(tmp_path,
 # --- a failed dodo train leaves no directory of its own ---------------------------------------------
 
 def _train_config(root: Path, table: Path) -> Path:
-    config = root / "train.yaml"
-    config.write_text(
-        f"data: {{path: {table}, batch_size: 64}}\nmodel: {{head: equivariant, hidden_dim: 8, n_blocks: 1}}\n"
-        "training: {epochs: 1, lr: 1.0e-3, threads: 1, log_interval: 1000}\n"
-        f"output: {{results_dir: {root / 'runs' / 'res'}, checkpoint_dir: {root / 'runs' / 'ck'}}}\n")
-    return config
+    return tiny_train_config(root, table, batch_size=64, outputs=root / "runs")
 
 
 @pytest.mark.parametrize("resume", ["missing", "text"])

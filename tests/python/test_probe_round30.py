@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import synthetic_preprocessed
+from cli_helpers import synthetic_preprocessed, tiny_train_config
 
 REPO = Path(__file__).resolve().parents[2]
 #: A hang guard only, never a measure of speed.
@@ -27,13 +27,7 @@ def _free_port() -> int:
 
 
 def _tiny_train_config(root: Path) -> Path:
-    table = synthetic_preprocessed(root, 64)
-    config = root / "train.yaml"
-    config.write_text(
-        f"data: {{path: {table}, batch_size: 32}}\nmodel: {{head: equivariant, hidden_dim: 8, n_blocks: 1}}\n"
-        "training: {epochs: 1, lr: 1.0e-3, threads: 1, log_interval: 1000}\n"
-        f"output: {{results_dir: {root / 'res'}, checkpoint_dir: {root / 'ck'}}}\n")
-    return config
+    return tiny_train_config(root, synthetic_preprocessed(root, 64))
 
 
 # --- dodo train with a data-parallel job's variables left in the environment -------------------------

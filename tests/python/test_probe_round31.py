@@ -15,7 +15,7 @@ import pytest
 
 import dodo
 
-from cli_helpers import emu_file, refused, run, synthetic_preprocessed
+from cli_helpers import emu_file, refused, run, synthetic_preprocessed, tiny_train_config
 
 h5py = pytest.importorskip("h5py")
 
@@ -153,11 +153,7 @@ def test_a_damaged_preprocessed_file_is_named(tmp_path, capsys):
     pytest.importorskip("torch")
     pytest.importorskip("yaml")
     table = synthetic_preprocessed(tmp_path, 64)
-    config = tmp_path / "train.yaml"
-    config.write_text(
-        f"data: {{path: {table}, batch_size: 32}}\nmodel: {{head: equivariant, hidden_dim: 8, n_blocks: 1}}\n"
-        "training: {epochs: 1, lr: 1.0e-3, threads: 1, log_interval: 1000}\n"
-        f"output: {{results_dir: {tmp_path / 'res'}, checkpoint_dir: {tmp_path / 'ck'}}}\n")
+    config = tiny_train_config(tmp_path, table)
     code, _, err = run(capsys, ["train", "--config", str(config)])
     assert code == 0, err
     damaged = tmp_path / "damaged.h5"

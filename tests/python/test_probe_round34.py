@@ -140,15 +140,11 @@ def test_train_resume_with_fewer_epochs_than_done_is_refused(tmp_path, capsys):
     the metrics called the run completed. Now one line before any file is written; the same number
     of epochs as done still writes the final files."""
     pytest.importorskip("torch")
-    from cli_helpers import run, synthetic_preprocessed
+    from cli_helpers import run, synthetic_preprocessed, tiny_train_config
     from dodo.training.train import load_checkpoint
 
     table = synthetic_preprocessed(tmp_path, 64)
-    config = tmp_path / "train.yaml"
-    config.write_text(
-        f"data: {{path: {table}, batch_size: 32}}\nmodel: {{head: equivariant, hidden_dim: 8, n_blocks: 1}}\n"
-        "training: {epochs: 3, lr: 1.0e-3, threads: 1, log_interval: 1000}\n"
-        f"output: {{results_dir: {tmp_path / 'res'}, checkpoint_dir: {tmp_path / 'ck'}}}\n")
+    config = tiny_train_config(tmp_path, table, epochs=3)
     assert run(capsys, ["train", "--config", str(config), "--set", "training.stop_after_epoch=2"])[0] == 0
     last = str(tmp_path / "ck" / "last.pt")
     code, _, err = run(capsys, ["train", "--config", str(config), "--resume", last, "--set", "training.epochs=1"])
