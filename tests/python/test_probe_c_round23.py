@@ -144,3 +144,27 @@ def test_a_forked_child_uses_and_destroys_a_handle_a_parent_thread_was_using(lib
         stop.set()
         worker.join()
         lib.dodo_closure_destroy(handle)
+
+
+def test_a_moment_filter_numpy_cannot_read_as_floats_is_a_type_error_not_a_crash():
+    """dodo._core.QkeKernel with moment_filter "x" (or a dict) read a null array's data: the
+    interpreter died of SIGSEGV. Run in a child so that the crash, before the fix, fails the test
+    instead of ending pytest."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, dodo._core as c\n"
+        "for bad in ('x', {'a': 1}, object()):\n"
+        "    try:\n"
+        "        c.QkeKernel(np.array([[0, 0, 1.0], [0, 0, -1.0]]), 8, np.array([1e-3]), np.ones(8), bad, 1.0, 3e10)\n"
+        "    except TypeError as error:\n"
+        "        assert 'moment_filter' in str(error), error\n"
+        "    else:\n"
+        "        raise SystemExit('accepted ' + repr(bad))\n"
+        "k = c.QkeKernel(np.array([[0, 0, 1.0], [0, 0, -1.0]]), 8, np.array([1e-3]), np.ones(8), None, 1.0, 3e10)\n"
+        "assert k.ncell == 8\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", (result.returncode, result.stderr[-2000:])

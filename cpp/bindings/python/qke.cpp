@@ -57,7 +57,14 @@ void register_qke(py::module_& m) {
              settings.speed_of_light = speed_of_light;
              settings.coupling = coupling;
              std::vector<double> filter;
-             if (!moment_filter.is_none()) filter = to_vector(RealArray::ensure(moment_filter));
+             if (!moment_filter.is_none()) {
+               // ensure() gives a null handle for what numpy cannot make a float64 array of (a
+               // str, a dict): reading its data was a segmentation fault (outside probe, C round
+               // twenty-three).
+               const RealArray array = RealArray::ensure(moment_filter);
+               if (!array) throw py::type_error("moment_filter must be None or an array of floats");
+               filter = to_vector(array);
+             }
              // std::invalid_argument (bad sizes, ncell not a power of two) becomes ValueError.
              return new FlavourBoxKernel(std::move(settings), to_vector(cell_size_cm), std::move(filter));
            }),
