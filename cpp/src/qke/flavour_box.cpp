@@ -308,7 +308,7 @@ FlavourBoxKernel::FlavourBoxKernel(FlavourBoxSettings settings, std::vector<doub
       ncell_(settings_.ncell),
       ndir_(settings_.directions.size() / 3),
       width_((ndir_ + kPad - 1) / kPad * kPad),
-      fft_(RowFft::is_power_of_two(settings_.ncell) ? settings_.ncell : 2) {
+      fft_(2) {  // its real tables come after the storage, below
   if (!RowFft::is_power_of_two(ncell_))
     throw std::invalid_argument("the compiled QKE kernel needs ncell a power of two >= 2; got " +
                                 std::to_string(ncell_));
@@ -365,8 +365,6 @@ FlavourBoxKernel::FlavourBoxKernel(FlavourBoxSettings settings, std::vector<doub
       hamiltonian_weights_[(axis + 1) * width_ + d] = -settings_.self_interaction * v;
     }
   }
-  state_filter_.resize(ncell_);
-  for (std::size_t row = 0; row < ncell_; ++row) state_filter_[row] = settings_.state_filter[fft_.spectral_bin(row)];
 
   const std::size_t field = kBlocks * ncell_ * width_;
   const std::size_t moments = kBlocks * ncell_ * kMoments * 2;
@@ -376,6 +374,11 @@ FlavourBoxKernel::FlavourBoxKernel(FlavourBoxSettings settings, std::vector<doub
   const std::size_t per_box = 8 * field + 2 * moments + 4 * phases + 2 * lepton + (filtered ? ncell_ : 0);
   // = ncell * (76 width + 192) (+ ncell): within the bound checked above.
   storage_.assign(per_box * nsim_, 0.0);
+  // The FFT tables (~24 bytes a cell) only now: built first, an ncell of 2^31 spent minutes filling
+  // 48 GB of them before the storage, 30 times larger, failed to allocate (C round 23).
+  fft_ = RowFft(ncell_);
+  state_filter_.resize(ncell_);
+  for (std::size_t row = 0; row < ncell_; ++row) state_filter_[row] = settings_.state_filter[fft_.spectral_bin(row)];
   boxes_.resize(nsim_);
   for (std::size_t s = 0; s < nsim_; ++s) {
     double* p = storage_.data() + s * per_box;
