@@ -158,7 +158,13 @@ void register_runtime(py::module_& m) {
              options.evaluator = evaluator;
              // model: None (Box3D only, as DODO_BOX3D_ONLY), a path (str), or the package's bytes
              // (copied under the GIL).
-             const bool in_memory = py::isinstance<py::bytes>(model);
+             // A bytearray is bytes too: pybind11's string caster took it as a path, "model file
+             // \"\x08\x08\x12...\" does not exist" for a whole package; an int or a list was a
+             // RuntimeError "Unable to cast" (outside probe, C round twenty-four).
+             const bool in_memory = py::isinstance<py::bytes>(model) || py::isinstance<py::bytearray>(model);
+             if (!model.is_none() && !in_memory && !py::isinstance<py::str>(model))
+               throw py::type_error("model must be None, a path (str) or the package's bytes; got " +
+                                    py::str(py::type::of(model).attr("__name__")).cast<std::string>());
              const std::string text = model.is_none() ? std::string(DODO_BOX3D_ONLY) : model.cast<std::string>();
              std::unique_ptr<Closure> closure;
              // Loading and warm-up can take a while.
@@ -242,9 +248,22 @@ void register_runtime(py::module_& m) {
                throw dodo::runtime::Error(DODO_ERROR_MODEL_METADATA,
                                           "the package has no \"dodo.native_network\" (or no dodo.features / "
                                           "dodo.output_size)");
+             // Read as strictly as the closure reads them (model_metadata.cpp): std::stoi took "3.5"
+             // as 3 and answered "abc" with a bare ValueError("stoi") and 99999999999 with
+             // IndexError("stoi"); an unknown feature set became "cannot take 0 inputs" (outside
+             // probe, C round twenty-four).
+             const int input_size = dodo::runtime::known_feature_size(features->second);
+             int output_size = 0;
+             const std::string& declared = outputs->second;
+             const bool digits = !declared.empty() && declared.size() <= 9 && declared[0] != '0' &&
+                                 declared.find_first_not_of("0123456789") == std::string::npos;
+             if (digits) output_size = std::stoi(declared);
+             if (!digits || std::to_string(output_size) != declared)
+               throw dodo::runtime::Error(DODO_ERROR_MODEL_METADATA,
+                                          "model \"dodo.output_size\" is " + dodo::runtime::quoted_value(declared) +
+                                              "; a whole number of outputs (1 or more, decimal digits) is wanted");
              auto network = std::make_unique<dodo::runtime::NativeNetwork>(
-                 description->second, dodo::runtime::read_float_initializers(bytes),
-                 dodo::runtime::feature_size(features->second), std::stoi(outputs->second));
+                 description->second, dodo::runtime::read_float_initializers(bytes), input_size, output_size);
              // "auto": the widest kernel this CPU runs (what the closure uses); a named one for
              // the tests that compare the kernels.
              if (instruction_set != "auto" && !network->use_instruction_set(instruction_set))

@@ -318,6 +318,12 @@ FlavourBoxKernel::FlavourBoxKernel(FlavourBoxSettings settings, std::vector<doub
   if (settings_.state_filter.size() != ncell_) throw std::invalid_argument("state_filter must have ncell entries");
   if (!moment_filter.empty() && moment_filter.size() != nsim_ * ncell_)
     throw std::invalid_argument("moment_filter must be empty or have nsim x ncell entries");
+  // Checked before their symmetry, which a NaN would fail under a misleading name.
+  const auto all_finite = [](const std::vector<double>& values) {
+    return std::all_of(values.begin(), values.end(), [](double v) { return std::isfinite(v); });
+  };
+  if (!all_finite(settings_.state_filter)) throw std::invalid_argument("state_filter must be finite");
+  if (!all_finite(moment_filter)) throw std::invalid_argument("moment_filter must be finite");
   // Real multipliers even in k keep real signals real: the diagonal blocks rely on it (nu and
   // nubar share one complex transform).
   auto even_in_k = [&](const double* filter) {
@@ -330,8 +336,18 @@ FlavourBoxKernel::FlavourBoxKernel(FlavourBoxSettings settings, std::vector<doub
     if (!even_in_k(moment_filter.data() + s * ncell_)) throw std::invalid_argument("moment_filter must be even in k");
   for (double size : cell_size_cm)
     if (!(size > 0) || !std::isfinite(size)) throw std::invalid_argument("cell sizes must be positive and finite");
-  if (!(settings_.self_interaction > 0) || !(settings_.speed_of_light > 0))
-    throw std::invalid_argument("self_interaction and speed_of_light must be positive");
+  // Non-finite settings were taken and every step gave NaN states without a word (an infinite
+  // self_interaction or speed_of_light, a NaN direction, a NaN or inf filter at k = 0, which
+  // even_in_k does not compare; outside probe, C round twenty-four). Finite values only refuse.
+  if (!(settings_.self_interaction > 0) || !(settings_.speed_of_light > 0) ||
+      !std::isfinite(settings_.self_interaction) || !std::isfinite(settings_.speed_of_light))
+    throw std::invalid_argument("self_interaction and speed_of_light must be positive and finite");
+  if (!all_finite(settings_.directions)) throw std::invalid_argument("directions must be finite");
+  // The fastest advection, c pi / cell size (the Nyquist bin): past the largest double (a cell of
+  // 5e-324 cm) the phases of every step were NaN.
+  for (double size : cell_size_cm)
+    if (!std::isfinite(settings_.speed_of_light * (kPi / size)))
+      throw std::invalid_argument("cell sizes too small: the advection rate c pi / cell size is not finite");
 
   // The storage's size, checked before anything is allocated: the products below wrapped past
   // 2^64 for large enough ncell x ndir x nsim, and a wrapped size could be small enough to
