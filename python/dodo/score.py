@@ -11,7 +11,6 @@ Runs on the C++ runtime (`dodo.Closure`): no training code, h5py only to read th
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -22,7 +21,8 @@ from .conventions import from_emu_layout, total_density
 from ._cli_common import add_json_argument, emit, json_target_file
 from ._output_guard import marked_report
 from ._status import REJECTED_MASK
-from .emu_files import hdf5_item, known_file_problem, numeric_dataset, open_hdf5, unfinished_run_note
+from .emu_files import (growth_rate_note, hdf5_item, known_file_problem, nf_problem, numeric_dataset, open_hdf5,
+                        unfinished_run_note)
 
 #: A state counts as "worse than Box3D" when the model's error exceeds Box3D's by this (N_tot).
 WORSE_THRESHOLD = 0.0025
@@ -113,6 +113,9 @@ def read_emu_states(path: str) -> EmuStates:
             emu_initial = numeric_dataset(f, path, "F4_initial(1|ccm)")
             emu_final = numeric_dataset(f, path, "F4_final(1|ccm)")
             growth = numeric_dataset(f, path, "growthRate(1|s)") if "growthRate(1|s)" in f else None
+            problem = nf_problem(f, emu_initial.shape) if emu_initial.ndim == 4 else ""
+            if problem:  # as dodo apply and preprocess read it (emu_files.open_emu_file)
+                raise ValueError(f"{path}: {problem}")
             unfinished = unfinished_run_note(f, path)
             if unfinished:  # scored, but not silently as if they were the whole run's states
                 notes.append(unfinished)
@@ -128,11 +131,12 @@ def read_emu_states(path: str) -> EmuStates:
     if len(emu_initial) == 0:
         raise ValueError(f"{path}: no states")
     if growth is not None:
-        growth = growth.reshape(-1)
-        if len(growth) != len(emu_initial):
-            notes.append(f"{path}: growthRate(1|s) has {len(growth)} values for {len(emu_initial)} states; "
-                         "not used (no growth-rate comparison)")
+        unusable = growth_rate_note(growth.shape, len(emu_initial))  # [n] or [n, 1], as dodo preprocess reads
+        if unusable:
+            notes.append(f"{path}: {unusable}; not used (no growth-rate comparison)")
             growth = None
+        else:
+            growth = growth.reshape(-1)
     return EmuStates(from_emu_layout(emu_initial), from_emu_layout(emu_final), growth, notes)
 
 

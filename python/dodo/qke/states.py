@@ -388,7 +388,7 @@ def read_states(path: str) -> dict:
     if hdf5:
         import h5py
 
-        from ..emu_files import known_file_problem, numeric_dataset, open_hdf5
+        from ..emu_files import known_file_problem, nf_problem, numeric_dataset, open_hdf5
 
         with open_hdf5(path) as f:
             if "F4_initial(1|ccm)" not in f:  # a preprocessed file or an apply -o cell file is named (round 29)
@@ -398,6 +398,9 @@ def read_states(path: str) -> dict:
             if initial.ndim != 4 or initial.shape[1:] != (4, 2, 3):  # a two-flavour Emu file: [n, 4, 2, 2]
                 raise ValueError(f"{path}: 'F4_initial(1|ccm)' has shape {initial.shape}; expected [nsims, 4 "
                                  "(x,y,z,t), 2, 3] (three flavours)")
+            problem = nf_problem(f, initial.shape)  # `nf = 2` beside three-flavour arrays (round 35)
+            if problem:
+                raise ValueError(f"{path}: {problem}")
             four_flux = from_emu_layout(initial)
             rotation = numeric_dataset(f, path, "rotation_R") if "rotation_R" in f else None
             end_time = numeric_dataset(f, path, "tend(s)") if "tend(s)" in f else None

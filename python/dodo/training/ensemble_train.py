@@ -415,7 +415,14 @@ def growth_label_table(patterns, holdout, box3d_settings: dict, calibration: flo
                     raise ValueError(f"{path}: not a growth-label file (made by dodo simulate --linear-only: "
                                      f"kind = {KIND!r}); growth.data takes only those")
                 F_parts.append(from_emu_layout(numeric_dataset(f, path, "F4_initial(1|ccm)")))
-                rate_parts.append(numeric_dataset(f, path, "linear_growthRate_box(1|s)"))
+                rates = numeric_dataset(f, path, "linear_growthRate_box(1|s)")
+                # One rate per state: files of 20 states with 19 and 21 rates were joined into 40 rows,
+                # the second file's labels one state off; [n, 1] ended in NumPy's words (round 35).
+                if rates.shape not in ((len(F_parts[-1]),), (len(F_parts[-1]), 1)):
+                    raise ValueError(f"{path}: 'linear_growthRate_box(1|s)' has shape {rates.shape} for "
+                                     f"{len(F_parts[-1])} states in 'F4_initial(1|ccm)'; a growth-label file "
+                                     "holds one rate per state (the file was edited or damaged)")
+                rate_parts.append(rates.reshape(-1))
         except OSError as error:
             raise ValueError(f"growth.data: cannot read {path} as HDF5 ({' '.join(str(error).split())})") from None
         sources += [path] * len(rate_parts[-1])
@@ -911,7 +918,7 @@ def train_command(config: EnsembleConfig, log=print) -> dict:
 def emu_table(path: str, box3d_settings: dict) -> dict:
     """An Emu-layout file (initial and final states at rest) as a table, for reporting only."""
     from dodo.conventions import from_emu_layout
-    from dodo.emu_files import numeric_dataset, open_emu_file
+    from dodo.emu_files import growth_rate_note, numeric_dataset, open_emu_file
 
     from .readers import DataFileError
 
@@ -920,6 +927,8 @@ def emu_table(path: str, box3d_settings: dict) -> dict:
         F_init = from_emu_layout(numeric_dataset(f, path, "F4_initial(1|ccm)"))
         F_true = from_emu_layout(numeric_dataset(f, path, "F4_final(1|ccm)"))
         growth = numeric_dataset(f, path, "growthRate(1|s)") if "growthRate(1|s)" in f else np.full(len(F_init), np.nan)
+    # [n] or [n, 1] as dodo score and preprocess read it (round 35); another shape is not used (reporting only)
+    growth = np.full(len(F_init), np.nan) if growth_rate_note(growth.shape, nsims) else growth.reshape(-1)
     if nsims == 0:
         raise DataFileError(f"{path}: the Emu file holds no rows")
     bad = np.flatnonzero(~(np.isfinite(F_init).all(axis=(1, 2)) & np.isfinite(F_true).all(axis=(1, 2))

@@ -16,7 +16,7 @@ from .._output_guard import is_synthetic_mark
 from .config import PreprocessConfig
 from .readers import (DataFileError, FilterCounts, apply_hygiene, average_mu_tau_change, iter_emu_chunks,
                       open_emu_file)
-from ..emu_files import open_hdf5, unfinished_run_note
+from ..emu_files import GROWTH, growth_rate_note, open_hdf5, unfinished_run_note
 
 PREPROCESSED_FORMAT = "dodo-preprocessed-v1"
 FLOAT_DATASETS = {"F_init": (6, 4), "F_true": (6, 4), "F_box": (6, 4), "invariants": (27,), "residual": (24,),
@@ -111,6 +111,8 @@ def box3d_rejected_mask(status: np.ndarray) -> np.ndarray:
 
 def preprocess(config: PreprocessConfig, progress: bool = True, log=print) -> dict:
     """Run the whole preprocessing; returns a summary (also stored in the file attributes)."""
+    import h5py
+
     import dodo
 
     files = _without_own_earlier_output(resolve_inputs(config.inputs, log), config.output, log)
@@ -124,8 +126,12 @@ def preprocess(config: PreprocessConfig, progress: bool = True, log=print) -> di
         with handle:
             kind = source_kind(handle.attrs)
             unfinished = unfinished_run_note(handle, path)  # as dodo score and apply say it (round 29)
+            growth = handle[GROWTH] if GROWTH in handle else None  # open_emu_file opened it: no broken link
+            unusable = growth_rate_note(growth.shape, nsims) if isinstance(growth, h5py.Dataset) else ""
         if unfinished:
             log(f"preprocess: note: {unfinished}")
+        if unusable:  # its rows' rates are stored as NaN (as without the dataset), not silently (round 35)
+            log(f"preprocess: note: {path}: {unusable}; not used: its rows' growth rates are stored as NaN")
         digest = sha256_file(path)
         if digest in seen:
             # A copy (cp, a download) of a file read already: its states would be read twice, and

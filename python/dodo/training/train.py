@@ -311,6 +311,20 @@ def _layout_problem(checkpoint: dict) -> str | None:
     for key in ("sha256", "kind", "path"):
         if not isinstance(data.get(key), str):
             return f"its data.{key} is {type(data.get(key)).__name__}, not a string"
+    # The sections as evaluate and inspect read them: an unknown key (`data.features`) was refused
+    # there but taken by export and resume, and a NaN target_scale was blamed on the data file
+    # (`pp.h5: 30 row(s) with non-finite values`), not the checkpoint (outside probe, round 34; round 35).
+    from .config import ConfigError, DataConfig, LossConfig, ModelConfig, from_dict
+
+    for key, section in (("data", DataConfig), ("model", ModelConfig), ("loss", LossConfig)):
+        try:
+            from_dict(section, checkpoint["config"][key], f"config.{key}")
+        except ConfigError as error:
+            return f"its {error}"
+    scale = checkpoint.get("target_scale")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
+                              or not math.isfinite(scale) or scale <= 0):
+        return f"its target_scale is {scale!r}, not a finite positive number (or null)"
     return None
 
 
