@@ -234,3 +234,40 @@ def test_simulate_input_with_nf_that_contradicts_the_flavour_axis_is_refused(tmp
     with pytest.raises(ValueError, match=r"nf\.h5: dataset 'nf' is 2 but .* \(24, 4, 2, 3\), 3 flavours"):
         read_states(str(data))
     assert len(read_states(str(_synth(tmp_path)))["four_flux"]) == 24
+
+
+@pytest.mark.parametrize("measured, linear", [(30, 29), (30, 1)], ids=["29 linear rates", "1 linear rate"])
+def test_growth_calibration_of_a_solver_file_with_rates_of_other_lengths_names_it(tmp_path, measured, linear):
+    """`growth_calibration` (train-ensemble with growth.relabelled) of a solver file holding 30
+    measured and 29 (or 1) linear rates ended in NumPy's `operands could not be broadcast together with
+    shapes (30,) (29,)` or a boolean-index IndexError, naming no file. A [n, 1] column is read as [n]."""
+    from dodo.training.ensemble_train import growth_calibration
+
+    path = tmp_path / "solver.h5"
+    with h5py.File(path, "w") as handle:
+        handle["growthRate(1|s)"] = np.full(measured, 2.0)
+        handle["linear_growthRate_box(1|s)"] = np.full(linear, 1.0)
+    with pytest.raises(ValueError, match=r"solver\.h5: 'growthRate\(1\|s\)' has shape \(30,\) and "
+                                         rf"'linear_growthRate_box\(1\|s\)' \({linear},\)"):
+        growth_calibration([str(path)])
+    column = tmp_path / "column.h5"
+    with h5py.File(column, "w") as handle:
+        handle["growthRate(1|s)"] = np.full((30, 1), 2.0)
+        handle["linear_growthRate_box(1|s)"] = np.full(30, 1.0)
+    assert growth_calibration([str(column)]) == 2.0
+
+
+def _nan_weight(state):
+    import torch
+
+    name = next(key for key, value in state["model_state"].items() if torch.is_floating_point(value))
+    state["model_state"][name] = torch.full_like(state["model_state"][name], float("nan"))
+
+
+@pytest.mark.parametrize("command", ["evaluate", "inspect"])
+def test_evaluate_and_inspect_refuse_a_network_that_is_not_finite(trained, tmp_path, capsys, command):
+    """A checkpoint whose network holds NaN (a normalisation buffer, a weight; edited and re-signed):
+    `dodo evaluate` and `dodo inspect` reported NaN metrics, exit 0 (inspect with NumPy's all-NaN
+    warning), where `dodo export` refused it. Now one line naming the checkpoint and the entry."""
+    path = _edited(trained, tmp_path, _nan_weight)
+    refused(capsys, [command, str(path)], "edited.pt", "is not finite", "NaN or infinite")

@@ -362,6 +362,7 @@ def growth_calibration(sources) -> float:
     import h5py
 
     from dodo._atomic import check_input_file
+    from dodo.emu_files import growth_rate_note, numeric_dataset
 
     ratios = []
     for path in sorted({str(s) for s in sources}):
@@ -370,9 +371,17 @@ def growth_calibration(sources) -> float:
             with h5py.File(path, "r") as f:
                 if "growthRate(1|s)" not in f or "linear_growthRate_box(1|s)" not in f:
                     continue
-                measured, linear = f["growthRate(1|s)"][()], f["linear_growthRate_box(1|s)"][()]
+                measured = numeric_dataset(f, path, "growthRate(1|s)")
+                linear = numeric_dataset(f, path, "linear_growthRate_box(1|s)")
         except OSError as error:
             raise ValueError(f"growth calibration: cannot read training file {path}: {error}") from None
+        # One rate of each per state, [n] or [n, 1]: other lengths ended in NumPy's "operands could not be
+        # broadcast together with shapes (30,) (29,)" or a boolean-index IndexError, naming no file (round 35).
+        if growth_rate_note(measured.shape, len(linear)) or growth_rate_note(linear.shape, len(linear)):
+            raise ValueError(f"growth calibration: {path}: 'growthRate(1|s)' has shape {measured.shape} and "
+                             f"'linear_growthRate_box(1|s)' {linear.shape}; a solver file holds one of each per "
+                             "state (the file was edited or damaged)")
+        measured, linear = measured.reshape(-1), linear.reshape(-1)
         good = (measured > 0) & (linear > 0)
         ratios.append(measured[good] / linear[good])
     ratios = np.concatenate(ratios) if ratios else np.zeros(0)

@@ -9,7 +9,8 @@ import torch
 from .config import DataConfig, from_dict
 from .dataset import CellDataset, check_preprocessed, count_rows, make_splits
 from .metrics import format_metric_table
-from .train import check_training_data, closure_from_checkpoint, load_checkpoint, metrics_for, predict
+from .train import (check_training_data, closure_from_checkpoint, load_checkpoint, metrics_for, predict,
+                    refuse_weights_that_are_not_finite)
 
 
 def checkpoint_data(checkpoint: dict, checkpoint_path, data_path, action: str) -> Path:
@@ -87,6 +88,7 @@ def evaluate_checkpoint(checkpoint_path: str | Path, data_path: str | Path | Non
     if len(indices) == 0:
         raise ValueError(f"split {split!r} of {data_path} is empty")
     closure = closure_from_checkpoint(checkpoint, checkpoint_path)
+    refuse_weights_that_are_not_finite(closure, checkpoint_path, "evaluate")  # not NaN metrics (round 35)
     dataset = CellDataset(data_path, indices, checkpoint.get("target_scale"), in_memory=True, dtype=torch.float64)
     prediction = predict(closure, dataset, torch.device("cpu"), batch_size)
     table = metrics_for(prediction)

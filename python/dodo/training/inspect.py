@@ -12,7 +12,7 @@ from .config import LossConfig, from_dict
 from .dataset import CellDataset
 from .evaluate import checkpoint_data, resolve_split, split_indices_for
 from .losses import loss_terms
-from .train import closure_from_checkpoint, load_checkpoint
+from .train import closure_from_checkpoint, load_checkpoint, refuse_weights_that_are_not_finite
 
 
 def flux_factor_statistics(F: np.ndarray) -> dict:
@@ -41,6 +41,7 @@ def inspect_checkpoint(checkpoint_path: str | Path, data_path=None, split: str |
     taken = range(len(split_indices))[start:stop]  # the slice as taken: --stop 1000 of 50 cells is [0, 50]
     start, stop = taken.start, taken.stop
     closure = closure_from_checkpoint(checkpoint, checkpoint_path)
+    refuse_weights_that_are_not_finite(closure, checkpoint_path, "inspect")  # not NaN metrics (round 35)
     dataset = CellDataset(data_path, indices, checkpoint.get("target_scale"))
     invariants, F_init, F_box, dF_true, weight = dataset.__getitems__(range(len(dataset)))
     loss_config = from_dict(LossConfig, checkpoint["config"]["loss"], "checkpoint loss")

@@ -405,6 +405,27 @@ def closure_from_checkpoint(checkpoint: dict, path: str | Path | None = None) ->
     return closure
 
 
+def non_finite_weight(network) -> str | None:
+    """"weight NAME (k of n entries NaN or infinite)" for the first parameter or buffer of ``network``
+    that is not finite, or None."""
+    for kind, entries in (("weight", network.named_parameters()), ("buffer", network.named_buffers())):
+        for name, value in entries:
+            if value.dtype.is_floating_point and not bool(torch.isfinite(value).all()):
+                return f"{kind} {name} ({int((~torch.isfinite(value)).sum())} of {value.numel()} entries NaN or infinite)"
+    return None
+
+
+def refuse_weights_that_are_not_finite(closure, path, action: str) -> None:
+    """A CorruptCheckpointError naming ``path`` when the checkpoint's network holds a NaN or infinite
+    weight: `dodo evaluate` and `inspect` reported NaN metrics of it (inspect with NumPy's all-NaN
+    warning), where `dodo export` refused it (outside probe, round 34, left alone; round 35)."""
+    bad = non_finite_weight(closure.network)
+    if bad is not None:
+        raise CorruptCheckpointError(f"{path}: the network's {bad} is not finite (did the run diverge, or was the "
+                                     f"file edited?): it would predict NaN on every cell; {action} another "
+                                     "checkpoint (best.pt of the run, or an earlier one)")
+
+
 def batch_norm_drops_last_batch(config: ExperimentConfig, train_rows: int, world_size: int = 1) -> bool:
     """Whether each epoch's last, partial training batch is left out: with model.batch_norm, a batch
     norm layer in training mode needs 2 rows or more a process, and a last batch of fewer than
