@@ -218,12 +218,14 @@ def growth_rate_note(shape, nsims: int) -> str:
     ``nsims`` states, or '' when it does: [nsims] or [nsims, 1] (a column vector). `dodo score` took
     any shape of nsims values (a [nsims/2, 2] too) and `dodo preprocess` only [nsims], storing NaN
     rates without a word for [nsims, 1] (outside probe, round 34, left open; round 35): both use this."""
-    shape = tuple(shape) if shape is not None else ()
+    if shape is None:  # h5py.Empty
+        return f"{GROWTH} has a null dataspace (no values) for {nsims} states"
+    shape = tuple(shape)
     if shape in ((nsims,), (nsims, 1)):
         return ""
-    size = int(np.prod(shape)) if shape else 1
+    size = int(np.prod(shape))
     if size != nsims:
-        return f"{GROWTH} has {size} values for {nsims} states"
+        return f"{GROWTH} has {size} value{'' if size == 1 else 's'} for {nsims} states"
     return f"{GROWTH} has shape {shape} for {nsims} states (one rate per state: [{nsims}] or [{nsims}, 1])"
 
 

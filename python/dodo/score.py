@@ -112,7 +112,11 @@ def read_emu_states(path: str) -> EmuStates:
                     raise ValueError(f"{path}: no dataset '{key}' (not an Emu-layout file)")
             emu_initial = numeric_dataset(f, path, "F4_initial(1|ccm)")
             emu_final = numeric_dataset(f, path, "F4_final(1|ccm)")
-            growth = numeric_dataset(f, path, "growthRate(1|s)") if "growthRate(1|s)" in f else None
+            growth, null_growth = None, False
+            if "growthRate(1|s)" in f:
+                item = hdf5_item(f, path, "growthRate(1|s)")
+                null_growth = isinstance(item, h5py.Dataset) and item.shape is None  # noted, as preprocess does
+                growth = None if null_growth else numeric_dataset(f, path, "growthRate(1|s)")
             problem = nf_problem(f, emu_initial.shape) if emu_initial.ndim == 4 else ""
             if problem:  # as dodo apply and preprocess read it (emu_files.open_emu_file)
                 raise ValueError(f"{path}: {problem}")
@@ -130,8 +134,8 @@ def read_emu_states(path: str) -> EmuStates:
                          f"{len(emu_final)}; they must hold the same states")
     if len(emu_initial) == 0:
         raise ValueError(f"{path}: no states")
-    if growth is not None:
-        unusable = growth_rate_note(growth.shape, len(emu_initial))  # [n] or [n, 1], as dodo preprocess reads
+    if growth is not None or null_growth:
+        unusable = growth_rate_note(None if null_growth else growth.shape, len(emu_initial))  # [n] or [n, 1]
         if unusable:
             notes.append(f"{path}: {unusable}; not used (no growth-rate comparison)")
             growth = None

@@ -271,3 +271,15 @@ def test_evaluate_and_inspect_refuse_a_network_that_is_not_finite(trained, tmp_p
     warning), where `dodo export` refused it. Now one line naming the checkpoint and the entry."""
     path = _edited(trained, tmp_path, _nan_weight)
     refused(capsys, [command, str(path)], "edited.pt", "is not finite", "NaN or infinite")
+
+
+def test_a_null_growth_rate_is_noted_by_score_as_by_preprocess(tmp_path, capsys):
+    """growthRate(1|s) with a null dataspace (h5py.Empty): `dodo preprocess` stored NaN rates (now
+    with a note) while `dodo score` refused the whole file (`dataset 'growthRate(1|s)' has a null
+    dataspace`), though it scores without growth rates. Both now note it and go on."""
+    data = _copy_with(_synth(tmp_path), tmp_path / "null.h5", **{"growthRate(1|s)": h5py.Empty("f8")})
+    code, out, err = run(capsys, ["score", "box3d", str(data), "--bootstrap", "100"])
+    assert code == 0, err
+    assert "null.h5: growthRate(1|s) has a null dataspace" in out and "not used" in out
+    assert _preprocess(tmp_path, data) == 0
+    assert "null.h5: growthRate(1|s) has a null dataspace" in capsys.readouterr().out
