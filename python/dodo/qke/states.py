@@ -386,8 +386,6 @@ def read_states(path: str) -> dict:
         raise ValueError(f"{path}: neither an HDF5 file (no HDF5 signature) nor YAML (.yaml/.yml); give an "
                          "Emu-layout HDF5 file or a YAML list of states")
     if hdf5:
-        import h5py
-
         from ..emu_files import known_file_problem, nf_problem, numeric_dataset, open_hdf5
 
         with open_hdf5(path) as f:
