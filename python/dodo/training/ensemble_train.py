@@ -997,6 +997,9 @@ def learning_curve(config: EnsembleConfig, sizes: list, folds: int = 5, members:
     rows = []
     for size in sizes:
         n = len(order) if size == "all" else int(size)
+        if size != "all" and n > min(fold_sizes):  # the row's train_size alone hid the size asked for
+            log(f"note: --sizes {n}: each fold's training set holds {min(fold_sizes)}-{max(fold_sizes)} states; "
+                f"this row trains on all of them")
         per_state_model, per_state_box, emu_scores, growth_ok, emu_growth_ok = [], [], [], [], []
         for k in range(folds):
             test = order[fold_of == k]
