@@ -409,7 +409,7 @@ def growth_label_table(patterns, holdout, box3d_settings: dict, calibration: flo
     from dodo.conventions import from_emu_layout
 
     from dodo._atomic import check_input_file
-    from dodo.emu_files import numeric_dataset
+    from dodo.emu_files import growth_rate_note, numeric_dataset
     from dodo.qke.growth_labels import KIND
 
     paths = [p for p in growth_data_files(patterns) if not holdout_mask([p], holdout)[0]]
@@ -427,7 +427,7 @@ def growth_label_table(patterns, holdout, box3d_settings: dict, calibration: flo
                 rates = numeric_dataset(f, path, "linear_growthRate_box(1|s)")
                 # One rate per state: files of 20 states with 19 and 21 rates were joined into 40 rows,
                 # the second file's labels one state off; [n, 1] ended in NumPy's words (round 35).
-                if rates.shape not in ((len(F_parts[-1]),), (len(F_parts[-1]), 1)):
+                if growth_rate_note(rates.shape, len(F_parts[-1])):  # [n] or [n, 1], as score reads it
                     raise ValueError(f"{path}: 'linear_growthRate_box(1|s)' has shape {rates.shape} for "
                                      f"{len(F_parts[-1])} states in 'F4_initial(1|ccm)'; a growth-label file "
                                      "holds one rate per state (the file was edited or damaged)")
