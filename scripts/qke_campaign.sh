@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Resumable, chunked QKE data campaign (issue 10; docs/dataset.md). Runs the chunks of
-# data/qke/campaign_plan.txt ("FAMILY SEED COUNT" per line) with JOBS processes at once (default 2,
+# data/qke/campaign_plan.txt ("FAMILY SEED COUNT [targeted]" per line) with JOBS processes at once (default 2,
 # one per core) and skips chunks whose file is complete; an interrupted chunk resumes from its
 # .partial.npz. Rerun the same command to continue; add lines to the plan to extend the campaign.
+# A line ending in "targeted" draws 6 x COUNT states of the family and simulates the COUNT the shipped
+# model is least sure of (dodo simulate --select-by default; docs/dataset.md, "Targeted chunks").
 #   bash scripts/qke_campaign.sh [JOBS] [PLAN]
 # Growth-rate labels only (linear theory, no time integration; docs/dataset.md):
 #   DODO_CAMPAIGN_DIR=data/qke_linear DODO_CAMPAIGN_ARGS=--linear-only \
@@ -27,13 +29,15 @@ cd "$root"
 dodo="${DODO_VENV:-$root/.venv}/bin/dodo"
 [ -x "$dodo" ] || { echo "qke_campaign: $dodo not found (bash scripts/setup_venv.sh first)" >&2; exit 2; }
 run_chunk() {
-  local family="$1" seed="$2" count="$3"
+  local family="$1" seed="$2" count="$3" targeted="${4:-}"
+  local select=()
+  [ "$targeted" = targeted ] && select=(--select-by default)
   local out="${DODO_CAMPAIGN_DIR:-data/qke}/${family}_seed${seed}.h5"
   if [ -f "$out" ] && "${DODO_VENV:-$root/.venv}/bin/python" -c 'import h5py, sys; sys.exit(0 if h5py.File(sys.argv[1], "r").attrs.get("complete") else 1)' "$out" 2>/dev/null; then
     return 0
   fi
   nice -n "${DODO_CAMPAIGN_NICE:-10}" "$dodo" simulate "$out" --random "$count" --seed "$seed" --family "$family" \
-    --batch-size 2 --max-cost 2.5 --backend cpp --quiet ${DODO_CAMPAIGN_ARGS:-} \
+    --batch-size 2 --max-cost 2.5 --backend cpp --quiet "${select[@]}" ${DODO_CAMPAIGN_ARGS:-} \
     || { echo "qke_campaign: chunk $family $seed failed (exit $?); rerun to retry" >&2; return 1; }
 }
 # Every line FAMILY SEED COUNT, checked before any chunk starts (comments, also after the three
@@ -48,15 +52,20 @@ run_chunk() {
 chunks="$(awk -v plan="$plan" '
   { sub(/\r$/, ""); sub(/#.*/, "") }
   /^[[:space:]]*$/ { next }
-  NF != 3 || $1 !~ /^(emu|three_flavour|merger)$/ || $2 !~ /^(0|[1-9][0-9]*)$/ || $3 !~ /^[0-9]*[1-9][0-9]*$/ {
-    printf "qke_campaign: %s, line %d: expected FAMILY SEED COUNT (family emu, three_flavour or merger; seed an integer >= 0 without leading zeros; count >= 1), got \"%s\"\n", plan, NR, $0 > "/dev/stderr"
+  (NF != 3 && !(NF == 4 && $4 == "targeted")) || $1 !~ /^(emu|three_flavour|merger)$/ || $2 !~ /^(0|[1-9][0-9]*)$/ || $3 !~ /^[0-9]*[1-9][0-9]*$/ {
+    printf "qke_campaign: %s, line %d: expected FAMILY SEED COUNT [targeted] (family emu, three_flavour or merger; seed an integer >= 0 without leading zeros; count >= 1; a fourth word, if any, targeted), got \"%s\"\n", plan, NR, $0 > "/dev/stderr"
     bad = 1; next
   }
   ($1 " " $2) in line {
     printf "qke_campaign: %s, line %d: chunk %s %s is also on line %d (one output file per FAMILY and SEED)\n", plan, NR, $1, $2, line[$1 " " $2] > "/dev/stderr"
     bad = 1; next
   }
-  { line[$1 " " $2] = NR; print $1, $2, $3 }
+  NF == 4 && $2 >= 900 && $2 <= 999 {
+    printf "qke_campaign: %s, line %d: seeds 900-999 are the held-out chunks, random draws of their family (docs/dataset.md): not targeted, got \"%s\"\n", plan, NR, $0 > "/dev/stderr"
+    bad = 1; next
+  }
+  # No trailing blank on a three-field line: xargs -L 1 would read the next line as its continuation.
+  { line[$1 " " $2] = NR; print (NF == 4 ? $1 " " $2 " " $3 " " $4 : $1 " " $2 " " $3) }
   END { exit bad }' "$plan")" || exit 2
 trap 'trap - TERM; kill 0' INT TERM  # stopping the campaign stops its chunks too
 export -f run_chunk
@@ -64,5 +73,5 @@ export root dodo
 # In the background and waited for: bash runs the TERM trap only between commands, and `wait`
 # is where a signal interrupts it.
 # -r: an empty plan runs nothing. A failed chunk makes xargs, and so the campaign, exit non-zero.
-printf '%s' "$chunks${chunks:+$'\n'}" | xargs -r -P "$jobs" -L 1 bash -c 'run_chunk "$0" "$1" "$2"' &
+printf '%s' "$chunks${chunks:+$'\n'}" | xargs -r -P "$jobs" -L 1 bash -c 'run_chunk "$0" "$1" "$2" "${3:-}"' &
 wait $! || { status=$?; echo "qke_campaign: not every chunk finished (exit $status; see above); rerun to retry" >&2; exit "$status"; }

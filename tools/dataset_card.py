@@ -44,6 +44,8 @@ def load() -> list[dict]:
                          "F_final": from_emu_layout(f["F4_final(1|ccm)"][()]),
                          "growth": f["growthRate(1|s)"][()], "complete": bool(f.attrs.get("complete", True)),
                          "dropped": len(json.loads(f.attrs.get("dropped", "{}"))),
+                         # dodo simulate --select-by: chosen by a model's uncertainty (docs/dataset.md)
+                         "targeted": "selected_by" in json.loads(f.attrs.get("source", "{}")),
                          "wall": float(f.attrs.get("wall_time_per_state_s", 0.0))})
     return rows
 
@@ -69,17 +71,20 @@ def main(argv=None) -> int:
     argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     rows = load()
     families = sorted({r["family"] for r in rows})
-    lines = [BEGIN, "", "| family | files | states (train) | states (held out) | dropped | mean wall s/state |",
-             "|---|---|---|---|---|---|"]
+    lines = [BEGIN, "", "| family | files | states (train) | of them targeted | states (held out) | dropped | "
+             "mean wall s/state |", "|---|---|---|---|---|---|---|"]
     for family in families:
         part = [r for r in rows if r["family"] == family]
         train = sum(len(r["F_init"]) for r in part if not r["held_out"])
         held = sum(len(r["F_init"]) for r in part if r["held_out"])
         wall = np.mean([r["wall"] for r in part if r["wall"] > 0]) if any(r["wall"] > 0 for r in part) else 0.0
-        lines.append(f"| {family} | {len(part)} | {train} | {held} | {sum(r['dropped'] for r in part)} | {wall:.1f} |")
+        targeted = sum(len(r["F_init"]) for r in part if r["targeted"])
+        lines.append(f"| {family} | {len(part)} | {train} | {targeted} | {held} | {sum(r['dropped'] for r in part)} | "
+                     f"{wall:.1f} |")
     total_train = sum(len(r["F_init"]) for r in rows if not r["held_out"])
     total_held = sum(len(r["F_init"]) for r in rows if r["held_out"])
-    lines.append(f"| **all** | {len(rows)} | **{total_train}** | **{total_held}** | | |")
+    total_targeted = sum(len(r["F_init"]) for r in rows if r["targeted"])
+    lines.append(f"| **all** | {len(rows)} | **{total_train}** | {total_targeted} | **{total_held}** | | |")
     lines += ["", "Growth-rate labels (linear theory only, `dodo simulate --linear-only`; docs/dataset.md):", "",
               "| labels | family | files | labelled states | dropped |", "|---|---|---|---|---|"]
     for directory, what in LABEL_SETS:

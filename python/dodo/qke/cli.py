@@ -11,6 +11,7 @@ import numpy as np
 
 from .._atomic import check_outputs, exclusive_output
 from .._cli_common import add_output_argument, add_quiet_argument, input_path, resolve_output
+from .selection import MAX_OVERSAMPLE, MIN_OVERSAMPLE
 from .solver import SolverConfig
 
 
@@ -33,6 +34,12 @@ def register(subparsers) -> argparse.ArgumentParser:
                              "heavy leptons, flux factors to 0.95); docs/dataset.md. Without --family: the "
                              "emu recipe with flux factors to 0.8 (the first campaigns)")
     parser.add_argument("--three-flavour", action="store_true", help="random states with independent mu and tau")
+    parser.add_argument("--select-by", metavar="MODEL", default=None,
+                        help="targeted sampling (with --random N --family F): draw --oversample x N states of the "
+                             "family and keep the N of largest uncertainty under MODEL (a model package with an "
+                             "uncertainty output, or 'default' for the shipped one); docs/dataset.md, \"Targeted chunks\"")
+    parser.add_argument("--oversample", type=int, default=None, metavar="K",
+                        help=f"with --select-by: candidates drawn per state kept (default 6, {MIN_OVERSAMPLE} to {MAX_OVERSAMPLE})")
     parser.add_argument("--max-flux-factor", type=float, default=None,
                         help="random states: largest flux factor (default: the family's, 0.8 without --family)")
     parser.add_argument("--batch-size", type=int, default=8, help="simulations integrated together (default 8)")
@@ -75,6 +82,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     add_quiet_argument(parser, "no progress lines")
     parser.set_defaults(func=run_simulate)
     return parser
+
+
+#: Candidates drawn per kept state under --select-by: the pool study that adopted it kept the top
+#: 16% of its candidates within each family (docs/training.md, "Targeted sampling").
+DEFAULT_OVERSAMPLE = 6
 
 
 def run_simulate(args) -> int:
@@ -139,6 +151,16 @@ def run_simulate(args) -> int:
         # Options of the other source of states were dropped without a word: --input F --max-flux-factor
         # 0.5 simulated every state of F, --random N --use-input-end-time ran the default end times
         # (outside probe, round 22). Refused, as --three-flavour with --family is.
+        if args.oversample is not None and args.select_by is None:
+            raise ValueError("--oversample sets how many candidates --select-by ranks; without --select-by it would "
+                             "be ignored: leave it out")
+        if args.select_by is not None:
+            if args.random is None or args.family is None:
+                raise ValueError("--select-by chooses among random states of one family: give --random N and --family")
+            if args.oversample is None:
+                args.oversample = DEFAULT_OVERSAMPLE
+            if not MIN_OVERSAMPLE <= args.oversample <= MAX_OVERSAMPLE:
+                raise ValueError(f"--oversample must be an integer in [{MIN_OVERSAMPLE}, {MAX_OVERSAMPLE}]; got {args.oversample}")
         if args.input:
             stray = [name for name, given in (("--max-flux-factor", args.max_flux_factor is not None),
                                               ("--family", args.family is not None),
@@ -180,7 +202,8 @@ def run_simulate(args) -> int:
             if args.family is not None:
                 if args.three_flavour:
                     raise ValueError("--three-flavour and --family exclude each other (use --family three_flavour)")
-                four_flux = family_states(args.family, args.random, rng, max_flux_factor=args.max_flux_factor)
+                drawn = args.random * (args.oversample or 1)
+                four_flux = family_states(args.family, drawn, rng, max_flux_factor=args.max_flux_factor)
             else:
                 limit = 0.8 if args.max_flux_factor is None else args.max_flux_factor
                 four_flux = random_crossing_states(args.random, rng, max_flux_factor=limit,
@@ -188,6 +211,14 @@ def run_simulate(args) -> int:
             source = {"random": args.random, "random_seed": args.seed, "max_flux_factor": args.max_flux_factor,
                       "family": args.family or ("three_flavour" if args.three_flavour else "emu"),
                       "heavy_equal": not args.three_flavour}
+            if args.select_by is not None:
+                from .selection import model_identity, model_uncertainty, most_uncertain
+
+                model, digest = model_identity(args.select_by)
+                four_flux = four_flux[most_uncertain(model_uncertainty(four_flux, args.select_by), args.random)]
+                source.update({"selected_by": model, "selection_model_sha256": digest,
+                               "oversample": args.oversample, "candidates": drawn,
+                               "selection": "the largest uncertainty of the model's correction"})
         if communicator.rank == 0:  # one lock per job: rank 0's (a refusal there stops every rank)
             hold.enter_context(exclusive_output(args.output, "dodo simulate"))
         if not args.overwrite:  # after the arguments' checks, before any work

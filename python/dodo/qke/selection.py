@@ -1,0 +1,60 @@
+"""Targeted sampling for the campaign: of a family's random candidates, keep those where a closure
+model expects its own correction to be least certain (``dodo simulate --select-by MODEL``).
+
+Measured before it was adopted (docs/training.md, "Targeted sampling"): within each family, labels
+chosen by the members' spread lowered the error on held-back pool states more than as many random
+labels did; across families the spread (in units of N_tot) picks the families with large
+residuals and made the Emu recipe worse, so a chunk selects only among its own family's draws.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+#: The fewest candidates drawn per state kept (--oversample): 1 would keep every draw.
+MIN_OVERSAMPLE = 2
+#: The most: the candidates are drawn and scored at once (a few hundred bytes each).
+MAX_OVERSAMPLE = 1000
+
+
+def model_identity(model: str) -> tuple[str, str]:
+    """(the model as recorded, its SHA-256): "default" is the package's shipped model file."""
+    import os
+
+    from ..models import default_model_path
+
+    if model == "box3d":  # the closure's name for no model
+        raise ValueError("--select-by box3d: Box3D alone has no uncertainty to rank states by; give a model package "
+                         "or 'default'")
+    path = default_model_path() if model == "default" else model
+    if not os.path.isfile(path):
+        raise ValueError(f"--select-by {model}: no such model file")
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return model, digest.hexdigest()
+
+
+def model_uncertainty(four_flux: np.ndarray, model: str) -> np.ndarray:
+    """Per state, the model's uncertainty of its correction (N_tot) for rest-frame states [n, 6, 4]."""
+    from .._closure import Closure
+
+    try:
+        closure = Closure(None if model == "default" else model, threads=1)
+    except RuntimeError as error:  # the runtime's refusal of a file that is no model package
+        raise ValueError(f"--select-by {model}: {error}") from None
+    if "uncertainty" not in closure.optional_outputs:
+        raise ValueError(f"--select-by {model}: the model has no uncertainty output (a model of "
+                         "`dodo train-ensemble` has one), so it cannot rank states")
+    return np.asarray(closure.apply(np.ascontiguousarray(four_flux, dtype=np.float64)).uncertainty, float)
+
+
+def most_uncertain(uncertainty: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the ``count`` largest uncertainties, in draw order (ties: the earlier draw)."""
+    uncertainty = np.asarray(uncertainty, float)
+    if not np.all(np.isfinite(uncertainty)):
+        raise ValueError("the model gave a non-finite uncertainty; it cannot rank the candidates")
+    chosen = np.argsort(-uncertainty, kind="stable")[:count]
+    return np.sort(chosen)
