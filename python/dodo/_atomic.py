@@ -248,7 +248,7 @@ def launched_ranks_hint(command: str, environ=None) -> str:
     environ = os.environ if environ is None else environ
     for name in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
         value = str(environ.get(name, "")).strip()
-        if value.isdigit() and int(value) > 1:
+        if value.isdecimal() and int(value) > 1:  # "²".isdigit() but int("²") fails
             return (f" ({name}={value} in the environment: if this is one of {value} ranks of mpirun or srun, each "
                     f"rank runs the whole {command}, and another rank holds the lock; only dodo simulate shares its "
                     "work over MPI ranks (and dodo train over torchrun's processes): run it as one process)")

@@ -71,12 +71,13 @@ def launched_size(environ=os.environ) -> int:
 
 def _launched(environ) -> tuple[int, str]:
     """(number of ranks the launcher started, the environment variables that say so, as NAME=VALUE)."""
+    # isdecimal, not isdigit: "²" is a digit that int() refuses (a traceback; outside probe, round 36).
     for name in _SIZE_VARIABLES:
-        if environ.get(name, "").isdigit():
+        if environ.get(name, "").isdecimal():
             return int(environ[name]), f"{name}={environ[name]}"
     step = environ.get("SLURM_STEP_ID", "")
     # Inside `srun` (a job step, not the batch script itself, whose step id is 0xfffffffe): one task per rank.
-    if step.isdigit() and int(step) < 0xFFFFFFF0 and environ.get("SLURM_STEP_NUM_TASKS", "").isdigit():
+    if step.isdecimal() and int(step) < 0xFFFFFFF0 and environ.get("SLURM_STEP_NUM_TASKS", "").isdecimal():
         return int(environ["SLURM_STEP_NUM_TASKS"]), \
             f"SLURM_STEP_ID={step} and SLURM_STEP_NUM_TASKS={environ['SLURM_STEP_NUM_TASKS']}"
     return 1, ""

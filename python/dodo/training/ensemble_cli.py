@@ -91,7 +91,7 @@ def _learning_curve(args) -> int:
         part = part.strip()
         if part == "all":
             sizes.append("all")
-        elif part.isdigit() and int(part) >= 10:
+        elif part.isdecimal() and int(part) >= 10:  # "²".isdigit(), but int() refuses it
             sizes.append(int(part))
         else:
             raise ValueError(f"--sizes takes integers >= 10 and 'all', comma separated; got {part!r}")
