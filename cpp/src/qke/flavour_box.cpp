@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <new>
 #include <stdexcept>
@@ -343,6 +344,19 @@ FlavourBoxKernel::FlavourBoxKernel(FlavourBoxSettings settings, std::vector<doub
       !std::isfinite(settings_.self_interaction) || !std::isfinite(settings_.speed_of_light))
     throw std::invalid_argument("self_interaction and speed_of_light must be positive and finite");
   if (!all_finite(settings_.directions)) throw std::invalid_argument("directions must be finite");
+  // The directions are unit vectors (the header's contract; the advection phase is c k v dt):
+  // a vector of length 2 advected at twice the speed of light without a word (outside probe,
+  // C round twenty-five). Rounding of a normalised vector is a few ulps; 1e-10 leaves room.
+  for (std::size_t d = 0; d < ndir_; ++d) {
+    const double* v = &settings_.directions[3 * d];
+    const double length = std::sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]);
+    if (!(std::fabs(length - 1.0) <= 1e-10)) {
+      char text[32];
+      std::snprintf(text, sizeof text, "%.17g", length);
+      throw std::invalid_argument("directions must be unit vectors: direction " + std::to_string(d) + " has length " +
+                                  text + " (|length - 1| must be <= 1e-10)");
+    }
+  }
   // The fastest advection, c pi / cell size (the Nyquist bin): past the largest double (a cell of
   // 5e-324 cm) the phases of every step were NaN.
   for (double size : cell_size_cm)

@@ -468,10 +468,12 @@ Closure::Closure(ModelInMemory model, const ClosureOptions& options)
 }
 
 void Closure::initialise(const std::string_view* bytes, const std::string& source, const ClosureOptions& options) {
+  // The device is checked whether or not a model is given (probe round twenty-five: a closure
+  // without a model took device "tpu" silently), with the wording the model path gives.
+  const DeviceSelection device = parse_device(options.device);
   if (!bytes) {
     box3d_ = make_box3d(box3d_settings_without_model(options.box3d));
   } else {
-    const DeviceSelection device = parse_device(options.device);
     // ONNX Runtime starts threads of its own while it is loaded and a session made: they inherit
     // this mask, so a signal sent to the process is never given to one of them.
     std::optional<AsyncSignalsBlocked> library_threads(std::in_place);

@@ -85,7 +85,19 @@ inline std::string excerpt(const std::string& value, bool quoted = false, std::s
 }
 inline std::string quoted_value(const std::string& value) { return excerpt(value, true); }
 
-inline std::string quoted_path(const std::string& path) { return "\"" + printable_message(path, false) + "\""; }
+// A path quoted for a message: whole up to 512 bytes, else its first and last 240 bytes (cut
+// between characters) around "...", and its length: a model path of 1 MB was quoted whole in
+// every message about it (outside probe, C round twenty-five).
+inline std::string quoted_path(const std::string& path) {
+  const std::string text = printable_message(path, false);
+  constexpr std::size_t limit = 512, keep = 240;
+  if (text.size() <= limit) return "\"" + text + "\"";
+  std::size_t head = keep, tail = text.size() - keep;
+  while (head > 0 && (static_cast<unsigned char>(text[head]) & 0xC0) == 0x80) --head;
+  while (tail < text.size() && (static_cast<unsigned char>(text[tail]) & 0xC0) == 0x80) ++tail;
+  return "\"" + text.substr(0, head) + "..." + text.substr(tail) + "\" (path of " + std::to_string(path.size()) +
+         " bytes, shortened)";
+}
 
 // A number for a message, as printf's "%.<digits>g" (or "%.<digits>f" with fixed) writes it in the
 // "C" locale: snprintf follows the host's LC_NUMERIC, and a host that had called setlocale(LC_ALL,
