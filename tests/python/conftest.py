@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -97,3 +99,20 @@ def ensemble_run(tmp_path_factory) -> dict:
         "distill": {"width": 8, "depth": 1, "steps": 20}, "output": {"checkpoint": str(checkpoint)}}))
     assert main(["train-ensemble", "--config", str(config)]) == 0
     return {"table": table, "checkpoint": checkpoint, "config": config, "root": root}
+
+
+@pytest.fixture()
+def stub_venv(tmp_path):
+    """A copy of the two campaign scripts with a `dodo` that always fails (exit 2)."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    (repo / "data" / "qke").mkdir(parents=True)
+    for name in ("qke_campaign.sh", "relabel_growth.sh", "own_session.sh"):
+        (repo / "scripts" / name).write_text((Path(__file__).resolve().parents[2] / "scripts" / name).read_text())
+    venv = tmp_path / "venv" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "dodo").write_text("#!/bin/bash\necho \"stub dodo $*\" >&2\nexit 2\n")
+    (venv / "dodo").chmod(0o755)
+    (venv / "python").write_text(f"#!/bin/bash\nexec {sys.executable} \"$@\"\n")
+    (venv / "python").chmod(0o755)
+    return repo, dict(os.environ, DODO_VENV=str(venv.parent))

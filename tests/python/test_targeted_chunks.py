@@ -4,7 +4,6 @@ rank states is refused in one line before any work (docs/dataset.md, "Targeted c
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -71,23 +70,8 @@ def test_what_cannot_rank_states_is_refused_in_one_line_before_any_work(tmp_path
     assert not out.exists()
 
 
-def stub_campaign(tmp_path):
-    repo = tmp_path / "repo"
-    (repo / "scripts").mkdir(parents=True)
-    (repo / "data" / "qke").mkdir(parents=True)
-    for name in ("qke_campaign.sh", "own_session.sh"):
-        (repo / "scripts" / name).write_text((ROOT / "scripts" / name).read_text())
-    venv = tmp_path / "venv" / "bin"
-    venv.mkdir(parents=True)
-    (venv / "dodo").write_text("#!/bin/bash\necho \"stub dodo $*\" >&2\nexit 2\n")
-    (venv / "dodo").chmod(0o755)
-    (venv / "python").write_text(f"#!/bin/bash\nexec {sys.executable} \"$@\"\n")
-    (venv / "python").chmod(0o755)
-    return repo, dict(os.environ, DODO_VENV=str(venv.parent))
-
-
-def test_the_plans_targeted_lines_select_and_the_others_do_not(tmp_path):
-    repo, env = stub_campaign(tmp_path)
+def test_the_plans_targeted_lines_select_and_the_others_do_not(tmp_path, stub_venv):
+    repo, env = stub_venv
     (tmp_path / "plan.txt").write_text("emu 1 3 targeted\nmerger 2 4\nthree_flavour 3 5 targeted  # a comment\n")
     result = subprocess.run(["bash", str(repo / "scripts" / "qke_campaign.sh"), "1", "plan.txt"], cwd=tmp_path,
                             env=env, capture_output=True, text=True, timeout=60)
@@ -104,8 +88,8 @@ def test_the_plans_targeted_lines_select_and_the_others_do_not(tmp_path):
     ("emu 5 3 targeted extra", "expected FAMILY SEED COUNT [targeted]"),
     ("emu 950 3 targeted", "seeds 900-999 are the held-out chunks"),
 ])
-def test_a_plan_line_that_is_not_a_chunk_is_refused_before_any_chunk(tmp_path, line, words):
-    repo, env = stub_campaign(tmp_path)
+def test_a_plan_line_that_is_not_a_chunk_is_refused_before_any_chunk(tmp_path, stub_venv, line, words):
+    repo, env = stub_venv
     (tmp_path / "plan.txt").write_text(f"emu 1 3\n{line}\n")
     result = subprocess.run(["bash", str(repo / "scripts" / "qke_campaign.sh"), "1", "plan.txt"], cwd=tmp_path,
                             env=env, capture_output=True, text=True, timeout=60)
@@ -145,12 +129,12 @@ def test_the_study_refuses_what_it_cannot_run_in_one_line(ensemble_run, tmp_path
     assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr
 
 
-def test_the_campaign_skips_finished_chunks_before_starting_any(tmp_path):
+def test_the_campaign_skips_finished_chunks_before_starting_any(tmp_path, stub_venv):
     """The finished chunks are found by one Python process up front (a Python start per plan line took
     over half an hour on ~3,000 lines): a finished chunk is not run; an unfinished or unreadable one,
     which that scan must not drop, is."""
     h5py = pytest.importorskip("h5py")
-    repo, env = stub_campaign(tmp_path)
+    repo, env = stub_venv
     with h5py.File(repo / "data" / "qke" / "emu_seed1.h5", "w") as handle:
         handle.attrs["complete"] = True
     with h5py.File(repo / "data" / "qke" / "emu_seed2.h5", "w") as handle:

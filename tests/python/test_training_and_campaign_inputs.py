@@ -3,7 +3,6 @@ seven): each a clear error or the documented result, never a hang, a silent no-o
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -96,23 +95,6 @@ def test_plot_writes_the_format_its_file_name_says(capsys, tmp_path):
     assert run(capsys, ["plot", "curve", str(metrics), "-o", str(tmp_path / "curve.pdf")])[0] == 0
     assert (tmp_path / "curve.pdf").read_bytes().startswith(b"%PDF")
     refused(capsys, ["plot", "curve", str(metrics), "-o", str(tmp_path / "curve.jpg")], "curve.jpg", ".png")
-
-
-@pytest.fixture()
-def stub_venv(tmp_path):
-    """A copy of the two campaign scripts with a `dodo` that always fails (exit 2)."""
-    repo = tmp_path / "repo"
-    (repo / "scripts").mkdir(parents=True)
-    (repo / "data" / "qke").mkdir(parents=True)
-    for name in ("qke_campaign.sh", "relabel_growth.sh", "own_session.sh"):
-        (repo / "scripts" / name).write_text((ROOT / "scripts" / name).read_text())
-    venv = tmp_path / "venv" / "bin"
-    venv.mkdir(parents=True)
-    (venv / "dodo").write_text("#!/bin/bash\necho \"stub dodo $*\" >&2\nexit 2\n")
-    (venv / "dodo").chmod(0o755)
-    (venv / "python").write_text(f"#!/bin/bash\nexec {sys.executable} \"$@\"\n")
-    (venv / "python").chmod(0o755)
-    return repo, dict(os.environ, DODO_VENV=str(venv.parent))
 
 
 def test_campaign_scripts_refuse_bad_jobs_skip_an_empty_plan_and_report_failed_chunks(tmp_path, stub_venv):
