@@ -8,8 +8,6 @@ residuals and made the Emu recipe worse, so a chunk selects only among its own f
 """
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 
 #: The fewest candidates drawn per state kept (--oversample): 1 would keep every draw.
@@ -22,6 +20,7 @@ def model_identity(model: str) -> tuple[str, str]:
     """(the model as recorded, its SHA-256): "default" is the package's shipped model file."""
     import os
 
+    from .._atomic import sha256_file
     from ..models import default_model_path
 
     if model == "box3d":  # the closure's name for no model
@@ -30,11 +29,7 @@ def model_identity(model: str) -> tuple[str, str]:
     path = default_model_path() if model == "default" else model
     if not os.path.isfile(path):
         raise ValueError(f"--select-by {model}: no such model file")
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return model, digest.hexdigest()
+    return model, sha256_file(path)
 
 
 def model_uncertainty(four_flux: np.ndarray, model: str) -> np.ndarray:
