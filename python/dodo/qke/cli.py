@@ -11,7 +11,8 @@ import numpy as np
 
 from .._atomic import check_outputs, exclusive_output
 from .._cli_common import add_output_argument, add_quiet_argument, input_path, resolve_output
-from .selection import MAX_OVERSAMPLE, MIN_OVERSAMPLE
+from .selection import (DEFAULT_OVERSAMPLE, MAX_OVERSAMPLE, MIN_OVERSAMPLE, model_identity, model_uncertainty,
+                        most_uncertain)
 from .solver import SolverConfig
 
 
@@ -82,11 +83,6 @@ def register(subparsers) -> argparse.ArgumentParser:
     add_quiet_argument(parser, "no progress lines")
     parser.set_defaults(func=run_simulate)
     return parser
-
-
-#: Candidates drawn per kept state under --select-by: the pool study that adopted it kept the top
-#: 16% of its candidates within each family (docs/training.md, "Targeted sampling").
-DEFAULT_OVERSAMPLE = 6
 
 
 def run_simulate(args) -> int:
@@ -212,8 +208,6 @@ def run_simulate(args) -> int:
                       "family": args.family or ("three_flavour" if args.three_flavour else "emu"),
                       "heavy_equal": not args.three_flavour}
             if args.select_by is not None:
-                from .selection import model_identity, model_uncertainty, most_uncertain
-
                 model, digest = model_identity(args.select_by)
                 four_flux = four_flux[most_uncertain(model_uncertainty(four_flux, args.select_by), args.random)]
                 source.update({"selected_by": model, "selection_model_sha256": digest,

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+#: Candidates drawn per state kept unless --oversample says: the pool study that adopted targeted
+#: sampling kept the top 16% of its candidates within each family (docs/training.md).
+DEFAULT_OVERSAMPLE = 6
 #: The fewest candidates drawn per state kept (--oversample): 1 would keep every draw.
 MIN_OVERSAMPLE = 2
 #: The most: the candidates are drawn and scored at once (a few hundred bytes each).
