@@ -141,6 +141,11 @@ def _refuse_known_non_packages(path: str) -> None:
             return
         with open(path, "rb") as handle:
             head = handle.read(8)
+            if not head.startswith((b"PK\x03\x04", b"\x08")):  # 0x08: an ONNX model's first byte, never second-guessed
+                from ._output_guard import HDF5_SIGNATURE, _hdf5_after_user_block
+
+                if _hdf5_after_user_block(handle):  # HDF5 with a user block: its signature at byte 512, 1024, ...
+                    head = HDF5_SIGNATURE
     except OSError:  # unreadable: the runtime reports it
         return
     if head.startswith(b"PK\x03\x04"):

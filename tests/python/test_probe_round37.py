@@ -1,0 +1,79 @@
+"""Outside probe, round 37 (docs/reliability_python.md section 40).
+
+HDF5 files with a user block (h5py's ``userblock_size``, ``h5jam``): their superblock, and HDF5's
+signature, start at byte 512, 1024, ... instead of 0. The output guards read the first 8 bytes only,
+so such an Emu database was "a file of another kind (neither HDF5, ...)" and a report command's
+``--overwrite`` replaced it, where a report never replaces data whatever ``--overwrite`` says.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import h5py
+import pytest
+
+from cli_helpers import digest, refused, run
+
+REPO = Path(__file__).resolve().parents[2]
+EMU = REPO / "tests" / "data" / "qke" / "emu_1d_validation.h5"
+
+
+def _with_user_block(path: Path, size: int = 512) -> Path:
+    """A copy of the validation database at ``path`` with a user block of ``size`` bytes."""
+    with h5py.File(EMU, "r") as source, h5py.File(path, "w", userblock_size=size) as target:
+        for name in source:
+            source.copy(source[name], target, name)
+        for key, value in source.attrs.items():
+            target.attrs[key] = value
+    assert not path.read_bytes().startswith(b"\x89HDF") and h5py.is_hdf5(path)
+    return path
+
+
+@pytest.mark.parametrize("size", [512, 4096])
+def test_a_report_never_replaces_an_hdf5_database_with_a_user_block(tmp_path, capsys, size):
+    """Before: `dodo score default E.h5 --json DB.h5 --overwrite` replaced DB.h5 (an Emu database
+    with a user block) with its JSON report, exit 0; without --overwrite it was "not a JSON document"."""
+    database = _with_user_block(tmp_path / "db.h5", size)
+    before = digest(database)
+    line = refused(capsys, ["score", "default", str(EMU), "--json", str(database), "--overwrite"], database)
+    assert "is an Emu database" in line and "does not write a report over it" in line
+    assert digest(database) == before
+
+
+def test_plot_never_replaces_an_hdf5_database_with_a_user_block(tmp_path, capsys):
+    """Before: `dodo plot metrics M.json -o DB.h5 --overwrite` got past the data guard of DB.h5."""
+    database = _with_user_block(tmp_path / "db.h5")
+    metrics = tmp_path / "m.json"
+    metrics.write_text("{}")
+    before = digest(database)
+    code, _, err = run(capsys, ["plot", "metrics", str(metrics), "-o", str(database), "--overwrite"])
+    assert code == 2 and "is an Emu database" in err and "Traceback" not in err, err
+    assert digest(database) == before
+
+
+@pytest.mark.parametrize("argv", [["synth", "-n", "5", "-q", "-o"], ["apply", str(EMU), "--grid", "2x2x2", "-o"]])
+def test_outputs_name_an_hdf5_database_with_a_user_block_as_one(tmp_path, capsys, argv):
+    """Before: `... is a file of another kind (neither HDF5, a checkpoint nor a model package)`."""
+    database = _with_user_block(tmp_path / "db.h5")
+    before = digest(database)
+    line = refused(capsys, argv + [str(database)], database)
+    assert "is an Emu database" in line and "neither HDF5" not in line
+    assert digest(database) == before
+
+
+def test_an_hdf5_file_with_a_user_block_given_as_the_model_is_named(tmp_path, capsys):
+    """Before: `DODO_ERROR_MODEL_FORMAT: ... not an ONNX model (truncated or damaged file?): field
+    number 0 at byte 0`, where the same file without a user block is named an HDF5 file."""
+    database = _with_user_block(tmp_path / "db.h5")
+    line = refused(capsys, ["score", str(database), str(EMU)], database)
+    assert "is an HDF5 file (a data file?)" in line
+
+
+def test_a_user_block_database_is_still_read_as_data(tmp_path, capsys):
+    """Guard: score and apply read such a database as before."""
+    database = _with_user_block(tmp_path / "db.h5")
+    code, out, err = run(capsys, ["score", "box3d", str(database)])
+    assert code == 0, err
+    code, out, err = run(capsys, ["apply", str(database), "--grid", "2x2x2", "--model", "box3d", "-q"])
+    assert code == 0, err
