@@ -236,8 +236,9 @@ class Closure:
     and the options, not the loaded runtime, and unpickling loads the closure again: the same
     file (by absolute path), the default model, Box3D alone, or an in-memory package's bytes
     (carried in the pickle). A model file whose contents changed since the closure was made is
-    refused on unpickling (the package's content digest differs). Counters start at zero. A subclass
-    comes back as itself with the attributes it added (its own ``__init__`` is not called again).
+    refused on unpickling (the package's content or metadata digest differs). Counters start at
+    zero. A subclass comes back as itself with the attributes it added (its own ``__init__`` is not
+    called again).
     """
 
     def __init__(self, model: Optional[PathLike] = None, *, threads: Optional[int] = None, chunk_size: int = 1024,
@@ -413,15 +414,23 @@ class Closure:
         # A subclass comes back as itself, with the attributes it added: it came back as a plain
         # dodo.Closure without them, so a worker's call of its own method failed (outside probe, round 31).
         added = {key: value for key, value in self.__dict__.items() if key not in _CLOSURE_ATTRIBUTES}
-        arguments = (self._source, options, self._model_path, _model_digest(self.metadata))
+        metadata = self.metadata
+        # The metadata digest too: the content digest leaves the metadata out, so a package whose
+        # metadata (Box3D settings, head, test vectors) was edited and re-signed since loaded in a
+        # worker without a word (outside probe, round 37).
+        arguments = (self._source, options, self._model_path, _model_digest(metadata))
         if type(self) is Closure and not added:
-            return (_unpickle_closure, arguments)
-        return (_unpickle_closure, arguments + (type(self),), added or None)
+            return (_unpickle_closure, arguments + (None, metadata.get(_METADATA_DIGEST)))
+        return (_unpickle_closure, arguments + (type(self), metadata.get(_METADATA_DIGEST)), added or None)
 
     def __repr__(self) -> str:
         source = repr(self._model_path) if self._model_path is not None else "<in memory>"
         what = f"model={source}, head={self.head!r}" if self.has_model else "Box3D only"
         return f"dodo.Closure({what}, threads={self.threads})"
+
+
+#: The metadata key of a package's digest over its other metadata entries (docs/model_package.md).
+_METADATA_DIGEST = "dodo.metadata_sha256"
 
 
 def _model_digest(metadata: dict) -> Optional[str]:
@@ -435,21 +444,25 @@ _CLOSURE_ATTRIBUTES = frozenset({"_runtime", "_model_path", "_source", "_options
 
 
 def _unpickle_closure(source, options: dict, model_path: Optional[str], digest: Optional[str],
-                      cls: Optional[type] = None) -> "Closure":
+                      cls: Optional[type] = None, metadata_digest: Optional[str] = None) -> "Closure":
     """A pickled :class:`Closure` loaded again (Closure.__reduce__); ``cls``: a subclass, made without
     calling its own __init__ (whose arguments the pickle does not know): pickle then sets the
-    attributes it added."""
+    attributes it added. ``metadata_digest``: the package's ``dodo.metadata_sha256`` when pickled
+    (pickles written before it carry none: the content digest alone is compared)."""
     if cls is None or cls is Closure:
         restored = Closure(source, **options)
     else:
         restored = cls.__new__(cls)
         Closure.__init__(restored, source, **options)
-    found = _model_digest(restored.metadata)
-    if found != digest:
+    metadata = restored.metadata
+    found, found_metadata = _model_digest(metadata), metadata.get(_METADATA_DIGEST)
+    if found != digest or metadata_digest is not None and found_metadata != metadata_digest:
         where = f"model package {source!r}" if isinstance(source, str) else "the default model" if source is None \
             else "the model package"
+        which, now, then = ("content", found, digest) if found != digest else ("metadata", found_metadata,
+                                                                               metadata_digest)
         raise ValueError(f"cannot unpickle dodo.Closure: {where} is not the package the closure was made with "
-                         f"(content digest {str(found)[:16]}... now, {str(digest)[:16]}... when pickled; the file "
+                         f"({which} digest {str(now)[:16]}... now, {str(then)[:16]}... when pickled; the file "
                          "was replaced or edited): make a new Closure from the package you mean")
     # The path as the user gave it, unless relative: unpickled in another directory (a worker
     # process) it would name another file or none; the absolute path loaded is the one meant.

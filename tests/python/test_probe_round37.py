@@ -77,3 +77,57 @@ def test_a_user_block_database_is_still_read_as_data(tmp_path, capsys):
     assert code == 0, err
     code, out, err = run(capsys, ["apply", str(database), "--grid", "2x2x2", "--model", "box3d", "-q"])
     assert code == 0, err
+
+
+def _resigned_with_edited_box3d(source: Path, target: Path, flux_factor: float) -> None:
+    """``target``: the package at ``source`` with its dodo.box3d max_flux_factor edited, re-signed
+    (both digests recomputed, as dodo._core.with_content_digest does for an edit on purpose)."""
+    import json
+
+    import onnx
+
+    from dodo import _core
+
+    model = onnx.load(str(source))
+    for entry in model.metadata_props:
+        if entry.key == "dodo.box3d":
+            settings = json.loads(entry.value)
+            settings["max_flux_factor"] = flux_factor
+            entry.value = json.dumps(settings)
+    target.write_bytes(_core.with_content_digest(model.SerializeToString()))
+
+
+def test_unpickling_refuses_a_package_whose_metadata_was_edited_and_resigned(tmp_path):
+    """Before: the pickle carried the content digest alone, which leaves the metadata out: a closure
+    pickled, its package's Box3D settings then edited and re-signed, came back in the worker with
+    max_flux_factor 0.9 instead of 0.98, without a word."""
+    import pickle
+
+    import dodo
+    from dodo.models import default_model_path
+
+    package = tmp_path / "m.onnx"
+    shutil.copyfile(default_model_path(), package)
+    closure = dodo.Closure(str(package), threads=1)
+    blob = pickle.dumps(closure)
+    assert pickle.loads(blob).box3d_settings == closure.box3d_settings  # unchanged: loads
+    _resigned_with_edited_box3d(default_model_path(), package, 0.9)
+    assert dodo.Closure(str(package), threads=1).box3d_settings["max_flux_factor"] == 0.9  # a valid package
+    with pytest.raises(ValueError, match=r"not the package the closure was made with \(metadata digest"):
+        pickle.loads(blob)
+
+
+def test_pickles_without_a_metadata_digest_still_load():
+    """Guard: a pickle written before the metadata digest was carried (four arguments, or five with a
+    subclass) loads as before; Box3D alone has no digests at all."""
+    import pickle
+
+    import dodo
+    from dodo._closure import _unpickle_closure
+
+    closure = dodo.Closure(threads=1)
+    restored = _unpickle_closure(None, dict(closure._options), closure.model_path,
+                                 closure.metadata["dodo.content_sha256"])
+    assert restored.metadata == closure.metadata
+    box = pickle.loads(pickle.dumps(dodo.Closure("box3d", threads=1)))
+    assert not box.has_model
