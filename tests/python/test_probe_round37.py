@@ -131,3 +131,42 @@ def test_pickles_without_a_metadata_digest_still_load():
     assert restored.metadata == closure.metadata
     box = pickle.loads(pickle.dumps(dodo.Closure("box3d", threads=1)))
     assert not box.has_model
+
+
+@pytest.mark.parametrize("through_link", [False, True])
+def test_simulate_never_writes_over_its_select_by_model(tmp_path, capsys, through_link):
+    """Before: `dodo simulate M.onnx --random 1 --family emu --select-by M.onnx --overwrite` ranked the
+    candidates with M.onnx, then replaced it with its HDF5 database, exit 0 (the model was no input of
+    the output check); without --overwrite the refusal said M.onnx "cannot be read as HDF5"."""
+    from dodo.models import default_model_path
+
+    package = tmp_path / "m.onnx"
+    shutil.copyfile(default_model_path(), package)
+    output = package
+    if through_link:
+        output = tmp_path / "link.onnx"
+        output.symlink_to(package)
+    before = digest(package)
+    for overwrite in ([], ["--overwrite"]):
+        line = refused(capsys, ["simulate", str(output), "--random", "1", "--family", "emu", "--select-by",
+                                str(package), "--oversample", "2", "--ncell", "16", "--nphi", "8", "-q", *overwrite],
+                       "is the same file as the input", package)
+        assert "writing it would destroy the input" in line
+    assert digest(package) == before
+
+
+def test_simulate_never_writes_over_the_shipped_model_it_selects_by(tmp_path, capsys, monkeypatch):
+    """The same for --select-by default with OUT the shipped model's path. The shipped model is stood
+    in for by a copy (dodo.models.default_model_path patched), so that code without the check writes
+    over the copy, never over the package's own file."""
+    import dodo.models
+    from dodo.models import default_model_path
+
+    stand_in = tmp_path / "qke_default.onnx"
+    shutil.copyfile(default_model_path(), stand_in)
+    monkeypatch.setattr(dodo.models, "default_model_path", lambda: stand_in)
+    before = digest(stand_in)
+    refused(capsys, ["simulate", str(stand_in), "--random", "1", "--family", "emu", "--select-by", "default",
+                     "--oversample", "2", "--ncell", "16", "--nphi", "8", "--overwrite", "-q"],
+            "is the same file as the input")
+    assert digest(stand_in) == before

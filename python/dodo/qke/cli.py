@@ -85,6 +85,15 @@ def register(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+def _selection_model_file(select_by):
+    """The file ``--select-by`` reads (the shipped model's for "default"), None without one or for "box3d"."""
+    if select_by is None or select_by in ("", "box3d"):
+        return None
+    from ..models import default_model_path
+
+    return str(default_model_path()) if select_by == "default" else select_by
+
+
 def run_simulate(args) -> int:
     """Handler of ``dodo simulate``; returns a process exit code."""
     from .campaign import simulate_states
@@ -103,7 +112,9 @@ def run_simulate(args) -> int:
     try:
         require_h5py()  # before reading or sampling states: the output is HDF5
         # Never overwrite (or checkpoint over) the input file; refuse a device, FIFO or directory as OUT.
-        check_outputs([args.output, args.output + ".partial.npz"], [args.input])
+        # The --select-by model is read too: `simulate M.onnx ... --select-by M.onnx --overwrite` replaced
+        # the package it ranked the states with (outside probe, round 37).
+        check_outputs([args.output, args.output + ".partial.npz"], [args.input, _selection_model_file(args.select_by)])
         if args.seed < 0:
             raise ValueError(f"--seed must be an integer >= 0; got {args.seed}")
         # The engine's words named its parameters, not the options ("batch_size must be >= 1",
