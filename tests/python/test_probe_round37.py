@@ -170,3 +170,49 @@ def test_simulate_never_writes_over_the_shipped_model_it_selects_by(tmp_path, ca
                      "--oversample", "2", "--ncell", "16", "--nphi", "8", "--overwrite", "-q"],
             "is the same file as the input")
     assert digest(stand_in) == before
+
+
+def _solver_like(path: Path, **attrs) -> Path:
+    """A two-state HDF5 file whose `solver` attribute names Dodo's solver, with ``attrs`` beside it."""
+    import numpy as np
+
+    with h5py.File(path, "w") as handle:
+        handle["F4_initial(1|ccm)"] = np.zeros((2, 4, 2, 3))
+        handle["F4_final(1|ccm)"] = np.zeros((2, 4, 2, 3))
+        handle.attrs["solver"] = "dodo.qke fast-flavour QKE solver (docs/qke.md)"
+        for key, value in attrs.items():
+            handle.attrs[key] = value
+    return path
+
+
+@pytest.mark.parametrize("attrs, said", [
+    ({"nstates_valid": [1, 2], "complete": True}, "is a complete solver database:"),
+    ({"nstates_valid": "n/a", "complete": True}, "is a complete solver database:"),
+    ({"nstates_valid": 3, "complete": [True, False]}, "is a complete solver database (3 states)"),
+    ({"kind": "linear_growth_labels", "complete": False, "nstates_processed": [1, 2]},
+     "unfinished growth-label file (dodo simulate --linear-only; some states processed)"),
+])
+def test_simulate_names_an_output_in_the_way_whose_attributes_are_odd(tmp_path, capsys, attrs, said):
+    """Before, `dodo simulate OUT` with OUT a solver-like database whose attributes were edited: a
+    TypeError traceback (`nstates_valid` or `nstates_processed` of two values, exit 1), "it cannot be
+    read as HDF5: invalid literal for int() with base 10: 'n/a'", or "The truth value of an array with
+    more than one element is ambiguous" (`complete` of two values). Round 31 fixed the same in the
+    other commands' guard (_output_guard), not in simulate's own."""
+    output = _solver_like(tmp_path / "out.h5", **attrs)
+    before = digest(output)
+    line = refused(capsys, ["simulate", str(output), "--random", "1", "--ncell", "16", "--nphi", "8", "-q"], output)
+    assert said in line and "--overwrite" in line and "cannot be read as HDF5" not in line
+    assert digest(output) == before
+
+
+def test_simulate_linear_only_names_a_label_file_whose_counts_are_odd(tmp_path, capsys):
+    """Before: `dodo simulate OUT --random 1 --linear-only` over a label file whose `nstates_done` has
+    two values ended in a TypeError traceback, exit 1 (growth_labels._resume)."""
+    import numpy as np
+
+    output = _solver_like(tmp_path / "labels.h5", kind="linear_growth_labels", complete=False,
+                          nstates_done=np.array([1, 2]), nstates_requested=3, fingerprint="x")
+    before = digest(output)
+    line = refused(capsys, ["simulate", str(output), "--random", "1", "--linear-only", "-q"], output)
+    assert "cannot be read as a growth-label file" in line and "left untouched" in line
+    assert digest(output) == before

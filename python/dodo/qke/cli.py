@@ -324,7 +324,6 @@ def refuse_complete_database(path: str, linear_only: bool = False) -> None:
     try:
         with h5py.File(path, "r") as handle:
             attrs = dict(handle.attrs)
-            states = int(attrs.get("nstates_valid", -1))
     except (OSError, ValueError) as error:
         if held_open_for_writing(error):  # was "not a dodo simulate database ... or --overwrite"
             raise ValueError(f"{path} exists and another process has it open for writing (HDF5 file lock: "
@@ -338,7 +337,11 @@ def refuse_complete_database(path: str, linear_only: bool = False) -> None:
                          "record naming dodo.qke: an Emu database, a preprocessed file, another program's output, "
                          "...): it is not replaced, since the run writes the batches finished so far over it; give "
                          "another OUT, or --overwrite to replace it")
-    if bool(attrs.get("complete", False)) and not linear_only and attrs.get("kind") != "linear_growth_labels":
+    # The attributes read through _truth, _count and _text: an edited file's `nstates_valid` of two values
+    # or "n/a", or a `complete` of two values, ended in a TypeError traceback, "The truth value of an array
+    # ... is ambiguous", or "it cannot be read as HDF5: invalid literal for int()" (outside probe, round 37).
+    complete, labels = not _unfinished(attrs.get("complete")), _text(attrs.get("kind")) == "linear_growth_labels"
+    if complete and not linear_only and not labels:
         from .campaign import _checkpoints
 
         # A run killed after its last batch, between writing the finished database and removing its
@@ -347,17 +350,47 @@ def refuse_complete_database(path: str, linear_only: bool = False) -> None:
         # 3). The checkpoint decides: of this campaign, the run finishes it; of another, it is refused.
         if _checkpoints(path):
             return
-    if not bool(attrs.get("complete", False)):
-        if not linear_only and attrs.get("kind") == "linear_growth_labels":
+    if not complete:
+        if not linear_only and labels:
+            processed = _count(attrs.get("nstates_processed"))
             raise ValueError(f"{path} is an unfinished growth-label file (dodo simulate --linear-only; "
-                             f"{int(attrs.get('nstates_processed', 0))} states processed): a full run would replace "
+                             f"{'some' if processed is None else processed} states processed): a full run would replace "
                              "it; to resume it, rerun the command that wrote it (with --linear-only); give another "
                              "OUT, or --overwrite to replace it")
         return
-    command = str(attrs.get("command", "")).strip()
-    raise ValueError(f"{path} is a complete solver database ({states} states"
-                     + (f", written by `{command}`" if command else "") + "): it is not replaced; give another "
-                     "OUT, or --overwrite to replace it")
+    command, states = (_text(attrs.get("command")) or "").strip(), _count(attrs.get("nstates_valid"))
+    details = ", ".join(([] if states is None else [f"{states} states"]) + ([f"written by `{command}`"] if command else []))
+    raise ValueError(f"{path} is a complete solver database{f' ({details})' if details else ''}: it is not replaced; "
+                     "give another OUT, or --overwrite to replace it")
+
+
+def _unfinished(complete) -> bool:
+    """Whether a database's ``complete`` attribute says unfinished: absent, or one false boolean (or 0), as
+    the solver writes it. Anything else (two values, text) is taken for complete, so that the file is
+    refused rather than written over."""
+    import numpy as np
+
+    if complete is None:
+        return True
+    array = np.asarray(complete)
+    return array.size == 1 and array.dtype.kind in "biu" and not bool(array.reshape(-1)[0])
+
+
+def _count(value):
+    """An HDF5 attribute as a count: an integer (or a one-value integer array), else None."""
+    import numpy as np
+
+    array = np.asarray(value) if value is not None else None
+    if array is None or array.size != 1 or array.dtype.kind not in "iu":
+        return None
+    return int(array.reshape(-1)[0])
+
+
+def _text(value):
+    """An HDF5 attribute as text (bytes decoded), None when it is no text (absent, a number, an array)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else None
 
 
 def main(argv=None) -> int:

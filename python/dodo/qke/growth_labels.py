@@ -61,7 +61,7 @@ def _resume(output: str, fingerprint: str, report: Callable[[str], None]) -> dic
                 rows = {"processed": int(f.attrs["nstates_processed"]), "dropped": json.loads(f.attrs["dropped"]),
                         "input_index": f["input_index"][()], "linear_growth_rate": f["linear_growthRate_box(1|s)"][()],
                         "rotation": f["rotation_R"][()], "box_length_cm": f["box_length_cm"][()]}
-    except (OSError, KeyError, ValueError) as error:
+    except (OSError, KeyError, TypeError, ValueError) as error:  # TypeError: int() of an attribute of two values
         raise CheckpointMismatchError(
             f"{output} exists but cannot be read as a growth-label file ({' '.join(str(error).split())}); it is left "
             "untouched: remove it or choose another output file") from None
