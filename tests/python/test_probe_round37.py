@@ -216,3 +216,40 @@ def test_simulate_linear_only_names_a_label_file_whose_counts_are_odd(tmp_path, 
     line = refused(capsys, ["simulate", str(output), "--random", "1", "--linear-only", "-q"], output)
     assert "cannot be read as a growth-label file" in line and "left untouched" in line
     assert digest(output) == before
+
+
+def test_preprocess_reads_a_solver_attribute_that_is_not_utf8(tmp_path, capsys):
+    """Before: `dodo preprocess` of an Emu file whose `solver` attribute holds bytes that are not UTF-8
+    stopped with `'utf-8' codec can't decode byte 0xff in position 9`, naming no file, where score and
+    apply read the file (preprocess.source_kind decoded it strictly)."""
+    import numpy as np
+
+    data = tmp_path / "data.h5"
+    shutil.copyfile(EMU, data)
+    with h5py.File(data, "a") as handle:
+        handle.attrs["solver"] = np.bytes_(b"dodo.qke \xff\xfe")
+    config = tmp_path / "pre.yaml"
+    config.write_text(f"inputs: [{data}]\noutput: {tmp_path / 'pre.h5'}\n")
+    code, _, err = run(capsys, ["preprocess", "--config", str(config), "-q"])
+    assert code == 0, err
+    with h5py.File(tmp_path / "pre.h5", "r") as handle:
+        assert '"kind": "qke"' in handle.attrs["sources"]
+
+
+def test_validate_nsm1_names_a_reference_whose_names_are_not_utf8(tmp_path):
+    """Before: `python -m dodo.qke.validate nsm1 --reference F` with directorynames that are not UTF-8
+    said only `'utf-8' codec can't decode byte 0xff in position 22`, naming no file."""
+    import subprocess
+    import sys
+
+    reference = tmp_path / "nsm1.h5"
+    shutil.copyfile(REPO / "tests" / "data" / "qke" / "emu_nsm1_1d.h5", reference)
+    with h5py.File(reference, "a") as handle:
+        count = len(handle["directorynames"])
+        del handle["directorynames"]
+        handle["directorynames"] = [b"nsm1_1d_nz64_L4_nphi16\xff"] * count
+    result = subprocess.run([sys.executable, "-m", "dodo.qke.validate", "nsm1", "--reference", str(reference),
+                             "--only", "nowhere"], capture_output=True, text=True, timeout=300,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 2, result.stderr
+    assert str(reference) in result.stderr and "codec" not in result.stderr and "Traceback" not in result.stderr

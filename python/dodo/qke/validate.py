@@ -89,7 +89,8 @@ def _nsm1_configuration(reference: str, name: str) -> tuple[int, float, int]:
 def validate_nsm1(reference: str, box3d_cases: str | None, seeds: list[int], flavour_cfl: float, only: str | None = None,
                   hamiltonian_filter: str = SolverConfig.hamiltonian_filter, backend: str = SolverConfig.backend) -> dict:
     with _reference_file(reference, "emu_nsm1_1d.h5") as f:
-        names = [n.decode() if isinstance(n, bytes) else str(n) for n in f["directorynames"][()]]
+        # "replace": a name that is not UTF-8 was the codec's error, naming no file (outside probe, round 37).
+        names = [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in f["directorynames"][()]]
         emu_initial = from_emu_layout(f["F4_initial(1|ccm)"][()])
         emu_final = from_emu_layout(f["F4_final(1|ccm)"][()])
         emu_growth = f["growthRate(1|s)"][()]

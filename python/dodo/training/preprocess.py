@@ -96,8 +96,8 @@ def source_kind(attrs) -> str:
     if is_synthetic_mark(attrs.get("synthetic")):  # dodo synth's boolean, not any true value
         return "synthetic"
     solver = attrs.get("solver", "")
-    if isinstance(solver, bytes):
-        solver = solver.decode()
+    if isinstance(solver, bytes):  # "replace": bytes that are not UTF-8 stopped preprocess naming no file (round 37)
+        solver = solver.decode("utf-8", "replace")
     return "qke" if str(solver).startswith("dodo.qke") else "emu"
 
 
