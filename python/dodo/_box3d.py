@@ -76,6 +76,9 @@ def _flat_outputs(out, result_type, outputs: dict, batch: tuple[int, ...]) -> li
         array = getattr(out, name)
         if not isinstance(array, np.ndarray):
             raise TypeError(f"out.{name} must be a NumPy array; got {type(array).__name__}")
+        if isinstance(array, np.ma.MaskedArray):  # its mask would hide values written (outside probe, round 37)
+            raise TypeError(f"out.{name} is a masked array: its mask would hide the values written under it; give "
+                            "plain arrays (a previous result, or the result type's empty(batch_shape))")
         if array.dtype != dtype:
             raise ValueError(f"out.{name} must have dtype {np.dtype(dtype)} (native byte order); got {array.dtype}")
         if array.shape != batch + trailing:

@@ -253,3 +253,31 @@ def test_validate_nsm1_names_a_reference_whose_names_are_not_utf8(tmp_path):
                             stdin=subprocess.DEVNULL)
     assert result.returncode == 2, result.stderr
     assert str(reference) in result.stderr and "codec" not in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("call", ["closure", "box3d"])
+def test_a_masked_array_as_an_output_is_refused(tmp_path, call):
+    """Before: `Closure.apply(F, out=out)` (and `dodo.box3d`) with `out.growth_rate` a masked array wrote
+    its data and kept the mask, so a computed value came back as `--` (inputs with masked entries are
+    refused since round 22). Guard: a memory-mapped output array (another ndarray subclass) is written."""
+    import numpy as np
+
+    import dodo
+
+    cells = np.zeros((4, 6, 4))
+    cells[:, :, 0] = 1.0
+    cells[:, 0, 3], cells[:, 3, 3] = 0.5, -0.5
+    if call == "closure":
+        closure = dodo.Closure(threads=1)
+        apply = lambda out=None: closure.apply(cells, out=out)  # noqa: E731
+        out = dodo.ClosureResult.empty((4,))
+    else:
+        apply = lambda out=None: dodo.box3d(cells, out=out, threads=1)  # noqa: E731
+        out = dodo.Box3DResult.empty((4,))
+    masked = out._replace(growth_rate=np.ma.masked_array(np.empty(4), mask=[True, False, False, False]))
+    with pytest.raises(TypeError, match="out.growth_rate is a masked array"):
+        apply(masked)
+    mapped = np.memmap(tmp_path / "rates.bin", dtype=np.float64, mode="w+", shape=(4,))
+    written = apply(out._replace(growth_rate=mapped))
+    assert written.growth_rate is mapped
+    assert np.array_equal(np.asarray(mapped), apply().growth_rate)
