@@ -281,3 +281,53 @@ def test_a_masked_array_as_an_output_is_refused(tmp_path, call):
     written = apply(out._replace(growth_rate=mapped))
     assert written.growth_rate is mapped
     assert np.array_equal(np.asarray(mapped), apply().growth_rate)
+
+
+def _virtual_database(root: Path, source_name: str = "part.h5", dataset: str = "F4_final(1|ccm)") -> Path:
+    """ROOT/vds.h5: the validation database with F4_final(1|ccm) a virtual dataset mapping ``dataset``
+    of ROOT/part.h5 (which holds the real final states under F4_final(1|ccm))."""
+    with h5py.File(EMU, "r") as source:
+        initial, final = source["F4_initial(1|ccm)"][()], source["F4_final(1|ccm)"][()]
+    with h5py.File(root / "part.h5", "w") as part:
+        part["F4_final(1|ccm)"] = final
+    layout = h5py.VirtualLayout(shape=final.shape, dtype=final.dtype)
+    layout[:] = h5py.VirtualSource(source_name, dataset, shape=final.shape)
+    with h5py.File(root / "vds.h5", "w") as handle:
+        handle["F4_initial(1|ccm)"] = initial
+        handle.create_virtual_dataset("F4_final(1|ccm)", layout, fillvalue=0)
+    return root / "vds.h5"
+
+
+def _vds_commands(database: Path, root: Path) -> list[list[str]]:
+    config = root / "pre.yaml"
+    config.write_text(f"inputs: [{database}]\noutput: {root / 'pre.h5'}\n")
+    return [["score", "box3d", str(database)], ["apply", str(database), "--grid", "2x2x2", "--model", "box3d", "-q"],
+            ["preprocess", "--config", str(config), "-q"]]
+
+
+@pytest.mark.parametrize("command", [0, 1, 2])
+@pytest.mark.parametrize("missing", ["file", "dataset"])
+def test_a_virtual_dataset_whose_source_is_missing_is_refused(tmp_path, capsys, command, missing):
+    """Before: an Emu database whose F4_final(1|ccm) is a virtual dataset (HDF5 VDS) mapping a file that
+    is not there (or a dataset that file lacks) was read as zeros: `dodo score` scored them (0.1667 for
+    Box3D, with a warning that the truth breaks conservation), `dodo apply` printed errors against them,
+    `dodo preprocess` dropped every row as non-conserving; nothing said a file was missing."""
+    database = _virtual_database(tmp_path, dataset="F4_final(1|ccm)" if missing == "file" else "elsewhere")
+    if missing == "file":
+        (tmp_path / "part.h5").unlink()
+    line = refused(capsys, _vds_commands(database, tmp_path)[command], database)
+    assert "is a virtual dataset whose source" in line and "fill value (zeros)" in line
+    assert not (tmp_path / "pre.h5").exists()
+
+
+@pytest.mark.parametrize("command", [0, 1, 2])
+def test_a_virtual_dataset_whose_source_is_there_is_read(tmp_path, capsys, command, monkeypatch):
+    """Guard: the same database with its source file beside it is read (also from another directory)."""
+    database = _virtual_database(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, out, err = run(capsys, _vds_commands(database, tmp_path)[command])
+    assert code == 0, err
+    if command == 0:
+        assert "0.00649" in out  # Box3D's score of the real final states, not of zeros
