@@ -331,3 +331,27 @@ def test_a_virtual_dataset_whose_source_is_there_is_read(tmp_path, capsys, comma
     assert code == 0, err
     if command == 0:
         assert "0.00649" in out  # Box3D's score of the real final states, not of zeros
+
+
+@pytest.mark.parametrize("command", [0, 1, 2])
+def test_an_external_raw_file_shorter_than_its_dataset_is_refused(tmp_path, capsys, command, monkeypatch):
+    """Before: F4_final(1|ccm) kept in an external raw file (HDF5 external storage) that was truncated
+    read as zeros past its end: `dodo score` scored them (with a conservation warning), `dodo apply`
+    printed errors against them. Guard: the whole raw file is read as before."""
+    monkeypatch.chdir(tmp_path)  # HDF5 finds a relative raw file from the working directory
+    with h5py.File(EMU, "r") as source:
+        initial, final = source["F4_initial(1|ccm)"][()], source["F4_final(1|ccm)"][()]
+    database = tmp_path / "ext.h5"
+    with h5py.File(database, "w") as handle:
+        handle["F4_initial(1|ccm)"] = initial
+        handle.create_dataset("F4_final(1|ccm)", shape=final.shape, dtype=final.dtype,
+                              external=[("raw.bin", 0, final.nbytes)])[...] = final
+    argv = _vds_commands(database, tmp_path)[command]
+    code, _, err = run(capsys, argv)
+    assert code == 0, err
+    (tmp_path / "pre.h5").unlink(missing_ok=True)
+    with open(tmp_path / "raw.bin", "r+b") as raw:
+        raw.truncate(final.nbytes // 2)
+    line = refused(capsys, argv, database, "external raw file 'raw.bin'")
+    assert "HDF5 would read zeros" in line
+    assert not (tmp_path / "pre.h5").exists()
