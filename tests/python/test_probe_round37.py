@@ -355,3 +355,16 @@ def test_an_external_raw_file_shorter_than_its_dataset_is_refused(tmp_path, caps
     line = refused(capsys, argv, database, "external raw file 'raw.bin'")
     assert "HDF5 would read zeros" in line
     assert not (tmp_path / "pre.h5").exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_simulate_names_a_select_by_model_that_is_no_regular_file(tmp_path, capsys, kind):
+    """Before: `--select-by F` with F a FIFO or a directory said `--select-by F: no such model file` of a
+    path that exists (selection.model_identity's isfile). Now the input check names what F is."""
+    import os
+
+    model = tmp_path / "m"
+    os.mkfifo(model) if kind == "fifo" else model.mkdir()
+    line = refused(capsys, ["simulate", str(tmp_path / "o.h5"), "--random", "1", "--family", "emu", "--select-by",
+                            str(model)], "--select-by", model)
+    assert ("a FIFO" if kind == "fifo" else "a directory") in line and "no such model file" not in line

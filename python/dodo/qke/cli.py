@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shlex
 import sys
 import traceback
@@ -168,6 +169,14 @@ def run_simulate(args) -> int:
                 args.oversample = DEFAULT_OVERSAMPLE
             if not MIN_OVERSAMPLE <= args.oversample <= MAX_OVERSAMPLE:
                 raise ValueError(f"--oversample must be an integer in [{MIN_OVERSAMPLE}, {MAX_OVERSAMPLE}]; got {args.oversample}")
+            if _selection_model_file(args.select_by) is not None and args.select_by != "default" and \
+                    os.path.exists(args.select_by):  # a missing one is selection.model_identity's "no such model file"
+                from .._atomic import InputPathError, check_input_file
+
+                try:  # a FIFO or a directory was "no such model file" (outside probe, round 37)
+                    check_input_file(args.select_by, "a model package (one .onnx file), or 'default'")
+                except InputPathError as error:
+                    raise ValueError(f"--select-by: {error}") from None
         if args.input:
             stray = [name for name, given in (("--max-flux-factor", args.max_flux_factor is not None),
                                               ("--family", args.family is not None),
@@ -312,8 +321,6 @@ def refuse_complete_database(path: str, linear_only: bool = False) -> None:
     file (``mktemp``) holds nothing to lose. An unfinished ``--linear-only`` label file is its own
     checkpoint: a full run (``linear_only`` false) onto it would replace it, so it is refused too.
     """
-    import os
-
     import h5py
 
     from .._output_guard import is_solver_database
