@@ -368,3 +368,87 @@ def test_simulate_names_a_select_by_model_that_is_no_regular_file(tmp_path, caps
     line = refused(capsys, ["simulate", str(tmp_path / "o.h5"), "--random", "1", "--family", "emu", "--select-by",
                             str(model)], "--select-by", model)
     assert ("a FIFO" if kind == "fifo" else "a directory") in line and "no such model file" not in line
+
+
+def _interrupt_second_batch(monkeypatch):
+    """Make the solver's second batch end in Ctrl-C (as a SIGINT between batches would)."""
+    from dodo.qke import campaign
+
+    real, calls = campaign._simulate_batch, []
+
+    def batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(campaign, "_simulate_batch", batch)
+
+
+SMALL_RUN = ["--ncell", "16", "--nphi", "8", "--batch-size", "1", "-q"]
+
+
+def test_simulate_overwrite_stopped_midway_keeps_the_database_it_replaces(tmp_path, capsys, monkeypatch):
+    """Before: `dodo simulate OUT --random 6 --overwrite` over a complete 3-state database, stopped after
+    its first batch (SIGTERM, Ctrl-C), had already written that batch's 1-state unfinished database over
+    OUT: the complete one was lost although the run never finished. Now a file being replaced is
+    replaced when the run ends; the checkpoint holds the progress, and the rerun resumes from it."""
+    output = tmp_path / "out.h5"
+    assert run(capsys, ["simulate", str(output), "--random", "3", "--seed", "3", *SMALL_RUN])[0] == 0
+    before = digest(output)
+    with monkeypatch.context() as patch:
+        _interrupt_second_batch(patch)
+        code, _, err = run(capsys, ["simulate", str(output), "--random", "6", "--seed", "9", "--overwrite", *SMALL_RUN])
+    assert code == 130, err
+    assert digest(output) == before  # the complete database, not the first batch's
+    assert (tmp_path / "out.h5.partial.npz").exists()
+    code, _, err = run(capsys, ["simulate", str(output), "--random", "6", "--seed", "9", "--overwrite", *SMALL_RUN])
+    assert code == 0, err
+    with h5py.File(output, "r") as handle:
+        assert handle.attrs["complete"] and int(handle.attrs["nstates_requested"]) == 6
+    assert not (tmp_path / "out.h5.partial.npz").exists()
+
+
+def test_simulate_still_writes_its_progress_over_no_file_or_its_own(tmp_path, capsys, monkeypatch):
+    """Guard: into a new OUT (or its own unfinished database) the batches so far are still written after
+    each batch, usable while the run goes on (docs/qke.md)."""
+    output = tmp_path / "out.h5"
+    with monkeypatch.context() as patch:
+        _interrupt_second_batch(patch)
+        assert run(capsys, ["simulate", str(output), "--random", "4", "--seed", "9", *SMALL_RUN])[0] == 130
+    with h5py.File(output, "r") as handle:
+        assert not handle.attrs["complete"] and len(handle["F4_initial(1|ccm)"]) == 1
+    assert run(capsys, ["simulate", str(output), "--random", "4", "--seed", "9", *SMALL_RUN])[0] == 0
+    with h5py.File(output, "r") as handle:
+        assert handle.attrs["complete"]
+
+
+def test_simulate_linear_only_overwrite_stopped_midway_keeps_the_file_it_replaces(tmp_path, capsys, monkeypatch):
+    """Before: `dodo simulate OUT --linear-only --overwrite` over a finished label file of other states,
+    stopped after its first labels were written (every CHUNK states; 1 here), had replaced it with the
+    unfinished one. Now it is replaced at the end (a rerun starts over). Guard: a new OUT still gets the
+    labels so far (the file is the run's checkpoint)."""
+    from dodo.qke import growth_labels
+
+    monkeypatch.setattr(growth_labels, "CHUNK", 1)
+    output, fresh = tmp_path / "labels.h5", tmp_path / "fresh.h5"
+    small = ["--ncell", "16", "--nphi", "8", "-q"]
+    assert run(capsys, ["simulate", str(output), "--random", "2", "--seed", "3", "--linear-only", *small])[0] == 0
+    before = digest(output)
+    real, calls = growth_labels.box_setup, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(growth_labels, "box_setup", interrupted)
+    code, _, err = run(capsys, ["simulate", str(output), "--random", "4", "--seed", "9", "--linear-only", "--overwrite",
+                                *small])
+    assert code == 130, err
+    assert digest(output) == before
+    calls.clear()
+    assert run(capsys, ["simulate", str(fresh), "--random", "4", "--seed", "9", "--linear-only", *small])[0] == 130
+    with h5py.File(fresh, "r") as handle:
+        assert not handle.attrs["complete"] and int(handle.attrs["nstates_processed"]) >= 1

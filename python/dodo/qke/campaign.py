@@ -356,7 +356,7 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
                     rotation: np.ndarray | None = None, box_length_cm: float | None = None,
                     end_time_s: np.ndarray | None = None, attributes: dict | None = None,
                     report: Callable[[str], None] = print, max_cost: float | None = None, threads: int = 1,
-                    communicator=None) -> dict:
+                    communicator=None, write_progress: bool = True) -> dict:
     """Simulate states ``[n, 6, 4]`` (cm^-3, original frame) and write an Emu database to ``output``.
 
     max_cost: states whose estimated cost exceeds this many times the NSM1 run's are not
@@ -368,6 +368,9 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
     not a setting either); under MPI, per rank.
     communicator: None = MPI's world when started by an MPI launcher with several ranks, else
     this process alone (dodo.qke.parallel.world). Every rank returns the merged results.
+    write_progress: write the database of the batches so far to ``output`` after each batch (one
+    process); False: only at the end (the checkpoint holds the progress), for an ``output`` that
+    holds another file being replaced, which a run killed or failing midway must not destroy.
     """
     four_flux = np.asarray(four_flux, float)
     if four_flux.ndim != 3 or four_flux.shape[1:] != (6, 4) or len(four_flux) == 0:
@@ -471,7 +474,7 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
                     "no earlier checkpoint exists: free space (or fix the cause) and rerun the same command")
             raise OSError(error.errno, f"cannot write the checkpoint {checkpoint} ({error.strerror or error}); {kept}"
                           ) from None
-        if comm.size == 1 and (results["valid"] & results["done"]).any():
+        if comm.size == 1 and write_progress and (results["valid"] & results["done"]).any():
             # Usable while the campaign runs; not while it holds no valid run (an empty database).
             _write_database_keeping(checkpoint, output, four_flux, results, settings, attributes)
         elapsed = time.time() - started

@@ -263,7 +263,7 @@ def run_simulate(args) -> int:
             rows = linear_growth_labels(four_flux, args.output, config, max_cost=args.max_cost,
                                         attributes={"source": source, "command": shlex.join(sys.argv)}, report=report,
                                         start_axes=None if rotation is None else np.asarray(rotation)[:, 2, :],
-                                        axis=args.axis)
+                                        axis=args.axis, write_progress=_progress_may_replace(args.output, labels=True))
             report(f"wrote {args.output}: {len(rows['input_index'])} of {len(four_flux)} states labelled")
             return 0
         if rotation is not None and args.axis != "fastest":
@@ -276,7 +276,7 @@ def run_simulate(args) -> int:
                                   attributes={"source": source, "command": shlex.join(sys.argv), "max_cost_vs_nsm1":
                                               "none" if args.max_cost is None else args.max_cost},
                                   report=report, max_cost=args.max_cost, threads=args.threads,
-                                  communicator=communicator)
+                                  communicator=communicator, write_progress=_progress_may_replace(args.output))
     except (ValueError, OSError, ImportError, MemoryError) as error:
         if isinstance(error, MemoryError):  # NumPy's message alone does not say what to change
             error = (f"out of memory ({str(error) or 'MemoryError'}): this run needs more memory than the machine "
@@ -369,6 +369,30 @@ def refuse_complete_database(path: str, linear_only: bool = False) -> None:
     details = ", ".join(([] if states is None else [f"{states} states"]) + ([f"written by `{command}`"] if command else []))
     raise ValueError(f"{path} is a complete solver database{f' ({details})' if details else ''}: it is not replaced; "
                      "give another OUT, or --overwrite to replace it")
+
+
+def _progress_may_replace(path: str, labels: bool = False) -> bool:
+    """Whether the run may write its database of the batches so far over ``path`` after each batch:
+    no file there, an empty one, or an unfinished `dodo simulate` database (a run's own progress,
+    resumed). Anything else, replaced with --overwrite (a complete database, another program's file),
+    is replaced only when the run ends: `dodo simulate OUT --overwrite` stopped after its first batch
+    (SIGTERM, Ctrl-C, a full disk) had already put that batch's database in place of a complete one
+    (outside probe, round 37). The checkpoint OUT.partial.npz holds the progress either way. ``labels``:
+    for --linear-only, whose own progress is an unfinished growth-label file (the file is its checkpoint:
+    replacing another file, a run stopped midway starts over)."""
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return True
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as handle:
+            attrs = dict(handle.attrs)
+    except (OSError, ValueError):
+        return False
+    from .._output_guard import is_solver_database
+
+    return is_solver_database(attrs) and _unfinished(attrs.get("complete")) and \
+        (_text(attrs.get("kind")) == "linear_growth_labels") == labels
 
 
 def _unfinished(complete) -> bool:

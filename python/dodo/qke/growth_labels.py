@@ -102,7 +102,7 @@ def _write(output: str, four_flux: np.ndarray, rows: dict, attributes: dict) -> 
 
 def linear_growth_labels(four_flux: np.ndarray, output: str, config: SolverConfig, max_cost: float | None = None,
                          attributes: dict | None = None, report: Callable[[str], None] = print,
-                         start_axes: np.ndarray | None = None, axis: str = "fastest") -> dict:
+                         start_axes: np.ndarray | None = None, axis: str = "fastest", write_progress: bool = True) -> dict:
     """Linear growth rates of the box modes (s^-1) for states ``[n, 6, 4]``, written to ``output``.
 
     Same set-up as a full run (box_setup on the solver's direction set and ncell; states estimated
@@ -110,7 +110,10 @@ def linear_growth_labels(four_flux: np.ndarray, output: str, config: SolverConfi
     so the labelled states follow the same distribution). Returns the rows written.
     ``start_axes`` ``[n, 3]``: each state's search starts from this axis (an earlier run's box
     axis) instead of the 24 coarse axes; about half the cost, the same refined result where that
-    axis was the coarse search's best (a Dodo run's).
+    axis was the coarse search's best (a Dodo run's). ``write_progress``: write the labels so far to
+    ``output`` every CHUNK states (the file is the run's checkpoint); False: only at the end, for an
+    ``output`` that holds another file being replaced, which a run stopped midway must not destroy
+    (a rerun then starts over).
     """
     four_flux = np.asarray(four_flux, float)
     if four_flux.ndim != 3 or four_flux.shape[1:] != (6, 4) or len(four_flux) == 0:
@@ -164,7 +167,7 @@ def linear_growth_labels(four_flux: np.ndarray, output: str, config: SolverConfi
             if rows["processed"] == len(four_flux):
                 raise no_valid_state(output, len(four_flux), rows["dropped"], what="could be labelled")
             continue
-        if rows["processed"] % CHUNK == 0 or rows["processed"] == len(four_flux):
+        if write_progress and rows["processed"] % CHUNK == 0 or rows["processed"] == len(four_flux):
             try:
                 _write(output, four_flux, rows, attributes)
             except OSError as error:  # a full disk named a temporary only, not what survives (round 27)

@@ -140,7 +140,8 @@ def validate_nsm1(reference: str, box3d_cases: str | None, seeds: list[int], fla
 
 
 def validate_emu32(reference: str, output: str, batch_size: int, flavour_cfl: float, seed: int,
-                   hamiltonian_filter: str = SolverConfig.hamiltonian_filter, backend: str = SolverConfig.backend) -> dict:
+                   hamiltonian_filter: str = SolverConfig.hamiltonian_filter, backend: str = SolverConfig.backend,
+                   write_progress: bool = True) -> dict:
     from .campaign import simulate_states
 
     with _reference_file(reference, "emu_1d_validation.h5") as f:
@@ -164,7 +165,8 @@ def validate_emu32(reference: str, output: str, batch_size: int, flavour_cfl: fl
     config = SolverConfig(flavour_cfl=flavour_cfl, seed=seed, hamiltonian_filter=hamiltonian_filter, backend=backend)
     started = time.time()
     results = simulate_states(initial, output, config, batch_size=batch_size, rotation=rotation, box_length_cm=4.0,
-                              end_time_s=end_time, attributes={"validation_reference": reference})
+                              end_time_s=end_time, attributes={"validation_reference": reference},
+                              write_progress=write_progress)
     wall = time.time() - started
     valid = results["valid"]
     errors = density_error(results["final"], emu_final, initial)
@@ -329,8 +331,11 @@ def _main(argv=None) -> int:
         with exclusive_output(args.output, "python -m dodo.qke.validate emu32"):
             if not args.overwrite:
                 refuse_replacing_other_files(args.output)
+            from .cli import _progress_may_replace  # a file replaced with --overwrite: only at the end (round 37)
+
             report = validate_emu32(args.reference, args.output, args.batch_size, args.flavour_cfl, args.seed,
-                                    args.hamiltonian_filter, args.backend)
+                                    args.hamiltonian_filter, args.backend,
+                                    write_progress=_progress_may_replace(args.output))
     else:
         try:  # int()'s "invalid literal for int() with base 10: 'abc'" named no option
             seeds = [int(seed) for seed in args.seeds.split(",")]
