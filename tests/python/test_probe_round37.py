@@ -452,3 +452,24 @@ def test_simulate_linear_only_overwrite_stopped_midway_keeps_the_file_it_replace
     assert run(capsys, ["simulate", str(fresh), "--random", "4", "--seed", "9", "--linear-only", *small])[0] == 130
     with h5py.File(fresh, "r") as handle:
         assert not handle.attrs["complete"] and int(handle.attrs["nstates_processed"]) >= 1
+
+
+def test_simulate_keeps_an_unfinished_database_without_its_checkpoint(tmp_path, capsys, monkeypatch):
+    """Before: an unfinished database (a run stopped after its first batch: 1 valid state) whose
+    checkpoint OUT.partial.npz was gone (removed, or the database copied elsewhere) was replaced without
+    --overwrite by any other run, exit 0. Now refused, named; with its checkpoint it resumes as before."""
+    output = tmp_path / "out.h5"
+    with monkeypatch.context() as patch:
+        _interrupt_second_batch(patch)
+        assert run(capsys, ["simulate", str(output), "--random", "4", "--seed", "9", *SMALL_RUN])[0] == 130
+    checkpoint = tmp_path / "out.h5.partial.npz"
+    saved = checkpoint.read_bytes()
+    checkpoint.unlink()
+    before = digest(output)
+    line = refused(capsys, ["simulate", str(output), "--random", "2", "--seed", "11", *SMALL_RUN], output)
+    assert "unfinished dodo simulate database (1 valid states) with no checkpoint" in line and "--overwrite" in line
+    assert digest(output) == before
+    checkpoint.write_bytes(saved)  # guard: with its checkpoint, the same command resumes and finishes it
+    assert run(capsys, ["simulate", str(output), "--random", "4", "--seed", "9", *SMALL_RUN])[0] == 0
+    with h5py.File(output, "r") as handle:
+        assert handle.attrs["complete"]

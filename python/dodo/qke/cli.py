@@ -364,6 +364,17 @@ def refuse_complete_database(path: str, linear_only: bool = False) -> None:
                              f"{'some' if processed is None else processed} states processed): a full run would replace "
                              "it; to resume it, rerun the command that wrote it (with --linear-only); give another "
                              "OUT, or --overwrite to replace it")
+        if not labels:
+            from .campaign import _checkpoints
+
+            if not _checkpoints(path):
+                # Its checkpoint resumes it (or refuses another campaign); without one (removed, or the
+                # database copied elsewhere) any run replaced its states without a word (round 37).
+                states = _count(attrs.get("nstates_valid"))
+                raise ValueError(f"{path} is an unfinished dodo simulate database"
+                                 f"{'' if states is None else f' ({states} valid states)'} with no checkpoint "
+                                 f"{os.path.basename(path)}.partial*.npz beside it to resume from: this run would "
+                                 "replace its states; give another OUT, or --overwrite to replace it")
         return
     command, states = (_text(attrs.get("command")) or "").strip(), _count(attrs.get("nstates_valid"))
     details = ", ".join(([] if states is None else [f"{states} states"]) + ([f"written by `{command}`"] if command else []))
