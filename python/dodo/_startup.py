@@ -4,7 +4,8 @@ The console script (``dodo``) and ``python -m dodo`` import the package (numpy, 
 the subcommands' modules) before :func:`dodo.cli.main` runs and installs its own handling, which
 turns Ctrl-C into one line and exit status 130. A Ctrl-C in that first fraction of a second (most
 likely on a loaded machine) printed a ``KeyboardInterrupt`` traceback from inside an import
-instead. When, and only when, the process is one of those two commands, :func:`guard` installs a
+instead. When, and only when, the process is one of those commands (or ``python -m dodo.test`` or
+``python -m dodo.qke.validate``), :func:`guard` installs a
 SIGINT handler that prints the same line as main() and ends the process with 130 at once (nothing
 has been written yet: no file is at risk, and no half-imported module is left to run);
 :func:`release` (called by main) puts Python's own handler back, after which Ctrl-C unwinds the
@@ -16,11 +17,14 @@ import os
 import signal
 import sys
 
-_COMMAND_MODULES = ("dodo", "dodo.cli")
+#: `python -m` modules that are commands: dodo.test and dodo.qke.validate printed a KeyboardInterrupt
+#: traceback from inside numpy's import for a Ctrl-C in their first tenth of a second (outside probe,
+#: round 37); each calls release() where its own handling begins.
+_COMMAND_MODULES = ("dodo", "dodo.cli", "dodo.test", "dodo.qke.validate")
 
 
 def _launched_as_command() -> bool:
-    """True for the `dodo` console script and for ``python -m dodo`` / ``python -m dodo.cli``."""
+    """True for the `dodo` console script and for ``python -m`` of a module in _COMMAND_MODULES."""
     main = sys.modules.get("__main__")
     script = getattr(main, "__file__", None)
     if script and getattr(main, "__spec__", None) is None and \

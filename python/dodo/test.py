@@ -80,9 +80,15 @@ def _guarded(argv: list[str]) -> int:
     that went away (`python -m dodo.test | head -1`) ends it quietly with 141, an output that
     cannot be written (`> /dev/full`, `>&-`) with one line and 2; both were tracebacks with exit
     status 1, or with `>&-` the report silently dropped (outside probe, round 22)."""
+    from dodo import _startup
     from dodo.cli import with_guarded_stdout
 
-    return with_guarded_stdout("python -m dodo.test", lambda: _command(argv))
+    _startup.release()  # the start-up handler ended a Ctrl-C during the imports; from here, this one
+    try:
+        return with_guarded_stdout("python -m dodo.test", lambda: _command(argv))
+    except KeyboardInterrupt:  # a traceback before (outside probe, round 37); nothing is written
+        print("python -m dodo.test: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -473,3 +473,26 @@ def test_simulate_keeps_an_unfinished_database_without_its_checkpoint(tmp_path, 
     assert run(capsys, ["simulate", str(output), "--random", "4", "--seed", "9", *SMALL_RUN])[0] == 0
     with h5py.File(output, "r") as handle:
         assert handle.attrs["complete"]
+
+
+@pytest.mark.parametrize("program, module, line", [
+    (["-m", "dodo.test"], "numpy", "dodo: interrupted"),
+    (["-m", "dodo.test"], "dodo._core", "dodo: interrupted"),
+    (["-m", "dodo.test"], "dodo.reference", "python -m dodo.test: interrupted"),
+    (["-m", "dodo.qke.validate", "nsm1", "--only", "nowhere"], "numpy", "dodo: interrupted"),
+    (["-m", "dodo.qke.validate", "nsm1", "--only", "nowhere"], "h5py", "python -m dodo.qke.validate: interrupted"),
+])
+def test_ctrl_c_while_the_package_programs_start_is_one_line(tmp_path, program, module, line):
+    """Before: `python -m dodo.test` and `python -m dodo.qke.validate` interrupted while they imported
+    numpy or the core printed a KeyboardInterrupt traceback (exit -2): the start-up handler of round 17
+    covered `dodo` and `python -m dodo` only; `python -m dodo.test` had no Ctrl-C handling at all. The
+    SIGINT is sent when the named module is imported (a sitecustomize hook: no timing involved); the
+    validate/h5py case is a guard (handled before)."""
+    import sys
+
+    from test_probe_round17 import _run_interrupted
+
+    finished = _run_interrupted(tmp_path, [sys.executable, *program], module)
+    assert finished.returncode == 130, (finished.returncode, finished.stderr)
+    assert "Traceback" not in finished.stderr, finished.stderr
+    assert finished.stderr.strip().splitlines()[-1] == line, finished.stderr

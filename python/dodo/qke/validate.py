@@ -265,7 +265,10 @@ def main(argv=None) -> int:
 
     from ..cli import with_guarded_stdout
 
+    from .. import _startup
+
     name = "python -m dodo.qke.validate"
+    _startup.release()  # from here on Ctrl-C unwinds (temporaries removed), as in `dodo`
     previous_handlers = _catch_terminating_signals()  # SIGTERM/SIGHUP unwind as Ctrl-C does, as in `dodo`
     try:
         # Its report goes to standard output: `| head -1` said "error: [Errno 32] Broken pipe" and
