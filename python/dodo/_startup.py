@@ -17,10 +17,11 @@ import os
 import signal
 import sys
 
-#: `python -m` modules that are commands: dodo.test and dodo.qke.validate printed a KeyboardInterrupt
-#: traceback from inside numpy's import for a Ctrl-C in their first tenth of a second (outside probe,
-#: round 37); each calls release() where its own handling begins.
-_COMMAND_MODULES = ("dodo", "dodo.cli", "dodo.test", "dodo.qke.validate")
+#: `python -m` modules that are commands: dodo.test and dodo.qke.validate (and the old entries
+#: dodo.qke.cli, dodo.training.cli, which run `dodo`'s main) printed a KeyboardInterrupt traceback from
+#: inside numpy's import for a Ctrl-C in their first tenth of a second (outside probe, round 37); each
+#: calls release() where its own handling begins.
+_COMMAND_MODULES = ("dodo", "dodo.cli", "dodo.test", "dodo.qke.validate", "dodo.qke.cli", "dodo.training.cli")
 
 
 def _launched_as_command() -> bool:

@@ -481,6 +481,8 @@ def test_simulate_keeps_an_unfinished_database_without_its_checkpoint(tmp_path, 
     (["-m", "dodo.test"], "dodo.reference", "python -m dodo.test: interrupted"),
     (["-m", "dodo.qke.validate", "nsm1", "--only", "nowhere"], "numpy", "dodo: interrupted"),
     (["-m", "dodo.qke.validate", "nsm1", "--only", "nowhere"], "h5py", "python -m dodo.qke.validate: interrupted"),
+    (["-m", "dodo.qke.cli", "info"], "numpy", "dodo: interrupted"),
+    (["-m", "dodo.training.cli", "info"], "numpy", "dodo: interrupted"),
 ])
 def test_ctrl_c_while_the_package_programs_start_is_one_line(tmp_path, program, module, line):
     """Before: `python -m dodo.test` and `python -m dodo.qke.validate` interrupted while they imported
