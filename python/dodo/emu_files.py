@@ -198,10 +198,19 @@ def nf_problem(handle, shape: tuple) -> str:
         if not present:
             continue
         try:
-            item = handle["nf"] if where == "dataset" else handle.attrs["nf"]
+            if where == "dataset":
+                item, problem = _open_item(handle, "nf")  # a self-mapping virtual dataset crashed HDF5 (round 37)
+                if problem:
+                    return problem
+            else:
+                item = handle.attrs["nf"]
             if isinstance(item, h5py.Group):
                 return (f"'nf' is a group; it must be the number of flavours ({shape[3]}, the last axis of "
                         f"'{INITIAL}' {shape})")
+            if isinstance(item, h5py.Empty) or isinstance(item, h5py.Dataset) and item.shape is None:
+                # h5py.Empty has no .item(): an AttributeError traceback in score and apply (round 37)
+                return (f"{where} 'nf' has a null dataspace (no value); it must be the number of flavours "
+                        f"({shape[3]}, the last axis of '{INITIAL}' {shape})")
             value = np.asarray(item[()] if isinstance(item, h5py.Dataset) else item)
         except (KeyError, OSError, RuntimeError, TypeError, ValueError) as error:
             return f"{where} 'nf' cannot be read ({' '.join(str(error).split())})"
@@ -276,12 +285,14 @@ def external_storage_problem(item, filename: str, name: str) -> str:
     return ""
 
 
-def virtual_source_problem(item, filename: str, name: str) -> str:
+def virtual_source_problem(item, filename: str, name: str, _seen: frozenset = frozenset()) -> str:
     """Why a virtual dataset ``item`` (HDF5 VDS) of the file ``filename`` cannot give its values, or '':
-    a source file that is not there, or one without the source dataset. HDF5 then reads the fill value
-    (zeros) for those rows without an error: `dodo score` scored zeros as the asymptotic states (with a
-    conservation warning) and `dodo apply` printed errors against them, without a word about the missing
-    file (outside probe, round 37). Source names with printf-style patterns (%b) are not judged."""
+    a source file that is not there, or one without the source dataset: HDF5 then reads the fill value
+    (zeros) for those rows without an error, and `dodo score` scored zeros as the asymptotic states (with
+    a conservation warning), `dodo apply` printed errors against them, without a word about the missing
+    file; or a dataset that maps itself (directly or through other virtual datasets), which crashed
+    HDF5's read with a segmentation fault (outside probe, round 37). Source names with printf-style
+    patterns (%b) are not judged."""
     import h5py
 
     if not isinstance(item, h5py.Dataset) or not getattr(item, "is_virtual", False):
@@ -290,6 +301,7 @@ def virtual_source_problem(item, filename: str, name: str) -> str:
         sources = {(entry.file_name, entry.dset_name) for entry in item.virtual_sources()}
     except (OSError, RuntimeError, ValueError):
         return ""
+    seen = _seen | {(os.path.realpath(filename), "/" + item.name.lstrip("/"))}
     directory = os.path.dirname(os.path.abspath(filename))
     for source_file, dataset in sorted(sources):
         if "%" in source_file:
@@ -307,14 +319,21 @@ def virtual_source_problem(item, filename: str, name: str) -> str:
             return (f"'{name}' is a virtual dataset whose source file {source_file!r} is missing: HDF5 would read "
                     "its fill value (zeros) for those rows; put the source files beside it, or give a copy with "
                     "the data (h5repack)")
+        if (os.path.realpath(found), "/" + dataset.lstrip("/")) in seen:
+            return (f"'{name}' is a virtual dataset that maps itself (through {dataset!r} of {source_file!r}): it "
+                    "holds no values, and HDF5 crashes reading it (the file was edited or damaged)")
         try:
             with h5py.File(found, "r") as source:
                 present = dataset in source
-        except (OSError, RuntimeError, ValueError):
-            present = True  # unreadable here (locked, damaged): HDF5's own read reports it
+                deeper = virtual_source_problem(source[dataset], found, name, seen) \
+                    if present and len(seen) < 32 else ""
+        except (KeyError, OSError, RuntimeError, ValueError):
+            present, deeper = True, ""  # unreadable here (locked, damaged): HDF5's own read reports it
         if not present:
             return (f"'{name}' is a virtual dataset whose source dataset {dataset!r} is not in {source_file!r}: HDF5 "
                     "would read its fill value (zeros) for those rows")
+        if deeper:
+            return deeper
     return ""
 
 

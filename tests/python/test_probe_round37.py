@@ -498,3 +498,58 @@ def test_ctrl_c_while_the_package_programs_start_is_one_line(tmp_path, program, 
     assert finished.returncode == 130, (finished.returncode, finished.stderr)
     assert "Traceback" not in finished.stderr, finished.stderr
     assert finished.stderr.strip().splitlines()[-1] == line, finished.stderr
+
+
+def _self_mapping(path: Path, key: str, through: str | None = None) -> Path:
+    """The validation database at ``path`` with dataset ``key`` a virtual dataset of the same file that
+    maps itself, directly or (``through``) by way of a second virtual dataset that maps ``key``."""
+    with h5py.File(EMU, "r") as source:
+        data = {name: source[name][()] for name in source}
+    shape = data[key].shape
+    with h5py.File(path, "w") as handle:
+        for name, value in data.items():
+            if name != key:
+                handle[name] = value
+        for name, target in ([(key, key)] if through is None else [(key, through), (through, key)]):
+            layout = h5py.VirtualLayout(shape=shape, dtype="f8")
+            layout[:] = h5py.VirtualSource(".", target, shape=shape)
+            handle.create_virtual_dataset(name, layout, fillvalue=0)
+    return path
+
+
+@pytest.mark.parametrize("key, through", [("F4_final(1|ccm)", None), ("F4_initial(1|ccm)", "copy"),
+                                          ("growthRate(1|s)", None)])
+@pytest.mark.parametrize("command", ["score", "apply"])
+def test_a_virtual_dataset_that_maps_itself_is_refused_not_a_crash(tmp_path, key, through, command):
+    """Before: an Emu database whose dataset is a virtual dataset mapping itself (or a cycle of two) ended
+    `dodo score` and `dodo apply` in a segmentation fault inside HDF5's read (exit -11, no message). Run
+    in a child process: the code before the fix crashes the interpreter."""
+    import signal
+    import subprocess
+    import sys
+
+    database = _self_mapping(tmp_path / "self.h5", key, through)
+    argv = ["score", "box3d", str(database)] if command == "score" else \
+        ["apply", str(database), "--grid", "2x2x2", "--model", "box3d", "-q"]
+    finished = subprocess.run([sys.executable, "-m", "dodo", *argv], capture_output=True, text=True, timeout=300,
+                              stdin=subprocess.DEVNULL, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert finished.returncode == 2, (finished.returncode, finished.stderr)
+    assert "is a virtual dataset that maps itself" in finished.stderr and "Traceback" not in finished.stderr
+
+
+@pytest.mark.parametrize("where", ["dataset", "attribute"])
+def test_an_nf_with_a_null_dataspace_is_named(tmp_path, capsys, where):
+    """Before: `nf` with a null dataspace (h5py.Empty) ended `dodo score` and `dodo apply` in
+    `AttributeError: 'Empty' object has no attribute 'item'` (emu_files.nf_problem), a traceback."""
+    database = tmp_path / "nf.h5"
+    shutil.copyfile(EMU, database)
+    with h5py.File(database, "a") as handle:
+        if "nf" in handle:
+            del handle["nf"]
+        if where == "dataset":
+            handle.create_dataset("nf", data=h5py.Empty("i8"))
+        else:
+            handle.attrs["nf"] = h5py.Empty("i8")
+    for argv in (["score", "box3d", str(database)], ["apply", str(database), "--grid", "2x2x2", "--model", "box3d"]):
+        line = refused(capsys, argv, database)
+        assert f"{where} 'nf' has a null dataspace" in line
