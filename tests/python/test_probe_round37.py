@@ -553,3 +553,20 @@ def test_an_nf_with_a_null_dataspace_is_named(tmp_path, capsys, where):
     for argv in (["score", "box3d", str(database)], ["apply", str(database), "--grid", "2x2x2", "--model", "box3d"]):
         line = refused(capsys, argv, database)
         assert f"{where} 'nf' has a null dataspace" in line
+
+
+def test_simulate_overwrite_of_an_unfinished_database_without_checkpoint_replaces_it_at_the_end(tmp_path, capsys,
+                                                                                               monkeypatch):
+    """An unfinished database whose checkpoint is gone, replaced with --overwrite by a run stopped after
+    its first batch, keeps its states (it is another run's, not this run's progress)."""
+    output = tmp_path / "out.h5"
+    with monkeypatch.context() as patch:
+        _interrupt_second_batch(patch)
+        assert run(capsys, ["simulate", str(output), "--random", "4", "--seed", "9", *SMALL_RUN])[0] == 130
+    (tmp_path / "out.h5.partial.npz").unlink()
+    before = digest(output)
+    with monkeypatch.context() as patch:
+        _interrupt_second_batch(patch)
+        code, _, err = run(capsys, ["simulate", str(output), "--random", "4", "--seed", "11", "--overwrite", *SMALL_RUN])
+    assert code == 130, err
+    assert digest(output) == before

@@ -401,9 +401,13 @@ def _progress_may_replace(path: str, labels: bool = False) -> bool:
     except (OSError, ValueError):
         return False
     from .._output_guard import is_solver_database
+    from .campaign import _checkpoints
 
-    return is_solver_database(attrs) and _unfinished(attrs.get("complete")) and \
+    own = is_solver_database(attrs) and _unfinished(attrs.get("complete")) and \
         (_text(attrs.get("kind")) == "linear_growth_labels") == labels
+    # A full run's own progress has its checkpoint beside it (one of another campaign is refused before
+    # any work); an unfinished database without one, replaced with --overwrite, is another run's states.
+    return own and (labels or bool(_checkpoints(path)))
 
 
 def _unfinished(complete) -> bool:
