@@ -85,19 +85,22 @@ inline std::string excerpt(const std::string& value, bool quoted = false, std::s
 }
 inline std::string quoted_value(const std::string& value) { return excerpt(value, true); }
 
-// A path quoted for a message: whole up to 512 bytes, else its first and last 240 bytes (cut
-// between characters) around "...", and its length: a model path of 1 MB was quoted whole in
-// every message about it (outside probe, C round twenty-five).
-inline std::string quoted_path(const std::string& path) {
+// A path for a message: whole up to 512 bytes, else its first and last 240 bytes (cut between
+// characters) around "...", and its length: a model path of 1 MB was quoted whole in every
+// message about it (outside probe, C round twenty-five), an onnxruntime_library of 1 MB twice
+// (C round twenty-six).
+inline std::string shortened_path(const std::string& path, bool quoted) {
   const std::string text = printable_message(path, false);
+  const char* quote = quoted ? "\"" : "";
   constexpr std::size_t limit = 512, keep = 240;
-  if (text.size() <= limit) return "\"" + text + "\"";
+  if (text.size() <= limit) return quote + text + quote;
   std::size_t head = keep, tail = text.size() - keep;
   while (head > 0 && (static_cast<unsigned char>(text[head]) & 0xC0) == 0x80) --head;
   while (tail < text.size() && (static_cast<unsigned char>(text[tail]) & 0xC0) == 0x80) ++tail;
-  return "\"" + text.substr(0, head) + "..." + text.substr(tail) + "\" (path of " + std::to_string(path.size()) +
-         " bytes, shortened)";
+  return quote + text.substr(0, head) + "..." + text.substr(tail) + quote + " (path of " +
+         std::to_string(path.size()) + " bytes, shortened)";
 }
+inline std::string quoted_path(const std::string& path) { return shortened_path(path, true); }
 
 // A number for a message, as printf's "%.<digits>g" (or "%.<digits>f" with fixed) writes it in the
 // "C" locale: snprintf follows the host's LC_NUMERIC, and a host that had called setlocale(LC_ALL,

@@ -88,7 +88,8 @@ TestVectors read_test_vectors(const std::string& text) {
 ZMethod z_method_from_name(const std::string& name) {
   if (name == "exact") return ZMethod::kExact;
   if (name == "jedynak") return ZMethod::kJedynak;
-  throw Error(DODO_ERROR_INVALID_ARGUMENT, "unknown z_method \"" + name + "\" (known: \"exact\", \"jedynak\")");
+  // Quoted shortened: a z_method option of 1 MB came back as a 1 MB message (C round 26).
+  throw Error(DODO_ERROR_INVALID_ARGUMENT, "unknown z_method " + quoted_value(name) + " (known: \"exact\", \"jedynak\")");
 }
 
 const char* z_method_name(ZMethod method) { return method == ZMethod::kExact ? "exact" : "jedynak"; }

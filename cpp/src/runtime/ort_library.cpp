@@ -103,7 +103,7 @@ OrtLibrary open_library(const std::string& explicit_path) {
   ask_for_no_onnxruntime_telemetry();
   std::string tried;
   for (const std::string& path : candidate_paths(explicit_path)) {
-    const std::string shown = printable_message(path, false);  // one line per path tried
+    const std::string shown = shortened_path(path, false);  // one line per path tried
     if (const std::string what = not_a_library_file(path); !what.empty()) {
       tried += "\n  " + shown + ": not a regular file (" + what + "): not opened";
       continue;
@@ -111,7 +111,10 @@ OrtLibrary open_library(const std::string& explicit_path) {
     void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
     if (!handle) {
       const char* why = dlerror();
-      tried += "\n  " + shown + ": " + (why ? printable_message(why, false) : "not found");
+      std::string reason = why ? why : "not found";
+      // glibc's text starts with the path again: once is enough (a 1 MB path came back twice).
+      if (reason.compare(0, path.size() + 2, path + ": ") == 0) reason.erase(0, path.size() + 2);
+      tried += "\n  " + shown + ": " + printable_message(reason, false);
       continue;
     }
     using GetApiBase = const OrtApiBase* (*)();
