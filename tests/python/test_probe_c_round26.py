@@ -520,6 +520,38 @@ def test_long_z_method_and_onnxruntime_library_options_are_shortened_in_messages
     assert tail.endswith("bytes, shortened): cannot open shared object file: File name too long'"), tail
 
 
+LONG_EVALUATOR = r"""
+import ctypes
+from libdodo_ctypes import load_libdodo
+lib = load_libdodo()
+lib.dodo_default_model_path.restype = ctypes.c_char_p
+handle = ctypes.c_void_p()
+status = lib.dodo_closure_create(lib.dodo_default_model_path(), None, ctypes.byref(handle), None, 0)
+length = lib.dodo_last_error(None, None, 0)
+text = ctypes.create_string_buffer(length + 1)
+lib.dodo_last_error(None, text, length + 1)
+print(status, length, repr(text.value[-80:].decode()))
+"""
+
+
+def test_a_long_evaluator_variable_and_device_are_shortened_in_messages():
+    """DODO_NETWORK_EVALUATOR (read by C, C++ and Fortran hosts' creates) of 100,000 bytes came
+    back whole in the message, and _core.Closure's device of 1 MB too; now quoted bounded."""
+    env = {k: v for k, v in os.environ.items() if k != "DODO_ONNXRUNTIME_LIBRARY"}
+    env["DODO_NETWORK_EVALUATOR"] = "y" * 100000
+    result = subprocess.run([sys.executable, "-c", LONG_EVALUATOR], capture_output=True, text=True, timeout=300,
+                            env=env, cwd=Path(__file__).parent)
+    assert result.returncode == 0, result.stderr[-3000:]
+    status, length, tail = result.stdout.split(maxsplit=2)
+    assert status == "1" and int(length) < 2000, (status, length)
+    assert "(100000 bytes) (known:" in tail, tail
+    from dodo import _core
+
+    with pytest.raises(Exception) as caught:
+        _core.Closure(None, device="t" * 1000000)
+    assert "unknown device" in str(caught.value) and len(str(caught.value)) < 2000, len(str(caught.value))
+
+
 LONG_MESSAGE_CPP = r"""
 #include <dodo/dodo.hpp>
 #include <cstdio>

@@ -486,8 +486,8 @@ void Closure::initialise(const std::string_view* bytes, const std::string& sourc
     const char* from_environment = std::getenv("DODO_NETWORK_EVALUATOR");
     if (evaluator == "auto" && from_environment && *from_environment) evaluator = from_environment;
     if (evaluator != "auto" && evaluator != "onnxruntime")
-      throw Error(DODO_ERROR_INVALID_ARGUMENT, "unknown network evaluator \"" + evaluator +
-                                                   "\" (known: \"auto\", \"onnxruntime\"; option or DODO_NETWORK_EVALUATOR)");
+      throw Error(DODO_ERROR_INVALID_ARGUMENT, "unknown network evaluator " + quoted_value(evaluator) +  // bounded (C round 26)
+                                                   " (known: \"auto\", \"onnxruntime\"; option or DODO_NETWORK_EVALUATOR)");
     model_ = std::make_unique<OnnxModel>(library, *bytes, source, device, evaluator == "auto");
     library_threads.reset();
     metadata_ = model_->metadata();

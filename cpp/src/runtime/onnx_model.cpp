@@ -161,7 +161,8 @@ DeviceSelection parse_device(const std::string& device) {
   bool digits = !number.empty() && number.size() <= 6;
   for (char c : number) digits = digits && c >= '0' && c <= '9';
   if (!digits)
-    throw Error(DODO_ERROR_INVALID_ARGUMENT, "unknown device \"" + device + "\" (known: \"cpu\", \"cuda\", \"cuda:N\")");
+    throw Error(DODO_ERROR_INVALID_ARGUMENT,  // the device quoted bounded (C round 26)
+                "unknown device " + quoted_value(device) + " (known: \"cpu\", \"cuda\", \"cuda:N\")");
   selection.cuda_device = std::stoi(number);
   return selection;
 }
