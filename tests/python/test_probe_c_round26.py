@@ -144,6 +144,26 @@ def test_an_output_aliasing_an_input_is_exact_in_place_or_refused_untouched(lib,
                                     ctypes.cast(array.ctypes.data + 40, U32))
             assert result == 1 and words in _error(lib), _error(lib)
             assert _same_bits(array, before)
+        # the same memory under other strides: cells reversed, components transposed; in place with
+        # u read from inside F; cell_status inside u
+        for strides, offset in [(Strides(-24, 4, 1), 24 * 8 * (n - 1)), (Strides(24, 1, 6), 0)]:
+            G = F.copy()
+            assert lib.dodo_apply(handle, n, _doubles(G), None, None, None, _doubles(G, offset), strides, None) == 1
+            assert "F_pred overlaps F_init" in _error(lib) and _same_bits(G, F)
+        G = F.copy()
+        assert lib.dodo_apply(handle, n, _doubles(G), None, _doubles(G), Strides(24, 1), _doubles(G), None, None) == 1
+        assert "F_pred overlaps u" in _error(lib) and _same_bits(G, F)
+        velocity = u.copy()
+        assert lib.dodo_apply(handle, n, _doubles(F), None, _doubles(velocity), None, _doubles(out), None,
+                              ctypes.cast(velocity.ctypes.data + 8, U32)) == 1
+        assert "cell_status overlaps u" in _error(lib) and _same_bits(velocity, u)
+        # one cell in place may give different cell strides (dodo.h): the separate call's bits
+        G = F[:1].copy()
+        assert lib.dodo_apply(handle, 1, _doubles(G), Strides(0, 4, 1), None, None, _doubles(G), Strides(999, 4, 1),
+                              None) == 0
+        one = np.zeros((1, 6, 4))
+        assert lib.dodo_apply(handle, 1, _doubles(F), None, None, None, _doubles(one), None, None) == 0
+        assert _same_bits(G, one)
         # inputs may share memory with each other: u read from inside F_init is only read
         assert lib.dodo_apply(handle, 1, _doubles(F), None, _doubles(F), None, _doubles(out), None, None) == 0
     finally:
