@@ -253,6 +253,36 @@ def test_fortran_in_place_is_exact_and_an_overlapping_section_is_refused(lib, tm
                      "for in-place use, or separate arrays"], lines
 
 
+def test_string_arguments_sharing_a_buffer_with_the_output_text(lib):
+    """dodo_get_metadata with the key in the very buffer the value is written to, and
+    dodo_closure_create writing its message over (or just past) the model path it reads: the
+    key is matched and the path read before anything is written, so the results equal those of
+    separate buffers; an absent key leaves the buffer as it was (as with separate buffers)."""
+    get = ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)(
+        ("dodo_get_metadata", lib))
+    create = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, POINTER(ctypes.c_void_p),
+                              ctypes.c_void_p, ctypes.c_size_t)(("dodo_closure_create", lib))
+    handle = _create(lib, _path(lib, "default"))
+    try:
+        for key in [b"dodo.head", b"dodo.output_size", b"dodo.content_sha256", b"dodo.box3d", b"dodo.absent"]:
+            separate = ctypes.create_string_buffer(4096)
+            length = lib.dodo_get_metadata(handle, key, separate, 4096)
+            for size in (len(key) + 1, 4, 64, 4096):
+                shared = ctypes.create_string_buffer(key, max(size, len(key) + 1))
+                assert get(handle, ctypes.addressof(shared), ctypes.addressof(shared), size) == length
+                assert shared.value == (separate.value[:size - 1] if length >= 0 else key), (key, size)
+    finally:
+        lib.dodo_closure_destroy(handle)
+    for path in [b"/nonexistent/model.onnx", b"", b"/tmp"]:
+        separate, fresh = ctypes.create_string_buffer(4096), ctypes.c_void_p()
+        status = lib.dodo_closure_create(path, None, ctypes.byref(fresh), separate, 4096)
+        for shift in (0, 5):
+            shared = ctypes.create_string_buffer(path + bytes(10), 4096)
+            assert create(ctypes.addressof(shared), None, ctypes.byref(fresh), ctypes.addressof(shared) + shift,
+                          4096 - shift) == status
+            assert ctypes.string_at(ctypes.addressof(shared) + shift) == separate.value and not fresh.value
+
+
 # --- sizes and NULL pointers ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("model", MODELS)
