@@ -425,9 +425,17 @@ def test_create_apply_destroy_loops_leave_no_descriptor_thread_or_memory(lib, mo
     assert _resident_mib() - resident < 32, (resident, _resident_mib())
 
 
-@pytest.mark.parametrize("model", MODELS)
-def test_threads_sharing_one_handle_give_the_single_threaded_bits(lib, model):
-    handle = _create(lib, _path(lib, model), threads=2)
+def _model_handle(lib, model, monkeypatch, threads):
+    """A handle of Box3D alone, the default model (native evaluator) or the default model's graph in
+    ONNX Runtime (the variable is read at creation)."""
+    if model == "onnxruntime":
+        monkeypatch.setenv("DODO_NETWORK_EVALUATOR", "onnxruntime")
+    return _create(lib, _path(lib, "box3d" if model == "box3d" else "default"), threads=threads)
+
+
+@pytest.mark.parametrize("model", MODELS + ["onnxruntime"])
+def test_threads_sharing_one_handle_give_the_single_threaded_bits(lib, model, monkeypatch):
+    handle = _model_handle(lib, model, monkeypatch, threads=2)
     try:
         n = 300
         F = _cells(n, seed=5)
@@ -472,9 +480,9 @@ def _forked_apply(lib, handle, F, reference):
     return _wait(pid)
 
 
-@pytest.mark.parametrize("model", MODELS)
-def test_fork_after_use_and_during_another_threads_apply_leaves_the_child_usable(lib, model):
-    handle = _create(lib, _path(lib, model), threads=2)
+@pytest.mark.parametrize("model", MODELS + ["onnxruntime"])
+def test_fork_after_use_and_during_another_threads_apply_leaves_the_child_usable(lib, model, monkeypatch):
+    handle = _model_handle(lib, model, monkeypatch, threads=2)
     F = _cells(300, seed=7)
     reference = np.zeros_like(F)
     assert _apply(lib, handle, 300, F, reference) == 0
