@@ -219,7 +219,10 @@ DODO_API long dodo_get_metadata(const dodo_closure* closure, const char* key, ch
  * length. Empty when the last call succeeded. With closure NULL (or a destroyed handle): the
  * calling thread's own last error, from any call, handle or not ("closure handle is NULL", ...;
  * empty when that thread's last call succeeded). Threads sharing a handle should read that one:
- * another thread's call replaces the handle's text between a failure and its reading. */
+ * another thread's call replaces the handle's text between a failure and its reading.
+ * Paths and option values are quoted shortened past a few hundred bytes; the list
+ * of ONNX Runtime libraries tried (one line each) can exceed 1 KiB: size a buffer from the
+ * returned length. */
 DODO_API size_t dodo_last_error(const dodo_closure* closure, char* buffer, size_t buffer_size);
 
 /* Like dodo_closure_create, from a model package already in memory (size bytes at `bytes`), with
