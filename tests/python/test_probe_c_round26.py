@@ -380,6 +380,17 @@ def test_nan_inf_subnormal_and_negative_zero_inputs_are_flagged_never_nan_out(li
             one, one_status = np.zeros((1, 6, 4)), np.zeros(1, np.uint32)
             assert _apply(lib, handle, 1, F[i:i + 1].copy(), one, u[i:i + 1].copy(), one_status) == 0
             assert _same_bits(one[0], out[i]) and one_status[0] == status[i], i
+        # subnormal or -0.0 spatial components of u: the cell at rest, its status, to 1e-12
+        cells = _cells(10, seed=9)
+        rest, rest_status = np.zeros_like(cells), np.zeros(10, np.uint32)
+        assert _apply(lib, handle, 10, cells, rest, None, rest_status) == 0
+        for value in (5e-324, -5e-324, 1e-310, -0.0, 2.2e-308, 1e-160):
+            for component in (1, 2, 3):
+                velocity = np.tile([1.0, 0.0, 0.0, 0.0], (10, 1))
+                velocity[:, component] = value
+                moved, moved_status = np.zeros_like(cells), np.zeros(10, np.uint32)
+                assert _apply(lib, handle, 10, cells, moved, velocity, moved_status) == 0
+                assert np.array_equal(moved_status, rest_status) and np.abs(moved - rest).max() <= 1e-12
     finally:
         lib.dodo_closure_destroy(handle)
 
