@@ -519,6 +519,55 @@ def test_fork_after_use_and_during_another_threads_apply_leaves_the_child_usable
         lib.dodo_closure_destroy(handle)
 
 
+@pytest.mark.parametrize("model,forks", [("box3d", 40), ("default", 15)])
+def test_fork_while_other_threads_create_apply_and_destroy_handles_leaves_the_child_usable(lib, model, forks):
+    """Two parent threads create, apply and destroy handles (2 workers each) in a loop while the
+    main thread forks: each child creates its own handle and uses both it and one the parent made
+    before, with the parent's bits, then destroys both. A lock copied held would hang the child
+    (killed after 120 s, failing the test)."""
+    path = _path(lib, model)
+    F = _cells(50, seed=1)
+    reference = np.zeros_like(F)
+    kept = _create(lib, path, threads=2)
+    assert _apply(lib, kept, 50, F, reference) == 0
+    stop = threading.Event()
+
+    def churn():
+        out = np.zeros_like(F)
+        while not stop.is_set():
+            handle = _create(lib, path, threads=2)
+            _apply(lib, handle, 50, F, out)
+            lib.dodo_closure_destroy(handle)
+
+    workers = [threading.Thread(target=churn) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    try:
+        statuses = []
+        for k in range(forks):
+            time.sleep(0.001 * (k % 7))
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    signal.alarm(100)
+                    own, out = _create(lib, path, threads=2), np.zeros_like(F)
+                    ok = _apply(lib, own, 50, F, out) == 0 and _same_bits(out, reference)
+                    ok = ok and _apply(lib, kept, 50, F, out) == 0 and _same_bits(out, reference)
+                    lib.dodo_closure_destroy(own)
+                    lib.dodo_closure_destroy(kept)
+                    code = 0 if ok else 2
+                finally:
+                    os._exit(code)
+            statuses.append(_wait(pid))
+        assert statuses == [0] * forks, statuses
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+        lib.dodo_closure_destroy(kept)
+
+
 # --- tampered packages ---------------------------------------------------------------------------
 
 def test_every_flipped_byte_of_the_default_package_is_refused_at_create(lib):
