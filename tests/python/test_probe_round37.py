@@ -576,3 +576,31 @@ def test_simulate_overwrite_of_an_unfinished_database_without_checkpoint_replace
         code, _, err = run(capsys, ["simulate", str(output), "--random", "4", "--seed", "11", "--overwrite", *SMALL_RUN])
     assert code == 130, err
     assert digest(output) == before
+
+
+@pytest.mark.parametrize("command", ["score", "apply"])
+def test_an_external_link_into_a_fifo_is_refused_not_waited_on(tmp_path, command):
+    """Before: an Emu database whose F4_final(1|ccm) is an external link into a FIFO blocked `dodo score`
+    and `dodo apply` in HDF5's open of the FIFO for ever, SIGTERM included (section 34 left it open). Run
+    in a child with a generous timeout, which only detects the hang."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    os.mkfifo(tmp_path / "fifo.h5")
+    database = tmp_path / "linked.h5"
+    shutil.copyfile(EMU, database)
+    with h5py.File(database, "a") as handle:
+        del handle["F4_final(1|ccm)"]
+        handle["F4_final(1|ccm)"] = h5py.ExternalLink("fifo.h5", "/F4_final(1|ccm)")
+    argv = ["score", "box3d", str(database)] if command == "score" else \
+        ["apply", str(database), "--grid", "2x2x2", "--model", "box3d", "-q"]
+    try:
+        finished = subprocess.run([sys.executable, "-m", "dodo", *argv], capture_output=True, text=True, timeout=60,
+                                  stdin=subprocess.DEVNULL, cwd=tmp_path,
+                                  preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"dodo {command} waited on the FIFO an external link names")
+    assert finished.returncode == 2, finished.stderr
+    assert "is an external link into 'fifo.h5', which is not a regular file" in finished.stderr
