@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from dodo.conventions import from_emu_layout
-from dodo.qke.selection import model_uncertainty, most_uncertain
+from dodo.qke.selection import model_identity, model_uncertainty, most_uncertain
 from dodo.qke.states import family_states
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,6 +31,23 @@ def test_the_default_models_uncertainty_ranks_fresh_family_states():
     uncertainty = model_uncertainty(states, "default")
     assert uncertainty.shape == (40,) and np.all(np.isfinite(uncertainty)) and np.all(uncertainty > 0)
     assert len(np.unique(uncertainty)) > 30  # a ranking, not a constant
+
+
+def test_the_recorded_digest_is_of_the_bytes_that_ranked(tmp_path):
+    """One read serves the digest and the ranking: a model file replaced after it was hashed does not
+    rank the states under the first file's digest (outside probe, round 37)."""
+    import hashlib
+    import shutil
+
+    from dodo.models import default_model_path
+
+    copy = tmp_path / "model.onnx"
+    shutil.copyfile(default_model_path(), copy)
+    name, digest, package = model_identity(str(copy))
+    assert name == str(copy) and digest == hashlib.sha256(copy.read_bytes()).hexdigest()
+    copy.write_bytes(b"not a model any more")  # swapped between the digest and the ranking
+    states = family_states("emu", 8, np.random.default_rng(5))
+    np.testing.assert_array_equal(model_uncertainty(states, str(copy), package), model_uncertainty(states, "default"))
 
 
 def run_simulate(*args, cwd):

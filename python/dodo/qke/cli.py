@@ -228,8 +228,8 @@ def run_simulate(args) -> int:
                       "family": args.family or ("three_flavour" if args.three_flavour else "emu"),
                       "heavy_equal": not args.three_flavour}
             if args.select_by is not None:
-                model, digest = model_identity(args.select_by)
-                four_flux = four_flux[most_uncertain(model_uncertainty(four_flux, args.select_by), args.random)]
+                model, digest, package = model_identity(args.select_by)
+                four_flux = four_flux[most_uncertain(model_uncertainty(four_flux, args.select_by, package), args.random)]
                 source.update({"selected_by": model, "selection_model_sha256": digest,
                                "oversample": args.oversample, "candidates": drawn,
                                "selection": "the largest uncertainty of the model's correction"})

@@ -19,11 +19,14 @@ MIN_OVERSAMPLE = 2
 MAX_OVERSAMPLE = 1000
 
 
-def model_identity(model: str) -> tuple[str, str]:
-    """(the model as recorded, its SHA-256): "default" is the package's shipped model file."""
+def model_identity(model: str) -> tuple[str, str, bytes]:
+    """(the model as recorded, its SHA-256, its bytes): "default" is the package's shipped model file.
+    One read serves both the digest and the ranking (model_uncertainty's ``package``), so a file
+    replaced between them cannot be recorded under the other's digest (outside probe, round 37)."""
+    import hashlib
     import os
 
-    from .._atomic import sha256_file
+    from .._closure import _MAX_MODEL_FILE_BYTES
     from ..models import default_model_path
 
     if model == "box3d":  # the closure's name for no model
@@ -32,15 +35,18 @@ def model_identity(model: str) -> tuple[str, str]:
     path = default_model_path() if model == "default" else model
     if not os.path.isfile(path):
         raise ValueError(f"--select-by {model}: no such model file")
-    return model, sha256_file(path)
+    with open(path, "rb") as handle:
+        package = handle.read(_MAX_MODEL_FILE_BYTES + 1)  # a larger file is refused by the runtime, not read whole
+    return model, hashlib.sha256(package).hexdigest(), package
 
 
-def model_uncertainty(four_flux: np.ndarray, model: str) -> np.ndarray:
-    """Per state, the model's uncertainty of its correction (N_tot) for rest-frame states [n, 6, 4]."""
+def model_uncertainty(four_flux: np.ndarray, model: str, package: bytes | None = None) -> np.ndarray:
+    """Per state, the model's uncertainty of its correction (N_tot) for rest-frame states [n, 6, 4];
+    ``package``: the model's bytes as model_identity read them (``model`` then names it in messages)."""
     from .._closure import Closure
 
     try:
-        closure = Closure(None if model == "default" else model, threads=1)
+        closure = Closure(package if package is not None else None if model == "default" else model, threads=1)
     except RuntimeError as error:  # the runtime's refusal of a file that is no model package
         raise ValueError(f"--select-by {model}: {error}") from None
     if "uncertainty" not in closure.optional_outputs:
