@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import ctypes
 
+import numpy as np
+
 
 class Options(ctypes.Structure):
     _fields_ = [("struct_size", ctypes.c_size_t), ("threads", ctypes.c_int), ("chunk_size", ctypes.c_int),
@@ -53,3 +55,15 @@ def load_libdodo():
     library.dodo_last_error.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
     library.dodo_last_error.restype = ctypes.c_size_t
     return library
+
+
+def cells_at_rest(n: int, seed: int = 0) -> np.ndarray:
+    """Realizable cells at rest [n, 6, 4] (flux factors below 0.5 per species), most of them crossing:
+    what the C API probes feed the closure."""
+    rng = np.random.default_rng(seed)
+    F = np.zeros((n, 6, 4))
+    F[..., 0] = rng.uniform(0.1, 1.0, (n, 6))
+    direction = rng.normal(size=(n, 6, 3))
+    direction /= np.linalg.norm(direction, axis=-1, keepdims=True)
+    F[..., 1:] = direction * (rng.uniform(0, 0.5, (n, 6)) * F[..., 0])[..., None]
+    return F

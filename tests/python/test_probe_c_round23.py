@@ -14,7 +14,7 @@ import threading
 import numpy as np
 import pytest
 
-from libdodo_ctypes import Options, load_libdodo
+from libdodo_ctypes import Options, cells_at_rest as _cells, load_libdodo
 
 POINTER = ctypes.POINTER
 Strides = lambda *values: (ctypes.c_ssize_t * len(values))(*values)  # noqa: E731
@@ -38,17 +38,6 @@ def _create(lib, path, threads=0, chunk_size=1024):
     handle, message = ctypes.c_void_p(), ctypes.create_string_buffer(1024)
     assert lib.dodo_closure_create(path, ctypes.byref(options), ctypes.byref(handle), message, 1024) == 0, message.value
     return handle
-
-
-def _cells(n, seed=0):
-    """Realizable cells at rest (flux factors below 0.5 per species), many of them crossing."""
-    rng = np.random.default_rng(seed)
-    F = np.zeros((n, 6, 4))
-    F[..., 0] = rng.uniform(0.1, 1.0, (n, 6))
-    direction = rng.normal(size=(n, 6, 3))
-    direction /= np.linalg.norm(direction, axis=-1, keepdims=True)
-    F[..., 1:] = direction * (rng.uniform(0, 0.5, (n, 6)) * F[..., 0])[..., None]
-    return F
 
 
 def test_error_buffers_of_every_size_are_never_overrun_and_hold_whole_characters(lib):

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from libdodo_ctypes import Options, load_libdodo
+from libdodo_ctypes import Options, cells_at_rest as _cells, load_libdodo
 
 POINTER = ctypes.POINTER
 U32 = POINTER(ctypes.c_uint32)
@@ -71,17 +71,6 @@ def _error(lib, handle=None):
 
 def _apply(lib, handle, n, F, out, u=None, status=None):
     return lib.dodo_apply(handle, n, _doubles(F), None, _doubles(u), None, _doubles(out), None, _status(status))
-
-
-def _cells(n, seed=0):
-    """Realizable cells at rest, flux factors below 0.5, most of them crossing."""
-    rng = np.random.default_rng(seed)
-    F = np.zeros((n, 6, 4))
-    F[..., 0] = rng.uniform(0.1, 1.0, (n, 6))
-    direction = rng.normal(size=(n, 6, 3))
-    direction /= np.linalg.norm(direction, axis=-1, keepdims=True)
-    F[..., 1:] = direction * (rng.uniform(0, 0.5, (n, 6)) * F[..., 0])[..., None]
-    return F
 
 
 def _same_bits(a, b):
