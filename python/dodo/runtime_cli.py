@@ -53,7 +53,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
     if not (np.isfinite(args.max_speed) and 0.0 <= args.max_speed < 1.0):
         raise _UsageError(f"--max-speed must be a finite speed in [0, 1) (units of c); got {args.max_speed}")
     if args.threads is not None and not 0 <= args.threads < 2**31:
-        raise _UsageError(f"--threads must be >= 0 (0 and 1: the calling thread only); got {args.threads}")
+        raise _UsageError(f"--threads must be an integer from 0 to {2**31 - 1} (0 and 1: the calling thread only); "
+                          f"got {args.threads}")
     _grid_shape(args.grid)  # a malformed grid before any file is opened
     from ._atomic import check_input_file, check_outputs
     from ._closure import model_file
