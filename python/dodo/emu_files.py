@@ -70,6 +70,16 @@ def open_hdf5(path: str | Path):
     return handle
 
 
+def _linked_file_candidates(target: str, directory: str, prefix_variable: str) -> list[str]:
+    """Where HDF5 looks, in order, for the file a link or virtual dataset names: an absolute name as
+    it is; else under each entry of ``prefix_variable`` (HDF5_EXT_PREFIX, HDF5_VDS_PREFIX; colon-separated,
+    ``${ORIGIN}`` the linking file's ``directory``), in that directory, then in the working directory."""
+    if os.path.isabs(target):
+        return [target]
+    prefixes = [entry.replace("${ORIGIN}", directory) for entry in os.environ.get(prefix_variable, "").split(":") if entry]
+    return [os.path.join(prefix, target) for prefix in prefixes] + [os.path.join(directory, target), target]
+
+
 def _external_link_problem(handle, path) -> str:
     """Why a top-level external link of the open file cannot be followed safely, or '': its target file
     (looked for as HDF5 does: HDF5_EXT_PREFIX, the file's directory, the working directory) is a FIFO,
@@ -92,11 +102,7 @@ def _external_link_problem(handle, path) -> str:
         if not isinstance(link, h5py.ExternalLink):
             continue
         target = os.fsdecode(link.filename)
-        prefixes = [entry.replace("${ORIGIN}", directory) for entry in
-                    os.environ.get("HDF5_EXT_PREFIX", "").split(":") if entry]
-        candidates = [target] if os.path.isabs(target) else \
-            [os.path.join(prefix, target) for prefix in prefixes] + [os.path.join(directory, target), target]
-        for candidate in candidates:
+        for candidate in _linked_file_candidates(target, directory, "HDF5_EXT_PREFIX"):
             try:
                 mode = os.stat(candidate).st_mode
             except OSError:
@@ -352,12 +358,8 @@ def virtual_source_problem(item, filename: str, name: str, _seen: frozenset = fr
         if source_file == ".":
             found = os.path.abspath(filename)
         else:
-            prefixes = [entry.replace("${ORIGIN}", directory) for entry in
-                        os.environ.get("HDF5_VDS_PREFIX", "").split(":") if entry]
-            candidates = [source_file] if os.path.isabs(source_file) else \
-                [os.path.join(prefix, source_file) for prefix in prefixes] + [os.path.join(directory, source_file),
-                                                                              source_file]
-            found = next((candidate for candidate in candidates if os.path.isfile(candidate)), None)
+            found = next((candidate for candidate in _linked_file_candidates(source_file, directory, "HDF5_VDS_PREFIX")
+                          if os.path.isfile(candidate)), None)
         if found is None:
             return (f"'{name}' is a virtual dataset whose source file {source_file!r} is missing: HDF5 would read "
                     "its fill value (zeros) for those rows; put the source files beside it, or give a copy with "
