@@ -167,7 +167,7 @@ def linear_growth_labels(four_flux: np.ndarray, output: str, config: SolverConfi
             if rows["processed"] == len(four_flux):
                 raise no_valid_state(output, len(four_flux), rows["dropped"], what="could be labelled")
             continue
-        if write_progress and rows["processed"] % CHUNK == 0 or rows["processed"] == len(four_flux):
+        if (write_progress and rows["processed"] % CHUNK == 0) or rows["processed"] == len(four_flux):
             try:
                 _write(output, four_flux, rows, attributes)
             except OSError as error:  # a full disk named a temporary only, not what survives (round 27)
