@@ -141,8 +141,9 @@ def test_overwrite_run_stopped_early_leaves_no_file_of_the_replaced_run(tmp_path
     training.stop_after_epoch; Ctrl-C or a kill alike) before its end, the directory held the new
     run's best.pt and last.pt beside the replaced run's final.pt and last.prev.pt, so `dodo export
     final.pt` exported the replaced model without a word and the next `dodo train` said "holds a
-    finished run (final.pt)" of an unfinished one. Now the replaced run's files go once the new run has
-    written its first checkpoint (not before: a run that fails at its start destroys nothing)."""
+    finished run (final.pt)" of an unfinished one. Now the replaced run's files leave the directory once
+    the new run has written its first checkpoint (not before: a run that fails at its start destroys
+    nothing); they wait in replaced_run/ until the new run finishes (test_train_overwrite.py)."""
     pytest.importorskip("torch")
     from cli_helpers import run
     from dodo.training.train import load_checkpoint
@@ -164,7 +165,8 @@ def test_overwrite_run_stopped_early_leaves_no_file_of_the_replaced_run(tmp_path
     for name in ("best.pt", "last.pt"):
         state = load_checkpoint(checkpoints / name)
         assert state["config"]["training"]["seed"] == 9 and state["epoch"] == 1
-    assert "removed the replaced run's" in out + err
+    # The replaced run is kept aside until the new run finishes (tests/python/test_train_overwrite.py).
+    assert "moved the replaced run's" in out + err
     line = refused_line(capsys, ["train", "--config", str(config)])
     assert "an unfinished run" in line and "--resume" in line and "finished run (final.pt)" not in line
 

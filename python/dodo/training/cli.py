@@ -134,18 +134,21 @@ def _refuse_to_replace_a_run(checkpoints: Path, resume_from: str | None = None) 
     --resume skipped this check, and `--resume A/last.pt` into a directory holding a finished run C
     replaced C's best.pt and final.pt without --overwrite (outside probe, round 22). Resuming a
     checkpoint of the directory itself continues its run, as intended."""
-    import os
+    from .train import REPLACED_RUN_DIR, kept_replaced_run, resumes_its_own_run
 
     found = [name for name in ("final.pt", "last.pt", "best.pt") if (checkpoints / name).exists()]
-    if not found:
+    kept = kept_replaced_run(checkpoints)
+    # The run an unfinished --overwrite run replaced: a run that finishes here removes it.
+    kept_note = (f" ({checkpoints / REPLACED_RUN_DIR} keeps the run it replaced with --overwrite until it "
+                 "finishes)" if kept else "")
+    if not found and kept and not resumes_its_own_run(checkpoints, resume_from):
+        raise ValueError(f"{checkpoints / REPLACED_RUN_DIR} keeps a run replaced by an --overwrite run that did not "
+                         f"finish ({', '.join(path.name for path in kept)}); a new run here would remove it when it "
+                         f"finishes: move those files back to {checkpoints} to keep that run, --overwrite replaces "
+                         "it, or set output.checkpoint_dir to another directory")
+    if not found or resumes_its_own_run(checkpoints, resume_from):
         return
-    if resume_from:
-        try:
-            if os.path.samefile(os.path.dirname(os.path.abspath(resume_from)), checkpoints):
-                return  # its own run, continued
-        except OSError:
-            pass
-    what = "a finished run (final.pt)" if "final.pt" in found else "an unfinished run (" + ", ".join(found) + ")"
+    what = ("a finished run (final.pt)" if "final.pt" in found else "an unfinished run (" + ", ".join(found) + ")") + kept_note
     if resume_from:
         own = f"--resume {checkpoints / 'last.pt'} continues that run, " if "last.pt" in found else ""
         raise ValueError(f"{checkpoints} holds {what} of its own; resuming {resume_from} (another directory's "
@@ -340,7 +343,8 @@ def register(subparsers) -> None:
     p.add_argument("--config", required=True, type=input_path, help="YAML, e.g. training/configs/model.yaml")
     p.add_argument("--resume", metavar="CHECKPOINT", type=input_path, help="continue exactly from a checkpoint (e.g. checkpoints/last.pt)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace the checkpoints of another run in output.checkpoint_dir (refused otherwise)")
+                   help="replace the checkpoints of another run in output.checkpoint_dir (refused otherwise); the "
+                        "replaced run waits in its replaced_run/ until this run finishes")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.set_defaults(func=_train)
 

@@ -197,35 +197,87 @@ def earlier_run_checkpoints(checkpoint_dir: Path, resume_from: str | None) -> li
     """The checkpoints of another run in ``checkpoint_dir`` that this run replaces (`dodo train
     --overwrite`): all of them for a fresh run or one resumed from another directory; none when
     resuming a checkpoint of the directory itself (its own run, continued)."""
-    import os
-
-    if resume_from:
-        try:
-            if os.path.samefile(os.path.dirname(os.path.abspath(resume_from)), checkpoint_dir):
-                return []
-        except OSError:
-            pass
+    if resumes_its_own_run(checkpoint_dir, resume_from):
+        return []
     return [checkpoint_dir / name for name in RUN_CHECKPOINTS if (checkpoint_dir / name).exists()]
 
 
-def remove_earlier_run(files: list[Path], log) -> None:
-    """Removes the replaced run's checkpoints when this run's first epoch has ended, just before its
-    first checkpoints are written (a kill between the two leaves no file of either run, never a mix).
-    Before, `dodo train --overwrite` replaced best.pt and last.pt as it went and left the earlier
-    run's final.pt (and moved its last.pt to last.prev.pt), so a run stopped or killed before its end
-    left a directory mixing two runs: `dodo export final.pt` took the replaced run's model without a
-    word, and the next `dodo train` called the directory "a finished run" (outside probe, round 30).
-    Until this run's first epoch ends, the earlier run is kept whole: an --overwrite run that fails at
-    its start destroys nothing."""
-    removed = []
+def resumes_its_own_run(checkpoint_dir: Path, resume_from: str | None) -> bool:
+    """--resume of a checkpoint of ``checkpoint_dir`` itself: its run, continued."""
+    import os
+
+    if not resume_from:
+        return False
+    try:
+        return os.path.samefile(os.path.dirname(os.path.abspath(resume_from)), checkpoint_dir)
+    except OSError:
+        return False
+
+
+#: Where `dodo train --overwrite` keeps the run it replaces until it finishes (in output.checkpoint_dir).
+REPLACED_RUN_DIR = "replaced_run"
+
+
+def kept_replaced_run(checkpoint_dir: Path) -> list[Path]:
+    """The checkpoints of a run that an unfinished --overwrite run replaced, kept in replaced_run/."""
+    kept = Path(checkpoint_dir) / REPLACED_RUN_DIR
+    return [kept / name for name in RUN_CHECKPOINTS if (kept / name).is_file()]
+
+
+def set_aside_earlier_run(files: list[Path], log) -> None:
+    """Moves the replaced run's checkpoints into replaced_run/ when this run's first epoch has ended,
+    just before its first checkpoints are written, so the directory never mixes two runs (outside
+    probe, round 30: `dodo export final.pt` took the replaced run's model from such a mix).
+    Before, they were deleted there, and a run stopped or killed after its first epoch lost the run it
+    replaced as well as its own end: a finished model gone for an unfinished one. They now stay in
+    replaced_run/ until this run finishes (finish_replacing removes them). A finished run always wins
+    the place there; an unfinished one is not kept over a run kept earlier, the one that was replaced
+    by it (run A finished, --overwrite B stopped, --overwrite C: A is kept until C finishes)."""
+    import os
+
+    if not files:
+        return
+    checkpoint_dir = files[0].parent
+    kept_dir = checkpoint_dir / REPLACED_RUN_DIR
+    finished = any(path.name == "final.pt" for path in files)
+    already_kept = kept_replaced_run(checkpoint_dir)
+    if already_kept and not finished:
+        for path in files:
+            path.unlink(missing_ok=True)
+        log(f"removed the replaced unfinished run's {', '.join(path.name for path in files)} from "
+            f"{checkpoint_dir} (--overwrite); {kept_dir} still keeps the run before it until this run finishes")
+        return
+    if kept_dir.exists() and not kept_dir.is_dir():
+        raise ValueError(f"{kept_dir} is not a directory: the run replaced by --overwrite is kept there; "
+                         "move it away and resume with --resume")
+    for path in already_kept:
+        path.unlink()
+    kept_dir.mkdir(exist_ok=True)
+    moved = []
     for path in files:
         try:
-            path.unlink()
-            removed.append(path.name)
+            os.replace(path, kept_dir / path.name)
+            moved.append(path.name)
         except FileNotFoundError:
             pass
-    if removed:
-        log(f"removed the replaced run's {', '.join(removed)} from {files[0].parent} (--overwrite)")
+    if moved:
+        log(f"moved the replaced run's {', '.join(moved)} to {kept_dir} (--overwrite): kept until this run "
+            "finishes; move them back to keep that run")
+
+
+def finish_replacing(checkpoint_dir: Path, log) -> None:
+    """A run finished: the run it replaced (--overwrite), kept in replaced_run/, goes."""
+    kept = kept_replaced_run(checkpoint_dir)
+    for path in kept:
+        path.unlink(missing_ok=True)
+    kept_dir = Path(checkpoint_dir) / REPLACED_RUN_DIR
+    try:
+        kept_dir.rmdir()
+    except OSError:
+        pass  # absent, or holding files that are not a run's checkpoints: left as they are
+    if kept:
+        log(f"removed the replaced run's {', '.join(path.name for path in kept)} from {kept_dir}: "
+            "this run has finished (--overwrite)")
 
 
 def save_checkpoint(state: dict, path: str | Path, keep_previous: bool = False) -> None:
@@ -622,8 +674,8 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
         improved = val_losses["total"] < best_val
         log(f"epoch {epoch}/{t.epochs} train {train_losses['total']:.4e} val {val_losses['total']:.4e}"
             + (" (best)" if improved else ""))
-        if earlier_run:  # this run's first checkpoints are next: the replaced run's files go first
-            remove_earlier_run(earlier_run, log=log)
+        if earlier_run:  # this run's first checkpoints are next: the replaced run's files go aside first
+            set_aside_earlier_run(earlier_run, log=log)
             earlier_run = []
         if improved:
             best_val = val_losses["total"]
@@ -673,4 +725,5 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
     save_checkpoint(best, checkpoint_dir / "best.pt")
     write_json_atomic(metrics_path, summary)
     log(f"wrote {metrics_path}")
+    finish_replacing(checkpoint_dir, log=log)
     return summary
