@@ -83,9 +83,19 @@ def read_out_of_fold(path: str, given_as: str = "noise.oof") -> dict:
     if missing:
         raise ValueError(f"{wrong}: no {', '.join(missing)}")
     for key in ("delta_box", "delta_true", "r"):
+        if arrays[key].dtype.kind not in "fiu":  # strings: astype's "could not convert string to float", no file named
+            raise ValueError(f"{wrong}: its {key} holds {arrays[key].dtype} values, not numbers")
         arrays[key] = arrays[key].astype(np.float64)
     if len({arrays[key].shape for key in OUT_OF_FOLD_KEYS}) != 1 or arrays["r"].ndim != 1:
         raise ValueError(f"{wrong}: its arrays are not of one length")
+    # A NaN residual made the label-noise member's fit NaN (its starting bias and loss), and with it
+    # every gate: trained without a word (outside probe, round 38). A non-finite delta names no
+    # state of a table (preprocessed tables hold finite numbers): such a state is left unmatched.
+    bad = np.flatnonzero(~np.isfinite(arrays["r"]))
+    if len(bad):
+        raise ValueError(f"{given_as}: {path}: its r (the members' out-of-fold prediction) is not finite at {len(bad)} "
+                         f"of {arrays['r'].size} states (the first at state {bad[0]}): the label-noise member would "
+                         "learn NaN; rerun tools/gate_study.py --save, or leave noise.oof empty (no label-noise member)")
     return arrays
 
 

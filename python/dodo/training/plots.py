@@ -55,6 +55,7 @@ def load_metrics(path: str | Path, numbers: bool = True) -> dict:
         if not (isinstance(parity, dict) and all(key in parity for key in ("n_true", "n_box3d", "n_model"))):
             raise ValueError(f"{path}: not a Dodo metrics JSON of dodo train (parity must hold n_true, n_box3d, "
                              "n_model)")
+        shapes = {}
         for key in ("n_true", "n_box3d", "n_model"):
             try:
                 values = np.array(parity[key], dtype=float)
@@ -63,6 +64,13 @@ def load_metrics(path: str | Path, numbers: bool = True) -> dict:
             if parity["n_true"] and (values.ndim != 2 or values.shape[1] != len(SPECIES)):
                 raise ValueError(f"{path}: not a Dodo metrics JSON of dodo train (parity.{key} must be "
                                  f"[cells, {len(SPECIES)} species] numbers)")
+            shapes[key] = values.shape
+        if parity["n_true"] and len(set(shapes.values())) != 1:
+            # Each cell is one point of each plot: matplotlib's "x and y must be the same size" came
+            # after the curve was written (outside probe, round 38).
+            rows = ", ".join(str(shape[0]) for shape in shapes.values())
+            raise ValueError(f"{path}: not a Dodo metrics JSON of dodo train (parity.n_true, n_box3d and n_model "
+                             f"must hold the same cells; got {rows} rows)")
     return data
 
 
@@ -123,13 +131,17 @@ def plot_curve(metrics_path: str | Path, output: str | Path) -> list[Path]:
 
     parity = run.get("parity")
     if parity and parity["n_true"]:
-        n_true, n_box, n_model = (np.array(parity[k]) for k in ("n_true", "n_box3d", "n_model"))
+        # As load_metrics read them: null (a non-finite value in strict JSON) is NaN, a gap. Read
+        # without dtype, a null made an object array and min() a TypeError traceback, after the
+        # curve was written (outside probe, round 38).
+        n_true, n_box, n_model = (np.array(parity[k], dtype=float) for k in ("n_true", "n_box3d", "n_model"))
         fig, axes = plt.subplots(2, 3, figsize=(11, 7))
         for i, (axis, name) in enumerate(zip(axes.ravel(), SPECIES)):
             axis.scatter(n_true[:, i], n_box[:, i], s=3, alpha=0.5, label="Box3D")
             axis.scatter(n_true[:, i], n_model[:, i], s=3, alpha=0.5, label="model")
-            low, high = n_true[:, i].min(), n_true[:, i].max()
-            axis.plot([low, high], [low, high], "k-", lw=0.8)
+            finite = n_true[:, i][np.isfinite(n_true[:, i])]
+            if finite.size:  # the diagonal over the true values there are
+                axis.plot([finite.min(), finite.max()], [finite.min(), finite.max()], "k-", lw=0.8)
             axis.set_title(name)
             axis.set_xlabel("true n / N_tot")
             axis.set_ylabel("predicted n / N_tot")

@@ -250,10 +250,20 @@ def format_summary(rows: list[dict]) -> str:
     columns = [k for k in dict.fromkeys(key for row in rows for key in row) if k not in ("metrics", "error")]
     width = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
     lines = ["  ".join(c.rjust(width[c]) for c in columns)]
-    # Best first; runs without a loss (diverged) last.
-    for row in sorted(rows, key=lambda r: (r["best_val_loss"] is None, r["best_val_loss"] or 0.0)):
+    # Best first; runs without a loss (diverged) last, and so rows of an earlier summary.json whose
+    # loss is missing or not a number: r["best_val_loss"] was a KeyError (TypeError for a string)
+    # after the first new run had trained, its row already in summary.json, the rest of the grid
+    # not run (outside probe, round 38).
+    for row in sorted(rows, key=_loss_order):
         lines.append("  ".join(_fmt(row.get(c)).rjust(width[c]) for c in columns))
     return "\n".join(lines)
+
+
+def _loss_order(row: dict) -> tuple:
+    """Sort key of a summary row: its best validation loss, rows without a number last."""
+    loss = row.get("best_val_loss")
+    number = isinstance(loss, (int, float)) and not isinstance(loss, bool) and math.isfinite(loss)
+    return (not number, loss if number else 0.0)
 
 
 def _fmt(value) -> str:

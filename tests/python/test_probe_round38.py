@@ -1,0 +1,152 @@
+"""Outside probe, round 38 (docs/reliability_python.md section 41).
+
+Each test failed on the code before its fix (its docstring says what that code did), except those
+marked as guards. The round's findings: `dodo plot curve` of a metrics JSON whose parity data hold
+a null (strict JSON's non-finite number) or lists of unequal length wrote the curve and then failed
+(a TypeError traceback; matplotlib's words); a gate study's out-of-fold file (`noise.oof`) holding a
+NaN residual or strings was read into the label-noise fit (a NaN member, every gate NaN) or failed
+without naming the file; `dodo study` rerun over a summary.json whose rows have no (or a
+non-numeric) `best_val_loss` stopped with a traceback after its first new run.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cli_helpers import run
+
+
+def _metrics_json(path, parity: dict):
+    """A metrics JSON of the shape `dodo train` writes (two epochs), with ``parity`` as given."""
+    path.write_text(json.dumps({
+        "history": {"train": [{"total": 1.0}, {"total": 0.5}], "val": [{"total": 1.0}, {"total": None}]},
+        "metric_table": {"box3d": {"mean_abs_dn_over_ntot_all": 0.01}, "model": {"mean_abs_dn_over_ntot_all": 0.005}},
+        "best_val_loss": 0.5, "test_loss": {"total": 0.6}, "parity": parity}, allow_nan=False))
+    return path
+
+
+_ROWS = [[0.1, 0.2, 0.3, 0.1, 0.2, 0.1], [0.2, 0.2, 0.2, 0.2, 0.2, 0.2], [0.3, 0.1, 0.1, 0.3, 0.1, 0.1]]
+
+
+@pytest.mark.parametrize("nulls", ["one", "a_whole_species"])
+def test_plot_curve_draws_parity_data_holding_null(tmp_path, capsys, nulls):
+    """Before: `TypeError: '<=' not supported between instances of 'NoneType' and 'float'` (a
+    traceback, exit 1) after curve.png was written: load_metrics reads null as NaN (a gap, as the
+    loss curves draw it), plot_curve read the lists without a dtype (an object array)."""
+    pytest.importorskip("matplotlib")
+    n_true = [list(row) for row in _ROWS]
+    for row in (n_true[:1] if nulls == "one" else n_true):
+        row[5] = None
+    metrics = _metrics_json(tmp_path / "m.json", {"n_true": n_true, "n_box3d": _ROWS, "n_model": _ROWS})
+    code, out, err = run(capsys, ["plot", "curve", str(metrics), "-o", str(tmp_path / "curve.png")])
+    assert code == 0 and "Traceback" not in err, err
+    assert (tmp_path / "curve.png").stat().st_size and (tmp_path / "curve_parity.png").stat().st_size
+    assert "curve_parity.png" in out
+
+
+def test_plot_curve_refuses_parity_lists_of_other_lengths_before_drawing(tmp_path, capsys):
+    """Before: `dodo plot: error: x and y must be the same size` (matplotlib's words, no file or
+    key named), after curve.png had been written; load_metrics's docstring says the parity data are
+    checked before anything is drawn."""
+    metrics = _metrics_json(tmp_path / "m.json", {"n_true": _ROWS[:2], "n_box3d": _ROWS[:2], "n_model": _ROWS})
+    code, _, err = run(capsys, ["plot", "curve", str(metrics), "-o", str(tmp_path / "curve.png")])
+    assert code == 2 and "Traceback" not in err, err
+    assert "m.json" in err and "must hold the same cells" in err and "2, 2, 3 rows" in err
+    assert not (tmp_path / "curve.png").exists() and not (tmp_path / "curve_parity.png").exists()
+
+
+def _pool_and_config(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("h5py")
+    from test_label_noise import _pool_table
+
+    from dodo.training.ensemble_train import EnsembleConfig
+
+    config = EnsembleConfig(members=2, width=8, steps=20, error_per_spread=2.5, noise_oof=str(tmp_path / "oof.npz"),
+                            noise_weight=1.0, noise_width=8, noise_epochs=2, noise_batch_size=32, mirror=False)
+    return _pool_table(), config
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_an_out_of_fold_file_with_a_non_finite_residual_is_refused_before_any_fit(tmp_path, monkeypatch, value):
+    """Before: `train_on` fitted the label-noise member on a NaN residual, which made its
+    starting bias and loss NaN: the ensemble's label noise, and with it every gate, came out NaN
+    without a word (NaN and inf alike). Now refused before the first member is fitted, naming the
+    file, the array and the state."""
+    from test_label_noise import _out_of_fold_file
+
+    from dodo.training import ensemble_train
+    from dodo.training.ensemble_train import train_on
+
+    table, config = _pool_and_config(tmp_path)
+    path = tmp_path / "oof.npz"
+    rows = _out_of_fold_file(path, table, config, 3)
+    with np.load(path) as saved:
+        arrays = dict(saved)
+    arrays["r"] = arrays["r"].copy()
+    arrays["r"][7] = value
+    np.savez(path, **arrays)
+    assert len(rows) == 60
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("a member was fitted")
+
+    monkeypatch.setattr(ensemble_train, "fit_ensemble", no_fit)
+    with pytest.raises(ValueError, match=r"noise.oof: .*oof.npz: its r \(.*\) is not finite at 1 of 60 states "
+                                         r"\(the first at state 7\)"):
+        train_on(table, np.arange(60), config)
+
+
+def test_an_out_of_fold_file_of_strings_is_named(tmp_path):
+    """Before: `could not convert string to float: 'abc'` (NumPy's words, naming no file); numeric
+    strings were even read as numbers."""
+    from dodo.training.label_noise import read_out_of_fold
+
+    path = tmp_path / "oof.npz"
+    n = 4
+    np.savez(path, delta_box=np.zeros(n), delta_true=np.zeros(n), r=np.array(["abc"] * n), sigma=np.ones(n),
+             d2=np.zeros(n), emu=np.ones(n, bool))
+    with pytest.raises(ValueError, match=r"noise.oof: .*oof.npz is not a gate study's out-of-fold file .*its r "
+                                         r"holds <U3 values, not numbers"):
+        read_out_of_fold(str(path))
+
+
+def test_an_out_of_fold_file_of_finite_numbers_is_still_read(tmp_path):
+    """Guard: the gate study's own file (float64 deltas, residuals of zero) is matched as before."""
+    from test_label_noise import _out_of_fold_file
+
+    from dodo.training.label_noise import out_of_fold_rows
+
+    table, config = _pool_and_config(tmp_path)
+    rows = _out_of_fold_file(tmp_path / "oof.npz", table, config, 3)
+    found, residual = out_of_fold_rows(config.noise_oof, table, config)
+    np.testing.assert_array_equal(found, rows)
+    assert np.isfinite(residual).all()
+
+
+@pytest.mark.parametrize("earlier_row", [{"run": "run_000"}, {"run": "run_000", "best_val_loss": "n/a"}])
+def test_a_study_rerun_over_summary_rows_without_a_loss_runs_its_grid(tmp_path, capsys, earlier_row):
+    """Before: the first new run trained, its row was written to summary.json, and then
+    format_summary's sort raised `KeyError: 'best_val_loss'` (a `TypeError` for the string): a
+    traceback, summary.txt not rewritten, the grid's other runs never started. The earlier summary
+    passed the study's own check (a list of rows, each with its run)."""
+    pytest.importorskip("torch")
+    from cli_helpers import synthetic_preprocessed, tiny_study_base
+
+    synthetic_preprocessed(tmp_path, cells=200)
+    tiny_study_base(tmp_path)
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(f"base_config: base.yaml\ntag: s\noutput_root: {tmp_path / 'studies'}\n"
+                    "grid: {training.lr: [1.0e-3, 2.0e-3]}\n")
+    study = tmp_path / "studies" / "s"
+    (study / "run_000").mkdir(parents=True)  # the earlier study's run
+    (study / "summary.json").write_text(json.dumps([earlier_row]))
+    code, _, err = run(capsys, ["study", str(grid)])
+    assert code == 0 and "Traceback" not in err, err
+    rows = json.loads((study / "summary.json").read_text())
+    assert [row["run"] for row in rows] == ["run_000", "run_001", "run_002"]
+    assert [row.get("status") for row in rows[1:]] == ["completed", "completed"]
+    text = (study / "summary.txt").read_text().splitlines()
+    assert text[-1].split()[0] == "run_000"  # the row without a numeric loss last
