@@ -32,6 +32,12 @@ CHECKPOINT = "a PyTorch checkpoint (dodo train / dodo train-ensemble)"
 #: A zip archive that torch.save did not write (a NumPy .npz, a .zip, an office document).
 ZIP_ARCHIVE = "a zip archive that is not a checkpoint (a NumPy .npz, a .zip)"
 
+#: A NumPy array file (np.save; the study tools' --save and caches write them): data, which a report
+#: never replaces, as an .npz (a zip) is not (outside probe, round 38).
+NUMPY_ARRAY = "a NumPy array file (.npy)"
+#: The first bytes of an .npy file (NumPy's format, every version).
+NUMPY_SIGNATURE = b"\x93NUMPY"
+
 #: What an HDF5 file is called that another process holds open for writing (HDF5's file lock): a
 #: writer still running (`dodo simulate`'s own output, an h5py session). It was "an HDF5 file that
 #: cannot be read", and the refusal offered --overwrite (outside probe, round 31).
@@ -50,6 +56,8 @@ def file_kind(path: str | Path) -> str:
         return "a file that cannot be read"
     if signature == "zip":  # a NumPy .npz (simulate's OUT.partial.npz) or any zip was called a checkpoint
         return ZIP_ARCHIVE if _is_other_zip(path) else CHECKPOINT
+    if signature == "npy":
+        return NUMPY_ARRAY
     if signature != "hdf5":
         return MODEL_PACKAGE if _is_model_package(path) else \
             "a file of another kind (neither HDF5, a checkpoint nor a model package)"
@@ -165,7 +173,7 @@ def check_tool_output(output: str | Path, inputs, command: str, overwrite: bool)
 
 
 def _signature(path: str | Path) -> str | None:
-    """"hdf5", "zip" (torch.save's archive) or "other" by the file's first bytes; None if unreadable."""
+    """"hdf5", "zip" (torch.save's archive), "npy" or "other" by the file's first bytes; None if unreadable."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(8)
@@ -175,6 +183,8 @@ def _signature(path: str | Path) -> str | None:
         return None
     if head == HDF5_SIGNATURE:
         return "hdf5"
+    if head.startswith(NUMPY_SIGNATURE):
+        return "npy"
     return "zip" if head.startswith(b"PK\x03\x04") else "other"
 
 
@@ -250,14 +260,14 @@ _PACKAGE_KEY = b"dodo.format_version"
 
 def _refuse_data(path, command: str) -> None:
     """A ValueError when ``path`` (a report's output: a JSON table, a plot) exists and is an HDF5
-    file, a checkpoint or a model package: a report is never meant to replace those (a mistyped
-    `--json run.h5`), so no option allows it."""
+    file, a checkpoint (or another zip: a NumPy .npz), a NumPy .npy array or a model package: a
+    report is never meant to replace those (a mistyped `--json run.h5`), so no option allows it."""
     if path is None or path == "-" or not os.path.isfile(path) or os.path.getsize(path) == 0:
         return
     signature = _signature(path)
     if signature is None:
         return  # the writer reports an unreadable or unwritable output itself
-    if signature in ("hdf5", "zip") or _is_model_package(path):  # a package by its content, whatever its name
+    if signature in ("hdf5", "zip", "npy") or _is_model_package(path):  # a package by its content, whatever its name
         raise ValueError(f"{path} exists and is {file_kind(path)}: {command} does not write a report over it; "
                          "give another path")
 

@@ -11,11 +11,14 @@ non-numeric) `best_val_loss` stopped with a traceback after its first new run.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cli_helpers import run
+
+EMU = Path(__file__).resolve().parents[2] / "tests" / "data" / "qke" / "emu_1d_validation.h5"
 
 
 def _metrics_json(path, parity: dict):
@@ -150,3 +153,36 @@ def test_a_study_rerun_over_summary_rows_without_a_loss_runs_its_grid(tmp_path, 
     assert [row.get("status") for row in rows[1:]] == ["completed", "completed"]
     text = (study / "summary.txt").read_text().splitlines()
     assert text[-1].split()[0] == "run_000"  # the row without a numeric loss last
+
+
+@pytest.mark.parametrize("argv", [
+    ["score", "box3d", str(EMU), "--bootstrap", "100", "--json"],
+    ["plot", "metrics", "METRICS", "-o"],
+])
+def test_a_report_never_replaces_a_numpy_array_file(tmp_path, capsys, argv):
+    """Before: `dodo score ... --json scale.npy --overwrite` (and `dodo plot -o F --overwrite`, F an
+    .npy named without its suffix) replaced a NumPy array file (np.save: the study tools' --save and
+    caches) with the report, exit 0, where an .npz (a zip), an HDF5 file, a checkpoint or a model
+    package is refused whatever --overwrite says (a report never replaces data)."""
+    from cli_helpers import digest
+
+    target = tmp_path / ("scale.npy" if argv[0] == "score" else "scale")
+    with open(target, "wb") as handle:
+        np.save(handle, np.arange(12.0))
+    before = digest(target)
+    metrics = _metrics_json(tmp_path / "m.json", {"n_true": [], "n_box3d": [], "n_model": []})
+    argv = [str(metrics) if arg == "METRICS" else arg for arg in argv]
+    code, _, err = run(capsys, [*argv, str(target), "--overwrite"])
+    assert code == 2 and "Traceback" not in err, err
+    assert "is a NumPy array file (.npy)" in err and "does not write a report over it" in err
+    assert digest(target) == before
+
+
+def test_outputs_name_a_numpy_array_file_in_the_way(tmp_path, capsys):
+    """Before: `dodo apply -o scale.npy` said `is a file of another kind (neither HDF5, a checkpoint
+    nor a model package)`; now it says what the file is (still replaced with --overwrite, as any
+    file that is not a report's)."""
+    target = tmp_path / "scale.npy"
+    np.save(target, np.arange(12.0))
+    code, _, err = run(capsys, ["apply", str(EMU), "--grid", "2x2x2", "-q", "-o", str(target)])
+    assert code == 2 and "is a NumPy array file (.npy), not a cell file of dodo apply -o" in err, err
