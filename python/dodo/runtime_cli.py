@@ -17,14 +17,14 @@ import time
 
 import numpy as np
 
-from ._cli_common import file_output_path
+from ._cli_common import file_output_path, input_path
 from .conventions import SPECIES
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("apply", help="closure (C++ runtime) over a grid of cells from an Emu-format file, "
                                                  "scored beside Box3D")
-    parser.add_argument("data", help="Emu-format HDF5 (F4_initial(1|ccm), F4_final(1|ccm), ...)")
+    parser.add_argument("data", type=input_path, help="Emu-format HDF5 (F4_initial(1|ccm), F4_final(1|ccm), ...)")
     parser.add_argument("--model", default=None, help="ONNX model package, 'box3d' (no model) or 'default' "
                         "(the model shipped with dodo, also when --model is left out)")
     parser.add_argument("--grid", default="16x16x16", help="grid shape NXxNYxNZ (default 16x16x16)")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .conventions import from_emu_layout, total_density
-from ._cli_common import add_json_argument, emit, json_target_file
+from ._cli_common import add_json_argument, emit, input_path, json_target_file
 from ._output_guard import marked_report
 from ._status import REJECTED_MASK
 from .emu_files import (growth_rate_note, hdf5_item, known_file_problem, nf_problem, numeric_dataset, open_hdf5,
@@ -309,7 +309,7 @@ def register(subparsers) -> None:
         description="Apply the closure at rest to F4_initial(1|ccm) of an Emu-layout HDF5 file and compare with "
                     "F4_final(1|ccm) and growthRate(1|s) (docs/training.md, 'Commands').")
     parser.add_argument("model", help="ONNX model package, 'default' (the shipped model) or 'box3d' (no model)")
-    parser.add_argument("data", nargs="+", help="Emu-layout HDF5 file(s); several are scored together")
+    parser.add_argument("data", nargs="+", type=input_path, help="Emu-layout HDF5 file(s); several are scored together")
     parser.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples (default 10000)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap random seed (default 0)")
     parser.add_argument("--threshold", type=float, default=WORSE_THRESHOLD,

@@ -186,3 +186,35 @@ def test_outputs_name_a_numpy_array_file_in_the_way(tmp_path, capsys):
     np.save(target, np.arange(12.0))
     code, _, err = run(capsys, ["apply", str(EMU), "--grid", "2x2x2", "-q", "-o", str(target)])
     assert code == 2 and "is a NumPy array file (.npy), not a cell file of dodo apply -o" in err, err
+
+
+def test_learning_curve_emu_given_as_an_empty_path_is_a_usage_error(capsys, ensemble_run):
+    """Before: `dodo learning-curve --config C --emu "$EMU"` with EMU unset ran the whole
+    cross-validation and wrote its table without the Emu scores, exit 0: `--emu ''` was taken for
+    no --emu (round 23 made an empty input path a usage error for the other commands' options)."""
+    argv = ["learning-curve", "--config", str(ensemble_run["config"]), "--sizes", "10", "--folds", "2",
+            "--emu", "", "--json", "-"]
+    code, out, err = run(capsys, argv)
+    assert code == 2 and "argument --emu: empty path" in err and out == "", (code, err)
+
+
+@pytest.mark.parametrize("argv", [
+    ["train-ensemble", "--config", ""],
+    ["learning-curve", "--config", ""],
+    ["evaluate", ""],
+    ["inspect", ""],
+    ["export", "", "-o", "OUT"],
+    ["study", ""],
+    ["plot", "metrics", "", "-o", "OUT"],
+    ["score", "default", str(EMU), ""],
+    ["apply", ""],
+])
+def test_an_empty_input_path_is_a_usage_error_for_every_command(tmp_path, capsys, argv):
+    """Before: `. is a directory, not a regular file; give ...` (the empty path read as the current
+    directory: evaluate, inspect, export, study, plot, train-ensemble, learning-curve) or `cannot read :
+    no such file` (score, apply). Now argparse's usage error naming the argument, as for the
+    options since round 23 (`test_probe_round23.test_an_empty_input_path_is_a_usage_error`)."""
+    argv = [str(tmp_path / "out.onnx") if arg == "OUT" else arg for arg in argv]
+    code, _, err = run(capsys, argv)
+    assert code == 2 and "empty path (an unset shell variable?)" in err and "is a directory" not in err, err
+    assert not list(tmp_path.iterdir())

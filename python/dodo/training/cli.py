@@ -348,8 +348,10 @@ def register(subparsers) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.set_defaults(func=_train)
 
+    # The positional inputs (checkpoint, FILE, grid) take input_path, as the options do since round 23:
+    # an empty one (an unset shell variable) said ". is a directory" (outside probe, round 38).
     p = subparsers.add_parser("evaluate", help="model-vs-Box3D metric table of a checkpoint")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", type=input_path)
     p.add_argument("--data", type=input_path, help="preprocessed file (default: the checkpoint's training file)")
     p.add_argument("--split", default=None, choices=("train", "val", "test", "all"),
                    help="rows of the data (default: test of the checkpoint's training file, all of another file; "
@@ -359,7 +361,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=_evaluate)
 
     p = subparsers.add_parser("inspect", help="loss-term breakdown and flux-factor statistics on a slice")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", type=input_path)
     p.add_argument("--data", type=input_path)
     p.add_argument("--split", default=None, choices=("train", "val", "test", "all"),
                    help="rows of the data (default: val of the checkpoint's training file, all of another file; "
@@ -374,7 +376,7 @@ def register(subparsers) -> None:
     p.add_argument("what", choices=("metrics", "curve"),
                    help="metrics: losses and |dn| across runs; curve: train/val curve of one run, and its parity "
                         "plot beside it (OUTPUT_parity.EXT)")
-    p.add_argument("files", nargs="+", metavar="FILE", help="results/metrics_<timestamp>.json file(s)")
+    p.add_argument("files", nargs="+", metavar="FILE", type=input_path, help="results/metrics_<timestamp>.json file(s)")
     p.add_argument("-o", "--output", required=True, type=file_output_path,
                    help="plot file; its extension sets the format: .png (also without one), .pdf or .svg")
     p.add_argument("--overwrite", action="store_true", help=report_overwrite_help("the -o file", "an image of its format"))
@@ -385,12 +387,12 @@ def register(subparsers) -> None:
         description="Train one run per grid point under OUTPUT_ROOT/TAG/run_XXX/ and write OUTPUT_ROOT/TAG/"
                     "summary.{json,txt}. A rerun never overwrites earlier runs: its runs are numbered after the "
                     "highest run_XXX already there, and the summary lists the earlier runs and the new ones.")
-    p.add_argument("grid", help="YAML grid file, e.g. training/studies/lr_width.yaml")
+    p.add_argument("grid", type=input_path, help="YAML grid file, e.g. training/studies/lr_width.yaml")
     p.add_argument("--dry-run", action="store_true", help="list the runs without training")
     p.set_defaults(func=_study)
 
     p = subparsers.add_parser("export", help="checkpoint -> ONNX model package (docs/model_package.md)")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", type=input_path)
     p.add_argument("-o", "--output", required=True, type=file_output_path)
     p.add_argument("--no-check", action="store_true", help="skip the torch vs onnxruntime round trip")
     p.add_argument("--test-vectors", type=int, default=6, help="number of embedded test vectors")

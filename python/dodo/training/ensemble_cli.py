@@ -6,7 +6,7 @@ import json
 import sys
 
 from .._atomic import check_outputs
-from .._cli_common import file_output_path, output_path
+from .._cli_common import file_output_path, input_path, output_path
 from .cli import REPORT_OVERWRITE_HELP, _friendly, _overrides
 
 
@@ -118,19 +118,23 @@ def _learning_curve(args) -> int:
 
 
 def register(subparsers) -> None:
+    # input_path: an empty path (an unset shell variable) is a usage error, as in dodo train and preprocess
+    # (round 23): --config '' said ". is a directory", and --emu '' scored on no Emu file without a word
+    # (outside probe, round 38).
     p = subparsers.add_parser("train-ensemble", help="train the density-residual ensemble (the default model's recipe)")
-    p.add_argument("--config", required=True, help="YAML, e.g. training/configs/ensemble_default.yaml")
+    p.add_argument("--config", required=True, type=input_path, help="YAML, e.g. training/configs/ensemble_default.yaml")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace output.checkpoint when it exists (an earlier run's: refused without it)")
     p.set_defaults(func=_train_ensemble)
 
     p = subparsers.add_parser("learning-curve", help="k-fold CV error against training-set size (and on an Emu file)")
-    p.add_argument("--config", required=True, help="YAML, e.g. training/configs/ensemble_default.yaml")
+    p.add_argument("--config", required=True, type=input_path, help="YAML, e.g. training/configs/ensemble_default.yaml")
     p.add_argument("--sizes", default="500,1000,all", help="training-set sizes, comma separated ('all' = the whole pool)")
     p.add_argument("--folds", type=int, default=5, help="k of the k-fold cross-validation (default 5)")
     p.add_argument("--members", type=int, default=None, help="ensemble members per fit (default: the config's)")
-    p.add_argument("--emu", default=None, help="also score each fit on this Emu-layout file (reported only)")
+    p.add_argument("--emu", default=None, type=input_path,
+                   help="also score each fit on this Emu-layout file (reported only)")
     # output_path: an empty path (an unset shell variable) is a usage error, as in every other command;
     # it wrote no file and said nothing.
     p.add_argument("--plot", default=None, metavar="PLOT", type=file_output_path,
