@@ -218,3 +218,18 @@ def test_an_empty_input_path_is_a_usage_error_for_every_command(tmp_path, capsys
     code, _, err = run(capsys, argv)
     assert code == 2 and "empty path (an unset shell variable?)" in err and "is a directory" not in err, err
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("which", ["nsm1", "emu32"])
+def test_validate_reference_given_as_an_empty_path_is_a_usage_error(tmp_path, capsys, which):
+    """Before: `python -m dodo.qke.validate nsm1 --reference ''`: `. is a directory, not a regular
+    file; give the Emu reference file emu_nsm1_1d.h5`."""
+    from dodo.qke.validate import main
+
+    extra = ["--output", str(tmp_path / "v.h5")] if which == "emu32" else []
+    try:
+        code = main([which, "--reference", "", *extra])
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2 and "argument --reference: empty path" in err and "is a directory" not in err, err

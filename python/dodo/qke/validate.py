@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .._atomic import check_outputs, exclusive_output, write_json_atomic
-from .._cli_common import file_output_path
+from .._cli_common import file_output_path, input_path
 from ..conventions import from_emu_layout
 from .asymptotic import asymptotic_states
 from .solver import SolverConfig, make_box, resolve_backend
@@ -293,12 +293,12 @@ def _main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="which", required=True)
     nsm1 = sub.add_parser("nsm1", help="NSM1 point at Emu's four resolutions")
-    nsm1.add_argument("--reference", default=None, help="default: tests/data/qke/emu_nsm1_1d.h5 of the repository")
+    nsm1.add_argument("--reference", default=None, type=input_path, help="default: tests/data/qke/emu_nsm1_1d.h5 of the repository")
     nsm1.add_argument("--box3d-cases", default=str(Path(__file__).resolve().parents[1] / "data" / "box3d_cases.json"))
     nsm1.add_argument("--seeds", default="0", help="comma-separated perturbation seeds")
     nsm1.add_argument("--only", default=None, help="run only configurations containing this text")
     emu32 = sub.add_parser("emu32", help="32 random states of emu_1d_validation.h5")
-    emu32.add_argument("--reference", default=None, help="default: tests/data/qke/emu_1d_validation.h5 of the repository")
+    emu32.add_argument("--reference", default=None, type=input_path, help="default: tests/data/qke/emu_1d_validation.h5 of the repository")
     emu32.add_argument("--output", default="qke_emu32_validation.h5", type=file_output_path)
     emu32.add_argument("--batch-size", type=int, default=8)
     emu32.add_argument("--seed", type=int, default=0)
