@@ -233,3 +233,18 @@ def test_validate_reference_given_as_an_empty_path_is_a_usage_error(tmp_path, ca
         code = exit_.code
     err = capsys.readouterr().err
     assert code == 2 and "argument --reference: empty path" in err and "is a directory" not in err, err
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_export_embeds_as_many_test_vectors_as_asked(tmp_path, capsys, ensemble_run, count):
+    """Before: `dodo export CKPT --test-vectors 1` embedded 13 test vectors (two cells at rest, then
+    the moving ones sliced [:1 - 2], i.e. all but the last); 2 and more gave their count (guard)."""
+    import dodo
+
+    output = tmp_path / "m.onnx"
+    code, _, err = run(capsys, ["export", str(ensemble_run["checkpoint"]), "-o", str(output),
+                                "--test-vectors", str(count)])
+    assert code == 0, err
+    vectors = json.loads(dodo.Closure(str(output)).metadata["dodo.test_vectors"])
+    assert len(vectors["F_init"]) == len(vectors["u"]) == len(vectors["F_pred"]) == count
+    assert sum(u[0] == 1.0 for u in vectors["u"]) == min(count, 2)  # the cells at rest come first

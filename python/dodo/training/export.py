@@ -89,7 +89,8 @@ def _rejected_mask() -> int:
 
 
 def make_test_vectors(network, box3d_settings: dict, n_cells: int = 6, seed: int = 2026) -> dict:
-    """A handful of crossing cells (two at rest, the rest boosted) and their closure outputs."""
+    """``n_cells`` crossing cells (two at rest, one for ``n_cells`` = 1; the rest boosted) and their
+    closure outputs."""
     from .synth import random_initial_states
 
     rng = np.random.default_rng(seed)
@@ -99,7 +100,9 @@ def make_test_vectors(network, box3d_settings: dict, n_cells: int = 6, seed: int
     F_lab = boost_from_rest(candidates, u[:, None, :])
     result = closure_float64(network, F_lab, u, box3d_settings)
     good = np.flatnonzero(np.asarray(result["status"]) == 0)  # crossing, nothing flagged
-    at_rest = [i for i in good if u[i, 0] == 1.0][:2]
+    # At most n_cells at rest: with two at rest, --test-vectors 1 sliced the moving cells [:-1] and
+    # embedded 13 vectors (outside probe, round 38).
+    at_rest = [i for i in good if u[i, 0] == 1.0][:min(2, n_cells)]
     moving = [i for i in good if u[i, 0] != 1.0][: n_cells - len(at_rest)]
     pick = np.array(at_rest + moving)
     if len(pick) < n_cells:
