@@ -248,3 +248,23 @@ def test_export_embeds_as_many_test_vectors_as_asked(tmp_path, capsys, ensemble_
     vectors = json.loads(dodo.Closure(str(output)).metadata["dodo.test_vectors"])
     assert len(vectors["F_init"]) == len(vectors["u"]) == len(vectors["F_pred"]) == count
     assert sum(u[0] == 1.0 for u in vectors["u"]) == min(count, 2)  # the cells at rest come first
+
+
+def test_learning_curve_keeps_its_table_when_the_plot_cannot_be_written(tmp_path, capsys, monkeypatch, ensemble_run):
+    """Before: the plot was written first; one that failed (here a full disk, as ENOSPC; a directory
+    without write permission alike) ended the command before the JSON table of the finished
+    cross-validation was written: the rows were lost but for the lines printed on the way."""
+    import errno
+
+    from dodo.training import ensemble_train
+
+    def full_disk(rows, path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ensemble_train, "plot_curve", full_disk)
+    table = tmp_path / "curve.json"
+    code, _, err = run(capsys, ["learning-curve", "--config", str(ensemble_run["config"]), "--sizes", "10",
+                                "--folds", "2", "--json", str(table), "--plot", str(tmp_path / "curve.png")])
+    assert code == 2 and "No space left on device" in err and "Traceback" not in err, err
+    report = json.loads(table.read_text())
+    assert report["dodo_report"] == "dodo learning-curve" and [row["train_size"] for row in report["rows"]] == [10]

@@ -103,17 +103,20 @@ def _learning_curve(args) -> int:
     # `--json - | jq` failed on them (outside probe, round 22); they go to standard error instead.
     say = (lambda message: print(message, file=sys.stderr, flush=True)) if args.json == "-" else print
     rows = learning_curve(config, sizes, folds=args.folds, members=args.members, emu_path=args.emu, log=say)
-    if args.plot:
-        plot_curve(rows, args.plot)
-        say(f"plot written to {args.plot}")
     # An object with the mark, as every other report: the bare list of rows carried none, so a later
     # run knew it by its rows' keys only (outside probe, rounds 25 and 26). Rows: the same as before.
     report = marked_report({"rows": rows}, "dodo learning-curve")
+    # The table first, then the plot drawn from it: a plot that could not be written (a directory
+    # without write permission, a full disk) lost the JSON of the finished cross-validation (outside
+    # probe, round 38).
     if args.json == "-":
         print(json.dumps(json_safe(report), indent=1, allow_nan=False, default=float))
     elif args.json:
         write_json_atomic(args.json, report)
         print(f"table written to {args.json}")
+    if args.plot:
+        plot_curve(rows, args.plot)
+        say(f"plot written to {args.plot}")
     return 0
 
 
