@@ -54,10 +54,8 @@ mutable struct Closure
         options.chunk_size = chunk_size
         options.run_self_test = run_self_test
         handle = Ref{Ptr{Cvoid}}(C_NULL)
-        buffer = zeros(UInt8, 1024)
-        status = LibDodo.closure_create(model, options, handle, buffer)
-        status == LibDodo.DODO_OK ||
-            throw(DodoError(status, LibDodo.status_name(status), unsafe_string(pointer(buffer))))
+        status = LibDodo.closure_create(model, options, handle, UInt8[])
+        status == LibDodo.DODO_OK || throw(DodoError(status, LibDodo.status_name(status), last_error_text()))
         closure = new(handle[])
         finalizer(close, closure)
         return closure
@@ -70,11 +68,20 @@ function Base.close(closure::Closure)
     return nothing
 end
 
+# This thread's own last error (not another task's on the handle), whole: its length first, then the
+# text. A fixed buffer of 1,024 bytes cut longer messages (the list of ONNX Runtime libraries tried,
+# one line each, can exceed 1 KiB), losing their end, where the C++ and Fortran wrappers read them
+# whole (C round 27).
+function last_error_text()
+    n = LibDodo.last_error(C_NULL, UInt8[])
+    buffer = zeros(UInt8, n + 1)
+    written = LibDodo.last_error(C_NULL, buffer)
+    return String(buffer[1:min(written, n)])
+end
+
 function check(closure::Closure, status)
     status == LibDodo.DODO_OK && return nothing
-    buffer = zeros(UInt8, 1024)
-    LibDodo.last_error(C_NULL, buffer)  # this thread's own last error (not another task's on the handle)
-    throw(DodoError(status, LibDodo.status_name(status), unsafe_string(pointer(buffer))))
+    throw(DodoError(status, LibDodo.status_name(status), last_error_text()))
 end
 
 """
@@ -99,7 +106,8 @@ function apply!(closure::Closure, F_pred::Array{Float64,3}, F_init::Array{Float6
     cell_status === nothing || length(cell_status) == n || throw(ArgumentError("cell_status must have ncell entries"))
     growth_rate === nothing || length(growth_rate) == n || throw(ArgumentError("growth_rate must have ncell entries"))
     uncertainty === nothing || length(uncertainty) == n || throw(ArgumentError("uncertainty must have ncell entries"))
-    GC.@preserve F_pred F_init u cell_status growth_rate uncertainty begin
+    # closure too: unreachable during the call, its finalizer would destroy the handle under it
+    GC.@preserve closure F_pred F_init u cell_status growth_rate uncertainty begin
         check(closure, LibDodo.apply_diagnostics(closure.handle, n, F_init, u, F_pred, cell_status, growth_rate,
                                                  uncertainty))
     end

@@ -8,6 +8,12 @@ using Dodo
     @test occursin(".", Dodo.version())
 
     @test_throws DodoError Dodo.Closure("/no/such/model.onnx")
+    missing_file = try
+        Dodo.Closure("/no/such/model.onnx")
+    catch error
+        error
+    end
+    @test missing_file isa DodoError && endswith(missing_file.message, "does not exist")  # the whole message
     @test_throws DodoError Dodo.Closure("")            # an empty path never means Box3D alone
     @test !Dodo.has_model(Dodo.Closure(Dodo.BOX3D_ONLY))
     @test Dodo.default_model_path() === nothing || isfile(Dodo.default_model_path())

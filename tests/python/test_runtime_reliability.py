@@ -564,7 +564,7 @@ def test_metadata_edited_after_export_is_refused(tmp_path, name):
 @pytest.mark.parametrize("name, message", [
     ("max_flux_factor", r"carries no test vectors"),
     ("lebedev_order", r"carries no test vectors"),
-    ("tolerance", r'"atol_over_ntot" is 1.0000000000000001e\+300; it must lie in \(0, 0.001'),
+    ("tolerance", r'"atol_over_ntot" is 1e\+300; it must lie in \(0, 0.001'),  # shortest digits (C round 27)
 ])
 def test_re_signed_package_without_usable_test_vectors_is_refused(tmp_path, name, message):
     from dodo.models import default_model_path

@@ -10,6 +10,7 @@
 
 #include "../lane_sum.hpp"
 #include "../multiversion.hpp"
+#include "../number_text.hpp"
 #include "../realizability.hpp"
 #include "../thread_start.hpp"
 #include "exp_kernel.hpp"
@@ -647,7 +648,7 @@ Box3D::Box3D(const Box3DSettings& settings)
       rule_(lebedev_rule(settings.lebedev_order)),
       paired_rule_(paired_rule(rule_, kDirectionLanes)) {
   if (!(settings.max_flux_factor > 0.0 && settings.max_flux_factor < 1.0))
-    throw std::invalid_argument("max_flux_factor must lie in (0, 1); got " + std::to_string(settings.max_flux_factor));
+    throw std::invalid_argument("max_flux_factor must lie in (0, 1); got " + number_text(settings.max_flux_factor));
 }
 
 namespace {

@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "../multiversion.hpp"
+#include "../number_text.hpp"
 #include "../thread_start.hpp"
 
 namespace dodo::qke {
@@ -351,10 +352,9 @@ FlavourBoxKernel::FlavourBoxKernel(FlavourBoxSettings settings, std::vector<doub
     const double* v = &settings_.directions[3 * d];
     const double length = std::sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]);
     if (!(std::fabs(length - 1.0) <= 1e-10)) {
-      char text[32];
-      std::snprintf(text, sizeof text, "%.17g", length);
+      // In the "C" locale (snprintf's "%.17g" followed the host's LC_NUMERIC: "1,0000000002"; C round 27).
       throw std::invalid_argument("directions must be unit vectors: direction " + std::to_string(d) + " has length " +
-                                  text + " (|length - 1| must be <= 1e-10)");
+                                  number_text(length) + " (|length - 1| must be <= 1e-10)");
     }
   }
   // The fastest advection, c pi / cell size (the Nyquist bin): past the largest double (a cell of

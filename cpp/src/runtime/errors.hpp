@@ -9,6 +9,7 @@
 #include <string>
 
 #include "dodo/dodo.h"
+#include "number_text.hpp"
 
 namespace dodo::runtime {
 
@@ -102,17 +103,8 @@ inline std::string shortened_path(const std::string& path, bool quoted) {
 }
 inline std::string quoted_path(const std::string& path) { return shortened_path(path, true); }
 
-// A number for a message, as printf's "%.<digits>g" (or "%.<digits>f" with fixed) writes it in the
-// "C" locale: snprintf follows the host's LC_NUMERIC, and a host that had called setlocale(LC_ALL,
-// "") under a German locale read "got 1,5" and "differs by 3,2e-05" (probe round eighteen).
-inline std::string number_text(double value, int digits = 17, bool fixed = false) {
-  std::ostringstream text;
-  text.imbue(std::locale::classic());
-  if (fixed) text << std::fixed;
-  text.precision(digits);
-  text << value;
-  return text.str();
-}
+// Numbers in messages: number_text.hpp (the "C" locale; the fewest digits that read back).
+using dodo::number_text;
 
 class Error : public std::runtime_error {
  public:

@@ -7,6 +7,8 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "errors.hpp"
+
 namespace dodo::runtime {
 namespace {
 
@@ -267,13 +269,8 @@ std::string JsonValue::dump() const {
   switch (kind_) {
     case Kind::kNull: return "null";
     case Kind::kBool: return boolean_ ? "true" : "false";
-    case Kind::kNumber: {  // as "%.17g" in the "C" locale (errors.hpp)
-      std::ostringstream text;
-      text.imbue(std::locale::classic());
-      text.precision(17);
-      text << number_;
-      return text.str();
-    }
+    case Kind::kNumber:  // the fewest digits that read back as the number, in the "C" locale (errors.hpp)
+      return number_text(number_);
     case Kind::kString: return "\"" + string_ + "\"";
     case Kind::kArray: {
       std::string out = "[";

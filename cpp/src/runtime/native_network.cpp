@@ -65,7 +65,9 @@ float scalar_of(const std::map<std::string, FloatTensor>& initializers, const Js
   return tensor.values[0];
 }
 
-std::string number_text(float value) { return dodo::runtime::number_text(static_cast<double>(value)); }
+// The fewest digits that read back as the same float (a float widened to double needs 17: r_scale
+// 286.8057 read "286.80569458007812").
+std::string number_text(float value) { return dodo::runtime::number_text(value, 0, false, true); }
 
 // Values the description gives by number must be constants the graph holds itself (an
 // initializer or a Constant node): the digests do not stop a package re-signed after an edit, and

@@ -245,7 +245,20 @@ PackageContents read_package(std::string_view bytes) {
   std::string_view payload;
   package.content.reserve(bytes.size());
   std::size_t field_start = 0;
-  while (reader.next(field, wire_type, payload)) {
+  while (true) {
+    // A package followed by zero bytes (a host's buffer larger than the package, passed with the
+    // buffer's size: a Fortran array allocated for the largest file, an MPI_Bcast of a fixed-size
+    // buffer) was refused as "truncated or damaged file?: field number 0 at byte 51700", blaming
+    // the package for the size it was given (C round 27). No field starts with a zero byte.
+    if (have_graph && field_start < bytes.size() &&
+        bytes.find_first_not_of('\0', field_start) == std::string_view::npos)
+      throw Error(DODO_ERROR_MODEL_FORMAT,
+                  "not an ONNX model as given: " + std::to_string(bytes.size() - field_start) +
+                      (bytes.size() - field_start == 1 ? " zero byte follows" : " zero bytes follow") +
+                      " the package's first " + std::to_string(field_start) +
+                      " bytes, and no ONNX field begins with one (a buffer larger than the package passed with "
+                      "the buffer's size, or a file padded with zeros?)");
+    if (!reader.next(field, wire_type, payload)) break;
     const std::string_view whole_field = bytes.substr(field_start, reader.offset() - field_start);
     field_start = reader.offset();
     if (wire_type == kLengthDelimited && field == kModelMetadataProps) {

@@ -1,13 +1,16 @@
 #include "ort_library.hpp"
 
+#include <dirent.h>
 #include <dlfcn.h>
 #include <glob.h>
 #include <pthread.h>
 #include <sys/stat.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdlib>
 #include <mutex>
+#include <system_error>
 #include <vector>
 
 #include "errors.hpp"
@@ -25,20 +28,35 @@ std::string own_directory() {
   return slash == std::string::npos ? std::string(".") : file.substr(0, slash);
 }
 
-// Wheels ship libonnxruntime.so.<version> without the .so.1 link: glob for it.
-void add_wheel_libraries(const std::string& capi_dir, std::vector<std::string>& paths) {
+// Wheels ship libonnxruntime.so.<version> without the .so.1 link: glob for it. A directory that
+// exists but cannot be listed (no descriptor left in a host at its RLIMIT_NOFILE, no permission)
+// gets a line in `unreadable`: glob found nothing there without a word, so the message listed only
+// the loader's names and advised "pip install onnxruntime" for an installed wheel (C round 27).
+void add_wheel_libraries(const std::string& capi_dir, std::vector<std::string>& paths, std::string& unreadable) {
   glob_t found{};
   std::string pattern = capi_dir + "/libonnxruntime.so*";
-  if (glob(pattern.c_str(), 0, nullptr, &found) == 0) {
+  const int result = glob(pattern.c_str(), 0, nullptr, &found);
+  if (result == 0) {
     for (size_t i = 0; i < found.gl_pathc; ++i) paths.push_back(found.gl_pathv[i]);
   }
   globfree(&found);
+  struct stat status {};
+  if (result == 0 || ::stat(capi_dir.c_str(), &status) != 0 || !S_ISDIR(status.st_mode)) return;
+  errno = 0;
+  if (DIR* directory = ::opendir(capi_dir.c_str())) {  // listed: it holds no libonnxruntime.so*
+    ::closedir(directory);
+    return;
+  }
+  const int error = errno;
+  unreadable += "\n  " + shortened_path(pattern, false) + ": the directory cannot be listed (" +
+                std::error_code(error, std::generic_category()).message() + ")";
 }
 
 // ORT's default logger writes to stderr; the host owns stderr, so messages are dropped.
 void discard_ort_log(void*, OrtLoggingLevel, const char*, const char*, const char*, const char*) {}
 
-std::vector<std::string> candidate_paths(const std::string& explicit_path) {
+// The paths to try, in order; `unreadable` gets a line for each wheel directory that could not be listed.
+std::vector<std::string> candidate_paths(const std::string& explicit_path, std::string& unreadable) {
   std::vector<std::string> paths;
   if (!explicit_path.empty()) {
     paths.push_back(explicit_path);  // an explicit request is honoured or fails: no fallback
@@ -52,7 +70,7 @@ std::vector<std::string> candidate_paths(const std::string& explicit_path) {
   const std::string here = own_directory();
   if (!here.empty()) {
     for (const char* up : {"/../../onnxruntime/capi", "/../onnxruntime/capi", "/onnxruntime/capi"})
-      add_wheel_libraries(here + up, paths);
+      add_wheel_libraries(here + up, paths, unreadable);
   }
 #ifdef DODO_ORT_BUILD_HINT
   paths.push_back(DODO_ORT_BUILD_HINT);
@@ -101,8 +119,8 @@ std::string not_a_library_file(const std::string& path) {
 
 OrtLibrary open_library(const std::string& explicit_path) {
   ask_for_no_onnxruntime_telemetry();
-  std::string tried;
-  for (const std::string& path : candidate_paths(explicit_path)) {
+  std::string tried, unreadable;
+  for (const std::string& path : candidate_paths(explicit_path, unreadable)) {
     const std::string shown = shortened_path(path, false);  // one line per path tried
     if (const std::string what = not_a_library_file(path); !what.empty()) {
       tried += "\n  " + shown + ": not a regular file (" + what + "): not opened";
@@ -148,7 +166,11 @@ OrtLibrary open_library(const std::string& explicit_path) {
              "empty to search";
   else if (env && *env)
     advice = "DODO_ONNXRUNTIME_LIBRARY names it: set it to the path of a libonnxruntime.so, or unset it to search";
-  throw Error(DODO_ERROR_ONNXRUNTIME_UNAVAILABLE, "cannot load the ONNX Runtime library (" + advice + "); tried:" + tried);
+  else if (!unreadable.empty())
+    advice = "an onnxruntime wheel's directory could not be listed (first lines below): retry when it can be, or set "
+             "DODO_ONNXRUNTIME_LIBRARY to the path of libonnxruntime.so";
+  throw Error(DODO_ERROR_ONNXRUNTIME_UNAVAILABLE,
+              "cannot load the ONNX Runtime library (" + advice + "); tried:" + unreadable + tried);
 }
 
 }  // namespace
