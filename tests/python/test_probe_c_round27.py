@@ -191,7 +191,8 @@ lib.dodo_closure_create_from_memory.argtypes = [ctypes.c_void_p, ctypes.c_size_t
                                                 ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p, ctypes.c_size_t]
 package = open(sys.argv[2], "rb").read()
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 8, hard))
+limit = len(os.listdir("/proc/self/fd")) + 8
+resource.setrlimit(resource.RLIMIT_NOFILE, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
 held = []
 try:
     while True:
