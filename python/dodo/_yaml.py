@@ -10,8 +10,69 @@ import yaml
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
+#: Most nodes a document may stand for once its aliases are expanded, beyond 100 per node written:
+#: a few lines of anchors, each aliasing the one before twice, stand for 2^40 values (a "billion
+#: laughs" document). PyYAML shares the aliased objects, so loading is cheap, but any reader that walks
+#: the values (`dodo study`'s check of its overrides' keys) ran for ever (outside probe, round 38).
+MAX_EXPANDED_NODES = 1_000_000
+
+
 class UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader refusing a mapping that names one key twice (a ConstructorError)."""
+    """yaml.SafeLoader refusing a mapping that names one key twice (a ConstructorError), and a
+    document whose aliases expand it beyond MAX_EXPANDED_NODES (and 100 times its own nodes)."""
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None:
+            _refuse_alias_expansion(node)
+        return node
+
+
+def _children(node) -> list:
+    if isinstance(node, yaml.MappingNode):
+        return [item for pair in node.value for item in pair]
+    return node.value  # a SequenceNode's
+
+
+def _refuse_alias_expansion(root) -> None:
+    """A ConstructorError when the node graph under ``root`` (aliases are shared nodes) stands for more
+    than MAX_EXPANDED_NODES nodes written out, and more than 100 times the nodes it holds. Linear in
+    the nodes held (scalars, most of them, are counted where they stand); a recursive alias (a node
+    inside itself) counts once."""
+    if isinstance(root, yaml.ScalarNode):
+        return
+    sizes, visiting, stack, scalars = {}, set(), [root], 0
+    while stack:
+        node = stack[-1]
+        key = id(node)
+        if key in sizes:
+            stack.pop()
+            continue
+        children = _children(node)
+        if key not in visiting:
+            visiting.add(key)
+            pending = [child for child in children if not isinstance(child, yaml.ScalarNode)
+                       and id(child) not in sizes and id(child) not in visiting]
+            if pending:
+                stack.extend(pending)
+                continue
+        stack.pop()
+        visiting.discard(key)
+        total = 1
+        for child in children:
+            if isinstance(child, yaml.ScalarNode):
+                total += 1
+                scalars += 1
+            else:
+                total += sizes.get(id(child), 1)  # not there: a node inside itself
+        # Capped: the exact count of a deep document is a number of hundreds of digits.
+        sizes[key] = min(total, 1 << 62)
+    expanded, held = sizes[id(root)], len(sizes) + scalars
+    if expanded > max(MAX_EXPANDED_NODES, 100 * held):
+        raise yaml.constructor.ConstructorError(
+            None, None, f"its aliases (*name) expand {held:,} values into more than {min(expanded, 10**18):,}: "
+                        "a document that stands for far more than it holds (a \"billion laughs\" file?); write "
+                        "the values out, or alias each one fewer times", root.start_mark)
 
 
 def _refuse_repeated_keys(loader: UniqueKeyLoader, node: yaml.MappingNode) -> None:

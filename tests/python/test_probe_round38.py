@@ -268,3 +268,52 @@ def test_learning_curve_keeps_its_table_when_the_plot_cannot_be_written(tmp_path
     assert code == 2 and "No space left on device" in err and "Traceback" not in err, err
     report = json.loads(table.read_text())
     assert report["dodo_report"] == "dodo learning-curve" and [row["train_size"] for row in report["rows"]] == [10]
+
+
+def _laughs(depth: int, indent: str = "  ") -> str:
+    """YAML lines of anchors j0..jDEPTH, each a mapping that aliases the one before twice (2^DEPTH leaves)."""
+    return f"{indent}j0: &j0 {{x: 1, y: 1}}\n" + "".join(
+        f"{indent}j{i}: &j{i} {{x: *j{i - 1}, y: *j{i - 1}}}\n" for i in range(1, depth + 1))
+
+
+def test_a_billion_laughs_yaml_document_is_refused_by_the_reader():
+    """Before: dodo's YAML reader (every config, study grid, --set value and states file) loaded it
+    without a word: PyYAML shares aliased objects, so the load is cheap, and what walks the values
+    afterwards is not."""
+    import yaml
+
+    from dodo import _yaml
+
+    with pytest.raises(yaml.YAMLError, match="its aliases .* expand .* values into more than"):
+        _yaml.safe_load("root:\n" + _laughs(40))
+
+
+def test_yaml_aliases_within_reason_still_load():
+    """Guard: merge keys, a mapping aliased a few times, a recursive alias, a long document
+    without aliases: read as before."""
+    from dodo import _yaml
+
+    loaded = _yaml.safe_load("base: &b {a: 1, b: 2}\nx: {<<: *b, c: 3}\nz: [*b, *b, *b]\nr: &r [1, *r]\n")
+    assert loaded["x"] == {"a": 1, "b": 2, "c": 3} and loaded["z"] == [{"a": 1, "b": 2}] * 3
+    assert loaded["r"][1] is loaded["r"]
+    assert len(_yaml.safe_load("x: &x [" + ", ".join(["1"] * 100) + "]\nys: [" + ", ".join(["*x"] * 1000) + "]")["ys"]) == 1000
+    assert len(_yaml.safe_load("[" + ", ".join(["[1, 2, 3, 4]"] * 20_000) + "]")) == 20_000
+
+
+def test_a_study_grid_whose_overrides_alias_a_billion_values_is_refused_not_run_for_ever(tmp_path):
+    """Before: `dodo study GRID --dry-run` with such `overrides` ran for ever (killed here after 30 s):
+    `study._leaves` walked the overrides' 2^39 leaves to check that no key is set twice. In a child
+    process; its timeout only detects the hang."""
+    import subprocess
+    import sys
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("base_config: base.yaml\ntag: t\noverrides:\n" + _laughs(39) + "grid: {training.lr: [0.001]}\n")
+    (tmp_path / "base.yaml").write_text("data: {path: pre.h5}\n")
+    try:
+        done = subprocess.run([sys.executable, "-m", "dodo", "study", str(grid), "--dry-run"], capture_output=True,
+                              text=True, timeout=240, cwd=tmp_path, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        pytest.fail("dodo study ran for ever on a billion-laughs grid")
+    assert done.returncode == 2 and "grid.yaml: not valid YAML: its aliases" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
