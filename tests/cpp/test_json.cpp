@@ -6,10 +6,12 @@
 #include <clocale>
 #include <cmath>
 #include <cstdio>
+#include <cstdint>
 #include <cstring>
 #include <stdexcept>
 #include <string>
 
+#include "number_text.hpp"
 #include "runtime/json.hpp"
 
 using dodo::runtime::JsonValue;
@@ -198,6 +200,48 @@ void test_comma_locale() {
   std::setlocale(LC_ALL, "C");
 }
 
+// number_text's shortest form (C round 27): for doubles of random bits (every exponent) and
+// floats widened to double, the text reads back as the value (as the float), and one digit fewer
+// does not (the binary search over the precision finds the fewest).
+void test_shortest_numbers() {
+  std::uint64_t state = 0x9E3779B97F4A7C15ull;
+  int wrong = 0, longer = 0;
+  for (int i = 0; i < 50000; ++i) {
+    state ^= state << 13, state ^= state >> 7, state ^= state << 17;
+    double value = 0;
+    const bool as_float = i % 4 == 3;
+    if (as_float) {
+      const auto bits = static_cast<std::uint32_t>(state);
+      float single = 0;
+      std::memcpy(&single, &bits, sizeof single);
+      value = single;
+    } else {
+      std::memcpy(&value, &state, sizeof value);
+    }
+    if (!std::isfinite(value)) continue;
+    const std::string text = dodo::number_text(value, 0, false, as_float);
+    const double read = std::strtod(text.c_str(), nullptr);
+    if (as_float ? static_cast<float>(read) != static_cast<float>(value) : read != value) ++wrong;
+    // The reference: the first precision that reads back, one after another (the C locale here).
+    char reference[48] = "";
+    for (int precision = 1; precision <= 17; ++precision) {
+      std::snprintf(reference, sizeof reference, "%.*g", precision, value);
+      const double back = std::strtod(reference, nullptr);
+      if (as_float ? static_cast<float>(back) == static_cast<float>(value) : back == value) break;
+    }
+    if (text != reference) ++longer;
+  }
+  expect(wrong == 0, "every shortest number reads back (" + std::to_string(wrong) + " did not)");
+  expect(longer == 0, "every shortest number has the fewest digits (" + std::to_string(longer) + " had more)");
+  expect(dodo::number_text(0.98) == "0.98" && dodo::number_text(1.1) == "1.1" &&
+             dodo::number_text(0.1f, 0, false, true) == "0.1" && dodo::number_text(5e-324) == "5e-324" &&
+             dodo::number_text(-0.0) == "-0" && dodo::number_text(1e300) == "1e+300" &&
+             dodo::number_text(0.019581729546189308, 0, false, true) == "0.01958173",
+         "shortest forms of known numbers");
+  expect(dodo::number_text(1.0 / 3.0, 3) == "0.333" && dodo::number_text(2.25, 1, true) == "2.2",
+         "explicit precisions as printf writes them");
+}
+
 }  // namespace
 
 int main() {
@@ -208,6 +252,7 @@ int main() {
   test_long_key_cut_between_characters();
   test_value_bound();
   test_comma_locale();
+  test_shortest_numbers();
   std::printf("%d failure(s)\n", failures);
   return failures == 0 ? 0 : 1;
 }
