@@ -41,7 +41,7 @@ def test_the_gate_adds_the_label_noise_beside_the_spread_and_the_checkpoint_keep
     _, sigma, _ = ensemble.teacher_outputs(x)
     torch.testing.assert_close(sigma, torch.sqrt(spread ** 2 + (1.5 * a / 2.5) ** 2))
     head = ensemble.outputs(x)[0][:, -1]
-    distance = torch.exp(-torch.relu(ensemble.squared_distance(x) - ensemble.d2_max) / ensemble.d2_max)
+    distance = torch.exp(-torch.relu(ensemble.squared_distance(x) - ensemble.d2_max) / ensemble.d2_max).to(r_mean.dtype)
     expected = r_mean * r_mean ** 2 / (r_mean ** 2 + (2.5 * spread) ** 2 + (1.5 * a) ** 2) * distance
     torch.testing.assert_close(head, expected * ensemble.pattern[-1], rtol=1e-5, atol=1e-9)
     assert (spread_gate(r_mean, sigma, ensemble.sigma0, ensemble.error_per_spread)

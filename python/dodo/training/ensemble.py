@@ -147,11 +147,25 @@ class DensityResidualEnsemble(nn.Module):
         """Squared Mahalanobis distance of the features from the training rows' mean, on the first
         feature_mean.numel() columns (ood_columns: the crossing inputs are functions of the same
         moments, so the distance on the 34 before them tests the same thing at a third of the cost)."""
-        centred = x[:, :self.feature_mean.numel()].to(self.feature_mean.dtype) - self.feature_mean
-        return ((centred @ self.feature_precision) * centred).sum(dim=-1)
+        return squared_mahalanobis(x, self.feature_mean, self.feature_precision)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.outputs(x)[0]
+
+
+def squared_mahalanobis(x: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+    """(x - m)^T P (x - m) on the first mean.numel() columns of x, in float64: P's condition number
+    is ~1e7, and in float32 the quadratic form cancels digits (308.95 for 308.23 on a far-out cell,
+    physics-law probe round three). While torch.onnx traces it, in the buffers' dtype: the exporter
+    then casts that part of the graph to double (dodo.training.gate_graph), keeping the float32
+    initializers under the names the native evaluator's description uses (a traced .double() of a
+    buffer is folded into a new, unnamed constant)."""
+    columns = mean.numel()
+    if torch.onnx.is_in_onnx_export():
+        centred = x[:, :columns].to(mean.dtype) - mean
+        return ((centred @ precision) * centred).sum(dim=-1)
+    centred = x[:, :columns].double() - mean.double()
+    return ((centred @ precision.double()) * centred).sum(dim=-1)
 
 
 def spread_gate(r_mean: torch.Tensor, sigma: torch.Tensor, sigma0: torch.Tensor,

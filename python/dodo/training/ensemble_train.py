@@ -1101,7 +1101,15 @@ def _ensemble_onnx_bytes(ensemble: DensityResidualEnsemble, fused: bool = False)
                           output_names=list(ENSEMBLE_OUTPUTS),
                           dynamic_axes={"invariants": {0: "N"}, **{name: {0: "N"} for name in ENSEMBLE_OUTPUTS}},
                           opset_version=OPSET, **options)
-    return buffer.getvalue()
+    if fused:  # the fused graph keeps its float32 distance (not the default; docs/training.md)
+        return buffer.getvalue()
+    import onnx
+
+    from .gate_graph import distance_in_float64
+
+    model = onnx.load_from_string(buffer.getvalue())
+    distance_in_float64(model)  # as the torch module computes it (ensemble.squared_mahalanobis)
+    return model.SerializeToString()
 
 
 def check_graph_outputs(ensemble: DensityResidualEnsemble, onnx_bytes: bytes, n_random: int = 2048) -> float:
