@@ -10,7 +10,7 @@
   X(NEGATIVE_DENSITY, 4u, true, "a species has negative comoving number density")                  \
   X(NONFINITE, 8u, true, "NaN or Inf in the input four-fluxes or four-velocity, or a result beyond the double range") \
   X(ZERO_DENSITY, 16u, true, "total comoving number density N_tot is zero or below 1e-300 (vacuum: subnormal numbers cannot keep conservation)")                              \
-  X(BAD_VELOCITY, 32u, true, "four-velocity not normalised (|u.u+1| > 1e-6 max(1, u^t^2)) or not future-directed") \
+  X(BAD_VELOCITY, 32u, true, "four-velocity not normalised (|u.u+1| > min(1e-6 max(1, u^t^2), 0.5)) or not future-directed") \
   X(BOX3D_LIMITED, 64u, false, "Box3D change scaled down to keep every species realizable")        \
   X(NETWORK_NONFINITE, 128u, false, "network output (or F_box + correction) not finite: Box3D result returned") \
   X(CORRECTION_LIMITED, 256u, false, "learned correction scaled down by the realizability limiter")
