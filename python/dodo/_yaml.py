@@ -68,11 +68,36 @@ def _refuse_alias_expansion(root) -> None:
         # Capped: the exact count of a deep document is a number of hundreds of digits.
         sizes[key] = min(total, 1 << 62)
     expanded, held = sizes[id(root)], len(sizes) + scalars
-    if expanded > max(MAX_EXPANDED_NODES, 100 * held):
+    limit = max(MAX_EXPANDED_NODES, 100 * held)
+    if expanded > limit:
+        where, node = _largest_value(root, sizes, limit)
         raise yaml.constructor.ConstructorError(
-            None, None, f"its aliases (*name) expand {held:,} values into more than {min(expanded, 10**18):,}: "
-                        "a document that stands for far more than it holds (a \"billion laughs\" file?); write "
-                        "the values out, or alias each one fewer times", root.start_mark)
+            None, None, f"{'the value of ' + where if where else 'the document'} stands for more than "
+                        f"{min(sizes[id(node)], 10**18):,} values through its aliases (*name), the whole document "
+                        f"holding {held:,}: a \"billion laughs\" file?; write the values out, or alias each one "
+                        "fewer times", node.start_mark)
+
+
+def _largest_value(root, sizes: dict, limit: int):
+    """(dotted path, node) of the deepest value under ``root`` that alone stands for more than ``limit``
+    nodes: its keys joined by '.', list positions as [i] (the config key a refusal names)."""
+    path, node, seen = "", root, set()
+    while id(node) not in seen:
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            labelled = [(key.value if isinstance(key, yaml.ScalarNode) else "?", value) for key, value in node.value]
+            step = "{}"
+        elif isinstance(node, yaml.SequenceNode):
+            labelled = [(f"[{index}]", value) for index, value in enumerate(node.value)]
+            step = ""
+        else:
+            break
+        big = [(label, child) for label, child in labelled if sizes.get(id(child), 1) > limit]
+        if not big:
+            break
+        label, node = big[0]
+        path += (("." if path else "") + str(label)) if step else label
+    return path, node
 
 
 def _refuse_repeated_keys(loader: UniqueKeyLoader, node: yaml.MappingNode) -> None:
