@@ -56,6 +56,13 @@ def maxent_direction_weights(density: np.ndarray, flux: np.ndarray, directions: 
     safe_density = np.where(density > 0, density, 1.0)
     flux_ratio = np.where(density[..., None] > 0, flux / safe_density[..., None], 0.0)
     flux_factor = np.linalg.norm(flux_ratio, axis=-1)
+    # A species of zero density with a flux (|F| > n = 0, outside the realizable cone) had its flux
+    # dropped without a word: the run started without it, and its row was kept as valid with the
+    # flavour-summed flux off by |F| (2.9e-4 N_tot in the probe's case; parity and solver-laws
+    # probe, round one). Its flux factor is infinite.
+    empty_with_flux = (density == 0) & np.any(flux != 0, axis=-1)
+    if np.any(empty_with_flux):
+        raise ValueError("a species of zero density has a non-zero flux (|F| > n = 0): not representable")
     if np.any(flux_factor >= MAX_FLUX_FACTOR):
         raise ValueError(f"flux factor {flux_factor.max():.4f} >= {MAX_FLUX_FACTOR}: not representable")
 

@@ -33,6 +33,11 @@ def realizability_margin(F: torch.Tensor) -> torch.Tensor:
     return F[..., 0] - torch.linalg.vector_norm(F[..., 1:], dim=-1)
 
 
+#: The runtime's root-finding margin (cpp/src/realizability.cpp, realizable_step's kMargin): a limited
+#: step keeps (1 - margin) n - |F| >= its floor.
+LIMITER_MARGIN = 1e-12
+
+
 @torch.no_grad()
 def limiter_theta(F_base: torch.Tensor, dF: torch.Tensor, iterations: int = 60) -> torch.Tensor:
     """Largest theta in [0, 1] keeping every species of F_base + theta dF realizable.
@@ -41,26 +46,44 @@ def limiter_theta(F_base: torch.Tensor, dF: torch.Tensor, iterations: int = 60) 
     so the admissible thetas form an interval [0, theta*]; bisection returns its feasible end.
     A species already outside the cone (Box3D quadrature error, rounding) may not move further
     out: its constraint is margin(theta) >= min(margin(0), 0). Returns [...] (batch shape).
+
+    The same rule as the runtime's realizable_step (cpp/src/realizability.cpp), in float64
+    whatever the inputs' dtype, species by species in order: a species admissible (margin >= its
+    floor) at the theta reached so far puts no bound on it; any other is bounded with the
+    runtime's margin, (1 - 1e-12) n - |F| >= its floor, on [0, theta], and one that fails that
+    already at 0 (a species on the cone, as Box3D's clamp leaves beamed ones, or outside it)
+    stops the correction: theta = 0. Without this a cell with a species on the cone got theta up
+    to 0.89 here and 0 at run time, and one with a species outside it 0 here and 0.37 at run
+    time (parity and solver-laws probe, round one). The result, cast back to the inputs' dtype,
+    is never rounded up.
     """
-    floor = torch.clamp(realizability_margin(F_base), max=0.0)
+    dtype = F_base.dtype
+    base, change = F_base.to(torch.float64), dF.to(torch.float64)
+    floor = torch.clamp(realizability_margin(base), max=0.0)  # [..., 6]
+    batch = base.shape[:-2]
+    theta = torch.ones(batch, dtype=torch.float64, device=base.device)
+    if bool(torch.all(realizability_margin(base + change) >= floor)):
+        return theta.to(dtype)
 
-    def feasible(theta: torch.Tensor) -> torch.Tensor:
-        F = F_base + theta[..., None, None] * dF
-        return torch.all(realizability_margin(F) >= floor, dim=-1)
+    def slack(a: int, t: torch.Tensor, margin: float) -> torch.Tensor:
+        F = base[..., a, :] + t[..., None] * change[..., a, :]
+        return (1.0 - margin) * F[..., 0] - torch.linalg.vector_norm(F[..., 1:], dim=-1) - floor[..., a]
 
-    batch = F_base.shape[:-2]
-    one = torch.ones(batch, dtype=F_base.dtype, device=F_base.device)
-    ok_at_one = feasible(one)
-    lo = torch.zeros_like(one)
-    hi = one.clone()
-    if bool(ok_at_one.all()):
-        return one
-    for _ in range(iterations):
-        mid = 0.5 * (lo + hi)
-        good = feasible(mid)
-        lo = torch.where(good, mid, lo)
-        hi = torch.where(good, hi, mid)
-    return torch.where(ok_at_one, one, lo)
+    for a in range(base.shape[-2]):
+        bounded = ~(slack(a, theta, 0.0) >= 0)
+        if not bool(bounded.any()):
+            continue
+        start_ok = slack(a, torch.zeros_like(theta), LIMITER_MARGIN) >= 0
+        lo, hi = torch.zeros_like(theta), theta.clone()
+        for _ in range(iterations):
+            mid = 0.5 * (lo + hi)
+            good = slack(a, mid, LIMITER_MARGIN) >= 0
+            lo = torch.where(good, mid, lo)
+            hi = torch.where(good, hi, mid)
+        theta = torch.where(bounded, torch.where(start_ok, lo, torch.zeros_like(lo)), theta)
+    cast = theta.to(dtype)
+    rounded_up = cast.to(torch.float64) > theta
+    return torch.where(rounded_up, torch.nextafter(cast, torch.zeros_like(cast)), cast)
 
 
 def assemble_head(head: str, output: torch.Tensor, F_init_rest: torch.Tensor, dF_box_rest: torch.Tensor) -> torch.Tensor:
