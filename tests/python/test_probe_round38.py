@@ -319,3 +319,54 @@ def test_a_study_grid_whose_overrides_alias_a_billion_values_is_refused_not_run_
     assert done.returncode == 2 and "grid.yaml: not valid YAML: the value of overrides.j17 stands for" in done.stderr, \
         done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_an_exported_package_holds_strict_json_metrics_when_held_out_states_have_no_growth_rates(tmp_path, capsys):
+    """Before: `dodo train-ensemble` with held-out states whose files have no growthRate(1|s) recorded
+    their growth ratios' means over no finite value as NaN (NumPy warning "Mean of empty slice" and
+    "invalid value encountered in scalar divide" on the way), and `dodo export` wrote the checkpoint's
+    metrics with json.dumps' default: the package's `dodo.metrics` held a bare `NaN`, which is not JSON
+    (a strict reader, Python's with parse_constant, jq, JavaScript, fails on it). Now null."""
+    pytest.importorskip("torch")
+    h5py = pytest.importorskip("h5py")
+    import dodo
+    from dodo.cli import main
+
+    for name, seed, count in (("a.h5", 1, 200), ("b.h5", 2, 40)):
+        assert main(["synth", str(tmp_path / name), "-n", str(count), "--seed", str(seed), "-q"]) == 0
+        with h5py.File(tmp_path / name, "a") as handle:
+            del handle["growthRate(1|s)"]
+    (tmp_path / "pre.yaml").write_text(f"inputs: [{tmp_path / 'a.h5'}, {tmp_path / 'b.h5'}]\n"
+                                       f"output: {tmp_path / 'pre.h5'}\n")
+    assert main(["preprocess", "--config", str(tmp_path / "pre.yaml"), "-q"]) == 0
+    config = tmp_path / "ens.json"
+    config.write_text(json.dumps({
+        "data": {"path": str(tmp_path / "pre.h5"), "holdout": ["b*"], "features": "invariants27+box7+eln18-v1"},
+        "ensemble": {"members": 2, "width": 8, "depth": 1, "steps": 20, "threads": 1},
+        "distill": {"width": 8, "depth": 1, "steps": 20}, "output": {"checkpoint": str(tmp_path / "ens.pt")}}))
+    assert main(["train-ensemble", "--config", str(config)]) == 0
+    code, _, err = run(capsys, ["export", str(tmp_path / "ens.pt"), "-o", str(tmp_path / "m.onnx")])
+    assert code == 0, err
+
+    def not_json(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    metrics = json.loads(dodo.Closure(str(tmp_path / "m.onnx")).metadata["dodo.metrics"], parse_constant=not_json)
+    assert metrics["n_heldout"] == 40 and metrics["heldout"]["growth_measured_over_model"] is None
+    assert metrics["heldout"]["model"] > 0
+
+
+def test_package_metadata_writes_a_checkpoints_non_finite_metrics_as_null():
+    """Before: a checkpoint whose metrics hold NaN or inf (one written by train-ensemble before this
+    round, above) was exported with `"dodo.metrics": "{... NaN ...}"`, not JSON."""
+    pytest.importorskip("torch")
+    from dodo.training.export import metadata_for
+
+    checkpoint = {"data": {"box3d": {"lebedev_order": 17}, "sha256": "0" * 64, "kind": "test"},
+                  "metrics": {"heldout": {"model": 0.01, "growth": float("nan")}, "worst": np.float32("inf")}}
+
+    def not_json(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    metrics = json.loads(metadata_for(checkpoint, "equivariant", {})["dodo.metrics"], parse_constant=not_json)
+    assert metrics == {"heldout": {"model": 0.01, "growth": None}, "worst": None}

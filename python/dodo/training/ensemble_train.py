@@ -882,6 +882,14 @@ def ensemble_checkpoint_of(checkpoint, path) -> DensityResidualEnsemble:
     return checked_ensemble(checkpoint, path)
 
 
+def _finite_mean(values: np.ndarray) -> float | None:
+    """The mean of the finite ``values``; None when there is none (held-out states without measured
+    growth rates: NumPy's mean of nothing warned twice and gave NaN, which the package's metadata
+    then held as a bare NaN; outside probe, round 38)."""
+    finite = np.asarray(values)[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else None
+
+
 def heldout_report(ensemble: DensityResidualEnsemble, table: dict, held_rows: np.ndarray, log=print) -> dict:
     """The checkpoint's held-out record: the members (teacher, when a student ships) and the shipped
     network on ``held_rows``, means as ``{"heldout_teacher": ..., "heldout": ...}``; logs their tables
@@ -894,10 +902,10 @@ def heldout_report(ensemble: DensityResidualEnsemble, table: dict, held_rows: np
         teacher_scores = score_rows(ensemble, table, held_rows)
         ensemble.student = student
         log(format_scores("held-out states, the members (teacher; not shipped)", teacher_scores))
-        report["heldout_teacher"] = {k: float(np.mean(v[np.isfinite(v)])) for k, v in teacher_scores.items()}
+        report["heldout_teacher"] = {k: _finite_mean(v) for k, v in teacher_scores.items()}
     scores = score_rows(ensemble, table, held_rows)
     log(format_scores("held-out states", scores))
-    report["heldout"] = {k: float(np.mean(v[np.isfinite(v)])) for k, v in scores.items()}
+    report["heldout"] = {k: _finite_mean(v) for k, v in scores.items()}
     families = sorted({Path(str(s)).name.split("_seed")[0] for s in table["sources"][held_rows]})
     for family in families:
         rows = held_rows[[Path(str(s)).name.startswith(family + "_seed") for s in table["sources"][held_rows]]]

@@ -128,6 +128,8 @@ def _onnx_bytes(network: torch.nn.Module) -> bytes:
 def metadata_for(checkpoint: dict, head: str, test_vectors: dict) -> dict:
     import dodo
 
+    from .._atomic import json_safe
+
     return {
         "dodo.format_version": FORMAT_VERSION,
         "dodo.head": head,
@@ -136,7 +138,10 @@ def metadata_for(checkpoint: dict, head: str, test_vectors: dict) -> dict:
         "dodo.box3d": json.dumps(checkpoint["data"]["box3d"]),
         "dodo.training_data_sha256": checkpoint["data"]["sha256"],
         "dodo.training_data_kind": checkpoint["data"]["kind"],
-        "dodo.metrics": json.dumps(checkpoint.get("metrics", {})),
+        # Strict JSON, as every other metadata entry: a held-out mean over no finite value (growth
+        # ratios of states without measured rates) was written as a bare NaN, which JSON does not
+        # have, so strict readers of the package failed on it (outside probe, round 38).
+        "dodo.metrics": json.dumps(json_safe(checkpoint.get("metrics", {})), allow_nan=False),
         "dodo.export_time": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "dodo.version": str(getattr(dodo, "__version__", "unknown")),
         "dodo.test_vectors": json.dumps(test_vectors),
