@@ -321,29 +321,52 @@ def test_a_study_grid_whose_overrides_alias_a_billion_values_is_refused_not_run_
     assert "Traceback" not in done.stderr
 
 
+def _ensemble_without_growth_rates(root, holdout: list):
+    """ROOT/ens.json: a two-member train-ensemble config on a table preprocessed from two synth files
+    (a.h5: 200 states, b.h5: 40) whose growthRate(1|s) was removed (a user's Emu data without rates)."""
+    pytest.importorskip("torch")
+    h5py = pytest.importorskip("h5py")
+    from dodo.cli import main
+
+    for name, seed, count in (("a.h5", 1, 200), ("b.h5", 2, 40)):
+        assert main(["synth", str(root / name), "-n", str(count), "--seed", str(seed), "-q"]) == 0
+        with h5py.File(root / name, "a") as handle:
+            del handle["growthRate(1|s)"]
+    (root / "pre.yaml").write_text(f"inputs: [{root / 'a.h5'}, {root / 'b.h5'}]\noutput: {root / 'pre.h5'}\n")
+    assert main(["preprocess", "--config", str(root / "pre.yaml"), "-q"]) == 0
+    config = root / "ens.json"
+    config.write_text(json.dumps({
+        "data": {"path": str(root / "pre.h5"), "holdout": holdout, "features": "invariants27+box7+eln18-v1"},
+        "ensemble": {"members": 2, "width": 8, "depth": 1, "steps": 20, "threads": 1},
+        "distill": {"width": 8, "depth": 1, "steps": 20}, "output": {"checkpoint": str(root / "ens.pt")}}))
+    return config
+
+
+def test_learning_curve_says_no_measured_rates_where_no_state_has_one(tmp_path, capsys):
+    """Before: each row's share of growth rates within 10% was NumPy's mean of nothing (two
+    RuntimeWarnings on stderr, an error under `-W error` as the suite runs) and read `growth within
+    10%: nan%`, for the cross-validation and for an --emu file without rates alike."""
+    config = _ensemble_without_growth_rates(tmp_path, [])
+    table = tmp_path / "curve.json"
+    code, out, err = run(capsys, ["learning-curve", "--config", str(config), "--sizes", "20", "--folds", "2",
+                                  "--emu", str(tmp_path / "b.h5"), "--json", str(table)])
+    assert code == 0 and "Warning" not in err, err
+    assert "growth within 10%: no measured rates" in out and "growth within 10% no measured rates" in out
+    assert "nan" not in out
+    row = json.loads(table.read_text())["rows"][0]
+    assert row["cv_growth_within_10pct"] is None and row["emu_growth_within_10pct"] is None
+
+
 def test_an_exported_package_holds_strict_json_metrics_when_held_out_states_have_no_growth_rates(tmp_path, capsys):
     """Before: `dodo train-ensemble` with held-out states whose files have no growthRate(1|s) recorded
     their growth ratios' means over no finite value as NaN (NumPy warning "Mean of empty slice" and
     "invalid value encountered in scalar divide" on the way), and `dodo export` wrote the checkpoint's
     metrics with json.dumps' default: the package's `dodo.metrics` held a bare `NaN`, which is not JSON
     (a strict reader, Python's with parse_constant, jq, JavaScript, fails on it). Now null."""
-    pytest.importorskip("torch")
-    h5py = pytest.importorskip("h5py")
     import dodo
     from dodo.cli import main
 
-    for name, seed, count in (("a.h5", 1, 200), ("b.h5", 2, 40)):
-        assert main(["synth", str(tmp_path / name), "-n", str(count), "--seed", str(seed), "-q"]) == 0
-        with h5py.File(tmp_path / name, "a") as handle:
-            del handle["growthRate(1|s)"]
-    (tmp_path / "pre.yaml").write_text(f"inputs: [{tmp_path / 'a.h5'}, {tmp_path / 'b.h5'}]\n"
-                                       f"output: {tmp_path / 'pre.h5'}\n")
-    assert main(["preprocess", "--config", str(tmp_path / "pre.yaml"), "-q"]) == 0
-    config = tmp_path / "ens.json"
-    config.write_text(json.dumps({
-        "data": {"path": str(tmp_path / "pre.h5"), "holdout": ["b*"], "features": "invariants27+box7+eln18-v1"},
-        "ensemble": {"members": 2, "width": 8, "depth": 1, "steps": 20, "threads": 1},
-        "distill": {"width": 8, "depth": 1, "steps": 20}, "output": {"checkpoint": str(tmp_path / "ens.pt")}}))
+    config = _ensemble_without_growth_rates(tmp_path, ["b*"])
     assert main(["train-ensemble", "--config", str(config)]) == 0
     code, _, err = run(capsys, ["export", str(tmp_path / "ens.pt"), "-o", str(tmp_path / "m.onnx")])
     assert code == 0, err
