@@ -208,13 +208,15 @@ def test_learning_curve_emu_given_as_an_empty_path_is_a_usage_error(capsys, ense
     ["plot", "metrics", "", "-o", "OUT"],
     ["score", "default", str(EMU), ""],
     ["apply", ""],
+    ["simulate", "OUT", "--random", "1", "--family", "emu", "--select-by", ""],
 ])
 def test_an_empty_input_path_is_a_usage_error_for_every_command(tmp_path, capsys, argv):
     """Before: `. is a directory, not a regular file; give ...` (the empty path read as the current
     directory: evaluate, inspect, export, study, plot, train-ensemble, learning-curve) or `cannot read :
-    no such file` (score, apply). Now argparse's usage error naming the argument, as for the
+    no such file` (score, apply; simulate's `--select-by : no such model file`). Now argparse's usage
+    error naming the argument, as for the
     options since round 23 (`test_probe_round23.test_an_empty_input_path_is_a_usage_error`)."""
-    argv = [str(tmp_path / "out.onnx") if arg == "OUT" else arg for arg in argv]
+    argv = [str(tmp_path / ("out.h5" if argv[0] == "simulate" else "out.onnx")) if arg == "OUT" else arg for arg in argv]
     code, _, err = run(capsys, argv)
     assert code == 2 and "empty path (an unset shell variable?)" in err and "is a directory" not in err, err
     assert not list(tmp_path.iterdir())

@@ -36,7 +36,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                              "heavy leptons, flux factors to 0.95); docs/dataset.md. Without --family: the "
                              "emu recipe with flux factors to 0.8 (the first campaigns)")
     parser.add_argument("--three-flavour", action="store_true", help="random states with independent mu and tau")
-    parser.add_argument("--select-by", metavar="MODEL", default=None,
+    # input_path: '' (an unset shell variable) is a usage error, as every input (outside probe, round 38)
+    parser.add_argument("--select-by", metavar="MODEL", default=None, type=input_path,
                         help="targeted sampling (with --random N --family F): draw --oversample x N states of the "
                              "family and keep the N of largest uncertainty under MODEL (a model package with an "
                              "uncertainty output, or 'default' for the shipped one); docs/dataset.md, \"Targeted chunks\"")
