@@ -154,6 +154,28 @@ def reconstruction_failure(state: np.ndarray, directions: np.ndarray) -> str:
     return no_fit_reason(directions)
 
 
+#: Total densities (cm^-3) the solver's arithmetic holds: squares of per-direction densities overflow
+#: above ~1e154 and the linear analysis underflows far below 1e-100 (physical states: 1e20-1e40).
+DENSITY_RANGE = (1e-100, 1e100)
+
+
+def density_scale_failure(state: np.ndarray) -> str | None:
+    """Why one state [6, 4] is out of the solver's density range, or None. A state of total density
+    1e186 cm^-3 was dropped as "the maximum-entropy fit did not converge ...; a larger --nphi may fit
+    it" (its cost estimate overflowed) and one of 1e-150 as "its fastest growth is the homogeneous mode"
+    (the linear analysis underflowed), though the problem is scale free and both states are the same
+    as one at 1e32 (parity and solver-laws probe, round one)."""
+    state = np.asarray(state, float)
+    if not np.all(np.isfinite(state)):
+        return None  # the reconstruction names it
+    total = float(state[:, 0].sum())
+    if total == 0 or DENSITY_RANGE[0] <= total <= DENSITY_RANGE[1]:
+        return None
+    return (f"its total density {total:.3g} cm^-3 is outside the range the solver's float64 arithmetic holds "
+            f"({DENSITY_RANGE[0]:g} to {DENSITY_RANGE[1]:g} cm^-3); the equations are scale free: simulate "
+            "the state divided by s and multiply its densities by s, its times and lengths by 1/s")
+
+
 def no_fit_reason(directions: np.ndarray) -> str:
     """RECONSTRUCTION_FAILED with the direction count: on a coarse set (--nphi 4 or 5) most states
     have no fit, and the reason blamed the state alone (outside probe, round 27)."""
@@ -178,16 +200,20 @@ def relative_cost(four_flux: np.ndarray, directions: np.ndarray, end_time_s: np.
                                              None if end_time_s is None else np.asarray(end_time_s, float)[i:i + 1])
                                for i in range(len(four_flux))])
     per_direction = per_direction.reshape(len(four_flux), 2, 3, -1)
+    with np.errstate(over="ignore", invalid="ignore"):  # densities past the solver's range: dropped by name
+        return _relative_cost(per_direction, directions, end_time_s)
+
+
+def _relative_cost(per_direction: np.ndarray, directions: np.ndarray, end_time_s) -> np.ndarray:
     traceless = np.sqrt(np.sum((per_direction - per_direction.mean(axis=2, keepdims=True)) ** 2, axis=2))
     weight = traceless[:, 0] + traceless[:, 1]  # [n, ndir]
     # max_v sum_u weight_u (1 - v . u) = max_v (sum_u weight_u - v . sum_u weight_u u): the same
     # bound without the ndir x ndir kernel matrix (1.6 GiB at nphi 200).
     bound = (weight.sum(axis=1)[:, None] - (weight @ directions) @ directions.T).max(axis=1)
-    if end_time_s is not None:
-        with np.errstate(over="ignore"):  # an end time of 1e300 s: an infinite cost, dropped by the caller
-            return bound * np.asarray(end_time_s, float)
+    if end_time_s is not None:  # an end time of 1e300 s: an infinite cost, dropped by the caller
+        return bound * np.asarray(end_time_s, float)
     lepton = per_direction[:, 0] - per_direction[:, 1]  # [n, flavour, ndir]
-    proxy = np.zeros(len(four_flux))
+    proxy = np.zeros(len(per_direction))
     for i, j in ((0, 1), (0, 2), (1, 2)):
         difference = lepton[:, i] - lepton[:, j]
         proxy = np.maximum(proxy, np.sqrt(np.clip(difference, 0, None).sum(1) * np.clip(-difference, 0, None).sum(1)))
@@ -432,6 +458,10 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
     # Computed once (rank 0) and sent: every rank then plans with the very same numbers.
     cost = comm.computed_by_root(
         lambda: relative_cost(four_flux, directions, None if end_time_s is None else np.asarray(end_time_s)))
+    for index in np.flatnonzero(~results["done"]):
+        reason = density_scale_failure(four_flux[index])
+        if reason is not None:
+            results["done"][index], results["skipped"][index], results["reason"][index] = True, True, reason
     for index in np.flatnonzero(~results["done"] & ~np.isfinite(cost)):
         results["done"][index], results["skipped"][index] = True, True
         if np.isnan(cost[index]) or end_time_s is None:

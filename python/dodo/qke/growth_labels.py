@@ -24,7 +24,8 @@ from typing import Callable
 import numpy as np
 
 from .._atomic import atomic_hdf5
-from .campaign import CheckpointMismatchError, no_valid_state, reconstruction_failure, relative_cost
+from .campaign import (CheckpointMismatchError, density_scale_failure, no_valid_state, reconstruction_failure,
+                       relative_cost)
 from .directions import uniform_sphere
 from .io import attribute_value, species_to_emu
 from .solver import SolverConfig
@@ -145,7 +146,10 @@ def linear_growth_labels(four_flux: np.ndarray, output: str, config: SolverConfi
     cost = relative_cost(four_flux, directions, None) / relative_cost(NSM1_EMU_1D[None], directions, None)[0]
     started = time.time()
     for index in range(rows["processed"], len(four_flux)):
-        if not np.isfinite(cost[index]):
+        out_of_range = density_scale_failure(four_flux[index])
+        if out_of_range is not None:
+            rows["dropped"][str(index)] = out_of_range
+        elif not np.isfinite(cost[index]):
             rows["dropped"][str(index)] = reconstruction_failure(four_flux[index], directions)
         elif max_cost is not None and cost[index] > max_cost:
             rows["dropped"][str(index)] = f"estimated cost {cost[index]:.2f}x NSM1's exceeds max_cost {max_cost:g}"
