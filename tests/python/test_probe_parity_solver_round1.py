@@ -180,3 +180,17 @@ def test_states_beyond_the_solvers_density_range_are_dropped_for_that_reason(tmp
 
     assert density_scale_failure(shape * 1e32) is None and density_scale_failure(shape * 0) is None
     assert density_scale_failure(shape * 1e99) is None and density_scale_failure(shape * 1e-99) is None
+
+
+def test_the_numpy_reference_limiter_gives_the_runtimes_theta():
+    """dodo.training.synthetic_model's NumPy reference of the closure (the parity oracle of the tests,
+    the writer of synthetic packages' test vectors) had the torch copy's rule: theta 0.89 apart from
+    the runtime's for a species on the cone, 0.37 for one outside it."""
+    from dodo.training.synthetic_model import limiter_theta as reference_theta
+
+    rng = np.random.default_rng(1)
+    base = cells(rng, 3000, 1.02)
+    base[:50, 2, 0] = -1e-3
+    base[2000:] = on_the_cone(base[2000:])
+    dF = 0.1 * rng.normal(size=base.shape)
+    np.testing.assert_allclose(reference_theta(base, dF), np.asarray(_core.realizable_step(base, dF)), rtol=0, atol=1e-12)

@@ -154,20 +154,35 @@ def realizability_margin(F: np.ndarray) -> np.ndarray:
 
 
 def limiter_theta(F_base: np.ndarray, dF: np.ndarray, iterations: int = 60) -> np.ndarray:
-    """Largest theta in [0, 1] keeping F_base + theta dF realizable (floor min(margin(0), 0))."""
+    """Largest theta in [0, 1] keeping F_base + theta dF realizable (floor min(margin(0), 0)), by the
+    runtime's rule (realizable_step, cpp/src/realizability.cpp; dodo.training.physics_torch): species
+    by species, one admissible at the theta so far puts no bound on it, any other is bounded with the
+    margin (1 - 1e-12) n - |F| >= floor on [0, theta], and one failing that at 0 (on or outside the
+    cone) gives theta = 0. Without the margin and the order a cell with a Box3D species on the cone
+    got theta up to 0.89 here and 0 at run time (parity and solver-laws probe, round one)."""
+    F_base, dF = np.asarray(F_base, np.float64), np.asarray(dF, np.float64)
     floor = np.minimum(realizability_margin(F_base), 0.0)
+    theta = np.ones(F_base.shape[0])
+    with np.errstate(invalid="ignore"):
+        if np.all(realizability_margin(F_base + dF) >= floor):
+            return theta
 
-    def feasible(theta):
-        return np.all(realizability_margin(F_base + theta[:, None, None] * dF) >= floor, axis=-1)
+        def slack(a, t, margin):
+            F = F_base[:, a] + t[:, None] * dF[:, a]
+            return (1.0 - margin) * F[:, 0] - np.linalg.norm(F[:, 1:], axis=-1) - floor[:, a]
 
-    one = np.ones(F_base.shape[0])
-    ok = feasible(one)
-    lo, hi = np.zeros_like(one), one.copy()
-    for _ in range(iterations):
-        mid = 0.5 * (lo + hi)
-        good = feasible(mid)
-        lo, hi = np.where(good, mid, lo), np.where(good, hi, mid)
-    return np.where(ok, one, lo)
+        for a in range(F_base.shape[1]):
+            bounded = ~(slack(a, theta, 0.0) >= 0)
+            if not bounded.any():
+                continue
+            start_ok = slack(a, np.zeros_like(theta), 1e-12) >= 0
+            lo, hi = np.zeros_like(theta), theta.copy()
+            for _ in range(iterations):
+                mid = 0.5 * (lo + hi)
+                good = slack(a, mid, 1e-12) >= 0
+                lo, hi = np.where(good, mid, lo), np.where(good, hi, mid)
+            theta = np.where(bounded, np.where(start_ok, lo, 0.0), theta)
+    return theta
 
 
 # The runtime's flavour images (cpp/src/runtime/flavour_symmetry.hpp): species a of image g is the
