@@ -302,14 +302,19 @@ def reference_closure(F_init: np.ndarray, u: Optional[np.ndarray], network: Call
         if "uncertainty" in optional:
             uncertainty = optional["uncertainty"].astype(np.float64)
             finite &= ~due | np.isfinite(uncertainty)
-    use = ~rejected & finite
+    # A stable (NO_CROSSING) cell gets no network row at run time: it keeps Box3D's answer (its input),
+    # as dodo.training.export.closure_float64 has it. The reference corrected it (0.05-0.59 N_tot off
+    # the runtime on such cells of a large-output package, flagged CORRECTION_LIMITED; parity and
+    # solver-laws probe, round one).
+    crossing = (status & np.uint32(dodo.CellStatus.NO_CROSSING)) == 0
+    use = ~rejected & crossing & finite
     dF = np.where(use[:, None, None], dF, 0.0)
     dF = (dF.reshape(-1, 24) @ conservation_projector()).reshape(-1, 6, 4)
     theta = limiter_theta(F_init_rest + dF_box_rest, dF)
     theta = np.where(use, theta, 0.0)
     change = boost_to_rest(u, theta[:, None, None] * safe * dF, sign=-1.0)
     F_pred = box.F_box + np.where(use[:, None, None], change, 0.0)
-    status = status | np.where(~rejected & ~finite, np.uint32(dodo.CellStatus.NETWORK_NONFINITE), np.uint32(0))
+    status = status | np.where(~rejected & crossing & ~finite, np.uint32(dodo.CellStatus.NETWORK_NONFINITE), np.uint32(0))
     status = status | np.where(use & (theta < 1.0), np.uint32(dodo.CellStatus.CORRECTION_LIMITED), np.uint32(0))
     diagnosed = due & finite
     growth = np.where(diagnosed, growth, np.where(rejected, 0.0, proxy))
