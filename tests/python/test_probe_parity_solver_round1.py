@@ -224,3 +224,32 @@ def test_the_numpy_reference_closure_leaves_stable_cells_as_the_runtime_does(tmp
     np.testing.assert_array_equal(reference["F_pred"][16:], result.F_pred[16:])
     error = np.abs(reference["F_pred"] - result.F_pred).max(axis=(1, 2)) / ntot(F, u)
     assert error.max() < 1e-5
+
+
+def test_the_torch_closure_runs_box3d_at_the_packages_max_flux_factor():
+    """dodo.training.export.closure_float64 (test vectors and the export's round-trip check) passed
+    Box3D only lebedev_order and z_method: at a package's max_flux_factor of 0.6, 273 of 400 cells
+    with flux factors to 0.9 got another Box3D status and F_box than the runtime's Box3D (which uses
+    the package's limit), while their flavour images used the package's limit."""
+    import dodo
+    from dodo.training.export import closure_float64
+    from dodo.training.frames import boost_from_rest, random_velocity
+    from dodo.training.synth import random_initial_states
+
+    class Zero(torch.nn.Module):
+        head = "direct"
+
+        def forward(self, invariants):
+            return torch.zeros(len(invariants), 24, dtype=invariants.dtype)
+
+    rng = np.random.default_rng(0)
+    F = random_initial_states(rng, 200, max_flux_factor=0.9, scale_min=1e31, scale_max=1e33)
+    u = random_velocity(rng, 200, 0.6)
+    F = boost_from_rest(F, u[:, None, :])
+    settings = dodo.box3d_settings(max_flux_factor=0.6)
+    box = dodo.box3d(F, u, lebedev_order=settings["lebedev_order"], z_method=settings["z_method"], max_flux_factor=0.6)
+    for images in (False, True):
+        result = closure_float64(Zero(), F, u, settings, flavour_images=images)
+        np.testing.assert_array_equal(np.asarray(result["status"]), np.asarray(box.status))
+        np.testing.assert_array_equal(result["F_box"], np.asarray(box.F_box))
+    assert (np.asarray(box.status) != np.asarray(dodo.box3d(F, u).status)).sum() > 50  # the limit matters here

@@ -45,8 +45,13 @@ def closure_float64(network: torch.nn.Module, F_init, u, box3d_settings: dict, f
 
     F_init = np.asarray(F_init, dtype=np.float64)
     u = np.asarray(u, dtype=np.float64)
-    settings = {"lebedev_order": box3d_settings["lebedev_order"], "z_method": box3d_settings["z_method"]}
-    box = dodo.box3d(F_init, u, **settings)
+    from .features import box3d_keywords
+
+    # All three Box3D settings, max_flux_factor too: without it Box3D ran at the default 0.98 for the
+    # cell itself (and at the package's for its flavour images), so a package made from data at
+    # another limit got test vectors and a round-trip check whose Box3D status and F_box were not the
+    # runtime's (273 of 400 cells with flux factors to 0.9 at 0.6; parity and solver-laws probe, round one).
+    box = dodo.box3d(F_init, u, **box3d_keywords(box3d_settings))
     F_box = np.asarray(box.F_box, dtype=np.float64)
     from .features import lab_features
 
