@@ -14,9 +14,18 @@ from dodo.qke.initial import species_direction_densities
 from dodo.qke.linear import growth_rates
 from dodo.qke.solver import SolverConfig, make_box
 
-torch = pytest.importorskip("torch")
 
-from dodo.training.physics_torch import ResidualClosureHead, limiter_theta  # noqa: E402
+
+@pytest.fixture()
+def torch():
+    """torch (training extras): only the tests of the torch copies need it."""
+    return pytest.importorskip("torch")
+
+
+def limiter_theta(F_base, dF):
+    from dodo.training.physics_torch import limiter_theta as torch_theta
+
+    return torch_theta(F_base, dF)
 
 THREE_FLAVOUR = np.array([[1.0, 0.1, 0.0, 0.3], [0.6, 0.0, 0.1, 0.1], [0.4, 0.0, -0.1, 0.05],
                           [0.9, 0.0, 0.1, -0.35], [0.5, 0.05, 0.0, 0.0], [0.3, 0.0, 0.0, -0.05]]) * 1e32
@@ -41,7 +50,7 @@ def on_the_cone(F):
 # --- the realizability limiter: torch (training) vs the runtime's realizable_step ----------------------
 
 @pytest.mark.parametrize("scale", [0.1, 1.0, 10.0])
-def test_the_torch_limiter_gives_the_runtimes_theta_when_a_species_sits_on_the_cone(scale):
+def test_the_torch_limiter_gives_the_runtimes_theta_when_a_species_sits_on_the_cone(scale, torch):
     """Box3D's clamp leaves beamed species on the cone. The runtime's realizable_step bounds theta with
     a margin, (1 - 1e-12) n - |F| >= floor, which such a species fails at theta = 0: the runtime drops
     the cell's correction (theta = 0). The torch copy had no margin and trained on theta up to 0.89
@@ -55,7 +64,7 @@ def test_the_torch_limiter_gives_the_runtimes_theta_when_a_species_sits_on_the_c
     np.testing.assert_allclose(training, runtime, rtol=0, atol=1e-12)
 
 
-def test_the_torch_limiter_gives_the_runtimes_theta_with_species_outside_the_cone_and_negative_densities():
+def test_the_torch_limiter_gives_the_runtimes_theta_with_species_outside_the_cone_and_negative_densities(torch):
     """A species outside the cone (or of negative density) is checked at the theta the earlier species
     left, as the runtime does species by species: the torch copy bounded it on its own and gave
     theta = 0 where the runtime gave up to 0.37."""
@@ -68,7 +77,7 @@ def test_the_torch_limiter_gives_the_runtimes_theta_with_species_outside_the_con
     np.testing.assert_allclose(training, runtime, rtol=0, atol=1e-12)
 
 
-def test_the_torch_limiter_in_float32_follows_the_runtime_and_never_rounds_theta_up():
+def test_the_torch_limiter_in_float32_follows_the_runtime_and_never_rounds_theta_up(torch):
     """In float32 (1 - 1e-12) is 1: on-cone species must still stop the correction as at run time,
     and the float32 theta must not exceed the float64 one (a rounded-up theta leaves the cone)."""
     rng = np.random.default_rng(3)
@@ -84,13 +93,15 @@ def test_the_torch_limiter_in_float32_follows_the_runtime_and_never_rounds_theta
     assert np.all(training[:500][runtime[:500] == 0] == 0)
 
 
-def test_the_closure_head_keeps_a_cell_with_a_species_on_the_cone_where_the_runtime_does():
+def test_the_closure_head_keeps_a_cell_with_a_species_on_the_cone_where_the_runtime_does(torch):
     """End to end through ResidualClosureHead, one Box3D species (heavy antineutrino) on the cone: the
     head's theta is the runtime's (before: up to 0.58 apart, 0 at run time)."""
     rng = np.random.default_rng(11)
     F_init = cells(rng, 200, 0.6)
     F_box = F_init.copy()
     F_box[:, 4] = on_the_cone(F_init[:, 4])
+    from dodo.training.physics_torch import ResidualClosureHead
+
     head = ResidualClosureHead("equivariant")
     output = torch.from_numpy(rng.normal(scale=0.3, size=(200, 78)))
     limited, projected, theta = head(output, torch.from_numpy(F_init), torch.from_numpy(F_box), return_unlimited=True)
@@ -201,6 +212,7 @@ def test_the_numpy_reference_closure_leaves_stable_cells_as_the_runtime_does(tmp
     closure_float64) return unchanged: 0.05-0.59 N_tot off the runtime on such cells of a package with
     large outputs, at rest and moving (W = 22), with CORRECTION_LIMITED set where the runtime sets
     nothing."""
+    pytest.importorskip("onnx")  # the package is written with onnx (training extras)
     import dodo
     from closure_helpers import ntot, synthetic, write
     from dodo._closure import Closure
@@ -226,7 +238,7 @@ def test_the_numpy_reference_closure_leaves_stable_cells_as_the_runtime_does(tmp
     assert error.max() < 1e-5
 
 
-def test_the_torch_closure_runs_box3d_at_the_packages_max_flux_factor():
+def test_the_torch_closure_runs_box3d_at_the_packages_max_flux_factor(torch):
     """dodo.training.export.closure_float64 (test vectors and the export's round-trip check) passed
     Box3D only lebedev_order and z_method: at a package's max_flux_factor of 0.6, 273 of 400 cells
     with flux factors to 0.9 got another Box3D status and F_box than the runtime's Box3D (which uses
