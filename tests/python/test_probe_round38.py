@@ -395,3 +395,25 @@ def test_package_metadata_writes_a_checkpoints_non_finite_metrics_as_null():
 
     metrics = json.loads(metadata_for(checkpoint, "equivariant", {})["dodo.metrics"], parse_constant=not_json)
     assert metrics == {"heldout": {"model": 0.01, "growth": None}, "worst": None}
+
+
+def test_the_refusal_of_a_complete_database_quotes_its_command_escaped_and_short(tmp_path):
+    """Noticed in this round, mended after it: the refusal of a complete `dodo simulate` database
+    quoted the file's `command` attribute whole, a terminal's escape sequences and 10,000 characters
+    included (an attribute is whatever wrote the file). Now control characters are escapes and the
+    text stops at QUOTED_COMMAND_CHARS."""
+    h5py = pytest.importorskip("h5py")
+    from dodo.qke.cli import QUOTED_COMMAND_CHARS, refuse_complete_database
+
+    path = tmp_path / "done.h5"
+    with h5py.File(path, "w") as handle:
+        handle.attrs["solver"] = "dodo.qke"
+        handle.attrs["complete"] = True
+        handle.attrs["nstates_valid"] = 3
+        handle.attrs["command"] = "dodo simulate done.h5 \x1b[2J\x1b]0;owned\x07 --random 3\n" + "x" * 10_000
+    with pytest.raises(ValueError) as refused:
+        refuse_complete_database(str(path))
+    message = str(refused.value)
+    assert "is a complete solver database (3 states, written by `dodo simulate done.h5 \\x1b[2J" in message
+    assert "\x1b" not in message and "\x07" not in message and "\n" not in message
+    assert len(message) < QUOTED_COMMAND_CHARS + 300 and "..." in message

@@ -377,10 +377,23 @@ def refuse_complete_database(path: str, linear_only: bool = False) -> None:
                                  f"{os.path.basename(path)}.partial*.npz beside it to resume from: this run would "
                                  "replace its states; give another OUT, or --overwrite to replace it")
         return
-    command, states = (_text(attrs.get("command")) or "").strip(), _count(attrs.get("nstates_valid"))
+    command, states = _quoted_command(_text(attrs.get("command")) or ""), _count(attrs.get("nstates_valid"))
     details = ", ".join(([] if states is None else [f"{states} states"]) + ([f"written by `{command}`"] if command else []))
     raise ValueError(f"{path} is a complete solver database{f' ({details})' if details else ''}: it is not replaced; "
                      "give another OUT, or --overwrite to replace it")
+
+
+#: Most characters of a database's recorded command quoted in a refusal.
+QUOTED_COMMAND_CHARS = 200
+
+
+def _quoted_command(command: str) -> str:
+    """The `command` attribute of a database, for a one-line refusal: control characters (a terminal's
+    escape sequences, newlines) written as escapes and the text cut at QUOTED_COMMAND_CHARS; it was
+    quoted whole (outside probe, round 38: an attribute is whatever wrote the file)."""
+    text = " ".join(command.split())
+    text = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+    return text if len(text) <= QUOTED_COMMAND_CHARS else text[:QUOTED_COMMAND_CHARS] + "..."
 
 
 def _progress_may_replace(path: str, labels: bool = False) -> bool:
