@@ -417,3 +417,21 @@ def test_the_refusal_of_a_complete_database_quotes_its_command_escaped_and_short
     assert "is a complete solver database (3 states, written by `dodo simulate done.h5 \\x1b[2J" in message
     assert "\x1b" not in message and "\x07" not in message and "\n" not in message
     assert len(message) < QUOTED_COMMAND_CHARS + 300 and "..." in message
+
+
+def test_validate_prints_strict_json_lines_when_a_run_gives_no_number(tiny_nsm1_reference, capsys):
+    """Noticed in this round, mended after it: `python -m dodo.qke.validate nsm1` printed each run's
+    line with json.dumps' default, so a run too short to give an asymptotic state printed bare
+    `NaN`s (its error and densities), which a JSON reader refuses. Now they are null, as in its
+    --json file."""
+    pytest.importorskip("h5py")
+    from dodo.qke import validate
+
+    def refuse_constant(name):
+        raise ValueError(f"not JSON: {name}")
+
+    validate.validate_nsm1(reference=str(tiny_nsm1_reference), box3d_cases=None, seeds=[0], flavour_cfl=1.0)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert lines
+    run_line = json.loads(lines[0], parse_constant=refuse_constant)
+    assert run_line["valid"] is False and run_line["densities_over_ntot"] == [None] * 6

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._atomic import check_outputs, exclusive_output, write_json_atomic
+from .._atomic import check_outputs, exclusive_output, json_safe, write_json_atomic
 from .._cli_common import file_output_path, input_path
 from ..conventions import from_emu_layout
 from .asymptotic import asymptotic_states
@@ -126,7 +126,7 @@ def validate_nsm1(reference: str, box3d_cases: str | None, seeds: list[int], fla
                                    "mean_abs_dn_over_ntot_vs_emu": errors, "wall_s": wall, "emu_wall_s": float(emu_wall[row]),
                                    "steps": int(history.time.shape[1] - 1),
                                    "densities_over_ntot": (mu_tau_averaged_densities(final) / emu_initial[row, :, 0].sum()).tolist()})
-            print(json.dumps(report["runs"][-1]), flush=True)
+            print(json.dumps(json_safe(report["runs"][-1]), allow_nan=False), flush=True)  # strict JSON: NaN as null
     box3d = box3d_prediction(emu_initial[:1])
     if box3d is not None:
         report["box3d_vs_emu"] = {other: float(density_error(box3d[0], emu_final[j], emu_initial[0])) for j, other in enumerate(names)}
@@ -182,7 +182,8 @@ def validate_emu32(reference: str, output: str, batch_size: int, flavour_cfl: fl
     box3d = box3d_prediction(initial)
     if box3d is not None:
         report["box3d_vs_emu_mean_abs_dn_over_ntot"] = float(np.mean(density_error(box3d, emu_final, initial)))
-    print(json.dumps({k: v for k, v in report.items() if k != "per_state_error"}, indent=1), flush=True)
+    print(json.dumps(json_safe({k: v for k, v in report.items() if k != "per_state_error"}), indent=1, allow_nan=False),
+          flush=True)
     return report
 
 
