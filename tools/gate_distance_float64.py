@@ -32,7 +32,7 @@ def main() -> int:
     from dodo import _core
     from dodo._atomic import atomic_path, check_input_file, check_outputs
     from dodo._output_guard import MODEL_PACKAGE, refuse_replacing
-    from dodo.training.gate_graph import distance_in_float64
+    from dodo.training.gate_graph import distance_in_float64, far_out_probe_cells
 
     try:
         check_input_file(args.package, "a model package (.onnx)")
@@ -47,7 +47,7 @@ def main() -> int:
         onnx.checker.check_model(model)
         new_bytes = _core.with_content_digest(model.SerializeToString())
         before, after = dodo.Closure(args.package, threads=1), dodo.Closure(new_bytes, threads=1)
-        F = _probe_cells()
+        F = far_out_probe_cells()
         if before.evaluator == "native":
             if after.evaluator != "native" or before.apply(F).F_pred.tobytes() != after.apply(F).F_pred.tobytes():
                 raise ValueError("the native evaluator's results changed: the edit is not the distance's alone")
@@ -62,22 +62,6 @@ def main() -> int:
     print(f"wrote {args.output}: the gate's distance in float64; ONNX Runtime against the native evaluator on "
           f"{len(F)} probe cells: {gap:.2e} N_tot at most")
     return 0
-
-
-def _probe_cells() -> np.ndarray:
-    """Random cells at rest whose species span 1 ... 1e-300 (where the float32 distance was off), a
-    quarter of them crossing."""
-    rng = np.random.default_rng(20261205)
-    n = 2000
-    direction = rng.normal(size=(n, 6, 3))
-    direction /= np.linalg.norm(direction, axis=-1, keepdims=True)
-    density = rng.uniform(0.2, 1.0, (n, 6))
-    flux = rng.uniform(0.0, 0.9, (n, 6))[..., None] * density[..., None] * direction
-    F = np.concatenate([density[..., None], flux], axis=-1)
-    F *= (10.0 ** rng.choice([0, -1, -3, -8, -20, -60, -150, -300], (n, 6)))[..., None]
-    F[::4, 3] = F[::4, 0] * 1.5
-    F[::4, 3, 1:] *= -1
-    return F
 
 
 if __name__ == "__main__":

@@ -17,18 +17,10 @@ onnx = pytest.importorskip("onnx")
 DISTANCE = ("ensemble.feature_mean", "ensemble.feature_precision", "ensemble.d2_max")
 
 
-def far_out_cells(n: int = 600, seed: int = 11) -> np.ndarray:
-    """Cells at rest whose species span 1 ... 1e-300, a quarter crossing (nubar_e opposite nu_e)."""
-    rng = np.random.default_rng(seed)
-    direction = rng.normal(size=(n, 6, 3))
-    direction /= np.linalg.norm(direction, axis=-1, keepdims=True)
-    density = rng.uniform(0.2, 1.0, (n, 6))
-    flux = rng.uniform(0.0, 0.9, (n, 6))[..., None] * density[..., None] * direction
-    F = np.concatenate([density[..., None], flux], axis=-1)
-    F *= (10.0 ** rng.choice([0, -1, -3, -8, -20, -60, -150, -300], (n, 6)))[..., None]
-    F[::4, 3] = F[::4, 0] * 1.5
-    F[::4, 3, 1:] *= -1
-    return F
+def far_out_cells() -> np.ndarray:
+    from dodo.training.gate_graph import far_out_probe_cells
+
+    return far_out_probe_cells(600, seed=11)
 
 
 def doubled_inputs(path) -> set:

@@ -15,6 +15,8 @@ the graph already did so.
 """
 from __future__ import annotations
 
+import numpy as np
+
 #: Initializers of the distance (prefix + name), as the ensemble's exporter names them.
 DISTANCE_INITIALIZERS = ("feature_mean", "feature_precision", "d2_max")
 
@@ -83,3 +85,19 @@ def distance_in_float64(model, prefix: str = "ensemble.") -> bool:
     except Exception as error:
         raise GateGraphError(f"the distance in float64 does not type-check: {error}") from error
     return True
+
+
+def far_out_probe_cells(n: int = 2000, seed: int = 20261205) -> np.ndarray:
+    """Cells at rest ([n, 6, 4]) whose species span scales 1 ... 1e-300, a quarter of them crossing
+    (nubar_e 1.5 times nu_e, opposite): where the float32 distance was off. For checks of the edit
+    (tools/gate_distance_float64.py, tests/python/test_gate_graph.py)."""
+    rng = np.random.default_rng(seed)
+    direction = rng.normal(size=(n, 6, 3))
+    direction /= np.linalg.norm(direction, axis=-1, keepdims=True)
+    density = rng.uniform(0.2, 1.0, (n, 6))
+    flux = rng.uniform(0.0, 0.9, (n, 6))[..., None] * density[..., None] * direction
+    F = np.concatenate([density[..., None], flux], axis=-1)
+    F *= (10.0 ** rng.choice([0, -1, -3, -8, -20, -60, -150, -300], (n, 6)))[..., None]
+    F[::4, 3] = F[::4, 0] * 1.5
+    F[::4, 3, 1:] *= -1
+    return F
