@@ -54,6 +54,9 @@ def load_libdodo():
     library.dodo_get_metadata.restype = ctypes.c_long
     library.dodo_last_error.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
     library.dodo_last_error.restype = ctypes.c_size_t
+    library.dodo_default_model_path.restype = ctypes.c_char_p
+    library.dodo_closure_create_from_memory.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
+                                                        p(ctypes.c_void_p), ctypes.c_char_p, ctypes.c_size_t]
     return library
 
 

@@ -29,11 +29,7 @@ MODELS = ["box3d", "default"]
 
 @pytest.fixture(scope="module")
 def lib():
-    library = load_libdodo()
-    library.dodo_default_model_path.restype = ctypes.c_char_p
-    library.dodo_closure_create_from_memory.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
-                                                        POINTER(ctypes.c_void_p), ctypes.c_char_p, ctypes.c_size_t]
-    return library
+    return load_libdodo()
 
 
 def _path(lib, model):
