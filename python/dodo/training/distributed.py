@@ -119,9 +119,16 @@ class Distribution:
                           "processes), these variables are left from another job: unset them to train in one "
                           "process (Ctrl-C ends the wait)")
 
-    def stop(self) -> None:
+    def stop(self, together: bool = True) -> None:
+        """Leaves the process group. ``together`` (a run that ended normally): first a bounded barrier
+        with the others. False for a run ending on an exception or a signal: the others may be inside
+        a collective (the next batch's all-reduce) that this process will never join, and a barrier
+        here waited for them while they waited for it: SIGTERM or Ctrl-C to one process of
+        `torchrun --nproc-per-node 2` hung the whole job until torchrun itself was killed (outside
+        probe, round 39). Leaving at once closes this process's connections, so the others' collective
+        fails and torchrun stops the job."""
         if self.enabled and dist.is_initialized():
-            if dist.get_backend() == "gloo":
+            if together and dist.get_backend() == "gloo":
                 # Leave together: a rank that returns early (rank 1 skips the final evaluation) and
                 # tears its gloo group down while rank 0 still holds the connection was seen to abort
                 # at exit once. Bounded wait, so a rank that failed cannot hang the other.

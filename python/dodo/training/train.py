@@ -505,11 +505,15 @@ def train(config: ExperimentConfig, echo=print) -> dict:
     """
     previous = torch.are_deterministic_algorithms_enabled()
     distribution = Distribution.from_environment()
+    finished = False
     try:
-        return _train(config, echo, distribution)
+        summary = _train(config, echo, distribution)
+        finished = True
+        return summary
     finally:
         torch.use_deterministic_algorithms(previous)
-        distribution.stop()
+        # No leaving together after an exception or a signal: the others are not coming (round 39).
+        distribution.stop(together=finished)
 
 
 def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
