@@ -91,8 +91,8 @@ end
 Writes the closure of `F_init` (4, 6, n) into `F_pred` (same shape; may be `F_init` itself).
 `u` (4, n) or `nothing` (cells in the fluid rest frame); `cell_status` a `Vector{UInt32}` of
 length n for the per-cell flags; `growth_rate` a `Vector{Float64}` of length n for the growth
-rate of the instability in 1/s (densities in cm^-3; the model's where it has one, else Box3D's
-proxy; 0 for stable and rejected cells); `uncertainty` one for the model's spread of its
+rate of the instability in 1/s in the comoving frame (densities in cm^-3; the model's where it
+has one, else Box3D's proxy; 0 for stable and rejected cells); `uncertainty` one for the model's spread of its
 correction in units of N_tot (0 where no correction is applied). See docs/runtime.md.
 """
 function apply!(closure::Closure, F_pred::Array{Float64,3}, F_init::Array{Float64,3},

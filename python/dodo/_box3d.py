@@ -29,7 +29,7 @@ class Box3DResult(NamedTuple):
 
     F_box: np.ndarray  #: (..., 6, 4) float64 four-fluxes after the instability, lab frame
     growth_over_ntot: np.ndarray  #: (...) growth-rate proxy: max over crossing pairs of sqrt(I+ I-), units of N_tot
-    growth_rate: np.ndarray  #: (...) the proxy in s^-1, for densities in cm^-3
+    growth_rate: np.ndarray  #: (...) the proxy in s^-1, comoving frame, for densities in cm^-3
     status: np.ndarray  #: (...) uint32 bits of dodo.CellStatus
 
     @classmethod

@@ -43,7 +43,7 @@ class ClosureResult(NamedTuple):
     status: np.ndarray  #: (...) uint32 bits of dodo.CellStatus
     growth_over_ntot: np.ndarray  #: (...) growth rate in units of N_tot
     growth_rate: np.ndarray  #: (...) growth rate in s^-1 for densities in cm^-3 (comoving frame)
-    growth_rate_proxy: np.ndarray  #: (...) Box3D's proxy alone, s^-1
+    growth_rate_proxy: np.ndarray  #: (...) Box3D's proxy alone, s^-1 (comoving frame)
     uncertainty: np.ndarray  #: (...) the model's spread of its correction, units of N_tot
 
     @classmethod

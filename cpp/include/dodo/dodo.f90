@@ -256,9 +256,9 @@ contains
   ! or one cell (4, 6); F_pred the same shape (it may be the same array as F_init).
   ! u: (4, ...) with one column per cell (e.g. (4, nx, ny, nz)), absent = every cell at rest;
   ! cell_status: one entry per cell, any shape, bits DODO_CELL_*.
-  ! growth_rate: one entry per cell, any shape: the growth rate of the instability in s^-1 for
-  ! densities in cm^-3 (the model's where it has one, else Box3D's proxy; 0 for stable and
-  ! rejected cells); uncertainty: one entry per cell, the model's spread of its correction in
+  ! growth_rate: one entry per cell, any shape: the growth rate of the instability in s^-1 in the
+  ! comoving frame, for densities in cm^-3 (the model's where it has one, else Box3D's proxy; 0
+  ! for stable and rejected cells); uncertainty: one entry per cell, the model's spread of its correction in
   ! units of N_tot (0 where no correction is applied). See dodo_apply_diagnostics in dodo.h.
   subroutine dodo_apply(closure, F_init, F_pred, u, cell_status, stat, errmsg, growth_rate, uncertainty)
     type(dodo_closure), intent(in) :: closure

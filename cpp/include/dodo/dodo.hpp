@@ -127,8 +127,8 @@ class Closure {
     check_call(dodo_apply(handle_, n, F_init, F_init_strides, u, u_strides, F_pred, F_pred_strides, cell_status));
   }
 
-  // apply, and per cell the growth rate (s^-1 for densities in cm^-3) and the model's
-  // uncertainty (units of N_tot), n entries each; either may be nullptr (dodo_apply_diagnostics).
+  // apply, and per cell the growth rate (s^-1, comoving frame, for densities in cm^-3) and the
+  // model's uncertainty (units of N_tot), n entries each; either may be nullptr (dodo_apply_diagnostics).
   void apply_diagnostics(std::size_t n, const double* F_init, const double* u, double* F_pred,
                          std::uint32_t* cell_status, double* growth_rate, double* uncertainty) const {
     check_call(dodo_apply_diagnostics(handle_, n, F_init, nullptr, u, nullptr, F_pred, nullptr, cell_status, growth_rate,
