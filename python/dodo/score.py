@@ -372,7 +372,9 @@ def _run(args: argparse.Namespace) -> int:
         # A copy of a file (the same states under another name: a backup, a download), or a file
         # that shares some states with another (a subset, a merge of two runs), would count those
         # states twice: each state is scored once, by content, where it is first given.
-        named, kept, seen, repeated = len(data), [], set(), 0
+        # Within one file too (round 40): a user's merge of two runs into one database counted the
+        # shared states twice, where the same runs given as two files counted them once.
+        named, kept, seen, repeated, repeated_within = len(data), [], set(), 0, 0
         for path, part in zip(data, parts):
             keys = _state_keys(part)
             fresh = np.array([key not in seen for key in keys], dtype=bool)
@@ -380,6 +382,19 @@ def _run(args: argparse.Namespace) -> int:
             if not fresh.any():
                 continue  # every state given before: the file is a copy
             repeated += int((~fresh).sum())
+            # Rows of NaN or of zeros (unfinished or never-written rows) are left out with their reason,
+            # each counted there, not called repeats of each other.
+            n = len(keys)
+            real = (np.all(np.isfinite(part.F_init.reshape(n, -1)), axis=1)
+                    & np.all(np.isfinite(part.F_final.reshape(n, -1)), axis=1)
+                    & np.any(part.F_init.reshape(n, -1) != 0, axis=1))
+            first = {}
+            for row in np.flatnonzero(fresh & real):
+                first.setdefault(keys[row], row)
+            within = np.array([bool(fresh[row] and real[row]) and first[keys[row]] != row for row in range(n)],
+                              dtype=bool)
+            fresh &= ~within
+            repeated_within += int(within.sum())
             rows = np.flatnonzero(fresh)
             part = EmuStates(part.F_init[fresh], part.F_final[fresh],
                              None if part.growth_rate is None else part.growth_rate[fresh], part.notes,
@@ -404,6 +419,10 @@ def _run(args: argparse.Namespace) -> int:
         if repeated:
             notes.append(f"{repeated} state(s) repeat states of another data file given (the same initial and final "
                          "four-fluxes and growth rate): each scored once")
+        if repeated_within:
+            notes.append(f"{repeated_within} state(s) repeat an earlier state of the same file (the same initial and "
+                         "final four-fluxes and growth rate): each scored once")
+        repeated += repeated_within
         growth = None
         if all(p.growth_rate is not None for p in parts):
             growth = np.concatenate([p.growth_rate for p in parts])

@@ -355,6 +355,28 @@ def check_rotations(rotation: np.ndarray, count: int, what: str) -> None:
                          f"(|R R^T - 1| = {orthogonality[bad[0]]:.2g}, det R = {determinant[bad[0]]:.6g})")
 
 
+#: A ``rotation_R`` stored as float32 is a rotation to float32's precision only (|R R^T - 1| ~ 1e-7, above
+#: check_rotations' 1e-9): within this many float32 epsilons it is read as the nearest proper rotation.
+FLOAT32_ROTATION_EPSILONS = 16
+
+
+def _rotations_of_stored_precision(rotation: np.ndarray, stored: np.dtype) -> np.ndarray:
+    """``rotation`` (read as float64) as the nearest proper rotations (polar decomposition, U V^T of its
+    SVD) where the dataset stored float32 and each matrix is a proper rotation to that precision; else
+    unchanged (check_rotations then judges it at 1e-9 and names what is wrong). A float32 copy of a
+    rotation was refused as "not a proper rotation (|R R^T - 1| = 3.5e-08, det R = 1)" (outside probe,
+    round 40); applied as read, its rounding would break the run's conservation by ~1e-7."""
+    if (np.dtype(stored) != np.float32 or rotation.ndim != 3 or rotation.shape[1:] != (3, 3)
+            or not np.all(np.isfinite(rotation))):
+        return rotation
+    tolerance = FLOAT32_ROTATION_EPSILONS * float(np.finfo(np.float32).eps)
+    orthogonality = np.abs(np.einsum("nij,nkj->nik", rotation, rotation) - np.eye(3)).max(axis=(1, 2), initial=0.0)
+    if not (np.all(orthogonality <= tolerance) and np.all(np.abs(np.linalg.det(rotation) - 1.0) <= tolerance)):
+        return rotation
+    left, _, right = np.linalg.svd(rotation)
+    return left @ right
+
+
 def _is_hdf5(path: str) -> bool:
     """Whether the regular file at ``path`` carries HDF5's signature (h5py.is_hdf5: at byte 0, or after a
     user block); False where it cannot be read (the reader then says why)."""
@@ -400,7 +422,9 @@ def read_states(path: str) -> dict:
             if problem:
                 raise ValueError(f"{path}: {problem}")
             four_flux = from_emu_layout(initial)
-            rotation = numeric_dataset(f, path, "rotation_R") if "rotation_R" in f else None
+            rotation = None
+            if "rotation_R" in f:
+                rotation = _rotations_of_stored_precision(numeric_dataset(f, path, "rotation_R"), f["rotation_R"].dtype)
             end_time = numeric_dataset(f, path, "tend(s)") if "tend(s)" in f else None
 
     else:
@@ -434,8 +458,11 @@ def read_states(path: str) -> dict:
         if four_flux.ndim != 3 or four_flux.shape[1:] != (6, 4):
             raise ValueError(f"{path}: each state must be 6 species x [n, Fx, Fy, Fz]; got shape {four_flux.shape}")
         rotation = end_time = None
-    if not np.all(np.isfinite(four_flux)):
-        raise ValueError(f"{path}: non-finite initial four-fluxes")
+    non_finite = np.flatnonzero(~np.all(np.isfinite(four_flux), axis=(1, 2)))
+    if len(non_finite):  # the state(s) named: "non-finite initial four-fluxes" left a user to search every row
+        raise ValueError(f"{path}: non-finite initial four-fluxes (NaN or Inf) in state(s) {non_finite[:10].tolist()}"
+                         f"{f' and {len(non_finite) - 10} more' if len(non_finite) > 10 else ''}; remove those "
+                         "rows (a run needs every state finite)")
     overflowing = np.flatnonzero(~np.isfinite(total_density(four_flux, absolute=True)))
     if len(overflowing):  # densities near 1e308: NumPy overflow warnings, then "linearly stable" drops
         raise ValueError(f"{path}: the densities of state(s) {overflowing[:10].tolist()} sum beyond float64 (N_tot "
