@@ -70,3 +70,26 @@ def cells_at_rest(n: int, seed: int = 0) -> np.ndarray:
     direction /= np.linalg.norm(direction, axis=-1, keepdims=True)
     F[..., 1:] = direction * (rng.uniform(0, 0.5, (n, 6)) * F[..., 0])[..., None]
     return F
+
+
+def default_model_diagnostics(lib, F: np.ndarray, u: np.ndarray):
+    """dodo_apply_diagnostics of the default model on cells F [n, 6, 4] with four-velocities u
+    [n, 4], through a handle made and destroyed here: (F_pred, status, growth rate, uncertainty)."""
+    import dodo.models
+
+    doubles = ctypes.POINTER(ctypes.c_double)
+    handle, message = ctypes.c_void_p(), ctypes.create_string_buffer(1024)
+    path = str(dodo.models.default_model_path()).encode()
+    assert lib.dodo_closure_create(path, None, ctypes.byref(handle), message, len(message)) == 0, message.value
+    try:
+        n = len(F)
+        F_pred, status = np.full_like(F, np.nan), np.zeros(n, np.uint32)
+        growth, uncertainty = np.full(n, np.nan), np.full(n, np.nan)
+        assert lib.dodo_apply_diagnostics(
+            handle, n, np.ascontiguousarray(F).ctypes.data_as(doubles), None,
+            np.ascontiguousarray(u).ctypes.data_as(doubles), None, F_pred.ctypes.data_as(doubles), None,
+            status.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32)), growth.ctypes.data_as(doubles),
+            uncertainty.ctypes.data_as(doubles)) == 0
+    finally:
+        lib.dodo_closure_destroy(handle)
+    return F_pred, status, growth, uncertainty

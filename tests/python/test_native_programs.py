@@ -5,37 +5,19 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from dodo._closure import runtime_available, runtime_paths
+from dodo._closure import runtime_paths
 from dodo.models import default_model_path
+from native_build import REQUIRES_C_API, run, tool
 
 ROOT = Path(__file__).resolve().parents[2]
 PATHS = runtime_paths()
 
-pytestmark = [
-    pytest.mark.skipif(not runtime_available(), reason="dodo built without the closure runtime"),
-    pytest.mark.skipif(not Path(PATHS["cmake_dir"]).is_dir(),
-                       reason=f"the C API is not installed with this dodo ({PATHS['cmake_dir']} missing)"),
-]
-
-
-def tool(name):
-    """A build tool on PATH, or installed beside this Python (pip's cmake/ninja in a venv)."""
-    found = shutil.which(name)
-    beside = Path(sys.executable).parent / name
-    return found or (str(beside) if beside.exists() else None)
-
-
-def run(command, **kwargs):
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, **kwargs)
-    assert result.returncode == 0, f"{' '.join(map(str, command))}\n{result.stdout}\n{result.stderr}"
-    return result.stdout
+pytestmark = REQUIRES_C_API
 
 
 def pkg_config(*arguments):

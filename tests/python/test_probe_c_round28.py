@@ -8,35 +8,18 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from dodo._closure import runtime_available, runtime_paths
+from dodo._closure import runtime_paths
+from native_build import REQUIRES_C_API, run, tool
 
 ROOT = Path(__file__).resolve().parents[2]
 PATHS = runtime_paths()
 
-pytestmark = [
-    pytest.mark.skipif(not runtime_available(), reason="dodo built without the closure runtime"),
-    pytest.mark.skipif(not Path(PATHS["cmake_dir"]).is_dir(),
-                       reason=f"the C API is not installed with this dodo ({PATHS['cmake_dir']} missing)"),
-]
-
-
-def _tool(name):
-    """A build tool on PATH, or installed beside this Python (pip's cmake/ninja in a venv)."""
-    found = shutil.which(name)
-    beside = Path(sys.executable).parent / name
-    return found or (str(beside) if beside.exists() else None)
-
-
-def _run(command, **kwargs):
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, **kwargs)
-    assert result.returncode == 0, f"{' '.join(map(str, command))}\n{result.stdout}\n{result.stderr}"
-    return result.stdout
+pytestmark = REQUIRES_C_API
 
 
 def _env_without_library_path():
@@ -77,15 +60,15 @@ def _cmake_project(tmp_path, languages, body):
 
 
 def _configure_build_install(tmp_path, source, *extra):
-    cmake, ninja = _tool("cmake"), _tool("ninja")
+    cmake, ninja = tool("cmake"), tool("ninja")
     if not cmake:
         pytest.skip("cmake is not installed")
     build, prefix = tmp_path / "build", tmp_path / "prefix"
     generator = ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"] if ninja else []
-    _run([cmake, "-S", str(source), "-B", str(build), *generator, f"-DDodo_DIR={PATHS['cmake_dir']}",
+    run([cmake, "-S", str(source), "-B", str(build), *generator, f"-DDodo_DIR={PATHS['cmake_dir']}",
           f"-DCMAKE_INSTALL_PREFIX={prefix}", *extra])
-    _run([cmake, "--build", str(build)])
-    _run([cmake, "--install", str(build)])
+    run([cmake, "--build", str(build)])
+    run([cmake, "--install", str(build)])
     return build, prefix
 
 
@@ -127,11 +110,11 @@ def test_the_rpath_option_is_given_once_and_names_the_library_directory(tmp_path
         """))
     if not (shutil.which("cc") or shutil.which("gcc")):
         pytest.skip("no C compiler")
-    cmake = _tool("cmake")
+    cmake = tool("cmake")
     if not cmake:
         pytest.skip("cmake is not installed")
     build = tmp_path / "build"
-    _run([cmake, "-S", str(source), "-B", str(build), f"-DDodo_DIR={PATHS['cmake_dir']}"])
+    run([cmake, "-S", str(source), "-B", str(build), f"-DDodo_DIR={PATHS['cmake_dir']}"])
     libdir = Path((build / "libdir.txt").read_text())
     assert (libdir / "libdodo.so").exists() or any(libdir.glob("libdodo.so*")), libdir
     assert libdir.resolve() == Path(PATHS["lib_dir"]).resolve()
@@ -215,8 +198,8 @@ def test_fortran_openmp_threads_sharing_one_handle_give_one_threads_bits(tmp_pat
     model_source = Path(PATHS["include_dir"]) / "dodo" / "dodo.f90"
     (tmp_path / "omp.f90").write_text(OMP_HOST)
     env = dict(os.environ, PKG_CONFIG_PATH=PATHS["pkgconfig_dir"])
-    libs = _run(["pkg-config", "--libs", "dodo"], env=env).split()
-    _run([compiler, "-fopenmp", *kinds, "-J", str(tmp_path), str(model_source), str(tmp_path / "omp.f90"),
+    libs = run(["pkg-config", "--libs", "dodo"], env=env).split()
+    run([compiler, "-fopenmp", *kinds, "-J", str(tmp_path), str(model_source), str(tmp_path / "omp.f90"),
           *libs, "-o", str(tmp_path / "omp")])
     result = subprocess.run([str(tmp_path / "omp"), str(_default_model())], capture_output=True, text=True, timeout=120,
                             env=_env_without_library_path())

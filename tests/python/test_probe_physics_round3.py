@@ -28,7 +28,6 @@ The other tests are regression tests of laws no earlier test asserts on these ce
 """
 from __future__ import annotations
 
-import ctypes
 
 import numpy as np
 import pytest
@@ -373,7 +372,7 @@ def test_evaluators_and_interfaces_agree_on_threshold_band_and_cone_cells(monkey
     the stable cells' input bits, F_pred within 1e-6 N_tot (measured 7e-8), growth rates within
     1e-4 relative (2e-6) and uncertainties within 1e-6 N_tot (2e-8); dodo.closure is Closure.apply;
     the C API gives Python's bits with either evaluator (DODO_NETWORK_EVALUATOR=onnxruntime for C)."""
-    from libdodo_ctypes import load_libdodo
+    from libdodo_ctypes import default_model_diagnostics, load_libdodo
 
     F, u = _mixed_batch(1025, seed=36)
     native = dodo.Closure().apply(F, u)
@@ -392,28 +391,13 @@ def test_evaluators_and_interfaces_agree_on_threshold_band_and_cone_cells(monkey
     np.testing.assert_array_equal(dodo.closure(F, u, model="box3d"), dodo.Closure("box3d").apply(F, u).F_pred)
 
     lib = load_libdodo()
-    doubles = ctypes.POINTER(ctypes.c_double)
 
     def c_apply(evaluator: str):
         if evaluator:
             monkeypatch.setenv("DODO_NETWORK_EVALUATOR", evaluator)
         else:
             monkeypatch.delenv("DODO_NETWORK_EVALUATOR", raising=False)
-        handle, message = ctypes.c_void_p(), ctypes.create_string_buffer(1024)
-        path = str(dodo.models.default_model_path()).encode()
-        assert lib.dodo_closure_create(path, None, ctypes.byref(handle), message, len(message)) == 0, message.value
-        try:
-            n = len(F)
-            F_pred, status = np.full_like(F, np.nan), np.zeros(n, np.uint32)
-            growth, uncertainty = np.full(n, np.nan), np.full(n, np.nan)
-            assert lib.dodo_apply_diagnostics(
-                handle, n, np.ascontiguousarray(F).ctypes.data_as(doubles), None,
-                np.ascontiguousarray(u).ctypes.data_as(doubles), None, F_pred.ctypes.data_as(doubles), None,
-                status.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32)), growth.ctypes.data_as(doubles),
-                uncertainty.ctypes.data_as(doubles)) == 0
-        finally:
-            lib.dodo_closure_destroy(handle)
-        return F_pred, status, growth, uncertainty
+        return default_model_diagnostics(lib, F, u)
 
     for evaluator, python in (("", native), ("onnxruntime", graph)):
         expected = (python.F_pred, python.status, python.growth_rate, python.uncertainty)

@@ -19,7 +19,6 @@ The tests are regression tests of laws no earlier test asserts on these outputs.
 """
 from __future__ import annotations
 
-import ctypes
 
 import numpy as np
 import pytest
@@ -27,7 +26,7 @@ import pytest
 import dodo
 from conftest import random_states
 from dodo.conventions import GROWTH_RATE_PER_NTOT
-from libdodo_ctypes import load_libdodo
+from libdodo_ctypes import default_model_diagnostics, load_libdodo
 
 
 @pytest.fixture(scope="module")
@@ -44,22 +43,7 @@ def _velocity(W: float, n: int) -> np.ndarray:
 
 
 def _c_diagnostics(F: np.ndarray, u: np.ndarray):
-    lib = load_libdodo()
-    doubles = ctypes.POINTER(ctypes.c_double)
-    handle, message = ctypes.c_void_p(), ctypes.create_string_buffer(1024)
-    path = str(dodo.models.default_model_path()).encode()
-    assert lib.dodo_closure_create(path, None, ctypes.byref(handle), message, len(message)) == 0, message.value
-    try:
-        n = len(F)
-        F_pred, status = np.full_like(F, np.nan), np.zeros(n, np.uint32)
-        growth, uncertainty = np.full(n, np.nan), np.full(n, np.nan)
-        assert lib.dodo_apply_diagnostics(
-            handle, n, np.ascontiguousarray(F).ctypes.data_as(doubles), None,
-            np.ascontiguousarray(u).ctypes.data_as(doubles), None, F_pred.ctypes.data_as(doubles), None,
-            status.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32)), growth.ctypes.data_as(doubles),
-            uncertainty.ctypes.data_as(doubles)) == 0
-    finally:
-        lib.dodo_closure_destroy(handle)
+    _, status, growth, uncertainty = default_model_diagnostics(load_libdodo(), F, u)
     return status, growth, uncertainty
 
 
