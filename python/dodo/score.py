@@ -382,12 +382,14 @@ def _run(args: argparse.Namespace) -> int:
             if not fresh.any():
                 continue  # every state given before: the file is a copy
             repeated += int((~fresh).sum())
-            # Rows of NaN or of zeros (unfinished or never-written rows) are left out with their reason,
-            # each counted there, not called repeats of each other.
+            # Rows of NaN or of zeros (unfinished or never-written rows), and rows whose N_tot overflows,
+            # are left out with their reason, each counted there, not called repeats of each other.
             n = len(keys)
+            with np.errstate(over="ignore"):
+                ntot_finite = np.isfinite(part.F_init.reshape(n, 6, 4)[:, :, 0].sum(axis=1))
             real = (np.all(np.isfinite(part.F_init.reshape(n, -1)), axis=1)
                     & np.all(np.isfinite(part.F_final.reshape(n, -1)), axis=1)
-                    & np.any(part.F_init.reshape(n, -1) != 0, axis=1))
+                    & np.any(part.F_init.reshape(n, -1) != 0, axis=1) & ntot_finite)
             first = {}
             for row in np.flatnonzero(fresh & real):
                 first.setdefault(keys[row], row)
