@@ -390,11 +390,10 @@ def _run(args: argparse.Namespace) -> int:
             real = (np.all(np.isfinite(part.F_init.reshape(n, -1)), axis=1)
                     & np.all(np.isfinite(part.F_final.reshape(n, -1)), axis=1)
                     & np.any(part.F_init.reshape(n, -1) != 0, axis=1) & ntot_finite)
-            first = {}
+            within, earlier = np.zeros(n, dtype=bool), set()
             for row in np.flatnonzero(fresh & real):
-                first.setdefault(keys[row], row)
-            within = np.array([bool(fresh[row] and real[row]) and first[keys[row]] != row for row in range(n)],
-                              dtype=bool)
+                within[row] = keys[row] in earlier
+                earlier.add(keys[row])
             fresh &= ~within
             repeated_within += int(within.sum())
             rows = np.flatnonzero(fresh)
@@ -424,7 +423,6 @@ def _run(args: argparse.Namespace) -> int:
         if repeated_within:
             notes.append(f"{repeated_within} state(s) repeat an earlier state of the same file (the same initial and "
                          "final four-fluxes and growth rate): each scored once")
-        repeated += repeated_within
         growth = None
         if all(p.growth_rate is not None for p in parts):
             growth = np.concatenate([p.growth_rate for p in parts])
@@ -433,7 +431,7 @@ def _run(args: argparse.Namespace) -> int:
             notes.append(f"no usable growthRate(1|s) in {', '.join(missing)}: growth rates not compared")
         # Indices in the report count the states as joined: with several files, or repeats left
         # out, each state also names its file and row there.
-        origins = [origin for p in parts for origin in p.origins] if len(parts) > 1 or repeated else None
+        origins = [origin for p in parts for origin in p.origins] if len(parts) > 1 or repeated or repeated_within else None
         states = EmuStates(np.concatenate([p.F_init for p in parts]), np.concatenate([p.F_final for p in parts]),
                            growth, notes, origins)
         closure = Closure(model, threads=args.threads)

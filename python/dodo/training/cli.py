@@ -136,17 +136,19 @@ def _refuse_to_replace_a_run(checkpoints: Path, resume_from: str | None = None) 
     checkpoint of the directory itself continues its run, as intended."""
     from .train import REPLACED_RUN_DIR, kept_replaced_run, resumes_its_own_run
 
+    if resumes_its_own_run(checkpoints, resume_from):
+        return
     found = [name for name in ("final.pt", "last.pt", "best.pt") if (checkpoints / name).exists()]
     kept = kept_replaced_run(checkpoints)
     # The run an unfinished --overwrite run replaced: a run that finishes here removes it.
     kept_note = (f" ({checkpoints / REPLACED_RUN_DIR} keeps the run it replaced with --overwrite until it "
                  "finishes)" if kept else "")
-    if not found and kept and not resumes_its_own_run(checkpoints, resume_from):
+    if not found and kept:
         raise ValueError(f"{checkpoints / REPLACED_RUN_DIR} keeps a run replaced by an --overwrite run that did not "
                          f"finish ({', '.join(path.name for path in kept)}); a new run here would remove it when it "
                          f"finishes: move those files back to {checkpoints} to keep that run, --overwrite replaces "
                          "it, or set output.checkpoint_dir to another directory")
-    if not found or resumes_its_own_run(checkpoints, resume_from):
+    if not found:
         return
     what = ("a finished run (final.pt)" if "final.pt" in found else "an unfinished run (" + ", ".join(found) + ")") + kept_note
     if resume_from:
