@@ -93,3 +93,36 @@ def default_model_diagnostics(lib, F: np.ndarray, u: np.ndarray):
     finally:
         lib.dodo_closure_destroy(handle)
     return F_pred, status, growth, uncertainty
+
+
+def sized_options(lib, **fields) -> Options:
+    """dodo_options as dodo_options_init_sized fills them (this struct's size), then ``fields`` set."""
+    options = Options()
+    lib.dodo_options_init_sized(ctypes.byref(options), ctypes.sizeof(options))
+    for name, value in fields.items():
+        setattr(options, name, value)
+    return options
+
+
+def libdodo_beside_junk_onnxruntime(root, name: str = "libdodo.so"):
+    """A copy of the installed libdodo, as dodo/lib/NAME, in a deep tree (two 150-character folders
+    under ``root``) whose onnxruntime/capi holds four libonnxruntime.so* files that are not
+    libraries: a closure with a model then fails listing every path tried, a message of well over
+    1 KiB. Returns the tree's root; skips where libdodo is not installed."""
+    import shutil
+    from pathlib import Path
+
+    import pytest
+
+    from dodo._closure import runtime_paths
+
+    installed = sorted(Path(runtime_paths()["lib_dir"]).glob("libdodo.so.*.*"))
+    if not installed:
+        pytest.skip("libdodo not installed")
+    prefix = Path(root) / ("p" * 150) / ("q" * 150)
+    (prefix / "dodo/lib").mkdir(parents=True)
+    (prefix / "onnxruntime/capi").mkdir(parents=True)
+    shutil.copy(installed[-1], prefix / "dodo/lib" / name)
+    for version in ("1", "1.30.0", "1.31.0", "1.32.0"):
+        (prefix / f"onnxruntime/capi/libonnxruntime.so.{version}").write_text("not a library\n")
+    return prefix

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from closure_helpers import onnx, write
-from libdodo_ctypes import Options, load_libdodo
+from libdodo_ctypes import Options, load_libdodo, sized_options
 
 from dodo import _core
 from dodo._closure import Closure, runtime_available
@@ -188,17 +188,9 @@ def test_c_api_refuses_a_buffer_above_the_model_size_limit(libdodo, tmp_path):
                                       f"at most {limit} bytes (DODO_MAX_MODEL_FILE_BYTES)")
 
 
-def options(library, **fields):
-    made = Options()
-    library.dodo_options_init_sized(ctypes.byref(made), ctypes.sizeof(made))
-    for name, value in fields.items():
-        setattr(made, name, value)
-    return made
-
-
 def test_cuda_device_without_a_cuda_provider_fails_clearly(libdodo):
     data = default_model_path().read_bytes()
-    status, message, made = create_from_memory(libdodo, data, options=options(libdodo, device=1, device_id=3))
+    status, message, made = create_from_memory(libdodo, data, options=sized_options(libdodo, device=1, device_id=3))
     assert (status, made) == ("DODO_ERROR_ONNXRUNTIME_UNAVAILABLE", False)
     assert "cuda:3" in message and "no CUDA execution provider" in message and "onnxruntime-gpu" in message
     with pytest.raises(RuntimeError, match="DODO_ERROR_ONNXRUNTIME_UNAVAILABLE: device cuda:1 requested"):
@@ -209,7 +201,7 @@ def test_cuda_device_without_a_cuda_provider_fails_clearly(libdodo):
                                                                                "device_id must be >= 0")])
 def test_bad_device_options_are_refused(libdodo, fields, words):
     status, message, made = create_from_memory(libdodo, default_model_path().read_bytes(),
-                                               options=options(libdodo, **fields))
+                                               options=sized_options(libdodo, **fields))
     assert (status, made) == ("DODO_ERROR_INVALID_ARGUMENT", False) and words in message
     with pytest.raises(ValueError, match='unknown device "gpu"'):
         Closure(default_model_path(), device="gpu")
@@ -249,7 +241,7 @@ def test_options_struct_of_the_first_release_is_still_accepted(libdodo):
                                          ctypes.POINTER(Options)), ctypes.byref(closure), message, len(message))
     assert libdodo.dodo_status_name(status) == b"DODO_OK", message.value
     libdodo.dodo_closure_destroy(closure)
-    wrong = options(libdodo)
+    wrong = sized_options(libdodo)
     wrong.struct_size = ctypes.sizeof(Options) + 8
     assert create_from_memory(libdodo, default_model_path().read_bytes(), options=wrong)[0] == \
         "DODO_ERROR_INVALID_ARGUMENT"

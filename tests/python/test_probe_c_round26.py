@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from libdodo_ctypes import Options, cells_at_rest as _cells, load_libdodo
+from libdodo_ctypes import Options, cells_at_rest as _cells, libdodo_beside_junk_onnxruntime, load_libdodo
 
 POINTER = ctypes.POINTER
 U32 = POINTER(ctypes.c_uint32)
@@ -713,22 +713,12 @@ def test_wrappers_keep_a_long_list_of_onnxruntime_libraries_tried_whole(lib, tmp
     install) lists every library tried, one line each. Here four junk libonnxruntime.so* files in
     a deep tree give a message of well over 1,024 bytes; dodo::Error and Fortran's errmsg hold
     it whole, equal to dodo_last_error's text."""
-    from dodo._closure import runtime_paths
-
     compiler = {"c++": "g++", "fortran": "gfortran"}[language]
     if not shutil.which(compiler):
         pytest.skip(f"{compiler} is not installed")
     model = _path(lib, "default").decode()
-    installed = sorted(Path(runtime_paths()["lib_dir"]).glob("libdodo.so.*.*"))
-    if not installed:
-        pytest.skip("libdodo not installed")
-    prefix = tmp_path / ("p" * 150) / ("q" * 150)
-    (prefix / "dodo/lib").mkdir(parents=True)
-    (prefix / "onnxruntime/capi").mkdir(parents=True)
-    shutil.copy(installed[-1], prefix / "dodo/lib/libdodo.so.0")
+    prefix = libdodo_beside_junk_onnxruntime(tmp_path, "libdodo.so.0")
     (prefix / "dodo/lib/libdodo.so").symlink_to("libdodo.so.0")
-    for version in ("1", "1.30.0", "1.31.0", "1.32.0"):
-        (prefix / f"onnxruntime/capi/libonnxruntime.so.{version}").write_text("not a library\n")
     lib_dir = prefix / "dodo/lib"
     link = [f"-L{lib_dir}", "-ldodo", f"-Wl,-rpath,{lib_dir}"]
     program = tmp_path / "host"

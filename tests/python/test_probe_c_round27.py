@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from libdodo_ctypes import Options, cells_at_rest, load_libdodo
+from libdodo_ctypes import cells_at_rest, libdodo_beside_junk_onnxruntime, load_libdodo, sized_options
 
 POINTER = ctypes.POINTER
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,24 +36,16 @@ def _default_model(lib) -> bytes:
     return path
 
 
-def _options(lib, **fields):
-    options = Options()
-    lib.dodo_options_init_sized(ctypes.byref(options), ctypes.sizeof(options))
-    for name, value in fields.items():
-        setattr(options, name, value)
-    return options
-
-
 def _create(lib, path, **fields):
     """(status, message, handle) of dodo_closure_create."""
     handle, message = ctypes.c_void_p(), ctypes.create_string_buffer(8192)
-    status = lib.dodo_closure_create(path, ctypes.byref(_options(lib, **fields)), ctypes.byref(handle), message, 8192)
+    status = lib.dodo_closure_create(path, ctypes.byref(sized_options(lib, **fields)), ctypes.byref(handle), message, 8192)
     return status, message.value.decode(), handle
 
 
 def _create_from_memory(lib, data: bytes, **fields):
     handle, message = ctypes.c_void_p(), ctypes.create_string_buffer(8192)
-    status = lib.dodo_closure_create_from_memory(data, len(data), ctypes.byref(_options(lib, **fields)),
+    status = lib.dodo_closure_create_from_memory(data, len(data), ctypes.byref(sized_options(lib, **fields)),
                                                  ctypes.byref(handle), message, 8192)
     if handle:
         lib.dodo_closure_destroy(handle)
@@ -267,17 +259,7 @@ end
 def test_the_julia_wrapper_keeps_a_long_list_of_onnxruntime_libraries_tried_whole(lib, tmp_path):
     """As round twenty-six's C++ and Fortran test: libdodo copied into a deep tree beside four junk
     libonnxruntime.so* files gives a message of well over 1,024 bytes; DodoError holds it whole."""
-    from dodo._closure import runtime_paths
-
-    installed = sorted(Path(runtime_paths()["lib_dir"]).glob("libdodo.so.*.*"))
-    if not installed:
-        pytest.skip("libdodo not installed")
-    prefix = tmp_path / ("p" * 150) / ("q" * 150)
-    (prefix / "dodo/lib").mkdir(parents=True)
-    (prefix / "onnxruntime/capi").mkdir(parents=True)
-    shutil.copy(installed[-1], prefix / "dodo/lib/libdodo.so")
-    for version in ("1", "1.30.0", "1.31.0", "1.32.0"):
-        (prefix / f"onnxruntime/capi/libonnxruntime.so.{version}").write_text("not a library\n")
+    prefix = libdodo_beside_junk_onnxruntime(tmp_path)
     (tmp_path / "host.jl").write_text(LONG_MESSAGE_JULIA)
     env = {k: v for k, v in os.environ.items() if k not in ("DODO_ONNXRUNTIME_LIBRARY", "LD_LIBRARY_PATH")}
     env["DODO_LIBRARY"] = str(prefix / "dodo/lib/libdodo.so")
