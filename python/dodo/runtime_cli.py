@@ -32,7 +32,8 @@ def register(subparsers) -> None:
                         help="largest fluid speed of the velocity field, in [0, 1) (c = 1; default 0.3)")
     parser.add_argument("--threads", type=int, default=None, help="worker threads (default: all cores this process may run on)")
     parser.add_argument("-o", "--output", default=None, type=file_output_path,
-                        help="also write the cells (F_init, u, F_true, F_box, F_pred, status) to this HDF5 file")
+                        help="also write the cells (F_init, u, F_true, F_box, F_pred, status, growth_rate, "
+                             "growth_rate_proxy, uncertainty) to this HDF5 file")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the -o file when it exists and is not a cell file of an earlier dodo apply -o "
                              "(a solver database, an Emu database, another command's output: refused without it)")
@@ -153,19 +154,21 @@ def _errors(F: np.ndarray, F_true: np.ndarray, u: np.ndarray, ntot: np.ndarray) 
 
 
 def _run_in_blocks(runtime, F_init: np.ndarray, u: np.ndarray, quiet: bool):
-    """The closure over all cells, BLOCK_CELLS at a time; (F_pred, status, seconds in the closure)."""
-    F_pred = np.empty_like(F_init)
-    status = np.empty(len(F_init), dtype=np.uint32)
+    """The closure over all cells, BLOCK_CELLS at a time, into one ClosureResult of every cell
+    (the growth rates and the uncertainty too: -o wrote F_pred and status alone, so a user had the
+    closure's growth rate only through Python or C); (result, seconds in the closure)."""
+    from ._closure import ClosureResult
+
+    result = ClosureResult.empty(len(F_init))
     seconds = 0.0
     for start in range(0, len(F_init), BLOCK_CELLS):
         stop = min(start + BLOCK_CELLS, len(F_init))
         began = time.perf_counter()
-        result = runtime.apply(F_init[start:stop], u[start:stop])
+        runtime.apply(F_init[start:stop], u[start:stop], out=ClosureResult(*(array[start:stop] for array in result)))
         seconds += time.perf_counter() - began
-        F_pred[start:stop], status[start:stop] = result.F_pred, result.status
         if not quiet and len(F_init) > BLOCK_CELLS:
             print(f"dodo apply: {stop:,} of {len(F_init):,} cells", file=sys.stderr, flush=True)
-    return F_pred, status, seconds
+    return result, seconds
 
 
 def _apply(args: argparse.Namespace) -> int:
@@ -194,7 +197,8 @@ def _apply(args: argparse.Namespace) -> int:
         raise ValueError(f"no cell of {args.data} can be scored: each has a non-finite input or truth, or a comoving "
                          "density N_tot <= 0 (negative or zero densities)")
 
-    F_pred, status, seconds = _run_in_blocks(runtime, F_init, u, args.quiet)
+    result, seconds = _run_in_blocks(runtime, F_init, u, args.quiet)
+    F_pred, status = result.F_pred, result.status
     # Cells the closure rejects (|F| > n, a flux factor past its limit) come back as their input put
     # onto the flux cone: scored, they read as a closure error, and apply printed a conservation
     # violation of 1.5 N_tot for the closure's own clamping (outside probe, round 27). `dodo score`
@@ -210,7 +214,7 @@ def _apply(args: argparse.Namespace) -> int:
     F_box = box3d(F_init, u, **{k: runtime.box3d_settings[k] for k in ("lebedev_order", "z_method", "max_flux_factor")},
                   threads=args.threads).F_box
     if args.output:
-        _write_output(args.output, F_init, u, F_true, F_box, F_pred, status, shape)
+        _write_output(args.output, F_init, u, F_true, F_box, result, shape)
 
     print(f"closure on a {args.grid} grid ({count} cells from {args.data}), fluid speeds up to {args.max_speed}")
     print(f"model: {runtime.model_path or 'none (Box3D only)'}; head {runtime.head}; {runtime.threads} thread(s); "
@@ -243,15 +247,28 @@ def _apply(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_output(path: str, F_init, u, F_true, F_box, F_pred, status, shape) -> None:
-    """The grid's cells, lab frame, Dodo's layout [nx, ny, nz, 6, 4]; written atomically."""
+#: Units of the per-cell diagnostics that -o writes (ClosureResult's, docs/runtime.md).
+_DIAGNOSTIC_UNITS = {"growth_rate": "s^-1, comoving frame (the model's where it corrected the cell, else Box3D's "
+                                    "proxy; 0 for stable and rejected cells)",
+                     "growth_rate_proxy": "s^-1, comoving frame (Box3D's proxy alone)",
+                     "uncertainty": "units of the comoving N_tot (the model's spread of its correction; 0 where "
+                                    "no correction is applied)"}
+
+
+def _write_output(path: str, F_init, u, F_true, F_box, result, shape) -> None:
+    """The grid's cells, lab frame, Dodo's layout [nx, ny, nz, 6, 4], and the closure's per-cell
+    status, growth rates and uncertainty [nx, ny, nz]; written atomically."""
     from ._atomic import atomic_hdf5
     from ._output_guard import APPLIED_CELLS_MARK
 
     grid = tuple(shape)
     with atomic_hdf5(path) as (out, _):
-        for name, values in (("F_init", F_init), ("u", u), ("F_true", F_true), ("F_box", F_box), ("F_pred", F_pred)):
+        for name, values in (("F_init", F_init), ("u", u), ("F_true", F_true), ("F_box", F_box),
+                             ("F_pred", result.F_pred)):
             out[name] = values.reshape(grid + values.shape[1:])
-        out["status"] = status.reshape(grid)
+        out["status"] = result.status.reshape(grid)
+        for name, units in _DIAGNOSTIC_UNITS.items():
+            out[name] = getattr(result, name).reshape(grid)
+            out[name].attrs["units"] = units
         out.attrs["layout"] = "[nx, ny, nz, species (nu_e..nubar_tau), (t, x, y, z)], lab frame; u = (W, W v)"
         out.attrs["kind"] = APPLIED_CELLS_MARK
