@@ -349,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "func"):
             parser.print_help()
             return 2
-        replicated = _torchrun_replica_problem(command) or _removed_working_directory(command)
+        replicated = (_torchrun_replica_problem(command) or _mpi_replica_problem(command)
+                      or _removed_working_directory(command))
         if replicated:
             print(f"{_name(command)}: error: {replicated}", file=sys.stderr)
             return 2
@@ -432,6 +433,31 @@ def _torchrun_replica_problem(command, environ=None) -> str | None:
 
 _REPLICA_HINTS = {"train-ensemble": " (its members train on ensemble.threads threads)",
                   "simulate": " (mpirun or srun shares a campaign over MPI ranks: docs/qke.md)"}
+
+#: The one command that shares its work over the ranks of an MPI launcher (qke/parallel.py).
+_MPI_PARALLEL_COMMANDS = frozenset({"simulate"})
+_MPI_REPLICA_HINTS = {"train": " (dodo train runs data-parallel under torchrun: docs/training.md)",
+                      "apply": " (a transport code calls the closure on its own cells through libdodo on every "
+                               "rank: docs/runtime.md)"}
+
+
+def _mpi_replica_problem(command, environ=None) -> str | None:
+    """Why ``command`` must not run in this process: one of N > 1 ranks that mpirun or srun started,
+    each of which would run the whole command. `mpirun -n 2 dodo apply` (or synth, preprocess, score,
+    export) did the same work twice without a word, both ranks writing the same -o file. A child
+    process that a rank's own program starts (`subprocess.run(["dodo", ...])`) inherits the world
+    size but is no rank, and runs (dodo.qke.parallel.replicated_launch). None when the command may run."""
+    if command in _MPI_PARALLEL_COMMANDS or command in _PATHLESS_COMMANDS:
+        return None
+    from .qke.parallel import replicated_launch
+
+    ranks, variables = replicated_launch(os.environ if environ is None else environ)
+    if ranks <= 1:
+        return None
+    return (f"started by an MPI launcher as one of {ranks} ranks ({variables}), but only dodo simulate shares its "
+            f"work over MPI ranks; each rank would run the whole command: run dodo {command} as one process, "
+            f"without mpirun or srun{_MPI_REPLICA_HINTS.get(command, '')} (if this process was not started by "
+            "mpirun or srun, the variable is left from another job: unset it)")
 
 
 #: Commands that resolve no path of the user's (they still run in a removed working directory).

@@ -185,10 +185,11 @@ def refused_line(capsys, argv) -> str:
 def test_lock_refusal_under_an_mpi_launcher_says_every_rank_runs_the_command(tmp_path, capsys, monkeypatch):
     """`mpirun -n 2 dodo train --config C` (or train-ensemble): every rank ran the whole command and
     all but one stopped at the run's lock with `ck is in use by another dodo train (pid N): wait for it
-    to end, or choose another directory`, the sibling rank named as a stranger. Now the refusal adds,
-    when OMPI_COMM_WORLD_SIZE (or PMI_SIZE) above 1 is in the environment, that each rank runs the
-    whole command and only dodo simulate shares its work over MPI ranks. (The lock is held here by this
-    process, as the sibling rank holds it.) Without such a variable the line is as before."""
+    to end`, the sibling rank named as a stranger. The lock's refusal then said, when
+    OMPI_COMM_WORLD_SIZE (or PMI_SIZE) above 1 is in the environment, that each rank runs the whole
+    command; since 2026-12-05 `dodo` refuses such a rank before any lock (dodo.cli._mpi_replica_problem,
+    test_mpi_replicas.py), and the lock's hint stays for library callers. (The lock is held here by
+    this process, as the sibling rank holds it.)"""
     pytest.importorskip("torch")
     from dodo._atomic import exclusive_directory
 
@@ -196,10 +197,11 @@ def test_lock_refusal_under_an_mpi_launcher_says_every_rank_runs_the_command(tmp
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
     with exclusive_directory(tmp_path / "ck", "dodo train"):
         line = refused_line(capsys, ["train", "--config", str(config)])
-    assert "is in use by another dodo train" in line and "OMPI_COMM_WORLD_SIZE=2" in line
-    assert "each rank runs the whole dodo train" in line and "only dodo simulate shares its work" in line
+    assert "OMPI_COMM_WORLD_SIZE=2" in line and "only dodo simulate shares its work over MPI ranks" in line
+    assert "torchrun" in line and "is in use" not in line
     from dodo._atomic import launched_ranks_hint
 
+    assert "each rank runs the whole dodo train" in launched_ranks_hint("dodo train", {"OMPI_COMM_WORLD_SIZE": "2"})
     assert launched_ranks_hint("dodo train", {"PMI_SIZE": "4"}).startswith(" (PMI_SIZE=4 in the environment")
     assert launched_ranks_hint("dodo train", {"OMPI_COMM_WORLD_SIZE": "1"}) == ""
     assert launched_ranks_hint("dodo train", {}) == ""

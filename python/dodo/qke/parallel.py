@@ -69,6 +69,68 @@ def launched_size(environ=os.environ) -> int:
     return _launched(environ)[0]
 
 
+# Processes that start MPI ranks (/proc/PID/comm, cut at 15 characters as the kernel keeps it):
+# Open MPI's mpirun and its node daemons, MPICH/Intel MPI's Hydra proxy, Slurm's step daemon.
+_LAUNCHER_PROGRAMS = frozenset({"mpirun", "mpiexec", "orterun", "orted", "prte", "prted", "prterun",
+                                "hydra_pmi_proxy", "mpiexec.hydra", "slurmstepd", "srun"})
+# Programs a rank is commonly started through that are not MPI programs themselves: shells of job
+# scripts, process wrappers, container runtimes.
+_WRAPPER_PROGRAMS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "tcsh", "csh", "fish", "env", "nice",
+                               "ionice", "chrt", "timeout", "time", "numactl", "taskset", "stdbuf", "setsid",
+                               "xargs", "apptainer", "singularity", "starter", "starter-suid", "conmon",
+                               "podman", "shifter"})
+
+
+def _parent_and_name(pid: int) -> tuple[int, str] | None:
+    """(parent pid, program name) of ``pid`` from /proc; None where /proc does not say (not Linux, gone)."""
+    try:
+        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as comm:
+            name = comm.read().strip()
+        with open(f"/proc/{pid}/status", encoding="utf-8", errors="replace") as status:
+            for line in status:
+                if line.startswith("PPid:"):
+                    return int(line.split()[1]), name
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def rank_program_above(pid: int | None = None) -> str | None:
+    """The program between this process and its MPI launcher, when there is one: a rank started by
+    mpirun or srun that runs `dodo ...` as a child process of its own (a transport code or a Python
+    driver calling `subprocess.run(["dodo", ...])`). The child inherits the launcher's world size
+    (OMPI_COMM_WORLD_SIZE=N), but it is not a rank: it must run as one process. Its own MPI_Init
+    failed (Open MPI: "ompi_rte_init failed ... Not found", exit 1) and a command that refuses to run
+    replicated under a launcher refused it. Walks up the parents, past shells and process wrappers
+    (a job script's `bash`, `env`, `numactl`, a container runtime), to the launcher; returns the
+    first other program's name, or None (this process is a rank, or /proc cannot tell: then the
+    environment is taken at its word, as before)."""
+    pid = os.getppid() if pid is None else pid
+    between = []  # the ancestors below the launcher, nearest first
+    for _ in range(64):  # a bound on the walk, never met in practice
+        found = _parent_and_name(pid)
+        if found is None:
+            return None
+        parent, name = found
+        if name in _LAUNCHER_PROGRAMS:
+            programs = [program for program in between if program not in _WRAPPER_PROGRAMS]
+            return programs[-1] if programs else None  # the rank's own program: the one nearest the launcher
+        between.append(name)
+        if parent <= 1:
+            return None  # no launcher above: the variables were left in a shell (world() names them)
+        pid = parent
+    return None
+
+
+def replicated_launch(environ=os.environ) -> tuple[int, str]:
+    """(ranks, the variables that say so) when this process is one of N > 1 ranks an MPI launcher
+    started, else (1, ''): a child process of a rank (rank_program_above) is no rank."""
+    size, variables = _launched(environ)
+    if size <= 1 or rank_program_above() is not None:
+        return 1, ""
+    return size, variables
+
+
 def _launched(environ) -> tuple[int, str]:
     """(number of ranks the launcher started, the environment variables that say so, as NAME=VALUE)."""
     # isdecimal, not isdigit: "²" is a digit that int() refuses (a traceback; outside probe, round 36).
@@ -92,6 +154,8 @@ def world(environ=os.environ):
     expected, variables = _launched(environ)
     if expected <= 1:
         return SerialCommunicator()
+    if environ is os.environ and rank_program_above() is not None:
+        return SerialCommunicator()  # a child process of a rank's own program: one process
     # The count comes from the environment alone: name what set it, so that a variable inherited
     # from elsewhere (a shell or a parent process inside an MPI job) can be told from a real launch;
     # "started as 2 MPI ranks" of a command started by hand named nothing (outside probe, round 29).
