@@ -15,7 +15,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 
 from mpi_helpers import mpi_environment, mpirun
 
