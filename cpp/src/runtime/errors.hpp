@@ -77,12 +77,18 @@ inline std::string printable_message(const std::string& text, bool keep_line_bre
 // bytes (cut between characters) and its length. A re-signed package's "dodo.format_version" of
 // 20 MB came back as a message of 20 MB (probe round eighteen).
 // excerpt: the same unquoted ("[...]" of a JSON text).
+// Quoted, every control character of the value is escaped, as in a path (printable_message with
+// keep_line_breaks false): a z_method read with fgets ("exact\n") or a DODO_NETWORK_EVALUATOR
+// with a trailing tab was quoted with its line break or tab raw, so the message split inside the
+// quotes and the character that made the value unknown could not be seen (outside probe, C round
+// twenty-nine). The length given is the value's own, in bytes.
 inline std::string excerpt(const std::string& value, bool quoted = false, std::size_t limit = 200) {
   const char* quote = quoted ? "\"" : "";
-  if (value.size() <= limit) return quote + value + quote;
+  auto shown = [quoted](const std::string& text) { return quoted ? printable_message(text, false) : text; };
+  if (value.size() <= limit) return quote + shown(value) + quote;
   std::size_t cut = limit;
   while (cut > 0 && (static_cast<unsigned char>(value[cut]) & 0xC0) == 0x80) --cut;
-  return quote + value.substr(0, cut) + quote + "... (" + std::to_string(value.size()) + " bytes)";
+  return quote + shown(value.substr(0, cut)) + quote + "... (" + std::to_string(value.size()) + " bytes)";
 }
 inline std::string quoted_value(const std::string& value) { return excerpt(value, true); }
 
