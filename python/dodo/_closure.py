@@ -59,6 +59,13 @@ _CLOSURE_OUTPUTS = {"F_pred": ((N_SPECIES, N_COMPONENTS), np.float64), "status":
                     "growth_rate_proxy": ((), np.float64), "uncertainty": ((), np.float64)}
 
 
+def _escaped(text: str) -> str:
+    """``text`` for a quoted value in a message: control characters as \\xNN, as the runtime quotes
+    the values a host gives (errors.hpp, printable_message): `device="cpu\\n"` read from a file broke
+    the message inside the quotes (outside probe, C round twenty-nine)."""
+    return "".join(f"\\x{ord(c):02x}" if ord(c) < 0x20 or ord(c) == 0x7F else c for c in text)
+
+
 def runtime_available() -> bool:
     """True when this build of dodo includes the closure runtime (ONNX Runtime headers found)."""
     return hasattr(_core, "Closure")
@@ -263,10 +270,11 @@ class Closure:
         # or device="gpu" was accepted silently (outside probe, round fifteen); same words as its.
         _text("device", device, '"cpu", "cuda" or "cuda:N"')
         if not re.fullmatch(r"cpu|cuda|cuda:[0-9]{1,6}", device):
-            raise ValueError(f'DODO_ERROR_INVALID_ARGUMENT: unknown device "{device}" (known: "cpu", "cuda", "cuda:N")')
+            raise ValueError(f'DODO_ERROR_INVALID_ARGUMENT: unknown device "{_escaped(device)}" (known: "cpu", "cuda", '
+                             '"cuda:N")')
         if _text("evaluator", evaluator, '"auto" or "onnxruntime"') not in ("auto", "onnxruntime"):
-            raise ValueError(f'DODO_ERROR_INVALID_ARGUMENT: unknown network evaluator "{evaluator}" (known: "auto", '
-                             '"onnxruntime")')
+            raise ValueError(f'DODO_ERROR_INVALID_ARGUMENT: unknown network evaluator "{_escaped(evaluator)}" (known: '
+                             '"auto", "onnxruntime")')
         model_bytes = _package_bytes(model) if isinstance(model, IN_MEMORY_PACKAGE) else None
         model_path = model_file(model)
         if model_path is not None and model is not None:
