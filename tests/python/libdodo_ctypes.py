@@ -104,6 +104,25 @@ def sized_options(lib, **fields) -> Options:
     return options
 
 
+
+def create_closure(lib, path, **fields):
+    """(status, message, handle) of dodo_closure_create on ``path`` (bytes, or None for Box3D alone)
+    with the options of sized_options(lib, **fields)."""
+    handle, message = ctypes.c_void_p(), ctypes.create_string_buffer(8192)
+    status = lib.dodo_closure_create(path, ctypes.byref(sized_options(lib, **fields)), ctypes.byref(handle), message,
+                                     len(message))
+    return status, message.value.decode(), handle
+
+
+def default_model_or_skip(lib) -> bytes:
+    """The shipped default model's path (bytes) as libdodo finds it; the test is skipped without one."""
+    import pytest
+
+    path = lib.dodo_default_model_path()
+    if path is None:
+        pytest.skip("no default model")
+    return path
+
 def libdodo_beside_junk_onnxruntime(root, name: str = "libdodo.so"):
     """A copy of the installed libdodo, as dodo/lib/NAME, in a deep tree (two 150-character folders
     under ``root``) whose onnxruntime/capi holds four libonnxruntime.so* files that are not

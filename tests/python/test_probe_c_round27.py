@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from libdodo_ctypes import cells_at_rest, libdodo_beside_junk_onnxruntime, load_libdodo, sized_options
+from libdodo_ctypes import cells_at_rest, create_closure, default_model_or_skip, libdodo_beside_junk_onnxruntime, load_libdodo, sized_options
 
 POINTER = ctypes.POINTER
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,18 +29,8 @@ def lib():
     return load_libdodo()
 
 
-def _default_model(lib) -> bytes:
-    path = lib.dodo_default_model_path()
-    if path is None:
-        pytest.skip("no default model")
-    return path
-
-
-def _create(lib, path, **fields):
-    """(status, message, handle) of dodo_closure_create."""
-    handle, message = ctypes.c_void_p(), ctypes.create_string_buffer(8192)
-    status = lib.dodo_closure_create(path, ctypes.byref(sized_options(lib, **fields)), ctypes.byref(handle), message, 8192)
-    return status, message.value.decode(), handle
+_default_model = default_model_or_skip
+_create = create_closure
 
 
 def _create_from_memory(lib, data: bytes, **fields):

@@ -11,14 +11,13 @@ import ctypes
 import os
 import shutil
 import subprocess
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import dodo
-from libdodo_ctypes import cells_at_rest, load_libdodo, sized_options
+from libdodo_ctypes import cells_at_rest, create_closure, default_model_or_skip, load_libdodo
 
 POINTER = ctypes.POINTER
 DOUBLES = POINTER(ctypes.c_double)
@@ -31,19 +30,8 @@ def lib():
     return load_libdodo()
 
 
-def _default_model(lib) -> bytes:
-    path = lib.dodo_default_model_path()
-    if path is None:
-        pytest.skip("no default model")
-    return path
-
-
-def _create(lib, path, **fields):
-    """(status, message, handle) of dodo_closure_create with dodo_options_init_sized's defaults and `fields`."""
-    handle, message = ctypes.c_void_p(), ctypes.create_string_buffer(4096)
-    options = sized_options(lib, **fields)
-    status = lib.dodo_closure_create(path, ctypes.byref(options), ctypes.byref(handle), message, len(message))
-    return status, message.value.decode(), handle
+_default_model = default_model_or_skip
+_create = create_closure
 
 
 def _moving_cells(n: int, seed: int):
