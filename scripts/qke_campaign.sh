@@ -67,6 +67,20 @@ chunks="$(awk -v plan="$plan" '
   # No trailing blank on a three-field line: xargs -L 1 would read the next line as its continuation.
   { line[$1 " " $2] = NR; print (NF == 4 ? $1 " " $2 " " $3 " " $4 : $1 " " $2 " " $3) }
   END { exit bad }' "$plan")" || exit 2
+# One campaign per directory at a time (outside probe, data-loss round two): a second campaign on
+# the same directory (the same command typed twice, or a rerun while a campaign whose parent was
+# SIGKILLed still runs in its own session) ran its chunks beside the first one's, twice JOBS
+# processes, each refused chunk reported as "failed; rerun to retry", and both campaigns ended with
+# exit 123 although every chunk finished. A lock (flock) on the directory itself, so no file is left
+# in it; inherited by the chunks, so it is held while any of them runs, and released by the kernel
+# however they end. Without flock(1) the campaign runs unguarded, as before.
+campaign_dir="${DODO_CAMPAIGN_DIR:-data/qke}"
+if command -v flock > /dev/null; then
+  mkdir -p -- "$campaign_dir" 2> /dev/null || true
+  if { exec 9< "$campaign_dir"; } 2> /dev/null; then
+    flock -n 9 || { echo "qke_campaign: another qke_campaign.sh (or its chunks) is running in $campaign_dir: wait for it to end (a second campaign on one directory would run the same chunks beside it)" >&2; exit 2; }
+  fi
+fi
 # The finished chunks, found by one Python process: run_chunk's own check (a Python start per chunk,
 # at the chunks' nice) took over half an hour over the ~3,000 lines of the plan on a busy machine
 # before the first chunk started. run_chunk still checks the rest; without h5py every line is kept.

@@ -43,6 +43,13 @@ case "${DODO_GROWTH_AXIS:-fastest}" in
   *) echo "relabel_growth: DODO_GROWTH_AXIS must be fastest or emu; got '$DODO_GROWTH_AXIS'" >&2; exit 2 ;;
 esac
 mkdir -p "$labels"
+# One relabelling per label directory at a time (outside probe, data-loss round two): a second one
+# ran the same chunks beside the first (twice JOBS processes), each chunk the first held reported as
+# "failed; rerun to retry", both ending non-zero. A lock (flock) on the directory itself, inherited
+# by the chunks and released by the kernel however they end; without flock(1), unguarded as before.
+if command -v flock > /dev/null && { exec 9< "$labels"; } 2> /dev/null; then
+  flock -n 9 || { echo "relabel_growth: another relabel_growth.sh (or its chunks) is running into $labels: wait for it to end (a second one would label the same chunks beside it)" >&2; exit 2; }
+fi
 relabel() {
   local input="$1" out="$labels/$(basename "$1")"
   if [ -f "$out" ] && "$python" -c 'import h5py, sys; sys.exit(0 if h5py.File(sys.argv[1], "r").attrs.get("complete") else 1)' "$out" 2>/dev/null; then

@@ -124,13 +124,17 @@ def check_output_target(path: str | Path) -> None:
         return
 
 
-def check_outputs(outputs: Iterable[Optional[str | Path]], inputs: Iterable[Optional[str | Path]] = ()) -> None:
+def check_outputs(outputs: Iterable[Optional[str | Path]], inputs: Iterable[Optional[str | Path]] = (),
+                  writer: str | None = None) -> None:
     """What every command that writes files checks before any work (None entries are skipped):
     no output is the same file as an input or as another output, and each output passes
-    :func:`check_output_target`. Raises :class:`OutputPathError` naming both paths."""
+    :func:`check_output_target`. Raises :class:`OutputPathError` naming both paths; and no output is
+    being written by another process (:func:`refuse_output_locked_elsewhere`: OutputInUseError;
+    ``writer``, the asking command, names a holder whose lock does not say)."""
     outputs = [output for output in outputs if output is not None and str(output) != ""]
     inputs = [given for given in inputs if given is not None and str(given) != ""]
     for number, output in enumerate(outputs):
+        refuse_output_locked_elsewhere(output, writer=writer)  # a running dodo simulate's OUT: before any work
         for given in inputs:
             if same_file(output, given):
                 # Two names of one inode (a hard link) do not resolve to one path: "(both are OUTPUT)"
@@ -166,6 +170,7 @@ def atomic_path(final: str | Path):
     check_output_target(final)
     if os.path.islink(final):
         final = Path(os.path.realpath(final))
+    refuse_output_locked_elsewhere(final, given)
     # The directories made for this output, removed again (when empty) if the write fails: a failed
     # `dodo preprocess -o new/dir/out.h5` left new/dir/ behind (outside probe, round 23).
     made = missing_directories([final.parent])
@@ -196,6 +201,7 @@ def atomic_path(final: str | Path):
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         check_output_target(final)  # nothing put a device, FIFO or directory there meanwhile
+        refuse_output_locked_elsewhere(final, given)  # nor did a dodo simulate of that file start meanwhile
         os.replace(tmp, final)
         _fsync_directory(final.parent)
     except BaseException as error:
@@ -292,6 +298,57 @@ def output_lock_path(output: str | Path) -> Path:
     return final.with_name(f".{final.name}.lock")
 
 
+#: The output locks (output_lock_path) this process holds: its own writes of those files go ahead.
+_HELD_OUTPUT_LOCKS: set[Path] = set()
+
+
+def refuse_output_locked_elsewhere(output: str | Path, given: str | Path | None = None,
+                                   writer: str | None = None) -> None:
+    """Raise OutputInUseError when another process holds ``output``'s lock (:func:`exclusive_output`:
+    a running `dodo simulate OUT`, `python -m dodo.qke.validate emu32`). Every atomic write checks
+    it (atomic_path: before and again just before its rename). Only those two commands took the lock,
+    so another writer of the same file went ahead: `dodo synth -o OUT` (or apply -o, preprocess,
+    export, any report) started while `dodo simulate OUT` ran had its file replaced by the solver's
+    next batch, and one finishing after the solver replaced its finished database (outside probe,
+    data-loss round two). The lock file is opened, never made; a shared lock is tried and let go
+    at once (refused where the holder's exclusive lock is there). The holder is named by the lock's
+    second line (its command), else by ``writer`` (the command asking, which holds such locks itself)."""
+    lock = output_lock_path(output)
+    if lock in _HELD_OUTPUT_LOCKS:
+        return
+    try:
+        import fcntl
+    except ImportError:
+        return
+    try:
+        handle = open(lock, "r")
+    except OSError:  # no lock file (nobody writes it), or one we cannot open: as before
+        return
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder, command = _lock_holder(handle)
+            raise OutputInUseError(
+                f"{given if given is not None else output} is being written by another "
+                f"{command or writer or 'dodo simulate (or python -m dodo.qke.validate)'}{holder}: wait for it to end, or "
+                f"choose another output (the lock is {lock})") from None
+        except OSError:  # no locks on this file system
+            return
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _lock_holder(handle) -> tuple[str, str]:
+    """(" (pid N)" or "", the command named on the lock's second line or "") of an open lock file."""
+    try:
+        handle.seek(0)
+        pid, _, command = handle.read(4096).partition("\n")
+    except (OSError, ValueError):
+        return "", ""
+    pid, command = pid.strip(), " ".join(command.split())
+    return (f" (pid {pid})" if pid.isdigit() else ""), command
+
+
 @contextlib.contextmanager
 def exclusive_output(output: str | Path, command: str):
     """Hold ``output``'s lock for the block: a second process writing the same file (two `dodo
@@ -306,14 +363,18 @@ def exclusive_output(output: str | Path, command: str):
     except OSError as error:  # named by the output asked for, as atomic_path does, not by the lock file
         raise OutputPathError(f"cannot write {output}: cannot create a file in {lock.parent}: "
                               f"{error.strerror or error}") from None
-    with _flock(lock, remove=True, refuse=lambda holder: OutputInUseError(
+    with _flock(lock, remove=True, label=command, refuse=lambda holder: OutputInUseError(
             f"{output} is being written by another {command}{holder}: wait for it to end, or choose another "
             f"output (the lock is {lock})")):
-        yield
+        _HELD_OUTPUT_LOCKS.add(lock)
+        try:
+            yield
+        finally:
+            _HELD_OUTPUT_LOCKS.discard(lock)
 
 
 @contextlib.contextmanager
-def _flock(path: Path, remove: bool, refuse):
+def _flock(path: Path, remove: bool, refuse, label: str | None = None):
     """Exclusive, non-blocking flock on ``path`` for the block (the holder's pid written in it);
     ``refuse(" (pid N)")`` is raised when another process holds it. remove: unlink the file before
     releasing it; a process that opened the old file meanwhile sees it is no longer ``path`` and
@@ -328,10 +389,9 @@ def _flock(path: Path, remove: bool, refuse):
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip()
+            holder, _ = _lock_holder(handle)
             handle.close()
-            raise refuse(f" (pid {holder})" if holder.isdigit() else "") from None
+            raise refuse(holder) from None
         except OSError:  # no locks here (some network file systems): as before, unguarded
             handle.close()
             yield
@@ -349,7 +409,9 @@ def _flock(path: Path, remove: bool, refuse):
             handle.truncate()
             # Unbuffered: a buffered write that failed (a full disk) failed again in close(), and the
             # message was a bare "[Errno 28] No space left on device", naming no file (round 27).
-            os.write(handle.fileno(), str(os.getpid()).encode())
+            # The command on a second line: other writers of an output name it when they refuse
+            # (refuse_output_locked_elsewhere).
+            os.write(handle.fileno(), (str(os.getpid()) + (f"\n{label}" if label else "")).encode())
         except OSError as error:
             raise OSError(error.errno, f"cannot write the lock file {path}: {error.strerror or error}") from None
         yield

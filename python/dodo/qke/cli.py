@@ -116,7 +116,8 @@ def run_simulate(args) -> int:
         # Never overwrite (or checkpoint over) the input file; refuse a device, FIFO or directory as OUT.
         # The --select-by model is read too: `simulate M.onnx ... --select-by M.onnx --overwrite` replaced
         # the package it ranked the states with (outside probe, round 37).
-        check_outputs([args.output, args.output + ".partial.npz"], [args.input, _selection_model_file(args.select_by)])
+        check_outputs([args.output, args.output + ".partial.npz"], [args.input, _selection_model_file(args.select_by)],
+                      writer="dodo simulate")
         if args.seed < 0:
             raise ValueError(f"--seed must be an integer >= 0; got {args.seed}")
         # The engine's words named its parameters, not the options ("batch_size must be >= 1",

@@ -324,7 +324,8 @@ def _main(argv=None) -> int:
         from .._atomic import check_input_file
 
         check_input_file(args.box3d_cases, "Dodo's box3d_cases.json, or --box3d-cases '' for no Box3D comparison")
-    check_outputs([args.json, getattr(args, "output", None)], [args.reference, getattr(args, "box3d_cases", None)])
+    check_outputs([args.json, getattr(args, "output", None)], [args.reference, getattr(args, "box3d_cases", None)],
+                  writer=f"python -m dodo.qke.validate {args.which}")
     from .._output_guard import marked_report, refuse_replacing_with_report
 
     refuse_replacing_with_report(args.json, "python -m dodo.qke.validate --json", args.overwrite, "--overwrite")

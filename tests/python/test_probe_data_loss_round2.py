@@ -1,0 +1,210 @@
+"""Data-loss and hang probe, round two (outside probe; docs/reliability_python.md, section 48).
+
+Each test failed against the code before its fix; its docstring says what that code did. The
+campaign tests use the scripts in a scratch repository with a stand-in `dodo` (cli_helpers'
+stand_in_venv) that waits for the test's word, so that "a campaign is running" is a fact, not a
+timing."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cli_helpers import stand_in_venv
+
+ROOT = Path(__file__).resolve().parents[2]
+HANG_GUARD_S = 60  # only a guard against a hang: the stand-in chunks end as soon as the test says so
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="POSIX locks; the campaign scripts are bash scripts for Linux")
+needs_flock = pytest.mark.skipif(not any(Path(d, "flock").exists() for d in ("/usr/bin", "/bin")),
+                                 reason="the campaign scripts' lock is flock(1) of util-linux")
+
+
+def _wait_for(path: Path, what: str) -> None:
+    deadline = time.monotonic() + HANG_GUARD_S
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{what} never happened"
+        time.sleep(0.02)
+
+
+@pytest.fixture()
+def scripts_copy(tmp_path):
+    """The campaign scripts in a scratch repository; a `dodo` that logs its call, says it started
+    (file `started`), and waits until the file `go` exists (at most HANG_GUARD_S), then exits 0."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    for name in ("qke_campaign.sh", "relabel_growth.sh", "own_session.sh"):
+        (repo / "scripts" / name).write_text((ROOT / "scripts" / name).read_text())
+    log, started, go = tmp_path / "calls.txt", tmp_path / "started", tmp_path / "go"
+    venv = stand_in_venv(tmp_path, f"echo \"$*\" >> {log}\ntouch {started}\n"
+                                   f"for i in $(seq {HANG_GUARD_S * 20}); do [ -e {go} ] && exit 0; sleep 0.05; done\n"
+                                   "exit 3")
+    env = dict(os.environ, DODO_VENV=str(venv), DODO_CAMPAIGN_DIR=str(tmp_path / "chunks"), DODO_CAMPAIGN_NICE="0")
+    (tmp_path / "plan.txt").write_text("emu 1 3\n")
+    return repo, env, log, started, go
+
+
+def _script(repo: Path, env: dict, name: str, *args, background: bool = False):
+    command = ["bash", str(repo / "scripts" / name), *args]
+    if background:
+        with open(repo.parent / f"{name}.{time.monotonic_ns()}.stderr", "w") as stderr:  # no pipe left open
+            process = subprocess.Popen(command, cwd=repo.parent, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        process.stderr_path = Path(stderr.name)
+        return process
+    return subprocess.run(command, cwd=repo.parent, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
+
+
+def _calls(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
+@needs_flock
+def test_a_second_campaign_on_the_same_directory_is_refused_at_once(scripts_copy):
+    """Two `qke_campaign.sh` on one DODO_CAMPAIGN_DIR at once (the command typed twice): the second
+    ran the plan's chunks beside the first one's (twice JOBS solver processes), every chunk the
+    first held was refused by its lock and reported as "chunk ... failed (exit 2); rerun to retry",
+    and both campaigns ended with exit 123 although every chunk finished (probe: 4 chunks, JOBS 2,
+    A and B both 123). Now the second stops at once, exit 2, one line; its `dodo` never starts; the
+    first ends 0; a campaign after it runs."""
+    repo, env, log, started, go = scripts_copy
+    first = _script(repo, env, "qke_campaign.sh", "1", "plan.txt", background=True)
+    try:
+        _wait_for(started, "the first campaign's chunk")
+        second = _script(repo, env, "qke_campaign.sh", "1", "plan.txt")
+        assert second.returncode == 2, second.stderr
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and "another qke_campaign.sh" in lines[0] and "chunks" in lines[0], second.stderr
+        assert len(_calls(log)) == 1  # the first campaign's chunk only
+    finally:
+        go.touch()
+        assert first.wait(timeout=HANG_GUARD_S) == 0, first.stderr_path.read_text()
+    third = _script(repo, env, "qke_campaign.sh", "1", "plan.txt")  # the lock went with the first campaign
+    assert third.returncode == 0, third.stderr
+    assert len(_calls(log)) == 2
+    assert sorted(os.listdir(env["DODO_CAMPAIGN_DIR"])) == []  # no lock file left in the campaign's directory
+
+
+@needs_flock
+def test_a_rerun_while_the_chunks_of_a_killed_campaign_still_run_is_refused(scripts_copy):
+    """SIGKILL of the campaign's command (`kill -9`, the OOM killer): the campaign runs on in its own
+    session (scripts/own_session.sh), its chunks too. The documented "rerun the same command to
+    continue" then started every chunk again beside them: one "failed; rerun to retry" per chunk
+    still running, exit 123 (probe: 2 such chunks). Now the rerun is refused in one line while any
+    chunk of the killed campaign runs, and runs once they ended."""
+    repo, env, log, started, go = scripts_copy
+    first = _script(repo, env, "qke_campaign.sh", "1", "plan.txt", background=True)
+    try:
+        _wait_for(started, "the first campaign's chunk")
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=HANG_GUARD_S)
+        rerun = _script(repo, env, "qke_campaign.sh", "1", "plan.txt")
+        assert rerun.returncode == 2 and "another qke_campaign.sh" in rerun.stderr, rerun.stderr
+        assert len(_calls(log)) == 1
+    finally:
+        go.touch()
+    deadline = time.monotonic() + HANG_GUARD_S
+    while True:  # the orphaned chunk ends when told; then the lock is free
+        rerun = _script(repo, env, "qke_campaign.sh", "1", "plan.txt")
+        if rerun.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert rerun.returncode == 0, rerun.stderr
+
+
+@needs_flock
+def test_a_second_relabelling_into_the_same_directory_is_refused_at_once(scripts_copy):
+    """`relabel_growth.sh` twice at once on one campaign: as the campaign above, both labelled the same
+    chunks side by side and the second reported each chunk the first held as failed. Now the second
+    stops at once, exit 2, one line; the first ends 0."""
+    h5py = pytest.importorskip("h5py")
+    repo, env, log, started, go = scripts_copy
+    chunks = Path(env["DODO_CAMPAIGN_DIR"])
+    chunks.mkdir()
+    with h5py.File(chunks / "emu_seed1.h5", "w") as handle:
+        handle.attrs["complete"] = True
+    first = _script(repo, env, "relabel_growth.sh", "1", background=True)
+    try:
+        _wait_for(started, "the first relabelling's chunk")
+        second = _script(repo, env, "relabel_growth.sh", "1")
+        assert second.returncode == 2, second.stderr
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and "another relabel_growth.sh" in lines[0], second.stderr
+        assert len(_calls(log)) == 1
+    finally:
+        go.touch()
+        assert first.wait(timeout=HANG_GUARD_S) == 0, first.stderr_path.read_text()
+
+
+# --- an output a running `dodo simulate` holds, written by another command ----------------------------------
+
+_HOLDER = """
+import sys
+from dodo._atomic import exclusive_output
+with exclusive_output(sys.argv[1], sys.argv[2]):
+    print("held", flush=True)
+    sys.stdin.read()  # until the test closes the pipe
+"""
+
+
+@pytest.fixture()
+def simulate_lock_held():
+    """Hold OUT's output lock in a child process as a running `dodo simulate OUT` does (exclusive_output,
+    the function the solver calls), until the test ends."""
+    holders = []
+
+    def hold(path: Path, command: str = "dodo simulate"):
+        holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(path), command], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+        holders.append(holder)
+        assert holder.stdout.readline().strip() == "held"
+        return holder
+
+    yield hold
+    for holder in holders:
+        holder.stdin.close()
+        holder.wait(timeout=HANG_GUARD_S)
+        holder.stdout.close()
+
+
+def test_a_file_a_running_simulate_writes_is_not_replaced_by_another_command(tmp_path, capsys, simulate_lock_held):
+    """`dodo synth -o OUT` (or export, preprocess, apply -o, any --json report) while `dodo simulate
+    OUT` runs: only simulate and qke.validate took the output's lock, so the other command wrote OUT
+    (exit 0), and the solver's next batch replaced it without a word (or, the other command ending
+    last, its rename replaced the solver's finished database). Now every command refuses, before any
+    work, a file whose lock another process holds: exit 2, one line naming the holder."""
+    from cli_helpers import run
+
+    out = tmp_path / "run.h5"
+    holder = simulate_lock_held(out)
+    code, _, err = run(capsys, ["synth", "-o", str(out), "-n", "5", "-q"])
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"being written by another dodo simulate (pid {holder.pid})" in err, err
+    assert not out.exists()
+    assert [name for name in os.listdir(tmp_path) if not name.startswith(".run.h5.lock")] == []  # no temporary left
+
+
+def test_a_write_that_began_before_the_simulate_is_refused_at_its_rename(tmp_path, simulate_lock_held):
+    """The same race the other way round: a writer that passed its checks before the solver took the
+    lock renamed its file over the solver's output at its end. atomic_path checks the lock again just
+    before the rename: refused, the earlier file byte for byte, the temporary removed. The lock's own
+    holder still writes (the solver's batches)."""
+    from dodo._atomic import OutputInUseError, atomic_path, exclusive_output
+
+    out = tmp_path / "run.h5"
+    out.write_bytes(b"the solver's database")
+    with pytest.raises(OutputInUseError, match="being written by another python -m dodo.qke.validate emu32"):
+        with atomic_path(out) as temporary:
+            temporary.write_bytes(b"another command's file")
+            simulate_lock_held(out, "python -m dodo.qke.validate emu32")
+    assert out.read_bytes() == b"the solver's database"
+    assert sorted(os.listdir(tmp_path)) == [".run.h5.lock", "run.h5"]
+    other = tmp_path / "own.h5"
+    with exclusive_output(other, "dodo simulate"):
+        with atomic_path(other) as temporary:
+            temporary.write_bytes(b"a batch")
+    assert other.read_bytes() == b"a batch"
