@@ -125,16 +125,18 @@ def check_output_target(path: str | Path) -> None:
 
 
 def check_outputs(outputs: Iterable[Optional[str | Path]], inputs: Iterable[Optional[str | Path]] = (),
-                  writer: str | None = None) -> None:
+                  writer: str | None = None, check_locks: bool = True) -> None:
     """What every command that writes files checks before any work (None entries are skipped):
     no output is the same file as an input or as another output, and each output passes
     :func:`check_output_target`. Raises :class:`OutputPathError` naming both paths; and no output is
     being written by another process (:func:`refuse_output_locked_elsewhere`: OutputInUseError;
-    ``writer``, the asking command, names a holder whose lock does not say)."""
+    ``writer``, the asking command, names a holder whose lock does not say; ``check_locks`` false: not
+    that, for the MPI ranks of a `dodo simulate` other than rank 0, which holds the job's lock)."""
     outputs = [output for output in outputs if output is not None and str(output) != ""]
     inputs = [given for given in inputs if given is not None and str(given) != ""]
     for number, output in enumerate(outputs):
-        refuse_output_locked_elsewhere(output, writer=writer)  # a running dodo simulate's OUT: before any work
+        if check_locks:  # a running dodo simulate's OUT: before any work
+            refuse_output_locked_elsewhere(output, writer=writer)
         for given in inputs:
             if same_file(output, given):
                 # Two names of one inode (a hard link) do not resolve to one path: "(both are OUTPUT)"

@@ -117,7 +117,7 @@ def run_simulate(args) -> int:
         # The --select-by model is read too: `simulate M.onnx ... --select-by M.onnx --overwrite` replaced
         # the package it ranked the states with (outside probe, round 37).
         check_outputs([args.output, args.output + ".partial.npz"], [args.input, _selection_model_file(args.select_by)],
-                      writer="dodo simulate")
+                      writer="dodo simulate", check_locks=communicator.rank == 0)  # rank 0 holds the job's lock
         if args.seed < 0:
             raise ValueError(f"--seed must be an integer >= 0; got {args.seed}")
         # The engine's words named its parameters, not the options ("batch_size must be >= 1",
