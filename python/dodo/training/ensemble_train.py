@@ -576,11 +576,16 @@ def train_on(table: dict, rows: np.ndarray, config: EnsembleConfig, members: int
     measured rates plus the rows of ``growth_table`` (linear-theory labels) that are not labels of
     states outside ``rows``; with config.growth_relabelled, a state's own label replaces its rate."""
     check_training_rows(rows)
+    check_crossing_rows(table, rows)
     if config.distill_width and config.distill_sampled_states and not family_shares(table["sources"][rows]):
         # Checked before any member is fitted: the samplers draw in the training files' family mix.
         raise ValueError("distill.sampled_states draws states in the campaign families' mix (files named "
                          "emu_seedN.h5, merger_seedN.h5, three_flavour_seedN.h5), and no training file is one; "
                          "set distill.sampled_states: 0 for other data (docs/training.md)")
+    if config.growth_members:
+        # Checked before any member is fitted: on a database of stable states (no crossing, no growth
+        # rate) every density member was trained first and the run then ended on this (round 41).
+        check_growth_labels(growth_member_rows(table, rows, config, growth_table)[1], len(rows), config)
     residuals = training_residuals(table, rows, config) if config.noise_oof else None
     X, r, g = _training_arrays(table, rows, config)
     torch.set_num_threads(config.threads)
@@ -599,6 +604,32 @@ def train_on(table: dict, rows: np.ndarray, config: EnsembleConfig, members: int
     return ensemble
 
 
+def check_growth_labels(g_growth: np.ndarray, n_states: int, config: EnsembleConfig) -> None:
+    """Refuse growth members without a finite label: say where labels come from and the way on."""
+    if np.isfinite(g_growth).any():
+        return
+    source = ("growth.data's files hold none for them" if config.growth_data
+              else "growth.data gives no other labels")
+    own = ("growth.measured is false (their measured rates are not used)" if not config.growth_measured else
+           f"none of the {n_states} training states has both a measured growthRate(1|s) > 0 and a Box3D growth "
+           "proxy > 0 (an ELN crossing)")
+    raise ValueError(f"the growth members have no finite growth label to learn from: {own}, and {source}; set "
+                     "growth.members: 0 (the density members then give the growth output), or add states with "
+                     "measured rates")
+
+
+def check_crossing_rows(table: dict, rows: np.ndarray) -> None:
+    """Refuse a fit where fewer than MIN_TRAINING_STATES training states have an ELN crossing: the
+    runtime applies the network to crossing cells only (a stable one is returned as given), and an
+    ensemble fitted on stable states alone had NaN outputs that `dodo export` found after the run."""
+    rest = table["rest"]
+    crossing = int(np.count_nonzero(~np.all(rest["F_box_rest"][rows] == rest["F_init_rest"][rows], axis=(1, 2))))
+    if crossing < MIN_TRAINING_STATES:
+        raise ValueError(f"{crossing} of the {len(rows)} training states have an ELN crossing (Box3D changes them); the "
+                         f"ensemble needs at least {MIN_TRAINING_STATES}: the closure corrects crossing cells only and "
+                         "returns stable ones as given, so stable states teach it nothing")
+
+
 def fit_growth_and_student(ensemble, table: dict, rows: np.ndarray, config: EnsembleConfig, log=None,
                            growth_table: dict | None = None) -> None:
     """train_on's stages after the density members: the growth members (config.growth_members) and
@@ -611,8 +642,7 @@ def fit_growth_and_student(ensemble, table: dict, rows: np.ndarray, config: Ense
     if config.growth_members:
         X_growth, g_growth, X_labels = growth_member_rows(table, rows, config, growth_table, log=log)
         X = np.concatenate([X, X_labels])
-        if not np.isfinite(g_growth).any():
-            raise ValueError("the growth members have no finite growth label to learn from")
+        check_growth_labels(g_growth, len(rows), config)
         for k in range(config.growth_members):
             ensemble.growth_members.append(fit_growth_member(
                 X_growth, g_growth, seed=config.seed + 1000 + k, width=config.growth_width, depth=config.growth_depth,
@@ -728,8 +758,12 @@ def score_rows(ensemble, table: dict, rows: np.ndarray) -> dict:
     """Per-state errors of the gated ensemble, the ungated mean and Box3D on ``rows``."""
     out = predict(ensemble, features_of(table, rows, ensemble.features))
     delta_box, delta_true = table["delta_box"][rows], table["delta_true"][rows]
-    model = state_error(delta_box + out["r_gated"], delta_true)
-    ungated = state_error(delta_box + out["r_mean"], delta_true)
+    # A state Box3D returns unchanged (no ELN crossing) is returned so by the runtime, uncorrected:
+    # its score is Box3D's, as in `dodo score` of the exported package (outside probe, round 41).
+    rest = table["rest"]
+    corrected = ~np.all(rest["F_box_rest"][rows] == rest["F_init_rest"][rows], axis=(1, 2))
+    model = state_error(delta_box + np.where(corrected, out["r_gated"], 0.0), delta_true)
+    ungated = state_error(delta_box + np.where(corrected, out["r_mean"], 0.0), delta_true)
     box = state_error(delta_box, delta_true)
     growth = np.exp(table["log_growth"][rows] - out["log_growth_ratio"])  # measured / learned
     proxy = np.exp(table["log_growth"][rows])  # measured / proxy

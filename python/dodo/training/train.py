@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import math
 import random
 import time
@@ -88,10 +89,15 @@ def warmup_cosine(total_steps: int, warmup_fraction: float, min_lr_fraction: flo
 def batch_loss(closure: ResidualClosure, batch, loss_config, device, amp: bool, network=None):
     """network: the module to call instead of closure.network (its DDP wrapper in a distributed run)."""
     invariants, F_init, F_box, dF_true, weight = (t.to(device, non_blocking=True) for t in batch)
-    with torch.autocast(device_type=device.type, enabled=amp and device.type == "cuda"):
-        output = (network or closure.network)(invariants)
-    # Assembly, projection and limiter stay in fp32 (conservation to ~1e-7 N_tot).
-    dF_pred, dF_unlimited, _ = closure.closure_head(output.float(), F_init, F_box, return_unlimited=True)
+    # The closure the runtime applies (flavour images, stable cells uncorrected: ResidualClosure);
+    # assembly, projection and limiter in fp32 (conservation to ~1e-7 N_tot).
+    module = network or closure.network
+
+    def run(x):  # AMP for the network only
+        with torch.autocast(device_type=device.type, enabled=amp and device.type == "cuda"):
+            return module(x)
+
+    dF_pred, dF_unlimited, _ = closure(invariants, F_init, F_box, return_unlimited=True, network=run)
     return weighted_loss(loss_terms(dF_pred, dF_unlimited, dF_true, F_box, weight), loss_config)
 
 
@@ -138,6 +144,40 @@ def parity_sample(prediction: dict, n: int) -> dict:
     take = slice(0, min(n, len(F_true)))
     return {"n_true": F_true[take, :, 0].tolist(), "n_box3d": prediction["F_box_rest"][take, :, 0].tolist(),
             "n_model": F_model[take, :, 0].tolist()}
+
+
+def crossing_rows(path, rows) -> int | None:
+    """How many of ``rows`` of a preprocessed file Box3D changes (no NO_CROSSING nor rejecting flag in
+    its stored ``box3d_status``): the rows whose correction the runtime applies. None for a file
+    without that dataset (made before it was written)."""
+    import h5py
+
+    import dodo
+
+    from .preprocess import REJECTING_FLAGS
+
+    with h5py.File(path, "r") as handle:
+        stored = handle.get("box3d_status")
+        if not isinstance(stored, h5py.Dataset) or stored.shape != (handle["F_init"].shape[0],):
+            return None
+        status = np.asarray(stored[:]).astype(np.int64)
+    unchanged = int(dodo.CellStatus.NO_CROSSING) | sum(int(getattr(dodo.CellStatus, name)) for name in REJECTING_FLAGS)
+    return int(np.count_nonzero((status[np.asarray(rows, np.int64)] & unchanged) == 0))
+
+
+def _model_section_difference(trained, model_config) -> str:
+    """Why a checkpoint's network cannot be resumed under ``model_config``, naming each key that
+    differs with both values and the --set that matches the checkpoint: "model section differs from
+    the config" named none, and a run started with `--set model.hidden_dim=32` left the user to find
+    which of the section's keys a resume without it had changed (outside probe, round 41)."""
+    wanted = dataclasses.asdict(model_config)
+    trained = trained if isinstance(trained, dict) else {}
+    keys = [key for key in sorted(set(trained) | set(wanted)) if trained.get(key) != wanted.get(key)]
+    differences = ", ".join(f"model.{key} is {trained.get(key)!r} in the checkpoint and {wanted.get(key)!r} in the config"
+                            for key in keys)
+    fixes = " ".join(f"--set model.{key}={json.dumps(trained[key])}" for key in keys if key in trained)
+    return (f"the network was trained with another model section ({differences}); cannot resume: give the "
+            f"checkpoint's values" + (f" ({fixes})" if fixes else ""))
 
 
 def build_closure(model_config, mean=None, std=None) -> ResidualClosure:
@@ -536,8 +576,17 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
     box3d_settings = dodo.box3d_settings(lebedev_order=config.data.box3d.lebedev_order, z_method=config.data.box3d.z_method)
     attrs = check_preprocessed(data_path, box3d_settings)
     data_sha256 = sha256_file(data_path)
-    splits = make_splits(count_rows(data_path), config.data.train_fraction, config.data.val_fraction,
+    n_rows = count_rows(data_path)
+    if n_rows < 3:  # "add rows or raise data.val_fraction": no fraction gives one row three splits
+        raise ValueError(f"{data_path} holds {n_rows} row(s); training needs at least 3 (one each for the training, "
+                         "validation and test splits), and more to learn anything: add states")
+    splits = make_splits(n_rows, config.data.train_fraction, config.data.val_fraction,
                          config.data.split_seed, config.data.max_samples)
+    crossing = crossing_rows(data_path, splits.train)
+    if crossing == 0:
+        raise ValueError(f"none of the {len(splits.train)} training rows of {data_path} has an ELN crossing (Box3D "
+                         "returns each as given: stable states): the closure corrects crossing cells only, so there "
+                         "is nothing to learn; add unstable states")
     if len(splits.val) == 0:
         raise ValueError("the validation split is empty: add rows or raise data.val_fraction")
     if len(splits.test) == 0:  # the final metrics are the test split's (docs/training.md), never another's
@@ -581,7 +630,7 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
         # CPU: RNG states must stay CPU tensors. A corrupt last.pt falls back to last.prev.pt.
         checkpoint, resume_path = load_resume_checkpoint(t.resume_from, log)
         if checkpoint["config"]["model"] != dataclasses.asdict(config.model):
-            raise ValueError(f"{resume_path}: model section differs from the config; cannot resume")
+            raise ValueError(f"{resume_path}: {_model_section_difference(checkpoint['config']['model'], config.model)}")
         refuse_settings_a_resume_cannot_change(checkpoint, resume_path, config)
         check_training_data(checkpoint, resume_path, data_path, "resume", data_sha256=data_sha256)
         try:  # a checkpoint without its digest, or re-signed, may lack any of these: one line, not a KeyError traceback
