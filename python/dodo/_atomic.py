@@ -154,7 +154,7 @@ def check_outputs(outputs: Iterable[Optional[str | Path]], inputs: Iterable[Opti
 def _file_kind(mode: int) -> str:
     for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
                        (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                       (stat.S_ISSOCK, "a socket")):
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link")):
         if test(mode):
             return name
     return "not a regular file"
@@ -323,12 +323,21 @@ def refuse_output_locked_elsewhere(output: str | Path, given: str | Path | None 
     except ImportError:
         return
     try:
-        handle = open(lock, "r")
+        # Non-blocking: a FIFO planted under the lock's name blocked open() for ever (outside probe,
+        # data-loss round two); it is no lock dodo made, so it is passed over (fstat below).
+        descriptor = os.open(lock, os.O_RDONLY | _NO_FOLLOW_NO_BLOCK)
     except OSError:  # no lock file (nobody writes it), or one we cannot open: as before
         return
-    with handle:
+    try:
+        regular = stat.S_ISREG(os.fstat(descriptor).st_mode)
+    except OSError:
+        regular = False
+    if not regular:  # a directory, a FIFO, a device: no lock of dodo's
+        os.close(descriptor)
+        return
+    with open(descriptor, "r", closefd=True) as handle:
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             holder, command = _lock_holder(handle)
             raise OutputInUseError(
@@ -337,7 +346,44 @@ def refuse_output_locked_elsewhere(output: str | Path, given: str | Path | None 
                 f"choose another output (the lock is {lock})") from None
         except OSError:  # no locks on this file system
             return
-        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        fcntl.flock(descriptor, fcntl.LOCK_UN)
+
+
+#: Flags that keep a lock file's open from following a symbolic link or waiting on a FIFO.
+_NO_FOLLOW_NO_BLOCK = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+class LockFileError(OutputPathError):
+    """A lock file's name holds something that is not a regular file (a symbolic link, a FIFO, a directory)."""
+
+
+def _open_lock_file(path: Path):
+    """``path`` opened for reading and appending (made if missing), refused unless it is a regular
+    file. The lock's holder truncates it and writes its pid: opened as ``open(path, "a+")``, a
+    symbolic link planted under the lock's name (`.OUT.lock -> ~/notes.txt` in a shared directory, a
+    checkpoint directory made of links to another run's files) had its target truncated to the pid
+    (outside probe, data-loss round two)."""
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | _NO_FOLLOW_NO_BLOCK, 0o666)
+    except OSError as error:
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            mode = None
+        if mode is None or stat.S_ISREG(mode):  # a full disk, no permission: the system's reason
+            raise OSError(error.errno, f"cannot open the lock file {path}: {error.strerror or error}") from None
+        target = f" (to {os.readlink(path)})" if stat.S_ISLNK(mode) else ""
+        raise LockFileError(f"the lock file {path} is {_file_kind(mode)}{target}, not a regular file; dodo makes it "
+                            "and writes its pid in it: remove it") from None
+    try:
+        mode = os.fstat(descriptor).st_mode
+    except OSError:
+        mode = stat.S_IFREG
+    if not stat.S_ISREG(mode):
+        os.close(descriptor)
+        raise LockFileError(f"the lock file {path} is {_file_kind(mode)}, not a regular file; dodo makes it and "
+                            "writes its pid in it: remove it")
+    return open(descriptor, "a+", closefd=True)
 
 
 def _lock_holder(handle) -> tuple[str, str]:
@@ -360,8 +406,18 @@ def exclusive_output(output: str | Path, command: str):
     no file stays beside each output); one left by a killed holder is taken over by the next run."""
     lock = output_lock_path(output)
     try:
+        mode = os.lstat(lock).st_mode
+    except OSError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        # A FIFO there blocked open(lock, "a") for ever (`dodo simulate OUT` hung, SIGTERM the only way
+        # out); a directory was "cannot create a file in DIR: Is a directory", of DIR; a symbolic link
+        # had its target truncated to the pid (outside probe, data-loss round two).
+        raise OutputPathError(f"cannot write {output}: its lock file {lock} is {_file_kind(mode)}, not a regular "
+                              "file (dodo makes it, empty but for the writer's pid): remove it or choose another output")
+    try:
         lock.parent.mkdir(parents=True, exist_ok=True)
-        open(lock, "a").close()
+        os.close(os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_APPEND | _NO_FOLLOW_NO_BLOCK, 0o666))
     except OSError as error:  # named by the output asked for, as atomic_path does, not by the lock file
         raise OutputPathError(f"cannot write {output}: cannot create a file in {lock.parent}: "
                               f"{error.strerror or error}") from None
@@ -387,7 +443,7 @@ def _flock(path: Path, remove: bool, refuse, label: str | None = None):
         yield
         return
     while True:
-        handle = open(path, "a+")
+        handle = _open_lock_file(path)
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

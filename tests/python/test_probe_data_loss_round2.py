@@ -238,3 +238,52 @@ def test_the_other_ranks_of_an_mpi_simulate_do_not_refuse_rank_zeros_lock(tmp_pa
     simulate_lock_held(out)  # rank 0, as far as this rank can tell
     code, _, err = run(capsys, ["simulate", str(out), "--random", "1", "--ncell", "16", "--nphi", "8", "--quiet"])
     assert reached and "stopped by the test" in err and "being written" not in err, err
+
+
+# --- lock files that are not regular files ------------------------------------------------------------------
+
+def _dodo(*args, cwd) -> subprocess.CompletedProcess:
+    """`dodo ARGS` in a child (a hang is a failure after HANG_GUARD_S, never a stuck test run)."""
+    return subprocess.run([sys.executable, "-m", "dodo", *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=HANG_GUARD_S, stdin=subprocess.DEVNULL)
+
+
+def test_a_fifo_under_an_outputs_lock_name_is_refused_not_waited_on(tmp_path):
+    """A FIFO named `.OUT.lock` beside OUT: `dodo simulate OUT` opened it with open(lock, "a") and
+    waited for a reader for ever (SIGTERM the only way out). Now refused in one line naming the lock
+    file; another command's write of OUT is not held up by it (no lock of dodo's); a directory of
+    that name is named as the lock file, not as "cannot create a file in DIR: Is a directory"."""
+    os.mkfifo(tmp_path / ".run.h5.lock")
+    small = ["--random", "1", "--ncell", "16", "--nphi", "8", "--quiet"]
+    result = _dodo("simulate", "run.h5", *small, cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "its lock file" in result.stderr and "is a FIFO (named pipe)" in result.stderr, result.stderr
+    assert _dodo("synth", "-o", "run.h5", "-n", "5", "-q", cwd=tmp_path).returncode == 0
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / ".run.h5.lock").mkdir()
+    result = _dodo("simulate", "d/run.h5", *small, cwd=tmp_path)
+    assert result.returncode == 2 and "its lock file" in result.stderr and "is a directory" in result.stderr, \
+        result.stderr
+
+
+def test_a_symbolic_link_under_a_lock_name_does_not_truncate_its_target(tmp_path):
+    """`.OUT.lock` (dodo simulate's) or a checkpoint directory's `.dodo.lock` (dodo train's) that is a
+    symbolic link (planted in a shared directory, or a run directory made of links to another run's
+    files): the lock was opened with open(path, "a+") and the holder truncated it and wrote its pid,
+    so the link's target lost its contents (shown: a text file became `23118`). Now the link is
+    refused in one line, its target byte for byte."""
+    from dodo._atomic import exclusive_directory, exclusive_output
+
+    precious = tmp_path / "notes.txt"
+    precious.write_text("a user's notes\n")
+    (tmp_path / ".run.h5.lock").symlink_to(precious)
+    with pytest.raises(ValueError, match="its lock file .* is a symbolic link"):
+        with exclusive_output(tmp_path / "run.h5", "dodo simulate"):
+            pass
+    run_directory = tmp_path / "ck"
+    run_directory.mkdir()
+    (run_directory / ".dodo.lock").symlink_to(precious)
+    with pytest.raises(ValueError, match=r"\.dodo\.lock is a symbolic link \(to .*notes.txt\)"):
+        with exclusive_directory(run_directory, "dodo train"):
+            pass
+    assert precious.read_text() == "a user's notes\n"
