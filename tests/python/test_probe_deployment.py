@@ -275,7 +275,9 @@ def test_a_cmake_package_reached_through_a_symlink_uses_the_real_install(deploym
     imported target "Dodo::dodo" references the file /opt/shared/dodo/lib/libdodo.so.0.1.0 but this
     file does not exist' (or used another Dodo's files lying there). Now the real file is read: the
     host builds and runs with the install's own library and model. Both a linked directory and linked
-    files (DodoConfig.cmake and DodoConfigVersion.cmake alone) are tried."""
+    files (DodoConfig.cmake and DodoConfigVersion.cmake alone) are tried. A link to the whole prefix
+    (`/opt/apps/dodo/current -> 0.1.0`, which keeps the layout) is kept as given: the library
+    directory, and so the rpath, still goes through the link (a later upgrade behind it is followed)."""
     config_dir = deployment.package / "lib" / "cmake" / "Dodo"
     shared_dir, shared_files = tmp_path / "shared dir", tmp_path / "shared files"
     (shared_dir / "lib" / "cmake").mkdir(parents=True)
@@ -293,13 +295,21 @@ def test_a_cmake_package_reached_through_a_symlink_uses_the_real_install(deploym
     tmp_path.chmod(0o755)
     for path in [project, shared_dir, shared_files]:
         path.chmod(0o777)
+    current = tmp_path / "current"
+    current.symlink_to(deployment.prefix, target_is_directory=True)
     cmake = shutil.which("cmake")
-    for index, shared in enumerate((shared_dir, shared_files)):
+    cases = [(f"-DCMAKE_PREFIX_PATH={shared_dir}", deployment.package / "lib"),
+             (f"-DCMAKE_PREFIX_PATH={shared_files}", deployment.package / "lib"),
+             (f"-DDodo_DIR={current / 'dodo' / 'lib' / 'cmake' / 'Dodo'}", current / "dodo" / "lib")]
+    for index, (where, library_dir) in enumerate(cases):
         build = project / f"build {index}"
-        configure = deployment.run("-S", str(project), "-B", str(build), f"-DCMAKE_PREFIX_PATH={shared}",
-                                   program=cmake)
+        configure = deployment.run("-S", str(project), "-B", str(build), where, program=cmake)
         assert configure.returncode == 0, configure.stdout + configure.stderr
-        assert Path((build / "library_dir.txt").read_text()).resolve() == (deployment.package / "lib").resolve()
+        found = os.path.normpath((build / "library_dir.txt").read_text())
+        if index < 2:  # the install's own directory, however the path to it is spelt
+            assert Path(found).resolve() == library_dir.resolve()
+        else:  # through the link, as given
+            assert found == str(library_dir)
         compiled = deployment.run("--build", str(build), program=cmake)
         assert compiled.returncode == 0, compiled.stdout + compiled.stderr
         _check_host(deployment, build / "host")
