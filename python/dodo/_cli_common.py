@@ -80,9 +80,17 @@ def emit(table_text: str, data, json_target, inputs=()) -> None:
         return
     if json_target:
         check_outputs([json_target], inputs)
+        # The file first, then the table: printed first, a reader that went away (`dodo score M F --json
+        # r.json | head -1`: exit 141, quietly) or a full standard output (`> /dev/full`) ended the
+        # command before the report was written, the scoring lost (outside probe, data-loss round two).
+        # A report that cannot be written still leaves the table on the screen.
+        try:
+            write_json_atomic(json_target, data)
+        except (OSError, ValueError):
+            print(table_text)
+            raise
     print(table_text)
     if json_target:
-        write_json_atomic(json_target, data)
         print(f"wrote {json_target}", file=sys.stderr)
 
 

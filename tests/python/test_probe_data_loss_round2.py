@@ -287,3 +287,30 @@ def test_a_symbolic_link_under_a_lock_name_does_not_truncate_its_target(tmp_path
         with exclusive_directory(run_directory, "dodo train"):
             pass
     assert precious.read_text() == "a user's notes\n"
+
+
+# --- a report file and a standard output that goes away ----------------------------------------------------
+
+@pytest.mark.parametrize("stdout", ["closed pipe", "/dev/full"])
+def test_a_json_report_is_written_when_standard_output_fails(tmp_path, stdout):
+    """`dodo score M F --json r.json | head -1` (the reader gone before the table is printed) and
+    `> /dev/full`: the table was printed before the report was written, so the command ended at the
+    print (exit 141 quietly, or one line and 2) and r.json was never written: the scoring was lost.
+    Now the report is written first (`_cli_common.emit`, also evaluate and inspect), then the table."""
+    if stdout == "/dev/full" and not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    assert _dodo("synth", "-o", "syn.h5", "-n", "20", "-q", cwd=tmp_path).returncode == 0
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader went away before the table
+    try:
+        with open(write_end, "wb", closefd=False) if stdout == "closed pipe" else open("/dev/full", "wb") as sink:
+            result = subprocess.run([sys.executable, "-m", "dodo", "score", "default", "syn.h5", "--json", "r.json"],
+                                    cwd=tmp_path, stdout=sink, stderr=subprocess.PIPE, text=True,
+                                    timeout=HANG_GUARD_S, stdin=subprocess.DEVNULL)
+    finally:
+        os.close(write_end)
+    assert result.returncode == (141 if stdout == "closed pipe" else 2), result.stderr
+    import json
+
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["dodo_report"] == "dodo score", sorted(report)
