@@ -9,8 +9,12 @@ Recipe (fluid rest frame; every number is scaled by a per-row N_tot log-uniform 
 - every species' flux has an isotropic random direction and flux factor U(0, max_flux_factor)
   (0.6 by default, well below the 0.9 hygiene cut), so nu_e/nubar_e ELN crossings are common.
 - final state = F_init + s * dF_box, dF_box = Box3D's change (``dodo.box3d``), with the smooth
-  known factor  s = 0.7 - 0.15 tanh(4 (x_nue - x_nuebar)) + 0.1 (f_nue^2 - f_nuebar^2),
-  x = comoving density / N_tot and f = flux factor (functions of the invariants), s in (0.5, 0.9).
+  known factor  s = 0.8 - 0.2 tanh(4 (x_nue - x_nuebar))^2 + 0.1 (f_nue^2 - f_nuebar^2)^2,
+  x = comoving density / N_tot and f = flux factor (functions of the invariants), s in (0.6, 0.82).
+  s is even under nu <-> nubar (and does not see mu <-> tau), as the runtime's answers are: it
+  answers a cell through its canonical flavour image (docs/runtime.md, step 2). The factor before
+  2026-12-05, 0.7 - 0.15 tanh(4 (x_nue - x_nuebar)) + 0.1 (f_nue^2 - f_nuebar^2), changed under
+  nu <-> nubar, and no model package could reproduce it (outside probe, round 41).
   Because dF_box conserves the flavour-summed four-fluxes and lepton numbers exactly, so does
   the final state; because the realizable set is convex and both F_init and F_box are
   realizable, so is F_init + s dF_box for s in [0, 1]. Box3D therefore overshoots by a known
@@ -29,7 +33,7 @@ from dodo.conventions import N_SPECIES, to_emu_layout
 
 from .._atomic import atomic_hdf5
 
-RECIPE = ("final = F_init + s dF_box, s = 0.7 - 0.15 tanh(4 (x_nue - x_nuebar)) + 0.1 (f_nue^2 - f_nuebar^2); "
+RECIPE = ("final = F_init + s dF_box, s = 0.8 - 0.2 tanh(4 (x_nue - x_nuebar))^2 + 0.1 (f_nue^2 - f_nuebar^2)^2; "
           "see dodo.training.synth")
 
 
@@ -58,11 +62,11 @@ def random_initial_states(rng: np.random.Generator, n: int, max_flux_factor: flo
 
 
 def known_correction_factor(F_rest: np.ndarray) -> np.ndarray:
-    """The factor s of the recipe (rest-frame F [n, 6, 4]); s in (0.5, 0.9)."""
+    """The factor s of the recipe (rest-frame F [n, 6, 4]); s in (0.6, 0.82), even under nu <-> nubar."""
     n = F_rest[..., 0]
     x = n / n.sum(axis=1, keepdims=True)
     f2 = np.sum(F_rest[..., 1:] ** 2, axis=-1) / np.where(n > 0, n, 1.0) ** 2
-    return 0.7 - 0.15 * np.tanh(4.0 * (x[:, 0] - x[:, 3])) + 0.1 * (f2[:, 0] - f2[:, 3])
+    return 0.8 - 0.2 * np.tanh(4.0 * (x[:, 0] - x[:, 3])) ** 2 + 0.1 * (f2[:, 0] - f2[:, 3]) ** 2
 
 
 def synthetic_final_states(F_init: np.ndarray, lebedev_order: int = 17, z_method: str = "exact", threads=None):
