@@ -171,3 +171,15 @@ def test_the_synthetic_correction_is_one_a_model_package_can_give():
     for species in ((3, 4, 5, 0, 1, 2), (0, 2, 1, 3, 5, 4), (3, 5, 4, 0, 2, 1)):
         assert np.allclose(known_correction_factor(F[:, list(species)]), s, rtol=0, atol=1e-12)
     assert np.ptp(s) > 0.05  # still a correction that depends on the state
+
+
+def test_preprocess_of_a_database_without_states_says_so(tmp_path, capsys):
+    """A database of zero states: `no rows survived the filters` (rows_read=0) blamed the filters."""
+    empty = _write_emu(tmp_path / "zero.h5", np.zeros((0, 4, 2, 3)), np.zeros((0, 4, 2, 3)), np.zeros(0))
+    config = tmp_path / "p.yaml"
+    config.write_text(json.dumps({"inputs": [str(empty)], "output": str(tmp_path / "out" / "pre.h5")}))
+    capsys.readouterr()
+    assert dodo_main(["preprocess", "--config", str(config), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "no states to preprocess" in err and "zero.h5 holds 0 rows" in err and "filters" not in err
+    assert not (tmp_path / "out").exists()

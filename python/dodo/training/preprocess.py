@@ -148,6 +148,9 @@ def preprocess(config: PreprocessConfig, progress: bool = True, log=print) -> di
     # One of "synthetic", "qke", "emu" (docs/model_package.md); a mixture lists its kinds ("emu+qke").
     data_kind = "+".join(sorted(kinds))
 
+    if total_rows == 0:  # "no rows survived the filters" with rows_read=0 blamed the filters (round 41)
+        raise DataFileError(f"no states to preprocess: {', '.join(str(p) for p in files)} "
+                            f"{'holds' if len(files) == 1 else 'hold'} 0 rows; {config.output} not written")
     counts = FilterCounts()
     written = 0
     started = time.perf_counter()
