@@ -300,6 +300,7 @@ class Closure:
                          "self_test": self_test, "evaluator": evaluator,
                          "onnxruntime_library": None if onnxruntime_library is None else _library_path(onnxruntime_library)}
         file_bytes = None if model_path is None else _model_file_bytes_if_not_utf8(model_path)
+        self._library_given = _library_path(library)
         try:
             self._runtime = _core.Closure(
                 model_bytes if model_bytes is not None else file_bytes if file_bytes is not None
@@ -308,7 +309,7 @@ class Closure:
                 lebedev_order=0 if lebedev_order is None else _integral("lebedev_order", lebedev_order),
                 z_method="" if z_method is None else _text("z_method", z_method, '"exact" or "jedynak"'),
                 max_flux_factor=0.0 if max_flux_factor is None else _max_flux_factor(max_flux_factor),
-                onnxruntime_library=_library_path(library),
+                onnxruntime_library=self._library_given,
                 device=_text("device", device, '"cpu", "cuda" or "cuda:N"'), run_self_test=bool(self_test and has_model),
                 evaluator=_text("evaluator", evaluator, '"auto" or "onnxruntime"'))
         except (RuntimeError, ValueError, OSError) as error:
@@ -403,7 +404,9 @@ class Closure:
             # The runtime returns the path as UTF-8 text: a library loaded through a
             # DODO_ONNXRUNTIME_LIBRARY name that is not UTF-8 (the option refuses such names) made
             # this a UnicodeDecodeError, and `python -m dodo.test` a traceback (outside probe, round 26).
-            library = os.environ.get("DODO_ONNXRUNTIME_LIBRARY", "")
+            given = self._library_given
+            library = (os.fsdecode(given) if isinstance(given, bytes)
+                       else os.environ.get("DODO_ONNXRUNTIME_LIBRARY", ""))
             if _is_utf8(library):
                 library = "(a path that is not UTF-8)"
         return library, self._runtime.onnxruntime_version
@@ -508,8 +511,9 @@ def _max_flux_factor(value) -> float:
     return number
 
 
-def _library_path(library) -> str:
-    """The onnxruntime_library option as text ("" for the search); a TypeError naming the option,
+def _library_path(library) -> Union[str, bytes]:
+    """The onnxruntime_library option as text ("" for the search; bytes for a name that is not
+    UTF-8); a TypeError naming the option,
     where os.fspath's says only "expected str, bytes or os.PathLike object, not int". A relative
     path (one with a slash) is made absolute here, as the model's path is for pickling: a pickled
     closure carried it as given, and a worker started in another directory (or after os.chdir)
@@ -521,11 +525,12 @@ def _library_path(library) -> str:
     except TypeError:
         raise TypeError(f"onnxruntime_library must be a path (str or os.PathLike) or None; got "
                         f"{type(library).__name__}") from None
-    if not _is_utf8(text):  # pybind11 cannot pass a surrogate-escaped name as text: a TypeError listing every argument
-        raise ValueError(f"onnxruntime_library {_shown_path(text)}: the runtime takes the library's path as UTF-8 "
-                         "text and this name is not UTF-8; reach the library through a symlink whose name is "
-                         "UTF-8")
-    return os.path.abspath(text) if "/" in text and not os.path.isabs(text) else text
+    text = os.path.abspath(text) if "/" in text and not os.path.isabs(text) else text
+    # A name that is not UTF-8 (a Latin-1 directory, held surrogate-escaped) goes to the runtime as
+    # the file system's bytes: pybind11 cannot pass it as text, and refusing it left a venv under
+    # such a directory without a closure, although the library Dodo found there loads (deployment
+    # probe: `python -m dodo.test`, `dodo score`, `dodo.Closure()` failed where a C host ran).
+    return text if _is_utf8(text) else os.fsencode(text)
 
 
 def _chunk_size(chunk_size) -> int:

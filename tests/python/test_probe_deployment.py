@@ -314,3 +314,34 @@ def test_a_cmake_package_reached_through_a_symlink_uses_the_real_install(deploym
         assert compiled.returncode == 0, compiled.stdout + compiled.stderr
         _check_host(deployment, build / "host")
     deployment.assert_untouched()
+
+
+def test_a_libdodo_copied_out_of_a_wheel_names_no_model_of_the_build_machine(tmp_path):
+    """dodo_default_model_path() of a libdodo copied out of an installed wheel (a transport code's
+    admin copies the library into the code's own lib/) returned the build machine's checkout
+    (`/work/main/python/dodo/models/qke_default.onnx`), a path that means nothing where the wheel
+    is used, or another model where it exists. A wheel's library looks only beside itself now; an
+    editable install (the source tree's python/dodo) keeps the source tree as its last place."""
+    import ctypes
+    import glob
+
+    import dodo
+    from dodo._closure import runtime_available, runtime_paths
+
+    if not runtime_available():
+        pytest.skip("dodo built without the closure runtime")
+    found = sorted(glob.glob(os.path.join(runtime_paths()["lib_dir"], "libdodo.so.*.*.*")))
+    if not found:
+        pytest.skip("libdodo not installed beside the package")
+    copy = tmp_path / "elsewhere" / "lib" / os.path.basename(found[0])
+    copy.parent.mkdir(parents=True)
+    shutil.copyfile(found[0], copy)
+    library = ctypes.CDLL(str(copy))
+    library.dodo_default_model_path.restype = ctypes.c_char_p
+    named = library.dodo_default_model_path()
+    source_tree = Path(dodo.__file__).resolve().parents[2]
+    editable = (source_tree / "cpp" / "src" / "capi.cpp").is_file()
+    if editable:
+        assert named is None or Path(os.fsdecode(named)).is_relative_to(source_tree / "python" / "dodo" / "models")
+    else:
+        assert named is None, named
