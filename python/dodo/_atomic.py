@@ -313,8 +313,9 @@ def refuse_output_locked_elsewhere(output: str | Path, given: str | Path | None 
     export, any report) started while `dodo simulate OUT` ran had its file replaced by the solver's
     next batch, and one finishing after the solver replaced its finished database (outside probe,
     data-loss round two). The lock file is opened, never made; a shared lock is tried and let go
-    at once (refused where the holder's exclusive lock is there). The holder is named by the lock's
-    second line (its command), else by ``writer`` (the command asking, which holds such locks itself)."""
+    at once (refused where the holder's exclusive lock is there). The lock holds the holder's pid
+    only: the holder is named as ``writer`` (the command asking, which takes such locks itself), else
+    as a process of one of the two commands; a second line, if a lock has one, names it."""
     lock = output_lock_path(output)
     if lock in _HELD_OUTPUT_LOCKS:
         return
@@ -340,10 +341,10 @@ def refuse_output_locked_elsewhere(output: str | Path, given: str | Path | None 
             fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             holder, command = _lock_holder(handle)
-            raise OutputInUseError(
-                f"{given if given is not None else output} is being written by another "
-                f"{command or writer or 'dodo simulate (or python -m dodo.qke.validate)'}{holder}: wait for it to end, or "
-                f"choose another output (the lock is {lock})") from None
+            who = (f"another {command or writer}{holder}" if command or writer else
+                   f"another process{holder}, a dodo simulate or python -m dodo.qke.validate of that file")
+            raise OutputInUseError(f"{given if given is not None else output} is being written by {who}: wait for it "
+                                   f"to end, or choose another output (the lock is {lock})") from None
         except OSError:  # no locks on this file system
             return
         fcntl.flock(descriptor, fcntl.LOCK_UN)
@@ -421,7 +422,7 @@ def exclusive_output(output: str | Path, command: str):
     except OSError as error:  # named by the output asked for, as atomic_path does, not by the lock file
         raise OutputPathError(f"cannot write {output}: cannot create a file in {lock.parent}: "
                               f"{error.strerror or error}") from None
-    with _flock(lock, remove=True, label=command, refuse=lambda holder: OutputInUseError(
+    with _flock(lock, remove=True, refuse=lambda holder: OutputInUseError(
             f"{output} is being written by another {command}{holder}: wait for it to end, or choose another "
             f"output (the lock is {lock})")):
         _HELD_OUTPUT_LOCKS.add(lock)
@@ -432,7 +433,7 @@ def exclusive_output(output: str | Path, command: str):
 
 
 @contextlib.contextmanager
-def _flock(path: Path, remove: bool, refuse, label: str | None = None):
+def _flock(path: Path, remove: bool, refuse):
     """Exclusive, non-blocking flock on ``path`` for the block (the holder's pid written in it);
     ``refuse(" (pid N)")`` is raised when another process holds it. remove: unlink the file before
     releasing it; a process that opened the old file meanwhile sees it is no longer ``path`` and
@@ -467,9 +468,7 @@ def _flock(path: Path, remove: bool, refuse, label: str | None = None):
             handle.truncate()
             # Unbuffered: a buffered write that failed (a full disk) failed again in close(), and the
             # message was a bare "[Errno 28] No space left on device", naming no file (round 27).
-            # The command on a second line: other writers of an output name it when they refuse
-            # (refuse_output_locked_elsewhere).
-            os.write(handle.fileno(), (str(os.getpid()) + (f"\n{label}" if label else "")).encode())
+            os.write(handle.fileno(), str(os.getpid()).encode())
         except OSError as error:
             raise OSError(error.errno, f"cannot write the lock file {path}: {error.strerror or error}") from None
         yield

@@ -145,7 +145,7 @@ def test_a_second_relabelling_into_the_same_directory_is_refused_at_once(scripts
 _HOLDER = """
 import sys
 from dodo._atomic import exclusive_output
-with exclusive_output(sys.argv[1], sys.argv[2]):
+with exclusive_output(sys.argv[1], "dodo simulate"):
     print("held", flush=True)
     sys.stdin.read()  # until the test closes the pipe
 """
@@ -157,8 +157,8 @@ def simulate_lock_held():
     the function the solver calls), until the test ends."""
     holders = []
 
-    def hold(path: Path, command: str = "dodo simulate"):
-        holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(path), command], stdin=subprocess.PIPE,
+    def hold(path: Path):
+        holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(path)], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, text=True)
         holders.append(holder)
         assert holder.stdout.readline().strip() == "held"
@@ -183,7 +183,7 @@ def test_a_file_a_running_simulate_writes_is_not_replaced_by_another_command(tmp
     holder = simulate_lock_held(out)
     code, _, err = run(capsys, ["synth", "-o", str(out), "-n", "5", "-q"])
     assert code == 2 and err.count("\n") == 1, err
-    assert f"being written by another dodo simulate (pid {holder.pid})" in err, err
+    assert f"being written by another process (pid {holder.pid}), a dodo simulate" in err, err
     assert not out.exists()
     assert [name for name in os.listdir(tmp_path) if not name.startswith(".run.h5.lock")] == []  # no temporary left
 
@@ -197,10 +197,10 @@ def test_a_write_that_began_before_the_simulate_is_refused_at_its_rename(tmp_pat
 
     out = tmp_path / "run.h5"
     out.write_bytes(b"the solver's database")
-    with pytest.raises(OutputInUseError, match="being written by another python -m dodo.qke.validate emu32"):
+    with pytest.raises(OutputInUseError, match=r"being written by another process \(pid \d+\), a dodo simulate"):
         with atomic_path(out) as temporary:
             temporary.write_bytes(b"another command's file")
-            simulate_lock_held(out, "python -m dodo.qke.validate emu32")
+            simulate_lock_held(out)
     assert out.read_bytes() == b"the solver's database"
     assert sorted(os.listdir(tmp_path)) == [".run.h5.lock", "run.h5"]
     other = tmp_path / "own.h5"
@@ -314,3 +314,41 @@ def test_a_json_report_is_written_when_standard_output_fails(tmp_path, stdout):
 
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["dodo_report"] == "dodo score", sorted(report)
+
+
+def test_the_emu32_validation_writes_its_report_before_printing_its_summary(tmp_path, monkeypatch):
+    """`python -m dodo.qke.validate emu32 --json r.json | head -1`: the summary was printed at the end of
+    the validation, before r.json was written, so a reader that went away (or a full standard output)
+    ended the command there and the report of the finished validation was lost. Now --json is
+    written first. (The validation itself is a stand-in here: only the order is under test; the
+    reference is a scratch file, never the held-out validation file.)"""
+    pytest.importorskip("h5py")
+    import io
+    import json
+
+    from dodo.qke import validate
+
+    order = []
+
+    def stand_in(*args, print_summary=True, **kwargs):
+        report = {"nstates": 32, "nvalid": 32, "per_state_error": [0.0] * 32}
+        if print_summary:  # as validate_emu32 does
+            print(json.dumps({key: value for key, value in report.items() if key != "per_state_error"}, indent=1))
+        return report
+
+    class GoneReader(io.StringIO):
+        def write(self, text):
+            order.append("print")
+            raise BrokenPipeError(32, "Broken pipe")
+
+    real_write = validate.write_json_atomic
+    monkeypatch.setattr(validate, "validate_emu32", stand_in)
+    monkeypatch.setattr(validate, "write_json_atomic", lambda *a, **k: (order.append("json"), real_write(*a, **k)))
+    monkeypatch.setattr(sys, "stdout", GoneReader())
+    reference = tmp_path / "reference.h5"
+    reference.write_bytes(b"")
+    code = validate.main(["emu32", "--reference", str(reference), "--output", str(tmp_path / "v.h5"),
+                          "--json", str(tmp_path / "r.json")])
+    assert order[:1] == ["json"], order
+    assert code == 141
+    assert json.loads((tmp_path / "r.json").read_text())["nvalid"] == 32

@@ -141,7 +141,9 @@ def validate_nsm1(reference: str, box3d_cases: str | None, seeds: list[int], fla
 
 def validate_emu32(reference: str, output: str, batch_size: int, flavour_cfl: float, seed: int,
                    hamiltonian_filter: str = SolverConfig.hamiltonian_filter, backend: str = SolverConfig.backend,
-                   write_progress: bool = True) -> dict:
+                   write_progress: bool = True, print_summary: bool = True) -> dict:
+    """The solver on the 32 Emu validation states; returns the report (printed unless ``print_summary``
+    is false: the command prints it after writing --json, see _main)."""
     from .campaign import simulate_states
 
     with _reference_file(reference, "emu_1d_validation.h5") as f:
@@ -182,9 +184,14 @@ def validate_emu32(reference: str, output: str, batch_size: int, flavour_cfl: fl
     box3d = box3d_prediction(initial)
     if box3d is not None:
         report["box3d_vs_emu_mean_abs_dn_over_ntot"] = float(np.mean(density_error(box3d, emu_final, initial)))
+    if print_summary:
+        _print_emu32_summary(report)
+    return report
+
+
+def _print_emu32_summary(report: dict) -> None:
     print(json.dumps(json_safe({k: v for k, v in report.items() if k != "per_state_error"}), indent=1, allow_nan=False),
           flush=True)
-    return report
 
 
 def _check_emu32_reference(reference: str, initial, final, rotation, per_state: dict) -> None:
@@ -340,7 +347,7 @@ def _main(argv=None) -> int:
 
             report = validate_emu32(args.reference, args.output, args.batch_size, args.flavour_cfl, args.seed,
                                     args.hamiltonian_filter, args.backend,
-                                    write_progress=_progress_may_replace(args.output))
+                                    write_progress=_progress_may_replace(args.output), print_summary=False)
     else:
         try:  # int()'s "invalid literal for int() with base 10: 'abc'" named no option
             seeds = [int(seed) for seed in args.seeds.split(",")]
@@ -352,6 +359,11 @@ def _main(argv=None) -> int:
                                args.hamiltonian_filter, args.backend)
     if args.json:  # marked as this command's report: a rerun replaces it, a user's JSON file is kept
         write_json_atomic(args.json, marked_report(report, "python -m dodo.qke.validate"))
+    if args.which == "emu32":
+        # After --json: printed first, a reader that went away (`| head -1`) or a full standard output
+        # ended the command before the report file of the finished validation was written (outside
+        # probe, data-loss round two).
+        _print_emu32_summary(report)
     return 0
 
 
