@@ -179,6 +179,7 @@ def test_a_file_a_running_simulate_writes_is_not_replaced_by_another_command(tmp
     work, a file whose lock another process holds: exit 2, one line naming the holder."""
     from cli_helpers import run
 
+    pytest.importorskip("h5py")
     out = tmp_path / "run.h5"
     holder = simulate_lock_held(out)
     code, _, err = run(capsys, ["synth", "-o", str(out), "-n", "5", "-q"])
@@ -253,6 +254,7 @@ def test_a_fifo_under_an_outputs_lock_name_is_refused_not_waited_on(tmp_path):
     waited for a reader for ever (SIGTERM the only way out). Now refused in one line naming the lock
     file; another command's write of OUT is not held up by it (no lock of dodo's); a directory of
     that name is named as the lock file, not as "cannot create a file in DIR: Is a directory"."""
+    pytest.importorskip("h5py")
     os.mkfifo(tmp_path / ".run.h5.lock")
     small = ["--random", "1", "--ncell", "16", "--nphi", "8", "--quiet"]
     result = _dodo("simulate", "run.h5", *small, cwd=tmp_path)
@@ -299,6 +301,7 @@ def test_a_json_report_is_written_when_standard_output_fails(tmp_path, stdout):
     Now the report is written first (`_cli_common.emit`, also evaluate and inspect), then the table."""
     if stdout == "/dev/full" and not Path("/dev/full").exists():
         pytest.skip("no /dev/full")
+    pytest.importorskip("h5py")
     assert _dodo("synth", "-o", "syn.h5", "-n", "20", "-q", cwd=tmp_path).returncode == 0
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader went away before the table
