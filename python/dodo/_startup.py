@@ -57,12 +57,38 @@ def _interrupted_while_starting(signum, frame) -> None:
 
 def guard() -> None:
     """Installs the start-up handler when this process is the `dodo` command and SIGINT is Python's
-    default (a shell that made the command ignore SIGINT keeps that)."""
+    default (a shell that made the command ignore SIGINT keeps that); and, for a command, puts
+    /dev/null on a closed standard descriptor (reserve_standard_descriptors)."""
     try:
-        if _launched_as_command() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        command = _launched_as_command()
+    except (ValueError, OSError, AttributeError):
+        return
+    if command:
+        reserve_standard_descriptors()
+    try:
+        if command and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             signal.signal(signal.SIGINT, _interrupted_while_starting)
     except (ValueError, OSError, AttributeError):  # not the main thread, or no signals here
         pass
+
+
+def reserve_standard_descriptors() -> None:
+    """/dev/null on each of descriptors 0-2 that is closed (`dodo simulate out.h5 2>&-`, a daemon
+    that closed them). Otherwise the next file the command opens, an output's temporary, gets that
+    descriptor, and whatever writes to stderr at the C level (ONNX Runtime, libgomp, a crash
+    handler) writes into the output (data-loss probe, round two). Only for the `dodo` commands: a
+    program that imports dodo keeps its descriptors as they are."""
+    for descriptor in (0, 1, 2):
+        try:
+            os.fstat(descriptor)
+        except OSError:
+            try:
+                opened = os.open(os.devnull, os.O_RDWR)
+            except OSError:
+                return
+            if opened != descriptor:  # a lower one was free after all: not ours to fill
+                os.dup2(opened, descriptor)
+                os.close(opened)
 
 
 def release() -> None:
