@@ -141,6 +141,9 @@ class _GuardedStdout(_WrappedStream):
     def __init__(self, stream) -> None:
         super().__init__(stream)
         self.failure: OSError | None = None
+        #: (command name) set by :func:`main` for a long command that goes on when its reader goes away.
+        self.outlives_its_reader: str | None = None
+        self.reader_gone = False
 
     def _call(self, method: str, *args):
         if self._stream is None:
@@ -148,9 +151,28 @@ class _GuardedStdout(_WrappedStream):
         try:
             return getattr(self._stream, method)(*args)
         except BrokenPipeError:
-            raise
+            if self.outlives_its_reader is None:
+                raise
+            self._reader_went_away()
+            return None
         except OSError as error:
             self._fail(error)
+
+    def _reader_went_away(self) -> None:
+        """A long command's reader went away (`dodo train ... | head -1`): its results go to files,
+        so it goes on, its standard output now /dev/null (the text the pipe refused is dropped), and
+        says so once on stderr. Before, `| head` ended an hour of training with exit 141 and no model
+        (data-loss probe, round two)."""
+        if self.reader_gone:
+            return
+        self.reader_gone = True
+        _silence_stdout()
+        try:
+            self._stream.flush()  # what the pipe refused goes to /dev/null now
+        except (OSError, ValueError):
+            pass
+        print(f"{self.outlives_its_reader}: note: the reader of standard output went away; the command goes on "
+              "(its files and logs are written as usual; its printed lines are dropped)", file=sys.stderr)
 
     def _fail(self, error: OSError):
         self.failure = error
@@ -354,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         if replicated:
             print(f"{_name(command)}: error: {replicated}", file=sys.stderr)
             return 2
+        if command in _OUTLIVE_THEIR_READER and isinstance(sys.stdout, _GuardedStdout):
+            sys.stdout.outlives_its_reader = _name(command)
         return int(args.func(args) or 0)
 
     try:
@@ -404,6 +428,10 @@ def _import_failure(error: ImportError) -> str:
     return (f"importing {module} failed: {text} (its installation is broken or incomplete: reinstall it, e.g. "
             f"pip install --force-reinstall {module})")
 
+
+#: The training commands (minutes to hours; their results are files, their standard output progress):
+#: they go on when the reader of their standard output goes away. Every other command stops there, 141.
+_OUTLIVE_THEIR_READER = frozenset({"train", "train-ensemble", "learning-curve"})
 
 #: The one command that runs data-parallel over the processes torchrun starts (training/distributed.py).
 _DATA_PARALLEL_COMMANDS = frozenset({"train"})
