@@ -121,6 +121,11 @@ def check_output_target(path: str | Path) -> None:
             return  # let the write itself report it
         if not stat.S_ISDIR(ancestor_mode):
             raise OutputPathError(f"cannot write {path}: {ancestor} is not a directory")
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            # Before any work: `dodo score --json DIR/F` into a directory the user cannot write
+            # computed and printed its whole table, then failed at the write (deployment probe).
+            raise OutputPathError(f"cannot write {path}: no permission to create files in {ancestor} (or it is on a "
+                                  "read-only file system); choose another output")
         return
 
 

@@ -345,3 +345,26 @@ def test_a_libdodo_copied_out_of_a_wheel_names_no_model_of_the_build_machine(tmp
         assert named is None or Path(os.fsdecode(named)).is_relative_to(source_tree / "python" / "dodo" / "models")
     else:
         assert named is None, named
+
+
+def test_an_output_in_a_directory_the_user_cannot_write_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    """`dodo score default F --json DIR/r.json` with DIR not writable by the user computed and printed
+    the whole table, then failed at the write. The output's directory is checked up front now (the
+    permission as os.access sees it: a non-root user's, or a read-only file system's; root here, so
+    os.access is made to say no for DIR)."""
+    from dodo._atomic import OutputPathError, check_output_target
+    from dodo.cli import main
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if Path(path) == locked
+                        else real_access(path, mode, **kw))
+    with pytest.raises(OutputPathError, match=r"no permission to create files in .*locked"):
+        check_output_target(locked / "r.json")
+    with pytest.raises(OutputPathError, match=r"no permission to create files in .*locked"):
+        check_output_target(locked / "new" / "r.json")  # a directory the write would make under it
+    data = Path(__file__).resolve().parents[1] / "data" / "qke" / "emu_1d_validation.h5"
+    assert main(["score", "box3d", str(data), "--json", str(locked / "r.json")]) == 2
+    captured = capsys.readouterr()
+    assert "bootstrap" not in captured.out and "no permission to create files in" in captured.err
