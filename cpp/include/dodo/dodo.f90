@@ -255,8 +255,9 @@ contains
   ! F_init, F_pred: contiguous (4, 6, ...) of any rank: (4, 6, ncell), a grid (4, 6, nx, ny, nz)
   ! or one cell (4, 6); F_pred the same shape (it may be the same array as F_init).
   ! u: (4, ...) with one column per cell (e.g. (4, nx, ny, nz)), absent = every cell at rest;
-  ! cell_status: one entry per cell, any shape, bits DODO_CELL_*.
-  ! growth_rate: one entry per cell, any shape: the growth rate of the instability in s^-1 in the
+  ! cell_status: one entry per cell, bits DODO_CELL_*. u and the per-cell outputs may be flat
+  ! ((4, ncell), (ncell)) for any grid; with as many cell dimensions as F they must be F's.
+  ! growth_rate: one entry per cell: the growth rate of the instability in s^-1 in the
   ! comoving frame, for densities in cm^-3 (the model's where it has one, else Box3D's proxy; 0
   ! for stable and rejected cells); uncertainty: one entry per cell, the model's spread of its correction in
   ! units of N_tot (0 where no correction is applied). See dodo_apply_diagnostics in dodo.h.
@@ -308,12 +309,28 @@ contains
                     shape_text(shape(u, kind=c_size_t)) // " for " // count_text(ncell) // " cell(s)", stat, errmsg)
         return
       end if
+      ! Counting values alone let a grid u(4, ny, nx) pass for F(4, 6, nx, ny): each cell read
+      ! another cell's four-velocity, silently (probe C round thirty). A u whose cell dimensions
+      ! are as many as F_init's must have F_init's; a flat u(4, ncell) still passes any grid.
+      if (grid_differs(u, 2, F_init)) then
+        call report(DODO_ERROR_INVALID_ARGUMENT, "u must have shape (4, ...) with one column per cell, its cell " // &
+                    "dimensions F_init's: u has " // shape_text(shape(u, kind=c_size_t)) // ", F_init " // &
+                    shape_text(shape(F_init, kind=c_size_t)) // " (a flat u(4, ncell) is taken in F_init's " // &
+                    "cell order)", stat, errmsg)
+        return
+      end if
       u_pointer = c_loc(u)
     end if
     if (present(cell_status)) then
       if (size(cell_status, kind=c_size_t) /= ncell) then
         call report(DODO_ERROR_INVALID_ARGUMENT, "cell_status must have one entry per cell: it has " // &
                     count_text(size(cell_status, kind=c_size_t)) // " for " // count_text(ncell) // " cell(s)", stat, errmsg)
+        return
+      end if
+      if (grid_differs(cell_status, 1, F_init)) then
+        call report(DODO_ERROR_INVALID_ARGUMENT, "cell_status must have one entry per cell, its dimensions " // &
+                    "F_init's cell dimensions: cell_status has " // shape_text(shape(cell_status, kind=c_size_t)) // &
+                    ", F_init " // shape_text(shape(F_init, kind=c_size_t)), stat, errmsg)
         return
       end if
       status_pointer = c_loc(cell_status)
@@ -326,12 +343,24 @@ contains
                     count_text(size(growth_rate, kind=c_size_t)) // " for " // count_text(ncell) // " cell(s)", stat, errmsg)
         return
       end if
+      if (grid_differs(growth_rate, 1, F_init)) then
+        call report(DODO_ERROR_INVALID_ARGUMENT, "growth_rate must have one entry per cell, its dimensions " // &
+                    "F_init's cell dimensions: growth_rate has " // shape_text(shape(growth_rate, kind=c_size_t)) // &
+                    ", F_init " // shape_text(shape(F_init, kind=c_size_t)), stat, errmsg)
+        return
+      end if
       growth_pointer = c_loc(growth_rate)
     end if
     if (present(uncertainty)) then
       if (size(uncertainty, kind=c_size_t) /= ncell) then
         call report(DODO_ERROR_INVALID_ARGUMENT, "uncertainty must have one entry per cell: it has " // &
                     count_text(size(uncertainty, kind=c_size_t)) // " for " // count_text(ncell) // " cell(s)", stat, errmsg)
+        return
+      end if
+      if (grid_differs(uncertainty, 1, F_init)) then
+        call report(DODO_ERROR_INVALID_ARGUMENT, "uncertainty must have one entry per cell, its dimensions " // &
+                    "F_init's cell dimensions: uncertainty has " // shape_text(shape(uncertainty, kind=c_size_t)) // &
+                    ", F_init " // shape_text(shape(F_init, kind=c_size_t)), stat, errmsg)
         return
       end if
       uncertainty_pointer = c_loc(uncertainty)
@@ -369,6 +398,21 @@ contains
     write (digits, '(i0)') count
     text = trim(digits)
   end function count_text
+
+  ! True when x, from its dimension `first` on, has as many dimensions as F's cells (F's from the
+  ! third) but not their extents: a grid given in another order (u(4, ny, nx) for F(4, 6, nx, ny)).
+  ! Extents compared one by one (no shape() temporary: a call that succeeds allocates nothing).
+  logical function grid_differs(x, first, F) result(differs)
+    type(*), intent(in) :: x(..)
+    integer, intent(in) :: first
+    real(c_double), intent(in) :: F(..)
+    integer :: k
+    differs = .false.
+    if (rank(x) - first + 1 /= rank(F) - 2) return
+    do k = 3, rank(F)
+      if (size(x, k - 3 + first, kind=c_size_t) /= size(F, k, kind=c_size_t)) differs = .true.
+    end do
+  end function grid_differs
 
   ! True for an array of shape (4, 6, ...).
   logical function cells_shaped(F)
