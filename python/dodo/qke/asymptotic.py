@@ -65,6 +65,20 @@ def growth_rate(time: np.ndarray, offdiag_magnitude: np.ndarray, saturation: int
     return float(np.log(offdiag_magnitude[last] / offdiag_magnitude[first]) / (time[last] - time[first]))
 
 
+def still_growing(time: np.ndarray, offdiag_magnitude: np.ndarray, saturation: int) -> str:
+    """The end of the reason "no exponential growth found" for a history whose off-diagonal magnitude
+    was still at its largest at the last sample, having grown: the run ended before saturation (an end
+    time too short, e.g. a ``tend(s)`` with ``--use-input-end-time``), not a state without growth; ""
+    otherwise. Such a run was dropped as "no exponential growth found" alone, as a stable state is
+    (solver probe, round two)."""
+    first, last = offdiag_magnitude[0], offdiag_magnitude[-1]
+    if len(offdiag_magnitude) < 2 or saturation != len(offdiag_magnitude) - 1 or not last > first > 0:
+        return ""
+    return (f": the flavour off-diagonal was still growing at the end time t_end = {time[-1]:.3g} s (x{last / first:.3g} "
+            f"over the run, never saturated; Rhea's window needs it to pass {GROWTH_WINDOW[0]:g}-{GROWTH_WINDOW[1]:g} "
+            f"of its maximum before saturation): the end time is too short for this state")
+
+
 def conservation_violation(initial: np.ndarray, final: np.ndarray) -> float:
     """Largest change of flavour-summed four-flux or per-flavour lepton number, in units of N_tot."""
     total_density = initial[:, :, 0].sum()
@@ -75,7 +89,17 @@ def conservation_violation(initial: np.ndarray, final: np.ndarray) -> float:
 
 def asymptotic_states(time: np.ndarray, four_flux: np.ndarray, offdiag_magnitude: np.ndarray) -> AsymptoticState:
     """Reduce histories (time ``[nsim, nt]``, four_flux ``[nsim, nt, 2, 3, 4]``, magnitude ``[nsim, nt]``)."""
+    time, four_flux, offdiag_magnitude = np.asarray(time, float), np.asarray(four_flux, float), np.asarray(offdiag_magnitude, float)
     nsim = time.shape[0]
+    if time.ndim != 2 or offdiag_magnitude.shape != time.shape or four_flux.shape[:2] != time.shape:
+        raise ValueError(f"histories must share [nsim, nt]: time {time.shape}, four_flux {four_flux.shape}, "
+                         f"offdiag_magnitude {offdiag_magnitude.shape}")
+    if time.shape[1] == 0:  # was numpy's "attempt to get argmax of an empty sequence" (solver probe, round two)
+        empty = np.full((nsim,) + four_flux.shape[2:], np.nan)
+        return AsymptoticState(initial=empty.copy(), final=empty.copy(), final_stddev=empty.copy(),
+                               growth_rate=np.zeros(nsim), saturation_time=np.full(nsim, np.nan),
+                               end_time=np.full(nsim, np.nan), valid=np.zeros(nsim, bool),
+                               reason=["empty history: no samples to reduce"] * nsim)
     final = np.full((nsim,) + four_flux.shape[2:], np.nan)
     final_stddev = np.full_like(final, np.nan)
     rates, tsat, valid, reasons = np.zeros(nsim), np.zeros(nsim), np.zeros(nsim, bool), []
@@ -88,7 +112,7 @@ def asymptotic_states(time: np.ndarray, four_flux: np.ndarray, offdiag_magnitude
         if not np.all(np.isfinite(history)) or not np.all(np.isfinite(magnitude)):
             reason = "non-finite values"
         elif rates[isim] <= 0:
-            reason = "no exponential growth found"
+            reason = "no exponential growth found" + still_growing(t, magnitude, saturation)
         elif t[-1] <= MINIMUM_END_TSAT * tsat[isim]:
             reason = f"not saturated early enough: t_end = {t[-1] / tsat[isim]:.2f} t_sat < {MINIMUM_END_TSAT}"
         if not reason:
