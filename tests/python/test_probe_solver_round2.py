@@ -226,3 +226,17 @@ def test_sigterm_mid_run_then_the_same_command_gives_the_uninterrupted_rows_and_
     for name in a:
         if name != "dropped":
             np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+@pytest.mark.parametrize("text", ["states: []\n", "states:\n"])
+def test_a_yaml_input_without_states_says_it_holds_no_states(tmp_path, capsys, text):
+    """`states: []` was refused as "each state must be 6 species x [n, Fx, Fy, Fz]; got shape (0,)", of a
+    list without any state (and `states:` alone as "got shape ()"); an empty HDF5 input already said
+    "holds no states: nothing to simulate". Now both say so; nothing is written."""
+    pytest.importorskip("yaml")
+    source = tmp_path / "empty.yaml"
+    source.write_text(text)
+    output = tmp_path / "out.h5"
+    assert run_cli(["simulate", str(output), "--input", str(source), *SMALL]) == 2
+    assert f"{source} holds no states: nothing to simulate" in capsys.readouterr().err
+    assert not output.exists()

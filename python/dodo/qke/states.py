@@ -446,6 +446,11 @@ def read_states(path: str) -> dict:
         if unknown:  # `end_time: 1e-6` or a misspelt key was ignored without a word: the run used the defaults
             raise ValueError(f"{path}: unknown key(s) {unknown}; a YAML input holds 'states' only (end times, "
                              "rotations and box lengths: an Emu-layout HDF5 input, or --box-length)")
+        if document["states"] is None or (isinstance(document["states"], list) and not document["states"]):
+            # `states: []` (or `states:` alone) was "each state must be 6 species x [n, Fx, Fy, Fz]; got shape
+            # (0,)", of a list without any state; now `dodo simulate` says "holds no states", as of an empty HDF5
+            # input (solver probe, round two)
+            document["states"] = np.zeros((0, 6, 4))
         try:
             four_flux = np.asarray(document["states"], dtype=float)
         except (TypeError, ValueError):  # a state given as a mapping, ragged lists, strings
