@@ -1,7 +1,7 @@
 """Solver probe, round two (outside probe of `dodo simulate` as a user who makes their own ground truth;
-docs/reliability_python.md, section 51). The reduction tests failed against the code before their fix
-(their docstrings say what it did); the others pin laws and behaviour that held, on tiny runs
-(16-32 cells, 24 directions)."""
+docs/reliability_python.md, section 51). The tests of the three fixes (the reduction's two, the empty
+YAML input) failed against the code before them (their docstrings say what it did); the others pin laws
+and behaviour that held, on tiny runs (16-32 cells, 24 directions)."""
 from __future__ import annotations
 
 import argparse
