@@ -205,8 +205,10 @@ def test_sigterm_mid_run_then_the_same_command_gives_the_uninterrupted_rows_and_
     assert run_cli(["simulate", whole, *common]) == 0
     out = tmp_path / "out.h5"
     command = [sys.executable, "-m", "dodo", "simulate", str(out), *common]
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "python") + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # The installed dodo, from a directory outside the source tree: a non-editable install (CI's) has
+    # no compiled core in python/dodo, so PYTHONPATH or a working directory at the root would import that.
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    process = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     partial = Path(str(out) + ".partial.npz")
     deadline = time.monotonic() + 120  # a hang guard only
     while not partial.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -218,7 +220,7 @@ def test_sigterm_mid_run_then_the_same_command_gives_the_uninterrupted_rows_and_
     if interrupted:
         assert process.returncode == 143, stderr
         assert partial.exists()
-    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("out", ".out"))) == ["out.h5"]
     a, b = read(whole), read(out)
