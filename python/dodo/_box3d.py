@@ -312,6 +312,10 @@ def comoving_density(F_init, u=None) -> np.ndarray:
 
 
 def _boost(F, u, inverse: bool) -> np.ndarray:
+    if u is None:  # box3d's u=None (rest-frame input) read here "u must hold real numbers; got dtype object"
+        raise ValueError(f"{'boost_from_rest' if inverse else 'boost_to_rest'} needs the fluid four-velocity u "
+                         "(..., 4); u=None (dodo.box3d's 'input already in the fluid rest frame') means no boost: "
+                         "the components are F itself")
     vectors = _as_real_array("F", F, (N_COMPONENTS,), "(..., 4): four-vectors (t, x, y, z)")
     velocity = _as_real_array("u", u, (N_COMPONENTS,), "(..., 4): fluid four-velocity (t, x, y, z)")
     # u in the per-cell form of box3d and invariants, (..., 4) beside cells F (..., 6, 4), would

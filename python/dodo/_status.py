@@ -18,7 +18,11 @@ class _StatusType(type(enum.IntFlag)):
     ``The truth value of an array with more than one element is ambiguous`` (outside probe, round 29)."""
 
     def __call__(cls, value, *args, **kwargs):
-        if not args and not kwargs and cls._member_map_ and isinstance(value, (np.generic, np.ndarray)):
+        if not args and not kwargs and cls._member_map_ and (
+                isinstance(value, (np.generic, np.ndarray, bool, float)) or (isinstance(value, int) and value >= 1 << 32)):
+            # Python values as NumPy's (outside probe, round 42): CellStatus(True) and CellStatus(1.0) were
+            # NO_CROSSING and CellStatus(2**40) a status, where np.bool_, np.float64 and np.uint64(2**40) are
+            # refused. Negative ints stay enum's (~flag calls CellStatus(~value); -1 is every flag).
             value = _one_status(value, "dodo.CellStatus", "dodo.CellStatus(result.status[i])")
         return super().__call__(value, *args, **kwargs)
 

@@ -21,6 +21,10 @@ SPECIES = ("nu_e", "nu_mu", "nu_tau", "nubar_e", "nubar_mu", "nubar_tau")
 COMPONENTS = ("t", "x", "y", "z")
 METRIC = np.array([-1.0, 1.0, 1.0, 1.0])
 REST_FRAME_VELOCITY = np.array([1.0, 0.0, 0.0, 0.0])
+# Read-only: `METRIC[0] = 1` (or `v = REST_FRAME_VELOCITY; v[1:] = w`) wrote into the one shared
+# constant, silently changing every later user's metric (outside probe, round 42).
+METRIC.setflags(write=False)
+REST_FRAME_VELOCITY.setflags(write=False)
 
 #: sqrt(2) G_F / hbar in cm^3 s^-1: growth rate in s^-1 = growth_over_ntot * N_tot[cm^-3] * this.
 #: G_F/(hbar c)^3 = 1.1663788e-5 GeV^-2 (PDG); hbar = 6.582119569e-25 GeV s; (hbar c) = 1.97326980e-14 GeV cm.
@@ -50,8 +54,13 @@ MU_TAU_EXCHANGE = (0, 2, 1, 3, 5, 4)
 
 
 def species_index(antineutrino: int, flavour: int) -> int:
-    """Species index ``3*s + f`` (s = 0 neutrino, 1 antineutrino; f = 0 e, 1 mu, 2 tau)."""
-    return 3 * antineutrino + flavour
+    """Species index ``3*s + f`` (s = 0 neutrino, 1 antineutrino; f = 0 e, 1 mu, 2 tau).
+
+    Anything else is a ValueError: (2, 0) gave 6, (0, 3) gave 3 (nubar_e), (1.5, 0) gave 4.5."""
+    for name, value, top in (("antineutrino", antineutrino, 1), ("flavour", flavour, N_FLAVOURS - 1)):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or not 0 <= value <= top:
+            raise ValueError(f"species_index: {name} must be an integer in [0, {top}]; got {value!r}")
+    return 3 * int(antineutrino) + int(flavour)
 
 
 def invariant_pairs() -> list[tuple[int, int]]:
@@ -60,7 +69,12 @@ def invariant_pairs() -> list[tuple[int, int]]:
 
 
 def minkowski_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """A.B = -A^t B^t + A.B (spatial), over the last axis."""
+    """A.B = -A^t B^t + A.B (spatial), over the last axis (length 4: t, x, y, z); a and b
+    broadcast. Any last axis other than 4 is a ValueError (a (3,) or (5,) vector gave a number)."""
+    a, b = np.asarray(a), np.asarray(b)  # lists: "list indices must be integers or slices, not tuple"
+    for name, value in (("a", a), ("b", b)):
+        if value.ndim < 1 or value.shape[-1] != N_COMPONENTS:
+            raise ValueError(f"minkowski_dot: {name} must have shape (..., 4) (t, x, y, z); got {value.shape}")
     return -a[..., 0] * b[..., 0] + np.einsum("...i,...i->...", a[..., 1:], b[..., 1:])
 
 
@@ -69,7 +83,10 @@ def total_density(F: np.ndarray, absolute: bool = False) -> np.ndarray:
     ``absolute``, the sum of their magnitudes. Densities near 1e308 sum beyond float64: such a cell's
     N_tot is inf (or NaN), without NumPy's overflow warning, so that callers flag it by
     ``np.isfinite`` (a state whose N_tot is not finite cannot be normalised, scored or simulated)."""
-    n = np.asarray(F)[..., 0]
+    F = np.asarray(F)
+    if F.ndim < 2 or F.shape[-2:] != (N_SPECIES, N_COMPONENTS):  # a (4,) vector or (6, 3) gave a number
+        raise ValueError(f"total_density: F must have shape (..., 6, 4) (species x t, x, y, z); got {F.shape}")
+    n = F[..., 0]
     with np.errstate(over="ignore", invalid="ignore"):
         return (np.abs(n) if absolute else n).sum(axis=-1)
 

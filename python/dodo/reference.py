@@ -26,10 +26,16 @@ def conservation_error(F_init: np.ndarray, F_out: np.ndarray, u=None) -> np.ndar
     """Largest violation of the 11 conservation laws per cell, in units of N_tot.
 
     Flavour-summed four-flux (nu and nubar separately) in any frame; per-flavour lepton
-    number in the fluid rest frame.
+    number in the fluid rest frame. A cell whose N_tot is not positive has no unit to measure
+    in: its error is 0. F_out must have F_init's shape (a single cell's F_init broadcast against
+    a batch F_out and measured every cell against the first cell's input).
     """
     F_init = np.asarray(F_init, float)
-    change = np.asarray(F_out, float) - F_init
+    F_out = np.asarray(F_out, float)
+    if F_out.shape != F_init.shape:  # outside probe, round 42
+        raise ValueError(f"conservation_error: F_out has shape {F_out.shape}, F_init {F_init.shape}: give one output "
+                         "cell per input cell")
+    change = F_out - F_init
     ntot = comoving_density(F_init, u)
     velocity = np.broadcast_to(np.array([1.0, 0, 0, 0]) if u is None else np.asarray(u, float),
                                F_init.shape[:-2] + (4,))
