@@ -321,9 +321,12 @@ def _boost(F, u, inverse: bool) -> np.ndarray:
     # u in the per-cell form of box3d and invariants, (..., 4) beside cells F (..., 6, 4), would
     # broadcast against F's species axis when the last batch axis happens to be as long (six cells
     # of six species): each species boosted with another cell's velocity, silently.
-    if velocity.ndim >= 2 and vectors.ndim == velocity.ndim + 1 and velocity.shape == vectors.shape[:-2] + (N_COMPONENTS,):
+    # So would a u of the cells' trailing axes only, broadcast over the leading ones as box3d takes it
+    # (u (ny, 4) for cells (nx, ny, 6, 4) with ny = 6: outside probe, round 42).
+    cells = velocity.ndim - 1
+    if velocity.ndim >= 2 and vectors.ndim >= velocity.ndim + 1 and velocity.shape[:-1] == vectors.shape[-2 - cells:-2]:
         raise ValueError(
-            f"u with shape {velocity.shape} has the shape of F's cells ({vectors.shape[:-2]}) but would broadcast against "
+            f"u with shape {velocity.shape} matches F's cell axes {vectors.shape[-2 - cells:-2]} (one velocity per cell, as dodo.box3d takes it) but would broadcast against "
             f"F's axis -2 (length {vectors.shape[-2]}): pass u[..., None, :] for one velocity per cell, or "
             "np.broadcast_to(u, F.shape) for one per four-vector")
     try:

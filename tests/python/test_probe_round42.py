@@ -90,6 +90,22 @@ def test_boost_without_u_says_it_needs_one(boost):
         boost(_cells(()), None)
 
 
+@pytest.mark.parametrize("boost", [dodo.boost_to_rest, dodo.boost_from_rest])
+def test_boost_refuses_a_u_of_the_trailing_cell_axes_that_would_mix_species(boost):
+    # cells (2, 6) and u (6, 4), one velocity per cell of the last axis as dodo.box3d broadcasts it:
+    # each species of a cell was boosted with another cell's velocity, silently.
+    F = _cells((2, 6))
+    u = _velocity(np.random.default_rng(4).normal(0, 0.2, (6, 3)))
+    with pytest.raises(ValueError, match=r"matches F's cell axes \(6,\)"):
+        boost(F, u)
+    per_cell = boost(F, u[:, None, :])
+    assert np.array_equal(per_cell[1, 4], boost(F[1, 4], u[4]))
+    assert np.array_equal(boost(F, np.broadcast_to(u[:, None, :], F.shape)), per_cell)
+    # one velocity per four-vector of a single cell, and a u over the leading axes, as before
+    assert boost(F[0, 0], u).shape == (6, 4)
+    assert boost(F, np.broadcast_to(u[0], (2, 1, 1, 4))).shape == (2, 6, 6, 4)
+
+
 def test_conservation_error_refuses_an_output_of_another_shape():
     F = _cells((3,))
     result = dodo.box3d(F)
