@@ -343,7 +343,8 @@ def boost_to_rest(F, u) -> np.ndarray:
     """Components of four-vectors F (..., 4) in the fluid rest frame: the pure boost along v = u/W.
 
     u (..., 4) broadcasts against F; for cells (..., 6, 4) pass ``u[..., None, :]`` (a u of the
-    cells' shape plus (4,), which would broadcast against the species axis, is refused).
+    cells' batch shape, or of its trailing axes, plus (4,), as :func:`box3d` takes it, would
+    broadcast against the species axis and is refused). u is required: None is refused.
     """
     return _boost(F, u, inverse=False)
 
