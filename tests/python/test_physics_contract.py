@@ -16,7 +16,7 @@ import pytest
 
 import dodo
 from box3d_oracle import box3d as oracle_box3d
-from conftest import random_states, random_velocities
+from conftest import random_states
 from dodo._status import REJECTED_MASK
 from libdodo_ctypes import Options, load_libdodo
 

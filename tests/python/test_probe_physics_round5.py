@@ -190,7 +190,6 @@ def test_the_step_at_the_stability_boundary_is_the_documented_one(closures):
 def _laws(F, u, result, rest_tolerance):
     """Conservation (lab flavour sums, rest-frame lepton number per flavour, in N_tot), realizability
     of every output species in the documented order, finiteness; stable cells bit for bit."""
-    n = len(F)
     P = result.F_pred
     rest = (lambda X: dodo.boost_to_rest(X, u[:, None, :])) if u is not None else (lambda X: X)
     F_rest, P_rest = rest(F), rest(P)

@@ -2,7 +2,6 @@
 handlers import what they need, so `dodo --help` works on a runtime-only install."""
 from __future__ import annotations
 
-import argparse
 import functools
 import sys
 from pathlib import Path

@@ -66,8 +66,6 @@ MAX_FOLDS = 1_000_000
 
 @_friendly("learning-curve")
 def _learning_curve(args) -> int:
-    import json
-
     from .._atomic import json_safe, write_json_atomic
     from .ensemble_train import EnsembleConfig, growth_data_files, learning_curve, plot_curve
 
