@@ -99,16 +99,22 @@ def test_train_refuses_a_database_without_crossing_states_and_a_one_row_file(run
     assert "holds 1 row(s); training needs at least 3" in err  # not "add rows or raise data.val_fraction"
 
 
-def test_train_ensemble_refuses_stable_states_before_fitting_members(tmp_path, capsys):
-    stable = _preprocess(tmp_path, [_stable_emu(tmp_path / "stable.h5", n=8)], "stable_pre")
+def _refused_tiny_ensemble(tmp_path, capsys, data):
+    """`dodo train-ensemble` of two 8-wide density members and one growth member on ``data``,
+    expected refused (exit 2); its captured output."""
     config = tmp_path / "e.yaml"
-    config.write_text(json.dumps({"data": {"path": str(stable)}, "ensemble": {"members": 2, "width": 8, "depth": 1,
-                                                                             "steps": 5},
+    config.write_text(json.dumps({"data": {"path": str(data)}, "ensemble": {"members": 2, "width": 8, "depth": 1,
+                                                                           "steps": 5},
                                   "growth": {"members": 1, "width": 8, "depth": 1, "steps": 5},
                                   "output": {"checkpoint": str(tmp_path / "ens" / "e.pt")}}))
     capsys.readouterr()
     assert dodo_main(["train-ensemble", "--config", str(config)]) == 2
-    captured = capsys.readouterr()
+    return capsys.readouterr()
+
+
+def test_train_ensemble_refuses_stable_states_before_fitting_members(tmp_path, capsys):
+    stable = _preprocess(tmp_path, [_stable_emu(tmp_path / "stable.h5", n=8)], "stable_pre")
+    captured = _refused_tiny_ensemble(tmp_path, capsys, stable)
     assert "0 of the 8 training states have an ELN crossing" in captured.err
     assert "member 1/2 trained" not in captured.out  # refused before any fit
     assert not (tmp_path / "ens").exists()
@@ -122,14 +128,7 @@ def test_train_ensemble_without_growth_labels_is_refused_before_fitting_members(
         emu = _write_emu(tmp_path / "norate.h5", f["F4_initial(1|ccm)"][:], f["F4_final(1|ccm)"][:],
                          np.full(40, np.nan))
     data = _preprocess(tmp_path, [emu], "norate_pre")
-    config = tmp_path / "e.yaml"
-    config.write_text(json.dumps({"data": {"path": str(data)}, "ensemble": {"members": 2, "width": 8, "depth": 1,
-                                                                           "steps": 5},
-                                  "growth": {"members": 1, "width": 8, "depth": 1, "steps": 5},
-                                  "output": {"checkpoint": str(tmp_path / "ens" / "e.pt")}}))
-    capsys.readouterr()
-    assert dodo_main(["train-ensemble", "--config", str(config)]) == 2
-    captured = capsys.readouterr()
+    captured = _refused_tiny_ensemble(tmp_path, capsys, data)
     assert "no finite growth label" in captured.err and "growth.members: 0" in captured.err
     assert "member 1/2 trained" not in captured.out
 
