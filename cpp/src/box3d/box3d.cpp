@@ -1255,6 +1255,31 @@ void prepare_block(std::size_t count, const double* F_init, const double* u, Res
   for (int a = 0; a < kSpecies; ++a)
 #pragma omp simd
     for (std::size_t c = 0; c < lanes; ++c) negative[c] |= rest[a * kComponents][c] < 0.0;
+  // A moving cell is checked in the lab frame too, the frame of the values a stable cell returns
+  // (physics-law probe, round six): the future cone is Lorentz invariant, but a species of
+  // subnormal lab values (or a W where 1 - v rounds away) can be realizable in the computed rest
+  // frame and not as given, n_lab = -4.9e-323 or sqrt(Fx^2 + Fy^2 + Fz^2) > n_lab. Such a cell
+  // was NO_CROSSING and returned as its unrealizable input; at rest (lab = rest) the same values
+  // are rejected. Now NEGATIVE_DENSITY / FLUX_FACTOR and realizable_fallback, as at rest.
+  // Vectorised: a species whose |F|^2 is below (1 - 8 eps) n^2 with n^2 in the normal range (or
+  // with no flux) is inside; the rare cells with another species get cell_is_realizable's test.
+  alignas(64) std::int64_t lab_unchecked[kBlockCells] = {};
+  if (u) {
+    for (int a = 0; a < kSpecies; ++a) {
+      const double* in_t = lab[a * kComponents];
+      const double* in_x = lab[a * kComponents + 1];
+      const double* in_y = lab[a * kComponents + 2];
+      const double* in_z = lab[a * kComponents + 3];
+#pragma omp simd
+      for (std::size_t c = 0; c < lanes; ++c) {
+        const double n = in_t[c];
+        const double flux2 = in_x[c] * in_x[c] + in_y[c] * in_y[c] + in_z[c] * in_z[c];
+        negative[c] |= n < 0.0;
+        const bool inside = (flux2 == 0.0) | ((n > 1e-150) & (n < 1e150) & (flux2 <= (1.0 - 8.0 * DBL_EPSILON) * (n * n)));
+        lab_unchecked[c] |= !inside;
+      }
+    }
+  }
   // N_tot in the order the flavour symmetries keep (conventions.hpp, flavour_symmetric_sum).
 #pragma omp simd
   for (std::size_t c = 0; c < lanes; ++c)
@@ -1272,6 +1297,9 @@ void prepare_block(std::size_t count, const double* F_init, const double* u, Res
                                                            : kCellOk;
     status[c] = status[c] == kCellOk ? flags : status[c];
   }
+  for (std::size_t c = 0; c < count; ++c)  // the lab frame's exact test (above), for the rare cells it needs
+    if (lab_unchecked[c] && status[c] == kCellOk && !cell_is_realizable(F_init + c * kCellValues))
+      status[c] = kCell_FLUX_FACTOR;
   // The normalised values, value-major and across cells (the same product rest * (1 / total) per
   // value as a per-cell loop: the same bits); zeros where block_moments wants no cell.
   alignas(64) double inverse_total[kBlockCells];
