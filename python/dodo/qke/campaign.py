@@ -27,14 +27,14 @@ from typing import Callable
 
 import numpy as np
 
-from .asymptotic import asymptotic_states
+from .asymptotic import MINIMUM_END_TSAT, asymptotic_states
 from .directions import uniform_sphere
 from .initial import species_direction_densities
 from .._atomic import atomic_write
 from .io import require_h5py, write_emu_database
 from .parallel import assign_batches, plan_batches, world
 from .solver import SolverConfig, make_box, resolve_backend
-from .states import AXIS_SEARCH, EMU_AXIS_SEARCH, NSM1_EMU_1D, box_setup, rotate_four_flux
+from .states import AXIS_SEARCH, EMU_AXIS_SEARCH, END_TIME_GROWTH_TIMES, NSM1_EMU_1D, box_setup, rotate_four_flux
 
 
 def _comparable_settings(settings: dict) -> dict:
@@ -137,6 +137,39 @@ def too_many_steps(end_time_s: float, box_length_cm: float, config: SolverConfig
             f"{step:.3g} s), more than the {MAX_ADVECTIVE_STEPS:,} a run may take: the box is far smaller than its "
             "fastest wavelength (is --box-length in cm?), or the end time very long (is tend(s) in s?); leave "
             "--box-length out for k L = 18, or give a larger one")
+
+
+#: Rhea's reduction (asymptotic.py) needs t_end > MINIMUM_END_TSAT t_sat, and before t_sat the flavour
+#: off-diagonal has grown from its seeds (perturbation_amplitude of the diagonal differences) through
+#: Rhea's window (from 1e-3 of its peak) to its peak: ln(min(1 / amplitude, 1e3)) growth times at least
+#: at the linear box rate (ln 10 at least: the window's top decade). An end time shorter than
+#: MINIMUM_END_TSAT times that cannot give a valid run. Measured (16 cells, 24 directions, 10 random
+#: states of the three families and 4 shallow crossings): t_sat 14.6-33 growth times with the default
+#: 1e-6 seeds (no valid run below 56 of them; the bound is 20.7), 7.0-12 with 1e-2 seeds (bound 13.8;
+#: valid from 25) and 3.7-6.5 with 1e-1 (bound 6.9; valid from 16). With --use-input-end-time such a
+#: state ran to its end before being dropped as "no exponential growth found" or "not saturated early
+#: enough" (solver probe, round three).
+MIN_GROWTH_DECADES = 3.0
+
+
+def min_end_growth_times(perturbation_amplitude: float) -> float:
+    """The fewest growth times (1 / linear box rate) an end time must hold for a valid run (above)."""
+    decades = min(MIN_GROWTH_DECADES, max(1.0, -math.log10(perturbation_amplitude)))
+    return MINIMUM_END_TSAT * decades * math.log(10.0)
+
+
+def too_few_growth_times(end_time_s: float, linear_rate: float, config: SolverConfig) -> str | None:
+    """Why a run to ``end_time_s`` of a state whose fastest box mode grows at ``linear_rate`` (s^-1)
+    cannot saturate early enough for Rhea's reduction, or None."""
+    needed = min_end_growth_times(config.perturbation_amplitude)
+    held = end_time_s * linear_rate
+    if not held < needed:
+        return None
+    return (f"its end time {end_time_s:.3g} s is {held:.3g} growth times of its fastest box mode (1/rate = "
+            f"{1 / linear_rate:.3g} s; the default is {END_TIME_GROWTH_TIMES:g}), fewer than the {needed:.3g} a valid "
+            "run needs (it would stop with its flavour off-diagonal still growing at the end time; Rhea's reduction "
+            f"needs t_end > {MINIMUM_END_TSAT:g} t_sat): the end time is too short for this state; dropped before "
+            "its run")
 
 
 #: Why a state with a NaN relative_cost is dropped.
@@ -560,7 +593,7 @@ def _simulate_batch(batch: np.ndarray, four_flux: np.ndarray, results: dict, con
         R, length, end, linear_rate = setup
         results["rotation"][index], results["box_length_cm"][index] = R, length
         results["end_time"][index], results["linear_growth_rate"][index] = end, linear_rate
-        endless = too_many_steps(end, length, config)
+        endless = too_many_steps(end, length, config) or too_few_growth_times(end, linear_rate, config)
         if endless is not None:
             results["done"][index], results["reason"][index] = True, endless
             continue

@@ -339,6 +339,34 @@ def _box_along(four_flux, rotation, directions, search_directions, ncell, box_le
     return rotation, float(box_length_cm), float(end_time_s), float(linear_rate)
 
 
+def _refuse_yaml_non_numbers(path: str, states) -> None:
+    """A ValueError naming the states of a YAML ``states`` list that hold a boolean or an empty entry.
+
+    YAML reads ``yes``, ``no``, ``on``, ``off``, ``true`` and ``false`` as booleans, which became
+    densities 1 and 0 without a word (an HDF5 input of booleans is refused), and ``~``, ``null`` or an
+    empty entry as null, refused as "non-finite (NaN or Inf)" (solver probe, round three). Text stays
+    accepted: YAML 1.1 reads ``1e33`` and ``1.0e33`` (no sign in the exponent) as text."""
+    if not isinstance(states, list):
+        return
+    found = {"a boolean (YAML reads yes, no, on, off, true and false as booleans)": [],
+             "an empty entry (null, ~ or nothing)": []}
+
+    def holds(value, kind) -> bool:
+        if isinstance(value, (list, tuple)):
+            return any(holds(item, kind) for item in value)
+        return isinstance(value, bool) if kind == 0 else value is None
+
+    for index, state in enumerate(states):
+        for kind, what in enumerate(found):
+            if holds(state, kind):
+                found[what].append(index)
+    problems = [f"{what} in state(s) {indices[:10]}{f' and {len(indices) - 10} more' if len(indices) > 10 else ''}"
+                for what, indices in found.items() if indices]
+    if problems:
+        raise ValueError(f"{path}: 'states' holds {'; and '.join(problems)}, where a number belongs: give every "
+                         "[n, Fx, Fy, Fz] entry as a number (cm^-3)")
+
+
 def check_rotations(rotation: np.ndarray, count: int, what: str) -> None:
     """``rotation`` must be ``count`` proper rotations [count, 3, 3] (R R^T = 1 and det R = 1 to 1e-9):
     a scaled or skewed matrix would change the fluxes it rotates (and break the run's conservation)."""
@@ -440,6 +468,9 @@ def read_states(path: str) -> dict:
                              "Emu-layout HDF5 file") from None
         except yaml.YAMLError as error:  # malformed, or a tag safe_load refuses (!!python/object)
             raise ValueError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
+        except RecursionError:  # PyYAML's parser recurses per level: `[[[...` 500 deep was a traceback (round three)
+            raise ValueError(f"{path}: its YAML nests lists too deeply to read (a state is 6 species x [n, Fx, Fy, "
+                             "Fz]: three levels under 'states')") from None
         if not isinstance(document, dict) or "states" not in document:
             raise ValueError(f"{path}: expected a mapping with a 'states' list")
         unknown = sorted(str(key) for key in document if key != "states")
@@ -451,6 +482,7 @@ def read_states(path: str) -> dict:
             # (0,)", of a list without any state; now `dodo simulate` says "holds no states", as of an empty HDF5
             # input (solver probe, round two)
             document["states"] = np.zeros((0, 6, 4))
+        _refuse_yaml_non_numbers(path, document["states"])
         try:
             four_flux = np.asarray(document["states"], dtype=float)
         except (TypeError, ValueError):  # a state given as a mapping, ragged lists, strings
