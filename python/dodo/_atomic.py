@@ -24,6 +24,7 @@ import json
 import math
 import os
 import re
+import signal
 import socket
 import stat
 import tempfile
@@ -178,6 +179,7 @@ def atomic_path(final: str | Path):
     if os.path.islink(final):
         final = Path(os.path.realpath(final))
     refuse_output_locked_elsewhere(final, given)
+    found = _identity(final)  # what is at final now: the one file this write may replace
     # The directories made for this output, removed again (when empty) if the write fails: a failed
     # `dodo preprocess -o new/dir/out.h5` left new/dir/ behind (outside probe, round 23).
     made = missing_directories([final.parent])
@@ -209,6 +211,7 @@ def atomic_path(final: str | Path):
             os.fsync(handle.fileno())
         check_output_target(final)  # nothing put a device, FIFO or directory there meanwhile
         refuse_output_locked_elsewhere(final, given)  # nor did a dodo simulate of that file start meanwhile
+        refuse_written_meanwhile(final, given, found)  # nor did another command write it meanwhile
         os.replace(tmp, final)
         _fsync_directory(final.parent)
     except BaseException as error:
@@ -220,6 +223,39 @@ def atomic_path(final: str | Path):
             # No space left on device"): the output asked for is named (same errno, same OSError subclass).
             raise OSError(error.errno, error.strerror, str(given)) from None
         raise
+
+
+def _identity(path: Path):
+    """(device, inode, size, modification time) of the file at ``path``; None when there is none."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
+
+
+class WrittenMeanwhileError(OutputPathError):
+    """Another process wrote the output while this write ran (atomic_path's check before its rename)."""
+
+
+def refuse_written_meanwhile(final: Path, given, found) -> None:
+    """Refuse the rename onto ``final`` when a file is there that was not when the write began
+    (``found``, :func:`_identity` then): another command wrote it meanwhile (two `dodo synth -o
+    OUT` at once; a `dodo simulate OUT` started and ended during a `dodo preprocess` to OUT). The
+    rename replaced it without a word, after the command's own check of what it may replace had
+    passed on what was there when it began (outside probe, data-loss round two, left; round three).
+    That file is kept; this command's output is not written. A file that went away meanwhile (the
+    write's own rotation, `last.pt` -> `last.prev.pt`) is no loss. What is checked is the file at
+    ``final`` when the write began: not the time from the command's start to its write (the
+    training itself, for `dodo train-ensemble`), which only the command's own check covers."""
+    now = _identity(final)
+    if now is None or now == found:
+        return
+    what = "appeared there" if found is None else "was replaced or changed there"
+    raise WrittenMeanwhileError(
+        f"cannot write {given}: a file {what} while this command wrote its output (another process wrote it): "
+        "it is kept as it is, and this command's output was not written; run the command again to replace "
+        "it, or choose another output")
 
 
 class InUseError(ValueError):
@@ -505,18 +541,95 @@ def atomic_hdf5(final: str | Path):
     with atomic_path(final) as tmp:
         sink = WriteErrorLatch(tmp)
         try:
-            try:
-                handle = h5py.File(sink, "w")
+            with _signals_held_in_callbacks(sink):
                 try:
-                    yield handle, sink.check
-                finally:
-                    handle.close()
-            except Exception:
-                sink.check()  # the disk filled up first: that is the error to report
-                raise
-            sink.check()
+                    handle = h5py.File(sink, "w")
+                    try:
+                        yield handle, sink.check
+                    finally:
+                        handle.close()
+                except Exception:
+                    sink.check()  # the disk filled up first (or a signal came in HDF5): that is what to report
+                    raise
+                sink.check()
         finally:
             sink.close()
+
+
+#: Signals whose Python handler may raise (Ctrl-C's KeyboardInterrupt, dodo's SIGTERM and SIGHUP).
+_HELD_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+@contextlib.contextmanager
+def _signals_held_in_callbacks(sink: "WriteErrorLatch"):
+    """For the block, a Ctrl-C, SIGTERM or SIGHUP is held and given to its handler at the next
+    ``sink.check()`` (the writers call it after every block of rows; atomic_hdf5 at the end), outside
+    HDF5. Raised where it arrived, the handler's exception could reach HDF5 through h5py's file-object
+    driver: when the callback was a flush of a dataset's chunks on its deallocation, h5py printed
+    "Exception ignored in ObjectID.__dealloc__", HDF5 went on with a failed write, and the process
+    died of a segmentation fault (exit 139, the temporary left behind); raised in a weak reference's
+    callback of h5py's, it was ignored and the command finished with exit 0 (Ctrl-C or `kill` of `dodo
+    preprocess` at the wrong moment; outside probe, data-loss round three). A second signal while one
+    is held is handled at once, unless HDF5 is calling ``sink`` just then. Main thread only (signal
+    handlers can be set there only)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+
+    def held(signum, frame):
+        if not sink.held_signals or _inside_latch_callback(frame):
+            sink.held_signals.append((signum, frame))
+            return
+        _hand_on(previous, signum, frame)  # a second one: the user insists
+
+    sink.hand_on_held = lambda: _hand_on_held(sink, previous)
+    for signum in _HELD_SIGNALS:
+        try:
+            handler = signal.getsignal(signum)
+            if callable(handler) or handler == signal.SIG_DFL:  # not an ignored signal, nor a C-level handler
+                previous[signum] = handler
+                signal.signal(signum, held)
+        except (ValueError, OSError):
+            pass
+    try:
+        yield
+    finally:
+        sink.hand_on_held = None
+        for signum, handler in previous.items():
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                if signal.getsignal(signum) is held:  # a handler that replaced ours (SIG_DFL) stays
+                    signal.signal(signum, handler)
+
+
+def _hand_on(previous: dict, signum: int, frame) -> None:
+    """Give ``signum`` to the handler that was there before :func:`_signals_held_in_callbacks`."""
+    handler = previous.get(signum, signal.SIG_DFL)
+    if callable(handler):
+        handler(signum, frame)
+        return
+    # SIG_DFL: the default action (the process ends): put it back and send the signal again.
+    signal.signal(signum, signal.SIG_DFL)
+    signal.raise_signal(signum)
+
+
+def _hand_on_held(sink: "WriteErrorLatch", previous: dict) -> None:
+    if sink.held_signals:
+        signum, frame = sink.held_signals[0]
+        sink.held_signals.clear()
+        _hand_on(previous, signum, frame)
+
+
+def _inside_latch_callback(frame) -> bool:
+    """Whether ``frame`` (the one a signal interrupted) is in, or called from, a method of
+    WriteErrorLatch that HDF5 calls."""
+    while frame is not None:
+        if frame.f_code in _LATCH_CALLBACK_CODES:
+            return True
+        frame = frame.f_back
+    return False
 
 
 class WriteErrorLatch(io.RawIOBase):
@@ -535,10 +648,18 @@ class WriteErrorLatch(io.RawIOBase):
         self._position = 0
         self._held: list[tuple[int, bytes]] = []  # (offset, data) written after the failure
         self.error: OSError | None = None
+        #: (signal, frame) of signals held while HDF5 called this file (_signals_held_in_callbacks), and
+        #: the function that gives them to their handlers; check() calls it first.
+        self.held_signals: list = []
+        self.hand_on_held = None
 
     def check(self) -> None:
+        if self.held_signals and self.hand_on_held is not None:
+            self.hand_on_held()  # a Ctrl-C or SIGTERM held during an HDF5 callback: raised here, outside HDF5
         if self.error is not None:
-            raise OSError(self.error.errno, f"writing {self._name}: {self.error.strerror or self.error}")
+            # Without the temporary's name (`[Errno 27] writing /d/.out.h5.host.123.x8k2.tmp: File too large:
+            # 'out.h5'`, of a file nobody asked for): atomic_path names the output asked for.
+            raise OSError(self.error.errno, self.error.strerror or str(self.error))
 
     def _pwrite(self, view: memoryview, offset: int) -> int:
         return os.pwrite(self._fd, view, offset)
@@ -612,6 +733,14 @@ class WriteErrorLatch(io.RawIOBase):
             os.close(self._fd)
             self._fd = -1
         super().close()
+
+
+#: The code of WriteErrorLatch's methods that HDF5 calls (through h5py's file-object driver), and of
+#: what they call: a signal that interrupts one of them is held (_signals_held_in_callbacks).
+_LATCH_CALLBACK_CODES = frozenset(
+    getattr(WriteErrorLatch, name).__code__
+    for name in ("readinto", "write", "seek", "tell", "truncate", "flush", "_pwrite", "_size", "readable",
+                 "writable", "seekable"))
 
 
 def remove_stale_temporaries(final: str | Path) -> list[Path]:

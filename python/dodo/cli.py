@@ -156,7 +156,10 @@ class _GuardedStdout(_WrappedStream):
             self._reader_went_away()
             return None
         except OSError as error:
-            self._fail(error)
+            if self.outlives_its_reader is None:
+                self._fail(error)
+            self._unwritable_for_a_long_command(error)
+            return None
 
     def _reader_went_away(self) -> None:
         """A long command's reader went away (`dodo train ... | head -1`): its results go to files,
@@ -173,6 +176,24 @@ class _GuardedStdout(_WrappedStream):
             pass
         print(f"{self.outlives_its_reader}: note: the reader of standard output went away; the command goes on "
               "(its files and logs are written as usual; its printed lines are dropped)", file=sys.stderr)
+
+    def _unwritable_for_a_long_command(self, error: OSError) -> None:
+        """A long command's standard output cannot be written (``> /dev/full``, a log on a full disk):
+        it goes on as when its reader goes away (its results are files), says so once on stderr, and
+        ends with 2 and ``cannot write to standard output`` once its work is done (the failure is
+        kept for with_guarded_stdout). Before, `dodo learning-curve --json F --plot P > /dev/full`
+        ended at its first progress line, the cross-validation lost (data-loss probe, round three)."""
+        if self.failure is not None:
+            return
+        self.failure = error
+        _silence_stdout()
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass
+        print(f"{self.outlives_its_reader}: note: standard output cannot be written ({error.strerror or error}); "
+              "the command goes on (its files and logs are written as usual; its printed lines are dropped)",
+              file=sys.stderr)
 
     def _fail(self, error: OSError):
         self.failure = error

@@ -104,16 +104,22 @@ def _learning_curve(args) -> int:
     # An object with the mark, as every other report: the bare list of rows carried none, so a later
     # run knew it by its rows' keys only (outside probe, rounds 25 and 26). Rows: the same as before.
     report = marked_report({"rows": rows}, "dodo learning-curve")
-    # The table first, then the plot drawn from it: a plot that could not be written (a directory
-    # without write permission, a full disk) lost the JSON of the finished cross-validation (outside
-    # probe, round 38).
-    if args.json == "-":
-        print(json.dumps(json_safe(report), indent=1, allow_nan=False, default=float))
-    elif args.json:
+    # The files first, the table's before the plot drawn from it, then what is printed: a plot that
+    # could not be written (a directory without write permission, a full disk) lost the JSON of the
+    # finished cross-validation (outside probe, round 38); a standard output that could not be
+    # written (`> /dev/full`) after "table written to F" ended the command before the plot was drawn
+    # (data-loss round three). A failed plot still reports the table (printed, or the file's name).
+    if args.json not in (None, "-"):
         write_json_atomic(args.json, report)
-        print(f"table written to {args.json}")
+    try:
+        if args.plot:
+            plot_curve(rows, args.plot)
+    finally:
+        if args.json == "-":
+            print(json.dumps(json_safe(report), indent=1, allow_nan=False, default=float))
+        elif args.json:
+            print(f"table written to {args.json}")
     if args.plot:
-        plot_curve(rows, args.plot)
         say(f"plot written to {args.plot}")
     return 0
 
