@@ -540,3 +540,44 @@ def test_a_run_killed_after_each_checkpoint_ends_with_the_uninterrupted_rows(tmp
     assert sorted(expected) == sorted(got)
     for name in expected:
         np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+
+
+def test_a_state_that_cannot_be_reconstructed_names_its_species_and_value(tmp_path):
+    """A heavy-lepton species at -1e10 cm^-3 (-5e-24 N_tot: rounding in a user's conversion) was dropped
+    as "number densities must be non-negative", a zero-density species with a flux of 1e10 cm^-3 and a
+    species at flux factor 1 with no species named: the user had to search 24 numbers per state. Now
+    the reason names the species and the value (in cm^-3 and N_tot); the prefixes are unchanged."""
+    from dodo.qke.campaign import reconstruction_failure
+    from dodo.qke.directions import uniform_sphere
+
+    directions = uniform_sphere(8)
+    negative, flux_only, beamed = CROSSING.copy(), CROSSING.copy(), CROSSING.copy()
+    negative[4, 0] = -1e10
+    flux_only[2] = [0.0, 0.0, 1e10, 0.0]
+    beamed[3, 1:] *= beamed[3, 0] / np.linalg.norm(beamed[3, 1:])
+    text = reconstruction_failure(negative, directions)
+    assert "number densities must be non-negative (species nubar_mu): n = -1e+10 cm^-3 = -2.1e-24 N_tot" in text, text
+    text = reconstruction_failure(flux_only, directions)
+    assert "zero density has a non-zero flux" in text and "(species nu_tau): |F| = 1e+10 cm^-3" in text, text
+    text = reconstruction_failure(beamed, directions)
+    assert "flux factor 1.0000 >= 0.95: not representable (species nubar_e)" in text, text
+
+
+def test_the_numpy_fallback_says_that_threads_have_no_effect(tmp_path):
+    """`dodo simulate OUT --random 1 --ncell 24 --threads 2` (auto backend; 24 cells is no power of
+    two): "using the NumPy kernel: ncell = 24 is not a power of two ..." and the run went on, on one
+    thread, --threads 2 dropped without a word (with --backend numpy it is refused). Now the line says
+    it has no effect. (A stable state: dropped before any run, so nothing is integrated here.)"""
+    from dodo.qke import campaign
+    from dodo.qke.solver import SolverConfig
+
+    stable = np.array([[1.0, 0, 0, 0.1]] * 6) * 1e33
+    said = []
+    for threads in (2, 1):
+        with pytest.raises(campaign.NoValidStateError):
+            campaign.simulate_states(stable[None], str(tmp_path / "out.h5"), SolverConfig(ncell=24, nphi_equator=8),
+                                     batch_size=2, threads=threads, report=said.append)
+    fallback = [line for line in said if line.startswith("using the NumPy kernel")]
+    assert len(fallback) == 2, said
+    assert fallback[0].endswith("it steps on one thread, so --threads 2 has no effect"), fallback[0]
+    assert "--threads" not in fallback[1], fallback[1]

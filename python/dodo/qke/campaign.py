@@ -450,7 +450,11 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
     say = report if comm.rank == 0 else (lambda message: None)  # campaign-wide news: once
     backend, fallback = resolve_backend(config)
     if fallback is not None:
-        say(f"using the NumPy kernel: {fallback}")
+        # `--threads 2` with the fallback was dropped without a word (solver probe, round three); with
+        # `--backend numpy` it is refused (the CLI), but auto is the default and a campaign's options
+        # may meet an ncell the compiled kernel cannot run, so here it is said, not refused.
+        threads_note = f"; it steps on one thread, so --threads {threads} has no effect" if threads > 1 else ""
+        say(f"using the NumPy kernel: {fallback}{threads_note}")
     config = replace(config, backend=backend)  # the settings record the kernel that ran
     nstates = len(four_flux)
     settings = {"solver": asdict(config), "axis": axis, "box_length_cm": box_length_cm, "batch_size": batch_size,

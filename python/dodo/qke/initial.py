@@ -38,6 +38,29 @@ def inverse_langevin(flux_factor: np.ndarray) -> np.ndarray:
     return np.where(f > 0, z, 0.0)
 
 
+#: Dodo's species order, for naming the species a state cannot be reconstructed for.
+SPECIES_NAMES = ("nu_e", "nu_mu", "nu_tau", "nubar_e", "nubar_mu", "nubar_tau")
+
+
+def _first(mask: np.ndarray) -> tuple:
+    return tuple(int(i) for i in np.argwhere(mask)[0])
+
+
+def _species(at: tuple, shape: tuple) -> str:
+    """" (species nu_mu)" where the densities' last axis is the six species; "" otherwise. The reasons
+    named no species nor value: a heavy species at -1e10 cm^-3 (rounding in a user's conversion) was
+    dropped as "number densities must be non-negative" alone (solver probe, round three)."""
+    return f" (species {SPECIES_NAMES[at[-1]]})" if shape and shape[-1] == len(SPECIES_NAMES) else ""
+
+
+def _relative(value: float, density: np.ndarray, at: tuple) -> str:
+    """" = -1e-23 N_tot" of the state holding ``at`` when the last axis is the six species."""
+    if not density.shape or density.shape[-1] != len(SPECIES_NAMES):
+        return " cm^-3"
+    total = float(np.abs(density[at[:-1]]).sum())
+    return f" cm^-3 = {value / total:.3g} N_tot" if total > 0 else " cm^-3"
+
+
 def maxent_direction_weights(density: np.ndarray, flux: np.ndarray, directions: np.ndarray,
                              tolerance: float = 1e-13, max_iterations: int = 100) -> np.ndarray:
     """Number density per direction ``[..., ndir]`` whose discrete moments are (density, flux).
@@ -52,7 +75,9 @@ def maxent_direction_weights(density: np.ndarray, flux: np.ndarray, directions: 
     if not (np.all(np.isfinite(density)) and np.all(np.isfinite(flux))):
         raise ValueError("densities and fluxes must be finite")
     if np.any(density < 0):
-        raise ValueError("number densities must be non-negative")
+        at = _first(density < 0)
+        raise ValueError(f"number densities must be non-negative{_species(at, density.shape)}: n = {density[at]:.3g}"
+                         f"{_relative(density[at], density, at)}")
     safe_density = np.where(density > 0, density, 1.0)
     flux_ratio = np.where(density[..., None] > 0, flux / safe_density[..., None], 0.0)
     flux_factor = np.linalg.norm(flux_ratio, axis=-1)
@@ -62,9 +87,14 @@ def maxent_direction_weights(density: np.ndarray, flux: np.ndarray, directions: 
     # probe, round one). Its flux factor is infinite.
     empty_with_flux = (density == 0) & np.any(flux != 0, axis=-1)
     if np.any(empty_with_flux):
-        raise ValueError("a species of zero density has a non-zero flux (|F| > n = 0): not representable")
+        at = _first(empty_with_flux)
+        raise ValueError(f"a species of zero density has a non-zero flux (|F| > n = 0): not representable"
+                         f"{_species(at, density.shape)}: |F| = {np.linalg.norm(flux[at]):.3g}"
+                         f"{_relative(np.linalg.norm(flux[at]), density, at)}")
     if np.any(flux_factor >= MAX_FLUX_FACTOR):
-        raise ValueError(f"flux factor {flux_factor.max():.4f} >= {MAX_FLUX_FACTOR}: not representable")
+        at = np.unravel_index(int(np.argmax(flux_factor)), flux_factor.shape)
+        raise ValueError(f"flux factor {flux_factor.max():.4f} >= {MAX_FLUX_FACTOR}: not representable"
+                         f"{_species(at, density.shape)}")
 
     # Start from the continuous solution lambda = Z F_hat, then Newton on the convex dual.
     safe_factor = np.where(flux_factor > 0, flux_factor, 1.0)
