@@ -581,3 +581,24 @@ def test_the_numpy_fallback_says_that_threads_have_no_effect(tmp_path):
     assert len(fallback) == 2, said
     assert fallback[0].endswith("it steps on one thread, so --threads 2 has no effect"), fallback[0]
     assert "--threads" not in fallback[1], fallback[1]
+
+
+def test_a_run_that_never_saturated_says_so_beside_t_end_over_t_sat():
+    """A history growing exponentially through Rhea's window up to its last sample (an end time of
+    20-40 growth times: the growth rate is measured, the peak is the last sample) was dropped as "not
+    saturated early enough: t_end = 1.00 t_sat < 3.0" alone: t_sat was merely the last sample. Now the
+    reason adds that the off-diagonal was still growing at the end time and that the end time is too
+    short; a run that saturated too late (its peak before the end) keeps the words it had."""
+    from dodo.qke.asymptotic import asymptotic_states
+
+    time = np.linspace(0.0, 25.0, 400)[None]
+    four_flux = np.ones((1, 400, 2, 3, 4))
+    growing = 1e-9 * np.exp(time)
+    state = asymptotic_states(time, four_flux, growing)
+    assert state.reason[0].startswith("not saturated early enough: t_end = 1.00 t_sat < 3.0: the flavour "
+                                      "off-diagonal was still growing at the end time"), state.reason[0]
+    assert "the end time is too short" in state.reason[0]
+    saturated = np.minimum(growing, 1e-9 * np.exp(20.0))  # the peak reached at t = 20, flat after
+    saturated[0, -1] *= 0.5
+    state = asymptotic_states(time, four_flux, saturated)
+    assert state.reason[0].startswith("not saturated early enough: t_end = 1.2") and "still growing" not in state.reason[0]

@@ -115,6 +115,11 @@ def asymptotic_states(time: np.ndarray, four_flux: np.ndarray, offdiag_magnitude
             reason = "no exponential growth found" + still_growing(t, magnitude, saturation)
         elif t[-1] <= MINIMUM_END_TSAT * tsat[isim]:
             reason = f"not saturated early enough: t_end = {t[-1] / tsat[isim]:.2f} t_sat < {MINIMUM_END_TSAT}"
+            if saturation == len(magnitude) - 1:
+                # "t_end = 1.00 t_sat" alone, of a run that never saturated: its t_sat is merely its
+                # last sample, where the off-diagonal was still growing (solver probe, round three).
+                reason += (": the flavour off-diagonal was still growing at the end time (t_sat is the last "
+                           "sample, never saturated): the end time is too short for this state")
         if not reason:
             start = int(np.argmin(np.abs(t - AVERAGE_START_TSAT * tsat[isim])))
             window = history[start:-1]
