@@ -601,4 +601,40 @@ def test_a_run_that_never_saturated_says_so_beside_t_end_over_t_sat():
     saturated = np.minimum(growing, 1e-9 * np.exp(20.0))  # the peak reached at t = 20, flat after
     saturated[0, -1] *= 0.5
     state = asymptotic_states(time, four_flux, saturated)
-    assert state.reason[0].startswith("not saturated early enough: t_end = 1.2") and "still growing" not in state.reason[0]
+    assert state.reason[0].startswith("not saturated early enough: t_end = 1.2"), state.reason[0]
+    assert "still growing" not in state.reason[0]
+
+
+def test_validate_emu32_compares_box3d_on_the_states_the_solver_kept(tmp_path):
+    """`python -m dodo.qke.validate emu32 --reference MINE.h5` (a user's own Emu-layout reference) with
+    a state the solver drops (here its end time, 1e-30 s): the report's solver error was the mean over
+    the valid states, Box3D's the mean over all of them, printed side by side as if of the same states
+    (in the probe, two states of a `dodo simulate` output: Box3D 0.0108 over both, the solver 0.0044
+    over one; over that one Box3D is at 0.0163). Now both are over the valid states."""
+    h5py = pytest.importorskip("h5py")
+    from dodo.qke.directions import uniform_sphere
+    from dodo.qke.states import box_setup
+    from dodo.qke.validate import box3d_prediction, density_error, validate_emu32
+
+    _, _, end, rate = box_setup(CROSSING, uniform_sphere(16), 64, axis="z", box_length_cm=4.0)
+    other = CROSSING.copy()
+    other[3, 0] *= 1.2  # another state (its Box3D error differs), dropped by its end time
+    states = np.array([CROSSING, other])
+    final = states.copy()
+    final[:, [0, 3], 0] *= 0.8  # any answer: e and ebar converted to heavy leptons
+    final[:, [1, 2, 4, 5], 0] += 0.1 * states[:, [0, 3], 0].repeat(2, axis=1)
+    reference = str(tmp_path / "mine.h5")
+    with h5py.File(reference, "w") as f:
+        f["F4_initial(1|ccm)"], f["F4_final(1|ccm)"] = _emu_layout(states), _emu_layout(final)
+        f["growthRate(1|s)"], f["linear_growthRate_box(1|s)"] = np.full(2, rate), np.full(2, rate)
+        f["tend(s)"], f["walltime(s)"] = np.array([end, 1e-30]), np.ones(2)
+        f["rotation_R"] = np.tile(np.eye(3), (2, 1, 1))
+    report = validate_emu32(reference, str(tmp_path / "out.h5"), batch_size=1, flavour_cfl=1.0, seed=0,
+                            print_summary=False)
+    assert report["nvalid"] == 1 and report["per_state_error"][1] != report["per_state_error"][1]  # NaN: dropped
+    box3d = box3d_prediction(states)
+    if box3d is not None:
+        expected = density_error(box3d, final, states)[0]
+        assert abs(density_error(box3d, final, states)[1] - expected) > 1e-3 * expected  # the two states differ
+        assert report["box3d_vs_emu_mean_abs_dn_over_ntot"] == pytest.approx(expected, rel=1e-12)
+    assert report["solver_vs_emu_mean_abs_dn_over_ntot"] == pytest.approx(report["per_state_error"][0], rel=1e-12)
