@@ -143,21 +143,21 @@ void unlock_in_child() {
 }
 [[maybe_unused]] const int kForkHandlers = pthread_atfork(lock_for_fork, unlock_after_fork, unlock_in_child);
 
-// Copies text cut to the buffer, always NUL-terminated. A message (whole_characters) is cut at a
+// Copies text cut to the buffer, always NUL-terminated, cut at a
 // character's start: messages are UTF-8 (printable_message), and a cut inside a character left
 // bytes that are not, which a host decoding its buffer as UTF-8 (Python's ctypes .decode()) could
-// not read (probe round seventeen). Metadata values are the package's data, cut byte for byte
-// (their length is returned).
-void copy_text(std::string_view text, char* buffer, size_t size, bool whole_characters = false) {
+// not read (probe round seventeen). Metadata values, UTF-8 too (the loader refuses other bytes),
+// were cut byte for byte: a value cut inside a character left the host's buffer not UTF-8, though
+// docs/runtime.md promises C, Fortran and Julia hosts UTF-8 only (outside probe, C round 31).
+void copy_text(std::string_view text, char* buffer, size_t size) {
   if (!buffer || size == 0) return;
   size_t n = text.size() < size - 1 ? text.size() : size - 1;
-  if (whole_characters)
-    while (n > 0 && n < text.size() && (static_cast<unsigned char>(text[n]) & 0xc0) == 0x80) --n;
+  while (n > 0 && n < text.size() && (static_cast<unsigned char>(text[n]) & 0xc0) == 0x80) --n;
   std::memcpy(buffer, text.data(), n);
   buffer[n] = '\0';
 }
 
-void copy_message(std::string_view text, char* buffer, size_t size) { copy_text(text, buffer, size, true); }
+void copy_message(std::string_view text, char* buffer, size_t size) { copy_text(text, buffer, size); }
 
 // The calling thread's last failure, from any call (with or without a live handle): what
 // dodo_last_error gives for a NULL or destroyed handle, and the text a thread sharing a handle

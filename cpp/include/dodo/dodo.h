@@ -212,7 +212,13 @@ DODO_API dodo_status dodo_reset_counters(dodo_closure* closure);
 /* 1 if the handle carries a model, 0 if Box3D-only (or NULL). */
 DODO_API int dodo_has_model(const dodo_closure* closure);
 /* Copies the model's metadata value for `key` (e.g. "dodo.head") into buffer. Returns the length
- * of the value (excluding NUL; copy truncated when >= buffer_size), or -1 if the key is absent. */
+ * of the value in bytes (excluding NUL), or -1 if the key is absent, the handle NULL, destroyed or
+ * Box3D-only, or key NULL. buffer may be NULL with buffer_size 0 (ask the length, then allocate
+ * length + 1). Nothing is written past buffer_size bytes; with buffer_size > 0 the copy is always
+ * NUL-terminated, and a value of buffer_size bytes or more is cut before buffer_size - 1 bytes at
+ * the start of a character, so the buffer holds UTF-8 (values are UTF-8: the loader refuses other
+ * bytes) that may be up to 3 bytes shorter than buffer_size - 1. A value may hold NUL characters:
+ * trust the returned length, not strlen. */
 DODO_API long dodo_get_metadata(const dodo_closure* closure, const char* key, char* buffer,
                                 size_t buffer_size);
 /* Copies the last error message recorded on this handle (by any thread) into buffer; returns its

@@ -116,10 +116,17 @@ class Error : public std::runtime_error {
  public:
   Error(dodo_status status, const std::string& message)
       : std::runtime_error(printable_message(message)), status_(status) {}
+  // With the errno of the system call that failed (a model file that cannot be opened or read:
+  // EACCES, EIO, ...), so that a binding can raise the error its language has for it (Python:
+  // PermissionError for EACCES) instead of one class for every DODO_ERROR_FILE.
+  Error(dodo_status status, const std::string& message, int system_error)
+      : std::runtime_error(printable_message(message)), status_(status), system_error_(system_error) {}
   dodo_status status() const { return status_; }
+  int system_error() const { return system_error_; }  // 0: not from a system call
 
  private:
   dodo_status status_;
+  int system_error_ = 0;
 };
 
 }  // namespace dodo::runtime

@@ -259,7 +259,13 @@ const JsonValue* JsonValue::find(const std::string& key) const {
   auto it = object_.find(key);
   return it == object_.end() ? nullptr : &it->second;
 }
+const std::map<std::string, JsonValue>& JsonValue::object() const {
+  if (kind_ != Kind::kObject) throw std::invalid_argument("JSON value is not an object: " + dump_excerpt());
+  return object_;
+}
 const JsonValue& JsonValue::at(const std::string& key) const {
+  // Not an object: said so ("dodo.box3d" given as a list read 'JSON object has no key "scheme"').
+  if (kind_ != Kind::kObject) throw std::invalid_argument("JSON value is not an object: " + dump_excerpt());
   const JsonValue* value = find(key);
   if (!value) throw std::invalid_argument("JSON object has no key \"" + key + "\"");
   return *value;

@@ -34,7 +34,8 @@ class JsonValue {
   const std::string& string() const;                    // throws unless a string
   const std::vector<JsonValue>& array() const;          // throws unless an array
   const JsonValue* find(const std::string& key) const;  // nullptr if absent or not an object
-  const JsonValue& at(const std::string& key) const;    // throws if absent
+  const JsonValue& at(const std::string& key) const;    // throws if absent or not an object
+  const std::map<std::string, JsonValue>& object() const;  // throws unless an object
 
   // Rendering for messages ("17", "\"exact\""); dump_excerpt cuts it after 200 bytes (between
   // characters) and adds its length: a value from a file may be megabytes long.

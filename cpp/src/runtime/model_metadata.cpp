@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <initializer_list>
 #include <stdexcept>
+#include <tuple>
 #include <utility>
 
 #include "../box3d/lebedev.hpp"
@@ -33,6 +35,35 @@ JsonValue parse_json(const std::string& key, const std::string& text) {
   }
 }
 
+// An object with optional keys, which the runtime reads key by key: any other key is refused,
+// naming it. A misspelt optional key was ignored, and so was what it carried: "growth_over_NTOT"
+// for "growth_over_ntot" in a re-signed package loaded with its growth rates untested (outside
+// probe, C round 31). ("dodo.box3d" and "dodo.native_network" have required keys only: a misspelt
+// one is missing, and refused as such; other keys there, such as a note, are left alone.)
+void refuse_unknown_keys(const char* entry, const JsonValue& json, std::initializer_list<const char*> known) {
+  if (!json.is_object()) return;  // at() says what it is instead
+  for (const auto& [key, value] : json.object()) {
+    if (std::any_of(known.begin(), known.end(), [&key = key](const char* name) { return key == name; })) continue;
+    std::string names;
+    for (const char* name : known) names += std::string(names.empty() ? "\"" : ", \"") + name + "\"";
+    refuse(std::string("model metadata \"") + entry + "\" has the key " + quoted_value(key) +
+           ", which this runtime does not read (it reads " + names + ")");
+  }
+}
+
+// Whether "dodo.outputs" (checked against the graph by onnx_model.cpp before this) names `output`.
+bool declares_output(const std::map<std::string, std::string>& metadata, const char* output) {
+  const auto entry = metadata.find("dodo.outputs");
+  if (entry == metadata.end()) return false;
+  try {
+    const JsonValue names = JsonValue::parse(entry->second);
+    for (const JsonValue& name : names.array())
+      if (name.is_string() && name.string() == output) return true;
+  } catch (const std::invalid_argument&) {
+  }
+  return false;
+}
+
 // Flattens a JSON array of [cells][rows][cols] numbers into `out`, checking the shape.
 std::size_t flatten_cells(const JsonValue& value, std::size_t rows, std::size_t cols, std::vector<double>& out,
                           const char* name) {
@@ -57,6 +88,8 @@ std::string format_number(double value) { return number_text(value); }
 TestVectors read_test_vectors(const std::string& text) {
   TestVectors vectors;
   const JsonValue json = parse_json("dodo.test_vectors", text);
+  refuse_unknown_keys("dodo.test_vectors", json,
+                      {"F_init", "u", "F_pred", "atol_over_ntot", "growth_over_ntot", "uncertainty"});
   try {
     std::size_t n = flatten_cells(json.at("F_init"), 6, 4, vectors.F_init, "F_init");
     if (flatten_cells(json.at("F_pred"), 6, 4, vectors.F_pred, "F_pred") != n)
@@ -185,6 +218,15 @@ ModelDescription describe_model(const std::map<std::string, std::string>& metada
   }
 
   if (auto it = metadata.find("dodo.test_vectors"); it != metadata.end()) model.test_vectors = read_test_vectors(it->second);
+  // A graph's optional outputs are tested with its other outputs: both exporters write their
+  // expected values, and a re-signed package without them loaded with those outputs untested.
+  if (model.test_vectors.cells > 0) {
+    for (auto [output, key, values] : {std::tuple{"log_growth_ratio", "growth_over_ntot", &model.test_vectors.growth_over_ntot},
+                                       std::tuple{"uncertainty", "uncertainty", &model.test_vectors.uncertainty}})
+      if (values->empty() && declares_output(metadata, output))
+        refuse(std::string("model metadata \"dodo.test_vectors\" has no \"") + key + "\", but the graph has the output \"" +
+               output + "\" (metadata \"dodo.outputs\"), which the self-test must check: re-export the model with `dodo export`");
+  }
   return model;
 }
 

@@ -41,20 +41,34 @@ const FloatTensor& tensor_named(const std::map<std::string, FloatTensor>& initia
   return found->second;
 }
 
+// The values the evaluation reads must be finite. A NaN or infinite weight, mean or precision
+// makes every row's output NaN (or a gate 0), which the load-time probes reported as 'does not
+// reproduce the graph's head_output (probe row 0: -nan instead of -nan)' or '(0 instead of nan)',
+// naming neither the tensor nor the value (outside probe, C round 31).
+void require_finite(const std::string& what, const std::vector<float>& values) {
+  for (std::size_t i = 0; i < values.size(); ++i)
+    if (!std::isfinite(values[i]))
+      unusable(what + " holds " + (std::isnan(values[i]) ? "NaN" : values[i] > 0 ? "+infinity" : "-infinity") +
+               " at element " + std::to_string(i) + " of " + std::to_string(values.size()) +
+               ": the network's values must be finite (edited after export?)");
+}
+
 // A vector by initializer name, or given inline as a JSON list of numbers (the exporter folds
-// some small constant vectors, such as an all-zero mean, out of the graph).
+// some small constant vectors, such as an all-zero mean, out of the graph); `key` names it in messages.
 std::vector<float> vector_named(const std::map<std::string, FloatTensor>& initializers, const JsonValue& name,
-                                std::size_t size) {
+                                std::size_t size, const std::string& key) {
   if (name.is_array()) {
     if (name.array().size() != size) unusable("lists " + std::to_string(name.array().size()) + " values where " +
                                               std::to_string(size) + " are needed");
     std::vector<float> values;
     for (const JsonValue& value : name.array()) values.push_back(static_cast<float>(value.number()));
+    require_finite("the list given for " + key, values);
     return values;
   }
   const FloatTensor& tensor = tensor_named(initializers, name);
   if (tensor.dims.size() != 1 || tensor.values.size() != size)
     unusable("tensor " + quoted_value(name.string()) + " must be a vector of " + std::to_string(size) + " values");
+  require_finite("tensor " + quoted_value(name.string()) + " (" + key + ")", tensor.values);
   return tensor.values;
 }
 
@@ -397,8 +411,8 @@ NativeNetwork::NativeNetwork(const std::string& description, const std::map<std:
     const JsonValue& form = root.at("form");
     if (!form.is_string() || form.string() != kNativeNetworkForm)
       unusable("has form " + form.dump_excerpt() + "; this runtime evaluates \"" + kNativeNetworkForm + "\"");
-    input_mean_ = vector_named(initializers, root.at("input_mean"), static_cast<std::size_t>(input_size));
-    input_std_ = vector_named(initializers, root.at("input_std"), static_cast<std::size_t>(input_size));
+    input_mean_ = vector_named(initializers, root.at("input_mean"), static_cast<std::size_t>(input_size), "input_mean");
+    input_std_ = vector_named(initializers, root.at("input_std"), static_cast<std::size_t>(input_size), "input_std");
     const JsonValue& layers = root.at("layers");
     if (!layers.is_array() || layers.array().empty()) unusable("needs a non-empty list of layers");
     int width = input_size;
@@ -413,7 +427,9 @@ NativeNetwork::NativeNetwork(const std::string& description, const std::map<std:
       layer.outputs = static_cast<int>(weight.dims[0]);
       layer.padded_outputs = padded(layer.outputs);
       if (layer.padded_outputs > kMaxWidth) unusable("has a layer wider than " + std::to_string(kMaxWidth));
-      const std::vector<float> bias = vector_named(initializers, entry.array()[1], static_cast<std::size_t>(layer.outputs));
+      require_finite("layer weight " + quoted_value(entry.array()[0].string()), weight.values);
+      const std::vector<float> bias = vector_named(initializers, entry.array()[1], static_cast<std::size_t>(layer.outputs),
+                                                   "a layer's bias");
       layer.bias.assign(static_cast<std::size_t>(layer.padded_outputs), 0.0f);
       for (int o = 0; o < layer.outputs; ++o) layer.bias[o] = bias[o];
       const bool last = &entry == &layers.array().back();
@@ -447,10 +463,11 @@ NativeNetwork::NativeNetwork(const std::string& description, const std::map<std:
     if ((!mean.is_array() && tensor_named(initializers, mean).dims.size() != 1) || distance_columns_ < 1 ||
         distance_columns_ > input_size || distance_columns_ > kMaxDistanceColumns)
       unusable("feature_mean must be a vector of at most " + std::to_string(input_size) + " values");
-    feature_mean_ = vector_named(initializers, mean, static_cast<std::size_t>(distance_columns_));
+    feature_mean_ = vector_named(initializers, mean, static_cast<std::size_t>(distance_columns_), "feature_mean");
     const FloatTensor& precision = tensor_named(initializers, root.at("feature_precision"));
     if (precision.dims.size() != 2 || precision.dims[0] != distance_columns_ || precision.dims[1] != distance_columns_)
       unusable("feature_precision must be a square matrix of the feature_mean's size");
+    require_finite("tensor " + quoted_value(root.at("feature_precision").string()) + " (feature_precision)", precision.values);
     const auto P = [&](int i, int j) {
       return static_cast<double>(precision.values[static_cast<std::size_t>(i) * distance_columns_ + j]);
     };
