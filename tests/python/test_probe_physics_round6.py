@@ -5,10 +5,11 @@ flux factors up to 0.97, fluids moving at W up to 1e4 with u exactly and slightl
 through every path: dodo.box3d, dodo.Closure (Box3D alone, the default model with the native and the
 ONNX Runtime evaluator), dodo.closure, the C API (ctypes) and `dodo apply -o`.
 
-One violation found and fixed (cpp/src/box3d/box3d.cpp, prepare_block): a moving cell whose lab values
-are not realizable (a subnormal species the caller's boost left at n = -4.9e-323, or with
-sqrt(Fx^2 + Fy^2 + Fz^2) > n), while its computed rest-frame values are, was NO_CROSSING and returned
-as its unrealizable input; at rest the same values are rejected. Now the lab frame is checked too.
+One violation found and fixed (cpp/src/box3d/box3d.cpp, prepare_block): a cell whose values as given
+are not realizable while the values Box3D checks are (a subnormal species the caller's boost left at
+n = -4.9e-323 beside a realizable rest-frame species; at rest, a subnormal species with |F| > n that
+division by N_tot rounds onto the cone) was NO_CROSSING and returned as its unrealizable input. Now
+the input is checked as given too, in every frame.
 One violation found outside this round's files and reported (a strict xfail below): the rejected-cell
 fallback drops the whole flux of a species one ulp outside the cone in ~22% of such species.
 
@@ -209,6 +210,46 @@ def test_a_moving_cell_whose_lab_values_are_unrealizable_is_rejected_on_every_pa
         assert (status[3:] == NO_CROSSING).all(), (name, status)
         assert F_pred[3:].tobytes() == neighbour.tobytes(), name
         assert F_pred.tobytes() == reference.tobytes(), name
+
+
+def _realizable_scaled(F):
+    """n >= 0 and |F| <= n after scaling each species by a power of two (exact) into the normal range:
+    the test realizable_fallback applies (a subnormal flux's squares underflow in the plain order)."""
+    largest = np.abs(F).max(axis=-1, keepdims=True)
+    exponent = np.frexp(np.where(largest > 0, largest, 1.0))[1]
+    scaled = np.ldexp(F, -exponent)
+    norm = np.sqrt(scaled[..., 1] ** 2 + scaled[..., 2] ** 2 + scaled[..., 3] ** 2)
+    return (F[..., 0] >= 0) & (norm <= scaled[..., 0])
+
+
+def test_a_subnormal_species_outside_the_cone_is_flagged_at_rest_and_with_u_at_rest_alike():
+    """At rest: nubar_e = (9, -7, 7, 4) ulp of the subnormal grid (|F| = 1.19 n) beside a stable cell of
+    N_tot 15.4; divided by N_tot it is an isotropic species of 1 ulp, so the cell was NO_CROSSING and
+    came back with |F| > n. And 2,000 such cells (subnormal nubar_e of 1-60 ulp per component, |F| > n):
+    every one is FLUX_FACTOR with a realizable output, u = None and u = (1, 0, 0, 0) the same bits, the
+    C API and the model the same status."""
+    ulp = 5e-324
+    F = np.zeros((1, 6, 4))
+    F[0, :, 0] = [float.fromhex(x) for x in ('0x1.47cf38242dc32p+2', '0x1.47cf38242dc32p+1', '0x1.47cf38242dc32p+1',
+                                             '0x0.0000000000009p-1022', '0x1.47cf38242dc32p+1', '0x1.47cf38242dc32p+1')]
+    F[0, 3] = np.array([9, -7, 7, 4]) * ulp
+    rng = np.random.default_rng(5)
+    n = 2000
+    more = np.zeros((n, 6, 4))
+    more[:, :, 0] = np.array([1, 0.5, 0.5, 0.5, 0.5, 0.5]) * rng.uniform(1, 20, (n, 1))
+    k = rng.integers(1, 60, (n, 3))
+    more[:, 3, 1:] = k * ulp * rng.choice([-1, 1], (n, 3))
+    more[:, 3, 0] = np.floor(np.sqrt((k ** 2).sum(1)) * rng.uniform(0.9, 1.0, n)) * ulp
+    cells = np.concatenate([F, more])
+    assert not _realizable_scaled(cells[:, 3]).any()
+    at_rest = np.tile([1.0, 0.0, 0.0, 0.0], (len(cells), 1))
+    for closure in (dodo.Closure("box3d", threads=1), dodo.Closure(threads=1)):
+        plain, moving = closure.apply(cells), closure.apply(cells, at_rest)
+        assert (plain.status == FLUX_FACTOR).all()
+        assert _realizable_scaled(plain.F_pred).all() and _realizable(plain.F_pred).all()
+        assert plain.F_pred.tobytes() == moving.F_pred.tobytes() and plain.status.tobytes() == moving.status.tobytes()
+    F_pred, status = _capi(cells, at_rest, None)
+    assert (status == FLUX_FACTOR).all() and F_pred.tobytes() == plain.F_pred.tobytes()
 
 
 @pytest.mark.parametrize("W", [1.0, 1.5, 100.0, 1e4])

@@ -1255,16 +1255,18 @@ void prepare_block(std::size_t count, const double* F_init, const double* u, Res
   for (int a = 0; a < kSpecies; ++a)
 #pragma omp simd
     for (std::size_t c = 0; c < lanes; ++c) negative[c] |= rest[a * kComponents][c] < 0.0;
-  // A moving cell is checked in the lab frame too, the frame of the values a stable cell returns
-  // (physics-law probe, round six): the future cone is Lorentz invariant, but a species of
-  // subnormal lab values (or a W where 1 - v rounds away) can be realizable in the computed rest
-  // frame and not as given, n_lab = -4.9e-323 or sqrt(Fx^2 + Fy^2 + Fz^2) > n_lab. Such a cell
-  // was NO_CROSSING and returned as its unrealizable input; at rest (lab = rest) the same values
-  // are rejected. Now NEGATIVE_DENSITY / FLUX_FACTOR and realizable_fallback, as at rest.
-  // Vectorised: a species whose |F|^2 is below (1 - 8 eps) n^2 with n^2 in the normal range (or
+  // The input is checked as given too (lab frame), the values a stable cell returns (physics-law
+  // probe, round six): the future cone is Lorentz invariant, but a species of subnormal lab values
+  // can be realizable in the computed rest frame and not as given (n_lab = -4.9e-323 beside a
+  // realizable rest-frame species at W = 10), or, at rest, realizable once divided by N_tot and
+  // not as given (F = (9, -7, 7, 4) ulp of the subnormal grid, |F| = 1.19 n, divided by N_tot =
+  // 15.4: an isotropic species of 1 ulp). Such a cell was NO_CROSSING and returned as its
+  // unrealizable input. Now NEGATIVE_DENSITY / FLUX_FACTOR and realizable_fallback, in every frame,
+  // and u = (1, 0, 0, 0) gives u = None's status (the same test on the same values).
+  // Vectorised: a species whose |F|^2 is below (1 - 8 eps) n^2 with n in [1e-150, 1e150] (or
   // with no flux) is inside; the rare cells with another species get cell_is_realizable's test.
   alignas(64) std::int64_t lab_unchecked[kBlockCells] = {};
-  if (u) {
+  {
     for (int a = 0; a < kSpecies; ++a) {
       const double* in_t = lab[a * kComponents];
       const double* in_x = lab[a * kComponents + 1];
@@ -1275,7 +1277,9 @@ void prepare_block(std::size_t count, const double* F_init, const double* u, Res
         const double n = in_t[c];
         const double flux2 = in_x[c] * in_x[c] + in_y[c] * in_y[c] + in_z[c] * in_z[c];
         negative[c] |= n < 0.0;
-        const bool inside = (flux2 == 0.0) | ((n > 1e-150) & (n < 1e150) & (flux2 <= (1.0 - 8.0 * DBL_EPSILON) * (n * n)));
+        // (No flux means zero components: |F|^2 of a flux ~1e-200 underflows to 0 beside n = 0.)
+        const bool no_flux = (in_x[c] == 0.0) & (in_y[c] == 0.0) & (in_z[c] == 0.0);
+        const bool inside = no_flux | ((n > 1e-150) & (n < 1e150) & (flux2 <= (1.0 - 8.0 * DBL_EPSILON) * (n * n)));
         lab_unchecked[c] |= !inside;
       }
     }
