@@ -155,6 +155,8 @@ def check_outputs(outputs: Iterable[Optional[str | Path]], inputs: Iterable[Opti
             if same_file(output, other):
                 raise OutputPathError(f"outputs {other} and {output} are the same file; give different paths")
         check_output_target(output)
+    for output in outputs:
+        _remember_as_found(output)
 
 
 def _file_kind(mode: int) -> str:
@@ -179,7 +181,10 @@ def atomic_path(final: str | Path):
     if os.path.islink(final):
         final = Path(os.path.realpath(final))
     refuse_output_locked_elsewhere(final, given)
-    found = _identity(final)  # what is at final now: the one file this write may replace
+    # The one file this write may replace: what the command found there when it checked its outputs
+    # (check_outputs, inside outputs_as_found: dodo's commands), else what is there now.
+    scope, key = (_FOUND_AT_START[-1] if _FOUND_AT_START else None), os.path.realpath(final)
+    found = scope[key] if scope is not None and key in scope else _identity(final)
     # The directories made for this output, removed again (when empty) if the write fails: a failed
     # `dodo preprocess -o new/dir/out.h5` left new/dir/ behind (outside probe, round 23).
     made = missing_directories([final.parent])
@@ -213,14 +218,23 @@ def atomic_path(final: str | Path):
         refuse_output_locked_elsewhere(final, given)  # nor did a dodo simulate of that file start meanwhile
         refuse_written_meanwhile(final, given, found)  # nor did another command write it meanwhile
         os.replace(tmp, final)
+        if scope is not None:  # this command's own file from now on (dodo train writes best.pt each epoch)
+            scope[key] = _identity(final)
         _fsync_directory(final.parent)
     except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         remove_empty_directories(made)
-        if isinstance(error, OSError) and error.filename is None and error.errno is not None:
+        if isinstance(error, OSError) and error.errno is not None and (
+                error.filename is None or os.fsdecode(error.filename) == os.fsdecode(tmp)):
+            if isinstance(error, FileNotFoundError) and not os.path.isdir(final.parent):
+                # `rm -rf` of the output's directory during the write: "[Errno 2] No such file or
+                # directory: '/d/.o.h5.HOST.PID.x8k2ab.tmp'", of a file nobody asked for (round three).
+                raise OutputPathError(f"cannot write {given}: its directory {final.parent} was removed while this "
+                                      "command wrote it; nothing was written") from None
             # A failed write() names no file (`dodo score --json F` on a full disk said only "[Errno 28]
-            # No space left on device"): the output asked for is named (same errno, same OSError subclass).
+            # No space left on device"), nor should the temporary be named: the output asked for is
+            # (same errno, same OSError subclass).
             raise OSError(error.errno, error.strerror, str(given)) from None
         raise
 
@@ -238,24 +252,50 @@ class WrittenMeanwhileError(OutputPathError):
     """Another process wrote the output while this write ran (atomic_path's check before its rename)."""
 
 
+#: One {real path: _identity} per command running in this process (outputs_as_found): what each
+#: output was when the command checked it (check_outputs), or after the command's own last write of it.
+_FOUND_AT_START: list[dict] = []
+
+
+@contextlib.contextmanager
+def outputs_as_found():
+    """For the block (one command, dodo.cli.main): the outputs :func:`check_outputs` checks are
+    remembered as they were then, and :func:`atomic_path` refuses to rename onto one that another
+    process has written since (:func:`refuse_written_meanwhile`): the command's check of what it may
+    replace (its own kind of file, or --overwrite) was made on that file, not on one that appeared
+    during its work (the training of `dodo train-ensemble`, the bootstrap of `dodo score`, a long
+    `dodo preprocess`). Outside such a block, the file there when the write begins is the one."""
+    _FOUND_AT_START.append({})
+    try:
+        yield
+    finally:
+        _FOUND_AT_START.pop()
+
+
+def _remember_as_found(output) -> None:
+    if _FOUND_AT_START:
+        key = os.path.realpath(output)
+        _FOUND_AT_START[-1].setdefault(key, _identity(key))  # the first check (the command's start) wins
+
+
 def refuse_written_meanwhile(final: Path, given, found) -> None:
-    """Refuse the rename onto ``final`` when a file is there that was not when the write began
-    (``found``, :func:`_identity` then): another command wrote it meanwhile (two `dodo synth -o
-    OUT` at once; a `dodo simulate OUT` started and ended during a `dodo preprocess` to OUT). The
-    rename replaced it without a word, after the command's own check of what it may replace had
-    passed on what was there when it began (outside probe, data-loss round two, left; round three).
-    That file is kept; this command's output is not written. A file that went away meanwhile (the
-    write's own rotation, `last.pt` -> `last.prev.pt`) is no loss. What is checked is the file at
-    ``final`` when the write began: not the time from the command's start to its write (the
-    training itself, for `dodo train-ensemble`), which only the command's own check covers."""
+    """Refuse the rename onto ``final`` when a file is there that was not when the command checked
+    its outputs (``found``, :func:`_identity` then; see :func:`outputs_as_found`), or when the write
+    began: another process wrote it meanwhile (two `dodo synth -o OUT` at once; a `dodo simulate OUT`
+    started and ended during a `dodo preprocess` to OUT; `cp` of a model onto output.checkpoint during
+    a `dodo train-ensemble`). The rename replaced it without a word, after the command's check of what
+    it may replace had passed on what was there when it began (outside probe, data-loss round two,
+    left; round three). That file is kept; this command's output is not written. A file that went
+    away meanwhile (the write's own rotation, `last.pt` -> `last.prev.pt`; `--overwrite` moving an
+    earlier run aside) is no loss. Between this check and the rename a few system calls remain."""
     now = _identity(final)
     if now is None or now == found:
         return
     what = "appeared there" if found is None else "was replaced or changed there"
     raise WrittenMeanwhileError(
-        f"cannot write {given}: a file {what} while this command wrote its output (another process wrote it): "
-        "it is kept as it is, and this command's output was not written; run the command again to replace "
-        "it, or choose another output")
+        f"cannot write {given}: a file {what} while this command ran (another process wrote it): it is kept as "
+        "it is, and this command's output was not written; run the command again to replace it, or choose "
+        "another output")
 
 
 class InUseError(ValueError):

@@ -399,7 +399,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if command in _OUTLIVE_THEIR_READER and isinstance(sys.stdout, _GuardedStdout):
             sys.stdout.outlives_its_reader = _name(command)
-        return int(args.func(args) or 0)
+        from ._atomic import outputs_as_found
+
+        with outputs_as_found():  # an output another process writes during the command is not replaced
+            return int(args.func(args) or 0)
 
     try:
         # Standard output as every program of the package guards it (one helper: a reader that went

@@ -127,7 +127,7 @@ def test_a_file_another_process_writes_during_the_write_is_not_replaced(tmp_path
     if before == "present":
         output.write_text("what this write may replace")
     with pytest.raises(WrittenMeanwhileError, match=r"cannot write .*out\.json: a file (appeared|was replaced or "
-                                                    r"changed) there while this command wrote its output"):
+                                                    r"changed) there while this command ran"):
         with atomic_path(output) as tmp:
             tmp.write_text("this command's output")
             other = tmp_path / "other.tmp"
@@ -170,7 +170,7 @@ def test_dodo_synth_keeps_a_database_another_command_finished_at_its_output_mean
 
     monkeypatch.setattr(atomic.WriteErrorLatch, "_pwrite", pwrite)
     code, _, err = run(capsys, ["synth", "-o", str(output), "-n", "50", "-q"])
-    assert code == 2 and "a file appeared there while this command wrote its output" in err, err
+    assert code == 2 and "a file appeared there while this command ran" in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert output.read_bytes() == b"another command's database" and _leftovers(tmp_path, "s.h5") == []
 
@@ -239,3 +239,60 @@ def test_learning_curve_reports_its_table_when_the_plot_fails(tmp_path, capsys, 
                                   "--folds", "2", "--json", str(table), "--plot", str(tmp_path / "curve.png")])
     assert code == 2 and f"table written to {table}" in out and "No space left on device" in err, (out, err)
     assert not (tmp_path / "curve.png").exists() and json.loads(table.read_text())["rows"]
+
+
+def test_dodo_score_keeps_a_report_written_at_its_json_during_the_scoring(tmp_path, capsys, monkeypatch):
+    """Before: `dodo score M F --json r.json` checked r.json at its start (absent, or a report it may
+    replace), scored, then renamed its report onto whatever was at r.json by then: a file another
+    process wrote there during the scoring was replaced, exit 0. Now: the table is printed, the
+    report refused in one line (exit 2), that file byte for byte."""
+    pytest.importorskip("h5py")
+    import dodo.score as score_module
+
+    assert run(capsys, ["synth", "-o", str(tmp_path / "s.h5"), "-n", "60", "-q"])[0] == 0
+    report = tmp_path / "r.json"
+    original = score_module.score
+
+    def scoring(*args, **kwargs):  # another process writes r.json while this one scores
+        report.write_text('{"written": "by another process"}')
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(score_module, "score", scoring)
+    code, out, err = run(capsys, ["score", "box3d", str(tmp_path / "s.h5"), "--bootstrap", "100", "--json", str(report)])
+    assert code == 2 and "a file appeared there while this command ran" in err and "Traceback" not in err, err
+    assert out.strip(), "the table is still printed"
+    assert report.read_text() == '{"written": "by another process"}'
+    assert _leftovers(tmp_path, "r.json") == ["s.h5"]
+
+
+def test_a_command_still_rewrites_its_own_outputs(tmp_path, capsys):
+    """Guard: the outputs a command writes more than once (dodo train's best.pt and last.pt each
+    epoch, last.pt rotated to last.prev.pt) and a rerun with --overwrite over its own report pass."""
+    pytest.importorskip("torch")
+    from training_helpers import synth_and_preprocess, train
+
+    data = synth_and_preprocess(tmp_path, 200, seed=3)
+    checkpoints = train(tmp_path, data, "run", training={"epochs": 3, "lr": 3e-3, "threads": 1, "log_interval": 1000})
+    assert {"best.pt", "last.pt", "last.prev.pt", "final.pt"} <= {p.name for p in checkpoints.iterdir()}
+    for _ in range(2):
+        code, _, err = run(capsys, ["score", "box3d", str(tmp_path / "synth.h5"), "--bootstrap", "100", "--json",
+                                    str(tmp_path / "r.json"), "--overwrite"])
+        assert code == 0, err
+
+
+def test_an_output_directory_removed_during_the_write_is_named(tmp_path):
+    """Before: `rm -rf` of the output's directory while `dodo preprocess -o DIR/o.h5` wrote gave
+    `[Errno 2] No such file or directory: 'DIR/.o.h5.HOST.PID.x8k2ab.tmp'`, a file nobody asked for.
+    Now one line naming the output and its directory."""
+    import shutil
+
+    from dodo._atomic import OutputPathError, atomic_path
+
+    directory = tmp_path / "results"
+    directory.mkdir()
+    with pytest.raises(OutputPathError, match=r"cannot write .*results/o\.json: its directory .*results was removed "
+                                              r"while this command wrote it; nothing was written"):
+        with atomic_path(directory / "o.json") as tmp:
+            tmp.write_text("{}")
+            shutil.rmtree(directory)
+    assert list(tmp_path.iterdir()) == []
