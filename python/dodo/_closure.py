@@ -430,7 +430,7 @@ class Closure:
         # metadata (Box3D settings, head, test vectors) was edited and re-signed since loaded in a
         # worker without a word (outside probe, round 37).
         arguments = (self._source, options, self._model_path, _model_digest(metadata))
-        if type(self) is Closure and not added:
+        if _is_plain_closure(type(self)) and not added:
             return (_unpickle_closure, arguments + (None, metadata.get(_METADATA_DIGEST)))
         return (_unpickle_closure, arguments + (type(self), metadata.get(_METADATA_DIGEST)), added or None)
 
@@ -438,6 +438,17 @@ class Closure:
         source = repr(self._model_path) if self._model_path is not None else "<in memory>"
         what = f"model={source}, head={self.head!r}" if self.has_model else "Box3D only"
         return f"dodo.Closure({what}, threads={self.threads})"
+
+
+def _is_plain_closure(cls: type) -> bool:
+    """Whether ``cls`` is dodo.Closure itself, as this module defines it now or defined it before an
+    ``importlib.reload`` (IPython's autoreload, a notebook re-running its imports). After a reload,
+    ``dodo.Closure`` (bound at ``import dodo``) and every closure made before are of the earlier
+    class, which pickle cannot name (``dodo._closure.Closure`` is the new one): pickling one for a
+    multiprocessing worker failed with "Can't pickle <class 'dodo._closure.Closure'>: it's not the
+    same object as dodo._closure.Closure" (outside probe, round forty-three). Such a closure is
+    pickled as a plain Closure, loaded again by the class this module defines."""
+    return cls is Closure or (cls.__module__ == __name__ and cls.__qualname__ == "Closure")
 
 
 #: The metadata key of a package's digest over its other metadata entries (docs/model_package.md).
@@ -451,7 +462,10 @@ def _model_digest(metadata: dict) -> Optional[str]:
 
 
 #: What Closure.__init__ sets: the rest of an instance's __dict__ (a subclass's own) travels in a pickle.
-_CLOSURE_ATTRIBUTES = frozenset({"_runtime", "_model_path", "_source", "_options"})
+#: `_library_given` (added with the deployment probe) was missing: every plain Closure then pickled as
+#: a "subclass" (its class by reference, the parent's library search result as state), which failed
+#: after an importlib.reload of this module (outside probe, round forty-three).
+_CLOSURE_ATTRIBUTES = frozenset({"_runtime", "_model_path", "_source", "_options", "_library_given"})
 
 
 def _unpickle_closure(source, options: dict, model_path: Optional[str], digest: Optional[str],
@@ -554,8 +568,16 @@ def _package_bytes(model) -> bytes:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_closure(model: Union[str, bytes, None], _identity: tuple = ()) -> Closure:
+def _cached_closure(model: Union[str, bytes, None], _identity: tuple = (), _evaluator_variable=None) -> Closure:
     return Closure(model)
+
+
+def _evaluator_variable() -> Optional[str]:
+    """$DODO_NETWORK_EVALUATOR now: part of the cache's key, since a closure made with "auto" reads
+    it when it is made. A process that set it (or an invalid value) after its first dodo.closure
+    call kept the cached closure's evaluator without a word, where dodo.Closure() followed it
+    (outside probe, round forty-three)."""
+    return os.environ.get("DODO_NETWORK_EVALUATOR")
 
 
 def _file_identity(path: str) -> tuple:
@@ -578,13 +600,15 @@ def closure(F_init, u=None, model: Union[PathLike, bytes, bytearray, memoryview,
     uint8 array: the package's contents, never a path). The loaded closure is cached, so
     repeated calls do not reload the model; the cache knows a file by its resolved path, inode,
     size and modification time, so a package rewritten in place, or a relative path after
-    os.chdir, loads what the path names now, and an in-memory package by its contents.
+    os.chdir, loads what the path names now, and an in-memory package by its contents; a change
+    of $DODO_NETWORK_EVALUATOR makes a closure that follows it.
     """
+    evaluator = _evaluator_variable()
     if model is None:
-        return _cached_closure(None)(F_init, u)
+        return _cached_closure(None, (), evaluator)(F_init, u)
     if isinstance(model, IN_MEMORY_PACKAGE):
-        return _cached_closure(_package_bytes(model))(F_init, u)
+        return _cached_closure(_package_bytes(model), (), evaluator)(F_init, u)
     path = model if isinstance(model, str) else _path_text(model)
     identity = () if path == BOX3D_ONLY else _file_identity(path)
     key = identity[0] if identity else path
-    return _cached_closure(key, identity)(F_init, u)
+    return _cached_closure(key, identity, None if path == BOX3D_ONLY else evaluator)(F_init, u)

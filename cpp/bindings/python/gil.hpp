@@ -48,20 +48,43 @@ void without_gil(Work&& work) {
   restore_gil(state);
 }
 
-// Cells per slice of a long call (dodo._core._set_interrupt_slice_cells changes it, for tests).
+// Cells per slice of a long call at Box3D's cheapest quadrature (Lebedev order 17)
+// (dodo._core._set_interrupt_slice_cells changes it, for tests).
 inline std::atomic<std::size_t>& interrupt_slice_cells() {
-  static std::atomic<std::size_t> cells{std::size_t{1} << 18};
+  static std::atomic<std::size_t> cells{std::size_t{1} << 16};
   return cells;
+}
+
+// Work per cell relative to Box3D at Lebedev order 17: the angular integrals dominate a cell's
+// cost and grow with the quadrature's points, about (order + 1)^2 / 3 (110 at order 17, 434 at
+// 41, 5810 at 131). A slice of a fixed number of cells took 50 times longer at order 131 than at
+// 17: Ctrl-C during dodo.box3d(..., lebedev_order=131) of 300,000 cells was seen 20 s after the
+// signal, during crossing_features (which had no slices) only at the call's end (outside probe,
+// round forty-three).
+inline double lebedev_cost(int lebedev_order) {
+  const double side = static_cast<double>(std::max(lebedev_order, 17)) + 1.0;
+  return side * side / (18.0 * 18.0);
+}
+
+// Cells per slice for work of `cost` per cell (lebedev_cost): a multiple of Box3D's block of 32
+// cells, so that the blocks, and the bits, are those of a call in one piece.
+inline std::size_t slice_cells(double cost) {
+  constexpr std::size_t kBlock = 32;
+  const double base = static_cast<double>(std::max<std::size_t>(1, interrupt_slice_cells().load()));
+  const auto cells = static_cast<std::size_t>(std::max(1.0, base / std::max(1.0, cost)));
+  return cells < kBlock ? cells : cells - cells % kBlock;
 }
 
 // A call over n cells in slices, each without the GIL: between slices the GIL is taken back and
 // pending signals run, so Ctrl-C (or dodo's SIGTERM handler) ends a 10^8-cell call within one
 // slice's time (a few tenths of a second) instead of at its end. work(begin, count) computes
 // cells [begin, begin + count); results do not depend on how a batch is split (test_api,
-// test_out_arrays), so the slicing is invisible. n = 0 still calls work(0, 0) once.
+// test_out_arrays), so the slicing is invisible. n = 0 still calls work(0, 0) once. `cost`: the
+// work per cell relative to Box3D at order 17 (lebedev_cost), so that a slice takes about as long
+// at any quadrature.
 template <typename Work>
-void in_interruptible_slices(std::size_t n, Work&& work) {
-  const std::size_t slice = std::max<std::size_t>(1, interrupt_slice_cells().load());
+void in_interruptible_slices(std::size_t n, Work&& work, double cost = 1.0) {
+  const std::size_t slice = slice_cells(cost);
   std::size_t begin = 0;
   do {
     const std::size_t count = std::min(slice, n - begin);

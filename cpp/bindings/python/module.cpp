@@ -73,7 +73,7 @@ py::tuple apply_box3d(const dodo::Box3D& box3d, const CArray& F, const py::objec
     dodo::ConstVelocityArray velocity{u_data ? u_data + begin * 4 : nullptr};
     dodo::CellArray output{box_data + begin * dodo::kCellValues};
     box3d.apply(count, input, velocity, output, growth_data + begin, ntot_data + begin, status_data + begin, threads);
-  });
+  }, dodo_python::lebedev_cost(box3d.settings().lebedev_order));
   return py::make_tuple(F_box, growth, ntot, status);
 }
 
@@ -102,7 +102,7 @@ void apply_box3d_into(const dodo::Box3D& box3d, const CArray& F, const py::objec
                 status_data + begin, threads);
     for (std::size_t c = begin; c < begin + count; ++c)
       rate_data[c] = growth_data[c] * rate_data[c] * dodo::kGrowthRatePerNtot;
-  });
+  }, dodo_python::lebedev_cost(box3d.settings().lebedev_order));
 }
 
 // Box3D's ELN-crossing inputs (RestFrameCell::crossing) of n cells: (n, 18) float64, NaN for a
@@ -114,10 +114,12 @@ CArray crossing_features(const dodo::Box3D& box3d, const CArray& F, const py::ob
   CArray out({static_cast<py::ssize_t>(n), py::ssize_t{dodo::kCrossingFeatures}});
   const double* F_data = F.data();
   double* out_data = out.mutable_data();
-  dodo_python::without_gil([&] {
-    std::vector<dodo::RestFrameCell> cells(dodo::Box3D::kBlockCells);
-    for (std::size_t begin = 0; begin < n; begin += dodo::Box3D::kBlockCells) {
-      const std::size_t count = std::min(dodo::Box3D::kBlockCells, n - begin);
+  // In slices, as box3d (it ran in one piece: Ctrl-C was seen at the call's end, outside probe,
+  // round forty-three); each slice a whole number of blocks, so the blocks are those of one piece.
+  std::vector<dodo::RestFrameCell> cells(dodo::Box3D::kBlockCells);
+  dodo_python::in_interruptible_slices(n, [&](std::size_t first, std::size_t cells_in_slice) {
+    for (std::size_t begin = first; begin < first + cells_in_slice; begin += dodo::Box3D::kBlockCells) {
+      const std::size_t count = std::min(dodo::Box3D::kBlockCells, first + cells_in_slice - begin);
       box3d.rest_frame_cells(count, F_data + begin * dodo::kCellValues, u_data ? u_data + begin * 4 : nullptr,
                              cells.data(), true);
       for (std::size_t i = 0; i < count; ++i) {
@@ -129,7 +131,7 @@ CArray crossing_features(const dodo::Box3D& box3d, const CArray& F, const py::ob
           row[k] = computed ? cells[i].crossing[k] : std::numeric_limits<double>::quiet_NaN();
       }
     }
-  });
+  }, dodo_python::lebedev_cost(box3d.settings().lebedev_order));
   return out;
 }
 

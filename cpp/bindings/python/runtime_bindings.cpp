@@ -96,7 +96,7 @@ void apply_in_slices(const Closure& closure, std::size_t n, const double* F_init
     slice.uncertainty = at(diagnostics.uncertainty, begin);
     closure.apply(count, dodo::ConstCellArray{F_init + begin * dodo::kCellValues}, u,
                   dodo::CellArray{F_pred + begin * dodo::kCellValues}, status ? status + begin : nullptr, slice);
-  });
+  }, dodo_python::lebedev_cost(closure.box3d_settings().lebedev_order));
 }
 
 // The closure and every per-cell diagnostic (CellDiagnostics) of dodo.Closure.apply, written

@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <condition_variable>
 #include <cstdlib>
 #include <mutex>
 #include <system_error>
@@ -117,6 +118,90 @@ std::string not_a_library_file(const std::string& path) {
   return "not a file";
 }
 
+// Calls into ONNX Runtime under way in this process. ONNX Runtime's own locks (its arena, the
+// session's state) are not fork-aware: fork() while another thread was inside OrtApi::Run copied
+// such a lock, held, into the child, whose first call on a closure with the "onnxruntime"
+// evaluator (the parent's closure, or one made in the child) then waited for ever: 1 fork in ~25
+// with two threads evaluating small chunks, 1 in ~500 with the default chunks (outside probe,
+// round forty-three; gdb: both of the child's threads in pthread_mutex_lock under OrtApi::Run).
+// fork now waits for the calls under way to end (one chunk each) and lets none start meanwhile;
+// the child gets a fresh gate (the parent's may count the parent's other threads).
+struct OrtCallGate {
+  std::mutex mutex;
+  std::condition_variable changed;
+  long active = 0;       // calls under way
+  bool forking = false;  // a thread is forking: no call starts
+};
+
+std::atomic<OrtCallGate*>& call_gate() {
+  static std::atomic<OrtCallGate*> gate{new OrtCallGate};  // replaced in a child, never freed
+  return gate;
+}
+
+// One call through the gate (no exception: the API's functions are noexcept; a lock that cannot be
+// taken, which std::mutex reports by throwing, leaves the call ungated rather than ending the host).
+class InOrtCall {
+ public:
+  InOrtCall() noexcept {
+    try {
+      OrtCallGate* gate = call_gate().load(std::memory_order_acquire);
+      std::unique_lock<std::mutex> lock(gate->mutex);
+      gate->changed.wait(lock, [gate] { return !gate->forking; });
+      ++gate->active;
+      gate_ = gate;
+    } catch (...) {
+    }
+  }
+  ~InOrtCall() {
+    if (!gate_) return;
+    try {
+      std::lock_guard<std::mutex> lock(gate_->mutex);
+      if (--gate_->active == 0 && gate_->forking) gate_->changed.notify_all();
+    } catch (...) {
+    }
+  }
+  InOrtCall(const InOrtCall&) = delete;
+  InOrtCall& operator=(const InOrtCall&) = delete;
+
+ private:
+  OrtCallGate* gate_ = nullptr;
+};
+
+// The library's own table, kept for the gated functions, which call through it.
+OrtApi& original_api() {
+  static OrtApi original{};
+  return original;
+}
+
+template <auto Member>
+struct Gated;
+template <typename R, typename... A, bool kNoexcept, R (*OrtApi::*Member)(A...) noexcept(kNoexcept)>
+struct Gated<Member> {
+  static R call(A... arguments) noexcept(kNoexcept) {
+    InOrtCall in_call;
+    return (original_api().*Member)(arguments...);
+  }
+};
+
+// The table Dodo calls through: the library's, with the calls that take ONNX Runtime's locks
+// (evaluating, making and releasing sessions and values) passing through the gate.
+const OrtApi* gated_api(const OrtApi* api) {
+  static OrtApi gated{};
+  original_api() = *api;
+  gated = *api;
+  gated.Run = &Gated<&OrtApi::Run>::call;
+  gated.CreateSession = &Gated<&OrtApi::CreateSession>::call;
+  gated.CreateSessionFromArray = &Gated<&OrtApi::CreateSessionFromArray>::call;
+  gated.ReleaseSession = &Gated<&OrtApi::ReleaseSession>::call;
+  gated.CreateTensorAsOrtValue = &Gated<&OrtApi::CreateTensorAsOrtValue>::call;
+  gated.CreateTensorWithDataAsOrtValue = &Gated<&OrtApi::CreateTensorWithDataAsOrtValue>::call;
+  gated.ReleaseValue = &Gated<&OrtApi::ReleaseValue>::call;
+  gated.SessionGetInputName = &Gated<&OrtApi::SessionGetInputName>::call;
+  gated.SessionGetOutputName = &Gated<&OrtApi::SessionGetOutputName>::call;
+  gated.AllocatorFree = &Gated<&OrtApi::AllocatorFree>::call;
+  return &gated;
+}
+
 OrtLibrary open_library(const std::string& explicit_path) {
   ask_for_no_onnxruntime_telemetry();
   std::string tried, unreadable;
@@ -149,7 +234,7 @@ OrtLibrary open_library(const std::string& explicit_path) {
       continue;
     }
     OrtLibrary library;
-    library.api = api;
+    library.api = gated_api(api);
     library.path = path;
     library.version = base->GetVersionString();
     check_ort(api, api->CreateEnvWithCustomLogger(discard_ort_log, nullptr, ORT_LOGGING_LEVEL_FATAL, "dodo", &library.env),
@@ -214,9 +299,35 @@ std::mutex& load_mutex() {
 // whose first closure with a model then waited for ever (probe round fourteen: a C host forking
 // while a thread creates its closure, Python multiprocessing beside a thread making a Closure).
 // fork now waits for a load under way to finish: the child finds the mutex free and the library
-// either loaded or not yet (then it loads its own).
-const int kForkHandlers = pthread_atfork([] { load_mutex().lock(); }, [] { load_mutex().unlock(); },
-                                         [] { load_mutex().unlock(); });
+// either loaded or not yet (then it loads its own). Then it waits for the calls into ONNX Runtime
+// under way (the gate above). One handler, in this order: a load holds load_mutex while it calls
+// ONNX Runtime, never the other way round.
+void prepare_fork() {
+  load_mutex().lock();
+  OrtCallGate* gate = call_gate().load(std::memory_order_acquire);
+  std::unique_lock<std::mutex> lock(gate->mutex);
+  gate->forking = true;
+  gate->changed.wait(lock, [gate] { return gate->active == 0; });
+}
+
+void parent_after_fork() {
+  OrtCallGate* gate = call_gate().load(std::memory_order_acquire);
+  {
+    std::lock_guard<std::mutex> lock(gate->mutex);
+    gate->forking = false;
+  }
+  gate->changed.notify_all();
+  load_mutex().unlock();
+}
+
+// The parent's gate may hold waiters (threads the child does not have) on its condition variable:
+// the child leaves it alone and starts a fresh one.
+void child_after_fork() {
+  call_gate().store(new OrtCallGate, std::memory_order_release);
+  load_mutex().unlock();
+}
+
+const int kForkHandlers = pthread_atfork(prepare_fork, parent_after_fork, child_after_fork);
 
 }  // namespace
 
