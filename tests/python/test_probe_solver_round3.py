@@ -472,6 +472,7 @@ def test_yaml_booleans_and_empty_entries_are_refused_naming_their_states(tmp_pat
     refused as "non-finite initial four-fluxes (NaN or Inf)". Now both are refused in one line naming the
     states. Text numbers stay accepted (YAML 1.1 reads `1e33` and `1.0e33` as text). A list nested 500
     deep was a RecursionError traceback from the YAML parser; now one line."""
+    pytest.importorskip("yaml")
     from dodo.qke.states import read_states
 
     good = "[[1.42e+33,0,0,-1.9e+32],[5.9e32,0,0,0],[3.9e32,0,0,0],[1.91e33,0,0,-6.5e32],[5.5e32,0,0,0],[4.5e32,0,0,0]]"
@@ -568,6 +569,7 @@ def test_the_numpy_fallback_says_that_threads_have_no_effect(tmp_path):
     two): "using the NumPy kernel: ncell = 24 is not a power of two ..." and the run went on, on one
     thread, --threads 2 dropped without a word (with --backend numpy it is refused). Now the line says
     it has no effect. (A stable state: dropped before any run, so nothing is integrated here.)"""
+    pytest.importorskip("h5py")
     from dodo.qke import campaign
     from dodo.qke.solver import SolverConfig
 
