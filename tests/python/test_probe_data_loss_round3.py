@@ -296,3 +296,20 @@ def test_an_output_directory_removed_during_the_write_is_named(tmp_path):
             tmp.write_text("{}")
             shutil.rmtree(directory)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_training_log_that_cannot_be_written_is_named(tmp_path):
+    """Before: `dodo train` whose train.log could not be appended to (a full disk; a file size limit,
+    shown with `ulimit -f`) stopped with `dodo train: error: [Errno 27] File too large`, naming no
+    file: the buffered write failed at close. Now the error names the log."""
+    pytest.importorskip("torch")
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    from dodo.training.train import RunLog
+
+    log = tmp_path / "train.log"
+    log.symlink_to("/dev/full")
+    with pytest.raises(OSError) as raised:
+        RunLog(log, echo=None)("epoch 1/3")
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(log)
+    assert str(log) in str(raised.value)

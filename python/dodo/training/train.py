@@ -38,8 +38,16 @@ class RunLog:
         line = f"[{stamp}] {message}"
         if self.echo is not None:
             self.echo(line)
-        with open(self.path, "a") as handle:
-            handle.write(line + "\n")
+        try:
+            with open(self.path, "a") as handle:
+                handle.write(line + "\n")
+        except OSError as error:
+            # The buffered write fails at close with no file named: `dodo train: error: [Errno 27] File
+            # too large` (a full disk, a file size limit) named neither the log nor any file (data-loss
+            # probe, round three).
+            if error.filename is not None:
+                raise
+            raise OSError(error.errno, error.strerror or str(error), str(self.path)) from None
 
 
 def select_device(name: str) -> torch.device:
