@@ -13,6 +13,7 @@ import os
 import re
 import stat
 import sysconfig
+import threading
 from pathlib import Path
 from typing import NamedTuple, Optional, Union
 
@@ -572,6 +573,29 @@ def _cached_closure(model: Union[str, bytes, None], _identity: tuple = (), _eval
     return Closure(model)
 
 
+#: Held while dodo.closure finds or makes its cached closure. Without it, N threads whose first call
+#: came at once each made a closure (N model loads, N x the worker threads and their workspaces: 64
+#: threads of a 64-core node, 4,096 threads and ~12 GiB at once) and kept one (outside probe, round
+#: forty-three). Re-entrant: a signal handler calling dodo.closure in the thread that holds it.
+_cache_lock = threading.RLock()
+
+
+def _new_cache_lock() -> None:
+    """A fork child's lock: another thread of the parent may have held it, making a closure."""
+    global _cache_lock
+    _cache_lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_cache_lock)
+
+
+def _cached_closure_for(model, identity: tuple, evaluator: Optional[str]) -> Closure:
+    lock = _cache_lock  # the one taken is released, also in a child forked inside (by a signal handler)
+    with lock:
+        return _cached_closure(model, identity, evaluator)
+
+
 def _evaluator_variable() -> Optional[str]:
     """$DODO_NETWORK_EVALUATOR now: part of the cache's key, since a closure made with "auto" reads
     it when it is made. A process that set it (or an invalid value) after its first dodo.closure
@@ -605,10 +629,10 @@ def closure(F_init, u=None, model: Union[PathLike, bytes, bytearray, memoryview,
     """
     evaluator = _evaluator_variable()
     if model is None:
-        return _cached_closure(None, (), evaluator)(F_init, u)
+        return _cached_closure_for(None, (), evaluator)(F_init, u)
     if isinstance(model, IN_MEMORY_PACKAGE):
-        return _cached_closure(_package_bytes(model), (), evaluator)(F_init, u)
+        return _cached_closure_for(_package_bytes(model), (), evaluator)(F_init, u)
     path = model if isinstance(model, str) else _path_text(model)
     identity = () if path == BOX3D_ONLY else _file_identity(path)
     key = identity[0] if identity else path
-    return _cached_closure(key, identity, None if path == BOX3D_ONLY else evaluator)(F_init, u)
+    return _cached_closure_for(key, identity, None if path == BOX3D_ONLY else evaluator)(F_init, u)

@@ -249,3 +249,95 @@ def test_dodo_closure_follows_a_change_of_dodo_network_evaluator(monkeypatch):
     monkeypatch.delenv("DODO_NETWORK_EVALUATOR")
     assert np.array_equal(dodo.closure(F), first)
     assert np.array_equal(dodo.closure(F, model="box3d"), dodo.Closure("box3d")(F))
+
+
+# --- dodo.closure's first call from many threads at once -------------------------------------------
+
+@needs_runtime
+def test_threads_whose_first_dodo_closure_call_comes_at_once_share_one_closure(tmp_path, monkeypatch):
+    """Eight threads calling dodo.closure for the first time at once made eight closures (eight
+    model loads, eight sets of worker threads and workspaces: on a 64-core node 4,096 threads and
+    ~12 GiB at once) and kept one. The cache is now filled under a lock: one closure, and every
+    thread's answer is the serial one."""
+    import shutil
+    import threading
+
+    from dodo import _closure
+    from dodo.models import default_model_path
+
+    model = tmp_path / "model.onnx"  # a path of its own: never in the cache yet
+    shutil.copyfile(default_model_path(), model)
+    F = random_states(np.random.default_rng(15), 50)
+    made = []
+    init = _closure.Closure.__init__
+
+    def counting(self, *args, **kwargs):
+        made.append(args[0] if args else kwargs.get("model"))
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(_closure.Closure, "__init__", counting)
+    start = threading.Barrier(8)
+    answers = [None] * 8
+
+    def first_call(i):
+        start.wait(120)
+        answers[i] = dodo.closure(F, model=model)
+
+    threads = [threading.Thread(target=first_call, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert len(made) == 1, len(made)  # before: 8
+    expected = dodo.Closure(model)(F)
+    assert all(np.array_equal(answer, expected) for answer in answers)
+
+
+FORK_WHILE_THE_CACHE_IS_FILLED = """
+    import os, shutil, signal, sys, tempfile, threading, time
+    import numpy as np
+    import dodo
+    from dodo.models import default_model_path
+
+    directory = tempfile.mkdtemp()
+    F = np.zeros((3, 6, 4))
+    F[..., 0] = [1.0, 0.6, 0.8, 1.2, 0.5, 0.9]
+    F[:, 0, 3], F[:, 3, 3] = 0.4, -0.3
+    expected = dodo.Closure("box3d")(F)
+    inside = threading.Event()
+    stop = threading.Event()
+
+    def fill():  # a new file each time: the thread is making a cached closure, under the lock, nearly always
+        for i in range(10**6):
+            if stop.is_set():
+                return
+            path = os.path.join(directory, f"m{i % 8}_{i}.onnx")
+            shutil.copyfile(default_model_path(), path)
+            dodo.closure(F, model=path)
+            os.unlink(path)
+            inside.set()
+
+    filler = threading.Thread(target=fill, daemon=True)
+    filler.start()
+    assert inside.wait(120)
+    for attempt in range(15):
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(60)  # a child waiting for the parent thread's lock would be ended by SIGALRM
+            os._exit(0 if np.array_equal(dodo.closure(F, model="box3d"), expected) else 3)
+        _, status = os.waitpid(pid, 0)
+        assert status == 0, (attempt, status)
+    stop.set()
+    filler.join(120)
+    shutil.rmtree(directory, ignore_errors=True)
+    print("forked")
+"""
+
+
+@needs_runtime
+def test_a_fork_while_another_thread_fills_the_dodo_closure_cache_leaves_it_usable_in_the_child():
+    """The cache's lock (above) is made anew in a fork child: a parent thread that held it while
+    making a closure would otherwise leave the child's first dodo.closure call waiting for ever."""
+    result = run_child(FORK_WHILE_THE_CACHE_IS_FILLED, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "forked"

@@ -56,7 +56,7 @@ inline std::atomic<std::size_t>& interrupt_slice_cells() {
 }
 
 // Work per cell relative to Box3D at Lebedev order 17: the angular integrals dominate a cell's
-// cost and grow with the quadrature's points, about (order + 1)^2 / 3 (110 at order 17, 434 at
+// cost and grow with the quadrature's points, about (order + 1)^2 / 3 (110 at order 17, 590 at
 // 41, 5810 at 131). A slice of a fixed number of cells took 50 times longer at order 131 than at
 // 17: Ctrl-C during dodo.box3d(..., lebedev_order=131) of 300,000 cells was seen 20 s after the
 // signal, during crossing_features (which had no slices) only at the call's end (outside probe,
