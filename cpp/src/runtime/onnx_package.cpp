@@ -503,7 +503,8 @@ std::string_view value_info_name(std::string_view bytes, std::string_view info) 
 
 // GraphProto: node (1), initializer (5), output (12).
 std::map<std::string, FloatTensor> read_float_initializers(std::string_view bytes) {
-  constexpr std::uint64_t kGraphNode = 1, kGraphInitializer = 5, kGraphOutput = 12;
+  constexpr std::uint64_t kGraphNode = 1, kGraphInitializer = 5, kGraphOutput = 12, kGraphSparseInitializer = 15;
+  constexpr std::uint64_t kSparseValues = 1;  // SparseTensorProto: values (1), a TensorProto with the name
   std::map<std::string, FloatTensor> tensors;
   WireReader model(bytes);
   std::uint64_t field = 0;
@@ -529,6 +530,16 @@ std::map<std::string, FloatTensor> read_float_initializers(std::string_view byte
         throw Error(DODO_ERROR_MODEL_FORMAT, "the graph has two initializers named " +
                                                  quoted_value(std::string(tensor_name(bytes, part))) +
                                                  " (ONNX wants each name once; edited after export?)");
+      // A sparse initializer is an initializer too (ONNX Runtime makes it dense): one of a dense
+      // one's name was the same trap, the sparse copy (x 1.0004) computed with by ONNX Runtime, the
+      // dense original by the native network (outside probe, C round 31).
+      if (field == kGraphSparseInitializer) {
+        const std::string_view name = tensor_name(bytes, string_field(bytes, part, kSparseValues));
+        if (!initializer_names.insert(name).second)
+          throw Error(DODO_ERROR_MODEL_FORMAT, "the graph has two initializers named " +
+                                                   quoted_value(std::string(name)) +
+                                                   ", one of them sparse (ONNX wants each name once; edited after export?)");
+      }
       if (field == kGraphInitializer) read_float_tensor(bytes, part, tensors, nullptr);
       if (field == kGraphNode) {
         constant_nodes.push_back(part);
@@ -536,7 +547,19 @@ std::map<std::string, FloatTensor> read_float_initializers(std::string_view byte
       }
       if (field == kGraphOutput) read.insert(value_info_name(bytes, part));
     }
-    // After the initializers: an initializer keeps its name if a node's output shares it.
+    // A node whose output has an initializer's name: ONNX Runtime computes with the node's value
+    // (it accepts a Constant node so named), the native network read the initializer's, so that
+    // a re-signed package with a Constant "ensemble.r_scale" of 0.0196 beside the initializer's
+    // 0.01958 loaded, the two evaluators 2e-4 apart on F_pred (outside probe, C round 31).
+    constexpr std::uint64_t kNodeOutput = 2;
+    for (const std::string_view node : constant_nodes) {
+      WireReader node_reader(node, offset_in(bytes, node));
+      while (node_reader.next(field, wire_type, part))
+        if (field == kNodeOutput && wire_type == kLengthDelimited && initializer_names.count(part))
+          throw Error(DODO_ERROR_MODEL_FORMAT, "a node of the graph writes " + quoted_value(std::string(part)) +
+                                                   ", the name of an initializer (ONNX wants each name defined "
+                                                   "once; edited after export?)");
+    }
     for (const std::string_view node : constant_nodes) {
       std::map<std::string, FloatTensor> constant;
       read_constant_node(bytes, node, constant);
