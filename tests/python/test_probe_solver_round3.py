@@ -645,3 +645,27 @@ def test_validate_emu32_compares_box3d_on_the_states_the_solver_kept(tmp_path, m
         assert abs(density_error(box3d, final, states)[1] - expected) > 1e-3 * expected  # the two states differ
         assert report["box3d_vs_emu_mean_abs_dn_over_ntot"] == pytest.approx(expected, rel=1e-12)
     assert report["solver_vs_emu_mean_abs_dn_over_ntot"] == pytest.approx(report["per_state_error"][0], rel=1e-12)
+
+
+def test_linear_only_names_its_dropped_states_on_stderr_as_a_full_run_does(tmp_path, capsys):
+    """`dodo simulate OUT --input F.h5 --linear-only` with a stable state and one of a negative density
+    beside a crossing state said "3/3 states processed (1 labelled)" and "wrote OUT: 1 of 3 states
+    labelled", the reasons only in the file's `dropped` attribute, where a full run prints "dropped state
+    i: reason" for each. Now the labeller prints them too (with -q neither does)."""
+    h5py = pytest.importorskip("h5py")
+    stable = np.array([[1.0, 0, 0, 0.1]] * 6) * 1e33
+    negative = CROSSING.copy()
+    negative[5, 0] = -1.0
+    source = str(tmp_path / "in.h5")
+    with h5py.File(source, "w") as f:
+        f["F4_initial(1|ccm)"] = _emu_layout([CROSSING, stable, negative])
+    output = str(tmp_path / "labels.h5")
+    assert _run_cli(["simulate", output, "--input", source, "--linear-only", "--ncell", "16", "--nphi", "8"]) == 0
+    err = capsys.readouterr().err
+    assert "dropped state 1: state is linearly stable: nothing to simulate" in err, err
+    assert ("dropped state 2: its angular distribution cannot be reconstructed: number densities must be "
+            "non-negative (species nubar_tau)") in err, err
+    assert _rows(output)["input_index"].tolist() == [0]
+    quiet = str(tmp_path / "quiet.h5")
+    assert _run_cli(["simulate", quiet, "--input", source, "--linear-only", "--ncell", "16", "--nphi", "8", "-q"]) == 0
+    assert capsys.readouterr().err == ""

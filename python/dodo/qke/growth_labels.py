@@ -181,4 +181,8 @@ def linear_growth_labels(four_flux: np.ndarray, output: str, config: SolverConfi
                 raise OSError(error.errno, f"cannot write {output} ({error.strerror or error}); {kept}") from None
             report(f"{rows['processed']}/{len(four_flux)} states processed ({len(rows['input_index'])} labelled), "
                    f"{time.time() - started:.0f} s elapsed")
+    # Named on stderr, as a full run names its drops: "wrote OUT: 1 of 5 states labelled" left the reasons
+    # to the file's `dropped` attribute (solver probe, round three).
+    for index, reason in sorted(rows["dropped"].items(), key=lambda item: int(item[0])):
+        report(f"dropped state {int(index)}: {reason}")
     return rows
