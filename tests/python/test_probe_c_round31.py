@@ -174,6 +174,27 @@ def test_a_second_definition_of_an_initializers_name_is_refused(default_package,
     _one_line(text)
 
 
+# --- defect 5: ONNX Runtime's refusals ended in a line break ----------------------------------
+
+def _set_ir_version(model):
+    model.ir_version = 99
+
+
+def _set_opset(model):
+    model.opset_import[0].version = 99
+
+
+@pytest.mark.parametrize("edit, words", [
+    (_set_ir_version, "Unsupported model IR version: 99, max supported IR version: "),
+    (_set_opset, "Opset 99 is under development"),
+])
+def test_onnx_runtimes_refusal_is_one_line_without_a_trailing_line_break(default_package, edit, words):
+    text = str(_refusal(_resigned(default_package, edit=edit)))
+    assert text.startswith("DODO_ERROR_MODEL_FORMAT: cannot load model in memory"), text
+    assert words in text, text
+    assert text == text.rstrip() and "\n" not in text and "\r" not in text, repr(text)
+
+
 # --- defect 3: dodo_get_metadata cut a value inside a character ---------------------------------
 
 def test_get_metadata_cuts_a_value_between_characters_and_returns_its_length(default_package):

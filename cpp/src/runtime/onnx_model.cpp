@@ -36,8 +36,20 @@ std::size_t ceil_log2(std::size_t rows) {  // smallest t with 2^t >= rows
 
 // ORT prefixes some messages with its source location and C++ signature
 // ("/onnxruntime_src/...cc:256 onnxruntime::Model::Model(...) Unsupported model IR version: 99");
-// the user needs only the text after it.
+// the user needs only the text after it. ORT ends some with a line break ("Unsupported model IR
+// version: 99, max supported IR version: 14\n", the opset warnings), which the runtime's one-line
+// messages then carried to the host's buffer and log (outside probe, C round 31): line breaks
+// inside become spaces, those at the end are dropped.
+std::string without_source_location_raw(const std::string& message);
 std::string without_source_location(const std::string& message) {
+  std::string text = without_source_location_raw(message);
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' ' || text.back() == '\t'))
+    text.pop_back();
+  for (char& c : text)
+    if (c == '\n' || c == '\r') c = ' ';
+  return text;
+}
+std::string without_source_location_raw(const std::string& message) {
   const std::size_t location = message.find(':');
   if (message.empty() || message[0] != '/' || location == std::string::npos) return message;
   const std::size_t open = message.find('(', location);
