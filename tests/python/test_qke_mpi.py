@@ -179,3 +179,18 @@ def test_a_checkpoint_in_the_earlier_every_state_layout_still_resumes(tmp_path, 
     run_states(output, parallel.SerialCommunicator(), report=messages.append)
     assert messages[0].startswith(f"resuming: {len(rows)}/{nstates}")
     assert_same_rows(single_process, output)
+
+
+def test_a_job_refused_on_rank_zero_leaves_no_lock_behind(tmp_path):
+    """Rank 0 takes OUT's lock, then refuses the job (here --linear-only, which runs in one
+    process) and stops every rank with MPI_Abort. That call does not return, so the lock was left
+    beside OUT and refused every later run on it (solver probe, round three)."""
+    if importlib.util.find_spec("mpi4py") is None:
+        skip_without("mpi4py is not installed (pip install 'dodo[mpi]')")
+    command = mpirun(2) + [sys.executable, "-m", "dodo", "simulate", "out.h5", "--random", "2", "--seed", "1",
+                           "--linear-only"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=mpi_environment(),
+                            cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "--linear-only runs in one process" in result.stderr
+    assert os.listdir(tmp_path) == []

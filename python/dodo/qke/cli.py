@@ -285,6 +285,7 @@ def run_simulate(args) -> int:
                      "gives; lower --ncell, --nphi or --batch-size")
         print(f"dodo simulate: error: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
         if communicator.size > 1:
+            hold.close()  # MPI_Abort ends this process here: the lock would outlive the job
             communicator.abort(2)  # the other ranks may be waiting for this one: stop them all
         return 2
     except BaseException as error:
@@ -300,6 +301,7 @@ def run_simulate(args) -> int:
                 traceback.print_exc()
                 line = f"error: {type(error).__name__} on rank {communicator.rank}"
             print(f"dodo simulate: {line}; stopping all {communicator.size} ranks", file=sys.stderr, flush=True)
+            hold.close()  # as above: released before MPI_Abort, which does not return
             communicator.abort(code)
         raise
     finally:
