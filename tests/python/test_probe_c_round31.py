@@ -230,6 +230,54 @@ def test_get_metadata_cuts_a_value_between_characters_and_returns_its_length(def
         lib.dodo_closure_destroy(handle)
 
 
+# --- the refusals above, from a file, in the Fortran module -----------------------------------
+
+FORTRAN_TAMPERED = """
+program tampered
+  use dodo
+  implicit none
+  type(dodo_closure) :: closure
+  character(len=4096) :: path
+  character(len=400) :: message
+  integer :: stat, i
+  do i = 1, command_argument_count()
+    call get_command_argument(i, path)
+    message = ""
+    call dodo_create(closure, trim(path), threads=1, stat=stat, errmsg=message)
+    write (*, "(i0, 1x, a)") stat, trim(message)
+    call dodo_destroy(closure)
+  end do
+end program tampered
+"""
+
+
+def test_tampered_package_files_are_refused_by_the_fortran_module_naming_the_problem(default_package, tmp_path):
+    from capi_host import compile_fortran, run_host
+
+    vectors = json.loads(_meta(default_package)["dodo.test_vectors"])
+    vectors["growth_over_NTOT"] = vectors.pop("growth_over_ntot")
+    packages = {
+        "misspelt": (_resigned(default_package, metadata={"dodo.test_vectors": json.dumps(vectors)}),
+                     '4 model file "{path}": model metadata "dodo.test_vectors" has the key "growth_over_NTOT"'),
+        "nan_weight": (_resigned(default_package, edit=_with_value("ensemble.student.body.0.weight", np.nan)),
+                       '4 model file "{path}": metadata "dodo.native_network" layer weight '
+                       '"ensemble.student.body.0.weight" holds NaN at element 0'),
+        "shadowed": (_resigned(default_package, edit=_constant_named("ensemble.r_scale", 0.0196)),
+                     '3 model file "{path}": a node of the graph writes "ensemble.r_scale"'),
+    }
+    paths = []
+    for name, (package, _) in packages.items():
+        path = tmp_path / f"odd dir \u00e9 'q' $x/{name}.onnx"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(package)
+        paths.append(str(path))
+    program = compile_fortran(tmp_path, "tampered", FORTRAN_TAMPERED)
+    lines = run_host(program, *paths, timeout=300)
+    assert len(lines) == len(packages), lines
+    for line, path, (_, expected) in zip(lines, paths, packages.values(), strict=True):
+        assert line.startswith(expected.format(path=path)[:399]), (line, expected)
+
+
 # --- held without a change: tampering the runtime already refuses --------------------------------
 
 @pytest.mark.parametrize("entry, value, words", [
