@@ -137,7 +137,7 @@ def test_ctrl_c_at_lebedev_order_131_is_seen_after_as_much_work_as_at_order_17(w
         call = lambda F, out: dodo.box3d(F, lebedev_order=131, threads=1, out=out)  # noqa: E731
         make_out, rows_of = dodo.Box3DResult.empty, (lambda out: out.F_box)
     else:
-        closure = dodo.Closure("box3d", lebedev_order=131, threads=1)
+        closure = dodo.Closure("box3d", lebedev_order=131, threads=1, chunk_size=32)
         call = lambda F, out: closure.apply(F, out=out)  # noqa: E731
         make_out, rows_of = dodo.ClosureResult.empty, (lambda out: out.F_pred)
     done = _cells_done_before_the_interrupt(call, make_out, rows_of, 3 * base)

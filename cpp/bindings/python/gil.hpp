@@ -66,13 +66,20 @@ inline double lebedev_cost(int lebedev_order) {
   return side * side / (18.0 * 18.0);
 }
 
-// Cells per slice for work of `cost` per cell (lebedev_cost): a multiple of Box3D's block of 32
-// cells, so that the blocks, and the bits, are those of a call in one piece.
-inline std::size_t slice_cells(double cost) {
+// Cells per slice for work of `cost` per cell (lebedev_cost), at least `minimum` (enough cells to
+// keep a call's threads busy: a closure's workers take chunk_size cells at a time, and Box3D starts
+// its threads per slice): a multiple of Box3D's block of 32 cells, so that the blocks, and the
+// bits, are those of a call in one piece.
+inline std::size_t slice_cells(double cost, std::size_t minimum) {
   constexpr std::size_t kBlock = 32;
   const double base = static_cast<double>(std::max<std::size_t>(1, interrupt_slice_cells().load()));
-  const auto cells = static_cast<std::size_t>(std::max(1.0, base / std::max(1.0, cost)));
+  const auto cells = std::max(minimum, static_cast<std::size_t>(std::max(1.0, base / std::max(1.0, cost))));
   return cells < kBlock ? cells : cells - cells % kBlock;
+}
+
+// Cells that keep `threads` workers busy in one slice, each taking `per_thread` cells at a time.
+inline std::size_t busy_cells(int threads, std::size_t per_thread) {
+  return static_cast<std::size_t>(std::max(threads, 1)) * per_thread;
 }
 
 // A call over n cells in slices, each without the GIL: between slices the GIL is taken back and
@@ -81,10 +88,10 @@ inline std::size_t slice_cells(double cost) {
 // cells [begin, begin + count); results do not depend on how a batch is split (test_api,
 // test_out_arrays), so the slicing is invisible. n = 0 still calls work(0, 0) once. `cost`: the
 // work per cell relative to Box3D at order 17 (lebedev_cost), so that a slice takes about as long
-// at any quadrature.
+// at any quadrature; `minimum`: cells a slice holds at least (busy_cells).
 template <typename Work>
-void in_interruptible_slices(std::size_t n, Work&& work, double cost = 1.0) {
-  const std::size_t slice = slice_cells(cost);
+void in_interruptible_slices(std::size_t n, Work&& work, double cost = 1.0, std::size_t minimum = 1) {
+  const std::size_t slice = slice_cells(cost, minimum);
   std::size_t begin = 0;
   do {
     const std::size_t count = std::min(slice, n - begin);

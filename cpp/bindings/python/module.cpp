@@ -55,6 +55,10 @@ const double* velocity_pointer(const py::object& u, std::size_t n, CArray& holde
   return holder.data();
 }
 
+// Cells per thread of a slice at least: Box3D starts its threads for each slice (tens of
+// microseconds each), so that a slice of a few cells per thread would spend its time starting them.
+constexpr std::size_t kCellsPerThread = 256;
+
 py::tuple apply_box3d(const dodo::Box3D& box3d, const CArray& F, const py::object& u, int threads) {
   const std::size_t n = check_cells(F);
   CArray u_holder;
@@ -73,7 +77,7 @@ py::tuple apply_box3d(const dodo::Box3D& box3d, const CArray& F, const py::objec
     dodo::ConstVelocityArray velocity{u_data ? u_data + begin * 4 : nullptr};
     dodo::CellArray output{box_data + begin * dodo::kCellValues};
     box3d.apply(count, input, velocity, output, growth_data + begin, ntot_data + begin, status_data + begin, threads);
-  }, dodo_python::lebedev_cost(box3d.settings().lebedev_order));
+  }, dodo_python::lebedev_cost(box3d.settings().lebedev_order), dodo_python::busy_cells(threads, kCellsPerThread));
   return py::make_tuple(F_box, growth, ntot, status);
 }
 
@@ -102,7 +106,7 @@ void apply_box3d_into(const dodo::Box3D& box3d, const CArray& F, const py::objec
                 status_data + begin, threads);
     for (std::size_t c = begin; c < begin + count; ++c)
       rate_data[c] = growth_data[c] * rate_data[c] * dodo::kGrowthRatePerNtot;
-  }, dodo_python::lebedev_cost(box3d.settings().lebedev_order));
+  }, dodo_python::lebedev_cost(box3d.settings().lebedev_order), dodo_python::busy_cells(threads, kCellsPerThread));
 }
 
 // Box3D's ELN-crossing inputs (RestFrameCell::crossing) of n cells: (n, 18) float64, NaN for a

@@ -96,7 +96,9 @@ void apply_in_slices(const Closure& closure, std::size_t n, const double* F_init
     slice.uncertainty = at(diagnostics.uncertainty, begin);
     closure.apply(count, dodo::ConstCellArray{F_init + begin * dodo::kCellValues}, u,
                   dodo::CellArray{F_pred + begin * dodo::kCellValues}, status ? status + begin : nullptr, slice);
-  }, dodo_python::lebedev_cost(closure.box3d_settings().lebedev_order));
+  }, dodo_python::lebedev_cost(closure.box3d_settings().lebedev_order),
+     // four chunks per worker at least: a slice of fewer chunks than workers left workers idle
+     dodo_python::busy_cells(closure.threads(), 4 * static_cast<std::size_t>(closure.chunk_size())));
 }
 
 // The closure and every per-cell diagnostic (CellDiagnostics) of dodo.Closure.apply, written
