@@ -313,3 +313,36 @@ def test_a_training_log_that_cannot_be_written_is_named(tmp_path):
         RunLog(log, echo=None)("epoch 1/3")
     assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(log)
     assert str(log) in str(raised.value)
+
+
+def test_plot_curve_replaces_its_two_files_together_or_neither(tmp_path, capsys, monkeypatch):
+    """Before: `dodo plot curve M -o P` wrote P, then P_parity; a parity plot that could not be
+    written (a full disk) left the new curve beside the earlier parity plot, a pair of two runs.
+    Now both are written to temporaries first: on a failure neither file changes."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({
+        "history": {"train": [{"total": 1.0}, {"total": 0.5}], "val": [{"total": 1.0}, {"total": 0.6}]},
+        "metric_table": {"box3d": {"mean_abs_dn_over_ntot_all": 0.01}, "model": {"mean_abs_dn_over_ntot_all": 0.005}},
+        "best_val_loss": 0.5, "test_loss": {"total": 0.6},
+        "parity": {"n_true": [[0.1] * 6, [0.2] * 6], "n_box3d": [[0.1] * 6, [0.2] * 6],
+                   "n_model": [[0.1] * 6, [0.2] * 6]}}))
+    curve, parity = tmp_path / "c.png", tmp_path / "c_parity.png"
+    assert run(capsys, ["plot", "curve", str(metrics), "-o", str(curve)])[0] == 0
+    before = curve.read_bytes(), parity.read_bytes()
+    original, calls = Figure.savefig, []
+
+    def savefig(self, *args, **kwargs):  # the disk fills up at the second file
+        calls.append(args)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    metrics.write_text(metrics.read_text().replace('"total": 0.5', '"total": 0.25'))  # another run's curve
+    code, _, err = run(capsys, ["plot", "curve", str(metrics), "-o", str(curve), "--overwrite"])
+    assert code == 2 and "No space left on device" in err, err
+    assert (curve.read_bytes(), parity.read_bytes()) == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["c.png", "c_parity.png", "metrics.json"]

@@ -1,6 +1,7 @@
 """`dodo plot metrics|curve`: matplotlib PNGs from metrics_<timestamp>.json files."""
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -127,7 +128,7 @@ def plot_curve(metrics_path: str | Path, output: str | Path) -> list[Path]:
     axis.set_ylabel("loss")
     axis.legend()
     fig.tight_layout()
-    written = [save_figure(fig, output)]
+    figures = [(fig, Path(output))]
 
     parity = run.get("parity")
     if parity and parity["n_true"]:
@@ -147,9 +148,10 @@ def plot_curve(metrics_path: str | Path, output: str | Path) -> list[Path]:
             axis.set_ylabel("predicted n / N_tot")
         axes[0, 0].legend()
         fig.tight_layout()
-        output = Path(output)
-        written.append(save_figure(fig, parity_path(output)))
-    return written
+        figures.append((fig, parity_path(output)))
+    # The two files together: written one after the other, a parity plot that could not be written
+    # (a full disk) left the new curve beside the earlier parity plot (data-loss probe, round three).
+    return save_figures(figures)
 
 
 def parity_path(output) -> Path:
@@ -168,6 +170,25 @@ def plot_format(output) -> str:
     if form not in ("png", "pdf", "svg"):
         raise ValueError(f"{output}: plots are written as PNG, PDF or SVG; name the file .png, .pdf or .svg")
     return form
+
+
+def save_figures(figures) -> list[Path]:
+    """Each ``(fig, output)`` written as :func:`save_figure` does, all or none: every file is written
+    to its temporary first, and the files are renamed into place only when all were written. The
+    figures are closed."""
+    from .._atomic import atomic_path
+
+    plt = _pyplot()
+    try:
+        forms = [plot_format(output) for _, output in figures]
+        with contextlib.ExitStack() as stack:
+            for (fig, output), form in zip(figures, forms):
+                tmp = stack.enter_context(atomic_path(output))
+                fig.savefig(tmp, dpi=120, format=form)
+    finally:
+        for fig, _ in figures:
+            plt.close(fig)
+    return [Path(output) for _, output in figures]
 
 
 def save_figure(fig, output) -> Path:
