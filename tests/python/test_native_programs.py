@@ -27,6 +27,31 @@ def pkg_config(*arguments):
     return run(["pkg-config", *arguments, "dodo"], env=env).split()
 
 
+def build_c_program(tmp_path, source: str, name: str) -> Path:
+    """tests/c/`source` compiled as C99 (warnings as errors) and linked to the installed libdodo;
+    skipped without a C compiler."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        pytest.skip("no C compiler")
+    program = tmp_path / name
+    run([compiler, "-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror", str(ROOT / "tests/c" / source),
+         *pkg_config("--cflags", "--libs"), "-lm", "-o", str(program)])
+    return program
+
+
+def build_fortran_api_program(tmp_path) -> Path:
+    """tests/fortran/test_fortran_api.f90 built with the installed dodo.f90 and libdodo; skipped
+    without gfortran."""
+    compiler = shutil.which("gfortran")
+    if not compiler:
+        pytest.skip("gfortran is not installed (apt-get install gfortran)")
+    include_dir = pkg_config("--variable=includedir")[0]
+    program = tmp_path / "test_fortran_api"
+    run([compiler, "-std=f2018", "-Wall", "-J", str(tmp_path), f"{include_dir}/dodo/dodo.f90",
+         str(ROOT / "tests/fortran/test_fortran_api.f90"), *pkg_config("--libs"), "-o", str(program)])
+    return program
+
+
 def test_pkg_config_file_points_at_the_installed_headers_and_library():
     include_dir = Path(pkg_config("--variable=includedir")[0])
     lib_dir = Path(pkg_config("--variable=libdir")[0])
@@ -36,24 +61,13 @@ def test_pkg_config_file_points_at_the_installed_headers_and_library():
 
 
 def test_plain_c99_program_including_every_public_c_header(tmp_path):
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if not compiler:
-        pytest.skip("no C compiler")
-    program = tmp_path / "test_c_api"
-    run([compiler, "-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror", str(ROOT / "tests/c/test_c_api.c"),
-         *pkg_config("--cflags", "--libs"), "-lm", "-o", str(program)])
+    program = build_c_program(tmp_path, "test_c_api.c", "test_c_api")
     output = run([str(program), str(default_model_path())])
     assert output.strip().endswith("passed, 0 failed")
 
 
 def test_fortran_module_and_program(tmp_path):
-    compiler = shutil.which("gfortran")
-    if not compiler:
-        pytest.skip("gfortran is not installed (apt-get install gfortran)")
-    include_dir = pkg_config("--variable=includedir")[0]
-    program = tmp_path / "test_fortran_api"
-    run([compiler, "-std=f2018", "-Wall", "-J", str(tmp_path), f"{include_dir}/dodo/dodo.f90",
-         str(ROOT / "tests/fortran/test_fortran_api.f90"), *pkg_config("--libs"), "-o", str(program)])
+    program = build_fortran_api_program(tmp_path)
     output = run([str(program), str(default_model_path())])
     assert output.strip().endswith("passed, 0 failed")
 
@@ -81,12 +95,7 @@ def closure_results(model, F, u):
 def test_c_program_growth_rate_and_uncertainty_match_python(tmp_path, diagnostics_models):
     """tests/c/test_c_api.c with the diagnostics arguments: its own checks pass, and the numbers it
     wrote equal dodo.Closure.apply's bit for bit (one C++ implementation behind both)."""
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if not compiler:
-        pytest.skip("no C compiler")
-    program, dump = tmp_path / "test_c_api", tmp_path / "c.bin"
-    run([compiler, "-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror", str(ROOT / "tests/c/test_c_api.c"),
-         *pkg_config("--cflags", "--libs"), "-lm", "-o", str(program)])
+    program, dump = build_c_program(tmp_path, "test_c_api.c", "test_c_api"), tmp_path / "c.bin"
     root = diagnostics_models
     output = run([str(program), str(root / "plain.onnx"), str(root / "learned.onnx"), str(root / "misdeclared.onnx"),
                   str(dump)])
@@ -103,13 +112,7 @@ def test_c_program_growth_rate_and_uncertainty_match_python(tmp_path, diagnostic
 
 
 def test_fortran_program_growth_rate_and_uncertainty_match_python(tmp_path, diagnostics_models):
-    compiler = shutil.which("gfortran")
-    if not compiler:
-        pytest.skip("gfortran is not installed (apt-get install gfortran)")
-    include_dir = pkg_config("--variable=includedir")[0]
-    program, dump = tmp_path / "test_fortran_api", tmp_path / "fortran.bin"
-    run([compiler, "-std=f2018", "-Wall", "-J", str(tmp_path), f"{include_dir}/dodo/dodo.f90",
-         str(ROOT / "tests/fortran/test_fortran_api.f90"), *pkg_config("--libs"), "-o", str(program)])
+    program, dump = build_fortran_api_program(tmp_path), tmp_path / "fortran.bin"
     root = diagnostics_models
     output = run([str(program), str(root / "plain.onnx"), str(root / "learned.onnx"), str(root / "misdeclared.onnx"),
                   str(dump)])
@@ -128,12 +131,7 @@ def test_fortran_program_growth_rate_and_uncertainty_match_python(tmp_path, diag
 def test_diagnostics_add_no_allocation_per_call(tmp_path, diagnostics_models):
     """tests/c/count_allocations.c counts malloc calls per call after warm-up: none for Box3D alone,
     and asking for the growth rate and uncertainty adds none to what ONNX Runtime's Run makes."""
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if not compiler:
-        pytest.skip("no C compiler")
-    program = tmp_path / "count_allocations"
-    run([compiler, "-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror", str(ROOT / "tests/c/count_allocations.c"),
-         *pkg_config("--cflags", "--libs"), "-lm", "-o", str(program)])
+    program = build_c_program(tmp_path, "count_allocations.c", "count_allocations")
 
     def counts(model, threads):
         words = run([str(program), str(model), str(threads)]).split()
