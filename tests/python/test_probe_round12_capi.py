@@ -11,6 +11,7 @@ import pytest
 import dodo
 
 from capi_host import compile_fortran as _fortran
+from capi_host import compile_host as _compile
 from capi_host import default_model as _default_model
 from capi_host import needs_runtime
 from capi_host import run_host as _run
@@ -257,16 +258,7 @@ def test_cpp_null_c_string_model_path_is_a_dodo_error(tmp_path):
     behaviour, and libstdc++ threw std::logic_error "basic_string: construction from null is not
     valid", not the dodo::Error the header promises. Now dodo::Error DODO_ERROR_INVALID_ARGUMENT
     naming the null pointer (not Box3D alone: an unset path must not drop the correction)."""
-    from test_native_programs import ROOT, pkg_config, run
-
-    if not shutil.which("g++"):
-        pytest.skip("g++ is not installed")
-    source = tmp_path / "null_path.cpp"
-    source.write_text(CPP_NULL_PATH)
-    program = tmp_path / "null_path"
-    run(["g++", "-std=c++17", "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'cpp/include'}", str(source),
-         *pkg_config("--cflags", "--libs"), "-o", str(program)])
-    lines = _run(program)
+    lines = _run(_compile(tmp_path, "null_path", CPP_NULL_PATH, "c++"))
     assert lines == ["dodo::Error 1 model path is a null pointer (for Box3D alone use dodo::Closure(options) or "
                      "DODO_BOX3D_ONLY)", "box3d has_model=0"], lines
 

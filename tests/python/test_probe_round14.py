@@ -198,18 +198,10 @@ def test_fortran_empty_package_in_memory_is_called_empty(tmp_path):
     for an empty file) reached C as a NULL pointer: DODO_ERROR_INVALID_ARGUMENT "model bytes
     pointer is NULL (for a Box3D-only closure use dodo_closure_create with DODO_BOX3D_ONLY)". Now
     the refusal C gives any empty package: DODO_ERROR_MODEL_FORMAT "model in memory is empty"."""
-    import shutil
+    from capi_host import compile_fortran
+    from test_native_programs import run
 
-    from test_native_programs import ROOT, pkg_config, run
-
-    if not shutil.which("gfortran"):
-        pytest.skip("gfortran is not installed (apt-get install gfortran)")
-    source = tmp_path / "empty.f90"
-    source.write_text(FORTRAN_EMPTY_PACKAGE)
-    program = tmp_path / "empty"
-    run(["gfortran", "-std=f2018", "-Wall", "-J", str(tmp_path), str(ROOT / "cpp/include/dodo/dodo.f90"), str(source),
-         *pkg_config("--libs"), "-o", str(program)])
-    lines = run([str(program)]).splitlines()
+    lines = run([str(compile_fortran(tmp_path, "empty", FORTRAN_EMPTY_PACKAGE))]).splitlines()
     assert len(lines) == 1 and lines[0].startswith("3 ") and "model in memory is empty" in lines[0], lines
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import dodo
+from capi_host import compile_fortran, compile_host, run_host
 
 HERE = Path(__file__).resolve().parent
 MODELS = Path(dodo.__file__).resolve().parent / "models"
@@ -267,16 +268,7 @@ def test_fortran_zero_cells_on_a_null_or_destroyed_handle_is_refused_as_in_c(tmp
     never-created or destroyed closure passed where C's dodo_apply (n_cells = 0) gives
     DODO_ERROR_INVALID_ARGUMENT "closure handle is NULL" / "... not live ...". Now Fortran asks C,
     with the same status and message; a live handle with zero cells is still stat 0."""
-    from test_native_programs import ROOT, pkg_config, run
-
-    if not shutil.which("gfortran"):
-        pytest.skip("gfortran is not installed (apt-get install gfortran)")
-    source = tmp_path / "zero.f90"
-    source.write_text(FORTRAN_ZERO_CELLS)
-    program = tmp_path / "zero"
-    run(["gfortran", "-std=f2018", "-Wall", "-J", str(tmp_path), str(ROOT / "cpp/include/dodo/dodo.f90"), str(source),
-         *pkg_config("--libs"), "-o", str(program)])
-    lines = [line.rstrip() for line in run([str(program)]).splitlines()]
+    lines = run_host(compile_fortran(tmp_path, "zero", FORTRAN_ZERO_CELLS))
     # Round fourteen of the C side: Fortran's own words for a dodo_closure that holds no closure
     # (C's "closure handle is NULL" named a pointer the Fortran host never saw); same status.
     never = ("1 this dodo_closure holds no closure (never created, its dodo_create failed, or dodo_destroy "
@@ -527,15 +519,9 @@ def test_cpp_wrapper_keeps_long_messages_whole_and_refuses_nul_characters(tmp_pa
     a NUL reached C cut at it: Closure("box3d\\0/tmp/model.onnx") made a Box3D-only closure without
     a word. Now the message is the thread's whole last error, and a path, z_method or
     onnxruntime_library holding a NUL is refused (DODO_ERROR_INVALID_ARGUMENT)."""
-    from test_native_programs import ROOT, pkg_config, run
+    from test_native_programs import run
 
-    if not shutil.which("g++"):
-        pytest.skip("g++ is not installed")
-    source = tmp_path / "long.cpp"
-    source.write_text(CPP_LONG_MESSAGES)
-    program = tmp_path / "long"
-    run(["g++", "-std=c++17", "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'cpp/include'}", str(source),
-         *pkg_config("--cflags", "--libs"), "-o", str(program)])
+    program = compile_host(tmp_path, "long", CPP_LONG_MESSAGES, "c++")
     lines = run([str(program)]).splitlines()
     # Since C round twenty-five a path of 3,000 bytes is quoted shortened (560-byte message), the
     # reason still at the end of the whole message.
@@ -549,16 +535,7 @@ def test_fortran_errmsg_keeps_a_long_message_whole(tmp_path):
     """dodo.f90 copied a failed creation's message (and every other call's, through a 1,024-
     character buffer) cut at 1,023 characters: after a 3,000-character model path the reason was
     lost. Now the whole message reaches errmsg (as long as errmsg holds it)."""
-    from test_native_programs import ROOT, pkg_config, run
-
-    if not shutil.which("gfortran"):
-        pytest.skip("gfortran is not installed (apt-get install gfortran)")
-    source = tmp_path / "long.f90"
-    source.write_text(FORTRAN_LONG_MESSAGE)
-    program = tmp_path / "long"
-    run(["gfortran", "-std=f2018", "-Wall", "-J", str(tmp_path), str(ROOT / "cpp/include/dodo/dodo.f90"), str(source),
-         *pkg_config("--libs"), "-o", str(program)])
-    lines = [line.rstrip() for line in run([str(program)]).splitlines()]
+    lines = run_host(compile_fortran(tmp_path, "long", FORTRAN_LONG_MESSAGE))
     assert lines == ['2 560 ned): File name too long'], lines  # path shortened since C round 25
 
 
@@ -588,7 +565,7 @@ def test_an_empty_package_in_memory_is_called_empty_whatever_its_pointer(tmp_pat
     DODO_ERROR_MODEL_FORMAT "model in memory is empty (size 0)". Now size 0 is "empty" whatever
     the pointer; NULL with a size is still the NULL-pointer error."""
     from libdodo_ctypes import load_libdodo
-    from test_native_programs import ROOT, pkg_config, run
+    from test_native_programs import run
 
     lib = load_libdodo()
     lib.dodo_closure_create_from_memory.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
@@ -600,11 +577,5 @@ def test_an_empty_package_in_memory_is_called_empty_whatever_its_pointer(tmp_pat
         message = ctypes.create_string_buffer(512)
         assert lib.dodo_closure_create_from_memory(pointer, size, None, ctypes.byref(handle), message, 512) == status
         assert words in message.value.decode() and not handle.value
-    if not shutil.which("g++"):
-        pytest.skip("g++ is not installed")
-    source = tmp_path / "empty.cpp"
-    source.write_text(CPP_EMPTY_PACKAGE)
-    program = tmp_path / "empty"
-    run(["g++", "-std=c++17", "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'cpp/include'}", str(source),
-         *pkg_config("--cflags", "--libs"), "-o", str(program)])
+    program = compile_host(tmp_path, "empty", CPP_EMPTY_PACKAGE, "c++")
     assert run([str(program)]).strip() == "3 model in memory is empty (size 0)"
