@@ -162,6 +162,19 @@ def test_fortran_calls_allocate_nothing_per_call_after_warm_up(tmp_path, model):
 
 # --- Fortran: counters, model and metadata as in C ------------------------------------------------
 
+# The start of the body of a Fortran host below: F (4, 6, cells) filled with cells at rest with an
+# ELN crossing (species 4's flux against the others'), and a closure of the model named by the
+# first argument, the program stopping if it is not made.
+FORTRAN_CLOSURE_FROM_ARGUMENT = """  F = 0
+  do a = 1, 6
+    F(1, a, :) = 1 + 0.1d0 * a
+    F(4, a, :) = merge(-0.4d0, 0.3d0, a == 4)
+  end do
+  call get_command_argument(1, model)
+  call dodo_create(closure, trim(model), stat=stat)
+  if (stat /= 0) error stop "create"
+"""
+
 FORTRAN_METADATA = """
 program metadata
   use dodo
@@ -174,15 +187,7 @@ program metadata
   character(len=4096) :: model
   character(len=512) :: message
   character(len=:), allocatable :: value
-  F = 0
-  do a = 1, 6
-    F(1, a, :) = 1 + 0.1d0 * a
-    F(4, a, :) = merge(-0.4d0, 0.3d0, a == 4)
-  end do
-  call get_command_argument(1, model)
-  call dodo_create(closure, trim(model), stat=stat)
-  if (stat /= 0) error stop "create"
-  call dodo_apply(closure, F, G)
+""" + FORTRAN_CLOSURE_FROM_ARGUMENT + """  call dodo_apply(closure, F, G)
   call dodo_get_counters(closure, counters)
   print '(a, i0)', "cells before reset ", counters%cells
   call dodo_reset_counters(closure, stat=stat)
@@ -388,15 +393,7 @@ program recreate
   real(c_double) :: F(4, 6, 2), G(4, 6, 2)
   character(len=4096) :: model
   character(len=512) :: message
-  F = 0
-  do a = 1, 6
-    F(1, a, :) = 1 + 0.1d0 * a
-    F(4, a, :) = merge(-0.4d0, 0.3d0, a == 4)
-  end do
-  call get_command_argument(1, model)
-  call dodo_create(closure, trim(model), stat=stat)
-  if (stat /= 0) error stop "create"
-  message = ""
+""" + FORTRAN_CLOSURE_FROM_ARGUMENT + """  message = ""
   call dodo_create(closure, "/nonexistent/model.onnx", stat=stat, errmsg=message)
   print '(a, l1, 1x, l1)', "after a failed path ", stat /= 0, dodo_has_model(closure)
   call dodo_create_from_memory(closure, empty, stat=stat, errmsg=message)
