@@ -6,21 +6,9 @@ from __future__ import annotations
 
 from capi_host import compile_host, default_model, needs_runtime, run_host
 from test_probe_c_round18 import MESSAGE_LENGTHS, _resigned
+from test_probe_cpp_round17_capi import _edited as _graph_edited
+from test_probe_cpp_round17_capi import _resigned as resigned_description
 from test_probe_round16_capi import LOAD_PACKAGES
-
-
-def _graph_edited(tmp_path, model, edit, name):
-    """The package with its graph changed by `edit` (a function of the ModelProto), digests
-    recomputed as a deliberate editor would."""
-    import onnx
-
-    import dodo
-
-    package = onnx.load(model)
-    edit(package)
-    path = tmp_path / f"{name}.onnx"
-    path.write_bytes(dodo._core.with_content_digest(package.SerializeToString()))
-    return str(path)
 
 
 @needs_runtime
@@ -123,8 +111,6 @@ def test_a_tensor_name_cut_for_a_message_is_cut_between_characters(tmp_path):
     import numpy as np
     import onnx
 
-    from test_probe_cpp_round17_capi import _resigned as resigned_description
-
     model = default_model()
     description = json.loads(next(e.value for e in onnx.load(model).metadata_props if e.key == "dodo.native_network"))
     halved = float(np.float32(description["sigma_floor"]) * np.float32(0.5))
@@ -145,27 +131,14 @@ def test_a_tensor_name_cut_for_a_message_is_cut_between_characters(tmp_path):
 
 @needs_runtime
 def test_tensor_names_of_megabytes_in_the_network_description_are_quoted_by_their_first_bytes(tmp_path):
-    import json
-
     import numpy as np
-    import onnx
     from onnx import numpy_helper
-
-    import dodo
 
     model = default_model()
     long_name = "q" * 1_000_000
 
     def package(name, edit_graph, edit_description):
-        proto = onnx.load(model)
-        edit_graph(proto.graph)
-        entry = next(e for e in proto.metadata_props if e.key == "dodo.native_network")
-        description = json.loads(entry.value)
-        edit_description(description)
-        entry.value = json.dumps(description)
-        path = tmp_path / f"{name}.onnx"
-        path.write_bytes(dodo._core.with_content_digest(proto.SerializeToString()))
-        return str(path)
+        return resigned_description(tmp_path, model, edit_description, name, edit_graph=edit_graph)
 
     def rename_r_scale(graph):  # the key's own node, renamed "qqq....r_scale"
         next(t for t in graph.initializer if t.name == "ensemble.r_scale").name = long_name + ".r_scale"

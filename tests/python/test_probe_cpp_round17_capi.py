@@ -12,28 +12,42 @@ from test_probe_round16_capi import LOAD_PACKAGES
 
 # --- a number of the network description edited onto another constant's exact value ------------
 
-def _resigned(tmp_path, model, edit, name, extra_scalar=None):
-    """The package with its "dodo.native_network" description changed by `edit` (a function of
-    the parsed description), and optionally one more float32 scalar initializer in the graph
-    (name, value), digests recomputed as a deliberate editor would."""
-    import json
-
-    import numpy as np
+def _edited(tmp_path, model, edit, name):
+    """The package with its graph changed by `edit` (a function of the ModelProto), digests
+    recomputed as a deliberate editor would; its path."""
     import onnx
-    from onnx import numpy_helper
 
     import dodo
 
     package = onnx.load(model)
-    if extra_scalar:
-        package.graph.initializer.append(numpy_helper.from_array(np.array(extra_scalar[1], np.float32), extra_scalar[0]))
-    entry = next(e for e in package.metadata_props if e.key == "dodo.native_network")
-    description = json.loads(entry.value)
-    edit(description)
-    entry.value = json.dumps(description)
+    edit(package)
     path = tmp_path / f"{name}.onnx"
     path.write_bytes(dodo._core.with_content_digest(package.SerializeToString()))
     return str(path)
+
+
+def _resigned(tmp_path, model, edit, name, extra_scalar=None, edit_graph=None):
+    """The package with its "dodo.native_network" description changed by `edit` (a function of
+    the parsed description), and optionally its graph first changed by `edit_graph` (a function
+    of the GraphProto) and one more float32 scalar initializer in the graph (name, value), digests
+    recomputed as a deliberate editor would."""
+    import json
+
+    import numpy as np
+    from onnx import numpy_helper
+
+    def change(package):
+        if edit_graph:
+            edit_graph(package.graph)
+        if extra_scalar:
+            package.graph.initializer.append(numpy_helper.from_array(np.array(extra_scalar[1], np.float32),
+                                                                     extra_scalar[0]))
+        entry = next(e for e in package.metadata_props if e.key == "dodo.native_network")
+        description = json.loads(entry.value)
+        edit(description)
+        entry.value = json.dumps(description)
+
+    return _edited(tmp_path, model, change, name)
 
 
 @needs_runtime
