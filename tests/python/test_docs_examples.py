@@ -4,7 +4,8 @@ test command that fails on a fresh machine"; hidden probes run what the docs say
 Read from README.md, examples/README.md, training/README.md, training/models/README.md and docs/*.md
 (the reliability logs aside, which quote old behaviour on purpose):
 
-- every `dodo COMMAND --option` written in a command (code block or inline code) is an option of
+- every `dodo ...` line of a ```bash/```sh block parses as written (positionals, required options,
+  values); every `dodo COMMAND --option` written in a command (code block or inline code) is an option of
   that command's parser, and a value written for an option with choices is one of them; every
   `--set KEY=VALUE` of `dodo train`, `train-ensemble`, `learning-curve` and `preprocess` is a key
   that command's config loader accepts with that value;
@@ -78,6 +79,27 @@ def code_texts(path: Path):
     return out
 
 
+def shell_lines(path: Path):
+    """(line, command) of the ```bash / ```sh blocks: complete commands as a reader pastes them."""
+    out = []
+    shell = None
+    pending, start = "", 0
+    for number, line in enumerate(_read(path).splitlines(), 1):
+        fence = re.match(r"\s*```(\w*)", line)
+        if fence:
+            shell = None if shell is not None else fence.group(1) in ("bash", "sh", "shell")
+            continue
+        if shell:
+            if not pending:
+                start = number
+            if line.rstrip().endswith("\\"):
+                pending += line.rstrip()[:-1] + " "
+                continue
+            out.append((start, re.sub(r"(^|\s)#.*$", "", pending + line)))
+            pending = ""
+    return out
+
+
 def _subcommands():
     from dodo.cli import build_parser
 
@@ -147,6 +169,39 @@ def test_documented_dodo_options_exist():
                     if part not in action.choices:
                         problems.append(f"{where}: dodo {command} {flag.group(1)} {part}: not one of {list(action.choices)}")
     assert checked > 100
+    assert not problems, "\n".join(problems)
+
+
+def test_documented_dodo_commands_parse():
+    """Every `dodo ...` line of a shell block, as written (placeholders in capitals aside), is
+    accepted by the command line's parser: positionals, required options, values and choices."""
+    import contextlib
+    import io
+    import shlex
+
+    from dodo.cli import build_parser
+
+    parser = build_parser()
+    problems = []
+    checked = 0
+    for path in DOC_FILES:
+        for line, text in shell_lines(path):
+            for match in re.finditer(r"(?:^|[\s/])dodo\s+(?=[a-z])", text):
+                rest = text[match.end():]
+                following = re.search(r"(?:^|[\s/])dodo\s+[a-z]", rest)
+                rest = _SEPARATORS.split(" " + (rest[:following.start()] if following else rest) + " ")[0].strip()
+                if re.search(r"\.\.\.|[\[\]<>{}$]|(^|\s)[A-Z][A-Z0-9_]*(\s|$)", rest):
+                    continue
+                checked += 1
+                errors = io.StringIO()
+                try:
+                    with contextlib.redirect_stderr(errors), contextlib.redirect_stdout(io.StringIO()):
+                        parser.parse_args(shlex.split(rest))
+                except SystemExit as stop:
+                    if stop.code:
+                        problems.append(f"{path.relative_to(ROOT)}:{line}: dodo {rest}: "
+                                        f"{errors.getvalue().strip().splitlines()[-1]}")
+    assert checked > 50
     assert not problems, "\n".join(problems)
 
 
