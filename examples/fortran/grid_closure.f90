@@ -6,6 +6,7 @@
 ! Run:    ./grid_closure MODEL.onnx      (no argument: Box3D only)
 program grid_closure
   use dodo
+  use, intrinsic :: iso_fortran_env, only: error_unit
   implicit none
   integer, parameter :: nx = 12, ny = 12, nz = 6, ncell = nx * ny * nz
   real(c_double), allocatable :: F(:, :, :), F_pred(:, :, :), u(:, :)
@@ -39,14 +40,16 @@ program grid_closure
   if (command_argument_count() > 0) call get_command_argument(1, model)
   call dodo_create(closure, trim(model), threads=2, run_self_test=.true., stat=stat, errmsg=message)
   if (stat /= DODO_OK) then
-    print '(a, i0, 2a)', "dodo_create failed, status ", stat, ": ", trim(message)
-    error stop 1
+    write (error_unit, '(a, i0, 2a)') "dodo_create failed, status ", stat, ": ", trim(message)
+    flush (error_unit)
+    stop 1  ! exit status 1 (gfortran's `error stop` also prints a backtrace, which reads as a crash)
   end if
 
   call dodo_apply(closure, F, F_pred, u=u, cell_status=cell_status, stat=stat, errmsg=message)
   if (stat /= DODO_OK) then
-    print '(2a)', "dodo_apply failed: ", trim(message)
-    error stop 1
+    write (error_unit, '(2a)') "dodo_apply failed: ", trim(message)
+    flush (error_unit)
+    stop 1
   end if
 
   ! Total neutrino four-flux is conserved in every cell (flavour sum of the change = 0).

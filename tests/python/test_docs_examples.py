@@ -24,6 +24,7 @@ Fast (a few seconds), no network; the package as installed (never python/ on sys
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -471,3 +472,40 @@ def test_cmake_installs_come_after_a_build():
                 if configured and not built and (str(path.relative_to(ROOT)), text) not in _REPORTED_ELSEWHERE:
                     problems.append(f"{path.relative_to(ROOT)}:{line}: {text}")
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.skipif(not dodo.runtime_available(), reason="closure runtime not built")
+@pytest.mark.parametrize("language", ["c", "fortran"])
+def test_examples_built_with_pkg_config_as_documented(tmp_path, language):
+    """examples/README.md: `cc examples/c/grid_closure.c $(pkg-config --cflags --libs dodo) -lm` and
+    the Fortran line (the module compiled from the installed dodo.f90), with PKG_CONFIG_PATH from
+    `dodo info --pkgconfig-dir`. Box3D alone (no argument) conserves and exits 0; a model file that
+    does not exist is one message naming it, exit 1. The Fortran example stopped with `error stop`,
+    which gfortran follows with a backtrace of `???` frames: it read as a crash."""
+    from dodo._closure import runtime_paths
+
+    paths = runtime_paths()
+    compiler = shutil.which("cc" if language == "c" else "gfortran")
+    if compiler is None or shutil.which("pkg-config") is None or not Path(paths["pkgconfig_dir"]).is_dir():
+        pytest.skip(f"no {language} compiler, pkg-config or installed dodo.pc")
+    docs = _read(ROOT / "examples" / "README.md")
+    if language == "c":
+        assert "cc examples/c/grid_closure.c $(pkg-config --cflags --libs dodo) -lm" in docs
+        command = f'cc "{ROOT}/examples/c/grid_closure.c" $(pkg-config --cflags --libs dodo) -lm -o grid_closure'
+    else:
+        assert '"$(pkg-config --variable=includedir' in docs
+        command = (f'gfortran "$(pkg-config --variable=includedir dodo)/dodo/dodo.f90" '
+                   f'"{ROOT}/examples/fortran/grid_closure.f90" $(pkg-config --libs dodo) -o grid_closure')
+    environment = {**os.environ, "PKG_CONFIG_PATH": paths["pkgconfig_dir"]}
+    build = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=environment, capture_output=True, text=True,
+                           timeout=180)
+    assert build.returncode == 0, build.stderr
+    program = str(tmp_path / "grid_closure")
+    box3d = subprocess.run([program], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert box3d.returncode == 0, box3d.stdout + box3d.stderr
+    assert "violation" in box3d.stdout
+    missing = str(tmp_path / "no_such_model.onnx")
+    refused = subprocess.run([program, missing], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1
+    assert missing in refused.stderr and "does not exist" in refused.stderr
+    assert "Backtrace" not in refused.stderr and "???" not in refused.stderr
