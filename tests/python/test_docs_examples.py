@@ -278,6 +278,9 @@ def test_documented_scripts_and_their_options_exist():
             problems.append(f"{where}: {script} does not exist")
             continue
         text = _read(source)
+        for module in re.findall(r"^\s*(?:from|import)\s+(\w+)", text, re.M):  # options a sibling helper adds
+            if (source.parent / f"{module}.py").is_file():
+                text += _read(source.parent / f"{module}.py")
         for flag in flags:
             if not re.search(r"[\"']" + re.escape(flag) + r"[\"']", text):
                 problems.append(f"{where}: {script} defines no option {flag}")
