@@ -316,7 +316,6 @@ def test_repository_paths_named_in_the_docs_exist():
 #: Found by these tests in documents another session owns, reported to it with the fix; remove an
 #: entry when its document is fixed (the tests then hold it).
 _REPORTED_ELSEWHERE = {
-    ("docs/qke.md", 'pip install "dodo[mpi]"'),  # fix: pip install ".[mpi]"
     ("docs/runtime.md", "cmake -S . -B build && cmake --install build --prefix PREFIX"),  # fix: cmake --build build between
 }
 
