@@ -195,6 +195,78 @@ def test_onnx_runtimes_refusal_is_one_line_without_a_trailing_line_break(default
     assert text == text.rstrip() and "\n" not in text and "\r" not in text, repr(text)
 
 
+# --- defect 6: a Loop in the graph kept the load (and every call) running ------------------------
+
+def _signed_by_hand(model) -> bytes:
+    """The package signed as docs/model_package.md describes the digests (with_content_digest reads
+    the package first, and so refuses what the runtime refuses)."""
+    import hashlib
+    import struct
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    entries = {e.key: e.value for e in copy.metadata_props
+               if e.key not in ("dodo.content_sha256", "dodo.metadata_sha256")}
+    del copy.metadata_props[:]
+    entries["dodo.content_sha256"] = hashlib.sha256(copy.SerializeToString()).hexdigest()
+    text = b"".join(struct.pack("<Q", len(part)) + part
+                    for key in sorted(entries, key=str.encode)
+                    for part in (key.encode(), entries[key].encode()))
+    entries["dodo.metadata_sha256"] = hashlib.sha256(text).hexdigest()
+    for key, value in entries.items():
+        entry = copy.metadata_props.add()
+        entry.key, entry.value = key, value
+    return copy.SerializeToString()
+
+
+LOAD_IN_A_CHILD = """
+import sys
+import dodo
+try:
+    dodo.Closure(open(sys.argv[1], "rb").read(), threads=1)
+    print("loaded")
+except Exception as error:
+    print(type(error).__name__, error)
+"""
+
+
+def test_a_graph_with_a_loop_is_refused_at_once(default_package, tmp_path):
+    """head_output passed through a Loop of 2^62 empty iterations (re-signed): dodo_closure_create
+    ran ONNX Runtime's probe evaluation for ever (10^8 iterations: over a minute)."""
+    import subprocess
+    import sys
+
+    helper = onnx.helper
+    copy = onnx.ModelProto()
+    copy.CopyFrom(default_package)
+    graph = copy.graph
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Identity", ["x_in"], ["x_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", onnx.TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", onnx.TensorProto.BOOL, []),
+         helper.make_tensor_value_info("x_in", onnx.TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("cond_out", onnx.TensorProto.BOOL, []),
+         helper.make_tensor_value_info("x_out", onnx.TensorProto.FLOAT, None)])
+    graph.initializer.append(numpy_helper.from_array(np.array(2 ** 62, np.int64), "loop.trips"))
+    graph.initializer.append(numpy_helper.from_array(np.array(True), "loop.go_on"))
+    for node in graph.node:
+        for index, name in enumerate(node.output):
+            if name == "head_output":
+                node.output[index] = "head_output.before_loop"
+    graph.node.append(helper.make_node("Loop", ["loop.trips", "loop.go_on", "head_output.before_loop"], ["head_output"],
+                                       body=body))
+    path = tmp_path / "loop.onnx"
+    path.write_bytes(_signed_by_hand(copy))
+    try:  # a hang guard only: the refusal takes milliseconds
+        result = subprocess.run([sys.executable, "-c", LOAD_IN_A_CHILD, str(path)], capture_output=True, text=True,
+                                timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("dodo.Closure of a package with a Loop of 2^62 iterations did not return within 120 s")
+    assert result.stdout.startswith("RuntimeError DODO_ERROR_MODEL_FORMAT: model in memory"), result
+    assert "the graph has a Loop node (at byte " in result.stdout and "feed-forward" in result.stdout, result.stdout
+
+
 # --- defect 3: dodo_get_metadata cut a value inside a character ---------------------------------
 
 def test_get_metadata_cuts_a_value_between_characters_and_returns_its_length(default_package):

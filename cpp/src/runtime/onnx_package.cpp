@@ -223,6 +223,17 @@ void check_tensors_and_count_elements(std::string_view bytes, std::string_view m
                       std::to_string(offset_in(bytes, payload)) +
                       "): a Dodo model package holds all its weights; re-export it with `dodo export`");
     if (wire_type != kLengthDelimited) continue;
+    // A Loop runs as many times as a tensor says: a re-signed package whose head_output passed
+    // through a Loop of 10^8 empty iterations kept dodo_closure_create busy past a minute (one of
+    // 2^62, for ever; no signal ends a load inside ONNX Runtime), and every dodo_apply after it
+    // (outside probe, C round 31). Every other operator's work is bounded by its tensors' sizes,
+    // which the file's bound and kMaxModelElements bound. Dodo's networks are feed-forward.
+    constexpr std::uint64_t kNodeOpType = 4;
+    if (kind == Message::kNode && field == kNodeOpType && payload == "Loop")
+      throw Error(DODO_ERROR_MODEL_FORMAT,
+                  "the graph has a Loop node (at byte " + std::to_string(offset_in(bytes, payload)) +
+                      "): a Dodo model package holds a feed-forward network, and a loop may run for as many "
+                      "iterations as a tensor says; re-export it with `dodo export`");
     if (packed_integers(kind, field)) {
       std::size_t count = 0;
       for (const char byte : payload) count += (static_cast<unsigned char>(byte) & 0x80u) == 0;
