@@ -26,9 +26,10 @@ import numpy as np
 import torch
 
 from dodo._atomic import check_input_file
-from dodo._output_guard import check_tool_output
 from dodo.training import ensemble_train as et
 from dodo.training.safe_load import UntrustedCheckpointError, load_torch_file
+
+from checkpoint_inputs import add_table_and_output_arguments, refuse_output_over_inputs, trained_table
 
 # Settings that shape the density members: the checkpoint's and the config's must agree. (The gate's
 # error_per_spread and sigma0 do not enter their fit; they are taken from the config.)
@@ -40,15 +41,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
     parser.add_argument("--config", required=True, help="the train-ensemble config whose growth/distill sections apply")
-    parser.add_argument("--table", required=True, help="the preprocessed file the checkpoint was trained on")
-    parser.add_argument("-o", "--output", required=True)
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the output when it exists and is not a checkpoint (refused without it)")
+    add_table_and_output_arguments(parser)
     args = parser.parse_args()
-    try:  # before any work: never over an input (the table, the config), nor over another kind of file
-        check_tool_output(args.output, [args.checkpoint, args.table, args.config], "tools/refit_growth.py", args.overwrite)
-    except ValueError as exc:
-        parser.error(str(exc))
+    # before any work: never over an input (the table, the config), nor over another kind of file
+    refuse_output_over_inputs(parser, args, [args.checkpoint, args.table, args.config], "tools/refit_growth.py")
     try:  # a FIFO given as an input blocked for ever (outside probe, round 25)
         check_input_file(args.checkpoint, "a checkpoint of dodo train-ensemble")
         check_input_file(args.config, "the train-ensemble config (YAML)")
@@ -65,12 +61,7 @@ def main() -> None:
     if differ:
         parser.error(f"{args.config} and {args.checkpoint} differ in the density members' settings {differ}: "
                      "retrain with dodo train-ensemble")
-    try:  # a file that is not a preprocessed table (an Emu or synth database, a config) was a traceback
-        table = et.load_table(args.table)
-    except (ValueError, OSError) as exc:
-        parser.error(str(exc))
-    if table["sha256"] != checkpoint["data"]["sha256"]:
-        parser.error(f"{args.table} is not the table {args.checkpoint} was trained on (content digests differ)")
+    table = trained_table(parser, args, checkpoint)
     config = dataclasses.replace(config, data_path=args.table, checkpoint=args.output)
     ensemble = et.load_ensemble(checkpoint)
     ensemble.growth_members = torch.nn.ModuleList()

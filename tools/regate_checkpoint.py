@@ -18,26 +18,22 @@ import numpy as np
 import torch
 
 from dodo._atomic import atomic_path, check_input_file
-from dodo._output_guard import check_tool_output
 from dodo.training import ensemble_train as et
 from dodo.training.safe_load import UntrustedCheckpointError, load_torch_file
+
+from checkpoint_inputs import add_table_and_output_arguments, refuse_output_over_inputs, trained_table
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
     parser.add_argument("factor", type=float, help="the Wiener gate factor c (> 0)")
-    parser.add_argument("--table", required=True, help="the preprocessed file the checkpoint was trained on")
-    parser.add_argument("-o", "--output", required=True)
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the output when it exists and is not a checkpoint (refused without it)")
+    add_table_and_output_arguments(parser)
     args = parser.parse_args()
     if not np.isfinite(args.factor) or args.factor <= 0:
         parser.error(f"factor must be a finite number > 0; got {args.factor}")
-    try:  # before any work: never over an input (the table, the config), nor over another kind of file
-        check_tool_output(args.output, [args.checkpoint, args.table], "tools/regate_checkpoint.py", args.overwrite)
-    except ValueError as exc:
-        parser.error(str(exc))
+    # before any work: never over an input (the table), nor over another kind of file
+    refuse_output_over_inputs(parser, args, [args.checkpoint, args.table], "tools/regate_checkpoint.py")
     try:  # a FIFO given as either input blocked for ever; a directory or a file that is no checkpoint was a traceback
         check_input_file(args.checkpoint, "a checkpoint of dodo train-ensemble")
         checkpoint = load_torch_file(args.checkpoint)
@@ -51,12 +47,7 @@ def main() -> None:
         parser.error(f"{args.checkpoint} has a label-noise member, whose term the student learnt at its own c: "
                      "set ensemble.error_per_spread (and noise.weight) in the config and run tools/refit_growth.py")
     ensemble.error_per_spread.fill_(args.factor)
-    try:  # a file that is not a preprocessed table (an Emu or synth database, a config) was a traceback
-        table = et.load_table(args.table)
-    except (ValueError, OSError) as exc:
-        parser.error(str(exc))
-    if table["sha256"] != checkpoint["data"]["sha256"]:
-        parser.error(f"{args.table} is not the table {args.checkpoint} was trained on (content digests differ)")
+    table = trained_table(parser, args, checkpoint)
     config = checkpoint["config"]
     held_rows = np.flatnonzero(et.holdout_mask(table["sources"], config["holdout"]))
     report = {**checkpoint["metrics"], **et.heldout_report(ensemble, table, held_rows)}

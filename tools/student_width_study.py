@@ -40,6 +40,8 @@ from dodo.conventions import MAX_THREADS, N_SPECIES
 from dodo.training.ensemble import METRIC_PER_DELTA
 from dodo.training.safe_load import UntrustedCheckpointError, load_torch_file
 
+from checkpoint_inputs import TABLE_HELP, trained_table
+
 FRESH_SEED_OFFSET = 7000  # training uses config.seed + 0..999 (members), 1000s, 2000, 3000
 
 
@@ -67,7 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
     parser.add_argument("--config", required=True, help="the train-ensemble config whose distill section applies")
-    parser.add_argument("--table", required=True, help="the preprocessed file the checkpoint was trained on")
+    parser.add_argument("--table", required=True, help=TABLE_HELP)
     parser.add_argument("--widths", required=True, help="student widths to distil, comma-separated")
     parser.add_argument("--fresh-states", type=int, default=20000)
     parser.add_argument("--fresh-seed-offset", type=int, default=FRESH_SEED_OFFSET,
@@ -100,12 +102,7 @@ def main() -> None:
         config = et.EnsembleConfig.load(args.config)
     except (UntrustedCheckpointError, et.ConfigError, ValueError, OSError) as exc:
         parser.error(str(exc))
-    try:  # a file that is not a preprocessed table (an Emu or synth database, a config) was a traceback
-        table = et.load_table(args.table)
-    except (ValueError, OSError) as exc:
-        parser.error(str(exc))
-    if table["sha256"] != checkpoint["data"]["sha256"]:
-        parser.error(f"{args.table} is not the table {args.checkpoint} was trained on (content digests differ)")
+    table = trained_table(parser, args, checkpoint)
     # The checkpoint's own settings (images, holdout, seed, gate) rule; the config gives distill only.
     trained = et.EnsembleConfig(**{key: value for key, value in checkpoint["config"].items()
                                    if key in {f.name for f in dataclasses.fields(et.EnsembleConfig)}})
