@@ -30,11 +30,11 @@ import dataclasses
 import os
 
 import numpy as np
-import torch
 
 from dodo._atomic import numpy_save_atomic
 from dodo.training import ensemble_train as et
-from study_common import check_count, growth_member_prediction, growth_variant, run_study
+from study_common import (add_growth_fold_arguments, growth_fold_pool, growth_member_prediction, growth_variant,
+                          run_study)
 
 EMU_AXIS = "data/qke_emu_axis/*.h5"
 LINEAR = "data/qke_linear/*.h5"
@@ -50,20 +50,12 @@ def within_10_percent(log_truth: np.ndarray, log_predicted: np.ndarray) -> np.nd
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="training/configs/ensemble_default.yaml")
-    parser.add_argument("--folds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--members", type=int, default=1)
+    add_growth_fold_arguments(parser, [0, 1])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--cache", help="directory keeping the shipped variant's out-of-fold predictions (its "
                                          "fits use no Emu-axis label, so a later run with more labels reuses them)")
     args = parser.parse_args()
-    for k in args.folds:  # as growth_labels_study.py: a fold of the 5-fold split
-        check_count("--folds (a fold of the 5-fold split)", k, 0, 4)
-    check_count("--members", args.members)
-    base = et.EnsembleConfig.load(args.config)
-    torch.set_num_threads(1)
-    table = et.load_table(base.data_path)
-    order, fold_of = et.pool_folds(table, base, 5)
+    base, table, order, fold_of = growth_fold_pool(args)
     emu_recipe = et.is_emu_recipe(table["sources"])
     X_all = et.features_of(table, np.arange(len(table["r"])), base.features)
     # The truth: each labelled pool state's Emu-axis rate (as log rate / Box3D's proxy, calibrated).

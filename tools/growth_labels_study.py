@@ -26,11 +26,11 @@ import os
 
 import h5py
 import numpy as np
-import torch
 
 from dodo.conventions import from_emu_layout
 from dodo.training import ensemble_train as et
-from study_common import check_count, growth_member_prediction, growth_variant, run_study
+from study_common import (add_growth_fold_arguments, growth_fold_pool, growth_member_prediction, growth_variant,
+                          run_study)
 
 RELABELLED = "data/qke_growth/*.h5"
 LINEAR = "data/qke_linear/*.h5"
@@ -62,18 +62,10 @@ def axis_quality(table: dict, config: et.EnsembleConfig) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="training/configs/ensemble_default.yaml")
-    parser.add_argument("--folds", type=int, nargs="+", default=[0])
-    parser.add_argument("--members", type=int, default=1)
+    add_growth_fold_arguments(parser, [0])
     parser.add_argument("--variants", nargs="+", default=["measured", "relabelled", "relabelled-only"])
     args = parser.parse_args()
-    for k in args.folds:  # --folds 9 of the 5-fold split: numpy's "need at least one array to concatenate"
-        check_count("--folds (a fold of the 5-fold split)", k, 0, 4)
-    check_count("--members", args.members)
-    base = et.EnsembleConfig.load(args.config)
-    torch.set_num_threads(1)
-    table = et.load_table(base.data_path)
-    order, fold_of = et.pool_folds(table, base, 5)
+    base, table, order, fold_of = growth_fold_pool(args)
     quality = axis_quality(table, base)
     emu_recipe = et.is_emu_recipe(table["sources"])
     known = quality[np.isfinite(quality)]

@@ -146,6 +146,28 @@ def score_members(ensemble, X_test: np.ndarray, fold: FoldZero, config: et.Ensem
     return MemberScores(ungated, gated, gated - fold.box > WORSE, growth.numpy())
 
 
+def add_growth_fold_arguments(parser, folds: list) -> None:
+    """--config, --folds (default ``folds``: folds of the pool's 5-fold split) and --members of the
+    growth-label studies (growth_labels_study.py, growth_emu_axis_study.py)."""
+    parser.add_argument("--config", default="training/configs/ensemble_default.yaml")
+    parser.add_argument("--folds", type=int, nargs="+", default=folds)
+    parser.add_argument("--members", type=int, default=1)
+
+
+def growth_fold_pool(args):
+    """For add_growth_fold_arguments' options, checked (--folds 9 of the 5-fold split: numpy's "need at
+    least one array to concatenate"): the config, its table and the pool's 5-fold split (order,
+    fold_of), torch on one thread."""
+    for k in args.folds:
+        check_count("--folds (a fold of the 5-fold split)", k, 0, 4)
+    check_count("--members", args.members)
+    base = et.EnsembleConfig.load(args.config)
+    torch.set_num_threads(1)
+    table = et.load_table(base.data_path)
+    order, fold_of = et.pool_folds(table, base, 5)
+    return base, table, order, fold_of
+
+
 def growth_variant(base: et.EnsembleConfig, table: dict, order: np.ndarray, patterns: list, relabelled: bool,
                    measured: bool):
     """A growth-label variant of ``base`` (growth.data, growth.relabelled, growth.measured): its
