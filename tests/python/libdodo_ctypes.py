@@ -105,13 +105,33 @@ def sized_options(lib, **fields) -> Options:
 
 
 
+def create_with_message(lib, path, message_size: int, **fields):
+    """(status, handle, message) of dodo_closure_create on ``path`` (bytes, or None for Box3D alone)
+    with the options of sized_options(lib, **fields), its message read through a buffer of
+    ``message_size`` bytes."""
+    handle, message = ctypes.c_void_p(), ctypes.create_string_buffer(message_size)
+    status = lib.dodo_closure_create(path, ctypes.byref(sized_options(lib, **fields)), ctypes.byref(handle), message,
+                                     len(message))
+    return status, handle, message.value.decode()
+
+
 def create_closure(lib, path, **fields):
     """(status, message, handle) of dodo_closure_create on ``path`` (bytes, or None for Box3D alone)
     with the options of sized_options(lib, **fields)."""
-    handle, message = ctypes.c_void_p(), ctypes.create_string_buffer(8192)
-    status = lib.dodo_closure_create(path, ctypes.byref(sized_options(lib, **fields)), ctypes.byref(handle), message,
-                                     len(message))
-    return status, message.value.decode(), handle
+    status, handle, message = create_with_message(lib, path, 8192, **fields)
+    return status, message, handle
+
+
+def as_double(array):
+    """A NumPy float64 array's data as a double* argument."""
+    return array.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
+
+
+def last_error(lib, handle, size: int = 1024) -> str:
+    """dodo_last_error of ``handle`` (None: the thread's) through a buffer of ``size`` bytes."""
+    buffer = ctypes.create_string_buffer(size)
+    lib.dodo_last_error(handle, buffer, len(buffer))
+    return buffer.value.decode()
 
 
 def default_model_or_skip(lib) -> bytes:

@@ -8,7 +8,8 @@ import pytest
 
 from closure_helpers import (CONSERVED_TOLERANCE, FP32_TOLERANCE, conservation_residual, diagnostic_cells, ntot, synthetic,
                              write, write_diagnostics_model)
-from libdodo_ctypes import Counters, Options, load_libdodo
+from libdodo_ctypes import Counters, as_double, create_with_message, load_libdodo
+from libdodo_ctypes import last_error as thread_or_handle_error
 
 from dodo._closure import Closure
 
@@ -27,19 +28,7 @@ def model(tmp_path_factory):
 
 
 def create(lib, path, **fields):
-    options = Options()
-    lib.dodo_options_init_sized(ctypes.byref(options), ctypes.sizeof(options))
-    for key, value in fields.items():
-        setattr(options, key, value)
-    handle = ctypes.c_void_p()
-    message = ctypes.create_string_buffer(512)
-    status = lib.dodo_closure_create(str(path).encode() if path else None, ctypes.byref(options), ctypes.byref(handle),
-                                     message, len(message))
-    return status, handle, message.value.decode()
-
-
-def as_double(array):
-    return array.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
+    return create_with_message(lib, str(path).encode() if path else None, 512, **fields)
 
 
 def strides_of(array):
@@ -47,9 +36,7 @@ def strides_of(array):
 
 
 def last_error(lib, handle):
-    buffer = ctypes.create_string_buffer(512)
-    lib.dodo_last_error(handle, buffer, len(buffer))
-    return buffer.value.decode()
+    return thread_or_handle_error(lib, handle, 512)
 
 
 def test_version_and_status_tables(lib):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from closure_helpers import onnx, save_resigned, write
-from libdodo_ctypes import Options, load_libdodo
+from libdodo_ctypes import Options, as_double, create_with_message, last_error, load_libdodo
 
 import dodo
 from dodo import _core
@@ -46,25 +46,18 @@ def stable_cell() -> np.ndarray:
 
 
 def c_create(lib, path, **fields):
-    options = Options()
-    lib.dodo_options_init_sized(ctypes.byref(options), ctypes.sizeof(options))
-    for key, value in fields.items():
-        setattr(options, key, value)
-    handle = ctypes.c_void_p()
-    message = ctypes.create_string_buffer(1024)
-    status = lib.dodo_closure_create(None if path is None else os.fsencode(path), ctypes.byref(options),
-                                     ctypes.byref(handle), message, len(message))
-    return status, handle, message.value.decode()
+    return create_with_message(lib, None if path is None else os.fsencode(path), 1024, **fields)
 
 
-def as_double(array):
-    return array.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
-
-
-def last_error(lib, handle) -> str:
-    buffer = ctypes.create_string_buffer(1024)
-    lib.dodo_last_error(handle, buffer, len(buffer))
-    return buffer.value.decode()
+def velocities_about_the_tolerance(rng, n: int) -> np.ndarray:
+    """n future-directed four-velocities (speeds up to 0.9) scaled so that |u.u + 1| = k 1e-6 W^2 for
+    k on both sides of 1: the tolerance 1e-6 max(1, u^t^2) decides each."""
+    v = rng.normal(size=(n, 3))
+    v *= (rng.uniform(0, 0.9, n) / np.linalg.norm(v, axis=1))[:, None]
+    W = 1 / np.sqrt(1 - (v**2).sum(axis=1))
+    velocities = np.concatenate([W[:, None], W[:, None] * v], axis=1)
+    velocities *= np.sqrt(1 + rng.uniform(0.99999, 1.00001, n) * VELOCITY_NORM_TOLERANCE * W**2)[:, None]
+    return velocities
 
 
 def run_child(script: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -148,14 +141,7 @@ def test_python_refuses_exactly_the_velocity_the_c_api_flags(lib):
             dodo.box3d(stable_cell(), ISSUE_U)
 
         # Many velocities on both sides of the tolerance: Python accepts exactly what C does not flag.
-        rng = np.random.default_rng(4)
-        v = rng.normal(size=(4000, 3))
-        v *= (rng.uniform(0, 0.9, 4000) / np.linalg.norm(v, axis=1))[:, None]
-        W = 1 / np.sqrt(1 - (v**2).sum(axis=1))
-        velocities = np.concatenate([W[:, None], W[:, None] * v], axis=1)
-        # |u.u + 1| = k 1e-6 W^2 for k on both sides of 1: the tolerance 1e-6 max(1, u^t^2).
-        velocities *= np.sqrt(1 + rng.uniform(0.99999, 1.00001, 4000) * VELOCITY_NORM_TOLERANCE * W**2)[:, None]
-        velocities = np.ascontiguousarray(velocities)
+        velocities = np.ascontiguousarray(velocities_about_the_tolerance(np.random.default_rng(4), 4000))
         cells = np.ascontiguousarray(np.broadcast_to(stable_cell(), (4000, 6, 4)))
         out = np.empty_like(cells)
         flags = np.zeros(4000, dtype=np.uint32)
@@ -173,12 +159,7 @@ def test_the_batch_velocity_check_agrees_with_the_row_check_everywhere():
     """_core.all_four_velocities_valid (Python's up-front check, one vectorised pass) accepts a
     batch exactly when check_four_velocities accepts every row: velocities on both sides of the
     tolerance, non-finite and past-directed rows, a bad row at every position of a pass."""
-    rng = np.random.default_rng(5)
-    v = rng.normal(size=(3000, 3))
-    v *= (rng.uniform(0, 0.9, 3000) / np.linalg.norm(v, axis=1))[:, None]
-    W = 1 / np.sqrt(1 - (v**2).sum(axis=1))
-    velocities = np.concatenate([W[:, None], W[:, None] * v], axis=1)
-    velocities *= np.sqrt(1 + rng.uniform(0.99999, 1.00001, 3000) * VELOCITY_NORM_TOLERANCE * W**2)[:, None]
+    velocities = velocities_about_the_tolerance(np.random.default_rng(5), 3000)
     velocities[::97, 0] = np.nan
     velocities[5::89, 2] = np.inf
     velocities[7::83] *= -1.0
