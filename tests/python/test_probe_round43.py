@@ -146,41 +146,49 @@ def test_ctrl_c_at_lebedev_order_131_is_seen_after_as_much_work_as_at_order_17(w
     assert done % 32 == 0
 
 
+def _interrupted_inside_the_compiled_call(call, compiled_name, sizes):
+    """Calls call(F) on batches of `sizes` cells with a 1 or 5 ms timer raising KeyboardInterrupt until one
+    arrives while the compiled function `compiled_name` runs; returns the profiler's events of that
+    function for that call: ["c_call", "c_exception"] when the KeyboardInterrupt came from inside
+    it (it looked at pending signals), ["c_call"] or ["c_call", "c_return"] when it came after."""
+    events = []
+
+    def profile(frame, event, arg):
+        if event.startswith("c_") and getattr(arg, "__name__", "") == compiled_name:
+            events.append(event)
+
+    call(random_states(np.random.default_rng(16), 2))  # anything made once, made before any timer
+    previous = signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        for n in sizes:
+            F = random_states(np.random.default_rng(17), n)
+            for delay in (0.001, 0.005):
+                events.clear()
+                sys.setprofile(profile)
+                try:
+                    signal.setitimer(signal.ITIMER_REAL, delay)
+                    call(F)
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+                except KeyboardInterrupt:
+                    sys.setprofile(None)
+                    if events and "c_return" not in events:  # else the timer fired before it began or after it ended
+                        return list(events)
+                finally:
+                    sys.setprofile(None)
+        pytest.fail("every call ended before its timer")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def test_ctrl_c_ends_a_long_crossing_features_call_inside_it(slices_of_4096_cells):
     """dodo.crossing_features ran its whole batch without the GIL and without a look at pending
     signals: Ctrl-C was seen only when the call had ended (27 s for 300,000 cells at order 131).
     It now runs in slices as dodo.box3d does. Speed-free proof: the profiler sees the compiled call
     end with the KeyboardInterrupt ('c_exception'), not return first ('c_return')."""
-    events = []
-
-    def profile(frame, event, arg):
-        if event.startswith("c_") and getattr(arg, "__name__", "") == "crossing_features":
-            events.append(event)
-
-    dodo.crossing_features(random_states(np.random.default_rng(12), 2), lebedev_order=131)  # the engine made
-    previous = signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    try:
-        for n in (4_096, 4_096, 16_384, 16_384, 65_536):
-            F = random_states(np.random.default_rng(12), n)
-            events.clear()
-            sys.setprofile(profile)
-            try:
-                signal.setitimer(signal.ITIMER_REAL, 0.005)
-                dodo.crossing_features(F, lebedev_order=131)
-                signal.setitimer(signal.ITIMER_REAL, 0)
-            except KeyboardInterrupt:
-                sys.setprofile(None)
-                if not events:  # the timer fired before the compiled call began
-                    continue
-                assert events == ["c_call", "c_exception"], events  # before: ["c_call", "c_return"]
-                break
-            finally:
-                sys.setprofile(None)
-        else:
-            pytest.fail("every call ended before its 5 ms timer")
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    events = _interrupted_inside_the_compiled_call(lambda F: dodo.crossing_features(F, lebedev_order=131),
+                                                   "crossing_features", (4_096, 4_096, 16_384, 16_384, 65_536))
+    assert events == ["c_call", "c_exception"], events  # before: ["c_call"] (raised after it returned)
     # The slicing changes no bit.
     F = random_states(np.random.default_rng(13), 1000)
     dodo._core._set_interrupt_slice_cells(1024)  # slices of 160 cells at order 41
@@ -341,3 +349,26 @@ def test_a_fork_while_another_thread_fills_the_dodo_closure_cache_leaves_it_usab
     result = run_child(FORK_WHILE_THE_CACHE_IS_FILLED, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "forked"
+
+
+# --- the per-cell helpers: without the GIL and interruptible ---------------------------------------
+
+@pytest.mark.parametrize("function, compiled_name", [(dodo.invariants, "invariants"),
+                                                     (dodo.comoving_density, "comoving_total_density")])
+def test_invariants_and_comoving_density_release_the_gil_in_interruptible_slices(function, compiled_name):
+    """dodo.comoving_density's loop kept the GIL for the whole batch (other Python threads stood
+    still; README: the numerics run in dodo._core with the GIL released) and dodo.invariants ran its
+    batch in one piece: neither looked at pending signals (10^8 cells: ~17 s of invariants without
+    Ctrl-C). Both now run in slices without the GIL, as dodo.box3d does; results unchanged."""
+    previous = dodo._core._set_interrupt_slice_cells(64)
+    try:
+        events = _interrupted_inside_the_compiled_call(function, compiled_name, (1 << 16, 1 << 17, 1 << 18, 1 << 19))
+        assert events == ["c_call", "c_exception"], events  # before: ["c_call"] (raised after it returned)
+        F = random_states(np.random.default_rng(18), 1000)
+        u = np.zeros((1000, 4))
+        u[:, 0], u[:, 1] = 1 / np.sqrt(1 - 0.3**2), 0.3 / np.sqrt(1 - 0.3**2)
+        sliced = function(F, u)
+        dodo._core._set_interrupt_slice_cells(1 << 20)
+        assert np.array_equal(function(F, u), sliced)
+    finally:
+        dodo._core._set_interrupt_slice_cells(previous)
