@@ -92,40 +92,42 @@ def closure_results(model, F, u):
     return Closure(model, threads=1).apply(F, u), Closure(BOX3D_ONLY).apply(F, u)
 
 
+def dumped_diagnostics(program, models, dump) -> np.ndarray:
+    """Runs a test program of the API (tests/c/test_c_api.c, tests/fortran/test_fortran_api.f90) on
+    the plain, learned and misdeclared models, its numbers written to `dump`: its own checks must
+    pass. The numbers it wrote."""
+    output = run([str(program), str(models / "plain.onnx"), str(models / "learned.onnx"),
+                  str(models / "misdeclared.onnx"), str(dump)])
+    assert output.strip().endswith("passed, 0 failed")
+    return np.fromfile(dump, dtype=np.float64)
+
+
+def assert_diagnostics_are_pythons(models, F, u, growth, uncertainty, proxy):
+    """The growth rate and uncertainty of the learned model, and Box3D's growth-rate proxy, on cells
+    F with four-velocities u (None: at rest) are dodo.Closure.apply's bit for bit."""
+    learned, box = closure_results(models / "learned.onnx", F, u)
+    np.testing.assert_array_equal(growth, learned.growth_rate)
+    np.testing.assert_array_equal(uncertainty, learned.uncertainty)
+    np.testing.assert_array_equal(proxy, box.growth_rate)
+
+
 def test_c_program_growth_rate_and_uncertainty_match_python(tmp_path, diagnostics_models):
     """tests/c/test_c_api.c with the diagnostics arguments: its own checks pass, and the numbers it
     wrote equal dodo.Closure.apply's bit for bit (one C++ implementation behind both)."""
-    program, dump = build_c_program(tmp_path, "test_c_api.c", "test_c_api"), tmp_path / "c.bin"
-    root = diagnostics_models
-    output = run([str(program), str(root / "plain.onnx"), str(root / "learned.onnx"), str(root / "misdeclared.onnx"),
-                  str(dump)])
-    assert output.strip().endswith("passed, 0 failed")
+    program = build_c_program(tmp_path, "test_c_api.c", "test_c_api")
+    values = dumped_diagnostics(program, diagnostics_models, tmp_path / "c.bin")
     n = 200
-    values = np.fromfile(dump, dtype=np.float64)
     assert values.size == n * (24 + 4 + 3)
     F, u = values[:n * 24].reshape(n, 6, 4), values[n * 24:n * 28].reshape(n, 4)
-    growth, uncertainty, proxy = values[n * 28:].reshape(3, n)
-    learned, box = closure_results(root / "learned.onnx", F, u)
-    np.testing.assert_array_equal(growth, learned.growth_rate)
-    np.testing.assert_array_equal(uncertainty, learned.uncertainty)
-    np.testing.assert_array_equal(proxy, box.growth_rate)
+    assert_diagnostics_are_pythons(diagnostics_models, F, u, *values[n * 28:].reshape(3, n))
 
 
 def test_fortran_program_growth_rate_and_uncertainty_match_python(tmp_path, diagnostics_models):
-    program, dump = build_fortran_api_program(tmp_path), tmp_path / "fortran.bin"
-    root = diagnostics_models
-    output = run([str(program), str(root / "plain.onnx"), str(root / "learned.onnx"), str(root / "misdeclared.onnx"),
-                  str(dump)])
-    assert output.strip().endswith("passed, 0 failed")
+    values = dumped_diagnostics(build_fortran_api_program(tmp_path), diagnostics_models, tmp_path / "fortran.bin")
     n = 50
-    values = np.fromfile(dump, dtype=np.float64)
     assert values.size == n * (24 + 3)
     F = values[:n * 24].reshape(n, 6, 4)  # Fortran (4, 6, n) is C's [n][6][4]
-    growth, uncertainty, proxy = values[n * 24:].reshape(3, n)
-    learned, box = closure_results(root / "learned.onnx", F, None)
-    np.testing.assert_array_equal(growth, learned.growth_rate)
-    np.testing.assert_array_equal(uncertainty, learned.uncertainty)
-    np.testing.assert_array_equal(proxy, box.growth_rate)
+    assert_diagnostics_are_pythons(diagnostics_models, F, None, *values[n * 24:].reshape(3, n))
 
 
 def test_diagnostics_add_no_allocation_per_call(tmp_path, diagnostics_models):
