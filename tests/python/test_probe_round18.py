@@ -412,18 +412,27 @@ def test_train_refuses_box3d_settings_box3d_does_not_have(tmp_path, capsys):
 
 # --- dodo export of an edited train-ensemble checkpoint --------------------------------------------
 
-@pytest.fixture(scope="module")
-def ensemble_checkpoint(tmp_path_factory):
+def _trained(tmp_path_factory, folder: str, command: str, config_name: str, config_text) -> tuple:
+    """`dodo COMMAND --config CONFIG` run to success in a fresh folder on 200 synthetic preprocessed
+    cells, CONFIG (config_name in the folder) holding config_text(folder, preprocessed file): (the
+    folder, CONFIG)."""
     pytest.importorskip("torch")
     from cli_helpers import synthetic_preprocessed
     from dodo.cli import main
 
-    root = tmp_path_factory.mktemp("round18_ensemble")
+    root = tmp_path_factory.mktemp(folder)
     pre = synthetic_preprocessed(root, cells=200)
-    config = root / "ensemble.yaml"
-    config.write_text(f"data:\n  path: {pre}\n  holdout: []\nensemble:\n  members: 2\n  width: 8\n  depth: 1\n"
-                      f"  batch_size: 64\n  epochs: 1\noutput:\n  checkpoint: {root / 'ensemble.pt'}\n")
-    assert main(["train-ensemble", "--config", str(config)]) == 0
+    config = root / config_name
+    config.write_text(config_text(root, pre))
+    assert main([command, "--config", str(config)]) == 0
+    return root, config
+
+
+@pytest.fixture(scope="module")
+def ensemble_checkpoint(tmp_path_factory):
+    root, _ = _trained(tmp_path_factory, "round18_ensemble", "train-ensemble", "ensemble.yaml", lambda root, pre: (
+        f"data:\n  path: {pre}\n  holdout: []\nensemble:\n  members: 2\n  width: 8\n  depth: 1\n"
+        f"  batch_size: 64\n  epochs: 1\noutput:\n  checkpoint: {root / 'ensemble.pt'}\n"))
     return root / "ensemble.pt"
 
 
@@ -495,17 +504,10 @@ def test_export_of_the_unedited_ensemble_checkpoint_still_works(ensemble_checkpo
 
 @pytest.fixture(scope="module")
 def train_run(tmp_path_factory):
-    pytest.importorskip("torch")
-    from cli_helpers import synthetic_preprocessed
-    from dodo.cli import main
-
-    root = tmp_path_factory.mktemp("round18_train")
-    pre = synthetic_preprocessed(root, cells=200)
-    config = root / "train.yaml"
-    config.write_text(f"data: {{path: {pre}, batch_size: 64}}\nmodel: {{head: equivariant, hidden_dim: 8, n_blocks: 1}}\n"
-                      "training: {epochs: 1, threads: 1, log_interval: 1000}\n"
-                      f"output: {{results_dir: {root / 'results'}, checkpoint_dir: {root / 'checkpoints'}}}\n")
-    assert main(["train", "--config", str(config)]) == 0
+    root, config = _trained(tmp_path_factory, "round18_train", "train", "train.yaml", lambda root, pre: (
+        f"data: {{path: {pre}, batch_size: 64}}\nmodel: {{head: equivariant, hidden_dim: 8, n_blocks: 1}}\n"
+        "training: {epochs: 1, threads: 1, log_interval: 1000}\n"
+        f"output: {{results_dir: {root / 'results'}, checkpoint_dir: {root / 'checkpoints'}}}\n"))
     return config, root / "checkpoints" / "last.pt"
 
 
