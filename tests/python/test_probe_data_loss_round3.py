@@ -346,3 +346,31 @@ def test_plot_curve_replaces_its_two_files_together_or_neither(tmp_path, capsys,
     assert code == 2 and "No space left on device" in err, err
     assert (curve.read_bytes(), parity.read_bytes()) == before
     assert sorted(path.name for path in tmp_path.iterdir()) == ["c.png", "c_parity.png", "metrics.json"]
+
+
+def test_a_signal_inside_torchs_first_deterministic_switch_ends_the_run_as_interrupted(tmp_path, capsys, monkeypatch):
+    """Before: SIGTERM (or Ctrl-C) during `torch.use_deterministic_algorithms(True)`, whose first call
+    imports torch._inductor (seconds), left that import half done; restoring the switch on the way out
+    then failed on the half-imported module (`AttributeError: partially initialized module
+    'torch._dynamo' has no attribute 'utils'`), which replaced the signal: a traceback and exit 1
+    (`dodo study` killed at the start of a run; 1 kill in 5 there). Now `dodo train: interrupted`, 130."""
+    torch = pytest.importorskip("torch")
+    from training_helpers import synth_and_preprocess, write_training_config
+
+    data = synth_and_preprocess(tmp_path, 100, seed=5)
+    config = write_training_config(tmp_path / "t.yaml", data, tmp_path / "run")
+    original = torch.use_deterministic_algorithms
+
+    def switch(mode, *args, **kwargs):
+        if mode:
+            raise KeyboardInterrupt  # the signal, inside the import the first call makes
+        raise AttributeError("partially initialized module 'torch._dynamo' has no attribute 'utils' "
+                             "(most likely due to a circular import)")
+
+    monkeypatch.setattr(torch, "use_deterministic_algorithms", switch)
+    try:
+        code, _, err = run(capsys, ["train", "--config", str(config)])
+    finally:
+        monkeypatch.setattr(torch, "use_deterministic_algorithms", original)
+    assert code == 130 and err.strip().splitlines()[-1] == "dodo train: interrupted", (code, err[-2000:])
+    assert "Traceback" not in err and "partially initialized" not in err, err[-2000:]

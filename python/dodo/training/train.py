@@ -559,7 +559,16 @@ def train(config: ExperimentConfig, echo=print) -> dict:
         finished = True
         return summary
     finally:
-        torch.use_deterministic_algorithms(previous)
+        try:
+            torch.use_deterministic_algorithms(previous)
+        except Exception:
+            # The first call imports torch._inductor (seconds of imports): a SIGTERM or Ctrl-C inside
+            # that import left it half done, and this call then failed on the half-imported module
+            # (`AttributeError: partially initialized module 'torch._dynamo'`), a traceback and exit
+            # 1 in place of `dodo train: terminated`, 143 (data-loss probe, round three). After a
+            # run that ended by an exception, that exception is the one to report.
+            if finished:
+                raise
         # No leaving together after an exception or a signal: the others are not coming (round 39).
         distribution.stop(together=finished)
 
