@@ -1263,8 +1263,10 @@ void prepare_block(std::size_t count, const double* F_init, const double* u, Res
   // 15.4: an isotropic species of 1 ulp). Such a cell was NO_CROSSING and returned as its
   // unrealizable input. Now NEGATIVE_DENSITY / FLUX_FACTOR and realizable_fallback, in every frame,
   // and u = (1, 0, 0, 0) gives u = None's status (the same test on the same values).
-  // Vectorised: a species whose |F|^2 is below (1 - 8 eps) n^2 with n in [1e-150, 1e150] (or
-  // with no flux) is inside; the rare cells with another species get cell_is_realizable's test.
+  // Vectorised: a species whose |F|^2 is below (1 - 8 eps) n^2 with n in [1e-150, 1e150] is
+  // inside; the few cells with another species (a zero, tiny, huge or negative density) get the
+  // exact test: a negative density is NEGATIVE_DENSITY, then cell_is_realizable's (the test of
+  // realizable_fallback) FLUX_FACTOR. Cells rejected already (ZERO_DENSITY included) keep their flag.
   alignas(64) std::int64_t lab_unchecked[kBlockCells] = {};
   {
     for (int a = 0; a < kSpecies; ++a) {
@@ -1276,10 +1278,8 @@ void prepare_block(std::size_t count, const double* F_init, const double* u, Res
       for (std::size_t c = 0; c < lanes; ++c) {
         const double n = in_t[c];
         const double flux2 = in_x[c] * in_x[c] + in_y[c] * in_y[c] + in_z[c] * in_z[c];
-        negative[c] |= n < 0.0;
-        // (No flux means zero components: |F|^2 of a flux ~1e-200 underflows to 0 beside n = 0.)
-        const bool no_flux = (in_x[c] == 0.0) & (in_y[c] == 0.0) & (in_z[c] == 0.0);
-        const bool inside = no_flux | ((n > 1e-150) & (n < 1e150) & (flux2 <= (1.0 - 8.0 * DBL_EPSILON) * (n * n)));
+        // Negative, zero, tiny or huge densities fail it and are tested below.
+        const bool inside = (n > 1e-150) & (n < 1e150) & (flux2 <= (1.0 - 8.0 * DBL_EPSILON) * (n * n));
         lab_unchecked[c] |= !inside;
       }
     }
@@ -1301,9 +1301,14 @@ void prepare_block(std::size_t count, const double* F_init, const double* u, Res
                                                            : kCellOk;
     status[c] = status[c] == kCellOk ? flags : status[c];
   }
-  for (std::size_t c = 0; c < count; ++c)  // the lab frame's exact test (above), for the rare cells it needs
-    if (lab_unchecked[c] && status[c] == kCellOk && !cell_is_realizable(F_init + c * kCellValues))
-      status[c] = kCell_FLUX_FACTOR;
+  for (std::size_t c = 0; c < count; ++c) {  // the exact test (above), for the few cells it needs
+    if (!lab_unchecked[c] || status[c] != kCellOk) continue;
+    const double* cell = F_init + c * kCellValues;
+    bool negative_density = false;
+    for (int a = 0; a < kSpecies; ++a) negative_density |= cell[a * kComponents] < 0.0;
+    if (negative_density) status[c] = kCell_NEGATIVE_DENSITY;
+    else if (!cell_is_realizable(cell)) status[c] = kCell_FLUX_FACTOR;
+  }
   // The normalised values, value-major and across cells (the same product rest * (1 / total) per
   // value as a per-cell loop: the same bits); zeros where block_moments wants no cell.
   alignas(64) double inverse_total[kBlockCells];
