@@ -205,17 +205,30 @@ def test_preprocess_refuses_bad_values(tmp_path, monkeypatch, capsys, setting, e
     assert expected in line, line
 
 
+def isotropic_cell() -> np.ndarray:
+    """Six species of density 1, no flux: a cell any Box3D setting can be tried on."""
+    F = np.zeros((6, 4))
+    F[:, 0] = 1.0
+    return F
+
+
+def assert_box3d_refuses(match: str, **setting) -> None:
+    """dodo.box3d (on isotropic_cell()) and dodo.box3d_settings both refuse ``setting`` with a
+    ValueError matching ``match``."""
+    import dodo
+
+    with pytest.raises(ValueError, match=match):
+        dodo.box3d(isotropic_cell(), **setting)
+    with pytest.raises(ValueError, match=match):
+        dodo.box3d_settings(**setting)
+
+
 @pytest.mark.parametrize("order", [17.9, "17", True, 16.0, 5, np.float64(41.5)])
 def test_lebedev_order_must_be_an_available_integer(order):
     """17.9 was truncated to 17; now every non-integer or unavailable order is refused."""
     import dodo
 
-    F = np.zeros((6, 4))
-    F[:, 0] = 1.0
-    with pytest.raises(ValueError, match="lebedev_order"):
-        dodo.box3d(F, lebedev_order=order)
-    with pytest.raises(ValueError, match="lebedev_order"):
-        dodo.box3d_settings(lebedev_order=order)
+    assert_box3d_refuses("lebedev_order", lebedev_order=order)
     if dodo.runtime_available():
         with pytest.raises(ValueError, match="lebedev_order"):
             dodo.Closure(dodo.BOX3D_ONLY, lebedev_order=order)
@@ -224,8 +237,7 @@ def test_lebedev_order_must_be_an_available_integer(order):
 def test_integral_lebedev_order_of_any_type_is_taken():
     import dodo
 
-    F = np.zeros((6, 4))
-    F[:, 0] = 1.0
+    F = isotropic_cell()
     reference = dodo.box3d(F, lebedev_order=41).F_box
     for order in (41.0, np.int64(41), np.float32(41)):
         np.testing.assert_array_equal(dodo.box3d(F, lebedev_order=order).F_box, reference)
@@ -236,10 +248,8 @@ def test_threads_out_of_range_is_a_clear_value_error(threads):
     """threads=2**31 raised pybind11's TypeError; now a ValueError that names the range."""
     import dodo
 
-    F = np.zeros((6, 4))
-    F[:, 0] = 1.0
     with pytest.raises(ValueError, match="threads must be an integer"):
-        dodo.box3d(F, threads=threads)
+        dodo.box3d(isotropic_cell(), threads=threads)
     if dodo.runtime_available():
         with pytest.raises(ValueError, match="threads must be an integer"):
             dodo.Closure(dodo.BOX3D_ONLY, threads=threads)

@@ -307,12 +307,9 @@ def test_closure_options_of_the_wrong_type_are_value_errors_naming_them(option):
 
 @pytest.mark.parametrize("bad", [None, "0.9", True])
 def test_box3d_max_flux_factor_of_the_wrong_type_is_named(bad):
-    F = np.zeros((6, 4))
-    F[:, 0] = 1.0
-    with pytest.raises(ValueError, match="^max_flux_factor must be a real number"):
-        dodo.box3d(F, max_flux_factor=bad)
-    with pytest.raises(ValueError, match="^max_flux_factor must be a real number"):
-        dodo.box3d_settings(max_flux_factor=bad)
+    from test_cli_errors import assert_box3d_refuses
+
+    assert_box3d_refuses("^max_flux_factor must be a real number", max_flux_factor=bad)
 
 
 # == Third outside probe (2026-12-01): training consistency and one-line refusals ================
