@@ -222,8 +222,18 @@ def atomic_path(final: str | Path):
             scope[key] = _identity(final)
         _fsync_directory(final.parent)
     except BaseException as error:
-        with contextlib.suppress(FileNotFoundError):
+        left = ""
+        try:
             os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        except OSError as unlink_error:
+            # A directory made read-only during the write (chmod a-w, a file system remounted read-only):
+            # the rename and the removal both fail. The removal's "[Errno 13] Permission denied:
+            # '/d/.o.h5.HOST.PID.x8k2ab.tmp'" replaced the error and named the temporary as if it were the
+            # output, and nothing said that a file as large as the output was left (round three).
+            left = (f" (its temporary {tmp} could not be removed: {unlink_error.strerror or unlink_error}; remove it "
+                    "once the directory is writable)")
         remove_empty_directories(made)
         if isinstance(error, OSError) and error.errno is not None and (
                 error.filename is None or os.fsdecode(error.filename) == os.fsdecode(tmp)):
@@ -232,10 +242,16 @@ def atomic_path(final: str | Path):
                 # directory: '/d/.o.h5.HOST.PID.x8k2ab.tmp'", of a file nobody asked for (round three).
                 raise OutputPathError(f"cannot write {given}: its directory {final.parent} was removed while this "
                                       "command wrote it; nothing was written") from None
+            if isinstance(error, PermissionError):
+                raise OutputPathError(f"cannot write {given}: no permission to create files in {final.parent} (made "
+                                      "read-only while this command wrote it?); the file there is untouched" + left
+                                      ) from None
             # A failed write() names no file (`dodo score --json F` on a full disk said only "[Errno 28]
             # No space left on device"), nor should the temporary be named: the output asked for is
             # (same errno, same OSError subclass).
-            raise OSError(error.errno, error.strerror, str(given)) from None
+            raise OSError(error.errno, (error.strerror or str(error)) + left, str(given)) from None
+        if left and isinstance(error, OutputPathError):  # a refusal at the rename: say what it left
+            raise type(error)(f"{error}{left}") from None
         raise
 
 

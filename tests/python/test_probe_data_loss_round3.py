@@ -374,3 +374,37 @@ def test_a_signal_inside_torchs_first_deterministic_switch_ends_the_run_as_inter
         monkeypatch.setattr(torch, "use_deterministic_algorithms", original)
     assert code == 130 and err.strip().splitlines()[-1] == "dodo train: interrupted", (code, err[-2000:])
     assert "Traceback" not in err and "partially initialized" not in err, err[-2000:]
+
+
+def test_a_directory_made_read_only_during_the_write_is_named_with_the_temporary_it_keeps(tmp_path, monkeypatch):
+    """Before (shown as an unprivileged user: `chmod a-w DIR` while `dodo preprocess` wrote DIR/out.h5):
+    the rename failed and so did the removal of the temporary, whose `[Errno 13] Permission denied:
+    'DIR/.out.h5.HOST.PID.x8k2ab.tmp'` replaced the error: the temporary named as if it were the
+    output, and nothing said that a file as large as the output was left. (Root ignores the mode,
+    so the two refusals of the directory are stood in for here.)"""
+    import dodo._atomic as atomic
+
+    output = tmp_path / "out.h5"
+    output.write_bytes(b"earlier")
+    real_replace, real_unlink = os.replace, os.unlink
+
+    def replace(source, target, *args, **kwargs):
+        if os.fsdecode(target) == str(output):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fsdecode(source), os.fsdecode(target))
+        return real_replace(source, target, *args, **kwargs)
+
+    def unlink(path, *args, **kwargs):
+        if os.fsdecode(path).endswith(".tmp"):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fsdecode(path))
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    monkeypatch.setattr(atomic.os, "unlink", unlink)
+    with pytest.raises(atomic.OutputPathError) as raised:
+        with atomic.atomic_path(output) as tmp:
+            tmp.write_bytes(b"new")
+    monkeypatch.undo()
+    message = str(raised.value)
+    assert message.startswith(f"cannot write {output}: no permission to create files in {tmp_path}"), message
+    assert f"its temporary {tmp} could not be removed" in message and "remove it" in message, message
+    assert output.read_bytes() == b"earlier"
