@@ -10,8 +10,9 @@ are not realizable while the values Box3D checks are (a subnormal species the ca
 n = -4.9e-323 beside a realizable rest-frame species; at rest, a subnormal species with |F| > n that
 division by N_tot rounds onto the cone) was NO_CROSSING and returned as its unrealizable input. Now
 the input is checked as given too, in every frame.
-One violation found outside this round's files and reported (a strict xfail below): the rejected-cell
-fallback drops the whole flux of a species one ulp outside the cone in ~22% of such species.
+A second violation, outside this round's files, fixed by the lead after it (its test was a strict
+xfail until then): the rejected-cell fallback dropped the whole flux of a species one ulp outside the
+cone in ~22% of such species (cpp/src/realizability.cpp, realizable_fallback).
 
 Stable cells here are stable by construction: every species of a cell shares one flux factor and one
 direction, so every ELN, and every pair's G, is a multiple of one positive function (no crossing
@@ -325,10 +326,6 @@ def test_dodo_apply_returns_stable_merger_cells_bit_for_bit(tmp_path):
     assert _realizable(F_pred).all()
 
 
-@pytest.mark.xfail(strict=True, reason="realizable_fallback (cpp/src/realizability.cpp, outside this round's files) "
-                   "drops the whole flux of a species that is 1 ulp outside the cone in ~22% of such species: its "
-                   "shrunk flux must pass scaled_flux_norm <= n (1 - 4 eps), which rounding fails by 1 ulp, though "
-                   "the host's test (cone_excess) passes; reported with the fix")
 def test_a_species_one_ulp_outside_the_cone_keeps_its_flux_and_the_cube_symmetry():
     """A rejected cell (a species at flux factor 1, 1 ulp outside the cone in the host's order) comes
     back as its input with that species' flux scaled onto the cone by a few ulp, whatever the axis
