@@ -79,12 +79,14 @@ def emit(table_text: str, data, json_target, inputs=()) -> None:
         print(json.dumps(json_safe(data), indent=1, default=_plain, allow_nan=False))
         return
     if json_target:
-        check_outputs([json_target], inputs)
         # The file first, then the table: printed first, a reader that went away (`dodo score M F --json
         # r.json | head -1`: exit 141, quietly) or a full standard output (`> /dev/full`) ended the
         # command before the report was written, the scoring lost (outside probe, data-loss round two).
-        # A report that cannot be written still leaves the table on the screen.
+        # A report that cannot be written still leaves the table on the screen; so does one refused by
+        # the check here (a directory or a FIFO put at the path during the scoring: the table was lost
+        # with it, data-loss round three).
         try:
+            check_outputs([json_target], inputs)
             write_json_atomic(json_target, data)
         except (OSError, ValueError):
             print(table_text)

@@ -408,3 +408,25 @@ def test_a_directory_made_read_only_during_the_write_is_named_with_the_temporary
     assert message.startswith(f"cannot write {output}: no permission to create files in {tmp_path}"), message
     assert f"its temporary {tmp} could not be removed" in message and "remove it" in message, message
     assert output.read_bytes() == b"earlier"
+
+
+def test_dodo_score_prints_its_table_when_its_report_path_became_a_directory(tmp_path, capsys, monkeypatch):
+    """Before: a report path refused by the check made just before writing it (a directory, or a
+    FIFO, put there during the scoring) ended `dodo score M F --json r.json` before the table was
+    printed: the scoring lost. Now the table is printed, then the one line, exit 2."""
+    pytest.importorskip("h5py")
+    import dodo.score as score_module
+
+    assert run(capsys, ["synth", "-o", str(tmp_path / "s.h5"), "-n", "60", "-q"])[0] == 0
+    report = tmp_path / "r.json"
+    original = score_module.score
+
+    def scoring(*args, **kwargs):  # the report's path becomes a directory while this one scores
+        report.mkdir()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(score_module, "score", scoring)
+    code, out, err = run(capsys, ["score", "box3d", str(tmp_path / "s.h5"), "--bootstrap", "100", "--json", str(report)])
+    assert code == 2 and "is a directory" in err and "Traceback" not in err, err
+    assert "Box3D" in out or "box3d" in out.lower(), out
+    assert report.is_dir() and list(report.iterdir()) == []
