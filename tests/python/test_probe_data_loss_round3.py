@@ -430,3 +430,27 @@ def test_dodo_score_prints_its_table_when_its_report_path_became_a_directory(tmp
     assert code == 2 and "is a directory" in err and "Traceback" not in err, err
     assert "Box3D" in out or "box3d" in out.lower(), out
     assert report.is_dir() and list(report.iterdir()) == []
+
+
+def test_the_solver_validation_keeps_a_report_another_process_wrote_meanwhile(tmp_path, monkeypatch, capsys):
+    """`python -m dodo.qke.validate` (minutes of solver runs) had its own main, outside `dodo`'s
+    outputs_as_found: a report another process wrote at its --json path during the runs was replaced
+    at the rename without a word (data-loss round three, left; fixed after it). Now refused in one
+    line, exit 2, the other file kept."""
+    pytest.importorskip("h5py")
+    from dodo.qke import validate
+
+    report = tmp_path / "report.json"
+
+    def runs_while_another_process_writes(*args, **kwargs):
+        report.write_text('{"another": "process"}')
+        return {"configurations": []}
+
+    monkeypatch.setattr(validate, "validate_nsm1", runs_while_another_process_writes)
+    reference = Path(__file__).resolve().parents[1] / "data" / "qke" / "emu_nsm1_1d.h5"
+    status = validate.main(["nsm1", "--reference", str(reference), "--box3d-cases", "", "--json", str(report)])
+    assert status == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "report.json" in error and "while this command ran" in error, error
+    assert report.read_text() == '{"another": "process"}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]

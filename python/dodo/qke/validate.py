@@ -267,6 +267,16 @@ def refuse_replacing_other_files(output: str) -> None:
                      "replaced; give another --output, or --overwrite to replace it")
 
 
+def _main_as_found(argv) -> int:
+    """_main with its outputs remembered as its start found them: a report another process writes
+    during the (minutes-long) validation is not replaced at the rename, as in every `dodo` command
+    (data-loss probe, round three)."""
+    from .._atomic import outputs_as_found
+
+    with outputs_as_found():
+        return _main(argv)
+
+
 def main(argv=None) -> int:
     """The command line; expected failures (missing h5py, a missing or bad file) end it with one
     line on stderr and exit status 2."""
@@ -284,7 +294,7 @@ def main(argv=None) -> int:
     try:
         # Its report goes to standard output: `| head -1` said "error: [Errno 32] Broken pipe" and
         # `>&-` dropped the report without a word (outside probe, round 23); now as `dodo` does.
-        return with_guarded_stdout(name, lambda: _main(argv))
+        return with_guarded_stdout(name, lambda: _main_as_found(argv))
     except (KeyboardInterrupt, _Terminated) as ended:  # outputs are atomic: the target stays untouched
         status, word = _signal_ending(ended)
         print(f"{name}: {word}", file=sys.stderr)
