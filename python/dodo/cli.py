@@ -50,7 +50,10 @@ def _info(args: argparse.Namespace) -> int:
     print(f"numpy {numpy.__version__}")
     print(f"core module: {_core.__file__}")
     print(f"Lebedev orders: {_core.available_lebedev_orders()}")
-    print("closure runtime:", "built" if runtime_available() else "NOT built (no ONNX Runtime headers at build time)")
+    # The runtime is left out only by DODO_BUILD_RUNTIME=OFF (its headers ship with the source); "no
+    # ONNX Runtime headers at build time" named no cause a user could act on (documentation probe).
+    print("closure runtime:", "built" if runtime_available() else
+          "NOT built (this dodo was built with DODO_BUILD_RUNTIME=OFF: Box3D only, no closure, no C API)")
     library = os.environ.get("DODO_ONNXRUNTIME_LIBRARY")
     if library:  # what a closure loads first (docs/runtime.md): the onnxruntime package's was shown instead
         paths["onnxruntime_library"] = (f"{library} (DODO_ONNXRUNTIME_LIBRARY; the onnxruntime package's: "
@@ -60,7 +63,10 @@ def _info(args: argparse.Namespace) -> int:
                                         "for libonnxruntime on the system's library path (pip install onnxruntime, "
                                         "or set DODO_ONNXRUNTIME_LIBRARY)")
     for key in ("include_dir", "lib_dir", "cmake_dir", "pkgconfig_dir", "default_model", "onnxruntime_library"):
-        print(f"{key}: {paths[key]}")
+        value = paths[key]
+        if key != "onnxruntime_library" and value and not os.path.exists(value):  # a Box3D-only build
+            value = f"{value} (not installed)"
+        print(f"{key}: {value}")
     return 0
 
 

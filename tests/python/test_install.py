@@ -130,6 +130,24 @@ def test_info_never_prints_a_directory_that_does_not_exist(monkeypatch, tmp_path
         assert captured.out == "" and "does not exist" in captured.err
 
 
+def test_info_of_a_box3d_only_build_names_the_cause_and_marks_paths_not_installed(monkeypatch, tmp_path, capsys):
+    """A DODO_BUILD_RUNTIME=OFF build: `dodo info` said "NOT built (no ONNX Runtime headers at build
+    time)", a cause that does not exist (the headers ship with the source), and listed the C API's
+    directories as if they were there (documentation probe). Now the build option is named and each
+    missing path says "(not installed)"."""
+    import dodo._closure
+
+    missing = {key: str(tmp_path / "nowhere" / key) for key in ("include_dir", "lib_dir", "cmake_dir", "pkgconfig_dir")}
+    monkeypatch.setattr(dodo._closure, "runtime_paths", lambda: {**missing, "default_model": "", "onnxruntime_library": ""})
+    monkeypatch.setattr(dodo._closure, "runtime_available", lambda: False)
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "closure runtime: NOT built (this dodo was built with DODO_BUILD_RUNTIME=OFF" in out
+    assert "headers" not in out
+    for key, path in missing.items():
+        assert f"{key}: {path} (not installed)" in out
+
+
 def test_info_prints_the_cmake_dir_when_it_exists(capsys):
     if not dodo.runtime_available():
         pytest.skip("dodo built without the closure runtime")
