@@ -136,6 +136,24 @@ def test_a_non_finite_graph_constant_the_description_does_not_read_is_named_as_t
     assert "instead of" not in text, text
 
 
+@pytest.mark.parametrize("index", [None, 3])
+def test_a_zero_input_spread_is_refused_as_the_graphs_division_by_zero(default_package, index):
+    """ensemble.student.std (the inputs' divisor) zero everywhere or at one element: every probe row NaN,
+    refused as "does not reproduce the graph's head_output (probe row 0: -0 instead of -nan)". (A
+    description naming a tensor with zeros or negative values as input_std is refused by the probes,
+    test_native_network.py.)"""
+    def edit(model):
+        tensor = next(t for t in model.graph.initializer if t.name == "ensemble.student.std")
+        array = numpy_helper.to_array(tensor).copy()
+        array[slice(None) if index is None else index] = 0
+        tensor.CopyFrom(numpy_helper.from_array(array.astype(np.float32), tensor.name))
+
+    text = str(_refusal(_resigned(default_package, edit=edit)))
+    assert text.startswith("DODO_ERROR_MODEL_FORMAT"), text
+    assert "the graph's head_output is NaN at probe row 0" in text and "or divides by zero" in text, text
+    assert "instead of" not in text, text
+
+
 # --- defect 4: a second definition of an initializer's name, which ONNX Runtime computes with -----
 
 def _constant_named(name: str, value: float):

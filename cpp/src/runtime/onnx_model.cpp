@@ -493,8 +493,8 @@ bool OnnxModel::check_native_agreement() const {
         throw Error(DODO_ERROR_MODEL_FORMAT,
                     std::string("the graph's ") + what + " is " + (std::isnan(expected[i]) ? "NaN" : "infinite") +
                         " at probe row " + std::to_string(i / std::max<std::size_t>(1, count / kRows)) +
-                        " (inputs near its training mean): a weight or constant of the graph is not finite "
-                        "(edited after export?)");
+                        " (inputs near its training mean): a weight or constant of the graph is not finite, or "
+                        "divides by zero (edited after export?)");
   };
   finite("head_output", graph.output_row(0), kRows * static_cast<std::size_t>(output_size_));
   if (graph.uncertainty()) finite("uncertainty", graph.uncertainty(), kRows);
