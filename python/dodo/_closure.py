@@ -182,6 +182,8 @@ def _model_file_bytes_if_not_utf8(path: str) -> Optional[bytes]:
     shown = _shown_path(path)
     try:
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except PermissionError as error:  # as the runtime raises it for a UTF-8 name
+        raise PermissionError(error.errno, f"DODO_ERROR_FILE: cannot open model file {shown}: {error.strerror}") from None
     except OSError as error:
         raise FileNotFoundError(f"DODO_ERROR_FILE: cannot open model file {shown}: {error.strerror}") from None
     mode = os.fstat(descriptor).st_mode

@@ -24,6 +24,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -174,6 +175,56 @@ def test_commands_run_from_a_read_only_install_and_write_only_where_asked(deploy
         leftovers = [p.name for p in deployment.workdir.iterdir() if p.name.startswith(".") or "partial" in p.name]
         assert not leftovers  # no lock or partial file left beside the output
     deployment.assert_untouched()
+
+
+def _as_unprivileged_user(command: list, cwd: Path) -> subprocess.CompletedProcess:
+    """`command` run as uid/gid 65534 when this process is root (root reads every file), else as
+    this user; skipped where no such child can start or import this installation."""
+    prefix = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")  # util-linux; Python's user= could not exec the interpreter here
+        if not setpriv:
+            pytest.skip("running as root without setpriv to drop to uid 65534")
+        prefix = [setpriv, "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+    try:
+        result = subprocess.run(prefix + command, cwd=cwd, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    except PermissionError:
+        pytest.skip("cannot start a child as uid 65534 here")
+    if prefix and ("No module named" in result.stderr or "Permission denied" in result.stderr and not result.stdout):
+        pytest.skip("uid 65534 cannot run this installation: " + (result.stderr.strip().splitlines() or [""])[-1])
+    return result
+
+
+def test_a_model_the_user_may_not_read_raises_permission_error():
+    """A model file of mode 000 (another user's, or a permission slip): the runtime's open fails with
+    EACCES, and dodo.Closure raised FileNotFoundError("... Permission denied"), which a user's
+    `except PermissionError` misses and whose name says the file is not there (deployment probe,
+    C round 31). Now PermissionError with errno 13, for a UTF-8 name (the runtime's open) and a
+    Latin-1 one (read in Python). In a directory of its own that uid 65534 may enter (pytest's
+    tmp_path is 0700)."""
+    from dodo.models import default_model_path
+
+    workdir = Path(tempfile.mkdtemp(prefix="dodo-permission-"))
+    try:
+        workdir.chmod(0o777)
+        names = [b"unreadable.onnx", b"unreadable-\xe9.onnx"]
+        for name in names:
+            target = os.path.join(bytes(workdir), name)
+            shutil.copyfile(default_model_path(), target)
+            os.chmod(target, 0)
+        script = ("import os, sys, dodo\n"
+                  "for name in (b'unreadable.onnx', b'unreadable-\\xe9.onnx'):\n"
+                  "    try:\n"
+                  "        dodo.Closure(os.fsdecode(name))\n"
+                  "    except PermissionError as error:\n"
+                  "        print(type(error).__name__, error.errno, 'DODO_ERROR_FILE' in str(error))\n"
+                  "    except Exception as error:\n"
+                  "        print('other', type(error).__name__, error)\n")
+        result = _as_unprivileged_user([sys.executable, "-c", script], workdir)
+        _no_traceback(result)
+        assert result.stdout.split("\n")[:2] == ["PermissionError 13 True"] * 2, result.stdout + result.stderr
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def test_version_strings_agree(deployment):

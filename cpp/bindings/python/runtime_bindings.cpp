@@ -1,5 +1,6 @@
 // pybind11 glue for the closure runtime: dodo._core.Closure. The public API is dodo.Closure
 // (python/dodo/_closure.py); this layer only moves arrays and releases the GIL while computing.
+#include <cerrno>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -44,6 +45,17 @@ void translate_runtime_error(std::exception_ptr pointer) {
     // Never a UnicodeDecodeError instead of the real error (messages quote model-file bytes).
     PyObject* message = PyUnicode_DecodeUTF8(text.data(), static_cast<Py_ssize_t>(text.size()), "backslashreplace");
     if (!message) return;  // the decoding error is set
+    const int system_error = error.system_error();
+    if (error.status() == DODO_ERROR_FILE && (system_error == EACCES || system_error == EPERM)) {
+      // A model the user may not read: PermissionError with its errno, as open() raises it (it was
+      // FileNotFoundError "... Permission denied"; deployment probe, C round 31).
+      PyObject* arguments = Py_BuildValue("(iO)", system_error, message);
+      Py_DECREF(message);
+      if (!arguments) return;
+      PyErr_SetObject(PyExc_PermissionError, arguments);
+      Py_DECREF(arguments);
+      return;
+    }
     PyErr_SetObject(type, message);
     Py_DECREF(message);
   }

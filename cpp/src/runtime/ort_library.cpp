@@ -276,6 +276,9 @@ struct StaticDestructionMarker {
 void check_ort(const OrtApi* api, OrtStatus* status, const char* context) {
   if (!status) return;
   std::string message = std::string(context) + ": " + api->GetErrorMessage(status);
+  // ONNX Runtime ends some messages with a line break: one line, as onnx_model.cpp gives its own (C round 31).
+  while (!message.empty() && (message.back() == '\n' || message.back() == '\r' || message.back() == ' '))
+    message.pop_back();
   if (static_objects_destroyed.load(std::memory_order_relaxed))
     message += " (the process is exiting and ONNX Runtime's own objects are destroyed by now: call dodo before "
                "exit(), or from an atexit handler registered after the first closure with a model)";
