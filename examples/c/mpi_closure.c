@@ -5,12 +5,17 @@
  * dodo_closure_create_from_memory (the same checks as a file: digest, metadata, self-test).
  *
  * Threads per rank: the cores of a node divided among the ranks on that node (1 when a rank
- * runs on every core). Devices: with an onnxruntime-gpu library, pass "cuda" and each rank
+ * runs on every core), and never more than the cores the rank is bound to (mpirun --bind-to core,
+ * srun --cpus-per-task: the rank's CPU affinity, where the system tells it). Devices: with an onnxruntime-gpu library, pass "cuda" and each rank
  * uses device (node-local rank mod DODO_GPUS_PER_NODE, default 1).
  *
  * Build:  mpicc mpi_closure.c $(pkg-config --cflags --libs dodo) -lm -o mpi_closure
  * Run:    mpirun -n 4 ./mpi_closure MODEL.onnx [cuda] */
 #define _POSIX_C_SOURCE 200809L /* sysconf */
+#if defined(__linux__)
+#define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
+#include <sched.h>
+#endif
 #include <dodo/dodo.h>
 #include <mpi.h>
 
@@ -51,6 +56,20 @@ static unsigned char* read_package(const char* path, long* size) {
     bytes = NULL;
   }
   return bytes;
+}
+
+/* Worker threads for this rank: the node's online cores divided among its `local_size` ranks, at
+ * most the cores this rank may run on (its affinity mask: a rank bound to one core of a 128-core
+ * node given 128 / local_size workers would have them all compete for that core), at least 1. */
+static int threads_per_rank(int local_size) {
+  long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  long threads = cores > local_size ? cores / local_size : 1;
+#if defined(__linux__)
+  cpu_set_t allowed;
+  if (sched_getaffinity(0, sizeof allowed, &allowed) == 0 && CPU_COUNT(&allowed) > 0 && CPU_COUNT(&allowed) < threads)
+    threads = CPU_COUNT(&allowed);
+#endif
+  return threads > 1024 ? 1024 : (int)threads; /* 1024: the runtime's bound on threads per handle */
 }
 
 /* A rank's share of a toy grid: electron neutrinos stream along +x, antineutrinos along -x. */
@@ -111,9 +130,7 @@ int main(int argc, char** argv) {
   /* 2. Every rank creates its own closure from the bytes, then frees them. */
   dodo_options options;
   dodo_options_init(&options);
-  long cores = sysconf(_SC_NPROCESSORS_ONLN);
-  options.threads = cores > local_size ? (int)(cores / local_size) : 1;
-  if (options.threads > 1024) options.threads = 1024; /* the runtime's bound on threads per handle */
+  options.threads = threads_per_rank(local_size);
   options.run_self_test = 1;
   if (argc > 2 && strcmp(argv[2], "cuda") == 0) {
     const char* per_node = getenv("DODO_GPUS_PER_NODE");

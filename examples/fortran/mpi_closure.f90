@@ -4,8 +4,9 @@
 ! creates its closure from memory (dodo_create_from_memory: the same checks as a file). No
 ! other rank touches the file system, which matters at 10^4 ranks.
 !
-! Threads per rank: 1 when a rank runs on every core, else the node's cores divided by its
-! ranks. Devices: with an onnxruntime-gpu library, pass "cuda" and each rank uses device
+! Threads per rank: 1 here (one rank per core, the usual layout). A code with fewer ranks than
+! cores gives each rank the node's cores divided by its ranks there, never more than the cores the
+! rank is bound to (the C example, examples/c/mpi_closure.c, does both). Devices: with an onnxruntime-gpu library, pass "cuda" and each rank uses device
 ! (node-local rank mod GPUs per node), here assumed 1 GPU per node.
 !
 ! Build:  mpif90 dodo.f90 mpi_closure.f90 $(pkg-config --libs dodo) -o mpi_closure
@@ -13,6 +14,7 @@
 program mpi_closure
   use mpi_f08
   use dodo
+  use, intrinsic :: iso_fortran_env, only: error_unit
   implicit none
   integer, parameter :: ncell = 2048, gpus_per_node = 1
   integer(c_int8_t), allocatable :: package(:)
@@ -32,6 +34,11 @@ program mpi_closure
   call MPI_Comm_free(node)
   model = ""
   device = ""
+  if (command_argument_count() < 1) then
+    if (rank == 0) write (error_unit, '(a)') "usage: mpi_closure MODEL.onnx [cuda]"
+    call MPI_Finalize()
+    stop 2
+  end if
   if (command_argument_count() > 0) call get_command_argument(1, model)
   if (command_argument_count() > 1) call get_command_argument(2, device)
 

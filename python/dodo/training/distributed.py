@@ -162,6 +162,27 @@ class Distribution:
         if self.enabled:
             dist.barrier()
 
+    def agree(self, facts: dict) -> None:
+        """A ValueError in every process, naming each of ``facts`` (name: value) that differs between
+        the processes of the job; nothing when they agree or in a one-process run. Every process reads
+        its own config and data file: a process given another file (a node's stale copy, a config
+        chosen per RANK) drew another number of batches, and the processes then waited for each other
+        in different collectives, silently and for ever (SIGTERM to torchrun ended it only after its
+        30 s SIGKILL; outside probe, scale-out round two). Nothing to compare before the process
+        group starts (a RankBatches built by hand)."""
+        if not self.enabled or not dist.is_initialized():
+            return
+        gathered: list = [None] * self.world_size
+        dist.all_gather_object(gathered, dict(facts))
+        names = list(facts) + [name for other in gathered for name in other if name not in facts]
+        differing = [name for name in dict.fromkeys(names) if len({repr(other.get(name)) for other in gathered}) > 1]
+        if differing:
+            details = "; ".join(f"{name}: " + ", ".join(f"{other.get(name)!r} in process {rank}"
+                                                        for rank, other in enumerate(gathered)) for name in differing)
+            raise ValueError(f"the {self.world_size} processes of this data-parallel job do not train on the same "
+                             f"data ({details}): each process reads its own config and data file; give every "
+                             "process the same ones (one shared file system, or identical copies)")
+
 
 class RankBatches(torch.utils.data.Sampler):
     """This process's slice of every global batch of ``batches`` (a BatchSampler shared by seed).
@@ -172,6 +193,14 @@ class RankBatches(torch.utils.data.Sampler):
 
     def __init__(self, batches, distribution: Distribution) -> None:
         self.batches, self.distribution = batches, distribution
+        # Every process must draw the same global batches: differing counts left the processes in
+        # different collectives (a hang), so they are compared here, before the first batch.
+        try:
+            rows = len(getattr(batches, "sampler", None))
+        except TypeError:
+            rows = None
+        distribution.agree({"training rows": rows, "global batch size (data.batch_size)":
+                            getattr(batches, "batch_size", None), "batches per epoch": len(batches)})
 
     def __iter__(self):
         for batch in self.batches:
