@@ -52,27 +52,33 @@ def _run_guarded(command, guard_s, **options):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="torchrun with a POSIX shell wrapper")
-def test_torchrun_processes_given_different_data_stop_with_one_line_each(tmp_path):
+@pytest.mark.parametrize("case", ["other row count", "same row count, other rows and learning rate"])
+def test_torchrun_processes_given_different_data_stop_with_one_line_each(tmp_path, case):
     """Before: `torchrun --nproc-per-node 2 --no-python sh -c 'dodo train --config c$RANK.yaml'` with
     process 1's config naming a file of 300 rows beside process 0's 400 (a node's stale copy): both
     logged the start, then process 1 ran out of batches first and entered the validation all-reduce
     while process 0 sat in DDP's gradient all-reduce: no output, no end (killed by the probe's
-    5-minute guard; SIGTERM to torchrun needed its 30 s SIGKILL). Now the processes compare their
-    training rows, global batch size and batch count before the first batch: each stops with one
-    line naming the difference, within seconds."""
+    5-minute guard; SIGTERM to torchrun needed its 30 s SIGKILL). A file of the same row count but
+    other rows, or a config with another learning rate, trained without a word (the gradients
+    averaged over two data sets, each optimiser stepping by its own rate; fixed by the lead after the
+    round). Now the processes compare the data file's SHA-256, the split sizes and the settings that
+    make the model (then, as a second line of defence, the training rows, global batch size and batch
+    count) before any work: each stops with one line naming the difference, within seconds."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("h5py")
     if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
         pytest.skip("this torch has no gloo backend (torch.distributed)")
     from training_helpers import synth_and_preprocess, write_training_config
 
+    same_rows = case.startswith("same")
     configs = []
-    for rank, rows in enumerate((400, 300)):
+    for rank, rows in enumerate((400, 400 if same_rows else 300)):
         folder = tmp_path / f"data{rank}"
         folder.mkdir()
         data = synth_and_preprocess(folder, rows, seed=3 + rank)
+        lr = 3e-3 if rank == 0 or not same_rows else 1e-3
         configs.append(write_training_config(tmp_path / f"c{rank}.yaml", data, tmp_path / "run",
-                                             training={"epochs": 3, "lr": 3e-3, "threads": 1, "seed": 1,
+                                             training={"epochs": 3, "lr": lr, "threads": 1, "seed": 1,
                                                        "log_interval": 100000, "device": "cpu"}))
     script = f'exec "{sys.executable}" -m dodo train --config "{tmp_path}/c$RANK.yaml"'
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
@@ -81,7 +87,12 @@ def test_torchrun_processes_given_different_data_stop_with_one_line_each(tmp_pat
     assert code != 0, output[-3000:]
     lines = [line for line in output.splitlines() if "do not train on the same data" in line]
     assert len(lines) == 2, output[-3000:]  # one line from each process
-    assert "training rows: " in lines[0] and " in process 1" in lines[0], lines[0]
+    assert "data file SHA-256: " in lines[0] and " in process 1" in lines[0], lines[0]
+    if same_rows:
+        assert "split sizes" not in lines[0] and "training.lr: 0.003 in process 0, 0.001 in process 1" in lines[0], lines[0]
+        assert "training.epochs" not in lines[0], lines[0]  # only what differs is named
+    else:
+        assert "split sizes (train, val, test): " in lines[0], lines[0]
     assert not (tmp_path / "run" / "checkpoints" / "final.pt").exists()
 
 

@@ -573,6 +573,24 @@ def train(config: ExperimentConfig, echo=print) -> dict:
         distribution.stop(together=finished)
 
 
+def _settings_every_process_shares(config: ExperimentConfig) -> dict:
+    """The config's settings that make the model (data, model, loss, training) by their config keys
+    ("training.lr": 0.003), without what may differ between the processes of one job: the data's
+    path (compared by content), the output directories, thread and worker counts, the log interval."""
+    left_out = {"data.path", "data.num_workers", "training.threads", "training.log_interval"}
+    settings = {}
+
+    def add(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                add(f"{prefix}.{key}" if prefix else key, item)
+        elif prefix not in left_out:
+            settings[prefix] = value
+
+    add("", {name: value for name, value in dataclasses.asdict(config).items() if name != "output"})
+    return settings
+
+
 def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
     import dodo
 
@@ -608,6 +626,13 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
         raise ValueError("the validation split is empty: add rows or raise data.val_fraction")
     if len(splits.test) == 0:  # the final metrics are the test split's (docs/training.md), never another's
         raise ValueError("the test split is empty: add rows or lower data.train_fraction + data.val_fraction")
+    # Every process must train one model on one data set: a data file of the same row count but other
+    # rows (a node's stale copy), or a config read per RANK with another learning rate, trained without
+    # a word (DDP averages the gradients; each optimiser stepped by its own settings). Compared before
+    # any work, by content (a node-local copy at another path is the same data).
+    distribution.agree({"data file SHA-256": data_sha256,
+                        "split sizes (train, val, test)": (len(splits.train), len(splits.val), len(splits.test)),
+                        **_settings_every_process_shares(config)})
     mean, std = invariant_statistics(data_path, splits.train)
     target_scale = config.data.target_scale
     if target_scale == "p99":
