@@ -6,7 +6,13 @@
 // cell's output is its input (zeros when the input was not finite); any other cell conserves the
 // flavour-summed four-fluxes of neutrinos and antineutrinos and the lepton number of each flavour,
 // and every species stays realizable (n >= |F|); the threaded handle (2 workers) gives bitwise the
-// same outputs and flags as the single-threaded one. A failed check aborts (a libFuzzer crash).
+// same outputs and flags as the single-threaded one; the batch relabelled (mu <-> tau, nu <-> nubar
+// or both) gives the relabelled outputs and the same flags (the flavour images of
+// runtime/flavour_symmetry.hpp; fuzz_input.hpp's modes 16 and 32 put cells inside their blend
+// band). A failed check aborts (a libFuzzer crash).
+//
+// Evaluator: a package with "dodo.native_network" (the default model) runs Dodo's own evaluator
+// unless DODO_NETWORK_EVALUATOR=onnxruntime is set, which the closure reads at creation.
 //
 // Model: $DODO_FUZZ_MODEL or the compiled-in path of synthetic-test-equivariant.onnx.
 #include <dodo/dodo.h>
@@ -60,6 +66,9 @@ dodo_closure* create(const char* model, int threads) {
   }
   return handle;
 }
+
+// Species relabellings (an involution each): identity, mu <-> tau, nu <-> nubar, both.
+constexpr int kRelabel[4][6] = {{0, 1, 2, 3, 4, 5}, {0, 2, 1, 3, 5, 4}, {3, 4, 5, 0, 1, 2}, {3, 5, 4, 0, 2, 1}};
 
 double minkowski(const double* a, const double* b) { return -a[0] * b[0] + a[1] * b[1] + a[2] * b[2] + a[3] * b[3]; }
 
@@ -246,6 +255,44 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (std::memcmp(results[0].data(), results[1].data(), n * 24 * sizeof(double)) != 0 || statuses[0] != statuses[1]) {
     std::fprintf(stderr, "fuzz_apply: threaded and single-threaded results differ\n");
     std::abort();
+  }
+  // Flavour symmetry (physics.md section 3; runtime/flavour_symmetry.hpp): the batch with mu <-> tau,
+  // nu <-> nubar or both exchanged must give the exchanged outputs (to rounding: the comoving
+  // densities are summed in an order the exchange keeps, the rest of the arithmetic may differ in
+  // its last bits) and the same cell flags.
+  const int relabelling = 1 + in.byte() % 3;
+  std::vector<double> F_swapped(n * 24);
+  for (std::size_t c = 0; c < n; ++c)
+    for (int a = 0; a < 6; ++a)
+      for (int m = 0; m < 4; ++m) F_swapped[c * 24 + 4 * a + m] = F[c * 24 + 4 * kRelabel[relabelling][a] + m];
+  Layout L;
+  lay_out(n, F_swapped, u, static_cast<std::uint8_t>(layout_flags & 8), L);  // contiguous; u as before
+  std::vector<std::uint32_t> swapped_status(n, 0xFFFFFFFFu);
+  dodo_closure* handle = handles[with_model ? 0 : 2];
+  if (dodo_apply(handle, n, L.F_base, L.F_strides, L.u_base, L.u_base ? L.u_strides : nullptr, L.out_base,
+                 L.out_strides, swapped_status.data()) != DODO_OK)
+    fail("dodo_apply failed on the relabelled batch", 0, relabelling, 0.0);
+  std::vector<double> G_swapped;
+  read_back(n, L, G_swapped);
+  for (std::size_t c = 0; c < n; ++c) {
+    const double* F_c = &F[c * 24];
+    const double* G_c = &results[0][c * 24];
+    current.F = F_c;
+    current.u = L.u_base ? &u[c * 4] : nullptr;
+    current.G = G_c;
+    current.flags = statuses[0][c];
+    if (swapped_status[c] != statuses[0][c]) fail("relabelled cell: flags differ", c, relabelling, swapped_status[c]);
+    const double W = L.u_base ? u[c * 4] : 1.0;
+    double scale = 0.0;
+    for (int v = 0; v < 24; ++v) scale = std::fmax(scale, std::fmax(std::fabs(F_c[v]), std::fabs(G_c[v])));
+    const double tolerance = 1e-10 * W * W * scale * 24.0;
+    for (int a = 0; a < 6; ++a)
+      for (int m = 0; m < 4; ++m) {
+        const double back = G_swapped[c * 24 + 4 * kRelabel[relabelling][a] + m];
+        const double difference = back - G_c[4 * a + m];
+        if (!(std::fabs(difference) <= tolerance) && !(back == G_c[4 * a + m]))
+          fail("relabelled cell: output is not the relabelled output", c, 4 * a + m, difference);
+      }
   }
   return 0;
 }

@@ -95,6 +95,22 @@ inline void make_cell(Bytes& in, double* F, double* u) {
       F[20 + m] = F[16 + m];
     }
   }
+  // Near a flavour-swap symmetric state, inside the band where the runtime blends the network over
+  // the cell's flavour images (runtime/flavour_symmetry.hpp, half-width 0.01 N_tot): mode 16 puts
+  // n_nubar_e within +-0.02 N_tot of n_nu_e (a_e), mode 32 puts n_tau + n_taubar within
+  // +-0.02 N_tot of n_mu + n_mubar (a_mt); each species keeps its flux factor and direction.
+  // (Lab-frame densities: for a moving fluid the comoving asymmetry differs a little.)
+  double total = 0.0;
+  for (int a = 0; a < 6; ++a) total += F[4 * a];
+  const auto set_density = [F](int species, double n) {
+    const double ratio = n / F[4 * species];
+    for (int m = 0; m < 4; ++m) F[4 * species + m] *= ratio;
+  };
+  if (mode & 16) set_density(3, std::fmax(F[0] + total * 0.02 * (2.0 * in.unit() - 1.0), 1e-3 * F[0]));
+  if (mode & 32) {
+    const double target = F[4] + F[16] - F[20] + total * 0.02 * (2.0 * in.unit() - 1.0);
+    set_density(2, std::fmax(target, 1e-3 * F[4]));
+  }
   const double speed = (mode & 8) ? 0.0 : std::pow(in.unit(), 0.25) * 0.999;
   const double cos_theta = 2.0 * in.unit() - 1.0, phi = 6.283185307179586 * in.unit();
   const double sin_theta = std::sqrt(std::fmax(0.0, 1.0 - cos_theta * cos_theta));

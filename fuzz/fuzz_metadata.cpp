@@ -8,13 +8,65 @@
 // default; a value of exactly one byte 0xFE removes the key). The first byte picks the graph's
 // output width and the requested Box3D settings. describe_model must succeed or throw
 // runtime::Error (a status code and a message); anything else propagates and is a finding.
+//
+// A seventh value, when present, is the "dodo.native_network" entry (native_network.hpp): it is
+// read against the initializers of the default model (qke_default.onnx, whose entry it is in the
+// seeds) with that model's widths (52 inputs, 78 outputs), and a description that is accepted
+// is evaluated on a few rows with every kernel this CPU runs. The constructor must succeed or
+// throw runtime::Error; evaluation must not trip a sanitizer (its outputs are not checked: the
+// fuzzed scalars may well make them NaN).
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <string>
+#include <vector>
 
 #include "box3d/box3d.hpp"
 #include "runtime/errors.hpp"
 #include "runtime/model_metadata.hpp"
+#include "runtime/native_network.hpp"
+#include "runtime/onnx_package.hpp"
+
+#ifndef DODO_FUZZ_DEFAULT_MODEL_PATH
+#define DODO_FUZZ_DEFAULT_MODEL_PATH ""
+#endif
+
+namespace {
+
+std::map<std::string, dodo::runtime::FloatTensor> default_initializers;
+
+void fuzz_native_network(const std::string& description) {
+  try {
+    dodo::runtime::NativeNetwork network(description, default_initializers, 52, 78);
+    constexpr std::size_t kRows = 5;
+    const std::vector<float> rows = network.probe_inputs(kRows);
+    std::vector<float> head(kRows * 78), uncertainty(kRows), growth(kRows);
+    for (const char* kernel : {"baseline", "avx2", "avx512"}) {
+      if (!network.use_instruction_set(kernel)) continue;
+      network.evaluate(rows.data(), kRows, head.data(), uncertainty.data(), growth.data());
+      network.evaluate(rows.data(), 1, head.data(), nullptr, nullptr);
+    }
+  } catch (const dodo::runtime::Error&) {
+    // Refused description (DODO_ERROR_MODEL_METADATA and a message).
+  }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  const char* path = std::getenv("DODO_FUZZ_DEFAULT_MODEL");
+  if (!path || !*path) path = DODO_FUZZ_DEFAULT_MODEL_PATH;
+  std::ifstream file(path, std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  if (!file.good() && bytes.empty()) {
+    std::fprintf(stderr, "fuzz_metadata: cannot read the default model %s\n", path);
+    std::exit(2);
+  }
+  default_initializers = dodo::runtime::read_float_initializers(bytes);
+  return 0;
+}
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   static const char* const kKeys[6] = {"dodo.format_version", "dodo.features", "dodo.head",
@@ -39,6 +91,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       ++key;
       start = i + 1;
     }
+  }
+  if (key == 6 && start <= size) {  // the rest: "dodo.native_network"
+    const std::string native(reinterpret_cast<const char*>(data + start), size - start);
+    metadata[dodo::runtime::kNativeNetworkKey] = native;
+    fuzz_native_network(native);
   }
   static const int kWidths[4] = {-1, 24, 78, 5};
   dodo::runtime::RequestedBox3D requested;

@@ -3,8 +3,10 @@
 
 seeds/apply/     byte strings decoded by fuzz_input.hpp: physical cells (rest and moving, mu = tau),
                  cells with NaN/Inf/huge/tiny values, every memory layout, both handles
-seeds/loader/    the shipped model packages, truncated and bit-flipped copies, empty and junk files
-seeds/metadata/  the shipped model's metadata values in fuzz_metadata's format, and broken variants
+seeds/loader/    the shipped model packages, truncated and bit-flipped copies, empty and junk files, the
+                 default model with its "dodo.native_network" entry tampered
+seeds/metadata/  the shipped model's metadata values in fuzz_metadata's format, and broken variants;
+                 the default model's "dodo.native_network" entry and tampered variants
 seeds/python/    inputs for fuzz/python/fuzz_python_api.py (same cell encoding)
 Deterministic (fixed random seed); standard library only.
 """
@@ -55,6 +57,105 @@ def apply_seeds(rng: random.Random) -> dict[str, bytes]:
     return seeds
 
 
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value, pos
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((value & 0x7F) | (0x80 if value > 0x7F else 0))
+        value >>= 7
+        if not value:
+            return bytes(out)
+
+
+def _top_level_fields(data: bytes) -> list[tuple[int, int, bytes]]:
+    """(field number, wire type, raw bytes of the whole field) of a protobuf message."""
+    fields, pos = [], 0
+    while pos < len(data):
+        start = pos
+        key, pos = _varint(data, pos)
+        wire = key & 7
+        if wire == 0:
+            _, pos = _varint(data, pos)
+        elif wire == 1:
+            pos += 8
+        elif wire == 2:
+            length, pos = _varint(data, pos)
+            pos += length
+        elif wire == 5:
+            pos += 4
+        else:
+            raise ValueError(f"wire type {wire}")
+        fields.append((key >> 3, wire, data[start:pos]))
+    return fields
+
+
+def _entry(field: bytes) -> tuple[str, bytes]:
+    """Key and value of a ModelProto.metadata_props entry (StringStringEntryProto: 1 key, 2 value)."""
+    _, pos = _varint(field, 0)
+    _, pos = _varint(field, pos)
+    key, value = "", b""
+    for number, _, raw in _top_level_fields(field[pos:]):
+        length, start = _varint(raw, 1)
+        if number == 1:
+            key = raw[start:start + length].decode()
+        elif number == 2:
+            value = raw[start:start + length]
+    return key, value
+
+
+def metadata_value(model: bytes, key: str) -> bytes:
+    """The value of metadata entry `key` of an ONNX model (ModelProto field 14), b"" if absent."""
+    for number, wire, raw in _top_level_fields(model):
+        if number == 14 and wire == 2 and _entry(raw)[0] == key:
+            return _entry(raw)[1]
+    return b""
+
+
+def with_metadata_value(model: bytes, key: str, value: bytes) -> bytes:
+    """The model with entry `key` set to `value` (digests not renewed: fuzz_loader's resign mode does that)."""
+    def string_field(number: int, data: bytes) -> bytes:
+        return _encode_varint(number << 3 | 2) + _encode_varint(len(data)) + data
+
+    out = b""
+    for number, wire, raw in _top_level_fields(model):
+        if number == 14 and wire == 2 and _entry(raw)[0] == key:
+            raw = string_field(14, string_field(1, key.encode()) + string_field(2, value))
+        out += raw
+    return out
+
+
+NATIVE_KEY = "dodo.native_network"
+
+
+def native_variants(native: bytes) -> dict[str, bytes]:
+    """Tampered "dodo.native_network" entries of the default model: each breaks one thing."""
+    if not native:
+        return {}
+    layer = b'"ensemble.student.body.2.weight"'
+    return {
+        "native": native,
+        "native_nan_scale": native.replace(b'"r_scale": ', b'"r_scale": NaN, "x": ', 1),
+        "native_huge_d2": native.replace(b'"d2_max": ', b'"d2_max": 1e300, "y": ', 1),
+        "native_swapped_layer": native.replace(b'"ensemble.student.body.0.weight"', layer, 1),
+        "native_precision_as_weight": native.replace(layer, b'"ensemble.feature_precision"', 1),
+        "native_scalar_as_vector": native.replace(b'"ensemble.student.std"', b'"ensemble.r_scale"', 1),
+        "native_short_pattern": native.replace(b"1.0, -0.5, -0.5]}", b"1.0]}", 1),
+        "native_empty_layers": native.split(b'"layers"')[0] + b'"layers": [], "z": [[' + native.split(b"[[", 1)[1],
+        "native_other_form": native.replace(b"silu-mlp-density-residual-v1", b"silu-mlp-density-residual-v2", 1),
+        "native_truncated": native[: len(native) // 2],
+    }
+
+
 def loader_seeds(rng: random.Random) -> dict[str, bytes]:
     seeds = {"empty": b"", "junk": b"not an onnx model\n", "zeros": bytes(64)}
     for path in sorted(MODELS.glob("*.onnx")):
@@ -66,6 +167,11 @@ def loader_seeds(rng: random.Random) -> dict[str, bytes]:
         for _ in range(8):
             flipped[rng.randrange(len(flipped))] ^= 1 << rng.randrange(8)
         seeds[path.stem + "_flipped"] = bytes(flipped)
+        # The default model's native evaluator entry, tampered (the loader refuses these by the
+        # content digest unless DODO_FUZZ_LOADER_RESIGN=1 signs them again).
+        for name, value in native_variants(metadata_value(data, NATIVE_KEY)).items():
+            if name != "native":
+                seeds[f"{path.stem}_{name}"] = with_metadata_value(data, NATIVE_KEY, value)
     return seeds
 
 
@@ -84,6 +190,10 @@ def metadata_seeds() -> dict[str, bytes]:
         "requested": bytes([0xFF]) + join(values),
         "no_vectors": bytes([2]) + join(values[:5] + [b"\xfe"]),
     }
+    # A seventh value: the "dodo.native_network" entry, read against the default model's weights.
+    native = metadata_value((MODELS / "qke_default.onnx").read_bytes(), NATIVE_KEY)
+    for name, value in native_variants(native).items():
+        seeds[name] = bytes([2]) + join(values + [value])
     return seeds
 
 

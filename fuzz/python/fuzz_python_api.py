@@ -9,9 +9,11 @@ lepton numbers and stay realizable. Anything else (another exception, NaN output
 extension) is a finding.
 
     python fuzz/python/fuzz_python_api.py -runs=20000 build/fuzz/seeds/python   (fuzz/README.md)
+    DODO_FUZZ_MODEL=python/dodo/models/qke_default.onnx python fuzz/python/fuzz_python_api.py ...
 """
 from __future__ import annotations
 
+import os
 import sys
 from importlib import resources
 
@@ -22,7 +24,9 @@ import numpy as np
 with atheris.instrument_imports():
     import dodo
 
-MODEL = str(resources.files("dodo.models") / "synthetic-test-equivariant.onnx")
+# $DODO_FUZZ_MODEL as fuzz_apply reads it (the default model: Dodo's native evaluator unless
+# DODO_NETWORK_EVALUATOR=onnxruntime), else the shipped test model.
+MODEL = os.environ.get("DODO_FUZZ_MODEL") or str(resources.files("dodo.models") / "synthetic-test-equivariant.onnx")
 CLOSURES = {
     "model": dodo.Closure(MODEL, threads=0, chunk_size=4),
     "model_threads": dodo.Closure(MODEL, threads=2, chunk_size=4),
