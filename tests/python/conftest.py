@@ -60,6 +60,16 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(20261125)
 
 
+@pytest.fixture(scope="module")
+def native_evaluator():
+    """For a module's tests: 'native' means the runtime's own evaluator whatever the caller's
+    environment (DODO_NETWORK_EVALUATOR removed while the module runs; for bit-for-bit tests)."""
+    patch = pytest.MonkeyPatch()
+    patch.delenv("DODO_NETWORK_EVALUATOR", raising=False)
+    yield
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def reference_cases() -> list[dict]:
     text = resources.files("dodo").joinpath("data/box3d_cases.json").read_text()

@@ -30,17 +30,12 @@ EPS = np.finfo(float).eps
 REJECTED = 2 | 4 | 8 | 16 | 32  # FLUX_FACTOR, NEGATIVE_DENSITY, NONFINITE, ZERO_DENSITY, BAD_VELOCITY
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _native_evaluator():
-    """'native' means native whatever the caller's environment (bit-for-bit tests below)."""
-    mp = pytest.MonkeyPatch()
-    mp.delenv("DODO_NETWORK_EVALUATOR", raising=False)
-    yield
-    mp.undo()
+# 'native' means native whatever the caller's environment (bit-for-bit tests below).
+pytestmark = pytest.mark.usefixtures("native_evaluator")
 
 
 @pytest.fixture(scope="module")
-def closures(_native_evaluator):
+def closures(native_evaluator):
     return {"model": dodo.Closure(threads=1), "box3d": dodo.Closure("box3d", threads=1)}
 
 

@@ -41,17 +41,12 @@ REJECTED = 2 | 4 | 8 | 16 | 32
 SUBNORMALS = (5e-324, 1e-323, 2e-323, 1e-320, 1e-310)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _native_evaluator():
-    """'native' means native whatever the caller's environment (bit-for-bit tests below)."""
-    mp = pytest.MonkeyPatch()
-    mp.delenv("DODO_NETWORK_EVALUATOR", raising=False)
-    yield
-    mp.undo()
+# 'native' means native whatever the caller's environment (bit-for-bit tests below).
+pytestmark = pytest.mark.usefixtures("native_evaluator")
 
 
 @pytest.fixture(scope="module")
-def closures(_native_evaluator):
+def closures(native_evaluator):
     return {"box3d": dodo.Closure("box3d", threads=1), "model": dodo.Closure(threads=1)}
 
 
