@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sys
 import os
+import signal
 from importlib import resources
 from pathlib import Path
 
@@ -53,6 +54,28 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
     if np.linalg.det(q) < 0:
         q[:, 0] = -q[:, 0]
     return q
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def rows_written_when_interrupted(call, F, out, rows, delay_s: float = 0.005):
+    """call(F, out) with ``rows`` (out's per-cell rows, (n, 6, 4)) set to NaN first and a timer that
+    raises KeyboardInterrupt after ``delay_s``: a bool per cell, whether its row was written when the
+    interrupt arrived; None when the call ended first (the tests of Ctrl-C between slices)."""
+    previous = signal.signal(signal.SIGALRM, _raise_keyboard_interrupt)
+    rows[...] = np.nan
+    try:
+        signal.setitimer(signal.ITIMER_REAL, delay_s)
+        call(F, out)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    except KeyboardInterrupt:
+        return np.isfinite(rows).all(axis=(1, 2))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    return None
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import dodo
-from conftest import random_states
+from conftest import random_states, rows_written_when_interrupted
 from dodo._closure import runtime_available
 from test_runtime_reliability import run_child
 
@@ -103,25 +103,13 @@ def _cells_done_before_the_interrupt(call, make_out, rows_of, n):
     how many leading cells the call had written when it stopped (None: it ended first)."""
     F = random_states(np.random.default_rng(11), n)
     call(F[:2], make_out(2))  # the engine made (the quadrature of order 131) before any timer
-    previous = signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    try:
-        for _ in range(3):
-            out = make_out(n)
-            rows = rows_of(out)
-            rows[...] = np.nan
-            try:
-                signal.setitimer(signal.ITIMER_REAL, 0.005)
-                call(F, out)
-                signal.setitimer(signal.ITIMER_REAL, 0)
-            except KeyboardInterrupt:
-                written = np.isfinite(rows).all(axis=(1, 2))
-                if written.any():
-                    stop = int(np.argmin(written)) if not written.all() else n
-                    assert written[:stop].all() and not written[stop:].any()
-                    return stop
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    for _ in range(3):
+        out = make_out(n)
+        written = rows_written_when_interrupted(call, F, out, rows_of(out))
+        if written is not None and written.any():
+            stop = int(np.argmin(written)) if not written.all() else n
+            assert written[:stop].all() and not written[stop:].any()
+            return stop
     return None
 
 
