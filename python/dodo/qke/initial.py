@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..conventions import N_FLAVOURS, N_SPECIES
+from ..conventions import N_FLAVOURS, N_SPECIES, SPECIES
 
 #: Largest flux factor accepted: a maximum-entropy distribution needs |F|/n < 1, and the
 #: discrete set cannot represent flux factors near its own limit.
@@ -38,10 +38,6 @@ def inverse_langevin(flux_factor: np.ndarray) -> np.ndarray:
     return np.where(f > 0, z, 0.0)
 
 
-#: Dodo's species order, for naming the species a state cannot be reconstructed for.
-SPECIES_NAMES = ("nu_e", "nu_mu", "nu_tau", "nubar_e", "nubar_mu", "nubar_tau")
-
-
 def _first(mask: np.ndarray) -> tuple:
     return tuple(int(i) for i in np.argwhere(mask)[0])
 
@@ -50,12 +46,12 @@ def _species(at: tuple, shape: tuple) -> str:
     """" (species nu_mu)" where the densities' last axis is the six species; "" otherwise. The reasons
     named no species nor value: a heavy species at -1e10 cm^-3 (rounding in a user's conversion) was
     dropped as "number densities must be non-negative" alone (solver probe, round three)."""
-    return f" (species {SPECIES_NAMES[at[-1]]})" if shape and shape[-1] == len(SPECIES_NAMES) else ""
+    return f" (species {SPECIES[at[-1]]})" if shape and shape[-1] == N_SPECIES else ""
 
 
 def _relative(value: float, density: np.ndarray, at: tuple) -> str:
     """" = -1e-23 N_tot" of the state holding ``at`` when the last axis is the six species."""
-    if not density.shape or density.shape[-1] != len(SPECIES_NAMES):
+    if not density.shape or density.shape[-1] != N_SPECIES:
         return " cm^-3"
     total = float(np.abs(density[at[:-1]]).sum())
     return f" cm^-3 = {value / total:.3g} N_tot" if total > 0 else " cm^-3"
