@@ -264,8 +264,8 @@ const std::map<std::string, JsonValue>& JsonValue::object() const {
   return object_;
 }
 const JsonValue& JsonValue::at(const std::string& key) const {
-  // Not an object: said so ("dodo.box3d" given as a list read 'JSON object has no key "scheme"').
-  if (kind_ != Kind::kObject) throw std::invalid_argument("JSON value is not an object: " + dump_excerpt());
+  // Not an object: said so by object() ("dodo.box3d" given as a list read 'JSON object has no key "scheme"').
+  object();
   const JsonValue* value = find(key);
   if (!value) throw std::invalid_argument("JSON object has no key \"" + key + "\"");
   return *value;
