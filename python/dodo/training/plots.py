@@ -193,15 +193,4 @@ def save_figures(figures) -> list[Path]:
 
 def save_figure(fig, output) -> Path:
     """``fig`` written atomically to ``output`` in :func:`plot_format`'s format, then closed."""
-    from .._atomic import atomic_path
-
-    output = Path(output)
-    try:
-        form = plot_format(output)
-    except ValueError:
-        _pyplot().close(fig)
-        raise
-    with atomic_path(output) as tmp:
-        fig.savefig(tmp, dpi=120, format=form)
-    _pyplot().close(fig)
-    return output
+    return save_figures([(fig, Path(output))])[0]
