@@ -155,8 +155,39 @@ def check_outputs(outputs: Iterable[Optional[str | Path]], inputs: Iterable[Opti
             if same_file(output, other):
                 raise OutputPathError(f"outputs {other} and {output} are the same file; give different paths")
         check_output_target(output)
+        _refuse_directory_that_creates_no_files(output)
     for output in outputs:
         _remember_as_found(output)
+
+
+def _refuse_directory_that_creates_no_files(output) -> None:
+    """Refuse, before any work, an output whose existing directory will not take a new file: one
+    temporary is made there and removed at once. ``os.access`` answers yes to root for any directory
+    of a writable file system, but /proc refuses every new file ("No such file or directory") and
+    /sys does ("Permission denied"): `dodo apply -o /proc/x.h5` (or /sys/...) as root did all its
+    work, then failed at the write, /proc's refusal reported as "the directory keeps disappearing"
+    (outside probe, round forty-four). A directory still to be made is judged by the write itself."""
+    final = Path(os.path.realpath(output))
+    if not final.parent.is_dir():
+        return
+    try:
+        descriptor, trial = tempfile.mkstemp(prefix=_temporary_prefix(final), suffix=".tmp", dir=final.parent)
+    except OSError as error:
+        raise OutputPathError(f"cannot write {output}: cannot create a file in {final.parent}: "
+                              f"{_creation_refusal(error, final.parent)}") from None
+    os.close(descriptor)
+    with contextlib.suppress(OSError):
+        os.unlink(trial)
+
+
+def _creation_refusal(error: OSError, directory: Path) -> str:
+    """Why ``directory`` refused a new file (``error``, from creating it), for a message: ENOENT from
+    a directory that is there is a file system that makes no files (/proc), not a missing directory."""
+    text = error.strerror or str(error)
+    if isinstance(error, FileNotFoundError) and directory.is_dir():
+        return (f"its file system refuses new files ({text}, from a directory that exists: a pseudo file system "
+                "such as /proc?); choose another output")
+    return text
 
 
 def _file_kind(mode: int) -> str:
@@ -194,11 +225,13 @@ def atomic_path(final: str | Path):
             remove_stale_temporaries(final)
             fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(final), suffix=".tmp", dir=final.parent)
             break
-        except FileNotFoundError:  # another writer's failed write removed the new directory meanwhile
-            if attempt < 2:
+        except FileNotFoundError as error:  # another writer's failed write removed the new directory meanwhile
+            if attempt < 2 and not final.parent.is_dir():
                 continue
-            raise OutputPathError(f"cannot write {given}: cannot create a file in {final.parent}: "
-                                  "the directory keeps disappearing") from None
+            remove_empty_directories(made)
+            # A directory that is there and still gives ENOENT (/proc) did not "keep disappearing".
+            why = _creation_refusal(error, final.parent) if final.parent.is_dir() else "the directory keeps disappearing"
+            raise OutputPathError(f"cannot write {given}: cannot create a file in {final.parent}: {why}") from None
         except OSError as error:  # named by the output asked for, not by the temporary nobody knows of
             remove_empty_directories(made)
             raise OutputPathError(f"cannot write {given}: cannot create a file in {final.parent}: "

@@ -148,7 +148,27 @@ def _as_real_array(name: str, value, trailing: tuple[int, ...], shape_text: str)
         raise ValueError(f"{name} must hold real numbers (any float or integer dtype); got dtype {array.dtype}")
     if array.ndim < len(trailing) or array.shape[array.ndim - len(trailing):] != trailing:
         raise ValueError(f"{name} must have shape {shape_text}; got {array.shape}")
+    _refuse_beyond_float64(name, array, len(trailing))
     return array
+
+
+def _refuse_beyond_float64(name: str, array: np.ndarray, trailing_axes: int) -> None:
+    """A ValueError for a wider float array (np.longdouble) holding finite values that float64, in which
+    everything is computed, cannot hold. NumPy's conversion made them inf with a RuntimeWarning, and the
+    cell came back as zeros flagged NONFINITE ("NaN or Inf in the cell's F"), which it did not hold
+    (outside probe, round forty-four)."""
+    if array.dtype.kind != "f" or array.dtype.itemsize <= 8 or array.size == 0:
+        return
+    with np.errstate(over="ignore", invalid="ignore"):
+        lost = np.isinf(array.astype(np.float64)) & np.isfinite(array)
+    if lost.any():
+        first = tuple(int(i) for i in np.argwhere(lost)[0])
+        cell = first[:max(len(first) - trailing_axes, 0)]
+        value = np.format_float_scientific(array[first], precision=4)
+        raise ValueError(f"{name} holds {value} at cell {cell} (index {first}), beyond the range of float64 "
+                         f"(largest {np.finfo(np.float64).max:.4g}), in which Dodo computes: "
+                         + ("no four-velocity has components that large" if name == "u" else
+                            "give the values in other units (four-fluxes may be in any consistent unit)"))
 
 
 def _prepare(F_init, u) -> tuple[np.ndarray, Optional[np.ndarray], tuple[int, ...]]:

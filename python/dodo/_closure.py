@@ -284,6 +284,9 @@ class Closure:
             if not model_path:  # an unset parameter must not silently drop the learned correction
                 raise ValueError(f'empty model path: give a model package, or "{BOX3D_ONLY}" for Box3D without a '
                                  'learned correction (None: the default model)')
+            if "\0" in model_path:  # os.path.exists says False: "does not exist" of a name no file can have
+                raise ValueError(f'model path "{_escaped(model_path)}" holds a NUL character, which no file name '
+                                 "can: give the package's path")
             if not os.path.exists(model_path):
                 hint = " (the model shipped with dodo is model=None, which `dodo score` calls 'default')" \
                     if model_path == "default" else ""
@@ -542,6 +545,12 @@ def _library_path(library) -> Union[str, bytes]:
     except TypeError:
         raise TypeError(f"onnxruntime_library must be a path (str or os.PathLike) or None; got "
                         f"{type(library).__name__}") from None
+    if "\0" in text:
+        # The runtime takes the path as C text, which ends at the NUL: "LIB\0anything" loaded LIB
+        # without a word and `Closure.onnxruntime` named "LIB\x00anything" as the library in use
+        # (outside probe, round forty-four). No file name holds a NUL.
+        raise ValueError(f'onnxruntime_library "{_escaped(text)}" holds a NUL character, which no file name '
+                         "can: give the library's path")
     text = os.path.abspath(text) if "/" in text and not os.path.isabs(text) else text
     # A name that is not UTF-8 (a Latin-1 directory, held surrogate-escaped) goes to the runtime as
     # the file system's bytes: pybind11 cannot pass it as text, and refusing it left a venv under

@@ -56,8 +56,17 @@ def _info(args: argparse.Namespace) -> int:
           "NOT built (this dodo was built with DODO_BUILD_RUNTIME=OFF: Box3D only, no closure, no C API)")
     library = os.environ.get("DODO_ONNXRUNTIME_LIBRARY")
     if library:  # what a closure loads first (docs/runtime.md): the onnxruntime package's was shown instead
-        paths["onnxruntime_library"] = (f"{library} (DODO_ONNXRUNTIME_LIBRARY; the onnxruntime package's: "
-                                        f"{paths['onnxruntime_library'] or 'none'})")
+        from ._closure import _escaped
+
+        # A path the variable names that is not there: every closure with a model fails to load it, which
+        # `dodo info`, the installation's check, showed without a word; a newline in it split the line
+        # (outside probe, round forty-four). A bare name (no slash) is the loader's search: not judged.
+        missing = "/" in library and not os.path.isfile(library)
+        paths["onnxruntime_library"] = (
+            f"{_escaped(library)} (DODO_ONNXRUNTIME_LIBRARY" + ("; NOT FOUND: no such file, so a closure with a model "
+                                                                "fails to load it; fix or unset the variable"
+                                                                if missing else "")
+            + f"; the onnxruntime package's: {paths['onnxruntime_library'] or 'none'})")
     elif not paths["onnxruntime_library"]:  # was a blank after the colon (outside probe, round 30)
         paths["onnxruntime_library"] = ("none found: no onnxruntime package in this Python; a closure then looks "
                                         "for libonnxruntime on the system's library path (pip install onnxruntime, "

@@ -408,7 +408,28 @@ def numeric_dataset(handle, path, key: str) -> np.ndarray:
     except OSError as error:  # h5py's text named neither file nor dataset (`dodo simulate --input`, round 31)
         raise DataFileError(f"{path}: cannot read '{key}' ({' '.join(str(error).split())}): the file is damaged (a "
                             "corrupted or truncated copy?)") from None
-    return np.asarray(values, dtype=float)
+    return as_float64(values, path, key)
+
+
+def as_float64(values, path, name: str, first_row: int = 0) -> np.ndarray:
+    """Values read from dataset ``name`` of file ``path`` as float64, or a :class:`DataFileError` where
+    a wider float (an extended-precision dataset: C's long double, Fortran's real(16)) holds finite
+    values beyond float64's range. NumPy made them inf with a RuntimeWarning and its source line on
+    stderr, and `dodo score` and `dodo apply` then called the rows "non-finite input" (outside probe,
+    round forty-four). ``first_row``: the file's row of ``values[0]``, for the message."""
+    values = np.asarray(values)
+    if values.dtype.kind != "f" or values.dtype.itemsize <= 8:
+        return np.asarray(values, dtype=np.float64)  # no copy of float64 values
+    with np.errstate(over="ignore", invalid="ignore"):
+        converted = values.astype(np.float64)
+        lost = np.isinf(converted) & np.isfinite(values)
+    if lost.any():
+        first = tuple(int(i) for i in np.argwhere(lost)[0])
+        row = first[0] + first_row if first else ""
+        raise DataFileError(f"{path}: '{name}' holds {np.format_float_scientific(values[first], precision=4)} "
+                            f"(row {row}), beyond the range of float64 (largest {np.finfo(np.float64).max:.4g}), in "
+                            f"which Dodo computes; the file stores {values.dtype} values: write them in other units")
+    return converted
 
 
 def _is_dataset(handle, name: str, shape: tuple) -> bool:
@@ -442,8 +463,8 @@ def iter_emu_chunks(path: str | Path, chunk_size: int = 65536) -> Iterator[EmuCh
         has_dirs = _is_dataset(handle, DIRNAMES, (nsims,))
         for start in range(0, nsims, chunk_size):
             stop = min(start + chunk_size, nsims)
-            growth = _rows(handle, path, GROWTH, start, stop).astype(np.float64).reshape(-1) if has_growth else \
-                np.full(stop - start, np.nan)
+            growth = as_float64(_rows(handle, path, GROWTH, start, stop), path, GROWTH, start).reshape(-1) \
+                if has_growth else np.full(stop - start, np.nan)
             if has_dirs:
                 names = _rows(handle, path, DIRNAMES, start, stop)
                 # Labels only (holdout patterns, reports): bytes that are not UTF-8 must not stop the read.
@@ -452,6 +473,6 @@ def iter_emu_chunks(path: str | Path, chunk_size: int = 65536) -> Iterator[EmuCh
             else:
                 dirs = np.array([f"{Path(path).name}:{i}" for i in range(start, stop)], dtype=object)
             yield EmuChunk(
-                F_init=from_emu_layout(_rows(handle, path, INITIAL, start, stop).astype(np.float64)),
-                F_final=from_emu_layout(_rows(handle, path, FINAL, start, stop).astype(np.float64)),
+                F_init=from_emu_layout(as_float64(_rows(handle, path, INITIAL, start, stop), path, INITIAL, start)),
+                F_final=from_emu_layout(as_float64(_rows(handle, path, FINAL, start, stop), path, FINAL, start)),
                 growth_rate=growth, dirname=dirs, row=np.arange(start, stop))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .conventions import from_emu_layout, total_density
+from .conventions import MAX_THREADS, from_emu_layout, total_density
 from ._cli_common import add_json_argument, emit, input_path, json_target_file
 from ._output_guard import marked_report
 from ._status import REJECTED_MASK
@@ -364,6 +364,9 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError(f"--threshold must be a finite number >= 0; got {args.threshold}")
         if args.seed < 0:
             raise ValueError(f"--seed must be an integer >= 0; got {args.seed}")
+        if not 0 <= args.threads <= MAX_THREADS:  # before the files are read, naming the option (round 44)
+            raise ValueError(f"--threads must be an integer from 0 to {MAX_THREADS} (0 and 1: the calling thread "
+                             f"only); got {args.threads}")
         if args.model == "":  # an unset shell variable: Closure's message speaks of Python's None
             raise ValueError("MODEL is empty: give a model package (.onnx file), 'default' for the model shipped "
                              "with dodo, or 'box3d' for Box3D without a learned correction")

@@ -1,0 +1,214 @@
+"""Outside probe, round forty-four (docs/reliability_python.md section 59): the Python API and the
+run-time commands (`dodo apply`, `dodo score`, `dodo info`). Each test failed on the code before
+its fix, except those marked as guards."""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from cli_helpers import refused, run
+
+import dodo  # noqa: E402
+from dodo import _atomic  # noqa: E402
+
+needs_runtime = pytest.mark.skipif(not dodo.runtime_available(), reason="closure runtime not built")
+#: np.longdouble wider than float64 (x86's 80-bit extended, a 128-bit quad); on some platforms it is float64.
+wide_longdouble = pytest.mark.skipif(np.finfo(np.longdouble).max <= np.finfo(np.float64).max,
+                                     reason="np.longdouble is float64 on this platform")
+
+
+def _crossing_cells(n: int = 4) -> np.ndarray:
+    F = np.zeros((n, 6, 4))
+    F[:, 0] = [1.0, 0, 0, 0.5]
+    F[:, 3] = [1.0, 0, 0, -0.5]
+    F[:, [1, 2, 4, 5], 0] = 0.3
+    return F
+
+
+def _emu(path, F=None, dtype=np.float64):
+    pytest.importorskip("h5py")
+    from cli_helpers import emu_file
+    from dodo.conventions import to_emu_layout
+
+    emu = to_emu_layout(_crossing_cells() if F is None else F).astype(dtype)
+    return emu_file(path, emu)
+
+
+# --- An output directory that makes no files -----------------------------------------------------
+
+def _directory_that_makes_no_files(monkeypatch):
+    """Creating a file fails with ENOENT in a directory that is there, as /proc answers everyone (the
+    tests may not run as root, and /proc is not on every system)."""
+    def refuse(*args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(_atomic.tempfile, "mkstemp", refuse)
+
+
+@needs_runtime
+@pytest.mark.parametrize("command", ["score", "apply"])
+def test_an_output_whose_directory_makes_no_files_is_refused_before_the_work(tmp_path, capsys, monkeypatch, command):
+    """`dodo score M D --json /proc/r.json` and `dodo apply D -o /proc/x.h5` as root (os.access says
+    yes to root) did their whole work, then failed at the write with `cannot create a file in /proc:
+    the directory keeps disappearing`, of a directory that is there; score printed its table first."""
+    data = str(_emu(tmp_path / "d.h5"))
+    out = tmp_path / "out.file"
+    argv = {"score": ["score", "box3d", data, "--bootstrap", "100", "--json", str(out)],
+            "apply": ["apply", data, "--model", "box3d", "--grid", "2x2x1", "-q", "-o", str(out)]}[command]
+    _directory_that_makes_no_files(monkeypatch)
+    code, stdout, err = run(capsys, argv)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert f"cannot write {out}" in lines[0] and "refuses new files" in lines[0], lines[0]
+    assert "keeps disappearing" not in lines[0] and ".tmp" not in lines[0], lines[0]
+    assert stdout == "", stdout  # refused before the work: no table, no report
+    assert not out.exists()
+
+
+@needs_runtime
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not os.path.isdir("/proc/self"), reason="needs /proc")
+def test_dodo_score_into_proc_is_refused_before_the_scoring(tmp_path, capsys):
+    """The same, for real: /proc refuses every new file (ENOENT as root; no write permission for others)."""
+    data = str(_emu(tmp_path / "d.h5"))
+    code, stdout, err = run(capsys, ["score", "box3d", data, "--bootstrap", "100", "--json", "/proc/dodo_r44.json"])
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "cannot write /proc/dodo_r44.json" in lines[0], err
+    assert "keeps disappearing" not in lines[0], lines[0]
+    assert stdout == "", stdout
+
+
+def test_the_trial_file_leaves_nothing_and_a_new_directory_is_still_made(tmp_path):
+    """Guard: the check before the work leaves no file in the directory, and an output below
+    directories still to be made is written (they are judged by the write)."""
+    existing = tmp_path / "r.json"
+    _atomic.check_outputs([existing, tmp_path / "new" / "sub" / "x.json"])
+    assert sorted(os.listdir(tmp_path)) == []
+    _atomic.write_json_atomic(tmp_path / "new" / "sub" / "x.json", {"a": 1})
+    assert sorted(os.listdir(tmp_path / "new" / "sub")) == ["x.json"]
+
+
+# --- NUL characters in paths given to the runtime ------------------------------------------------
+
+@needs_runtime
+def test_an_onnxruntime_library_path_with_a_nul_is_refused():
+    """`Closure(onnxruntime_library=LIB + "\\0anything")` loaded LIB (the C text ends at the NUL)
+    without a word, and `closure.onnxruntime` named "LIB\\x00anything" as the library in use; with
+    "box3d" the option was taken without a look."""
+    library = dodo._closure.onnxruntime_library_path() or "/usr/lib/libonnxruntime.so"
+    for model in (None, "box3d"):
+        with pytest.raises(ValueError, match=r'onnxruntime_library ".*\\x00anything" holds a NUL character'):
+            dodo.Closure(model, onnxruntime_library=library + "\0anything")
+
+
+@needs_runtime
+def test_a_model_path_with_a_nul_is_called_that():
+    """A model path with a NUL was said not to exist, of a file that does (the name before the NUL)."""
+    from dodo.models import default_model_path
+
+    with pytest.raises(ValueError, match="holds a NUL character, which no file name can"):
+        dodo.Closure(str(default_model_path()) + "\0")
+    with pytest.raises(ValueError, match="holds a NUL character"):
+        dodo.closure(_crossing_cells(), model=str(default_model_path()) + "\0x")
+
+
+# --- --threads of the run-time commands ----------------------------------------------------------
+
+@needs_runtime
+@pytest.mark.parametrize("command", ["apply", "score"])
+def test_threads_beyond_the_closures_bound_name_the_option_and_its_true_bound(tmp_path, capsys, command):
+    """`dodo apply --threads 5000`: apply's own check allowed up to 2147483647 ("--threads must be an
+    integer from 0 to 2147483647"), then the closure said `threads must be an integer in [0, 1024]`,
+    naming no option; `dodo score --threads 5000` likewise, after reading every data file."""
+    data = str(_emu(tmp_path / "d.h5"))
+    argv = {"apply": ["apply", data, "--model", "box3d", "--grid", "1x1x1", "--threads", "5000"],
+            "score": ["score", "box3d", data, "--threads", "5000"]}[command]
+    refused(capsys, argv, "--threads must be an integer from 0 to 1024", "got 5000")
+    refused(capsys, argv[:-1] + ["-1"], "--threads must be an integer from 0 to 1024", "got -1")
+    code, _, err = run(capsys, argv[:-1] + ["1024"] + (["--bootstrap", "100"] if command == "score" else ["-q"]))
+    assert code == 0, err  # the bound itself is taken (guard)
+
+
+# --- Wider floats than float64 --------------------------------------------------------------------
+
+@wide_longdouble
+def test_long_double_values_beyond_float64_are_refused_not_zeroed():
+    """A np.longdouble F_init holding 1e400 (finite) became inf with NumPy's RuntimeWarning, and the
+    cell came back as zeros flagged NONFINITE ("NaN or Inf in the cell's F"), which it did not hold."""
+    F = _crossing_cells(3).astype(np.longdouble)
+    F[1, 3, 0] = np.longdouble("1e400")
+    with pytest.raises(ValueError, match=r"F_init holds 1\.e\+400 at cell \(1,\) \(index \(1, 3, 0\)\), beyond the "
+                                         r"range of float64"):
+        dodo.box3d(F)
+    with pytest.raises(ValueError, match="beyond the range of float64"):
+        dodo.invariants(F)
+    u = np.array([1.0, 0, 0, 0], dtype=np.longdouble)
+    u[0] = np.longdouble("1e4000")
+    with pytest.raises(ValueError, match="u holds .* beyond the range of float64.*no four-velocity"):
+        dodo.comoving_density(_crossing_cells(3), u)
+
+
+@wide_longdouble
+@needs_runtime
+def test_long_double_values_beyond_float64_are_refused_by_the_closure():
+    F = _crossing_cells(3).astype(np.longdouble)
+    F[2, 0, 0] = -np.longdouble("1e309")
+    with pytest.raises(ValueError, match=r"F_init holds -1\.e\+309 at cell \(2,\)"):
+        dodo.Closure("box3d").apply(F)
+
+
+@wide_longdouble
+@needs_runtime
+def test_long_double_values_within_float64_give_the_float64_answer():
+    """Guard: a np.longdouble input in float64's range is taken as its float64 rounding, as before."""
+    F = _crossing_cells(3)
+    closure = dodo.Closure("box3d", threads=1)
+    wide, narrow = closure.apply(F.astype(np.longdouble)), closure.apply(F)
+    assert all(np.array_equal(a, b) for a, b in zip(wide, narrow))
+
+
+@wide_longdouble
+@needs_runtime
+@pytest.mark.parametrize("command", ["score", "apply"])
+def test_a_file_of_long_doubles_beyond_float64_names_the_dataset_and_row(tmp_path, capsys, command):
+    """An Emu file stored in extended precision (C's long double) with values beyond float64: NumPy's
+    `RuntimeWarning: overflow encountered in cast` and its source line on stderr, then `no state can be
+    scored: 4 with a non-finite input (F4_initial)` of finite values."""
+    F = _crossing_cells().astype(np.longdouble) * np.longdouble("1e320")
+    data = str(_emu(tmp_path / "wide.h5", F, dtype=np.longdouble))
+    argv = {"score": ["score", "box3d", data, "--bootstrap", "100"],
+            "apply": ["apply", data, "--model", "box3d", "--grid", "1x1x1"]}[command]
+    line = refused(capsys, argv, data, "'F4_initial(1|ccm)' holds", "(row 0), beyond the range of float64")
+    assert "RuntimeWarning" not in line
+
+
+@needs_runtime
+def test_a_file_of_long_doubles_within_float64_is_scored(tmp_path, capsys):
+    """Guard: an extended-precision file whose values fit float64 is scored as before."""
+    data = str(_emu(tmp_path / "wide.h5", _crossing_cells().astype(np.longdouble), dtype=np.longdouble))
+    code, out, err = run(capsys, ["score", "box3d", data, "--bootstrap", "100"])
+    assert code == 0 and "RuntimeWarning" not in err, err
+    assert "(1 states; closure at rest" in out  # the four cells are one state, scored once
+
+
+# --- dodo info ----------------------------------------------------------------------------------
+
+def test_dodo_info_says_when_the_library_the_environment_names_is_missing(tmp_path, capsys, monkeypatch):
+    """`DODO_ONNXRUNTIME_LIBRARY=/opt/ort/missing.so dodo info` showed the path without a word while
+    every closure with a model failed to load it; a newline in the variable split the line in two."""
+    missing = tmp_path / "libonnxruntime.so.1"
+    monkeypatch.setenv("DODO_ONNXRUNTIME_LIBRARY", str(missing))
+    code, out, _ = run(capsys, ["info"])
+    line = next(line for line in out.splitlines() if line.startswith("onnxruntime_library:"))
+    assert code == 0 and line.startswith(f"onnxruntime_library: {missing} (DODO_ONNXRUNTIME_LIBRARY; NOT FOUND"), out
+    monkeypatch.setenv("DODO_ONNXRUNTIME_LIBRARY", f"{tmp_path}/a\nb.so")
+    code, out, _ = run(capsys, ["info"])
+    line = next(line for line in out.splitlines() if line.startswith("onnxruntime_library:"))
+    assert f"{tmp_path}/a\\x0ab.so (DODO_ONNXRUNTIME_LIBRARY; NOT FOUND" in line, out
+    assert not any(line.startswith("b.so") for line in out.splitlines()), out
+    missing.write_bytes(b"")  # there (guard): not called missing; whether it loads is the closure's to say
+    monkeypatch.setenv("DODO_ONNXRUNTIME_LIBRARY", str(missing))
+    code, out, _ = run(capsys, ["info"])
+    assert "NOT FOUND" not in out, out
