@@ -476,6 +476,45 @@ def load_resume_checkpoint(path: str | Path, log=print) -> tuple[dict, Path]:
             raise CorruptCheckpointError(f"no usable checkpoint to resume from: {error}; and {second}") from second
 
 
+def _best_of_the_resumed_run(checkpoint: dict, resume_path: Path, checkpoint_dir: Path, nothing_left: bool,
+                             log) -> tuple[float, dict | None]:
+    """(best validation loss to go on from, checkpoint to write as checkpoint_dir/best.pt or None).
+
+    The end of a run reads checkpoint_dir/best.pt, which a resumed run rewrote only when an epoch beat
+    the best validation loss restored from last.pt. A resume into another directory (`--resume
+    A/last.pt` with output.checkpoint_dir B), or of a run whose best.pt was deleted or damaged, trained
+    every remaining epoch and then stopped with `checkpoint not found: B/best.pt` (or "truncated or
+    corrupted"), writing no final.pt and no metrics; every later resume ended the same way, so the run
+    could never finish (data-loss probe, round four). Now the run's best.pt is taken from beside the
+    resumed checkpoint (and written into B at this run's first checkpoint); when there is none, or it is
+    unreadable or of another run, the best is chosen among the resumed epochs, said once in the log."""
+    own_best = Path(checkpoint_dir) / "best.pt"
+    source = Path(resume_path).parent / "best.pt"
+    same_place = resumes_its_own_run(checkpoint_dir, str(resume_path))
+    best_val = float(checkpoint["best_val_loss"])
+    try:
+        best = load_checkpoint(source)
+        if best.get("data", {}).get("sha256") != checkpoint["data"].get("sha256") or \
+                best.get("config", {}).get("model") != checkpoint["config"].get("model"):
+            raise CorruptCheckpointError(f"{source}: the best model of another run (other data or network)")
+        if float(best.get("best_val_loss", math.nan)) > best_val:
+            raise CorruptCheckpointError(f"{source}: its validation loss {best.get('best_val_loss')!r} is above the "
+                                         f"best the resumed checkpoint records ({best_val!r}): another run's")
+    except (FileNotFoundError, CorruptCheckpointError, ValueError) as error:
+        reason = f"checkpoint not found: {source}" if isinstance(error, FileNotFoundError) else str(error)
+        if nothing_left:
+            log(f"WARNING: no usable best model of the resumed run ({reason}); with no epoch left to train, the "
+                f"resumed checkpoint {resume_path} is written as {own_best}")
+            return best_val, dict(checkpoint)
+        log(f"WARNING: no usable best model of the resumed run ({reason}); {own_best} will be the best of the "
+            "epochs trained from here on")
+        return math.inf, None
+    if same_place:
+        return best_val, None  # in place already
+    log(f"the resumed run's best model {source} is written as {own_best} with this run's first checkpoint")
+    return best_val, best
+
+
 def check_training_data(checkpoint: dict, checkpoint_path, data_path, action: str, hint: str = "",
                         data_sha256: str | None = None) -> None:
     """Refuse to ``action`` (resume, evaluate, inspect) a checkpoint with the data file
@@ -667,6 +706,7 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
     start_epoch, global_step, best_val = 1, 0, math.inf
+    carried_best = None  # a resumed run's best.pt, to be written into checkpoint_dir (_best_of_the_resumed_run)
     history = {"train": [], "val": []}
     if t.resume_from:
         # CPU: RNG states must stay CPU tensors. A corrupt last.pt falls back to last.prev.pt.
@@ -701,6 +741,9 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
                 f"resume with training.epochs >= {start_epoch - 1} ({start_epoch - 1} only writes the final files), "
                 "or use its best.pt or last.pt as they are")
         log(f"resumed from {resume_path} after epoch {checkpoint['epoch']}")
+        if distribution.is_main:  # the writer of best.pt
+            best_val, carried_best = _best_of_the_resumed_run(checkpoint, resume_path, checkpoint_dir,
+                                                              start_epoch > t.epochs, log)
     network = distribution.wrap(closure.network, device)  # DDP after loading: every process starts equal
 
     log(f"training {config.model.head} head on {len(splits.train)}/{len(splits.val)}/{len(splits.test)} "
@@ -776,6 +819,9 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
             best_val = val_losses["total"]
             if distribution.is_main:
                 save_checkpoint(checkpoint_state(epoch), checkpoint_dir / "best.pt")
+        elif carried_best is not None:
+            save_checkpoint(carried_best, checkpoint_dir / "best.pt")
+        carried_best = None
         if distribution.is_main:
             save_checkpoint(checkpoint_state(epoch), checkpoint_dir / "last.pt", keep_previous=True)
         if t.stop_after_epoch is not None and epoch >= t.stop_after_epoch and epoch < t.epochs:
@@ -789,6 +835,8 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
         return {"status": status, "rank": distribution.rank}
 
     final_state = checkpoint_state(t.epochs)
+    if carried_best is not None:  # a resume with no epoch left to train
+        save_checkpoint(carried_best, checkpoint_dir / "best.pt")
     # Report on the best-validation model (what `dodo export` ships by default).
     best = load_checkpoint(checkpoint_dir / "best.pt")
     closure.network.load_state_dict(best["model_state"])
