@@ -296,8 +296,39 @@ def _open_item(handle, name: str):
         item = handle[name]
     except (KeyError, OSError, RuntimeError, ValueError) as error:
         return None, f"'{name}' cannot be opened ({' '.join(str(error).split())}; a broken or looping link?)"
-    return item, virtual_source_problem(item, handle.filename, name) or external_storage_problem(item, handle.filename,
-                                                                                               name)
+    return item, (virtual_source_problem(item, handle.filename, name)
+                  or external_storage_problem(item, handle.filename, name) or missing_filter_problem(item, name))
+
+
+def missing_filter_problem(item, name: str) -> str:
+    """Why dataset ``item`` cannot be read for want of an HDF5 filter, or '': it is compressed with a
+    filter this HDF5 library lacks (blosc, bitshuffle, zstd, lz4: plugins that hdf5plugin or another
+    program's HDF5 had), and its first element cannot be read. HDF5's own text ("can't open directory
+    (/usr/local/lib/plugin)") came out as `cannot read rows 0 to 63 of 'F4_initial(1|ccm)' (...): the
+    file is damaged (a corrupted or truncated copy?)` from `dodo apply` and `dodo score`, of a file that
+    is whole (outside probe, round forty-four)."""
+    import h5py
+
+    if not isinstance(item, h5py.Dataset) or not item.size:
+        return ""
+    try:
+        pipeline = item.id.get_create_plist()
+        filters = [pipeline.get_filter(index) for index in range(pipeline.get_nfilters())]
+        missing = [(code, label) for code, _, _, label in filters if not h5py.h5z.filter_avail(code)]
+    except (OSError, RuntimeError, TypeError, ValueError):
+        return ""
+    if not missing:
+        return ""
+    try:
+        item[tuple(slice(0, 1) for _ in item.shape)]  # an optional filter some chunks skipped: readable
+        return ""
+    except OSError:
+        pass
+    listed = ", ".join(f"{code}" + (f" ({os.fsdecode(label)})" if label else "") for code, label in missing)
+    return (f"'{name}' is compressed with the HDF5 filter {listed}, which this HDF5 library (h5py's) does not have: "
+            "its values cannot be read here (the file is not damaged); point HDF5_PLUGIN_PATH at a directory holding "
+            "the filter's plugin (pip install hdf5plugin, whose directory python -c 'import hdf5plugin; "
+            "print(hdf5plugin.PLUGIN_PATH)' prints), or have the file rewritten without it (h5repack -f NONE)")
 
 
 def external_storage_problem(item, filename: str, name: str) -> str:

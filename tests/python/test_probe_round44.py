@@ -212,3 +212,58 @@ def test_dodo_info_says_when_the_library_the_environment_names_is_missing(tmp_pa
     monkeypatch.setenv("DODO_ONNXRUNTIME_LIBRARY", str(missing))
     code, out, _ = run(capsys, ["info"])
     assert "NOT FOUND" not in out, out
+
+
+# --- A dataset compressed with a filter this HDF5 lacks ------------------------------------------
+
+def _file_with_a_missing_filter(path):
+    """An Emu file whose datasets are compressed with lzf, their filter id then changed to 511 (HDF5's
+    range for testing: no plugin has it), as a file written with hdf5plugin's blosc or zstd reads
+    where that plugin is missing."""
+    h5py = pytest.importorskip("h5py")
+    from dodo.conventions import to_emu_layout
+
+    emu = to_emu_layout(_crossing_cells(16))
+    with h5py.File(path, "w") as handle:
+        for name in ("F4_initial(1|ccm)", "F4_final(1|ccm)"):
+            handle.create_dataset(name, data=emu, compression="lzf", chunks=(4, 4, 2, 3))
+    content = bytearray(path.read_bytes())
+    at = [index for index in range(len(content) - 12) if content[index:index + 2] == b"\x00\x7d"
+          and content[index + 8:index + 12] == b"lzf\x00"]  # filter pipeline message: id, name length, flags, ...
+    assert len(at) == 2
+    for index in at:
+        content[index:index + 2] = (511).to_bytes(2, "little")
+    path.write_bytes(bytes(content))
+    if h5py.h5z.filter_avail(511):
+        pytest.skip("a plugin for HDF5 filter 511 is installed")
+    return path
+
+
+@needs_runtime
+@pytest.mark.parametrize("command", ["score", "apply"])
+def test_a_dataset_compressed_with_a_filter_hdf5_lacks_is_not_called_damaged(tmp_path, capsys, command):
+    """`dodo apply`/`dodo score` of an Emu file compressed with a plugin filter that this HDF5 lacks
+    (blosc, zstd: hdf5plugin's): `cannot read rows 0 to 15 of 'F4_initial(1|ccm)' (Can't synchronously read
+    data (can't open directory (/usr/local/lib/plugin)...)): the file is damaged (a corrupted or truncated
+    copy?)`, of a whole file."""
+    data = str(_file_with_a_missing_filter(tmp_path / "packed.h5"))
+    argv = {"score": ["score", "box3d", data, "--bootstrap", "100"],
+            "apply": ["apply", data, "--model", "box3d", "--grid", "1x1x1"]}[command]
+    line = refused(capsys, argv, data, "'F4_initial(1|ccm)' is compressed with the HDF5 filter 511", "HDF5_PLUGIN_PATH")
+    assert "damaged" not in line.replace("not damaged", ""), line
+
+
+def test_a_dataset_compressed_with_a_filter_hdf5_has_is_read(tmp_path, capsys):
+    """Guard: lzf (bundled with h5py) and gzip are read as before."""
+    h5py = pytest.importorskip("h5py")
+    from dodo.conventions import to_emu_layout
+    from dodo.emu_files import iter_emu_chunks
+
+    emu = to_emu_layout(_crossing_cells(16))
+    path = tmp_path / "packed.h5"
+    with h5py.File(path, "w") as handle:
+        handle.create_dataset("F4_initial(1|ccm)", data=emu, compression="lzf", chunks=(4, 4, 2, 3))
+        handle.create_dataset("F4_final(1|ccm)", data=emu, compression="gzip", chunks=(4, 4, 2, 3))
+    chunks = list(iter_emu_chunks(path))
+    assert sum(len(chunk) for chunk in chunks) == 16
+    np.testing.assert_array_equal(chunks[0].F_init, _crossing_cells(16))
