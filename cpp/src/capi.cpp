@@ -378,16 +378,25 @@ dodo_status create_handle(const dodo_options* options, dodo_closure** closure, c
 std::string find_default_model() {
   std::vector<std::string> candidates;
   Dl_info info{};
-  if (::dladdr(reinterpret_cast<void*>(&find_default_model), &info) && info.dli_fname) {
-    std::string directory = info.dli_fname;
-    const std::size_t slash = directory.rfind('/');
-    directory = slash == std::string::npos ? "." : directory.substr(0, slash);
+  const auto beside = [&candidates](const std::string& library) {
+    const std::size_t slash = library.rfind('/');
+    const std::string directory = slash == std::string::npos ? "." : library.substr(0, slash);
     candidates.push_back(directory + "/../models/" DODO_DEFAULT_MODEL_NAME);
     candidates.push_back(directory + "/models/" DODO_DEFAULT_MODEL_NAME);
 #ifdef DODO_INSTALLED_MODELS_DIR  // where `cmake --install` of this build puts it (CMakeLists)
     candidates.push_back(directory + "/" DODO_INSTALLED_MODELS_DIR "/" DODO_DEFAULT_MODEL_NAME);
 #endif
     candidates.push_back(directory + "/../share/dodo/models/" DODO_DEFAULT_MODEL_NAME);
+  };
+  if (::dladdr(reinterpret_cast<void*>(&find_default_model), &info) && info.dli_fname) {
+    // The name the loader opened, then the file it names: a libdodo reached through a link in
+    // another directory (a Spack view's or module system's link farm, `ln -s .../libdodo.so.0
+    // /usr/local/lib`) has its model beside the real file, not beside the link, and was answered
+    // NULL, or with the build tree's model instead of the installed one (outside probe, C round
+    // thirty-two).
+    beside(info.dli_fname);
+    char real[PATH_MAX];
+    if (::realpath(info.dli_fname, real) && std::strcmp(real, info.dli_fname) != 0) beside(real);
   }
 #ifdef DODO_SOURCE_MODELS_DIR
   candidates.push_back(DODO_SOURCE_MODELS_DIR "/" DODO_DEFAULT_MODEL_NAME);

@@ -254,6 +254,8 @@ contains
 
   ! F_init, F_pred: contiguous (4, 6, ...) of any rank: (4, 6, ncell), a grid (4, 6, nx, ny, nz)
   ! or one cell (4, 6); F_pred the same shape (it may be the same array as F_init).
+  ! Assumed-size arrays (F(4, 6, *) in the caller) carry no cell count and are refused: pass a
+  ! section that gives it, F(:, :, 1:ncell) (likewise u(:, 1:ncell), cell_status(1:ncell)).
   ! u: (4, ...) with one column per cell (e.g. (4, nx, ny, nz)), absent = every cell at rest;
   ! cell_status: one entry per cell, bits DODO_CELL_*. u and the per-cell outputs may be flat
   ! ((4, ncell), (ncell)) for any grid; with as many cell dimensions as F they must be F's.
@@ -274,6 +276,17 @@ contains
     integer :: status
     integer(c_size_t) :: ncell
 
+    ! An assumed-size array (a host's F(4, 6, *), u(4, *), cell_status(*): the F77 style of many
+    ! transport codes) reaches an assumed-rank dummy with its last extent -1: the cell count came
+    ! out as -1, and C refused "F_init with 18446744073709551615 cells ... beyond the address
+    ! space", u and the per-cell outputs "has -1 for 3 cell(s)" (outside probe, C round
+    ! thirty-two). Each is named as what it is, with the section that gives its count.
+    if (refused_as_assumed_size("F_init", "F_init(:, :, 1:n)", stat, errmsg, F_init)) return
+    if (refused_as_assumed_size("F_pred", "F_pred(:, :, 1:n)", stat, errmsg, F_pred)) return
+    if (refused_as_assumed_size("u", "u(:, 1:n)", stat, errmsg, u)) return
+    if (refused_as_assumed_size("cell_status", "cell_status(1:n)", stat, errmsg, cell_status)) return
+    if (refused_as_assumed_size("growth_rate", "growth_rate(1:n)", stat, errmsg, growth_rate)) return
+    if (refused_as_assumed_size("uncertainty", "uncertainty(1:n)", stat, errmsg, uncertainty)) return
     ! Refusals say what was given (probe round thirteen of the C side: "must both have shape
     ! (4, 6, ...)" for two arrays that both had it, of different ranks, left the host guessing).
     if (.not. cells_shaped(F_init)) then
@@ -414,6 +427,24 @@ contains
     end do
   end function grid_differs
 
+  ! .true. (and the refusal reported) when x is present and associated with an assumed-size
+  ! array: its last extent is then -1 (Fortran 2018, SIZE), which no array of known shape has, so
+  ! the number of cells it holds is unknown here. A call that passes allocates nothing.
+  logical function refused_as_assumed_size(name, section, stat, errmsg, x) result(refused)
+    character(len=*), intent(in) :: name, section
+    integer, intent(out), optional :: stat
+    character(len=*), intent(inout), optional :: errmsg
+    type(*), intent(in), optional :: x(..)
+    refused = .false.
+    if (.not. present(x)) return
+    if (rank(x) < 1) return
+    if (size(x, rank(x), kind=c_size_t) >= 0) return
+    refused = .true.
+    call report(DODO_ERROR_INVALID_ARGUMENT, name // " is an assumed-size array (its last dimension declared *): " // &
+                "the dodo module cannot know how many cells it holds; pass a section that gives its last extent, " // &
+                "e.g. " // section, stat, errmsg)
+  end function refused_as_assumed_size
+
   ! True for an array of shape (4, 6, ...).
   logical function cells_shaped(F)
     real(c_double), intent(in) :: F(..)
@@ -457,7 +488,7 @@ contains
   ! .true. if the closure carries a model, .false. if it is Box3D-only (or not created).
   logical function dodo_has_model(closure)
     type(dodo_closure), intent(in) :: closure
-    dodo_has_model = c_has_model(closure%handle) /= 0
+    dodo_has_model = c_has_model(closure%handle) /= 0_c_int
   end function dodo_has_model
 
   ! The model's metadata value for key (e.g. "dodo.model_kind"); "" and found = .false. when the

@@ -152,7 +152,8 @@ DODO_API void dodo_options_init(dodo_options* options);
 #define dodo_options_init(options) dodo_options_init_sized((options), sizeof *(options))
 
 /* Absolute path of the default model package shipped with Dodo (the model Python's
- * dodo.Closure() loads), found next to this library; NULL if it is not there. Static string. */
+ * dodo.Closure() loads), found next to this library (next to the file itself too when libdodo
+ * was reached through a symbolic link elsewhere); NULL if it is not there. Static string. */
 DODO_API const char* dodo_default_model_path(void);
 
 /* Model path meaning "no model": Box3D alone, without a learned correction (the same literal in
