@@ -90,6 +90,15 @@ def test_the_trial_file_leaves_nothing_and_a_new_directory_is_still_made(tmp_pat
     assert sorted(os.listdir(tmp_path / "new" / "sub")) == ["x.json"]
 
 
+def test_the_ranks_that_do_not_write_make_no_trial_file(tmp_path, monkeypatch):
+    """Guard: the MPI ranks of `dodo simulate` other than rank 0 (check_locks false) write nothing and
+    make no trial file (10^4 ranks would make 10^4 files in one directory at once)."""
+    _directory_that_makes_no_files(monkeypatch)
+    _atomic.check_outputs([tmp_path / "db.h5"], check_locks=False)
+    with pytest.raises(_atomic.OutputPathError, match="refuses new files"):
+        _atomic.check_outputs([tmp_path / "db.h5"])
+
+
 # --- NUL characters in paths given to the runtime ------------------------------------------------
 
 @needs_runtime
