@@ -87,3 +87,31 @@ def test_a_resumed_run_whose_best_model_is_gone_still_finishes(stopped_run, tmp_
     warnings = [line for line in out.splitlines() if "WARNING" in line]
     assert len(warnings) == 1 and "best model" in warnings[0] and "resumed epochs" not in err, out
     assert load_checkpoint(best)["epoch"] == 2
+
+
+def test_a_checkpoint_that_is_a_link_to_another_runs_file_is_not_written_through(stopped_run, tmp_path, capsys):
+    """`ln -s ../a/last.pt ck/last.pt`, then `dodo train --resume ck/last.pt` with output.checkpoint_dir
+    ck (continuing run A in a new directory without copying it): the resume was taken as ck's own run,
+    and the next checkpoint was written through the link: A's last.pt replaced by this run's, in A's
+    directory and outside its lock, while the rotation renamed the link to ck/last.prev.pt, leaving ck
+    without a last.pt. Now refused in one line before any work, naming the link and --resume TARGET,
+    A's files byte for byte; resuming from the target itself continues the run into ck."""
+    from cli_helpers import digest
+
+    config, checkpoints = _copy_of_the_run(stopped_run, tmp_path)
+    before = {path.name: digest(path) for path in checkpoints.glob("*.pt")}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "last.pt").symlink_to(checkpoints / "last.pt")
+    settings = ["--set", f"output.checkpoint_dir={elsewhere}"]
+    code, out, err = run(capsys, ["train", "--config", str(config), "--resume", str(elsewhere / "last.pt"), *settings])
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "symbolic link" in lines[0], err
+    assert f"--resume {checkpoints / 'last.pt'}" in lines[0] and "epoch" not in out
+    assert {path.name: digest(path) for path in checkpoints.glob("*.pt")} == before
+    assert (elsewhere / "last.pt").is_symlink() and [path.name for path in elsewhere.glob("*.pt")] == ["last.pt"]
+    (elsewhere / "last.pt").unlink()
+    code, _, err = run(capsys, ["train", "--config", str(config), "--resume", str(checkpoints / "last.pt"), *settings])
+    assert code == 0, err
+    assert {path.name: digest(path) for path in checkpoints.glob("*.pt")} == before
+    assert (elsewhere / "final.pt").is_file() and not (elsewhere / "last.pt").is_symlink()

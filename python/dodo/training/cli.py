@@ -197,6 +197,10 @@ def _train(args) -> int:
     made = missing_directories([checkpoints, results]) if writer else []
     with exclusive_directory(checkpoints, "dodo train") if writer else contextlib.nullcontext():
         try:
+            if writer:
+                from .train import refuse_linked_run_files
+
+                refuse_linked_run_files(checkpoints)
             if not args.overwrite:
                 _refuse_to_replace_a_run(checkpoints, config.training.resume_from)
             config.make_dirs()

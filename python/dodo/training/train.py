@@ -262,6 +262,27 @@ def resumes_its_own_run(checkpoint_dir: Path, resume_from: str | None) -> bool:
         return False
 
 
+def refuse_linked_run_files(checkpoint_dir: Path) -> None:
+    """ValueError when one of the run's files in ``checkpoint_dir`` is a symbolic link. The checkpoints
+    are written atomically through dodo._atomic, which follows a link and replaces its target: a
+    `ck/last.pt -> ../a/last.pt` made to continue run A in ck (`dodo train --resume ck/last.pt`, read as
+    ck's own run) had A's last.pt replaced by this run's next checkpoint, in A's directory and outside
+    its lock, and the rotation renamed the link itself to ck/last.prev.pt, so ck held no last.pt of its
+    own (data-loss probe, round four)."""
+    import os
+
+    for name in RUN_CHECKPOINTS:
+        path = Path(checkpoint_dir) / name
+        if not path.is_symlink():
+            continue
+        target = os.path.realpath(path)
+        resume = (f"; to continue the run it links to in {checkpoint_dir}, resume from the file itself: --resume "
+                  f"{target}" if name in ("last.pt", "last.prev.pt") else "")
+        raise ValueError(f"{path} is a symbolic link (to {os.readlink(path)}), not a file of this run: dodo train "
+                         f"replaces its checkpoints in {checkpoint_dir} and would write through the link into {target}, "
+                         f"another file: remove the link (its target is kept){resume}")
+
+
 #: Where `dodo train --overwrite` keeps the run it replaces until it finishes (in output.checkpoint_dir).
 REPLACED_RUN_DIR = "replaced_run"
 
