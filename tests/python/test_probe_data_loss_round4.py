@@ -115,3 +115,20 @@ def test_a_checkpoint_that_is_a_link_to_another_runs_file_is_not_written_through
     assert code == 0, err
     assert {path.name: digest(path) for path in checkpoints.glob("*.pt")} == before
     assert (elsewhere / "final.pt").is_file() and not (elsewhere / "last.pt").is_symlink()
+
+
+def test_a_run_stopped_between_the_renames_of_last_pt_is_offered_its_resume(stopped_run, tmp_path, capsys):
+    """Ctrl-C twice (or a kill) between the two renames of last.pt's rotation leaves best.pt and
+    last.prev.pt, no last.pt (seen in 1 of 7 double Ctrl-Cs of a training run). The plain rerun was
+    refused with `holds an unfinished run (best.pt); a new run would replace it: --overwrite replaces
+    it, ...`: the one way on offered lost the run, though `--resume ck/last.pt` continues it from
+    last.prev.pt. Now the refusal names that --resume (and lists last.prev.pt), and it works."""
+    config, checkpoints = _copy_of_the_run(stopped_run, tmp_path)
+    (checkpoints / "last.pt").rename(checkpoints / "last.prev.pt")  # the rotation's first rename, not its second
+    code, _, err = run(capsys, ["train", "--config", str(config)])
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "last.prev.pt" in lines[0], err
+    assert f"--resume {checkpoints / 'last.pt'} continues it" in lines[0]
+    code, out, err = run(capsys, ["train", "--config", str(config), "--resume", str(checkpoints / "last.pt")])
+    assert code == 0 and "using the previous checkpoint" in out, err
+    assert (checkpoints / "final.pt").is_file()

@@ -137,7 +137,10 @@ def _refuse_to_replace_a_run(checkpoints: Path, resume_from: str | None = None) 
 
     if resumes_its_own_run(checkpoints, resume_from):
         return
-    found = [name for name in ("final.pt", "last.pt", "best.pt") if (checkpoints / name).exists()]
+    # last.prev.pt too: a run stopped between the two renames of its last.pt (a second Ctrl-C, a kill)
+    # holds best.pt and last.prev.pt, which `--resume ck/last.pt` continues (from last.prev.pt, with a
+    # warning); the refusal offered --overwrite alone (data-loss probe, round four).
+    found = [name for name in ("final.pt", "last.pt", "best.pt", "last.prev.pt") if (checkpoints / name).exists()]
     kept = kept_replaced_run(checkpoints)
     # The run an unfinished --overwrite run replaced: a run that finishes here removes it.
     kept_note = (f" ({checkpoints / REPLACED_RUN_DIR} keeps the run it replaced with --overwrite until it "
@@ -151,11 +154,12 @@ def _refuse_to_replace_a_run(checkpoints: Path, resume_from: str | None = None) 
         return
     what = ("a finished run (final.pt)" if "final.pt" in found else "an unfinished run (" + ", ".join(found) + ")") + kept_note
     if resume_from:
-        own = f"--resume {checkpoints / 'last.pt'} continues that run, " if "last.pt" in found else ""
+        own = f"--resume {checkpoints / 'last.pt'} continues that run, " if "last.pt" in found or "last.prev.pt" in found else ""
         raise ValueError(f"{checkpoints} holds {what} of its own; resuming {resume_from} (another directory's "
                          f"checkpoint) there would replace it: {own}--overwrite replaces it, or set "
                          "output.checkpoint_dir to another directory")
-    hint = f"--resume {checkpoints / 'last.pt'} continues it, " if "final.pt" not in found and "last.pt" in found else ""
+    resumable = "last.pt" in found or "last.prev.pt" in found
+    hint = f"--resume {checkpoints / 'last.pt'} continues it, " if "final.pt" not in found and resumable else ""
     raise ValueError(f"{checkpoints} holds {what}; a new run would replace it: {hint}--overwrite replaces it, "
                      f"or set output.checkpoint_dir to another directory")
 
