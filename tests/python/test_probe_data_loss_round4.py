@@ -132,3 +132,31 @@ def test_a_run_stopped_between_the_renames_of_last_pt_is_offered_its_resume(stop
     code, out, err = run(capsys, ["train", "--config", str(config), "--resume", str(checkpoints / "last.pt")])
     assert code == 0 and "using the previous checkpoint" in out, err
     assert (checkpoints / "final.pt").is_file()
+
+
+def test_last_pt_is_never_missing_while_it_is_rotated(stopped_run, tmp_path, monkeypatch):
+    """save_checkpoint(..., keep_previous=True) renamed last.pt to last.prev.pt, then the new checkpoint
+    onto last.pt: a second Ctrl-C or a kill between the two renames (1 double Ctrl-C of a training run
+    in 7) left no last.pt. Now last.prev.pt is a hard link made first, so last.pt is there (the
+    earlier checkpoint) when the write is stopped just before its rename, and last.prev.pt too."""
+    from dodo import _atomic
+    from dodo.training.train import load_checkpoint, save_checkpoint
+
+    _, checkpoints = _copy_of_the_run(stopped_run, tmp_path)
+    last = checkpoints / "last.pt"
+    earlier = last.read_bytes()
+    newer = load_checkpoint(last)
+    newer["epoch"] = 2
+
+    def stopped_here(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_atomic, "refuse_written_meanwhile", stopped_here)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(newer, last, keep_previous=True)
+    assert last.read_bytes() == earlier
+    assert (checkpoints / "last.prev.pt").read_bytes() == earlier
+    assert not [path.name for path in checkpoints.iterdir() if path.name.endswith(".tmp")]
+    monkeypatch.undo()
+    save_checkpoint(newer, last, keep_previous=True)
+    assert load_checkpoint(last)["epoch"] == 2 and (checkpoints / "last.prev.pt").read_bytes() == earlier
