@@ -160,3 +160,41 @@ def test_last_pt_is_never_missing_while_it_is_rotated(stopped_run, tmp_path, mon
     monkeypatch.undo()
     save_checkpoint(newer, last, keep_previous=True)
     assert load_checkpoint(last)["epoch"] == 2 and (checkpoints / "last.prev.pt").read_bytes() == earlier
+
+
+def test_a_data_file_rewritten_while_the_run_trains_is_named_at_the_end(stopped_run, tmp_path, capsys, monkeypatch):
+    """`dodo preprocess` onto the training file while `dodo train` runs (new campaign chunks, the same
+    output path): the final metrics read the test split from the file again, so the run ended after
+    its last epoch with an h5py `IndexError: Fancy indexing out of range` traceback (a smaller file), or
+    with as many rows or more computed its recorded metrics on other rows than its test split. Now one
+    line names the file and the resume that finishes the run once the file is back; best.pt and last.pt
+    are kept, no final.pt is written."""
+    import os
+
+    import dodo.training.train as training
+
+    config, checkpoints = _copy_of_the_run(stopped_run, tmp_path)
+    shutil.rmtree(checkpoints)
+    data = tmp_path / "run" / "pre.h5"
+    (tmp_path / "other").mkdir()
+    other = synthetic_preprocessed(tmp_path / "other", 60)
+    kept = tmp_path / "kept.h5"
+    shutil.copyfile(data, kept)
+    real_save = training.save_checkpoint
+
+    def save_then_rewrite(state, path, keep_previous=False):
+        real_save(state, path, keep_previous)
+        if Path(path).name == "last.pt" and state["epoch"] == 1:
+            os.replace(other, data)  # the preprocess's atomic rename, during the run
+
+    monkeypatch.setattr(training, "save_checkpoint", save_then_rewrite)
+    capsys.readouterr()
+    code, _, err = run(capsys, ["train", "--config", str(config)])
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "changed while this run trained" in lines[0], err
+    assert str(data) in lines[0] and f"--resume {checkpoints / 'last.pt'}" in lines[0]
+    assert sorted(path.name for path in checkpoints.glob("*.pt")) == ["best.pt", "last.prev.pt", "last.pt"]
+    monkeypatch.undo()
+    shutil.copyfile(kept, data)
+    code, _, err = run(capsys, ["train", "--config", str(config), "--resume", str(checkpoints / "last.pt")])
+    assert code == 0 and (checkpoints / "final.pt").is_file(), err

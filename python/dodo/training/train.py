@@ -873,6 +873,17 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
     if not distribution.is_main:  # rank 0 evaluates and writes the final files
         return {"status": status, "rank": distribution.rank}
 
+    # The final metrics read the test split from the data file again: a `dodo preprocess` that rewrote it
+    # while the run trained (new campaign chunks, the same output path) gave an IndexError traceback
+    # after the last epoch, or, with as many rows or more, metrics of other rows than the test split,
+    # recorded in best.pt and final.pt under the first file's SHA-256 (data-loss probe, round four).
+    if sha256_file(data_path) != data_sha256:
+        raise ValueError(
+            f"{data_path} changed while this run trained (its SHA-256 is no longer that of the file read at the "
+            "start: another command, e.g. dodo preprocess, rewrote it): the final metrics would be computed on other "
+            f"rows than the run's test split, so final.pt and the metrics are not written; {checkpoint_dir / 'best.pt'} "
+            f"and {checkpoint_dir / 'last.pt'} are kept: put the run's data file back and resume with --resume "
+            f"{checkpoint_dir / 'last.pt'} (it only writes the final files), or train again on the new file")
     final_state = checkpoint_state(t.epochs)
     if carried_best is not None:  # a resume with no epoch left to train
         save_checkpoint(carried_best, checkpoint_dir / "best.pt")
