@@ -2,7 +2,6 @@
 //
 // Every extern "C" body runs inside `guarded`, the one place where exceptions become status
 // codes and the handle's last-error text. Nothing here prints, exits or aborts.
-#include <dlfcn.h>
 #include <limits.h>
 #include <pthread.h>
 #include <sys/stat.h>
@@ -25,6 +24,7 @@
 #include "runtime/array_layout.hpp"
 #include "runtime/closure.hpp"
 #include "runtime/errors.hpp"
+#include "runtime/ort_library.hpp"
 
 // The public bit values restate cell_status.hpp for C users; they must agree.
 #define DODO_CHECK_CELL_BIT(name, bit, rejects, text) \
@@ -377,10 +377,7 @@ dodo_status create_handle(const dodo_options* options, dodo_closure** closure, c
 // share/dodo/models of an install prefix, or in the source tree this library was built from.
 std::string find_default_model() {
   std::vector<std::string> candidates;
-  Dl_info info{};
-  const auto beside = [&candidates](const std::string& library) {
-    const std::size_t slash = library.rfind('/');
-    const std::string directory = slash == std::string::npos ? "." : library.substr(0, slash);
+  const auto beside = [&candidates](const std::string& directory) {
     candidates.push_back(directory + "/../models/" DODO_DEFAULT_MODEL_NAME);
     candidates.push_back(directory + "/models/" DODO_DEFAULT_MODEL_NAME);
 #ifdef DODO_INSTALLED_MODELS_DIR  // where `cmake --install` of this build puts it (CMakeLists)
@@ -388,16 +385,13 @@ std::string find_default_model() {
 #endif
     candidates.push_back(directory + "/../share/dodo/models/" DODO_DEFAULT_MODEL_NAME);
   };
-  if (::dladdr(reinterpret_cast<void*>(&find_default_model), &info) && info.dli_fname) {
-    // The name the loader opened, then the file it names: a libdodo reached through a link in
-    // another directory (a Spack view's or module system's link farm, `ln -s .../libdodo.so.0
-    // /usr/local/lib`) has its model beside the real file, not beside the link, and was answered
-    // NULL, or with the build tree's model instead of the installed one (outside probe, C round
-    // thirty-two).
-    beside(info.dli_fname);
-    char real[PATH_MAX];
-    if (::realpath(info.dli_fname, real) && std::strcmp(real, info.dli_fname) != 0) beside(real);
-  }
+  // Beside the name the loader opened, then beside the file it names, resolved when the library
+  // was loaded: a libdodo reached through a link in another directory (a Spack view's or module
+  // system's link farm, `ln -s .../libdodo.so.0 /usr/local/lib`) has its model beside the real
+  // file, and one found through a relative LD_LIBRARY_PATH entry has a relative name, wrong once
+  // the host changed its working directory: dodo_default_model_path() answered NULL, or the build
+  // tree's model instead of the installed one (outside probe, C round thirty-two).
+  for (const std::string& directory : dodo::runtime::library_directories()) beside(directory);
 #ifdef DODO_SOURCE_MODELS_DIR
   candidates.push_back(DODO_SOURCE_MODELS_DIR "/" DODO_DEFAULT_MODEL_NAME);
 #endif

@@ -189,9 +189,12 @@ def test_a_dodo_under_a_directory_with_a_comma_links_cmake_hosts(tmp_path, direc
 
 
 DEFAULT_MODEL_HOST = textwrap.dedent("""\
+    #define _POSIX_C_SOURCE 200809L
     #include <dodo/dodo.h>
     #include <stdio.h>
-    int main(void) {
+    #include <unistd.h>
+    int main(int argc, char** argv) {
+      if (argc > 1 && chdir(argv[1]) != 0) return 3;  /* into its run directory, as a code does */
       const char* path = dodo_default_model_path();
       printf("%s\\n", path ? path : "(null)");
       return 0;
@@ -199,11 +202,15 @@ DEFAULT_MODEL_HOST = textwrap.dedent("""\
     """)
 
 
-def test_the_default_model_is_found_beside_the_real_library_when_libdodo_is_reached_through_a_link(tmp_path):
+@pytest.mark.parametrize("found_by", ["rpath", "relative LD_LIBRARY_PATH, then chdir"])
+def test_the_default_model_is_found_beside_the_real_library_when_libdodo_is_reached_through_a_link(tmp_path, found_by):
     """A libdodo reached through a symbolic link in another directory (a Spack view's or module
     system's link farm, `ln -s .../dodo/lib/libdodo.so.0 /usr/local/lib`): before, the model was
     looked for beside the link only, so dodo_default_model_path() gave NULL from a wheel, and the
-    build tree's model (not the installed one) from a source build. Now beside the real file too."""
+    build tree's model (not the installed one) from a source build. Now beside the real file too.
+    Found through a relative LD_LIBRARY_PATH entry ("view/lib") by a host that then changes its
+    working directory, the loader's name was relative to a directory no longer current: the
+    library's file is now resolved when it is loaded."""
     if not shutil.which("gcc"):
         pytest.skip("gcc is not installed")
     installed = Path(PATHS["lib_dir"])
@@ -224,12 +231,71 @@ def test_the_default_model_is_found_beside_the_real_library_when_libdodo_is_reac
     source = tmp_path / "host.c"
     source.write_text(DEFAULT_MODEL_HOST)
     program = tmp_path / "host"
-    run(["gcc", "-std=c11", f"-I{PATHS['include_dir']}", str(source), f"-L{farm}",
-         f"-Wl,-rpath,{farm}", "-ldodo", "-o", str(program)])
+    rpath = [f"-Wl,-rpath,{farm}"] if found_by == "rpath" else []
+    run(["gcc", "-std=c11", f"-I{PATHS['include_dir']}", str(source), f"-L{farm}", *rpath, "-ldodo",
+         "-o", str(program)])
     env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
-    result = subprocess.run([str(program)], capture_output=True, text=True, timeout=60, env=env)
+    arguments = []
+    if found_by != "rpath":
+        env["LD_LIBRARY_PATH"] = "view/lib"  # relative to the working directory the host starts in
+        arguments = ["/"]
+    result = subprocess.run([str(program), *arguments], capture_output=True, text=True, timeout=60, env=env,
+                            cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == os.path.realpath(package / "models/qke_default.onnx")
+
+
+ONNXRUNTIME_HOST = textwrap.dedent("""\
+    #define _POSIX_C_SOURCE 200809L
+    #include <dodo/dodo.h>
+    #include <stdio.h>
+    #include <unistd.h>
+    int main(int argc, char** argv) {
+      if (argc > 2 && chdir(argv[2]) != 0) return 3;
+      dodo_closure* closure = NULL; char message[4096];
+      dodo_status status = dodo_closure_create(argv[1], NULL, &closure, message, sizeof message);
+      printf("%s %s\\n", dodo_status_name(status), message);
+      dodo_closure_destroy(closure);
+      return 0;
+    }
+    """)
+
+
+@pytest.mark.parametrize("found_by", ["rpath", "relative LD_LIBRARY_PATH, then chdir"])
+def test_the_onnxruntime_wheel_is_found_beside_the_real_library_when_libdodo_is_reached_through_a_link(
+        tmp_path, found_by):
+    """The installed libdodo reached through a link farm (or through a relative LD_LIBRARY_PATH
+    entry by a host that then changes directory): the `onnxruntime` wheel was looked for beside the
+    link only, so a closure with a model failed with DODO_ERROR_ONNXRUNTIME_UNAVAILABLE ("pip
+    install onnxruntime", tried only the loader's two names) beside an installed wheel. Now the
+    wheel beside the real file is found and the closure is made."""
+    if not shutil.which("gcc"):
+        pytest.skip("gcc is not installed")
+    installed = Path(PATHS["lib_dir"])
+    real = sorted(installed.glob("libdodo.so.*.*.*"))
+    model = PATHS.get("default_model")
+    wheel = installed.parent.parent / "onnxruntime" / "capi"
+    if not real or not model or not sorted(wheel.glob("libonnxruntime.so*")):
+        pytest.skip("no installed libdodo, default model or onnxruntime wheel beside the dodo package")
+    farm = tmp_path / "view/lib"
+    farm.mkdir(parents=True)
+    (farm / "libdodo.so.0").symlink_to(real[0])
+    (farm / "libdodo.so").symlink_to("libdodo.so.0")
+    source = tmp_path / "host.c"
+    source.write_text(ONNXRUNTIME_HOST)
+    program = tmp_path / "host"
+    rpath = [f"-Wl,-rpath,{farm}"] if found_by == "rpath" else []
+    run(["gcc", "-std=c11", f"-I{PATHS['include_dir']}", str(source), f"-L{farm}", *rpath, "-ldodo",
+         "-o", str(program)])
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "DODO_ONNXRUNTIME_LIBRARY")}
+    arguments = [os.path.realpath(model)]
+    if found_by != "rpath":
+        env["LD_LIBRARY_PATH"] = "view/lib"
+        arguments.append("/")
+    result = subprocess.run([str(program), *arguments], capture_output=True, text=True, timeout=300, env=env,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("DODO_OK"), result.stdout
 
 
 # --- held without a change ---------------------------------------------------------------------

@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <dlfcn.h>
 #include <glob.h>
+#include <limits.h>
 #include <pthread.h>
 #include <sys/stat.h>
 
@@ -19,13 +20,21 @@
 namespace dodo::runtime {
 namespace {
 
-// Where libdodo itself lives (dladdr of one of its functions), to find an `onnxruntime` wheel
-// installed beside the `dodo` wheel: site-packages/dodo/lib/libdodo.so -> site-packages/onnxruntime/capi.
-std::string own_directory() {
+// This library's file, its links resolved (library_directories()), filled when the library is
+// loaded (before any host code can change the working directory or fork); "" if that failed.
+// Found by dladdr of an address of this file's own (internal linkage: never another object's by
+// symbol interposition). Never destroyed.
+char loaded_file[PATH_MAX] = "";
+[[maybe_unused]] const bool kLoadedFileResolved = [] {
   Dl_info info{};
-  if (!dladdr(reinterpret_cast<void*>(&load_onnxruntime), &info) || !info.dli_fname) return {};
-  std::string file = info.dli_fname;
-  auto slash = file.rfind('/');
+  if (dladdr(static_cast<const void*>(loaded_file), &info) && info.dli_fname && ::realpath(info.dli_fname, loaded_file))
+    return true;
+  loaded_file[0] = '\0';
+  return false;
+}();
+
+std::string directory_of(const std::string& file) {
+  const auto slash = file.rfind('/');
   return slash == std::string::npos ? std::string(".") : file.substr(0, slash);
 }
 
@@ -67,12 +76,15 @@ std::vector<std::string> candidate_paths(const std::string& explicit_path, std::
     paths.push_back(env);
     return paths;
   }
-  // An `onnxruntime` wheel beside the `dodo` wheel (libdodo in dodo/lib, or _core in dodo/).
-  const std::string here = own_directory();
-  if (!here.empty()) {
+  // An `onnxruntime` wheel beside the `dodo` wheel (libdodo in dodo/lib, or _core in dodo/):
+  // site-packages/dodo/lib/libdodo.so -> site-packages/onnxruntime/capi. Beside the name the
+  // loader opened, then beside the real file: from a link farm, or after the host changed its
+  // working directory having found libdodo through a relative LD_LIBRARY_PATH entry, only the
+  // first was tried, and a closure with a model failed with DODO_ERROR_ONNXRUNTIME_UNAVAILABLE
+  // ("pip install onnxruntime") beside an installed wheel (outside probe, C round thirty-two).
+  for (const std::string& here : library_directories())
     for (const char* up : {"/../../onnxruntime/capi", "/../onnxruntime/capi", "/onnxruntime/capi"})
       add_wheel_libraries(here + up, paths, unreadable);
-  }
 #ifdef DODO_ORT_BUILD_HINT
   paths.push_back(DODO_ORT_BUILD_HINT);
 #endif
@@ -272,6 +284,18 @@ struct StaticDestructionMarker {
 };
 
 }  // namespace
+
+std::vector<std::string> library_directories() {
+  std::vector<std::string> directories;
+  Dl_info info{};
+  if (dladdr(static_cast<const void*>(loaded_file), &info) && info.dli_fname)
+    directories.push_back(directory_of(info.dli_fname));
+  if (loaded_file[0] != '\0') {
+    const std::string real = directory_of(loaded_file);
+    if (directories.empty() || directories.front() != real) directories.push_back(real);
+  }
+  return directories;
+}
 
 void check_ort(const OrtApi* api, OrtStatus* status, const char* context) {
   if (!status) return;

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include <onnxruntime_c_api.h>
 
@@ -24,6 +25,15 @@ struct OrtLibrary {
 // Loads once per process (thread-safe); later calls return the same library whatever path they
 // ask for. Throws Error(DODO_ERROR_ONNXRUNTIME_UNAVAILABLE) listing every place it tried.
 const OrtLibrary& load_onnxruntime(const std::string& explicit_path);
+
+// The directories to look in for files installed beside the shared object holding this code
+// (libdodo, or Python's _core): the one of the name the loader opened (dladdr), then the one of
+// that file with its symbolic links resolved, where it differs. The name is a link's in a link
+// farm (a Spack view, `ln -s .../libdodo.so.0 /usr/local/lib`), and relative where a relative
+// LD_LIBRARY_PATH entry or dlopen("./libdodo.so") found it, so relative to a directory no longer
+// current once the host changes its working directory: the real file is resolved when the
+// library is loaded, with the loader's working directory.
+std::vector<std::string> library_directories();
 
 // Throws Error(DODO_ERROR_ONNXRUNTIME, context + ORT's message) when status is not null.
 void check_ort(const OrtApi* api, OrtStatus* status, const char* context);
