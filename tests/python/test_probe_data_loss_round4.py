@@ -198,3 +198,18 @@ def test_a_data_file_rewritten_while_the_run_trains_is_named_at_the_end(stopped_
     shutil.copyfile(kept, data)
     code, _, err = run(capsys, ["train", "--config", str(config), "--resume", str(checkpoints / "last.pt")])
     assert code == 0 and (checkpoints / "final.pt").is_file(), err
+
+
+def test_a_preprocess_config_with_an_empty_output_says_so(tmp_path, capsys):
+    """`output: ""` in a preprocess config (a template's placeholder left empty): `cannot write .: it
+    exists and is a directory, not a regular file`, naming a directory nobody gave. Now the key is named
+    (as `dodo train` names an empty output.checkpoint_dir)."""
+    from dodo.cli import main
+
+    assert main(["synth", str(tmp_path / "x.h5"), "-n", "5", "-q"]) == 0
+    capsys.readouterr()
+    config = tmp_path / "pre.yaml"
+    config.write_text(f"inputs: [{tmp_path / 'x.h5'}]\noutput: \"\"\n")
+    code, _, err = run(capsys, ["preprocess", "--config", str(config), "-q"])
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "output is an empty string" in lines[0], err

@@ -270,6 +270,10 @@ class PreprocessConfig:
             config.inputs = [config.inputs]
         if not config.inputs:
             raise ConfigError(f"{path}: 'inputs' lists no files")
+        if config.output == "":
+            # Was `cannot write .: it exists and is a directory, not a regular file` (data-loss probe, round four).
+            raise ConfigError(f"{path}: output is an empty string; give the preprocessed file's path, e.g. "
+                              "pdata/preprocessed_all.h5")
         if config.chunk_size < 1:
             raise ConfigError(f"{path}: chunk_size must be >= 1")
         if config.box3d.z_method not in ("exact", "jedynak"):
