@@ -119,7 +119,7 @@ def test_a_checkpoint_that_is_a_link_to_another_runs_file_is_not_written_through
 
 def test_a_run_stopped_between_the_renames_of_last_pt_is_offered_its_resume(stopped_run, tmp_path, capsys):
     """Ctrl-C twice (or a kill) between the two renames of last.pt's rotation leaves best.pt and
-    last.prev.pt, no last.pt (seen in 1 of 7 double Ctrl-Cs of a training run). The plain rerun was
+    last.prev.pt, no last.pt (seen in 1 of 11 double Ctrl-Cs of a training run). The plain rerun was
     refused with `holds an unfinished run (best.pt); a new run would replace it: --overwrite replaces
     it, ...`: the one way on offered lost the run, though `--resume ck/last.pt` continues it from
     last.prev.pt. Now the refusal names that --resume (and lists last.prev.pt), and it works."""
@@ -137,7 +137,7 @@ def test_a_run_stopped_between_the_renames_of_last_pt_is_offered_its_resume(stop
 def test_last_pt_is_never_missing_while_it_is_rotated(stopped_run, tmp_path, monkeypatch):
     """save_checkpoint(..., keep_previous=True) renamed last.pt to last.prev.pt, then the new checkpoint
     onto last.pt: a second Ctrl-C or a kill between the two renames (1 double Ctrl-C of a training run
-    in 7) left no last.pt. Now last.prev.pt is a hard link made first, so last.pt is there (the
+    in 11) left no last.pt. Now last.prev.pt is a hard link made first, so last.pt is there (the
     earlier checkpoint) when the write is stopped just before its rename, and last.prev.pt too."""
     from dodo import _atomic
     from dodo.training.train import load_checkpoint, save_checkpoint

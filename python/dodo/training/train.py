@@ -370,7 +370,7 @@ def _keep_as_previous(path: Path, previous: Path) -> None:
     """``previous`` becomes the file now at ``path``, which stays there until the caller renames the new
     checkpoint onto it: a hard link, so no moment is left without ``path``. The rotation renamed
     ``path`` to ``previous`` first, and a second Ctrl-C or a kill before the new file's rename left the
-    run without its last.pt (1 double Ctrl-C in 7 of a training run; a resume fell back to last.prev.pt
+    run without its last.pt (1 double Ctrl-C in 11 of a training run; a resume fell back to last.prev.pt
     with a warning). A file system without hard links renames, as before (data-loss probe, round four)."""
     import os
 
