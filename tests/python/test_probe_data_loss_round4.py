@@ -213,3 +213,23 @@ def test_a_preprocess_config_with_an_empty_output_says_so(tmp_path, capsys):
     code, _, err = run(capsys, ["preprocess", "--config", str(config), "-q"])
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and "output is an empty string" in lines[0], err
+
+
+def test_a_resume_with_no_epoch_left_over_another_run_does_not_mix_the_two(stopped_run, tmp_path, capsys):
+    """`dodo train --overwrite --resume A/last.pt` into a directory B holding another run C, with no
+    epoch left to train (`training.epochs` reached: "only writes the final files"): C's files are set
+    aside at the end of the first epoch, so with none they stayed, and B was left with this run's
+    final.pt beside C's last.pt and last.prev.pt, its best.pt C's model (before this round's best.pt
+    fix, with this run's metrics written into it). Now C's files go aside before the final files, as
+    after a first epoch, and B holds this run's files alone."""
+    config, checkpoints = _copy_of_the_run(stopped_run, tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("best.pt", "last.pt", "last.prev.pt"):
+        (other / name).write_bytes(b"run C's " + name.encode())
+    code, out, err = run(capsys, ["train", "--config", str(config), "--resume", str(checkpoints / "last.pt"), "--overwrite",
+                                  "--set", "training.epochs=1", "--set", f"output.checkpoint_dir={other}"])
+    assert code == 0, err
+    assert sorted(path.name for path in other.glob("*.pt")) == ["best.pt", "final.pt"], out
+    best, kept = _model_state(checkpoints / "best.pt"), _model_state(other / "best.pt")
+    assert all(torch.equal(best[name], kept[name]) for name in best)

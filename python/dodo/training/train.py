@@ -884,6 +884,9 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
             f"rows than the run's test split, so final.pt and the metrics are not written; {checkpoint_dir / 'best.pt'} "
             f"and {checkpoint_dir / 'last.pt'} are kept: put the run's data file back and resume with --resume "
             f"{checkpoint_dir / 'last.pt'} (it only writes the final files), or train again on the new file")
+    if earlier_run:  # no epoch ran (a resume with none left): the replaced run goes aside before the final files
+        set_aside_earlier_run(earlier_run, log=log)
+        earlier_run = []
     final_state = checkpoint_state(t.epochs)
     if carried_best is not None:  # a resume with no epoch left to train
         save_checkpoint(carried_best, checkpoint_dir / "best.pt")
