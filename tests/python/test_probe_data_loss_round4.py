@@ -233,3 +233,22 @@ def test_a_resume_with_no_epoch_left_over_another_run_does_not_mix_the_two(stopp
     assert sorted(path.name for path in other.glob("*.pt")) == ["best.pt", "final.pt"], out
     best, kept = _model_state(checkpoints / "best.pt"), _model_state(other / "best.pt")
     assert all(torch.equal(best[name], kept[name]) for name in best)
+
+
+def test_a_resume_that_fell_back_to_last_prev_pt_keeps_it(stopped_run, tmp_path, capsys):
+    """`--resume ck/last.pt` with last.pt damaged (a truncated copy, a bad disk block) resumes from
+    last.prev.pt with a warning; its first checkpoint then rotated the damaged last.pt into
+    last.prev.pt, the good previous checkpoint replaced by the damaged bytes, so for that epoch the run
+    had nothing to fall back to. Now the first checkpoint after the fallback replaces the damaged
+    last.pt and leaves last.prev.pt as it was."""
+    from dodo.training.train import load_checkpoint
+
+    config, checkpoints = _copy_of_the_run(stopped_run, tmp_path)
+    last, previous = checkpoints / "last.pt", checkpoints / "last.prev.pt"
+    good = last.read_bytes()
+    previous.write_bytes(good)
+    last.write_bytes(good[: len(good) // 3])
+    code, out, err = run(capsys, ["train", "--config", str(config), "--resume", str(last)])
+    assert code == 0 and "using the previous checkpoint" in out, err
+    assert previous.read_bytes() == good
+    assert load_checkpoint(last)["epoch"] == 2

@@ -746,10 +746,15 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
 
     start_epoch, global_step, best_val = 1, 0, math.inf
     carried_best = None  # a resumed run's best.pt, to be written into checkpoint_dir (_best_of_the_resumed_run)
+    # Whether the next last.pt keeps the one there as last.prev.pt. Not after a resume that fell back to
+    # last.prev.pt because last.pt was damaged: the rotation made the damaged file last.prev.pt, the good
+    # one gone, so for an epoch the run had no previous checkpoint to fall back to (data-loss probe, round four).
+    keep_previous = True
     history = {"train": [], "val": []}
     if t.resume_from:
         # CPU: RNG states must stay CPU tensors. A corrupt last.pt falls back to last.prev.pt.
         checkpoint, resume_path = load_resume_checkpoint(t.resume_from, log)
+        keep_previous = Path(resume_path) == Path(t.resume_from)
         if checkpoint["config"]["model"] != dataclasses.asdict(config.model):
             raise ValueError(f"{resume_path}: {_model_section_difference(checkpoint['config']['model'], config.model)}")
         refuse_settings_a_resume_cannot_change(checkpoint, resume_path, config)
@@ -862,7 +867,8 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
             save_checkpoint(carried_best, checkpoint_dir / "best.pt")
         carried_best = None
         if distribution.is_main:
-            save_checkpoint(checkpoint_state(epoch), checkpoint_dir / "last.pt", keep_previous=True)
+            save_checkpoint(checkpoint_state(epoch), checkpoint_dir / "last.pt", keep_previous=keep_previous)
+            keep_previous = True
         if t.stop_after_epoch is not None and epoch >= t.stop_after_epoch and epoch < t.epochs:
             status = "interrupted"
             log(f"stopping after epoch {epoch} as asked (training.stop_after_epoch); resume from {checkpoint_dir / 'last.pt'}")
