@@ -81,36 +81,73 @@ def _linked_file_candidates(target: str, directory: str, prefix_variable: str) -
 
 
 def _external_link_problem(handle, path) -> str:
-    """Why a top-level external link of the open file cannot be followed safely, or '': its target file
-    (looked for as HDF5 does: HDF5_EXT_PREFIX, the file's directory, the working directory) is a FIFO,
-    a device or a directory. HDF5 opens it when the link is followed, and a FIFO without a writer
-    blocked `dodo score` and `dodo apply` for ever, SIGTERM included (section 34 left it open; round 37)."""
-    import stat
-
-    import h5py
-
+    """Why a top-level name of the open file cannot be followed safely, or '': the link it is, or a soft
+    link it leads through (to any depth, and through the groups on the way), is an external link whose
+    target file (looked for as HDF5 does: HDF5_EXT_PREFIX, the file's directory, the working directory)
+    is a FIFO, a device or a directory. HDF5 opens it when the link is followed, and a FIFO without a
+    writer blocked `dodo score` and `dodo apply` for ever, SIGTERM included (section 34 left it open;
+    round 37 refused a top-level external link; round 44 the same link reached through a soft link,
+    `F4_initial(1|ccm) -> /g/x`, which still blocked in the FIFO's open for ever)."""
     directory = os.path.dirname(os.path.abspath(os.fsdecode(path)))
     try:
         names = list(handle.keys())
     except (OSError, RuntimeError, ValueError):
         return ""
     for name in names:
+        problem = _unsafe_link_on_path(handle, "/" + name, directory, name)
+        if problem:
+            return problem
+    return ""
+
+
+def _unsafe_link_on_path(handle, target: str, directory: str, name: str, seen: tuple = (), in_file: str = "") -> str:
+    """Why following the path ``target`` of the open file (reached from its top-level ``name``) would
+    open a file that is not regular through an external link, or ''. The path is walked one link at a
+    time without following any (``getlink``): soft links are resolved here, a loop or a missing name is
+    left to the readers' own messages. An external link into a regular HDF5 file is followed into it
+    (``in_file``: that file's name, for the message)."""
+    import stat
+
+    import h5py
+
+    parts = [part for part in target.split("/") if part]
+    walked = ""
+    for index, part in enumerate(parts):
+        walked = f"{walked}/{part}"
         try:
-            link = handle.get(name, getlink=True)
-        except (KeyError, OSError, RuntimeError, ValueError):
-            continue
-        if not isinstance(link, h5py.ExternalLink):
-            continue
-        target = os.fsdecode(link.filename)
-        for candidate in _linked_file_candidates(target, directory, "HDF5_EXT_PREFIX"):
-            try:
-                mode = os.stat(candidate).st_mode
-            except OSError:
-                continue
-            if not stat.S_ISREG(mode):
-                return (f"'{name}' is an external link into {target!r}, which is not a regular file (a FIFO, a "
-                        "device or a directory): HDF5 would wait on it or fail; link a regular HDF5 file")
-            break
+            link = handle.get(walked, getlink=True)
+        except (KeyError, OSError, RuntimeError, TypeError, ValueError):
+            return ""
+        rest = "/".join(parts[index + 1:])
+        if isinstance(link, h5py.SoftLink):
+            if walked in seen or len(seen) >= 32:  # a loop of soft links: HDF5 says so itself
+                return ""
+            parent = walked.rsplit("/", 1)[0]
+            followed = link.path if link.path.startswith("/") else f"{parent}/{link.path}"
+            return _unsafe_link_on_path(handle, followed + (f"/{rest}" if rest else ""), directory, name,
+                                        seen + (walked,), in_file)
+        if isinstance(link, h5py.ExternalLink):
+            linked = os.fsdecode(link.filename)
+            for candidate in _linked_file_candidates(linked, directory, "HDF5_EXT_PREFIX"):
+                try:
+                    mode = os.stat(candidate).st_mode
+                except OSError:
+                    continue
+                if not stat.S_ISREG(mode):
+                    what = f"'{name}' is an external link" if walked == f"/{name}" and not seen else \
+                        f"'{name}' leads to {walked!r}{f' of {in_file!r}' if in_file else ''}, an external link"
+                    return (f"{what} into {linked!r}, which is not a regular file (a FIFO, a device or a directory): "
+                            "HDF5 would wait on it or fail; link a regular HDF5 file")
+                if len(seen) >= 32:
+                    return ""
+                try:  # the object there may be such a link of that file's own
+                    with h5py.File(candidate, "r") as other:
+                        inner = link.path + (f"/{rest}" if rest else "")
+                        return _unsafe_link_on_path(other, inner, os.path.dirname(os.path.abspath(candidate)), name,
+                                                    seen + (f"{candidate}:{walked}",), linked)
+                except (OSError, RuntimeError, ValueError):
+                    return ""  # unreadable: HDF5's own read reports it
+            return ""
     return ""
 
 
