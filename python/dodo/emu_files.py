@@ -304,6 +304,12 @@ def nf_problem(handle, shape: tuple) -> str:
         if not whole or int(value.reshape(-1)[0]) != shape[3]:
             first = value.reshape(-1)[:1]
             shown = first[0].item() if value.size == 1 else value.tolist() if value.size < 6 else f"{value.size} values"
+            if value.dtype.kind not in "fiu":
+                # Text "3" beside three flavours read `'nf' is '3' but ... 3 flavours on its last axis; the file
+                # contradicts itself`, which it did not (outside probe, round forty-four).
+                what = "text" if value.dtype.kind in "SUO" else f"a {value.dtype} value"
+                return (f"{where} 'nf' holds {shown!r}, {what}, not a number; it must be the number of flavours: "
+                        f"'{INITIAL}' has shape {shape}, {shape[3]} flavours on its last axis; write nf as an integer")
             return (f"{where} 'nf' is {shown!r} but '{INITIAL}' has shape {shape}, {shape[3]} flavours on its last "
                     f"axis; the file contradicts itself (damaged or edited?)")
     return ""

@@ -355,3 +355,23 @@ def test_soft_and_external_links_to_regular_files_are_still_read(tmp_path):
         handle["F4_final(1|ccm)"] = emu
     with pytest.raises(DataFileError, match="cannot be opened"):
         list(iter_emu_chunks(tmp_path / "loop.h5"))
+
+
+# --- nf written as text ---------------------------------------------------------------------------
+
+@needs_runtime
+@pytest.mark.parametrize("where, value", [("attribute", "3"), ("dataset", np.bytes_(b"3")), ("attribute", True)])
+def test_nf_written_as_text_is_called_text_not_a_contradiction(tmp_path, capsys, where, value):
+    """An Emu file with `nf = "3"` (text) beside three flavours: `attribute 'nf' is '3' but
+    'F4_initial(1|ccm)' has shape (4, 4, 2, 3), 3 flavours on its last axis; the file contradicts itself
+    (damaged or edited?)`, which it did not."""
+    h5py = pytest.importorskip("h5py")
+    path = _emu(tmp_path / "d.h5")
+    with h5py.File(path, "a") as handle:
+        if where == "attribute":
+            handle.attrs["nf"] = value
+        else:
+            handle["nf"] = value
+    line = refused(capsys, ["score", "box3d", str(path), "--bootstrap", "100"], f"{where} 'nf' holds",
+                   "not a number; it must be the number of flavours", "3 flavours")
+    assert "contradicts" not in line, line
