@@ -141,32 +141,6 @@ _NOT_A_PACKAGE = (
 )
 
 
-#: Leading bytes of a compressed file or archive (a package downloaded or copied as model.onnx.gz,
-#: .xz, .zst, .bz2 or in a tar): "not an ONNX model (truncated or damaged file?)" sent a user to fetch
-#: a whole file again (outside probe, round forty-four). Whole magic numbers, none an ONNX model's start.
-_COMPRESSED = ((b"\x1f\x8b", "gzip", "gunzip"), (b"\xfd7zXZ\x00", "xz", "unxz"),
-               (b"\x28\xb5\x2f\xfd", "zstd", "unzstd"))
-#: bzip2: "BZh", a block size digit, then the block magic (0x42 alone may start an ONNX model).
-_BZIP2 = re.compile(rb"BZh[1-9]1AY&SY")
-#: A POSIX tar archive's "ustar" at byte 257.
-_TAR_MAGIC_OFFSET = 257
-
-
-def _compressed_kind(handle) -> Optional[tuple[str, str]]:
-    """(format, command that unpacks it) when the open file ``handle`` is a compressed file or a tar
-    archive, else None."""
-    handle.seek(0)
-    head = handle.read(_TAR_MAGIC_OFFSET + 5)
-    for magic, kind, command in _COMPRESSED:
-        if head.startswith(magic):
-            return kind, command
-    if _BZIP2.match(head[:10]):
-        return "bzip2", "bunzip2"
-    if head[_TAR_MAGIC_OFFSET:_TAR_MAGIC_OFFSET + 5] == b"ustar":
-        return "tar", "tar -xf"
-    return None
-
-
 def _refuse_known_non_packages(path: str) -> None:
     """One clear line for a checkpoint or data file given as the model, where the runtime would say
     "not an ONNX model (truncated or damaged file?)". Only regular files are read (a FIFO would
@@ -177,12 +151,12 @@ def _refuse_known_non_packages(path: str) -> None:
         with open(path, "rb") as handle:
             head = handle.read(8)
             if not head.startswith((b"PK\x03\x04", b"\x08")):  # 0x08: an ONNX model's first byte, never second-guessed
-                from ._output_guard import HDF5_SIGNATURE, _hdf5_after_user_block
+                from ._output_guard import HDF5_SIGNATURE, _hdf5_after_user_block, compressed_kind
 
                 if _hdf5_after_user_block(handle):  # HDF5 with a user block: its signature at byte 512, 1024, ...
                     head = HDF5_SIGNATURE
                 else:
-                    packed = _compressed_kind(handle)
+                    packed = compressed_kind(handle)
                     if packed is not None:
                         kind, command = packed
                         what = "a tar archive" if kind == "tar" else f"compressed with {kind}"

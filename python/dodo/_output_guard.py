@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
+from typing import Optional
 
 #: The kind each command writes (the attribute that marks it, see `file_kind`).
 SYNTHETIC = "a synthetic database (dodo synth)"
@@ -45,6 +47,32 @@ OPEN_FOR_WRITING = "an HDF5 file another process has open for writing (HDF5 file
 #: `dodo apply -o`'s mark (attrs["kind"]); files written before it carry only its layout string.
 APPLIED_CELLS_MARK = "dodo-apply-cells-v1"
 _APPLIED_CELLS_LAYOUT_PREFIX = "[nx, ny, nz, species"
+
+
+#: Leading bytes of a compressed file or archive (a package downloaded or copied as model.onnx.gz,
+#: .xz, .zst, .bz2 or in a tar): "not an ONNX model (truncated or damaged file?)" sent a user to fetch
+#: a whole file again (outside probe, round forty-four). Whole magic numbers, none an ONNX model's start.
+_COMPRESSED = ((b"\x1f\x8b", "gzip", "gunzip"), (b"\xfd7zXZ\x00", "xz", "unxz"),
+               (b"\x28\xb5\x2f\xfd", "zstd", "unzstd"))
+#: bzip2: "BZh", a block size digit, then the block magic (0x42 alone may start an ONNX model).
+_BZIP2 = re.compile(rb"BZh[1-9]1AY&SY")
+#: A POSIX tar archive's "ustar" at byte 257.
+_TAR_MAGIC_OFFSET = 257
+
+
+def compressed_kind(handle) -> Optional[tuple[str, str]]:
+    """(format, command that unpacks it) when the open binary file ``handle`` is a compressed file or
+    a tar archive, else None (model packages: dodo._closure; data files: dodo.emu_files)."""
+    handle.seek(0)
+    head = handle.read(_TAR_MAGIC_OFFSET + 5)
+    for magic, kind, command in _COMPRESSED:
+        if head.startswith(magic):
+            return kind, command
+    if _BZIP2.match(head[:10]):
+        return "bzip2", "bunzip2"
+    if head[_TAR_MAGIC_OFFSET:_TAR_MAGIC_OFFSET + 5] == b"ustar":
+        return "tar", "tar -xf"
+    return None
 
 
 def file_kind(path: str | Path) -> str:

@@ -164,7 +164,22 @@ def _what_else(path) -> str:
     if kind == MODEL_PACKAGE:
         return (f": it is {kind}, not data (`dodo score MODEL DATA ...` takes the model first; `dodo apply DATA "
                 "--model MODEL`)")
-    return f": it is {kind}, not data" if kind in (CHECKPOINT, ZIP_ARCHIVE) else ""
+    if kind in (CHECKPOINT, ZIP_ARCHIVE):
+        return f": it is {kind}, not data"
+    # A database copied or downloaded compressed (data.h5.gz): "file signature not found" alone (round 44).
+    from ._output_guard import compressed_kind
+
+    try:
+        with open(path, "rb") as handle:
+            packed = compressed_kind(handle)
+    except OSError:
+        return ""
+    if packed is None:
+        return ""
+    import shlex
+
+    what = "a tar archive" if packed[0] == "tar" else f"compressed with {packed[0]}"
+    return f": it is {what}; unpack it first ({packed[1]} {shlex.quote(os.fsdecode(path))}) and give the HDF5 file"
 
 
 def open_emu_file(path: str | Path):

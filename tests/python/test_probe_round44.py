@@ -416,3 +416,18 @@ def test_packages_starting_like_nothing_compressed_still_load(tmp_path):
     copy = tmp_path / "named.onnx.gz"
     copy.write_bytes(default_model_path().read_bytes())
     assert dodo.Closure(str(copy)).has_model
+
+
+@needs_runtime
+@pytest.mark.parametrize("command", ["score", "apply"])
+def test_a_compressed_data_file_says_so(tmp_path, capsys, command):
+    """`dodo score M data.h5.gz`: `not a readable HDF5 file (Unable to synchronously open file (file
+    signature not found))`, nothing more. Now the same, then what it is and the command that unpacks it."""
+    import gzip
+
+    plain = _emu(tmp_path / "d.h5")
+    packed = tmp_path / "d.h5.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    argv = {"score": ["score", "box3d", str(packed), "--bootstrap", "100"],
+            "apply": ["apply", str(packed), "--model", "box3d", "--grid", "1x1x1"]}[command]
+    refused(capsys, argv, "not a readable HDF5 file", f"it is compressed with gzip; unpack it first (gunzip {packed})")
