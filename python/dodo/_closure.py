@@ -304,6 +304,11 @@ class Closure:
             if not os.path.exists(model_path):
                 hint = " (the model shipped with dodo is model=None, which `dodo score` calls 'default')" \
                     if model_path == "default" else ""
+                if model_path.startswith("~") and os.path.exists(os.path.expanduser(model_path)):
+                    # A shell expands ~, Python does not: "does not exist" of a file that does (round 44).
+                    expanded = os.path.expanduser(model_path)
+                    hint = (f" (a leading ~ is the shell's: Python does not expand it; {expanded!r} exists: give "
+                            "os.path.expanduser(path))")
                 raise FileNotFoundError(f"model package {model_path!r} does not exist{hint}")
             _refuse_known_non_packages(model_path)
         library = onnxruntime_library

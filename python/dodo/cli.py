@@ -62,10 +62,11 @@ def _info(args: argparse.Namespace) -> int:
         # `dodo info`, the installation's check, showed without a word; a newline in it split the line
         # (outside probe, round forty-four). A bare name (no slash) is the loader's search: not judged.
         missing = "/" in library and not os.path.isfile(library)
+        what = "not a regular file" if os.path.exists(library) else "no such file"
         paths["onnxruntime_library"] = (
-            f"{_escaped(library)} (DODO_ONNXRUNTIME_LIBRARY" + ("; NOT FOUND: no such file, so a closure with a model "
-                                                                "fails to load it; fix or unset the variable"
-                                                                if missing else "")
+            f"{_escaped(library)} (DODO_ONNXRUNTIME_LIBRARY"
+            + (f"; NOT FOUND: {what}, so a closure with a model fails to load it; fix or unset the variable"
+               if missing else "")
             + f"; the onnxruntime package's: {paths['onnxruntime_library'] or 'none'})")
     elif not paths["onnxruntime_library"]:  # was a blank after the colon (outside probe, round 30)
         paths["onnxruntime_library"] = ("none found: no onnxruntime package in this Python; a closure then looks "

@@ -217,6 +217,9 @@ def test_dodo_info_says_when_the_library_the_environment_names_is_missing(tmp_pa
     line = next(line for line in out.splitlines() if line.startswith("onnxruntime_library:"))
     assert f"{tmp_path}/a\\x0ab.so (DODO_ONNXRUNTIME_LIBRARY; NOT FOUND" in line, out
     assert not any(line.startswith("b.so") for line in out.splitlines()), out
+    monkeypatch.setenv("DODO_ONNXRUNTIME_LIBRARY", str(tmp_path))  # a directory: not "no such file"
+    code, out, _ = run(capsys, ["info"])
+    assert "NOT FOUND: not a regular file" in out, out
     missing.write_bytes(b"")  # there (guard): not called missing; whether it loads is the closure's to say
     monkeypatch.setenv("DODO_ONNXRUNTIME_LIBRARY", str(missing))
     code, out, _ = run(capsys, ["info"])
@@ -431,3 +434,20 @@ def test_a_compressed_data_file_says_so(tmp_path, capsys, command):
     argv = {"score": ["score", "box3d", str(packed), "--bootstrap", "100"],
             "apply": ["apply", str(packed), "--model", "box3d", "--grid", "1x1x1"]}[command]
     refused(capsys, argv, "not a readable HDF5 file", f"it is compressed with gzip; unpack it first (gunzip {packed})")
+
+
+@needs_runtime
+def test_a_model_path_with_a_leading_tilde_says_python_does_not_expand_it(tmp_path, monkeypatch):
+    """`dodo.Closure("~/models/m.onnx")`: `model package '~/models/m.onnx' does not exist`, of a file
+    that does (the shell expands ~, Python does not)."""
+    from dodo.models import default_model_path
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "m.onnx").write_bytes(default_model_path().read_bytes())
+    with pytest.raises(FileNotFoundError, match=r"does not exist \(a leading ~ is the shell's: Python does not "
+                                                r"expand it; '.*/models/m\.onnx' exists"):
+        dodo.Closure("~/models/m.onnx")
+    with pytest.raises(FileNotFoundError) as raised:  # guard: no hint where the expanded path is not there either
+        dodo.Closure("~/models/other.onnx")
+    assert "~ is the shell's" not in str(raised.value)
