@@ -5,6 +5,8 @@ error. PyYAML keeps the last of them without a word, so a config with a second `
 are no duplicates: a key given beside a merge overrides the merged one, as YAML says."""
 from __future__ import annotations
 
+import re
+
 import yaml
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -124,6 +126,23 @@ def _construct_mapping(loader: UniqueKeyLoader, node: yaml.MappingNode):
 
 
 UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _without_sexagesimal_numbers() -> dict:
+    """UniqueKeyLoader's implicit resolvers with YAML 1.1's base-60 numbers taken out of the int and
+    float ones: PyYAML read `epochs: 1:30` as 90 and `lr: 1:30.0` as 90.0 without a word (a time of
+    day, a ratio or a range written by hand became a number), where YAML 1.2 and most readers
+    keep them text. Such a scalar now stays a string, which each typed setting refuses naming the
+    key (data-loss probe, round four). Other YAML 1.1 forms (`0x1f`, `1_000`) are unambiguous and stay."""
+    numeric = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
+    table = {}
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items():
+        table[first] = [(tag, re.compile(r"^(?![^:]*:)" + regexp.pattern[1:], regexp.flags) if tag in numeric else regexp)
+                        for tag, regexp in resolvers]
+    return table
+
+
+UniqueKeyLoader.yaml_implicit_resolvers = _without_sexagesimal_numbers()
 
 
 def safe_load(text):
