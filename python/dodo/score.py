@@ -270,6 +270,14 @@ def score(closure, states: EmuStates, resamples: int = 10000, seed: int = 0,
     return report
 
 
+def _ratio_text(ratio: float) -> str:
+    """A growth-rate ratio for the table: three decimals where they show it, else three significant
+    digits. Measured rates in other units than s^-1 (per microsecond: ratios of 1e-6) printed as
+    `median 0.000, range [0.000, 0.000]`, hiding the factor that would have told the user so (outside
+    probe, round forty-four)."""
+    return f"{ratio:.3f}" if ratio == 0 or 1e-2 <= abs(ratio) < 1e6 else f"{ratio:.3g}"
+
+
 def format_report(report: dict, model_label: str, data_label: str) -> str:
     """The human-readable table of `dodo score`."""
     m, b, d = report["model"], report["box3d"], report["difference"]
@@ -307,8 +315,9 @@ def format_report(report: dict, model_label: str, data_label: str) -> str:
                 if row["median_ratio"] is None:
                     lines.append(f"  {name:<12} no finite ratio")
                     continue
-                lines.append(f"  {name:<12} median {row['median_ratio']:.3f}, range [{row['min_ratio']:.3f}, "
-                             f"{row['max_ratio']:.3f}], within 10%: {100 * row['within_10_percent']:.0f}%")
+                lines.append(f"  {name:<12} median {_ratio_text(row['median_ratio'])}, range "
+                             f"[{_ratio_text(row['min_ratio'])}, {_ratio_text(row['max_ratio'])}], within 10%: "
+                             f"{100 * row['within_10_percent']:.0f}%")
     lines += [f"note: {note}" for note in report.get("notes", ())]
     return "\n".join(lines)
 

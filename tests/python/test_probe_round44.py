@@ -451,3 +451,22 @@ def test_a_model_path_with_a_leading_tilde_says_python_does_not_expand_it(tmp_pa
     with pytest.raises(FileNotFoundError) as raised:  # guard: no hint where the expanded path is not there either
         dodo.Closure("~/models/other.onnx")
     assert "~ is the shell's" not in str(raised.value)
+
+
+@needs_runtime
+def test_growth_ratios_far_from_one_keep_their_digits(tmp_path, capsys):
+    """Measured growth rates in other units than s^-1 (here per microsecond: 1e6 times larger) printed
+    `median 0.000, range [0.000, 0.000]`: the factor that tells the user of the units was hidden."""
+    pytest.importorskip("h5py")
+    from cli_helpers import emu_file
+    from dodo.conventions import to_emu_layout
+
+    F = _crossing_cells(3) * np.array([1.0, 2.0, 3.0])[:, None, None] * 1e32  # three states, cm^-3
+    proxy = dodo.box3d(F).growth_rate
+    assert np.all(proxy > 0)
+    path = emu_file(tmp_path / "d.h5", to_emu_layout(F), **{"growthRate(1|s)": proxy * 1e6})
+    code, out, err = run(capsys, ["score", "box3d", str(path), "--bootstrap", "100"])
+    assert code == 0, err
+    line = next(line for line in out.splitlines() if line.strip().startswith("box3d_proxy"))
+    assert "median 1e-06, range [1e-06, 1e-06]" in line, line
+    assert "0.000" not in line, line
