@@ -176,6 +176,27 @@ def _refuse_known_non_packages(path: str) -> None:
             raise RuntimeError(f"DODO_ERROR_MODEL_FORMAT: model file {path!r} " + problem.format(path=path))
 
 
+#: How Python unpacks each format compressed_kind names, for an in-memory package.
+_UNPACK_IN_PYTHON = {"gzip": "gzip.decompress(data)", "xz": "lzma.decompress(data)", "bzip2": "bz2.decompress(data)",
+                     "zstd": "a zstd library's decompress", "tar": "tarfile: the .onnx member's bytes"}
+
+
+def _refuse_compressed_bytes(data: bytes) -> None:
+    """The in-memory form of _refuse_known_non_packages' compressed case: the bytes of a model.onnx.gz
+    (read whole, or broadcast over MPI) were "not an ONNX model (truncated or damaged file?)"."""
+    import io
+
+    from ._output_guard import compressed_kind
+
+    if data[:1] in (b"\x08", b""):  # an ONNX model's first byte, never second-guessed
+        return
+    packed = compressed_kind(io.BytesIO(data[:512]))
+    if packed is not None:
+        what = "a tar archive" if packed[0] == "tar" else f"compressed with {packed[0]}"
+        raise RuntimeError(f"DODO_ERROR_MODEL_FORMAT: model in memory ({len(data)} bytes) is {what}, not an ONNX model "
+                           f"package: unpack it first ({_UNPACK_IN_PYTHON[packed[0]]}) and give the package's bytes")
+
+
 #: DODO_MAX_MODEL_FILE_BYTES of dodo.h: the runtime refuses a larger package, on disk or in memory.
 _MAX_MODEL_FILE_BYTES = 256 << 20
 
@@ -293,6 +314,8 @@ class Closure:
             raise ValueError(f'DODO_ERROR_INVALID_ARGUMENT: unknown network evaluator "{_escaped(evaluator)}" (known: '
                              '"auto", "onnxruntime")')
         model_bytes = _package_bytes(model) if isinstance(model, IN_MEMORY_PACKAGE) else None
+        if model_bytes is not None:
+            _refuse_compressed_bytes(model_bytes)
         model_path = model_file(model)
         if model_path is not None and model is not None:
             if not model_path:  # an unset parameter must not silently drop the learned correction

@@ -470,3 +470,24 @@ def test_growth_ratios_far_from_one_keep_their_digits(tmp_path, capsys):
     line = next(line for line in out.splitlines() if line.strip().startswith("box3d_proxy"))
     assert "median 1e-06, range [1e-06, 1e-06]" in line, line
     assert "0.000" not in line, line
+
+
+@needs_runtime
+@pytest.mark.parametrize("kind", ["gzip", "xz", "bzip2"])
+def test_a_compressed_package_in_memory_is_called_compressed(kind):
+    """The bytes of a model.onnx.gz (read whole, or broadcast over MPI) given to dodo.Closure: `model in
+    memory (N bytes): not an ONNX model (truncated or damaged file?)`."""
+    import bz2
+    import gzip
+    import lzma
+
+    from dodo.models import default_model_path
+
+    package = default_model_path().read_bytes()
+    packed = {"gzip": gzip.compress, "xz": lzma.compress, "bzip2": bz2.compress}[kind](package)
+    module = {"gzip": "gzip", "xz": "lzma", "bzip2": "bz2"}[kind]
+    for data in (packed, bytearray(packed), np.frombuffer(packed, dtype=np.uint8)):
+        with pytest.raises(RuntimeError, match=rf"model in memory \({len(packed)} bytes\) is compressed with {kind}, not "
+                                               rf"an ONNX model package: unpack it first \({module}\.decompress"):
+            dodo.Closure(data)
+    assert dodo.Closure(package).has_model  # guard: the package itself
