@@ -569,7 +569,12 @@ void OnnxModel::check_declared_outputs() {
     check_ort(api_, api_->SessionGetOutputName(session_, index, allocator, &raw), "reading a graph name");
     const std::string name = raw;
     allocator->Free(allocator, raw);
-    graph.insert(name);
+    // One output listed twice (ONNX Runtime accepts it): the set held it once, and the package
+    // loaded with a graph of four outputs against a contract of exactly the declared three (outside
+    // probe, C round 33).
+    if (!graph.insert(name).second)
+      throw Error(DODO_ERROR_MODEL_FORMAT, "the graph lists output " + quoted_value(name) +
+                                               " twice (ONNX wants each output once; edited after export?)");
     // Names from the graph, quoted by their first bytes: a re-signed graph's output names may be
     // megabytes long, and were quoted whole (probe round nineteen).
     if (graph_list.size() < 1000) graph_list += (index ? ", " : "") + quoted_value(name);

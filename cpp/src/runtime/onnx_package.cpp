@@ -37,11 +37,15 @@ class WireReader {
   std::size_t offset() const { return base_ + position_; }
   std::uint64_t number() const { return number_; }  // the last varint field's value
 
+  // A varint of at most 64 bits. The tenth byte holds bit 63 alone: a larger one (bits beyond 64,
+  // which protobuf drops) is refused, so that no value reads differently here and in ONNX Runtime.
   std::uint64_t varint() {
+    const std::size_t start = offset();
     std::uint64_t value = 0;
     for (int shift = 0; shift < 64; shift += 7) {
       if (done()) malformed("a number runs past the end", offset());
       const auto byte = static_cast<unsigned char>(bytes_[position_++]);
+      if (shift == 63 && byte > 1 && !(byte & 0x80u)) malformed("a number of more than 64 bits", start);
       value |= std::uint64_t{byte & 0x7fu} << shift;
       if (!(byte & 0x80u)) return value;
     }
@@ -54,6 +58,15 @@ class WireReader {
     if (done()) return false;
     const std::size_t start = offset();
     const std::uint64_t tag = varint();
+    // Protobuf reads a tag as 32 bits and drops the rest: a tag written with bit 32 set (0xa2 0x80
+    // 0x80 0x80 0x10) was field 4 of a NodeProto, its op_type, to ONNX Runtime and field 2^29 + 4 here,
+    // an unknown field skipped, so that a re-signed package hid a Loop of 10^7 iterations from the
+    // check below (16.8 s in dodo.Closure; 2^62, for ever) and could hide a tensor's external data
+    // the same way (outside probe, C round 33). Field numbers end at 2^29 - 1.
+    if (tag > 0xffffffffu)
+      malformed("a field tag of more than 32 bits (field number " + std::to_string(tag >> 3) +
+                    "; protobuf's largest is 536870911)",
+                start);
     field = tag >> 3;
     wire_type = static_cast<unsigned>(tag & 7u);
     if (field == 0) malformed("field number 0", start);
@@ -189,6 +202,37 @@ bool packed_integers(Message kind, std::uint64_t field) {
   return (kind == Message::kSparseTensor && field == 3) || (kind == Message::kAttribute && field == 8);
 }
 
+// The operators a package's nodes may use: those that `dodo export` writes for Dodo's networks (the
+// MLP and residual heads with each activation, batch normalisation, the density-residual ensembles
+// member by member or fused, the float64 gate: measured with torch's TorchScript exporter at opset
+// 17), and elementwise, reduction and indexing operators that another torch version may write for
+// the same modules. Each of these computes a tensor no larger than its inputs (with broadcasting)
+// at a cost bounded by their sizes. Left out: control flow (Loop, Scan: as many iterations as a
+// tensor says; If), operators that make a large tensor from a few bytes (ConstantOfShape, Expand,
+// Tile, Range, Resize, Upsample, Pad, OneHot: an Expand of 0 to [100000, 100000] asked for 40 GB at
+// the load's probe evaluation, and succeeds where the memory exists), convolutions and Einsum
+// (work that grows as a product of sizes), random and data-dependent-shape operators, sequences,
+// and every operator outside the default ONNX domain (contrib and custom operators, model-local
+// functions) (outside probe, C round 33).
+constexpr std::string_view kAllowedOperators[] = {
+    "Abs", "Acos", "Acosh", "Add", "And", "ArgMax", "ArgMin", "Asin", "Asinh", "Atan", "Atanh",
+    "BatchNormalization", "Cast", "CastLike", "Ceil", "Celu", "Clip", "Concat", "Constant", "Cos", "Cosh",
+    "Div", "Dropout", "Elu", "Equal", "Erf", "Exp", "Flatten", "Floor", "Gather", "GatherElements", "Gelu",
+    "Gemm", "Greater", "GreaterOrEqual", "HardSigmoid", "HardSwish", "Identity", "InstanceNormalization",
+    "IsInf", "IsNaN", "LayerNormalization", "LeakyRelu", "Less", "LessOrEqual", "Log", "LogSoftmax",
+    "MatMul", "Max", "Mean", "Min", "Mish", "Mod", "Mul", "Neg", "Not", "Or", "PRelu", "Pow",
+    "Reciprocal", "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean",
+    "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare", "Relu", "Reshape", "Round", "Selu", "Shape",
+    "Sigmoid", "Sign", "Sin", "Sinh", "Size", "Slice", "Softmax", "Softplus", "Softsign", "Split", "Sqrt",
+    "Squeeze", "Sub", "Sum", "Tan", "Tanh", "ThresholdedRelu", "Transpose", "Unsqueeze", "Where", "Xor",
+};
+
+bool allowed_operator(std::string_view op_type) {
+  for (const std::string_view allowed : kAllowedOperators)
+    if (op_type == allowed) return true;
+  return false;
+}
+
 void count_element(std::size_t at, std::size_t& elements, std::size_t more = 1) {
   elements += more;
   if (elements > kMaxModelElements)
@@ -213,15 +257,27 @@ void check_tensors_and_count_elements(std::string_view bytes, std::string_view m
   std::uint64_t field = 0;
   unsigned wire_type = 0;
   std::string_view payload;
+  // SparseTensorProto dims (3): the dense tensor's shape, which ONNX Runtime makes at load.
+  constexpr std::uint64_t kSparseDims = 3;
+  double sparse_elements = 1;
   while (reader.next(field, wire_type, payload)) {
     count_element(reader.offset(), elements);
+    // data_location is an enum, an int32 to protobuf, which keeps the varint's low 32 bits: a value
+    // of 2^32 + 1 is EXTERNAL to ONNX Runtime.
     if (kind == Message::kTensor &&
-        ((field == kTensorDataLocation && wire_type == kVarint && reader.number() == kExternal) ||
+        ((field == kTensorDataLocation && wire_type == kVarint &&
+          static_cast<std::uint32_t>(reader.number()) == kExternal) ||
          (field == kTensorExternalData && wire_type == kLengthDelimited)))
       throw Error(DODO_ERROR_MODEL_FORMAT,
                   "model file refers to tensor data stored outside it (ONNX external data, at byte " +
                       std::to_string(offset_in(bytes, payload)) +
                       "): a Dodo model package holds all its weights; re-export it with `dodo export`");
+    if (kind == Message::kSparseTensor && field == kSparseDims && wire_type == kVarint)
+      sparse_elements *= static_cast<double>(reader.number());
+    if (kind == Message::kSparseTensor && field == kSparseDims && wire_type == kLengthDelimited) {
+      WireReader dims(payload, offset_in(bytes, payload));
+      while (!dims.done()) sparse_elements *= static_cast<double>(dims.varint());
+    }
     if (wire_type != kLengthDelimited) continue;
     // A Loop runs as many times as a tensor says: a re-signed package whose head_output passed
     // through a Loop of 10^8 empty iterations kept dodo_closure_create busy past a minute (one of
@@ -234,6 +290,21 @@ void check_tensors_and_count_elements(std::string_view bytes, std::string_view m
                   "the graph has a Loop node (at byte " + std::to_string(offset_in(bytes, payload)) +
                       "): a Dodo model package holds a feed-forward network, and a loop may run for as many "
                       "iterations as a tensor says; re-export it with `dodo export`");
+    if (kind == Message::kNode && field == kNodeOpType && !allowed_operator(payload))
+      throw Error(DODO_ERROR_MODEL_FORMAT,
+                  "the graph has a node of operator " + quoted_value(std::string(payload).substr(0, 200)) +
+                      " (at byte " + std::to_string(offset_in(bytes, payload)) +
+                      "), which `dodo export` does not write: a Dodo model package holds a feed-forward network "
+                      "of elementwise, matrix and reduction operators (docs/model_package.md, \"Graph\"); "
+                      "control flow, operators that make tensors larger than their inputs and other domains' "
+                      "operators are refused");
+    constexpr std::uint64_t kNodeDomain = 7;
+    if (kind == Message::kNode && field == kNodeDomain && !payload.empty() && payload != "ai.onnx")
+      throw Error(DODO_ERROR_MODEL_FORMAT,
+                  "the graph has a node of operator domain " + quoted_value(std::string(payload).substr(0, 200)) +
+                      " (at byte " + std::to_string(offset_in(bytes, payload)) +
+                      "): a Dodo model package uses ONNX's own operators only (domain \"\"); custom and "
+                      "contrib operators and model-local functions are refused");
     if (packed_integers(kind, field)) {
       std::size_t count = 0;
       for (const char byte : payload) count += (static_cast<unsigned char>(byte) & 0x80u) == 0;
@@ -243,6 +314,18 @@ void check_tensors_and_count_elements(std::string_view bytes, std::string_view m
       if (child.parent == kind && child.field == field)
         check_tensors_and_count_elements(bytes, payload, child.child, depth + 1, elements);
   }
+  // A sparse tensor stands for a dense one that ONNX Runtime makes at load: a sparse initializer of
+  // shape [10000, 10000] with one value, 60 bytes of a re-signed 52 KB package, took 830 MB resident
+  // and 1.3 s before any check of its numbers (ONNX Runtime's own bound is 2 GiB of dense data;
+  // outside probe, C round 33). `dodo export` writes none; one may stand for no more elements than
+  // the package has bytes, so that it costs no more memory than a dense copy in the file would.
+  if (kind == Message::kSparseTensor && sparse_elements > static_cast<double>(bytes.size()))
+    throw Error(DODO_ERROR_MODEL_FORMAT,
+                "model file holds a sparse tensor (at byte " + std::to_string(offset_in(bytes, message)) +
+                    ") whose dense form has " + number_text(sparse_elements, 6) + " elements, more than the " +
+                    std::to_string(bytes.size()) +
+                    " bytes of the package: ONNX Runtime would make it dense at load; a Dodo model package "
+                    "holds its weights densely");
 }
 
 }  // namespace
