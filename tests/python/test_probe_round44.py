@@ -491,3 +491,35 @@ def test_a_compressed_package_in_memory_is_called_compressed(kind):
                                                rf"an ONNX model package: unpack it first \({module}\.decompress"):
             dodo.Closure(data)
     assert dodo.Closure(package).has_model  # guard: the package itself
+
+
+# --- A file system that takes no file locks ---------------------------------------------------------
+
+@needs_runtime
+@pytest.mark.parametrize("command", ["score", "apply"])
+def test_a_lock_the_file_system_refuses_is_not_called_another_writer(tmp_path, capsys, monkeypatch, command):
+    """HDF5 locks a file it opens for reading; on an NFS mount without a lock service the lock fails with
+    ENOLCK (`unable to lock file, errno = 37, error message = 'No locks available'`), which `dodo score`
+    and `dodo apply` called `another process has it open for writing ...; wait until that writer closes
+    it`: no writer, no end to the wait. (The file system's refusal is stood in for: h5py.File raises what
+    HDF5 raises there.) A lock held by another process (errno 11) is still called that (guard)."""
+    h5py = pytest.importorskip("h5py")
+    data = str(_emu(tmp_path / "d.h5"))
+    argv = {"score": ["score", "box3d", data, "--bootstrap", "100"],
+            "apply": ["apply", data, "--model", "box3d", "--grid", "1x1x1"]}[command]
+    real_file = h5py.File
+
+    def refusing(number, text):
+        def open_file(name, mode="r", *args, **kwargs):
+            if os.fspath(name) == data and mode == "r":
+                raise OSError(number, "Unable to synchronously open file (unable to lock file, errno = "
+                                      f"{number}, error message = '{text}')")
+            return real_file(name, mode, *args, **kwargs)
+        return open_file
+
+    monkeypatch.setattr(h5py, "File", refusing(37, "No locks available"))
+    line = refused(capsys, argv, data, "HDF5 could not lock it for reading (No locks available, errno 37)",
+                   "HDF5_USE_FILE_LOCKING=FALSE")
+    assert "another process" not in line.replace("no other process", ""), line
+    monkeypatch.setattr(h5py, "File", refusing(11, "Resource temporarily unavailable"))
+    refused(capsys, argv, data, "another process has it open for writing")
