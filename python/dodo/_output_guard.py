@@ -75,10 +75,16 @@ def compressed_kind(handle) -> Optional[tuple[str, str]]:
     return None
 
 
-def file_kind(path: str | Path) -> str:
-    """A short description of what the existing file at ``path`` holds, by its attributes."""
+def _attributes_and_names(path, **options) -> tuple[dict, set]:
+    """(attributes, top-level names) of the HDF5 file at ``path``, opened for reading with ``options``."""
     import h5py
 
+    with h5py.File(path, "r", **options) as handle:
+        return dict(handle.attrs), set(handle.keys())
+
+
+def file_kind(path: str | Path) -> str:
+    """A short description of what the existing file at ``path`` holds, by its attributes."""
     signature = _signature(path)
     if signature is None:
         return "a file that cannot be read"
@@ -90,13 +96,19 @@ def file_kind(path: str | Path) -> str:
         return MODEL_PACKAGE if _is_model_package(path) else \
             "a file of another kind (neither HDF5, a checkpoint nor a model package)"
     try:
-        with h5py.File(path, "r") as handle:
-            attrs = dict(handle.attrs)
-            names = set(handle.keys())
+        attrs, names = _attributes_and_names(path)
     except (OSError, ValueError) as error:
-        from .emu_files import held_open_for_writing
+        from .emu_files import held_open_for_writing, lock_refused_problem
 
-        return OPEN_FOR_WRITING if held_open_for_writing(error) else "an HDF5 file that cannot be read"
+        if not lock_refused_problem(error):
+            return OPEN_FOR_WRITING if held_open_for_writing(error) else "an HDF5 file that cannot be read"
+        # A file system that takes no locks (ENOLCK): a rerun's own output was "an HDF5 file another
+        # process has open for writing" and needed --overwrite every time (outside probe, round
+        # forty-four). No process holds the file, so its attributes are read without the lock.
+        try:
+            attrs, names = _attributes_and_names(path, locking=False)
+        except (OSError, ValueError, TypeError):
+            return "an HDF5 file that cannot be read"
     # First: a preprocessed file carries its inputs' attributes (a solver database's included).
     if str(attrs.get("format", "")).startswith("dodo-preprocessed"):
         return PREPROCESSED
