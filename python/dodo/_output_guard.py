@@ -104,7 +104,8 @@ def file_kind(path: str | Path) -> str:
             return OPEN_FOR_WRITING if held_open_for_writing(error) else "an HDF5 file that cannot be read"
         # A file system that takes no locks (ENOLCK): a rerun's own output was "an HDF5 file another
         # process has open for writing" and needed --overwrite every time (outside probe, round
-        # forty-four). No process holds the file, so its attributes are read without the lock.
+        # forty-four). Its attributes are read without the lock; a writer that changed it meanwhile is
+        # caught before the rename (_atomic.refuse_written_meanwhile).
         try:
             attrs, names = _attributes_and_names(path, locking=False)
         except (OSError, ValueError, TypeError):

@@ -75,8 +75,8 @@ def lock_refused_problem(error: BaseException) -> str:
     number = _lock_errno(text)
     reason = os.strerror(number) if number is not None else "refused"
     return (f"HDF5 could not lock it for reading ({reason}, errno {number}): its file system takes no file locks (an "
-            "NFS mount without a lock service?); no other process holds it. Read it without the lock: "
-            "HDF5_USE_FILE_LOCKING=FALSE in the environment")
+            "NFS mount without a lock service?), which says nothing of other processes. Read it without the lock, "
+            "once no program writes it: HDF5_USE_FILE_LOCKING=FALSE in the environment")
 
 
 def open_hdf5(path: str | Path):
