@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <limits>
 #include <new>
 #include <optional>
 #include <tuple>
@@ -222,6 +223,20 @@ inline void copy_cell(const double* from, double* to) {
   for (int v = 0; v < kCellValues; ++v) to[v] = values[v];
 }
 
+// A growth rate in s^-1 from a rate in units of N_tot: growth_over_ntot * (N_tot * kGrowthRatePerNtot),
+// as before for every result in the normal range. Below it (N_tot under ~1e-280 cm^-3, a cell
+// the closure still accepts down to N_tot = 1e-300) the product was rounded to the subnormal grid
+// or to 0: a crossing cell reported growth_rate 0, which the spec and the docs give to stable
+// cells only (physics-law probe, round seven). There the rate is recomputed as
+// (growth_over_ntot * N_tot) * kGrowthRatePerNtot (one rounding less into the subnormal range) and
+// a positive rate never becomes 0: the smallest positive double stands for one below it.
+inline double growth_rate_in_per_second(double growth_over_ntot, double ntot, double rate_per_ntot) {
+  const double rate = growth_over_ntot * rate_per_ntot;
+  if (!(rate < DBL_MIN) || !(growth_over_ntot > 0.0) || !(ntot > 0.0)) return rate;
+  const double recomputed = (growth_over_ntot * ntot) * kGrowthRatePerNtot;
+  return recomputed > 0.0 ? recomputed : std::numeric_limits<double>::denorm_min();
+}
+
 // A stable cell's diagnostics (as the general path below writes them): growth 0, Box3D's proxy
 // (0 for a cell without crossing), no uncertainty.
 inline void write_stable_diagnostics(const CellDiagnostics& out, std::size_t cell, const RestFrameCell& rest) {
@@ -229,7 +244,8 @@ inline void write_stable_diagnostics(const CellDiagnostics& out, std::size_t cel
   if (out.growth_over_ntot) out.growth_over_ntot[cell] = 0.0;
   if (out.growth_rate) out.growth_rate[cell] = 0.0 * rate_per_ntot;
   if (out.growth_over_ntot_proxy) out.growth_over_ntot_proxy[cell] = rest.growth_over_ntot;
-  if (out.growth_rate_proxy) out.growth_rate_proxy[cell] = rest.growth_over_ntot * rate_per_ntot;
+  if (out.growth_rate_proxy)
+    out.growth_rate_proxy[cell] = growth_rate_in_per_second(rest.growth_over_ntot, rest.ntot, rate_per_ntot);
   if (out.uncertainty) out.uncertainty[cell] = 0.0;
 }
 
@@ -759,9 +775,10 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
     const CellDiagnostics& out = batch.diagnostics;
     const double rate_per_ntot = rejected ? 0.0 : rest.ntot * kGrowthRatePerNtot;
     if (out.growth_over_ntot) out.growth_over_ntot[cell] = growth;
-    if (out.growth_rate) out.growth_rate[cell] = growth * rate_per_ntot;
+    const double ntot = rejected ? 0.0 : rest.ntot;
+    if (out.growth_rate) out.growth_rate[cell] = growth_rate_in_per_second(growth, ntot, rate_per_ntot);
     if (out.growth_over_ntot_proxy) out.growth_over_ntot_proxy[cell] = proxy;
-    if (out.growth_rate_proxy) out.growth_rate_proxy[cell] = proxy * rate_per_ntot;
+    if (out.growth_rate_proxy) out.growth_rate_proxy[cell] = growth_rate_in_per_second(proxy, ntot, rate_per_ntot);
     if (out.uncertainty) out.uncertainty[cell] = uncertainty;
     events.rejected += (flags & kCellRejectedMask) != 0;
     events.no_crossing += (flags & kCell_NO_CROSSING) != 0;
