@@ -483,6 +483,11 @@ def virtual_source_problem(item, filename: str, name: str, _seen: frozenset = fr
             found = next((candidate for candidate in _linked_file_candidates(source_file, directory, "HDF5_VDS_PREFIX")
                           if os.path.isfile(candidate)), None)
         if found is None:
+            candidates = _linked_file_candidates(source_file, directory, "HDF5_VDS_PREFIX")
+            special = next((candidate for candidate in candidates if os.path.exists(candidate)), None)
+            if special is not None:  # a FIFO was called missing (outside probe, round forty-four)
+                return (f"'{name}' is a virtual dataset whose source file {source_file!r} is not a regular file (a "
+                        "FIFO, a device or a directory): HDF5 would wait on it or fail; map a regular HDF5 file")
             return (f"'{name}' is a virtual dataset whose source file {source_file!r} is missing: HDF5 would read "
                     "its fill value (zeros) for those rows; put the source files beside it, or give a copy with "
                     "the data (h5repack)")

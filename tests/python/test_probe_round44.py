@@ -548,3 +548,21 @@ def test_a_rerun_on_a_file_system_without_locks_replaces_its_own_output(tmp_path
     monkeypatch.setattr(h5py, "File", no_locks)
     code, _, err = run(capsys, argv)
     assert code == 0, err
+
+
+def test_a_virtual_dataset_mapping_a_fifo_calls_it_a_fifo_not_missing(tmp_path):
+    """A virtual dataset whose source file is a FIFO: `whose source file 'pipe' is missing: HDF5 would read
+    its fill value (zeros)`, of a file that is there (refused all the same; no hang)."""
+    h5py = pytest.importorskip("h5py")
+    from dodo.emu_files import DataFileError, open_emu_file
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs here")
+    os.mkfifo(tmp_path / "pipe")
+    layout = h5py.VirtualLayout(shape=(1, 4, 2, 3), dtype="f8")
+    layout[:] = h5py.VirtualSource("pipe", "data", shape=(1, 4, 2, 3))
+    with h5py.File(tmp_path / "vds.h5", "w") as handle:
+        handle.create_virtual_dataset("F4_initial(1|ccm)", layout)
+        handle["F4_final(1|ccm)"] = np.ones((1, 4, 2, 3))
+    with pytest.raises(DataFileError, match="source file 'pipe' is not a regular file \\(a FIFO"):
+        open_emu_file(tmp_path / "vds.h5")
