@@ -327,6 +327,8 @@ class Closure:
             if not os.path.exists(model_path):
                 hint = " (the model shipped with dodo is model=None, which `dodo score` calls 'default')" \
                     if model_path == "default" else ""
+                if re.match(r"(https?|s3|gs|ftp)://", model_path):  # a URL is no path (round 44)
+                    hint = " (a URL: dodo reads local files; download the package first and give its path)"
                 if model_path.startswith("~") and os.path.exists(os.path.expanduser(model_path)):
                     # A shell expands ~, Python does not: "does not exist" of a file that does (round 44).
                     expanded = os.path.expanduser(model_path)

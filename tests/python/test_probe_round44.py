@@ -566,3 +566,10 @@ def test_a_virtual_dataset_mapping_a_fifo_calls_it_a_fifo_not_missing(tmp_path):
         handle["F4_final(1|ccm)"] = np.ones((1, 4, 2, 3))
     with pytest.raises(DataFileError, match="source file 'pipe' is not a regular file \\(a FIFO"):
         open_emu_file(tmp_path / "vds.h5")
+
+
+@needs_runtime
+def test_a_model_url_says_dodo_reads_local_files():
+    """`dodo.Closure("https://host/model.onnx")`: `model package 'https://host/model.onnx' does not exist`."""
+    with pytest.raises(FileNotFoundError, match="a URL: dodo reads local files; download the package first"):
+        dodo.Closure("https://example.org/models/model.onnx")
