@@ -397,3 +397,38 @@ def test_loads_of_one_package_from_many_threads_all_succeed(default_package):
         for handle in handles:
             if handle.value:
                 library.dodo_closure_destroy(handle)
+
+
+# --- defect 5: ONNX Runtime's source locations inside its messages; a graph's failure as ONNX Runtime's --
+
+def test_onnx_runtime_source_locations_inside_a_message_are_cut(default_package):
+    """A Reshape of head_output to [10^6, 10^6]: the probe evaluation's refusal carried, after "Status
+    Message: ", "/onnxruntime_src/onnxruntime/core/providers/cpu/tensor/reshape_helper.h:91
+    onnxruntime::ReshapeHelper::ReshapeHelper(const onnxruntime::TensorShape&, ...)"."""
+    edit = _head_through(helper.make_node("Reshape", ["head_raw", "huge.shape"], ["huge"]),
+                         helper.make_node("ReduceSum", ["huge"], ["huge.sum"], keepdims=0),
+                         helper.make_node("Add", ["head_raw", "huge.sum"], ["head_output"]),
+                         initializers=[_i64("huge.shape", [10 ** 6, 10 ** 6])])
+    with pytest.raises(RuntimeError) as caught:
+        dodo.Closure(_package(default_package, edit=edit), threads=1)
+    text = str(caught.value)
+    assert text.startswith("DODO_ERROR_MODEL_FORMAT: model in memory"), text
+    assert "evaluating the graph on a probe batch failed: " in text, text
+    assert "The input tensor cannot be reshaped to the requested shape" in text, text
+    assert "/onnxruntime_src/" not in text and "onnxruntime::" not in text and "\n" not in text, text
+
+
+def test_a_graph_whose_rows_differ_beyond_three_is_refused_as_the_packages_fault(default_package):
+    """head_output followed by its rows from the fourth on: N rows for N <= 3 (the shape probe), 2N - 3
+    beyond. The 64-row comparison with the native network refused it as DODO_ERROR_ONNXRUNTIME,
+    "evaluating the network: ..." with ONNX Runtime's source location."""
+    edit = _head_through(helper.make_node("Slice", ["head_raw", "rows.start", "rows.end", "rows.axis"], ["rows.tail"]),
+                         helper.make_node("Concat", ["head_raw", "rows.tail"], ["head_output"], axis=0),
+                         initializers=[_i64("rows.start", [3]), _i64("rows.end", [2 ** 40]), _i64("rows.axis", [0])])
+    with pytest.raises(RuntimeError) as caught:
+        dodo.Closure(_package(default_package, edit=edit), threads=1)
+    text = str(caught.value)
+    assert text.startswith("DODO_ERROR_MODEL_FORMAT: model in memory"), text
+    assert "evaluating the graph on 64 probe rows failed: " in text, text
+    assert "has shape {64,78} but the computed output shape for this run is {125,78}" in text, text
+    assert "/onnxruntime_src/" not in text, text

@@ -468,8 +468,9 @@ void read_float_tensor(std::string_view bytes, std::string_view tensor, std::map
       WireReader dims(payload, offset_in(bytes, payload));
       while (!dims.done()) out.dims.push_back(static_cast<std::int64_t>(dims.varint()));
     }
-    if (field == kDataType && wire_type == kVarint) data_type = reader.number();
-    if (field == kDataLocation && wire_type == kVarint) location = reader.number();
+    // int32 and enum fields: protobuf keeps the varint's low 32 bits (C round 33).
+    if (field == kDataType && wire_type == kVarint) data_type = static_cast<std::uint32_t>(reader.number());
+    if (field == kDataLocation && wire_type == kVarint) location = static_cast<std::uint32_t>(reader.number());
     if (field == kName && wire_type == kLengthDelimited) name.assign(payload);
     if (field == kRawData && wire_type == kLengthDelimited) raw = payload;
     if (field == kFloatData && wire_type == kLengthDelimited) packed_floats = payload;

@@ -297,12 +297,56 @@ std::vector<std::string> library_directories() {
   return directories;
 }
 
+std::string ort_message_text(const std::string& message) {
+  // ONNX Runtime writes its source location and the C++ signature of the function that failed into
+  // its messages, at the start or after "Status Message: " inside a kernel's failure
+  // ("/onnxruntime_src/onnxruntime/core/providers/cpu/tensor/reshape_helper.h:91
+  // onnxruntime::ReshapeHelper::ReshapeHelper(const onnxruntime::TensorShape&, ...) input_shape_size
+  // == ...": a re-signed package's Reshape, outside probe, C round 33). The user needs the words
+  // after them. A location is a word that starts with '/' and ends in ":<line>", followed by a
+  // qualified C++ name ("::") and its parenthesised arguments; it goes, with " const" and spaces after it.
+  std::string text;
+  text.reserve(message.size());
+  std::size_t i = 0;
+  while (i < message.size()) {
+    if (message[i] == '/' && (i == 0 || message[i - 1] == ' ')) {
+      const std::size_t word_end = message.find(' ', i);
+      const std::size_t colon = word_end == std::string::npos ? std::string::npos : message.rfind(':', word_end);
+      bool line = colon != std::string::npos && colon > i && colon + 1 < word_end;
+      for (std::size_t d = colon + 1; line && d < word_end; ++d) line = message[d] >= '0' && message[d] <= '9';
+      const std::size_t open = line ? message.find('(', word_end) : std::string::npos;
+      if (open != std::string::npos && message.substr(word_end, open - word_end).find("::") != std::string::npos) {
+        int depth = 0;
+        std::size_t close = std::string::npos;
+        for (std::size_t j = open; j < message.size() && close == std::string::npos; ++j) {
+          if (message[j] == '(') ++depth;
+          if (message[j] == ')' && --depth == 0) close = j;
+        }
+        if (close != std::string::npos) {
+          std::size_t next = close + 1;
+          if (message.compare(next, 6, " const") == 0) next += 6;
+          while (next < message.size() && message[next] == ' ') ++next;
+          if (next < message.size()) {  // words remain after the location: keep those alone
+            i = next;
+            continue;
+          }
+        }
+      }
+    }
+    text.push_back(message[i++]);
+  }
+  // ONNX Runtime ends some messages with a line break ("... max supported IR version: 14\n"): line
+  // breaks inside become spaces, those at the end go (C round 31).
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' ' || text.back() == '\t'))
+    text.pop_back();
+  for (char& c : text)
+    if (c == '\n' || c == '\r') c = ' ';
+  return text;
+}
+
 void check_ort(const OrtApi* api, OrtStatus* status, const char* context) {
   if (!status) return;
-  std::string message = std::string(context) + ": " + api->GetErrorMessage(status);
-  // ONNX Runtime ends some messages with a line break: one line, as onnx_model.cpp gives its own (C round 31).
-  while (!message.empty() && (message.back() == '\n' || message.back() == '\r' || message.back() == ' '))
-    message.pop_back();
+  std::string message = std::string(context) + ": " + ort_message_text(api->GetErrorMessage(status));
   if (static_objects_destroyed.load(std::memory_order_relaxed))
     message += " (the process is exiting and ONNX Runtime's own objects are destroyed by now: call dodo before "
                "exit(), or from an atexit handler registered after the first closure with a model)";

@@ -36,6 +36,8 @@ const OrtLibrary& load_onnxruntime(const std::string& explicit_path);
 std::vector<std::string> library_directories();
 
 // Throws Error(DODO_ERROR_ONNXRUNTIME, context + ORT's message) when status is not null.
+// ONNX Runtime's message without its source locations and C++ signatures (wherever they stand), on one line.
+std::string ort_message_text(const std::string& message);
 void check_ort(const OrtApi* api, OrtStatus* status, const char* context);
 
 }  // namespace dodo::runtime
