@@ -263,10 +263,11 @@ def _text(name: str, value, known: str) -> str:
 
 
 def _threads(threads: Optional[int]) -> int:
-    """Worker-thread count: None gives all cores this process may run on; [0, MAX_THREADS] (0 and 1:
-    the calling thread)."""
+    """Worker-thread count: None gives the default (_default_threads: the cores this process may run
+    on, under an MPI launcher at most its share of the node); [0, MAX_THREADS] (0 and 1: the calling
+    thread)."""
     if threads is None:
-        return min(_usable_cpus(), MAX_THREADS)
+        return min(_default_threads(), MAX_THREADS)
     count = _integral("threads", threads)
     if not 0 <= count <= MAX_THREADS:
         raise ValueError(f"threads must be an integer in [0, {MAX_THREADS}] (0 and 1: the calling thread only); "
@@ -282,6 +283,35 @@ def _usable_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # no affinity masks on this platform
         return os.cpu_count() or 1
+
+
+#: Variables in which MPI launchers give each process the number of ranks on its node: Open MPI's
+#: mpirun, and MPICH's or Intel MPI's Hydra (mpiexec).
+LOCAL_RANKS_VARIABLES = ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS")
+
+
+def _local_ranks() -> int:
+    """Ranks on this node as an MPI launcher says (LOCAL_RANKS_VARIABLES); 1 outside one, or for a
+    value that is not a positive integer."""
+    for name in LOCAL_RANKS_VARIABLES:
+        text = os.environ.get(name, "").strip()
+        if text.isdigit() and int(text) > 0:
+            return int(text)
+    return 1
+
+
+def _default_threads() -> int:
+    """Worker threads when none are asked for: the CPUs this process may run on (_usable_cpus) and,
+    under an MPI launcher with several ranks on the node, no more than the node's CPUs divided by
+    them. An unbound launch (`mpirun --bind-to none`), or Open MPI's default binding of more than
+    two ranks to a socket, gives every rank a mask of many cores: each rank's closure started a
+    worker on every one of them, and 4 ranks on a 64-core node ran 256 CPU-bound threads on 64
+    cores (the C example divides likewise; docs/runtime.md, "Threads per rank")."""
+    usable = _usable_cpus()
+    ranks = _local_ranks()
+    if ranks > 1:
+        return max(1, min(usable, (os.cpu_count() or usable) // ranks))
+    return usable
 
 
 def _lebedev_order(lebedev_order) -> int:

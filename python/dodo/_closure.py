@@ -253,7 +253,8 @@ class Closure:
         model, Box3D alone (the same literal in C, C++, Fortran and Julia; a file of that name is
         ``"./box3d"``). An empty path is refused.
     threads: worker threads per call (None: all cores this process may run on, i.e. its CPU
-        affinity; 0 or 1: the calling thread only; at most 1024). Workers beyond the CPUs this
+        affinity, and under an MPI launcher (mpirun, mpiexec) at most the node's cores divided by
+        the ranks on the node; 0 or 1: the calling thread only; at most 1024). Workers beyond the CPUs this
         process may run on (but at least 64) are not started: each is made with its workspace at
         creation and could only wait for a core (``threads=1024`` took seconds on a small machine).
         If the system refuses to start some (thread or address-space limits), the closure runs

@@ -30,7 +30,7 @@ def register(subparsers) -> None:
     parser.add_argument("--grid", default="16x16x16", help="grid shape NXxNYxNZ (default 16x16x16)")
     parser.add_argument("--max-speed", type=float, default=0.3,
                         help="largest fluid speed of the velocity field, in [0, 1) (c = 1; default 0.3)")
-    parser.add_argument("--threads", type=int, default=None, help="worker threads (default: all cores this process may run on)")
+    parser.add_argument("--threads", type=int, default=None, help="worker threads (default: all cores this process may run on; under an MPI launcher, its share of the node)")
     parser.add_argument("-o", "--output", default=None, type=file_output_path,
                         help="also write the cells (F_init, u, F_true, F_box, F_pred, status, growth_rate, "
                              "growth_rate_proxy, uncertainty) to this HDF5 file")
