@@ -240,6 +240,10 @@ HOSTILE_OPERATORS = {
                               for n, v in (("big.start", 0.0), ("big.limit", 1e10), ("big.delta", 1.0)))),
     "Pad": _sum_into_head(helper.make_node("Pad", ["big.one", "big.pads"], ["big"]), _ZERO,
                           _i64("big.pads", [0, 10 ** 10])),
+    # training_mode true: values dropped at random (a ratio of 1e-6: now and then, past the self-test)
+    "Dropout": _head_through(helper.make_node("Dropout", ["head_raw", "drop.ratio", "drop.training"], ["head_output"]),
+                             initializers=[numpy_helper.from_array(np.array(1e-6, np.float32), "drop.ratio"),
+                                           numpy_helper.from_array(np.array(True), "drop.training")]),
     "If": _head_through(helper.make_node("If", ["if.cond"], ["head_output"], then_branch=_BRANCH, else_branch=_BRANCH),
                         initializers=[numpy_helper.from_array(np.array(True), "if.cond")]),
 }

@@ -211,13 +211,15 @@ bool packed_integers(Message kind, std::uint64_t field) {
 // tensor says; If), operators that make a large tensor from a few bytes (ConstantOfShape, Expand,
 // Tile, Range, Resize, Upsample, Pad, OneHot: an Expand of 0 to [100000, 100000] asked for 40 GB at
 // the load's probe evaluation, and succeeds where the memory exists), convolutions and Einsum
-// (work that grows as a product of sizes), random and data-dependent-shape operators, sequences,
+// (work that grows as a product of sizes), random operators (Dropout too: with its training_mode
+// input true it drops values at random, a ratio of 1e-6 now and then, past any self-test; torch's
+// exporter writes none in eval mode) and data-dependent-shape operators, sequences,
 // and every operator outside the default ONNX domain (contrib and custom operators, model-local
 // functions) (outside probe, C round 33).
 constexpr std::string_view kAllowedOperators[] = {
     "Abs", "Acos", "Acosh", "Add", "And", "ArgMax", "ArgMin", "Asin", "Asinh", "Atan", "Atanh",
     "BatchNormalization", "Cast", "CastLike", "Ceil", "Celu", "Clip", "Concat", "Constant", "Cos", "Cosh",
-    "Div", "Dropout", "Elu", "Equal", "Erf", "Exp", "Flatten", "Floor", "Gather", "GatherElements", "Gelu",
+    "Div", "Elu", "Equal", "Erf", "Exp", "Flatten", "Floor", "Gather", "GatherElements", "Gelu",
     "Gemm", "Greater", "GreaterOrEqual", "HardSigmoid", "HardSwish", "Identity", "InstanceNormalization",
     "IsInf", "IsNaN", "LayerNormalization", "LeakyRelu", "Less", "LessOrEqual", "Log", "LogSoftmax",
     "MatMul", "Max", "Mean", "Min", "Mish", "Mod", "Mul", "Neg", "Not", "Or", "PRelu", "Pow",
