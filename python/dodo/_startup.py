@@ -55,14 +55,28 @@ def _interrupted_while_starting(signum, frame) -> None:
     os._exit(128 + signum)
 
 
+#: Whether guard() found this process to be one of the commands (_launched_as_command reads how the
+#: interpreter was started, which only holds while the package is imported: runpy's "-m" is gone by
+#: the time the command runs).
+launched_as_command = False
+
+
+def end_at_once(signum, frame) -> None:
+    """A SIGINT handler for a command that has already unwound: ends the process with 128 + the
+    signal, no line (the first Ctrl-C printed it) and no exit handlers (cli.main installs it)."""
+    os._exit(128 + signum)
+
+
 def guard() -> None:
     """Installs the start-up handler when this process is the `dodo` command and SIGINT is Python's
     default (a shell that made the command ignore SIGINT keeps that); and, for a command, puts
     /dev/null on a closed standard descriptor (reserve_standard_descriptors)."""
+    global launched_as_command
     try:
         command = _launched_as_command()
     except (ValueError, OSError, AttributeError):
         return
+    launched_as_command = command
     if command:
         reserve_standard_descriptors()
     try:

@@ -377,6 +377,19 @@ def _restore_signal_handlers(previous: dict) -> None:
             pass
 
 
+def _second_interrupt_ends_at_once() -> None:
+    """For the `dodo` command only (not main() called by a program): once a Ctrl-C or SIGTERM has
+    unwound the command (its temporaries removed), a second Ctrl-C ends the process at once and
+    quietly, as SIGTERM's second delivery does. Before, a second Ctrl-C raised KeyboardInterrupt in
+    whatever ran then, the restoring of the handlers or an exit handler of a library (torch's),
+    and printed a traceback after "dodo X: interrupted" (data-loss probe, round four)."""
+    try:
+        if _startup.launched_as_command:
+            signal.signal(signal.SIGINT, _startup.end_at_once)
+    except (ValueError, OSError, AttributeError):  # not the main thread, or no signals here
+        pass
+
+
 def _signal_ending(error: BaseException) -> tuple[int, str] | None:
     """(exit status, word) for a command ended by Ctrl-C, SIGTERM or SIGHUP: 128 + the signal (130,
     143, 129), the status a shell shows for a process that signal ended; None for anything else."""
@@ -427,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, _Terminated) as ended:
         # Ctrl-C, SIGTERM, SIGHUP: one line instead of a traceback; outputs are written atomically, so
         # none is left half-written (a temporary is removed on the way out, the target untouched).
+        _second_interrupt_ends_at_once()
         status, word = _signal_ending(ended)
         print(f"{_name(command)}: {word}", file=sys.stderr)
         return status
