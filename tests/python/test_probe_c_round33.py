@@ -258,6 +258,14 @@ def test_an_operator_that_dodo_export_does_not_write_is_refused_naming_it(defaul
     assert "which `dodo export` does not write" in text, text
 
 
+def test_a_node_without_an_operator_is_refused(default_package):
+    node = helper.make_node("Identity", ["head_raw"], ["head_output"])
+    node.op_type = ""  # written, empty
+    with pytest.raises(RuntimeError, match=r'DODO_ERROR_MODEL_FORMAT: model in memory .*the graph has a node of '
+                                           r'operator "" \(none named\) \(at byte \d+\)'):
+        dodo.Closure(_package(default_package, edit=_head_through(node)), threads=1)
+
+
 @pytest.mark.parametrize("domain, operator", [("com.microsoft", "Gelu"), ("com.example", "Relu"), ("ai.onnx.ml", "Abs")])
 def test_an_operator_of_another_domain_is_refused_naming_the_domain(default_package, domain, operator):
     """Named like an allowed operator (ONNX Runtime's contrib Gelu, a custom Relu): the domain decides."""

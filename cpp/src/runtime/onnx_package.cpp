@@ -294,7 +294,8 @@ void check_tensors_and_count_elements(std::string_view bytes, std::string_view m
                       "iterations as a tensor says; re-export it with `dodo export`");
     if (kind == Message::kNode && field == kNodeOpType && !allowed_operator(payload))
       throw Error(DODO_ERROR_MODEL_FORMAT,
-                  "the graph has a node of operator " + quoted_value(std::string(payload).substr(0, 200)) +
+                  "the graph has a node of operator " +
+                      (payload.empty() ? std::string("\"\" (none named)") : quoted_value(std::string(payload).substr(0, 200))) +
                       " (at byte " + std::to_string(offset_in(bytes, payload)) +
                       "), which `dodo export` does not write: a Dodo model package holds a feed-forward network "
                       "of elementwise, matrix and reduction operators (docs/model_package.md, \"Graph\"); "
