@@ -375,9 +375,12 @@ def exclusive_directory(directory: str | Path, command: str):
     blocks; on a file system without locks the block runs unguarded."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    with _flock(directory / LOCK_NAME, remove=False, refuse=lambda holder: DirectoryInUseError(
-            f"{directory} is in use by another {command}{holder}: wait for it to end, or choose another directory"
-            + launched_ranks_hint(command))):
+    # The holder is named by the command it wrote in the lock: `dodo train-ensemble` refused by a
+    # running `dodo train` in the same directory said "in use by another dodo train-ensemble" (its
+    # own name; data-loss probe, round four).
+    with _flock(directory / LOCK_NAME, remove=False, command=command, refuse=lambda holder, holding: DirectoryInUseError(
+            f"{directory} is in use by another {holding or command}{holder}: wait for it to end, or choose another "
+            "directory" + launched_ranks_hint(command))):
         yield
 
 
@@ -555,8 +558,8 @@ def exclusive_output(output: str | Path, command: str):
     except OSError as error:  # named by the output asked for, as atomic_path does, not by the lock file
         raise OutputPathError(f"cannot write {output}: cannot create a file in {lock.parent}: "
                               f"{error.strerror or error}") from None
-    with _flock(lock, remove=True, refuse=lambda holder: OutputInUseError(
-            f"{output} is being written by another {command}{holder}: wait for it to end, or choose another "
+    with _flock(lock, remove=True, command=command, refuse=lambda holder, holding: OutputInUseError(
+            f"{output} is being written by another {holding or command}{holder}: wait for it to end, or choose another "
             f"output (the lock is {lock})")):
         _HELD_OUTPUT_LOCKS.add(lock)
         try:
@@ -566,9 +569,10 @@ def exclusive_output(output: str | Path, command: str):
 
 
 @contextlib.contextmanager
-def _flock(path: Path, remove: bool, refuse):
-    """Exclusive, non-blocking flock on ``path`` for the block (the holder's pid written in it);
-    ``refuse(" (pid N)")`` is raised when another process holds it. remove: unlink the file before
+def _flock(path: Path, remove: bool, refuse, command: str = ""):
+    """Exclusive, non-blocking flock on ``path`` for the block (the holder's pid written in it, and
+    ``command`` on a second line); ``refuse(" (pid N)", "the holder's command or ''")`` is raised
+    when another process holds it. remove: unlink the file before
     releasing it; a process that opened the old file meanwhile sees it is no longer ``path`` and
     opens the new one (so two processes never hold locks on two different files of one name)."""
     try:
@@ -581,9 +585,9 @@ def _flock(path: Path, remove: bool, refuse):
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder, _ = _lock_holder(handle)
+            holder, holding = _lock_holder(handle)
             handle.close()
-            raise refuse(holder) from None
+            raise refuse(holder, holding) from None
         except OSError:  # no locks here (some network file systems): as before, unguarded
             handle.close()
             yield
@@ -601,7 +605,7 @@ def _flock(path: Path, remove: bool, refuse):
             handle.truncate()
             # Unbuffered: a buffered write that failed (a full disk) failed again in close(), and the
             # message was a bare "[Errno 28] No space left on device", naming no file (round 27).
-            os.write(handle.fileno(), str(os.getpid()).encode())
+            os.write(handle.fileno(), (f"{os.getpid()}\n{command}" if command else str(os.getpid())).encode())
         except OSError as error:
             raise OSError(error.errno, f"cannot write the lock file {path}: {error.strerror or error}") from None
         yield

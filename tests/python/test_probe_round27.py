@@ -306,7 +306,7 @@ def test_a_lock_file_that_cannot_be_written_is_named_and_removed(monkeypatch, tm
     monkeypatch.undo()
     assert not atomic.output_lock_path(output).exists()
     with atomic.exclusive_output(output, "dodo simulate"):  # and a later run takes the lock
-        assert atomic.output_lock_path(output).read_text() == str(os.getpid())
+        assert atomic.output_lock_path(output).read_text() == f"{os.getpid()}\ndodo simulate"  # pid, then command
 
 
 def test_a_label_file_that_cannot_be_written_says_so_by_name(capsys, monkeypatch, tmp_path):

@@ -126,8 +126,10 @@ def test_train_ensemble_keeps_an_earlier_checkpoint_unless_asked(tmp_path, capsy
             "output.checkpoint=")
     assert digest(checkpoint) == before
     with lock_held_by_another_process(checkpoint.parent) as holder:
+        # The holder stands for a `dodo train`, and is named so (it was named by the refused command's
+        # own name, "another dodo train-ensemble": data-loss probe, round four).
         refused(capsys, ["train-ensemble", "--config", str(config), "--overwrite"], checkpoint.parent,
-                "in use by another dodo train-ensemble", f"pid {holder}")
+                f"in use by another dodo train (pid {holder})")
     assert digest(checkpoint) == before
     assert run(capsys, ["train-ensemble", "--config", str(config), "--overwrite"])[0] == 0
     other = tmp_path / "other.pt"
