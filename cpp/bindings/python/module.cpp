@@ -58,6 +58,9 @@ const double* velocity_pointer(const py::object& u, std::size_t n, CArray& holde
 // Cells per thread of a slice at least: Box3D starts its threads for each slice (tens of
 // microseconds each), so that a slice of a few cells per thread would spend its time starting them.
 constexpr std::size_t kCellsPerThread = 256;
+// Least cells (or four-vectors) a slice of the boosts holds: a boost costs about a hundredth of a
+// Box3D cell, so slices of Box3D's size would take the GIL back every ~0.1 ms.
+constexpr std::size_t kBoostSlice = std::size_t{1} << 18;
 
 py::tuple apply_box3d(const dodo::Box3D& box3d, const CArray& F, const py::object& u, int threads) {
   const std::size_t n = check_cells(F);
@@ -235,12 +238,20 @@ PYBIND11_MODULE(_core, m) {
     if (u.ndim() != 2 || static_cast<std::size_t>(u.shape(0)) != n || u.shape(1) != 4)
       throw py::value_error("u must have shape (n, 4) matching F");
     CArray out({static_cast<py::ssize_t>(n), py::ssize_t{6}, py::ssize_t{4}});
-    for (std::size_t c = 0; c < n; ++c) {
-      const double* cell = F.data() + c * dodo::kCellValues;
-      double* target = out.mutable_data() + c * dodo::kCellValues;
-      if (inverse) dodo::boost_cell_from_rest(u.data() + 4 * c, cell, target);
-      else dodo::boost_cell_to_rest(u.data() + 4 * c, cell, target);
-    }
+    const double* F_data = F.data();
+    const double* u_data = u.data();
+    double* out_data = out.mutable_data();
+    // Without the GIL, in slices (kBoostSlice cells or more): it ran in one piece holding the GIL,
+    // so Ctrl-C waited for the call's end and other Python threads stood still (outside probe,
+    // round forty-four: about 3 s for 10^8 four-vectors).
+    dodo_python::in_interruptible_slices(n, [&](std::size_t begin, std::size_t count) {
+      for (std::size_t c = begin; c < begin + count; ++c) {
+        const double* cell = F_data + c * dodo::kCellValues;
+        double* target = out_data + c * dodo::kCellValues;
+        if (inverse) dodo::boost_cell_from_rest(u_data + 4 * c, cell, target);
+        else dodo::boost_cell_to_rest(u_data + 4 * c, cell, target);
+      }
+    }, 1.0, kBoostSlice);
     return out;
   }, py::arg("F"), py::arg("u"), py::arg("inverse") = false);
 
@@ -252,12 +263,12 @@ PYBIND11_MODULE(_core, m) {
     const double* velocity = u.data();
     double* target = out.mutable_data();
     const auto m = static_cast<std::size_t>(vectors.shape(0));
-    dodo_python::without_gil([&] {
-      for (std::size_t i = 0; i < m; ++i) {
+    dodo_python::in_interruptible_slices(m, [&](std::size_t begin, std::size_t count) {  // as boost_to_rest
+      for (std::size_t i = begin; i < begin + count; ++i) {
         if (inverse) dodo::boost_from_rest(velocity + 4 * i, in + 4 * i, target + 4 * i);
         else dodo::boost_to_rest(velocity + 4 * i, in + 4 * i, target + 4 * i);
       }
-    });
+    }, 1.0, kBoostSlice);
     return out;
   }, py::arg("vectors"), py::arg("u"), py::arg("inverse") = false);
 
