@@ -133,3 +133,32 @@ def test_shipped_fixture_packages_reproduce_their_test_vectors(name):
     result = closure_float64(_OnnxHead(session, metadata["dodo.head"]), F_init, u, json.loads(metadata["dodo.box3d"]))
     error = np.max(np.abs(result["F_pred"] - np.array(vectors["F_pred"])), axis=(1, 2)) / result["ntot"]
     assert error.max() <= vectors["atol_over_ntot"]
+
+
+def test_package_metadata_is_read_without_following_external_data(tmp_path):
+    """A package whose tensor names an external file (here a FIFO no one writes: onnx.load waited on
+    it for ever) gives its metadata without that file being opened."""
+    import os
+    import threading
+
+    from onnx import TensorProto, helper
+
+    os.mkfifo(tmp_path / "weights.bin")
+    tensor = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4], data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", "weights.bin"), ("offset", "0"), ("length", "16")):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    graph = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "g", [],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], initializer=[tensor])
+    model = helper.make_model(graph)
+    helper.set_model_props(model, {"dodo.format_version": "1"})
+    path = tmp_path / "hostile.onnx"
+    path.write_bytes(model.SerializeToString())
+    result = {}
+    reader = threading.Thread(target=lambda: result.update(read_package_metadata(path)), daemon=True)
+    reader.start()
+    reader.join(60)
+    if reader.is_alive():  # unblock the reader stuck in open(): a writer end opened and closed
+        os.close(os.open(tmp_path / "weights.bin", os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("read_package_metadata opened the package's external data (a FIFO: it waited)")
+    assert result == {"dodo.format_version": "1"}

@@ -274,8 +274,10 @@ def export_checkpoint(checkpoint_path: str | Path, output: str | Path, check: bo
 
 
 def read_package_metadata(path: str | Path) -> dict:
-    """metadata_props of a model package as a dict of strings."""
+    """metadata_props of a model package as a dict of strings. The package's tensors are not read:
+    onnx.load follows external-data references, which a hostile package can point at any file
+    (/dev/zero, another user's file; C round thirty-three), and the metadata needs none of them."""
     import onnx
 
-    model = onnx.load(str(path))
+    model = onnx.load(str(path), load_external_data=False)
     return {entry.key: entry.value for entry in model.metadata_props}
