@@ -176,8 +176,6 @@ def roundtrip_check(network, onnx_bytes: bytes, test_vectors: dict, box3d_settin
 
     session = cpu_session(onnx_bytes)
     rng = np.random.default_rng(7)
-    import dodo
-
     F = random_initial_states(rng, n_random)
     from .features import lab_features
 
