@@ -53,12 +53,9 @@ def _check_arguments(args: argparse.Namespace) -> None:
     """Refuse bad values before any work (issue 11, items 18-19)."""
     if not (np.isfinite(args.max_speed) and 0.0 <= args.max_speed < 1.0):
         raise _UsageError(f"--max-speed must be a finite speed in [0, 1) (units of c); got {args.max_speed}")
-    if args.threads is not None and not 0 <= args.threads < 2**31:
-        raise _UsageError(f"--threads must be an integer from 0 to {2**31 - 1} (0 and 1: the calling thread only); "
-                          f"got {args.threads}")
     # dodo.Closure's bound (MAX_THREADS): 5000 failed in the closure with "threads must be an integer in
-    # [0, 1024]", naming no option (outside probe, round 44).
-    if args.threads is not None and args.threads > MAX_THREADS:
+    # [0, 1024]", naming no option (outside probe, round 44); one check, one message, for every value outside.
+    if args.threads is not None and not 0 <= args.threads <= MAX_THREADS:
         raise _UsageError(f"--threads must be an integer from 0 to {MAX_THREADS} (dodo.Closure's bound; 0 and 1: the "
                           f"calling thread only); got {args.threads}")
     _grid_shape(args.grid)  # a malformed grid before any file is opened

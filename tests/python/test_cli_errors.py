@@ -106,8 +106,8 @@ def emu_file(tmp_path_factory):
 @pytest.mark.parametrize("argv, expected", [
     (["--model", "/nonexistent.onnx"], "no such file"),
     (["--model", "/"], "not a regular file"),
-    (["--threads", "-1"], "--threads must be an integer from 0 to 2147483647"),
-    (["--threads", str(2**31)], "--threads must be an integer from 0 to 2147483647"),
+    (["--threads", "-1"], "--threads must be an integer from 0 to 1024"),
+    (["--threads", str(2**31)], "--threads must be an integer from 0 to 1024"),
     (["--max-speed", "1"], "--max-speed must be a finite speed in [0, 1)"),
     (["--max-speed", "2"], "--max-speed must be a finite speed in [0, 1)"),
     (["--max-speed", "nan"], "--max-speed must be a finite speed in [0, 1)"),
