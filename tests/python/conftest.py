@@ -93,6 +93,19 @@ def native_evaluator():
     patch.undo()
 
 
+@pytest.fixture(scope="module")
+def default_package():
+    """The shipped default model package as an onnx.ModelProto (for tests that edit copies of it);
+    skips without onnx or without a shipped model."""
+    onnx = pytest.importorskip("onnx")
+    from dodo._closure import model_file
+
+    path = model_file(None)
+    if not path:
+        pytest.skip("no default model shipped")
+    return onnx.load(path)
+
+
 @pytest.fixture(scope="session")
 def reference_cases() -> list[dict]:
     text = resources.files("dodo").joinpath("data/box3d_cases.json").read_text()

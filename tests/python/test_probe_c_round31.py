@@ -20,16 +20,6 @@ numpy_helper = pytest.importorskip("onnx.numpy_helper")
 
 
 
-@pytest.fixture(scope="module")
-def default_package():
-    from dodo._closure import model_file
-
-    path = model_file(None)
-    if not path:
-        pytest.skip("no default model shipped")
-    return onnx.load(path)
-
-
 def _resigned(model, *, metadata=None, edit=None) -> bytes:
     """The model's bytes after ``edit(model_copy)`` and with metadata entries replaced (``{key: value}``;
     value None removes the entry), signed again as an author who edits on purpose signs."""

@@ -23,16 +23,6 @@ numpy_helper = pytest.importorskip("onnx.numpy_helper")
 TensorProto = onnx.TensorProto
 
 
-@pytest.fixture(scope="module")
-def default_package():
-    from dodo._closure import model_file
-
-    path = model_file(None)
-    if not path:
-        pytest.skip("no default model shipped")
-    return onnx.load(path)
-
-
 # --- protobuf written by hand ----------------------------------------------------------------------
 
 def _varint(value: int) -> bytes:
