@@ -11,7 +11,14 @@
 #
 # Usage: install_onnxruntime_headers.sh [PREFIX]   (default PREFIX=/usr; headers land in
 #        PREFIX/include/onnxruntime, where Dodo's CMake looks by default). Needs root for /usr.
+# Run by another shell (`sh ...`: dash stopped with "set: Illegal option -o pipefail"): bash runs it.
+if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi
 set -euo pipefail
+# apt-get's dpkg needs ldconfig and start-stop-daemon (sbin), missing from PATH after `su` without `-`.
+for dir in /usr/local/sbin /usr/sbin /sbin; do
+  case ":$PATH:" in *":$dir:"*) ;; *) PATH="$PATH:$dir" ;; esac
+done
+export PATH
 
 prefix="${1:-/usr}"
 header="$prefix/include/onnxruntime/onnxruntime_c_api.h"
@@ -35,7 +42,8 @@ if [ -z "$mirror" ]; then
   exit 1
 fi
 
-work="$(mktemp -d)"
+# TMPDIR naming a missing or unwritable directory: /tmp instead of mktemp's refusal.
+work="$(mktemp -d 2>/dev/null || TMPDIR=/tmp mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/parts" "$work/lists/partial" "$work/cache/archives/partial"
 cat > "$work/parts/trixie.sources" <<EOF

@@ -10,6 +10,9 @@
 #     never saw, beside Box3D (`dodo score`: bootstrap intervals, states worse than Box3D, growth
 #     rates), then applied by the C++ runtime to the same runs boosted to moving frames.
 # Work files go to build/main_job (DODO_MAIN_JOB_DIR).
+# Run by another shell (`sh scripts/main_job.sh`: dash stopped at once with "set: Illegal option -o
+# pipefail"): run again by bash (outside probe, fresh machine round two).
+if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"

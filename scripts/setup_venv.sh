@@ -1,11 +1,24 @@
 #!/usr/bin/env bash
 # Creates the virtual environment (DODO_VENV, default .venv) and installs Dodo into it with the
-# extras named in the arguments, e.g. `scripts/setup_venv.sh test`. Sourced by the other scripts.
+# extras named in the arguments, e.g. `scripts/setup_venv.sh test`. Run by the other scripts.
+# Run by another shell (`sh scripts/setup_venv.sh`: dash stopped at once with "set: Illegal option
+# -o pipefail"): run again by bash (outside probe, fresh machine round two).
+if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${DODO_VENV:-$root/.venv}"
 python="${PYTHON:-python3}"
-[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+# A venv whose Python does not run (another machine's, a removed interpreter) is the user's to remove:
+# said, not deleted. One without pip (`python3 -m venv` stopped by Ctrl-C while ensurepip ran) is
+# completed in place by `venv` again: every later run stopped at "No module named pip".
+if [ -e "$venv/bin/python" ] && ! "$venv/bin/python" -c '' >/dev/null 2>&1; then
+  echo "setup_venv.sh: $venv/bin/python does not run (a virtual environment of another machine or of a removed" \
+       "Python?): remove $venv, or set DODO_VENV to another directory" >&2
+  exit 1
+fi
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
+  "$python" -m venv "$venv"
+fi
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 extras="$(IFS=,; echo "$*")"
 # Training extras: take torch first, pinned (DODO_TORCH_SPEC), so that pip does not pick a

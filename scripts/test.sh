@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, set-up included: venv + install (test and train extras), C++ unit tests
 # (ctest), then pytest against the installed package (MPI tests where mpirun is installed).
+# Run by another shell (`sh scripts/test.sh`: dash stopped at once with "set: Illegal option -o
+# pipefail"): run again by bash (outside probe, fresh machine round two).
+if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
