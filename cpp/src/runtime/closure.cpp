@@ -244,8 +244,8 @@ inline void write_stable_diagnostics(const CellDiagnostics& out, std::size_t cel
   if (out.growth_over_ntot) out.growth_over_ntot[cell] = 0.0;
   if (out.growth_rate) out.growth_rate[cell] = 0.0 * rate_per_ntot;
   if (out.growth_over_ntot_proxy) out.growth_over_ntot_proxy[cell] = rest.growth_over_ntot;
-  if (out.growth_rate_proxy)
-    out.growth_rate_proxy[cell] = growth_rate_in_per_second(rest.growth_over_ntot, rest.ntot, rate_per_ntot);
+  // A stable cell's proxy is 0 (no pair crosses), so growth_rate_in_per_second has nothing to do here.
+  if (out.growth_rate_proxy) out.growth_rate_proxy[cell] = rest.growth_over_ntot * rate_per_ntot;
   if (out.uncertainty) out.uncertainty[cell] = 0.0;
 }
 
