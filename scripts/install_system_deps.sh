@@ -41,7 +41,9 @@ if [ "${#missing[@]}" -eq 0 ]; then
 else
   echo "installing: ${missing[*]}"
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  # (through sudo, its env_reset drops DEBIAN_FRONTEND as before: `sudo env ...` would be refused by
+  # a sudoers rule that allows apt-get alone)
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}"
 fi
 if [ -f "$header" ]; then
   echo "ONNX Runtime headers already present: $header"
