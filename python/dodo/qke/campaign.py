@@ -57,6 +57,18 @@ def _states_digest(four_flux: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(four_flux, dtype=float).tobytes()).hexdigest()
 
 
+def reproduction_provenance(four_flux: np.ndarray) -> dict:
+    """What an output needs, beside its settings, seed and command, to be reproduced: the code's version
+    and the states it was given. A database recorded neither (solver probe, round four): its rows hold only
+    the valid states, yet the states dropped before or after their runs shaped the batches, and with them
+    each state's perturbation seed and time step; and a rerun by a later version, or of an input file edited
+    since, could not be told from the original. ``states_sha256``: SHA-256 of all requested states, in
+    input order, as float64 [n, 6 species, 4 (n, Fx, Fy, Fz)] in C order, cm^-3, Dodo's species order."""
+    from .. import __version__
+
+    return {"dodo_version": str(__version__), "states_sha256": _states_digest(four_flux)}
+
+
 class CheckpointMismatchError(ValueError):
     """A checkpoint ``OUT.partial*.npz`` of another campaign (or unreadable): never overwritten or removed."""
 
@@ -402,6 +414,7 @@ def _write_database(output: str, four_flux: np.ndarray, results: dict, settings:
                 "rotation": results["rotation"][valid], "linear_growth_rate": results["linear_growth_rate"][valid],
                 "input_index": np.flatnonzero(valid)}
     provenance = dict(attributes or {})
+    provenance.update(reproduction_provenance(four_flux))
     provenance.update({"solver": "dodo.qke fast-flavour QKE solver (docs/qke.md)", "settings": settings,
                        "dropped": dropped, "nstates_requested": len(four_flux), "nstates_done": int(results["done"].sum()),
                        "nstates_valid": int(valid.sum()), "complete": bool(results["done"].all()),

@@ -204,6 +204,13 @@ def run_simulate(args) -> int:
                 check_rotations(rotation, len(four_flux), f"{args.input}: rotation_R (or --ignore-rotation)")
             if args.use_input_end_time:
                 if loaded["end_time"] is None:
+                    # Of a YAML input this was "has no tend(s) dataset", a dataset it cannot hold (solver probe,
+                    # round four): a YAML input holds states only.
+                    if args.input.lower().endswith((".yaml", ".yml")):
+                        raise ValueError(f"{args.input}: --use-input-end-time takes each state's end time from an "
+                                         "Emu-layout HDF5 input's tend(s) dataset (s, one per state); a YAML input "
+                                         "holds states only: give an HDF5 input, or leave --use-input-end-time out "
+                                         "(each state then runs for 80 growth times of its fastest box mode)")
                     raise ValueError(f"{args.input} has no tend(s) dataset")
                 end_time = loaded["end_time"]
                 if end_time.shape != (len(four_flux),):

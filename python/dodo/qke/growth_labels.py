@@ -25,7 +25,7 @@ import numpy as np
 
 from .._atomic import atomic_hdf5
 from .campaign import (CheckpointMismatchError, density_scale_failure, no_valid_state, reconstruction_failure,
-                       relative_cost)
+                       relative_cost, reproduction_provenance)
 from .directions import uniform_sphere
 from .io import attribute_value, species_to_emu
 from .solver import SolverConfig
@@ -92,7 +92,7 @@ def _write(output: str, four_flux: np.ndarray, rows: dict, attributes: dict) -> 
         f["box_length_cm"] = np.asarray(rows["box_length_cm"], float)
         f["input_index"] = index
         f["nf"] = np.int64(3)
-        for key, value in attributes.items():
+        for key, value in {**attributes, **reproduction_provenance(four_flux)}.items():
             f.attrs[key] = attribute_value(value)
         f.attrs["nstates_processed"] = int(rows["processed"])
         f.attrs["nstates_valid"] = int(len(index))

@@ -1,0 +1,118 @@
+"""Solver probe, round four (outside probe of `dodo simulate` and `python -m dodo.qke.validate`, as an
+astrophysicist making their own ground truth uses them; /work/notes/solver_probe_round4_section.md).
+Each test of a fix failed against the code before it (its docstring says what that code did); the
+others pin laws that held. Tiny runs: 16 cells x 24 directions, one to three states."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+# A crossing state (nu_e, nu_mu, nu_tau, nubar_e, nubar_mu, nubar_tau) x (n, Fx, Fy, Fz), cm^-3,
+# mu != tau; its fastest box mode grows at ~6.6e10 s^-1 at 16 cells x 24 directions.
+CROSSING = np.array([[1.42, 0.14, 0.06, -0.19], [0.59, -0.01, 0.04, -0.26], [0.39, -0.02, 0.05, -0.22],
+                     [1.91, 0.14, 0.06, -0.65], [0.55, -0.01, 0.03, -0.25], [0.45, -0.01, 0.04, -0.21]]) * 1e33
+# Every species alike and isotropic: no crossing, linearly stable (dropped before its run).
+STABLE = np.tile([1.0e33, 0.0, 0.0, 0.0], (6, 1))
+TINY = ["--ncell", "16", "--nphi", "8", "-q"]
+
+
+def _run_cli(argv) -> int:
+    import argparse
+
+    from dodo.qke import cli
+
+    parser = argparse.ArgumentParser(prog="dodo")
+    cli.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def _emu_layout(states) -> np.ndarray:
+    """[n, 6, 4 (n, Fx, Fy, Fz)] -> Emu's F4 [n, 4 (x, y, z, t), 2, 3]."""
+    states = np.asarray(states, float).reshape(-1, 2, 3, 4)
+    return np.transpose(states[..., [1, 2, 3, 0]], (0, 3, 1, 2))
+
+
+def _write_yaml(path, states) -> str:
+    yaml = pytest.importorskip("yaml")
+    path.write_text(yaml.safe_dump({"states": np.asarray(states, float).tolist()}))
+    return str(path)
+
+
+def _database(path) -> tuple[dict, dict]:
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(path, "r") as f:
+        return {name: f[name][()] for name in f}, dict(f.attrs)
+
+
+@pytest.mark.parametrize("linear_only", [False, True])
+def test_the_database_records_the_version_and_the_states_it_was_given(tmp_path, linear_only):
+    """A `dodo simulate` database (and a --linear-only label file) recorded its settings, seed and command
+    but neither the code's version nor the states it was given: its rows hold only the valid states, yet
+    the states dropped before or after their runs shaped the batches (each state's perturbation seed and
+    time step), and a rerun by another version, or of an input file edited since (its `source` is the
+    path as typed), could not be told from the original. Now `dodo_version` and `states_sha256` (SHA-256
+    of all requested states, float64 [n, 6, 4] C order, cm^-3) are attributes; the states recovered from
+    the input reproduce the digest, and rerunning the recorded command reproduces the rows bit for bit."""
+    pytest.importorskip("h5py")
+    import dodo
+
+    states = np.stack([CROSSING, STABLE, CROSSING[[1, 2, 0, 4, 5, 3]]])  # one dropped between two that run
+    source = _write_yaml(tmp_path / "states.yaml", states)
+    options = ["--linear-only"] if linear_only else ["--batch-size", "1"]
+    for name in ("a.h5", "b.h5"):
+        assert _run_cli(["simulate", str(tmp_path / name), "--input", source, "--seed", "5", *TINY, *options]) == 0
+    rows, attrs = _database(tmp_path / "a.h5")
+    assert attrs["dodo_version"] == dodo.__version__, attrs
+    assert attrs["states_sha256"] == hashlib.sha256(np.ascontiguousarray(states, float).tobytes()).hexdigest()
+    assert list(rows["input_index"]) == [0, 2]
+    if not linear_only:
+        assert json.loads(attrs["settings"])["solver"]["seed"] == 5
+    again, again_attrs = _database(tmp_path / "b.h5")
+    assert again_attrs["states_sha256"] == attrs["states_sha256"]
+    for name, values in rows.items():
+        assert np.array_equal(values, again[name]), name
+
+
+def test_use_input_end_time_with_a_yaml_input_says_yaml_holds_no_end_times(tmp_path, capsys):
+    """`dodo simulate OUT --input s.yaml --use-input-end-time` said `s.yaml has no tend(s) dataset`, the
+    words of an HDF5 file missing a dataset: a YAML input cannot hold one (its only key is 'states').
+    Now it says where end times come from and what to do; the HDF5 message is unchanged."""
+    source = _write_yaml(tmp_path / "s.yaml", [CROSSING])
+    assert _run_cli(["simulate", str(tmp_path / "o.h5"), "--input", source, "--use-input-end-time", *TINY]) == 2
+    error = capsys.readouterr().err
+    assert "--use-input-end-time takes each state's end time from an Emu-layout HDF5 input's tend(s)" in error, error
+    assert "a YAML input holds states only" in error and "dataset\n" not in error, error
+    assert not (tmp_path / "o.h5").exists()
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp_path / "s.h5", "w") as f:
+        f["F4_initial(1|ccm)"] = _emu_layout([CROSSING])
+    assert _run_cli(["simulate", str(tmp_path / "o.h5"), "--input", str(tmp_path / "s.h5"), "--use-input-end-time",
+                     *TINY]) == 2
+    assert "s.h5 has no tend(s) dataset" in capsys.readouterr().err
+
+
+def test_the_solver_is_scale_free_over_fifty_decades_of_density(tmp_path):
+    """Law (held): the equations have no scale (docs/qke.md), so a state times s, run with the same seed,
+    gives the same rows in units of N_tot, a growth rate times s and times and lengths / s, to rounding,
+    from N_tot ~ 1e9 to 1e59 cm^-3; and each row conserves the flavour-summed four-flux and each
+    flavour's lepton number."""
+    pytest.importorskip("h5py")
+    rows = []
+    for index, scale in enumerate((1.0, 1e-25, 1e25)):
+        source = _write_yaml(tmp_path / f"s{index}.yaml", [CROSSING * scale])
+        assert _run_cli(["simulate", str(tmp_path / f"o{index}.h5"), "--input", source, "--seed", "3", *TINY]) == 0
+        data, _ = _database(tmp_path / f"o{index}.h5")
+        initial, final = data["F4_initial(1|ccm)"][0], data["F4_final(1|ccm)"][0]
+        total = initial[3].sum()
+        assert np.abs((final - initial).sum(axis=2)).max() / total < 1e-13  # flavour-summed, nu and nubar
+        assert np.abs((final[3, 0] - final[3, 1]) - (initial[3, 0] - initial[3, 1])).max() / total < 1e-13
+        rows.append([final / total, data["F4_final_stddev(1|ccm)"][0] / total, data["growthRate(1|s)"][0] / total,
+                     data["tsat(s)"][0] * total, data["tend(s)"][0] * total, data["box_length_cm"][0] * total,
+                     data["linear_growthRate_box(1|s)"][0] / total])
+    for other in rows[1:]:
+        for mine, theirs in zip(rows[0], other):
+            assert np.allclose(theirs, mine, rtol=1e-9, atol=1e-9 * np.abs(mine).max()), (mine, theirs)
