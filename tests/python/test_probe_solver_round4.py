@@ -116,3 +116,19 @@ def test_the_solver_is_scale_free_over_fifty_decades_of_density(tmp_path):
     for other in rows[1:]:
         for mine, theirs in zip(rows[0], other):
             assert np.allclose(theirs, mine, rtol=1e-9, atol=1e-9 * np.abs(mine).max()), (mine, theirs)
+
+
+def test_validate_nsm1_refuses_a_repeated_seed(monkeypatch, capsys):
+    """`python -m dodo.qke.validate nsm1 --seeds 0,0` ran seed 0 twice: bit-equal runs listed in the
+    report (and --json) as if two samples of the run-to-run scatter, at twice the cost. Now refused
+    before any work, naming the repeated seed; distinct seeds run as before."""
+    from dodo.qke import validate
+
+    calls = []
+    monkeypatch.setattr(validate, "validate_nsm1", lambda *args, **kwargs: calls.append(args[2]) or {"runs": []})
+    assert validate.main(["nsm1", "--seeds", "0,1,0"]) == 2
+    error = capsys.readouterr().err
+    assert "--seeds 0,1,0 repeats seed(s) 0" in error and error.count("\n") == 1, error
+    assert calls == []
+    validate.main(["nsm1", "--seeds", "1,0"])
+    assert calls == [[1, 0]]

@@ -368,6 +368,11 @@ def _main(argv=None) -> int:
             raise ValueError(f"--seeds takes comma-separated integers, e.g. 0,1,2; got {args.seeds!r}") from None
         if any(seed < 0 for seed in seeds):
             raise ValueError(f"--seeds must be integers >= 0; got {args.seeds!r}")
+        repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+        if repeated:  # `--seeds 0,0` ran seed 0 twice, bit-equal rows listed as if two samples of the scatter
+            raise ValueError(f"--seeds {args.seeds} repeats seed(s) {', '.join(map(str, repeated))}: a seed gives the "
+                             "same run every time (the report would list identical runs as if independent); give "
+                             "each seed once")
         report = validate_nsm1(args.reference, args.box3d_cases, seeds, args.flavour_cfl, args.only,
                                args.hamiltonian_filter, args.backend)
     if args.json:  # marked as this command's report: a rerun replaces it, a user's JSON file is kept
