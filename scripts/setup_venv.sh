@@ -8,10 +8,11 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${DODO_VENV:-$root/.venv}"
 python="${PYTHON:-python3}"
-# A venv whose Python does not run (another machine's, a removed interpreter) is the user's to remove:
-# said, not deleted. One without pip (`python3 -m venv` stopped by Ctrl-C while ensurepip ran) is
+# A venv whose Python does not run (another machine's, a link to a removed interpreter: `venv` then
+# stopped at "[Errno 2] No such file or directory: .../bin/python3") is the user's to remove: said,
+# not deleted. One without pip (`python3 -m venv` stopped by Ctrl-C while ensurepip ran) is
 # completed in place by `venv` again: every later run stopped at "No module named pip".
-if [ -e "$venv/bin/python" ] && ! "$venv/bin/python" -c '' >/dev/null 2>&1; then
+if { [ -e "$venv/bin/python" ] || [ -L "$venv/bin/python" ]; } && ! "$venv/bin/python" -c '' >/dev/null 2>&1; then
   echo "setup_venv.sh: $venv/bin/python does not run (a virtual environment of another machine or of a removed" \
        "Python?): remove $venv, or set DODO_VENV to another directory" >&2
   exit 1

@@ -186,10 +186,19 @@ def test_setup_venv_completes_a_venv_left_without_pip(tmp_path):
     assert "pyproject.toml" in result.stderr or "not installable" in result.stderr, result.stderr
 
 
-def test_setup_venv_leaves_a_venv_whose_python_does_not_run(tmp_path):
+@pytest.mark.parametrize("kind", ["fails", "dangling link"])
+def test_setup_venv_leaves_a_venv_whose_python_does_not_run(tmp_path, kind):
+    """A venv of another machine, or whose interpreter was removed (bin/python a dangling link):
+    one message and the directory left as it is (before: the pip step's error, or venv's
+    "[Errno 2] No such file or directory: .../bin/python3")."""
     fake = _fake_repository(tmp_path, "scripts/setup_venv.sh")
     venv = tmp_path / ".venv"
-    _write_stub(venv / "bin" / "python", "exit 126\n")
+    if kind == "fails":
+        _write_stub(venv / "bin" / "python", "exit 126\n")
+    else:
+        (venv / "bin").mkdir(parents=True)
+        (venv / "bin" / "python").symlink_to(tmp_path / "removed" / "python3.9")
+        (venv / "bin" / "python3").symlink_to("python")
     (venv / "keep.txt").write_text("the user's\n")
     result = subprocess.run([BASH, str(fake / "scripts" / "setup_venv.sh")], cwd=tmp_path,
                             env={**os.environ, "DODO_VENV": str(venv), "PYTHON": sys.executable},
@@ -197,4 +206,7 @@ def test_setup_venv_leaves_a_venv_whose_python_does_not_run(tmp_path):
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert f"{venv}/bin/python does not run" in result.stderr and "DODO_VENV" in result.stderr, result.stderr
     assert (venv / "keep.txt").read_text() == "the user's\n"
-    assert (venv / "bin" / "python").read_text() == "#!/bin/sh\nexit 126\n"
+    if kind == "fails":
+        assert (venv / "bin" / "python").read_text() == "#!/bin/sh\nexit 126\n"
+    else:
+        assert os.readlink(venv / "bin" / "python") == str(tmp_path / "removed" / "python3.9")
