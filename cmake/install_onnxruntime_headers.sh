@@ -42,8 +42,7 @@ if [ -z "$mirror" ]; then
   exit 1
 fi
 
-# TMPDIR naming a missing or unwritable directory: /tmp instead of mktemp's refusal.
-work="$(mktemp -d 2>/dev/null || TMPDIR=/tmp mktemp -d)"
+work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/parts" "$work/lists/partial" "$work/cache/archives/partial"
 cat > "$work/parts/trixie.sources" <<EOF
