@@ -7,6 +7,7 @@
 
 #include <array>
 #include <cstddef>
+#include <limits>
 
 namespace dodo {
 
@@ -41,6 +42,15 @@ inline T flavour_symmetric_sum(const T& e, const T& mu, const T& tau, const T& e
 
 // sqrt(2) G_F / hbar in cm^3/s: growth rate [1/s] = growth_over_ntot * N_tot[cm^-3] * this.
 inline constexpr double kGrowthRatePerNtot = 1.9255e-22;
+
+// A growth rate in s^-1 as reported: `rate`, except that a crossing cell's (growth_over_ntot > 0 at
+// N_tot > 0) whose product rounded to 0 below the normal range (N_tot under ~1e-296 cm^-3, which
+// a cell may still have) is the smallest positive double: 0 is the rate of a stable cell only
+// (physics-law probe, round seven). Used by the closure and by dodo.box3d.
+inline double growth_rate_never_rounded_to_zero(double rate, double growth_over_ntot, double ntot) {
+  return (rate > 0.0 || !(growth_over_ntot > 0.0) || !(ntot > 0.0)) ? rate
+                                                                       : std::numeric_limits<double>::denorm_min();
+}
 
 // Smallest comoving total density N_tot a cell may have; below it the cell is vacuum (status
 // ZERO_DENSITY, returned unchanged): subnormal numbers cannot carry conservation to rounding.

@@ -293,10 +293,10 @@ def test_results_do_not_depend_on_chunks_threads_or_order():
         assert backwards.F_pred[::-1].tobytes() == runs[0][0]
 
 
-@pytest.mark.xfail(strict=True, reason="dodo.box3d's growth_rate is (growth_over_ntot * N_tot) * 1.9255e-22 in "
-                   "cpp/bindings/python/module.cpp (apply_box3d_into, not this round's file), which underflows to 0 "
-                   "for a crossing cell below N_tot ~ 1e-296; reported with the closure's rule as its fix")
 def test_dodo_box3d_gives_a_crossing_cell_at_the_smallest_accepted_density_a_positive_growth_rate():
+    """dodo.box3d's growth_rate, (growth_over_ntot * N_tot) * 1.9255e-22 (cpp/bindings/python/module.cpp),
+    underflowed to 0 for a crossing cell below N_tot ~ 1e-296 (a strict xfail of the round; fixed after
+    it with the closure's rule, conventions.hpp growth_rate_never_rounded_to_zero)."""
     weak = _threshold_cell()
     for s in (1e-296, 1e-299):
         result = dodo.box3d(weak * s)

@@ -108,7 +108,8 @@ void apply_box3d_into(const dodo::Box3D& box3d, const CArray& F, const py::objec
                 dodo::CellArray{box_data + begin * dodo::kCellValues}, growth_data + begin, rate_data + begin,
                 status_data + begin, threads);
     for (std::size_t c = begin; c < begin + count; ++c)
-      rate_data[c] = growth_data[c] * rate_data[c] * dodo::kGrowthRatePerNtot;
+      rate_data[c] = dodo::growth_rate_never_rounded_to_zero(growth_data[c] * rate_data[c] * dodo::kGrowthRatePerNtot,
+                                                             growth_data[c], rate_data[c]);
   }, dodo_python::lebedev_cost(box3d.settings().lebedev_order), dodo_python::busy_cells(threads, kCellsPerThread));
 }
 

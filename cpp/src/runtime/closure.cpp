@@ -234,7 +234,7 @@ inline double growth_rate_in_per_second(double growth_over_ntot, double ntot, do
   const double rate = growth_over_ntot * rate_per_ntot;
   if (!(rate < DBL_MIN) || !(growth_over_ntot > 0.0) || !(ntot > 0.0)) return rate;
   const double recomputed = (growth_over_ntot * ntot) * kGrowthRatePerNtot;
-  return recomputed > 0.0 ? recomputed : std::numeric_limits<double>::denorm_min();
+  return growth_rate_never_rounded_to_zero(recomputed, growth_over_ntot, ntot);
 }
 
 // A stable cell's diagnostics (as the general path below writes them): growth 0, Box3D's proxy
