@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -132,3 +137,48 @@ def test_validate_nsm1_refuses_a_repeated_seed(monkeypatch, capsys):
     assert calls == []
     validate.main(["nsm1", "--seeds", "1,0"])
     assert calls == [[1, 0]]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="SIGKILL and symlinks as on Linux")
+def test_an_output_symlink_keeps_its_checkpoint_beside_the_target_and_resumes_by_either_name(tmp_path):
+    """OUT a symlink (`link.h5 -> real/target.h5`): the lock was beside the target, the checkpoint beside
+    the link (`link.h5.partial.npz`), the database written through to the target; a run killed after a
+    checkpoint and rerun as `dodo simulate real/target.h5 ...` (the same file) was refused as "an
+    unfinished dodo simulate database ... with no checkpoint", and --overwrite there would have lost the
+    checkpoint's states. Now lock, checkpoint and database all go beside the target: the rerun through the
+    target's name resumes, rows bit-equal to an uninterrupted run's, nothing left but the two names. A
+    checkpoint an earlier version left beside the link is still used (the link's name kept)."""
+    pytest.importorskip("h5py")
+    arguments = ["--random", "3", "--seed", "11", "--batch-size", "1", *TINY]
+    command = [sys.executable, "-m", "dodo", "simulate"]
+    reference = tmp_path / "reference.h5"
+    subprocess.run(command + [str(reference)] + arguments, check=True, timeout=600)
+    (tmp_path / "real").mkdir()
+    link, target = tmp_path / "link.h5", tmp_path / "real" / "target.h5"
+    link.symlink_to("real/target.h5")
+    checkpoint = tmp_path / "real" / "target.h5.partial.npz"
+    process = subprocess.Popen(command + [str(link)] + arguments)
+    deadline, killed = time.monotonic() + 300, False
+    while process.poll() is None and time.monotonic() < deadline:
+        if checkpoint.exists():
+            process.send_signal(signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.005)
+    process.wait(timeout=300)
+    assert killed, "no checkpoint beside the target: " + str(sorted(p.name for p in tmp_path.rglob("*")))
+    assert not (tmp_path / "link.h5.partial.npz").exists()
+    resumed = subprocess.run(command + [str(target)] + arguments, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert sorted(os.listdir(tmp_path / "real")) == ["target.h5"]
+    assert sorted(os.listdir(tmp_path)) == ["link.h5", "real", "reference.h5"]
+    expected, got = _database(reference)[0], _database(link)[0]
+    assert sorted(expected) == sorted(got)
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+    from dodo.qke.cli import _resolved_output
+
+    (tmp_path / "link.h5.partial.npz").write_bytes(b"")  # an earlier version's checkpoint beside the link
+    assert _resolved_output(str(link)) == str(link)
+    (tmp_path / "link.h5.partial.npz").unlink()
+    assert _resolved_output(str(link)) == os.path.realpath(target)

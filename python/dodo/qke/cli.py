@@ -96,6 +96,24 @@ def _selection_model_file(select_by):
     return str(default_model_path()) if select_by == "default" else select_by
 
 
+def _resolved_output(output: str) -> str:
+    """OUT given as a symlink to a file (or to a path not there yet): its target, for the database, the
+    lock and the checkpoint alike. The lock was beside the target and the checkpoint beside the link
+    (`link.h5.partial.npz`), so an interrupted run rerun through the target's own name was refused as an
+    unfinished database without a checkpoint, and --overwrite there would have lost the checkpoint's
+    states (solver probe, round four). A checkpoint an earlier run left beside the link is still found:
+    the name is then kept as given. Links to devices, directories and loops stay as given too (refused
+    by the output checks, naming the link)."""
+    from .campaign import _checkpoints
+
+    if not os.path.islink(output) or _checkpoints(output):
+        return output
+    target = os.path.realpath(output)
+    if os.path.islink(target) or (os.path.lexists(target) and not os.path.isfile(target)):
+        return output
+    return target
+
+
 def run_simulate(args) -> int:
     """Handler of ``dodo simulate``; returns a process exit code."""
     from .campaign import simulate_states
@@ -103,7 +121,7 @@ def run_simulate(args) -> int:
     from .parallel import world
     from .states import check_rotations, family_states, random_crossing_states, read_states
 
-    args.output = resolve_output(args.parser, args)  # OUT or -o OUT, as `dodo synth`
+    args.output = _resolved_output(resolve_output(args.parser, args))  # OUT or -o OUT, as `dodo synth`
     report = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
     try:
         communicator = world()
