@@ -182,3 +182,48 @@ def test_an_output_symlink_keeps_its_checkpoint_beside_the_target_and_resumes_by
     assert _resolved_output(str(link)) == str(link)
     (tmp_path / "link.h5.partial.npz").unlink()
     assert _resolved_output(str(link)) == os.path.realpath(target)
+
+
+def _killed_after_first_checkpoint(command: list[str], checkpoint) -> None:
+    process = subprocess.Popen(command)
+    deadline = time.monotonic() + 300
+    while process.poll() is None and time.monotonic() < deadline:
+        if os.path.exists(checkpoint):
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    assert process.wait(timeout=300) == -signal.SIGKILL
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="SIGKILL as on Linux")
+def test_a_run_resumed_with_another_kernel_records_both(tmp_path):
+    """`dodo simulate OUT ... --backend numpy`, killed after a checkpoint, resumed with `--backend cpp`
+    (a resume matches all settings but the kernel): the database's settings said `"backend": "cpp"`
+    alone, though some rows came from the NumPy kernel (rows differ by ~1e-14 between the kernels, so
+    the recorded settings reproduce those rows only to rounding). Now the `kernels` attribute counts the
+    states of each kernel ({"numpy": k, "cpp": 3 - k}); a checkpoint of an earlier version (no record of
+    its kernel) counts as "unknown"; an uninterrupted run gives {"cpp": n}."""
+    pytest.importorskip("h5py")
+    from dodo.qke.campaign import _read_checkpoint
+    from dodo.qke.compiled import compiled_unavailable_reason
+
+    if compiled_unavailable_reason(16) is not None:
+        pytest.skip(compiled_unavailable_reason(16))
+    command = [sys.executable, "-m", "dodo", "simulate", str(tmp_path / "o.h5"), "--random", "3", "--seed", "2",
+               "--batch-size", "1", *TINY]
+    checkpoint = tmp_path / "o.h5.partial.npz"
+    _killed_after_first_checkpoint(command + ["--backend", "numpy"], checkpoint)
+    subprocess.run(command + ["--backend", "cpp"], check=True, timeout=600)
+    _, attrs = _database(tmp_path / "o.h5")
+    assert json.loads(attrs["settings"])["solver"]["backend"] == "cpp"
+    kernels = json.loads(attrs["kernels"])
+    assert set(kernels) == {"numpy", "cpp"} and sum(kernels.values()) == 3, kernels
+
+    (tmp_path / "o.h5").unlink()
+    _killed_after_first_checkpoint(command + ["--backend", "cpp"], checkpoint)
+    stored = _read_checkpoint(str(checkpoint))
+    done = int(stored["done"].sum())
+    np.savez(checkpoint, **{key: value for key, value in stored.items() if key != "kernel"})  # as written before
+    subprocess.run(command + ["--backend", "cpp"], check=True, timeout=600)
+    kernels = json.loads(_database(tmp_path / "o.h5")[1]["kernels"])
+    assert kernels.get("unknown (a checkpoint of an earlier version)") == done and sum(kernels.values()) == 3, kernels

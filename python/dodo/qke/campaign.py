@@ -271,7 +271,25 @@ def _empty_results(nstates: int) -> dict:
             "box_length_cm": np.zeros(nstates), "rotation": np.tile(np.eye(3), (nstates, 1, 1)),
             "linear_growth_rate": np.zeros(nstates), "done": np.zeros(nstates, bool), "valid": np.zeros(nstates, bool),
             "reason": np.array([""] * nstates, dtype=object), "wall_time_s": np.zeros(nstates),
-            "skipped": np.zeros(nstates, bool)}  # dropped by max_cost: not part of the batch plan
+            "skipped": np.zeros(nstates, bool),  # dropped by max_cost: not part of the batch plan
+            # The kernel that ran each state (KERNEL_CODES; 0: not run, or read from a checkpoint written before
+            # this was recorded). A run resumed with another --backend mixes kernels, while the settings name
+            # the last run's only (solver probe, round four): the database's `kernels` attribute counts them.
+            "kernel": np.zeros(nstates, np.int8)}
+
+
+#: Codes of the kernels in the results' "kernel" (an int8 array: a checkpoint holds no pickle for it).
+KERNEL_CODES = {"cpp": 1, "numpy": 2}
+
+
+def _kernels_used(codes: np.ndarray) -> dict:
+    """{kernel name: number of states} of ``codes``; "unknown": states of an earlier version's checkpoint."""
+    names = {code: name for name, code in KERNEL_CODES.items()}
+    counts = {}
+    for code in np.asarray(codes).tolist():
+        name = names.get(int(code), "unknown (a checkpoint of an earlier version)")
+        counts[name] = counts.get(name, 0) + 1
+    return counts
 
 
 def _checkpoint_path(output: str, rank: int, nranks: int) -> str:
@@ -418,6 +436,7 @@ def _write_database(output: str, four_flux: np.ndarray, results: dict, settings:
     provenance.update({"solver": "dodo.qke fast-flavour QKE solver (docs/qke.md)", "settings": settings,
                        "dropped": dropped, "nstates_requested": len(four_flux), "nstates_done": int(results["done"].sum()),
                        "nstates_valid": int(valid.sum()), "complete": bool(results["done"].all()),
+                       "kernels": _kernels_used(results["kernel"][valid]),
                        "wall_time_per_state_s": float(np.mean(results["wall_time_s"][valid])) if valid.any() else 0.0,
                        "frame": "fluxes in the input frame; the box axis was z after applying rotation_R (F_sim = R F)",
                        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
@@ -638,4 +657,5 @@ def _simulate_batch(batch: np.ndarray, four_flux: np.ndarray, results: dict, con
         results["saturation_time"][index] = state.saturation_time[slot]
         results["valid"][index], results["reason"][index] = state.valid[slot], state.reason[slot]
         results["wall_time_s"][index] = (time.time() - batch_started) / len(runnable)
+        results["kernel"][index] = KERNEL_CODES.get(config.backend, 0)
         results["done"][index] = True
