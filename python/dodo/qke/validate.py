@@ -174,13 +174,26 @@ def validate_emu32(reference: str, output: str, batch_size: int, flavour_cfl: fl
     errors = density_error(results["final"], emu_final, initial)
     report = {"nstates": len(initial), "nvalid": int(valid.sum()), "wall_s_total": wall, "backend": resolve_backend(config)[0],
               "wall_s_per_state": wall / len(initial), "emu_wall_s_per_state": float(np.mean(emu_wall)),
-              "solver_vs_emu_mean_abs_dn_over_ntot": float(np.mean(errors[valid])),
-              "solver_vs_emu_max": float(np.max(errors[valid])),
-              "growth_rate_ratio_to_emu": {"mean": float(np.mean(results["growth_rate"][valid] / emu_growth[valid])),
-                                           "min": float(np.min(results["growth_rate"][valid] / emu_growth[valid])),
-                                           "max": float(np.max(results["growth_rate"][valid] / emu_growth[valid]))},
-              "linear_growth_ratio_to_file": float(np.max(np.abs(results["linear_growth_rate"][valid] / linear_growth[valid] - 1))),
+              "solver_vs_emu_mean_abs_dn_over_ntot": None, "solver_vs_emu_max": None,
+              "growth_rate_ratio_to_emu": {"mean": None, "min": None, "max": None},
+              "linear_growth_ratio_to_file": None,
               "per_state_error": errors.tolist()}
+    if not valid.any():
+        # No valid state (every run unfinished or failed): the statistics over valid states are null and
+        # the report still written and printed. np.max of nothing ended the command with "zero-size array
+        # to reduction operation maximum which has no identity" and two NumPy warnings after the whole
+        # run, and no --json report (scoring probe, 2026-12-06).
+        report["note"] = "no valid state: nothing to compare with Emu (see the database's per-state status)"
+        if print_summary:
+            _print_emu32_summary(report)
+        return report
+    growth_ratio = results["growth_rate"][valid] / emu_growth[valid]
+    report.update({"solver_vs_emu_mean_abs_dn_over_ntot": float(np.mean(errors[valid])),
+                   "solver_vs_emu_max": float(np.max(errors[valid])),
+                   "growth_rate_ratio_to_emu": {"mean": float(np.mean(growth_ratio)), "min": float(np.min(growth_ratio)),
+                                                "max": float(np.max(growth_ratio))},
+                   "linear_growth_ratio_to_file": float(np.max(np.abs(results["linear_growth_rate"][valid]
+                                                                      / linear_growth[valid] - 1)))})
     box3d = box3d_prediction(initial)
     if box3d is not None:
         # Over the solver's valid states, the set its own mean is taken over: a dropped state counted in
@@ -382,6 +395,12 @@ def _main(argv=None) -> int:
         # ended the command before the report file of the finished validation was written (outside
         # probe, data-loss round two).
         _print_emu32_summary(report)
+        if report["nvalid"] == 0:  # the report and database are written; a script must not read this as a pass
+            import sys
+
+            print(f"python -m dodo.qke.validate: error: none of the {report['nstates']} states ran to a valid "
+                  "asymptotic state: nothing was compared with Emu (report written)", file=sys.stderr)
+            return 1
     return 0
 
 
