@@ -5,6 +5,7 @@ import functools
 import operator
 import os
 import sys
+import threading
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -38,10 +39,105 @@ class Box3DResult(NamedTuple):
         (F_init's shape without its trailing (6, 4))."""
         return _empty_result(cls, _BOX3D_OUTPUTS, batch_shape)
 
+    def __reduce_ex__(self, protocol):
+        # A result made before an importlib.reload of this module (IPython's autoreload) is of the
+        # earlier class, which pickle cannot name: it is pickled as the class defined now.
+        return _reduce_result(self, Box3DResult, protocol)
+
 
 # Per output of a result: (trailing shape after the batch shape, dtype).
 _BOX3D_OUTPUTS = {"F_box": ((N_SPECIES, N_COMPONENTS), np.float64), "growth_over_ntot": ((), np.float64),
                   "growth_rate": ((), np.float64), "status": ((), np.uint32)}
+
+
+def _reduce_result(result, current: type, protocol):
+    """How a result pickles (and copies). One made before an ``importlib.reload`` of its module
+    (IPython's autoreload, a notebook re-running its imports) is of the earlier class, which pickle
+    cannot name: ``Can't pickle <class 'dodo._box3d.Box3DResult'>: it's not the same object as
+    dodo._box3d.Box3DResult`` (outside probe, round forty-five). Such a result pickles as the class
+    its module defines now (``current``, looked up when called); the current class pickles as before."""
+    if type(result) is current or not _is_result_class(type(result), current):
+        return tuple.__reduce_ex__(result, protocol)
+    return (current, tuple(result))
+
+
+def _is_result_class(cls: type, result_type: type) -> bool:
+    """Whether ``cls`` is ``result_type`` itself, or the same result class as its module defined it
+    before an ``importlib.reload``: same module, name and fields."""
+    return cls is result_type or (cls.__module__ == result_type.__module__ and cls.__qualname__ ==
+                                  result_type.__qualname__ and getattr(cls, "_fields", None) == result_type._fields)
+
+
+#: The arrays that the calls running now (in other threads) read and write: per call, a list of
+#: (name, array, written).
+_running_calls: list[list] = []
+_running_lock = threading.Lock()
+
+
+def _new_running_lock() -> None:
+    """A fork child: the parent's other threads, whose calls were running, do not exist in it (their
+    claims would refuse its calls for ever), and one of them may have held the lock."""
+    global _running_lock
+    _running_lock = threading.Lock()
+    _running_calls.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_running_lock)
+
+
+def _named_arrays(prefix: str, value) -> list:
+    if isinstance(value, np.ndarray):
+        return [(prefix, value)] if value.size else []
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a result given as out=
+        return [(f"{prefix}.{name}", array) for name, array in zip(value._fields, value)
+                if isinstance(array, np.ndarray) and array.size]
+    return []
+
+
+class _claim:
+    """Held (``with``) while a call reads the arrays ``reads`` (name -> value) and writes the arrays of
+    ``out``. Two calls running at once (from two threads) that wrote the same out= arrays mixed their
+    results without a word, and one that read another's out= read values half written (outside
+    probe, round forty-five): such a call is refused, in one line, before it computes anything.
+    Arrays that calls only read are shared freely. (A class, not contextlib's generator: a few
+    microseconds less a call.)"""
+
+    __slots__ = ("mine",)
+
+    def __init__(self, reads: dict, out=None, what: str = "out") -> None:
+        self.mine = ([(name, array, False) for key, value in reads.items() for name, array in _named_arrays(key, value)]
+                     + [(name, array, True) for name, array in _named_arrays(what, out)])
+
+    def __enter__(self) -> None:
+        mine = self.mine
+        with _running_lock:
+            for running in _running_calls:
+                for name, array, writes in mine:
+                    for other_name, other, other_writes in running:
+                        if (writes or other_writes) and np.may_share_memory(array, other):
+                            raise ValueError(_clash_text(name, writes, other_name, other_writes))
+            _running_calls.append(mine)
+
+    def __exit__(self, *exc_info) -> None:
+        mine = self.mine
+        with _running_lock:
+            for index, running in enumerate(_running_calls):
+                if running is mine:
+                    del _running_calls[index]
+                    break
+
+
+def _clash_text(name: str, writes: bool, other_name: str, other_writes: bool) -> str:
+    if writes and other_writes:
+        return (f"{name} shares memory with {other_name} of another call running now (in another thread): both "
+                "would write it at once and their results would mix; give each concurrent call its own out "
+                "(the result type's empty(batch_shape))")
+    if writes:
+        return (f"{name} shares memory with {other_name}, which another call running now (in another thread) "
+                "reads: it would read values half overwritten; give this call another out, or wait for that call")
+    return (f"{name} shares memory with {other_name}, which another call running now (in another thread) is "
+            "writing: this call would read values half written; wait for that call, or pass a copy")
 
 
 def _empty_result(result_type, outputs: dict, batch_shape):
@@ -68,7 +164,9 @@ def _flat_outputs(out, result_type, outputs: dict, batch: tuple[int, ...]) -> li
     """Flat (n, ...) views of the arrays of ``out`` (a ``result_type``) that a call on cells of
     batch shape ``batch`` writes in place; a clear error for anything it cannot write into. The
     core refuses arrays that share memory with the inputs or with each other."""
-    if not isinstance(out, result_type):
+    if not isinstance(out, result_type) and not _is_result_class(type(out), result_type):
+        # A previous call's result made before an importlib.reload of the module (IPython's
+        # autoreload) was refused as "must be a dodo.Box3DResult ...; got Box3DResult" (round 45).
         raise TypeError(f"out must be a dodo.{result_type.__name__} (a previous call's result, or "
                         f"dodo.{result_type.__name__}.empty(batch_shape)); got {type(out).__name__}")
     flat = []
@@ -126,9 +224,10 @@ def crossing_features(F_init, u=None, lebedev_order: int = DEFAULT_LEBEDEV_ORDER
     too: zero I+ or I-); NaN for a rejected cell (see dodo.box3d's status). A lobe whose integral is
     at most 1e-12 of the pair's n_i + nbar_i + n_j + nbar_j is rounding noise and empty: its I, its
     solid-angle fraction, its length and the cosine are 0 (cpp/src/box3d/box3d.hpp, kLobeNoise)."""
-    flat_F, flat_u, batch = _prepare(F_init, u)
-    engine = _engine(_lebedev_order(lebedev_order), z_method, _real("max_flux_factor", max_flux_factor), False)
-    return np.asarray(engine.crossing_features(flat_F, flat_u)).reshape(batch + (N_CROSSING_FEATURES,))
+    with _claim({"F_init": F_init, "u": u}):
+        flat_F, flat_u, batch = _prepare(F_init, u)
+        engine = _engine(_lebedev_order(lebedev_order), z_method, _real("max_flux_factor", max_flux_factor), False)
+        return np.asarray(engine.crossing_features(flat_F, flat_u)).reshape(batch + (N_CROSSING_FEATURES,))
 
 
 def _as_real_array(name: str, value, trailing: tuple[int, ...], shape_text: str) -> np.ndarray:
@@ -339,9 +438,11 @@ def box3d(F_init, u=None, *, lebedev_order: int = DEFAULT_LEBEDEV_ORDER, z_metho
     (u of the full batch shape, not broadcast).
     """
     engine = _engine(_lebedev_order(lebedev_order), z_method, _real("max_flux_factor", max_flux_factor))
-    flat_F, flat_u, batch = _prepare(F_init, u)
-    result = Box3DResult.empty(batch) if out is None else out
-    engine.apply_into(flat_F, flat_u, *_flat_outputs(result, Box3DResult, _BOX3D_OUTPUTS, batch), _threads(threads))
+    with _claim({"F_init": F_init, "u": u}, out):
+        flat_F, flat_u, batch = _prepare(F_init, u)
+        result = Box3DResult.empty(batch) if out is None else out
+        engine.apply_into(flat_F, flat_u, *_flat_outputs(result, Box3DResult, _BOX3D_OUTPUTS, batch),
+                          _threads(threads))
     return result
 
 
@@ -351,17 +452,24 @@ def invariants(F_init, u=None) -> np.ndarray:
     Order of the products: :func:`dodo.conventions.invariant_pairs`. Cells whose N_tot is not a positive
     finite number (zero, negative, NaN, or overflowing to inf: densities near 1e308) give zeros.
     """
-    flat_F, flat_u, batch = _prepare(F_init, u)
-    return _core.invariants(flat_F, flat_u).reshape(batch + (27,))
+    with _claim({"F_init": F_init, "u": u}):
+        flat_F, flat_u, batch = _prepare(F_init, u)
+        return _core.invariants(flat_F, flat_u).reshape(batch + (27,))
 
 
 def comoving_density(F_init, u=None) -> np.ndarray:
     """Total comoving number density N_tot = sum_a -F_a.u, shape (...)."""
-    flat_F, flat_u, batch = _prepare(F_init, u)
-    return _core.comoving_total_density(flat_F, flat_u).reshape(batch)
+    with _claim({"F_init": F_init, "u": u}):
+        flat_F, flat_u, batch = _prepare(F_init, u)
+        return _core.comoving_total_density(flat_F, flat_u).reshape(batch)
 
 
 def _boost(F, u, inverse: bool) -> np.ndarray:
+    with _claim({"F_rest" if inverse else "F": F, "u": u}):
+        return _boost_claimed(F, u, inverse)
+
+
+def _boost_claimed(F, u, inverse: bool) -> np.ndarray:
     if u is None:  # box3d's u=None (rest-frame input) read here "u must hold real numbers; got dtype object"
         raise ValueError(f"{'boost_from_rest' if inverse else 'boost_to_rest'} needs the fluid four-velocity u "
                          "(..., 4); u=None (dodo.box3d's 'input already in the fluid rest frame') means no boost: "

@@ -21,7 +21,7 @@ from typing import NamedTuple, Optional, Union
 import numpy as np
 
 from . import _core
-from ._box3d import _empty_result, _flat_outputs, _integral, _prepare, _real, _text, _threads, _usable_cpus
+from ._box3d import _claim, _empty_result, _flat_outputs, _reduce_result, _integral, _prepare, _real, _text, _threads, _usable_cpus
 from .conventions import N_COMPONENTS, N_SPECIES
 from .models import default_model_path
 
@@ -53,6 +53,10 @@ class ClosureResult(NamedTuple):
         """Unfilled arrays for ``Closure.apply(..., out=)`` on cells of batch shape ``batch_shape``
         (F_init's shape without its trailing (6, 4))."""
         return _empty_result(cls, _CLOSURE_OUTPUTS, batch_shape)
+
+    def __reduce_ex__(self, protocol):
+        # A result made before an importlib.reload of this module pickles as the class defined now.
+        return _reduce_result(self, ClosureResult, protocol)
 
 
 # Per output: (trailing shape after the batch shape, dtype), in ClosureResult's order.
@@ -390,11 +394,14 @@ class Closure:
         results are the same bits as without ``out``. No array is allocated when F_init and u
         are C-contiguous float64 already (u of the full batch shape, not broadcast).
         """
-        flat_F, flat_u, batch = _prepare(F_init, u)
-        # Growth rates in s^-1 come from the runtime, which has N_tot: no (n, 6) temporaries here,
-        # so the peak memory stays near the input and output arrays.
-        result = ClosureResult.empty(batch) if out is None else out
-        self._runtime.apply_into(flat_F, flat_u, *_flat_outputs(result, ClosureResult, _CLOSURE_OUTPUTS, batch))
+        # Two calls at once (threads) writing the same out= arrays, or one reading another's, are
+        # refused (_claim): their results mixed without a word (outside probe, round forty-five).
+        with _claim({"F_init": F_init, "u": u}, out):
+            flat_F, flat_u, batch = _prepare(F_init, u)
+            # Growth rates in s^-1 come from the runtime, which has N_tot: no (n, 6) temporaries here,
+            # so the peak memory stays near the input and output arrays.
+            result = ClosureResult.empty(batch) if out is None else out
+            self._runtime.apply_into(flat_F, flat_u, *_flat_outputs(result, ClosureResult, _CLOSURE_OUTPUTS, batch))
         return result
 
     def __call__(self, F_init, u=None) -> np.ndarray:

@@ -30,6 +30,18 @@ class _StatusType(type(enum.IntFlag)):
 class _StatusFlags(enum.IntFlag, metaclass=_StatusType):
     """The base of CellStatus (no members: its members are the core's list)."""
 
+    def __reduce_ex__(self, protocol):
+        # A status made before an importlib.reload of this module (IPython's autoreload) is of the
+        # earlier CellStatus, which pickle cannot name: "Can't pickle <flag 'CellStatus'>: it's not
+        # the same object as dodo._status.CellStatus" (outside probe, round forty-five). It pickles as
+        # the CellStatus this module defines now, by its value.
+        current = globals().get("CellStatus")
+        cls = type(self)
+        if current is not None and cls is not current and cls.__module__ == __name__ and \
+                cls.__qualname__ == current.__qualname__:
+            return current, (int(self),)
+        return super().__reduce_ex__(protocol)
+
 
 CellStatus = _StatusFlags("CellStatus", {"OK": 0, **{name: bit for name, bit, _, _ in _core.cell_status_bits}},
                           module=__name__)
