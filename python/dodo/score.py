@@ -268,14 +268,33 @@ def score(closure, states: EmuStates, resamples: int = 10000, seed: int = 0,
                 growth[name] = dict.fromkeys(("median_ratio", "min_ratio", "max_ratio", "within_10_percent"))
                 if within is not None:  # rates measured, none predicted finite: none within 10%
                     growth[name]["within_10_percent"] = within
-            growth[name]["non_finite"] = int(np.sum(~finite))
+            if within is not None:  # with no measured rate, every entry stays null
+                growth[name]["non_finite"] = int(np.sum(~finite))
         growth["n_states"] = int(usable.sum())
         report["growth_rate"] = growth
     if states.origins:
         report["per_state"]["origin"] = list(states.origins)
-    if states.notes:
-        report["notes"] = list(states.notes)
+    report["box3d_settings"] = {key: settings[key] for key in ("lebedev_order", "z_method", "max_flux_factor")}
+    notes = list(states.notes)
+    default = _default_box3d_settings()
+    if (int(settings["lebedev_order"]), str(settings["z_method"]), float(settings["max_flux_factor"])) != default:
+        # The anchor row is the model's own prior (the paired difference is against it); a package trained
+        # against other Box3D settings showed that row under the name "Box3D (anchor)" alone, beside the
+        # README's anchor numbers (Lebedev 17, exact Z, 0.98), which it is not (scoring probe, 2026-12-06).
+        notes.append("the Box3D (anchor) row uses the model's Box3D settings (lebedev_order "
+                     f"{settings['lebedev_order']}, z_method {settings['z_method']}, max_flux_factor "
+                     f"{float(settings['max_flux_factor']):g}), not Dodo's default ({default[0]}, {default[1]}, "
+                     f"{default[2]:g}) of `dodo score box3d` and the README's Box3D numbers")
+    if notes:
+        report["notes"] = notes
     return report
+
+
+def _default_box3d_settings() -> tuple:
+    """(lebedev_order, z_method, max_flux_factor) of dodo.box3d's defaults: the README's anchor."""
+    from ._box3d import DEFAULT_LEBEDEV_ORDER, DEFAULT_MAX_FLUX_FACTOR, DEFAULT_Z_METHOD
+
+    return (int(DEFAULT_LEBEDEV_ORDER), str(DEFAULT_Z_METHOD), float(DEFAULT_MAX_FLUX_FACTOR))
 
 
 def _ratio_text(ratio: float) -> str:

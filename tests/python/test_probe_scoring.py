@@ -456,3 +456,44 @@ def test_growth_share_counts_a_non_finite_rate_as_not_within(tmp_path, spoil_all
     text = format_report(report, "m", "d")
     assert ("within 10%: 80%" in text) != spoil_all and "non-finite rate on" in text
     json.dumps(report, allow_nan=False)
+
+
+def test_float32_file_growth_column_threshold_zero_and_non_conserving_truth(capsys, tmp_path):
+    """float32 datasets and a [n, 1] growthRate are read as the same numbers; a truth that breaks
+    conservation is warned of and scored as given (the distance to it); --threshold 0 counts every
+    state where the model's error exceeds Box3D's."""
+    emu_initial, emu_final = synthetic_states(22, 12, nubar_heavy=True)
+    emu_final[4, 3, 0, 0] *= 1.2  # nu_e of state 4 made up: conservation broken
+    emu_final = emu_final.astype(np.float32).astype(float)  # the numbers the file holds
+    emu_initial = emu_initial.astype(np.float32).astype(float)
+    growth = np.random.default_rng(3).uniform(1e9, 1e11, 12)
+    path = tmp_path / "f32.h5"
+    with h5py.File(path, "w") as f:
+        f[INITIAL] = emu_initial.astype(np.float32)
+        f[FINAL] = emu_final.astype(np.float32)
+        f[GROWTH] = growth[:, None]
+    report, _, err = score_json(capsys, tmp_path, "default", path, extra=("--threshold", "0"))
+    assert "1 of 12 states have a truth" in err
+    oracle = oracle_report(emu_initial, emu_final, None, growth, threshold=0.0)
+    assert_matches_oracle(report, oracle)
+    assert report["states_worse_than_box3d"] == int(np.sum(oracle["difference"] > 0))
+
+
+def test_anchor_row_says_when_its_box3d_is_not_the_default(tmp_path):
+    """The Box3D row is the model's own prior; with other settings than dodo.box3d's defaults (the
+    README's anchor) the report says so and records them (JSON box3d_settings), and the row is Box3D
+    at those settings (the oracle's); with the defaults, no such note."""
+    from dodo.score import format_report, read_emu_states, score
+
+    emu_initial, emu_final = synthetic_states(23, 6)
+    states = read_emu_states(str(write_emu(tmp_path / "a.h5", emu_initial, emu_final)))
+    plain = score(dodo.Closure("box3d"), states, resamples=200)
+    assert plain["box3d_settings"]["lebedev_order"] == 17 and "notes" not in plain
+    other = dodo.Closure("box3d", lebedev_order=41)
+    report = score(other, states, resamples=200)
+    assert report["box3d_settings"]["lebedev_order"] == 41
+    text = format_report(report, "m", "d")
+    assert "lebedev_order 41" in text and "not Dodo's default (17, exact, 0.98)" in text
+    F_box = np.asarray(dodo.box3d(emu_to_species(emu_initial), lebedev_order=41).F_box)
+    np.testing.assert_allclose(report["per_state"]["box3d"], oracle_errors(emu_initial, emu_final, F_box), rtol=1e-10)
+    json.dumps(report, allow_nan=False)
