@@ -68,9 +68,8 @@ def _is_result_class(cls: type, result_type: type) -> bool:
                                   result_type.__qualname__ and getattr(cls, "_fields", None) == result_type._fields)
 
 
-#: The arrays that the calls running now (in other threads) read and write: per call, a list of
-#: (name, array, written).
-_running_calls: list[list] = []
+#: The arrays that the calls running now read and write: per call, ([(name, array, written)], its thread).
+_running_calls: list[tuple[list, threading.Thread]] = []
 _running_lock = threading.Lock()
 
 
@@ -106,17 +105,29 @@ class _claim:
     __slots__ = ("mine",)
 
     def __init__(self, reads: dict, out=None, what: str = "out") -> None:
+        # Tagged with the calling thread: calls of one thread never run at once (a signal handler's
+        # call ends before the call it interrupted goes on), and a claim left behind by a Ctrl-C
+        # that came between two of these lines must not refuse that thread's later calls.
         self.mine = ([(name, array, False) for key, value in reads.items() for name, array in _named_arrays(key, value)]
-                     + [(name, array, True) for name, array in _named_arrays(what, out)])
+                     + [(name, array, True) for name, array in _named_arrays(what, out)], threading.current_thread())
 
     def __enter__(self) -> None:
         mine = self.mine
         with _running_lock:
-            for running in _running_calls:
-                for name, array, writes in mine:
-                    for other_name, other, other_writes in running:
-                        if (writes or other_writes) and np.may_share_memory(array, other):
-                            raise ValueError(_clash_text(name, writes, other_name, other_writes))
+            for entry in list(_running_calls):
+                running, thread = entry
+                if thread is mine[1]:
+                    continue
+                for name, array, writes in mine[0]:
+                    clash = next(((other_name, other_writes) for other_name, other, other_writes in running
+                                  if (writes or other_writes) and np.may_share_memory(array, other)), None)
+                    if clash is None:
+                        continue
+                    if not thread.is_alive():
+                        # Left by a thread that has ended: nothing runs. (By identity: == of arrays.)
+                        _running_calls[:] = [kept for kept in _running_calls if kept is not entry]
+                        break
+                    raise ValueError(_clash_text(name, writes, *clash))
             _running_calls.append(mine)
 
     def __exit__(self, *exc_info) -> None:
@@ -435,7 +446,9 @@ def box3d(F_init, u=None, *, lebedev_order: int = DEFAULT_LEBEDEV_ORDER, z_metho
     calls it; returned. Its arrays must be C-contiguous, writeable, of the result's dtypes and
     shapes, and share no memory with F_init, u or each other. The results are the same bits as
     without ``out``. No array is allocated when F_init and u are C-contiguous float64 already
-    (u of the full batch shape, not broadcast).
+    (u of the full batch shape, not broadcast). Calls from several threads at once each need their
+    own ``out``: an out that another call running now writes or reads is refused (ValueError), as
+    are inputs that another running call writes as its out.
     """
     engine = _engine(_lebedev_order(lebedev_order), z_method, _real("max_flux_factor", max_flux_factor))
     with _claim({"F_init": F_init, "u": u}, out):

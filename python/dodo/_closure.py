@@ -281,7 +281,7 @@ class Closure:
     onnxruntime_library: path of libonnxruntime; None: $DODO_ONNXRUNTIME_LIBRARY, then the
         ``onnxruntime`` Python package, then the system.
 
-    Instances are safe to share between threads. They can be pickled (``multiprocessing``
+    Instances are safe to share between threads (each call with its own ``out=``, if any). They can be pickled (``multiprocessing``
     workers, ``concurrent.futures.ProcessPoolExecutor``): the pickle holds the model's identity
     and the options, not the loaded runtime, and unpickling loads the closure again: the same
     file (by absolute path), the default model, Box3D alone, or an in-memory package's bytes
@@ -392,7 +392,10 @@ class Closure:
         simulation's time loop calls it; returned. Its arrays must be C-contiguous, writeable, of
         the result's dtypes and shapes, and share no memory with F_init, u or each other. The
         results are the same bits as without ``out``. No array is allocated when F_init and u
-        are C-contiguous float64 already (u of the full batch shape, not broadcast).
+        are C-contiguous float64 already (u of the full batch shape, not broadcast). Calls from
+        several threads at once each need their own ``out``: an out that another call running now
+        writes, or whose memory it reads as F_init or u, is refused (ValueError), as are inputs that
+        another running call writes as its out.
         """
         # Two calls at once (threads) writing the same out= arrays, or one reading another's, are
         # refused (_claim): their results mixed without a word (outside probe, round forty-five).

@@ -214,6 +214,34 @@ def test_a_call_refused_for_another_reason_leaves_no_claim():
     assert _box3d._running_calls == []
 
 
+def test_a_call_of_the_same_thread_and_a_claim_of_an_ended_thread_do_not_refuse():
+    """Guard (of this round's fix): a call made while another call of the same thread is under way (a
+    signal handler's, here an __array__'s) runs: the two cannot overlap in time. A claim left by a
+    thread that ended without releasing it (as a Ctrl-C between two lines could leave) refuses
+    nothing."""
+    from dodo import _box3d
+
+    out = dodo.Box3DResult.empty((4,))
+    F = _cells(4)
+    expected = dodo.box3d(F)
+
+    class Nested:
+        def __array__(self, dtype=None, copy=None):
+            dodo.box3d(_cells(4, 9), out=out)  # the same out, in the same thread
+            return F
+
+    assert _same_bits(dodo.box3d(Nested(), out=out), expected)
+    thread = threading.Thread(target=lambda: _box3d._claim({}, out).__enter__())  # never released
+    thread.start()
+    thread.join(HANG_GUARD_S)
+    done: list = []
+    other = threading.Thread(target=lambda: done.append(dodo.box3d(F, out=out)))
+    other.start()
+    other.join(HANG_GUARD_S)
+    assert done and _same_bits(done[0], expected)
+    assert _box3d._running_calls == []
+
+
 # --- Results made before an importlib.reload --------------------------------------------------------
 
 def _child(code: str) -> subprocess.CompletedProcess:
