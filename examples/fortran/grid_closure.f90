@@ -3,6 +3,7 @@
 !
 ! Build:  gfortran dodo.f90 grid_closure.f90 $(pkg-config --libs dodo) -o grid_closure
 !         (dodo.f90 is installed in $(pkg-config --variable=includedir dodo)/dodo/)
+!         (dodo.f90 is Fortran 2018: with your -std=f2008, compile it apart with -std=f2018)
 ! Run:    ./grid_closure MODEL.onnx      (no argument: Box3D only)
 program grid_closure
   use dodo

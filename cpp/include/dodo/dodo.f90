@@ -18,6 +18,16 @@
 ! Compile this file with your Fortran compiler (module files are compiler-specific) and link
 ! libdodo: CMake gives its path as ${Dodo_FORTRAN_MODULE_SOURCE}; pkg-config as
 ! $(pkg-config --variable=includedir dodo)/dodo/dodo.f90.
+!
+! Standard: Fortran 2018 (Fortran 2008 with TS 29113): the array arguments are assumed-rank
+! dummies, F_init(..), so that F(4, 6, ncell) and F(4, 6, nx, ny, nz) pass alike without copies.
+! Compile this file with -std=f2018 (gfortran; or -std=f2008ts, or no -std option) even when
+! your own code is compiled with -std=f2008: under -std=f2008 this file stops with "Fortran 2018:
+! Assumed-rank array". The calls a host writes are Fortran 2008, so a host's -std=f2008 sources
+! use the module as they are. CMake, for a host whose CMAKE_Fortran_FLAGS hold -std=f2008:
+!   set_source_files_properties(${Dodo_FORTRAN_MODULE_SOURCE} PROPERTIES COMPILE_OPTIONS
+!                               "$<$<Fortran_COMPILER_ID:GNU>:-std=f2018>")
+! (set in the directory that adds the module's library; the option comes after the host's flags).
 module dodo
   use, intrinsic :: iso_c_binding, only: c_ptr, c_null_ptr, c_null_char, c_char, c_int, c_double, c_size_t, &
                                          c_int8_t, c_int32_t, c_int64_t, c_long, c_associated, c_loc, c_f_pointer, &
