@@ -368,6 +368,14 @@ class Closure:
                 device=_text("device", device, '"cpu", "cuda" or "cuda:N"'), run_self_test=bool(self_test and has_model),
                 evaluator=_text("evaluator", evaluator, '"auto" or "onnxruntime"'))
         except (RuntimeError, ValueError, OSError) as error:
+            if isinstance(max_flux_factor, np.floating) and max_flux_factor.dtype.itemsize < 8 and \
+                    "max_flux_factor" in str(error) and "was requested" in str(error):
+                # np.float32(0.98) (read from a float32 file or array) is 0.9800000190734863, which the
+                # runtime calls another value than the model's 0.98 without saying why (round 45).
+                short = np.format_float_positional(max_flux_factor)  # its shortest digits: 0.98
+                raise type(error)(f"{error} (max_flux_factor was given as {max_flux_factor.dtype} {short}, which "
+                                  f"is {float(max_flux_factor)!r} in float64, in which Dodo computes: give {short} "
+                                  "as a Python float, or None for the model's)") from None
             if file_bytes is not None and "model in memory (" in str(error):
                 # Read here, the runtime calls the file "model in memory (N bytes)": name it instead.
                 text = re.sub(r"model in memory \(\d+ bytes\)", lambda _: f"model file {_shown_path(model_path)}",

@@ -335,3 +335,15 @@ def test_a_forked_child_is_not_refused_for_its_parents_running_calls():
     out freely (the claims of threads that do not exist in it are dropped)."""
     child = _child(FORK_CHILD)
     assert "child status 0" in child.stdout, child.stdout + child.stderr[-3000:]
+
+
+@needs_runtime
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_a_float32_max_flux_factor_says_why_it_is_not_the_models(dtype):
+    """dodo.Closure(max_flux_factor=np.float32(0.98)) (read from a float32 file) with the default
+    model (0.98) was refused as `model "dodo.box3d" max_flux_factor is 0.98 but max_flux_factor
+    0.9800000190734863 was requested`, without saying where the digits came from."""
+    with pytest.raises(RuntimeError, match=rf"given as {np.dtype(dtype).name} 0\.98, which is 0\.9\d+ in float64, in "
+                                           r"which Dodo computes: give 0\.98 as a Python float, or None"):
+        dodo.Closure(max_flux_factor=dtype(0.98))
+    assert dodo.Closure(max_flux_factor=np.float64(0.98)).box3d_settings["max_flux_factor"] == 0.98  # guard
