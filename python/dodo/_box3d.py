@@ -44,10 +44,33 @@ class Box3DResult(NamedTuple):
         # earlier class, which pickle cannot name: it is pickled as the class defined now.
         return _reduce_result(self, Box3DResult, protocol)
 
+    def __eq__(self, other):
+        return _result_equality(self, other)
+
+    def __ne__(self, other):
+        equal = _result_equality(self, other)
+        return equal if equal is NotImplemented else not equal
+
 
 # Per output of a result: (trailing shape after the batch shape, dtype).
 _BOX3D_OUTPUTS = {"F_box": ((N_SPECIES, N_COMPONENTS), np.float64), "growth_over_ntot": ((), np.float64),
                   "growth_rate": ((), np.float64), "status": ((), np.uint32)}
+
+
+def _result_equality(result, other):
+    """``result == other`` for a result (a NamedTuple of arrays). Tuple equality asks each pair of
+    arrays for one truth value, and NumPy said `The truth value of an array with more than one element
+    is ambiguous. Use a.any() or a.all()` (`... of an empty array ...` for 0 cells) of a comparison the
+    user wrote between two results (outside probe, round forty-five): now a TypeError saying how to
+    compare them. A result equals itself; anything but a tuple is not equal (None, numbers)."""
+    if other is result:
+        return True
+    if not isinstance(other, tuple):
+        return NotImplemented
+    raise TypeError(f"dodo.{type(result).__name__} holds NumPy arrays, which == compares element by element, "
+                    "giving no single answer: compare the fields, e.g. all(np.array_equal(a, b) for a, b in "
+                    "zip(r1, r2)) (equal_nan=True where NaN may appear), or a.tobytes() == b.tobytes() for the same "
+                    "bits")
 
 
 def _reduce_result(result, current: type, protocol):

@@ -21,7 +21,7 @@ from typing import NamedTuple, Optional, Union
 import numpy as np
 
 from . import _core
-from ._box3d import _claim, _empty_result, _flat_outputs, _reduce_result, _integral, _prepare, _real, _text, _threads, _usable_cpus
+from ._box3d import _claim, _empty_result, _flat_outputs, _reduce_result, _result_equality, _integral, _prepare, _real, _text, _threads, _usable_cpus
 from .conventions import N_COMPONENTS, N_SPECIES
 from .models import default_model_path
 
@@ -57,6 +57,13 @@ class ClosureResult(NamedTuple):
     def __reduce_ex__(self, protocol):
         # A result made before an importlib.reload of this module pickles as the class defined now.
         return _reduce_result(self, ClosureResult, protocol)
+
+    def __eq__(self, other):
+        return _result_equality(self, other)
+
+    def __ne__(self, other):
+        equal = _result_equality(self, other)
+        return equal if equal is NotImplemented else not equal
 
 
 # Per output: (trailing shape after the batch shape, dtype), in ClosureResult's order.

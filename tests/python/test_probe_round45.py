@@ -347,3 +347,22 @@ def test_a_float32_max_flux_factor_says_why_it_is_not_the_models(dtype):
                                            r"which Dodo computes: give 0\.98 as a Python float, or None"):
         dodo.Closure(max_flux_factor=dtype(0.98))
     assert dodo.Closure(max_flux_factor=np.float64(0.98)).box3d_settings["max_flux_factor"] == 0.98  # guard
+
+
+@pytest.mark.parametrize("kind", ["box3d", pytest.param("closure", marks=needs_runtime), "empty"])
+def test_comparing_two_results_with_eq_says_how_to_compare_them(kind):
+    """`r1 == r2` of two results (a NamedTuple of arrays) gave NumPy's `The truth value of an array with
+    more than one element is ambiguous. Use a.any() or a.all()` (for 0 cells: `... of an empty array
+    ...`), of a comparison that calls no any() or all(). Now a TypeError saying how to compare them;
+    a result still equals itself, and not None."""
+    F = _cells(3)
+    make = {"box3d": lambda: dodo.box3d(F), "closure": lambda: dodo.Closure("box3d").apply(F),
+            "empty": lambda: dodo.Box3DResult.empty((0,))}[kind]
+    first, second = make(), make()
+    for compare in (lambda: first == second, lambda: first != second, lambda: tuple(first) == second):
+        with pytest.raises(TypeError, match=r"holds NumPy arrays, which == compares element by element.*"
+                                            r"np\.array_equal\(a, b\)"):
+            compare()
+    assert first == first and not first != first and first in [first]  # guard
+    assert first != None and not first == None and first != 3  # noqa: E711 - guard
+    assert all(np.array_equal(a, b) for a, b in zip(first, second))  # the way the message names
