@@ -37,12 +37,14 @@ int main(int argc, char** argv) {
     // An exception must not leave a std::thread (that would call std::terminate): each worker keeps
     // its error, and the first one is rethrown here, after every thread has joined.
     std::vector<std::exception_ptr> errors(host_threads);
-    const int slab = ncell / host_threads;
     for (int t = 0; t < host_threads; ++t) {
       workers.emplace_back([&, t] {
         try {
-          const std::size_t first = static_cast<std::size_t>(t) * slab;
-          closure.apply(slab, &F[first * 24], &u[first * 4], &F_pred[first * 24]);
+          // Thread t's cells [first, last): every cell once, also when host_threads does not divide
+          // ncell (ncell / host_threads cells each would leave the last ncell % host_threads out).
+          const std::size_t first = static_cast<std::size_t>(ncell) * static_cast<std::size_t>(t) / host_threads;
+          const std::size_t last = static_cast<std::size_t>(ncell) * static_cast<std::size_t>(t + 1) / host_threads;
+          closure.apply(last - first, &F[first * 24], &u[first * 4], &F_pred[first * 24]);
         } catch (...) {
           errors[t] = std::current_exception();
         }
