@@ -143,7 +143,7 @@ class _claim:
                     continue
                 for name, array, writes in mine[0]:
                     clash = next(((other_name, other_writes) for other_name, other, other_writes in running
-                                  if (writes or other_writes) and np.may_share_memory(array, other)), None)
+                                  if (writes or other_writes) and _overlap(array, other)), None)
                     if clash is None:
                         continue
                     if not thread.is_alive():
@@ -160,6 +160,20 @@ class _claim:
                 if running is mine:
                     del _running_calls[index]
                     break
+
+
+def _overlap(first: np.ndarray, second: np.ndarray) -> bool:
+    """Whether two arrays share memory: their bounds first (cheap), then exactly (interleaved strided
+    views whose bounds overlap need not share an element), as shared when that is too much work."""
+    if not np.may_share_memory(first, second):
+        return False
+    try:
+        return bool(np.shares_memory(first, second, max_work=100_000))
+    except _TOO_HARD:
+        return True
+
+
+_TOO_HARD = getattr(getattr(np, "exceptions", np), "TooHardError", Exception)  # np.TooHardError before NumPy 1.25
 
 
 def _clash_text(name: str, writes: bool, other_name: str, other_writes: bool) -> str:

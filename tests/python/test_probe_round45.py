@@ -366,3 +366,24 @@ def test_comparing_two_results_with_eq_says_how_to_compare_them(kind):
     assert first == first and not first != first and first in [first]  # guard
     assert first != None and not first == None and first != 3  # noqa: E711 - guard
     assert all(np.array_equal(a, b) for a, b in zip(first, second))  # the way the message names
+
+
+def test_an_input_interleaved_with_a_running_calls_out_without_sharing_an_element_runs():
+    """Guard (of this round's fix): the cells read (the even rows of an array) and a running call's out
+    (a view of the odd rows' memory, as a float64 buffer) have overlapping bounds but no element in
+    common: not refused."""
+    storage = np.zeros((32, 6, 4))
+    storage[::2] = _cells(16)
+    odd = storage[1::2]
+    out = dodo.Box3DResult(F_box=np.empty((16, 6, 4)), growth_over_ntot=np.empty(16), growth_rate=np.empty(16),
+                           status=np.empty(16, np.uint32))
+    # An out.F_box must be C-contiguous: a single odd row's memory (inside the even rows' bounds).
+    out_one = dodo.Box3DResult(F_box=odd[3:4], growth_over_ntot=np.empty(1), growth_rate=np.empty(1),
+                               status=np.empty(1, np.uint32))
+    held = _Held(_cells(1, 5))
+    thread, outcome = _run_held(lambda: dodo.box3d(held, out=out_one), held)
+    try:
+        result = dodo.box3d(storage[::2], out=out)
+    finally:
+        _finish(thread, held, outcome)
+    assert _same_bits(result, dodo.box3d(storage[::2].copy()))
