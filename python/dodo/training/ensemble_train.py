@@ -768,7 +768,8 @@ def score_rows(ensemble, table: dict, rows: np.ndarray) -> dict:
     growth = np.exp(table["log_growth"][rows] - out["log_growth_ratio"])  # measured / learned
     proxy = np.exp(table["log_growth"][rows])  # measured / proxy
     return {"model": model, "ungated": ungated, "box3d": box, "sigma": out["sigma"],
-            "growth_measured_over_model": growth, "growth_measured_over_proxy": proxy}
+            "growth_measured_over_model": growth, "growth_measured_over_proxy": proxy,
+            "growth_measured": np.isfinite(table["log_growth"][rows])}
 
 
 def format_scores(title: str, scores: dict, threshold: float = 0.0025) -> str:
@@ -782,10 +783,12 @@ def format_scores(title: str, scores: dict, threshold: float = 0.0025) -> str:
     low, high = bootstrap_mean_interval(scores["model"] - scores["box3d"])
     lines.append(f"{'model - Box3D':<16} {np.mean(scores['model'] - scores['box3d']):+9.5f} {'[%+.5f, %+.5f]' % (low, high):>20}")
     for name, key in (("learned growth", "growth_measured_over_model"), ("Box3D proxy", "growth_measured_over_proxy")):
+        within = _growth_within(scores[key], scores.get("growth_measured"))
         ratio = scores[key][np.isfinite(scores[key])]
-        if ratio.size:
-            lines.append(f"{name:<16} measured/predicted growth: median {np.median(ratio):.3f}, within 10%: "
-                         f"{100 * np.mean(np.abs(1 / ratio - 1) <= 0.1):.0f}%")
+        if within.size:
+            median = f"{np.median(ratio):.3f}" if ratio.size else "n/a"
+            lines.append(f"{name:<16} measured/predicted growth: median {median}, within 10%: "
+                         f"{100 * np.mean(within):.0f}%")
     return "\n".join(lines)
 
 
@@ -936,10 +939,10 @@ def heldout_report(ensemble: DensityResidualEnsemble, table: dict, held_rows: np
         teacher_scores = score_rows(ensemble, table, held_rows)
         ensemble.student = student
         log(format_scores("held-out states, the members (teacher; not shipped)", teacher_scores))
-        report["heldout_teacher"] = {k: _finite_mean(v) for k, v in teacher_scores.items()}
+        report["heldout_teacher"] = {k: _finite_mean(v) for k, v in teacher_scores.items() if k != "growth_measured"}
     scores = score_rows(ensemble, table, held_rows)
     log(format_scores("held-out states", scores))
-    report["heldout"] = {k: _finite_mean(v) for k, v in scores.items()}
+    report["heldout"] = {k: _finite_mean(v) for k, v in scores.items() if k != "growth_measured"}
     families = sorted({Path(str(s)).name.split("_seed")[0] for s in table["sources"][held_rows]})
     for family in families:
         rows = held_rows[[Path(str(s)).name.startswith(family + "_seed") for s in table["sources"][held_rows]]]
@@ -1051,11 +1054,11 @@ def learning_curve(config: EnsembleConfig, sizes: list, folds: int = 5, members:
             scores = score_rows(ensemble, table, test)
             per_state_model.append(scores["model"])
             per_state_box.append(scores["box3d"])
-            growth_ok.append(_growth_within(scores["growth_measured_over_model"]))
+            growth_ok.append(_growth_within(scores["growth_measured_over_model"], scores["growth_measured"]))
             if emu is not None:
                 emu_rows = score_rows(ensemble, emu, np.arange(len(emu["r"])))
                 emu_scores.append(emu_rows["model"].mean())
-                emu_growth_ok.append(_growth_within(emu_rows["growth_measured_over_model"]))
+                emu_growth_ok.append(_growth_within(emu_rows["growth_measured_over_model"], emu_rows["growth_measured"]))
         model, box = np.concatenate(per_state_model), np.concatenate(per_state_box)
         row = {"train_size": int(len(train)), "cv_model": float(model.mean()), "cv_box3d": float(box.mean()),
                "cv_model_ci95": bootstrap_mean_interval(model), "cv_worse_than_box3d": int(np.sum(model - box > 0.0025)),
@@ -1077,11 +1080,15 @@ def _share(flags: list) -> float | None:
     return float(values.mean()) if values.size else None
 
 
-def _growth_within(measured_over_model: np.ndarray, tolerance: float = 0.1) -> np.ndarray:
-    """Per state with a measured rate: is the learned rate within ``tolerance`` of it?"""
+def _growth_within(measured_over_model: np.ndarray, measured=None, tolerance: float = 0.1) -> np.ndarray:
+    """Per state with a measured rate (``measured``: a mask of them; None: the states whose ratio is
+    finite): is the learned rate within ``tolerance`` of it? A non-finite learned rate on a state with
+    a measured one counts as not within: dropping it raised the share, as `dodo score` did before
+    (scoring probe, 2026-12-06)."""
     ratio = np.asarray(measured_over_model, float)
-    ratio = ratio[np.isfinite(ratio)]
-    return np.abs(1.0 / ratio - 1.0) <= tolerance
+    ratio = ratio[np.isfinite(ratio) if measured is None else np.asarray(measured, bool)]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.isfinite(ratio) & (np.abs(1.0 / ratio - 1.0) <= tolerance)
 
 
 def _percent(share) -> str:
