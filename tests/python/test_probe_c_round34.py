@@ -370,3 +370,56 @@ def test_the_cpp_example_applies_every_cell_whatever_the_host_threads(tmp_path, 
     result = subprocess.run([str(program)], capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, (result.stdout, result.stderr[-2000:])
     assert f"4608 cells from {host_threads} host threads, Box3D only" in result.stdout, result.stdout
+
+
+# The unprefixed macros of macOS's AssertMacros.h (Apple's frameworks include it; its
+# __ASSERT_MACROS_DEFINE_VERSIONS_WITHOUT_UNDERSCORES is 1 unless a host sets it to 0), as a host
+# that included it before dodo.hpp has them. Boost, OpenCV and libsigc++ renamed their `check`.
+APPLE_MACROS_HOST = textwrap.dedent("""\
+    #define __Check(assertion) ((void)0)
+    #define __Verify(assertion) ((void)(assertion))
+    #define __Require(assertion, label) do { if (!(assertion)) goto label; } while (0)
+    #define check(assertion) __Check(assertion)
+    #define verify(assertion) __Verify(assertion)
+    #define require(assertion, exceptionLabel) __Require(assertion, exceptionLabel)
+    #define check_noerr(errorCode) __Check((errorCode) == 0)
+    #define debug_string(message) ((void)0)
+    #include <dodo/dodo.hpp>
+
+    #include <cstdio>
+
+    int main() {
+      try {
+        const unsigned char nothing[1] = {0};
+        dodo::Closure::from_memory(nothing, 0);
+        std::puts("accepted");
+      } catch (const dodo::Error& error) {
+        std::printf("%d %s\\n", static_cast<int>(error.status()), error.what());
+      }
+      dodo::Closure box;
+      double F[24] = {0}, G[24];
+      for (int a = 0; a < 6; ++a) F[4 * a] = 1.0 + 0.1 * a;
+      box.apply(1, F, nullptr, G);
+      check(G[0] > 0);
+      std::printf("%d\\n", static_cast<int>(box.counters().cells));
+      return 0;
+    }
+    """)
+
+
+def test_the_cpp_header_compiles_after_apples_assert_macros(tmp_path):
+    """dodo.hpp named its private status check `check`, which macOS's AssertMacros.h defines as a
+    function-like macro: a host that had included an Apple framework header could not include
+    dodo.hpp (g++ here, with the macros defined as the SDK does: "expected unqualified-id before
+    'void'", "in expansion of macro 'check'" at dodo.hpp's lines 101 and 185). Renamed
+    (throw_on_failure); the host compiles and runs, its errors dodo::Error as before."""
+    if not shutil.which("g++"):
+        pytest.skip("g++ is not installed")
+    source = tmp_path / "host.cpp"
+    source.write_text(APPLE_MACROS_HOST)
+    program = tmp_path / "host"
+    run(["g++", "-std=c++17", "-Wall", "-Wextra", "-Werror", f"-I{INCLUDE}", str(source),
+         *_pkg_config("--cflags", "--libs"), "-o", str(program)])
+    result = subprocess.run([str(program)], capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, (result.stdout, result.stderr[-2000:])
+    assert result.stdout.splitlines() == ["3 model in memory is empty (size 0)", "1"], result.stdout

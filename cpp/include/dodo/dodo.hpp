@@ -98,7 +98,7 @@ class Closure {
   static Closure from_memory(const void* bytes, std::size_t size, const Options& options = Options()) {
     Closure closure(nullptr);
     const dodo_options c_options = options.c_options();
-    closure.check(dodo_closure_create_from_memory(bytes, size, &c_options, &closure.handle_, nullptr, 0));
+    closure.throw_on_failure(dodo_closure_create_from_memory(bytes, size, &c_options, &closure.handle_, nullptr, 0));
     return closure;
   }
   ~Closure() { dodo_closure_destroy(handle_); }
@@ -169,7 +169,7 @@ class Closure {
 
   void create(const char* model_path, const Options& options) {
     const dodo_options c_options = options.c_options();
-    check(dodo_closure_create(model_path, &c_options, &handle_, nullptr, 0));
+    throw_on_failure(dodo_closure_create(model_path, &c_options, &handle_, nullptr, 0));
   }
 
   // A call's status, once the object is known to hold a closure: a moved-from dodo::Closure was
@@ -179,10 +179,13 @@ class Closure {
     if (!handle_ && status != DODO_OK)
       throw Error(DODO_ERROR_INVALID_ARGUMENT,
                   "this dodo::Closure holds no closure (it was moved from: use the object it was moved to)");
-    check(status);
+    throw_on_failure(status);
   }
 
-  void check(dodo_status status) const {
+  // Not named check: macOS's AssertMacros.h (included by Apple's frameworks) defines check(),
+  // verify() and require() as macros unless __ASSERT_MACROS_DEFINE_VERSIONS_WITHOUT_UNDERSCORES is
+  // 0, and a host that had included it could not compile this header (probe round thirty-four).
+  void throw_on_failure(dodo_status status) const {
     if (status == DODO_OK) return;
     // This thread's own last error (a NULL handle asks for it), whole: another thread sharing
     // the handle cannot replace it between the failure and this reading, and a long message (a
