@@ -423,3 +423,55 @@ def test_the_cpp_header_compiles_after_apples_assert_macros(tmp_path):
     result = subprocess.run([str(program)], capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, (result.stdout, result.stderr[-2000:])
     assert result.stdout.splitlines() == ["3 model in memory is empty (size 0)", "1"], result.stdout
+
+
+METADATA_KEY_HOST = textwrap.dedent("""\
+    program metadata_keys
+      use dodo
+      use iso_c_binding, only: c_null_char
+      implicit none
+      type(dodo_closure) :: closure
+      character(len=32) :: padded
+      character(len=4096) :: model
+      integer :: stat
+      call get_command_argument(1, model)
+      call dodo_create(closure, trim(model) // c_null_char, stat=stat)
+      if (stat /= DODO_OK) error stop "create"
+      padded = "dodo.head"
+      call show("plain", "dodo.head")
+      call show("padded", padded)
+      call show("terminated", "dodo.head" // c_null_char)
+      call show("terminated padded", "dodo.head" // c_null_char // "   ")
+      call show("padded terminated", trim(padded) // c_null_char // c_null_char)
+      call show("inner NUL", "dodo.he" // c_null_char // "ad")
+      call show("cut at NUL", "dodo" // c_null_char // ".head")
+      call dodo_destroy(closure)
+    contains
+      subroutine show(what, key)
+        character(len=*), intent(in) :: what, key
+        character(len=:), allocatable :: value
+        logical :: found
+        value = dodo_get_metadata(closure, key, found)
+        print '(a, ": ", l1, 1x, a)', what, found, value
+      end subroutine show
+    end program metadata_keys
+    """)
+
+
+def test_a_fortran_metadata_key_with_a_c_terminator_is_found(tmp_path):
+    """A Fortran host that ends its C strings with c_null_char (model_path, z_method and
+    onnxruntime_library accept that terminator) got dodo_get_metadata's
+    "absent" for "dodo.head" // c_null_char: found = .false. and "", silently, for a key the model
+    has. The key now follows model_path's rule: a trailing terminator (NULs and blanks only) ends
+    it; a NUL before its end still makes it absent (C would read another key)."""
+    if not shutil.which("gfortran"):
+        pytest.skip("gfortran is not installed")
+    from capi_host import compile_fortran, run_host
+
+    model = default_model()
+    program = compile_fortran(tmp_path, "metadata_keys", METADATA_KEY_HOST)
+    lines = run_host(program, model)
+    head = lines[0].removeprefix("plain: T ")
+    assert head and head != lines[0], lines  # the plain key is found, with a value
+    assert lines == [f"plain: T {head}", f"padded: T {head}", f"terminated: T {head}", f"terminated padded: T {head}",
+                     f"padded terminated: T {head}", "inner NUL: F", "cut at NUL: F"], lines

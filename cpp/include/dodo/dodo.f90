@@ -502,25 +502,33 @@ contains
   end function dodo_has_model
 
   ! The model's metadata value for key (e.g. "dodo.model_kind"); "" and found = .false. when the
-  ! key is absent, the closure Box3D-only or not created. Trailing blanks of key are dropped; a key
-  ! holding a NUL is absent (C would read it cut at the NUL: another key), as in dodo.hpp.
+  ! key is absent, the closure Box3D-only or not created. Trailing blanks of key are dropped, and a
+  ! trailing C-style terminator (NULs and blanks only, key // c_null_char), as model_path's is; a
+  ! key holding a NUL before its end is absent (C would read it cut at the NUL: another key), as in
+  ! dodo.hpp.
   function dodo_get_metadata(closure, key, found) result(value)
     type(dodo_closure), intent(in) :: closure
     character(len=*), intent(in) :: key
     logical, intent(out), optional :: found
     character(len=:), allocatable :: value
-    character(kind=c_char) :: key_c(len_trim(key) + 1)
+    character(kind=c_char), allocatable :: key_c(:)
     character(kind=c_char), allocatable :: buffer(:)
     character(kind=c_char) :: probe(1)
     integer(c_long) :: length
-    integer :: i
+    integer :: i, n, nul
     value = ""
     if (present(found)) found = .false.
-    if (index(key, c_null_char) > 0) return
-    do i = 1, len_trim(key)
+    n = len_trim(key)
+    nul = index(key, c_null_char)
+    if (nul > 0) then
+      if (verify(key(nul:), c_null_char // " ") /= 0) return
+      n = len_trim(key(1:nul - 1))
+    end if
+    allocate(key_c(n + 1))
+    do i = 1, n
       key_c(i) = key(i:i)
     end do
-    key_c(size(key_c)) = c_null_char
+    key_c(n + 1) = c_null_char
     length = c_get_metadata(closure%handle, key_c, probe, 0_c_size_t)
     if (length < 0) return
     allocate(buffer(length + 1))
