@@ -475,3 +475,52 @@ def test_a_fortran_metadata_key_with_a_c_terminator_is_found(tmp_path):
     assert head and head != lines[0], lines  # the plain key is found, with a value
     assert lines == [f"plain: T {head}", f"padded: T {head}", f"terminated: T {head}", f"terminated padded: T {head}",
                      f"padded terminated: T {head}", "inner NUL: F", "cut at NUL: F"], lines
+
+
+# A host's aggregate holding a closure, value-initialised with {}; a closure copy-initialised from
+# {}; an array of closures. Each copy-initialises a dodo::Closure from an empty initialiser list.
+EMPTY_BRACES_HOST = textwrap.dedent("""\
+    #include <dodo/dodo.hpp>
+
+    #include <array>
+    #include <cstdio>
+
+    struct Solver {
+      dodo::Closure closure;
+      int steps;
+    };
+
+    int main() {
+      Solver solver{};
+      dodo::Closure copy_initialised = {};
+      std::array<dodo::Closure, 2> closures{};
+      double F[24] = {0}, G[24];
+      for (int a = 0; a < 6; ++a) F[4 * a] = 1.0 + 0.1 * a;
+      solver.closure.apply(1, F, nullptr, G);
+      copy_initialised.apply(1, F, nullptr, G);
+      closures[1].apply(1, F, nullptr, G);
+      std::printf("%d %d %d %d\\n", solver.steps, static_cast<int>(solver.closure.has_model()),
+                  static_cast<int>(copy_initialised.counters().cells), static_cast<int>(closures[1].counters().cells));
+      return 0;
+    }
+    """)
+
+
+@pytest.mark.parametrize("compiler", ["clang++", "g++"])
+def test_a_closure_copy_initialised_from_empty_braces_compiles(tmp_path, compiler):
+    """dodo::Closure's default constructor was `explicit Closure(const Options& = Options())`:
+    copy-initialisation from {} (a host's `Solver solver{};` with a dodo::Closure member,
+    `dodo::Closure c = {};`, `std::array<dodo::Closure, 2> a{};`) is then ill-formed, and clang
+    (the compiler of macOS, and of the LLVM-based HPC compilers) refused each: "chosen constructor
+    is explicit in copy-initialization" (g++ 12 accepts them). The default constructor is now
+    implicit; `Closure(const Options&)` stays explicit."""
+    if not shutil.which(compiler):
+        pytest.skip(f"{compiler} is not installed")
+    source = tmp_path / "host.cpp"
+    source.write_text(EMPTY_BRACES_HOST)
+    program = tmp_path / "host"
+    run([compiler, "-std=c++17", "-Wall", "-Wextra", "-Wpedantic", "-Werror", f"-I{INCLUDE}", str(source),
+         *_pkg_config("--cflags", "--libs"), "-o", str(program)])
+    result = subprocess.run([str(program)], capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, (result.stdout, result.stderr[-2000:])
+    assert result.stdout.split() == ["0", "0", "1", "1"], result.stdout

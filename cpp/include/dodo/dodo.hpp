@@ -76,8 +76,12 @@ class Options {
 class Closure {
  public:
   // Box3D-only closure (no model, no ONNX Runtime); the same as Closure(DODO_BOX3D_ONLY). An empty
-  // model path is refused (dodo::Error, DODO_ERROR_INVALID_ARGUMENT).
-  explicit Closure(const Options& options = Options()) { create(nullptr, options); }
+  // model path is refused (dodo::Error, DODO_ERROR_INVALID_ARGUMENT). The default constructor is
+  // not explicit: `Host host{};` of a struct Host { dodo::Closure closure; ... }, `dodo::Closure c
+  // = {};` and `std::array<dodo::Closure, 2> a{};` copy-initialise from {}, which an explicit
+  // default constructor makes ill-formed (clang refused them; probe round thirty-four).
+  Closure() { create(nullptr, Options()); }
+  explicit Closure(const Options& options) { create(nullptr, options); }
   // Closure with an ONNX model package.
   explicit Closure(const std::string& model_path, const Options& options = Options()) {
     create(Options::checked_text("model path", model_path).c_str(), options);
