@@ -259,6 +259,7 @@ OnnxModel::OnnxModel(const OrtLibrary& library, std::string_view bytes, const st
   try {
     PackageContents package = read_package(bytes);
     verify_content_digest(package);
+    refuse_graph_operators(package);
     metadata_ = std::move(package.metadata);
   } catch (const Error& error) {
     throw Error(error.status(), source + ": " + error.what());

@@ -252,7 +252,7 @@ void count_element(std::size_t at, std::size_t& elements, std::size_t more = 1) 
 // kMaxModelElements, so a file of millions of tiny elements is refused before ONNX Runtime or the
 // native evaluator allocates for them.
 void check_tensors_and_count_elements(std::string_view bytes, std::string_view message, Message kind, int depth,
-                                      std::size_t& elements) {
+                                      std::size_t& elements, std::string& operator_refusal) {
   if (depth > kMaxNesting) malformed("graphs nested more than " + std::to_string(kMaxNesting) + " deep", offset_in(bytes, message));
   constexpr std::uint64_t kTensorExternalData = 13, kTensorDataLocation = 14, kExternal = 1;
   WireReader reader(message, offset_in(bytes, message));
@@ -287,14 +287,16 @@ void check_tensors_and_count_elements(std::string_view bytes, std::string_view m
     // (outside probe, C round 31). Every other operator's work is bounded by its tensors' sizes,
     // which the file's bound and kMaxModelElements bound. Dodo's networks are feed-forward.
     constexpr std::uint64_t kNodeOpType = 4;
+    // The node checks below are kept for refuse_graph_operators (after the digests), the first one found.
+    const auto refuse_later = [&operator_refusal](std::string text) {
+      if (operator_refusal.empty()) operator_refusal = std::move(text);
+    };
     if (kind == Message::kNode && field == kNodeOpType && payload == "Loop")
-      throw Error(DODO_ERROR_MODEL_FORMAT,
-                  "the graph has a Loop node (at byte " + std::to_string(offset_in(bytes, payload)) +
+      refuse_later("the graph has a Loop node (at byte " + std::to_string(offset_in(bytes, payload)) +
                       "): a Dodo model package holds a feed-forward network, and a loop may run for as many "
                       "iterations as a tensor says; re-export it with `dodo export`");
-    if (kind == Message::kNode && field == kNodeOpType && !allowed_operator(payload))
-      throw Error(DODO_ERROR_MODEL_FORMAT,
-                  "the graph has a node of operator " +
+    else if (kind == Message::kNode && field == kNodeOpType && !allowed_operator(payload))
+      refuse_later("the graph has a node of operator " +
                       (payload.empty() ? std::string("\"\" (none named)") : quoted_value(std::string(payload).substr(0, 200))) +
                       " (at byte " + std::to_string(offset_in(bytes, payload)) +
                       "), which `dodo export` does not write: a Dodo model package holds a feed-forward network "
@@ -303,8 +305,7 @@ void check_tensors_and_count_elements(std::string_view bytes, std::string_view m
                       "operators are refused");
     constexpr std::uint64_t kNodeDomain = 7;
     if (kind == Message::kNode && field == kNodeDomain && !payload.empty() && payload != "ai.onnx")
-      throw Error(DODO_ERROR_MODEL_FORMAT,
-                  "the graph has a node of operator domain " + quoted_value(std::string(payload).substr(0, 200)) +
+      refuse_later("the graph has a node of operator domain " + quoted_value(std::string(payload).substr(0, 200)) +
                       " (at byte " + std::to_string(offset_in(bytes, payload)) +
                       "): a Dodo model package uses ONNX's own operators only (domain \"\"); custom and "
                       "contrib operators and model-local functions are refused");
@@ -315,7 +316,7 @@ void check_tensors_and_count_elements(std::string_view bytes, std::string_view m
     }
     for (const Child& child : kChildren)
       if (child.parent == kind && child.field == field)
-        check_tensors_and_count_elements(bytes, payload, child.child, depth + 1, elements);
+        check_tensors_and_count_elements(bytes, payload, child.child, depth + 1, elements, operator_refusal);
   }
   // A sparse tensor stands for a dense one that ONNX Runtime makes at load: a sparse initializer of
   // shape [10000, 10000] with one value, 60 bytes of a re-signed 52 KB package, took 830 MB resident
@@ -375,7 +376,7 @@ PackageContents read_package(std::string_view bytes) {
   }
   if (!have_graph) throw Error(DODO_ERROR_MODEL_FORMAT, "not an ONNX model: the file has no graph");
   std::size_t elements = 0;
-  check_tensors_and_count_elements(bytes, bytes, Message::kModel, 0, elements);
+  check_tensors_and_count_elements(bytes, bytes, Message::kModel, 0, elements, package.operator_refusal);
   return package;
 }
 
@@ -431,6 +432,10 @@ void verify_content_digest(const PackageContents& package) {
                                                  " bytes; ONNX's strings are UTF-8): a damaged or edited package; "
                                                  "export it again with `dodo export`");
   }
+}
+
+void refuse_graph_operators(const PackageContents& package) {
+  if (!package.operator_refusal.empty()) throw Error(DODO_ERROR_MODEL_FORMAT, package.operator_refusal);
 }
 
 std::string with_content_digest(std::string_view bytes) {

@@ -22,6 +22,11 @@ inline constexpr const char* kMetadataDigestKey = "dodo.metadata_sha256";
 struct PackageContents {
   std::string content;                          // the file's bytes without its metadata_props fields
   std::map<std::string, std::string> metadata;  // metadata_props
+  // The first node read_package found that a Dodo package never holds (a Loop, an operator off the
+  // allow-list, another domain's), as the message that refuses it; "" for none. Raised by
+  // refuse_graph_operators after the digests are checked, so that a damaged file (one flipped
+  // byte of "Cast") is called damaged, not a package of an unknown operator (C round 26's test).
+  std::string operator_refusal;
 };
 
 // Walks the ModelProto's top-level fields. Throws Error(DODO_ERROR_MODEL_FORMAT) for bytes that
@@ -40,6 +45,10 @@ std::string metadata_sha256(const PackageContents& package);
 // or value is not UTF-8 text,
 // and Error(DODO_ERROR_MODEL_FORMAT) when the content's differs.
 void verify_content_digest(const PackageContents& package);
+
+// Throws Error(DODO_ERROR_MODEL_FORMAT) with package.operator_refusal when it is not empty. Call it
+// after verify_content_digest and before anything hands the bytes to ONNX Runtime.
+void refuse_graph_operators(const PackageContents& package);
 
 // A float32 initializer of the graph: its shape and values (row-major).
 struct FloatTensor {
