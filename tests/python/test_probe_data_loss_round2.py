@@ -184,7 +184,7 @@ def test_a_file_a_running_simulate_writes_is_not_replaced_by_another_command(tmp
     holder = simulate_lock_held(out)
     code, _, err = run(capsys, ["synth", "-o", str(out), "-n", "5", "-q"])
     assert code == 2 and err.count("\n") == 1, err
-    assert f"being written by another process (pid {holder.pid}), a dodo simulate" in err, err
+    assert f"being written by another dodo simulate (pid {holder.pid})" in err, err  # the lock names its command
     assert not out.exists()
     assert [name for name in os.listdir(tmp_path) if not name.startswith(".run.h5.lock")] == []  # no temporary left
 
@@ -198,7 +198,7 @@ def test_a_write_that_began_before_the_simulate_is_refused_at_its_rename(tmp_pat
 
     out = tmp_path / "run.h5"
     out.write_bytes(b"the solver's database")
-    with pytest.raises(OutputInUseError, match=r"being written by another process \(pid \d+\), a dodo simulate"):
+    with pytest.raises(OutputInUseError, match=r"being written by another dodo simulate \(pid \d+\)"):
         with atomic_path(out) as temporary:
             temporary.write_bytes(b"another command's file")
             simulate_lock_held(out)
