@@ -162,6 +162,22 @@ def test_last_pt_is_never_missing_while_it_is_rotated(stopped_run, tmp_path, mon
     assert load_checkpoint(last)["epoch"] == 2 and (checkpoints / "last.prev.pt").read_bytes() == earlier
 
 
+def test_a_run_killed_between_the_link_and_the_rename_of_last_pt_resumes(stopped_run, tmp_path, capsys):
+    """A kill after last.prev.pt was linked to last.pt and before the new last.pt was renamed in
+    leaves both names on one file. The resume refused it: 'outputs .../last.pt and .../last.prev.pt
+    are the same file' (CI's kill-at-random-points test, test_crash_safety, hit it after the hard link
+    came in), so that run could never be finished. Now it resumes and finishes."""
+    import os
+
+    config, checkpoints = _copy_of_the_run(stopped_run, tmp_path)
+    last, previous = checkpoints / "last.pt", checkpoints / "last.prev.pt"
+    os.link(last, previous)  # the rotation's state at the kill
+    code, _, err = run(capsys, ["train", "--config", str(config), "--resume", str(last)])
+    assert code == 0, err
+    assert (checkpoints / "final.pt").is_file()
+    assert not os.path.samefile(last, previous)  # rotated as usual: the epoch-1 checkpoint kept
+
+
 def test_a_data_file_rewritten_while_the_run_trains_is_named_at_the_end(stopped_run, tmp_path, capsys, monkeypatch):
     """`dodo preprocess` onto the training file while `dodo train` runs (new campaign chunks, the same
     output path): the final metrics read the test split from the file again, so the run ended after
