@@ -15,30 +15,12 @@ import time
 import numpy as np
 import pytest
 
-# A crossing state (nu_e, nu_mu, nu_tau, nubar_e, nubar_mu, nubar_tau) x (n, Fx, Fy, Fz), cm^-3,
-# mu != tau; its fastest box mode grows at ~6.6e10 s^-1 at 16 cells x 24 directions.
-CROSSING = np.array([[1.42, 0.14, 0.06, -0.19], [0.59, -0.01, 0.04, -0.26], [0.39, -0.02, 0.05, -0.22],
-                     [1.91, 0.14, 0.06, -0.65], [0.55, -0.01, 0.03, -0.25], [0.45, -0.01, 0.04, -0.21]]) * 1e33
+# CROSSING: a crossing state, mu != tau (round three's), and round three's helpers.
+from test_probe_solver_round3 import CROSSING, _emu_layout, _run_cli
+
 # Every species alike and isotropic: no crossing, linearly stable (dropped before its run).
 STABLE = np.tile([1.0e33, 0.0, 0.0, 0.0], (6, 1))
 TINY = ["--ncell", "16", "--nphi", "8", "-q"]
-
-
-def _run_cli(argv) -> int:
-    import argparse
-
-    from dodo.qke import cli
-
-    parser = argparse.ArgumentParser(prog="dodo")
-    cli.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-def _emu_layout(states) -> np.ndarray:
-    """[n, 6, 4 (n, Fx, Fy, Fz)] -> Emu's F4 [n, 4 (x, y, z, t), 2, 3]."""
-    states = np.asarray(states, float).reshape(-1, 2, 3, 4)
-    return np.transpose(states[..., [1, 2, 3, 0]], (0, 3, 1, 2))
 
 
 def _write_yaml(path, states) -> str:
