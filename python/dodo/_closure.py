@@ -162,7 +162,7 @@ def _refuse_known_non_packages(path: str) -> None:
         with open(path, "rb") as handle:
             head = handle.read(8)
             if not head.startswith((b"PK\x03\x04", b"\x08")):  # 0x08: an ONNX model's first byte, never second-guessed
-                from ._output_guard import HDF5_SIGNATURE, _hdf5_after_user_block, compressed_kind
+                from ._output_guard import HDF5_SIGNATURE, _hdf5_after_user_block, compressed_kind, compressed_text
 
                 if _hdf5_after_user_block(handle):  # HDF5 with a user block: its signature at byte 512, 1024, ...
                     head = HDF5_SIGNATURE
@@ -170,9 +170,8 @@ def _refuse_known_non_packages(path: str) -> None:
                     packed = compressed_kind(handle)
                     if packed is not None:
                         kind, command = packed
-                        what = "a tar archive" if kind == "tar" else f"compressed with {kind}"
                         raise RuntimeError(
-                            f"DODO_ERROR_MODEL_FORMAT: model file {path!r} is {what}, not an ONNX model package: "
+                            f"DODO_ERROR_MODEL_FORMAT: model file {path!r} is {compressed_text(kind)}, not an ONNX model package: "
                             f"unpack it first ({command} {shlex.quote(path)}) and give the .onnx file it holds")
     except OSError:  # unreadable: the runtime reports it
         return
@@ -197,14 +196,13 @@ def _refuse_compressed_bytes(data: bytes) -> None:
     (read whole, or broadcast over MPI) were "not an ONNX model (truncated or damaged file?)"."""
     import io
 
-    from ._output_guard import compressed_kind
+    from ._output_guard import compressed_kind, compressed_text
 
     if data[:1] in (b"\x08", b""):  # an ONNX model's first byte, never second-guessed
         return
     packed = compressed_kind(io.BytesIO(data[:512]))
     if packed is not None:
-        what = "a tar archive" if packed[0] == "tar" else f"compressed with {packed[0]}"
-        raise RuntimeError(f"DODO_ERROR_MODEL_FORMAT: model in memory ({len(data)} bytes) is {what}, not an ONNX model "
+        raise RuntimeError(f"DODO_ERROR_MODEL_FORMAT: model in memory ({len(data)} bytes) is {compressed_text(packed[0])}, not an ONNX model "
                            f"package: unpack it first ({_UNPACK_IN_PYTHON[packed[0]]}) and give the package's bytes")
 
 

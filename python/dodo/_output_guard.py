@@ -75,6 +75,11 @@ def compressed_kind(handle) -> Optional[tuple[str, str]]:
     return None
 
 
+def compressed_text(kind: str) -> str:
+    """How a message names a format compressed_kind found: "a tar archive", "compressed with gzip"."""
+    return "a tar archive" if kind == "tar" else f"compressed with {kind}"
+
+
 def _attributes_and_names(path, **options) -> tuple[dict, set]:
     """(attributes, top-level names) of the HDF5 file at ``path``, opened for reading with ``options``."""
     import h5py

@@ -200,7 +200,7 @@ def _what_else(path) -> str:
     if kind in (CHECKPOINT, ZIP_ARCHIVE):
         return f": it is {kind}, not data"
     # A database copied or downloaded compressed (data.h5.gz): "file signature not found" alone (round 44).
-    from ._output_guard import compressed_kind
+    from ._output_guard import compressed_kind, compressed_text
 
     try:
         with open(path, "rb") as handle:
@@ -211,8 +211,7 @@ def _what_else(path) -> str:
         return ""
     import shlex
 
-    what = "a tar archive" if packed[0] == "tar" else f"compressed with {packed[0]}"
-    return f": it is {what}; unpack it first ({packed[1]} {shlex.quote(os.fsdecode(path))}) and give the HDF5 file"
+    return f": it is {compressed_text(packed[0])}; unpack it first ({packed[1]} {shlex.quote(os.fsdecode(path))}) and give the HDF5 file"
 
 
 def open_emu_file(path: str | Path):
