@@ -442,7 +442,7 @@ def _local_ranks() -> int:
     value that is not a positive integer."""
     for name in LOCAL_RANKS_VARIABLES:
         text = os.environ.get(name, "").strip()
-        if text.isdigit() and int(text) > 0:
+        if text.isdecimal() and int(text) > 0:  # "²".isdigit() is True, and int("²") fails
             return int(text)
     return 1
 

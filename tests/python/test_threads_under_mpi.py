@@ -40,7 +40,7 @@ def test_a_rank_bound_to_fewer_cores_than_its_share_keeps_its_mask(node_of_eight
     assert _box3d._threads(None) == 1
 
 
-@pytest.mark.parametrize("value", ["", "0", "-2", "two", "2.5"])
+@pytest.mark.parametrize("value", ["", "0", "-2", "two", "2.5", "\u00b2"])
 def test_a_launcher_variable_that_is_not_a_rank_count_is_ignored(node_of_eight, monkeypatch, value):
     monkeypatch.setenv("MPI_LOCALNRANKS", value)
     assert _box3d._threads(None) == 8
