@@ -273,7 +273,9 @@ class Closure:
         holds a workspace of chunk_size cells, made (touched) when the closure is made: about 0.9 KB a
         cell for Box3D alone, 2.9 KB with the default model on the native evaluator, 8.2 KB on ONNX
         Runtime (measured 2026-12-06): chunk_size=2**20 costs 1 to 9 GB a worker, and with threads=16,
-        up to 140 GB, which nothing checks against the machine's memory. Larger chunks are not faster
+        up to 140 GB. The workspaces' own arrays are checked against the machine's memory (or the
+        process's control-group limit) when the closure is made (DODO_ERROR_OUT_OF_MEMORY); ONNX
+        Runtime's arena is not counted. Larger chunks are not faster
         (one thread: the same cells per second from 256 to 65,536 cells a chunk).
     lebedev_order, z_method, max_flux_factor: Box3D settings; None takes the model's, and a
         value that differs from the model's is refused (the model was trained against it).
