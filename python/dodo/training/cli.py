@@ -3,11 +3,10 @@ handlers import what they need, so `dodo --help` works on a runtime-only install
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from pathlib import Path
 
-from .._atomic import check_outputs
+from .._atomic import check_outputs, same_file
 from .._output_guard import (MODEL_PACKAGE, PREPROCESSED, SYNTHETIC, refuse_replacing, refuse_replacing_with_plot,
                              refuse_replacing_with_report, marked_report)
 from .._cli_common import (add_json_argument, add_output_argument, add_quiet_argument, file_output_path,
@@ -43,14 +42,6 @@ def _overrides(pairs) -> dict:
                                  "one would silently win over the other; give each setting once")
         result[key], given[key] = parsed, pair
     return result
-
-
-def _same_inode(a: Path, b: Path) -> bool:
-    """Whether ``a`` and ``b`` are hard links of one file (False when either cannot be read)."""
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
 
 
 def _refuse_two_values(overrides: dict, key: str, value, option: str) -> None:
@@ -199,7 +190,7 @@ def _train(args) -> int:
     # rotation's own state, which the same-file check refused, so that run could never resume
     # (CI's kill-at-random-points test, 2026-12-06). That pair is left out of the check.
     last, previous = checkpoints / "last.pt", checkpoints / "last.prev.pt"
-    rotating = last.is_file() and previous.is_file() and not previous.is_symlink() and _same_inode(last, previous)
+    rotating = last.is_file() and previous.is_file() and not previous.is_symlink() and same_file(last, previous)
     check_outputs([checkpoints / "best.pt", last, None if rotating else previous,
                    checkpoints / "final.pt", results / "train.log"], [config.data.path, args.config])
     import contextlib
