@@ -206,8 +206,9 @@ bool packed_integers(Message kind, std::uint64_t field) {
 // MLP and residual heads with each activation, batch normalisation, the density-residual ensembles
 // member by member or fused, the float64 gate: measured with torch's TorchScript exporter at opset
 // 17), and elementwise, reduction and indexing operators that another torch version may write for
-// the same modules. Each of these computes a tensor no larger than its inputs (with broadcasting)
-// at a cost bounded by their sizes. Left out: control flow (Loop, Scan: as many iterations as a
+// the same modules. Each of these costs work and memory bounded by the sizes of its inputs and
+// output; broadcasting can still make [K, K] from [K, 1] and [1, K] (docs/model_package.md: not
+// bounded here; it takes a package re-signed on purpose). Left out: control flow (Loop, Scan: as many iterations as a
 // tensor says; If), operators that make a large tensor from a few bytes (ConstantOfShape, Expand,
 // Tile, Range, Resize, Upsample, Pad, OneHot: an Expand of 0 to [100000, 100000] asked for 40 GB at
 // the load's probe evaluation, and succeeds where the memory exists), convolutions and Einsum
