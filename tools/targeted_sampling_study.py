@@ -21,6 +21,10 @@ or emu_1d_validation.h5.
 
     python tools/targeted_sampling_study.py [--config C] [--eval 16000] [--base 4000] [--add 4000]
         [--members 4] [--threads 2] [--arms random,random-2,top-sigma,prop-sigma,family-top-sigma,family-prop-sigma] [--json OUT]
+        [--overwrite]
+
+--json is checked before any fit (never the config or its table, nor a file that is not an earlier
+--json of this study unless --overwrite) and written atomically.
 
 About ten minutes an arm on two busy cores at the defaults.
 """
@@ -37,7 +41,20 @@ import torch
 
 from dodo.training import ensemble_train as et
 from dodo.training.ensemble import state_error
-from study_common import MAX_THREADS, FoldZero, check_count, fit_members, run_study, score_members
+from dodo._atomic import write_json_atomic
+from study_common import MAX_THREADS, FoldZero, check_count, check_save_path, fit_members, run_study, score_members
+
+#: The keys every --json table of this study holds (an earlier one may be replaced without --overwrite).
+TABLE_KEYS = ("eval", "eval_emu", "base", "add", "members", "box3d", "box3d_emu", "base_fit", "arms")
+
+
+def _holds_own_table(path) -> bool:
+    """Whether ``path`` holds an earlier --json table of this study (a JSON object with its keys)."""
+    try:
+        document = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(document, dict) and all(key in document for key in TABLE_KEYS)
 
 ARMS = ("random", "random-2", "top-sigma", "prop-sigma", "family-top-sigma", "family-prop-sigma")
 
@@ -89,6 +106,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--arms", default=",".join(ARMS))
     parser.add_argument("--json", help="write the table here too")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="let --json replace a file that is not an earlier --json table of this study")
     args = parser.parse_args()
     for option in ("eval", "base", "add", "members"):
         check_count(f"--{option}", getattr(args, option), 2 if option == "base" else 1)
@@ -101,6 +120,14 @@ def main() -> None:
         arms.insert(0, "random")  # the anchor of every paired interval
 
     config = dataclasses.replace(et.EnsembleConfig.load(args.config), threads=args.threads)
+    if args.json:
+        # Before the fits (about ten minutes an arm), as the other studies' --save: the table was written
+        # at the end with Path.write_text, unchecked and in place, so `--json C.yaml` (the config, or its
+        # table) destroyed the input after the whole study, any file there was replaced without a word, a
+        # path that cannot be written failed only after every arm, and a kill or a full disk during the
+        # write left a torn file under the name (data-loss probe, round five).
+        check_save_path(args.json, [args.config, config.data_path], _holds_own_table,
+                        "an earlier --json table of this study", args.overwrite)
     torch.set_num_threads(args.threads)
     table = et.load_table(config.data_path)
     pool = np.flatnonzero(~et.holdout_mask(table["sources"], config.holdout))
@@ -163,7 +190,7 @@ def main() -> None:
                    "base_fit": {"gated": float(base_scores.gated.mean()), "gated_emu": float(base_scores.gated[emu].mean()),
                                 "worse": int(base_scores.worse.sum())},
                    "arms": results}
-        Path(args.json).write_text(json.dumps(summary, indent=1) + "\n")
+        write_json_atomic(args.json, summary)
 
 
 def format_row(arm: str, row: dict, markdown: bool = False) -> str:

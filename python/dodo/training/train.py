@@ -281,6 +281,17 @@ def refuse_linked_run_files(checkpoint_dir: Path) -> None:
         raise ValueError(f"{path} is a symbolic link (to {os.readlink(path)}), not a file of this run: dodo train "
                          f"replaces its checkpoints in {checkpoint_dir} and would write through the link into {target}, "
                          f"another file: remove the link (its target is kept){resume}")
+    # replaced_run/ too: `ck/replaced_run -> ../other/ck` (a replaced run meant to be kept on another disk,
+    # a link left from a copy) made another run's directory the one --overwrite keeps the replaced run in,
+    # and its checkpoints were deleted through the link, without its lock, when the run set aside its
+    # earlier run and again when it finished (data-loss probe, round five).
+    kept = Path(checkpoint_dir) / REPLACED_RUN_DIR
+    if kept.is_symlink():
+        raise ValueError(f"{kept} is a symbolic link (to {os.readlink(kept)}), not a directory of this run: dodo train "
+                         f"--overwrite keeps the run it replaces there and deletes the checkpoints it finds there "
+                         f"({', '.join(RUN_CHECKPOINTS)}) when the new run finishes, which through the link are "
+                         f"those of {os.path.realpath(kept)}, another directory: remove the link (its target is "
+                         "kept)")
 
 
 #: Where `dodo train --overwrite` keeps the run it replaces until it finishes (in output.checkpoint_dir).

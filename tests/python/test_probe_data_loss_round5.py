@@ -1,0 +1,78 @@
+"""Outside probe, data loss, round five (the section "Data-loss probe, round five" of
+docs/reliability_python.md).
+
+Each test failed on the code before its fix (its docstring says what that code did). Everything is
+written under pytest's tmp_path, on a few hundred `dodo synth` rows and 8-wide networks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cli_helpers import digest, run, synthetic_preprocessed, tiny_train_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _checkpoint_digests(directory: Path) -> dict:
+    return {path.name: digest(path) for path in sorted(directory.glob("*.pt"))}
+
+
+def test_a_replaced_run_directory_that_links_to_another_run_is_refused(tmp_path, capsys):
+    """`ck/replaced_run -> ../other/ck` (where `dodo train --overwrite` keeps the run it replaces; a link
+    made to keep replaced runs on another disk, or left from a copy): `dodo train --overwrite` took the
+    other run's checkpoints for a kept replaced run, deleted them through the link when it set its own
+    earlier run aside, then deleted that run's files from the other directory when it finished (shown:
+    other/ck left with its lock file alone). A plain resume of ck's own run deleted them at its end too.
+    Now refused before any work, in one line naming the link and its target; the other run byte for byte."""
+    pytest.importorskip("torch")
+    table = synthetic_preprocessed(tmp_path, 200)
+    config = tiny_train_config(tmp_path, table, epochs=1)
+    code, _, err = run(capsys, ["train", "--config", str(config)])
+    assert code == 0, err
+    other = tmp_path / "other"
+    other.mkdir()
+    code, _, err = run(capsys, ["train", "--config", str(config), "--set", f"output.checkpoint_dir={other}"])
+    assert code == 0, err
+    kept = _checkpoint_digests(other)
+    assert set(kept) >= {"best.pt", "final.pt", "last.pt"}
+    own = _checkpoint_digests(tmp_path / "ck")
+    (tmp_path / "ck" / "replaced_run").symlink_to(other)
+    for extra in (["--overwrite"], ["--resume", str(tmp_path / "ck" / "last.pt"), "--set", "training.epochs=2"]):
+        code, _, err = run(capsys, ["train", "--config", str(config), *extra])
+        assert code == 2, err
+        assert "replaced_run is a symbolic link" in err and str(other) in err and "Traceback" not in err
+        assert _checkpoint_digests(other) == kept
+        assert _checkpoint_digests(tmp_path / "ck") == own
+
+
+def _targeted_study(*args, cwd):
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "targeted_sampling_study.py"), *map(str, args)],
+                          cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("target", ["config", "table", "notes"])
+def test_the_targeted_sampling_studys_json_is_checked_before_any_fit(ensemble_run, tmp_path, target):
+    """`python tools/targeted_sampling_study.py --json OUT` wrote OUT at the end, after every arm (about
+    ten minutes each), with Path.write_text: `--json` naming the config (or its table) destroyed it after
+    the study, a text file there was replaced without a word, and a kill or a full disk during the write
+    left a torn file under the name. Now OUT is checked before the table is read (never an input; a file
+    that is not an earlier table of the study only with --overwrite) and written atomically."""
+    pytest.importorskip("torch")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    path = {"config": ensemble_run["config"], "table": ensemble_run["table"], "notes": notes}[target]
+    before = digest(path)
+    result = _targeted_study("--config", ensemble_run["config"], "--eval", 60, "--base", 40, "--add", 40,
+                             "--members", 2, "--threads", 1, "--arms", "random", "--json", path, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and str(path) in result.stderr
+    assert "pool" not in result.stdout  # refused before the table was read, not after the fits
+    assert digest(path) == before
+    if target == "notes":
+        assert "--overwrite" in result.stderr
