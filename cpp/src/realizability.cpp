@@ -167,9 +167,12 @@ void realizable_fallback(const double* F, double* out) {
     const double density = in[0] >= 0.0 ? in[0] : 0.0;
     const double flux = scaled_flux_norm(in);
     species[0] = density;
-    // Inside by the host's own test (sqrt(Fx^2 + Fy^2 + Fz^2) <= n, cone_excess): the scaled norm
-    // alone passed beamed species 1 ulp outside it unchanged (outside probe, round nine).
-    if (flux <= density && in[0] >= 0.0 && !(cone_excess(in) > 0.0)) {
+    // Inside by the host's own test (sqrt(Fx^2 + Fy^2 + Fz^2) <= n, cone_excess) alone: the scaled
+    // norm passed beamed species 1 ulp outside it unchanged (outside probe, round nine), and, kept
+    // beside that test, it read species on the cone's edge that the host's test passes (|F| = n as
+    // evaluated, flux factor 1 or 1 - 1e-15) as an ulp outside and shrank their flux, so a rejected
+    // cell that is realizable as given did not come back as its input (physics-law probe, round eight).
+    if (in[0] >= 0.0 && !(cone_excess(in) > 0.0)) {
       for (int m = 1; m < kComponents; ++m) species[m] = in[m];
       continue;
     }
