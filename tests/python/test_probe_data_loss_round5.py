@@ -76,3 +76,48 @@ def test_the_targeted_sampling_studys_json_is_checked_before_any_fit(ensemble_ru
     assert digest(path) == before
     if target == "notes":
         assert "--overwrite" in result.stderr
+
+
+def _label_noise_config(ensemble_run, tmp_path) -> tuple[Path, Path]:
+    """A train-ensemble config with a label-noise member on ensemble_run's table, and its noise.oof
+    file (a gate study's out-of-fold residuals, as tools/gate_study.py --save writes them)."""
+    import numpy as np
+
+    from dodo.training.ensemble_train import EnsembleConfig, load_table, pool_folds
+
+    oof = tmp_path / "oof.npz"
+    config = tmp_path / "noise.json"
+    config.write_text(json.dumps({
+        "data": {"path": str(ensemble_run["table"]), "holdout": [], "features": "invariants27+box7+eln18-v1"},
+        "ensemble": {"members": 2, "width": 8, "depth": 1, "steps": 20, "threads": 1, "error_per_spread": 2.5},
+        "noise": {"oof": str(oof), "weight": 1.0, "width": 8, "epochs": 2, "batch_size": 32},
+        "distill": {"width": 0}, "output": {"checkpoint": str(tmp_path / "ens.pt")}}))
+    loaded = EnsembleConfig.load(str(config))
+    table = load_table(loaded.data_path)
+    order, fold_of = pool_folds(table, loaded, 3)
+    rows = np.concatenate([order[fold_of == k] for k in range(3)])
+    np.savez(oof, delta_box=table["delta_box"][rows], delta_true=table["delta_true"][rows], r=np.zeros(len(rows)),
+             sigma=np.full(len(rows), 1e-3), d2=np.zeros(len(rows)), emu=np.ones(len(rows), bool))
+    return config, oof
+
+
+@pytest.mark.parametrize("command", ["train-ensemble", "learning-curve"])
+def test_the_label_noise_members_out_of_fold_file_is_an_input_no_output_may_replace(ensemble_run, tmp_path, capsys,
+                                                                                      command):
+    """noise.oof (the out-of-fold residuals the label-noise member is fitted on, minutes to hours of a gate
+    study's fits) was not among the inputs the outputs are checked against. `dodo train-ensemble` with
+    output.checkpoint naming it was refused without --overwrite only as "a zip archive that is not a
+    checkpoint ... or --overwrite to replace it", and that --overwrite trained and replaced the input with
+    the checkpoint (shown: the .npz's md5 changed, `wrote .../oof.npz`); `dodo learning-curve --json` of it
+    the same. Now refused before any work in both, with or without --overwrite, naming the input."""
+    pytest.importorskip("torch")
+    config, oof = _label_noise_config(ensemble_run, tmp_path)
+    before = digest(oof)
+    argv = {"train-ensemble": ["train-ensemble", "--config", str(config), "--set", f"output.checkpoint={oof}"],
+            "learning-curve": ["learning-curve", "--config", str(config), "--json", str(oof), "--sizes", "10",
+                               "--folds", "2"]}[command]
+    for extra in ([], ["--overwrite"]):
+        code, out, err = run(capsys, [*argv, *extra])
+        assert code == 2, out + err
+        assert "is the same file as the input" in err and str(oof) in err
+        assert digest(oof) == before

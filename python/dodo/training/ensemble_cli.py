@@ -15,7 +15,11 @@ def _train_ensemble(args) -> int:
     from .ensemble_train import EnsembleConfig, growth_data_files, train_command
 
     config = EnsembleConfig.load(args.config, _overrides(args.set))
-    check_outputs([config.checkpoint], [args.config, config.data_path, *growth_data_files(config.growth_data)])
+    # noise.oof too (a gate study's out-of-fold file, read by the label-noise member): output.checkpoint
+    # naming it was refused without --overwrite only as "a zip archive that is not a checkpoint", and the
+    # --overwrite that refusal offered replaced the input with the checkpoint (data-loss probe, round five).
+    check_outputs([config.checkpoint], [args.config, config.data_path, *growth_data_files(config.growth_data),
+                                        config.noise_oof])
     from pathlib import Path
 
     from .._atomic import exclusive_directory, missing_directories, remove_empty_directories
@@ -75,7 +79,7 @@ def _learning_curve(args) -> int:
         raise ValueError("--members and --set ensemble.members=... both give the members per fit: give one")
     json_file = None if args.json == "-" else args.json  # "-": the JSON on stdout, as evaluate/inspect/score
     check_outputs([args.plot, json_file],
-                  [args.config, config.data_path, args.emu, *growth_data_files(config.growth_data)])
+                  [args.config, config.data_path, args.emu, *growth_data_files(config.growth_data), config.noise_oof])
     from .._output_guard import marked_report, refuse_replacing_with_plot, refuse_replacing_with_report
 
     refuse_replacing_with_plot([args.plot], "dodo learning-curve", args.overwrite, "--overwrite")
