@@ -58,7 +58,8 @@ def _realizable(F):
     """Every species finite, n >= 0 and |F| <= n by the host's test, after an exact power-of-two scaling of
     each species whose largest value is below 2^-500 (README: squares that would leave the normal range)."""
     largest = np.abs(F).max(axis=-1, keepdims=True)
-    shift = np.where((largest > 0) & (largest < 2.0 ** -500), -np.floor(np.log2(np.where(largest > 0, largest, 1.0))), 0)
+    tiny = (largest > 0) & (largest < 2.0 ** -500)
+    shift = np.where(tiny, -np.floor(np.log2(np.where(largest > 0, largest, 1.0))), 0)
     scaled = np.ldexp(F, shift.astype(int))
     return np.isfinite(F).all(axis=-1) & (F[..., 0] >= 0) & (_host_norm(scaled) <= scaled[..., 0])
 
@@ -254,7 +255,8 @@ def test_nu_nubar_and_mu_tau_images_at_the_threshold(closures):
         for image, order in images.items():
             result = c.apply(F[:, order])
             assert np.array_equal(result.status, reference.status), (name, image)
-            assert np.all(np.abs(result.F_pred - reference.F_pred[:, order]).max(axis=(1, 2)) <= 4 * EPS * ntot), (name, image)
+            difference = np.abs(result.F_pred - reference.F_pred[:, order]).max(axis=(1, 2))
+            assert np.all(difference <= 4 * EPS * ntot), (name, image)
             for field in ("growth_rate", "uncertainty"):
                 a, b = getattr(result, field), getattr(reference, field)
                 assert np.all(np.abs(a - b) <= 1e-12 * np.abs(b)), (name, image, field)
@@ -325,7 +327,8 @@ def test_lab_conservation_at_large_w_with_u_t_inconsistent_at_1e_minus_12(closur
             scale = np.abs(F[crossing]).max(axis=(1, 2))
             assert np.all(np.abs(dF.reshape(-1, 2, 3, 4).sum(axis=2)).max(axis=(1, 2)) <= 16 * EPS * scale), name
             J = dF[:, :3] - dF[:, 3:]
-            lepton = np.abs(J[..., 0] * unit[crossing, None, 0] - np.einsum("cfi,ci->cf", J[..., 1:], unit[crossing, 1:]))
+            lepton = np.abs(J[..., 0] * unit[crossing, None, 0]
+                            - np.einsum("cfi,ci->cf", J[..., 1:], unit[crossing, 1:]))
             assert np.all(lepton.max(axis=1) <= 64 * W * W * EPS * ntot[crossing]), name
     far = np.array([[1e6 * (1 + 1e-12), 0.0, 0.0, np.sqrt(1e12 - 1.0)]])  # |u.u + 1| = 2 > the cap 0.5
     with pytest.raises(ValueError, match="four-velocity at cell"):
