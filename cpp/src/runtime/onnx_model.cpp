@@ -274,6 +274,8 @@ OnnxModel::OnnxModel(const OrtLibrary& library, std::string_view bytes, const st
   check_ort(api_, api_->SetSessionExecutionMode(options, ORT_SEQUENTIAL), "setting execution mode");
   check_ort(api_, api_->SetSessionGraphOptimizationLevel(options, ORT_ENABLE_ALL), "setting optimisation level");
   check_ort(api_, api_->SetSessionLogSeverityLevel(options, ORT_LOGGING_LEVEL_FATAL), "setting log level");
+  for (const auto& [key, value] : session_memory_cap_entries())  // the memory cap (ort_library.hpp)
+    check_ort(api_, api_->AddSessionConfigEntry(options, key, value), "configuring the session's memory");
   if (device.cuda) enable_cuda(api_, options, device.cuda_device);
   OrtStatus* created = api_->CreateSessionFromArray(library.env, bytes.data(), bytes.size(), options, &session_);
   if (created) {
@@ -329,9 +331,12 @@ void OnnxModel::check_computed_shape() {
     std::unique_ptr<OrtValue, OrtReleaser<OrtValue>> out_guards[3] = {
         {out[0], {api_, api_->ReleaseValue}}, {out[1], {api_, api_->ReleaseValue}}, {out[2], {api_, api_->ReleaseValue}}};
     if (ran) {
-      std::string message = "evaluating the graph on a probe batch failed: " + without_source_location(api_->GetErrorMessage(ran));
+      const std::string ort_text = without_source_location(api_->GetErrorMessage(ran));
       api_->ReleaseStatus(ran);
-      throw Error(DODO_ERROR_MODEL_FORMAT, message);
+      if (refused_by_memory_cap(ort_text))  // a graph that broadcasts small tensors into a huge one
+        throw Error(DODO_ERROR_OUT_OF_MEMORY, "evaluating the graph on a probe batch of " + std::to_string(rows) +
+                                                  " rows asked for more memory than allowed: " + ort_text + memory_cap_note());
+      throw Error(DODO_ERROR_MODEL_FORMAT, "evaluating the graph on a probe batch failed: " + ort_text);
     }
     for (std::size_t o = 0; o < outputs; ++o) {
       OrtTensorTypeAndShapeInfo* info = nullptr;

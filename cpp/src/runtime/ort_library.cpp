@@ -7,15 +7,19 @@
 #include <pthread.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cmath>
 #include <condition_variable>
 #include <cstdlib>
+#include <limits>
 #include <mutex>
 #include <system_error>
 #include <vector>
 
 #include "errors.hpp"
+#include "memory_limit.hpp"
 
 namespace dodo::runtime {
 namespace {
@@ -113,6 +117,56 @@ void ask_for_no_onnxruntime_telemetry() {
 }
 
 [[maybe_unused]] const bool kTelemetryAskedAtLoad = (ask_for_no_onnxruntime_telemetry(), true);
+
+// The cap on ONNX Runtime's CPU memory for Dodo's sessions: DODO_ONNXRUNTIME_MEMORY_LIMIT bytes
+// (a decimal integer of at least 1 MiB), or half of the usable memory (memory_limit.hpp); 0 where
+// neither is known. A graph that broadcasts small initializers into a large tensor ([K, 1] + [1, K]
+// makes [K, K]: a 116 KB package asked for 557 MB, a 212 KB one for 1.6 GB; C round 33) then gets
+// ONNX Runtime's allocation failure, which check_ort reports, not the kernel's out-of-memory killer.
+std::size_t session_memory_cap_bytes() {
+  const char* text = std::getenv(kOrtMemoryLimitVariable);
+  if (text && *text) {
+    std::size_t digits = 0;
+    while (text[digits] >= '0' && text[digits] <= '9') ++digits;
+    errno = 0;
+    const unsigned long long value = digits > 0 && text[digits] == '\0' ? std::strtoull(text, nullptr, 10) : 0;
+    if (errno != 0 || value < (1ull << 20))
+      throw Error(DODO_ERROR_INVALID_ARGUMENT,
+                  std::string(kOrtMemoryLimitVariable) + " must be a number of bytes, at least 1048576 (1 MiB), "
+                  "written as decimal digits; it is \"" + printable_message(text, false) + "\"");
+    return static_cast<std::size_t>(std::min<unsigned long long>(value, std::numeric_limits<std::size_t>::max()));
+  }
+  const double usable = usable_memory_bytes();
+  if (!(usable > 0.0) || !std::isfinite(usable)) return 0;
+  return static_cast<std::size_t>(std::min(usable / 2.0, 0x1p62));
+}
+
+// Registers, on the environment, the arena that sessions opting in (session_memory_cap_entries)
+// share, with the cap as its limit; returns the cap, or 0 where none was set (unknown memory, or an
+// arena already registered by the host's own use of ONNX Runtime in this process, which then serves).
+std::size_t register_capped_arena(const OrtApi* api, OrtEnv* env) {
+  const std::size_t cap = session_memory_cap_bytes();
+  if (cap == 0) return 0;
+  OrtMemoryInfo* memory = nullptr;
+  OrtArenaCfg* arena = nullptr;
+  const char* keys[] = {"max_mem"};
+  const std::size_t values[] = {cap};
+  std::size_t registered = 0;
+  if (OrtStatus* status = api->CreateCpuMemoryInfo(OrtArenaAllocator, OrtMemTypeDefault, &memory)) {
+    api->ReleaseStatus(status);
+    return 0;
+  }
+  if (OrtStatus* status = api->CreateArenaCfgV2(keys, values, 1, &arena)) {
+    api->ReleaseStatus(status);
+  } else if (OrtStatus* status = api->CreateAndRegisterAllocator(env, memory, arena)) {
+    api->ReleaseStatus(status);
+  } else {
+    registered = cap;
+  }
+  if (arena) api->ReleaseArenaCfg(arena);
+  api->ReleaseMemoryInfo(memory);
+  return registered;
+}
 
 // What a path that dlopen must not open is ("" for a regular file, or for a name without a slash,
 // which dlopen looks up in the loader's own directories). dlopen opens a FIFO for reading and waits
@@ -251,6 +305,7 @@ OrtLibrary open_library(const std::string& explicit_path) {
     library.version = base->GetVersionString();
     check_ort(api, api->CreateEnvWithCustomLogger(discard_ort_log, nullptr, ORT_LOGGING_LEVEL_FATAL, "dodo", &library.env),
               "creating the ONNX Runtime environment");
+    library.session_memory_cap = register_capped_arena(api, library.env);
     return library;
   }
   // The advice fits the way the library was asked for: an explicit path (the option) is used
@@ -344,15 +399,34 @@ std::string ort_message_text(const std::string& message) {
   return text;
 }
 
+const std::vector<std::pair<const char*, const char*>>& session_memory_cap_entries() {
+  static const std::vector<std::pair<const char*, const char*>> entries = {
+      {"session.use_env_allocators", "1"}, {"optimization.disable_specified_optimizers", "ConstantFolding"}};
+  return entries;
+}
+
+bool refused_by_memory_cap(const std::string& ort_text) {
+  // The arena's refusal (BFCArena: "Available memory of N is smaller than requested bytes of M").
+  return ort_text.find("Available memory of") != std::string::npos;
+}
+
+std::string memory_cap_note() {
+  return " (the cap on ONNX Runtime's memory for Dodo's sessions: " + std::string(kOrtMemoryLimitVariable) +
+         " bytes, by default half of the usable memory; a Dodo network needs a small part of it)";
+}
+
 void check_ort(const OrtApi* api, OrtStatus* status, const char* context) {
   if (!status) return;
-  std::string message = std::string(context) + ": " + ort_message_text(api->GetErrorMessage(status));
+  const std::string ort_text = ort_message_text(api->GetErrorMessage(status));
+  std::string message = std::string(context) + ": " + ort_text;
+  const bool over_cap = refused_by_memory_cap(ort_text);
+  if (over_cap) message += memory_cap_note();
   if (static_objects_destroyed.load(std::memory_order_relaxed))
     message += " (the process is exiting and ONNX Runtime's own objects are destroyed by now: call dodo before "
                "exit(), or from an atexit handler registered after the first closure with a model)";
   OrtErrorCode code = api->GetErrorCode(status);
   api->ReleaseStatus(status);
-  dodo_status dodo_code = DODO_ERROR_ONNXRUNTIME;
+  dodo_status dodo_code = over_cap ? DODO_ERROR_OUT_OF_MEMORY : DODO_ERROR_ONNXRUNTIME;
   if (code == ORT_NO_SUCHFILE) dodo_code = DODO_ERROR_FILE;
   if (code == ORT_INVALID_PROTOBUF || code == ORT_INVALID_GRAPH) dodo_code = DODO_ERROR_MODEL_FORMAT;
   throw Error(dodo_code, message);

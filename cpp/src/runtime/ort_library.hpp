@@ -6,7 +6,9 @@
 // then the dynamic loader's own search ("libonnxruntime.so.1", "libonnxruntime.so").
 #pragma once
 
+#include <cstddef>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <onnxruntime_c_api.h>
@@ -18,6 +20,9 @@ namespace dodo::runtime {
 struct OrtLibrary {
   const OrtApi* api = nullptr;
   OrtEnv* env = nullptr;
+  // The cap on the CPU memory of Dodo's sessions (bytes; 0: none could be set), an arena shared
+  // through the environment that each session opts into (session_memory_cap_entries).
+  std::size_t session_memory_cap = 0;
   std::string path;     // what was loaded
   std::string version;  // OrtGetApiBase()->GetVersionString()
 };
@@ -35,7 +40,23 @@ const OrtLibrary& load_onnxruntime(const std::string& explicit_path);
 // library is loaded, with the loader's working directory.
 std::vector<std::string> library_directories();
 
-// Throws Error(DODO_ERROR_ONNXRUNTIME, context + ORT's message) when status is not null.
+// The variable that sets the cap on ONNX Runtime's CPU memory for Dodo's sessions, in bytes (by
+// default half of usable_memory_bytes()): a graph whose broadcasting asks for more fails with
+// DODO_ERROR_OUT_OF_MEMORY instead of meeting the kernel's out-of-memory killer (docs/model_package.md).
+inline constexpr const char* kOrtMemoryLimitVariable = "DODO_ONNXRUNTIME_MEMORY_LIMIT";
+
+// Session configuration entries (key, value) that put a session under the cap: the environment's
+// arena, and no constant folding (ONNX Runtime folds constants at load with memory of its own,
+// outside any arena: an Add of a [K, 1] and a [1, K] initializer made [K, K] there).
+const std::vector<std::pair<const char*, const char*>>& session_memory_cap_entries();
+
+// Whether ONNX Runtime's message (ort_message_text) is the capped arena's refusal of an allocation,
+// and the words that name the cap for a message that reports it.
+bool refused_by_memory_cap(const std::string& ort_text);
+std::string memory_cap_note();
+
+// Throws Error(DODO_ERROR_ONNXRUNTIME, context + ORT's message) when status is not null; an
+// allocation the cap refused is DODO_ERROR_OUT_OF_MEMORY, naming the cap and its variable.
 // ONNX Runtime's message without its source locations and C++ signatures (wherever they stand), on one line.
 std::string ort_message_text(const std::string& message);
 void check_ort(const OrtApi* api, OrtStatus* status, const char* context);
