@@ -121,3 +121,32 @@ def test_the_label_noise_members_out_of_fold_file_is_an_input_no_output_may_repl
         assert code == 2, out + err
         assert "is the same file as the input" in err and str(oof) in err
         assert digest(oof) == before
+
+
+def test_a_run_copied_with_hard_links_does_not_write_into_the_log_of_the_run_it_was_copied_from(tmp_path, capsys):
+    """A run's directories copied with hard links (`cp -al a b`, `rsync --link-dest`: a cheap branch or a
+    backup), then `dodo train --resume b/ck/last.pt` with b's directories: every checkpoint is replaced by
+    a rename, which leaves a's files as they were, but train.log is appended to in place, so a's log got
+    b's lines (shown: a/res/train.log ending with `wrote .../b/res/metrics_...json`). Now a log that is a
+    hard link is first made b's own copy: a's log byte for byte, b's log starts with it and goes on."""
+    pytest.importorskip("torch")
+    a = tmp_path / "a"
+    a.mkdir()
+    table = synthetic_preprocessed(tmp_path, 200)
+    config = tiny_train_config(a, table, epochs=1)
+    code, _, err = run(capsys, ["train", "--config", str(config)])
+    assert code == 0, err
+    b = tmp_path / "b"
+    for directory in ("ck", "res"):
+        (b / directory).mkdir(parents=True)
+        for path in (a / directory).iterdir():
+            os.link(path, b / directory / path.name)
+    log = a / "res" / "train.log"
+    before, text = digest(log), log.read_text()
+    code, _, err = run(capsys, ["train", "--config", str(config), "--resume", str(b / "ck" / "last.pt"),
+                                "--set", "training.epochs=2", "--set", f"output.checkpoint_dir={b / 'ck'}",
+                                "--set", f"output.results_dir={b / 'res'}"])
+    assert code == 0, err
+    assert digest(log) == before
+    continued = (b / "res" / "train.log").read_text()
+    assert continued.startswith(text) and len(continued) > len(text) and "resumed from" in continued[len(text):]

@@ -32,6 +32,7 @@ class RunLog:
         self.path = path
         self.echo = echo
         path.parent.mkdir(parents=True, exist_ok=True)
+        _own_copy_of_a_linked_file(path)
 
     def __call__(self, message: str) -> None:
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
@@ -48,6 +49,26 @@ class RunLog:
             if error.filename is not None:
                 raise
             raise OSError(error.errno, error.strerror or str(error), str(self.path)) from None
+
+
+def _own_copy_of_a_linked_file(path: Path) -> None:
+    """``path`` becomes a file of its own when it is a hard link (a run's directory copied with `cp -al`
+    or `rsync --link-dest` to branch or back it up): the log is the one file of a run appended to in
+    place, so `dodo train --resume B/ck/last.pt` of such a copy B wrote its lines into the log of the run
+    it was copied from as well (every other file is replaced by a rename, which leaves the other name's
+    file as it was; data-loss probe, round five). A symbolic link is left as it is (its maker chose it)."""
+    import os
+    import shutil
+    import stat
+
+    try:
+        status = os.lstat(path)
+    except OSError:
+        return
+    if not stat.S_ISREG(status.st_mode) or status.st_nlink < 2:
+        return
+    with atomic_path(path) as tmp:
+        shutil.copyfile(path, tmp)
 
 
 def select_device(name: str) -> torch.device:
