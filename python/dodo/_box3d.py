@@ -93,14 +93,20 @@ def _is_result_class(cls: type, result_type: type) -> bool:
 
 #: The arrays that the calls running now read and write: per call, ([(name, array, written)], its thread).
 _running_calls: list[tuple[list, threading.Thread]] = []
-_running_lock = threading.Lock()
+#: Re-entrant: a signal handler (SIGALRM, a simulation's checkpoint on SIGUSR1) that calls dodo.box3d or
+#: Closure.apply runs in the main thread between two bytecodes, possibly while that thread holds this
+#: lock in its own call's claim; with a plain Lock the handler's call waited for ever for its own thread
+#: (outside probe "fork, threads and signals", round one). The list is then changed by the handler's
+#: call in the middle of the interrupted one: every change below is made from a snapshot (one C call)
+#: in one assignment, so that neither loses the other's entries.
+_running_lock = threading.RLock()
 
 
 def _new_running_lock() -> None:
     """A fork child: the parent's other threads, whose calls were running, do not exist in it (their
     claims would refuse its calls for ever), and one of them may have held the lock."""
     global _running_lock
-    _running_lock = threading.Lock()
+    _running_lock = threading.RLock()
     _running_calls.clear()
 
 
@@ -148,7 +154,7 @@ class _claim:
                         continue
                     if not thread.is_alive():
                         # Left by a thread that has ended: nothing runs. (By identity: == of arrays.)
-                        _running_calls[:] = [kept for kept in _running_calls if kept is not entry]
+                        _running_calls[:] = [kept for kept in list(_running_calls) if kept is not entry]
                         break
                     raise ValueError(_clash_text(name, writes, *clash))
             _running_calls.append(mine)
@@ -156,10 +162,9 @@ class _claim:
     def __exit__(self, *exc_info) -> None:
         mine = self.mine
         with _running_lock:
-            for index, running in enumerate(_running_calls):
-                if running is mine:
-                    del _running_calls[index]
-                    break
+            # From a snapshot: a signal handler's call may add and remove its own claim, or drop an
+            # ended thread's, while this line runs (an index found before it would be stale).
+            _running_calls[:] = [running for running in list(_running_calls) if running is not mine]
 
 
 def _overlap(first: np.ndarray, second: np.ndarray) -> bool:
