@@ -4,7 +4,7 @@ correction and growth are from the teacher's, beside the checkpoint's own studen
 
     python tools/student_width_study.py CHECKPOINT --config C --table pdata/qke.h5 --widths 32,48
                                         [--fresh-states 20000] [--fresh-seed-offset 7000] [--threads 1]
-                                        [--growth-weight G] [--sampled-states S] [--save-dir DIR]
+                                        [--growth-weight G] [--sampled-states S] [--save-dir DIR [--overwrite]]
 
 The teacher (density members, label-noise member, growth members) is the checkpoint's; each
 student is fitted as `dodo train-ensemble` fits it (ensemble_train.fit_distilled_student, the
@@ -40,7 +40,7 @@ from dodo.conventions import MAX_THREADS, N_SPECIES
 from dodo.training.ensemble import METRIC_PER_DELTA
 from dodo.training.safe_load import UntrustedCheckpointError, load_torch_file
 
-from checkpoint_inputs import TABLE_HELP, trained_table
+from checkpoint_inputs import TABLE_HELP, refuse_output_over_inputs, trained_table
 
 FRESH_SEED_OFFSET = 7000  # training uses config.seed + 0..999 (members), 1000s, 2000, 3000
 
@@ -79,7 +79,10 @@ def main() -> None:
     parser.add_argument("--sampled-states", type=int, default=None,
                         help="distill.sampled_states (default: the config's)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--save-dir", default=None, help="write each re-distilled checkpoint here as width_W.pt")
+    parser.add_argument("--save-dir", default=None,
+                        help="write each re-distilled checkpoint here as student_wW_gwG_sS.pt")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="let --save-dir replace a file of a checkpoint's name that is not a checkpoint")
     args = parser.parse_args()
     try:
         widths = [int(item) for item in args.widths.split(",")]
@@ -112,6 +115,15 @@ def main() -> None:
     if args.sampled_states is not None:
         distill["distill_sampled_states"] = args.sampled_states
     config = dataclasses.replace(trained, threads=args.threads, **distill)
+    if args.save_dir:
+        # Before any fit (about 20 minutes a width): the checkpoints were written after each fit unchecked,
+        # so the study run on one of its own earlier checkpoints (CHECKPOINT = DIR/student_w32_...pt, to
+        # compare widths again) replaced its input with the first re-distilled student, and a file of that
+        # name that is no checkpoint was replaced without a word (data-loss probe, round five).
+        for width in widths:
+            refuse_output_over_inputs(parser, argparse.Namespace(output=save_path(args.save_dir, width, config),
+                                                                 overwrite=args.overwrite),
+                                      [args.checkpoint, args.config, args.table], "tools/student_width_study.py")
     torch.set_num_threads(args.threads)
     ensemble = et.load_ensemble(checkpoint).eval()
     if ensemble.student is None:
@@ -150,14 +162,18 @@ def main() -> None:
         rows.append(distance_row(name, r, g, r_teacher, g_teacher))
         print("\n".join([header, *rows]), flush=True)
         if args.save_dir:
-            path = os.path.join(args.save_dir, f"student_w{width}_gw{wide.distill_growth_weight:g}_"
-                                               f"s{wide.distill_sampled_states}.pt")
+            path = save_path(args.save_dir, width, wide)
             # The record a checkpoint carries (train-ensemble's): this student's held-out table, logged
             # only when saving, after the fresh-state table above (the study's measure) is printed.
             record = et.heldout_report(candidate, table, held_rows, log=lambda m: None)
             report = {**checkpoint.get("metrics", {}), **record}
             et.save_checkpoint(candidate, wide, table, train_rows, report, path)
             print(f"wrote {path}", flush=True)
+
+
+def save_path(save_dir: str, width: int, config) -> str:
+    """Where --save-dir keeps the student of ``width`` re-distilled with ``config``'s distill settings."""
+    return os.path.join(save_dir, f"student_w{width}_gw{config.distill_growth_weight:g}_s{config.distill_sampled_states}.pt")
 
 
 if __name__ == "__main__":

@@ -150,3 +150,60 @@ def test_a_run_copied_with_hard_links_does_not_write_into_the_log_of_the_run_it_
     assert digest(log) == before
     continued = (b / "res" / "train.log").read_text()
     assert continued.startswith(text) and len(continued) > len(text) and "resumed from" in continued[len(text):]
+
+
+@pytest.fixture(scope="module")
+def campaign_ensemble(tmp_path_factory) -> dict:
+    """A two-member train-ensemble checkpoint with an 8-wide student, on a table preprocessed from a
+    `dodo synth` file named as a campaign chunk (emu_seed5.h5: tools/student_width_study.py draws its
+    fresh states in the campaign families' mix)."""
+    pytest.importorskip("torch")
+    from dodo.cli import main
+
+    root = tmp_path_factory.mktemp("campaign_ensemble")
+    assert main(["synth", str(root / "emu_seed5.h5"), "-n", "200", "--seed", "4", "-q"]) == 0
+    (root / "pre.yaml").write_text(f"inputs: [{root / 'emu_seed5.h5'}]\noutput: {root / 'pre.h5'}\n")
+    assert main(["preprocess", "--config", str(root / "pre.yaml"), "-q"]) == 0
+    config = root / "ens.json"
+    config.write_text(json.dumps({
+        "data": {"path": str(root / "pre.h5"), "holdout": [], "features": "invariants27+box7+eln18-v1"},
+        "ensemble": {"members": 2, "width": 8, "depth": 1, "steps": 20, "threads": 1},
+        "distill": {"width": 8, "depth": 1, "steps": 20, "growth_weight": 0.5, "sampled_states": 0},
+        "output": {"checkpoint": str(root / "ens.pt")}}))
+    assert main(["train-ensemble", "--config", str(config)]) == 0
+    return {"checkpoint": root / "ens.pt", "config": config, "table": root / "pre.h5"}
+
+
+def _student_width_study(*args):
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "student_width_study.py"), *map(str, args)],
+                          cwd=ROOT / "tools", capture_output=True, text=True, timeout=600)
+
+
+def test_the_student_width_study_never_saves_over_its_input_checkpoint(campaign_ensemble, tmp_path):
+    """`tools/student_width_study.py DIR/student_w4_gw0.5_s0.pt ... --widths 4 --save-dir DIR` (the study
+    run again on one of its own earlier students) wrote the re-distilled student over the checkpoint it
+    read, after the fit, unchecked (shown: the input's md5 changed, `wrote DIR/student_w4_gw0.5_s0.pt`);
+    a file of a student's name that is not a checkpoint was replaced without a word. Now every --save-dir
+    path is checked before any fit: the input refused always, another kind of file without --overwrite."""
+    pytest.importorskip("torch")
+    import shutil
+
+    save = tmp_path / "save"
+    save.mkdir()
+    earlier = save / "student_w4_gw0.5_s0.pt"
+    shutil.copyfile(campaign_ensemble["checkpoint"], earlier)
+    notes = save / "student_w6_gw0.5_s0.pt"
+    notes.write_text("my notes\n")
+    before = {path: digest(path) for path in (earlier, notes)}
+    common = ["--config", campaign_ensemble["config"], "--table", campaign_ensemble["table"], "--fresh-states", 50,
+              "--save-dir", save]
+    for checkpoint, widths, words in ((earlier, "4", "is the same file as the input"),
+                                      (campaign_ensemble["checkpoint"], "4,6", "--overwrite to replace it")):
+        result = _student_width_study(checkpoint, *common, "--widths", widths)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert words in result.stderr and "Traceback" not in result.stderr
+        assert "wide" not in result.stdout  # refused before the first fit
+        assert {path: digest(path) for path in before} == before
+    result = _student_width_study(campaign_ensemble["checkpoint"], *common, "--widths", "6", "--overwrite")
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {notes}" in result.stdout and digest(earlier) == before[earlier]
