@@ -54,6 +54,11 @@ def main() -> None:
         config = et.EnsembleConfig.load(args.config)
     except (UntrustedCheckpointError, et.ConfigError, ValueError, OSError) as exc:
         parser.error(str(exc))
+    # The files the config names are inputs too (the label-noise member's noise.oof, the growth members'
+    # growth.data): -o naming one with --overwrite refitted from it and then replaced it with the
+    # checkpoint (data-loss probe, round five).
+    refuse_output_over_inputs(parser, args, [config.noise_oof, *et.growth_data_files(config.growth_data)],
+                              "tools/refit_growth.py")
     earlier = checkpoint["config"]
     # A key a checkpoint lacks came after its run, which had it at the default (flavour_images).
     defaults = et.EnsembleConfig()

@@ -207,3 +207,22 @@ def test_the_student_width_study_never_saves_over_its_input_checkpoint(campaign_
     result = _student_width_study(campaign_ensemble["checkpoint"], *common, "--widths", "6", "--overwrite")
     assert result.returncode == 0, result.stderr
     assert f"wrote {notes}" in result.stdout and digest(earlier) == before[earlier]
+
+
+def test_refit_growth_never_writes_over_the_files_its_config_names(ensemble_run, tmp_path, capsys):
+    """`tools/refit_growth.py CKPT --config C --table T -o OOF --overwrite` with OOF the config's noise.oof
+    (or a growth.data file): the output was compared with the checkpoint, the table and the config only,
+    so the label-noise member was refitted from OOF and OOF then replaced by the checkpoint (shown: `wrote
+    .../oof.npz`, its md5 changed). Now refused before any work, naming the input, --overwrite or not."""
+    pytest.importorskip("torch")
+    config, oof = _label_noise_config(ensemble_run, tmp_path)
+    checkpoint = tmp_path / "ens.pt"
+    code, _, err = run(capsys, ["train-ensemble", "--config", str(config)])
+    assert code == 0, err
+    before = digest(oof)
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "refit_growth.py"), str(checkpoint), "--config",
+                             str(config), "--table", str(ensemble_run["table"]), "-o", str(oof), "--overwrite"],
+                            cwd=ROOT / "tools", capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "is the same file as the input" in result.stderr and "wrote" not in result.stdout
+    assert digest(oof) == before
