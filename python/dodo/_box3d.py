@@ -129,34 +129,54 @@ class _claim:
     results without a word, and one that read another's out= read values half written (outside
     probe, round forty-five): such a call is refused, in one line, before it computes anything.
     Arrays that calls only read are shared freely. (A class, not contextlib's generator: a few
-    microseconds less a call.)"""
+    microseconds less a call.)
 
-    __slots__ = ("mine",)
+    The same holds for a call made by a signal handler (SIGALRM, a checkpoint on SIGUSR1) in the
+    middle of another call of its thread: the handler runs between two slices of the compiled call
+    (gil.hpp), which then goes on writing its out. A handler's call that wrote into the interrupted
+    call's out (a simulation's buffer reused by its checkpoint) left cells of the handler's inputs in
+    the interrupted call's result without a word (outside probe "fork, threads and signals", round
+    one). The caller sets ``computing`` once its compiled call is about to start: a nested call made
+    before (an ``__array__`` of its inputs) runs, since nothing is written yet."""
+
+    __slots__ = ("mine", "computing")
 
     def __init__(self, reads: dict, out=None, what: str = "out") -> None:
-        # Tagged with the calling thread: calls of one thread never run at once (a signal handler's
-        # call ends before the call it interrupted goes on), and a claim left behind by a Ctrl-C
-        # that came between two of these lines must not refuse that thread's later calls.
+        # Tagged with the calling thread and the caller's frame: a claim of this thread is the call
+        # that this one interrupted only while that frame is on this thread's stack; a claim left
+        # behind by a Ctrl-C that came between two of these lines refuses nothing.
+        self.computing = False
         self.mine = ([(name, array, False) for key, value in reads.items() for name, array in _named_arrays(key, value)]
-                     + [(name, array, True) for name, array in _named_arrays(what, out)], threading.current_thread())
+                     + [(name, array, True) for name, array in _named_arrays(what, out)], threading.current_thread(),
+                     sys._getframe(1), self)
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> "_claim":
+        try:
+            self._register()
+        except BaseException:  # refused, or a Ctrl-C here: nothing of it stays behind
+            self.__exit__()
+            raise
+        return self
+
+    def _register(self) -> None:
         mine = self.mine
         with _running_lock:
             for entry in list(_running_calls):
-                running, thread = entry
-                if thread is mine[1]:
-                    continue
+                running, thread, frame, claim = entry
+                interrupted = thread is mine[1]
+                if interrupted and not claim.computing:
+                    continue  # made while that call prepares its inputs: it has written nothing yet
                 for name, array, writes in mine[0]:
                     clash = next(((other_name, other_writes) for other_name, other, other_writes in running
                                   if (writes or other_writes) and _overlap(array, other)), None)
                     if clash is None:
                         continue
-                    if not thread.is_alive():
-                        # Left by a thread that has ended: nothing runs. (By identity: == of arrays.)
+                    if not thread.is_alive() or interrupted and not _on_this_stack(frame):
+                        # Left by a thread that has ended, or by a call of this thread that has
+                        # returned: nothing runs. (By identity: == of arrays.)
                         _running_calls[:] = [kept for kept in list(_running_calls) if kept is not entry]
                         break
-                    raise ValueError(_clash_text(name, writes, *clash))
+                    raise ValueError(_clash_text(name, writes, *clash, interrupted=interrupted))
             _running_calls.append(mine)
 
     def __exit__(self, *exc_info) -> None:
@@ -165,6 +185,19 @@ class _claim:
             # From a snapshot: a signal handler's call may add and remove its own claim, or drop an
             # ended thread's, while this line runs (an index found before it would be stale).
             _running_calls[:] = [running for running in list(_running_calls) if running is not mine]
+        # The entry holds the caller's frame and this claim, whose locals hold this claim: let the
+        # arrays go now, not at the next collection of cycles.
+        self.mine = None
+
+
+def _on_this_stack(frame) -> bool:
+    """Whether ``frame`` is running in the calling thread (is the caller's frame or one below it)."""
+    current = sys._getframe(1)
+    while current is not None:
+        if current is frame:
+            return True
+        current = current.f_back
+    return False
 
 
 def _overlap(first: np.ndarray, second: np.ndarray) -> bool:
@@ -181,7 +214,14 @@ def _overlap(first: np.ndarray, second: np.ndarray) -> bool:
 _TOO_HARD = getattr(getattr(np, "exceptions", np), "TooHardError", Exception)  # np.TooHardError before NumPy 1.25
 
 
-def _clash_text(name: str, writes: bool, other_name: str, other_writes: bool) -> str:
+def _clash_text(name: str, writes: bool, other_name: str, other_writes: bool, interrupted: bool = False) -> str:
+    if interrupted:
+        what = ("both write it" if writes and other_writes else "this call would overwrite what that call reads"
+                if writes else "this call would read values half written")
+        return (f"{name} shares memory with {other_name} of the call that this one interrupts (a call made by a "
+                f"signal handler while another call of its thread is under way): {what}, and that call goes on "
+                "when the handler returns, so the results would mix; give the handler's call its own arrays (the "
+                "result type's empty(batch_shape), copies of its inputs)")
     if writes and other_writes:
         return (f"{name} shares memory with {other_name} of another call running now (in another thread): both "
                 "would write it at once and their results would mix; give each concurrent call its own out "
@@ -277,9 +317,10 @@ def crossing_features(F_init, u=None, lebedev_order: int = DEFAULT_LEBEDEV_ORDER
     too: zero I+ or I-); NaN for a rejected cell (see dodo.box3d's status). A lobe whose integral is
     at most 1e-12 of the pair's n_i + nbar_i + n_j + nbar_j is rounding noise and empty: its I, its
     solid-angle fraction, its length and the cosine are 0 (cpp/src/box3d/box3d.hpp, kLobeNoise)."""
-    with _claim({"F_init": F_init, "u": u}):
+    with _claim({"F_init": F_init, "u": u}) as claim:
         flat_F, flat_u, batch = _prepare(F_init, u)
         engine = _engine(_lebedev_order(lebedev_order), z_method, _real("max_flux_factor", max_flux_factor), False)
+        claim.computing = True
         return np.asarray(engine.crossing_features(flat_F, flat_u)).reshape(batch + (N_CROSSING_FEATURES,))
 
 
@@ -493,11 +534,12 @@ def box3d(F_init, u=None, *, lebedev_order: int = DEFAULT_LEBEDEV_ORDER, z_metho
     are inputs that another running call writes as its out.
     """
     engine = _engine(_lebedev_order(lebedev_order), z_method, _real("max_flux_factor", max_flux_factor))
-    with _claim({"F_init": F_init, "u": u}, out):
+    with _claim({"F_init": F_init, "u": u}, out) as claim:
         flat_F, flat_u, batch = _prepare(F_init, u)
         result = Box3DResult.empty(batch) if out is None else out
-        engine.apply_into(flat_F, flat_u, *_flat_outputs(result, Box3DResult, _BOX3D_OUTPUTS, batch),
-                          _threads(threads))
+        outputs, threads = _flat_outputs(result, Box3DResult, _BOX3D_OUTPUTS, batch), _threads(threads)
+        claim.computing = True
+        engine.apply_into(flat_F, flat_u, *outputs, threads)
     return result
 
 
@@ -507,24 +549,26 @@ def invariants(F_init, u=None) -> np.ndarray:
     Order of the products: :func:`dodo.conventions.invariant_pairs`. Cells whose N_tot is not a positive
     finite number (zero, negative, NaN, or overflowing to inf: densities near 1e308) give zeros.
     """
-    with _claim({"F_init": F_init, "u": u}):
+    with _claim({"F_init": F_init, "u": u}) as claim:
         flat_F, flat_u, batch = _prepare(F_init, u)
+        claim.computing = True
         return _core.invariants(flat_F, flat_u).reshape(batch + (27,))
 
 
 def comoving_density(F_init, u=None) -> np.ndarray:
     """Total comoving number density N_tot = sum_a -F_a.u, shape (...)."""
-    with _claim({"F_init": F_init, "u": u}):
+    with _claim({"F_init": F_init, "u": u}) as claim:
         flat_F, flat_u, batch = _prepare(F_init, u)
+        claim.computing = True
         return _core.comoving_total_density(flat_F, flat_u).reshape(batch)
 
 
 def _boost(F, u, inverse: bool) -> np.ndarray:
-    with _claim({"F_rest" if inverse else "F": F, "u": u}):
-        return _boost_claimed(F, u, inverse)
+    with _claim({"F_rest" if inverse else "F": F, "u": u}) as claim:
+        return _boost_claimed(F, u, inverse, claim)
 
 
-def _boost_claimed(F, u, inverse: bool) -> np.ndarray:
+def _boost_claimed(F, u, inverse: bool, claim: _claim) -> np.ndarray:
     if u is None:  # box3d's u=None (rest-frame input) read here "u must hold real numbers; got dtype object"
         raise ValueError(f"{'boost_from_rest' if inverse else 'boost_to_rest'} needs the fluid four-velocity u "
                          "(..., 4); u=None (dodo.box3d's 'input already in the fluid rest frame') means no boost: "
@@ -549,6 +593,7 @@ def _boost_claimed(F, u, inverse: bool) -> np.ndarray:
     flat_vectors = np.ascontiguousarray(np.broadcast_to(vectors, shape).reshape(-1, N_COMPONENTS), dtype=np.float64)
     flat_u = np.ascontiguousarray(np.broadcast_to(velocity, shape).reshape(-1, N_COMPONENTS), dtype=np.float64)
     _check_velocity(flat_u, shape[:-1])
+    claim.computing = True
     return _core.boost_four_vectors(flat_vectors, flat_u, inverse).reshape(shape)
 
 

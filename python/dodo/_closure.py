@@ -414,12 +414,14 @@ class Closure:
         """
         # Two calls at once (threads) writing the same out= arrays, or one reading another's, are
         # refused (_claim): their results mixed without a word (outside probe, round forty-five).
-        with _claim({"F_init": F_init, "u": u}, out):
+        with _claim({"F_init": F_init, "u": u}, out) as claim:
             flat_F, flat_u, batch = _prepare(F_init, u)
             # Growth rates in s^-1 come from the runtime, which has N_tot: no (n, 6) temporaries here,
             # so the peak memory stays near the input and output arrays.
             result = ClosureResult.empty(batch) if out is None else out
-            self._runtime.apply_into(flat_F, flat_u, *_flat_outputs(result, ClosureResult, _CLOSURE_OUTPUTS, batch))
+            outputs = _flat_outputs(result, ClosureResult, _CLOSURE_OUTPUTS, batch)
+            claim.computing = True  # from here a signal handler's call must not touch these arrays
+            self._runtime.apply_into(flat_F, flat_u, *outputs)
         return result
 
     def __call__(self, F_init, u=None) -> np.ndarray:

@@ -115,3 +115,189 @@ def test_a_timer_whose_handler_calls_the_closure_during_a_loop_of_small_calls():
     result = run_child(TIMER_STORM, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "wrong 0 handled True" in result.stdout, result.stdout[-2000:]
+
+
+# --- a signal handler's call that writes (or reads) what the interrupted call writes ---------------
+
+HANDLER_SHARES_THE_INTERRUPTED_CALLS_ARRAYS = """
+    import signal, sys, threading, time
+    import numpy as np
+    import dodo
+
+    sys.path.insert(0, {tests!r})
+    from conftest import random_states
+
+    n = 6000
+    F = random_states(np.random.default_rng(5), n)
+    other_F = 1.7 * F
+    # Lebedev order 131: slices of ~32 cells and a call of many slices, so that the handler comes
+    # between two of them (an attempt where it came after the call decides nothing and is repeated).
+    closure = dodo.Closure("box3d", threads=1, chunk_size=32, lebedev_order=131)
+    {setup}
+    expected = run(F, fresh()).copy()
+    main = threading.main_thread().ident
+
+    for attempt in range(5):
+        out = fresh()
+        for array in out:
+            array[...] = 0
+        seen = []
+
+        def on_alarm(signum, frame):  # a checkpoint that reuses the simulation's buffer
+            seen.append(bool(np.all(first(out)[-1] == 0)))  # the interrupted call had cells left to write
+            handler_call(out)
+
+        signal.signal(signal.SIGALRM, on_alarm)
+
+        def poke():  # once the interrupted call has written its first cells
+            while not np.any(first(out)[:32] != 0):
+                time.sleep(0.0005)
+            signal.pthread_kill(main, signal.SIGALRM)
+
+        poker = threading.Thread(target=poke, daemon=True)
+        poker.start()
+        try:
+            got = run(F, out)
+            verdict = "finished " + str(np.array_equal(got, expected))
+        except ValueError as error:
+            verdict = "refused " + str("of the call that this one interrupts" in str(error))
+        poker.join(100)
+        if seen and seen[0]:
+            break
+    print("inside", bool(seen and seen[0]), verdict, flush=True)
+    # the next calls work, and give the serial bits
+    print("after", np.array_equal(run(F, fresh()), expected), flush=True)
+"""
+
+_SETUPS = {
+    "Closure.apply writes its out": (
+        "fresh = lambda: dodo.ClosureResult.empty((n,))\n"
+        "    run = lambda F, out: closure.apply(F, out=out).F_pred\n"
+        "    handler_call = lambda out: closure.apply(other_F[:8], out=dodo.ClosureResult(*(a[:8] for a in out)))",
+        "first = lambda result: result.F_pred"),
+    "dodo.box3d writes its out": (
+        "fresh = lambda: dodo.Box3DResult.empty((n,))\n"
+        "    run = lambda F, out: dodo.box3d(F, out=out, threads=1, lebedev_order=131).F_box\n"
+        "    handler_call = lambda out: dodo.box3d(other_F[:8], out=dodo.Box3DResult(*(a[:8] for a in out)))",
+        "first = lambda result: result.F_box"),
+    "a handler's call reads the half-written out": (
+        "fresh = lambda: dodo.ClosureResult.empty((n,))\n"
+        "    run = lambda F, out: closure.apply(F, out=out).F_pred\n"
+        "    handler_call = lambda out: closure.apply(out.F_pred)",
+        "first = lambda result: result.F_pred"),
+}
+
+
+@needs_runtime
+@pytest.mark.parametrize("case", list(_SETUPS))
+def test_a_signal_handlers_call_never_mixes_into_the_call_it_interrupted(case):
+    """A signal handler runs between two slices of a long call of its thread, which goes on writing
+    its out when the handler returns. A handler's call that wrote the interrupted call's out (or read
+    it half written) was let through (claims of the same thread were never compared): the
+    interrupted call's result held 8 cells of the handler's inputs, without a word. Now the
+    handler's call is refused in one line naming the interrupted call; the next calls give the
+    serial bits."""
+    import os
+
+    setup, first = _SETUPS[case]
+    script = HANDLER_SHARES_THE_INTERRUPTED_CALLS_ARRAYS.replace("{setup}", setup + "\n    " + first).replace(
+        "{tests!r}", repr(os.path.dirname(os.path.abspath(__file__))))
+    result = run_child(script, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    if "inside False" in result.stdout:  # five times the handler came after the call: nothing decided
+        pytest.skip("the signal never came inside the call (an extremely loaded machine)")
+    assert "inside True refused True" in result.stdout, result.stdout[-2000:]  # before: "finished False" (mixed)
+    assert "after True" in result.stdout, result.stdout[-2000:]
+
+
+NESTED_CALL_WITH_ITS_OWN_ARRAYS = """
+    import signal, sys, threading, time
+    import numpy as np
+    import dodo
+
+    sys.path.insert(0, {tests!r})
+    from conftest import random_states
+
+    dodo._core._set_interrupt_slice_cells(1024)
+    n = 60000
+    F = random_states(np.random.default_rng(6), n)
+    closure = dodo.Closure("box3d", threads=1, chunk_size=64)
+    expected = closure.apply(F).F_pred.copy()
+    small = closure.apply(F[:8]).F_pred.copy()
+    out, own = dodo.ClosureResult.empty((n,)), dodo.ClosureResult.empty((8,))
+    out.F_pred[...] = 0
+    handled = []
+
+    def on_alarm(signum, frame):
+        handled.append(np.array_equal(closure.apply(F[:8], out=own).F_pred, small) and
+                       np.array_equal(closure.apply(F[:8]).F_pred, small))
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    main = threading.main_thread().ident
+
+    def poke():
+        while not np.any(out.F_pred[:1024] != 0):
+            time.sleep(0.0005)
+        signal.pthread_kill(main, signal.SIGALRM)
+
+    threading.Thread(target=poke, daemon=True).start()
+    same = np.array_equal(closure.apply(F, out=out).F_pred, expected)
+    print("handled", handled, "same", same, flush=True)
+"""
+
+
+@needs_runtime
+def test_a_signal_handlers_call_with_its_own_arrays_runs_inside_a_long_call():
+    """Guard of the fix above: a handler's call on arrays of its own (reading the interrupted call's
+    inputs, which no one writes) runs, and both results are the serial bits."""
+    import os
+
+    script = NESTED_CALL_WITH_ITS_OWN_ARRAYS.replace("{tests!r}", repr(os.path.dirname(os.path.abspath(__file__))))
+    result = run_child(script, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "handled [True] same True" in result.stdout, result.stdout[-2000:]
+
+
+@needs_runtime
+def test_a_call_keeps_no_reference_to_its_arrays_once_it_returns_or_is_refused():
+    """Guard of the fix above (whose claim holds the caller's frame): a finished or refused call leaves
+    no reference to its arrays behind, so a time loop's arrays are freed when dropped, not at the
+    next collection of reference cycles (collection is off here)."""
+    import gc
+    import sys
+    import threading
+
+    import numpy as np
+
+    import dodo
+    from dodo import _box3d
+
+    F = np.zeros((4, 6, 4))
+    F[:, :, 0] = 1.0
+    closure = dodo.Closure("box3d", threads=1)
+    out = dodo.ClosureResult.empty((4,))
+    before = [sys.getrefcount(array) for array in (F, *out)]
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        closure.apply(F, out=out)
+        dodo.box3d(F)
+        held, release = threading.Event(), threading.Event()
+
+        def other_call():  # another thread's call writing `out`: this thread's call is refused
+            with _box3d._claim({}, out):
+                held.set()
+                release.wait(100)
+
+        other = threading.Thread(target=other_call)
+        other.start()
+        held.wait(100)
+        with pytest.raises(ValueError, match="another call running now"):
+            closure.apply(F, out=out)
+        release.set()
+        other.join(100)
+        assert [sys.getrefcount(array) for array in (F, *out)] == before
+        assert _box3d._running_calls == []
+    finally:
+        if collecting:
+            gc.enable()
