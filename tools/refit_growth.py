@@ -30,6 +30,7 @@ from dodo.training import ensemble_train as et
 from dodo.training.safe_load import UntrustedCheckpointError, load_torch_file
 
 from checkpoint_inputs import add_table_and_output_arguments, refuse_output_over_inputs, trained_table
+from study_common import run_study
 
 # Settings that shape the density members: the checkpoint's and the config's must agree. (The gate's
 # error_per_spread and sigma0 do not enter their fit; they are taken from the config.)
@@ -96,4 +97,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_study(main)  # one line, exit 2; an output another process wrote meanwhile is kept

@@ -41,6 +41,7 @@ from dodo.training.ensemble import METRIC_PER_DELTA
 from dodo.training.safe_load import UntrustedCheckpointError, load_torch_file
 
 from checkpoint_inputs import TABLE_HELP, refuse_output_over_inputs, trained_table
+from study_common import run_study
 
 FRESH_SEED_OFFSET = 7000  # training uses config.seed + 0..999 (members), 1000s, 2000, 3000
 
@@ -177,4 +178,4 @@ def save_path(save_dir: str, width: int, config) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_study(main)  # one line, exit 2; an output another process wrote meanwhile is kept

@@ -19,9 +19,15 @@ def run_study(main) -> None:
     """Run a study script's ``main``: an expected failure (a config or an input file that is not the
     study's, a missing file) ends it with one line and exit 2, as the dodo commands do, instead of a
     traceback (outside probe, round 26); Ctrl-C with one line and exit 130."""
+    from dodo._atomic import outputs_as_found
+
     name = Path(sys.argv[0]).name
     try:
-        status = main()
+        # As dodo's commands: an output is compared at its rename with what the check before the work
+        # found there, so a file another process wrote meanwhile (a train-ensemble that finished at the
+        # tool's -o during its fits) is kept, not replaced by the tool's (data-loss probe, round five).
+        with outputs_as_found():
+            status = main()
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         raise SystemExit(130) from None

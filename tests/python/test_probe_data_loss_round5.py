@@ -226,3 +226,36 @@ def test_refit_growth_never_writes_over_the_files_its_config_names(ensemble_run,
     assert result.returncode == 2, result.stdout + result.stderr
     assert "is the same file as the input" in result.stderr and "wrote" not in result.stdout
     assert digest(oof) == before
+
+
+_WRITTEN_MEANWHILE = """
+import runpy, shutil, sys
+sys.path.insert(0, sys.argv[1])
+import dodo.training.ensemble_train as et
+measured, other, output = et.heldout_report, sys.argv[2], sys.argv[3]
+def meanwhile(*args, **kwargs):  # another process finishes a checkpoint at the tool's -o during its work
+    shutil.copyfile(other, output)
+    return measured(*args, **kwargs)
+et.heldout_report = meanwhile
+sys.argv = [sys.argv[1] + "/regate_checkpoint.py", *sys.argv[4:]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_tool_keeps_a_checkpoint_another_process_wrote_at_its_output_meanwhile(ensemble_run, tmp_path):
+    """`tools/regate_checkpoint.py CKPT 2.5 --table T -o OUT` (also refit_growth.py, student_width_study.py
+    --save-dir, and the studies' --save and --json) while another process wrote OUT (a `dodo
+    train-ensemble` of that checkpoint finishing, a copy): the tools ran outside dodo's
+    `outputs_as_found`, so their rename compared OUT with what was there when the write began, after the
+    work, and replaced the other file without a word (shown: exit 0, OUT the regated checkpoint). Now the
+    file found when the outputs were checked is the one compared: the other file is kept, one line, exit 2."""
+    pytest.importorskip("torch")
+    other, output = tmp_path / "other.pt", tmp_path / "out.pt"
+    other.write_bytes(Path(ensemble_run["checkpoint"]).read_bytes())  # a train-ensemble checkpoint
+    result = subprocess.run([sys.executable, "-c", _WRITTEN_MEANWHILE, str(ROOT / "tools"), str(other), str(output),
+                             str(ensemble_run["checkpoint"]), "2.5", "--table", str(ensemble_run["table"]),
+                             "-o", str(output)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "appeared there while this command ran" in result.stderr and "Traceback" not in result.stderr
+    assert digest(output) == digest(other)
+    assert not [path.name for path in tmp_path.iterdir() if path.name.endswith(".tmp")]
