@@ -9,6 +9,11 @@ import threading
 from typing import NamedTuple, Optional
 
 import numpy as np
+# Imported now, not by the first call: NumPy 2 imports numpy.ma on first use of np.ma (every call checks
+# for masked arrays), and a fork while another thread's first call was importing it copied the
+# import's module lock held: the child's first call waited for ever (outside probe "fork, threads and
+# signals", round one; Python does not reset module locks in a fork child).
+import numpy.ma  # noqa: F401
 
 from . import _core
 from .conventions import (
@@ -106,12 +111,32 @@ def _new_running_lock() -> None:
     """A fork child: the parent's other threads, whose calls were running, do not exist in it (their
     claims would refuse its calls for ever), and one of them may have held the lock."""
     global _running_lock
+    _held_for_fork.clear()
     _running_lock = threading.RLock()
     _running_calls.clear()
 
 
+#: The lock held by a fork under way: a fork waits for another thread's claim (a few microseconds)
+#: and holds the lock meanwhile, so that an os.register_at_fork(after_in_child=...) handler
+#: registered before dodo was imported, which runs in the child before _new_running_lock, finds it
+#: free (as dodo._closure's cache lock; outside probe "fork, threads and signals", round one).
+_held_for_fork: list = []
+
+
+def _hold_running_lock_for_fork() -> None:
+    lock = _running_lock
+    lock.acquire()
+    _held_for_fork.append(lock)
+
+
+def _release_running_lock_after_fork() -> None:
+    if _held_for_fork:
+        _held_for_fork.pop().release()
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_running_lock)
+    os.register_at_fork(before=_hold_running_lock_for_fork, after_in_parent=_release_running_lock_after_fork,
+                        after_in_child=_new_running_lock)
 
 
 def _named_arrays(prefix: str, value) -> list:

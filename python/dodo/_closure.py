@@ -669,8 +669,34 @@ def _new_cache_lock() -> None:
     _cache_lock = threading.RLock()
 
 
+#: The lock held by a fork under way (_hold_cache_lock_for_fork).
+_held_for_fork: list = []
+
+
+def _hold_cache_lock_for_fork() -> None:
+    """A fork waits for a closure being made in another thread, and holds the lock meanwhile: a
+    handler of os.register_at_fork(after_in_child=...) registered before dodo was imported runs in
+    the child before _new_cache_lock, and its dodo.closure call waited for ever on the lock copied
+    held (7 forks in 20 while another thread made the first closure; outside probe "fork, threads and
+    signals", round one). Held by the forking thread, the copy is that thread's in the child."""
+    lock = _cache_lock
+    lock.acquire()
+    _held_for_fork.append(lock)
+
+
+def _release_cache_lock_after_fork() -> None:
+    if _held_for_fork:
+        _held_for_fork.pop().release()
+
+
+def _new_cache_lock_after_fork() -> None:
+    _held_for_fork.clear()
+    _new_cache_lock()
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_cache_lock)
+    os.register_at_fork(before=_hold_cache_lock_for_fork, after_in_parent=_release_cache_lock_after_fork,
+                        after_in_child=_new_cache_lock_after_fork)
 
 
 def _cached_closure_for(model, identity: tuple, evaluator: Optional[str]) -> Closure:

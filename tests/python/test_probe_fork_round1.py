@@ -301,3 +301,163 @@ def test_a_call_keeps_no_reference_to_its_arrays_once_it_returns_or_is_refused()
     finally:
         if collecting:
             gc.enable()
+
+
+# --- fork while another thread holds a lock of dodo's, or imports for dodo -------------------------
+
+def _wait_for_child_script(child_code: str) -> str:
+    """The parent's part of a forking program: fork, run child_code in the child (which exits with
+    its status), wait for it with a hang guard, print the outcome."""
+    return child_code + """
+    began = time.monotonic()
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            print("child", os.waitstatus_to_exitcode(status), flush=True)
+            break
+        if time.monotonic() - began > 60:  # only a hang reaches it
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            print("child hung", flush=True)
+            break
+        time.sleep(0.01)
+"""
+
+
+AT_FORK_HANDLER_REGISTERED_BEFORE_DODO = _wait_for_child_script("""
+    import os, signal, threading, time
+    made_in_child = []
+
+    def warm_up_in_child():  # a framework's at-fork handler, registered before dodo was imported
+        import dodo
+        made_in_child.append(dodo.closure(F, model="box3d"))
+
+    os.register_at_fork(after_in_child=warm_up_in_child)
+    import numpy as np
+    import dodo
+    from dodo import _closure
+
+    F = np.zeros((3, 6, 4))
+    F[:, :, 0] = 1.0
+    F[:, 0, 3], F[:, 3, 3] = 0.5, -0.5
+    expected = dodo.Closure("box3d").apply(F).F_pred
+    loading, loaded = threading.Event(), threading.Event()
+
+    class SlowToLoad(_closure.Closure):  # a large package on a slow file system
+        def __init__(self, *args, **kwargs):
+            loading.set()
+            loaded.wait(100)
+            super().__init__(*args, **kwargs)
+
+    _closure.Closure = SlowToLoad
+    first = threading.Thread(target=lambda: dodo.closure(F, model="box3d"))
+    first.start()  # holds dodo.closure's cache lock while it loads
+    loading.wait(100)
+    threading.Timer(1.0, loaded.set).start()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if made_in_child and np.array_equal(made_in_child[0], expected) else 3)
+""")
+
+
+def test_an_at_fork_handler_registered_before_dodo_can_use_dodo_closure_in_the_child():
+    """os.register_at_fork runs the after_in_child handlers in the order registered: a handler of a
+    framework imported before dodo runs before dodo's own, which made the child's cache lock anew.
+    A fork while another thread made the first dodo.closure (holding the lock) gave that handler the
+    lock copied held: the child waited for ever (7 forks in 20 with a real first load). A fork now
+    waits for the closure being made and holds the lock across itself."""
+    result = run_child(AT_FORK_HANDLER_REGISTERED_BEFORE_DODO, timeout=120)
+    assert "child 0" in result.stdout, result.stdout[-2000:] + result.stderr[-3000:]
+
+
+FORK_WHILE_A_THREADS_FIRST_CALL_IMPORTS = _wait_for_child_script("""
+    import importlib.abc, os, signal, sys, threading, time
+    import numpy as np
+    import dodo
+
+    importing, imported = threading.Event(), threading.Event()
+
+    class SlowImports(importlib.abc.MetaPathFinder):  # a module import that takes its time (a slow disk)
+        def find_spec(self, name, path=None, target=None):
+            if threading.current_thread() is not threading.main_thread():
+                importing.set()
+                imported.wait(100)
+            return None
+
+    sys.meta_path.insert(0, SlowImports())
+    F = np.zeros((3, 6, 4))
+    F[:, :, 0] = 1.0
+    F[:, 0, 3], F[:, 3, 3] = 0.5, -0.5
+    first = threading.Thread(target=lambda: dodo.box3d(F))  # this thread's first dodo call
+    first.start()
+    importing.wait(5)  # set only if the call imports a module (it waits there, holding its lock)
+    threading.Timer(1.0, imported.set).start()
+    pid = os.fork()
+    if pid == 0:
+        sys.meta_path.pop(0)
+        ok = np.array_equal(dodo.box3d(F).F_box, dodo.box3d(F.copy()).F_box)
+        os._exit(0 if ok else 3)
+""")
+
+
+def test_a_fork_while_another_threads_first_call_runs_leaves_dodo_usable_in_the_child():
+    """NumPy 2 imports numpy.ma on first use of np.ma, which every dodo call touches (masked inputs
+    are refused): a fork while another thread's first call was importing it copied the import's
+    module lock held (Python does not reset module locks in a child), and the child's first dodo
+    call waited for ever. dodo imports numpy.ma when it is imported; its calls import nothing."""
+    result = run_child(FORK_WHILE_A_THREADS_FIRST_CALL_IMPORTS, timeout=120)
+    assert "child 0" in result.stdout, result.stdout[-2000:] + result.stderr[-3000:]
+
+
+AT_FORK_HANDLER_WHILE_A_CLAIM_IS_CHECKED = _wait_for_child_script("""
+    import os, signal, threading, time
+    made_in_child = []
+
+    def warm_up_in_child():  # registered before dodo was imported: runs before dodo's own handler
+        import dodo
+        made_in_child.append(dodo.box3d(F).F_box)
+
+    os.register_at_fork(after_in_child=warm_up_in_child)
+    import numpy as np
+    import dodo
+    from dodo import _box3d
+
+    F = np.zeros((3, 6, 4))
+    F[:, :, 0] = 1.0
+    F[:, 0, 3], F[:, 3, 3] = 0.5, -0.5
+    expected = dodo.box3d(F).F_box
+    checking, checked = threading.Event(), threading.Event()
+    compare = _box3d._overlap
+
+    def slow_overlap(first, second):  # another thread's claim, compared under the claims' lock
+        if threading.current_thread() is not threading.main_thread():
+            checking.set()
+            checked.wait(100)
+        return compare(first, second)
+
+    _box3d._overlap = slow_overlap
+    out = dodo.Box3DResult.empty((3,))
+    held, release = threading.Event(), threading.Event()
+
+    def writer():  # a call under way that writes out
+        with _box3d._claim({}, out):
+            held.set()
+            release.wait(100)
+
+    threading.Thread(target=writer, daemon=True).start()
+    held.wait(100)
+    threading.Thread(target=lambda: _box3d._claim({"F_init": out.F_box}).__enter__(), daemon=True).start()
+    checking.wait(100)
+    threading.Timer(1.0, checked.set).start()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if made_in_child and np.array_equal(made_in_child[0], expected) else 3)
+    release.set()
+""")
+
+
+def test_an_at_fork_handler_registered_before_dodo_can_call_dodo_while_a_claim_was_being_checked():
+    """The same for the lock of the calls' claims on their arrays (held while a call compares its
+    arrays with those of the calls running): a fork waits for it and holds it across itself."""
+    result = run_child(AT_FORK_HANDLER_WHILE_A_CLAIM_IS_CHECKED, timeout=120)
+    assert "child 0" in result.stdout, result.stdout[-2000:] + result.stderr[-3000:]
