@@ -259,3 +259,36 @@ def test_a_tool_keeps_a_checkpoint_another_process_wrote_at_its_output_meanwhile
     assert "appeared there while this command ran" in result.stderr and "Traceback" not in result.stderr
     assert digest(output) == digest(other)
     assert not [path.name for path in tmp_path.iterdir() if path.name.endswith(".tmp")]
+
+
+def test_a_second_run_into_the_same_results_directory_is_refused_while_the_first_runs(tmp_path, capsys):
+    """Two `dodo train` runs into two checkpoint directories with one results_dir (a config copied with
+    only its checkpoint_dir changed): the checkpoint directories' locks let both run, and both appended to
+    results/train.log at once, each run's epochs interleaved with the other's (shown: 91 epoch lines of
+    two runs in one log). Now the run holds train.log's lock from its checks to its end and the second is
+    refused at once, naming output.results_dir; the first run's log gets no line of it."""
+    pytest.importorskip("torch")
+    import signal
+    import time
+
+    table = synthetic_preprocessed(tmp_path, 200)
+    config = tiny_train_config(tmp_path, table, epochs=100000)
+    log = tmp_path / "res" / "train.log"
+    errors = tmp_path / "first.err"
+    with open(errors, "w") as stream:
+        first = subprocess.Popen([sys.executable, "-m", "dodo", "train", "--config", str(config)],
+                                 stdout=subprocess.DEVNULL, stderr=stream)
+    try:
+        deadline = time.monotonic() + 300  # a hang guard only: the first run writes its log at its start
+        while not log.exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert first.poll() is None, errors.read_text()
+        code, _, err = run(capsys, ["train", "--config", str(config), "--set", f"output.checkpoint_dir={tmp_path / 'ck2'}",
+                                    "--set", "training.epochs=1"])
+        assert code == 2, err
+        assert str(log) in err and "output.results_dir" in err and "Traceback" not in err
+        assert not (tmp_path / "ck2").exists()
+        assert str(tmp_path / "ck2") not in log.read_text()
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=120)

@@ -2,6 +2,7 @@
 handlers import what they need, so `dodo --help` works on a runtime-only install."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 from pathlib import Path
@@ -164,6 +165,30 @@ def _refuse_to_replace_a_run(checkpoints: Path, resume_from: str | None = None) 
                      f"or set output.checkpoint_dir to another directory")
 
 
+#: The end of a refusal of results_dir/train.log's lock (held by another run: _train_log_lock).
+TRAIN_LOG_IN_USE = ("; two runs appending to one train.log would mix their lines: set output.results_dir to another "
+                    "directory")
+
+
+@contextlib.contextmanager
+def _train_log_lock(log: Path):
+    """The lock of results_dir/train.log for the run (dodo._atomic.exclusive_output, removed at its end).
+    The checkpoint directory's lock kept two runs from one checkpoint directory, but two runs into two
+    checkpoint directories with one results_dir (a config copied with its checkpoint_dir changed) both
+    appended to the same train.log at once, each run's log interleaved with the other's epochs
+    (data-loss probe, round five). The second is refused at once."""
+    from .._atomic import OutputInUseError, exclusive_output
+
+    lock = exclusive_output(log, "dodo train")
+    try:
+        lock.__enter__()
+    except OutputInUseError as error:
+        raise OutputInUseError(f"{error}{TRAIN_LOG_IN_USE}") from None
+    with contextlib.ExitStack() as held:
+        held.push(lock)  # released (and its file removed) however the run ends
+        yield
+
+
 @_friendly("train")
 def _train(args) -> int:
     from .config import ExperimentConfig
@@ -191,30 +216,36 @@ def _train(args) -> int:
     # (CI's kill-at-random-points test, 2026-12-06). That pair is left out of the check.
     last, previous = checkpoints / "last.pt", checkpoints / "last.prev.pt"
     rotating = last.is_file() and previous.is_file() and not previous.is_symlink() and same_file(last, previous)
-    check_outputs([checkpoints / "best.pt", last, None if rotating else previous,
-                   checkpoints / "final.pt", results / "train.log"], [config.data.path, args.config])
-    import contextlib
     import os
 
-    from .._atomic import exclusive_directory, missing_directories, remove_empty_directories
+    from .._atomic import OutputInUseError, exclusive_directory, missing_directories, remove_empty_directories
     from .distributed import Distribution
 
     # Held from the check to the end: two runs started together would both pass the check and then
     # write the same checkpoints. By rank 0 only under torchrun: the one that writes the files.
     distribution = Distribution.from_environment(os.environ)
-    distribution.check_rendezvous_variables(os.environ)  # before any directory is made
     writer = distribution.rank == 0
+    try:
+        # Not the output locks on torchrun's other processes: rank 0 holds train.log's for the job.
+        check_outputs([checkpoints / "best.pt", last, None if rotating else previous,
+                       checkpoints / "final.pt", results / "train.log"], [config.data.path, args.config],
+                      check_locks=writer)
+    except OutputInUseError as error:  # train.log's lock, held by a run into another checkpoint directory
+        raise OutputInUseError(f"{error}{TRAIN_LOG_IN_USE}") from None
+    distribution.check_rendezvous_variables(os.environ)  # before any directory is made
     made = missing_directories([checkpoints, results]) if writer else []
     with exclusive_directory(checkpoints, "dodo train") if writer else contextlib.nullcontext():
         try:
-            if writer:
-                from .train import refuse_linked_run_files
+            with contextlib.ExitStack() as log_lock:
+                if writer:
+                    from .train import refuse_linked_run_files
 
-                refuse_linked_run_files(checkpoints)
-            if not args.overwrite:
-                _refuse_to_replace_a_run(checkpoints, config.training.resume_from)
-            config.make_dirs()
-            summary = train(config)
+                    refuse_linked_run_files(checkpoints)
+                    log_lock.enter_context(_train_log_lock(results / "train.log"))
+                if not args.overwrite:
+                    _refuse_to_replace_a_run(checkpoints, config.training.resume_from)
+                config.make_dirs()
+                summary = train(config)
         except BaseException:
             remove_empty_directories(made, checkpoints)
             raise
