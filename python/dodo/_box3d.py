@@ -556,7 +556,8 @@ def box3d(F_init, u=None, *, lebedev_order: int = DEFAULT_LEBEDEV_ORDER, z_metho
     without ``out``. No array is allocated when F_init and u are C-contiguous float64 already
     (u of the full batch shape, not broadcast). Calls from several threads at once each need their
     own ``out``: an out that another call running now writes or reads is refused (ValueError), as
-    are inputs that another running call writes as its out.
+    are inputs that another running call writes as its out. So is a call made by a signal handler on
+    the arrays of the call it interrupted (that call goes on writing when the handler returns).
     """
     engine = _engine(_lebedev_order(lebedev_order), z_method, _real("max_flux_factor", max_flux_factor))
     with _claim({"F_init": F_init, "u": u}, out) as claim:

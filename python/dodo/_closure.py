@@ -410,7 +410,8 @@ class Closure:
         are C-contiguous float64 already (u of the full batch shape, not broadcast). Calls from
         several threads at once each need their own ``out``: an out that another call running now
         writes, or whose memory it reads as F_init or u, is refused (ValueError), as are inputs that
-        another running call writes as its out.
+        another running call writes as its out. So is a call made by a signal handler on the arrays of
+        the call it interrupted (that call goes on writing when the handler returns).
         """
         # Two calls at once (threads) writing the same out= arrays, or one reading another's, are
         # refused (_claim): their results mixed without a word (outside probe, round forty-five).
