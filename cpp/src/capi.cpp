@@ -122,18 +122,67 @@ class HandleInUse {
   dodo_closure* handle_ = nullptr;
 };
 
+// A call of libdodo made by a thread that is already inside one: a host's signal handler that
+// interrupted that call (SIGALRM of a profiler or a checkpoint timer, SIGUSR1 of a batch system,
+// a SIGSEGV handler; an asynchronous signal reaches the host's own threads, the library's block
+// them), or a host's pthread_atfork handler that runs while libdodo's own fork handlers hold its
+// locks (a host that registered its handlers before it dlopen()ed libdodo: Python's ctypes,
+// Julia, a plugin). The handler's call waited for ever for a lock its own thread held:
+// live_mutex, taken by every call, or the handle's error text (outside probe, C round
+// thirty-five: a SIGALRM every 37 us whose handler calls dodo_apply hung the host within a
+// second, its only thread in futex_wait on live_mutex inside the handler, the interrupted call
+// below it). Such a call is now refused at once, before any lock or allocation: the status
+// DODO_ERROR_INVALID_ARGUMENT, a static message for dodo_last_error and error_buffer, no handle
+// touched. Nothing else is async-signal-safe (a handler that interrupted the host's own malloc
+// still waits in libdodo's); dodo.h says so. A count, not a flag: fork handlers nest in a call
+// of no one. volatile, and fenced against the compiler only: the handler runs on this thread.
+thread_local volatile int calls_on_this_thread = 0;
+thread_local const char* volatile nested_refusal = nullptr;
+constexpr const char kNestedCallRefused[] =
+    "libdodo was called by a thread that is already inside a libdodo call (from a signal handler that "
+    "interrupted it, or a pthread_atfork handler run while libdodo's own fork handlers hold its locks): "
+    "refused, since the call would wait for ever for a lock its own thread holds; libdodo's functions are not "
+    "async-signal-safe: set a flag in the handler and call libdodo after it returns";
+
+class ThreadCall {
+ public:
+  ThreadCall() noexcept : nested_(calls_on_this_thread != 0) {
+    if (!nested_) nested_refusal = nullptr;  // an outermost call: no refusal of its own yet
+    calls_on_this_thread = calls_on_this_thread + 1;
+    std::atomic_signal_fence(std::memory_order_seq_cst);  // counted before any lock is taken
+  }
+  ~ThreadCall() {
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    calls_on_this_thread = calls_on_this_thread - 1;
+  }
+  ThreadCall(const ThreadCall&) = delete;
+  ThreadCall& operator=(const ThreadCall&) = delete;
+  // A nested call: records the refusal (a pointer to static text) and says so.
+  bool refused() const noexcept {
+    if (nested_) nested_refusal = kNestedCallRefused;
+    return nested_;
+  }
+
+ private:
+  bool nested_;
+};
+
 // fork() while another thread held live_mutex (every call's liveness check) or a handle's
 // error_mutex copied that lock, held, into the child, whose next call hung (outside probe, round
 // fifteen; the runtime's own workspaces and workers are fork-safe by process id). A fork waits
 // until neither is held. No code holds an error_mutex while it takes live_mutex, so this order
 // cannot deadlock.
 void lock_for_fork() {
+  calls_on_this_thread = calls_on_this_thread + 1;  // until the parent's or child's handler: ThreadCall
+  std::atomic_signal_fence(std::memory_order_seq_cst);
   live_mutex.lock();
   for (const dodo_closure* handle : live_handles()) handle->error_mutex.lock();
 }
 void unlock_after_fork() {
   for (const dodo_closure* handle : live_handles()) handle->error_mutex.unlock();
   live_mutex.unlock();
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  calls_on_this_thread = calls_on_this_thread - 1;
 }
 // The child has only the thread that forked, which is inside no call: the parent's other threads'
 // calls are not the child's, and its dodo_closure_destroy must not wait for them.
@@ -329,6 +378,9 @@ dodo_options complete_options(const dodo_options* options) {
                                                " is not a size this library knows (initialise with dodo_options_init)");
 }
 
+// The largest CUDA device number: the runtime's "cuda:N" takes at most 6 digits (onnx_model.cpp).
+constexpr int kMaxCudaDeviceId = 999999;
+
 dodo::runtime::ClosureOptions runtime_options(const dodo_options& given) {
   dodo::runtime::ClosureOptions settings;
   settings.threads = given.threads;
@@ -339,8 +391,14 @@ dodo::runtime::ClosureOptions runtime_options(const dodo_options& given) {
   settings.onnxruntime_library = given.onnxruntime_library ? given.onnxruntime_library : "";
   settings.run_self_test = given.run_self_test != 0;
   if (given.device == DODO_DEVICE_CUDA) {
-    if (given.device_id < 0)
-      throw Error(DODO_ERROR_INVALID_ARGUMENT, "device_id must be >= 0; got " + std::to_string(given.device_id));
+    // Named as the host wrote it: a device_id of a million or more reached the runtime's parser
+    // of "cuda:N" (at most 6 digits), which refused 'unknown device "cuda:2147483647" (known:
+    // "cpu", "cuda", "cuda:N")', a string no C, C++ or Fortran host wrote (outside probe, C round
+    // thirty-five: a Fortran cuda_device beyond the C int range arrives as 2147483647).
+    if (given.device_id < 0 || given.device_id > kMaxCudaDeviceId)
+      throw Error(DODO_ERROR_INVALID_ARGUMENT,
+                  "dodo_options.device_id must be >= 0 and at most " + std::to_string(kMaxCudaDeviceId) +
+                      " (a CUDA device number; C++ and Fortran: cuda_device); got " + std::to_string(given.device_id));
     settings.device = "cuda:" + std::to_string(given.device_id);
   } else if (given.device != DODO_DEVICE_CPU) {
     throw Error(DODO_ERROR_INVALID_ARGUMENT, "device must be DODO_DEVICE_CPU (0) or DODO_DEVICE_CUDA (1); got " +
@@ -353,6 +411,12 @@ dodo::runtime::ClosureOptions runtime_options(const dodo_options& given) {
 template <typename Make>
 dodo_status create_handle(const dodo_options* options, dodo_closure** closure, char* error_buffer,
                           size_t error_buffer_size, Make&& make) {
+  const ThreadCall call;
+  if (call.refused()) {
+    if (closure) *closure = nullptr;
+    copy_message(kNestedCallRefused, error_buffer, error_buffer_size);
+    return DODO_ERROR_INVALID_ARGUMENT;
+  }
   // No handle exists yet to hold the text: a local one collects it for error_buffer.
   dodo_closure collector;
   dodo_status status = guarded(&collector, [&] {
@@ -486,6 +550,8 @@ dodo_status dodo_closure_create(const char* model_path, const dodo_options* opti
 
 void dodo_closure_destroy(dodo_closure* closure) {
   if (!closure) return;
+  const ThreadCall call;  // nested (a signal handler's): left live, as it would wait for ever
+  if (call.refused()) return;
   const CancellationHeldOff no_cancellation;  // destroying joins the workers: a cancellation point
   {
     std::lock_guard<std::mutex> lock(live_mutex);
@@ -507,6 +573,8 @@ dodo_status dodo_apply(dodo_closure* closure, size_t n_cells, const double* F_in
 }
 
 dodo_status dodo_self_test(dodo_closure* closure, double* max_error_over_ntot) {
+  const ThreadCall call;
+  if (call.refused()) return DODO_ERROR_INVALID_ARGUMENT;
   const HandleInUse in_use(closure);
   return guarded(in_use.live(), [&] {
     const FloatingPointEnvironmentHeld default_floating_point;
@@ -516,6 +584,8 @@ dodo_status dodo_self_test(dodo_closure* closure, double* max_error_over_ntot) {
 }
 
 dodo_status dodo_get_counters(const dodo_closure* closure, dodo_counters* counters) {
+  const ThreadCall call;
+  if (call.refused()) return DODO_ERROR_INVALID_ARGUMENT;
   const HandleInUse in_use(closure);  // only its error text is written
   return guarded(in_use.live(), [&] {
     dodo_closure* handle = checked_handle(closure, in_use);
@@ -531,16 +601,22 @@ dodo_status dodo_get_counters(const dodo_closure* closure, dodo_counters* counte
 }
 
 dodo_status dodo_reset_counters(dodo_closure* closure) {
+  const ThreadCall call;
+  if (call.refused()) return DODO_ERROR_INVALID_ARGUMENT;
   const HandleInUse in_use(closure);
   return guarded(in_use.live(), [&] { checked_handle(closure, in_use)->closure->reset_counters(); });
 }
 
 int dodo_has_model(const dodo_closure* closure) {
+  const ThreadCall call;
+  if (call.refused()) return 0;
   const HandleInUse in_use(closure);
   return in_use.live() && in_use.live()->closure->has_model() ? 1 : 0;
 }
 
 long dodo_get_metadata(const dodo_closure* closure, const char* key, char* buffer, size_t buffer_size) {
+  const ThreadCall call;
+  if (call.refused()) return -1;
   const HandleInUse in_use(closure);
   if (!in_use.live() || !key) return -1;
   // Compared in place: std::map::find(key) copied the key into a std::string, outside any
@@ -556,6 +632,12 @@ long dodo_get_metadata(const dodo_closure* closure, const char* key, char* buffe
 }
 
 size_t dodo_last_error(const dodo_closure* closure, char* buffer, size_t buffer_size) {
+  const ThreadCall call;
+  if (calls_on_this_thread > 1) {  // nested: only this call's own refusal, which needs no lock
+    const std::string_view text = nested_refusal ? std::string_view(nested_refusal) : std::string_view();
+    copy_message(text, buffer, buffer_size);
+    return text.size();
+  }
   const HandleInUse in_use(closure);
   if (!in_use.live()) {  // no handle to hold a text: this thread's own last error
     const std::string_view text = thread_error_text();
@@ -584,6 +666,8 @@ dodo_status dodo_apply_diagnostics(dodo_closure* closure, size_t n_cells, const 
                                    const ptrdiff_t* F_init_strides, const double* u, const ptrdiff_t* u_strides,
                                    double* F_pred, const ptrdiff_t* F_pred_strides, uint32_t* cell_status,
                                    double* growth_rate, double* uncertainty) {
+  const ThreadCall call;
+  if (call.refused()) return DODO_ERROR_INVALID_ARGUMENT;
   const HandleInUse in_use(closure);
   return guarded(in_use.live(), [&] {
     const FloatingPointEnvironmentHeld default_floating_point;

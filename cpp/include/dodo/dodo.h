@@ -31,6 +31,20 @@
  * A thread calling dodo_apply needs about 64 KiB of stack (a 48 KiB thread stack overflowed).
  * A host thread cancelled with pthread_cancel during a call is cancelled after it, at its own
  * next cancellation point: the calls hold cancellation off.
+ * No function that takes a handle or creates one is async-signal-safe (they take locks and
+ * allocate): do not call libdodo from a signal handler; set a flag there and call after it. A
+ * call made by a thread already inside a libdodo call (a handler that interrupted that call, or
+ * a pthread_atfork handler that runs while libdodo's own fork handlers hold its locks, as a host's
+ * handlers registered before it dlopen()ed libdodo do) is refused at once instead of waiting for
+ * ever for a lock its own thread holds: DODO_ERROR_INVALID_ARGUMENT (dodo_has_model 0,
+ * dodo_get_metadata -1, dodo_closure_destroy does nothing), the reason in error_buffer and in
+ * dodo_last_error read in that handler, no handle touched. So a thread must not leave a call by
+ * longjmp out of a signal handler: its later calls would be refused. pthread_atfork handlers of
+ * a host linked to libdodo run outside libdodo's (registered after them) and may call it.
+ * Worker threads (dodo_options.threads) are started by the create call, on the calling thread, and
+ * keep its CPU affinity: a handle created on a thread bound to one core (OMP_PROC_BIND, OMP_PLACES;
+ * libgomp binds the initial thread before main) runs all its workers on that core (docs/runtime.md,
+ * "OpenMP codes").
  */
 #ifndef DODO_DODO_H
 #define DODO_DODO_H
@@ -119,7 +133,7 @@ typedef struct dodo_options {
   const char* onnxruntime_library; /* path of libonnxruntime; NULL = search (docs/runtime.md) */
   int run_self_test;               /* nonzero (the default): run the model's test vectors at creation */
   int device;                      /* DODO_DEVICE_CPU (default) or DODO_DEVICE_CUDA */
-  int device_id;                   /* CUDA device number (DODO_DEVICE_CUDA only); e.g. the rank on its node */
+  int device_id;                   /* CUDA device number, 0 to 999999 (DODO_DEVICE_CUDA only); e.g. the rank on its node */
 } dodo_options;
 
 typedef struct dodo_counters {
