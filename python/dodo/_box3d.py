@@ -189,6 +189,12 @@ class _claim:
             for entry in list(_running_calls):
                 running, thread, frame, claim = entry
                 interrupted = thread is mine[1]
+                if interrupted and not _on_this_stack(frame):
+                    # Left by a call of this thread that has returned (a Ctrl-C at the first line of
+                    # __exit__: 1 in ~300 Ctrl-Cs of a loop of calls): it refused other threads' calls
+                    # on its arrays; this thread's next call drops it.
+                    _running_calls[:] = [kept for kept in list(_running_calls) if kept is not entry]
+                    continue
                 if interrupted and not claim.computing:
                     continue  # made while that call prepares its inputs: it has written nothing yet
                 for name, array, writes in mine[0]:
@@ -196,9 +202,8 @@ class _claim:
                                   if (writes or other_writes) and _overlap(array, other)), None)
                     if clash is None:
                         continue
-                    if not thread.is_alive() or interrupted and not _on_this_stack(frame):
-                        # Left by a thread that has ended, or by a call of this thread that has
-                        # returned: nothing runs. (By identity: == of arrays.)
+                    if not thread.is_alive():
+                        # Left by a thread that has ended: nothing runs. (By identity: == of arrays.)
                         _running_calls[:] = [kept for kept in list(_running_calls) if kept is not entry]
                         break
                     raise ValueError(_clash_text(name, writes, *clash, interrupted=interrupted))

@@ -461,3 +461,36 @@ def test_an_at_fork_handler_registered_before_dodo_can_call_dodo_while_a_claim_w
     arrays with those of the calls running): a fork waits for it and holds it across itself."""
     result = run_child(AT_FORK_HANDLER_WHILE_A_CLAIM_IS_CHECKED, timeout=120)
     assert "child 0" in result.stdout, result.stdout[-2000:] + result.stderr[-3000:]
+
+
+def test_a_claim_left_by_a_ctrl_c_in_its_exit_is_dropped_by_its_threads_next_call():
+    """A Ctrl-C that comes at the first line of a claim's __exit__ (1 in ~300 Ctrl-Cs of a loop of
+    `apply(F, out=out)` calls) leaves the call's claim behind, tagged with a thread that lives on: every
+    later call of another thread on that out (a worker handed the buffer) was refused as clashing
+    with "another call running now". The thread's next call (any) drops it: its frame is gone."""
+    import threading
+
+    import numpy as np
+
+    import dodo
+    from dodo import _box3d
+
+    F = np.zeros((4, 6, 4))
+    F[:, :, 0] = 1.0
+    out = dodo.Box3DResult.empty((4,))
+    expected = dodo.box3d(F)
+
+    def call_interrupted_in_its_exit():
+        claim = _box3d._claim({"F_init": F}, out)
+        claim.__enter__()
+        claim.computing = True
+        # KeyboardInterrupt here, before __exit__ removed the claim
+
+    call_interrupted_in_its_exit()
+    dodo.invariants(F[:1])  # this thread's next call, on other arrays
+    done: list = []
+    worker = threading.Thread(target=lambda: done.append(dodo.box3d(F, out=out)))
+    worker.start()
+    worker.join(100)
+    assert done and all(np.array_equal(a, b) for a, b in zip(done[0], expected))
+    assert _box3d._running_calls == []
