@@ -736,3 +736,61 @@ def test_a_handle_whose_package_and_directory_vanished_after_load_keeps_working(
     lines = run_host(program, str(package), str(scratch), timeout=120)
     assert lines[0].startswith("apply 0 equal 1 self_test 0 worst_ok 1 head "), lines
     assert lines[1] == f'again 2 model file "{package}" does not exist', lines
+
+
+FORTRAN_PRIVATE_HOST = textwrap.dedent("""\
+    program fortran_private
+      use dodo
+      use iso_c_binding, only: c_double
+      implicit none
+      type(dodo_closure) :: closure
+      real(c_double) :: F(4, 6, 3), G(4, 6, 3), expected(4, 6, 3)
+      integer :: stat
+      character(len=300) :: message
+      character(len=4096) :: model
+      call get_command_argument(1, model)
+      F = 0
+      F(1, :, :) = 1
+      F(4, :, :) = 0.3d0
+      F(4, 4, :) = -0.4d0
+      F(1, 2, 3) = 1.2d0
+      call dodo_create(closure, model, threads=2)
+      call dodo_apply(closure, F, expected)
+      !$omp parallel num_threads(3) private(closure, stat, message, G)
+      G = -1
+      message = ""
+      call dodo_apply(closure, F, G, stat=stat, errmsg=message)
+      !$omp critical
+      print '(a,i0,1x,l1,1x,a)', "private ", stat, all(G == -1), trim(message)
+      !$omp end critical
+      !$omp end parallel
+      !$omp parallel num_threads(3) firstprivate(closure) private(stat, message, G)
+      call dodo_apply(closure, F, G, stat=stat, errmsg=message)
+      !$omp critical
+      print '(a,i0,1x,l1)', "firstprivate ", stat, all(G == expected)
+      !$omp end critical
+      !$omp end parallel
+      call dodo_destroy(closure)
+    end program fortran_private
+    """)
+
+
+def test_a_fortran_closure_private_to_openmp_threads_is_refused_and_firstprivate_shares_it(tmp_path):
+    """docs/runtime.md's Fortran section, "OpenMP": a `private(closure)` copy holds no closure
+    (gfortran leaves some threads' copies undefined): each call is refused, stat 1 with one of the
+    two messages, nothing written, never a crash; a `firstprivate` copy is the same handle and gives
+    the single call's bits."""
+    if not shutil.which("gfortran"):
+        pytest.skip("gfortran is not installed")
+    source = tmp_path / "fortran_private.f90"
+    source.write_text(FORTRAN_PRIVATE_HOST)
+    program = tmp_path / "fortran_private"
+    run(["gfortran", "-std=f2018", "-fopenmp", "-J", str(tmp_path), str(FORTRAN_MODULE), str(source),
+         *_pkg_config("--libs"), "-o", str(program)])
+    for model in (default_model(), "box3d"):
+        lines = run_host(program, model, timeout=120)
+        private = [line for line in lines if line.startswith("private ")]
+        assert len(private) == 3 and lines.count("firstprivate 0 T") == 3, lines
+        for line in private:
+            assert line.startswith("private 1 T "), lines
+            assert ("holds no closure" in line or "closure handle is not live" in line), lines
