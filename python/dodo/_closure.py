@@ -672,6 +672,8 @@ def _new_cache_lock() -> None:
 
 #: The lock held by a fork under way (_hold_cache_lock_for_fork).
 _held_for_fork: list = []
+#: Longest a fork waits for a closure that another thread is making (a model load takes well under 1 s).
+_FORK_WAIT_FOR_A_LOAD_S = 30.0
 
 
 def _hold_cache_lock_for_fork() -> None:
@@ -679,10 +681,12 @@ def _hold_cache_lock_for_fork() -> None:
     handler of os.register_at_fork(after_in_child=...) registered before dodo was imported runs in
     the child before _new_cache_lock, and its dodo.closure call waited for ever on the lock copied
     held (7 forks in 20 while another thread made the first closure; outside probe "fork, threads and
-    signals", round one). Held by the forking thread, the copy is that thread's in the child."""
+    signals", round one). Held by the forking thread, the copy is that thread's in the child. The
+    wait is bounded (a load that never ends, a model on a hung network file system, must not stop
+    every fork of the process): past it the fork goes on as before, the lock not held."""
     lock = _cache_lock
-    lock.acquire()
-    _held_for_fork.append(lock)
+    if lock.acquire(timeout=_FORK_WAIT_FOR_A_LOAD_S):
+        _held_for_fork.append(lock)
 
 
 def _release_cache_lock_after_fork() -> None:

@@ -494,3 +494,37 @@ def test_a_claim_left_by_a_ctrl_c_in_its_exit_is_dropped_by_its_threads_next_cal
     worker.join(100)
     assert done and all(np.array_equal(a, b) for a, b in zip(done[0], expected))
     assert _box3d._running_calls == []
+
+
+FORK_WHILE_A_LOAD_NEVER_ENDS = _wait_for_child_script("""
+    import os, signal, threading, time
+    import numpy as np
+    import dodo
+    from dodo import _closure
+
+    F = np.zeros((3, 6, 4))
+    F[:, :, 0] = 1.0
+    F[:, 0, 3], F[:, 3, 3] = 0.5, -0.5
+    expected = dodo.box3d(F).F_box
+    loading, never = threading.Event(), threading.Event()
+
+    class NeverLoads(_closure.Closure):  # a model on a hung network file system
+        def __init__(self, *args, **kwargs):
+            loading.set()
+            never.wait()
+
+    _closure.Closure = NeverLoads
+    _closure._FORK_WAIT_FOR_A_LOAD_S = 0.5  # the bound, shortened for the test (30 s)
+    threading.Thread(target=lambda: dodo.closure(F, model="box3d"), daemon=True).start()
+    loading.wait(100)
+    pid = os.fork()  # waits for the load at most the bound, then forks as before
+    if pid == 0:
+        os._exit(0 if np.array_equal(dodo.box3d(F).F_box, expected) else 3)
+""")
+
+
+def test_a_fork_does_not_wait_for_ever_for_a_closure_load_that_never_ends():
+    """Guard of the fork's wait for a closure being made (above): it is bounded, so a load that never
+    ends (a model on a hung file system) does not stop every fork of the process."""
+    result = run_child(FORK_WHILE_A_LOAD_NEVER_ENDS, timeout=120)
+    assert "child 0" in result.stdout, result.stdout[-2000:] + result.stderr[-3000:]
