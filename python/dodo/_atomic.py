@@ -219,6 +219,14 @@ def atomic_path(final: str | Path):
     # (check_outputs, inside outputs_as_found: dodo's commands), else what is there now.
     scope, key = (_FOUND_AT_START[-1] if _FOUND_AT_START else None), os.path.realpath(final)
     found = scope[key] if scope is not None and key in scope else _identity(final)
+    if scope is not None and scope.get(key) is not None and not final.parent.is_dir():
+        # The directory of a file the command found (or wrote) there is gone: `rm -rf ck` (or `mv ck
+        # ck.old`) during `dodo train` was made again by the next checkpoint's mkdir, and the run went on
+        # in a new ck without its lock (another run could start there) and without its best.pt (the end
+        # then failed when no later epoch beat it) (data-loss probe, round five).
+        raise OutputPathError(f"cannot write {given}: its directory {final.parent} was removed (or moved) while this "
+                              f"command ran, with the {final.name} it had found or written there; it is not made "
+                              "again: nothing more is written there")
     # The directories made for this output, removed again (when empty) if the write fails: a failed
     # `dodo preprocess -o new/dir/out.h5` left new/dir/ behind (outside probe, round 23).
     made = missing_directories([final.parent])

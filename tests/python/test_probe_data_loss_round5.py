@@ -292,3 +292,49 @@ def test_a_second_run_into_the_same_results_directory_is_refused_while_the_first
     finally:
         first.send_signal(signal.SIGTERM)
         first.wait(timeout=120)
+
+
+def test_a_checkpoint_directory_removed_during_the_run_is_not_made_again(tmp_path, capsys, monkeypatch):
+    """`rm -rf ck` (or `mv ck ck.old`) while `dodo train` ran: the next checkpoint's write made ck again
+    (atomic_path makes missing directories) and the run went on in a new ck without its lock file (a second
+    run into ck could start beside it) and without its best.pt (the end then failed when no later epoch
+    beat the best). Now a file the command found or wrote whose directory is gone is not written: one
+    line naming the directory, exit 2, and ck stays removed."""
+    pytest.importorskip("torch")
+    import shutil
+
+    import dodo.training.train as training
+
+    table = synthetic_preprocessed(tmp_path, 200)
+    config = tiny_train_config(tmp_path, table, epochs=4)
+    checkpoints = tmp_path / "ck"
+    saved = training.save_checkpoint
+    calls = []
+
+    def save_then_remove_the_directory(state, path, *args, **kwargs):
+        saved(state, path, *args, **kwargs)
+        calls.append(path)
+        if len(calls) == 2:  # epoch 1's best.pt and last.pt written: the user removes the run
+            shutil.rmtree(checkpoints)
+
+    monkeypatch.setattr(training, "save_checkpoint", save_then_remove_the_directory)
+    code, _, err = run(capsys, ["train", "--config", str(config)])
+    assert code == 2, err
+    assert f"its directory {checkpoints} was removed" in err and "Traceback" not in err
+    assert not checkpoints.exists()
+
+
+def test_a_directory_a_command_never_found_a_file_in_is_still_made(tmp_path):
+    """The guard above is for a file the command found or wrote: an output in a directory still to be
+    made (`dodo preprocess -o new/dir/out.h5`) is written as before (guard)."""
+    from dodo._atomic import atomic_path, check_outputs, outputs_as_found
+
+    output = tmp_path / "new" / "dir" / "out.txt"
+    with outputs_as_found():
+        check_outputs([output])
+        with atomic_path(output) as temporary:
+            temporary.write_text("x")
+        (output.parent / "other").mkdir()  # and a second write of it after its own first one
+        with atomic_path(output) as temporary:
+            temporary.write_text("y")
+    assert output.read_text() == "y"
