@@ -124,9 +124,11 @@ _held_for_fork: list = []
 
 
 def _hold_running_lock_for_fork() -> None:
+    # Bounded (as dodo._closure's wait for a load): a signal handler that runs while its thread holds
+    # the lock and waits for a fork of another thread (a pool replacing a worker) must not deadlock.
     lock = _running_lock
-    lock.acquire()
-    _held_for_fork.append(lock)
+    if lock.acquire(timeout=30.0):
+        _held_for_fork.append(lock)
 
 
 def _release_running_lock_after_fork() -> None:
