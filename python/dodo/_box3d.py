@@ -171,7 +171,7 @@ class _claim:
     def __init__(self, reads: dict, out=None, what: str = "out") -> None:
         # Tagged with the calling thread and the caller's frame: a claim of this thread is the call
         # that this one interrupted only while that frame is on this thread's stack; a claim left
-        # behind by a Ctrl-C that came between two of these lines refuses nothing.
+        # behind by a Ctrl-C that came between two lines of __exit__ is dropped by the thread's next call.
         self.computing = False
         self.mine = ([(name, array, False) for key, value in reads.items() for name, array in _named_arrays(key, value)]
                      + [(name, array, True) for name, array in _named_arrays(what, out)], threading.current_thread(),
