@@ -33,7 +33,7 @@ def out_of_fold(config: et.EnsembleConfig, folds: int):
     rows, r_mean, sigma, d2 = [], [], [], []
     for k in range(folds):
         test, train = order[fold_of == k], order[fold_of != k]
-        X, r, g = et._training_arrays(table, train, config)
+        X, r, g = et.training_arrays(table, train, config)
         ensemble = fit_ensemble(X, r, g, members=config.members, sigma0=config.sigma0, seed=config.seed,
                                 width=config.width, depth=config.depth, steps=config.steps, lr=config.lr,
                                 weight_decay=config.weight_decay, growth_weight=config.growth_weight,

@@ -61,8 +61,8 @@ def main() -> int:
     test, train = order[fold_of == 0], order[fold_of != 0]
     torch.set_num_threads(config.threads)
     labels = growth_labels_of(config, table, pool, args.config)
-    X_labels, _, g_labels = et._training_arrays(labels, np.arange(len(labels["r"])), config)
-    X, _, g = et._training_arrays(table, train, config)
+    X_labels, _, g_labels = et.training_arrays(labels, np.arange(len(labels["r"])), config)
+    X, _, g = et.training_arrays(table, train, config)
     X, g = np.concatenate([X, X_labels]), np.concatenate([g, g_labels])
     print(f"{len(pool)} pool states, {len(g_labels) // 2 if config.mirror else len(g_labels)} label states; calibrated linear theory within 10% of the "
           f"measured rate on {linear_theory_ceiling(table['sources'][pool]):.1f}% of the pool")

@@ -57,7 +57,7 @@ def main() -> None:
     table = et.load_table(config.data_path)
     order, fold_of = et.pool_folds(table, config, 5)
     growth_table = growth_labels_of(config, table, order, args.config)
-    X_labels, _, g_labels = et._training_arrays(growth_table, np.arange(len(growth_table["r"])), config)
+    X_labels, _, g_labels = et.training_arrays(growth_table, np.arange(len(growth_table["r"])), config)
     X_all = et.features_of(table, np.arange(len(table["r"])), config.features)
     emu_recipe = et.is_emu_recipe(table["sources"])
     for name in args.subsets:
@@ -65,7 +65,7 @@ def main() -> None:
         hits, emu = [], []
         for k in (0, 1):
             test, train = order[fold_of == k], order[fold_of != k]
-            X, _, g = et._training_arrays(table, train, config)
+            X, _, g = et.training_arrays(table, train, config)
             predictions = []
             for seed in range(1000, 1000 + args.members):
                 member = fit_growth_member(np.concatenate([X, X_labels])[:, columns], np.concatenate([g, g_labels]),

@@ -50,7 +50,7 @@ def axis_quality(table: dict, config: et.EnsembleConfig) -> np.ndarray:
             coarse_parts.append(chunk["linear_growthRate_box(1|s)"][()][index])
         sources += [path] * len(index)
     F, refined, coarse = np.concatenate(F_parts), np.concatenate(refined_parts), np.concatenate(coarse_parts)
-    box = et._box3d_dict(table["box3d"])
+    box = et.box3d_settings(table["box3d"])
     with_refined = et._unlabelled_density_table(F, refined, sources, box, 0.96)
     with_coarse = et._unlabelled_density_table(F, coarse, sources, box, 0.96)  # same rows: both rates > 0
     quality = np.full(len(table["r"]), np.nan)

@@ -166,7 +166,7 @@ def main() -> None:
             or calibration <= 0:
         parser.error(f"{args.checkpoint}: records no growth calibration (metrics.growth_calibration): its growth "
                      "members were not trained on growth.data labels, which this study compares against")
-    box3d, calibration = et._box3d_dict(checkpoint["data"]["box3d"]), float(calibration)
+    box3d, calibration = et.box3d_settings(checkpoint["data"]["box3d"]), float(calibration)
 
     dev_names = {os.path.basename(path) for path in args.dev}
     train_files = [p for p in sorted(glob.glob(args.train_labels)) if os.path.basename(p) not in dev_names]
@@ -180,7 +180,7 @@ def main() -> None:
         parser.error(" ".join(str(exc).split()))
     if train is None or dev is None:
         parser.error("no training or no dev growth label left (--train-labels, --dev)")
-    X_train, _, g_train = et._training_arrays(train, np.arange(len(train["r"])), config)
+    X_train, _, g_train = et.training_arrays(train, np.arange(len(train["r"])), config)
     finite = np.isfinite(g_train)
     X_train, g_train = X_train[finite], g_train[finite]
     X_dev = et.features_of(dev, np.arange(len(dev["r"])), config.features)

@@ -69,7 +69,7 @@ def main() -> None:
           f"{'worse':>5} | growth 10% (Emu)", flush=True)
     for name, variant in variants.items():
         started = time.monotonic()
-        X, r, g = et._training_arrays(table, fold.train, variant)
+        X, r, g = et.training_arrays(table, fold.train, variant)
         ensemble = fit_members(X, r, g, variant, args.members)
         for where, X_test in inputs.items():
             s = score_members(ensemble, X_test, fold, variant)

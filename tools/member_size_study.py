@@ -45,7 +45,7 @@ def main() -> None:
     config = dataclasses.replace(et.EnsembleConfig.load(args.config), threads=args.threads)
     torch.set_num_threads(args.threads)
     fold = fold_zero(config)
-    X, r, g = et._training_arrays(fold.table, fold.train, config)
+    X, r, g = et.training_arrays(fold.table, fold.train, config)
     X_test = et.features_of(fold.table, fold.test, config.features)
     emu = fold.emu
     print(f"fold 0: {len(fold.test)} states ({int(emu.sum())} Emu recipe; Box3D {fold.box.mean():.5f} / "

@@ -49,7 +49,7 @@ def nested_noise_scale(table: dict, rows: np.ndarray, residual: np.ndarray, conf
     scale = np.empty(len(rows))
     for k in range(groups):
         train, test = np.flatnonzero(group != k), np.flatnonzero(group == k)
-        X = et._training_arrays(table, rows[train], config)[0]  # mirrored as the members see them
+        X = et.training_arrays(table, rows[train], config)[0]  # mirrored as the members see them
         target = np.tile(np.abs(residual[train]), len(X) // len(train))
         member = fit_noise_member(X, target, r_scale, seed=config.seed + 3000 + k, width=config.noise_width,
                                   depth=config.noise_depth, lr=config.lr, weight_decay=config.weight_decay,

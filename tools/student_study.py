@@ -76,8 +76,8 @@ def main() -> None:
     emu = et.is_emu_recipe(table["sources"][test])
     growth_table = growth_labels_of(config, table, train, args.config)
     ensemble = et.train_on(table, train, config, growth_table=growth_table)
-    labelled_inputs = np.concatenate([et._training_arrays(table, train, config)[0],
-                                      et._training_arrays(growth_table, np.arange(len(growth_table["r"])), config)[0]])
+    labelled_inputs = np.concatenate([et.training_arrays(table, train, config)[0],
+                                      et.training_arrays(growth_table, np.arange(len(growth_table["r"])), config)[0]])
     default_sampled = config.distill_sampled_states if args.sampled_states is None else args.sampled_states
 
     @functools.cache  # students with the same count share one draw

@@ -138,8 +138,8 @@ def main() -> None:
                      "emu_seedN.h5, merger_seedN.h5, three_flavour_seedN.h5), and no training file of this table "
                      "is one: this study needs a table preprocessed from dodo simulate campaign files")
     fresh = et.sampled_state_table(args.fresh_states, shares,
-                                   config.seed + args.fresh_seed_offset, et._box3d_dict(table["box3d"]))
-    X_fresh = et._training_arrays(fresh, np.arange(len(fresh["r"])), config)[0]
+                                   config.seed + args.fresh_seed_offset, et.box3d_settings(table["box3d"]))
+    X_fresh = et.training_arrays(fresh, np.arange(len(fresh["r"])), config)[0]
     r_teacher, g_teacher = closure_outputs(ensemble, X_fresh, teacher=True)
     r_shipped, g_shipped = closure_outputs(ensemble, X_fresh)
     shipped_width = checkpoint["student"]["width"]
@@ -147,7 +147,7 @@ def main() -> None:
           f"{len(X_fresh) // len(fresh['r'])} images)", flush=True)
 
     # The student's inputs, as fit_growth_and_student builds them: training rows, then growth-label states.
-    X = et._training_arrays(table, train_rows, config)[0]
+    X = et.training_arrays(table, train_rows, config)[0]
     growth_table = et.load_growth_table(config, table, train_rows, log=lambda m: print(m, flush=True))
     if config.growth_members and growth_table is not None:
         X = np.concatenate([X, et.growth_member_rows(table, train_rows, config, growth_table)[2]])

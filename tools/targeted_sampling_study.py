@@ -147,7 +147,7 @@ def main() -> None:
           f"candidates; {args.members} members per fit, {args.threads} threads", flush=True)
 
     started = time.monotonic()
-    acquisition = fit_members(*et._training_arrays(table, base, config), config, args.members)
+    acquisition = fit_members(*et.training_arrays(table, base, config), config, args.members)
     base_scores = score_members(acquisition, X_test, fold, config)
     sigma = members_spread(acquisition, et.features_of(table, rest, config.features))
     print(f"base fit ({time.monotonic() - started:.0f} s): gated {base_scores.gated.mean():.5f} "
@@ -161,7 +161,7 @@ def main() -> None:
         started = time.monotonic()
         added = pick(arm, rest, sigma, args.add, rest_families)
         rows = np.concatenate([base, added])
-        ensemble = fit_members(*et._training_arrays(table, rows, config), config, args.members)
+        ensemble = fit_members(*et.training_arrays(table, rows, config), config, args.members)
         scores = score_members(ensemble, X_test, fold, config)
         drawn = family_of(table["sources"][added])
         per_state[arm] = scores

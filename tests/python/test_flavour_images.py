@@ -8,8 +8,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from dodo.conventions import MU_TAU_EXCHANGE, NU_NUBAR_EXCHANGE  # noqa: E402
-from dodo.training.ensemble_train import (ConfigError, EnsembleConfig, _training_arrays, features_of,  # noqa: E402
-                                          train_on, training_images)
+from dodo.training.ensemble_train import ConfigError, EnsembleConfig, train_on  # noqa: E402
+from dodo.training.pool import features_of, training_arrays, training_images  # noqa: E402
 from test_growth_labels import rest_table  # noqa: E402
 
 
@@ -42,7 +42,7 @@ def test_the_images_follow_the_config_and_carry_the_states_labels():
         config = EnsembleConfig(mirror=mirror, flavour_images=flavour, features="invariants27+box7+eln18-v1")
         images = training_images(config)
         assert len(images) == count
-        X, r, g = _training_arrays(table, rows, config)
+        X, r, g = training_arrays(table, rows, config)
         assert X.shape[0] == r.shape[0] == g.shape[0] == count * len(rows)
         for k in range(count):  # one block per image, the state's own labels in each
             np.testing.assert_array_equal(r[k * len(rows):(k + 1) * len(rows)], table["r"][rows])
@@ -52,7 +52,7 @@ def test_the_images_follow_the_config_and_carry_the_states_labels():
     # The mirror alone is the recipe before flavour images, row for row.
     plain = EnsembleConfig(features="invariants27+box7+eln18-v1")
     assert plain.mirror and not plain.flavour_images
-    X, _, _ = _training_arrays(table, rows, plain)
+    X, _, _ = training_arrays(table, rows, plain)
     np.testing.assert_array_equal(X[len(rows):], features_of(table, rows, plain.features, swapped=True))
 
 

@@ -106,7 +106,7 @@ def test_growth_members_learn_from_label_rows_and_survive_a_checkpoint(tmp_path)
     from conftest import random_states
 
     from dodo.training.ensemble import predict
-    from dodo.training.ensemble_train import EnsembleConfig, _training_arrays, load_ensemble, save_checkpoint, train_on
+    from dodo.training.ensemble_train import EnsembleConfig, load_ensemble, save_checkpoint, train_on, training_arrays
 
     rng = np.random.default_rng(11)
     table_of = rest_table
@@ -118,7 +118,7 @@ def test_growth_members_learn_from_label_rows_and_survive_a_checkpoint(tmp_path)
     config = EnsembleConfig(members=2, width=8, steps=20, growth_members=2, growth_width=8, growth_steps=300,
                             checkpoint=str(tmp_path / "e.pt"))
     ensemble = train_on(density, np.arange(40), config, growth_table=labels)
-    X, r, _ = _training_arrays(density, np.arange(40), config)
+    X, r, _ = training_arrays(density, np.arange(40), config)
     out = predict(ensemble, X)
     np.testing.assert_allclose(out["log_growth_ratio"], np.log(2.0), atol=0.1)
     assert np.all(np.isfinite(out["r_mean"]))
@@ -134,7 +134,7 @@ def test_relabelled_states_replace_their_measured_rates_and_never_leak_from_outs
     from conftest import random_states
 
     from dodo.training.ensemble import predict
-    from dodo.training.ensemble_train import EnsembleConfig, _training_arrays, growth_label_states, train_on
+    from dodo.training.ensemble_train import EnsembleConfig, growth_label_states, train_on, training_arrays
 
     rng = np.random.default_rng(12)
     F = random_states(rng, 60, max_flux_factor=0.6, mu_equals_tau=True)
@@ -147,7 +147,7 @@ def test_relabelled_states_replace_their_measured_rates_and_never_leak_from_outs
                             checkpoint=str(tmp_path / "e.pt"))
     np.testing.assert_array_equal(growth_label_states(labels, density, config), np.arange(60))
     rows = np.arange(40)
-    X, _, _ = _training_arrays(density, rows, config)
+    X, _, _ = training_arrays(density, rows, config)
     relabelled = predict(train_on(density, rows, config, growth_table=labels), X)["log_growth_ratio"]
     np.testing.assert_allclose(relabelled, np.log(2.0), atol=0.1)  # neither 0.5 (measured) nor 8 (leaked)
     config.growth_relabelled = False  # both labels of each state (an L1 fit: anywhere between them)
@@ -273,7 +273,7 @@ def test_the_shipped_recipe_with_crossing_inputs_trains_checkpoints_and_runs_in_
 
     import dodo
     from dodo.training.ensemble import predict
-    from dodo.training.ensemble_train import (EnsembleConfig, _training_arrays, export_ensemble, load_ensemble,
+    from dodo.training.ensemble_train import (EnsembleConfig, export_ensemble, load_ensemble, training_arrays,
                                               save_checkpoint, train_on)
     from dodo.training.features import INVARIANTS_BOX_AND_CROSSING, OOD_COLUMNS
 
@@ -284,7 +284,7 @@ def test_the_shipped_recipe_with_crossing_inputs_trains_checkpoints_and_runs_in_
                             distill_width=16, distill_steps=100, features=INVARIANTS_BOX_AND_CROSSING,
                             error_per_spread=1.9, checkpoint=str(tmp_path / "c.pt"))
     ensemble = train_on(density, np.arange(60), config, growth_table=labels)
-    X, _, _ = _training_arrays(density, np.arange(60), config)
+    X, _, _ = training_arrays(density, np.arange(60), config)
     assert X.shape[1] == 52 and ensemble.feature_mean.numel() == OOD_COLUMNS[INVARIANTS_BOX_AND_CROSSING] == 34
     assert np.ptp(X[:, 34:], axis=0).max() > 0  # the crossing inputs vary from state to state
     save_checkpoint(ensemble, config, density, np.arange(60), {}, config.checkpoint)
@@ -401,7 +401,7 @@ def test_growth_measured_false_trains_the_growth_members_on_the_labels_alone(tmp
     from conftest import random_states
 
     from dodo.training.ensemble import predict
-    from dodo.training.ensemble_train import ConfigError, EnsembleConfig, _training_arrays, train_on
+    from dodo.training.ensemble_train import ConfigError, EnsembleConfig, train_on, training_arrays
 
     rng = np.random.default_rng(13)
     F = random_states(rng, 40, max_flux_factor=0.6, mu_equals_tau=True)
@@ -411,7 +411,7 @@ def test_growth_measured_false_trains_the_growth_members_on_the_labels_alone(tmp
                             growth_data=["unused"], growth_measured=False, mirror=False,
                             checkpoint=str(tmp_path / "e.pt"))
     rows = np.arange(40)
-    X, _, _ = _training_arrays(density, rows, config)
+    X, _, _ = training_arrays(density, rows, config)
     np.testing.assert_allclose(predict(train_on(density, rows, config, growth_table=labels), X)["log_growth_ratio"],
                                np.log(2.0), atol=0.1)
     with pytest.raises(ConfigError, match="growth.measured: false needs growth.data"):

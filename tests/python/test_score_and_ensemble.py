@@ -263,13 +263,13 @@ def test_sampled_states_are_unlabelled_crossing_states_in_the_family_mix():
     shares = et.family_shares(["a/emu_seed1.h5", "a/random_crossing_seed3.h5", "b/merger_seed2.h5",
                                "b/merger_seed4.h5"])
     assert shares == {"emu": 0.5, "merger": 0.5}
-    table = et.sampled_state_table(40, shares, seed=0, box3d_settings=et._box3d_dict(""))
+    table = et.sampled_state_table(40, shares, seed=0, box3d_settings=et.box3d_settings(""))
     n = len(table["r"])
     assert 36 <= n <= 40 and np.isnan(table["r"]).all() and np.isnan(table["log_growth"]).all()
     names = [Path(str(s)).name for s in table["sources"]]
     assert 15 <= names.count("emu_sampled.h5") <= 20 and 15 <= names.count("merger_sampled.h5") <= 20
     config = et.EnsembleConfig(features="invariants27+box7+eln18-v1")
-    X = et._training_arrays(table, np.arange(n), config)[0]
+    X = et.training_arrays(table, np.arange(n), config)[0]
     assert X.shape == (2 * n, 52) and np.isfinite(X).all()
     F_rest = np.asarray(table["rest"]["F_init_rest"])
     lepton = pair_lepton_numbers(F_rest[0], uniform_sphere(16))

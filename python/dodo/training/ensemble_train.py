@@ -8,7 +8,6 @@ whose source file matches a `holdout` pattern are never trained on nor used to c
 from __future__ import annotations
 
 import datetime
-import fnmatch
 import hashlib
 import json
 import math
@@ -21,9 +20,10 @@ import torch
 from .._atomic import atomic_path, check_input_file
 from ..score import bootstrap_interval
 from .config import ConfigError, check_thread_count, read_yaml_mapping
-from .dataset import nu_nubar_swapped, read_dataset, rest_frame_arrays, species_relabelled
+from .dataset import read_dataset, rest_frame_arrays
 from .safe_load import load_torch_file, write_torch_file
 from .label_noise import fit_label_noise, training_residuals
+from .pool import box3d_settings, features_of, holdout_mask, pool_folds, training_arrays
 from .ensemble import (DensityResidualEnsemble, Member, fit_ensemble, fit_growth_member, fit_student, nu_e_change,
                        predict, state_error)
 
@@ -489,8 +489,8 @@ def sampled_inputs(table: dict, rows: np.ndarray, config: "EnsembleConfig", coun
     """The student's extra inputs: features of ``count`` sampled states (sampled_state_table) in the
     family mix of ``rows`` of ``table``, mirrored as the training rows are."""
     sampled = sampled_state_table(count, family_shares(table["sources"][rows]), config.seed + 3000,
-                                  _box3d_dict(table["box3d"]))
-    return _training_arrays(sampled, np.arange(len(sampled["r"])), config)[0]
+                                  box3d_settings(table["box3d"]))
+    return training_arrays(sampled, np.arange(len(sampled["r"])), config)[0]
 
 
 def family_shares(sources) -> dict:
@@ -501,55 +501,6 @@ def family_shares(sources) -> dict:
     families = [Path(str(source)).name.split("_seed")[0] for source in sources]
     families = ["emu" if family in EMU_RECIPE_FAMILIES else family for family in families]
     return {family: families.count(family) / len(families) for family in STATE_FAMILIES if family in families}
-
-
-def holdout_mask(sources, patterns) -> np.ndarray:
-    names = [Path(str(s)).name for s in sources]
-    return np.array([any(fnmatch.fnmatch(name, p) for p in patterns) for name in names], bool)
-
-
-def features_of(table: dict, rows: np.ndarray, features: str, swapped: bool = False, species=None) -> np.ndarray:
-    """Network inputs of ``rows``; ``swapped``: of their nu <-> nubar mirror images; ``species``:
-    of the images with species a relabelled as species[a] (dodo.training.dataset.species_relabelled)."""
-    from .features import feature_matrix
-
-    rest = {key: np.asarray(value)[rows] for key, value in table["rest"].items()}
-    if swapped:
-        rest = nu_nubar_swapped(rest)
-    if species is not None:
-        rest = species_relabelled(rest, species)
-    # The crossing inputs at the table's own Box3D settings: those the exported package records
-    # and the runtime computes them with (a file preprocessed at order 41 trains at order 41).
-    return feature_matrix(features, rest["invariants"], rest["F_init_rest"], rest["F_box_rest"], rest["growth_over_ntot"],
-                          box3d=_box3d_dict(table.get("box3d")))
-
-
-def training_images(config: "EnsembleConfig") -> list:
-    """The species relabellings each training row is learned in (None: as given), in the order
-    their blocks of rows follow each other: with ``mirror`` the nu <-> nubar image, with
-    ``flavour_images`` the mu <-> tau image and (with mirror) both exchanges. Each is a symmetry of
-    the fast-flavour equations under which nu_e's change and the growth rate are the cell's own;
-    the runtime evaluates the network on a cell's canonical image (docs/runtime.md, step 2), so the
-    networks see every image the runtime may evaluate."""
-    from ..conventions import MU_TAU_EXCHANGE, NU_NUBAR_EXCHANGE
-
-    images = [None]
-    if config.mirror:
-        images.append(np.array(NU_NUBAR_EXCHANGE))
-    if config.flavour_images:
-        images.append(np.array(MU_TAU_EXCHANGE))
-        if config.mirror:
-            images.append(np.array(NU_NUBAR_EXCHANGE)[np.array(MU_TAU_EXCHANGE)])
-    return images
-
-
-def _training_arrays(table: dict, rows: np.ndarray, config: "EnsembleConfig"):
-    """``(X, r, g)`` of ``rows`` in every image of training_images, one block of len(rows) rows
-    per image (callers tile per-state arrays by len(X) // len(rows))."""
-    r, g = table["r"][rows], table["log_growth"][rows]
-    images = training_images(config)
-    X = np.concatenate([features_of(table, rows, config.features, species=species) for species in images])
-    return X, np.tile(r, len(images)), np.tile(g, len(images))
 
 
 #: The fewest training states an ensemble is fitted on. One state fails: its nu <-> nubar mirror is
@@ -587,7 +538,7 @@ def train_on(table: dict, rows: np.ndarray, config: EnsembleConfig, members: int
         # rate) every density member was trained first and the run then ended on this (round 41).
         check_growth_labels(growth_member_rows(table, rows, config, growth_table)[1], len(rows), config)
     residuals = training_residuals(table, rows, config) if config.noise_oof else None
-    X, r, g = _training_arrays(table, rows, config)
+    X, r, g = training_arrays(table, rows, config)
     torch.set_num_threads(config.threads)
     from .features import OOD_COLUMNS
 
@@ -637,7 +588,7 @@ def fit_growth_and_student(ensemble, table: dict, rows: np.ndarray, config: Ense
     tools/refit_growth.py's: new growth labels for members already trained."""
     if len(ensemble.growth_members) or ensemble.student is not None:
         raise ValueError("fit_growth_and_student fits growth members and a student where there are none yet")
-    X, _, _ = _training_arrays(table, rows, config)
+    X, _, _ = training_arrays(table, rows, config)
     torch.set_num_threads(config.threads)
     if config.growth_members:
         X_growth, g_growth, X_labels = growth_member_rows(table, rows, config, growth_table, log=log)
@@ -678,7 +629,7 @@ def growth_member_rows(table: dict, rows: np.ndarray, config: EnsembleConfig, gr
     and measured rates (NaN where a state's own label replaces its rate, all NaN with
     growth.measured false) followed by growth_table's label rows that may train them
     (growth_member_labels); X_labels, those label rows' features alone (the student sees them too)."""
-    X, _, g = _training_arrays(table, rows, config)
+    X, _, g = training_arrays(table, rows, config)
     if growth_table is None:
         return X, g, X[:0]
     labelled, replaced = growth_member_labels(growth_table, table, rows, config, log=log, of_state=of_state)
@@ -686,7 +637,7 @@ def growth_member_rows(table: dict, rows: np.ndarray, config: EnsembleConfig, gr
         g = np.where(np.tile(replaced, len(g) // len(rows)), np.nan, g)
     if not config.growth_measured:
         g = np.full_like(g, np.nan)
-    X_labels, _, g_labels = _training_arrays(growth_table, labelled, config)
+    X_labels, _, g_labels = training_arrays(growth_table, labelled, config)
     return np.concatenate([X, X_labels]), np.concatenate([g, g_labels]), X_labels
 
 
@@ -741,7 +692,7 @@ def load_growth_table(config: EnsembleConfig, table: dict, train_rows: np.ndarra
     if not config.growth_data:
         return None
     calibration = growth_calibration(table["sources"][train_rows])
-    growth_table = growth_label_table(config.growth_data, config.holdout, _box3d_dict(table["box3d"]), calibration)
+    growth_table = growth_label_table(config.growth_data, config.holdout, box3d_settings(table["box3d"]), calibration)
     if growth_table is None:
         raise ValueError(f"growth.data {config.growth_data} matches no growth-label file")
     log(f"growth labels: {len(growth_table['r'])} linear-theory states, calibration measured/linear = {calibration:.4f}")
@@ -804,23 +755,13 @@ def save_checkpoint(ensemble: DensityResidualEnsemble, config: EnsembleConfig, t
              "noise_member": None if ensemble.noise_member is None else {"width": config.noise_width,
                                                                           "depth": config.noise_depth},
              "state_dict": ensemble.state_dict(),
-             "data": {"box3d": _box3d_dict(table["box3d"]), "sha256": table["sha256"], "kind": table["kind"],
+             "data": {"box3d": box3d_settings(table["box3d"]), "sha256": table["sha256"], "kind": table["kind"],
                       "train_rows": int(len(train_rows)), "path": config.data_path},
              "metrics": report,
              "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         write_torch_file(state, tmp)
-
-
-def _box3d_dict(value) -> dict:
-    import ast
-
-    if isinstance(value, dict):
-        return value
-    parsed = ast.literal_eval(str(value)) if value else {}
-    return {"scheme": "pairwise", "form": "delta", "lebedev_order": 17, "z_method": "exact", "max_flux_factor": 0.98,
-            **parsed}
 
 
 def load_ensemble(checkpoint: dict) -> DensityResidualEnsemble:
@@ -1006,14 +947,6 @@ def is_emu_recipe(sources) -> np.ndarray:
     return np.isin(family, EMU_RECIPE_FAMILIES)
 
 
-def pool_folds(table: dict, config: EnsembleConfig, folds: int) -> tuple[np.ndarray, np.ndarray]:
-    """The training pool (rows of files not matching config.holdout) in a fixed shuffle drawn with
-    config.seed, and each shuffled row's fold (0 .. folds-1): the split of every CV here."""
-    pool = np.flatnonzero(~holdout_mask(table["sources"], config.holdout))
-    order = np.random.default_rng(config.seed).permutation(pool)
-    return order, np.arange(len(order)) % folds
-
-
 def learning_curve(config: EnsembleConfig, sizes: list, folds: int = 5, members: int | None = None,
                    emu_path: str | None = None, log=print) -> list[dict]:
     """k-fold CV error against training-set size (training pool only), and the same models'
@@ -1037,7 +970,7 @@ def learning_curve(config: EnsembleConfig, sizes: list, folds: int = 5, members:
             raise ValueError(f"--sizes {trained[taken]} and {size} train on the same states (each fold's training set holds "
                              f"at most {max(fold_sizes)}): give each size once")
         trained[taken] = size
-    emu = emu_table(emu_path, _box3d_dict(table["box3d"])) if emu_path else None
+    emu = emu_table(emu_path, box3d_settings(table["box3d"])) if emu_path else None
     growth_table = load_growth_table(config, table, order, log=log)
     rows = []
     for size in sizes:

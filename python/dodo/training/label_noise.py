@@ -15,6 +15,7 @@ from collections import Counter
 import numpy as np
 
 from .ensemble import fit_noise_member
+from .pool import pool_folds, training_arrays
 
 #: Arrays a gate study's out-of-fold file holds (tools/gate_study.py --save).
 OUT_OF_FOLD_KEYS = ("delta_box", "delta_true", "r", "sigma", "d2", "emu")
@@ -35,7 +36,6 @@ def out_of_fold_match(path: str, table: dict, config, saved: dict | None = None)
     are found by their Box3D and solver deltas (float64, the same numbers in both), leaving out the
     few whose pair is not unique (e.g. delta_box = 0); a file none of whose states are in the table
     (another table) is refused rather than paired with wrong states."""
-    from .ensemble_train import pool_folds
 
     # saved: the file's arrays as read_out_of_fold gave them to a caller that studies them too
     # (tools/noise_gate_study.py), so that the states matched are those it studies: a second read
@@ -121,10 +121,9 @@ def fit_label_noise(ensemble, table: dict, config, residuals: tuple[np.ndarray, 
                     log=None) -> None:
     """Fit ``ensemble``'s label-noise member on ``residuals`` (training_residuals: rows, e) and set
     its gate weight config.noise_weight. In place."""
-    from .ensemble_train import _training_arrays
 
     rows, residual = residuals
-    X = _training_arrays(table, rows, config)[0]  # mirrored as the members see them
+    X = training_arrays(table, rows, config)[0]  # mirrored as the members see them
     target = np.tile(np.abs(residual), len(X) // len(rows))
     ensemble.noise_member = fit_noise_member(X, target, float(ensemble.r_scale), seed=config.seed + 3000,
                                              width=config.noise_width, depth=config.noise_depth, lr=config.lr,
