@@ -407,38 +407,54 @@ def _plot_format(path) -> str:
     return Path(path).suffix.lower().lstrip(".") or "png"
 
 
-def _is_image(path, form: str) -> bool:
-    """Whether the file at ``path`` starts as an image of format ``form`` does (SVG: after
-    whitespace or a byte-order mark, its XML declaration or <svg>, and an <svg element early on)."""
+#: The Creator written into the metadata of every plot Dodo makes (dodo.training.plots): what
+#: marks a file as an earlier plot that a plotting command may replace. Any PNG, PDF or SVG had
+#: passed, so `dodo plot metrics M.json -o thesis.pdf` replaced a user's paper (data-loss probe,
+#: round five). Written as matplotlib writes metadata: a PNG text chunk and an SVG <dc:title> near the
+#: start, a PDF's /Creator in its Info dictionary near the end.
+PLOT_CREATOR = "Dodo plot"
+
+
+def _is_earlier_plot(path, form: str) -> bool:
+    """Whether the file at ``path`` is a plot Dodo wrote in format ``form``: it starts as such an image
+    does (SVG: after whitespace or a byte-order mark, its XML declaration or <svg>, and an <svg
+    element early on) and carries PLOT_CREATOR in its first or last 4 kB."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(4096)
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(size - 4096, 0))
+            tail = handle.read(4096)
     except OSError:
         return False
+    mark = PLOT_CREATOR.encode()
     signatures = _IMAGE_SIGNATURES.get(form, ())
     if form == "svg":
-        head = head.removeprefix(b"\xef\xbb\xbf").lstrip()
-        return head.startswith(signatures) and b"<svg" in head
-    return head.startswith(signatures)
+        start = head.removeprefix(b"\xef\xbb\xbf").lstrip()
+        is_image = start.startswith(signatures) and b"<svg" in start
+    else:
+        is_image = head.startswith(signatures)
+    return is_image and (mark in head or mark in tail)
 
 
 def refuse_replacing_with_plot(paths, command: str, overwrite: bool = False, overwrite_option: str | None = None) -> None:
     """For plot outputs ``paths``: never over data, whatever ``overwrite`` says; and, unless
-    ``overwrite``, a ValueError when one exists, is not empty and is not an image of the format its
-    name asks for (an earlier plot). `dodo plot -o analysis.py`, `--plot notes.txt` (a path given
-    by mistake) replaced that file with a figure (outside probe, round 25)."""
+    ``overwrite``, a ValueError when one exists, is not empty and is not a plot Dodo wrote in the
+    format its name asks for (an earlier plot, marked with PLOT_CREATOR). `dodo plot -o analysis.py`,
+    `--plot notes.txt` (a path given by mistake) replaced that file with a figure (outside probe,
+    round 25), and any image of the format passed (data-loss probe, round five)."""
     for path in paths:
         _refuse_data(path, command)
     for path in paths:
         if path is None or path == "-" or overwrite or not os.path.isfile(path) or os.path.getsize(path) == 0:
             continue
         form = _plot_format(path)
-        if _is_image(path, form):
+        if _is_earlier_plot(path, form):
             continue
         image = f"a {form.upper()} image" if form in _IMAGE_SIGNATURES else "an image (PNG, PDF or SVG)"
         allow = f", or {overwrite_option} to replace it" if overwrite_option else " (or remove it first)"
-        raise ValueError(f"{path} exists and is not {image} (an earlier plot), so {command} does not "
-                         f"replace it with its plot: give another path{allow}")
+        raise ValueError(f"{path} exists and is not {image} that a Dodo plot command wrote (an earlier plot), so "
+                         f"{command} does not replace it with its plot: give another path{allow}")
 
 
 def refuse_replacing_data(paths, command: str) -> None:

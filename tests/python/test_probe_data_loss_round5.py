@@ -338,3 +338,32 @@ def test_a_directory_a_command_never_found_a_file_in_is_still_made(tmp_path):
         with atomic_path(output) as temporary:
             temporary.write_text("y")
     assert output.read_text() == "y"
+
+
+@pytest.mark.parametrize("name", ["thesis.pdf", "figure.png", "drawing.svg", "figure"])
+def test_a_plot_command_never_replaces_an_image_it_did_not_write(tmp_path, capsys, name):
+    """`dodo plot metrics M.json -o thesis.pdf` replaced a user's PDF (any image of the format counted
+    as an earlier plot), exit 0. Now an image passes only with the Creator Dodo writes into its plots:
+    a user's matplotlib figure of the same format is refused, one line, untouched; --overwrite still
+    replaces it, and a Dodo plot there is replaced as before."""
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"history": {"train": [{"total": 1.0}, {"total": 0.5}],
+                                               "val": [{"total": 1.1}, {"total": 0.6}]}, "metric_table": {}}))
+    target = tmp_path / name
+    figure = plt.figure()
+    figure.savefig(target, format=Path(name).suffix.lstrip(".") or "png")  # the user's own figure
+    plt.close(figure)
+    before = digest(target)
+    code, _, err = run(capsys, ["plot", "curve", str(metrics), "-o", str(target)])
+    assert code == 2 and "that a Dodo plot command wrote" in err and "--overwrite" in err, err
+    assert digest(target) == before
+    code, _, err = run(capsys, ["plot", "curve", str(metrics), "-o", str(target), "--overwrite"])
+    assert code == 0, err
+    assert digest(target) != before
+    code, _, err = run(capsys, ["plot", "curve", str(metrics), "-o", str(target)])  # its own plot: replaced
+    assert code == 0, err
+

@@ -9,6 +9,8 @@ import numpy as np
 
 from dodo.conventions import SPECIES
 
+from .._output_guard import PLOT_CREATOR
+
 
 def _pyplot():
     import matplotlib
@@ -184,7 +186,7 @@ def save_figures(figures) -> list[Path]:
         with contextlib.ExitStack() as stack:
             for (fig, output), form in zip(figures, forms):
                 tmp = stack.enter_context(atomic_path(output))
-                fig.savefig(tmp, dpi=120, format=form)
+                fig.savefig(tmp, dpi=120, format=form, metadata={"Creator": PLOT_CREATOR})  # the guard's mark
     finally:
         for fig, _ in figures:
             plt.close(fig)
