@@ -22,6 +22,8 @@ import dodo
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests" / "python"))
 import box3d_oracle  # noqa: E402
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _options import positive_int  # noqa: E402
 from conftest import random_states  # noqa: E402
 
 
@@ -36,16 +38,19 @@ def cells_per_second(function, cells: int, repeats: int) -> tuple[float, float, 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cells", type=int, default=200_000)
-    parser.add_argument("--oracle-cells", type=int, default=20_000)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--order", type=int, default=17)
+    parser.add_argument("--cells", type=positive_int, default=200_000)
+    parser.add_argument("--oracle-cells", type=positive_int, default=20_000)
+    parser.add_argument("--repeats", type=positive_int, default=5)
+    parser.add_argument("--order", type=positive_int, default=17)
     parser.add_argument("--z-method", default="exact", choices=("exact", "jedynak"))
     args = parser.parse_args()
 
     rng = np.random.default_rng(1)
-    states = random_states(rng, args.cells)
+    # As many states as the larger count: the oracle's rate divides by --oracle-cells, so it must run
+    # that many (it ran min(--cells, --oracle-cells) and so overstated the anchor when --cells was smaller).
+    states = random_states(rng, max(args.cells, args.oracle_cells))
     oracle_states = states[: args.oracle_cells]
+    states = states[: args.cells]
     cores = os.cpu_count() or 1
     dodo.box3d(states[:1000], lebedev_order=args.order)  # warm-up: tables, per-thread scratch
 

@@ -29,6 +29,11 @@ import time
 
 import numpy as np
 
+import sys as _sys
+import pathlib as _pathlib
+_sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent))
+from _options import nonnegative_int, positive_int  # noqa: E402
+
 import dodo
 from dodo._closure import Closure
 from dodo.training import synthetic_model as synthetic
@@ -75,11 +80,11 @@ def naive_closure(F, u, session, head: str, threads: int) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 100_000, 1_000_000])
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--sizes", type=positive_int, nargs="+", default=[1000, 100_000, 1_000_000])
+    parser.add_argument("--threads", type=positive_int, nargs="+", default=[1, 2])
     parser.add_argument("--model", help="ONNX model package (default: synthetic 3x128 MLP, equivariant head)")
-    parser.add_argument("--chunk-size", type=int, default=1024)
-    parser.add_argument("--repeats", type=int, default=0, help="interleaved repeats (default: by size)")
+    parser.add_argument("--chunk-size", type=positive_int, default=1024)
+    parser.add_argument("--repeats", type=nonnegative_int, default=0, help="interleaved repeats (default: by size)")
     args = parser.parse_args()
 
     import onnxruntime

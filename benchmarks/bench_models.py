@@ -26,6 +26,8 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests" / "python"))
 
+from _options import positive_int  # noqa: E402
+
 
 def per_core(function, cells: int) -> float:
     start = time.process_time()
@@ -36,8 +38,8 @@ def per_core(function, cells: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", help="model packages ('default': the shipped one)")
-    parser.add_argument("--cells", type=int, default=200_000)
-    parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument("--cells", type=positive_int, default=200_000)
+    parser.add_argument("--rounds", type=positive_int, default=11)
     args = parser.parse_args()
 
     import onnxruntime
@@ -46,9 +48,12 @@ def main() -> int:
     from bench_speed import moving_cells
     from dodo.training.features import lab_features
 
+    paths = [str(dodo.models.default_model_path()) if m == "default" else m for m in args.models]
+    missing = [path for path in paths if not pathlib.Path(path).is_file()]
+    if missing:
+        parser.error(f"no model package at {', '.join(missing)}")
     F, u = moving_cells(args.cells)
     n = args.cells
-    paths = [str(dodo.models.default_model_path()) if m == "default" else m for m in args.models]
     runs = {"box3d": lambda: dodo.box3d(F, u, threads=1)}
     for path in paths:
         options = onnxruntime.SessionOptions()

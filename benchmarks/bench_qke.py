@@ -27,6 +27,11 @@ import time
 
 import numpy as np
 
+import sys as _sys
+import pathlib as _pathlib
+_sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent))
+from _options import positive_int, resolution as resolution_type  # noqa: E402
+
 from dodo.qke.solver import SolverConfig, make_box
 from dodo.qke.states import NSM1_EMU_1D
 
@@ -74,12 +79,12 @@ def concurrently(processes: int, arguments: tuple) -> list[dict]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--resolutions", nargs="+", default=["64x16", "32x8"], help="CELLSxNPHI (nphi 16 = 92 directions)")
-    parser.add_argument("--steps", type=int, default=20, help="steps per timed block")
-    parser.add_argument("--repeats", type=int, default=5, help="timed blocks (the median is reported)")
-    parser.add_argument("--processes", nargs="+", type=int, default=[1, 2], help="concurrent processes to measure")
+    parser.add_argument("--resolutions", nargs="+", type=resolution_type, default=["64x16", "32x8"], help="CELLSxNPHI (nphi 16 = 92 directions)")
+    parser.add_argument("--steps", type=positive_int, default=20, help="steps per timed block")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timed blocks (the median is reported)")
+    parser.add_argument("--processes", nargs="+", type=positive_int, default=[1, 2], help="concurrent processes to measure")
     parser.add_argument("--full", action="store_true", help="also time one complete NSM1 run per resolution and backend")
-    parser.add_argument("--threads", type=int, default=2,
+    parser.add_argument("--threads", type=positive_int, default=2,
                         help="also time one process stepping a batch of this many simulations on as many threads "
                              "(compiled kernel; per-simulation columns; 1: skip)")
     parser.add_argument("--count-steps", nargs=3, metavar=("BACKEND", "CELLSxNPHI", "N"),

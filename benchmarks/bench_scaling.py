@@ -24,6 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _options import positive_int  # noqa: E402
+
 CLOSURE_WORKER = r"""
 import sys, time
 import numpy as np
@@ -105,13 +108,13 @@ def closure_cells_per_second(work: Path, nranks: int, args) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--states", type=int, default=8, help="random states per simulation run")
-    parser.add_argument("--ncell", type=int, default=32)
-    parser.add_argument("--nphi", type=int, default=12)
-    parser.add_argument("--train-rows", type=int, default=20000, help="rows of the synthetic training file")
-    parser.add_argument("--batch-size", type=int, default=256, help="global training batch")
-    parser.add_argument("--cells", type=int, default=200000, help="closure cells per rank")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--states", type=positive_int, default=8, help="random states per simulation run")
+    parser.add_argument("--ncell", type=positive_int, default=32)
+    parser.add_argument("--nphi", type=positive_int, default=12)
+    parser.add_argument("--train-rows", type=positive_int, default=20000, help="rows of the synthetic training file")
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="global training batch")
+    parser.add_argument("--cells", type=positive_int, default=200000, help="closure cells per rank")
+    parser.add_argument("--repeats", type=positive_int, default=2)
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
 

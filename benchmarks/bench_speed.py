@@ -30,9 +30,17 @@ those ratios by ~0.05 on a shared VM.
 Rates: cells per second of wall time (median of --repeats, min-max) and per core: cells per
 second of this process's CPU time (summed over its threads, so already per core; other programs
 on a shared machine disturb it less than wall time). --callgrind adds instructions per cell (valgrind's callgrind on a small run:
---callgrind-cells cells set up once and run three times against once, so set-up and start-up
-cancel), which do not depend on the machine's load; only the main thread's count (see
-callgrind_instructions). Valgrind does not emulate AVX-512: these count the AVX2 code path.
+a fresh process sets up --callgrind-cells cells and calls the row once untimed, then callgrind counts
+only its next 2 calls (CALLGRIND_RUNS), divided by 2 x cells; see callgrind_instructions), which do not
+depend on the machine's load: the main thread's count, with OpenBLAS and OpenMP held to one thread.
+Valgrind does not emulate AVX-512: these count the AVX2 code path; they need valgrind on x86-64.
+Rows are printed as they are measured (the oracle's once Box3D's rate gives its "vs box3d"). A bad
+option value (exit status 2), a missing valgrind (with --callgrind), onnxruntime or default model, and
+a failed callgrind run (status 1; the rows measured before it stay printed) end the script with one
+line on stderr, no traceback; Ctrl-C (or SIGTERM) stops it with one line (exit status 130) after the
+valgrind worker has been stopped and the temporary folder it wrote into removed. The script writes
+no files of its own outside that temporary folder (onnxruntime itself keeps a small ".ses" file in
+the temporary-files folder, $TMPDIR or /tmp, made on import where it is absent).
 """
 from __future__ import annotations
 
@@ -41,6 +49,8 @@ import os
 import pathlib
 import platform
 import re
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -53,10 +63,72 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "python"))
 sys.path.insert(0, str(HERE))
 
+from _options import positive_int  # noqa: E402
+
 PIPELINES = ("oracle", "box3d", "network", "native", "closure", "stable80", "naive")
 # Measured in turns (one repeat of each, then the next round), so that each ratio between them is
 # taken from runs seconds apart under the same load: the ratios are medians over the rounds.
 INTERLEAVED = ("box3d", "closure", "stable80")
+# Calls counted by callgrind per row (after one untimed call): the count is their instructions alone.
+CALLGRIND_RUNS = 2
+# Callgrind's client requests (valgrind/callgrind.h: VG_USERREQ_TOOL_BASE('C', 'T') + 2; and the core's
+# RUNNING_ON_VALGRIND), issued from Python by a few bytes of x86-64 code (the "special instruction
+# sequence" of valgrind.h: four rotations of rdi by 3, 13, 61 and 51 bits, 128 in all, then
+# xchg rbx, rbx; rax points at the request's six words, rdx carries the default answer and the
+# result). On a CPU this is a no-op that returns 0.
+CALLGRIND_TOGGLE_COLLECT = 0x43540002
+RUNNING_ON_VALGRIND = 0x1001
+_CLIENT_REQUEST_CODE = bytes.fromhex(
+    "4889f8"  # mov rax, rdi        (the request block)
+    "31d2"  # xor edx, edx          (default answer 0)
+    "48c1c703" "48c1c70d" "48c1c73d" "48c1c733"  # rol rdi, 3 / 13 / 61 / 51
+    "4887db"  # xchg rbx, rbx       (the request)
+    "4889d0"  # mov rax, rdx        (the answer)
+    "c3")  # ret
+
+
+class BenchError(Exception):
+    """A failure the script reports in one line (no traceback)."""
+
+
+def per_cell(instructions: int, calls: int, cells: int) -> float:
+    """Instructions of one cell (one row for the network rows): the counted calls' total over calls x cells."""
+    return instructions / (calls * cells)
+
+
+def worker_environment(folder: str) -> dict:
+    """Environment of a callgrind worker. OpenBLAS (NumPy's matrix products in the naive row and in
+    the set-up) and OpenMP run on one thread: with two, the main thread spin-waits for its helper in
+    OpenBLAS's exec_blas, and under valgrind's serialised scheduler the spin lasts as long as the OS
+    takes to run the helper, so the main thread's count grew with the machine's load (65 million
+    instructions between two runs of the same naive row at load 5; counts of 1.93e9 and 3.04e9, and
+    negative differences). Fixed hash seed; valgrind's own files (TMPDIR) in the run's folder."""
+    environment = dict(os.environ)
+    environment.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0",
+                       TMPDIR=folder)
+    return environment
+
+
+def _client_request_function():
+    import ctypes
+    import mmap
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        raise BenchError(f"--callgrind needs x86-64 (callgrind's client requests), not {platform.machine()}")
+    page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    page.write(_CLIENT_REQUEST_CODE)
+    function = ctypes.CFUNCTYPE(ctypes.c_size_t, ctypes.c_void_p)(ctypes.addressof(ctypes.c_char.from_buffer(page)))
+    function.page = page  # kept alive with the function
+    return function
+
+
+def client_request(code: int, function=None) -> int:
+    """Valgrind client request `code` (no arguments); 0 when not running under valgrind."""
+    import ctypes
+
+    function = function or _client_request_function()
+    block = (ctypes.c_size_t * 6)(code, 0, 0, 0, 0, 0)
+    return int(function(ctypes.addressof(block)))
 
 
 def moving_cells(n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -159,49 +231,103 @@ def measure(function, repeats: int) -> tuple[list[float], list[float]]:
     return walls, cpus
 
 
-def callgrind_instructions(name: str, cells: int, runs: int) -> int:
-    """Instructions of the main thread of a fresh process that sets up `name` on `cells` cells and
-    runs it `runs` times. Only the main thread counts (every row runs there with one thread): idle
-    helper threads of other libraries (OpenBLAS's, onnxruntime's) poll under valgrind's
-    serialised scheduler, which adds instructions in proportion to the run's duration, not to
-    its work; on hardware they sleep."""
-    with tempfile.TemporaryDirectory() as folder:
+def callgrind_instructions(name: str, cells: int, runs: int = CALLGRIND_RUNS) -> float:
+    """Instructions per cell of row `name`: the main thread of a fresh process under callgrind, which
+    sets `name` up on `cells` cells and calls it once (untimed, uncounted), then counts its next `runs`
+    calls alone (collection off at start, toggled on and off around them by client requests), so
+    neither start-up nor set-up enters the count. Only the main thread counts (every row runs there
+    with one thread): idle helper threads of other libraries (onnxruntime's) poll under valgrind's
+    serialised scheduler, which adds instructions in proportion to the run's duration, not to its
+    work; on hardware they sleep. The worker's environment: worker_environment."""
+    with tempfile.TemporaryDirectory(prefix="bench_speed_callgrind_") as folder:
         out = os.path.join(folder, "callgrind.out")
-        subprocess.run(["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}",
-                        sys.executable, __file__, "--worker", name, "--runs", str(runs), "--cells", str(cells),
-                        "--oracle-cells", str(cells), "--threads", "1"],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        text = pathlib.Path(f"{out}-01").read_text()  # thread 1: the main thread
-        return int(re.search(r"^(?:summary|totals):\s+(\d+)", text, re.M).group(1))
+        command = ["valgrind", "--tool=callgrind", "--separate-threads=yes", "--collect-atstart=no", "--vgdb=no",
+                   f"--callgrind-out-file={out}", sys.executable, os.path.abspath(__file__), "--worker", name,
+                   "--runs", str(runs), "--cells", str(cells), "--oracle-cells", str(cells), "--threads", "1"]
+        result = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                errors="replace", env=worker_environment(folder))
+        lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("==")]
+        if result.returncode != 0:
+            last = lines[-1].strip() if lines else "no message"
+            raise BenchError(f"the callgrind run of the {name} row failed (exit status {result.returncode}): {last}")
+        try:
+            text = pathlib.Path(f"{out}-01").read_text()  # thread 1: the main thread
+            instructions = int(re.search(r"^(?:summary|totals):\s+(\d+)", text, re.M).group(1))
+        except (OSError, AttributeError):
+            raise BenchError(f"the callgrind run of the {name} row wrote no count for its main thread") from None
+        if "counted" not in result.stderr or instructions <= 0:
+            raise BenchError(f"the callgrind run of the {name} row counted nothing: valgrind's client requests "
+                             "did not reach callgrind")
+        return per_cell(instructions, runs, cells)
 
 
-def main() -> int:
+def run_worker(name: str, cells: int, runs: int, threads: int) -> int:
+    """The --worker process: set up, one untimed call, then `runs` calls with callgrind collecting."""
+    function, _ = make_pipeline(name, cells, threads, cells)
+    function()  # first-call work (scratch, pages, lazy imports) outside the count
+    request = _client_request_function()
+    on_valgrind = client_request(RUNNING_ON_VALGRIND, request)
+    client_request(CALLGRIND_TOGGLE_COLLECT, request)
+    for _ in range(runs):
+        function()
+    client_request(CALLGRIND_TOGGLE_COLLECT, request)
+    if on_valgrind:
+        print(f"counted {runs} calls of {name} on {cells} cells", file=sys.stderr)
+    return 0
+
+
+def format_row(name: str, threads: int, cells: int, walls: list, cpus: list, instructions, anchor: float,
+               reference, ratios=None) -> str:
+    """One table row. anchor: the oracle's cells/s per core; reference: Box3D's at these threads (or
+    None); ratios: the rounds' ratios of the closure (to Box3D) or of the stable grid (to the closure)."""
+    per_core = cells / max(statistics.median(cpus), 1e-9)
+    wall = (f"{cells / max(statistics.median(walls), 1e-9):,.0f} "
+            f"({cells / max(max(walls), 1e-9):,.0f}-{cells / max(min(walls), 1e-9):,.0f})")
+    versus_box3d = f"{per_core / reference:.2f}" if reference else ""
+    if name == "closure" and ratios:  # the rounds' ratios: box3d and the closure measured seconds apart
+        versus_box3d = f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+    if name == "stable80" and ratios:
+        versus_box3d += (f" ({statistics.median(ratios):.1f}x the all-crossing closure, "
+                         f"{min(ratios):.1f}-{max(ratios):.1f})")
+    counted = f"{instructions:,.0f}" if instructions is not None else ""
+    return (f"| {name} | {threads} | {cells:,} | {wall} | {per_core:,.0f} | {per_core / anchor:,.0f}x | {versus_box3d} | "
+            f"{counted} |")
+
+
+def parse_arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cells", type=int, default=1_000_000)
-    parser.add_argument("--oracle-cells", type=int, default=20_000)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cells", type=positive_int, default=1_000_000)
+    parser.add_argument("--oracle-cells", type=positive_int, default=20_000)
+    parser.add_argument("--threads", type=positive_int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--callgrind", action="store_true", help="add instructions per cell (valgrind, a few minutes)")
-    parser.add_argument("--callgrind-cells", type=int, default=2000)
+    parser.add_argument("--callgrind-cells", type=positive_int, default=2000)
     parser.add_argument("--worker", choices=PIPELINES, help=argparse.SUPPRESS)
-    parser.add_argument("--runs", type=int, default=1, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    parser.add_argument("--runs", type=positive_int, default=1, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
 
-    if args.worker:  # one pipeline, set up and run once (under callgrind)
-        function, _ = make_pipeline(args.worker, args.cells, args.threads[0], args.oracle_cells)
-        for _ in range(args.runs):
-            function()
-        return 0
 
-    import onnxruntime
-
+def check_requirements(args: argparse.Namespace) -> None:
+    """What the run needs, checked before anything is measured (each a one-line BenchError)."""
+    if args.callgrind and shutil.which("valgrind") is None:
+        raise BenchError("--callgrind needs valgrind on PATH (apt-get install valgrind), or run without --callgrind")
+    if args.callgrind:
+        _client_request_function()  # x86-64 and an executable page, or a BenchError
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as error:
+        raise BenchError(f"needs onnxruntime (pip install onnxruntime): {error}") from None
     import dodo
 
-    print(f"# dodo {dodo.__version__}, onnxruntime {onnxruntime.__version__}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; {args.cells:,} moving cells, order 17, exact Z; "
-          f"median of {args.repeats}")
-    rows = []
-    round_ratios = {}  # (name, threads) -> per-round ratio to its reference row
+    model = pathlib.Path(dodo.models.default_model_path())
+    if not model.is_file():
+        raise BenchError(f"no default model at {model} (the closure, network and naive rows run it)")
+
+
+def measure_rows(args: argparse.Namespace, emit) -> None:
+    """Measure every row and hand each to emit(line) as soon as it is known."""
+    anchor, reference = None, {}
+    held = []  # the oracle's row, printed once Box3D's rate (its "vs box3d") is known
     for threads in args.threads:
         for name in PIPELINES:
             # Single-threaded by construction; the oracle, the anchor of every row, runs once with
@@ -224,37 +350,67 @@ def main() -> int:
                     wall, cpu = measure(function, 1)
                     walls += wall
                     cpus += cpu
+            ratios = {}
             if len(names) > 1:  # closure / box3d and stable80 / closure, round by round (CPU time)
                 box_cpu, closure_cpu, stable_cpu = (cpus for _, cpus in timings)
-                round_ratios[("closure", threads)] = [b / c for b, c in zip(box_cpu, closure_cpu)]
-                round_ratios[("stable80", threads)] = [c / s for c, s in zip(closure_cpu, stable_cpu)]
-            for each, (_function, cells), (walls, cpus) in zip(names, functions, timings):
+                ratios["closure"] = [b / max(c, 1e-9) for b, c in zip(box_cpu, closure_cpu)]
+                ratios["stable80"] = [c / max(s, 1e-9) for c, s in zip(closure_cpu, stable_cpu)]
+            del functions
+            for each, (walls, cpus) in zip(names, timings):
+                cells = args.oracle_cells if each == "oracle" else args.cells
+                per_core = cells / max(statistics.median(cpus), 1e-9)
+                if each == "oracle":
+                    anchor = per_core
+                if each == "box3d":
+                    reference[threads] = per_core
+            for each, (walls, cpus) in zip(names, timings):
+                cells = args.oracle_cells if each == "oracle" else args.cells
+                if reference.get(threads) is not None:  # the held oracle row first, as soon as it is complete
+                    for earlier in held:
+                        emit(format_row(*earlier, anchor, reference[threads]))
+                    held = []
                 instructions = None
                 if args.callgrind and threads == 1:
-                    small = args.callgrind_cells
-                    instructions = (callgrind_instructions(each, small, 3) - callgrind_instructions(each, small, 1)) / (2 * small)
-                rows.append((each, threads, cells, walls, cpus, instructions))
-            del functions
+                    instructions = callgrind_instructions(each, args.callgrind_cells)
+                row = (each, threads, cells, walls, cpus, instructions)
+                if reference.get(threads) is None:
+                    held.append(row)
+                else:
+                    emit(format_row(*row, anchor, reference[threads], ratios.get(each)))
+    for row in held:  # (no Box3D row: never, as PIPELINES stand)
+        emit(format_row(*row, anchor, None))
 
-    anchor = next(cells / statistics.median(c) for name, _, cells, _, c, _ in rows if name == "oracle")
-    reference = {threads: cells / statistics.median(c) for name, threads, cells, _, c, _ in rows if name == "box3d"}
-    print("| pipeline | threads | cells | cells/s (wall, min-max) | cells/s per core (CPU time) | vs oracle | vs box3d | "
-          "instructions/cell |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, threads, cells, walls, cpus, instructions in rows:
-        per_core = cells / statistics.median(cpus)
-        wall = f"{cells / statistics.median(walls):,.0f} ({cells / max(walls):,.0f}-{cells / min(walls):,.0f})"
-        versus_box3d = f"{per_core / reference[threads]:.2f}" if threads in reference else ""
-        if name == "closure":  # the rounds' ratios: box3d and the closure measured seconds apart
-            ratios = round_ratios[(name, threads)]
-            versus_box3d = f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
-        if name == "stable80":
-            ratios = round_ratios[(name, threads)]
-            versus_box3d += (f" ({statistics.median(ratios):.1f}x the all-crossing closure, "
-                             f"{min(ratios):.1f}-{max(ratios):.1f})")
-        counted = f"{instructions:,.0f}" if instructions is not None else ""
-        print(f"| {name} | {threads} | {cells:,} | {wall} | {per_core:,.0f} | {per_core / anchor:,.0f}x | {versus_box3d} | "
-              f"{counted} |", flush=True)
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv=None) -> int:
+    args = parse_arguments(argv)
+    if args.worker:  # one pipeline under callgrind: set up, an untimed call, `runs` counted calls
+        return run_worker(args.worker, args.cells, args.runs, args.threads[0])
+    signal.signal(signal.SIGTERM, _interrupt)  # as Ctrl-C: the worker stopped, the temporary folder removed
+    try:
+        check_requirements(args)
+        import onnxruntime
+
+        import dodo
+
+        print(f"# dodo {dodo.__version__}, onnxruntime {onnxruntime.__version__}, "
+              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
+              f"{os.getloadavg()[0]:.1f}; {args.cells:,} moving cells, order 17, exact Z; median of {args.repeats}"
+              + (f"; instructions per cell: callgrind, {args.callgrind_cells:,} cells, {CALLGRIND_RUNS} counted calls"
+                 if args.callgrind else ""), flush=True)
+        print("| pipeline | threads | cells | cells/s (wall, min-max) | cells/s per core (CPU time) | vs oracle | vs box3d | "
+              "instructions/cell |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|", flush=True)
+        measure_rows(args, lambda line: print(line, flush=True))
+    except BenchError as error:
+        print(f"bench_speed.py: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench_speed.py: interrupted; the rows above were measured, no files were left behind", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -15,16 +15,21 @@ import tempfile
 import time
 from pathlib import Path
 
+import sys as _sys
+import pathlib as _pathlib
+_sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent))
+from _options import positive_int  # noqa: E402
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cells", type=int, default=1_000_000, help="rows to preprocess")
-    parser.add_argument("--train-cells", type=int, default=200_000, help="rows used for the training epoch")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--hidden-dim", type=int, default=128)
-    parser.add_argument("--n-blocks", type=int, default=3)
+    parser.add_argument("--cells", type=positive_int, default=1_000_000, help="rows to preprocess")
+    parser.add_argument("--train-cells", type=positive_int, default=200_000, help="rows used for the training epoch")
+    parser.add_argument("--batch-size", type=positive_int, default=256)
+    parser.add_argument("--hidden-dim", type=positive_int, default=128)
+    parser.add_argument("--n-blocks", type=positive_int, default=3)
     parser.add_argument("--head", default="equivariant", choices=("equivariant", "direct"))
-    parser.add_argument("--torch-threads", type=int, default=1)
+    parser.add_argument("--torch-threads", type=positive_int, default=1)
     parser.add_argument("--device", default="cpu", help="training.device: cpu, cuda, cuda:N or auto (default cpu)")
     parser.add_argument("--amp", action="store_true", help="mixed precision (training.amp; CUDA only)")
     parser.add_argument("--workdir", help="keep files here (default: a temporary directory)")

@@ -15,6 +15,11 @@ import argparse
 
 import numpy as np
 
+import sys as _sys
+import pathlib as _pathlib
+_sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent))
+from _options import positive_int  # noqa: E402
+
 from dodo.qke.campaign import relative_cost
 from dodo.qke.directions import uniform_sphere
 from dodo.qke.parallel import assign_batches, plan_batches
@@ -23,10 +28,10 @@ from dodo.qke.states import NSM1_EMU_1D, random_crossing_states
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--states", type=int, default=100000)
-    parser.add_argument("--draw", type=int, default=4000, help="distinct random states drawn")
-    parser.add_argument("--ranks", type=int, nargs="+", default=[64, 256, 1024, 4096])
-    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--states", type=positive_int, default=100000)
+    parser.add_argument("--draw", type=positive_int, default=4000, help="distinct random states drawn")
+    parser.add_argument("--ranks", type=positive_int, nargs="+", default=[64, 256, 1024, 4096])
+    parser.add_argument("--batch-size", type=positive_int, default=2)
     parser.add_argument("--max-cost", type=float, default=2.5)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)

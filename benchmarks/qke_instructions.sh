@@ -11,7 +11,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 PYTHONHASHSEED=0
 count() {  # backend steps -> instructions of the whole process
-  valgrind --tool=callgrind --callgrind-out-file="$work/out" "$python" "$here/bench_qke.py" \
+  TMPDIR="$work" valgrind --tool=callgrind --vgdb=no --callgrind-out-file="$work/out" "$python" "$here/bench_qke.py" \
     --count-steps "$1" "$resolution" "$2" 2> "$work/log" > /dev/null
   sed -n 's/.*Collected : \([0-9]*\).*/\1/p' "$work/log"
 }

@@ -1,0 +1,36 @@
+"""Option types shared by the benchmark scripts: counts of cells, repeats, rounds and threads are
+integers of at least 1 (0 or a negative count ended in a traceback after the set-up, or in a table
+of zeros), refused by argparse in one line (exit status 2)."""
+from __future__ import annotations
+
+import argparse
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (where 0 has a documented meaning)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
+    return value
+
+
+def resolution(text: str) -> str:
+    """argparse type: CELLSxNPHI with two integers >= 1 (bench_qke.py)."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(part.isdigit() and int(part) >= 1 for part in parts):
+        raise argparse.ArgumentTypeError(f"not CELLSxNPHI with two positive integers: {text!r}")
+    return text.lower()
