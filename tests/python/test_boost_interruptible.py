@@ -18,7 +18,7 @@ def test_ctrl_c_ends_a_long_boost_inside_it(boost):
         u[..., 0] = 1.0
         return boost(F, u)
 
-    events = _interrupted_inside_the_compiled_call(call, "boost_four_vectors", (1 << 16, 1 << 17, 1 << 18, 1 << 19))
+    events = _interrupted_inside_the_compiled_call(call, "boost_four_vectors", (1 << 16, 1 << 17, 1 << 18, 1 << 19) * 3)
     assert events == ["c_call", "c_exception"], events  # before: ["c_call"] (raised after it returned)
 
 

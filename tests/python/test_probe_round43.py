@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -135,37 +136,59 @@ def test_ctrl_c_at_lebedev_order_131_is_seen_after_as_much_work_as_at_order_17(w
 
 
 def _interrupted_inside_the_compiled_call(call, compiled_name, sizes):
-    """Calls call(F) on batches of `sizes` cells with a 1 or 5 ms timer raising KeyboardInterrupt until one
-    arrives while the compiled function `compiled_name` runs; returns the profiler's events of that
-    function for that call: ["c_call", "c_exception"] when the KeyboardInterrupt came from inside
-    it (it looked at pending signals), ["c_call"] or ["c_call", "c_return"] when it came after."""
+    """Calls call(F) on batches of `sizes` cells, each with a Ctrl-C (KeyboardInterrupt by SIGALRM)
+    sent by a second thread once the profiler has seen the compiled function `compiled_name` start,
+    until one call's interrupt arrives while that function runs; returns the profiler's events of
+    the function for that call: ["c_call", "c_exception"] when the KeyboardInterrupt came from inside
+    it (it looked at pending signals), ["c_call", "c_return"] when it came after. The thread waits
+    on the start, not on a clock: it can run only once the function has let go of the GIL (its
+    slices), so the signal arrives inside the call on a fast or a loaded machine alike; a batch that
+    ended first (a single slice), or whose interrupt was raised in the profiler's hook before the
+    function ran, goes on to the next size. (A 1 or 5 ms timer had fired before or
+    after the call on a loaded machine, 1 time in 4 at load 6: fork/threads/signals probe, round one.)"""
     events = []
+    started = threading.Event()
+    main = threading.get_ident()
 
     def profile(frame, event, arg):
         if event.startswith("c_") and getattr(arg, "__name__", "") == compiled_name:
             events.append(event)
+            if event == "c_call":
+                started.set()
 
-    call(random_states(np.random.default_rng(16), 2))  # anything made once, made before any timer
+    def interrupt_once_started():
+        if started.wait(timeout=600):  # a hang guard only
+            signal.pthread_kill(main, signal.SIGALRM)
+
+    def spin():  # the eval loop's checks, where a signal that came after the call is raised
+        for _ in range(1000):
+            pass
+
+    call(random_states(np.random.default_rng(16), 2))  # anything made once, made before any signal
     previous = signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         for n in sizes:
             F = random_states(np.random.default_rng(17), n)
-            for delay in (0.001, 0.005):
-                events.clear()
+            events.clear()
+            started.clear()
+            sender = threading.Thread(target=interrupt_once_started, daemon=True)
+            sender.start()
+            try:
                 sys.setprofile(profile)
                 try:
-                    signal.setitimer(signal.ITIMER_REAL, delay)
                     call(F)
-                    signal.setitimer(signal.ITIMER_REAL, 0)
-                except KeyboardInterrupt:
-                    sys.setprofile(None)
-                    if events and "c_return" not in events:  # else the timer fired before it began or after it ended
-                        return list(events)
                 finally:
                     sys.setprofile(None)
-        pytest.fail("every call ended before its timer")
+                    started.set()  # the sender goes on whether or not the call began
+                    sender.join()
+                spin()
+            except KeyboardInterrupt:
+                if events[1:] and "c_return" not in events:
+                    return list(events)
+                # ["c_call"] alone: the interrupt was raised in the profiler's hook, before the
+                # function ran (the sender got the GIL there on a loaded machine); next size
+        pytest.fail("every call ended before its interrupt arrived")
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
 
 
@@ -175,7 +198,7 @@ def test_ctrl_c_ends_a_long_crossing_features_call_inside_it(slices_of_4096_cell
     It now runs in slices as dodo.box3d does. Speed-free proof: the profiler sees the compiled call
     end with the KeyboardInterrupt ('c_exception'), not return first ('c_return')."""
     events = _interrupted_inside_the_compiled_call(lambda F: dodo.crossing_features(F, lebedev_order=131),
-                                                   "crossing_features", (4_096, 4_096, 16_384, 16_384, 65_536))
+                                                   "crossing_features", (4_096, 16_384, 65_536) * 3)
     assert events == ["c_call", "c_exception"], events  # before: ["c_call"] (raised after it returned)
     # The slicing changes no bit.
     F = random_states(np.random.default_rng(13), 1000)
@@ -350,7 +373,7 @@ def test_invariants_and_comoving_density_release_the_gil_in_interruptible_slices
     Ctrl-C). Both now run in slices without the GIL, as dodo.box3d does; results unchanged."""
     previous = dodo._core._set_interrupt_slice_cells(64)
     try:
-        events = _interrupted_inside_the_compiled_call(function, compiled_name, (1 << 16, 1 << 17, 1 << 18, 1 << 19))
+        events = _interrupted_inside_the_compiled_call(function, compiled_name, (1 << 16, 1 << 17, 1 << 18, 1 << 19) * 3)
         assert events == ["c_call", "c_exception"], events  # before: ["c_call"] (raised after it returned)
         F = random_states(np.random.default_rng(18), 1000)
         u = np.zeros((1000, 4))
