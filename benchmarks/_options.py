@@ -34,3 +34,25 @@ def resolution(text: str) -> str:
     if len(parts) != 2 or not all(part.isdigit() and int(part) >= 1 for part in parts):
         raise argparse.ArgumentTypeError(f"not CELLSxNPHI with two positive integers: {text!r}")
     return text.lower()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def run_main(main, *args) -> int:
+    """A benchmark's main(*args), with Ctrl-C (or SIGTERM, turned into the same) ending it in one
+    line on stderr and exit status 130 instead of a traceback. The scripts keep their files in
+    temporary folders whose context managers remove them on the way out (bench_training.py's
+    --workdir excepted: kept, as documented)."""
+    import os
+    import signal
+    import sys
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return main(*args)
+    except KeyboardInterrupt:
+        name = os.path.basename(sys.argv[0]) or "benchmark"
+        print(f"{name}: interrupted; no temporary files left behind", file=sys.stderr)
+        return 130

@@ -23,7 +23,7 @@ import dodo
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests" / "python"))
 import box3d_oracle  # noqa: E402
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _options import positive_int  # noqa: E402
+from _options import positive_int, run_main  # noqa: E402
 from conftest import random_states  # noqa: E402
 
 
@@ -76,4 +76,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -32,7 +32,7 @@ import numpy as np
 import sys as _sys
 import pathlib as _pathlib
 _sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent))
-from _options import nonnegative_int, positive_int  # noqa: E402
+from _options import nonnegative_int, positive_int, run_main  # noqa: E402
 
 import dodo
 from dodo._closure import Closure
@@ -96,7 +96,16 @@ def main() -> None:
             mlp = synthetic.SyntheticMLP.random("equivariant", hidden=(128, 128, 128), output_scale=0.02, seed=4)
             synthetic.write_model(model, mlp, n_test_vectors=2)
         F_all, u_all = synthetic.test_cells(max(args.sizes), seed=3)
-        features_all = synthetic.reference_invariants(F_all, u_all)[0].astype(np.float32)
+        # The network row's input in the model's own feature set (the runtime builds the same columns):
+        # the shipped default reads 52 (invariants27+box7+eln18), and --model with it failed on 27 columns.
+        feature_set = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"]).get_modelmeta() \
+            .custom_metadata_map.get("dodo.features", "invariants27-v1")
+        if feature_set == "invariants27-v1":
+            features_all = synthetic.reference_invariants(F_all, u_all)[0].astype(np.float32)
+        else:
+            from dodo.training.features import lab_features
+
+            features_all = np.asarray(lab_features(feature_set, F_all, u_all), dtype=np.float32)
 
         print(f"# dodo {dodo.__version__}, onnxruntime {onnxruntime.__version__}, {platform.processor() or platform.machine()}, "
               f"{os.cpu_count()} cores; chunk size {args.chunk_size}")
@@ -144,4 +153,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main(main))

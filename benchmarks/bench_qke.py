@@ -22,6 +22,7 @@ import argparse
 import multiprocessing
 import os
 import platform
+import signal
 import statistics
 import time
 
@@ -30,7 +31,7 @@ import numpy as np
 import sys as _sys
 import pathlib as _pathlib
 _sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent))
-from _options import positive_int, resolution as resolution_type  # noqa: E402
+from _options import positive_int, resolution as resolution_type, run_main  # noqa: E402
 
 from dodo.qke.solver import SolverConfig, make_box
 from dodo.qke.states import NSM1_EMU_1D
@@ -69,11 +70,23 @@ def concurrently(processes: int, arguments: tuple) -> list[dict]:
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(processes), context.Queue()
     workers = [context.Process(target=_worker, args=(arguments, barrier, results)) for _ in range(processes)]
-    for worker in workers:
-        worker.start()
-    measured = [results.get() for _ in workers]
-    for worker in workers:
-        worker.join()
+    # The workers start with SIGINT ignored (a terminal's Ctrl-C reaches the whole process group: each
+    # printed a KeyboardInterrupt traceback); this process stops them on an interrupt instead.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        for worker in workers:
+            worker.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    try:
+        measured = [results.get() for _ in workers]
+    except BaseException:
+        for worker in workers:
+            worker.terminate()
+        raise
+    finally:
+        for worker in workers:
+            worker.join()
     return measured
 
 
@@ -138,4 +151,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

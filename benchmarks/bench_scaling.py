@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _options import positive_int  # noqa: E402
+from _options import positive_int, run_main  # noqa: E402
 
 CLOSURE_WORKER = r"""
 import sys, time
@@ -149,4 +149,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

@@ -18,7 +18,7 @@ import numpy as np
 import sys as _sys
 import pathlib as _pathlib
 _sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent))
-from _options import positive_int  # noqa: E402
+from _options import positive_int, run_main  # noqa: E402
 
 from dodo.qke.campaign import relative_cost
 from dodo.qke.directions import uniform_sphere
@@ -62,4 +62,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

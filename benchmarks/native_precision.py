@@ -9,13 +9,19 @@ import json, sys
 import numpy as np
 import pathlib
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests" / "python"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _options import positive_int  # noqa: E402
+import argparse  # noqa: E402
+
+_parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+_parser.add_argument("cells", nargs="?", type=positive_int, default=20000, help="moving cells (default 20000)")
+n = _parser.parse_args().cells
 import dodo
 from dodo._closure import Closure, default_model_path
 from dodo.training.export import closure_float64
 from conftest import random_states, random_velocities
 from float64_graph import float64_network
 
-n = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
 rng = np.random.default_rng(99)
 u = random_velocities(rng, n, max_speed=0.6)
 F_rest = np.concatenate([random_states(rng, n - n // 5), random_states(rng, n // 5, mu_equals_tau=True)])

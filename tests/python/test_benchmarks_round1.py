@@ -195,7 +195,7 @@ def test_naive_row_callgrind_count_is_per_cell_and_reproducible():
     ("bench_models.py", ["default", "--rounds", "0"], "--rounds"), ("bench_closure.py", ["--sizes", "0"], "--sizes"),
     ("bench_qke.py", ["--resolutions", "64"], "--resolutions"), ("bench_qke.py", ["--steps", "0"], "--steps"),
     ("bench_training.py", ["--cells", "-1"], "--cells"), ("campaign_plan.py", ["--ranks", "0"], "--ranks"),
-    ("bench_scaling.py", ["--repeats", "0"], "--repeats")])
+    ("bench_scaling.py", ["--repeats", "0"], "--repeats"), ("native_precision.py", ["0"], "cells")])
 def test_other_benchmarks_refuse_bad_counts_in_one_line(script, arguments, option):
     """Before: StatisticsError (bench_box3d --repeats 0, bench_models --rounds 0), ZeroDivisionError
     (bench_box3d --oracle-cells 0), a table of zeros (bench_box3d --cells 0), ValueError tracebacks."""
@@ -231,3 +231,54 @@ def test_bench_box3d_oracle_runs_the_cells_it_divides_by():
     table = result.stdout.splitlines()
     assert any(line.startswith("NumPy oracle (anchor)") and line.split()[3] == "70" for line in table), table
     assert sum(line.startswith("C++ core") and line.split()[-5] == "30" for line in table) >= 1, table
+
+
+def test_bench_closure_runs_the_shipped_model():
+    """--model with the shipped default (52 features: invariants27+box7+eln18) fed the network row
+    27-column invariants: onnxruntime's INVALID_ARGUMENT traceback. Now the model's own feature set."""
+    import dodo
+
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_closure.py"), "--sizes", "200",
+                             "--threads", "1", "--repeats", "1", "--model", str(dodo.models.default_model_path())],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| 2e+02 | 1 |")]
+    assert len(rows) == 1 and rows[0].count("|") == 10, result.stdout
+
+
+def test_bench_qke_ctrl_c_stops_its_worker_processes_in_one_line(tmp_path):
+    """Before: a Ctrl-C during the two-process rows printed three KeyboardInterrupt tracebacks (this
+    process and both spawned workers). Now the workers ignore SIGINT and are stopped by the script,
+    which says so in one line (exit status 130); no process of the group is left."""
+    output = tmp_path / "out.txt"
+    with open(output, "w") as stdout:
+        code = ("import signal, runpy, sys\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
+                f"sys.argv = [{str(ROOT / 'benchmarks' / 'bench_qke.py')!r}, '--resolutions', '32x8', '--steps', '200', "
+                "'--repeats', '50', '--processes', '2', '--threads', '1']\n"
+                f"sys.exit(runpy.run_path(sys.argv[0], run_name='__main__'))\n")
+        process = subprocess.Popen([sys.executable, "-c", code], stdout=stdout, stderr=subprocess.PIPE, text=True,
+                                   start_new_session=True, cwd=ROOT)
+        try:
+            deadline = time.monotonic() + 300  # hang guard: wait for the table's header
+            while time.monotonic() < deadline and "backend" not in output.read_text() and process.poll() is None:
+                time.sleep(0.2)
+            assert process.poll() is None, output.read_text()
+            time.sleep(1.5)  # the two workers spawned
+            os.killpg(process.pid, signal.SIGINT)
+            _, stderr = process.communicate(timeout=120)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    assert process.returncode == 130, (process.returncode, stderr[-3000:])
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines() == ["bench_qke.py: interrupted; no temporary files left behind"], stderr
+    deadline = time.monotonic() + 30  # hang guard: multiprocessing's resource tracker exits on its own
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    with pytest.raises(ProcessLookupError):  # no worker left running in the session's group
+        os.killpg(process.pid, 0)
