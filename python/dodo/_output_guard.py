@@ -20,6 +20,8 @@ import re
 from pathlib import Path
 from typing import Optional
 
+from ._hdf5_locks import held_open_for_writing, lock_refused_problem
+
 #: The kind each command writes (the attribute that marks it, see `file_kind`).
 SYNTHETIC = "a synthetic database (dodo synth)"
 PREPROCESSED = "a preprocessed training file (dodo preprocess)"
@@ -103,8 +105,6 @@ def file_kind(path: str | Path) -> str:
     try:
         attrs, names = _attributes_and_names(path)
     except (OSError, ValueError) as error:
-        from .emu_files import held_open_for_writing, lock_refused_problem
-
         if not lock_refused_problem(error):
             return OPEN_FOR_WRITING if held_open_for_writing(error) else "an HDF5 file that cannot be read"
         # A file system that takes no locks (ENOLCK): a rerun's own output was "an HDF5 file another

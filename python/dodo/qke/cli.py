@@ -353,7 +353,7 @@ def refuse_complete_database(path: str, linear_only: bool = False) -> None:
     import h5py
 
     from .._output_guard import is_solver_database
-    from ..emu_files import held_open_for_writing
+    from .._hdf5_locks import held_open_for_writing
 
     if not os.path.isfile(path) or os.path.getsize(path) == 0:
         return
