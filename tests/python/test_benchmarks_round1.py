@@ -282,3 +282,22 @@ def test_bench_qke_ctrl_c_stops_its_worker_processes_in_one_line(tmp_path):
         time.sleep(0.2)
     with pytest.raises(ProcessLookupError):  # no worker left running in the session's group
         os.killpg(process.pid, 0)
+
+
+def test_a_failed_callgrind_worker_is_one_line_with_its_message(monkeypatch):
+    """Before: subprocess.CalledProcessError with the worker's stderr sent to /dev/null (the reason
+    lost), and the table (printed at the end) lost with it."""
+    bench = load_bench()
+    seen = {}
+
+    def failing_run(command, **kwargs):
+        seen["command"], seen["env"] = command, kwargs["env"]
+        return subprocess.CompletedProcess(command, 1, stdout=None,
+                                           stderr="==1== Callgrind\nTraceback (most recent call last):\nValueError: boom\n")
+
+    monkeypatch.setattr(bench.subprocess, "run", failing_run)
+    with pytest.raises(bench.BenchError, match=r"^the callgrind run of the closure row failed \(exit status 1\): "
+                                                r"ValueError: boom$"):
+        bench.callgrind_instructions("closure", 10)
+    assert "--collect-atstart=no" in seen["command"] and "--vgdb=no" in seen["command"]
+    assert seen["env"]["OPENBLAS_NUM_THREADS"] == "1"
