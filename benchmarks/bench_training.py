@@ -35,10 +35,17 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", help="keep files here (default: a temporary directory)")
     args = parser.parse_args(argv)
 
-    from dodo.training.config import ExperimentConfig, PreprocessConfig
-    from dodo.training.preprocess import preprocess
-    from dodo.training.synth import write_synthetic_database
-    from dodo.training.train import train
+    try:
+        from dodo.training.config import ExperimentConfig, PreprocessConfig
+        from dodo.training.preprocess import preprocess
+        from dodo.training.synth import write_synthetic_database
+        from dodo.training.train import select_device, train
+    except ImportError as error:
+        parser.error(f"needs the training extras (pip install 'dodo[train]'): {error}")
+    try:  # before the synthetic database and the preprocessing, not after them
+        select_device(args.device)
+    except (RuntimeError, ValueError) as error:
+        parser.error(str(error).splitlines()[0])
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)

@@ -301,3 +301,15 @@ def test_a_failed_callgrind_worker_is_one_line_with_its_message(monkeypatch):
         bench.callgrind_instructions("closure", 10)
     assert "--collect-atstart=no" in seen["command"] and "--vgdb=no" in seen["command"]
     assert seen["env"]["OPENBLAS_NUM_THREADS"] == "1"
+
+
+def test_bench_training_refuses_an_absent_device_before_its_work():
+    """Before: --device cuda on a machine without CUDA wrote and preprocessed the synthetic database
+    first, then ended in a RuntimeError traceback from train(). Now one argparse line, nothing made."""
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_training.py"), "--cells", "2000",
+                             "--device", "cuda"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    line = one_line_error(result, 2)
+    assert "CUDA is not available" in line and "preprocess:" not in result.stdout, line
