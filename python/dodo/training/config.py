@@ -107,7 +107,9 @@ class TrainingConfig:
     warmup_fraction: float = 0.05
     min_lr_fraction: float = 0.01
     grad_clip: Optional[float] = 1.0
-    amp: bool = True
+    # Off by default: Dodo's networks are small, and AMP's casts ran a GPU at 0.36x / 0.73x of float32
+    # at batch 256 / 4,096 (docs/gpu.md); true adds autocast + GradScaler on CUDA.
+    amp: bool = False
     device: str = "auto"
     seed: int = 0
     log_interval: int = 50
