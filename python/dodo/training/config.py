@@ -107,8 +107,9 @@ class TrainingConfig:
     warmup_fraction: float = 0.05
     min_lr_fraction: float = 0.01
     grad_clip: Optional[float] = 1.0
-    # Off by default: Dodo's networks are small, and AMP's casts ran a GPU at 0.36x / 0.73x of float32
-    # at batch 256 / 4,096 (docs/gpu.md); true adds autocast + GradScaler on CUDA.
+    # Off by default: Dodo's networks are small, and with AMP's casts a GPU ran at 0.36x / 0.73x of 16
+    # CPU threads at batch 256 / 4,096, float32 at 0.54x / 1.13x (docs/gpu.md); true adds autocast +
+    # GradScaler on CUDA.
     amp: bool = False
     device: str = "auto"
     seed: int = 0
