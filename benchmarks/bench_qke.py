@@ -33,7 +33,8 @@ import pathlib as _pathlib
 _sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent))
 from _options import positive_int, resolution as resolution_type, run_main  # noqa: E402
 
-from dodo.qke.solver import SolverConfig, make_box
+from dodo.qke.backends import make_box
+from dodo.qke.solver import SolverConfig
 from dodo.qke.states import NSM1_EMU_1D
 
 NSM1_END_TIME_S = 1.2e-9

@@ -12,7 +12,8 @@ from dodo.qke.campaign import reconstruction_failure
 from dodo.qke.directions import uniform_sphere
 from dodo.qke.initial import species_direction_densities
 from dodo.qke.linear import growth_rates
-from dodo.qke.solver import SolverConfig, make_box
+from dodo.qke.backends import make_box
+from dodo.qke.solver import SolverConfig
 
 
 

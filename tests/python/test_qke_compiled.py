@@ -5,7 +5,8 @@ import pytest
 
 from dodo.qke.compiled import CompiledFlavourBox, compiled_unavailable_reason
 from dodo.qke.directions import uniform_sphere
-from dodo.qke.solver import FastFlavourBox, SolverConfig, make_box, resolve_backend
+from dodo.qke.backends import make_box, resolve_backend
+from dodo.qke.solver import FastFlavourBox, SolverConfig
 from dodo.qke.states import NSM1_EMU_1D, box_setup, rotate_four_flux
 
 NSM1 = NSM1_EMU_1D

@@ -4,7 +4,8 @@ import pytest
 
 from dodo.qke.directions import uniform_sphere
 from dodo.qke.linear import box_growth_rate
-from dodo.qke.solver import FastFlavourBox, SolverConfig, make_box
+from dodo.qke.backends import make_box
+from dodo.qke.solver import FastFlavourBox, SolverConfig
 from dodo.qke.states import NSM1_EMU_1D, box_setup, rotate_four_flux
 
 NSM1 = NSM1_EMU_1D

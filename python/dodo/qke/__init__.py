@@ -1,7 +1,7 @@
 """Dodo's fast-flavour quantum-kinetic solver: ground truth Dodo can make itself (docs/qke.md).
 
 Never imports torch. Main pieces:
-- :func:`make_box` / :class:`SolverConfig` (solver.py): batched periodic 1D boxes, stepped by the
+- :func:`make_box` (backends.py) / :class:`SolverConfig` (solver.py): batched periodic 1D boxes, stepped by the
   compiled kernel of the C++ core (:class:`CompiledFlavourBox`, compiled.py) or by the NumPy
   :class:`FastFlavourBox` (the test oracle and fallback), as ``SolverConfig.backend`` says;
 - :func:`asymptotic_states` (asymptotic.py): Emu/Rhea asymptotic state and growth rate;
@@ -15,7 +15,8 @@ from .compiled import CompiledFlavourBox
 from .directions import uniform_sphere
 from .initial import initial_density_matrices, maxent_direction_weights
 from .linear import box_growth_rate, dispersion_eigenvalues, fastest_wavevector
-from .solver import FastFlavourBox, SolverConfig, make_box, resolve_backend
+from .backends import make_box, resolve_backend
+from .solver import FastFlavourBox, SolverConfig
 from .states import random_crossing_states, read_states
 
 __all__ = ["AsymptoticState", "CompiledFlavourBox", "FastFlavourBox", "SolverConfig", "asymptotic_states",

@@ -33,7 +33,8 @@ from .initial import species_direction_densities
 from .._atomic import atomic_write
 from .io import require_h5py, write_emu_database
 from .parallel import assign_batches, plan_batches, world
-from .solver import SolverConfig, make_box, resolve_backend
+from .backends import make_box, resolve_backend
+from .solver import SolverConfig
 from .states import AXIS_SEARCH, EMU_AXIS_SEARCH, END_TIME_GROWTH_TIMES, NSM1_EMU_1D, box_setup, rotate_four_flux
 
 

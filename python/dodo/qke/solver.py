@@ -132,35 +132,6 @@ class SolverConfig:
             raise ValueError(f"backend must be one of {BACKENDS}; got {self.backend!r}")
 
 
-def resolve_backend(config: SolverConfig) -> tuple[str, str | None]:
-    """(backend that will run, why "auto" fell back to NumPy or None); ValueError if "cpp" cannot run."""
-    if config.backend == "numpy":
-        return "numpy", None
-    from .compiled import compiled_unavailable_reason
-
-    reason = compiled_unavailable_reason(config.ncell)
-    if reason is None:
-        return "cpp", None
-    if config.backend == "cpp":
-        raise ValueError(f"backend 'cpp' cannot run: {reason}")
-    return "numpy", reason
-
-
-def make_box(four_flux: np.ndarray, box_length_cm, config: SolverConfig, directions: np.ndarray | None = None,
-             threads: int = 1):
-    """A FastFlavourBox stepped by the backend ``config.backend`` selects (see :func:`resolve_backend`).
-
-    threads: the compiled kernel steps the batch's simulations on up to this many threads
-    (results do not depend on it; the NumPy solver ignores it).
-    """
-    backend, _ = resolve_backend(config)
-    if backend == "cpp":
-        from .compiled import CompiledFlavourBox
-
-        return CompiledFlavourBox(four_flux, box_length_cm, config, directions, threads=threads)
-    return FastFlavourBox(four_flux, box_length_cm, config, directions)
-
-
 @dataclass
 class BoxHistory:
     """Box-averaged diagnostics of a batch, sampled every ``record_every`` steps.

@@ -20,7 +20,8 @@ from .._atomic import check_outputs, exclusive_output, json_safe, write_json_ato
 from .._cli_common import file_output_path, input_path
 from ..conventions import from_emu_layout
 from .asymptotic import asymptotic_states
-from .solver import SolverConfig, make_box, resolve_backend
+from .backends import make_box, resolve_backend
+from .solver import SolverConfig
 
 
 def mu_tau_averaged_densities(four_flux: np.ndarray) -> np.ndarray:
