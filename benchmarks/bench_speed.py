@@ -115,7 +115,10 @@ def _client_request_function():
 
     if platform.machine().lower() not in ("x86_64", "amd64"):
         raise BenchError(f"--callgrind needs x86-64 (callgrind's client requests), not {platform.machine()}")
-    page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    try:
+        page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    except OSError as error:  # a system that refuses writable executable memory (SELinux's execmem)
+        raise BenchError(f"--callgrind needs an executable page for valgrind's client requests: {error}") from None
     page.write(_CLIENT_REQUEST_CODE)
     function = ctypes.CFUNCTYPE(ctypes.c_size_t, ctypes.c_void_p)(ctypes.addressof(ctypes.c_char.from_buffer(page)))
     function.page = page  # kept alive with the function
