@@ -331,11 +331,14 @@ def measure_rows(args: argparse.Namespace, emit) -> None:
     """Measure every row and hand each to emit(line) as soon as it is known."""
     anchor, reference = None, {}
     held = []  # the oracle's row, printed once Box3D's rate (its "vs box3d") is known
+    # The network rows are single-threaded by construction: measured once, with one thread if asked
+    # for, else with the first thread count (`--threads 2` alone had no network rows), labelled 1.
+    single = 1 if 1 in args.threads else args.threads[0]
     for threads in args.threads:
         for name in PIPELINES:
-            # Single-threaded by construction; the oracle, the anchor of every row, runs once with
-            # the first thread count asked for (`--threads 2` alone still has its anchor).
-            if name in ("network", "native") and threads > 1:
+            # The oracle, the anchor of every row, runs once with the first thread count asked for
+            # (`--threads 2` alone still has its anchor).
+            if name in ("network", "native") and threads != single:
                 continue
             if name == "oracle" and threads != args.threads[0]:
                 continue
@@ -375,7 +378,7 @@ def measure_rows(args: argparse.Namespace, emit) -> None:
                 instructions = None
                 if args.callgrind and threads == 1:
                     instructions = callgrind_instructions(each, args.callgrind_cells)
-                row = (each, threads, cells, walls, cpus, instructions)
+                row = (each, 1 if each in ("network", "native") else threads, cells, walls, cpus, instructions)
                 if reference.get(threads) is None:
                     held.append(row)
                 else:

@@ -313,3 +313,16 @@ def test_bench_training_refuses_an_absent_device_before_its_work():
                              "--device", "cuda"], capture_output=True, text=True, timeout=300, cwd=ROOT)
     line = one_line_error(result, 2)
     assert "CUDA is not available" in line and "preprocess:" not in result.stdout, line
+
+
+def test_threads_2_alone_still_has_the_network_rows():
+    """Before: the network rows ran only in the one-thread pass, so `--threads 2` alone printed no
+    network or native row (the oracle was kept for that case). Now once, labelled 1 thread."""
+    result = run_bench("--cells", "200", "--oracle-cells", "20", "--repeats", "1", "--threads", "2", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [ROW.match(line) for line in result.stdout.splitlines()[3:]]
+    assert all(rows), result.stdout
+    labels = [(row.group(1), row.group(2)) for row in rows]
+    assert ("network", "1") in labels and ("native", "1") in labels, labels
+    assert ("closure", "2") in labels and ("box3d", "2") in labels, labels
+    assert [name for name, _ in labels].count("network") == 1, labels
