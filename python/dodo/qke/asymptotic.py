@@ -2,8 +2,9 @@
 
 Follows Rhea's reduction (srichers/Rhea, model_training/data/create_database.py,
 ``growth_properties`` and ``final_properties``), which made the Emu databases Dodo trains on:
-- saturation index: the first local maximum of the off-diagonal magnitude that is >= 3 orders of
-  magnitude above the preceding one (else the global maximum); t_sat is its time;
+- saturation index: of sample 0 and the local maxima of the off-diagonal magnitude, the later one of
+  the last consecutive pair >= 3 orders of magnitude apart, up or down (else the global maximum);
+  t_sat is its time;
 - growth rate: log slope of the off-diagonal magnitude between the first and last samples with
   1e-3 max < |N_offdiag| < 1e-1 max before t_sat;
 - asymptotic state: time average (and standard deviation) of the box-averaged moments over
@@ -41,7 +42,9 @@ class AsymptoticState:
 
 
 def saturation_index(offdiag_magnitude: np.ndarray) -> int:
-    """Rhea's t_sat index: first jump of >= 3 decades between local maxima, else the global max."""
+    """Rhea's t_sat index: of sample 0 and the local maxima in time order, the later member of the *last*
+    consecutive pair whose magnitudes differ by >= 3 decades (rounded; a fall counts as a rise), else the
+    global max. (This docstring and docs/qke.md said "first jump": solver probe, round five.)"""
     magnitude = np.asarray(offdiag_magnitude)
     interior = np.flatnonzero((magnitude[1:-1] > magnitude[:-2]) & (magnitude[1:-1] > magnitude[2:])) + 1
     candidates = np.concatenate([[0], interior])

@@ -119,7 +119,7 @@ def run_simulate(args) -> int:
     from .campaign import simulate_states
     from .io import require_h5py
     from .parallel import world
-    from .states import check_rotations, family_states, random_crossing_states, read_states
+    from .states import check_rotations, family_states, heavy_species_equal, random_crossing_states, read_states
 
     args.output = _resolved_output(resolve_output(args.parser, args))  # OUT or -o OUT, as `dodo synth`
     report = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
@@ -252,14 +252,17 @@ def run_simulate(args) -> int:
                 four_flux = random_crossing_states(args.random, rng, max_flux_factor=limit,
                                                    heavy_equal=not args.three_flavour)
             source = {"random": args.random, "random_seed": args.seed, "max_flux_factor": args.max_flux_factor,
-                      "family": args.family or ("three_flavour" if args.three_flavour else "emu"),
-                      "heavy_equal": not args.three_flavour}
+                      "family": args.family or ("three_flavour" if args.three_flavour else "emu")}
             if args.select_by is not None:
                 model, digest, package = model_identity(args.select_by)
                 four_flux = four_flux[most_uncertain(model_uncertainty(four_flux, args.select_by, package), args.random)]
                 source.update({"selected_by": model, "selection_model_sha256": digest,
                                "oversample": args.oversample, "candidates": drawn,
                                "selection": "the largest uncertainty of the model's correction"})
+            # Whether mu = tau in every state, read off the states themselves: it was `not --three-flavour`,
+            # so `--family three_flavour` (mu != tau in every state) and `--family merger` (in about half)
+            # recorded "heavy_equal": true (solver probe, round five).
+            source["heavy_equal"] = heavy_species_equal(four_flux)
         if communicator.rank == 0:  # one lock per job: rank 0's (a refusal there stops every rank)
             hold.enter_context(exclusive_output(args.output, "dodo simulate"))
         if not args.overwrite:  # after the arguments' checks, before any work

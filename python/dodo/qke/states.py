@@ -167,6 +167,13 @@ def merger_like_states(count: int, rng: np.random.Generator, max_flux_factor: fl
     return _crossing_states(count, draw, max_flux_factor, total_density, directions, max_tries)
 
 
+def heavy_species_equal(four_flux: np.ndarray) -> bool:
+    """Whether mu and tau are the same in every state (nu_mu = nu_tau and nubar_mu = nubar_tau, exactly):
+    the ``heavy_equal`` of a database's ``source``. [n, 6, 4] in Dodo's species order."""
+    four_flux = np.asarray(four_flux, float).reshape(-1, 6, 4)
+    return bool(np.array_equal(four_flux[:, [1, 4]], four_flux[:, [2, 5]]))
+
+
 def family_states(family: str, count: int, rng: np.random.Generator,
                   max_flux_factor: float | None = None) -> np.ndarray:
     """Random crossing states of one campaign family ("emu", "three_flavour", "merger")."""
