@@ -1,0 +1,133 @@
+"""Outside probe, round forty-six (docs/reliability_python.md section 71): the Python API's inputs as
+array-likes. Each test failed on the code before its fix, except those marked as guards."""
+from __future__ import annotations
+
+import decimal
+import fractions
+import warnings
+
+import numpy as np
+import pytest
+
+import dodo
+
+needs_runtime = pytest.mark.skipif(not dodo.runtime_available(), reason="closure runtime not built")
+
+
+def _cells(n: int = 3) -> np.ndarray:
+    F = np.zeros((n, 6, 4))
+    F[:, 0] = [1.0, 0.0, 0.1, 0.5]
+    F[:, 3] = [1.0, 0.0, 0.0, -0.5]
+    F[:, [1, 2, 4, 5], 0] = 0.3
+    F[1:, 1, 1] = 0.05
+    return F
+
+
+def _moving() -> np.ndarray:
+    v = 0.3
+    W = 1.0 / np.sqrt(1.0 - v * v)
+    return np.array([W, W * v, 0.0, 0.0])
+
+
+def _functions():
+    functions = {"box3d": lambda F, u: dodo.box3d(F, u).F_box,
+                 "crossing_features": dodo.crossing_features,
+                 "invariants": dodo.invariants,
+                 "comoving_density": dodo.comoving_density}
+    if dodo.runtime_available():
+        functions["closure"] = dodo.closure
+        functions["Closure.apply"] = lambda F, u: dodo.Closure("box3d").apply(F, u).F_pred
+    return functions
+
+
+@pytest.mark.parametrize("which", ["F_init", "u"])
+@pytest.mark.parametrize("function", sorted(_functions()))
+def test_an_object_array_of_real_numbers_is_refused_with_the_conversion_that_works(function, which):
+    """An object array holding only real numbers (floats, NumPy scalars, Fractions, Decimals: a list
+    mixing them becomes one) was refused as "must hold real numbers (any float or integer dtype); got
+    dtype object", of an array that held them; the refusal now says so and names the conversion,
+    which gives the plain call's bits."""
+    f = _functions()[function]
+    F, u = _cells(), _moving()
+    plain = np.asarray(f(F, u))
+    mixed_F = F.astype(object)
+    mixed_F[0, 0, 0] = fractions.Fraction(1)
+    mixed_F[1, 1, 0] = decimal.Decimal("0.3")
+    mixed_F[2, 0, 3] = np.float32(0.5)
+    mixed_u = np.array([u[0], decimal.Decimal(float(u[1])), 0, np.int8(0)], dtype=object)
+    arguments = {"F_init": (mixed_F, u), "u": (F, mixed_u)}[which]
+    with pytest.raises(ValueError) as caught:
+        f(*arguments)
+    message = str(caught.value)
+    assert "\n" not in message, message
+    assert message.startswith(f"{which} has dtype object") and "each a real number" in message, message
+    assert f"np.asarray({which}, dtype=np.float64)" in message, message
+    converted = [np.asarray(a, dtype=np.float64) for a in arguments]
+    assert np.array_equal(np.asarray(f(*converted)), plain)  # the advice gives the plain call's result
+
+
+@pytest.mark.parametrize("element, words", [
+    (None, "NoneType None, not a real number"),
+    ("1.0", "str '1.0', not a real number"),
+    (1j, "complex 1j, not a real number"),
+    (True, "bool True, not a real number"),
+    ([1.0], "list [1.0], not a real number"),
+    (decimal.Decimal("1e400"), "1E+400, beyond the range of float64"),
+    (10 ** 400, "beyond the range of float64"),
+    (fractions.Fraction(10 ** 400, 3), "beyond the range of float64"),
+    (decimal.Decimal("sNaN"), "which float() does not convert"),
+])
+def test_an_object_array_names_its_first_element_that_is_not_a_real_number(element, words):
+    """The same refusal said nothing of which element was wrong (a None from a missing value, text
+    read from a file, a number float64 cannot hold); it names the first, with its cell."""
+    F = _cells().astype(object)
+    F[2, 4, 1] = element
+    with pytest.raises(ValueError) as caught:
+        dodo.box3d(F)
+    message = str(caught.value)
+    assert "\n" not in message and len(message) < 300, message
+    assert "F_init has dtype object" in message and "at cell (2,) (index (2, 4, 1))" in message, message
+    assert words in message, message
+
+
+def test_an_object_u_names_its_element():
+    u = np.array([1.0, None, 0.0, 0.0], dtype=object)
+    with pytest.raises(ValueError, match=r"u has dtype object .* at cell \(\) \(index \(1,\)\) NoneType None"):
+        dodo.box3d(_cells(), u)
+
+
+@pytest.mark.parametrize("value, kind", [((x for x in [1.0, 0.0, 0.0, 0.0]), "generator"),
+                                         ({0: 1.0}, "dict"), ({1.0, 0.0}, "set")])
+def test_a_u_that_is_no_array_is_named(value, kind):
+    """`u=(x for x in u)` (a generator), a dict or a set: NumPy makes a 0-d object array of it, refused
+    as "u must hold real numbers ...; got dtype object"; now named as what it is."""
+    with pytest.raises(ValueError) as caught:
+        dodo.box3d(_cells(), value)
+    message = str(caught.value)
+    assert message == f"u must be an array of real numbers with shape (..., 4): fluid four-velocity (t, x, y, z); got a {kind}", message
+
+
+@pytest.mark.parametrize("function", sorted(_functions()))
+def test_guard_array_likes_give_the_plain_calls_bits(function):
+    """Guard: lists, tuples, memoryviews, big-endian, read-only, strided, masked arrays without masked
+    entries, subclasses and a 2-D np.matrix u: bit for bit the plain call (held before this round)."""
+    f = _functions()[function]
+    F, u = _cells(), _moving()
+    plain = np.asarray(f(F, u))
+    wide = np.zeros((6, 6, 4))
+    wide[::2] = F
+    read_only = F.copy()
+    read_only.flags.writeable = False
+
+    class Sub(np.ndarray):
+        pass
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        matrix_u = np.matrix(u)
+    inputs = [(F.tolist(), u.tolist()), (tuple(map(tuple, map(tuple, F))), tuple(u)),
+              (memoryview(F), memoryview(u)), (F.astype(">f8"), u.astype(">f8")), (read_only, u),
+              (wide[::2], u), (np.ma.masked_array(F), np.ma.masked_array(u)), (F.view(Sub), u.view(Sub)),
+              (F, matrix_u), (F, np.tile(u, (3, 1)))]
+    for a, b in inputs:
+        assert np.array_equal(np.asarray(f(a, b)), plain)
