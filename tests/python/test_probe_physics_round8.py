@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 import dodo
+from test_probe_physics_round7 import _boost_from_rest
 
 if not dodo.runtime_available():
     pytest.skip("dodo built without the closure runtime", allow_module_level=True)
@@ -283,17 +284,6 @@ def test_mu_equal_tau_and_one_ulp_apart_and_float32_exact_values(closures):
             assert np.array_equal(a.status, b.status), name
             assert np.all(np.abs(a.F_pred - b.F_pred) <= 1e-14 * base[..., 0].sum(-1)[:, None, None]), name
             _assert_laws(moved, b.F_pred, b.status, b.growth_rate, b.uncertainty, name)
-
-
-def _boost_from_rest(F_rest, u):
-    W = u[:, 0]
-    v = u[:, 1:] / W[:, None]
-    vF = np.einsum("ci,cai->ca", v, F_rest[..., 1:])
-    lab = np.empty_like(F_rest)
-    lab[..., 0] = W[:, None] * (F_rest[..., 0] + vF)
-    coefficient = (W * W / (W + 1))[:, None] * vF + W[:, None] * F_rest[..., 0]
-    lab[..., 1:] = F_rest[..., 1:] + coefficient[..., None] * v[:, None, :]
-    return lab
 
 
 @pytest.mark.parametrize("W", [1e3, 1e5])
