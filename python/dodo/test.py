@@ -51,7 +51,9 @@ def _check_runtime(failures: list) -> str:
         F_init = np.array([case["F_init"] for case in cases], float)
         u = np.array([case["u"] for case in cases], float)
         F_pred = closure(F_init, u)
-    except (RuntimeError, OSError, ValueError) as error:
+    except (RuntimeError, OSError, ValueError, MemoryError) as error:
+        # MemoryError (DODO_ERROR_OUT_OF_MEMORY: DODO_ONNXRUNTIME_MEMORY_LIMIT below what the default model
+        # needs, a control group's limit) was a traceback, not this line (outside probe, round forty-six).
         failures.append(f"the closure runtime is built but does not run: {error}")
         return "built, NOT working"
     if not np.isfinite(F_pred).all() or conservation_error(F_init, F_pred, u).max() > 1e-12:

@@ -131,3 +131,41 @@ def test_guard_array_likes_give_the_plain_calls_bits(function):
               (F, matrix_u), (F, np.tile(u, (3, 1)))]
     for a, b in inputs:
         assert np.array_equal(np.asarray(f(a, b)), plain)
+
+
+# --- python -m dodo.test when the runtime is out of memory -------------------------------------------
+
+def test_the_smoke_test_reports_an_out_of_memory_runtime_in_one_line(monkeypatch, capsys):
+    """`python -m dodo.test` with a closure whose load fails with DODO_ERROR_OUT_OF_MEMORY (Python's
+    MemoryError) ended in a traceback, the report unprinted; now it is its FAIL line and exit 1, as
+    for the runtime's other failures. Held deterministically: dodo.Closure raises MemoryError."""
+    import dodo.test as smoke
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("DODO_ERROR_OUT_OF_MEMORY: evaluating the network: (the cap on ONNX Runtime's memory)")
+
+    monkeypatch.setattr(dodo, "runtime_available", lambda: True)
+    monkeypatch.setattr(dodo, "Closure", out_of_memory)
+    assert smoke._command([]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL: the closure runtime is built but does not run: DODO_ERROR_OUT_OF_MEMORY" in out, out
+    assert "closure runtime: built, NOT working" in out, out
+
+
+@needs_runtime
+def test_the_smoke_test_under_a_one_mib_onnxruntime_cap_never_shows_a_traceback(tmp_path):
+    """The same for real: DODO_ONNXRUNTIME_MEMORY_LIMIT=1048576 (the least accepted) on ONNX Runtime. The
+    default model failed there (851,968 bytes asked of an arena with none left) with a traceback; the
+    outcome is the report, whichever way the runtime goes."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, DODO_ONNXRUNTIME_MEMORY_LIMIT="1048576", DODO_NETWORK_EVALUATOR="onnxruntime")
+    done = subprocess.run([sys.executable, "-m", "dodo.test"], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
+    assert "Traceback" not in done.stderr + done.stdout, done.stderr
+    assert done.returncode in (0, 1), (done.returncode, done.stderr)
+    assert "closure runtime: " in done.stdout, done.stdout
+    if done.returncode == 1:
+        assert "FAIL: the closure runtime is built but does not run" in done.stdout, done.stdout
