@@ -188,13 +188,29 @@ def validate_emu32(reference: str, output: str, batch_size: int, flavour_cfl: fl
         if print_summary:
             _print_emu32_summary(report)
         return report
-    growth_ratio = results["growth_rate"][valid] / emu_growth[valid]
+    # Ratios only where the reference's rate is a positive number: a reference of one's own with an Emu
+    # growthRate(1|s) of 0 (or NaN) for a state divided by it, warned "divide by zero" and printed the
+    # ratio's mean and max as null beside a finite min, with no word of why (solver probe, round five).
+    emu_rated = valid & np.isfinite(emu_growth) & (emu_growth > 0)
+    linear_rated = valid & np.isfinite(linear_growth) & (linear_growth > 0)
+    growth_ratio = results["growth_rate"][emu_rated] / emu_growth[emu_rated]
+    ratio_summary = ({"mean": float(np.mean(growth_ratio)), "min": float(np.min(growth_ratio)),
+                      "max": float(np.max(growth_ratio))} if emu_rated.any() else {"mean": None, "min": None, "max": None})
     report.update({"solver_vs_emu_mean_abs_dn_over_ntot": float(np.mean(errors[valid])),
                    "solver_vs_emu_max": float(np.max(errors[valid])),
-                   "growth_rate_ratio_to_emu": {"mean": float(np.mean(growth_ratio)), "min": float(np.min(growth_ratio)),
-                                                "max": float(np.max(growth_ratio))},
-                   "linear_growth_ratio_to_file": float(np.max(np.abs(results["linear_growth_rate"][valid]
-                                                                      / linear_growth[valid] - 1)))})
+                   "growth_rate_ratio_to_emu": ratio_summary,
+                   "linear_growth_ratio_to_file": (float(np.max(np.abs(results["linear_growth_rate"][linear_rated]
+                                                                       / linear_growth[linear_rated] - 1)))
+                                                   if linear_rated.any() else None)})
+    for name, rated, given in (("growthRate(1|s)", emu_rated, emu_growth),
+                               ("linear_growthRate_box(1|s)", linear_rated, linear_growth)):
+        left_out = np.flatnonzero(valid & ~rated)
+        if len(left_out):
+            report.setdefault("note", "")
+            report["note"] += ((" " if report["note"] else "") + f"{len(left_out)} valid state(s) left out of the "
+                               f"{'growth_rate_ratio_to_emu' if name.startswith('growth') else 'linear_growth_ratio_to_file'}"
+                               f": the reference's {name} is not a positive number there (state {left_out[0]}: "
+                               f"{float(given[left_out[0]]):g})")
     box3d = box3d_prediction(initial)
     if box3d is not None:
         # Over the solver's valid states, the set its own mean is taken over: a dropped state counted in
