@@ -77,7 +77,35 @@ def _info(args: argparse.Namespace) -> int:
         if key != "onnxruntime_library" and value and not os.path.exists(value):  # a Box3D-only build
             value = f"{value} (not installed)"
         print(f"{key}: {value}")
+    for line in _runtime_variable_lines():
+        print(line)
     return 0
+
+
+def _runtime_variable_lines() -> list[str]:
+    """A line for each of DODO_NETWORK_EVALUATOR and DODO_ONNXRUNTIME_MEMORY_LIMIT that is set (not empty,
+    which the runtime takes as unset), saying when the runtime refuses its value: then every closure with
+    a model fails to load (DODO_ERROR_INVALID_ARGUMENT), which `dodo info`, the installation's check,
+    showed without a word, as it had the library variable's missing file (outside probe, round
+    forty-six). The rules are the runtime's (closure.cpp, ort_library.cpp): an evaluator "auto" or
+    "onnxruntime"; a limit of decimal digits alone, at least 1 MiB, within 64 bits."""
+    from ._closure import _escaped
+
+    lines = []
+    evaluator = os.environ.get("DODO_NETWORK_EVALUATOR")
+    if evaluator:
+        bad = evaluator not in ("auto", "onnxruntime")
+        lines.append(f"network_evaluator: {_escaped(evaluator)} (DODO_NETWORK_EVALUATOR"
+                     + ('; NOT VALID: known "auto" and "onnxruntime", so every closure with a model fails to load; '
+                        "fix or unset the variable" if bad else "") + ")")
+    limit = os.environ.get("DODO_ONNXRUNTIME_MEMORY_LIMIT")
+    if limit:
+        digits = limit.isascii() and limit.isdigit()
+        bad = not digits or not (1 << 20) <= int(limit) < (1 << 64)
+        lines.append(f"onnxruntime_memory_limit: {_escaped(limit)} (DODO_ONNXRUNTIME_MEMORY_LIMIT, bytes"
+                     + ("; NOT VALID: decimal digits alone, from 1048576 (1 MiB) to 2^64 - 1, so every closure "
+                        "with a model fails to load; fix or unset the variable" if bad else "") + ")")
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -169,3 +169,61 @@ def test_the_smoke_test_under_a_one_mib_onnxruntime_cap_never_shows_a_traceback(
     assert "closure runtime: " in done.stdout, done.stdout
     if done.returncode == 1:
         assert "FAIL: the closure runtime is built but does not run" in done.stdout, done.stdout
+
+
+# --- dodo info and the runtime's environment variables ----------------------------------------------
+
+@pytest.mark.parametrize("variable, value, key", [
+    ("DODO_NETWORK_EVALUATOR", "nativ", "network_evaluator"),
+    ("DODO_NETWORK_EVALUATOR", "native", "network_evaluator"),
+    ("DODO_NETWORK_EVALUATOR", "onnxruntime\n", "network_evaluator"),
+    ("DODO_ONNXRUNTIME_MEMORY_LIMIT", "abc", "onnxruntime_memory_limit"),
+    ("DODO_ONNXRUNTIME_MEMORY_LIMIT", "1e9", "onnxruntime_memory_limit"),
+    ("DODO_ONNXRUNTIME_MEMORY_LIMIT", " 1000000000", "onnxruntime_memory_limit"),
+    ("DODO_ONNXRUNTIME_MEMORY_LIMIT", "1048575", "onnxruntime_memory_limit"),
+    ("DODO_ONNXRUNTIME_MEMORY_LIMIT", "18446744073709551616", "onnxruntime_memory_limit"),
+])
+def test_dodo_info_says_when_a_runtime_variable_makes_every_closure_fail(monkeypatch, capsys, variable, value, key):
+    """`dodo info`, the installation's check, printed nothing of DODO_NETWORK_EVALUATOR=nativ or
+    DODO_ONNXRUNTIME_MEMORY_LIMIT=abc, with which every closure with a model fails to load
+    (DODO_ERROR_INVALID_ARGUMENT); it now names the variable and says so, on one line."""
+    from dodo.cli import main
+
+    monkeypatch.setenv(variable, value)
+    assert main(["info"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"{key}:")]
+    assert len(lines) == 1, lines
+    assert f"({variable}" in lines[0] and "NOT VALID" in lines[0] and "fails to load" in lines[0], lines[0]
+    if dodo.runtime_available():  # the line tells the truth: a fresh process's runtime refuses the value
+        import os
+        import subprocess
+        import sys
+
+        program = ("import dodo\ntry:\n    dodo.Closure(evaluator='auto' if 'EVALUATOR' in %r else 'onnxruntime')\n"
+                   "except ValueError as error:\n    print('refused:', error)\n" % variable)
+        done = subprocess.run([sys.executable, "-c", program], env=dict(os.environ, **{variable: value}),
+                              capture_output=True, text=True, timeout=600)
+        assert done.stdout.startswith("refused: DODO_ERROR_INVALID_ARGUMENT"), (done.stdout, done.stderr)
+
+
+@pytest.mark.parametrize("variable, value", [("DODO_NETWORK_EVALUATOR", "onnxruntime"),
+                                             ("DODO_NETWORK_EVALUATOR", "auto"),
+                                             ("DODO_ONNXRUNTIME_MEMORY_LIMIT", "1048576"),
+                                             ("DODO_ONNXRUNTIME_MEMORY_LIMIT", "18446744073709551615")])
+def test_guard_dodo_info_shows_a_valid_runtime_variable_without_a_warning(monkeypatch, capsys, variable, value):
+    from dodo.cli import main
+
+    monkeypatch.setenv(variable, value)
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert f"{value} ({variable}" in out and "NOT VALID" not in out, out
+
+
+def test_guard_dodo_info_without_the_variables_prints_no_line_of_them(monkeypatch, capsys):
+    from dodo.cli import main
+
+    monkeypatch.delenv("DODO_NETWORK_EVALUATOR", raising=False)
+    monkeypatch.setenv("DODO_ONNXRUNTIME_MEMORY_LIMIT", "")  # empty: unset, for the runtime
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "network_evaluator" not in out and "onnxruntime_memory_limit" not in out, out
