@@ -210,7 +210,7 @@ def test_dodo_info_says_when_a_runtime_variable_makes_every_closure_fail(monkeyp
                                              ("DODO_NETWORK_EVALUATOR", "auto"),
                                              ("DODO_ONNXRUNTIME_MEMORY_LIMIT", "1048576"),
                                              ("DODO_ONNXRUNTIME_MEMORY_LIMIT", "18446744073709551615")])
-def test_guard_dodo_info_shows_a_valid_runtime_variable_without_a_warning(monkeypatch, capsys, variable, value):
+def test_dodo_info_shows_a_valid_runtime_variable_without_a_warning(monkeypatch, capsys, variable, value):
     from dodo.cli import main
 
     monkeypatch.setenv(variable, value)
