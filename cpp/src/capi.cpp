@@ -480,6 +480,13 @@ const char* dodo_version(void) {
 
 int dodo_api_version(void) { return DODO_API_VERSION; }
 
+// dodo.h spells the enum out (C89 and C++98 hosts refuse the generated list's trailing comma):
+// each listed name must have its listed value (a name missing from the enum fails to compile here).
+#define DODO_STATUS_VALUE_CHECK(name, value, message) \
+  static_assert(static_cast<int>(name) == (value), "dodo.h: dodo_status " #name " differs from DODO_STATUS_LIST");
+DODO_STATUS_LIST(DODO_STATUS_VALUE_CHECK)
+#undef DODO_STATUS_VALUE_CHECK
+
 const char* dodo_status_name(dodo_status status) {
   switch (status) {
 #define DODO_STATUS_NAME_CASE(name, value, message) \

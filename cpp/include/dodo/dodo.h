@@ -9,7 +9,7 @@
  * units; the four-velocity is u^mu = (W, W v). A C array double F[ncell][6][4] and a Fortran
  * array real(c_double) :: F(4, 6, ncell) have the same memory layout (the default strides).
  *
- * Rules: C99; every function returns a status or a plain value; nothing prints, exits or
+ * Rules: C99 (the header itself is also C89 and C++98 clean, -pedantic); every function returns a status or a plain value; nothing prints, exits or
  * aborts; handles are immutable after creation and may be shared between threads;
  * dodo_closure_destroy(NULL) is a no-op. Strings returned as `const char*` are static.
  * The calls that compute (the two creates, dodo_apply, dodo_apply_diagnostics, dodo_self_test)
@@ -45,6 +45,8 @@
  * keep its CPU affinity: a handle created on a thread bound to one core (OMP_PROC_BIND, OMP_PLACES;
  * libgomp binds the initial thread before main) runs all its workers on that core (docs/runtime.md,
  * "OpenMP codes").
+ * dlclose does not unload libdodo (glibc keeps it loaded): a later dlopen gets the same library,
+ * handles made before stay live; destroy them before dlclose all the same.
  */
 #ifndef DODO_DODO_H
 #define DODO_DODO_H
@@ -88,10 +90,21 @@ extern "C" {
   X(DODO_ERROR_NO_MODEL, 9, "operation needs a model but the handle is Box3D-only")                 \
   X(DODO_ERROR_INTERNAL, 10, "internal error (please report)")
 
+/* The list's names and values, spelled out: an enumerator list generated from it ends with a
+ * comma, which C89/C90 and C++98/03 refuse under -pedantic (a C++ host older than the C++14 of
+ * dodo.hpp, or a C89 one, includes this header). libdodo checks at compile time that both agree. */
 typedef enum dodo_status {
-#define DODO_STATUS_ENUM_ENTRY(name, value, message) name = value,
-  DODO_STATUS_LIST(DODO_STATUS_ENUM_ENTRY)
-#undef DODO_STATUS_ENUM_ENTRY
+  DODO_OK = 0,
+  DODO_ERROR_INVALID_ARGUMENT = 1,
+  DODO_ERROR_FILE = 2,
+  DODO_ERROR_MODEL_FORMAT = 3,
+  DODO_ERROR_MODEL_METADATA = 4,
+  DODO_ERROR_ONNXRUNTIME_UNAVAILABLE = 5,
+  DODO_ERROR_ONNXRUNTIME = 6,
+  DODO_ERROR_SELF_TEST = 7,
+  DODO_ERROR_OUT_OF_MEMORY = 8,
+  DODO_ERROR_NO_MODEL = 9,
+  DODO_ERROR_INTERNAL = 10
 } dodo_status;
 
 /* Per-cell status bits (OR-ed together in dodo_apply's cell_status output). */
