@@ -321,3 +321,51 @@ def test_two_packages_one_from_a_freed_buffer_used_alternately_from_threads(tmp_
     program = compile_host(tmp_path, "two_packages", TWO_PACKAGES_HOST)
     lines = run_host(program, path, str(TINY_PACKAGE), timeout=300)
     assert lines == ["differ 1 self-test 0", "wrong 0 head direct"]
+
+
+FORTRAN_HOST = """\
+program host
+  use dodo
+  implicit none
+  type(dodo_closure) :: closure
+  real(c_double) :: F(4, 6, 1), F_pred(4, 6, 1)
+  integer :: stat
+  F = 0; F(1, :, 1) = 1; F(2, 1, 1) = 0.5d0; F(1, 2, 1) = 1.2d0; F(2, 2, 1) = -0.6d0
+  call dodo_create(closure, "box3d", stat=stat)
+  if (stat /= 0) error stop 1
+  call dodo_apply(closure, F, F_pred, stat=stat)
+  if (stat /= 0) error stop 2
+  print '(a)', 'applied'
+  call dodo_destroy(closure)
+end program host
+"""
+
+
+def test_the_documented_fortran_module_library_serves_several_fortran_targets(tmp_path):
+    """docs/runtime.md ("Building against an installed Dodo"): the module compiled once into a
+    library that three Fortran executables link, built in parallel. (Listing
+    ${Dodo_FORTRAN_MODULE_SOURCE} among each executable's sources instead made two rules for one
+    dodo.mod: Ninja "multiple rules generate dodo.mod"; now said in the docs.)"""
+    from native_build import tool
+
+    cmake, gfortran = tool("cmake"), shutil.which("gfortran")
+    if not cmake or not gfortran:
+        pytest.skip("cmake or gfortran is not installed")
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "host.f90").write_text(FORTRAN_HOST)
+    (source / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.18)\nproject(TransportHost LANGUAGES C Fortran)\n"
+        "find_package(Dodo CONFIG REQUIRED)\n"
+        "add_library(dodo_fortran STATIC ${Dodo_FORTRAN_MODULE_SOURCE})\n"
+        "target_link_libraries(dodo_fortran PUBLIC Dodo::dodo)\n"
+        "foreach(name a b c)\n  add_executable(host_${name} host.f90)\n"
+        "  target_link_libraries(host_${name} PRIVATE dodo_fortran)\nendforeach()\n")
+    build = tmp_path / "build"
+    ninja = tool("ninja")
+    generator = ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"] if ninja else []
+    run([cmake, "-S", str(source), "-B", str(build), *generator,
+         f"-DDodo_DIR={Path(PATHS['lib_dir']) / 'cmake/Dodo'}"])
+    run([cmake, "--build", str(build), "--parallel", "4"])
+    for name in "abc":
+        assert run_host(build / f"host_{name}", timeout=120) == ["applied"]
