@@ -163,3 +163,45 @@ def test_swapping_neutrinos_and_antineutrinos_swaps_the_outcome(tmp_path):
     assert np.abs(final[0] - final[1][[3, 4, 5, 0, 1, 2]]).max() / ntot < 0.03
     moved = np.abs(final[0] - state).max() / ntot
     assert moved > 0.1, moved  # the state did change flavour: the comparison above is not trivial
+
+
+EDGE = np.array([[1.0e33, 0, 0, 0.5e33], [0.3e33, 0, 0, 0.1e33], [0, 0, 0, 0],
+                 [1.2e33, 0, 0, -0.3e33], [0.3e33, 0, 0, 0.1e33], [0, 0, 0, 0]])
+
+
+def test_a_coarse_run_slowed_by_the_particle_mesh_coupling_says_so(tmp_path):
+    """`dodo simulate OUT --ncell 4` (or 8) with the default --hamiltonian-filter emu: the coupling at the fastest
+    k is sinc(9/ncell)^6 of the continuum's (0.0017 at 4 cells, 0.27 at 8), while the end time is 80 growth
+    times of the continuum rate, so runs were dropped as "not saturated early enough: t_end = 1.06 t_sat < 3.0"
+    or "no exponential growth found" (4 cells; at 8, two states at t_end = 2.84 and 2.89 t_sat) alone, as if
+    the states were at fault. Now the reason ends with the factor and the cure (more cells or
+    --hamiltonian-filter none, which runs the same state to a valid row); at 64 cells (0.98) no words are added."""
+    from dodo.qke.campaign import coarse_coupling_hint
+    from dodo.qke.solver import SolverConfig
+
+    yaml = pytest.importorskip("yaml")
+    source = tmp_path / "states.yaml"
+    source.write_text(yaml.safe_dump({"states": [EDGE.tolist()]}))
+    out = tmp_path / "out.h5"
+    assert _run_cli(["simulate", str(out), "--input", str(source), "--ncell", "4", "--nphi", "8", "-q"]) == 2
+    assert not out.exists()
+    assert _run_cli(["simulate", str(out), "--input", str(source), "--ncell", "4", "--nphi", "8", "-q",
+                     "--hamiltonian-filter", "none"]) == 0
+    rows, _ = _database(out)
+    assert len(rows["growthRate(1|s)"]) == 1
+    hint = coarse_coupling_hint(SolverConfig(ncell=8), None)
+    assert "0.27 of the continuum's" in hint and "--hamiltonian-filter none" in hint, hint
+    assert coarse_coupling_hint(SolverConfig(ncell=64), None) == ""
+    assert coarse_coupling_hint(SolverConfig(ncell=8, hamiltonian_filter="none"), None) == ""
+
+
+def test_the_coarse_coupling_words_reach_the_drop_reason(tmp_path, capsys):
+    """The words of the test above, in the run's own drop line (stderr) and the error naming the states."""
+    yaml = pytest.importorskip("yaml")
+    source = tmp_path / "states.yaml"
+    source.write_text(yaml.safe_dump({"states": [EDGE.tolist()]}))
+    capsys.readouterr()
+    assert _run_cli(["simulate", str(tmp_path / "out.h5"), "--input", str(source), "--ncell", "4", "--nphi", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "dropped state 0: not saturated early enough" in err, err
+    assert "at 4 cells the particle-mesh coupling (--hamiltonian-filter emu) is 0.0017" in err, err
