@@ -42,6 +42,11 @@ if [ -z "$mirror" ]; then
   exit 1
 fi
 
+# Headers for every user of the machine: under root's umask 077 (a hardened root) `mkdir` and `cp`
+# made $prefix/include/onnxruntime mode 700 and the headers 600, so another user's build did not find
+# onnxruntime_c_api.h and install_system_deps.sh, run by that user, asked for root again (outside
+# probe, fresh machine round three).
+umask 022
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/parts" "$work/lists/partial" "$work/cache/archives/partial"
@@ -61,4 +66,5 @@ mkdir -p "$prefix/include"
 dpkg-deb --fsys-tarfile "$work"/libonnxruntime-dev_*.deb \
   | tar -x -C "$work" ./usr/include/onnxruntime
 cp -r "$work/usr/include/onnxruntime" "$prefix/include/"
+chmod -R a+rX "$prefix/include/onnxruntime"
 echo "installed ONNX Runtime headers into $prefix/include/onnxruntime"

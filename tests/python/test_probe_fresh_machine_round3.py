@@ -130,3 +130,50 @@ def test_setup_venv_leaves_the_environment_alone_when_nothing_is_set(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "note:" not in result.stderr, result.stderr
     assert "(0.1.0-in-the-venv)" in result.stdout
+
+
+def test_header_script_under_umask_077_installs_headers_every_user_can_read(tmp_path):
+    """cmake/install_onnxruntime_headers.sh on Debian 12 (the trixie package unpacked by hand) run by a
+    root whose umask is 077: the include directory came out mode 700 and the headers 600, so another
+    user's build did not find onnxruntime_c_api.h. apt-get, apt-cache and dpkg-deb are stubs (the .deb
+    is a tar made here); tar, cp, mkdir, chmod are the real ones."""
+    import tarfile
+
+    fake = tmp_path / "fresh clone 7"
+    (fake / "cmake").mkdir(parents=True)
+    shutil.copy2(ROOT / "cmake" / "install_onnxruntime_headers.sh", fake / "cmake" / "install_onnxruntime_headers.sh")
+    source = tmp_path / "deb contents"
+    (source / "usr" / "include" / "onnxruntime" / "core").mkdir(parents=True)
+    (source / "usr" / "include" / "onnxruntime" / "onnxruntime_c_api.h").write_text("/* C API */\n")
+    (source / "usr" / "include" / "onnxruntime" / "core" / "session.h").write_text("/* core */\n")
+    for path in [source, *source.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    fsys = tmp_path / "fsys.tar"
+    with tarfile.open(fsys, "w") as archive:
+        archive.add(source / "usr", arcname="./usr")
+    stubs = tmp_path / "stub bin"
+    stubs.mkdir()
+    for tool in ("bash", "tar", "mkdir", "cp", "rm", "mktemp", "awk", "cat", "chmod", "dirname"):
+        real = shutil.which(tool)
+        assert real, tool
+        (stubs / tool).symlink_to(real)
+    for name, body in {
+        "apt-cache": "exit 1\n",  # Debian 12: no libonnxruntime-dev in the configured suites
+        "apt-get": 'for a; do case "$a" in indextargets) echo "http://deb.example/debian bookworm"; exit 0 ;;\n'
+                   '  download) : > libonnxruntime-dev_1.0_amd64.deb; exit 0 ;; esac; done\nexit 0\n',
+        "dpkg-deb": f'cat "{fsys}"\n',
+    }.items():
+        (stubs / name).write_text("#!/bin/sh\n" + body)
+        (stubs / name).chmod(0o755)
+    prefix = tmp_path / "prefix"
+    result = subprocess.run(
+        [BASH, "-c", 'umask 077; exec bash "$0" "$1"', str(fake / "cmake" / "install_onnxruntime_headers.sh"),
+         str(prefix)], env={"PATH": str(stubs), "HOME": str(tmp_path / "home")}, cwd=tmp_path,
+        capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert result.returncode == 0, result.stdout + result.stderr
+    installed = prefix / "include" / "onnxruntime"
+    assert (installed / "onnxruntime_c_api.h").read_text() == "/* C API */\n"
+    for path in [prefix / "include", installed, *installed.rglob("*")]:
+        mode = path.stat().st_mode & 0o777
+        wanted = 0o005 if path.is_dir() else 0o004  # others may read (and enter) it
+        assert mode & wanted == wanted, f"{path} has mode {oct(mode)}"
