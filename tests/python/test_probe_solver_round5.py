@@ -205,3 +205,18 @@ def test_the_coarse_coupling_words_reach_the_drop_reason(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "dropped state 0: not saturated early enough" in err, err
     assert "at 4 cells the particle-mesh coupling (--hamiltonian-filter emu) is 0.0017" in err, err
+
+
+def test_the_coarse_coupling_words_are_not_added_to_a_given_end_time(tmp_path, capsys):
+    """With --use-input-end-time the end time is the file's, not 80 growth times of the continuum rate: the
+    words of the tests above (which say the continuum rate set it) are not added there."""
+    yaml = pytest.importorskip("yaml")
+    source = tmp_path / "states.yaml"
+    source.write_text(yaml.safe_dump({"states": [EDGE.tolist()]}))
+    made = tmp_path / "made.h5"
+    assert _run_cli(["simulate", str(made), "--input", str(source), *TINY]) == 0
+    capsys.readouterr()
+    assert _run_cli(["simulate", str(tmp_path / "out.h5"), "--input", str(made), "--use-input-end-time",
+                     "--ncell", "4", "--nphi", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "dropped state 0:" in err and "particle-mesh" not in err, err

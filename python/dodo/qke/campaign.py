@@ -616,7 +616,7 @@ def coarse_coupling_hint(config: SolverConfig, box_length_cm) -> str:
     fastest k) the coupling there is sinc(9 / ncell)^6 of the continuum's, 0.73 at 16 cells, 0.26 at 8.
     Such runs were dropped as "no exponential growth found" or "not saturated early enough" alone, as if the
     state were at fault (solver probe, round five); "" where the factor is above 0.9 (32 cells and more) or
-    the box length was given."""
+    the box length was given (the caller adds it only where the end time is the default one)."""
     if config.hamiltonian_filter != "emu" or box_length_cm is not None:
         return ""
     half_step = 9.0 / config.ncell  # k dz / 2 for the recipe's fastest k
@@ -681,7 +681,7 @@ def _simulate_batch(batch: np.ndarray, four_flux: np.ndarray, results: dict, con
         results["growth_rate"][index] = state.growth_rate[slot]
         results["saturation_time"][index] = state.saturation_time[slot]
         results["valid"][index], results["reason"][index] = state.valid[slot], state.reason[slot]
-        if not state.valid[slot] and state.reason[slot].startswith(_SLOW_GROWTH_REASONS):
+        if not state.valid[slot] and end_time_s is None and state.reason[slot].startswith(_SLOW_GROWTH_REASONS):
             results["reason"][index] += coarse_coupling_hint(config, box_length_cm)
         results["wall_time_s"][index] = (time.time() - batch_started) / len(runnable)
         results["kernel"][index] = KERNEL_CODES.get(config.backend, 0)
