@@ -234,6 +234,83 @@ def test_libdodo_closed_and_opened_again_keeps_handles_and_bits(tmp_path, model)
     assert lines == [f"load {i} same 1 previous 1" for i in range(4)]
 
 
+# The same, each load made, used and closed by a thread that then exits: with no thread left that
+# called it (no thread_local destructors pending), glibc's dlclose unloads libdodo, and the next
+# dlopen loads it afresh (its statics, the ONNX Runtime library, the default model's path).
+UNLOAD_HOST = r"""
+#include <dodo/dodo.h>
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+static const char *library_path, *model;
+static void* library;
+static double first[6][4];
+static int round_, same;
+
+static void* load_and_use(void* unused) {
+  dodo_status (*create)(const char*, const dodo_options*, dodo_closure**, char*, size_t);
+  dodo_status (*apply)(dodo_closure*, size_t, const double*, const ptrdiff_t*, const double*, const ptrdiff_t*,
+                       double*, const ptrdiff_t*, uint32_t*);
+  void (*destroy)(dodo_closure*);
+  dodo_closure* closure;
+  double F[6][4], P[6][4];
+  char error[1024];
+  int a;
+  (void)unused;
+  for (a = 0; a < 6; ++a) {
+    double n = a == 1 ? 1.2 : 1.0, f = a == 0 ? 0.5 : a == 1 ? -0.5 : 0.1;
+    F[a][0] = n; F[a][1] = f * n; F[a][2] = 0.0; F[a][3] = 0.0;
+  }
+  library = dlopen(library_path, RTLD_NOW | RTLD_LOCAL);
+  if (!library) return NULL;
+  *(void**)&create = dlsym(library, "dodo_closure_create");
+  *(void**)&apply = dlsym(library, "dodo_apply");
+  *(void**)&destroy = dlsym(library, "dodo_closure_destroy");
+  if (create(model, NULL, &closure, error, sizeof error) != DODO_OK) {
+    printf("create: %s\n", error);
+    return NULL;
+  }
+  if (apply(closure, 1, &F[0][0], NULL, NULL, NULL, &P[0][0], NULL, NULL) == DODO_OK) {
+    if (round_ == 0) memcpy(first, P, sizeof P);
+    same = memcmp(first, P, sizeof P) == 0;
+  }
+  destroy(closure);
+  return NULL;
+}
+
+int main(int argc, char** argv) {
+  (void)argc;
+  library_path = argv[1];
+  model = argv[2];
+  for (round_ = 0; round_ < 3; ++round_) {
+    pthread_t thread;
+    same = 0;
+    library = NULL;
+    pthread_create(&thread, NULL, load_and_use, NULL);
+    pthread_join(thread, NULL);
+    if (!library || dlclose(library) != 0) return 1;
+    printf("load %d same %d\n", round_, same);
+  }
+  return 0;
+}
+"""
+
+
+@pytest.mark.parametrize("model", ["default", "box3d"])
+def test_libdodo_unloaded_and_loaded_again_gives_the_same_bits(tmp_path, model):
+    path = default_model() if model == "default" else "box3d"
+    if not shutil.which("gcc"):
+        pytest.skip("gcc is not installed")
+    source = tmp_path / "unload.c"
+    source.write_text(UNLOAD_HOST)
+    program = tmp_path / "unload"
+    run(["gcc", "-std=c11", "-Wall", "-Wextra", "-Werror", f"-I{INCLUDE}", str(source), "-ldl", "-pthread",
+         "-o", str(program)])
+    assert run_host(program, str(LIBDODO), path, timeout=300) == [f"load {i} same 1" for i in range(3)]
+
+
 # Two packages at once: the default model by path and a second package from memory, its buffer
 # overwritten and freed right after the create; four threads apply both alternately (plain and
 # with diagnostics), each result compared with the single-threaded one of its handle.

@@ -45,8 +45,9 @@
  * keep its CPU affinity: a handle created on a thread bound to one core (OMP_PROC_BIND, OMP_PLACES;
  * libgomp binds the initial thread before main) runs all its workers on that core (docs/runtime.md,
  * "OpenMP codes").
- * dlclose does not unload libdodo (glibc keeps it loaded): a later dlopen gets the same library,
- * handles made before stay live; destroy them before dlclose all the same.
+ * dlclose: glibc keeps libdodo loaded while a thread that called it lives (a later dlopen gets the
+ * same library, handles made before stay live) and unloads it otherwise (a later dlopen loads it
+ * afresh). A handle does not survive an unload: destroy every handle before dlclose.
  */
 #ifndef DODO_DODO_H
 #define DODO_DODO_H
