@@ -7,19 +7,8 @@ if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${DODO_VENV:-$root/.venv}"
-# The environment of another Python set-up (outside probe, fresh machine round three): PYTHONPATH
-# naming another dodo made the venv's python import that one (setup_venv.sh said "dodo installed in
-# .venv (its version)", main_job.sh then stopped at "No module named 'dodo.cli'", test.sh tested the
-# other); PYTHONHOME made the venv's python fail to start (setup_venv.sh then said to remove a sound
-# venv); PIP_TARGET/PIP_PREFIX sent the install outside the venv; pip's `user = true` (PIP_USER=1
-# or a pip.conf) stopped every install into the venv ("Can not perform a '--user' install").
-for var in PYTHONPATH PYTHONHOME PIP_TARGET PIP_PREFIX; do
-  if [ -n "${!var+x}" ]; then
-    echo "setup_venv.sh: note: $var=${!var} is ignored here (these scripts use the Python and pip of the venv)" >&2
-    unset "$var"
-  fi
-done
-export PIP_USER=0
+. "$root/scripts/_venv_environment.sh"
+use_the_venvs_python_only setup_venv.sh
 python="${PYTHON:-python3}"
 # A venv whose Python does not run (another machine's, a link to a removed interpreter: `venv` then
 # stopped at "[Errno 2] No such file or directory: .../bin/python3") is the user's to remove: said,

@@ -8,19 +8,8 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 venv="${DODO_VENV:-$root/.venv}"
-# The environment of another Python set-up (outside probe, fresh machine round three): PYTHONPATH
-# naming another dodo made the venv's python import that one (setup_venv.sh said "dodo installed in
-# .venv (its version)", main_job.sh then stopped at "No module named 'dodo.cli'", test.sh tested the
-# other); PYTHONHOME made the venv's python fail to start (setup_venv.sh then said to remove a sound
-# venv); PIP_TARGET/PIP_PREFIX sent the install outside the venv; pip's `user = true` (PIP_USER=1
-# or a pip.conf) stopped every install into the venv ("Can not perform a '--user' install").
-for var in PYTHONPATH PYTHONHOME PIP_TARGET PIP_PREFIX; do
-  if [ -n "${!var+x}" ]; then
-    echo "test.sh: note: $var=${!var} is ignored here (these scripts use the Python and pip of the venv)" >&2
-    unset "$var"
-  fi
-done
-export PIP_USER=0
+. "$root/scripts/_venv_environment.sh"
+use_the_venvs_python_only test.sh
 extras=(test train)
 # With an MPI on the machine (DODO_WITH_MPI=1 scripts/install_system_deps.sh), mpi4py too: the MPI
 # tests then run instead of skipping.

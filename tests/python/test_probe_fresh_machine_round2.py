@@ -39,6 +39,8 @@ def _fake_repository(tmp_path: Path, *scripts: str) -> Path:
     for script in scripts:
         (fake / script).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / script, fake / script)
+    if any(script.startswith("scripts/") for script in scripts):  # what the set-up scripts source
+        shutil.copy2(ROOT / "scripts" / "_venv_environment.sh", fake / "scripts" / "_venv_environment.sh")
     return fake
 
 

@@ -76,6 +76,7 @@ def _stub_venv(venv: Path, log: Path) -> None:
 def test_setup_venv_uses_the_venvs_dodo_whatever_the_python_environment(tmp_path):
     fake = tmp_path / "fresh clone 7"
     (fake / "scripts").mkdir(parents=True)
+    shutil.copy2(ROOT / "scripts" / "_venv_environment.sh", fake / "scripts")  # what the scripts source
     shutil.copy2(ROOT / "scripts" / "setup_venv.sh", fake / "scripts" / "setup_venv.sh")
     log = tmp_path / "pip.log"
     log.write_text("")
@@ -103,6 +104,7 @@ def test_main_job_and_test_sh_drop_another_setups_python_environment(tmp_path, s
     must be clean for those too, not only inside setup_venv.sh."""
     fake = tmp_path / "fresh clone 7"
     (fake / "scripts").mkdir(parents=True)
+    shutil.copy2(ROOT / "scripts" / "_venv_environment.sh", fake / "scripts")  # what the scripts source
     shutil.copy2(ROOT / "scripts" / script, fake / "scripts" / script)
     (fake / "scripts" / "setup_venv.sh").write_text(
         '#!/bin/sh\necho "setup_venv reached | PYTHONPATH=${PYTHONPATH-unset} PYTHONHOME=${PYTHONHOME-unset}'
@@ -121,6 +123,7 @@ def test_setup_venv_leaves_the_environment_alone_when_nothing_is_set(tmp_path):
     """No note where none of those variables is set (a plain fresh machine)."""
     fake = tmp_path / "fresh clone 7"
     (fake / "scripts").mkdir(parents=True)
+    shutil.copy2(ROOT / "scripts" / "_venv_environment.sh", fake / "scripts")  # what the scripts source
     shutil.copy2(ROOT / "scripts" / "setup_venv.sh", fake / "scripts" / "setup_venv.sh")
     log = tmp_path / "pip.log"
     log.write_text("")
