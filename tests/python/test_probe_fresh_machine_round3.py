@@ -73,11 +73,17 @@ def _stub_venv(venv: Path, log: Path) -> None:
     python.chmod(0o755)
 
 
-def test_setup_venv_uses_the_venvs_dodo_whatever_the_python_environment(tmp_path):
+def _fake_clone(tmp_path: Path, script: str) -> Path:
+    """A directory with a space in its name holding a copy of scripts/``script`` and what it sources."""
     fake = tmp_path / "fresh clone 7"
     (fake / "scripts").mkdir(parents=True)
-    shutil.copy2(ROOT / "scripts" / "_venv_environment.sh", fake / "scripts")  # what the scripts source
-    shutil.copy2(ROOT / "scripts" / "setup_venv.sh", fake / "scripts" / "setup_venv.sh")
+    shutil.copy2(ROOT / "scripts" / "_venv_environment.sh", fake / "scripts")
+    shutil.copy2(ROOT / "scripts" / script, fake / "scripts" / script)
+    return fake
+
+
+def test_setup_venv_uses_the_venvs_dodo_whatever_the_python_environment(tmp_path):
+    fake = _fake_clone(tmp_path, "setup_venv.sh")
     log = tmp_path / "pip.log"
     log.write_text("")
     _stub_venv(fake / ".venv", log)
@@ -102,10 +108,7 @@ def test_setup_venv_uses_the_venvs_dodo_whatever_the_python_environment(tmp_path
 def test_main_job_and_test_sh_drop_another_setups_python_environment(tmp_path, script):
     """main_job.sh and test.sh run the venv's dodo and pytest after setup_venv.sh: the environment
     must be clean for those too, not only inside setup_venv.sh."""
-    fake = tmp_path / "fresh clone 7"
-    (fake / "scripts").mkdir(parents=True)
-    shutil.copy2(ROOT / "scripts" / "_venv_environment.sh", fake / "scripts")  # what the scripts source
-    shutil.copy2(ROOT / "scripts" / script, fake / "scripts" / script)
+    fake = _fake_clone(tmp_path, script)
     (fake / "scripts" / "setup_venv.sh").write_text(
         '#!/bin/sh\necho "setup_venv reached | PYTHONPATH=${PYTHONPATH-unset} PYTHONHOME=${PYTHONHOME-unset}'
         ' PIP_USER=${PIP_USER-unset} PIP_TARGET=${PIP_TARGET-unset} PIP_PREFIX=${PIP_PREFIX-unset}"\nexit 3\n')
@@ -121,10 +124,7 @@ def test_main_job_and_test_sh_drop_another_setups_python_environment(tmp_path, s
 
 def test_setup_venv_leaves_the_environment_alone_when_nothing_is_set(tmp_path):
     """No note where none of those variables is set (a plain fresh machine)."""
-    fake = tmp_path / "fresh clone 7"
-    (fake / "scripts").mkdir(parents=True)
-    shutil.copy2(ROOT / "scripts" / "_venv_environment.sh", fake / "scripts")  # what the scripts source
-    shutil.copy2(ROOT / "scripts" / "setup_venv.sh", fake / "scripts" / "setup_venv.sh")
+    fake = _fake_clone(tmp_path, "setup_venv.sh")
     log = tmp_path / "pip.log"
     log.write_text("")
     _stub_venv(fake / ".venv", log)

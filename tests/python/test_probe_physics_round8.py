@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 import dodo
-from test_probe_physics_round7 import _boost_from_rest
+from test_probe_physics_round7 import _boost_from_rest, _crossing_cells
 
 if not dodo.runtime_available():
     pytest.skip("dodo built without the closure runtime", allow_module_level=True)
@@ -63,16 +63,6 @@ def _realizable(F):
     shift = np.where(tiny, -np.floor(np.log2(np.where(largest > 0, largest, 1.0))), 0)
     scaled = np.ldexp(F, shift.astype(int))
     return np.isfinite(F).all(axis=-1) & (F[..., 0] >= 0) & (_host_norm(scaled) <= scaled[..., 0])
-
-
-def _crossing_cells(rng, n, max_flux_factor=0.9):
-    density = rng.uniform(0.1, 1.0, (n, 6))
-    d = rng.normal(size=(n, 6, 3))
-    d /= np.linalg.norm(d, axis=-1, keepdims=True)
-    F = np.zeros((n, 6, 4))
-    F[..., 0] = density
-    F[..., 1:] = (density * rng.uniform(0, max_flux_factor, (n, 6)))[..., None] * d
-    return F
 
 
 def _family(kind):
