@@ -301,19 +301,19 @@ contains
     ! (4, 6, ...)" for two arrays that both had it, of different ranks, left the host guessing).
     if (.not. cells_shaped(F_init)) then
       call report(DODO_ERROR_INVALID_ARGUMENT, "F_init and F_pred must both have shape (4, 6, ...) (component, " // &
-                  "species, cells): F_init has " // shape_text(shape(F_init, kind=c_size_t)), stat, errmsg)
+                  "species, cells): F_init has " // trim(shape_text(shape(F_init, kind=c_size_t))), stat, errmsg)
       return
     end if
     if (rank(F_pred) /= rank(F_init)) then
       call report(DODO_ERROR_INVALID_ARGUMENT, "F_init and F_pred must both have shape (4, 6, ...), the same: " // &
-                  "F_init has " // shape_text(shape(F_init, kind=c_size_t)) // ", F_pred " // &
-                  shape_text(shape(F_pred, kind=c_size_t)), stat, errmsg)
+                  "F_init has " // trim(shape_text(shape(F_init, kind=c_size_t))) // ", F_pred " // &
+                  trim(shape_text(shape(F_pred, kind=c_size_t))), stat, errmsg)
       return
     end if
     if (any(shape(F_pred, kind=c_size_t) /= shape(F_init, kind=c_size_t))) then
       call report(DODO_ERROR_INVALID_ARGUMENT, "F_init and F_pred must both have shape (4, 6, ...), the same: " // &
-                  "F_init has " // shape_text(shape(F_init, kind=c_size_t)) // ", F_pred " // &
-                  shape_text(shape(F_pred, kind=c_size_t)), stat, errmsg)
+                  "F_init has " // trim(shape_text(shape(F_init, kind=c_size_t))) // ", F_pred " // &
+                  trim(shape_text(shape(F_pred, kind=c_size_t))), stat, errmsg)
       return
     end if
     ! size() of kind c_size_t: a default-integer size() wraps past 2**31 - 1 values (89,478,485
@@ -324,12 +324,12 @@ contains
     if (present(u)) then
       if (rank(u) < 1) then
         call report(DODO_ERROR_INVALID_ARGUMENT, "u must have shape (4, ...) with one column per cell: u is a " // &
-                    "scalar, for " // count_text(ncell) // " cell(s)", stat, errmsg)
+                    "scalar, for " // trim(count_text(ncell)) // " cell(s)", stat, errmsg)
         return
       end if
       if (size(u, 1) /= 4 .or. size(u, kind=c_size_t) /= 4 * ncell) then
         call report(DODO_ERROR_INVALID_ARGUMENT, "u must have shape (4, ...) with one column per cell: u has " // &
-                    shape_text(shape(u, kind=c_size_t)) // " for " // count_text(ncell) // " cell(s)", stat, errmsg)
+                    trim(shape_text(shape(u, kind=c_size_t))) // " for " // trim(count_text(ncell)) // " cell(s)", stat, errmsg)
         return
       end if
       ! Counting values alone let a grid u(4, ny, nx) pass for F(4, 6, nx, ny): each cell read
@@ -337,8 +337,8 @@ contains
       ! are as many as F_init's must have F_init's; a flat u(4, ncell) still passes any grid.
       if (grid_differs(u, 2, F_init)) then
         call report(DODO_ERROR_INVALID_ARGUMENT, "u must have shape (4, ...) with one column per cell, its cell " // &
-                    "dimensions F_init's: u has " // shape_text(shape(u, kind=c_size_t)) // ", F_init " // &
-                    shape_text(shape(F_init, kind=c_size_t)) // " (a flat u(4, ncell) is taken in F_init's " // &
+                    "dimensions F_init's: u has " // trim(shape_text(shape(u, kind=c_size_t))) // ", F_init " // &
+                    trim(shape_text(shape(F_init, kind=c_size_t))) // " (a flat u(4, ncell) is taken in F_init's " // &
                     "cell order)", stat, errmsg)
         return
       end if
@@ -347,13 +347,14 @@ contains
     if (present(cell_status)) then
       if (size(cell_status, kind=c_size_t) /= ncell) then
         call report(DODO_ERROR_INVALID_ARGUMENT, "cell_status must have one entry per cell: it has " // &
-                    count_text(size(cell_status, kind=c_size_t)) // " for " // count_text(ncell) // " cell(s)", stat, errmsg)
+                    trim(count_text(size(cell_status, kind=c_size_t))) // " for " // trim(count_text(ncell)) // &
+                    " cell(s)", stat, errmsg)
         return
       end if
       if (grid_differs(cell_status, 1, F_init)) then
         call report(DODO_ERROR_INVALID_ARGUMENT, "cell_status must have one entry per cell, its dimensions " // &
-                    "F_init's cell dimensions: cell_status has " // shape_text(shape(cell_status, kind=c_size_t)) // &
-                    ", F_init " // shape_text(shape(F_init, kind=c_size_t)), stat, errmsg)
+                    "F_init's cell dimensions: cell_status has " // trim(shape_text(shape(cell_status, kind=c_size_t))) // &
+                    ", F_init " // trim(shape_text(shape(F_init, kind=c_size_t))), stat, errmsg)
         return
       end if
       status_pointer = c_loc(cell_status)
@@ -363,13 +364,14 @@ contains
     if (present(growth_rate)) then
       if (size(growth_rate, kind=c_size_t) /= ncell) then
         call report(DODO_ERROR_INVALID_ARGUMENT, "growth_rate must have one entry per cell: it has " // &
-                    count_text(size(growth_rate, kind=c_size_t)) // " for " // count_text(ncell) // " cell(s)", stat, errmsg)
+                    trim(count_text(size(growth_rate, kind=c_size_t))) // " for " // trim(count_text(ncell)) // &
+                    " cell(s)", stat, errmsg)
         return
       end if
       if (grid_differs(growth_rate, 1, F_init)) then
         call report(DODO_ERROR_INVALID_ARGUMENT, "growth_rate must have one entry per cell, its dimensions " // &
-                    "F_init's cell dimensions: growth_rate has " // shape_text(shape(growth_rate, kind=c_size_t)) // &
-                    ", F_init " // shape_text(shape(F_init, kind=c_size_t)), stat, errmsg)
+                    "F_init's cell dimensions: growth_rate has " // trim(shape_text(shape(growth_rate, kind=c_size_t))) // &
+                    ", F_init " // trim(shape_text(shape(F_init, kind=c_size_t))), stat, errmsg)
         return
       end if
       growth_pointer = c_loc(growth_rate)
@@ -377,13 +379,14 @@ contains
     if (present(uncertainty)) then
       if (size(uncertainty, kind=c_size_t) /= ncell) then
         call report(DODO_ERROR_INVALID_ARGUMENT, "uncertainty must have one entry per cell: it has " // &
-                    count_text(size(uncertainty, kind=c_size_t)) // " for " // count_text(ncell) // " cell(s)", stat, errmsg)
+                    trim(count_text(size(uncertainty, kind=c_size_t))) // " for " // trim(count_text(ncell)) // &
+                    " cell(s)", stat, errmsg)
         return
       end if
       if (grid_differs(uncertainty, 1, F_init)) then
         call report(DODO_ERROR_INVALID_ARGUMENT, "uncertainty must have one entry per cell, its dimensions " // &
-                    "F_init's cell dimensions: uncertainty has " // shape_text(shape(uncertainty, kind=c_size_t)) // &
-                    ", F_init " // shape_text(shape(F_init, kind=c_size_t)), stat, errmsg)
+                    "F_init's cell dimensions: uncertainty has " // trim(shape_text(shape(uncertainty, kind=c_size_t))) // &
+                    ", F_init " // trim(shape_text(shape(F_init, kind=c_size_t))), stat, errmsg)
         return
       end if
       uncertainty_pointer = c_loc(uncertainty)
@@ -401,25 +404,31 @@ contains
     call report_call(status, closure, stat, errmsg)
   end subroutine dodo_apply
 
-  ! "(4, 6, 10)": an array's shape for a message ("()" for a scalar).
-  function shape_text(dims) result(text)
+  ! "(4, 6, 10)": an array's shape for a message ("()" for a scalar), blank-padded (callers trim).
+  ! This and count_text give fixed-length results: gfortran (12 at least) keeps the length of a
+  ! deferred-length (character(len=:), allocatable) function result in a static variable of the
+  ! caller, so that two threads failing at once wrote each other's lengths: a heap overflow (an
+  ! OpenMP host's malloc aborted, C round 35's private(closure) test; the same data race as
+  ! NOAA-OWP/ngen pull request 1026). No function here returns a deferred-length result.
+  character(len=400) function shape_text(dims) result(text)
     integer(c_size_t), intent(in) :: dims(:)
-    character(len=:), allocatable :: text
-    integer :: i
+    integer :: i, last
     text = "("
-    do i = 1, size(dims)
-      text = text // count_text(dims(i))
-      if (i < size(dims)) text = text // ", "
+    last = 1  ! text(1:last) is the text so far (trim would drop the blank of ", ")
+    do i = 1, min(size(dims), 15)  ! Fortran ranks stop at 15: 15 extents of 20 digits fit
+      text = text(1:last) // trim(count_text(dims(i)))
+      last = len_trim(text)
+      if (i < size(dims)) then
+        text = text(1:last) // ", "
+        last = last + 2
+      end if
     end do
-    text = text // ")"
+    text = text(1:last) // ")"
   end function shape_text
 
-  function count_text(count) result(text)
+  character(len=24) function count_text(count) result(text)
     integer(c_size_t), intent(in) :: count
-    character(len=:), allocatable :: text
-    character(len=24) :: digits
-    write (digits, '(i0)') count
-    text = trim(digits)
+    write (text, '(i0)') count
   end function count_text
 
   ! True when x, from its dimension `first` on, has as many dimensions as F's cells (F's from the
@@ -545,14 +554,14 @@ contains
 
   function dodo_version_string() result(version)
     character(len=:), allocatable :: version
-    version = c_string(c_version())
+    call copy_c_string(c_version(), version)
   end function dodo_version_string
 
   ! Path of the default model shipped with Dodo (the one Python's dodo.Closure() loads); "" if
   ! it is not installed next to libdodo.
   function dodo_default_model_path() result(path)
     character(len=:), allocatable :: path
-    path = c_string(c_default_model_path())
+    call copy_c_string(c_default_model_path(), path)
   end function dodo_default_model_path
 
   ! --- helpers -------------------------------------------------------------------------------
@@ -651,11 +660,13 @@ contains
     type(dodo_closure), intent(in) :: closure
     integer, intent(out), optional :: stat
     character(len=*), intent(inout), optional :: errmsg
+    character(len=:), allocatable :: message
     if (status == DODO_OK) then
       if (present(stat)) stat = DODO_OK
       return
     end if
-    call report(status, last_error(closure), stat, errmsg)
+    call read_last_error(closure, message)
+    call report(status, message, stat, errmsg)
   end subroutine report_call
 
   subroutine report(status, message, stat, errmsg)
@@ -664,30 +675,30 @@ contains
     integer, intent(out), optional :: stat
     character(len=*), intent(inout), optional :: errmsg
     if (present(stat)) stat = status
-    if (status /= DODO_OK .and. present(errmsg)) errmsg = whole_characters(message, len(errmsg))
+    if (status /= DODO_OK .and. present(errmsg)) call copy_whole_characters(message, errmsg)
     if (status /= DODO_OK .and. .not. present(stat)) error stop "dodo: " // message
   end subroutine report
 
-  ! text cut to at most n bytes before a character, not inside one (messages are UTF-8; an errmsg
-  ! shorter than the message took it cut inside a character: probe round seventeen of the C side).
-  function whole_characters(text, n) result(cut)
+  ! text into errmsg, blank-padded, cut if longer before a character, not inside one (messages
+  ! are UTF-8; an errmsg shorter than the message took it cut inside a character: probe round
+  ! seventeen of the C side).
+  subroutine copy_whole_characters(text, errmsg)
     character(len=*), intent(in) :: text
-    integer, intent(in) :: n
-    character(len=:), allocatable :: cut
+    character(len=*), intent(out) :: errmsg
     integer :: k
-    k = min(len(text), max(n, 0))
+    k = min(len(text), len(errmsg))
     if (k < len(text)) then
       do while (k > 0)
         if (iand(ichar(text(k + 1:k + 1)), 192) /= 128) exit
         k = k - 1
       end do
     end if
-    cut = text(1:k)
-  end function whole_characters
+    errmsg = text(1:k)
+  end subroutine copy_whole_characters
 
-  function last_error(closure) result(message)
+  subroutine read_last_error(closure, message)
     type(dodo_closure), intent(in) :: closure
-    character(len=:), allocatable :: message
+    character(len=:), allocatable, intent(out) :: message
     character(kind=c_char), allocatable :: buffer(:)
     character(kind=c_char) :: probe(1)
     integer(c_size_t) :: length
@@ -699,19 +710,19 @@ contains
     allocate(buffer(length + 1))
     buffer = c_null_char
     length = c_last_error(c_null_ptr, buffer, int(size(buffer), c_size_t))
-    message = from_c_buffer(buffer)
+    call copy_c_buffer(buffer, message)
     if (length == 0 .and. .not. c_associated(closure%handle)) message = "closure handle is not created"
     ! C's words for its NULL pointer, which a Fortran host never saw: it holds a type(dodo_closure)
     ! (outside probe of the C side, round fourteen; the failure path only).
     if (.not. c_associated(closure%handle) .and. message == "closure handle is NULL") &
       message = "this dodo_closure holds no closure (never created, its dodo_create failed, or dodo_destroy " // &
                 "destroyed it): call dodo_create first"
-  end function last_error
+  end subroutine read_last_error
 
   ! Copy of a static NUL-terminated C string ("" for NULL).
-  function c_string(pointer) result(text)
+  subroutine copy_c_string(pointer, text)
     type(c_ptr), intent(in) :: pointer
-    character(len=:), allocatable :: text
+    character(len=:), allocatable, intent(out) :: text
     character(kind=c_char), pointer :: chars(:)
     integer :: i, n
     if (.not. c_associated(pointer)) then
@@ -724,7 +735,7 @@ contains
     do i = 1, n
       text(i:i) = chars(i)
     end do
-  end function c_string
+  end subroutine copy_c_string
 
   function to_c_string(text) result(c_text)
     character(len=*), intent(in) :: text
@@ -738,9 +749,9 @@ contains
     c_text(n + 1) = c_null_char
   end function to_c_string
 
-  function from_c_buffer(buffer) result(text)
+  subroutine copy_c_buffer(buffer, text)
     character(kind=c_char), intent(in) :: buffer(:)
-    character(len=:), allocatable :: text
+    character(len=:), allocatable, intent(out) :: text
     integer :: i, n
     n = 0
     do i = 1, size(buffer)
@@ -751,6 +762,6 @@ contains
     do i = 1, n
       text(i:i) = buffer(i)
     end do
-  end function from_c_buffer
+  end subroutine copy_c_buffer
 
 end module dodo
