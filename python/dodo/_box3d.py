@@ -378,11 +378,25 @@ def _as_real_array(name: str, value, trailing: tuple[int, ...], shape_text: str)
     if array.dtype.kind not in "fiuO":
         raise ValueError(f"{name} must hold real numbers (any float or integer dtype); got dtype {array.dtype}")
     if array.ndim < len(trailing) or array.shape[array.ndim - len(trailing):] != trailing:
-        raise ValueError(f"{name} must have shape {shape_text}; got {array.shape}")
+        raise ValueError(f"{name} must have shape {shape_text}; got {array.shape}{_layout_hint(name, array.shape, trailing)}")
     if array.dtype == object:
         _refuse_object_array(name, array, len(trailing))
     _refuse_beyond_float64(name, array, len(trailing))
     return array
+
+
+def _layout_hint(name: str, shape: tuple[int, ...], trailing: tuple[int, ...]) -> str:
+    """What a refused four-flux shape most likely is: Emu's layout [..., 4 (x, y, z, t), 2, 3] or the
+    two axes swapped (..., 4, 6). Such arrays were refused as "must have shape (..., 6, 4)" only,
+    without the conversion (outside probe, Python round forty-seven)."""
+    if trailing != (N_SPECIES, N_COMPONENTS):
+        return ""
+    if shape[-3:] == (N_COMPONENTS, 2, N_SPECIES // 2):
+        return (f": Emu's layout [..., 4 (x, y, z, t), 2 (nu, nubar), 3 flavours]? convert with "
+                f"dodo.conventions.from_emu_layout({name}) (for [states, 4, 2, 3]), which also puts t first")
+    if shape[-2:] == (N_COMPONENTS, N_SPECIES):
+        return f": the last two axes swapped? species x components is (6, 4): np.swapaxes({name}, -1, -2)"
+    return ""
 
 
 def _refuse_object_array(name: str, array: np.ndarray, trailing_axes: int) -> None:
@@ -451,7 +465,7 @@ def _prepare(F_init, u) -> tuple[np.ndarray, Optional[np.ndarray], tuple[int, ..
     except ValueError:
         raise ValueError(f"u with shape {np.shape(u)} does not broadcast to the batch shape {batch} of F_init") from None
     flat_u = np.ascontiguousarray(velocity.reshape((-1, N_COMPONENTS)), dtype=np.float64)
-    _check_velocity(flat_u, batch)
+    _check_velocity(flat_u, batch, velocity.dtype)
     return flat_F, flat_u, batch
 
 
@@ -460,10 +474,11 @@ def _is_four_velocity(u: np.ndarray) -> bool:
     return bool(_core.check_four_velocities(np.ascontiguousarray(u, dtype=np.float64).reshape(1, 4))[0][0])
 
 
-def _check_velocity(flat_u: np.ndarray, batch: tuple[int, ...]) -> None:
+def _check_velocity(flat_u: np.ndarray, batch: tuple[int, ...], given_dtype=None) -> None:
     """Refuse a u that is not a future-directed unit timelike vector (non-finite u passes: flagged later).
 
     The test itself is the C++ core's (the one dodo_apply uses), so Python and C agree bit for bit.
+    ``given_dtype``: u's dtype as the caller gave it, to say when its rounding alone breaks the test.
     """
     if _core.all_four_velocities_valid(flat_u):  # the common case: no arrays made
         return
@@ -472,6 +487,12 @@ def _check_velocity(flat_u: np.ndarray, batch: tuple[int, ...]) -> None:
     if np.any(bad):  # non-finite u is not refused here: such cells are flagged NONFINITE
         first = int(np.flatnonzero(bad)[0])
         where = tuple(int(i) for i in np.unravel_index(first, batch)) if batch else ()
+        remedy = "; pass u = (W, W v) with W = 1/sqrt(1 - v^2)"
+        if _is_four_velocity(flat_u[first, [3, 0, 1, 2]]):
+            # (W v, W) for u^mu = (W, W v): a four-vector in Emu's (x, y, z, t) order was refused without
+            # a word of the order (outside probe, Python round forty-seven).
+            remedy = ("; its components are a unit four-velocity in the order (x, y, z, t), Emu's order of "
+                      "four-vectors: pass u in the order (t, x, y, z), u[..., [3, 0, 1, 2]]")
         if flat_u[first, 0] <= 0:
             problem = f"u^t = {flat_u[first, 0]:.17g} is not positive (past-directed or zero)"
             if flat_u[first, 0] < 0 and _is_four_velocity(-flat_u[first]):
@@ -489,9 +510,26 @@ def _check_velocity(flat_u: np.ndarray, batch: tuple[int, ...]) -> None:
                 problem = (f"|u.u + 1| = {norm_error[first]:.12g} exceeds the largest tolerance "
                            f"{VELOCITY_NORM_TOLERANCE_CAP} ({VELOCITY_NORM_TOLERANCE} max(1, u^t^2) is capped there "
                            f"from u^t ~ 707 on, so that every accepted u is timelike)")
+            rounding = _rounding_of(given_dtype)
+            if rounding > VELOCITY_NORM_TOLERANCE and norm_error[first] <= 4 * rounding * max(1.0, u0 * u0):
+                # A float16 u (eps 9.8e-4) holds no unit four-velocity but at rest: v = 0.3 was refused
+                # with "pass u = (W, W v)", which it was, rounded (outside probe, Python round forty-seven).
+                remedy = (f": u is {np.dtype(given_dtype).name}, whose rounding (eps {rounding:.2g}) alone gives "
+                          f"|u.u + 1| up to ~{2 * rounding * max(1.0, u0 * u0):.2g}, beyond the tolerance; give u as "
+                          "float32 or float64 (np.asarray(u, dtype=np.float64)), computed as (W, W v) with "
+                          "W = 1/sqrt(1 - v^2) in that precision")
         raise ValueError(
             f"u is not a future-directed unit timelike four-velocity at cell {where}: u = {flat_u[first].tolist()}, "
-            f"{problem}; pass u = (W, W v) with W = 1/sqrt(1 - v^2)")
+            f"{problem}{remedy}")
+
+
+def _rounding_of(dtype) -> float:
+    """The machine epsilon of a floating ``dtype`` (0 for None, integers and anything else)."""
+    try:
+        dtype = np.dtype(dtype)
+        return float(np.finfo(dtype).eps) if dtype.kind == "f" else 0.0
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def _integral(name: str, value) -> int:
@@ -667,7 +705,7 @@ def _boost_claimed(F, u, inverse: bool, claim: _claim) -> np.ndarray:
         raise ValueError(f"u with shape {velocity.shape} does not broadcast against F with shape {vectors.shape}") from None
     flat_vectors = np.ascontiguousarray(np.broadcast_to(vectors, shape).reshape(-1, N_COMPONENTS), dtype=np.float64)
     flat_u = np.ascontiguousarray(np.broadcast_to(velocity, shape).reshape(-1, N_COMPONENTS), dtype=np.float64)
-    _check_velocity(flat_u, shape[:-1])
+    _check_velocity(flat_u, shape[:-1], velocity.dtype)
     claim.computing = True
     return _core.boost_four_vectors(flat_vectors, flat_u, inverse).reshape(shape)
 

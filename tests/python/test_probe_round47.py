@@ -1,0 +1,121 @@
+"""Outside probe, Python round forty-seven (docs/reliability_python.md section 74): refusals of inputs
+in another precision or layout than Dodo's, which named no cause. Each test failed on the code before
+its fix, except those marked as guards."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import dodo
+from dodo.conventions import from_emu_layout, to_emu_layout
+
+
+def _cells(n: int = 3) -> np.ndarray:
+    F = np.zeros((n, 6, 4))
+    F[:, 0] = [1.0, 0.0, 0.1, 0.5]
+    F[:, 3] = [1.0, 0.0, 0.0, -0.5]
+    F[:, [1, 2, 4, 5], 0] = 0.3
+    F[1:, 1, 1] = 0.05
+    return F
+
+
+def _four_velocity(v) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float64)
+    W = 1.0 / np.sqrt(1.0 - v @ v)
+    return np.concatenate([[W], W * v])
+
+
+def _functions():
+    """Every public call that takes F_init (..., 6, 4) and u (..., 4), as arrays of the results."""
+    functions = {"box3d": lambda F, u: dodo.box3d(F, u).F_box,
+                 "crossing_features": dodo.crossing_features,
+                 "invariants": dodo.invariants,
+                 "comoving_density": dodo.comoving_density,
+                 "boost_to_rest": dodo.boost_to_rest}
+    if dodo.runtime_available():
+        functions["closure"] = dodo.closure
+        functions["Closure.apply"] = lambda F, u: dodo.Closure("box3d").apply(F, u).F_pred
+    return functions
+
+
+@pytest.mark.parametrize("v", [(0.3, 0.0, 0.0), (0.01, 0.0, 0.0), (0.0, -0.2, 0.5)])
+@pytest.mark.parametrize("function", sorted(_functions()))
+def test_a_float16_u_is_refused_naming_its_precision(function, v):
+    """A float16 u (eps 9.8e-4) holds no unit four-velocity within the 1e-6 tolerance except at rest,
+    however it is computed: u = (W, W v) at v = 0.3, cast to float16, was refused as "|u.u + 1| =
+    0.000888 exceeds the tolerance ...; pass u = (W, W v) with W = 1/sqrt(1 - v^2)", which it was.
+    The refusal now names float16's rounding and the precision that works (float32 passes)."""
+    f = _functions()[function]
+    F, u = _cells(), _four_velocity(v)
+    with pytest.raises(ValueError) as caught:
+        f(F, u.astype(np.float16))
+    message = str(caught.value)
+    assert "u is float16" in message and "rounding" in message, message
+    assert "give u as float32 or float64" in message, message
+    assert "\n" not in message
+    np.asarray(f(F, u.astype(np.float32)))  # the remedy it names is taken
+
+
+@pytest.mark.parametrize("function", sorted(_functions()))
+def test_a_float16_u_that_is_wrong_in_any_precision_keeps_the_plain_refusal(function):
+    """Guard: a float16 u whose error its rounding does not explain ((1, 0.5, 0, 0): |u.u + 1| = 0.25)
+    is told to pass (W, W v), not blamed on float16; a float16 u at rest is taken."""
+    f = _functions()[function]
+    with pytest.raises(ValueError) as caught:
+        f(_cells(), np.array([1.0, 0.5, 0.0, 0.0], dtype=np.float16))
+    assert "pass u = (W, W v)" in str(caught.value) and "float16" not in str(caught.value)
+    np.asarray(f(_cells(), np.array([1.0, 0.0, 0.0, 0.0], dtype=np.float16)))
+
+
+@pytest.mark.parametrize("v", [(0.3, 0.0, 0.0), (0.0, 0.0, 0.3), (0.1, -0.2, 0.5), (0.0, 0.0, 0.0)])
+@pytest.mark.parametrize("function", sorted(_functions()))
+def test_a_u_in_emu_component_order_is_named(function, v):
+    """u given as (W v, W), the (x, y, z, t) order in which Emu's files store four-vectors, was refused
+    as "|u.u + 1| = 2 exceeds the tolerance" (or "u^t = 0 is not positive" for a flow along z, and at
+    rest), then "pass u = (W, W v)", of a unit four-velocity in another order. The refusal now names
+    the order and the reordering, which gives the plain call's bits."""
+    f = _functions()[function]
+    F, u = _cells(), _four_velocity(v)
+    emu_order = u[[1, 2, 3, 0]]
+    with pytest.raises(ValueError) as caught:
+        f(F, emu_order)
+    message = str(caught.value)
+    assert "in the order (x, y, z, t)" in message and "u[..., [3, 0, 1, 2]]" in message, message
+    assert np.array_equal(np.asarray(f(F, emu_order[..., [3, 0, 1, 2]])), np.asarray(f(F, u)))
+
+
+@pytest.mark.parametrize("function", sorted(set(_functions()) - {"boost_to_rest"}))
+def test_an_emu_layout_F_is_refused_with_the_conversion_that_works(function):
+    """F_init in Emu's layout [states, 4 (x, y, z, t), 2 (nu, nubar), 3 flavours] (the README's layout
+    of Emu files, read with h5py) was refused as "must have shape (..., 6, 4) ...; got (3, 4, 2, 3)"
+    only; so was one state (4, 2, 3). The refusal now names the layout and the converter
+    (dodo.conventions.from_emu_layout), which gives the plain call's bits."""
+    f = _functions()[function]
+    F, u = _cells(), _four_velocity((0.3, 0.0, 0.0))
+    emu = to_emu_layout(F)
+    for given in (emu, emu[0]):
+        with pytest.raises(ValueError) as caught:
+            f(given, u)
+        message = str(caught.value)
+        assert "Emu's layout" in message and "dodo.conventions.from_emu_layout(F_init)" in message, message
+    assert np.array_equal(np.asarray(f(from_emu_layout(emu), u)), np.asarray(f(F, u)))
+
+
+@pytest.mark.parametrize("function", sorted(set(_functions()) - {"boost_to_rest"}))
+def test_an_F_with_its_two_axes_swapped_is_refused_with_the_swap(function):
+    """F_init (..., 4, 6) (components x species, a host's array transposed) was refused as "must have
+    shape (..., 6, 4)" only; the refusal now names np.swapaxes, which gives the plain call's bits."""
+    f = _functions()[function]
+    F, u = _cells(), _four_velocity((0.3, 0.0, 0.0))
+    with pytest.raises(ValueError) as caught:
+        f(F.swapaxes(-1, -2), u)
+    assert "np.swapaxes(F_init, -1, -2)" in str(caught.value), str(caught.value)
+    assert np.array_equal(np.asarray(f(np.swapaxes(F.swapaxes(-1, -2), -1, -2), u)), np.asarray(f(F, u)))
+
+
+def test_other_wrong_shapes_keep_the_plain_refusal():
+    """Guard: a shape that is neither layout ((3, 5, 4), (3, 24)) gets no conversion named."""
+    for shape in [(3, 5, 4), (3, 24), (2, 3), (4, 2, 2)]:
+        with pytest.raises(ValueError) as caught:
+            dodo.box3d(np.ones(shape))
+        assert str(caught.value) == f"F_init must have shape (..., 6, 4): species x (t, x, y, z); got {shape}"
