@@ -755,6 +755,14 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
     if drop_last:
         log(f"each epoch's last batch ({len(datasets['train']) % config.data.batch_size} of {len(datasets['train'])} "
             "shuffled training rows) is left out: model.batch_norm needs 2 rows a batch in each process")
+    if config.model.batch_norm and distribution.enabled:
+        # torch's BatchNorm normalises each process's slice of the batch by that slice's statistics (its
+        # SyncBatchNorm runs on GPUs only), so such a run drifted from the one-process run of its config
+        # (weights 1e-2 apart after 2 epochs, 6e-8 without) where the docs promised float rounding, and
+        # nothing said so (outside probe, scale-out round three).
+        log(f"model.batch_norm over {distribution.world_size} processes: each process normalises its own slice "
+            "of every batch (batch statistics per process; the running statistics saved are process 0's), so "
+            "this run does not follow a one-process run of this config within float rounding")
     generator = torch.Generator().manual_seed(t.seed)
     loader_options = {"batch_size": config.data.batch_size, "collate_fn": collate_batch,
                       "num_workers": config.data.num_workers, "pin_memory": device.type == "cuda"}
