@@ -262,6 +262,8 @@ def atomic_path(final: str | Path):
         refuse_output_locked_elsewhere(final, given)  # nor did a dodo simulate of that file start meanwhile
         refuse_written_meanwhile(final, given, found)  # nor did another command write it meanwhile
         os.replace(tmp, final)
+        if _WRITTEN and str(given) not in _WRITTEN[-1]:
+            _WRITTEN[-1].append(str(given))
         if scope is not None:  # this command's own file from now on (dodo train writes best.pt each epoch)
             scope[key] = _identity(final)
         _fsync_directory(final.parent)
@@ -315,6 +317,9 @@ class WrittenMeanwhileError(OutputPathError):
 #: One {real path: _identity} per command running in this process (outputs_as_found): what each
 #: output was when the command checked it (check_outputs), or after the command's own last write of it.
 _FOUND_AT_START: list[dict] = []
+#: One list per command running in this process (outputs_as_found): the outputs (as given) that
+#: atomic_path has renamed into place, complete, so far.
+_WRITTEN: list[list[str]] = []
 
 
 @contextlib.contextmanager
@@ -324,12 +329,15 @@ def outputs_as_found():
     process has written since (:func:`refuse_written_meanwhile`): the command's check of what it may
     replace (its own kind of file, or --overwrite) was made on that file, not on one that appeared
     during its work (the training of `dodo train-ensemble`, the bootstrap of `dodo score`, a long
-    `dodo preprocess`). Outside such a block, the file there when the write begins is the one."""
+    `dodo preprocess`). Outside such a block, the file there when the write begins is the one.
+    Yields the list of the outputs written (renamed into place) so far, as they were given."""
     _FOUND_AT_START.append({})
+    _WRITTEN.append([])
     try:
-        yield
+        yield _WRITTEN[-1]
     finally:
         _FOUND_AT_START.pop()
+        _WRITTEN.pop()
 
 
 def _remember_as_found(output) -> None:

@@ -432,10 +432,11 @@ def main(argv: list[str] | None = None) -> int:
     original_stderr, forgiving = sys.stderr, _ForgivingStderr(sys.stderr)
     sys.stderr = forgiving
     command = None
+    written: list[str] = []  # the command's outputs renamed into place, complete (outputs_as_found)
     previous_handlers = _catch_terminating_signals()
 
     def run() -> int:
-        nonlocal command
+        nonlocal command, written
         # The start-up handler of `dodo` and `python -m dodo` (dodo._startup) ends the process on a
         # Ctrl-C during the imports; from here on Ctrl-C unwinds the command (temporaries removed).
         _startup.release()
@@ -458,8 +459,17 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.outlives_its_reader = _name(command)
         from ._atomic import outputs_as_found
 
-        with outputs_as_found():  # an output another process writes during the command is not replaced
-            return int(args.func(args) or 0)
+        try:
+            with outputs_as_found() as outputs:  # an output another process writes during the command is not replaced
+                written = outputs
+                code = int(args.func(args) or 0)
+                sys.stdout.flush()  # text still buffered fails here, where the outputs written are known
+            return code
+        except StandardOutputError as error:  # its line says which outputs were written, complete, before
+            note = _written_note(command, written)
+            if note:
+                raise StandardOutputError(f"{error}; {note}") from None
+            raise
 
     try:
         # Standard output as every program of the package guards it (one helper: a reader that went
@@ -470,7 +480,8 @@ def main(argv: list[str] | None = None) -> int:
         # none is left half-written (a temporary is removed on the way out, the target untouched).
         _second_interrupt_ends_at_once()
         status, word = _signal_ending(ended)
-        print(f"{_name(command)}: {word}", file=sys.stderr)
+        note = _written_note(command, written)
+        print(f"{_name(command)}: {word}{f' after {note}' if note else ''}", file=sys.stderr)
         return status
     except MemoryError as error:
         # An input or option asking for more than the machine has (apply, score, synth ...: the solver and
@@ -488,6 +499,23 @@ def main(argv: list[str] | None = None) -> int:
         _restore_signal_handlers(previous_handlers)
         if sys.stderr is forgiving:
             sys.stderr = original_stderr
+
+
+#: The commands whose outputs are their finished products, each written once at the end: a Ctrl-C,
+#: SIGTERM or a failed standard output after one was renamed into place (while the summary prints)
+#: said `dodo apply: interrupted`, exit 130, of a complete OUT, which a script taking 130 for "no
+#: output" reran or deleted (outside probe, Python round forty-seven; section 66 proposed it). The
+#: training and solver commands (checkpoints, resumable databases) say what they kept themselves.
+_FINISHED_PRODUCT_COMMANDS = frozenset({"apply", "score", "synth", "preprocess", "export", "plot", "evaluate",
+                                        "inspect"})
+
+
+def _written_note(command, written) -> str:
+    """'OUT was written, complete' for the outputs ``command`` had renamed into place; '' for none."""
+    if command not in _FINISHED_PRODUCT_COMMANDS or not written:
+        return ""
+    names = ", ".join(written)
+    return f"{names} {'was' if len(written) == 1 else 'were'} written, complete"
 
 
 def _import_failure(error: ImportError) -> str:

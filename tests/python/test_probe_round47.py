@@ -119,3 +119,103 @@ def test_other_wrong_shapes_keep_the_plain_refusal():
         with pytest.raises(ValueError) as caught:
             dodo.box3d(np.ones(shape))
         assert str(caught.value) == f"F_init must have shape (..., 6, 4): species x (t, x, y, z); got {shape}"
+
+
+# --- A command ended after its output was in place -------------------------------------------
+
+def _emu_input(tmp_path):
+    from cli_helpers import emu_file
+
+    return emu_file(tmp_path / "cells.h5", to_emu_layout(_cells(8)))
+
+
+def _commands(tmp_path):
+    """(argv, output) of the finished-product commands this round ran: apply -o, score --json."""
+    data = str(_emu_input(tmp_path))
+    return {"apply": (["apply", data, "--model", "box3d", "--grid", "2x2x2", "-q", "-o", str(tmp_path / "out.h5")],
+                      tmp_path / "out.h5"),
+            "score": (["score", "box3d", data, "--bootstrap", "100", "--json", str(tmp_path / "report.json")],
+                      tmp_path / "report.json")}
+
+
+def _complete(path) -> bool:
+    if path.suffix == ".json":
+        import json
+
+        return json.loads(path.read_text()).get("dodo_report") == "dodo score"
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        return handle["F_pred"].shape == (2, 2, 2, 6, 4)
+
+
+@pytest.mark.parametrize("ending, status, word", [("KeyboardInterrupt", 130, "interrupted"),
+                                                   ("SIGTERM", 143, "terminated")])
+@pytest.mark.parametrize("command", ["apply", "score"])
+def test_a_command_stopped_after_its_output_was_written_says_so(tmp_path, capsys, monkeypatch, command, ending,
+                                                                status, word):
+    """A Ctrl-C (or SIGTERM) that came after the command's output was renamed into place (while it
+    printed its summary: 3 of 12 moments in section 66's sweep) ended with `dodo apply: interrupted`,
+    exit 130, of a complete, correct OUT: a script taking 130 for "no output" reran it, one deleting OUT
+    on 130 deleted a good file. The line now says that OUT was written, complete (exit status kept).
+    The signal is raised deterministically at the step after the rename."""
+    pytest.importorskip("h5py")
+    from cli_helpers import run
+
+    import dodo._atomic
+    from dodo.cli import _Terminated
+
+    argv, output = _commands(tmp_path)[command]
+
+    def stopped(directory):
+        raise KeyboardInterrupt() if ending == "KeyboardInterrupt" else _Terminated(15)
+
+    monkeypatch.setattr(dodo._atomic, "_fsync_directory", stopped)
+    code, _, err = run(capsys, argv)
+    assert code == status, err
+    assert err.strip().splitlines()[-1] == f"dodo {command}: {word} after {output} was written, complete", err
+    assert _complete(output)
+
+
+@pytest.mark.parametrize("command", ["apply", "score"])
+def test_a_command_stopped_before_its_output_was_written_says_only_the_word(tmp_path, capsys, monkeypatch, command):
+    """Guard: stopped before the rename, the line is `dodo X: interrupted` alone, and no file is left."""
+    pytest.importorskip("h5py")
+    from cli_helpers import run
+
+    import dodo._atomic
+
+    argv, output = _commands(tmp_path)[command]
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt()
+
+    monkeypatch.setattr(dodo._atomic, "refuse_written_meanwhile", stopped)  # the last check before the rename
+    code, _, err = run(capsys, argv)
+    assert code == 130 and err.strip().splitlines()[-1] == f"dodo {command}: interrupted", err
+    assert not output.exists() and [p.name for p in tmp_path.iterdir()] == ["cells.h5"]
+
+
+@pytest.mark.parametrize("command", ["apply", "score"])
+def test_a_standard_output_that_fails_after_the_output_was_written_says_so(tmp_path, capsys, monkeypatch, command):
+    """`dodo apply D -o OUT > log` with the log's disk full (or `>&-`): `dodo apply: error: cannot write
+    to standard output: No space left on device`, exit 2, of a complete OUT written before the summary
+    (the line said nothing of it). Now the line adds `; OUT was written, complete`; exit 2 kept."""
+    pytest.importorskip("h5py")
+    from cli_helpers import run
+
+    argv, output = _commands(tmp_path)[command]
+
+    class Full:
+        def write(self, text):
+            raise OSError(28, "No space left on device")
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr("sys.stdout", Full())
+    code, _, err = run(capsys, argv)
+    assert code == 2, err
+    assert err.strip().splitlines()[-1] == (f"dodo {command}: error: cannot write to standard output: No space left "
+                                            f"on device; {output} was written, complete"), err
+    assert _complete(output)
