@@ -393,6 +393,15 @@ class Closure:
                 raise type(error)(f"{error}; these {len(model)} bytes name an existing file, but bytes are read "
                                   "as a package's content: give a file name as str or os.PathLike "
                                   "(os.fsdecode(name))") from None
+            if model_bytes is not None and len(model_bytes) <= 16 and \
+                    bytes(model_bytes).strip().lower() in (b"box3d", b"default"):
+                # b"box3d" (an HDF5 attribute read as bytes, np.bytes_) was read as a 5-byte package: "a
+                # field's length runs past the end at byte 2" (outside probe, Python round forty-seven).
+                word = bytes(model_bytes).strip().decode()
+                meant = ('the str "box3d" (Box3D alone)' if word.lower() == "box3d"
+                         else "model=None (the shipped default model)")
+                raise type(error)(f"{error}; these {len(model_bytes)} bytes spell {word!r}, but bytes are read as a "
+                                  f"package's content: give {meant}") from None
             raise
 
     # -- evaluation

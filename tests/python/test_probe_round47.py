@@ -219,3 +219,34 @@ def test_a_standard_output_that_fails_after_the_output_was_written_says_so(tmp_p
     assert err.strip().splitlines()[-1] == (f"dodo {command}: error: cannot write to standard output: No space left "
                                             f"on device; {output} was written, complete"), err
     assert _complete(output)
+
+
+# --- The model named in bytes ----------------------------------------------------------------
+
+@pytest.mark.skipif(not dodo.runtime_available(), reason="closure runtime not built")
+@pytest.mark.parametrize("given, meant", [(b"box3d", 'the str "box3d"'), (np.bytes_(b"box3d"), 'the str "box3d"'),
+                                          (bytearray(b"Box3D"), 'the str "box3d"'),
+                                          (memoryview(b"box3d"), 'the str "box3d"'),
+                                          (b"default", "model=None")])
+@pytest.mark.parametrize("call", ["Closure", "closure"])
+def test_a_model_keyword_given_as_bytes_is_named(call, given, meant):
+    """`dodo.Closure(b"box3d")` (the keyword read from an HDF5 attribute as bytes, np.bytes_) was refused
+    as `DODO_ERROR_MODEL_FORMAT: model in memory (5 bytes): not an ONNX model (truncated or damaged
+    file?): a field's length runs past the end at byte 2`, sending the user to a damaged file. Bytes
+    stay a package's content (docs/runtime.md); the refusal now says that they spell the keyword and
+    what to give instead."""
+    with pytest.raises(RuntimeError) as caught:
+        if call == "Closure":
+            dodo.Closure(given)
+        else:
+            dodo.closure(_cells(), model=given)
+    message = str(caught.value)
+    assert "DODO_ERROR_MODEL_FORMAT" in message and "bytes spell" in message and f"give {meant}" in message, message
+
+
+@pytest.mark.skipif(not dodo.runtime_available(), reason="closure runtime not built")
+def test_other_short_bytes_keep_the_plain_refusal():
+    """Guard: bytes that spell no keyword get the runtime's refusal alone."""
+    with pytest.raises(RuntimeError) as caught:
+        dodo.Closure(b"box3dx")
+    assert "spell" not in str(caught.value) and "not an ONNX model" in str(caught.value)
