@@ -170,6 +170,15 @@ module dodo
 
 contains
 
+  ! Every procedure is RECURSIVE, so that a host's flags, which compile this file too, cannot make
+  ! it unsafe for threads (outside probe, C round thirty-eight): gfortran's -fno-automatic (legacy
+  ! codes') gives the locals of any other procedure static storage (an allocatable local stayed
+  ! allocated after a call, so a program's second failed call stopped it: "Attempting to allocate
+  ! already allocated variable 'buffer'"; OpenMP threads shared every local), and -fcheck=all on a
+  ! file built without -fopenmp stopped two threads inside one procedure at once ("Recursive call
+  ! to nonrecursive procedure"). No local is character(len=:): under -fno-automatic its length
+  ! stays static even in a RECURSIVE procedure.
+
   ! Creates a closure from a model package; model_path DODO_BOX3D_ONLY ("box3d") or absent gives a
   ! Box3D-only closure; a blank model_path is refused (DODO_ERROR_INVALID_ARGUMENT), so that an
   ! unset parameter never drops the learned correction silently. run_self_test defaults to .true.
@@ -179,7 +188,7 @@ contains
   ! onnxruntime_library: path of libonnxruntime (blank or absent: the search of docs/runtime.md).
   ! A model_path, z_method or onnxruntime_library holding a NUL before its end is refused (C would
   ! read it cut at the NUL); a trailing C-style terminator (NULs and blanks only) ends it.
-  subroutine dodo_create(closure, model_path, threads, chunk_size, lebedev_order, max_flux_factor, &
+  recursive subroutine dodo_create(closure, model_path, threads, chunk_size, lebedev_order, max_flux_factor, &
                          run_self_test, stat, errmsg, cuda_device, z_method, onnxruntime_library)
     type(dodo_closure), intent(inout) :: closure
     character(len=*), intent(in), optional :: model_path, z_method, onnxruntime_library
@@ -191,7 +200,7 @@ contains
     type(options_c) :: options
     character(kind=c_char), allocatable, target :: path_c(:), z_method_c(:), library_c(:)
     character(kind=c_char) :: message(1024)
-    character(len=:), allocatable :: problem
+    character(len=200) :: problem  ! fixed length: no deferred-length local (see after `contains`)
     type(c_ptr) :: path_pointer, fresh
     integer :: status
 
@@ -205,8 +214,8 @@ contains
       if (checked_c_string(model_path, "model_path", path_c, problem)) path_pointer = c_loc(path_c)
     end if
     call text_options(options, z_method, onnxruntime_library, z_method_c, library_c, problem)
-    if (len(problem) > 0) then
-      call report(DODO_ERROR_INVALID_ARGUMENT, problem, stat, errmsg)
+    if (len_trim(problem) > 0) then
+      call report(DODO_ERROR_INVALID_ARGUMENT, trim(problem), stat, errmsg)
       return
     end if
     message = c_null_char
@@ -219,7 +228,7 @@ contains
   ! Creates a closure from a model package already in memory (e.g. received with MPI_Bcast), with
   ! the same checks as a file. bytes: the package file's bytes; only read during the call.
   ! z_method, onnxruntime_library: as for dodo_create.
-  subroutine dodo_create_from_memory(closure, bytes, threads, chunk_size, lebedev_order, max_flux_factor, &
+  recursive subroutine dodo_create_from_memory(closure, bytes, threads, chunk_size, lebedev_order, max_flux_factor, &
                                      run_self_test, stat, errmsg, cuda_device, z_method, onnxruntime_library)
     type(dodo_closure), intent(inout) :: closure
     integer(c_int8_t), intent(in), contiguous, target :: bytes(:)
@@ -232,7 +241,7 @@ contains
     type(options_c) :: options
     character(kind=c_char) :: message(1024)
     character(kind=c_char), allocatable, target :: z_method_c(:), library_c(:)
-    character(len=:), allocatable :: problem
+    character(len=200) :: problem
     integer(c_int8_t), target :: no_bytes(1)
     type(c_ptr) :: bytes_pointer, fresh
     integer :: status
@@ -240,8 +249,8 @@ contains
     options = make_options(threads, chunk_size, lebedev_order, max_flux_factor, run_self_test, cuda_device)
     problem = ""
     call text_options(options, z_method, onnxruntime_library, z_method_c, library_c, problem)
-    if (len(problem) > 0) then
-      call report(DODO_ERROR_INVALID_ARGUMENT, problem, stat, errmsg)
+    if (len_trim(problem) > 0) then
+      call report(DODO_ERROR_INVALID_ARGUMENT, trim(problem), stat, errmsg)
       return
     end if
     ! An empty array (a file read as 0 bytes) is an empty package, not a NULL pointer: C's refusal
@@ -256,7 +265,7 @@ contains
     call report_call(status, closure, stat, errmsg)
   end subroutine dodo_create_from_memory
 
-  subroutine dodo_destroy(closure)
+  recursive subroutine dodo_destroy(closure)
     type(dodo_closure), intent(inout) :: closure
     call c_destroy(closure%handle)
     closure%handle = c_null_ptr
@@ -273,7 +282,7 @@ contains
   ! comoving frame, for densities in cm^-3 (the model's where it has one, else Box3D's proxy; 0
   ! for stable and rejected cells); uncertainty: one entry per cell, the model's spread of its correction in
   ! units of N_tot (0 where no correction is applied). See dodo_apply_diagnostics in dodo.h.
-  subroutine dodo_apply(closure, F_init, F_pred, u, cell_status, stat, errmsg, growth_rate, uncertainty)
+  recursive subroutine dodo_apply(closure, F_init, F_pred, u, cell_status, stat, errmsg, growth_rate, uncertainty)
     type(dodo_closure), intent(in) :: closure
     real(c_double), intent(in), contiguous, target :: F_init(..)
     real(c_double), intent(inout), contiguous, target :: F_pred(..)
@@ -410,7 +419,7 @@ contains
   ! caller, so that two threads failing at once wrote each other's lengths: a heap overflow (an
   ! OpenMP host's malloc aborted, C round 35's private(closure) test; the same data race as
   ! NOAA-OWP/ngen pull request 1026). No function here returns a deferred-length result.
-  character(len=400) function shape_text(dims) result(text)
+  recursive character(len=400) function shape_text(dims) result(text)
     integer(c_size_t), intent(in) :: dims(:)
     integer :: i, last
     text = "("
@@ -426,7 +435,7 @@ contains
     text = text(1:last) // ")"
   end function shape_text
 
-  character(len=24) function count_text(count) result(text)
+  recursive character(len=24) function count_text(count) result(text)
     integer(c_size_t), intent(in) :: count
     write (text, '(i0)') count
   end function count_text
@@ -434,7 +443,7 @@ contains
   ! True when x, from its dimension `first` on, has as many dimensions as F's cells (F's from the
   ! third) but not their extents: a grid given in another order (u(4, ny, nx) for F(4, 6, nx, ny)).
   ! Extents compared one by one (no shape() temporary: a call that succeeds allocates nothing).
-  logical function grid_differs(x, first, F) result(differs)
+  recursive logical function grid_differs(x, first, F) result(differs)
     type(*), intent(in) :: x(..)
     integer, intent(in) :: first
     real(c_double), intent(in) :: F(..)
@@ -449,7 +458,7 @@ contains
   ! .true. (and the refusal reported) when x is present and associated with an assumed-size
   ! array: its last extent is then -1 (Fortran 2018, SIZE), which no array of known shape has, so
   ! the number of cells it holds is unknown here. A call that passes allocates nothing.
-  logical function refused_as_assumed_size(name, section, stat, errmsg, x) result(refused)
+  recursive logical function refused_as_assumed_size(name, section, stat, errmsg, x) result(refused)
     character(len=*), intent(in) :: name, section
     integer, intent(out), optional :: stat
     character(len=*), intent(inout), optional :: errmsg
@@ -465,7 +474,7 @@ contains
   end function refused_as_assumed_size
 
   ! True for an array of shape (4, 6, ...).
-  logical function cells_shaped(F)
+  recursive logical function cells_shaped(F)
     real(c_double), intent(in) :: F(..)
     cells_shaped = .false.
     if (rank(F) < 2) return
@@ -473,7 +482,7 @@ contains
   end function cells_shaped
 
   ! Runs the model's embedded test vectors; max_error in units of N_tot.
-  subroutine dodo_self_test(closure, max_error, stat, errmsg)
+  recursive subroutine dodo_self_test(closure, max_error, stat, errmsg)
     type(dodo_closure), intent(in) :: closure
     real(c_double), intent(out), optional :: max_error
     integer, intent(out), optional :: stat
@@ -486,7 +495,7 @@ contains
     call report_call(status, closure, stat, errmsg)
   end subroutine dodo_self_test
 
-  subroutine dodo_get_counters(closure, counters, stat, errmsg)
+  recursive subroutine dodo_get_counters(closure, counters, stat, errmsg)
     type(dodo_closure), intent(in) :: closure
     type(dodo_counters), intent(out) :: counters
     integer, intent(out), optional :: stat
@@ -497,7 +506,7 @@ contains
   end subroutine dodo_get_counters
 
   ! Sets the counters to zero (e.g. at each time step, to read that step's counts).
-  subroutine dodo_reset_counters(closure, stat, errmsg)
+  recursive subroutine dodo_reset_counters(closure, stat, errmsg)
     type(dodo_closure), intent(in) :: closure
     integer, intent(out), optional :: stat
     character(len=*), intent(inout), optional :: errmsg
@@ -505,7 +514,7 @@ contains
   end subroutine dodo_reset_counters
 
   ! .true. if the closure carries a model, .false. if it is Box3D-only (or not created).
-  logical function dodo_has_model(closure)
+  recursive logical function dodo_has_model(closure)
     type(dodo_closure), intent(in) :: closure
     dodo_has_model = c_has_model(closure%handle) /= 0_c_int
   end function dodo_has_model
@@ -515,7 +524,7 @@ contains
   ! trailing C-style terminator (NULs and blanks only, key // c_null_char), as model_path's is; a
   ! key holding a NUL before its end is absent (C would read it cut at the NUL: another key), as in
   ! dodo.hpp.
-  function dodo_get_metadata(closure, key, found) result(value)
+  recursive function dodo_get_metadata(closure, key, found) result(value)
     type(dodo_closure), intent(in) :: closure
     character(len=*), intent(in) :: key
     logical, intent(out), optional :: found
@@ -525,7 +534,7 @@ contains
     character(kind=c_char) :: probe(1)
     integer(c_long) :: length
     integer :: i, n, nul
-    value = ""
+    allocate(character(len=0) :: value)  ! not value = "": a RECURSIVE result is not yet allocated (-Wall)
     if (present(found)) found = .false.
     n = len_trim(key)
     nul = index(key, c_null_char)
@@ -552,21 +561,21 @@ contains
     if (present(found)) found = .true.
   end function dodo_get_metadata
 
-  function dodo_version_string() result(version)
+  recursive function dodo_version_string() result(version)
     character(len=:), allocatable :: version
     call copy_c_string(c_version(), version)
   end function dodo_version_string
 
   ! Path of the default model shipped with Dodo (the one Python's dodo.Closure() loads); "" if
   ! it is not installed next to libdodo.
-  function dodo_default_model_path() result(path)
+  recursive function dodo_default_model_path() result(path)
     character(len=:), allocatable :: path
     call copy_c_string(c_default_model_path(), path)
   end function dodo_default_model_path
 
   ! --- helpers -------------------------------------------------------------------------------
 
-  function make_options(threads, chunk_size, lebedev_order, max_flux_factor, run_self_test, cuda_device) &
+  recursive function make_options(threads, chunk_size, lebedev_order, max_flux_factor, run_self_test, cuda_device) &
       result(options)
     integer, intent(in), optional :: threads, chunk_size, lebedev_order, cuda_device
     real(c_double), intent(in), optional :: max_flux_factor
@@ -588,11 +597,11 @@ contains
 
   ! The string options as C strings in z_method_c and library_c (which must outlive the C call),
   ! their pointers in options; a refusal goes to `problem` (left as it is when there is none).
-  subroutine text_options(options, z_method, onnxruntime_library, z_method_c, library_c, problem)
+  recursive subroutine text_options(options, z_method, onnxruntime_library, z_method_c, library_c, problem)
     type(options_c), intent(inout) :: options
     character(len=*), intent(in), optional :: z_method, onnxruntime_library
     character(kind=c_char), allocatable, target, intent(inout) :: z_method_c(:), library_c(:)
-    character(len=:), allocatable, intent(inout) :: problem
+    character(len=*), intent(inout) :: problem
     if (present(z_method)) then
       if (checked_c_string(z_method, "z_method", z_method_c, problem)) options%z_method = c_loc(z_method_c)
     end if
@@ -605,10 +614,10 @@ contains
   ! text as a C string in c_text, trailing blanks dropped; .false. (and `problem` set, when it is
   ! still empty) if text holds a NUL before its end: C would read only the part before it. A NUL
   ! followed only by NULs and blanks (a C-style terminator) ends the text.
-  logical function checked_c_string(text, name, c_text, problem) result(ok)
+  recursive logical function checked_c_string(text, name, c_text, problem) result(ok)
     character(len=*), intent(in) :: text, name
     character(kind=c_char), allocatable, intent(inout) :: c_text(:)
-    character(len=:), allocatable, intent(inout) :: problem
+    character(len=*), intent(inout) :: problem
     integer :: nul
     nul = index(text, c_null_char)
     ok = .true.
@@ -618,7 +627,7 @@ contains
       c_text = to_c_string(text(1:nul - 1))
     else
       ok = .false.
-      if (len(problem) == 0) &
+      if (len_trim(problem) == 0) &
         problem = name // " contains a NUL character before its end (C would read only the part before it)"
     end if
   end function checked_c_string
@@ -626,7 +635,7 @@ contains
   ! An integer option as C's int. A value beyond its range (possible in a code compiled with
   ! -fdefault-integer-8) becomes +-huge(0_c_int), which the library refuses naming the option,
   ! instead of wrapping silently (threads = 2**32 + 1 used to give one thread).
-  integer(c_int) function to_c_int(value)
+  recursive integer(c_int) function to_c_int(value)
     integer, intent(in) :: value
     if (value > huge(0_c_int)) then
       to_c_int = huge(0_c_int)
@@ -643,7 +652,7 @@ contains
   ! A created closure replaces the one the variable held (destroyed only now); a failed creation
   ! leaves the variable's closure as it was, as C++'s move assignment does (probe round twelve of
   ! the C side: the old one was destroyed first, so a failed re-creation left the host with none).
-  subroutine replace_handle(closure, fresh, status)
+  recursive subroutine replace_handle(closure, fresh, status)
     type(dodo_closure), intent(inout) :: closure
     type(c_ptr), intent(in) :: fresh
     integer, intent(in) :: status
@@ -655,21 +664,62 @@ contains
     closure%handle = fresh
   end subroutine replace_handle
 
-  subroutine report_call(status, closure, stat, errmsg)
+  recursive subroutine report_call(status, closure, stat, errmsg)
     integer, intent(in) :: status
     type(dodo_closure), intent(in) :: closure
     integer, intent(out), optional :: stat
     character(len=*), intent(inout), optional :: errmsg
-    character(len=:), allocatable :: message
+    character(kind=c_char), allocatable :: buffer(:)
+    character(kind=c_char) :: probe(1)
+    integer(c_size_t) :: length
+    integer :: n
     if (status == DODO_OK) then
       if (present(stat)) stat = DODO_OK
       return
     end if
-    call read_last_error(closure, message)
-    call report(status, message, stat, errmsg)
+    ! This thread's own last error (a NULL handle asks for it): another thread sharing the handle
+    ! cannot replace it, and a destroyed handle (a copy of the type kept after dodo_destroy) has one.
+    ! Its length first, then the whole text: a fixed buffer of 1,024 cut long messages (a model
+    ! path of some thousand characters), losing the reason at their end.
+    length = c_last_error(c_null_ptr, probe, 1_c_size_t)
+    allocate(buffer(length + 1))
+    buffer = c_null_char
+    length = c_last_error(c_null_ptr, buffer, int(size(buffer), c_size_t))
+    n = 0
+    do while (n < size(buffer) - 1)
+      if (buffer(n + 1) == c_null_char) exit
+      n = n + 1
+    end do
+    call report_last_error(status, closure, buffer, n, stat, errmsg)
   end subroutine report_call
 
-  subroutine report(status, message, stat, errmsg)
+  ! The message in buffer(1:n) as text of length n: an automatic object, where a deferred-length
+  ! (character(len=:), allocatable) local kept its length in static storage under -fno-automatic
+  ! even in a RECURSIVE procedure (gfortran 12: outside probe, C round thirty-eight).
+  recursive subroutine report_last_error(status, closure, buffer, n, stat, errmsg)
+    integer, intent(in) :: status, n
+    type(dodo_closure), intent(in) :: closure
+    character(kind=c_char), intent(in) :: buffer(:)
+    integer, intent(out), optional :: stat
+    character(len=*), intent(inout), optional :: errmsg
+    character(len=n) :: message
+    integer :: i
+    do i = 1, n
+      message(i:i) = buffer(i)
+    end do
+    if (n == 0 .and. .not. c_associated(closure%handle)) then
+      call report(status, "closure handle is not created", stat, errmsg)
+    else if (.not. c_associated(closure%handle) .and. message == "closure handle is NULL") then
+      ! C's words for its NULL pointer, which a Fortran host never saw: it holds a type(dodo_closure)
+      ! (outside probe of the C side, round fourteen; the failure path only).
+      call report(status, "this dodo_closure holds no closure (never created, its dodo_create failed, or " // &
+                  "dodo_destroy destroyed it): call dodo_create first", stat, errmsg)
+    else
+      call report(status, message, stat, errmsg)
+    end if
+  end subroutine report_last_error
+
+  recursive subroutine report(status, message, stat, errmsg)
     integer, intent(in) :: status
     character(len=*), intent(in) :: message
     integer, intent(out), optional :: stat
@@ -682,7 +732,7 @@ contains
   ! text into errmsg, blank-padded, cut if longer before a character, not inside one (messages
   ! are UTF-8; an errmsg shorter than the message took it cut inside a character: probe round
   ! seventeen of the C side).
-  subroutine copy_whole_characters(text, errmsg)
+  recursive subroutine copy_whole_characters(text, errmsg)
     character(len=*), intent(in) :: text
     character(len=*), intent(out) :: errmsg
     integer :: k
@@ -696,31 +746,8 @@ contains
     errmsg = text(1:k)
   end subroutine copy_whole_characters
 
-  subroutine read_last_error(closure, message)
-    type(dodo_closure), intent(in) :: closure
-    character(len=:), allocatable, intent(out) :: message
-    character(kind=c_char), allocatable :: buffer(:)
-    character(kind=c_char) :: probe(1)
-    integer(c_size_t) :: length
-    ! This thread's own last error (a NULL handle asks for it): another thread sharing the handle
-    ! cannot replace it, and a destroyed handle (a copy of the type kept after dodo_destroy) has one.
-    ! Its length first, then the whole text: a fixed buffer of 1,024 cut long messages (a model
-    ! path of some thousand characters), losing the reason at their end.
-    length = c_last_error(c_null_ptr, probe, 1_c_size_t)
-    allocate(buffer(length + 1))
-    buffer = c_null_char
-    length = c_last_error(c_null_ptr, buffer, int(size(buffer), c_size_t))
-    call copy_c_buffer(buffer, message)
-    if (length == 0 .and. .not. c_associated(closure%handle)) message = "closure handle is not created"
-    ! C's words for its NULL pointer, which a Fortran host never saw: it holds a type(dodo_closure)
-    ! (outside probe of the C side, round fourteen; the failure path only).
-    if (.not. c_associated(closure%handle) .and. message == "closure handle is NULL") &
-      message = "this dodo_closure holds no closure (never created, its dodo_create failed, or dodo_destroy " // &
-                "destroyed it): call dodo_create first"
-  end subroutine read_last_error
-
   ! Copy of a static NUL-terminated C string ("" for NULL).
-  subroutine copy_c_string(pointer, text)
+  recursive subroutine copy_c_string(pointer, text)
     type(c_ptr), intent(in) :: pointer
     character(len=:), allocatable, intent(out) :: text
     character(kind=c_char), pointer :: chars(:)
@@ -737,7 +764,7 @@ contains
     end do
   end subroutine copy_c_string
 
-  function to_c_string(text) result(c_text)
+  recursive function to_c_string(text) result(c_text)
     character(len=*), intent(in) :: text
     character(kind=c_char), allocatable :: c_text(:)
     integer :: i, n
@@ -748,20 +775,5 @@ contains
     end do
     c_text(n + 1) = c_null_char
   end function to_c_string
-
-  subroutine copy_c_buffer(buffer, text)
-    character(kind=c_char), intent(in) :: buffer(:)
-    character(len=:), allocatable, intent(out) :: text
-    integer :: i, n
-    n = 0
-    do i = 1, size(buffer)
-      if (buffer(i) == c_null_char) exit
-      n = i
-    end do
-    allocate(character(len=n) :: text)
-    do i = 1, n
-      text(i:i) = buffer(i)
-    end do
-  end subroutine copy_c_buffer
 
 end module dodo
