@@ -337,8 +337,11 @@ class Closure:
                 raise ValueError(f'model path "{_escaped(model_path)}" holds a NUL character, which no file name '
                                  "can: give the package's path")
             if not os.path.exists(model_path):
+                word = model_path.strip().lower()
                 hint = " (the model shipped with dodo is model=None, which `dodo score` calls 'default')" \
-                    if model_path == "default" else ""
+                    if word in ("default", "none") else ""
+                if word == BOX3D_ONLY:  # "Box3D", as the docs write the method, or "box3d " (round forty-seven)
+                    hint = f' (Box3D alone, without a model, is the literal "{BOX3D_ONLY}": lower case, no spaces)'
                 if re.match(r"(https?|s3|gs|ftp)://", model_path):  # a URL is no path (round 44)
                     hint = " (a URL: dodo reads local files; download the package first and give its path)"
                 if model_path.startswith("~") and os.path.exists(os.path.expanduser(model_path)):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import sys
 import time
@@ -69,6 +70,12 @@ def _check_arguments(args: argparse.Namespace) -> None:
     if args.model == "default":  # dodo score's spelling of the shipped model ("cannot read default" before)
         args.model = None
     if args.model is not None and args.model != "box3d":
+        word = args.model.strip().lower()
+        if word in ("box3d", "default") and not os.path.exists(args.model):
+            # `--model Box3D` (the docs' spelling of the method) read "cannot read Box3D: no such file"
+            # (outside probe, Python round forty-seven).
+            raise _UsageError(f"--model {args.model!r} is no file here; the keywords are lower case, without "
+                              f"spaces: --model {word}")
         check_input_file(args.model, "a model package (one .onnx file)")
     check_input_file(args.data, "an Emu-format HDF5 file")
     if args.output is not None:

@@ -250,3 +250,36 @@ def test_other_short_bytes_keep_the_plain_refusal():
     with pytest.raises(RuntimeError) as caught:
         dodo.Closure(b"box3dx")
     assert "spell" not in str(caught.value) and "not an ONNX model" in str(caught.value)
+
+
+@pytest.mark.skipif(not dodo.runtime_available(), reason="closure runtime not built")
+@pytest.mark.parametrize("given, hint", [("Box3D", 'is the literal "box3d"'), ("BOX3D", 'is the literal "box3d"'),
+                                         ("box3d ", 'is the literal "box3d"'), ("Default", "model=None"),
+                                         ("None", "model=None")])
+def test_a_model_keyword_in_another_spelling_is_named(tmp_path, monkeypatch, given, hint):
+    """`dodo.Closure("Box3D")` (the docs' spelling of the method) said only `model package 'Box3D' does
+    not exist`; `"default"` had a hint, `"Default"` and `"None"` none. Each now says what the keyword is."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as caught:
+        dodo.Closure(given)
+    assert f"model package {given!r} does not exist" in str(caught.value) and hint in str(caught.value), \
+        str(caught.value)
+
+
+@pytest.mark.skipif(not dodo.runtime_available(), reason="closure runtime not built")
+@pytest.mark.parametrize("given, word", [("Box3D", "box3d"), ("BOX3D", "box3d"), (" default", "default"),
+                                         ("Default", "default")])
+def test_dodo_apply_names_the_keyword_for_another_spelling(tmp_path, capsys, monkeypatch, given, word):
+    """`dodo apply D --model Box3D` said `cannot read Box3D: no such file (relative to the current
+    directory ...)`; now it names the keyword (a file of that name is still read: guard below)."""
+    pytest.importorskip("h5py")
+    from cli_helpers import run
+
+    data = str(_emu_input(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, ["apply", data, "--model", given, "--grid", "2x2x2", "-q"])
+    assert code == 2 and err.strip() == (f"dodo apply: error: --model {given!r} is no file here; the keywords are "
+                                         f"lower case, without spaces: --model {word}"), err
+    (tmp_path / given).write_bytes(b"not a model")  # a file of that name is what --model names
+    code, _, err = run(capsys, ["apply", data, "--model", given, "--grid", "2x2x2", "-q"])
+    assert code == 2 and "is no file here" not in err and "not an ONNX model" in err, err
