@@ -372,6 +372,14 @@ def _as_real_array(name: str, value, trailing: tuple[int, ...], shape_text: str)
         array = np.asarray(value)
     except ValueError as error:  # ragged nested sequences
         raise ValueError(f"{name} is not a rectangular array of real numbers: {error}") from None
+    except (TypeError, RuntimeError) as error:
+        # A torch tensor in bfloat16 ("TypeError: Got unsupported ScalarType BFloat16"), one that requires
+        # grad or lives on a GPU: the library's words, naming neither the argument nor the conversion,
+        # and not the ValueError the README promises for a wrong dtype (outside probe, Python round forty-seven).
+        kind = f"{type(value).__module__}.{type(value).__qualname__}"
+        fix = ": t.detach().cpu().double().numpy()" if kind.startswith("torch.") else ""
+        raise ValueError(f"{name} ({kind}) cannot be read as a NumPy array: {' '.join(str(error).split()).rstrip('.')}; give a "
+                         f"NumPy array of a float or integer dtype{fix}") from None
     if array.dtype == object and array.ndim == 0:  # a generator, a dict, one number: nothing to index
         raise ValueError(f"{name} must be an array of real numbers with shape {shape_text}; got a "
                          f"{type(array[()]).__name__}")

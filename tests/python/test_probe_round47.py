@@ -283,3 +283,50 @@ def test_dodo_apply_names_the_keyword_for_another_spelling(tmp_path, capsys, mon
     (tmp_path / given).write_bytes(b"not a model")  # a file of that name is what --model names
     code, _, err = run(capsys, ["apply", data, "--model", given, "--grid", "2x2x2", "-q"])
     assert code == 2 and "is no file here" not in err and "not an ONNX model" in err, err
+
+
+# --- Array-likes that NumPy cannot read ------------------------------------------------------
+
+class _Unreadable:
+    """An array-like whose conversion fails as a bfloat16 torch tensor's does (TypeError) or as one
+    that requires grad (RuntimeError)."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def __array__(self, dtype=None, copy=None):
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [TypeError("Got unsupported ScalarType BFloat16"),
+                                   RuntimeError("Can't call numpy() on Tensor that requires grad.")])
+@pytest.mark.parametrize("which", ["F_init", "u"])
+@pytest.mark.parametrize("function", sorted(_functions()))
+def test_an_array_like_numpy_cannot_read_is_a_value_error_naming_the_argument(function, which, error):
+    """`dodo.closure(torch_tensor_in_bfloat16)` raised torch's `TypeError: Got unsupported ScalarType
+    BFloat16` (a tensor that requires grad: torch's RuntimeError), naming neither F_init nor u, where
+    the README promises a ValueError that names the problem for a wrong dtype. Now a ValueError names the
+    argument, its type and the library's words."""
+    f = _functions()[function]
+    F, u = _cells(), _four_velocity((0.3, 0.0, 0.0))
+    arguments = {"F_init": (_Unreadable(error), u), "u": (F, _Unreadable(error))}[which]
+    with pytest.raises(ValueError) as caught:
+        f(*arguments)
+    message = str(caught.value)
+    name = "F" if function == "boost_to_rest" and which == "F_init" else which
+    assert message.startswith(f"{name} (") and "_Unreadable) cannot be read as a NumPy array" in message, message
+    assert str(error).rstrip(".") in message and "give a NumPy array of a float or integer dtype" in message
+
+
+def test_a_bfloat16_torch_tensor_is_named_with_its_conversion():
+    """The same with torch itself (installed with the training extras): the conversion named works."""
+    torch = pytest.importorskip("torch")
+    F = _cells()
+    tensor = torch.tensor(F, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match=r"^F_init \(torch\.Tensor\) cannot be read as a NumPy array: .*BFloat16.*"
+                                         r"t\.detach\(\)\.cpu\(\)\.double\(\)\.numpy\(\)$"):
+        dodo.box3d(tensor)
+    converted = tensor.detach().cpu().double().numpy()
+    assert np.array_equal(dodo.box3d(converted).F_box, dodo.box3d(converted.copy()).F_box)
+    with pytest.raises(ValueError, match=r"^u \(torch\.Tensor\) cannot be read as a NumPy array: .*requires grad"):
+        dodo.box3d(F, torch.tensor(_four_velocity((0.3, 0.0, 0.0))).requires_grad_(True))
