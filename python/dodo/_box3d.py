@@ -519,13 +519,16 @@ def _check_velocity(flat_u: np.ndarray, batch: tuple[int, ...], given_dtype=None
                            f"{VELOCITY_NORM_TOLERANCE_CAP} ({VELOCITY_NORM_TOLERANCE} max(1, u^t^2) is capped there "
                            f"from u^t ~ 707 on, so that every accepted u is timelike)")
             rounding = _rounding_of(given_dtype)
-            if rounding > VELOCITY_NORM_TOLERANCE and norm_error[first] <= 4 * rounding * max(1.0, u0 * u0):
-                # A float16 u (eps 9.8e-4) holds no unit four-velocity but at rest: v = 0.3 was refused
-                # with "pass u = (W, W v)", which it was, rounded (outside probe, Python round forty-seven).
+            if rounding > np.finfo(np.float64).eps and norm_error[first] <= 4 * rounding * max(1.0, u0 * u0):
+                # A float16 u (eps 9.8e-4) holds no unit four-velocity but at rest, a float32 u none from
+                # u^t ~ 2000 on (the README's W up to 1e4): v = 0.3 in float16 was refused with "pass u =
+                # (W, W v)", which it was, rounded (outside probe, Python round forty-seven).
+                enough = "float32 or float64" if 2 * np.finfo(np.float32).eps * max(1.0, u0 * u0) < min(
+                    tolerance, VELOCITY_NORM_TOLERANCE_CAP) else "float64"
                 remedy = (f": u is {np.dtype(given_dtype).name}, whose rounding (eps {rounding:.2g}) alone gives "
-                          f"|u.u + 1| up to ~{2 * rounding * max(1.0, u0 * u0):.2g}, beyond the tolerance; give u as "
-                          "float32 or float64 (np.asarray(u, dtype=np.float64)), computed as (W, W v) with "
-                          "W = 1/sqrt(1 - v^2) in that precision")
+                          f"|u.u + 1| up to ~{2 * rounding * max(1.0, u0 * u0):.2g} at u^t = {u0:.6g}, beyond the "
+                          f"tolerance; give u as {enough} (np.asarray(u, dtype=np.float64)), computed as (W, W v) "
+                          "with W = 1/sqrt(1 - v^2) in that precision")
         raise ValueError(
             f"u is not a future-directed unit timelike four-velocity at cell {where}: u = {flat_u[first].tolist()}, "
             f"{problem}{remedy}")
