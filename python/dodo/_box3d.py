@@ -394,9 +394,12 @@ def _as_real_array(name: str, value, trailing: tuple[int, ...], shape_text: str)
 
 
 def _layout_hint(name: str, shape: tuple[int, ...], trailing: tuple[int, ...]) -> str:
-    """What a refused four-flux shape most likely is: Emu's layout [..., 4 (x, y, z, t), 2, 3] or the
-    two axes swapped (..., 4, 6). Such arrays were refused as "must have shape (..., 6, 4)" only,
-    without the conversion (outside probe, Python round forty-seven)."""
+    """What a refused shape most likely is: for F_init, Emu's layout [..., 4 (x, y, z, t), 2, 3] or the
+    two axes swapped (..., 4, 6); for u, the three-velocity (..., 3). Such arrays were refused as "must
+    have shape ..." only, without the conversion (outside probe, Python round forty-seven)."""
+    if name == "u" and trailing == (N_COMPONENTS,) and shape and shape[-1] == 3:
+        return (": the three-velocity v? u is the four-velocity: u = (W, W v) with W = 1/sqrt(1 - v^2), "
+                "np.concatenate([W[..., None], W[..., None] * v], axis=-1)")
     if trailing != (N_SPECIES, N_COMPONENTS):
         return ""
     if shape[-3:] == (N_COMPONENTS, 2, N_SPECIES // 2):

@@ -350,3 +350,21 @@ def test_a_float32_u_beyond_its_precision_is_refused_naming_float64():
     assert messages
     for message in messages:
         assert "u is float32" in message and "give u as float64 (" in message, message
+
+
+@pytest.mark.parametrize("function", sorted(_functions()))
+def test_a_three_velocity_as_u_is_refused_with_the_four_velocity_it_needs(function):
+    """u given as the three-velocity v (..., 3) was refused as "u must have shape (..., 4): fluid
+    four-velocity (t, x, y, z); got (3, 3)" only; the refusal now names the three-velocity and builds the
+    four-velocity, which gives the call's result."""
+    f = _functions()[function]
+    F = _cells()
+    v = np.array([[0.3, 0.0, 0.0], [0.0, -0.2, 0.1], [0.0, 0.0, 0.0]])
+    with pytest.raises(ValueError) as caught:
+        f(F, v)
+    assert "got (3, 3): the three-velocity v?" in str(caught.value) and "u = (W, W v)" in str(caught.value)
+    W = 1.0 / np.sqrt(1.0 - np.sum(v * v, axis=-1))
+    u = np.concatenate([W[..., None], W[..., None] * v], axis=-1)  # as the message writes it
+    expected = np.stack([np.asarray(f(F[i], _four_velocity(v[i]))) for i in range(3)])
+    assert np.allclose(np.asarray(f(F, u[:, None, :] if function == "boost_to_rest" else u)), expected,
+                       rtol=1e-12, atol=1e-12)
