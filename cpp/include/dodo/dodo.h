@@ -28,7 +28,12 @@
  * call made after ONNX Runtime's own static destructors ran, which happens to an atexit handler
  * registered before the first closure with a model, returns DODO_ERROR_ONNXRUNTIME, whose message
  * says that the process is exiting).
- * A thread calling dodo_apply needs about 64 KiB of stack (a 48 KiB thread stack overflowed).
+ * Stack of a host thread that calls libdodo (pthread_attr_setstacksize, OMP_STACKSIZE; glibc's
+ * thread-local storage comes out of it): 128 KiB with a model. Measured with onnxruntime 1.32:
+ * dodo_closure_create of the default model overflowed 88 KiB (96 KiB with the network in ONNX
+ * Runtime: DODO_NETWORK_EVALUATOR=onnxruntime, a package without a native entry, CUDA), and
+ * dodo_apply with the network in ONNX Runtime overflowed 96 KiB, both passed 104 KiB; dodo_apply
+ * of Box3D alone or of the native evaluator needs about 64 KiB (48 KiB overflowed).
  * A host thread cancelled with pthread_cancel during a call is cancelled after it, at its own
  * next cancellation point: the calls hold cancellation off.
  * No function that takes a handle or creates one is async-signal-safe (they take locks and
