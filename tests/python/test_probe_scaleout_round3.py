@@ -53,3 +53,64 @@ def test_torchrun_with_batch_norm_says_it_does_not_follow_the_one_process_run(tm
     else:
         assert "model.batch_norm over" not in log, log
     assert (tmp_path / "run" / "checkpoints" / "final.pt").is_file()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="torchrun with a POSIX shell wrapper")
+@pytest.mark.parametrize("case", ["other epochs", "identical copies"])
+def test_torchrun_processes_resuming_from_different_checkpoints_stop_with_one_line_each(tmp_path, case):
+    """Before: `torchrun --nproc-per-node 2 --no-python sh -c 'cd node$RANK && dodo train --config c.yaml
+    --resume ck/last.pt'`, each process reading its own ck/last.pt (node-local checkpoint directories,
+    or a last.pt damaged on one node, where that process falls back to last.prev.pt), here one stopped
+    after epoch 1 and one after epoch 2 of one config: both logged the resume, process 0 "resumed from
+    ck/last.pt after epoch 1" and trained epochs 2 and 3 beside process 1's 3 and 4 (DDP had given
+    both process 0's weights, not its optimizer or shuffling state); then process 1, out of epochs,
+    waited in the 120 s barrier at the end and left, and process 0 sat in its epoch 4's all-reduce:
+    no output, no end, until the probe's 200 s timeout (torchrun then needed its 30 s SIGKILL). Now
+    the processes compare the checkpoints they resumed (epoch, step, content digest) before any work
+    and each stops with one line naming both; identical copies resume as before."""
+    _needs_gloo()
+    import hashlib
+
+    from dodo.cli import main as dodo_main
+    from training_helpers import synth_and_preprocess, write_training_config
+
+    data = synth_and_preprocess(tmp_path, 200, seed=5)
+    nodes = [tmp_path / "node0", tmp_path / "node1"]
+    training = {"epochs": 4, "lr": 3e-3, "threads": 1, "seed": 1, "log_interval": 100000, "device": "cpu"}
+    for node, stop in zip(nodes, (1, 2)):
+        node.mkdir()
+        config = write_training_config(node / "c.yaml", data, node, training=training)
+        text = config.read_text().replace(str(node / "results"), "res").replace(str(node / "checkpoints"), "ck")
+        config.write_text(text)
+        if case == "other epochs" or node is nodes[0]:
+            cwd = os.getcwd()
+            os.chdir(node)
+            try:
+                assert dodo_main(["train", "--config", "c.yaml", "--set", f"training.stop_after_epoch={stop}"]) == 0
+            finally:
+                os.chdir(cwd)
+    if case == "identical copies":
+        import shutil
+
+        shutil.copytree(nodes[0] / "ck", nodes[1] / "ck")
+
+    def digests():
+        return {str(path): hashlib.sha256(path.read_bytes()).hexdigest() for node in nodes
+                for path in (node / "ck").glob("*.pt")}  # not .dodo.lock: it holds the pid of its holder
+
+    before = digests()
+    script = f'cd "{tmp_path}/node$RANK" && exec "{sys.executable}" -m dodo train --config c.yaml --resume ck/last.pt'
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "--no-python", "sh", "-c", script]
+    code, output = _run_guarded(command, 240, env=dict(os.environ, OMP_NUM_THREADS="1"))  # a guard: ~10 s now
+    if case == "identical copies":
+        assert code == 0, output[-3000:]
+        assert (nodes[0] / "ck" / "final.pt").is_file()
+        return
+    assert code != 0, output[-3000:]
+    assert output.count("do not resume from the same checkpoint") == 2, output[-3000:]
+    line = output[output.index("do not resume from the same checkpoint"):].split("identical copies)")[0]
+    assert "'epoch 1, step " in line and " in process 0" in line and "'epoch 2, step " in line, line
+    assert " in process 1" in line and "--resume file (ck/last.pt" in line, line
+    assert digests() == before  # nothing written: both runs' checkpoints as they were
+    assert not (nodes[0] / "ck" / "final.pt").exists() and not (nodes[1] / "ck" / "final.pt").exists()

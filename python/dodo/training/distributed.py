@@ -17,6 +17,11 @@ import torch
 import torch.distributed as dist
 
 
+#: What :meth:`Distribution.agree` says to do by default.
+_SAME_INPUTS = ("each process reads its own config and data file; give every process the same ones (one shared "
+                "file system, or identical copies)")
+
+
 class Distribution:
     """This process's place in the job; one process (rank 0 of 1) when not started by torchrun."""
 
@@ -162,9 +167,10 @@ class Distribution:
         if self.enabled:
             dist.barrier()
 
-    def agree(self, facts: dict) -> None:
+    def agree(self, facts: dict, what: str = "train on the same data", advice: str = _SAME_INPUTS) -> None:
         """A ValueError in every process, naming each of ``facts`` (name: value) that differs between
-        the processes of the job; nothing when they agree or in a one-process run. Every process reads
+        the processes of the job (``what`` they do not do, then ``advice``); nothing when they agree or
+        in a one-process run. Every process reads
         its own config and data file: a process given another file (a node's stale copy, a config
         chosen per RANK) drew another number of batches, and the processes then waited for each other
         in different collectives, silently and for ever (SIGTERM to torchrun ended it only after its
@@ -179,9 +185,8 @@ class Distribution:
         if differing:
             details = "; ".join(f"{name}: " + ", ".join(f"{other.get(name)!r} in process {rank}"
                                                         for rank, other in enumerate(gathered)) for name in differing)
-            raise ValueError(f"the {self.world_size} processes of this data-parallel job do not train on the same "
-                             f"data ({details}): each process reads its own config and data file; give every "
-                             "process the same ones (one shared file system, or identical copies)")
+            raise ValueError(f"the {self.world_size} processes of this data-parallel job do not {what} "
+                             f"({details}): {advice}")
 
 
 class RankBatches(torch.utils.data.Sampler):

@@ -824,6 +824,19 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
                 f"{t.epochs}: the resume would train none and record its final model as epoch {t.epochs}; "
                 f"resume with training.epochs >= {start_epoch - 1} ({start_epoch - 1} only writes the final files), "
                 "or use its best.pt or last.pt as they are")
+        # Every process reads its own --resume file: the same path on another node's disk (a node-local
+        # checkpoint directory, another run's there), or a last.pt damaged on one node only (that process
+        # falls back to last.prev.pt), resumed the processes at different epochs and optimizer states with
+        # the weights of process 0 (DDP's broadcast): the one that ran out of epochs first left while the
+        # other waited in the next batch's all-reduce, silently and for ever (outside probe, scale-out
+        # round three). DDP's start makes the weights equal, so compare the checkpoints, before any work.
+        distribution.agree(
+            {"resumed checkpoint": f"epoch {checkpoint['epoch']}, step {global_step}, content SHA-256 "
+                                   f"{str(checkpoint.get('sha256') or checkpoint_digest(checkpoint))[:16]}"},
+            what="resume from the same checkpoint",
+            advice=f"each process reads its own --resume file ({t.resume_from}, a last.prev.pt beside it where "
+                   "that is damaged): give every process the same checkpoint (one shared file system, or "
+                   "identical copies)")
         log(f"resumed from {resume_path} after epoch {checkpoint['epoch']}")
         if distribution.is_main:  # the writer of best.pt
             best_val, carried_best = _best_of_the_resumed_run(checkpoint, resume_path, checkpoint_dir,
