@@ -830,13 +830,15 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
         # the weights of process 0 (DDP's broadcast): the one that ran out of epochs first left while the
         # other waited in the next batch's all-reduce, silently and for ever (outside probe, scale-out
         # round three). DDP's start makes the weights equal, so compare the checkpoints, before any work.
-        distribution.agree(
-            {"resumed checkpoint": f"epoch {checkpoint['epoch']}, step {global_step}, content SHA-256 "
-                                   f"{str(checkpoint.get('sha256') or checkpoint_digest(checkpoint))[:16]}"},
-            what="resume from the same checkpoint",
-            advice=f"each process reads its own --resume file ({t.resume_from}, a last.prev.pt beside it where "
-                   "that is damaged): give every process the same checkpoint (one shared file system, or "
-                   "identical copies)")
+        if distribution.enabled:
+            digest = checkpoint.get("sha256") or checkpoint_digest(checkpoint)  # older checkpoints lack one
+            distribution.agree(
+                {"resumed checkpoint": f"epoch {checkpoint['epoch']}, step {global_step}, content SHA-256 "
+                                       f"{str(digest)[:16]}"},
+                what="resume from the same checkpoint",
+                advice=f"each process reads its own --resume file ({t.resume_from}, a last.prev.pt beside it "
+                       "where that is damaged): give every process the same checkpoint (one shared file system, "
+                       "or identical copies)")
         log(f"resumed from {resume_path} after epoch {checkpoint['epoch']}")
         if distribution.is_main:  # the writer of best.pt
             best_val, carried_best = _best_of_the_resumed_run(checkpoint, resume_path, checkpoint_dir,
