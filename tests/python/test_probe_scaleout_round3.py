@@ -56,7 +56,7 @@ def test_torchrun_with_batch_norm_says_it_does_not_follow_the_one_process_run(tm
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="torchrun with a POSIX shell wrapper")
-@pytest.mark.parametrize("case", ["other epochs", "identical copies"])
+@pytest.mark.parametrize("case", ["other epochs", "identical copies", "identical copies at other paths"])
 def test_torchrun_processes_resuming_from_different_checkpoints_stop_with_one_line_each(tmp_path, case):
     """Before: `torchrun --nproc-per-node 2 --no-python sh -c 'cd node$RANK && dodo train --config c.yaml
     --resume ck/last.pt'`, each process reading its own ck/last.pt (node-local checkpoint directories,
@@ -67,7 +67,8 @@ def test_torchrun_processes_resuming_from_different_checkpoints_stop_with_one_li
     waited in the 120 s barrier at the end and left, and process 0 sat in its epoch 4's all-reduce:
     no output, no end, until the probe's 200 s timeout (torchrun then needed its 30 s SIGKILL). Now
     the processes compare the checkpoints they resumed (epoch, step, content digest) before any work
-    and each stops with one line naming both; identical copies resume as before."""
+    and each stops with one line naming both; identical copies resume as before, and a copy under
+    another path too (before, `training.resume_from` was compared as a path and refused it)."""
     _needs_gloo()
     import hashlib
 
@@ -89,21 +90,24 @@ def test_torchrun_processes_resuming_from_different_checkpoints_stop_with_one_li
                 assert dodo_main(["train", "--config", "c.yaml", "--set", f"training.stop_after_epoch={stop}"]) == 0
             finally:
                 os.chdir(cwd)
-    if case == "identical copies":
+    if case.startswith("identical copies"):
         import shutil
 
         shutil.copytree(nodes[0] / "ck", nodes[1] / "ck")
+        if case.endswith("other paths"):  # a copy under another name: the same checkpoint
+            (nodes[1] / "ck" / "last.pt").rename(nodes[1] / "ck" / "copy.pt")
 
     def digests():
         return {str(path): hashlib.sha256(path.read_bytes()).hexdigest() for node in nodes
                 for path in (node / "ck").glob("*.pt")}  # not .dodo.lock: it holds the pid of its holder
 
     before = digests()
-    script = f'cd "{tmp_path}/node$RANK" && exec "{sys.executable}" -m dodo train --config c.yaml --resume ck/last.pt'
+    resume = "$([ $RANK = 1 ] && echo copy.pt || echo last.pt)" if case.endswith("other paths") else "last.pt"
+    script = f'cd "{tmp_path}/node$RANK" && exec "{sys.executable}" -m dodo train --config c.yaml --resume ck/{resume}'
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "--no-python", "sh", "-c", script]
     code, output = _run_guarded(command, 240, env=dict(os.environ, OMP_NUM_THREADS="1"))  # a guard: ~10 s now
-    if case == "identical copies":
+    if case.startswith("identical copies"):
         assert code == 0, output[-3000:]
         assert (nodes[0] / "ck" / "final.pt").is_file()
         return

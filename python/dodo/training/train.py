@@ -686,7 +686,9 @@ def train(config: ExperimentConfig, echo=print) -> dict:
 def _settings_every_process_shares(config: ExperimentConfig) -> dict:
     """The config's settings that make the model (data, model, loss, training) by their config keys
     ("training.lr": 0.003), without what may differ between the processes of one job: the data's
-    path (compared by content), the output directories, thread and worker counts, the log interval."""
+    path (compared by content), the output directories, thread and worker counts, the log interval.
+    Of ``training.resume_from`` only whether it is given: the checkpoints resumed are compared by content
+    once read (a node-local copy at another path was refused as other settings; scale-out round three)."""
     left_out = {"data.path", "data.num_workers", "training.threads", "training.log_interval"}
     settings = {}
 
@@ -694,6 +696,8 @@ def _settings_every_process_shares(config: ExperimentConfig) -> dict:
         if isinstance(value, dict):
             for key, item in value.items():
                 add(f"{prefix}.{key}" if prefix else key, item)
+        elif prefix == "training.resume_from":
+            settings["training.resume_from (given)"] = bool(value)
         elif prefix not in left_out:
             settings[prefix] = value
 
