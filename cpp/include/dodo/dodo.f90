@@ -28,6 +28,9 @@
 !   set_source_files_properties(${Dodo_FORTRAN_MODULE_SOURCE} PROPERTIES COMPILE_OPTIONS
 !                               "$<$<Fortran_COMPILER_ID:GNU>:-std=f2018>")
 ! (set in the directory that adds the module's library; the option comes after the host's flags).
+! A host whose flags hold -fno-automatic (gfortran): the module's calls work under it, but gfortran
+! 12 then returns dodo_get_metadata, dodo_version_string and dodo_default_model_path as "" (it
+! drops a deferred-length function result's length): add -fautomatic above ("...:-std=f2018;-fautomatic>").
 module dodo
   use, intrinsic :: iso_c_binding, only: c_ptr, c_null_ptr, c_null_char, c_char, c_int, c_double, c_size_t, &
                                          c_int8_t, c_int32_t, c_int64_t, c_long, c_associated, c_loc, c_f_pointer, &
