@@ -4,6 +4,7 @@ Each test failed on the code before its fix (its docstring says what that code d
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -118,3 +119,57 @@ def test_torchrun_processes_resuming_from_different_checkpoints_stop_with_one_li
     assert " in process 1" in line and "--resume file (ck/last.pt" in line, line
     assert digests() == before  # nothing written: both runs' checkpoints as they were
     assert not (nodes[0] / "ck" / "final.pt").exists() and not (nodes[1] / "ck" / "final.pt").exists()
+
+
+@pytest.mark.parametrize("rerun", ["same campaign under another name", "another seed"])
+def test_preprocess_reads_one_simulate_campaign_once_however_its_databases_are_named(tmp_path, rerun):
+    """Before: the same `dodo simulate` command run twice into two names (`mpirun -n 2 dodo simulate a.h5
+    ...` and the one-process `dodo simulate b.h5 ...`: the same rows bit for bit, docs/qke.md) and both
+    listed under `inputs:` (a glob over a directory, a test run kept beside the cluster's) were both
+    read: `preprocess: 46 rows -> q.h5` for 23 states, each state on both sides of `dodo train`'s
+    train/test split. Only byte-identical copies were read once (round 22); the two databases differ
+    in `created_utc`, `command` and timings. Now a database of the same states and settings as one read
+    already is read once, saying so; another campaign (another seed) is read as before."""
+    h5py = pytest.importorskip("h5py")
+    pytest.importorskip("yaml")
+    from dodo.cli import main as dodo_main
+
+    first = tmp_path / "a.h5"
+    common = ["--ncell", "16", "--nphi", "8", "--batch-size", "1", "--hamiltonian-filter", "none", "-q"]
+    assert dodo_main(["simulate", str(first), "--random", "3", "--seed", "4", *common]) == 0
+    second = tmp_path / "b.h5"
+    if rerun == "another seed":
+        assert dodo_main(["simulate", str(second), "--random", "3", "--seed", "5", *common]) == 0
+    else:  # the rerun's database: the same rows, other bytes (its own command and time)
+        import shutil
+
+        shutil.copyfile(first, second)
+        with h5py.File(second, "r+") as handle:
+            handle.attrs["created_utc"] = "2026-12-06T12:00:00Z"
+            handle.attrs["command"] = f"dodo simulate {second} --random 3 --seed 4"
+    with h5py.File(first, "r") as handle:
+        rows = int(handle["F4_initial(1|ccm)"].shape[0])
+    with h5py.File(second, "r") as handle:
+        second_rows = int(handle["F4_initial(1|ccm)"].shape[0])
+    assert rows > 0 and second_rows > 0
+    (tmp_path / "pp.yaml").write_text(f"inputs: [{first}, {second}]\noutput: {tmp_path / 'pre.h5'}\n"
+                                      "filters: {drop_conservation_violation: false, drop_high_flux_factor: false, "
+                                      "drop_box3d_rejected: false}\n")
+    import contextlib
+    import io
+
+    said = io.StringIO()
+    with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
+        assert dodo_main(["preprocess", "--config", str(tmp_path / "pp.yaml"), "-q"]) == 0
+    with h5py.File(tmp_path / "pre.h5", "r") as handle:
+        written = int(handle["F_init"].shape[0])
+        sources = json.loads(handle.attrs["sources"])
+    if rerun == "another seed":
+        assert written == rows + second_rows, said.getvalue()
+        assert "read once" not in said.getvalue()
+        assert [source["path"] for source in sources] == [str(first), str(second)]
+    else:
+        assert written == rows, said.getvalue()
+        assert f"{second} holds the states of {first} simulated with the same settings" in said.getvalue()
+        assert "read once" in said.getvalue()
+        assert [source["path"] for source in sources] == [str(first)]

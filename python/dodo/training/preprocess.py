@@ -101,6 +101,21 @@ def source_kind(attrs) -> str:
     return "qke" if str(solver).startswith("dodo.qke") else "emu"
 
 
+def simulated_campaign(attrs) -> tuple | None:
+    """(states digest, settings) of a `dodo simulate` database, or None for another file: two databases
+    of one campaign (its rerun under another name, `mpirun` beside one process: the same rows bit for bit,
+    docs/qke.md) differ in their bytes (`created_utc`, `command`, timings) but not in these. The kernel
+    that ran (`settings.solver.backend`) is left out: the other kernel gives the same states' rows."""
+    if source_kind(attrs) != "qke" or "states_sha256" not in attrs or "settings" not in attrs:
+        return None
+    try:
+        settings = json.loads(attrs["settings"])
+        settings.get("solver", {}).pop("backend", None)
+        return str(attrs["states_sha256"]), json.dumps(settings, sort_keys=True)
+    except (TypeError, ValueError, AttributeError):  # unreadable settings: the bytes' check alone, as before
+        return None
+
+
 def box3d_rejected_mask(status: np.ndarray) -> np.ndarray:
     """Cells whose Box3D output is just the input because the input was rejected."""
     import dodo
@@ -120,11 +135,12 @@ def preprocess(config: PreprocessConfig, progress: bool = True, log=print) -> di
     settings = dodo.box3d_settings(lebedev_order=config.box3d.lebedev_order, z_method=config.box3d.z_method)
     sources, kinds = [], set()
     total_rows = 0
-    read, seen = [], {}
+    read, seen, campaigns = [], {}, {}
     for path in files:
         handle, nsims = open_emu_file(path)  # first: it refuses a FIFO, which sha256_file would wait on
         with handle:
             kind = source_kind(handle.attrs)
+            campaign = simulated_campaign(handle.attrs)
             unfinished = unfinished_run_note(handle, path)  # as dodo score and apply say it (round 29)
             growth = handle[GROWTH] if GROWTH in handle else None  # open_emu_file opened it: no broken link
             unusable = growth_rate_note(growth.shape, nsims) if isinstance(growth, h5py.Dataset) else ""
@@ -139,7 +155,18 @@ def preprocess(config: PreprocessConfig, progress: bool = True, log=print) -> di
             # (outside probe, round 22). Read once, as a file named twice or reached through a link is.
             log(f"preprocess: {path} holds the same bytes as {seen[digest]} (a copy): read once")
             continue
+        if campaign is not None and campaign in campaigns:
+            # Not a copy of the bytes, but the same states simulated with the same settings: `mpirun -n 2
+            # dodo simulate a.h5 ...` and the one-process `dodo simulate b.h5 ...` of one command were both
+            # read, every state twice, on both sides of the train/test split (outside probe, scale-out
+            # round three). Read once, as a copy is.
+            first, first_rows = campaigns[campaign]
+            log(f"preprocess: {path} holds the states of {first} simulated with the same settings (the same dodo "
+                f"simulate campaign run twice; {nsims} rows here, {first_rows} there): read once")
+            continue
         seen[digest] = path
+        if campaign is not None:
+            campaigns[campaign] = (path, int(nsims))
         read.append(path)
         kinds.add(kind)
         sources.append({"path": str(path), "sha256": digest, "rows": int(nsims), "kind": kind})
