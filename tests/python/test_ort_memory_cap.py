@@ -121,3 +121,107 @@ def test_an_unusable_cap_is_refused_naming_the_variable(value):
 
 def test_an_empty_variable_keeps_the_default():
     assert _run(LOAD, str(model_file(None)), "auto", limit="").strip() == "loaded"
+
+
+
+# A first closure loads ONNX Runtime with no limit (its own start-up under a limit can crash inside
+# the library, in a static initialiser that meets std::bad_alloc: not Dodo's to catch); then the
+# address space is limited to what the process maps now plus argv[2] bytes, and a second closure is
+# made and applied: its session, the load's probes, Dodo's workspaces and the runs meet the limit.
+OUT_OF_MEMORY_HOST = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <ucontext.h>
+#include <unistd.h>
+#include <sys/resource.h>
+#include "dodo/dodo.h"
+static double F[1000 * 24], G[1000 * 24];
+/* A segmentation fault: exit 7 when the faulting instruction is ONNX Runtime's, else 9. */
+static void on_fault(int signal_number, siginfo_t* info, void* context) {
+  (void)signal_number; (void)info;
+  void* pc = NULL;
+#if defined(__x86_64__)
+  pc = (void*)((ucontext_t*)context)->uc_mcontext.gregs[REG_RIP];
+#elif defined(__aarch64__)
+  pc = (void*)((ucontext_t*)context)->uc_mcontext.pc;
+#endif
+  Dl_info where;
+  _exit(pc && dladdr(pc, &where) && where.dli_fname && strstr(where.dli_fname, "onnxruntime") ? 7 : 9);
+}
+int main(int argc, char** argv) {
+  if (argc != 3) return 2;
+  static char alternate[1 << 16];
+  stack_t stack = {.ss_sp = alternate, .ss_size = sizeof alternate, .ss_flags = 0};
+  sigaltstack(&stack, NULL);
+  struct sigaction action;
+  memset(&action, 0, sizeof action);
+  action.sa_sigaction = on_fault;
+  action.sa_flags = SA_SIGINFO | SA_ONSTACK;
+  sigaction(SIGSEGV, &action, NULL);
+  dodo_options options;
+  dodo_options_init(&options);
+  options.threads = 1;
+  for (int c = 0; c < 1000; ++c)
+    for (int s = 0; s < 6; ++s) {
+      F[24 * c + 4 * s] = 1.0;
+      F[24 * c + 4 * s + 3] = s == 3 ? -0.4 : 0.3;
+    }
+  char message[4096] = "";
+  dodo_closure *first = NULL, *closure = NULL;
+  if (dodo_closure_create(argv[1], &options, &first, message, sizeof message) != DODO_OK) {
+    printf("first %s\n", message);
+    return 4;
+  }
+  unsigned long pages = 0;
+  FILE* statm = fopen("/proc/self/statm", "r");
+  if (!statm || fscanf(statm, "%lu", &pages) != 1) return 5;
+  fclose(statm);
+  const rlim_t bytes = (rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE) + (rlim_t)atol(argv[2]);
+  struct rlimit limit = {bytes, bytes};
+  if (setrlimit(RLIMIT_AS, &limit) != 0) return 3;
+  dodo_status status = dodo_closure_create(argv[1], &options, &closure, message, sizeof message);
+  if (status == DODO_OK) {
+    status = dodo_apply(closure, 1000, F, NULL, NULL, NULL, G, NULL, NULL);
+    if (status != DODO_OK) dodo_last_error(closure, message, sizeof message);
+    dodo_closure_destroy(closure);
+  }
+  printf("%d %s\n", (int)status, message);
+  dodo_closure_destroy(first);
+  return 0;
+}
+"""
+
+
+def test_onnxruntime_running_out_of_the_process_memory_is_out_of_memory(tmp_path):
+    """ONNX Runtime's own failed allocations (std::bad_alloc, "Failed to allocate memory for requested
+    buffer") under an address-space limit came back as DODO_ERROR_ONNXRUNTIME, or as
+    DODO_ERROR_MODEL_FORMAT from the load (the package blamed), though the process was out of memory
+    (outside probe, C round 38: a rank under `ulimit -v 90000`). A second closure made and applied
+    under limits 1 MiB apart, from no room at all to enough, crosses every place memory runs out:
+    each gives OUT_OF_MEMORY or success, never another status. ONNX Runtime 1.32 itself now and then
+    dies of a segmentation fault inside CreateSessionFromArray within a few hundred KiB of the memory
+    a session needs (docs/runtime.md): such a run (the faulting instruction in libonnxruntime, exit 7)
+    is let pass; a fault anywhere else fails."""
+    from capi_host import compile_host
+
+    program = compile_host(tmp_path, "out_of_memory", OUT_OF_MEMORY_HOST)
+    environment = {**os.environ, "DODO_NETWORK_EVALUATOR": "onnxruntime"}
+    environment.pop(VARIABLE, None)
+    seen = {}
+    for kibibytes in range(0, 256 << 10, 32):
+        result = subprocess.run([str(program), model_file(None), str(kibibytes << 10)], capture_output=True,
+                                text=True, timeout=120, env=environment)
+        if result.returncode == 7:  # ONNX Runtime's own fault
+            continue
+        assert result.returncode == 0, (kibibytes, result.returncode, result.stdout, result.stderr[-2000:])
+        status, _, message = result.stdout.strip().partition(" ")
+        seen[kibibytes] = (int(status), message[:200])
+        assert int(status) in (0, 8), (kibibytes, status, message)  # DODO_OK, DODO_ERROR_OUT_OF_MEMORY
+        if int(status) == 0:
+            break
+    assert seen and min(seen.values())[0] == 0 and max(seen.values())[0] == 8, seen
+    assert any("ONNX Runtime" in message or "node" in message for _, message in seen.values()), seen

@@ -279,10 +279,11 @@ OnnxModel::OnnxModel(const OrtLibrary& library, std::string_view bytes, const st
   if (device.cuda) enable_cuda(api_, options, device.cuda_device);
   OrtStatus* created = api_->CreateSessionFromArray(library.env, bytes.data(), bytes.size(), options, &session_);
   if (created) {
-    std::string message = "cannot load " + source + " as an ONNX model: " +
-                          without_source_location(api_->GetErrorMessage(created));
+    const std::string ort_text = without_source_location(api_->GetErrorMessage(created));
     api_->ReleaseStatus(created);
-    throw Error(DODO_ERROR_MODEL_FORMAT, message);
+    if (ran_out_of_memory(ort_text))  // the process's memory, not the package (C round 38)
+      throw Error(DODO_ERROR_OUT_OF_MEMORY, "loading " + source + " into ONNX Runtime: " + ort_text + out_of_memory_note());
+    throw Error(DODO_ERROR_MODEL_FORMAT, "cannot load " + source + " as an ONNX model: " + ort_text);
   }
   try {
     check_signature();
@@ -336,6 +337,9 @@ void OnnxModel::check_computed_shape() {
       if (refused_by_memory_cap(ort_text))  // a graph that broadcasts small tensors into a huge one
         throw Error(DODO_ERROR_OUT_OF_MEMORY, "evaluating the graph on a probe batch of " + std::to_string(rows) +
                                                   " rows asked for more memory than allowed: " + ort_text + memory_cap_note());
+      if (ran_out_of_memory(ort_text))  // the process's memory, not the package
+        throw Error(DODO_ERROR_OUT_OF_MEMORY, "evaluating the graph on a probe batch of " + std::to_string(rows) +
+                                                  " rows: " + ort_text + out_of_memory_note());
       throw Error(DODO_ERROR_MODEL_FORMAT, "evaluating the graph on a probe batch failed: " + ort_text);
     }
     for (std::size_t o = 0; o < outputs; ++o) {

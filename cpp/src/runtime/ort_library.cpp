@@ -410,6 +410,19 @@ bool refused_by_memory_cap(const std::string& ort_text) {
   return ort_text.find("Available memory of") != std::string::npos;
 }
 
+// ONNX Runtime reports an allocation that failed as an error of the operator that made it
+// ("Non-zero status code returned while running Div node ... std::bad_alloc"), which Dodo passed on
+// as DODO_ERROR_ONNXRUNTIME (or, in the load's probe, DODO_ERROR_MODEL_FORMAT: the package blamed),
+// though it is the process's memory (outside probe, C round 38: a rank under `ulimit -v 90000`).
+bool ran_out_of_memory(const std::string& ort_text) {
+  return ort_text.find("bad_alloc") != std::string::npos ||
+         ort_text.find("Failed to allocate memory") != std::string::npos;
+}
+
+std::string out_of_memory_note() {
+  return " (the process ran out of memory: its address-space or memory limit, e.g. ulimit -v or a cgroup's)";
+}
+
 std::string memory_cap_note() {
   return " (the cap on ONNX Runtime's memory for Dodo's sessions: " + std::string(kOrtMemoryLimitVariable) +
          " bytes, by default half of the usable memory; a Dodo network needs a small part of it)";
@@ -420,13 +433,15 @@ void check_ort(const OrtApi* api, OrtStatus* status, const char* context) {
   const std::string ort_text = ort_message_text(api->GetErrorMessage(status));
   std::string message = std::string(context) + ": " + ort_text;
   const bool over_cap = refused_by_memory_cap(ort_text);
+  const bool out_of_memory = !over_cap && ran_out_of_memory(ort_text);
   if (over_cap) message += memory_cap_note();
+  if (out_of_memory) message += out_of_memory_note();
   if (static_objects_destroyed.load(std::memory_order_relaxed))
     message += " (the process is exiting and ONNX Runtime's own objects are destroyed by now: call dodo before "
                "exit(), or from an atexit handler registered after the first closure with a model)";
   OrtErrorCode code = api->GetErrorCode(status);
   api->ReleaseStatus(status);
-  dodo_status dodo_code = over_cap ? DODO_ERROR_OUT_OF_MEMORY : DODO_ERROR_ONNXRUNTIME;
+  dodo_status dodo_code = over_cap || out_of_memory ? DODO_ERROR_OUT_OF_MEMORY : DODO_ERROR_ONNXRUNTIME;
   if (code == ORT_NO_SUCHFILE) dodo_code = DODO_ERROR_FILE;
   if (code == ORT_INVALID_PROTOBUF || code == ORT_INVALID_GRAPH) dodo_code = DODO_ERROR_MODEL_FORMAT;
   throw Error(dodo_code, message);

@@ -54,6 +54,11 @@ const std::vector<std::pair<const char*, const char*>>& session_memory_cap_entri
 // and the words that name the cap for a message that reports it.
 bool refused_by_memory_cap(const std::string& ort_text);
 std::string memory_cap_note();
+// Whether ONNX Runtime's message says the process itself ran out of memory (its own operator new's
+// std::bad_alloc, or its allocator's "Failed to allocate memory"; RLIMIT_AS, a cgroup limit), and
+// the words that say so.
+bool ran_out_of_memory(const std::string& ort_text);
+std::string out_of_memory_note();
 
 // Throws Error(DODO_ERROR_ONNXRUNTIME, context + ORT's message) when status is not null; an
 // allocation the cap refused is DODO_ERROR_OUT_OF_MEMORY, naming the cap and its variable.
