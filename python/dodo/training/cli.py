@@ -425,7 +425,7 @@ def register(subparsers) -> None:
     p.add_argument("files", nargs="+", metavar="FILE", type=input_path, help="results/metrics_<timestamp>.json file(s)")
     p.add_argument("-o", "--output", required=True, type=file_output_path,
                    help="plot file; its extension sets the format: .png (also without one), .pdf or .svg")
-    p.add_argument("--overwrite", action="store_true", help=report_overwrite_help("the -o file", "an image of its format"))
+    p.add_argument("--overwrite", action="store_true", help=report_overwrite_help("the -o file", "a plot of its format that a Dodo command wrote"))
     p.set_defaults(func=_plot)
 
     p = subparsers.add_parser(
