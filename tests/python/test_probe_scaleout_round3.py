@@ -121,7 +121,7 @@ def test_torchrun_processes_resuming_from_different_checkpoints_stop_with_one_li
     assert not (nodes[0] / "ck" / "final.pt").exists() and not (nodes[1] / "ck" / "final.pt").exists()
 
 
-@pytest.mark.parametrize("rerun", ["same campaign under another name", "another seed"])
+@pytest.mark.parametrize("rerun", ["same campaign under another name", "another seed", "unfinished copy first"])
 def test_preprocess_reads_one_simulate_campaign_once_however_its_databases_are_named(tmp_path, rerun):
     """Before: the same `dodo simulate` command run twice into two names (`mpirun -n 2 dodo simulate a.h5
     ...` and the one-process `dodo simulate b.h5 ...`: the same rows bit for bit, docs/qke.md) and both
@@ -147,6 +147,16 @@ def test_preprocess_reads_one_simulate_campaign_once_however_its_databases_are_n
         with h5py.File(second, "r+") as handle:
             handle.attrs["created_utc"] = "2026-12-06T12:00:00Z"
             handle.attrs["command"] = f"dodo simulate {second} --random 3 --seed 4"
+    if rerun == "unfinished copy first":  # the campaign's database as a killed run left it: one row, listed first
+        full, first = first, tmp_path / "a_unfinished.h5"
+        with h5py.File(full, "r") as source, h5py.File(first, "w") as handle:
+            rows_of_full = int(source["F4_initial(1|ccm)"].shape[0])
+            for name, value in source.attrs.items():
+                handle.attrs[name] = value
+            handle.attrs["complete"] = False
+            for name, dataset in source.items():
+                data = dataset[()]
+                handle[name] = data[:1] if getattr(data, "ndim", 0) and data.shape[0] == rows_of_full else data
     with h5py.File(first, "r") as handle:
         rows = int(handle["F4_initial(1|ccm)"].shape[0])
     with h5py.File(second, "r") as handle:
@@ -168,6 +178,10 @@ def test_preprocess_reads_one_simulate_campaign_once_however_its_databases_are_n
         assert written == rows + second_rows, said.getvalue()
         assert "read once" not in said.getvalue()
         assert [source["path"] for source in sources] == [str(first), str(second)]
+    elif rerun == "unfinished copy first":  # the database with more rows is read, the unfinished one not
+        assert rows == 1 and written == second_rows, said.getvalue()
+        assert f"{second} is read in its place" in said.getvalue()
+        assert [source["path"] for source in sources] == [str(second)]
     else:
         assert written == rows, said.getvalue()
         assert f"{second} holds the states of {first} simulated with the same settings" in said.getvalue()

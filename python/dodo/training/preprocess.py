@@ -161,9 +161,17 @@ def preprocess(config: PreprocessConfig, progress: bool = True, log=print) -> di
             # read, every state twice, on both sides of the train/test split (outside probe, scale-out
             # round three). Read once, as a copy is.
             first, first_rows = campaigns[campaign]
-            log(f"preprocess: {path} holds the states of {first} simulated with the same settings (the same dodo "
-                f"simulate campaign run twice; {nsims} rows here, {first_rows} there): read once")
-            continue
+            if nsims <= first_rows:
+                log(f"preprocess: {path} holds the states of {first} simulated with the same settings (the same dodo "
+                    f"simulate campaign run twice; {nsims} rows here, {first_rows} there): read once")
+                continue
+            # The earlier one is the campaign unfinished (its database rewritten after every batch): the
+            # one with more rows is read in its place.
+            log(f"preprocess: {first} holds the states of {path} simulated with the same settings (the same dodo "
+                f"simulate campaign run twice; {first_rows} rows there, {nsims} here): {path} is read in its place")
+            at = read.index(first)
+            del read[at], sources[at]
+            total_rows -= first_rows
         seen[digest] = path
         if campaign is not None:
             campaigns[campaign] = (path, int(nsims))
