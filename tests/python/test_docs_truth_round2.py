@@ -210,3 +210,42 @@ def test_docs_point_to_no_spec_outside_the_repository():
             if re.search(r"\.\./shared/|(?<![\w/.])spec/[\w.-]+\.md", line):
                 found.append(f"{path.relative_to(ROOT)}:{number}")
     assert not found, f"references to spec files outside the repository: {found}"
+
+
+def test_package_digests_are_what_model_package_md_says():
+    """docs/model_package.md's two digests, computed as it describes them (its hand-check command for
+    the content digest, its byte layout for the metadata digest), equal the shipped default's."""
+    import hashlib
+    import struct
+
+    onnx = pytest.importorskip("onnx")
+    from dodo.models import default_model_path
+
+    text = _squeezed(_read(ROOT / "docs" / "model_package.md"))
+    assert "del m.metadata_props[:]; print(hashlib.sha256(m.SerializeToString()).hexdigest())" in text
+    assert ("sorted by key, each written as the key's length in bytes (8-byte little-endian), the key (UTF-8), "
+            "the value's length, the value") in text
+    model = onnx.load(default_model_path())
+    entries = {p.key: p.value for p in model.metadata_props}
+    assert len(entries) == 16  # "16 for an ensemble's" (the default is an ensemble package)
+    metadata = hashlib.sha256()
+    for key, value in sorted((k, v) for k, v in entries.items() if k != "dodo.metadata_sha256"):
+        for part in (key.encode(), value.encode()):
+            metadata.update(struct.pack("<Q", len(part)) + part)
+    assert metadata.hexdigest() == entries["dodo.metadata_sha256"]
+    del model.metadata_props[:]
+    assert hashlib.sha256(model.SerializeToString()).hexdigest() == entries["dodo.content_sha256"]
+
+
+def test_float16_velocity_claim():
+    """README said a float16 u is a unit four-velocity to the tolerance "only at rest"; one whose
+    components float16 holds exactly passes too, and a rounded one is refused."""
+    text = _squeezed(_read(README))
+    assert "only at rest or where float16 holds its components exactly, as (1.25, 0.75, 0, 0)" in text
+    F = np.zeros((6, 4))
+    F[0] = [1.0, 0.0, 0.0, 0.5]
+    F[3] = [1.0, 0.0, 0.0, -0.5]
+    exact = dodo.box3d(F, np.array([1.25, 0.75, 0.0, 0.0], np.float16))
+    assert np.array_equal(exact.F_box, dodo.box3d(F, [1.25, 0.75, 0.0, 0.0]).F_box)
+    with pytest.raises(ValueError, match="not a future-directed unit timelike"):
+        dodo.box3d(F, np.array([5 / 3, 4 / 3, 0.0, 0.0], np.float16))
