@@ -249,3 +249,26 @@ def test_float16_velocity_claim():
     assert np.array_equal(exact.F_box, dodo.box3d(F, [1.25, 0.75, 0.0, 0.0]).F_box)
     with pytest.raises(ValueError, match="not a future-directed unit timelike"):
         dodo.box3d(F, np.array([5 / 3, 4 / 3, 0.0, 0.0], np.float16))
+
+
+def test_reference_cases_are_the_readmes():
+    """README "Accuracy": 15 cases x 3 settings (order 17 exact, order 17 Jedynak, order 131 exact),
+    largest deviation below 1e-15 N_tot."""
+    from dodo.reference import load_reference_cases, stored_settings
+
+    text = _squeezed(_read(README))
+    said = re.search(r"`python/dodo/data/box3d_cases\.json`, ([0-9]+) cases x ([0-9]+) settings: order 17 with exact Z, "
+                     r"the API default, order 17 Jedynak, order 131 exact; .*?largest deviation below ([0-9.e-]+) N_tot", text)
+    assert said, "README's Accuracy section no longer describes the reference cases where this test looks"
+    cases = load_reference_cases()
+    assert len(cases) == int(said.group(1))
+    assert stored_settings(cases) == [(17, "exact"), (17, "jedynak"), (131, "exact")]
+    assert len(stored_settings(cases)) == int(said.group(2))
+    largest = 0.0
+    for case in cases:
+        for expected in case["expected"]:
+            result = dodo.box3d(np.array(case["F_init"]), case["u"], lebedev_order=expected["lebedev_order"],
+                                z_method=expected["z_method"])
+            largest = max(largest, float(np.max(np.abs(result.F_box - np.array(expected["F_box"]))))
+                          / expected["ntot_comoving"])
+    assert largest < float(said.group(3))
