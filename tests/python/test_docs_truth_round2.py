@@ -272,3 +272,19 @@ def test_reference_cases_are_the_readmes():
             largest = max(largest, float(np.max(np.abs(result.F_box - np.array(expected["F_box"]))))
                           / expected["ntot_comoving"])
     assert largest < float(said.group(3))
+
+
+def test_operator_lists_of_model_package_md_are_the_runtimes():
+    """docs/model_package.md names operators a package may hold and operators the runtime refuses;
+    both lists are checked against kAllowedOperators in cpp/src/runtime/onnx_package.cpp."""
+    source = _read(ROOT / "cpp" / "src" / "runtime" / "onnx_package.cpp")
+    allowed = set(re.findall(r'"(\w+)"', re.search(r"kAllowedOperators\[\] = \{(.*?)\};", source, re.S).group(1)))
+    text = _squeezed(_read(ROOT / "docs" / "model_package.md"))
+    listed = re.search(r"`kAllowedOperators` in `cpp/src/runtime/onnx_package\.cpp`: (.*?)\), each of which", text)
+    refused = re.search(r"with `DODO_ERROR_MODEL_FORMAT` naming it .*?: control flow (.*?) and data-dependent-shape", text)
+    assert listed and refused, "docs/model_package.md no longer lists the operators where this test looks"
+    named_allowed = set(re.findall(r"`([A-Z]\w+)`", listed.group(1)))
+    named_refused = set(re.findall(r"`([A-Z]\w+)`", refused.group(1)))
+    assert len(named_allowed) >= 10 and len(named_refused) >= 10
+    assert named_allowed <= allowed, named_allowed - allowed
+    assert not named_refused & allowed, named_refused & allowed
