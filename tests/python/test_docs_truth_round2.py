@@ -288,3 +288,22 @@ def test_operator_lists_of_model_package_md_are_the_runtimes():
     assert len(named_allowed) >= 10 and len(named_refused) >= 10
     assert named_allowed <= allowed, named_allowed - allowed
     assert not named_refused & allowed, named_refused & allowed
+
+
+def test_three_flavour_family_keeps_a_mu_tau_crossing():
+    """docs/dataset.md called the three_flavour family "the same" as the emu recipe, whose states are
+    kept when the e-x lepton number crosses; the sampler keeps a state when any pair crosses."""
+    from dodo.qke.directions import uniform_sphere
+    from dodo.qke.linear import pair_lepton_numbers
+    from dodo.qke.states import _crossing
+
+    row = next(line for line in _read(ROOT / "docs" / "dataset.md").splitlines() if line.startswith("| three_flavour |"))
+    assert "any flavour pair's lepton number crosses (mu-tau included)" in row
+    directions = uniform_sphere(16)
+    state = np.zeros((6, 4))  # nu_e-rich and isotropic; mu and tau with opposite small lepton fluxes
+    state[0], state[3] = [1.0, 0.0, 0.0, 0.0], [0.2, 0.0, 0.0, 0.0]
+    state[1], state[4] = [0.1, 0.0, 0.0, 0.05], [0.1, 0.0, 0.0, -0.05]
+    state[2], state[5] = [0.1, 0.0, 0.0, -0.05], [0.1, 0.0, 0.0, 0.05]
+    one_signed = [bool(g.min() > 0 or g.max() < 0) for g in pair_lepton_numbers(state, directions)]
+    assert one_signed == [True, True, False]  # (e, mu), (e, tau) one-signed; (mu, tau) crosses
+    assert _crossing(state, directions)
