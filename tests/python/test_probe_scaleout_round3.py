@@ -187,3 +187,32 @@ def test_preprocess_reads_one_simulate_campaign_once_however_its_databases_are_n
         assert f"{second} holds the states of {first} simulated with the same settings" in said.getvalue()
         assert "read once" in said.getvalue()
         assert [source["path"] for source in sources] == [str(first)]
+
+
+def test_a_package_or_data_file_given_for_a_checkpoint_is_named(tmp_path, capsys):
+    """Before: `dodo evaluate model.onnx` (the exported package in place of the checkpoint it came from)
+    said `model.onnx: not a checkpoint (it starts with the bytes 08 08 12 07 70 79 74 6f; ...)`, and a
+    preprocessed file `(it starts with the bytes 89 48 44 46 0d 0a 1a 0a; ...)`, while `dodo score
+    best.pt DATA` names the checkpoint it is given. Now the kind is named, and for a package the command
+    that reads it; a file of no kind Dodo knows keeps the bytes."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from dodo.cli import main as dodo_main
+    from training_helpers import synth_and_preprocess, train
+
+    data = synth_and_preprocess(tmp_path, 200, seed=5)
+    checkpoints = train(tmp_path, data, "run", training={"epochs": 1, "threads": 1, "log_interval": 100000})
+    package = tmp_path / "model.onnx"
+    assert dodo_main(["export", str(checkpoints / "best.pt"), "-o", str(package)]) == 0
+    other = tmp_path / "other.bin"
+    other.write_bytes(bytes(range(7, 200)))
+    capsys.readouterr()
+    for given, said in ((package, "it is an ONNX model package (dodo export)"),
+                        (data, "it is a preprocessed training file (dodo preprocess)"),
+                        (other, "it starts with the bytes 07 08 09")):
+        assert dodo_main(["evaluate", str(given)]) == 2
+        error = capsys.readouterr().err
+        assert f"{given}: not a checkpoint ({said}" in error, error
+        assert len(error.strip().splitlines()) == 1, error
+    assert dodo_main(["evaluate", str(package)]) == 2
+    assert "`dodo score MODEL DATA` scores a package" in capsys.readouterr().err

@@ -55,7 +55,28 @@ def _not_a_torch_file(path: str | Path) -> str | None:
     if text is not None and all(character.isprintable() or character in "\t\r\n" for character in text):
         first = (text.strip().splitlines() or [""])[0]
         return f"it is a text file, starting {first[:40]!r}"
+    kind = _known_kind(path)
+    if kind is not None:
+        return kind
     return f"it starts with the bytes {head[:8].hex(' ')}"
+
+
+def _known_kind(path: str | Path) -> str | None:
+    """What Dodo file ``path`` is, where it is a model package or an HDF5 file Dodo knows, else None:
+    `dodo evaluate model.onnx` (the package for the checkpoint it came from) said only "it starts with
+    the bytes 08 08 12 07 ..." (outside probe, scale-out round three)."""
+    from .._output_guard import MODEL_PACKAGE, file_kind
+
+    try:
+        kind = file_kind(path)
+    except Exception:  # any doubt: the bytes, as before
+        return None
+    if kind == MODEL_PACKAGE:
+        return (f"it is {kind}, the graph exported from a checkpoint: `dodo score MODEL DATA` scores a package, "
+                "`dodo evaluate` the checkpoint it was exported from")
+    if kind.startswith("a file of another kind") or kind.startswith("a file that cannot") or kind == "":
+        return None
+    return f"it is {kind}"
 
 
 def load_torch_file(path: str | Path, map_location="cpu"):
