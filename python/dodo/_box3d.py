@@ -521,8 +521,17 @@ def _check_velocity(flat_u: np.ndarray, batch: tuple[int, ...], given_dtype=None
                 problem = (f"|u.u + 1| = {norm_error[first]:.12g} exceeds the largest tolerance "
                            f"{VELOCITY_NORM_TOLERANCE_CAP} ({VELOCITY_NORM_TOLERANCE} max(1, u^t^2) is capped there "
                            f"from u^t ~ 707 on, so that every accepted u is timelike)")
-            rounding = _rounding_of(given_dtype)
-            if rounding > np.finfo(np.float64).eps and norm_error[first] <= 4 * rounding * max(1.0, u0 * u0):
+            rounding, eps64 = _rounding_of(given_dtype), float(np.finfo(np.float64).eps)  # Python floats: inf, no warning
+            if (tolerance >= VELOCITY_NORM_TOLERANCE_CAP and 4 * eps64 * u0 * u0 > VELOCITY_NORM_TOLERANCE_CAP
+                    and norm_error[first] <= 8 * max(rounding, eps64) * u0 * u0):
+                # Past u^t ~ 3e7 float64's own rounding of u.u (~eps u^t^2: 0.2 at 3e7, 2.2 at 1e8) exceeds the
+                # cap: a u computed exactly as told, (W, W v) with W = 1/sqrt(1 - v^2), was refused with "pass
+                # u = (W, W v) ...", and a float32 one with "give u as float64" (physics-law probe, round nine).
+                remedy = (f": at u^t = {u0:.6g} the rounding of float64 alone gives |u.u + 1| up to "
+                          f"~{2 * eps64 * u0 * u0:.2g}, beyond the cap {VELOCITY_NORM_TOLERANCE_CAP}: no float64 u "
+                          "holds a unit four-velocity this fast in every direction (u^t up to ~2e7 is accepted); "
+                          "Lorentz factors beyond that are not supported")
+            elif rounding > eps64 and norm_error[first] <= 4 * rounding * max(1.0, u0 * u0):
                 # A float16 u (eps 9.8e-4) holds no unit four-velocity but at rest, a float32 u none from
                 # u^t ~ 2000 on (the README's W up to 1e4): v = 0.3 in float16 was refused with "pass u =
                 # (W, W v)", which it was, rounded (outside probe, Python round forty-seven).

@@ -119,3 +119,43 @@ def test_a_species_below_the_smallest_normal_double_of_n_tot_does_not_reject_a_c
             assert np.all(_flux_factors(F_pred) <= 1.0), name
         scale = dodo.comoving_density(F, u)[:, None, None]
         assert np.all(np.abs(result.F_box - reference.F_box) <= 4 * EPS * scale), frame
+
+
+def _fast_u(W, direction, dtype=np.float64):
+    """u = (W, W v) with |v| = sqrt(1 - 1/W^2), as README says to compute it."""
+    direction = np.asarray(direction, float) / np.linalg.norm(direction)
+    return np.array([W, *(W * np.sqrt(1.0 - 1.0 / (W * W)) * direction)], dtype=dtype)
+
+
+def test_a_float64_u_too_fast_for_float64_is_refused_as_such_not_as_miscomputed():
+    """Past u^t ~ 3e7 float64's own rounding of u.u (~eps u^t^2) exceeds the cap 0.5 on |u.u + 1|: a u
+    computed as told, (W, W v) with W = 1/sqrt(1 - v^2), was refused with "...; pass u = (W, W v) with
+    W = 1/sqrt(1 - v^2)" (and a float32 one with "give u as float64"), advice that cannot help. Now the
+    refusal says that float64 holds no unit four-velocity that fast; u^t up to 2e7 is accepted."""
+    F = np.zeros((6, 4))
+    F[:, 0] = 1.0
+    rng = np.random.default_rng(901)
+    refused = 0
+    for direction in rng.normal(size=(20, 3)):
+        u = _fast_u(1e8, direction)
+        try:
+            dodo.box3d(F, u)
+        except ValueError as error:
+            refused += 1
+            assert "not supported" in str(error) and "float64" in str(error), str(error)
+            assert "pass u = (W, W v)" not in str(error), str(error)
+    assert refused >= 10
+    for call in (lambda u: dodo.Closure("box3d").apply(F, u), lambda u: dodo.boost_to_rest(F, u)):
+        with pytest.raises(ValueError, match="not supported") as raised:
+            call(_fast_u(1e8, [0.6, 0.0, 0.8]))
+        assert "pass u = (W, W v)" not in str(raised.value)
+    with pytest.raises(ValueError, match="not supported") as raised:
+        dodo.box3d(F, _fast_u(1e8, [0.6, 0.0, 0.8], np.float32))
+    assert "give u as float64" not in str(raised.value)
+    # The message's bound: (W, W v) in float64 at u^t = 2e7 passes in every direction tried.
+    for direction in rng.normal(size=(200, 3)):
+        dodo.box3d(F, _fast_u(2e7, direction))
+    # A u that is wrong in any precision keeps the plain refusal.
+    with pytest.raises(ValueError, match=r"pass u = \(W, W v\)") as raised:
+        dodo.box3d(F, np.array([1e8, 0.5e8, 0.0, 0.0]))
+    assert "not supported" not in str(raised.value)
