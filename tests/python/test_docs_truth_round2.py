@@ -307,3 +307,30 @@ def test_three_flavour_family_keeps_a_mu_tau_crossing():
     one_signed = [bool(g.min() > 0 or g.max() < 0) for g in pair_lepton_numbers(state, directions)]
     assert one_signed == [True, True, False]  # (e, mu), (e, tau) one-signed; (mu, tau) crosses
     assert _crossing(state, directions)
+
+
+def test_onnxruntime_library_with_a_latin1_name_is_loaded(tmp_path):
+    """docs/runtime.md said an `onnxruntime_library=` whose name is not UTF-8 "is refused"; since the
+    deployment probe it goes to the runtime as bytes and loads. A fresh process: the library is
+    loaded once per process, and a later request gets the loaded one."""
+    import subprocess
+    import sys
+
+    from dodo._closure import onnxruntime_library_path, runtime_available
+
+    if not runtime_available() or not onnxruntime_library_path():
+        pytest.skip("no closure runtime or no onnxruntime library here")
+    text = _squeezed(_read(RUNTIME_MD))
+    assert "`onnxruntime_library=` so named goes to the runtime as the file system's bytes and is loaded" in text
+    directory = os.fsencode(str(tmp_path)) + b"/lat\xe9"
+    os.mkdir(directory)
+    os.symlink(onnxruntime_library_path(), directory + b"/libonnxruntime.so.1")
+    code = ("import os, sys, dodo\n"
+            "path = os.fsdecode(sys.argv[1].encode('utf-8', 'surrogateescape'))\n"
+            "closure = dodo.Closure(None, onnxruntime_library=path, evaluator='onnxruntime')\n"
+            "print(closure.onnxruntime[0] == path)\n")
+    environment = {k: v for k, v in os.environ.items() if k != "DODO_ONNXRUNTIME_LIBRARY"}
+    done = subprocess.run([sys.executable, "-c", code, os.fsdecode(directory + b"/libonnxruntime.so.1")],
+                          capture_output=True, text=True, env=environment, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"
