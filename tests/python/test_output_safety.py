@@ -211,8 +211,10 @@ def test_simulate_keeps_unreadable_and_old_checkpoints_it_cannot_match(tmp_path)
     output = str(tmp_path / "out.h5")
     checkpoint = Path(output + ".partial.npz")
     checkpoint.write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="cannot be read as a checkpoint"):
+    with pytest.raises(ValueError, match="cannot be read as a checkpoint") as refused:
         simulate_states(STATES, output, SolverConfig(ncell=16, nphi_equator=8), batch_size=1, report=lambda m: None)
+    # no run can resume from it: not "rerun the command that wrote it", the command just run
+    assert "rerun the command that wrote it" not in str(refused.value) and "remove" in str(refused.value)
     assert checkpoint.read_bytes() == b"garbage"
     np.savez(checkpoint, fingerprint="0" * 64, done=np.zeros(2, bool))  # an older version's, other campaign
     before = digest(checkpoint)

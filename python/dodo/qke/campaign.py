@@ -391,7 +391,12 @@ def _load_checkpoints(output: str, fingerprint: str, four_flux: np.ndarray, sett
             why = (_max_cost_mismatch(stored, max_cost) if str(stored["fingerprint"]) == fingerprint
                    else _mismatch_reason(stored, four_flux, settings))
         except Exception as error:  # noqa: BLE001 - any failure to read it (truncated, not .npz, no fingerprint)
-            why = f"it cannot be read as a checkpoint ({' '.join(str(error).split()) or type(error).__name__})"
+            # An unreadable checkpoint belongs to no campaign that could resume it: no "rerun the command
+            # that wrote it", which was the command just run (scale-out probe, round three).
+            raise CheckpointMismatchError(
+                f"{path} cannot be read as a checkpoint ({' '.join(str(error).split()) or type(error).__name__}): "
+                f"no run can resume from it. It is left untouched: remove {path} (its states are lost) and rerun "
+                "to simulate them again, or choose another output file") from None
         if why is not None:
             raise CheckpointMismatchError(
                 f"{path} does not belong to this campaign: {why}. It is left untouched: to resume it, rerun the "
