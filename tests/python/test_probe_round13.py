@@ -392,7 +392,7 @@ def test_a_planted_simulate_checkpoint_cannot_run_code(tmp_path, capsys):
     planted = tmp_path / "out.h5.partial.rank7.npz"
     planted.write_bytes(_pickle_that_runs(marker))
     refused(capsys, ["simulate", str(tmp_path / "out.h5"), "--random", "1", "--seed", "1", "--ncell", "16",
-                     "--nphi", "4", "-q"], str(planted), "does not belong to this campaign")
+                     "--nphi", "4", "-q"], str(planted), "cannot be read as a checkpoint")
     assert not marker.exists()
     assert planted.exists()  # left untouched, as any checkpoint of another campaign
 
