@@ -1337,7 +1337,16 @@ void prepare_block(double max_flux_factor, std::size_t count, const double* F_in
   // to 0) rejected ~7% of such crossing cells as FLUX_FACTOR though the species' flux factor is 0.9
   // (physics-law probe, round nine). Where its rest-frame values, scaled exactly, are below the limit,
   // it is reconstructed isotropic: it weighs 2e-308 N_tot at most. Only cells flagged before change.
-  for (std::size_t c = 0; c < count; ++c) {
+  // One vectorised test of the block's densities first (a scalar pass cost a stable cell +13%).
+  std::int64_t any_tiny = 0;
+#pragma omp simd reduction(| : any_tiny)
+  for (std::size_t c = 0; c < lanes; ++c) {
+    double smallest = rest[0][c];  // the smallest density (a compare per species: std::fmin was a call)
+    for (int a = 1; a < kSpecies; ++a)
+      smallest = rest[a * kComponents][c] < smallest ? rest[a * kComponents][c] : smallest;
+    any_tiny |= (smallest * inverse_total[c] < DBL_MIN) & (inverse_total[c] != 0.0);  // normalised's product
+  }
+  for (std::size_t c = 0; any_tiny && c < count; ++c) {
     if (inverse_total[c] == 0.0) continue;  // rejected already
     for (int a = 0; a < kSpecies; ++a) {
       double* values[kComponents];
