@@ -7,7 +7,9 @@ and with the default model, the C API).
 One violation found and fixed (cpp/src/box3d/box3d.cpp, prepare_block): a crossing cell with one species
 of ~1e-322 N_tot whose flux factor as given is 0.9 or less (e.g. nubar_tau = 8.9e-24 beside species of
 1e300) was rejected as FLUX_FACTOR and returned unmixed: divided by N_tot, the species' values are a few
-ulp of the subnormal grid (5e-324, 0, 0, -5e-324), whose rounded flux factor is 1.
+ulp of the subnormal grid (5e-324, 0, 0, -5e-324), whose rounded flux factor is 1. One misleading
+refusal fixed (python/dodo/_box3d.py, _check_velocity): a float64 u at u^t = 1e8, computed as (W, W v),
+was told to "pass u = (W, W v) with W = 1/sqrt(1 - v^2)"; float64's own rounding of u.u exceeds the cap.
 """
 from __future__ import annotations
 
