@@ -605,12 +605,76 @@ def _threads(threads: Optional[int]) -> int:
 
 def _usable_cpus() -> int:
     """The CPUs this process may run on: its affinity mask (taskset, `mpirun --bind-to core`, a
-    SLURM job's --cpus-per-task), not the machine's count. os.cpu_count() gave an MPI rank bound to
-    one core of a 128-core node 128 worker threads, all on that core."""
+    SLURM job's --cpus-per-task), not the machine's count, and no more than its cgroup's CPU quota
+    (_cgroup_cpu_limit). os.cpu_count() gave an MPI rank bound to one core of a 128-core node 128
+    worker threads, all on that core."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        usable = max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # no affinity masks on this platform
-        return os.cpu_count() or 1
+        usable = os.cpu_count() or 1
+    quota = _cgroup_cpu_limit()
+    return min(usable, quota) if quota else usable
+
+
+def _cgroup_cpu_limit(root: str = "/sys/fs/cgroup", membership: str = "/proc/self/cgroup") -> Optional[int]:
+    """The CPU quota of this process's cgroup and of every cgroup above it, in whole CPUs (rounded up),
+    or None where none is set or it cannot be read. A container limited to 2 CPUs (Kubernetes'
+    `resources.limits.cpu`, `docker run --cpus 2`) on a 64-core node keeps the node's affinity mask, so
+    its closure started 64 workers that the quota then throttled (outside probe, Python round
+    forty-seven). cgroup v2: `cpu.max` ("QUOTA PERIOD" or "max ..."); v1: `cpu.cfs_quota_us` (-1:
+    none) over `cpu.cfs_period_us`, in the cpu controller's hierarchy."""
+    try:
+        with open(membership, encoding="utf-8", errors="replace") as lines:
+            entries = [line.rstrip("\n").split(":", 2) for line in lines]
+    except OSError:
+        return None
+    limits = []
+    for entry in entries:
+        if len(entry) != 3:
+            continue
+        hierarchy, controllers, path = entry
+        if hierarchy == "0" and controllers == "":  # v2: mounted at root, or at root/unified beside v1
+            bases = [root] if os.path.exists(os.path.join(root, "cgroup.controllers")) else [os.path.join(root, "unified")]
+            read = _cgroup_v2_quota
+        elif "cpu" in controllers.split(","):
+            bases = [os.path.join(root, controllers)] + [os.path.join(root, "cpu")] * ("," in controllers)
+            read = _cgroup_v1_quota
+        else:
+            continue
+        parts = [part for part in path.split("/") if part and part not in (".", "..")]
+        for base in bases:
+            # the process's cgroup and each above it; in a container the mount's root is its own cgroup
+            for depth in range(len(parts), -1, -1):
+                limit = read(os.path.join(base, *parts[:depth]))
+                if limit:
+                    limits.append(limit)
+    return min(limits) if limits else None
+
+
+def _read_numbers(path: str) -> list:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as file:
+            return file.read().split()
+    except OSError:
+        return []
+
+
+def _quota_cpus(quota: str, period: str) -> Optional[int]:
+    """ceil(quota / period) for positive integers, else None ("max", -1, garbage)."""
+    if not (quota.isdecimal() and period.isdecimal()) or int(quota) <= 0 or int(period) <= 0:
+        return None
+    return max(1, -(-int(quota) // int(period)))
+
+
+def _cgroup_v2_quota(folder: str) -> Optional[int]:
+    words = _read_numbers(os.path.join(folder, "cpu.max"))
+    return _quota_cpus(words[0], words[1]) if len(words) == 2 else None
+
+
+def _cgroup_v1_quota(folder: str) -> Optional[int]:
+    quota = _read_numbers(os.path.join(folder, "cpu.cfs_quota_us"))
+    period = _read_numbers(os.path.join(folder, "cpu.cfs_period_us"))
+    return _quota_cpus(quota[0], period[0]) if len(quota) == 1 and len(period) == 1 else None
 
 
 #: Variables in which MPI launchers give each process the number of ranks on its node: Open MPI's

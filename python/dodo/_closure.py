@@ -493,7 +493,7 @@ class Closure:
             library = self._runtime.onnxruntime_library
         except UnicodeDecodeError:
             # The runtime returns the path as UTF-8 text: a library loaded through a
-            # DODO_ONNXRUNTIME_LIBRARY name that is not UTF-8 (the option refuses such names) made
+            # DODO_ONNXRUNTIME_LIBRARY name that is not UTF-8 (the option takes it as bytes since fda1adf3) made
             # this a UnicodeDecodeError, and `python -m dodo.test` a traceback (outside probe, round 26).
             given = self._library_given
             library = (os.fsdecode(given) if isinstance(given, bytes)
