@@ -25,23 +25,10 @@ if not dodo.runtime_available():
     pytest.skip("dodo built without the closure runtime", allow_module_level=True)
 
 sys.path.insert(0, os.path.dirname(__file__))
-
-NO_CROSSING = 1
-FLUX_FACTOR = 2
-REJECTED = 2 | 4 | 8 | 16 | 32
-EPS = np.finfo(float).eps
+# round eight's status bits and its `closures` fixture (Box3D, the model, ONNX Runtime where present)
+from test_probe_physics_round8 import EPS, NO_CROSSING, REJECTED, closures  # noqa: E402,F401
 
 pytestmark = pytest.mark.usefixtures("native_evaluator")
-
-
-@pytest.fixture(scope="module")
-def closures(native_evaluator):
-    found = {"box3d": dodo.Closure("box3d", threads=1), "model": dodo.Closure(threads=1)}
-    try:
-        found["onnxruntime"] = dodo.Closure(threads=1, evaluator="onnxruntime")
-    except Exception:  # no ONNX Runtime on this machine: the native evaluator alone
-        pass
-    return found
 
 
 def _random_cells(rng, n, largest_flux_factor=0.9):
