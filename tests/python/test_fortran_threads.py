@@ -5,34 +5,17 @@ gfortran (12 at least) keeps the length of a deferred-length character function 
 its messages with such functions, so two threads failing at once wrote each other's lengths: a
 message cut or run on into the heap, and now and then a heap overflow that aborted the host in
 malloc (C round 35's `private(closure)` test failed about 1 run in 75, 13% under ASan). The
-module now returns no deferred-length result (docs/reliability_cpp.md, round thirty-seven)."""
+module now returns no deferred-length result (docs/reliability_cpp.md, round thirty-seven). The cause
+itself, read off gfortran's translation (no static storage under -fopenmp), is held by
+test_probe_c_round38.py's test_the_module_keeps_no_local_in_static_storage_under_a_hosts_flags[openmp]."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 
 import pytest
 
 from capi_host import FORTRAN_MODULE, default_model, run_host
 from test_native_programs import pkg_config, run
-
-
-def test_the_fortran_module_keeps_no_string_length_in_static_storage(tmp_path):
-    """The cause, read off gfortran's own translation of the module: no procedure of it holds a
-    string length in a `static` variable (each would be shared by every thread)."""
-    if not shutil.which("gfortran"):
-        pytest.skip("gfortran is not installed (apt-get install gfortran)")
-    subprocess.run(["gfortran", "-std=f2018", "-fopenmp", "-c", "-fdump-tree-original", "-J", str(tmp_path),
-                    str(FORTRAN_MODULE), "-o", str(tmp_path / "dodo.o")], check=True, cwd=tmp_path)
-    dumps = list(tmp_path.glob("*.original"))
-    assert len(dumps) == 1, dumps
-    procedure, shared = "", []
-    for line in dumps[0].read_text().splitlines():
-        if line and not line.startswith((" ", "{", "}", "_")) and "(" in line:
-            procedure = line.split("(")[0].split()[-1]
-        if "static" in line and "slen" in line:
-            shared.append(procedure)
-    assert not shared, f"string lengths in static storage (one per process, not per thread) in: {shared}"
 
 
 THREADED_FAILURES_HOST = """\

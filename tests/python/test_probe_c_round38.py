@@ -48,8 +48,9 @@ def _build_fortran(tmp_path: Path, name: str, source: str, flags: list[str],
     return program
 
 
-@pytest.mark.parametrize("flags", [["-fno-automatic"], ["-fopenmp", "-fno-automatic"], ["-fmax-stack-var-size=100"]],
-                         ids=["no-automatic", "openmp-no-automatic", "small-stack-vars"])
+@pytest.mark.parametrize("flags", [["-fopenmp"], ["-fno-automatic"], ["-fopenmp", "-fno-automatic"],
+                                   ["-fmax-stack-var-size=100"]],
+                         ids=["openmp", "no-automatic", "openmp-no-automatic", "small-stack-vars"])
 def test_the_module_keeps_no_local_in_static_storage_under_a_hosts_flags(tmp_path, flags):
     """Read off gfortran's translation of the module: under flags that give a procedure's locals
     static storage, no procedure of it has one (only the compiler's own read-only constants,
