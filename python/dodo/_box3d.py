@@ -616,9 +616,11 @@ def _usable_cpus() -> int:
     return min(usable, quota) if quota else usable
 
 
+@functools.lru_cache(maxsize=None)  # read once per process: ~70 us of file reads, and dodo.box3d asks per call
 def _cgroup_cpu_limit(root: str = "/sys/fs/cgroup", membership: str = "/proc/self/cgroup") -> Optional[int]:
     """The CPU quota of this process's cgroup and of every cgroup above it, in whole CPUs (rounded up),
-    or None where none is set or it cannot be read. A container limited to 2 CPUs (Kubernetes'
+    or None where none is set or it cannot be read (as found at the first call: a quota changed later
+    is not followed). A container limited to 2 CPUs (Kubernetes'
     `resources.limits.cpu`, `docker run --cpus 2`) on a 64-core node keeps the node's affinity mask, so
     its closure started 64 workers that the quota then throttled (outside probe, Python round
     forty-seven). cgroup v2: `cpu.max` ("QUOTA PERIOD" or "max ..."); v1: `cpu.cfs_quota_us` (-1:
@@ -651,7 +653,7 @@ def _cgroup_cpu_limit(root: str = "/sys/fs/cgroup", membership: str = "/proc/sel
     return min(limits) if limits else None
 
 
-def _read_numbers(path: str) -> list:
+def _read_words(path: str) -> list:
     try:
         with open(path, encoding="utf-8", errors="replace") as file:
             return file.read().split()
@@ -667,13 +669,13 @@ def _quota_cpus(quota: str, period: str) -> Optional[int]:
 
 
 def _cgroup_v2_quota(folder: str) -> Optional[int]:
-    words = _read_numbers(os.path.join(folder, "cpu.max"))
+    words = _read_words(os.path.join(folder, "cpu.max"))
     return _quota_cpus(words[0], words[1]) if len(words) == 2 else None
 
 
 def _cgroup_v1_quota(folder: str) -> Optional[int]:
-    quota = _read_numbers(os.path.join(folder, "cpu.cfs_quota_us"))
-    period = _read_numbers(os.path.join(folder, "cpu.cfs_period_us"))
+    quota = _read_words(os.path.join(folder, "cpu.cfs_quota_us"))
+    period = _read_words(os.path.join(folder, "cpu.cfs_period_us"))
     return _quota_cpus(quota[0], period[0]) if len(quota) == 1 and len(period) == 1 else None
 
 
