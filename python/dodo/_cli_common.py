@@ -70,6 +70,24 @@ def add_json_argument(parser: argparse.ArgumentParser, what: str) -> None:
                              "or printed instead of the table with --json alone or --json -")
 
 
+def json_took_a_word_hint(argv) -> str:
+    """What to add to a usage error when ``--json`` (whose PATH is optional) took the word after it:
+    `dodo score --json box3d data.h5`, meant as the report on standard output, said only "the
+    following arguments are required: data", of a command line that gave it (outside probe, Python
+    round forty-eight). Empty unless a separate ``--json`` token is followed by a word that is not an
+    option (``--json=PATH`` is the user's PATH as written)."""
+    argv = list(argv or ())
+    for position, token in enumerate(argv[:-1]):
+        if token == "--":
+            break
+        word = argv[position + 1]
+        if token == "--json" and not word.startswith("-"):
+            return (f"; --json took {word!r} as the file for its report (PATH is optional, so --json takes the "
+                    "word after it): for the report on standard output, put --json after the other arguments or "
+                    "write --json -")
+    return ""
+
+
 def emit(table_text: str, data, json_target, inputs=()) -> None:
     """Print the table, or the JSON, or both (the JSON to a file), as add_json_argument says.
     The JSON is strict (NaN and Inf as null); a JSON file that is one of ``inputs`` is refused."""

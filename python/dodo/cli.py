@@ -108,8 +108,24 @@ def _runtime_variable_lines() -> list[str]:
     return lines
 
 
+#: The command line being parsed (_parse), for _Parser.error's hints.
+_argv_being_parsed: list[str] = []
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser (also of every subcommand: add_subparsers makes them of its parser's class),
+    whose "arguments are required" error says when --json took the word meant as one of them."""
+
+    def error(self, message):
+        if message.startswith("the following arguments are required"):
+            from ._cli_common import json_took_a_word_hint
+
+            message += json_took_a_word_hint(_argv_being_parsed)
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dodo", description="Dodo: Box3D + learned closure for the neutrino FFI")
+    parser = _Parser(prog="dodo", description="Dodo: Box3D + learned closure for the neutrino FFI")
     from . import __version__  # `dodo --version`, as most tools answer it (was "unrecognized arguments")
 
     parser.add_argument("--version", "-V", action="version", version=f"dodo {__version__}",
@@ -145,6 +161,7 @@ def _parse(parser: argparse.ArgumentParser, argv):
     parser: its usage line, `dodo reference: error: unrecognized arguments: --threads 0`, where
     argparse printed dodo's top-level usage (`usage: dodo [-h] [--version] COMMAND ...`), which
     names no option of the command that was run."""
+    _argv_being_parsed[:] = sys.argv[1:] if argv is None else list(argv)
     args, extra = parser.parse_known_args(argv)
     if extra:
         subcommand = getattr(parser, "subcommand_parsers", {}).get(getattr(args, "command", None))

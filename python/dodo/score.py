@@ -496,6 +496,14 @@ def _run(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # the reader went away (`| head`): dodo.cli.main ends quietly, 141
         raise
     except (ValueError, OSError, RuntimeError) as error:
-        print(f"dodo score: error: {' '.join(str(error).split())}", file=sys.stderr)
+        hint = ""
+        if args.json not in (None, "-") and (args.json in ("default", "box3d") or args.json.endswith(".onnx")):
+            # `dodo score --json box3d a.h5 b.h5` (the report meant for standard output): --json took the
+            # model, a.h5 became the model, "an HDF5 file (a data file?), not an ONNX model package", and
+            # `--json m.onnx a.h5 b.h5` "does not write a report over it" (outside probe, Python round 48).
+            hint = (f"; --json took {args.json!r}, a model, as the file for its report (PATH is optional, so "
+                    "--json takes the word after it): for the report on standard output, put --json after the "
+                    "other arguments or write --json -")
+        print(f"dodo score: error: {' '.join(str(error).split())}{hint}", file=sys.stderr)
         return 2
     return 0

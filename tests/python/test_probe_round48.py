@@ -1,0 +1,73 @@
+"""Outside probe, Python round forty-eight (docs/reliability_python.md section 78): the run-time
+commands and the Python API as a user calls them from the README. Each test failed on the code
+before its fix, except those marked as guards."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import dodo
+from cli_helpers import emu_file, run
+from dodo.conventions import to_emu_layout
+from test_probe_round46 import _cells  # three crossing cells, round forty-six's
+
+
+def _data(tmp_path, name="cells.h5"):
+    return str(emu_file(tmp_path / name, to_emu_layout(_cells(8))))
+
+
+# --- --json, whose PATH is optional, took the word after it ----------------------------------
+
+@pytest.mark.parametrize("argv, missing", [(["score", "--json", "box3d", "{data}"], "data"),
+                                           (["evaluate", "--json", "run/best.pt"], "checkpoint")])
+def test_a_json_option_that_took_the_next_word_says_so_in_the_usage_error(tmp_path, capsys, monkeypatch, argv,
+                                                                           missing):
+    """`dodo score --json box3d data.h5` (the report meant for standard output) said only "the following
+    arguments are required: data", of a command line that gave data.h5: --json took 'box3d' as its
+    PATH and data.h5 became the model. The error now says what --json took and what to write."""
+    monkeypatch.chdir(tmp_path)
+    if missing == "checkpoint":
+        pytest.importorskip("torch")
+    argv = [word.format(data=_data(tmp_path)) for word in argv]
+    code, out, err = run(capsys, argv)
+    line = err.strip().splitlines()[-1]
+    assert code == 2 and out == ""
+    assert f"the following arguments are required: {missing}" in line, err
+    assert f"--json took {argv[2]!r} as the file for its report" in line and "--json -" in line, err
+    assert not (tmp_path / argv[2]).exists()
+
+
+@pytest.mark.parametrize("taken", ["box3d", "default", "model.onnx"])
+def test_dodo_score_whose_json_took_the_model_says_so(tmp_path, capsys, monkeypatch, taken):
+    """With two data files nothing is missing: `dodo score --json box3d a.h5 b.h5` refused a.h5 as "an
+    HDF5 file (a data file?), not an ONNX model package", and `--json model.onnx a.h5 b.h5` said "does not
+    write a report over it", without a word of --json having taken the model."""
+    monkeypatch.chdir(tmp_path)
+    if taken.endswith(".onnx"):
+        import shutil
+
+        from dodo.models import default_model_path
+
+        shutil.copy(default_model_path(), tmp_path / taken)
+    a, b = _data(tmp_path, "a.h5"), _data(tmp_path, "b.h5")
+    code, out, err = run(capsys, ["score", "--json", taken, a, b, "--bootstrap", "100"])
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"--json took {taken!r}, a model, as the file for its report" in err and "--json -" in err, err
+    if not taken.endswith(".onnx"):
+        assert not (tmp_path / taken).exists()
+
+
+def test_json_before_the_arguments_with_a_dash_and_json_last_still_print_the_report(tmp_path, capsys):
+    """Guard: the two spellings the hint names print the report; --json=PATH and a bad model keep their
+    plain refusals."""
+    data = _data(tmp_path)
+    for argv in (["score", "--json", "-", "box3d", data, "--bootstrap", "100"],
+                 ["score", "box3d", data, "--bootstrap", "100", "--json"]):
+        code, out, err = run(capsys, argv)
+        assert code == 0 and json.loads(out)["dodo_report"] == "dodo score", err
+    code, _, err = run(capsys, ["score", "--json=box3d", data])
+    assert code == 2 and "--json took" not in err and "required: data" in err
+    code, _, err = run(capsys, ["score", data, data, "--json", str(tmp_path / "r.json")])
+    assert code == 2 and "--json took" not in err and "is an HDF5 file" in err
