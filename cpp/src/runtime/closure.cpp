@@ -711,7 +711,13 @@ void Closure::process_chunk(const Batch& batch, std::size_t begin, std::size_t e
           if (images.weights.weight[g] > 0.0 && images.weights.weight[g - 1] > 0.0) images.row[g] = images.row[g - 1];
     }
   }
-  if (network_rows > 0) model_->run(*w.network, network_rows);
+  // ONNX Runtime's CPU kernels (MLAS) evaluate a one-row batch by a matrix-vector kernel that sums in
+  // another order than a batch's: a cell alone, or the only network row of its chunk, got other float32
+  // bits than in a grid (up to 2e-9 N_tot), so the answer depended on its neighbours and the chunking
+  // (outside probe, physics round ten). A second, don't-care row (every workspace holds 4 rows a cell)
+  // takes the batch kernel; the native evaluator does not depend on a row's place.
+  const bool graph = std::strcmp(model_ ? model_->evaluator() : "", "onnxruntime") == 0;
+  if (network_rows > 0) model_->run(*w.network, network_rows == 1 && graph ? 2 : network_rows);
 
   // 2. Head, projection, limiter, boost back (finalise_cell); scatter to the caller's strides.
   CellNetworkOutput output;  // one for the chunk: its zero c_ab, d_ab are kept from cell to cell
