@@ -60,6 +60,12 @@ def check_input_file(path: str | Path, expected: str = "a regular file") -> None
     try:
         mode = os.stat(path).st_mode
     except (FileNotFoundError, NotADirectoryError):
+        if os.path.islink(path):  # "no such file" of a link that is there (outside probe, Python round 48)
+            try:
+                raise InputPathError(f"cannot read {path}: a symbolic link to {os.readlink(path)!r}, which does not "
+                                     "exist (a dangling link: the file was moved or deleted)") from None
+            except OSError:
+                pass
         raise InputPathError(f"cannot read {path}: no such file{relative_to_cwd(path)}") from None
     except OSError as error:
         raise InputPathError(f"cannot read {path}: {error.strerror or error}") from None

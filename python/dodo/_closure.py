@@ -152,6 +152,29 @@ _NOT_A_PACKAGE = (
 )
 
 
+def _refuse_a_path_that_is_there(path: str) -> None:
+    """The cause, where os.path.exists says False of a path that is there: a symbolic link to nothing
+    (its target named), a loop of links, a directory on the way this user may not search. Each was
+    "model package '...' does not exist", where `dodo apply --model` said "Too many levels of symbolic
+    links" of the same loop (outside probe, Python round forty-eight)."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            try:
+                target = os.readlink(path)
+            except OSError:
+                return
+            raise FileNotFoundError(f"model package {path!r} is a symbolic link to {target!r}, which does not exist "
+                                    "(a dangling link: the package was moved or deleted)") from None
+    except OSError as error:  # ELOOP, EACCES, ENAMETOOLONG: the path is there, or cannot be looked up
+        if isinstance(error, NotADirectoryError):
+            return
+        refusal = type(error)(f"model package {path!r} cannot be read: {error.strerror}")
+        refusal.errno = error.errno
+        raise refusal from None
+
+
 def _refuse_known_non_packages(path: str) -> None:
     """One clear line for a checkpoint or data file given as the model, where the runtime would say
     "not an ONNX model (truncated or damaged file?)". Only regular files are read (a FIFO would
@@ -349,6 +372,7 @@ class Closure:
                     expanded = os.path.expanduser(model_path)
                     hint = (f" (a leading ~ is the shell's: Python does not expand it; {expanded!r} exists: give "
                             "os.path.expanduser(path))")
+                _refuse_a_path_that_is_there(model_path)
                 raise FileNotFoundError(f"model package {model_path!r} does not exist{hint}")
             _refuse_known_non_packages(model_path)
         library = onnxruntime_library

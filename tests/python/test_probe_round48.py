@@ -71,3 +71,68 @@ def test_json_before_the_arguments_with_a_dash_and_json_last_still_print_the_rep
     assert code == 2 and "--json took" not in err and "required: data" in err
     code, _, err = run(capsys, ["score", data, data, "--json", str(tmp_path / "r.json")])
     assert code == 2 and "--json took" not in err and "is an HDF5 file" in err
+
+
+# --- A model or data path that is there, but not a file: a dangling link, a loop of links --------
+
+def _links(tmp_path, suffix):
+    dangling = tmp_path / f"dangling{suffix}"
+    dangling.symlink_to(f"moved{suffix}")
+    loop_a, loop_b = tmp_path / f"loop_a{suffix}", tmp_path / f"loop_b{suffix}"
+    loop_a.symlink_to(loop_b.name)
+    loop_b.symlink_to(loop_a.name)
+    return dangling, loop_a
+
+
+@pytest.mark.skipif(not dodo.runtime_available(), reason="no closure runtime in this build")
+def test_a_model_path_that_is_a_dangling_link_or_a_loop_is_not_called_missing(tmp_path, monkeypatch):
+    """dodo.Closure (and dodo.closure, dodo score) said "model package 'm.onnx' does not exist" of a
+    symbolic link whose package was moved, and of a loop of links, which `dodo apply --model` called
+    "Too many levels of symbolic links": now the link's target, or the loop, is named."""
+    monkeypatch.chdir(tmp_path)
+    dangling, loop = _links(tmp_path, ".onnx")
+    for call in (dodo.Closure, lambda path: dodo.closure(_cells(), model=path)):
+        with pytest.raises(FileNotFoundError) as caught:
+            call(dangling.name)
+        assert str(caught.value) == ("model package 'dangling.onnx' is a symbolic link to 'moved.onnx', which does "
+                                     "not exist (a dangling link: the package was moved or deleted)")
+        with pytest.raises(OSError) as caught:
+            call(loop.name)
+        assert not isinstance(caught.value, FileNotFoundError) and caught.value.errno is not None
+        assert str(caught.value).startswith("model package 'loop_a.onnx' cannot be read: Too many levels")
+    with pytest.raises(FileNotFoundError, match=r"^model package 'moved.onnx' does not exist$"):
+        dodo.Closure("moved.onnx")  # guard: a path that is not there keeps its words
+
+
+def test_a_model_path_this_user_may_not_search_is_not_called_missing(tmp_path, monkeypatch):
+    """A package in a directory the user may not search (os.stat: EACCES) was "does not exist" (as
+    root, which searches every directory, the refusal is simulated: os.stat raises PermissionError)."""
+    import errno
+    import os
+
+    real_stat = os.stat
+
+    def stat(path, *args, **kwargs):
+        if os.fspath(path).startswith("locked/"):
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat)
+    with pytest.raises(PermissionError) as caught:
+        dodo.Closure("locked/m.onnx")
+    assert str(caught.value) == "model package 'locked/m.onnx' cannot be read: Permission denied"
+
+
+@pytest.mark.parametrize("command", ["score", "apply"])
+def test_a_data_file_that_is_a_dangling_link_names_its_target(tmp_path, capsys, monkeypatch, command):
+    """`dodo score`/`dodo apply` of a data file that is a link to a file moved away said "cannot read
+    dangling.h5: no such file (relative to the current directory ...)", of a link that is there."""
+    monkeypatch.chdir(tmp_path)
+    dangling, loop = _links(tmp_path, ".h5")
+    argv = ["score", "box3d", dangling.name] if command == "score" else ["apply", dangling.name]
+    code, _, err = run(capsys, argv)
+    assert code == 2 and err.strip() == (f"dodo {command}: error: cannot read dangling.h5: a symbolic link to "
+                                         "'moved.h5', which does not exist (a dangling link: the file was moved or "
+                                         "deleted)"), err
+    code, _, err = run(capsys, argv[:-1] + ["moved.h5"])  # guard: a file that is not there keeps its words
+    assert code == 2 and "cannot read moved.h5: no such file (relative to the current directory" in err
