@@ -66,6 +66,11 @@ def check_input_file(path: str | Path, expected: str = "a regular file") -> None
                                      "exist (a dangling link: the file was moved or deleted)") from None
             except OSError:
                 pass
+        text = os.fspath(path)
+        stripped = text.strip() if isinstance(text, str) else text
+        if stripped != text and stripped and os.path.exists(stripped):  # 'data.h5\n' read from a list (round 48)
+            raise InputPathError(f"cannot read {text!r}: no such file; its name has leading or trailing white space, "
+                                 f"and {stripped!r} exists: give that name") from None
         raise InputPathError(f"cannot read {path}: no such file{relative_to_cwd(path)}") from None
     except OSError as error:
         raise InputPathError(f"cannot read {path}: {error.strerror or error}") from None

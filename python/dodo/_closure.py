@@ -372,6 +372,12 @@ class Closure:
                     expanded = os.path.expanduser(model_path)
                     hint = (f" (a leading ~ is the shell's: Python does not expand it; {expanded!r} exists: give "
                             "os.path.expanduser(path))")
+                stripped = model_path.strip()
+                if stripped != model_path and stripped and word != BOX3D_ONLY and os.path.exists(stripped):
+                    # A path read from a text file or a config line keeps its newline: 'm.onnx\n' was
+                    # "does not exist" of a package that does (outside probe, Python round forty-eight).
+                    hint = (f" (its name has leading or trailing white space; {stripped!r} exists: give "
+                            "path.strip())")
                 _refuse_a_path_that_is_there(model_path)
                 raise FileNotFoundError(f"model package {model_path!r} does not exist{hint}")
             _refuse_known_non_packages(model_path)

@@ -136,3 +136,42 @@ def test_a_data_file_that_is_a_dangling_link_names_its_target(tmp_path, capsys, 
                                          "deleted)"), err
     code, _, err = run(capsys, argv[:-1] + ["moved.h5"])  # guard: a file that is not there keeps its words
     assert code == 2 and "cannot read moved.h5: no such file (relative to the current directory" in err
+
+
+# --- A path with a newline or spaces around it, read from a text file --------------------------
+
+@pytest.mark.skipif(not dodo.runtime_available(), reason="no closure runtime in this build")
+@pytest.mark.parametrize("given", ["m.onnx\n", " m.onnx", "m.onnx "])
+def test_a_model_path_with_white_space_around_it_names_the_file_that_exists(tmp_path, monkeypatch, given):
+    """`dodo.Closure(open("model_path.txt").read())` keeps the line's newline: "model package 'm.onnx\\n'
+    does not exist", of a package that does, without a word of the white space."""
+    import shutil
+
+    from dodo.models import default_model_path
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(default_model_path(), tmp_path / "m.onnx")
+    for call in (dodo.Closure, lambda path: dodo.closure(_cells(), model=path)):
+        with pytest.raises(FileNotFoundError) as caught:
+            call(given)
+        assert str(caught.value) == (f"model package {given!r} does not exist (its name has leading or trailing "
+                                     "white space; 'm.onnx' exists: give path.strip())")
+    with pytest.raises(FileNotFoundError, match=r"does not exist$"):
+        dodo.Closure("other.onnx\n")  # guard: no hint where the stripped name is not there either
+    assert dodo.Closure("m.onnx").has_model  # guard
+
+
+@pytest.mark.parametrize("command", ["score", "apply", "apply --model"])
+def test_a_data_or_model_file_argument_with_white_space_around_it_names_the_file(tmp_path, capsys, monkeypatch,
+                                                                                  command):
+    """`dodo score box3d 'cells.h5 '` (a name pasted with its space, a line of a list with its newline)
+    said "cannot read cells.h5 : no such file", the white space invisible."""
+    monkeypatch.chdir(tmp_path)
+    _data(tmp_path)
+    argv = {"score": ["score", "box3d", "cells.h5\n"], "apply": ["apply", " cells.h5"],
+            "apply --model": ["apply", "cells.h5", "--model", "cells.h5 "]}[command]
+    given = argv[-1]
+    code, _, err = run(capsys, argv)
+    assert code == 2 and f"cannot read {given!r}: no such file; its name has leading or trailing white space, " \
+                         "and 'cells.h5' exists: give that name" in err, err
+    assert len(err.strip().splitlines()) == 1
