@@ -403,8 +403,14 @@ def _layout_hint(name: str, shape: tuple[int, ...], trailing: tuple[int, ...]) -
     if trailing != (N_SPECIES, N_COMPONENTS):
         return ""
     if shape[-3:] == (N_COMPONENTS, 2, N_SPECIES // 2):
+        # from_emu_layout takes [states, 4, 2, 3] only: the hint gave it for one state (4, 2, 3) and for
+        # a grid [nx, ny, 4, 2, 3] too, where it refuses them (outside probe, Python round forty-eight).
+        convert = "" if len(shape) == 4 else (
+            f"; here one state: dodo.conventions.from_emu_layout({name}[None])[0]" if len(shape) == 3 else
+            f"; here a batch of shape {shape[:-3]}: dodo.conventions.from_emu_layout({name}.reshape(-1, 4, 2, 3))"
+            f".reshape({name}.shape[:-3] + (6, 4))")
         return (f": Emu's layout [..., 4 (x, y, z, t), 2 (nu, nubar), 3 flavours]? convert with "
-                f"dodo.conventions.from_emu_layout({name}) (for [states, 4, 2, 3]), which also puts t first")
+                f"dodo.conventions.from_emu_layout({name}) (for [states, 4, 2, 3]){convert}, which also puts t first")
     if shape[-2:] == (N_COMPONENTS, N_SPECIES):
         return f": the last two axes swapped? species x components is (6, 4): np.swapaxes({name}, -1, -2)"
     return ""

@@ -175,3 +175,28 @@ def test_a_data_or_model_file_argument_with_white_space_around_it_names_the_file
     assert code == 2 and f"cannot read {given!r}: no such file; its name has leading or trailing white space, " \
                          "and 'cells.h5' exists: give that name" in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+# --- The Emu-layout hint names a conversion that works for the shape given ----------------------
+
+@pytest.mark.parametrize("batch", [(3,), (), (2, 3), (1, 1, 2)])
+def test_the_emu_layout_refusal_names_a_conversion_that_takes_the_shape_given(batch):
+    """Round forty-seven's refusal of F_init in Emu's layout named dodo.conventions.from_emu_layout(F_init),
+    which takes [states, 4, 2, 3] only: for one state (4, 2, 3) and for a grid [nx, ny, 4, 2, 3] the
+    conversion it named was refused in turn ("Emu four-flux array must have shape [nsims, 4 (x,y,z,t),
+    2, NF]; got (4, 2, 3)"). The conversion the message names, run as written, now gives the cells."""
+    import re
+
+    cells = _cells(int(np.prod(batch, dtype=int)))
+    F = cells.reshape(batch + (6, 4))
+    given = to_emu_layout(cells).reshape(batch + (4, 2, 3))
+    with pytest.raises(ValueError) as caught:
+        dodo.box3d(given)
+    message = str(caught.value)
+    assert "dodo.conventions.from_emu_layout(F_init)" in message, message
+    named = re.search(r"; here [^:]*: (.*), which also puts t first$", message)
+    assert (named is None) == (len(batch) == 1), message
+    expression = named.group(1) if named else "dodo.conventions.from_emu_layout(F_init)"
+    converted = eval(expression, {"dodo": dodo, "F_init": given})
+    assert converted.shape == F.shape and np.array_equal(converted, F)
+    assert np.array_equal(dodo.box3d(converted).F_box, dodo.box3d(F).F_box)
