@@ -398,8 +398,11 @@ def _layout_hint(name: str, shape: tuple[int, ...], trailing: tuple[int, ...]) -
     two axes swapped (..., 4, 6); for u, the three-velocity (..., 3). Such arrays were refused as "must
     have shape ..." only, without the conversion (outside probe, Python round forty-seven)."""
     if name == "u" and trailing == (N_COMPONENTS,) and shape and shape[-1] == 3:
-        return (": the three-velocity v? u is the four-velocity: u = (W, W v) with W = 1/sqrt(1 - v^2), "
-                "np.concatenate([W[..., None], W[..., None] * v], axis=-1)")
+        # As code that runs on a list v too (the README passes u as a list): W[..., None] of a Python float
+        # and a list times W failed (outside probe, Python round forty-eight).
+        return (": the three-velocity v? u is the four-velocity: u = (W, W v) with W = 1/sqrt(1 - v^2): "
+                "v = np.asarray(v, dtype=np.float64); W = 1 / np.sqrt(1 - np.sum(v * v, axis=-1)); "
+                "u = np.concatenate([W[..., None], W[..., None] * v], axis=-1)")
     if trailing != (N_SPECIES, N_COMPONENTS):
         return ""
     if shape[-3:] == (N_COMPONENTS, 2, N_SPECIES // 2):
@@ -508,8 +511,10 @@ def _check_velocity(flat_u: np.ndarray, batch: tuple[int, ...], given_dtype=None
         if _is_four_velocity(flat_u[first, [3, 0, 1, 2]]):
             # (W v, W) for u^mu = (W, W v): a four-vector in Emu's (x, y, z, t) order was refused without
             # a word of the order (outside probe, Python round forty-seven).
+            # np.asarray: u[..., [3, 0, 1, 2]] of a list u (the README's) is a TypeError (round forty-eight).
             remedy = ("; its components are a unit four-velocity in the order (x, y, z, t), Emu's order of "
-                      "four-vectors: pass u in the order (t, x, y, z), u[..., [3, 0, 1, 2]]")
+                      "four-vectors: pass u in the order (t, x, y, z), u[..., [3, 0, 1, 2]] (of a list: "
+                      "np.asarray(u)[..., [3, 0, 1, 2]])")
         if flat_u[first, 0] <= 0:
             problem = f"u^t = {flat_u[first, 0]:.17g} is not positive (past-directed or zero)"
             if flat_u[first, 0] < 0 and _is_four_velocity(-flat_u[first]):

@@ -200,3 +200,34 @@ def test_the_emu_layout_refusal_names_a_conversion_that_takes_the_shape_given(ba
     converted = eval(expression, {"dodo": dodo, "F_init": given})
     assert converted.shape == F.shape and np.array_equal(converted, F)
     assert np.array_equal(dodo.box3d(converted).F_box, dodo.box3d(F).F_box)
+
+
+def _remedy(message: str, marker: str) -> str:
+    return message[message.index(marker) + len(marker):]
+
+
+@pytest.mark.parametrize("as_list", [True, False])
+def test_the_velocity_remedies_run_as_written_on_a_list_u(as_list):
+    """The README gives u as a list ([1.0, 0.0, 0.0, 0.0]). For a list in Emu's (x, y, z, t) order the
+    refusal's remedy `u[..., [3, 0, 1, 2]]` was a TypeError ("list indices must be integers or slices,
+    not tuple"), and for a three-velocity given as a list, `W[..., None] * v` with W = 1/sqrt(1 - v^2)
+    as a Python float failed too. Each remedy, run as the message writes it, now gives the plain call's
+    result."""
+    F = _cells(1)[0]
+    W = 1.0 / np.sqrt(1.0 - 0.3 ** 2)
+    u = np.array([W, 0.0, 0.3 * W, 0.0])
+    emu_order = [0.0, 0.3 * W, 0.0, W] if as_list else np.array([0.0, 0.3 * W, 0.0, W])
+    with pytest.raises(ValueError) as caught:
+        dodo.box3d(F, emu_order)
+    remedy = _remedy(str(caught.value), "pass u in the order (t, x, y, z), ")
+    array_remedy, list_remedy = remedy.split(" (of a list: ")
+    reordered = eval(list_remedy[:-1] if as_list else array_remedy, {"np": np, "u": emu_order})
+    assert np.array_equal(dodo.box3d(F, reordered).F_box, dodo.box3d(F, u).F_box)
+
+    v = [0.0, 0.3, 0.0] if as_list else np.array([0.0, 0.3, 0.0])
+    with pytest.raises(ValueError) as caught:
+        dodo.box3d(F, v)
+    remedy = _remedy(str(caught.value), "with W = 1/sqrt(1 - v^2): ")
+    names = {"np": np, "v": v}
+    exec(remedy.replace("; ", "\n"), names)
+    assert np.allclose(dodo.box3d(F, names["u"]).F_box, dodo.box3d(F, u).F_box, rtol=1e-13, atol=1e-13)
