@@ -274,8 +274,13 @@ contains
     closure%handle = c_null_ptr
   end subroutine dodo_destroy
 
-  ! F_init, F_pred: contiguous (4, 6, ...) of any rank: (4, 6, ncell), a grid (4, 6, nx, ny, nz)
-  ! or one cell (4, 6); F_pred the same shape (it may be the same array as F_init).
+  ! F_init, F_pred: (4, 6, ...) of any rank: (4, 6, ncell), a grid (4, 6, nx, ny, nz) or one cell
+  ! (4, 6); F_pred the same shape (it may be the same array as F_init). Contiguous arrays are passed
+  ! to C where they lie; a non-contiguous section is copied here into a contiguous array and back.
+  ! The dummies are not `contiguous`: gfortran (12) then copied every POINTER or assumed-shape actual
+  ! (a host's step routine's F(:, :, :)) into a temporary on every call, contiguous or not (an
+  ! allocation and a copy of each array per call), and a disassociated pointer given for an optional
+  ! array, which Fortran makes absent, was read for that copy: SIGSEGV (outside probe, C round 39).
   ! Assumed-size arrays (F(4, 6, *) in the caller) carry no cell count and are refused: pass a
   ! section that gives it, F(:, :, 1:ncell) (likewise u(:, 1:ncell), cell_status(1:ncell)).
   ! u: (4, ...) with one column per cell (e.g. (4, nx, ny, nz)), absent = every cell at rest;
@@ -287,14 +292,17 @@ contains
   ! units of N_tot (0 where no correction is applied). See dodo_apply_diagnostics in dodo.h.
   recursive subroutine dodo_apply(closure, F_init, F_pred, u, cell_status, stat, errmsg, growth_rate, uncertainty)
     type(dodo_closure), intent(in) :: closure
-    real(c_double), intent(in), contiguous, target :: F_init(..)
-    real(c_double), intent(inout), contiguous, target :: F_pred(..)
-    real(c_double), intent(in), optional, contiguous, target :: u(..)
-    integer(c_int32_t), intent(out), optional, contiguous, target :: cell_status(..)
+    real(c_double), intent(in), target :: F_init(..)
+    real(c_double), intent(inout), target :: F_pred(..)
+    real(c_double), intent(in), optional, target :: u(..)
+    integer(c_int32_t), intent(out), optional, target :: cell_status(..)
     integer, intent(out), optional :: stat
     character(len=*), intent(inout), optional :: errmsg
-    real(c_double), intent(out), optional, contiguous, target :: growth_rate(..), uncertainty(..)
-    type(c_ptr) :: u_pointer, status_pointer, growth_pointer, uncertainty_pointer
+    real(c_double), intent(out), optional, target :: growth_rate(..), uncertainty(..)
+    type(c_ptr) :: F_init_pointer, F_pred_pointer, u_pointer, status_pointer, growth_pointer, uncertainty_pointer
+    ! Contiguous copies of the non-contiguous arguments (allocated only for those)
+    real(c_double), allocatable, target :: F_init_flat(:), F_pred_flat(:), u_flat(:), growth_flat(:), uncertainty_flat(:)
+    integer(c_int32_t), allocatable, target :: status_flat(:)
     integer :: status
     integer(c_size_t) :: ncell
 
@@ -354,7 +362,12 @@ contains
                     "cell order)", stat, errmsg)
         return
       end if
-      u_pointer = c_loc(u)
+      if (is_contiguous(u)) then
+        u_pointer = c_loc(u)
+      else
+        call flatten_real(u, u_flat)
+        u_pointer = c_loc(u_flat)
+      end if
     end if
     if (present(cell_status)) then
       if (size(cell_status, kind=c_size_t) /= ncell) then
@@ -369,7 +382,12 @@ contains
                     ", F_init " // trim(shape_text(shape(F_init, kind=c_size_t))), stat, errmsg)
         return
       end if
-      status_pointer = c_loc(cell_status)
+      if (is_contiguous(cell_status)) then
+        status_pointer = c_loc(cell_status)
+      else
+        call flatten_int32(cell_status, status_flat)  ! copied in too: a refused call leaves it as it was
+        status_pointer = c_loc(status_flat)
+      end if
     end if
     growth_pointer = c_null_ptr
     uncertainty_pointer = c_null_ptr
@@ -386,7 +404,12 @@ contains
                     ", F_init " // trim(shape_text(shape(F_init, kind=c_size_t))), stat, errmsg)
         return
       end if
-      growth_pointer = c_loc(growth_rate)
+      if (is_contiguous(growth_rate)) then
+        growth_pointer = c_loc(growth_rate)
+      else
+        call flatten_real(growth_rate, growth_flat)
+        growth_pointer = c_loc(growth_flat)
+      end if
     end if
     if (present(uncertainty)) then
       if (size(uncertainty, kind=c_size_t) /= ncell) then
@@ -401,7 +424,12 @@ contains
                     ", F_init " // trim(shape_text(shape(F_init, kind=c_size_t))), stat, errmsg)
         return
       end if
-      uncertainty_pointer = c_loc(uncertainty)
+      if (is_contiguous(uncertainty)) then
+        uncertainty_pointer = c_loc(uncertainty)
+      else
+        call flatten_real(uncertainty, uncertainty_flat)
+        uncertainty_pointer = c_loc(uncertainty_flat)
+      end if
     end if
     if (ncell == 0) then
       ! No array to pass, but the handle is still checked, as C checks it: a NULL or destroyed
@@ -411,10 +439,119 @@ contains
       call report_call(status, closure, stat, errmsg)
       return
     end if
-    status = int(c_apply_diagnostics(closure%handle, ncell, c_loc(F_init), c_null_ptr, u_pointer, c_null_ptr, &
-                                     c_loc(F_pred), c_null_ptr, status_pointer, growth_pointer, uncertainty_pointer))
+    if (is_contiguous(F_init)) then
+      F_init_pointer = c_loc(F_init)
+    else
+      call flatten_real(F_init, F_init_flat)
+      F_init_pointer = c_loc(F_init_flat)
+    end if
+    if (is_contiguous(F_pred)) then
+      F_pred_pointer = c_loc(F_pred)
+    else
+      call flatten_real(F_pred, F_pred_flat)
+      F_pred_pointer = c_loc(F_pred_flat)
+    end if
+    status = int(c_apply_diagnostics(closure%handle, ncell, F_init_pointer, c_null_ptr, u_pointer, c_null_ptr, &
+                                     F_pred_pointer, c_null_ptr, status_pointer, growth_pointer, uncertainty_pointer))
+    ! The copies back, as the compiler's copy-out did: a refused call wrote nothing into them.
+    if (allocated(F_pred_flat)) call store_real(F_pred_flat, F_pred)
+    if (allocated(status_flat)) call store_int32(status_flat, cell_status)
+    if (allocated(growth_flat)) call store_real(growth_flat, growth_rate)
+    if (allocated(uncertainty_flat)) call store_real(uncertainty_flat, uncertainty)
     call report_call(status, closure, stat, errmsg)
   end subroutine dodo_apply
+
+  ! x's values in array element order, into flat (a non-contiguous argument's contiguous copy), and
+  ! back. Every rank a Fortran array may have (15).
+  recursive subroutine flatten_real(x, flat)
+    real(c_double), intent(in) :: x(..)
+    real(c_double), allocatable, intent(out) :: flat(:)
+    allocate(flat(size(x, kind=c_size_t)))
+    select rank (x)
+    rank (1); flat = x
+    rank (2); flat = reshape(x, shape(flat))
+    rank (3); flat = reshape(x, shape(flat))
+    rank (4); flat = reshape(x, shape(flat))
+    rank (5); flat = reshape(x, shape(flat))
+    rank (6); flat = reshape(x, shape(flat))
+    rank (7); flat = reshape(x, shape(flat))
+    rank (8); flat = reshape(x, shape(flat))
+    rank (9); flat = reshape(x, shape(flat))
+    rank (10); flat = reshape(x, shape(flat))
+    rank (11); flat = reshape(x, shape(flat))
+    rank (12); flat = reshape(x, shape(flat))
+    rank (13); flat = reshape(x, shape(flat))
+    rank (14); flat = reshape(x, shape(flat))
+    rank (15); flat = reshape(x, shape(flat))
+    end select
+  end subroutine flatten_real
+
+  recursive subroutine store_real(flat, x)
+    real(c_double), intent(in) :: flat(:)
+    real(c_double), intent(inout) :: x(..)
+    select rank (x)
+    rank (1); x = flat
+    rank (2); x = reshape(flat, shape(x))
+    rank (3); x = reshape(flat, shape(x))
+    rank (4); x = reshape(flat, shape(x))
+    rank (5); x = reshape(flat, shape(x))
+    rank (6); x = reshape(flat, shape(x))
+    rank (7); x = reshape(flat, shape(x))
+    rank (8); x = reshape(flat, shape(x))
+    rank (9); x = reshape(flat, shape(x))
+    rank (10); x = reshape(flat, shape(x))
+    rank (11); x = reshape(flat, shape(x))
+    rank (12); x = reshape(flat, shape(x))
+    rank (13); x = reshape(flat, shape(x))
+    rank (14); x = reshape(flat, shape(x))
+    rank (15); x = reshape(flat, shape(x))
+    end select
+  end subroutine store_real
+
+  recursive subroutine flatten_int32(x, flat)
+    integer(c_int32_t), intent(in) :: x(..)
+    integer(c_int32_t), allocatable, intent(out) :: flat(:)
+    allocate(flat(size(x, kind=c_size_t)))
+    select rank (x)
+    rank (1); flat = x
+    rank (2); flat = reshape(x, shape(flat))
+    rank (3); flat = reshape(x, shape(flat))
+    rank (4); flat = reshape(x, shape(flat))
+    rank (5); flat = reshape(x, shape(flat))
+    rank (6); flat = reshape(x, shape(flat))
+    rank (7); flat = reshape(x, shape(flat))
+    rank (8); flat = reshape(x, shape(flat))
+    rank (9); flat = reshape(x, shape(flat))
+    rank (10); flat = reshape(x, shape(flat))
+    rank (11); flat = reshape(x, shape(flat))
+    rank (12); flat = reshape(x, shape(flat))
+    rank (13); flat = reshape(x, shape(flat))
+    rank (14); flat = reshape(x, shape(flat))
+    rank (15); flat = reshape(x, shape(flat))
+    end select
+  end subroutine flatten_int32
+
+  recursive subroutine store_int32(flat, x)
+    integer(c_int32_t), intent(in) :: flat(:)
+    integer(c_int32_t), intent(inout) :: x(..)
+    select rank (x)
+    rank (1); x = flat
+    rank (2); x = reshape(flat, shape(x))
+    rank (3); x = reshape(flat, shape(x))
+    rank (4); x = reshape(flat, shape(x))
+    rank (5); x = reshape(flat, shape(x))
+    rank (6); x = reshape(flat, shape(x))
+    rank (7); x = reshape(flat, shape(x))
+    rank (8); x = reshape(flat, shape(x))
+    rank (9); x = reshape(flat, shape(x))
+    rank (10); x = reshape(flat, shape(x))
+    rank (11); x = reshape(flat, shape(x))
+    rank (12); x = reshape(flat, shape(x))
+    rank (13); x = reshape(flat, shape(x))
+    rank (14); x = reshape(flat, shape(x))
+    rank (15); x = reshape(flat, shape(x))
+    end select
+  end subroutine store_int32
 
   ! "(4, 6, 10)": an array's shape for a message ("()" for a scalar), blank-padded (callers trim).
   ! This and count_text give fixed-length results: gfortran (12 at least) keeps the length of a

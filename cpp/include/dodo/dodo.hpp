@@ -12,6 +12,12 @@
 // from inside this header). MSVC reports __cplusplus only with /Zc:__cplusplus: _MSVC_LANG there.
 #if (defined(_MSVC_LANG) ? _MSVC_LANG : __cplusplus) < 201402L
 #error "dodo/dodo.hpp needs C++14 or later (C++17 is what it is tested with): compile with -std=c++17, or use the C API, dodo/dodo.h, which it wraps"
+// Likewise for a host built without exceptions (-fno-exceptions; /EHs- with MSVC): every failure
+// here throws dodo::Error, and such a host got one "exception handling disabled" error per throw
+// from inside this header, none naming the way out (outside probe, C round thirty-nine).
+#elif (defined(__GNUC__) && !defined(__EXCEPTIONS) && !defined(__cpp_exceptions)) || \
+    (defined(_MSC_VER) && !defined(__clang__) && !defined(_CPPUNWIND))
+#error "dodo/dodo.hpp reports every failure by throwing dodo::Error, and exceptions are disabled (-fno-exceptions): compile with -fexceptions, or use the C API, dodo/dodo.h, whose calls return a status"
 #else  // the header itself; nothing of it is compiled after the #error (its errors would bury it)
 
 #include <cstddef>

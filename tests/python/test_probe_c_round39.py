@@ -1,0 +1,326 @@
+"""Outside probe of the C, C++ and Fortran interfaces, round thirty-nine (docs/reliability_cpp.md,
+"Round thirty-nine"), as the developer of a transport code. The Fortran module's `dodo_apply`
+had `contiguous` assumed-rank dummies, for which gfortran (12) copies every POINTER or
+assumed-shape actual into a temporary on every call, contiguous or not (a host's step routine
+with F(:, :, :) dummies paid an allocation and a copy of each array a call, which
+docs/runtime.md said never happens), and reads a disassociated pointer given for an optional
+array (which Fortran makes absent) to copy it: SIGSEGV. The dummies are no longer `contiguous`:
+contiguous arrays reach C where they lie, the module copies a non-contiguous section itself.
+`dodo.hpp` in a host built with -fno-exceptions stops with one line naming the C API."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from capi_host import ROOT, compile_fortran, run_host
+from native_build import REQUIRES_C_API, run
+
+pytestmark = REQUIRES_C_API
+
+# Counts the host's own calls to malloc (the module and the compiler's temporaries; the link's
+# --wrap does not reach into libdodo).
+COUNT_MALLOC = r"""
+#include <stddef.h>
+void* __real_malloc(size_t size);
+static long count;
+void* __wrap_malloc(size_t size) { ++count; return __real_malloc(size); }
+long host_malloc_count(void) { return count; }
+"""
+
+# The cells of the Fortran hosts: n cells, crossing ones (nu_ebar's flux against the others') and
+# every fourth stable (no flux), moving along x.
+FILL_CELLS = """\
+  subroutine fill(F, u)
+    real(c_double), intent(out) :: F(:, :, :), u(:, :)
+    integer :: c, a
+    F = 0
+    u = 0
+    do c = 1, size(F, 3)
+      do a = 1, 6
+        F(1, a, c) = 1 + 0.1d0 * (a - 1) + 0.01d0 * c
+        F(4, a, c) = merge(-0.4d0, 0.3d0, a == 4)
+        if (mod(c, 4) == 2) F(4, a, c) = 0
+      end do
+      u(1, c) = sqrt(1 + (0.003d0 * c)**2)
+      u(2, c) = 0.003d0 * c
+    end do
+  end subroutine fill
+"""
+
+NO_COPIES_HOST = """\
+module host_step
+  use dodo
+  use iso_c_binding, only: c_long
+  implicit none
+  interface
+    integer(c_long) function host_malloc_count() bind(c)
+      import :: c_long
+    end function host_malloc_count
+  end interface
+contains
+""" + FILL_CELLS + """\
+  ! A transport code's step routine: assumed-shape dummies, passed on to the closure.
+  subroutine step(closure, F, P, u, cell_status, rate, stat, message)
+    type(dodo_closure), intent(in) :: closure
+    real(c_double), intent(in) :: F(:, :, :), u(:, :)
+    real(c_double), intent(inout) :: P(:, :, :)
+    integer(c_int32_t), intent(out) :: cell_status(:)
+    real(c_double), intent(out) :: rate(:)
+    integer, intent(out) :: stat
+    character(len=*), intent(inout) :: message
+    call dodo_apply(closure, F, P, u=u, cell_status=cell_status, growth_rate=rate, stat=stat, errmsg=message)
+  end subroutine step
+end module host_step
+
+program no_copies
+  use host_step
+  implicit none
+  integer, parameter :: n = 64
+  type(dodo_closure) :: closure
+  real(c_double), target :: F(4, 6, n), P(4, 6, n), R(4, 6, n), u(4, n), rate(n), rate0(n)
+  real(c_double), pointer :: pF(:, :, :), pP(:, :, :), pu(:, :), prate(:)
+  integer(c_int32_t), target :: cell_status(n), status0(n)
+  integer(c_int32_t), pointer :: pstatus(:)
+  integer(c_long) :: before
+  integer :: stat, k
+  character(len=300) :: message
+  call fill(F, u)
+  call dodo_create(closure, "box3d", stat=stat, errmsg=message)
+  call dodo_apply(closure, F, R, u=u, cell_status=status0, growth_rate=rate0, stat=stat, errmsg=message)
+  call step(closure, F, P, u, cell_status, rate, stat, message)  ! first call: workspaces
+  before = host_malloc_count()
+  do k = 1, 10
+    call step(closure, F, P, u, cell_status, rate, stat, message)
+  end do
+  print '(a,i0,a,i0,a,l1)', "assumed-shape ", stat, " mallocs ", host_malloc_count() - before, " same ", &
+    all(P == R) .and. all(cell_status == status0) .and. all(rate == rate0)
+  pF => F
+  pP => P
+  pu => u
+  pstatus => cell_status
+  prate => rate
+  P = 0
+  before = host_malloc_count()
+  do k = 1, 10
+    call dodo_apply(closure, pF, pP, u=pu, cell_status=pstatus, growth_rate=prate, stat=stat, errmsg=message)
+  end do
+  print '(a,i0,a,i0,a,l1)', "pointer ", stat, " mallocs ", host_malloc_count() - before, " same ", &
+    all(P == R) .and. all(cell_status == status0) .and. all(rate == rate0)
+  print '(a,i0)', "counted ", host_malloc_count()
+  call dodo_destroy(closure)
+end program no_copies
+"""
+
+
+@pytest.fixture()
+def malloc_counter(tmp_path) -> list[str]:
+    if not shutil.which("gcc"):
+        pytest.skip("gcc is not installed")
+    source = tmp_path / "count_malloc.c"
+    source.write_text(COUNT_MALLOC)
+    run(["gcc", "-c", str(source), "-o", str(tmp_path / "count_malloc.o")])
+    return [str(tmp_path / "count_malloc.o"), "-Wl,--wrap=malloc"]
+
+
+def test_fortran_pointer_and_assumed_shape_arrays_reach_c_without_copies(tmp_path, malloc_counter):
+    """A host's step routine with assumed-shape dummies, and POINTER arrays, give dodo_apply
+    contiguous arrays: they reach C where they lie, so a successful call makes no allocation in
+    the host (docs/runtime.md: "a time loop's dodo_apply makes no heap allocation after warm-up,
+    as in C"). Before: gfortran copied each of them into a temporary and back on every call
+    (`contiguous` assumed-rank dummies), 5 mallocs a call here (F, P, u, cell_status, rate), and
+    'assumed-shape 0 mallocs 50'. The results are the direct call's bits either way."""
+    program = compile_fortran(tmp_path, "no_copies", NO_COPIES_HOST, *malloc_counter)
+    lines = run_host(program, timeout=120)
+    assert int(lines[2].split()[1]) > 0, lines  # the counter counts (the host's own allocations)
+    assert lines[:2] == ["assumed-shape 0 mallocs 0 same T", "pointer 0 mallocs 0 same T"], lines
+
+
+NULL_POINTERS_HOST = """\
+module cells
+  use dodo
+  implicit none
+contains
+""" + FILL_CELLS + """\
+end module cells
+
+program null_pointers
+  use cells
+  implicit none
+  integer, parameter :: n = 12
+  type(dodo_closure) :: closure
+  real(c_double) :: F(4, 6, n), P(4, 6, n), R(4, 6, n), u(4, n)
+  real(c_double), pointer :: no_u(:, :) => null(), no_rate(:) => null(), no_spread(:) => null()
+  integer(c_int32_t), pointer :: no_status(:) => null()
+  real(c_double), allocatable :: unallocated_u(:, :)
+  integer :: stat
+  character(len=300) :: message
+  call fill(F, u)
+  call dodo_create(closure, MODEL, stat=stat, errmsg=message)
+  if (stat /= 0) print '(a)', trim(message)
+  call dodo_apply(closure, F, R, stat=stat, errmsg=message)  ! every cell at rest: u absent
+  P = 0
+  call dodo_apply(closure, F, P, u=no_u, stat=stat, errmsg=message)
+  print '(a,i0,a,l1)', "u ", stat, " ", all(P == R)
+  P = 0
+  call dodo_apply(closure, F, P, cell_status=no_status, stat=stat, errmsg=message)
+  print '(a,i0,a,l1)', "cell_status ", stat, " ", all(P == R)
+  P = 0
+  call dodo_apply(closure, F, P, growth_rate=no_rate, stat=stat, errmsg=message)
+  print '(a,i0,a,l1)', "growth_rate ", stat, " ", all(P == R)
+  P = 0
+  call dodo_apply(closure, F, P, uncertainty=no_spread, stat=stat, errmsg=message)
+  print '(a,i0,a,l1)', "uncertainty ", stat, " ", all(P == R)
+  P = 0
+  call dodo_apply(closure, F, P, u=unallocated_u, stat=stat, errmsg=message)
+  print '(a,i0,a,l1)', "unallocated u ", stat, " ", all(P == R)
+  call dodo_destroy(closure)
+end program null_pointers
+"""
+
+
+@pytest.mark.parametrize("model", ["box3d", "default"])
+def test_fortran_disassociated_pointers_for_optional_arrays_are_absent(tmp_path, model):
+    """A disassociated pointer (`=> null()`) given for `u`, `cell_status`, `growth_rate` or
+    `uncertainty` is an absent argument in Fortran (2008): a code whose four-velocity pointer is
+    associated only when a fluid moves passes it as it is. Before: SIGSEGV at the call (gfortran
+    read the null pointer to copy it for the `contiguous` dummy). Now each is absent: status 0 and
+    the bits of the call without it (u: every cell at rest), as an unallocated allocatable was."""
+    if model == "default":
+        from capi_host import default_model
+
+        model = default_model()
+    source = NULL_POINTERS_HOST.replace("MODEL", f'"{model}"')
+    program = compile_fortran(tmp_path, "null_pointers", source)
+    lines = run_host(program, timeout=120)
+    assert lines == ["u 0 T", "cell_status 0 T", "growth_rate 0 T", "uncertainty 0 T", "unallocated u 0 T"], lines
+
+
+SECTIONS_HOST = """\
+module cells
+  use dodo
+  implicit none
+contains
+""" + FILL_CELLS + """\
+end module cells
+
+program sections
+  use cells
+  implicit none
+  integer, parameter :: nx = 5, ny = 4, n = nx * ny
+  type(dodo_closure) :: closure
+  real(c_double) :: F(4, 6, n), u(4, n), R(4, 6, n), rate0(n), spread0(n)
+  integer(c_int32_t) :: status0(n)
+  ! every array of the call a strided section of a larger one; a grid with ghost cells
+  real(c_double) :: Fs(4, 6, 2 * n), Ps(4, 6, 2 * n), us(4, 2 * n), rates(2 * n), spreads(2 * n)
+  integer(c_int32_t) :: statuses(2 * n)
+  real(c_double) :: G(4, 6, 0:nx + 1, 0:ny + 1), Q(4, 6, 0:nx + 1, 0:ny + 1), ug(4, 0:nx + 1, 0:ny + 1)
+  real(c_double) :: rate_grid(0:nx + 1, 0:ny + 1)
+  integer(c_int32_t) :: status_grid(0:nx + 1, 0:ny + 1)
+  integer :: stat
+  character(len=300) :: message
+  call fill(F, u)
+  call dodo_create(closure, MODEL, threads=2, chunk_size=3, stat=stat, errmsg=message)
+  if (stat /= 0) print '(a)', trim(message)
+  call dodo_apply(closure, F, R, u=u, cell_status=status0, growth_rate=rate0, uncertainty=spread0, stat=stat)
+  print '(a,i0,a,l1)', "reference ", stat, " crossing ", any(rate0 > 0)
+  Fs = -7
+  Ps = -8
+  us = -9
+  rates = -1
+  spreads = -2
+  statuses = -3
+  Fs(:, :, 1:2 * n:2) = F
+  us(:, 1:2 * n:2) = u
+  call dodo_apply(closure, Fs(:, :, 1:2 * n:2), Ps(:, :, 2:2 * n:2), u=us(:, 1:2 * n:2), &
+                  cell_status=statuses(2:2 * n:2), growth_rate=rates(1:2 * n:2), uncertainty=spreads(2:2 * n:2), &
+                  stat=stat, errmsg=message)
+  print '(a,i0,a,l1,a,l1)', "strided ", stat, " same ", all(Ps(:, :, 2:2 * n:2) == R) .and. &
+    all(statuses(2:2 * n:2) == status0) .and. all(rates(1:2 * n:2) == rate0) .and. &
+    all(spreads(2:2 * n:2) == spread0), " between untouched ", all(Ps(:, :, 1:2 * n:2) == -8) .and. &
+    all(statuses(1:2 * n:2) == -3) .and. all(rates(2:2 * n:2) == -1) .and. all(spreads(1:2 * n:2) == -2) .and. &
+    all(Fs(:, :, 2:2 * n:2) == -7) .and. all(us(:, 2:2 * n:2) == -9)
+  ! in place on one strided section
+  Ps = -8
+  Ps(:, :, 1:2 * n:2) = F
+  call dodo_apply(closure, Ps(:, :, 1:2 * n:2), Ps(:, :, 1:2 * n:2), u=us(:, 1:2 * n:2), stat=stat)
+  print '(a,i0,a,l1)', "in place ", stat, " same ", all(Ps(:, :, 1:2 * n:2) == R) .and. all(Ps(:, :, 2:2 * n:2) == -8)
+  ! the interior of a grid with ghost cells (rank 4), flat outputs and grid outputs
+  G = -5
+  Q = -6
+  ug = -4
+  rate_grid = -1
+  status_grid = -3
+  G(:, :, 1:nx, 1:ny) = reshape(F, [4, 6, nx, ny])
+  ug(:, 1:nx, 1:ny) = reshape(u, [4, nx, ny])
+  call dodo_apply(closure, G(:, :, 1:nx, 1:ny), Q(:, :, 1:nx, 1:ny), u=ug(:, 1:nx, 1:ny), &
+                  cell_status=status_grid(1:nx, 1:ny), growth_rate=rate_grid(1:nx, 1:ny), stat=stat, errmsg=message)
+  print '(a,i0,a,l1,a,l1)', "grid ", stat, " same ", all(reshape(Q(:, :, 1:nx, 1:ny), [4, 6, n]) == R) .and. &
+    all(reshape(status_grid(1:nx, 1:ny), [n]) == status0) .and. all(reshape(rate_grid(1:nx, 1:ny), [n]) == rate0), &
+    " ghosts untouched ", count(Q == -6) == 4 * 6 * ((nx + 2) * (ny + 2) - n) .and. &
+    count(status_grid == -3) == (nx + 2) * (ny + 2) - n .and. count(rate_grid == -1) == (nx + 2) * (ny + 2) - n
+  ! a refused call (uncertainty one entry short) writes none of the sections
+  Ps = -8
+  statuses = -3
+  call dodo_apply(closure, Fs(:, :, 1:2 * n:2), Ps(:, :, 2:2 * n:2), cell_status=statuses(2:2 * n:2), &
+                  uncertainty=spreads(2:2 * n - 2:2), stat=stat, errmsg=message)
+  print '(a,i0,a,l1)', "refused ", stat, " untouched ", all(Ps == -8) .and. all(statuses == -3)
+  print '(a)', trim(message)
+  call dodo_destroy(closure)
+end program sections
+"""
+
+
+@pytest.mark.parametrize("model", ["box3d", "default"])
+def test_fortran_non_contiguous_sections_of_every_argument_give_the_contiguous_bits(tmp_path, model):
+    """Strided sections for all six arrays at once, in place on one section, and the interior of a
+    grid with ghost cells (rank 4) with grid-shaped outputs: each section's values are the
+    contiguous call's bits and nothing between or around them is written; a refused call writes
+    none of them. The module copies such sections itself now (the compiler did before); this
+    held before and after."""
+    if model == "default":
+        from capi_host import default_model
+
+        model = default_model()
+    source = SECTIONS_HOST.replace("MODEL", f'"{model}"')
+    program = compile_fortran(tmp_path, "sections", source)
+    lines = run_host(program, timeout=300)
+    assert lines[0] == "reference 0 crossing T", lines
+    assert lines[1:5] == ["strided 0 same T between untouched T", "in place 0 same T",
+                          "grid 0 same T ghosts untouched T", "refused 1 untouched T"], lines
+    assert lines[5] == "uncertainty must have one entry per cell: it has 19 for 20 cell(s)", lines
+
+
+NO_EXCEPTIONS_HOST = """\
+#include <dodo/dodo.hpp>
+int main() {
+  dodo::Closure closure;
+  return closure.has_model() ? 1 : 0;
+}
+"""
+
+
+@pytest.mark.parametrize("compiler", ["g++", "clang++"])
+def test_dodo_hpp_in_a_host_without_exceptions_names_the_c_api(tmp_path, compiler):
+    """dodo.hpp reports failures by throwing dodo::Error: a host built with -fno-exceptions got
+    one error per `throw` inside the header (g++: "exception handling disabled, use '-fexceptions'
+    to enable"; clang++: "cannot use 'throw' with exceptions disabled", three times), none naming
+    the C API. Now the header's first error is one line that says both ways out, as for C++11;
+    with exceptions the header compiles clean."""
+    if not shutil.which(compiler):
+        pytest.skip(f"{compiler} is not installed")
+    source = tmp_path / "host.cpp"
+    source.write_text(NO_EXCEPTIONS_HOST)
+    include = str(ROOT / "cpp/include")
+    refused = subprocess.run([compiler, "-std=c++17", "-fno-exceptions", f"-I{include}", "-c", str(source), "-o",
+                              str(tmp_path / "host.o")], capture_output=True, text=True)
+    assert refused.returncode != 0
+    errors = [line for line in refused.stderr.splitlines() if "error" in line]
+    assert "dodo/dodo.hpp" in errors[0] and "-fno-exceptions" in errors[0] and "dodo/dodo.h," in errors[0], errors
+    assert "-fexceptions" in errors[0], errors
+    assert "exception handling disabled" not in refused.stderr, refused.stderr  # g++'s, from inside the header
+    assert "cannot use 'throw'" not in refused.stderr, refused.stderr  # clang++'s
+    run([compiler, "-std=c++17", "-Wall", "-Wextra", "-pedantic", "-Werror", f"-I{include}", "-c", str(source), "-o",
+         str(tmp_path / "host.o")])
