@@ -144,7 +144,28 @@ if hasattr(os, "register_at_fork"):
                         after_in_child=_new_running_lock)
 
 
+def _shared_view(value) -> Optional[np.ndarray]:
+    """An ndarray over the memory of ``value``, where one is had without copying and without calling
+    the object's code: a memoryview, an object exposing ``__array_interface__``/``__array_struct__``,
+    or a DLPack producer (a torch tensor, a JAX array on the CPU); None otherwise (lists, an
+    ``__array__`` that may compute, a dask array). A memoryview or a torch view of another call's out
+    was read half written without a word, where the same memory as an ndarray was refused (outside
+    probe, Python round forty-eight)."""
+    try:
+        if isinstance(value, memoryview) or hasattr(value, "__array_interface__") or hasattr(value, "__array_struct__"):
+            view = np.asarray(value)
+        elif hasattr(value, "__dlpack__"):
+            view = np.from_dlpack(value)
+        else:
+            return None
+    except Exception:  # noqa: BLE001 - not readable so (a GPU tensor, one that requires grad): the call says why
+        return None
+    return view if view.dtype != object else None
+
+
 def _named_arrays(prefix: str, value) -> list:
+    if not isinstance(value, np.ndarray) and not (isinstance(value, tuple) and hasattr(value, "_fields")):
+        value = _shared_view(value)
     if isinstance(value, np.ndarray):
         return [(prefix, value)] if value.size else []
     if isinstance(value, tuple) and hasattr(value, "_fields"):  # a result given as out=

@@ -231,3 +231,79 @@ def test_the_velocity_remedies_run_as_written_on_a_list_u(as_list):
     names = {"np": np, "v": v}
     exec(remedy.replace("; ", "\n"), names)
     assert np.allclose(dodo.box3d(F, names["u"]).F_box, dodo.box3d(F, u).F_box, rtol=1e-13, atol=1e-13)
+
+
+# --- Another call's out, read through a memoryview or a torch view -------------------------------
+
+def _views():
+    views = {"memoryview": memoryview, "__array_interface__": lambda a: type("I", (), {"__array_interface__":
+                                                                                      a.__array_interface__})()}
+    try:
+        import torch
+
+        views["torch.from_numpy"] = torch.from_numpy
+    except ImportError:
+        pass
+    return views
+
+
+@pytest.mark.parametrize("view", sorted(_views()))
+def test_a_view_that_is_no_ndarray_of_a_running_calls_out_is_refused(view):
+    """Round forty-five refused a call that reads the out= another thread's call is writing, and one that
+    writes what another call reads, but only for NumPy arrays: the same memory as a memoryview, an
+    object exposing __array_interface__ or a torch tensor (torch.from_numpy(out.F_box)) was read half
+    written without a word, and an out= over the memory a running call read through such a view was
+    written under it."""
+    from test_probe_round45 import _Held, _cells as _cells45, _finish, _run_held
+
+    make = _views()[view]
+    F = _cells45(64, 1)
+    out = dodo.Box3DResult.empty((64,))
+    held = _Held(F)
+    thread, outcome = _run_held(lambda: dodo.box3d(held, threads=1, out=out), held)
+    try:
+        with pytest.raises(ValueError, match=r"^F_init shares memory with out\.F_box, which another call running now "
+                                             r"\(in another thread\) is writing"):
+            dodo.invariants(make(out.F_box))
+    finally:
+        _finish(thread, held, outcome)
+    # The other way round: a running call reads F through the view; an out= over F is refused.
+    source = _cells45(64, 2)
+    writer_out = dodo.Box3DResult(source, *dodo.Box3DResult.empty((64,))[1:])
+    reader = _Held(None)  # its events only: the running call's u waits on them, its F_init is the view
+    thread, outcome = _run_held(lambda: dodo.box3d(make(source), threads=1, u=_WaitForU(reader)), reader)
+    try:
+        with pytest.raises(ValueError, match=r"^out\.F_box shares memory with F_init, which another call running now "
+                                             r"\(in another thread\) reads"):
+            dodo.box3d(_cells45(64, 3), threads=1, out=writer_out)
+    finally:
+        _finish(thread, reader, outcome)
+
+
+class _WaitForU:
+    """A u (at rest) read only when the test lets it: holds the call whose F_init is a view."""
+
+    def __init__(self, held) -> None:
+        self.held = held
+
+    def __array__(self, dtype=None, copy=None):
+        self.held.entered.set()
+        assert self.held.release.wait(120)
+        u = np.zeros(4)
+        u[0] = 1.0
+        return u
+
+
+def test_inputs_that_are_no_views_are_read_once_and_not_claimed():
+    """Guard: an array-like whose __array__ may compute (a dask array) is converted once per call, as
+    before; lists are taken as before."""
+    calls = []
+
+    class Lazy:
+        def __array__(self, dtype=None, copy=None):
+            calls.append(1)
+            return _cells(2)
+
+    assert np.array_equal(dodo.invariants(Lazy()), dodo.invariants(_cells(2)))
+    assert len(calls) == 1
+    assert np.array_equal(dodo.invariants(_cells(2).tolist()), dodo.invariants(_cells(2)))
