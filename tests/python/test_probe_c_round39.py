@@ -324,3 +324,41 @@ def test_dodo_hpp_in_a_host_without_exceptions_names_the_c_api(tmp_path, compile
     assert "cannot use 'throw'" not in refused.stderr, refused.stderr  # clang++'s
     run([compiler, "-std=c++17", "-Wall", "-Wextra", "-pedantic", "-Werror", f"-I{include}", "-c", str(source), "-o",
          str(tmp_path / "host.o")])
+
+
+LARGE_SECTION_HOST = """\
+program large_section
+  use dodo
+  implicit none
+  integer, parameter :: n = 100000
+  type(dodo_closure) :: closure
+  real(c_double), allocatable :: F(:, :, :), P(:, :, :)
+  integer(c_int32_t), allocatable :: cell_status(:)
+  integer :: stat
+  allocate(F(4, 6, 2 * n), P(4, 6, 2 * n), cell_status(2 * n))
+  F = 0
+  F(1, :, :) = 1
+  P = -1
+  cell_status = -1
+  call dodo_create(closure, "box3d", stat=stat)
+  call dodo_apply(closure, F(:, :, 1:2 * n:2), P(:, :, 1:2 * n:2), cell_status=cell_status(1:2 * n:2), stat=stat)
+  print '(a,i0,a,l1,a,l1)', "stat ", stat, " stable ", all(cell_status(1:2 * n:2) == DODO_CELL_NO_CROSSING) .and. &
+    all(P(:, :, 1:2 * n:2) == F(:, :, 1:2 * n:2)), " between untouched ", all(P(:, :, 2:2 * n:2) == -1)
+  call dodo_destroy(closure)
+end program large_section
+"""
+
+
+def test_fortran_large_strided_section_in_an_ofast_host_keeps_off_the_stack(tmp_path):
+    """A host built with -Ofast (or -O3 -fstack-arrays: many codes' release flags) passing a
+    strided section of 100,000 cells (19 MB): gfortran made its copy for the `contiguous` dummy
+    on the host's stack, and the host died at the call (SIGSEGV, 8 MiB stack, the usual limit).
+    The module now makes the copy itself, on the heap, whatever the host's flags."""
+    import resource
+
+    program = compile_fortran(tmp_path, "large_section", LARGE_SECTION_HOST, "-Ofast")
+    eight_mib = 8 * 1024 * 1024
+    result = subprocess.run([str(program)], capture_output=True, text=True, timeout=300,
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_STACK, (eight_mib, eight_mib)))
+    assert result.returncode == 0, (result.returncode, result.stderr[-1000:])
+    assert result.stdout.split("\n")[0] == "stat 0 stable T between untouched T", result.stdout

@@ -9,8 +9,10 @@
 !   call dodo_apply(closure, F, F_pred, u=u, growth_rate=rate, uncertainty=spread)  ! rate, spread: (ncell)
 !   call dodo_destroy(closure)
 !
-! Arrays are passed without copies: a Fortran array F(4, 6, ncell) (component, species, cell)
-! has exactly the memory layout of C's double F[ncell][6][4]. Components are (t, x, y, z),
+! Contiguous arrays (also POINTER arrays and a caller's assumed-shape dummies) are passed without
+! copies: a Fortran array F(4, 6, ncell) (component, species, cell) has exactly the memory layout
+! of C's double F[ncell][6][4]. A non-contiguous section is copied here, into a contiguous array
+! and back (SELECT RANK: gfortran 10 or later). Components are (t, x, y, z),
 ! species (nu_e, nu_mu, nu_tau, nubar_e, nubar_mu, nubar_tau). Every routine takes optional
 ! `stat` (DODO_OK = 0 on success) and `errmsg`; when `stat` is absent an error stops the program
 ! with the message, like an ALLOCATE without STAT=. The library itself never prints or stops.
@@ -280,7 +282,9 @@ contains
   ! The dummies are not `contiguous`: gfortran (12) then copied every POINTER or assumed-shape actual
   ! (a host's step routine's F(:, :, :)) into a temporary on every call, contiguous or not (an
   ! allocation and a copy of each array per call), and a disassociated pointer given for an optional
-  ! array, which Fortran makes absent, was read for that copy: SIGSEGV (outside probe, C round 39).
+  ! array, which Fortran makes absent, was read for that copy: SIGSEGV; under -Ofast (-fstack-arrays)
+  ! the compiler's copy of a non-contiguous section went on the host's stack, where 100,000 cells
+  ! overflowed 8 MiB (outside probe, C round thirty-nine). The copies here are allocatables (heap).
   ! Assumed-size arrays (F(4, 6, *) in the caller) carry no cell count and are refused: pass a
   ! section that gives it, F(:, :, 1:ncell) (likewise u(:, 1:ncell), cell_status(1:ncell)).
   ! u: (4, ...) with one column per cell (e.g. (4, nx, ny, nz)), absent = every cell at rest;
