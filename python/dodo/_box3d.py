@@ -386,9 +386,16 @@ def _as_real_array(name: str, value, trailing: tuple[int, ...], shape_text: str)
     if isinstance(value, np.ma.MaskedArray) and np.ma.is_masked(value):
         first = tuple(int(i) for i in np.argwhere(np.ma.getmaskarray(value))[0])
         cell = first[:max(len(first) - len(trailing), 0)]
+        # np.ma.compress_rows, named here before, refuses arrays of more than two axes (every batch of
+        # cells), drops a single cell's species, and for u alone leaves F_init's cells unmatched (outside
+        # probe, Python round forty-eight): the cells to keep, for both arrays.
+        axes = tuple(range(-len(trailing), 0))
+        axes_text = str(axes[0]) if len(axes) == 1 else str(axes)
         raise ValueError(f"{name} is a masked array with masked entries (missing values), the first at cell {cell} "
-                         f"(index {first}): a masked entry has no value to compute with; fill or drop those cells "
-                         "first (np.ma.filled, np.ma.compress_rows)")
+                         f"(index {first}): a masked entry has no value to compute with; fill them "
+                         f"(np.ma.filled({name}, value)) or drop those cells: keep = "
+                         f"~np.ma.getmaskarray({name}).any(axis={axes_text}), then F_init[keep] "
+                         "(and u[keep] for a u per cell)")
     try:
         array = np.asarray(value)
     except ValueError as error:  # ragged nested sequences

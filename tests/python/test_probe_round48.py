@@ -307,3 +307,34 @@ def test_inputs_that_are_no_views_are_read_once_and_not_claimed():
     assert np.array_equal(dodo.invariants(Lazy()), dodo.invariants(_cells(2)))
     assert len(calls) == 1
     assert np.array_equal(dodo.invariants(_cells(2).tolist()), dodo.invariants(_cells(2)))
+
+
+# --- Masked cells: the remedy named runs ----------------------------------------------------------
+
+@pytest.mark.parametrize("masked", ["F_init", "u"])
+@pytest.mark.parametrize("batch", [(5,), (2, 3)])
+def test_the_masked_array_refusal_names_a_way_to_drop_the_cells_that_runs(masked, batch):
+    """A masked array with masked entries was refused with "fill or drop those cells first (np.ma.filled,
+    np.ma.compress_rows)": compress_rows refuses every batch of cells ("compress_rows works for 2D arrays
+    only"), and for a u of one velocity per cell it dropped u's rows alone, which no longer matched
+    F_init's cells. The cells to keep are now given as code that runs, for both arrays."""
+    n = int(np.prod(batch))
+    F = _cells(n).reshape(batch + (6, 4))
+    W = 1.0 / np.sqrt(1.0 - 0.2 ** 2)
+    u = np.broadcast_to([W, 0.2 * W, 0.0, 0.0], batch + (4,)).copy()
+    arrays = {"F_init": np.ma.masked_array(F), "u": np.ma.masked_array(u)}
+    hole = (1,) * len(batch)
+    arrays[masked][hole + ((2, 1) if masked == "F_init" else (3,))] = np.ma.masked
+    with pytest.raises(ValueError) as caught:
+        dodo.box3d(arrays["F_init"], arrays["u"])
+    message = str(caught.value)
+    remedy = message[message.index("or drop those cells: ") + len("or drop those cells: "):]
+    keep_code, rest = remedy.split(", then ")
+    names = {"np": np, **arrays}
+    exec(keep_code, names)
+    keep = names["keep"]
+    assert keep.shape == batch and keep.sum() == n - 1
+    result = dodo.box3d(arrays["F_init"][keep], arrays["u"][keep])
+    expected = dodo.box3d(F[keep], u[keep])
+    assert np.array_equal(result.F_box, expected.F_box)
+    assert "F_init[keep]" in rest and "u[keep]" in rest
