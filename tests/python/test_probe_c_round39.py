@@ -362,3 +362,56 @@ def test_fortran_large_strided_section_in_an_ofast_host_keeps_off_the_stack(tmp_
                             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_STACK, (eight_mib, eight_mib)))
     assert result.returncode == 0, (result.returncode, result.stderr[-1000:])
     assert result.stdout.split("\n")[0] == "stat 0 stable T between untouched T", result.stdout
+
+
+PAREN_HOST = """\
+program paren_host
+  use dodo
+  implicit none
+  type(dodo_closure) :: closure
+  real(c_double) :: F(4, 6, 2), P(4, 6, 2)
+  integer :: stat
+  F = 0
+  F(1, :, :) = 1
+  call dodo_create(closure, DODO_BOX3D_ONLY, stat=stat)
+  call dodo_apply(closure, F, P, stat=stat)
+  print '(a,i0)', "applied ", stat
+  call dodo_destroy(closure)
+end program paren_host
+"""
+
+
+@pytest.mark.parametrize("generator", ["Unix Makefiles", "Ninja"])
+def test_the_documented_module_copy_builds_from_a_prefix_with_parentheses(tmp_path, generator):
+    """docs/runtime.md ("Building against an installed Dodo"): with Dodo under a path holding a
+    parenthesis (here a copy of the installed package under ".../dodo (copy)/"), CMake's Makefile
+    generator stopped the module's library with '/bin/sh: 1: Syntax error: "(" unexpected' (its
+    .provides.build rule; CMake's, not Dodo's). The documented remedy, the module copied into the
+    build tree with configure_file(COPYONLY), builds with Make and Ninja and the host runs."""
+    from native_build import PATHS, tool
+
+    cmake, gfortran = tool("cmake"), shutil.which("gfortran")
+    if not cmake or not gfortran:
+        pytest.skip("cmake or gfortran is not installed")
+    make_program = tool("make") if generator == "Unix Makefiles" else tool("ninja")
+    if not make_program:
+        pytest.skip(f"no build program for {generator}")
+    installed = Path(PATHS["lib_dir"]).parent
+    prefix = tmp_path / "dodo (copy)" / "dodo"
+    for part in ("include", "lib"):
+        shutil.copytree(installed / part, prefix / part, symlinks=True)
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "host.f90").write_text(PAREN_HOST)
+    (source / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.18)\nproject(TransportHost LANGUAGES C Fortran)\n"
+        "find_package(Dodo CONFIG REQUIRED)\n"
+        "configure_file(${Dodo_FORTRAN_MODULE_SOURCE} ${CMAKE_CURRENT_BINARY_DIR}/dodo.f90 COPYONLY)\n"
+        "add_library(dodo_fortran STATIC ${CMAKE_CURRENT_BINARY_DIR}/dodo.f90)\n"
+        "target_link_libraries(dodo_fortran PUBLIC Dodo::dodo)\n"
+        "add_executable(host host.f90)\ntarget_link_libraries(host PRIVATE dodo_fortran)\n")
+    build = tmp_path / "build"
+    run([cmake, "-S", str(source), "-B", str(build), "-G", generator, f"-DCMAKE_MAKE_PROGRAM={make_program}",
+         f"-DDodo_DIR={prefix / 'lib/cmake/Dodo'}"])
+    run([cmake, "--build", str(build), "--parallel", "2"])
+    assert run_host(build / "host", timeout=120) == ["applied 0"]
