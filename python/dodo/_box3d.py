@@ -437,9 +437,9 @@ def _layout_hint(name: str, shape: tuple[int, ...], trailing: tuple[int, ...]) -
         # from_emu_layout takes [states, 4, 2, 3] only: the hint gave it for one state (4, 2, 3) and for
         # a grid [nx, ny, 4, 2, 3] too, where it refuses them (outside probe, Python round forty-eight).
         convert = "" if len(shape) == 4 else (
-            f"; here one state: dodo.conventions.from_emu_layout({name}[None])[0]" if len(shape) == 3 else
-            f"; here a batch of shape {shape[:-3]}: dodo.conventions.from_emu_layout({name}.reshape(-1, 4, 2, 3))"
-            f".reshape({name}.shape[:-3] + (6, 4))")
+            f"; here one state: dodo.conventions.from_emu_layout(np.asarray({name})[None])[0]" if len(shape) == 3 else
+            f"; here a batch of shape {shape[:-3]}: dodo.conventions.from_emu_layout(np.reshape({name}, (-1, 4, 2, 3)))"
+            f".reshape({shape[:-3] + (6, 4)})")
         return (f": Emu's layout [..., 4 (x, y, z, t), 2 (nu, nubar), 3 flavours]? convert with "
                 f"dodo.conventions.from_emu_layout({name}) (for [states, 4, 2, 3]){convert}, which also puts t first")
     if shape[-2:] == (N_COMPONENTS, N_SPECIES):

@@ -179,8 +179,9 @@ def test_a_data_or_model_file_argument_with_white_space_around_it_names_the_file
 
 # --- The Emu-layout hint names a conversion that works for the shape given ----------------------
 
+@pytest.mark.parametrize("as_list", [False, True])
 @pytest.mark.parametrize("batch", [(3,), (), (2, 3), (1, 1, 2)])
-def test_the_emu_layout_refusal_names_a_conversion_that_takes_the_shape_given(batch):
+def test_the_emu_layout_refusal_names_a_conversion_that_takes_the_shape_given(batch, as_list):
     """Round forty-seven's refusal of F_init in Emu's layout named dodo.conventions.from_emu_layout(F_init),
     which takes [states, 4, 2, 3] only: for one state (4, 2, 3) and for a grid [nx, ny, 4, 2, 3] the
     conversion it named was refused in turn ("Emu four-flux array must have shape [nsims, 4 (x,y,z,t),
@@ -190,6 +191,7 @@ def test_the_emu_layout_refusal_names_a_conversion_that_takes_the_shape_given(ba
     cells = _cells(int(np.prod(batch, dtype=int)))
     F = cells.reshape(batch + (6, 4))
     given = to_emu_layout(cells).reshape(batch + (4, 2, 3))
+    given = given.tolist() if as_list else given  # nested lists, as JSON or a script writes cells
     with pytest.raises(ValueError) as caught:
         dodo.box3d(given)
     message = str(caught.value)
@@ -197,7 +199,7 @@ def test_the_emu_layout_refusal_names_a_conversion_that_takes_the_shape_given(ba
     named = re.search(r"; here [^:]*: (.*), which also puts t first$", message)
     assert (named is None) == (len(batch) == 1), message
     expression = named.group(1) if named else "dodo.conventions.from_emu_layout(F_init)"
-    converted = eval(expression, {"dodo": dodo, "F_init": given})
+    converted = eval(expression, {"dodo": dodo, "np": np, "F_init": given})
     assert converted.shape == F.shape and np.array_equal(converted, F)
     assert np.array_equal(dodo.box3d(converted).F_box, dodo.box3d(F).F_box)
 
