@@ -372,6 +372,13 @@ class Closure:
                     expanded = os.path.expanduser(model_path)
                     hint = (f" (a leading ~ is the shell's: Python does not expand it; {expanded!r} exists: give "
                             "os.path.expanduser(path))")
+                if "$" in model_path and os.path.expandvars(model_path) != model_path and \
+                        os.path.exists(os.path.expandvars(model_path)):
+                    # A path from a config file or a single-quoted argument keeps "$SCRATCH/m.onnx": the
+                    # shell expands variables, Python does not (outside probe, Python round forty-eight).
+                    expanded = os.path.expandvars(model_path)
+                    hint = (f" (a $VARIABLE is the shell's: Python does not expand it; {expanded!r} exists: give "
+                            "os.path.expandvars(path))")
                 stripped = model_path.strip()
                 if stripped != model_path and stripped and word != BOX3D_ONLY and os.path.exists(stripped):
                     # A path read from a text file or a config line keeps its newline: 'm.onnx\n' was

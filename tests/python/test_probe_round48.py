@@ -355,3 +355,25 @@ def test_the_boosts_per_cell_remedy_runs_on_a_nested_list_u():
     remedy = message[message.index("pass ") + len("pass "):message.index(" for one velocity per cell")]
     per_cell = eval(remedy, {"np": np, "u": u})
     assert np.array_equal(dodo.boost_to_rest(F, per_cell), dodo.boost_to_rest(F, np.asarray(u)[:, None, :]))
+
+
+@pytest.mark.skipif(not dodo.runtime_available(), reason="no closure runtime in this build")
+@pytest.mark.parametrize("spelling", ["$DODO_PROBE48_DIR/m.onnx", "${DODO_PROBE48_DIR}/m.onnx"])
+def test_a_model_path_with_an_unexpanded_variable_names_the_file_that_exists(tmp_path, monkeypatch, spelling):
+    """A path from a config file (or a single-quoted shell argument), "$SCRATCH/models/m.onnx", was "model
+    package ... does not exist" of a package that does: the shell expands variables, Python does not
+    (as for a leading ~, section 59)."""
+    import os
+    import shutil
+
+    from dodo.models import default_model_path
+
+    shutil.copy(default_model_path(), tmp_path / "m.onnx")
+    monkeypatch.setenv("DODO_PROBE48_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError) as caught:
+        dodo.Closure(spelling)
+    assert str(caught.value) == (f"model package {spelling!r} does not exist (a $VARIABLE is the shell's: Python does "
+                                 f"not expand it; {str(tmp_path / 'm.onnx')!r} exists: give os.path.expandvars(path))")
+    assert dodo.Closure(os.path.expandvars(spelling)).has_model
+    with pytest.raises(FileNotFoundError, match=r"does not exist$"):
+        dodo.Closure("$DODO_PROBE48_UNSET/m.onnx")  # guard: no hint where nothing is there
