@@ -379,6 +379,15 @@ class Closure:
                     expanded = os.path.expandvars(model_path)
                     hint = (f" (a $VARIABLE is the shell's: Python does not expand it; {expanded!r} exists: give "
                             "os.path.expandvars(path))")
+                if not os.path.isabs(model_path) and not hint:
+                    try:
+                        os.getcwd()
+                    except FileNotFoundError:
+                        # A job's directory removed and made again (rm -rf run && mkdir run) under a process
+                        # inside it: relative paths name nothing, though `ls run/m.onnx` shows the package
+                        # (outside probe, Python round forty-eight).
+                        hint = (" (the current directory was removed, so relative paths name nothing: give an "
+                                "absolute path, or os.chdir into the directory again)")
                 stripped = model_path.strip()
                 if stripped != model_path and stripped and word != BOX3D_ONLY and os.path.exists(stripped):
                     # A path read from a text file or a config line keeps its newline: 'm.onnx\n' was

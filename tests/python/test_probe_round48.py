@@ -377,3 +377,27 @@ def test_a_model_path_with_an_unexpanded_variable_names_the_file_that_exists(tmp
     assert dodo.Closure(os.path.expandvars(spelling)).has_model
     with pytest.raises(FileNotFoundError, match=r"does not exist$"):
         dodo.Closure("$DODO_PROBE48_UNSET/m.onnx")  # guard: no hint where nothing is there
+
+
+@pytest.mark.skipif(not dodo.runtime_available(), reason="no closure runtime in this build")
+def test_a_relative_model_path_from_a_removed_directory_says_the_directory_was_removed(tmp_path, monkeypatch):
+    """A job whose directory was removed and made again under it (rm -rf run && mkdir run && cp ...):
+    dodo.Closure("m.onnx") said "model package 'm.onnx' does not exist", while `ls run/m.onnx` shows it;
+    relative paths from a removed working directory name nothing. The refusal now says so."""
+    import shutil
+
+    from dodo.models import default_model_path
+
+    run_directory = tmp_path / "run"
+    run_directory.mkdir()
+    monkeypatch.chdir(run_directory)
+    shutil.rmtree(run_directory)
+    run_directory.mkdir()
+    shutil.copy(default_model_path(), run_directory / "m.onnx")
+    for call in (dodo.Closure, lambda path: dodo.closure(_cells(), model=path)):
+        with pytest.raises(FileNotFoundError) as caught:
+            call("m.onnx")
+        assert str(caught.value) == ("model package 'm.onnx' does not exist (the current directory was removed, so "
+                                     "relative paths name nothing: give an absolute path, or os.chdir into the "
+                                     "directory again)")
+    assert dodo.Closure(str(run_directory / "m.onnx")).has_model
