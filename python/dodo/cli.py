@@ -63,6 +63,11 @@ def _info(args: argparse.Namespace) -> int:
         # (outside probe, round forty-four). A bare name (no slash) is the loader's search: not judged.
         missing = "/" in library and not os.path.isfile(library)
         what = "not a regular file" if os.path.exists(library) else "no such file"
+        if not os.path.exists(library) and os.path.islink(library):  # "no such file" of a link there (round 48)
+            try:
+                what = f"a symbolic link to {_escaped(os.readlink(library))}, which does not exist"
+            except OSError:
+                pass
         paths["onnxruntime_library"] = (
             f"{_escaped(library)} (DODO_ONNXRUNTIME_LIBRARY"
             + (f"; NOT FOUND: {what}, so a closure with a model fails to load it; fix or unset the variable"

@@ -401,3 +401,17 @@ def test_a_relative_model_path_from_a_removed_directory_says_the_directory_was_r
                                      "relative paths name nothing: give an absolute path, or os.chdir into the "
                                      "directory again)")
     assert dodo.Closure(str(run_directory / "m.onnx")).has_model
+
+
+def test_dodo_info_names_the_target_of_a_dangling_onnxruntime_library_link(tmp_path, capsys, monkeypatch):
+    """`DODO_ONNXRUNTIME_LIBRARY=/opt/ort/libonnxruntime.so dodo info`, the path a symbolic link to a
+    library removed by an upgrade: "NOT FOUND: no such file", of a link that is there. The link's target
+    is now named."""
+    link = tmp_path / "libonnxruntime.so"
+    link.symlink_to("/opt/removed/libonnxruntime.so.1.17.0")
+    monkeypatch.setenv("DODO_ONNXRUNTIME_LIBRARY", str(link))
+    code, out, _ = run(capsys, ["info"])
+    line = next(line for line in out.splitlines() if line.startswith("onnxruntime_library:"))
+    assert code == 0 and (f"{link} (DODO_ONNXRUNTIME_LIBRARY; NOT FOUND: a symbolic link to "
+                          "/opt/removed/libonnxruntime.so.1.17.0, which does not exist, so a closure with a model "
+                          "fails to load it") in line, out
