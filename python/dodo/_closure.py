@@ -367,6 +367,13 @@ class Closure:
                     hint = f' (Box3D alone, without a model, is the literal "{BOX3D_ONLY}": lower case, no spaces)'
                 if re.match(r"(https?|s3|gs|ftp)://", model_path):  # a URL is no path (round 44)
                     hint = " (a URL: dodo reads local files; download the package first and give its path)"
+                if model_path.startswith("file://"):
+                    # Path.as_uri(), a browser's address bar: the file is local, its URL no path (round 48).
+                    from urllib.parse import unquote, urlsplit
+
+                    local = unquote(urlsplit(model_path).path)
+                    hint = (f" (a file:// URL: give the file's path, {local!r}, which exists)" if os.path.exists(local)
+                            else " (a file:// URL: give the file's path)")
                 if model_path.startswith("~") and os.path.exists(os.path.expanduser(model_path)):
                     # A shell expands ~, Python does not: "does not exist" of a file that does (round 44).
                     expanded = os.path.expanduser(model_path)

@@ -415,3 +415,23 @@ def test_dodo_info_names_the_target_of_a_dangling_onnxruntime_library_link(tmp_p
     assert code == 0 and (f"{link} (DODO_ONNXRUNTIME_LIBRARY; NOT FOUND: a symbolic link to "
                           "/opt/removed/libonnxruntime.so.1.17.0, which does not exist, so a closure with a model "
                           "fails to load it") in line, out
+
+
+@pytest.mark.skipif(not dodo.runtime_available(), reason="no closure runtime in this build")
+def test_a_file_url_as_the_model_names_its_path(tmp_path):
+    """dodo.Closure(Path(p).as_uri()) (a file:// URL, as pathlib or a browser writes it; %20 for a space)
+    said only "does not exist"; section 59's URL hint covered http, s3, gs and ftp, where the file is
+    remote. The path the URL names is now given (decoded)."""
+    import shutil
+
+    from dodo.models import default_model_path
+
+    package = tmp_path / "my model.onnx"
+    shutil.copy(default_model_path(), package)
+    with pytest.raises(FileNotFoundError) as caught:
+        dodo.Closure(package.as_uri())
+    assert str(caught.value) == (f"model package {package.as_uri()!r} does not exist (a file:// URL: give the file's "
+                                 f"path, {str(package)!r}, which exists)")
+    assert "%20" in package.as_uri() and dodo.Closure(str(package)).has_model
+    with pytest.raises(FileNotFoundError, match=r"\(a file:// URL: give the file's path\)$"):
+        dodo.Closure((tmp_path / "none.onnx").as_uri())
