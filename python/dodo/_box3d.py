@@ -398,14 +398,20 @@ def _as_real_array(name: str, value, trailing: tuple[int, ...], shape_text: str)
                          "(and u[keep] for a u per cell)")
     try:
         array = np.asarray(value)
-    except ValueError as error:  # ragged nested sequences
-        raise ValueError(f"{name} is not a rectangular array of real numbers: {error}") from None
-    except (TypeError, RuntimeError) as error:
+    except (ValueError, TypeError, RuntimeError) as error:
+        if isinstance(error, ValueError) and (not hasattr(value, "__array__") or "inhomogeneous" in str(error)):
+            raise ValueError(f"{name} is not a rectangular array of real numbers: {error}") from None  # ragged lists
         # A torch tensor in bfloat16 ("TypeError: Got unsupported ScalarType BFloat16"), one that requires
         # grad or lives on a GPU: the library's words, naming neither the argument nor the conversion,
         # and not the ValueError the README promises for a wrong dtype (outside probe, Python round forty-seven).
+        # An h5py dataset whose file was closed (read after its `with` block) was "not a rectangular array
+        # of real numbers: Invalid dataset identifier" (or h5py's RuntimeError), without a word of the
+        # closed file (outside probe, Python round forty-eight).
         kind = f"{type(value).__module__}.{type(value).__qualname__}"
         fix = ": t.detach().cpu().double().numpy()" if kind.startswith("torch.") else ""
+        if kind.startswith("h5py.") and not getattr(getattr(value, "id", None), "valid", True):
+            fix = ("; its HDF5 file is closed: read the dataset while the file is open (f[name][()] inside the "
+                   "with block)")
         raise ValueError(f"{name} ({kind}) cannot be read as a NumPy array: {' '.join(str(error).split()).rstrip('.')}; give a "
                          f"NumPy array of a float or integer dtype{fix}") from None
     if array.dtype == object and array.ndim == 0:  # a generator, a dict, one number: nothing to index

@@ -435,3 +435,27 @@ def test_a_file_url_as_the_model_names_its_path(tmp_path):
     assert "%20" in package.as_uri() and dodo.Closure(str(package)).has_model
     with pytest.raises(FileNotFoundError, match=r"\(a file:// URL: give the file's path\)$"):
         dodo.Closure((tmp_path / "none.onnx").as_uri())
+
+
+@pytest.mark.parametrize("argument", ["F_init", "u"])
+def test_an_h5py_dataset_read_after_its_file_was_closed_says_the_file_is_closed(tmp_path, argument):
+    """`with h5py.File(p) as f: F = f["F_init"]` then dodo.box3d(F, u) after the block (h5py datasets are
+    read on demand): "F_init is not a rectangular array of real numbers: Invalid dataset identifier
+    (identifier is not of specified type)" (or h5py's RuntimeError), nothing of the closed file."""
+    h5py = pytest.importorskip("h5py")
+    F = _cells(2)
+    u = np.array([[1.0, 0.0, 0.0, 0.0]] * 2)
+    with h5py.File(tmp_path / "cells.h5", "w") as handle:
+        handle["F_init"], handle["u"] = F, u
+    with h5py.File(tmp_path / "cells.h5", "r") as handle:
+        datasets = {"F_init": handle["F_init"], "u": handle["u"]}
+        assert np.array_equal(dodo.box3d(datasets["F_init"], datasets["u"]).F_box, dodo.box3d(F, u).F_box)  # open: read
+    arguments = {"F_init": F, "u": u, argument: datasets[argument]}
+    with pytest.raises(ValueError) as caught:
+        dodo.box3d(arguments["F_init"], arguments["u"])
+    message = str(caught.value)
+    assert message.startswith(f"{argument} (h5py.") and "cannot be read as a NumPy array" in message, message
+    assert message.endswith("; its HDF5 file is closed: read the dataset while the file is open (f[name][()] inside "
+                            "the with block)"), message
+    with pytest.raises(ValueError, match=r"^F_init is not a rectangular array of real numbers"):
+        dodo.box3d([[1.0, 2.0], [3.0]])  # guard: a ragged list keeps its words
