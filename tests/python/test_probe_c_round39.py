@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+import dodo
+
 from capi_host import ROOT, compile_fortran, run_host
 from native_build import REQUIRES_C_API, run
 
@@ -415,3 +417,93 @@ def test_the_documented_module_copy_builds_from_a_prefix_with_parentheses(tmp_pa
          f"-DDodo_DIR={prefix / 'lib/cmake/Dodo'}"])
     run([cmake, "--build", str(build), "--parallel", "2"])
     assert run_host(build / "host", timeout=120) == ["applied 0"]
+
+
+NO_REALLOC_HOST = """\
+program no_realloc
+  use dodo
+  implicit none
+  type(dodo_closure) :: closure, from_bytes
+  type(dodo_counters) :: counters
+  real(c_double) :: F(4, 6, 3), P(4, 6, 3), worst
+  integer(c_int8_t), allocatable :: bytes(:)
+  integer :: stat, unit, size_bytes, a
+  logical :: found
+  character(len=300) :: message
+  character(len=4096) :: model
+  call get_command_argument(1, model)
+  F = 0
+  do a = 1, 6
+    F(1, a, :) = 1 + 0.1d0 * a
+    F(4, a, :) = merge(-0.4d0, 0.3d0, a == 4)
+  end do
+  call dodo_create(closure, "/nonexistent/model.onnx", stat=stat, errmsg=message)
+  print '(i0,1x,a)', stat, trim(message)
+  call dodo_create(closure, model, threads=2, z_method="exact", stat=stat, errmsg=message)
+  print '(a,i0)', "create ", stat
+  call dodo_apply(closure, F, P, stat=stat, errmsg=message)
+  call dodo_self_test(closure, worst, stat=stat)
+  call dodo_get_counters(closure, counters)
+  print '(a,i0,a,i0)', "apply ", stat, " cells ", counters%cells
+  print '(4a,l1)', "[", dodo_get_metadata(closure, "dodo.head", found), "] ", "found ", found
+  print '(3a)', "[", dodo_version_string(), "]"
+  print '(a,l1)', "default model named ", len(dodo_default_model_path()) > 0
+  open(newunit=unit, file=model, access="stream", form="unformatted", status="old")
+  inquire(unit=unit, size=size_bytes)
+  allocate(bytes(size_bytes))
+  read(unit) bytes
+  close(unit)
+  call dodo_create_from_memory(from_bytes, bytes, onnxruntime_library="", stat=stat, errmsg=message)
+  print '(a,i0)', "from memory ", stat
+  call dodo_destroy(from_bytes)
+  call dodo_destroy(closure)
+end program no_realloc
+"""
+
+
+def test_fortran_module_built_without_reallocation_on_assignment(tmp_path):
+    """gfortran's -fno-realloc-lhs (ifort's old default, kept by codes built with both compilers;
+    a CMake host's CMAKE_Fortran_FLAGS reach the module's library) on the module and the host:
+    the module gave its C strings their size by assignment (c_text = to_c_string(text)), which
+    then wrote through the unallocated array's null pointer: every dodo_create with a model path
+    died of SIGSEGV in checked_c_string. Now every procedure runs as in the plain build."""
+    from capi_host import default_model
+
+    program = compile_fortran(tmp_path, "no_realloc", NO_REALLOC_HOST, "-fno-realloc-lhs")
+    lines = run_host(program, default_model(), timeout=120)
+    assert lines == ['2 model file "/nonexistent/model.onnx" does not exist', "create 0", "apply 0 cells 3",
+                     "[equivariant] found T", f"[{dodo.__version__}]", "default model named T",
+                     "from memory 0"], lines
+
+
+KINDS_HOST = """\
+program kinds
+  use dodo
+  implicit none
+  type(dodo_closure) :: closure
+  integer(c_int8_t) :: bytes(4)
+  integer :: stat
+  character(len=300) :: message
+  call dodo_create(closure, DODO_BOX3D_ONLY, stat=stat, errmsg=message)
+  print '(i0,1x,a)', stat, trim(message)
+  bytes = 0
+  call dodo_create_from_memory(closure, bytes, stat=stat, errmsg=message)
+  print '(i0,1x,a)', stat, trim(message)
+end program kinds
+"""
+
+
+@pytest.mark.parametrize("flag", ["-finteger-4-integer-8", "-freal-8-real-16"])
+def test_fortran_module_built_with_a_kind_promotion_flag_says_so(tmp_path, flag):
+    """gfortran's kind promotion flags (-finteger-4-integer-8 makes c_int and c_int32_t 8 bytes,
+    -freal-8-real-16 makes c_double 16) on the module change dodo_options and the arrays under C:
+    the create was refused by C as 'dodo_options.struct_size 80 is larger than this library's (64
+    bytes): the program was built against a newer dodo.h than this libdodo', blaming versions.
+    Now both creates say what happened and what to do (default-kind flags such as
+    -fdefault-integer-8 and -freal-4-real-8 change no C kind and still work)."""
+    program = compile_fortran(tmp_path, "kinds", KINDS_HOST, flag)
+    lines = run_host(program, timeout=60)
+    assert len(lines) == 2, lines
+    for line in lines:
+        assert line.startswith("1 dodo.f90 was compiled with a flag that changes C's kinds"), lines
+        assert "-finteger-4-integer-8 or -freal-8-real-16: compile dodo.f90 without it" in line, lines

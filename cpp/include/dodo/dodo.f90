@@ -218,6 +218,7 @@ contains
       ! trailing blanks dropped; a blank path becomes "" (refused by C)
       if (checked_c_string(model_path, "model_path", path_c, problem)) path_pointer = c_loc(path_c)
     end if
+    call check_c_kinds(problem)
     call text_options(options, z_method, onnxruntime_library, z_method_c, library_c, problem)
     if (len_trim(problem) > 0) then
       call report(DODO_ERROR_INVALID_ARGUMENT, trim(problem), stat, errmsg)
@@ -253,6 +254,7 @@ contains
 
     options = make_options(threads, chunk_size, lebedev_order, max_flux_factor, run_self_test, cuda_device)
     problem = ""
+    call check_c_kinds(problem)
     call text_options(options, z_method, onnxruntime_library, z_method_c, library_c, problem)
     if (len_trim(problem) > 0) then
       call report(DODO_ERROR_INVALID_ARGUMENT, trim(problem), stat, errmsg)
@@ -472,21 +474,21 @@ contains
     real(c_double), allocatable, intent(out) :: flat(:)
     allocate(flat(size(x, kind=c_size_t)))
     select rank (x)
-    rank (1); flat = x
-    rank (2); flat = reshape(x, shape(flat))
-    rank (3); flat = reshape(x, shape(flat))
-    rank (4); flat = reshape(x, shape(flat))
-    rank (5); flat = reshape(x, shape(flat))
-    rank (6); flat = reshape(x, shape(flat))
-    rank (7); flat = reshape(x, shape(flat))
-    rank (8); flat = reshape(x, shape(flat))
-    rank (9); flat = reshape(x, shape(flat))
-    rank (10); flat = reshape(x, shape(flat))
-    rank (11); flat = reshape(x, shape(flat))
-    rank (12); flat = reshape(x, shape(flat))
-    rank (13); flat = reshape(x, shape(flat))
-    rank (14); flat = reshape(x, shape(flat))
-    rank (15); flat = reshape(x, shape(flat))
+    rank (1); flat(:) = x
+    rank (2); flat(:) = reshape(x, shape(flat))
+    rank (3); flat(:) = reshape(x, shape(flat))
+    rank (4); flat(:) = reshape(x, shape(flat))
+    rank (5); flat(:) = reshape(x, shape(flat))
+    rank (6); flat(:) = reshape(x, shape(flat))
+    rank (7); flat(:) = reshape(x, shape(flat))
+    rank (8); flat(:) = reshape(x, shape(flat))
+    rank (9); flat(:) = reshape(x, shape(flat))
+    rank (10); flat(:) = reshape(x, shape(flat))
+    rank (11); flat(:) = reshape(x, shape(flat))
+    rank (12); flat(:) = reshape(x, shape(flat))
+    rank (13); flat(:) = reshape(x, shape(flat))
+    rank (14); flat(:) = reshape(x, shape(flat))
+    rank (15); flat(:) = reshape(x, shape(flat))
     end select
   end subroutine flatten_real
 
@@ -517,21 +519,21 @@ contains
     integer(c_int32_t), allocatable, intent(out) :: flat(:)
     allocate(flat(size(x, kind=c_size_t)))
     select rank (x)
-    rank (1); flat = x
-    rank (2); flat = reshape(x, shape(flat))
-    rank (3); flat = reshape(x, shape(flat))
-    rank (4); flat = reshape(x, shape(flat))
-    rank (5); flat = reshape(x, shape(flat))
-    rank (6); flat = reshape(x, shape(flat))
-    rank (7); flat = reshape(x, shape(flat))
-    rank (8); flat = reshape(x, shape(flat))
-    rank (9); flat = reshape(x, shape(flat))
-    rank (10); flat = reshape(x, shape(flat))
-    rank (11); flat = reshape(x, shape(flat))
-    rank (12); flat = reshape(x, shape(flat))
-    rank (13); flat = reshape(x, shape(flat))
-    rank (14); flat = reshape(x, shape(flat))
-    rank (15); flat = reshape(x, shape(flat))
+    rank (1); flat(:) = x
+    rank (2); flat(:) = reshape(x, shape(flat))
+    rank (3); flat(:) = reshape(x, shape(flat))
+    rank (4); flat(:) = reshape(x, shape(flat))
+    rank (5); flat(:) = reshape(x, shape(flat))
+    rank (6); flat(:) = reshape(x, shape(flat))
+    rank (7); flat(:) = reshape(x, shape(flat))
+    rank (8); flat(:) = reshape(x, shape(flat))
+    rank (9); flat(:) = reshape(x, shape(flat))
+    rank (10); flat(:) = reshape(x, shape(flat))
+    rank (11); flat(:) = reshape(x, shape(flat))
+    rank (12); flat(:) = reshape(x, shape(flat))
+    rank (13); flat(:) = reshape(x, shape(flat))
+    rank (14); flat(:) = reshape(x, shape(flat))
+    rank (15); flat(:) = reshape(x, shape(flat))
     end select
   end subroutine flatten_int32
 
@@ -739,6 +741,22 @@ contains
     end if
   end function make_options
 
+  ! Refuses (in `problem`) a module compiled with a flag that changes the size of C's kinds:
+  ! gfortran's -finteger-4-integer-8 makes c_int and c_int32_t 8 bytes, -freal-8-real-16 (or -10)
+  ! c_double 16 (10), so dodo_options and the arrays no longer match dodo.h. The create was refused
+  ! by C as "dodo_options.struct_size 80 is larger than this library's (64 bytes): the program was
+  ! built against a newer dodo.h", which blamed the wrong thing (outside probe, C round thirty-nine).
+  recursive subroutine check_c_kinds(problem)
+    character(len=*), intent(inout) :: problem
+    character(len=12) :: sizes
+    if (c_sizeof(0_c_int) == 4 .and. c_sizeof(0_c_int32_t) == 4 .and. c_sizeof(0_c_int64_t) == 8 .and. &
+        c_sizeof(0.0_c_double) == 8) return
+    if (len_trim(problem) > 0) return
+    write (sizes, '(i0, a, i0)') c_sizeof(0_c_int), ", ", c_sizeof(0.0_c_double)
+    problem = "dodo.f90 was compiled with a flag that changes C's kinds (c_int, c_double: " // trim(sizes) // &
+              " bytes, not 4, 8), e.g. -finteger-4-integer-8 or -freal-8-real-16: compile dodo.f90 without it"
+  end subroutine check_c_kinds
+
   ! The string options as C strings in z_method_c and library_c (which must outlive the C call),
   ! their pointers in options; a refusal goes to `problem` (left as it is when there is none).
   recursive subroutine text_options(options, z_method, onnxruntime_library, z_method_c, library_c, problem)
@@ -766,9 +784,9 @@ contains
     nul = index(text, c_null_char)
     ok = .true.
     if (nul == 0) then
-      c_text = to_c_string(text)
+      call to_c_string(text, c_text)
     else if (verify(text(nul:), c_null_char // " ") == 0) then
-      c_text = to_c_string(text(1:nul - 1))
+      call to_c_string(text(1:nul - 1), c_text)
     else
       ok = .false.
       if (len_trim(problem) == 0) &
@@ -897,7 +915,7 @@ contains
     character(kind=c_char), pointer :: chars(:)
     integer :: i, n
     if (.not. c_associated(pointer)) then
-      text = ""
+      allocate(character(len=0) :: text)  ! not text = "": see to_c_string
       return
     end if
     n = int(c_strlen(pointer))
@@ -908,16 +926,23 @@ contains
     end do
   end subroutine copy_c_string
 
-  recursive function to_c_string(text) result(c_text)
+  ! text, trailing blanks dropped, as a C string in c_text. A subroutine that allocates c_text
+  ! itself: no allocatable here is given its size by an assignment (F2003's reallocation on
+  ! assignment), which gfortran's -fno-realloc-lhs (ifort's old default, a flag of codes built by
+  ! both) turns off: c_text = to_c_string(text) on the unallocated c_text then wrote through a null
+  ! pointer, and every dodo_create with a model path died of SIGSEGV (outside probe, C round
+  ! thirty-nine).
+  recursive subroutine to_c_string(text, c_text)
     character(len=*), intent(in) :: text
-    character(kind=c_char), allocatable :: c_text(:)
+    character(kind=c_char), allocatable, intent(inout) :: c_text(:)
     integer :: i, n
     n = len_trim(text)
+    if (allocated(c_text)) deallocate(c_text)
     allocate(c_text(n + 1))
     do i = 1, n
       c_text(i) = text(i:i)
     end do
     c_text(n + 1) = c_null_char
-  end function to_c_string
+  end subroutine to_c_string
 
 end module dodo
