@@ -14,9 +14,11 @@
 #error "dodo/dodo.hpp needs C++14 or later (C++17 is what it is tested with): compile with -std=c++17, or use the C API, dodo/dodo.h, which it wraps"
 // Likewise for a host built without exceptions (-fno-exceptions; /EHs- with MSVC): every failure
 // here throws dodo::Error, and such a host got one "exception handling disabled" error per throw
-// from inside this header, none naming the way out (outside probe, C round thirty-nine).
-#elif (defined(__GNUC__) && !defined(__EXCEPTIONS) && !defined(__cpp_exceptions)) || \
-    (defined(_MSC_VER) && !defined(__clang__) && !defined(_CPPUNWIND))
+// from inside this header, none naming the way out (outside probe, C round thirty-nine). Not in
+// an offload compiler's device pass (CUDA, HIP, SYCL), which may parse host code without them.
+#elif ((defined(__GNUC__) && !defined(__EXCEPTIONS) && !defined(__cpp_exceptions)) || \
+       (defined(_MSC_VER) && !defined(__clang__) && !defined(_CPPUNWIND))) && \
+    !defined(__CUDACC__) && !defined(__HIPCC__) && !defined(__SYCL_DEVICE_ONLY__)
 #error "dodo/dodo.hpp reports every failure by throwing dodo::Error, and exceptions are disabled (-fno-exceptions): compile with -fexceptions, or use the C API, dodo/dodo.h, whose calls return a status"
 #else  // the header itself; nothing of it is compiled after the #error (its errors would bury it)
 
