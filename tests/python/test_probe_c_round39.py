@@ -507,3 +507,14 @@ def test_fortran_module_built_with_a_kind_promotion_flag_says_so(tmp_path, flag)
     for line in lines:
         assert line.startswith("1 dodo.f90 was compiled with a flag that changes C's kinds"), lines
         assert "-finteger-4-integer-8 or -freal-8-real-16: compile dodo.f90 without it" in line, lines
+
+
+def test_fortran_module_compiles_under_realloc_lhs_warnings_as_errors(tmp_path):
+    """A host that forbids hidden reallocation (gfortran -Wrealloc-lhs -Werror, the compile-time
+    side of -fno-realloc-lhs; a CMake host's flags reach the module's library): the module's two
+    `c_text = to_c_string(...)` assignments stopped its compile ('Code for reallocating the
+    allocatable array at (1) will be added [-Werror=realloc-lhs]'). Now it compiles clean."""
+    if not shutil.which("gfortran"):
+        pytest.skip("gfortran is not installed (apt-get install gfortran)")
+    run(["gfortran", "-std=f2018", "-Wall", "-Wrealloc-lhs", "-Werror", "-J", str(tmp_path), "-c",
+         str(ROOT / "cpp/include/dodo/dodo.f90"), "-o", str(tmp_path / "dodo.o")])
