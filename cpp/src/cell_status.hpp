@@ -13,7 +13,7 @@
   X(BAD_VELOCITY, 32u, true, "four-velocity not normalised (|u.u+1| > min(1e-6 max(1, u^t^2), 0.5)) or not future-directed") \
   X(BOX3D_LIMITED, 64u, false, "Box3D change scaled down to keep every species realizable")        \
   X(NETWORK_NONFINITE, 128u, false, "network output (or F_box + correction) not finite: Box3D result returned") \
-  X(CORRECTION_LIMITED, 256u, false, "learned correction scaled down by the realizability limiter")
+  X(CORRECTION_LIMITED, 256u, false, "learned correction scaled down by the realizability limiter or the crossing-strength bound")
 
 namespace dodo {
 

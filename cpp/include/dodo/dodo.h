@@ -123,7 +123,7 @@ typedef enum dodo_status {
 #define DODO_CELL_BAD_VELOCITY 32u      /* u not a future-directed unit four-velocity (rejected) */
 #define DODO_CELL_BOX3D_LIMITED 64u     /* Box3D change scaled down to stay realizable */
 #define DODO_CELL_NETWORK_NONFINITE 128u /* network output not finite: Box3D result returned */
-#define DODO_CELL_CORRECTION_LIMITED 256u /* learned correction scaled down by the realizability limiter */
+#define DODO_CELL_CORRECTION_LIMITED 256u /* learned correction scaled down by the realizability limiter or the crossing-strength bound */
 /* Any of these bits: the closure was not applied; the cell's output is its input when that is
  * finite and realizable, zeros when it is not finite, otherwise the input with negative densities
  * set to 0 and each flux scaled to |F| <= n (always finite and realizable). Every other output is

@@ -90,7 +90,8 @@ def evaluate_checkpoint(checkpoint_path: str | Path, data_path: str | Path | Non
     closure = closure_from_checkpoint(checkpoint, checkpoint_path)
     refuse_weights_that_are_not_finite(closure, checkpoint_path, "evaluate")  # not NaN metrics (round 35)
     dataset = CellDataset(data_path, indices, checkpoint.get("target_scale"), in_memory=True, dtype=torch.float64)
-    prediction = predict(closure, dataset, torch.device("cpu"), batch_size)
+    prediction = predict(closure, dataset, torch.device("cpu"), batch_size,
+                         box3d=(checkpoint.get("data") or {}).get("box3d"))
     table = metrics_for(prediction)
     table["split"] = split
     table["data"] = str(data_path)

@@ -74,7 +74,15 @@ def closure_float64(network: torch.nn.Module, F_init, u, box3d_settings: dict, f
                 return {"head": head_to_cell(network.head, network64(torch.from_numpy(image)).numpy(), species)}
 
             output = torch.from_numpy(blend_over_flavour_images(flavour_image_weights(F_init_rest), image_head)["head"])
-        dF, _, theta = head(output, torch.from_numpy(F_init_rest), torch.from_numpy(F_box_rest), return_unlimited=True)
+        _, projected, _ = head(output, torch.from_numpy(F_init_rest), torch.from_numpy(F_box_rest), return_unlimited=True)
+    # The runtime's order: projection, the crossing-strength bound, then the realizability limiter.
+    from .physics_torch import limiter_theta
+    from .synthetic_model import crossing_bound_factor
+
+    bound_factor = crossing_bound_factor(projected.numpy(), np.asarray(box.growth_over_ntot, dtype=np.float64))
+    bounded = projected * torch.from_numpy(bound_factor)[:, None, None]
+    theta = limiter_theta(torch.from_numpy(F_box_rest), bounded)
+    dF = theta[:, None, None] * bounded
     dF_lab = boost_from_rest(dF.numpy() * scale, u[:, None, :])
     # As in the runtime: a cell whose input Box3D rejects keeps the Box3D result (its input),
     # and a stable (NO_CROSSING) cell is returned unchanged, without the learned correction.
@@ -82,6 +90,7 @@ def closure_float64(network: torch.nn.Module, F_init, u, box3d_settings: dict, f
     rejected = (status & (_rejected_mask() | int(dodo.CellStatus.NO_CROSSING))) != 0
     dF_lab[rejected] = 0.0
     return {"F_box": F_box, "F_pred": F_box + dF_lab, "status": np.asarray(box.status), "theta": theta.numpy(),
+            "bound_factor": bound_factor,
             "invariants": invariants, "ntot": ntot}
 
 

@@ -153,6 +153,23 @@ def realizability_margin(F: np.ndarray) -> np.ndarray:
     return F[..., 0] - np.linalg.norm(F[..., 1:], axis=-1)
 
 
+# The runtime's bound on a cell's learned change (closure.cpp, kLearnedChangePerProxy): per species the
+# larger of |dn| and |flux change| is at most this many times Box3D's growth proxy (units of N_tot).
+# The solver's own departure from Box3D reaches 3.5 times the proxy on the default model's 103,007
+# states, so the bound acts only on crossings far weaker than any training state (physics round ten).
+LEARNED_CHANGE_PER_PROXY = 4.0
+
+
+def crossing_bound_factor(change: np.ndarray, growth_over_ntot: np.ndarray) -> np.ndarray:
+    """The factor (<= 1) per cell that brings a projected learned change [N, 6, 4] (rest frame, units of
+    N_tot) within LEARNED_CHANGE_PER_PROXY times the proxy [N], as the runtime applies it."""
+    change = np.asarray(change, dtype=np.float64)
+    size = np.maximum(np.abs(change[..., 0]), np.sqrt(np.sum(change[..., 1:] ** 2, axis=-1))).max(axis=-1)
+    bound = LEARNED_CHANGE_PER_PROXY * np.asarray(growth_over_ntot, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(size > bound, bound / np.where(size > 0, size, 1.0), 1.0)
+
+
 def limiter_theta(F_base: np.ndarray, dF: np.ndarray, iterations: int = 60) -> np.ndarray:
     """Largest theta in [0, 1] keeping F_base + theta dF realizable (floor min(margin(0), 0)), by the
     runtime's rule (realizable_step, cpp/src/realizability.cpp; dodo.training.physics_torch): species
@@ -310,17 +327,19 @@ def reference_closure(F_init: np.ndarray, u: Optional[np.ndarray], network: Call
     use = ~rejected & crossing & finite
     dF = np.where(use[:, None, None], dF, 0.0)
     dF = (dF.reshape(-1, 24) @ conservation_projector()).reshape(-1, 6, 4)
+    bound_factor = crossing_bound_factor(dF, proxy)
+    dF = dF * bound_factor[:, None, None]
     theta = limiter_theta(F_init_rest + dF_box_rest, dF)
     theta = np.where(use, theta, 0.0)
     change = boost_to_rest(u, theta[:, None, None] * safe * dF, sign=-1.0)
     F_pred = box.F_box + np.where(use[:, None, None], change, 0.0)
     status = status | np.where(~rejected & crossing & ~finite, np.uint32(dodo.CellStatus.NETWORK_NONFINITE), np.uint32(0))
-    status = status | np.where(use & (theta < 1.0), np.uint32(dodo.CellStatus.CORRECTION_LIMITED), np.uint32(0))
+    status = status | np.where(use & ((theta < 1.0) | (bound_factor < 1.0)), np.uint32(dodo.CellStatus.CORRECTION_LIMITED), np.uint32(0))
     diagnosed = due & finite
     growth = np.where(diagnosed, growth, np.where(rejected, 0.0, proxy))
     uncertainty = np.where(diagnosed, uncertainty, 0.0)
     return {"F_pred": F_pred, "F_box": np.asarray(box.F_box), "theta": theta, "status": status,
-            "growth_over_ntot": growth, "uncertainty": uncertainty}
+            "growth_over_ntot": growth, "uncertainty": uncertainty, "bound_factor": np.where(use, bound_factor, 1.0)}
 
 
 # ---------------------------------------------------------------- test cells and ONNX writing

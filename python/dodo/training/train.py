@@ -146,13 +146,29 @@ def evaluate_loss(closure, loader, loss_config, device) -> dict:
 
 
 @torch.no_grad()
-def predict(closure, dataset: CellDataset, device, batch_size: int = 4096) -> dict:
-    """Model correction and the reference arrays for every row of ``dataset`` (float64 NumPy)."""
+def predict(closure, dataset: CellDataset, device, batch_size: int = 4096, box3d: dict | None = None) -> dict:
+    """Model correction and the reference arrays for every row of ``dataset`` (float64 NumPy), as the
+    runtime makes it: projection, the crossing-strength bound (Box3D's proxy of each row, from Box3D
+    with settings ``box3d`` on its rest-frame input; docs/runtime.md, step 5), then the limiter.
+    The training loss does not apply the bound (it never acts on the solver's data)."""
+    import dodo
+
+    from .features import box3d_keywords
+    from .physics_torch import limiter_theta
+    from .synthetic_model import crossing_bound_factor
+
     closure.eval()
     parts = {"F_init_rest": [], "F_box_rest": [], "dF_true_rest": [], "dF_model_rest": [], "theta": []}
     for start in range(0, len(dataset), batch_size):
         invariants, F_init, F_box, dF_true, _ = dataset.__getitems__(range(start, min(start + batch_size, len(dataset))))
-        dF, _, theta = closure(invariants.to(device), F_init.to(device), F_box.to(device), return_unlimited=True)
+        _, projected, _ = closure(invariants.to(device), F_init.to(device), F_box.to(device), return_unlimited=True)
+        F_init64 = F_init.double().cpu().numpy()
+        proxy = np.asarray(dodo.box3d(F_init64, **box3d_keywords(box3d)).growth_over_ntot, dtype=np.float64)
+        factor = torch.as_tensor(crossing_bound_factor(projected.double().cpu().numpy(), proxy), dtype=projected.dtype,
+                                 device=projected.device)
+        bounded = projected * factor[:, None, None]
+        theta = limiter_theta(F_box.to(device=projected.device, dtype=projected.dtype), bounded)
+        dF = theta[:, None, None] * bounded
         for name, value in (("F_init_rest", F_init), ("F_box_rest", F_box), ("dF_true_rest", dF_true),
                             ("dF_model_rest", dF), ("theta", theta)):
             parts[name].append(value.double().cpu().numpy())
@@ -962,7 +978,8 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
     test_loader = torch.utils.data.DataLoader(datasets[test_name], shuffle=False, **loader_options)
     test_losses = evaluate_loss(closure, test_loader, config.loss, device)
     # Metrics as the runtime computes them: fp32 network, float64 four-fluxes and head.
-    prediction = predict(closure, CellDataset(data_path, splits.get(test_name), target_scale, dtype=torch.float64), device)
+    prediction = predict(closure, CellDataset(data_path, splits.get(test_name), target_scale, dtype=torch.float64), device,
+                         box3d=box3d_settings)
     table = metrics_for(prediction)
     table["split"] = test_name
     log(format_metric_table(table))
