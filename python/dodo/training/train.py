@@ -670,6 +670,39 @@ def batch_norm_drops_last_batch(config: ExperimentConfig, train_rows: int, world
     return 0 < train_rows % batch < smallest
 
 
+# Data-loader workers hand each batch to the training process through file descriptors (torch's
+# default sharing strategy). Where the process may not open enough files, a worker's sender thread
+# failed with "[Errno 24] Too many open files" and the batch never came: `dodo train` with
+# data.num_workers 2 under `ulimit -n 24` waited in poll for over an hour (outside probe, data-loss
+# round six). The soft limit is raised to the hard one; below WORKER_FILE_LIMIT the run is refused
+# before any work, and WORKER_BATCH_TIMEOUT_S bounds the wait for a batch should a worker still fail.
+WORKER_FILE_LIMIT = 256
+WORKER_BATCH_TIMEOUT_S = 600
+
+
+def check_worker_file_limit(num_workers: int) -> None:
+    """Raises the soft open-file limit to the hard one when workers load the data; a ValueError naming
+    data.num_workers and `ulimit -n` where even the hard limit is below WORKER_FILE_LIMIT."""
+    if num_workers <= 0:
+        return
+    try:
+        import resource
+    except ImportError:  # not POSIX: nothing to read
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or hard > soft):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < WORKER_FILE_LIMIT:
+        raise ValueError(
+            f"data.num_workers is {num_workers}: the workers hand each batch over through file descriptors, and this "
+            f"process may open only {soft} files (ulimit -n, its hard limit): raise it to {WORKER_FILE_LIMIT} or more "
+            "(ulimit -n 1024), or set data.num_workers: 0 (the data loaded in the training process)")
+
+
 def train(config: ExperimentConfig, echo=print) -> dict:
     """Train per ``config``; returns a summary (the metrics JSON content, plus 'status').
 
@@ -784,8 +817,11 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
             "of every batch (batch statistics per process; the running statistics saved are process 0's), so "
             "this run does not follow a one-process run of this config within float rounding")
     generator = torch.Generator().manual_seed(t.seed)
+    check_worker_file_limit(config.data.num_workers)
     loader_options = {"batch_size": config.data.batch_size, "collate_fn": collate_batch,
                       "num_workers": config.data.num_workers, "pin_memory": device.type == "cuda"}
+    if config.data.num_workers > 0:
+        loader_options["timeout"] = WORKER_BATCH_TIMEOUT_S
     if distribution.enabled:  # the same global batches in every process (one seed); each takes its slice
         global_batches = torch.utils.data.BatchSampler(
             torch.utils.data.RandomSampler(datasets["train"], generator=generator), config.data.batch_size, drop_last)
