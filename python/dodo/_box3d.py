@@ -831,7 +831,7 @@ def _boost_claimed(F, u, inverse: bool, claim: _claim) -> np.ndarray:
     if velocity.ndim >= 2 and vectors.ndim >= velocity.ndim + 1 and velocity.shape[:-1] == vectors.shape[-2 - cells:-2]:
         raise ValueError(
             f"u with shape {velocity.shape} matches F's cell axes {vectors.shape[-2 - cells:-2]} (one velocity per cell, as dodo.box3d takes it) but would broadcast against "
-            f"F's axis -2 (length {vectors.shape[-2]}): pass np.asarray(u)[..., None, :] for one velocity per cell, or "
+            f"F's axis -2 (length {vectors.shape[-2]}): pass u[..., None, :] (of a list: np.asarray(u)[..., None, :]) for one velocity per cell, or "
             "np.broadcast_to(u, F.shape) for one per four-vector")
     try:
         shape = np.broadcast_shapes(vectors.shape, velocity.shape)

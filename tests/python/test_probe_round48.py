@@ -345,14 +345,14 @@ def test_the_masked_array_refusal_names_a_way_to_drop_the_cells_that_runs(masked
 def test_the_boosts_per_cell_remedy_runs_on_a_nested_list_u():
     """dodo.boost_to_rest(F, u) with cells F (6, 6, 4) and u (6, 4), one velocity per cell, is refused
     (it would broadcast against the species axis) saying "pass u[..., None, :]": of a nested list u
-    (the README writes u as a list) that is a TypeError. The remedy now runs on a list too."""
+    (the README writes u as a list) that is a TypeError. The remedy for a list is now named too."""
     F = _cells(6)
     W = 1.0 / np.sqrt(1.0 - 0.3 ** 2)
     u = [[W, 0.3 * W, 0.0, 0.0]] * 6
     with pytest.raises(ValueError) as caught:
         dodo.boost_to_rest(F, u)
     message = str(caught.value)
-    remedy = message[message.index("pass ") + len("pass "):message.index(" for one velocity per cell")]
+    remedy = message[message.index("(of a list: ") + len("(of a list: "):message.index(") for one velocity per cell")]
     per_cell = eval(remedy, {"np": np, "u": u})
     assert np.array_equal(dodo.boost_to_rest(F, per_cell), dodo.boost_to_rest(F, np.asarray(u)[:, None, :]))
 
