@@ -243,7 +243,9 @@ def _apply(args: argparse.Namespace) -> int:
     for a, name in enumerate(SPECIES):
         print(f"{name:<11}{box_dn[a]:>12.3e}{model_dn[a]:>14.3e}{box_dF[a]:>12.3e}{model_dF[a]:>14.3e}")
     print(f"{'all':<11}{box_dn.mean():>12.3e}{model_dn.mean():>14.3e}{box_dF.mean():>12.3e}{model_dF.mean():>14.3e}")
-    rest = boost_to_rest(F_pred[scored], u[scored][:, None, :])
+    # In units of N_tot: the squares of fluxes of ~1e160 overflowed, and every species read unrealizable
+    # (outside probe, physics round ten).
+    rest = boost_to_rest(F_pred[scored], u[scored][:, None, :]) / ntot[scored][:, None, None]
     unrealizable = np.mean(np.linalg.norm(rest[..., 1:], axis=-1) > rest[..., 0] * (1 + 1e-12))
     print(f"largest conservation violation / N_tot: "
           f"{conservation_error(F_init[scored], F_pred[scored], u[scored]).max():.1e}; "

@@ -320,3 +320,36 @@ def test_a_real_cell_and_its_time_reversed_and_mirrored_copies(closures):
             assert np.all(np.abs(b.F_pred - a.F_pred * sign).max(axis=(1, 2)) <= 4e-16 * ntot), (name, sign)
             assert np.allclose(b.growth_rate, a.growth_rate, rtol=1e-15, atol=0), (name, sign)
             assert np.array_equal(a.uncertainty, b.uncertainty), (name, sign)
+
+
+def test_dodo_apply_counts_realizable_outputs_of_huge_densities_as_realizable(tmp_path):
+    """`dodo apply`'s summary took |F| of the rest-frame outputs before dividing by N_tot: at densities of
+    1e160 the squares overflowed and "unrealizable species: 100.0%" was printed (outside probe, physics
+    round ten; fixed by the lead)."""
+    import contextlib
+    import io
+    import warnings
+
+    import h5py
+
+    from dodo.cli import main as dodo_main
+
+    rng = np.random.default_rng(0)
+    F = np.zeros((512, 6, 4))
+    F[..., 0] = rng.uniform(0.1, 1, (512, 6))
+    d = rng.normal(size=(512, 6, 3))
+    d /= np.linalg.norm(d, axis=-1, keepdims=True)
+    F[..., 1:] = d * (F[..., :1] * rng.uniform(0, 0.5, (512, 6, 1)))
+    F *= 1e160
+    path = tmp_path / "huge.h5"
+    with h5py.File(path, "w") as handle:
+        handle["F4_initial(1|ccm)"] = dodo.conventions.to_emu_layout(F)
+        handle["F4_final(1|ccm)"] = dodo.conventions.to_emu_layout(F)
+        handle["growthRate(1|s)"] = np.ones(512)
+        handle["nf"] = 3
+    out = io.StringIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # numpy's overflow warning was printed too
+        with contextlib.redirect_stdout(out):
+            assert dodo_main(["apply", str(path), "--model", "box3d", "--grid", "8x8x8"]) == 0
+    assert "unrealizable species: 0.0%" in out.getvalue(), out.getvalue()
