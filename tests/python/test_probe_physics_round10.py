@@ -28,22 +28,13 @@ if not dodo.runtime_available():
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_probe_physics_round8 import NO_CROSSING, REJECTED, _capi, closures  # noqa: E402,F401
+from test_probe_physics_round9 import _random_cells  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("native_evaluator")
 
 FIELDS = ("F_pred", "status", "growth_rate", "growth_over_ntot", "growth_rate_proxy", "uncertainty")
 DATA = os.path.join(os.path.dirname(__file__), "..", "data", "qke")
 
-
-def _random_cells(rng, n, largest_flux_factor=0.9):
-    F = np.zeros((n, 6, 4))
-    density = rng.uniform(0.1, 1.0, (n, 6))
-    flux_factor = rng.uniform(0.0, largest_flux_factor, (n, 6))
-    direction = rng.normal(size=(n, 6, 3))
-    direction /= np.linalg.norm(direction, axis=-1, keepdims=True)
-    F[..., 0] = density
-    F[..., 1:] = (density * flux_factor)[..., None] * direction
-    return F
 
 
 def _real_cells():
