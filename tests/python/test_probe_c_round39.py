@@ -140,6 +140,13 @@ def test_fortran_pointer_and_assumed_shape_arrays_reach_c_without_copies(tmp_pat
     assert lines[:2] == ["assumed-shape 0 mallocs 0 same T", "pointer 0 mallocs 0 same T"], lines
 
 
+def fortran_text(text: str, width: int = 60) -> str:
+    """A Fortran character literal of `text`, continued over lines of `width` characters: an installed
+    model's path inline passed free form's 132 columns in a deeper checkout (CI's clone)."""
+    pieces = [text[i:i + width] for i in range(0, len(text), width)] or [""]
+    return '"' + "&\n    &".join(pieces) + '"'
+
+
 NULL_POINTERS_HOST = """\
 module cells
   use dodo
@@ -194,7 +201,7 @@ def test_fortran_disassociated_pointers_for_optional_arrays_are_absent(tmp_path,
         from capi_host import default_model
 
         model = default_model()
-    source = NULL_POINTERS_HOST.replace("MODEL", f'"{model}"')
+    source = NULL_POINTERS_HOST.replace("MODEL", fortran_text(model))
     program = compile_fortran(tmp_path, "null_pointers", source)
     lines = run_host(program, timeout=120)
     assert lines == ["u 0 T", "cell_status 0 T", "growth_rate 0 T", "uncertainty 0 T", "unallocated u 0 T"], lines
@@ -286,7 +293,7 @@ def test_fortran_non_contiguous_sections_of_every_argument_give_the_contiguous_b
         from capi_host import default_model
 
         model = default_model()
-    source = SECTIONS_HOST.replace("MODEL", f'"{model}"')
+    source = SECTIONS_HOST.replace("MODEL", fortran_text(model))
     program = compile_fortran(tmp_path, "sections", source)
     lines = run_host(program, timeout=300)
     assert lines[0] == "reference 0 crossing T", lines
