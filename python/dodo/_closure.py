@@ -6,6 +6,7 @@ released. Nothing here imports torch; ONNX Runtime's library is loaded by the C+
 """
 from __future__ import annotations
 
+import errno
 import functools
 import glob
 import importlib.util
@@ -173,6 +174,33 @@ def _refuse_a_path_that_is_there(path: str) -> None:
         refusal = type(error)(f"model package {path!r} cannot be read: {error.strerror}")
         refusal.errno = error.errno
         raise refusal from None
+
+
+class ModelPathIsADirectoryError(IsADirectoryError, FileNotFoundError):
+    """A directory given as the model. An IsADirectoryError (errno EISDIR); also a FileNotFoundError,
+    which the runtime raised for it before (outside probe, Python round forty-nine), so that code
+    catching that still catches it."""
+
+
+def _refuse_a_directory(path: str) -> None:
+    """The runtime's refusal of a directory (`dodo.Closure("run/")`, a training run's directory),
+    raised here: from the binding it was a FileNotFoundError (errno None) of a path that is there, and
+    it did not say which package the directory holds (outside probe, Python round forty-nine)."""
+    try:
+        packages = sorted(name for name in os.listdir(path) if name.endswith(".onnx")
+                          and os.path.isfile(os.path.join(path, name)))
+    except OSError:
+        packages = []
+    hint = ""
+    if len(packages) == 1:
+        hint = f"; it holds one model package: give {os.path.join(path, packages[0])!r}"
+    elif packages:
+        shown = ", ".join(repr(name) for name in packages[:3]) + (", ..." if len(packages) > 3 else "")
+        hint = f"; it holds {len(packages)} .onnx files ({shown}): give the path of one of them"
+    refusal = ModelPathIsADirectoryError(f"DODO_ERROR_FILE: model path {_shown_path(path)} is a directory, not a "
+                                         f"model file{hint}")
+    refusal.errno = errno.EISDIR
+    raise refusal
 
 
 def _refuse_known_non_packages(path: str) -> None:
@@ -403,6 +431,8 @@ class Closure:
                             "path.strip())")
                 _refuse_a_path_that_is_there(model_path)
                 raise FileNotFoundError(f"model package {model_path!r} does not exist{hint}")
+            if os.path.isdir(model_path):
+                _refuse_a_directory(model_path)
             _refuse_known_non_packages(model_path)
         library = onnxruntime_library
         has_model = model_path is not None or model_bytes is not None

@@ -38,6 +38,13 @@ GROWTH_TOLERANCE = 0.10
 TRUTH_CONSERVATION_TOLERANCE = 1e-3
 
 
+def _shown(path: str) -> str:
+    """A file name as the table shows it: as given, or quoted with its escapes where it holds a newline,
+    tab or other character that does not print (`dodo score box3d $'new\\nline.h5'` split the header,
+    and a warning, over two lines; outside probe, Python round forty-nine)."""
+    return path if path.isprintable() else repr(path)
+
+
 def mu_tau_averaged(F: np.ndarray) -> np.ndarray:
     """[..., 6, 4] -> the same with mu and tau replaced by their mean (nu and nubar separately)."""
     out = np.array(F, dtype=float, copy=True)
@@ -111,9 +118,9 @@ def read_emu_states(path: str) -> EmuStates:
             for key in ("F4_initial(1|ccm)", "F4_final(1|ccm)"):
                 problem = known_file_problem(f, key) if key not in f else ""
                 if problem:  # another command's output, named
-                    raise ValueError(f"{path}: {problem}")
+                    raise ValueError(f"{_shown(path)}: {problem}")
                 if key not in f or not isinstance(hdf5_item(f, path, key), h5py.Dataset):
-                    raise ValueError(f"{path}: no dataset '{key}' (not an Emu-layout file)")
+                    raise ValueError(f"{_shown(path)}: no dataset '{key}' (not an Emu-layout file)")
             emu_initial = numeric_dataset(f, path, "F4_initial(1|ccm)")
             emu_final = numeric_dataset(f, path, "F4_final(1|ccm)")
             growth, null_growth = None, False
@@ -123,25 +130,25 @@ def read_emu_states(path: str) -> EmuStates:
                 growth = None if null_growth else numeric_dataset(f, path, "growthRate(1|s)")
             problem = nf_problem(f, emu_initial.shape) if emu_initial.ndim == 4 else ""
             if problem:  # as dodo apply and preprocess read it (emu_files.open_emu_file)
-                raise ValueError(f"{path}: {problem}")
+                raise ValueError(f"{_shown(path)}: {problem}")
             unfinished = unfinished_run_note(f, path)
             if unfinished:  # scored, but not silently as if they were the whole run's states
                 notes.append(unfinished)
     except OSError as error:
-        raise ValueError(f"{path}: cannot read ({error})") from None
+        raise ValueError(f"{_shown(path)}: cannot read ({error})") from None
     for key, emu in (("F4_initial(1|ccm)", emu_initial), ("F4_final(1|ccm)", emu_final)):
         if emu.ndim != 4 or emu.shape[1:] != (4, 2, 3):
-            raise ValueError(f"{path}: '{key}' has shape {emu.shape}; it must be [n, 4 (x,y,z,t), 2, 3] "
+            raise ValueError(f"{_shown(path)}: '{key}' has shape {emu.shape}; it must be [n, 4 (x,y,z,t), 2, 3] "
                              "(three flavours)")
     if len(emu_initial) != len(emu_final):
-        raise ValueError(f"{path}: F4_initial(1|ccm) holds {len(emu_initial)} states and F4_final(1|ccm) "
+        raise ValueError(f"{_shown(path)}: F4_initial(1|ccm) holds {len(emu_initial)} states and F4_final(1|ccm) "
                          f"{len(emu_final)}; they must hold the same states")
     if len(emu_initial) == 0:
-        raise ValueError(f"{path}: no states")
+        raise ValueError(f"{_shown(path)}: no states")
     if growth is not None or null_growth:
         unusable = growth_rate_note(None if null_growth else growth.shape, len(emu_initial))  # [n] or [n, 1]
         if unusable:
-            notes.append(f"{path}: {unusable}; not used (no growth-rate comparison)")
+            notes.append(f"{_shown(path)}: {unusable}; not used (no growth-rate comparison)")
             growth = None
         else:
             growth = growth.reshape(-1)
@@ -259,6 +266,10 @@ def score(closure, states: EmuStates, resamples: int = 10000, seed: int = 0,
             # with NaN rates on 2 of 10 states and right ones elsewhere printed "on 10 states ...
             # within 10%: 100%" (scoring probe, 2026-12-06). Median and range: of the finite ratios.
             finite = np.isfinite(ratio)
+            # A finite rate over a measured one near 1e-300 (or subnormal) overflows: "a non-finite rate"
+            # was said of the model's finite rate; the ratio is what is not finite (outside probe, Python
+            # round forty-nine). Counted apart, and still not within 10%.
+            overflow = np.isfinite(rate[usable]) & ~finite
             within = float(np.mean(finite & (np.abs(ratio - 1) <= GROWTH_TOLERANCE))) if ratio.size else None
             ratio = ratio[finite]
             if ratio.size:
@@ -269,7 +280,10 @@ def score(closure, states: EmuStates, resamples: int = 10000, seed: int = 0,
                 if within is not None:  # rates measured, none predicted finite: none within 10%
                     growth[name]["within_10_percent"] = within
             if within is not None:  # with no measured rate, every entry stays null
-                growth[name]["non_finite"] = int(np.sum(~finite))
+                growth[name]["non_finite"] = int(np.sum(~finite & ~overflow))
+                growth[name]["ratio_overflow"] = int(np.sum(overflow))
+                if overflow.any():
+                    growth[name]["smallest_measured_overflowing"] = float(measured[usable][overflow].min())
         growth["n_states"] = int(usable.sum())
         report["growth_rate"] = growth
     if states.origins:
@@ -328,7 +342,7 @@ def format_report(report: dict, model_label: str, data_label: str) -> str:
              + (f"; {report['states_as_box3d']} of {n_scored} within {report.get('as_box3d_tolerance', AS_BOX3D_TOLERANCE):g} "
                 "N_tot of Box3D's error, where the model does as Box3D" if report.get("states_as_box3d") else "") + ")",
              "largest (model - Box3D) states: " + ", ".join(
-                 f"#{w['index']}{' (' + w['origin'] + ')' if 'origin' in w else ''} {w['model']:.4f} vs "
+                 f"#{w['index']}{' (' + _shown(w['origin']) + ')' if 'origin' in w else ''} {w['model']:.4f} vs "
                  f"{w['box3d']:.4f}" for w in report["worst_states"])]
     if "growth_rate" in report:
         g = report["growth_rate"]
@@ -339,16 +353,19 @@ def format_report(report: dict, model_label: str, data_label: str) -> str:
             lines.append(f"growth rate / measured growthRate(1|s) on {g['n_states']} states:")
             for name in ("model", "box3d_proxy"):
                 row = g[name]
-                bad = row.get("non_finite", 0)
+                bad, over = row.get("non_finite", 0), row.get("ratio_overflow", 0)
+                why = ([f"a non-finite rate on {bad} of {g['n_states']} states"] if bad else []) + (
+                    [f"a ratio beyond float64's range on {over} of {g['n_states']} states (a finite rate over a "
+                     f"measured rate as small as {row['smallest_measured_overflowing']:.3g} s^-1)"] if over else [])
                 if row["median_ratio"] is None:
-                    lines.append(f"  {name:<12} no finite ratio" + (f" (a non-finite rate on {bad} states: "
-                                                                     "within 10% on none)" if bad else ""))
+                    lines.append(f"  {name:<12} no finite ratio" + (f" ({'; '.join(why)}: within 10% on none)"
+                                                                     if why else ""))
                     continue
                 lines.append(f"  {name:<12} median {_ratio_text(row['median_ratio'])}, range "
                              f"[{_ratio_text(row['min_ratio'])}, {_ratio_text(row['max_ratio'])}], within 10%: "
                              f"{100 * row['within_10_percent']:.0f}%"
-                             + (f" (a non-finite rate on {bad} of {g['n_states']} states, counted as not within; "
-                                "median and range of the finite ones)" if bad else ""))
+                             + (f" ({'; '.join(why)}, counted as not within; median and range of the finite "
+                                "ones)" if why else ""))
     lines += [f"note: {note}" for note in report.get("notes", ())]
     return "\n".join(lines)
 
@@ -461,7 +478,7 @@ def _run(args: argparse.Namespace) -> int:
             # scored as given, but not silently: the scores then measure the distance to it.
             broken, largest = non_conserving_truth(part)
             if broken:
-                print(f"dodo score: warning: {path}: {broken} of {len(part.F_init)} states have a truth "
+                print(f"dodo score: warning: {_shown(path)}: {broken} of {len(part.F_init)} states have a truth "
                       "(F4_final) that does not conserve F4_initial's flavour-summed four-fluxes or each "
                       f"flavour's lepton number (by up to {largest:.2g} N_tot; tolerance "
                       f"{TRUTH_CONSERVATION_TOLERANCE:g}); scored as given", file=sys.stderr)
@@ -482,7 +499,7 @@ def _run(args: argparse.Namespace) -> int:
             growth = np.concatenate([p.growth_rate for p in parts])
         elif any(p.growth_rate is not None for p in parts):
             missing = [path for path, p in zip(data, parts) if p.growth_rate is None]
-            notes.append(f"no usable growthRate(1|s) in {', '.join(missing)}: growth rates not compared")
+            notes.append(f"no usable growthRate(1|s) in {', '.join(map(_shown, missing))}: growth rates not compared")
         # Indices in the report count the states as joined: with several files, or repeats left
         # out, each state also names its file and row there.
         origins = [origin for p in parts for origin in p.origins] if len(parts) > 1 or repeated or repeated_within else None
@@ -492,7 +509,8 @@ def _run(args: argparse.Namespace) -> int:
         report = score(closure, states, resamples=args.bootstrap, seed=args.seed, threshold=args.threshold)
         # Inside the try: a JSON file that cannot be written is one line, as for every other command.
         # Marked as dodo score's report: a rerun's --json replaces it, a user's JSON file is kept.
-        emit(format_report(report, args.model, " + ".join(data)), marked_report(report, "dodo score"), args.json)
+        emit(format_report(report, _shown(args.model), " + ".join(map(_shown, data))), marked_report(report, "dodo score"),
+             args.json)
     except BrokenPipeError:  # the reader went away (`| head`): dodo.cli.main ends quietly, 141
         raise
     except (ValueError, OSError, RuntimeError) as error:

@@ -1,0 +1,123 @@
+"""Outside probe, Python round forty-nine (docs/reliability_python.md section 81): the Python API and
+the run-time commands as a user calls them from the README. Each test failed on the code before its
+fix, except those marked as guards."""
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import dodo
+from cli_helpers import emu_file, run
+from dodo.conventions import to_emu_layout
+
+
+def _states(n: int = 4) -> np.ndarray:
+    """``n`` distinct crossing cells (no two alike: `dodo score` scores a repeated state once)."""
+    F = np.zeros((n, 6, 4))
+    F[:, 0] = [1.0, 0.0, 0.1, 0.5]
+    F[:, 3] = [1.0, 0.0, 0.0, -0.5]
+    F[:, [1, 2, 4, 5], 0] = 0.3
+    F[:, 0, 0] += 0.01 * np.arange(n)
+    return F
+
+
+def _needs_runtime():
+    if not dodo.runtime_available():
+        pytest.skip("no closure runtime in this build")
+
+
+# --- a directory given as the model -----------------------------------------------------------
+
+@pytest.mark.parametrize("held", [0, 1, 2])
+def test_a_directory_given_as_the_model_is_an_is_a_directory_error_naming_its_package(tmp_path, held):
+    """`dodo.Closure("run")` (a run's directory, not its model.onnx) was the binding's FileNotFoundError,
+    errno None, of a path that is there, and said nothing of the package inside. Now an
+    IsADirectoryError (errno EISDIR; still a FileNotFoundError for code that caught that) in the same
+    words, naming the package the directory holds."""
+    _needs_runtime()
+    from dodo.models import default_model_path
+
+    run_directory = tmp_path / "run"
+    run_directory.mkdir()
+    names = ["model.onnx", "other.onnx"][:held]
+    for name in names:
+        shutil.copy(default_model_path(), run_directory / name)
+    (run_directory / "notes.txt").write_text("not a package\n")
+    for model in (str(run_directory), str(run_directory) + "/", run_directory):
+        with pytest.raises(IsADirectoryError) as refusal:
+            dodo.Closure(model)
+        assert isinstance(refusal.value, FileNotFoundError) and refusal.value.errno == errno.EISDIR
+        text = str(refusal.value)
+        assert text.startswith(f'DODO_ERROR_FILE: model path "{model}" is a directory, not a model file'), text
+        assert "\n" not in text
+        if held == 1:
+            assert text.endswith(f"; it holds one model package: give {str(run_directory / 'model.onnx')!r}"), text
+            assert dodo.Closure(str(run_directory / "model.onnx")).has_model  # the remedy, as written
+        elif held == 2:
+            assert "it holds 2 .onnx files ('model.onnx', 'other.onnx'): give the path of one of them" in text
+        else:
+            assert text.endswith("is a directory, not a model file"), text
+
+
+def test_dodo_score_of_a_directory_as_the_model_names_its_package(tmp_path, capsys, monkeypatch):
+    """The same through `dodo score run data.h5`: one line that names run/model.onnx."""
+    _needs_runtime()
+    from dodo.models import default_model_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    shutil.copy(default_model_path(), tmp_path / "run" / "model.onnx")
+    data = str(emu_file(tmp_path / "cells.h5", to_emu_layout(_states())))
+    code, out, err = run(capsys, ["score", "run", data, "--bootstrap", "100"])
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert "is a directory, not a model file; it holds one model package: give 'run/model.onnx'" in err, err
+
+
+# --- dodo score's growth ratios over measured rates near the bottom of float64 ----------------------
+
+@pytest.mark.parametrize("tiny", [1e-300, 5e-310])
+def test_a_ratio_that_overflows_over_a_tiny_measured_rate_is_not_called_a_non_finite_rate(tmp_path, capsys, tiny):
+    """A measured growthRate(1|s) of 1e-300 (or a subnormal) on one state: the model's finite rate over it
+    overflows, and the table said "a non-finite rate on 1 of 4 states", of a rate that is finite. Now
+    the ratio is what is named, with the measured rate, counted apart from non-finite rates in the JSON;
+    the state is still counted as not within 10%."""
+    _needs_runtime()
+    # Densities of a merger (1e33 cm^-3): rates of ~1e11 s^-1, as in Emu's files.
+    data = str(emu_file(tmp_path / "cells.h5", to_emu_layout(1e33 * _states()),
+                        **{"growthRate(1|s)": np.array([tiny, 1e10, 1e10, 1e10])}))
+    code, out, err = run(capsys, ["score", "box3d", data, "--bootstrap", "100"])
+    assert code == 0, err
+    rows = [line for line in out.splitlines() if line.lstrip().startswith(("model ", "box3d_proxy"))
+            and "median" in line]
+    assert len(rows) == 2, out
+    for row in rows:
+        assert "non-finite rate" not in row, row
+        assert f"a ratio beyond float64's range on 1 of 4 states (a finite rate over a measured rate as small as " \
+               f"{tiny:.3g} s^-1), counted as not within" in row, row
+    code, out, err = run(capsys, ["score", "box3d", data, "--bootstrap", "100", "--json", "-"])
+    growth = json.loads(out)["growth_rate"]
+    for name in ("model", "box3d_proxy"):
+        assert growth[name]["non_finite"] == 0 and growth[name]["ratio_overflow"] == 1, growth
+        assert growth[name]["smallest_measured_overflowing"] == tiny
+        assert growth[name]["within_10_percent"] < 1
+
+
+# --- a file name that does not print -----------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["new\nline.h5", "tab\tbed.h5", "cr\rlf.h5"])
+def test_dodo_scores_header_keeps_a_file_name_with_a_newline_on_one_line(tmp_path, capsys, monkeypatch, name):
+    """`dodo score box3d $'new\\nline.h5'` split the table's first line in two ("... on new" and
+    "line.h5 (4 states; ..."), and a \\r rewrote it on a terminal. The name is now shown quoted with
+    its escapes, as Python's repr writes it; so is the model's, in the same line."""
+    _needs_runtime()
+    monkeypatch.chdir(tmp_path)
+    emu_file(tmp_path / name, to_emu_layout(_states()))
+    code, out, err = run(capsys, ["score", "box3d", name, "--bootstrap", "100"])
+    assert code == 0, err
+    first = out.splitlines()[0]
+    assert first.startswith(f"dodo score: box3d on {name!r} (4 states;"), first
+    assert "\r" not in out
