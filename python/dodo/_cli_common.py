@@ -39,6 +39,14 @@ def file_output_path(text: str) -> str:
     return text
 
 
+def shown_name(path: str) -> str:
+    """A file name as a command's table or progress line shows it: as given, or quoted with its escapes
+    (Python's repr) where it holds a newline, tab or other character that does not print: `dodo score
+    box3d $'new\\nline.h5'` split its header over two lines, and so did `dodo apply`'s first line and its
+    "cells written to" (outside probe, Python round forty-nine)."""
+    return path if path.isprintable() else repr(path)
+
+
 def add_output_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
     """The output file, positional or with -o/--output (one of the two)."""
     parser.add_argument("output_positional", nargs="?", metavar="OUT", type=file_output_path,

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from ._cli_common import file_output_path, input_path
+from ._cli_common import file_output_path, input_path, shown_name
 from .conventions import MAX_THREADS, SPECIES
 
 
@@ -225,9 +225,10 @@ def _apply(args: argparse.Namespace) -> int:
     if args.output:
         _write_output(args.output, F_init, u, F_true, F_box, result, shape)
 
-    print(f"closure on a {args.grid} grid ({count} cells from {args.data}), fluid speeds up to {args.max_speed}")
-    print(f"model: {runtime.model_path or 'none (Box3D only)'}; head {runtime.head}; {runtime.threads} thread(s); "
-          f"ONNX Runtime {runtime.onnxruntime[1] or '-'}")
+    print(f"closure on a {args.grid} grid ({count} cells from {shown_name(args.data)}), fluid speeds up to "
+          f"{args.max_speed}")
+    print(f"model: {shown_name(runtime.model_path) if runtime.model_path else 'none (Box3D only)'}; head {runtime.head}; "
+          f"{runtime.threads} thread(s); ONNX Runtime {runtime.onnxruntime[1] or '-'}")
     if unfinished:
         print(f"note: {unfinished}")
     if not scored.all():
@@ -254,7 +255,7 @@ def _apply(args: argparse.Namespace) -> int:
     print("status counts:", ", ".join(f"{name} {n}" for name, n in statuses.items() if n) or "all OK")
     print(f"runtime: {count / seconds:,.0f} cells/s ({seconds * 1e3:.1f} ms)")
     if args.output:
-        print(f"cells written to {args.output}")
+        print(f"cells written to {shown_name(args.output)}")
     return 0
 
 

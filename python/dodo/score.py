@@ -19,6 +19,7 @@ import numpy as np
 
 from .conventions import MAX_THREADS, from_emu_layout, total_density
 from ._cli_common import add_json_argument, emit, input_path, json_target_file
+from ._cli_common import shown_name as _shown
 from ._output_guard import marked_report
 from ._status import REJECTED_MASK
 from .emu_files import (growth_rate_note, hdf5_item, known_file_problem, nf_problem, numeric_dataset, open_hdf5,
@@ -36,13 +37,6 @@ GROWTH_TOLERANCE = 0.10
 #: F4_initial's by more than this (units of N_tot) is not a fast-flavour outcome of its input:
 #: `dodo score` warns (the tolerance `dodo preprocess` drops such rows with by default).
 TRUTH_CONSERVATION_TOLERANCE = 1e-3
-
-
-def _shown(path: str) -> str:
-    """A file name as the table shows it: as given, or quoted with its escapes where it holds a newline,
-    tab or other character that does not print (`dodo score box3d $'new\\nline.h5'` split the header,
-    and a warning, over two lines; outside probe, Python round forty-nine)."""
-    return path if path.isprintable() else repr(path)
 
 
 def mu_tau_averaged(F: np.ndarray) -> np.ndarray:

@@ -121,3 +121,18 @@ def test_dodo_scores_header_keeps_a_file_name_with_a_newline_on_one_line(tmp_pat
     first = out.splitlines()[0]
     assert first.startswith(f"dodo score: box3d on {name!r} (4 states;"), first
     assert "\r" not in out
+
+
+def test_dodo_apply_keeps_a_file_name_with_a_newline_on_one_line(tmp_path, capsys, monkeypatch):
+    """`dodo apply $'new\\nline.h5' -o $'o\\nut.h5'`: its first line ("closure on a 2x2x1 grid (4 cells from
+    new", "line.h5), ...") and its last ("cells written to o", "ut.h5") were split the same way."""
+    _needs_runtime()
+    monkeypatch.chdir(tmp_path)
+    emu_file(tmp_path / "new\nline.h5", to_emu_layout(_states()))
+    code, out, err = run(capsys, ["apply", "new\nline.h5", "--grid", "2x2x1", "--model", "box3d", "-o", "o\nut.h5",
+                                  "-q"])
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("closure on a 2x2x1 grid (4 cells from 'new\\nline.h5'), fluid speeds"), lines[0]
+    assert lines[-1] == "cells written to 'o\\nut.h5'", lines[-1]
+    assert (tmp_path / "o\nut.h5").is_file()
