@@ -414,6 +414,18 @@ def _as_real_array(name: str, value, trailing: tuple[int, ...], shape_text: str)
                    "with block)")
         raise ValueError(f"{name} ({kind}) cannot be read as a NumPy array: {' '.join(str(error).split()).rstrip('.')}; give a "
                          f"NumPy array of a float or integer dtype{fix}") from None
+    if array.dtype == object and array.ndim == 0 and hasattr(value, "__dlpack__"):
+        # An array that is a DLPack producer and nothing more (the array API standard's interchange:
+        # array-api-strict's arrays from 2.1.1 on define no __array__): np.asarray made a 0-d object
+        # array of it, refused as "must be an array of real numbers ...; got a Array" (outside probe,
+        # Python round forty-nine). Read as NumPy reads it, without a copy; a device array says why not.
+        try:
+            array = np.from_dlpack(value)
+        except (BufferError, TypeError, ValueError, RuntimeError, NotImplementedError) as error:
+            kind = f"{type(value).__module__}.{type(value).__qualname__}"
+            raise ValueError(f"{name} ({kind}) cannot be read as a NumPy array through DLPack: "
+                             f"{' '.join(str(error).split()).rstrip('.')}; give a NumPy array of a float or integer "
+                             "dtype in host memory (np.from_dlpack of the array copied to the CPU)") from None
     if array.dtype == object and array.ndim == 0:  # a generator, a dict, one number: nothing to index
         raise ValueError(f"{name} must be an array of real numbers with shape {shape_text}; got a "
                          f"{type(array[()]).__name__}")

@@ -136,3 +136,63 @@ def test_dodo_apply_keeps_a_file_name_with_a_newline_on_one_line(tmp_path, capsy
     assert lines[0].startswith("closure on a 2x2x1 grid (4 cells from 'new\\nline.h5'), fluid speeds"), lines[0]
     assert lines[-1] == "cells written to 'o\\nut.h5'", lines[-1]
     assert (tmp_path / "o\nut.h5").is_file()
+
+
+# --- an array that is a DLPack producer and nothing more ------------------------------------------
+
+class _DLPackOnly:
+    """An array as the array API standard's interchange gives it (array-api-strict 2.1.1's arrays: no
+    __array__, no __array_interface__): DLPack alone."""
+
+    def __init__(self, array, fail=None):
+        self._array, self._fail = array, fail
+
+    def __dlpack__(self, **kwargs):
+        if self._fail is not None:
+            raise BufferError(self._fail)
+        return self._array.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self._array.__dlpack_device__()
+
+
+def _crossing(n=3):
+    F = _states(n)
+    u = np.array([1.0, 0.0, 0.0, 0.0])
+    return F, u
+
+
+def _array_functions():
+    functions = {"box3d": lambda F, u: dodo.box3d(F, u).F_box, "invariants": dodo.invariants}
+    if dodo.runtime_available():
+        functions["Closure.apply"] = lambda F, u: dodo.Closure("box3d").apply(F, u).F_pred
+        functions["closure"] = dodo.closure
+    return functions
+
+
+@pytest.mark.parametrize("function", ["box3d", "invariants", "Closure.apply", "closure"])
+def test_an_array_that_is_only_a_dlpack_producer_is_read_as_numpy_reads_it(function):
+    """F_init (or u) given as an object that NumPy reads through DLPack only (np.from_dlpack) was refused:
+    "F_init must be an array of real numbers with shape (..., 6, 4) ...; got a _DLPackOnly". Now read
+    without a copy, bit for bit the plain call, float32 included."""
+    functions = _array_functions()
+    if function not in functions:
+        pytest.skip("no closure runtime in this build")
+    call = functions[function]
+    F, u = _crossing()
+    expected = call(F, u)
+    assert np.array_equal(call(_DLPackOnly(F), u), expected)
+    assert np.array_equal(call(F, _DLPackOnly(u)), expected)
+    assert np.array_equal(call(_DLPackOnly(F.astype(np.float32)), u), call(F.astype(np.float32), u))
+
+
+def test_a_dlpack_producer_numpy_cannot_read_is_one_clear_line():
+    """One whose DLPack export fails (an array on a GPU: "Unsupported device in DLTensor") is a ValueError
+    naming the argument, its type and the library's words, not "got a _DLPackOnly"."""
+    F, u = _crossing()
+    with pytest.raises(ValueError) as refusal:
+        dodo.box3d(_DLPackOnly(F, fail="Unsupported device in DLTensor."), u)
+    text = str(refusal.value)
+    assert text.startswith("F_init (test_probe_round49._DLPackOnly) cannot be read as a NumPy array through DLPack: "
+                           "Unsupported device in DLTensor; give a NumPy array"), text
+    assert "\n" not in text
