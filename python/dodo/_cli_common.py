@@ -119,7 +119,7 @@ def emit(table_text: str, data, json_target, inputs=()) -> None:
             raise
     print(table_text)
     if json_target:
-        print(f"wrote {json_target}", file=sys.stderr)
+        print(f"wrote {shown_name(json_target)}", file=sys.stderr)
 
 
 def _plain(value):

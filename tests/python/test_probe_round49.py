@@ -121,6 +121,11 @@ def test_dodo_scores_header_keeps_a_file_name_with_a_newline_on_one_line(tmp_pat
     first = out.splitlines()[0]
     assert first.startswith(f"dodo score: box3d on {name!r} (4 states;"), first
     assert "\r" not in out
+    # The report's file, named on stderr after it is written ("wrote r\nep.json" was two lines too).
+    report = name.replace(".h5", ".json")
+    code, out, err = run(capsys, ["score", "box3d", name, "--bootstrap", "100", "--json", report])
+    assert code == 0 and err.splitlines()[-1] == f"wrote {report!r}", err
+    assert out.splitlines()[0].startswith(f"dodo score: box3d on {name!r}")
 
 
 def test_dodo_apply_keeps_a_file_name_with_a_newline_on_one_line(tmp_path, capsys, monkeypatch):
