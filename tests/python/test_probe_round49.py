@@ -201,3 +201,25 @@ def test_a_dlpack_producer_numpy_cannot_read_is_one_clear_line():
     assert text.startswith("F_init (test_probe_round49._DLPackOnly) cannot be read as a NumPy array through DLPack: "
                            "Unsupported device in DLTensor; give a NumPy array"), text
     assert "\n" not in text
+
+
+# --- Closure's lebedev_order past a C int, and below zero ------------------------------------------
+
+@pytest.mark.parametrize("order", [2**31, 2**63, 10**30, -2**63 - 1, -17])
+def test_a_lebedev_order_past_the_c_int_or_negative_is_one_line_in_box3ds_words(order):
+    """`dodo.Closure("box3d", lebedev_order=2**31)` (or 10**30) was pybind11's four-line TypeError
+    "__init__(): incompatible constructor arguments. The following argument types are supported: ...",
+    where dodo.box3d and an order of 18 say it is not available; a negative order was the runtime's
+    "must be positive, or 0 for the model's", of a 0 that Python refuses. Each is now one ValueError
+    line: the orders there are, or the rule Python's 0 is refused with."""
+    _needs_runtime()
+    with pytest.raises(ValueError) as refusal:
+        dodo.Closure("box3d", lebedev_order=order)
+    text = str(refusal.value)
+    assert "\n" not in text and "incompatible" not in text and "0 for the model's" not in text, text
+    if order > 0:
+        assert text == (f"DODO_ERROR_INVALID_ARGUMENT: Box3D settings: lebedev_order {order} is not available; "
+                        "available orders: 17 41 131"), text
+    else:
+        assert text == f"lebedev_order must be a Lebedev order (17, 41, 131), or None for the model's; got {order}"
+    assert dodo.Closure("box3d", lebedev_order=41).apply(*_crossing()).F_pred.shape == (3, 6, 4)
