@@ -61,8 +61,17 @@ def _info(args: argparse.Namespace) -> int:
         # A path the variable names that is not there: every closure with a model fails to load it, which
         # `dodo info`, the installation's check, showed without a word; a newline in it split the line
         # (outside probe, round forty-four). A bare name (no slash) is the loader's search: not judged.
-        missing = "/" in library and not os.path.isfile(library)
+        missing = ("/" in library or not library.strip()) and not os.path.isfile(library)
         what = "not a regular file" if os.path.exists(library) else "no such file"
+        if not library.strip():  # " ": the runtime dlopens it and fails, where info said nothing (round 49)
+            what = "a value of white space alone, no file name"
+        elif library.strip() != library and not os.path.isfile(library):
+            # "/opt/ort/libonnxruntime.so " (a quoted line of a job script) was "no such file", its space
+            # unseen (outside probe, Python round forty-nine), as section 78's model paths.
+            missing = True
+            what += (" (its value has leading or trailing white space; "
+                     + (f"{_escaped(library.strip())} exists: remove the white space)" if os.path.isfile(library.strip())
+                        else "remove it)"))
         if not os.path.exists(library) and os.path.islink(library):  # "no such file" of a link there (round 48)
             try:
                 what = f"a symbolic link to {_escaped(os.readlink(library))}, which does not exist"

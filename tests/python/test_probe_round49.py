@@ -223,3 +223,31 @@ def test_a_lebedev_order_past_the_c_int_or_negative_is_one_line_in_box3ds_words(
     else:
         assert text == f"lebedev_order must be a Lebedev order (17, 41, 131), or None for the model's; got {order}"
     assert dodo.Closure("box3d", lebedev_order=41).apply(*_crossing()).F_pred.shape == (3, 6, 4)
+
+
+# --- dodo info: DODO_ONNXRUNTIME_LIBRARY with white space -----------------------------------------
+
+@pytest.mark.parametrize("value", [" ", "{library} ", " libonnxruntime.so.1"])
+def test_dodo_info_says_a_library_variable_with_white_space_names_no_file(capsys, monkeypatch, value):
+    """DODO_ONNXRUNTIME_LIBRARY=" " (or a path with a trailing space, from a quoted line of a job script)
+    makes every closure with a model fail to load ONNX Runtime ("  : cannot open shared object file"), and
+    `dodo info`, the installation's check, showed the value without a word ("no such file" at most, the
+    space unseen). It now says NOT FOUND, that the value has white space, and which file exists."""
+    _needs_runtime()
+    from dodo._closure import onnxruntime_library_path
+
+    library = onnxruntime_library_path()
+    if not library:
+        pytest.skip("no onnxruntime package in this Python")
+    value = value.format(library=library)
+    monkeypatch.setenv("DODO_ONNXRUNTIME_LIBRARY", value)
+    code, out, err = run(capsys, ["info"])
+    assert code == 0, err
+    line = next(line for line in out.splitlines() if line.startswith("onnxruntime_library:"))
+    assert "NOT FOUND" in line and "so a closure with a model fails to load it" in line, line
+    if value.strip():
+        assert "its value has leading or trailing white space" in line, line
+        if "/" in value:
+            assert f"{library} exists: remove the white space" in line, line
+    else:
+        assert "a value of white space alone, no file name" in line, line
