@@ -71,11 +71,30 @@ def check_input_file(path: str | Path, expected: str = "a regular file") -> None
         if stripped != text and stripped and os.path.exists(stripped):  # 'data.h5\n' read from a list (round 48)
             raise InputPathError(f"cannot read {text!r}: no such file; its name has leading or trailing white space, "
                                  f"and {stripped!r} exists: give that name") from None
-        raise InputPathError(f"cannot read {path}: no such file{relative_to_cwd(path)}") from None
+        raise InputPathError(f"cannot read {path}: no such file{file_on_the_way_hint(path) or relative_to_cwd(path)}") \
+            from None
     except OSError as error:
         raise InputPathError(f"cannot read {path}: {error.strerror or error}") from None
     if not stat.S_ISREG(mode):
         raise InputPathError(f"{path} is {_file_kind(mode)}, not a regular file; give {expected}")
+
+
+def file_on_the_way_hint(path) -> str:
+    """Where a path names nothing because a part of it before its end is a file: "m.onnx/" (a trailing
+    slash, from "$RUN/model.onnx/" or a directory's completion habit) or "m.onnx/x.onnx" was "model
+    package 'm.onnx/' does not exist" of a package that does, and `dodo score box3d data.h5/` "cannot read
+    data.h5/: no such file" (outside probe, Python round forty-nine). Empty where no part is a file."""
+    if not isinstance(path, str):
+        path = os.fsdecode(path)
+    stem = path.rstrip(os.sep)
+    if stem and stem != path and os.path.isfile(stem):
+        return f" (a trailing '/' asks for a directory; {stem!r} is a file: give it without the '/')"
+    head = os.path.dirname(stem)
+    while head and head != os.path.dirname(head):
+        if os.path.isfile(head):
+            return f" ({head!r}, a part of the path, is a file, not a directory)"
+        head = os.path.dirname(head)
+    return ""
 
 
 def relative_to_cwd(path) -> str:

@@ -433,6 +433,10 @@ class Closure:
                         # (outside probe, Python round forty-eight).
                         hint = (" (the current directory was removed, so relative paths name nothing: give an "
                                 "absolute path, or os.chdir into the directory again)")
+                if not hint:
+                    from ._atomic import file_on_the_way_hint
+
+                    hint = file_on_the_way_hint(model_path)
                 stripped = model_path.strip()
                 if stripped != model_path and stripped and word != BOX3D_ONLY and os.path.exists(stripped):
                     # A path read from a text file or a config line keeps its newline: 'm.onnx\n' was

@@ -251,3 +251,40 @@ def test_dodo_info_says_a_library_variable_with_white_space_names_no_file(capsys
             assert f"{library} exists: remove the white space" in line, line
     else:
         assert "a value of white space alone, no file name" in line, line
+
+
+# --- a path through a file: "m.onnx/", "data.h5/x" -------------------------------------------------
+
+@pytest.mark.parametrize("suffix, words", [("/", "a trailing '/' asks for a directory; {file!r} is a file: give it "
+                                                 "without the '/'"),
+                                           ("/x.onnx", "{file!r}, a part of the path, is a file, not a directory")])
+def test_a_model_path_through_a_file_names_the_file(tmp_path, suffix, words):
+    """`dodo.Closure("m.onnx/")` ("$RUN/model.onnx/") was "model package 'm.onnx/' does not exist", of a
+    package that does; the words now say which part of the path is a file."""
+    _needs_runtime()
+    from dodo.models import default_model_path
+
+    package = str(tmp_path / "m.onnx")
+    shutil.copy(default_model_path(), package)
+    with pytest.raises(FileNotFoundError) as refusal:
+        dodo.Closure(package + suffix)
+    text = str(refusal.value)
+    assert text.startswith(f"model package {package + suffix!r} does not exist (") and words.format(file=package) in text, text
+    assert dodo.Closure(package).has_model
+
+
+@pytest.mark.parametrize("argv", [["score", "box3d", "cells.h5/"], ["apply", "cells.h5/", "--grid", "2x2x1"],
+                                  ["apply", "cells.h5", "--grid", "2x2x1", "--model", "m.onnx/"]])
+def test_a_data_or_model_file_argument_through_a_file_names_the_file(tmp_path, capsys, monkeypatch, argv):
+    """The commands' inputs said "cannot read cells.h5/: no such file (relative to the current directory
+    ...)" of a file that is there."""
+    _needs_runtime()
+    from dodo.models import default_model_path
+
+    monkeypatch.chdir(tmp_path)
+    emu_file(tmp_path / "cells.h5", to_emu_layout(_states()))
+    shutil.copy(default_model_path(), tmp_path / "m.onnx")
+    code, out, err = run(capsys, argv)
+    name = next(word for word in argv if word.endswith("/")).rstrip("/")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert f"a trailing '/' asks for a directory; {name!r} is a file: give it without the '/'" in err, err
