@@ -105,7 +105,22 @@ def read_emu_states(path: str) -> EmuStates:
         # Not installed. One that is installed but fails to import (no libhdf5) goes on to dodo's main,
         # which names it: "needs h5py: pip install h5py" was said of it too (outside probe, round 30).
         raise ValueError("reading HDF5 files needs h5py: pip install h5py (or dodo[train])") from None
-    check_input_file(path, "an Emu-layout HDF5 file")  # a FIFO would block h5py for ever
+    try:
+        check_input_file(path, "an Emu-layout HDF5 file")  # a FIFO would block h5py for ever
+    except ValueError as error:
+        if not os.path.isdir(path):
+            raise
+        # A run directory (`dodo score default runs/`) said only "is a directory": name its files, which
+        # dodo score takes together (outside probe, Python round forty-nine).
+        try:
+            held = sorted(name for name in os.listdir(path) if name.endswith((".h5", ".hdf5")))
+        except OSError:
+            held = []
+        if not held:
+            raise
+        pattern = os.path.join(path, "*.h5" if all(name.endswith(".h5") for name in held) else "*.h*5")
+        raise type(error)(f"{error} (it holds {len(held)} HDF5 file(s), e.g. {held[0]!r}: dodo score scores several "
+                          f"files together, e.g. dodo score MODEL {pattern})") from None
     notes = []
     try:
         with open_hdf5(path) as f:

@@ -288,3 +288,26 @@ def test_a_data_or_model_file_argument_through_a_file_names_the_file(tmp_path, c
     name = next(word for word in argv if word.endswith("/")).rstrip("/")
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
     assert f"a trailing '/' asks for a directory; {name!r} is a file: give it without the '/'" in err, err
+
+
+def test_dodo_score_of_a_directory_of_data_files_names_them_and_the_glob(tmp_path, capsys, monkeypatch):
+    """`dodo score default runs` (the campaign's directory) said "runs is a directory, not a regular file;
+    give an Emu-layout HDF5 file", where dodo score takes the directory's files together: the refusal now
+    says how many there are and the command line that scores them; it runs as written."""
+    _needs_runtime()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "empty").mkdir()
+    emu_file(tmp_path / "runs" / "a.h5", to_emu_layout(_states()))
+    emu_file(tmp_path / "runs" / "b.h5", to_emu_layout(2 * _states()))
+    code, out, err = run(capsys, ["score", "box3d", "runs", "--bootstrap", "100"])
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert err.strip() == ("dodo score: error: runs is a directory, not a regular file; give an Emu-layout HDF5 file (it "
+                           "holds 2 HDF5 file(s), e.g. 'a.h5': dodo score scores several files together, e.g. dodo "
+                           "score MODEL runs/*.h5)"), err
+    import glob
+
+    code, out, err = run(capsys, ["score", "box3d", *sorted(glob.glob("runs/*.h5")), "--bootstrap", "100"])
+    assert code == 0 and "(8 states;" in out.splitlines()[0], (out, err)
+    code, out, err = run(capsys, ["score", "box3d", "empty", "--bootstrap", "100"])
+    assert code == 2 and err.strip().endswith("is a directory, not a regular file; give an Emu-layout HDF5 file"), err
