@@ -59,6 +59,42 @@ def _refuse_two_values(overrides: dict, key: str, value, option: str) -> None:
     raise ValueError(f"{option} {value} and --set {key}={other} give two values for one setting: give one of them")
 
 
+#: The commands whose modules import torch (the others need none; its import takes seconds).
+_TORCH_COMMANDS = frozenset({"train", "evaluate", "inspect", "study", "export", "train-ensemble", "learning-curve"})
+
+
+def _import_torch_holding_signals() -> None:
+    """Imports torch with Ctrl-C, SIGTERM and SIGHUP held, then gives a held signal to its handler.
+
+    torch is imported by the command, after dodo's start-up guard has let go of Ctrl-C; a Ctrl-C (or
+    dodo's SIGTERM handler's exception) raised inside that import could surface inside torch's C++
+    initialisation, which cannot pass it on: `terminate called after throwing an instance of
+    'pybind11::error_already_set'  what(): KeyboardInterrupt`, SIGABRT, exit 134 and a core file in
+    place of `dodo study: interrupted` (1 Ctrl-C in about 100 at a random moment of the first seconds;
+    outside probe, data-loss round seven). Held, the signal ends the command as usual once torch is
+    whole. Only Python-level handlers are held (an ignored signal stays ignored); main thread only."""
+    import signal
+    import threading
+
+    if "torch" in sys.modules or threading.current_thread() is not threading.main_thread():
+        return
+    held: list[int] = []
+    previous = {}
+    try:
+        for signum in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            if signum is not None and callable(signal.getsignal(signum)):
+                previous[signum] = signal.signal(signum, lambda number, frame: held.append(number))
+        try:
+            import torch  # noqa: F401
+        except ImportError:  # the command's own import says what is missing
+            pass
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if held:
+        previous[held[0]](held[0], None)
+
+
 def _friendly(name: str):
     """Turn expected failures (bad config, bad file, missing dependency) into one-line errors."""
 
@@ -66,6 +102,8 @@ def _friendly(name: str):
         @functools.wraps(handler)
         def run(args) -> int:
             try:
+                if name in _TORCH_COMMANDS:
+                    _import_torch_holding_signals()
                 return int(handler(args) or 0)
             except BrokenPipeError:  # the reader went away (`| head`): dodo.cli.main ends quietly, 141
                 raise

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import errno
 import json
 import math
 import random
@@ -236,6 +237,18 @@ class CorruptCheckpointError(ValueError):
     """A checkpoint that cannot be read or whose embedded SHA-256 digest does not match its content."""
 
 
+class CheckpointReadError(OSError):
+    """A checkpoint whose read failed for a reason of the system, not of the file (an I/O error, no
+    memory, too many open files): nothing is known of the file, so it is not taken for damaged."""
+
+
+# The errors of a read that say nothing about the file's bytes. torch raises EINVAL (and others) for a
+# truncated file, so only these are set apart (outside probe, data-loss round seven).
+_SYSTEM_READ_ERRNOS = frozenset(getattr(errno, name) for name in (
+    "EIO", "EMFILE", "ENFILE", "ENOMEM", "ENOBUFS", "EACCES", "EPERM", "EAGAIN", "EINTR", "ESTALE", "ETIMEDOUT")
+    if hasattr(errno, name))
+
+
 def _feed_digest(digest, value) -> None:
     """Canonical bytes of a checkpoint's content: tensors and arrays by dtype, shape and raw bytes,
     containers in order, scalars by repr (exact for floats)."""
@@ -455,6 +468,15 @@ def read_checkpoint_file(path: str | Path, map_location="cpu"):
         raise
     except NotATorchFileError as exc:  # its own words: "not a checkpoint (it is a text file ...)"
         raise CorruptCheckpointError(str(exc)) from None
+    except (OSError, MemoryError) as exc:
+        # Taken for a damaged file, a failed read made --resume fall back to last.prev.pt and replace the
+        # good last.pt, and a best.pt read so was replaced by a worse epoch's model (the run's best lost);
+        # under `ulimit -n 6` a whole last.pt read "truncated or corrupted" (data-loss round seven).
+        if isinstance(exc, MemoryError) or exc.errno in _SYSTEM_READ_ERRNOS:
+            raise CheckpointReadError(f"{path}: could not be read ({type(exc).__name__}: {exc}); this says nothing "
+                                      "about the file, which is left as it is: run again once the cause is gone "
+                                      "(an I/O error, no memory, too many open files: ulimit -n)") from exc
+        raise CorruptCheckpointError(f"{path}: not a readable Dodo checkpoint, truncated or corrupted ({exc})") from exc
     except Exception as exc:  # torch raises several types for a corrupt file
         raise CorruptCheckpointError(f"{path}: not a readable Dodo checkpoint, truncated or corrupted ({exc})") from exc
     return checkpoint

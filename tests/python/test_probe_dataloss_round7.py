@@ -1,0 +1,139 @@
+"""Outside probe, data-loss, hang and signal round seven (docs/reliability_python.md section 82).
+
+A checkpoint whose read failed for a reason of the system (an I/O error, no memory, too many open files)
+was taken for a damaged file: `dodo train --resume` fell back to last.prev.pt and replaced the good
+last.pt, and a best.pt read so was replaced by the best of the resumed epochs (the run's best model lost).
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+from dodo.cli import main as dodo_main  # noqa: E402
+from dodo.training import train as train_module  # noqa: E402
+from training_helpers import synth_and_preprocess, write_training_config  # noqa: E402
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dataloss7")
+    return root, synth_and_preprocess(root, 300, seed=7)
+
+
+def stopped_run(root: Path, data_path: Path, name: str) -> Path:
+    """A 4-epoch run stopped after epoch 2 (best.pt, last.pt, last.prev.pt there); its config."""
+    config = write_training_config(root / f"{name}.yaml", data_path, root / name, training={"epochs": 4})
+    assert dodo_main(["train", "--config", str(config), "--set", "training.stop_after_epoch=2"]) == 0
+    return config
+
+
+def failing_read_of(name: str, error: BaseException, monkeypatch):
+    """load_torch_file fails once with ``error`` for a file called ``name`` (a read the system failed
+    for a moment); later reads of it succeed."""
+    real = train_module.load_torch_file
+    failed = []
+
+    def load(path, *args, **kwargs):
+        if Path(path).name == name and not failed:
+            failed.append(path)
+            raise error
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "load_torch_file", load)
+
+
+@pytest.mark.parametrize("error", [OSError(errno.EIO, "Input/output error"), MemoryError()], ids=["EIO", "nomemory"])
+def test_a_best_pt_the_system_failed_to_read_is_not_replaced_on_resume(data, monkeypatch, capsys, error):
+    # Before: "WARNING: no usable best model of the resumed run (... truncated or corrupted ...)", the
+    # resumed epochs trained from a best validation loss of inf, and epoch 3 replaced best.pt.
+    root, data_path = data
+    name = f"best_{type(error).__name__}"
+    config = stopped_run(root, data_path, name)
+    checkpoints = root / name / "checkpoints"
+    before = {path.name: md5(path) for path in checkpoints.glob("*.pt")}
+    failing_read_of("best.pt", error, monkeypatch)
+    capsys.readouterr()
+    assert dodo_main(["train", "--config", str(config), "--resume", str(checkpoints / "last.pt")]) == 2
+    err = capsys.readouterr().err
+    assert {path.name: md5(path) for path in checkpoints.glob("*.pt")} == before
+    assert "best.pt: could not be read" in err and "left as it is" in err, err
+    assert not (checkpoints / "final.pt").exists()
+
+
+def test_a_last_pt_the_system_failed_to_read_is_not_taken_for_damaged(data, monkeypatch, capsys):
+    # Before: "WARNING: cannot resume from .../last.pt: ... truncated or corrupted ([Errno 24] Too many
+    # open files)", the resume went on from last.prev.pt, and its first checkpoint replaced last.pt.
+    root, data_path = data
+    config = stopped_run(root, data_path, "last")
+    checkpoints = root / "last" / "checkpoints"
+    before = {path.name: md5(path) for path in checkpoints.glob("*.pt")}
+    failing_read_of("last.pt", OSError(errno.EMFILE, "Too many open files"), monkeypatch)
+    capsys.readouterr()
+    assert dodo_main(["train", "--config", str(config), "--resume", str(checkpoints / "last.pt")]) == 2
+    captured = capsys.readouterr()
+    assert {path.name: md5(path) for path in checkpoints.glob("*.pt")} == before
+    assert "WARNING: cannot resume" not in captured.out + captured.err
+    assert "last.pt: could not be read" in captured.err and "ulimit -n" in captured.err, captured.err
+
+
+def test_a_truncated_checkpoint_is_still_called_damaged(data, tmp_path):
+    # Guard: torch reports some truncations as OSError (EINVAL); those stay "truncated or corrupted",
+    # so the fallback to last.prev.pt still serves a damaged last.pt.
+    root, data_path = data
+    config = stopped_run(root, data_path, "trunc")
+    last = root / "trunc" / "checkpoints" / "last.pt"
+    whole = last.read_bytes()
+    for cut in (len(whole) // 3, len(whole) - 100, 200):
+        bad = tmp_path / f"cut{cut}.pt"
+        bad.write_bytes(whole[:cut])
+        with pytest.raises(train_module.CorruptCheckpointError):
+            train_module.load_checkpoint(bad)
+
+
+CHILD_SIGNAL_DURING_TORCH_IMPORT = r"""
+import os, signal, sys
+from dodo.cli import main
+
+class SignalInsideTorchsImport:
+    # Sends the signal while torch's own submodules are being imported (its C++ initialisation
+    # calls back into Python there); once only.
+    sent = False
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch.nn" and not self.sent:
+            SignalInsideTorchsImport.sent = True
+            os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+        return None
+
+sys.meta_path.insert(0, SignalInsideTorchsImport())
+code = main(["train", "--config", sys.argv[2]])
+torch = sys.modules.get("torch")
+print("sent", SignalInsideTorchsImport.sent, "code", code, "torch whole", hasattr(torch, "nn") and hasattr(torch, "save"))
+"""
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_signal_during_the_import_of_torch_is_given_once_torch_is_whole(data, signame):
+    # Before: the signal's exception was raised inside torch's import; a Ctrl-C in the first seconds
+    # of `dodo study` once aborted it (SIGABRT, "terminate called after throwing an instance of
+    # 'pybind11::error_already_set' what(): KeyboardInterrupt"), where torch's C++ start-up met it.
+    import subprocess
+    import sys
+
+    root, data_path = data
+    config = write_training_config(root / f"imp_{signame}.yaml", data_path, root / f"imp_{signame}")
+    result = subprocess.run([sys.executable, "-c", CHILD_SIGNAL_DURING_TORCH_IMPORT, signame, str(config)],
+                            capture_output=True, text=True, timeout=600)
+    word = {"SIGINT": "interrupted", "SIGTERM": "terminated"}[signame]
+    code = {"SIGINT": 130, "SIGTERM": 143}[signame]
+    assert f"sent True code {code} torch whole True" in result.stdout, result.stdout + result.stderr
+    assert f"dodo train: {word}" in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (root / f"imp_{signame}" / "checkpoints").exists()
