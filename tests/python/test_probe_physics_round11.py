@@ -291,7 +291,7 @@ def test_a_weak_crossing_keeps_its_rest_frame_rate_to_w2_eps_over_its_proxy(clos
         allowed = 1.5e-6 + W * W * EPS / proxy[keep]
         assert np.all(error <= allowed), (W, (error / allowed).max())
         worst = max(worst, float(error.max()))
-    assert worst > 2e-6  # weak crossings drift beyond the float32 rounding (the corrected statement)
+    assert worst > 1e-6  # weak crossings drift well beyond the 3e-7 the text said (measured 3.9e-6 here)
 
 
 def test_bounded_cells_alone_get_their_answers_in_a_grid(closures):
