@@ -670,25 +670,29 @@ constexpr int kCrossingSums = 8;
 // Sums over the antipodal pairs q, q + half (same weight, opposite directions: the rule is laid
 // out so) of pair p's G = value (at q), opposite (at q + half): sums[0] the weight where G > 0,
 // sums[1..3] the moment sum_G>0 w G n_hat, sums[4..6] sum_G<0 w |G| n_hat, on antipodes as
-// w (max(value, 0) - max(opposite, 0)) n_q and w (min(opposite, 0) - min(value, 0)) n_q; sums[7]
+// (max(value, 0) - max(opposite, 0)) w n_q and (min(opposite, 0) - min(value, 0)) w n_q; sums[7]
 // the weight where G < 0 (the fraction of the pair's mirror image, G -> -G: the closure's flavour
 // symmetrisation). `a > 0 ? a : 0` and `a < 0 ? a : 0` are one max and one min instruction each
 // (x86's operand order).
 template <typename Vector>
-inline DODO_CROSSING_MATH void accumulate_crossing(const Vector& w, const Vector& xq, const Vector& yq,
-                                                               const Vector& zq, const Vector& value,
-                                                               const Vector& opposite, Vector* sums) {
+inline DODO_CROSSING_MATH void accumulate_crossing(const Vector& w, const Vector& wx, const Vector& wy,
+                                                   const Vector& wz, const Vector& value, const Vector& opposite,
+                                                   Vector* sums) {
   const Vector zero = Vector{};
-  const Vector up_moment = w * ((value > zero ? value : zero) - (opposite > zero ? opposite : zero));
-  const Vector down_moment = w * ((opposite < zero ? opposite : zero) - (value < zero ? value : zero));
-  sums[0] += (value > zero ? w : zero) + (opposite > zero ? w : zero);
-  sums[7] += (value < zero ? w : zero) + (opposite < zero ? w : zero);
-  sums[1] += up_moment * xq;
-  sums[2] += up_moment * yq;
-  sums[3] += up_moment * zq;
-  sums[4] += down_moment * xq;
-  sums[5] += down_moment * yq;
-  sums[6] += down_moment * zq;
+  // The lobes' differences times the weighted directions w n_q (PairedRule): no multiply by w here.
+  const Vector up_moment = (value > zero ? value : zero) - (opposite > zero ? opposite : zero);
+  const Vector down_moment = (opposite < zero ? opposite : zero) - (value < zero ? value : zero);
+  // Conditional adds (merge-masked adds on AVX-512), not a select and an add each.
+  sums[0] = value > zero ? sums[0] + w : sums[0];
+  sums[0] = opposite > zero ? sums[0] + w : sums[0];
+  sums[7] = value < zero ? sums[7] + w : sums[7];
+  sums[7] = opposite < zero ? sums[7] + w : sums[7];
+  sums[1] += up_moment * wx;
+  sums[2] += up_moment * wy;
+  sums[3] += up_moment * wz;
+  sums[4] += down_moment * wx;
+  sums[5] += down_moment * wy;
+  sums[6] += down_moment * wz;
 }
 
 #if DODO_MULTIVERSION_ENABLED  // GCC (__builtin_shuffle); the 8-lane path below is its x86-64-v4 clone's
@@ -750,7 +754,8 @@ inline DODO_CROSSING_MATH void crossing_sums(const PairedRule& rule, const doubl
                                                          const int* pairs, Totals& totals) {
   static_assert(8 % kLanes == 0, "half is padded to a multiple of 8 (Box3D::kDirectionLanes)");
   typedef double Vector __attribute__((vector_size(kLanes * sizeof(double))));
-  const double *weight = rule.weight.data(), *x = rule.x.data(), *y = rule.y.data(), *z = rule.z.data();
+  const double *weight = rule.weight.data(), *x = rule.weighted_x.data(), *y = rule.weighted_y.data(),
+               *z = rule.weighted_z.data();
   const std::size_t half = rule.half;
   Vector sums[kGroup][kCrossingSums];
 #pragma GCC unroll 8

@@ -65,6 +65,14 @@ PairedRule paired_rule(const LebedevRule& rule, std::size_t lanes) {
     paired.z[i + paired.half] = -rule.z[q];
     paired.weight[i] = paired.weight[i + paired.half] = rule.weight[q];
   }
+  paired.weighted_x.assign(paired.half, 0.0);
+  paired.weighted_y.assign(paired.half, 0.0);
+  paired.weighted_z.assign(paired.half, 0.0);
+  for (std::size_t i = 0; i < paired.half; ++i) {
+    paired.weighted_x[i] = paired.weight[i] * paired.x[i];
+    paired.weighted_y[i] = paired.weight[i] * paired.y[i];
+    paired.weighted_z[i] = paired.weight[i] * paired.z[i];
+  }
   return paired;
 }
 

@@ -21,6 +21,7 @@ struct PairedRule {
   std::size_t half = 0;          // antipodal pairs, padding included; points = 2 * half
   std::vector<double> x, y, z;   // q < half: n_q; q >= half: -n_{q - half}
   std::vector<double> weight;
+  std::vector<double> weighted_x, weighted_y, weighted_z;  // q < half: weight_q n_q (the crossing pass)
   std::size_t size() const { return weight.size(); }
 };
 
