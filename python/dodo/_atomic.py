@@ -71,8 +71,8 @@ def check_input_file(path: str | Path, expected: str = "a regular file") -> None
         if stripped != text and stripped and os.path.exists(stripped):  # 'data.h5\n' read from a list (round 48)
             raise InputPathError(f"cannot read {text!r}: no such file; its name has leading or trailing white space, "
                                  f"and {stripped!r} exists: give that name") from None
-        raise InputPathError(f"cannot read {path}: no such file{file_on_the_way_hint(path) or relative_to_cwd(path)}") \
-            from None
+        hint = file_on_the_way_hint(path) or other_case_hint(path) or relative_to_cwd(path)
+        raise InputPathError(f"cannot read {path}: no such file{hint}") from None
     except OSError as error:
         raise InputPathError(f"cannot read {path}: {error.strerror or error}") from None
     if not stat.S_ISREG(mode):
@@ -95,6 +95,26 @@ def file_on_the_way_hint(path) -> str:
             return f" ({head!r}, a part of the path, is a file, not a directory)"
         head = os.path.dirname(head)
     return ""
+
+
+def other_case_hint(path) -> str:
+    """Where a path names nothing but a file of its directory differs from its name in letter case only:
+    `Model.onnx` for `model.onnx`, a script written on a case-insensitive file system (macOS, Windows)
+    and run on a cluster's: "does not exist" of a package that is there (outside probe, Python round
+    forty-nine). Empty otherwise (several such files: none named)."""
+    if not isinstance(path, str):
+        path = os.fsdecode(path)
+    directory, name = os.path.split(path)
+    if not name:
+        return ""
+    try:
+        matches = [entry for entry in os.listdir(directory or os.curdir)
+                   if entry != name and entry.casefold() == name.casefold()]
+    except (OSError, ValueError):
+        return ""
+    if len(matches) != 1:
+        return ""
+    return f" ({os.path.join(directory, matches[0])!r} exists: file names differ in letter case here)"
 
 
 def relative_to_cwd(path) -> str:

@@ -187,11 +187,16 @@ def _refuse_a_directory(path: str) -> None:
     raised here: from the binding it was a FileNotFoundError (errno None) of a path that is there, and
     it did not say which package the directory holds (outside probe, Python round forty-nine)."""
     try:
-        packages = sorted(name for name in os.listdir(path) if name.endswith(".onnx")
-                          and os.path.isfile(os.path.join(path, name)))
+        names = sorted(name for name in os.listdir(path) if os.path.isfile(os.path.join(path, name)))
     except OSError:
-        packages = []
+        names = []
+    packages = [name for name in names if name.endswith(".onnx")]
+    checkpoints = [name for name in names if name.endswith(".pt")]
     hint = ""
+    if not packages and checkpoints:  # a `dodo train` run's directory: best.pt, last.pt, final.pt
+        checkpoint = os.path.join(path, "best.pt" if "best.pt" in checkpoints else checkpoints[0])
+        hint = (f"; it holds no model package but a PyTorch checkpoint ({checkpoint!r}): export it first, dodo export "
+                f"{shlex.quote(checkpoint)} -o model.onnx, and give model.onnx")
     if len(packages) == 1:
         hint = f"; it holds one model package: give {os.path.join(path, packages[0])!r}"
     elif packages:
@@ -434,9 +439,9 @@ class Closure:
                         hint = (" (the current directory was removed, so relative paths name nothing: give an "
                                 "absolute path, or os.chdir into the directory again)")
                 if not hint:
-                    from ._atomic import file_on_the_way_hint
+                    from ._atomic import file_on_the_way_hint, other_case_hint
 
-                    hint = file_on_the_way_hint(model_path)
+                    hint = file_on_the_way_hint(model_path) or other_case_hint(model_path)
                 stripped = model_path.strip()
                 if stripped != model_path and stripped and word != BOX3D_ONLY and os.path.exists(stripped):
                     # A path read from a text file or a config line keeps its newline: 'm.onnx\n' was

@@ -77,6 +77,21 @@ def test_dodo_score_of_a_directory_as_the_model_names_its_package(tmp_path, caps
     assert "is a directory, not a model file; it holds one model package: give 'run/model.onnx'" in err, err
 
 
+def test_a_training_runs_directory_as_the_model_says_to_export_its_checkpoint(tmp_path):
+    """A `dodo train` run's directory (best.pt, last.pt, no package) as the model: the refusal names the
+    checkpoint and the export command, as for the checkpoint itself given as the model."""
+    _needs_runtime()
+    (tmp_path / "run").mkdir()
+    for name in ("last.pt", "best.pt"):
+        (tmp_path / "run" / name).write_bytes(b"PK\x03\x04")
+    with pytest.raises(IsADirectoryError) as refusal:
+        dodo.Closure(str(tmp_path / "run"))
+    best = str(tmp_path / "run" / "best.pt")
+    assert str(refusal.value).endswith(f"is a directory, not a model file; it holds no model package but a PyTorch "
+                                       f"checkpoint ({best!r}): export it first, dodo export {best} -o model.onnx, "
+                                       "and give model.onnx"), refusal.value
+
+
 # --- dodo score's growth ratios over measured rates near the bottom of float64 ----------------------
 
 @pytest.mark.parametrize("tiny", [1e-300, 5e-310])
@@ -311,3 +326,32 @@ def test_dodo_score_of_a_directory_of_data_files_names_them_and_the_glob(tmp_pat
     assert code == 0 and "(8 states;" in out.splitlines()[0], (out, err)
     code, out, err = run(capsys, ["score", "box3d", "empty", "--bootstrap", "100"])
     assert code == 2 and err.strip().endswith("is a directory, not a regular file; give an Emu-layout HDF5 file"), err
+
+
+# --- a name that differs in letter case only -------------------------------------------------------
+
+def test_a_model_or_data_name_in_another_letter_case_names_the_file_there(tmp_path, capsys, monkeypatch):
+    """`dodo.Closure("Model.onnx")` for model.onnx (a script from a case-insensitive file system) and
+    `dodo score box3d Cells.h5` for cells.h5: "does not exist" / "no such file (relative to the current
+    directory ...)" of files that are there; now the file of the other case is named. Two candidates
+    (m.onnx and M.onnx for m.ONNX) name none."""
+    _needs_runtime()
+    from dodo.models import default_model_path
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(default_model_path(), tmp_path / "model.onnx")
+    emu_file(tmp_path / "cells.h5", to_emu_layout(_states()))
+    with pytest.raises(FileNotFoundError) as refusal:
+        dodo.Closure("Model.onnx")
+    assert str(refusal.value) == ("model package 'Model.onnx' does not exist ('model.onnx' exists: file names differ "
+                                  "in letter case here)"), refusal.value
+    absolute = str(tmp_path / "MODEL.ONNX")
+    with pytest.raises(FileNotFoundError, match="'" + str(tmp_path / "model.onnx") + "' exists: file names differ"):
+        dodo.Closure(absolute)
+    code, out, err = run(capsys, ["score", "box3d", "Cells.h5", "--bootstrap", "100"])
+    assert code == 2 and err.strip() == ("dodo score: error: cannot read Cells.h5: no such file ('cells.h5' exists: "
+                                         "file names differ in letter case here)"), err
+    shutil.copy(default_model_path(), tmp_path / "MODEL.onnx")
+    with pytest.raises(FileNotFoundError) as refusal:
+        dodo.Closure("Model.onnx")
+    assert str(refusal.value) == "model package 'Model.onnx' does not exist", refusal.value
