@@ -63,6 +63,16 @@ def species_index(antineutrino: int, flavour: int) -> int:
     return 3 * int(antineutrino) + int(flavour)
 
 
+def _as_array(value) -> np.ndarray:
+    """np.asarray, and np.from_dlpack for an array that is a DLPack producer and nothing more (no
+    __array__: array-api-strict's), which np.asarray made a 0-d object array, refused as "got ()"
+    (outside probe, Python round forty-nine; dodo.box3d reads them so too)."""
+    array = np.asarray(value)
+    if array.dtype == object and array.ndim == 0 and hasattr(value, "__dlpack__"):
+        array = np.from_dlpack(value)
+    return array
+
+
 def invariant_pairs() -> list[tuple[int, int]]:
     """Species pairs (a, b), a <= b, in the order of invariants 6..26."""
     return [(a, b) for a in range(N_SPECIES) for b in range(a, N_SPECIES)]
@@ -71,7 +81,7 @@ def invariant_pairs() -> list[tuple[int, int]]:
 def minkowski_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """A.B = -A^t B^t + A.B (spatial), over the last axis (length 4: t, x, y, z); a and b
     broadcast. Any last axis other than 4 is a ValueError (a (3,) or (5,) vector gave a number)."""
-    a, b = np.asarray(a), np.asarray(b)  # lists: "list indices must be integers or slices, not tuple"
+    a, b = _as_array(a), _as_array(b)  # lists: "list indices must be integers or slices, not tuple"
     for name, value in (("a", a), ("b", b)):
         if value.ndim < 1 or value.shape[-1] != N_COMPONENTS:
             raise ValueError(f"minkowski_dot: {name} must have shape (..., 4) (t, x, y, z); got {value.shape}")
@@ -83,7 +93,7 @@ def total_density(F: np.ndarray, absolute: bool = False) -> np.ndarray:
     ``absolute``, the sum of their magnitudes. Densities near 1e308 sum beyond float64: such a cell's
     N_tot is inf (or NaN), without NumPy's overflow warning, so that callers flag it by
     ``np.isfinite`` (a state whose N_tot is not finite cannot be normalised, scored or simulated)."""
-    F = np.asarray(F)
+    F = _as_array(F)
     if F.ndim < 2 or F.shape[-2:] != (N_SPECIES, N_COMPONENTS):  # a (4,) vector or (6, 3) gave a number
         raise ValueError(f"total_density: F must have shape (..., 6, 4) (species x t, x, y, z); got {F.shape}")
     n = F[..., 0]
@@ -93,7 +103,7 @@ def total_density(F: np.ndarray, absolute: bool = False) -> np.ndarray:
 
 def from_emu_layout(emu: np.ndarray) -> np.ndarray:
     """[sim, (x,y,z,t), (nu,nubar), flavour] -> [sim, 6 species, (t,x,y,z)]."""
-    emu = np.asarray(emu)
+    emu = _as_array(emu)
     if emu.ndim != 4 or emu.shape[1] != 4 or emu.shape[2] != 2:
         raise ValueError(f"Emu four-flux array must have shape [nsims, 4 (x,y,z,t), 2, NF]; got {emu.shape}")
     nf = emu.shape[3]
@@ -105,7 +115,7 @@ def from_emu_layout(emu: np.ndarray) -> np.ndarray:
 
 def to_emu_layout(F: np.ndarray) -> np.ndarray:
     """[sim, 6, (t,x,y,z)] -> [sim, (x,y,z,t), (nu,nubar), flavour]."""
-    F = np.asarray(F)
+    F = _as_array(F)
     if F.ndim != 3 or F.shape[2] != 4 or F.shape[1] % 2:
         raise ValueError(f"four-flux array must have shape [nsims, 2*NF, 4]; got {F.shape}")
     nf = F.shape[1] // 2

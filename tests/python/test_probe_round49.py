@@ -355,3 +355,16 @@ def test_a_model_or_data_name_in_another_letter_case_names_the_file_there(tmp_pa
     with pytest.raises(FileNotFoundError) as refusal:
         dodo.Closure("Model.onnx")
     assert str(refusal.value) == "model package 'Model.onnx' does not exist", refusal.value
+
+
+def test_the_layout_conversions_read_a_dlpack_only_array():
+    """dodo.conventions.from_emu_layout (the conversion the refusals of Emu's layout name), to_emu_layout,
+    total_density and minkowski_dot refused a DLPack-only array as shape "()"."""
+    from dodo.conventions import from_emu_layout, minkowski_dot, to_emu_layout, total_density
+
+    F, u = _crossing()
+    emu = to_emu_layout(F)
+    assert np.array_equal(from_emu_layout(_DLPackOnly(emu)), F)
+    assert np.array_equal(to_emu_layout(_DLPackOnly(F)), emu)
+    assert np.array_equal(total_density(_DLPackOnly(F)), total_density(F))
+    assert minkowski_dot(_DLPackOnly(u), _DLPackOnly(u)) == -1.0
