@@ -72,6 +72,8 @@ def check_input_file(path: str | Path, expected: str = "a regular file") -> None
             raise InputPathError(f"cannot read {text!r}: no such file; its name has leading or trailing white space, "
                                  f"and {stripped!r} exists: give that name") from None
         hint = file_on_the_way_hint(path) or other_case_hint(path) or relative_to_cwd(path)
+        if os.fspath(path) in ("-", b"-"):  # the shell's habit for standard input (outside probe, Python round 49)
+            hint = " ('-' does not mean standard input here: each file is opened by its name; give the file's path)"
         raise InputPathError(f"cannot read {path}: no such file{hint}") from None
     except OSError as error:
         raise InputPathError(f"cannot read {path}: {error.strerror or error}") from None

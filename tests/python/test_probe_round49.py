@@ -368,3 +368,13 @@ def test_the_layout_conversions_read_a_dlpack_only_array():
     assert np.array_equal(to_emu_layout(_DLPackOnly(F)), emu)
     assert np.array_equal(total_density(_DLPackOnly(F)), total_density(F))
     assert minkowski_dot(_DLPackOnly(u), _DLPackOnly(u)) == -1.0
+
+
+@pytest.mark.parametrize("command", [["score", "box3d"], ["apply"]])
+def test_a_data_file_given_as_a_dash_says_standard_input_is_not_read(tmp_path, capsys, monkeypatch, command):
+    """`dodo score box3d - < cells.h5` (the shell's habit for standard input) said "cannot read -: no such
+    file (relative to the current directory ...)", as if a file named '-' had been meant."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, [*command, "-"])
+    assert code == 2 and err.strip().endswith("cannot read -: no such file ('-' does not mean standard input here: "
+                                              "each file is opened by its name; give the file's path)"), err
