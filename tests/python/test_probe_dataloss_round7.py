@@ -137,3 +137,28 @@ def test_a_signal_during_the_import_of_torch_is_given_once_torch_is_whole(data, 
     assert f"sent True code {code} torch whole True" in result.stdout, result.stdout + result.stderr
     assert f"dodo train: {word}" in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert not (root / f"imp_{signame}" / "checkpoints").exists()
+
+
+def test_a_study_rerun_lists_the_run_a_sigkill_left_without_a_summary_row(data, tmp_path):
+    # Before: a study SIGKILLed during its run_001 (after that run's first checkpoint) wrote no row for
+    # it; the rerun numbered its runs past run_001 and its summary listed run_000 and the new runs only,
+    # the resumable run_001 left out without a word.
+    import json
+    import shutil
+
+    root, data_path = data
+    base = write_training_config(tmp_path / "base.yaml", data_path, tmp_path / "unused")
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(f"base_config: {base}\ntag: k\noutput_root: {tmp_path / 'studies'}\n"
+                    "grid:\n  training.lr: [3.0e-3]\n")
+    assert dodo_main(["study", str(grid)]) == 0
+    study = tmp_path / "studies" / "k"
+    # What the SIGKILL leaves: run_001 with its checkpoints so far, summary.json naming run_000 alone.
+    (study / "run_001" / "checkpoints").mkdir(parents=True)
+    shutil.copy(study / "run_000" / "checkpoints" / "last.pt", study / "run_001" / "checkpoints" / "last.pt")
+    assert dodo_main(["study", str(grid)]) == 0
+    rows = {row["run"]: row for row in json.loads((study / "summary.json").read_text())}
+    assert set(rows) == {"run_000", "run_001", "run_002"}, rows
+    assert rows["run_001"]["status"] == "unfinished"
+    assert "resume from" in rows["run_001"]["error"] and "run_001" in rows["run_001"]["error"]
+    assert "run_001" in (study / "summary.txt").read_text()

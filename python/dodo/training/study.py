@@ -135,6 +135,7 @@ def _run_study(grid_path, spec: dict, root: Path, dry_run: bool, echo) -> list[d
     from .train import train
 
     earlier = _earlier_rows(root)  # before any work: an unreadable summary is refused, not replaced
+    earlier += _rows_no_summary_names(root, earlier)
     first = next_run_number(root)
     base_raw = read_yaml_mapping(spec["base_config"])
     points = grid_points(spec["grid"])
@@ -234,6 +235,30 @@ def _earlier_rows(root: Path) -> list[dict]:
         why = f" ({' '.join(str(rows).split())})" if isinstance(rows, Exception) else ""
         raise ConfigError(f"{path} exists but is not a summary written by dodo study{why}; a rerun adds its runs "
                           "to that summary: move the file away or choose another tag")
+    return rows
+
+
+def _rows_no_summary_names(root: Path, earlier: list[dict]) -> list[dict]:
+    """Rows for the run_XXX directories of ``root`` that no summary row names: runs of a study killed
+    with SIGKILL (the OOM killer, a batch system's kill after its grace period), which could write no
+    row. A rerun numbered past them and its summary left them out without a word, a resumable run's
+    checkpoints among them (outside probe, data-loss round seven)."""
+    named = {str(row.get("run")) for row in earlier}
+    try:
+        entries = sorted(entry for entry in Path(root).iterdir()
+                         if _RUN_DIRECTORY.fullmatch(entry.name) and entry.name not in named and entry.is_dir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    rows = []
+    for run_dir in entries:
+        checkpoints = run_dir / "checkpoints"
+        if (checkpoints / "final.pt").exists():
+            what = f"finished ({checkpoints / 'final.pt'}) but the study ended before its summary row"
+        elif (checkpoints / "last.pt").exists():
+            what = f"resume from {checkpoints / 'last.pt'}"
+        else:
+            what = "no checkpoint: the study ended before the run's first epoch"
+        rows.append(_unfinished_row(run_dir, {}, "unfinished", f"no summary row (the study was killed?): {what}"))
     return rows
 
 
