@@ -99,6 +99,30 @@ def file_on_the_way_hint(path) -> str:
     return ""
 
 
+#: Most directory entries a refusal's hint looks at: a hint must not cost a scan of a scratch directory
+#: of millions of files (a stat each on a parallel file system) before the one-line refusal.
+HINT_SCAN_ENTRIES = 10_000
+
+
+def file_names_in(directory) -> list:
+    """Names of the regular files (a symbolic link judged by its target) among the first
+    HINT_SCAN_ENTRIES entries of ``directory``, for a refusal's hint; [] where it cannot be read."""
+    names = []
+    try:
+        with os.scandir(directory) as entries:
+            for count, entry in enumerate(entries):
+                if count >= HINT_SCAN_ENTRIES:
+                    break
+                try:
+                    if entry.is_file():
+                        names.append(entry.name)
+                except OSError:
+                    continue
+    except (OSError, ValueError):
+        return []
+    return names
+
+
 def other_case_hint(path) -> str:
     """Where a path names nothing but a file of its directory differs from its name in letter case only:
     `Model.onnx` for `model.onnx`, a script written on a case-insensitive file system (macOS, Windows)
@@ -109,11 +133,8 @@ def other_case_hint(path) -> str:
     directory, name = os.path.split(path)
     if not name:
         return ""
-    try:
-        matches = [entry for entry in os.listdir(directory or os.curdir)
-                   if entry != name and entry.casefold() == name.casefold()]
-    except (OSError, ValueError):
-        return ""
+    matches = [entry for entry in file_names_in(directory or os.curdir)
+               if entry != name and entry.casefold() == name.casefold()]
     if len(matches) != 1:
         return ""
     return f" ({os.path.join(directory, matches[0])!r} exists: file names differ in letter case here)"

@@ -186,10 +186,9 @@ def _refuse_a_directory(path: str) -> None:
     """The runtime's refusal of a directory (`dodo.Closure("run/")`, a training run's directory),
     raised here: from the binding it was a FileNotFoundError (errno None) of a path that is there, and
     it did not say which package the directory holds (outside probe, Python round forty-nine)."""
-    try:
-        names = sorted(name for name in os.listdir(path) if os.path.isfile(os.path.join(path, name)))
-    except OSError:
-        names = []
+    from ._atomic import file_names_in
+
+    names = sorted(file_names_in(path))
     packages = [name for name in names if name.endswith(".onnx")]
     checkpoints = [name for name in names if name.endswith(".pt")]
     hint = ""

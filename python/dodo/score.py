@@ -112,10 +112,9 @@ def read_emu_states(path: str) -> EmuStates:
             raise
         # A run directory (`dodo score default runs/`) said only "is a directory": name its files, which
         # dodo score takes together (outside probe, Python round forty-nine).
-        try:
-            held = sorted(name for name in os.listdir(path) if name.endswith((".h5", ".hdf5")))
-        except OSError:
-            held = []
+        from ._atomic import file_names_in
+
+        held = sorted(name for name in file_names_in(path) if name.endswith((".h5", ".hdf5")))
         if not held:
             raise
         pattern = os.path.join(path, "*.h5" if all(name.endswith(".h5") for name in held) else "*.h*5")
