@@ -523,10 +523,13 @@ def _run(args: argparse.Namespace) -> int:
         raise
     except (ValueError, OSError, RuntimeError) as error:
         hint = ""
-        if args.json not in (None, "-") and (args.json in ("default", "box3d") or args.json.endswith(".onnx")):
+        if args.json not in (None, "-") and (args.json in ("default", "box3d") or args.json.endswith(".onnx")) and \
+                not (args.model in ("default", "box3d") or args.model.endswith(".onnx")):
             # `dodo score --json box3d a.h5 b.h5` (the report meant for standard output): --json took the
             # model, a.h5 became the model, "an HDF5 file (a data file?), not an ONNX model package", and
             # `--json m.onnx a.h5 b.h5` "does not write a report over it" (outside probe, Python round 48).
+            # Only where MODEL is then no model: `dodo score box3d d.h5 --json m.onnx`, the report's file
+            # written last, was told --json had taken it (outside probe, Python round forty-nine).
             hint = (f"; --json took {args.json!r}, a model, as the file for its report (PATH is optional, so "
                     "--json takes the word after it): for the report on standard output, put --json after the "
                     "other arguments or write --json -")

@@ -378,3 +378,23 @@ def test_a_data_file_given_as_a_dash_says_standard_input_is_not_read(tmp_path, c
     code, out, err = run(capsys, [*command, "-"])
     assert code == 2 and err.strip().endswith("cannot read -: no such file ('-' does not mean standard input here: "
                                               "each file is opened by its name; give the file's path)"), err
+
+
+def test_a_json_path_written_last_is_not_said_to_have_taken_the_model(tmp_path, capsys, monkeypatch):
+    """`dodo score box3d cells.h5 --json m.onnx` (the report's file written last, onto a package): the
+    refusal was right, but section 78's hint followed it, "--json took 'm.onnx', a model, as the file for
+    its report (PATH is optional, so --json takes the word after it)", of a command line where --json
+    took nothing it was not given. The hint now comes only where MODEL is then no model (guard: the
+    case it was made for keeps it)."""
+    _needs_runtime()
+    from dodo.models import default_model_path
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(default_model_path(), tmp_path / "m.onnx")
+    emu_file(tmp_path / "a.h5", to_emu_layout(_states()))
+    emu_file(tmp_path / "b.h5", to_emu_layout(2 * _states()))
+    code, out, err = run(capsys, ["score", "box3d", "a.h5", "--json", "m.onnx", "--bootstrap", "100"])
+    assert code == 2 and "m.onnx exists and is an ONNX model package" in err, err
+    assert "--json took" not in err, err
+    code, out, err = run(capsys, ["score", "--json", "m.onnx", "a.h5", "b.h5", "--bootstrap", "100"])
+    assert code == 2 and "--json took 'm.onnx', a model, as the file for its report" in err, err
