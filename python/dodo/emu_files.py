@@ -420,6 +420,18 @@ def external_storage_problem(item, filename: str, name: str) -> str:
     return ""
 
 
+def _fill_text(item) -> str:
+    """A virtual dataset's fill value as the refusal names it: "zeros" (HDF5's default), else the value
+    ("nan": a file made with fillvalue=np.nan was said to read zeros; outside probe, Python round 49)."""
+    try:
+        value = np.asarray(item.fillvalue)
+        if value.size and not np.any(value):
+            return "zeros"
+        return "NaN" if value.size == 1 and np.isnan(value) else f"{value.tolist()!r}"
+    except (TypeError, ValueError, OSError, RuntimeError):
+        return "zeros by default"
+
+
 def virtual_source_problem(item, filename: str, name: str, _seen: frozenset = frozenset()) -> str:
     """Why a virtual dataset ``item`` (HDF5 VDS) of the file ``filename`` cannot give its values, or '':
     a source file that is not there, or one without the source dataset: HDF5 then reads the fill value
@@ -453,8 +465,8 @@ def virtual_source_problem(item, filename: str, name: str, _seen: frozenset = fr
                 return (f"'{name}' is a virtual dataset whose source file {source_file!r} is not a regular file (a "
                         "FIFO, a device or a directory): HDF5 would wait on it or fail; map a regular HDF5 file")
             return (f"'{name}' is a virtual dataset whose source file {source_file!r} is missing: HDF5 would read "
-                    "its fill value (zeros) for those rows; put the source files beside it, or give a copy with "
-                    "the data (h5repack)")
+                    f"its fill value ({_fill_text(item)}) for those rows; put the source files beside it, or give a "
+                    "copy with the data (h5repack)")
         if (os.path.realpath(found), "/" + dataset.lstrip("/")) in seen:
             return (f"'{name}' is a virtual dataset that maps itself (through {dataset!r} of {source_file!r}): it "
                     "holds no values, and HDF5 crashes reading it (the file was edited or damaged)")
@@ -467,7 +479,7 @@ def virtual_source_problem(item, filename: str, name: str, _seen: frozenset = fr
             present, deeper = True, ""  # unreadable here (locked, damaged): HDF5's own read reports it
         if not present:
             return (f"'{name}' is a virtual dataset whose source dataset {dataset!r} is not in {source_file!r}: HDF5 "
-                    "would read its fill value (zeros) for those rows")
+                    f"would read its fill value ({_fill_text(item)}) for those rows")
         if deeper:
             return deeper
     return ""

@@ -398,3 +398,22 @@ def test_a_json_path_written_last_is_not_said_to_have_taken_the_model(tmp_path, 
     assert "--json took" not in err, err
     code, out, err = run(capsys, ["score", "--json", "m.onnx", "a.h5", "b.h5", "--bootstrap", "100"])
     assert code == 2 and "--json took 'm.onnx', a model, as the file for its report" in err, err
+
+
+def test_a_virtual_dataset_with_a_nan_fill_value_is_not_said_to_read_zeros(tmp_path, capsys):
+    """A virtual dataset made with fillvalue=np.nan whose source file is gone was refused (rightly) with
+    "HDF5 would read its fill value (zeros) for those rows", of a fill value that is NaN; now its value
+    (guard: HDF5's default fill keeps "zeros")."""
+    import h5py
+
+    emu = to_emu_layout(_states())
+    for fill, words in ((np.nan, "its fill value (NaN) for those rows"), (None, "its fill value (zeros) for those rows")):
+        path = tmp_path / f"vds_{fill}.h5"
+        layout = h5py.VirtualLayout(shape=emu.shape, dtype="f8")
+        layout[:] = h5py.VirtualSource(str(tmp_path / "gone.h5"), "d", shape=emu.shape)
+        with h5py.File(path, "w") as handle:
+            handle.create_virtual_dataset("F4_initial(1|ccm)", layout,
+                                          **({} if fill is None else {"fillvalue": fill}))
+            handle["F4_final(1|ccm)"] = emu
+        code, out, err = run(capsys, ["score", "box3d", str(path), "--bootstrap", "100"])
+        assert code == 2 and "source file" in err and words in err, err
