@@ -186,25 +186,30 @@ def _refuse_a_directory(path: str) -> None:
     """The runtime's refusal of a directory (`dodo.Closure("run/")`, a training run's directory),
     raised here: from the binding it was a FileNotFoundError (errno None) of a path that is there, and
     it did not say which package the directory holds (outside probe, Python round forty-nine)."""
+    refusal = ModelPathIsADirectoryError(f"DODO_ERROR_FILE: model path {_shown_path(path)} is a directory, not a "
+                                         f"model file{directory_hint(path)}")
+    refusal.errno = errno.EISDIR
+    raise refusal
+
+
+def directory_hint(path: str) -> str:
+    """What a directory given as the model holds ('; it holds one model package: give ...', a checkpoint
+    to export), or ''."""
     from ._atomic import file_names_in
 
     names = sorted(file_names_in(path))
     packages = [name for name in names if name.endswith(".onnx")]
     checkpoints = [name for name in names if name.endswith(".pt")]
-    hint = ""
-    if not packages and checkpoints:  # a `dodo train` run's directory: best.pt, last.pt, final.pt
-        checkpoint = os.path.join(path, "best.pt" if "best.pt" in checkpoints else checkpoints[0])
-        hint = (f"; it holds no model package but a PyTorch checkpoint ({checkpoint!r}): export it first, dodo export "
-                f"{shlex.quote(checkpoint)} -o model.onnx, and give model.onnx")
     if len(packages) == 1:
-        hint = f"; it holds one model package: give {os.path.join(path, packages[0])!r}"
-    elif packages:
+        return f"; it holds one model package: give {os.path.join(path, packages[0])!r}"
+    if packages:
         shown = ", ".join(repr(name) for name in packages[:3]) + (", ..." if len(packages) > 3 else "")
-        hint = f"; it holds {len(packages)} .onnx files ({shown}): give the path of one of them"
-    refusal = ModelPathIsADirectoryError(f"DODO_ERROR_FILE: model path {_shown_path(path)} is a directory, not a "
-                                         f"model file{hint}")
-    refusal.errno = errno.EISDIR
-    raise refusal
+        return f"; it holds {len(packages)} .onnx files ({shown}): give the path of one of them"
+    if checkpoints:  # a `dodo train` run's directory: best.pt, last.pt, final.pt
+        checkpoint = os.path.join(path, "best.pt" if "best.pt" in checkpoints else checkpoints[0])
+        return (f"; it holds no model package but a PyTorch checkpoint ({checkpoint!r}): export it first, dodo export "
+                f"{shlex.quote(checkpoint)} -o model.onnx, and give model.onnx")
+    return ""
 
 
 def _refuse_known_non_packages(path: str) -> None:

@@ -76,6 +76,12 @@ def _check_arguments(args: argparse.Namespace) -> None:
             # (outside probe, Python round forty-seven).
             raise _UsageError(f"--model {args.model!r} is no file here; the keywords are lower case, without "
                               f"spaces: --model {word}")
+        if os.path.isdir(args.model):
+            from ._closure import directory_hint
+
+            hint = directory_hint(args.model)
+            if hint:  # "run is a directory, not a regular file; give a model package": of the one it holds (round 49)
+                raise _UsageError(f"--model {args.model} is a directory, not a regular file{hint}")
         check_input_file(args.model, "a model package (one .onnx file)")
     check_input_file(args.data, "an Emu-format HDF5 file")
     if args.output is not None:

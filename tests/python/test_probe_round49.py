@@ -417,3 +417,22 @@ def test_a_virtual_dataset_with_a_nan_fill_value_is_not_said_to_read_zeros(tmp_p
             handle["F4_final(1|ccm)"] = emu
         code, out, err = run(capsys, ["score", "box3d", str(path), "--bootstrap", "100"])
         assert code == 2 and "source file" in err and words in err, err
+
+
+def test_dodo_apply_with_a_directory_as_the_model_names_its_package(tmp_path, capsys, monkeypatch):
+    """`dodo apply cells.h5 --model run` said "run is a directory, not a regular file; give a model package
+    (one .onnx file)", of a directory that holds one; it now names it (an empty directory keeps the words)."""
+    _needs_runtime()
+    from dodo.models import default_model_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "empty").mkdir()
+    shutil.copy(default_model_path(), tmp_path / "run" / "model.onnx")
+    emu_file(tmp_path / "cells.h5", to_emu_layout(_states()))
+    code, out, err = run(capsys, ["apply", "cells.h5", "--grid", "2x2x1", "--model", "run"])
+    assert code == 2 and err.strip() == ("dodo apply: error: --model run is a directory, not a regular file; it holds "
+                                         "one model package: give 'run/model.onnx'"), err
+    code, out, err = run(capsys, ["apply", "cells.h5", "--grid", "2x2x1", "--model", "empty"])
+    assert code == 2 and err.strip().endswith("empty is a directory, not a regular file; give a model package (one "
+                                              ".onnx file)"), err
