@@ -77,8 +77,11 @@ chunks="$(awk -v plan="$plan" '
 campaign_dir="${DODO_CAMPAIGN_DIR:-data/qke}"
 if command -v flock > /dev/null; then
   mkdir -p -- "$campaign_dir" 2> /dev/null || true
-  if { exec 9< "$campaign_dir"; } 2> /dev/null; then
-    flock -n 9 || { echo "qke_campaign: another qke_campaign.sh (or its chunks) is running in $campaign_dir: wait for it to end (a second campaign on one directory would run the same chunks beside it)" >&2; exit 2; }
+  # A descriptor bash chooses (10 or above): under `ulimit -n 10` bash keeps this script itself open
+  # on descriptor 9, so `exec 9<` took the script's place and the campaign stopped with "another
+  # qke_campaign.sh ... is running" when none was (outside probe, data-loss round seven).
+  if { exec {campaign_lock}< "$campaign_dir"; } 2> /dev/null; then
+    flock -n "$campaign_lock" || { echo "qke_campaign: another qke_campaign.sh (or its chunks) is running in $campaign_dir: wait for it to end (a second campaign on one directory would run the same chunks beside it)" >&2; exit 2; }
   fi
 fi
 # The finished chunks, found by one Python process: run_chunk's own check (a Python start per chunk,

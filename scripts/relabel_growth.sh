@@ -47,8 +47,10 @@ mkdir -p "$labels"
 # ran the same chunks beside the first (twice JOBS processes), each chunk the first held reported as
 # "failed; rerun to retry", both ending non-zero. A lock (flock) on the directory itself, inherited
 # by the chunks and released by the kernel however they end; without flock(1), unguarded as before.
-if command -v flock > /dev/null && { exec 9< "$labels"; } 2> /dev/null; then
-  flock -n 9 || { echo "relabel_growth: another relabel_growth.sh (or its chunks) is running into $labels: wait for it to end (a second one would label the same chunks beside it)" >&2; exit 2; }
+# A descriptor bash chooses (10 or above), not 9: bash may hold this script itself on 9 under a low
+# `ulimit -n` (outside probe, data-loss round seven).
+if command -v flock > /dev/null && { exec {labels_lock}< "$labels"; } 2> /dev/null; then
+  flock -n "$labels_lock" || { echo "relabel_growth: another relabel_growth.sh (or its chunks) is running into $labels: wait for it to end (a second one would label the same chunks beside it)" >&2; exit 2; }
 fi
 relabel() {
   local input="$1" out="$labels/$(basename "$1")"

@@ -162,3 +162,42 @@ def test_a_study_rerun_lists_the_run_a_sigkill_left_without_a_summary_row(data, 
     assert rows["run_001"]["status"] == "unfinished"
     assert "resume from" in rows["run_001"]["error"] and "run_001" in rows["run_001"]["error"]
     assert "run_001" in (study / "summary.txt").read_text()
+
+
+@pytest.mark.parametrize("script", ["qke_campaign.sh", "relabel_growth.sh"])
+def test_a_campaign_under_ulimit_n_10_is_not_told_another_one_runs(tmp_path, script):
+    # Before: under `ulimit -n 10` bash keeps the script itself open on descriptor 9, the highest the
+    # limit allows; the directory lock's `exec 9< DIR` took its place and flock failed ("flock: 9: Bad
+    # file descriptor"): "qke_campaign: another qke_campaign.sh (or its chunks) is running in DIR",
+    # exit 2, no campaign running anywhere.
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    for name in ("qke_campaign.sh", "relabel_growth.sh", "own_session.sh"):
+        (repo / "scripts" / name).write_text((Path(__file__).resolve().parents[2] / "scripts" / name).read_text())
+    venv = tmp_path / "venv" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "dodo").write_text("#!/bin/bash\nexit 0\n")  # every chunk "finishes"
+    (venv / "python").write_text(f"#!/bin/bash\nexec {sys.executable} \"$@\"\n")
+    for stub in ("dodo", "python"):
+        (venv / stub).chmod(0o755)
+    plan = tmp_path / "plan.txt"
+    plan.write_text("emu 1 2\n")
+    env = dict(os.environ, DODO_VENV=str(venv.parent), DODO_CAMPAIGN_DIR=str(tmp_path / "chunks"))
+    args = ["bash", str(repo / "scripts" / script)]
+    if script == "qke_campaign.sh":
+        args += ["1", str(plan)]
+    else:
+        (tmp_path / "chunks").mkdir()
+        args += ["1"]
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (10, 10))
+
+    result = subprocess.run(args, preexec_fn=limit, capture_output=True, text=True, env=env, timeout=300,
+                            cwd=tmp_path)
+    assert "is running" not in result.stderr and "Bad file descriptor" not in result.stderr, result.stderr
