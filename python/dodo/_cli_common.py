@@ -96,6 +96,23 @@ def json_took_a_word_hint(argv) -> str:
     return ""
 
 
+def dash_file_hint(argv) -> str:
+    """What to add to a usage error when a word of the command line that begins with '-' names a file
+    there: `dodo score box3d -data.h5` said only "the following arguments are required: data", and
+    `dodo apply cells.h5 --model -m.onnx` "argument --model: expected one argument" (argparse reads such
+    a word as an option; outside probe, Python round forty-nine). Empty otherwise."""
+    import os
+
+    for token in list(argv or ()):
+        if token == "--":
+            break
+        if token.startswith("-") and token not in ("-", "--") and not token.startswith("--") and \
+                os.path.isfile(token):
+            return (f"; {token!r} begins with '-', so it was read as an option, though a file of that name is "
+                    f"here: write ./{token}")
+    return ""
+
+
 def emit(table_text: str, data, json_target, inputs=()) -> None:
     """Print the table, or the JSON, or both (the JSON to a file), as add_json_argument says.
     The JSON is strict (NaN and Inf as null); a JSON file that is one of ``inputs`` is refused."""

@@ -135,6 +135,9 @@ class _Parser(argparse.ArgumentParser):
             from ._cli_common import json_took_a_word_hint
 
             message += json_took_a_word_hint(_argv_being_parsed)
+        from ._cli_common import dash_file_hint
+
+        message += dash_file_hint(_argv_being_parsed)
         super().error(message)
 
 

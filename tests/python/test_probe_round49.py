@@ -436,3 +436,28 @@ def test_dodo_apply_with_a_directory_as_the_model_names_its_package(tmp_path, ca
     code, out, err = run(capsys, ["apply", "cells.h5", "--grid", "2x2x1", "--model", "empty"])
     assert code == 2 and err.strip().endswith("empty is a directory, not a regular file; give a model package (one "
                                               ".onnx file)"), err
+
+
+@pytest.mark.parametrize("argv", [["score", "box3d", "-data.h5"], ["apply", "-data.h5"],
+                                  ["score", "box3d", "cells.h5", "-data.h5"],
+                                  ["apply", "cells.h5", "--model", "-m.onnx"]])
+def test_a_file_whose_name_begins_with_a_dash_is_named_in_the_usage_error(tmp_path, capsys, monkeypatch, argv):
+    """`dodo score box3d -data.h5` said "the following arguments are required: data", `dodo apply cells.h5
+    --model -m.onnx` "argument --model: expected one argument": argparse reads the word as an option. The
+    usage error now says so when a file of that name is there, and the remedy (./-data.h5) works."""
+    _needs_runtime()
+    from dodo.models import default_model_path
+
+    monkeypatch.chdir(tmp_path)
+    emu_file(tmp_path / "cells.h5", to_emu_layout(_states()))
+    shutil.copy(tmp_path / "cells.h5", tmp_path / "-data.h5")
+    shutil.copy(default_model_path(), tmp_path / "-m.onnx")
+    code, out, err = run(capsys, argv)
+    word = next(token for token in argv if token.startswith("-") and not token.startswith("--"))
+    line = err.strip().splitlines()[-1]
+    assert code == 2 and line.endswith(f"; {word!r} begins with '-', so it was read as an option, though a file of "
+                                       f"that name is here: write ./{word}"), err
+    fixed = [f"./{token}" if token == word else token for token in argv]
+    fixed += ["--bootstrap", "100"] if argv[0] == "score" else ["--grid", "2x2x1", "-q"]
+    code, out, err = run(capsys, fixed)
+    assert code == 0, err
