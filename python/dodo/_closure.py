@@ -181,15 +181,17 @@ class ModelPathIsADirectoryError(IsADirectoryError, FileNotFoundError):
     which the runtime raised for it before (outside probe, Python round forty-nine), so that code
     catching that still catches it."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno.EISDIR  # set here, so that a pickled copy (a worker's error) keeps it
+
 
 def _refuse_a_directory(path: str) -> None:
     """The runtime's refusal of a directory (`dodo.Closure("run/")`, a training run's directory),
     raised here: from the binding it was a FileNotFoundError (errno None) of a path that is there, and
     it did not say which package the directory holds (outside probe, Python round forty-nine)."""
-    refusal = ModelPathIsADirectoryError(f"DODO_ERROR_FILE: model path {_shown_path(path)} is a directory, not a "
-                                         f"model file{directory_hint(path)}")
-    refusal.errno = errno.EISDIR
-    raise refusal
+    raise ModelPathIsADirectoryError(f"DODO_ERROR_FILE: model path {_shown_path(path)} is a directory, not a model "
+                                     f"file{directory_hint(path)}")
 
 
 def directory_hint(path: str) -> str:

@@ -51,6 +51,10 @@ def test_a_directory_given_as_the_model_is_an_is_a_directory_error_naming_its_pa
         with pytest.raises(IsADirectoryError) as refusal:
             dodo.Closure(model)
         assert isinstance(refusal.value, FileNotFoundError) and refusal.value.errno == errno.EISDIR
+        import pickle
+
+        copied = pickle.loads(pickle.dumps(refusal.value))  # a worker's error, sent back: the same
+        assert isinstance(copied, IsADirectoryError) and copied.errno == errno.EISDIR and str(copied) == str(refusal.value)
         text = str(refusal.value)
         assert text.startswith(f'DODO_ERROR_FILE: model path "{model}" is a directory, not a model file'), text
         assert "\n" not in text
