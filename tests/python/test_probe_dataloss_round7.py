@@ -201,3 +201,38 @@ def test_a_campaign_under_ulimit_n_10_is_not_told_another_one_runs(tmp_path, scr
     result = subprocess.run(args, preexec_fn=limit, capture_output=True, text=True, env=env, timeout=300,
                             cwd=tmp_path)
     assert "is running" not in result.stderr and "Bad file descriptor" not in result.stderr, result.stderr
+
+
+def test_a_solver_checkpoint_the_system_failed_to_read_is_not_called_lost(tmp_path, monkeypatch):
+    # Before (`ulimit -n 5`, resuming `dodo simulate R.h5` over a good R.h5.partial.npz): "R.h5.partial.npz
+    # cannot be read as a checkpoint ([Errno 24] Too many open files: '.../encodings/cp437.py'): no run
+    # can resume from it. It is left untouched: remove R.h5.partial.npz (its states are lost) ...".
+    import numpy as np
+    from dodo.qke import campaign
+
+    output = tmp_path / "R.h5"
+    checkpoint = tmp_path / "R.h5.partial.npz"
+    checkpoint.write_bytes(b"the states done")
+
+    def failing_read(path):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(campaign, "_read_checkpoint", failing_read)
+    with pytest.raises(OSError) as caught:
+        campaign._load_checkpoints(str(output), "f", np.zeros((2, 6, 4)), {}, print)
+    message = str(caught.value)
+    assert not isinstance(caught.value, campaign.CheckpointMismatchError)
+    assert "could not be read" in message and "left as it is" in message and "lost" not in message, message
+    assert checkpoint.read_bytes() == b"the states done"
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")  # np.load leaves a bad archive's file to the collector
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_damaged_solver_checkpoint_is_still_called_unreadable(tmp_path):
+    # Guard: a file that is no .npz stays "cannot be read as a checkpoint" (CheckpointMismatchError).
+    import numpy as np
+    from dodo.qke import campaign
+
+    (tmp_path / "R.h5.partial.npz").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(campaign.CheckpointMismatchError, match="cannot be read as a checkpoint"):
+        campaign._load_checkpoints(str(tmp_path / "R.h5"), "f", np.zeros((2, 6, 4)), {}, print)

@@ -14,6 +14,7 @@ batches, hence the rows, are the same as in one process.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import json
@@ -376,6 +377,21 @@ def _max_cost_mismatch(stored, max_cost: float | None) -> str | None:
             f"{'no --max-cost' if there is None else '--max-cost ' + shown(there)} to resume)")
 
 
+#: The errors of a read that say nothing about the file's bytes (a truncated .npz raises others).
+_SYSTEM_READ_ERRNOS = frozenset(getattr(errno, name) for name in (
+    "EIO", "EMFILE", "ENFILE", "ENOMEM", "ENOBUFS", "EACCES", "EPERM", "EAGAIN", "EINTR", "ESTALE", "ETIMEDOUT")
+    if hasattr(errno, name))
+
+
+def _unreadable_checkpoint(path: str, error: BaseException) -> CheckpointMismatchError:
+    # An unreadable checkpoint belongs to no campaign that could resume it: no "rerun the command
+    # that wrote it", which was the command just run (scale-out probe, round three).
+    return CheckpointMismatchError(
+        f"{path} cannot be read as a checkpoint ({' '.join(str(error).split()) or type(error).__name__}): "
+        f"no run can resume from it. It is left untouched: remove {path} (its states are lost) and rerun "
+        "to simulate them again, or choose another output file")
+
+
 def _load_checkpoints(output: str, fingerprint: str, four_flux: np.ndarray, settings: dict,
                       report: Callable[[str], None], max_cost: float | None = None):
     """(results merged from every checkpoint, the number of the checkpoint each done row came from
@@ -390,13 +406,18 @@ def _load_checkpoints(output: str, fingerprint: str, four_flux: np.ndarray, sett
             stored = _read_checkpoint(path)
             why = (_max_cost_mismatch(stored, max_cost) if str(stored["fingerprint"]) == fingerprint
                    else _mismatch_reason(stored, four_flux, settings))
+        except (OSError, MemoryError) as error:
+            if not isinstance(error, MemoryError) and error.errno not in _SYSTEM_READ_ERRNOS:
+                raise _unreadable_checkpoint(path, error) from None
+            # A read the system failed (too many open files, an I/O error, no memory) says nothing about
+            # the file; it was called unreadable, with "remove it (its states are lost)" as the way on:
+            # hours of solver work for `ulimit -n 5` (outside probe, data-loss round seven).
+            raise OSError(f"{path} could not be read ({type(error).__name__}: {' '.join(str(error).split())}); this "
+                          "says nothing about the file, which is left as it is and holds the states done: rerun the "
+                          "same command once the cause is gone (too many open files: ulimit -n; an I/O error; no "
+                          "memory) to resume from it") from None
         except Exception as error:  # noqa: BLE001 - any failure to read it (truncated, not .npz, no fingerprint)
-            # An unreadable checkpoint belongs to no campaign that could resume it: no "rerun the command
-            # that wrote it", which was the command just run (scale-out probe, round three).
-            raise CheckpointMismatchError(
-                f"{path} cannot be read as a checkpoint ({' '.join(str(error).split()) or type(error).__name__}): "
-                f"no run can resume from it. It is left untouched: remove {path} (its states are lost) and rerun "
-                "to simulate them again, or choose another output file") from None
+            raise _unreadable_checkpoint(path, error) from None
         if why is not None:
             raise CheckpointMismatchError(
                 f"{path} does not belong to this campaign: {why}. It is left untouched: to resume it, rerun the "
