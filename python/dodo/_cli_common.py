@@ -44,7 +44,11 @@ def shown_name(path: str) -> str:
     (Python's repr) where it holds a newline, tab or other character that does not print: `dodo score
     box3d $'new\\nline.h5'` split its header over two lines, and so did `dodo apply`'s first line and its
     "cells written to" (outside probe, Python round forty-nine)."""
-    return path if path.isprintable() else repr(path)
+    # A byte that is not UTF-8 (a Latin-1 name, held surrogate-escaped) is printed as its byte, as the
+    # output guard writes it (round 31): only characters that do not print are the reason to quote.
+    if all(char.isprintable() or "\udc80" <= char <= "\udcff" for char in path):
+        return path
+    return repr(path)
 
 
 def add_output_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
