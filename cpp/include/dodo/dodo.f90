@@ -36,7 +36,7 @@
 module dodo
   use, intrinsic :: iso_c_binding, only: c_ptr, c_null_ptr, c_null_char, c_char, c_int, c_double, c_size_t, &
                                          c_int8_t, c_int32_t, c_int64_t, c_long, c_associated, c_loc, c_f_pointer, &
-                                         c_sizeof
+                                         c_sizeof, c_intptr_t
   implicit none
   private
 
@@ -234,10 +234,14 @@ contains
   ! Creates a closure from a model package already in memory (e.g. received with MPI_Bcast), with
   ! the same checks as a file. bytes: the package file's bytes; only read during the call.
   ! z_method, onnxruntime_library: as for dodo_create.
+  ! bytes is not `contiguous`: for such a dummy gfortran (12) copied a POINTER actual (a host's
+  ! `integer(c_int8_t), pointer :: bytes(:)`, MPI_Bcast's buffer) into a temporary on every create,
+  ! contiguous or not: one heap copy of the whole package a call (outside probe, C round forty). A
+  ! contiguous array now reaches C where it lies; a non-contiguous section is copied here.
   recursive subroutine dodo_create_from_memory(closure, bytes, threads, chunk_size, lebedev_order, max_flux_factor, &
                                      run_self_test, stat, errmsg, cuda_device, z_method, onnxruntime_library)
     type(dodo_closure), intent(inout) :: closure
-    integer(c_int8_t), intent(in), contiguous, target :: bytes(:)
+    integer(c_int8_t), intent(in), target :: bytes(:)
     integer, intent(in), optional :: threads, chunk_size, lebedev_order, cuda_device
     real(c_double), intent(in), optional :: max_flux_factor
     logical, intent(in), optional :: run_self_test
@@ -249,8 +253,10 @@ contains
     character(kind=c_char), allocatable, target :: z_method_c(:), library_c(:)
     character(len=200) :: problem
     integer(c_int8_t), target :: no_bytes(1)
+    integer(c_int8_t), allocatable, target :: bytes_flat(:)  ! a non-contiguous section's copy
     type(c_ptr) :: bytes_pointer, fresh
     integer :: status
+    integer(c_size_t) :: i
 
     options = make_options(threads, chunk_size, lebedev_order, max_flux_factor, run_self_test, cuda_device)
     problem = ""
@@ -263,7 +269,17 @@ contains
     ! An empty array (a file read as 0 bytes) is an empty package, not a NULL pointer: C's refusal
     ! then says "model in memory is empty" instead of suggesting DODO_BOX3D_ONLY (probe round fourteen)
     bytes_pointer = c_loc(no_bytes)
-    if (size(bytes, kind=c_size_t) > 0) bytes_pointer = c_loc(bytes)
+    if (size(bytes, kind=c_size_t) > 0) then
+      if (is_contiguous(bytes)) then
+        bytes_pointer = c_loc(bytes)
+      else
+        allocate(bytes_flat(size(bytes, kind=c_size_t)))
+        do i = 1, size(bytes, kind=c_size_t)  ! a loop: an array assignment made a temporary (stack at -Ofast)
+          bytes_flat(i) = bytes(i)
+        end do
+        bytes_pointer = c_loc(bytes_flat)
+      end if
+    end if
     message = c_null_char
     fresh = c_null_ptr
     status = int(c_create_from_memory(bytes_pointer, size(bytes, kind=c_size_t), options, fresh, message, &
@@ -287,6 +303,8 @@ contains
   ! array, which Fortran makes absent, was read for that copy: SIGSEGV; under -Ofast (-fstack-arrays)
   ! the compiler's copy of a non-contiguous section went on the host's stack, where 100,000 cells
   ! overflowed 8 MiB (outside probe, C round thirty-nine). The copies here are allocatables (heap).
+  ! Sections sharing an element with another argument are refused as C refuses such arrays
+  ! (find_overlap); the same section as F_init and F_pred is in-place use.
   ! Assumed-size arrays (F(4, 6, *) in the caller) carry no cell count and are refused: pass a
   ! section that gives it, F(:, :, 1:ncell) (likewise u(:, 1:ncell), cell_status(1:ncell)).
   ! u: (4, ...) with one column per cell (e.g. (4, nx, ny, nz)), absent = every cell at rest;
@@ -311,6 +329,7 @@ contains
     integer(c_int32_t), allocatable, target :: status_flat(:)
     integer :: status
     integer(c_size_t) :: ncell
+    character(len=120) :: problem
 
     ! An assumed-size array (a host's F(4, 6, *), u(4, *), cell_status(*): the F77 style of many
     ! transport codes) reaches an assumed-rank dummy with its last extent -1: the cell count came
@@ -445,6 +464,11 @@ contains
       call report_call(status, closure, stat, errmsg)
       return
     end if
+    call find_overlap(F_init, F_pred, u, cell_status, growth_rate, uncertainty, problem)
+    if (len_trim(problem) > 0) then
+      call report(DODO_ERROR_INVALID_ARGUMENT, trim(problem), stat, errmsg)
+      return
+    end if
     if (is_contiguous(F_init)) then
       F_init_pointer = c_loc(F_init)
     else
@@ -466,6 +490,272 @@ contains
     if (allocated(uncertainty_flat)) call store_real(uncertainty_flat, uncertainty)
     call report_call(status, closure, stat, errmsg)
   end subroutine dodo_apply
+
+  ! A non-contiguous section reaches C as the module's copy, where C's overlap checks cannot see it:
+  ! growth_rate = G(1, 1, :) of the F_pred G, one g(1:2*n:2) given as both growth_rate and
+  ! uncertainty, F_init and F_pred two strided sections of one array that share cells were computed
+  ! on the copies, and the later copy back won, silently (outside probe, C rounds thirty-nine and
+  ! forty), where the same arrays contiguous were refused. Each pair C checks, when one of the two
+  ! is copied, is compared element by element (by address) and refused in C's words; F_init and
+  ! F_pred the same section (each element at the same address) is in-place use. Interleaved
+  ! sections that share no element (F(:, :, 1:n:2) and F(:, :, 2:n:2)) pass. Blank problem: none.
+  ! Nothing is allocated when every array is contiguous (C checks those itself).
+  recursive subroutine find_overlap(F_init, F_pred, u, cell_status, growth_rate, uncertainty, problem)
+    real(c_double), intent(in), target :: F_init(..), F_pred(..)
+    real(c_double), intent(in), optional, target :: u(..), growth_rate(..), uncertainty(..)
+    integer(c_int32_t), intent(in), optional, target :: cell_status(..)
+    character(len=*), intent(out) :: problem
+    type :: address_list
+      integer(c_intptr_t), allocatable :: at(:)
+    end type address_list
+    type(address_list) :: lists(6)
+    logical :: given(6), copied(6)
+    integer :: k, i, j
+    problem = ""
+    given = .true.
+    given(3) = present(u)
+    given(4) = present(cell_status)
+    given(5) = present(growth_rate)
+    given(6) = present(uncertainty)
+    copied = .false.
+    copied(1) = .not. is_contiguous(F_init)
+    copied(2) = .not. is_contiguous(F_pred)
+    if (given(3)) copied(3) = .not. is_contiguous(u)
+    if (given(4)) copied(4) = .not. is_contiguous(cell_status)
+    if (given(5)) copied(5) = .not. is_contiguous(growth_rate)
+    if (given(6)) copied(6) = .not. is_contiguous(uncertainty)
+    if (.not. any(copied)) return
+    call real_addresses(F_init, lists(1)%at)
+    call real_addresses(F_pred, lists(2)%at)
+    if (given(3)) call real_addresses(u, lists(3)%at)
+    if (given(4)) call int32_addresses(cell_status, lists(4)%at)
+    if (given(5)) call real_addresses(growth_rate, lists(5)%at)
+    if (given(6)) call real_addresses(uncertainty, lists(6)%at)
+    do k = 1, 14
+      call overlap_pair(k, i, j)
+      if (.not. (given(i) .and. given(j))) cycle
+      if (.not. (copied(i) .or. copied(j))) cycle
+      if (i == 2 .and. j == 1) then
+        if (all(lists(1)%at == lists(2)%at)) cycle  ! in place: the same elements in the same order
+      end if
+      if (.not. shares(lists(i)%at, element_bytes(i), lists(j)%at, element_bytes(j))) cycle
+      problem = trim(argument_name(i)) // " overlaps " // trim(argument_name(j))
+      if (i == 2 .and. j == 1) problem = trim(problem) // ": pass the same array or section for in-place use, " // &
+                                         "or separate arrays"
+      if (i == 2 .and. j == 3) problem = trim(problem) // ": the output would change the four-velocities while " // &
+                                         "they are read"
+      return
+    end do
+  end subroutine find_overlap
+
+  ! find_overlap's tables as procedures: a named constant array, or an array constructor, of a
+  ! procedure is a static array in gfortran's translation (round thirty-eight's test keeps the module
+  ! free of them). The arguments are 1 F_init, 2 F_pred, 3 u, 4 cell_status, 5 growth_rate,
+  ! 6 uncertainty; pair k (1 to 14) is the k-th C checks, in its order: i overlaps j.
+  recursive subroutine overlap_pair(k, i, j)
+    integer, intent(in) :: k
+    integer, intent(out) :: i, j
+    select case (k)
+    case (1:2); i = 2; j = 2 * k - 1           ! F_pred: F_init, u
+    case (3); i = 4; j = 2                     ! cell_status: F_pred, F_init, u
+    case (4); i = 4; j = 1
+    case (5); i = 4; j = 3
+    case (6:9); i = 5; j = k - 5               ! growth_rate: F_init, F_pred, u, cell_status
+    case default; i = 6; j = k - 9             ! uncertainty: F_init, F_pred, u, cell_status, growth_rate
+    end select
+  end subroutine overlap_pair
+
+  recursive character(len=11) function argument_name(k) result(name)
+    integer, intent(in) :: k
+    select case (k)
+    case (1); name = "F_init"
+    case (2); name = "F_pred"
+    case (3); name = "u"
+    case (4); name = "cell_status"
+    case (5); name = "growth_rate"
+    case default; name = "uncertainty"
+    end select
+  end function argument_name
+
+  ! The size of one element of find_overlap's argument k (cell_status's are 4 bytes).
+  recursive integer(c_intptr_t) function element_bytes(k)
+    integer, intent(in) :: k
+    element_bytes = 8
+    if (k == 4) element_bytes = 4
+  end function element_bytes
+
+  ! True when an element of a (each of size_a bytes) and one of b share a byte. Sorted copies
+  ! walked together: linear for the sections of a transport code (increasing addresses).
+  recursive logical function shares(a, size_a, b, size_b)
+    integer(c_intptr_t), intent(in) :: a(:), b(:), size_a, size_b
+    integer(c_intptr_t), allocatable :: x(:), y(:)
+    integer(c_size_t) :: i, j
+    shares = .false.
+    if (maxval(a) + size_a <= minval(b) .or. maxval(b) + size_b <= minval(a)) return
+    allocate(x(size(a, kind=c_size_t)), y(size(b, kind=c_size_t)))
+    x(:) = a
+    y(:) = b
+    call sort_addresses(x)
+    call sort_addresses(y)
+    i = 1
+    j = 1
+    do while (i <= size(x, kind=c_size_t) .and. j <= size(y, kind=c_size_t))
+      if (x(i) + size_a <= y(j)) then
+        i = i + 1
+      else if (y(j) + size_b <= x(i)) then
+        j = j + 1
+      else
+        shares = .true.
+        return
+      end if
+    end do
+  end function shares
+
+  ! Into increasing order: nothing to do for increasing addresses, a reversal for decreasing ones
+  ! (F(:, :, n:1:-1) has neither), a heap sort otherwise.
+  recursive subroutine sort_addresses(x)
+    integer(c_intptr_t), intent(inout) :: x(:)
+    integer(c_intptr_t) :: swap
+    integer(c_size_t) :: n, i
+    logical :: increasing, decreasing
+    n = size(x, kind=c_size_t)
+    increasing = .true.
+    decreasing = .true.
+    do i = 2, n
+      increasing = increasing .and. x(i - 1) < x(i)
+      decreasing = decreasing .and. x(i - 1) > x(i)
+    end do
+    if (increasing) return
+    if (decreasing) then  ! swapped in place: x(:) = x(n:1:-1) made a temporary (on the stack under -Ofast)
+      do i = 1, n / 2
+        swap = x(i)
+        x(i) = x(n + 1 - i)
+        x(n + 1 - i) = swap
+      end do
+      return
+    end if
+    do i = n / 2, 1, -1
+      call sift_down(x, i, n)
+    end do
+    do i = n, 2, -1
+      swap = x(1)
+      x(1) = x(i)
+      x(i) = swap
+      call sift_down(x, 1_c_size_t, i - 1)
+    end do
+  end subroutine sort_addresses
+
+  recursive subroutine sift_down(x, first, last)
+    integer(c_intptr_t), intent(inout) :: x(:)
+    integer(c_size_t), intent(in) :: first, last
+    integer(c_intptr_t) :: swap
+    integer(c_size_t) :: root, child
+    root = first
+    do while (2 * root <= last)
+      child = 2 * root
+      if (child < last) then
+        if (x(child) < x(child + 1)) child = child + 1
+      end if
+      if (x(root) >= x(child)) return
+      swap = x(root)
+      x(root) = x(child)
+      x(child) = swap
+      root = child
+    end do
+  end subroutine sift_down
+
+  ! The address of each element of x, in array element order: an elemental call passes each element
+  ! where it lies, and writes its address through a view of `at` of x's shape, so that no temporary
+  ! of x's size is made (an elemental function's result array was one, which -Ofast's
+  ! -fstack-arrays put on the stack: round thirty-nine's 100,000-cell section overflowed 8 MiB).
+  ! Every rank a Fortran array may have (15), and a scalar.
+  recursive subroutine real_addresses(x, at)
+    real(c_double), intent(in), target :: x(..)
+    integer(c_intptr_t), allocatable, target, intent(out) :: at(:)
+    integer(c_intptr_t), pointer :: at2(:, :)
+    integer(c_intptr_t), pointer :: at3(:, :, :)
+    integer(c_intptr_t), pointer :: at4(:, :, :, :)
+    integer(c_intptr_t), pointer :: at5(:, :, :, :, :)
+    integer(c_intptr_t), pointer :: at6(:, :, :, :, :, :)
+    integer(c_intptr_t), pointer :: at7(:, :, :, :, :, :, :)
+    integer(c_intptr_t), pointer :: at8(:, :, :, :, :, :, :, :)
+    integer(c_intptr_t), pointer :: at9(:, :, :, :, :, :, :, :, :)
+    integer(c_intptr_t), pointer :: at10(:, :, :, :, :, :, :, :, :, :)
+    integer(c_intptr_t), pointer :: at11(:, :, :, :, :, :, :, :, :, :, :)
+    integer(c_intptr_t), pointer :: at12(:, :, :, :, :, :, :, :, :, :, :, :)
+    integer(c_intptr_t), pointer :: at13(:, :, :, :, :, :, :, :, :, :, :, :, :)
+    integer(c_intptr_t), pointer :: at14(:, :, :, :, :, :, :, :, :, :, :, :, :, :)
+    integer(c_intptr_t), pointer :: at15(:, :, :, :, :, :, :, :, :, :, :, :, :, :, :)
+    allocate(at(size(x, kind=c_size_t)))
+    select rank (x)
+    rank (0); call real_address(x, at(1))
+    rank (1); call real_address(x, at)
+    rank (2); call c_f_pointer(c_loc(at), at2, shape(x)); call real_address(x, at2)
+    rank (3); call c_f_pointer(c_loc(at), at3, shape(x)); call real_address(x, at3)
+    rank (4); call c_f_pointer(c_loc(at), at4, shape(x)); call real_address(x, at4)
+    rank (5); call c_f_pointer(c_loc(at), at5, shape(x)); call real_address(x, at5)
+    rank (6); call c_f_pointer(c_loc(at), at6, shape(x)); call real_address(x, at6)
+    rank (7); call c_f_pointer(c_loc(at), at7, shape(x)); call real_address(x, at7)
+    rank (8); call c_f_pointer(c_loc(at), at8, shape(x)); call real_address(x, at8)
+    rank (9); call c_f_pointer(c_loc(at), at9, shape(x)); call real_address(x, at9)
+    rank (10); call c_f_pointer(c_loc(at), at10, shape(x)); call real_address(x, at10)
+    rank (11); call c_f_pointer(c_loc(at), at11, shape(x)); call real_address(x, at11)
+    rank (12); call c_f_pointer(c_loc(at), at12, shape(x)); call real_address(x, at12)
+    rank (13); call c_f_pointer(c_loc(at), at13, shape(x)); call real_address(x, at13)
+    rank (14); call c_f_pointer(c_loc(at), at14, shape(x)); call real_address(x, at14)
+    rank (15); call c_f_pointer(c_loc(at), at15, shape(x)); call real_address(x, at15)
+    end select
+  end subroutine real_addresses
+
+  recursive subroutine int32_addresses(x, at)
+    integer(c_int32_t), intent(in), target :: x(..)
+    integer(c_intptr_t), allocatable, target, intent(out) :: at(:)
+    integer(c_intptr_t), pointer :: at2(:, :)
+    integer(c_intptr_t), pointer :: at3(:, :, :)
+    integer(c_intptr_t), pointer :: at4(:, :, :, :)
+    integer(c_intptr_t), pointer :: at5(:, :, :, :, :)
+    integer(c_intptr_t), pointer :: at6(:, :, :, :, :, :)
+    integer(c_intptr_t), pointer :: at7(:, :, :, :, :, :, :)
+    integer(c_intptr_t), pointer :: at8(:, :, :, :, :, :, :, :)
+    integer(c_intptr_t), pointer :: at9(:, :, :, :, :, :, :, :, :)
+    integer(c_intptr_t), pointer :: at10(:, :, :, :, :, :, :, :, :, :)
+    integer(c_intptr_t), pointer :: at11(:, :, :, :, :, :, :, :, :, :, :)
+    integer(c_intptr_t), pointer :: at12(:, :, :, :, :, :, :, :, :, :, :, :)
+    integer(c_intptr_t), pointer :: at13(:, :, :, :, :, :, :, :, :, :, :, :, :)
+    integer(c_intptr_t), pointer :: at14(:, :, :, :, :, :, :, :, :, :, :, :, :, :)
+    integer(c_intptr_t), pointer :: at15(:, :, :, :, :, :, :, :, :, :, :, :, :, :, :)
+    allocate(at(size(x, kind=c_size_t)))
+    select rank (x)
+    rank (0); call int32_address(x, at(1))
+    rank (1); call int32_address(x, at)
+    rank (2); call c_f_pointer(c_loc(at), at2, shape(x)); call int32_address(x, at2)
+    rank (3); call c_f_pointer(c_loc(at), at3, shape(x)); call int32_address(x, at3)
+    rank (4); call c_f_pointer(c_loc(at), at4, shape(x)); call int32_address(x, at4)
+    rank (5); call c_f_pointer(c_loc(at), at5, shape(x)); call int32_address(x, at5)
+    rank (6); call c_f_pointer(c_loc(at), at6, shape(x)); call int32_address(x, at6)
+    rank (7); call c_f_pointer(c_loc(at), at7, shape(x)); call int32_address(x, at7)
+    rank (8); call c_f_pointer(c_loc(at), at8, shape(x)); call int32_address(x, at8)
+    rank (9); call c_f_pointer(c_loc(at), at9, shape(x)); call int32_address(x, at9)
+    rank (10); call c_f_pointer(c_loc(at), at10, shape(x)); call int32_address(x, at10)
+    rank (11); call c_f_pointer(c_loc(at), at11, shape(x)); call int32_address(x, at11)
+    rank (12); call c_f_pointer(c_loc(at), at12, shape(x)); call int32_address(x, at12)
+    rank (13); call c_f_pointer(c_loc(at), at13, shape(x)); call int32_address(x, at13)
+    rank (14); call c_f_pointer(c_loc(at), at14, shape(x)); call int32_address(x, at14)
+    rank (15); call c_f_pointer(c_loc(at), at15, shape(x)); call int32_address(x, at15)
+    end select
+  end subroutine int32_addresses
+
+  recursive impure elemental subroutine real_address(v, at)
+    real(c_double), intent(in), target :: v
+    integer(c_intptr_t), intent(out) :: at
+    at = transfer(c_loc(v), at)
+  end subroutine real_address
+
+  recursive impure elemental subroutine int32_address(v, at)
+    integer(c_int32_t), intent(in), target :: v
+    integer(c_intptr_t), intent(out) :: at
+    at = transfer(c_loc(v), at)
+  end subroutine int32_address
 
   ! x's values in array element order, into flat (a non-contiguous argument's contiguous copy), and
   ! back. Every rank a Fortran array may have (15).

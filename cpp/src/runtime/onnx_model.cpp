@@ -118,7 +118,12 @@ std::string read_model_file(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
   if (fd < 0) {
     const int error = errno;
-    if (error == ENOENT) throw Error(DODO_ERROR_FILE, "model file " + quoted + " does not exist", error);
+    if (error == ENOENT) {
+      // a link to nothing on the path is named (outside probe, C round forty: "does not exist" of a link `ls` shows)
+      const std::string dangling = dangling_link_of(path);
+      throw Error(DODO_ERROR_FILE, "model file " + quoted + (dangling.empty() ? " does not exist" : " is " + dangling),
+                  error);
+    }
     throw Error(DODO_ERROR_FILE, "cannot open model file " + quoted + ": " + std::strerror(error), error);
   }
   struct Closer {

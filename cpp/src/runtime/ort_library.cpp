@@ -6,6 +6,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -283,6 +284,10 @@ OrtLibrary open_library(const std::string& explicit_path) {
       std::string reason = why ? why : "not found";
       // glibc's text starts with the path again: once is enough (a 1 MB path came back twice).
       if (reason.compare(0, path.size() + 2, path + ": ") == 0) reason.erase(0, path.size() + 2);
+      // "cannot open shared object file: No such file or directory" of a link that is there
+      if (const std::string dangling = path.find('/') == std::string::npos ? "" : dangling_link_of(path);
+          !dangling.empty())
+        reason = dangling;
       tried += "\n  " + shown + ": " + printable_message(reason, false);
       continue;
     }
@@ -490,6 +495,37 @@ void child_after_fork() {
 const int kForkHandlers = pthread_atfork(prepare_fork, parent_after_fork, child_after_fork);
 
 }  // namespace
+
+std::string dangling_link_of(const std::string& path) {
+  std::string prefix = path;
+  while (!prefix.empty()) {
+    while (prefix.size() > 1 && prefix.back() == '/') prefix.pop_back();
+    struct stat link {}, target {};
+    if (::lstat(prefix.c_str(), &link) == 0 && S_ISLNK(link.st_mode) && ::stat(prefix.c_str(), &target) != 0 &&
+        errno == ENOENT) {
+      // A chain of links is followed to the name that is missing: "chain2" alone was called missing
+      // where it is a link to a file that is.
+      std::string chain, at = prefix;
+      for (int hops = 0; hops < 40; ++hops) {
+        std::string to(PATH_MAX, '\0');
+        const ssize_t length = ::readlink(at.c_str(), &to[0], to.size());
+        if (length < 0) break;
+        to.resize(static_cast<std::size_t>(length));
+        chain += (chain.empty() ? "" : " -> ") + quoted_path(to);
+        const std::size_t slash = at.find_last_of('/');
+        at = (!to.empty() && to[0] == '/') || slash == std::string::npos ? to : at.substr(0, slash + 1) + to;
+        if (::lstat(at.c_str(), &link) != 0 || !S_ISLNK(link.st_mode)) break;
+      }
+      if (chain.empty()) return "";
+      return (prefix == path ? std::string() : "under " + quoted_path(prefix) + ", ") + "a symbolic link to " + chain +
+             ", which does not exist (a dangling link: its target was moved or deleted)";
+    }
+    const std::size_t slash = prefix.find_last_of('/');
+    if (slash == std::string::npos || slash == 0) break;
+    prefix.resize(slash);
+  }
+  return "";
+}
 
 const OrtLibrary& load_onnxruntime(const std::string& explicit_path) {
   // Loaded once; a failed attempt may be retried (e.g. after fixing the environment variable).

@@ -27,6 +27,14 @@ struct OrtLibrary {
   std::string version;  // OrtGetApiBase()->GetVersionString()
 };
 
+// Why a path that open() or dlopen() says does not exist (ENOENT) is not there, when a symbolic link
+// on it points at nothing: 'a symbolic link to "T", which does not exist (a dangling link: ...)' for
+// the path itself, 'under "D", a symbolic link to "T", ...' for one of its directories (the last
+// such first). Empty when no link on the path dangles. The C side said "does not exist" of a model
+// path or ONNX Runtime library that is a link `ls` shows, where Python names the link's target
+// (outside probe, C round forty).
+std::string dangling_link_of(const std::string& path);
+
 // Loads once per process (thread-safe); later calls return the same library whatever path they
 // ask for. Throws Error(DODO_ERROR_ONNXRUNTIME_UNAVAILABLE) listing every place it tried.
 const OrtLibrary& load_onnxruntime(const std::string& explicit_path);
