@@ -373,18 +373,17 @@ class Closure:
         # variable must not silently pick a setting), as dodo.box3d refuses them.
         if isinstance(z_method, str) and not z_method:
             raise ValueError('z_method must be "exact" or "jedynak", or None for the model\'s; got ""')
-        if lebedev_order is not None and _integral("lebedev_order", lebedev_order) <= 0:
+        order = None if lebedev_order is None else _integral("lebedev_order", lebedev_order)
+        if order is not None and order <= 0:
             # A negative order was the runtime's "must be positive, or 0 for the model's", of a 0 that
             # Python refuses (outside probe, Python round forty-nine).
-            raise ValueError(f"lebedev_order must be a Lebedev order (17, 41, 131), or None for the model's; got "
-                             f"{_integral('lebedev_order', lebedev_order)}")
-        if lebedev_order is not None and _integral("lebedev_order", lebedev_order) not in _core.available_lebedev_orders():
+            raise ValueError(f"lebedev_order must be a Lebedev order (17, 41, 131), or None for the model's; got {order}")
+        if order is not None and order not in _core.available_lebedev_orders():
             # Refused here, as dodo.box3d refuses it: an order past the C int's range (2**31, 10**30) reached
             # the binding as a multi-line pybind11 "incompatible constructor arguments" TypeError (outside
             # probe, Python round forty-nine).
-            raise ValueError(f"DODO_ERROR_INVALID_ARGUMENT: Box3D settings: lebedev_order "
-                             f"{_integral('lebedev_order', lebedev_order)} is not available; available orders: "
-                             f"{' '.join(map(str, _core.available_lebedev_orders()))}")
+            raise ValueError(f"DODO_ERROR_INVALID_ARGUMENT: Box3D settings: lebedev_order {order} is not available; "
+                             f"available orders: {' '.join(map(str, _core.available_lebedev_orders()))}")
         # bool("no") is True: a string or number here would silently run (or skip) the self-test.
         if not isinstance(self_test, (bool, np.bool_)):
             raise TypeError(f"self_test must be True or False; got {self_test!r}")
