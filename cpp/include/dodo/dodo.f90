@@ -584,14 +584,40 @@ contains
     if (k == 4) element_bytes = 4
   end function element_bytes
 
-  ! True when an element of a (each of size_a bytes) and one of b share a byte. Sorted copies
-  ! walked together: linear for the sections of a transport code (increasing addresses).
+  ! True when an element of a (each of size_a bytes) and one of b share a byte. Only the spans'
+  ! intersection is looked at: lists in address order (increasing or decreasing: a transport code's
+  ! sections) are walked together, others marked in a bitmap of it (one bit a byte) where that is
+  ! no larger than sorted copies of the lists, and sorted otherwise (sparse sections of a large
+  ! array): linear but for that last case.
   recursive logical function shares(a, size_a, b, size_b)
     integer(c_intptr_t), intent(in) :: a(:), b(:), size_a, size_b
     integer(c_intptr_t), allocatable :: x(:), y(:)
+    integer(c_int64_t), allocatable :: bits(:)
+    integer(c_intptr_t) :: low, high, byte, k
     integer(c_size_t) :: i, j
     shares = .false.
-    if (maxval(a) + size_a <= minval(b) .or. maxval(b) + size_b <= minval(a)) return
+    low = max(minval(a), minval(b))
+    high = min(maxval(a) + size_a, maxval(b) + size_b)
+    if (low >= high) return
+    if (.not. (in_address_order(a) .and. in_address_order(b)) .and. &
+        (high - low) / 8 <= 8 * (size(a, kind=c_intptr_t) + size(b, kind=c_intptr_t))) then
+      allocate(bits(0:(high - low) / 64))
+      bits(:) = 0
+      do i = 1, size(a, kind=c_size_t)
+        do byte = max(a(i), low), min(a(i) + size_a, high) - 1
+          k = byte - low
+          bits(k / 64) = ibset(bits(k / 64), int(mod(k, 64_c_intptr_t)))
+        end do
+      end do
+      do j = 1, size(b, kind=c_size_t)
+        do byte = max(b(j), low), min(b(j) + size_b, high) - 1
+          k = byte - low
+          shares = btest(bits(k / 64), int(mod(k, 64_c_intptr_t)))
+          if (shares) return
+        end do
+      end do
+      return
+    end if
     allocate(x(size(a, kind=c_size_t)), y(size(b, kind=c_size_t)))
     x(:) = a
     y(:) = b
@@ -610,6 +636,20 @@ contains
       end if
     end do
   end function shares
+
+  ! True for addresses strictly increasing or strictly decreasing.
+  recursive logical function in_address_order(x)
+    integer(c_intptr_t), intent(in) :: x(:)
+    integer(c_size_t) :: i
+    logical :: increasing, decreasing
+    increasing = .true.
+    decreasing = .true.
+    do i = 2, size(x, kind=c_size_t)
+      increasing = increasing .and. x(i - 1) < x(i)
+      decreasing = decreasing .and. x(i - 1) > x(i)
+    end do
+    in_address_order = increasing .or. decreasing
+  end function in_address_order
 
   ! Into increasing order: nothing to do for increasing addresses, a reversal for decreasing ones
   ! (F(:, :, n:1:-1) has neither), a heap sort otherwise.
