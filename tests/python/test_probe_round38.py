@@ -11,6 +11,7 @@ non-numeric) `best_val_loss` stopped with a traceback after its first new run.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -244,12 +245,15 @@ def test_export_embeds_as_many_test_vectors_as_asked(tmp_path, capsys, ensemble_
     import dodo
 
     output = tmp_path / "m.onnx"
-    code, _, err = run(capsys, ["export", str(ensemble_run["checkpoint"]), "-o", str(output),
-                                "--test-vectors", str(count)])
+    code, out, err = run(capsys, ["export", str(ensemble_run["checkpoint"]), "-o", str(output),
+                                  "--test-vectors", str(count)])
     assert code == 0, err
     vectors = json.loads(dodo.Closure(str(output)).metadata["dodo.test_vectors"])
-    assert len(vectors["F_init"]) == len(vectors["u"]) == len(vectors["F_pred"]) == count
-    assert sum(u[0] == 1.0 for u in vectors["u"]) == min(count, 2)  # the cells at rest come first
+    # The drawn vectors, then the probe cells of the gate and Box3D settings (probe_vectors.py).
+    drawn, probes = map(int, re.search(r"test vectors: (\d+) drawn \+ (\d+) probes", out).groups())
+    assert drawn == count
+    assert len(vectors["F_init"]) == len(vectors["u"]) == len(vectors["F_pred"]) == count + probes
+    assert sum(u[0] == 1.0 for u in vectors["u"][:count]) == min(count, 2)  # the cells at rest come first
 
 
 def test_learning_curve_keeps_its_table_when_the_plot_cannot_be_written(tmp_path, capsys, monkeypatch, ensemble_run):

@@ -479,7 +479,7 @@ def register(subparsers) -> None:
     p.add_argument("checkpoint", type=input_path)
     p.add_argument("-o", "--output", required=True, type=file_output_path)
     p.add_argument("--no-check", action="store_true", help="skip the torch vs onnxruntime round trip")
-    p.add_argument("--test-vectors", type=int, default=6, help="number of embedded test vectors")
+    p.add_argument("--test-vectors", type=int, default=6, help="number of embedded test vectors drawn (an ensemble adds its probe cells of the gate and Box3D settings: docs/model_package.md)")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP.format(own="model package"))
     p.add_argument("--fused", action="store_true",
                    help="ensemble checkpoints: write the members as one stacked graph (same outputs, a quarter "

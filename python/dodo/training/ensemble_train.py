@@ -1167,6 +1167,7 @@ def export_ensemble(checkpoint_path: str, output: str, n_test_vectors: int = 6, 
     from .. import _core
     from .ensemble import native_network_description
     from .export import IR_VERSION, ExportError, make_test_vectors, metadata_for, roundtrip_check
+    from .probe_vectors import add_probe_vectors
 
     if checkpoint is None:  # `dodo export` passes the file's content, read once
         checkpoint = load_torch_file(checkpoint_path)
@@ -1200,6 +1201,12 @@ def export_ensemble(checkpoint_path: str, output: str, n_test_vectors: int = 6, 
     onnx.checker.check_model(model)
     final_bytes = _core.with_content_digest(model.SerializeToString())
     check_graph_outputs(ensemble, final_bytes)
+    # Probe cells for the gate and Box3D settings (probe_vectors.py): a re-signed edit of them fails
+    # the self-test (outside probes, Python rounds forty-eight and forty-nine).
+    try:
+        final_bytes, probes = add_probe_vectors(final_bytes)
+    except ValueError as error:
+        raise ExportError(f"probe test vectors: {error}") from None
     roundtrip = roundtrip_check(ensemble, final_bytes, test_vectors, box3d_settings) if check else None
     if native is not None:  # the runtime checks its evaluator against the graph while loading
         import dodo
@@ -1214,6 +1221,7 @@ def export_ensemble(checkpoint_path: str, output: str, n_test_vectors: int = 6, 
     else:
         log(f"round trip torch vs onnxruntime: max head difference {roundtrip['max_head_difference']:.2e}; "
             f"test vectors reproduced to {roundtrip['max_test_vector_error_over_ntot']:.2e} N_tot")
+    log(f"test vectors: {len(test_vectors['F_init'])} drawn + {probes['probes']} probes of the gate and Box3D settings")
     form = (f"distilled from {len(ensemble.members)} members into one network" if ensemble.student is not None
             else f"ensemble of {len(ensemble.members)}")
     log(f"wrote {output} (density-residual {form}, {'fused, ' if fused else ''}"

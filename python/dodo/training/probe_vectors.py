@@ -1,0 +1,185 @@
+"""Test vectors that make a package's self-test cover the settings a re-signed edit could change.
+
+A package's self-test (docs/model_package.md) reruns its test vectors at load. The exporter draws
+them among in-distribution crossing cells at moderate flux factors, where the out-of-distribution
+gate is open and Box3D's flux-factor cap never acts: a package re-signed after its gate was
+switched off (precision matrix zeroed, d2_max raised to 1e30) or its Box3D cap lowered loaded as
+tested (outside probes, Python rounds forty-eight and forty-nine). Here each such edit is made on
+a copy of the package (a *mutant*, re-signed as an editor would), and for each one a probe cell is
+chosen whose output it moves by far more than the vectors' tolerance; the probes are appended to
+the package's test vectors, so that a package carrying any of these edits fails its self-test.
+
+Probe cells lie at rest and outside both flavour-image bands (nubar_e above nu_e, tau above mu, by
+more than the band), so the closure's answer is the package's network on the cell itself, which is
+what the self-test evaluates (it runs without the images); ``add_probe_vectors`` checks this by
+loading the result with its self-test and requiring the probes' own error to be zero.
+"""
+from __future__ import annotations
+
+import json
+from typing import Callable
+
+import numpy as np
+
+# A probe must move under its mutant by this many times the test vectors' tolerance.
+KILL_MARGIN = 100.0
+# The flavour-image band's half-width in units of N_tot (flavour_symmetry.hpp kImageBlendWidth),
+# doubled: probes keep clear of it.
+IMAGE_BAND_CLEARANCE = 0.02
+
+
+def _edit_initializer(model, name: str, edit: Callable[[np.ndarray], np.ndarray]) -> bool:
+    from onnx import numpy_helper
+
+    for index, tensor in enumerate(model.graph.initializer):
+        if tensor.name == name:
+            new = numpy_helper.from_array(edit(numpy_helper.to_array(tensor)).astype(numpy_helper.to_array(tensor).dtype),
+                                          name)
+            model.graph.initializer[index].CopyFrom(new)
+            return True
+    return False
+
+
+def _edit_metadata_json(model, key: str, edit: Callable[[dict], None]) -> bool:
+    for entry in model.metadata_props:
+        if entry.key == key:
+            value = json.loads(entry.value)
+            edit(value)
+            entry.value = json.dumps(value)
+            return True
+    return False
+
+
+def _scaled_scalar(model, initializer: str, native_key: str, factor: float) -> bool:
+    """Scales a gate constant in the graph and, where the native network's description repeats it,
+    there too (the loader requires the two to agree)."""
+    if not _edit_initializer(model, initializer, lambda value: value * factor):
+        return False
+
+    def scale(native: dict) -> None:
+        if native_key in native:
+            native[native_key] = float(np.float32(native[native_key] * factor))
+
+    _edit_metadata_json(model, "dodo.native_network", scale)
+    return True
+
+
+def mutants(package: bytes) -> list[tuple[str, bytes]]:
+    """(name, re-signed package bytes) for each edit of a gate or Box3D setting that applies to
+    ``package``; edits the package has no place for are left out."""
+    import onnx
+
+    from .. import _core
+
+    def box3d_cap(value: float):
+        def edit(model):
+            return _edit_metadata_json(model, "dodo.box3d", lambda box: box.__setitem__("max_flux_factor", value))
+        return edit
+
+    edits = [
+        ("the gate's precision matrix zeroed",
+         lambda model: _edit_initializer(model, "ensemble.feature_precision", np.zeros_like)),
+        ("the gate's d2_max raised to 1e30", lambda model: _scaled_scalar(model, "ensemble.d2_max", "d2_max", 1e30)),
+        ("the gate's d2_max doubled", lambda model: _scaled_scalar(model, "ensemble.d2_max", "d2_max", 2.0)),
+        ("the gate's d2_max halved", lambda model: _scaled_scalar(model, "ensemble.d2_max", "d2_max", 0.5)),
+        ("the gate's feature mean shifted", lambda model: _edit_initializer(
+            model, "ensemble.feature_mean", lambda mean: mean + 0.5 * np.abs(mean) + 0.05)),
+        ("Box3D's max_flux_factor lowered to 0.5", box3d_cap(0.5)),
+        ("Box3D's max_flux_factor lowered to 0.9", box3d_cap(0.9)),
+    ]
+    out = []
+    for name, edit in edits:
+        model = onnx.load_from_string(package)
+        if edit(model):
+            out.append((name, _core.with_content_digest(model.SerializeToString())))
+    return out
+
+
+def candidate_cells(n: int = 4000, seed: int = 20261206) -> np.ndarray:
+    """Crossing candidates at rest ([n, 6, 4], units of N_tot ~ 1): random states with flux factors
+    up to 0.97, a quarter of them with species spanning many decades (far from the training data),
+    all with nubar_e > nu_e and tau > mu by more than the image band."""
+    from .synth import random_initial_states
+
+    rng = np.random.default_rng(seed)
+    F = random_initial_states(rng, n, max_flux_factor=0.97, heavy_symmetric=False, scale_min=1.0, scale_max=1.0)
+    far = np.arange(n) % 4 == 0
+    F[far] *= (10.0 ** rng.choice([0, -1, -2, -4, -8], (int(far.sum()), 6)))[..., None]
+    # Outside both image bands: nubar_e denser than nu_e, the tau pair denser than the mu pair.
+    ntot = F[:, :, 0].sum(-1)
+    F[:, 3] *= np.maximum(1.0, (F[:, 0, 0] + 2 * IMAGE_BAND_CLEARANCE * ntot) / F[:, 3, 0])[:, None]
+    ntot = F[:, :, 0].sum(-1)
+    tau, mu = F[:, 2, 0] + F[:, 5, 0], F[:, 1, 0] + F[:, 4, 0]
+    F[:, [2, 5]] *= np.maximum(1.0, (mu + 2 * IMAGE_BAND_CLEARANCE * ntot) / tau)[:, None, None]
+    return F
+
+
+def choose_probes(package: bytes, cells: np.ndarray, atol_over_ntot: float) -> tuple[list[int], dict]:
+    """Indices of probe cells (one per mutant the cells can catch) and, per mutant name, the
+    largest change (units of N_tot) a cell shows under it, or None where the mutant does not load."""
+    import dodo
+
+    reference = dodo.Closure(package, threads=1).apply(cells)
+    ntot = cells[:, :, 0].sum(-1)
+    usable = reference.status == 0  # crossing, nothing flagged: the network's own answer
+    chosen, report = [], {}
+    for name, mutant in mutants(package):
+        try:
+            changed = dodo.Closure(mutant, threads=1, self_test=False).apply(cells)
+        except (RuntimeError, ValueError):
+            report[name] = None  # refused at load already
+            continue
+        change = np.abs(changed.F_pred - reference.F_pred).max(axis=(-1, -2)) / ntot
+        change = np.where(usable & np.isfinite(change), change, 0.0)
+        best = int(np.argmax(change))
+        report[name] = float(change[best])
+        if change[best] > KILL_MARGIN * atol_over_ntot and best not in chosen:
+            chosen.append(best)
+    return chosen, report
+
+
+def add_probe_vectors(package: bytes, cells: np.ndarray | None = None) -> tuple[bytes, dict]:
+    """The package with probe cells appended to its test vectors, re-signed; and a report: per
+    mutant, the largest change a candidate showed and whether the new package's self-test refuses
+    it. Raises ValueError if the probes do not reproduce exactly through the self-test."""
+    import onnx
+
+    import dodo
+
+    from .. import _core
+
+    cells = candidate_cells() if cells is None else cells
+    model = onnx.load_from_string(package)
+    entries = {entry.key: entry for entry in model.metadata_props}
+    vectors = json.loads(entries["dodo.test_vectors"].value)
+    picked, changes = choose_probes(package, cells, vectors["atol_over_ntot"])
+    if not picked:  # no edit applies to this package, or none moves a candidate: nothing to add
+        return package, {"probes": 0, "mutants": {name: {"largest_change_over_ntot": change, "refused": None}
+                                                  for name, change in changes.items()}}
+    probes = cells[picked]
+    result = dodo.Closure(package, threads=1).apply(probes)
+    vectors["F_init"] += probes.tolist()
+    vectors["u"] += [[1.0, 0.0, 0.0, 0.0]] * len(picked)
+    vectors["F_pred"] += result.F_pred.tolist()
+    if "growth_over_ntot" in vectors:
+        vectors["growth_over_ntot"] += result.growth_over_ntot.tolist()
+    if "uncertainty" in vectors:
+        vectors["uncertainty"] += result.uncertainty.tolist()
+    entries["dodo.test_vectors"].value = json.dumps(vectors)
+    new_package = _core.with_content_digest(model.SerializeToString())
+    # The exporter's vectors come from its float64 reference (the evaluator lies ~1e-8 from it);
+    # the probes from this evaluator itself: they must add no error of their own.
+    worst_before = dodo.Closure(package, threads=1).self_test()
+    worst = dodo.Closure(new_package, threads=1).self_test()
+    if worst > worst_before:
+        raise ValueError(f"the probes do not reproduce through the self-test ({worst:.3g} N_tot against "
+                         f"{worst_before:.3g} before them)")
+    report = {}
+    for name, mutant in mutants(new_package):
+        try:
+            dodo.Closure(mutant, threads=1)
+            refused = False
+        except (RuntimeError, ValueError):
+            refused = True
+        report[name] = {"largest_change_over_ntot": changes.get(name), "refused": refused}
+    return new_package, {"probes": len(picked), "mutants": report, "self_test_worst": worst}

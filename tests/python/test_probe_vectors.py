@@ -1,0 +1,95 @@
+"""Probe test vectors: a package re-signed after an edit of its gate or Box3D settings fails its
+self-test (outside probes, Python rounds forty-eight and forty-nine: the default model loaded with
+its gate switched off, precision matrix zeroed or d2_max at 1e30, and with Box3D's flux-factor cap
+lowered, because its test vectors never reached the gate or the cap)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import dodo
+from dodo.training.probe_vectors import add_probe_vectors, mutants
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def default_package() -> bytes:
+    return Path(dodo.models.default_model_path()).read_bytes()
+
+
+def test_every_edit_of_the_shipped_default_fails_its_self_test(default_package):
+    edits = mutants(default_package)
+    names = [name for name, _ in edits]
+    assert any("precision" in name for name in names) and any("1e30" in name for name in names)
+    assert any("max_flux_factor" in name for name in names)
+    for name, package in edits:
+        with pytest.raises(RuntimeError, match="DODO_ERROR_SELF_TEST: self-test failed: test vector"):
+            dodo.Closure(package, threads=1)
+
+
+def test_the_shipped_default_still_passes_its_self_test_on_both_evaluators(default_package):
+    for evaluator, runs in (("auto", "native"), ("onnxruntime", "onnxruntime")):
+        closure = dodo.Closure(default_package, threads=1, evaluator=evaluator)
+        assert closure.evaluator == runs and closure.self_test() < 1e-7
+
+
+def test_probes_change_no_result_and_are_the_network_on_the_cell_itself(default_package):
+    """The probes are the package's own outputs on cells outside the flavour-image bands: the
+    self-test (which runs without the images) reproduces them to the last bit; adding them again
+    leaves every other vector as it was."""
+    vectors = json.loads(dodo.Closure(default_package, threads=1).metadata["dodo.test_vectors"])
+    F, u = np.array(vectors["F_init"]), np.array(vectors["u"])
+    result = dodo.Closure(default_package, threads=1).apply(F, u)
+    probes = slice(6, None)  # the exporter drew 6; the rest are probes (training/models/README.md)
+    assert len(F) > 6
+    assert np.array_equal(result.F_pred[probes], np.array(vectors["F_pred"])[probes])
+    assert np.array_equal(result.uncertainty[probes], np.array(vectors["uncertainty"])[probes])
+
+
+def test_add_probe_vectors_refuses_edits_a_package_accepted_before(default_package):
+    """On a package with the exporter's vectors alone (the default's first six), most edits load;
+    after add_probe_vectors, none does."""
+    import onnx
+
+    from dodo import _core
+
+    model = onnx.load_from_string(default_package)
+    for entry in model.metadata_props:
+        if entry.key == "dodo.test_vectors":
+            vectors = json.loads(entry.value)
+            entry.value = json.dumps({key: value[:6] if isinstance(value, list) else value
+                                      for key, value in vectors.items()})
+    bare = _core.with_content_digest(model.SerializeToString())
+    accepted = []
+    for name, package in mutants(bare):
+        try:
+            dodo.Closure(package, threads=1)
+            accepted.append(name)
+        except RuntimeError:
+            pass
+    assert len(accepted) >= 5, accepted  # the gap the probes close
+    probed, report = add_probe_vectors(bare)
+    assert report["probes"] >= 1 and all(row["refused"] for row in report["mutants"].values()), report
+    assert dodo.Closure(probed, threads=1).self_test() < 1e-7
+
+
+def test_the_tool_writes_a_package_that_refuses_the_edits_and_never_over_its_input(tmp_path, default_package):
+    source = tmp_path / "in.onnx"
+    source.write_bytes(default_package)
+    out = tmp_path / "out.onnx"
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "probe_test_vectors.py"), str(source), "-o", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "of 7 edits now fail its self-test" in done.stdout
+    for _, package in mutants(out.read_bytes()):
+        with pytest.raises(RuntimeError, match="DODO_ERROR_SELF_TEST"):
+            dodo.Closure(package, threads=1)
+    again = subprocess.run([sys.executable, str(ROOT / "tools" / "probe_test_vectors.py"), str(source), "-o",
+                            str(source)], capture_output=True, text=True, timeout=600)
+    assert again.returncode != 0 and source.read_bytes() == default_package

@@ -1,0 +1,58 @@
+"""Append probe cells to a model package's test vectors, so that its self-test catches edits of its
+gate and Box3D settings (no retraining).
+
+    python tools/probe_test_vectors.py PACKAGE.onnx -o NEW.onnx
+
+The exporter's test vectors are in-distribution crossing cells at moderate flux factors, where the
+out-of-distribution gate is open and Box3D's flux-factor cap never acts, so a package re-signed
+after its gate was switched off or moved, or its cap lowered, loaded as tested (outside probes,
+Python rounds forty-eight and forty-nine). This makes each such edit on a copy, picks for each a
+cell whose output it moves by more than 100 times the vectors' tolerance, appends those cells with
+the package's own outputs (dodo/training/probe_vectors.py says how), computes the two digests
+again and checks that the new package refuses every edit. The network, its weights and every other
+metadata entry stay as they were. Written atomically; never over its input. `dodo export` of an
+ensemble adds the same probes. The default model of 2026-12-04 13:42 UTC was edited so
+(training/models/README.md).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("package", help="a model package (.onnx) of dodo train-ensemble / dodo export")
+    parser.add_argument("-o", "--output", required=True, help="the new package")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing model package at OUTPUT")
+    args = parser.parse_args()
+
+    import dodo
+    from dodo._atomic import atomic_path, check_input_file, check_outputs
+    from dodo._output_guard import MODEL_PACKAGE, refuse_replacing
+    from dodo.training.probe_vectors import add_probe_vectors
+
+    try:
+        check_input_file(args.package, "a model package (.onnx)")
+        check_outputs([args.output], [args.package])
+        refuse_replacing(args.output, MODEL_PACKAGE, "tools/probe_test_vectors.py", args.overwrite)
+        with open(args.package, "rb") as handle:
+            package = handle.read()
+        dodo.Closure(package, threads=1)  # the package as it is must load (its digests, its self-test)
+        new_package, report = add_probe_vectors(package)
+    except (OSError, ValueError, RuntimeError) as error:
+        print(f"tools/probe_test_vectors.py: {error}", file=sys.stderr)
+        return 2
+    missed = [name for name, row in report["mutants"].items() if not row["refused"]]
+    with atomic_path(args.output) as tmp:
+        tmp.write_bytes(new_package)
+    print(json.dumps(report, indent=1))
+    print(f"wrote {args.output}: {report['probes']} probe vectors appended; "
+          f"{len(report['mutants']) - len(missed)} of {len(report['mutants'])} edits now fail its self-test"
+          + (f" (not: {', '.join(missed)})" if missed else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
