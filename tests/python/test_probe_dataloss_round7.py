@@ -236,3 +236,40 @@ def test_a_damaged_solver_checkpoint_is_still_called_unreadable(tmp_path):
     (tmp_path / "R.h5.partial.npz").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(campaign.CheckpointMismatchError, match="cannot be read as a checkpoint"):
         campaign._load_checkpoints(str(tmp_path / "R.h5"), "f", np.zeros((2, 6, 4)), {}, print)
+
+
+CHILD_SIGNAL_AT_A_WORKERS_FORK = r"""
+import os, signal, sys
+from dodo.cli import main
+
+sent = []
+
+def signal_during_the_fork():
+    # The job's SIGTERM arriving while a data-loader worker is forked (Python runs the at-fork handlers,
+    # dodo's among them, as Python code); once only.
+    if not sent:
+        sent.append(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+os.register_at_fork(before=signal_during_the_fork)
+code = main(["train", "--config", sys.argv[1]])
+print("sent", bool(sent), "code", code)
+"""
+
+
+def test_a_sigterm_during_a_data_loader_workers_fork_ends_the_run(data):
+    # Before: the handler's exception was raised inside an at-fork handler, where Python swallows it
+    # ("Exception ignored in: <function _release_running_lock_after_fork>"): the SIGTERM was lost and the
+    # run went on to its end (exit 0), or, with dodo's claims lock left held, waited 30 s at every later fork.
+    import subprocess
+    import sys
+
+    root, data_path = data
+    out = root / "forked"
+    config = write_training_config(root / "forked.yaml", data_path, out, data={"num_workers": 2},
+                                   training={"epochs": 3})
+    result = subprocess.run([sys.executable, "-c", CHILD_SIGNAL_AT_A_WORKERS_FORK, str(config)],
+                            capture_output=True, text=True, timeout=600)
+    assert "sent True code 143" in result.stdout, result.stdout + result.stderr
+    assert "dodo train: terminated" in result.stderr and "Exception ignored" not in result.stderr, result.stderr
+    assert not (out / "checkpoints" / "final.pt").exists()

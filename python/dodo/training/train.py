@@ -7,6 +7,8 @@ import errno
 import json
 import math
 import random
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -702,6 +704,54 @@ WORKER_FILE_LIMIT = 256
 WORKER_BATCH_TIMEOUT_S = 600
 
 
+def _terminating_signals() -> list:
+    return [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
+
+
+#: The signals whose Python-level handlers a loader held while it forked its workers (_SignalSafeLoader),
+#: which each worker sets back to Python's own handling (worker_init_fn).
+_HANDLERS_BEFORE_FORK: dict = {}
+
+
+def _restore_signal_handlers_in_worker(worker_id: int) -> None:
+    """worker_init_fn: a worker is forked with Ctrl-C, SIGTERM and SIGHUP held (_SignalSafeLoader); it
+    takes Python's own handling of them back, not the command's: a worker ends quietly (Ctrl-C is torch's
+    KeyboardInterrupt, SIGTERM its default action), and the main process says what ended the run."""
+    for signum in _HANDLERS_BEFORE_FORK:
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+
+
+class _SignalSafeLoader(torch.utils.data.DataLoader):
+    """A DataLoader whose workers are forked with Ctrl-C, SIGTERM and SIGHUP held (their Python handlers
+    replaced by one that notes the signal), the signal that came meanwhile given to its handler once the
+    fork is over. Python runs the at-fork handlers (dodo's claims lock, logging's) as Python code, where
+    the handler's exception was swallowed ("Exception ignored in: _release_running_lock_after_fork"): a
+    SIGTERM to the job's process group (a batch system's cancel) at a worker's fork was lost, the run
+    went on, and the lock that handler should have released stayed held, so every later fork waited 30 s
+    for it (1 group SIGTERM in 10 of `dodo train` with data.num_workers 2; outside probe, data-loss round
+    seven). Blocking the signals would not do: another thread (torch's) takes a signal it does not block,
+    and Python still runs the handler in the main thread."""
+
+    def __iter__(self):
+        if self.num_workers == 0 or threading.current_thread() is not threading.main_thread():
+            return super().__iter__()
+        held: list[int] = []
+        previous = {}
+        try:
+            for signum in _terminating_signals():
+                if callable(signal.getsignal(signum)):
+                    previous[signum] = signal.signal(signum, lambda number, frame: held.append(number))
+            _HANDLERS_BEFORE_FORK.clear()
+            _HANDLERS_BEFORE_FORK.update(previous)
+            iterator = super().__iter__()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        if held:  # its exception, outside the fork; the iterator's workers are shut down when it is dropped
+            previous[held[0]](held[0], None)
+        return iterator
+
+
 def check_worker_file_limit(num_workers: int) -> None:
     """Raises the soft open-file limit to the hard one when workers load the data; a ValueError naming
     data.num_workers and `ulimit -n` where even the hard limit is below WORKER_FILE_LIMIT."""
@@ -844,16 +894,17 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
                       "num_workers": config.data.num_workers, "pin_memory": device.type == "cuda"}
     if config.data.num_workers > 0:
         loader_options["timeout"] = WORKER_BATCH_TIMEOUT_S
+        loader_options["worker_init_fn"] = _restore_signal_handlers_in_worker
     if distribution.enabled:  # the same global batches in every process (one seed); each takes its slice
         global_batches = torch.utils.data.BatchSampler(
             torch.utils.data.RandomSampler(datasets["train"], generator=generator), config.data.batch_size, drop_last)
-        train_loader = torch.utils.data.DataLoader(  # generator: it also draws each epoch's worker seed
+        train_loader = _SignalSafeLoader(  # generator: it also draws each epoch's worker seed
             datasets["train"], batch_sampler=RankBatches(global_batches, distribution), generator=generator,
             **{key: value for key, value in loader_options.items() if key != "batch_size"})
     else:
-        train_loader = torch.utils.data.DataLoader(datasets["train"], shuffle=True, drop_last=drop_last,
-                                                   generator=generator, **loader_options)
-    val_loader = torch.utils.data.DataLoader(datasets["val"], shuffle=False, **loader_options)
+        train_loader = _SignalSafeLoader(datasets["train"], shuffle=True, drop_last=drop_last, generator=generator,
+                                         **loader_options)
+    val_loader = _SignalSafeLoader(datasets["val"], shuffle=False, **loader_options)
 
     closure = build_closure(config.model, mean, std).to(device)
     optimizer = torch.optim.AdamW(closure.parameters(), lr=t.lr, weight_decay=t.weight_decay)
@@ -1033,7 +1084,7 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
     best = load_checkpoint(checkpoint_dir / "best.pt")
     closure.network.load_state_dict(best["model_state"])
     test_name = "test"
-    test_loader = torch.utils.data.DataLoader(datasets[test_name], shuffle=False, **loader_options)
+    test_loader = _SignalSafeLoader(datasets[test_name], shuffle=False, **loader_options)
     test_losses = evaluate_loss(closure, test_loader, config.loss, device)
     # Metrics as the runtime computes them: fp32 network, float64 four-fluxes and head.
     prediction = predict(closure, CellDataset(data_path, splits.get(test_name), target_scale, dtype=torch.float64), device,
