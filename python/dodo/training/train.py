@@ -726,10 +726,9 @@ class _SignalSafeLoader(torch.utils.data.DataLoader):
     replaced by one that notes the signal), the signal that came meanwhile given to its handler once the
     fork is over. Python runs the at-fork handlers (dodo's claims lock, logging's) as Python code, where
     the handler's exception was swallowed ("Exception ignored in: _release_running_lock_after_fork"): a
-    SIGTERM to the job's process group (a batch system's cancel) at a worker's fork was lost, the run
-    went on, and the lock that handler should have released stayed held, so every later fork waited 30 s
-    for it (1 group SIGTERM in 10 of `dodo train` with data.num_workers 2; outside probe, data-loss round
-    seven). Blocking the signals would not do: another thread (torch's) takes a signal it does not block,
+    SIGTERM to the job's process group (a batch system's cancel) at a worker's fork was lost and the run
+    went on training, with the claims lock that handler should have released left held (2 group SIGTERMs
+    in 16 of `dodo train` with data.num_workers 2; outside probe, data-loss round seven). Blocking the signals would not do: another thread (torch's) takes a signal it does not block,
     and Python still runs the handler in the main thread."""
 
     def __iter__(self):
