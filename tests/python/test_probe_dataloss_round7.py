@@ -260,7 +260,7 @@ print("sent", bool(sent), "code", code)
 def test_a_sigterm_during_a_data_loader_workers_fork_ends_the_run(data):
     # Before: the handler's exception was raised inside an at-fork handler, where Python swallows it
     # ("Exception ignored in: <function _release_running_lock_after_fork>"): the SIGTERM was lost and the
-    # run went on to its end (exit 0), or, with dodo's claims lock left held, waited 30 s at every later fork.
+    # run went on to its end (exit 0).
     import subprocess
     import sys
 
