@@ -715,10 +715,14 @@ _HANDLERS_BEFORE_FORK: dict = {}
 
 def _restore_signal_handlers_in_worker(worker_id: int) -> None:
     """worker_init_fn: a worker is forked with Ctrl-C, SIGTERM and SIGHUP held (_SignalSafeLoader); it
-    takes Python's own handling of them back, not the command's: a worker ends quietly (Ctrl-C is torch's
-    KeyboardInterrupt, SIGTERM its default action), and the main process says what ended the run."""
+    ignores them from here on, and the main process, which handles them, shuts it down (torch sends it
+    the end of its work; a worker whose main process is gone ends by itself). A worker that a group's
+    SIGTERM ended first made torch's SIGCHLD handler raise "DataLoader worker (pid N) is killed by signal:
+    Terminated" in the main process while it unwound: that error replaced the signal (`dodo study:
+    error: ...`, exit 2, the run given no row) or followed it as a 22-line traceback (data-loss round
+    seven); with the command's own handler inherited, each worker printed a `_Terminated` traceback."""
     for signum in _HANDLERS_BEFORE_FORK:
-        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+        signal.signal(signum, signal.SIG_IGN)
 
 
 class _SignalSafeLoader(torch.utils.data.DataLoader):
@@ -743,6 +747,12 @@ class _SignalSafeLoader(torch.utils.data.DataLoader):
             _HANDLERS_BEFORE_FORK.clear()
             _HANDLERS_BEFORE_FORK.update(previous)
             iterator = super().__iter__()
+        except BaseException:
+            # A worker the same group signal had killed: torch's SIGCHLD handler raised "DataLoader worker
+            # (pid N) is killed by signal: Terminated" here, and `dodo study` ended with that error (exit 2,
+            # its run given no row) in place of the signal that ended it.
+            if not held:
+                raise
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
