@@ -333,3 +333,30 @@ def test_fortran_sections_sharing_elements_with_another_argument_are_refused(tmp
     ], lines
     assert lines[8:] == ["in-place 0 same T between T", "interleaved 0 same T between T",
                          "interleaved-unordered 0 same T between T"], lines
+
+
+def test_a_build_tree_is_not_offered_as_a_cmake_package(tmp_path):
+    """Before: a configured build of libdodo held build/cpp/src/runtime/DodoConfig.cmake, the config
+    that only works installed, and a host given -DDodo_DIR=<that folder> stopped on "include could
+    not find requested file: .../DodoTargets.cmake" and "Dodo_INCLUDE_DIR does not exist" (round
+    forty's note). Now that config is staged in a folder of its own, so the build folder holds none
+    and CMake's own "Could not find a package configuration file" says what is missing."""
+    from native_build import tool
+
+    cmake = tool("cmake")
+    if not cmake:
+        pytest.skip("cmake is not installed")
+    build = tmp_path / "libdodo"
+    run([cmake, "-S", str(ROOT), "-B", str(build)])
+    runtime = build / "cpp" / "src" / "runtime"
+    assert not (runtime / "DodoConfig.cmake").exists()
+    assert (runtime / "cmake_package_for_install" / "DodoConfig.cmake").is_file()
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "CMakeLists.txt").write_text("cmake_minimum_required(VERSION 3.18)\nproject(Host LANGUAGES C)\n"
+                                         "find_package(Dodo CONFIG REQUIRED)\n")
+    done = subprocess.run([cmake, "-S", str(host), "-B", str(tmp_path / "host_build"), f"-DDodo_DIR={runtime}"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "Could not find a package configuration file" in done.stderr, done.stderr
+    assert "DodoTargets.cmake" not in done.stderr
