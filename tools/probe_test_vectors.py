@@ -5,7 +5,7 @@ gate and Box3D settings (no retraining).
 
 The exporter's test vectors are in-distribution crossing cells at moderate flux factors, where the
 out-of-distribution gate is open and Box3D's flux-factor cap never acts, so a package re-signed
-after its gate was switched off or moved, or its cap lowered, loaded as tested (outside probes,
+after its gate was switched off or moved, or its cap moved, loaded as tested (outside probes,
 Python rounds forty-eight and forty-nine). This makes each such edit on a copy, picks for each a
 cell whose output it moves by more than 100 times the vectors' tolerance, appends those cells with
 the package's own outputs (dodo/training/probe_vectors.py says how), computes the two digests
