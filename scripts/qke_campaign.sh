@@ -33,6 +33,9 @@ run_chunk() {
   local select=()
   [ "$targeted" = targeted ] && select=(--select-by default)
   local out="${DODO_CAMPAIGN_DIR:-data/qke}/${family}_seed${seed}.h5"
+  # A directory named "-x..." made every chunk's output look like an option to dodo simulate (its
+  # usage text, "rerun to retry", which no rerun fixed; data-loss probe, round seven).
+  case "$out" in -*) out="./$out" ;; esac
   if [ -f "$out" ] && "${DODO_VENV:-$root/.venv}/bin/python" -c 'import h5py, sys; sys.exit(0 if h5py.File(sys.argv[1], "r").attrs.get("complete") else 1)' "$out" 2>/dev/null; then
     return 0
   fi

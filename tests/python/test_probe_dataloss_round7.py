@@ -315,3 +315,33 @@ def test_data_loader_workers_leave_a_group_signal_to_the_main_process(data):
                             capture_output=True, text=True, timeout=600)
     assert "workers, alive after SIGTERM (2, 2) code 0" in result.stdout, result.stdout + result.stderr
     assert (out / "checkpoints" / "final.pt").is_file()
+
+
+def test_a_campaign_directory_named_like_an_option_runs_its_chunks(tmp_path):
+    # Before: DODO_CAMPAIGN_DIR=-chunks made every chunk run `dodo simulate -chunks/emu_seed1.h5 ...`,
+    # which argparse took for an option: its usage text, "chunk emu 1 failed ...; rerun to retry", exit
+    # 123, whatever the reruns. The stub `dodo` here fails, as argparse would, on an output path that
+    # begins with '-', and records the path it was given.
+    import os
+    import subprocess
+    import sys
+
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    for name in ("qke_campaign.sh", "own_session.sh"):
+        (repo / "scripts" / name).write_text((Path(__file__).resolve().parents[2] / "scripts" / name).read_text())
+    venv = tmp_path / "venv" / "bin"
+    venv.mkdir(parents=True)
+    log = tmp_path / "outputs.txt"
+    (venv / "dodo").write_text(f'#!/bin/bash\ncase "$2" in -*) echo "usage: dodo simulate OUTPUT" >&2; exit 2 ;; esac\n'
+                               f'echo "$2" >> "{log}"\n')
+    (venv / "python").write_text(f"#!/bin/bash\nexec {sys.executable} \"$@\"\n")
+    for stub in ("dodo", "python"):
+        (venv / stub).chmod(0o755)
+    plan = tmp_path / "plan.txt"
+    plan.write_text("emu 1 2\nmerger 2 2\n")
+    env = dict(os.environ, DODO_VENV=str(venv.parent), DODO_CAMPAIGN_DIR="-chunks")
+    result = subprocess.run(["bash", str(repo / "scripts" / "qke_campaign.sh"), "1", str(plan)], capture_output=True,
+                            text=True, env=env, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0 and "failed" not in result.stderr, result.stderr
+    assert sorted(log.read_text().split()) == ["./-chunks/emu_seed1.h5", "./-chunks/merger_seed2.h5"]
