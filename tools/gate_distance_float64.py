@@ -13,40 +13,31 @@ atomically; never over its input.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
+from package_tool import package_to_edit, package_tool_arguments, write_package
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("package", help="a model package (.onnx) of dodo train-ensemble / dodo export")
-    parser.add_argument("-o", "--output", required=True, help="the new package")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing model package at OUTPUT")
-    args = parser.parse_args()
+    args = package_tool_arguments(__doc__.splitlines()[0])
 
     import onnx
 
     import dodo
     from dodo import _core
-    from dodo._atomic import atomic_path, check_input_file, check_outputs
-    from dodo._output_guard import MODEL_PACKAGE, refuse_replacing
     from dodo.training.gate_graph import distance_in_float64, far_out_probe_cells
 
     try:
-        check_input_file(args.package, "a model package (.onnx)")
-        check_outputs([args.output], [args.package])
-        refuse_replacing(args.output, MODEL_PACKAGE, "tools/gate_distance_float64.py", args.overwrite)
-        dodo.Closure(args.package, threads=1)  # the package as it is must load (its digests, its self-test)
-        model = onnx.load(args.package)
+        package = package_to_edit(args, "tools/gate_distance_float64.py")
+        model = onnx.load_from_string(package)
         if not distance_in_float64(model):
             print(f"{args.package}: no float32 distance of an ensemble's gate in its graph; nothing written",
                   file=sys.stderr)
             return 1
         onnx.checker.check_model(model)
         new_bytes = _core.with_content_digest(model.SerializeToString())
-        before, after = dodo.Closure(args.package, threads=1), dodo.Closure(new_bytes, threads=1)
+        before, after = dodo.Closure(package, threads=1), dodo.Closure(new_bytes, threads=1)
         F = far_out_probe_cells()
         if before.evaluator == "native":
             if after.evaluator != "native" or before.apply(F).F_pred.tobytes() != after.apply(F).F_pred.tobytes():
@@ -57,8 +48,7 @@ def main() -> int:
     except (OSError, ValueError, RuntimeError) as error:
         print(f"tools/gate_distance_float64.py: {error}", file=sys.stderr)
         return 2
-    with atomic_path(args.output) as tmp:
-        tmp.write_bytes(new_bytes)
+    write_package(args.output, new_bytes)
     print(f"wrote {args.output}: the gate's distance in float64; ONNX Runtime against the native evaluator on "
           f"{len(F)} probe cells: {gap:.2e} N_tot at most")
     return 0

@@ -16,37 +16,25 @@ ensemble adds the same probes. The default model of 2026-12-04 13:42 UTC was edi
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
+from package_tool import package_to_edit, package_tool_arguments, write_package
+
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("package", help="a model package (.onnx) of dodo train-ensemble / dodo export")
-    parser.add_argument("-o", "--output", required=True, help="the new package")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing model package at OUTPUT")
-    args = parser.parse_args()
+    args = package_tool_arguments(__doc__.splitlines()[0])
 
-    import dodo
-    from dodo._atomic import atomic_path, check_input_file, check_outputs
-    from dodo._output_guard import MODEL_PACKAGE, refuse_replacing
     from dodo.training.probe_vectors import add_probe_vectors
 
     try:
-        check_input_file(args.package, "a model package (.onnx)")
-        check_outputs([args.output], [args.package])
-        refuse_replacing(args.output, MODEL_PACKAGE, "tools/probe_test_vectors.py", args.overwrite)
-        with open(args.package, "rb") as handle:
-            package = handle.read()
-        dodo.Closure(package, threads=1)  # the package as it is must load (its digests, its self-test)
+        package = package_to_edit(args, "tools/probe_test_vectors.py")
         new_package, report = add_probe_vectors(package)
     except (OSError, ValueError, RuntimeError) as error:
         print(f"tools/probe_test_vectors.py: {error}", file=sys.stderr)
         return 2
     missed = [name for name, row in report["mutants"].items() if not row["refused"]]
-    with atomic_path(args.output) as tmp:
-        tmp.write_bytes(new_package)
+    write_package(args.output, new_package)
     print(json.dumps(report, indent=1))
     print(f"wrote {args.output}: {report['probes']} probe vectors appended; "
           f"{len(report['mutants']) - len(missed)} of {len(report['mutants'])} edits now fail its self-test"

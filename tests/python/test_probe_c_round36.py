@@ -418,11 +418,9 @@ end program host
 """
 
 
-def test_the_documented_fortran_module_library_serves_several_fortran_targets(tmp_path):
-    """docs/runtime.md ("Building against an installed Dodo"): the module compiled once into a
-    library that three Fortran executables link, built in parallel. (Listing
-    ${Dodo_FORTRAN_MODULE_SOURCE} among each executable's sources instead made two rules for one
-    dodo.mod: Ninja "multiple rules generate dodo.mod"; now said in the docs.)"""
+def _build_three_fortran_hosts(tmp_path, setup: str, library: str) -> None:
+    """A CMake project of three Fortran executables (FORTRAN_HOST) that link `library` after `setup`,
+    configured against the installed package, built in parallel and run."""
     from native_build import tool
 
     cmake, gfortran = tool("cmake"), shutil.which("gfortran")
@@ -432,12 +430,9 @@ def test_the_documented_fortran_module_library_serves_several_fortran_targets(tm
     source.mkdir()
     (source / "host.f90").write_text(FORTRAN_HOST)
     (source / "CMakeLists.txt").write_text(
-        "cmake_minimum_required(VERSION 3.18)\nproject(TransportHost LANGUAGES C Fortran)\n"
-        "find_package(Dodo CONFIG REQUIRED)\n"
-        "add_library(dodo_fortran STATIC ${Dodo_FORTRAN_MODULE_SOURCE})\n"
-        "target_link_libraries(dodo_fortran PUBLIC Dodo::dodo)\n"
+        "cmake_minimum_required(VERSION 3.18)\nproject(TransportHost LANGUAGES C Fortran)\n" + setup +
         "foreach(name a b c)\n  add_executable(host_${name} host.f90)\n"
-        "  target_link_libraries(host_${name} PRIVATE dodo_fortran)\nendforeach()\n")
+        f"  target_link_libraries(host_${{name}} PRIVATE {library})\nendforeach()\n")
     build = tmp_path / "build"
     ninja = tool("ninja")
     generator = ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"] if ninja else []
@@ -446,31 +441,22 @@ def test_the_documented_fortran_module_library_serves_several_fortran_targets(tm
     run([cmake, "--build", str(build), "--parallel", "4"])
     for name in "abc":
         assert run_host(build / f"host_{name}", timeout=120) == ["applied"]
+
+
+def test_the_documented_fortran_module_library_serves_several_fortran_targets(tmp_path):
+    """docs/runtime.md ("Building against an installed Dodo"): the module compiled once into a
+    library that three Fortran executables link, built in parallel. (Listing
+    ${Dodo_FORTRAN_MODULE_SOURCE} among each executable's sources instead made two rules for one
+    dodo.mod: Ninja "multiple rules generate dodo.mod"; now said in the docs.)"""
+    _build_three_fortran_hosts(tmp_path, "find_package(Dodo CONFIG REQUIRED)\n"
+                               "add_library(dodo_fortran STATIC ${Dodo_FORTRAN_MODULE_SOURCE})\n"
+                               "target_link_libraries(dodo_fortran PUBLIC Dodo::dodo)\n", "dodo_fortran")
 
 
 def test_the_packages_fortran_target_serves_several_fortran_targets(tmp_path):
     """Dodo::fortran (cmake/DodoConfig.cmake.in, since 2026-12-06; C round forty's open item): a
     Fortran project links it instead of compiling the module itself; three executables in a parallel
     build, find_package called twice (the target made once), the host's flags at -std=f2008."""
-    from native_build import tool
-
-    cmake, gfortran = tool("cmake"), shutil.which("gfortran")
-    if not cmake or not gfortran:
-        pytest.skip("cmake or gfortran is not installed")
-    source = tmp_path / "src"
-    source.mkdir()
-    (source / "host.f90").write_text(FORTRAN_HOST)
-    (source / "CMakeLists.txt").write_text(
-        "cmake_minimum_required(VERSION 3.18)\nproject(TransportHost LANGUAGES C Fortran)\n"
-        "set(CMAKE_Fortran_FLAGS \"${CMAKE_Fortran_FLAGS} -std=f2008\")\n"
-        "find_package(Dodo CONFIG REQUIRED)\nfind_package(Dodo CONFIG REQUIRED)\n"
-        "foreach(name a b c)\n  add_executable(host_${name} host.f90)\n"
-        "  target_link_libraries(host_${name} PRIVATE Dodo::fortran)\nendforeach()\n")
-    build = tmp_path / "build"
-    ninja = tool("ninja")
-    generator = ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"] if ninja else []
-    run([cmake, "-S", str(source), "-B", str(build), *generator,
-         f"-DDodo_DIR={Path(PATHS['lib_dir']) / 'cmake/Dodo'}"])
-    run([cmake, "--build", str(build), "--parallel", "4"])
-    for name in "abc":
-        assert run_host(build / f"host_{name}", timeout=120) == ["applied"]
+    _build_three_fortran_hosts(tmp_path, "set(CMAKE_Fortran_FLAGS \"${CMAKE_Fortran_FLAGS} -std=f2008\")\n"
+                               "find_package(Dodo CONFIG REQUIRED)\nfind_package(Dodo CONFIG REQUIRED)\n",
+                               "Dodo::fortran")

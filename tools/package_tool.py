@@ -1,0 +1,38 @@
+"""What the tools that edit a model package without retraining share: their arguments, the checks
+before any work (the input a readable package that loads with its self-test, the output neither the
+input nor an existing package unless --overwrite), and the atomic write. Used by
+tools/gate_distance_float64.py and tools/probe_test_vectors.py (run as `python tools/NAME.py`, which
+puts this folder on the module path)."""
+from __future__ import annotations
+
+import argparse
+
+
+def package_tool_arguments(description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("package", help="a model package (.onnx) of dodo train-ensemble / dodo export")
+    parser.add_argument("-o", "--output", required=True, help="the new package")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing model package at OUTPUT")
+    return parser.parse_args()
+
+
+def package_to_edit(args: argparse.Namespace, tool: str) -> bytes:
+    """The input package's bytes, after the checks; OSError, ValueError or RuntimeError otherwise."""
+    import dodo
+    from dodo._atomic import check_input_file, check_outputs
+    from dodo._output_guard import MODEL_PACKAGE, refuse_replacing
+
+    check_input_file(args.package, "a model package (.onnx)")
+    check_outputs([args.output], [args.package])
+    refuse_replacing(args.output, MODEL_PACKAGE, tool, args.overwrite)
+    with open(args.package, "rb") as handle:
+        package = handle.read()
+    dodo.Closure(package, threads=1)  # the package as it is must load (its digests, its self-test)
+    return package
+
+
+def write_package(path: str, package: bytes) -> None:
+    from dodo._atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(package)
