@@ -11,6 +11,7 @@ readers; a masked array as out=; Ctrl-C while `python -m dodo.test` or `dodo.qke
 """
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -83,28 +84,35 @@ def test_a_user_block_database_is_still_read_as_data(tmp_path, capsys):
     assert code == 0, err
 
 
-def _resigned_with_edited_box3d(source: Path, target: Path, flux_factor: float) -> None:
-    """``target``: the package at ``source`` with its dodo.box3d max_flux_factor edited, re-signed
-    (both digests recomputed, as dodo._core.with_content_digest does for an edit on purpose)."""
-    import json
-
+def _resigned_with_edited_metadata(source: Path, target: Path, key: str, edit) -> None:
+    """``target``: the package at ``source`` with its metadata entry ``key`` replaced by
+    ``edit(value)``, re-signed (both digests recomputed, as dodo._core.with_content_digest does for an
+    edit on purpose)."""
     import onnx
 
     from dodo import _core
 
     model = onnx.load(str(source))
     for entry in model.metadata_props:
-        if entry.key == "dodo.box3d":
-            settings = json.loads(entry.value)
-            settings["max_flux_factor"] = flux_factor
-            entry.value = json.dumps(settings)
+        if entry.key == key:
+            entry.value = edit(entry.value)
     target.write_bytes(_core.with_content_digest(model.SerializeToString()))
+
+
+def _with_max_flux_factor(value: float):
+    def edit(text: str) -> str:
+        settings = json.loads(text)
+        settings["max_flux_factor"] = value
+        return json.dumps(settings)
+    return edit
 
 
 def test_unpickling_refuses_a_package_whose_metadata_was_edited_and_resigned(tmp_path):
     """Before: the pickle carried the content digest alone, which leaves the metadata out: a closure
     pickled, its package's Box3D settings then edited and re-signed, came back in the worker with
-    max_flux_factor 0.9 instead of 0.98, without a word."""
+    max_flux_factor 0.9 instead of 0.98, without a word. Since 2026-12-06 such an edit fails the
+    package's own self-test (its probe test vectors, docs/model_package.md); the pickle's metadata
+    digest still refuses a re-signed package whose edit changes no output (its export time here)."""
     import pickle
 
     import dodo
@@ -115,8 +123,11 @@ def test_unpickling_refuses_a_package_whose_metadata_was_edited_and_resigned(tmp
     closure = dodo.Closure(str(package), threads=1)
     blob = pickle.dumps(closure)
     assert pickle.loads(blob).box3d_settings == closure.box3d_settings  # unchanged: loads
-    _resigned_with_edited_box3d(default_model_path(), package, 0.9)
-    assert dodo.Closure(str(package), threads=1).box3d_settings["max_flux_factor"] == 0.9  # a valid package
+    _resigned_with_edited_metadata(default_model_path(), package, "dodo.box3d", _with_max_flux_factor(0.9))
+    with pytest.raises(RuntimeError, match="DODO_ERROR_SELF_TEST"):
+        dodo.Closure(str(package), threads=1)
+    _resigned_with_edited_metadata(default_model_path(), package, "dodo.export_time", lambda text: text + " (edited)")
+    assert dodo.Closure(str(package), threads=1).metadata["dodo.export_time"].endswith("(edited)")  # a valid package
     with pytest.raises(ValueError, match=r"not the package the closure was made with \(metadata digest"):
         pickle.loads(blob)
 
