@@ -114,29 +114,76 @@ def _new_running_lock() -> None:
     """A fork child: the parent's other threads, whose calls were running, do not exist in it (their
     claims would refuse its calls for ever), and one of them may have held the lock."""
     global _running_lock
-    _held_for_fork.clear()
+    _fork_hold.forget()
     _running_lock = threading.RLock()
     _running_calls.clear()
+
+
+class _ForkHold:
+    """A lock held by the forking thread across a fork (os.register_at_fork's ``before`` takes a count,
+    ``after_in_parent`` gives it back), robust to a signal handler that raises inside those handlers:
+    Python prints "Exception ignored in ..." and goes on with the fork, the rest of the handler not
+    run. The handlers noted the count in a list after taking it and gave back the list's last entry:
+    a raise between the two (or at the after-handler's first line, where a signal that came during the
+    fork is run) left one count of the lock held by the forking thread for good, and every other
+    thread's call then waited on it (outside probe, Python round fifty; found by data-loss round
+    seven). Now each fork notes the lock's count in its thread *before* it takes one and gives back
+    whatever is above the note, so no step loses a count; a count that an interrupted after-handler
+    left is given back by the thread's next fork. A note is taken as finished where the frame that
+    forked is no longer on the thread's stack or forks again (a fork inside an at-fork handler, whose
+    outer fork is under way, leaves the outer note alone)."""
+
+    def __init__(self, lock_now, timeout_s) -> None:
+        self._lock_now = lock_now  # the lock as it is now: a fork child makes a new one
+        self._timeout_s = timeout_s  # the bound on the wait, read at each fork
+        self._notes: list = []  # (lock, its count in the forking thread before, that thread, frame that forked)
+
+    def before(self) -> None:
+        try:
+            forking = sys._getframe(2)  # the caller of os.fork (the handler's caller is the at-fork wrapper)
+        except ValueError:  # a fork from C with no Python frame above
+            forking = None
+        self.give_back(finished_only=True, forking=forking)
+        lock = self._lock_now()
+        self._notes.append((lock, lock._recursion_count(), threading.get_ident(), forking))
+        lock.acquire(timeout=self._timeout_s())  # bounded: past it the fork goes on, the lock not held
+
+    def after_in_parent(self) -> None:
+        self.give_back(finished_only=False)
+
+    def give_back(self, finished_only: bool, forking=None) -> None:
+        me = threading.get_ident()
+        for note in reversed(list(self._notes)):
+            lock, count, thread, frame = note
+            if thread != me:
+                continue
+            if finished_only and frame is not forking and _on_this_stack(frame):
+                continue  # the fork of an at-fork handler's caller, under way
+            while lock._recursion_count() > count:
+                lock.release()
+            self._notes[:] = [kept for kept in list(self._notes) if kept is not note]
+            if not finished_only:
+                return  # an after-handler gives back its own fork's note, the last one
+
+    def forget(self) -> None:
+        self._notes.clear()
 
 
 #: The lock held by a fork under way: a fork waits for another thread's claim (a few microseconds)
 #: and holds the lock meanwhile, so that an os.register_at_fork(after_in_child=...) handler
 #: registered before dodo was imported, which runs in the child before _new_running_lock, finds it
 #: free (as dodo._closure's cache lock; outside probe "fork, threads and signals", round one).
-_held_for_fork: list = []
+#: Bounded (as dodo._closure's wait for a load): a signal handler that runs while its thread holds
+#: the lock and waits for a fork of another thread (a pool replacing a worker) must not deadlock.
+_fork_hold = _ForkHold(lambda: _running_lock, lambda: 30.0)
 
 
 def _hold_running_lock_for_fork() -> None:
-    # Bounded (as dodo._closure's wait for a load): a signal handler that runs while its thread holds
-    # the lock and waits for a fork of another thread (a pool replacing a worker) must not deadlock.
-    lock = _running_lock
-    if lock.acquire(timeout=30.0):
-        _held_for_fork.append(lock)
+    _fork_hold.before()
 
 
 def _release_running_lock_after_fork() -> None:
-    if _held_for_fork:
-        _held_for_fork.pop().release()
+    _fork_hold.after_in_parent()
 
 
 if hasattr(os, "register_at_fork"):
@@ -380,7 +427,47 @@ def crossing_features(F_init, u=None, lebedev_order: int = DEFAULT_LEBEDEV_ORDER
         return np.asarray(engine.crossing_features(flat_F, flat_u)).reshape(batch + (N_CROSSING_FEATURES,))
 
 
-def _as_real_array(name: str, value, trailing: tuple[int, ...], shape_text: str) -> np.ndarray:
+def _plain_numbers(name: str, value, density: bool):
+    """The numbers of an array that carries a unit (an astropy Quantity, a pint Quantity, a unyt array of
+    yt), or ``value`` itself where it carries none. Such an array was read through its numbers, the unit
+    dropped without a word: F_init in m^-3 gave a growth_rate (which assumes cm^-3) 1e6 too large, one
+    in erg or km/s was computed with (outside probe, Python round fifty). Kept: a unit of factor 1, cm^-3
+    (``density``: F_init) or dimensionless; refused, in one line naming the conversion: any other."""
+    if type(value) is np.ndarray or not (hasattr(value, "unit") or hasattr(value, "units")):
+        return value
+    convert = getattr(value, "m_as", None) or getattr(value, "to_value", None)  # pint; astropy and unyt
+    magnitude = getattr(value, "magnitude", getattr(value, "value", None))
+    unit = getattr(value, "unit", None) if hasattr(value, "unit") else getattr(value, "units", None)
+    if convert is None or unit is None or magnitude is None or callable(magnitude):
+        return value  # not a quantity these libraries make (a unit-less "units" attribute of something else)
+    kind = f"{type(value).__module__}.{type(value).__qualname__}"
+    method = "m_as" if hasattr(value, "m_as") else "to_value"
+    magnitude = np.asarray(magnitude)
+    for target in ("cm**-3", "") if density else ("",):
+        try:
+            numbers = np.asarray(convert(target))
+        except Exception:  # noqa: BLE001 - the library's "not convertible" (UnitConversionError, DimensionalityError)
+            continue
+        if numbers.shape == magnitude.shape and np.array_equal(numbers, magnitude, equal_nan=True):
+            return magnitude  # cm^-3 or plain numbers: the numbers are what dodo computes with
+        if target:
+            shown = np.flatnonzero(np.isfinite(numbers) & (numbers != 0) & np.isfinite(magnitude))
+            factor = (f" a rate {magnitude.flat[shown[0]] / numbers.flat[shown[0]]:.3g} times the true one"
+                      if shown.size else " the wrong rate")
+            raise ValueError(f"{name} is a quantity in {unit} ({kind}): dodo computes with its numbers alone, and "
+                             f"growth_rate (s^-1) assumes number densities in cm^-3, so these numbers would give"
+                             f"{factor}; give {name}.{method}(\"cm**-3\")")
+        break  # a scaled dimensionless unit (percent): which numbers are meant is not known
+    if density:
+        raise ValueError(f"{name} is a quantity in {unit} ({kind}), not a number density in cm^-3 or plain numbers: "
+                         f"F_init holds number densities and number fluxes; give them as {name}.{method}(\"cm**-3\")")
+    raise ValueError(f"{name} is a quantity in {unit} ({kind}): u is the fluid four-velocity in plain numbers "
+                     "(u^t = W, u^i = W v^i / c); give its numbers")
+
+
+def _as_real_array(name: str, value, trailing: tuple[int, ...], shape_text: str, density: Optional[bool] = None) -> np.ndarray:
+    if density is not None:
+        value = _plain_numbers(name, value, density)
     # np.asarray drops a masked array's mask: the masked entries' underlying data (a netCDF fill
     # value, anything) were computed with as if they were values (outside probe, round 22).
     if isinstance(value, np.ma.MaskedArray) and np.ma.is_masked(value):
@@ -520,12 +607,12 @@ def _refuse_beyond_float64(name: str, array: np.ndarray, trailing_axes: int) -> 
 
 def _prepare(F_init, u) -> tuple[np.ndarray, Optional[np.ndarray], tuple[int, ...]]:
     """Flatten to (n, 6, 4) / (n, 4) float64 C-contiguous, checking shapes, dtypes and u."""
-    F = _as_real_array("F_init", F_init, (N_SPECIES, N_COMPONENTS), "(..., 6, 4): species x (t, x, y, z)")
+    F = _as_real_array("F_init", F_init, (N_SPECIES, N_COMPONENTS), "(..., 6, 4): species x (t, x, y, z)", density=True)
     batch = F.shape[:-2]
     flat_F = np.ascontiguousarray(F.reshape((-1, N_SPECIES, N_COMPONENTS)), dtype=np.float64)
     if u is None:
         return flat_F, None, batch
-    velocity = _as_real_array("u", u, (N_COMPONENTS,), "(..., 4): fluid four-velocity (t, x, y, z)")
+    velocity = _as_real_array("u", u, (N_COMPONENTS,), "(..., 4): fluid four-velocity (t, x, y, z)", density=False)
     try:
         velocity = np.broadcast_to(velocity, batch + (N_COMPONENTS,))
     except ValueError:
@@ -833,7 +920,7 @@ def _boost_claimed(F, u, inverse: bool, claim: _claim) -> np.ndarray:
                          "(..., 4); u=None (dodo.box3d's 'input already in the fluid rest frame') means no boost: "
                          "the components are F itself")
     vectors = _as_real_array("F", F, (N_COMPONENTS,), "(..., 4): four-vectors (t, x, y, z)")
-    velocity = _as_real_array("u", u, (N_COMPONENTS,), "(..., 4): fluid four-velocity (t, x, y, z)")
+    velocity = _as_real_array("u", u, (N_COMPONENTS,), "(..., 4): fluid four-velocity (t, x, y, z)", density=False)
     # u in the per-cell form of box3d and invariants, (..., 4) beside cells F (..., 6, 4), would
     # broadcast against F's species axis when the last batch axis happens to be as long (six cells
     # of six species): each species boosted with another cell's velocity, silently.

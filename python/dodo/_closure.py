@@ -22,7 +22,7 @@ from typing import NamedTuple, Optional, Union
 import numpy as np
 
 from . import _core
-from ._box3d import _claim, _empty_result, _flat_outputs, _reduce_result, _result_equality, _integral, _prepare, _real, _text, _threads, _usable_cpus
+from ._box3d import _ForkHold, _claim, _empty_result, _flat_outputs, _reduce_result, _result_equality, _integral, _prepare, _real, _text, _threads, _usable_cpus
 from .conventions import N_COMPONENTS, N_SPECIES
 from .models import default_model_path
 
@@ -192,6 +192,37 @@ def _refuse_a_directory(path: str) -> None:
     it did not say which package the directory holds (outside probe, Python round forty-nine)."""
     raise ModelPathIsADirectoryError(f"DODO_ERROR_FILE: model path {_shown_path(path)} is a directory, not a model "
                                      f"file{directory_hint(path)}")
+
+
+class ModelPathNotARegularFileError(FileNotFoundError):
+    """A FIFO, a device or a socket given as the model. A FileNotFoundError (errno None), the type the
+    runtime's refusal had (tests/python/test_probe_round26.py pins it), now saying which kind of file the
+    path is: "not a regular file (a device, FIFO or socket)" did not say which, of a path that is there
+    (outside probe, Python round fifty)."""
+
+
+def _refuse_a_special_file(path: str) -> None:
+    """The runtime's refusal of a path that is not a regular file (never opened: a FIFO would block),
+    naming what it is and what a user meant by it."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # gone meanwhile, or not to be looked at: the runtime says so
+        return
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return
+    from ._atomic import _file_kind
+
+    kind = _file_kind(mode)
+    if os.path.realpath(path) == os.devnull:
+        hint = (f'; for Box3D without a learned correction give "{BOX3D_ONLY}", for the default model None (on a '
+                "command line: default)")
+    elif stat.S_ISFIFO(mode):
+        hint = ("; the package is read whole and checked before it is used, so a pipe (a shell's <(...), "
+                "a FIFO) is not read: save the package to a file and give that file's path")
+    else:
+        hint = "; give the path of a model package file (dodo export writes one)"
+    raise ModelPathNotARegularFileError(f"DODO_ERROR_FILE: model path {_shown_path(path)} is {kind}, not a regular "
+                                        f"file{hint}")
 
 
 def directory_hint(path: str) -> str:
@@ -457,6 +488,7 @@ class Closure:
                 raise FileNotFoundError(f"model package {model_path!r} does not exist{hint}")
             if os.path.isdir(model_path):
                 _refuse_a_directory(model_path)
+            _refuse_a_special_file(model_path)
             _refuse_known_non_packages(model_path)
         library = onnxruntime_library
         has_model = model_path is not None or model_bytes is not None
@@ -789,8 +821,10 @@ def _new_cache_lock() -> None:
     _cache_lock = threading.RLock()
 
 
-#: The lock held by a fork under way (_hold_cache_lock_for_fork).
-_held_for_fork: list = []
+#: The lock held by a fork under way (_hold_cache_lock_for_fork), waiting at most _FORK_WAIT_FOR_A_LOAD_S.
+_fork_hold = _ForkHold(lambda: _cache_lock, lambda: _FORK_WAIT_FOR_A_LOAD_S)
+
+
 #: Longest a fork waits for a closure that another thread is making (a model load takes well under 1 s).
 _FORK_WAIT_FOR_A_LOAD_S = 30.0
 
@@ -802,19 +836,18 @@ def _hold_cache_lock_for_fork() -> None:
     held (7 forks in 20 while another thread made the first closure; outside probe "fork, threads and
     signals", round one). Held by the forking thread, the copy is that thread's in the child. The
     wait is bounded (a load that never ends, a model on a hung network file system, must not stop
-    every fork of the process): past it the fork goes on as before, the lock not held."""
-    lock = _cache_lock
-    if lock.acquire(timeout=_FORK_WAIT_FOR_A_LOAD_S):
-        _held_for_fork.append(lock)
+    every fork of the process): past it the fork goes on as before, the lock not held. A signal
+    handler that raises in these handlers loses no count of the lock (_box3d._ForkHold; outside
+    probe, Python round fifty)."""
+    _fork_hold.before()
 
 
 def _release_cache_lock_after_fork() -> None:
-    if _held_for_fork:
-        _held_for_fork.pop().release()
+    _fork_hold.after_in_parent()
 
 
 def _new_cache_lock_after_fork() -> None:
-    _held_for_fork.clear()
+    _fork_hold.forget()
     _new_cache_lock()
 
 
