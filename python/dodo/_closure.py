@@ -530,6 +530,10 @@ class Closure:
                 text = re.sub(r"model in memory \(\d+ bytes\)", lambda _: f"model file {_shown_path(model_path)}",
                               str(error), count=1)
                 raise type(error)(text) from None
+            if "ONNXRUNTIME_UNAVAILABLE" in str(error):
+                hint = bare_library_hint(self._library_given or os.environ.get("DODO_ONNXRUNTIME_LIBRARY", ""))
+                if hint:
+                    raise type(error)(f"{error}{hint}") from None
             if isinstance(model, bytes) and len(model) <= 4096 and os.path.exists(model):
                 # os.fsencode(name) is a file's name, but bytes are a package's content: say so.
                 raise type(error)(f"{error}; these {len(model)} bytes name an existing file, but bytes are read "
@@ -753,6 +757,20 @@ def _max_flux_factor(value) -> float:
     if not 0.0 < number < 1.0:
         raise ValueError(f"max_flux_factor must lie in (0, 1), or None for the model's; got {value!r}")
     return number
+
+
+def bare_library_hint(library) -> str:
+    """Where the ONNX Runtime library is named by a bare file name (no '/') that is a file in the current
+    directory, why that file is not the one loaded: dlopen looks a bare name up in the loader's
+    directories only, never in the current directory, so `onnxruntime_library="libonnxruntime.so.1.32.0"`
+    (or the variable) beside the file failed with "cannot open shared object file: No such file or
+    directory" of a file that is right there (outside probe, Python round fifty). '' otherwise."""
+    name = os.fsdecode(library) if isinstance(library, (str, bytes)) else ""
+    if not name or "/" in name or not os.path.isfile(name):
+        return ""
+    return (f" ({_escaped(name)} is a file in the current directory, but a library name without a '/' is looked "
+            "for by the dynamic loader in its directories (LD_LIBRARY_PATH, the system's), never in the current "
+            f"directory: give ./{_escaped(name)} or its absolute path)")
 
 
 def _library_path(library) -> Union[str, bytes]:

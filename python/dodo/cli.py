@@ -77,10 +77,15 @@ def _info(args: argparse.Namespace) -> int:
                 what = f"a symbolic link to {_escaped(os.readlink(library))}, which does not exist"
             except OSError:
                 pass
+        from ._closure import bare_library_hint
+
+        # A bare name that is a file here: the loader never looks in the current directory, so the closure
+        # failed with "No such file" of that file, and info said nothing (outside probe, Python round fifty).
+        bare = bare_library_hint(library)
         paths["onnxruntime_library"] = (
             f"{_escaped(library)} (DODO_ONNXRUNTIME_LIBRARY"
             + (f"; NOT FOUND: {what}, so a closure with a model fails to load it; fix or unset the variable"
-               if missing else "")
+               if missing else f";{bare[:-1].replace(' (', ' ', 1)}" if bare else "")
             + f"; the onnxruntime package's: {paths['onnxruntime_library'] or 'none'})")
     elif not paths["onnxruntime_library"]:  # was a blank after the colon (outside probe, round 30)
         paths["onnxruntime_library"] = ("none found: no onnxruntime package in this Python; a closure then looks "

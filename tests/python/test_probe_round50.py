@@ -229,3 +229,38 @@ def test_a_raising_signal_handler_inside_the_at_fork_handlers_leaves_no_lock_hel
     result = run_child(FORK_HANDLERS_INTERRUPTED, timeout=300)
     line = next((line for line in result.stdout.splitlines() if line.startswith("points")), result.stdout + result.stderr[-3000:])
     assert line.endswith("stuck []") and not line.startswith("points 0 "), line
+
+
+# --- the ONNX Runtime library named by a bare file name beside the user -----------------------------
+
+def test_a_bare_library_name_of_a_file_in_the_current_directory_says_the_loader_never_looks_there(tmp_path):
+    """`dodo.Closure(onnxruntime_library="libonnxruntime.so.1.32.0")` (or the variable) run beside that
+    file: dlopen looks a name without a '/' up in the loader's directories only, and the refusal said
+    "cannot open shared object file: No such file or directory" of a file that is right there. Now it says
+    why and to write ./NAME. (A fresh interpreter: a process that loaded ONNX Runtime keeps it.)"""
+    _needs_runtime()
+    import subprocess
+    import sys
+
+    (tmp_path / "libonnxruntime.so.1.32.0").write_bytes(b"\x7fELF not really")
+    hint = ("libonnxruntime.so.1.32.0 is a file in the current directory, but a library name without a '/' is "
+            "looked for by the dynamic loader in its directories (LD_LIBRARY_PATH, the system's), never in the "
+            "current directory: give ./libonnxruntime.so.1.32.0 or its absolute path")
+    script = "import dodo\ntry:\n    dodo.Closure({})\nexcept RuntimeError as error:\n    print(error)\n"
+    for argument, env in (("onnxruntime_library='libonnxruntime.so.1.32.0'", {}),
+                          ("", {"DODO_ONNXRUNTIME_LIBRARY": "libonnxruntime.so.1.32.0"})):
+        result = subprocess.run([sys.executable, "-c", script.format(argument)], cwd=tmp_path, capture_output=True,
+                                text=True, env={**os.environ, **env}, timeout=300)
+        assert "DODO_ERROR_ONNXRUNTIME_UNAVAILABLE" in result.stdout and hint in result.stdout, result.stdout + result.stderr
+
+
+def test_dodo_info_says_a_bare_library_name_is_not_looked_for_in_the_current_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "libonnxruntime.so.1.32.0").write_bytes(b"\x7fELF not really")
+    monkeypatch.setenv("DODO_ONNXRUNTIME_LIBRARY", "libonnxruntime.so.1.32.0")
+    code, out, _ = run(capsys, ["info"])
+    line = next(line for line in out.splitlines() if line.startswith("onnxruntime_library:"))
+    assert code == 0 and "never in the current directory: give ./libonnxruntime.so.1.32.0" in line, line
+    monkeypatch.setenv("DODO_ONNXRUNTIME_LIBRARY", "libonnxruntime.so.1")  # no such file here: not judged, as before
+    code, out, _ = run(capsys, ["info"])
+    assert "current directory" not in out
