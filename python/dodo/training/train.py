@@ -8,6 +8,7 @@ import json
 import math
 import random
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -702,6 +703,8 @@ def batch_norm_drops_last_batch(config: ExperimentConfig, train_rows: int, world
 # before any work, and WORKER_BATCH_TIMEOUT_S bounds the wait for a batch should a worker still fail.
 WORKER_FILE_LIMIT = 256
 WORKER_BATCH_TIMEOUT_S = 600
+#: Longest wait for each worker to end once a loop is left early (torch's own wait: MP_STATUS_CHECK_INTERVAL).
+WORKER_SHUTDOWN_WAIT_S = 5.0
 
 
 def _terminating_signals() -> list:
@@ -723,6 +726,52 @@ def _restore_signal_handlers_in_worker(worker_id: int) -> None:
     seven); with the command's own handler inherited, each worker printed a `_Terminated` traceback."""
     for signum in _HANDLERS_BEFORE_FORK:
         signal.signal(signum, signal.SIG_IGN)
+    sys.excepthook = _quiet_about_abandoned_handovers(sys.excepthook)
+
+
+def _quiet_about_abandoned_handovers(hook):
+    """A worker's sys.excepthook that says nothing of a batch whose hand-over the main process abandoned:
+    a worker passes each batch's tensors through file descriptors, served by multiprocessing's
+    resource_sharer thread, which reported the main process's dropped connection (EOFError,
+    ConnectionResetError) as a traceback after `dodo train: terminated` (3 group signals in 10, and a
+    worker SIGKILLed alone 1 time in 4; outside probe, data-loss rounds seven and eight). The main
+    process raises its own error where it still waits for that batch."""
+
+    def excepthook(kind, value, traceback):
+        first = traceback
+        if (issubclass(kind, (EOFError, ConnectionError)) and first is not None
+                and first.tb_frame.f_code.co_name == "_serve"
+                and first.tb_frame.f_code.co_filename.endswith("resource_sharer.py")):
+            return
+        hook(kind, value, traceback)
+
+    return excepthook
+
+
+def _shut_down_workers_quietly(iterator) -> None:
+    """Ends a loader iterator's workers on the way out of an exception (a signal, an error), where a
+    worker that had died too (the group's SIGTERM in the moment before it ignored it, the OOM killer)
+    made torch's SIGCHLD handler raise "DataLoader worker (pid N) is killed by signal" inside the
+    iterator's __del__: a 20-line "Exception ignored" traceback after `dodo train: terminated` (outside
+    probe, data-loss round eight). The exception on its way out says what ended the run."""
+    try:
+        iterator._shutdown_workers()
+    except RuntimeError as error:
+        if "DataLoader worker" not in str(error):
+            raise
+        for worker in getattr(iterator, "_workers", []):  # the joins that error cut short; each was sent its end
+            worker.join(timeout=WORKER_SHUTDOWN_WAIT_S)
+
+
+def _batches_then_shut_down(iterator):
+    """The iterator's batches; its workers shut down quietly if the loop is left early."""
+    finished = False
+    try:
+        yield from iterator
+        finished = True
+    finally:
+        if not finished:
+            _shut_down_workers_quietly(iterator)
 
 
 class _SignalSafeLoader(torch.utils.data.DataLoader):
@@ -740,6 +789,7 @@ class _SignalSafeLoader(torch.utils.data.DataLoader):
             return super().__iter__()
         held: list[int] = []
         previous = {}
+        iterator = None
         try:
             for signum in _terminating_signals():
                 if callable(signal.getsignal(signum)):
@@ -756,9 +806,11 @@ class _SignalSafeLoader(torch.utils.data.DataLoader):
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-        if held:  # its exception, outside the fork; the iterator's workers are shut down when it is dropped
+        if held:  # its exception, outside the fork
+            if iterator is not None:
+                _shut_down_workers_quietly(iterator)
             previous[held[0]](held[0], None)
-        return iterator
+        return _batches_then_shut_down(iterator)
 
 
 def check_worker_file_limit(num_workers: int) -> None:
