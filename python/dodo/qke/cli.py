@@ -363,11 +363,20 @@ def refuse_complete_database(path: str, linear_only: bool = False) -> None:
     try:
         with h5py.File(path, "r") as handle:
             attrs = dict(handle.attrs)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, MemoryError) as error:
         if held_open_for_writing(error):  # was "not a dodo simulate database ... or --overwrite"
             raise ValueError(f"{path} exists and another process has it open for writing (HDF5 file lock: "
                              f"{' '.join(str(error).split())}): it is not replaced; wait until that process closes "
                              "it, or give another OUT") from None
+        from .campaign import _SYSTEM_READ_ERRNOS
+
+        if isinstance(error, MemoryError) or getattr(error, "errno", None) in _SYSTEM_READ_ERRNOS:
+            # A read the system failed (too many open files, an I/O error, no permission) says nothing about
+            # the file: a good database was called "not a dodo simulate database ... or --overwrite to
+            # replace it" (outside probe, data-loss round eight; h5py's open names the errno).
+            raise OSError(f"{path} could not be read ({type(error).__name__}: {' '.join(str(error).split())}); this "
+                          "says nothing about the file, which is left as it is: rerun the same command once the cause "
+                          "is gone (too many open files: ulimit -n; an I/O error; no permission; no memory)") from None
         raise ValueError(f"{path} exists and is not a dodo simulate database (it cannot be read as HDF5: "
                          f"{' '.join(str(error).split())}): it is not replaced; give another OUT, or --overwrite to "
                          "replace it") from None

@@ -24,8 +24,8 @@ from typing import Callable
 import numpy as np
 
 from .._atomic import atomic_hdf5
-from .campaign import (CheckpointMismatchError, density_scale_failure, no_valid_state, reconstruction_failure,
-                       relative_cost, reproduction_provenance)
+from .campaign import (_SYSTEM_READ_ERRNOS, CheckpointMismatchError, density_scale_failure, no_valid_state,
+                       reconstruction_failure, relative_cost, reproduction_provenance)
 from .directions import uniform_sphere
 from .io import attribute_value, species_to_emu
 from .solver import SolverConfig
@@ -39,6 +39,12 @@ def _fingerprint(four_flux: np.ndarray, settings: dict) -> str:
     digest = hashlib.sha256(np.ascontiguousarray(four_flux, dtype=float).tobytes())
     digest.update(json.dumps(settings, sort_keys=True).encode())
     return digest.hexdigest()
+
+
+def _unreadable_label_file(output: str, error: BaseException) -> CheckpointMismatchError:
+    return CheckpointMismatchError(
+        f"{output} exists but cannot be read as a growth-label file ({' '.join(str(error).split())}); it is left "
+        "untouched: remove it or choose another output file")
 
 
 def _resume(output: str, fingerprint: str, report: Callable[[str], None]) -> dict | None:
@@ -62,10 +68,18 @@ def _resume(output: str, fingerprint: str, report: Callable[[str], None]) -> dic
                 rows = {"processed": int(f.attrs["nstates_processed"]), "dropped": json.loads(f.attrs["dropped"]),
                         "input_index": f["input_index"][()], "linear_growth_rate": f["linear_growthRate_box(1|s)"][()],
                         "rotation": f["rotation_R"][()], "box_length_cm": f["box_length_cm"][()]}
-    except (OSError, KeyError, TypeError, ValueError) as error:  # TypeError: int() of an attribute of two values
-        raise CheckpointMismatchError(
-            f"{output} exists but cannot be read as a growth-label file ({' '.join(str(error).split())}); it is left "
-            "untouched: remove it or choose another output file") from None
+    except (OSError, MemoryError) as error:
+        if isinstance(error, MemoryError) or error.errno in _SYSTEM_READ_ERRNOS:
+            # A read the system failed (too many open files, an I/O error, no permission, no memory) says
+            # nothing about the file; it was called unreadable, with "remove it" as the way on, the labels
+            # done lost (outside probe, data-loss round eight). h5py's open names the errno.
+            raise OSError(f"{output} could not be read ({type(error).__name__}: {' '.join(str(error).split())}); "
+                          "this says nothing about the file, which is left as it is: rerun the same command once the "
+                          "cause is gone (too many open files: ulimit -n; an I/O error; no permission; no memory) to "
+                          "resume from it") from None
+        raise _unreadable_label_file(output, error) from None
+    except (KeyError, TypeError, ValueError) as error:  # TypeError: int() of an attribute of two values
+        raise _unreadable_label_file(output, error) from None
     if not same:
         if not complete and full_run:  # was called "an unfinished growth-label file" (outside probe, round 23)
             raise CheckpointMismatchError(

@@ -1,0 +1,172 @@
+"""Outside probe, data-loss, hang and signal round eight (docs/reliability_python.md section 85).
+
+An unfinished growth-label file (`dodo simulate OUT --linear-only`, whose output is its own checkpoint)
+whose read the system failed (too many open files, an I/O error, no permission) was called "cannot be
+read as a growth-label file ...: remove it": the way on offered deleted the labels done.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+h5py = pytest.importorskip("h5py")
+
+from cli_helpers import interrupted_linear_only_run, run  # noqa: E402
+
+SMALL = ["--family", "emu", "--seed", "1", "--ncell", "16", "--nphi", "8"]
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def failing_open_of(path: Path, error: BaseException, monkeypatch):
+    """h5py.File fails with ``error`` for ``path`` (a read the system failed); other files open."""
+    real = h5py.File
+
+    def open_(name, *args, **kwargs):
+        if str(name) == str(path):
+            raise error
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(h5py, "File", open_)
+
+
+SYSTEM_ERRORS = [OSError(errno.EMFILE, "Unable to synchronously open file (errno = 24, error message = 'Too many open "
+                         "files')"),
+                 OSError(errno.EACCES, "Unable to synchronously open file (errno = 13)"),
+                 MemoryError()]
+
+
+@pytest.mark.parametrize("complete", [False, True], ids=["unfinished", "complete"])
+@pytest.mark.parametrize("error", SYSTEM_ERRORS, ids=["EMFILE", "EACCES", "nomemory"])
+def test_a_database_the_system_failed_to_read_is_not_called_another_programs_file(tmp_path, capsys, monkeypatch,
+                                                                               error, complete):
+    # Before (shown for real with all but one descriptor in use): "dodo simulate: error: OUT exists and is
+    # not a dodo simulate database (it cannot be read as HDF5: [Errno 24] ... Too many open files): it is not
+    # replaced; give another OUT, or --overwrite to replace it" -- about a good database, whose labels (or
+    # states) --overwrite would have destroyed.
+    output = tmp_path / "labels.h5"
+    interrupted_linear_only_run(capsys, monkeypatch, output, SMALL)
+    if complete:
+        assert run(capsys, ["simulate", str(output), "--random", "4", "--linear-only", *SMALL])[0] == 0
+    before = md5(output)
+    failing_open_of(output, error, monkeypatch)
+    code, _, err = run(capsys, ["simulate", str(output), "--random", "4", "--linear-only", *SMALL])
+    assert code == 2
+    assert "could not be read" in err and "left as it is" in err and "rerun the same command" in err, err
+    assert "--overwrite" not in err and "not a dodo simulate database" not in err and "Traceback" not in err, err
+    assert md5(output) == before
+    monkeypatch.undo()
+    if not complete:  # once the cause is gone the same command resumes from it
+        code, _, err = run(capsys, ["simulate", str(output), "--random", "4", "--linear-only", *SMALL])
+        assert code == 0 and "resuming: 2 states" in err, err
+
+
+@pytest.mark.parametrize("error", SYSTEM_ERRORS, ids=["EMFILE", "EACCES", "nomemory"])
+def test_an_unfinished_label_file_the_system_failed_to_read_is_not_called_unreadable(tmp_path, capsys, monkeypatch,
+                                                                                   error):
+    # The label run's own read of its checkpoint (after the command's check of OUT had read it: a failure
+    # of the moment, or an API caller). Before: "OUT exists but cannot be read as a growth-label file
+    # ([Errno 24] ...); it is left untouched: remove it or choose another output file".
+    import numpy as np
+
+    from dodo.qke.growth_labels import linear_growth_labels
+    from dodo.qke.solver import SolverConfig
+    from dodo.qke.states import family_states
+
+    output = tmp_path / "labels.h5"
+    interrupted_linear_only_run(capsys, monkeypatch, output, SMALL)
+    before = md5(output)
+    failing_open_of(output, error, monkeypatch)
+    states = family_states("emu", 4, np.random.default_rng(1))
+    with pytest.raises(OSError) as raised:
+        linear_growth_labels(states, str(output), SolverConfig(ncell=16, nphi_equator=8), report=lambda m: None)
+    message = str(raised.value)
+    assert "could not be read" in message and "left as it is" in message and "remove it" not in message, message
+    assert md5(output) == before
+
+
+def test_a_damaged_label_file_is_still_called_unreadable(tmp_path, capsys, monkeypatch):
+    # Guard: a file whose bytes are not HDF5 keeps its message (not a database; give another OUT or --overwrite).
+    output = tmp_path / "labels.h5"
+    interrupted_linear_only_run(capsys, monkeypatch, output, SMALL)
+    output.write_bytes(output.read_bytes()[:300])
+    before = md5(output)
+    code, _, err = run(capsys, ["simulate", str(output), "--random", "4", "--linear-only", *SMALL])
+    assert code == 2 and md5(output) == before
+    assert "not a dodo simulate database (it cannot be read as HDF5" in err and "--overwrite" in err, err
+
+
+def run_child(code: str) -> subprocess.CompletedProcess:
+    """``code`` in a child interpreter (hang guard of minutes)."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300)
+
+
+def test_a_worker_says_nothing_of_a_batch_handover_the_main_process_abandoned():
+    # `dodo train` with data.num_workers 2, SIGTERM to its process group: after `dodo train: terminated`
+    # (143, files safe) a worker printed "Traceback ... multiprocessing/resource_sharer.py, in _serve ...
+    # EOFError" (or ConnectionResetError: [Errno 104]), 2 runs in 30: the main process had dropped the
+    # connection of the batch it was receiving. Here that connection is dropped by hand in a process set
+    # up as a worker is (its worker_init_fn).
+    pytest.importorskip("torch")
+    result = run_child("""
+        import os, sys, time
+        from multiprocessing import connection, process, resource_sharer
+        from dodo.training import train
+        train._restore_signal_handlers_in_worker(0)
+        shared = resource_sharer.DupFd(os.open(os.devnull, os.O_RDONLY))
+        address, key = shared._id
+        connection.Client(address, authkey=process.current_process().authkey).close()  # no request sent
+        time.sleep(2)
+        sys.stderr.write("served\\n")
+        raise ValueError("any other error is still reported")
+    """)
+    assert "served" in result.stderr, result.stderr
+    assert "resource_sharer" not in result.stderr and "EOFError" not in result.stderr, result.stderr
+    assert result.returncode == 1 and "ValueError: any other error is still reported" in result.stderr
+
+
+def test_a_worker_dead_too_when_a_signal_ends_the_loop_prints_no_traceback():
+    # A group SIGTERM also reaching a worker in the moment before it ignores it (torch's own SIGTERM
+    # handler in the worker re-raises it): torch's SIGCHLD handler raised "DataLoader worker (pid N) is
+    # killed by signal" inside the iterator's __del__, 20 lines of "Exception ignored in: <function
+    # _MultiProcessingDataLoaderIter.__del__>" after `dodo train: terminated` (1 run in 16). Here the
+    # worker is killed by hand with the SIGCHLD handler held, then a Ctrl-C ends the loop.
+    pytest.importorskip("torch")
+    result = run_child("""
+        import multiprocessing, os, signal, sys, time
+        import torch
+        from dodo.training import train
+        data = torch.utils.data.TensorDataset(torch.arange(256.0))
+        loader = train._SignalSafeLoader(data, batch_size=4, num_workers=2,
+                                         worker_init_fn=train._restore_signal_handlers_in_worker)
+        def running(pid):  # not ended (a zombie has ended)
+            try:
+                with open(f"/proc/{pid}/stat") as stat:
+                    return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+            except OSError:
+                return False
+
+        try:
+            for batch in loader:
+                workers = [process.pid for process in multiprocessing.active_children()]
+                victim = max(multiprocessing.active_children(), key=lambda process: process.name)
+                held = signal.signal(signal.SIGCHLD, lambda number, frame: None)
+                os.kill(victim.pid, signal.SIGKILL)
+                time.sleep(1)
+                signal.signal(signal.SIGCHLD, held)
+                raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            sys.stderr.write("interrupted\\n")
+        sys.stderr.write("running: %d\\n" % sum(map(running, workers)))
+    """)
+    assert result.returncode == 0 and "interrupted" in result.stderr, result.stderr
+    assert "Exception ignored" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert "running: 0" in result.stderr, result.stderr
