@@ -31,8 +31,9 @@
 !                               "$<$<Fortran_COMPILER_ID:GNU>:-std=f2018>")
 ! (set in the directory that adds the module's library; the option comes after the host's flags).
 ! A host whose flags hold -fno-automatic (gfortran): the module's calls work under it, but gfortran
-! 12 then returns dodo_get_metadata, dodo_version_string and dodo_default_model_path as "" (it
-! drops a deferred-length function result's length): add -fautomatic above ("...:-std=f2018;-fautomatic>").
+! 12 then returns dodo_get_metadata, dodo_version_string, dodo_build_id_string and
+! dodo_default_model_path as "" (it drops a deferred-length function result's length): add
+! -fautomatic above ("...:-std=f2018;-fautomatic>").
 module dodo
   use, intrinsic :: iso_c_binding, only: c_ptr, c_null_ptr, c_null_char, c_char, c_int, c_double, c_size_t, &
                                          c_int8_t, c_int32_t, c_int64_t, c_long, c_associated, c_loc, c_f_pointer, &
@@ -42,7 +43,8 @@ module dodo
 
   public :: dodo_closure, dodo_counters
   public :: dodo_create, dodo_create_from_memory, dodo_destroy, dodo_apply, dodo_self_test, dodo_get_counters, &
-            dodo_reset_counters, dodo_has_model, dodo_get_metadata, dodo_version_string, dodo_default_model_path
+            dodo_reset_counters, dodo_has_model, dodo_get_metadata, dodo_version_string, dodo_default_model_path, &
+            dodo_build_id_string
   public :: c_double, c_int8_t, c_int32_t
 
   ! Model path meaning Box3D alone (dodo.h DODO_BOX3D_ONLY).
@@ -161,6 +163,10 @@ module dodo
     function c_version() bind(c, name="dodo_version")
       import :: c_ptr
       type(c_ptr) :: c_version
+    end function
+    function c_build_id() bind(c, name="dodo_build_id")
+      import :: c_ptr
+      type(c_ptr) :: c_build_id
     end function
     function c_default_model_path() bind(c, name="dodo_default_model_path")
       import :: c_ptr
@@ -525,12 +531,12 @@ contains
     if (given(5)) copied(5) = .not. is_contiguous(growth_rate)
     if (given(6)) copied(6) = .not. is_contiguous(uncertainty)
     if (.not. any(copied)) return
-    call real_addresses(F_init, lists(1)%at)
-    call real_addresses(F_pred, lists(2)%at)
-    if (given(3)) call real_addresses(u, lists(3)%at)
-    if (given(4)) call int32_addresses(cell_status, lists(4)%at)
-    if (given(5)) call real_addresses(growth_rate, lists(5)%at)
-    if (given(6)) call real_addresses(uncertainty, lists(6)%at)
+    call element_addresses(F_init, lists(1)%at)
+    call element_addresses(F_pred, lists(2)%at)
+    if (given(3)) call element_addresses(u, lists(3)%at)
+    if (given(4)) call element_addresses(cell_status, lists(4)%at)
+    if (given(5)) call element_addresses(growth_rate, lists(5)%at)
+    if (given(6)) call element_addresses(uncertainty, lists(6)%at)
     do k = 1, 14
       call overlap_pair(k, i, j)
       if (.not. (given(i) .and. given(j))) cycle
@@ -709,8 +715,8 @@ contains
   ! of x's size is made (an elemental function's result array was one, which -Ofast's
   ! -fstack-arrays put on the stack: round thirty-nine's 100,000-cell section overflowed 8 MiB).
   ! Every rank a Fortran array may have (15), and a scalar.
-  recursive subroutine real_addresses(x, at)
-    real(c_double), intent(in), target :: x(..)
+  recursive subroutine element_addresses(x, at)
+    class(*), intent(in), target :: x(..)
     integer(c_intptr_t), allocatable, target, intent(out) :: at(:)
     integer(c_intptr_t), pointer :: at2(:, :)
     integer(c_intptr_t), pointer :: at3(:, :, :)
@@ -728,74 +734,42 @@ contains
     integer(c_intptr_t), pointer :: at15(:, :, :, :, :, :, :, :, :, :, :, :, :, :, :)
     allocate(at(size(x, kind=c_size_t)))
     select rank (x)
-    rank (0); call real_address(x, at(1))
-    rank (1); call real_address(x, at)
-    rank (2); call c_f_pointer(c_loc(at), at2, shape(x)); call real_address(x, at2)
-    rank (3); call c_f_pointer(c_loc(at), at3, shape(x)); call real_address(x, at3)
-    rank (4); call c_f_pointer(c_loc(at), at4, shape(x)); call real_address(x, at4)
-    rank (5); call c_f_pointer(c_loc(at), at5, shape(x)); call real_address(x, at5)
-    rank (6); call c_f_pointer(c_loc(at), at6, shape(x)); call real_address(x, at6)
-    rank (7); call c_f_pointer(c_loc(at), at7, shape(x)); call real_address(x, at7)
-    rank (8); call c_f_pointer(c_loc(at), at8, shape(x)); call real_address(x, at8)
-    rank (9); call c_f_pointer(c_loc(at), at9, shape(x)); call real_address(x, at9)
-    rank (10); call c_f_pointer(c_loc(at), at10, shape(x)); call real_address(x, at10)
-    rank (11); call c_f_pointer(c_loc(at), at11, shape(x)); call real_address(x, at11)
-    rank (12); call c_f_pointer(c_loc(at), at12, shape(x)); call real_address(x, at12)
-    rank (13); call c_f_pointer(c_loc(at), at13, shape(x)); call real_address(x, at13)
-    rank (14); call c_f_pointer(c_loc(at), at14, shape(x)); call real_address(x, at14)
-    rank (15); call c_f_pointer(c_loc(at), at15, shape(x)); call real_address(x, at15)
+    rank (0); call element_address(x, at(1))
+    rank (1); call element_address(x, at)
+    rank (2); call c_f_pointer(c_loc(at), at2, shape(x)); call element_address(x, at2)
+    rank (3); call c_f_pointer(c_loc(at), at3, shape(x)); call element_address(x, at3)
+    rank (4); call c_f_pointer(c_loc(at), at4, shape(x)); call element_address(x, at4)
+    rank (5); call c_f_pointer(c_loc(at), at5, shape(x)); call element_address(x, at5)
+    rank (6); call c_f_pointer(c_loc(at), at6, shape(x)); call element_address(x, at6)
+    rank (7); call c_f_pointer(c_loc(at), at7, shape(x)); call element_address(x, at7)
+    rank (8); call c_f_pointer(c_loc(at), at8, shape(x)); call element_address(x, at8)
+    rank (9); call c_f_pointer(c_loc(at), at9, shape(x)); call element_address(x, at9)
+    rank (10); call c_f_pointer(c_loc(at), at10, shape(x)); call element_address(x, at10)
+    rank (11); call c_f_pointer(c_loc(at), at11, shape(x)); call element_address(x, at11)
+    rank (12); call c_f_pointer(c_loc(at), at12, shape(x)); call element_address(x, at12)
+    rank (13); call c_f_pointer(c_loc(at), at13, shape(x)); call element_address(x, at13)
+    rank (14); call c_f_pointer(c_loc(at), at14, shape(x)); call element_address(x, at14)
+    rank (15); call c_f_pointer(c_loc(at), at15, shape(x)); call element_address(x, at15)
     end select
-  end subroutine real_addresses
+  end subroutine element_addresses
 
-  recursive subroutine int32_addresses(x, at)
-    integer(c_int32_t), intent(in), target :: x(..)
-    integer(c_intptr_t), allocatable, target, intent(out) :: at(:)
-    integer(c_intptr_t), pointer :: at2(:, :)
-    integer(c_intptr_t), pointer :: at3(:, :, :)
-    integer(c_intptr_t), pointer :: at4(:, :, :, :)
-    integer(c_intptr_t), pointer :: at5(:, :, :, :, :)
-    integer(c_intptr_t), pointer :: at6(:, :, :, :, :, :)
-    integer(c_intptr_t), pointer :: at7(:, :, :, :, :, :, :)
-    integer(c_intptr_t), pointer :: at8(:, :, :, :, :, :, :, :)
-    integer(c_intptr_t), pointer :: at9(:, :, :, :, :, :, :, :, :)
-    integer(c_intptr_t), pointer :: at10(:, :, :, :, :, :, :, :, :, :)
-    integer(c_intptr_t), pointer :: at11(:, :, :, :, :, :, :, :, :, :, :)
-    integer(c_intptr_t), pointer :: at12(:, :, :, :, :, :, :, :, :, :, :, :)
-    integer(c_intptr_t), pointer :: at13(:, :, :, :, :, :, :, :, :, :, :, :, :)
-    integer(c_intptr_t), pointer :: at14(:, :, :, :, :, :, :, :, :, :, :, :, :, :)
-    integer(c_intptr_t), pointer :: at15(:, :, :, :, :, :, :, :, :, :, :, :, :, :, :)
-    allocate(at(size(x, kind=c_size_t)))
-    select rank (x)
-    rank (0); call int32_address(x, at(1))
-    rank (1); call int32_address(x, at)
-    rank (2); call c_f_pointer(c_loc(at), at2, shape(x)); call int32_address(x, at2)
-    rank (3); call c_f_pointer(c_loc(at), at3, shape(x)); call int32_address(x, at3)
-    rank (4); call c_f_pointer(c_loc(at), at4, shape(x)); call int32_address(x, at4)
-    rank (5); call c_f_pointer(c_loc(at), at5, shape(x)); call int32_address(x, at5)
-    rank (6); call c_f_pointer(c_loc(at), at6, shape(x)); call int32_address(x, at6)
-    rank (7); call c_f_pointer(c_loc(at), at7, shape(x)); call int32_address(x, at7)
-    rank (8); call c_f_pointer(c_loc(at), at8, shape(x)); call int32_address(x, at8)
-    rank (9); call c_f_pointer(c_loc(at), at9, shape(x)); call int32_address(x, at9)
-    rank (10); call c_f_pointer(c_loc(at), at10, shape(x)); call int32_address(x, at10)
-    rank (11); call c_f_pointer(c_loc(at), at11, shape(x)); call int32_address(x, at11)
-    rank (12); call c_f_pointer(c_loc(at), at12, shape(x)); call int32_address(x, at12)
-    rank (13); call c_f_pointer(c_loc(at), at13, shape(x)); call int32_address(x, at13)
-    rank (14); call c_f_pointer(c_loc(at), at14, shape(x)); call int32_address(x, at14)
-    rank (15); call c_f_pointer(c_loc(at), at15, shape(x)); call int32_address(x, at15)
+  ! One element's address, of either type the lists are made of (a double of the four-fluxes, u and
+  ! the diagnostics, an int32 of cell_status); x and v are unlimited polymorphic, so one list maker
+  ! serves both (it was written out twice, real_addresses and int32_addresses; C round forty-one).
+  ! C_LOC takes the nonpolymorphic name of a TYPE IS block. No other type is passed (the module's
+  ! own calls); it would get 0, never a stop: the library does not end its host.
+  recursive impure elemental subroutine element_address(v, at)
+    class(*), intent(in), target :: v
+    integer(c_intptr_t), intent(out) :: at
+    select type (v)
+    type is (real(c_double))
+      at = transfer(c_loc(v), at)
+    type is (integer(c_int32_t))
+      at = transfer(c_loc(v), at)
+    class default
+      at = 0
     end select
-  end subroutine int32_addresses
-
-  recursive impure elemental subroutine real_address(v, at)
-    real(c_double), intent(in), target :: v
-    integer(c_intptr_t), intent(out) :: at
-    at = transfer(c_loc(v), at)
-  end subroutine real_address
-
-  recursive impure elemental subroutine int32_address(v, at)
-    integer(c_int32_t), intent(in), target :: v
-    integer(c_intptr_t), intent(out) :: at
-    at = transfer(c_loc(v), at)
-  end subroutine int32_address
+  end subroutine element_address
 
   ! x's values in array element order, into flat (a non-contiguous argument's contiguous copy), and
   ! back. Every rank a Fortran array may have (15).
@@ -1041,6 +1015,13 @@ contains
     character(len=:), allocatable :: version
     call copy_c_string(c_version(), version)
   end function dodo_version_string
+
+  ! The commit libdodo was built from (dodo.h's dodo_build_id): 40 hex digits, "-dirty" added for
+  ! uncommitted changes to its sources, or "unknown".
+  recursive function dodo_build_id_string() result(id)
+    character(len=:), allocatable :: id
+    call copy_c_string(c_build_id(), id)
+  end function dodo_build_id_string
 
   ! Path of the default model shipped with Dodo (the one Python's dodo.Closure() loads); "" if
   ! it is not installed next to libdodo.

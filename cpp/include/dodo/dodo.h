@@ -167,6 +167,10 @@ typedef struct dodo_counters {
 /* Library version "MAJOR.MINOR.PATCH" and the API version it implements. */
 DODO_API const char* dodo_version(void);
 DODO_API int dodo_api_version(void);
+/* The commit of Dodo's sources this libdodo was built from: 40 hex digits, "-dirty" added when the
+ * library's sources had changes not committed; what a packager set (CMake DODO_BUILD_ID); or
+ * "unknown" (built outside a git checkout). A static text, never NULL. */
+DODO_API const char* dodo_build_id(void);
 /* Static texts: "DODO_ERROR_FILE" and its message; NULL-safe for unknown codes. */
 DODO_API const char* dodo_status_name(dodo_status status);
 DODO_API const char* dodo_status_message(dodo_status status);

@@ -212,6 +212,8 @@ class Closure {
 };
 
 inline std::string version() { return dodo_version(); }
+// The commit libdodo was built from (dodo.h's dodo_build_id).
+inline std::string build_id() { return dodo_build_id(); }
 
 }  // namespace dodo
 

@@ -250,6 +250,34 @@ struct Gated<Member> {
   }
 };
 
+// One session made at a time in this process. Two threads' first closures with a model made at
+// once (a host's OpenMP threads each creating its own) raced inside CreateSessionFromArray: under
+// ThreadSanitizer a read by ONNX Runtime's memcpy of a heap block another thread's session creation
+// had just allocated, both frames in libonnxruntime, in every run of 8 threads (outside probe,
+// rounds thirty-eight and forty-one). ONNX Runtime promises concurrent Run only (its issue 27089
+// asks for concurrent session creation; 32461 is a race there). Taken inside the gate, so a thread
+// holds it only while the gate counts it: fork (prepare_fork) waits for it to be let go, and a
+// child never inherits it held. Made once, never destroyed (a create during exit still finds it).
+std::mutex& session_creation_mutex() {
+  static std::mutex* mutex = new std::mutex;
+  return *mutex;
+}
+
+template <auto Member>
+struct GatedCreation;
+template <typename R, typename... A, bool kNoexcept, R (*OrtApi::*Member)(A...) noexcept(kNoexcept)>
+struct GatedCreation<Member> {
+  static R call(A... arguments) noexcept(kNoexcept) {
+    InOrtCall in_call;
+    std::unique_lock<std::mutex> one_at_a_time(session_creation_mutex(), std::defer_lock);
+    try {
+      one_at_a_time.lock();
+    } catch (...) {  // a lock that cannot be taken leaves the call unserialised, as the gate does
+    }
+    return (original_api().*Member)(arguments...);
+  }
+};
+
 // The table Dodo calls through: the library's, with the calls that take ONNX Runtime's locks
 // (evaluating, making and releasing sessions and values) passing through the gate.
 const OrtApi* gated_api(const OrtApi* api) {
@@ -257,8 +285,8 @@ const OrtApi* gated_api(const OrtApi* api) {
   original_api() = *api;
   gated = *api;
   gated.Run = &Gated<&OrtApi::Run>::call;
-  gated.CreateSession = &Gated<&OrtApi::CreateSession>::call;
-  gated.CreateSessionFromArray = &Gated<&OrtApi::CreateSessionFromArray>::call;
+  gated.CreateSession = &GatedCreation<&OrtApi::CreateSession>::call;
+  gated.CreateSessionFromArray = &GatedCreation<&OrtApi::CreateSessionFromArray>::call;
   gated.ReleaseSession = &Gated<&OrtApi::ReleaseSession>::call;
   gated.CreateTensorAsOrtValue = &Gated<&OrtApi::CreateTensorAsOrtValue>::call;
   gated.CreateTensorWithDataAsOrtValue = &Gated<&OrtApi::CreateTensorWithDataAsOrtValue>::call;
@@ -297,17 +325,27 @@ OrtLibrary open_library(const std::string& explicit_path) {
       tried += "\n  " + shown + ": no symbol OrtGetApiBase (not ONNX Runtime?)";
       continue;  // keep the handle: unloading foreign libraries is not worth the risk
     }
+    // A library whose OrtGetApiBase gives no table, or a table without its functions (a wrapper in
+    // front of ONNX Runtime that failed to find the real one), crashed the host here, SIGSEGV
+    // (outside probe, C round forty-one): it is one more library tried that is not usable.
     const OrtApiBase* base = get_api_base();
+    if (!base || !base->GetApi || !base->GetVersionString) {
+      tried += "\n  " + shown + ": its OrtGetApiBase gave " + (base ? "an incomplete table" : "no table") +
+               " (not a working ONNX Runtime?)";
+      continue;
+    }
+    const char* version_text = base->GetVersionString();
+    const std::string version = version_text ? printable_message(version_text, false) : "(of no version)";
     const OrtApi* api = base->GetApi(ORT_API_VERSION);
     if (!api) {
-      tried += "\n  " + shown + ": ONNX Runtime " + base->GetVersionString() + " is older than API version " +
+      tried += "\n  " + shown + ": ONNX Runtime " + version + " is older than API version " +
                std::to_string(ORT_API_VERSION) + " that Dodo was built against";
       continue;
     }
     OrtLibrary library;
     library.api = gated_api(api);
     library.path = path;
-    library.version = base->GetVersionString();
+    library.version = version;
     check_ort(api, api->CreateEnvWithCustomLogger(discard_ort_log, nullptr, ORT_LOGGING_LEVEL_FATAL, "dodo", &library.env),
               "creating the ONNX Runtime environment");
     library.session_memory_cap = register_capped_arena(api, library.env);
