@@ -448,7 +448,8 @@ def _plain_numbers(name: str, value, density: bool):
             numbers = np.asarray(convert(target))
         except Exception:  # noqa: BLE001 - the library's "not convertible" (UnitConversionError, DimensionalityError)
             continue
-        if numbers.shape == magnitude.shape and np.array_equal(numbers, magnitude, equal_nan=True):
+        if numbers.__array_interface__ == magnitude.__array_interface__ or (  # astropy's view at a factor of 1
+                numbers.shape == magnitude.shape and np.array_equal(numbers, magnitude, equal_nan=True)):
             return magnitude  # cm^-3 or plain numbers: the numbers are what dodo computes with
         if target:
             shown = np.flatnonzero(np.isfinite(numbers) & (numbers != 0) & np.isfinite(magnitude))
