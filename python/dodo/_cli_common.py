@@ -45,8 +45,11 @@ def shown_name(path: str) -> str:
     box3d $'new\\nline.h5'` split its header over two lines, and so did `dodo apply`'s first line and its
     "cells written to" (outside probe, Python round forty-nine)."""
     # A byte that is not UTF-8 (a Latin-1 name, held surrogate-escaped) is printed as its byte, as the
-    # output guard writes it (round 31): only characters that do not print are the reason to quote.
-    if all(char.isprintable() or "\udc80" <= char <= "\udcff" for char in path):
+    # output guard writes it (round 31): only characters that do not print are the reason to quote, and
+    # white space at either end, which prints as nothing: `dodo apply D -o "out.h5 "` (a quoted line of a
+    # job script) said "cells written to out.h5 ", and the file later opened as out.h5 was not there
+    # (outside probe, Python round fifty).
+    if path == path.strip() and all(char.isprintable() or "\udc80" <= char <= "\udcff" for char in path):
         return path
     return repr(path)
 
