@@ -63,10 +63,17 @@ def species_index(antineutrino: int, flavour: int) -> int:
     return 3 * int(antineutrino) + int(flavour)
 
 
-def _as_array(value) -> np.ndarray:
+def _as_array(value, densities: str = "") -> np.ndarray:
     """np.asarray, and np.from_dlpack for an array that is a DLPack producer and nothing more (no
     __array__: array-api-strict's), which np.asarray made a 0-d object array, refused as "got ()"
-    (outside probe, Python round forty-nine; dodo.box3d reads them so too)."""
+    (outside probe, Python round forty-nine; dodo.box3d reads them so too). ``densities``: the name of
+    four-fluxes, which carry a unit only as dodo.box3d takes them (cm^-3 or dimensionless): np.asarray
+    dropped an astropy or pint Quantity's unit, so F in m^-3 went through from_emu_layout to the closure
+    as plain numbers, read as cm^-3 (outside probe, Python round fifty)."""
+    if densities:
+        from ._box3d import _plain_numbers
+
+        value = _plain_numbers(densities, value, density=True)
     array = np.asarray(value)
     if array.dtype == object and array.ndim == 0 and hasattr(value, "__dlpack__"):
         array = np.from_dlpack(value)
@@ -93,7 +100,7 @@ def total_density(F: np.ndarray, absolute: bool = False) -> np.ndarray:
     ``absolute``, the sum of their magnitudes. Densities near 1e308 sum beyond float64: such a cell's
     N_tot is inf (or NaN), without NumPy's overflow warning, so that callers flag it by
     ``np.isfinite`` (a state whose N_tot is not finite cannot be normalised, scored or simulated)."""
-    F = _as_array(F)
+    F = _as_array(F, "F")
     if F.ndim < 2 or F.shape[-2:] != (N_SPECIES, N_COMPONENTS):  # a (4,) vector or (6, 3) gave a number
         raise ValueError(f"total_density: F must have shape (..., 6, 4) (species x t, x, y, z); got {F.shape}")
     n = F[..., 0]
@@ -103,7 +110,7 @@ def total_density(F: np.ndarray, absolute: bool = False) -> np.ndarray:
 
 def from_emu_layout(emu: np.ndarray) -> np.ndarray:
     """[sim, (x,y,z,t), (nu,nubar), flavour] -> [sim, 6 species, (t,x,y,z)]."""
-    emu = _as_array(emu)
+    emu = _as_array(emu, "emu")
     if emu.ndim != 4 or emu.shape[1] != 4 or emu.shape[2] != 2:
         raise ValueError(f"Emu four-flux array must have shape [nsims, 4 (x,y,z,t), 2, NF]; got {emu.shape}")
     nf = emu.shape[3]
@@ -115,7 +122,7 @@ def from_emu_layout(emu: np.ndarray) -> np.ndarray:
 
 def to_emu_layout(F: np.ndarray) -> np.ndarray:
     """[sim, 6, (t,x,y,z)] -> [sim, (x,y,z,t), (nu,nubar), flavour]."""
-    F = _as_array(F)
+    F = _as_array(F, "F")
     if F.ndim != 3 or F.shape[2] != 4 or F.shape[1] % 2:
         raise ValueError(f"four-flux array must have shape [nsims, 2*NF, 4]; got {F.shape}")
     nf = F.shape[1] // 2

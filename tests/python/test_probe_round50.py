@@ -283,3 +283,21 @@ def test_an_output_name_with_white_space_at_an_end_is_shown_quoted(tmp_path, mon
     (tmp_path / "c ells.h5").write_bytes((tmp_path / "cells.h5").read_bytes())
     code, out, err = run(capsys, ["score", "box3d", "c ells.h5"])
     assert code == 0 and "box3d on c ells.h5 (" in out, out
+
+
+def test_the_layout_conversions_keep_the_unit_check():
+    """`from_emu_layout(emu * u.m**-3)` (Emu data read with units, converted by the documented call) gave a
+    plain array of the m^-3 numbers, which the closure then read as cm^-3: the unit check of dodo.box3d
+    was passed by the conversion. The conversions and total_density now take units as dodo.box3d does."""
+    from dodo.conventions import from_emu_layout, total_density
+
+    F = _cells(2)
+    emu = to_emu_layout(F)
+    for call, words in ((lambda: from_emu_layout(_AstropyLikeQuantity(emu * 1e6, "1 / m3")), 'give emu.to_value("cm**-3")'),
+                        (lambda: to_emu_layout(_PintLikeQuantity(F * 1e6, "1 / meter ** 3")), 'give F.m_as("cm**-3")'),
+                        (lambda: total_density(_AstropyLikeQuantity(F * 1e6, "1 / m3")), 'give F.to_value("cm**-3")')):
+        with pytest.raises(ValueError, match="is a quantity in .*a rate 1e\\+06 times the true one") as refusal:
+            call()
+        assert str(refusal.value).endswith(words), refusal.value
+    assert np.array_equal(from_emu_layout(_AstropyLikeQuantity(emu, "1 / cm3")), F)
+    assert np.array_equal(total_density(_AstropyLikeQuantity(F, "1 / cm3")), total_density(F))
