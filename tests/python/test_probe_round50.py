@@ -301,3 +301,27 @@ def test_the_layout_conversions_keep_the_unit_check():
         assert str(refusal.value).endswith(words), refusal.value
     assert np.array_equal(from_emu_layout(_AstropyLikeQuantity(emu, "1 / cm3")), F)
     assert np.array_equal(total_density(_AstropyLikeQuantity(F, "1 / cm3")), total_density(F))
+
+
+# --- dodo score of a truth row with a non-finite flux -------------------------------------------------
+
+def test_dodo_score_leaves_out_a_truth_row_with_an_infinite_flux_as_dodo_apply_does(tmp_path, monkeypatch, capsys):
+    """A state whose F4_final holds Inf (or NaN) in a flux component but finite densities (a damaged
+    truth row) was scored on its densities, with no note, while the truth-conservation check skipped it
+    because "the score leaves them out anyway"; `dodo apply` leaves such a cell out. Now left out, with
+    the reason `non-finite truth (F4_final)`."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    initial = to_emu_layout(_cells(4))
+    final = initial.copy()
+    final[2, 0, 0, 0] = np.inf  # x flux of nu_e in state 2
+    final[3, 1, 1, 2] = np.nan  # y flux of nubar_tau in state 3
+    emu_file("cells.h5", initial, final)
+    code, out, err = run(capsys, ["score", "box3d", "cells.h5"])
+    assert code == 0 and "states scored: 2 of 4 (2 left out of every number below, growth ratios included: 2 with a " \
+        "non-finite truth (F4_final))" in out, out + err
+    code, out, err = run(capsys, ["score", "box3d", "cells.h5", "--json"])
+    report = json.loads(out)
+    assert code == 0 and report["n_scored"] == 2 and report["left_out"]["indices"] == [2, 3], out
+    assert report["per_state"]["model"][2] is None and report["per_state"]["model"][3] is None
