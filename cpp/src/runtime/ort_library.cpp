@@ -257,10 +257,10 @@ struct Gated<Member> {
 // rounds thirty-eight and forty-one). ONNX Runtime promises concurrent Run only (its issue 27089
 // asks for concurrent session creation; 32461 is a race there). Taken inside the gate, so a thread
 // holds it only while the gate counts it: fork (prepare_fork) waits for it to be let go, and a
-// child never inherits it held. Made once, never destroyed (a create during exit still finds it).
+// child never inherits it held.
 std::mutex& session_creation_mutex() {
-  static std::mutex* mutex = new std::mutex;
-  return *mutex;
+  static std::mutex mutex;
+  return mutex;
 }
 
 template <auto Member>
