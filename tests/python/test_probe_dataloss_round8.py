@@ -170,3 +170,70 @@ def test_a_worker_dead_too_when_a_signal_ends_the_loop_prints_no_traceback():
     assert result.returncode == 0 and "interrupted" in result.stderr, result.stderr
     assert "Exception ignored" not in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert "running: 0" in result.stderr, result.stderr
+
+
+def test_a_data_file_replaced_during_a_run_read_from_disk_stops_it_before_its_rows_are_trained_on(tmp_path,
+                                                                                                  monkeypatch):
+    # data.in_memory false, data.num_workers 2: each epoch's workers open data.path anew. A `dodo
+    # preprocess --overwrite` of it after epoch 2 (shown for real after epoch 4 of 12): epochs 3-4 trained on
+    # the new file's rows, the end's SHA-256 check refused the final files and advised putting the first
+    # file back and resuming from last.pt, whose weights had been trained on both: the resumed final.pt
+    # differed from an uninterrupted run's. Now the next epoch stops before reading the new file.
+    pytest.importorskip("torch")
+    import os
+
+    import torch
+
+    from dodo.cli import main as dodo_main
+    from dodo.training import train as train_module
+    from training_helpers import synth_and_preprocess, write_training_config
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    data = synth_and_preprocess(tmp_path / "a", 300, seed=7)
+    other = synth_and_preprocess(tmp_path / "b", 300, seed=8)
+    kept = tmp_path / "kept.h5"
+    kept.write_bytes(data.read_bytes())
+    sections = {"data": {"num_workers": 2, "in_memory": False}, "training": {"epochs": 4}}
+    straight = write_training_config(tmp_path / "straight.yaml", data, tmp_path / "straight", **sections)
+    assert dodo_main(["train", "--config", str(straight)]) == 0
+    config = write_training_config(tmp_path / "replaced.yaml", data, tmp_path / "replaced", **sections)
+    checkpoints = tmp_path / "replaced" / "checkpoints"
+    real_save, saves = train_module.save_checkpoint, []
+
+    def save_then_replace(state, path, *args, **kwargs):
+        real_save(state, path, *args, **kwargs)
+        saves.append(Path(path).name)
+        if saves.count("last.pt") == 2 and Path(path).name == "last.pt":  # after epoch 2
+            os.replace(other, data)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_replace)
+    assert dodo_main(["train", "--config", str(config)]) == 2
+    monkeypatch.undo()
+    assert not (checkpoints / "final.pt").exists()
+    assert torch.load(checkpoints / "last.pt", weights_only=False)["epoch"] == 2
+    os.replace(kept, data)  # the run's file put back, as the message says
+    assert dodo_main(["train", "--config", str(config), "--resume", str(checkpoints / "last.pt")]) == 0
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "final.pt", weights_only=False)["model_state"]
+    b = torch.load(checkpoints / "final.pt", weights_only=False)["model_state"]
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_the_replaced_data_file_is_named_in_one_line(tmp_path):
+    # The check of a handle just opened (a worker's, in the moment between the loader's check and its open).
+    pytest.importorskip("torch")
+    import os
+
+    from dodo.training.dataset import CellDataset
+    from training_helpers import synth_and_preprocess
+
+    (tmp_path / "a").mkdir()
+    data = synth_and_preprocess(tmp_path / "a", 50, seed=7)
+    dataset = CellDataset(data, [0, 1, 2], in_memory=False)
+    copy = tmp_path / "copy.h5"
+    copy.write_bytes(data.read_bytes())
+    os.replace(copy, data)
+    with pytest.raises(Exception) as raised:
+        dataset.__getitems__([0])
+    message = str(raised.value)
+    assert str(data) in message and "was replaced while this run trained" in message and "\n" not in message

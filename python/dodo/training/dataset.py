@@ -5,6 +5,7 @@ F_box [6,4], dF_true = F_true - F_box [6,4], and a loss weight (1, or N_tot/targ
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,6 +162,9 @@ class CellDataset(torch.utils.data.Dataset):
         self.dtype = dtype
         self._handle = None
         self._arrays = None
+        # Read from disk per batch, by each epoch's new workers: the file the run started with
+        # (check_unchanged), not whatever file its name points at later.
+        self._identity = None if in_memory else _identity(os.stat(self.path))
         if in_memory:
             import h5py
 
@@ -174,6 +178,22 @@ class CellDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def check_unchanged(self, stat: os.stat_result | None = None) -> None:
+        """A DataFileError where the rows are read from disk (in_memory false) and the path now names
+        another file than the one the dataset started with (``stat``: that of a handle just opened).
+        Each epoch's data-loader workers open the path anew: a `dodo preprocess --overwrite` of data.path
+        during a run had its later epochs train on the new file's rows, and the end's SHA-256 check then
+        advised putting the first file back and resuming from last.pt, a model trained on both (outside
+        probe, data-loss round eight)."""
+        if self._identity is None:
+            return
+        try:
+            now = _identity(stat if stat is not None else os.stat(self.path))
+        except FileNotFoundError:
+            now = None
+        if now != self._identity:
+            raise replaced_data_file(self.path)
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -191,7 +211,13 @@ class CellDataset(torch.utils.data.Dataset):
         if self._handle is None:
             import h5py
 
-            self._handle = h5py.File(self.path, "r")
+            handle = h5py.File(self.path, "r")
+            try:
+                self.check_unchanged(os.fstat(handle.id.get_vfd_handle()))
+            except BaseException:
+                handle.close()
+                raise
+            self._handle = handle
         rows = self.indices[positions]
         order = np.argsort(rows)
         unique, inverse = np.unique(rows[order], return_inverse=True)
@@ -200,6 +226,19 @@ class CellDataset(torch.utils.data.Dataset):
         back[order] = np.arange(len(order))
         take = inverse[back]
         return tuple(torch.as_tensor(arrays[name][take], dtype=self.dtype) for name in FIELDS)
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int, int, int]:
+    """The file a name points at (device, inode), and whether it was rewritten in place (size, mtime)."""
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def replaced_data_file(path: str) -> DataFileError:
+    return DataFileError(
+        f"{path} was replaced while this run trained (another command, e.g. dodo preprocess, rewrote it), and "
+        "data.in_memory is false: the next epoch would read the new file's rows as the run's. The checkpoints "
+        "of the epochs before are kept: put the run's data file back and resume with --resume (the run's "
+        "last.pt), or train again on the new file")
 
 
 def collate_batch(batch):

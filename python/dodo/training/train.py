@@ -785,6 +785,9 @@ class _SignalSafeLoader(torch.utils.data.DataLoader):
     and Python still runs the handler in the main thread."""
 
     def __iter__(self):
+        check_unchanged = getattr(self.dataset, "check_unchanged", None)
+        if check_unchanged is not None:  # before each epoch's workers open the data file anew (data-loss round eight)
+            check_unchanged()
         if self.num_workers == 0 or threading.current_thread() is not threading.main_thread():
             return super().__iter__()
         held: list[int] = []
