@@ -133,11 +133,26 @@ def other_case_hint(path) -> str:
     directory, name = os.path.split(path)
     if not name:
         return ""
+    # Also a name in the other Unicode form: `modèle.onnx` typed (NFC, one character for è) for a file that
+    # macOS named in NFD (e and a combining accent), copied to Linux, where the two are different names
+    # (outside probe, Python round fifty).
+    import unicodedata
+
+    def folded(text: str) -> str:
+        return unicodedata.normalize("NFC", text).casefold()
+
     matches = [entry for entry in file_names_in(directory or os.curdir)
-               if entry != name and entry.casefold() == name.casefold()]
+               if entry != name and folded(entry) == folded(name)]
     if len(matches) != 1:
         return ""
-    return f" ({os.path.join(directory, matches[0])!r} exists: file names differ in letter case here)"
+    found = matches[0]
+    if unicodedata.normalize("NFC", found) == unicodedata.normalize("NFC", name):
+        # The two print alike: both shown with their escapes.
+        return (f" ({ascii(os.path.join(directory, found))} exists, and {ascii(path)} was given: file names differ in "
+                "their Unicode form only (an accented letter as one character, NFC, or as a letter and a combining "
+                "accent, NFD, as macOS writes names): give the name in the file's form (Python: "
+                "unicodedata.normalize('NFD', name) or 'NFC'), or rename the file)")
+    return f" ({os.path.join(directory, found)!r} exists: file names differ in letter case here)"
 
 
 def relative_to_cwd(path) -> str:

@@ -325,3 +325,27 @@ def test_dodo_score_leaves_out_a_truth_row_with_an_infinite_flux_as_dodo_apply_d
     report = json.loads(out)
     assert code == 0 and report["n_scored"] == 2 and report["left_out"]["indices"] == [2, 3], out
     assert report["per_state"]["model"][2] is None and report["per_state"]["model"][3] is None
+
+
+# --- a name in the other Unicode form ----------------------------------------------------------------
+
+def test_a_name_in_the_other_unicode_form_names_the_file_there(tmp_path, monkeypatch, capsys):
+    """`modèle.onnx` typed (NFC: è one character) for a package that macOS named in NFD (e and a combining
+    accent), copied to Linux: "does not exist", the two names printing alike. Now the file there and the
+    name given, both escaped, and that they differ in Unicode form only (as round 49 names letter case)."""
+    import shutil
+    import unicodedata
+
+    from dodo.models import default_model_path
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(default_model_path(), unicodedata.normalize("NFD", "modèle.onnx"))
+    emu_file(unicodedata.normalize("NFD", "données.h5"), to_emu_layout(_cells(2)))
+    words = "file names differ in their Unicode form only"
+    with pytest.raises(FileNotFoundError) as refusal:
+        dodo.Closure(unicodedata.normalize("NFC", "modèle.onnx"))
+    assert "('mode\\u0300le.onnx' exists, and 'mod\\xe8le.onnx' was given: " + words in str(refusal.value), refusal.value
+    code, _, err = run(capsys, ["score", "box3d", unicodedata.normalize("NFC", "données.h5")])
+    assert code == 2 and "'donne\\u0301es.h5' exists" in err and words in err, err
+    with pytest.raises(FileNotFoundError, match="differ in letter case here"):  # round 49's case keeps its words
+        dodo.Closure(unicodedata.normalize("NFD", "MODÈLE.onnx"))
