@@ -530,7 +530,7 @@ class Closure:
                 text = re.sub(r"model in memory \(\d+ bytes\)", lambda _: f"model file {_shown_path(model_path)}",
                               str(error), count=1)
                 raise type(error)(text) from None
-            if "ONNXRUNTIME_UNAVAILABLE" in str(error):
+            if "cannot load the ONNX Runtime library" in str(error):  # not a missing CUDA provider
                 hint = bare_library_hint(self._library_given or os.environ.get("DODO_ONNXRUNTIME_LIBRARY", ""))
                 if hint:
                     raise type(error)(f"{error}{hint}") from None
