@@ -63,6 +63,13 @@ def _info(args: argparse.Namespace) -> int:
         # (outside probe, round forty-four). A bare name (no slash) is the loader's search: not judged.
         missing = ("/" in library or not library.strip()) and not os.path.isfile(library)
         what = "not a regular file" if os.path.exists(library) else "no such file"
+        if os.path.exists(library) and not os.path.isfile(library):  # which kind (outside probe, Python round fifty)
+            from ._atomic import _file_kind
+
+            try:
+                what = f"not a regular file ({_file_kind(os.stat(library).st_mode)})"
+            except OSError:  # gone meanwhile: the words above
+                pass
         if not library.strip():  # " ": the runtime dlopens it and fails, where info said nothing (round 49)
             what = "a value of white space alone, no file name"
         elif library.strip() != library and not os.path.isfile(library):

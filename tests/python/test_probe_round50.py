@@ -349,3 +349,10 @@ def test_a_name_in_the_other_unicode_form_names_the_file_there(tmp_path, monkeyp
     assert code == 2 and "'donne\\u0301es.h5' exists" in err and words in err, err
     with pytest.raises(FileNotFoundError, match="differ in letter case here"):  # round 49's case keeps its words
         dodo.Closure(unicodedata.normalize("NFD", "MODÈLE.onnx"))
+
+
+def test_dodo_info_names_the_kind_of_a_library_variable_that_is_no_regular_file(monkeypatch, capsys):
+    """`DODO_ONNXRUNTIME_LIBRARY=/dev/null dodo info`: `NOT FOUND: not a regular file`, not saying which."""
+    monkeypatch.setenv("DODO_ONNXRUNTIME_LIBRARY", os.devnull)
+    code, out, _ = run(capsys, ["info"])
+    assert code == 0 and "NOT FOUND: not a regular file (a character device), so a closure" in out, out
