@@ -314,3 +314,28 @@ def test_a_library_whose_ortgetapibase_gives_no_table_is_refused(tmp_path, kind)
     expected = {"null": "its OrtGetApiBase gave no table", "missing": "its OrtGetApiBase gave an incomplete table",
                 "old": "ONNX Runtime (of no version) is older than API version"}[kind]
     assert expected in message, message
+
+
+def test_the_build_id_is_the_sources_commit_under_another_repositorys_git_dir(tmp_path):
+    """A build started from another repository's git hook (a super-project's pre-commit running
+    `pip install`), which sets GIT_DIR for that repository. Before: the script's git asked that
+    repository and wrote its commit as libdodo's. Now GIT_DIR, GIT_WORK_TREE and GIT_INDEX_FILE
+    are dropped for the script's git: the sources' own commit."""
+    cmake, git = shutil.which("cmake"), shutil.which("git")
+    if not cmake or not git or not (ROOT / ".git").exists():
+        pytest.skip("cmake, git or the repository's .git missing")
+    other = tmp_path / "other"
+    subprocess.run([git, "init", "-q", str(other)], check=True)
+    subprocess.run([git, "-C", str(other), "-c", "user.name=probe", "-c", "user.email=probe@example.org", "commit",
+                    "-q", "--allow-empty", "-m", "other"], check=True)
+    foreign = subprocess.run([git, "-C", str(other), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    output = tmp_path / "build_id.cpp"
+    subprocess.run([cmake, f"-DSOURCE_DIR={ROOT}", f"-DOUTPUT={output}", "-DBUILD_ID=", "-P",
+                    str(ROOT / "cpp/src/runtime/build_id.cmake")], check=True,
+                   env={**os.environ, "GIT_DIR": str(other / ".git"), "GIT_WORK_TREE": str(other)})
+    built = re.search(r'return "([^"]*)"', output.read_text()).group(1)
+    assert foreign not in built and built != "unknown", built
+    known = subprocess.run([git, "-C", str(ROOT), "cat-file", "-e", built.removesuffix("-dirty") + "^{commit}"],
+                           capture_output=True)
+    assert known.returncode == 0, built

@@ -10,6 +10,11 @@ if(BUILD_ID)
   set(id "${BUILD_ID}")
 else()
   set(id "unknown")
+  # The sources' own repository, also for a build started from another one's git hook (which sets
+  # these for its repository).
+  unset(ENV{GIT_DIR})
+  unset(ENV{GIT_WORK_TREE})
+  unset(ENV{GIT_INDEX_FILE})
   find_program(GIT git)
   if(GIT)
     execute_process(COMMAND "${GIT}" --no-optional-locks -C "${SOURCE_DIR}" rev-parse --verify --quiet HEAD
