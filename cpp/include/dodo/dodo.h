@@ -10,8 +10,9 @@
  * array real(c_double) :: F(4, 6, ncell) have the same memory layout (the default strides).
  *
  * Rules: C99 (the header itself is also C89 and C++98 clean, -pedantic); every function returns a status or a plain value; nothing prints, exits or
- * aborts; handles are immutable after creation and may be shared between threads;
- * dodo_closure_destroy(NULL) is a no-op. Strings returned as `const char*` are static.
+ * aborts; handles are immutable after creation and may be shared between threads; threads may
+ * create handles at once (their ONNX Runtime sessions are made one at a time, which ONNX Runtime
+ * needs); dodo_closure_destroy(NULL) is a no-op. Strings returned as `const char*` are static.
  * The calls that compute (the two creates, dodo_apply, dodo_apply_diagnostics, dodo_self_test)
  * run in the default floating-point environment (round to nearest, no exception trapping)
  * whatever the caller's (feenableexcept, gfortran -ffpe-trap, fesetround), and give the caller's
