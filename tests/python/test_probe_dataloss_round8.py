@@ -237,3 +237,18 @@ def test_the_replaced_data_file_is_named_in_one_line(tmp_path):
         dataset.__getitems__([0])
     message = str(raised.value)
     assert str(data) in message and "was replaced while this run trained" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("command", ["train", "preprocess", "train-ensemble"])
+def test_a_set_value_with_a_byte_that_is_not_utf8_is_not_told_to_quote_it_as_yaml(tmp_path, capsys, command):
+    # Before: "--set 'output.checkpoint_dir=ck\udce9': the value is not valid YAML (unacceptable character
+    # #xdce9 ...); quote it as YAML, e.g. --set 'output.checkpoint_dir="text"'", which cannot hold the byte.
+    import os
+
+    config = tmp_path / "c.yaml"
+    config.write_text("{}\n")
+    value = os.fsdecode(str(tmp_path).encode() + b"/ck\xe9")
+    code, _, err = run(capsys, [command, "--config", str(config), "--set", f"output.checkpoint_dir={value}"])
+    assert code == 2
+    assert "not UTF-8" in err and "\\xe9" in err and "quote it as YAML" not in err, err
+    assert not (tmp_path / os.fsdecode(b"ck\xe9")).exists()

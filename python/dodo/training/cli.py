@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 from pathlib import Path
 
@@ -26,6 +27,12 @@ def _overrides(pairs) -> dict:
         if not sep or not key:
             raise ValueError(f"--set expects key=value (e.g. training.lr=1e-3); got {pair!r}")
         key = key.strip()
+        if any("\udc80" <= ch <= "\udcff" for ch in value):
+            # A byte that is not UTF-8 (a Latin-1 file name) was advised "quote it as YAML", which cannot
+            # hold it (outside probe, data-loss rounds seven and eight).
+            raise ValueError(f"--set {key}=...: the value holds bytes that are not UTF-8 ({os.fsencode(value)!r}), "
+                             "which no YAML value can hold; name the path in UTF-8, e.g. a symbolic link to it "
+                             "(ln -s) or a directory named in UTF-8")
         try:
             parsed = unique_key_yaml.safe_load(value)  # {a: 1, a: 2}: an error
         except yaml.YAMLError as error:  # *syn* (an alias), [x, {x: a YAML error, never a guessed string
