@@ -1,6 +1,9 @@
 // Thread stress test (issue 5): 8 threads share one closure handle (C API, with a model, 2 pool
 // workers) and apply random batches for a fixed time; every result must be bitwise identical to the
 // same batch applied single-threaded beforehand, and the handle's cell counter must add up.
+// First, the process's first closures are 8 threads' own, created at once: each must be made, and
+// under ThreadSanitizer (scripts/tsan.sh) their ONNX Runtime sessions must not race (they did in
+// CreateSessionFromArray before libdodo made them one at a time; outside probe, C round 41).
 //
 // Usage: test_threads MODEL.onnx [SECONDS]   (SECONDS also from $DODO_STRESS_SECONDS; default 3)
 #include <dodo/dodo.h>
@@ -78,6 +81,24 @@ int main(int argc, char** argv) {
   if (argc > 2) seconds = std::atof(argv[2]);
   constexpr int kThreads = 8;
   constexpr int kBatches = 48;
+
+  {
+    std::atomic<int> waiting{kThreads}, made{0};
+    std::vector<std::thread> creators;
+    for (int t = 0; t < kThreads; ++t)
+      creators.emplace_back([&] {
+        --waiting;
+        while (waiting.load() > 0) std::this_thread::yield();  // all start together
+        dodo_closure* own = nullptr;
+        if (dodo_closure_create(argv[1], nullptr, &own, nullptr, 0) == DODO_OK) ++made;
+        dodo_closure_destroy(own);
+      });
+    for (std::thread& creator : creators) creator.join();
+    if (made != kThreads) {
+      std::fprintf(stderr, "%d of %d closures created at once were made\n", made.load(), kThreads);
+      return 1;
+    }
+  }
 
   dodo_options options;
   dodo_options_init(&options);
