@@ -252,3 +252,40 @@ def test_a_set_value_with_a_byte_that_is_not_utf8_is_not_told_to_quote_it_as_yam
     assert code == 2
     assert "not UTF-8" in err and "\\xe9" in err and "quote it as YAML" not in err, err
     assert not (tmp_path / os.fsdecode(b"ck\xe9")).exists()
+
+
+def test_a_worker_killed_while_it_handed_a_batch_over_is_named():
+    # A data-loader worker SIGKILLed (the OOM killer) mid-run, 8 times: 7 ended with torch's "DataLoader
+    # worker (pid N) is killed by signal" or "exited unexpectedly"; 1 with `dodo train: error: [Errno 104]
+    # Connection reset by peer` (the main process receiving that worker's batch), no word of a worker.
+    # Here an iterator that fails so, one of its workers ended.
+    pytest.importorskip("torch")
+    from dodo.training import train as train_module
+
+    class Worker:
+        def __init__(self, pid, alive):
+            self.pid, self.alive = pid, alive
+
+        def is_alive(self):
+            return self.alive
+
+    class Iterator:
+        _workers = [Worker(101, True), Worker(102, False)]
+        shut_down = False
+
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            raise ConnectionResetError(104, "Connection reset by peer")
+
+        def _shutdown_workers(self):
+            Iterator.shut_down = True
+
+    with pytest.raises(RuntimeError) as raised:
+        next(train_module._batches_then_shut_down(Iterator()))
+    assert "DataLoader worker (pid(s) 102) ended while it handed a batch over" in str(raised.value)
+    assert "Connection reset by peer" in str(raised.value) and Iterator.shut_down
+    Iterator._workers = [Worker(101, True)]  # every worker alive: the error is not a worker's, left as it is
+    with pytest.raises(ConnectionResetError):
+        next(train_module._batches_then_shut_down(Iterator()))

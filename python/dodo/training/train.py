@@ -769,6 +769,15 @@ def _batches_then_shut_down(iterator):
     try:
         yield from iterator
         finished = True
+    except (ConnectionError, EOFError) as error:
+        # A worker killed (the OOM killer) while it handed a batch's file descriptors over: the run ended
+        # with `dodo train: error: [Errno 104] Connection reset by peer`, no word of a worker (1 SIGKILLed
+        # worker in 8; outside probe, data-loss round eight).
+        ended = [str(worker.pid) for worker in getattr(iterator, "_workers", []) if not worker.is_alive()]
+        if not ended:
+            raise
+        raise RuntimeError(f"DataLoader worker (pid(s) {', '.join(ended)}) ended while it handed a batch over "
+                           f"({' '.join(str(error).split()) or type(error).__name__})") from None
     finally:
         if not finished:
             _shut_down_workers_quietly(iterator)
