@@ -339,3 +339,24 @@ def test_the_build_id_is_the_sources_commit_under_another_repositorys_git_dir(tm
     known = subprocess.run([git, "-C", str(ROOT), "cat-file", "-e", built.removesuffix("-dirty") + "^{commit}"],
                            capture_output=True)
     assert known.returncode == 0, built
+
+
+def test_a_source_archive_inside_another_repository_is_unknown(tmp_path):
+    """Dodo's sources unpacked from an archive inside another git repository (a home directory
+    kept in git, ~/src/dodo-0.1.0). Before: the script's git found the enclosing repository and
+    wrote its commit as libdodo's. Now a commit is taken only from a repository that tracks the
+    sources (Dodo's own, or a project vendoring them): "unknown"."""
+    cmake, git = shutil.which("cmake"), shutil.which("git")
+    if not cmake or not git:
+        pytest.skip("cmake or git missing")
+    home = tmp_path / "home"
+    subprocess.run([git, "init", "-q", str(home)], check=True)
+    subprocess.run([git, "-C", str(home), "-c", "user.name=probe", "-c", "user.email=probe@example.org", "commit",
+                    "-q", "--allow-empty", "-m", "dotfiles"], check=True)
+    archive = home / "src" / "dodo-0.1.0"
+    (archive / "cpp/src/runtime").mkdir(parents=True)
+    shutil.copy(ROOT / "cpp/src/runtime/build_id.cmake", archive / "cpp/src/runtime/build_id.cmake")
+    output = tmp_path / "build_id.cpp"
+    subprocess.run([cmake, f"-DSOURCE_DIR={archive}", f"-DOUTPUT={output}", "-DBUILD_ID=", "-P",
+                    str(archive / "cpp/src/runtime/build_id.cmake")], check=True)
+    assert 'return "unknown"; }' in output.read_text(), output.read_text()

@@ -170,7 +170,7 @@ DODO_API const char* dodo_version(void);
 DODO_API int dodo_api_version(void);
 /* The commit of Dodo's sources this libdodo was built from: 40 hex digits, "-dirty" added when the
  * library's sources had changes not committed; what a packager set (CMake DODO_BUILD_ID); or
- * "unknown" (built outside a git checkout). A static text, never NULL. */
+ * "unknown" (sources no git repository tracks: a source archive). A static text, never NULL. */
 DODO_API const char* dodo_build_id(void);
 /* Static texts: "DODO_ERROR_FILE" and its message; NULL-safe for unknown codes. */
 DODO_API const char* dodo_status_name(dodo_status status);

@@ -2,9 +2,10 @@
 # the dodo_build_id target at every build (outside probe, C round forty-one: dodo_version said
 # "0.1.0" of every build, so a host could not tell which sources its libdodo was made from).
 #   BUILD_ID   given by a packager (-DDODO_BUILD_ID=...): used as it is
-#   otherwise  `git rev-parse HEAD` of SOURCE_DIR, "-dirty" added when the library's sources
-#              (cpp/, cmake/, CMakeLists.txt) differ from that commit; "unknown" without git (a
-#              source archive)
+#   otherwise  `git rev-parse HEAD` of SOURCE_DIR's repository where it tracks these sources,
+#              "-dirty" added when the library's sources (cpp/, cmake/, CMakeLists.txt) differ from
+#              that commit; "unknown" without one (a source archive, also one unpacked inside
+#              another repository)
 # The file is rewritten only when its text changes, so an unchanged commit recompiles nothing.
 if(BUILD_ID)
   set(id "${BUILD_ID}")
@@ -19,7 +20,13 @@ else()
   if(GIT)
     execute_process(COMMAND "${GIT}" --no-optional-locks -C "${SOURCE_DIR}" rev-parse --verify --quiet HEAD
                     OUTPUT_VARIABLE commit RESULT_VARIABLE failed OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
-    if(NOT failed AND commit MATCHES "^[0-9a-f]+$")
+    # The commit only of a repository that holds these sources (Dodo's own, or a project that
+    # vendors them): a source archive unpacked inside another repository (a home directory kept in
+    # git) got that repository's commit.
+    execute_process(COMMAND "${GIT}" --no-optional-locks -C "${SOURCE_DIR}" ls-files --error-unmatch --
+                            cpp/src/runtime/build_id.cmake
+                    RESULT_VARIABLE untracked OUTPUT_QUIET ERROR_QUIET)
+    if(NOT failed AND NOT untracked AND commit MATCHES "^[0-9a-f]+$")
       set(id "${commit}")
       execute_process(COMMAND "${GIT}" --no-optional-locks -C "${SOURCE_DIR}" diff --quiet HEAD --
                               cpp cmake CMakeLists.txt
