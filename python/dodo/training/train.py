@@ -6,6 +6,7 @@ import datetime
 import errno
 import json
 import math
+import multiprocessing.connection
 import random
 import signal
 import sys
@@ -705,6 +706,8 @@ WORKER_FILE_LIMIT = 256
 WORKER_BATCH_TIMEOUT_S = 600
 #: Longest wait for each worker to end once a loop is left early (torch's own wait: MP_STATUS_CHECK_INTERVAL).
 WORKER_SHUTDOWN_WAIT_S = 5.0
+#: Longest wait for a worker whose batch hand-over failed to be seen ended (it is exiting: a few ms).
+WORKER_EXIT_WAIT_S = 2.0
 
 
 def _terminating_signals() -> list:
@@ -773,11 +776,15 @@ def _batches_then_shut_down(iterator):
         # A worker killed (the OOM killer) while it handed a batch's file descriptors over: the run ended
         # with `dodo train: error: [Errno 104] Connection reset by peer`, no word of a worker (1 SIGKILLed
         # worker in 8; outside probe, data-loss round eight).
-        ended = [str(worker.pid) for worker in getattr(iterator, "_workers", []) if not worker.is_alive()]
-        if not ended:
-            raise
-        raise RuntimeError(f"DataLoader worker (pid(s) {', '.join(ended)}) ended while it handed a batch over "
-                           f"({' '.join(str(error).split()) or type(error).__name__})") from None
+        workers = list(getattr(iterator, "_workers", []))
+        if workers:  # the connection resets while the killed worker exits: a moment for that exit
+            multiprocessing.connection.wait([worker.sentinel for worker in workers], timeout=WORKER_EXIT_WAIT_S)
+        ended = [str(worker.pid) for worker in workers if not worker.is_alive()]
+        # An EOFError (the connection closed before its first bytes) also left `dodo train` as a 60-line
+        # traceback, exit 1.
+        cause = f"{type(error).__name__}: {' '.join(str(error).split())}".rstrip(": ")
+        raise RuntimeError((f"DataLoader worker (pid(s) {', '.join(ended)}) ended" if ended else
+                            "a DataLoader worker failed") + f" while it handed a batch over ({cause})") from None
     finally:
         if not finished:
             _shut_down_workers_quietly(iterator)
