@@ -119,6 +119,16 @@ def _new_running_lock() -> None:
     _running_calls.clear()
 
 
+def _held_count(lock) -> Optional[int]:
+    """How many times the calling thread holds ``lock`` (an RLock), or None where Python does not say:
+    RLock._recursion_count is Python 3.11's; on 3.9 and 3.10 (requires-python >= 3.9) every fork printed
+    "Exception ignored in ... AttributeError: '_thread.RLock' object has no attribute '_recursion_count'"
+    from the at-fork handlers below, the lock not held across the fork (found in the lead's review of
+    Python round fifty)."""
+    counter = getattr(lock, "_recursion_count", None)
+    return counter() if counter is not None else None
+
+
 class _ForkHold:
     """A lock held by the forking thread across a fork (os.register_at_fork's ``before`` takes a count,
     ``after_in_parent`` gives it back), robust to a signal handler that raises inside those handlers:
@@ -136,7 +146,9 @@ class _ForkHold:
     def __init__(self, lock_now, timeout_s) -> None:
         self._lock_now = lock_now  # the lock as it is now: a fork child makes a new one
         self._timeout_s = timeout_s  # the bound on the wait, read at each fork
-        self._notes: list = []  # (lock, its count in the forking thread before, that thread, frame that forked)
+        # [lock, its count in the forking thread before (None: not known), that thread, frame that forked,
+        #  whether this fork took a count]
+        self._notes: list = []
 
     def before(self) -> None:
         try:
@@ -145,8 +157,9 @@ class _ForkHold:
             forking = None
         self.give_back(finished_only=True, forking=forking)
         lock = self._lock_now()
-        self._notes.append((lock, lock._recursion_count(), threading.get_ident(), forking))
-        lock.acquire(timeout=self._timeout_s())  # bounded: past it the fork goes on, the lock not held
+        note = [lock, _held_count(lock), threading.get_ident(), forking, False]
+        self._notes.append(note)
+        note[4] = lock.acquire(timeout=self._timeout_s())  # bounded: past it the fork goes on, the lock not held
 
     def after_in_parent(self) -> None:
         self.give_back(finished_only=False)
@@ -154,12 +167,15 @@ class _ForkHold:
     def give_back(self, finished_only: bool, forking=None) -> None:
         me = threading.get_ident()
         for note in reversed(list(self._notes)):
-            lock, count, thread, frame = note
+            lock, count, thread, frame, taken = note
             if thread != me:
                 continue
             if finished_only and frame is not forking and _on_this_stack(frame):
                 continue  # the fork of an at-fork handler's caller, under way
-            while lock._recursion_count() > count:
+            if count is not None:
+                while lock._recursion_count() > count:
+                    lock.release()
+            elif taken:  # Python 3.9 and 3.10: the count this note took, where its handler got to note it
                 lock.release()
             self._notes[:] = [kept for kept in list(self._notes) if kept is not note]
             if not finished_only:
