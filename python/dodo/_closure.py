@@ -385,8 +385,10 @@ class Closure:
     workers, ``concurrent.futures.ProcessPoolExecutor``): the pickle holds the model's identity
     and the options, not the loaded runtime, and unpickling loads the closure again: the same
     file (by absolute path), the default model, Box3D alone, or an in-memory package's bytes
-    (carried in the pickle). A model file whose contents changed since the closure was made is
-    refused on unpickling (the package's content or metadata digest differs). Counters start at
+    (carried in the pickle). A model file whose contents changed since the closure was made (the
+    package's content or metadata digest differs), or that no longer loads, unpickles as an
+    :class:`UnusableClosure`, whose every use raises the reason: a pool's task then fails in the
+    parent with it, where a raise at unpickling lost the task and hung ``Pool.map``. Counters start at
     zero. A subclass comes back as itself with the attributes it added (its own ``__init__`` is not
     called again).
     """
@@ -708,11 +710,14 @@ def _unpickle_closure(source, options: dict, model_path: Optional[str], digest: 
     calling its own __init__ (whose arguments the pickle does not know): pickle then sets the
     attributes it added. ``metadata_digest``: the package's ``dodo.metadata_sha256`` when pickled
     (pickles written before it carry none: the content digest alone is compared)."""
-    if cls is None or cls is Closure:
-        restored = Closure(source, **options)
-    else:
-        restored = cls.__new__(cls)
-        Closure.__init__(restored, source, **options)
+    try:
+        if cls is None or cls is Closure:
+            restored = Closure(source, **options)
+        else:
+            restored = cls.__new__(cls)
+            Closure.__init__(restored, source, **options)
+    except Exception as error:  # noqa: BLE001 - every reason the model does not load again: told at first use
+        return UnusableClosure(_of_the_same_kind(error, f"cannot unpickle dodo.Closure: {error}"))
     metadata = restored.metadata
     found, found_metadata = _model_digest(metadata), metadata.get(_METADATA_DIGEST)
     if found != digest or metadata_digest is not None and found_metadata != metadata_digest:
@@ -720,14 +725,57 @@ def _unpickle_closure(source, options: dict, model_path: Optional[str], digest: 
             else "the model package"
         which, now, then = ("content", found, digest) if found != digest else ("metadata", found_metadata,
                                                                                metadata_digest)
-        raise ValueError(f"cannot unpickle dodo.Closure: {where} is not the package the closure was made with "
-                         f"({which} digest {str(now)[:16]}... now, {str(then)[:16]}... when pickled; the file "
-                         "was replaced or edited): make a new Closure from the package you mean")
+        return UnusableClosure(ValueError(
+            f"cannot unpickle dodo.Closure: {where} is not the package the closure was made with ({which} digest "
+            f"{str(now)[:16]}... now, {str(then)[:16]}... when pickled; the file was replaced or edited): make a new "
+            "Closure from the package you mean"))
     # The path as the user gave it, unless relative: unpickled in another directory (a worker
     # process) it would name another file or none; the absolute path loaded is the one meant.
     restored._model_path = source if isinstance(source, str) and model_path is not None and \
         not os.path.isabs(model_path) else model_path
     return restored
+
+
+def _of_the_same_kind(error: Exception, message: str) -> Exception:
+    """``message`` as an exception of ``error``'s type where that type takes a message alone, else a RuntimeError."""
+    try:
+        return type(error)(message)
+    except Exception:  # noqa: BLE001 - an exception type with other arguments
+        return RuntimeError(message)
+
+
+class UnusableClosure:
+    """What a pickled :class:`Closure` becomes where its model does not load again as it was (the file
+    replaced, edited, emptied or gone): every use raises the reason, a ValueError (the package is not the
+    one pickled) or the load's own error. Raised at unpickling, the reason ended a multiprocessing Pool
+    worker while it read its task: Pool started another worker, the task was lost and ``Pool.map``
+    waited for ever (outside probe, Python round fifty). Now the task runs, its first use of the closure
+    raises, and ``Pool.map`` raises that in the parent (concurrent.futures likewise, where the worker's
+    death had read "BrokenProcessPool")."""
+
+    def __init__(self, error: Exception) -> None:
+        self.__dict__["_error"] = error
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):  # pickle's and copy's look-ups (__setstate__, ...): not a use
+            raise AttributeError(name)
+        raise self._reason()
+
+    def __call__(self, *args, **kwargs):
+        raise self._reason()
+
+    def __setstate__(self, state) -> None:
+        """A subclass's attributes that travelled with the pickle: the closure is not usable anyway."""
+
+    def _reason(self) -> Exception:
+        error = self.__dict__["_error"]
+        return type(error)(*error.args)
+
+    def __reduce__(self):
+        return (UnusableClosure, (self._reason(),))
+
+    def __repr__(self) -> str:
+        return f"<unusable dodo.Closure: {self.__dict__['_error']}>"
 
 
 #: Workers a :class:`Closure` starts at most, whatever the CPU count: more than the CPUs the process
