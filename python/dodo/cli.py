@@ -30,6 +30,20 @@ def _reference(args: argparse.Namespace) -> int:
         return 2
 
 
+def _libdodo_build_id(lib_dir: str) -> str:
+    """dodo_build_id() of the installed libdodo: the git commit it was built from ("-dirty" with local
+    changes, "unknown" from a source archive), which `dodo info` printed nowhere: only "dodo 0.1.0", the
+    same for every build (C outside probe, round forty-one's not-fixed item)."""
+    import ctypes
+
+    try:
+        library = ctypes.CDLL(os.path.join(lib_dir, "libdodo.so"))
+        library.dodo_build_id.restype = ctypes.c_char_p
+        return library.dodo_build_id().decode("ascii", "replace")
+    except (OSError, AttributeError) as error:  # not there, or a libdodo older than dodo_build_id
+        return f"unknown ({error})"
+
+
 def _info(args: argparse.Namespace) -> int:
     import numpy
 
@@ -54,6 +68,8 @@ def _info(args: argparse.Namespace) -> int:
     # ONNX Runtime headers at build time" named no cause a user could act on (documentation probe).
     print("closure runtime:", "built" if runtime_available() else
           "NOT built (this dodo was built with DODO_BUILD_RUNTIME=OFF: Box3D only, no closure, no C API)")
+    if runtime_available():
+        print(f"libdodo build: {_libdodo_build_id(paths['lib_dir'])}")
     library = os.environ.get("DODO_ONNXRUNTIME_LIBRARY")
     if library:  # what a closure loads first (docs/runtime.md): the onnxruntime package's was shown instead
         from ._closure import _escaped
