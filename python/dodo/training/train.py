@@ -777,9 +777,11 @@ def _batches_then_shut_down(iterator):
         # with `dodo train: error: [Errno 104] Connection reset by peer`, no word of a worker (1 SIGKILLed
         # worker in 8; outside probe, data-loss round eight).
         workers = list(getattr(iterator, "_workers", []))
-        if workers:  # the connection resets while the killed worker exits: a moment for that exit
-            multiprocessing.connection.wait([worker.sentinel for worker in workers], timeout=WORKER_EXIT_WAIT_S)
-        ended = [str(worker.pid) for worker in workers if not worker.is_alive()]
+        # The connection resets while the killed worker exits: a moment for that exit, seen by its sentinel
+        # (by is_alive() alone, one such kill in 14 named no worker).
+        ready = multiprocessing.connection.wait([worker.sentinel for worker in workers],
+                                                timeout=WORKER_EXIT_WAIT_S) if workers else []
+        ended = [str(worker.pid) for worker in workers if worker.sentinel in ready or not worker.is_alive()]
         # An EOFError (the connection closed before its first bytes) also left `dodo train` as a 60-line
         # traceback, exit 1.
         cause = f"{type(error).__name__}: {' '.join(str(error).split())}".rstrip(": ")
