@@ -517,7 +517,9 @@ def main(argv: list[str] | None = None) -> int:
         if replicated:
             print(f"{_name(command)}: error: {replicated}", file=sys.stderr)
             return 2
-        if command in _OUTLIVE_THEIR_READER and isinstance(sys.stdout, _GuardedStdout):
+        # A dry run's listing is its whole result: it stops with its reader, as the other commands do.
+        if command in _OUTLIVE_THEIR_READER and isinstance(sys.stdout, _GuardedStdout) and \
+                not getattr(args, "dry_run", False):
             sys.stdout.outlives_its_reader = _name(command)
         from ._atomic import outputs_as_found
 
