@@ -332,6 +332,20 @@ def _ratio_text(ratio: float) -> str:
     return f"{ratio:.3f}" if ratio == 0 or 1e-2 <= abs(ratio) < 1e6 else f"{ratio:.3g}"
 
 
+#: Data files a report's header and notes name one by one; past this, the first few and a count.
+_NAMED_FILES = 4
+
+
+def _files_label(paths, joiner: str = " + ") -> str:
+    """The data files' names for a one-line header or note: all of up to a few, else the first three
+    and how many more. `dodo score` on hundreds of files (a campaign's glob) printed every name in
+    its header line, thousands of characters before the table (outside probe, Python round fifty-one)."""
+    names = [_shown(path) for path in paths]
+    if len(names) <= _NAMED_FILES:
+        return joiner.join(names)
+    return joiner.join(names[:_NAMED_FILES - 1]) + f"{joiner}{len(names) - _NAMED_FILES + 1} more files ({len(names)} in all)"
+
+
 def format_report(report: dict, model_label: str, data_label: str) -> str:
     """The human-readable table of `dodo score`."""
     m, b, d = report["model"], report["box3d"], report["difference"]
@@ -512,7 +526,7 @@ def _run(args: argparse.Namespace) -> int:
             growth = np.concatenate([p.growth_rate for p in parts])
         elif any(p.growth_rate is not None for p in parts):
             missing = [path for path, p in zip(data, parts) if p.growth_rate is None]
-            notes.append(f"no usable growthRate(1|s) in {', '.join(map(_shown, missing))}: growth rates not compared")
+            notes.append(f"no usable growthRate(1|s) in {_files_label(missing, ', ')}: growth rates not compared")
         # Indices in the report count the states as joined: with several files, or repeats left
         # out, each state also names its file and row there.
         origins = [origin for p in parts for origin in p.origins] if len(parts) > 1 or repeated or repeated_within else None
@@ -522,7 +536,7 @@ def _run(args: argparse.Namespace) -> int:
         report = score(closure, states, resamples=args.bootstrap, seed=args.seed, threshold=args.threshold)
         # Inside the try: a JSON file that cannot be written is one line, as for every other command.
         # Marked as dodo score's report: a rerun's --json replaces it, a user's JSON file is kept.
-        emit(format_report(report, _shown(args.model), " + ".join(map(_shown, data))), marked_report(report, "dodo score"),
+        emit(format_report(report, _shown(args.model), _files_label(data)), marked_report(report, "dodo score"),
              args.json)
     except BrokenPipeError:  # the reader went away (`| head`): dodo.cli.main ends quietly, 141
         raise

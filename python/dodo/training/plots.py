@@ -88,7 +88,19 @@ def _is_number(value) -> bool:
 
 
 def _number(value) -> float:
-    return float("nan") if value is None else float(value)
+    # Infinity and NaN (JSON extensions json.loads reads) are gaps too, as null is: an infinite loss in
+    # `plot metrics`' bars made matplotlib print "RuntimeWarning: invalid value encountered in dot"
+    # (outside probe, Python round fifty-one).
+    number = float("nan") if value is None else float(value)
+    return number if np.isfinite(number) else float("nan")
+
+
+def _log_scale(axis, *series) -> None:
+    """A log y axis where a drawn value is positive, else a linear one: with none (losses or |dn| of
+    0 or below in an edited file) matplotlib printed "UserWarning: Data has no positive values, and
+    therefore cannot be log-scaled" and the command still exited 0 (outside probe, Python round fifty-one)."""
+    values = np.array([value for values in series for value in values], dtype=float)
+    axis.set_yscale("log" if np.any(values[np.isfinite(values)] > 0) else "linear")
 
 
 def plot_metrics(metrics_paths: list, output: str | Path) -> Path:
@@ -98,15 +110,16 @@ def plot_metrics(metrics_paths: list, output: str | Path) -> Path:
     labels = [Path(p).parent.parent.name + "/" + Path(p).stem.replace("metrics_", "") for p in metrics_paths]
     x = np.arange(len(runs))
     fig, (ax_loss, ax_dn) = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(runs) + 6), 4.5))
-    ax_loss.bar(x - 0.2, [_number(r["best_val_loss"]) for r in runs], 0.4, label="best val")
-    ax_loss.bar(x + 0.2, [_number(r["test_loss"]["total"]) for r in runs], 0.4, label="test")
-    ax_loss.set_yscale("log")
+    best_val, test = [_number(r["best_val_loss"]) for r in runs], [_number(r["test_loss"]["total"]) for r in runs]
+    ax_loss.bar(x - 0.2, best_val, 0.4, label="best val")
+    ax_loss.bar(x + 0.2, test, 0.4, label="test")
+    _log_scale(ax_loss, best_val, test)
     ax_loss.set_ylabel("loss")
-    ax_dn.bar(x - 0.2, [_number(r["metric_table"]["box3d"]["mean_abs_dn_over_ntot_all"]) for r in runs], 0.4,
-              label="Box3D")
-    ax_dn.bar(x + 0.2, [_number(r["metric_table"]["model"]["mean_abs_dn_over_ntot_all"]) for r in runs], 0.4,
-              label="model")
-    ax_dn.set_yscale("log")
+    box3d, model = ([_number(r["metric_table"][key]["mean_abs_dn_over_ntot_all"]) for r in runs]
+                    for key in ("box3d", "model"))
+    ax_dn.bar(x - 0.2, box3d, 0.4, label="Box3D")
+    ax_dn.bar(x + 0.2, model, 0.4, label="model")
+    _log_scale(ax_dn, box3d, model)
     ax_dn.set_ylabel("mean |dn| / N_tot (test)")
     for axis in (ax_loss, ax_dn):
         axis.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)
@@ -122,10 +135,10 @@ def plot_curve(metrics_path: str | Path, output: str | Path) -> list[Path]:
     run = load_metrics(metrics_path, numbers=False)  # the history alone (and the parity data if there)
     fig, axis = plt.subplots(figsize=(6, 4.5))
     epochs = np.arange(1, len(run["history"]["train"]) + 1)
-    axis.plot(epochs, [_number(h["total"]) for h in run["history"]["train"]], label="train")
-    axis.plot(np.arange(1, len(run["history"]["val"]) + 1), [_number(h["total"]) for h in run["history"]["val"]],
-              label="val")
-    axis.set_yscale("log")
+    train, val = ([_number(h["total"]) for h in run["history"][split]] for split in ("train", "val"))
+    axis.plot(epochs, train, label="train")
+    axis.plot(np.arange(1, len(val) + 1), val, label="val")
+    _log_scale(axis, train, val)
     axis.set_xlabel("epoch")
     axis.set_ylabel("loss")
     axis.legend()
