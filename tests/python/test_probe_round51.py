@@ -6,6 +6,7 @@ import json
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import dodo
@@ -93,3 +94,84 @@ def test_score_header_names_every_file_of_a_few(tmp_path):
     assert _files_label(["a.h5", "b.h5"]) == "a.h5 + b.h5"
     assert _files_label(["a.h5", "b.h5", "c.h5", "d.h5"]) == "a.h5 + b.h5 + c.h5 + d.h5"
     assert _files_label([f"{i}.h5" for i in range(300)], ", ") == "0.h5, 1.h5, 2.h5, 297 more files (300 in all)"
+
+
+# -- units outside the array: an xarray DataArray's attrs, a DataArray of a pint Quantity, a list of quantities --
+
+class _DataArray:
+    """What dodo reads of an xarray DataArray: data, attrs, __array__, and attrs read as attributes."""
+
+    def __init__(self, data, attrs=None):
+        self.data, self.attrs = data, dict(attrs or {})
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.data, dtype=dtype)
+
+    def __getattr__(self, key):  # xarray reads attrs as attributes: da.units is attrs['units']
+        if key in self.__dict__.get("attrs", {}):
+            return self.attrs[key]
+        raise AttributeError(key)
+
+
+_DataArray.__module__, _DataArray.__qualname__ = "xarray.core.dataarray", "DataArray"
+
+
+class _Quantity:
+    """A pint Quantity's surface: magnitude, units, m_as (cm^-3 and m^-3 known), __array__ (the bare numbers)."""
+
+    def __init__(self, magnitude, units):
+        self.magnitude, self.units = np.asarray(magnitude, dtype=float), units
+
+    def m_as(self, target):
+        factor = {("meter ** -3", "cm**-3"): 1e-6, ("centimeter ** -3", "cm**-3"): 1.0}.get((self.units, target))
+        if factor is None:
+            raise ValueError("DimensionalityError")
+        return self.magnitude * factor
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.magnitude, dtype=dtype)
+
+
+_Quantity.__module__, _Quantity.__qualname__ = "pint", "Quantity"
+
+
+def _state():
+    F = np.zeros((6, 4))
+    F[:, 0] = [1.0, 1.2, 0.5, 0.6, 0.4, 0.4]
+    F[:, 3] = [0.2, -0.3, 0.1, -0.2, 0.05, 0.1]
+    return F * 1e32, np.array([1.0, 0.0, 0.0, 0.0])
+
+
+needs_runtime_51 = pytest.mark.skipif(not dodo.runtime_available(), reason="closure runtime not built")
+
+
+@needs_runtime_51
+@pytest.mark.parametrize("make, words", [
+    (lambda F, u: (_DataArray(F, {"units": "m^-3"}), u), ["F_init has attrs['units'] = 'm^-3'", "cm^-3"]),
+    (lambda F, u: (F, _DataArray(u, {"units": "km/s"})), ["u has attrs['units'] = 'km/s'", "plain numbers"]),
+    (lambda F, u: (_DataArray(_Quantity(F, "meter ** -3")), u), ["quantity in meter ** -3", 'm_as("cm**-3")']),
+    (lambda F, u: ([_Quantity(F, "meter ** -3")], [u]), ["F_init[0] is a quantity in meter ** -3", "1e+06"]),
+])
+def test_units_outside_the_array_are_read_not_dropped(make, words):
+    F, u = _state()
+    F_init, velocity = make(F, u)
+    with pytest.raises(ValueError) as refusal:
+        dodo.box3d(F_init, velocity)
+    message = str(refusal.value)
+    assert "\n" not in message and all(word in message for word in words), message
+
+
+@needs_runtime_51
+@pytest.mark.parametrize("make", [
+    lambda F, u: (_DataArray(F, {"units": "cm^-3"}), _DataArray(u, {"units": "1"})),
+    lambda F, u: (_DataArray(F, {"units": "1 / centimeter ** 3"}), _DataArray(u)),
+    lambda F, u: (_DataArray(_Quantity(F, "centimeter ** -3")), u),
+    lambda F, u: ([_Quantity(F, "centimeter ** -3"), F], [u, u]),
+])
+def test_units_outside_the_array_in_cm3_compute_as_the_bare_numbers(make):
+    F, u = _state()
+    F_init, velocity = make(F, u)
+    expected = dodo.box3d(F, u)
+    result = dodo.box3d(F_init, velocity)
+    got = np.asarray(result.F_box).reshape(-1, 6, 4)
+    assert all(np.array_equal(cell, np.asarray(expected.F_box)) for cell in got)
