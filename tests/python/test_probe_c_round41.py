@@ -151,6 +151,19 @@ int main(int argc, char** argv) {
 """
 
 
+def fake_onnxruntime(tmp_path: Path, name: str, source: str) -> Path:
+    """lib{name}.so built from C ``source`` against ONNX Runtime's C header (a library put in front of
+    the real one); the test is skipped without the header or gcc."""
+    header = Path("/usr/include/onnxruntime")
+    if not (header / "onnxruntime_c_api.h").is_file() or not shutil.which("gcc"):
+        pytest.skip("ONNX Runtime's C header or gcc missing")
+    library = tmp_path / f"lib{name}.so"
+    (tmp_path / f"{name}.c").write_text(source)
+    subprocess.run(["gcc", "-std=c11", "-shared", "-fPIC", f"-I{header}", str(tmp_path / f"{name}.c"), "-o",
+                    str(library)], check=True)
+    return library
+
+
 def test_sessions_are_created_one_at_a_time(tmp_path):
     """Eight threads creating closures of the default model at once (a host's OpenMP threads,
     each with its own closure: round thirty-eight's ThreadSanitizer host). Before: libdodo let
@@ -161,14 +174,8 @@ def test_sessions_are_created_one_at_a_time(tmp_path):
     a time (inside its fork gate): at most 1 at once, every closure made, the same bits."""
     from dodo._closure import runtime_paths
 
-    header = Path("/usr/include/onnxruntime")
-    if not (header / "onnxruntime_c_api.h").is_file() or not shutil.which("gcc"):
-        pytest.skip("ONNX Runtime's C header or gcc missing")
+    front = fake_onnxruntime(tmp_path, "counting", COUNTING_ORT)
     model = default_model()
-    front = tmp_path / "libcounting.so"
-    (tmp_path / "counting.c").write_text(COUNTING_ORT)
-    subprocess.run(["gcc", "-std=c11", "-shared", "-fPIC", f"-I{header}", str(tmp_path / "counting.c"), "-o",
-                    str(front)], check=True)
     program = compile_host(tmp_path, "creating_at_once", CREATING_AT_ONCE)
     lines = run_host(program, model, str(front), timeout=300,
                      env={"PROBE_REAL_ONNXRUNTIME": runtime_paths()["onnxruntime_library"]})
@@ -296,14 +303,8 @@ def test_a_library_whose_ortgetapibase_gives_no_table_is_refused(tmp_path, kind)
     or whose version text is NULL. Before: the host died in dodo_closure_create, SIGSEGV (a NULL
     table read; the NULL version text made into a std::string). Now
     DODO_ERROR_ONNXRUNTIME_UNAVAILABLE, the library named with what was wrong."""
-    header = Path("/usr/include/onnxruntime")
-    if not (header / "onnxruntime_c_api.h").is_file() or not shutil.which("gcc"):
-        pytest.skip("ONNX Runtime's C header or gcc missing")
+    broken = fake_onnxruntime(tmp_path, "broken", BROKEN_ORT)
     model = default_model()
-    broken = tmp_path / "libbroken.so"
-    (tmp_path / "broken.c").write_text(BROKEN_ORT)
-    subprocess.run(["gcc", "-std=c11", "-shared", "-fPIC", f"-I{header}", str(tmp_path / "broken.c"), "-o",
-                    str(broken)], check=True)
     program = compile_host(tmp_path, "broken_ort", BROKEN_HOST)
     # the onnxruntime evaluator: the auto one would not need the library for the default model
     lines = run_host(program, model, str(broken), timeout=120,
