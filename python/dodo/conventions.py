@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._units import _plain_numbers
+
 N_FLAVOURS = 3
 N_SPECIES = 6
 N_COMPONENTS = 4
@@ -71,8 +73,6 @@ def _as_array(value, densities: str = "") -> np.ndarray:
     dropped an astropy or pint Quantity's unit, so F in m^-3 went through from_emu_layout to the closure
     as plain numbers, read as cm^-3 (outside probe, Python round fifty)."""
     if densities:
-        from ._box3d import _plain_numbers
-
         value = _plain_numbers(densities, value, density=True)
     array = np.asarray(value)
     if array.dtype == object and array.ndim == 0 and hasattr(value, "__dlpack__"):
