@@ -100,7 +100,65 @@ def _log_scale(axis, *series) -> None:
     0 or below in an edited file) matplotlib printed "UserWarning: Data has no positive values, and
     therefore cannot be log-scaled" and the command still exited 0 (outside probe, Python round fifty-one)."""
     values = np.array([value for values in series for value in values], dtype=float)
-    axis.set_yscale("log" if np.any(values[np.isfinite(values)] > 0) else "linear")
+    values = values[np.isfinite(values)]
+    log = bool(np.any(values > 0))
+    drawn = np.abs(values[values > 0] if log else values)
+    far = drawn.size and (drawn.max() > _FAR or log and drawn.min() < 1 / _FAR)
+    ticks = _far_limits(axis, drawn, log) if far else None  # before set_yscale: its autoscale overflows there
+    axis.set_yscale("log" if log else "linear")
+    if ticks is not None:  # after it: set_yscale puts back the scale's own locators
+        from matplotlib.ticker import FixedLocator, NullLocator
+
+        axis.yaxis.set_major_locator(FixedLocator(ticks))
+        axis.yaxis.set_minor_locator(NullLocator())
+
+
+#: Beyond this (or below its inverse on a log axis) matplotlib's autoscale margin and tick locators
+#: overflow from about 1e250; no loss of `dodo train` comes near it.
+_FAR = 1e100
+
+
+def _far_limits(axis, drawn, log: bool) -> np.ndarray:
+    """The limits set, and the ticks returned, without the margin and the locators that overflow near
+    the float range: losses of 1e308 (an edited file) made matplotlib print "RuntimeWarning: overflow
+    encountered in exp" (or "in power", "in multiply") and the command still exited 0 (outside probe,
+    Python round fifty-two; section 86's "not fixed")."""
+    axis.set_autoscaley_on(False)  # else set_ylim first runs the pending (linear) autoscale, which overflows
+    if log:  # whole decades around the values, within the float range; about 8 ticks
+        low, high = int(np.floor(np.log10(drawn.min()))), int(np.ceil(np.log10(drawn.max())))
+        low, high = max(low, -323), min(max(high, low + 1), 308)  # a single value 1e200: no equal limits
+        low = min(low, high - 1)
+        axis.set_ylim(min(10.0 ** low, float(drawn.min())), max(10.0 ** high, float(drawn.max())))
+        stride = max(1, -(-(high - low) // 8))
+        return 10.0 ** np.arange(-(-low // stride) * stride, high + 1, stride)  # at multiples of the stride
+    return _linear_limits(axis.yaxis, [-float(drawn.max()), 0.0])  # no positive value: all in [-max, 0]
+
+
+def _linear_limits(axis, values) -> np.ndarray:
+    """The limits of a linear ``axis`` (an XAxis or YAxis) set over ``values``, and 5 ticks returned.
+    matplotlib's tolerances overflow where an axis spans more than half the float range, so the
+    limits stay within +-DBL_MAX / 4: a value beyond runs off the axis."""
+    axis.axes.set_autoscalex_on(False) if axis.axis_name == "x" else axis.axes.set_autoscaley_on(False)
+    bound = np.finfo(float).max / 4
+    low, high = (float(np.clip(value, -bound, bound)) for value in (min(values), max(values)))
+    if low == high:
+        low, high = (low - 1.0, high + 1.0) if abs(low) < 1 else (low - abs(low) / 2, high + abs(high) / 2)
+    (axis.axes.set_xlim if axis.axis_name == "x" else axis.axes.set_ylim)(low, high)
+    return np.linspace(low, high, 5)
+
+
+def _far_parity(axis, x, y) -> None:
+    """The parity plot's limits and ticks set where a value is beyond ``_FAR`` (an edited file; the values
+    are fractions n / N_tot): n_true 1e308 made matplotlib print "RuntimeWarning: overflow encountered in
+    multiply", and 1.7e308 beside -1 ended in "dodo plot: error: arange: cannot compute length" (outside
+    probe, Python round fifty-two)."""
+    from matplotlib.ticker import FixedLocator
+
+    for values, side in ((x, axis.xaxis), (y, axis.yaxis)):
+        values = np.asarray(values, dtype=float)
+        values = values[np.isfinite(values)]
+        if values.size and np.abs(values).max() > _FAR:
+            side.set_major_locator(FixedLocator(_linear_limits(side, [values.min(), values.max()])))
 
 
 def plot_metrics(metrics_paths: list, output: str | Path) -> Path:
@@ -153,6 +211,7 @@ def plot_curve(metrics_path: str | Path, output: str | Path) -> list[Path]:
         n_true, n_box, n_model = (np.array(parity[k], dtype=float) for k in ("n_true", "n_box3d", "n_model"))
         fig, axes = plt.subplots(2, 3, figsize=(11, 7))
         for i, (axis, name) in enumerate(zip(axes.ravel(), SPECIES)):
+            _far_parity(axis, n_true[:, i], np.concatenate([n_box[:, i], n_model[:, i]]))  # before any autoscale
             axis.scatter(n_true[:, i], n_box[:, i], s=3, alpha=0.5, label="Box3D")
             axis.scatter(n_true[:, i], n_model[:, i], s=3, alpha=0.5, label="model")
             finite = n_true[:, i][np.isfinite(n_true[:, i])]

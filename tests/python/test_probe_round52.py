@@ -1,0 +1,78 @@
+"""Outside probe, Python round fifty-two: `dodo plot` of metrics files whose numbers lie near the
+float range (section 86's "not fixed")."""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+
+from cli_helpers import run
+
+BIG = 1.7976931348623157e308  # DBL_MAX
+
+
+def _metrics(path: Path, train, val, best=0.5, test=0.6, box3d=0.01, model=0.005, parity=None) -> Path:
+    data = {"history": {"train": [{"total": t} for t in train], "val": [{"total": v} for v in val]},
+            "metric_table": {"box3d": {"mean_abs_dn_over_ntot_all": box3d},
+                             "model": {"mean_abs_dn_over_ntot_all": model}},
+            "best_val_loss": best, "test_loss": {"total": test}}
+    if parity is not None:
+        data["parity"] = parity
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _quiet_plot(capsys, argv):
+    """`dodo ARGV` with every warning an error: matplotlib's overflow warnings were printed to the user."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return run(capsys, argv)
+
+
+@pytest.mark.parametrize("losses", [[1e308, 1e-308, 5e-324],  # section 86's reproducer
+                                    [BIG], [1e250, 1e-300], [1e300, 1.0], [1.0, 5e-324],
+                                    [-BIG, -1e307, 0.0], [1e308, -1e308]])
+@pytest.mark.parametrize("command", ["curve", "metrics"])
+def test_plot_of_losses_near_the_float_range_warns_nothing(tmp_path, capsys, losses, command):
+    pytest.importorskip("matplotlib")
+    metrics = _metrics(tmp_path / "metrics.json", losses, losses[-1:], best=losses[0], test=losses[-1],
+                       box3d=losses[0], model=losses[-1])
+    code, out, err = _quiet_plot(capsys, ["plot", command, str(metrics), "-o", str(tmp_path / "c.png")])
+    assert code == 0 and "Warning" not in err and "Traceback" not in err, err
+    assert (tmp_path / "c.png").stat().st_size > 0 and "wrote" in out
+
+
+@pytest.mark.parametrize("rows", [[[1e308, 1, 1, 1, 1, 1], [0.1] * 6],  # "overflow encountered in multiply"
+                                  [[1.7e308, 1, 1, 1, 1, 1], [-1] * 6],  # "error: arange: cannot compute length"
+                                  [[BIG] * 6, [-BIG] * 6]])
+def test_plot_curve_parity_of_values_near_the_float_range_warns_nothing(tmp_path, capsys, rows):
+    pytest.importorskip("matplotlib")
+    parity = {"n_true": rows, "n_box3d": rows[::-1], "n_model": rows}
+    metrics = _metrics(tmp_path / "metrics.json", [1.0], [1.0], parity=parity)
+    code, out, err = _quiet_plot(capsys, ["plot", "curve", str(metrics), "-o", str(tmp_path / "c.png")])
+    assert code == 0 and "error" not in err and "Warning" not in err and "Traceback" not in err, err
+    assert (tmp_path / "c_parity.png").stat().st_size > 0 and "wrote" in out
+
+
+def test_plot_of_ordinary_losses_keeps_matplotlib_limits_and_a_log_axis():
+    """The far-range limits are taken only beyond 1e100: a run's ordinary curve keeps matplotlib's own
+    autoscaled log axis (a margin outside the values), and far values get whole-decade limits."""
+    pytest.importorskip("matplotlib")
+    from dodo.training import plots
+
+    plt = plots._pyplot()
+    limits = []
+    for values in ([1.0, 0.5, 0.01], [1e308, 1e-308]):
+        fig, axis = plt.subplots()
+        axis.plot(range(len(values)), values)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            plots._log_scale(axis, values)
+            fig.canvas.draw()
+        limits.append((axis.get_yscale(), *axis.get_ylim()))
+        plt.close(fig)
+    (scale, low, high), far = limits
+    assert scale == "log" and low < 0.01 and 1.0 < high < 10  # matplotlib's margin, as before
+    assert far == ("log", 1e-308, 1e308)
