@@ -76,3 +76,26 @@ def test_plot_of_ordinary_losses_keeps_matplotlib_limits_and_a_log_axis():
     (scale, low, high), far = limits
     assert scale == "log" and low < 0.01 and 1.0 < high < 10  # matplotlib's margin, as before
     assert far == ("log", 1e-308, 1e308)
+
+
+@pytest.mark.parametrize("run_name", ["a$\\frac$b",  # "dodo plot: error: \frac ^ ParseSyntaxException: ...", exit 2
+                                      "r$_{$s",
+                                      "lr$1$"])  # drawn as mathtext: "lr1" in italics, the dollars gone
+def test_plot_metrics_labels_run_directories_as_plain_text(tmp_path, capsys, monkeypatch, run_name):
+    pytest.importorskip("matplotlib")
+    from dodo.training import plots
+
+    (tmp_path / run_name / "runs").mkdir(parents=True)  # a run's metrics file: RUN/runs/metrics_<stamp>.json
+    metrics = _metrics(tmp_path / run_name / "runs" / "metrics_7.json", [1.0], [1.0])
+    drawn = []
+    save = plots.save_figure
+
+    def keep_labels(fig, output):
+        drawn.extend((label.get_text(), label.get_parse_math()) for axis in fig.axes
+                     for label in axis.get_xticklabels())
+        return save(fig, output)
+
+    monkeypatch.setattr(plots, "save_figure", keep_labels)
+    code, out, err = _quiet_plot(capsys, ["plot", "metrics", str(metrics), "-o", str(tmp_path / "m.png")])
+    assert code == 0 and "error" not in err and "Traceback" not in err, err
+    assert drawn == [(f"{run_name}/7", False)] * 2  # the name as it is, on both panels, not parsed as TeX

@@ -180,7 +180,9 @@ def plot_metrics(metrics_paths: list, output: str | Path) -> Path:
     _log_scale(ax_dn, box3d, model)
     ax_dn.set_ylabel("mean |dn| / N_tot (test)")
     for axis in (ax_loss, ax_dn):
-        axis.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)
+        # Plain text: a run directory named 'a$\frac$b' was parsed as mathtext ("dodo plot: error: \frac ^
+        # ParseSyntaxException: ..."), and 'lr$1$' drawn as 'lr1' (outside probe, Python round fifty-two).
+        axis.set_xticks(x, labels, rotation=30, ha="right", fontsize=7, parse_math=False)
         axis.legend()
     fig.tight_layout()
     return save_figure(fig, output)
