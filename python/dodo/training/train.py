@@ -728,7 +728,9 @@ def _restore_signal_handlers_in_worker(worker_id: int) -> None:
     error: ...`, exit 2, the run given no row) or followed it as a 22-line traceback (data-loss round
     seven); with the command's own handler inherited, each worker printed a `_Terminated` traceback."""
     for signum in _HANDLERS_BEFORE_FORK:
-        signal.signal(signum, signal.SIG_IGN)
+        signal.signal(signum, signal.SIG_IGN)  # also discards one that came since the fork (held: blocked)
+    if _HANDLERS_BEFORE_FORK:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, list(_HANDLERS_BEFORE_FORK))
     sys.excepthook = _quiet_about_abandoned_handovers(sys.excepthook)
 
 
@@ -757,6 +759,7 @@ def _shut_down_workers_quietly(iterator) -> None:
     made torch's SIGCHLD handler raise "DataLoader worker (pid N) is killed by signal" inside the
     iterator's __del__: a 20-line "Exception ignored" traceback after `dodo train: terminated` (outside
     probe, data-loss round eight). The exception on its way out says what ended the run."""
+    cut_short = getattr(iterator, "_shutdown", False)  # torch's own shutdown begun, which it does not redo
     try:
         iterator._shutdown_workers()
     except RuntimeError as error:
@@ -764,6 +767,16 @@ def _shut_down_workers_quietly(iterator) -> None:
             raise
         for worker in getattr(iterator, "_workers", []):  # the joins that error cut short; each was sent its end
             worker.join(timeout=WORKER_SHUTDOWN_WAIT_S)
+    if cut_short:
+        # A signal inside torch's shutdown at an epoch's end (which marks the iterator shut down before it sends
+        # each worker its end) left a worker waiting for its end for ever, and the main process joining it at
+        # exit: `dodo train` stayed after "dodo train: terminated" (1 group SIGTERM in 10 of data.num_workers 2;
+        # outside probe, data-loss round nine). Such a worker ignores SIGTERM (_restore_signal_handlers_in_worker),
+        # so torch's terminate() cannot end it.
+        for worker in getattr(iterator, "_workers", []):
+            if worker.is_alive():
+                worker.kill()
+                worker.join(timeout=WORKER_SHUTDOWN_WAIT_S)
 
 
 def _batches_then_shut_down(iterator):
@@ -799,8 +812,10 @@ class _SignalSafeLoader(torch.utils.data.DataLoader):
     the handler's exception was swallowed ("Exception ignored in: _release_running_lock_after_fork"): a
     SIGTERM to the job's process group (a batch system's cancel) at a worker's fork was lost and the run
     went on training, with the claims lock that handler should have released left held (2 group SIGTERMs
-    in 16 of `dodo train` with data.num_workers 2; outside probe, data-loss round seven). Blocking the signals would not do: another thread (torch's) takes a signal it does not block,
-    and Python still runs the handler in the main thread."""
+    in 16 of `dodo train` with data.num_workers 2; outside probe, data-loss round seven). Blocking the signals
+    alone would not do: another thread (torch's) takes a signal it does not block, and Python still runs the
+    handler in the main thread; they are blocked as well so that the workers start with them blocked (data-loss
+    round nine)."""
 
     def __iter__(self):
         check_unchanged = getattr(self.dataset, "check_unchanged", None)
@@ -817,7 +832,17 @@ class _SignalSafeLoader(torch.utils.data.DataLoader):
                     previous[signum] = signal.signal(signum, lambda number, frame: held.append(number))
             _HANDLERS_BEFORE_FORK.clear()
             _HANDLERS_BEFORE_FORK.update(previous)
-            iterator = super().__iter__()
+            # Blocked too, so that each worker starts with them blocked until its worker_init_fn ignores
+            # them: one that came after torch's worker handlers (its SIGTERM handler re-raises a signal not
+            # from the main process) and before worker_init_fn killed the worker, and a worker alone
+            # signalled there ended the run with "DataLoader worker (pid N) is killed by signal:
+            # Terminated" (outside probe, data-loss round nine; the known gap of round eight).
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, list(previous)) if previous else None
+            try:
+                iterator = super().__iter__()
+            finally:
+                if mask is not None:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # one that came meanwhile is held
         except BaseException:
             # A worker the same group signal had killed: torch's SIGCHLD handler raised "DataLoader worker
             # (pid N) is killed by signal: Terminated" here, and `dodo study` ended with that error (exit 2,
