@@ -122,3 +122,19 @@ def test_a_signal_inside_the_epoch_end_shutdown_leaves_no_worker_and_no_hang_at_
     assert result.returncode == 130, result.stderr
     assert "interrupted; workers running: 0" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
+
+
+def test_a_learning_curve_whose_table_reader_went_away_does_not_end_with_0(ensemble_run):
+    # `dodo learning-curve ... --json - | jq ...` whose reader went away (jq failed, a pager quit): the
+    # cross-validation went on (a long command outlives its reader), then the table, its only record,
+    # was dropped as a progress line is, after "note: ... its files and logs are written as usual", and
+    # the command ended with 0. A closed standard output or a full disk already ended with 2.
+    pytest.importorskip("torch")
+    process = subprocess.Popen([sys.executable, "-m", "dodo", "learning-curve", "--config", str(ensemble_run["config"]),
+                                "--sizes", "10", "--folds", "2", "--json", "-"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # the reader gone before the table is printed
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == 2, err
+    assert "the table (--json -) was not written" in err and "--json FILE" in err, err
+    assert "Traceback" not in err, err
