@@ -522,8 +522,12 @@ const char* dodo_cell_status_name(uint32_t bit) {
 
 void dodo_options_init_sized(dodo_options* options, size_t size) {
   if (!options || size < sizeof(OptionsV1)) return;  // smaller than any dodo_options: not ours to write
-  std::memset(options, 0, size);                     // the caller's struct is `size` bytes
-  options->struct_size = size;                       // a size this library does not know is refused at creation
+  // Never past the fields this library knows: a size beyond them (a later dodo.h's struct, or a
+  // host's wrong size, 1 MiB for a dodo_options on its stack) had every byte of it zeroed, the
+  // host's stack smashed (SIGSEGV); such a struct is refused at creation anyway, as the size
+  // recorded says (outside probe, C round forty-two).
+  std::memset(options, 0, size < sizeof(dodo_options) ? size : sizeof(dodo_options));
+  options->struct_size = size;  // a size this library does not know is refused at creation
   options->chunk_size = 1024;                        // the other defaults are zero (CPU, the model's settings)
   options->run_self_test = 1;  // as in Python: a package is checked against its test vectors at load
 }

@@ -16,6 +16,7 @@ import pytest
 
 from capi_host import ROOT, compile_fortran, compile_host, default_model, run_host
 from native_build import REQUIRES_C_API
+from ort_front import fake_onnxruntime, front_source
 
 pytestmark = REQUIRES_C_API
 
@@ -27,18 +28,9 @@ MODULE = Path(os.environ.get("DODO_PROBE_FORTRAN_MODULE", ROOT / "cpp/include/do
 
 # An ONNX Runtime in front of the real one whose session creations count how many run at once
 # (each held open 30 ms, so that creations libdodo lets overlap do overlap).
-COUNTING_ORT = r"""
-#define _POSIX_C_SOURCE 200809L
-#include <dlfcn.h>
-#include <onnxruntime_c_api.h>
+COUNTING_ORT = front_source(r"""
 #include <stdatomic.h>
-#include <stdlib.h>
-#include <string.h>
 #include <time.h>
-static const OrtApiBase* real_base;
-static const OrtApi* real_api;
-static OrtApi patched;
-static OrtApiBase base;
 static atomic_int inside, most, entered;
 int probe_most_at_once(void) { return atomic_load(&most); }
 int probe_entered(void) { return atomic_load(&entered); }
@@ -65,25 +57,11 @@ static OrtStatus* ORT_API_CALL create(const OrtEnv* env, const ORTCHAR_T* path, 
   atomic_fetch_sub(&inside, 1);
   return status;
 }
-static const OrtApi* ORT_API_CALL get_api(uint32_t version) {
-  real_api = real_base->GetApi(version);
-  if (!real_api) return NULL;
-  memcpy(&patched, real_api, sizeof patched);
-  patched.CreateSessionFromArray = create_from_array;
-  patched.CreateSession = create;
-  return &patched;
+static void replace(OrtApi* api) {
+  api->CreateSessionFromArray = create_from_array;
+  api->CreateSession = create;
 }
-static const char* ORT_API_CALL version_string(void) { return real_base->GetVersionString(); }
-const OrtApiBase* OrtGetApiBase(void) {
-  void* real = dlopen(getenv("PROBE_REAL_ONNXRUNTIME"), RTLD_NOW | RTLD_LOCAL);
-  if (!real) return NULL;
-  const OrtApiBase* (*get)(void) = (const OrtApiBase* (*)(void))dlsym(real, "OrtGetApiBase");
-  real_base = get();
-  base.GetApi = get_api;
-  base.GetVersionString = version_string;
-  return &base;
-}
-"""
+""")
 
 # Eight threads (a host's OpenMP threads, each with its own closure) create closures of the model
 # at once, half from the file and half from memory, then apply them: the same bits as one closure.
@@ -149,19 +127,6 @@ int main(int argc, char** argv) {
   return 0;
 }
 """
-
-
-def fake_onnxruntime(tmp_path: Path, name: str, source: str) -> Path:
-    """lib{name}.so built from C ``source`` against ONNX Runtime's C header (a library put in front of
-    the real one); the test is skipped without the header or gcc."""
-    header = Path("/usr/include/onnxruntime")
-    if not (header / "onnxruntime_c_api.h").is_file() or not shutil.which("gcc"):
-        pytest.skip("ONNX Runtime's C header or gcc missing")
-    library = tmp_path / f"lib{name}.so"
-    (tmp_path / f"{name}.c").write_text(source)
-    subprocess.run(["gcc", "-std=c11", "-shared", "-fPIC", f"-I{header}", str(tmp_path / f"{name}.c"), "-o",
-                    str(library)], check=True)
-    return library
 
 
 def test_sessions_are_created_one_at_a_time(tmp_path):

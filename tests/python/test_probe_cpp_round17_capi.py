@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from capi_host import CROSSING_CELLS, compile_fortran, compile_host, default_model, needs_runtime, run_host
+from ort_front import fake_onnxruntime, front_source
 from test_probe_round16_capi import LOAD_PACKAGES
 
 
@@ -98,15 +99,7 @@ def test_a_named_constant_of_the_description_must_equal_its_own_node_not_another
 # An ONNX Runtime in front of the real one: its CreateSessionFromArray first changes one byte of
 # the host's buffer (once armed), as a thread of the host or another process writing a shared
 # mapping would between libdodo's digests and ONNX Runtime's parse; then the real call.
-CHANGING_ORT = r"""
-#include <dlfcn.h>
-#include <onnxruntime_c_api.h>
-#include <stdlib.h>
-#include <string.h>
-static const OrtApiBase* real_base;
-static const OrtApi* real_api;
-static OrtApi patched;
-static OrtApiBase base;
+CHANGING_ORT = front_source(r"""
 static unsigned char* target;
 void probe_change_at(unsigned char* address) { target = address; }
 static OrtStatus* ORT_API_CALL create_from_array(const OrtEnv* env, const void* data, size_t size,
@@ -114,24 +107,8 @@ static OrtStatus* ORT_API_CALL create_from_array(const OrtEnv* env, const void* 
   if (target) { *target ^= 0x01; target = NULL; }
   return real_api->CreateSessionFromArray(env, data, size, options, out);
 }
-static const OrtApi* ORT_API_CALL get_api(uint32_t version) {
-  real_api = real_base->GetApi(version);
-  if (!real_api) return NULL;
-  memcpy(&patched, real_api, sizeof patched);
-  patched.CreateSessionFromArray = create_from_array;
-  return &patched;
-}
-static const char* ORT_API_CALL version_string(void) { return real_base->GetVersionString(); }
-const OrtApiBase* OrtGetApiBase(void) {
-  void* real = dlopen(getenv("PROBE_REAL_ONNXRUNTIME"), RTLD_NOW | RTLD_LOCAL);
-  if (!real) return NULL;
-  const OrtApiBase* (*get)(void) = (const OrtApiBase* (*)(void))dlsym(real, "OrtGetApiBase");
-  real_base = get();
-  base.GetApi = get_api;
-  base.GetVersionString = version_string;
-  return &base;
-}
-"""
+static void replace(OrtApi* api) { api->CreateSessionFromArray = create_from_array; }
+""")
 
 CHANGED_DURING_CREATE = CROSSING_CELLS + r"""
 #include <dodo/dodo.h>
@@ -182,24 +159,17 @@ int main(int argc, char** argv) {
 @needs_runtime
 @pytest.mark.parametrize("byte", [2, 3])  # a first-layer weight's mantissa (x 1.008) and sign
 def test_a_package_in_memory_changed_after_its_digests_are_checked_is_not_what_loads(tmp_path, byte):
-    import shutil
-    import subprocess
     from pathlib import Path
 
     import onnx
 
     from dodo._closure import runtime_paths
 
-    header = Path("/usr/include/onnxruntime")
-    if not (header / "onnxruntime_c_api.h").is_file() or not shutil.which("gcc"):
-        pytest.skip("ONNX Runtime's C header or gcc missing")
     model = default_model()
     data = Path(model).read_bytes()
     raw = next(t for t in onnx.load(model).graph.initializer if t.name == "ensemble.student.body.0.weight").raw_data
     assert data.count(raw) == 1
-    front = tmp_path / "libfront.so"
-    (tmp_path / "front.c").write_text(CHANGING_ORT)
-    subprocess.run(["gcc", "-shared", "-fPIC", f"-I{header}", str(tmp_path / "front.c"), "-o", str(front)], check=True)
+    front = fake_onnxruntime(tmp_path, "front", CHANGING_ORT)
     program = compile_host(tmp_path, "changed_during_create", CHANGED_DURING_CREATE)
     lines = run_host(program, model, str(front), str(data.find(raw) + byte), timeout=300,
                      env={"PROBE_REAL_ONNXRUNTIME": runtime_paths()["onnxruntime_library"]})

@@ -179,6 +179,11 @@ module dodo
     end function
   end interface
 
+  ! The addresses of an array's elements (below), for the two types the module's arrays have.
+  interface element_addresses
+    module procedure real_element_addresses, int32_element_addresses
+  end interface element_addresses
+
 contains
 
   ! Every procedure is RECURSIVE, so that a host's flags, which compile this file too, cannot make
@@ -333,6 +338,7 @@ contains
     ! Contiguous copies of the non-contiguous arguments (allocated only for those)
     real(c_double), allocatable, target :: F_init_flat(:), F_pred_flat(:), u_flat(:), growth_flat(:), uncertainty_flat(:)
     integer(c_int32_t), allocatable, target :: status_flat(:)
+    integer(c_intptr_t), allocatable :: at(:)  ! the addresses of a copied argument's elements
     integer :: status
     integer(c_size_t) :: ncell
     character(len=120) :: problem
@@ -396,7 +402,9 @@ contains
       if (is_contiguous(u)) then
         u_pointer = c_loc(u)
       else
-        call flatten_real(u, u_flat)
+        call element_addresses(u, at)
+        allocate(u_flat(size(at, kind=c_size_t)))
+        call copy_elements(at, u_flat, .true.)
         u_pointer = c_loc(u_flat)
       end if
     end if
@@ -416,7 +424,9 @@ contains
       if (is_contiguous(cell_status)) then
         status_pointer = c_loc(cell_status)
       else
-        call flatten_int32(cell_status, status_flat)  ! copied in too: a refused call leaves it as it was
+        call element_addresses(cell_status, at)
+        allocate(status_flat(size(at, kind=c_size_t)))
+        call copy_elements(at, status_flat, .true.)  ! copied in too: a refused call leaves it as it was
         status_pointer = c_loc(status_flat)
       end if
     end if
@@ -438,7 +448,9 @@ contains
       if (is_contiguous(growth_rate)) then
         growth_pointer = c_loc(growth_rate)
       else
-        call flatten_real(growth_rate, growth_flat)
+        call element_addresses(growth_rate, at)
+        allocate(growth_flat(size(at, kind=c_size_t)))
+        call copy_elements(at, growth_flat, .true.)
         growth_pointer = c_loc(growth_flat)
       end if
     end if
@@ -458,7 +470,9 @@ contains
       if (is_contiguous(uncertainty)) then
         uncertainty_pointer = c_loc(uncertainty)
       else
-        call flatten_real(uncertainty, uncertainty_flat)
+        call element_addresses(uncertainty, at)
+        allocate(uncertainty_flat(size(at, kind=c_size_t)))
+        call copy_elements(at, uncertainty_flat, .true.)
         uncertainty_pointer = c_loc(uncertainty_flat)
       end if
     end if
@@ -478,22 +492,38 @@ contains
     if (is_contiguous(F_init)) then
       F_init_pointer = c_loc(F_init)
     else
-      call flatten_real(F_init, F_init_flat)
+      call element_addresses(F_init, at)
+      allocate(F_init_flat(size(at, kind=c_size_t)))
+      call copy_elements(at, F_init_flat, .true.)
       F_init_pointer = c_loc(F_init_flat)
     end if
     if (is_contiguous(F_pred)) then
       F_pred_pointer = c_loc(F_pred)
     else
-      call flatten_real(F_pred, F_pred_flat)
+      call element_addresses(F_pred, at)
+      allocate(F_pred_flat(size(at, kind=c_size_t)))
+      call copy_elements(at, F_pred_flat, .true.)
       F_pred_pointer = c_loc(F_pred_flat)
     end if
     status = int(c_apply_diagnostics(closure%handle, ncell, F_init_pointer, c_null_ptr, u_pointer, c_null_ptr, &
                                      F_pred_pointer, c_null_ptr, status_pointer, growth_pointer, uncertainty_pointer))
     ! The copies back, as the compiler's copy-out did: a refused call wrote nothing into them.
-    if (allocated(F_pred_flat)) call store_real(F_pred_flat, F_pred)
-    if (allocated(status_flat)) call store_int32(status_flat, cell_status)
-    if (allocated(growth_flat)) call store_real(growth_flat, growth_rate)
-    if (allocated(uncertainty_flat)) call store_real(uncertainty_flat, uncertainty)
+    if (allocated(F_pred_flat)) then
+      call element_addresses(F_pred, at)
+      call copy_elements(at, F_pred_flat, .false.)
+    end if
+    if (allocated(status_flat)) then
+      call element_addresses(cell_status, at)
+      call copy_elements(at, status_flat, .false.)
+    end if
+    if (allocated(growth_flat)) then
+      call element_addresses(growth_rate, at)
+      call copy_elements(at, growth_flat, .false.)
+    end if
+    if (allocated(uncertainty_flat)) then
+      call element_addresses(uncertainty, at)
+      call copy_elements(at, uncertainty_flat, .false.)
+    end if
     call report_call(status, closure, stat, errmsg)
   end subroutine dodo_apply
 
@@ -714,9 +744,14 @@ contains
   ! where it lies, and writes its address through a view of `at` of x's shape, so that no temporary
   ! of x's size is made (an elemental function's result array was one, which -Ofast's
   ! -fstack-arrays put on the stack: round thirty-nine's 100,000-cell section overflowed 8 MiB).
-  ! Every rank a Fortran array may have (15), and a scalar.
-  recursive subroutine element_addresses(x, at)
-    class(*), intent(in), target :: x(..)
+  ! Every rank a Fortran array may have (15), and a scalar. One specific a type: x was one unlimited
+  ! polymorphic assumed-rank dummy (C round forty-one), and gfortran 12 passes an assumed-rank array
+  ! to such a dummy by copying a descriptor of rank 15 (400 bytes) from the caller's, of x's rank
+  ! (64 bytes for a rank-1 section): an over-read of the host's stack, for which AddressSanitizer
+  ! stopped a host built with -fsanitize=address at its first non-contiguous section (C round
+  ! forty-two). An array of known rank passed to the elemental class(*) helper makes no such copy.
+  recursive subroutine real_element_addresses(x, at)
+    real(c_double), intent(in), target :: x(..)
     integer(c_intptr_t), allocatable, target, intent(out) :: at(:)
     integer(c_intptr_t), pointer :: at2(:, :)
     integer(c_intptr_t), pointer :: at3(:, :, :)
@@ -751,11 +786,49 @@ contains
     rank (14); call c_f_pointer(c_loc(at), at14, shape(x)); call element_address(x, at14)
     rank (15); call c_f_pointer(c_loc(at), at15, shape(x)); call element_address(x, at15)
     end select
-  end subroutine element_addresses
+  end subroutine real_element_addresses
+
+  recursive subroutine int32_element_addresses(x, at)
+    integer(c_int32_t), intent(in), target :: x(..)
+    integer(c_intptr_t), allocatable, target, intent(out) :: at(:)
+    integer(c_intptr_t), pointer :: at2(:, :)
+    integer(c_intptr_t), pointer :: at3(:, :, :)
+    integer(c_intptr_t), pointer :: at4(:, :, :, :)
+    integer(c_intptr_t), pointer :: at5(:, :, :, :, :)
+    integer(c_intptr_t), pointer :: at6(:, :, :, :, :, :)
+    integer(c_intptr_t), pointer :: at7(:, :, :, :, :, :, :)
+    integer(c_intptr_t), pointer :: at8(:, :, :, :, :, :, :, :)
+    integer(c_intptr_t), pointer :: at9(:, :, :, :, :, :, :, :, :)
+    integer(c_intptr_t), pointer :: at10(:, :, :, :, :, :, :, :, :, :)
+    integer(c_intptr_t), pointer :: at11(:, :, :, :, :, :, :, :, :, :, :)
+    integer(c_intptr_t), pointer :: at12(:, :, :, :, :, :, :, :, :, :, :, :)
+    integer(c_intptr_t), pointer :: at13(:, :, :, :, :, :, :, :, :, :, :, :, :)
+    integer(c_intptr_t), pointer :: at14(:, :, :, :, :, :, :, :, :, :, :, :, :, :)
+    integer(c_intptr_t), pointer :: at15(:, :, :, :, :, :, :, :, :, :, :, :, :, :, :)
+    allocate(at(size(x, kind=c_size_t)))
+    select rank (x)
+    rank (0); call element_address(x, at(1))
+    rank (1); call element_address(x, at)
+    rank (2); call c_f_pointer(c_loc(at), at2, shape(x)); call element_address(x, at2)
+    rank (3); call c_f_pointer(c_loc(at), at3, shape(x)); call element_address(x, at3)
+    rank (4); call c_f_pointer(c_loc(at), at4, shape(x)); call element_address(x, at4)
+    rank (5); call c_f_pointer(c_loc(at), at5, shape(x)); call element_address(x, at5)
+    rank (6); call c_f_pointer(c_loc(at), at6, shape(x)); call element_address(x, at6)
+    rank (7); call c_f_pointer(c_loc(at), at7, shape(x)); call element_address(x, at7)
+    rank (8); call c_f_pointer(c_loc(at), at8, shape(x)); call element_address(x, at8)
+    rank (9); call c_f_pointer(c_loc(at), at9, shape(x)); call element_address(x, at9)
+    rank (10); call c_f_pointer(c_loc(at), at10, shape(x)); call element_address(x, at10)
+    rank (11); call c_f_pointer(c_loc(at), at11, shape(x)); call element_address(x, at11)
+    rank (12); call c_f_pointer(c_loc(at), at12, shape(x)); call element_address(x, at12)
+    rank (13); call c_f_pointer(c_loc(at), at13, shape(x)); call element_address(x, at13)
+    rank (14); call c_f_pointer(c_loc(at), at14, shape(x)); call element_address(x, at14)
+    rank (15); call c_f_pointer(c_loc(at), at15, shape(x)); call element_address(x, at15)
+    end select
+  end subroutine int32_element_addresses
 
   ! One element's address, of either type the lists are made of (a double of the four-fluxes, u and
-  ! the diagnostics, an int32 of cell_status); x and v are unlimited polymorphic, so one list maker
-  ! serves both (it was written out twice, real_addresses and int32_addresses; C round forty-one).
+  ! the diagnostics, an int32 of cell_status); v is unlimited polymorphic, so both list makers share
+  ! it (C round forty-one).
   ! C_LOC takes the nonpolymorphic name of a TYPE IS block. No other type is passed (the module's
   ! own calls); it would get 0, never a stop: the library does not end its host.
   recursive impure elemental subroutine element_address(v, at)
@@ -771,97 +844,38 @@ contains
     end select
   end subroutine element_address
 
-  ! x's values in array element order, into flat (a non-contiguous argument's contiguous copy), and
-  ! back. Every rank a Fortran array may have (15).
-  recursive subroutine flatten_real(x, flat)
-    real(c_double), intent(in) :: x(..)
-    real(c_double), allocatable, intent(out) :: flat(:)
-    allocate(flat(size(x, kind=c_size_t)))
-    select rank (x)
-    rank (1); flat(:) = x
-    rank (2); flat(:) = reshape(x, shape(flat))
-    rank (3); flat(:) = reshape(x, shape(flat))
-    rank (4); flat(:) = reshape(x, shape(flat))
-    rank (5); flat(:) = reshape(x, shape(flat))
-    rank (6); flat(:) = reshape(x, shape(flat))
-    rank (7); flat(:) = reshape(x, shape(flat))
-    rank (8); flat(:) = reshape(x, shape(flat))
-    rank (9); flat(:) = reshape(x, shape(flat))
-    rank (10); flat(:) = reshape(x, shape(flat))
-    rank (11); flat(:) = reshape(x, shape(flat))
-    rank (12); flat(:) = reshape(x, shape(flat))
-    rank (13); flat(:) = reshape(x, shape(flat))
-    rank (14); flat(:) = reshape(x, shape(flat))
-    rank (15); flat(:) = reshape(x, shape(flat))
+  ! A non-contiguous argument's elements, at the addresses `at` (element_addresses, array element
+  ! order), copied into its contiguous copy flat (to_flat), or back from it. One helper for both
+  ! types and both directions (they were four, flatten_real, store_real, flatten_int32 and
+  ! store_int32, a select rank of 15 ranks each; C round forty-two).
+  recursive subroutine copy_elements(at, flat, to_flat)
+    integer(c_intptr_t), intent(in) :: at(:)
+    class(*), intent(inout) :: flat(:)
+    logical, intent(in) :: to_flat
+    real(c_double), pointer :: real_element
+    integer(c_int32_t), pointer :: int32_element
+    integer(c_size_t) :: i
+    select type (flat)
+    type is (real(c_double))
+      do i = 1, size(at, kind=c_size_t)
+        call c_f_pointer(transfer(at(i), c_null_ptr), real_element)
+        if (to_flat) then
+          flat(i) = real_element
+        else
+          real_element = flat(i)
+        end if
+      end do
+    type is (integer(c_int32_t))
+      do i = 1, size(at, kind=c_size_t)
+        call c_f_pointer(transfer(at(i), c_null_ptr), int32_element)
+        if (to_flat) then
+          flat(i) = int32_element
+        else
+          int32_element = flat(i)
+        end if
+      end do
     end select
-  end subroutine flatten_real
-
-  recursive subroutine store_real(flat, x)
-    real(c_double), intent(in) :: flat(:)
-    real(c_double), intent(inout) :: x(..)
-    select rank (x)
-    rank (1); x = flat
-    rank (2); x = reshape(flat, shape(x))
-    rank (3); x = reshape(flat, shape(x))
-    rank (4); x = reshape(flat, shape(x))
-    rank (5); x = reshape(flat, shape(x))
-    rank (6); x = reshape(flat, shape(x))
-    rank (7); x = reshape(flat, shape(x))
-    rank (8); x = reshape(flat, shape(x))
-    rank (9); x = reshape(flat, shape(x))
-    rank (10); x = reshape(flat, shape(x))
-    rank (11); x = reshape(flat, shape(x))
-    rank (12); x = reshape(flat, shape(x))
-    rank (13); x = reshape(flat, shape(x))
-    rank (14); x = reshape(flat, shape(x))
-    rank (15); x = reshape(flat, shape(x))
-    end select
-  end subroutine store_real
-
-  recursive subroutine flatten_int32(x, flat)
-    integer(c_int32_t), intent(in) :: x(..)
-    integer(c_int32_t), allocatable, intent(out) :: flat(:)
-    allocate(flat(size(x, kind=c_size_t)))
-    select rank (x)
-    rank (1); flat(:) = x
-    rank (2); flat(:) = reshape(x, shape(flat))
-    rank (3); flat(:) = reshape(x, shape(flat))
-    rank (4); flat(:) = reshape(x, shape(flat))
-    rank (5); flat(:) = reshape(x, shape(flat))
-    rank (6); flat(:) = reshape(x, shape(flat))
-    rank (7); flat(:) = reshape(x, shape(flat))
-    rank (8); flat(:) = reshape(x, shape(flat))
-    rank (9); flat(:) = reshape(x, shape(flat))
-    rank (10); flat(:) = reshape(x, shape(flat))
-    rank (11); flat(:) = reshape(x, shape(flat))
-    rank (12); flat(:) = reshape(x, shape(flat))
-    rank (13); flat(:) = reshape(x, shape(flat))
-    rank (14); flat(:) = reshape(x, shape(flat))
-    rank (15); flat(:) = reshape(x, shape(flat))
-    end select
-  end subroutine flatten_int32
-
-  recursive subroutine store_int32(flat, x)
-    integer(c_int32_t), intent(in) :: flat(:)
-    integer(c_int32_t), intent(inout) :: x(..)
-    select rank (x)
-    rank (1); x = flat
-    rank (2); x = reshape(flat, shape(x))
-    rank (3); x = reshape(flat, shape(x))
-    rank (4); x = reshape(flat, shape(x))
-    rank (5); x = reshape(flat, shape(x))
-    rank (6); x = reshape(flat, shape(x))
-    rank (7); x = reshape(flat, shape(x))
-    rank (8); x = reshape(flat, shape(x))
-    rank (9); x = reshape(flat, shape(x))
-    rank (10); x = reshape(flat, shape(x))
-    rank (11); x = reshape(flat, shape(x))
-    rank (12); x = reshape(flat, shape(x))
-    rank (13); x = reshape(flat, shape(x))
-    rank (14); x = reshape(flat, shape(x))
-    rank (15); x = reshape(flat, shape(x))
-    end select
-  end subroutine store_int32
+  end subroutine copy_elements
 
   ! "(4, 6, 10)": an array's shape for a message ("()" for a scalar), blank-padded (callers trim).
   ! This and count_text give fixed-length results: gfortran (12 at least) keeps the length of a

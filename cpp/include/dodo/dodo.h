@@ -179,8 +179,10 @@ DODO_API const char* dodo_status_message(dodo_status status);
 DODO_API const char* dodo_cell_status_name(uint32_t bit);
 
 /* Sets the defaults in the caller's dodo_options of `size` bytes (the sizeof of the caller's
- * dodo.h) and records the size in struct_size. Use it through dodo_options_init (below).
- * Defaults: threads 0, chunk_size 1024, run_self_test 1, device CPU, everything else the model's. */
+ * dodo.h) and records the size in struct_size. Use it through dodo_options_init (below). It
+ * writes no byte past the struct this library knows: a larger size (a later dodo.h's) is recorded
+ * and refused by dodo_closure_create. Defaults: threads 0, chunk_size 1024, run_self_test 1,
+ * device CPU, everything else the model's. */
 DODO_API void dodo_options_init_sized(dodo_options* options, size_t size);
 /* The first release's entry point, kept for programs built against that dodo.h: initialises the
  * first release's fields only (it cannot know the caller's size), with the same defaults. This

@@ -240,16 +240,6 @@ OrtApi& original_api() {
   return original;
 }
 
-template <auto Member>
-struct Gated;
-template <typename R, typename... A, bool kNoexcept, R (*OrtApi::*Member)(A...) noexcept(kNoexcept)>
-struct Gated<Member> {
-  static R call(A... arguments) noexcept(kNoexcept) {
-    InOrtCall in_call;
-    return (original_api().*Member)(arguments...);
-  }
-};
-
 // One session made at a time in this process. Two threads' first closures with a model made at
 // once (a host's OpenMP threads each creating its own) raced inside CreateSessionFromArray: under
 // ThreadSanitizer a read by ONNX Runtime's memcpy of a heap block another thread's session creation
@@ -263,16 +253,21 @@ std::mutex& session_creation_mutex() {
   return mutex;
 }
 
-template <auto Member>
-struct GatedCreation;
-template <typename R, typename... A, bool kNoexcept, R (*OrtApi::*Member)(A...) noexcept(kNoexcept)>
-struct GatedCreation<Member> {
+// A function of the table through the gate; kOneAtATime: also under the session creation mutex.
+// One template for both kinds (there were two alike; outside probe, C round forty-two).
+template <auto Member, bool kOneAtATime = false>
+struct Gated;
+template <typename R, typename... A, bool kNoexcept, R (*OrtApi::*Member)(A...) noexcept(kNoexcept), bool kOneAtATime>
+struct Gated<Member, kOneAtATime> {
   static R call(A... arguments) noexcept(kNoexcept) {
     InOrtCall in_call;
-    std::unique_lock<std::mutex> one_at_a_time(session_creation_mutex(), std::defer_lock);
-    try {
-      one_at_a_time.lock();
-    } catch (...) {  // a lock that cannot be taken leaves the call unserialised, as the gate does
+    std::unique_lock<std::mutex> one_at_a_time;
+    if constexpr (kOneAtATime) {
+      one_at_a_time = std::unique_lock<std::mutex>(session_creation_mutex(), std::defer_lock);
+      try {
+        one_at_a_time.lock();
+      } catch (...) {  // a lock that cannot be taken leaves the call unserialised, as the gate does
+      }
     }
     return (original_api().*Member)(arguments...);
   }
@@ -285,8 +280,8 @@ const OrtApi* gated_api(const OrtApi* api) {
   original_api() = *api;
   gated = *api;
   gated.Run = &Gated<&OrtApi::Run>::call;
-  gated.CreateSession = &GatedCreation<&OrtApi::CreateSession>::call;
-  gated.CreateSessionFromArray = &GatedCreation<&OrtApi::CreateSessionFromArray>::call;
+  gated.CreateSession = &Gated<&OrtApi::CreateSession, true>::call;
+  gated.CreateSessionFromArray = &Gated<&OrtApi::CreateSessionFromArray, true>::call;
   gated.ReleaseSession = &Gated<&OrtApi::ReleaseSession>::call;
   gated.CreateTensorAsOrtValue = &Gated<&OrtApi::CreateTensorAsOrtValue>::call;
   gated.CreateTensorWithDataAsOrtValue = &Gated<&OrtApi::CreateTensorWithDataAsOrtValue>::call;
