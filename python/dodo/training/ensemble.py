@@ -379,17 +379,18 @@ def feature_statistics(X: np.ndarray, quantile: float = 0.995) -> tuple[np.ndarr
 
 def fit_ensemble(X: np.ndarray, r: np.ndarray, log_growth: np.ndarray, members: int = 8, sigma0: float = 0.01,
                  seed: int = 0, log=None, error_per_spread: float = 0.0, ood_columns: int | None = None,
-                 **member_options) -> DensityResidualEnsemble:
+                 processes: int = 1, **member_options) -> DensityResidualEnsemble:
     # member_options: fit_member's (width, depth, steps, lr, weight_decay, growth_weight, weights,
     # batch_size, epochs)
     """Train ``members`` bagged members on features X [n, F], residuals r [n] and log growth ratios [n];
-    the distance gate uses the first ``ood_columns`` features (None: all)."""
+    the distance gate uses the first ``ood_columns`` features (None: all). processes > 1: that many
+    members at once, each in its own process with one torch thread (member_processes)."""
+    from .member_processes import fit_members
+
     r_scale = float(np.std(r)) or 1.0
-    trained = []
-    for k in range(members):
-        trained.append(fit_member(X, r, log_growth, seed=seed + k, r_scale=r_scale, **member_options))
-        if log:
-            log(f"member {k + 1}/{members} trained")
+    trained = fit_members(fit_member, dict(X=X, r=r, log_growth=log_growth, r_scale=r_scale, **member_options),
+                          [{"seed": seed + k} for k in range(members)], processes, log=log,
+                          done_message=lambda k: f"member {k + 1}/{members} trained")
     mean, precision, d2_max = feature_statistics(X[:, :ood_columns])
     return DensityResidualEnsemble(trained, r_scale, sigma0, mean, precision, d2_max, error_per_spread).eval()
 

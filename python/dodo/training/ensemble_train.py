@@ -61,6 +61,10 @@ class EnsembleConfig:
     flavour_images: bool = False
     seed: int = 0
     threads: int = 1
+    # > 1: the density and growth members fitted this many at once, each in its own process with one
+    # torch thread (member_processes: the same members as one at a time in one thread); `threads`
+    # then serves the stages in this process (the label-noise member, the student).
+    processes: int = 1
     checkpoint: str = "checkpoints/ensemble/ensemble.pt"
     # Growth members (0: the growth output comes from the density members): trained on the
     # training states' measured rates plus linear-theory labels (`dodo simulate --linear-only`
@@ -174,6 +178,7 @@ class EnsembleConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer; got {value!r}")
         check_thread_count("ensemble.threads", self.threads, lowest=1, nullable=False)
+        check_thread_count("ensemble.processes", self.processes, lowest=1, nullable=False)
         # true/false are no numbers (`lr: yes` trained at a learning rate of 1).
         for name in ("lr", "sigma0"):
             value = getattr(self, name)
@@ -545,6 +550,7 @@ def train_on(table: dict, rows: np.ndarray, config: EnsembleConfig, members: int
     ensemble = fit_ensemble(X, r, g, members=members or config.members, sigma0=config.sigma0, seed=config.seed,
                             ood_columns=OOD_COLUMNS[config.features],
                             error_per_spread=config.error_per_spread,
+                            processes=config.processes,
                             log=log, width=config.width, depth=config.depth, steps=config.steps, lr=config.lr,
                             weight_decay=config.weight_decay, growth_weight=config.growth_weight,
                             batch_size=config.batch_size, epochs=config.epochs)
@@ -594,13 +600,16 @@ def fit_growth_and_student(ensemble, table: dict, rows: np.ndarray, config: Ense
         X_growth, g_growth, X_labels = growth_member_rows(table, rows, config, growth_table, log=log)
         X = np.concatenate([X, X_labels])
         check_growth_labels(g_growth, len(rows), config)
-        for k in range(config.growth_members):
-            ensemble.growth_members.append(fit_growth_member(
-                X_growth, g_growth, seed=config.seed + 1000 + k, width=config.growth_width, depth=config.growth_depth,
-                steps=config.growth_steps, lr=config.growth_learning_rate, weight_decay=config.weight_decay,
-                batch_size=config.growth_batch_size, epochs=config.growth_epochs))
-            if log:
-                log(f"growth member {k + 1}/{config.growth_members} trained on {int(np.isfinite(g_growth).sum())} rows")
+        from .member_processes import fit_members
+
+        labelled = int(np.isfinite(g_growth).sum())
+        ensemble.growth_members.extend(fit_members(
+            fit_growth_member,
+            dict(X=X_growth, log_growth=g_growth, width=config.growth_width, depth=config.growth_depth,
+                 steps=config.growth_steps, lr=config.growth_learning_rate, weight_decay=config.weight_decay,
+                 batch_size=config.growth_batch_size, epochs=config.growth_epochs),
+            [{"seed": config.seed + 1000 + k} for k in range(config.growth_members)], config.processes, log=log,
+            done_message=lambda k: f"growth member {k + 1}/{config.growth_members} trained on {labelled} rows"))
     if config.distill_width:
         fit_distilled_student(ensemble, table, rows, config, X, log=log)
 

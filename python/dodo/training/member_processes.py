@@ -1,0 +1,154 @@
+"""Fits an ensemble's independent members in worker processes, one torch thread each.
+
+Why processes and not torch's threads: the members are small networks fitted on mini-batches of
+a few hundred rows, where intra-op threads gain little on a quiet machine and lose badly on a
+busy one: on a 2-core VM with other jobs running, one step of a 128 x 3 member took ~300 ms with
+torch.set_num_threads(2) against ~8 ms with one thread (OpenMP's barriers wait for a thread the
+scheduler has put aside; measured 2026-12-06 23:50 UTC), and a retrain that way did not finish
+its first member in 22 minutes. The members are independent (each its own seed and bootstrap
+resample), so K processes fit K members at once, and each member is the same bits as when it is
+fitted alone in one thread (tests/python/test_member_processes.py).
+
+The shared arrays go to the workers once, as .npy files in a private temporary folder that the
+workers read; each worker writes its member there and the parent reads it back. A worker
+ignores Ctrl-C (the parent handles it and ends its workers) and dies with the parent (Linux:
+PR_SET_PDEATHSIG), so no fit outlives the command.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+
+def fit_members(fit, shared: dict, tasks: list, processes: int = 1, log=None, done_message=None) -> list:
+    """[fit(**shared, **task) for task in tasks], with up to ``processes`` fits at once.
+
+    ``fit``: a module-level function (workers import it by name) returning a torch module.
+    ``shared``: keyword arguments common to every fit (NumPy arrays among them go to the workers as
+    .npy files). ``done_message(k)``: the log line when fit k is done (in completion order).
+    processes 1 (or one task): in this process, with its torch threads, as before."""
+    tasks = list(tasks)
+    if processes <= 1 or len(tasks) <= 1:
+        results = []
+        for k, task in enumerate(tasks):
+            results.append(fit(**shared, **task))
+            if log and done_message:
+                log(done_message(k))
+        return results
+    with tempfile.TemporaryDirectory(prefix="dodo-members-") as folder:
+        return _fit_in_processes(fit, shared, tasks, processes, Path(folder), log, done_message)
+
+
+def _fit_in_processes(fit, shared: dict, tasks: list, processes: int, folder: Path, log, done_message) -> list:
+    import multiprocessing
+    from multiprocessing.connection import wait
+
+    import torch
+
+    arrays, options = {}, {}
+    for name, value in shared.items():
+        if isinstance(value, np.ndarray):
+            np.save(folder / f"{name}.npy", value)
+            arrays[name] = str(folder / f"{name}.npy")
+        else:
+            options[name] = value
+    # spawn, not fork: this process may already run torch's and OpenMP's threads, which a forked
+    # child inherits as locks held by no one.
+    context = multiprocessing.get_context("spawn")
+    pending = list(enumerate(tasks))
+    running: dict = {}
+    results: list = [None] * len(tasks)
+    try:
+        while pending or running:
+            while pending and len(running) < processes:
+                k, task = pending.pop(0)
+                worker = context.Process(target=_fit_one, name=f"dodo-member-{k}", daemon=True,
+                                         args=(fit.__module__, fit.__qualname__, arrays, options, task,
+                                               str(folder / f"fit{k}.pt"), str(folder / f"fit{k}.error"),
+                                               os.getpid()))
+                _start_without_sigint(worker)
+                running[worker.sentinel] = (k, worker)
+            for sentinel in wait(list(running)):
+                k, worker = running.pop(sentinel)
+                worker.join()
+                if worker.exitcode != 0:
+                    raise RuntimeError(f"fit {k + 1} of {len(tasks)} failed in its worker process: "
+                                       f"{_worker_failure(worker.exitcode, folder / f'fit{k}.error')}")
+                # Our own file, written by our worker into a private folder (mode 0700).
+                results[k] = torch.load(folder / f"fit{k}.pt", weights_only=False)
+                if log and done_message:
+                    log(done_message(k))
+    finally:
+        for _, worker in running.values():
+            worker.terminate()
+        for _, worker in running.values():
+            worker.join()
+    return results
+
+
+def _start_without_sigint(worker) -> None:
+    """Starts the worker with Ctrl-C ignored from its first instruction (an ignored signal stays
+    ignored across exec; Python then installs no KeyboardInterrupt handler): a Ctrl-C reaches the
+    whole process group, and a worker still importing torch would print a traceback. Signal
+    dispositions can only be changed from the main thread; elsewhere the worker ignores it itself."""
+    if threading.current_thread() is not threading.main_thread():
+        worker.start()
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        worker.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _worker_failure(exitcode: int, error_file: Path) -> str:
+    if error_file.exists():
+        return error_file.read_text(errors="replace").strip() or f"exit status {exitcode}"
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"ended by signal {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"ended by signal {-exitcode}"
+    return f"exit status {exitcode}"
+
+
+def _die_with_parent(parent: int) -> None:
+    """The worker receives SIGTERM when its parent dies, even by SIGKILL (Linux only)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _fit_one(module: str, name: str, arrays: dict, options: dict, task: dict, output: str, error_file: str,
+             parent: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(parent)
+    try:
+        import importlib
+
+        import torch
+
+        torch.set_num_threads(1)
+        fit = importlib.import_module(module)
+        for part in name.split("."):
+            fit = getattr(fit, part)
+        loaded = {key: np.load(path) for key, path in arrays.items()}  # writable: torch.as_tensor shares them
+        member = fit(**loaded, **options, **task)
+        partial = output + ".partial"
+        torch.save(member, partial)
+        os.replace(partial, output)
+    except BaseException as error:  # reported by the parent as this fit's failure
+        Path(error_file).write_text(f"{type(error).__name__}: {error}")
+        os._exit(1)
