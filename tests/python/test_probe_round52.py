@@ -99,3 +99,25 @@ def test_plot_metrics_labels_run_directories_as_plain_text(tmp_path, capsys, mon
     code, out, err = _quiet_plot(capsys, ["plot", "metrics", str(metrics), "-o", str(tmp_path / "m.png")])
     assert code == 0 and "error" not in err and "Traceback" not in err, err
     assert drawn == [(f"{run_name}/7", False)] * 2  # the name as it is, on both panels, not parsed as TeX
+
+
+def test_plot_reads_a_metrics_file_saved_with_a_byte_order_mark(tmp_path, capsys):
+    """An editor that writes a UTF-8 BOM: refused as "not JSON: Unexpected UTF-8 BOM" before."""
+    pytest.importorskip("matplotlib")
+    metrics = _metrics(tmp_path / "metrics.json", [1.0, 0.5], [0.7])
+    metrics.write_bytes(b"\xef\xbb\xbf" + metrics.read_bytes())
+    for command in ("curve", "metrics"):
+        code, out, err = _quiet_plot(capsys, ["plot", command, str(metrics), "-o", str(tmp_path / f"{command}.png")])
+        assert code == 0 and err == "" and (tmp_path / f"{command}.png").stat().st_size > 0, err
+
+
+def test_plot_of_json_nested_too_deeply_names_the_file(tmp_path, capsys):
+    """'[[[[...' (a damaged file): "dodo plot: error: maximum recursion depth exceeded while decoding a
+    JSON array from a unicode string" before, naming no file."""
+    pytest.importorskip("matplotlib")
+    deep = tmp_path / "metrics_deep.json"
+    deep.write_text("[" * 200_000 + "]" * 200_000)
+    code, out, err = run(capsys, ["plot", "curve", str(deep), "-o", str(tmp_path / "c.png")])
+    assert code == 2 and not (tmp_path / "c.png").exists()
+    assert err.strip().splitlines() == [f"dodo plot: error: {deep}: not a Dodo metrics JSON (JSON nested too deeply "
+                                        "to read)"], err

@@ -32,9 +32,14 @@ def load_metrics(path: str | Path, numbers: bool = True) -> dict:
             check_input_file(path, "a metrics JSON file (dodo train writes them)")
         raise FileNotFoundError(f"metrics file not found: {path}")
     try:
-        data = json.loads(path.read_text())
+        # UTF-8 whatever the locale, a byte-order mark allowed: a metrics file saved again by an editor
+        # that writes one was refused as "not JSON: Unexpected UTF-8 BOM" (outside probe, Python round
+        # fifty-two).
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:  # an HDF5 file, a YAML config, a cut JSON
         raise ValueError(f"{path}: not a Dodo metrics JSON (not JSON: {error})") from None
+    except RecursionError:  # '[[[[...': "maximum recursion depth exceeded ...", naming no file (round fifty-two)
+        raise ValueError(f"{path}: not a Dodo metrics JSON (JSON nested too deeply to read)") from None
     if not isinstance(data, dict) or "history" not in data or "metric_table" not in data:
         raise ValueError(f"{path}: not a Dodo metrics JSON (no history / metric_table)")
     # The entries the plots read, checked here: an edited or older file ended in a KeyError or
