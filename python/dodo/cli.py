@@ -635,7 +635,7 @@ def _torchrun_replica_problem(command, environ=None) -> str | None:
             "process, without torchrun" + _REPLICA_HINTS.get(command, ""))
 
 
-_REPLICA_HINTS = {"train-ensemble": " (its members train on ensemble.threads threads)",
+_REPLICA_HINTS = {"train-ensemble": " (its members train in ensemble.processes worker processes)",
                   "simulate": " (mpirun or srun shares a campaign over MPI ranks: docs/qke.md)"}
 
 #: The one command that shares its work over the ranks of an MPI launcher (qke/parallel.py).
