@@ -121,3 +121,25 @@ def test_plot_of_json_nested_too_deeply_names_the_file(tmp_path, capsys):
     assert code == 2 and not (tmp_path / "c.png").exists()
     assert err.strip().splitlines() == [f"dodo plot: error: {deep}: not a Dodo metrics JSON (JSON nested too deeply "
                                         "to read)"], err
+
+
+@pytest.mark.parametrize("digits", [309, 401, 5001])  # 10**308 (drawn), beyond float (a gap, as 1e400), past int's limit
+@pytest.mark.parametrize("command", ["curve", "metrics"])
+def test_plot_of_a_loss_written_as_a_huge_integer(tmp_path, capsys, command, digits):
+    """"dodo plot: error: int too large to convert to float" before, and for 5,001 digits "Exceeds the limit
+    (4300 digits) for integer string conversion": neither named the file."""
+    pytest.importorskip("matplotlib")
+    huge = "1" + "0" * (digits - 1)
+    text = _metrics(tmp_path / "metrics.json", [0.5, 7.0], [0.25], best=7.0, box3d=7.0).read_text()
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(text.replace("7.0", huge))
+    code, out, err = _quiet_plot(capsys, ["plot", command, str(metrics), "-o", str(tmp_path / "c.png")])
+    assert code == 0 and err == "" and (tmp_path / "c.png").stat().st_size > 0, err
+
+
+def test_plot_curve_parity_of_huge_integers(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    rows = [[10 ** 400] * 6, [1] * 6]
+    metrics = _metrics(tmp_path / "metrics.json", [1.0], [1.0], parity={"n_true": rows, "n_box3d": rows, "n_model": rows})
+    code, out, err = _quiet_plot(capsys, ["plot", "curve", str(metrics), "-o", str(tmp_path / "c.png")])
+    assert code == 0 and err == "" and (tmp_path / "c_parity.png").stat().st_size > 0, err
