@@ -552,8 +552,7 @@ def _refuse_object_array(name: str, array: np.ndarray, trailing_axes: int) -> No
                 problem = f"{element!r:.40}, which float() does not convert ({error})"
                 lost = False
             if lost:
-                text = str(element)
-                text = text if len(text) <= 24 else f"{text[:12]}... ({len(text)} characters)"
+                text = _shown_number(element)
                 problem = (f"{text}, beyond the range of float64 (largest {np.finfo(np.float64).max:.4g}), in which "
                            "Dodo computes")
         if problem is not None:
@@ -563,6 +562,25 @@ def _refuse_object_array(name: str, array: np.ndarray, trailing_axes: int) -> No
                              f"{problem}")
     raise ValueError(f"{name} has dtype object (Python objects, each a real number); give a float or integer dtype: "
                      f"np.asarray({name}, dtype=np.float64)")
+
+
+def _shown_number(element, text=str, short: bool = True) -> str:
+    """``text(element)`` (str or repr), its first 12 characters and length where longer than 24 (``short``). A number
+    past Python's 4,300-digit limit on int-to-text conversion (an int, a Fraction): the first 12 digits
+    of its integer part and their count, computed without that conversion, which raised "Exceeds the limit
+    (4300 digits) for integer string conversion" in place of the message, naming neither the argument nor
+    the cell (outside probe, Python round fifty-two)."""
+    try:
+        shown = text(element)
+    except ValueError:
+        if not isinstance(element, numbers.Rational):
+            raise
+        number = abs(int(element))  # the integer part
+        digits = int((number.bit_length() - 1) * math.log10(2)) + 1  # this many, or one more
+        digits += number >= 10 ** digits
+        where = "digits" if isinstance(element, numbers.Integral) else "digits before the point"
+        return f"{'-' if element < 0 else ''}{number // 10 ** (digits - 12)}... ({digits} {where})"
+    return shown if len(shown) <= 24 or not short else f"{shown[:12]}... ({len(shown)} characters)"
 
 
 def _refuse_beyond_float64(name: str, array: np.ndarray, trailing_axes: int) -> None:
@@ -689,7 +707,7 @@ def _integral(name: str, value) -> int:
     except (TypeError, ValueError, OverflowError):
         exact = False
     if not exact:
-        raise ValueError(f"{name} must be an integer; got {value!r}")
+        raise ValueError(f"{name} must be an integer; got {_shown_number(value, repr, short=False)}")
     return as_int
 
 
@@ -703,6 +721,8 @@ def _real(name: str, value) -> float:
         return float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a real number; got {value!r}") from None
+    except OverflowError:  # an int or Fraction past float64: "int too large to convert to float" (round fifty-two)
+        raise ValueError(f"{name} must be a real number float64 holds; got {_shown_number(value)}") from None
 
 
 def _text(name: str, value, known: str) -> str:
@@ -722,7 +742,7 @@ def _threads(threads: Optional[int]) -> int:
     count = _integral("threads", threads)
     if not 0 <= count <= MAX_THREADS:
         raise ValueError(f"threads must be an integer in [0, {MAX_THREADS}] (0 and 1: the calling thread only); "
-                         f"got {threads}")
+                         f"got {_shown_number(threads)}")
     return count
 
 
@@ -834,7 +854,8 @@ def _default_threads() -> int:
 def _lebedev_order(lebedev_order) -> int:
     order = _integral("lebedev_order", lebedev_order)
     if order not in _core.available_lebedev_orders():
-        raise ValueError(f"lebedev_order {lebedev_order} is not available; available: {_core.available_lebedev_orders()}")
+        raise ValueError(f"lebedev_order {_shown_number(lebedev_order)} is not available; available: "
+                         f"{_core.available_lebedev_orders()}")
     return order
 
 

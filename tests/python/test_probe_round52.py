@@ -6,6 +6,7 @@ import json
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cli_helpers import run
@@ -143,3 +144,53 @@ def test_plot_curve_parity_of_huge_integers(tmp_path, capsys):
     metrics = _metrics(tmp_path / "metrics.json", [1.0], [1.0], parity={"n_true": rows, "n_box3d": rows, "n_model": rows})
     code, out, err = _quiet_plot(capsys, ["plot", "curve", str(metrics), "-o", str(tmp_path / "c.png")])
     assert code == 0 and err == "" and (tmp_path / "c_parity.png").stat().st_size > 0, err
+
+
+def _one_line_naming(call, *words):
+    with pytest.raises(ValueError) as caught:
+        call()
+    message = str(caught.value)
+    assert "\n" not in message and "Exceeds the limit" not in message and "too large to convert" not in message, message
+    for word in words:
+        assert word in message, message
+    return message
+
+
+def test_numbers_past_the_int_text_limit_are_named_in_their_messages():
+    """Ints (and Fractions) of more than 4,300 digits: the messages themselves raised "Exceeds the limit (4300
+    digits) for integer string conversion" (str() of the number), and max_flux_factor=10**400 "int too large
+    to convert to float", none naming the argument or the cell."""
+    import fractions
+
+    import dodo
+
+    huge = 10 ** 5000
+    F = np.zeros((6, 4))
+    message = _one_line_naming(lambda: dodo.box3d([[huge, 0, 0, 0]] * 6), "F_init", "cell ()", "(5001 digits)",
+                               "beyond the range of float64")
+    assert "100000000000... (5001 digits)" in message
+    _one_line_naming(lambda: dodo.closure([[-huge, 0, 0, 0]] * 6, None, model="box3d"), "F_init",
+                     "-100000000000... (5001 digits)")
+    _one_line_naming(lambda: dodo.box3d(F, [huge, 0, 0, 0]), "u has dtype object", "(5001 digits)")
+    _one_line_naming(lambda: dodo.invariants([[fractions.Fraction(huge, 3), 0, 0, 0]] * 6), "F_init",
+                     "333333333333... (5000 digits before the point)")
+    _one_line_naming(lambda: dodo.box3d(F, threads=huge), "threads must be an integer in [0, 1024]", "(5001 digits)")
+    _one_line_naming(lambda: dodo.Closure("box3d", threads=huge), "threads", "(5001 digits)")
+    _one_line_naming(lambda: dodo.box3d(F, lebedev_order=huge), "lebedev_order", "is not available", "(5001 digits)")
+    _one_line_naming(lambda: dodo.crossing_features(F, lebedev_order=huge), "lebedev_order", "(5001 digits)")
+    _one_line_naming(lambda: dodo.box3d(F, threads=fractions.Fraction(huge, 3)), "threads must be an integer",
+                     "(5000 digits before the point)")
+    for big in (10 ** 400, huge):
+        _one_line_naming(lambda: dodo.box3d(F, max_flux_factor=big), "max_flux_factor must be a real number")
+
+
+def test_numbers_short_enough_are_shown_as_before():
+    """A guard: the messages of ordinary mistakes keep their whole values."""
+    import dodo
+
+    F = np.zeros((6, 4))
+    assert _one_line_naming(lambda: dodo.box3d(F, threads=2 ** 31), "threads").endswith("got 2147483648")
+    assert "lebedev_order 18 is not available" in _one_line_naming(lambda: dodo.box3d(F, lebedev_order=18))
+    assert _one_line_naming(lambda: dodo.box3d(F, threads=list(range(12))), "threads").endswith(
+        "got [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]")
+    assert "100000000000... (401 characters)" in _one_line_naming(lambda: dodo.box3d([[10 ** 400, 0, 0, 0]] * 6))
