@@ -267,3 +267,39 @@ def test_small_calls_from_many_threads_give_one_calls_bits(tmp_path, evaluator, 
     failed, differ, learned = map(int, lines[0].split()[1::2])
     assert (failed, differ) == (0, 0), lines
     assert learned > 2500, lines  # the network's cells, not stable ones
+
+
+# --- a relative model path after the working directory was removed --------------------------------
+
+REMOVED_DIRECTORY = r"""
+#include <dodo/dodo.h>
+#include <stdio.h>
+#include <unistd.h>
+int main(int argc, char** argv) {
+  if (argc != 3 || chdir(argv[1]) != 0 || rmdir(argv[1]) != 0) return 8;
+  dodo_closure* closure = NULL;
+  char message[1024] = "";
+  const dodo_status status = dodo_closure_create(argv[2], NULL, &closure, message, sizeof message);
+  printf("%s|%s\n", dodo_status_name(status), message);
+  return 0;
+}
+"""
+
+
+def test_a_relative_model_path_after_the_working_directory_was_removed_says_so(tmp_path):
+    """A host whose working directory was removed (a job's scratch directory cleaned under it)
+    creating a closure from a relative path. Before: 'model file "m.onnx" does not exist', true
+    but not naming the cause (round forty-one's open item). Now the cause and the remedy are
+    added, in Python's words; an absolute path is unchanged."""
+    program = compile_host(tmp_path, "removed_directory", REMOVED_DIRECTORY)
+    for path in ["m.onnx", "models/m.onnx"]:
+        work = tmp_path / "work"
+        work.mkdir()
+        name, message = run_host(program, str(work), path, timeout=120)[0].split("|", 1)
+        assert name == "DODO_ERROR_FILE", message
+        assert message.startswith(f'model file "{path}" does not exist (the current directory was removed'), message
+        assert "give an absolute path, or chdir into the directory again" in message, message
+    work = tmp_path / "work"
+    work.mkdir()
+    name, message = run_host(program, str(work), str(tmp_path / "absent.onnx"), timeout=120)[0].split("|", 1)
+    assert message == f'model file "{tmp_path / "absent.onnx"}" does not exist', message

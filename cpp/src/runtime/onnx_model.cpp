@@ -121,8 +121,16 @@ std::string read_model_file(const std::string& path) {
     if (error == ENOENT) {
       // a link to nothing on the path is named (outside probe, C round forty: "does not exist" of a link `ls` shows)
       const std::string dangling = dangling_link_of(path);
-      throw Error(DODO_ERROR_FILE, "model file " + quoted + (dangling.empty() ? " does not exist" : " is " + dangling),
-                  error);
+      std::string problem = dangling.empty() ? " does not exist" : " is " + dangling;
+      // A relative path after the working directory was removed names nothing, whatever files
+      // exist: said so, in Python's words (outside probe, C round forty-two; round forty-one's
+      // "true but not naming the cause").
+      char directory[4096];
+      if (dangling.empty() && !path.empty() && path[0] != '/' && !::getcwd(directory, sizeof directory) &&
+          errno == ENOENT)
+        problem += " (the current directory was removed, so relative paths name nothing: give an absolute path, "
+                   "or chdir into the directory again)";
+      throw Error(DODO_ERROR_FILE, "model file " + quoted + problem, error);
     }
     throw Error(DODO_ERROR_FILE, "cannot open model file " + quoted + ": " + std::strerror(error), error);
   }
