@@ -356,9 +356,16 @@ def _clash_text(name: str, writes: bool, other_name: str, other_writes: bool, in
 def _empty_result(result_type, outputs: dict, batch_shape):
     sizes = tuple(batch_shape) if np.iterable(batch_shape) else (batch_shape,)
     batch = tuple(_shape_size(size, batch_shape) for size in sizes)  # 1.5 and 2.0 are refused, never truncated
+    try:
+        shown = repr(batch_shape)
+    except ValueError:  # a size past the 4,300-digit limit of int-to-text conversion (round fifty-two)
+        shown = f"({', '.join(_shown_number(size, short=False) for size in batch)}{',' if len(batch) == 1 else ''})"
     if any(size < 0 for size in batch):
-        raise ValueError(f"batch_shape must hold sizes >= 0; got {batch_shape!r}")
-    return result_type(*(np.empty(batch + trailing, dtype) for trailing, dtype in outputs.values()))
+        raise ValueError(f"batch_shape must hold sizes >= 0; got {shown}")
+    try:
+        return result_type(*(np.empty(batch + trailing, dtype) for trailing, dtype in outputs.values()))
+    except ValueError as error:  # NumPy's "Maximum allowed dimension exceeded", naming nothing (round fifty-two)
+        raise ValueError(f"batch_shape {shown} is too large for an array ({error})") from None
 
 
 def _shape_size(size, batch_shape) -> int:
@@ -742,7 +749,7 @@ def _threads(threads: Optional[int]) -> int:
     count = _integral("threads", threads)
     if not 0 <= count <= MAX_THREADS:
         raise ValueError(f"threads must be an integer in [0, {MAX_THREADS}] (0 and 1: the calling thread only); "
-                         f"got {_shown_number(threads)}")
+                         f"got {_shown_number(threads, short=False)}")
     return count
 
 
@@ -854,7 +861,7 @@ def _default_threads() -> int:
 def _lebedev_order(lebedev_order) -> int:
     order = _integral("lebedev_order", lebedev_order)
     if order not in _core.available_lebedev_orders():
-        raise ValueError(f"lebedev_order {_shown_number(lebedev_order)} is not available; available: "
+        raise ValueError(f"lebedev_order {_shown_number(lebedev_order, short=False)} is not available; available: "
                          f"{_core.available_lebedev_orders()}")
     return order
 

@@ -22,7 +22,7 @@ from typing import NamedTuple, Optional, Union
 import numpy as np
 
 from . import _core
-from ._box3d import _ForkHold, _claim, _empty_result, _flat_outputs, _reduce_result, _result_equality, _integral, _prepare, _real, _text, _threads, _usable_cpus
+from ._box3d import _ForkHold, _claim, _empty_result, _flat_outputs, _reduce_result, _result_equality, _integral, _prepare, _real, _shown_number, _text, _threads, _usable_cpus
 from .conventions import N_COMPONENTS, N_SPECIES
 from .models import default_model_path
 
@@ -410,12 +410,14 @@ class Closure:
         if order is not None and order <= 0:
             # A negative order was the runtime's "must be positive, or 0 for the model's", of a 0 that
             # Python refuses (outside probe, Python round forty-nine).
-            raise ValueError(f"lebedev_order must be a Lebedev order (17, 41, 131), or None for the model's; got {order}")
+            raise ValueError(f"lebedev_order must be a Lebedev order (17, 41, 131), or None for the model's; got "
+                             f"{_shown_number(order, short=False)}")
         if order is not None and order not in _core.available_lebedev_orders():
             # Refused here, as dodo.box3d refuses it: an order past the C int's range (2**31, 10**30) reached
             # the binding as a multi-line pybind11 "incompatible constructor arguments" TypeError (outside
             # probe, Python round forty-nine).
-            raise ValueError(f"DODO_ERROR_INVALID_ARGUMENT: Box3D settings: lebedev_order {order} is not available; "
+            raise ValueError("DODO_ERROR_INVALID_ARGUMENT: Box3D settings: lebedev_order "
+                             f"{_shown_number(order, short=False)} is not available; "
                              f"available orders: {' '.join(map(str, _core.available_lebedev_orders()))}")
         # bool("no") is True: a string or number here would silently run (or skip) the self-test.
         if not isinstance(self_test, (bool, np.bool_)):
@@ -854,7 +856,8 @@ def _chunk_size(chunk_size) -> int:
     beyond a C int gives this ValueError rather than pybind11's TypeError."""
     size = _integral("chunk_size", chunk_size)
     if not 1 <= size <= MAX_CHUNK_SIZE:
-        raise ValueError(f"chunk_size must be an integer in [1, {MAX_CHUNK_SIZE}]; got {chunk_size}")
+        raise ValueError(f"chunk_size must be an integer in [1, {MAX_CHUNK_SIZE}]; got "
+                         f"{_shown_number(chunk_size, short=False)}")
     return size
 
 

@@ -177,6 +177,12 @@ def test_numbers_past_the_int_text_limit_are_named_in_their_messages():
     _one_line_naming(lambda: dodo.box3d(F, threads=huge), "threads must be an integer in [0, 1024]", "(5001 digits)")
     _one_line_naming(lambda: dodo.Closure("box3d", threads=huge), "threads", "(5001 digits)")
     _one_line_naming(lambda: dodo.box3d(F, lebedev_order=huge), "lebedev_order", "is not available", "(5001 digits)")
+    _one_line_naming(lambda: dodo.Closure("box3d", lebedev_order=huge), "lebedev_order", "is not available", "(5001 digits)")
+    _one_line_naming(lambda: dodo.Closure("box3d", lebedev_order=-huge), "lebedev_order must be", "-100000000000... (5001")
+    _one_line_naming(lambda: dodo.Closure("box3d", chunk_size=huge), "chunk_size must be an integer in", "(5001 digits)")
+    _one_line_naming(lambda: dodo.ClosureResult.empty((huge,)), "batch_shape (100000000000... (5001 digits),) is too large")
+    _one_line_naming(lambda: dodo.Box3DResult.empty((2, -huge)), "batch_shape must hold sizes >= 0", "(5001 digits)")
+    _one_line_naming(lambda: dodo.ClosureResult.empty(10 ** 20), "batch_shape 100000000000000000000 is too large")
     _one_line_naming(lambda: dodo.crossing_features(F, lebedev_order=huge), "lebedev_order", "(5001 digits)")
     _one_line_naming(lambda: dodo.box3d(F, threads=fractions.Fraction(huge, 3)), "threads must be an integer",
                      "(5000 digits before the point)")
