@@ -75,5 +75,7 @@ def _one_status(status, caller: str = "describe_status", example: str = "describ
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"a cell status is an integer (uint32 bits of dodo.CellStatus); got {status!r}")
     if not 0 <= value < 1 << 32:
-        raise ValueError(f"a cell status is a uint32, in [0, 2**32); got {value}")
+        from ._box3d import _shown_number  # an int past the 4,300-digit limit of str() (round fifty-two)
+
+        raise ValueError(f"a cell status is a uint32, in [0, 2**32); got {_shown_number(value, short=False)}")
     return value

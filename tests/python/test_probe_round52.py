@@ -200,3 +200,14 @@ def test_numbers_short_enough_are_shown_as_before():
     assert _one_line_naming(lambda: dodo.box3d(F, threads=list(range(12))), "threads").endswith(
         "got [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]")
     assert "100000000000... (401 characters)" in _one_line_naming(lambda: dodo.box3d([[10 ** 400, 0, 0, 0]] * 6))
+
+
+def test_status_and_species_index_name_a_number_past_the_int_text_limit():
+    """describe_status(10**5000) and species_index(10**5000, 0): "Exceeds the limit (4300 digits) ..." before."""
+    import dodo
+
+    _one_line_naming(lambda: dodo.describe_status(10 ** 5000), "a cell status is a uint32", "(5001 digits)")
+    _one_line_naming(lambda: dodo.conventions.species_index(10 ** 5000, 0), "antineutrino must be an integer",
+                     "(5001 digits)")
+    assert _one_line_naming(lambda: dodo.describe_status(-1)).endswith("got -1")  # ordinary values as before
+    assert _one_line_naming(lambda: dodo.conventions.species_index(0, 3)).endswith("got 3")
