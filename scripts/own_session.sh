@@ -20,6 +20,17 @@ if [ "${DODO_CAMPAIGN_GROUP:-}" != inner ] && command -v setsid > /dev/null; the
     campaign_status=0
     wait "$campaign_pid" || campaign_status=$?
   done
+  # Its trap stops the chunks (kill 0) and ends at once, before they have saved their work and
+  # ended: the script returned while a chunk still ran, and the "rerun the same command" right
+  # after (`timeout -s TERM 1h bash scripts/qke_campaign.sh; bash scripts/qke_campaign.sh`) was
+  # refused as "another qke_campaign.sh (or its chunks) is running" (outside probe, data-loss round
+  # nine). So the group's last process is waited for too (at most a minute: a chunk that does not
+  # end is named, not waited on for ever).
+  for _ in $(seq 300); do
+    kill -0 -- "-$campaign_pid" 2> /dev/null || exit "$campaign_status"
+    sleep 0.2
+  done
+  echo "$(basename "$1" .sh): processes of the stopped campaign are still running a minute later (process group $campaign_pid)" >&2
   exit "$campaign_status"
 fi
 # With the kernel's autogroup scheduling on (Linux's default for desktops and many VMs), nice acts

@@ -138,3 +138,50 @@ def test_a_learning_curve_whose_table_reader_went_away_does_not_end_with_0(ensem
     assert process.returncode == 2, err
     assert "the table (--json -) was not written" in err and "--json FILE" in err, err
     assert "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("script", ["qke_campaign.sh", "relabel_growth.sh"])
+def test_a_stopped_campaign_returns_after_its_chunks_so_that_the_rerun_is_not_refused(stub_venv, script):
+    # `timeout -s TERM 10 bash scripts/qke_campaign.sh 1 PLAN; bash scripts/qke_campaign.sh 1 PLAN` (the
+    # header's "rerun the same command to continue"): the first returned (124) while its chunk was still
+    # ending (`dodo simulate: terminated` printed after it), and the rerun was refused, exit 2: "another
+    # qke_campaign.sh (or its chunks) is running in ...: wait for it to end". Here the chunk (a stub dodo)
+    # takes a few seconds to end after SIGTERM, as dodo simulate saving its checkpoint does.
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    repo, env = stub_venv
+    venv = Path(env["DODO_VENV"]) / "bin"
+    marks = repo / "marks"
+    marks.mkdir()
+    (venv / "dodo").write_text(textwrap.dedent(f"""\
+        #!/bin/bash
+        [ -e {marks}/ended ] && exit 0  # the rerun: the chunk done
+        trap 'sleep 4; touch {marks}/ended; exit 143' TERM
+        touch {marks}/started
+        while true; do sleep 0.1; done
+        """))
+    if script == "qke_campaign.sh":
+        (repo / "plan.txt").write_text("emu 5 3\n")
+        command = ["bash", str(repo / "scripts" / script), "1", str(repo / "plan.txt")]
+    else:  # a complete chunk to label
+        h5py = pytest.importorskip("h5py")
+        with h5py.File(repo / "data" / "qke" / "emu_seed5.h5", "w") as handle:
+            handle.attrs["complete"] = True
+        command = ["bash", str(repo / "scripts" / script), "1"]
+    log = repo / "campaign.err"
+    with open(log, "w") as stderr:  # a file, not a pipe: the chunk would hold a pipe open until it ends
+        campaign = subprocess.Popen(command, env=env, cwd=repo, stdout=subprocess.DEVNULL, stderr=stderr)
+    deadline = time.monotonic() + 120  # hang guard
+    while not (marks / "started").exists():
+        assert time.monotonic() < deadline and campaign.poll() is None, log.read_text()
+        time.sleep(0.1)
+    os.kill(campaign.pid, signal.SIGTERM)  # as timeout(1) and a batch system's cancel send it
+    campaign.wait(timeout=120)
+    ended = (marks / "ended").exists()
+    assert campaign.returncode == 143, log.read_text()
+    assert ended, "the script returned before its chunk ended: " + log.read_text()
+    rerun = subprocess.run(command, env=env, cwd=repo, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0 and "is running" not in rerun.stderr, rerun.stderr

@@ -729,7 +729,7 @@ def _restore_signal_handlers_in_worker(worker_id: int) -> None:
     seven); with the command's own handler inherited, each worker printed a `_Terminated` traceback."""
     for signum in _HANDLERS_BEFORE_FORK:
         signal.signal(signum, signal.SIG_IGN)  # also discards one that came since the fork (held: blocked)
-    if _HANDLERS_BEFORE_FORK:
+    if _HANDLERS_BEFORE_FORK and hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, list(_HANDLERS_BEFORE_FORK))
     sys.excepthook = _quiet_about_abandoned_handovers(sys.excepthook)
 
@@ -837,7 +837,8 @@ class _SignalSafeLoader(torch.utils.data.DataLoader):
             # from the main process) and before worker_init_fn killed the worker, and a worker alone
             # signalled there ended the run with "DataLoader worker (pid N) is killed by signal:
             # Terminated" (outside probe, data-loss round nine; the known gap of round eight).
-            mask = signal.pthread_sigmask(signal.SIG_BLOCK, list(previous)) if previous else None
+            mask = (signal.pthread_sigmask(signal.SIG_BLOCK, list(previous))
+                    if previous and hasattr(signal, "pthread_sigmask") else None)
             try:
                 iterator = super().__iter__()
             finally:
