@@ -185,3 +185,27 @@ def test_a_stopped_campaign_returns_after_its_chunks_so_that_the_rerun_is_not_re
     assert ended, "the script returned before its chunk ended: " + log.read_text()
     rerun = subprocess.run(command, env=env, cwd=repo, capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0 and "is running" not in rerun.stderr, rerun.stderr
+
+
+def test_a_run_to_resume_in_a_directory_that_takes_no_file_is_not_told_to_choose_another_output(tmp_path, capsys,
+                                                                                             monkeypatch):
+    # `dodo simulate OUT ...` killed (OUT.partial.npz holds its batches), its directory then made read-only (or
+    # mounted read-only), the same command again: "cannot write OUT: no permission to create files in DIR (or it
+    # is on a read-only file system); choose another output", and another output starts the run over.
+    import os
+
+    from cli_helpers import run
+    from dodo import _atomic
+
+    output = tmp_path / "run.h5"
+    partial = tmp_path / "run.h5.partial.npz"
+    partial.write_bytes(b"the batches done")  # refused before it is read
+    real_access = os.access
+    monkeypatch.setattr(_atomic.os, "access", lambda path, mode, **kw: False if os.path.samefile(path, tmp_path)
+                        else real_access(path, mode, **kw))  # a directory this user cannot write
+    code, _, err = run(capsys, ["simulate", str(output), "--random", "4", "--family", "emu", "--seed", "1",
+                                "--ncell", "16", "--nphi", "8"])
+    assert code == 2
+    assert "no permission to create files" in err and "rerun the same command to resume" in err, err
+    assert "choose another output" not in err, err
+    assert partial.read_bytes() == b"the batches done" and not output.exists()

@@ -10,7 +10,7 @@ import traceback
 
 import numpy as np
 
-from .._atomic import check_outputs, exclusive_output
+from .._atomic import OutputPathError, check_outputs, exclusive_output
 from .._cli_common import add_output_argument, add_quiet_argument, input_path, resolve_output
 from .selection import (DEFAULT_OVERSAMPLE, MAX_OVERSAMPLE, MIN_OVERSAMPLE, model_identity, model_uncertainty,
                         most_uncertain)
@@ -134,8 +134,18 @@ def run_simulate(args) -> int:
         # Never overwrite (or checkpoint over) the input file; refuse a device, FIFO or directory as OUT.
         # The --select-by model is read too: `simulate M.onnx ... --select-by M.onnx --overwrite` replaced
         # the package it ranked the states with (outside probe, round 37).
-        check_outputs([args.output, args.output + ".partial.npz"], [args.input, _selection_model_file(args.select_by)],
-                      writer="dodo simulate", check_locks=communicator.rank == 0)  # rank 0 holds the job's lock
+        try:
+            check_outputs([args.output, args.output + ".partial.npz"], [args.input, _selection_model_file(args.select_by)],
+                          writer="dodo simulate", check_locks=communicator.rank == 0)  # rank 0 holds the job's lock
+        except OutputPathError as error:
+            # A run to resume in a directory that takes no new file (made read-only, a read-only mount)
+            # was told "choose another output", which starts it over (outside probe, data-loss round nine).
+            partial = args.output + ".partial.npz"
+            if "no permission to create files" not in str(error) or not os.path.isfile(partial):
+                raise
+            raise OutputPathError(f"{str(error).removesuffix('; choose another output')}; {partial} holds the "
+                                  "batches done: make the directory writable and rerun the same command to resume "
+                                  "from it (another output would start over)") from None
         if args.seed < 0:
             raise ValueError(f"--seed must be an integer >= 0; got {args.seed}")
         # The engine's words named its parameters, not the options ("batch_size must be >= 1",
