@@ -597,10 +597,40 @@ def _import_failure(error: ImportError) -> str:
     text = " ".join(str(error).split())
     if isinstance(error, ModuleNotFoundError):
         return f"{error.name or module} is not installed ({text})"
+    if _import_ran_out_of_memory(error, text):
+        # The loader could not map the library (an address-space limit, ulimit -v, or a full machine):
+        # reinstalling does not help (outside probe, Python round fifty-three; section 88 found it).
+        what = f"importing {module} failed" if module else "an import failed"
+        return f"{what}: {text} ({_not_enough_memory_to_load()})"
     if module is None:
         return f"an import failed: {text}"
     return (f"importing {module} failed: {text} (its installation is broken or incomplete: reinstall it, e.g. "
             f"pip install --force-reinstall {module})")
+
+
+def _import_ran_out_of_memory(error: ImportError, text: str) -> bool:
+    """Whether an import failed for want of memory: the dynamic loader's `failed to map segment` or
+    ENOMEM's `Cannot allocate memory` in its text, or a MemoryError that it came from."""
+    if "failed to map segment" in text or "cannot allocate memory" in text.lower():
+        return True
+    cause = error.__cause__ or error.__context__
+    return isinstance(cause, MemoryError)
+
+
+def _not_enough_memory_to_load() -> str:
+    """The advice for a library that could not be loaded for want of memory, naming the address-space
+    limit (RLIMIT_AS, `ulimit -v`) where one is set."""
+    try:
+        import resource
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        limit = None if limit == resource.RLIM_INFINITY or limit < 0 else limit
+    except (ImportError, OSError, ValueError, AttributeError):  # no resource module (Windows)
+        limit = None
+    if limit is not None:
+        return (f"not enough memory to load the library: the address-space limit (ulimit -v) is {limit // 1024} kB; "
+                "raise it, e.g. ulimit -v unlimited, and run again")
+    return ("not enough memory to load the library: free memory (end other programs) or run it on a machine "
+            "with more, and run again")
 
 
 #: The training commands (minutes to hours; their results are files, their standard output progress):
