@@ -1059,6 +1059,13 @@ def plot_curve(rows: list[dict], path: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     low = [r["cv_model_ci95"][0] for r in rows]
     high = [r["cv_model_ci95"][1] for r in rows]
+    from .plots import far_linear_limits
+
+    # Before drawing: errors near the float range (a diverged model) made matplotlib's autoscale print
+    # "RuntimeWarning: overflow encountered in multiply" (outside probe, Python round fifty-three).
+    drawn = low + high + [r.get(key) for r in rows for key in
+                          ("cv_model", "cv_box3d", "emu_model_mean_over_folds", "emu_box3d")]
+    far_linear_limits(ax.yaxis, [value for value in drawn if isinstance(value, (int, float))])
     ax.fill_between(sizes, low, high, alpha=0.3, label="model, CV 95% CI")
     ax.plot(sizes, [r["cv_model"] for r in rows], "o-", label="model, k-fold CV")
     ax.plot(sizes, [r["cv_box3d"] for r in rows], "k--", label="Box3D, same states")

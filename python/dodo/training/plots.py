@@ -165,13 +165,20 @@ def _far_parity(axis, x, y) -> None:
     are fractions n / N_tot): n_true 1e308 made matplotlib print "RuntimeWarning: overflow encountered in
     multiply", and 1.7e308 beside -1 ended in "dodo plot: error: arange: cannot compute length" (outside
     probe, Python round fifty-two)."""
+    for values, side in ((x, axis.xaxis), (y, axis.yaxis)):
+        far_linear_limits(side, values)
+
+
+def far_linear_limits(side, values) -> None:
+    """The limits and 5 ticks of a linear axis ``side`` (an XAxis or YAxis) set over ``values`` where
+    one is beyond ``_FAR``; else nothing (matplotlib's own autoscale). Call it before drawing: the
+    autoscale overflows there. Also `dodo learning-curve --plot` (training/ensemble_train.py)."""
     from matplotlib.ticker import FixedLocator
 
-    for values, side in ((x, axis.xaxis), (y, axis.yaxis)):
-        values = np.asarray(values, dtype=float)
-        values = values[np.isfinite(values)]
-        if values.size and np.abs(values).max() > _FAR:
-            side.set_major_locator(FixedLocator(_linear_limits(side, [values.min(), values.max()])))
+    values = np.asarray(values, dtype=float).ravel()
+    values = values[np.isfinite(values)]
+    if values.size and np.abs(values).max() > _FAR:
+        side.set_major_locator(FixedLocator(_linear_limits(side, [values.min(), values.max()])))
 
 
 def plot_metrics(metrics_paths: list, output: str | Path) -> Path:
