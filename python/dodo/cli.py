@@ -550,6 +550,12 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError as error:
         # An input or option asking for more than the machine has (apply, score, synth ...: the solver and
         # training commands say which settings to lower themselves): one line, not a traceback.
+        if _raised_inside_an_import(error):
+            # `(ulimit -v 145000; dodo synth)` blamed "the input or the options" for an import that ran
+            # out of memory (outside probe, Python round fifty-three).
+            print(f"{_name(command)}: error: out of memory while importing the libraries it needs "
+                  f"({_not_enough_memory_to_load()})", file=sys.stderr)
+            return 2
         print(f"{_name(command)}: error: out of memory ({str(error) or 'MemoryError'}): the input or the options "
               "ask for more memory than the machine gives", file=sys.stderr)
         return 2
@@ -606,6 +612,18 @@ def _import_failure(error: ImportError) -> str:
         return f"an import failed: {text}"
     return (f"importing {module} failed: {text} (its installation is broken or incomplete: reinstall it, e.g. "
             f"pip install --force-reinstall {module})")
+
+
+def _raised_inside_an_import(error: BaseException) -> bool:
+    """Whether ``error`` was raised while a module was being imported: a module's body (or a frame of
+    importlib's loader, which it mostly removes) in its traceback, which starts in main()."""
+    frame = error.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_code.co_name == "<module>" or \
+                str(frame.tb_frame.f_globals.get("__name__", "")).startswith("importlib._bootstrap"):
+            return True
+        frame = frame.tb_next
+    return False
 
 
 def _import_ran_out_of_memory(error: ImportError, text: str) -> bool:

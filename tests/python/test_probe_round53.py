@@ -121,3 +121,37 @@ def test_learning_curve_plot_of_ordinary_errors_keeps_matplotlib_autoscale(tmp_p
     monkeypatch.setattr(plots, "save_figure", lambda fig, path: seen.append(fig.axes[0].get_autoscaley_on()))
     ensemble_train.plot_curve(_rows([0.05, 0.03, 0.02], emu=True), str(tmp_path / "curve.png"))
     assert seen == [True]
+
+
+@pytest.mark.parametrize("limit_kb", [None, 16 * 1024 * 1024])
+@pytest.mark.parametrize("command", ["apply", "score"])
+def test_a_memory_error_inside_an_import_does_not_blame_the_input(tmp_path, limit_kb, command):
+    """`(ulimit -v 145000; dodo synth -o q.h5 -n 3)` said `dodo: error: out of memory (MemoryError): the
+    input or the options ask for more memory than the machine gives`: the MemoryError came from inside an
+    import (of dodo's own modules), before any input was read; `dodo apply` and `dodo score` said the same
+    of a MemoryError inside h5py's import. Now: out of memory importing the libraries, naming the
+    address-space limit where one is set. (A stand-in h5py raises MemoryError.)"""
+    fake = tmp_path / "fake" / "h5py"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise MemoryError()\n")
+    data = tmp_path / "data.h5"
+    data.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(600))
+    argv = ["apply", str(data)] if command == "apply" else ["score", "box3d", str(data)]
+    done = _dodo(argv, tmp_path, fake.parent, limit_kb)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    line = done.stderr.strip()
+    assert "the input or the options" not in line, line
+    assert "out of memory while importing the libraries it needs (not enough memory to load the library" in line
+    assert (f"the address-space limit (ulimit -v) is {limit_kb} kB" in line) == bool(limit_kb), line
+
+
+def test_an_ordinary_memory_error_still_names_the_input_or_the_options(tmp_path):
+    """A MemoryError outside any import (an input asking for too much) keeps its words."""
+    from dodo import cli
+
+    error = None
+    try:
+        raise MemoryError()
+    except MemoryError as caught:
+        error = caught
+    assert not cli._raised_inside_an_import(error)
