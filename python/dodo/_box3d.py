@@ -20,6 +20,7 @@ import numpy.ma  # noqa: F401
 
 from . import _core
 from ._units import _plain_numbers
+from ._shown import _shown_number
 from .conventions import (
     MAX_THREADS,
     N_COMPONENTS,
@@ -569,25 +570,6 @@ def _refuse_object_array(name: str, array: np.ndarray, trailing_axes: int) -> No
                              f"{problem}")
     raise ValueError(f"{name} has dtype object (Python objects, each a real number); give a float or integer dtype: "
                      f"np.asarray({name}, dtype=np.float64)")
-
-
-def _shown_number(element, text=str, short: bool = True) -> str:
-    """``text(element)`` (str or repr), its first 12 characters and length where longer than 24 (``short``). A number
-    past Python's 4,300-digit limit on int-to-text conversion (an int, a Fraction): the first 12 digits
-    of its integer part and their count, computed without that conversion, which raised "Exceeds the limit
-    (4300 digits) for integer string conversion" in place of the message, naming neither the argument nor
-    the cell (outside probe, Python round fifty-two)."""
-    try:
-        shown = text(element)
-    except ValueError:
-        if not isinstance(element, numbers.Rational):
-            raise
-        number = abs(int(element))  # the integer part
-        digits = int((number.bit_length() - 1) * math.log10(2)) + 1  # this many, or one more
-        digits += number >= 10 ** digits
-        where = "digits" if isinstance(element, numbers.Integral) else "digits before the point"
-        return f"{'-' if element < 0 else ''}{number // 10 ** (digits - 12)}... ({digits} {where})"
-    return shown if len(shown) <= 24 or not short else f"{shown[:12]}... ({len(shown)} characters)"
 
 
 def _refuse_beyond_float64(name: str, array: np.ndarray, trailing_axes: int) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._shown import _shown_number
 from ._units import _plain_numbers
 
 N_FLAVOURS = 3
@@ -61,8 +62,6 @@ def species_index(antineutrino: int, flavour: int) -> int:
     Anything else is a ValueError: (2, 0) gave 6, (0, 3) gave 3 (nubar_e), (1.5, 0) gave 4.5."""
     for name, value, top in (("antineutrino", antineutrino, 1), ("flavour", flavour, N_FLAVOURS - 1)):
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or not 0 <= value <= top:
-            from ._box3d import _shown_number  # here: _box3d imports this module; past str()'s 4,300 digits (round 52)
-
             raise ValueError(f"species_index: {name} must be an integer in [0, {top}]; got "
                              f"{_shown_number(value, repr, short=False)}")
     return 3 * int(antineutrino) + int(flavour)
