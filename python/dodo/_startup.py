@@ -1,4 +1,4 @@
-"""Ctrl-C while the `dodo` command starts up.
+"""Ctrl-C (and running out of memory) while the `dodo` command starts up.
 
 The console script (``dodo``) and ``python -m dodo`` import the package (numpy, the compiled core,
 the subcommands' modules) before :func:`dodo.cli.main` runs and installs its own handling, which
@@ -9,13 +9,18 @@ instead. When, and only when, the process is one of those commands (or ``python 
 SIGINT handler that prints the same line as main() and ends the process with 130 at once (nothing
 has been written yet: no file is at risk, and no half-imported module is left to run);
 :func:`release` (called by main) puts Python's own handler back, after which Ctrl-C unwinds the
-command as before. A program that imports dodo as a library is never touched.
+command as before. A program that imports dodo as a library is never touched. An import that runs
+out of memory meanwhile (numpy's, under `ulimit -v`) is one line and exit status 1, not a traceback or,
+from OpenBLAS's own SIGINT, "interrupted" (outside probe, Python round fifty-four).
 """
 from __future__ import annotations
 
+import _thread
 import os
 import signal
 import sys
+
+_memory = None  # dodo._memory, imported by guard() for a command: when memory runs short later, that fails too
 
 #: `python -m` modules that are commands: dodo.test and dodo.qke.validate (and the old entries
 #: dodo.qke.cli, dodo.training.cli, which run `dodo`'s main) printed a KeyboardInterrupt traceback from
@@ -48,11 +53,56 @@ def _launched_as_command() -> bool:
 
 
 def _interrupted_while_starting(signum, frame) -> None:
+    if _memory is not None and not _threads_can_start():
+        # Not a Ctrl-C: OpenBLAS (numpy's) raises SIGINT itself when it cannot start its threads
+        # (blas_thread_init, pthread_create failed: `ulimit -v 125000`), which said `dodo: interrupted`,
+        # exit 130, of a memory failure (outside probe, Python round fifty-four; section 89's not-fixed).
+        _write_error(f"{_memory.out_of_memory_while_importing()}; a library could not start its threads and "
+                     "raised SIGINT itself, no Ctrl-C was pressed (where memory is not short, the process count "
+                     "limit, ulimit -u, is reached)")
+        os._exit(1)
     try:
         os.write(2, b"dodo: interrupted\n")
     except OSError:  # stderr closed or full: the exit status still says it
         pass
     os._exit(128 + signum)
+
+
+def _threads_can_start() -> bool:
+    """Whether a thread can be started now (one is, and ends at once): under an address-space limit that
+    the libraries' threads (their stacks) do not fit, it cannot, and a Ctrl-C can be told from OpenBLAS's
+    SIGINT (Python hides the sender, the siginfo)."""
+    try:
+        _thread.start_new_thread(int, ())
+    except BaseException:  # RuntimeError: can't start new thread (a MemoryError too, as short as memory is)
+        return False
+    return True
+
+
+def _write_error(text: str) -> None:
+    try:
+        os.write(2, f"dodo: error: {text}\n".encode("utf-8", "replace"))
+    except OSError:  # stderr closed or full: the exit status still says it
+        pass
+
+
+def _failed_while_starting(kind, error, traceback) -> None:
+    """sys.excepthook while the command imports its modules: an import that ran out of memory (a
+    MemoryError out of numpy's import, or the loader's `failed to map segment` under numpy's own
+    ImportError) is one line and exit status 1, where a 30-line traceback said it (outside probe,
+    Python round fifty-four); any other error keeps the traceback."""
+    try:
+        memory = (isinstance(error, ImportError) or isinstance(error, MemoryError) and
+                  _memory.raised_inside_an_import(error)) and _memory.import_ran_out_of_memory(error)
+    except BaseException:  # _memory None (not loaded), or memory too short even for this
+        memory = False
+    if memory:
+        _write_error(_memory.out_of_memory_while_importing())
+        return
+    _previous_excepthook(kind, error, traceback)
+
+
+_previous_excepthook = sys.__excepthook__
 
 
 #: Whether guard() found this process to be one of the commands (_launched_as_command reads how the
@@ -79,11 +129,25 @@ def guard() -> None:
     launched_as_command = command
     if command:
         reserve_standard_descriptors()
+        _load_memory_words()
     try:
         if command and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             signal.signal(signal.SIGINT, _interrupted_while_starting)
     except (ValueError, OSError, AttributeError):  # not the main thread, or no signals here
         pass
+    if command and sys.excepthook is sys.__excepthook__:  # a hook of the user's (sitecustomize) is kept
+        global _previous_excepthook
+        _previous_excepthook = sys.excepthook
+        sys.excepthook = _failed_while_starting
+
+
+def _load_memory_words() -> None:
+    global _memory
+    try:
+        from . import _memory as words
+    except (ImportError, MemoryError):  # a part-copied package, or memory short already: as before
+        return
+    _memory = words
 
 
 def reserve_standard_descriptors() -> None:
@@ -112,3 +176,5 @@ def release() -> None:
             signal.signal(signal.SIGINT, signal.default_int_handler)
     except (ValueError, OSError):
         pass
+    if sys.excepthook is _failed_while_starting:
+        sys.excepthook = _previous_excepthook

@@ -14,6 +14,12 @@ import signal
 import sys
 
 from . import _startup
+# The words for an import that ran out of memory, shared with the training commands' handler and the
+# start-up of the command (outside probe, Python round fifty-four).
+from ._memory import import_ran_out_of_memory as _import_ran_out_of_memory
+from ._memory import not_enough_memory_to_load as _not_enough_memory_to_load
+from ._memory import out_of_memory_while_importing as _out_of_memory_while_importing
+from ._memory import raised_inside_an_import as _raised_inside_an_import
 
 # Modules that add subcommands through register(subparsers), if they are present.
 _SUBCOMMAND_MODULES = ("dodo.training.cli", "dodo.qke.cli", "dodo.runtime_cli", "dodo.score",
@@ -553,8 +559,7 @@ def main(argv: list[str] | None = None) -> int:
         if _raised_inside_an_import(error):
             # `(ulimit -v 145000; dodo synth)` blamed "the input or the options" for an import that ran
             # out of memory (outside probe, Python round fifty-three).
-            print(f"{_name(command)}: error: out of memory while importing the libraries it needs "
-                  f"({_not_enough_memory_to_load()})", file=sys.stderr)
+            print(f"{_name(command)}: error: {_out_of_memory_while_importing()}", file=sys.stderr)
             return 2
         print(f"{_name(command)}: error: out of memory ({str(error) or 'MemoryError'}): the input or the options "
               "ask for more memory than the machine gives", file=sys.stderr)
@@ -603,7 +608,7 @@ def _import_failure(error: ImportError) -> str:
     text = " ".join(str(error).split())
     if isinstance(error, ModuleNotFoundError):
         return f"{error.name or module} is not installed ({text})"
-    if _import_ran_out_of_memory(error, text):
+    if _import_ran_out_of_memory(error):
         # The loader could not map the library (an address-space limit, ulimit -v, or a full machine):
         # reinstalling does not help (outside probe, Python round fifty-three; section 88 found it).
         what = f"importing {module} failed" if module else "an import failed"
@@ -612,43 +617,6 @@ def _import_failure(error: ImportError) -> str:
         return f"an import failed: {text}"
     return (f"importing {module} failed: {text} (its installation is broken or incomplete: reinstall it, e.g. "
             f"pip install --force-reinstall {module})")
-
-
-def _raised_inside_an_import(error: BaseException) -> bool:
-    """Whether ``error`` was raised while a module was being imported: a module's body (or a frame of
-    importlib's loader, which it mostly removes) in its traceback, which starts in main()."""
-    frame = error.__traceback__
-    while frame is not None:
-        if frame.tb_frame.f_code.co_name == "<module>" or \
-                str(frame.tb_frame.f_globals.get("__name__", "")).startswith("importlib._bootstrap"):
-            return True
-        frame = frame.tb_next
-    return False
-
-
-def _import_ran_out_of_memory(error: ImportError, text: str) -> bool:
-    """Whether an import failed for want of memory: the dynamic loader's `failed to map segment` or
-    ENOMEM's `Cannot allocate memory` in its text, or a MemoryError that it came from."""
-    if "failed to map segment" in text or "cannot allocate memory" in text.lower():
-        return True
-    cause = error.__cause__ or error.__context__
-    return isinstance(cause, MemoryError)
-
-
-def _not_enough_memory_to_load() -> str:
-    """The advice for a library that could not be loaded for want of memory, naming the address-space
-    limit (RLIMIT_AS, `ulimit -v`) where one is set."""
-    try:
-        import resource
-        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
-        limit = None if limit == resource.RLIM_INFINITY or limit < 0 else limit
-    except (ImportError, OSError, ValueError, AttributeError):  # no resource module (Windows)
-        limit = None
-    if limit is not None:
-        return (f"not enough memory to load the library: the address-space limit (ulimit -v) is {limit // 1024} kB; "
-                "raise it, e.g. ulimit -v unlimited, and run again")
-    return ("not enough memory to load the library: free memory (end other programs) or run it on a machine "
-            "with more, and run again")
 
 
 #: The training commands (minutes to hours; their results are files, their standard output progress):

@@ -125,6 +125,13 @@ def _friendly(name: str):
                 print(f"dodo {name}: error: {' '.join(str(exc).split())}", file=sys.stderr)
                 return 2
             except MemoryError as exc:  # a config asking for more than the machine has (model.n_blocks: 10^8)
+                from .._memory import out_of_memory_while_importing, raised_inside_an_import
+
+                if raised_inside_an_import(exc):
+                    # torch's import under `ulimit -v 600000` (also matplotlib's, h5py's) blamed the model's
+                    # width and batch size: dodo.cli.main's words (outside probe, Python round fifty-four).
+                    print(f"dodo {name}: error: {out_of_memory_while_importing()}", file=sys.stderr)
+                    return 2
                 print(f"dodo {name}: error: out of memory ({str(exc) or 'MemoryError'}): the configuration needs "
                       "more memory than the machine gives; lower model.hidden_dim, model.n_blocks or "
                       "data.batch_size (or the number of rows)", file=sys.stderr)
@@ -465,8 +472,10 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("plot", help="plots (PNG, PDF or SVG) from metrics JSON files")
     p.add_argument("what", choices=("metrics", "curve"),
-                   help="metrics: losses and |dn| across runs; curve: train/val curve of one run, and its parity "
-                        "plot beside it (OUTPUT_parity.EXT)")
+                   help="metrics: losses and |dn| across runs (at most 30: of more files, the "
+                        "30 runs of lowest best validation loss, in the order given, and the title says how many "
+                        "were left out); curve: train/val curve of one run, and its parity plot beside it "
+                        "(OUTPUT_parity.EXT)")
     p.add_argument("files", nargs="+", metavar="FILE", type=input_path, help="results/metrics_<timestamp>.json file(s)")
     p.add_argument("-o", "--output", required=True, type=file_output_path,
                    help="plot file; its extension sets the format: .png (also without one), .pdf or .svg")

@@ -181,13 +181,39 @@ def far_linear_limits(side, values) -> None:
         side.set_major_locator(FixedLocator(_linear_limits(side, [values.min(), values.max()])))
 
 
+#: The most runs `plot metrics` draws, each a labelled group of bars: the figure grew 1.2 inches a run,
+#: and 300 runs made a PNG 43,920 pixels wide (600: 87,120), which image viewers refuse or shrink to a
+#: line, and a PDF wider than a PDF page may be (outside probe, Python round fifty-four). Beyond it, the
+#: runs of lowest best validation loss are drawn (in the order given) and the title says how many of how
+#: many, so that the figure is at most 1.2 * 30 + 6 = 42 inches (5,040 pixels) wide.
+MAX_PLOTTED_RUNS = 30
+
+
+def _runs_drawn(runs: list) -> list[int]:
+    """The indices of the runs `plot metrics` draws: all of them up to MAX_PLOTTED_RUNS, else the
+    MAX_PLOTTED_RUNS of lowest best validation loss (a run without a finite one last; ties: the order
+    given), kept in the order given."""
+    if len(runs) <= MAX_PLOTTED_RUNS:
+        return list(range(len(runs)))
+    best = np.array([_number(r["best_val_loss"]) for r in runs])
+    order = np.argsort(np.where(np.isnan(best), np.inf, best), kind="stable")
+    return sorted(int(i) for i in order[:MAX_PLOTTED_RUNS])
+
+
 def plot_metrics(metrics_paths: list, output: str | Path) -> Path:
-    """Best validation and test loss across runs, and model vs Box3D mean |dn|/N_tot."""
+    """Best validation and test loss across runs, and model vs Box3D mean |dn|/N_tot: of the
+    MAX_PLOTTED_RUNS runs of lowest best validation loss where more are given (the title says so)."""
     plt = _pyplot()
-    runs = [load_metrics(p) for p in metrics_paths]
-    labels = [Path(p).parent.parent.name + "/" + Path(p).stem.replace("metrics_", "") for p in metrics_paths]
+    every = [load_metrics(p) for p in metrics_paths]
+    drawn = _runs_drawn(every)
+    runs = [every[i] for i in drawn]
+    labels = [Path(p).parent.parent.name + "/" + Path(p).stem.replace("metrics_", "")
+              for p in (metrics_paths[i] for i in drawn)]
     x = np.arange(len(runs))
     fig, (ax_loss, ax_dn) = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(runs) + 6), 4.5))
+    if len(drawn) < len(every):
+        fig.suptitle(f"{len(drawn)} of {len(every)} runs: the {len(drawn)} of lowest best validation loss, in the "
+                     f"order given ({len(every) - len(drawn)} left out)", fontsize=9)
     best_val, test = [_number(r["best_val_loss"]) for r in runs], [_number(r["test_loss"]["total"]) for r in runs]
     ax_loss.bar(x - 0.2, best_val, 0.4, label="best val")
     ax_loss.bar(x + 0.2, test, 0.4, label="test")

@@ -1,0 +1,222 @@
+"""Outside probe, Python round fifty-four: the start-up of `dodo` under a tight address-space limit (numpy's
+import: OpenBLAS's own SIGINT called an interrupt, a MemoryError traceback), the training commands' handler
+blaming the configuration for an import (section 89's not-fixed items), and `dodo plot metrics` of hundreds of
+runs (an image tens of thousands of pixels wide)."""
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cli_helpers import run
+from test_probe_round51 import _metrics
+
+HANG_GUARD_S = 300
+OUT_OF_MEMORY = "error: out of memory while importing the libraries it needs (not enough memory to load the library"
+
+
+def _console_script() -> str:
+    script = Path(sys.executable).parent / "dodo"
+    if not script.is_file():
+        pytest.skip("no `dodo` console script beside this Python")
+    return str(script)
+
+
+def _dodo(launcher, argv, cwd, pythonpath=(), address_space_kb=None, env=None):
+    """`dodo ARGV` (the console script or `python -m dodo`) in a child, optionally under `ulimit -v`."""
+    def limit():
+        import resource
+        import signal
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # as from a terminal, whatever ran the tests
+        if address_space_kb:
+            resource.setrlimit(resource.RLIMIT_AS, (address_space_kb * 1024, resource.RLIM_INFINITY))
+
+    environ = dict(os.environ, **(env or {}))
+    environ["PYTHONPATH"] = os.pathsep.join([*map(str, pythonpath), *filter(None, [os.environ.get("PYTHONPATH")])])
+    command = [_console_script()] if launcher == "console script" else [sys.executable, "-m", "dodo"]
+    return subprocess.run(command + list(argv), capture_output=True, text=True, cwd=cwd, timeout=HANG_GUARD_S,
+                          stdin=subprocess.DEVNULL, env=environ, preexec_fn=limit)
+
+
+# What OpenBLAS's blas_thread_init does when pthread_create fails (an address-space limit its threads'
+# stacks do not fit in): raise(SIGINT), then the import goes on. Here the threads cannot start because the
+# stack size asked for is larger than any address space; the SIGINT is sent as numpy's import begins.
+_THREADS_FAIL_THEN_SIGINT = textwrap.dedent("""
+    import _thread, os, signal, sys
+
+    class _ThreadsFailAt:
+        def find_spec(self, name, path=None, target=None):
+            if name == os.environ["PROBE_THREADS_FAIL_AT"]:
+                sys.meta_path.remove(self)
+                _thread.stack_size(2 ** 56)
+                os.kill(os.getpid(), signal.SIGINT)
+            return None
+
+    if os.environ.get("PROBE_THREADS_FAIL_AT"):
+        sys.meta_path.insert(0, _ThreadsFailAt())
+""")
+
+
+@pytest.mark.parametrize("launcher", ["console script", "python -m dodo"])
+def test_a_sigint_of_a_library_that_cannot_start_its_threads_is_not_an_interrupt(tmp_path, launcher):
+    """`(ulimit -v 125000; dodo synth -o q.h5 -n 3)`: OpenBLAS could not start its threads while numpy
+    was imported and raised SIGINT itself; the start-up handler printed `dodo: interrupted`, exit 130, as
+    for a Ctrl-C that nobody pressed. Now one line about memory, exit 1 (a Ctrl-C where threads start
+    still says `dodo: interrupted`, 130: test_probe_round17's tests)."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_THREADS_FAIL_THEN_SIGINT)
+    done = _dodo(launcher, ["synth", "-o", "q.h5", "-n", "3"], tmp_path, [hook],
+                 env={"PROBE_THREADS_FAIL_AT": "numpy"})
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    assert "interrupted" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("dodo: " + OUT_OF_MEMORY), line
+    assert "could not start its threads" in line and "no Ctrl-C was pressed" in line, line
+    assert not (tmp_path / "q.h5").exists()
+
+
+_STANDIN_NUMPY = {
+    "memoryerror": "raise MemoryError()\n",
+    # numpy's own ImportError (advice about the installation) raised from the loader's
+    "chained map": ('try:\n    raise ImportError("libquadmath.so.0: failed to map segment from shared object")\n'
+                    'except ImportError as exc:\n    raise ImportError("\\nIMPORTANT: PLEASE READ THIS FOR ADVICE '
+                    'ON HOW TO SOLVE THIS ISSUE!\\n\\nImporting the numpy C-extensions failed.") from exc\n'),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_STANDIN_NUMPY))
+@pytest.mark.parametrize("launcher", ["console script", "python -m dodo"])
+def test_numpy_import_out_of_memory_at_start_up_is_one_line(tmp_path, launcher, kind):
+    """`(ulimit -v 135000; dodo synth ...)`: a 25-line MemoryError traceback out of numpy's import (before
+    dodo.cli.main runs); `(ulimit -v 60000; ...)`: numpy's 40 lines of installation advice over the
+    loader's `failed to map segment`. Now one line, exit 1. (A stand-in numpy that raises so.)"""
+    fake = tmp_path / "fake" / "numpy"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(_STANDIN_NUMPY[kind])
+    done = _dodo(launcher, ["synth", "-o", "q.h5", "-n", "3"], tmp_path, [fake.parent], address_space_kb=16 << 20)
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    assert done.stderr.strip() == ("dodo: " + OUT_OF_MEMORY + ": the address-space limit (ulimit -v) is 16777216 kB; "
+                                   "raise it, e.g. ulimit -v unlimited, and run again)"), done.stderr
+
+
+def test_an_ordinary_broken_numpy_at_start_up_keeps_its_traceback(tmp_path):
+    """Guard: a numpy that fails to import for another reason keeps Python's own report."""
+    fake = tmp_path / "fake" / "numpy"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('raise ImportError("libstandin.so.9: cannot open shared object file")\n')
+    done = _dodo("python -m dodo", ["synth", "-o", "q.h5", "-n", "3"], tmp_path, [fake.parent])
+    assert done.returncode == 1 and "Traceback" in done.stderr and "out of memory" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "ImportError: libstandin.so.9: cannot open shared object file"
+
+
+@pytest.mark.parametrize("launcher", ["console script", "python -m dodo"])
+def test_a_real_tight_address_space_limit_is_never_called_an_interrupt(tmp_path, launcher):
+    """The reproducers themselves: `dodo synth` under `ulimit -v` from 60000 to 150000 kB. Before, 125000
+    and 130000 said `dodo: interrupted` (exit 130) and 135000-140000 printed a MemoryError traceback
+    here. Where the limit falls in another library (OpenBLAS's own `Memory allocation still failed`,
+    exit 1, from C), only the absence of both is asserted."""
+    pytest.importorskip("h5py")
+    for limit in [*range(60000, 150001, 5000), 127500, 132500]:
+        done = _dodo(launcher, ["synth", "-o", "q.h5", "-n", "3"], tmp_path, address_space_kb=limit)
+        assert done.returncode not in (0, 130) and "interrupted" not in done.stderr, (limit, done.stderr)
+        assert not ("Traceback" in done.stderr and "MemoryError" in done.stderr), (limit, done.stderr)
+        if "blas_thread_init" in done.stderr:  # OpenBLAS's threads: its SIGINT came at numpy's import
+            assert done.stderr.strip().splitlines()[-1].startswith("dodo: " + OUT_OF_MEMORY), (limit, done.stderr)
+        assert not (tmp_path / "q.h5").exists()
+
+
+@pytest.mark.parametrize("library, argv", [
+    ("h5py", ["synth", "-o", "q.h5", "-n", "3"]),
+    ("torch", ["export", "none.pt", "-o", "m.onnx"]),
+    ("matplotlib", ["plot", "curve", "M.json", "-o", "c.png"]),
+])
+def test_a_training_command_whose_import_ran_out_of_memory_does_not_blame_the_configuration(tmp_path, library, argv):
+    """`(ulimit -v 600000; dodo export none.pt -o m.onnx)` (torch's import), `(ulimit -v 150000; dodo plot
+    curve M.json -o x.png)` said `out of memory (MemoryError): the configuration needs more memory than the
+    machine gives; lower model.hidden_dim, model.n_blocks or data.batch_size`, of commands with no model or
+    batch size. Now dodo.cli.main's words (section 89). (A stand-in library whose import raises MemoryError.)
+    The configuration's own MemoryError keeps its words: test_probe_round13's n_blocks test."""
+    fake = tmp_path / "fake" / library
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise MemoryError()\n")
+    (tmp_path / "none.pt").write_bytes(b"PK\x03\x04 not a checkpoint")
+    _metrics(tmp_path / "M.json", [1.0, 0.5], [1.0, 0.6])
+    done = _dodo("python -m dodo", argv, tmp_path, [fake.parent], address_space_kb=16 << 20)
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    assert done.stderr.strip() == (f"dodo {argv[0]}: " + OUT_OF_MEMORY + ": the address-space limit (ulimit -v) is "
+                                   "16777216 kB; raise it, e.g. ulimit -v unlimited, and run again)"), done.stderr
+
+
+# --- dodo plot metrics of hundreds of runs ------------------------------------------------------
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    with open(path, "rb") as handle:
+        head = handle.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", head[16:24])
+
+
+def _many_runs(root: Path, count: int) -> list[str]:
+    rng = np.random.default_rng(54)
+    best = rng.uniform(0.01, 1.0, count)
+    best[7] = float("nan")  # no finite best loss: drawn last, if at all
+    paths = []
+    for i in range(count):
+        results = root / f"run_{i:03d}" / "results"
+        results.mkdir(parents=True)
+        paths.append(str(_metrics(results / "metrics_20261207.json", [1.0, 0.5], [1.0, 0.6], best=float(best[i]),
+                                  test=float(best[i]) * 1.1)))
+    return paths
+
+
+def test_plot_metrics_of_300_runs_is_an_image_a_viewer_opens_and_says_what_it_left_out(tmp_path, capsys, monkeypatch):
+    """`dodo plot metrics` of 300 run files wrote a PNG 43,920 x 540 pixels (1.2 inches a run; 600 runs:
+    87,120), which viewers refuse or shrink to a line, every label unreadable. Now at most 30 runs, the
+    30 of lowest best validation loss in the order given, and the title says 30 of 300 (270 left out)."""
+    pytest.importorskip("matplotlib")
+    from dodo.training import plots
+
+    paths = _many_runs(tmp_path / "runs", 300)
+    titles = []
+    save = plots.save_figure
+    monkeypatch.setattr(plots, "save_figure", lambda fig, output: (titles.append(fig.get_suptitle()),
+                                                                    save(fig, output))[1])
+    code, out, err = run(capsys, ["plot", "metrics", *paths, "-o", str(tmp_path / "m.png")])
+    assert code == 0 and "wrote" in out, err
+    width, height = _png_size(tmp_path / "m.png")
+    assert width <= 6000 and height <= 1000, (width, height)
+    assert titles == ["30 of 300 runs: the 30 of lowest best validation loss, in the order given (270 left out)"]
+
+
+def test_plot_metrics_draws_the_runs_of_lowest_best_loss_in_the_order_given():
+    """Which runs: the 30 of lowest best validation loss (a run without a finite one after every other),
+    in the order the files were given; 30 runs or fewer are all drawn."""
+    from dodo.training import plots
+
+    def runs(best):
+        return [{"best_val_loss": value} for value in best]
+
+    assert plots.MAX_PLOTTED_RUNS == 30
+    best = [float(40 - i) for i in range(40)]  # the last 30 files are the best
+    assert plots._runs_drawn(runs(best)) == list(range(10, 40))
+    best[12] = None  # a gap (null in the file): left out before any finite loss
+    assert plots._runs_drawn(runs(best)) == [*range(9, 12), *range(13, 40)]
+    assert plots._runs_drawn(runs([None] * 30)) == list(range(30))
+
+
+def test_plot_metrics_help_says_how_many_runs_it_draws(capsys):
+    from dodo.training import plots
+
+    code, out, _ = run(capsys, ["plot", "--help"])
+    assert code == 0
+    text = " ".join(out.split())
+    assert f"at most {plots.MAX_PLOTTED_RUNS}" in text and "lowest best validation loss" in text, text
+    assert "left out" in text, text
