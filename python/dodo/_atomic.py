@@ -74,6 +74,12 @@ def check_input_file(path: str | Path, expected: str = "a regular file") -> None
         hint = file_on_the_way_hint(path) or other_case_hint(path) or relative_to_cwd(path)
         if os.fspath(path) in ("-", b"-"):  # the shell's habit for standard input (outside probe, Python round 49)
             hint = " ('-' does not mean standard input here: each file is opened by its name; give the file's path)"
+        elif os.fspath(path) in ("box3d", "default"):
+            # `dodo score d.h5 box3d` (the arguments swapped) and `dodo apply box3d` (--model left out) said
+            # "cannot read box3d: no such file" alone, of a word that names a model, never d.h5 (outside
+            # probe, Python round fifty-four).
+            hint = (f" ({os.fspath(path)!r} names a model, not a file: give the model where the command takes one, "
+                    "e.g. dodo score MODEL DATA [DATA ...], dodo apply DATA --model MODEL)")
         raise InputPathError(f"cannot read {path}: no such file{hint}") from None
     except OSError as error:
         raise InputPathError(f"cannot read {path}: {error.strerror or error}") from None

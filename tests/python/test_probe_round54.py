@@ -220,3 +220,86 @@ def test_plot_metrics_help_says_how_many_runs_it_draws(capsys):
     text = " ".join(out.split())
     assert f"at most {plots.MAX_PLOTTED_RUNS}" in text and "lowest best validation loss" in text, text
     assert "left out" in text, text
+
+
+def _labels_drawn(monkeypatch):
+    from dodo.training import plots
+
+    drawn = []
+    save = plots.save_figure
+
+    def keep_labels(fig, output):
+        drawn.append([label.get_text() for label in fig.axes[0].get_xticklabels()])
+        return save(fig, output)
+
+    monkeypatch.setattr(plots, "save_figure", keep_labels)
+    return drawn
+
+
+def test_plot_metrics_of_runs_with_long_names_keeps_the_panels_and_tells_runs_apart(tmp_path, capsys, monkeypatch):
+    """Run directories named by their settings, 130 characters each (alike but for their last one): the
+    labels squeezed both panels to slivers and matplotlib printed `UserWarning: Tight layout not applied`
+    (60 characters already squeezed them). Now each part of a label is at most 16 characters, its
+    middle left out, its start and end kept; no warning."""
+    pytest.importorskip("matplotlib")
+    import warnings
+
+    paths = []
+    for i in range(2):
+        results = tmp_path / ("lr1e-3_width128_" * 8 + f"seed{i}") / "results"
+        results.mkdir(parents=True)
+        paths.append(str(_metrics(results / "metrics_20261207T030000.json", [1.0, 0.5], [1.0, 0.6])))
+    drawn = _labels_drawn(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        code, out, err = run(capsys, ["plot", "metrics", *paths, "-o", str(tmp_path / "m.png")])
+    assert code == 0 and "Warning" not in err, err
+    assert drawn == [["lr1e-3...8_seed0/20261207T030000", "lr1e-3...8_seed1/20261207T030000"]]
+
+
+def test_plot_metrics_numbers_runs_whose_labels_are_the_same(tmp_path, capsys, monkeypatch):
+    """run_000 of two studies: two labels `run_000/7`, which told the reader nothing of which was which.
+    Now each such label gets its file's place on the command line."""
+    pytest.importorskip("matplotlib")
+    paths = []
+    for study in ("a", "b"):
+        results = tmp_path / study / "run_000" / "results"
+        results.mkdir(parents=True)
+        paths.append(str(_metrics(results / "metrics_7.json", [1.0, 0.5], [1.0, 0.6])))
+    other = tmp_path / "b" / "run_001" / "results"
+    other.mkdir(parents=True)
+    paths.insert(1, str(_metrics(other / "metrics_7.json", [1.0, 0.5], [1.0, 0.6])))
+    drawn = _labels_drawn(monkeypatch)
+    code, out, err = run(capsys, ["plot", "metrics", *paths, "-o", str(tmp_path / "m.png")])
+    assert code == 0, err
+    assert drawn == [["run_000/7 [1]", "run_001/7", "run_000/7 [3]"]]
+
+
+# --- a model's name where a data file belongs --------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, word", [(["score", "{data}", "box3d"], "box3d"),  # the arguments swapped
+                                        (["score", "{data}", "default"], "default"),
+                                        (["apply", "box3d"], "box3d")])  # --model left out
+def test_a_model_name_given_as_a_data_file_is_named_as_a_model(tmp_path, capsys, monkeypatch, argv, word):
+    """`dodo score d.h5 box3d` said `cannot read box3d: no such file (relative to the current directory
+    ...)`, naming neither the swap nor d.h5; `dodo apply box3d` the same. Now the hint says the word names
+    a model and where a model goes."""
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "d.h5"
+    data.write_bytes(b"\x89HDF\r\n\x1a\n")
+    code, out, err = run(capsys, [word_.format(data=data) for word_ in argv])
+    assert code == 2 and "Traceback" not in err, err
+    assert err.strip() == (f"dodo {argv[0]}: error: cannot read {word}: no such file ('{word}' names a model, not a "
+                           "file: give the model where the command takes one, e.g. dodo score MODEL DATA [DATA ...], "
+                           "dodo apply DATA --model MODEL)"), err
+
+
+def test_a_data_file_named_box3d_is_still_read(tmp_path, capsys, monkeypatch):
+    """Guard: a file that is there is read, whatever its name (the hint is for a name that is not there)."""
+    pytest.importorskip("h5py")
+    monkeypatch.chdir(tmp_path)
+    assert run(capsys, ["synth", "-o", "s.h5", "-n", "8", "-q"])[0] == 0
+    os.replace("s.h5", "box3d")
+    code, out, err = run(capsys, ["score", "box3d", "box3d", "--bootstrap", "100"])
+    assert code == 0 and "no such file" not in err, err

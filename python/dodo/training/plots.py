@@ -200,6 +200,32 @@ def _runs_drawn(runs: list) -> list[int]:
     return sorted(int(i) for i in order[:MAX_PLOTTED_RUNS])
 
 
+#: The longest run directory (and timestamp) in the label of a run under its bars: a run directory of 60
+#: characters (a tag naming the run's settings) squeezed both panels to a sliver beside its label, and
+#: from about 80 matplotlib printed "UserWarning: Tight layout not applied" (outside probe, Python round
+#: fifty-four).
+MAX_LABEL_PART = 16
+
+
+def _shortened(text: str) -> str:
+    """``text`` of at most MAX_LABEL_PART characters: a longer one's middle left out ("..."), its start and
+    its end (where names of runs differ: a seed, a number) kept."""
+    if len(text) <= MAX_LABEL_PART:
+        return text
+    head = (MAX_LABEL_PART - 3) // 2
+    return text[:head] + "..." + text[-(MAX_LABEL_PART - 3 - head):]
+
+
+def _run_labels(metrics_paths: list, drawn: list[int]) -> list[str]:
+    """RUN_DIR/TIMESTAMP of each run drawn, each part shortened (_shortened); a label that two runs drawn
+    share (run_000 of two studies, or two long names alike at both ends) gets the run's place among the
+    files given, "[k]"."""
+    labels = [_shortened(Path(metrics_paths[i]).parent.parent.name) + "/"
+              + _shortened(Path(metrics_paths[i]).stem.replace("metrics_", "")) for i in drawn]
+    shared = {label for label in labels if labels.count(label) > 1}
+    return [f"{label} [{i + 1}]" if label in shared else label for label, i in zip(labels, drawn)]
+
+
 def plot_metrics(metrics_paths: list, output: str | Path) -> Path:
     """Best validation and test loss across runs, and model vs Box3D mean |dn|/N_tot: of the
     MAX_PLOTTED_RUNS runs of lowest best validation loss where more are given (the title says so)."""
@@ -207,8 +233,7 @@ def plot_metrics(metrics_paths: list, output: str | Path) -> Path:
     every = [load_metrics(p) for p in metrics_paths]
     drawn = _runs_drawn(every)
     runs = [every[i] for i in drawn]
-    labels = [Path(p).parent.parent.name + "/" + Path(p).stem.replace("metrics_", "")
-              for p in (metrics_paths[i] for i in drawn)]
+    labels = _run_labels(metrics_paths, drawn)
     x = np.arange(len(runs))
     fig, (ax_loss, ax_dn) = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(runs) + 6), 4.5))
     if len(drawn) < len(every):
