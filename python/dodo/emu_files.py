@@ -280,10 +280,26 @@ def _layout_problem(handle) -> str:
         if handle[name].shape is None:
             return f"'{name}' has a null dataspace (no values at all); expected [nsims, 4 (x,y,z,t), 2, {N_FLAVOURS}]"
     if len(shape) != 4 or shape[1] != 4 or shape[2] != 2 or shape[3] != N_FLAVOURS:
-        return f"'{INITIAL}' has shape {shape}; expected [nsims, 4 (x,y,z,t), 2, {N_FLAVOURS}]"
+        return reversed_axes_problem(INITIAL, shape) or \
+            f"'{INITIAL}' has shape {shape}; expected [nsims, 4 (x,y,z,t), 2, {N_FLAVOURS}]"
     if handle[FINAL].shape != shape:
         return f"'{FINAL}' shape {handle[FINAL].shape} differs from '{INITIAL}' {shape}"
     return nf_problem(handle, shape)
+
+
+def reversed_axes_problem(name: str, shape) -> str:
+    """Why four-fluxes of ``shape`` (N_FLAVOURS, 2, 4, nsims) are refused: the Emu layout with its axes in
+    reverse order, as a column-major writer (Julia's HDF5.jl, Fortran, MATLAB) stores an array of
+    [nsims, 4, 2, 3]; '' for any other shape. `dodo score` said `dataset 'nf' is 3 but 'F4_initial(1|ccm)'
+    has shape (3, 2, 4, 20), 20 flavours on its last axis; the file contradicts itself (damaged or
+    edited?)`, and `dodo apply` named the shape alone (outside probe, Python round fifty-four)."""
+    shape = tuple(shape) if shape is not None else ()
+    if len(shape) != 4 or shape[:3] != (N_FLAVOURS, 2, 4):
+        return ""
+    return (f"'{name}' has shape {shape}: the Emu layout [nsims, 4 (x,y,z,t), 2, {N_FLAVOURS}] with its axes in "
+            "reverse order, as a column-major writer (Julia's HDF5.jl, Fortran, MATLAB) stores an array of "
+            f"[nsims, 4, 2, {N_FLAVOURS}]; write the array with its axes reversed (Julia: permutedims(F, (4, 3, 2, 1)); "
+            "Fortran: dimension F(3, 2, 4, nsims))")
 
 
 def nf_problem(handle, shape: tuple) -> str:
@@ -292,6 +308,8 @@ def nf_problem(handle, shape: tuple) -> str:
     arrays was read as three flavours without a word (outside probe, round 34, left open; round 35)."""
     import h5py
 
+    if reversed_axes_problem(INITIAL, shape):  # its nf then "contradicts" the first axis, not the cause
+        return reversed_axes_problem(INITIAL, shape)
     for where, present in (("dataset", "nf" in handle), ("attribute", "nf" in handle.attrs)):
         if not present:
             continue

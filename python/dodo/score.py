@@ -23,7 +23,7 @@ from ._cli_common import shown_name as _shown
 from ._output_guard import marked_report
 from ._status import REJECTED_MASK
 from .emu_files import (growth_rate_note, hdf5_item, known_file_problem, nf_problem, numeric_dataset, open_hdf5,
-                        unfinished_run_note)
+                        reversed_axes_problem, unfinished_run_note)
 
 #: A state counts as "worse than Box3D" when the model's error exceeds Box3D's by this (N_tot).
 WORSE_THRESHOLD = 0.0025
@@ -146,8 +146,8 @@ def read_emu_states(path: str) -> EmuStates:
         raise ValueError(f"{_shown(path)}: cannot read ({error})") from None
     for key, emu in (("F4_initial(1|ccm)", emu_initial), ("F4_final(1|ccm)", emu_final)):
         if emu.ndim != 4 or emu.shape[1:] != (4, 2, 3):
-            raise ValueError(f"{_shown(path)}: '{key}' has shape {emu.shape}; it must be [n, 4 (x,y,z,t), 2, 3] "
-                             "(three flavours)")
+            raise ValueError(f"{_shown(path)}: " + (reversed_axes_problem(key, emu.shape) or (
+                f"'{key}' has shape {emu.shape}; it must be [n, 4 (x,y,z,t), 2, 3] (three flavours)")))
     if len(emu_initial) != len(emu_final):
         raise ValueError(f"{_shown(path)}: F4_initial(1|ccm) holds {len(emu_initial)} states and F4_final(1|ccm) "
                          f"{len(emu_final)}; they must hold the same states")

@@ -303,3 +303,42 @@ def test_a_data_file_named_box3d_is_still_read(tmp_path, capsys, monkeypatch):
     os.replace("s.h5", "box3d")
     code, out, err = run(capsys, ["score", "box3d", "box3d", "--bootstrap", "100"])
     assert code == 0 and "no such file" not in err, err
+
+
+# --- an Emu file written by a column-major program -------------------------------------------------
+
+
+def _reversed_axes_file(path: Path, with_nf: bool) -> Path:
+    """A synth database as Julia's HDF5.jl (or Fortran) writes the same arrays: every axis reversed."""
+    import h5py
+
+    with h5py.File(path, "r+") as handle:
+        for key in ("F4_initial(1|ccm)", "F4_final(1|ccm)", "F4_final_stddev(1|ccm)"):
+            if key in handle:
+                values = handle[key][()]
+                del handle[key]
+                handle[key] = values.transpose()
+        if not with_nf and "nf" in handle:
+            del handle["nf"]
+    return path
+
+
+@pytest.mark.parametrize("with_nf", [True, False])
+@pytest.mark.parametrize("command", ["score", "apply"])
+def test_an_emu_file_with_its_axes_reversed_is_named_so(tmp_path, capsys, monkeypatch, command, with_nf):
+    """An Emu file written from Julia (HDF5.jl) or Fortran holds F4_initial(1|ccm) as (3, 2, 4, nsims).
+    `dodo score` said `dataset 'nf' is 3 but 'F4_initial(1|ccm)' has shape (3, 2, 4, 8), 8 flavours on its
+    last axis; the file contradicts itself (damaged or edited?)`, and without nf (as `dodo apply` with it)
+    named the shape alone. Now: the Emu layout with its axes in reverse order, and how to write it."""
+    pytest.importorskip("h5py")
+    monkeypatch.chdir(tmp_path)
+    assert run(capsys, ["synth", "-o", "s.h5", "-n", "8", "-q"])[0] == 0
+    data = _reversed_axes_file(tmp_path / "s.h5", with_nf)
+    argv = ["score", "box3d", str(data)] if command == "score" else ["apply", str(data), "--grid", "2x2x2", "-q"]
+    code, out, err = run(capsys, argv)
+    assert code == 2 and "Traceback" not in err, err
+    assert err.strip() == (f"dodo {command}: error: {data}: 'F4_initial(1|ccm)' has shape (3, 2, 4, 8): the Emu layout "
+                           "[nsims, 4 (x,y,z,t), 2, 3] with its axes in reverse order, as a column-major writer (Julia's "
+                           "HDF5.jl, Fortran, MATLAB) stores an array of [nsims, 4, 2, 3]; write the array with its axes "
+                           "reversed (Julia: permutedims(F, (4, 3, 2, 1)); Fortran: dimension F(3, 2, 4, nsims))"), err
+    assert "contradicts itself" not in err
