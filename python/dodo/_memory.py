@@ -16,16 +16,32 @@ except ImportError:  # no resource module (Windows)
 def not_enough_memory_to_load() -> str:
     """The advice for a library that could not be loaded for want of memory, naming the address-space
     limit (RLIMIT_AS, `ulimit -v`) where one is set."""
+    return f"not enough memory to load the library: {more_memory_advice()}"
+
+
+def address_space_limit_kb():
+    """The address-space limit (RLIMIT_AS, `ulimit -v`) in kB, or None where none is set."""
     try:
         limit = resource.getrlimit(resource.RLIMIT_AS)[0]
-        limit = None if limit == resource.RLIM_INFINITY or limit < 0 else limit
     except (OSError, ValueError, AttributeError):  # no resource module (Windows)
-        limit = None
+        return None
+    return None if limit == resource.RLIM_INFINITY or limit < 0 else limit // 1024
+
+
+def more_memory_advice() -> str:
+    """What to do when memory ran out: raise the address-space limit (RLIMIT_AS, `ulimit -v`), naming it,
+    where one is set; else free memory or use a machine with more."""
+    limit = address_space_limit_kb()
     if limit is not None:
-        return (f"not enough memory to load the library: the address-space limit (ulimit -v) is {limit // 1024} kB; "
-                "raise it, e.g. ulimit -v unlimited, and run again")
-    return ("not enough memory to load the library: free memory (end other programs) or run it on a machine "
-            "with more, and run again")
+        return f"the address-space limit (ulimit -v) is {limit} kB; raise it, e.g. ulimit -v unlimited, and run again"
+    return "free memory (end other programs) or run it on a machine with more, and run again"
+
+
+def hdf5_ran_out_of_memory(text: str) -> bool:
+    """Whether HDF5's error ``text`` says it could not allocate memory (`memory allocation failed for
+    chunk`, under an address-space limit), not that the file is damaged."""
+    text = text.lower()
+    return "memory allocation failed" in text or "cannot allocate memory" in text or "unable to allocate" in text
 
 
 def out_of_memory_while_importing() -> str:

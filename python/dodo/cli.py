@@ -16,6 +16,7 @@ import sys
 from . import _startup
 # The words for an import that ran out of memory, shared with the training commands' handler and the
 # start-up of the command (outside probe, Python round fifty-four).
+from ._memory import address_space_limit_kb as _address_space_limit_kb
 from ._memory import import_ran_out_of_memory as _import_ran_out_of_memory
 from ._memory import not_enough_memory_to_load as _not_enough_memory_to_load
 from ._memory import out_of_memory_while_importing as _out_of_memory_while_importing
@@ -561,8 +562,13 @@ def main(argv: list[str] | None = None) -> int:
             # out of memory (outside probe, Python round fifty-three).
             print(f"{_name(command)}: error: {_out_of_memory_while_importing()}", file=sys.stderr)
             return 2
+        # Under an address-space limit, the limit too: `(ulimit -v 172500; dodo score box3d s.h5)` blamed the
+        # input for "Unable to allocate 1.53 MiB" (outside probe, Python round fifty-four).
+        limit = _address_space_limit_kb()
         print(f"{_name(command)}: error: out of memory ({str(error) or 'MemoryError'}): the input or the options "
-              "ask for more memory than the machine gives", file=sys.stderr)
+              "ask for more memory than the machine gives"
+              + (f" (or than the address-space limit, ulimit -v, of {limit} kB allows: raise it, e.g. ulimit -v "
+                 "unlimited)" if limit is not None else ""), file=sys.stderr)
         return 2
     except ImportError as error:
         # An installed dependency that fails to import (torch without its CUDA libraries, h5py without

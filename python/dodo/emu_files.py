@@ -527,8 +527,8 @@ def numeric_dataset(handle, path, key: str) -> np.ndarray:
     try:
         values = item[()]
     except OSError as error:  # h5py's text named neither file nor dataset (`dodo simulate --input`, round 31)
-        raise DataFileError(f"{path}: cannot read '{key}' ({' '.join(str(error).split())}): the file is damaged (a "
-                            "corrupted or truncated copy?)") from None
+        raise DataFileError(f"{path}: cannot read '{key}' ({' '.join(str(error).split())}): "
+                            f"{_read_failure_cause(error)}") from None
     return as_float64(values, path, key)
 
 
@@ -569,8 +569,19 @@ def _rows(handle, path, name: str, start: int, stop: int) -> np.ndarray:
         return handle[name][start:stop]
     except OSError as error:
         raise DataFileError(f"{path}: cannot read rows {start} to {stop - 1} of '{name}' "
-                            f"({' '.join(str(error).split())}): the file is damaged (a corrupted or truncated "
-                            "copy?)") from None
+                            f"({' '.join(str(error).split())}): {_read_failure_cause(error)}") from None
+
+
+def _read_failure_cause(error: OSError) -> str:
+    """Why HDF5 could not read a dataset: the file is damaged, or (its words say so) memory ran out. `dodo
+    preprocess` under `ulimit -v 175000` said `... (Can't synchronously read data (memory allocation failed
+    for chunk)): the file is damaged (a corrupted or truncated copy?)` of a sound file (outside probe,
+    Python round fifty-four)."""
+    from ._memory import hdf5_ran_out_of_memory, more_memory_advice
+
+    if hdf5_ran_out_of_memory(str(error)):
+        return f"not enough memory to read it (the file is not damaged): {more_memory_advice()}"
+    return "the file is damaged (a corrupted or truncated copy?)"
 
 
 def iter_emu_chunks(path: str | Path, chunk_size: int = 65536) -> Iterator[EmuChunk]:

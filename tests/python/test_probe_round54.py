@@ -342,3 +342,74 @@ def test_an_emu_file_with_its_axes_reversed_is_named_so(tmp_path, capsys, monkey
                            "HDF5.jl, Fortran, MATLAB) stores an array of [nsims, 4, 2, 3]; write the array with its axes "
                            "reversed (Julia: permutedims(F, (4, 3, 2, 1)); Fortran: dimension F(3, 2, 4, nsims))"), err
     assert "contradicts itself" not in err
+
+
+# --- running out of memory after the imports ---------------------------------------------------------
+
+
+def _limit_address_space_as_seen(monkeypatch, limit_kb):
+    """RLIMIT_AS as dodo reads it: ``limit_kb`` (None: no limit), without limiting this process."""
+    import resource
+
+    from dodo import _memory
+
+    soft = resource.RLIM_INFINITY if limit_kb is None else limit_kb * 1024
+    monkeypatch.setattr(_memory.resource, "getrlimit", lambda which: (soft, resource.RLIM_INFINITY))
+
+
+def _raise_memory_error(*args, **kwargs):
+    raise MemoryError("Unable to allocate 1.53 MiB for an array with shape (10000, 20) and data type int64")
+
+
+@pytest.mark.parametrize("limit_kb", [None, 172500])
+@pytest.mark.parametrize("command", ["synth", "plot"])
+def test_a_memory_error_of_a_command_without_a_model_does_not_blame_the_model_configuration(
+        tmp_path, capsys, monkeypatch, command, limit_kb):
+    """`(ulimit -v 170000; dodo preprocess ...)` (a MemoryError hashing its input) said `the configuration
+    needs more memory than the machine gives; lower model.hidden_dim, model.n_blocks or data.batch_size`,
+    of a command with no model; so did synth and plot. Now dodo.cli.main's words for the input and the
+    options, and, under an address-space limit, the limit (`dodo score` blamed the input alone for 1.53
+    MiB under `ulimit -v 172500`). `dodo train`'s own words stay: test_probe_round13's n_blocks test."""
+    from dodo.training import plots, synth
+
+    _limit_address_space_as_seen(monkeypatch, limit_kb)
+    monkeypatch.setattr(synth, "write_synthetic_database", _raise_memory_error)
+    monkeypatch.setattr(plots, "plot_metrics", _raise_memory_error)
+    metrics = _metrics(tmp_path / "M.json", [1.0, 0.5], [1.0, 0.6])
+    argv = (["synth", "-o", str(tmp_path / "s.h5"), "-n", "3", "-q"] if command == "synth"
+            else ["plot", "metrics", str(metrics), "-o", str(tmp_path / "m.png")])
+    code, out, err = run(capsys, argv)
+    assert code == 2, err
+    expected = (f"dodo {command}: error: out of memory (Unable to allocate 1.53 MiB for an array with shape (10000, 20) "
+                "and data type int64): the input or the options ask for more memory than the machine gives")
+    if limit_kb:
+        expected += " (or than the address-space limit, ulimit -v, of 172500 kB allows: raise it, e.g. ulimit -v unlimited)"
+    assert err.strip() == expected, err
+
+
+class _Unreadable:
+    def __init__(self, text):
+        self.text = text
+
+    def __getitem__(self, key):
+        raise OSError(self.text)
+
+
+def test_hdf5_out_of_memory_is_not_called_a_damaged_file(monkeypatch):
+    """`(ulimit -v 175000; dodo preprocess ...)`: `s.h5: cannot read rows 0 to 19 of 'directorynames' (Can't
+    synchronously read data (memory allocation failed for chunk)): the file is damaged (a corrupted or
+    truncated copy?)` of a sound file. Now: not enough memory to read it, the file not damaged. A damaged
+    chunk keeps its words (round 31)."""
+    from dodo import emu_files
+
+    _limit_address_space_as_seen(monkeypatch, 175000)
+    handle = {"directorynames": _Unreadable("Can't synchronously read data (memory allocation failed for chunk)")}
+    with pytest.raises(emu_files.DataFileError) as raised:
+        emu_files._rows(handle, "s.h5", "directorynames", 0, 20)
+    assert str(raised.value) == ("s.h5: cannot read rows 0 to 19 of 'directorynames' (Can't synchronously read data "
+                                 "(memory allocation failed for chunk)): not enough memory to read it (the file is not "
+                                 "damaged): the address-space limit (ulimit -v) is 175000 kB; raise it, e.g. ulimit -v "
+                                 "unlimited, and run again")
+    handle = {"F4_initial(1|ccm)": _Unreadable("Can't synchronously read data (filter returned failure during read)")}
+    with pytest.raises(emu_files.DataFileError, match=r"the file is damaged \(a corrupted or truncated copy\?\)$"):
+        emu_files._rows(handle, "s.h5", "F4_initial(1|ccm)", 0, 20)

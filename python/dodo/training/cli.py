@@ -125,13 +125,15 @@ def _friendly(name: str):
                 print(f"dodo {name}: error: {' '.join(str(exc).split())}", file=sys.stderr)
                 return 2
             except MemoryError as exc:  # a config asking for more than the machine has (model.n_blocks: 10^8)
-                from .._memory import out_of_memory_while_importing, raised_inside_an_import
+                from .._memory import raised_inside_an_import
 
-                if raised_inside_an_import(exc):
-                    # torch's import under `ulimit -v 600000` (also matplotlib's, h5py's) blamed the model's
-                    # width and batch size: dodo.cli.main's words (outside probe, Python round fifty-four).
-                    print(f"dodo {name}: error: {out_of_memory_while_importing()}", file=sys.stderr)
-                    return 2
+                # The advice below is for the commands whose configuration sets the model's and the batch's size.
+                if raised_inside_an_import(exc) or name not in ("train", "study"):
+                    # torch's import under `ulimit -v 600000` (also matplotlib's, h5py's), and `dodo preprocess`
+                    # hashing its input under `ulimit -v 170000`, blamed model.hidden_dim and data.batch_size,
+                    # which neither has: dodo.cli.main says it, in its words for an import or for the input
+                    # and the options (outside probe, Python round fifty-four).
+                    raise
                 print(f"dodo {name}: error: out of memory ({str(exc) or 'MemoryError'}): the configuration needs "
                       "more memory than the machine gives; lower model.hidden_dim, model.n_blocks or "
                       "data.batch_size (or the number of rows)", file=sys.stderr)
