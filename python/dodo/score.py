@@ -312,6 +312,11 @@ def score(closure, states: EmuStates, resamples: int = 10000, seed: int = 0,
                      f"{settings['lebedev_order']}, z_method {settings['z_method']}, max_flux_factor "
                      f"{float(settings['max_flux_factor']):g}), not Dodo's default ({default[0]}, {default[1]}, "
                      f"{default[2]:g}) of `dodo score box3d` and the README's Box3D numbers")
+    if len(kept) == 1:
+        # `dodo score box3d one.h5` printed "95% bootstrap CI [0.00081, 0.00081]": every resample of one state
+        # is that state, an interval of no width that reads as certainty (outside probe, Python round 54).
+        notes.append("1 state scored: its 95% bootstrap intervals are that state's value, of no width; they say "
+                     "nothing of the uncertainty (score more states)")
     if notes:
         report["notes"] = notes
     return report

@@ -413,3 +413,39 @@ def test_hdf5_out_of_memory_is_not_called_a_damaged_file(monkeypatch):
     handle = {"F4_initial(1|ccm)": _Unreadable("Can't synchronously read data (filter returned failure during read)")}
     with pytest.raises(emu_files.DataFileError, match=r"the file is damaged \(a corrupted or truncated copy\?\)$"):
         emu_files._rows(handle, "s.h5", "F4_initial(1|ccm)", 0, 20)
+
+
+def _first_rows(source: Path, target: Path, rows: int) -> Path:
+    import h5py
+
+    with h5py.File(source, "r") as old, h5py.File(target, "w") as new:
+        for key in old:
+            values = old[key][()]
+            new[key] = values[:rows] if getattr(values, "ndim", 0) else values
+        for key, value in old.attrs.items():
+            new.attrs[key] = value
+    return target
+
+
+def test_score_of_one_state_says_its_interval_says_nothing(tmp_path, capsys, monkeypatch):
+    """`dodo score box3d one.h5` (one state) printed `95% bootstrap CI [0.00081, 0.00081]` and JSON `ci95`
+    of no width without a word, which reads as certainty. Now a note says so (table and JSON); two states
+    have none."""
+    import json
+
+    pytest.importorskip("h5py")
+    monkeypatch.chdir(tmp_path)
+    assert run(capsys, ["synth", "-o", "s.h5", "-n", "8", "-q"])[0] == 0
+    note = ("1 state scored: its 95% bootstrap intervals are that state's value, of no width; they say nothing of the "
+            "uncertainty (score more states)")
+    for rows in (1, 2):
+        data = _first_rows(tmp_path / "s.h5", tmp_path / f"first{rows}.h5", rows)
+        code, out, err = run(capsys, ["score", "box3d", str(data), "--bootstrap", "100"])
+        assert code == 0, err
+        code, report, err = run(capsys, ["score", "box3d", str(data), "--bootstrap", "100", "--json", "-"])
+        assert code == 0, err
+        notes = json.loads(report).get("notes", [])
+        if rows == 1:
+            assert f"note: {note}" in out.splitlines() and note in notes, out
+        else:
+            assert "1 state scored" not in out and note not in notes, out
