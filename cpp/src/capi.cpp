@@ -24,6 +24,7 @@
 #include "runtime/array_layout.hpp"
 #include "runtime/closure.hpp"
 #include "runtime/errors.hpp"
+#include "runtime/memory_limit.hpp"
 #include "runtime/ort_library.hpp"
 
 // The public bit values restate cell_status.hpp for C users; they must agree.
@@ -300,7 +301,11 @@ dodo_status guarded(dodo_closure* handle, Body&& body) {
     message = error.what();
   } catch (const std::bad_alloc&) {
     status = DODO_ERROR_OUT_OF_MEMORY;
-    message = "out of memory";
+    message = "out of memory";  // no allocation (short string): the cause is added if memory allows
+    try {  // "out of memory" alone named no limit (outside probe, C round forty-three: ulimit -v)
+      message += " (" + dodo::runtime::memory_shortage_cause() + ")";
+    } catch (...) {
+    }
   } catch (const std::invalid_argument& error) {
     status = DODO_ERROR_INVALID_ARGUMENT;
     message = dodo::runtime::printable_message(error.what());

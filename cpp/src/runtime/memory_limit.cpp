@@ -1,5 +1,6 @@
 #include "memory_limit.hpp"
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -84,6 +85,14 @@ double usable_memory_bytes() {
     memory = std::min(memory, cgroup_memory_limit(text.str(), "/sys/fs/cgroup"));
   }
   return memory;
+}
+
+std::string memory_shortage_cause() {
+  struct rlimit limit {};
+  if (::getrlimit(RLIMIT_AS, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY)
+    return "the address-space limit RLIMIT_AS (ulimit -v) is " + std::to_string(limit.rlim_cur / 1024) +
+           " kB: raise it, e.g. ulimit -v unlimited";
+  return "the machine's memory, or its control group's limit, is used up";
 }
 
 }  // namespace dodo::runtime

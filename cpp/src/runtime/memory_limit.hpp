@@ -20,4 +20,10 @@ double cgroup_memory_limit(const std::string& proc_self_cgroup, const std::strin
 // infinity when neither is known.
 double usable_memory_bytes();
 
+// Why an allocation or a library's mapping failed for want of memory, for messages: "the
+// address-space limit RLIMIT_AS (ulimit -v) is N kB: raise it, e.g. ulimit -v unlimited" where
+// this process has one (a soft RLIMIT_AS below infinity), else the machine's or a control group's
+// memory. Allocates (the caller catches what it throws).
+std::string memory_shortage_cause();
+
 }  // namespace dodo::runtime

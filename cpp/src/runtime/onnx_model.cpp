@@ -10,11 +10,13 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <new>
 #include <set>
 #include <utility>
 
 #include "errors.hpp"
 #include "json.hpp"
+#include "memory_limit.hpp"
 #include "model_metadata.hpp"
 #include "onnx_package.hpp"
 
@@ -154,7 +156,13 @@ std::string read_model_file(const std::string& path) {
   if (static_cast<unsigned long long>(info.st_size) > limit) throw too_large(std::to_string(info.st_size));
   // Blocking reads from here on (the file is regular).
   ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-  std::string bytes(static_cast<std::size_t>(info.st_size) + 1, '\0');  // + 1: EOF needs no regrowth
+  std::string bytes;
+  try {
+    bytes.resize(static_cast<std::size_t>(info.st_size) + 1);  // + 1: EOF needs no regrowth
+  } catch (const std::bad_alloc&) {  // said what needed the memory, not "out of memory" alone (C round 43)
+    throw Error(DODO_ERROR_OUT_OF_MEMORY, "not enough memory to read model file " + quoted + " (" +
+                                              std::to_string(info.st_size) + " bytes): " + memory_shortage_cause());
+  }
   std::size_t have = 0;
   while (true) {
     if (have == bytes.size()) {

@@ -6,6 +6,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -21,6 +22,18 @@
 
 #include "errors.hpp"
 #include "memory_limit.hpp"
+
+// The lock that makes ONNX Runtime sessions one at a time (session_creation_mutex below), one for
+// every copy of the runtime in the process. Each copy had its own: a host linking libdodo that also
+// imports Python's dodo (dodo._core holds a copy) or dlopens a plugin holding one (RTLD_LOCAL) made
+// sessions in two copies at once, and ThreadSanitizer reported rounds thirty-eight and forty-one's race
+// inside CreateSessionFromArray again, between the copies (outside probe, C round forty-three). An
+// inline variable is a GNU unique symbol (nm: "u"), which the dynamic loader makes one object in the
+// process whatever the copies' RTLD_LOCAL; at global scope its name is unmangled, so the export map's
+// dodo_* keeps it in libdodo's table. Its type may never change under this name (hence _v1). A copy
+// built by a compiler that makes no unique symbols (clang: a weak symbol) shares it only with a
+// copy in the global scope (linked by the program, or loaded RTLD_GLOBAL).
+__attribute__((visibility("default"))) inline std::mutex dodo_onnxruntime_session_creation_lock_v1;
 
 namespace dodo::runtime {
 namespace {
@@ -247,11 +260,9 @@ OrtApi& original_api() {
 // rounds thirty-eight and forty-one). ONNX Runtime promises concurrent Run only (its issue 27089
 // asks for concurrent session creation; 32461 is a race there). Taken inside the gate, so a thread
 // holds it only while the gate counts it: fork (prepare_fork) waits for it to be let go, and a
-// child never inherits it held.
-std::mutex& session_creation_mutex() {
-  static std::mutex mutex;
-  return mutex;
-}
+// child never inherits it held. Every copy's gate drains before fork, so no copy holds the shared
+// lock then either. One for all the copies in the process (the unique symbol above).
+std::mutex& session_creation_mutex() { return dodo_onnxruntime_session_creation_lock_v1; }
 
 // A function of the table through the gate; kOneAtATime: also under the session creation mutex.
 // One template for both kinds (there were two alike; outside probe, C round forty-two).
@@ -292,9 +303,31 @@ const OrtApi* gated_api(const OrtApi* api) {
   return &gated;
 }
 
+// Whether dlopen's `reason` for `path` is a want of memory: the loader could not map the library's
+// segments ("failed to map segment from shared object", as under `ulimit -v`), unless its file
+// system is mounted noexec (the same words), or an allocation failed with ENOMEM's "Cannot allocate
+// memory" (strerror's capital: glibc's "cannot allocate memory in static TLS block" is the static
+// TLS space, which no memory gives). The message advised on the library's path ("pip install
+// onnxruntime", "the onnxruntime_library option names it") for a library that is there and a
+// process short of address space (outside probe, C round forty-three).
+bool on_a_noexec_file_system(const std::string& path);
+bool ran_out_of_memory_mapping(const std::string& reason, const std::string& path) {
+  if (reason.find("Cannot allocate memory") != std::string::npos) return true;
+  return reason.find("failed to map segment") != std::string::npos && !on_a_noexec_file_system(path);
+}
+
+// Whether `path` (one with a slash) lies on a file system mounted noexec, where dlopen fails with
+// the same "failed to map segment" (said so in the list of paths tried; C round forty-three).
+bool on_a_noexec_file_system(const std::string& path) {
+  struct statvfs file_system {};
+  return path.find('/') != std::string::npos && ::statvfs(path.c_str(), &file_system) == 0 &&
+         (file_system.f_flag & ST_NOEXEC) != 0;
+}
+
 OrtLibrary open_library(const std::string& explicit_path) {
   ask_for_no_onnxruntime_telemetry();
   std::string tried, unreadable;
+  bool short_of_memory = false;  // a library there that could not be mapped for want of memory
   for (const std::string& path : candidate_paths(explicit_path, unreadable)) {
     const std::string shown = shortened_path(path, false);  // one line per path tried
     if (const std::string what = not_a_library_file(path); !what.empty()) {
@@ -307,6 +340,9 @@ OrtLibrary open_library(const std::string& explicit_path) {
       std::string reason = why ? why : "not found";
       // glibc's text starts with the path again: once is enough (a 1 MB path came back twice).
       if (reason.compare(0, path.size() + 2, path + ": ") == 0) reason.erase(0, path.size() + 2);
+      short_of_memory = short_of_memory || ran_out_of_memory_mapping(reason, path);
+      if (reason.find("failed to map segment") != std::string::npos && on_a_noexec_file_system(path))
+        reason += " (its file system is mounted noexec, where no library can be mapped: put it on another)";
       // "cannot open shared object file: No such file or directory" of a link that is there
       if (const std::string dangling = path.find('/') == std::string::npos ? "" : dangling_link_of(path);
           !dangling.empty())
@@ -346,6 +382,10 @@ OrtLibrary open_library(const std::string& explicit_path) {
     library.session_memory_cap = register_capped_arena(api, library.env);
     return library;
   }
+  // Memory, not the path, is what to change: a library that is there, whatever else was tried.
+  if (short_of_memory)
+    throw Error(DODO_ERROR_OUT_OF_MEMORY, "cannot load the ONNX Runtime library: not enough memory to map it into "
+                                          "the process (" + memory_shortage_cause() + "); tried:" + unreadable + tried);
   // The advice fits the way the library was asked for: an explicit path (the option) is used
   // alone, so setting DODO_ONNXRUNTIME_LIBRARY, which the message used to suggest, changed nothing
   // (probe round thirteen of the C side).
@@ -458,7 +498,7 @@ bool ran_out_of_memory(const std::string& ort_text) {
 }
 
 std::string out_of_memory_note() {
-  return " (the process ran out of memory: its address-space or memory limit, e.g. ulimit -v or a cgroup's)";
+  return " (the process ran out of memory: " + memory_shortage_cause() + ")";
 }
 
 std::string memory_cap_note() {
@@ -566,6 +606,11 @@ const OrtLibrary& load_onnxruntime(const std::string& explicit_path) {
   (void)kForkHandlers;
   std::lock_guard<std::mutex> lock(load_mutex());
   if (!loaded) {
+    // Under the sessions' lock too: another copy of the runtime in the process (its own load_mutex)
+    // may be loading the library or making a session from the environment this makes, and
+    // ThreadSanitizer reported those as races (C round forty-three). Taken after load_mutex, as fork
+    // takes them; a session's creation holds it without load_mutex.
+    const std::lock_guard<std::mutex> one_at_a_time(session_creation_mutex());
     loaded = new OrtLibrary(open_library(explicit_path));  // lives until process exit
     // Made after ONNX Runtime's static objects, so destroyed before them at exit.
     static StaticDestructionMarker marker;

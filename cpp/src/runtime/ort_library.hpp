@@ -36,7 +36,8 @@ struct OrtLibrary {
 std::string dangling_link_of(const std::string& path);
 
 // Loads once per process (thread-safe); later calls return the same library whatever path they
-// ask for. Throws Error(DODO_ERROR_ONNXRUNTIME_UNAVAILABLE) listing every place it tried.
+// ask for. Throws Error(DODO_ERROR_ONNXRUNTIME_UNAVAILABLE) listing every place it tried, or
+// Error(DODO_ERROR_OUT_OF_MEMORY) where a library was there but could not be mapped for want of memory.
 const OrtLibrary& load_onnxruntime(const std::string& explicit_path);
 
 // The directories to look in for files installed beside the shared object holding this code
@@ -64,7 +65,7 @@ bool refused_by_memory_cap(const std::string& ort_text);
 std::string memory_cap_note();
 // Whether ONNX Runtime's message says the process itself ran out of memory (its own operator new's
 // std::bad_alloc, or its allocator's "Failed to allocate memory"; RLIMIT_AS, a cgroup limit), and
-// the words that say so.
+// the words that say so (naming the RLIMIT_AS limit where one is set: memory_shortage_cause).
 bool ran_out_of_memory(const std::string& ort_text);
 std::string out_of_memory_note();
 
