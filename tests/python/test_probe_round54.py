@@ -449,3 +449,22 @@ def test_score_of_one_state_says_its_interval_says_nothing(tmp_path, capsys, mon
             assert f"note: {note}" in out.splitlines() and note in notes, out
         else:
             assert "1 state scored" not in out and note not in notes, out
+
+
+def test_plot_names_the_kind_of_a_file_that_is_no_metrics_json(tmp_path, capsys, monkeypatch):
+    """`dodo plot curve cells.h5` (a dodo apply -o file) said `not a Dodo metrics JSON (not JSON: 'utf-8'
+    codec can't decode byte 0x89 in position 0: invalid start byte)`, and of a dodo score report `(no
+    history / metric_table)`. Now the kind is named; a text that is no JSON keeps the decoder's words."""
+    pytest.importorskip("h5py")
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    assert run(capsys, ["synth", "-o", "s.h5", "-n", "8", "-q"])[0] == 0
+    assert run(capsys, ["score", "box3d", "s.h5", "--bootstrap", "100", "--json", "report.json"])[0] == 0
+    np.save("a.npy", np.zeros(3))
+    Path("config.yaml").write_text("model: {hidden_dim: 8}\n")
+    for name, words in (("s.h5", "it is a synthetic database (dodo synth)"),
+                        ("a.npy", "it is a NumPy array file (.npy)"),
+                        ("report.json", "it is a report of dodo score; no history / metric_table"),
+                        ("config.yaml", "not JSON: Expecting value: line 1 column 1 (char 0)")):
+        code, out, err = run(capsys, ["plot", "curve", name, "-o", "c.png"])
+        assert code == 2 and err.strip() == f"dodo plot: error: {name}: not a Dodo metrics JSON ({words})", err

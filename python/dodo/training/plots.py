@@ -37,11 +37,13 @@ def load_metrics(path: str | Path, numbers: bool = True) -> dict:
         # fifty-two).
         data = json.loads(path.read_text(encoding="utf-8-sig"), parse_int=_json_int)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:  # an HDF5 file, a YAML config, a cut JSON
-        raise ValueError(f"{path}: not a Dodo metrics JSON (not JSON: {error})") from None
+        raise ValueError(f"{path}: not a Dodo metrics JSON ({_other_kind(path) or f'not JSON: {error}'})") from None
     except RecursionError:  # '[[[[...': "maximum recursion depth exceeded ...", naming no file (round fifty-two)
         raise ValueError(f"{path}: not a Dodo metrics JSON (JSON nested too deeply to read)") from None
     if not isinstance(data, dict) or "history" not in data or "metric_table" not in data:
-        raise ValueError(f"{path}: not a Dodo metrics JSON (no history / metric_table)")
+        report = data.get("dodo_report") if isinstance(data, dict) else None
+        raise ValueError(f"{path}: not a Dodo metrics JSON (" + (
+            f"it is a report of {report}; " if isinstance(report, str) else "") + "no history / metric_table)")
     # The entries the plots read, checked here: an edited or older file ended in a KeyError or
     # TypeError traceback ('best_val_loss', "string indices must be integers").
     for keys in _PLOTTED_NUMBERS if numbers else ():
@@ -80,6 +82,19 @@ def load_metrics(path: str | Path, numbers: bool = True) -> dict:
             raise ValueError(f"{path}: not a Dodo metrics JSON of dodo train (parity.n_true, n_box3d and n_model "
                              f"must hold the same cells; got {rows} rows)")
     return data
+
+
+def _other_kind(path) -> str:
+    """"it is a dodo synth database" (or another of Dodo's binary files) for a file that is no JSON; '' for
+    any other. `dodo plot curve cells.h5` said "not JSON: 'utf-8' codec can't decode byte 0x89 in position
+    0: invalid start byte" of a dodo apply cell file (outside probe, Python round fifty-four)."""
+    from .._output_guard import file_kind
+
+    try:
+        kind = file_kind(path)
+    except (OSError, ValueError):
+        return ""
+    return "" if kind.startswith(("a file of another kind", "a file that cannot be read")) else f"it is {kind}"
 
 
 def _json_int(text: str):
