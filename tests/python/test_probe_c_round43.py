@@ -347,3 +347,48 @@ def test_libdodo_loaded_after_dodo_core_imported_with_rtld_global_applies_its_ha
     done = subprocess.run([sys.executable, "-c", RTLD_GLOBAL_PYTHON], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "0 0 True ''", done.stdout
+
+
+STAYS_LOADED = r"""
+#include <dlfcn.h>
+#include <stdio.h>
+#include <string.h>
+
+static int mappings(const char* name) {
+  FILE* maps = fopen("/proc/self/maps", "r");
+  char line[4096];
+  int n = 0;
+  while (maps && fgets(line, sizeof line, maps)) n += strstr(line, name) != NULL;
+  if (maps) fclose(maps);
+  return n;
+}
+
+int main(int argc, char** argv) {
+  (void)argc;
+  void* library = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+  if (!library) return 2;
+  const int loaded = mappings("libdodo");
+  if (dlclose(library) != 0) return 3;
+  printf("%d %d\n", loaded > 0, mappings("libdodo") == loaded);
+  return 0;
+}
+"""
+
+
+def test_libdodo_stays_loaded_after_dlclose(tmp_path):
+    """The shared lock is a GNU unique symbol, and glibc never unloads an object that defines one:
+    libdodo stays mapped after dlclose (docs/runtime.md, "dlclose and a second dlopen"; before this
+    round it was unloaded once no thread that had called it lived). Holds the documented behaviour."""
+    import shutil
+
+    from dodo._closure import runtime_paths
+
+    if not shutil.which("gcc"):
+        pytest.skip("gcc is not installed")
+    source = tmp_path / "stays.c"
+    source.write_text(STAYS_LOADED)
+    program = tmp_path / "stays"
+    subprocess.run(["gcc", "-std=c11", "-Wall", "-Wextra", "-Werror", str(source), "-ldl", "-o", str(program)],
+                   check=True, capture_output=True)
+    library = os.path.join(runtime_paths()["lib_dir"], "libdodo.so")
+    assert run_host(program, library, timeout=120) == ["1 1"]
