@@ -263,7 +263,7 @@ OrtApi& original_api() {
 // child never inherits it held. Every copy's gate drains before fork, so no copy holds the shared
 // lock then either. One for all the copies in the process (the unique symbol above). Sessions are
 // released under it too: with two copies, a release in one against another's creation was
-// ThreadSanitizer's last report (inside ONNX Runtime, 2 runs of 58; none in 200 since).
+// ThreadSanitizer's last report (inside ONNX Runtime, 1 run of 52; none in 200 since).
 std::mutex& session_creation_mutex() { return dodo_onnxruntime_session_creation_lock_v1; }
 
 // A function of the table through the gate; kOneAtATime: also under the session creation mutex.
