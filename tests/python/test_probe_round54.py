@@ -468,3 +468,88 @@ def test_plot_names_the_kind_of_a_file_that_is_no_metrics_json(tmp_path, capsys,
                         ("config.yaml", "not JSON: Expecting value: line 1 column 1 (char 0)")):
         code, out, err = run(capsys, ["plot", "curve", name, "-o", "c.png"])
         assert code == 2 and err.strip() == f"dodo plot: error: {name}: not a Dodo metrics JSON ({words})", err
+
+
+# --- an override's unknown key ----------------------------------------------------------------------
+
+CONFIGS = Path(__file__).resolve().parents[2] / "training" / "configs"
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["train", "--config", str(CONFIGS / "demo_synthetic.yaml"), "--set", "model.hidden_dm=3"],
+     "dodo train: error: override model.hidden_dm (--set): unknown key 'hidden_dm' in section model; allowed: "
+     "['activation', 'batch_norm', 'dropout', 'head', 'hidden_dim', 'n_blocks']"),
+    (["train", "--config", str(CONFIGS / "demo_synthetic.yaml"), "--set", "modl.hidden_dim=3"],
+     "dodo train: error: override modl.hidden_dim (--set): unknown key 'modl'; allowed: ['data', 'loss', 'model', "
+     "'output', 'training']"),
+    (["train", "--config", str(CONFIGS / "demo_synthetic.yaml"), "--set", "data.box3d.lebedev=17"],
+     "dodo train: error: override data.box3d.lebedev (--set): unknown key 'lebedev' in section data.box3d; allowed: "
+     "['lebedev_order', 'z_method']"),
+    (["preprocess", "--config", str(CONFIGS / "pre_process_demo.yaml"), "--set", "filters.max_flux=0.5"],
+     "dodo preprocess: error: override filters.max_flux (--set): unknown key 'max_flux' in section filters; allowed: "
+     "['clamp_negative_density', 'conservation_tolerance', 'drop_box3d_rejected', 'drop_conservation_violation', "
+     "'drop_high_flux_factor', 'drop_nonfinite', 'max_flux_factor']"),
+])
+def test_an_unknown_key_of_an_override_names_the_override_not_the_config_file(tmp_path, capsys, monkeypatch, argv,
+                                                                                 line):
+    """`dodo train --config demo_synthetic.yaml --set model.hidden_dm=3` said `.../demo_synthetic.yaml:model:
+    unknown key(s) ['hidden_dm']`, naming the config file, which holds no such key: a user looks for it there.
+    Now the override (--set) is named. Known keys still reach the config's own checks (guard below)."""
+    pytest.importorskip("yaml")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, argv)
+    assert code == 2 and err.strip() == line, err
+
+
+def test_a_known_key_of_an_override_still_reaches_the_configs_checks(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("yaml")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, ["train", "--config", str(CONFIGS / "demo_synthetic.yaml"), "--set",
+                                  "model.hidden_dim=0", "--set", "data.box3d.z_method=jedynak"])
+    assert code == 2 and err.strip() == "dodo train: error: model.hidden_dim must be >= 1", err
+
+
+@pytest.mark.parametrize("command, config, hint", [
+    ("preprocess", "demo_synthetic.yaml", "(model, training: sections of a dodo train config: give this file to dodo "
+                                          "train --config; dodo preprocess takes a config of its own)"),
+    ("train", "pre_process_demo.yaml", "(inputs: a section of a dodo preprocess config: give this file to dodo "
+                                       "preprocess --config; dodo train takes a config of its own)"),
+    ("train", "ensemble_default.yaml", "(distill, ensemble, growth, noise: sections of a dodo train-ensemble config: "
+                                       "give this file to dodo train-ensemble --config; dodo train takes a config of "
+                                       "its own)"),
+])
+def test_a_config_of_another_command_is_named_so(tmp_path, capsys, monkeypatch, command, config, hint):
+    """`dodo preprocess --config training/configs/demo_synthetic.yaml` (a training config) said `unknown
+    key(s) ['data', 'model', 'training']; allowed: [...]` alone; `dodo train` of a preprocess or an
+    ensemble config the same. Now the command whose config it is is named; a key of no command's keeps the
+    words alone (guard)."""
+    pytest.importorskip("yaml")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, [command, "--config", str(CONFIGS / config)])
+    assert code == 2 and err.strip().startswith(f"dodo {command}: error: {CONFIGS / config}: unknown key(s) "), err
+    assert err.strip().endswith(hint), err
+    (tmp_path / "t.yaml").write_text("modl: {}\n")
+    code, out, err = run(capsys, ["train", "--config", "t.yaml"])
+    assert err.strip() == ("dodo train: error: t.yaml: unknown key(s) ['modl']; allowed: ['data', 'loss', 'model', "
+                           "'output', 'training']"), err
+
+
+def test_plot_metrics_title_says_when_runs_drawn_have_no_best_loss(tmp_path, capsys, monkeypatch):
+    """Of 31 runs, 25 without a finite best validation loss (null in the file): the title said "the 30 of lowest
+    best validation loss" of runs most of which have none. Now it counts them."""
+    pytest.importorskip("matplotlib")
+    from dodo.training import plots
+
+    paths = []
+    for i in range(31):
+        results = tmp_path / f"run_{i:03d}" / "results"
+        results.mkdir(parents=True)
+        paths.append(str(_metrics(results / "metrics_7.json", [1.0], [1.0], best=0.1 * (i + 1) if i < 6 else None)))
+    titles = []
+    save = plots.save_figure
+    monkeypatch.setattr(plots, "save_figure", lambda fig, output: (titles.append(fig.get_suptitle()),
+                                                                    save(fig, output))[1])
+    code, out, err = run(capsys, ["plot", "metrics", *paths, "-o", str(tmp_path / "m.png")])
+    assert code == 0, err
+    assert titles == ["30 of 31 runs: the 30 of lowest best validation loss (24 of them without one), in the order "
+                      "given (1 left out)"]

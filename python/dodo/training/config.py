@@ -141,8 +141,9 @@ class ExperimentConfig:
         """Read a YAML config, fill defaults, validate, create the output directories."""
         raw = read_yaml_mapping(path)
         if overrides:
+            check_override_keys(cls, overrides)
             raw = merge_dotted(raw, overrides)
-        config = from_dict(cls, raw, where=str(path))
+        config = _from_dict_naming_its_command(cls, raw, path, "dodo train")
         config.validate()
         if create_dirs:
             config.make_dirs()
@@ -267,8 +268,9 @@ class PreprocessConfig:
     def load(cls, path: str | Path, overrides: Optional[dict] = None) -> "PreprocessConfig":
         raw = read_yaml_mapping(path)
         if overrides:
+            check_override_keys(cls, overrides)
             raw = merge_dotted(raw, overrides)
-        config = from_dict(cls, raw, where=str(path))
+        config = _from_dict_naming_its_command(cls, raw, path, "dodo preprocess")
         if isinstance(config.inputs, str):
             config.inputs = [config.inputs]
         if not config.inputs:
@@ -342,6 +344,51 @@ def read_yaml_mapping(path: str | Path) -> dict:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
     return raw
+
+
+#: Top-level keys that only one command's config has: a config given to another command is named as its.
+_CONFIG_SECTIONS_OF = {"dodo preprocess": ("inputs", "filters", "average_mu_tau"),
+                       "dodo train": ("model", "training", "loss"),
+                       "dodo train-ensemble": ("ensemble", "distill", "growth", "noise")}
+
+
+def _from_dict_naming_its_command(cls, raw, path, command: str):
+    """from_dict, whose unknown top-level keys, where they are another command's sections, name that
+    command: `dodo preprocess --config demo_synthetic.yaml` (a training config) said `unknown key(s)
+    ['data', 'model', 'training']; allowed: [...]` alone (outside probe, Python round fifty-four)."""
+    try:
+        return from_dict(cls, raw, where=str(path))
+    except ConfigError as error:
+        keys = set(raw) - {f.name for f in dataclasses.fields(cls)} if isinstance(raw, dict) else set()
+        for other, sections in _CONFIG_SECTIONS_OF.items():
+            found = sorted(keys & set(sections))
+            if other != command and found:
+                raise ConfigError(f"{error} ({', '.join(found)}: {'a section' if len(found) == 1 else 'sections'} of "
+                                  f"a {other} config: give this file to {other} --config; {command} takes a config "
+                                  "of its own)") from None
+        raise
+
+
+def check_override_keys(cls, overrides: dict) -> None:
+    """Refuse an override whose dotted key names no key of ``cls`` (a config dataclass) or of its sections,
+    naming the override. The check after merging named the config file: `dodo train --config c.yaml --set
+    model.hidden_dm=3` said `c.yaml:model: unknown key(s) ['hidden_dm']`, of a file that has no such key
+    (outside probe, Python round fifty-four). A section whose type is no dataclass (a mapping) is not looked
+    into."""
+    for dotted in overrides:
+        node, keys = cls, dotted.split(".")
+        for depth, key in enumerate(keys):
+            if not (isinstance(node, type) and dataclasses.is_dataclass(node)):
+                break
+            names = sorted(f.name for f in dataclasses.fields(node))
+            if key not in names:
+                section = ".".join(keys[:depth])
+                raise ConfigError(f"override {dotted} (--set): unknown key {key!r}"
+                                  + (f" in section {section}" if section else "") + f"; allowed: {names}")
+            hint = typing.get_type_hints(node)[key]
+            # Optional[Section] is Union[Section, None]: its section's keys are checked too.
+            members = [arg for arg in typing.get_args(hint) if arg is not type(None)] or [hint]
+            node = members[0] if len(members) == 1 else None
 
 
 def merge_dotted(raw: dict, overrides: dict) -> dict:

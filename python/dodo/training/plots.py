@@ -251,10 +251,12 @@ def plot_metrics(metrics_paths: list, output: str | Path) -> Path:
     labels = _run_labels(metrics_paths, drawn)
     x = np.arange(len(runs))
     fig, (ax_loss, ax_dn) = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(runs) + 6), 4.5))
-    if len(drawn) < len(every):
-        fig.suptitle(f"{len(drawn)} of {len(every)} runs: the {len(drawn)} of lowest best validation loss, in the "
-                     f"order given ({len(every) - len(drawn)} left out)", fontsize=9)
     best_val, test = [_number(r["best_val_loss"]) for r in runs], [_number(r["test_loss"]["total"]) for r in runs]
+    if len(drawn) < len(every):
+        lossless = int(np.sum(np.isnan(best_val)))  # drawn only where fewer runs than the cap have a loss
+        fig.suptitle(f"{len(drawn)} of {len(every)} runs: the {len(drawn)} of lowest best validation loss"
+                     + (f" ({lossless} of them without one)" if lossless else "")
+                     + f", in the order given ({len(every) - len(drawn)} left out)", fontsize=9)
     ax_loss.bar(x - 0.2, best_val, 0.4, label="best val")
     ax_loss.bar(x + 0.2, test, 0.4, label="test")
     _log_scale(ax_loss, best_val, test)
