@@ -741,6 +741,28 @@ inline DODO_CROSSING_MATH void transpose4(const Doubles4& c0, const Doubles4& c1
 }
 #endif
 
+#if DODO_MULTIVERSION_ENABLED
+// All three pairs' sums (AVX-512: eight lanes each), folded four rows of totals at a time in
+// registers and handed to the tail as vectors (a scalar store per total, read back as a vector,
+// stalled on store forwarding: perf put 40% of the crossing pass's time after its loop;
+// whole-vector stores to a stack array, read back by the tail, were the next step). fold8's adds
+// are lane_sum's, in its order: the same bits. rows[k]: sum k of each pair, a fourth lane of 0.
+template <typename Vector>
+inline DODO_CROSSING_MATH void fold_pairs8(const Vector (&sums)[kPairs][kCrossingSums], Doubles4* rows) {
+  static_assert(sizeof(Vector) == sizeof(Doubles8), "eight lanes");
+  static_assert(kPairs == 3 && kCrossingSums % 2 == 0, "two rows of totals per fold: three pairs and a zero");
+#pragma GCC unroll 4
+  for (int k = 0; k < kCrossingSums; k += 2) {
+    Doubles8 lanes[8] = {}, folded;  // inputs 3 and 7 stay zero: the fourth pair
+    for (int half = 0; half < 2; ++half)
+      for (int g = 0; g < kPairs; ++g) std::memcpy(&lanes[4 * half + g], &sums[g][k + half], sizeof(Doubles8));
+    fold8(lanes, folded);
+    std::memcpy(&rows[k], &folded, sizeof rows[k]);  // rows k and k + 1
+    std::memcpy(&rows[k + 1], reinterpret_cast<const char*>(&folded) + sizeof rows[k], sizeof rows[k + 1]);
+  }
+}
+#endif
+
 // The sums of kGroup pairs (first, first + 1, ...) in lane-wise partial sums over blocks of
 // kLanes antipodal pairs (half is padded to a multiple of 8 with zero weights), on GCC's vector
 // types so that the accumulators stay in registers (a seven-variable `omp simd` reduction ran
@@ -778,22 +800,7 @@ inline DODO_CROSSING_MATH void crossing_sums(const PairedRule& rule, const doubl
   }
 #if DODO_MULTIVERSION_ENABLED
   if constexpr (kLanes == 8 && kGroup == kPairs) {
-    // All three pairs, AVX-512: the 24 sums folded four rows of totals at a time in registers
-    // and handed to the tail as vectors (a scalar store per total, read back as a vector, stalled
-    // on store forwarding: perf put 40% of the crossing pass's time after its loop; whole-vector
-    // stores to a stack array, read back by the tail, were the next step). fold8's adds are
-    // lane_sum's, in its order: the same bits.
-    static_assert(kPairs == 3 && kCrossingSums % 2 == 0, "two rows of totals per fold: three pairs and a zero");
-#pragma GCC unroll 4
-    for (int k = 0; k < kCrossingSums; k += 2) {
-      Doubles8 rows[8] = {}, folded;  // rows 3 and 7 stay zero: the fourth pair
-      for (int half = 0; half < 2; ++half)
-        for (int g = 0; g < kPairs; ++g) std::memcpy(&rows[4 * half + g], &sums[g][k + half], sizeof(Doubles8));
-      fold8(rows, folded);
-      std::memcpy(&totals[k], &folded, sizeof totals[k]);  // rows k and k + 1 of the totals
-      std::memcpy(&totals[k + 1], reinterpret_cast<const char*>(&folded) + sizeof totals[k], sizeof totals[k + 1]);
-    }
-    return;
+    return fold_pairs8(sums, totals);
   } else if constexpr (kGroup == 1) {
     // One pair: its eight sums as two vectors of four (totals[0]: sums 0-3, totals[1]: 4-7),
     // folded across four sums at a time in lane_sum's order (8 lanes: l + l+4 first, then as 4
@@ -957,6 +964,131 @@ void crossing_shape(const PairedRule& rule, const double* const G[kPairs], const
   crossing_shape_lanes<4, false>(rule, G, positive, negative, out);
 }
 
+#if DODO_MULTIVERSION_ENABLED
+// The integrals' terms of eight points: I+ += w max(G, 0), I- -= w min(G, 0) (the same number as
+// + w max(-G, 0); the min is the crossing sums' own).
+inline DODO_CROSSING_MATH void add_integrals(const Doubles8& w, const Doubles8 (&at)[kPairs], Doubles8* plus,
+                                             Doubles8* minus) {
+  const Doubles8 zero = Doubles8{};
+#pragma GCC unroll 4
+  for (int p = 0; p < kPairs; ++p) {
+    plus[p] += w * (at[p] > zero ? at[p] : zero);
+    minus[p] -= w * (at[p] < zero ? at[p] : zero);
+  }
+}
+#endif
+
+// Steps 2-3 of a cell on AVX-512 (eight lanes) in one pass over the rule's antipodal pairs q,
+// q + half (same weight): the ELN differences G_p = ELN_i - ELN_j of the three pairs (stored: the
+// mixing pass reads them), their integrals I+_p = sum w max(G_p, 0) and I-_p = sum w max(-G_p, 0)
+// (each lane's sum over the pairs in order, the lanes folded by lane_sum), and with kCrossing
+// the pairs' crossing sums (crossing_sums' operations in its order, folded as it folds them: the
+// crossing inputs are the same bits as its own pass gives) from the same max and min. One pass
+// instead of two over the same G: the crossing pass loaded G again and recomputed its max and min
+// (perf: 7.6% of the closure's time; issue 13). The integrals are summed in another order than
+// the loop of angular_change (a point and its antipode together): Box3D's results on AVX-512 moved
+// by at most ~1e-16 N_tot (docs/speed.md, twenty-fourth round). rows: the folded crossing sums, as
+// crossing_tail takes them.
+#if DODO_MULTIVERSION_ENABLED
+template <bool kCrossing>
+__attribute__((target("arch=x86-64-v4"))) inline DODO_CROSSING_MATH void fused_eln_pass(
+    const PairedRule& rule, const double* const g[kSpecies], double* const G[kPairs], double* positive,
+    double* negative, Doubles4* rows) {
+  static_assert(kSpecies == 6 && kPairFirst[0] == 0 && kPairSecond[0] == 1 && kPairFirst[1] == 0 &&
+                    kPairSecond[1] == 2 && kPairFirst[2] == 1 && kPairSecond[2] == 2,
+                "the pass names the pairs (e,mu), (e,tau), (mu,tau)");
+  typedef Doubles8 Vector;
+  const double *weight = rule.weight.data(), *x = rule.weighted_x.data(), *y = rule.weighted_y.data(),
+               *z = rule.weighted_z.data();
+  const std::size_t half = rule.half;  // a multiple of 8 (Box3D::kDirectionLanes)
+  Vector plus[kPairs], minus[kPairs], sums[kPairs][kCrossingSums];
+#pragma GCC unroll 4
+  for (int p = 0; p < kPairs; ++p) {
+    plus[p] = minus[p] = Vector{};
+    if constexpr (kCrossing) {
+#pragma GCC unroll 8
+      for (int k = 0; k < kCrossingSums; ++k) sums[p][k] = Vector{};
+    }
+  }
+  for (std::size_t q = 0; q < half; q += 8) {
+    Vector w, xq, yq, zq;
+    std::memcpy(&w, weight + q, sizeof w);
+    std::memcpy(&xq, x + q, sizeof xq);
+    std::memcpy(&yq, y + q, sizeof yq);
+    std::memcpy(&zq, z + q, sizeof zq);
+    Vector at[2][kPairs];  // G_p at q and at its antipode q + half
+#pragma GCC unroll 2
+    for (int side = 0; side < 2; ++side) {
+      const std::size_t point = q + side * half;
+      Vector eln[kFlavours];
+#pragma GCC unroll 4
+      for (int f = 0; f < kFlavours; ++f) {
+        Vector nu, nubar;
+        std::memcpy(&nu, g[f] + point, sizeof nu);
+        std::memcpy(&nubar, g[f + kFlavours] + point, sizeof nubar);
+        eln[f] = nu - nubar;
+      }
+      at[side][0] = eln[0] - eln[1];
+      at[side][1] = eln[0] - eln[2];
+      at[side][2] = eln[1] - eln[2];
+#pragma GCC unroll 4
+      for (int p = 0; p < kPairs; ++p) std::memcpy(G[p] + point, &at[side][p], sizeof(Vector));
+    }
+    add_integrals(w, at[0], plus, minus);
+    add_integrals(w, at[1], plus, minus);
+    if constexpr (kCrossing) {
+#pragma GCC unroll 4
+      for (int p = 0; p < kPairs; ++p) accumulate_crossing(w, xq, yq, zq, at[0][p], at[1][p], sums[p]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int p = 0; p < kPairs; ++p) {
+    double lanes[8];
+    std::memcpy(lanes, &plus[p], sizeof lanes);
+    positive[p] = lane_sum<double, 8>(lanes);
+    std::memcpy(lanes, &minus[p], sizeof lanes);
+    negative[p] = lane_sum<double, 8>(lanes);
+  }
+  if constexpr (kCrossing) fold_pairs8(sums, rows);
+}
+#endif
+
+// Lobes at the level of rounding noise are empty (noise[p]: box3d.hpp, kLobeNoise).
+inline __attribute__((always_inline)) void empty_noise_lobes(const double* noise, double* positive, double* negative) {
+  for (int p = 0; p < kPairs; ++p) {
+    if (positive[p] <= noise[p]) positive[p] = 0.0;
+    if (negative[p] <= noise[p]) negative[p] = 0.0;
+  }
+}
+
+// Steps 2-3 (and with crossing, the crossing shape) in one pass (fused_eln_pass), where the CPU
+// has AVX-512: its 32 registers hold the pass's sums. False elsewhere: the caller makes them.
+#if DODO_MULTIVERSION_ENABLED
+__attribute__((target("arch=x86-64-v4"))) bool fused_eln_integrals(const PairedRule& rule,
+                                                                   const double* const g[kSpecies],
+                                                                   double* const G[kPairs], const double* noise,
+                                                                   double* positive, double* negative,
+                                                                   double* crossing) {
+  Doubles4 rows[kCrossingSums];
+  if (!crossing) {
+    fused_eln_pass<false>(rule, g, G, positive, negative, rows);
+    empty_noise_lobes(noise, positive, negative);
+    return true;
+  }
+  fused_eln_pass<true>(rule, g, G, positive, negative, rows);
+  empty_noise_lobes(noise, positive, negative);
+  // A pair whose two lobes are empty gets crossing inputs 0 whatever its sums (crossing_tail's
+  // gates): what crossing_shape's skipping of it gives.
+  crossing_tail(rows, positive, negative, crossing);
+  return true;
+}
+__attribute__((target("default")))
+#endif
+bool fused_eln_integrals(const PairedRule&, const double* const*, double* const*, const double*, double*, double*,
+                         double*) {
+  return false;
+}
+
 // Steps 2-6 of one cell (F: normalised rest frame) whose step 1 is m's cell c: the angular
 // distributions, the pairs' crossing integrals, the mixing and the limiter. dF and the growth
 // are zero on entry. crossing: nullptr, or where the cell's crossing shape goes. scratch: the
@@ -995,17 +1127,28 @@ std::uint32_t angular_change(const PairedRule& rule, const double* F, const Bloc
   const double* weight = rule.weight.data();
 
   // Steps 2-3: ELN differences G_p = ELN_i - ELN_j of the three pairs and their positive and
-  // negative integrals, in one pass; G_p is kept for the mixing pass.
-  // `omp simd` (compiled with -fopenmp-simd, no OpenMP runtime) allows the reordered sums
-  // that vectorising a reduction needs; the order changes results only at rounding level.
+  // negative integrals, in one pass; G_p is kept for the mixing pass. On AVX-512 one pass over the
+  // antipodal pairs makes them, and the crossing shape when asked (fused_eln_integrals); elsewhere
+  // the loop below, and crossing_shape's own pass. `omp simd` (compiled with -fopenmp-simd, no
+  // OpenMP runtime) allows the reordered sums that vectorising a reduction needs; the order
+  // changes results only at rounding level.
   static_assert(kPairFirst[0] == 0 && kPairSecond[0] == 1 && kPairFirst[1] == 0 && kPairSecond[1] == 2 &&
                     kPairFirst[2] == 1 && kPairSecond[2] == 2,
                 "the fused pass below names the pairs (e,mu), (e,tau), (mu,tau)");
   double* G01 = scratch.pair(0, points);
   double* G02 = scratch.pair(1, points);
   double* G12 = scratch.pair(2, points);
-  double plus01 = 0, minus01 = 0, plus02 = 0, minus02 = 0, plus12 = 0, minus12 = 0;
-  {
+  // Lobes at the level of rounding noise are empty (box3d.hpp, kLobeNoise; noise_fraction is
+  // lobe_noise of the cell's W).
+  double noise[kPairs];
+  for (int p = 0; p < kPairs; ++p) {
+    const int i = kPairFirst[p], j = kPairSecond[p];
+    noise[p] = noise_fraction * ((density[i] + density[i + kFlavours]) + (density[j] + density[j + kFlavours]));
+  }
+  double positive[kPairs], negative[kPairs];
+  double* const G[kPairs] = {G01, G02, G12};
+  if (!fused_eln_integrals(rule, g, G, noise, positive, negative, crossing)) {
+    double plus01 = 0, minus01 = 0, plus02 = 0, minus02 = 0, plus12 = 0, minus12 = 0;
     const double *g0 = g[0], *g1 = g[1], *g2 = g[2], *gb0 = g[3], *gb1 = g[4], *gb2 = g[5];
 #pragma omp simd reduction(+ : plus01, minus01, plus02, minus02, plus12, minus12)
     for (std::size_t q = 0; q < points; ++q) {
@@ -1021,19 +1164,10 @@ std::uint32_t angular_change(const PairedRule& rule, const double* F, const Bloc
       plus12 += weight[q] * std::max(d12, 0.0);
       minus12 += weight[q] * std::max(-d12, 0.0);
     }
-  }
-  // Lobes at the level of rounding noise are empty (box3d.hpp, kLobeNoise; noise_fraction is
-  // lobe_noise of the cell's W).
-  double positive[kPairs] = {plus01, plus02, plus12}, negative[kPairs] = {minus01, minus02, minus12};
-  for (int p = 0; p < kPairs; ++p) {
-    const int i = kPairFirst[p], j = kPairSecond[p];
-    const double noise = noise_fraction * ((density[i] + density[i + kFlavours]) + (density[j] + density[j + kFlavours]));
-    if (positive[p] <= noise) positive[p] = 0.0;
-    if (negative[p] <= noise) negative[p] = 0.0;
-  }
-  if (crossing) {
-    const double* G[kPairs] = {G01, G02, G12};
-    crossing_shape(rule, G, positive, negative, crossing);
+    positive[0] = plus01, positive[1] = plus02, positive[2] = plus12;
+    negative[0] = minus01, negative[1] = minus02, negative[2] = minus12;
+    empty_noise_lobes(noise, positive, negative);
+    if (crossing) crossing_shape(rule, G, positive, negative, crossing);
   }
 
   PairMixing mixing[kPairs];
