@@ -497,7 +497,29 @@ def _signal_ending(error: BaseException) -> tuple[int, str] | None:
     return None
 
 
+def _argument_strings(argv):
+    """``argv`` as argparse takes it: each word a str, an ``os.PathLike`` (and bytes) as its file-system
+    text, as ``subprocess.run`` takes them. `main(["score", "box3d", Path("d.h5")])` from a program ended in
+    argparse's `TypeError: 'PosixPath' object is not subscriptable`, naming no argument (outside probe,
+    Python round fifty-four); any other type is a TypeError naming its place."""
+    if argv is None:
+        return None
+    if isinstance(argv, (str, bytes, os.PathLike)):  # main("info") was parsed as the words i, n, f, o
+        raise TypeError(f"dodo.cli.main: argv is one {type(argv).__name__} ({argv!r}); give a list of words, e.g. "
+                        "shlex.split(line)")
+    words = []
+    for place, word in enumerate(argv):
+        if isinstance(word, (os.PathLike, bytes)):
+            word = os.fsdecode(word)
+        if not isinstance(word, str):
+            raise TypeError(f"dodo.cli.main: argv[{place}] is {type(word).__name__} {word!r}; each argument must be "
+                            "a str or an os.PathLike (as for subprocess.run): e.g. str(value)")
+        words.append(word)
+    return words
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = _argument_strings(argv)
     original_stderr, forgiving = sys.stderr, _ForgivingStderr(sys.stderr)
     sys.stderr = forgiving
     command = None

@@ -553,3 +553,40 @@ def test_plot_metrics_title_says_when_runs_drawn_have_no_best_loss(tmp_path, cap
     assert code == 0, err
     assert titles == ["30 of 31 runs: the 30 of lowest best validation loss (24 of them without one), in the order "
                       "given (1 left out)"]
+
+
+# --- dodo.cli.main called by a program ----------------------------------------------------------------
+
+
+def test_main_takes_paths_as_subprocess_does_and_names_a_word_of_another_type(tmp_path, capsys, monkeypatch):
+    """`main(["score", "box3d", Path("d.h5")])` from a program ended in argparse's `TypeError: 'PosixPath'
+    object is not subscriptable` (so did `-o Path(...)` of synth and plot), an int in argv the same with
+    'int', and `main("info")` was parsed as the words i, n, f, o (`invalid choice: 'i'`). Now paths are
+    taken (os.fspath, as subprocess.run does); any other type is a TypeError naming its place."""
+    from dodo.cli import main
+
+    pytest.importorskip("h5py")
+    monkeypatch.chdir(tmp_path)
+    assert main(["synth", "-o", tmp_path / "s.h5", "-n", "8", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["score", "box3d", Path("s.h5"), "--bootstrap", "100"]) == 0
+    assert "dodo score: box3d on s.h5" in capsys.readouterr().out
+    with pytest.raises(TypeError, match=r"argv\[4\] is int 100; each argument must be a str or an os.PathLike"):
+        main(["score", "box3d", "s.h5", "--bootstrap", 100])
+    with pytest.raises(TypeError, match=r"argv is one str \('info'\); give a list of words"):
+        main("info")
+
+
+def test_plot_metrics_names_the_run_of_a_path_given_from_inside_it(tmp_path, capsys, monkeypatch):
+    """`dodo plot metrics results/metrics_7.json ../run_b/results/metrics_8.json` run from inside run_a: the
+    first bar was labelled `/7` (the name of '.' is empty). Now `run_a/7`, from the absolute path."""
+    pytest.importorskip("matplotlib")
+    for run_name, stamp in (("run_a", 7), ("run_b", 8)):
+        (tmp_path / run_name / "results").mkdir(parents=True)
+        _metrics(tmp_path / run_name / "results" / f"metrics_{stamp}.json", [1.0], [1.0])
+    monkeypatch.chdir(tmp_path / "run_a")
+    drawn = _labels_drawn(monkeypatch)
+    code, out, err = run(capsys, ["plot", "metrics", "results/metrics_7.json", "../run_b/results/metrics_8.json",
+                                  "-o", str(tmp_path / "m.png")])
+    assert code == 0, err
+    assert drawn == [["run_a/7", "run_b/8"]]

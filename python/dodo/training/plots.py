@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -234,9 +235,11 @@ def _shortened(text: str) -> str:
 def _run_labels(metrics_paths: list, drawn: list[int]) -> list[str]:
     """RUN_DIR/TIMESTAMP of each run drawn, each part shortened (_shortened); a label that two runs drawn
     share (run_000 of two studies, or two long names alike at both ends) gets the run's place among the
-    files given, "[k]"."""
-    labels = [_shortened(Path(metrics_paths[i]).parent.parent.name) + "/"
-              + _shortened(Path(metrics_paths[i]).stem.replace("metrics_", "")) for i in drawn]
+    files given, "[k]". The run directory of the absolute path: `results/metrics_X.json` given from inside
+    the run's directory was labelled "/X" (the name of "." is empty; outside probe, Python round 54)."""
+    paths = [Path(os.path.abspath(metrics_paths[i])) for i in drawn]
+    labels = [_shortened(path.parent.parent.name) + "/" + _shortened(path.stem.replace("metrics_", ""))
+              for path in paths]
     shared = {label for label in labels if labels.count(label) > 1}
     return [f"{label} [{i + 1}]" if label in shared else label for label, i in zip(labels, drawn)]
 
