@@ -485,6 +485,10 @@ CONFIGS = Path(__file__).resolve().parents[2] / "training" / "configs"
     (["train", "--config", str(CONFIGS / "demo_synthetic.yaml"), "--set", "data.box3d.lebedev=17"],
      "dodo train: error: override data.box3d.lebedev (--set): unknown key 'lebedev' in section data.box3d; allowed: "
      "['lebedev_order', 'z_method']"),
+    (["train", "--config", str(CONFIGS / "demo_synthetic.yaml"), "--set", "training.epochs=abc"],
+     "dodo train: error: override training.epochs (--set): expected an integer, got 'abc'"),
+    (["preprocess", "--config", str(CONFIGS / "pre_process_demo.yaml"), "--set", "chunk_size=x"],
+     "dodo preprocess: error: override chunk_size (--set): expected an integer, got 'x'"),
     (["preprocess", "--config", str(CONFIGS / "pre_process_demo.yaml"), "--set", "filters.max_flux=0.5"],
      "dodo preprocess: error: override filters.max_flux (--set): unknown key 'max_flux' in section filters; allowed: "
      "['clamp_negative_density', 'conservation_tolerance', 'drop_box3d_rejected', 'drop_conservation_violation', "
@@ -493,7 +497,8 @@ CONFIGS = Path(__file__).resolve().parents[2] / "training" / "configs"
 def test_an_unknown_key_of_an_override_names_the_override_not_the_config_file(tmp_path, capsys, monkeypatch, argv,
                                                                                  line):
     """`dodo train --config demo_synthetic.yaml --set model.hidden_dm=3` said `.../demo_synthetic.yaml:model:
-    unknown key(s) ['hidden_dm']`, naming the config file, which holds no such key: a user looks for it there.
+    unknown key(s) ['hidden_dm']`, naming the config file, which holds no such key: a user looks for it there;
+    `--set training.epochs=abc` said `.../demo_synthetic.yaml:training.epochs: expected an integer, got 'abc'`.
     Now the override (--set) is named. Known keys still reach the config's own checks (guard below)."""
     pytest.importorskip("yaml")
     monkeypatch.chdir(tmp_path)

@@ -371,11 +371,11 @@ def _from_dict_naming_its_command(cls, raw, path, command: str):
 
 def check_override_keys(cls, overrides: dict) -> None:
     """Refuse an override whose dotted key names no key of ``cls`` (a config dataclass) or of its sections,
-    naming the override. The check after merging named the config file: `dodo train --config c.yaml --set
+    or whose value is not of its key's type, naming the override. The check after merging named the config file: `dodo train --config c.yaml --set
     model.hidden_dm=3` said `c.yaml:model: unknown key(s) ['hidden_dm']`, of a file that has no such key
     (outside probe, Python round fifty-four). A section whose type is no dataclass (a mapping) is not looked
     into."""
-    for dotted in overrides:
+    for dotted, value in overrides.items():
         node, keys = cls, dotted.split(".")
         for depth, key in enumerate(keys):
             if not (isinstance(node, type) and dataclasses.is_dataclass(node)):
@@ -386,6 +386,8 @@ def check_override_keys(cls, overrides: dict) -> None:
                 raise ConfigError(f"override {dotted} (--set): unknown key {key!r}"
                                   + (f" in section {section}" if section else "") + f"; allowed: {names}")
             hint = typing.get_type_hints(node)[key]
+            if depth == len(keys) - 1:  # its value's type too: `--set training.epochs=abc` named the file as well
+                _coerce(hint, value, f"override {dotted} (--set)")
             # Optional[Section] is Union[Section, None]: its section's keys are checked too.
             members = [arg for arg in typing.get_args(hint) if arg is not type(None)] or [hint]
             node = members[0] if len(members) == 1 else None
