@@ -1,9 +1,13 @@
 #include "box3d.hpp"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <cstring>
 #include <cfloat>
 #include <cmath>
+#include <memory>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -42,26 +46,32 @@ struct AngularScratch {
   }
 };
 
-// A thread_local object is destroyed when its thread ends, and the main thread's by exit() before
-// the atexit handlers and static destructors run, from which a host may still call the closure:
-// the destroyed scratch's vectors pointed into freed memory and the next call wrote there (heap
-// corruption, "free(): corrupted unsorted chunks", SIGABRT; outside probe of the C side, round
-// fifteen). A trivially destructible flag, readable for the thread's whole life, says when it is
-// gone; calls after that get a scratch of their own, kept (never freed) for the thread's rest.
-thread_local bool scratch_destroyed = false;
-struct ScratchOwner {
-  AngularScratch scratch;
-  ~ScratchOwner() { scratch_destroyed = true; }
-};
+// The thread's scratch, made at its first use, is held by a trivially destructible thread_local
+// pointer and freed when the thread ends by a pthread key's destructor. Not a thread_local object
+// with a destructor: glibc registers those at first use with __cxa_thread_atexit, which aborts the
+// process ("Fatal glibc error: failed to register TLS destructor: out of memory", SIGABRT) where it
+// cannot allocate (outside probe of the C side, round forty-three: a worker's first cell under an
+// RLIMIT_AS at the host's size); here that is a std::bad_alloc, which the caller reports. Key
+// destructors do not run for the main thread at exit(), so its scratch stays valid for atexit
+// handlers and static destructors that still call the closure (round fifteen: a thread_local
+// scratch destroyed by exit() was written after it was freed).
+void free_scratch(void* scratch);
+thread_local AngularScratch* scratch_of_thread = nullptr;
+pthread_key_t scratch_key;
+const int scratch_key_status = pthread_key_create(&scratch_key, &free_scratch);
+
+void free_scratch(void* scratch) {
+  delete static_cast<AngularScratch*>(scratch);
+  scratch_of_thread = nullptr;  // a later use in this thread's teardown makes a new one
+}
 
 AngularScratch& thread_scratch() {
-  if (scratch_destroyed) {
-    thread_local AngularScratch* late = nullptr;  // a pointer: nothing to destroy
-    if (!late) late = new AngularScratch;
-    return *late;
-  }
-  thread_local ScratchOwner owner;
-  return owner.scratch;
+  if (scratch_of_thread) return *scratch_of_thread;
+  if (scratch_key_status != 0) throw std::bad_alloc();
+  std::unique_ptr<AngularScratch> scratch(new AngularScratch);
+  if (pthread_setspecific(scratch_key, scratch.get()) != 0) throw std::bad_alloc();
+  scratch_of_thread = scratch.release();
+  return *scratch_of_thread;
 }
 
 // Up to this Z (f < 0.9972) the paired form's exponents +-k - kZ stay within [-1022, 1]: 2^e
