@@ -173,10 +173,27 @@ def _what_else(path) -> str:
     except OSError:
         return ""
     if packed is None:
-        return ""
+        return _text_file_note(path)
     import shlex
 
     return f": it is {compressed_text(packed[0])}; unpack it first ({packed[1]} {shlex.quote(os.fsdecode(path))}) and give the HDF5 file"
+
+
+def _text_file_note(path) -> str:
+    """``": it is a text file, starting '{"history": ...'"`` for a file of printable UTF-8 text (a metrics
+    JSON, a dodo score report, a YAML config, a CSV), or ''. `dodo score box3d metrics.json` said only
+    `not a readable HDF5 file (Unable to synchronously open file (file signature not found))` (outside
+    probe, Python round fifty-four)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(64)
+        text = head.decode("utf-8")
+    except (OSError, UnicodeDecodeError):  # a multi-byte character cut at byte 64: no note, as before
+        return ""
+    if not text.strip() or not all(character.isprintable() or character in "\t\r\n" for character in text):
+        return ""
+    first = text.strip().splitlines()[0]
+    return f": it is a text file, starting {first[:40]!r}, not HDF5 (an Emu-layout database is an HDF5 file)"
 
 
 def open_emu_file(path: str | Path):

@@ -595,3 +595,23 @@ def test_plot_metrics_names_the_run_of_a_path_given_from_inside_it(tmp_path, cap
                                   "-o", str(tmp_path / "m.png")])
     assert code == 0, err
     assert drawn == [["run_a/7", "run_b/8"]]
+
+
+@pytest.mark.parametrize("command", ["score", "apply"])
+def test_a_text_file_given_as_data_is_named_a_text_file(tmp_path, capsys, monkeypatch, command):
+    """`dodo score box3d metrics.json` (a metrics JSON, a report, a YAML config given as data) said only `not a
+    readable HDF5 file (Unable to synchronously open file (file signature not found))`. Now what it starts
+    with; a binary file keeps HDF5's words alone."""
+    pytest.importorskip("h5py")
+    monkeypatch.chdir(tmp_path)
+    _metrics(tmp_path / "M.json", [1.0], [1.0])
+    (tmp_path / "bin.h5").write_bytes(b"\x00\x01binary")
+    argv = (lambda data: ["score", "box3d", data]) if command == "score" else (lambda data: ["apply", data])
+    code, out, err = run(capsys, argv("M.json"))
+    assert code == 2 and err.strip() == (
+        f"dodo {command}: error: M.json: not a readable HDF5 file (Unable to synchronously open file (file signature "
+        "not found)): it is a text file, starting '{\"history\": {\"train\": [{\"total\": 1.0}], ', not HDF5 (an "
+        "Emu-layout database is an HDF5 file)"), err
+    code, out, err = run(capsys, argv("bin.h5"))
+    assert code == 2 and err.strip() == (f"dodo {command}: error: bin.h5: not a readable HDF5 file (Unable to "
+                                         "synchronously open file (file signature not found))"), err
