@@ -615,3 +615,16 @@ def test_a_text_file_given_as_data_is_named_a_text_file(tmp_path, capsys, monkey
     code, out, err = run(capsys, argv("bin.h5"))
     assert code == 2 and err.strip() == (f"dodo {command}: error: bin.h5: not a readable HDF5 file (Unable to "
                                          "synchronously open file (file signature not found))"), err
+
+
+@pytest.mark.parametrize("command", ["train", "preprocess"])
+def test_a_data_file_given_as_the_config_is_named_by_its_kind(tmp_path, capsys, monkeypatch, command):
+    """`dodo train --config s.h5` (the database given for the config) said `not a text file (byte 0 is not
+    UTF-8): give a YAML config file`. Now what the file is; other binary files keep the byte (round 17)."""
+    pytest.importorskip("h5py")
+    pytest.importorskip("yaml")
+    monkeypatch.chdir(tmp_path)
+    assert run(capsys, ["synth", "-o", "s.h5", "-n", "3", "-q"])[0] == 0
+    code, out, err = run(capsys, [command, "--config", "s.h5"])
+    assert code == 2 and err.strip() == (f"dodo {command}: error: s.h5: not a text file (it is a synthetic database "
+                                         "(dodo synth)): give a YAML config file"), err

@@ -315,6 +315,19 @@ def yaml_problem(error: Exception) -> str:
     return " ".join(f"{problem}{where}{f' ({context})' if context else ''}".split())
 
 
+def _binary_kind(path) -> str:
+    """"it is a synthetic database (dodo synth)" (one of Dodo's files, `_output_guard.file_kind`'s words) or ''.
+    `dodo train --config s.h5` said `not a text file (byte 0 is not UTF-8)` of the data file given for the
+    config (outside probe, Python round fifty-four)."""
+    from .._output_guard import file_kind
+
+    try:
+        kind = file_kind(path)
+    except (OSError, ValueError):
+        return ""
+    return "" if kind.startswith(("a file of another kind", "a file that cannot be read")) else f"it is {kind}"
+
+
 def read_yaml_mapping(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -331,8 +344,8 @@ def read_yaml_mapping(path: str | Path) -> dict:
         # naming neither the file nor that it is not text.
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not a text file (byte {exc.start} is not UTF-8): give a YAML config file") \
-            from None
+        raise ConfigError(f"{path}: not a text file ({_binary_kind(path) or f'byte {exc.start} is not UTF-8'}): give "
+                          "a YAML config file") from None
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
