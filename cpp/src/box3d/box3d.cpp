@@ -65,6 +65,14 @@ void free_scratch(void* scratch) {
   scratch_of_thread = nullptr;  // a later use in this thread's teardown makes a new one
 }
 
+// The key is deleted with the library (dlclose of a copy that can be unloaded), so that no
+// thread's end calls free_scratch in unmapped code; a scratch already made stays usable.
+struct ScratchKeyDeleter {
+  ~ScratchKeyDeleter() {
+    if (scratch_key_status == 0) pthread_key_delete(scratch_key);
+  }
+} scratch_key_deleter;
+
 AngularScratch& thread_scratch() {
   if (scratch_of_thread) return *scratch_of_thread;
   if (scratch_key_status != 0) throw std::bad_alloc();
