@@ -8,11 +8,14 @@ from __future__ import annotations
 import argparse
 
 
-def package_tool_arguments(description: str) -> argparse.Namespace:
+def package_tool_arguments(description: str, more=None) -> argparse.Namespace:
+    """The tools' common arguments; more(parser), when given, adds a tool's own."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("package", help="a model package (.onnx) of dodo train-ensemble / dodo export")
     parser.add_argument("-o", "--output", required=True, help="the new package")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing model package at OUTPUT")
+    if more is not None:
+        more(parser)
     return parser.parse_args()
 
 

@@ -13,6 +13,12 @@ again and checks that the new package refuses every edit. The network, its weigh
 metadata entry stay as they were. Written atomically; never over its input. `dodo export` of an
 ensemble adds the same probes. The default model of 2026-12-04 13:42 UTC was edited so
 (training/models/README.md).
+
+    python tools/probe_test_vectors.py PACKAGE.onnx -o NEW.onnx --remake 6
+
+drops the vectors after the first 6 (the exporter's; the probes an earlier run appended) and appends
+the probes again with this runtime's outputs: after a change of the runtime's rounding, where the
+probes (its own outputs to the last bit) would otherwise differ from it in their last bits.
 """
 from __future__ import annotations
 
@@ -23,12 +29,15 @@ from package_tool import package_to_edit, package_tool_arguments, write_package
 
 
 def main() -> int:
-    args = package_tool_arguments(__doc__.splitlines()[0])
+    args = package_tool_arguments(__doc__.splitlines()[0], lambda parser: parser.add_argument(
+        "--remake", type=int, metavar="N", help="keep the first N test vectors, drop the rest, append the probes again"))
 
-    from dodo.training.probe_vectors import add_probe_vectors
+    from dodo.training.probe_vectors import add_probe_vectors, without_vectors_after
 
     try:
         package = package_to_edit(args, "tools/probe_test_vectors.py")
+        if args.remake is not None:
+            package = without_vectors_after(package, args.remake)
         new_package, report = add_probe_vectors(package)
     except (OSError, ValueError, RuntimeError) as error:
         print(f"tools/probe_test_vectors.py: {error}", file=sys.stderr)

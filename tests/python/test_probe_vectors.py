@@ -93,3 +93,17 @@ def test_the_tool_writes_a_package_that_refuses_the_edits_and_never_over_its_inp
     again = subprocess.run([sys.executable, str(ROOT / "tools" / "probe_test_vectors.py"), str(source), "-o",
                             str(source)], capture_output=True, text=True, timeout=600)
     assert again.returncode != 0 and source.read_bytes() == default_package
+
+
+def test_remaking_the_probes_with_this_runtime_gives_the_shipped_package_again(default_package):
+    """tools/probe_test_vectors.py --remake 6: the exporter's six kept, the probes appended again with
+    this runtime's outputs. The shipped package's probes are this runtime's (its last refresh,
+    training/models/README.md), so the same bytes come back; keeping more vectors than it holds, or
+    none, is refused."""
+    from dodo.training.probe_vectors import without_vectors_after
+
+    remade, report = add_probe_vectors(without_vectors_after(default_package, 6))
+    assert report["probes"] == 7 and remade == default_package
+    for kept in (0, 10_000):
+        with pytest.raises(ValueError, match=f"cannot keep {kept} test vectors: the package holds 13"):
+            without_vectors_after(default_package, kept)

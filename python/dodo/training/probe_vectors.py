@@ -143,6 +143,24 @@ def choose_probes(package: bytes, cells: np.ndarray, atol_over_ntot: float) -> t
     return chosen, report
 
 
+def without_vectors_after(package: bytes, kept: int) -> bytes:
+    """The package with only its first `kept` test vectors, re-signed (ValueError if it has fewer, or
+    kept < 1): add_probe_vectors then makes the probes again with this runtime's outputs."""
+    import onnx
+
+    from .. import _core
+
+    model = onnx.load_from_string(package)
+    entries = {entry.key: entry for entry in model.metadata_props}
+    vectors = json.loads(entries["dodo.test_vectors"].value)
+    held = len(vectors["F_init"])
+    if not 1 <= kept <= held:
+        raise ValueError(f"cannot keep {kept} test vectors: the package holds {held}")
+    vectors = {key: value[:kept] if isinstance(value, list) else value for key, value in vectors.items()}
+    entries["dodo.test_vectors"].value = json.dumps(vectors)
+    return _core.with_content_digest(model.SerializeToString())
+
+
 def add_probe_vectors(package: bytes, cells: np.ndarray | None = None) -> tuple[bytes, dict]:
     """The package with probe cells appended to its test vectors, re-signed; and a report: per
     mutant, the largest change a candidate showed and whether the new package's self-test refuses
