@@ -68,8 +68,13 @@ def _reference_file(reference: str, name: str):
             raise ValueError(f"{reference}: no dataset {missing!r}: not an Emu reference file like {name} of the "
                              "repository's tests/data/qke/") from None
         except OSError as error:  # a dataset HDF5 cannot read (a damaged chunk): h5py's text named no file
-            raise ValueError(f"{reference}: cannot read it ({' '.join(str(error).split())}): the file is damaged (a "
-                             f"corrupted or truncated copy of {name}?)") from None
+            from .._memory import hdf5_ran_out_of_memory, more_memory_advice
+
+            # "memory allocation failed for chunk" (an address-space limit) is no damaged file (outside
+            # probe, data-loss round ten).
+            cause = f"not enough memory to read it (the file is not damaged): {more_memory_advice()}" \
+                if hdf5_ran_out_of_memory(str(error)) else f"the file is damaged (a corrupted or truncated copy of {name}?)"
+            raise ValueError(f"{reference}: cannot read it ({' '.join(str(error).split())}): {cause}") from None
 
 
 def _nsm1_configuration(reference: str, name: str) -> tuple[int, float, int]:

@@ -124,8 +124,15 @@ def read_dataset(handle, name: str, index) -> np.ndarray:
     try:
         return handle[name][index]
     except OSError as error:
-        raise DataFileError(f"{handle.filename}: cannot read '{name}' ({' '.join(str(error).split())}): the file is "
-                            "damaged (a corrupted or truncated copy?); re-run dodo preprocess") from None
+        from .._memory import hdf5_ran_out_of_memory, more_memory_advice
+
+        # HDF5's "memory allocation failed for chunk" (an address-space limit) is no damaged file: re-running
+        # dodo preprocess would not help (outside probe, data-loss round ten).
+        cause = f"not enough memory to read it (the file is not damaged): {more_memory_advice()}" \
+            if hdf5_ran_out_of_memory(str(error)) else \
+            "the file is damaged (a corrupted or truncated copy?); re-run dodo preprocess"
+        raise DataFileError(f"{handle.filename}: cannot read '{name}' ({' '.join(str(error).split())}): "
+                            f"{cause}") from None
 
 
 def read_rows(handle, indices: np.ndarray, target_scale=None) -> dict:
