@@ -96,3 +96,25 @@ def test_read_dataset_damaged_chunk_still_called_damaged(tmp_path):
     path.write_bytes(bytes(raw))
     with h5py.File(path, "r") as handle, pytest.raises(DataFileError, match="is damaged"):
         read_dataset(handle, "F_init", slice(0, 3))
+
+
+@pytest.mark.parametrize("reader", ["closed", "open"])
+def test_a_learning_curve_without_json_or_plot_whose_reader_went_away_does_not_end_with_0(ensemble_run, reader):
+    # `dodo learning-curve --config C | true` (no --json, no --plot): the per-size lines printed are the
+    # command's only record of the cross-validation. With the reader gone they were dropped as progress
+    # lines are, after "note: ... its files and logs are written as usual", and the command ended with 0
+    # (section 88 fixed `--json -` alone). A reader that stays gets the lines and 0, as before.
+    pytest.importorskip("torch")
+    process = subprocess.Popen([sys.executable, "-m", "dodo", "learning-curve", "--config", str(ensemble_run["config"]),
+                                "--sizes", "10", "--folds", "2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if reader == "closed":
+        process.stdout.close()  # the reader gone before the table is printed
+        _, err = process.communicate(timeout=600)
+        assert process.returncode == 2, err
+        assert "the table (its per-size lines) was not written" in err and "--json FILE" in err, err
+    else:
+        out, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err
+        assert "CV model" in out, out
+    assert "Traceback" not in err, err

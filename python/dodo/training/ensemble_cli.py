@@ -125,13 +125,15 @@ def _learning_curve(args) -> int:
             print(f"table written to {args.json}")
     if args.plot:
         say(f"plot written to {args.plot}")
-    if args.json == "-":
+    if args.json == "-" or (args.json is None and not args.plot):
         # The table is this command's result: with the reader of standard output gone (`--json - | jq` whose
         # jq failed), it was dropped as a progress line is, after the note "its files and logs are written as
-        # usual", and the command ended with 0 (outside probe, data-loss round nine).
+        # usual", and the command ended with 0 (outside probe, data-loss round nine). Without --json and
+        # --plot the printed per-size lines are its only record: the same (data-loss round ten).
         sys.stdout.flush()
         if getattr(sys.stdout, "reader_gone", False):
-            raise RuntimeError("the reader of standard output went away, so the table (--json -) was not written: "
+            table = "the table (--json -)" if args.json == "-" else "the table (its per-size lines)"
+            raise RuntimeError(f"the reader of standard output went away, so {table} was not written: "
                                "run again with --json FILE to keep it in a file")
     return 0
 
