@@ -23,6 +23,21 @@ needs_runtime = pytest.mark.skipif(not dodo.runtime_available(), reason="closure
 # The cells the hosts apply the closure to, shared so that each host does not repeat the loop: n
 # cells of six species at rest, each with an ELN crossing (species 3's flux points against the
 # others'), densities rising by `step` a cell so that the cells differ.
+# Caps the host's address space (soft and hard, as `ulimit -v`) at what it has mapped now plus
+# `extra` bytes, the limit in *bytes: 0 on success, 5 if /proc/self/statm cannot be read, 3 if
+# setrlimit fails; apply 0 only computes the limit. Needs <stdio.h>, <sys/resource.h>, <unistd.h>.
+CAP_ADDRESS_SPACE = r"""
+static int cap_address_space(long extra, int apply, rlim_t* bytes) {
+  unsigned long pages = 0;
+  FILE* statm = fopen("/proc/self/statm", "r");
+  if (!statm || fscanf(statm, "%lu", &pages) != 1) return 5;
+  fclose(statm);
+  *bytes = (rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE) + (rlim_t)extra;
+  struct rlimit limit = {*bytes, *bytes};
+  return apply && setrlimit(RLIMIT_AS, &limit) != 0 ? 3 : 0;
+}
+"""
+
 CROSSING_CELLS = r"""
 static void fill_crossing_cells(double (*F)[6][4], int n, double step) {
   for (int c = 0; c < n; ++c)

@@ -7,34 +7,28 @@ from __future__ import annotations
 
 import pytest
 
-from capi_host import compile_host, run_host
+from capi_host import CAP_ADDRESS_SPACE, CROSSING_CELLS, compile_host, run_host
 from native_build import REQUIRES_C_API
 
 pytestmark = REQUIRES_C_API
 
-# Makes a Box3D-only closure with argv[1] worker threads, caps its address space (soft and hard,
-# as `ulimit -v`) at what it has mapped plus argv[2] bytes, then applies it to 2,000 crossing cells
-# at rest: "STATUS_NAME crossing=N|message".
+# Makes a Box3D-only closure with argv[1] worker threads, caps its address space at what it has
+# mapped plus argv[2] bytes, then applies it to 2,000 crossing cells at rest (capi_host's):
+# "STATUS_NAME crossing=N|message".
 CAPPED_APPLY = r"""
 #include <dodo/dodo.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/resource.h>
 #include <unistd.h>
-
+""" + CAP_ADDRESS_SPACE + CROSSING_CELLS + r"""
 enum { kCells = 2000 };
-static double F[kCells * 24], F_pred[kCells * 24];
+static double F[kCells][6][4], F_pred[kCells][6][4];
 static uint32_t status[kCells];
 
 int main(int argc, char** argv) {
   if (argc < 3) return 2;
-  for (int c = 0; c < kCells; ++c) {  /* an electron-lepton-number crossing along z, varied a little */
-    double* cell = F + 24 * c;
-    for (int v = 0; v < 24; ++v) cell[v] = 0.0;
-    cell[0] = 1.0, cell[3] = 0.3 + 1e-4 * c / kCells;
-    cell[12] = 0.9, cell[15] = -0.3;
-    cell[4] = cell[8] = cell[16] = cell[20] = 0.3;
-  }
+  fill_crossing_cells(F, kCells, 1e-4);
   dodo_options options;
   dodo_options_init(&options);
   options.threads = atoi(argv[1]);
@@ -44,14 +38,10 @@ int main(int argc, char** argv) {
     printf("create failed|%s\n", message);
     return 4;
   }
-  unsigned long pages = 0;
-  FILE* statm = fopen("/proc/self/statm", "r");
-  if (!statm || fscanf(statm, "%lu", &pages) != 1) return 5;
-  fclose(statm);
-  const rlim_t bytes = (rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE) + (rlim_t)atol(argv[2]);
-  struct rlimit limit = {bytes, bytes};
-  if (setrlimit(RLIMIT_AS, &limit) != 0) return 3;
-  const dodo_status result = dodo_apply(closure, kCells, F, NULL, NULL, NULL, F_pred, NULL, status);
+  rlim_t bytes = 0;
+  const int capped = cap_address_space(atol(argv[2]), 1, &bytes);
+  if (capped != 0) return capped;
+  const dodo_status result = dodo_apply(closure, kCells, &F[0][0][0], NULL, NULL, NULL, &F_pred[0][0][0], NULL, status);
   int crossing = 0;
   for (int c = 0; c < kCells; ++c) crossing += result == DODO_OK && status[c] == 0;
   if (result != DODO_OK) dodo_last_error(closure, message, sizeof message);

@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 import pytest
+from capi_host import CAP_ADDRESS_SPACE
 
 from dodo._closure import model_file, runtime_available
 
@@ -139,6 +140,7 @@ OUT_OF_MEMORY_HOST = r"""
 #include <unistd.h>
 #include <sys/resource.h>
 #include "dodo/dodo.h"
+""" + CAP_ADDRESS_SPACE + r"""
 static double F[1000 * 24], G[1000 * 24];
 /* A segmentation fault: exit 7 when the faulting instruction is ONNX Runtime's, else 9. */
 static void on_fault(int signal_number, siginfo_t* info, void* context) {
@@ -176,13 +178,9 @@ int main(int argc, char** argv) {
     printf("first %s\n", message);
     return 4;
   }
-  unsigned long pages = 0;
-  FILE* statm = fopen("/proc/self/statm", "r");
-  if (!statm || fscanf(statm, "%lu", &pages) != 1) return 5;
-  fclose(statm);
-  const rlim_t bytes = (rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE) + (rlim_t)atol(argv[2]);
-  struct rlimit limit = {bytes, bytes};
-  if (setrlimit(RLIMIT_AS, &limit) != 0) return 3;
+  rlim_t bytes = 0;
+  const int capped = cap_address_space(atol(argv[2]), 1, &bytes);
+  if (capped != 0) return capped;
   dodo_status status = dodo_closure_create(argv[1], &options, &closure, message, sizeof message);
   if (status == DODO_OK) {
     status = dodo_apply(closure, 1000, F, NULL, NULL, NULL, G, NULL, NULL);

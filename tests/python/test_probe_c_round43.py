@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from capi_host import compile_host, default_model, run_host
+from capi_host import CAP_ADDRESS_SPACE, compile_host, default_model, run_host
 from native_build import REQUIRES_C_API
 
 pytestmark = REQUIRES_C_API
@@ -29,21 +29,15 @@ CAPPED_CREATE = r"""
 #include <stdlib.h>
 #include <sys/resource.h>
 #include <unistd.h>
-
+""" + CAP_ADDRESS_SPACE + r"""
 int main(int argc, char** argv) {
   if (argc < 3) return 2;
   dodo_options options;
   dodo_options_init(&options);
   if (argc > 3) options.onnxruntime_library = argv[3];
-  unsigned long pages = 0;
-  FILE* statm = fopen("/proc/self/statm", "r");
-  if (!statm || fscanf(statm, "%lu", &pages) != 1) return 5;
-  fclose(statm);
-  const rlim_t bytes = (rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE) + (rlim_t)atol(argv[2]);
-  if (atol(argv[2]) >= 0) {
-    struct rlimit limit = {bytes, bytes};
-    if (setrlimit(RLIMIT_AS, &limit) != 0) return 3;
-  }
+  rlim_t bytes = 0;
+  const int capped = cap_address_space(atol(argv[2]), atol(argv[2]) >= 0, &bytes);
+  if (capped != 0) return capped;
   dodo_closure* closure = NULL;
   char message[8192] = "";
   const dodo_status status = dodo_closure_create(argv[1], &options, &closure, message, sizeof message);
