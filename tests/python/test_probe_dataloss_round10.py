@@ -118,3 +118,60 @@ def test_a_learning_curve_without_json_or_plot_whose_reader_went_away_does_not_e
         assert process.returncode == 0, err
         assert "CV model" in out, out
     assert "Traceback" not in err, err
+
+
+KILL_FIT = '''
+import os, signal, time
+import torch
+
+
+def fit_then_kill_the_parent(X, seed):
+    if seed == 1:  # the run ended by SIGKILL while its members are fitted (the OOM killer)
+        os.kill(os.getppid(), signal.SIGKILL)
+        time.sleep(30)
+    return torch.nn.Linear(1, 1)
+
+
+def fit(X, seed):
+    return torch.nn.Linear(1, 1)
+'''
+
+
+def test_a_member_folder_left_by_a_killed_run_is_removed_by_the_next(tmp_path, monkeypatch):
+    # `dodo train-ensemble --set ensemble.processes=2` SIGKILLed (the OOM killer, a batch system's kill)
+    # while its members were fitted: its private folder in the temporary directory (the training pool's
+    # arrays as .npy, the members fitted so far) stayed there, one more per kill, and no later run removed
+    # it. Now the next run removes the folders of runs on this host that no longer run; a running one's
+    # (here: this process's own name) is kept.
+    pytest.importorskip("torch")
+    import os
+    import socket
+    import tempfile
+
+    from dodo.training.member_processes import fit_members
+
+    (tmp_path / "killfit.py").write_text(KILL_FIT)
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    code = ("import sys, numpy as np; sys.path.insert(0, sys.argv[1]); import killfit\n"
+            "from dodo.training.member_processes import fit_members\n"
+            "fit_members(killfit.fit_then_kill_the_parent, {'X': np.zeros((4, 2))}, [{'seed': 0}, {'seed': 1}], "
+            "processes=2)\n")
+    killed = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "TMPDIR": str(temporary)})
+    assert killed.returncode == -9, killed.stderr
+    left = [p for p in temporary.iterdir() if p.name.startswith("dodo-members-")]
+    assert len(left) == 1 and (left[0] / "X.npy").exists(), left  # what SIGKILL left
+    host = "".join(c if c.isalnum() or c == "-" else "_" for c in socket.gethostname()) or "host"
+    running = temporary / f"dodo-members-{host}.{os.getpid()}.keepme"  # a run still going (this process)
+    running.mkdir()
+    (running / "X.npy").write_bytes(b"x")
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    import killfit
+
+    members = fit_members(killfit.fit, {"X": np.zeros((4, 2))}, [{"seed": 0}, {"seed": 1}], processes=2)
+    assert len(members) == 2
+    assert sorted(p.name for p in temporary.iterdir()) == [running.name], list(temporary.iterdir())
+    assert (running / "X.npy").read_bytes() == b"x"

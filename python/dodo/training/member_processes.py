@@ -41,8 +41,41 @@ def fit_members(fit, shared: dict, tasks: list, processes: int = 1, log=None, do
             if log and done_message:
                 log(done_message(k))
         return results
-    with tempfile.TemporaryDirectory(prefix="dodo-members-") as folder:
+    _remove_stale_folders()
+    with tempfile.TemporaryDirectory(prefix=_folder_prefix()) as folder:
         return _fit_in_processes(fit, shared, tasks, processes, Path(folder), log, done_message)
+
+
+def _folder_prefix(with_pid: bool = True) -> str:
+    """``dodo-members-HOST.PID.``: the private folder's name says whose it is (a /tmp may be shared)."""
+    from .._atomic import _host
+
+    return f"dodo-members-{_host()}." + (f"{os.getpid()}." if with_pid else "")
+
+
+def _remove_stale_folders() -> None:
+    """Removes the folders of runs on this host that no longer run. A run ended by SIGKILL (the OOM
+    killer, a batch system's kill after its grace period) cannot remove its own: each left the shared
+    arrays (the training pool's features) and the finished members in the temporary directory, one
+    more folder per kill, never removed (outside probe, data-loss round ten)."""
+    import re
+    import shutil
+
+    from .._atomic import _running
+
+    pattern = re.compile(re.escape(_folder_prefix(with_pid=False)) + r"(\d+)\..+")
+    try:
+        candidates = list(Path(tempfile.gettempdir()).iterdir())
+    except OSError:
+        return
+    for candidate in candidates:
+        match = pattern.fullmatch(candidate.name)
+        try:
+            if match and not candidate.is_symlink() and candidate.is_dir() and \
+                    candidate.stat().st_uid == os.getuid() and not _running(int(match.group(1))):
+                shutil.rmtree(candidate, ignore_errors=True)
+        except OSError:
+            continue
 
 
 def _fit_in_processes(fit, shared: dict, tasks: list, processes: int, folder: Path, log, done_message) -> list:
