@@ -130,10 +130,16 @@ def test_bad_input_files_fail_with_clear_messages(tmp_path):
     with pytest.raises(DataFileError, match="missing dataset 'F4_initial"):
         next(iter_emu_chunks(tmp_path / "empty.h5"))
     with h5py.File(tmp_path / "shape.h5", "w") as out:
-        out["F4_initial(1|ccm)"] = np.zeros((3, 2, 4, 3))
-        out["F4_final(1|ccm)"] = np.zeros((3, 2, 4, 3))
+        out["F4_initial(1|ccm)"] = np.zeros((3, 5, 2, 3))
+        out["F4_final(1|ccm)"] = np.zeros((3, 5, 2, 3))
     with pytest.raises(DataFileError, match="expected \\[nsims, 4"):
         next(iter_emu_chunks(tmp_path / "shape.h5"))
+    # The Emu layout with its axes reversed (a column-major writer's) is named so (Python round 54).
+    with h5py.File(tmp_path / "reversed.h5", "w") as out:
+        out["F4_initial(1|ccm)"] = np.zeros((3, 2, 4, 3))
+        out["F4_final(1|ccm)"] = np.zeros((3, 2, 4, 3))
+    with pytest.raises(DataFileError, match="with its axes in reverse order"):
+        next(iter_emu_chunks(tmp_path / "reversed.h5"))
     with pytest.raises(DataFileError, match="matches no file"):
         preprocess(PreprocessConfig(inputs=[str(tmp_path / "missing*.h5")], output=str(tmp_path / "o.h5")), progress=False)
     with pytest.raises(DataFileError, match="not a Dodo preprocessed file"):
