@@ -628,3 +628,20 @@ def test_a_data_file_given_as_the_config_is_named_by_its_kind(tmp_path, capsys, 
     code, out, err = run(capsys, [command, "--config", "s.h5"])
     assert code == 2 and err.strip() == (f"dodo {command}: error: s.h5: not a text file (it is a synthetic database "
                                          "(dodo synth)): give a YAML config file"), err
+
+
+def test_an_ensemble_override_of_an_unknown_key_names_the_override_not_the_config_file(tmp_path):
+    """`dodo train-ensemble --set data.pth=x` said '<config>: unknown key 'data.pth'', of a file
+    without that key (round fifty-four's list, left for ensemble_train.py; lead)."""
+    from dodo.training.ensemble_train import EnsembleConfig
+    from dodo.training.config import ConfigError
+
+    config = tmp_path / "e.yaml"
+    config.write_text("data:\n  path: p.h5\n")
+    with pytest.raises(ConfigError) as caught:
+        EnsembleConfig.load(str(config), {"data.pth": "x"})
+    message = str(caught.value)
+    assert message.startswith("override data.pth (--set): unknown key 'data.pth'") and str(config) not in message
+    config.write_text("data:\n  pth: p.h5\n")  # the file's own unknown key still names the file
+    with pytest.raises(ConfigError, match=f"^{config}: unknown key 'data.pth'"):
+        EnsembleConfig.load(str(config))
