@@ -34,6 +34,22 @@ BOX3D_ONLY = "box3d"
 IN_MEMORY_PACKAGE = (bytes, bytearray, memoryview, np.ndarray)
 
 
+def _is_in_memory_package(model) -> bool:
+    """Whether ``model`` holds a package's contents: one of IN_MEMORY_PACKAGE, or any other object
+    exposing the buffer protocol (read as bytes, as its memoryview is). A read-only ``mmap.mmap`` of a
+    package was refused ("got mmap") though ``memoryview`` of the same mmap was taken (outside probe,
+    Python round fifty-five). A path (str or os.PathLike) is never one."""
+    if isinstance(model, IN_MEMORY_PACKAGE):
+        return True
+    if model is None or isinstance(model, (str, os.PathLike, np.generic)):  # a numpy scalar: no package's bytes
+        return False
+    try:
+        memoryview(model).release()
+    except TypeError:
+        return False
+    return True
+
+
 class ClosureResult(NamedTuple):
     """One closure evaluation; every array has the batch shape of the input.
 
@@ -125,7 +141,7 @@ def model_file(model) -> Optional[str]:
     given by name."""
     if model is None:
         return str(default_model_path())
-    if isinstance(model, IN_MEMORY_PACKAGE) or (isinstance(model, str) and model == BOX3D_ONLY):
+    if _is_in_memory_package(model) or (isinstance(model, str) and model == BOX3D_ONLY):
         return None
     return _path_text(model)
 
@@ -349,8 +365,8 @@ class Closure:
     """A loaded closure: Box3D, then the model's correction, per cell.
 
     model: path of an ONNX model package (``dodo export``); the package's bytes (``bytes``,
-        ``bytearray``, ``memoryview`` or a uint8 array, e.g. received by an MPI broadcast: the
-        same checks as a file); None: the default model shipped with Dodo
+        ``bytearray``, ``memoryview``, a uint8 array or another buffer such as an ``mmap``, e.g.
+        received by an MPI broadcast: the same checks as a file); None: the default model shipped with Dodo
         (``dodo/models/qke_default.onnx``, trained on the QKE solver's data); ``"box3d"``: no
         model, Box3D alone (the same literal in C, C++, Fortran and Julia; a file of that name is
         ``"./box3d"``). An empty path is refused.
@@ -431,7 +447,7 @@ class Closure:
         if _text("evaluator", evaluator, '"auto" or "onnxruntime"') not in ("auto", "onnxruntime"):
             raise ValueError(f'DODO_ERROR_INVALID_ARGUMENT: unknown network evaluator "{_escaped(evaluator)}" (known: '
                              '"auto", "onnxruntime")')
-        model_bytes = _package_bytes(model) if isinstance(model, IN_MEMORY_PACKAGE) else None
+        model_bytes = _package_bytes(model) if _is_in_memory_package(model) else None
         if model_bytes is not None:
             _refuse_compressed_bytes(model_bytes)
         model_path = model_file(model)
@@ -862,7 +878,8 @@ def _chunk_size(chunk_size) -> int:
 
 
 def _package_bytes(model) -> bytes:
-    """The bytes of an in-memory model package given as bytes, bytearray, memoryview or uint8 array."""
+    """The bytes of an in-memory model package given as bytes, bytearray, memoryview, uint8 array or
+    another object exposing the buffer protocol (an mmap)."""
     if isinstance(model, np.ndarray) and model.dtype not in (np.uint8, np.int8):
         raise TypeError(f"an in-memory model package must be bytes or a uint8 array, not an array of {model.dtype}")
     if isinstance(model, np.ndarray):
@@ -965,7 +982,7 @@ def closure(F_init, u=None, model: Union[PathLike, bytes, bytearray, memoryview,
     evaluator = _evaluator_variable()
     if model is None:
         return _cached_closure_for(None, (), evaluator)(F_init, u)
-    if isinstance(model, IN_MEMORY_PACKAGE):
+    if _is_in_memory_package(model):
         return _cached_closure_for(_package_bytes(model), (), evaluator)(F_init, u)
     path = model if isinstance(model, str) else _path_text(model)
     identity = () if path == BOX3D_ONLY else _file_identity(path)
