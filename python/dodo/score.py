@@ -215,6 +215,16 @@ def score(closure, states: EmuStates, resamples: int = 10000, seed: int = 0,
 
     rng = np.random.default_rng(seed)
     F_init = states.F_init
+    # Checked first, from a program's call (outside probe, Python round fifty-five): 0 states said
+    # "no state can be scored: " with no reason, and a growth rate of shape (n, 1) (as the file stores
+    # it) ended in an IndexError from the ratios' masks.
+    n = len(F_init)
+    if n == 0:
+        raise ValueError("no state can be scored: states.F_init holds no states (shape "
+                         f"{tuple(np.shape(F_init))}); give at least one")
+    if states.growth_rate is not None and np.shape(states.growth_rate) != (n,):
+        raise ValueError(f"states.growth_rate has shape {tuple(np.shape(states.growth_rate))}; it must be ({n},), "
+                         f"one measured rate per state of states.F_init (e.g. growth_rate.reshape(-1)), or None")
     ntot = total_density(F_init)  # inf for densities near 1e308: such a state is left out, with its reason
     result = closure.apply(F_init)
     settings = closure.box3d_settings
