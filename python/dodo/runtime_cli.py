@@ -22,6 +22,12 @@ from ._cli_common import file_output_path, input_path, shown_name
 from .conventions import MAX_THREADS, SPECIES
 
 
+def _cells(count: int) -> str:
+    """``count`` cells in words: "1 cells" was printed of a one-cell file (outside probe, Python round
+    fifty-five)."""
+    return f"{count} cell" if count == 1 else f"{count} cells"
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser("apply", help="closure (C++ runtime) over a grid of cells from an Emu-format file, "
                                                  "scored beside Box3D")
@@ -138,7 +144,7 @@ def _check_grid_fits(path: str, grid: str, count: int) -> str:
     with handle:
         note = unfinished_run_note(handle, path)
     if count > nsims:
-        raise _UsageError(f"{path} holds {nsims} cells; the grid needs {count} (--grid {grid})"
+        raise _UsageError(f"{path} holds {_cells(nsims)}; the grid needs {count} (--grid {grid})"
                           + (f" ({note})" if note else ""))
     return note
 
@@ -154,7 +160,7 @@ def _read_cells(path: str, count: int) -> tuple[np.ndarray, np.ndarray]:
         if have >= count:
             break
     if have < count:
-        raise _UsageError(f"{path} holds {have} cells; the grid needs {count}")
+        raise _UsageError(f"{path} holds {_cells(have)}; the grid needs {count}")
     return np.concatenate(initial)[:count], np.concatenate(final)[:count]
 
 
@@ -231,7 +237,7 @@ def _apply(args: argparse.Namespace) -> int:
     if args.output:
         _write_output(args.output, F_init, u, F_true, F_box, result, shape)
 
-    print(f"closure on a {args.grid} grid ({count} cells from {shown_name(args.data)}), fluid speeds up to "
+    print(f"closure on a {args.grid} grid ({_cells(count)} from {shown_name(args.data)}), fluid speeds up to "
           f"{args.max_speed}")
     print(f"model: {shown_name(runtime.model_path) if runtime.model_path else 'none (Box3D only)'}; head {runtime.head}; "
           f"{runtime.threads} thread(s); ONNX Runtime {runtime.onnxruntime[1] or '-'}")
