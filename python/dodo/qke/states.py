@@ -443,7 +443,7 @@ def read_states(path: str) -> dict:
         raise ValueError(f"{path}: neither an HDF5 file (no HDF5 signature) nor YAML (.yaml/.yml); give an "
                          "Emu-layout HDF5 file or a YAML list of states")
     if hdf5:
-        from ..emu_files import known_file_problem, nf_problem, numeric_dataset, open_hdf5
+        from ..emu_files import known_file_problem, nf_problem, numeric_dataset, open_hdf5, reversed_axes_problem
 
         with open_hdf5(path) as f:
             if "F4_initial(1|ccm)" not in f:  # a preprocessed file or an apply -o cell file is named (round 29)
@@ -451,8 +451,11 @@ def read_states(path: str) -> dict:
                 raise ValueError(f"{path}: {known}" if known else f"{path} has no 'F4_initial(1|ccm)' dataset")
             initial = numeric_dataset(f, path, "F4_initial(1|ccm)")
             if initial.ndim != 4 or initial.shape[1:] != (4, 2, 3):  # a two-flavour Emu file: [n, 4, 2, 2]
-                raise ValueError(f"{path}: 'F4_initial(1|ccm)' has shape {initial.shape}; expected [nsims, 4 "
-                                 "(x,y,z,t), 2, 3] (three flavours)")
+                # A column-major writer's file (Julia, Fortran, MATLAB: the axes reversed) is named so, in
+                # emu_files' words, as by dodo score and apply (outside probe, Python round fifty-five)
+                raise ValueError(f"{path}: " + (reversed_axes_problem("F4_initial(1|ccm)", initial.shape) or (
+                    f"'F4_initial(1|ccm)' has shape {initial.shape}; expected [nsims, 4 (x,y,z,t), 2, 3] (three "
+                    "flavours)")))
             problem = nf_problem(f, initial.shape)  # `nf = 2` beside three-flavour arrays (round 35)
             if problem:
                 raise ValueError(f"{path}: {problem}")
