@@ -47,6 +47,8 @@ def _is_in_memory_package(model) -> bool:
         memoryview(model).release()
     except TypeError:
         return False
+    except ValueError:  # a buffer that cannot be read now (a closed mmap): _package_bytes says so
+        return True
     return True
 
 
@@ -886,7 +888,12 @@ def _package_bytes(model) -> bytes:
         return np.ascontiguousarray(model).tobytes()
     # tobytes: the view's bytes in logical order, whether or not it is contiguous (a strided view
     # cannot be cast).
-    return model if isinstance(model, bytes) else memoryview(model).tobytes()
+    if isinstance(model, bytes):
+        return model
+    try:
+        return memoryview(model).tobytes()
+    except ValueError as error:  # a closed mmap: "mmap closed or invalid", naming no argument (round fifty-five)
+        raise ValueError(f"model: cannot read the in-memory package ({type(model).__name__}): {error}") from None
 
 
 @functools.lru_cache(maxsize=4)

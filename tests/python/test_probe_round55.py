@@ -41,6 +41,23 @@ def test_a_read_only_mmap_of_a_package_is_taken_as_its_bytes(tmp_path, capsys):
         np.testing.assert_array_equal(dodo.closure(F_init, model=mapped), expected)  # the cached closure
 
 
+def test_a_closed_mmap_or_released_memoryview_names_the_model_argument():
+    """A closed mmap said `ValueError: mmap closed or invalid` (a released memoryview `operation forbidden on
+    released memoryview object`), naming no argument."""
+    from dodo._closure import default_model_path
+
+    with open(default_model_path(), "rb") as stream:
+        mapped = mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ)
+    mapped.close()
+    with pytest.raises(ValueError, match=r"^model: cannot read the in-memory package \(mmap\): mmap closed or invalid$"):
+        dodo.Closure(mapped)
+    view = memoryview(b"abc")
+    view.release()
+    with pytest.raises(ValueError, match=r"^model: cannot read the in-memory package \(memoryview\): operation "
+                                         "forbidden on released memoryview object$"):
+        dodo.Closure(view)
+
+
 def test_an_object_without_a_buffer_is_still_refused_by_its_type():
     with pytest.raises(TypeError, match=r"model must be a path .*; got object$"):
         dodo.Closure(object())
@@ -79,6 +96,24 @@ def test_score_of_a_growth_rate_of_shape_n_by_1_names_the_argument(tmp_path, cap
     assert score_module.score(closure, good, resamples=10)["growth_rate"]["n_states"] == n
     none = score_module.EmuStates(states.F_init, states.F_final, None)
     assert "growth_rate" not in score_module.score(closure, none, resamples=10)
+
+
+def test_score_of_final_states_of_another_shape_names_them(tmp_path, capsys):
+    """F_final of fewer states than F_init ended in `operands could not be broadcast together with shapes (8,6)
+    (7,6)`, of shape [n, 24] in an IndexError; a growth rate given as a list in `TypeError: '>' not supported
+    between instances of 'list' and 'int'`."""
+    states = _states(capsys, tmp_path)
+    n = len(states.F_init)
+    closure = dodo.Closure("box3d")
+    for final in (states.F_final[:-1], states.F_final.reshape(n, 24)):
+        with pytest.raises(ValueError) as caught:
+            score_module.score(closure, score_module.EmuStates(states.F_init, final, None), resamples=10)
+        assert str(caught.value) == (f"states.F_final has shape {final.shape}; states.F_init and states.F_final must "
+                                     "both be [n, 6 species, 4 (t,x,y,z)], the same n")
+    as_list = score_module.EmuStates(states.F_init, states.F_final, [1e5] * n)
+    as_array = score_module.EmuStates(states.F_init, states.F_final, np.full(n, 1e5))
+    assert score_module.score(closure, as_list, resamples=10)["growth_rate"] == \
+        score_module.score(closure, as_array, resamples=10)["growth_rate"]
 
 
 # --- item 3: one cell is "1 cell" ------------------------------------------------------------------
