@@ -222,6 +222,12 @@ def score(closure, states: EmuStates, resamples: int = 10000, seed: int = 0,
     if n == 0:
         raise ValueError("no state can be scored: states.F_init holds no states (shape "
                          f"{tuple(np.shape(F_init))}); give at least one")
+    # F_final of other states than F_init's (a list cut short, [n, 24]) ended in a broadcast ValueError or an
+    # IndexError naming neither array; a growth rate given as a list, in a TypeError (round fifty-five's probe)
+    if np.shape(F_init) != (n, 6, 4) or np.shape(states.F_final) != np.shape(F_init):
+        wrong = "F_init" if np.shape(F_init) != (n, 6, 4) else "F_final"
+        raise ValueError(f"states.{wrong} has shape {tuple(np.shape(getattr(states, wrong)))}; states.F_init and "
+                         "states.F_final must both be [n, 6 species, 4 (t,x,y,z)], the same n")
     if states.growth_rate is not None and np.shape(states.growth_rate) != (n,):
         raise ValueError(f"states.growth_rate has shape {tuple(np.shape(states.growth_rate))}; it must be ({n},), "
                          f"one measured rate per state of states.F_init (e.g. growth_rate.reshape(-1)), or None")
@@ -276,7 +282,7 @@ def score(closure, states: EmuStates, resamples: int = 10000, seed: int = 0,
         report["per_state"]["uncertainty"] = [value if ok and np.all(np.isfinite(value)) else None for value, ok
                                               in zip(np.asarray(uncertainty, float).tolist(), scored)]
     if states.growth_rate is not None:
-        measured = states.growth_rate
+        measured = np.asarray(states.growth_rate, dtype=float)
         with np.errstate(invalid="ignore"):
             usable = scored & np.isfinite(measured) & (measured > 0)
         growth = {}
