@@ -99,8 +99,8 @@ def test_score_of_a_growth_rate_of_shape_n_by_1_names_the_argument(tmp_path, cap
 
 
 def test_score_of_final_states_of_another_shape_names_them(tmp_path, capsys):
-    """F_final of fewer states than F_init ended in `operands could not be broadcast together with shapes (8,6)
-    (7,6)`, of shape [n, 24] in an IndexError; a growth rate given as a list in `TypeError: '>' not supported
+    """F_final of fewer states than F_init ended in `operands could not be broadcast together with shapes (4,6)
+    (3,6)`, of shape [n, 24] in an IndexError; a growth rate given as a list in `TypeError: '>' not supported
     between instances of 'list' and 'int'`."""
     states = _states(capsys, tmp_path)
     n = len(states.F_init)
