@@ -87,11 +87,30 @@ double usable_memory_bytes() {
   return memory;
 }
 
-std::string memory_shortage_cause() {
+double mapped_bytes() {
+  std::ifstream file("/proc/self/statm");
+  unsigned long long pages = 0;
+  const long page_size = sysconf(_SC_PAGE_SIZE);
+  if (!file || !(file >> pages) || page_size <= 0) return NAN;
+  return static_cast<double>(pages) * static_cast<double>(page_size);
+}
+
+std::string memory_shortage_cause(double request_bytes) {
   struct rlimit limit {};
-  if (::getrlimit(RLIMIT_AS, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY)
-    return "the address-space limit RLIMIT_AS (ulimit -v) is " + std::to_string(limit.rlim_cur / 1024) +
-           " kB: raise it, e.g. ulimit -v unlimited";
+  if (::getrlimit(RLIMIT_AS, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY) {
+    // The limit was named whenever one was set, even one far above the process's size, where it cannot
+    // have refused the memory and the machine or a control group did (outside probe, C round
+    // forty-four). A request of unknown size (0) may be large: the limit is named while the process
+    // maps at least half of it, or comes within 256 MiB of it, and when the size cannot be read.
+    const double cap = static_cast<double>(limit.rlim_cur), mapped = mapped_bytes();
+    const double margin = std::max(cap / 2, 256.0 * 1024 * 1024);
+    if (!(mapped + std::max(request_bytes, 0.0) + margin < cap))
+      return "the address-space limit RLIMIT_AS (ulimit -v) is " + std::to_string(limit.rlim_cur / 1024) +
+             " kB: raise it, e.g. ulimit -v unlimited";
+    return "the machine's memory, or its control group's limit, is used up (the address-space limit RLIMIT_AS, " +
+           std::to_string(limit.rlim_cur / 1024) + " kB, is far above the process's " +
+           std::to_string(static_cast<unsigned long long>(mapped / 1024)) + " kB)";
+  }
   return "the machine's memory, or its control group's limit, is used up";
 }
 

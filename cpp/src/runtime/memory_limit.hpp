@@ -20,10 +20,16 @@ double cgroup_memory_limit(const std::string& proc_self_cgroup, const std::strin
 // infinity when neither is known.
 double usable_memory_bytes();
 
+// This process's mapped size (the first field of /proc/self/statm, VmSize: what RLIMIT_AS
+// bounds), in bytes; NaN when it cannot be read.
+double mapped_bytes();
+
 // Why an allocation or a library's mapping failed for want of memory, for messages: "the
 // address-space limit RLIMIT_AS (ulimit -v) is N kB: raise it, e.g. ulimit -v unlimited" where
-// this process has one (a soft RLIMIT_AS below infinity), else the machine's or a control group's
-// memory. Allocates (the caller catches what it throws).
-std::string memory_shortage_cause();
+// this process has one (a soft RLIMIT_AS below infinity) that mapped_bytes() + `request_bytes`
+// (the failed request, 0 when unknown) comes near: at least half of it, or within 256 MiB of it
+// (or the size is unknown); else the machine's or a control group's memory. Allocates (the caller
+// catches what it throws).
+std::string memory_shortage_cause(double request_bytes = 0);
 
 }  // namespace dodo::runtime

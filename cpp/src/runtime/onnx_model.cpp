@@ -161,7 +161,8 @@ std::string read_model_file(const std::string& path) {
     bytes.resize(static_cast<std::size_t>(info.st_size) + 1);  // + 1: EOF needs no regrowth
   } catch (const std::bad_alloc&) {  // said what needed the memory, not "out of memory" alone (C round 43)
     throw Error(DODO_ERROR_OUT_OF_MEMORY, "not enough memory to read model file " + quoted + " (" +
-                                              std::to_string(info.st_size) + " bytes): " + memory_shortage_cause());
+                                              std::to_string(info.st_size) + " bytes): " +
+                                              memory_shortage_cause(static_cast<double>(info.st_size)));
   }
   std::size_t have = 0;
   while (true) {

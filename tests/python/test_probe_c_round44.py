@@ -1,0 +1,128 @@
+"""Outside probe of the C, C++ and Fortran interfaces, round forty-four (docs/reliability_cpp.md,
+"Round forty-four"), as the developer of a transport code: a text file given as the model package,
+and what an out-of-memory message blames when an address-space limit (`ulimit -v`) is set."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from capi_host import ROOT, compile_host, run_host
+from native_build import REQUIRES_C_API
+
+pytestmark = REQUIRES_C_API
+
+
+# --- a text file given as the model package ------------------------------------------------------
+
+# Makes a closure of the package at argv[1]: "STATUS_NAME|message".
+CREATE = r"""
+#include <dodo/dodo.h>
+#include <stdio.h>
+
+int main(int argc, char** argv) {
+  if (argc < 2) return 2;
+  dodo_closure* closure = NULL;
+  char message[8192] = "";
+  const dodo_status status = dodo_closure_create(argv[1], NULL, &closure, message, sizeof message);
+  printf("%s|%s\n", dodo_status_name(status), message);
+  dodo_closure_destroy(closure);
+  return 0;
+}
+"""
+
+
+@pytest.mark.parametrize("text", ['{"dodo.format_version": "1", "n_species": 6}\n',  # a JSON file (M.json)
+                                  "model: qke_default.onnx\nthreads: 4\n",  # a YAML configuration
+                                  "hello world"])
+def test_a_text_file_given_as_the_model_is_called_text_not_damaged(tmp_path, text):
+    """`dodo score M.json s.h5`, `dodo_closure_create("M.json", ...)`: a JSON file given as the package was
+    `DODO_ERROR_MODEL_FORMAT: model file "M.json": not an ONNX model (truncated or damaged file?): wire type 3
+    (not used by ONNX) at byte 0`, sending the user to fetch the file again. It now says what the file is."""
+    program = compile_host(tmp_path, "create", CREATE)
+    path = tmp_path / "M.json"
+    path.write_text(text)
+    name, _, message = "\n".join(run_host(program, str(path), timeout=120)).partition("|")
+    assert name == "DODO_ERROR_MODEL_FORMAT", (name, message)
+    assert "a text file, not an ONNX model package (it begins \"" + text[:20] in message, message
+    assert "truncated or damaged" not in message, message
+
+
+def test_a_binary_file_that_is_no_package_is_still_called_damaged(tmp_path):
+    """Guard: the text check is asked only of a file the reader refused, and a binary one keeps the
+    reader's own words."""
+    program = compile_host(tmp_path, "create", CREATE)
+    path = tmp_path / "M.onnx"
+    path.write_bytes(b"\x08\x07\x12\x00\x1f\xff")
+    name, _, message = "\n".join(run_host(program, str(path), timeout=120)).partition("|")
+    assert name == "DODO_ERROR_MODEL_FORMAT" and "truncated or damaged" in message, (name, message)
+    assert "text file" not in message, message
+
+
+# --- which limit an out-of-memory message names -----------------------------------------------------
+
+# memory_shortage_cause (cpp/src/runtime/memory_limit.cpp) under an RLIMIT_AS of the process's mapped
+# size plus argv[1] bytes, for a failed request of argv[2] bytes: "LIMIT_KB|cause".
+CAUSE = r"""
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+
+#include "runtime/memory_limit.hpp"
+
+int main(int argc, char** argv) {
+  if (argc < 3) return 2;
+  unsigned long pages = 0;
+  FILE* statm = std::fopen("/proc/self/statm", "r");
+  if (!statm || std::fscanf(statm, "%lu", &pages) != 1) return 5;
+  std::fclose(statm);
+  const rlim_t bytes = static_cast<rlim_t>(pages) * static_cast<rlim_t>(sysconf(_SC_PAGESIZE)) +
+                       static_cast<rlim_t>(std::atoll(argv[1]));
+  struct rlimit limit = {bytes, bytes};
+  if (setrlimit(RLIMIT_AS, &limit) != 0) return 3;
+  const double request = std::atof(argv[2]);
+  const std::string cause = request > 0 ? dodo::runtime::memory_shortage_cause(request)
+                                        : dodo::runtime::memory_shortage_cause();
+  std::printf("%lu|%s\n", static_cast<unsigned long>(bytes / 1024), cause.c_str());
+  return 0;
+}
+"""
+
+MiB = 1024 * 1024
+
+
+def _cause(tmp_path, extra_bytes: int, request_bytes: int = 0) -> tuple[int, str]:
+    if not shutil.which("g++"):
+        pytest.skip("g++ is not installed")
+    from test_native_programs import run
+
+    source = tmp_path / "cause.cpp"
+    source.write_text(CAUSE)
+    program = tmp_path / "cause"
+    if not program.exists():
+        run(["g++", "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'cpp/src'}", str(source),
+             str(ROOT / "cpp/src/runtime/memory_limit.cpp"), "-o", str(program)])
+    limit_kb, _, cause = "\n".join(run_host(program, str(extra_bytes), str(request_bytes), timeout=60)).partition("|")
+    return int(limit_kb), cause
+
+
+def test_a_limit_far_above_the_process_is_not_blamed(tmp_path):
+    """The out-of-memory messages of round forty-three named RLIMIT_AS whenever one was set: under
+    `ulimit -v` of 64 GiB above a process of some megabytes, a failure for want of the machine's memory
+    (or a control group's) said 'the address-space limit RLIMIT_AS (ulimit -v) is 67114240 kB: raise it',
+    which raising would not cure. Now the machine's memory is named, and the limit as far above."""
+    limit_kb, cause = _cause(tmp_path, 64 * 1024 * MiB)
+    assert cause.startswith("the machine's memory, or its control group's limit, is used up"), cause
+    assert f"RLIMIT_AS, {limit_kb} kB, is far above the process's" in cause, cause
+    assert "raise it" not in cause, cause
+
+
+def test_a_limit_near_the_process_is_named(tmp_path):
+    """A limit some megabytes above what the process maps (a rank under `ulimit -v`) is still named, and
+    so is a far limit that the failed request would pass (a model file of its size)."""
+    limit_kb, cause = _cause(tmp_path, 60 * MiB)
+    assert cause == f"the address-space limit RLIMIT_AS (ulimit -v) is {limit_kb} kB: raise it, e.g. ulimit -v unlimited"
+    limit_kb, cause = _cause(tmp_path, 2048 * MiB, request_bytes=3072 * MiB)
+    assert cause == f"the address-space limit RLIMIT_AS (ulimit -v) is {limit_kb} kB: raise it, e.g. ulimit -v unlimited"
