@@ -213,7 +213,19 @@ def score(closure, states: EmuStates, resamples: int = 10000, seed: int = 0,
     instead of turning every number into NaN; their per-state errors are None."""
     from . import box3d
 
-    rng = np.random.default_rng(seed)
+    # From a program's call, resamples=0 ended in an IndexError, -1 in "negative dimensions are not allowed",
+    # and threshold=nan counted no state worse than Box3D without a word (outside probe, Python round
+    # fifty-five); `dodo score` checks its options itself.
+    if isinstance(resamples, bool) or not isinstance(resamples, (int, np.integer)) or resamples < 1:
+        raise ValueError(f"resamples must be an integer >= 1 (the bootstrap's resamples); got {resamples!r}")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)) or \
+            not (np.isfinite(threshold) and threshold >= 0):
+        raise ValueError(f"threshold must be a finite number >= 0 (N_tot); got {threshold!r}")
+    try:
+        rng = np.random.default_rng(seed)
+    except (TypeError, ValueError) as error:  # numpy's words name no argument
+        raise ValueError(f"seed must be a non-negative integer (numpy.random.default_rng); got {seed!r} ({error})") \
+            from None
     F_init = states.F_init
     # Checked first, from a program's call (outside probe, Python round fifty-five): 0 states said
     # "no state can be scored: " with no reason, and a growth rate of shape (n, 1) (as the file stores

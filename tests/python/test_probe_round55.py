@@ -116,6 +116,26 @@ def test_score_of_final_states_of_another_shape_names_them(tmp_path, capsys):
         score_module.score(closure, as_array, resamples=10)["growth_rate"]
 
 
+def test_score_options_from_a_program_name_themselves(tmp_path, capsys):
+    """`score(..., resamples=0)` ended in `IndexError: index -1 is out of bounds for axis 0 with size 0`,
+    `resamples=-1` in `negative dimensions are not allowed`, `seed=-1` in numpy's `expected non-negative integer`;
+    `threshold=nan` (or -1) was taken: no state counted worse than Box3D, without a word. `dodo score` checks its
+    options itself (--bootstrap >= 100, --threshold finite >= 0); numpy integers and floats are taken."""
+    states = _states(capsys, tmp_path)
+    closure = dodo.Closure("box3d")
+    for kwargs, words in [({"resamples": 0}, "resamples must be an integer >= 1 (the bootstrap's resamples); got 0"),
+                          ({"resamples": -1}, "resamples must be an integer >= 1 (the bootstrap's resamples); got -1"),
+                          ({"resamples": True}, "resamples must be an integer >= 1 (the bootstrap's resamples); got True"),
+                          ({"threshold": float("nan")}, "threshold must be a finite number >= 0 (N_tot); got nan"),
+                          ({"threshold": -1.0}, "threshold must be a finite number >= 0 (N_tot); got -1.0"),
+                          ({"seed": -1}, "seed must be a non-negative integer (numpy.random.default_rng); got -1 (")]:
+        with pytest.raises(ValueError) as caught:
+            score_module.score(closure, states, **kwargs)
+        assert str(caught.value).startswith(words), (kwargs, str(caught.value))
+    report = score_module.score(closure, states, resamples=np.int64(1), seed=np.int64(3), threshold=np.float32(0.01))
+    assert report["n_scored"] == len(states.F_init)
+
+
 # --- item 3: one cell is "1 cell" ------------------------------------------------------------------
 
 
