@@ -1,13 +1,17 @@
 """Outside probe of the C, C++ and Fortran interfaces, round forty-four (docs/reliability_cpp.md,
 "Round forty-four"), as the developer of a transport code: a text file given as the model package,
-and what an out-of-memory message blames when an address-space limit (`ulimit -v`) is set."""
+what an out-of-memory message blames when an address-space limit (`ulimit -v`) is set, and a closure of
+16 threads under such a limit."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 
 import pytest
 
-from capi_host import ROOT, compile_host, run_host
+import dodo
+from capi_host import CAP_ADDRESS_SPACE, CROSSING_CELLS, ROOT, compile_host, default_model, run_host
 from native_build import REQUIRES_C_API
 
 pytestmark = REQUIRES_C_API
@@ -126,3 +130,79 @@ def test_a_limit_near_the_process_is_named(tmp_path):
     assert cause == f"the address-space limit RLIMIT_AS (ulimit -v) is {limit_kb} kB: raise it, e.g. ulimit -v unlimited"
     limit_kb, cause = _cause(tmp_path, 2048 * MiB, request_bytes=3072 * MiB)
     assert cause == f"the address-space limit RLIMIT_AS (ulimit -v) is {limit_kb} kB: raise it, e.g. ulimit -v unlimited"
+
+
+# --- workers that started, and workspaces that do not fit ------------------------------------------
+
+# Caps its address space at what it has mapped plus argv[2] bytes (unless argv[2] is negative), makes a
+# closure of argv[1] with 16 threads and applies it to 3000 crossing cells (three chunks): "STATUS_NAME
+# |message" of the create, then the apply's status and a weighted sum of its outputs.
+SIXTEEN_THREADS = r"""
+#include <dodo/dodo.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <unistd.h>
+""" + CAP_ADDRESS_SPACE + CROSSING_CELLS + r"""
+static double F[3000][6][4], G[3000][6][4];
+
+int main(int argc, char** argv) {
+  if (argc < 3) return 2;
+  dodo_options options;
+  dodo_options_init(&options);
+  options.threads = 16;
+  fill_crossing_cells(F, 3000, 0.001);
+  rlim_t bytes = 0;
+  const int capped = cap_address_space(atol(argv[2]), atol(argv[2]) >= 0, &bytes);
+  if (capped != 0) return capped;
+  dodo_closure* closure = NULL;
+  char message[8192] = "";
+  dodo_status status = dodo_closure_create(argv[1], &options, &closure, message, sizeof message);
+  printf("%s|%s\n", dodo_status_name(status), message);
+  if (status != DODO_OK) return 0;
+  status = dodo_apply(closure, 3000, &F[0][0][0], NULL, NULL, NULL, &G[0][0][0], NULL, NULL);
+  double sum = 0;
+  for (int c = 0; c < 3000; ++c)
+    for (int a = 0; a < 6; ++a)
+      for (int m = 0; m < 4; ++m) sum += (1 + c % 7 + a + m) * G[c][a][m];
+  printf("%s %.17g\n", dodo_status_name(status), sum);
+  dodo_closure_destroy(closure);
+  return 0;
+}
+"""
+
+
+@pytest.mark.parametrize("extra_kb", [100_000, 150_000, 200_000])
+def test_threads_whose_workspaces_do_not_fit_are_stopped_not_an_error(tmp_path, extra_kb):
+    """threads = 16 under an address-space limit of the host's size + 60,000 kB worked (one thread started:
+    the pool keeps the workers it can start), but at + 100,000 kB, 150,000 kB, 200,000 kB some workers
+    started, their stacks took the room, and the create failed: `DODO_ERROR_OUT_OF_MEMORY: out of memory
+    making the closure's 6 workspaces of 1024 cells: lower chunk_size or threads` (6, 12, 16). The closure
+    now keeps the threads it has workspaces for, and computes what a closure without a limit computes."""
+    program = compile_host(tmp_path, "sixteen", SIXTEEN_THREADS)
+    model = default_model()
+    free = run_host(program, model, "-1", timeout=300)
+    assert free[0] == "DODO_OK|" and free[1].startswith("DODO_OK "), free
+    capped = run_host(program, model, str(extra_kb * 1024), timeout=300)
+    assert capped == free, (capped, free)
+
+
+PYTHON_SIXTEEN_THREADS = """
+import resource, sys
+import dodo
+pages = int(open("/proc/self/statm").read().split()[0])
+limit = pages * resource.getpagesize() + int(sys.argv[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+print(dodo.Closure(None, threads=16).threads)
+"""
+
+
+def test_python_closure_under_a_limit_reports_the_threads_it_kept():
+    """The same from Python: `dodo.Closure(threads=16)` under the process's size + 200,000 kB is made, and
+    its threads property says how many threads it kept (1 to 16)."""
+    if not dodo.runtime_available():
+        pytest.skip("closure runtime not built")
+    done = subprocess.run([sys.executable, "-c", PYTHON_SIXTEEN_THREADS, "200000"], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert 1 <= int(done.stdout.strip()) <= 16, done.stdout

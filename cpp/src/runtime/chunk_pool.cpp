@@ -23,6 +23,7 @@ struct ChunkPool::Crew {
   std::condition_variable wake, done;
   std::size_t generation = 0;
   bool stopping = false;
+  std::size_t kept_workers = static_cast<std::size_t>(-1);  // workers at slots above it return (keep_threads)
   int busy_workers = 0;
 
   // The batch in progress.
@@ -58,8 +59,9 @@ void ChunkPool::Crew::worker_loop(int slot) {
   while (true) {
     {
       std::unique_lock<std::mutex> lock(mutex);
-      wake.wait(lock, [&] { return stopping || generation != seen_generation; });
-      if (stopping) return;
+      const auto stopped = [&] { return stopping || static_cast<std::size_t>(slot) > kept_workers; };
+      wake.wait(lock, [&] { return stopped() || generation != seen_generation; });
+      if (stopped()) return;
       seen_generation = generation;
     }
     work_on_batch(slot);
@@ -111,6 +113,20 @@ ChunkPool::Crew* ChunkPool::crew_for_this_process() {
   if (crew_.compare_exchange_strong(crew, fresh, std::memory_order_acq_rel)) return fresh;  // parent's abandoned
   delete fresh;  // another thread of this child was first; `crew` now holds its Crew
   return crew;
+}
+
+void ChunkPool::keep_threads(int threads) {
+  Crew* crew = crew_.load(std::memory_order_acquire);
+  const std::size_t workers = static_cast<std::size_t>(threads > 1 ? threads - 1 : 0);
+  if (!crew->owner.is_this_process() || workers >= crew->workers.size()) return;
+  {
+    std::lock_guard<std::mutex> lock(crew->mutex);
+    crew->kept_workers = workers;
+  }
+  crew->wake.notify_all();
+  for (std::size_t index = workers; index < crew->workers.size(); ++index) crew->workers[index].join();
+  crew->workers.resize(workers);
+  requested_ = static_cast<int>(workers) + 1;
 }
 
 int ChunkPool::threads() const {

@@ -45,6 +45,12 @@ class ChunkPool {
   // pool is busy with another caller's batch; the caller then runs the chunks itself.
   bool try_run(std::size_t n_chunks, ChunkBody body, void* context);
 
+  // Stops the workers beyond the first `threads` - 1 (threads() becomes at most `threads`, and a
+  // child of fork() starts as many). For the pool's creator only, before any batch: a closure
+  // whose workers started but whose workspaces did not all fit keeps the threads it has
+  // workspaces for (outside probe, C round forty-four).
+  void keep_threads(int threads);
+
  private:
   struct Crew;
   Crew* crew_for_this_process();

@@ -561,16 +561,40 @@ void Closure::initialise(const std::string_view* bytes, const std::string& sourc
   // Warm-up: one workspace per thread, and one network call each so ORT sizes its arena now.
   refuse_workspaces_beyond_memory(static_cast<std::size_t>(chunk_size_), pool_.threads(), model_.get());
   WorkspacePool& workspaces = workspaces_.for_this_process();
-  try {
-    for (int slot = 0; slot < pool_.threads(); ++slot) {
-      workspaces.all.push_back(std::make_unique<Workspace>(static_cast<std::size_t>(chunk_size_), model_.get()));
-      workspaces.free.push_back(workspaces.all.back().get());
-      if (model_) model_->run(*workspaces.all.back()->network, workspaces.all.back()->network->capacity());
+  // Workers that started under an address-space limit (ulimit -v) take its room for their stacks:
+  // threads 16 under the process's size + 100,000 kB started 6 and then failed with "out of memory
+  // making the closure's 6 workspaces", where + 60,000 kB (one thread started) worked. As with the
+  // workers that cannot start (chunk_pool.hpp), the closure keeps the threads it has workspaces for,
+  // and fails only when not even the caller's thread has one (outside probe, C round forty-four).
+  const int threads = pool_.threads();
+  for (int slot = 0; slot < threads; ++slot) {
+    try {
+      if (slot == 0) {
+        workspaces.all.reserve(static_cast<std::size_t>(threads));
+        workspaces.free.reserve(static_cast<std::size_t>(threads));
+      }
+      auto workspace = std::make_unique<Workspace>(static_cast<std::size_t>(chunk_size_), model_.get());
+      if (model_) model_->run(*workspace->network, workspace->network->capacity());
+      workspaces.free.push_back(workspace.get());  // reserved: neither push allocates
+      workspaces.all.push_back(std::move(workspace));
+    } catch (const std::bad_alloc&) {
+      if (slot == 0) {
+        std::string cause;
+        try {
+          cause = " (" + memory_shortage_cause() + ")";
+        } catch (...) {
+        }
+        throw Error(DODO_ERROR_OUT_OF_MEMORY, "out of memory making the closure's " + std::to_string(threads) +
+                                                  " workspaces of " + std::to_string(chunk_size_) + " cells" + cause +
+                                                  ": lower chunk_size or threads");
+      }
+      pool_.keep_threads(slot);
+      break;
+    } catch (const Error& error) {
+      if (slot == 0 || error.status() != DODO_ERROR_OUT_OF_MEMORY) throw;
+      pool_.keep_threads(slot);
+      break;
     }
-  } catch (const std::bad_alloc&) {
-    throw Error(DODO_ERROR_OUT_OF_MEMORY, "out of memory making the closure's " + std::to_string(pool_.threads()) +
-                                              " workspaces of " + std::to_string(chunk_size_) +
-                                              " cells: lower chunk_size or threads");
   }
   // A package without test vectors gets here only with the development opt-out.
   if (options.run_self_test && model_ && description_.test_vectors.cells > 0) {
