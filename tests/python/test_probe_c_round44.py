@@ -63,6 +63,32 @@ def test_a_binary_file_that_is_no_package_is_still_called_damaged(tmp_path):
     assert "text file" not in message, message
 
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("name, head, words", [
+    ("data.h5", HDF5_SIGNATURE + b"\0" * 100, "an HDF5 file (a data file?), not an ONNX model package"),
+    ("user_block.h5", b"\0" * 512 + HDF5_SIGNATURE + b"\0" * 100, "an HDF5 file (a data file?), not an ONNX"),
+    ("best.pt", b"PK\x03\x04" + b"\0" * 100, "a zip archive (a PyTorch checkpoint, dodo train's best.pt?), not an"),
+    ("model.onnx.gz", b"\x1f\x8b\x08\0" + b"\0" * 100, "compressed with gzip, not an ONNX model package: unpack"),
+    ("model.onnx.xz", b"\xfd7zXZ\0" + b"\0" * 100, "compressed with xz, not an ONNX model package"),
+    ("model.onnx.zst", b"\x28\xb5\x2f\xfd" + b"\0" * 100, "compressed with zstd, not an ONNX model package"),
+    ("model.onnx.bz2", b"BZh91AY&SY" + b"\0" * 100, "compressed with bzip2, not an ONNX model package"),
+    ("model.tar", b"\x08" + b"\0" * 256 + b"ustar\x0000" + b"\0" * 300, "a tar archive, not an ONNX model package"),
+])
+def test_a_data_file_archive_or_compressed_file_given_as_the_model_is_named(tmp_path, name, head, words):
+    """A C, C++ or Fortran host given an Emu database, dodo train's best.pt or a compressed package as the
+    model was told `not an ONNX model (truncated or damaged file?): field number 0 at byte 10` (HDF5),
+    `... wire type 7 (not used by ONNX) at byte 0` (gzip), where Python names each; now libdodo names
+    them too, in the words Python uses."""
+    program = compile_host(tmp_path, "create", CREATE)
+    path = tmp_path / name
+    path.write_bytes(head)
+    status, _, message = "\n".join(run_host(program, str(path), timeout=120)).partition("|")
+    assert status == "DODO_ERROR_MODEL_FORMAT" and words in message, (status, message)
+    assert "truncated or damaged" not in message, message
+
+
 # --- which limit an out-of-memory message names -----------------------------------------------------
 
 # memory_shortage_cause (cpp/src/runtime/memory_limit.cpp) under an RLIMIT_AS of the process's mapped

@@ -347,6 +347,36 @@ bool looks_like_text(std::string_view bytes) {
   return true;
 }
 
+// What a file of another known kind is, for bytes the reader refused: a data file (HDF5, its
+// signature at byte 0 or after a user block of 512, 1024, 2048, ... bytes), a zip archive (a PyTorch
+// checkpoint, dodo train's best.pt), a compressed file or a tar archive (whole magic numbers, as
+// python/dodo/_output_guard.py reads them); "" for none. A C, C++ or Fortran host was told
+// "not an ONNX model (truncated or damaged file?)" of each, where Python named them (outside probe,
+// C round forty-four).
+std::string other_file_kind(std::string_view bytes) {
+  auto at = [&](std::size_t offset, std::string_view magic) {
+    return offset <= bytes.size() && bytes.substr(offset, magic.size()) == magic;
+  };
+  auto compressed = [](const std::string& format, const std::string& command) {
+    return "compressed with " + format + ", not an ONNX model package: unpack it first (" + command +
+           ") and give the .onnx file it holds";
+  };
+  constexpr std::string_view hdf5("\x89HDF\r\n\x1a\n", 8);
+  for (std::size_t offset = 0; offset + hdf5.size() <= bytes.size(); offset = offset == 0 ? 512 : offset * 2)
+    if (at(offset, hdf5)) return "an HDF5 file (a data file?), not an ONNX model package (dodo export writes one)";
+  if (at(0, std::string_view("PK\x03\x04", 4)))
+    return "a zip archive (a PyTorch checkpoint, dodo train's best.pt?), not an ONNX model package: export it "
+           "first (dodo export best.pt -o model.onnx) and give model.onnx";
+  if (at(0, "\x1f\x8b")) return compressed("gzip", "gunzip");
+  if (at(0, std::string_view("\xfd" "7zXZ\0", 6))) return compressed("xz", "unxz");
+  if (at(0, "\x28\xb5\x2f\xfd")) return compressed("zstd", "unzstd");
+  if (at(0, "BZh") && bytes.size() >= 10 && bytes[3] >= '1' && bytes[3] <= '9' && at(4, "1AY&SY"))
+    return compressed("bzip2", "bunzip2");
+  if (at(257, "ustar"))
+    return "a tar archive, not an ONNX model package: unpack it first (tar -xf) and give the .onnx file it holds";
+  return "";
+}
+
 // The first 40 bytes of a text, cut between characters, quoted.
 std::string text_start(std::string_view bytes) {
   std::size_t cut = std::min<std::size_t>(bytes.size(), 40);
@@ -367,7 +397,10 @@ PackageContents read_package(std::string_view bytes) {
     // path list) was "not an ONNX model (truncated or damaged file?): wire type 3 (not used by ONNX)
     // at byte 0", sending the user to fetch the file again (outside probe, C round forty-four). Asked
     // only of a file the reader refused, so that no package is ever second-guessed.
-    if (error.status() != DODO_ERROR_MODEL_FORMAT || !looks_like_text(bytes)) throw;
+    if (error.status() != DODO_ERROR_MODEL_FORMAT) throw;
+    const std::string kind = other_file_kind(bytes);
+    if (!kind.empty()) throw Error(DODO_ERROR_MODEL_FORMAT, kind);
+    if (!looks_like_text(bytes)) throw;
     throw Error(DODO_ERROR_MODEL_FORMAT,
                 "a text file, not an ONNX model package (it begins " + text_start(bytes) +
                     "): a package is the binary .onnx file dodo export writes");
