@@ -379,11 +379,16 @@ def _files_label(paths, joiner: str = " + ") -> str:
     return joiner.join(names[:_NAMED_FILES - 1]) + f"{joiner}{len(names) - _NAMED_FILES + 1} more files ({len(names)} in all)"
 
 
+def _states(count: int) -> str:
+    """"1 state", "3 states" (a one-state report said "1 states"; round fifty-five's list)."""
+    return f"{count} state" + ("" if count == 1 else "s")
+
+
 def format_report(report: dict, model_label: str, data_label: str) -> str:
     """The human-readable table of `dodo score`."""
     m, b, d = report["model"], report["box3d"], report["difference"]
     n_scored = report.get("n_scored", report["n_states"])
-    lines = [f"dodo score: {model_label} on {data_label} ({report['n_states']} states; closure at rest; "
+    lines = [f"dodo score: {model_label} on {data_label} ({_states(report['n_states'])}; closure at rest; "
              "|dn|/N_tot per species, mu and tau averaged, mean over species)"]
     left_out = report.get("left_out", {})
     if left_out.get("count"):
@@ -410,7 +415,7 @@ def format_report(report: dict, model_label: str, data_label: str) -> str:
             lines.append("growth rate / measured growthRate(1|s): no usable measured rates (none of the scored "
                          "states has a finite rate > 0)")
         else:
-            lines.append(f"growth rate / measured growthRate(1|s) on {g['n_states']} states:")
+            lines.append(f"growth rate / measured growthRate(1|s) on {_states(g['n_states'])}:")
             for name in ("model", "box3d_proxy"):
                 row = g[name]
                 bad, over = row.get("non_finite", 0), row.get("ratio_overflow", 0)

@@ -199,7 +199,7 @@ def test_a_file_of_long_doubles_within_float64_is_scored(tmp_path, capsys):
     data = str(_emu(tmp_path / "wide.h5", _crossing_cells().astype(np.longdouble), dtype=np.longdouble))
     code, out, err = run(capsys, ["score", "box3d", data, "--bootstrap", "100"])
     assert code == 0 and "RuntimeWarning" not in err, err
-    assert "(1 states; closure at rest" in out  # the four cells are one state, scored once
+    assert "(1 state; closure at rest" in out  # the four cells are one state, scored once
 
 
 # --- dodo info ----------------------------------------------------------------------------------

@@ -195,3 +195,11 @@ def test_simulate_input_of_another_wrong_shape_keeps_its_words(tmp_path, capsys)
         read_states(str(path))
     assert str(caught.value) == (f"{path}: 'F4_initial(1|ccm)' has shape (5, 4, 2, 2); expected [nsims, 4 (x,y,z,t), "
                                  "2, 3] (three flavours)")
+
+
+def test_a_one_state_score_report_says_1_state():
+    """`dodo score box3d one.h5` printed "(1 states; closure at rest" and "on 1 states:" (round fifty-five's
+    list; lead)."""
+    from dodo.score import _states
+
+    assert (_states(1), _states(0), _states(2)) == ("1 state", "0 states", "2 states")
