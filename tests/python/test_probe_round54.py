@@ -28,7 +28,7 @@ def _console_script() -> str:
     return str(script)
 
 
-def _dodo(launcher, argv, cwd, pythonpath=(), address_space_kb=None, env=None):
+def _dodo(launcher, argv, cwd, pythonpath=(), address_space_kb=None, env=None, timeout=HANG_GUARD_S):
     """`dodo ARGV` (the console script or `python -m dodo`) in a child, optionally under `ulimit -v`."""
     def limit():
         import resource
@@ -40,7 +40,7 @@ def _dodo(launcher, argv, cwd, pythonpath=(), address_space_kb=None, env=None):
     environ = dict(os.environ, **(env or {}))
     environ["PYTHONPATH"] = os.pathsep.join([*map(str, pythonpath), *filter(None, [os.environ.get("PYTHONPATH")])])
     command = [_console_script()] if launcher == "console script" else [sys.executable, "-m", "dodo"]
-    return subprocess.run(command + list(argv), capture_output=True, text=True, cwd=cwd, timeout=HANG_GUARD_S,
+    return subprocess.run(command + list(argv), capture_output=True, text=True, cwd=cwd, timeout=timeout,
                           stdin=subprocess.DEVNULL, env=environ, preexec_fn=limit)
 
 
@@ -123,13 +123,24 @@ def test_a_real_tight_address_space_limit_is_never_called_an_interrupt(tmp_path,
     here. Where the limit falls in another library (OpenBLAS's own `Memory allocation still failed`,
     exit 1, from C), only the absence of both is asserted."""
     pytest.importorskip("h5py")
+    spun = []
     for limit in [*range(60000, 150001, 5000), 127500, 132500]:
-        done = _dodo(launcher, ["synth", "-o", "q.h5", "-n", "3"], tmp_path, address_space_kb=limit)
+        try:
+            done = _dodo(launcher, ["synth", "-o", "q.h5", "-n", "3"], tmp_path, address_space_kb=limit, timeout=60)
+        except subprocess.TimeoutExpired:
+            # Known, not fixed (docs/reliability_python.md section 90, the lead's note): at some limits
+            # (132500 kB in CI's fresh venv, not in the dev venv) numpy's import spins in glibc's
+            # malloc/brk and never returns; no Dodo code runs then. Recorded, not hidden: the test
+            # xfails naming the limits, and every other limit is still checked.
+            spun.append(limit)
+            continue
         assert done.returncode not in (0, 130) and "interrupted" not in done.stderr, (limit, done.stderr)
         assert not ("Traceback" in done.stderr and "MemoryError" in done.stderr), (limit, done.stderr)
         if "blas_thread_init" in done.stderr:  # OpenBLAS's threads: its SIGINT came at numpy's import
             assert done.stderr.strip().splitlines()[-1].startswith("dodo: " + OUT_OF_MEMORY), (limit, done.stderr)
         assert not (tmp_path / "q.h5").exists()
+    if spun:
+        pytest.xfail(f"numpy's import spun in malloc (a hang) under ulimit -v {spun} kB: known, not fixed")
 
 
 @pytest.mark.parametrize("library, argv", [
