@@ -1088,16 +1088,12 @@ __attribute__((target("arch=x86-64-v4"))) bool fused_eln_integrals(const PairedR
                                                                    double* positive, double* negative,
                                                                    double* crossing) {
   Doubles4 rows[kCrossingSums];
-  if (!crossing) {
-    fused_eln_pass<false>(rule, g, G, positive, negative, rows);
-    empty_noise_lobes(noise, positive, negative);
-    return true;
-  }
-  fused_eln_pass<true>(rule, g, G, positive, negative, rows);
+  if (crossing) fused_eln_pass<true>(rule, g, G, positive, negative, rows);
+  else fused_eln_pass<false>(rule, g, G, positive, negative, rows);
   empty_noise_lobes(noise, positive, negative);
   // A pair whose two lobes are empty gets crossing inputs 0 whatever its sums (crossing_tail's
   // gates): what crossing_shape's skipping of it gives.
-  crossing_tail(rows, positive, negative, crossing);
+  if (crossing) crossing_tail(rows, positive, negative, crossing);
   return true;
 }
 __attribute__((target("default")))
