@@ -10,6 +10,7 @@ import errno
 import functools
 import glob
 import importlib.util
+import io
 import os
 import re
 import shlex
@@ -156,10 +157,27 @@ def _path_text(model) -> str:
         path = os.fspath(model)
     except TypeError:  # os.fspath's own message names no argument
         raise TypeError("model must be a path (str or os.PathLike), a package's bytes, None (the default model) or "
-                        f'"{BOX3D_ONLY}"; got {type(model).__name__}') from None
+                        f'"{BOX3D_ONLY}"; got {type(model).__name__}{_file_object_hint(model)}') from None
     if isinstance(path, bytes):
         path = os.fsdecode(path)
     return os.path.join(os.curdir, path) if path == BOX3D_ONLY and not isinstance(model, str) else path
+
+
+def _file_object_hint(model) -> str:
+    """What to pass instead of a file object given as the model: `dodo.Closure(open("m.onnx", "rb"))` and an
+    `io.BytesIO` were refused by their type alone ("got BufferedReader"), with no word of what would do
+    (outside probe, Python round fifty-six). Still refused: reading a stream here would consume it."""
+    if not (hasattr(model, "read") or hasattr(model, "getbuffer")):
+        return ""
+    name = getattr(model, "name", None)
+    path = f"its path ({name!r})" if isinstance(name, str) else "the file's path"
+    if isinstance(model, io.TextIOBase):  # its text is no package: open the file in binary mode
+        if not isinstance(name, str):  # io.StringIO
+            return " (a text stream: a package is binary; pass the package file's path or its bytes)"
+        return f" (a text stream: a package is binary; pass {path}, or open the file with 'rb' and pass its .read())"
+    if hasattr(model, "getbuffer") or hasattr(model, "getvalue"):  # io.BytesIO
+        return " (an in-memory stream: pass its bytes, model.getvalue() or model.getbuffer())"
+    return f" (a file object: pass {path}, or its bytes, model.read())"
 
 
 # Leading bytes of files that users pass as a model by mistake: a torch checkpoint (a zip
@@ -891,9 +909,21 @@ def _package_bytes(model) -> bytes:
     if isinstance(model, bytes):
         return model
     try:
-        return memoryview(model).tobytes()
+        view = memoryview(model)
     except ValueError as error:  # a closed mmap: "mmap closed or invalid", naming no argument (round fifty-five)
         raise ValueError(f"model: cannot read the in-memory package ({type(model).__name__}): {error}") from None
+    with view:
+        # A buffer of wider items (array.array('d'), a memoryview of a float64 array) was read as its raw bytes,
+        # where a float64 ndarray is refused by its dtype (outside probe, Python round fifty-six).
+        if view.itemsize != 1 or view.format.lstrip("@=<>!") not in ("B", "b", "c"):
+            try:
+                items = np.dtype(view.format).name
+            except TypeError:
+                items = f"format {view.format!r}"
+            kind = type(model).__name__
+            raise TypeError(f"an in-memory model package must be bytes or a uint8 array, not {'an' if kind[0] in 'aeiou' else 'a'} "
+                            f"{kind} of {items} ({view.itemsize}-byte items)")
+        return view.tobytes()
 
 
 @functools.lru_cache(maxsize=4)
