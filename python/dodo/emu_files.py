@@ -257,7 +257,7 @@ def unfinished_run_note(handle, path) -> str:
         return ""
     if complete is None or not isinstance(complete, (bool, np.bool_)) or complete:
         return ""
-    count = (f"{int(done)} of its {int(requested)} states done so far" if isinstance(done, (int, np.integer))
+    count = (f"{int(done)} of its {_states(int(requested))} done so far" if isinstance(done, (int, np.integer))
              and isinstance(requested, (int, np.integer)) else "not all of its states done")
     return (f"{path} is the database of an unfinished `dodo simulate` run ({count}: the run was stopped, or is "
             "still running); only the states it holds are used. Rerun its command (the `command` attribute) to "
@@ -300,7 +300,10 @@ def _layout_problem(handle) -> str:
         return reversed_axes_problem(INITIAL, shape) or \
             f"'{INITIAL}' has shape {shape}; expected [nsims, 4 (x,y,z,t), 2, {N_FLAVOURS}]"
     if handle[FINAL].shape != shape:
-        return f"'{FINAL}' shape {handle[FINAL].shape} differs from '{INITIAL}' {shape}"
+        # F4_final(1|ccm) alone reversed (a column-major writer's) is named as `dodo score` names it; `dodo
+        # apply` said only that the shapes differ (outside probe, Python round fifty-six).
+        return reversed_axes_problem(FINAL, handle[FINAL].shape) or \
+            f"'{FINAL}' shape {handle[FINAL].shape} differs from '{INITIAL}' {shape}"
     return nf_problem(handle, shape)
 
 
@@ -362,19 +365,30 @@ def nf_problem(handle, shape: tuple) -> str:
     return ""
 
 
+def _states(count: int) -> str:
+    """"1 state", "3 states": "for 1 states" (outside probe, Python round fifty-six)."""
+    return f"{count} state" + ("" if count == 1 else "s")
+
+
 def growth_rate_note(shape, nsims: int) -> str:
     """Why a ``growthRate(1|s)`` dataset of ``shape`` does not hold one rate per state of a file of
     ``nsims`` states, or '' when it does: [nsims] or [nsims, 1] (a column vector). `dodo score` took
     any shape of nsims values (a [nsims/2, 2] too) and `dodo preprocess` only [nsims], storing NaN
     rates without a word for [nsims, 1] (outside probe, round 34, left open; round 35): both use this."""
     if shape is None:  # h5py.Empty
-        return f"{GROWTH} has a null dataspace (no values) for {nsims} states"
+        return f"{GROWTH} has a null dataspace (no values) for {_states(nsims)}"
     shape = tuple(shape)
     if shape in ((nsims,), (nsims, 1)):
         return ""
     size = int(np.prod(shape))
     if size != nsims:
-        return f"{GROWTH} has {size} value{'' if size == 1 else 's'} for {nsims} states"
+        return f"{GROWTH} has {size} value{'' if size == 1 else 's'} for {_states(nsims)}"
+    if shape == (1, nsims):
+        # A column-major writer's [nsims, 1] (Julia's HDF5.jl, Fortran, MATLAB): said, but the reversed axes
+        # were not named (outside probe, Python round fifty-six).
+        return (f"{GROWTH} has shape {shape} for {nsims} states: a column of one rate per state [{nsims}, 1] with "
+                "its axes in reverse order, as a column-major writer (Julia's HDF5.jl, Fortran, MATLAB) stores it; "
+                f"write the rates as a vector [{nsims}] (Julia: vec(rates)) or with the axes reversed")
     return f"{GROWTH} has shape {shape} for {nsims} states (one rate per state: [{nsims}] or [{nsims}, 1])"
 
 

@@ -32,6 +32,68 @@ def _rewrite(path, key, values):
         handle[key] = values
 
 
+def test_counts_of_one_state_in_the_emu_readers_are_singular(tmp_path, capsys):
+    """`growthRate(1|s) has 2 values for 1 states`, `(0 of its 1 states done so far`."""
+    import h5py
+
+    from dodo import emu_files
+
+    data = tmp_path / "s.h5"
+    _synth(capsys, data, n=1)
+    assert emu_files.growth_rate_note((2,), 1) == "growthRate(1|s) has 2 values for 1 state"
+    assert emu_files.growth_rate_note(None, 1) == "growthRate(1|s) has a null dataspace (no values) for 1 state"
+    assert emu_files.growth_rate_note((3,), 2) == "growthRate(1|s) has 3 values for 2 states"  # the plural kept
+    with h5py.File(data, "r+") as handle:
+        handle.attrs.update({"complete": False, "nstates_done": 0, "nstates_requested": 1})
+    with h5py.File(data, "r") as handle:
+        assert "(0 of its 1 state done so far:" in emu_files.unfinished_run_note(handle, data)
+
+
+# --- item 2: F4_final(1|ccm) alone reversed, in dodo apply --------------------------------------------
+
+
+def test_apply_of_a_file_whose_final_states_alone_are_reversed_names_the_reversed_axes(tmp_path, capsys):
+    """`dodo apply f.h5` said `'F4_final(1|ccm)' shape (3, 2, 4, 8) differs from 'F4_initial(1|ccm)' (8, 4, 2, 3)`,
+    where `dodo score` names the reversed axes."""
+    import h5py
+
+    data = tmp_path / "f.h5"
+    _synth(capsys, data, n=8)
+    with h5py.File(data, "r") as handle:
+        final = handle["F4_final(1|ccm)"][()]
+    _rewrite(data, "F4_final(1|ccm)", final.transpose())
+    code, out, err = run(capsys, ["apply", str(data), "--grid", "2x2x2", "-q"])
+    assert code == 2 and "Traceback" not in err, err
+    assert err.strip() == (f"dodo apply: error: {data}: 'F4_final(1|ccm)' has shape (3, 2, 4, 8): the Emu layout "
+                           f"[nsims, 4 (x,y,z,t), 2, 3] {REVERSED} an array of [nsims, 4, 2, 3]; write the array "
+                           "with its axes reversed (Julia: permutedims(F, (4, 3, 2, 1)); Fortran: dimension "
+                           "F(3, 2, 4, nsims))"), err
+    _rewrite(data, "F4_final(1|ccm)", final[:5])  # another shape keeps its words
+    code, out, err = run(capsys, ["apply", str(data), "--grid", "2x2x2", "-q"])
+    assert code == 2 and "'F4_final(1|ccm)' shape (5, 4, 2, 3) differs from 'F4_initial(1|ccm)' (8, 4, 2, 3)" in err
+
+
+# --- item 3: growthRate(1|s) of shape (1, n) ----------------------------------------------------------
+
+
+def test_a_growth_rate_of_shape_1_by_n_is_said_to_have_its_axes_reversed(tmp_path, capsys):
+    """`note: g.h5: growthRate(1|s) has shape (1, 4) for 4 states (one rate per state: [4] or [4, 1]); not used`:
+    said, but not that a column-major writer's [4, 1] is stored so."""
+    data = tmp_path / "g.h5"
+    _synth(capsys, data, n=4)
+    _rewrite(data, "growthRate(1|s)", np.full((1, 4), 1e9))
+    code, out, err = run(capsys, ["score", "box3d", str(data), "--bootstrap", "100"])
+    assert code == 0, err
+    assert (f"{data}: growthRate(1|s) has shape (1, 4) for 4 states: a column of one rate per state [4, 1] "
+            f"{REVERSED} it; write the rates as a vector [4] (Julia: vec(rates)) or with the axes reversed; not used "
+            "(no growth-rate comparison)") in out + err, out + err
+    from dodo.emu_files import growth_rate_note
+
+    assert growth_rate_note((2, 2), 4) == ("growthRate(1|s) has shape (2, 2) for 4 states (one rate per state: [4] "
+                                           "or [4, 1])")  # another shape keeps its words
+    assert growth_rate_note((1, 1), 1) == ""  # one state: [1, 1] is its column
+
+
 # --- item 4: a file object, or a buffer of wider items, as the model ----------------------------------
 
 
