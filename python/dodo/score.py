@@ -149,7 +149,7 @@ def read_emu_states(path: str) -> EmuStates:
             raise ValueError(f"{_shown(path)}: " + (reversed_axes_problem(key, emu.shape) or (
                 f"'{key}' has shape {emu.shape}; it must be [n, 4 (x,y,z,t), 2, 3] (three flavours)")))
     if len(emu_initial) != len(emu_final):
-        raise ValueError(f"{_shown(path)}: F4_initial(1|ccm) holds {len(emu_initial)} states and F4_final(1|ccm) "
+        raise ValueError(f"{_shown(path)}: F4_initial(1|ccm) holds {_states(len(emu_initial))} and F4_final(1|ccm) "
                          f"{len(emu_final)}; they must hold the same states")
     if len(emu_initial) == 0:
         raise ValueError(f"{_shown(path)}: no states")
@@ -419,8 +419,8 @@ def format_report(report: dict, model_label: str, data_label: str) -> str:
             for name in ("model", "box3d_proxy"):
                 row = g[name]
                 bad, over = row.get("non_finite", 0), row.get("ratio_overflow", 0)
-                why = ([f"a non-finite rate on {bad} of {g['n_states']} states"] if bad else []) + (
-                    [f"a ratio beyond float64's range on {over} of {g['n_states']} states (a finite rate over a "
+                why = ([f"a non-finite rate on {bad} of {_states(g['n_states'])}"] if bad else []) + (
+                    [f"a ratio beyond float64's range on {over} of {_states(g['n_states'])} (a finite rate over a "
                      f"measured rate as small as {row['smallest_measured_overflowing']:.3g} s^-1)"] if over else [])
                 if row["median_ratio"] is None:
                     lines.append(f"  {name:<12} no finite ratio" + (f" ({'; '.join(why)}: within 10% on none)"
@@ -553,7 +553,8 @@ def _run(args: argparse.Namespace) -> int:
                 broken_files.append((path, broken, len(part.F_init), largest))
         if len(broken_files) <= _WARNED_FILES:
             for path, broken, count, largest in broken_files:
-                print(f"dodo score: warning: {_shown(path)}: {broken} of {count} states have {why} (by up to "
+                print(f"dodo score: warning: {_shown(path)}: {broken} of {_states(count)} "
+                      f"{'has' if count == 1 else 'have'} {why} (by up to "
                       f"{largest:.2g} N_tot; tolerance {TRUTH_CONSERVATION_TOLERANCE:g}); scored as given",
                       file=sys.stderr)
         else:  # one line for many files (a line per file buried the table under hundreds: Python round fifty-one)

@@ -32,6 +32,39 @@ def _rewrite(path, key, values):
         handle[key] = values
 
 
+# --- item 1: a count of one is singular -------------------------------------------------------------
+
+
+def test_a_one_row_synth_and_preprocess_say_1_row(tmp_path, capsys):
+    """`dodo synth -o one.h5 -n 1` printed `synth: 1 rows -> one.h5`, `dodo preprocess` of it `preprocess: 1 rows ->`."""
+    out = _synth(capsys, tmp_path / "one.h5", n=1)
+    assert out.startswith(f"synth: 1 row -> {tmp_path / 'one.h5'} ("), out
+    from dodo.training.config import PreprocessConfig
+    from dodo.training.preprocess import preprocess
+
+    lines = []
+    config = PreprocessConfig.load("training/configs/pre_process.yaml",
+                                   {"inputs": [str(tmp_path / "one.h5")], "output": str(tmp_path / "pre.h5")})
+    assert preprocess(config, progress=False, log=lines.append)["rows_written"] == 1
+    assert any(line.startswith(f"preprocess: 1 row -> {tmp_path / 'pre.h5'} (") for line in lines), lines
+    assert _synth(capsys, tmp_path / "two.h5", n=2).startswith("synth: 2 rows -> ")  # the plural kept
+
+
+def test_score_of_one_initial_state_and_two_final_says_1_state(tmp_path, capsys):
+    """`dodo score`: `F4_initial(1|ccm) holds 1 states and F4_final(1|ccm) 2`."""
+    import h5py
+
+    from dodo.score import read_emu_states
+
+    data = tmp_path / "s.h5"
+    _synth(capsys, data, n=2)
+    with h5py.File(data, "r") as handle:
+        initial = handle["F4_initial(1|ccm)"][()]
+    _rewrite(data, "F4_initial(1|ccm)", initial[:1])
+    with pytest.raises(ValueError, match=r"F4_initial\(1\|ccm\) holds 1 state and F4_final\(1\|ccm\) 2; they must"):
+        read_emu_states(str(data))
+
+
 def test_counts_of_one_state_in_the_emu_readers_are_singular(tmp_path, capsys):
     """`growthRate(1|s) has 2 values for 1 states`, `(0 of its 1 states done so far`."""
     import h5py
