@@ -44,6 +44,16 @@ def hdf5_ran_out_of_memory(text: str) -> bool:
     return "memory allocation failed" in text or "cannot allocate memory" in text or "unable to allocate" in text
 
 
+def with_memory_advice(text: str) -> str:
+    """An error's one-line ``text``, followed by the advice for memory where it is HDF5's `memory allocation
+    failed` (h5py under an address-space limit: `dodo apply: error: Can't create property (memory allocation
+    failed)` said no more; outside probe, Python round fifty-six, section 91's list); unchanged otherwise, and
+    where it gives the advice already."""
+    if not hdf5_ran_out_of_memory(text) or "not enough memory" in text.lower():
+        return text
+    return f"{text}; not enough memory: {more_memory_advice()}"
+
+
 def out_of_memory_while_importing() -> str:
     """The error of a command whose imports ran out of memory (after `dodo X: error: `)."""
     return f"out of memory while importing the libraries it needs ({not_enough_memory_to_load()})"
@@ -64,11 +74,16 @@ def raised_inside_an_import(error: BaseException) -> bool:
 def import_ran_out_of_memory(error: BaseException) -> bool:
     """Whether an import failed for want of memory: the dynamic loader's `failed to map segment` or
     ENOMEM's `Cannot allocate memory` in its text, or a MemoryError, in ``error`` or in an error it came
-    from (numpy re-raises the loader's ImportError as its own, whose text is advice about the installation)."""
+    from (numpy re-raises the loader's ImportError as its own, whose text is advice about the installation).
+    Under an address-space limit, also a SystemError raised inside an import: `dodo train` under `ulimit -v
+    700000` ended with `SystemError: error return without exception set` out of an import, as a traceback
+    (an extension module's failed allocation that set no error; outside probe, Python round fifty-six)."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         if isinstance(error, MemoryError):
+            return True
+        if isinstance(error, SystemError) and address_space_limit_kb() is not None and raised_inside_an_import(error):
             return True
         text = " ".join(str(error).split()).lower()
         if isinstance(error, ImportError) and ("failed to map segment" in text or "cannot allocate memory" in text):

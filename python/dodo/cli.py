@@ -17,10 +17,12 @@ from . import _startup
 # The words for an import that ran out of memory, shared with the training commands' handler and the
 # start-up of the command (outside probe, Python round fifty-four).
 from ._memory import address_space_limit_kb as _address_space_limit_kb
+from ._memory import hdf5_ran_out_of_memory as _hdf5_ran_out_of_memory
 from ._memory import import_ran_out_of_memory as _import_ran_out_of_memory
 from ._memory import not_enough_memory_to_load as _not_enough_memory_to_load
 from ._memory import out_of_memory_while_importing as _out_of_memory_while_importing
 from ._memory import raised_inside_an_import as _raised_inside_an_import
+from ._memory import with_memory_advice as _with_memory_advice
 
 # Modules that add subcommands through register(subparsers), if they are present.
 _SUBCOMMAND_MODULES = ("dodo.training.cli", "dodo.qke.cli", "dodo.runtime_cli", "dodo.score",
@@ -597,6 +599,20 @@ def main(argv: list[str] | None = None) -> int:
         # libhdf5): a traceback, exit 1, in apply, synth, preprocess and every torch command (outside
         # probe, round 30). A module that is not installed at all is named by the commands themselves.
         print(f"{_name(command)}: error: {_import_failure(error)}", file=sys.stderr)
+        return 2
+    except SystemError as error:
+        # `dodo train` under `ulimit -v 700000` ended with `SystemError: error return without exception set`
+        # raised inside an import, as a traceback, exit 1 (outside probe, Python round fifty-six; section 91).
+        if not _import_ran_out_of_memory(error):
+            raise
+        print(f"{_name(command)}: error: {_out_of_memory_while_importing()}", file=sys.stderr)
+        return 2
+    except (OSError, RuntimeError, ValueError) as error:
+        # An error no command's handler took whose text is HDF5's "memory allocation failed" (h5py under an
+        # address-space limit): one line with the advice for memory, not a traceback (round fifty-six).
+        if not _hdf5_ran_out_of_memory(str(error)):
+            raise
+        print(f"{_name(command)}: error: {_with_memory_advice(' '.join(str(error).split()))}", file=sys.stderr)
         return 2
     finally:
         _restore_signal_handlers(previous_handlers)

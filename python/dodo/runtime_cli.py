@@ -107,7 +107,9 @@ def _apply_command(args: argparse.Namespace) -> int:
         print(f"dodo apply: error: {error.name} is not installed (needed to read the HDF5 input); "
               "pip install h5py", file=sys.stderr)
     except (ValueError, OSError, RuntimeError) as error:
-        print(f"dodo apply: error: {' '.join(str(error).split())}", file=sys.stderr)
+        from ._memory import with_memory_advice  # HDF5's "memory allocation failed" (round fifty-six)
+
+        print(f"dodo apply: error: {with_memory_advice(' '.join(str(error).split()))}", file=sys.stderr)
     return 2
 
 

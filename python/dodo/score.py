@@ -605,6 +605,8 @@ def _run(args: argparse.Namespace) -> int:
             hint = (f"; --json took {args.json!r}, a model, as the file for its report (PATH is optional, so "
                     "--json takes the word after it): for the report on standard output, put --json after the "
                     "other arguments or write --json -")
-        print(f"dodo score: error: {' '.join(str(error).split())}{hint}", file=sys.stderr)
+        from ._memory import with_memory_advice  # HDF5's "memory allocation failed" (round fifty-six)
+
+        print(f"dodo score: error: {with_memory_advice(' '.join(str(error).split()))}{hint}", file=sys.stderr)
         return 2
     return 0

@@ -177,3 +177,112 @@ def test_a_buffer_of_items_wider_than_a_byte_is_refused_as_a_float64_array_is():
     for package in (array.array("B", data), array.array("b", data), memoryview(data).cast("c")):  # bytes, each
         closure = dodo.Closure(package, threads=1)
         np.testing.assert_array_equal(closure.apply(np.tile(np.eye(6, 4) + 1.0, (2, 1, 1))).F_pred, expected)
+
+
+# --- item 6: HDF5's "memory allocation failed", a SystemError out of an import -------------------------
+
+HDF5_WORDS = "Can't create property (memory allocation failed)"
+ADVICE = "not enough memory: the address-space limit (ulimit -v) is 216000 kB; raise it, e.g. ulimit -v unlimited, and run again"
+
+
+def _no_memory(*args, **kwargs):
+    raise OSError(HDF5_WORDS)
+
+
+@pytest.mark.parametrize("command", ["apply", "score"])
+def test_hdf5_memory_allocation_failed_gets_the_memory_advice(tmp_path, capsys, monkeypatch, command):
+    """Section 91: under `ulimit -v 216000` `dodo apply` printed `dodo apply: error: Can't create property (memory
+    allocation failed)`, HDF5's words alone. The failure injected where h5py opens the file."""
+    from dodo import _memory, emu_files, score
+
+    data = tmp_path / "s.h5"
+    _synth(capsys, data, n=8)
+    monkeypatch.setattr(_memory, "address_space_limit_kb", lambda: 216000)
+    monkeypatch.setattr(emu_files, "open_hdf5", _no_memory)
+    monkeypatch.setattr(score, "open_hdf5", _no_memory)
+    argv = ["apply", str(data), "--grid", "2x2x2", "-q"] if command == "apply" else ["score", "box3d", str(data)]
+    code, out, err = run(capsys, argv)
+    assert code == 2 and "Traceback" not in err, err
+    said = HDF5_WORDS if command == "apply" else f"{data}: cannot read ({HDF5_WORDS})"
+    assert err.strip() == f"dodo {command}: error: {said}; {ADVICE}", err
+    assert err.count("not enough memory") == 1
+
+
+def test_with_memory_advice_keeps_other_errors_and_advice_given_already(monkeypatch):
+    from dodo import _memory
+
+    monkeypatch.setattr(_memory, "address_space_limit_kb", lambda: None)
+    assert _memory.with_memory_advice("x.h5: cannot read (truncated file)") == "x.h5: cannot read (truncated file)"
+    said = "cannot read 'F' (memory allocation failed for raw data chunk)): not enough memory to read it (...)"
+    assert _memory.with_memory_advice(said) == said
+    assert _memory.with_memory_advice(HDF5_WORDS) == (f"{HDF5_WORDS}; not enough memory: free memory (end other "
+                                                     "programs) or run it on a machine with more, and run again")
+
+
+def _command_raising(monkeypatch, make_error):
+    """dodo.cli.main with a parser whose one command raises ``make_error()``, as no command's own handler
+    catches it (the error reaches main)."""
+    import argparse
+
+    from dodo import cli
+
+    def build_parser():
+        parser = argparse.ArgumentParser(prog="dodo")
+        sub = parser.add_subparsers(dest="command")
+        sub.add_parser("train").set_defaults(func=lambda args: make_error())
+        return parser
+
+    monkeypatch.setattr(cli, "build_parser", build_parser)
+
+
+def _import_raising_system_error(tmp_path, monkeypatch):
+    (tmp_path / "dodo_r56_broken_extension.py").write_text(
+        "raise SystemError('error return without exception set')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "dodo_r56_broken_extension", raising=False)
+    import dodo_r56_broken_extension  # noqa: F401
+
+
+def test_a_system_error_inside_an_import_under_an_address_space_limit_is_lack_of_memory(tmp_path, monkeypatch,
+                                                                                         capsys):
+    """Section 91: `dodo train` under `ulimit -v 700000` ended with `SystemError: error return without exception set`
+    raised inside an import, a traceback, exit 1. Injected: a module whose import raises it."""
+    from dodo import _memory
+
+    try:
+        _import_raising_system_error(tmp_path, monkeypatch)
+    except SystemError as error:
+        raised = error
+    monkeypatch.setattr(_memory, "address_space_limit_kb", lambda: 700000)
+    assert _memory.import_ran_out_of_memory(raised)
+    assert not _memory.import_ran_out_of_memory(SystemError("error return without exception set"))  # not an import
+    _command_raising(monkeypatch, lambda: _import_raising_system_error(tmp_path, monkeypatch))
+    code, out, err = run(capsys, ["train"])
+    assert code == 2 and "Traceback" not in err, err
+    assert err.strip() == ("dodo train: error: out of memory while importing the libraries it needs (not enough memory "
+                           "to load the library: the address-space limit (ulimit -v) is 700000 kB; raise it, e.g. "
+                           "ulimit -v unlimited, and run again)")
+    monkeypatch.setattr(_memory, "address_space_limit_kb", lambda: None)  # no limit: a SystemError is a bug, raised
+    assert not _memory.import_ran_out_of_memory(raised)
+    with pytest.raises(SystemError):
+        run(capsys, ["train"])
+
+
+def test_an_hdf5_memory_error_no_handler_took_is_one_line_with_the_advice(monkeypatch, capsys):
+    from dodo import _memory
+
+    monkeypatch.setattr(_memory, "address_space_limit_kb", lambda: 216000)
+
+    def fail():
+        raise RuntimeError(f"Unable to open file ({HDF5_WORDS})")
+
+    _command_raising(monkeypatch, fail)
+    code, out, err = run(capsys, ["train"])
+    assert code == 2 and err.strip() == f"dodo train: error: Unable to open file ({HDF5_WORDS}); {ADVICE}", err
+
+    def other():
+        raise RuntimeError("Unable to open file (truncated file)")
+
+    _command_raising(monkeypatch, other)
+    with pytest.raises(RuntimeError, match="truncated file"):  # any other error as before
+        run(capsys, ["train"])

@@ -121,8 +121,11 @@ def _friendly(name: str):
                       "pip install 'dodo[train]'", file=sys.stderr)
                 return 2
             except (ValueError, FileNotFoundError, RuntimeError, OSError, ArithmeticError) as exc:
-                # One line, whatever the message holds (torch's load_state_dict report is several).
-                print(f"dodo {name}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+                # One line, whatever the message holds (torch's load_state_dict report is several); HDF5's
+                # "memory allocation failed" with the advice for memory (outside probe, Python round fifty-six).
+                from .._memory import with_memory_advice
+
+                print(f"dodo {name}: error: {with_memory_advice(' '.join(str(exc).split()))}", file=sys.stderr)
                 return 2
             except MemoryError as exc:  # a config asking for more than the machine has (model.n_blocks: 10^8)
                 from .._memory import raised_inside_an_import
