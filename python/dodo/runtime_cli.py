@@ -227,9 +227,11 @@ def _apply(args: argparse.Namespace) -> int:
     # violation of 1.5 N_tot for the closure's own clamping (outside probe, round 27). `dodo score`
     # has left them out since round six; so does apply, counting them.
     rejected = scored & ((status.astype(np.int64) & REJECTED_MASK) != 0)
+    # The flags are dodo.CellStatus's: both lines below said "dodo.status", which is no name of the package
+    # (outside probe, docs round three).
     if not (scored & ~rejected).any():  # before -o is written, as above
         raise ValueError(f"no cell of {args.data} can be scored: the closure rejects every cell's input as "
-                         "unphysical (e.g. n < 0 or |F| > n, or a flux factor past its limit: see dodo.status)")
+                         "unphysical (e.g. n < 0 or |F| > n, or a flux factor past its limit: see dodo.CellStatus)")
     unusable = int(np.count_nonzero(~scored))
     scored &= ~rejected
     # Box3D at the closure's own settings, its flux-factor limit included (a model exported at
@@ -249,7 +251,7 @@ def _apply(args: argparse.Namespace) -> int:
         reasons = ([f"{unusable} with a non-finite input or truth, or a comoving density N_tot <= 0, left out; such "
                     "inputs are flagged NONFINITE, NEGATIVE_DENSITY or ZERO_DENSITY below"] if unusable else []) + \
                   ([f"{int(rejected.sum())} whose input the closure rejects as unphysical (|F| > n, a flux factor "
-                    "past its limit), left out; their flags are below (dodo.status)"] if rejected.any() else [])
+                    "past its limit), left out; their flags are below (dodo.CellStatus)"] if rejected.any() else [])
         print(f"cells scored: {int(scored.sum())} of {count} ({'; '.join(reasons)})")
     print("errors against the asymptotic states, fluid rest frame, mean over cells, units of N_tot")
     print(f"{'species':<11}{'|dn| box3d':>12}{'|dn| closure':>14}{'|dF| box3d':>12}{'|dF| closure':>14}")

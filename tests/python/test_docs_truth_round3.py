@@ -225,3 +225,59 @@ def test_the_reference_checker_sees_this_documents_references(doc):
     nothing would pass any doc)."""
     text = _squeezed(_read(ROOT / doc))
     assert _SECTION_REFERENCE.search(text), doc
+
+
+def _names_resolve(text: str) -> list[str]:
+    """The `dodo.X.Y` names in ``text`` that are no module or attribute of the installed package."""
+    import importlib
+
+    missing = []
+    for name in sorted(set(re.findall(r"\bdodo(?:\.[A-Za-z_]\w*)+", text))):
+        parts = name.split(".")
+        for split in range(len(parts), 0, -1):  # the longest importable module, then attributes
+            try:
+                target = importlib.import_module(".".join(parts[:split]))
+            except ImportError:
+                continue
+            for attribute in parts[split:]:
+                target = getattr(target, attribute, None)
+                if target is None:
+                    missing.append(name)
+                    break
+            break
+    return missing
+
+
+def _emu_states(count: int):
+    """``count`` Emu-layout states [n, (x, y, z, t), (nu, nubar), flavour]: nu_e along +z, nubar_e along
+    -z, heavy flavours isotropic (an ELN crossing)."""
+    import numpy as np
+
+    states = np.zeros((count, 4, 2, 3))
+    states[:, 3, :, :] = 1.0e32  # densities
+    states[:, 3, :, 0] = 1.0e33
+    states[:, 2, 0, 0], states[:, 2, 1, 0] = 0.5e33, -0.5e33
+    return states
+
+
+def test_apply_names_the_cell_flags_by_a_name_the_package_has(capsys, tmp_path):
+    """`dodo apply` sent the reader of its rejected cells to "dodo.status", which is no module or
+    attribute of dodo (the flags are `dodo.CellStatus`, README's "Per-cell status"): both the report
+    line of a file with some rejected cells and the refusal of one with only rejected cells (outside
+    probe, docs round three)."""
+    from cli_helpers import emu_file, refused, run
+
+    initial = _emu_states(8)
+    initial[:3, :3] *= 5.0  # three states' fluxes past their densities: rejected (FLUX_FACTOR)
+    some = emu_file(tmp_path / "some.h5", initial)
+    code, out, err = run(capsys, ["apply", str(some), "--grid", "2x2x2", "--model", "box3d", "--threads", "1", "-q"])
+    assert code == 0, err
+    line = next(line for line in out.splitlines() if line.startswith("cells scored: 5 of 8"))
+    assert "dodo.CellStatus" in line and not _names_resolve(line), line
+
+    initial[:, :3] *= 5.0
+    every = emu_file(tmp_path / "every.h5", initial)
+    line = refused(capsys, ["apply", str(every), "--grid", "2x2x2", "--model", "box3d", "--threads", "1", "-q"],
+                   "rejects every cell")
+    assert "dodo.CellStatus" in line and not _names_resolve(line), line
+    assert hasattr(dodo, "CellStatus")
