@@ -243,7 +243,8 @@ def _apply(args: argparse.Namespace) -> int:
 
     print(f"closure on a {args.grid} grid ({_cells(count)} from {shown_name(args.data)}), fluid speeds up to "
           f"{args.max_speed}")
-    print(f"model: {shown_name(runtime.model_path) if runtime.model_path else 'none (Box3D only)'}; head {runtime.head}; "
+    # Box3D alone has no head: "head None" was Python's None printed (outside probe, docs round three).
+    print(f"model: {shown_name(runtime.model_path) if runtime.model_path else 'none (Box3D only)'}; head {runtime.head or '-'}; "
           f"{runtime.threads} thread(s); ONNX Runtime {runtime.onnxruntime[1] or '-'}")
     if unfinished:
         print(f"note: {unfinished}")

@@ -281,3 +281,15 @@ def test_apply_names_the_cell_flags_by_a_name_the_package_has(capsys, tmp_path):
                    "rejects every cell")
     assert "dodo.CellStatus" in line and not _names_resolve(line), line
     assert hasattr(dodo, "CellStatus")
+
+
+def test_apply_of_box3d_alone_prints_no_python_none(capsys, tmp_path):
+    """`dodo apply --model box3d` printed "model: none (Box3D only); head None; ...": the Python value of
+    a head the handle does not have. Now "head -", as "ONNX Runtime -" beside it."""
+    from cli_helpers import emu_file, run
+
+    path = emu_file(tmp_path / "states.h5", _emu_states(8))
+    code, out, err = run(capsys, ["apply", str(path), "--grid", "2x2x2", "--model", "box3d", "--threads", "1", "-q"])
+    assert code == 0, err
+    line = next(line for line in out.splitlines() if line.startswith("model: "))
+    assert line.startswith("model: none (Box3D only); head -;") and "None" not in line, line
