@@ -47,9 +47,9 @@ def _line(text: str, position: int) -> int:
 
 def test_fortran_text_functions_are_counted_and_named():
     """docs/runtime.md said "The three functions that return text to you, `dodo_get_metadata`,
-    `dodo_version_string`, `dodo_build_id_string` and `dodo_default_model_path`" and "the three text
-    functions then return an empty string" under -fno-automatic: the module has four such functions (gfortran 12
-    gives all four "" under that flag; outside probe, docs round three)."""
+    `dodo_version_string`, `dodo_build_id_string` and `dodo_default_model_path`", and that under
+    -fno-automatic "the three text functions" return an empty string: the module has four such
+    functions (gfortran 12 gives all four a length of 0 under that flag; outside probe, docs round three)."""
     module = _read(HEADERS / "dodo.f90")
     deferred = set()
     for name, result in re.findall(r"^\s*(?:recursive\s+)?function\s+(\w+)\s*\([^)]*\)\s*result\s*\((\w+)\)", module,
