@@ -226,11 +226,20 @@ def score(closure, states: EmuStates, resamples: int = 10000, seed: int = 0,
     except (TypeError, ValueError) as error:  # numpy's words name no argument
         raise ValueError(f"seed must be a non-negative integer (numpy.random.default_rng); got {seed!r} ({error})") \
             from None
+    # A closure given as its model's name ("box3d", a path) or None, and the states as a tuple, ended in
+    # AttributeErrors ("'str' object has no attribute 'apply'"); an F_init of shape () in "object of type
+    # 'numpy.float64' has no len()" (outside probe, Python round fifty-six).
+    if not callable(getattr(closure, "apply", None)) or not hasattr(closure, "box3d_settings"):
+        raise TypeError('closure must be a dodo.Closure (e.g. dodo.Closure("box3d") or dodo.Closure("model.onnx")); '
+                        f"got {type(closure).__name__}")
+    if not all(hasattr(states, name) for name in ("F_init", "F_final", "growth_rate")):
+        raise TypeError("states must be a dodo.score.EmuStates(F_init, F_final, growth_rate) (e.g. "
+                        f"dodo.score.read_emu_states(path)); got {type(states).__name__}")
     F_init = states.F_init
     # Checked first, from a program's call (outside probe, Python round fifty-five): 0 states said
     # "no state can be scored: " with no reason, and a growth rate of shape (n, 1) (as the file stores
     # it) ended in an IndexError from the ratios' masks.
-    n = len(F_init)
+    n = np.shape(F_init)[0] if np.ndim(F_init) else None
     if n == 0:
         raise ValueError("no state can be scored: states.F_init holds no states (shape "
                          f"{tuple(np.shape(F_init))}); give at least one")
@@ -243,6 +252,13 @@ def score(closure, states: EmuStates, resamples: int = 10000, seed: int = 0,
     if states.growth_rate is not None and np.shape(states.growth_rate) != (n,):
         raise ValueError(f"states.growth_rate has shape {tuple(np.shape(states.growth_rate))}; it must be ({n},), "
                          f"one measured rate per state of states.F_init (e.g. growth_rate.reshape(-1)), or None")
+    if np.asarray(states.F_final).dtype.kind not in "fiu":  # complex: scored on its real part, bool as 0/1 (round 56)
+        raise ValueError("states.F_final must hold real numbers (any float or integer dtype); got dtype "
+                         f"{np.asarray(states.F_final).dtype}")
+    if states.growth_rate is not None and np.asarray(states.growth_rate).dtype.kind not in "fiuO":
+        # complex rates lost their imaginary part with a ComplexWarning, text ("1.5e3") was parsed (round fifty-six)
+        raise ValueError("states.growth_rate must hold real numbers (s^-1); got dtype "
+                         f"{np.asarray(states.growth_rate).dtype}")
     ntot = total_density(F_init)  # inf for densities near 1e308: such a state is left out, with its reason
     result = closure.apply(F_init)
     settings = closure.box3d_settings

@@ -286,3 +286,44 @@ def test_an_hdf5_memory_error_no_handler_took_is_one_line_with_the_advice(monkey
     _command_raising(monkeypatch, other)
     with pytest.raises(RuntimeError, match="truncated file"):  # any other error as before
         run(capsys, ["train"])
+
+
+# --- further probe: dodo.score.score() from a program --------------------------------------------------
+
+
+def test_score_from_a_program_names_a_wrong_closure_states_or_dtype(tmp_path, capsys):
+    """`score("box3d", states)` (the model's name, as `dodo score` takes it) said `AttributeError: 'str' object has
+    no attribute 'apply'`, states as a tuple `'tuple' object has no attribute 'F_init'`, an F_init of shape () `object
+    of type 'numpy.float64' has no len()`; a complex F_final was scored on its real part and a bool one as 0/1, a
+    complex growth rate lost its imaginary part with a ComplexWarning, text rates were parsed."""
+    from dodo import score as score_module
+
+    data = tmp_path / "s.h5"
+    _synth(capsys, data, n=4)
+    states = score_module.read_emu_states(str(data))
+    closure = dodo.Closure("box3d")
+    for wrong, name in (("box3d", "str"), (None, "NoneType")):
+        with pytest.raises(TypeError) as caught:
+            score_module.score(wrong, states, resamples=10)
+        assert str(caught.value) == ('closure must be a dodo.Closure (e.g. dodo.Closure("box3d") or '
+                                     f'dodo.Closure("model.onnx")); got {name}')
+    with pytest.raises(TypeError, match=r"^states must be a dodo\.score\.EmuStates\(F_init, F_final, growth_rate\) "
+                                        r"\(e\.g\. dodo\.score\.read_emu_states\(path\)\); got tuple$"):
+        score_module.score(closure, (states.F_init, states.F_final, states.growth_rate), resamples=10)
+    E = score_module.EmuStates
+    with pytest.raises(ValueError, match=r"^states\.F_init has shape \(\); states\.F_init and states\.F_final must"):
+        score_module.score(closure, E(np.float64(1.0), states.F_final, None), resamples=10)
+    for dtype in (complex, bool, str):
+        with pytest.raises(ValueError, match=r"^states\.F_final must hold real numbers \(any float or integer dtype\); "
+                                             f"got dtype {np.dtype(dtype).name if dtype is not str else '<U'}"):
+            score_module.score(closure, E(states.F_init, states.F_final.astype(dtype), None), resamples=10)
+    for rates in (states.growth_rate.astype(complex), states.growth_rate.astype(str)):
+        with pytest.raises(ValueError, match=r"^states\.growth_rate must hold real numbers \(s\^-1\); got dtype "):
+            score_module.score(closure, E(states.F_init, states.F_final, rates), resamples=10)
+    expected = score_module.score(closure, states, resamples=10)
+    as_ints = score_module.score(closure, E(states.F_init, states.F_final, states.growth_rate.astype(np.int64)),
+                                 resamples=10)  # integers stay numbers; a list holding None as before
+    assert as_ints["model"] == expected["model"] and as_ints["growth_rate"]["n_states"] == 4
+    with_none = [None] + states.growth_rate[1:].tolist()
+    assert score_module.score(closure, E(states.F_init, states.F_final, with_none), resamples=10)["growth_rate"][
+        "n_states"] == 3
