@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Growth-rate labels along each state's refined fastest axis (issue 10; docs/dataset.md, "Growth
-# labels"). The solver states of data/qke were run along the best of 24 coarse axes, which on
+# Growth-rate labels along each state's refined fastest axis (issue 10; docs/dataset.md, "The box
+# axis, and growth labels along the refined fastest axis"). The solver states of data/qke were run along the best of 24 coarse axes, which on
 # about one state in six grows a quarter or more slower than the fastest direction; their measured
 # rates are labels of that axis, not of the state. This writes, for each pool chunk
 # data/qke/NAME.h5 (held-out seeds 900-999 skipped), data/qke_growth/NAME.h5: the linear growth
