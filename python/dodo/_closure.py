@@ -170,7 +170,8 @@ def _file_object_hint(model) -> str:
     if not (hasattr(model, "read") or hasattr(model, "getbuffer")):
         return ""
     name = getattr(model, "name", None)
-    path = f"its path ({name!r})" if isinstance(name, str) else "the file's path"
+    # A zip or tar member's name is no path here, nor is a descriptor's number: named only where it is a file.
+    path = f"its path ({name!r})" if isinstance(name, str) and os.path.isfile(name) else "the file's path"
     if isinstance(model, io.TextIOBase):  # its text is no package: open the file in binary mode
         if not isinstance(name, str):  # io.StringIO
             return " (a text stream: a package is binary; pass the package file's path or its bytes)"

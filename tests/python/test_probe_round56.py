@@ -154,6 +154,14 @@ def test_a_file_object_as_the_model_is_refused_with_what_to_pass(tmp_path):
     with pytest.raises(TypeError) as caught:  # an object that is no stream keeps its words
         dodo.Closure(object())
     assert str(caught.value) == f"{head}object"
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "m.zip", "w") as archive:
+        archive.write(path, "inner/m.onnx")
+    with zipfile.ZipFile(tmp_path / "m.zip") as archive, archive.open("inner/m.onnx") as member, \
+            pytest.raises(TypeError) as caught:
+        dodo.Closure(member)  # a member's name is no path here: not offered as one
+    assert str(caught.value) == f"{head}ZipExtFile (a file object: pass the file's path, or its bytes, model.read())"
 
 
 def test_a_buffer_of_items_wider_than_a_byte_is_refused_as_a_float64_array_is():
