@@ -65,6 +65,17 @@ def test_score_of_one_initial_state_and_two_final_says_1_state(tmp_path, capsys)
         read_emu_states(str(data))
 
 
+def test_a_one_state_file_whose_truth_breaks_conservation_says_1_of_1_state_has(tmp_path, capsys):
+    """`dodo score`'s warning said `1 of 1 states have a truth (F4_final) that does not conserve ...`."""
+    from test_probe_scoring import synthetic_states, write_emu
+
+    emu_initial, emu_final = synthetic_states(40, 1)
+    emu_final[0, 3, 0, 0] *= 1.2  # its n(nu_e) made up: conservation broken
+    write_emu(tmp_path / "one.h5", emu_initial, emu_final)
+    code, out, err = run(capsys, ["score", "box3d", str(tmp_path / "one.h5"), "--bootstrap", "100"])
+    assert code == 0 and ": 1 of 1 state has a truth (F4_final) that does not conserve" in err, err
+
+
 def test_counts_of_one_state_in_the_emu_readers_are_singular(tmp_path, capsys):
     """`growthRate(1|s) has 2 values for 1 states`, `(0 of its 1 states done so far`."""
     import h5py
