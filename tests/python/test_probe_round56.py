@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import dodo
-from cli_helpers import run
+from cli_helpers import REPO, run
 
 REVERSED = ("with its axes in reverse order, as a column-major writer (Julia's HDF5.jl, Fortran, MATLAB) stores")
 
@@ -43,7 +43,7 @@ def test_a_one_row_synth_and_preprocess_say_1_row(tmp_path, capsys):
     from dodo.training.preprocess import preprocess
 
     lines = []
-    config = PreprocessConfig.load("training/configs/pre_process.yaml",
+    config = PreprocessConfig.load(str(REPO / "training" / "configs" / "pre_process.yaml"),
                                    {"inputs": [str(tmp_path / "one.h5")], "output": str(tmp_path / "pre.h5")})
     assert preprocess(config, progress=False, log=lines.append)["rows_written"] == 1
     assert any(line.startswith(f"preprocess: 1 row -> {tmp_path / 'pre.h5'} (") for line in lines), lines
