@@ -218,23 +218,60 @@ void copy_message(std::string_view text, char* buffer, size_t size) { copy_text(
 // "malloc(): unaligned tcache chunk detected", SIGABRT (outside probe of the C side, round
 // fifteen). A trivially destructible flag, readable for the thread's whole life, says when it is
 // gone; later texts go to a fixed buffer that is never destroyed (cut to its size).
-thread_local bool thread_error_destroyed = false;
+// The text is held by a trivially destructible thread_local pointer and freed by a pthread key's
+// destructor, as Box3D's scratch is: a thread_local object with a destructor is registered with
+// glibc at its first use, and glibc aborts the process where that registration cannot allocate
+// ("Fatal glibc error: failed to register TLS destructor: out of memory", SIGABRT): a host
+// thread's first dodo_apply under an address-space limit (outside probe, C round forty-five). The
+// text is made only for a message (a call that succeeds needs none), and where it cannot be, the
+// message goes to the fixed buffer. Key destructors do not run for the main thread at exit(), so
+// its text stays valid for atexit handlers and static destructors.
+void free_thread_error(void* text);
+thread_local std::string* thread_error = nullptr;
+thread_local bool thread_error_destroyed = false;  // freed by the key: later texts go to the buffer
+thread_local bool thread_error_in_buffer = true;   // the last text is thread_error_late's
 thread_local char thread_error_late[1024] = "";
-struct ThreadError {
-  std::string text;
-  ~ThreadError() { thread_error_destroyed = true; }
-};
-thread_local ThreadError thread_error;
+pthread_key_t thread_error_key;
+const int thread_error_key_status = pthread_key_create(&thread_error_key, &free_thread_error);
+
+void free_thread_error(void* text) {
+  delete static_cast<std::string*>(text);
+  thread_error = nullptr;
+  thread_error_destroyed = true;
+  thread_error_in_buffer = true;
+  thread_error_late[0] = '\0';
+}
+
+// The key is deleted with the library (an unload), so that no thread's end calls free_thread_error
+// in unmapped code.
+struct ThreadErrorKeyDeleter {
+  ~ThreadErrorKeyDeleter() {
+    if (thread_error_key_status == 0) pthread_key_delete(thread_error_key);
+  }
+} thread_error_key_deleter;
 
 void set_thread_error(const std::string& message) {
-  if (thread_error_destroyed)
-    copy_message(message, thread_error_late, sizeof thread_error_late);
-  else
-    thread_error.text = message;
+  if (!thread_error && !thread_error_destroyed && !message.empty() && thread_error_key_status == 0) {
+    std::string* text = new (std::nothrow) std::string;
+    if (text && pthread_setspecific(thread_error_key, text) == 0)
+      thread_error = text;
+    else
+      delete text;
+  }
+  if (thread_error) {
+    try {
+      *thread_error = message;
+      thread_error_in_buffer = false;
+      return;
+    } catch (const std::bad_alloc&) {
+    }
+  }
+  copy_message(message, thread_error_late, sizeof thread_error_late);
+  thread_error_in_buffer = true;
 }
 
 std::string_view thread_error_text() {
-  return thread_error_destroyed ? std::string_view(thread_error_late) : std::string_view(thread_error.text);
+  return thread_error_in_buffer ? std::string_view(thread_error_late) : std::string_view(*thread_error);
 }
 
 // POSIX cancellation of a host thread (pthread_cancel) is held off for the length of a call and

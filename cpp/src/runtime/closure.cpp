@@ -1,6 +1,7 @@
 #include "closure.hpp"
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstring>
 #include <cfloat>
 #include <cmath>
@@ -57,6 +58,7 @@ struct Closure::Workspace {
 struct Closure::WorkspacePool {
   const ProcessIdentity owner;  // not the process id alone: ids are reused (process_identity.hpp)
   std::mutex mutex;
+  std::condition_variable released;  // a workspace came back (acquire_workspace's wait)
   std::vector<std::unique_ptr<Workspace>> all;
   std::vector<Workspace*> free;
 };
@@ -491,13 +493,13 @@ Closure::Closure(const std::string& model_path, const ClosureOptions& options)
     throw Error(DODO_ERROR_INVALID_ARGUMENT, std::string("empty model path: give a model package, or \"") +
                                                  DODO_BOX3D_ONLY + "\" for Box3D without a learned correction");
   if (model_path == DODO_BOX3D_ONLY) {
-    initialise(nullptr, "", options);
+    initialise(nullptr, "", PackageOrigin::kFile, options);
     return;
   }
   // Read before ONNX Runtime is loaded, so that a missing file is reported as such.
   const std::string bytes = read_model_file(model_path);
   const std::string_view view(bytes);
-  initialise(&view, "model file " + quoted_path(model_path), options);
+  initialise(&view, "model file " + quoted_path(model_path), PackageOrigin::kFile, options);
 }
 
 Closure::Closure(ModelInMemory model, const ClosureOptions& options)
@@ -510,15 +512,16 @@ Closure::Closure(ModelInMemory model, const ClosureOptions& options)
   // is not copied: OnnxModel refuses it by its size without reading it.
   const std::string source = "model in memory (" + std::to_string(model.bytes.size()) + " bytes)";
   if (model.bytes.size() > DODO_MAX_MODEL_FILE_BYTES) {
-    initialise(&model.bytes, source, options);
+    initialise(&model.bytes, source, PackageOrigin::kMemory, options);
     return;
   }
   const std::string copy(model.bytes);
   const std::string_view view(copy);
-  initialise(&view, source, options);
+  initialise(&view, source, PackageOrigin::kMemory, options);
 }
 
-void Closure::initialise(const std::string_view* bytes, const std::string& source, const ClosureOptions& options) {
+void Closure::initialise(const std::string_view* bytes, const std::string& source, PackageOrigin origin,
+                         const ClosureOptions& options) {
   // The device is checked whether or not a model is given (probe round twenty-five: a closure
   // without a model took device "tpu" silently), with the wording the model path gives.
   const DeviceSelection device = parse_device(options.device);
@@ -539,7 +542,7 @@ void Closure::initialise(const std::string_view* bytes, const std::string& sourc
     if (evaluator != "auto" && evaluator != "onnxruntime")
       throw Error(DODO_ERROR_INVALID_ARGUMENT, "unknown network evaluator " + quoted_value(evaluator) +  // bounded (C round 26)
                                                    " (known: \"auto\", \"onnxruntime\"; option or DODO_NETWORK_EVALUATOR)");
-    model_ = std::make_unique<OnnxModel>(library, *bytes, source, device, evaluator == "auto");
+    model_ = std::make_unique<OnnxModel>(library, *bytes, source, origin, device, evaluator == "auto");
     library_threads.reset();
     metadata_ = model_->metadata();
     try {
@@ -606,12 +609,25 @@ Closure::~Closure() = default;
 
 Closure::Workspace* Closure::acquire_workspace() const {
   WorkspacePool& workspaces = workspaces_.for_this_process();
-  std::lock_guard<std::mutex> lock(workspaces.mutex);
+  std::unique_lock<std::mutex> lock(workspaces.mutex);
   if (workspaces.free.empty()) {
     // More concurrent callers than ever before (a host's threads sharing the handle): grow once.
-    workspaces.all.push_back(std::make_unique<Workspace>(static_cast<std::size_t>(chunk_size_), model_.get()));
-    workspaces.free.reserve(workspaces.all.size());
-    return workspaces.all.back().get();
+    // Where memory is short (an address-space limit: 4 host threads on a closure of threads 1 under
+    // the process's size + 4 MB), a caller waits for a workspace to come back instead: each one
+    // taken is given back when its chunk ends. The growth's failure was the caller's
+    // DODO_ERROR_OUT_OF_MEMORY, "out of memory" and the limit with no word of what needed it,
+    // though the closure had the workspaces to compute with (outside probe, C round forty-five).
+    // Room in `free` first, so that no workspace is made that could not be given back.
+    try {
+      workspaces.free.reserve(workspaces.all.size() + 1);
+      workspaces.all.push_back(std::make_unique<Workspace>(static_cast<std::size_t>(chunk_size_), model_.get()));
+      return workspaces.all.back().get();
+    } catch (const std::bad_alloc&) {
+      if (workspaces.all.empty()) throw;
+    } catch (const Error& error) {  // ONNX Runtime's out-of-memory making the network's tensors
+      if (workspaces.all.empty() || error.status() != DODO_ERROR_OUT_OF_MEMORY) throw;
+    }
+    workspaces.released.wait(lock, [&] { return !workspaces.free.empty(); });
   }
   Workspace* workspace = workspaces.free.back();
   workspaces.free.pop_back();
@@ -621,8 +637,11 @@ Closure::Workspace* Closure::acquire_workspace() const {
 void Closure::release_workspace(Workspace* workspace) const {
   // The pool the workspace came from: this thread took it from this process's pool.
   WorkspacePool& workspaces = *workspaces_.pool.load(std::memory_order_acquire);
-  std::lock_guard<std::mutex> lock(workspaces.mutex);
-  workspaces.free.push_back(workspace);  // capacity reserved when the workspace was made
+  {
+    std::lock_guard<std::mutex> lock(workspaces.mutex);
+    workspaces.free.push_back(workspace);  // capacity reserved when the workspace was made
+  }
+  workspaces.released.notify_one();
 }
 
 void Closure::run_chunk(void* context, std::size_t chunk, int /*slot*/) {

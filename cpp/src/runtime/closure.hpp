@@ -107,7 +107,8 @@ class Closure {
   struct Workspace;
   struct Batch;
   // Loads the model in `bytes` (named `source` in messages); null bytes: Box3D only.
-  void initialise(const std::string_view* bytes, const std::string& source, const ClosureOptions& options);
+  void initialise(const std::string_view* bytes, const std::string& source, PackageOrigin origin,
+                  const ClosureOptions& options);
   // apply(); flavour_images false: the network on each cell alone (the self-test's check of the
   // package's network as exported); counted false: the counters are left as they are (the self-test).
   void apply_batch(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, CellArray F_pred, std::uint32_t* status,

@@ -269,7 +269,7 @@ EvaluationBuffers::~EvaluationBuffers() {
 }
 
 OnnxModel::OnnxModel(const OrtLibrary& library, std::string_view bytes, const std::string& source,
-                     const DeviceSelection& device, bool allow_native)
+                     PackageOrigin origin, const DeviceSelection& device, bool allow_native)
     : api_(library.api) {
   if (bytes.empty()) throw Error(DODO_ERROR_MODEL_FORMAT, source + " is empty");
   // The same bound as for files (read_model_file), so a package in memory gets no more than one on disk.
@@ -279,7 +279,7 @@ OnnxModel::OnnxModel(const OrtLibrary& library, std::string_view bytes, const st
   // Our own reading of the bytes comes first: a damaged or altered package is refused by its
   // digest before ONNX Runtime parses it, and the metadata is read once, the same way for every caller.
   try {
-    PackageContents package = read_package(bytes);
+    PackageContents package = read_package(bytes, origin);
     verify_content_digest(package);
     refuse_graph_operators(package);
     metadata_ = std::move(package.metadata);

@@ -14,6 +14,7 @@
 
 #include "../conventions.hpp"
 #include "native_network.hpp"
+#include "onnx_package.hpp"
 #include "ort_library.hpp"
 
 namespace dodo::runtime {
@@ -79,12 +80,13 @@ class OnnxModel {
  public:
   // Reads the package's metadata_props from `bytes`, checks the content digest (onnx_package.hpp),
   // creates the session on `device` and checks the graph's inputs and outputs. `source` names the
-  // bytes in messages ("model file \"x.onnx\"", "model in memory (N bytes)"). The bytes are not
-  // kept: the caller may free them once this returns.
+  // bytes in messages ("model file \"x.onnx\"", "model in memory (N bytes)"), `origin` says which
+  // (the words of a refusal: a buffer is no file). The bytes are not kept: the caller may free them
+  // once this returns.
   // On the CPU, a package that describes its network for Dodo's own evaluator
   // ("dodo.native_network", native_network.hpp) is evaluated by it unless `allow_native` is false;
   // the description must reproduce the graph on probe rows, or the package is refused.
-  OnnxModel(const OrtLibrary& library, std::string_view bytes, const std::string& source,
+  OnnxModel(const OrtLibrary& library, std::string_view bytes, const std::string& source, PackageOrigin origin,
             const DeviceSelection& device, bool allow_native = true);
   ~OnnxModel();
   OnnxModel(const OnnxModel&) = delete;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <set>
 
 #include "errors.hpp"
@@ -334,17 +335,88 @@ void check_tensors_and_count_elements(std::string_view bytes, std::string_view m
                     "holds its weights densely");
 }
 
-// True for bytes whose first 4096 hold only text: printable ASCII, tab, line ends, form feed and bytes
-// of 0x80 and above (UTF-8). An ONNX package begins with a control byte (0x08, ir_version's tag), and
-// its graph's lengths and tensors hold more within the first kilobytes.
+// True for a character of text as looks_like_text reads it: printable, tab, line ends, form feed;
+// every code from 0x80 up.
+bool text_code(std::uint32_t code) {
+  return code >= 0x20 ? code != 0x7f : code == '\t' || code == '\n' || code == '\r' || code == '\f';
+}
+
+// The bytes without the zero bytes that end them: a C string passed with its terminator (strlen + 1),
+// or in the fixed-size array that held it, as the bytes of a model in memory (outside probe, C round
+// forty-five: "truncated or damaged file?" of 'model.onnx\0').
+std::string_view without_trailing_zeros(std::string_view bytes) {
+  const std::size_t last = bytes.find_last_not_of('\0');
+  return last == std::string_view::npos ? std::string_view() : bytes.substr(0, last + 1);
+}
+
+// True for bytes whose first 4096 (trailing zero bytes aside) hold only text: printable ASCII, tab,
+// line ends, form feed and bytes of 0x80 and above (UTF-8). An ONNX package begins with a control byte
+// (0x08, ir_version's tag), and its graph's lengths and tensors hold more within the first kilobytes.
 bool looks_like_text(std::string_view bytes) {
+  bytes = without_trailing_zeros(bytes);
   if (bytes.empty()) return false;
-  for (const char c : bytes.substr(0, 4096)) {
-    const auto byte = static_cast<unsigned char>(c);
-    if (byte < 0x20 && byte != '\t' && byte != '\n' && byte != '\r' && byte != '\f') return false;
-    if (byte == 0x7f) return false;
-  }
+  for (const char c : bytes.substr(0, 4096))
+    if (!text_code(static_cast<unsigned char>(c))) return false;
   return true;
+}
+
+void append_utf8(std::string& out, std::uint32_t code) {
+  if (code < 0x80) {
+    out += static_cast<char>(code);
+  } else if (code < 0x800) {
+    out += static_cast<char>(0xc0 | (code >> 6));
+    out += static_cast<char>(0x80 | (code & 0x3f));
+  } else if (code < 0x10000) {
+    out += static_cast<char>(0xe0 | (code >> 12));
+    out += static_cast<char>(0x80 | ((code >> 6) & 0x3f));
+    out += static_cast<char>(0x80 | (code & 0x3f));
+  } else {
+    out += static_cast<char>(0xf0 | (code >> 18));
+    out += static_cast<char>(0x80 | ((code >> 12) & 0x3f));
+    out += static_cast<char>(0x80 | ((code >> 6) & 0x3f));
+    out += static_cast<char>(0x80 | (code & 0x3f));
+  }
+}
+
+// The first 64 characters, as UTF-8, of bytes that are UTF-16 text: a byte-order mark (FF FE
+// little-endian, FE FF big-endian: Notepad's "Unicode", PowerShell 5's `>`) and text as
+// looks_like_text reads it in the first 4096 bytes, or without a mark, ASCII text with a zero byte
+// after (or before) each character; nullopt for any other bytes. A UTF-16 JSON file was still "not
+// an ONNX model (truncated or damaged file?): wire type 7" after round forty-four (outside probe,
+// C round forty-five).
+std::optional<std::string> utf16_text_start(std::string_view bytes) {
+  const auto byte = [&](std::size_t at) { return static_cast<std::uint32_t>(static_cast<unsigned char>(bytes[at])); };
+  if (bytes.size() < 4) return std::nullopt;
+  const bool marked = (byte(0) == 0xff && byte(1) == 0xfe) || (byte(0) == 0xfe && byte(1) == 0xff);
+  bool little_endian = byte(0) == 0xff;
+  if (!marked) {
+    if ((byte(0) == 0) == (byte(1) == 0)) return std::nullopt;
+    little_endian = byte(1) == 0;
+  }
+  const std::string_view units = bytes.substr(marked ? 2 : 0, 4096);
+  const auto unit = [&](std::size_t at) {
+    const auto first = static_cast<std::uint32_t>(static_cast<unsigned char>(units[at]));
+    const auto second = static_cast<std::uint32_t>(static_cast<unsigned char>(units[at + 1]));
+    return little_endian ? first | second << 8 : first << 8 | second;
+  };
+  std::string text;
+  std::size_t characters = 0;
+  for (std::size_t at = 0; at + 1 < units.size(); at += 2) {
+    std::uint32_t code = unit(at);
+    if (!marked && code >= 0x80) return std::nullopt;
+    if (code >= 0xdc00 && code < 0xe000) return std::nullopt;  // a low surrogate alone
+    if (code >= 0xd800 && code < 0xdc00) {                       // a surrogate pair
+      if (at + 3 >= units.size()) break;                         // cut by the 4096 bytes read
+      const std::uint32_t low = unit(at + 2);
+      if (low < 0xdc00 || low >= 0xe000) return std::nullopt;
+      code = 0x10000 + ((code - 0xd800) << 10) + (low - 0xdc00);
+      at += 2;
+    }
+    if (!text_code(code)) return std::nullopt;
+    if (characters++ < 64) append_utf8(text, code);
+  }
+  if (characters == 0) return std::nullopt;
+  return text;
 }
 
 // What a file of another known kind is, for bytes the reader refused: a data file (HDF5, its
@@ -353,13 +425,15 @@ bool looks_like_text(std::string_view bytes) {
 // python/dodo/_output_guard.py reads them); "" for none. A C, C++ or Fortran host was told
 // "not an ONNX model (truncated or damaged file?)" of each, where Python named them (outside probe,
 // C round forty-four).
-std::string other_file_kind(std::string_view bytes) {
+std::string other_file_kind(std::string_view bytes, PackageOrigin origin) {
   auto at = [&](std::size_t offset, std::string_view magic) {
     return offset <= bytes.size() && bytes.substr(offset, magic.size()) == magic;
   };
-  auto compressed = [](const std::string& format, const std::string& command) {
-    return "compressed with " + format + ", not an ONNX model package: unpack it first (" + command +
-           ") and give the .onnx file it holds";
+  const std::string holds = origin == PackageOrigin::kMemory ? "the bytes of the .onnx file it holds"
+                                                             : "the .onnx file it holds";
+  auto compressed = [&](const std::string& format, const std::string& command) {
+    return "compressed with " + format + ", not an ONNX model package: unpack it first (" + command + ") and give " +
+           holds;
   };
   constexpr std::string_view hdf5("\x89HDF\r\n\x1a\n", 8);
   for (std::size_t offset = 0; offset + hdf5.size() <= bytes.size(); offset = offset == 0 ? 512 : offset * 2)
@@ -373,7 +447,7 @@ std::string other_file_kind(std::string_view bytes) {
   if (at(0, "BZh") && bytes.size() >= 10 && bytes[3] >= '1' && bytes[3] <= '9' && at(4, "1AY&SY"))
     return compressed("bzip2", "bunzip2");
   if (at(257, "ustar"))
-    return "a tar archive, not an ONNX model package: unpack it first (tar -xf) and give the .onnx file it holds";
+    return "a tar archive, not an ONNX model package: unpack it first (tar -xf) and give " + holds;
   return "";
 }
 
@@ -389,7 +463,7 @@ PackageContents read_package_fields(std::string_view bytes);
 
 }  // namespace
 
-PackageContents read_package(std::string_view bytes) {
+PackageContents read_package(std::string_view bytes, PackageOrigin origin) {
   try {
     return read_package_fields(bytes);
   } catch (const Error& error) {
@@ -398,12 +472,37 @@ PackageContents read_package(std::string_view bytes) {
     // at byte 0", sending the user to fetch the file again (outside probe, C round forty-four). Asked
     // only of a file the reader refused, so that no package is ever second-guessed.
     if (error.status() != DODO_ERROR_MODEL_FORMAT) throw;
-    const std::string kind = other_file_kind(bytes);
+    const std::string kind = other_file_kind(bytes, origin);
     if (!kind.empty()) throw Error(DODO_ERROR_MODEL_FORMAT, kind);
-    if (!looks_like_text(bytes)) throw;
+    // UTF-16 first: its byte-order mark is no UTF-8, and a text of characters past U+00FF alone
+    // (CJK) has no byte that looks_like_text refuses.
+    std::string start;
+    std::string encoding;
+    if (const std::optional<std::string> text = utf16_text_start(bytes)) {
+      start = text_start(*text);
+      encoding = " (UTF-16)";
+    } else if (looks_like_text(bytes)) {
+      start = text_start(without_trailing_zeros(bytes));
+    } else {
+      throw;
+    }
+    if (origin == PackageOrigin::kFile)
+      throw Error(DODO_ERROR_MODEL_FORMAT, "a text file" + encoding + ", not an ONNX model package (it begins " +
+                                               start + "): a package is the binary .onnx file dodo export writes");
+    // A host's buffer is no file: "model in memory (10 bytes): a text file" read wrongly, and one line
+    // of text that ends in ".onnx" is a path passed as the bytes (outside probe, C round forty-five).
+    std::string_view text = without_trailing_zeros(bytes);
+    text = text.substr(0, text.find_last_not_of(" \t\r\n") + 1);
+    const std::string_view suffix(".onnx");
+    const bool a_path = encoding.empty() && text.size() > suffix.size() && text.size() <= 4096 &&
+                        text.find_first_of("\r\n") == std::string_view::npos &&
+                        text.substr(text.size() - suffix.size()) == suffix;
     throw Error(DODO_ERROR_MODEL_FORMAT,
-                "a text file, not an ONNX model package (it begins " + text_start(bytes) +
-                    "): a package is the binary .onnx file dodo export writes");
+                "text" + encoding + ", not an ONNX model package (it begins " + start +
+                    "): give the bytes of the binary .onnx file dodo export writes" +
+                    (a_path ? std::string(" (a path is given to dodo_closure_create, dodo::Closure(path) or "
+                                            "Fortran's dodo_create, not as the bytes)")
+                              : std::string()));
   }
 }
 

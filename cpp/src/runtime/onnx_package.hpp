@@ -29,10 +29,14 @@ struct PackageContents {
   std::string operator_refusal;
 };
 
+// Where the bytes given to read_package came from, for the words of its refusals: a host's buffer
+// is no file (outside probe, C round forty-five).
+enum class PackageOrigin { kFile, kMemory };
+
 // Walks the ModelProto's top-level fields. Throws Error(DODO_ERROR_MODEL_FORMAT) for bytes that
 // are not a well-formed protobuf message or carry no graph (or two), and
 // Error(DODO_ERROR_MODEL_METADATA) for a metadata key given twice.
-PackageContents read_package(std::string_view bytes);
+PackageContents read_package(std::string_view bytes, PackageOrigin origin = PackageOrigin::kFile);
 
 // Lower-case hex SHA-256 of `content`.
 std::string content_sha256(const PackageContents& package);
