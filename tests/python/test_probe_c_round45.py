@@ -321,3 +321,56 @@ def test_a_host_threads_first_call_with_no_memory_left_returns_a_status(tmp_path
     lines = run_host(program, "box3d" if model == "box3d" else default_model(), timeout=300)
     assert lines in (["first DODO_ERROR_INVALID_ARGUMENT|F_init is NULL"],
                      ["first DODO_ERROR_OUT_OF_MEMORY|out of memory"]), lines
+
+
+# A closure of threads 1 and chunk_size 65536 that applied 20,000 cells, then RLIMIT_AS at the mapped
+# size + 4 MB and fork(): the child applies 2,000 cells. "child STATUS|message".
+FORK_CHILD = r"""
+#define _POSIX_C_SOURCE 200809L
+#include <dodo/dodo.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+""" + CAP_ADDRESS_SPACE + CROSSING_CELLS + r"""
+int main(int argc, char** argv) {
+  if (argc < 2) return 2;
+  dodo_options options;
+  dodo_options_init(&options);
+  options.threads = 1;
+  options.chunk_size = 65536;
+  dodo_closure* closure = NULL;
+  char message[1024] = "";
+  if (dodo_closure_create(argv[1], &options, &closure, message, sizeof message) != DODO_OK) return 4;
+  double (*F)[6][4] = calloc(20000, sizeof *F), (*out)[6][4] = calloc(20000, sizeof *out);
+  fill_crossing_cells(F, 20000, 1e-4);
+  if (dodo_apply(closure, 20000, &F[0][0][0], NULL, NULL, NULL, &out[0][0][0], NULL, NULL) != DODO_OK) return 5;
+  rlim_t bytes;
+  if (cap_address_space(4 << 20, 1, &bytes) != 0) return 3;
+  fflush(stdout);
+  const pid_t child = fork();
+  if (child == 0) {
+    const dodo_status status = dodo_apply(closure, 2000, &F[0][0][0], NULL, NULL, NULL, &out[0][0][0], NULL, NULL);
+    dodo_last_error(closure, message, sizeof message);
+    printf("child %s|%s\n", dodo_status_name(status), message);
+    fflush(stdout);
+    _exit(0);
+  }
+  int wait_status = 0;
+  if (child < 0 || waitpid(child, &wait_status, 0) != child || !WIFEXITED(wait_status)) return 6;
+  return 0;
+}
+"""
+
+
+def test_a_fork_child_without_room_for_its_first_workspace_is_told_what_needed_memory(tmp_path):
+    """A child of fork() makes its own workspaces (its parent's are not usable there); where the first one
+    does not fit, the call said `DODO_ERROR_OUT_OF_MEMORY`, "out of memory (the address-space limit
+    RLIMIT_AS (ulimit -v) is N kB: raise it, ...)", naming nothing that needed the memory."""
+    program = compile_host(tmp_path, "fork_child", FORK_CHILD)
+    lines = run_host(program, default_model(), timeout=300)
+    assert len(lines) == 1 and lines[0].startswith(
+        "child DODO_ERROR_OUT_OF_MEMORY|out of memory making this process's first workspace of 65536 cells (a child "
+        "of fork() makes its own; its parent's are not usable there)"), lines
+    assert lines[0].endswith(": lower chunk_size"), lines

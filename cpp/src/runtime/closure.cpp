@@ -617,15 +617,31 @@ Closure::Workspace* Closure::acquire_workspace() const {
     // taken is given back when its chunk ends. The growth's failure was the caller's
     // DODO_ERROR_OUT_OF_MEMORY, "out of memory" and the limit with no word of what needed it,
     // though the closure had the workspaces to compute with (outside probe, C round forty-five).
-    // Room in `free` first, so that no workspace is made that could not be given back.
+    // None at all is a child of fork() before its first chunk: its failure is the call's, with what
+    // needed the memory (it was "out of memory" and the limit alone). Room in `free` first, so that
+    // no workspace is made that could not be given back.
+    const auto first_in_process = [&](const std::string& detail) {
+      std::string cause;  // ONNX Runtime's message (detail) names the limit itself
+      try {
+        if (detail.empty())
+          cause = " (" + memory_shortage_cause(static_cast<double>(
+                             workspace_bytes(static_cast<std::size_t>(chunk_size_), model_.get()))) + ")";
+      } catch (...) {
+      }
+      return Error(DODO_ERROR_OUT_OF_MEMORY, "out of memory making this process's first workspace of " +
+                                                 std::to_string(chunk_size_) + " cells (a child of fork() makes its "
+                                                 "own; its parent's are not usable there)" + detail + cause +
+                                                 ": lower chunk_size");
+    };
     try {
       workspaces.free.reserve(workspaces.all.size() + 1);
       workspaces.all.push_back(std::make_unique<Workspace>(static_cast<std::size_t>(chunk_size_), model_.get()));
       return workspaces.all.back().get();
     } catch (const std::bad_alloc&) {
-      if (workspaces.all.empty()) throw;
+      if (workspaces.all.empty()) throw first_in_process("");
     } catch (const Error& error) {  // ONNX Runtime's out-of-memory making the network's tensors
-      if (workspaces.all.empty() || error.status() != DODO_ERROR_OUT_OF_MEMORY) throw;
+      if (error.status() != DODO_ERROR_OUT_OF_MEMORY) throw;
+      if (workspaces.all.empty()) throw first_in_process(std::string(": ") + error.what());
     }
     workspaces.released.wait(lock, [&] { return !workspaces.free.empty(); });
   }
