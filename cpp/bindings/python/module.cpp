@@ -308,6 +308,8 @@ PYBIND11_MODULE(_core, m) {
     return py::make_tuple(points, weights);
   });
   m.def("available_lebedev_orders", &dodo::available_lebedev_orders);
+  m.def("box3d_instruction_set", [] { return std::string(dodo::box3d_instruction_set()); },
+        "The code path of Box3D's kernels on this CPU: x86-64-v4 (AVX-512), x86-64-v3 (AVX2) or baseline.");
   m.def(
       "_set_interrupt_slice_cells",
       [](std::size_t cells) {

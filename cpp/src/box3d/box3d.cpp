@@ -1125,8 +1125,7 @@ std::uint32_t angular_change(const PairedRule& rule, const double* F, const Bloc
     direction_y[a] = m.direction_y[i];
     direction_z[a] = m.direction_z[i];
   }
-  const std::size_t points = rule.size();
-  scratch.reserve(points);
+  const std::size_t points = rule.size();  // scratch: reserved for `points` by the caller (no allocation here)
   // Species with identical moments (mu = tau, the common case) share one distribution.
   const double* g[kSpecies];
   for (int a = 0; a < kSpecies; ++a) {
@@ -1586,7 +1585,14 @@ void Box3D::classify_block(std::size_t count, RestFrameCell* cells, const double
     // start-up costs more than the 192 bytes.
 #pragma GCC unroll 24
     for (int v = 0; v < kCellValues; ++v) cell.dF[v] = 0.0;
-    if (!scratch) scratch = &thread_scratch();
+    if (!scratch) {
+      // Sized here, outside the multiversioned kernels: GCC 12 cannot unwind an exception out of a
+      // target_clones function (std::terminate, whatever catch the callers have), so a failed
+      // allocation at a thread's first crossing cell aborted the host (outside probe, C round
+      // forty-five); here it is the std::bad_alloc that the callers turn into an error.
+      scratch = &thread_scratch();
+      scratch->reserve(paired_rule_.size());
+    }
     const double noise_fraction = boost ? lobe_noise(boost[c]) : kLobeNoise;
     cell.status = angular_change(paired_rule_, cell.F, moments, c, noise_fraction, cell.dF, &cell.growth_over_ntot,
                                  crossing_features ? cell.crossing : nullptr, *scratch);
@@ -1731,5 +1737,21 @@ void Box3D::apply(std::size_t n, ConstCellArray F_init, ConstVelocityArray u, Ce
   run_range(std::min(n, caller_begin), n);
   for (auto& worker : pool) worker.join();
 }
+
+namespace {
+// The same dispatch as DODO_MULTIVERSION's clones (GCC picks a hand-written target version by the
+// rules it uses for target_clones), so the name is the path the kernels took. Called from this
+// file only: a caller in another file, which sees a plain declaration, gets the default version.
+#if DODO_MULTIVERSION_ENABLED
+__attribute__((target("arch=x86-64-v4"))) const char* dispatched_instruction_set() { return "x86-64-v4"; }
+__attribute__((target("arch=x86-64-v3"))) const char* dispatched_instruction_set() { return "x86-64-v3"; }
+__attribute__((target("default")))
+#endif
+const char* dispatched_instruction_set() {
+  return "baseline";
+}
+}  // namespace
+
+const char* box3d_instruction_set() { return dispatched_instruction_set(); }
 
 }  // namespace dodo

@@ -146,4 +146,9 @@ class Box3D {
   PairedRule paired_rule_;  // rule_ laid out for the direction loops
 };
 
+// The instruction set whose code path Box3D's kernels (and the closure's, DODO_MULTIVERSION) run on
+// this CPU: "x86-64-v4" (AVX-512), "x86-64-v3" (AVX2 + FMA) or "baseline". Results agree across paths
+// to rounding (~1e-15 N_tot), not bit for bit: outputs stored to the last bit hold on one path.
+const char* box3d_instruction_set();
+
 }  // namespace dodo
