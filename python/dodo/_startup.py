@@ -68,14 +68,29 @@ def _interrupted_while_starting(signum, frame) -> None:
     os._exit(128 + signum)
 
 
+#: Stack of the trial thread: room for a library's thread (an 8 MiB stack and OpenBLAS's buffers) with
+#: some to spare. OpenBLAS may fail its own thread and free what it had taken before SIGINT, so a trial
+#: of Python's 8 MiB stack still started at `ulimit -v 132500` and said "interrupted" (found by the test
+#: suite run on a build without the per-CPU clones, whose memory layout differs; 2026-12-07).
+_TRIAL_STACK = 64 << 20
+
+
 def _threads_can_start() -> bool:
-    """Whether a thread can be started now (one is, and ends at once): under an address-space limit that
-    the libraries' threads (their stacks) do not fit, it cannot, and a Ctrl-C can be told from OpenBLAS's
-    SIGINT (Python hides the sender, the siginfo)."""
+    """Whether a thread with a 64 MiB stack can be started now (one is, and ends at once): under an
+    address-space limit that the libraries' threads do not fit with room to spare, it cannot, and a Ctrl-C
+    can be told from OpenBLAS's SIGINT (Python hides the sender, the siginfo). Without such a limit a
+    stack is only reserved address space, so a real Ctrl-C is still "interrupted"."""
+    try:
+        previous = _thread.stack_size(_TRIAL_STACK)
+    except (ValueError, RuntimeError):  # a platform without settable stacks: the default one
+        previous = None
     try:
         _thread.start_new_thread(int, ())
     except BaseException:  # RuntimeError: can't start new thread (a MemoryError too, as short as memory is)
         return False
+    finally:
+        if previous is not None:
+            _thread.stack_size(previous)
     return True
 
 
