@@ -13,9 +13,33 @@ import numpy as np
 import pytest
 
 import dodo
+import dodo._core
 from dodo.training.probe_vectors import add_probe_vectors, mutants
 
 ROOT = Path(__file__).resolve().parents[2]
+
+#: Box3D's code path on which the shipped package's probe outputs were computed (training/models/README.md,
+#: "The probes' outputs recomputed"). Other paths (AVX2, baseline x86-64) sum in another order, ~1e-15
+#: N_tot apart (README, "Accuracy"): there the probes hold to rounding, not to the last bit. Before,
+#: these tests failed on every CPU without AVX-512 (found by the suite run on a build without the
+#: per-CPU clones, 2026-12-07).
+PROBES_MADE_ON = "x86-64-v4"
+ROUNDING_OVER_NTOT = 1e-12
+
+
+def on_the_probes_path() -> bool:
+    return dodo._core.box3d_instruction_set() == PROBES_MADE_ON
+
+
+def assert_same_to_rounding(got, stored, F_init):
+    """Equal bits on the probes' code path; elsewhere within ROUNDING_OVER_NTOT of each cell's N_tot."""
+    got, stored = np.asarray(got, dtype=float), np.asarray(stored, dtype=float)
+    if on_the_probes_path():
+        assert np.array_equal(got, stored)
+        return
+    ntot = np.abs(np.asarray(F_init, dtype=float)[:, :, 0]).sum(axis=1)
+    scale = ntot.reshape((-1,) + (1,) * (got.ndim - 1))
+    assert np.all(np.abs(got - stored) <= ROUNDING_OVER_NTOT * scale), np.max(np.abs(got - stored) / scale)
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +72,8 @@ def test_probes_change_no_result_and_are_the_network_on_the_cell_itself(default_
     result = dodo.Closure(default_package, threads=1).apply(F, u)
     probes = slice(6, None)  # the exporter drew 6; the rest are probes (training/models/README.md)
     assert len(F) > 6
-    assert np.array_equal(result.F_pred[probes], np.array(vectors["F_pred"])[probes])
-    assert np.array_equal(result.uncertainty[probes], np.array(vectors["uncertainty"])[probes])
+    assert_same_to_rounding(result.F_pred[probes], np.array(vectors["F_pred"])[probes], F[probes])
+    assert_same_to_rounding(result.uncertainty[probes], np.array(vectors["uncertainty"])[probes], F[probes])
 
 
 def test_add_probe_vectors_refuses_edits_a_package_accepted_before(default_package):
@@ -103,7 +127,18 @@ def test_remaking_the_probes_with_this_runtime_gives_the_shipped_package_again(d
     from dodo.training.probe_vectors import without_vectors_after
 
     remade, report = add_probe_vectors(without_vectors_after(default_package, 6))
-    assert report["probes"] == 7 and remade == default_package
+    assert report["probes"] == 7
+    if on_the_probes_path():
+        assert remade == default_package
+    else:  # the same package but for the probes' last bits (and so its digests)
+        shipped, again = dodo.Closure(default_package, threads=1).metadata, dodo.Closure(remade, threads=1).metadata
+        digests = {"dodo.test_vectors", "dodo.content_sha256", "dodo.metadata_sha256"}
+        assert {k: v for k, v in shipped.items() if k not in digests} == \
+            {k: v for k, v in again.items() if k not in digests}
+        old, new = json.loads(shipped["dodo.test_vectors"]), json.loads(again["dodo.test_vectors"])
+        assert old["F_init"] == new["F_init"] and old["u"] == new["u"]
+        for key in ("F_pred", "growth_over_ntot", "uncertainty"):
+            assert_same_to_rounding(new[key], old[key], old["F_init"])
     for kept in (0, 10_000):
         with pytest.raises(ValueError, match=f"cannot keep {kept} test vectors: the package holds 13"):
             without_vectors_after(default_package, kept)
