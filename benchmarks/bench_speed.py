@@ -403,7 +403,8 @@ def main(argv=None) -> int:
         import dodo
 
         print(f"# dodo {dodo.__version__}, onnxruntime {onnxruntime.__version__}, "
-              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
+              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Box3D's code path "
+              f"{dodo._core.box3d_instruction_set()} (callgrind runs x86-64-v3 at most), load average "
               f"{os.getloadavg()[0]:.1f}; {args.cells:,} moving cells, order 17, exact Z; median of {args.repeats}"
               + (f"; instructions per cell: callgrind, {args.callgrind_cells:,} cells, {CALLGRIND_RUNS} counted calls"
                  if args.callgrind else ""), flush=True)
