@@ -20,26 +20,32 @@ ROOT = Path(__file__).resolve().parents[2]
 
 #: Box3D's code path on which the shipped package's probe outputs were computed (training/models/README.md,
 #: "The probes' outputs recomputed"). Other paths (AVX2, baseline x86-64) sum in another order, ~1e-15
-#: N_tot apart (README, "Accuracy"): there the probes hold to rounding, not to the last bit. Before,
-#: these tests failed on every CPU without AVX-512 (found by the suite run on a build without the
-#: per-CPU clones, 2026-12-07).
+#: N_tot apart (README, "Accuracy"), and the float32 network may round such an input to the neighbouring
+#: float: there the probes hold to the network's rounding (3.7e-9 N_tot seen on the baseline path; the
+#: self-test's tolerance is 1e-5), not to the last bit. Before, these tests failed on every CPU without
+#: AVX-512 (found by the suite run on a build without the per-CPU clones, 2026-12-07).
 PROBES_MADE_ON = "x86-64-v4"
-ROUNDING_OVER_NTOT = 1e-12
+ROUNDING_OVER_NTOT = 1e-7
 
 
 def on_the_probes_path() -> bool:
     return dodo._core.box3d_instruction_set() == PROBES_MADE_ON
 
 
-def assert_same_to_rounding(got, stored, F_init):
-    """Equal bits on the probes' code path; elsewhere within ROUNDING_OVER_NTOT of each cell's N_tot."""
+def assert_same_to_rounding(got, stored, scale, tolerance=ROUNDING_OVER_NTOT):
+    """Equal bits on the probes' code path; elsewhere |got - stored| <= tolerance x scale (scale: each
+    cell's N_tot for densities and fluxes, 1 for values in units of N_tot, |stored| for growth rates)."""
     got, stored = np.asarray(got, dtype=float), np.asarray(stored, dtype=float)
     if on_the_probes_path():
         assert np.array_equal(got, stored)
         return
-    ntot = np.abs(np.asarray(F_init, dtype=float)[:, :, 0]).sum(axis=1)
-    scale = ntot.reshape((-1,) + (1,) * (got.ndim - 1))
-    assert np.all(np.abs(got - stored) <= ROUNDING_OVER_NTOT * scale), np.max(np.abs(got - stored) / scale)
+    scale = np.asarray(scale, dtype=float)
+    scale = scale.reshape(scale.shape + (1,) * (got.ndim - scale.ndim))
+    assert np.all(np.abs(got - stored) <= tolerance * scale), np.max(np.abs(got - stored) / scale)
+
+
+def ntot_of(F_init):
+    return np.abs(np.asarray(F_init, dtype=float)[:, :, 0]).sum(axis=1)
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +78,8 @@ def test_probes_change_no_result_and_are_the_network_on_the_cell_itself(default_
     result = dodo.Closure(default_package, threads=1).apply(F, u)
     probes = slice(6, None)  # the exporter drew 6; the rest are probes (training/models/README.md)
     assert len(F) > 6
-    assert_same_to_rounding(result.F_pred[probes], np.array(vectors["F_pred"])[probes], F[probes])
-    assert_same_to_rounding(result.uncertainty[probes], np.array(vectors["uncertainty"])[probes], F[probes])
+    assert_same_to_rounding(result.F_pred[probes], np.array(vectors["F_pred"])[probes], ntot_of(F[probes]))
+    assert_same_to_rounding(result.uncertainty[probes], np.array(vectors["uncertainty"])[probes], 1.0)
 
 
 def test_add_probe_vectors_refuses_edits_a_package_accepted_before(default_package):
@@ -137,8 +143,10 @@ def test_remaking_the_probes_with_this_runtime_gives_the_shipped_package_again(d
             {k: v for k, v in again.items() if k not in digests}
         old, new = json.loads(shipped["dodo.test_vectors"]), json.loads(again["dodo.test_vectors"])
         assert old["F_init"] == new["F_init"] and old["u"] == new["u"]
-        for key in ("F_pred", "growth_over_ntot", "uncertainty"):
-            assert_same_to_rounding(new[key], old[key], old["F_init"])
+        assert_same_to_rounding(new["F_pred"], old["F_pred"], ntot_of(old["F_init"]))
+        assert_same_to_rounding(new["uncertainty"], old["uncertainty"], 1.0)
+        assert_same_to_rounding(new["growth_over_ntot"], old["growth_over_ntot"], np.abs(old["growth_over_ntot"]),
+                                tolerance=1e-5)  # exp of a float32 output: ~3e-7 relative seen
     for kept in (0, 10_000):
         with pytest.raises(ValueError, match=f"cannot keep {kept} test vectors: the package holds 13"):
             without_vectors_after(default_package, kept)
