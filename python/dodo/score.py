@@ -196,7 +196,8 @@ def _left_out_reasons(states: EmuStates, ntot: np.ndarray, scored: np.ndarray, r
         elif not ntot[index] > 0:
             reason = "no neutrinos (N_tot <= 0)"
         elif rejected[index]:
-            reason = "closure rejected input (unphysical, e.g. n < 0 or |F| > n: see dodo.status)"
+            # dodo.CellStatus: "dodo.status" was no name of the package (outside probe, docs round three)
+            reason = "closure rejected input (unphysical, e.g. n < 0 or |F| > n: see dodo.CellStatus)"
         else:
             reason = "non-finite model or Box3D error"
         reasons[reason] = reasons.get(reason, 0) + 1

@@ -293,3 +293,17 @@ def test_apply_of_box3d_alone_prints_no_python_none(capsys, tmp_path):
     assert code == 0, err
     line = next(line for line in out.splitlines() if line.startswith("model: "))
     assert line.startswith("model: none (Box3D only); head -;") and "None" not in line, line
+
+
+def test_score_names_the_cell_flags_by_a_name_the_package_has(capsys, tmp_path):
+    """`dodo score` left out rejected states "(... see dodo.status)", as apply did (above): now the
+    flags' own name, also in --json's left_out (the lead, after docs round three's report)."""
+    from cli_helpers import emu_file, run
+
+    initial = _emu_states(4)
+    initial[:1, :3] *= 5.0  # one state's fluxes past its densities: rejected
+    path = emu_file(tmp_path / "s.h5", initial, final=_emu_states(4))
+    code, out, err = run(capsys, ["score", "box3d", str(path), "--bootstrap", "100"])
+    assert code == 0, err
+    line = next(line for line in (out + err).splitlines() if "closure rejected input" in line)
+    assert "dodo.CellStatus" in line and not _names_resolve(line), line
