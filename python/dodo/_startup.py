@@ -103,11 +103,13 @@ def _write_error(text: str) -> None:
 
 def _failed_while_starting(kind, error, traceback) -> None:
     """sys.excepthook while the command imports its modules: an import that ran out of memory (a
-    MemoryError out of numpy's import, or the loader's `failed to map segment` under numpy's own
-    ImportError) is one line and exit status 1, where a 30-line traceback said it (outside probe,
+    MemoryError out of numpy's import, a SystemError under an address-space limit, or the loader's `failed
+    to map segment` under numpy's own ImportError) is one line and exit status 1, where a 30-line traceback said it (outside probe,
     Python round fifty-four); any other error keeps the traceback."""
     try:
-        memory = (isinstance(error, ImportError) or isinstance(error, MemoryError) and
+        # A SystemError too (an extension's failed allocation that set no error; import_ran_out_of_memory
+        # counts it only under an address-space limit): it kept its traceback here (Python round 56's list).
+        memory = (isinstance(error, ImportError) or isinstance(error, (MemoryError, SystemError)) and
                   _memory.raised_inside_an_import(error)) and _memory.import_ran_out_of_memory(error)
     except BaseException:  # _memory None (not loaded), or memory too short even for this
         memory = False

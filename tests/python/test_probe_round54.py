@@ -45,8 +45,8 @@ def _dodo(launcher, argv, cwd, pythonpath=(), address_space_kb=None, env=None, t
 
 
 # What OpenBLAS's blas_thread_init does when pthread_create fails (an address-space limit its threads'
-# stacks do not fit in): raise(SIGINT), then the import goes on. Here the threads cannot start because the
-# stack size asked for is larger than any address space; the SIGINT is sent as numpy's import begins.
+# stacks do not fit in): raise(SIGINT), then the import goes on. Here no thread can start (the start of
+# one fails, as under the limit); the SIGINT is sent as numpy's import begins.
 _THREADS_FAIL_THEN_SIGINT = textwrap.dedent("""
     import _thread, os, signal, sys
 
@@ -88,6 +88,9 @@ def test_a_sigint_of_a_library_that_cannot_start_its_threads_is_not_an_interrupt
 
 _STANDIN_NUMPY = {
     "memoryerror": "raise MemoryError()\n",
+    # an extension module's failed allocation that set no error (`dodo train` under `ulimit -v 700000`,
+    # section 91); _memory counted it since round fifty-six, the start-up's hook only since its report
+    "systemerror": 'raise SystemError("error return without exception set")\n',
     # numpy's own ImportError (advice about the installation) raised from the loader's
     "chained map": ('try:\n    raise ImportError("libquadmath.so.0: failed to map segment from shared object")\n'
                     'except ImportError as exc:\n    raise ImportError("\\nIMPORTANT: PLEASE READ THIS FOR ADVICE '
