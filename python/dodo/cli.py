@@ -73,6 +73,11 @@ def _info(args: argparse.Namespace) -> int:
     print(f"numpy {numpy.__version__}")
     print(f"core module: {_core.__file__}")
     print(f"Lebedev orders: {_core.available_lebedev_orders()}")
+    # Which of Box3D's per-CPU code paths runs here: results differ across paths by ~1e-15 N_tot (README,
+    # "Accuracy"), so a report of last-bit differences between machines starts from this line.
+    paths_text = {"x86-64-v4": "AVX-512", "x86-64-v3": "AVX2 + FMA", "baseline": "no vector clones"}
+    path_name = _core.box3d_instruction_set()
+    print(f"Box3D code path: {path_name} ({paths_text.get(path_name, '?')})")
     # The runtime is left out only by DODO_BUILD_RUNTIME=OFF (its headers ship with the source); "no
     # ONNX Runtime headers at build time" named no cause a user could act on (documentation probe).
     print("closure runtime:", "built" if runtime_available() else

@@ -78,7 +78,19 @@ def test_a_failed_allocation_in_box3d_kernels_is_an_error_not_an_abort(tmp_path)
     assert lines[2] == "again DODO_OK", lines  # the thread's next call sizes its scratch and runs
 
 
-def test_box3d_names_the_code_path_it_runs():
+def test_box3d_names_the_code_path_it_runs(capsys):
+    """dodo._core.box3d_instruction_set() and `dodo info`'s line (where machines' last bits differ, the
+    path is the first thing to compare)."""
+    from cli_helpers import run
+
     from dodo import _core
 
-    assert _core.box3d_instruction_set() in ("x86-64-v4", "x86-64-v3", "baseline")
+    path = _core.box3d_instruction_set()
+    assert path in ("x86-64-v4", "x86-64-v3", "baseline")
+    with open("/proc/cpuinfo") as cpuinfo:
+        flags = set(next(line for line in cpuinfo if line.startswith("flags")).split())
+    if path == "x86-64-v4":  # the clone GCC's dispatch picked needs these
+        assert {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"} <= flags
+    code, out, err = run(capsys, ["info"])
+    assert code == 0, err
+    assert f"Box3D code path: {path} (" in out, out
