@@ -106,6 +106,8 @@ def total_density(F: np.ndarray, absolute: bool = False) -> np.ndarray:
     if F.ndim < 2 or F.shape[-2:] != (N_SPECIES, N_COMPONENTS):  # a (4,) vector or (6, 3) gave a number
         raise ValueError(f"total_density: F must have shape (..., 6, 4) (species x t, x, y, z); got {F.shape}")
     n = F[..., 0]
+    if n.dtype.kind in "biu":  # integer densities: summed as float64 (int64 wrapped: six 2^62 gave -2^63)
+        n = n.astype(np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
         return (np.abs(n) if absolute else n).sum(axis=-1)
 
