@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from ._hdf5_locks import held_open_for_writing, lock_refused_problem
+from ._shown import counted
 
 #: The kind each command writes (the attribute that marks it, see `file_kind`).
 SYNTHETIC = "a synthetic database (dodo synth)"
@@ -162,7 +163,7 @@ def _run_state(attrs: dict) -> str:
         states = int(attrs.get("nstates_valid", attrs.get("nstates_processed", -1)))
     except (TypeError, ValueError, OverflowError):
         states = -1
-    return done + (f", {states} states" if states >= 0 else "")
+    return done + (f", {counted(states, 'state')}" if states >= 0 else "")
 
 
 def is_synthetic_mark(value) -> bool:

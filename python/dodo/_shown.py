@@ -24,3 +24,9 @@ def _shown_number(element, text=str, short: bool = True) -> str:
         where = "digits" if isinstance(element, numbers.Integral) else "digits before the point"
         return f"{'-' if element < 0 else ''}{number // 10 ** (digits - 12)}... ({digits} {where})"
     return shown if len(shown) <= 24 or not short else f"{shown[:12]}... ({len(shown)} characters)"
+
+
+def counted(count, noun: str, plural: str | None = None) -> str:
+    """"1 state", "3 states" ("1 cell", "2 cells"): a count with its noun in the number the count asks for; a
+    fixed plural said "none of the 1 states", "metric table on 1 cells" (outside probe, Python round fifty-seven)."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"

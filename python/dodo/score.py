@@ -219,6 +219,11 @@ def score(closure, states: EmuStates, resamples: int = 10000, seed: int = 0,
     # fifty-five); `dodo score` checks its options itself.
     if isinstance(resamples, bool) or not isinstance(resamples, (int, np.integer)) or resamples < 1:
         raise ValueError(f"resamples must be an integer >= 1 (the bootstrap's resamples); got {resamples!r}")
+    # resamples=10**12 ended in numpy's "MemoryError: Unable to allocate 7.28 TiB ...", naming no argument
+    # (outside probe, Python round fifty-seven): the bound of `dodo score --bootstrap`.
+    if resamples > MAX_BOOTSTRAP:
+        raise ValueError(f"resamples must be at most {MAX_BOOTSTRAP:,} (each resample's mean is held: 8 bytes "
+                         f"each); got {resamples:,}")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)) or \
             not (np.isfinite(threshold) and threshold >= 0):
         raise ValueError(f"threshold must be a finite number >= 0 (N_tot); got {threshold!r}")
@@ -595,8 +600,14 @@ def _run(args: argparse.Namespace) -> int:
         if all(p.growth_rate is not None for p in parts):
             growth = np.concatenate([p.growth_rate for p in parts])
         elif any(p.growth_rate is not None for p in parts):
+            # Rates in A.h5 alone gave no growth comparison at all (outside probe, Python round fifty-seven):
+            # the states without a rate are NaN, which the comparison leaves out, as a file's own NaN rate.
             missing = [path for path, p in zip(data, parts) if p.growth_rate is None]
-            notes.append(f"no usable growthRate(1|s) in {_files_label(missing, ', ')}: growth rates not compared")
+            growth = np.concatenate([np.full(len(p.F_init), np.nan) if p.growth_rate is None else
+                                     np.asarray(p.growth_rate, float) for p in parts])
+            given = sum(len(p.F_init) for p in parts if p.growth_rate is not None)
+            notes.append(f"no usable growthRate(1|s) in {_files_label(missing, ', ')}: growth rates compared on the "
+                         f"{_states(given)} of the other file{'' if len(parts) - len(missing) == 1 else 's'} only")
         # Indices in the report count the states as joined: with several files, or repeats left
         # out, each state also names its file and row there.
         origins = [origin for p in parts for origin in p.origins] if len(parts) > 1 or repeated or repeated_within else None

@@ -87,9 +87,9 @@ def test_simulate_states_raises_when_no_state_is_valid(tmp_path):
     states = -np.ones((1, 6, 4)) * 1e32
     states[..., 1:] = 0
     config = SolverConfig(ncell=16, nphi_equator=8)
-    with pytest.raises(NoValidStateError, match="none of the 1 states gave a valid run"):
+    with pytest.raises(NoValidStateError, match="none of the 1 state gave a valid run"):
         simulate_states(states, str(tmp_path / "a.h5"), config, report=lambda message: None)
-    with pytest.raises(NoValidStateError, match="none of the 1 states could be labelled"):
+    with pytest.raises(NoValidStateError, match="none of the 1 state could be labelled"):
         linear_growth_labels(states, str(tmp_path / "b.h5"), config, report=lambda message: None)
     assert list(tmp_path.iterdir()) == []
 

@@ -32,6 +32,7 @@ from .asymptotic import MINIMUM_END_TSAT, asymptotic_states
 from .directions import uniform_sphere
 from .initial import species_direction_densities
 from .._atomic import atomic_write
+from .._shown import counted
 from .io import require_h5py, write_emu_database
 from .parallel import assign_batches, plan_batches, world
 from .backends import make_box, resolve_backend
@@ -84,7 +85,7 @@ def no_valid_state(output: str, nstates: int, dropped: dict, what: str = "gave a
     """The error for a run of ``nstates`` states none of which ``what``; ``dropped``: index -> reason."""
     reasons = [f"state {int(index)}: {reason}" for index, reason in sorted(dropped.items(), key=lambda item: int(item[0]))]
     shown = "; ".join(reasons[:3]) + (f"; and {len(reasons) - 3} more" if len(reasons) > 3 else "")
-    return NoValidStateError(f"none of the {nstates} states {what}, so {output} is not written"
+    return NoValidStateError(f"none of the {counted(nstates, 'state')} {what}, so {output} is not written"
                              + (f" (dropped: {shown})" if shown else ""))
 
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from .._atomic import OutputPathError, check_outputs, exclusive_output
 from .._cli_common import add_output_argument, add_quiet_argument, input_path, resolve_output
+from .._shown import counted
 from .selection import (DEFAULT_OVERSAMPLE, MAX_OVERSAMPLE, MIN_OVERSAMPLE, model_identity, model_uncertainty,
                         most_uncertain)
 from .solver import SolverConfig
@@ -304,7 +305,7 @@ def run_simulate(args) -> int:
                                         attributes={"source": source, "command": shlex.join(sys.argv)}, report=report,
                                         start_axes=None if rotation is None else np.asarray(rotation)[:, 2, :],
                                         axis=args.axis, write_progress=_progress_may_replace(args.output, labels=True))
-            report(f"wrote {args.output}: {len(rows['input_index'])} of {len(four_flux)} states labelled")
+            report(f"wrote {args.output}: {len(rows['input_index'])} of {counted(len(four_flux), 'state')} labelled")
             return 0
         if rotation is not None and args.axis != "fastest":
             # The input's rotation_R sets every box's axis: --axis x was dropped without a word, the
@@ -412,8 +413,8 @@ def refuse_complete_database(path: str, linear_only: bool = False) -> None:
         if not linear_only and labels:
             processed = _count(attrs.get("nstates_processed"))
             raise ValueError(f"{path} is an unfinished growth-label file (dodo simulate --linear-only; "
-                             f"{'some' if processed is None else processed} states processed): a full run would replace "
-                             "it; to resume it, rerun the command that wrote it (with --linear-only); give another "
+                             f"{'some states' if processed is None else counted(processed, 'state')} processed): a full run would "
+                             "replace it; to resume it, rerun the command that wrote it (with --linear-only); give another "
                              "OUT, or --overwrite to replace it")
         if not labels:
             from .campaign import _checkpoints
@@ -428,7 +429,8 @@ def refuse_complete_database(path: str, linear_only: bool = False) -> None:
                                  "replace its states; give another OUT, or --overwrite to replace it")
         return
     command, states = _quoted_command(_text(attrs.get("command")) or ""), _count(attrs.get("nstates_valid"))
-    details = ", ".join(([] if states is None else [f"{states} states"]) + ([f"written by `{command}`"] if command else []))
+    details = ", ".join(([] if states is None else [counted(states, "state")])
+                        + ([f"written by `{command}`"] if command else []))
     raise ValueError(f"{path} is a complete solver database{f' ({details})' if details else ''}: it is not replaced; "
                      "give another OUT, or --overwrite to replace it")
 

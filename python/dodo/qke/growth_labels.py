@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 
 from .._atomic import atomic_hdf5
+from .._shown import counted
 from .campaign import (_SYSTEM_READ_ERRNOS, CheckpointMismatchError, density_scale_failure, no_valid_state,
                        reconstruction_failure, relative_cost, reproduction_provenance)
 from .directions import uniform_sphere
@@ -63,7 +64,7 @@ def _resume(output: str, fingerprint: str, report: Callable[[str], None]) -> dic
             same = f.attrs.get("fingerprint") == fingerprint
             complete = bool(f.attrs.get("complete", False))
             full_run = "solver" in f.attrs and f.attrs.get("kind") != "linear_growth_labels"
-            done = f"{int(f.attrs.get('nstates_done', 0))} of {int(f.attrs.get('nstates_requested', 0))} states done"
+            done = f"{int(f.attrs.get('nstates_done', 0))} of {counted(int(f.attrs.get('nstates_requested', 0)), 'state')} done"
             if same:
                 rows = {"processed": int(f.attrs["nstates_processed"]), "dropped": json.loads(f.attrs["dropped"]),
                         "input_index": f["input_index"][()], "linear_growth_rate": f["linear_growthRate_box(1|s)"][()],
@@ -93,7 +94,7 @@ def _resume(output: str, fingerprint: str, report: Callable[[str], None]) -> dic
                 "lost) or choose another output file")
         report(f"{output} is a finished label file of other states or settings: replacing it")
         return None
-    report(f"resuming: {rows['processed']} states already processed")
+    report(f"resuming: {counted(rows['processed'], 'state')} already processed")
     return rows
 
 

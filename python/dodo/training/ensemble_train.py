@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .._atomic import atomic_path, check_input_file
+from .._shown import counted
 from ..score import bootstrap_interval
 from .config import ConfigError, check_thread_count, read_yaml_mapping
 from .dataset import read_dataset, rest_frame_arrays
@@ -736,7 +737,7 @@ def score_rows(ensemble, table: dict, rows: np.ndarray) -> dict:
 
 
 def format_scores(title: str, scores: dict, threshold: float = 0.0025) -> str:
-    lines = [f"{title} ({len(scores['box3d'])} states; mean |dn|/N_tot, mu and tau averaged)",
+    lines = [f"{title} ({counted(len(scores['box3d']), 'state')}; mean |dn|/N_tot, mu and tau averaged)",
              f"{'':<16} {'mean':>9} {'95% CI':>20} {'max':>8} {'worse than Box3D by > %g' % threshold:>28}"]
     for name in ("model", "ungated", "box3d"):
         values = scores[name]

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from dodo.conventions import SPECIES
+from dodo._shown import counted
 
 from .config import LossConfig, from_dict
 from .dataset import CellDataset
@@ -64,7 +65,7 @@ def inspect_checkpoint(checkpoint_path: str | Path, data_path=None, split: str |
 
 
 def format_inspection(report: dict) -> str:
-    lines = [f"{report['cells']} cells, split '{report['split']}' slice {report['slice']}",
+    lines = [f"{counted(report['cells'], 'cell')}, split '{report['split']}' slice {report['slice']}",
              f"{'term':<12} {'box3d':>11} {'model':>11} {'weighted':>11}"]
     for name, value in report["loss_terms_model"].items():
         lines.append(f"{name:<12} {report['loss_terms_box3d'][name]:11.3e} {value:11.3e} "

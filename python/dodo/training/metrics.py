@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from dodo.conventions import SPECIES
+from dodo._shown import counted
 
 from .conservation import conservation_violation
 
@@ -40,7 +41,7 @@ def metric_table(F_init_rest, F_box_rest, F_true_rest, dF_model_rest) -> dict:
 
 def format_metric_table(table: dict) -> str:
     """Human-readable model-vs-Box3D table."""
-    lines = [f"metric table on {table['n_cells']} cells (rest frame, units of N_tot; lower is better)",
+    lines = [f"metric table on {counted(table['n_cells'], 'cell')} (rest frame, units of N_tot; lower is better)",
              f"{'species':<10} {'|dn| box3d':>12} {'|dn| model':>12} {'|dF| box3d':>12} {'|dF| model':>12}"]
     box, model = table["box3d"], table["model"]
     for i, name in enumerate(table["species"]):

@@ -1,0 +1,108 @@
+"""Outside probe, Python round fifty-seven: the open items of round fifty-six (section 93): counts of one
+with a fixed plural ("none of the 1 states", "metric table on 1 cells"), `dodo.score.score(...,
+resamples=10**12)` from a program, and `dodo score A.h5 B.h5` where B alone has no growth rates."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cli_helpers import run
+
+
+def _synth(capsys, path, n=4, seed=0):
+    pytest.importorskip("h5py")
+    code, out, err = run(capsys, ["synth", "-o", str(path), "-n", str(n), "-q", "--seed", str(seed)])
+    assert code == 0, err
+    return out
+
+
+# --- item 1: a count of one is singular -------------------------------------------------------------
+
+
+def test_training_tables_of_one_cell_or_state_are_singular():
+    """`metric table on 1 cells`, `dodo inspect`'s `1 cells, split ...`, the ensemble's `(1 states; ...`."""
+    from dodo.conventions import SPECIES
+    from dodo.training.ensemble_train import format_scores
+    from dodo.training.inspect import format_inspection
+    from dodo.training.metrics import format_metric_table
+
+    row = {"mean_abs_dn_over_ntot": [0.0] * 6, "mean_abs_dF_over_ntot": [0.0] * 6, "mean_abs_dn_over_ntot_all": 0.0,
+           "mean_abs_dF_over_ntot_all": 0.0, "max_conservation_violation_over_ntot": 0.0, "unrealizable_fraction": 0.0}
+    table = {"n_cells": 1, "species": list(SPECIES), "box3d": row, "model": row}
+    assert format_metric_table(table).startswith("metric table on 1 cell (rest frame"), format_metric_table(table)
+    assert format_metric_table({**table, "n_cells": 2}).startswith("metric table on 2 cells (")  # the plural kept
+
+    stats = {name: {"mean": 0.5, "max": 0.5} for name in SPECIES}
+    report = {"cells": 1, "split": "test", "slice": "0:1", "loss_terms_model": {"n": 1.0},
+              "loss_terms_box3d": {"n": 1.0}, "loss_terms_weighted": {"n": 1.0}, "loss_total": 1.0,
+              "limiter_active_fraction": 0.0, "theta_min": 1.0, "flux_factor": {"initial": stats}}
+    assert format_inspection(report).startswith("1 cell, split 'test'"), format_inspection(report)
+    assert format_inspection({**report, "cells": 3}).startswith("3 cells, split")
+
+    one = np.array([0.01])
+    scores = {"model": one, "ungated": one, "box3d": one, "growth_measured_over_model": np.array([1.0]),
+              "growth_measured_over_proxy": np.array([1.0]), "growth_measured": np.array([True])}
+    assert format_scores("test", scores).startswith("test (1 state; mean"), format_scores("test", scores)
+
+
+def test_solver_messages_of_one_state_are_singular(tmp_path):
+    """`none of the 1 states gave a valid run`, `a dodo simulate database (complete, 1 states)`, `is a complete
+    solver database (1 states, ...)`, `(...; 1 states processed)`."""
+    h5py = pytest.importorskip("h5py")
+    from dodo._output_guard import SOLVER_ATTRIBUTE_PREFIX, file_kind
+    from dodo.qke.campaign import no_valid_state
+    from dodo.qke.cli import refuse_complete_database
+
+    assert str(no_valid_state("a.h5", 1, {})) == "none of the 1 state gave a valid run, so a.h5 is not written"
+    assert str(no_valid_state("a.h5", 2, {})).startswith("none of the 2 states gave")  # the plural kept
+
+    path = tmp_path / "db.h5"
+    with h5py.File(path, "w") as handle:
+        handle.attrs.update({"solver": SOLVER_ATTRIBUTE_PREFIX + " test", "complete": True, "nstates_valid": 1})
+    assert file_kind(str(path)).startswith("a dodo simulate database (complete, 1 state)"), file_kind(str(path))
+    with pytest.raises(ValueError, match=r"is a complete solver database \(1 state\): it is not replaced"):
+        refuse_complete_database(str(path))
+    with h5py.File(path, "r+") as handle:
+        handle.attrs.update({"complete": False})
+    with h5py.File(path, "r+") as handle:
+        handle.attrs.update({"kind": "linear_growth_labels", "nstates_processed": 1})
+    with pytest.raises(ValueError, match=r"--linear-only; 1 state processed\)"):
+        refuse_complete_database(str(path))
+
+
+# --- item 2: score(resamples=10**12) from a program --------------------------------------------------
+
+
+def test_score_from_a_program_bounds_resamples_as_the_cli_bounds_bootstrap(tmp_path, capsys):
+    """`dodo.score.score(closure, states, resamples=10**12)`: numpy's `MemoryError: Unable to allocate 7.28 TiB`."""
+    import dodo
+    from dodo.score import MAX_BOOTSTRAP, read_emu_states, score
+
+    _synth(capsys, tmp_path / "s.h5")
+    states, closure = read_emu_states(str(tmp_path / "s.h5")), dodo.Closure("box3d")
+    with pytest.raises(ValueError, match=r"^resamples must be at most 10,000,000 .*got 1,000,000,000,000$"):
+        score(closure, states, resamples=10**12)
+    assert score(closure, states, resamples=100)["n_scored"] == 4  # a small count still taken
+    assert MAX_BOOTSTRAP == 10_000_000
+
+
+# --- item 3: growth rates in one file of two ---------------------------------------------------------
+
+
+def test_score_of_two_files_one_without_growth_rates_compares_the_others(tmp_path, capsys):
+    """`dodo score box3d A.h5 B.h5`, B without growthRate(1|s): `growth rates not compared` and no growth line."""
+    import h5py
+
+    _synth(capsys, tmp_path / "A.h5", n=4, seed=1)
+    _synth(capsys, tmp_path / "B.h5", n=3, seed=2)
+    with h5py.File(tmp_path / "B.h5", "r+") as handle:
+        del handle["growthRate(1|s)"]
+    code, out, err = run(capsys, ["score", "box3d", str(tmp_path / "A.h5"), str(tmp_path / "B.h5")])
+    assert code == 0, err
+    assert "growth rate / measured growthRate(1|s) on 4 states:" in out, out
+    assert f"note: no usable growthRate(1|s) in {tmp_path / 'B.h5'}: growth rates compared on the 4 states of the " \
+           "other file only" in out + err, out + err
+    code, out, err = run(capsys, ["score", "box3d", str(tmp_path / "A.h5"), str(tmp_path / "B.h5"), "--json", "-"])
+    import json
+
+    assert json.loads(out)["growth_rate"]["n_states"] == 4
