@@ -192,8 +192,12 @@ struct BlockMoments {
 // Rejected cells carry zeros through, harmlessly.
 // `normalised`: the block's F, value-major (normalised[v * kBlockCells + c] is value v of cell c,
 // zeros for cells not kCellOk and for the lanes past count), as prepare_block writes it: a
-// species' values over the cells are rows of it, copied as whole vectors.
-DODO_MULTIVERSION
+// species' values over the cells are rows of it, copied as whole vectors. Without contracting
+// a * b + c (fp-contract=off), as prepare_block: the AVX2 and AVX-512 clones fused |F|^2's
+// multiply-adds and the baseline did not, so a species within an ulp of max_flux_factor was
+// FLUX_FACTOR on one CPU and a crossing on another (physics-law probe, round twelve); now the flux
+// factors, and the limit's decision, are the same bits on every path.
+DODO_MULTIVERSION __attribute__((optimize("fp-contract=off")))
 void block_moments(const Box3DSettings& settings, std::size_t count, RestFrameCell* cells, const double* normalised,
                    BlockMoments& m) {
   const std::size_t lanes = block_lanes(count);
