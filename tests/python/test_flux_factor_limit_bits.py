@@ -40,3 +40,17 @@ def test_the_limit_is_decided_on_the_flux_factor_of_plain_ieee_operations():
     mismatched = np.flatnonzero(flagged != expected)
     assert mismatched.size == 0, (f"{mismatched.size} of {len(F)} cells decided otherwise than |F| / n "
                                   f"(code path {dodo._core.box3d_instruction_set()})")
+
+
+def test_round_twelves_cell_at_the_limit_is_flux_factor_on_every_path():
+    """Its reproducer (at rest, species 0 at |F|/n = 0.98 to the last bit): FLUX_FACTOR, the input
+    returned, on the baseline build; status 0 and a change of 0.058 N_tot on AVX-512 before."""
+    F = np.array([[0.6764051936385778, -0.44339621701240106, 0.031464009038361024, -0.49174774733669124],
+                  [0.5893754453075652, 0.2049482121586181, -0.0006541997711811853, -0.2641818302176678],
+                  [0.40275528371892827, -0.09698271482940071, 0.10716401322676396, 0.1697698098178203],
+                  [0.6464752465798016, -0.26620870394045526, -0.015064504442549465, -0.1633731183346448],
+                  [0.828305875280717, 0.49125275091462656, 0.1330149127234862, 0.04431511429988552],
+                  [0.10325589230415345, -0.023130609247638698, 0.0006080894391116825, -0.00874904010772247]])
+    result = dodo.box3d(F)
+    assert int(result.status) == int(dodo.CellStatus.FLUX_FACTOR)
+    assert np.array_equal(result.F_box, F)
