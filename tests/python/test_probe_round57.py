@@ -106,3 +106,75 @@ def test_score_of_two_files_one_without_growth_rates_compares_the_others(tmp_pat
     import json
 
     assert json.loads(out)["growth_rate"]["n_states"] == 4
+
+
+# --- probe: dodo study ----------------------------------------------------------------------------
+
+
+def test_study_of_one_run_says_1_run_and_a_refused_value_names_its_run(tmp_path):
+    """`study 'g': 1 runs under ...`; `training.lr: [0.001, -1]`: `dodo study: error: training.lr must be a finite
+    positive number; got -1.0`, naming neither the grid file nor the run (a value of the wrong type named both)."""
+    yaml = pytest.importorskip("yaml")
+    from dodo.training.config import ConfigError
+    from dodo.training.study import run_study
+
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"data": {"path": str(tmp_path / "p.h5")}}))
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump({"base_config": "base.yaml", "output_root": str(tmp_path / "studies"),
+                                    "grid": {"training.lr": [1e-3]}}))
+    lines = []
+    run_study(grid, dry_run=True, echo=lines.append)
+    assert lines[0] == f"study 'g': 1 run under {tmp_path / 'studies' / 'g'}", lines
+    grid.write_text(yaml.safe_dump({"base_config": "base.yaml", "output_root": str(tmp_path / "studies"),
+                                    "grid": {"training.lr": [1e-3, -1.0]}}))
+    lines = []
+    with pytest.raises(ConfigError) as refused:
+        run_study(grid, dry_run=True, echo=lines.append)
+    assert str(refused.value) == f"{grid} run_001: training.lr must be a finite positive number; got -1.0"
+    assert not (tmp_path / "studies").exists()
+
+
+def test_a_run_whose_validation_loss_is_never_finite_is_a_diverged_run_of_its_study(tmp_path, capsys):
+    """`training.lr: [1.0e+6, 1.0e-3]`: epoch 1's training loss finite, its validation loss inf, so no best.pt: `dodo
+    study: error: checkpoint not found: .../run_000/checkpoints/best.pt`, the study stopped, run_001 never trained
+    and no summary written (docs/training.md: a diverged run is listed and the others still train)."""
+    yaml = pytest.importorskip("yaml")
+    pytest.importorskip("torch")
+    _synth(capsys, tmp_path / "demo.h5", n=300)
+    (tmp_path / "pre.yaml").write_text(yaml.safe_dump({"inputs": [str(tmp_path / "demo.h5")],
+                                                       "output": str(tmp_path / "p.h5")}))
+    code, out, err = run(capsys, ["preprocess", "--config", str(tmp_path / "pre.yaml"), "-q"])
+    assert code == 0, err
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({
+        "data": {"path": str(tmp_path / "p.h5"), "batch_size": 64},
+        "model": {"head": "equivariant", "hidden_dim": 16, "n_blocks": 1},
+        "training": {"epochs": 1, "lr": 3e-3, "log_interval": 100, "threads": 1}}))
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump({"base_config": "base.yaml", "output_root": str(tmp_path / "s"),
+                                                     "grid": {"training.lr": [1e6, 1e-3]}}))
+    code, out, err = run(capsys, ["study", str(tmp_path / "g.yaml")])
+    assert "checkpoint not found" not in out + err, out + err
+    assert code == 1 and "1 of 2 runs did not finish (run_000 diverged)" in out + err, (code, out + err)
+    summary = (tmp_path / "s" / "g" / "summary.txt").read_text()
+    assert "completed" in summary and "diverged" in summary, summary
+    assert (tmp_path / "s" / "g" / "run_001" / "checkpoints" / "final.pt").exists()
+
+
+def test_plot_of_a_study_summary_names_it_and_the_files_to_give(tmp_path):
+    """`dodo plot metrics results/studies/g/summary.json -o s.png`: `not a Dodo metrics JSON (no history /
+    metric_table)`, where a learning-curve report is named as one."""
+    import json
+
+    from dodo.training.plots import load_metrics
+
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps([{"run": "run_000", "training.lr": 0.001, "status": "diverged", "metrics": None},
+                                   {"run": "run_001", "training.lr": 0.002, "status": "completed",
+                                    "metrics": "s/run_001/results/metrics_1.json"}]))
+    with pytest.raises(ValueError) as refused:
+        load_metrics(summary)
+    assert str(refused.value) == (f"{summary}: not a Dodo metrics JSON (it is the summary of a dodo study; give its "
+                                  "runs' metrics files, run_XXX/results/metrics_*.json, e.g. "
+                                  "s/run_001/results/metrics_1.json)")
+    (tmp_path / "list.json").write_text("[1, 2]")  # any other list keeps its words
+    with pytest.raises(ValueError, match=r"not a Dodo metrics JSON \(no history / metric_table\)$"):
+        load_metrics(tmp_path / "list.json")

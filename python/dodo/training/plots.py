@@ -43,6 +43,14 @@ def load_metrics(path: str | Path, numbers: bool = True) -> dict:
         raise ValueError(f"{path}: not a Dodo metrics JSON (JSON nested too deeply to read)") from None
     if not isinstance(data, dict) or "history" not in data or "metric_table" not in data:
         report = data.get("dodo_report") if isinstance(data, dict) else None
+        if isinstance(data, list) and data and all(isinstance(row, dict) and "run" in row and "status" in row
+                                                   for row in data):
+            # A study's summary.json said only "no history / metric_table" (outside probe, Python round
+            # fifty-seven): name it, and the files to give instead.
+            shown = next((row["metrics"] for row in data if isinstance(row.get("metrics"), str)), None)
+            raise ValueError(f"{path}: not a Dodo metrics JSON (it is the summary of a dodo study; give its runs' "
+                             "metrics files, run_XXX/results/metrics_*.json"
+                             + (f", e.g. {shown}" if shown else "") + ")")
         raise ValueError(f"{path}: not a Dodo metrics JSON (" + (
             f"it is a report of {report}; " if isinstance(report, str) else "") + "no history / metric_table)")
     # The entries the plots read, checked here: an edited or older file ended in a KeyError or

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from .._atomic import (atomic_path, check_outputs, exclusive_directory, missing_directories, remove_empty_directories,
                        write_json_atomic)
+from .._shown import counted
 from .config import ConfigError, ExperimentConfig, merge_dotted, read_yaml_mapping
 
 ALLOWED_KEYS = {"base_config", "tag", "output_root", "overrides", "grid"}
@@ -146,8 +147,18 @@ def _run_study(grid_path, spec: dict, root: Path, dry_run: bool, echo) -> list[d
         overrides = {**spec["overrides"], **point, "output.results_dir": str(run_dir / "results"),
                      "output.checkpoint_dir": str(run_dir / "checkpoints"), "training.resume_from": None}
         raw = merge_dotted(base_raw, overrides)
-        configs.append((run_dir, point, ExperimentConfig.from_mapping(raw, where=f"{grid_path} {run_dir.name}")))
-    echo(f"study '{spec['tag']}': {len(points)} runs under {root}"
+        where = f"{grid_path} {run_dir.name}"
+        try:
+            config = ExperimentConfig.from_mapping(raw, where=where)
+        except ConfigError as error:
+            if str(error).startswith(where):
+                raise
+            # A value the checks after reading refuse (training.lr: [-1, 1e-3]) named neither the grid file
+            # nor the run, where a value of the wrong type did ("g.yaml run_000:training.lr: expected a
+            # number"; outside probe, Python round fifty-seven).
+            raise ConfigError(f"{where}: {error}") from None
+        configs.append((run_dir, point, config))
+    echo(f"study '{spec['tag']}': {counted(len(points), 'run')} under {root}"
          + (f" (after {first} earlier run director{'y' if first == 1 else 'ies'}, kept: the new runs start at "
             f"run_{first:03d})" if first else ""))
     if dry_run:

@@ -1168,6 +1168,14 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
     elapsed = time.perf_counter() - started
     if status == "interrupted":
         return {"status": status, "last_checkpoint": str(checkpoint_dir / "last.pt")}
+    if not math.isfinite(best_val) and carried_best is None:
+        # Every epoch's validation loss NaN or infinite while the training loss stayed finite (training.lr:
+        # 1e6): no best.pt was written, and the run ended in "checkpoint not found: .../best.pt", which `dodo
+        # study` took for a broken study and stopped, where a diverged run is listed and the others train
+        # (outside probe, Python round fifty-seven).
+        last = history["val"][-1]["total"] if history["val"] else None
+        raise FloatingPointError(f"no epoch gave a finite validation loss (the last one's: {last}); the model "
+                                 "diverged: lower training.lr or check the data file")
     if not distribution.is_main:  # rank 0 evaluates and writes the final files
         return {"status": status, "rank": distribution.rank}
 
