@@ -178,3 +178,18 @@ def test_plot_of_a_study_summary_names_it_and_the_files_to_give(tmp_path):
     (tmp_path / "list.json").write_text("[1, 2]")  # any other list keeps its words
     with pytest.raises(ValueError, match=r"not a Dodo metrics JSON \(no history / metric_table\)$"):
         load_metrics(tmp_path / "list.json")
+
+
+def test_one_crossing_training_state_is_said_in_the_singular():
+    """`dodo learning-curve` of a 5-state file, 2 training states per fold: `1 of the 2 training states have an ELN
+    crossing`."""
+    from dodo.training.ensemble_train import check_crossing_rows
+
+    F = np.ones((2, 6, 4))
+    box = F.copy()
+    box[0, 0, 0] = 2.0  # state 0 crosses (Box3D changes it), state 1 does not
+    table = {"rest": {"F_init_rest": F, "F_box_rest": box}}
+    with pytest.raises(ValueError, match=r"^1 of the 2 training states has an ELN crossing \(Box3D changes them\)"):
+        check_crossing_rows(table, np.arange(2))
+    with pytest.raises(ValueError, match=r"^0 of the 1 training state have an ELN crossing"):
+        check_crossing_rows(table, np.array([1]))

@@ -572,7 +572,7 @@ def check_growth_labels(g_growth: np.ndarray, n_states: int, config: EnsembleCon
     source = ("growth.data's files hold none for them" if config.growth_data
               else "growth.data gives no other labels")
     own = ("growth.measured is false (their measured rates are not used)" if not config.growth_measured else
-           f"none of the {n_states} training states has both a measured growthRate(1|s) > 0 and a Box3D growth "
+           f"none of the {counted(n_states, 'training state')} has both a measured growthRate(1|s) > 0 and a Box3D growth "
            "proxy > 0 (an ELN crossing)")
     raise ValueError(f"the growth members have no finite growth label to learn from: {own}, and {source}; set "
                      "growth.members: 0 (the density members then give the growth output), or add states with "
@@ -586,7 +586,9 @@ def check_crossing_rows(table: dict, rows: np.ndarray) -> None:
     rest = table["rest"]
     crossing = int(np.count_nonzero(~np.all(rest["F_box_rest"][rows] == rest["F_init_rest"][rows], axis=(1, 2))))
     if crossing < MIN_TRAINING_STATES:
-        raise ValueError(f"{crossing} of the {len(rows)} training states have an ELN crossing (Box3D changes them); the "
+        # "1 of the 2 training states have" (outside probe, Python round fifty-seven)
+        raise ValueError(f"{crossing} of the {counted(len(rows), 'training state')} {'has' if crossing == 1 else 'have'} "
+                         "an ELN crossing (Box3D changes them); the "
                          f"ensemble needs at least {MIN_TRAINING_STATES}: the closure corrects crossing cells only and "
                          "returns stable ones as given, so stable states teach it nothing")
 
