@@ -193,3 +193,25 @@ def test_one_crossing_training_state_is_said_in_the_singular():
         check_crossing_rows(table, np.arange(2))
     with pytest.raises(ValueError, match=r"^0 of the 1 training state have an ELN crossing"):
         check_crossing_rows(table, np.array([1]))
+
+
+def test_export_of_a_one_member_ensemble_says_1_member(tmp_path, capsys):
+    """`dodo train-ensemble --set ensemble.members=1`, then `dodo export`: `wrote e.onnx (density-residual distilled
+    from 1 members into one network, ...)`."""
+    yaml = pytest.importorskip("yaml")
+    pytest.importorskip("torch")
+    _synth(capsys, tmp_path / "demo.h5", n=60)
+    (tmp_path / "pre.yaml").write_text(yaml.safe_dump({"inputs": [str(tmp_path / "demo.h5")],
+                                                       "output": str(tmp_path / "p.h5")}))
+    assert run(capsys, ["preprocess", "--config", str(tmp_path / "pre.yaml"), "-q"])[0] == 0
+    (tmp_path / "ens.yaml").write_text(yaml.safe_dump({
+        "data": {"path": str(tmp_path / "p.h5")},
+        "ensemble": {"members": 1, "width": 8, "depth": 1, "batch_size": 64, "epochs": 1, "threads": 1},
+        "distill": {"width": 8, "depth": 1, "batch_size": 64, "epochs": 1, "sampled_states": 0},
+        "output": {"checkpoint": str(tmp_path / "e.pt")}}))
+    code, out, err = run(capsys, ["train-ensemble", "--config", str(tmp_path / "ens.yaml")])
+    assert code == 0, err
+    code, out, err = run(capsys, ["export", str(tmp_path / "e.pt"), "-o", str(tmp_path / "e.onnx"), "--no-check"])
+    assert code == 0, err
+    assert f"wrote {tmp_path / 'e.onnx'} (density-residual distilled from 1 member into one network, " in out + err, \
+        out + err
