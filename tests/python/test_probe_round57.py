@@ -215,3 +215,26 @@ def test_export_of_a_one_member_ensemble_says_1_member(tmp_path, capsys):
     assert code == 0, err
     assert f"wrote {tmp_path / 'e.onnx'} (density-residual distilled from 1 member into one network, " in out + err, \
         out + err
+
+
+def test_train_with_max_samples_below_three_names_max_samples(tmp_path, capsys):
+    """`dodo train --set data.max_samples=2` on a file of 60 rows: `the validation split is empty: add rows or raise
+    data.val_fraction`, which neither changes; `data.max_samples=3`: the same words, no word of max_samples."""
+    yaml = pytest.importorskip("yaml")
+    pytest.importorskip("torch")
+    _synth(capsys, tmp_path / "demo.h5", n=60)
+    (tmp_path / "pre.yaml").write_text(yaml.safe_dump({"inputs": [str(tmp_path / "demo.h5")],
+                                                       "output": str(tmp_path / "p.h5")}))
+    assert run(capsys, ["preprocess", "--config", str(tmp_path / "pre.yaml"), "-q"])[0] == 0
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump({
+        "data": {"path": str(tmp_path / "p.h5")}, "model": {"hidden_dim": 8, "n_blocks": 1},
+        "training": {"epochs": 1, "threads": 1},
+        "output": {"results_dir": str(tmp_path / "r"), "checkpoint_dir": str(tmp_path / "c")}}))
+    code, out, err = run(capsys, ["train", "--config", str(tmp_path / "t.yaml"), "--set", "data.max_samples=2"])
+    assert code == 2 and (f"dodo train: error: data.max_samples is 2: training needs at least 3 rows (one each for the "
+                          f"training, validation and test splits; {tmp_path / 'p.h5'} holds 60): raise "
+                          "data.max_samples, or set it to null for every row") in err, err
+    code, out, err = run(capsys, ["train", "--config", str(tmp_path / "t.yaml"), "--set", "data.max_samples=3"])
+    assert code == 2 and ("the validation split is empty: add rows or raise data.val_fraction (data.max_samples: 3 of "
+                          "the file's 60 rows: raise it, or set it to null)") in err, err
+    assert not (tmp_path / "c" / "final.pt").exists()

@@ -958,6 +958,12 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
     if n_rows < 3:  # "add rows or raise data.val_fraction": no fraction gives one row three splits
         raise ValueError(f"{data_path} holds {n_rows} row(s); training needs at least 3 (one each for the training, "
                          "validation and test splits), and more to learn anything: add states")
+    if config.data.max_samples is not None and config.data.max_samples < 3:
+        # "the validation split is empty: add rows or raise data.val_fraction", which no file or fraction
+        # changes (outside probe, Python round fifty-seven)
+        raise ValueError(f"data.max_samples is {config.data.max_samples}: training needs at least 3 rows (one each "
+                         f"for the training, validation and test splits; {data_path} holds {n_rows}): raise "
+                         "data.max_samples, or set it to null for every row")
     splits = make_splits(n_rows, config.data.train_fraction, config.data.val_fraction,
                          config.data.split_seed, config.data.max_samples)
     crossing = crossing_rows(data_path, splits.train)
@@ -965,10 +971,12 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
         raise ValueError(f"none of the {len(splits.train)} training rows of {data_path} has an ELN crossing (Box3D "
                          "returns each as given: stable states): the closure corrects crossing cells only, so there "
                          "is nothing to learn; add unstable states")
+    capped = (f" (data.max_samples: {config.data.max_samples} of the file's {n_rows} rows: raise it, or set it to null)"
+              if config.data.max_samples is not None and config.data.max_samples < n_rows else "")
     if len(splits.val) == 0:
-        raise ValueError("the validation split is empty: add rows or raise data.val_fraction")
+        raise ValueError(f"the validation split is empty: add rows or raise data.val_fraction{capped}")
     if len(splits.test) == 0:  # the final metrics are the test split's (docs/training.md), never another's
-        raise ValueError("the test split is empty: add rows or lower data.train_fraction + data.val_fraction")
+        raise ValueError(f"the test split is empty: add rows or lower data.train_fraction + data.val_fraction{capped}")
     # Every process must train one model on one data set: a data file of the same row count but other
     # rows (a node's stale copy), or a config read per RANK with another learning rate, trained without
     # a word (DDP averages the gradients; each optimiser stepped by its own settings). Compared before
