@@ -157,6 +157,12 @@ def test_a_run_whose_validation_loss_is_never_finite_is_a_diverged_run_of_its_st
     summary = (tmp_path / "s" / "g" / "summary.txt").read_text()
     assert "completed" in summary and "diverged" in summary, summary
     assert (tmp_path / "s" / "g" / "run_001" / "checkpoints" / "final.pt").exists()
+    # A study of one run stopped early (training.stop_after_epoch): `1 of 1 runs did not finish`.
+    (tmp_path / "g1.yaml").write_text(yaml.safe_dump({"base_config": "base.yaml", "output_root": str(tmp_path / "s"),
+                                                      "overrides": {"training.epochs": 2, "training.stop_after_epoch": 1},
+                                                      "grid": {"training.lr": [1e-3]}}))
+    code, out, err = run(capsys, ["study", str(tmp_path / "g1.yaml")])
+    assert code == 1 and "dodo study: 1 of 1 run did not finish (run_000 interrupted)" in err, (code, out + err)
 
 
 def test_plot_of_a_study_summary_names_it_and_the_files_to_give(tmp_path):

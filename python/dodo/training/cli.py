@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from .._atomic import check_outputs, same_file
+from .._shown import counted
 from .._output_guard import (MODEL_PACKAGE, PREPROCESSED, SYNTHETIC, refuse_replacing, refuse_replacing_with_plot,
                              refuse_replacing_with_report, marked_report)
 from .._cli_common import (add_json_argument, add_output_argument, add_quiet_argument, file_output_path,
@@ -364,7 +365,8 @@ def _study(args) -> int:
         return 0
     unfinished = [f"{row['run']} {row['status']}" for row in rows if row.get("status") != "completed"]
     if unfinished:  # the summary is written; the exit status still says that not every run finished
-        print(f"dodo study: {len(unfinished)} of {len(rows)} runs did not finish ({', '.join(unfinished)}); "
+        # "1 of 1 runs did not finish" (outside probe, Python round fifty-seven)
+        print(f"dodo study: {len(unfinished)} of {counted(len(rows), 'run')} did not finish ({', '.join(unfinished)}); "
               "see the summary", file=sys.stderr)
         return 1
     return 0
