@@ -244,3 +244,22 @@ def test_train_with_max_samples_below_three_names_max_samples(tmp_path, capsys):
     assert code == 2 and ("the validation split is empty: add rows or raise data.val_fraction (data.max_samples: 3 of "
                           "the file's 60 rows: raise it, or set it to null)") in err, err
     assert not (tmp_path / "c" / "final.pt").exists()
+
+
+def test_inspect_of_an_empty_slice_of_a_one_cell_split_says_1_cell(tmp_path, capsys):
+    """A run on 3 rows (one per split), `dodo inspect best.pt --start 1`: `slice [1:1000] of split 'val' (1 cells) is
+    empty`."""
+    yaml = pytest.importorskip("yaml")
+    pytest.importorskip("torch")
+    _synth(capsys, tmp_path / "three.h5", n=3, seed=4)
+    (tmp_path / "pre.yaml").write_text(yaml.safe_dump({"inputs": [str(tmp_path / "three.h5")],
+                                                       "output": str(tmp_path / "p.h5")}))
+    assert run(capsys, ["preprocess", "--config", str(tmp_path / "pre.yaml"), "-q"])[0] == 0
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump({
+        "data": {"path": str(tmp_path / "p.h5"), "train_fraction": 0.34, "val_fraction": 0.34},
+        "model": {"hidden_dim": 8, "n_blocks": 1}, "training": {"epochs": 1, "threads": 1},
+        "output": {"results_dir": str(tmp_path / "r"), "checkpoint_dir": str(tmp_path / "c")}}))
+    code, out, err = run(capsys, ["train", "--config", str(tmp_path / "t.yaml")])
+    assert code == 0, err
+    code, out, err = run(capsys, ["inspect", str(tmp_path / "c" / "best.pt"), "--start", "1"])
+    assert code == 2 and "dodo inspect: error: slice [1:1000] of split 'val' (1 cell) is empty" in err, err

@@ -38,7 +38,7 @@ def inspect_checkpoint(checkpoint_path: str | Path, data_path=None, split: str |
     split_indices = split_indices_for(checkpoint, data_path, split)
     indices = split_indices[start:stop]
     if len(indices) == 0:
-        raise ValueError(f"slice [{start}:{stop}] of split {split!r} ({len(split_indices)} cells) is empty")
+        raise ValueError(f"slice [{start}:{stop}] of split {split!r} ({counted(len(split_indices), 'cell')}) is empty")
     taken = range(len(split_indices))[start:stop]  # the slice as taken: --stop 1000 of 50 cells is [0, 50]
     start, stop = taken.start, taken.stop
     closure = closure_from_checkpoint(checkpoint, checkpoint_path)
