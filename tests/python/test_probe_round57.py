@@ -263,3 +263,20 @@ def test_inspect_of_an_empty_slice_of_a_one_cell_split_says_1_cell(tmp_path, cap
     assert code == 0, err
     code, out, err = run(capsys, ["inspect", str(tmp_path / "c" / "best.pt"), "--start", "1"])
     assert code == 2 and "dodo inspect: error: slice [1:1000] of split 'val' (1 cell) is empty" in err, err
+
+
+def test_a_growth_label_file_of_one_state_and_two_rates_says_1_state(tmp_path):
+    """growth.data: a label file whose F4_initial(1|ccm) holds 1 state and linear_growthRate_box(1|s) 2 rates:
+    `has shape (2,) for 1 states in 'F4_initial(1|ccm)'`."""
+    h5py = pytest.importorskip("h5py")
+    pytest.importorskip("torch")
+    from dodo.qke.growth_labels import KIND
+    from dodo.training.ensemble_train import growth_label_table
+
+    path = tmp_path / "labels.h5"
+    with h5py.File(path, "w") as handle:
+        handle.attrs["kind"] = KIND
+        handle["F4_initial(1|ccm)"] = np.ones((1, 4, 2, 3))
+        handle["linear_growthRate_box(1|s)"] = np.ones(2)
+    with pytest.raises(ValueError, match=r"has shape \(2,\) for 1 state in 'F4_initial\(1\|ccm\)'; a growth-label"):
+        growth_label_table([str(path)], [], {}, 1.0)

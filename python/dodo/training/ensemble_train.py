@@ -438,7 +438,7 @@ def growth_label_table(patterns, holdout, box3d_settings: dict, calibration: flo
                 # the second file's labels one state off; [n, 1] ended in NumPy's words (round 35).
                 if growth_rate_note(rates.shape, len(F_parts[-1])):  # [n] or [n, 1], as score reads it
                     raise ValueError(f"{path}: 'linear_growthRate_box(1|s)' has shape {rates.shape} for "
-                                     f"{len(F_parts[-1])} states in 'F4_initial(1|ccm)'; a growth-label file "
+                                     f"{counted(len(F_parts[-1]), 'state')} in 'F4_initial(1|ccm)'; a growth-label file "
                                      "holds one rate per state (the file was edited or damaged)")
                 rate_parts.append(rates.reshape(-1))
         except OSError as error:
