@@ -423,8 +423,8 @@ def refuse_complete_database(path: str, linear_only: bool = False) -> None:
                 # Its checkpoint resumes it (or refuses another campaign); without one (removed, or the
                 # database copied elsewhere) any run replaced its states without a word (round 37).
                 states = _count(attrs.get("nstates_valid"))
-                raise ValueError(f"{path} is an unfinished dodo simulate database"
-                                 f"{'' if states is None else f' ({states} valid states)'} with no checkpoint "
+                valid = "" if states is None else f" ({counted(states, 'valid state')})"
+                raise ValueError(f"{path} is an unfinished dodo simulate database{valid} with no checkpoint "
                                  f"{os.path.basename(path)}.partial*.npz beside it to resume from: this run would "
                                  "replace its states; give another OUT, or --overwrite to replace it")
         return
