@@ -16,6 +16,18 @@ def _synth(capsys, path, n=4, seed=0):
     return out
 
 
+def _preprocessed(capsys, tmp_path, n, seed=0):
+    """`dodo synth` of n rows, then `dodo preprocess` of it: the preprocessed file's path (tmp_path / "p.h5")."""
+    import yaml
+
+    _synth(capsys, tmp_path / "demo.h5", n=n, seed=seed)
+    (tmp_path / "pre.yaml").write_text(yaml.safe_dump({"inputs": [str(tmp_path / "demo.h5")],
+                                                       "output": str(tmp_path / "p.h5")}))
+    code, out, err = run(capsys, ["preprocess", "--config", str(tmp_path / "pre.yaml"), "-q"])
+    assert code == 0, err
+    return tmp_path / "p.h5"
+
+
 # --- item 1: a count of one is singular -------------------------------------------------------------
 
 
@@ -140,11 +152,7 @@ def test_a_run_whose_validation_loss_is_never_finite_is_a_diverged_run_of_its_st
     and no summary written (docs/training.md: a diverged run is listed and the others still train)."""
     yaml = pytest.importorskip("yaml")
     pytest.importorskip("torch")
-    _synth(capsys, tmp_path / "demo.h5", n=300)
-    (tmp_path / "pre.yaml").write_text(yaml.safe_dump({"inputs": [str(tmp_path / "demo.h5")],
-                                                       "output": str(tmp_path / "p.h5")}))
-    code, out, err = run(capsys, ["preprocess", "--config", str(tmp_path / "pre.yaml"), "-q"])
-    assert code == 0, err
+    _preprocessed(capsys, tmp_path, n=300)
     (tmp_path / "base.yaml").write_text(yaml.safe_dump({
         "data": {"path": str(tmp_path / "p.h5"), "batch_size": 64},
         "model": {"head": "equivariant", "hidden_dim": 16, "n_blocks": 1},
@@ -206,10 +214,7 @@ def test_export_of_a_one_member_ensemble_says_1_member(tmp_path, capsys):
     from 1 members into one network, ...)`."""
     yaml = pytest.importorskip("yaml")
     pytest.importorskip("torch")
-    _synth(capsys, tmp_path / "demo.h5", n=60)
-    (tmp_path / "pre.yaml").write_text(yaml.safe_dump({"inputs": [str(tmp_path / "demo.h5")],
-                                                       "output": str(tmp_path / "p.h5")}))
-    assert run(capsys, ["preprocess", "--config", str(tmp_path / "pre.yaml"), "-q"])[0] == 0
+    _preprocessed(capsys, tmp_path, n=60)
     (tmp_path / "ens.yaml").write_text(yaml.safe_dump({
         "data": {"path": str(tmp_path / "p.h5")},
         "ensemble": {"members": 1, "width": 8, "depth": 1, "batch_size": 64, "epochs": 1, "threads": 1},
@@ -228,10 +233,7 @@ def test_train_with_max_samples_below_three_names_max_samples(tmp_path, capsys):
     data.val_fraction`, which neither changes; `data.max_samples=3`: the same words, no word of max_samples."""
     yaml = pytest.importorskip("yaml")
     pytest.importorskip("torch")
-    _synth(capsys, tmp_path / "demo.h5", n=60)
-    (tmp_path / "pre.yaml").write_text(yaml.safe_dump({"inputs": [str(tmp_path / "demo.h5")],
-                                                       "output": str(tmp_path / "p.h5")}))
-    assert run(capsys, ["preprocess", "--config", str(tmp_path / "pre.yaml"), "-q"])[0] == 0
+    _preprocessed(capsys, tmp_path, n=60)
     (tmp_path / "t.yaml").write_text(yaml.safe_dump({
         "data": {"path": str(tmp_path / "p.h5")}, "model": {"hidden_dim": 8, "n_blocks": 1},
         "training": {"epochs": 1, "threads": 1},
@@ -251,10 +253,7 @@ def test_inspect_of_an_empty_slice_of_a_one_cell_split_says_1_cell(tmp_path, cap
     empty`."""
     yaml = pytest.importorskip("yaml")
     pytest.importorskip("torch")
-    _synth(capsys, tmp_path / "three.h5", n=3, seed=4)
-    (tmp_path / "pre.yaml").write_text(yaml.safe_dump({"inputs": [str(tmp_path / "three.h5")],
-                                                       "output": str(tmp_path / "p.h5")}))
-    assert run(capsys, ["preprocess", "--config", str(tmp_path / "pre.yaml"), "-q"])[0] == 0
+    _preprocessed(capsys, tmp_path, n=3, seed=4)
     (tmp_path / "t.yaml").write_text(yaml.safe_dump({
         "data": {"path": str(tmp_path / "p.h5"), "train_fraction": 0.34, "val_fraction": 0.34},
         "model": {"hidden_dim": 8, "n_blocks": 1}, "training": {"epochs": 1, "threads": 1},
