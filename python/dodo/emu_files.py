@@ -15,6 +15,7 @@ import numpy as np
 
 from ._hdf5_locks import held_open_for_writing, lock_refused_problem
 from ._output_guard import LINEAR_LABELS_KIND  # `dodo simulate --linear-only`'s label files (no final states)
+from ._shown import counted
 from .conventions import N_FLAVOURS, from_emu_layout
 
 INITIAL = "F4_initial(1|ccm)"
@@ -257,7 +258,7 @@ def unfinished_run_note(handle, path) -> str:
         return ""
     if complete is None or not isinstance(complete, (bool, np.bool_)) or complete:
         return ""
-    count = (f"{int(done)} of its {_states(int(requested))} done so far" if isinstance(done, (int, np.integer))
+    count = (f"{int(done)} of its {counted(int(requested), 'state')} done so far" if isinstance(done, (int, np.integer))
              and isinstance(requested, (int, np.integer)) else "not all of its states done")
     return (f"{path} is the database of an unfinished `dodo simulate` run ({count}: the run was stopped, or is "
             "still running); only the states it holds are used. Rerun its command (the `command` attribute) to "
@@ -365,24 +366,19 @@ def nf_problem(handle, shape: tuple) -> str:
     return ""
 
 
-def _states(count: int) -> str:
-    """"1 state", "3 states": "for 1 states" (outside probe, Python round fifty-six)."""
-    return f"{count} state" + ("" if count == 1 else "s")
-
-
 def growth_rate_note(shape, nsims: int) -> str:
     """Why a ``growthRate(1|s)`` dataset of ``shape`` does not hold one rate per state of a file of
     ``nsims`` states, or '' when it does: [nsims] or [nsims, 1] (a column vector). `dodo score` took
     any shape of nsims values (a [nsims/2, 2] too) and `dodo preprocess` only [nsims], storing NaN
     rates without a word for [nsims, 1] (outside probe, round 34, left open; round 35): both use this."""
     if shape is None:  # h5py.Empty
-        return f"{GROWTH} has a null dataspace (no values) for {_states(nsims)}"
+        return f"{GROWTH} has a null dataspace (no values) for {counted(nsims, 'state')}"
     shape = tuple(shape)
     if shape in ((nsims,), (nsims, 1)):
         return ""
     size = int(np.prod(shape))
     if size != nsims:
-        return f"{GROWTH} has {size} value{'' if size == 1 else 's'} for {_states(nsims)}"
+        return f"{GROWTH} has {counted(size, 'value')} for {counted(nsims, 'state')}"
     if shape == (1, nsims):
         # A column-major writer's [nsims, 1] (Julia's HDF5.jl, Fortran, MATLAB): said, but the reversed axes
         # were not named (outside probe, Python round fifty-six).

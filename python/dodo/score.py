@@ -20,6 +20,7 @@ import numpy as np
 from .conventions import MAX_THREADS, from_emu_layout, total_density
 from ._cli_common import add_json_argument, emit, input_path, json_target_file
 from ._cli_common import shown_name as _shown
+from ._shown import counted
 from ._output_guard import marked_report
 from ._status import REJECTED_MASK
 from .emu_files import (growth_rate_note, hdf5_item, known_file_problem, nf_problem, numeric_dataset, open_hdf5,
@@ -149,7 +150,7 @@ def read_emu_states(path: str) -> EmuStates:
             raise ValueError(f"{_shown(path)}: " + (reversed_axes_problem(key, emu.shape) or (
                 f"'{key}' has shape {emu.shape}; it must be [n, 4 (x,y,z,t), 2, 3] (three flavours)")))
     if len(emu_initial) != len(emu_final):
-        raise ValueError(f"{_shown(path)}: F4_initial(1|ccm) holds {_states(len(emu_initial))} and F4_final(1|ccm) "
+        raise ValueError(f"{_shown(path)}: F4_initial(1|ccm) holds {counted(len(emu_initial), 'state')} and F4_final(1|ccm) "
                          f"{len(emu_final)}; they must hold the same states")
     if len(emu_initial) == 0:
         raise ValueError(f"{_shown(path)}: no states")
@@ -401,16 +402,11 @@ def _files_label(paths, joiner: str = " + ") -> str:
     return joiner.join(names[:_NAMED_FILES - 1]) + f"{joiner}{len(names) - _NAMED_FILES + 1} more files ({len(names)} in all)"
 
 
-def _states(count: int) -> str:
-    """"1 state", "3 states" (a one-state report said "1 states"; round fifty-five's list)."""
-    return f"{count} state" + ("" if count == 1 else "s")
-
-
 def format_report(report: dict, model_label: str, data_label: str) -> str:
     """The human-readable table of `dodo score`."""
     m, b, d = report["model"], report["box3d"], report["difference"]
     n_scored = report.get("n_scored", report["n_states"])
-    lines = [f"dodo score: {model_label} on {data_label} ({_states(report['n_states'])}; closure at rest; "
+    lines = [f"dodo score: {model_label} on {data_label} ({counted(report['n_states'], 'state')}; closure at rest; "
              "|dn|/N_tot per species, mu and tau averaged, mean over species)"]
     left_out = report.get("left_out", {})
     if left_out.get("count"):
@@ -437,12 +433,12 @@ def format_report(report: dict, model_label: str, data_label: str) -> str:
             lines.append("growth rate / measured growthRate(1|s): no usable measured rates (none of the scored "
                          "states has a finite rate > 0)")
         else:
-            lines.append(f"growth rate / measured growthRate(1|s) on {_states(g['n_states'])}:")
+            lines.append(f"growth rate / measured growthRate(1|s) on {counted(g['n_states'], 'state')}:")
             for name in ("model", "box3d_proxy"):
                 row = g[name]
                 bad, over = row.get("non_finite", 0), row.get("ratio_overflow", 0)
-                why = ([f"a non-finite rate on {bad} of {_states(g['n_states'])}"] if bad else []) + (
-                    [f"a ratio beyond float64's range on {over} of {_states(g['n_states'])} (a finite rate over a "
+                why = ([f"a non-finite rate on {bad} of {counted(g['n_states'], 'state')}"] if bad else []) + (
+                    [f"a ratio beyond float64's range on {over} of {counted(g['n_states'], 'state')} (a finite rate over a "
                      f"measured rate as small as {row['smallest_measured_overflowing']:.3g} s^-1)"] if over else [])
                 if row["median_ratio"] is None:
                     lines.append(f"  {name:<12} no finite ratio" + (f" ({'; '.join(why)}: within 10% on none)"
@@ -575,7 +571,7 @@ def _run(args: argparse.Namespace) -> int:
                 broken_files.append((path, broken, len(part.F_init), largest))
         if len(broken_files) <= _WARNED_FILES:
             for path, broken, count, largest in broken_files:
-                print(f"dodo score: warning: {_shown(path)}: {broken} of {_states(count)} "
+                print(f"dodo score: warning: {_shown(path)}: {broken} of {counted(count, 'state')} "
                       f"{'has' if count == 1 else 'have'} {why} (by up to "
                       f"{largest:.2g} N_tot; tolerance {TRUTH_CONSERVATION_TOLERANCE:g}); scored as given",
                       file=sys.stderr)
@@ -607,7 +603,7 @@ def _run(args: argparse.Namespace) -> int:
                                      np.asarray(p.growth_rate, float) for p in parts])
             given = sum(len(p.F_init) for p in parts if p.growth_rate is not None)
             notes.append(f"no usable growthRate(1|s) in {_files_label(missing, ', ')}: growth rates compared on the "
-                         f"{_states(given)} of the other file{'' if len(parts) - len(missing) == 1 else 's'} only")
+                         f"{counted(given, 'state')} of the other file{'' if len(parts) - len(missing) == 1 else 's'} only")
         # Indices in the report count the states as joined: with several files, or repeats left
         # out, each state also names its file and row there.
         origins = [origin for p in parts for origin in p.origins] if len(parts) > 1 or repeated or repeated_within else None

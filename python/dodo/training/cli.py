@@ -181,7 +181,7 @@ def _synth(args) -> int:
     summary = write_synthetic_database(output, args.n, seed=args.seed, heavy_symmetric=not args.asymmetric_heavy,
                                        max_flux_factor=args.max_flux_factor, lebedev_order=args.lebedev_order,
                                        z_method=args.z_method, threads=args.threads, progress=not args.quiet)
-    rows = f"{summary['rows']} row" + ("" if summary["rows"] == 1 else "s")  # "1 rows" before (round fifty-six)
+    rows = counted(summary["rows"], "row")  # "1 rows" before (round fifty-six)
     print(f"synth: {rows} -> {summary['path']} (Box3D finds a crossing in "
           f"{summary['crossing_fraction']:.1%})")
     return 0

@@ -13,6 +13,7 @@ import numpy as np
 
 from .._atomic import atomic_hdf5, check_outputs, sha256_file
 from .._output_guard import is_synthetic_mark
+from .._shown import counted
 from .config import PreprocessConfig
 from .readers import (DataFileError, FilterCounts, apply_hygiene, average_mu_tau_change, iter_emu_chunks,
                       open_emu_file)
@@ -124,11 +125,6 @@ def box3d_rejected_mask(status: np.ndarray) -> np.ndarray:
     return (np.asarray(status).astype(np.int64) & reject) != 0
 
 
-def _rows(count: int) -> str:
-    """"1 row", "3 rows": `preprocess: 1 rows -> ...` before (outside probe, Python round fifty-six)."""
-    return f"{count} row" + ("" if count == 1 else "s")
-
-
 def preprocess(config: PreprocessConfig, progress: bool = True, log=print) -> dict:
     """Run the whole preprocessing; returns a summary (also stored in the file attributes)."""
     import h5py
@@ -168,12 +164,12 @@ def preprocess(config: PreprocessConfig, progress: bool = True, log=print) -> di
             first, first_rows = campaigns[campaign]
             if nsims <= first_rows:
                 log(f"preprocess: {path} holds the states of {first} simulated with the same settings (the same dodo "
-                    f"simulate campaign run twice; {_rows(nsims)} here, {first_rows} there): read once")
+                    f"simulate campaign run twice; {counted(nsims, 'row')} here, {first_rows} there): read once")
                 continue
             # The earlier one is the campaign unfinished (its database rewritten after every batch): the
             # one with more rows is read in its place.
             log(f"preprocess: {first} holds the states of {path} simulated with the same settings (the same dodo "
-                f"simulate campaign run twice; {_rows(first_rows)} there, {nsims} here): {path} is read in its place")
+                f"simulate campaign run twice; {counted(first_rows, 'row')} there, {nsims} here): {path} is read in its place")
             at = read.index(first)
             del read[at], sources[at]
             total_rows -= first_rows
@@ -214,7 +210,7 @@ def preprocess(config: PreprocessConfig, progress: bool = True, log=print) -> di
     elapsed = time.perf_counter() - started
     summary = {"output": str(output), "rows_written": written, "data_kind": data_kind, "filter_counts": counts.as_dict(),
                "seconds": elapsed, "cells_per_second": counts.rows_read / elapsed if elapsed > 0 else float("inf")}
-    log(f"preprocess: {_rows(written)} -> {output} ({elapsed:.2f} s, {summary['cells_per_second']:.3g} cells/s)")
+    log(f"preprocess: {counted(written, 'row')} -> {output} ({elapsed:.2f} s, {summary['cells_per_second']:.3g} cells/s)")
     log("filters: " + ", ".join(f"{k}={v}" for k, v in counts.as_dict().items()))
     return summary
 
