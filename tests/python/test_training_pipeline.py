@@ -124,7 +124,7 @@ def test_inspect_plots_and_study(trained, preprocessed, tmp_path, capsys):
     assert dodo_main(["inspect", str(trained / "checkpoints" / "best.pt"), "--stop", "100000"]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     cells = int(first.split()[0])
-    assert cells < 100000 and f"slice [0, {cells}]" in first, first
+    assert cells < 100000 and f"slice [0:{cells}]" in first, first
     [metrics_path] = (trained / "results").glob("metrics_*.json")
     assert dodo_main(["plot", "curve", str(metrics_path), "-o", str(tmp_path / "curve.png")]) == 0
     assert dodo_main(["plot", "metrics", str(metrics_path), str(metrics_path), "-o", str(tmp_path / "runs.png")]) == 0

@@ -344,7 +344,22 @@ def _plot(args) -> int:
     check_outputs(outputs, args.files)
     refuse_replacing_with_plot(outputs, "dodo plot", args.overwrite, "--overwrite")
     if args.what == "metrics":
-        written = [plot_metrics(args.files, args.output)]
+        # A file named twice (also through a link) was drawn as two runs, "m1 [1]" and "m1 [2]", where `dodo
+        # score` scores such a file once with a note: drawn once, with a note (outside probe, Python round 58).
+        first, repeated = {}, []
+        for path in args.files:
+            try:
+                status = os.stat(path)
+                key = (status.st_dev, status.st_ino)
+            except (OSError, ValueError):
+                key = os.path.realpath(path)  # load_metrics says why it cannot be read
+            if key in first and first[key] not in repeated:
+                repeated.append(first[key])
+            first.setdefault(key, path)
+        if repeated:
+            shown = ", ".join(repeated[:3]) + (f" and {len(repeated) - 3} more" if len(repeated) > 3 else "")
+            print(f"note: {shown} named more than once (or through a link): each drawn once")
+        written = [plot_metrics(list(first.values()), args.output)]
     else:
         if len(args.files) != 1:
             raise ValueError("plot curve takes exactly one metrics JSON")

@@ -39,7 +39,7 @@ def inspect_checkpoint(checkpoint_path: str | Path, data_path=None, split: str |
     indices = split_indices[start:stop]
     if len(indices) == 0:
         raise ValueError(f"slice [{start}:{stop}] of split {split!r} ({counted(len(split_indices), 'cell')}) is empty")
-    taken = range(len(split_indices))[start:stop]  # the slice as taken: --stop 1000 of 50 cells is [0, 50]
+    taken = range(len(split_indices))[start:stop]  # the slice as taken: --stop 1000 of 50 cells is [0:50]
     start, stop = taken.start, taken.stop
     closure = closure_from_checkpoint(checkpoint, checkpoint_path)
     refuse_weights_that_are_not_finite(closure, checkpoint_path, "inspect")  # not NaN metrics (round 35)
@@ -65,7 +65,11 @@ def inspect_checkpoint(checkpoint_path: str | Path, data_path=None, split: str |
 
 
 def format_inspection(report: dict) -> str:
-    lines = [f"{counted(report['cells'], 'cell')}, split '{report['split']}' slice {report['slice']}",
+    # The slice as --start/--stop take it, [start:stop] as in the empty slice's error: the table said
+    # "slice [0, 30]" (the JSON's list) and the error "slice [5:5]" (outside probe, Python round fifty-eight).
+    taken = report["slice"]  # [start, stop] as inspect_checkpoint gives it
+    taken = ":".join(str(end) for end in taken) if isinstance(taken, (list, tuple)) else taken
+    lines = [f"{counted(report['cells'], 'cell')}, split '{report['split']}' slice [{taken}]",
              f"{'term':<12} {'box3d':>11} {'model':>11} {'weighted':>11}"]
     for name, value in report["loss_terms_model"].items():
         lines.append(f"{name:<12} {report['loss_terms_box3d'][name]:11.3e} {value:11.3e} "
