@@ -486,7 +486,8 @@ def test_simulate_keeps_an_unfinished_database_without_its_checkpoint(tmp_path, 
     checkpoint.unlink()
     before = digest(output)
     line = refused(capsys, ["simulate", str(output), "--random", "2", "--seed", "11", *SMALL_RUN], output)
-    assert "unfinished dodo simulate database (1 valid state) with no checkpoint" in line  # singular: round 57 and "--overwrite" in line
+    # singular: round 57 (its "--overwrite" check had slid into this comment: restored, round 58)
+    assert "unfinished dodo simulate database (1 valid state) with no checkpoint" in line and "--overwrite" in line
     assert digest(output) == before
     checkpoint.write_bytes(saved)  # guard: with its checkpoint, the same command resumes and finishes it
     assert run(capsys, ["simulate", str(output), "--random", "4", "--seed", "9", *SMALL_RUN])[0] == 0
