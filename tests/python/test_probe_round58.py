@@ -57,3 +57,57 @@ def test_inspect_writes_its_slice_as_its_empty_slice_error_does(tmp_path, capsys
     assert json.loads((tmp_path / "i.json").read_text())["slice"] == [1, 3]
     code, out, err = run(capsys, ["inspect", best, "--start", "2", "--stop", "2"])
     assert code == 2 and "error: slice [2:2] of split 'val'" in err, err
+
+
+# --- the runtime from Python -----------------------------------------------------------------------------
+
+
+def _moving_cells(n: int, seed: int = 0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    F = np.zeros((n, 6, 4))
+    F[..., 0] = rng.uniform(0.2, 1.0, (n, 6))
+    direction = rng.normal(size=(n, 6, 3))
+    F[..., 1:] = direction / np.linalg.norm(direction, axis=-1, keepdims=True) * F[..., :1] * rng.uniform(0, 0.9, (n, 6, 1))
+    return F
+
+
+@pytest.mark.parametrize("name", ["bfloat16", "float8_e4m3fn", "int4"])
+def test_extension_real_dtypes_of_ml_dtypes_are_computed_as_their_float64_values(name):
+    """np.asarray of a JAX array in bfloat16 (ml_dtypes, which onnx installs): `ValueError: F_init must hold
+    real numbers (any float or integer dtype); got dtype bfloat16` from dodo.box3d, Closure.apply,
+    invariants, ..., which said the dtype was not a float; float8_e5m2 (kind "f") was taken. Now computed
+    as the same values in float64, bit for bit; structured and raw void dtypes stay refused."""
+    import numpy as np
+
+    import dodo
+
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    dtype = getattr(ml_dtypes, name)
+    given = (_moving_cells(20) * (8 if name == "int4" else 1)).astype(dtype)
+    F = given.astype(np.float64)
+    closure = dodo.Closure(threads=1)
+    assert np.array_equal(closure.apply(given).F_pred, closure.apply(F).F_pred)
+    assert np.array_equal(dodo.box3d(given).F_box, dodo.box3d(F).F_box)
+    assert np.array_equal(dodo.invariants(given), dodo.invariants(F))
+    at_rest = np.tile([1.0, 0.0, 0.0, 0.0], (20, 1))
+    assert np.array_equal(dodo.box3d(F, at_rest.astype(dtype)).F_box, dodo.box3d(F).F_box)
+    for refused in (np.dtype("V8"), np.dtype([("n", "f8")])):  # guard: still one line naming the dtype
+        with pytest.raises(ValueError, match=r"must hold real numbers .*got dtype"):
+            dodo.box3d(np.zeros((2, 6, 4), refused))
+
+
+def test_a_bfloat16_four_velocity_is_refused_naming_its_rounding():
+    """u = (W, W v) at v = 0.3 rounded to bfloat16 (8 bits): refused as a dtype that is not a float (above). Now
+    bfloat16 is taken, and this u refused naming bfloat16's rounding as a float16 u is, not "pass u = (W, W v)"."""
+    import numpy as np
+
+    import dodo
+
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    W = 1 / np.sqrt(1 - 0.3 ** 2)
+    u = np.tile([W, 0.3 * W, 0.0, 0.0], (4, 1)).astype(ml_dtypes.bfloat16)
+    with pytest.raises(ValueError, match=r"u is bfloat16, whose rounding \(eps 0.0078\) alone gives .* give u as "
+                                         r"float32 or float64"):
+        dodo.box3d(_moving_cells(4), u)
