@@ -535,26 +535,28 @@ class Closure:
         has_model = model_path is not None or model_bytes is not None
         if library is None and has_model and not os.environ.get("DODO_ONNXRUNTIME_LIBRARY"):
             library = onnxruntime_library_path()
-        self._model_path = model_path
         # What pickling needs to load the same closure again (see __reduce__): the model's source
         # (an absolute path: a worker may run elsewhere in the file tree) and the options as given.
-        self._source = (model_bytes if model_bytes is not None else None if model is None
-                        else BOX3D_ONLY if model_path is None else os.path.abspath(model_path))
-        self._options = {"threads": threads, "chunk_size": chunk_size, "lebedev_order": lebedev_order,
-                         "z_method": z_method, "max_flux_factor": max_flux_factor, "device": device,
-                         "self_test": self_test, "evaluator": evaluator,
-                         "onnxruntime_library": None if onnxruntime_library is None else _library_path(onnxruntime_library)}
+        # Set with the runtime, once it loaded: a second __init__ that failed (another package, a refused
+        # option) left the new path and options beside the old runtime, so that model_path named a package
+        # not in use and a pickle loaded another closure, or none (outside probe, Python round fifty-eight).
+        source = (model_bytes if model_bytes is not None else None if model is None
+                  else BOX3D_ONLY if model_path is None else os.path.abspath(model_path))
+        options = {"threads": threads, "chunk_size": chunk_size, "lebedev_order": lebedev_order,
+                   "z_method": z_method, "max_flux_factor": max_flux_factor, "device": device,
+                   "self_test": self_test, "evaluator": evaluator,
+                   "onnxruntime_library": None if onnxruntime_library is None else _library_path(onnxruntime_library)}
         file_bytes = None if model_path is None else _model_file_bytes_if_not_utf8(model_path)
-        self._library_given = _library_path(library)
+        library_given = _library_path(library)
         try:
-            self._runtime = _core.Closure(
+            runtime = _core.Closure(
                 model_bytes if model_bytes is not None else file_bytes if file_bytes is not None
                 else BOX3D_ONLY if model_path is None else model_path,
                 threads=min(_threads(threads), _most_workers()), chunk_size=_chunk_size(chunk_size),
                 lebedev_order=0 if lebedev_order is None else _integral("lebedev_order", lebedev_order),
                 z_method="" if z_method is None else _text("z_method", z_method, '"exact" or "jedynak"'),
                 max_flux_factor=0.0 if max_flux_factor is None else _max_flux_factor(max_flux_factor),
-                onnxruntime_library=self._library_given,
+                onnxruntime_library=library_given,
                 device=_text("device", device, '"cpu", "cuda" or "cuda:N"'), run_self_test=bool(self_test and has_model),
                 evaluator=_text("evaluator", evaluator, '"auto" or "onnxruntime"'))
         except (RuntimeError, ValueError, OSError) as error:
@@ -572,7 +574,7 @@ class Closure:
                               str(error), count=1)
                 raise type(error)(text) from None
             if "cannot load the ONNX Runtime library" in str(error):  # not a missing CUDA provider
-                hint = bare_library_hint(self._library_given or os.environ.get("DODO_ONNXRUNTIME_LIBRARY", ""))
+                hint = bare_library_hint(library_given or os.environ.get("DODO_ONNXRUNTIME_LIBRARY", ""))
                 if hint:
                     raise type(error)(f"{error}{hint}") from None
             if isinstance(model, bytes) and len(model) <= 4096 and os.path.exists(model):
@@ -590,6 +592,8 @@ class Closure:
                 raise type(error)(f"{error}; these {len(model_bytes)} bytes spell {word!r}, but bytes are read as a "
                                   f"package's content: give {meant}") from None
             raise
+        self._runtime, self._model_path, self._source, self._options = runtime, model_path, source, options
+        self._library_given = library_given
 
     # -- evaluation
     def apply(self, F_init, u=None, *, out: Optional[ClosureResult] = None) -> ClosureResult:

@@ -111,3 +111,28 @@ def test_a_bfloat16_four_velocity_is_refused_naming_its_rounding():
     with pytest.raises(ValueError, match=r"u is bfloat16, whose rounding \(eps 0.0078\) alone gives .* give u as "
                                          r"float32 or float64"):
         dodo.box3d(_moving_cells(4), u)
+
+
+def test_a_closure_whose_second_init_failed_is_still_the_closure_it_was():
+    """`closure.__init__(other_model, ...)` that failed (here the default model with another Lebedev order:
+    refused) left the closure running Box3D alone, as before, but with the new model's path and options:
+    `model_path` named the default model, and a pickle (a worker's copy) held them, so it unpickled as
+    an unusable closure. Now nothing of a failed __init__ is kept."""
+    import copy
+    import pickle
+
+    import numpy as np
+
+    import dodo
+
+    closure = dodo.Closure("box3d", threads=1)
+    for refused in ({"lebedev_order": 41}, {"threads": -5}):
+        with pytest.raises((RuntimeError, ValueError)):
+            closure.__init__(None, **refused)
+        assert closure.model_path is None and not closure.has_model and repr(closure) == "dodo.Closure(Box3D only, threads=1)"
+        F = _moving_cells(5)
+        for other in (pickle.loads(pickle.dumps(closure)), copy.copy(closure)):
+            assert isinstance(other, dodo.Closure) and not other.has_model, repr(other)
+            assert np.array_equal(other.apply(F).F_pred, closure.apply(F).F_pred)
+    closure.__init__(None, threads=1)  # guard: a second __init__ that succeeds takes the new model
+    assert closure.has_model and closure.model_path is not None
