@@ -200,6 +200,16 @@ def check_output_target(path: str | Path) -> None:
         # open(path, "w") refuses: refuse it too (root may write any file, as with open).
         raise OutputPathError(f"cannot write {path}: it exists and is read-only (no write permission); make it "
                               "writable or choose another output")
+    sticky = _sticky_directory_refusing_replacement(path) if mode is not None else None
+    if sticky is not None:
+        # Another user's file in a sticky directory (/tmp, a shared scratch directory of mode 1777) may be
+        # written in place but not replaced by a rename: `dodo synth OUT --overwrite` (any atomic write)
+        # of a colleague's world-writable OUT did all its work, then said "no permission to create files
+        # in DIR (made read-only while this command wrote it?)" of a directory nobody had touched
+        # (outside probe, data-loss round eleven).
+        raise OutputPathError(f"cannot write {path}: it belongs to another user and {sticky} is a sticky directory "
+                              "(mode +t, as /tmp), where only a file's owner may replace it; dodo writes a new file "
+                              "and renames it over the old one: have its owner remove it, or choose another output")
     ancestor = Path(os.path.realpath(path)).parent if mode is None and os.path.islink(path) else path.parent
     while True:  # the nearest existing ancestor must be a directory
         try:
@@ -285,6 +295,36 @@ def _creation_refusal(error: OSError, directory: Path) -> str:
         return (f"its file system refuses new files ({text}, from a directory that exists: a pseudo file system "
                 "such as /proc?); choose another output")
     return text
+
+
+def _sticky_directory_refusing_replacement(path) -> Optional[Path]:
+    """The directory of the existing file ``path`` (a symlink's target) where a rename over it will be
+    refused: a sticky directory (S_ISVTX) when neither the file nor the directory is this process's
+    and the process lacks CAP_FOWNER; None otherwise, or where it cannot be told."""
+    if not hasattr(os, "geteuid"):
+        return None
+    final = Path(os.path.realpath(path))
+    try:
+        file_status, directory_status = os.stat(final), os.stat(final.parent)
+    except OSError:
+        return None
+    user = os.geteuid()
+    if not directory_status.st_mode & stat.S_ISVTX or user in (file_status.st_uid, directory_status.st_uid):
+        return None
+    return None if _may_override_sticky_bit(user) else final.parent
+
+
+def _may_override_sticky_bit(user: int) -> bool:
+    """Whether this process has CAP_FOWNER (bit 3 of CapEff in /proc/self/status); without /proc,
+    whether it is root."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> 3 & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return user == 0
 
 
 def _file_kind(mode: int) -> str:
@@ -721,7 +761,11 @@ def _flock(path: Path, remove: bool, refuse, command: str = ""):
         yield
     finally:
         if remove:
-            with contextlib.suppress(FileNotFoundError):
+            # Not only gone meanwhile: another user's lock file (left by their killed run) in a sticky
+            # directory cannot be removed (EPERM); left, it is taken over by the next run as any stale
+            # lock is. `dodo simulate` wrote its database, then ended with a PermissionError traceback,
+            # exit 1 (outside probe, data-loss round eleven).
+            with contextlib.suppress(OSError):
                 os.unlink(path)
         handle.close()  # releases the lock
 
@@ -949,18 +993,27 @@ _LATCH_CALLBACK_CODES = frozenset(
                  "writable", "seekable"))
 
 
-def remove_stale_temporaries(final: str | Path) -> list[Path]:
-    """Delete temporaries of ``final`` left by writers that no longer run on this host."""
+def stale_temporaries(final: str | Path) -> list[Path]:
+    """The temporaries of ``final`` left by writers that no longer run on this host (a SIGKILL, a
+    power loss): what the next atomic write of ``final`` removes."""
     final = Path(final)
     pattern = re.compile(re.escape(_temporary_prefix(final, with_pid=False)) + r"(\d+)\.[^.]+\.tmp")
-    removed = []
+    stale = []
     with contextlib.suppress(OSError):
         for candidate in final.parent.iterdir():
             match = pattern.fullmatch(candidate.name)
             if match and not _running(int(match.group(1))):
-                with contextlib.suppress(FileNotFoundError):
-                    candidate.unlink()
-                    removed.append(candidate)
+                stale.append(candidate)
+    return stale
+
+
+def remove_stale_temporaries(final: str | Path) -> list[Path]:
+    """Delete temporaries of ``final`` left by writers that no longer run on this host."""
+    removed = []
+    for candidate in stale_temporaries(final):
+        with contextlib.suppress(OSError):  # gone meanwhile, or another user's in a sticky directory
+            candidate.unlink()
+            removed.append(candidate)
     return removed
 
 

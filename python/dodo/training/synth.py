@@ -25,13 +25,15 @@ Recipe (fluid rest frame; every number is scaled by a per-row N_tot log-uniform 
 """
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import numpy as np
 
 from dodo.conventions import N_SPECIES, to_emu_layout
 
-from .._atomic import atomic_hdf5
+from .._atomic import atomic_hdf5, stale_temporaries
 
 RECIPE = ("final = F_init + s dF_box, s = 0.8 - 0.2 tanh(4 (x_nue - x_nuebar))^2 + 0.1 (f_nue^2 - f_nuebar^2)^2; "
           "see dodo.training.synth")
@@ -151,16 +153,27 @@ def _check_free_space(path: str | Path, n: int, seed: int) -> None:
     import shutil
 
     needed = n * (3 * 24 * 8 + 8 + 16 + len(f"synthetic/{seed}/{n}"))
-    directory = Path(path).absolute().parent
+    # Where the file is written: a symlink's target (atomic_path replaces it), whose file system may
+    # not be the link's; and the temporaries of killed writers there, which the write removes first,
+    # count as free. `dodo synth link.h5` (link.h5 -> /big/out.h5) in a full directory, and the rerun
+    # of a `dodo synth OUT` SIGKILLed while writing (its temporary as large as OUT), were refused with
+    # "lower -n" (outside probe, data-loss round eleven).
+    final = Path(os.path.realpath(path))
+    directory = final.parent
     while not directory.exists() and directory != directory.parent:  # created on writing
         directory = directory.parent
     try:
         free = shutil.disk_usage(directory).free
     except OSError:
         return  # nothing to say: the write reports its own error
-    if needed > free:
+    left = 0
+    for stale in stale_temporaries(final):
+        with contextlib.suppress(OSError):
+            left += stale.stat().st_blocks * 512
+    if needed > free + left:
+        counted = f" (with {_bytes_text(left)} of killed writers' temporaries, which the write removes)" if left else ""
         raise ValueError(f"{path}: {n:,} rows need at least {_bytes_text(needed)} but {directory} has "
-                         f"{_bytes_text(free)} free; lower -n")
+                         f"{_bytes_text(free + left)} free{counted}; lower -n")
 
 
 def _bytes_text(count: int) -> str:

@@ -1,0 +1,184 @@
+"""Outside probe, data-loss round eleven: `dodo synth`'s free-space check looks where the file is written.
+
+`dodo synth` refuses, before any work, a row count whose data exceed the free space of the output's
+file system. It measured the directory of the path as given and counted nothing else, so that
+- the rerun of a `dodo synth OUT` killed with SIGKILL while it wrote (its temporary, as large as OUT,
+  left beside OUT for the next write to remove) was refused with "lower -n" on a disk that holds
+  one copy of OUT: the space was the killed run's own temporary, which that rerun would have removed;
+- an OUT that is a symbolic link (followed: its target is replaced) was judged by the link's file
+  system: `link.h5 -> /big/out.h5` in a full directory was refused with "lower -n", though the file
+  is written on /big.
+The file system's free space is stood in for (shutil.disk_usage): these tests need no small disk."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("h5py")
+
+from cli_helpers import run  # noqa: E402
+
+ROWS = 2000  # needs about 1.2 MB (synth._check_free_space)
+REAL_DISK_USAGE = shutil.disk_usage
+
+
+def _small_disk(monkeypatch, directory: Path, free: int) -> None:
+    """shutil.disk_usage reports ``free`` bytes for ``directory`` (its real numbers elsewhere)."""
+    def disk_usage(path):
+        usage = REAL_DISK_USAGE(path)
+        if Path(path).resolve() == directory.resolve():
+            return usage._replace(free=free)
+        return usage
+
+    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
+
+
+def _temporary_of_a_killed_writer(output: Path, size: int) -> Path:
+    """A temporary of ``output`` as an atomic writer leaves it when SIGKILLed: made under the writer's
+    own name (host and pid) by a child process that then ends without removing it."""
+    code = textwrap.dedent(f"""
+        import os, tempfile
+        from pathlib import Path
+        from dodo._atomic import _temporary_prefix
+        final = Path({str(output)!r})
+        fd, name = tempfile.mkstemp(prefix=_temporary_prefix(final), suffix=".tmp", dir=final.parent)
+        os.write(fd, os.urandom({size}))
+        print(name)
+        os._exit(0)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return Path(done.stdout.strip())
+
+
+def test_a_rerun_after_a_killed_synth_counts_its_temporary_as_free(tmp_path, capsys, monkeypatch):
+    output = tmp_path / "out.h5"
+    left = _temporary_of_a_killed_writer(output, 1_300_000)
+    assert left.exists() and left.stat().st_blocks * 512 >= 1_300_000
+    _small_disk(monkeypatch, tmp_path, 900_000)  # one copy of OUT fits once the temporary is gone
+    code, _, err = run(capsys, ["synth", str(output), "-n", str(ROWS), "-q"])
+    assert code == 0, err  # was: "out.h5: 2,000 rows need at least 1.2 MB but ... has 900000 bytes free; lower -n"
+    assert output.is_file() and not left.exists()
+
+
+def test_a_synth_refused_for_space_counts_the_temporaries_it_names(tmp_path, capsys, monkeypatch):
+    """Still too little with the temporary counted: refused before any work, saying what was counted
+    (the free space it names is not what `df` shows), the temporary left for the write to remove."""
+    output = tmp_path / "out.h5"
+    left = _temporary_of_a_killed_writer(output, 300_000)
+    _small_disk(monkeypatch, tmp_path, 100_000)
+    code, _, err = run(capsys, ["synth", str(output), "-n", str(ROWS), "-q"])
+    assert code == 2 and "lower -n" in err and "killed writers' temporaries" in err, err
+    assert not output.exists() and left.exists()
+
+
+def test_synth_through_a_symbolic_link_judges_the_target_file_system(tmp_path, capsys, monkeypatch):
+    full, roomy = tmp_path / "full", tmp_path / "roomy"
+    full.mkdir()
+    roomy.mkdir()
+    link = full / "link.h5"
+    link.symlink_to(roomy / "out.h5")  # dangling until written: the target is made, the link kept
+    _small_disk(monkeypatch, full, 100_000)
+    code, _, err = run(capsys, ["synth", str(link), "-n", str(ROWS), "-q"])
+    assert code == 0, err  # was: "link.h5: 2,000 rows need at least 1.2 MB but .../full has 100000 bytes free"
+    assert link.is_symlink() and (roomy / "out.h5").is_file()
+    assert os.path.samefile(link, roomy / "out.h5")
+
+
+def test_synth_onto_a_full_target_through_a_link_is_still_refused(tmp_path, capsys, monkeypatch):
+    """The target's file system full, the link's roomy: refused before any work (the link's was
+    measured: it went on to the write)."""
+    roomy, full = tmp_path / "roomy", tmp_path / "full"
+    roomy.mkdir()
+    full.mkdir()
+    link = roomy / "link.h5"
+    link.symlink_to(full / "out.h5")
+    _small_disk(monkeypatch, full, 100_000)
+    code, _, err = run(capsys, ["synth", str(link), "-n", str(ROWS), "-q"])
+    assert code == 2 and "lower -n" in err and str(full) in err, err
+    assert not (full / "out.h5").exists()
+
+
+# --- Another user's file in a sticky directory --------------------------------------------------------
+
+SETPRIV = shutil.which("setpriv")
+#: Root without the capabilities that let it replace another user's file in a sticky directory (and
+#: write any file): what an ordinary user is there (an ordinary user cannot run this test's set-up).
+AS_A_USER = [SETPRIV, "--inh-caps=-dac_override,-dac_read_search,-fowner",
+             "--bounding-set=-dac_override,-dac_read_search,-fowner"]
+
+
+def _another_users_file_in_a_sticky_directory(tmp_path: Path) -> Path:
+    """shared/out.h5 (a synth database, mode 666) owned by uid 65534 in shared/ (mode 1777, its uid 65534)."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    code = subprocess.run([sys.executable, "-m", "dodo", "synth", str(shared / "out.h5"), "-n", "50", "-q"],
+                          capture_output=True, text=True, timeout=300)
+    assert code.returncode == 0, code.stderr
+    for path in (shared, shared / "out.h5"):
+        os.chown(path, 65534, 65534)
+    shared.chmod(0o1777)
+    (shared / "out.h5").chmod(0o666)
+    return shared / "out.h5"
+
+
+@pytest.mark.skipif(SETPRIV is None or not hasattr(os, "geteuid") or os.geteuid() != 0,
+                    reason="needs root (to make another user's file) and setpriv (to drop CAP_FOWNER)")
+def test_another_users_file_in_a_sticky_directory_is_refused_before_any_work(tmp_path):
+    output = _another_users_file_in_a_sticky_directory(tmp_path)
+    before = output.read_bytes()
+    done = subprocess.run([*AS_A_USER, sys.executable, "-m", "dodo", "synth", str(output), "-n", "50", "-q",
+                           "--overwrite", "--seed", "4"], capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL)
+    if "setpriv:" in done.stderr:
+        pytest.skip(f"setpriv cannot drop capabilities here: {done.stderr.strip()}")
+    lines = done.stderr.strip().splitlines()
+    # was, after the work: "cannot write .../out.h5: no permission to create files in .../shared (made
+    # read-only while this command wrote it?); the file there is untouched"
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert "sticky directory" in lines[0] and "another user" in lines[0] and "read-only" not in lines[0], lines[0]
+    assert output.read_bytes() == before
+    assert sorted(p.name for p in output.parent.iterdir()) == ["out.h5"]  # no temporary, no lock left
+
+
+def test_a_users_own_file_in_a_sticky_directory_is_replaced(tmp_path, capsys):
+    """Guard: the sticky bit stops nobody from replacing a file of their own."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    output = shared / "out.h5"
+    assert run(capsys, ["synth", str(output), "-n", "50", "-q"])[0] == 0
+    before = output.read_bytes()
+    code, _, err = run(capsys, ["synth", str(output), "-n", "50", "-q", "--overwrite", "--seed", "4"])
+    assert code == 0, err
+    assert output.read_bytes() != before
+
+
+@pytest.mark.skipif(SETPRIV is None or not hasattr(os, "geteuid") or os.geteuid() != 0,
+                    reason="needs root (to make another user's file) and setpriv (to drop CAP_FOWNER)")
+def test_a_lock_file_of_another_user_that_cannot_be_removed_ends_no_run_with_a_traceback(tmp_path):
+    """`.OUT.lock` left by another user's killed `dodo simulate OUT` (group-writable: umask 002) in a
+    sticky directory: the run takes it over, writes OUT, and cannot remove it at the end (EPERM)."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    lock = shared / ".sim.h5.lock"
+    lock.write_text("12345\ndodo simulate")
+    for path in (shared, lock):
+        os.chown(path, 65534, 65534)
+    shared.chmod(0o1777)
+    lock.chmod(0o666)
+    done = subprocess.run([*AS_A_USER, sys.executable, "-m", "dodo", "simulate", str(shared / "sim.h5"), "--random",
+                           "2", "--ncell", "16", "--nphi", "8", "-q"], capture_output=True, text=True, timeout=600,
+                          stdin=subprocess.DEVNULL)
+    if "setpriv:" in done.stderr:
+        pytest.skip(f"setpriv cannot drop capabilities here: {done.stderr.strip()}")
+    # was: the database written, then "PermissionError: [Errno 1] Operation not permitted: '.../.sim.h5.lock'"
+    # as a traceback, exit 1
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert (shared / "sim.h5").is_file() and lock.is_file()
