@@ -356,10 +356,10 @@ def _plot(args) -> int:
             if key in first and first[key] not in repeated:
                 repeated.append(first[key])
             first.setdefault(key, path)
-        if repeated:
+        written = [plot_metrics(list(first.values()), args.output)]
+        if repeated:  # said once drawn: a file that cannot be read is the error alone
             shown = ", ".join(repeated[:3]) + (f" and {len(repeated) - 3} more" if len(repeated) > 3 else "")
             print(f"note: {shown} named more than once (or through a link): each drawn once")
-        written = [plot_metrics(list(first.values()), args.output)]
     else:
         if len(args.files) != 1:
             raise ValueError("plot curve takes exactly one metrics JSON")
