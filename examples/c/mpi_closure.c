@@ -112,7 +112,7 @@ int main(int argc, char** argv) {
   unsigned char* package = rank == 0 ? read_package(argv[1], &package_size) : NULL;
   MPI_Bcast(&package_size, 1, MPI_LONG, 0, MPI_COMM_WORLD);
   if (package_size < 0) {
-    if (rank == 0) fprintf(stderr, "cannot read the model package \"%s\" (missing, unreadable or not a regular file)\n", argv[1]);
+    if (rank == 0) fprintf(stderr, "cannot read the model package \"%s\" (missing, empty, unreadable or not a regular file)\n", argv[1]);
     MPI_Finalize();
     return 1;
   }

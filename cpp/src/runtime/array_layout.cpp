@@ -83,8 +83,8 @@ ByteRange byte_range(const char* name, const void* data, std::size_t element_siz
   ByteRange range{base + low * static_cast<Wide>(element_size), base + (high + 1) * static_cast<Wide>(element_size)};
   if (-low > limit || high >= limit || range.lo < 0 ||
       range.hi > static_cast<Wide>(std::numeric_limits<std::uintptr_t>::max()))
-    refuse(std::string(name) + " with " + std::to_string(extents[0]) +
-           " cells and these strides would reach beyond the address space (n_cells too large or a stride too large)");
+    refuse(std::string(name) + " with " + std::to_string(extents[0]) + (extents[0] == 1 ? " cell" : " cells") +
+           " and these strides would reach beyond the address space (n_cells too large or a stride too large)");
   // Where each element lies (rank 1: one value per cell; rank 2: u's 4; rank 3: the 6 x 4 of F).
   const Wide bytes = static_cast<Wide>(element_size);
   range.base = base;

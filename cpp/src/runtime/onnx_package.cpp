@@ -27,9 +27,16 @@ constexpr std::uint64_t kEntryValue = 2;
 // resident and 4.8 s before "model metadata was altered after export").
 constexpr std::size_t kMaxMetadataEntries = 4096;
 
+// The reader's words for bytes it refused: of a file, and of a host's buffer, which read_package
+// gives its own words: "model in memory (3000 bytes): not an ONNX model (truncated or damaged file?)"
+// spoke of a file where a host had passed bytes, often a size short of the package's (outside probe,
+// C round forty-six).
+constexpr std::string_view kDamagedFile = "not an ONNX model (truncated or damaged file?): ";
+constexpr std::string_view kDamagedBytes =
+    "not an ONNX model (truncated or damaged bytes? give the whole .onnx file's bytes and its size): ";
+
 [[noreturn]] void malformed(const std::string& what, std::size_t at) {
-  throw Error(DODO_ERROR_MODEL_FORMAT,
-              "not an ONNX model (truncated or damaged file?): " + what + " at byte " + std::to_string(at));
+  throw Error(DODO_ERROR_MODEL_FORMAT, std::string(kDamagedFile) + what + " at byte " + std::to_string(at));
 }
 
 class WireReader {
@@ -384,10 +391,14 @@ void append_utf8(std::string& out, std::uint32_t code) {
 // after (or before) each character; nullopt for any other bytes. A UTF-16 JSON file was still "not
 // an ONNX model (truncated or damaged file?): wire type 7" after round forty-four (outside probe,
 // C round forty-five).
+// A mark alone (zero bytes after it aside) is an empty text: "" (it was "a text file ... (it begins
+// "\xff\xfe")", read as bytes; outside probe, C round forty-six).
 std::optional<std::string> utf16_text_start(std::string_view bytes) {
   const auto byte = [&](std::size_t at) { return static_cast<std::uint32_t>(static_cast<unsigned char>(bytes[at])); };
-  if (bytes.size() < 4) return std::nullopt;
+  if (bytes.size() < 2) return std::nullopt;
   const bool marked = (byte(0) == 0xff && byte(1) == 0xfe) || (byte(0) == 0xfe && byte(1) == 0xff);
+  if (marked && without_trailing_zeros(bytes.substr(2)).empty()) return std::string();
+  if (bytes.size() < 4) return std::nullopt;
   bool little_endian = byte(0) == 0xff;
   if (!marked) {
     if ((byte(0) == 0) == (byte(1) == 0)) return std::nullopt;
@@ -459,13 +470,13 @@ std::string text_start(std::string_view bytes) {
          (cut < bytes.size() ? "..." : "");
 }
 
-PackageContents read_package_fields(std::string_view bytes);
+PackageContents read_package_fields(std::string_view bytes, PackageOrigin origin);
 
 }  // namespace
 
 PackageContents read_package(std::string_view bytes, PackageOrigin origin) {
   try {
-    return read_package_fields(bytes);
+    return read_package_fields(bytes, origin);
   } catch (const Error& error) {
     // A text file given as the package (`dodo score M.json s.h5`: a JSON or YAML file, a CSV, a
     // path list) was "not an ONNX model (truncated or damaged file?): wire type 3 (not used by ONNX)
@@ -481,14 +492,27 @@ PackageContents read_package(std::string_view bytes, PackageOrigin origin) {
     if (const std::optional<std::string> text = utf16_text_start(bytes)) {
       start = text_start(*text);
       encoding = " (UTF-16)";
+      if (text->empty()) encoding = " (UTF-16, its byte-order mark alone)";
     } else if (looks_like_text(bytes)) {
-      start = text_start(without_trailing_zeros(bytes));
+      constexpr std::string_view utf8_mark("\xef\xbb\xbf");  // invisible: `it begins "` U+FEFF `"`
+      std::string_view plain = without_trailing_zeros(bytes);
+      if (plain.substr(0, utf8_mark.size()) == utf8_mark) plain.remove_prefix(utf8_mark.size());
+      start = text_start(plain);
+      if (plain.empty()) encoding = " (UTF-8, its byte-order mark alone)";
+    } else if (origin == PackageOrigin::kMemory &&
+               std::string_view(error.what()).substr(0, kDamagedFile.size()) == kDamagedFile) {
+      throw Error(DODO_ERROR_MODEL_FORMAT,
+                  std::string(kDamagedBytes) + std::string(std::string_view(error.what()).substr(kDamagedFile.size())));
     } else {
       throw;
     }
+    // An empty text says so, where "it begins" would quote nothing.
+    const bool empty = start == "\"\"";
+    const std::string shown = empty ? "" : " (it begins " + start + ")";
     if (origin == PackageOrigin::kFile)
-      throw Error(DODO_ERROR_MODEL_FORMAT, "a text file" + encoding + ", not an ONNX model package (it begins " +
-                                               start + "): a package is the binary .onnx file dodo export writes");
+      throw Error(DODO_ERROR_MODEL_FORMAT, std::string(empty ? "an empty text file" : "a text file") + encoding +
+                                               ", not an ONNX model package" + shown +
+                                               ": a package is the binary .onnx file dodo export writes");
     // A host's buffer is no file: "model in memory (10 bytes): a text file" read wrongly, and one line
     // of text that ends in ".onnx" is a path passed as the bytes (outside probe, C round forty-five).
     std::string_view text = without_trailing_zeros(bytes);
@@ -498,8 +522,8 @@ PackageContents read_package(std::string_view bytes, PackageOrigin origin) {
                         text.find_first_of("\r\n") == std::string_view::npos &&
                         text.substr(text.size() - suffix.size()) == suffix;
     throw Error(DODO_ERROR_MODEL_FORMAT,
-                "text" + encoding + ", not an ONNX model package (it begins " + start +
-                    "): give the bytes of the binary .onnx file dodo export writes" +
+                std::string(empty ? "empty text" : "text") + encoding + ", not an ONNX model package" + shown +
+                    ": give the bytes of the binary .onnx file dodo export writes" +
                     (a_path ? std::string(" (a path is given to dodo_closure_create, dodo::Closure(path) or "
                                             "Fortran's dodo_create, not as the bytes)")
                               : std::string()));
@@ -508,7 +532,7 @@ PackageContents read_package(std::string_view bytes, PackageOrigin origin) {
 
 namespace {
 
-PackageContents read_package_fields(std::string_view bytes) {
+PackageContents read_package_fields(std::string_view bytes, PackageOrigin origin) {
   PackageContents package;
   WireReader reader(bytes);
   bool have_graph = false;
@@ -548,7 +572,9 @@ PackageContents read_package_fields(std::string_view bytes) {
       have_graph = true;
     }
   }
-  if (!have_graph) throw Error(DODO_ERROR_MODEL_FORMAT, "not an ONNX model: the file has no graph");
+  if (!have_graph)
+    throw Error(DODO_ERROR_MODEL_FORMAT, origin == PackageOrigin::kMemory ? "not an ONNX model: the bytes hold no graph"
+                                                                         : "not an ONNX model: the file has no graph");
   std::size_t elements = 0;
   check_tensors_and_count_elements(bytes, bytes, Message::kModel, 0, elements, package.operator_refusal);
   return package;

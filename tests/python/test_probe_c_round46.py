@@ -1,0 +1,149 @@
+"""Outside probe of the C, C++ and Fortran interfaces, round forty-six (docs/reliability_cpp.md,
+"Round forty-six"), as the developer of a transport code: a damaged package given as bytes in memory,
+a byte-order mark alone given as the model, one cell counted in the singular, and the MPI example
+given an empty package."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from capi_host import compile_host, default_model, run_host
+from native_build import REQUIRES_C_API
+
+pytestmark = REQUIRES_C_API
+
+
+# Makes a closure of the file at argv[1], or with a second argument of its bytes in memory:
+# "STATUS_NAME|message".
+CREATE = r"""
+#include <dodo/dodo.h>
+#include <stdio.h>
+
+static char bytes[1 << 20];
+
+int main(int argc, char** argv) {
+  if (argc < 2) return 2;
+  dodo_closure* closure = NULL;
+  char message[8192] = "";
+  dodo_status status;
+  if (argc > 2) {
+    FILE* file = fopen(argv[1], "rb");
+    if (!file) return 3;
+    size_t size = fread(bytes, 1, sizeof bytes, file);
+    fclose(file);
+    status = dodo_closure_create_from_memory(bytes, size, NULL, &closure, message, sizeof message);
+  } else {
+    status = dodo_closure_create(argv[1], NULL, &closure, message, sizeof message);
+  }
+  printf("%s|%s\n", dodo_status_name(status), message);
+  dodo_closure_destroy(closure);
+  return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def create(tmp_path_factory):
+    program = compile_host(tmp_path_factory.mktemp("create"), "create", CREATE)
+
+    def made(path: Path, memory: bool) -> tuple[str, str]:
+        line = "\n".join(run_host(program, str(path), *(["memory"] if memory else []), timeout=120))
+        name, _, message = line.partition("|")
+        return name, message
+
+    return made
+
+
+def test_a_damaged_package_in_memory_is_called_damaged_bytes_not_a_file(tmp_path, create):
+    """The first 3000 bytes of the default package (a host's size short of the package's) given as bytes:
+    `model in memory (3000 bytes): not an ONNX model (truncated or damaged file?): a field's length runs
+    past the end at byte 147`, a file where the host gave bytes. A file keeps its words."""
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(Path(default_model()).read_bytes()[:3000])
+    name, message = create(cut, True)
+    assert name == "DODO_ERROR_MODEL_FORMAT", (name, message)
+    assert message.startswith("model in memory (3000 bytes): not an ONNX model (truncated or damaged bytes? give the "
+                              "whole .onnx file's bytes and its size): a field's length runs past the end at byte "), message
+    name, message = create(cut, False)
+    assert message.endswith('cut.onnx": not an ONNX model (truncated or damaged file?): a field\'s length runs past the '
+                            'end at byte 147'), message
+    # ir_version alone: a package without its graph
+    graphless = tmp_path / "graphless.onnx"
+    graphless.write_bytes(b"\x08\x07")
+    assert create(graphless, True) == ("DODO_ERROR_MODEL_FORMAT",
+                                       "model in memory (2 bytes): not an ONNX model: the bytes hold no graph")
+    assert create(graphless, False)[1].endswith('graphless.onnx": not an ONNX model: the file has no graph')
+
+
+@pytest.mark.parametrize("data, encoding", [(b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16"),
+                                            (b"\xff\xfe\x00\x00", "UTF-16"), (b"\xef\xbb\xbf", "UTF-8")])
+def test_a_byte_order_mark_alone_is_called_an_empty_text(tmp_path, create, data, encoding):
+    """An empty text file saved as UTF-16 (Notepad's "Unicode": its mark alone) was `a text file, not an
+    ONNX model package (it begins "\\xff\\xfe")`, read as bytes; saved as UTF-8 with a mark, `(it begins
+    "...")` quoted an invisible U+FEFF, as if it began with nothing."""
+    path = tmp_path / "M.json"
+    path.write_bytes(data)
+    assert create(path, False) == ("DODO_ERROR_MODEL_FORMAT",
+                                   f'model file "{path}": an empty text file ({encoding}, its byte-order mark alone), '
+                                   "not an ONNX model package: a package is the binary .onnx file dodo export writes")
+    assert create(path, True) == ("DODO_ERROR_MODEL_FORMAT",
+                                  f"model in memory ({len(data)} bytes): empty text ({encoding}, its byte-order mark "
+                                  "alone), not an ONNX model package: give the bytes of the binary .onnx file dodo "
+                                  "export writes")
+
+
+def test_a_utf8_mark_before_text_is_not_quoted(tmp_path, create):
+    """The mark before UTF-8 text is left out of the quoted start (it showed as nothing)."""
+    path = tmp_path / "M.json"
+    path.write_bytes(b'\xef\xbb\xbf{"a": 1}\n')
+    name, message = create(path, False)
+    assert message.endswith('a text file, not an ONNX model package (it begins "{"a": 1}\\x0a"): a package is the '
+                            "binary .onnx file dodo export writes"), message
+
+
+# One cell whose strides reach beyond the address space.
+SINGULAR = r"""
+#include <dodo/dodo.h>
+#include <stdint.h>
+#include <stdio.h>
+
+int main(void) {
+  dodo_closure* closure = NULL;
+  char message[1024] = "";
+  if (dodo_closure_create(DODO_BOX3D_ONLY, NULL, &closure, message, sizeof message) != DODO_OK) return 1;
+  static double F[24], out[24];
+  const ptrdiff_t strides[3] = {24, PTRDIFF_MIN, 1};
+  dodo_apply(closure, 1, F, NULL, NULL, NULL, out, strides, NULL);
+  dodo_last_error(closure, message, sizeof message);
+  printf("%s\n", message);
+  dodo_closure_destroy(closure);
+  return 0;
+}
+"""
+
+
+def test_one_cell_is_singular(tmp_path):
+    """`F_pred with 1 cells and these strides would reach beyond the address space ...`."""
+    program = compile_host(tmp_path, "singular", SINGULAR)
+    assert run_host(program, timeout=120) == [
+        "F_pred with 1 cell and these strides would reach beyond the address space (n_cells too large or a stride too "
+        "large)"]
+
+
+def test_the_mpi_example_names_an_empty_package(tmp_path):
+    """examples/c/mpi_closure.c given an empty file: `cannot read the model package "empty.onnx" (missing,
+    unreadable or not a regular file)`, none of which it was (the Fortran example said "empty")."""
+    from test_mpi_examples import build, launch
+
+    program = build(tmp_path, "c")
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    try:
+        result = launch(program, empty)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the MPI example hung on an empty package")
+    assert result.returncode != 0
+    assert (f'cannot read the model package "{empty}" (missing, empty, unreadable or not a regular file)'
+            in result.stderr), result.stdout + result.stderr
