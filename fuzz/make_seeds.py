@@ -151,7 +151,7 @@ def native_variants(native: bytes) -> dict[str, bytes]:
         "native_scalar_as_vector": native.replace(b'"ensemble.student.std"', b'"ensemble.r_scale"', 1),
         "native_short_pattern": native.replace(b"1.0, -0.5, -0.5]}", b"1.0]}", 1),
         "native_empty_layers": native.split(b'"layers"')[0] + b'"layers": [], "z": [[' + native.split(b"[[", 1)[1],
-        "native_other_form": native.replace(b"silu-mlp-density-residual-v1", b"silu-mlp-density-residual-v2", 1),
+        "native_other_form": native.replace(b"silu-mlp-density-residual-v", b"silu-mlp-density-residual-x", 1),
         "native_truncated": native[: len(native) // 2],
     }
 

@@ -1,8 +1,9 @@
 """What the tools that edit a model package without retraining share: their arguments, the checks
-before any work (the input a readable package that loads with its self-test, the output neither the
-input nor an existing package unless --overwrite), and the atomic write. Used by
-tools/gate_distance_float64.py and tools/probe_test_vectors.py (run as `python tools/NAME.py`, which
-puts this folder on the module path)."""
+before any work (the input a readable package that loads with its self-test; the output not the
+input, and where a file is there, a model package, which is replaced, unless --overwrite), and the
+atomic write. Used by tools/gate_distance_float64.py, tools/probe_test_vectors.py and
+tools/gate_growth_in_package.py (run as `python tools/NAME.py`, which puts this folder on the
+module path)."""
 from __future__ import annotations
 
 import argparse

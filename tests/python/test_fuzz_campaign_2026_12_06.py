@@ -26,7 +26,7 @@ def make_seeds():
 def test_the_default_models_native_entry_is_read_and_written_back_byte_for_byte(make_seeds):
     data = DEFAULT_MODEL.read_bytes()
     native = make_seeds.metadata_value(data, KEY)
-    assert native.startswith(b'{"form": "silu-mlp-density-residual-v1"')
+    assert native.startswith(b'{"form": "silu-mlp-density-residual-v2"')
     assert make_seeds.with_metadata_value(data, KEY, native) == data
     tampered = make_seeds.with_metadata_value(data, KEY, b'{"form": 1}')
     assert make_seeds.metadata_value(tampered, KEY) == b'{"form": 1}'

@@ -70,7 +70,12 @@ def test_the_tool_edits_a_float32_package_and_leaves_the_native_results(ensemble
     double, the same native bits, the graph onto the native results; never over its input."""
     import dodo.training.gate_graph as gate_graph
 
+    import dodo.training.ensemble_train as ensemble_train
+
     monkeypatch.setattr(gate_graph, "distance_in_float64", lambda model, prefix="ensemble.": False)
+    # The float32 distance is the defect the tool mends: since the growth ratio is gated by the
+    # distance too (2026-12-07), the export's own torch-vs-graph check sees it on far-out rows.
+    monkeypatch.setattr(ensemble_train, "check_graph_outputs", lambda *args, **kwargs: 0.0)
     old = tmp_path / "old.onnx"
     code, _, err = run(capsys, ["export", str(ensemble_run["checkpoint"]), "-o", str(old)])
     assert code == 0, err

@@ -59,7 +59,11 @@ def test_every_edit_of_the_shipped_default_fails_its_self_test(default_package):
     assert any("precision" in name for name in names) and any("1e30" in name for name in names)
     assert any("max_flux_factor" in name for name in names)
     for name, package in edits:
-        with pytest.raises(RuntimeError, match="DODO_ERROR_SELF_TEST: self-test failed: test vector"):
+        # The native form's downgrade (growth ungated) is refused before the self-test: the load's own
+        # comparison of the native evaluator with the graph sees it.
+        refusal = ("does not reproduce the graph's log_growth_ratio" if "native form" in name
+                   else "DODO_ERROR_SELF_TEST: self-test failed: test vector")
+        with pytest.raises(RuntimeError, match=refusal):
             dodo.Closure(package, threads=1)
 
 
@@ -116,9 +120,9 @@ def test_the_tool_writes_a_package_that_refuses_the_edits_and_never_over_its_inp
     done = subprocess.run([sys.executable, str(ROOT / "tools" / "probe_test_vectors.py"), str(source), "-o", str(out)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    assert "of 9 edits now fail its self-test" in done.stdout
+    assert "of 10 edits now fail its self-test" in done.stdout
     for _, package in mutants(out.read_bytes()):
-        with pytest.raises(RuntimeError, match="DODO_ERROR_SELF_TEST"):
+        with pytest.raises(RuntimeError, match="DODO_ERROR_SELF_TEST|DODO_ERROR_MODEL_FORMAT"):
             dodo.Closure(package, threads=1)
     again = subprocess.run([sys.executable, str(ROOT / "tools" / "probe_test_vectors.py"), str(source), "-o",
                             str(source)], capture_output=True, text=True, timeout=600)
@@ -133,7 +137,7 @@ def test_remaking_the_probes_with_this_runtime_gives_the_shipped_package_again(d
     from dodo.training.probe_vectors import without_vectors_after
 
     remade, report = add_probe_vectors(without_vectors_after(default_package, 6))
-    assert report["probes"] == 7
+    assert report["probes"] == 5  # since the re-export of 2026-12-07 (training/models/README.md)
     if on_the_probes_path():
         assert remade == default_package
     else:  # the same package but for the probes' last bits (and so its digests)
@@ -148,5 +152,5 @@ def test_remaking_the_probes_with_this_runtime_gives_the_shipped_package_again(d
         assert_same_to_rounding(new["growth_over_ntot"], old["growth_over_ntot"], np.abs(old["growth_over_ntot"]),
                                 tolerance=1e-5)  # exp of a float32 output: ~3e-7 relative seen
     for kept in (0, 10_000):
-        with pytest.raises(ValueError, match=f"cannot keep {kept} test vectors: the package holds 13"):
+        with pytest.raises(ValueError, match=f"cannot keep {kept} test vectors: the package holds 11"):
             without_vectors_after(default_package, kept)

@@ -409,8 +409,10 @@ NativeNetwork::NativeNetwork(const std::string& description, const std::map<std:
   if (!root.is_object()) unusable("is not a JSON object");
   try {
     const JsonValue& form = root.at("form");
-    if (!form.is_string() || form.string() != kNativeNetworkForm)
-      unusable("has form " + form.dump_excerpt() + "; this runtime evaluates \"" + kNativeNetworkForm + "\"");
+    if (!form.is_string() || (form.string() != kNativeNetworkForm && form.string() != kNativeNetworkFormUngatedGrowth))
+      unusable("has form " + form.dump_excerpt() + "; this runtime evaluates \"" + kNativeNetworkForm + "\" and \"" +
+               kNativeNetworkFormUngatedGrowth + "\"");
+    growth_gated_ = form.string() == kNativeNetworkForm;
     input_mean_ = vector_named(initializers, root.at("input_mean"), static_cast<std::size_t>(input_size), "input_mean");
     input_std_ = vector_named(initializers, root.at("input_std"), static_cast<std::size_t>(input_size), "input_std");
     const JsonValue& layers = root.at("layers");
@@ -707,7 +709,7 @@ inline __attribute__((always_inline)) void evaluate_rows(const NativeNetwork& ne
       float* head_row = head + row * static_cast<std::size_t>(net.output_size_);
       for (int k = 0; k < net.output_size_; ++k) head_row[k] = used[r] * net.pattern_[k];
       if (uncertainty) uncertainty[row] = sigma[r];
-      if (log_growth_ratio) log_growth_ratio[row] = result[r][2];
+      if (log_growth_ratio) log_growth_ratio[row] = net.growth_gated_ ? result[r][2] * distance_gate[r] : result[r][2];
     }
   }
 }

@@ -26,7 +26,10 @@
 namespace dodo::runtime {
 
 inline constexpr const char* kNativeNetworkKey = "dodo.native_network";
-inline constexpr const char* kNativeNetworkForm = "silu-mlp-density-residual-v1";
+// v2: the log growth ratio times the distance gate, as the exporter's graph computes it since
+// 2026-12-07; v1 (packages exported before): the ratio ungated. Both are evaluated.
+inline constexpr const char* kNativeNetworkForm = "silu-mlp-density-residual-v2";
+inline constexpr const char* kNativeNetworkFormUngatedGrowth = "silu-mlp-density-residual-v1";
 
 class NativeNetwork {
  public:
@@ -92,6 +95,7 @@ class NativeNetwork {
   std::vector<float> input_inverse_std_;  // 1 / input_std_: a multiply per input, not a division
   std::vector<float> pattern_;  // head output per unit of the used correction
   bool density_only_ = false;
+  bool growth_gated_ = true;  // form v2 (see kNativeNetworkForm)
   Kernel kernel_ = nullptr;
 };
 

@@ -22,7 +22,11 @@ is the spread combined with a learned scale a of the error the members cannot se
 sigma^2 = spread^2 + (k a / c)^2, so that the gate reads r^2 / (r^2 + (c spread)^2 + (k a)^2): a is
 fitted to the absolute out-of-fold residuals of members trained without the state (tools/gate_study.py),
 the members' spread alone misses the label noise and the bias that all members share. The graph also
-returns sigma (``uncertainty``) and the learned growth-rate ratio (``log_growth_ratio``).
+returns sigma (``uncertainty``) and the learned growth-rate ratio (``log_growth_ratio``), the latter
+times the same distance factor exp(-max(0, d^2 - d2_max) / d2_max): the growth rate, a correction of
+Box3D's proxy, falls back to the proxy where the density correction falls back to Box3D (physics.md,
+"never worse than the prior where the model does not know"; physics-law probe, round thirteen, found
+the rate 0.15 times the proxy on a cell whose correction the gate had cut to 2e-7 N_tot).
 """
 from __future__ import annotations
 
@@ -137,11 +141,12 @@ class DensityResidualEnsemble(nn.Module):
         else:
             r_mean, sigma, growth = self.teacher_outputs(x)
         d2 = self.squared_distance(x)
+        distance_gate = torch.exp(-torch.relu(d2 - self.d2_max) / self.d2_max)
         gate = spread_gate(r_mean, sigma, self.sigma0, self.error_per_spread)
-        gate = gate * torch.exp(-torch.relu(d2 - self.d2_max) / self.d2_max).to(gate.dtype)
+        gate = gate * distance_gate.to(gate.dtype)
         used = r_mean * gate
         head = used[:, None] * self.pattern.to(used.dtype)
-        return head, sigma, growth
+        return head, sigma, growth * distance_gate.to(growth.dtype)
 
     def squared_distance(self, x: torch.Tensor) -> torch.Tensor:
         """Squared Mahalanobis distance of the features from the training rows' mean, on the first
@@ -181,8 +186,10 @@ def spread_gate(r_mean: torch.Tensor, sigma: torch.Tensor, sigma0: torch.Tensor,
     return 1.0 / (1.0 + (sigma / sigma0.to(r_mean.dtype)) ** 2)
 
 
-#: "dodo.native_network" form that the runtime's own evaluator computes (cpp/src/runtime/native_network.hpp).
-NATIVE_NETWORK_FORM = "silu-mlp-density-residual-v1"
+#: "dodo.native_network" form that the runtime's own evaluator computes (cpp/src/runtime/native_network.hpp):
+#: v2 multiplies the log growth ratio by the distance gate, as outputs() does; the runtime still reads
+#: v1 (packages exported before 2026-12-07, whose graphs leave the ratio ungated).
+NATIVE_NETWORK_FORM = "silu-mlp-density-residual-v2"
 
 
 def native_network_description(ensemble: "DensityResidualEnsemble", initializer_names: set,

@@ -1180,10 +1180,13 @@ def _diagnostic_test_vectors(ensemble: DensityResidualEnsemble, test_vectors: di
 
 
 def export_ensemble(checkpoint_path: str, output: str, n_test_vectors: int = 6, log=print, fused: bool = False,
-                    check: bool = True, checkpoint: dict | None = None) -> dict:
+                    check: bool = True, checkpoint: dict | None = None,
+                    ensemble: DensityResidualEnsemble | None = None) -> dict:
     """Ensemble checkpoint -> model package (same format as `dodo export`, plus the optional outputs);
     fused=True writes the stacked graph of dodo.training.fused; check=False skips the torch vs
-    onnxruntime round trip (`dodo export --no-check`; the runtime's self-test still runs at load)."""
+    onnxruntime round trip (`dodo export --no-check`; the runtime's self-test still runs at load).
+    ``ensemble``: the network itself, with ``checkpoint`` holding only its record ("data", "metrics"),
+    for tools/gate_growth_in_package.py, which rebuilds a distilled package's student from its graph."""
     import onnx
 
     from .. import _core
@@ -1193,7 +1196,8 @@ def export_ensemble(checkpoint_path: str, output: str, n_test_vectors: int = 6, 
 
     if checkpoint is None:  # `dodo export` passes the file's content, read once
         checkpoint = load_torch_file(checkpoint_path)
-    ensemble = checked_ensemble(checkpoint, checkpoint_path)
+    if ensemble is None:
+        ensemble = checked_ensemble(checkpoint, checkpoint_path)
     if fused and ensemble.student is not None:
         raise ValueError("--fused: this checkpoint is distilled into one network; there are no members to fuse")
     if fused and (len(ensemble.growth_members) or ensemble.noise_member is not None):
@@ -1245,8 +1249,9 @@ def export_ensemble(checkpoint_path: str, output: str, n_test_vectors: int = 6, 
             f"test vectors reproduced to {roundtrip['max_test_vector_error_over_ntot']:.2e} N_tot")
     log(f"test vectors: {len(test_vectors['F_init'])} drawn + {probes['probes']} probes of the gate and Box3D settings")
     # "distilled from 1 members" of ensemble.members: 1 (outside probe, Python round fifty-seven)
-    form = (f"distilled from {counted(len(ensemble.members), 'member')} into one network" if ensemble.student is not None
-            else f"ensemble of {len(ensemble.members)}")
+    form = (f"ensemble of {len(ensemble.members)}" if ensemble.student is None
+            else "distilled into one network" if not len(ensemble.members)  # rebuilt from a package's graph
+            else f"distilled from {counted(len(ensemble.members), 'member')} into one network")
     log(f"wrote {output} (density-residual {form}, {'fused, ' if fused else ''}"
         f"{len(model.graph.node)} ONNX nodes, {len(final_bytes)} bytes)")
     return {"path": str(output), "roundtrip": roundtrip}

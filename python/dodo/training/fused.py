@@ -161,4 +161,4 @@ class FusedEnsemble(nn.Module):
             used = r_mean * distance_gate * spread_gate(r_mean, torch.sqrt(r_variance), self.sigma0, self.error_per_spread)
         else:
             used = r_mean * distance_gate / (1.0 + r_variance * self.inverse_sigma0_squared)
-        return used[:, None] * self.pattern, torch.sqrt(r_variance), growth
+        return used[:, None] * self.pattern, torch.sqrt(r_variance), growth * distance_gate  # as the ensemble's outputs()

@@ -64,6 +64,12 @@ def _scaled_scalar(model, initializer: str, native_key: str, factor: float) -> b
     return True
 
 
+def native_form_was_v2(model) -> bool:
+    """Whether the graph gates the growth ratio (the output is made by a Mul: the ratio times the
+    distance gate), as packages of native form v2 do: the downgrade applies only there."""
+    return any(node.op_type == "Mul" and "log_growth_ratio" in node.output for node in model.graph.node)
+
+
 def mutants(package: bytes) -> list[tuple[str, bytes]]:
     """(name, re-signed package bytes) for each edit of a gate or Box3D setting that applies to
     ``package``; edits the package has no place for are left out."""
@@ -88,6 +94,10 @@ def mutants(package: bytes) -> list[tuple[str, bytes]]:
         ("Box3D's max_flux_factor set to 0.9", box3d_cap(0.9)),
         ("Box3D's max_flux_factor set to 0.97", box3d_cap(0.97)),
         ("Box3D's max_flux_factor set to 0.999", box3d_cap(0.999)),
+        # The native evaluator's form downgraded: it would return the growth ratio ungated where the
+        # graph gates it (both forms load; physics-law probe, round thirteen).
+        ("the native form set to v1 (growth ungated)", lambda model: native_form_was_v2(model) and _edit_metadata_json(
+            model, "dodo.native_network", lambda native: native.__setitem__("form", "silu-mlp-density-residual-v1"))),
     ]
     out = []
     for name, edit in edits:
@@ -135,6 +145,8 @@ def choose_probes(package: bytes, cells: np.ndarray, atol_over_ntot: float) -> t
             report[name] = None  # refused at load already
             continue
         change = np.abs(changed.F_pred - reference.F_pred).max(axis=(-1, -2)) / ntot
+        # The growth rate too (units of N_tot, as the self-test compares it): an edit can move it alone.
+        change = np.maximum(change, np.abs(changed.growth_over_ntot - reference.growth_over_ntot))
         change = np.where(usable & np.isfinite(change), change, 0.0)
         best = int(np.argmax(change))
         report[name] = float(change[best])
