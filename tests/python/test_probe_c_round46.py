@@ -1,7 +1,7 @@
 """Outside probe of the C, C++ and Fortran interfaces, round forty-six (docs/reliability_cpp.md,
 "Round forty-six"), as the developer of a transport code: a damaged package given as bytes in memory,
-a byte-order mark alone given as the model, one cell counted in the singular, and the MPI example
-given an empty package."""
+a byte-order mark alone given as the model, a package in memory whose copy does not fit, one cell
+counted in the singular, and the MPI example given an empty package."""
 from __future__ import annotations
 
 import subprocess
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from capi_host import compile_host, default_model, run_host
+from capi_host import CAP_ADDRESS_SPACE, compile_host, default_model, run_host
 from native_build import REQUIRES_C_API
 
 pytestmark = REQUIRES_C_API
@@ -101,6 +101,52 @@ def test_a_utf8_mark_before_text_is_not_quoted(tmp_path, create):
     name, message = create(path, False)
     assert message.endswith('a text file, not an ONNX model package (it begins "{"a": 1}\\x0a"): a package is the '
                             "binary .onnx file dodo export writes"), message
+
+
+# The bytes of a model in memory, 1 MiB (the package, then zero bytes), under an address-space limit
+# at what the host has mapped (argv[1]: the package).
+CAPPED_FROM_MEMORY = r"""
+#include <dodo/dodo.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <unistd.h>
+""" + CAP_ADDRESS_SPACE + r"""
+static char package[1 << 20];
+
+int main(int argc, char** argv) {
+  if (argc < 2) return 2;
+  FILE* file = fopen(argv[1], "rb");
+  if (!file) return 3;
+  fread(package, 1, sizeof package, file);
+  fclose(file);
+  rlim_t bytes = 0;
+  const int capped = cap_address_space(0, 1, &bytes);
+  if (capped != 0) return capped;
+  dodo_closure* closure = NULL;
+  char message[8192] = "";
+  const dodo_status status = dodo_closure_create_from_memory(package, sizeof package, NULL, &closure, message,
+                                                             sizeof message);
+  printf("%s %lu|%s\n", dodo_status_name(status), (unsigned long)(bytes / 1024), message);
+  dodo_closure_destroy(closure);
+  return 0;
+}
+"""
+
+
+def test_a_package_in_memory_whose_copy_does_not_fit_says_so(tmp_path):
+    """libdodo copies a package in memory before reading it (so that every check reads the bytes that load).
+    Under an address-space limit at the host's size, that copy failed first: `out of memory (the
+    address-space limit RLIMIT_AS (ulimit -v) is 7704 kB: raise it, e.g. ulimit -v unlimited)`, naming
+    nothing that needed the memory, where a file's read says "not enough memory to read model file"."""
+    program = compile_host(tmp_path, "capped_from_memory", CAPPED_FROM_MEMORY)
+    head, _, message = "\n".join(run_host(program, default_model(), timeout=120,
+                                          env={"DODO_ONNXRUNTIME_LIBRARY": ""})).partition("|")
+    name, limit_kb = head.split()
+    assert name == "DODO_ERROR_OUT_OF_MEMORY", (name, message)
+    assert message == ("model in memory (1048576 bytes): not enough memory for libdodo's copy of them (made at the "
+                       "start, so that every check reads the bytes that load): the address-space limit RLIMIT_AS "
+                       f"(ulimit -v) is {limit_kb} kB: raise it, e.g. ulimit -v unlimited"), message
 
 
 # One cell whose strides reach beyond the address space.

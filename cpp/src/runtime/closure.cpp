@@ -515,7 +515,17 @@ Closure::Closure(ModelInMemory model, const ClosureOptions& options)
     initialise(&model.bytes, source, PackageOrigin::kMemory, options);
     return;
   }
-  const std::string copy(model.bytes);
+  // Said what needed the memory: a copy that did not fit (an address-space limit a few MB above the
+  // host) was "out of memory (the address-space limit ...)" alone, naming nothing (outside probe, C
+  // round forty-six), where a file's read says "not enough memory to read model file".
+  std::string copy;
+  try {
+    copy.assign(model.bytes);
+  } catch (const std::bad_alloc&) {
+    throw Error(DODO_ERROR_OUT_OF_MEMORY, source + ": not enough memory for libdodo's copy of them (made at the "
+                                              "start, so that every check reads the bytes that load): " +
+                                              memory_shortage_cause(static_cast<double>(model.bytes.size())));
+  }
   const std::string_view view(copy);
   initialise(&view, source, PackageOrigin::kMemory, options);
 }
