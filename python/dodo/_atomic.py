@@ -657,6 +657,18 @@ def _open_lock_file(path: Path):
             mode = os.lstat(path).st_mode
         except OSError:
             mode = None
+        if isinstance(error, PermissionError) and mode is not None and stat.S_ISREG(mode):
+            # Another user's lock, left by their finished or killed run in a directory both write (a
+            # train-ensemble's output.checkpoint in /tmp or a shared scratch directory leaves
+            # /tmp/.dodo.lock, mode 644): every other user's run there was refused for good, "cannot open
+            # the lock file ...: Permission denied" (outside probe, data-loss round eleven). An flock
+            # needs no write permission: the lock is taken on the file opened for reading (the pid is
+            # then not written in it).
+            with contextlib.suppress(OSError):
+                descriptor = os.open(path, os.O_RDONLY | _NO_FOLLOW_NO_BLOCK)
+                if stat.S_ISREG(os.fstat(descriptor).st_mode):
+                    return open(descriptor, "r", closefd=True)
+                os.close(descriptor)
         if mode is None or stat.S_ISREG(mode):  # a full disk, no permission: the system's reason
             raise OSError(error.errno, f"cannot open the lock file {path}: {error.strerror or error}") from None
         target = f" (to {os.readlink(path)})" if stat.S_ISLNK(mode) else ""
@@ -704,7 +716,8 @@ def exclusive_output(output: str | Path, command: str):
                               "file (dodo makes it, empty but for the writer's pid): remove it or choose another output")
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_APPEND | _NO_FOLLOW_NO_BLOCK, 0o666))
+        if mode is None:  # one there (another user's, which cannot be opened for writing) is taken as it is
+            os.close(os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_APPEND | _NO_FOLLOW_NO_BLOCK, 0o666))
     except OSError as error:  # named by the output asked for, as atomic_path does, not by the lock file
         raise OutputPathError(f"cannot write {output}: cannot create a file in {lock.parent}: "
                               f"{error.strerror or error}") from None
@@ -736,6 +749,8 @@ def _flock(path: Path, remove: bool, refuse, command: str = ""):
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder, holding = _lock_holder(handle)
+            if not handle.writable() and holder and not _running(int(re.sub(r"\D", "", holder))):
+                holder, holding = "", ""  # a stale lock's words: its holder could not write its own
             handle.close()
             raise refuse(holder, holding) from None
         except OSError:  # no locks here (some network file systems): as before, unguarded
@@ -751,11 +766,12 @@ def _flock(path: Path, remove: bool, refuse, command: str = ""):
         handle.close()  # removed by the holder we waited for: lock the file now at ``path``
     try:
         try:
-            handle.seek(0)
-            handle.truncate()
-            # Unbuffered: a buffered write that failed (a full disk) failed again in close(), and the
-            # message was a bare "[Errno 28] No space left on device", naming no file (round 27).
-            os.write(handle.fileno(), (f"{os.getpid()}\n{command}" if command else str(os.getpid())).encode())
+            if handle.writable():  # not another user's lock, taken on the file opened for reading
+                handle.seek(0)
+                handle.truncate()
+                # Unbuffered: a buffered write that failed (a full disk) failed again in close(), and the
+                # message was a bare "[Errno 28] No space left on device", naming no file (round 27).
+                os.write(handle.fileno(), (f"{os.getpid()}\n{command}" if command else str(os.getpid())).encode())
         except OSError as error:
             raise OSError(error.errno, f"cannot write the lock file {path}: {error.strerror or error}") from None
         yield

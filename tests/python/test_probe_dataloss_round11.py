@@ -182,3 +182,90 @@ def test_a_lock_file_of_another_user_that_cannot_be_removed_ends_no_run_with_a_t
     # as a traceback, exit 1
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert (shared / "sim.h5").is_file() and lock.is_file()
+
+
+# --- Another user's lock file, left by their run in a directory both write ------------------------------
+
+def _another_users_lock(directory: Path, name: str, text: str) -> Path:
+    """DIRECTORY/NAME as another user's run leaves it (uid 65534, mode 644: umask 022), DIRECTORY mode 1777."""
+    directory.mkdir(exist_ok=True)
+    lock = directory / name
+    lock.write_text(text)
+    os.chown(lock, 65534, 65534)
+    lock.chmod(0o644)
+    directory.chmod(0o1777)
+    return lock
+
+
+needs_setpriv = pytest.mark.skipif(SETPRIV is None or not hasattr(os, "geteuid") or os.geteuid() != 0,
+                                   reason="needs root (to make another user's file) and setpriv (to drop CAP_FOWNER)")
+
+
+@needs_setpriv
+def test_train_ensemble_beside_another_users_lock_runs(tmp_path, capsys):
+    """train-ensemble locks the directory of output.checkpoint (/tmp, a shared scratch directory) and
+    leaves `.dodo.lock` there: a finished run of one user refused every other user's run there for good."""
+    import json
+
+    from cli_helpers import synthetic_preprocessed
+
+    table = synthetic_preprocessed(tmp_path, 200)
+    shared = tmp_path / "shared"
+    lock = _another_users_lock(shared, ".dodo.lock", "12345\ndodo train-ensemble")
+    config = tmp_path / "ens.json"
+    config.write_text(json.dumps({
+        "data": {"path": str(table), "holdout": [], "features": "invariants27+box7+eln18-v1"},
+        "ensemble": {"members": 2, "width": 8, "depth": 1, "steps": 5, "threads": 1},
+        "distill": {"width": 8, "depth": 1, "steps": 5}, "output": {"checkpoint": str(shared / "ens.pt")}}))
+    done = subprocess.run([*AS_A_USER, sys.executable, "-m", "dodo", "train-ensemble", "--config", str(config)],
+                          capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    if "setpriv:" in done.stderr:
+        pytest.skip(f"setpriv cannot drop capabilities here: {done.stderr.strip()}")
+    # was: "dodo train-ensemble: error: [Errno 13] cannot open the lock file .../shared/.dodo.lock: Permission denied"
+    assert done.returncode == 0, done.stderr
+    assert (shared / "ens.pt").is_file() and lock.read_text() == "12345\ndodo train-ensemble"
+
+
+@needs_setpriv
+def test_simulate_beside_another_users_output_lock_runs(tmp_path):
+    shared = tmp_path / "shared"
+    _another_users_lock(shared, ".sim.h5.lock", "12345\ndodo simulate")
+    done = subprocess.run([*AS_A_USER, sys.executable, "-m", "dodo", "simulate", str(shared / "sim.h5"), "--random",
+                           "2", "--ncell", "16", "--nphi", "8", "-q"], capture_output=True, text=True, timeout=600,
+                          stdin=subprocess.DEVNULL)
+    if "setpriv:" in done.stderr:
+        pytest.skip(f"setpriv cannot drop capabilities here: {done.stderr.strip()}")
+    # was: "dodo simulate: error: cannot write .../sim.h5: cannot create a file in .../shared: Permission denied"
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert (shared / "sim.h5").is_file()
+
+
+@needs_setpriv
+def test_a_lock_taken_on_another_users_lock_file_still_excludes(tmp_path):
+    """Guard of the above: the flock on the lock file opened for reading keeps a second run out, and the
+    refusal does not name the stale pid written in the file by its owner's earlier run."""
+    shared = tmp_path / "shared"
+    _another_users_lock(shared, ".dodo.lock", "999999999\ndodo study of this tag")
+    take = ("import sys\nfrom dodo._atomic import exclusive_directory\n"
+            f"with exclusive_directory({str(shared)!r}, 'dodo train-ensemble'):\n"
+            "    print('holding', flush=True)\n    sys.stdin.read()\n")
+    with subprocess.Popen([*AS_A_USER, sys.executable, "-c", take], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as holder:
+        try:
+            first = holder.stdout.readline()
+            if first != "holding\n":
+                holder.stdin.close()
+                err = holder.stderr.read()
+                if "setpriv:" in err:
+                    pytest.skip(f"setpriv cannot drop capabilities here: {err.strip()}")
+                raise AssertionError(err)
+            second = subprocess.run([*AS_A_USER, sys.executable, "-c", take.replace("'holding'", "'SECOND'")],
+                                    capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+            assert "SECOND" not in second.stdout and "DirectoryInUseError" in second.stderr, second.stderr
+            assert "is in use by another dodo train-ensemble:" in second.stderr, second.stderr
+            assert "999999999" not in second.stderr and "dodo study" not in second.stderr, second.stderr
+        finally:
+            if not holder.stdin.closed:
+                holder.stdin.close()
+            holder.wait(timeout=300)
+        assert holder.returncode == 0, holder.stderr.read()
