@@ -1,5 +1,6 @@
-# Private raw layer: one `ccall` per C API function of dodo.h, nothing else. The public API is
-# in Dodo.jl. The library is found through DODO_LIBRARY (path of libdodo.so), else through the
+# Private raw layer: one `ccall` per C API function of dodo.h that Dodo.jl uses, nothing else
+# (dodo_closure_create_from_memory, dodo_reset_counters, dodo_api_version, dodo_build_id,
+# dodo_status_message and dodo_cell_status_name have none yet). The public API is in Dodo.jl. The library is found through DODO_LIBRARY (path of libdodo.so), else through the
 # installed Python package (`python3 -m dodo info --lib-dir`), else the system loader.
 module LibDodo
 
