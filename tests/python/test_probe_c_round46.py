@@ -1,7 +1,7 @@
 """Outside probe of the C, C++ and Fortran interfaces, round forty-six (docs/reliability_cpp.md,
 "Round forty-six"), as the developer of a transport code: a damaged package given as bytes in memory,
-a byte-order mark alone given as the model, a package in memory whose copy does not fit, one cell
-counted in the singular, and the MPI example given an empty package."""
+a byte-order mark alone given as the model, a package in memory whose copy does not fit, one cell and
+one workspace counted in the singular, and the MPI example given an empty package."""
 from __future__ import annotations
 
 import subprocess
@@ -147,6 +147,47 @@ def test_a_package_in_memory_whose_copy_does_not_fit_says_so(tmp_path):
     assert message == ("model in memory (1048576 bytes): not enough memory for libdodo's copy of them (made at the "
                        "start, so that every check reads the bytes that load): the address-space limit RLIMIT_AS "
                        f"(ulimit -v) is {limit_kb} kB: raise it, e.g. ulimit -v unlimited"), message
+
+
+# A Box3D-only closure of chunk_size argv[1] and threads argv[2] under an address-space limit of what the
+# host has mapped + 16 MB.
+CAPPED_WORKSPACE = r"""
+#include <dodo/dodo.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <unistd.h>
+""" + CAP_ADDRESS_SPACE + r"""
+int main(int argc, char** argv) {
+  if (argc < 3) return 2;
+  dodo_options options;
+  dodo_options_init(&options);
+  options.chunk_size = atoi(argv[1]);
+  options.threads = atoi(argv[2]);
+  rlim_t bytes = 0;
+  const int capped = cap_address_space(16L << 20, 1, &bytes);
+  if (capped != 0) return capped;
+  dodo_closure* closure = NULL;
+  char message[4096] = "";
+  const dodo_status status = dodo_closure_create(DODO_BOX3D_ONLY, &options, &closure, message, sizeof message);
+  printf("%s|%s\n", dodo_status_name(status), message);
+  dodo_closure_destroy(closure);
+  return 0;
+}
+"""
+
+
+@pytest.mark.parametrize("threads", [0, 1])
+def test_one_workspace_that_does_not_fit_is_singular_and_not_told_to_lower_threads(tmp_path, threads):
+    """A workspace of 2^20 cells under a limit 16 MB above the host: `out of memory making the closure's 1
+    workspaces of 1048576 cells (...): lower chunk_size or threads`, though no thread but the caller's was
+    asked for."""
+    program = compile_host(tmp_path, "capped_workspace", CAPPED_WORKSPACE)
+    name, _, message = "\n".join(run_host(program, str(1 << 20), str(threads), timeout=120)).partition("|")
+    assert name == "DODO_ERROR_OUT_OF_MEMORY", (name, message)
+    assert message.startswith("out of memory making the closure's 1 workspace of 1048576 cells (the address-space "
+                              "limit RLIMIT_AS (ulimit -v) is "), message
+    assert message.endswith("kB: raise it, e.g. ulimit -v unlimited): lower chunk_size"), message
 
 
 # One cell whose strides reach beyond the address space.

@@ -597,9 +597,14 @@ void Closure::initialise(const std::string_view* bytes, const std::string& sourc
           cause = " (" + memory_shortage_cause() + ")";
         } catch (...) {
         }
-        throw Error(DODO_ERROR_OUT_OF_MEMORY, "out of memory making the closure's " + std::to_string(threads) +
-                                                  " workspaces of " + std::to_string(chunk_size_) + " cells" + cause +
-                                                  ": lower chunk_size or threads");
+        // One workspace (threads 0 or 1, or the workers an address-space limit left) is "1 workspace", and
+        // fewer threads cannot help it: "1 workspaces ...: lower chunk_size or threads" (outside probe, C
+        // round forty-six).
+        throw Error(DODO_ERROR_OUT_OF_MEMORY,
+                    "out of memory making the closure's " +
+                        (threads == 1 ? std::string("1 workspace") : std::to_string(threads) + " workspaces") + " of " +
+                        std::to_string(chunk_size_) + " cells" + cause +
+                        (threads == 1 ? ": lower chunk_size" : ": lower chunk_size or threads"));
       }
       pool_.keep_threads(slot);
       break;
