@@ -66,7 +66,7 @@ program mpi_closure
     if (rank == 0) print '(3a)', 'cannot read the model package "', trim(model), &
                              '" (missing, empty, unreadable or not a regular file)'
     call MPI_Finalize()
-    error stop 1
+    stop 1  ! exit status 1 (gfortran's `error stop` also prints a backtrace, which reads as a crash)
   end if
   if (rank /= 0) allocate(package(package_size))
   call MPI_Bcast(package, int(package_size), MPI_BYTE, 0, MPI_COMM_WORLD)
@@ -86,7 +86,7 @@ program mpi_closure
   if (any_failed == 1) then
     call dodo_destroy(closure)
     call MPI_Finalize()
-    error stop 1
+    stop 1
   end if
 
   ! 3. This rank's cells, the closure, and the host's own conservation check.
@@ -116,5 +116,5 @@ program mpi_closure
       " bytes broadcast from rank 0): ", nranks * ncell, " cells, largest relative change of the neutrino number ", worst
   call dodo_destroy(closure)
   call MPI_Finalize()
-  if (any_failed == 1 .or. (rank == 0 .and. worst > 1d-12)) error stop 1
+  if (any_failed == 1 .or. (rank == 0 .and. worst > 1d-12)) stop 1
 end program mpi_closure
