@@ -269,3 +269,49 @@ def test_a_lock_taken_on_another_users_lock_file_still_excludes(tmp_path):
                 holder.stdin.close()
             holder.wait(timeout=300)
         assert holder.returncode == 0, holder.stderr.read()
+
+
+# --- A child forked while the main thread writes an HDF5 file --------------------------------------------
+
+def test_a_child_forked_during_an_hdf5_write_ends_on_sigterm(tmp_path):
+    """atomic_hdf5 holds SIGTERM/SIGINT/SIGHUP while HDF5 writes (section 60's fix) and hands them on at
+    its next check(). A process forked by another thread meanwhile inherited the holding handler and
+    never reached a check(): `multiprocessing` `Process.terminate()` did not end it (exitcode None 10 s
+    later; `join()` waited). The fork happens inside the write block, deterministically; the child runs
+    in a child interpreter with hang guards of a minute."""
+    if not hasattr(os, "fork"):
+        pytest.skip("no os.fork")
+    code = textwrap.dedent(f"""
+        import multiprocessing, threading, time
+        from dodo._atomic import atomic_hdf5
+        context = multiprocessing.get_context("fork")
+        found = {{}}
+
+        def wait_long(ready):
+            ready.set()
+            time.sleep(600)
+
+        def start_and_stop():
+            ready = context.Event()
+            child = context.Process(target=wait_long, args=(ready,))
+            child.start()                # forked while the main thread is inside the write
+            ready.wait(60)               # (a signal that comes before the child's Python runs is not ours)
+            child.terminate()            # SIGTERM
+            child.join(60)
+            found["exitcode"] = child.exitcode
+            if child.exitcode is None:
+                child.kill()
+                child.join()
+
+        with atomic_hdf5({str(tmp_path / "out.h5")!r}) as (handle, check):
+            handle["x"] = [1.0, 2.0]
+            thread = threading.Thread(target=start_and_stop)
+            thread.start()
+            thread.join()
+            check()
+        print(found["exitcode"])
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "-15", done.stdout  # was: None (still running a minute after SIGTERM)
+    assert (tmp_path / "out.h5").is_file()
