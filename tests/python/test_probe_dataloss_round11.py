@@ -274,7 +274,7 @@ def test_a_lock_taken_on_another_users_lock_file_still_excludes(tmp_path):
 # --- A child forked while the main thread writes an HDF5 file --------------------------------------------
 
 def test_a_child_forked_during_an_hdf5_write_ends_on_sigterm(tmp_path):
-    """atomic_hdf5 holds SIGTERM/SIGINT/SIGHUP while HDF5 writes (section 60's fix) and hands them on at
+    """atomic_hdf5 holds SIGTERM/SIGINT/SIGHUP while HDF5 writes (data-loss round three's fix) and hands them on at
     its next check(). A process forked by another thread meanwhile inherited the holding handler and
     never reached a check(): `multiprocessing` `Process.terminate()` did not end it (exitcode None 10 s
     later; `join()` waited). The fork happens inside the write block, deterministically; the child runs
