@@ -54,3 +54,17 @@ def test_fortran_mpi_example_refuses_an_unreadable_package_without_a_backtrace(t
         assert result.returncode == 1, text
         assert words in text, text
         assert "Backtrace" not in text and "???" not in text, text
+
+
+@pytest.mark.parametrize("language", ["c", "fortran"])
+def test_mpi_examples_without_a_package_print_their_usage(tmp_path, language):
+    """examples/README.md said that each example runs Box3D alone without an argument; the MPI
+    examples need a package (rank 0 broadcasts its bytes) and print their usage, exit 2, as it now says."""
+    from test_mpi_examples import build, launch
+
+    docs = (ROOT / "examples" / "README.md").read_text(encoding="utf-8")
+    assert "the MPI examples 4 and 5 need a package" in " ".join(docs.split())
+    result = launch(build(tmp_path, language))
+    text = result.stdout + result.stderr
+    assert result.returncode == 2, text
+    assert "usage:" in text and "MODEL.onnx" in text, text
