@@ -336,9 +336,17 @@ dodo_status guarded(dodo_closure* handle, Body&& body) {
   } catch (const Error& error) {
     status = error.status();
     message = error.what();
-  } catch (const std::bad_alloc&) {
+  } catch (const std::bad_alloc& error) {
     status = DODO_ERROR_OUT_OF_MEMORY;
     message = "out of memory";  // no allocation (short string): the cause is added if memory allows
+    // What needed it, where the runtime said (C round forty-six); made here, after the unwinding freed
+    // what the call held.
+    if (const auto* what = dynamic_cast<const dodo::runtime::OutOfMemoryFor*>(&error)) {
+      try {
+        message = what->what();
+      } catch (...) {
+      }
+    }
     try {  // "out of memory" alone named no limit (outside probe, C round forty-three: ulimit -v)
       message += " (" + dodo::runtime::memory_shortage_cause() + ")";
     } catch (...) {

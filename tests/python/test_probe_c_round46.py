@@ -4,6 +4,7 @@ a byte-order mark alone given as the model, a package in memory whose copy does 
 one workspace counted in the singular, and the MPI example given an empty package."""
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -188,6 +189,79 @@ def test_one_workspace_that_does_not_fit_is_singular_and_not_told_to_lower_threa
     assert message.startswith("out of memory making the closure's 1 workspace of 1048576 cells (the address-space "
                               "limit RLIMIT_AS (ulimit -v) is "), message
     assert message.endswith("kB: raise it, e.g. ulimit -v unlimited): lower chunk_size"), message
+
+
+# A C++ host whose operator new refuses its argv[2]-th allocation (0: the first) from the start of
+# dodo_closure_create_from_memory of the package at argv[1], once: "STATUS_NAME|message".
+REFUSED_ALLOCATION = r"""
+#include <dodo/dodo.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <new>
+
+static std::atomic<long> countdown{-1};
+static bool refuse() {
+  const long left = countdown.load();
+  if (left < 0) return false;
+  countdown = left - 1;
+  return left == 0;
+}
+void* operator new(std::size_t n) {
+  void* p = refuse() ? nullptr : std::malloc(n ? n : 1);
+  if (!p) throw std::bad_alloc();
+  return p;
+}
+void* operator new[](std::size_t n) { return operator new(n); }
+void* operator new(std::size_t n, const std::nothrow_t&) noexcept { return refuse() ? nullptr : std::malloc(n ? n : 1); }
+void* operator new[](std::size_t n, const std::nothrow_t& tag) noexcept { return operator new(n, tag); }
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+
+static char package[1 << 20];
+
+int main(int argc, char** argv) {
+  if (argc < 3) return 2;
+  std::FILE* file = std::fopen(argv[1], "rb");
+  if (!file) return 3;
+  const std::size_t size = std::fread(package, 1, sizeof package, file);
+  std::fclose(file);
+  dodo_closure* closure = nullptr;
+  char message[8192] = "";
+  countdown = std::atol(argv[2]);
+  const dodo_status status = dodo_closure_create_from_memory(package, size, nullptr, &closure, message, sizeof message);
+  countdown = -1;
+  std::printf("%s|%s\n", dodo_status_name(status), message);
+  dodo_closure_destroy(closure);
+  return 0;
+}
+"""
+
+
+def test_a_failed_allocation_looking_for_onnx_runtime_says_what_needed_it(tmp_path):
+    """The first closure with a model loads ONNX Runtime; the list of the paths it tries is made first.
+    An allocation failing there (an address-space limit at the host's size, once the package's read fits
+    the heap's slack: test_probe_c_round43's host with a package of 58,337 bytes) was `out of memory (the
+    address-space limit RLIMIT_AS (ulimit -v) is 6680 kB: ...)`, naming nothing. Each refusal of the
+    first allocations, up to the first inside ONNX Runtime's own start-up (its static initialisers, which
+    end the host: ONNX Runtime's), gives a status; those of the library's load say so."""
+    program = compile_host(tmp_path, "refused_allocation", REFUSED_ALLOCATION, "c++")
+    messages = []
+    for n in range(200):
+        result = subprocess.run([str(program), default_model(), str(n)], capture_output=True, text=True, timeout=120,
+                                env={**os.environ, "DODO_ONNXRUNTIME_LIBRARY": ""})
+        if result.returncode != 0:  # inside ONNX Runtime's start-up: not libdodo's to catch
+            break
+        name, _, message = result.stdout.strip().partition("|")
+        if name != "DODO_ERROR_OUT_OF_MEMORY":
+            break
+        messages.append(message)
+    loading = [m for m in messages if m.startswith("not enough memory to look for and load the ONNX Runtime library (")]
+    assert loading, messages
+    assert all(m.endswith("is used up)") or "address-space limit" in m for m in loading), loading
 
 
 # One cell whose strides reach beyond the address space.

@@ -4,6 +4,7 @@
 
 #include <ios>
 #include <locale>
+#include <new>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -127,6 +128,18 @@ class Error : public std::runtime_error {
  private:
   dodo_status status_;
   int system_error_ = 0;
+};
+
+// A std::bad_alloc that says what needed the memory, in static text: where the allocation that failed
+// was a small one, making a message may fail too until the call has unwound and freed what it held
+// (the model file's bytes). The C API's guard adds the cause then; other bindings see it as bad_alloc.
+class OutOfMemoryFor : public std::bad_alloc {
+ public:
+  explicit OutOfMemoryFor(const char* what) noexcept : what_(what) {}
+  const char* what() const noexcept override { return what_; }
+
+ private:
+  const char* what_;
 };
 
 }  // namespace dodo::runtime

@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <limits>
 #include <mutex>
+#include <new>
 #include <system_error>
 #include <vector>
 
@@ -613,7 +614,16 @@ const OrtLibrary& load_onnxruntime(const std::string& explicit_path) {
     // ThreadSanitizer reported those as races (C round forty-three). Taken after load_mutex, as fork
     // takes them; a session's creation holds it without load_mutex.
     const std::lock_guard<std::mutex> one_at_a_time(session_creation_mutex());
-    loaded = new OrtLibrary(open_library(explicit_path));  // lives until process exit
+    // A failed allocation here (the list of paths tried, before dlopen maps anything) was "out of
+    // memory (the address-space limit ...)", naming nothing (outside probe, C round forty-six: a limit
+    // at the host's size that the package's read fitted under). Static text: with no room left, no
+    // message can be made before the call has unwound. One inside ONNX Runtime's own static
+    // initialisers, run by dlopen, ends the host in std::terminate: not ours to catch.
+    try {
+      loaded = new OrtLibrary(open_library(explicit_path));  // lives until process exit
+    } catch (const std::bad_alloc&) {
+      throw OutOfMemoryFor("not enough memory to look for and load the ONNX Runtime library");
+    }
     // Made after ONNX Runtime's static objects, so destroyed before them at exit.
     static StaticDestructionMarker marker;
     (void)marker;
