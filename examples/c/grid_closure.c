@@ -13,6 +13,16 @@
 
 enum { NX = 16, NY = 16, NZ = 8, NCELL = NX * NY * NZ };
 
+/* Prints this thread's last libdodo error whole: its length first, then the text (the list of ONNX
+ * Runtime libraries tried can pass 1 KiB; a fixed buffer of 512 bytes lost its end, the reason). */
+static void print_error(const char* call, dodo_status status) {
+  size_t length = dodo_last_error(NULL, NULL, 0);
+  char* text = malloc(length + 1);
+  if (text) dodo_last_error(NULL, text, length + 1);
+  fprintf(stderr, "%s: %s: %s\n", call, dodo_status_name(status), text ? text : "(no memory for the message)");
+  free(text);
+}
+
 int main(int argc, char** argv) {
   const char* model = argc > 1 ? argv[1] : NULL;
   static double moments[4][6][NCELL];   /* [t,x,y,z][species][cell], number densities in cm^-3 */
@@ -47,10 +57,9 @@ int main(int argc, char** argv) {
   options.threads = 2;
   options.run_self_test = model != NULL;
   dodo_closure* closure = NULL;
-  char message[512];
-  dodo_status status = dodo_closure_create(model, &options, &closure, message, sizeof message);
+  dodo_status status = dodo_closure_create(model, &options, &closure, NULL, 0);
   if (status != DODO_OK) {
-    fprintf(stderr, "dodo_closure_create: %s: %s\n", dodo_status_name(status), message);
+    print_error("dodo_closure_create", status);
     return 1;
   }
 
@@ -59,8 +68,7 @@ int main(int argc, char** argv) {
   status = dodo_apply_diagnostics(closure, NCELL, &moments[0][0][0], strides, &velocity[0][0], NULL,
                                   &asymptotic[0][0][0], strides, cell_status, growth_rate, NULL);
   if (status != DODO_OK) {
-    dodo_last_error(closure, message, sizeof message);
-    fprintf(stderr, "dodo_apply_diagnostics: %s: %s\n", dodo_status_name(status), message);
+    print_error("dodo_apply_diagnostics", status);
     dodo_closure_destroy(closure);
     return 1;
   }

@@ -1,7 +1,8 @@
 """Outside probe of the C, C++ and Fortran interfaces, round forty-six (docs/reliability_cpp.md,
 "Round forty-six"), as the developer of a transport code: a damaged package given as bytes in memory,
 a byte-order mark alone given as the model, a package in memory whose copy does not fit, one cell and
-one workspace counted in the singular, and the MPI example given an empty package."""
+one workspace counted in the singular, the MPI example given an empty package, and the C examples'
+messages longer than their 512-byte buffers."""
 from __future__ import annotations
 
 import os
@@ -308,3 +309,33 @@ def test_the_mpi_example_names_an_empty_package(tmp_path):
     assert result.returncode != 0
     assert (f'cannot read the model package "{empty}" (missing, empty, unreadable or not a regular file)'
             in result.stderr), result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("example", ["grid", "mpi"])
+def test_the_c_examples_print_a_long_message_whole(tmp_path, example):
+    """examples/c/grid_closure.c and mpi_closure.c read the error into `char message[512]`: a message
+    longer (the list of ONNX Runtime libraries tried, here one path of 700 characters) lost its end,
+    the reason ("cannot open shared object file: No such file or directory"). They now read the
+    thread's last error whole, sized from its returned length."""
+    library = "/nonexistent/" + "d" * 700 + "/libonnxruntime.so"
+    if example == "grid":
+        from test_native_programs import ROOT, pkg_config, run
+
+        program = tmp_path / "grid_closure"
+        run(["gcc", "-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror", str(ROOT / "examples/c/grid_closure.c"),
+             *pkg_config("--cflags", "--libs"), "-lm", "-o", str(program)])
+        result = subprocess.run([str(program), default_model()], capture_output=True, text=True, timeout=120,
+                                env={**os.environ, "DODO_ONNXRUNTIME_LIBRARY": library})
+    else:
+        from mpi_helpers import mpi_environment, mpirun
+        from test_mpi_examples import build
+
+        program = build(tmp_path, "c")
+        command = mpirun(1)
+        command[command.index("-n") + 2:command.index("-n") + 2] = ["-x", "DODO_ONNXRUNTIME_LIBRARY=" + library]
+        result = subprocess.run(command + [str(program), default_model()], capture_output=True, text=True,
+                                timeout=120, env=mpi_environment())
+    assert result.returncode != 0
+    # the path itself is shortened in the message; the reason after it is what was lost
+    assert (f"libonnxruntime.so (path of {len(library)} bytes, shortened): cannot open shared object file: No such file "
+            "or directory\n") in result.stderr, result.stderr
