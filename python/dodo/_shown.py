@@ -30,3 +30,17 @@ def counted(count, noun: str, plural: str | None = None) -> str:
     """"1 state", "3 states" ("1 cell", "2 cells"): a count with its noun in the number the count asks for; a
     fixed plural said "none of the 1 states", "metric table on 1 cells" (outside probe, Python round fifty-seven)."""
     return f"{count} {noun if count == 1 else plural or noun + 's'}"
+
+
+def extra_install(extra: str) -> str:
+    """The command that installs Dodo's optional part ``extra`` ("train", "qke", "mpi"). Dodo is not on a
+    package index, so a hint to pip-install the name "dodo" with an extra fetched another project (and failed to
+    build it; new user's journey, round one): the checkout this package runs from where there is one (an
+    editable install), else the repository's directory in words."""
+    import shlex
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    if (root / "pyproject.toml").is_file() and (root / "python" / "dodo").is_dir():
+        return f"pip install {shlex.quote(f'{root}[{extra}]')}"
+    return f"pip install '.[{extra}]' in Dodo's repository (Dodo is not on a package index)"

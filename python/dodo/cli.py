@@ -1,6 +1,6 @@
 """The `dodo` command line (also `python -m dodo`).
 
-Subcommands of optional parts (training needs `dodo[train]`) are registered by their own
+Subcommands of optional parts (training needs the `train` extra) are registered by their own
 modules; registering never imports torch, so `dodo --help` works on a runtime-only install.
 """
 from __future__ import annotations

@@ -105,7 +105,9 @@ def read_emu_states(path: str) -> EmuStates:
     except ModuleNotFoundError:  # pragma: no cover - depends on the installation
         # Not installed. One that is installed but fails to import (no libhdf5) goes on to dodo's main,
         # which names it: "needs h5py: pip install h5py" was said of it too (outside probe, round 30).
-        raise ValueError("reading HDF5 files needs h5py: pip install h5py (or dodo[train])") from None
+        from ._shown import extra_install
+
+        raise ValueError(f"reading HDF5 files needs h5py: pip install h5py (or {extra_install('train')})") from None
     try:
         check_input_file(path, "an Emu-layout HDF5 file")  # a FIFO would block h5py for ever
     except ValueError as error:

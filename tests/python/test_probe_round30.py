@@ -394,8 +394,10 @@ def test_synthetic_model_tool_names_a_missing_module_in_one_line(tmp_path, capsy
         synthetic_model.main(["-o", str(out)])
     err = capsys.readouterr().err
     assert ended.value.code == 2 and "Traceback" not in err, err
+    from dodo._shown import extra_install
+
     assert err.strip() == ("python -m dodo.training.synthetic_model: error: onnx is not installed; this tool needs "
-                           "the training extra: pip install 'dodo[train]'")
+                           f"the training extra: {extra_install('train')}")
     assert not out.exists()
 
 
@@ -412,7 +414,9 @@ def test_a_missing_training_module_exits_2_as_the_other_commands_do(tmp_path, ca
     code, _, err = run(capsys, ["synth", "-o", str(tmp_path / "s.h5"), "-n", "5", "-q"])
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1, err
-    assert lines[0] == "dodo synth: error: h5py is not installed; install the training extra: pip install 'dodo[train]'"
+    from dodo._shown import extra_install
+
+    assert lines[0] == f"dodo synth: error: h5py is not installed; install the training extra: {extra_install('train')}"
     assert not (tmp_path / "s.h5").exists()
 
 

@@ -129,7 +129,7 @@ def test_killed_ranks_resume_in_one_process_with_identical_rows(tmp_path, single
 
 def run_simulate_under_mpi(nranks, output):
     if importlib.util.find_spec("mpi4py") is None:
-        skip_without("mpi4py is not installed (pip install 'dodo[mpi]')")
+        skip_without("mpi4py is not installed (pip install '.[mpi]' in the repository)")
     script = ("import sys, numpy as np; sys.path.insert(0, sys.argv[2]); import test_qke_mpi as t; "
               "from dodo.qke.campaign import simulate_states; "
               "simulate_states(t.cheap_states(), sys.argv[1], t.CONFIG, batch_size=t.BATCH, report=print)")
@@ -186,7 +186,7 @@ def test_a_job_refused_on_rank_zero_leaves_no_lock_behind(tmp_path):
     process) and stops every rank with MPI_Abort. That call does not return, so the lock was left
     beside OUT and refused every later run on it (solver probe, round three)."""
     if importlib.util.find_spec("mpi4py") is None:
-        skip_without("mpi4py is not installed (pip install 'dodo[mpi]')")
+        skip_without("mpi4py is not installed (pip install '.[mpi]' in the repository)")
     command = mpirun(2) + [sys.executable, "-m", "dodo", "simulate", "out.h5", "--random", "2", "--seed", "1",
                            "--linear-only"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=mpi_environment(),

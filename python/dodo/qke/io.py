@@ -26,7 +26,9 @@ def require_h5py() -> None:
     try:
         import h5py  # noqa: F401
     except ImportError:
-        raise ModuleNotFoundError("writing the output needs h5py: pip install h5py (or pip install 'dodo[qke]')") from None
+        from .._shown import extra_install
+
+        raise ModuleNotFoundError(f"writing the output needs h5py: pip install h5py (or {extra_install('qke')})") from None
 
 
 def attribute_value(value):

@@ -3,7 +3,7 @@
 The states are cut into the batches a single process would run (the same batches whatever N, so
 that every state gets the same perturbation seed and time step: rows identical bit for bit), and
 the batches are shared out over the ranks by their estimated cost. MPI comes from mpi4py
-(``pip install dodo[mpi]``), imported only when the process was started by an MPI launcher with
+(``pip install ".[mpi]"`` in the repository), imported only when the process was started by an MPI launcher with
 more than one rank; otherwise the campaign runs in this process alone, as always.
 """
 from __future__ import annotations
@@ -164,7 +164,9 @@ def world(environ=os.environ):
     try:
         from mpi4py import MPI
     except ImportError as error:
-        raise RuntimeError(f"started as {expected} MPI ranks, but mpi4py is not installed: pip install 'dodo[mpi]' "
+        from .._shown import extra_install
+
+        raise RuntimeError(f"started as {expected} MPI ranks, but mpi4py is not installed: {extra_install('mpi')} "
                            f"(it needs an MPI such as Debian's openmpi-bin libopenmpi-dev){source}") from error
     communicator = MPICommunicator(MPI.COMM_WORLD)
     if communicator.size != expected:

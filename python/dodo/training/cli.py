@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from .._atomic import check_outputs, same_file
-from .._shown import counted
+from .._shown import counted, extra_install
 from .._output_guard import (MODEL_PACKAGE, PREPROCESSED, SYNTHETIC, refuse_replacing, refuse_replacing_with_plot,
                              refuse_replacing_with_report, marked_report)
 from .._cli_common import (add_json_argument, add_output_argument, add_quiet_argument, file_output_path,
@@ -119,7 +119,7 @@ def _friendly(name: str):
                 # Exit 2, as dodo score, apply and simulate say a missing h5py and as the README promises
                 # (was 3, in these commands alone: outside probe, round 30).
                 print(f"dodo {name}: error: {exc.name} is not installed; install the training extra: "
-                      "pip install 'dodo[train]'", file=sys.stderr)
+                      f"{extra_install('train')}", file=sys.stderr)
                 return 2
             except (ValueError, FileNotFoundError, RuntimeError, OSError, ArithmeticError) as exc:
                 # One line, whatever the message holds (torch's load_state_dict report is several); HDF5's

@@ -512,8 +512,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     except BrokenPipeError:  # the reader went away: ended quietly below, not "error: [Errno 32] Broken pipe"
         raise
     except ModuleNotFoundError as error:  # a run-time install: was a traceback (outside probe, round 30)
+        from .._shown import extra_install
+
         parser.exit(2, f"{parser.prog}: error: {error.name} is not installed; this tool needs the training extra: "
-                       "pip install 'dodo[train]'\n")
+                       f"{extra_install('train')}\n")
     except (OSError, ValueError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     return 0
