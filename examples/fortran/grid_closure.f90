@@ -14,7 +14,10 @@ program grid_closure
   integer(c_int32_t), allocatable :: cell_status(:)
   type(dodo_closure) :: closure
   type(dodo_counters) :: counters
-  character(len=512) :: model, message
+  character(len=512) :: model
+  ! errmsg takes the message cut to its length: the list of ONNX Runtime libraries tried can pass 512
+  ! characters, and lost its end (the reason) in one of 512
+  character(len=4096) :: message
   integer :: i, j, k, a, c, stat
   real(c_double) :: x, density, flux, worst, vx, W
 

@@ -311,14 +311,24 @@ def test_the_mpi_example_names_an_empty_package(tmp_path):
             in result.stderr), result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("example", ["grid", "mpi"])
+@pytest.mark.parametrize("example", ["grid", "mpi", "fortran"])
 def test_the_c_examples_print_a_long_message_whole(tmp_path, example):
-    """examples/c/grid_closure.c and mpi_closure.c read the error into `char message[512]`: a message
+    """examples/c/grid_closure.c and mpi_closure.c read the error into `char message[512]` (the Fortran
+    grid example into an errmsg of 512 characters): a message
     longer (the list of ONNX Runtime libraries tried, here one path of 700 characters) lost its end,
     the reason ("cannot open shared object file: No such file or directory"). They now read the
     thread's last error whole, sized from its returned length."""
     library = "/nonexistent/" + "d" * 700 + "/libonnxruntime.so"
-    if example == "grid":
+    if example == "fortran":
+        from capi_host import FORTRAN_MODULE
+        from test_native_programs import ROOT, pkg_config, run
+
+        program = tmp_path / "grid_closure_f"
+        run(["gfortran", "-std=f2018", "-Wall", "-J", str(tmp_path), str(FORTRAN_MODULE),
+             str(ROOT / "examples/fortran/grid_closure.f90"), *pkg_config("--libs"), "-o", str(program)])
+        result = subprocess.run([str(program), default_model()], capture_output=True, text=True, timeout=120,
+                                env={**os.environ, "DODO_ONNXRUNTIME_LIBRARY": library})
+    elif example == "grid":
         from test_native_programs import ROOT, pkg_config, run
 
         program = tmp_path / "grid_closure"
