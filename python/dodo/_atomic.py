@@ -670,7 +670,8 @@ def _open_lock_file(path: Path):
                     return open(descriptor, "r", closefd=True)
                 os.close(descriptor)
         if mode is None or stat.S_ISREG(mode):  # a full disk, no permission: the system's reason
-            raise OSError(error.errno, f"cannot open the lock file {path}: {error.strerror or error}") from None
+            raise OSError(error.errno, f"cannot open the lock file {path}: {error.strerror or error}"
+                                       f"{_another_users_lock_hint(path, error)}") from None
         target = f" (to {os.readlink(path)})" if stat.S_ISLNK(mode) else ""
         raise LockFileError(f"the lock file {path} is {_file_kind(mode)}{target}, not a regular file; dodo makes it "
                             "and writes its pid in it: remove it") from None
@@ -683,6 +684,20 @@ def _open_lock_file(path: Path):
         raise LockFileError(f"the lock file {path} is {_file_kind(mode)}, not a regular file; dodo makes it and "
                             "writes its pid in it: remove it")
     return open(descriptor, "a+", closefd=True)
+
+
+def _another_users_lock_hint(path: Path, error: OSError) -> str:
+    """What to do about a lock file this user may not even read: another user's, left by their run
+    under umask 077 (mode 600), refused every other user's run there with "Permission denied" alone
+    (outside probe, data-loss round eleven, left; the lead's)."""
+    try:
+        owner = os.lstat(path).st_uid
+    except OSError:
+        return ""
+    if not isinstance(error, PermissionError) or not hasattr(os, "geteuid") or owner == os.geteuid():
+        return ""
+    return (f" (it belongs to another user, uid {owner}, and only they may read it: a lock their run left; "
+            "ask them to remove it, or write the output in another directory)")
 
 
 def _lock_holder(handle) -> tuple[str, str]:

@@ -315,3 +315,21 @@ def test_a_child_forked_during_an_hdf5_write_ends_on_sigterm(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "-15", done.stdout  # was: None (still running a minute after SIGTERM)
     assert (tmp_path / "out.h5").is_file()
+
+
+@needs_setpriv
+def test_another_users_unreadable_lock_is_named_as_theirs(tmp_path):
+    """A lock left by another user's run under umask 077 (mode 600) cannot be opened at all, not even
+    for the read-only flock above: the refusal said "Permission denied" alone (this round's "not
+    fixed", the lead's). It now says whose file it is and what to do."""
+    shared = tmp_path / "shared"
+    lock = _another_users_lock(shared, ".sim.h5.lock", "12345\ndodo simulate")
+    lock.chmod(0o600)
+    done = subprocess.run([*AS_A_USER, sys.executable, "-m", "dodo", "simulate", str(shared / "sim.h5"), "--random",
+                           "2", "--ncell", "16", "--nphi", "8", "-q"], capture_output=True, text=True, timeout=600,
+                          stdin=subprocess.DEVNULL)
+    if "setpriv:" in done.stderr:
+        pytest.skip(f"setpriv cannot drop capabilities here: {done.stderr.strip()}")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "belongs to another user, uid 65534" in done.stderr and "ask them to remove it" in done.stderr, done.stderr
+    assert not (shared / "sim.h5").exists()
