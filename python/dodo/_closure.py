@@ -572,6 +572,11 @@ class Closure:
                 # Read here, the runtime calls the file "model in memory (N bytes)": name it instead.
                 text = re.sub(r"model in memory \(\d+ bytes\)", lambda _: f"model file {_shown_path(model_path)}",
                               str(error), count=1)
+                # and its words for refused bytes are a file's again (C round forty-six gave a buffer its own,
+                # which this file, read here, then got: "truncated or damaged bytes? give the whole ...").
+                text = text.replace("(truncated or damaged bytes? give the whole .onnx file's bytes and its size)",
+                                    "(truncated or damaged file?)").replace("the bytes hold no graph",
+                                                                            "the file has no graph")
                 raise type(error)(text) from None
             if "cannot load the ONNX Runtime library" in str(error):  # not a missing CUDA provider
                 hint = bare_library_hint(library_given or os.environ.get("DODO_ONNXRUNTIME_LIBRARY", ""))

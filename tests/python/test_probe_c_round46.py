@@ -349,3 +349,27 @@ def test_the_c_examples_print_a_long_message_whole(tmp_path, example):
     # the path itself is shortened in the message; the reason after it is what was lost
     assert (f"libonnxruntime.so (path of {len(library)} bytes, shortened): cannot open shared object file: No such file "
             "or directory\n") in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("content, words", [
+    (None, "(truncated or damaged file?)"),  # a cut copy of the default package
+    (b"\x08\x07", "the file has no graph"),
+])
+def test_a_damaged_file_with_a_name_that_is_not_utf8_keeps_the_files_words(tmp_path, content, words):
+    """Python reads a model file whose name is not UTF-8 itself and hands the runtime its bytes; since
+    this round the runtime's words for refused bytes are a buffer's ("truncated or damaged bytes? give
+    the whole .onnx file's bytes and its size"), which that file then got (the round's report, the
+    lead's fix): they are a file's again."""
+    import os
+
+    import dodo
+
+    directory = os.fsencode(str(tmp_path))
+    path = os.path.join(directory, b"caf\xe9.onnx")
+    data = Path(dodo.models.default_model_path()).read_bytes()[:3000] if content is None else content
+    with open(path, "wb") as handle:
+        handle.write(data)
+    with pytest.raises((RuntimeError, ValueError)) as refused:
+        dodo.Closure(os.fsdecode(path), threads=1)
+    text = str(refused.value)
+    assert "model file" in text and words in text and "damaged bytes" not in text and "the bytes" not in text, text
