@@ -16,6 +16,7 @@ import pytest
 
 import dodo
 from cli_helpers import run_tool
+from gate_windows import distance_ratio
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
@@ -40,21 +41,6 @@ def far_out_cells() -> np.ndarray:
     return far_out_probe_cells(4000)
 
 
-def distance_over_d2_max(package: Path, F: np.ndarray) -> np.ndarray:
-    """d^2 / d2_max of the package's gate at cells F (at rest), from its own initializers."""
-    from onnx import numpy_helper
-
-    from dodo.training.features import lab_features
-
-    model = onnx.load(str(package))
-    tensors = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    mean = tensors["ensemble.feature_mean"].astype(float)
-    precision = tensors["ensemble.feature_precision"].astype(float)
-    features = {entry.key: entry.value for entry in model.metadata_props}["dodo.features"]
-    centred = lab_features(features, F)[:, :mean.size] - mean
-    return np.einsum("ij,jk,ik->i", centred, precision, centred) / float(tensors["ensemble.d2_max"])
-
-
 def log_ratio(result) -> np.ndarray:
     crossing = result.growth_rate_proxy > 0
     return np.where(crossing, np.log(np.where(crossing, result.growth_rate, 1.0) /
@@ -65,7 +51,7 @@ def test_far_from_the_training_data_the_default_growth_rate_is_the_proxy():
     F = far_out_cells()
     result = dodo.Closure(threads=1).apply(F)
     ratio = log_ratio(result)
-    gate = np.exp(-np.maximum(0.0, distance_over_d2_max(DEFAULT, F) - 1.0))
+    gate = np.exp(-np.maximum(0.0, distance_ratio(DEFAULT)(F) - 1.0))
     shut = (gate <= np.exp(-5.0)) & (result.growth_rate_proxy > 0)
     assert shut.sum() > 200  # 271 of the 4,000
     # |ln ratio| of the ungated network stays below ~3 on these cells: gated, below 3 e^-5 = 0.02.
@@ -86,7 +72,7 @@ def test_inside_the_training_data_nothing_moved():
         new, old = dodo.Closure(threads=1).apply(F), dodo.Closure(str(UNGATED), threads=1).apply(F)
         assert new.F_pred.tobytes() == old.F_pred.tobytes()
         assert new.uncertainty.tobytes() == old.uncertainty.tobytes()
-    open_gate = distance_over_d2_max(DEFAULT, inside) <= 1.0
+    open_gate = distance_ratio(DEFAULT)(inside) <= 1.0
     assert open_gate.mean() > 0.9
     new, old = dodo.Closure(threads=1).apply(inside), dodo.Closure(str(UNGATED), threads=1).apply(inside)
     assert new.growth_rate[open_gate].tobytes() == old.growth_rate[open_gate].tobytes()

@@ -175,54 +175,21 @@ def test_the_distance_gate_toward_box3d_is_continuous_across_its_threshold():
     far-out one (dodo.training.gate_graph.far_out_probe_cells, d^2 up to 8.9 d2_max), the learned part
     F_pred - F_box moves across d^2 = d2_max by float32 steps only (measured at most 3.2e-8 N_tot between
     points 5e-9 apart; it is 1e-4 ... 1.6e-2 N_tot there, a step of the gate would show at that size)."""
-    onnx = pytest.importorskip("onnx")
-    from onnx import numpy_helper
+    pytest.importorskip("onnx")
+    from gate_windows import distance_ratio, windows_across_the_gate
 
-    from dodo.models import default_model_path
-    from dodo.training.features import lab_features
     from dodo.training.gate_graph import far_out_probe_cells
 
-    graph = onnx.load(default_model_path())
-    initializers = {i.name: numpy_helper.to_array(i).astype(np.float64) for i in graph.graph.initializer}
-    mean, precision = initializers["ensemble.feature_mean"], initializers["ensemble.feature_precision"]
-    d2_max = float(initializers["ensemble.d2_max"])
-    features = dict(p.split("=", 1) for p in [f"{m.key}={m.value}" for m in graph.metadata_props])["dodo.features"]
-
-    def ratio(F):  # d^2 / d2_max on the distance's 34 features
-        x = lab_features(features, F)[:, :34] - mean
-        return np.einsum("ni,ij,nj->n", x, precision, x) / d2_max
-
     closure = dodo.Closure()
-    far = far_out_probe_cells(400)
-    far_ratio, far_status = ratio(far), closure.apply(far).status
     near = random_states(np.random.default_rng(5), 200) / 1e33
-    near_status = closure.apply(near).status
-    pairs = list(zip(np.flatnonzero(near_status == 0)[:4], np.flatnonzero((far_status == 0) & (far_ratio > 2))[:4]))
     crossed = 0
-    for i, j in pairs:
-        def line(t):
-            t = np.asarray(t, dtype=float)[:, None, None]
-            return (1 - t) * near[i] + t * far[j]
-
-        t = np.linspace(0, 1, 401)
-        r = ratio(line(t))
-        k = np.flatnonzero((r[:-1] - 1) * (r[1:] - 1) <= 0)
-        if len(k) == 0 or t[k[0] + 1] >= 1:
-            continue
-        lo, hi = t[k[0]], t[k[0] + 1]
-        for _ in range(60):  # d^2 = d2_max to the doubles
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if (ratio(line([mid]))[0] - 1) * (r[k[0]] - 1) > 0 else (lo, mid)
-        ts = lo + np.linspace(-1e-6, 1e-6, 401)
-        F = line(ts)
-        side = ratio(F)
-        assert side.min() < 1 < side.max()
+    for F in windows_across_the_gate(closure, distance_ratio(), near, far_out_probe_cells(400)):
         result, box = closure.apply(F), dodo.box3d(F)
         if len(np.unique(result.status)) != 1:
             continue  # a status change inside the window is Box3D's step, not the gate's
         learned = (result.F_pred - box.F_box) / dodo.comoving_density(F, None)[:, None, None]
-        steps = np.abs(np.diff(learned, axis=0)).reshape(len(ts) - 1, -1).max(axis=1)
+        steps = np.abs(np.diff(learned, axis=0)).reshape(len(F) - 1, -1).max(axis=1)
         assert np.abs(learned).max() > 1e-5  # a correction the gate could cut
-        assert steps.max() <= 1e-6, (i, j, steps.max())
+        assert steps.max() <= 1e-6, steps.max()
         crossed += 1
     assert crossed >= 3

@@ -254,53 +254,22 @@ def test_growth_rate_and_uncertainty_are_continuous_across_the_distance_gate():
     (proxy x exp(log_growth_ratio)) and the uncertainty come from the same network rows and must not step
     where d^2 = d2_max (round twelve's lines from an in-distribution to a far-out cell). Measured between
     points 5e-9 apart there: rate 1.2e-6 relative, uncertainty 1.5e-8 N_tot (either evaluator)."""
-    onnx = pytest.importorskip("onnx")
-    from onnx import numpy_helper
+    pytest.importorskip("onnx")
+    from gate_windows import distance_ratio, windows_across_the_gate
 
-    from dodo.models import default_model_path
-    from dodo.training.features import lab_features
     from dodo.training.gate_graph import far_out_probe_cells
 
-    graph = onnx.load(default_model_path())
-    initializers = {i.name: numpy_helper.to_array(i).astype(np.float64) for i in graph.graph.initializer}
-    mean, precision = initializers["ensemble.feature_mean"], initializers["ensemble.feature_precision"]
-    d2_max = float(initializers["ensemble.d2_max"])
-    features = {m.key: m.value for m in graph.metadata_props}["dodo.features"]
-
-    def ratio(F):  # d^2 / d2_max on the distance's 34 features
-        x = lab_features(features, F)[:, :34] - mean
-        return np.einsum("ni,ij,nj->n", x, precision, x) / d2_max
-
     closure = dodo.Closure()
-    far = far_out_probe_cells(400)
-    far_ratio, far_status = ratio(far), closure.apply(far).status
     near = random_states(np.random.default_rng(5), 200) / 1e33
-    near_status = closure.apply(near).status
     crossed = 0
-    for i, j in zip(np.flatnonzero(near_status == 0)[:4], np.flatnonzero((far_status == 0) & (far_ratio > 2))[:4]):
-        def line(t):
-            t = np.asarray(t, dtype=float)[:, None, None]
-            return (1 - t) * near[i] + t * far[j]
-
-        t = np.linspace(0, 1, 401)
-        r = ratio(line(t))
-        k = np.flatnonzero((r[:-1] - 1) * (r[1:] - 1) <= 0)
-        if len(k) == 0 or t[k[0] + 1] >= 1:
-            continue
-        lo, hi = t[k[0]], t[k[0] + 1]
-        for _ in range(60):  # d^2 = d2_max to the doubles
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if (ratio(line([mid]))[0] - 1) * (r[k[0]] - 1) > 0 else (lo, mid)
-        F = line(lo + np.linspace(-1e-6, 1e-6, 401))
-        side = ratio(F)
-        assert side.min() < 1 < side.max()
+    for F in windows_across_the_gate(closure, distance_ratio(), near, far_out_probe_cells(400)):
         result = closure.apply(F)
         if len(np.unique(result.status)) != 1:
             continue  # a status change inside the window is Box3D's step, not the gate's
         rate, spread = result.growth_over_ntot, result.uncertainty
         assert rate.min() > 0 and spread.min() > 0
-        assert np.abs(np.diff(rate)).max() <= 1e-5 * rate.mean(), (i, j)
-        assert np.abs(np.diff(spread)).max() <= 1e-7, (i, j)
+        assert np.abs(np.diff(rate)).max() <= 1e-5 * rate.mean()
+        assert np.abs(np.diff(spread)).max() <= 1e-7
         crossed += 1
     assert crossed >= 3
 
