@@ -114,6 +114,15 @@ AS_A_USER = [SETPRIV, "--inh-caps=-dac_override,-dac_read_search,-fowner",
              "--bounding-set=-dac_override,-dac_read_search,-fowner"]
 
 
+def _dodo_as_a_user(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`dodo ARGS` as AS_A_USER, its output captured; skips where setpriv cannot drop the capabilities."""
+    done = subprocess.run([*AS_A_USER, sys.executable, "-m", "dodo", *args], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+    if "setpriv:" in done.stderr:
+        pytest.skip(f"setpriv cannot drop capabilities here: {done.stderr.strip()}")
+    return done
+
+
 def _another_users_file_in_a_sticky_directory(tmp_path: Path) -> Path:
     """shared/out.h5 (a synth database, mode 666) owned by uid 65534 in shared/ (mode 1777, its uid 65534)."""
     shared = tmp_path / "shared"
@@ -133,11 +142,7 @@ def _another_users_file_in_a_sticky_directory(tmp_path: Path) -> Path:
 def test_another_users_file_in_a_sticky_directory_is_refused_before_any_work(tmp_path):
     output = _another_users_file_in_a_sticky_directory(tmp_path)
     before = output.read_bytes()
-    done = subprocess.run([*AS_A_USER, sys.executable, "-m", "dodo", "synth", str(output), "-n", "50", "-q",
-                           "--overwrite", "--seed", "4"], capture_output=True, text=True, timeout=300,
-                          stdin=subprocess.DEVNULL)
-    if "setpriv:" in done.stderr:
-        pytest.skip(f"setpriv cannot drop capabilities here: {done.stderr.strip()}")
+    done = _dodo_as_a_user("synth", str(output), "-n", "50", "-q", "--overwrite", "--seed", "4", timeout=300)
     lines = done.stderr.strip().splitlines()
     # was, after the work: "cannot write .../out.h5: no permission to create files in .../shared (made
     # read-only while this command wrote it?); the file there is untouched"
@@ -173,11 +178,7 @@ def test_a_lock_file_of_another_user_that_cannot_be_removed_ends_no_run_with_a_t
         os.chown(path, 65534, 65534)
     shared.chmod(0o1777)
     lock.chmod(0o666)
-    done = subprocess.run([*AS_A_USER, sys.executable, "-m", "dodo", "simulate", str(shared / "sim.h5"), "--random",
-                           "2", "--ncell", "16", "--nphi", "8", "-q"], capture_output=True, text=True, timeout=600,
-                          stdin=subprocess.DEVNULL)
-    if "setpriv:" in done.stderr:
-        pytest.skip(f"setpriv cannot drop capabilities here: {done.stderr.strip()}")
+    done = _dodo_as_a_user("simulate", str(shared / "sim.h5"), "--random", "2", "--ncell", "16", "--nphi", "8", "-q")
     # was: the database written, then "PermissionError: [Errno 1] Operation not permitted: '.../.sim.h5.lock'"
     # as a traceback, exit 1
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
@@ -217,10 +218,7 @@ def test_train_ensemble_beside_another_users_lock_runs(tmp_path, capsys):
         "data": {"path": str(table), "holdout": [], "features": "invariants27+box7+eln18-v1"},
         "ensemble": {"members": 2, "width": 8, "depth": 1, "steps": 5, "threads": 1},
         "distill": {"width": 8, "depth": 1, "steps": 5}, "output": {"checkpoint": str(shared / "ens.pt")}}))
-    done = subprocess.run([*AS_A_USER, sys.executable, "-m", "dodo", "train-ensemble", "--config", str(config)],
-                          capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
-    if "setpriv:" in done.stderr:
-        pytest.skip(f"setpriv cannot drop capabilities here: {done.stderr.strip()}")
+    done = _dodo_as_a_user("train-ensemble", "--config", str(config))
     # was: "dodo train-ensemble: error: [Errno 13] cannot open the lock file .../shared/.dodo.lock: Permission denied"
     assert done.returncode == 0, done.stderr
     assert (shared / "ens.pt").is_file() and lock.read_text() == "12345\ndodo train-ensemble"
@@ -230,11 +228,7 @@ def test_train_ensemble_beside_another_users_lock_runs(tmp_path, capsys):
 def test_simulate_beside_another_users_output_lock_runs(tmp_path):
     shared = tmp_path / "shared"
     _another_users_lock(shared, ".sim.h5.lock", "12345\ndodo simulate")
-    done = subprocess.run([*AS_A_USER, sys.executable, "-m", "dodo", "simulate", str(shared / "sim.h5"), "--random",
-                           "2", "--ncell", "16", "--nphi", "8", "-q"], capture_output=True, text=True, timeout=600,
-                          stdin=subprocess.DEVNULL)
-    if "setpriv:" in done.stderr:
-        pytest.skip(f"setpriv cannot drop capabilities here: {done.stderr.strip()}")
+    done = _dodo_as_a_user("simulate", str(shared / "sim.h5"), "--random", "2", "--ncell", "16", "--nphi", "8", "-q")
     # was: "dodo simulate: error: cannot write .../sim.h5: cannot create a file in .../shared: Permission denied"
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert (shared / "sim.h5").is_file()
@@ -325,11 +319,7 @@ def test_another_users_unreadable_lock_is_named_as_theirs(tmp_path):
     shared = tmp_path / "shared"
     lock = _another_users_lock(shared, ".sim.h5.lock", "12345\ndodo simulate")
     lock.chmod(0o600)
-    done = subprocess.run([*AS_A_USER, sys.executable, "-m", "dodo", "simulate", str(shared / "sim.h5"), "--random",
-                           "2", "--ncell", "16", "--nphi", "8", "-q"], capture_output=True, text=True, timeout=600,
-                          stdin=subprocess.DEVNULL)
-    if "setpriv:" in done.stderr:
-        pytest.skip(f"setpriv cannot drop capabilities here: {done.stderr.strip()}")
+    done = _dodo_as_a_user("simulate", str(shared / "sim.h5"), "--random", "2", "--ncell", "16", "--nphi", "8", "-q")
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert "belongs to another user, uid 65534" in done.stderr and "ask them to remove it" in done.stderr, done.stderr
     assert not (shared / "sim.h5").exists()
