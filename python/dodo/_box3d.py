@@ -22,6 +22,7 @@ from . import _core
 from ._units import _plain_numbers
 from ._shown import _shown_number
 from .conventions import (
+    _extension_real_dtype,
     MAX_THREADS,
     N_COMPONENTS,
     N_CROSSING_FEATURES,
@@ -511,16 +512,6 @@ def _as_real_array(name: str, value, trailing: tuple[int, ...], shape_text: str,
         _refuse_object_array(name, array, len(trailing))
     _refuse_beyond_float64(name, array, len(trailing))
     return array
-
-
-def _extension_real_dtype(dtype: np.dtype) -> bool:
-    """Whether ``dtype`` holds real numbers that float64 holds exactly though NumPy counts it neither a
-    float nor an integer (kind "V"): ml_dtypes' bfloat16, float8_e4m3fn, int4, ..., what np.asarray of a
-    JAX array (and ONNX's tools) give. A bfloat16 F_init was refused as "must hold real numbers (any
-    float or integer dtype); got dtype bfloat16", while float8_e5m2 (kind "f") was taken (outside probe,
-    Python round fifty-eight). Structured and raw void dtypes do not cast to float64 and stay refused."""
-    return (dtype.kind == "V" and dtype.fields is None and dtype.subdtype is None
-            and np.can_cast(dtype, np.float64, "safe"))
 
 
 def _layout_hint(name: str, shape: tuple[int, ...], trailing: tuple[int, ...]) -> str:

@@ -82,6 +82,23 @@ def _as_array(value, densities: str = "") -> np.ndarray:
     return array
 
 
+def _extension_real_dtype(dtype: np.dtype) -> bool:
+    """Whether ``dtype`` holds real numbers that float64 holds exactly though NumPy counts it neither a
+    float nor an integer (kind "V"): ml_dtypes' bfloat16, float8_e4m3fn, int4, ..., what np.asarray of a
+    JAX array (and ONNX's tools) give. A bfloat16 F_init was refused as "must hold real numbers (any
+    float or integer dtype); got dtype bfloat16", while float8_e5m2 (kind "f") was taken (outside probe,
+    Python round fifty-eight). Structured and raw void dtypes do not cast to float64 and stay refused."""
+    return (dtype.kind == "V" and dtype.fields is None and dtype.subdtype is None
+            and np.can_cast(dtype, np.float64, "safe"))
+
+
+def _computable(array: np.ndarray) -> np.ndarray:
+    """``array`` as float64 where its dtype is such an extension real: numpy's einsum refuses bfloat16
+    ("invalid data type for einsum", naming no argument: minkowski_dot, outside probe, Python round
+    fifty-eight), and its sums would round at bfloat16's 3 digits."""
+    return array.astype(np.float64) if _extension_real_dtype(array.dtype) else array
+
+
 def invariant_pairs() -> list[tuple[int, int]]:
     """Species pairs (a, b), a <= b, in the order of invariants 6..26."""
     return [(a, b) for a in range(N_SPECIES) for b in range(a, N_SPECIES)]
@@ -90,7 +107,7 @@ def invariant_pairs() -> list[tuple[int, int]]:
 def minkowski_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """A.B = -A^t B^t + A.B (spatial), over the last axis (length 4: t, x, y, z); a and b
     broadcast. Any last axis other than 4 is a ValueError (a (3,) or (5,) vector gave a number)."""
-    a, b = _as_array(a), _as_array(b)  # lists: "list indices must be integers or slices, not tuple"
+    a, b = _computable(_as_array(a)), _computable(_as_array(b))  # lists: "list indices must be integers ..."
     for name, value in (("a", a), ("b", b)):
         if value.ndim < 1 or value.shape[-1] != N_COMPONENTS:
             raise ValueError(f"minkowski_dot: {name} must have shape (..., 4) (t, x, y, z); got {value.shape}")
@@ -105,7 +122,7 @@ def total_density(F: np.ndarray, absolute: bool = False) -> np.ndarray:
     F = _as_array(F, "F")
     if F.ndim < 2 or F.shape[-2:] != (N_SPECIES, N_COMPONENTS):  # a (4,) vector or (6, 3) gave a number
         raise ValueError(f"total_density: F must have shape (..., 6, 4) (species x t, x, y, z); got {F.shape}")
-    n = F[..., 0]
+    n = _computable(F[..., 0])
     if n.dtype.kind in "biu":  # integer densities: summed as float64 (int64 wrapped: six 2^62 gave -2^63)
         n = n.astype(np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
