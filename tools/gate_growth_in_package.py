@@ -17,6 +17,7 @@ wherever the distance gate is open. Written atomically; never over its input.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -68,9 +69,10 @@ def rebuilt_ensemble(package: bytes):
     return ensemble.eval(), record
 
 
-def compare(before, after, F) -> dict:
+def compare(before, after, F) -> tuple[dict, object]:
     """Old and new package on cells F: F_pred and uncertainty must keep their bits; the growth rate
-    keeps them where the new rate's log ratio is the old one's (the gate open)."""
+    keeps them where the new rate's log ratio is the old one's (the gate open). Returns the counts and
+    the new package's result."""
     old, new = before.apply(F), after.apply(F)
     if old.F_pred.tobytes() != new.F_pred.tobytes() or old.uncertainty.tobytes() != new.uncertainty.tobytes():
         raise ValueError("F_pred or the uncertainty changed: the re-export is not the same network")
@@ -82,7 +84,7 @@ def compare(before, after, F) -> dict:
         raise ValueError("the growth rate moved away from the proxy somewhere")
     moved = ~np.isclose(new_log, old_log, rtol=1e-6, atol=1e-9)
     return {"cells": int(len(F)), "crossing": int(crossing.sum()), "growth_moved": int(moved.sum()),
-            "growth_same_bits": int(np.sum(old.growth_rate[crossing] == new.growth_rate[crossing]))}
+            "growth_same_bits": int(np.sum(old.growth_rate[crossing] == new.growth_rate[crossing]))}, new
 
 
 def main() -> int:
@@ -103,15 +105,13 @@ def main() -> int:
             with open(scratch, "rb") as handle:
                 new_bytes = handle.read()
         finally:
-            import os
-
             if os.path.exists(scratch):
                 os.remove(scratch)
         before, after = dodo.Closure(package, threads=1), dodo.Closure(new_bytes, threads=1)
-        inside = compare(before, after, random_initial_states(np.random.default_rng(7), 20000))
-        outside = compare(before, after, far_out_probe_cells(4000))
-        graph = dodo.Closure(new_bytes, threads=1, evaluator="onnxruntime").apply(far_out_probe_cells(4000))
-        native = after.apply(far_out_probe_cells(4000))
+        inside, _ = compare(before, after, random_initial_states(np.random.default_rng(7), 20000))
+        far = far_out_probe_cells(4000)
+        outside, native = compare(before, after, far)
+        graph = dodo.Closure(new_bytes, threads=1, evaluator="onnxruntime").apply(far)
         crossing = native.growth_rate_proxy > 0
         gap = float(np.max(np.abs(np.log(graph.growth_rate[crossing] / native.growth_rate[crossing]))))
     except (OSError, ValueError, RuntimeError, KeyError) as error:

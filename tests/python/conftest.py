@@ -1,6 +1,7 @@
 """Shared fixtures: random physical states, boosts and rotations, the reference cases."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 import os
@@ -104,6 +105,16 @@ def default_package():
     if not path:
         pytest.skip("no default model shipped")
     return onnx.load(path)
+
+
+@pytest.fixture(scope="module")
+def make_seeds():
+    """fuzz/make_seeds.py as a module (it is a script, not a package), for the fuzzing campaigns' tests."""
+    path = Path(__file__).resolve().parents[2] / "fuzz" / "make_seeds.py"
+    spec = importlib.util.spec_from_file_location("fuzz_make_seeds", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -5,22 +5,12 @@ that silently lost its entry, or a model the reader rewrote, would leave the nat
 unfuzzed without any failure."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = ROOT / "python" / "dodo" / "models" / "qke_default.onnx"
 KEY = "dodo.native_network"
-
-
-@pytest.fixture(scope="module")
-def make_seeds():
-    spec = importlib.util.spec_from_file_location("fuzz_make_seeds", ROOT / "fuzz" / "make_seeds.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_default_models_native_entry_is_read_and_written_back_byte_for_byte(make_seeds):

@@ -5,7 +5,6 @@ dodo through its own loader, which atheris.instrument_imports() did not instrume
 that fuzz/make_seeds.py writes, and the campaign only mutated that one input."""
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
@@ -15,14 +14,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = ROOT / "fuzz" / "python" / "fuzz_python_api.py"
-
-
-@pytest.fixture(scope="module")
-def make_seeds():
-    spec = importlib.util.spec_from_file_location("fuzz_make_seeds", ROOT / "fuzz" / "make_seeds.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_atheris_target_keeps_the_seeds_that_take_different_paths(make_seeds, tmp_path):
