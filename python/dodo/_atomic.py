@@ -47,6 +47,16 @@ def same_file(a: str | Path, b: str | Path) -> bool:
         return False
 
 
+def file_key(path: str | Path):
+    """What identifies the file ``path`` names, so that a file given twice (or through a link) is read
+    once: (device, inode), or its resolved path when it cannot be stat'ed (its reader then says why)."""
+    try:
+        status = os.stat(path)
+    except (OSError, ValueError):
+        return os.path.realpath(path)
+    return (status.st_dev, status.st_ino)
+
+
 class InputPathError(ValueError):
     """An input path that cannot be read as a data file: missing, or not a regular file."""
 

@@ -479,16 +479,6 @@ def register(subparsers) -> None:
     parser.set_defaults(func=_run)
 
 
-def _file_key(path: str):
-    """What identifies the file ``path`` names: (device, inode), or its resolved path when it cannot
-    be stat'ed (read_emu_states then says why)."""
-    try:
-        status = os.stat(path)
-    except (OSError, ValueError):
-        return os.path.realpath(path)
-    return (status.st_dev, status.st_ino)
-
-
 def _state_keys(states: EmuStates) -> list[bytes]:
     """One key per state as scored (initial, final and measured growth rate, float64 bytes)."""
     n = len(states.F_init)
@@ -527,7 +517,9 @@ def _run(args: argparse.Namespace) -> int:
             refuse_replacing_with_report(args.json, "dodo score --json", args.overwrite, "--overwrite")
         # A file named twice is scored once (its states counted twice would narrow the intervals),
         # also through a symlink or a hard link (the same device and inode; realpath alone missed links).
-        data = list({_file_key(path): path for path in args.data}.values())
+        from ._atomic import file_key
+
+        data = list({file_key(path): path for path in args.data}.values())
         parts = [read_emu_states(path) for path in data]
         # A copy of a file (the same states under another name: a backup, a download), or a file
         # that shares some states with another (a subset, a merge of two runs), would count those

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from .._atomic import check_outputs, same_file
+from .._atomic import check_outputs, file_key, same_file
 from .._shown import counted, extra_install
 from .._output_guard import (MODEL_PACKAGE, PREPROCESSED, SYNTHETIC, refuse_replacing, refuse_replacing_with_plot,
                              refuse_replacing_with_report, marked_report)
@@ -348,11 +348,7 @@ def _plot(args) -> int:
         # score` scores such a file once with a note: drawn once, with a note (outside probe, Python round 58).
         first, repeated = {}, []
         for path in args.files:
-            try:
-                status = os.stat(path)
-                key = (status.st_dev, status.st_ino)
-            except (OSError, ValueError):
-                key = os.path.realpath(path)  # load_metrics says why it cannot be read
+            key = file_key(path)  # load_metrics says why a file cannot be read
             if key in first and first[key] not in repeated:
                 repeated.append(first[key])
             first.setdefault(key, path)
