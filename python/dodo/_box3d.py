@@ -653,7 +653,15 @@ def _check_velocity(flat_u: np.ndarray, batch: tuple[int, ...], given_dtype=None
                            f"{VELOCITY_NORM_TOLERANCE_CAP} ({VELOCITY_NORM_TOLERANCE} max(1, u^t^2) is capped there "
                            f"from u^t ~ 707 on, so that every accepted u is timelike)")
             rounding, eps64 = _rounding_of(given_dtype), float(np.finfo(np.float64).eps)  # Python floats: inf, no warning
-            if (tolerance >= VELOCITY_NORM_TOLERANCE_CAP and 4 * eps64 * u0 * u0 > VELOCITY_NORM_TOLERANCE_CAP
+            # Past u^t ~ 1.3e154, u^t^2 is inf: every bound below is then inf, and the rounding branch took
+            # u = (1e300, 0, 0, 0), far from any unit vector (|u.u + 1| = inf), for a u "computed exactly as
+            # told" whose float64 rounding alone "gives |u.u + 1| up to ~inf" (outside probe, Python round
+            # fifty-nine). No rounding explains a norm error that is not finite: the plain remedy stays.
+            if not (math.isfinite(u0 * u0) and math.isfinite(float(norm_error[first]))):
+                if u0 > 2e7:
+                    remedy = (f"; u^t = {u0:.6g} is beyond every Lorentz factor Dodo supports (u^t up to ~2e7 is "
+                              "accepted)" + remedy)
+            elif (tolerance >= VELOCITY_NORM_TOLERANCE_CAP and 4 * eps64 * u0 * u0 > VELOCITY_NORM_TOLERANCE_CAP
                     and norm_error[first] <= 8 * max(rounding, eps64) * u0 * u0):
                 # Past u^t ~ 3e7 float64's own rounding of u.u (~eps u^t^2: 0.2 at 3e7, 2.2 at 1e8) exceeds the
                 # cap: a u computed exactly as told, (W, W v) with W = 1/sqrt(1 - v^2), was refused with "pass

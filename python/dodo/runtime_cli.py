@@ -241,8 +241,14 @@ def _apply(args: argparse.Namespace) -> int:
     if args.output:
         _write_output(args.output, F_init, u, F_true, F_box, result, shape)
 
-    print(f"closure on a {args.grid} grid ({_cells(count)} from {shown_name(args.data)}), fluid speeds up to "
-          f"{args.max_speed}")
+    # The swirl's x, y and z components are sin(y), sin(z) and sin(x) times cosines: on a grid of at most 2
+    # points along every axis (1x1x1, 2x2x2, 2x2x1) each sine is 0, and every cell was at rest while the
+    # report said "fluid speeds up to 0.3" (outside probe, Python round fifty-nine).
+    at_rest = args.max_speed > 0 and max(shape) <= 2
+    print(f"closure on a {args.grid} grid ({_cells(count)} from {shown_name(args.data)}), "
+          + ("fluid speeds 0 (every cell at rest: the velocity field vanishes on a grid of at most 2 cells along "
+             "every axis, whatever --max-speed; give one axis 3 cells or more for moving cells)" if at_rest
+             else f"fluid speeds up to {args.max_speed}"))
     # Box3D alone has no head: "head None" was Python's None printed (outside probe, docs round three).
     print(f"model: {shown_name(runtime.model_path) if runtime.model_path else 'none (Box3D only)'}; head {runtime.head or '-'}; "
           f"{runtime.threads} thread(s); ONNX Runtime {runtime.onnxruntime[1] or '-'}")
