@@ -126,9 +126,11 @@ inline bool clamp_into_cone(double* F) {
     double removed[kComponents] = {0.0, 0.0, 0.0, 0.0};
     for (int m = 1; m < kComponents; ++m) removed[m] = species[m] - shrunk[m];
     for (int m = 1; m < kComponents; ++m) species[m] = shrunk[m];
-    // Hand the removed flux to the other flavour of the same kind with the most room.
+    // Hand the removed flux to the other flavour of the same kind with the most room; two with the
+    // same room share it in halves (exact), so that a cell with mu = tau keeps mu = tau bit for bit
+    // (the first of the two took it all: physics-law probe, round fourteen).
     const int kind = a / kFlavours;
-    int best = -1;
+    int best = -1, tied = -1;
     double best_room = 0.0;
     for (int f = 0; f < kFlavours; ++f) {
       const int b = species_index(kind, f);
@@ -137,15 +139,22 @@ inline bool clamp_into_cone(double* F) {
       if (room > best_room) {
         best_room = room;
         best = b;
+        tied = -1;
+      } else if (best >= 0 && room == best_room) {
+        tied = b;
       }
     }
     const double removed_norm = scaled_flux_norm(removed);
     if (best < 0 || !(best_room > 4.0 * removed_norm)) continue;
-    double* recipient = F + best * kComponents;
-    double given[kComponents];
-    for (int m = 0; m < kComponents; ++m) given[m] = recipient[m] + removed[m];
-    if (!(cone_excess(given) > 0.0))
-      for (int m = 1; m < kComponents; ++m) recipient[m] = given[m];
+    const double share = tied >= 0 ? 0.5 : 1.0;
+    for (const int r : {best, tied}) {
+      if (r < 0) continue;
+      double* recipient = F + r * kComponents;
+      double given[kComponents];
+      for (int m = 0; m < kComponents; ++m) given[m] = recipient[m] + share * removed[m];
+      if (!(cone_excess(given) > 0.0))
+        for (int m = 1; m < kComponents; ++m) recipient[m] = given[m];
+    }
   }
   return changed;
 }

@@ -50,8 +50,9 @@ bool finalise_cell(const double* F_init, const LorentzBoost& boost, double ntot,
 // Makes |F| <= n hold exactly in double precision (cell_is_realizable) for every species with
 // n >= 0 that rounding left outside the cone (|F| > n by ~1e-16 n at rest, up to ~1e-10 n after
 // a boost with W = 1e4): its flux is shrunk by a few ulp, and the flux taken off goes to the
-// species of the same kind (nu or nubar) with the most room, so that the flavour sums of every
-// component, which the closure conserves, keep their values to rounding. (With no room in the
+// species of the same kind (nu or nubar) with the most room (two of equal room, as mu and tau of a
+// cell with mu = tau, share it in halves, so that mu = tau stays bit for bit), so that the flavour
+// sums of every component, which the closure conserves, keep their values to rounding. (With no room in the
 // other two flavours the few-ulp remainder is dropped.) Returns true when anything changed.
 bool clamp_to_cone(double* F);
 
