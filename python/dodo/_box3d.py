@@ -516,8 +516,15 @@ def _as_real_array(name: str, value, trailing: tuple[int, ...], shape_text: str,
 
 def _layout_hint(name: str, shape: tuple[int, ...], trailing: tuple[int, ...]) -> str:
     """What a refused shape most likely is: for F_init, Emu's layout [..., 4 (x, y, z, t), 2, 3] or the
-    two axes swapped (..., 4, 6); for u, the three-velocity (..., 3). Such arrays were refused as "must
-    have shape ..." only, without the conversion (outside probe, Python round forty-seven)."""
+    two axes swapped (..., 4, 6), Dodo's Fortran layout (4, 6, ...) or species and components first; for u,
+    the three-velocity (..., 3) or the Fortran layout (4, ...). Such arrays were refused as "must have shape
+    ..." only, without the conversion (outside probe, Python rounds forty-seven and fifty-nine)."""
+    if name == "u" and trailing == (N_COMPONENTS,) and len(shape) >= 2 and shape[0] == N_COMPONENTS and shape[-1] != 3:
+        # Dodo's Fortran layout u(4, nx, ny, nz) (docs/runtime.md, "Fortran"), as NumPy sees a Fortran array
+        # (f2py, order="F"), was refused naming nothing of it (outside probe, Python round fifty-nine).
+        return (": the components first, as Dodo's Fortran layout u(4, ...) reads in NumPy? move them last: "
+                "np.moveaxis(u, 0, -1) (or u.T where F_init is the .T of a Fortran F(4, 6, ...), whose cell axes are "
+                "reversed too)")
     if name == "u" and trailing == (N_COMPONENTS,) and shape and shape[-1] == 3:
         # As code that runs on a list v too (the README passes u as a list): W[..., None] of a Python float
         # and a list times W failed (outside probe, Python round forty-eight).
@@ -537,6 +544,14 @@ def _layout_hint(name: str, shape: tuple[int, ...], trailing: tuple[int, ...]) -
                 f"dodo.conventions.from_emu_layout({name}) (for [states, 4, 2, 3]){convert}, which also puts t first")
     if shape[-2:] == (N_COMPONENTS, N_SPECIES):
         return f": the last two axes swapped? species x components is (6, 4): np.swapaxes({name}, -1, -2)"
+    if len(shape) >= 3 and shape[:2] == (N_COMPONENTS, N_SPECIES):
+        # Dodo's Fortran layout F(4, 6, nx, ny, nz), as NumPy sees a Fortran array (f2py, order="F"): refused
+        # naming nothing of it (outside probe, Python round fifty-nine).
+        return (": components and species first, as Dodo's Fortran layout F(4, 6, ...) reads in NumPy? pass "
+                f"{name}.T (with u.T: C-contiguous views, no copy, cells in reversed axis order) or "
+                f"np.moveaxis({name}, (0, 1), (-1, -2)) (with np.moveaxis(u, 0, -1): the grid's axis order kept)")
+    if len(shape) >= 3 and shape[:2] == (N_SPECIES, N_COMPONENTS):
+        return f": species and components first? move them last: np.moveaxis({name}, (0, 1), (-2, -1))"
     return ""
 
 

@@ -79,3 +79,61 @@ def test_apply_says_the_fluid_speed_where_cells_move_or_none_was_asked(capsys, g
         assert code == 0 and out.splitlines()[0].endswith("fluid speeds up to 0.3"), out + err
     code, out, err = run(capsys, ["apply", str(DATA), "--grid", grid, "--model", "box3d", "-q", "--max-speed", "0"])
     assert code == 0 and out.splitlines()[0].endswith("fluid speeds up to 0.0"), out + err
+
+
+def _grid(shape=(3, 5, 2)) -> tuple[np.ndarray, np.ndarray]:
+    """A grid of cells in Dodo's C layout, F (nx, ny, nz, 6, 4) and u (nx, ny, nz, 4)."""
+    rng = np.random.default_rng(59)
+    n = int(np.prod(shape))
+    F = np.zeros((n, 6, 4))
+    F[:, :, 0] = rng.uniform(0.5, 1.5, (n, 6))
+    direction = rng.normal(size=(n, 6, 3))
+    F[:, :, 1:] = F[:, :, :1] * rng.uniform(0, 0.6, (n, 6, 1)) * direction / np.linalg.norm(direction, axis=-1,
+                                                                                            keepdims=True)
+    v = rng.normal(size=(n, 3)) * 0.2
+    W = 1 / np.sqrt(1 - np.sum(v * v, axis=-1))
+    u = np.concatenate([W[:, None], W[:, None] * v], axis=-1)
+    return F.reshape(shape + (6, 4)), u.reshape(shape + (4,))
+
+
+def test_arrays_in_dodos_fortran_layout_are_refused_with_the_conversion():
+    """docs/runtime.md's Fortran layout F(4, 6, nx, ny, nz), u(4, nx, ny, nz), as NumPy sees such arrays (f2py,
+    order="F"), was refused as "must have shape (..., 6, 4); got (4, 6, 3, 5, 2)" (and u "(..., 4); got
+    (4, 3, 5, 2)") naming nothing of the layout. Now the message says it and how to convert; both ways it
+    names give the C layout's results."""
+    F, u = _grid()
+    F_fortran = np.asfortranarray(np.moveaxis(F, (-1, -2), (0, 1)))  # F(4, 6, nx, ny, nz)
+    u_fortran = np.asfortranarray(np.moveaxis(u, -1, 0))  # u(4, nx, ny, nz)
+    with pytest.raises(ValueError) as refused:
+        dodo.box3d(F_fortran, u_fortran)
+    message = str(refused.value)
+    assert "got (4, 6, 3, 5, 2): components and species first, as Dodo's Fortran layout F(4, 6, ...)" in message
+    assert "F_init.T (with u.T" in message and "np.moveaxis(F_init, (0, 1), (-1, -2))" in message, message
+    with pytest.raises(ValueError, match=r"got \(4, 3, 5, 2\): the components first, as Dodo's Fortran layout "
+                                         r"u\(4, \.\.\.\) reads in NumPy\? move them last: np\.moveaxis\(u, 0, -1\)"):
+        dodo.box3d(np.moveaxis(F_fortran, (0, 1), (-1, -2)), u_fortran)
+    expected = dodo.box3d(F, u)
+    moved = dodo.box3d(np.moveaxis(F_fortran, (0, 1), (-1, -2)), np.moveaxis(u_fortran, 0, -1))
+    transposed = dodo.box3d(F_fortran.T, u_fortran.T)  # C-contiguous views: cells in reversed axis order
+    assert F_fortran.T.flags.c_contiguous and u_fortran.T.flags.c_contiguous
+    assert np.array_equal(moved.F_box, expected.F_box) and np.array_equal(moved.status, expected.status)
+    assert np.array_equal(transposed.F_box, expected.F_box.transpose(2, 1, 0, 3, 4))
+    with pytest.raises(ValueError, match=r"species and components first\? move them last: "
+                                         r"np\.moveaxis\(F_init, \(0, 1\), \(-2, -1\)\)"):
+        dodo.invariants(np.moveaxis(F, (-2, -1), (0, 1)))  # (6, 4, nx, ny, nz)
+    assert np.array_equal(dodo.invariants(np.moveaxis(np.moveaxis(F, (-2, -1), (0, 1)), (0, 1), (-2, -1)), u),
+                          dodo.invariants(F, u))
+
+
+def test_the_layout_hints_before_stay():
+    """Guard: the swapped last axes, Emu's layout and the three-velocity keep their hints."""
+    F, u = _grid()
+    with pytest.raises(ValueError, match=r"the last two axes swapped\?"):
+        dodo.box3d(np.swapaxes(F, -1, -2))
+    with pytest.raises(ValueError, match="Emu's layout"):
+        dodo.box3d(np.zeros((2, 4, 2, 3)))
+    with pytest.raises(ValueError, match="the three-velocity v"):
+        dodo.box3d(F, u[..., 1:])
+    with pytest.raises(ValueError) as refused:
+        dodo.box3d(F, np.zeros((3, 5, 2, 5)))  # no hint: a u of 5 components
+    assert str(refused.value).endswith("got (3, 5, 2, 5)"), refused.value
