@@ -510,8 +510,7 @@ def _as_real_array(name: str, value, trailing: tuple[int, ...], shape_text: str,
         raise ValueError(f"{name} must have shape {shape_text}; got {array.shape}{_layout_hint(name, array.shape, trailing)}")
     if array.dtype == object:
         _refuse_object_array(name, array, len(trailing))
-    _refuse_beyond_float64(name, array, len(trailing))
-    return array
+    return _refuse_beyond_float64(name, array, len(trailing))
 
 
 def _layout_hint(name: str, shape: tuple[int, ...], trailing: tuple[int, ...]) -> str:
@@ -588,15 +587,19 @@ def _refuse_object_array(name: str, array: np.ndarray, trailing_axes: int) -> No
                      f"np.asarray({name}, dtype=np.float64)")
 
 
-def _refuse_beyond_float64(name: str, array: np.ndarray, trailing_axes: int) -> None:
+def _refuse_beyond_float64(name: str, array: np.ndarray, trailing_axes: int) -> np.ndarray:
     """A ValueError for a wider float array (np.longdouble) holding finite values that float64, in which
     everything is computed, cannot hold. NumPy's conversion made them inf with a RuntimeWarning, and the
     cell came back as zeros flagged NONFINITE ("NaN or Inf in the cell's F"), which it did not hold
-    (outside probe, round forty-four)."""
-    if array.dtype.kind != "f" or array.dtype.itemsize <= 8 or array.size == 0:
-        return
-    with np.errstate(over="ignore", invalid="ignore"):
-        lost = np.isinf(array.astype(np.float64)) & np.isfinite(array)
+    (outside probe, round forty-four). Returns ``array``, a wider float one as float64: converted here,
+    where values below float64's range become 0 (a vacuum, as Box3D takes N_tot below 1e-300) without
+    NumPy's underflow error under np.seterr(all="raise"), a FloatingPointError traceback of this check or
+    of the conversion after it (outside probe, Python round fifty-nine)."""
+    if array.dtype.kind != "f" or array.dtype.itemsize <= 8:
+        return array
+    with np.errstate(all="ignore"):
+        converted = array.astype(np.float64)
+    lost = np.isinf(converted) & np.isfinite(array)
     if lost.any():
         first = tuple(int(i) for i in np.argwhere(lost)[0])
         cell = first[:max(len(first) - trailing_axes, 0)]
@@ -605,6 +608,7 @@ def _refuse_beyond_float64(name: str, array: np.ndarray, trailing_axes: int) -> 
                          f"(largest {np.finfo(np.float64).max:.4g}), in which Dodo computes: "
                          + ("no four-velocity has components that large" if name == "u" else
                             "give the values in other units (four-fluxes may be in any consistent unit)"))
+    return converted
 
 
 def _prepare(F_init, u) -> tuple[np.ndarray, Optional[np.ndarray], tuple[int, ...]]:

@@ -137,3 +137,30 @@ def test_the_layout_hints_before_stay():
     with pytest.raises(ValueError) as refused:
         dodo.box3d(F, np.zeros((3, 5, 2, 5)))  # no hint: a u of 5 components
     assert str(refused.value).endswith("got (3, 5, 2, 5)"), refused.value
+
+
+@pytest.mark.skipif(np.finfo(np.longdouble).tiny > np.longdouble("1e-4000"), reason="np.longdouble is float64 here: nothing below its range")
+def test_longdouble_values_below_float64s_range_under_seterr_raise_are_a_vacuum_not_a_traceback():
+    """Under np.seterr(all="raise") (or np.errstate(all="raise"), a simulation code's debugging mode), a
+    np.longdouble F_init holding values below float64's range (1e-4000: a vacuum cell) ended in
+    `FloatingPointError: underflow encountered in cast` from dodo's own range check, a traceback for an
+    input that is computed without the mode (zeros: ZERO_DENSITY). Now computed alike in both modes, and the
+    other cells are the float64 input's bits."""
+    F, u = _grid((4,))
+    wide, wide_u = F.astype(np.longdouble), u.astype(np.longdouble)
+    wide[0] = np.longdouble("1e-4000")
+    wide_u[1] = [1, np.longdouble("1e-4000"), 0, 0]  # a u component below float64's range: 0
+    u[1] = [1.0, 0.0, 0.0, 0.0]
+    expected = dodo.box3d(np.concatenate([np.zeros((1, 6, 4)), F[1:]]), u)
+    with np.errstate(all="raise"):
+        box = dodo.box3d(wide, wide_u)
+        applied = dodo.Closure("box3d").apply(wide, wide_u)
+        boosted = dodo.boost_to_rest(wide, wide_u[:, None, :])
+        features = dodo.invariants(wide, wide_u)
+    assert box.status[0] == dodo.CellStatus.ZERO_DENSITY and np.array_equal(box.F_box[0], np.zeros((6, 4)))
+    assert all(np.array_equal(a, b) for a, b in zip(box, expected))
+    assert np.array_equal(applied.F_pred, expected.F_box) and np.array_equal(applied.status, expected.status)
+    assert np.array_equal(boosted, dodo.boost_to_rest(np.concatenate([np.zeros((1, 6, 4)), F[1:]]), u[:, None, :]))
+    assert np.array_equal(features, dodo.invariants(np.concatenate([np.zeros((1, 6, 4)), F[1:]]), u))
+    with np.errstate(all="raise"), pytest.raises(ValueError, match="beyond the range of float64"):
+        dodo.box3d(np.full((6, 4), np.longdouble("1e400")))  # guard: above the range, still refused
