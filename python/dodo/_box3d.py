@@ -622,7 +622,17 @@ def _prepare(F_init, u) -> tuple[np.ndarray, Optional[np.ndarray], tuple[int, ..
     try:
         velocity = np.broadcast_to(velocity, batch + (N_COMPONENTS,))
     except ValueError:
-        raise ValueError(f"u with shape {np.shape(u)} does not broadcast to the batch shape {batch} of F_init") from None
+        hint = ""
+        if velocity.ndim >= 2 and velocity.shape[-2] == 1:
+            try:  # u[..., None, :], the form boost_to_rest takes for cells (outside probe, Python round fifty-nine)
+                if np.broadcast_shapes(velocity.shape[:-2] + (N_COMPONENTS,), batch + (N_COMPONENTS,)) == \
+                        batch + (N_COMPONENTS,):
+                    hint = (": a u with an axis of length 1 before its components, as dodo.boost_to_rest takes it for "
+                            "cells (u[..., None, :])? this takes one u per cell, (..., 4): pass u[..., 0, :]")
+            except ValueError:
+                pass
+        raise ValueError(f"u with shape {velocity.shape} does not broadcast to the batch shape {batch} of F_init{hint}") \
+            from None
     flat_u = np.ascontiguousarray(velocity.reshape((-1, N_COMPONENTS)), dtype=np.float64)
     _check_velocity(flat_u, batch, velocity.dtype)
     return flat_F, flat_u, batch

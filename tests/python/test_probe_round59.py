@@ -164,3 +164,22 @@ def test_longdouble_values_below_float64s_range_under_seterr_raise_are_a_vacuum_
     assert np.array_equal(features, dodo.invariants(np.concatenate([np.zeros((1, 6, 4)), F[1:]]), u))
     with np.errstate(all="raise"), pytest.raises(ValueError, match="beyond the range of float64"):
         dodo.box3d(np.full((6, 4), np.longdouble("1e400")))  # guard: above the range, still refused
+
+
+def test_a_u_in_the_form_boost_to_rest_takes_is_told_how_box3d_takes_it():
+    """dodo.boost_to_rest asks for u[..., None, :] with cells (..., 6, 4); that u given to dodo.box3d or
+    Closure.apply (one u per cell, (..., 4)) was refused as "u with shape (6, 1, 4) does not broadcast to
+    the batch shape (6,) of F_init", naming neither form. Now the message names the conversion, which
+    gives the per-cell u's result; other shapes that do not broadcast keep the plain message."""
+    F, u = _grid((6,))
+    for call in (dodo.box3d, dodo.Closure("box3d").apply, dodo.invariants):
+        with pytest.raises(ValueError, match=r"u with shape \(6, 1, 4\) does not broadcast to the batch shape \(6,\) "
+                                             r"of F_init: a u with an axis of length 1 before its components, as "
+                                             r"dodo\.boost_to_rest takes it for cells \(u\[\.\.\., None, :\]\)\? this "
+                                             r"takes one u per cell, \(\.\.\., 4\): pass u\[\.\.\., 0, :\]"):
+            call(F, u[:, None, :])
+    assert np.array_equal(dodo.box3d(F, u[:, None, :][..., 0, :]).F_box, dodo.box3d(F, u).F_box)
+    for shape in ((1, 6, 4), (3, 1, 4), (6, 1, 1, 4)):
+        with pytest.raises(ValueError) as refused:
+            dodo.box3d(F, np.broadcast_to([1.0, 0, 0, 0], shape))
+        assert str(refused.value) == f"u with shape {shape} does not broadcast to the batch shape (6,) of F_init"
