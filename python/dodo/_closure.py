@@ -467,7 +467,7 @@ class Closure:
                              '"cuda:N")')
         if _text("evaluator", evaluator, '"auto" or "onnxruntime"') not in ("auto", "onnxruntime"):
             raise ValueError(f'DODO_ERROR_INVALID_ARGUMENT: unknown network evaluator "{_escaped(evaluator)}" (known: '
-                             '"auto", "onnxruntime")')
+                             f'"auto", "onnxruntime"){native_evaluator_hint(evaluator)}')
         model_bytes = _package_bytes(model) if _is_in_memory_package(model) else None
         if model_bytes is not None:
             _refuse_compressed_bytes(model_bytes)
@@ -578,6 +578,9 @@ class Closure:
                                     "(truncated or damaged file?)").replace("the bytes hold no graph",
                                                                             "the file has no graph")
                 raise type(error)(text) from None
+            variable = os.environ.get("DODO_NETWORK_EVALUATOR", "")
+            if evaluator == "auto" and "unknown network evaluator" in str(error) and native_evaluator_hint(variable):
+                raise type(error)(f"{error}{native_evaluator_hint(variable)}") from None
             if "cannot load the ONNX Runtime library" in str(error):  # not a missing CUDA provider
                 hint = bare_library_hint(library_given or os.environ.get("DODO_ONNXRUNTIME_LIBRARY", ""))
                 if hint:
@@ -853,6 +856,17 @@ def _max_flux_factor(value) -> float:
     if not 0.0 < number < 1.0:
         raise ValueError(f"max_flux_factor must lie in (0, 1), or None for the model's; got {value!r}")
     return number
+
+
+def native_evaluator_hint(value) -> str:
+    """Why "native", the word `Closure.evaluator` reports, is no value of the evaluator option or of
+    DODO_NETWORK_EVALUATOR: `Closure(evaluator="native")` (or the variable set to it), to ask for what a
+    closure said it ran, was "unknown network evaluator" without a word of "auto" (outside probe, Python
+    round fifty-nine). '' for any other value."""
+    if not isinstance(value, str) or value.strip().lower() != "native":
+        return ""
+    return ('; "native" is what Closure.evaluator reports where "auto" runs Dodo\'s own kernels (a package that '
+            'describes its network, on the CPU): give "auto" for them, "onnxruntime" for ONNX Runtime\'s graph')
 
 
 def bare_library_hint(library) -> str:

@@ -151,9 +151,12 @@ def _runtime_variable_lines() -> list[str]:
     evaluator = os.environ.get("DODO_NETWORK_EVALUATOR")
     if evaluator:
         bad = evaluator not in ("auto", "onnxruntime")
+        from ._closure import native_evaluator_hint
+
         lines.append(f"network_evaluator: {_escaped(evaluator)} (DODO_NETWORK_EVALUATOR"
-                     + ('; NOT VALID: known "auto" and "onnxruntime", so every closure with a model fails to load; '
-                        "fix or unset the variable" if bad else "") + ")")
+                     + ('; NOT VALID: known "auto" and "onnxruntime", so every closure with a model fails to load '
+                        '(but one made with evaluator="onnxruntime"); fix or unset the variable'
+                        + native_evaluator_hint(evaluator) if bad else "") + ")")
     limit = os.environ.get("DODO_ONNXRUNTIME_MEMORY_LIMIT")
     if limit:
         digits = limit.isascii() and limit.isdigit()

@@ -183,3 +183,31 @@ def test_a_u_in_the_form_boost_to_rest_takes_is_told_how_box3d_takes_it():
         with pytest.raises(ValueError) as refused:
             dodo.box3d(F, np.broadcast_to([1.0, 0, 0, 0], shape))
         assert str(refused.value) == f"u with shape {shape} does not broadcast to the batch shape (6,) of F_init"
+
+
+@pytest.mark.skipif(not dodo.runtime_available(), reason="dodo built without the closure runtime")
+def test_native_the_word_closure_evaluator_reports_is_told_how_to_ask_for_it(monkeypatch, capsys):
+    """`Closure.evaluator` says "native" where "auto" runs Dodo's own kernels; `Closure(evaluator="native")`
+    and DODO_NETWORK_EVALUATOR=native, asking for what a closure said it ran, were "unknown network evaluator
+    "native" (known: "auto", "onnxruntime")" without a word of which of those it is; `dodo info` likewise, and
+    it said every closure with a model fails to load, where one made with evaluator="onnxruntime" loads."""
+    from dodo.cli import main
+
+    assert dodo.Closure().evaluator == "native"
+    hint = ('"native" is what Closure.evaluator reports where "auto" runs Dodo\'s own kernels (a package that '
+            'describes its network, on the CPU): give "auto" for them, "onnxruntime" for ONNX Runtime\'s graph')
+    with pytest.raises(ValueError) as refused:
+        dodo.Closure(evaluator="native")
+    assert str(refused.value).endswith(hint), refused.value
+    monkeypatch.setenv("DODO_NETWORK_EVALUATOR", "native")
+    with pytest.raises(ValueError) as refused:
+        dodo.Closure()
+    assert "DODO_NETWORK_EVALUATOR" in str(refused.value) and str(refused.value).endswith(hint), refused.value
+    assert dodo.Closure(evaluator="onnxruntime").evaluator == "onnxruntime"  # the variable is not read for it
+    assert main(["info"]) == 0
+    line = [line for line in capsys.readouterr().out.splitlines() if line.startswith("network_evaluator:")][0]
+    assert 'fails to load (but one made with evaluator="onnxruntime")' in line and hint in line, line
+    monkeypatch.setenv("DODO_NETWORK_EVALUATOR", "fast")  # guard: another word, no such hint
+    with pytest.raises(ValueError) as refused:
+        dodo.Closure()
+    assert "Closure.evaluator reports" not in str(refused.value)
