@@ -1002,15 +1002,17 @@ inline DODO_CROSSING_MATH void add_integrals(const Doubles8& w, const Doubles8 (
 
 // Steps 2-3 of a cell on AVX-512 (eight lanes) in one pass over the rule's antipodal pairs q,
 // q + half (same weight): the ELN differences G_p = ELN_i - ELN_j of the three pairs (stored: the
-// mixing pass reads them), their integrals I+_p = sum w max(G_p, 0) and I-_p = sum w max(-G_p, 0)
-// (each lane's sum over the pairs in order, the lanes folded by lane_sum), and with kCrossing
-// the pairs' crossing sums (crossing_sums' operations in its order, folded as it folds them: the
-// crossing inputs are the same bits as its own pass gives) from the same max and min. One pass
-// instead of two over the same G: the crossing pass loaded G again and recomputed its max and min
-// (perf: 7.6% of the closure's time; issue 13). The integrals are summed in another order than
-// the loop of angular_change (a point and its antipode together): Box3D's results on AVX-512 moved
-// by at most ~1e-16 N_tot (docs/speed.md, twenty-fourth round). rows: the folded crossing sums, as
-// crossing_tail takes them.
+// mixing pass reads them) and their integrals I+_p = sum w max(G_p, 0) and I-_p = sum w max(-G_p, 0)
+// (each lane's sum over the pairs in order, the lanes folded by lane_sum). The integrals are summed
+// in another order than the loop of angular_change (a point and its antipode together): Box3D's
+// results on AVX-512 moved by at most ~1e-16 N_tot (docs/speed.md, twenty-fourth round). With
+// kCrossing, then the pairs' crossing sums in a second loop over the G just stored (crossing_sums'
+// operations in its order, folded as it folds them: the crossing inputs are the same bits as its own
+// pass gives). rows: the folded crossing sums, as crossing_tail takes them.
+// The crossing sums were made in the first loop until 2026-12-07 (twenty-fourth round), beside the
+// integrals: their 24 accumulators and the integrals' 6 needed more than the 32 vector registers, and
+// the spilled sums went through the stack every iteration (perf: ~15% of the closure's time in this
+// function, against ~5% now; docs/speed.md, twenty-fifth round). G is read back from L1.
 #if DODO_MULTIVERSION_ENABLED
 template <bool kCrossing>
 __attribute__((target("arch=x86-64-v4"))) inline DODO_CROSSING_MATH void fused_eln_pass(
@@ -1023,21 +1025,18 @@ __attribute__((target("arch=x86-64-v4"))) inline DODO_CROSSING_MATH void fused_e
   const double *weight = rule.weight.data(), *x = rule.weighted_x.data(), *y = rule.weighted_y.data(),
                *z = rule.weighted_z.data();
   const std::size_t half = rule.half;  // a multiple of 8 (Box3D::kDirectionLanes)
-  Vector plus[kPairs], minus[kPairs], sums[kPairs][kCrossingSums];
+  // The arrays' pointers in locals: the stores into G (memcpy, which may alias anything) made GCC
+  // load every pointer again in each iteration.
+  const double* species[kSpecies];
+  double* differences[kPairs];
+  for (int s = 0; s < kSpecies; ++s) species[s] = g[s];
+  for (int p = 0; p < kPairs; ++p) differences[p] = G[p];
+  Vector plus[kPairs], minus[kPairs];
 #pragma GCC unroll 4
-  for (int p = 0; p < kPairs; ++p) {
-    plus[p] = minus[p] = Vector{};
-    if constexpr (kCrossing) {
-#pragma GCC unroll 8
-      for (int k = 0; k < kCrossingSums; ++k) sums[p][k] = Vector{};
-    }
-  }
+  for (int p = 0; p < kPairs; ++p) plus[p] = minus[p] = Vector{};
   for (std::size_t q = 0; q < half; q += 8) {
-    Vector w, xq, yq, zq;
+    Vector w;
     std::memcpy(&w, weight + q, sizeof w);
-    std::memcpy(&xq, x + q, sizeof xq);
-    std::memcpy(&yq, y + q, sizeof yq);
-    std::memcpy(&zq, z + q, sizeof zq);
     Vector at[2][kPairs];  // G_p at q and at its antipode q + half
 #pragma GCC unroll 2
     for (int side = 0; side < 2; ++side) {
@@ -1046,22 +1045,40 @@ __attribute__((target("arch=x86-64-v4"))) inline DODO_CROSSING_MATH void fused_e
 #pragma GCC unroll 4
       for (int f = 0; f < kFlavours; ++f) {
         Vector nu, nubar;
-        std::memcpy(&nu, g[f] + point, sizeof nu);
-        std::memcpy(&nubar, g[f + kFlavours] + point, sizeof nubar);
+        std::memcpy(&nu, species[f] + point, sizeof nu);
+        std::memcpy(&nubar, species[f + kFlavours] + point, sizeof nubar);
         eln[f] = nu - nubar;
       }
       at[side][0] = eln[0] - eln[1];
       at[side][1] = eln[0] - eln[2];
       at[side][2] = eln[1] - eln[2];
 #pragma GCC unroll 4
-      for (int p = 0; p < kPairs; ++p) std::memcpy(G[p] + point, &at[side][p], sizeof(Vector));
+      for (int p = 0; p < kPairs; ++p) std::memcpy(differences[p] + point, &at[side][p], sizeof(Vector));
     }
     add_integrals(w, at[0], plus, minus);
     add_integrals(w, at[1], plus, minus);
-    if constexpr (kCrossing) {
+  }
+  if constexpr (kCrossing) {
+    Vector sums[kPairs][kCrossingSums];
 #pragma GCC unroll 4
-      for (int p = 0; p < kPairs; ++p) accumulate_crossing(w, xq, yq, zq, at[0][p], at[1][p], sums[p]);
+    for (int p = 0; p < kPairs; ++p)
+#pragma GCC unroll 8
+      for (int k = 0; k < kCrossingSums; ++k) sums[p][k] = Vector{};
+    for (std::size_t q = 0; q < half; q += 8) {
+      Vector w, xq, yq, zq;
+      std::memcpy(&w, weight + q, sizeof w);
+      std::memcpy(&xq, x + q, sizeof xq);
+      std::memcpy(&yq, y + q, sizeof yq);
+      std::memcpy(&zq, z + q, sizeof zq);
+#pragma GCC unroll 4
+      for (int p = 0; p < kPairs; ++p) {
+        Vector value, opposite;
+        std::memcpy(&value, differences[p] + q, sizeof value);
+        std::memcpy(&opposite, differences[p] + q + half, sizeof opposite);
+        accumulate_crossing(w, xq, yq, zq, value, opposite, sums[p]);
+      }
     }
+    fold_pairs8(sums, rows);
   }
 #pragma GCC unroll 4
   for (int p = 0; p < kPairs; ++p) {
@@ -1071,7 +1088,6 @@ __attribute__((target("arch=x86-64-v4"))) inline DODO_CROSSING_MATH void fused_e
     std::memcpy(lanes, &minus[p], sizeof lanes);
     negative[p] = lane_sum<double, 8>(lanes);
   }
-  if constexpr (kCrossing) fold_pairs8(sums, rows);
 }
 #endif
 
