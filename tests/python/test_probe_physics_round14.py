@@ -109,6 +109,20 @@ def test_a_mu_tau_cell_whose_correction_is_limited_keeps_mu_equal_to_tau_when_a_
     assert limited > 100  # the limiter acted (about 80 cells in 20,000 for the model)
 
 
+def test_the_c_api_keeps_mu_equal_to_tau_on_the_same_cells(closures):
+    """C, C++, Fortran and Julia go through the same last step (finalise_cell): dodo_apply_diagnostics gives
+    Python's bytes on the reproducers, with mu = tau."""
+    from libdodo_ctypes import default_model_diagnostics, load_libdodo
+
+    lib = load_libdodo()
+    F = np.array([cell for cell, _ in REPRODUCERS])
+    u = np.array([velocity for _, velocity in REPRODUCERS])
+    out, status, growth, spread = default_model_diagnostics(lib, F, u)
+    python = closures["model"].apply(F, u)
+    assert out.tobytes() == python.F_pred.tobytes() and np.array_equal(status, python.status)
+    assert out[:, [1, 4]].tobytes() == out[:, [2, 5]].tobytes()
+
+
 # -- laws that held (regression tests; no defect found) ----------------------------------------------
 
 def test_a_lorentz_transformation_between_moving_frames_is_a_wigner_rotation_of_the_rest_frame_cell(closures):
