@@ -934,7 +934,9 @@ def comoving_density(F_init, u=None) -> np.ndarray:
     with _claim({"F_init": F_init, "u": u}) as claim:
         flat_F, flat_u, batch = _prepare(F_init, u)
         claim.computing = True
-        return _core.comoving_total_density(flat_F, flat_u).reshape(batch)
+        # + 0.0: a cell of zeros sums -(-0.0 + 0.0 ...) = -0.0, which printed as -0.0 (Python round
+        # fifty-nine); the sum of +0.0 and -0.0 is +0.0, every other value keeps its bits.
+        return _core.comoving_total_density(flat_F, flat_u).reshape(batch) + 0.0
 
 
 def _boost(F, u, inverse: bool) -> np.ndarray:

@@ -768,7 +768,7 @@ def _unpickle_closure(source, options: dict, model_path: Optional[str], digest: 
             restored = cls.__new__(cls)
             Closure.__init__(restored, source, **options)
     except Exception as error:  # noqa: BLE001 - every reason the model does not load again: told at first use
-        return UnusableClosure(_of_the_same_kind(error, f"cannot unpickle dodo.Closure: {error}"))
+        return UnusableClosure(_of_the_same_kind(error, f"cannot unpickle or copy dodo.Closure: {error}"))
     metadata = restored.metadata
     found, found_metadata = _model_digest(metadata), metadata.get(_METADATA_DIGEST)
     if found != digest or metadata_digest is not None and found_metadata != metadata_digest:
@@ -777,7 +777,7 @@ def _unpickle_closure(source, options: dict, model_path: Optional[str], digest: 
         which, now, then = ("content", found, digest) if found != digest else ("metadata", found_metadata,
                                                                                metadata_digest)
         return UnusableClosure(ValueError(
-            f"cannot unpickle dodo.Closure: {where} is not the package the closure was made with ({which} digest "
+            f"cannot unpickle or copy dodo.Closure: {where} is not the package the closure was made with ({which} digest "
             f"{str(now)[:16]}... now, {str(then)[:16]}... when pickled; the file was replaced or edited): make a new "
             "Closure from the package you mean"))
     # The path as the user gave it, unless relative: unpickled in another directory (a worker

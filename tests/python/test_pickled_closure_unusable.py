@@ -39,10 +39,10 @@ def test_an_unpickled_closure_whose_model_changed_raises_at_first_use(package, c
     expected = ValueError if change == "replaced" else (RuntimeError, OSError)
     for use in (lambda: restored.apply(np.zeros((1, 6, 4))), lambda: restored(np.zeros((1, 6, 4))),
                 lambda: restored.metadata):
-        with pytest.raises(expected, match="cannot unpickle dodo.Closure"):
+        with pytest.raises(expected, match="cannot unpickle or copy dodo.Closure"):
             use()
     again = pickle.loads(pickle.dumps(restored))  # still unusable, for the same reason
-    with pytest.raises(expected, match="cannot unpickle dodo.Closure"):
+    with pytest.raises(expected, match="cannot unpickle or copy dodo.Closure"):
         again.apply(np.zeros((1, 6, 4)))
     assert "unusable dodo.Closure" in repr(restored)
 
@@ -60,5 +60,17 @@ def test_a_pool_task_with_a_closure_whose_model_changed_raises_in_the_parent(pac
     package.write_bytes(b"")
     with multiprocessing.get_context("spawn").Pool(2) as pool:
         result = pool.map_async(functools.partial(work, closure), range(4))
-        with pytest.raises(RuntimeError, match="cannot unpickle dodo.Closure"):
+        with pytest.raises(RuntimeError, match="cannot unpickle or copy dodo.Closure"):
             result.get(300)  # a hang guard, not a timing: before, no worker ever ran the tasks
+
+
+def test_a_copy_of_a_closure_whose_model_is_gone_says_copy(package):
+    """copy.copy and copy.deepcopy go through pickle's protocol: their failure named unpickling
+    alone, which a user who copied never did (docs truth probe, round four)."""
+    import copy
+
+    closure = dodo.Closure(package, threads=1)
+    package.unlink()
+    for duplicate in (copy.copy(closure), copy.deepcopy(closure)):
+        with pytest.raises((RuntimeError, OSError), match="cannot unpickle or copy dodo.Closure"):
+            duplicate.apply(np.zeros((1, 6, 4)))
