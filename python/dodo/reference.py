@@ -18,7 +18,7 @@ from ._status import CellStatus
 
 def load_reference_cases() -> list[dict]:
     """The cases of box3d_cases.json shipped in dodo/data (inputs and expected Box3D outputs)."""
-    text = resources.files("dodo").joinpath("data/box3d_cases.json").read_text()
+    text = resources.files("dodo").joinpath("data/box3d_cases.json").read_text(encoding="utf-8")
     return json.loads(text)["cases"]
 
 
