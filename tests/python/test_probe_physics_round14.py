@@ -57,8 +57,8 @@ def _unit_velocities(rng, n, W):
 # Two mu = tau cells (flux factors up to 0.979 in the rest frame, boosted to W = 100 and 1e4) whose learned
 # correction the realizability limiter scaled (CORRECTION_LIMITED): the boost back left nubar_e (first cell)
 # and nu_e (second) an ulp outside the cone, the last step shrank that flux and gave what it took off to
-# nubar_mu (nu_mu) alone, the first of two flavours with the same room. Before the fix: nubar_mu's flux
-# 91.42422638554080 against nubar_tau's ...072 (first cell; x86-64-v4 build).
+# nubar_mu (nu_mu) alone, the first of two flavours with the same room. Before the fix: nubar_mu's Fx
+# -6.377487857614763 against nubar_tau's -6.377487857614762 (first cell; x86-64-v4 build).
 REPRODUCERS = [
     ([[110.89322663187943, -8.887714234739537, -72.12779370911358, 83.7589095666987],
       [11.94818577735861, -0.9598934088442317, -7.734405237162339, 9.055559466146596],
