@@ -404,6 +404,10 @@ static_assert(offsetof(OptionsV1, run_self_test) == offsetof(dodo_options, run_s
                   sizeof(OptionsV1) != sizeof(dodo_options),
               "dodo_options must extend the first release's layout");
 
+// The largest dodo_options a later dodo.h can have: fields are added at the end, a few at a time.
+// A struct_size beyond it is no dodo.h's (an uninitialised struct's stack contents).
+constexpr size_t kLargestLaterOptions = 4096;
+
 // The caller's options over the defaults, for any struct_size this library knows.
 dodo_options complete_options(const dodo_options* options) {
   dodo_options given;
@@ -418,12 +422,29 @@ dodo_options complete_options(const dodo_options* options) {
   // Larger than ours: the struct of a later dodo.h (fields are only added at the end), whose fields
   // this library cannot honour. Said so: the general advice ("initialise with dodo_options_init")
   // named the wrong cause for a program that had (probe round thirteen of the C side).
-  if (options->struct_size > sizeof(dodo_options))
+  // Only a size that a later dodo.h can give: a multiple of the struct's alignment, at most
+  // kLargestLaterOptions. Any other is what the stack held where a host never initialised its
+  // dodo_options (`dodo_options o; o.threads = 4;`, the C programmer's usual slip), which was told to
+  // rebuild against this library's dodo.h, an address as its "size" (outside probe, C round
+  // forty-seven).
+  if (options->struct_size > sizeof(dodo_options) && options->struct_size <= kLargestLaterOptions &&
+      options->struct_size % alignof(dodo_options) == 0)
     throw Error(DODO_ERROR_INVALID_ARGUMENT,
                 "dodo_options.struct_size " + std::to_string(options->struct_size) + " is larger than this library's (" +
                     std::to_string(sizeof(dodo_options)) + " bytes): the program was built against a newer dodo.h than "
                     "this libdodo " + dodo_version() + "; build it against this library's dodo.h, or link a libdodo "
                     "at least as new as its header");
+  if (options->struct_size > sizeof(dodo_options))
+    throw Error(DODO_ERROR_INVALID_ARGUMENT,
+                "dodo_options.struct_size " + std::to_string(options->struct_size) + " is larger than this library's (" +
+                    std::to_string(sizeof(dodo_options)) + " bytes) and than a newer dodo.h's could be: was the struct "
+                    "initialised? Call dodo_options_init(&options) before setting its fields (it records the size itself)");
+  // The size of a pointer: dodo_options_init_sized(options, sizeof options) on a `dodo_options*`.
+  if (options->struct_size == sizeof(void*))
+    throw Error(DODO_ERROR_INVALID_ARGUMENT,
+                "dodo_options.struct_size " + std::to_string(options->struct_size) +
+                    " is the size of a pointer, not of a dodo_options (sizeof options where sizeof *options was "
+                    "meant?): initialise with dodo_options_init(options), which takes the size itself");
   throw Error(DODO_ERROR_INVALID_ARGUMENT, "dodo_options.struct_size " + std::to_string(options->struct_size) +
                                                " is not a size this library knows (initialise with dodo_options_init)");
 }
@@ -571,7 +592,15 @@ const char* dodo_cell_status_name(uint32_t bit) {
 }
 
 void dodo_options_init_sized(dodo_options* options, size_t size) {
-  if (!options || size < sizeof(OptionsV1)) return;  // smaller than any dodo_options: not ours to write
+  if (!options || size < sizeof(options->struct_size)) return;  // not even struct_size fits: nothing to write
+  if (size < sizeof(OptionsV1)) {
+    // Smaller than any dodo_options (sizeof of a pointer, `dodo_options_init_sized(o, sizeof o)` on a
+    // `dodo_options* o`): only the size is recorded, which creation refuses naming it. Nothing was
+    // written before, and creation read the struct_size the stack held: "is larger than this
+    // library's ...: built against a newer dodo.h" (outside probe, C round forty-seven).
+    options->struct_size = size;
+    return;
+  }
   // Never past the fields this library knows: a size beyond them (a later dodo.h's struct, or a
   // host's wrong size, 1 MiB for a dodo_options on its stack) had every byte of it zeroed, the
   // host's stack smashed (SIGSEGV); such a struct is refused at creation anyway, as the size

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 #include <exception>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -37,18 +38,29 @@ int main(int argc, char** argv) {
     // An exception must not leave a std::thread (that would call std::terminate): each worker keeps
     // its error, and the first one is rethrown here, after every thread has joined.
     std::vector<std::exception_ptr> errors(host_threads);
+    const auto slab = [&](int t) {
+      try {
+        // Thread t's cells [first, last): every cell once, also when host_threads does not divide
+        // ncell (ncell / host_threads cells each would leave the last ncell % host_threads out).
+        const std::size_t first = static_cast<std::size_t>(ncell) * static_cast<std::size_t>(t) / host_threads;
+        const std::size_t last = static_cast<std::size_t>(ncell) * static_cast<std::size_t>(t + 1) / host_threads;
+        closure.apply(last - first, &F[first * 24], &u[first * 4], &F_pred[first * 24]);
+      } catch (...) {
+        errors[t] = std::current_exception();
+      }
+    };
+    workers.reserve(host_threads);
     for (int t = 0; t < host_threads; ++t) {
-      workers.emplace_back([&, t] {
-        try {
-          // Thread t's cells [first, last): every cell once, also when host_threads does not divide
-          // ncell (ncell / host_threads cells each would leave the last ncell % host_threads out).
-          const std::size_t first = static_cast<std::size_t>(ncell) * static_cast<std::size_t>(t) / host_threads;
-          const std::size_t last = static_cast<std::size_t>(ncell) * static_cast<std::size_t>(t + 1) / host_threads;
-          closure.apply(last - first, &F[first * 24], &u[first * 4], &F_pred[first * 24]);
-        } catch (...) {
-          errors[t] = std::current_exception();
-        }
-      });
+      // A thread the system cannot start (a process or thread limit, an address-space limit, whose
+      // stack does not fit) throws std::system_error: its slab is done here, on this thread. Left to
+      // propagate, it ended the program in std::terminate, the threads already started being
+      // joinable (outside probe, C round forty-seven).
+      try {
+        workers.emplace_back(slab, t);
+      } catch (const std::system_error& error) {
+        std::fprintf(stderr, "host thread %d not started (%s): its cells run on the main thread\n", t, error.what());
+        slab(t);
+      }
     }
     for (auto& worker : workers) worker.join();
     for (const auto& error : errors)
@@ -66,8 +78,9 @@ int main(int argc, char** argv) {
           worst = std::fmax(worst, std::fabs(change) / scale);
         }
     const dodo_counters counters = closure.counters();
-    std::printf("dodo %s: %llu cells from %d host threads, %s, flavour-sum violation %.2e\n", dodo::version().c_str(),
-                static_cast<unsigned long long>(counters.cells), host_threads,
+    std::printf("dodo %s: %llu cells from %d host threads%s, %s, flavour-sum violation %.2e\n", dodo::version().c_str(),
+                static_cast<unsigned long long>(counters.cells), static_cast<int>(workers.size()),
+                workers.size() < static_cast<std::size_t>(host_threads) ? " and the main thread" : "",
                 closure.has_model() ? ("head " + closure.metadata("dodo.head")).c_str() : "Box3D only", worst);
     return worst < 1e-12 && counters.cells == static_cast<unsigned long long>(ncell) ? 0 : 1;
   } catch (const dodo::Error& error) {

@@ -51,9 +51,10 @@
  * keep its CPU affinity: a handle created on a thread bound to one core (OMP_PROC_BIND, OMP_PLACES;
  * libgomp binds the initial thread before main) runs all its workers on that core (docs/runtime.md,
  * "OpenMP codes").
- * dlclose: glibc keeps libdodo loaded while a thread that called it lives (a later dlopen gets the
- * same library, handles made before stay live) and unloads it otherwise (a later dlopen loads it
- * afresh). A handle does not survive an unload: destroy every handle before dlclose.
+ * dlclose: libdodo stays loaded after dlclose (it defines a GNU unique symbol, the session
+ * creation lock every copy of the runtime in a process shares, and glibc never unloads such an
+ * object): a later dlopen gets the same library and state, and handles made before stay live
+ * (docs/runtime.md, "dlclose and a second dlopen"). Destroy the handles you no longer need all the same.
  */
 #ifndef DODO_DODO_H
 #define DODO_DODO_H
@@ -181,8 +182,10 @@ DODO_API const char* dodo_cell_status_name(uint32_t bit);
 /* Sets the defaults in the caller's dodo_options of `size` bytes (the sizeof of the caller's
  * dodo.h) and records the size in struct_size. Use it through dodo_options_init (below). It
  * writes no byte past the struct this library knows: a larger size (a later dodo.h's) is recorded
- * and refused by dodo_closure_create. Defaults: threads 0, chunk_size 1024, run_self_test 1,
- * device CPU, everything else the model's. */
+ * and refused by dodo_closure_create; a size smaller than any dodo_options (sizeof of a pointer)
+ * records only the size, refused likewise. Defaults: threads 0, chunk_size 1024, run_self_test 1,
+ * device CPU, everything else the model's. Initialise every dodo_options: one that is not is
+ * refused for the struct_size its memory held, unless that happens to be a size this library knows. */
 DODO_API void dodo_options_init_sized(dodo_options* options, size_t size);
 /* The first release's entry point, kept for programs built against that dodo.h: initialises the
  * first release's fields only (it cannot know the caller's size), with the same defaults. This
