@@ -14,11 +14,11 @@ program grid_closure
   integer(c_int32_t), allocatable :: cell_status(:)
   type(dodo_closure) :: closure
   type(dodo_counters) :: counters
-  character(len=512) :: model
+  character(len=:), allocatable :: model  ! the argument's own length: a fixed length cut a longer path
   ! errmsg takes the message cut to its length: the list of ONNX Runtime libraries tried can pass 512
   ! characters, and lost its end (the reason) in one of 512
   character(len=4096) :: message
-  integer :: i, j, k, a, c, stat
+  integer :: i, j, k, a, c, stat, length
   real(c_double) :: x, density, flux, worst, vx, W
 
   allocate(F(4, 6, ncell), F_pred(4, 6, ncell), u(4, ncell), cell_status(ncell))
@@ -40,9 +40,18 @@ program grid_closure
     end do
   end do
 
-  model = DODO_BOX3D_ONLY  ! no argument: Box3D alone; dodo_default_model_path() is the shipped model
-  if (command_argument_count() > 0) call get_command_argument(1, model)
-  call dodo_create(closure, trim(model), threads=2, run_self_test=.true., stat=stat, errmsg=message)
+  ! No argument: Box3D alone; dodo_default_model_path() is the shipped model. The argument is read
+  ! at its own length: into a character(len=512) a longer path was cut, silently, and a model that
+  ! exists was refused as "does not exist" under the cut name (outside probe, C round forty-seven).
+  if (command_argument_count() > 0) then
+    call get_command_argument(1, length=length)
+    allocate(character(len=length) :: model)  ! allocated, not assigned: -fno-realloc-lhs hosts too
+    call get_command_argument(1, model)
+  else
+    allocate(character(len=len(DODO_BOX3D_ONLY)) :: model)
+    model = DODO_BOX3D_ONLY
+  end if
+  call dodo_create(closure, model, threads=2, run_self_test=.true., stat=stat, errmsg=message)
   if (stat /= DODO_OK) then
     write (error_unit, '(a, i0, 2a)') "dodo_create failed, status ", stat, ": ", trim(message)
     flush (error_unit)

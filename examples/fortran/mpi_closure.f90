@@ -21,8 +21,9 @@ program mpi_closure
   real(c_double), allocatable :: F(:, :, :), F_pred(:, :, :), u(:, :)
   type(dodo_closure) :: closure
   type(MPI_Comm) :: node
-  character(len=1024) :: model, device, message
-  integer :: rank, nranks, local_rank, stat, unit, a, c, failed, any_failed
+  character(len=1024) :: device, message
+  character(len=:), allocatable :: model  ! the argument's own length: a fixed length cut a longer path
+  integer :: rank, nranks, local_rank, stat, unit, a, c, failed, any_failed, length
   integer(c_int64_t) :: package_size
   real(c_double) :: x, density, flux, vx, W, violation, worst
 
@@ -32,14 +33,17 @@ program mpi_closure
   call MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, node)
   call MPI_Comm_rank(node, local_rank)
   call MPI_Comm_free(node)
-  model = ""
   device = ""
   if (command_argument_count() < 1) then
     if (rank == 0) write (error_unit, '(a)') "usage: mpi_closure MODEL.onnx [cuda]"
     call MPI_Finalize()
     stop 2
   end if
-  if (command_argument_count() > 0) call get_command_argument(1, model)
+  ! The path at its own length: a character(len=1024) cut a longer one, silently, and rank 0 refused
+  ! a package that exists under the cut name (outside probe, C round forty-seven).
+  call get_command_argument(1, length=length)
+  allocate(character(len=length) :: model)  ! allocated, not assigned: -fno-realloc-lhs hosts too
+  call get_command_argument(1, model)
   if (command_argument_count() > 1) call get_command_argument(2, device)
 
   ! 1. Rank 0 reads the package; its size goes first (-1: could not read). The file's size is

@@ -224,3 +224,47 @@ def test_dodo_as_a_subproject_leaves_the_hosts_build_type_alone(tmp_path):
     commands = {Path(entry["file"]).name: entry["command"] for entry in json.loads((build / "compile_commands.json").read_text())}
     assert "-DNDEBUG" not in commands["app.c"] and "-O3" not in commands["app.c"], commands["app.c"]
     assert "-O3 -DNDEBUG" in commands["capi.cpp"], commands["capi.cpp"]  # Dodo itself still Release
+
+
+def _long_model_path(tmp_path) -> Path:
+    """A link to the default model at a path of more than 1,100 characters (five directories of 220),
+    as a deep scratch directory or a generated run directory gives."""
+    from capi_host import default_model
+
+    directory = tmp_path
+    for letter in "abcde":
+        directory = directory / (letter * 220)
+    directory.mkdir(parents=True)
+    link = directory / "model.onnx"
+    link.symlink_to(default_model())
+    assert len(str(link)) > 1100
+    return link
+
+
+@pytest.mark.parametrize("example", ["grid", "mpi"])
+def test_the_fortran_examples_read_a_long_model_path_whole(tmp_path, example):
+    """examples/fortran/grid_closure.f90 read its argument into `character(len=512) :: model`,
+    mpi_closure.f90 into `character(len=1024)`: a longer path was cut, silently, and the example refused
+    a model that exists as 'model file ".../bbb...b" does not exist' (the MPI example: 'cannot read the
+    model package'). Each now reads the argument at its own length and runs."""
+    from test_native_programs import pkg_config, run
+
+    model = _long_model_path(tmp_path)
+    if example == "grid":
+        import shutil
+
+        if not shutil.which("gfortran"):
+            pytest.skip("gfortran is not installed")
+        program = tmp_path / "grid_closure_f"
+        include_dir = pkg_config("--variable=includedir")[0]
+        run(["gfortran", "-std=f2018", "-Wall", "-J", str(tmp_path), f"{include_dir}/dodo/dodo.f90",
+             str(ROOT / "examples/fortran/grid_closure.f90"), *pkg_config("--libs"), "-o", str(program)])
+        result = subprocess.run([str(program), str(model)], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, (result.stdout, result.stderr[-1500:])
+        assert "864 cells, rejected 0" in result.stdout, result.stdout
+    else:
+        from test_mpi_examples import build, launch
+
+        result = launch(build(tmp_path, "fortran"), model)
+        assert result.returncode == 0, (result.stdout[-1500:], result.stderr[-1500:])
+        assert "2 ranks (model of " in result.stdout and "4096 cells" in result.stdout, result.stdout
