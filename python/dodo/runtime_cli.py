@@ -29,8 +29,16 @@ def _cells(count: int) -> str:
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("apply", help="closure (C++ runtime) over a grid of cells from an Emu-format file, "
-                                                 "scored beside Box3D")
+    # `dodo apply --help` said nothing of which cells fill the grid, so a file of 7 states met the default
+    # 16x16x16 grid as "db.h5 holds 7 cells; the grid needs 4096" (new user's journey, round two).
+    parser = subparsers.add_parser(
+        "apply", help="closure (C++ runtime) over a grid of cells from an Emu-format file, scored beside Box3D",
+        description="Lay the first NX*NY*NZ states of an Emu-format file (fluid rest frame) on an NXxNYxNZ grid "
+                    "(--grid; the file must hold that many states: --grid 1x1xN for a file of N), move each "
+                    "cell with a smooth fluid velocity field of speeds up to --max-speed, apply Box3D alone "
+                    "and the closure of --model (the shipped default without it; C++ runtime), and print each "
+                    "species' errors against the file's asymptotic states, conservation, status counts and "
+                    "throughput. dodo score MODEL FILE scores a model on every state of a file, at rest.")
     parser.add_argument("data", type=input_path, help="Emu-format HDF5 (F4_initial(1|ccm), F4_final(1|ccm), ...)")
     parser.add_argument("--model", default=None, help="ONNX model package, 'box3d' (no model) or 'default' "
                         "(the model shipped with dodo, also when --model is left out)")
@@ -146,8 +154,11 @@ def _check_grid_fits(path: str, grid: str, count: int) -> str:
     with handle:
         note = unfinished_run_note(handle, path)
     if count > nsims:
+        # What to do, not only what failed: the default grid (16x16x16, not given on the command line)
+        # left a user of a small file to guess (new user's journey, round two).
+        fits = f"; give a grid of at most {_cells(nsims)}, e.g. --grid 1x1x{nsims}" if nsims >= 1 else ""
         raise _UsageError(f"{path} holds {_cells(nsims)}; the grid needs {count} (--grid {grid})"
-                          + (f" ({note})" if note else ""))
+                          + (f" ({note})" if note else "") + fits)
     return note
 
 
@@ -250,8 +261,14 @@ def _apply(args: argparse.Namespace) -> int:
              "every axis, whatever --max-speed; give one axis 3 cells or more for moving cells)" if at_rest
              else f"fluid speeds up to {args.max_speed}"))
     # Box3D alone has no head: "head None" was Python's None printed (outside probe, docs round three).
+    # A package that describes its network (the default model, every distilled ensemble) runs on Dodo's own
+    # kernels: the line named ONNX Runtime alone, which then only checks the kernels at load (new user's
+    # journey, round two).
+    version = runtime.onnxruntime[1] or "-"
+    network = (f"network on Dodo's native evaluator (ONNX Runtime {version} checked it at load)"
+               if runtime.evaluator == "native" else f"ONNX Runtime {version}")
     print(f"model: {shown_name(runtime.model_path) if runtime.model_path else 'none (Box3D only)'}; head {runtime.head or '-'}; "
-          f"{runtime.threads} thread(s); ONNX Runtime {runtime.onnxruntime[1] or '-'}")
+          f"{runtime.threads} thread(s); {network}")
     if unfinished:
         print(f"note: {unfinished}")
     if not scored.all():
