@@ -40,12 +40,17 @@ static void print_error(int rank, const char* call, dodo_status status) {
   free(text);
 }
 
-/* Rank 0: the file's bytes (malloc'ed) and their count, or a negative count on failure.
- * Only a regular file is read: fopen on a FIFO waits for a writer, and rank 0 blocked there
- * while every other rank waited in MPI_Bcast (a hang of the whole job). O_NONBLOCK makes the
- * open return at once; fstat then refuses anything but a regular file. */
-static unsigned char* read_package(const char* path, long* size) {
+/* Rank 0: the file's bytes (malloc'ed) and their count, or a negative count on failure: -1 the
+ * file cannot be read, -2 it is larger than any model package (DODO_MAX_MODEL_FILE_BYTES; its size
+ * in *file_size). Only a regular file is read: fopen on a FIFO waits for a writer, and rank 0 blocked
+ * there while every other rank waited in MPI_Bcast (a hang of the whole job). O_NONBLOCK makes the
+ * open return at once; fstat then refuses anything but a regular file. A file above the bound (a
+ * data file given by mistake) is not read: every rank received it whole, up to 2 GiB each, before
+ * libdodo refused it, and one above 2 GiB was called "missing, empty, unreadable or not a regular
+ * file" (outside probe, C round forty-seven). */
+static unsigned char* read_package(const char* path, long* size, long* file_size) {
   *size = -1;
+  *file_size = -1;
   int fd = open(path, O_RDONLY | O_NONBLOCK);
   if (fd < 0) return NULL;
   struct stat info;
@@ -57,9 +62,13 @@ static unsigned char* read_package(const char* path, long* size) {
   unsigned char* bytes = NULL;
   if (fseek(file, 0, SEEK_END) == 0) {
     long length = ftell(file);
-    if (length > 0 && length <= 0x7fffffffL && fseek(file, 0, SEEK_SET) == 0 && (bytes = malloc((size_t)length)) &&
-        fread(bytes, 1, (size_t)length, file) == (size_t)length)
+    *file_size = length;
+    if (length > (long)DODO_MAX_MODEL_FILE_BYTES) {
+      *size = -2;
+    } else if (length > 0 && fseek(file, 0, SEEK_SET) == 0 && (bytes = malloc((size_t)length)) &&
+               fread(bytes, 1, (size_t)length, file) == (size_t)length) {
       *size = length;
+    }
   }
   fclose(file);
   if (*size < 0) {
@@ -119,11 +128,15 @@ int main(int argc, char** argv) {
   }
 
   /* 1. Only rank 0 touches the file system. The size goes first (negative: could not read). */
-  long package_size = 0;
-  unsigned char* package = rank == 0 ? read_package(argv[1], &package_size) : NULL;
+  long package_size = 0, file_size = -1;
+  unsigned char* package = rank == 0 ? read_package(argv[1], &package_size, &file_size) : NULL;
   MPI_Bcast(&package_size, 1, MPI_LONG, 0, MPI_COMM_WORLD);
   if (package_size < 0) {
-    if (rank == 0) fprintf(stderr, "cannot read the model package \"%s\" (missing, empty, unreadable or not a regular file)\n", argv[1]);
+    if (rank == 0 && package_size == -2)
+      fprintf(stderr, "model file \"%s\" is %ld bytes; a model package is at most %lu bytes (DODO_MAX_MODEL_FILE_BYTES)\n",
+              argv[1], file_size, (unsigned long)DODO_MAX_MODEL_FILE_BYTES);
+    else if (rank == 0)
+      fprintf(stderr, "cannot read the model package \"%s\" (missing, empty, unreadable or not a regular file)\n", argv[1]);
     MPI_Finalize();
     return 1;
   }

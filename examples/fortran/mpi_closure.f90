@@ -24,7 +24,7 @@ program mpi_closure
   character(len=1024) :: device, message
   character(len=:), allocatable :: model  ! the argument's own length: a fixed length cut a longer path
   integer :: rank, nranks, local_rank, stat, unit, a, c, failed, any_failed, length
-  integer(c_int64_t) :: package_size
+  integer(c_int64_t) :: package_size, file_size
   real(c_double) :: x, density, flux, vx, W, violation, worst
 
   call MPI_Init()
@@ -49,14 +49,19 @@ program mpi_closure
   ! 1. Rank 0 reads the package; its size goes first (-1: could not read). The file's size is
   !    asked before it is opened: a FIFO (size 0) would block the open until a writer came, with
   !    every other rank waiting in MPI_Bcast; an empty package is refused in any case.
+  !    A file above DODO_MAX_MODEL_FILE_BYTES (a data file given by mistake) is not read: every rank
+  !    received it whole before the library refused it, and one above 2 GiB was called "missing,
+  !    empty, unreadable or not a regular file" (outside probe, C round forty-seven).
   package_size = -1
+  file_size = -1
   if (rank == 0) then
-    inquire(file=trim(model), size=package_size)
-    if (package_size > huge(stat)) package_size = -1  ! MPI_Bcast's count is a default integer
+    inquire(file=model, size=package_size)
+    file_size = package_size
+    if (package_size > DODO_MAX_MODEL_FILE_BYTES) package_size = -2
     stat = 1
-    if (package_size > 0) open(newunit=unit, file=trim(model), access="stream", form="unformatted", status="old", &
+    if (package_size > 0) open(newunit=unit, file=model, access="stream", form="unformatted", status="old", &
                                action="read", iostat=stat)
-    if (stat /= 0) package_size = -1
+    if (stat /= 0 .and. package_size /= -2) package_size = -1
     if (stat == 0) then
       inquire(unit=unit, size=package_size)
       allocate(package(package_size))
@@ -67,8 +72,12 @@ program mpi_closure
   end if
   call MPI_Bcast(package_size, 1, MPI_INTEGER8, 0, MPI_COMM_WORLD)
   if (package_size < 0) then
-    if (rank == 0) print '(3a)', 'cannot read the model package "', trim(model), &
-                             '" (missing, empty, unreadable or not a regular file)'
+    if (rank == 0 .and. package_size == -2) then
+      print '(3a, i0, a, i0, a)', 'model file "', model, '" is ', file_size, ' bytes; a model package is at most ', &
+        DODO_MAX_MODEL_FILE_BYTES, ' bytes (DODO_MAX_MODEL_FILE_BYTES)'
+    else if (rank == 0) then
+      print '(3a)', 'cannot read the model package "', model, '" (missing, empty, unreadable or not a regular file)'
+    end if
     call MPI_Finalize()
     stop 1  ! exit status 1 (gfortran's `error stop` also prints a backtrace, which reads as a crash)
   end if

@@ -49,6 +49,9 @@ module dodo
 
   ! Model path meaning Box3D alone (dodo.h DODO_BOX3D_ONLY).
   character(len=*), parameter, public :: DODO_BOX3D_ONLY = "box3d"
+  ! Largest model package the library reads, in bytes (dodo.h DODO_MAX_MODEL_FILE_BYTES, 256 MiB):
+  ! a host that reads a package itself (rank 0 before MPI_Bcast) refuses a larger file unread.
+  integer(c_int64_t), parameter, public :: DODO_MAX_MODEL_FILE_BYTES = 268435456_c_int64_t
 
   ! Status codes (dodo.h DODO_STATUS_LIST).
   integer, parameter, public :: DODO_OK = 0, DODO_ERROR_INVALID_ARGUMENT = 1, DODO_ERROR_FILE = 2, &
