@@ -183,12 +183,13 @@ def relative_to_cwd(path) -> str:
         return ""
 
 
-def check_output_target(path: str | Path) -> None:
+def check_output_target(path: str | Path, appended: bool = False) -> None:
     """Refuse an output that a file written atomically cannot replace safely: an existing
     non-regular file (device, FIFO, socket, directory; a symlink is judged by its target), or
     a path below something that is not a directory, or a path ending in a slash (a directory's
     spelling: Path() drops the slash, so ``-o results/`` wrote a file named ``results``). Raises
-    :class:`OutputPathError`."""
+    :class:`OutputPathError`. ``appended``: a file the command appends to in place (dodo train's
+    train.log), not replaced: judged by whether it opens for appending, not by the sticky bit."""
     text = os.fspath(path)
     if isinstance(text, str) and text.endswith((os.sep, "/")) or isinstance(text, bytes) and text.endswith(b"/"):
         raise OutputPathError(f"cannot write {os.fsdecode(text)}: a path ending in / names a directory; give a "
@@ -211,6 +212,19 @@ def check_output_target(path: str | Path) -> None:
         raise OutputPathError(f"cannot write {path}: it exists and is read-only (no write permission); make it "
                               "writable or choose another output")
     sticky = _sticky_directory_refusing_replacement(path) if mode is not None else None
+    if sticky is not None and appended:
+        # Appended in place, as dodo train's train.log: the sticky bit does not stop that. It was refused
+        # with "dodo writes a new file and renames it over the old one", of a file that is never renamed
+        # (outside probe, data-loss round eleven, left). Where the kernel refuses the open itself
+        # (fs.protected_regular: another user's file in a world-writable sticky directory), say so.
+        try:
+            os.close(os.open(os.path.realpath(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NO_FOLLOW_NO_BLOCK))
+            sticky = None
+        except OSError as error:
+            raise OutputPathError(f"cannot append to {path}: it belongs to another user and {sticky} is a sticky "
+                                  f"directory (mode +t, as /tmp), where the system refuses to open it "
+                                  f"({error.strerror or error}): have its owner remove it, or choose another "
+                                  "directory") from None
     if sticky is not None:
         # Another user's file in a sticky directory (/tmp, a shared scratch directory of mode 1777) may be
         # written in place but not replaced by a rename: `dodo synth OUT --overwrite` (any atomic write)
@@ -245,7 +259,7 @@ def check_output_target(path: str | Path) -> None:
 
 
 def check_outputs(outputs: Iterable[Optional[str | Path]], inputs: Iterable[Optional[str | Path]] = (),
-                  writer: str | None = None, check_locks: bool = True) -> None:
+                  writer: str | None = None, check_locks: bool = True, appended: Iterable = ()) -> None:
     """What every command that writes files checks before any work (None entries are skipped):
     no output is the same file as an input or as another output, and each output passes
     :func:`check_output_target`, and its directory, where it exists, takes a new file (one is made and
@@ -253,9 +267,11 @@ def check_outputs(outputs: Iterable[Optional[str | Path]], inputs: Iterable[Opti
     being written by another process (:func:`refuse_output_locked_elsewhere`: OutputInUseError;
     ``writer``, the asking command, names a holder whose lock does not say; ``check_locks`` false: not
     that, nor the file made, for the MPI ranks of a `dodo simulate` other than rank 0, which holds the
-    job's lock and writes)."""
+    job's lock and writes). ``appended``: those of ``outputs`` appended to in place, not replaced
+    (:func:`check_output_target`)."""
     outputs = [output for output in outputs if output is not None and str(output) != ""]
     inputs = [given for given in inputs if given is not None and str(given) != ""]
+    appended = list(appended)
     for number, output in enumerate(outputs):
         if check_locks:  # a running dodo simulate's OUT: before any work
             refuse_output_locked_elsewhere(output, writer=writer)
@@ -270,7 +286,7 @@ def check_outputs(outputs: Iterable[Optional[str | Path]], inputs: Iterable[Opti
         for other in outputs[:number]:
             if same_file(output, other):
                 raise OutputPathError(f"outputs {other} and {output} are the same file; give different paths")
-        check_output_target(output)
+        check_output_target(output, appended=any(output == other for other in appended))
         if check_locks:  # not on the ranks of an MPI job that do not write (10^4 trial files at once)
             _refuse_directory_that_creates_no_files(output)
     for output in outputs:
@@ -711,14 +727,67 @@ def _another_users_lock_hint(path: Path, error: OSError) -> str:
 
 
 def _lock_holder(handle) -> tuple[str, str]:
-    """(" (pid N)" or "", the command named on the lock's second line or "") of an open lock file."""
+    """(" (pid N)" or "", the holder's command or "") of an open lock file that another process holds:
+    the pid and command written in it, unless the kernel's table of locks (/proc/locks) names another
+    process as the holder, which is then named with the dodo command of its command line. A run that
+    took another user's lock file (opened for reading: it cannot write its pid there) was named without
+    a pid, and the pid left in the file by the owner's earlier run was named when a process of that
+    pid ran, the holder or not (outside probe, data-loss round eleven, left)."""
     try:
         handle.seek(0)
         pid, _, command = handle.read(4096).partition("\n")
     except (OSError, ValueError):
-        return "", ""
+        pid, command = "", ""
     pid, command = pid.strip(), " ".join(command.split())
+    locker = _flock_holder_pid(handle.fileno())
+    if locker is not None and str(locker) != pid:
+        return f" (pid {locker})", _dodo_command_of(locker)
     return (f" (pid {pid})" if pid.isdigit() else ""), command
+
+
+def _flock_holder_pid(descriptor: int) -> Optional[int]:
+    """The pid that holds an flock on the file open as ``descriptor``, from /proc/locks (Linux); None
+    where it cannot be told (no /proc, no such lock, a pid this process cannot see)."""
+    try:
+        status = os.fstat(descriptor)
+        with open("/proc/locks") as table:
+            lines = table.read().splitlines()
+    except (OSError, ValueError):
+        return None
+    device = f"{os.major(status.st_dev):02x}:{os.minor(status.st_dev):02x}:{status.st_ino}"
+    exact, same_inode = set(), set()
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 6 or fields[1] == "->" or fields[1] != "FLOCK":  # "->": a waiter, not a holder
+            continue
+        try:
+            pid = int(fields[4])
+        except ValueError:
+            continue
+        if pid <= 0 or pid == os.getpid():
+            continue
+        if fields[5] == device:
+            exact.add(pid)
+        elif fields[5].rsplit(":", 1)[-1] == str(status.st_ino):  # an overlay file system's device
+            same_inode.add(pid)
+    found = exact or same_inode
+    return found.pop() if len(found) == 1 else None
+
+
+def _dodo_command_of(pid: int) -> str:
+    """"dodo COMMAND" when process ``pid`` runs a dodo command (``dodo train ...``, ``python -m dodo
+    train ...``), from /proc/PID/cmdline; "" otherwise."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            words = [os.fsdecode(word) for word in handle.read().split(b"\0")]
+    except (OSError, ValueError):
+        return ""
+    for number, word in enumerate(words[:-1]):
+        dodo = os.path.basename(word) == "dodo" or (word == "dodo" and number > 0 and words[number - 1] == "-m")
+        following = words[number + 1]
+        if dodo and re.fullmatch(r"[a-z][a-z-]*", following):
+            return f"dodo {following}"
+    return ""
 
 
 @contextlib.contextmanager
@@ -893,14 +962,92 @@ def _signals_held_in_callbacks(sink: "WriteErrorLatch"):
                 signal.signal(signum, held)
         except (ValueError, OSError):
             pass
+    _register_fork_hooks()
+    _HOLDS.append((held, previous))
     try:
         yield
     finally:
+        _HOLDS.remove((held, previous))
         sink.hand_on_held = None
         for signum, handler in previous.items():
             with contextlib.suppress(ValueError, OSError, TypeError):
                 if signal.getsignal(signum) is held:  # a handler that replaced ours (SIG_DFL) stays
                     signal.signal(signum, handler)
+
+
+#: (holding handler, {signal: the handler before it}) of each _signals_held_in_callbacks block open in
+#: this process, innermost last: what a child forked meanwhile puts back (_after_fork_in_child).
+_HOLDS: list = []
+#: {thread id: the signal mask before the fork} of a thread forking during such a block.
+_FORK_MASKS: dict = {}
+_FORK_HOOKS_REGISTERED = False
+
+
+def _register_fork_hooks() -> None:
+    """Once per process: a fork during a _signals_held_in_callbacks block (by any thread) blocks the held
+    signals in the forking thread until the child has put the handlers from before the block back.
+    CPython clears, in the child right after fork(), the signals its C handler has noted and the Python
+    handler not yet run (``PyOS_AfterFork_Child``): a SIGTERM that reached the child before that, e.g.
+    `multiprocessing` ``Process.terminate()`` at once after ``start()`` while the main thread wrote an
+    HDF5 file, was lost (36 of 40 such children still ran 5 s after it; outside probe, data-loss round
+    eleven, left). Blocked, the signal waits (pending) for the child's hook, which unblocks it."""
+    global _FORK_HOOKS_REGISTERED
+    if _FORK_HOOKS_REGISTERED or not hasattr(os, "register_at_fork") or not hasattr(signal, "pthread_sigmask"):
+        return
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)
+    _FORK_HOOKS_REGISTERED = True
+
+
+def _before_fork() -> None:
+    if _HOLDS:
+        import threading
+
+        with contextlib.suppress(ValueError, OSError):
+            _FORK_MASKS[threading.get_ident()] = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+
+
+def _after_fork_in_parent() -> None:
+    import threading
+
+    mask = _FORK_MASKS.pop(threading.get_ident(), None)
+    if mask is not None:
+        with contextlib.suppress(ValueError, OSError):
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _after_fork_in_child() -> None:
+    """In a child forked during a hold: the handlers from before the holds go back (the child is no
+    writer; the forking thread is the child's main thread), then the signals are unblocked, so that one
+    sent meanwhile is handled now (SIG_DFL: the child ends at once)."""
+    import threading
+
+    mask = _FORK_MASKS.pop(threading.get_ident(), None)
+    _FORK_MASKS.clear()
+    holds = list(_HOLDS)
+    _HOLDS.clear()
+    if mask is None:
+        return
+    for held, previous in reversed(holds):
+        for signum, handler in previous.items():
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                if signal.getsignal(signum) is held:
+                    signal.signal(signum, handler)
+    try:
+        pending = [signum for signum in _HELD_SIGNALS if signum in signal.sigpending()]
+    except (ValueError, OSError, AttributeError):
+        pending = []
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a signal sent meanwhile is handled here
+    except (ValueError, OSError):
+        pass
+    except BaseException:
+        # A Python handler (dodo's, KeyboardInterrupt's) raised for it: nothing at a child's fork takes an
+        # exception (CPython prints it as ignored and the child ran on): the signal's default action.
+        for signum in pending[:1]:
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+        raise
 
 
 def _hand_on(previous: dict, signum: int, frame) -> None:
@@ -1051,9 +1198,53 @@ def stale_temporaries(final: str | Path) -> list[Path]:
     with contextlib.suppress(OSError):
         for candidate in final.parent.iterdir():
             match = pattern.fullmatch(candidate.name)
-            if match and not _running(int(match.group(1))):
+            if match and _writer_gone(int(match.group(1)), candidate) and _removable(candidate):
                 stale.append(candidate)
     return stale
+
+
+def _writer_gone(pid: int, temporary: Path) -> bool:
+    """Whether the writer ``pid`` of ``temporary`` no longer runs: no such process, or the process of
+    that pid started after the temporary was last written, so it is another one that reuses the pid
+    (the writer made the file after it started and wrote it since). A temporary of a writer killed
+    days ago whose pid a running process had been given was kept, and counted by `dodo synth` as used
+    space, until that process ended (outside probe, data-loss round eleven, left)."""
+    if not _running(pid):
+        return True
+    if pid == os.getpid():
+        return False
+    started = _process_start_time(pid)
+    try:
+        written = os.stat(temporary).st_mtime
+    except OSError:
+        return False
+    return started is not None and started > written + _START_TIME_MARGIN_S
+
+
+#: Seconds by which a process must have started after a temporary's last write to be another process
+#: than its writer: the boot time that /proc/stat gives is whole seconds, and the clock may have been set.
+_START_TIME_MARGIN_S = 5.0
+
+
+def _process_start_time(pid: int) -> Optional[float]:
+    """When process ``pid`` started (seconds since the epoch) from /proc; None where it cannot be told."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+        ticks = int(fields[19])  # field 22, starttime, in clock ticks since boot (the fields after "comm)")
+        with open("/proc/stat", "rb") as handle:
+            boot = next(int(line.split()[1]) for line in handle if line.startswith(b"btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration, AttributeError):
+        return None
+
+
+def _removable(candidate: Path) -> bool:
+    """Whether this process may remove ``candidate``: not another user's file in a sticky directory (where
+    only its owner, the directory's owner or CAP_FOWNER may). `dodo synth` counted such a temporary, left by
+    another user's killed run in /tmp, as free space it would remove, and met a full disk at the write
+    instead of its refusal (outside probe, data-loss round eleven, left)."""
+    return _sticky_directory_refusing_replacement(candidate) is None
 
 
 def remove_stale_temporaries(final: str | Path) -> list[Path]:

@@ -288,7 +288,7 @@ def _train(args) -> int:
         # Not the output locks on torchrun's other processes: rank 0 holds train.log's for the job.
         check_outputs([checkpoints / "best.pt", last, None if rotating else previous,
                        checkpoints / "final.pt", results / "train.log"], [config.data.path, args.config],
-                      check_locks=writer)
+                      check_locks=writer, appended=[results / "train.log"])
     except OutputInUseError as error:  # train.log's lock, held by a run into another checkpoint directory
         raise OutputInUseError(f"{error}{TRAIN_LOG_IN_USE}") from None
     distribution.check_rendezvous_variables(os.environ)  # before any directory is made

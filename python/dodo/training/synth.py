@@ -172,8 +172,18 @@ def _check_free_space(path: str | Path, n: int, seed: int) -> None:
             left += stale.stat().st_blocks * 512
     if needed > free + left:
         counted = f" (with {_bytes_text(left)} of killed writers' temporaries, which the write removes)" if left else ""
+        # Replacing a file: the earlier one stays until the new one is whole (the write is atomic), so its
+        # space is no room for the new one. "lower -n" alone, where the same -n had fitted an empty disk,
+        # did not say why nor that removing the earlier file is the other way (outside probe, data-loss
+        # round eleven, left).
+        earlier = ""
+        with contextlib.suppress(OSError):
+            if final.is_file():
+                occupied = final.stat().st_blocks * 512
+                earlier = (f"; the earlier {path} ({_bytes_text(occupied)}) is kept until the new file is whole, so "
+                           f"its space is not counted: remove it first to make room, or lower -n")
         raise ValueError(f"{path}: {n:,} rows need at least {_bytes_text(needed)} but {directory} has "
-                         f"{_bytes_text(free + left)} free{counted}; lower -n")
+                         f"{_bytes_text(free + left)} free{counted}" + (earlier or "; lower -n"))
 
 
 def _bytes_text(count: int) -> str:
