@@ -412,6 +412,7 @@ def atomic_path(final: str | Path):
         # mkstemp makes 0600; a new file gets the usual mode, a replaced one keeps its own (a
         # private 0600 result must not become world-readable by being rewritten).
         try:
+            _keep_owner(tmp, os.stat(final))
             os.chmod(tmp, stat.S_IMODE(os.stat(final).st_mode) & 0o777)
         except FileNotFoundError:
             os.chmod(tmp, 0o666 & ~_umask())
@@ -459,6 +460,30 @@ def atomic_path(final: str | Path):
         if left and isinstance(error, OutputPathError):  # a refusal at the rename: say what it left
             raise type(error)(f"{error}{left}") from None
         raise
+
+
+def _keep_owner(tmp: str, earlier: os.stat_result) -> None:
+    """Give the new file ``tmp`` the owner and group of the file it replaces, where this process may
+    (its own group, a group it belongs to; root any): a result shared with a project group (chgrp proj
+    out.h5; chmod 640) became the writer's primary group on its next write, and the group could no longer
+    read it; root's rewrite of a user's file made it root's (outside probe, data-loss round twelve).
+    What may not be kept is left as a new file gets it (as sed -i does)."""
+    if not hasattr(os, "chown"):
+        return
+    try:
+        mine = os.stat(tmp)
+    except OSError:
+        return
+    uid = earlier.st_uid if earlier.st_uid != mine.st_uid else -1
+    gid = earlier.st_gid if earlier.st_gid != mine.st_gid else -1
+    for owner, group in ((uid, gid), (-1, gid)):
+        if owner == -1 and group == -1:
+            return
+        try:
+            os.chown(tmp, owner, group)
+            return
+        except OSError:
+            continue
 
 
 def _identity(path: Path):

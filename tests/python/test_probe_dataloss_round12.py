@@ -303,3 +303,25 @@ def test_another_users_checkpoint_in_a_sticky_directory_is_still_refused(tmp_pat
     _skip_without_setpriv(done)
     assert done.returncode == 2 and re.search(r"best\.pt: it belongs to another user", done.stderr), done.stderr
     assert best.read_bytes() == b"theirs"
+
+
+# --- The owner and group of a replaced file ----------------------------------------------------------------
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root (to give a file away)")
+def test_a_replaced_output_keeps_its_owner_and_group(tmp_path, capsys):
+    """A result shared with a group (mode 640, another group than the writer's) lost that group on its next
+    write, the new file made with the writer's own: the group could no longer read it; root's rewrite of a
+    user's file made it root's. Shown with `dodo synth --overwrite` and the API's write_json_atomic."""
+    output = tmp_path / "out.h5"
+    assert run(capsys, ["synth", str(output), "-n", "20", "-q"])[0] == 0
+    os.chown(output, 65534, 65534)
+    output.chmod(0o640)
+    code, _, err = run(capsys, ["synth", str(output), "-n", "20", "-q", "--overwrite", "--seed", "5"])
+    assert code == 0, err
+    status = output.stat()
+    assert (status.st_uid, status.st_gid, status.st_mode & 0o777) == (65534, 65534, 0o640)  # was (0, 0, 0o640)
+    report = tmp_path / "report.json"
+    report.write_text("{}")
+    os.chown(report, 0, 65534)
+    atomic.write_json_atomic(report, {"a": 1})
+    assert (report.stat().st_uid, report.stat().st_gid) == (0, 65534)  # was (0, 0)
