@@ -9,6 +9,7 @@ import operator
 import os
 import sys
 import threading
+from collections.abc import Iterator, ValuesView
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -502,8 +503,8 @@ def _as_real_array(name: str, value, trailing: tuple[int, ...], shape_text: str,
                              f"{' '.join(str(error).split()).rstrip('.')}; give a NumPy array of a float or integer "
                              "dtype in host memory (np.from_dlpack of the array copied to the CPU)") from None
     if array.dtype == object and array.ndim == 0:  # a generator, a dict, one number: nothing to index
-        raise ValueError(f"{name} must be an array of real numbers with shape {shape_text}; got a "
-                         f"{type(array[()]).__name__}")
+        raise ValueError(f"{name} must be an array of real numbers with shape {shape_text}; got "
+                         f"{_lazy_input_text(name, array[()])}")
     if array.dtype.kind not in "fiuO" and not _extension_real_dtype(array.dtype):
         raise ValueError(f"{name} must hold real numbers (any float or integer dtype); got dtype {array.dtype}")
     if array.ndim < len(trailing) or array.shape[array.ndim - len(trailing):] != trailing:
@@ -511,6 +512,18 @@ def _as_real_array(name: str, value, trailing: tuple[int, ...], shape_text: str,
     if array.dtype == object:
         _refuse_object_array(name, array, len(trailing))
     return _refuse_beyond_float64(name, array, len(trailing))
+
+
+def _lazy_input_text(name: str, value) -> str:
+    """What a value NumPy reads as one object is, with the way to an array for lazy ones. A generator,
+    ``map``, ``iter(F)`` or ``d.values()`` (cells made on the fly) was told "got a generator", "got a
+    iterator", naming no way to pass them (outside probe, Python round sixty)."""
+    kind = type(value).__name__
+    text = f"{'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind}"
+    if isinstance(value, (Iterator, ValuesView)):
+        text += (f", whose items NumPy does not read as an array{'' if isinstance(value, ValuesView) else ' (an iterator yields them once)'}: "
+                 f"make one first, {name} = np.stack(list({name}))")
+    return text
 
 
 def _layout_hint(name: str, shape: tuple[int, ...], trailing: tuple[int, ...]) -> str:
@@ -913,8 +926,33 @@ def box3d(F_init, u=None, *, lebedev_order: int = DEFAULT_LEBEDEV_ORDER, z_metho
         result = Box3DResult.empty(batch) if out is None else out
         outputs, threads = _flat_outputs(result, Box3DResult, _BOX3D_OUTPUTS, batch), _threads(threads)
         claim.computing = True
-        engine.apply_into(flat_F, flat_u, *outputs, threads)
+        with _fed_back_hint("F_box", "dodo.box3d"):
+            engine.apply_into(flat_F, flat_u, *outputs, threads)
     return result
+
+
+class _fed_back_hint:
+    """Adds the time loop's way out to the runtime's refusal of an out= whose F_pred (F_box) is F_init.
+    ``c.apply(r.F_pred, u, out=r)``, a simulation's loop feeding each step's result back in, was told
+    only "out.F_pred shares memory with the input F_init: give output arrays of their own", which names
+    no way to keep stepping without allocating (outside probe, Python round sixty)."""
+
+    __slots__ = ("field", "call")
+
+    def __init__(self, field: str, call: str) -> None:
+        self.field, self.call = field, call
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        if kind is ValueError and str(error).startswith(f"out.{self.field} shares memory with the input F_init"):
+            raise ValueError(
+                f"{error}; the call reads F_init while it writes out.{self.field}, so a result cannot be fed back "
+                f"into itself ({self.call}(r.{self.field}, u, out=r) in a time loop): keep two results and swap them "
+                f"each step ({self.call}(r.{self.field}, u, out=r_next); r, r_next = r_next, r), or pass "
+                f"r.{self.field}.copy() as F_init") from None
+        return False
 
 
 def invariants(F_init, u=None) -> np.ndarray:

@@ -23,7 +23,7 @@ from typing import NamedTuple, Optional, Union
 import numpy as np
 
 from . import _core
-from ._box3d import _ForkHold, _claim, _empty_result, _flat_outputs, _reduce_result, _result_equality, _integral, _prepare, _real, _shown_number, _text, _threads, _usable_cpus
+from ._box3d import _ForkHold, _claim, _empty_result, _fed_back_hint, _flat_outputs, _reduce_result, _result_equality, _integral, _prepare, _real, _shown_number, _text, _threads, _usable_cpus
 from .conventions import N_COMPONENTS, N_SPECIES
 from .models import default_model_path
 
@@ -630,7 +630,8 @@ class Closure:
             result = ClosureResult.empty(batch) if out is None else out
             outputs = _flat_outputs(result, ClosureResult, _CLOSURE_OUTPUTS, batch)
             claim.computing = True  # from here a signal handler's call must not touch these arrays
-            self._runtime.apply_into(flat_F, flat_u, *outputs)
+            with _fed_back_hint("F_pred", "closure.apply"):
+                self._runtime.apply_into(flat_F, flat_u, *outputs)
         return result
 
     def __call__(self, F_init, u=None) -> np.ndarray:

@@ -1,0 +1,75 @@
+"""Outside probe, Python round sixty: the result objects' API, lazy inputs, out= in a time loop
+(docs/reliability_python.md, section 106)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import dodo
+
+
+def _cells(n: int) -> np.ndarray:
+    rng = np.random.default_rng(60)
+    F = np.zeros((n, 6, 4))
+    density = rng.uniform(1.0, 2.0, (n, 6))
+    direction = rng.normal(size=(n, 6, 3))
+    direction /= np.linalg.norm(direction, axis=-1, keepdims=True)
+    F[..., 0] = density
+    F[..., 1:] = direction * rng.uniform(0.0, 0.6, (n, 6, 1)) * density[..., None]
+    return F * 1e32
+
+
+@pytest.mark.parametrize("route", ["closure", "box3d"])
+def test_feeding_a_result_back_into_itself_is_told_how_a_time_loop_steps(route):
+    F = _cells(4)
+    u = np.array([1.0, 0.0, 0.0, 0.0])
+    closure = dodo.Closure("box3d")
+    if route == "closure":
+        step, field = (lambda F_init, out: closure.apply(F_init, u, out=out)), "F_pred"
+    else:
+        step, field = (lambda F_init, out: dodo.box3d(F_init, u, out=out)), "F_box"
+    r = step(F, None)
+    kept = [a.copy() for a in r]
+    with pytest.raises(ValueError, match=rf"out.{field} shares memory with the input F_init: give output arrays of "
+                                         rf"their own; .*keep two results and swap them each step .*"
+                                         rf"r.{field}.copy\(\) as F_init"):
+        step(getattr(r, field), r)
+    assert all(np.array_equal(a, b) for a, b in zip(r, kept))  # refused before anything was written
+    # The way the message names runs: two results, swapped, the same bits as new arrays each step.
+    r_next = type(r).empty(F.shape[:-2])
+    step(getattr(r, field), r_next)
+    assert np.array_equal(getattr(r_next, field), getattr(step(getattr(r, field).copy(), None), field))
+    # Other overlaps keep the runtime's words alone (guard).
+    with pytest.raises(ValueError, match=r"shares memory with out\.growth_over_ntot: every output needs an array of "
+                                         r"its own$"):
+        step(F, r._replace(growth_rate=r.growth_over_ntot))
+
+
+@pytest.mark.parametrize("make, kind, once", [
+    (lambda F: (cell for cell in F), "a generator", True),
+    (lambda F: map(np.asarray, F), "a map", True),
+    (lambda F: iter(F), "an iterator", True),
+    (lambda F: {i: cell for i, cell in enumerate(F)}.values(), "a dict_values", False),
+])
+def test_lazy_inputs_are_named_with_the_way_to_an_array(make, kind, once):
+    F = _cells(3)
+    for call in (dodo.box3d, dodo.Closure("box3d").apply, dodo.invariants, dodo.comoving_density):
+        with pytest.raises(ValueError) as error:
+            call(make(F))
+        text = str(error.value)
+        assert f"; got {kind}, whose items NumPy does not read as an array" in text
+        assert text.endswith("make one first, F_init = np.stack(list(F_init))")
+        assert ("yields them once" in text) == once
+    with pytest.raises(ValueError, match=r"got an iterator, .*u = np\.stack\(list\(u\)\)$"):
+        dodo.box3d(F, iter(np.array([1.0, 0.0, 0.0, 0.0])))
+    # What the message says to do runs.
+    cells = make(F)
+    assert np.array_equal(dodo.box3d(np.stack(list(cells))).F_box, dodo.box3d(F).F_box)
+
+
+def test_values_that_are_no_iterator_get_no_stack_hint_and_their_article():
+    # a dict or an object is no lazy sequence of cells: no np.stack hint; "an object" (was "a object")
+    for value, kind in (({"a": 1}, "a dict"), (object(), "an object")):
+        with pytest.raises(ValueError) as error:
+            dodo.box3d(value)
+        assert str(error.value).endswith(f"; got {kind}")
