@@ -958,8 +958,9 @@ class _fed_back_hint:
 def invariants(F_init, u=None) -> np.ndarray:
     """The 27 invariant features (..., 27): x_a = -F_a.u/N_tot, then F_a.F_b/N_tot^2 (a <= b).
 
-    Order of the products: :func:`dodo.conventions.invariant_pairs`. Cells whose N_tot is not a positive
-    finite number (zero, negative, NaN, or overflowing to inf: densities near 1e308) give zeros.
+    Order of the products: :func:`dodo.conventions.invariant_pairs`. Cells with a NaN or Inf anywhere in
+    F_init or u, and cells whose N_tot is not a positive finite number (zero, negative, or overflowing to
+    inf: densities near 1e308), give zeros.
     """
     with _claim({"F_init": F_init, "u": u}) as claim:
         flat_F, flat_u, batch = _prepare(F_init, u)

@@ -73,3 +73,20 @@ def test_values_that_are_no_iterator_get_no_stack_hint_and_their_article():
         with pytest.raises(ValueError) as error:
             dodo.box3d(value)
         assert str(error.value).endswith(f"; got {kind}")
+
+
+def test_invariants_docstring_says_what_a_nan_anywhere_gives():
+    """A NaN or Inf in a flux component or in u gives zeros, as a NaN N_tot does; the
+    docstring named only cells whose N_tot is not a positive finite number."""
+    F = _cells(1)[0]
+    u = np.array([np.sqrt(1.09), 0.3, 0.0, 0.0])
+    for bad in (np.nan, np.inf, -np.inf):
+        for species, component in ((0, 1), (3, 2), (5, 3)):
+            G = F.copy()
+            G[species, component] = bad
+            assert np.all(dodo.invariants(G, u) == 0)
+        for component in range(1, 4):
+            v = u.copy()
+            v[component] = bad
+            assert np.all(dodo.invariants(F, v) == 0)
+    assert "NaN or Inf anywhere in\n    F_init or u" in dodo.invariants.__doc__
