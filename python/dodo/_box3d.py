@@ -408,7 +408,10 @@ def _flat_outputs(out, result_type, outputs: dict, batch: tuple[int, ...]) -> li
         if not array.flags.c_contiguous:
             raise ValueError(f"out.{name} must be C-contiguous (it is written in place, never copied)")
         if not array.flags.writeable:
-            raise ValueError(f"out.{name} is read-only")
+            # "out.F_pred is read-only" named nothing to do (outside probe, Python round sixty).
+            raise ValueError(f"out.{name} is read-only, and the call writes its results into it: give writable "
+                             f"arrays (a previous result, or dodo.{result_type.__name__}.empty(batch_shape); a file's "
+                             "np.memmap or np.load(..., mmap_mode=) opened with mode 'r+')")
         flat.append(array.reshape((-1,) + trailing))  # a view: C-contiguous
     return flat
 

@@ -90,3 +90,22 @@ def test_invariants_docstring_says_what_a_nan_anywhere_gives():
             v[component] = bad
             assert np.all(dodo.invariants(F, v) == 0)
     assert "NaN or Inf anywhere in\n    F_init or u" in dodo.invariants.__doc__
+
+
+def test_a_read_only_out_is_told_what_to_give(tmp_path):
+    F = _cells(3)
+    r = dodo.box3d(F)
+    np.save(tmp_path / "F_box.npy", r.F_box)
+    mapped = np.load(tmp_path / "F_box.npy", mmap_mode="r")  # a file's results, opened read-only
+    with pytest.raises(ValueError, match=r"^out\.F_box is read-only, and the call writes its results into it: give "
+                                         r"writable arrays \(a previous result, or dodo\.Box3DResult\.empty\(batch_shape\); "
+                                         r".*mode 'r\+'\)$"):
+        dodo.box3d(F, out=r._replace(F_box=mapped))
+    closure = dodo.Closure("box3d")
+    out = closure.apply(F)
+    out.status.flags.writeable = False
+    with pytest.raises(ValueError, match=r"^out\.status is read-only, .*dodo\.ClosureResult\.empty\(batch_shape\)"):
+        closure.apply(F, out=out)
+    # What it says runs: the file opened with mode 'r+' is written in place.
+    writable = np.load(tmp_path / "F_box.npy", mmap_mode="r+")
+    assert np.array_equal(dodo.box3d(F, out=r._replace(F_box=writable)).F_box, r.F_box)
