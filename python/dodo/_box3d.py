@@ -403,8 +403,12 @@ def _flat_outputs(out, result_type, outputs: dict, batch: tuple[int, ...]) -> li
         if array.dtype != dtype:
             raise ValueError(f"out.{name} must have dtype {np.dtype(dtype)} (native byte order); got {array.dtype}")
         if array.shape != batch + trailing:
+            # ClosureResult.empty(F_init.shape), the whole shape for the batch shape, made every array
+            # (6, 4) too long and was told only the shapes (outside probe, Python round sixty).
+            made = (f": made by {result_type.__name__}.empty(F_init.shape)? its batch_shape is F_init.shape[:-2], "
+                    f"{batch}" if array.shape == batch + (N_SPECIES, N_COMPONENTS) + trailing else "")
             raise ValueError(f"out.{name} has shape {array.shape}; this call writes {batch + trailing} "
-                             f"(the batch shape {batch} of F_init)")
+                             f"(the batch shape {batch} of F_init){made}")
         if not array.flags.c_contiguous:
             raise ValueError(f"out.{name} must be C-contiguous (it is written in place, never copied)")
         if not array.flags.writeable:

@@ -109,3 +109,19 @@ def test_a_read_only_out_is_told_what_to_give(tmp_path):
     # What it says runs: the file opened with mode 'r+' is written in place.
     writable = np.load(tmp_path / "F_box.npy", mmap_mode="r+")
     assert np.array_equal(dodo.box3d(F, out=r._replace(F_box=writable)).F_box, r.F_box)
+
+
+@pytest.mark.parametrize("route", ["closure", "box3d"])
+def test_an_out_made_from_the_whole_shape_of_F_init_is_told_its_batch_shape(route):
+    F = _cells(5).reshape(5, 1, 6, 4)
+    call, kind, field = ((dodo.Closure("box3d").apply, dodo.ClosureResult, "F_pred") if route == "closure"
+                         else (dodo.box3d, dodo.Box3DResult, "F_box"))
+    with pytest.raises(ValueError, match=rf"^out\.{field} has shape \(5, 1, 6, 4, 6, 4\); this call writes \(5, 1, 6, 4\) "
+                                         rf"\(the batch shape \(5, 1\) of F_init\): made by {kind.__name__}\.empty\(F_init\.shape\)\? "
+                                         r"its batch_shape is F_init\.shape\[:-2\], \(5, 1\)$"):
+        call(F, out=kind.empty(F.shape))
+    assert call(F, out=kind.empty(F.shape[:-2]))[0].shape == F.shape  # what it says runs
+    # guard: another wrong shape keeps its plain words
+    with pytest.raises(ValueError, match=rf"^out\.{field} has shape \(4, 6, 4\); this call writes \(5, 1, 6, 4\) "
+                                         r"\(the batch shape \(5, 1\) of F_init\)$"):
+        call(F, out=kind.empty(4))
