@@ -439,12 +439,6 @@ dodo_options complete_options(const dodo_options* options) {
                 "dodo_options.struct_size " + std::to_string(options->struct_size) + " is larger than this library's (" +
                     std::to_string(sizeof(dodo_options)) + " bytes) and than a newer dodo.h's could be: was the struct "
                     "initialised? Call dodo_options_init(&options) before setting its fields (it records the size itself)");
-  // The size of a pointer: dodo_options_init_sized(options, sizeof options) on a `dodo_options*`.
-  if (options->struct_size == sizeof(void*))
-    throw Error(DODO_ERROR_INVALID_ARGUMENT,
-                "dodo_options.struct_size " + std::to_string(options->struct_size) +
-                    " is the size of a pointer, not of a dodo_options (sizeof options where sizeof *options was "
-                    "meant?): initialise with dodo_options_init(options), which takes the size itself");
   throw Error(DODO_ERROR_INVALID_ARGUMENT, "dodo_options.struct_size " + std::to_string(options->struct_size) +
                                                " is not a size this library knows (initialise with dodo_options_init)");
 }
@@ -592,15 +586,10 @@ const char* dodo_cell_status_name(uint32_t bit) {
 }
 
 void dodo_options_init_sized(dodo_options* options, size_t size) {
-  if (!options || size < sizeof(options->struct_size)) return;  // not even struct_size fits: nothing to write
-  if (size < sizeof(OptionsV1)) {
-    // Smaller than any dodo_options (sizeof of a pointer, `dodo_options_init_sized(o, sizeof o)` on a
-    // `dodo_options* o`): only the size is recorded, which creation refuses naming it. Nothing was
-    // written before, and creation read the struct_size the stack held: "is larger than this
-    // library's ...: built against a newer dodo.h" (outside probe, C round forty-seven).
-    options->struct_size = size;
-    return;
-  }
+  // Smaller than any dodo_options: not ours to write. (`dodo_options_init_sized(o, sizeof o)` on a
+  // `dodo_options* o`, the size of a pointer: creation then reads the struct_size the memory held and
+  // asks whether the struct was initialised, complete_options.)
+  if (!options || size < sizeof(OptionsV1)) return;
   // Never past the fields this library knows: a size beyond them (a later dodo.h's struct, or a
   // host's wrong size, 1 MiB for a dodo_options on its stack) had every byte of it zeroed, the
   // host's stack smashed (SIGSEGV); such a struct is refused at creation anyway, as the size

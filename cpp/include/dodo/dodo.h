@@ -183,9 +183,9 @@ DODO_API const char* dodo_cell_status_name(uint32_t bit);
  * dodo.h) and records the size in struct_size. Use it through dodo_options_init (below). It
  * writes no byte past the struct this library knows: a larger size (a later dodo.h's) is recorded
  * and refused by dodo_closure_create; a size smaller than any dodo_options (sizeof of a pointer)
- * records only the size, refused likewise. Defaults: threads 0, chunk_size 1024, run_self_test 1,
- * device CPU, everything else the model's. Initialise every dodo_options: one that is not is
- * refused for the struct_size its memory held, unless that happens to be a size this library knows. */
+ * writes nothing. Defaults: threads 0, chunk_size 1024, run_self_test 1, device CPU, everything
+ * else the model's. Initialise every dodo_options: one that is not is refused for the struct_size
+ * its memory held, unless that happens to be a size this library knows. */
 DODO_API void dodo_options_init_sized(dodo_options* options, size_t size);
 /* The first release's entry point, kept for programs built against that dodo.h: initialises the
  * first release's fields only (it cannot know the caller's size), with the same defaults. This
