@@ -193,12 +193,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", "-V", action="version", version=f"dodo {__version__}",
                         help="print the version and exit (dodo info: versions and paths)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    reference = subparsers.add_parser("reference", help="Box3D over the shipped reference cases, as a table")
+    # A description of their own: `dodo reference --help` and `dodo info --help` printed the options alone,
+    # not what the command does (outside probe, Python round sixty).
+    reference = subparsers.add_parser(
+        "reference", help="Box3D over the shipped reference cases, as a table",
+        description="Run Box3D (dodo.box3d) over the reference cases shipped with dodo and print, per case, N_tot, "
+                    "the growth-rate proxy, the mu/tau-averaged rest-frame densities before and after (units of "
+                    "N_tot), the largest conservation error, and the deviations from the stored reference F_box "
+                    "and from Emu's asymptotic state where the case has one. Exit status 1 when the conservation "
+                    "error or the deviation from the reference outputs exceeds its tolerance.")
     # Defaults as dodo.box3d's (issue 11): order 17, exact Z.
     reference.add_argument("--lebedev-order", type=int, default=17, help="Lebedev order (17, 41, 131; default 17)")
     reference.add_argument("--z-method", choices=("exact", "jedynak"), default="exact", help="default: exact")
     reference.set_defaults(func=_reference)
-    info = subparsers.add_parser("info", help="versions and paths of this installation (for CMake, pkg-config)")
+    info = subparsers.add_parser(
+        "info", help="versions and paths of this installation (for CMake, pkg-config)",
+        description="Print the versions of dodo and NumPy, the core module, the Lebedev orders, Box3D's code path "
+                    "on this CPU, whether the closure runtime is built (and libdodo's build), the C API's include, "
+                    "lib, CMake and pkg-config directories, the default model and the ONNX Runtime library; with "
+                    "one of the flags below, that path alone.")
     info.set_defaults(func=_info, path=None)
     only = info.add_mutually_exclusive_group()  # one path per call: two flags printed the last alone
     for flag in ("include", "lib", "cmake", "pkgconfig"):

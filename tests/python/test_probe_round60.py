@@ -125,3 +125,15 @@ def test_an_out_made_from_the_whole_shape_of_F_init_is_told_its_batch_shape(rout
     with pytest.raises(ValueError, match=rf"^out\.{field} has shape \(4, 6, 4\); this call writes \(5, 1, 6, 4\) "
                                          r"\(the batch shape \(5, 1\) of F_init\)$"):
         call(F, out=kind.empty(4))
+
+
+@pytest.mark.parametrize("command, words", [("reference", "Run Box3D (dodo.box3d) over the reference cases shipped"),
+                                            ("info", "Print the versions of dodo and NumPy")])
+def test_reference_and_info_help_say_what_the_command_does(command, words, capsys):
+    """`dodo reference --help` and `dodo info --help` printed their options alone."""
+    from dodo.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    assert words in " ".join(capsys.readouterr().out.split())
