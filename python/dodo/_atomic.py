@@ -766,8 +766,23 @@ def _lock_holder(handle) -> tuple[str, str]:
     pid, command = pid.strip(), " ".join(command.split())
     locker = _flock_holder_pid(handle.fileno())
     if locker is not None and str(locker) != pid:
-        return f" (pid {locker})", _dodo_command_of(locker)
-    return (f" (pid {pid})" if pid.isdigit() else ""), command
+        return _pid_text(locker), _dodo_command_of(locker)
+    return (_pid_text(int(pid)) if pid.isdigit() else ""), command
+
+
+def _pid_text(pid: int) -> str:
+    """" (pid N)", with a word where that process is stopped: a holder suspended with Ctrl-Z (or SIGSTOP,
+    a batch system's suspend) keeps its lock, and "wait for it to end" was said of a process that does
+    not run until it is continued (outside probe, data-loss round twelve)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            state = handle.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, ValueError, IndexError):
+        state = b""
+    if state in (b"T", b"t"):
+        return (f" (pid {pid}, stopped: it holds the lock until it is continued and ends; fg in its shell, or "
+                f"kill -CONT {pid})")
+    return f" (pid {pid})"
 
 
 def _flock_holder_pid(descriptor: int) -> Optional[int]:

@@ -325,3 +325,33 @@ def test_a_replaced_output_keeps_its_owner_and_group(tmp_path, capsys):
     os.chown(report, 0, 65534)
     atomic.write_json_atomic(report, {"a": 1})
     assert (report.stat().st_uid, report.stat().st_gid) == (0, 65534)  # was (0, 0)
+
+
+# --- A lock held by a stopped process ----------------------------------------------------------------------
+
+def test_a_lock_held_by_a_stopped_process_says_it_is_stopped(tmp_path):
+    """`dodo simulate OUT` suspended (Ctrl-Z, SIGSTOP) keeps OUT's lock: a second writer of OUT was told
+    "wait for it to end" of a process that does not run until it is continued."""
+    import signal
+
+    output = tmp_path / "out.h5"
+    take = ("import sys\nfrom dodo._atomic import exclusive_output\n"
+            f"with exclusive_output({str(output)!r}, 'dodo simulate'):\n"
+            "    print('holding', flush=True)\n    sys.stdin.read()\n")
+    with subprocess.Popen([sys.executable, "-c", take], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          text=True) as holder:
+        try:
+            assert holder.stdout.readline() == "holding\n"
+            os.kill(holder.pid, signal.SIGSTOP)
+            _, status = os.waitpid(holder.pid, os.WUNTRACED)  # returns once it is stopped
+            assert os.WIFSTOPPED(status)
+            with pytest.raises(atomic.OutputInUseError) as refused:
+                atomic.refuse_output_locked_elsewhere(output)
+            text = str(refused.value)
+            assert f"(pid {holder.pid}, stopped:" in text and f"kill -CONT {holder.pid}" in text, text
+        finally:
+            os.kill(holder.pid, signal.SIGCONT)
+            holder.stdin.close()
+            holder.wait(timeout=300)
+    with atomic.exclusive_output(output, "dodo simulate"):  # free again once its holder has ended
+        pass
