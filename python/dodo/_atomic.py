@@ -407,7 +407,12 @@ def atomic_path(final: str | Path):
             remove_empty_directories(made)
             raise OutputPathError(f"cannot write {given}: cannot create a file in {final.parent}: "
                                   f"{error.strerror or error}") from None
-    os.close(fd)
+    # Held open with a shared flock while the temporary is written: what tells another process that its
+    # writer still runs (stale_temporaries), where the pid in its name cannot (a writer in another pid
+    # namespace, a container with the host's name: its live temporary was removed as a dead writer's,
+    # and the write ended with "[Errno 2] No such file or directory: OUT"; outside probe, data-loss round
+    # twelve). Shared, so that HDF5's own lock of a reader is not refused.
+    live = _hold_as_written(fd)
     try:
         # mkstemp makes 0600; a new file gets the usual mode, a replaced one keeps its own (a
         # private 0600 result must not become world-readable by being rewritten).
@@ -422,6 +427,7 @@ def atomic_path(final: str | Path):
         check_output_target(final)  # nothing put a device, FIFO or directory there meanwhile
         refuse_output_locked_elsewhere(final, given)  # nor did a dodo simulate of that file start meanwhile
         refuse_written_meanwhile(final, given, found)  # nor did another command write it meanwhile
+        live = _let_go(live)
         os.replace(tmp, final)
         if _WRITTEN and str(given) not in _WRITTEN[-1]:
             _WRITTEN[-1].append(str(given))
@@ -429,6 +435,8 @@ def atomic_path(final: str | Path):
             scope[key] = _identity(final)
         _fsync_directory(final.parent)
     except BaseException as error:
+        live = _let_go(live)
+        vanished = isinstance(error, FileNotFoundError) and not os.path.lexists(tmp)
         left = ""
         try:
             os.unlink(tmp)
@@ -449,6 +457,12 @@ def atomic_path(final: str | Path):
                 # directory: '/d/.o.h5.HOST.PID.x8k2ab.tmp'", of a file nobody asked for (round three).
                 raise OutputPathError(f"cannot write {given}: its directory {final.parent} was removed while this "
                                       "command wrote it; nothing was written") from None
+            if vanished:
+                # The temporary removed by another process (`rm .*.tmp`, a cleaner of old files): "[Errno 2] No
+                # such file or directory: OUT" named the output, which had not been touched.
+                raise OutputPathError(f"cannot write {given}: its temporary {tmp} was removed by another process "
+                                      "while this command wrote it; nothing was written (an earlier "
+                                      f"{final.name} is untouched): run the command again") from None
             if isinstance(error, PermissionError):
                 raise OutputPathError(f"cannot write {given}: no permission to create files in {final.parent} (made "
                                       "read-only while this command wrote it?); the file there is untouched" + left
@@ -460,6 +474,46 @@ def atomic_path(final: str | Path):
         if left and isinstance(error, OutputPathError):  # a refusal at the rename: say what it left
             raise type(error)(f"{error}{left}") from None
         raise
+
+
+def _hold_as_written(descriptor: int) -> Optional[int]:
+    """``descriptor`` (the new temporary's) kept open with a shared flock, or closed and None where there
+    are no flocks."""
+    try:
+        import fcntl
+
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return descriptor
+    except (ImportError, OSError):
+        os.close(descriptor)
+        return None
+
+
+def _let_go(descriptor: Optional[int]) -> None:
+    if descriptor is not None:
+        with contextlib.suppress(OSError):
+            os.close(descriptor)
+    return None
+
+
+def _being_written(temporary: Path) -> Optional[bool]:
+    """Whether a writer holds ``temporary``'s flock (:func:`_hold_as_written`): True, False, or None where it
+    cannot be told (no flocks, a file this process may not open)."""
+    try:
+        import fcntl
+
+        descriptor = os.open(temporary, os.O_RDONLY | _NO_FOLLOW_NO_BLOCK)
+    except (ImportError, OSError):
+        return None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    finally:
+        os.close(descriptor)  # also lets go of the lock just taken
 
 
 def _keep_owner(tmp: str, earlier: os.stat_result) -> None:
@@ -1248,7 +1302,10 @@ def _writer_gone(pid: int, temporary: Path) -> bool:
     that pid started after the temporary was last written, so it is another one that reuses the pid
     (the writer made the file after it started and wrote it since). A temporary of a writer killed
     days ago whose pid a running process had been given was kept, and counted by `dodo synth` as used
-    space, until that process ended (outside probe, data-loss round eleven, left)."""
+    space, until that process ended (outside probe, data-loss round eleven, left). A temporary whose
+    flock a writer holds is that writer's, whatever its pid says (:func:`_hold_as_written`)."""
+    if _being_written(temporary):
+        return False
     if not _running(pid):
         return True
     if pid == os.getpid():

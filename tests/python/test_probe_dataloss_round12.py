@@ -355,3 +355,65 @@ def test_a_lock_held_by_a_stopped_process_says_it_is_stopped(tmp_path):
             holder.wait(timeout=300)
     with atomic.exclusive_output(output, "dodo simulate"):  # free again once its holder has ended
         pass
+
+
+# --- A live writer's temporary seen from another pid namespace ---------------------------------------------
+
+UNSHARE = shutil.which("unshare")
+
+
+@pytest.mark.skipif(UNSHARE is None or not hasattr(os, "geteuid") or os.geteuid() != 0,
+                    reason="needs root and unshare (a process in a pid namespace of its own)")
+def test_a_live_writers_temporary_is_not_removed_from_another_pid_namespace(tmp_path):
+    """A writer of OUT runs here; a process in another pid namespace on the same host name (a container
+    with the host's name, `docker --network host`) writes OUT too: the writer's pid is no process there,
+    so its live temporary was removed as a killed writer's, and the write ended with "[Errno 2] No such
+    file or directory: OUT". Now the writer holds a flock on its temporary, which any namespace sees."""
+    output = tmp_path / "out.bin"
+    write = ("import sys\nfrom dodo._atomic import atomic_path\n"
+             f"with atomic_path({str(output)!r}) as tmp:\n    tmp.write_bytes(b'x' * 10)\n"
+             "    print('writing', flush=True)\n    sys.stdin.readline()\nprint('written', flush=True)\n")
+    remove = ("from dodo._atomic import remove_stale_temporaries\n"
+              f"print(len(remove_stale_temporaries({str(output)!r})))\n")
+    with subprocess.Popen([sys.executable, "-c", write], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as writer:
+        try:
+            assert writer.stdout.readline() == "writing\n", writer.stderr.read()
+            other = subprocess.run([UNSHARE, "--pid", "--fork", "--mount-proc", sys.executable, "-c", remove],
+                                   capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+            if other.returncode != 0 and "unshare:" in other.stderr:
+                pytest.skip(f"unshare cannot make a pid namespace here: {other.stderr.strip()}")
+            assert other.returncode == 0 and other.stdout.strip() == "0", (other.stdout, other.stderr)  # was 1
+        finally:
+            writer.stdin.write("\n")
+            writer.stdin.close()
+            writer.wait(timeout=300)
+        assert writer.returncode == 0 and writer.stdout.read() == "written\n", writer.stderr.read()
+    assert output.read_bytes() == b"x" * 10
+
+
+def test_a_temporary_whose_flock_is_held_is_not_stale(tmp_path):
+    """The same without namespaces: a temporary named by a pid that no process here has, whose writer (this
+    test, standing in for one in another namespace) holds its flock."""
+    import fcntl
+
+    output = tmp_path / "out.h5"
+    left = _temporary_named_for(output, _a_dead_pid())
+    with open(left, "rb") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_SH)
+        assert atomic.stale_temporaries(output) == []  # was: [left]
+    assert atomic.stale_temporaries(output) == [left]  # guard: let go, it is a dead writer's
+
+
+def test_a_temporary_removed_during_the_write_is_named(tmp_path):
+    """`rm .*.tmp` (a cleaner of old files) during a write: "[Errno 2] No such file or directory: 'OUT'"
+    named the output, which had not been touched."""
+    output = tmp_path / "out.json"
+    output.write_text("{}")
+    with pytest.raises(atomic.OutputPathError) as refused:
+        with atomic.atomic_path(output) as tmp:
+            tmp.write_text('{"a": 1}')
+            tmp.unlink()
+    text = str(refused.value)
+    assert "its temporary" in text and "was removed by another process" in text, text
+    assert output.read_text() == "{}"
