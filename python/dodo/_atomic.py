@@ -502,6 +502,8 @@ def _being_written(temporary: Path) -> Optional[bool]:
     try:
         import fcntl
 
+        if not stat.S_ISREG(os.lstat(temporary).st_mode):  # no open of a device or FIFO planted under its name
+            return None
         descriptor = os.open(temporary, os.O_RDONLY | _NO_FOLLOW_NO_BLOCK)
     except (ImportError, OSError):
         return None
