@@ -417,3 +417,32 @@ def test_a_temporary_removed_during_the_write_is_named(tmp_path):
     text = str(refused.value)
     assert "its temporary" in text and "was removed by another process" in text, text
     assert output.read_text() == "{}"
+
+
+def _an_access_control_list(reader_uid: int) -> bytes:
+    """system.posix_acl_access of `setfacl -m u:READER:r` on a mode-640 file (version 2; tag, perm, id)."""
+    import struct
+
+    undefined = 0xFFFFFFFF
+    entries = [(0x01, 6, undefined), (0x02, 4, reader_uid), (0x04, 4, undefined), (0x10, 4, undefined),
+               (0x20, 0, undefined)]  # USER_OBJ, USER, GROUP_OBJ, MASK, OTHER
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *entry) for entry in entries)
+
+
+def test_a_replaced_output_keeps_its_access_control_list(tmp_path, capsys):
+    """`setfacl -m u:bob:r out.h5` (a result shared with one colleague), then `dodo synth out.h5 --overwrite`:
+    the new file had no ACL (nor the old file's user.* attributes), and the colleague could no longer read it."""
+    output = tmp_path / "out.h5"
+    assert run(capsys, ["synth", str(output), "-n", "20", "-q"])[0] == 0
+    output.chmod(0o640)
+    acl = _an_access_control_list(65534)
+    try:
+        os.setxattr(output, "system.posix_acl_access", acl)
+        os.setxattr(output, "user.note", b"shared with bob")
+    except (AttributeError, OSError) as error:
+        pytest.skip(f"no ACLs or user attributes here: {error}")
+    code, _, err = run(capsys, ["synth", str(output), "-n", "20", "-q", "--overwrite", "--seed", "5"])
+    assert code == 0, err
+    assert set(os.listxattr(output)) >= {"system.posix_acl_access", "user.note"}, os.listxattr(output)  # was []
+    assert os.getxattr(output, "system.posix_acl_access") == acl and os.getxattr(output, "user.note") == b"shared with bob"
+    assert output.stat().st_mode & 0o777 == 0o640
