@@ -1338,8 +1338,10 @@ def _writer_gone(pid: int, temporary: Path) -> bool:
 
 
 #: Seconds by which a process must have started after a temporary's last write to be another process
-#: than its writer: the boot time that /proc/stat gives is whole seconds, and the clock may have been set.
-_START_TIME_MARGIN_S = 5.0
+#: than its writer: the boot time that /proc/stat gives is whole seconds, the clock may have been set, and
+#: a network file system's times are its server's clock (a live writer's temporary there, where flocks are
+#: not to be had, may look older than its writer by the clocks' difference).
+_START_TIME_MARGIN_S = 600.0
 
 
 def _process_start_time(pid: int) -> Optional[float]:
