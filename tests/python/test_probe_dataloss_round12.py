@@ -446,3 +446,31 @@ def test_a_replaced_output_keeps_its_access_control_list(tmp_path, capsys):
     assert set(os.listxattr(output)) >= {"system.posix_acl_access", "user.note"}, os.listxattr(output)  # was []
     assert os.getxattr(output, "system.posix_acl_access") == acl and os.getxattr(output, "user.note") == b"shared with bob"
     assert output.stat().st_mode & 0o777 == 0o640
+
+
+# --- An input replaced while dodo preprocess reads it -------------------------------------------------------
+
+def test_preprocess_of_an_input_replaced_while_it_reads_is_refused(tmp_path, capsys, monkeypatch):
+    """An input is opened (rows counted), hashed, then read again for its rows: replaced in between (a
+    `dodo simulate` still running into it rewrites it after every batch; `dodo synth --overwrite`), the
+    preprocessed file recorded one file's sha256 and row count and held the other's rows. Stood in for by
+    replacing the input just after it is hashed."""
+    import dodo.training.preprocess as preprocess
+
+    data, other = tmp_path / "in.h5", tmp_path / "other.h5"
+    assert run(capsys, ["synth", str(data), "-n", "60", "-q", "--seed", "1"])[0] == 0
+    assert run(capsys, ["synth", str(other), "-n", "60", "-q", "--seed", "2"])[0] == 0
+    real = preprocess.sha256_file
+
+    def hashed_then_replaced(path, *args, **kwargs):
+        digest = real(path, *args, **kwargs)
+        if Path(path) == data and other.exists():
+            os.replace(other, data)  # as an atomic writer of the input does
+        return digest
+
+    monkeypatch.setattr(preprocess, "sha256_file", hashed_then_replaced)
+    (tmp_path / "pre.yaml").write_text(f"inputs: [{data}]\noutput: {tmp_path / 'pre.h5'}\n")
+    code, _, err = run(capsys, ["preprocess", "--config", str(tmp_path / "pre.yaml"), "-q"])
+    assert code == 2 and len(err.strip().splitlines()) == 1, err  # was 0: sha256 of one file, rows of the other
+    assert "was replaced or changed while" in err and str(data) in err, err
+    assert not (tmp_path / "pre.h5").exists()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._atomic import atomic_hdf5, check_outputs, sha256_file
+from .._atomic import _identity, atomic_hdf5, check_outputs, sha256_file
 from .._output_guard import is_synthetic_mark
 from .._shown import counted
 from .config import PreprocessConfig
@@ -137,8 +137,10 @@ def preprocess(config: PreprocessConfig, progress: bool = True, log=print) -> di
     sources, kinds = [], set()
     total_rows = 0
     read, seen, campaigns = [], {}, {}
+    found = {}  # path: the file it named when first opened (_identity), checked again once its rows are read
     for path in files:
         handle, nsims = open_emu_file(path)  # first: it refuses a FIFO, which sha256_file would wait on
+        found[path] = _identity(Path(path))
         with handle:
             kind = source_kind(handle.attrs)
             campaign = simulated_campaign(handle.attrs)
@@ -199,6 +201,7 @@ def preprocess(config: PreprocessConfig, progress: bool = True, log=print) -> di
     try:
         with atomic_hdf5(output) as (out, check):
             written = _write_output(out, check, files, sources, config, settings, data_kind, counts, bar)
+            _refuse_inputs_changed_meanwhile(files, found, output)
             if written == 0:  # before the commit: a good earlier output is never replaced by an empty one
                 raise DataFileError(f"no rows survived the filters, {output} not written: {counts.as_dict()}")
     except OSError as exc:  # HDF5 write errors (a full disk) span many lines
@@ -213,6 +216,18 @@ def preprocess(config: PreprocessConfig, progress: bool = True, log=print) -> di
     log(f"preprocess: {counted(written, 'row')} -> {output} ({elapsed:.2f} s, {summary['cells_per_second']:.3g} cells/s)")
     log("filters: " + ", ".join(f"{k}={v}" for k, v in counts.as_dict().items()))
     return summary
+
+
+def _refuse_inputs_changed_meanwhile(files, found: dict, output) -> None:
+    """Refuse (before the output is renamed into place) an input that another process replaced or changed
+    since it was first opened: its row count and sha256 were taken from one file and its rows read from
+    the other (a `dodo simulate` still running into it rewrites it after every batch; `dodo synth
+    --overwrite`), and the preprocessed file said so of neither (outside probe, data-loss round twelve)."""
+    for path in files:
+        if _identity(Path(path)) != found.get(path):
+            raise DataFileError(f"{path} was replaced or changed while dodo preprocess read it (another process wrote "
+                                f"it; a dodo simulate still running into it?): {output} not written; run again once "
+                                "its writer has finished")
 
 
 def _write_output(out, check, files, sources, config: PreprocessConfig, settings: dict, data_kind: str,
