@@ -211,6 +211,14 @@ def check_output_target(path: str | Path, appended: bool = False) -> None:
         # open(path, "w") refuses: refuse it too (root may write any file, as with open).
         raise OutputPathError(f"cannot write {path}: it exists and is read-only (no write permission); make it "
                               "writable or choose another output")
+    if mode is not None and not appended and _is_mount_point(path):
+        # A file bind-mounted onto the output (`docker run -v $PWD/score.json:/work/score.json`, a batch
+        # system's staged file): the rename over it fails with EBUSY, and `dodo score --json` did all its
+        # work, then said "[Errno 16] Device or resource busy: 'score.json'" (outside probe, data-loss
+        # round twelve).
+        raise OutputPathError(f"cannot write {path}: it is a mount point (a file mounted there, e.g. by docker run "
+                              "-v FILE:PATH); dodo writes a new file and renames it over the old one, which a mount "
+                              "point refuses: mount its directory instead, or choose another output")
     sticky = _sticky_directory_refusing_replacement(path) if mode is not None else None
     if sticky is not None and appended:
         # Appended in place, as dodo train's train.log: the sticky bit does not stop that. It was refused
@@ -321,6 +329,27 @@ def _creation_refusal(error: OSError, directory: Path) -> str:
         return (f"its file system refuses new files ({text}, from a directory that exists: a pseudo file system "
                 "such as /proc?); choose another output")
     return text
+
+
+def _is_mount_point(path) -> bool:
+    """Whether the existing file ``path`` (a symlink's target) is a mount point: in /proc/self/mountinfo
+    (Linux; mount points there are written with octal escapes for space, tab, newline and backslash).
+    Not judged by the file's device against its directory's: on overlayfs (a container's root) files
+    and directories report different devices. False where it cannot be told."""
+    final = os.path.realpath(path)
+    try:
+        with open("/proc/self/mountinfo", "rb") as table:
+            lines = table.read().splitlines()
+    except OSError:
+        return False
+    wanted = os.fsencode(final)
+    for line in lines:
+        fields = line.split(b" ")
+        if len(fields) > 4:
+            point = re.sub(rb"\\([0-7]{3})", lambda match: bytes([int(match.group(1), 8)]), fields[4])
+            if point == wanted:
+                return True
+    return False
 
 
 def _sticky_directory_refusing_replacement(path) -> Optional[Path]:

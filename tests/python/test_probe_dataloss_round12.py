@@ -474,3 +474,33 @@ def test_preprocess_of_an_input_replaced_while_it_reads_is_refused(tmp_path, cap
     assert code == 2 and len(err.strip().splitlines()) == 1, err  # was 0: sha256 of one file, rows of the other
     assert "was replaced or changed while" in err and str(data) in err, err
     assert not (tmp_path / "pre.h5").exists()
+
+
+# --- An output that is a mount point -----------------------------------------------------------------------
+
+MOUNT = shutil.which("mount")
+
+
+@pytest.mark.skipif(MOUNT is None or not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root and mount")
+def test_an_output_that_is_a_mount_point_is_refused_before_any_work(tmp_path, capsys):
+    """A file bind-mounted onto the output (`docker run -v $PWD/score.json:/work/score.json`): the rename over
+    it fails with EBUSY. `dodo score --json` did all its work, then said "[Errno 16] Device or resource busy:
+    'score.json'"."""
+    data = tmp_path / "data.h5"
+    assert run(capsys, ["synth", str(data), "-n", "50", "-q"])[0] == 0
+    source, output = tmp_path / "host.json", tmp_path / "score.json"
+    source.write_text("{}")
+    output.write_text("{}")
+    mounted = subprocess.run([MOUNT, "--bind", str(source), str(output)], capture_output=True, text=True, timeout=60)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {mounted.stderr.strip()}")
+    try:
+        code, out, err = run(capsys, ["score", "box3d", str(data), "--json", str(output), "--overwrite"])
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "is a mount point" in err and "Errno 16" not in err, err
+        assert "box3d_proxy" not in out, out  # refused before any work
+        assert output.read_text() == "{}"
+    finally:
+        subprocess.run(["umount", str(output)], capture_output=True, timeout=60)
+    code, _, err = run(capsys, ["score", "box3d", str(data), "--json", str(output), "--overwrite"])
+    assert code == 0, err  # guard: unmounted, an ordinary file
