@@ -504,3 +504,39 @@ def test_an_output_that_is_a_mount_point_is_refused_before_any_work(tmp_path, ca
         subprocess.run(["umount", str(output)], capture_output=True, timeout=60)
     code, _, err = run(capsys, ["score", "box3d", str(data), "--json", str(output), "--overwrite"])
     assert code == 0, err  # guard: unmounted, an ordinary file
+
+
+# --- A run's training file rewritten while dodo evaluate or inspect reads it -------------------------------
+
+@pytest.mark.parametrize("command", ["evaluate", "inspect"])
+def test_evaluate_of_a_training_file_replaced_after_its_split_was_chosen_is_refused(tmp_path, capsys, monkeypatch,
+                                                                                     command):
+    """The split (the checkpoint's test rows, for its own training file) is chosen by the file's SHA-256, then
+    the rows are read: a `dodo preprocess` that rewrote the file in between (as many rows, other states) had
+    the new file's rows at the test positions reported as the run's test split, exit 0. Stood in for by
+    replacing the file just after the split's row positions are drawn."""
+    from cli_helpers import synthetic_preprocessed, tiny_train_config
+
+    import dodo.training.evaluate as evaluate
+    import dodo.training.inspect as inspect_module
+
+    table = synthetic_preprocessed(tmp_path, 120)
+    other_root = tmp_path / "other"
+    other_root.mkdir()
+    assert run(capsys, ["synth", str(other_root / "syn.h5"), "-n", "120", "-q", "--seed", "8"])[0] == 0
+    (other_root / "pre.yaml").write_text(f"inputs: [{other_root / 'syn.h5'}]\noutput: {other_root / 'pre.h5'}\n")
+    assert run(capsys, ["preprocess", "--config", str(other_root / "pre.yaml"), "-q"])[0] == 0
+    code, _, err = run(capsys, ["train", "--config", str(tiny_train_config(tmp_path, table))])
+    assert code == 0, err
+    real = evaluate.split_indices_for
+
+    def drawn_then_replaced(*args, **kwargs):
+        indices = real(*args, **kwargs)
+        if (other_root / "pre.h5").exists():
+            os.replace(other_root / "pre.h5", table)  # as dodo preprocess's atomic write does
+        return indices
+
+    monkeypatch.setattr(evaluate if command == "evaluate" else inspect_module, "split_indices_for", drawn_then_replaced)
+    code, out, err = run(capsys, [command, str(tmp_path / "ck" / "best.pt")])
+    assert code == 2 and len(err.strip().splitlines()) == 1, (out, err)  # was 0: another file's rows as its split
+    assert "was replaced or changed while dodo " + command in err, err

@@ -50,6 +50,30 @@ def _sha256_of(path: str, *identity) -> str:
     return sha256_file(path)
 
 
+def data_identity(path):
+    """(device, inode, size, modification and change times) of the data file, taken before its split is
+    chosen (by its SHA-256) and compared once its rows are read (:func:`refuse_data_changed_since`)."""
+    import os
+
+    status = os.stat(path)
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns
+
+
+def refuse_data_changed_since(data_path, identity, command: str) -> None:
+    """Refuse a report whose data file was replaced or changed between the choice of its split and the
+    reading of its rows: `dodo evaluate` (or inspect) of a run's training file that a `dodo preprocess`
+    rewrote meanwhile reported the rows at the checkpoint's test positions of the new file, possibly
+    states the model trained on, as its test split (outside probe, data-loss round twelve)."""
+    try:
+        now = data_identity(data_path)
+    except OSError:
+        now = None
+    if now != identity:
+        raise ValueError(f"{data_path} was replaced or changed while dodo {command} read it (another command, e.g. dodo "
+                         "preprocess, rewrote it): its split was chosen on the earlier file, so nothing is reported; "
+                         "run again once that writer has finished")
+
+
 def resolve_split(checkpoint: dict, data_path: Path, split: str | None, default: str) -> str:
     """The split to read of ``data_path``: ``split``, or when None ``default`` on the checkpoint's
     training file (same SHA-256) and 'all' on any other file. The checkpoint's train/val/test
@@ -83,6 +107,7 @@ def evaluate_checkpoint(checkpoint_path: str | Path, data_path: str | Path | Non
     file). ``split`` None: 'test' of the training file, 'all' of another file (:func:`resolve_split`)."""
     checkpoint = load_checkpoint(checkpoint_path)
     data_path = checkpoint_data(checkpoint, checkpoint_path, data_path, "evaluate")
+    identity = data_identity(data_path)
     split = resolve_split(checkpoint, data_path, split, "test")
     indices = split_indices_for(checkpoint, data_path, split)
     if len(indices) == 0:
@@ -90,6 +115,7 @@ def evaluate_checkpoint(checkpoint_path: str | Path, data_path: str | Path | Non
     closure = closure_from_checkpoint(checkpoint, checkpoint_path)
     refuse_weights_that_are_not_finite(closure, checkpoint_path, "evaluate")  # not NaN metrics (round 35)
     dataset = CellDataset(data_path, indices, checkpoint.get("target_scale"), in_memory=True, dtype=torch.float64)
+    refuse_data_changed_since(data_path, identity, "evaluate")  # its rows are in memory now
     prediction = predict(closure, dataset, torch.device("cpu"), batch_size,
                          box3d=(checkpoint.get("data") or {}).get("box3d"))
     table = metrics_for(prediction)

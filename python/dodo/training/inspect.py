@@ -11,7 +11,7 @@ from dodo._shown import counted
 
 from .config import LossConfig, from_dict
 from .dataset import CellDataset
-from .evaluate import checkpoint_data, resolve_split, split_indices_for
+from .evaluate import checkpoint_data, data_identity, refuse_data_changed_since, resolve_split, split_indices_for
 from .losses import loss_terms
 from .train import closure_from_checkpoint, load_checkpoint, refuse_weights_that_are_not_finite
 
@@ -34,6 +34,7 @@ def inspect_checkpoint(checkpoint_path: str | Path, data_path=None, split: str |
             raise ValueError(f"{name} is a cell position in the split, counted from 0; got {value}")
     checkpoint = load_checkpoint(checkpoint_path)
     data_path = checkpoint_data(checkpoint, checkpoint_path, data_path, "inspect")
+    identity = data_identity(data_path)
     split = resolve_split(checkpoint, data_path, split, "val")  # None: 'val' of the training file, else 'all'
     split_indices = split_indices_for(checkpoint, data_path, split)
     indices = split_indices[start:stop]
@@ -45,6 +46,7 @@ def inspect_checkpoint(checkpoint_path: str | Path, data_path=None, split: str |
     refuse_weights_that_are_not_finite(closure, checkpoint_path, "inspect")  # not NaN metrics (round 35)
     dataset = CellDataset(data_path, indices, checkpoint.get("target_scale"))
     invariants, F_init, F_box, dF_true, weight = dataset.__getitems__(range(len(dataset)))
+    refuse_data_changed_since(data_path, identity, "inspect")
     loss_config = from_dict(LossConfig, checkpoint["config"]["loss"], "checkpoint loss")
     with torch.no_grad():
         dF, dF_unlimited, theta = closure(invariants, F_init, F_box, return_unlimited=True)
