@@ -48,7 +48,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="random states: largest flux factor (default: the family's, 0.8 without --family)")
     parser.add_argument("--batch-size", type=int, default=8, help="simulations integrated together (default 8)")
     parser.add_argument("--ncell", type=int, default=64, help="cells along the box axis (default 64)")
-    parser.add_argument("--nphi", type=int, default=16, help="directions: Emu uniform_sphere(nphi) (16 -> 92)")
+    parser.add_argument("--nphi", type=int, default=16,
+                        help="angular resolution: the directions of Emu's uniform_sphere(nphi), 92 for 16, 54 for "
+                             "12, 24 for 8 (default 16)")
     parser.add_argument("--axis", default="fastest", choices=("fastest", "emu", "x", "y", "z"),
                         help="box axis: fastest-growing wavevector (default), the fastest of the 38 axes Emu's "
                              "validation runs were searched on (emu), or a fixed axis; an input file's "
@@ -228,6 +230,11 @@ def run_simulate(args) -> int:
             four_flux = loaded["four_flux"]
             if len(four_flux) == 0:  # was "states must have shape [n >= 1, 6, 4]; got (0, 6, 4)", naming no file
                 raise ValueError(f"{args.input} holds no states: nothing to simulate")
+            if args.ignore_rotation and args.input.lower().endswith((".yaml", ".yml")):
+                # Accepted without a word, while --random --ignore-rotation is refused (outside probe, new
+                # user's journey round two): a YAML input holds states only, never a rotation_R to leave out.
+                raise ValueError(f"--ignore-rotation leaves out an HDF5 input's rotation_R; {args.input} is a YAML "
+                                 "input, which holds states only, so it would be ignored: leave it out")
             if not args.ignore_rotation and loaded["rotation"] is not None:
                 rotation = loaded["rotation"]
                 check_rotations(rotation, len(four_flux), f"{args.input}: rotation_R (or --ignore-rotation)")
@@ -252,18 +259,26 @@ def run_simulate(args) -> int:
                                      f"state {bad[0]} has {float(end_time[bad[0]]):g} s{more}")
             source = {"input": args.input}
         else:
+            from .states import FAMILY_MAX_FLUX_FACTOR
+
             rng = np.random.default_rng(args.seed)
             if args.family is not None:
                 if args.three_flavour:
                     raise ValueError("--three-flavour and --family exclude each other (use --family three_flavour)")
                 drawn = args.random * (args.oversample or 1)
                 four_flux = family_states(args.family, drawn, rng, max_flux_factor=args.max_flux_factor)
+                limit = FAMILY_MAX_FLUX_FACTOR[args.family] if args.max_flux_factor is None else args.max_flux_factor
             else:
                 limit = 0.8 if args.max_flux_factor is None else args.max_flux_factor
                 four_flux = random_crossing_states(args.random, rng, max_flux_factor=limit,
                                                    heavy_equal=not args.three_flavour)
-            source = {"random": args.random, "random_seed": args.seed, "max_flux_factor": args.max_flux_factor,
-                      "family": args.family or ("three_flavour" if args.three_flavour else "emu")}
+            # The flux-factor limit the states were drawn with, and a family only where one was drawn: without
+            # --family the file said "family": "emu" and "max_flux_factor": null, although its states were
+            # drawn to 0.8, not the emu family's 0.9 (and --three-flavour's "three_flavour", the family's name;
+            # outside probe, new user's journey round two). The campaign's first files say so: no family, 0.8.
+            source = {"random": args.random, "random_seed": args.seed, "max_flux_factor": float(limit)}
+            if args.family is not None:
+                source["family"] = args.family
             if args.select_by is not None:
                 model, digest, package = model_identity(args.select_by)
                 four_flux = four_flux[most_uncertain(model_uncertainty(four_flux, args.select_by, package), args.random)]

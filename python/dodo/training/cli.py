@@ -434,7 +434,12 @@ OVERWRITE_HELP = ("replace the output when it exists and is not a {own} of an ea
 
 def register(subparsers) -> None:
     """Add preprocess, synth, train, evaluate, inspect, plot, study and export."""
-    p = subparsers.add_parser("preprocess", help="Emu databases -> preprocessed training file (HDF5)")
+    # The description lines of preprocess, train, train-ensemble and learning-curve: their --help had
+    # none (outside probe, docs truth round four), as the help of several options and their defaults.
+    p = subparsers.add_parser("preprocess", help="Emu databases -> preprocessed training file (HDF5)",
+                              description="Read the Emu-layout databases the config's inputs name, run Box3D on "
+                                          "their initial states, filter the rows and write the preprocessed "
+                                          "training file (atomically; docs/data.md, docs/training.md).")
     p.add_argument("--config", required=True, type=input_path, help="YAML, e.g. training/configs/pre_process.yaml")
     p.add_argument("-o", "--output", type=file_output_path, help="override the output path of the config")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
@@ -445,18 +450,27 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("synth", help="synthetic Emu-format database with a known correction to Box3D")
     add_output_argument(p, "output HDF5 file (written atomically)")
     p.set_defaults(parser=p)
-    p.add_argument("-n", type=int, default=10000, help="number of simulations (rows)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--asymmetric-heavy", action="store_true", help="draw nu_mu, nu_tau, ... independently")
-    p.add_argument("--max-flux-factor", type=float, default=0.6)
-    p.add_argument("--lebedev-order", type=int, default=17)
-    p.add_argument("--z-method", choices=("exact", "jedynak"), default="exact")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("-n", type=int, default=10000, help="number of simulations (rows) (default 10000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the states (default 0)")
+    p.add_argument("--asymmetric-heavy", action="store_true",
+                   help="draw the four heavy-lepton densities independently (default: one density for all four)")
+    p.add_argument("--max-flux-factor", type=float, default=0.6,
+                   help="largest flux factor |F|/n drawn for each species, in [0, 1) (default 0.6)")
+    p.add_argument("--lebedev-order", type=int, default=17,
+                   help="Lebedev order of the Box3D that makes the final states (default 17)")
+    p.add_argument("--z-method", choices=("exact", "jedynak"), default="exact",
+                   help="Box3D's inverse Langevin function: exact (to machine precision) or jedynak (Jedynak's "
+                        "rational approximation) (default exact)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="Box3D worker threads (default: the cores this process may run on)")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP.format(own="synthetic database"))
     add_quiet_argument(p, "no progress bar")
     p.set_defaults(func=_synth)
 
-    p = subparsers.add_parser("train", help="train the residual model")
+    p = subparsers.add_parser("train", help="train the residual model",
+                              description="Train the residual model on a preprocessed file (the config's "
+                                          "data.path), writing checkpoints to output.checkpoint_dir and the run's "
+                                          "metrics to output.results_dir (docs/training.md).")
     p.add_argument("--config", required=True, type=input_path, help="YAML, e.g. training/configs/model.yaml")
     p.add_argument("--resume", metavar="CHECKPOINT", type=input_path, help="continue exactly from a checkpoint (e.g. checkpoints/last.pt)")
     p.add_argument("--overwrite", action="store_true",
@@ -478,13 +492,13 @@ def register(subparsers) -> None:
     p.set_defaults(func=_evaluate)
 
     p = subparsers.add_parser("inspect", help="loss-term breakdown and flux-factor statistics on a slice")
-    p.add_argument("checkpoint", type=input_path)
-    p.add_argument("--data", type=input_path)
+    p.add_argument("checkpoint", type=input_path, help="a checkpoint of dodo train (e.g. checkpoints/best.pt)")
+    p.add_argument("--data", type=input_path, help="preprocessed file (default: the checkpoint's training file)")
     p.add_argument("--split", default=None, choices=("train", "val", "test", "all"),
                    help="rows of the data (default: val of the checkpoint's training file, all of another file; "
                         "train/val/test describe the training file only)")
-    p.add_argument("--start", type=int, default=0)
-    p.add_argument("--stop", type=int, default=1000)
+    p.add_argument("--start", type=int, default=0, help="first cell of the split inspected, from 0 (default 0)")
+    p.add_argument("--stop", type=int, default=1000, help="cell after the last one inspected (default 1000)")
     add_json_argument(p, "the report")
     p.add_argument("--overwrite", action="store_true", help=report_overwrite_help("the --json file", "an earlier report of this command"))
     p.set_defaults(func=_inspect)
@@ -511,10 +525,13 @@ def register(subparsers) -> None:
     p.set_defaults(func=_study)
 
     p = subparsers.add_parser("export", help="checkpoint -> ONNX model package (docs/model_package.md)")
-    p.add_argument("checkpoint", type=input_path)
-    p.add_argument("-o", "--output", required=True, type=file_output_path)
+    p.add_argument("checkpoint", type=input_path, help="a checkpoint of dodo train or dodo train-ensemble")
+    p.add_argument("-o", "--output", required=True, type=file_output_path,
+                   help="the model package to write (.onnx; written atomically)")
     p.add_argument("--no-check", action="store_true", help="skip the torch vs onnxruntime round trip")
-    p.add_argument("--test-vectors", type=int, default=6, help="number of embedded test vectors drawn (an ensemble adds its probe cells of the gate and Box3D settings: docs/model_package.md)")
+    p.add_argument("--test-vectors", type=int, default=6,
+                   help="number of embedded test vectors drawn (default 6; an ensemble adds its probe cells of the "
+                        "gate and Box3D settings: docs/model_package.md)")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP.format(own="model package"))
     p.add_argument("--fused", action="store_true",
                    help="ensemble checkpoints: write the members as one stacked graph (same outputs, a quarter "

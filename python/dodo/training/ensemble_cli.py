@@ -142,16 +142,24 @@ def register(subparsers) -> None:
     # input_path: an empty path (an unset shell variable) is a usage error, as in dodo train and preprocess
     # (round 23): --config '' said ". is a directory", and --emu '' scored on no Emu file without a word
     # (outside probe, round 38).
-    p = subparsers.add_parser("train-ensemble", help="train the density-residual ensemble (the default model's recipe)")
+    p = subparsers.add_parser("train-ensemble", help="train the density-residual ensemble (the default model's recipe)",
+                              description="Train the density-residual ensemble (members, growth members, label-noise "
+                                          "member, student) on a preprocessed file and write one checkpoint "
+                                          "(output.checkpoint) for dodo export; docs/training.md.")
     p.add_argument("--config", required=True, type=input_path, help="YAML, e.g. training/configs/ensemble_default.yaml")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace output.checkpoint when it exists (an earlier run's: refused without it)")
     p.set_defaults(func=_train_ensemble)
 
-    p = subparsers.add_parser("learning-curve", help="k-fold CV error against training-set size (and on an Emu file)")
+    p = subparsers.add_parser("learning-curve", help="k-fold CV error against training-set size (and on an Emu file)",
+                              description="Cross-validate the ensemble recipe of the config on subsets of its "
+                                          "training pool of each --sizes size and report the error against the "
+                                          "size (docs/training.md).")
     p.add_argument("--config", required=True, type=input_path, help="YAML, e.g. training/configs/ensemble_default.yaml")
-    p.add_argument("--sizes", default="500,1000,all", help="training-set sizes, comma separated ('all' = the whole pool)")
+    p.add_argument("--sizes", default="500,1000,all",
+                   help="training-set sizes, comma separated: integers >= 10 and 'all' (the whole pool) "
+                        "(default 500,1000,all)")
     p.add_argument("--folds", type=int, default=5, help="k of the k-fold cross-validation (default 5)")
     p.add_argument("--members", type=int, default=None, help="ensemble members per fit (default: the config's)")
     p.add_argument("--emu", default=None, type=input_path,

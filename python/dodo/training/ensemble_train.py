@@ -240,6 +240,10 @@ class EnsembleConfig:
             raise ConfigError("growth.relabelled: true needs growth.data (the files holding the new labels)")
         if self.growth_data and not self.growth_members:
             raise ConfigError("growth.data needs growth.members >= 1 (the members trained on it)")
+        if self.noise_oof is None:
+            # `--set noise.oof=` (empty: YAML's null) was refused as "must be a path (or empty ...); got
+            # None" (outside probe, new user's journey round two): empty and null both mean none.
+            self.noise_oof = ""
         if not isinstance(self.noise_oof, str):
             raise ConfigError(f"noise.oof must be a path (or empty: no label-noise member); got {self.noise_oof!r}")
         for name in ("noise_width", "noise_depth", "noise_batch_size", "noise_epochs"):
@@ -395,8 +399,13 @@ def growth_calibration(sources) -> float:
         ratios.append(measured[good] / linear[good])
     ratios = np.concatenate(ratios) if ratios else np.zeros(0)
     if len(ratios) < 20:
-        raise ValueError(f"growth calibration: only {len(ratios)} training states carry both a measured and a "
-                         "linear growth rate (need >= 20)")
+        # The message named no setting nor the way on (outside probe, new user's journey round two): the
+        # calibration is growth.data's, and a database without the campaign's labels trains its growth
+        # members on its own measured rates (docs/training.md, "Your own database with the default model's
+        # recipe").
+        raise ValueError(f"growth.data's calibration: only {len(ratios)} training states carry both a measured and a "
+                         "linear growth rate (need >= 20): give more such states, or let the growth members learn the "
+                         "measured rates instead: --set 'growth.data=[]' --set growth.measured=true")
     return float(np.median(ratios))
 
 
@@ -912,7 +921,9 @@ def train_command(config: EnsembleConfig, log=print) -> dict:
     held = holdout_mask(table["sources"], config.holdout)
     train_rows, held_rows = np.flatnonzero(~held), np.flatnonzero(held)
     check_training_rows(train_rows)
-    log(f"{len(train_rows)} training states, {len(held_rows)} held out ({', '.join(config.holdout)})")
+    # `data.holdout: []` printed "0 held out ()" (outside probe, new user's journey round two).
+    held_out = f"{len(held_rows)} held out ({', '.join(config.holdout)})" if config.holdout else "none held out"
+    log(f"{len(train_rows)} training states, {held_out}")
     growth_table = load_growth_table(config, table, train_rows, log=log)
     ensemble = train_on(table, train_rows, config, log=log, growth_table=growth_table)
     report = {"n_train": int(len(train_rows)), "n_heldout": int(len(held_rows))}

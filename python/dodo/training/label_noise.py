@@ -70,7 +70,16 @@ def read_out_of_fold(path: str, given_as: str = "noise.oof") -> dict:
     they never set (outside probe, round 26, left; fixed in round 27)."""
     from .._atomic import check_input_file
 
-    check_input_file(path, "a gate study's out-of-fold file (tools/gate_study.py --save)")  # a FIFO would block
+    from .._atomic import InputPathError
+
+    try:
+        check_input_file(path, "a gate study's out-of-fold file (tools/gate_study.py --save)")  # a FIFO would block
+    except InputPathError as error:
+        # "cannot read training/out_of_fold/gate_oof_36101.npz: no such file" did not say the path came from
+        # the config's noise.oof (outside probe, new user's journey round two).
+        way = (": give a gate study's out-of-fold file (tools/gate_study.py --save), or no label-noise member: "
+               "--set noise.oof= --set noise.weight=0") if given_as == "noise.oof" else ""
+        raise InputPathError(f"{given_as}: {error}{way}") from None
     wrong = f"{given_as}: {path} is not a gate study's out-of-fold file (tools/gate_study.py --save)"
     try:
         with np.load(path, allow_pickle=False) as saved:

@@ -240,7 +240,10 @@ def _write_output(out, check, files, sources, config: PreprocessConfig, settings
 
     written = 0
     datasets = {}
-    chunk_rows = max(1, min(config.chunk_size, 16384))
+    # No chunk larger than the rows there are to write: a 7- or 32-row file took chunks of 16,384 rows,
+    # 17 MB on disk (outside probe, new user's journey round two); large files keep 16,384.
+    total_rows = sum(int(source["rows"]) for source in sources)
+    chunk_rows = max(1, min(config.chunk_size, 16384, total_rows))
     for name, tail in FLOAT_DATASETS.items():
         datasets[name] = out.create_dataset(name, (0,) + tail, maxshape=(None,) + tail, dtype="f8",
                                             chunks=(chunk_rows,) + tail)

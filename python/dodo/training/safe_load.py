@@ -79,13 +79,21 @@ def _known_kind(path: str | Path) -> str | None:
     return f"it is {kind}"
 
 
-def load_torch_file(path: str | Path, map_location="cpu"):
+#: What a command that reads checkpoints of both kinds (dodo export) asks for.
+ANY_CHECKPOINT = "a checkpoint of `dodo train` (e.g. checkpoints/best.pt) or `dodo train-ensemble`"
+#: What dodo evaluate, dodo inspect and dodo train --resume ask for: they refuse a train-ensemble one.
+TRAIN_CHECKPOINT = "a checkpoint of `dodo train` (e.g. checkpoints/best.pt)"
+
+
+def load_torch_file(path: str | Path, map_location="cpu", expected: str = ANY_CHECKPOINT):
     """torch.load with weights_only=True and NumPy arrays allowed; UntrustedCheckpointError otherwise,
-    NotATorchFileError for a file that is not in a format torch.save writes (nothing is unpickled)."""
+    NotATorchFileError for a file that is not in a format torch.save writes (nothing is unpickled).
+    ``expected``: what the calling command reads, for the message ("give EXPECTED")."""
     why = _not_a_torch_file(path)
     if why is not None:
-        raise NotATorchFileError(f"{path}: not a checkpoint ({why}; torch.save writes a zip archive): give a "
-                                 "checkpoint of `dodo train` (e.g. checkpoints/best.pt) or `dodo train-ensemble`")
+        # `dodo inspect notes.txt` was told to give a train-ensemble checkpoint, which inspect then refuses
+        # (outside probe, Python round sixty): the calling command says what it reads.
+        raise NotATorchFileError(f"{path}: not a checkpoint ({why}; torch.save writes a zip archive): give {expected}")
     with torch.serialization.safe_globals(_numpy_globals()):
         try:
             return torch.load(path, map_location=map_location, weights_only=True)

@@ -25,7 +25,8 @@ from .distributed import Distribution, RankBatches, loss_weight
 from .losses import LOSS_TERMS, loss_terms, weighted_loss
 from .metrics import format_metric_table, metric_table
 from .model import ResidualClosure, ResidualFFIModel
-from .safe_load import NotATorchFileError, UntrustedCheckpointError, load_torch_file, write_torch_file
+from .safe_load import (ANY_CHECKPOINT, TRAIN_CHECKPOINT, NotATorchFileError, UntrustedCheckpointError, load_torch_file,
+                        write_torch_file)
 
 CHECKPOINT_FORMAT = "dodo-checkpoint-v1"
 
@@ -453,10 +454,10 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """Reads and verifies a checkpoint: CorruptCheckpointError (a ValueError) when the file is
     unreadable or its content does not match the embedded SHA-256 (checkpoints written before
     the digest was introduced have none and are accepted as they are)."""
-    return verified_checkpoint(read_checkpoint_file(path, map_location), path)
+    return verified_checkpoint(read_checkpoint_file(path, map_location, expected=TRAIN_CHECKPOINT), path)
 
 
-def read_checkpoint_file(path: str | Path, map_location="cpu"):
+def read_checkpoint_file(path: str | Path, map_location="cpu", expected: str = ANY_CHECKPOINT):
     """The object a checkpoint file holds (restricted load), of any kind: `dodo export` reads the
     file once and sends it on by its ``kind``. CorruptCheckpointError when it cannot be read."""
     path = Path(path)
@@ -467,7 +468,7 @@ def read_checkpoint_file(path: str | Path, map_location="cpu"):
             check_input_file(path, "a checkpoint file (.pt), e.g. checkpoints/best.pt")
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        checkpoint = load_torch_file(path, map_location=map_location)
+        checkpoint = load_torch_file(path, map_location=map_location, expected=expected)
     except UntrustedCheckpointError:
         raise
     except NotATorchFileError as exc:  # its own words: "not a checkpoint (it is a text file ...)"
