@@ -23,6 +23,7 @@ import pytest
 
 pytest.importorskip("h5py")
 
+from another_user import AS_A_USER, SETPRIV, another_users_lock, dodo_as_a_user, needs_setpriv  # noqa: E402
 from cli_helpers import run  # noqa: E402
 
 ROWS = 2000  # needs about 1.2 MB (synth._check_free_space)
@@ -108,22 +109,6 @@ def test_synth_onto_a_full_target_through_a_link_is_still_refused(tmp_path, caps
 
 # --- Another user's file in a sticky directory --------------------------------------------------------
 
-SETPRIV = shutil.which("setpriv")
-#: Root without the capabilities that let it replace another user's file in a sticky directory (and
-#: write any file): what an ordinary user is there (an ordinary user cannot run this test's set-up).
-AS_A_USER = [SETPRIV, "--inh-caps=-dac_override,-dac_read_search,-fowner",
-             "--bounding-set=-dac_override,-dac_read_search,-fowner"]
-
-
-def _dodo_as_a_user(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """`dodo ARGS` as AS_A_USER, its output captured; skips where setpriv cannot drop the capabilities."""
-    done = subprocess.run([*AS_A_USER, sys.executable, "-m", "dodo", *args], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
-    if "setpriv:" in done.stderr:
-        pytest.skip(f"setpriv cannot drop capabilities here: {done.stderr.strip()}")
-    return done
-
-
 def _another_users_file_in_a_sticky_directory(tmp_path: Path) -> Path:
     """shared/out.h5 (a synth database, mode 666) owned by uid 65534 in shared/ (mode 1777, its uid 65534)."""
     shared = tmp_path / "shared"
@@ -143,7 +128,7 @@ def _another_users_file_in_a_sticky_directory(tmp_path: Path) -> Path:
 def test_another_users_file_in_a_sticky_directory_is_refused_before_any_work(tmp_path):
     output = _another_users_file_in_a_sticky_directory(tmp_path)
     before = output.read_bytes()
-    done = _dodo_as_a_user("synth", str(output), "-n", "50", "-q", "--overwrite", "--seed", "4", timeout=300)
+    done = dodo_as_a_user("synth", str(output), "-n", "50", "-q", "--overwrite", "--seed", "4", timeout=300)
     lines = done.stderr.strip().splitlines()
     # was, after the work: "cannot write .../out.h5: no permission to create files in .../shared (made
     # read-only while this command wrote it?); the file there is untouched"
@@ -179,7 +164,7 @@ def test_a_lock_file_of_another_user_that_cannot_be_removed_ends_no_run_with_a_t
         os.chown(path, 65534, 65534)
     shared.chmod(0o1777)
     lock.chmod(0o666)
-    done = _dodo_as_a_user("simulate", str(shared / "sim.h5"), "--random", "2", "--ncell", "16", "--nphi", "8", "-q")
+    done = dodo_as_a_user("simulate", str(shared / "sim.h5"), "--random", "2", "--ncell", "16", "--nphi", "8", "-q")
     # was: the database written, then "PermissionError: [Errno 1] Operation not permitted: '.../.sim.h5.lock'"
     # as a traceback, exit 1
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
@@ -187,21 +172,6 @@ def test_a_lock_file_of_another_user_that_cannot_be_removed_ends_no_run_with_a_t
 
 
 # --- Another user's lock file, left by their run in a directory both write ------------------------------
-
-def _another_users_lock(directory: Path, name: str, text: str) -> Path:
-    """DIRECTORY/NAME as another user's run leaves it (uid 65534, mode 644: umask 022), DIRECTORY mode 1777."""
-    directory.mkdir(exist_ok=True)
-    lock = directory / name
-    lock.write_text(text)
-    os.chown(lock, 65534, 65534)
-    lock.chmod(0o644)
-    directory.chmod(0o1777)
-    return lock
-
-
-needs_setpriv = pytest.mark.skipif(SETPRIV is None or not hasattr(os, "geteuid") or os.geteuid() != 0,
-                                   reason="needs root (to make another user's file) and setpriv (to drop CAP_FOWNER)")
-
 
 @needs_setpriv
 def test_train_ensemble_beside_another_users_lock_runs(tmp_path, capsys):
@@ -213,13 +183,13 @@ def test_train_ensemble_beside_another_users_lock_runs(tmp_path, capsys):
 
     table = synthetic_preprocessed(tmp_path, 200)
     shared = tmp_path / "shared"
-    lock = _another_users_lock(shared, ".dodo.lock", "12345\ndodo train-ensemble")
+    lock = another_users_lock(shared, ".dodo.lock", "12345\ndodo train-ensemble")
     config = tmp_path / "ens.json"
     config.write_text(json.dumps({
         "data": {"path": str(table), "holdout": [], "features": "invariants27+box7+eln18-v1"},
         "ensemble": {"members": 2, "width": 8, "depth": 1, "steps": 5, "threads": 1},
         "distill": {"width": 8, "depth": 1, "steps": 5}, "output": {"checkpoint": str(shared / "ens.pt")}}))
-    done = _dodo_as_a_user("train-ensemble", "--config", str(config))
+    done = dodo_as_a_user("train-ensemble", "--config", str(config))
     # was: "dodo train-ensemble: error: [Errno 13] cannot open the lock file .../shared/.dodo.lock: Permission denied"
     assert done.returncode == 0, done.stderr
     assert (shared / "ens.pt").is_file() and lock.read_text() == "12345\ndodo train-ensemble"
@@ -228,8 +198,8 @@ def test_train_ensemble_beside_another_users_lock_runs(tmp_path, capsys):
 @needs_setpriv
 def test_simulate_beside_another_users_output_lock_runs(tmp_path):
     shared = tmp_path / "shared"
-    _another_users_lock(shared, ".sim.h5.lock", "12345\ndodo simulate")
-    done = _dodo_as_a_user("simulate", str(shared / "sim.h5"), "--random", "2", "--ncell", "16", "--nphi", "8", "-q")
+    another_users_lock(shared, ".sim.h5.lock", "12345\ndodo simulate")
+    done = dodo_as_a_user("simulate", str(shared / "sim.h5"), "--random", "2", "--ncell", "16", "--nphi", "8", "-q")
     # was: "dodo simulate: error: cannot write .../sim.h5: cannot create a file in .../shared: Permission denied"
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert (shared / "sim.h5").is_file()
@@ -240,7 +210,7 @@ def test_a_lock_taken_on_another_users_lock_file_still_excludes(tmp_path):
     """Guard of the above: the flock on the lock file opened for reading keeps a second run out, and the
     refusal does not name the stale pid written in the file by its owner's earlier run."""
     shared = tmp_path / "shared"
-    _another_users_lock(shared, ".dodo.lock", "999999999\ndodo study of this tag")
+    another_users_lock(shared, ".dodo.lock", "999999999\ndodo study of this tag")
     take = ("import sys\nfrom dodo._atomic import exclusive_directory\n"
             f"with exclusive_directory({str(shared)!r}, 'dodo train-ensemble'):\n"
             "    print('holding', flush=True)\n    sys.stdin.read()\n")
@@ -319,9 +289,9 @@ def test_another_users_unreadable_lock_is_named_as_theirs(tmp_path):
     for the read-only flock above: the refusal said "Permission denied" alone (this round's "not
     fixed", the lead's). It now says whose file it is and what to do."""
     shared = tmp_path / "shared"
-    lock = _another_users_lock(shared, ".sim.h5.lock", "12345\ndodo simulate")
+    lock = another_users_lock(shared, ".sim.h5.lock", "12345\ndodo simulate")
     lock.chmod(0o600)
-    done = _dodo_as_a_user("simulate", str(shared / "sim.h5"), "--random", "2", "--ncell", "16", "--nphi", "8", "-q")
+    done = dodo_as_a_user("simulate", str(shared / "sim.h5"), "--random", "2", "--ncell", "16", "--nphi", "8", "-q")
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert "belongs to another user, uid 65534" in done.stderr and "ask them to remove it" in done.stderr, done.stderr
     assert not (shared / "sim.h5").exists()

@@ -32,6 +32,7 @@ import pytest
 
 pytest.importorskip("h5py")
 
+from another_user import AS_A_USER, another_users_lock, needs_setpriv, skip_without_setpriv  # noqa: E402
 from cli_helpers import run  # noqa: E402
 
 import dodo._atomic as atomic  # noqa: E402
@@ -193,36 +194,13 @@ def test_synth_refused_for_space_without_an_earlier_output_says_lower_n(tmp_path
 
 # --- Another user's lock file and train.log --------------------------------------------------------------
 
-SETPRIV = shutil.which("setpriv")
-AS_A_USER = [SETPRIV, "--inh-caps=-dac_override,-dac_read_search,-fowner",
-             "--bounding-set=-dac_override,-dac_read_search,-fowner"]
-needs_setpriv = pytest.mark.skipif(SETPRIV is None or not hasattr(os, "geteuid") or os.geteuid() != 0,
-                                   reason="needs root (to make another user's file) and setpriv (to drop CAP_FOWNER)")
-
-
-def _skip_without_setpriv(done: subprocess.CompletedProcess) -> None:
-    if "setpriv:" in done.stderr:
-        pytest.skip(f"setpriv cannot drop capabilities here: {done.stderr.strip()}")
-
-
-def _another_users_lock(directory: Path, name: str, text: str) -> Path:
-    """DIRECTORY/NAME as another user's run leaves it (uid 65534, mode 644), DIRECTORY mode 1777."""
-    directory.mkdir(exist_ok=True)
-    lock = directory / name
-    lock.write_text(text)
-    os.chown(lock, 65534, 65534)
-    lock.chmod(0o644)
-    directory.chmod(0o1777)
-    return lock
-
-
 @needs_setpriv
 def test_the_holder_of_another_users_lock_file_is_named(tmp_path):
     """The lock file says pid 1 (a running process, not the holder) and `dodo study`, written by its owner's
     earlier run; a run of this user holds it (opened for reading: its pid not written). The refusal of a
     second run names the holder's pid. Before: "(pid 1)" and "dodo study"."""
     shared = tmp_path / "shared"
-    _another_users_lock(shared, ".dodo.lock", "1\ndodo study of this tag")
+    another_users_lock(shared, ".dodo.lock", "1\ndodo study of this tag")
     take = ("import os, sys\nfrom dodo._atomic import exclusive_directory\n"
             f"with exclusive_directory({str(shared)!r}, 'dodo train-ensemble'):\n"
             "    print(os.getpid(), flush=True)\n    sys.stdin.read()\n")
@@ -273,7 +251,7 @@ def test_another_users_train_log_in_a_sticky_directory_is_appended_to(tmp_path):
         f"output: {{results_dir: {shared}, checkpoint_dir: {own / 'ck'}}}\n")
     done = subprocess.run([*AS_A_USER, sys.executable, "-m", "dodo", "train", "--config", str(config)],
                           capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
-    _skip_without_setpriv(done)
+    skip_without_setpriv(done)
     assert done.returncode == 0, done.stderr  # was 2: "... sticky directory ... renames it over the old one"
     text = log.read_text()
     assert text.startswith("[earlier] another user's run\n") and len(text.splitlines()) > 1, text
@@ -302,7 +280,7 @@ def test_another_users_checkpoint_in_a_sticky_directory_is_still_refused(tmp_pat
         f"output: {{results_dir: {shared / 'res'}, checkpoint_dir: {shared / 'ck'}}}\n")
     done = subprocess.run([*AS_A_USER, sys.executable, "-m", "dodo", "train", "--config", str(config),
                            "--overwrite"], capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
-    _skip_without_setpriv(done)
+    skip_without_setpriv(done)
     assert done.returncode == 2 and re.search(r"best\.pt: it belongs to another user", done.stderr), done.stderr
     assert best.read_bytes() == b"theirs"
 
