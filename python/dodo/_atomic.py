@@ -18,6 +18,7 @@ a data file must be a regular file, since opening a FIFO without a writer blocks
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -500,10 +501,30 @@ def atomic_path(final: str | Path):
             # A failed write() names no file (`dodo score --json F` on a full disk said only "[Errno 28]
             # No space left on device"), nor should the temporary be named: the output asked for is
             # (same errno, same OSError subclass).
-            raise OSError(error.errno, (error.strerror or str(error)) + left, str(given)) from None
+            raise OSError(error.errno, (error.strerror or str(error)) + _file_size_limit_hint(error, final) + left,
+                          str(given)) from None
         if left and isinstance(error, OutputPathError):  # a refusal at the rename: say what it left
             raise type(error)(f"{error}{left}") from None
         raise
+
+
+def _file_size_limit_hint(error: OSError, final: Path) -> str:
+    """For EFBIG under a file-size limit (`ulimit -f`, a batch system's per-process file limit): the limit, and
+    that the earlier file is untouched. "[Errno 27] File too large: 'a.h5'" alone named neither the limit nor
+    what to do (outside probe, data-loss round thirteen)."""
+    if error.errno != errno.EFBIG:
+        return ""
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    except (ImportError, OSError, ValueError):
+        return ""
+    if limit == resource.RLIM_INFINITY:
+        return ""
+    kept = f"; the earlier {final.name} is untouched" if os.path.lexists(final) else "; nothing was written"
+    return (f" (this process may write files of at most {limit:,} bytes: its file-size limit, ulimit -f; raise it, "
+            f"e.g. ulimit -f unlimited, or write a smaller file{kept})")
 
 
 def _hold_as_written(descriptor: int) -> Optional[int]:

@@ -4,10 +4,14 @@ and what was new (docs/reliability_python.md, section 108).
 - A process forked during an atomic write (another thread's `multiprocessing`) inherited the temporary's
   descriptor and its shared flock: the file renamed into place stayed flocked until that child ended, and an
   exclusive lock of it (an HDF5 writer's) was refused meanwhile.
+- A write over the process's file-size limit (`ulimit -f`: EFBIG, Python ignores SIGXFSZ) said only "[Errno 27] File
+  too large: OUT".
 Hang guards only: no test waits on time."""
 from __future__ import annotations
 
 import fcntl
+import subprocess
+import sys
 import os
 
 import pytest
@@ -43,3 +47,33 @@ def test_a_child_forked_during_a_write_does_not_keep_the_written_file_locked(tmp
     finally:
         os.close(release_w)
         os.waitpid(child, 0)
+
+
+def _file_size_limited(limit: int):
+    def apply():
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+    return apply
+
+
+def test_a_write_over_the_file_size_limit_names_the_limit_and_keeps_the_earlier_file(tmp_path):
+    """`ulimit -f 64` (a batch system's per-process file-size limit) and `dodo synth OUT --overwrite` of a
+    table larger than that. Python ignores SIGXFSZ, so the write fails with EFBIG. Before: "[Errno 27] File
+    too large: 'out.h5'", which named neither the limit nor what to do."""
+    resource = pytest.importorskip("resource")
+    if resource.getrlimit(resource.RLIMIT_FSIZE)[1] != resource.RLIM_INFINITY:
+        pytest.skip("a hard file-size limit is already set")
+    out = tmp_path / "out.h5"
+    done = subprocess.run([sys.executable, "-m", "dodo", "synth", str(out), "-n", "200", "-q"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    earlier = out.read_bytes()
+    done = subprocess.run([sys.executable, "-m", "dodo", "synth", str(out), "-n", "3000", "--seed", "1", "--overwrite",
+                           "-q"], capture_output=True, text=True, timeout=300, preexec_fn=_file_size_limited(65536))
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "65,536 bytes" in lines[0] and "ulimit -f" in lines[0] and "out.h5 is untouched" in lines[0], lines[0]
+    assert out.read_bytes() == earlier
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out.h5"]  # no temporary left
