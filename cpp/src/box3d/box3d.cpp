@@ -1006,9 +1006,9 @@ inline DODO_CROSSING_MATH void add_integrals(const Doubles8& w, const Doubles8 (
 // (each lane's sum over the pairs in order, the lanes folded by lane_sum). The integrals are summed
 // in another order than the loop of angular_change (a point and its antipode together): Box3D's
 // results on AVX-512 moved by at most ~1e-16 N_tot (docs/speed.md, twenty-fourth round). With
-// kCrossing, then the pairs' crossing sums in a second loop over the G just stored (crossing_sums'
-// operations in its order, folded as it folds them: the crossing inputs are the same bits as its own
-// pass gives). rows: the folded crossing sums, as crossing_tail takes them.
+// kCrossing, then the pairs' crossing sums by crossing_sums over the G just stored (the crossing inputs
+// are the same bits as the other paths' own pass gives). rows: the folded crossing sums, as
+// crossing_tail takes them.
 // The crossing sums were made in the first loop until 2026-12-07 (twenty-fourth round), beside the
 // integrals: their 24 accumulators and the integrals' 6 needed more than the 32 vector registers, and
 // the spilled sums went through the stack every iteration (perf: ~15% of the closure's time in this
@@ -1022,8 +1022,7 @@ __attribute__((target("arch=x86-64-v4"))) inline DODO_CROSSING_MATH void fused_e
                     kPairSecond[1] == 2 && kPairFirst[2] == 1 && kPairSecond[2] == 2,
                 "the pass names the pairs (e,mu), (e,tau), (mu,tau)");
   typedef Doubles8 Vector;
-  const double *weight = rule.weight.data(), *x = rule.weighted_x.data(), *y = rule.weighted_y.data(),
-               *z = rule.weighted_z.data();
+  const double* weight = rule.weight.data();
   const std::size_t half = rule.half;  // a multiple of 8 (Box3D::kDirectionLanes)
   // The arrays' pointers in locals: the stores into G (memcpy, which may alias anything) made GCC
   // load every pointer again in each iteration.
@@ -1058,27 +1057,10 @@ __attribute__((target("arch=x86-64-v4"))) inline DODO_CROSSING_MATH void fused_e
     add_integrals(w, at[0], plus, minus);
     add_integrals(w, at[1], plus, minus);
   }
-  if constexpr (kCrossing) {
-    Vector sums[kPairs][kCrossingSums];
-#pragma GCC unroll 4
-    for (int p = 0; p < kPairs; ++p)
-#pragma GCC unroll 8
-      for (int k = 0; k < kCrossingSums; ++k) sums[p][k] = Vector{};
-    for (std::size_t q = 0; q < half; q += 8) {
-      Vector w, xq, yq, zq;
-      std::memcpy(&w, weight + q, sizeof w);
-      std::memcpy(&xq, x + q, sizeof xq);
-      std::memcpy(&yq, y + q, sizeof yq);
-      std::memcpy(&zq, z + q, sizeof zq);
-#pragma GCC unroll 4
-      for (int p = 0; p < kPairs; ++p) {
-        Vector value, opposite;
-        std::memcpy(&value, differences[p] + q, sizeof value);
-        std::memcpy(&opposite, differences[p] + q + half, sizeof opposite);
-        accumulate_crossing(w, xq, yq, zq, value, opposite, sums[p]);
-      }
-    }
-    fold_pairs8(sums, rows);
+  if constexpr (kCrossing) {  // crossing_sums' own loop and fold, over the G just stored
+    static constexpr int kAllPairs[kPairs] = {0, 1, 2};
+    const double* const stored[kPairs] = {differences[0], differences[1], differences[2]};
+    crossing_sums<8, kPairs>(rule, stored, kAllPairs, rows);
   }
 #pragma GCC unroll 4
   for (int p = 0; p < kPairs; ++p) {
