@@ -95,6 +95,21 @@ def native_evaluator():
 
 
 @pytest.fixture(scope="module")
+def closures(native_evaluator):
+    """A module's closures by name: "box3d" (Box3D alone), "model" (the default model, native evaluator)
+    and "onnxruntime" (the same through ONNX Runtime, where its library is found). Modules that need
+    other options define their own."""
+    import dodo
+
+    found = {"box3d": dodo.Closure("box3d", threads=2), "model": dodo.Closure(threads=2)}
+    try:
+        found["onnxruntime"] = dodo.Closure(threads=2, evaluator="onnxruntime")
+    except Exception:  # no ONNX Runtime library on this machine: the native evaluator alone
+        pass
+    return found
+
+
+@pytest.fixture(scope="module")
 def default_package():
     """The shipped default model package as an onnx.ModelProto (for tests that edit copies of it);
     skips without onnx or without a shipped model."""

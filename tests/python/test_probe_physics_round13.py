@@ -36,16 +36,6 @@ REJECTED = 2 | 4 | 8 | 16 | 32
 MU_TAU, NU_NUBAR, BOTH = [0, 2, 1, 3, 5, 4], [3, 4, 5, 0, 1, 2], [3, 5, 4, 0, 2, 1]
 
 
-@pytest.fixture(scope="module")
-def closures(native_evaluator):
-    found = {"box3d": dodo.Closure("box3d", threads=2), "model": dodo.Closure(threads=2)}
-    try:
-        found["onnxruntime"] = dodo.Closure(threads=2, evaluator="onnxruntime")
-    except Exception:  # no ONNX Runtime library on this machine: the native evaluator alone
-        pass
-    return found
-
-
 def _merger_like(rng, n):
     """All six species beamed about a common axis (flux factors 0.5-0.95), nubar_e 0.8-1.3 times nu_e."""
     axis = rng.normal(size=(n, 3))

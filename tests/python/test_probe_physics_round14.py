@@ -35,16 +35,6 @@ MU_TAU = [0, 2, 1, 3, 5, 4]
 CORRECTION_LIMITED = int(dodo.CellStatus.CORRECTION_LIMITED)
 
 
-@pytest.fixture(scope="module")
-def closures(native_evaluator):
-    found = {"box3d": dodo.Closure("box3d", threads=2), "model": dodo.Closure(threads=2)}
-    try:
-        found["onnxruntime"] = dodo.Closure(threads=2, evaluator="onnxruntime")
-    except Exception:  # no ONNX Runtime library on this machine: the native evaluator alone
-        pass
-    return found
-
-
 def _unit_velocities(rng, n, W):
     """n four-velocities of Lorentz factor W in random directions."""
     direction = rng.normal(size=(n, 3))
