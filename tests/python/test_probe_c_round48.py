@@ -89,3 +89,54 @@ def test_a_host_compiled_with_packed_structs_gets_the_natural_layout(tmp_path, v
 def test_dodo_h_promises_that_dodo_counters_never_grows():
     header = (ROOT / "cpp/include/dodo/dodo.h").read_text()
     assert "dodo_counters never grows" in header
+
+
+# The Fortran module compiled with gfortran's -fpack-derived (a flag of legacy codes, which reach
+# the module through the host's CMAKE_Fortran_FLAGS): it packs BIND(C) types too, and the module's
+# copy of dodo_options had z_method at byte 20, where libdodo reads byte 24: a crash in strlen.
+PACKED_FORTRAN_HOST = r"""
+program packed
+  use dodo
+  implicit none
+  type(dodo_closure) :: closure
+  integer :: stat
+  character(len=300) :: message
+  message = ""
+  call dodo_create(closure, DODO_BOX3D_ONLY, threads=2, z_method="jedynak", max_flux_factor=0.9d0, &
+                   stat=stat, errmsg=message)
+  print '(i0, "|", a)', stat, trim(message)
+  message = ""
+  call dodo_create(closure, DODO_BOX3D_ONLY, z_method="wrong-z-method", stat=stat, errmsg=message)
+  print '(i0, "|", a)', stat, trim(message)
+  message = ""
+  call dodo_create(closure, DODO_BOX3D_ONLY, max_flux_factor=7.5d0, stat=stat, errmsg=message)
+  print '(i0, "|", a)', stat, trim(message)
+  message = ""
+  call dodo_create(closure, DODO_BOX3D_ONLY, onnxruntime_library="/nonexistent/libonnxruntime.so", &
+                   stat=stat, errmsg=message)
+  print '(i0, "|", a)', stat, trim(message)
+  call dodo_destroy(closure)
+end program packed
+"""
+
+
+@pytest.mark.parametrize("flags", [["-fpack-derived"], []], ids=["fpack-derived", "plain"])
+def test_the_fortran_module_compiled_with_fpack_derived_passes_its_options_whole(tmp_path, flags):
+    from test_native_programs import pkg_config
+    from capi_host import FORTRAN_MODULE
+
+    if not shutil.which("gfortran"):
+        pytest.skip("gfortran is not installed")
+    source = tmp_path / "packed.f90"
+    source.write_text(PACKED_FORTRAN_HOST)
+    program = tmp_path / "packed"
+    subprocess.run(["gfortran", "-std=f2018", *flags, "-J", str(tmp_path), str(FORTRAN_MODULE), str(source),
+                    *pkg_config("--libs"), "-o", str(program)], check=True)
+    result = subprocess.run([str(program)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr[-2000:])
+    lines = result.stdout.splitlines()
+    assert lines[0] == "0|", lines
+    assert lines[1].startswith("1|") and "wrong-z-method" in lines[1], lines
+    assert lines[2].startswith("1|") and "7.5" in lines[2], lines
+    # A Box3D-only closure needs no ONNX Runtime: the path is accepted and unused (as in C).
+    assert lines[3] == "0|", lines

@@ -16,6 +16,10 @@
 ! species (nu_e, nu_mu, nu_tau, nubar_e, nubar_mu, nubar_tau). Every routine takes optional
 ! `stat` (DODO_OK = 0 on success) and `errmsg`; when `stat` is absent an error stops the program
 ! with the message, like an ALLOCATE without STAT=. The library itself never prints or stops.
+! That stop is ERROR STOP, Fortran's error termination (a nonzero exit status; in a coarray
+! program it stops every image), deliberately: gfortran prints "Error termination. Backtrace:"
+! after the message, as for a failed ALLOCATE (GFORTRAN_ERROR_BACKTRACE=0 turns that off). A
+! program that wants to end quietly passes stat and stops itself (the examples: `stop 1`).
 !
 ! Compile this file with your Fortran compiler (module files are compiler-specific) and link
 ! libdodo: CMake gives its path as ${Dodo_FORTRAN_MODULE_SOURCE}; pkg-config as
@@ -76,15 +80,22 @@ module dodo
                           correction_limited = 0
   end type dodo_counters
 
-  ! struct dodo_options (dodo.h), same field order.
+  ! struct dodo_options (dodo.h), same field order. C's padding (on a 64-bit target: 4 bytes before
+  ! z_method, 4 at the end) is spelled out as the components hole_1 and hole_2, so that the layout
+  ! is C's under gfortran's -fpack-derived too, which packs BIND(C) types as well: packed, z_method
+  ! lay at byte 20 where libdodo reads byte 24, and dodo_create with a z_method crashed in strlen
+  ! (outside probe, C round forty-eight). check_c_kinds refuses a target whose pointers or size_t
+  ! are not 8 bytes, where these holes are not C's.
   type, bind(c) :: options_c
     integer(c_size_t) :: struct_size
     integer(c_int) :: threads, chunk_size, lebedev_order
+    integer(c_int) :: hole_1
     type(c_ptr) :: z_method
     real(c_double) :: max_flux_factor
     type(c_ptr) :: onnxruntime_library
     integer(c_int) :: run_self_test
     integer(c_int) :: device, device_id
+    integer(c_int) :: hole_2
   end type options_c
   integer(c_int), parameter :: DEVICE_CUDA = 1  ! dodo.h DODO_DEVICE_CUDA
 
@@ -1077,9 +1088,14 @@ contains
   recursive subroutine check_c_kinds(problem)
     character(len=*), intent(inout) :: problem
     character(len=12) :: sizes
+    if (len_trim(problem) > 0) return
+    if (c_sizeof(0_c_size_t) /= 8 .or. c_sizeof(c_null_ptr) /= 8) then
+      problem = "dodo.f90 describes dodo_options for a 64-bit target (8-byte pointers and size_t), and this " // &
+                "compiler's are not: use the C API from a 64-bit build"
+      return
+    end if
     if (c_sizeof(0_c_int) == 4 .and. c_sizeof(0_c_int32_t) == 4 .and. c_sizeof(0_c_int64_t) == 8 .and. &
         c_sizeof(0.0_c_double) == 8) return
-    if (len_trim(problem) > 0) return
     write (sizes, '(i0, a, i0)') c_sizeof(0_c_int), ", ", c_sizeof(0.0_c_double)
     problem = "dodo.f90 was compiled with a flag that changes C's kinds (c_int, c_double: " // trim(sizes) // &
               " bytes, not 4, 8), e.g. -finteger-4-integer-8 or -freal-8-real-16: compile dodo.f90 without it"
