@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 
@@ -33,7 +34,9 @@ def test_a_child_forked_during_a_write_does_not_keep_the_written_file_locked(tmp
     release_r, release_w = os.pipe()
     with atomic.atomic_path(out) as tmp:
         tmp.write_bytes(b"written")
-        child = os.fork()
+        with warnings.catch_warnings():  # Python 3.12's warning of a fork in a process with threads (pytest's)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            child = os.fork()
         if child == 0:  # holds the inherited descriptors until the parent lets it go
             try:
                 os.close(release_w)
