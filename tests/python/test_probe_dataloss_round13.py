@@ -8,6 +8,7 @@ and what was new (docs/reliability_python.md, section 108).
   too large: OUT".
 - A child forked during an HDF5 write and signalled before dodo's at-fork hook ran in it ended by the signal
   (-15) where the caller's handler raised SystemExit(143) (round twelve's open item).
+- `dodo simulate`'s checkpoint under that limit was told to "free space (or fix the cause)".
 Hang guards only: no test waits on time."""
 from __future__ import annotations
 
@@ -116,3 +117,19 @@ def test_a_child_signalled_before_its_fork_hook_ends_as_its_handler_says(tmp_pat
     assert int(done.stdout.strip()) == (143 if handler == "python" else -signal.SIGTERM)
     assert "Exception ignored" not in done.stderr, done.stderr
     assert (tmp_path / "out.h5").is_file()
+
+
+def test_simulate_over_the_file_size_limit_says_to_raise_it_not_to_free_space(tmp_path):
+    """`dodo simulate` under `ulimit -f 4`: its checkpoint `.partial.npz` cannot be written. Before: "...; no
+    earlier checkpoint exists: free space (or fix the cause) and rerun the same command", of a disk with room."""
+    resource = pytest.importorskip("resource")
+    if resource.getrlimit(resource.RLIMIT_FSIZE)[1] != resource.RLIM_INFINITY:
+        pytest.skip("a hard file-size limit is already set")
+    done = subprocess.run([sys.executable, "-m", "dodo", "simulate", str(tmp_path / "sim.h5"), "--random", "2",
+                           "--ncell", "16", "--nphi", "8", "-q"], capture_output=True, text=True, timeout=300,
+                          preexec_fn=_file_size_limited(4096))
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "ulimit -f" in lines[0], done.stderr
+    assert "free space" not in lines[0] and "raise the file-size limit" in lines[0], lines[0]
+    assert list(tmp_path.iterdir()) == []

@@ -437,6 +437,14 @@ def _load_checkpoints(output: str, fingerprint: str, four_flux: np.ndarray, sett
     return results, origin, paths
 
 
+def _what_to_fix(error: OSError) -> str:
+    """What to do before a rerun: "free space" said of a file-size limit (ulimit -f: EFBIG) pointed at the
+    disk, not the limit (outside probe, data-loss round thirteen)."""
+    if error.errno == errno.EFBIG:
+        return "raise the file-size limit (ulimit -f)"
+    return "free space (or fix the cause)"
+
+
 def _write_database_keeping(checkpoint: str, output: str, *database) -> None:
     """_write_database, saying on failure what survives: a full disk said only "[Errno 28] writing
     .out.h5.vm.8315.vv7no_pz.tmp: No space left on device", naming a temporary, not that the
@@ -444,7 +452,7 @@ def _write_database_keeping(checkpoint: str, output: str, *database) -> None:
     try:
         _write_database(output, *database)
     except OSError as error:
-        kept = (f"the checkpoint {checkpoint} holds the batches done: free space (or fix the cause) and rerun the "
+        kept = (f"the checkpoint {checkpoint} holds the batches done: {_what_to_fix(error)} and rerun the "
                 "same command to resume from it" if os.path.exists(checkpoint) else "no checkpoint holds its batches")
         raise OSError(error.errno, f"cannot write {output} ({error.strerror or error}); an earlier {output} is "
                                    f"untouched, and {kept}") from None
@@ -596,9 +604,10 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
         except OSError as error:
             # A full disk said only "[Errno 28] No space left on device: 'OUT.partial.npz'": whether the
             # work done so far survived, and how to go on, went unsaid (outside probe, round 27).
-            kept = ("its earlier version (the batches before this one) is kept: free space (or fix the cause) and "
+            fix = _what_to_fix(error)
+            kept = (f"its earlier version (the batches before this one) is kept: {fix} and "
                     "rerun the same command to resume from it" if os.path.exists(checkpoint) else
-                    "no earlier checkpoint exists: free space (or fix the cause) and rerun the same command")
+                    f"no earlier checkpoint exists: {fix} and rerun the same command")
             raise OSError(error.errno, f"cannot write the checkpoint {checkpoint} ({error.strerror or error}); {kept}"
                           ) from None
         if comm.size == 1 and write_progress and (results["valid"] & results["done"]).any():
