@@ -146,8 +146,9 @@ typedef struct dodo_closure dodo_closure;
  * libdodo reads them at their natural offsets, and a packed dodo_options had its pointers read
  * from the wrong bytes (a crash in dodo_closure_create). #pragma pack(push, 8) undoes a pack(N)
  * and gcc's -fpack-struct=N (it caps no member here: none is aligned to more than 8); gcc ignores
- * it under -fpack-struct without N, where each member's own alignment (DODO_NATURAL, on 64-bit
- * targets) keeps it. */
+ * it under -fpack-struct without N, where z_method's own alignment (DODO_NATURAL, on 64-bit
+ * targets) keeps the layout: the one hole of dodo_options is before it, and the struct's
+ * alignment, then z_method's, rounds its size up to C's as well. */
 #if defined(__GNUC__) && defined(__LP64__) /* __alignof__ is the in-struct alignment on LP64 */
 #define DODO_NATURAL(type) __attribute__((aligned(__alignof__(type))))
 #else
@@ -162,26 +163,26 @@ typedef struct dodo_closure dodo_closure;
 /* Options for dodo_closure_create. Initialise with dodo_options_init, then set fields.
  * Fields are only ever added at the end; a program built against an older dodo.h keeps working. */
 typedef struct dodo_options {
-  size_t struct_size DODO_NATURAL(size_t);                 /* set by dodo_options_init; lets the struct grow compatibly */
-  int threads DODO_NATURAL(int);                           /* worker threads per dodo_apply; 0 or 1 = caller's thread only */
-  int chunk_size DODO_NATURAL(int);                        /* cells per network call (default 1024) */
-  int lebedev_order DODO_NATURAL(int);                     /* Box3D quadrature order; 0 = the model's (17 without a model) */
-  const char* z_method DODO_NATURAL(const char*);          /* "exact" or "jedynak"; NULL or "" (the empty string) = the model's
-                                                              ("exact" without one) */
-  double max_flux_factor DODO_NATURAL(double);             /* 0 = the model's (0.98 without one) */
-  const char* onnxruntime_library DODO_NATURAL(const char*); /* path of libonnxruntime; NULL = search (docs/runtime.md) */
-  int run_self_test DODO_NATURAL(int);                     /* nonzero (the default): run the model's test vectors at creation */
-  int device DODO_NATURAL(int);                            /* DODO_DEVICE_CPU (default) or DODO_DEVICE_CUDA */
-  int device_id DODO_NATURAL(int);                         /* CUDA device number, 0 to 999999 (DODO_DEVICE_CUDA only); e.g. the rank on its node */
+  size_t struct_size;              /* set by dodo_options_init; lets the struct grow compatibly */
+  int threads;                     /* worker threads per dodo_apply; 0 or 1 = caller's thread only */
+  int chunk_size;                  /* cells per network call (default 1024) */
+  int lebedev_order;               /* Box3D quadrature order; 0 = the model's (17 without a model) */
+  DODO_NATURAL(const char*) const char* z_method;  /* "exact" or "jedynak"; NULL or "" (the empty string) = the model's
+                                                     ("exact" without one) */
+  double max_flux_factor;          /* 0 = the model's (0.98 without one) */
+  const char* onnxruntime_library; /* path of libonnxruntime; NULL = search (docs/runtime.md) */
+  int run_self_test;               /* nonzero (the default): run the model's test vectors at creation */
+  int device;                      /* DODO_DEVICE_CPU (default) or DODO_DEVICE_CUDA */
+  int device_id;                   /* CUDA device number, 0 to 999999 (DODO_DEVICE_CUDA only); e.g. the rank on its node */
 } dodo_options;
 
 typedef struct dodo_counters {
-  uint64_t cells DODO_NATURAL(uint64_t);                   /* cells processed by dodo_apply (the self-test's are not counted) */
-  uint64_t rejected DODO_NATURAL(uint64_t);                /* cells whose input was rejected (output = input) */
-  uint64_t no_crossing DODO_NATURAL(uint64_t);             /* stable cells (no ELN crossing) */
-  uint64_t box3d_limited DODO_NATURAL(uint64_t);           /* cells whose Box3D change was limited */
-  uint64_t network_nonfinite DODO_NATURAL(uint64_t);       /* cells whose network output was not finite (Box3D returned) */
-  uint64_t correction_limited DODO_NATURAL(uint64_t);      /* cells whose learned correction was scaled down */
+  uint64_t cells;               /* cells processed by dodo_apply (the self-test's are not counted) */
+  uint64_t rejected;            /* cells whose input was rejected (output = input) */
+  uint64_t no_crossing;         /* stable cells (no ELN crossing) */
+  uint64_t box3d_limited;       /* cells whose Box3D change was limited */
+  uint64_t network_nonfinite;   /* cells whose network output was not finite (Box3D returned) */
+  uint64_t correction_limited;  /* cells whose learned correction was scaled down */
 } dodo_counters;
 /* dodo_counters never grows (it has no struct_size): dodo_get_counters writes these six fields,
  * sizeof(dodo_counters) = 48 bytes, in every version of libdodo; a later counter would come
