@@ -233,9 +233,9 @@ def test_mini_batch_members_fit_what_full_batch_ones_fit_and_are_reproducible():
 
 
 @pytest.mark.parametrize("section, keys, message", [
-    ("ensemble", {"batch_size": 256}, "batch_size needs epochs"),
-    ("growth", {"batch_size": 64, "epochs": -1}, "growth_epochs must be an integer >= 0"),
-    ("distill", {"batch_size": 64}, "distill_batch_size needs distill_epochs"),
+    ("ensemble", {"batch_size": 256}, "ensemble.batch_size needs ensemble.epochs"),
+    ("growth", {"batch_size": 64, "epochs": -1}, "growth.epochs must be an integer >= 0"),
+    ("distill", {"batch_size": 64}, "distill.batch_size needs distill.epochs"),
     ("distill", {"sampled_states": 1.5}, "distill.sampled_states must be an integer >= 0"),
     ("growth", {"lr": -1.0}, "growth.lr must be a finite number >= 0"),
     ("growth", {"relabelled": "yes"}, "growth.relabelled must be true or false"),

@@ -271,29 +271,37 @@ class PreprocessConfig:
             check_override_keys(cls, overrides)
             raw = merge_dotted(raw, overrides)
         config = _from_dict_naming_its_command(cls, raw, path, "dodo preprocess")
+
+        def where(key: str) -> str:
+            """Where a value checked here came from: the --set that gave it, or the file. A --set value
+            was blamed on the file ("pre.yaml: filters.conservation_tolerance must be ...; got -1.0",
+            where pre.yaml holds 0.001; outside probe, Python round sixty-one)."""
+            given = [name for name in (overrides or {}) if key == name or key.startswith(f"{name}.")]
+            return f"override {given[0]} (--set)" if given else str(path)
+
         if isinstance(config.inputs, str):
             config.inputs = [config.inputs]
         if not config.inputs:
-            raise ConfigError(f"{path}: 'inputs' lists no files")
+            raise ConfigError(f"{where('inputs')}: 'inputs' lists no files")
         if config.output == "":
             # Was `cannot write .: it exists and is a directory, not a regular file` (data-loss probe, round four).
-            raise ConfigError(f"{path}: output is an empty string; give the preprocessed file's path, e.g. "
+            raise ConfigError(f"{where('output')}: output is an empty string; give the preprocessed file's path, e.g. "
                               "pdata/preprocessed_all.h5")
         if config.chunk_size < 1:
-            raise ConfigError(f"{path}: chunk_size must be >= 1")
+            raise ConfigError(f"{where('chunk_size')}: chunk_size must be >= 1")
         if config.box3d.z_method not in ("exact", "jedynak"):
-            raise ConfigError(f"{path}: box3d.z_method must be 'exact' or 'jedynak'")
+            raise ConfigError(f"{where('box3d.z_method')}: box3d.z_method must be 'exact' or 'jedynak'")
         if config.box3d.lebedev_order not in _available_lebedev_orders():
-            raise ConfigError(f"{path}: box3d.lebedev_order must be one of {_available_lebedev_orders()}; "
+            raise ConfigError(f"{where('box3d.lebedev_order')}: box3d.lebedev_order must be one of {_available_lebedev_orders()}; "
                               f"got {config.box3d.lebedev_order!r}")
-        check_thread_count("threads", config.threads, where=f"{path}: ")
+        check_thread_count("threads", config.threads, where=f"{where('threads')}: ")
         filters = config.filters
         for name in ("conservation_tolerance", "max_flux_factor"):
             value = getattr(filters, name)
             if not (math.isfinite(value) and value > 0):
-                raise ConfigError(f"{path}: filters.{name} must be a finite positive number; got {shown(value)}")
+                raise ConfigError(f"{where('filters.' + name)}: filters.{name} must be a finite positive number; got {shown(value)}")
         if filters.max_flux_factor > 1:  # |F|/N <= 1 for any distribution: a larger limit drops nothing physical
-            raise ConfigError(f"{path}: filters.max_flux_factor is a flux factor |F|/N, which lies in [0, 1]: give a "
+            raise ConfigError(f"{where('filters.max_flux_factor')}: filters.max_flux_factor is a flux factor |F|/N, which lies in [0, 1]: give a "
                               f"limit in (0, 1] (default 0.9); got {filters.max_flux_factor!r}")
         return config
 

@@ -163,7 +163,8 @@ def register(subparsers) -> None:
     p.add_argument("--folds", type=int, default=5, help="k of the k-fold cross-validation (default 5)")
     p.add_argument("--members", type=int, default=None, help="ensemble members per fit (default: the config's)")
     p.add_argument("--emu", default=None, type=input_path,
-                   help="also score each fit on this Emu-layout file (reported only)")
+                   help="also score each fit on this Emu-layout file (reported only), on its states that are not "
+                        "in the training pool (a file all of whose states are is refused)")
     # output_path: an empty path (an unset shell variable) is a usage error, as in every other command;
     # it wrote no file and said nothing.
     p.add_argument("--plot", default=None, metavar="PLOT", type=file_output_path,

@@ -35,6 +35,30 @@ CHECKPOINT_KIND = "density_residual_ensemble"
 _SECTIONS = ("data", "ensemble", "growth", "distill", "noise", "output")
 
 
+#: The config keys (SECTION.KEY) of EnsembleConfig's fields outside the ensemble section.
+CONFIG_KEY_FIELDS = {"data.path": "data_path", "data.holdout": "holdout", "data.features": "features",
+                     "output.checkpoint": "checkpoint", "growth.data": "growth_data", "growth.members": "growth_members",
+                     "growth.width": "growth_width", "growth.depth": "growth_depth", "growth.steps": "growth_steps",
+                     "distill.width": "distill_width", "distill.depth": "distill_depth", "distill.steps": "distill_steps",
+                     "distill.growth_weight": "distill_growth_weight", "growth.batch_size": "growth_batch_size",
+                     "growth.epochs": "growth_epochs", "growth.lr": "growth_lr", "growth.relabelled": "growth_relabelled",
+                     "growth.measured": "growth_measured", "distill.batch_size": "distill_batch_size",
+                     "distill.epochs": "distill_epochs", "distill.sampled_states": "distill_sampled_states",
+                     "noise.oof": "noise_oof", "noise.weight": "noise_weight",
+                     "noise.width": "noise_width", "noise.depth": "noise_depth", "noise.batch_size": "noise_batch_size",
+                     "noise.epochs": "noise_epochs"}
+
+
+def config_key(field_name: str) -> str:
+    """The config key of an EnsembleConfig field, as a user writes it (--set KEY=VALUE): a message that
+    named the field ("growth_width must be a positive integer", "lr must be ...") named no key the
+    config or --set takes (`--set growth_width=4` is an unknown key; outside probe, Python round 61)."""
+    for key, name in CONFIG_KEY_FIELDS.items():
+        if name == field_name:
+            return key
+    return f"ensemble.{field_name}"
+
+
 @dataclass
 class EnsembleConfig:
     """training/configs/ensemble_default.yaml; every key optional but data.path."""
@@ -127,17 +151,7 @@ class EnsembleConfig:
             if key in _SECTIONS:
                 raise ConfigError(f"--set {key}=...: {key!r} is a section; set one of its keys ({key}.KEY=VALUE)")
             flat[key] = value
-        names = {"data.path": "data_path", "data.holdout": "holdout", "data.features": "features",
-                 "output.checkpoint": "checkpoint", "growth.data": "growth_data", "growth.members": "growth_members",
-                 "growth.width": "growth_width", "growth.depth": "growth_depth", "growth.steps": "growth_steps",
-                 "distill.width": "distill_width", "distill.depth": "distill_depth", "distill.steps": "distill_steps",
-                 "distill.growth_weight": "distill_growth_weight", "growth.batch_size": "growth_batch_size",
-                 "growth.epochs": "growth_epochs", "growth.lr": "growth_lr", "growth.relabelled": "growth_relabelled",
-                 "growth.measured": "growth_measured", "distill.batch_size": "distill_batch_size",
-                 "distill.epochs": "distill_epochs", "distill.sampled_states": "distill_sampled_states",
-                 "noise.oof": "noise_oof", "noise.weight": "noise_weight",
-                 "noise.width": "noise_width", "noise.depth": "noise_depth", "noise.batch_size": "noise_batch_size",
-                 "noise.epochs": "noise_epochs"}
+        names = CONFIG_KEY_FIELDS
         # An override's error names the override, not the file, which has no such key (the train
         # command's were fixed in round fifty-four; outside probe, Python round fifty-four's list).
         origin = {key: f"override {key} (--set)" for key in (overrides or {})}
@@ -180,18 +194,18 @@ class EnsembleConfig:
                      "distill_depth", "distill_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer; got {value!r}")
+                raise ConfigError(f"{config_key(name)} must be a positive integer; got {value!r}")
         check_thread_count("ensemble.threads", self.threads, lowest=1, nullable=False)
         check_thread_count("ensemble.processes", self.processes, lowest=1, nullable=False)
         # true/false are no numbers (`lr: yes` trained at a learning rate of 1).
         for name in ("lr", "sigma0"):
             value = getattr(self, name)
             if isinstance(value, bool) or not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
-                raise ConfigError(f"{name} must be a finite positive number; got {value!r}")
+                raise ConfigError(f"{config_key(name)} must be a finite positive number; got {value!r}")
         for name in ("weight_decay", "growth_weight", "distill_growth_weight", "error_per_spread"):
             value = getattr(self, name)
             if isinstance(value, bool) or not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
-                raise ConfigError(f"{name} must be a finite number >= 0; got {value!r}")
+                raise ConfigError(f"{config_key(name)} must be a finite number >= 0; got {value!r}")
         # A number or a list as a path ended in os.fspath's TypeError traceback; a float seed in
         # torch's "manual_seed expected a long"; a negative one is refused by `dodo train` too.
         for name, key in (("data_path", "data.path"), ("checkpoint", "output.checkpoint")):
@@ -199,10 +213,10 @@ class EnsembleConfig:
             if not isinstance(value, str) or not value.strip():
                 raise ConfigError(f"{key} must be a path (a non-empty string); got {value!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"seed must be an integer >= 0; got {self.seed!r}")
+            raise ConfigError(f"ensemble.seed must be an integer >= 0; got {self.seed!r}")
         for name in ("mirror", "flavour_images"):
             if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} must be true or false; got {getattr(self, name)!r}")
+                raise ConfigError(f"{config_key(name)} must be true or false; got {getattr(self, name)!r}")
         from .features import FEATURE_SIZES
 
         if self.features not in FEATURE_SIZES:
@@ -224,9 +238,10 @@ class EnsembleConfig:
             batch_size, epochs = getattr(self, prefix + "batch_size"), getattr(self, prefix + "epochs")
             for name, value in ((prefix + "batch_size", batch_size), (prefix + "epochs", epochs)):
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                    raise ConfigError(f"{name} must be an integer >= 0; got {value!r}")
+                    raise ConfigError(f"{config_key(name)} must be an integer >= 0; got {value!r}")
             if batch_size and not epochs:
-                raise ConfigError(f"{prefix}batch_size needs {prefix}epochs >= 1 (mini-batch training runs epochs, not steps)")
+                raise ConfigError(f"{config_key(prefix + 'batch_size')} needs {config_key(prefix + 'epochs')} >= 1 (mini-batch training runs epochs, "
+                                  "not steps)")
         if isinstance(self.growth_lr, bool) or not (isinstance(self.growth_lr, (int, float)) and np.isfinite(self.growth_lr)
                                                     and self.growth_lr >= 0):
             raise ConfigError(f"growth.lr must be a finite number >= 0 (0: the members' lr); got {self.growth_lr!r}")
@@ -262,7 +277,7 @@ class EnsembleConfig:
         for name, spec in self.__dataclass_fields__.items():
             value = getattr(self, name)
             if spec.type in ("int", int) and isinstance(value, int) and value > 2**62:
-                raise ConfigError(f"{name} must be at most 2^62; got {value}")
+                raise ConfigError(f"{config_key(name)} must be at most 2^62; got {value}")
 
 
 def load_table(path: str) -> dict:
@@ -997,6 +1012,7 @@ def learning_curve(config: EnsembleConfig, sizes: list, folds: int = 5, members:
                              f"at most {max(fold_sizes)}): give each size once")
         trained[taken] = size
     emu = emu_table(emu_path, box3d_settings(table["box3d"])) if emu_path else None
+    emu_scored = None if emu is None else emu_rows_outside_pool(emu, table, order, emu_path, log=log)
     growth_table = load_growth_table(config, table, order, log=log)
     rows = []
     for size in sizes:
@@ -1015,7 +1031,7 @@ def learning_curve(config: EnsembleConfig, sizes: list, folds: int = 5, members:
             per_state_box.append(scores["box3d"])
             growth_ok.append(_growth_within(scores["growth_measured_over_model"], scores["growth_measured"]))
             if emu is not None:
-                emu_rows = score_rows(ensemble, emu, np.arange(len(emu["r"])))
+                emu_rows = score_rows(ensemble, emu, emu_scored)
                 emu_scores.append(emu_rows["model"].mean())
                 emu_growth_ok.append(_growth_within(emu_rows["growth_measured_over_model"], emu_rows["growth_measured"]))
         model, box = np.concatenate(per_state_model), np.concatenate(per_state_box)
@@ -1025,10 +1041,37 @@ def learning_curve(config: EnsembleConfig, sizes: list, folds: int = 5, members:
         if emu is not None:
             row["emu_model_mean_over_folds"] = float(np.mean(emu_scores))
             row["emu_growth_within_10pct"] = _share(emu_growth_ok)
-            row["emu_box3d"] = float(state_error(emu["delta_box"], emu["delta_true"]).mean())
+            row["emu_box3d"] = float(state_error(emu["delta_box"][emu_scored], emu["delta_true"][emu_scored]).mean())
+            row["emu_states"] = int(len(emu_scored))
         rows.append(row)
         log(format_curve_row(row))
     return rows
+
+
+def emu_rows_outside_pool(emu: dict, table: dict, pool_rows: np.ndarray, emu_path: str, log=print) -> np.ndarray:
+    """The rows of the --emu table whose state is no state of the training pool (its rest-frame
+    initial four-fluxes, bit for bit, are no pool row's): the rows the Emu score is taken on.
+
+    An Emu file that is one of the pool's own sources (one's own database preprocessed from Emu
+    files, scored with --emu on one of them) was scored whole: each fold's ensemble on states it
+    had trained on, reported beside the CV as the score on an Emu file, with no word (outside probe,
+    Python round sixty-one). Those states are left out and counted; all of them is refused."""
+    def keys(F) -> list[bytes]:
+        F = np.ascontiguousarray(F, dtype=np.float64)
+        return [row.tobytes() for row in F.reshape(len(F), -1)]
+
+    pool = set(keys(np.asarray(table["rest"]["F_init_rest"])[pool_rows]))
+    inside = np.array([key in pool for key in keys(emu["rest"]["F_init_rest"])], dtype=bool)
+    total, shared = len(inside), int(inside.sum())
+    if shared == total:
+        raise ValueError(f"--emu {emu_path}: all {total} of its states are in the training pool "
+                         f"(data.path): its score would be of states the folds train on; give an Emu file of other "
+                         f"states, or hold its states out of the pool: --set 'data.holdout=[\"{Path(emu_path).name}\"]' "
+                         "(the pool's source files matching it)")
+    if shared:
+        log(f"note: --emu {emu_path}: {shared} of its {counted(total, 'state')} are in the training pool "
+            f"(data.path), trained on by the folds: the Emu score is taken on the other {total - shared}")
+    return np.flatnonzero(~inside)
 
 
 def _share(flags: list) -> float | None:

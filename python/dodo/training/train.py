@@ -1094,7 +1094,10 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
     log(f"training {config.model.head} head on {len(splits.train)}/{len(splits.val)}/{len(splits.test)} "
         f"train/val/test cells of {data_path} ({attrs.get('data_kind')}), device {device}"
         + (f" x {distribution.world_size} processes" if distribution.enabled else "") + ", "
-        f"{sum(p.numel() for p in closure.parameters())} parameters")
+        f"{sum(p.numel() for p in closure.parameters())} parameters"
+        # training.amp: true on a CPU run was dropped without a word (outside probe, Python round sixty-one)
+        + (f"; training.amp: true has no effect on {device.type} (AMP is CUDA only): the run is fp32"
+           if t.amp and not use_amp else ""))
 
     def checkpoint_state(epoch: int) -> dict:
         return {
