@@ -2,7 +2,8 @@
 "Round forty-eight"), as the developer of a transport code: a host compiled with gcc's
 -fpack-struct (or a #pragma pack in force where it includes dodo.h) packed dodo_options, and
 libdodo, reading it at its natural offsets, took its z_method pointer from the wrong bytes and
-crashed in dodo_closure_create."""
+crashed in dodo_closure_create; the Fortran module compiled with gfortran's -fpack-derived did the
+same through its BIND(C) copy of dodo_options; dodo.h now promises that dodo_counters never grows."""
 from __future__ import annotations
 
 import shutil
