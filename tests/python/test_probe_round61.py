@@ -137,3 +137,28 @@ def test_train_says_that_amp_has_no_effect_on_cpu(tmp_path, capsys, monkeypatch)
                                   "--set", f"output.checkpoint_dir={tmp_path / 'c2'}"])
     assert code == 0, err
     assert "training.amp" not in out + err
+
+
+def test_train_ensemble_says_when_a_holdout_pattern_matches_no_file(tmp_path, capsys):
+    """`--set 'data.holdout=["emu_1d_valdation.h5"]'` (misspelt), or the default recipe's
+    "*_seed9[0-9][0-9].h5" on one's own files, held nothing out, said only as "32 training states, 0 held
+    out (PATTERN)". Now the line names the pattern that matches none of the source files and the way on;
+    a pattern that matches says nothing more."""
+    table = _preprocessed(capsys, tmp_path, EMU_32, "mine.h5")
+    base = [arg for pair in zip(OWN_DATABASE[::2], OWN_DATABASE[1::2]) if pair[1] != "data.holdout=[]" for arg in pair]
+    common = ["train-ensemble", "--config", str(ENSEMBLE_DEFAULT), "--set", f"data.path={table}", *base]
+    code, out, err = run(capsys, [*common, "--set", 'data.holdout=["emu_1d_valdation.h5"]',
+                                  "--set", f"output.checkpoint={tmp_path / 'a.pt'}"])
+    assert code == 0, err
+    first = out.splitlines()[0]
+    assert first.startswith("32 training states, 0 held out (emu_1d_valdation.h5); data.holdout's "
+                            "'emu_1d_valdation.h5' matches none of the 1 source file of data.path"), first
+    assert "'emu_1d_validation.h5'" in first and "--set 'data.holdout=[]'" in first, first
+    code, out, err = run(capsys, [*common, "--set", 'data.holdout=["emu_1d_*.h5", "nothing*"]',
+                                  "--set", f"output.checkpoint={tmp_path / 'b.pt'}"])
+    assert code == 2 and "every row matches a holdout pattern" in err, err  # the matching one holds all out
+    from dodo.training.ensemble_train import load_table, unmatched_holdout_note
+
+    loaded = load_table(str(table))
+    assert unmatched_holdout_note(loaded, ["emu_1d_*.h5"]) == ""
+    assert "'nothing*' matches none" in unmatched_holdout_note(loaded, ["emu_1d_*.h5", "nothing*"])

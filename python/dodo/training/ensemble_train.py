@@ -931,6 +931,21 @@ def heldout_report(ensemble: DensityResidualEnsemble, table: dict, held_rows: np
     return report
 
 
+def unmatched_holdout_note(table: dict, patterns: list) -> str:
+    """"; data.holdout's PATTERN matches no source file ..." for the patterns that match no source file
+    name of the table ('' when each matches one). A misspelt pattern, or the default recipe's
+    "*_seed9[0-9][0-9].h5" on one's own files, held nothing out, said only as "0 held out (PATTERN)"
+    (outside probe, Python round sixty-one)."""
+    names = sorted({Path(str(source)).name for source in np.unique(np.asarray(table["sources"]).astype(str))})
+    unmatched = [pattern for pattern in patterns if not holdout_mask(names, [pattern]).any()]
+    if not unmatched:
+        return ""
+    return (f"; data.holdout's {', '.join(repr(p) for p in unmatched)} {'matches' if len(unmatched) == 1 else 'match'} "
+            f"none of the {counted(len(names), 'source file')} of data.path (patterns match file names, e.g. "
+            f"{names[0]!r}): correct {'it' if len(unmatched) == 1 else 'them'}, or --set 'data.holdout=[]' to hold "
+            "nothing out")
+
+
 def train_command(config: EnsembleConfig, log=print) -> dict:
     table = load_table(config.data_path)
     held = holdout_mask(table["sources"], config.holdout)
@@ -938,7 +953,7 @@ def train_command(config: EnsembleConfig, log=print) -> dict:
     check_training_rows(train_rows)
     # `data.holdout: []` printed "0 held out ()" (outside probe, new user's journey round two).
     held_out = f"{len(held_rows)} held out ({', '.join(config.holdout)})" if config.holdout else "none held out"
-    log(f"{len(train_rows)} training states, {held_out}")
+    log(f"{len(train_rows)} training states, {held_out}{unmatched_holdout_note(table, config.holdout)}")
     growth_table = load_growth_table(config, table, train_rows, log=log)
     ensemble = train_on(table, train_rows, config, log=log, growth_table=growth_table)
     report = {"n_train": int(len(train_rows)), "n_heldout": int(len(held_rows))}
