@@ -162,3 +162,16 @@ def test_train_ensemble_says_when_a_holdout_pattern_matches_no_file(tmp_path, ca
     loaded = load_table(str(table))
     assert unmatched_holdout_note(loaded, ["emu_1d_*.h5"]) == ""
     assert "'nothing*' matches none" in unmatched_holdout_note(loaded, ["emu_1d_*.h5", "nothing*"])
+
+
+def test_learning_curve_says_when_a_holdout_pattern_matches_no_file(tmp_path, capsys):
+    """The same for `dodo learning-curve`, whose pool is every state then: said before the rows (on
+    standard error with --json -, so the JSON alone is on standard output)."""
+    table = _preprocessed(capsys, tmp_path, _emu_subset(tmp_path / "first20.h5", 20), "first20_pre.h5")
+    base = [arg for pair in zip(OWN_DATABASE[::2], OWN_DATABASE[1::2]) if pair[1] != "data.holdout=[]" for arg in pair]
+    code, out, err = run(capsys, ["learning-curve", "--config", str(ENSEMBLE_DEFAULT), "--set", f"data.path={table}",
+                                  *base, "--sizes", "all", "--folds", "3", "--json", "-"])
+    assert code == 0, err
+    assert err.startswith("note: data.holdout's '*_seed9[0-9][0-9].h5' matches none of the 1 source file of "
+                          "data.path (patterns match file names, e.g. 'first20.h5')"), err
+    assert json.loads(out)["rows"][0]["cv_states"] == 20

@@ -1011,6 +1011,9 @@ def learning_curve(config: EnsembleConfig, sizes: list, folds: int = 5, members:
         raise ValueError(f"--members must be a positive integer; got {members!r}")
     table = load_table(config.data_path)
     order, fold_of = pool_folds(table, config, folds)
+    unmatched = unmatched_holdout_note(table, config.holdout)
+    if unmatched:  # the pool is then every state (as train-ensemble says it)
+        log(f"note: {unmatched[2:]}")
     check_training_rows(order)
     if len(order) < folds:
         raise ValueError(f"the training pool has {len(order)} states, fewer than the {folds} folds")
