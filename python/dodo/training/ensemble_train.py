@@ -11,6 +11,7 @@ import datetime
 import hashlib
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -291,11 +292,19 @@ def load_table(path: str) -> dict:
     # The check `dodo train` makes: an Emu file (or any other) is "not a Dodo preprocessed file".
     attrs = read_preprocessed_attrs(path)
     names = ("F_init", "F_box", "F_true", "u", "invariants", "source_file", "growth_rate", "box3d_growth_rate")
+    # The digest first, then the rows, with the file's identity before and after: the digest was taken
+    # after the rows, so a table replaced in between (a dodo preprocess finishing into it) was recorded,
+    # and exported as dodo.training_data_sha256, as the other file's (outside probe, data-loss round 13).
+    before = _file_identity(path)
+    sha256 = _file_sha256(path)
     with h5py.File(path, "r") as f:
         missing = [key for key in names if not isinstance(f.get(key), h5py.Dataset)]  # absent, or a group
         if missing:
             raise DataFileError(f"{path}: preprocessed file without datasets {missing}; re-make it with `dodo preprocess`")
         arrays = {key: read_dataset(f, key, ()) for key in names}  # a damaged one: named with the file (round 31)
+    if _file_identity(path) != before:
+        raise DataFileError(f"{path}: replaced or changed while it was read (its digest and its rows could be of two "
+                            "files); run again once nothing writes it")
     try:
         sources = _sources(attrs)
     except DataFileError as error:
@@ -323,7 +332,7 @@ def load_table(path: str) -> dict:
     rest["ntot"] = np.asarray(dodo.comoving_density(arrays["F_init"], arrays["u"]), float)
     return table_from_rest(rest, arrays["growth_rate"], arrays["box3d_growth_rate"],
                            np.array([sources[int(i)] for i in index]),
-                           box3d=attrs.get("box3d"), sha256=_file_sha256(path), kind=str(attrs.get("data_kind", "qke")))
+                           box3d=attrs.get("box3d"), sha256=sha256, kind=str(attrs.get("data_kind", "qke")))
 
 
 def _sources(attrs) -> list[str]:
@@ -339,6 +348,12 @@ def _sources(attrs) -> list[str]:
         raise DataFileError("attribute 'sources' must list one {\"path\": ...} object per source file; dodo preprocess "
                             "writes it: re-run `dodo preprocess`")
     return [entry["path"] for entry in entries]
+
+
+def _file_identity(path: str) -> tuple:
+    """What changes when a file is replaced or written: device, inode, size and times."""
+    status = os.stat(path)
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns
 
 
 def _file_sha256(path: str) -> str:
