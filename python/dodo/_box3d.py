@@ -63,6 +63,18 @@ class Box3DResult(NamedTuple):
         equal = _result_equality(self, other)
         return equal if equal is NotImplemented else not equal
 
+    def __lt__(self, other):
+        return _result_order(self, other, "<")
+
+    def __le__(self, other):
+        return _result_order(self, other, "<=")
+
+    def __gt__(self, other):
+        return _result_order(self, other, ">")
+
+    def __ge__(self, other):
+        return _result_order(self, other, ">=")
+
 
 # Per output of a result: (trailing shape after the batch shape, dtype).
 _BOX3D_OUTPUTS = {"F_box": ((N_SPECIES, N_COMPONENTS), np.float64), "growth_over_ntot": ((), np.float64),
@@ -83,6 +95,20 @@ def _result_equality(result, other):
                     "giving no single answer: compare the fields, e.g. all(np.array_equal(a, b) for a, b in "
                     "zip(r1, r2)) (equal_nan=True where NaN may appear), or a.tobytes() == b.tobytes() for the same "
                     "bits")
+
+
+def _result_order(result, other, operator: str):
+    """``result < other`` (also <=, >, >=) for a result. Tuple ordering compares the first pair of arrays
+    element by element and asks for one truth value: NumPy's `The truth value of an array with more than
+    one element is ambiguous` with no way on (outside probe, Python rounds sixty and sixty-two), or, for
+    a result compared with itself or one of one cell, an answer from the first differing field that
+    means nothing. Results have no order: a TypeError saying what to compare. Anything but a tuple:
+    NotImplemented, so Python's own `'<' not supported` stays."""
+    if not isinstance(other, tuple):
+        return NotImplemented
+    raise TypeError(f"dodo.{type(result).__name__} objects have no order ({operator} between two results): "
+                    "compare a field element by element, e.g. r1.growth_rate < r2.growth_rate (a boolean array "
+                    "per cell), or np.all(...) of it for one answer")
 
 
 def _reduce_result(result, current: type, protocol):
@@ -976,7 +1002,13 @@ def invariants(F_init, u=None) -> np.ndarray:
 
 
 def comoving_density(F_init, u=None) -> np.ndarray:
-    """Total comoving number density N_tot = sum_a -F_a.u, shape (...)."""
+    """Total comoving number density N_tot = sum_a -F_a.u, shape (...).
+
+    No cell is rejected here: the sum is IEEE arithmetic. A NaN anywhere in a cell's F_init or u gives
+    NaN, and so does an Inf in a spatial component, also at rest (u=None is u = (1, 0, 0, 0), and
+    0 x NaN and 0 x Inf are NaN); an Inf in F^t alone gives +-Inf. :func:`invariants` gives zeros for
+    such cells, and :func:`box3d` and ``Closure.apply`` flag them NONFINITE.
+    """
     with _claim({"F_init": F_init, "u": u}) as claim:
         flat_F, flat_u, batch = _prepare(F_init, u)
         claim.computing = True

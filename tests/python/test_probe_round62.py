@@ -1,0 +1,60 @@
+"""Outside probe, Python round sixty-two: ordering of results, comoving_density of non-finite cells
+(docs/reliability_python.md, section 111)."""
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+import pytest
+
+import dodo
+
+
+def _cells(n: int) -> np.ndarray:
+    rng = np.random.default_rng(62)
+    F = np.zeros((n, 6, 4))
+    density = rng.uniform(1.0, 2.0, (n, 6))
+    direction = rng.normal(size=(n, 6, 3))
+    direction /= np.linalg.norm(direction, axis=-1, keepdims=True)
+    F[..., 0] = density
+    F[..., 1:] = direction * rng.uniform(0.0, 0.6, (n, 6, 1)) * density[..., None]
+    return F * 1e32
+
+
+@pytest.mark.parametrize("route", ["closure", "box3d"])
+@pytest.mark.parametrize("compare", [operator.lt, operator.le, operator.gt, operator.ge])
+def test_ordering_two_results_is_a_type_error_that_says_what_to_compare(route, compare):
+    # Before: tuple ordering asked NumPy for one truth value of the first fields' comparison,
+    # "The truth value of an array with more than one element is ambiguous", with no way on.
+    F = _cells(3)
+    make = (lambda F_init: dodo.Closure("box3d").apply(F_init)) if route == "closure" else dodo.box3d
+    r1, r2 = make(F), make(F * 2)
+    with pytest.raises(TypeError, match=r"objects have no order .*compare a field element by element, e\.g\. "
+                                        r"r1\.growth_rate < r2\.growth_rate"):
+        compare(r1, r2)
+    # One cell: tuple ordering gave an answer from the first differing field; now the same TypeError.
+    one = make(F[:1])
+    with pytest.raises(TypeError, match="have no order"):
+        sorted([one, make(F[:1] * 2)])
+    # Guards: a number keeps Python's own words; equality keeps its round-45 TypeError; fields compare.
+    with pytest.raises(TypeError, match="not supported between instances"):
+        compare(r1, 1)
+    with pytest.raises(TypeError, match="compare the fields"):
+        r1 == r2  # noqa: B015
+    assert compare(r1.growth_over_ntot, r2.growth_over_ntot).shape == (3,)
+
+
+def test_comoving_density_docstring_says_what_non_finite_cells_give():
+    doc = dodo.comoving_density.__doc__
+    assert "NaN anywhere in a cell's F_init or u gives" in doc and "also at rest" in doc
+    assert "invariants` gives zeros" in doc
+    # ... and that is what it does: NaN at rest from a spatial NaN or Inf, +-Inf from F^t, NaN from u.
+    F = _cells(1)
+    for index, value, expected in [((0, 0, 1), np.nan, "nan"), ((0, 2, 3), np.inf, "nan"),
+                                   ((0, 1, 0), np.inf, "inf"), ((0, 1, 0), -np.inf, "-inf")]:
+        G = F.copy()
+        G[index] = value
+        assert str(dodo.comoving_density(G)[0]) == expected
+        assert str(dodo.comoving_density(G, [1.0, 0.0, 0.0, 0.0])[0]) == expected
+        assert np.all(dodo.invariants(G)[0] == 0.0)
+    assert np.isnan(dodo.comoving_density(F, [1.0, 0.0, 0.0, np.nan])[0])
