@@ -58,3 +58,21 @@ def test_comoving_density_docstring_says_what_non_finite_cells_give():
         assert str(dodo.comoving_density(G, [1.0, 0.0, 0.0, 0.0])[0]) == expected
         assert np.all(dodo.invariants(G)[0] == 0.0)
     assert np.isnan(dodo.comoving_density(F, [1.0, 0.0, 0.0, np.nan])[0])
+
+
+def test_the_docstrings_say_where_lorentz_factors_cost_the_crossings():
+    # Before: u^t up to ~2e7 accepted, every cell NO_CROSSING at 1.9e7, and no word of it anywhere.
+    for doc in (dodo.box3d.__doc__, dodo.Closure.apply.__doc__):
+        text = " ".join(doc.split())
+        assert "from W ~ 3e6 on cells lose their ELN crossings to rounding and come back NO_CROSSING" in text
+        assert "u^t up to ~2e7 is accepted, so check the status there" in text
+    # ... and that is what happens: cells with crossings at rest keep them at W = 1e6, not at 1.9e7.
+    F = _cells(40)
+    no_crossing = int(dodo.CellStatus.NO_CROSSING)
+    at_rest = dodo.box3d(F).status
+    assert np.count_nonzero(at_rest & no_crossing) < 40
+    crossing = (at_rest & no_crossing) == 0
+    for W, lost in ((1e6, False), (1.9e7, True)):
+        u = np.array([W, np.sqrt(W * W - 1.0), 0.0, 0.0])
+        status = dodo.box3d(dodo.boost_from_rest(F, u), u).status[crossing]
+        assert np.all((status & no_crossing) != 0) if lost else np.all((status & no_crossing) == 0)
