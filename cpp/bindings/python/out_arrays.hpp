@@ -38,7 +38,9 @@ T* output_data(const pybind11::array& array, const char* name, std::size_t value
   // Written in place, so never copied: a misaligned one (a buffer at an odd offset) is refused, as
   // the C API refuses it (writing through a misaligned T* is undefined behaviour).
   if (!(array.flags() & pybind11::detail::npy_api::NPY_ARRAY_ALIGNED_))
-    throw pybind11::value_error(std::string(name) + ": an output array must be aligned for its dtype");
+    throw pybind11::value_error(std::string(name) + ": an output array must be aligned for its dtype (one viewed "
+                                "at an odd offset of a byte buffer is not): make out with ClosureResult.empty or "
+                                "Box3DResult.empty, or pass a previous call's result");
   if (static_cast<std::size_t>(array.size()) != values)
     throw pybind11::value_error(std::string(name) + ": output array of " + std::to_string(array.size()) +
                                 " values; this call writes " + std::to_string(values));
