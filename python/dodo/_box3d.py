@@ -37,6 +37,22 @@ DEFAULT_Z_METHOD = "exact"
 DEFAULT_MAX_FLUX_FACTOR = 0.98
 
 
+def _compared_as_results(cls: type) -> type:
+    """Gives a result class (Box3DResult, ClosureResult) its ==, != and the refusal of <, <=, >, >=
+    (_result_equality, _result_order), set on the class as typing.NamedTuple sets a body's methods."""
+    cls.__eq__ = lambda self, other: _result_equality(self, other)
+
+    def not_equal(self, other):
+        equal = _result_equality(self, other)
+        return equal if equal is NotImplemented else not equal
+
+    cls.__ne__ = not_equal
+    for name, symbol in (("__lt__", "<"), ("__le__", "<="), ("__gt__", ">"), ("__ge__", ">=")):
+        setattr(cls, name, lambda self, other, symbol=symbol: _result_order(self, other, symbol))
+    return cls
+
+
+@_compared_as_results
 class Box3DResult(NamedTuple):
     """Box3D of a batch of cells; every array has the batch shape of the input."""
 
@@ -55,25 +71,6 @@ class Box3DResult(NamedTuple):
         # A result made before an importlib.reload of this module (IPython's autoreload) is of the
         # earlier class, which pickle cannot name: it is pickled as the class defined now.
         return _reduce_result(self, Box3DResult, protocol)
-
-    def __eq__(self, other):
-        return _result_equality(self, other)
-
-    def __ne__(self, other):
-        equal = _result_equality(self, other)
-        return equal if equal is NotImplemented else not equal
-
-    def __lt__(self, other):
-        return _result_order(self, other, "<")
-
-    def __le__(self, other):
-        return _result_order(self, other, "<=")
-
-    def __gt__(self, other):
-        return _result_order(self, other, ">")
-
-    def __ge__(self, other):
-        return _result_order(self, other, ">=")
 
 
 # Per output of a result: (trailing shape after the batch shape, dtype).

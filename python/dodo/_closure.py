@@ -23,7 +23,7 @@ from typing import NamedTuple, Optional, Union
 import numpy as np
 
 from . import _core
-from ._box3d import _ForkHold, _claim, _empty_result, _fed_back_hint, _flat_outputs, _reduce_result, _result_equality, _result_order, _integral, _prepare, _real, _shown_number, _text, _threads, _usable_cpus
+from ._box3d import _ForkHold, _claim, _compared_as_results, _empty_result, _fed_back_hint, _flat_outputs, _reduce_result, _integral, _prepare, _real, _shown_number, _text, _threads, _usable_cpus
 from .conventions import N_COMPONENTS, N_SPECIES
 from .models import default_model_path
 
@@ -53,6 +53,7 @@ def _is_in_memory_package(model) -> bool:
     return True
 
 
+@_compared_as_results
 class ClosureResult(NamedTuple):
     """One closure evaluation; every array has the batch shape of the input.
 
@@ -77,25 +78,6 @@ class ClosureResult(NamedTuple):
     def __reduce_ex__(self, protocol):
         # A result made before an importlib.reload of this module pickles as the class defined now.
         return _reduce_result(self, ClosureResult, protocol)
-
-    def __eq__(self, other):
-        return _result_equality(self, other)
-
-    def __ne__(self, other):
-        equal = _result_equality(self, other)
-        return equal if equal is NotImplemented else not equal
-
-    def __lt__(self, other):
-        return _result_order(self, other, "<")
-
-    def __le__(self, other):
-        return _result_order(self, other, "<=")
-
-    def __gt__(self, other):
-        return _result_order(self, other, ">")
-
-    def __ge__(self, other):
-        return _result_order(self, other, ">=")
 
 
 # Per output: (trailing shape after the batch shape, dtype), in ClosureResult's order.
