@@ -8,17 +8,11 @@ import numpy as np
 import pytest
 
 import dodo
+from test_probe_round60 import _cells as round60_cells
 
 
 def _cells(n: int) -> np.ndarray:
-    rng = np.random.default_rng(62)
-    F = np.zeros((n, 6, 4))
-    density = rng.uniform(1.0, 2.0, (n, 6))
-    direction = rng.normal(size=(n, 6, 3))
-    direction /= np.linalg.norm(direction, axis=-1, keepdims=True)
-    F[..., 0] = density
-    F[..., 1:] = direction * rng.uniform(0.0, 0.6, (n, 6, 1)) * density[..., None]
-    return F * 1e32
+    return round60_cells(n, seed=62)
 
 
 @pytest.mark.parametrize("route", ["closure", "box3d"])
