@@ -3,6 +3,7 @@ dropped (setpriv), and files made as another user's (uid 65534) in a sticky dire
 data-loss probes' tests (rounds eleven and twelve)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -43,3 +44,33 @@ def another_users_lock(directory: Path, name: str, text: str) -> Path:
     lock.chmod(0o644)
     directory.chmod(0o1777)
     return lock
+
+
+#: A process that holds exclusive_directory(DIRECTORY) as `dodo train-ensemble` and prints its pid.
+_HOLD = ("import os, sys\nfrom dodo._atomic import exclusive_directory\n"
+         "with exclusive_directory({directory!r}, 'dodo train-ensemble'):\n"
+         "    print(os.getpid(), flush=True)\n    sys.stdin.read()\n")
+
+
+@contextlib.contextmanager
+def holding_directory(directory: Path):
+    """AS_A_USER holding ``directory``'s lock until the block ends; yields (its pid, a function that runs a
+    second such take and returns its CompletedProcess). Skips where setpriv cannot drop the capabilities."""
+    take = _HOLD.format(directory=str(directory))
+    with subprocess.Popen([*AS_A_USER, sys.executable, "-c", take], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as holder:
+        try:
+            first = holder.stdout.readline().strip()
+            if not first.isdigit():
+                holder.stdin.close()
+                err = holder.stderr.read()
+                if "setpriv:" in err:
+                    pytest.skip(f"setpriv cannot drop capabilities here: {err.strip()}")
+                raise AssertionError(err)
+            yield first, lambda: subprocess.run([*AS_A_USER, sys.executable, "-c", take], capture_output=True,
+                                                text=True, timeout=300, stdin=subprocess.DEVNULL)
+        finally:
+            if not holder.stdin.closed:
+                holder.stdin.close()
+            holder.wait(timeout=300)
+        assert holder.returncode == 0, holder.stderr.read()

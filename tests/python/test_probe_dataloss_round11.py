@@ -23,7 +23,7 @@ import pytest
 
 pytest.importorskip("h5py")
 
-from another_user import AS_A_USER, SETPRIV, another_users_lock, dodo_as_a_user, needs_setpriv  # noqa: E402
+from another_user import SETPRIV, another_users_lock, dodo_as_a_user, holding_directory, needs_setpriv  # noqa: E402
 from cli_helpers import run  # noqa: E402
 
 ROWS = 2000  # needs about 1.2 MB (synth._check_free_space)
@@ -211,30 +211,12 @@ def test_a_lock_taken_on_another_users_lock_file_still_excludes(tmp_path):
     refusal does not name the stale pid written in the file by its owner's earlier run."""
     shared = tmp_path / "shared"
     another_users_lock(shared, ".dodo.lock", "999999999\ndodo study of this tag")
-    take = ("import sys\nfrom dodo._atomic import exclusive_directory\n"
-            f"with exclusive_directory({str(shared)!r}, 'dodo train-ensemble'):\n"
-            "    print('holding', flush=True)\n    sys.stdin.read()\n")
-    with subprocess.Popen([*AS_A_USER, sys.executable, "-c", take], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True) as holder:
-        try:
-            first = holder.stdout.readline()
-            if first != "holding\n":
-                holder.stdin.close()
-                err = holder.stderr.read()
-                if "setpriv:" in err:
-                    pytest.skip(f"setpriv cannot drop capabilities here: {err.strip()}")
-                raise AssertionError(err)
-            second = subprocess.run([*AS_A_USER, sys.executable, "-c", take.replace("'holding'", "'SECOND'")],
-                                    capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
-            assert "SECOND" not in second.stdout and "DirectoryInUseError" in second.stderr, second.stderr
-            # Since data-loss round twelve the holder's own pid is named (from /proc/locks where it can be read).
-            assert re.search(r"is in use by another dodo train-ensemble( \(pid \d+\))?:", second.stderr), second.stderr
-            assert "999999999" not in second.stderr and "dodo study" not in second.stderr, second.stderr
-        finally:
-            if not holder.stdin.closed:
-                holder.stdin.close()
-            holder.wait(timeout=300)
-        assert holder.returncode == 0, holder.stderr.read()
+    with holding_directory(shared) as (_, take_again):
+        second = take_again()
+        assert second.stdout == "" and "DirectoryInUseError" in second.stderr, second.stderr
+        # Since data-loss round twelve the holder's own pid is named (from /proc/locks where it can be read).
+        assert re.search(r"is in use by another dodo train-ensemble( \(pid \d+\))?:", second.stderr), second.stderr
+        assert "999999999" not in second.stderr and "dodo study" not in second.stderr, second.stderr
 
 
 # --- A child forked while the main thread writes an HDF5 file --------------------------------------------

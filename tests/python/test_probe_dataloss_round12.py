@@ -32,7 +32,7 @@ import pytest
 
 pytest.importorskip("h5py")
 
-from another_user import AS_A_USER, another_users_lock, needs_setpriv, skip_without_setpriv  # noqa: E402
+from another_user import AS_A_USER, another_users_lock, holding_directory, needs_setpriv, skip_without_setpriv  # noqa: E402
 from cli_helpers import run  # noqa: E402
 
 import dodo._atomic as atomic  # noqa: E402
@@ -201,29 +201,11 @@ def test_the_holder_of_another_users_lock_file_is_named(tmp_path):
     second run names the holder's pid. Before: "(pid 1)" and "dodo study"."""
     shared = tmp_path / "shared"
     another_users_lock(shared, ".dodo.lock", "1\ndodo study of this tag")
-    take = ("import os, sys\nfrom dodo._atomic import exclusive_directory\n"
-            f"with exclusive_directory({str(shared)!r}, 'dodo train-ensemble'):\n"
-            "    print(os.getpid(), flush=True)\n    sys.stdin.read()\n")
-    with subprocess.Popen([*AS_A_USER, sys.executable, "-c", take], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True) as holder:
-        try:
-            first = holder.stdout.readline().strip()
-            if not first.isdigit():
-                holder.stdin.close()
-                err = holder.stderr.read()
-                if "setpriv:" in err:
-                    pytest.skip(f"setpriv cannot drop capabilities here: {err.strip()}")
-                raise AssertionError(err)
-            second = subprocess.run([*AS_A_USER, sys.executable, "-c", take], capture_output=True, text=True,
-                                    timeout=300, stdin=subprocess.DEVNULL)
-            assert "DirectoryInUseError" in second.stderr, second.stderr
-            assert f"is in use by another dodo train-ensemble (pid {first}):" in second.stderr, second.stderr
-            assert "(pid 1)" not in second.stderr and "dodo study" not in second.stderr, second.stderr
-        finally:
-            if not holder.stdin.closed:
-                holder.stdin.close()
-            holder.wait(timeout=300)
-        assert holder.returncode == 0, holder.stderr.read()
+    with holding_directory(shared) as (first, take_again):
+        second = take_again()
+        assert "DirectoryInUseError" in second.stderr, second.stderr
+        assert f"is in use by another dodo train-ensemble (pid {first}):" in second.stderr, second.stderr
+        assert "(pid 1)" not in second.stderr and "dodo study" not in second.stderr, second.stderr
 
 
 @needs_setpriv
