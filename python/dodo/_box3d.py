@@ -944,6 +944,14 @@ def box3d(F_init, u=None, *, lebedev_order: int = DEFAULT_LEBEDEV_ORDER, z_metho
     rounding and come back NO_CROSSING (of 1,000 cells with crossings at rest: 8% at W = 5e6, 98% at
     1e7, all at 1.9e7; none at 1e6); u^t up to ~2e7 is accepted, so check the status there.
     Cells with problems are flagged in ``status`` (see :class:`dodo.CellStatus`), never NaN.
+    lebedev_order, z_method, max_flux_factor: Box3D's settings (the Lebedev orders built: ``dodo info``;
+    "exact" or "jedynak"; a cell with a species' flux factor at or above max_flux_factor is flagged
+    FLUX_FACTOR and returned as it came).
+    threads: worker threads of this call (None: the cores this process may run on, under an MPI launcher
+    at most its share of the node; 0 or 1: the calling thread only; at most 1024; results do not depend
+    on it). Each call starts its own: n Python threads calling ``dodo.box3d`` at once (a
+    ``concurrent.futures.ThreadPoolExecutor``) put up to n x threads threads to work (measured: 4 callers
+    with ``threads=2``, 8 besides the callers), and n x the cores with None, so give ``threads=1`` there.
     out: a :class:`Box3DResult` to write into instead of new arrays (a previous call's result
     for cells of the same batch shape, or ``Box3DResult.empty(batch_shape)``), as a time loop
     calls it; returned. Its arrays must be C-contiguous, writeable, of the result's dtypes and

@@ -330,6 +330,17 @@ def _refuse_compressed_bytes(data: bytes) -> None:
                            f"package: unpack it first ({_UNPACK_IN_PYTHON[packed[0]]}) and give the package's bytes")
 
 
+def _in_the_singular(error: Exception) -> Exception:
+    """``error`` with the runtime's "model in memory (1 bytes)" (cpp/src/runtime/closure.cpp counts a
+    package in memory in bytes, the plural whatever the count: a one-byte buffer, b"x" or a broadcast
+    cut short, was "model in memory (1 bytes)") said as "(1 byte)"; ``error`` itself where the words
+    are not there (outside probe, Python round sixty-three)."""
+    text = str(error)
+    if not isinstance(error, (RuntimeError, ValueError)) or "model in memory (1 bytes)" not in text:
+        return error
+    return type(error)(text.replace("model in memory (1 bytes)", "model in memory (1 byte)"))
+
+
 #: DODO_MAX_MODEL_FILE_BYTES of dodo.h: the runtime refuses a larger package, on disk or in memory.
 _MAX_MODEL_FILE_BYTES = 256 << 20
 
@@ -412,7 +423,12 @@ class Closure:
     onnxruntime_library: path of libonnxruntime; None: $DODO_ONNXRUNTIME_LIBRARY, then the
         ``onnxruntime`` Python package, then the system.
 
-    Instances are safe to share between threads (each call with its own ``out=``, if any). They can be pickled (``multiprocessing``
+    Instances are safe to share between threads (each call with its own ``out=``, if any). One call at a
+    time has the workers: a call made while another runs (n threads of a
+    ``concurrent.futures.ThreadPoolExecutor`` calling one closure) computes on its own thread alone, so n
+    calling threads keep up to n + threads - 1 threads busy (measured: 4 callers of a ``threads=2``
+    closure, 6), the same bits; with a pool of your own threads give ``threads=1`` (or make the pool
+    smaller) rather than putting more threads than cores to work. They can be pickled (``multiprocessing``
     workers, ``concurrent.futures.ProcessPoolExecutor``): the pickle holds the model's identity
     and the options, not the loaded runtime, and unpickling loads the closure again: the same
     file (by absolute path), the default model, Box3D alone, or an in-memory package's bytes
@@ -553,7 +569,10 @@ class Closure:
                 onnxruntime_library=library_given,
                 device=_text("device", device, '"cpu", "cuda" or "cuda:N"'), run_self_test=bool(self_test and has_model),
                 evaluator=_text("evaluator", evaluator, '"auto" or "onnxruntime"'))
-        except (RuntimeError, ValueError, OSError) as error:
+        except (RuntimeError, ValueError, OSError) as raised:
+            # The runtime counts a package in memory as "(N bytes)", "(1 bytes)" of one byte: said in
+            # the singular here, before any hint below quotes it (outside probe, Python round sixty-three).
+            error = _in_the_singular(raised)
             if isinstance(max_flux_factor, np.floating) and max_flux_factor.dtype.itemsize < 8 and \
                     "max_flux_factor" in str(error) and "was requested" in str(error):
                 # np.float32(0.98) (read from a float32 file or array) is 0.9800000190734863, which the
@@ -564,7 +583,7 @@ class Closure:
                                   "as a Python float, or None for the model's)") from None
             if file_bytes is not None and "model in memory (" in str(error):
                 # Read here, the runtime calls the file "model in memory (N bytes)": name it instead.
-                text = re.sub(r"model in memory \(\d+ bytes\)", lambda _: f"model file {_shown_path(model_path)}",
+                text = re.sub(r"model in memory \(\d+ bytes?\)", lambda _: f"model file {_shown_path(model_path)}",
                               str(error), count=1)
                 # and its words for refused bytes are a file's again (C round forty-six gave a buffer its own,
                 # which this file, read here, then got: "truncated or damaged bytes? give the whole ...").
@@ -581,7 +600,8 @@ class Closure:
                     raise type(error)(f"{error}{hint}") from None
             if isinstance(model, bytes) and len(model) <= 4096 and os.path.exists(model):
                 # os.fsencode(name) is a file's name, but bytes are a package's content: say so.
-                raise type(error)(f"{error}; these {len(model)} bytes name an existing file, but bytes are read "
+                these = "this 1 byte names" if len(model) == 1 else f"these {len(model)} bytes name"
+                raise type(error)(f"{error}; {these} an existing file, but bytes are read "
                                   "as a package's content: give a file name as str or os.PathLike "
                                   "(os.fsdecode(name))") from None
             if model_bytes is not None and len(model_bytes) <= 16 and \
@@ -593,6 +613,8 @@ class Closure:
                          else "model=None (the shipped default model)")
                 raise type(error)(f"{error}; these {len(model_bytes)} bytes spell {word!r}, but bytes are read as a "
                                   f"package's content: give {meant}") from None
+            if error is not raised:
+                raise error from None
             raise
         self._runtime, self._model_path, self._source, self._options = runtime, model_path, source, options
         self._library_given = library_given
