@@ -293,6 +293,9 @@ def _layout_problem(handle) -> str:
         _, problem = _open_item(handle, DIRNAMES)
         if problem:
             return problem
+    problem = same_dataset_problem(handle)
+    if problem:
+        return problem
     shape = handle[INITIAL].shape
     for name in (INITIAL, FINAL):  # h5py.Empty (a null dataspace): shape None, no values
         if handle[name].shape is None:
@@ -306,6 +309,23 @@ def _layout_problem(handle) -> str:
         return reversed_axes_problem(FINAL, handle[FINAL].shape) or \
             f"'{FINAL}' shape {handle[FINAL].shape} differs from '{INITIAL}' {shape}"
     return nf_problem(handle, shape)
+
+
+def same_dataset_problem(handle) -> str:
+    """Why an open Emu database cannot be scored when its F4_final(1|ccm) is the very dataset of its
+    F4_initial(1|ccm) (a hard link, or a soft or external link to it), or ''. Its asymptotic states
+    are then the initial ones, and `dodo apply` and `dodo score` scored the closure against its own
+    input without a word (outside probe, Python rounds sixty-two and sixty-three). A copy of equal
+    values is another dataset and is read as it is (a stable state's final state is its initial one)."""
+    try:
+        same = handle[INITIAL].id == handle[FINAL].id  # h5py: the same file and object header
+    except (KeyError, OSError, RuntimeError, ValueError, TypeError):  # the callers name a broken link
+        return ""
+    if not same:
+        return ""
+    return (f"'{FINAL}' is the same dataset as '{INITIAL}' (a hard link, or a link to it), so the asymptotic "
+            "states would be the initial states themselves; give a database whose "
+            f"'{FINAL}' holds the run's final states")
 
 
 def reversed_axes_problem(name: str, shape) -> str:

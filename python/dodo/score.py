@@ -24,7 +24,7 @@ from ._shown import counted
 from ._output_guard import marked_report
 from ._status import REJECTED_MASK
 from .emu_files import (growth_rate_note, hdf5_item, known_file_problem, nf_problem, numeric_dataset, open_hdf5,
-                        reversed_axes_problem, unfinished_run_note)
+                        reversed_axes_problem, same_dataset_problem, unfinished_run_note)
 
 #: A state counts as "worse than Box3D" when the model's error exceeds Box3D's by this (N_tot).
 WORSE_THRESHOLD = 0.0025
@@ -132,6 +132,9 @@ def read_emu_states(path: str) -> EmuStates:
                     raise ValueError(f"{_shown(path)}: {problem}")
                 if key not in f or not isinstance(hdf5_item(f, path, key), h5py.Dataset):
                     raise ValueError(f"{_shown(path)}: no dataset '{key}' (not an Emu-layout file)")
+            problem = same_dataset_problem(f)
+            if problem:  # as dodo apply and preprocess read it (emu_files.open_emu_file)
+                raise ValueError(f"{_shown(path)}: {problem}")
             emu_initial = numeric_dataset(f, path, "F4_initial(1|ccm)")
             emu_final = numeric_dataset(f, path, "F4_final(1|ccm)")
             growth, null_growth = None, False
@@ -214,7 +217,34 @@ def score(closure, states: EmuStates, resamples: int = 10000, seed: int = 0,
     States whose model or Box3D error is not finite (a NaN row, an empty state), or whose truth row
     holds a NaN or Inf in any component, are left out of
     every mean, interval, count and growth ratio, and counted in ``left_out`` (with the reasons)
-    instead of turning every number into NaN; their per-state errors are None."""
+    instead of turning every number into NaN; their per-state errors are None.
+
+    The report (a dict; ``dodo score --json`` writes it with ``"dodo_report": "dodo score"`` first, and
+    null for None, NaN and Inf). Errors are the README's metric, in units of N_tot; keys marked
+    "(only ...)" are present only then, every other key always:
+
+    - ``n_states``: states given; ``n_scored``: states scored; ``threshold``: the margin of
+      ``states_worse_than_box3d`` (N_tot).
+    - ``left_out``: ``count``, ``reasons`` (a reason's words: its number of states), ``indices``
+      (state numbers, from 0, in the order the states were given).
+    - ``model``, ``box3d``: ``mean``, ``ci95`` ([low, high], bootstrap over states), ``max``;
+      ``difference`` (model - Box3D, paired per state): ``mean``, ``ci95``.
+    - ``states_worse_than_box3d`` (model - Box3D > threshold), ``states_better_than_box3d`` (< 0),
+      ``states_as_box3d`` (within ``as_box3d_tolerance`` N_tot of Box3D's error).
+    - ``worst_states``: up to five states of the largest model - Box3D, each ``index``, ``model``,
+      ``box3d``, and ``origin`` (only where states carry one: several files, or repeats left out).
+    - ``per_state``: lists over all states, None where left out: ``model``, ``box3d``,
+      ``uncertainty`` (the closure's, N_tot; only where the closure gives one: a ``dodo.Closure``
+      always), ``origin`` (only as in ``worst_states``: each state's file and row).
+    - ``growth_rate`` (only where the states have measured rates): ``model`` and ``box3d_proxy``, each
+      ``median_ratio``, ``min_ratio``, ``max_ratio`` (of the finite ratios predicted / measured; null
+      when none), ``within_10_percent`` (share of the states with a measured rate > 0), and where any
+      state has a measured rate > 0 ``non_finite`` and ``ratio_overflow`` (counts), and
+      ``smallest_measured_overflowing`` (only where a ratio overflowed); ``n_states``: states with a
+      measured rate > 0 among the scored.
+    - ``box3d_settings``: ``lebedev_order``, ``z_method``, ``max_flux_factor`` of the anchor row.
+    - ``notes`` (only where there is one): the lines printed under the table, as a list of strings.
+    """
     from . import box3d
 
     # From a program's call, resamples=0 ended in an IndexError, -1 in "negative dimensions are not allowed",
@@ -472,7 +502,8 @@ def register(subparsers) -> None:
     parser.add_argument("--threshold", type=float, default=WORSE_THRESHOLD,
                         help=f"'worse than Box3D' margin in N_tot (default {WORSE_THRESHOLD})")
     parser.add_argument("--threads", type=int, default=1, help="closure worker threads (default 1)")
-    add_json_argument(parser, "the full report (per state; a state left out: null)")
+    add_json_argument(parser, "the full report (per state; a state left out: null; its keys: "
+                              "help(dodo.score.score))")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the --json file when it exists and is not an earlier dodo score report; "
                              "an HDF5 file, a checkpoint or a model package is never replaced")

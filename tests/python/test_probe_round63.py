@@ -1,15 +1,23 @@
-"""Outside probe, Python round sixty-three: a package of one byte, threads under a thread pool
-(docs/reliability_python.md, section 112)."""
+"""Outside probe, Python round sixty-three: a package of one byte, threads under a thread pool, an Emu file
+whose final states are its initial dataset, the keys of `dodo score --json` (docs/reliability_python.md, section 112)."""
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import dodo
+import dodo.score
+from cli_helpers import run
 from test_probe_round60 import _cells as round60_cells
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "qke" / "emu_1d_validation.h5"
 
 
 def _cells(n: int) -> np.ndarray:
@@ -46,6 +54,101 @@ def test_one_byte_that_names_a_file_is_this_byte_and_a_file_so_named_is_the_file
     with pytest.raises(RuntimeError) as refused:
         dodo.Closure(name)
     assert 'model file "caf\\xe9.onnx"' in str(refused.value) and "in memory" not in str(refused.value)
+
+
+def _linked_copy(tmp_path: Path, link: str) -> Path:
+    import h5py
+
+    path = tmp_path / f"{link}.h5"
+    shutil.copyfile(DATA, path)
+    with h5py.File(path, "r+") as handle:
+        del handle["F4_final(1|ccm)"]
+        if link == "hard":
+            handle["F4_final(1|ccm)"] = handle["F4_initial(1|ccm)"]
+        elif link == "soft":
+            handle["F4_final(1|ccm)"] = h5py.SoftLink("/F4_initial(1|ccm)")
+        else:
+            handle["F4_final(1|ccm)"] = h5py.ExternalLink(str(path), "/F4_initial(1|ccm)")
+    return path
+
+
+@pytest.mark.parametrize("link", ["hard", "soft", "external"])
+def test_an_emu_file_whose_final_states_are_its_initial_dataset_is_refused(tmp_path, capsys, link):
+    pytest.importorskip("h5py")
+    path = _linked_copy(tmp_path, link)
+    # Before: both commands scored the closure against its own input (exit 0, Box3D's change as its error).
+    expected = ("'F4_final(1|ccm)' is the same dataset as 'F4_initial(1|ccm)' (a hard link, or a link to it), so "
+                "the asymptotic states would be the initial states themselves")
+    for command in (["apply", str(path), "--grid", "2x2x2", "--model", "box3d", "-q"],
+                    ["score", "box3d", str(path), "--bootstrap", "100"]):
+        code, out, err = run(capsys, command)
+        assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, (command, err)
+        assert "Traceback" not in err and out == "", (command, out)
+    with pytest.raises(ValueError, match="is the same dataset as"):
+        dodo.score.read_emu_states(str(path))
+
+
+def test_an_emu_file_whose_final_states_equal_its_initial_values_is_still_read(tmp_path, capsys):
+    """Guard: a copy of equal values is another dataset (a stable state ends where it began): scored."""
+    h5py = pytest.importorskip("h5py")
+    path = tmp_path / "copy.h5"
+    shutil.copyfile(DATA, path)
+    with h5py.File(path, "r+") as handle:
+        handle["F4_final(1|ccm)"][...] = handle["F4_initial(1|ccm)"][...]
+    code, out, err = run(capsys, ["score", "box3d", str(path), "--bootstrap", "100"])
+    assert code == 0 and "32 states" in out, err
+    code, out, err = run(capsys, ["apply", str(DATA), "--grid", "2x2x2", "--model", "box3d", "-q"])
+    assert code == 0, err
+
+
+def _key_paths(value, prefix=()):
+    """Every key of a JSON report, with the keys above it: ("growth_rate", "model", "median_ratio")."""
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if key in ("reasons",):  # a reason's words are values, not keys
+                yield prefix + (key,)
+                continue
+            yield prefix + (key,)
+            yield from _key_paths(inner, prefix + (key,))
+    elif isinstance(value, list):
+        for inner in value:
+            yield from _key_paths(inner, prefix)
+
+
+def test_every_key_of_the_score_report_is_in_the_docstring_its_help_names(tmp_path, capsys):
+    h5py = pytest.importorskip("h5py")
+    # Reports of several shapes: one file with growth rates; two files (origins); a state left out (a
+    # NaN row) and one state alone (notes); a file without growth rates.
+    second = tmp_path / "second.h5"
+    shutil.copyfile(DATA, second)
+    with h5py.File(second, "r+") as handle:
+        handle["F4_final(1|ccm)"][...] = handle["F4_final(1|ccm)"][...] * 1.0001
+        row = handle["F4_initial(1|ccm)"][0]
+        row[0, 0, 0] = np.nan
+        handle["F4_initial(1|ccm)"][0] = row
+    bare = tmp_path / "bare.h5"
+    shutil.copyfile(DATA, bare)
+    with h5py.File(bare, "r+") as handle:
+        del handle["growthRate(1|s)"]
+    keys = set()
+    for data in ([str(DATA)], [str(DATA), str(second)], [str(bare)]):
+        report = tmp_path / "report.json"
+        code, out, err = run(capsys, ["score", "box3d", *data, "--bootstrap", "100", "--json", str(report),
+                                      "--overwrite"])
+        assert code == 0, err
+        keys |= set(_key_paths(json.loads(report.read_text())))
+    closure = dodo.Closure("box3d")
+    states = dodo.score.read_emu_states(str(DATA))
+    one = dodo.score.EmuStates(states.F_init[:1], states.F_final[:1], states.growth_rate[:1] * 1e-320, [])
+    keys |= set(_key_paths(dodo.score.score(closure, one, resamples=100)))
+    assert ("notes",) in keys and ("per_state", "origin") in keys and ("growth_rate", "n_states") in keys
+    doc = dodo.score.score.__doc__
+    # Before: the docstring named none of them, and `--json`'s help said "the full report" alone.
+    missing = sorted({path[-1] for path in keys if path != ("dodo_report",)} - set(re.findall(r"``(\w+)``", doc)))
+    assert not missing, missing
+    assert '"dodo_report": "dodo score"' in doc
+    code, out, err = run(capsys, ["score", "--help"])
+    assert "help(dodo.score.score)" in " ".join(out.split())
 
 
 def test_the_docstrings_say_what_threads_do_under_a_thread_pool():
