@@ -4,6 +4,23 @@
 (an ONNX model run by the same C++ runtime that hydro codes link): :func:`closure`,
 :class:`Closure`, :func:`box3d`.
 Conventions (species, components, metric, frames) are in :mod:`dodo.conventions`.
+
+What ``import dodo`` does to a program's process: it imports numpy (and ``numpy.ma``) and the compiled
+core; it starts no thread, writes no file and keeps none open, installs no signal handler (the ``dodo``
+command alone installs one for a Ctrl-C while it starts up: ``dodo._startup``) and reads no variable of
+the environment. Loading the compiled core sets ``ORT_DISABLE_TELEMETRY=1`` in the process's C
+environment where it is unset (docs/runtime.md: a forked child's exit waited on ONNX Runtime's telemetry
+thread): child processes (``subprocess``, ``os.system``) inherit it, while ``os.environ``, read at
+Python's start, does not show it. Read later, at each use (outside probe, Python round sixty-three):
+``DODO_ONNXRUNTIME_LIBRARY`` (which ONNX Runtime library a :class:`Closure` with a model loads),
+``DODO_NETWORK_EVALUATOR`` (a closure made with ``evaluator="auto"``, also by :func:`closure`),
+``DODO_ONNXRUNTIME_MEMORY_LIMIT`` (once a process, when ONNX Runtime's library is loaded),
+``DODO_ALLOW_UNTESTED_MODEL`` (a package without test vectors), and with ``threads=None`` the CPU
+affinity, the control group's CPU quota and an MPI launcher's ``OMPI_COMM_WORLD_LOCAL_SIZE`` or
+``MPI_LOCALNRANKS``. Worker threads start with a :class:`Closure` (``threads`` - 1 of them, until it
+is collected) and per call of :func:`box3d`. The ``dodo`` commands read more (a launcher's variables
+for their check of a replicated launch, HDF5's ``HDF5_EXT_PREFIX``, ``HDF5_VDS_PREFIX`` and
+``HDF5_EXTFILE_PREFIX`` for an input's linked files).
 """
 from __future__ import annotations
 

@@ -1,11 +1,14 @@
-"""Outside probe, Python round sixty-three: a package of one byte, threads under a thread pool, an Emu file
-whose final states are its initial dataset, the keys of `dodo score --json` (docs/reliability_python.md, section 112)."""
+"""Outside probe, Python round sixty-three: a package of one byte, an Emu file whose final states are its
+initial dataset, the keys of `dodo score --json`, threads under a thread pool, and what `import dodo` does
+(docs/reliability_python.md, section 112)."""
 from __future__ import annotations
 
 import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from cli_helpers import run
 from test_probe_round60 import _cells as round60_cells
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "qke" / "emu_1d_validation.h5"
+PACKAGE = Path(dodo.__file__).resolve().parent
 
 
 def _cells(n: int) -> np.ndarray:
@@ -168,3 +172,48 @@ def test_the_docstrings_say_what_threads_do_under_a_thread_pool():
     for result, box_result in results:
         assert all(np.array_equal(a, b) for a, b in zip(result, alone))
         assert all(np.array_equal(a, b) for a, b in zip(box_result, box_alone))
+
+
+def _variables_read(text: str) -> set[str]:
+    return set(re.findall(r'(?:environ\.get|getenv)\("([A-Z][A-Z0-9_]+)"', text)) | \
+        set(re.findall(r'Variable = "([A-Z][A-Z0-9_]+)"', text))
+
+
+def test_the_package_docstring_names_what_import_and_use_read_from_the_environment():
+    sources = [PACKAGE / name for name in ("__init__.py", "_box3d.py", "_closure.py")]
+    repository = PACKAGE.parents[1]
+    sources += sorted((repository / "cpp" / "src" / "runtime").glob("*.[ch]pp")) if \
+        (repository / "cpp" / "src" / "runtime").is_dir() else []
+    variables = set()
+    for path in sources:
+        variables |= _variables_read(path.read_text(errors="replace"))
+    from dodo._box3d import LOCAL_RANKS_VARIABLES
+
+    variables |= set(LOCAL_RANKS_VARIABLES)
+    assert {"DODO_ONNXRUNTIME_LIBRARY", "DODO_NETWORK_EVALUATOR", "OMPI_COMM_WORLD_LOCAL_SIZE"} <= variables
+    doc = dodo.__doc__
+    # Before: the package's docstring was two sentences; no page said what importing dodo does.
+    missing = sorted(name for name in variables if f"``{name}" not in doc)
+    assert not missing, missing
+    assert "starts no thread, writes no file and keeps none open, installs no signal handler" in " ".join(doc.split())
+
+
+def test_import_dodo_starts_no_thread_installs_no_handler_and_sets_the_telemetry_variable_for_children():
+    """Guard of what the docstring says, in a fresh interpreter (OpenBLAS held to one thread: numpy's)."""
+    program = (
+        "import os, signal, subprocess\n"
+        "import numpy\n"
+        "signals = [s for s in signal.Signals if s not in (signal.SIGKILL, signal.SIGSTOP)]\n"
+        "before = [signal.getsignal(s) for s in signals]\n"
+        "tasks = len(os.listdir('/proc/self/task'))\n"
+        "import dodo\n"
+        "print(len(os.listdir('/proc/self/task')) - tasks, [signal.getsignal(s) for s in signals] == before,\n"
+        "      'ORT_DISABLE_TELEMETRY' in os.environ,\n"
+        "      subprocess.run(['/bin/sh', '-c', 'echo ${ORT_DISABLE_TELEMETRY-unset}'], capture_output=True,\n"
+        "                     text=True).stdout.strip())\n")
+    environment = {key: value for key, value in os.environ.items() if key != "ORT_DISABLE_TELEMETRY"}
+    environment["OPENBLAS_NUM_THREADS"] = "1"
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=environment,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0", "True", "False", "1"], done.stdout
