@@ -235,6 +235,10 @@ def run_simulate(args) -> int:
                 # user's journey round two): a YAML input holds states only, never a rotation_R to leave out.
                 raise ValueError(f"--ignore-rotation leaves out an HDF5 input's rotation_R; {args.input} is a YAML "
                                  "input, which holds states only, so it would be ignored: leave it out")
+            if args.ignore_rotation and loaded["rotation"] is None:
+                # Accepted without a word (outside probe, training round three); a note, not a refusal: the
+                # campaign's scripts give --ignore-rotation to every input alike, and its files may lack rotation_R.
+                report(f"note: --ignore-rotation has no effect: {args.input} has no rotation_R dataset to leave out")
             if not args.ignore_rotation and loaded["rotation"] is not None:
                 rotation = loaded["rotation"]
                 check_rotations(rotation, len(four_flux), f"{args.input}: rotation_R (or --ignore-rotation)")

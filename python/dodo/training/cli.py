@@ -314,11 +314,13 @@ def _train(args) -> int:
 @_friendly("evaluate")
 def _evaluate(args) -> int:
     from .._cli_common import emit
-    from .evaluate import describe, evaluate_checkpoint
+    from .evaluate import describe, evaluate_checkpoint, training_states_note
 
     check_outputs([json_target_file(args.json)], [args.checkpoint, args.data])
     refuse_replacing_with_report(json_target_file(args.json), "dodo evaluate --json", args.overwrite, "--overwrite")
     table, _ = evaluate_checkpoint(args.checkpoint, args.data, args.split)
+    if args.json == "-" and training_states_note(table).startswith("\nnote:"):
+        print(training_states_note(table).strip(), file=sys.stderr)  # the table (and its note) is not printed
     emit(describe(table), marked_report(table, "dodo evaluate"), args.json, inputs=[args.checkpoint, table["data"]])
     return 0
 

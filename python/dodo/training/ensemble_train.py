@@ -399,9 +399,32 @@ def _table_at_rest(F_init, F_box, F_true, growth_rate, box3d_growth_rate, source
     return table_from_rest(rest, growth_rate, box3d_growth_rate, sources, box3d=box3d)
 
 
-def growth_calibration(sources) -> float:
+def state_keys(F_init_rest: np.ndarray) -> list[bytes]:
+    """One key per state: its rest-frame initial four-fluxes over N_tot (``table["rest"]["F_init_rest"]``),
+    bit for bit. Two tables made from the same file rows give the same keys."""
+    F = np.ascontiguousarray(F_init_rest, dtype=np.float64)
+    return [row.tobytes() for row in F.reshape(len(F), -1)]
+
+
+def _file_state_keys(F4_initial_emu_layout: np.ndarray) -> list[bytes]:
+    """state_keys of a solver file's states (rest frame, Emu layout), computed as load_table computes them."""
+    from dodo.conventions import from_emu_layout
+
+    from .frames import boost_to_rest
+
+    F = from_emu_layout(np.asarray(F4_initial_emu_layout, float))
+    u = np.tile([1.0, 0.0, 0.0, 0.0], (len(F), 1))
+    rest = boost_to_rest(F, u[:, None, :])
+    return state_keys(rest / rest[..., 0].sum(axis=1)[:, None, None])
+
+
+def growth_calibration(sources, leave_out: set | None = None, what: str = "") -> float:
     """Median measured / linear box-mode growth rate over the solver files ``sources`` (the
-    training pool's): the factor that turns linear-theory labels into measured-rate labels."""
+    training pool's): the factor that turns linear-theory labels into measured-rate labels.
+
+    ``leave_out``: state_keys of states whose rates are not used (a learning-curve fold's test
+    states: their measured rates set every fold's calibration before, outside probe training round
+    three); ``what`` names the fit in the refusal."""
     import h5py
 
     from dodo._atomic import check_input_file
@@ -416,6 +439,7 @@ def growth_calibration(sources) -> float:
                     continue
                 measured = numeric_dataset(f, path, "growthRate(1|s)")
                 linear = numeric_dataset(f, path, "linear_growthRate_box(1|s)")
+                initial = numeric_dataset(f, path, "F4_initial(1|ccm)") if leave_out else None
         except OSError as error:
             raise ValueError(f"growth calibration: cannot read training file {path}: {error}") from None
         # One rate of each per state, [n] or [n, 1]: other lengths ended in NumPy's "operands could not be
@@ -426,6 +450,12 @@ def growth_calibration(sources) -> float:
                              "state (the file was edited or damaged)")
         measured, linear = measured.reshape(-1), linear.reshape(-1)
         good = (measured > 0) & (linear > 0)
+        if leave_out:
+            if len(initial) != len(linear):
+                raise ValueError(f"growth calibration: {path}: 'F4_initial(1|ccm)' holds {len(initial)} states and "
+                                 f"'linear_growthRate_box(1|s)' {len(linear)} rates (the file was edited or damaged)")
+            with np.errstate(divide="ignore", invalid="ignore"):
+                good &= ~np.array([key in leave_out for key in _file_state_keys(initial)], dtype=bool)
         ratios.append(measured[good] / linear[good])
     ratios = np.concatenate(ratios) if ratios else np.zeros(0)
     if len(ratios) < 20:
@@ -433,7 +463,7 @@ def growth_calibration(sources) -> float:
         # calibration is growth.data's, and a database without the campaign's labels trains its growth
         # members on its own measured rates (docs/training.md, "Your own database with the default model's
         # recipe").
-        raise ValueError(f"growth.data's calibration: only {len(ratios)} training states carry both a measured and a "
+        raise ValueError(f"growth.data's calibration{what}: only {len(ratios)} training states carry both a measured and a "
                          "linear growth rate (need >= 20): give more such states, or let the growth members learn the "
                          "measured rates instead: --set 'growth.data=[]' --set growth.measured=true")
     return float(np.median(ratios))
@@ -508,6 +538,7 @@ def _unlabelled_density_table(F_init, growth_rate, sources, box3d_settings: dict
     table = _table_at_rest(F_init[keep], F_box, F_box, growth_rate[keep], proxy[keep], np.asarray(sources)[keep],
                            box3d=box3d_settings)
     table["r"] = np.full(int(keep.sum()), np.nan)
+    table["growth_rate"], table["box3d_growth_rate"] = growth_rate[keep], proxy[keep]  # for recalibrated
     return table
 
 
@@ -751,6 +782,39 @@ def load_growth_table(config: EnsembleConfig, table: dict, train_rows: np.ndarra
         raise ValueError(f"growth.data {config.growth_data} matches no growth-label file")
     log(f"growth labels: {len(growth_table['r'])} linear-theory states, calibration measured/linear = {calibration:.4f}")
     return growth_table
+
+
+def recalibrated(growth_table: dict, calibration: float) -> dict:
+    """``growth_table`` (growth_label_table's, made with calibration 1.0: its labels are the linear rates)
+    with the labels ``calibration * linear rate``: the same numbers as growth_label_table(..., calibration)."""
+    linear, proxy = growth_table["growth_rate"], growth_table["box3d_growth_rate"]
+    labels = calibration * linear
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_growth = np.log(np.asarray(labels, float) / np.asarray(proxy, float))
+    return dict(growth_table, growth_rate=labels, log_growth=np.where(np.isfinite(log_growth), log_growth, np.nan),
+                calibration=calibration)
+
+
+def fold_growth_tables(config: EnsembleConfig, table: dict, order: np.ndarray, fold_of: np.ndarray, folds: int,
+                       log=print) -> list | None:
+    """The growth-label table of each learning-curve fold: growth.data's labels calibrated on the pool's
+    solver files without the fold's test states (their measured rates). One calibration of the whole
+    pool, test folds included, trained every fold (outside probe, training round three)."""
+    if not config.growth_data:
+        return None
+    base = growth_label_table(config.growth_data, config.holdout, box3d_settings(table["box3d"]), 1.0)
+    if base is None:
+        raise ValueError(f"growth.data {config.growth_data} matches no growth-label file")
+    keys = state_keys(np.asarray(table["rest"]["F_init_rest"])[order])
+    sources = table["sources"][order]
+    calibrations = []
+    for k in range(folds):
+        leave_out = {key for key, fold in zip(keys, fold_of) if fold == k}
+        calibrations.append(growth_calibration(sources, leave_out=leave_out,
+                                               what=f" for fold {k + 1} of {folds} (its test states left out)"))
+    log(f"growth labels: {len(base['r'])} linear-theory states, calibration measured/linear per fold (the pool's "
+        f"solver files less the fold's test states) = {', '.join(f'{c:.4f}' for c in calibrations)}")
+    return [recalibrated(base, c) for c in calibrations]
 
 
 def bootstrap_mean_interval(values, resamples=10000, seed=0) -> tuple[float, float]:
@@ -1046,7 +1110,7 @@ def learning_curve(config: EnsembleConfig, sizes: list, folds: int = 5, members:
         trained[taken] = size
     emu = emu_table(emu_path, box3d_settings(table["box3d"])) if emu_path else None
     emu_scored = None if emu is None else emu_rows_outside_pool(emu, table, order, emu_path, log=log)
-    growth_table = load_growth_table(config, table, order, log=log)
+    growth_tables = fold_growth_tables(config, table, order, fold_of, folds, log=log)
     rows = []
     for size in sizes:
         n = len(order) if size == "all" else int(size)
@@ -1058,7 +1122,8 @@ def learning_curve(config: EnsembleConfig, sizes: list, folds: int = 5, members:
             test = order[fold_of == k]
             train = order[fold_of != k]
             train = train[: min(len(train), n)]  # the first n of a fixed shuffle: nested sizes
-            ensemble = train_on(table, train, config, members=members, growth_table=growth_table)
+            ensemble = train_on(table, train, config, members=members,
+                                growth_table=None if growth_tables is None else growth_tables[k])
             scores = score_rows(ensemble, table, test)
             per_state_model.append(scores["model"])
             per_state_box.append(scores["box3d"])
@@ -1068,7 +1133,11 @@ def learning_curve(config: EnsembleConfig, sizes: list, folds: int = 5, members:
                 emu_scores.append(emu_rows["model"].mean())
                 emu_growth_ok.append(_growth_within(emu_rows["growth_measured_over_model"], emu_rows["growth_measured"]))
         model, box = np.concatenate(per_state_model), np.concatenate(per_state_box)
-        row = {"train_size": int(len(train)), "cv_model": float(model.mean()), "cv_box3d": float(box.mean()),
+        # Each fold's training set: the last fold's alone was the row's train_size (outside probe, training round
+        # three); train_size is now the largest (the last fold's, as before), fold_train_sizes every fold's.
+        taken = [min(available, n) for available in fold_sizes]
+        row = {"train_size": max(taken), "fold_train_sizes": taken,
+               "cv_model": float(model.mean()), "cv_box3d": float(box.mean()),
                "cv_model_ci95": bootstrap_mean_interval(model), "cv_worse_than_box3d": int(np.sum(model - box > 0.0025)),
                "cv_states": int(len(model)), "cv_growth_within_10pct": _share(growth_ok)}
         if emu is not None:
@@ -1076,6 +1145,8 @@ def learning_curve(config: EnsembleConfig, sizes: list, folds: int = 5, members:
             row["emu_growth_within_10pct"] = _share(emu_growth_ok)
             row["emu_box3d"] = float(state_error(emu["delta_box"][emu_scored], emu["delta_true"][emu_scored]).mean())
             row["emu_states"] = int(len(emu_scored))
+        if growth_tables is not None:
+            row["growth_calibration_per_fold"] = [float(t["calibration"]) for t in growth_tables]
         rows.append(row)
         log(format_curve_row(row))
     return rows
@@ -1089,12 +1160,8 @@ def emu_rows_outside_pool(emu: dict, table: dict, pool_rows: np.ndarray, emu_pat
     files, scored with --emu on one of them) was scored whole: each fold's ensemble on states it
     had trained on, reported beside the CV as the score on an Emu file, with no word (outside probe,
     Python round sixty-one). Those states are left out and counted; all of them is refused."""
-    def keys(F) -> list[bytes]:
-        F = np.ascontiguousarray(F, dtype=np.float64)
-        return [row.tobytes() for row in F.reshape(len(F), -1)]
-
-    pool = set(keys(np.asarray(table["rest"]["F_init_rest"])[pool_rows]))
-    inside = np.array([key in pool for key in keys(emu["rest"]["F_init_rest"])], dtype=bool)
+    pool = set(state_keys(np.asarray(table["rest"]["F_init_rest"])[pool_rows]))
+    inside = np.array([key in pool for key in state_keys(emu["rest"]["F_init_rest"])], dtype=bool)
     total, shared = len(inside), int(inside.sum())
     if shared == total:
         raise ValueError(f"--emu {emu_path}: all {total} of its states are in the training pool "
@@ -1132,7 +1199,9 @@ def _percent(share) -> str:
 
 
 def format_curve_row(row: dict) -> str:
-    text = (f"train {row['train_size']:5d}: CV model {row['cv_model']:.5f} [{row['cv_model_ci95'][0]:.5f}, "
+    sizes = row.get("fold_train_sizes") or [row["train_size"]]
+    size = f"{min(sizes):5d}" if min(sizes) == max(sizes) else f"{min(sizes)}-{max(sizes)}"
+    text = (f"train {size}: CV model {row['cv_model']:.5f} [{row['cv_model_ci95'][0]:.5f}, "
             f"{row['cv_model_ci95'][1]:.5f}] vs Box3D {row['cv_box3d']:.5f}; worse than Box3D by > 0.0025: "
             f"{row['cv_worse_than_box3d']}/{row['cv_states']}; growth within 10%: "
             f"{_percent(row.get('cv_growth_within_10pct'))}")

@@ -101,6 +101,68 @@ def split_indices_for(checkpoint: dict, data_path: Path, split: str):
     return splits.get(split)
 
 
+def _row_keys(path, indices=None) -> list[bytes]:
+    """One key per row of a preprocessed file: its lab-frame F_init and u, bit for bit (two files
+    preprocessed from the same solver or Emu rows hold the same bytes)."""
+    import h5py
+    import numpy as np
+
+    from .dataset import read_dataset
+
+    with h5py.File(path, "r") as handle:
+        F = np.asarray(read_dataset(handle, "F_init", ()), dtype=np.float64)
+        u = np.asarray(read_dataset(handle, "u", ()), dtype=np.float64)
+    rows = np.ascontiguousarray(np.concatenate([F.reshape(len(F), -1), u.reshape(len(u), -1)], axis=1))
+    if indices is not None:
+        rows = rows[np.asarray(indices, dtype=np.int64)]
+    return [row.tobytes() for row in rows]
+
+
+def training_states_in(checkpoint: dict, data_path: Path, indices) -> dict:
+    """How many of the rows ``indices`` of ``data_path`` (a file other than the checkpoint's training
+    file) are states of that training file, and how many of those are in its train and validation
+    splits: `dodo evaluate --data other.h5` scored a file that shares states with the training file
+    (a superset, a re-preprocessed table) without counting them (outside probe, training round three).
+    Rows are matched by content (F_init and u, bit for bit), as learning-curve --emu matches states."""
+    training = Path(checkpoint["data"]["path"])
+    result = {"training_file": str(training), "checked": False}
+    try:
+        same = training.is_file() and checkpoint["data"].get("sha256") == _file_sha256(training)
+    except OSError:
+        same = False
+    if not same:
+        result["why_not"] = ("not found" if not training.exists() else
+                             "not the file it trained on (its SHA-256 differs)")
+        return result
+    splits = {name: split_indices_for(checkpoint, training, name) for name in ("train", "val", "test")}
+    keys = _row_keys(training)
+    split_of = {}
+    for name in ("test", "val", "train"):  # a state in two splits (a duplicated row) counts as trained on
+        split_of.update({keys[int(i)]: name for i in splits[name]})
+    found = [split_of.get(key) for key in _row_keys(data_path, indices)]
+    result.update(checked=True, rows=len(found), shared=sum(name is not None for name in found),
+                  in_train_split=found.count("train"), in_val_split=found.count("val"),
+                  in_test_split=found.count("test"))
+    return result
+
+
+def training_states_note(table: dict) -> str:
+    """The line `dodo evaluate` prints about the rows a checkpoint's training file shares with --data."""
+    seen = table.get("training_states")
+    if not seen:
+        return ""
+    if not seen["checked"]:
+        return (f"\nnote: not checked whether {table['data']} shares states with the checkpoint's training file "
+                f"{seen['training_file']} ({seen['why_not']}): any shared state the model trained on is scored too")
+    if not seen["shared"]:
+        return f"\nno row of {table['data']} is a state of the checkpoint's training file {seen['training_file']}"
+    return (f"\nnote: {seen['shared']} of the {seen['rows']} rows of {table['data']} are states of the checkpoint's "
+            f"training file {seen['training_file']} ({seen['in_train_split']} of its train split, trained on; "
+            f"{seen['in_val_split']} of its validation split; {seen['in_test_split']} of its test split): this table "
+            "includes them; for unseen states evaluate a file without them (or --data the training file, whose "
+            "test split is unseen)")
+
+
 def evaluate_checkpoint(checkpoint_path: str | Path, data_path: str | Path | None = None, split: str | None = None,
                         batch_size: int = 4096) -> tuple[dict, dict]:
     """Returns (metric table, prediction arrays) for ``split`` of ``data_path`` (default: training
@@ -121,9 +183,11 @@ def evaluate_checkpoint(checkpoint_path: str | Path, data_path: str | Path | Non
     table = metrics_for(prediction)
     table["split"] = split
     table["data"] = str(data_path)
+    if checkpoint["data"].get("sha256") != _file_sha256(data_path):  # another file: count the states it shares
+        table["training_states"] = training_states_in(checkpoint, data_path, indices)
     return table, prediction
 
 
 def describe(table: dict) -> str:
     return f"split '{table['split']}' of {table['data']}\n" + format_metric_table(table) + \
-        f"\nlimiter active on {table['limiter_active_fraction']:.2%} of cells"
+        f"\nlimiter active on {table['limiter_active_fraction']:.2%} of cells" + training_states_note(table)

@@ -158,6 +158,13 @@ def _check_free_space(path: str | Path, n: int, seed: int) -> None:
     # count as free. `dodo synth link.h5` (link.h5 -> /big/out.h5) in a full directory, and the rerun
     # of a `dodo synth OUT` SIGKILLed while writing (its temporary as large as OUT), were refused with
     # "lower -n" (outside probe, data-loss round eleven).
+    limit = _file_size_limit()
+    if limit is not None and needed > limit:
+        # Checked before any row: the free space was, the process's own limit was not, and the rows were
+        # drawn and Box3D run up to the write that passed it (outside probe, training round three).
+        raise ValueError(f"{path}: {n:,} rows need at least {_bytes_text(needed)} but this process may write files of "
+                         f"at most {limit:,} bytes (its file-size limit, ulimit -f): raise it (e.g. ulimit -f "
+                         "unlimited), or lower -n")
     final = Path(os.path.realpath(path))
     directory = final.parent
     while not directory.exists() and directory != directory.parent:  # created on writing
@@ -184,6 +191,17 @@ def _check_free_space(path: str | Path, n: int, seed: int) -> None:
                            f"its space is not counted: remove it first to make room, or lower -n")
         raise ValueError(f"{path}: {n:,} rows need at least {_bytes_text(needed)} but {directory} has "
                          f"{_bytes_text(free + left)} free{counted}" + (earlier or "; lower -n"))
+
+
+def _file_size_limit() -> int | None:
+    """The soft RLIMIT_FSIZE of this process in bytes (``ulimit -f``), None when unlimited or unknown."""
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    except (ImportError, OSError, ValueError):
+        return None
+    return None if limit == resource.RLIM_INFINITY else int(limit)
 
 
 def _bytes_text(count: int) -> str:

@@ -277,6 +277,65 @@ def _feed_digest(digest, value) -> None:
         digest.update(f"S{type(value).__name__}:{value!r};".encode())
 
 
+class CheckpointNotWritten(OSError):
+    """A checkpoint (or the metrics) of `dodo train` could not be written: the message says what is kept."""
+
+    def __init__(self, errno_: int | None, text: str):
+        super().__init__(errno_, text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _not_written(path: Path, error: OSError, epoch: int | None, checkpoint_dir: Path, last_epoch: int | None) -> str:
+    """`dodo train` on a full disk (or past ulimit -f) said only the write's error, not that the last good
+    last.pt was kept, nor how to go on (outside probe, training round three)."""
+    where = f" after epoch {epoch}" if epoch is not None else " after its last epoch, writing the final files"
+    last = checkpoint_dir / "last.pt"
+    if last_epoch is None:
+        kept = "no last.pt of this run was written yet; make room (or raise ulimit -f) and train again"
+    else:
+        kept = (f"{last} (epoch {last_epoch}) is kept whole, with best.pt as it was: make room (or raise ulimit -f) and "
+                f"resume: dodo train --config ... --resume {last}")
+    return f"cannot write {path}: {' '.join(str(error).split())}; the run stopped{where}: {kept}"
+
+
+def _recorded_timing(value) -> dict | None:
+    """A checkpoint's ``timing`` ({"seconds", "samples"} of every session so far), or None when it has none
+    (checkpoints before 2026-12-07) or an odd one."""
+    if not isinstance(value, dict):
+        return None
+    seconds, samples = value.get("seconds"), value.get("samples")
+    if (isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and math.isfinite(seconds) and seconds >= 0
+            and isinstance(samples, int) and not isinstance(samples, bool) and samples >= 0):
+        return {"seconds": float(seconds), "samples": samples}
+    return None
+
+
+def _run_timing(elapsed: float, samples: int, start_epoch: int, epochs: int, before: dict | None) -> dict:
+    """The metrics' ``timing``: this session's epochs, seconds and samples, and the whole run's (None for
+    a resume whose checkpoint recorded no timing)."""
+    session = {"epochs": [start_epoch, epochs] if start_epoch <= epochs else [], "seconds": elapsed,
+               "samples": samples, "train_samples_per_second": samples / elapsed if elapsed > 0 else None}
+    if before is None:
+        whole = None
+    else:
+        seconds, total = before["seconds"] + elapsed, before["samples"] + samples
+        whole = {"epochs": [1, epochs], "seconds": seconds, "samples": total,
+                 "train_samples_per_second": total / seconds if seconds > 0 else None}
+    return {"resumed": start_epoch > 1, "this_session": session, "whole_run": whole}
+
+
+def _run_timing_line(timing: dict) -> str:
+    session, whole = timing["this_session"], timing["whole_run"]
+    epochs = (f"epochs {session['epochs'][0]}-{session['epochs'][1]}" if session["epochs"] else "no epoch")
+    text = f"timing: this session (resumed) trained {epochs} in {session['seconds']:.1f} s (the metrics' `seconds`)"
+    if whole is None:
+        return text + "; the whole run's time is unknown (the resumed checkpoint records none: made before 2026-12-07)"
+    return text + f"; the whole run, epochs 1-{whole['epochs'][1]}: {whole['seconds']:.1f} s (timing.whole_run)"
+
+
 def checkpoint_digest(state: dict) -> str:
     """SHA-256 of a checkpoint's content (every key but "sha256"), stored in the checkpoint itself."""
     import hashlib
@@ -1037,6 +1096,10 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
     # one gone, so for an epoch the run had no previous checkpoint to fall back to (data-loss probe, round four).
     keep_previous = True
     history = {"train": [], "val": []}
+    # The training time of the epochs before this session's (a resume): a resumed run's metrics gave
+    # `seconds` and samples per second of the resumed epochs only, as if of the run (outside probe,
+    # training round three). None: the resumed checkpoint records none (made before 2026-12-07).
+    timing_before = {"seconds": 0.0, "samples": 0}
     if t.resume_from:
         # CPU: RNG states must stay CPU tensors. A corrupt last.pt falls back to last.prev.pt.
         checkpoint, resume_path = load_resume_checkpoint(t.resume_from, log)
@@ -1055,6 +1118,7 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
             global_step = int(checkpoint["global_step"])
             best_val = float(checkpoint["best_val_loss"])
             history = checkpoint["history"]
+            timing_before = _recorded_timing(checkpoint.get("timing"))
             if not (isinstance(history, dict) and all(isinstance(history.get(key), list) for key in ("train", "val"))):
                 raise TypeError(f"history is {type(history).__name__}, not train and val lists")
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
@@ -1099,7 +1163,8 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
         + (f"; training.amp: true has no effect on {device.type} (AMP is CUDA only): the run is fp32"
            if t.amp and not use_amp else ""))
 
-    def checkpoint_state(epoch: int) -> dict:
+    def checkpoint_state(epoch: int, seconds: float | None = None) -> dict:
+        seconds = time.perf_counter() - started if seconds is None else seconds
         return {
             "format": CHECKPOINT_FORMAT, "epoch": epoch, "global_step": global_step, "best_val_loss": best_val,
             "model_state": {k: v.detach().clone() for k, v in closure.network.state_dict().items()},
@@ -1111,7 +1176,24 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
             "data": {"path": str(data_path), "sha256": data_sha256, "kind": str(attrs.get("data_kind", "unknown")),
                      "box3d": box3d_settings, "n_rows": int(len(splits.train) + len(splits.val) + len(splits.test))},
             "dodo_version": str(getattr(dodo, "__version__", "unknown")),
+            # Every session's training time and samples up to this epoch (None: a resumed run whose earlier
+            # sessions recorded none).
+            "timing": None if timing_before is None else {"seconds": timing_before["seconds"] + seconds,
+                                                          "samples": timing_before["samples"] + samples_seen},
         }
+
+    # The epoch of the last.pt in checkpoint_dir that this run (or the run it resumes there) wrote: what a
+    # failed write leaves to resume from.
+    last_written = (start_epoch - 1 if t.resume_from and Path(resume_path).name == "last.pt"
+                    and resumes_its_own_run(checkpoint_dir, str(resume_path)) else None)
+
+    def saving(state: dict, path: Path, epoch: int | None, keep_previous: bool = False) -> None:
+        """save_checkpoint, and on a failed write (a full disk, ulimit -f) the run's error names what is kept."""
+        try:
+            save_checkpoint(state, path, keep_previous=keep_previous)
+        except OSError as error:
+            raise CheckpointNotWritten(error.errno, _not_written(path, error, epoch, checkpoint_dir,
+                                                                 last_written)) from None
 
     started = time.perf_counter()
     samples_seen = 0
@@ -1166,13 +1248,14 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
         if improved:
             best_val = val_losses["total"]
             if distribution.is_main:
-                save_checkpoint(checkpoint_state(epoch), checkpoint_dir / "best.pt")
+                saving(checkpoint_state(epoch), checkpoint_dir / "best.pt", epoch)
         elif carried_best is not None:
-            save_checkpoint(carried_best, checkpoint_dir / "best.pt")
+            saving(carried_best, checkpoint_dir / "best.pt", epoch)
         carried_best = None
         if distribution.is_main:
-            save_checkpoint(checkpoint_state(epoch), checkpoint_dir / "last.pt", keep_previous=keep_previous)
+            saving(checkpoint_state(epoch), checkpoint_dir / "last.pt", epoch, keep_previous=keep_previous)
             keep_previous = True
+            last_written = epoch
         if t.stop_after_epoch is not None and epoch >= t.stop_after_epoch and epoch < t.epochs:
             status = "interrupted"
             log(f"stopping after epoch {epoch} as asked (training.stop_after_epoch); resume from {checkpoint_dir / 'last.pt'}")
@@ -1205,9 +1288,9 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
     if earlier_run:  # no epoch ran (a resume with none left): the replaced run goes aside before the final files
         set_aside_earlier_run(earlier_run, log=log)
         earlier_run = []
-    final_state = checkpoint_state(t.epochs)
+    final_state = checkpoint_state(t.epochs, elapsed)
     if carried_best is not None:  # a resume with no epoch left to train
-        save_checkpoint(carried_best, checkpoint_dir / "best.pt")
+        saving(carried_best, checkpoint_dir / "best.pt", None)
     # Report on the best-validation model (what `dodo export` ships by default).
     best = load_checkpoint(checkpoint_dir / "best.pt")
     closure.network.load_state_dict(best["model_state"])
@@ -1233,12 +1316,19 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
         "target_scale": target_scale, "data_sha256": data_sha256, "data_kind": str(attrs.get("data_kind")),
         "box3d": box3d_settings, "seconds": elapsed,
         "train_samples_per_second": samples_seen / elapsed if elapsed > 0 else None,
+        "timing": _run_timing(elapsed, samples_seen, start_epoch, t.epochs, timing_before),
     }
+    if start_epoch > 1:  # `seconds` above is this session's: say so, and the whole run's where known
+        log(_run_timing_line(summary["timing"]))
     final_state["metrics"] = table
-    save_checkpoint(final_state, checkpoint_dir / "final.pt")
+    saving(final_state, checkpoint_dir / "final.pt", None)
     best["metrics"] = table
-    save_checkpoint(best, checkpoint_dir / "best.pt")
-    write_json_atomic(metrics_path, summary)
+    saving(best, checkpoint_dir / "best.pt", None)
+    try:
+        write_json_atomic(metrics_path, summary)
+    except OSError as error:
+        raise CheckpointNotWritten(error.errno, _not_written(metrics_path, error, None, checkpoint_dir,
+                                                             last_written)) from None
     log(f"wrote {metrics_path}")
     finish_replacing(checkpoint_dir, log=log)
     return summary

@@ -1,0 +1,216 @@
+"""The training command line, round three (outside probe): one's own Emu-layout database through `dodo
+preprocess`, `train`, `evaluate`, `learning-curve`, `synth` and `simulate`. Each test fails on the code
+before its fix (section "The training command line, round three" of docs/reliability_python.md)."""
+from __future__ import annotations
+
+import errno
+import json
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from cli_helpers import REPO, run
+
+pytest.importorskip("torch")
+pytest.importorskip("yaml")
+
+EMU_32 = REPO / "tests" / "data" / "qke" / "emu_1d_validation.h5"
+ENSEMBLE_DEFAULT = REPO / "training" / "configs" / "ensemble_default.yaml"
+MODEL = REPO / "training" / "configs" / "model.yaml"
+#: docs/training.md's own-database recipe with a trial of seconds, growth.data given by each test.
+OWN_DATABASE = ["--set", "data.holdout=[]", "--set", "noise.weight=0", "--set", "noise.oof=",
+                "--set", "distill.sampled_states=0", "--set", "ensemble.members=2", "--set", "ensemble.epochs=2",
+                "--set", "growth.members=1", "--set", "growth.epochs=2", "--set", "distill.epochs=2"]
+
+
+def _emu_rows(path: Path, rows) -> Path:
+    """The runs ``rows`` of emu_1d_validation.h5, every per-run dataset cut alike."""
+    with h5py.File(EMU_32, "r") as source, h5py.File(path, "w") as out:
+        for key in source:
+            item = source[key]
+            if isinstance(item, h5py.Dataset) and item.shape and item.shape[0] == 32:
+                out[key] = item[rows]
+            else:
+                source.copy(key, out)
+        for name, value in source.attrs.items():
+            out.attrs[name] = value
+    return path
+
+
+def _preprocessed(capsys, tmp_path: Path, emu: Path, name: str) -> Path:
+    out = tmp_path / name
+    code, _, err = run(capsys, ["preprocess", "--config", str(REPO / "training" / "configs" / "pre_process_qke.yaml"),
+                                "--set", f"inputs=[{json.dumps(str(emu))}]", "-o", str(out), "-q"])
+    assert code == 0 and out.is_file(), err
+    return out
+
+
+def _train(tmp_path: Path, table: Path, name: str, *extra) -> list[str]:
+    return ["train", "--config", str(MODEL), "--set", f"data.path={table}", "--set", "model.hidden_dim=8",
+            "--set", "model.n_blocks=1", "--set", "training.threads=1", "--set", "training.device=cpu",
+            "--set", f"output.results_dir={tmp_path / name / 'results'}",
+            "--set", f"output.checkpoint_dir={tmp_path / name / 'checkpoints'}", *extra]
+
+
+def _label_file(path: Path) -> Path:
+    """A growth-label file (as `dodo simulate --linear-only` writes) of 32 states near the Emu file's."""
+    from dodo.qke.growth_labels import KIND
+
+    with h5py.File(EMU_32, "r") as source, h5py.File(path, "w") as out:
+        out.attrs["kind"] = KIND
+        out["F4_initial(1|ccm)"] = source["F4_initial(1|ccm)"][...] * 1.01
+        out["linear_growthRate_box(1|s)"] = source["linear_growthRate_box(1|s)"][...]
+    return path
+
+
+def test_learning_curve_calibrates_each_fold_without_its_test_states_and_gives_every_fold_size(tmp_path, capsys):
+    """Item 1: growth.data's calibration (median measured / linear rate) was taken over the whole pool's
+    solver files, the test folds' states included, and trained every fold; a row's train_size was the last
+    fold's training-set size (22 of 21, 21, 22). Now each fold is calibrated without its test states
+    (row["growth_calibration_per_fold"], the line saying so), and the row gives every fold's size."""
+    from dodo.training.ensemble_train import EnsembleConfig, load_table, pool_folds
+
+    table_path = _preprocessed(capsys, tmp_path, EMU_32, "mine.h5")
+    labels = _label_file(tmp_path / "labels.h5")
+    overrides = ["--set", f"data.path={table_path}", *OWN_DATABASE, "--set", f"growth.data=[{json.dumps(str(labels))}]"]
+    code, out, err = run(capsys, ["learning-curve", "--config", str(ENSEMBLE_DEFAULT), *overrides, "--sizes", "all",
+                                  "--folds", "3", "--json", "-"])
+    assert code == 0, err
+    row = json.loads(out)["rows"][0]
+    # By hand: the pool's fixed shuffle and folds; the preprocessed rows are the file's 32 runs in order.
+    config = EnsembleConfig.load(str(ENSEMBLE_DEFAULT), {"data.path": str(table_path), "data.holdout": []})
+    order, fold_of = pool_folds(load_table(str(table_path)), config, 3)
+    with h5py.File(EMU_32, "r") as f:
+        ratio = f["growthRate(1|s)"][...] / f["linear_growthRate_box(1|s)"][...]
+    expected = [float(np.median(np.delete(ratio, order[fold_of == k]))) for k in range(3)]
+    assert row["growth_calibration_per_fold"] == pytest.approx(expected, rel=1e-12)
+    assert all(abs(value - np.median(ratio)) > 1e-6 for value in expected)  # the whole pool's is none of them
+    assert "calibration measured/linear per fold" in err, err
+    assert row["fold_train_sizes"] == [21, 21, 22] and row["train_size"] == 22
+    assert "train 21-22: CV model" in err, err
+
+
+def test_evaluate_counts_the_states_another_file_shares_with_the_training_file(tmp_path, capsys):
+    """Item 2: `dodo evaluate CKPT --data all32.h5` of a model trained on the first 20 runs scored all 32,
+    20 of them states of its training file, without a word. Now the table says how many rows are the
+    training file's states and of which of its splits (JSON: training_states); a file of other states
+    says none; a training file no longer there is said to be unchecked."""
+    from dodo.training.dataset import make_splits
+
+    first20 = _preprocessed(capsys, tmp_path, _emu_rows(tmp_path / "first20.h5", slice(0, 20)), "first20_pre.h5")
+    last12 = _preprocessed(capsys, tmp_path, _emu_rows(tmp_path / "last12.h5", slice(20, 32)), "last12_pre.h5")
+    all32 = _preprocessed(capsys, tmp_path, EMU_32, "all32_pre.h5")
+    code, _, err = run(capsys, _train(tmp_path, first20, "run", "--set", "training.epochs=1"))
+    assert code == 0, err
+    best = tmp_path / "run" / "checkpoints" / "best.pt"
+    code, out, err = run(capsys, ["evaluate", str(best), "--data", str(all32)])
+    assert code == 0, err
+    import torch
+
+    data = torch.load(best, map_location="cpu", weights_only=False)["config"]["data"]
+    splits = make_splits(20, data["train_fraction"], data["val_fraction"], data["split_seed"], data["max_samples"])
+    assert (f"note: 20 of the 32 rows of {all32} are states of the checkpoint's training file {first20} "
+            f"({len(splits.train)} of its train split, trained on; {len(splits.val)} of its validation split; "
+            f"{len(splits.test)} of its test split)") in out, out
+    code, out, err = run(capsys, ["evaluate", str(best), "--data", str(all32), "--json", "-"])
+    assert code == 0, err
+    seen = json.loads(out)["training_states"]
+    assert (seen["checked"], seen["rows"], seen["shared"], seen["in_train_split"]) == (True, 32, 20, len(splits.train))
+    assert "note: 20 of the 32 rows" in err, err
+    code, out, err = run(capsys, ["evaluate", str(best), "--data", str(last12)])
+    assert code == 0 and f"no row of {last12} is a state of the checkpoint's training file" in out, out + err
+    first20.rename(tmp_path / "moved.h5")
+    code, out, err = run(capsys, ["evaluate", str(best), "--data", str(all32)])
+    assert code == 0 and f"note: not checked whether {all32} shares states" in out and "not found" in out, out + err
+
+
+def test_a_resumed_run_reports_its_own_and_the_whole_runs_training_time(tmp_path, capsys):
+    """Item 3: a resumed `dodo train`'s metrics gave `seconds` and samples per second of the resumed epochs
+    only, said nowhere. Now `timing` gives this session's epochs, seconds and samples and the whole run's
+    (each checkpoint records the time so far), and the log says which is which."""
+    table = _preprocessed(capsys, tmp_path, EMU_32, "mine.h5")
+    common = _train(tmp_path, table, "run", "--set", "training.epochs=4")
+    code, _, err = run(capsys, [*common, "--set", "training.stop_after_epoch=2"])
+    assert code == 0, err
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    code, out, err = run(capsys, [*common, "--resume", str(last)])
+    assert code == 0, err
+    metrics = json.loads(next((tmp_path / "run" / "results").glob("metrics_*.json")).read_text())
+    timing = metrics["timing"]
+    assert timing["resumed"] and timing["this_session"]["epochs"] == [3, 4]
+    assert timing["this_session"]["seconds"] == metrics["seconds"]
+    whole = timing["whole_run"]
+    assert whole["epochs"] == [1, 4] and whole["samples"] == 2 * timing["this_session"]["samples"]
+    assert whole["seconds"] > timing["this_session"]["seconds"]
+    assert "timing: this session (resumed) trained epochs 3-4" in out + err and "the whole run, epochs 1-4" in out + err
+
+
+def test_train_on_a_full_disk_says_the_last_good_checkpoint_is_kept(tmp_path, capsys, monkeypatch):
+    """Item 4: `dodo train` whose last.pt write fails (a full disk) said only "[Errno 28] No space left on
+    device: .../last.pt", not that the epoch before's last.pt is whole nor how to go on. Now the line says
+    so and names the resume; that last.pt resumes the run."""
+    from dodo.training import train as train_module
+
+    table = _preprocessed(capsys, tmp_path, EMU_32, "mine.h5")
+    common = _train(tmp_path, table, "run", "--set", "training.epochs=3")
+    real = train_module.save_checkpoint
+    writes = []
+
+    def full_disk_at_the_second_last_pt(state, path, keep_previous=False):
+        if Path(path).name == "last.pt":
+            writes.append(path)
+            if len(writes) == 2:
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(state, path, keep_previous=keep_previous)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", full_disk_at_the_second_last_pt)
+    code, _, err = run(capsys, common)
+    line = err.strip().splitlines()[-1]
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    assert code == 2 and "Traceback" not in err, err
+    for words in ("No space left on device", "the run stopped after epoch 2", f"{last} (epoch 1) is kept whole",
+                  f"--resume {last}"):
+        assert words in line, line
+    monkeypatch.setattr(train_module, "save_checkpoint", real)
+    assert train_module.load_checkpoint(last)["epoch"] == 1
+    code, _, err = run(capsys, [*common, "--resume", str(last)])
+    assert code == 0, err
+
+
+def test_ignore_rotation_of_an_hdf5_input_without_rotation_r_says_it_has_no_effect(tmp_path, capsys):
+    """Item 5: `dodo simulate --input F.h5 --ignore-rotation` of a file without rotation_R was accepted
+    without a word (a YAML input is refused, section 107). Now a note says it has no effect; a file with
+    rotation_R says nothing."""
+    source = tmp_path / "one.h5"
+    with h5py.File(EMU_32, "r") as f, h5py.File(source, "w") as out:
+        out["F4_initial(1|ccm)"] = f["F4_initial(1|ccm)"][:1]
+    solver = ["--linear-only", "--ncell", "16", "--nphi", "8"]
+    code, _, err = run(capsys, ["simulate", str(tmp_path / "a.h5"), "--input", str(source), "--ignore-rotation", *solver])
+    assert code == 0, err
+    assert f"note: --ignore-rotation has no effect: {source} has no rotation_R dataset" in err, err
+    with_rotation = _emu_rows(tmp_path / "rotated.h5", slice(0, 1))
+    code, _, err = run(capsys, ["simulate", str(tmp_path / "b.h5"), "--input", str(with_rotation), "--ignore-rotation",
+                                *solver])
+    assert code == 0 and "--ignore-rotation has no effect" not in err, err
+
+
+def test_synth_refuses_rows_beyond_the_file_size_limit_before_drawing_them(tmp_path):
+    """Item 6: `dodo synth` checked the free space, not the process's file-size limit (ulimit -f): the rows
+    were drawn and Box3D run up to the write that passed it. Now refused first, naming the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    limit = 100_000 if hard == resource.RLIM_INFINITY else min(100_000, hard)
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+
+    out = tmp_path / "s.h5"
+    done = subprocess.run([sys.executable, "-m", "dodo", "synth", str(out), "-n", "20000"], capture_output=True,
+                          text=True, preexec_fn=limited, timeout=300, stdin=subprocess.DEVNULL)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert "20,000 rows need at least" in lines[0] and "ulimit -f" in lines[0] and "chunk" not in done.stderr, lines
+    assert not out.exists()
