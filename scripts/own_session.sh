@@ -39,3 +39,38 @@ fi
 if [ -w /proc/self/autogroup ]; then
   echo "${DODO_CAMPAIGN_NICE:-10}" > /proc/self/autogroup 2> /dev/null || true
 fi
+# The process that holds a campaign's directory lock (DIR, opened and flocked by the running copy
+# and inherited by its chunks), for the refusal of a second copy: " (pid N)", or with ", stopped:
+# ..." where it is suspended (SIGSTOP to its group, a batch system's suspend). "another
+# qke_campaign.sh ... is running in DIR: wait for it to end" named no process, and said "running"
+# of a campaign that waits, stopped, until continued (outside probe, data-loss round fourteen).
+# /proc/locks cannot say: it names the flock(1) process that took the lock and has ended. So the
+# processes that hold DIR open are found in /proc/*/fd; the earliest of them (the campaign's own
+# shell, its group's leader) is named. Empty where /proc cannot tell (not Linux, no Python).
+lock_holder_text() {
+  "${DODO_VENV:-$root/.venv}/bin/python" - "$1" "$$" 2> /dev/null <<'PYTHON' || true
+import os, sys
+directory, asking = os.path.realpath(sys.argv[1]), int(sys.argv[2])
+def stat_fields(pid):
+    with open(f"/proc/{pid}/stat", "rb") as handle:
+        return handle.read().rsplit(b")", 1)[1].split()  # state, ppid, pgrp, ...
+holders = []
+for name in os.listdir("/proc"):
+    if not name.isdigit() or int(name) in (asking, os.getpid(), os.getppid()):  # the asking copy's own
+        continue
+    try:
+        if any(os.readlink(f"/proc/{name}/fd/{fd}") == directory for fd in os.listdir(f"/proc/{name}/fd")):
+            fields = stat_fields(name)
+            holders.append((int(name), fields[0].decode(), int(fields[2])))
+    except (OSError, ValueError, IndexError):
+        continue
+if holders:
+    leaders = [holder for holder in holders if holder[0] == holder[2]]
+    pid, state, group = min(leaders or holders)
+    if any(holder[1] in ("T", "t") for holder in holders):
+        print(f" (pid {pid}, stopped: it holds the lock until it is continued and ends; kill -CONT -- -{group} "
+              "continues it and its chunks)", end="")
+    else:
+        print(f" (pid {pid})", end="")
+PYTHON
+}

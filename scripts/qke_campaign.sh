@@ -84,7 +84,7 @@ if command -v flock > /dev/null; then
   # on descriptor 9, so `exec 9<` took the script's place and the campaign stopped with "another
   # qke_campaign.sh ... is running" when none was (outside probe, data-loss round seven).
   if { exec {campaign_lock}< "$campaign_dir"; } 2> /dev/null; then
-    flock -n "$campaign_lock" || { echo "qke_campaign: another qke_campaign.sh (or its chunks) is running in $campaign_dir: wait for it to end (a second campaign on one directory would run the same chunks beside it)" >&2; exit 2; }
+    flock -n "$campaign_lock" || { echo "qke_campaign: another qke_campaign.sh (or its chunks) is running in $campaign_dir$(lock_holder_text "$campaign_dir"): wait for it to end (a second campaign on one directory would run the same chunks beside it)" >&2; exit 2; }
   fi
 fi
 # The finished chunks, found by one Python process: run_chunk's own check (a Python start per chunk,

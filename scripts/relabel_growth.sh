@@ -50,7 +50,7 @@ mkdir -p "$labels"
 # A descriptor bash chooses (10 or above), not 9: bash may hold this script itself on 9 under a low
 # `ulimit -n` (outside probe, data-loss round seven).
 if command -v flock > /dev/null && { exec {labels_lock}< "$labels"; } 2> /dev/null; then
-  flock -n "$labels_lock" || { echo "relabel_growth: another relabel_growth.sh (or its chunks) is running into $labels: wait for it to end (a second one would label the same chunks beside it)" >&2; exit 2; }
+  flock -n "$labels_lock" || { echo "relabel_growth: another relabel_growth.sh (or its chunks) is running into $labels$(lock_holder_text "$labels"): wait for it to end (a second one would label the same chunks beside it)" >&2; exit 2; }
 fi
 relabel() {
   local input="$1" out="$labels/$(basename "$1")"
