@@ -437,6 +437,13 @@ def atomic_path(final: str | Path):
             remove_empty_directories(made)
             raise OutputPathError(f"cannot write {given}: cannot create a file in {final.parent}: "
                                   f"{error.strerror or error}") from None
+    # The temporary's (device, inode) and its directory held open: a directory moved (renamed) while the file was
+    # written (`mv run run.old`, a cleaner's rename; a network file system's rename by another client) took the
+    # temporary with it, where the path could no longer remove it: `dodo synth d/big.h5` left a 291 MB
+    # `.big.h5.*.tmp` in the moved directory and said "its directory d was removed", or, with a new d made
+    # meanwhile, "its temporary ... was removed by another process" (outside probe, data-loss round fourteen).
+    written = _file_identity(fd)
+    directory = _open_directory(final.parent)
     # Held open with a shared flock while the temporary is written: what tells another process that its
     # writer still runs (stale_temporaries), where the pid in its name cannot (a writer in another pid
     # namespace, a container with the host's name: its live temporary was removed as a dead writer's,
@@ -453,6 +460,7 @@ def atomic_path(final: str | Path):
         except FileNotFoundError:
             os.chmod(tmp, 0o666 & ~_umask())
         yield Path(tmp)
+        _refuse_directory_moved(directory, final, given)  # the rename would go to another directory's file
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         check_output_target(final)  # nothing put a device, FIFO or directory there meanwhile
@@ -480,9 +488,14 @@ def atomic_path(final: str | Path):
             # output, and nothing said that a file as large as the output was left (round three).
             left = (f" (its temporary {tmp} could not be removed: {unlink_error.strerror or unlink_error}; remove it "
                     "once the directory is writable)")
+        _remove_moved_temporary(directory, os.path.basename(tmp), written)
+        fate = _directory_fate(directory, final.parent)
+        directory = _close_directory(directory)
         remove_empty_directories(made)
         if isinstance(error, OSError) and error.errno is not None and (
                 error.filename is None or os.fsdecode(error.filename) == os.fsdecode(tmp)):
+            if isinstance(error, FileNotFoundError) and fate is not None:
+                raise DirectoryMovedError(_directory_moved_text(given, final.parent, fate)) from None
             if isinstance(error, FileNotFoundError) and not os.path.isdir(final.parent):
                 # `rm -rf` of the output's directory during the write: "[Errno 2] No such file or
                 # directory: '/d/.o.h5.HOST.PID.x8k2ab.tmp'", of a file nobody asked for (round three).
@@ -506,6 +519,97 @@ def atomic_path(final: str | Path):
         if left and isinstance(error, OutputPathError):  # a refusal at the rename: say what it left
             raise type(error)(f"{error}{left}") from None
         raise
+    finally:
+        _close_directory(directory)
+
+
+class DirectoryMovedError(OutputPathError):
+    """The output's directory was moved, replaced or removed while atomic_path wrote the file."""
+
+
+def _file_identity(descriptor: int):
+    """(device, inode) of the open file ``descriptor``; None where it cannot be told."""
+    try:
+        status = os.fstat(descriptor)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def _open_directory(directory: Path) -> Optional[int]:
+    """``directory`` held open (O_PATH where there is one: no read permission needed) for the write, so
+    that the temporary can be found again if the directory is moved; None where it cannot be opened (too
+    many open files: the write goes on as before, without that)."""
+    flags = getattr(os, "O_PATH", os.O_RDONLY) | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        return os.open(directory, flags)
+    except OSError:
+        return None
+
+
+def _close_directory(directory: Optional[int]) -> None:
+    if directory is not None:
+        with contextlib.suppress(OSError):
+            os.close(directory)
+    return None
+
+
+def _directory_fate(directory: Optional[int], path: Path) -> Optional[tuple[str, str]]:
+    """What became of the directory held open as ``directory`` (opened at ``path``): None while ``path``
+    is still that directory (or where it cannot be told); else ("removed", "") or ("moved", where it is
+    now, "" if unknown), with "replaced" for a moved one whose path now names another directory."""
+    if directory is None:
+        return None
+    try:
+        held = os.fstat(directory)
+    except OSError:
+        return None
+    try:
+        if os.path.samestat(held, os.stat(path)):
+            return None
+        replaced = True
+    except OSError:
+        replaced = False
+    if held.st_nlink == 0:
+        return ("removed", "")
+    try:
+        where = os.readlink(f"/proc/self/fd/{directory}")
+    except OSError:
+        where = ""
+    if where.endswith(" (deleted)"):
+        return ("removed", "")
+    return ("replaced" if replaced else "moved", where)
+
+
+def _directory_moved_text(given, parent: Path, fate: tuple[str, str]) -> str:
+    kind, where = fate
+    if kind == "removed":
+        return f"cannot write {given}: its directory {parent} was removed while this command wrote it; nothing was written"
+    now = f" (it is now {where})" if where else ""
+    instead = " and another directory made in its place" if kind == "replaced" else ""
+    return (f"cannot write {given}: its directory {parent} was moved or renamed{now}{instead} while this command "
+            "wrote it; nothing was written (the unfinished file was removed): run the command again with the output "
+            "where you want it")
+
+
+def _refuse_directory_moved(directory: Optional[int], final: Path, given) -> None:
+    """Raise DirectoryMovedError when the output's directory is no longer at its path: the rename would put
+    the file into another directory made there meanwhile, or fail."""
+    fate = _directory_fate(directory, final.parent)
+    if fate is not None:
+        raise DirectoryMovedError(_directory_moved_text(given, final.parent, fate))
+
+
+def _remove_moved_temporary(directory: Optional[int], name: str, written) -> None:
+    """Remove the temporary ``name`` from the directory held open as ``directory`` when it is still the file
+    this write made (``written``, its (device, inode)): where its path could not reach it (the directory
+    moved), it was left there, as large as the output."""
+    if directory is None or written is None:
+        return
+    with contextlib.suppress(OSError, NotImplementedError):
+        status = os.stat(name, dir_fd=directory, follow_symlinks=False)
+        if (status.st_dev, status.st_ino) == written and stat.S_ISREG(status.st_mode):
+            os.unlink(name, dir_fd=directory)
 
 
 def _file_size_limit_hint(error: OSError, final: Path) -> str:

@@ -1,0 +1,173 @@
+"""Outside probe, data-loss round fourteen (docs/reliability_python.md, section 113).
+
+- An output's directory moved (renamed) while the file was written (`mv run run.old`, a cleaner's rename, another
+  client of a network file system): the temporary went with the directory, where its path no longer reached it. It
+  was left there, as large as the output (a 291 MB `.big.h5.*.tmp` of `dodo synth d/big.h5 -n 400000`), and the
+  message said the directory was removed, or, with a new directory made at the old path, that the temporary "was
+  removed by another process".
+Hang guards only: no test waits on time."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import dodo._atomic as atomic
+
+
+def _left(directory) -> list[str]:
+    return sorted(entry.name for entry in directory.iterdir())
+
+
+def test_a_directory_moved_during_a_write_keeps_no_temporary_and_says_moved(tmp_path):
+    directory, moved = tmp_path / "d", tmp_path / "d2"
+    directory.mkdir()
+    with pytest.raises(atomic.OutputPathError) as refused:
+        with atomic.atomic_path(directory / "out.bin") as tmp:
+            with open(tmp, "wb") as stream:  # the writer's open file, as HDF5 holds it
+                stream.write(b"x" * 100_000)
+                os.rename(directory, moved)
+                stream.write(b"y" * 100_000)
+    assert _left(moved) == []  # before: the temporary of 200 kB, left in d2
+    text = str(refused.value)
+    assert "was moved or renamed" in text and str(moved) in text and "nothing was written" in text, text
+    assert not directory.exists()
+
+
+def test_a_directory_moved_and_made_again_during_a_write_is_named_so(tmp_path):
+    """`mv d d2; mkdir d` during the write. Before: "its temporary ... was removed by another process while this
+    command wrote it", and the temporary left in d2."""
+    directory, moved = tmp_path / "d", tmp_path / "d2"
+    directory.mkdir()
+    with pytest.raises(atomic.OutputPathError) as refused:
+        with atomic.atomic_path(directory / "out.bin") as tmp:
+            with open(tmp, "wb") as stream:
+                stream.write(b"x" * 100_000)
+                os.rename(directory, moved)
+                directory.mkdir()
+    assert _left(moved) == [] and _left(directory) == []
+    text = str(refused.value)
+    assert "another directory made in its place" in text and "removed by another process" not in text, text
+
+
+def test_a_write_that_opens_its_temporary_after_the_directory_was_replaced_is_refused(tmp_path):
+    """A writer that opens the temporary by its path (np.save, json) after `mv d d2; mkdir d`: before, the output
+    was written into the new d (a directory the command never checked or locked) and mkstemp's empty temporary
+    was left in d2."""
+    directory, moved = tmp_path / "d", tmp_path / "d2"
+    directory.mkdir()
+    with pytest.raises(atomic.OutputPathError, match="moved or renamed"):
+        with atomic.atomic_path(directory / "out.json") as tmp:
+            os.rename(directory, moved)
+            directory.mkdir()
+            tmp.write_text("{}")
+    assert _left(moved) == [] and _left(directory) == []
+
+
+def test_an_hdf5_write_whose_directory_is_moved_leaves_nothing(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    import numpy as np
+
+    directory, moved = tmp_path / "d", tmp_path / "d2"
+    directory.mkdir()
+    with pytest.raises(atomic.OutputPathError, match="moved or renamed"):
+        with atomic.atomic_hdf5(directory / "out.h5") as (handle, check):
+            handle.create_dataset("a", data=np.arange(50_000.0))
+            check()
+            os.rename(directory, moved)
+            handle.create_dataset("b", data=np.arange(50_000.0))
+    assert _left(moved) == []
+    assert h5py is not None
+
+
+def test_a_directory_removed_during_a_write_is_still_called_removed(tmp_path):
+    """Guard: `rm -rf d` during the write keeps its words (data-loss round three)."""
+    import shutil
+
+    directory = tmp_path / "d"
+    directory.mkdir()
+    with pytest.raises(atomic.OutputPathError, match="was removed while this command wrote it; nothing was written"):
+        with atomic.atomic_path(directory / "out.bin") as tmp:
+            with open(tmp, "wb") as stream:
+                stream.write(b"x" * 1000)
+                shutil.rmtree(directory)
+
+
+def test_a_write_whose_directory_stays_is_written(tmp_path):
+    """Guard: the directory held open changes nothing for an ordinary write, nor leaves a descriptor open."""
+    before = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    with atomic.atomic_path(tmp_path / "out.bin") as tmp:
+        tmp.write_bytes(b"done")
+    assert (tmp_path / "out.bin").read_bytes() == b"done" and _left(tmp_path) == ["out.bin"]
+    if before is not None:
+        assert len(os.listdir("/proc/self/fd")) == before
+
+
+# --- a second campaign refused by a running or stopped one: who holds the directory ----------------------------------
+
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+HANG_GUARD_S = 60  # only a guard against a hang
+
+HOLD = """
+import fcntl, os, sys
+descriptor = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)  # as the campaign's `exec {lock}< DIR`
+fcntl.flock(descriptor, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.readline()  # until the test closes the pipe
+"""
+
+
+def _campaign_copy(tmp_path):
+    from cli_helpers import stand_in_venv
+
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    for name in ("qke_campaign.sh", "relabel_growth.sh", "own_session.sh"):
+        (repo / "scripts" / name).write_text((ROOT / "scripts" / name).read_text())
+    venv = stand_in_venv(tmp_path, "exit 3")  # no chunk runs: the campaign is refused before any
+    (tmp_path / "plan.txt").write_text("emu 1 3\n")
+    chunks = tmp_path / "chunks"
+    chunks.mkdir()
+    env = dict(os.environ, DODO_VENV=str(venv), DODO_CAMPAIGN_DIR=str(chunks), DODO_CAMPAIGN_NICE="0")
+    return repo, env, chunks
+
+
+@pytest.mark.skipif(sys.platform != "linux" or not any(Path(d, "flock").exists() for d in ("/usr/bin", "/bin")),
+                    reason="the campaign scripts' lock is flock(1) of util-linux, their holder read from /proc")
+@pytest.mark.parametrize("script, locked", [("qke_campaign.sh", "chunks"), ("relabel_growth.sh", "chunks_growth")])
+@pytest.mark.parametrize("stopped", [False, True], ids=["running", "stopped"])
+def test_a_second_campaign_names_the_one_that_holds_the_directory(tmp_path, script, locked, stopped):
+    """A campaign suspended (SIGSTOP to its group: a batch system's suspend) or running, and the same command again.
+    Before: "another qke_campaign.sh (or its chunks) is running in DIR: wait for it to end", naming no process, and
+    "running" of one that waits, stopped, until it is continued. Now the holder's pid, and that it is stopped with
+    the way to continue it."""
+    repo, env, chunks = _campaign_copy(tmp_path)
+    directory = tmp_path / locked
+    directory.mkdir(exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(directory)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        if stopped:
+            os.kill(holder.pid, signal.SIGSTOP)
+            os.waitpid(holder.pid, os.WUNTRACED)  # stopped for certain before the second command looks
+        second = subprocess.run(["bash", str(repo / "scripts" / script), "1", str(tmp_path / "plan.txt")],
+                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    finally:
+        if stopped:
+            os.kill(holder.pid, signal.SIGCONT)
+        holder.stdin.close()
+        holder.wait(timeout=HANG_GUARD_S)
+        holder.stdout.close()
+    lines = second.stderr.strip().splitlines()
+    assert second.returncode == 2 and len(lines) == 1, second.stderr
+    assert f"(pid {holder.pid}" in lines[0], lines[0]
+    if stopped:
+        assert "stopped" in lines[0] and f"kill -CONT -- -{holder.pid}" in lines[0], lines[0]
+    else:
+        assert "stopped" not in lines[0], lines[0]
