@@ -51,9 +51,9 @@
  * keep its CPU affinity: a handle created on a thread bound to one core (OMP_PROC_BIND, OMP_PLACES;
  * libgomp binds the initial thread before main) runs all its workers on that core (docs/runtime.md,
  * "OpenMP codes").
- * dlclose: libdodo stays loaded after dlclose (it defines a GNU unique symbol, the session
- * creation lock every copy of the runtime in a process shares, and glibc never unloads such an
- * object): a later dlopen gets the same library and state, and handles made before stay live
+ * dlclose: libdodo stays loaded after dlclose (it is linked -z nodelete, whatever compiler built
+ * it): a later dlopen gets the same library and state, handles made before stay live, and a thread
+ * still inside a call, or ending after the dlclose, runs code that is still there
  * (docs/runtime.md, "dlclose and a second dlopen"). Destroy the handles you no longer need all the same.
  */
 #ifndef DODO_DODO_H
