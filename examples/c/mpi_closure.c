@@ -197,9 +197,10 @@ int main(int argc, char** argv) {
   MPI_Reduce(&cells, &total_cells, 1, MPI_LONG, MPI_SUM, 0, MPI_COMM_WORLD);
   MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
   if (rank == 0)
-    printf("%d ranks (%d threads each, model of %ld bytes broadcast from rank 0): %ld cells, "
+    printf("%d rank%s (%d thread%s each, model of %ld bytes broadcast from rank 0): %ld cells, "
            "largest relative change of the neutrino number %.1e\n",
-           size, options.threads, package_size, total_cells, worst);
+           size, size == 1 ? "" : "s", options.threads, options.threads == 1 ? "" : "s", package_size,
+           total_cells, worst);
   dodo_closure_destroy(closure);
   MPI_Finalize();
   return any_failed || worst > 1e-12 ? 1 : 0;

@@ -125,9 +125,11 @@ program mpi_closure
   end do
   call MPI_Reduce(violation, worst, 1, MPI_DOUBLE_PRECISION, MPI_MAX, 0, MPI_COMM_WORLD)
   call MPI_Allreduce(failed, any_failed, 1, MPI_INTEGER, MPI_MAX, MPI_COMM_WORLD)
-  if (rank == 0) print '(i0, a, i0, a, i0, a, es8.1)', nranks, " ranks (model of ", package_size, &
-      " bytes broadcast from rank 0): ", nranks * ncell, " cells, largest relative change of the neutrino number ", worst
+  if (rank == 0) print '(i0, 2a, i0, a, i0, a, es8.1)', nranks, trim(merge(" rank ", " ranks", nranks == 1)), &
+      " (model of ", package_size, " bytes broadcast from rank 0): ", nranks * ncell, &
+      " cells, largest relative change of the neutrino number ", worst
   call dodo_destroy(closure)
   call MPI_Finalize()
+  deallocate(F, F_pred, u, model)  ! by hand: gfortran does not free the main program's arrays (LeakSanitizer)
   if (any_failed == 1 .or. (rank == 0 .and. worst > 1d-12)) stop 1
 end program mpi_closure

@@ -134,7 +134,7 @@ def test_c_mpi_example_gives_a_rank_no_more_workers_than_the_cores_it_is_bound_t
         command.append("--allow-run-as-root")
     code, output = _run_guarded(command + [str(program), str(default_model_path())], 120, env=mpi_environment())
     assert code == 0, output
-    assert "1 ranks (1 threads each," in output, output
+    assert "1 rank (1 thread each," in output, output
 
 
 def test_fortran_mpi_example_without_a_model_argument_prints_its_usage(tmp_path):
