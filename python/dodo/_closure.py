@@ -272,7 +272,7 @@ def directory_hint(path: str) -> str:
     if checkpoints:  # a `dodo train` run's directory: best.pt, last.pt, final.pt
         checkpoint = os.path.join(path, "best.pt" if "best.pt" in checkpoints else checkpoints[0])
         return (f"; it holds no model package but a PyTorch checkpoint ({checkpoint!r}): export it first, dodo export "
-                f"{shlex.quote(checkpoint)} -o model.onnx, and give model.onnx")
+                f"{_shell_word(checkpoint)} -o model.onnx, and give model.onnx")
     return ""
 
 
@@ -296,7 +296,7 @@ def _refuse_known_non_packages(path: str) -> None:
                         kind, command = packed
                         raise RuntimeError(
                             f"DODO_ERROR_MODEL_FORMAT: model file {path!r} is {compressed_text(kind)}, not an ONNX model package: "
-                            f"unpack it first ({command} {shlex.quote(path)}) and give the .onnx file it holds")
+                            f"unpack it first ({command} {_shell_word(path)}) and give the .onnx file it holds")
     except OSError:  # unreadable: the runtime reports it
         return
     if head.startswith(b"PK\x03\x04"):
@@ -307,7 +307,19 @@ def _refuse_known_non_packages(path: str) -> None:
                                "checkpoint (a NumPy .npz, a .zip), not an ONNX model package (dodo export writes one)")
     for magic, problem in _NOT_A_PACKAGE:
         if head.startswith(magic):
-            raise RuntimeError(f"DODO_ERROR_MODEL_FORMAT: model file {path!r} " + problem.format(path=path))
+            raise RuntimeError(f"DODO_ERROR_MODEL_FORMAT: model file {path!r} " + problem.format(path=_shell_word(path)))
+
+
+def _shell_word(path: str) -> str:
+    """``path`` as a shell word that names the file: shlex.quote of a UTF-8 name; a name of other bytes
+    (a Latin-1 directory, which Python holds surrogate-escaped) in bash's $'...' quoting, its bytes past
+    ASCII as \\xNN. shlex.quote kept the lone surrogates: the command in the message (`gunzip 't\udce9.onnx'`
+    as bytes no UTF-8 text holds) could not be pasted, and writing the message to a UTF-8 log raised
+    UnicodeEncodeError (outside probe, Python round sixty-three)."""
+    if _is_utf8(path):
+        return shlex.quote(path)
+    return "$'" + "".join(chr(byte) if 32 <= byte < 127 and chr(byte) not in "'\\" else f"\\x{byte:02x}"
+                          for byte in os.fsencode(path)) + "'"
 
 
 #: How Python unpacks each format compressed_kind names, for an in-memory package.
@@ -339,6 +351,34 @@ def _in_the_singular(error: Exception) -> Exception:
     if not isinstance(error, (RuntimeError, ValueError)) or "model in memory (1 bytes)" not in text:
         return error
     return type(error)(text.replace("model in memory (1 bytes)", "model in memory (1 byte)"))
+
+
+#: The runtime's words for a text (or an archive) given as bytes in memory, and a file's (onnx_package.cpp).
+_MEMORY_TEXT_ENDS = ((": give the bytes of the binary .onnx file dodo export writes (a path is given to dodo_closure_create, "
+                      "dodo::Closure(path) or Fortran's dodo_create, not as the bytes)",
+                      ": a package is the binary .onnx file dodo export writes"),
+                     (": give the bytes of the binary .onnx file dodo export writes",
+                      ": a package is the binary .onnx file dodo export writes"),
+                     ("give the bytes of the .onnx file it holds", "give the .onnx file it holds"))
+
+
+def _file_words(text: str, named: str) -> str:
+    """``text``, the runtime's refusal of a model file that Python read (a name that is not UTF-8) and
+    handed over as bytes, named ``named``, in the words the runtime gives a file: such a text file was
+    "text, not an ONNX model package ...: give the bytes of the binary .onnx file dodo export writes",
+    and one holding a path "(a path is given to dodo_closure_create ..., not as the bytes)", where a
+    file of a UTF-8 name is "a text file, ...: a package is the binary .onnx file dodo export writes"
+    (outside probe, Python round sixty-three)."""
+    at = text.find(named)
+    if at < 0:
+        return text
+    head, rest = text[:at + len(named)], text[at + len(named):]
+    rest = re.sub(r"^: (empty )?text( \([^()]*\))?, not an ONNX model package",
+                  lambda match: f": {'an empty text file' if match.group(1) else 'a text file'}{match.group(2) or ''}, "
+                                "not an ONNX model package", rest, count=1)
+    for memory, file in _MEMORY_TEXT_ENDS:
+        rest = rest.replace(memory, file)
+    return head + rest
 
 
 #: DODO_MAX_MODEL_FILE_BYTES of dodo.h: the runtime refuses a larger package, on disk or in memory.
@@ -590,7 +630,7 @@ class Closure:
                 text = text.replace("(truncated or damaged bytes? give the whole .onnx file's bytes and its size)",
                                     "(truncated or damaged file?)").replace("the bytes hold no graph",
                                                                             "the file has no graph")
-                raise type(error)(text) from None
+                raise type(error)(_file_words(text, f"model file {_shown_path(model_path)}")) from None
             variable = os.environ.get("DODO_NETWORK_EVALUATOR", "")
             if evaluator == "auto" and "unknown network evaluator" in str(error) and native_evaluator_hint(variable):
                 raise type(error)(f"{error}{native_evaluator_hint(variable)}") from None

@@ -217,3 +217,48 @@ def test_import_dodo_starts_no_thread_installs_no_handler_and_sets_the_telemetry
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["0", "True", "False", "1"], done.stdout
+
+
+@pytest.mark.parametrize("content", [b"/scratch/run/model.onnx\n", b"{\"a\": 1}\n", b"\xef\xbb\xbf", b"\xff\xfeh\x00i\x00"])
+def test_a_text_file_of_a_latin1_name_is_refused_in_a_files_words(tmp_path, content):
+    # A model file whose name is not UTF-8 is read by Python and loaded from memory. Before, a text file so
+    # named got the words for bytes: "text, not an ONNX model package ...: give the bytes of the binary .onnx
+    # file dodo export writes" and, holding a path, "(a path is given to dodo_closure_create, ... not as the
+    # bytes)"; now those of a file of a UTF-8 name, but for the name.
+    latin1, utf8 = tmp_path / os.fsdecode(b"m\xe9.onnx"), tmp_path / "m.onnx"
+    latin1.write_bytes(content)
+    utf8.write_bytes(content)
+    messages = []
+    for path in (latin1, utf8):
+        with pytest.raises(RuntimeError) as refused:
+            dodo.Closure(str(path))
+        messages.append(str(refused.value))
+    assert "a package is the binary .onnx file dodo export writes" in messages[1], messages[1]
+    assert messages[0] == messages[1].replace(str(utf8), str(tmp_path) + "/m\\xe9.onnx"), messages
+
+
+def test_a_command_in_a_refusal_names_a_latin1_file_as_a_shell_word(tmp_path):
+    import gzip
+
+    # Before: "unpack it first (gunzip '.../g\udce9.onnx')", a lone surrogate: no shell word for the file,
+    # and str(error).encode() (a UTF-8 log) raised UnicodeEncodeError.
+    directory = tmp_path / os.fsdecode(b"r\xe9")
+    directory.mkdir()
+    (directory / "best.pt").write_bytes(b"PK\x03\x04")
+    (tmp_path / os.fsdecode(b"g\xe9.onnx")).write_bytes(gzip.compress(b"text"))
+    (tmp_path / os.fsdecode(b"k\xe9.onnx")).write_bytes(b"PK\x03\x04")
+    word = "$'" + str(tmp_path) + "/"
+    for path, expected in ((tmp_path / os.fsdecode(b"g\xe9.onnx"), f"(gunzip {word}g\\xe9.onnx')"),
+                           (tmp_path / os.fsdecode(b"k\xe9.onnx"), f"dodo export {word}k\\xe9.onnx' -o model.onnx"),
+                           (directory, f"dodo export {word}r\\xe9/best.pt' -o model.onnx")):
+        with pytest.raises((RuntimeError, OSError)) as refused:
+            dodo.Closure(str(path))
+        message = str(refused.value)
+        message.encode("utf-8")
+        assert expected in message, message
+    if shutil.which("bash"):  # the word names the file
+        assert subprocess.run(["bash", "-c", f"test -f {word}r\\xe9/best.pt'"]).returncode == 0
+    # Guard: a UTF-8 name keeps shlex.quote's word.
+    (tmp_path / "g.onnx").write_bytes(gzip.compress(b"text"))
+    with pytest.raises(RuntimeError, match=re.escape(f"(gunzip {tmp_path}/g.onnx)")):
+        dodo.Closure(str(tmp_path / "g.onnx"))
