@@ -1,6 +1,6 @@
 """Outside probe, Python round sixty-three: a package of one byte, an Emu file whose final states are its
-initial dataset, the keys of `dodo score --json`, threads under a thread pool, and what `import dodo` does
-(docs/reliability_python.md, section 112)."""
+initial dataset, the keys of `dodo score --json`, threads under a thread pool, what `import dodo` does, and
+model files whose names are not UTF-8 (docs/reliability_python.md, section 112)."""
 from __future__ import annotations
 
 import json
