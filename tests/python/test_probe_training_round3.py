@@ -214,3 +214,87 @@ def test_synth_refuses_rows_beyond_the_file_size_limit_before_drawing_them(tmp_p
     assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert "20,000 rows need at least" in lines[0] and "ulimit -f" in lines[0] and "chunk" not in done.stderr, lines
     assert not out.exists()
+
+
+# --- fresh angles ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("setting, words", [
+    ("model=null", ["override model (--set)", "replace the whole model section", "--set model."]),
+    ("output=", ["override output (--set)", "replace the whole output section", "--set output."]),
+    ("data.box3d=null", ["override data.box3d (--set)", "replace the whole data.box3d section"]),
+    ("training.lr.x=1", ["override training.lr.x (--set)", "training.lr is a setting, not a section",
+                         "--set training.lr=VALUE"]),
+])
+def test_set_of_a_whole_section_to_null_or_into_a_setting_is_refused(tmp_path, capsys, setting, words):
+    """`--set model=null` (or `--set output=`, an unset shell variable) replaced the config's whole section by
+    its defaults without a word: the run trained a 128-wide model, or wrote ./results and ./checkpoints in
+    the working directory. `--set training.lr.x=1` on a config without training.lr blamed the config file
+    ("c.yaml:training.lr: expected a number"). Now each is refused, naming the --set, before any work."""
+    from cli_helpers import refused
+
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data: {{path: {tmp_path / 'none.h5'}, batch_size: 8}}\n"
+                      "model: {head: equivariant, hidden_dim: 8, n_blocks: 1}\n"
+                      "training: {epochs: 1, threads: 1, device: cpu}\n"
+                      f"output: {{results_dir: {tmp_path / 'r'}, checkpoint_dir: {tmp_path / 'c'}}}\n")
+    line = refused(capsys, ["train", "--config", str(config), "--set", setting], *words)
+    assert "c.yaml" not in line, line
+    assert not (tmp_path / "r").exists() and not (tmp_path / "c").exists()
+
+
+def test_preprocess_refuses_non_finite_rows_it_was_told_to_keep(tmp_path, capsys):
+    """An Emu file with NaN/Inf rows and `filters.drop_nonfinite: false`: the rows were counted as the
+    conservation filter's drops (NaN fails every comparison), or with the filters off written after a NumPy
+    warning, and `dodo train` then called the file damaged ("dodo preprocess never writes them"). Now refused,
+    naming the file, the rows and the setting; with the default the rows are dropped and counted."""
+    from cli_helpers import refused
+
+    emu = tmp_path / "nan.h5"
+    _emu_rows(emu, slice(0, 32))
+    with h5py.File(emu, "r+") as f:
+        F = f["F4_initial(1|ccm)"][...]
+        F[3, 0, 0, 0], F[5, 1, 1, 2] = np.nan, np.inf
+        f["F4_initial(1|ccm)"][...] = F
+    common = ["preprocess", "--config", str(REPO / "training" / "configs" / "pre_process_qke.yaml"),
+              "--set", f"inputs=[{json.dumps(str(emu))}]", "-q"]
+    for extra in (["--set", "filters.drop_nonfinite=false"],
+                  ["--set", "filters.drop_nonfinite=false", "--set", "filters.drop_conservation_violation=false",
+                   "--set", "filters.drop_high_flux_factor=false"]):
+        refused(capsys, [*common, "-o", str(tmp_path / "kept.h5"), *extra], str(emu), "2 row(s) with NaN or Inf",
+                "rows [3, 5]", "filters.drop_nonfinite: true")
+        assert not (tmp_path / "kept.h5").exists()
+    code, out, err = run(capsys, [*common, "-o", str(tmp_path / "dropped.h5")])
+    assert code == 0 and "nonfinite_dropped=2" in out + err and "rows_kept=30" in out + err, out + err
+
+
+def test_a_checkpoint_of_another_dodo_version_is_said_to_be_one(tmp_path, capsys):
+    """A checkpoint of another Dodo version: a newer format was "not a Dodo checkpoint", a newer config key
+    "(the file was edited or damaged)", an unknown head "unknown head 'x'" naming no file. Now each names
+    the file, the version that wrote it and the way on (that version's export, or retraining)."""
+    import copy
+
+    from cli_helpers import refused
+    from dodo.training.train import load_checkpoint, save_checkpoint
+
+    table = _preprocessed(capsys, tmp_path, EMU_32, "mine.h5")
+    code, _, err = run(capsys, _train(tmp_path, table, "run", "--set", "training.epochs=1"))
+    assert code == 0, err
+    base = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    newer = copy.deepcopy(base)
+    newer["format"], newer["dodo_version"] = "dodo-checkpoint-v2", "0.9.0"
+    new_key = copy.deepcopy(base)
+    new_key["config"]["model"]["attention_heads"], new_key["dodo_version"] = 4, "0.9.0"
+    head = copy.deepcopy(base)
+    head["config"]["model"]["head"] = "transformer"
+    for name, state, words in (
+            ("newer", newer, ["a Dodo checkpoint of format 'dodo-checkpoint-v2'", "written by dodo 0.9.0",
+                              "read it with the dodo version that wrote it"]),
+            ("new_key", new_key, ["attention_heads", "written by dodo 0.9.0", "read it with the dodo version"]),
+            ("head", head, ["config.model.head is 'transformer'", "the file was edited or damaged"])):
+        state.pop("sha256", None)
+        path = tmp_path / f"{name}.pt"
+        save_checkpoint(state, path)
+        for command in (["export", str(path), "-o", str(tmp_path / f"{name}.onnx")],
+                        ["evaluate", str(path), "--data", str(table)]):
+            refused(capsys, command, str(path), *words)
+        assert not (tmp_path / f"{name}.onnx").exists()

@@ -408,10 +408,25 @@ def check_override_keys(cls, overrides: dict) -> None:
                                   + (f" in section {section}" if section else "") + f"; allowed: {names}")
             hint = typing.get_type_hints(node)[key]
             if depth == len(keys) - 1:  # its value's type too: `--set training.epochs=abc` named the file as well
+                if dataclasses.is_dataclass(hint) and value is None:
+                    # `--set model=null` (or `--set output=`) replaced the config's whole section by its defaults
+                    # without a word: the run trained another model, or wrote to ./results and ./checkpoints
+                    # (outside probe, training round three).
+                    first = sorted(f.name for f in dataclasses.fields(hint))[0]
+                    raise ConfigError(f"override {dotted} (--set): null (or an empty value) would replace the whole "
+                                      f"{dotted} section of the config by its defaults: set its keys one by one, "
+                                      f"e.g. --set {dotted}.{first}=VALUE")
                 _coerce(hint, value, f"override {dotted} (--set)")
             # Optional[Section] is Union[Section, None]: its section's keys are checked too.
             members = [arg for arg in typing.get_args(hint) if arg is not type(None)] or [hint]
             node = members[0] if len(members) == 1 else None
+            if depth < len(keys) - 1 and not any(dataclasses.is_dataclass(m) or m is dict or typing.get_origin(m) is dict
+                                                 or m is Any for m in members):
+                # `--set training.lr.x=1` on a config without training.lr blamed the file ("c.yaml:training.lr:
+                # expected a number, got {'x': 1}"), with it "lr is not a section" (outside probe, training round three).
+                setting = ".".join(keys[:depth + 1])
+                raise ConfigError(f"override {dotted} (--set): {setting} is a setting, not a section: "
+                                  f"--set {setting}=VALUE")
 
 
 def merge_dotted(raw: dict, overrides: dict) -> dict:

@@ -254,7 +254,7 @@ def _write_output(out, check, files, sources, config: PreprocessConfig, settings
     for file_index, path in enumerate(files):
         for chunk in iter_emu_chunks(path, config.chunk_size):
             n_read = len(chunk)
-            chunk, chunk_counts = apply_hygiene(chunk, config.filters)
+            chunk, chunk_counts = apply_hygiene(chunk, config.filters, source=str(path))
             block = _process_chunk(chunk, config, sim_offset, file_index, chunk_counts)
             counts.add(chunk_counts)
             n = len(block["sim_id"])

@@ -44,16 +44,26 @@ def flux_factor(F: np.ndarray) -> np.ndarray:
     return ratio
 
 
-def apply_hygiene(chunk: EmuChunk, filters) -> tuple[EmuChunk, FilterCounts]:
+def apply_hygiene(chunk: EmuChunk, filters, source: str = "the Emu file") -> tuple[EmuChunk, FilterCounts]:
     """data.md's read-time hygiene, in this order: NaN/Inf rows dropped; negative initial
     densities set to 0; rows violating conservation by more than the tolerance (units of N_tot)
     dropped; rows with any flux factor >= the limit (initial or final) dropped."""
     counts = FilterCounts(rows_read=len(chunk))
-    if filters.drop_nonfinite:
-        finite = np.isfinite(chunk.F_init).all(axis=(1, 2)) & np.isfinite(chunk.F_final).all(axis=(1, 2))
+    finite = np.isfinite(chunk.F_init).all(axis=(1, 2)) & np.isfinite(chunk.F_final).all(axis=(1, 2))
+    with np.errstate(over="ignore", invalid="ignore"):
         finite &= np.isfinite(total_density(chunk.F_init, absolute=True))  # N_tot overflowing: not finite either
+    if filters.drop_nonfinite:
         counts.nonfinite_dropped = int((~finite).sum())
         chunk = chunk.select(finite)
+    elif not finite.all():
+        # Kept, they were counted as the conservation or flux-factor filter's drops (NaN fails every
+        # comparison), or with those filters off written after a NumPy warning, and `dodo train` then called
+        # the file damaged, "dodo preprocess never writes them" (outside probe, training round three).
+        rows = chunk.row[~finite].tolist()
+        raise DataFileError(f"{source}: {len(rows)} row(s) with NaN or Inf four-fluxes (rows {rows[:5]}"
+                            f"{' ...' if len(rows) > 5 else ''}); filters.drop_nonfinite: false keeps them, but no "
+                            "Dodo command trains on or scores such rows: set filters.drop_nonfinite: true (the "
+                            "default) to drop and count them, or mend the file")
     if filters.clamp_negative_density:
         negative = chunk.F_init[..., 0] < 0
         counts.negative_density_clamped = int(negative.any(axis=1).sum())

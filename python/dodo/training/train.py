@@ -555,6 +555,11 @@ def verified_checkpoint(checkpoint, path: str | Path) -> dict:
                          "(export it with `dodo export`, score the package with `dodo score`; its held-out report "
                          "is printed by train-ensemble)")
     if found != CHECKPOINT_FORMAT:
+        if isinstance(found, str) and found.startswith("dodo-checkpoint-"):
+            # "not a Dodo checkpoint" of a checkpoint another Dodo version wrote (outside probe, training round three)
+            raise ValueError(f"{path}: a Dodo checkpoint of format {found!r}, which this dodo "
+                             f"({_this_version()}) does not read (it reads {CHECKPOINT_FORMAT!r}); "
+                             f"{_written_by(checkpoint, 'format')}")
         raise ValueError(f"{path}: not a Dodo checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})")
     stored = checkpoint.get("sha256")
     if stored is not None:
@@ -565,9 +570,33 @@ def verified_checkpoint(checkpoint, path: str | Path) -> dict:
                 f"at save time is {str(stored)[:16]}... (the file was altered after it was written)")
     problem = _layout_problem(checkpoint)
     if problem is not None:  # a checkpoint without its digest, or re-signed: KeyError / TypeError tracebacks
-        raise CorruptCheckpointError(f"{path}: not a usable Dodo checkpoint: {problem} (the file was edited or "
-                                     "damaged)")
+        raise CorruptCheckpointError(f"{path}: not a usable Dodo checkpoint: {problem} ({_edited_or_other(checkpoint)})")
     return checkpoint
+
+
+def _this_version() -> str:
+    import dodo
+
+    return f"dodo {getattr(dodo, '__version__', 'unknown')}"
+
+
+def _written_by(checkpoint, what: str = "layout") -> str:
+    """Who wrote a checkpoint this dodo cannot read, and what to do."""
+    version = checkpoint.get("dodo_version") if isinstance(checkpoint, dict) else None
+    by = f"written by dodo {version}" if isinstance(version, str) else "its writer's version is not recorded"
+    return f"{by}: read it with the dodo version that wrote it (dodo export there makes its model package), or retrain"
+
+
+def _edited_or_other(checkpoint: dict) -> str:
+    """Why a checkpoint's layout is not this dodo's: another version wrote it, or it was edited. Every such
+    checkpoint was called "edited or damaged", also one of another Dodo version (outside probe, training round
+    three)."""
+    version = checkpoint.get("dodo_version")
+    import dodo
+
+    if isinstance(version, str) and version != str(getattr(dodo, "__version__", "unknown")):
+        return f"{_written_by(checkpoint)}; or the file was edited or damaged"
+    return "the file was edited or damaged"
 
 
 def _layout_problem(checkpoint: dict) -> str | None:
@@ -594,6 +623,11 @@ def _layout_problem(checkpoint: dict) -> str | None:
             from_dict(section, checkpoint["config"][key], f"config.{key}")
         except ConfigError as error:
             return f"its {error}"
+    from .config import HEAD_NAMES
+
+    head = checkpoint["config"]["model"].get("head", "equivariant")
+    if head not in HEAD_NAMES:  # "unknown head 'x'" named no file (outside probe, training round three)
+        return f"its config.model.head is {head!r}, a head this dodo does not build (it builds {list(HEAD_NAMES)})"
     scale = checkpoint.get("target_scale")
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
                               or not math.isfinite(scale) or scale <= 0):
@@ -712,7 +746,7 @@ def closure_from_checkpoint(checkpoint: dict, path: str | Path | None = None) ->
     except RuntimeError as error:
         text = " ".join(str(error).split())
         raise CorruptCheckpointError(f"{path or 'checkpoint'}: its weights do not fit its model section ({text[:300]}"
-                                     f"{' ...' if len(text) > 300 else ''}); the file was edited or damaged") from None
+                                     f"{' ...' if len(text) > 300 else ''}); {_edited_or_other(checkpoint)}") from None
     closure.eval()
     return closure
 
