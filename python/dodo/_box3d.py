@@ -672,6 +672,12 @@ def _prepare(F_init, u) -> tuple[np.ndarray, Optional[np.ndarray], tuple[int, ..
                         batch + (N_COMPONENTS,):
                     hint = (": a u with an axis of length 1 before its components, as dodo.boost_to_rest takes it for "
                             "cells (u[..., None, :])? this takes one u per cell, (..., 4): pass u[..., 0, :]")
+                    if isinstance(u, np.matrix):
+                        # A matrix stays 2-D under indexing: np.matrix(u)[..., 0, :] has shape (4, 1), which was
+                        # refused next as "the components first ... np.moveaxis(u, 0, -1)", and that as (1, 4)
+                        # again (outside probe, Python round sixty-three).
+                        hint = (": u is an np.matrix, always 2-D, so it holds no u of shape (4,) for one cell: pass "
+                                "np.asarray(u)[0]")
             except ValueError:
                 pass
         raise ValueError(f"u with shape {velocity.shape} does not broadcast to the batch shape {batch} of F_init{hint}") \

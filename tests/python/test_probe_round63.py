@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -262,3 +263,26 @@ def test_a_command_in_a_refusal_names_a_latin1_file_as_a_shell_word(tmp_path):
     (tmp_path / "g.onnx").write_bytes(gzip.compress(b"text"))
     with pytest.raises(RuntimeError, match=re.escape(f"(gunzip {tmp_path}/g.onnx)")):
         dodo.Closure(str(tmp_path / "g.onnx"))
+
+
+@pytest.mark.parametrize("call", [dodo.box3d, lambda F, u: dodo.Closure("box3d").apply(F, u), dodo.invariants,
+                                  dodo.crossing_features, dodo.comoving_density])
+def test_an_np_matrix_u_of_one_cell_is_told_a_remedy_that_works_on_a_matrix(call):
+    # Before: "... pass u[..., 0, :]", which of an np.matrix is (4, 1), refused next as "the components first ...
+    # np.moveaxis(u, 0, -1)", which gives (1, 4) again: the hints went round in a circle.
+    F = _cells(1)[0]
+    with warnings.catch_warnings():  # NumPy: "the matrix subclass is not the recommended way ..."
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        u = np.matrix([1.25, 0.75, 0.0, 0.0])
+    with pytest.raises(ValueError) as refused:
+        call(F, u)
+    message = str(refused.value)
+    assert "u is an np.matrix, always 2-D" in message and "pass np.asarray(u)[0]" in message, message
+    given, plain = call(F, np.asarray(u)[0]), call(F, np.array([1.25, 0.75, 0.0, 0.0]))
+    if isinstance(given, tuple):  # a result
+        assert all(np.array_equal(a, b) for a, b in zip(given, plain))
+    else:
+        assert np.array_equal(given, plain)
+    # Guard: an ndarray of shape (1, 4) keeps round fifty-nine's hint, which works on it.
+    with pytest.raises(ValueError, match=r"pass u\[\.\.\., 0, :\]$"):
+        call(F, np.asarray(u))
