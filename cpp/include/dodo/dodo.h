@@ -23,6 +23,11 @@
  * When it is loaded (before main for a program linked to it), libdodo sets
  * ORT_DISABLE_TELEMETRY=1 unless the host set it: ONNX Runtime's telemetry thread otherwise made
  * a fork()ed child hang in exit(). Later (ONNX Runtime's first load) only if the host removed it.
+ * ONNX Runtime keeps one environment, with its logging, per process, and a host that uses ONNX
+ * Runtime itself (the same library) shares it: after libdodo's first closure with a model, the
+ * host's CreateEnv gets libdodo's environment, whose log output is discarded (the host's logger
+ * and level are ignored, silently); a host that makes its environment first keeps its logging,
+ * and libdodo's sessions then log through the host's logger too.
  * A handle may be destroyed, and called, during exit (from a host's static object or atexit
  * handler) and from a thread's pthread key destructors: the library's own state outlives exit's
  * destructors and the calling thread's thread_local objects (with the network in ONNX Runtime, a
