@@ -74,3 +74,17 @@ if holders:
         print(f" (pid {pid})", end="")
 PYTHON
 }
+# Whether DIR still names the directory open on descriptor FD (a campaign's lock, inherited by its
+# chunks); true without FD, or where /proc cannot tell.
+directory_still_at() {
+  [ -z "${2:-}" ] || [ ! -e "/proc/self/fd/$2" ] || [ "$1" -ef "/proc/self/fd/$2" ]
+}
+# "moved or renamed (it is now PATH)" or "removed", of the directory open on descriptor FD.
+moved_directory_text() {
+  local now
+  now="$(readlink "/proc/self/fd/$1" 2> /dev/null)" || now=""
+  case "$now" in
+    *" (deleted)" | "") echo "removed (or moved where this process cannot see it)" ;;
+    *) echo "moved or renamed (it is now $now)" ;;
+  esac
+}

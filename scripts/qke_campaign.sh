@@ -36,6 +36,14 @@ run_chunk() {
   # A directory named "-x..." made every chunk's output look like an option to dodo simulate (its
   # usage text, "rerun to retry", which no rerun fixed; data-loss probe, round seven).
   case "$out" in -*) out="./$out" ;; esac
+  # The campaign's directory moved (mv, a rename by another client of a network file system) or removed
+  # while the campaign ran: the chunk after it made the directory again at the old path (dodo simulate
+  # makes an output's missing directory), unguarded by the lock (which went with the moved one), and the
+  # campaign went on there, its chunks split over two directories and an interrupted chunk's checkpoint
+  # left in the other (outside probe, data-loss round fourteen). No chunk starts then; the end says so.
+  if ! directory_still_at "$campaign_dir" "${campaign_lock:-}"; then
+    return 255  # xargs starts no more chunks
+  fi
   if [ -f "$out" ] && "${DODO_VENV:-$root/.venv}/bin/python" -c 'import h5py, sys; sys.exit(0 if h5py.File(sys.argv[1], "r").attrs.get("complete") else 1)' "$out" 2>/dev/null; then
     return 0
   fi
@@ -113,10 +121,17 @@ for line in sys.stdin:
   chunks="$unfinished"
 fi
 trap 'trap - TERM; kill 0' INT TERM  # stopping the campaign stops its chunks too
-export -f run_chunk
-export root dodo
+export -f run_chunk directory_still_at
+export root dodo campaign_dir
+[ -z "${campaign_lock:-}" ] || export campaign_lock
 # In the background and waited for: bash runs the TERM trap only between commands, and `wait`
 # is where a signal interrupts it.
 # -r: an empty plan runs nothing. A failed chunk makes xargs, and so the campaign, exit non-zero.
 printf '%s' "$chunks${chunks:+$'\n'}" | xargs -r -P "$jobs" -L 1 bash -c 'run_chunk "$0" "$1" "$2" "${3:-}"' &
-wait $! || { status=$?; echo "qke_campaign: not every chunk finished (exit $status; see above); rerun to retry" >&2; exit "$status"; }
+status=0
+wait $! || status=$?
+if [ "$status" -ne 0 ] && ! directory_still_at "$campaign_dir" "${campaign_lock:-}"; then
+  echo "qke_campaign: the campaign directory $campaign_dir was $(moved_directory_text "$campaign_lock") while the campaign ran, so no chunk was started after that; the chunks done so far are there: move it back, or rerun with DODO_CAMPAIGN_DIR set to where it is now" >&2
+  exit 2
+fi
+[ "$status" -eq 0 ] || { echo "qke_campaign: not every chunk finished (exit $status; see above); rerun to retry" >&2; exit "$status"; }

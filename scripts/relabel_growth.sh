@@ -54,6 +54,9 @@ if command -v flock > /dev/null && { exec {labels_lock}< "$labels"; } 2> /dev/nu
 fi
 relabel() {
   local input="$1" out="$labels/$(basename "$1")"
+  # The label directory moved or removed meanwhile: no chunk is started in one made again at the old path,
+  # outside the lock (as qke_campaign.sh; outside probe, data-loss round fourteen). The end says so.
+  directory_still_at "$labels" "${labels_lock:-}" || return 255
   if [ -f "$out" ] && "$python" -c 'import h5py, sys; sys.exit(0 if h5py.File(sys.argv[1], "r").attrs.get("complete") else 1)' "$out" 2>/dev/null; then
     return 0
   fi
@@ -61,8 +64,9 @@ relabel() {
     || { echo "relabel_growth: $input failed (exit $?); rerun to retry" >&2; return 1; }
 }
 trap 'trap - TERM; kill 0' INT TERM
-export -f relabel
+export -f relabel directory_still_at
 export python dodo labels axis_args chunks
+[ -z "${labels_lock:-}" ] || export labels_lock
 # Pool chunks only (held-out seeds 900-999 never labelled), complete ones, emu family first.
 status=0
 "$python" - <<'EOF' | xargs -r -d '\n' -n 1 -P "$jobs" bash -c 'relabel "$0"' || status=$?
@@ -93,4 +97,8 @@ if os.environ.get("DODO_GROWTH_AXIS") == "emu":
 for p in files:
     print(p)
 EOF
+if [ "$status" -ne 0 ] && ! directory_still_at "$labels" "${labels_lock:-}"; then
+  echo "relabel_growth: the label directory $labels was $(moved_directory_text "$labels_lock") while it ran, so no chunk was started after that; the labels done so far are there: move it back and rerun" >&2
+  exit 2
+fi
 [ "$status" -eq 0 ] || { echo "relabel_growth: not every chunk finished (exit $status; see above); rerun to retry" >&2; exit "$status"; }

@@ -93,9 +93,44 @@ def check_input_file(path: str | Path, expected: str = "a regular file") -> None
                     "e.g. dodo score MODEL DATA [DATA ...], dodo apply DATA --model MODEL)")
         raise InputPathError(f"cannot read {path}: no such file{hint}") from None
     except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise InputPathError(f"cannot read {path}: {symbolic_link_loop_text(path)}: correct the link, or give "
+                                 "the file's own path") from None
         raise InputPathError(f"cannot read {path}: {error.strerror or error}") from None
     if not stat.S_ISREG(mode):
         raise InputPathError(f"{path} is {_file_kind(mode)}, not a regular file; give {expected}")
+
+
+def symbolic_link_loop_text(path) -> str:
+    """Words for a ``path`` whose resolution meets ELOOP: the links of the loop (``la -> lb -> la``), from the
+    first link on the path that never reaches a file. "cannot write loop: Too many levels of symbolic links"
+    said neither which link nor what to do (outside probe, data-loss round fourteen)."""
+    text = os.fsdecode(os.fspath(path))
+    parts = Path(text).parts
+    for count in range(1, len(parts) + 1):
+        prefix = str(Path(*parts[:count]))
+        try:
+            if not os.path.islink(prefix):
+                continue
+            os.stat(prefix)
+            continue  # a link that reaches something
+        except OSError as error:
+            if error.errno != errno.ELOOP:
+                break
+        chain, seen, current = [prefix], {os.path.abspath(prefix)}, prefix
+        for _ in range(8):  # a bound on the words; the loop is named by its first repeat
+            try:
+                target = os.readlink(current)
+            except OSError:
+                break
+            chain.append(target)
+            current = os.path.join(os.path.dirname(current), target)
+            if os.path.abspath(current) in seen or not os.path.islink(current):
+                break
+            seen.add(os.path.abspath(current))
+        where = "" if prefix == text else f" on its path"
+        return f"a symbolic link{where} leads into a loop of links ({' -> '.join(chain)}) and never reaches a file"
+    return "a symbolic link on its path leads into a loop of links and never reaches a file"
 
 
 def file_on_the_way_hint(path) -> str:
@@ -203,6 +238,9 @@ def check_output_target(path: str | Path, appended: bool = False) -> None:
     except NotADirectoryError:
         mode = None  # reported below, by the ancestor that is not a directory
     except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise OutputPathError(f"cannot write {path}: {symbolic_link_loop_text(path)}: correct or remove the link, "
+                                  "or choose another output") from None
         raise OutputPathError(f"cannot write {path}: {error.strerror or error}") from None
     if mode is not None and not stat.S_ISREG(mode):
         raise OutputPathError(f"cannot write {path}: it exists and is {_file_kind(mode)}, not a regular file; "

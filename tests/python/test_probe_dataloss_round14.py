@@ -122,14 +122,14 @@ sys.stdin.readline()  # until the test closes the pipe
 """
 
 
-def _campaign_copy(tmp_path):
+def _campaign_copy(tmp_path, dodo_script: str = "exit 3"):
     from cli_helpers import stand_in_venv
 
     repo = tmp_path / "repo"
     (repo / "scripts").mkdir(parents=True)
     for name in ("qke_campaign.sh", "relabel_growth.sh", "own_session.sh"):
         (repo / "scripts" / name).write_text((ROOT / "scripts" / name).read_text())
-    venv = stand_in_venv(tmp_path, "exit 3")  # no chunk runs: the campaign is refused before any
+    venv = stand_in_venv(tmp_path, dodo_script)  # "exit 3": no chunk runs (the campaign is refused before any)
     (tmp_path / "plan.txt").write_text("emu 1 3\n")
     chunks = tmp_path / "chunks"
     chunks.mkdir()
@@ -137,8 +137,12 @@ def _campaign_copy(tmp_path):
     return repo, env, chunks
 
 
-@pytest.mark.skipif(sys.platform != "linux" or not any(Path(d, "flock").exists() for d in ("/usr/bin", "/bin")),
-                    reason="the campaign scripts' lock is flock(1) of util-linux, their holder read from /proc")
+needs_flock_and_proc = pytest.mark.skipif(
+    sys.platform != "linux" or not any(Path(d, "flock").exists() for d in ("/usr/bin", "/bin")),
+    reason="the campaign scripts' lock is flock(1) of util-linux, read back through /proc")
+
+
+@needs_flock_and_proc
 @pytest.mark.parametrize("script, locked", [("qke_campaign.sh", "chunks"), ("relabel_growth.sh", "chunks_growth")])
 @pytest.mark.parametrize("stopped", [False, True], ids=["running", "stopped"])
 def test_a_second_campaign_names_the_one_that_holds_the_directory(tmp_path, script, locked, stopped):
@@ -171,3 +175,89 @@ def test_a_second_campaign_names_the_one_that_holds_the_directory(tmp_path, scri
         assert "stopped" in lines[0] and f"kill -CONT -- -{holder.pid}" in lines[0], lines[0]
     else:
         assert "stopped" not in lines[0], lines[0]
+
+
+@needs_flock_and_proc
+def test_a_campaign_whose_directory_is_moved_starts_no_chunk_in_a_new_one(tmp_path):
+    """`mv chunks chunks.moved` while a campaign runs (here: during its first chunk, by the stand-in `dodo`). Before:
+    the next chunks ran on (dodo simulate makes a missing output directory, so a new `chunks` appeared, outside the
+    campaign's lock, which went with the moved one): the campaign's chunks split over two directories, exit 0. Now
+    no chunk starts after the move, and the end names where the directory is now."""
+    log = tmp_path / "calls.txt"
+    moved = tmp_path / "chunks.moved"
+    repo, env, chunks = _campaign_copy(tmp_path, f'echo "$*" >> {log}\n[ -e {moved} ] || mv {tmp_path / "chunks"} {moved}\n'
+                                                 'exit 0')
+    (tmp_path / "plan.txt").write_text("emu 1 3\nemu 2 3\nemu 3 3\n")
+    done = subprocess.run(["bash", str(repo / "scripts" / "qke_campaign.sh"), "1", str(tmp_path / "plan.txt")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    calls = log.read_text().splitlines()
+    assert len(calls) == 1 and "emu_seed1.h5" in calls[0], calls  # before: all three chunks
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert f"was moved or renamed (it is now {moved})" in last and "DODO_CAMPAIGN_DIR" in last, done.stderr
+    assert not chunks.exists()
+
+
+@needs_flock_and_proc
+def test_a_campaign_whose_directory_stays_runs_every_chunk(tmp_path):
+    """Guard: the check starts every chunk of a campaign whose directory stays where it is."""
+    log = tmp_path / "calls.txt"
+    repo, env, chunks = _campaign_copy(tmp_path, f'echo "$*" >> {log}\nexit 0')
+    (tmp_path / "plan.txt").write_text("emu 1 3\nemu 2 3\nemu 3 3\n")
+    done = subprocess.run(["bash", str(repo / "scripts" / "qke_campaign.sh"), "1", str(tmp_path / "plan.txt")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert done.returncode == 0, done.stderr
+    assert len(log.read_text().splitlines()) == 3
+
+
+@needs_flock_and_proc
+def test_a_relabelling_whose_label_directory_is_moved_starts_no_chunk_in_a_new_one(tmp_path):
+    """relabel_growth.sh, the same: its label directory (CHUNKS_growth) moved during the first chunk."""
+    h5py = pytest.importorskip("h5py")
+    log = tmp_path / "calls.txt"
+    moved = tmp_path / "labels.moved"
+    labels = tmp_path / "chunks_growth"
+    repo, env, chunks = _campaign_copy(tmp_path, f'echo "$*" >> {log}\n[ -e {moved} ] || mv {labels} {moved}\nexit 0')
+    for seed in (1, 2, 3):
+        with h5py.File(chunks / f"emu_seed{seed}.h5", "w") as handle:
+            handle.attrs["complete"] = True
+    done = subprocess.run(["bash", str(repo / "scripts" / "relabel_growth.sh"), "1"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    calls = log.read_text().splitlines()
+    assert len(calls) == 1, calls  # before: all three
+    assert done.returncode == 2, done.stderr
+    assert f"was moved or renamed (it is now {moved})" in done.stderr.strip().splitlines()[-1], done.stderr
+    assert not labels.exists()
+
+
+# --- symbolic link loops as outputs and inputs ------------------------------------------------------------------------
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="symbolic links")
+def test_an_output_that_is_a_symbolic_link_loop_names_the_loop(tmp_path):
+    """`ln -s b a; ln -s a b; dodo synth a`. Before: "cannot write a: Too many levels of symbolic links" (which
+    link, and what to do, unsaid)."""
+    os.symlink("b", tmp_path / "a")
+    os.symlink("a", tmp_path / "b")
+    with pytest.raises(atomic.OutputPathError) as refused:
+        atomic.check_outputs([tmp_path / "a"])
+    text = str(refused.value)
+    assert f"({tmp_path / 'a'} -> b -> a)" in text and "correct or remove the link" in text, text
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == ["a", "b"]
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="symbolic links")
+def test_an_output_below_a_looping_directory_link_names_the_link(tmp_path):
+    os.symlink("d", tmp_path / "d")
+    with pytest.raises(atomic.OutputPathError) as refused:
+        atomic.check_output_target(tmp_path / "d" / "out.h5")
+    text = str(refused.value)
+    assert "on its path" in text and f"({tmp_path / 'd'} -> d)" in text, text
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="symbolic links")
+def test_an_input_that_is_a_symbolic_link_loop_names_the_loop(tmp_path):
+    os.symlink("loop.h5", tmp_path / "loop.h5")
+    with pytest.raises(atomic.InputPathError) as refused:
+        atomic.check_input_file(tmp_path / "loop.h5")
+    text = str(refused.value)
+    assert f"({tmp_path / 'loop.h5'} -> loop.h5)" in text and "give the file's own path" in text, text
