@@ -92,6 +92,17 @@ def test_learning_curve_calibrates_each_fold_without_its_test_states_and_gives_e
     assert "calibration measured/linear per fold" in err, err
     assert row["fold_train_sizes"] == [21, 21, 22] and row["train_size"] == 22
     assert "train 21-22: CV model" in err, err
+    # A test state that no solver file holds bit for bit (its F_init changed by preprocess) is said, not hidden.
+    from dodo.training.ensemble_train import fold_growth_tables
+
+    config = EnsembleConfig.load(str(ENSEMBLE_DEFAULT), {"data.path": str(table_path), "data.holdout": [],
+                                                         "growth.data": [str(labels)]})
+    table = load_table(str(table_path))
+    table["rest"]["F_init_rest"][order[fold_of == 0][0], 0, 1] *= 1.0 + 1e-12
+    said = []
+    tables = fold_growth_tables(config, table, order, fold_of, 3, log=said.append)
+    assert [t["calibration"] for t in tables[1:]] == pytest.approx(expected[1:], rel=1e-12)
+    assert any("hold no state equal bit for bit to 1 test state of the folds" in line for line in said), said
 
 
 def test_evaluate_counts_the_states_another_file_shares_with_the_training_file(tmp_path, capsys):
