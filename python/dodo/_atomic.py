@@ -250,6 +250,19 @@ def check_output_target(path: str | Path, appended: bool = False) -> None:
         # open(path, "w") refuses: refuse it too (root may write any file, as with open).
         raise OutputPathError(f"cannot write {path}: it exists and is read-only (no write permission); make it "
                               "writable or choose another output")
+    if mode is not None and not appended:
+        from ._hdf5_locks import held_for_writing_by
+
+        holder = held_for_writing_by(path)
+        if holder is not None:
+            # `dodo synth OUT --overwrite` (any atomic write) of an HDF5 file that an h5py session, Emu or another
+            # program still had open for writing, or one suspended with it open (Ctrl-Z, SIGSTOP): the rename took
+            # the file from under that writer, whose writes from then on went to a file no longer in any
+            # directory, lost when it closed it (outside probe, data-loss round fourteen).
+            raise OutputPathError(f"cannot write {path}: another process has it open for writing{holder} (HDF5's "
+                                  "file lock); dodo writes a new file and renames it over the old one, which would "
+                                  "take the file from under that writer and lose what it writes from then on: wait "
+                                  "until it closes the file, or choose another output")
     if mode is not None and not appended and _is_mount_point(path):
         # A file bind-mounted onto the output (`docker run -v $PWD/score.json:/work/score.json`, a batch
         # system's staged file): the rename over it fails with EBUSY, and `dodo score --json` did all its

@@ -39,3 +39,52 @@ def lock_refused_problem(error: BaseException) -> str:
     return (f"HDF5 could not lock it for reading ({reason}, errno {number}): its file system takes no file locks (an "
             "NFS mount without a lock service?), which says nothing of other processes. Read it without the lock, "
             "once no program writes it: HDF5_USE_FILE_LOCKING=FALSE in the environment")
+
+
+def held_for_writing_by(path) -> str | None:
+    """Whether another process holds the existing regular file ``path`` open for writing through HDF5 (its
+    write lock: an exclusive flock, which a shared one probed here is refused): None when not (or where it
+    cannot be told: no flocks, a file this process may not open); else the holder's words, " (pid N,
+    PROGRAM)" with ", stopped: ..." where that process is stopped, or "" where /proc/locks does not name it."""
+    import stat
+
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        descriptor = os.open(path, flags)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            return None
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder_words(descriptor)
+        except OSError:  # no flocks on this file system
+            return None
+        fcntl.flock(descriptor, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(descriptor)
+
+
+def _holder_words(descriptor: int) -> str:
+    """" (pid N, PROGRAM...)" of the process that holds an flock on the open file ``descriptor``; ""."""
+    from ._atomic import _dodo_command_of, _flock_holder_pid, _pid_text
+
+    pid = _flock_holder_pid(descriptor)
+    if pid is None:
+        return ""
+    name = _dodo_command_of(pid)
+    if not name:
+        try:
+            with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as comm:
+                name = comm.read().strip()
+        except OSError:
+            name = ""
+    text = _pid_text(pid)
+    return text.replace(f"(pid {pid}", f"(pid {pid}, {name}", 1) if name else text

@@ -13,7 +13,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ._hdf5_locks import held_open_for_writing, lock_refused_problem
+from ._hdf5_locks import held_for_writing_by, held_open_for_writing, lock_refused_problem
 from ._output_guard import LINEAR_LABELS_KIND  # `dodo simulate --linear-only`'s label files (no final states)
 from ._shown import counted
 from .conventions import N_FLAVOURS, from_emu_layout
@@ -56,8 +56,10 @@ def open_hdf5(path: str | Path):
     except OSError as error:
         text = " ".join(str(error).split())
         if held_open_for_writing(error):
-            raise DataFileError(f"{path}: another process has it open for writing (HDF5 file lock: {text}); "
-                                "wait until that writer closes it, or read a copy") from None
+            # The writer named where /proc/locks can (its pid, its program, and that it is stopped where it is:
+            # a suspended writer holds the file until it is continued; outside probe, data-loss round fourteen).
+            raise DataFileError(f"{path}: another process has it open for writing{held_for_writing_by(path) or ''} "
+                                f"(HDF5 file lock: {text}); wait until that writer closes it, or read a copy") from None
         refused = lock_refused_problem(error)
         if refused:
             raise DataFileError(f"{path}: {refused}") from None

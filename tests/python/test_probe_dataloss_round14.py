@@ -261,3 +261,108 @@ def test_an_input_that_is_a_symbolic_link_loop_names_the_loop(tmp_path):
         atomic.check_input_file(tmp_path / "loop.h5")
     text = str(refused.value)
     assert f"({tmp_path / 'loop.h5'} -> loop.h5)" in text and "give the file's own path" in text, text
+
+
+# --- an HDF5 output another process has open for writing (running or stopped) ------------------------------------------
+
+needs_hdf5_locks = pytest.mark.skipif(
+    os.environ.get("HDF5_USE_FILE_LOCKING", "").upper() in ("FALSE", "0") or sys.platform != "linux",
+    reason="HDF5 file locking off, or no flock and /proc/locks")
+
+HOLD_H5 = "import sys, h5py\nf = h5py.File(sys.argv[1], sys.argv[2])\nprint('open', flush=True)\nsys.stdin.read()\n"
+
+
+class _H5Holder:
+    """A child process that holds ``path`` open through h5py (mode "a": HDF5's write lock; "r": its read lock)
+    until the block ends; ``stopped``: suspended (SIGSTOP) for the block, continued at its end."""
+
+    def __init__(self, path, mode: str = "a", stopped: bool = False):
+        self.path, self.mode, self.stopped = path, mode, stopped
+
+    def __enter__(self):
+        self.process = subprocess.Popen([sys.executable, "-c", HOLD_H5, str(self.path), self.mode],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout.readline().strip() == "open"
+        if self.stopped:
+            os.kill(self.process.pid, signal.SIGSTOP)
+            os.waitpid(self.process.pid, os.WUNTRACED)
+        return self.process
+
+    def __exit__(self, *exc):
+        if self.stopped:
+            os.kill(self.process.pid, signal.SIGCONT)
+        self.process.stdin.close()
+        self.process.wait(timeout=HANG_GUARD_S)
+        self.process.stdout.close()
+        return False
+
+
+def _synth(path, *more):
+    return subprocess.run([sys.executable, "-m", "dodo", "synth", str(path), "-n", "20", "-q", *more],
+                          capture_output=True, text=True, timeout=300)
+
+
+@needs_hdf5_locks
+@pytest.mark.parametrize("stopped", [False, True], ids=["running", "stopped"])
+def test_an_output_another_process_has_open_for_writing_is_not_replaced_with_overwrite(tmp_path, stopped):
+    """`dodo synth OUT --overwrite` (any atomic write) while an h5py session (Emu, another program) has OUT open for
+    writing, or is suspended with it open. Before: replaced, exit 0; the writer's writes from then on went to a file
+    no longer in any directory, lost when it closed it. Now refused before any work, naming the holder."""
+    h5py = pytest.importorskip("h5py")
+    out = tmp_path / "out.h5"
+    assert _synth(out, "--seed", "1").returncode == 0
+    inode = os.stat(out).st_ino
+    with _H5Holder(out, "a", stopped=stopped) as holder:
+        done = _synth(out, "--overwrite")
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert "another process has it open for writing" in lines[0] and f"(pid {holder.pid}" in lines[0], lines[0]
+    assert ("stopped" in lines[0] and f"kill -CONT {holder.pid}" in lines[0]) == stopped, lines[0]
+    assert os.stat(out).st_ino == inode  # the writer's file is still OUT (before: replaced)
+    with h5py.File(out, "r"):
+        pass
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == ["out.h5"]
+
+
+@needs_hdf5_locks
+def test_an_output_opened_for_writing_during_the_write_is_not_replaced(tmp_path):
+    """The same, where the other writer opens the file after the command's first check (during its work): refused
+    at the rename (atomic_path's last check), the temporary removed, the file kept."""
+    pytest.importorskip("h5py")
+    out = tmp_path / "out.h5"
+    assert _synth(out).returncode == 0
+    holder = _H5Holder(out, "a")
+    try:
+        with pytest.raises(atomic.OutputPathError, match="another process has it open for writing"):
+            with atomic.atomic_path(out) as tmp:
+                tmp.write_bytes(b"new")
+                holder.__enter__()  # opened after the write began; the rename comes while it holds the file
+    finally:
+        holder.__exit__(None, None, None)
+    assert out.read_bytes() != b"new" and sorted(entry.name for entry in tmp_path.iterdir()) == ["out.h5"]
+
+
+@needs_hdf5_locks
+def test_an_output_another_process_only_reads_is_replaced(tmp_path):
+    """Guard: a reader (HDF5's shared lock) does not stop the rewrite; its open file stays readable as before."""
+    pytest.importorskip("h5py")
+    out = tmp_path / "out.h5"
+    assert _synth(out).returncode == 0
+    with _H5Holder(out, "r"):
+        done = _synth(out, "--seed", "2", "--overwrite")
+    assert done.returncode == 0, done.stderr
+
+
+@needs_hdf5_locks
+def test_an_input_another_process_has_open_for_writing_names_it(tmp_path):
+    """`dodo score box3d F` while a suspended h5py session has F open for writing. Before: "another process has it
+    open for writing (...); wait until that writer closes it", naming no process, of one that will not close it
+    until it is continued."""
+    pytest.importorskip("h5py")
+    data = tmp_path / "data.h5"
+    assert _synth(data).returncode == 0
+    with _H5Holder(data, "a", stopped=True) as holder:
+        done = subprocess.run([sys.executable, "-m", "dodo", "score", "box3d", str(data)], capture_output=True,
+                              text=True, timeout=300)
+    line = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2 and f"(pid {holder.pid}" in line and "stopped" in line, done.stderr
