@@ -23,7 +23,10 @@
 !
 ! Compile this file with your Fortran compiler (module files are compiler-specific) and link
 ! libdodo: CMake gives its path as ${Dodo_FORTRAN_MODULE_SOURCE}; pkg-config as
-! $(pkg-config --variable=includedir dodo)/dodo/dodo.f90.
+! $(pkg-config --variable=includedir dodo)/dodo/dodo.f90. Compilers checked: gfortran 12 (10 or
+! later: SELECT RANK). LLVM flang 16 (flang-new-16, Debian 12's flang-16) cannot compile it: it
+! refuses C_LOC of an assumed-rank dummy and then stops at "not yet implemented: assumed rank in
+! procedure interface"; use gfortran there (later flang versions not checked).
 !
 ! Standard: Fortran 2018 (Fortran 2008 with TS 29113): the array arguments are assumed-rank
 ! dummies, F_init(..), so that F(4, 6, ncell) and F(4, 6, nx, ny, nz) pass alike without copies.
