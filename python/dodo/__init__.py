@@ -20,11 +20,39 @@ affinity, the control group's CPU quota and an MPI launcher's ``OMPI_COMM_WORLD_
 ``MPI_LOCALNRANKS``. Worker threads start with a :class:`Closure` (``threads`` - 1 of them, until it
 is collected) and per call of :func:`box3d`. The ``dodo`` commands read more (a launcher's variables
 for their check of a replicated launch, HDF5's ``HDF5_EXT_PREFIX``, ``HDF5_VDS_PREFIX`` and
-``HDF5_EXTFILE_PREFIX`` for an input's linked files).
+``HDF5_EXTFILE_PREFIX`` for an input's linked files). In a sub-interpreter the import is refused with an
+ImportError: the compiled core runs in the main interpreter only.
 """
 from __future__ import annotations
 
-from . import _startup
+
+def _in_a_subinterpreter() -> bool:
+    """Whether this import runs in a sub-interpreter (``_xxsubinterpreters.run_string``, mod_wsgi's
+    application groups, Python 3.14's ``concurrent.futures.InterpreterPoolExecutor``). False where
+    the interpreter cannot say."""
+    import importlib
+
+    for name in ("_interpreters", "_xxsubinterpreters"):  # Python 3.13 on; 3.9 to 3.12
+        try:
+            module = importlib.import_module(name)
+            current, main = module.get_current(), module.get_main()
+            number = [int(value[0] if isinstance(value, tuple) else value) for value in (current, main)]
+        except (ImportError, AttributeError, TypeError, ValueError, RuntimeError, IndexError):
+            continue
+        return number[0] != number[1]
+    return False
+
+
+if _in_a_subinterpreter():
+    # The compiled core (pybind11) takes the main interpreter's GIL state when it loads: in a
+    # sub-interpreter `import dodo` waited for ever in PyGILState_Ensure (outside probe, Python round
+    # sixty-three).
+    raise ImportError("dodo cannot be imported in a Python sub-interpreter (its compiled core, pybind11, runs in "
+                      "the main interpreter only, and its import there would wait for ever): import dodo in the "
+                      "main interpreter and use threads (the GIL is released while Dodo computes) or processes "
+                      "(concurrent.futures.ProcessPoolExecutor); under mod_wsgi, WSGIApplicationGroup %{GLOBAL}")
+
+from . import _startup  # noqa: E402
 
 _startup.guard()  # Ctrl-C while the `dodo` command imports: one line, exit 130 (no traceback)
 

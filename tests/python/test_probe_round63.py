@@ -286,3 +286,35 @@ def test_an_np_matrix_u_of_one_cell_is_told_a_remedy_that_works_on_a_matrix(call
     # Guard: an ndarray of shape (1, 4) keeps round fifty-nine's hint, which works on it.
     with pytest.raises(ValueError, match=r"pass u\[\.\.\., 0, :\]$"):
         call(F, np.asarray(u))
+
+
+def test_import_dodo_in_a_subinterpreter_is_refused_not_waited_on():
+    # Before: the compiled core's pybind11 took the main interpreter's GIL state in PyGILState_Ensure, and
+    # `import dodo` in a sub-interpreter (mod_wsgi's application groups, Python 3.14's
+    # InterpreterPoolExecutor) waited for ever; here, the subprocess ran past its timeout.
+    program = (
+        "import importlib\n"
+        "for name in ('_interpreters', '_xxsubinterpreters'):\n"
+        "    try:\n"
+        "        interpreters = importlib.import_module(name)\n"
+        "        break\n"
+        "    except ImportError:\n"
+        "        interpreters = None\n"
+        "if interpreters is None or not hasattr(interpreters, 'run_string'):\n"
+        "    print('no sub-interpreters')\n"
+        "    raise SystemExit(0)\n"
+        "interpreter = interpreters.create()\n"
+        "try:\n"
+        "    result = interpreters.run_string(interpreter, 'import dodo')\n"
+        "except Exception as error:\n"
+        "    result = error\n"
+        "print('refused:', result)\n"
+        "import dodo\n"
+        "print('main:', dodo.box3d([[1.0, 0.1, 0.0, 0.0]] * 6).F_box.shape)\n")
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", program], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    if "no sub-interpreters" in done.stdout:
+        pytest.skip("this Python has no sub-interpreter module")
+    assert "dodo cannot be imported in a Python sub-interpreter" in done.stdout, done.stdout
+    assert "use threads" in done.stdout and "main: (6, 4)" in done.stdout, done.stdout
