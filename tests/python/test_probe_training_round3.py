@@ -134,6 +134,11 @@ def test_evaluate_counts_the_states_another_file_shares_with_the_training_file(t
     assert "note: 20 of the 32 rows" in err, err
     code, out, err = run(capsys, ["evaluate", str(best), "--data", str(last12)])
     assert code == 0 and f"no row of {last12} is a state of the checkpoint's training file" in out, out + err
+    # dodo inspect of another file counts them too, over the cells it inspects.
+    code, out, err = run(capsys, ["inspect", str(best), "--data", str(all32)])
+    assert code == 0 and "note: 20 of the 32 rows" in out, out + err
+    code, out, err = run(capsys, ["inspect", str(best), "--data", str(all32), "--start", "20", "--json", "-"])
+    assert code == 0 and json.loads(out)["training_states"]["shared"] == 0, out + err
     first20.rename(tmp_path / "moved.h5")
     code, out, err = run(capsys, ["evaluate", str(best), "--data", str(all32)])
     assert code == 0 and f"note: not checked whether {all32} shares states" in out and "not found" in out, out + err

@@ -328,11 +328,14 @@ def _evaluate(args) -> int:
 @_friendly("inspect")
 def _inspect(args) -> int:
     from .._cli_common import emit
+    from .evaluate import training_states_note
     from .inspect import format_inspection, inspect_checkpoint
 
     check_outputs([json_target_file(args.json)], [args.checkpoint, args.data])
     refuse_replacing_with_report(json_target_file(args.json), "dodo inspect --json", args.overwrite, "--overwrite")
     report = inspect_checkpoint(args.checkpoint, args.data, args.split, args.start, args.stop)
+    if args.json == "-" and training_states_note(report).startswith("\nnote:"):
+        print(training_states_note(report).strip(), file=sys.stderr)  # the table (and its note) is not printed
     # report["data"]: the file read, the checkpoint's training file when --data is not given.
     emit(format_inspection(report), marked_report(report, "dodo inspect"), args.json, inputs=[args.checkpoint, report["data"]])
     return 0

@@ -11,7 +11,8 @@ from dodo._shown import counted
 
 from .config import LossConfig, from_dict
 from .dataset import CellDataset
-from .evaluate import checkpoint_data, data_identity, refuse_data_changed_since, resolve_split, split_indices_for
+from .evaluate import (_file_sha256, checkpoint_data, data_identity, refuse_data_changed_since, resolve_split,
+                       split_indices_for, training_states_in, training_states_note)
 from .losses import loss_terms
 from .train import closure_from_checkpoint, load_checkpoint, refuse_weights_that_are_not_finite
 
@@ -55,6 +56,10 @@ def inspect_checkpoint(checkpoint_path: str | Path, data_path=None, split: str |
                                                         weight).items()}
     weighted = {k: getattr(loss_config, f"w_{k}") * v for k, v in terms.items()}
     F_box64, F_true64 = F_box.double().numpy(), (F_box + dF_true).double().numpy()
+    # Another file: the cells that are states of the checkpoint's training file, as dodo evaluate counts them
+    # (inspect said nothing of them; outside probe, training round three).
+    shared = ({} if checkpoint["data"].get("sha256") == _file_sha256(data_path)
+              else {"training_states": training_states_in(checkpoint, data_path, indices)})
     return {
         "data": str(data_path), "cells": len(indices), "split": split, "slice": [start, stop],
         "loss_terms_model": terms, "loss_terms_weighted": weighted, "loss_total": sum(weighted.values()),
@@ -63,6 +68,7 @@ def inspect_checkpoint(checkpoint_path: str | Path, data_path=None, split: str |
         "flux_factor": {"initial": flux_factor_statistics(F_init.double().numpy()),
                         "box3d": flux_factor_statistics(F_box64), "true": flux_factor_statistics(F_true64),
                         "model": flux_factor_statistics(F_box64 + dF.double().numpy())},
+        **shared,
     }
 
 
@@ -84,4 +90,4 @@ def format_inspection(report: dict) -> str:
         cells = [f"{report['flux_factor'][k][name]['mean']:.3f}/{report['flux_factor'][k][name]['max']:.3f}"
                  for k in report["flux_factor"]]
         lines.append(f"{name:<10} " + " ".join(f"{c:>15}" for c in cells))
-    return "\n".join(lines)
+    return "\n".join(lines) + training_states_note(report)
