@@ -955,9 +955,10 @@ def box3d(F_init, u=None, *, lebedev_order: int = DEFAULT_LEBEDEV_ORDER, z_metho
     FLUX_FACTOR and returned as it came).
     threads: worker threads of this call (None: the cores this process may run on, under an MPI launcher
     at most its share of the node; 0 or 1: the calling thread only; at most 1024; results do not depend
-    on it). Each call starts its own: n Python threads calling ``dodo.box3d`` at once (a
-    ``concurrent.futures.ThreadPoolExecutor``) put up to n x threads threads to work (measured: 4 callers
-    with ``threads=2``, 8 besides the callers), and n x the cores with None, so give ``threads=1`` there.
+    on it). Each call starts threads - 1 of its own beside the calling thread: n Python threads calling
+    ``dodo.box3d`` at once (a ``concurrent.futures.ThreadPoolExecutor``) put up to n x threads threads to
+    work (measured: 4 callers with ``threads=3``, 8 started beside them), and n x the cores with None, so
+    give ``threads=1`` there.
     out: a :class:`Box3DResult` to write into instead of new arrays (a previous call's result
     for cells of the same batch shape, or ``Box3DResult.empty(batch_shape)``), as a time loop
     calls it; returned. Its arrays must be C-contiguous, writeable, of the result's dtypes and

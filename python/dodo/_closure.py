@@ -466,8 +466,9 @@ class Closure:
     Instances are safe to share between threads (each call with its own ``out=``, if any). One call at a
     time has the workers: a call made while another runs (n threads of a
     ``concurrent.futures.ThreadPoolExecutor`` calling one closure) computes on its own thread alone, so n
-    calling threads keep up to n + threads - 1 threads busy (measured: 4 callers of a ``threads=2``
-    closure, 6), the same bits; with a pool of your own threads give ``threads=1`` (or make the pool
+    calling threads keep up to n + threads - 1 threads busy (measured: 4 callers of a ``threads=3``
+    closure beside its 2 workers, no thread started), the same bits; with a pool of your own threads give
+    ``threads=1`` (or make the pool
     smaller) rather than putting more threads than cores to work. They can be pickled (``multiprocessing``
     workers, ``concurrent.futures.ProcessPoolExecutor``): the pickle holds the model's identity
     and the options, not the loaded runtime, and unpickling loads the closure again: the same
