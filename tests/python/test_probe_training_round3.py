@@ -314,3 +314,29 @@ def test_a_checkpoint_of_another_dodo_version_is_said_to_be_one(tmp_path, capsys
                         ["evaluate", str(path), "--data", str(table)]):
             refused(capsys, command, str(path), *words)
         assert not (tmp_path / f"{name}.onnx").exists()
+
+
+def test_a_train_ensemble_checkpoint_of_another_dodo_version_is_said_to_be_one(tmp_path, capsys):
+    """A `dodo train-ensemble` checkpoint recorded no Dodo version, and one a newer version wrote (a feature
+    set this one does not know) was refused as "(the file was edited or damaged; ...)". Now the checkpoint
+    records `dodo_version`, and a checkpoint of another version is said to be one, with the way on."""
+    import torch
+
+    from cli_helpers import refused
+
+    table = _preprocessed(capsys, tmp_path, EMU_32, "mine.h5")
+    checkpoint = tmp_path / "ensemble.pt"
+    own = [arg for pair in zip(OWN_DATABASE[::2], OWN_DATABASE[1::2]) for arg in pair]
+    code, _, err = run(capsys, ["train-ensemble", "--config", str(ENSEMBLE_DEFAULT), "--set", f"data.path={table}",
+                                *own, "--set", "growth.data=[]", "--set", "growth.measured=true",
+                                "--set", f"output.checkpoint={checkpoint}"])
+    assert code == 0, err
+    import dodo
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    assert state["dodo_version"] == dodo.__version__
+    state["dodo_version"], state["config"]["features"] = "0.9.0", "invariants27+box7+eln24-v2"
+    newer = tmp_path / "newer.pt"
+    torch.save(state, newer)
+    refused(capsys, ["export", str(newer), "-o", str(tmp_path / "newer.onnx")], str(newer),
+            "'invariants27+box7+eln24-v2' is unknown", "written by dodo 0.9.0", "export it with the version that wrote it")

@@ -885,10 +885,19 @@ def save_checkpoint(ensemble: DensityResidualEnsemble, config: EnsembleConfig, t
              "data": {"box3d": box3d_settings(table["box3d"]), "sha256": table["sha256"], "kind": table["kind"],
                       "train_rows": int(len(train_rows)), "path": config.data_path},
              "metrics": report,
-             "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+             "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+             # Which Dodo wrote it: a checkpoint another version cannot read is said to be that version's
+             # (since 2026-12-07; outside probe, training round three).
+             "dodo_version": _dodo_version()}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         write_torch_file(state, tmp)
+
+
+def _dodo_version() -> str:
+    import dodo
+
+    return str(getattr(dodo, "__version__", "unknown"))
 
 
 def load_ensemble(checkpoint: dict) -> DensityResidualEnsemble:
@@ -933,8 +942,13 @@ def checked_ensemble(checkpoint, path) -> DensityResidualEnsemble:
     from .features import FEATURE_SIZES
 
     def refuse(problem: str):
-        raise EnsembleCheckpointError(f"{path}: not a usable `dodo train-ensemble` checkpoint: {problem} (the file was "
-                                      "edited or damaged; export the checkpoint train-ensemble wrote, or retrain)")
+        version = checkpoint.get("dodo_version") if isinstance(checkpoint, dict) else None
+        if isinstance(version, str) and version != _dodo_version():  # "edited or damaged" alone blamed the file
+            why = (f"written by dodo {version}, this is dodo {_dodo_version()}: export it with the version that wrote "
+                   "it, or retrain; or the file was edited or damaged")
+        else:
+            why = "the file was edited or damaged; export the checkpoint train-ensemble wrote, or retrain"
+        raise EnsembleCheckpointError(f"{path}: not a usable `dodo train-ensemble` checkpoint: {problem} ({why})")
 
     if not isinstance(checkpoint, dict) or checkpoint.get("kind") != CHECKPOINT_KIND:
         refuse("its kind is not a density-residual ensemble")
