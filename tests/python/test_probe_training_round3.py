@@ -340,3 +340,17 @@ def test_a_train_ensemble_checkpoint_of_another_dodo_version_is_said_to_be_one(t
     torch.save(state, newer)
     refused(capsys, ["export", str(newer), "-o", str(tmp_path / "newer.onnx")], str(newer),
             "'invariants27+box7+eln24-v2' is unknown", "written by dodo 0.9.0", "export it with the version that wrote it")
+
+
+def test_learning_curve_names_the_default_sizes_it_refuses(tmp_path, capsys):
+    """`dodo learning-curve` without --sizes on a pool of 32 states: "--sizes 500 and 1000 train on the same
+    states ...: give each size once", sizes the user never gave. Now the default is named, with sizes that fit."""
+    from cli_helpers import refused
+
+    table = _preprocessed(capsys, tmp_path, EMU_32, "mine.h5")
+    common = ["learning-curve", "--config", str(ENSEMBLE_DEFAULT), "--set", f"data.path={table}", *OWN_DATABASE,
+              "--set", "growth.data=[]", "--set", "growth.measured=true"]
+    refused(capsys, common, "--sizes 500 and 1000 (the default --sizes 500,1000,all) train on the same states",
+            "give --sizes of fewer states (e.g. --sizes 12,all)")
+    line = refused(capsys, [*common, "--sizes", "100,200"], "--sizes 100 and 200 train on the same states")
+    assert "default" not in line and line.endswith("give each size once"), line

@@ -66,6 +66,8 @@ def _refuse_to_replace_a_checkpoint(checkpoint) -> None:
 
 #: More folds than any training pool has states (63,261 in data/qke): a bound that names --folds.
 MAX_FOLDS = 1_000_000
+#: learning-curve's --sizes when none is given.
+DEFAULT_SIZES = "500,1000,all"
 
 
 @_friendly("learning-curve")
@@ -104,7 +106,11 @@ def _learning_curve(args) -> int:
     # With --json - the JSON alone goes to standard output: the per-size lines came first there, so
     # `--json - | jq` failed on them (outside probe, round 22); they go to standard error instead.
     say = (lambda message: print(message, file=sys.stderr, flush=True)) if args.json == "-" else print
-    rows = learning_curve(config, sizes, folds=args.folds, members=args.members, emu_path=args.emu, log=say)
+    # The default's sizes were refused as if given ("--sizes 500 and 1000 train on the same states") on a pool
+    # too small for them (outside probe, training round three).
+    named = f" (the default --sizes {DEFAULT_SIZES})" if args.sizes == DEFAULT_SIZES else ""
+    rows = learning_curve(config, sizes, folds=args.folds, members=args.members, emu_path=args.emu, log=say,
+                          sizes_named=named)
     # An object with the mark, as every other report: the bare list of rows carried none, so a later
     # run knew it by its rows' keys only (outside probe, rounds 25 and 26). Rows: the same as before.
     report = marked_report({"rows": rows}, "dodo learning-curve")
@@ -157,9 +163,9 @@ def register(subparsers) -> None:
                                           "training pool of each --sizes size and report the error against the "
                                           "size (docs/training.md).")
     p.add_argument("--config", required=True, type=input_path, help="YAML, e.g. training/configs/ensemble_default.yaml")
-    p.add_argument("--sizes", default="500,1000,all",
+    p.add_argument("--sizes", default=DEFAULT_SIZES,
                    help="training-set sizes, comma separated: integers >= 10 and 'all' (the whole pool) "
-                        "(default 500,1000,all)")
+                        f"(default {DEFAULT_SIZES})")
     p.add_argument("--folds", type=int, default=5, help="k of the k-fold cross-validation (default 5)")
     p.add_argument("--members", type=int, default=None, help="ensemble members per fit (default: the config's)")
     p.add_argument("--emu", default=None, type=input_path,

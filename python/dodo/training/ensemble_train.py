@@ -1106,9 +1106,10 @@ def is_emu_recipe(sources) -> np.ndarray:
 
 
 def learning_curve(config: EnsembleConfig, sizes: list, folds: int = 5, members: int | None = None,
-                   emu_path: str | None = None, log=print) -> list[dict]:
+                   emu_path: str | None = None, log=print, sizes_named: str = "") -> list[dict]:
     """k-fold CV error against training-set size (training pool only), and the same models'
-    score on an Emu file (reported, never used to choose anything)."""
+    score on an Emu file (reported, never used to choose anything). ``sizes_named``: how the sizes were
+    given, when not by the caller (" (the default --sizes 500,1000,all)"), for the refusal of two alike."""
     if members is not None and (isinstance(members, bool) or not isinstance(members, int) or members < 1):
         raise ValueError(f"--members must be a positive integer; got {members!r}")
     table = load_table(config.data_path)
@@ -1128,8 +1129,10 @@ def learning_curve(config: EnsembleConfig, sizes: list, folds: int = 5, members:
         n = len(order) if size == "all" else int(size)
         taken = tuple(min(available, n) for available in fold_sizes)
         if taken in trained:
-            raise ValueError(f"--sizes {trained[taken]} and {size} train on the same states (each fold's training set holds "
-                             f"at most {max(fold_sizes)}): give each size once")
+            advice = (f"give --sizes of fewer states (e.g. --sizes {max(10, min(fold_sizes) // 2)},all)" if sizes_named
+                      else "give each size once")
+            raise ValueError(f"--sizes {trained[taken]} and {size}{sizes_named} train on the same states (each fold's "
+                             f"training set holds at most {max(fold_sizes)}): {advice}")
         trained[taken] = size
     emu = emu_table(emu_path, box3d_settings(table["box3d"])) if emu_path else None
     emu_scored = None if emu is None else emu_rows_outside_pool(emu, table, order, emu_path, log=log)
