@@ -296,7 +296,7 @@ def _not_written(path: Path, error: OSError, epoch: int | None, checkpoint_dir: 
     if last_epoch is None:
         kept = "no last.pt of this run was written yet; make room (or raise ulimit -f) and train again"
     else:
-        kept = (f"{last} (epoch {last_epoch}) is kept whole, with best.pt as it was: make room (or raise ulimit -f) and "
+        kept = (f"{last} (epoch {last_epoch}) is kept whole, best.pt too: make room (or raise ulimit -f) and "
                 f"resume: dodo train --config ... --resume {last}")
     return f"cannot write {path}: {' '.join(str(error).split())}; the run stopped{where}: {kept}"
 
