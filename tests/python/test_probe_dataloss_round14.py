@@ -366,3 +366,85 @@ def test_an_input_another_process_has_open_for_writing_names_it(tmp_path):
                               text=True, timeout=300)
     line = done.stderr.strip().splitlines()[-1]
     assert done.returncode == 2 and f"(pid {holder.pid}" in line and "stopped" in line, done.stderr
+
+
+# --- an MPI rank suspended while the others wait for it ------------------------------------------------------------------
+
+STOPPED_RANK = """
+import os, signal, sys, time
+import dodo.qke.campaign as campaign
+import dodo.qke.parallel as parallel
+
+parallel.WAIT_NOTE_S = 0.0  # the note at once (60 s by default)
+simulate_batch, marker, guard = campaign._simulate_batch, sys.argv[2], float(sys.argv[3])
+
+
+def stopped(pid):
+    with open(f"/proc/{pid}/stat", "rb") as handle:
+        return handle.read().rsplit(b")", 1)[1].split()[0] in (b"T", b"t")
+
+
+def batch(*args, **kwargs):
+    if os.environ["OMPI_COMM_WORLD_RANK"] == "1" and not os.path.exists(marker):
+        with open(marker + ".tmp", "w") as handle:
+            handle.write(str(os.getpid()))
+        os.rename(marker + ".tmp", marker)
+        os.kill(os.getpid(), signal.SIGSTOP)  # suspended before its first batch (a batch system's suspend)
+    elif os.environ["OMPI_COMM_WORLD_RANK"] == "0":
+        deadline = time.monotonic() + guard  # a hang guard: rank 1 stops itself at once
+        while not (os.path.exists(marker) and stopped(int(open(marker).read()))):
+            assert time.monotonic() < deadline, "rank 1 never stopped"
+            time.sleep(0.01)
+    return simulate_batch(*args, **kwargs)
+
+
+campaign._simulate_batch = batch
+from dodo.cli import main
+
+sys.exit(main(["simulate", sys.argv[1], "--random", "4", "--ncell", "16", "--nphi", "8", "--batch-size", "1",
+               "--seed", "3"]))
+"""
+
+
+def test_an_mpi_rank_suspended_while_the_others_wait_is_named(tmp_path):
+    """`mpirun -n 2 dodo simulate OUT` whose rank 1 is suspended (SIGSTOP, a batch system's suspend of one node).
+    Before: rank 0 finished its batches and waited in the results' gather without a word, for ever (spinning a core).
+    Now rank 0 says which rank it waits for, its pid and host, and that it is stopped, with the way to continue it;
+    continued, the job finishes."""
+    pytest.importorskip("mpi4py")
+    import queue
+    import threading
+
+    from mpi_helpers import mpi_environment, mpirun
+
+    script, marker, out = tmp_path / "stopped_rank.py", tmp_path / "rank1.pid", tmp_path / "out.h5"
+    script.write_text(STOPPED_RANK)
+    job = subprocess.Popen([*mpirun(2), sys.executable, str(script), str(out), str(marker), str(HANG_GUARD_S)],
+                           env=mpi_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    lines: queue.Queue = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in job.stderr], daemon=True)
+    reader.start()
+    note = None
+    try:
+        while note is None:
+            line = lines.get(timeout=HANG_GUARD_S)  # a hang guard (before: no such line ever came)
+            if "waiting for rank 1" in line:
+                note = line.strip()
+    except queue.Empty:
+        pass
+    finally:
+        if marker.exists():
+            os.kill(int(marker.read_text()), signal.SIGCONT)
+        try:
+            job.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+        reader.join(timeout=HANG_GUARD_S)
+        job.stderr.close()
+    pid = marker.read_text()
+    assert note is not None, "rank 0 never said whom it waited for"
+    assert note.startswith("[rank 0/2] ") and f"rank 1 (pid {pid} on " in note, note
+    assert "stopped" in note and f"kill -CONT {pid}" in note, note
+    assert job.returncode == 0 and out.exists()

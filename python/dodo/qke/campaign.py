@@ -34,7 +34,7 @@ from .initial import species_direction_densities
 from .._atomic import atomic_write
 from .._shown import counted
 from .io import require_h5py, write_emu_database
-from .parallel import assign_batches, plan_batches, world
+from .parallel import assign_batches, plan_batches, waited_for_text, world
 from .backends import make_box, resolve_backend
 from .solver import SolverConfig
 from .states import AXIS_SEARCH, EMU_AXIS_SEARCH, END_TIME_GROWTH_TIMES, NSM1_EMU_1D, box_setup, rotate_four_flux
@@ -547,6 +547,8 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
     agreement = (fingerprint, max_cost)
     held = comm.gather(agreement, root=0)
     differing = comm.computed_by_root(lambda: [rank for rank, value in enumerate(held) if value != agreement])
+    # Each rank's pid and host: whom rank 0 names while it waits for a rank at the end (wait_for_ranks).
+    where = comm.identities()
     if differing:
         raise ValueError(f"the MPI ranks do not hold the same states and settings: rank(s) "
                          f"{', '.join(map(str, differing))} differ from rank 0 (start every rank with the same "
@@ -621,7 +623,13 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
     # Rank 0 (which has every row of the checkpoints) collects what the ranks computed, writes the
     # database, and removes the checkpoints.
     rows = np.flatnonzero(computed)
+    # Said once when a rank keeps the others waiting (a rank stopped with SIGSTOP kept rank 0 in the gather
+    # without a word, spinning a core, for ever; outside probe, data-loss round fourteen).
+    waiting = comm.wait_for_ranks(lambda ranks: say(
+        f"{prefix}this rank's batches are done; waiting for {waited_for_text(ranks, where)} to finish its batches"))
     parts = comm.gather((rows, {key: value[rows] for key, value in results.items()}), root=0)
+    if waiting is not None:
+        comm.done_waiting(waiting)
     if comm.rank == 0:
         for indices, part in parts[1:]:
             _merge(results, part, indices)

@@ -9,8 +9,41 @@ more than one rank; otherwise the campaign runs in this process alone, as always
 from __future__ import annotations
 
 import os
+import socket
+import time
 
 import numpy as np
+
+#: Seconds a rank that has finished its batches waits for the others before rank 0 says which it waits
+#: for (a rank suspended with SIGSTOP, or on a stopped node, kept the job waiting without a word).
+WAIT_NOTE_S = 60.0
+#: The tag of the message each rank sends rank 0 once its batches are done (wait_for_ranks).
+_DONE_TAG = 7301
+
+
+def where_this_runs() -> tuple[int, str]:
+    """(pid, host name) of this process: what rank 0 names a rank by while it waits for it."""
+    return os.getpid(), socket.gethostname()
+
+
+def waited_for_text(ranks, where) -> str:
+    """Words for the ranks rank 0 still waits for: "rank 1 (pid N on HOST, stopped: ...)"; ``where``: the
+    (pid, host) of every rank (where_this_runs, gathered at the campaign's start)."""
+    here = socket.gethostname()
+    shown = []
+    for rank in ranks:
+        pid, host = where[rank]
+        state = ""
+        if host == here:
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as handle:
+                    state = handle.read().rsplit(b")", 1)[1].split()[0].decode()
+            except (OSError, ValueError, IndexError):
+                state = ""
+        stopped = (", stopped (SIGSTOP, Ctrl-Z, a batch system's suspend): the job waits until it is continued, "
+                   f"kill -CONT {pid}") if state in ("T", "t") else ""
+        shown.append(f"rank {rank} (pid {pid} on {host}{stopped})")
+    return ", ".join(shown)
 
 # World size as launchers announce it: OpenMPI's mpirun, MPICH/Hydra and Intel MPI (srun: below).
 _SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
@@ -38,6 +71,14 @@ class SerialCommunicator:
     def abort(self, code: int) -> None:
         raise SystemExit(code)
 
+    def identities(self) -> list:
+        """[(pid, host)] of every rank (this process alone)."""
+        return [where_this_runs()]
+
+    def wait_for_ranks(self, note, note_after_s: float | None = None):
+        """One process: nobody to wait for."""
+        return None
+
 
 class MPICommunicator:
     """mpi4py's COMM_WORLD behind the same small interface."""
@@ -62,6 +103,37 @@ class MPICommunicator:
 
     def abort(self, code: int) -> None:
         self._comm.Abort(code)
+
+    def identities(self):
+        """[(pid, host)] of every rank on rank 0 (None on the others)."""
+        return self._comm.gather(where_this_runs(), root=0)
+
+    def wait_for_ranks(self, note, note_after_s: float | None = None):
+        """Called by every rank once its batches are done, before the results are gathered: each other rank
+        tells rank 0 so (a message, at once); rank 0 waits for every rank's word, polling (MPI's own wait spins
+        a core at 100%), and after ``note_after_s`` seconds calls ``note(ranks still waited for)`` once. A rank
+        stopped (SIGSTOP, a suspended node) kept rank 0 in the gather without a word, for ever. Returns what
+        the caller passes to :meth:`done_waiting` after the gather (a rank's send request)."""
+        if self.rank != 0:
+            return self._comm.isend(True, dest=0, tag=_DONE_TAG)
+        note_after_s = WAIT_NOTE_S if note_after_s is None else note_after_s
+        pending, started, noted = set(range(1, self.size)), time.monotonic(), False
+        while pending:
+            for rank in sorted(pending):
+                if self._comm.Iprobe(source=rank, tag=_DONE_TAG):
+                    self._comm.recv(source=rank, tag=_DONE_TAG)
+                    pending.discard(rank)
+            if pending:
+                if not noted and time.monotonic() - started >= note_after_s:
+                    note(sorted(pending))
+                    noted = True
+                time.sleep(0.05)
+        return None
+
+    @staticmethod
+    def done_waiting(request) -> None:
+        if request is not None:
+            request.wait()
 
 
 def launched_size(environ=os.environ) -> int:
