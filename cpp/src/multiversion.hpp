@@ -13,3 +13,14 @@
 #define DODO_MULTIVERSION
 #define DODO_MULTIVERSION_ENABLED 0
 #endif
+
+// A function whose a * b + c must round twice, as the scalar code it matches (no fused
+// multiply-add): GCC's optimize attribute before it, and for clang, which ignores that attribute
+// (a warning, and contracted sums), its pragma as the first line of the body.
+#if defined(__clang__)
+#define DODO_NO_CONTRACTION
+#define DODO_NO_CONTRACTION_BODY _Pragma("clang fp contract(off)")
+#else
+#define DODO_NO_CONTRACTION __attribute__((optimize("fp-contract=off")))
+#define DODO_NO_CONTRACTION_BODY
+#endif

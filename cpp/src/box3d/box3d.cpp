@@ -197,9 +197,10 @@ struct BlockMoments {
 // multiply-adds and the baseline did not, so a species within an ulp of max_flux_factor was
 // FLUX_FACTOR on one CPU and a crossing on another (physics-law probe, round twelve); now the flux
 // factors, and the limit's decision, are the same bits on every path.
-DODO_MULTIVERSION __attribute__((optimize("fp-contract=off")))
+DODO_MULTIVERSION DODO_NO_CONTRACTION
 void block_moments(const Box3DSettings& settings, std::size_t count, RestFrameCell* cells, const double* normalised,
                    BlockMoments& m) {
+  DODO_NO_CONTRACTION_BODY
   const std::size_t lanes = block_lanes(count);
   for (int a = 0; a < kSpecies; ++a) {
     const double* row = normalised + a * kComponents * kBlockCells;
@@ -682,8 +683,14 @@ namespace {
 // for `a > 0 ? a : 0` only where it may ignore NaN and the sign of zero (a G_p value is finite:
 // cells with non-finite moments are rejected before; +0 and -0 add the same to a sum).
 // no-math-errno: the tail's square roots, of sums of squares, then vectorise across the pairs.
+// (clang has no optimize attribute and warns of it: there only always_inline; the results are the
+// same, the max and min are a speed matter.)
+#if defined(__clang__)
+#define DODO_CROSSING_MATH __attribute__((always_inline))
+#else
 #define DODO_CROSSING_MATH \
   __attribute__((always_inline, optimize("finite-math-only", "no-signed-zeros", "no-math-errno")))
+#endif
 
 // Sums per pair in the crossing pass: the weight where G > 0, the two lobes' moments (3 + 3), the
 // weight where G < 0.
@@ -1303,9 +1310,10 @@ inline double exact_flux_factor(const double* species) {
 // itself, by the operations of is_valid_four_velocity and LorentzBoost in their order and
 // without contracting a * b + c into one rounding (fp-contract=off): the same bits as the
 // per-cell code.
-DODO_MULTIVERSION __attribute__((optimize("fp-contract=off")))
+DODO_MULTIVERSION DODO_NO_CONTRACTION
 void prepare_block(double max_flux_factor, std::size_t count, const double* F_init, const double* u, RestFrameCell* out,
                    double* normalised, double* __restrict boost) {
+  DODO_NO_CONTRACTION_BODY
   const std::size_t lanes = block_lanes(count);
   // Value-major copies: lab[v][c] is value v of cell c; lanes past count hold a harmless cell.
   alignas(64) double lab[kCellValues][kBlockCells];

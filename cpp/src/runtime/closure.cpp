@@ -510,7 +510,8 @@ Closure::Closure(ModelInMemory model, const ClosureOptions& options)
   // call (a thread of its own, a file mapped MAP_SHARED that another process rewrites; probe round
   // seventeen: a byte changed between the digest and the parse was loaded). A size above the bound
   // is not copied: OnnxModel refuses it by its size without reading it.
-  const std::string source = "model in memory (" + std::to_string(model.bytes.size()) + " bytes)";
+  const std::string source =
+      "model in memory (" + std::to_string(model.bytes.size()) + (model.bytes.size() == 1 ? " byte)" : " bytes)");
   if (model.bytes.size() > DODO_MAX_MODEL_FILE_BYTES) {
     initialise(&model.bytes, source, PackageOrigin::kMemory, options);
     return;

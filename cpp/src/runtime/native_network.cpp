@@ -286,9 +286,11 @@ inline __attribute__((always_inline)) void silu_in_place(float* values, int coun
 // the generic form does. A function of its own, not inlined: code of the default target (the
 // layer templates) may call AVX-512 code but not inline it.
 // (GCC 12's intrinsics pass _mm512_undefined_ps() as the unused merge source, which
-// -Wmaybe-uninitialized reports: a false positive.)
+// -Wmaybe-uninitialized reports: a false positive; clang has no such warning.)
+#if !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma,bmi2"), noinline))
 void silu_rows_avx512(float* values, int os, int rows, int count) {
   const __m512 minus_log2e = _mm512_set1_ps(-1.44269504088896341f);
@@ -318,7 +320,9 @@ void silu_rows_avx512(float* values, int os, int rows, int count) {
     }
   }
 }
+#if !defined(__clang__)
 #pragma GCC diagnostic pop
+#endif
 #endif
 
 // A narrow layer (the last: 3 outputs) for R rows as dot products along the weight rows: a
