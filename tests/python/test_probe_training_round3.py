@@ -354,3 +354,24 @@ def test_learning_curve_names_the_default_sizes_it_refuses(tmp_path, capsys):
             "give --sizes of fewer states (e.g. --sizes 12,all)")
     line = refused(capsys, [*common, "--sizes", "100,200"], "--sizes 100 and 200 train on the same states")
     assert "default" not in line and line.endswith("give each size once"), line
+
+
+def test_evaluate_counts_training_file_rows_beyond_max_samples_as_in_no_split(tmp_path, capsys):
+    """A model trained with data.max_samples=15 on a 20-row file: `dodo evaluate --data all32.h5` (split 'all')
+    scored 15 random rows of the 32 (the other file's rows drawn like the training file's split, max_samples
+    of them), and the 5 training-file rows in no split would not have been counted. Now every row of the other
+    file is scored, and those 5 are counted as in no split."""
+    first20 = _preprocessed(capsys, tmp_path, _emu_rows(tmp_path / "first20.h5", slice(0, 20)), "first20_pre.h5")
+    all32 = _preprocessed(capsys, tmp_path, EMU_32, "all32_pre.h5")
+    code, _, err = run(capsys, _train(tmp_path, first20, "run", "--set", "training.epochs=1",
+                                      "--set", "data.max_samples=15"))
+    assert code == 0, err
+    code, out, err = run(capsys, ["evaluate", str(tmp_path / "run" / "checkpoints" / "best.pt"), "--data", str(all32),
+                                  "--json", "-"])
+    assert code == 0, err
+    report = json.loads(out)
+    seen = report["training_states"]
+    assert report["n_cells"] == 32 and seen["rows"] == 32, report
+    assert seen["shared"] == 20 and seen["in_no_split"] == 5, seen
+    assert seen["in_train_split"] + seen["in_val_split"] + seen["in_test_split"] == 15, seen
+    assert "5 in no split, beyond data.max_samples" in err, err

@@ -95,6 +95,13 @@ def resolve_split(checkpoint: dict, data_path: Path, split: str | None, default:
 
 def split_indices_for(checkpoint: dict, data_path: Path, split: str):
     """The checkpoint's own split when evaluating its training file, else all rows for 'all'."""
+    if split == "all" and checkpoint["data"].get("sha256") != _file_sha256(data_path):
+        # Every row of another file: its rows were drawn like the training file's split, data.max_samples of them
+        # (a model trained with max_samples 15 was evaluated on 15 random rows of a 32-row file as "split 'all'";
+        # outside probe, training round three).
+        import numpy as np
+
+        return np.arange(count_rows(data_path))
     data_config = from_dict(DataConfig, checkpoint["config"]["data"], "checkpoint data")
     splits = make_splits(count_rows(data_path), data_config.train_fraction, data_config.val_fraction,
                          data_config.split_seed, data_config.max_samples)
@@ -136,13 +143,13 @@ def training_states_in(checkpoint: dict, data_path: Path, indices) -> dict:
         return result
     splits = {name: split_indices_for(checkpoint, training, name) for name in ("train", "val", "test")}
     keys = _row_keys(training)
-    split_of = {}
+    split_of = dict.fromkeys(keys, "unused")  # rows beyond data.max_samples: in no split, never trained on
     for name in ("test", "val", "train"):  # a state in two splits (a duplicated row) counts as trained on
         split_of.update({keys[int(i)]: name for i in splits[name]})
     found = [split_of.get(key) for key in _row_keys(data_path, indices)]
     result.update(checked=True, rows=len(found), shared=sum(name is not None for name in found),
                   in_train_split=found.count("train"), in_val_split=found.count("val"),
-                  in_test_split=found.count("test"))
+                  in_test_split=found.count("test"), in_no_split=found.count("unused"))
     return result
 
 
@@ -158,7 +165,9 @@ def training_states_note(table: dict) -> str:
         return f"\nno row of {table['data']} is a state of the checkpoint's training file {seen['training_file']}"
     return (f"\nnote: {seen['shared']} of the {seen['rows']} rows of {table['data']} are states of the checkpoint's "
             f"training file {seen['training_file']} ({seen['in_train_split']} of its train split, trained on; "
-            f"{seen['in_val_split']} of its validation split; {seen['in_test_split']} of its test split): this table "
+            f"{seen['in_val_split']} of its validation split; {seen['in_test_split']} of its test split"
+            + (f"; {seen['in_no_split']} in no split, beyond data.max_samples" if seen.get("in_no_split") else "")
+            + "): this table "
             "includes them; for unseen states evaluate a file without them (or --data the training file, whose "
             "test split is unseen)")
 
