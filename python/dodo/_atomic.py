@@ -244,7 +244,16 @@ def check_output_target(path: str | Path, appended: bool = False) -> None:
         raise OutputPathError(f"cannot write {path}: {error.strerror or error}") from None
     if mode is not None and not stat.S_ISREG(mode):
         raise OutputPathError(f"cannot write {path}: it exists and is {_file_kind(mode)}, not a regular file; "
-                              "choose a regular file as the output")
+                              f"choose a regular file as the output{_standard_stream_hint(path)}")
+    stream = _standard_stream_of(path) if mode is not None and not appended else None
+    if stream is not None:
+        # `dodo score D --json /dev/stdout >> run.log` (or --json run.log, or 2>> run.log): the rename put the
+        # report in place of run.log, whose earlier lines were lost, and what the command printed went to the
+        # replaced file, in no directory any more (outside probe, data-loss round fourteen).
+        raise OutputPathError(f"cannot write {path}: it is the file this process's {stream} goes to "
+                              f"({os.path.realpath(path)}); dodo writes a new file and renames it over the old one, "
+                              f"which would replace that file (its earlier contents lost) and lose what the command "
+                              f"prints: give another path{_standard_stream_hint(path, always=True)}")
     if mode is not None and not os.access(path, os.W_OK):
         # A rename replaces a file its owner made read-only (chmod a-w on a finished result), which
         # open(path, "w") refuses: refuse it too (root may write any file, as with open).
@@ -381,6 +390,32 @@ def _creation_refusal(error: OSError, directory: Path) -> str:
         return (f"its file system refuses new files ({text}, from a directory that exists: a pseudo file system "
                 "such as /proc?); choose another output")
     return text
+
+
+def _standard_stream_of(path) -> Optional[str]:
+    """"standard output" or "standard error" when the existing regular file ``path`` is the file this process's
+    descriptor 1 or 2 writes to (a shell's redirection: `> F`, `>> F`, named as F, /dev/stdout or /dev/fd/1),
+    else None."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    for descriptor, name in ((1, "standard output"), (2, "standard error")):
+        try:
+            stream = os.fstat(descriptor)
+        except OSError:
+            continue
+        if stat.S_ISREG(stream.st_mode) and os.path.samestat(stream, status):
+            return name
+    return None
+
+
+def _standard_stream_hint(path, always: bool = False) -> str:
+    """For an output named as a standard stream (/dev/stdout, /dev/stderr, /dev/fd/N, /proc/self/fd/N): where the
+    command writes its report to standard output, '-' says so."""
+    text = os.fsdecode(os.fspath(path))
+    named = text in ("/dev/stdout", "/dev/stderr") or re.fullmatch(r"/(dev|proc/self)/fd/\d+", text) is not None
+    return " (for standard output, give '-' where the command takes it, e.g. --json -)" if named or always else ""
 
 
 def _is_mount_point(path) -> bool:

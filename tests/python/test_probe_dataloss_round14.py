@@ -448,3 +448,47 @@ def test_an_mpi_rank_suspended_while_the_others_wait_is_named(tmp_path):
     assert note.startswith("[rank 0/2] ") and f"rank 1 (pid {pid} on " in note, note
     assert "stopped" in note and f"kill -CONT {pid}" in note, note
     assert job.returncode == 0 and out.exists()
+
+
+# --- an output that is the file the command's own standard output or error goes to ------------------------------------
+
+@pytest.mark.skipif(not os.path.exists("/dev/stdout"), reason="no /dev/stdout")
+@pytest.mark.parametrize("named", ["/dev/stdout", "the log"])
+def test_an_output_that_is_the_commands_own_standard_output_is_refused(tmp_path, named):
+    """`dodo score box3d D --json /dev/stdout --overwrite >> run.log` (or `--json run.log`). Before: exit 0, run.log
+    replaced by the report (its earlier lines lost), and the table the command printed went to the replaced file, in
+    no directory any more. Now refused before any work, run.log as it was."""
+    data, log = tmp_path / "data.h5", tmp_path / "run.log"
+    assert _synth(data).returncode == 0
+    log.write_text("precious line 1\nprecious line 2\n")
+    output = "/dev/stdout" if named == "/dev/stdout" else str(log)
+    with open(log, "ab") as stream:
+        done = subprocess.run([sys.executable, "-m", "dodo", "score", "box3d", str(data), "--json", output,
+                               "--overwrite"], stdout=stream, stderr=subprocess.PIPE, text=True, timeout=300)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert "standard output goes to" in lines[0] and "--json -" in lines[0], lines[0]
+    assert log.read_text() == "precious line 1\nprecious line 2\n"
+
+
+def test_an_output_that_is_the_commands_own_standard_error_is_refused(tmp_path):
+    """`dodo synth run.log ... 2>> run.log`: the same for standard error (where the refusal itself then goes)."""
+    log = tmp_path / "run.log"
+    log.write_text("precious\n")
+    with open(log, "ab") as stream:
+        done = subprocess.run([sys.executable, "-m", "dodo", "synth", str(log), "-n", "20", "-q", "--overwrite"],
+                              stdout=subprocess.DEVNULL, stderr=stream, timeout=300)
+    assert done.returncode == 2
+    text = log.read_text()
+    assert text.startswith("precious\n") and "standard error goes to" in text, text
+
+
+def test_an_output_beside_a_redirected_standard_output_is_written(tmp_path):
+    """Guard: `dodo score box3d D --json report.json > table.txt` writes both."""
+    data, table, report = tmp_path / "data.h5", tmp_path / "table.txt", tmp_path / "report.json"
+    assert _synth(data).returncode == 0
+    with open(table, "wb") as stream:
+        done = subprocess.run([sys.executable, "-m", "dodo", "score", "box3d", str(data), "--json", str(report)],
+                              stdout=stream, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "box3d" in table.read_text() and report.read_text().lstrip().startswith("{")
