@@ -24,7 +24,16 @@ esac
   echo "qke_campaign: DODO_CAMPAIGN_NICE must be an integer, the chunks' niceness (nice -n; default 10); got '$DODO_CAMPAIGN_NICE'" >&2; exit 2; }
 plan="${2:-$root/data/qke/campaign_plan.txt}"
 case "$plan" in /*) ;; *) plan="$PWD/$plan" ;; esac  # a relative PLAN is the caller's, not the root's
-[ -f "$plan" ] || { echo "qke_campaign: plan $plan not found" >&2; exit 2; }
+# A plan given through a pipe (`qke_campaign.sh 2 <(grep emu plan.txt)`, a FIFO) is read once, as a file is: it was
+# "plan /dev/fd/63 not found" (outside probe, data-loss round fourteen).
+if ! [ -f "$plan" ] && ! [ -p "$plan" ]; then
+  if [ -e "$plan" ]; then
+    echo "qke_campaign: plan $plan is not a file of lines (a directory or a device?): give the plan file" >&2
+  else
+    echo "qke_campaign: plan $plan not found" >&2
+  fi
+  exit 2
+fi
 cd "$root"
 dodo="${DODO_VENV:-$root/.venv}/bin/dodo"
 [ -x "$dodo" ] || { echo "qke_campaign: $dodo not found (bash scripts/setup_venv.sh first)" >&2; exit 2; }

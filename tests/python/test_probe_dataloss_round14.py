@@ -492,3 +492,33 @@ def test_an_output_beside_a_redirected_standard_output_is_written(tmp_path):
                               stdout=stream, stderr=subprocess.PIPE, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "box3d" in table.read_text() and report.read_text().lstrip().startswith("{")
+
+
+@needs_flock_and_proc
+def test_a_campaign_plan_given_through_a_pipe_is_read(tmp_path):
+    """`bash scripts/qke_campaign.sh 1 <(grep emu plan.txt)`: the plan is /dev/fd/N, a pipe. Before: "plan
+    /dev/fd/63 not found", exit 2, of a plan that was there."""
+    log = tmp_path / "calls.txt"
+    repo, env, chunks = _campaign_copy(tmp_path, f'echo "$*" >> {log}\nexit 0')
+    read, write = os.pipe()
+    try:
+        os.write(write, b"emu 1 3\nemu 2 3\n")
+        os.close(write)
+        write = None
+        done = subprocess.run(["bash", str(repo / "scripts" / "qke_campaign.sh"), "1", f"/dev/fd/{read}"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S,
+                              pass_fds=(read,))
+    finally:
+        os.close(read)
+        if write is not None:
+            os.close(write)
+    assert done.returncode == 0, done.stderr
+    assert len(log.read_text().splitlines()) == 2
+
+
+def test_a_campaign_plan_that_is_a_directory_is_not_called_missing(tmp_path):
+    repo, env, chunks = _campaign_copy(tmp_path)
+    done = subprocess.run(["bash", str(repo / "scripts" / "qke_campaign.sh"), "1", str(tmp_path)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert done.returncode == 2 and "is not a file of lines" in done.stderr and "not found" not in done.stderr, \
+        done.stderr
