@@ -375,3 +375,22 @@ def test_evaluate_counts_training_file_rows_beyond_max_samples_as_in_no_split(tm
     assert seen["shared"] == 20 and seen["in_no_split"] == 5, seen
     assert seen["in_train_split"] + seen["in_val_split"] + seen["in_test_split"] == 15, seen
     assert "5 in no split, beyond data.max_samples" in err, err
+
+
+def test_a_resume_past_stop_after_epoch_trains_to_the_end_and_says_so(tmp_path, capsys):
+    """`dodo train` with training.stop_after_epoch: 2 of 4 epochs stops after epoch 2; resumed with the same
+    settings it stopped again after epoch 3, "stopping after epoch 3 as asked (training.stop_after_epoch)",
+    an epoch never asked for. Now the resume trains to the end and its first line says the stop is past;
+    a stop at or beyond training.epochs is said to stop nothing."""
+    table = _preprocessed(capsys, tmp_path, EMU_32, "mine.h5")
+    common = _train(tmp_path, table, "run", "--set", "training.epochs=4", "--set", "training.stop_after_epoch=2")
+    code, out, err = run(capsys, common)
+    assert code == 0 and "stopping after epoch 2 as asked" in out + err, out + err
+    code, out, err = run(capsys, [*common, "--resume", str(tmp_path / "run" / "checkpoints" / "last.pt")])
+    assert code == 0, err
+    assert "stopping after" not in out + err and "epoch 4/4" in out + err, out + err
+    assert "training.stop_after_epoch: 2 is past (the run resumes after epoch 2): no stop" in out + err
+    assert next((tmp_path / "run" / "results").glob("metrics_*.json")).is_file()
+    code, out, err = run(capsys, _train(tmp_path, table, "other", "--set", "training.epochs=2",
+                                        "--set", "training.stop_after_epoch=2"))
+    assert code == 0 and "training.stop_after_epoch: 2 >= training.epochs (2): no stop" in out + err, out + err

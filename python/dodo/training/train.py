@@ -301,6 +301,18 @@ def _not_written(path: Path, error: OSError, epoch: int | None, checkpoint_dir: 
     return f"cannot write {path}: {' '.join(str(error).split())}; the run stopped{where}: {kept}"
 
 
+def _stop_note(stop_after_epoch: int | None, start_epoch: int, epochs: int) -> str:
+    """The end of `dodo train`'s first line when training.stop_after_epoch stops nothing."""
+    if stop_after_epoch is None:
+        return ""
+    if stop_after_epoch < start_epoch:
+        return (f"; training.stop_after_epoch: {stop_after_epoch} is past (the run resumes after epoch "
+                f"{start_epoch - 1}): no stop")
+    if stop_after_epoch >= epochs:
+        return f"; training.stop_after_epoch: {stop_after_epoch} >= training.epochs ({epochs}): no stop"
+    return ""
+
+
 def _recorded_timing(value) -> dict | None:
     """A checkpoint's ``timing`` ({"seconds", "samples"} of every session so far), or None when it has none
     (checkpoints before 2026-12-07) or an odd one."""
@@ -1195,7 +1207,8 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
         f"{sum(p.numel() for p in closure.parameters())} parameters"
         # training.amp: true on a CPU run was dropped without a word (outside probe, Python round sixty-one)
         + (f"; training.amp: true has no effect on {device.type} (AMP is CUDA only): the run is fp32"
-           if t.amp and not use_amp else ""))
+           if t.amp and not use_amp else "")
+        + _stop_note(t.stop_after_epoch, start_epoch, t.epochs))
 
     def checkpoint_state(epoch: int, seconds: float | None = None) -> dict:
         seconds = time.perf_counter() - started if seconds is None else seconds
@@ -1290,7 +1303,9 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
             saving(checkpoint_state(epoch), checkpoint_dir / "last.pt", epoch, keep_previous=keep_previous)
             keep_previous = True
             last_written = epoch
-        if t.stop_after_epoch is not None and epoch >= t.stop_after_epoch and epoch < t.epochs:
+        # The epoch asked for only: a resume past it (the config's stop_after_epoch: 2, resumed after epoch 2)
+        # stopped after every later epoch "as asked" (outside probe, training round three).
+        if t.stop_after_epoch is not None and epoch == t.stop_after_epoch and epoch < t.epochs:
             status = "interrupted"
             log(f"stopping after epoch {epoch} as asked (training.stop_after_epoch); resume from {checkpoint_dir / 'last.pt'}")
             break
