@@ -128,7 +128,7 @@ def symbolic_link_loop_text(path) -> str:
             if os.path.abspath(current) in seen or not os.path.islink(current):
                 break
             seen.add(os.path.abspath(current))
-        where = "" if prefix == text else f" on its path"
+        where = "" if prefix == text else " on its path"
         return f"a symbolic link{where} leads into a loop of links ({' -> '.join(chain)}) and never reaches a file"
     return "a symbolic link on its path leads into a loop of links and never reaches a file"
 
