@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import pathlib
+import sys
+import types
 
 import numpy as np
 from scipy.integrate import lebedev_rule
@@ -25,10 +27,17 @@ OUTPUT = pathlib.Path(__file__).resolve().parents[1] / "cpp/src/box3d/lebedev_ta
 
 def _atomic_path():
     """dodo._atomic.atomic_path, read from this checkout's python/dodo/_atomic.py (standard library
-    only), so that the generator runs before the package is built, as it must for a new table."""
-    source = pathlib.Path(__file__).resolve().parents[1] / "python/dodo/_atomic.py"
-    spec = importlib.util.spec_from_file_location("_dodo_atomic", source)
+    only), so that the generator runs before the package is built, as it must for a new table. It is
+    loaded as a module of a stand-in package over python/dodo (without running dodo/__init__.py, which
+    needs the compiled core), so that its relative imports of the package's other standard-library
+    modules (._hdf5_locks) resolve."""
+    folder = pathlib.Path(__file__).resolve().parents[1] / "python/dodo"
+    package = types.ModuleType("_dodo_sources")
+    package.__path__ = [str(folder)]
+    sys.modules.setdefault("_dodo_sources", package)
+    spec = importlib.util.spec_from_file_location("_dodo_sources._atomic", folder / "_atomic.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module.atomic_path
 
