@@ -212,3 +212,31 @@ def test_dataset_md_unlabelled_pool_count_is_dated():
     assert "so the ~27,000 pool states not yet labelled are about" not in text
     assert "on 2026-12-07, 70,760 states in 2,572 pool chunks were not yet labelled" in text
 
+
+
+def _states_per_chunk(family, seeds):
+    h5py = pytest.importorskip("h5py")
+    counts = []
+    for seed in seeds:
+        path = ROOT / "data" / "qke" / f"{family}_seed{seed}.h5"
+        if not path.exists():
+            pytest.skip(f"{path.name} is not here")
+        with h5py.File(path, "r") as f:
+            counts.append(len(f["F4_initial(1|ccm)"]))
+    return np.array(counts)
+
+
+def test_dataset_md_states_kept_by_the_first_targeted_chunks():
+    """dataset.md: "The first targeted emu chunks kept 20-27 of their 32 states (random ones ~29)";
+    the 37 first (emu 1713-1749) kept 15-28, mean 20.2; the 40 random chunks before them 25-31, 28.0."""
+    match = re.search(r"The first targeted emu chunks \(seeds (\d+)-(\d+)\) kept (\d+)-(\d+) of their 32 states, "
+                      r"([0-9.]+) on average \(the (\d+) random ones before them, (\d+)-(\d+): (\d+)-(\d+), ([0-9.]+)\)",
+                      _flat(DATASET_MD))
+    assert match, "the sentence on the first targeted chunks"
+    first, last, low, high, mean, n_random, r_first, r_last, r_low, r_high, r_mean = match.groups()
+    targeted = _states_per_chunk("emu", range(int(first), int(last) + 1))
+    random = _states_per_chunk("emu", range(int(r_first), int(r_last) + 1))
+    assert (targeted.min(), targeted.max()) == (int(low), int(high))
+    assert _matches_printed(targeted.mean(), mean)
+    assert len(random) == int(n_random) and (random.min(), random.max()) == (int(r_low), int(r_high))
+    assert _matches_printed(random.mean(), r_mean)
