@@ -34,6 +34,17 @@ def resolution(text: str) -> str:
     return text.lower()
 
 
+def extra_install(extra: str) -> str:
+    """The command that installs Dodo's optional part ``extra`` ("train", "mpi"): dodo._shown's, which names
+    this checkout. Not the bare name with an extra in brackets, which asks the package index for another project named
+    dodo (new user's journey, rounds one and three); in words where dodo itself does not import."""
+    try:
+        from dodo._shown import extra_install as dodos
+    except ImportError:
+        return f"pip install '.[{extra}]' in Dodo's repository (Dodo is not on a package index)"
+    return dodos(extra)
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 

@@ -9,7 +9,8 @@
 - closure cells/s: every MPI rank creates a closure from the broadcast model and applies it to
   its own cells (threads=1 per rank); cells of all ranks over the slowest rank's time.
 The 1- and 2-process runs alternate and each figure is the median over ``--repeats``. Needs
-mpirun and mpi4py (``pip install 'dodo[mpi]'``) and the training extras.
+mpirun and mpi4py (``pip install ".[mpi]"`` in Dodo's repository) and the training extras
+(``pip install ".[train]"``); without one of them it stops at once, naming what is missing.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _options import positive_int, run_main  # noqa: E402
+from _options import extra_install, positive_int, run_main  # noqa: E402
 
 CLOSURE_WORKER = r"""
 import sys, time
@@ -53,6 +54,31 @@ for _ in range(repeats):
 if comm.rank == 0:
     print(sorted(rates)[len(rates) // 2])
 """
+
+
+def missing_parts() -> list:
+    """What this benchmark needs and this environment lacks, each with its cure. Without mpirun, mpi4py or
+    torch it made the synthetic data, timed the one-process run, then stopped at the first 2-process
+    run with `failed: ...` and a launcher's page or a traceback (FileNotFoundError without mpirun; the
+    closure worker's `No module named 'mpi4py'`) (new user's journey, round three)."""
+    import importlib
+
+    def imports(*modules) -> bool:  # the children run this interpreter: what fails here fails there
+        try:
+            for module in modules:
+                importlib.import_module(module)  # mpi4py alone: its MPI module would start MPI here
+        except ImportError:
+            return False
+        return True
+
+    missing = []
+    if shutil.which("mpirun") is None:
+        missing.append("mpirun on PATH (an MPI: Debian's openmpi-bin libopenmpi-dev)")
+    if not imports("mpi4py"):
+        missing.append(f"mpi4py ({extra_install('mpi')})")
+    if not imports("h5py", "yaml", "torch"):
+        missing.append(f"the training extras, for dodo synth and dodo train ({extra_install('train')})")
+    return missing
 
 
 def mpirun(n: int) -> list:
@@ -117,6 +143,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=positive_int, default=2)
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
+    missing = missing_parts()
+    if missing:
+        parser.error("needs " + "; ".join(missing))
 
     figures = {"load_average_start": os.getloadavg()[0], "cpu_count": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:

@@ -18,7 +18,7 @@ from pathlib import Path
 import sys as _sys
 import pathlib as _pathlib
 _sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent))
-from _options import positive_int, run_main  # noqa: E402
+from _options import extra_install, positive_int, run_main  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
         from dodo.training.synth import write_synthetic_database
         from dodo.training.train import select_device, train
     except ImportError as error:
-        parser.error(f"needs the training extras (pip install 'dodo[train]'): {error}")
+        parser.error(f"needs the training extras ({extra_install('train')}): {error}")
     try:  # before the synthetic database and the preprocessing, not after them
         select_device(args.device)
     except (RuntimeError, ValueError) as error:
