@@ -152,3 +152,14 @@ def test_the_docs_name_the_commands_that_run_on_every_mpi_rank():
     for doc in ("README.md", "docs/qke.md"):
         text = " ".join((ROOT / doc).read_text().split())
         assert "`dodo info` and `dodo reference`, which only print, print once per rank" in text, doc
+
+
+def test_runtime_md_says_how_a_vendoring_host_installs_a_program_that_runs():
+    """A host with `add_subdirectory(dodo)` and `install(TARGETS app)`: `cmake --install` put libdodo in
+    PREFIX/lib and the program in PREFIX/bin without a path to it, and the installed program stopped with
+    'libdodo.so.0: cannot open shared object file' (runtime.md promised an rpath "also after cmake --install"
+    for the installed-Dodo routes only). The docs give the install rpath that made it run."""
+    text = " ".join((ROOT / "docs" / "runtime.md").read_text().split())
+    section = text[text.index("## Building against an installed Dodo"):text.index("## Many ranks: MPI")]
+    assert "A vendoring host's own `cmake --install` installs libdodo" in section
+    assert '`set_target_properties(app PROPERTIES INSTALL_RPATH "$ORIGIN/../${CMAKE_INSTALL_LIBDIR}")`' in section
