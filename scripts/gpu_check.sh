@@ -12,6 +12,12 @@
 # non-zero when a step fails, after the remaining steps have run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# Without an NVIDIA driver the first step ended in "nvidia-smi: command not found", exit 1, with no word of
+# what the script needs (outside probe, new user's journey round three).
+if ! command -v nvidia-smi > /dev/null 2>&1; then
+  echo "gpu_check: this machine has no NVIDIA driver (nvidia-smi not found): the script checks Dodo's CUDA paths and needs a machine with a CUDA GPU; elsewhere run the test suite (README) instead" >&2
+  exit 1
+fi
 out="${1:-gpu_check_out}"
 mkdir -p "$out"
 python="${PYTHON:-python3}"

@@ -39,3 +39,31 @@ def test_the_kernels_compile_under_clang_without_a_warning(source):
                              f"-I{ROOT / 'cpp' / 'include'}", f"-I{ROOT / 'cpp' / 'src'}", str(ROOT / source)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_a_refused_cuda_device_names_the_library_this_process_keeps(tmp_path):
+    """A process keeps the first ONNX Runtime library it loads (docs/runtime.md): after a refused
+    device="cuda", a second try naming another library got the same refusal and the same advice to
+    point onnxruntime_library at onnxruntime-gpu (new user's journey, round three). The refusal now
+    names the library loaded and says to do that in a new process. A fresh interpreter: no GPU here."""
+    import sys
+
+    import dodo
+
+    if not dodo.runtime_available():
+        pytest.skip("closure runtime not built")
+    script = ("import dodo\n"
+              "for library in (None, '/nonexistent/libonnxruntime.so'):\n"
+              "    try:\n"
+              "        dodo.Closure(device='cuda', onnxruntime_library=library)\n"
+              "    except RuntimeError as error:\n"
+              "        print(error)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            cwd=tmp_path)
+    lines = [line for line in result.stdout.splitlines() if "no CUDA execution provider" in line]
+    if not lines:
+        pytest.skip("this machine's ONNX Runtime offers CUDA: " + result.stdout[-400:] + result.stderr[-400:])
+    assert len(lines) == 2, result.stdout + result.stderr
+    for line in lines:
+        assert "the ONNX Runtime library this process loaded (" in line and "libonnxruntime.so" in line, line
+        assert "in a new process (a process keeps the first ONNX Runtime library it loads)" in line, line

@@ -79,7 +79,10 @@ struct OrtReleaser {
 // Appends ONNX Runtime's CUDA execution provider for device `device_id`. A library built without
 // it (the CPU wheel) is refused up front with a message that says what to install, instead of
 // ORT's own text about a provider library it failed to dlopen.
-void enable_cuda(const OrtApi* api, OrtSessionOptions* options, int device_id) {
+// library_path: the library this process loaded, named in the refusal, since a process keeps the
+// first it loads: a second try in the same process naming onnxruntime-gpu's library got the same
+// refusal and the same advice (outside probe, new user's journey round three).
+void enable_cuda(const OrtApi* api, OrtSessionOptions* options, int device_id, const std::string& library_path) {
   char** providers = nullptr;
   int count = 0;
   check_ort(api, api->GetAvailableProviders(&providers, &count), "listing execution providers");
@@ -93,9 +96,11 @@ void enable_cuda(const OrtApi* api, OrtSessionOptions* options, int device_id) {
   if (!available)
     throw Error(DODO_ERROR_ONNXRUNTIME_UNAVAILABLE,
                 "device cuda:" + std::to_string(device_id) +
-                    " requested, but this ONNX Runtime library has no CUDA execution provider (it offers: " + names +
+                    " requested, but the ONNX Runtime library this process loaded (" + quoted_path(library_path) +
+                    ") has no CUDA execution provider (it offers: " + names +
                     "); install onnxruntime-gpu and point onnxruntime_library or DODO_ONNXRUNTIME_LIBRARY at its "
-                    "libonnxruntime.so, or use the CPU");
+                    "libonnxruntime.so in a new process (a process keeps the first ONNX Runtime library it loads), "
+                    "or use the CPU");
   OrtCUDAProviderOptionsV2* cuda = nullptr;
   check_ort(api, api->CreateCUDAProviderOptions(&cuda), "creating CUDA provider options");
   const std::string id = std::to_string(device_id);
@@ -298,7 +303,7 @@ OnnxModel::OnnxModel(const OrtLibrary& library, std::string_view bytes, const st
   check_ort(api_, api_->SetSessionLogSeverityLevel(options, ORT_LOGGING_LEVEL_FATAL), "setting log level");
   for (const auto& [key, value] : session_memory_cap_entries())  // the memory cap (ort_library.hpp)
     check_ort(api_, api_->AddSessionConfigEntry(options, key, value), "configuring the session's memory");
-  if (device.cuda) enable_cuda(api_, options, device.cuda_device);
+  if (device.cuda) enable_cuda(api_, options, device.cuda_device, library.path);
   OrtStatus* created = api_->CreateSessionFromArray(library.env, bytes.data(), bytes.size(), options, &session_);
   if (created) {
     const std::string ort_text = without_source_location(api_->GetErrorMessage(created));
