@@ -495,12 +495,23 @@ def atomic_path(final: str | Path):
     # (check_outputs, inside outputs_as_found: dodo's commands), else what is there now.
     scope, key = (_FOUND_AT_START[-1] if _FOUND_AT_START else None), os.path.realpath(final)
     found = scope[key] if scope is not None and key in scope else _identity(final)
-    if scope is not None and scope.get(key) is not None and not final.parent.is_dir():
+    # Where this process holds a lock in the directory (dodo simulate's .OUT.lock, dodo train's), what became
+    # of it: moved, and where to, or moved and another directory made in its place (which is_dir() took for
+    # the same directory: the write went into the new one).
+    fate = held_directory_fate(final.parent) if scope is not None and scope.get(key) is not None else None
+    if scope is not None and scope.get(key) is not None and (fate is not None or not final.parent.is_dir()):
         # The directory of a file the command found (or wrote) there is gone: `rm -rf ck` (or `mv ck
         # ck.old`) during `dodo train` was made again by the next checkpoint's mkdir, and the run went on
         # in a new ck without its lock (another run could start there) and without its best.pt (the end
         # then failed when no later epoch beat it) (data-loss probe, round five).
-        raise OutputPathError(f"cannot write {given}: its directory {final.parent} was removed (or moved) while this "
+        if fate is None:
+            what = "was removed (or moved)"
+        elif fate[0] == "removed":
+            what = "was removed"
+        else:
+            what = ("was moved or renamed" + (f" (it is now {fate[1]})" if fate[1] else "")
+                    + (" and another directory made in its place" if fate[0] == "replaced" else ""))
+        raise OutputPathError(f"cannot write {given}: its directory {final.parent} {what} while this "
                               f"command ran, with the {final.name} it had found or written there; it is not made "
                               "again: nothing more is written there")
     # The directories made for this output, removed again (when empty) if the write fails: a failed
@@ -611,6 +622,22 @@ def atomic_path(final: str | Path):
 
 class DirectoryMovedError(OutputPathError):
     """The output's directory was moved, replaced or removed while atomic_path wrote the file."""
+
+
+class HeldDirectory:
+    """A directory held open (O_PATH) for a long command (dodo train's checkpoint and results directories):
+    ``fate()`` says what became of it (None while it is still at its path, else as _directory_fate:
+    ("removed", ""), ("moved", where it is now) or ("replaced", where it is now)); ``close()`` lets it go."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.descriptor = _open_directory(self.path)
+
+    def fate(self) -> Optional[tuple[str, str]]:
+        return _directory_fate(self.descriptor, self.path)
+
+    def close(self) -> None:
+        self.descriptor = _close_directory(self.descriptor)
 
 
 def _file_identity(descriptor: int):
@@ -1219,6 +1246,16 @@ def _flock(path: Path, remove: bool, refuse, command: str = ""):
         if current is not None and os.path.samestat(os.fstat(handle.fileno()), current):
             break
         handle.close()  # removed by the holder we waited for: lock the file now at ``path``
+    # The lock's directory held open (O_PATH) while the lock is held: the lock file is removed from it, by
+    # name and only while that name is still this file, wherever the directory went. Removed by its path,
+    # the lock of `dodo simulate d/OUT` (or of dodo train's results_dir/train.log) whose directory was moved
+    # while it ran stayed in the moved directory, and a directory made again at the path lost another
+    # process's lock of the same name (outside probe, open items of data-loss round fourteen). Held here,
+    # it also tells atomic_path where a moved output directory went (held_directory_fate).
+    directory = _open_directory(path.parent)
+    key = os.path.abspath(path.parent)
+    if directory is not None:
+        _LOCKED_DIRECTORIES.setdefault(key, []).append(directory)
     try:
         try:
             if handle.writable():  # not another user's lock, taken on the file opened for reading
@@ -1236,9 +1273,41 @@ def _flock(path: Path, remove: bool, refuse, command: str = ""):
             # directory cannot be removed (EPERM); left, it is taken over by the next run as any stale
             # lock is. `dodo simulate` wrote its database, then ended with a PermissionError traceback,
             # exit 1 (outside probe, data-loss round eleven).
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+            _remove_lock_file(handle, directory, path)
+        if directory is not None:
+            held = _LOCKED_DIRECTORIES.get(key, [])
+            if directory in held:
+                held.remove(directory)
+            if not held:
+                _LOCKED_DIRECTORIES.pop(key, None)
+            _close_directory(directory)
         handle.close()  # releases the lock
+
+
+#: The directories of the locks this process holds (_flock), held open (O_PATH) by absolute path.
+_LOCKED_DIRECTORIES: dict[str, list[int]] = {}
+
+
+def held_directory_fate(directory: str | Path) -> Optional[tuple[str, str]]:
+    """What became of ``directory`` when this process holds a lock in it (:func:`exclusive_directory`,
+    :func:`exclusive_output`): None while it is still at its path (or where it cannot be told), else
+    ("removed", ""), ("moved", where it is now) or ("replaced", where it is now), as _directory_fate."""
+    held = _LOCKED_DIRECTORIES.get(os.path.abspath(directory)) or _LOCKED_DIRECTORIES.get(os.path.realpath(directory))
+    return _directory_fate(held[0], Path(directory)) if held else None
+
+
+def _remove_lock_file(handle, directory: Optional[int], path: Path) -> None:
+    """Unlink the lock file ``handle`` holds: through ``directory`` (its directory held open) where there
+    is one, else by ``path``; in both only while the name is still that file (another process's lock made
+    under the name since is left)."""
+    with contextlib.suppress(OSError, NotImplementedError):
+        own = os.fstat(handle.fileno())
+        if directory is not None:
+            if os.path.samestat(own, os.stat(path.name, dir_fd=directory, follow_symlinks=False)):
+                os.unlink(path.name, dir_fd=directory)
+            return
+        if os.path.samestat(own, os.stat(path, follow_symlinks=False)):
+            os.unlink(path)
 
 
 def atomic_write(path: str | Path, write) -> None:

@@ -304,9 +304,14 @@ def _train(args) -> int:
                 if not args.overwrite:
                     _refuse_to_replace_a_run(checkpoints, config.training.resume_from)
                 config.make_dirs()
-                summary = train(config)
-        except BaseException:
-            remove_empty_directories(made, checkpoints)
+                summary = train(config, config_path=args.config)
+        except BaseException as error:
+            from .train import RunDirectoryMovedError
+
+            # The directories at those paths now are not the ones this run made (moved, and perhaps made
+            # again by the user): nothing of theirs is removed.
+            if not isinstance(error, RunDirectoryMovedError):
+                remove_empty_directories(made, checkpoints)
             raise
     return 0 if summary["status"] in ("completed", "interrupted") else 1
 
@@ -314,13 +319,15 @@ def _train(args) -> int:
 @_friendly("evaluate")
 def _evaluate(args) -> int:
     from .._cli_common import emit
-    from .evaluate import describe, evaluate_checkpoint, training_states_note
+    from .evaluate import describe, evaluate_checkpoint, rows_left_out_note, training_states_note
 
     check_outputs([json_target_file(args.json)], [args.checkpoint, args.data])
     refuse_replacing_with_report(json_target_file(args.json), "dodo evaluate --json", args.overwrite, "--overwrite")
     table, _ = evaluate_checkpoint(args.checkpoint, args.data, args.split)
     if args.json == "-" and training_states_note(table).startswith("\nnote:"):
         print(training_states_note(table).strip(), file=sys.stderr)  # the table (and its note) is not printed
+    if args.json == "-" and rows_left_out_note(table):
+        print(rows_left_out_note(table).strip(), file=sys.stderr)
     emit(describe(table), marked_report(table, "dodo evaluate"), args.json, inputs=[args.checkpoint, table["data"]])
     return 0
 
@@ -328,7 +335,7 @@ def _evaluate(args) -> int:
 @_friendly("inspect")
 def _inspect(args) -> int:
     from .._cli_common import emit
-    from .evaluate import training_states_note
+    from .evaluate import rows_left_out_note, training_states_note
     from .inspect import format_inspection, inspect_checkpoint
 
     check_outputs([json_target_file(args.json)], [args.checkpoint, args.data])
@@ -336,6 +343,8 @@ def _inspect(args) -> int:
     report = inspect_checkpoint(args.checkpoint, args.data, args.split, args.start, args.stop)
     if args.json == "-" and training_states_note(report).startswith("\nnote:"):
         print(training_states_note(report).strip(), file=sys.stderr)  # the table (and its note) is not printed
+    if args.json == "-" and rows_left_out_note(report):
+        print(rows_left_out_note(report).strip(), file=sys.stderr)
     # report["data"]: the file read, the checkpoint's training file when --data is not given.
     emit(format_inspection(report), marked_report(report, "dodo inspect"), args.json, inputs=[args.checkpoint, report["data"]])
     return 0

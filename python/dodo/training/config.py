@@ -408,14 +408,14 @@ def check_override_keys(cls, overrides: dict) -> None:
                                   + (f" in section {section}" if section else "") + f"; allowed: {names}")
             hint = typing.get_type_hints(node)[key]
             if depth == len(keys) - 1:  # its value's type too: `--set training.epochs=abc` named the file as well
-                if dataclasses.is_dataclass(hint) and value is None:
+                if dataclasses.is_dataclass(hint) and (value is None or value == {}):  # {} too, the same defaults
                     # `--set model=null` (or `--set output=`) replaced the config's whole section by its defaults
                     # without a word: the run trained another model, or wrote to ./results and ./checkpoints
                     # (outside probe, training round three).
                     first = sorted(f.name for f in dataclasses.fields(hint))[0]
-                    raise ConfigError(f"override {dotted} (--set): null (or an empty value) would replace the whole "
-                                      f"{dotted} section of the config by its defaults: set its keys one by one, "
-                                      f"e.g. --set {dotted}.{first}=VALUE")
+                    raise ConfigError(f"override {dotted} (--set): null (or an empty value, or {{}}) would replace "
+                                      f"the whole {dotted} section of the config by its defaults: set its keys one by "
+                                      f"one, e.g. --set {dotted}.{first}=VALUE")
                 _coerce(hint, value, f"override {dotted} (--set)")
             # Optional[Section] is Union[Section, None]: its section's keys are checked too.
             members = [arg for arg in typing.get_args(hint) if arg is not type(None)] or [hint]
@@ -430,7 +430,10 @@ def check_override_keys(cls, overrides: dict) -> None:
 
 
 def merge_dotted(raw: dict, overrides: dict) -> dict:
-    """Apply {"training.lr": 1e-3, ...} on a nested dict (copy)."""
+    """Apply {"training.lr": 1e-3, ...} on a nested dict (copy). A mapping given for a section is merged
+    into it key by key: `--set 'training={epochs: 2}'` (or a study's ``overrides: {training: {epochs: 2}}``)
+    replaced the config's whole training section, every other key of it (lr, threads, log_interval) falling
+    back to its default without a word (outside probe, open items of training round three)."""
     import copy
 
     merged = copy.deepcopy(raw)
@@ -441,8 +444,17 @@ def merge_dotted(raw: dict, overrides: dict) -> dict:
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {dotted}: {key} is not a section")
-        node[keys[-1]] = value
+        _merge_value(node, keys[-1], copy.deepcopy(value))
     return merged
+
+
+def _merge_value(node: dict, key: str, value) -> None:
+    """``node[key] = value``, but a non-empty mapping into a mapping already there is merged key by key."""
+    if isinstance(value, dict) and value and isinstance(node.get(key), dict):
+        for name, inner in value.items():
+            _merge_value(node[key], name, inner)
+    else:
+        node[key] = value
 
 
 def from_dict(cls, raw: Any, where: str):

@@ -194,9 +194,37 @@ def evaluate_checkpoint(checkpoint_path: str | Path, data_path: str | Path | Non
     table["data"] = str(data_path)
     if checkpoint["data"].get("sha256") != _file_sha256(data_path):  # another file: count the states it shares
         table["training_states"] = training_states_in(checkpoint, data_path, indices)
+    elif rows_left_out(checkpoint, data_path, split, indices):
+        table["rows_left_out"] = rows_left_out(checkpoint, data_path, split, indices)
     return table, prediction
+
+
+def rows_left_out(checkpoint: dict, data_path, split: str, indices) -> dict | None:
+    """For split 'all' of the checkpoint's own training file: the run's rows, data.max_samples of them, and how
+    many rows of the file that left out (None when none). `dodo evaluate --split all` (and inspect) of the
+    training file did not say (outside probe, open items of training round three)."""
+    if split != "all":
+        return None
+    file_rows = count_rows(data_path)
+    if len(indices) >= file_rows:
+        return None
+    max_samples = ((checkpoint.get("config") or {}).get("data") or {}).get("max_samples")
+    return {"rows": int(len(indices)), "file_rows": int(file_rows), "left_out": int(file_rows - len(indices)),
+            "max_samples": max_samples}
+
+
+def rows_left_out_note(table: dict) -> str:
+    """The line `dodo evaluate --split all` of a checkpoint's own training file prints when data.max_samples left
+    rows of it out of the run (and so out of the table)."""
+    left = table.get("rows_left_out")
+    if not left:
+        return ""
+    return (f"\nnote: split 'all' is the run's {left['rows']:,} rows (data.max_samples: {left['max_samples']}) of the "
+            f"{left['file_rows']:,} in {table['data']}; the other {left['left_out']:,} are in no split (never trained "
+            "on) and are not in this table")
 
 
 def describe(table: dict) -> str:
     return f"split '{table['split']}' of {table['data']}\n" + format_metric_table(table) + \
-        f"\nlimiter active on {table['limiter_active_fraction']:.2%} of cells" + training_states_note(table)
+        f"\nlimiter active on {table['limiter_active_fraction']:.2%} of cells" + training_states_note(table) + \
+        rows_left_out_note(table)

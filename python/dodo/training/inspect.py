@@ -12,7 +12,7 @@ from dodo._shown import counted
 from .config import LossConfig, from_dict
 from .dataset import CellDataset
 from .evaluate import (_file_sha256, checkpoint_data, data_identity, refuse_data_changed_since, resolve_split,
-                       split_indices_for, training_states_in, training_states_note)
+                       rows_left_out, rows_left_out_note, split_indices_for, training_states_in, training_states_note)
 from .losses import loss_terms
 from .train import closure_from_checkpoint, load_checkpoint, refuse_weights_that_are_not_finite
 
@@ -60,6 +60,8 @@ def inspect_checkpoint(checkpoint_path: str | Path, data_path=None, split: str |
     # (inspect said nothing of them; outside probe, training round three).
     shared = ({} if checkpoint["data"].get("sha256") == _file_sha256(data_path)
               else {"training_states": training_states_in(checkpoint, data_path, indices)})
+    if not shared and rows_left_out(checkpoint, data_path, split, split_indices):  # as dodo evaluate says
+        shared["rows_left_out"] = rows_left_out(checkpoint, data_path, split, split_indices)
     return {
         "data": str(data_path), "cells": len(indices), "split": split, "slice": [start, stop],
         "loss_terms_model": terms, "loss_terms_weighted": weighted, "loss_total": sum(weighted.values()),
@@ -90,4 +92,4 @@ def format_inspection(report: dict) -> str:
         cells = [f"{report['flux_factor'][k][name]['mean']:.3f}/{report['flux_factor'][k][name]['max']:.3f}"
                  for k in report["flux_factor"]]
         lines.append(f"{name:<10} " + " ".join(f"{c:>15}" for c in cells))
-    return "\n".join(lines) + training_states_note(report)
+    return "\n".join(lines) + training_states_note(report) + rows_left_out_note(report)

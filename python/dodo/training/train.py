@@ -7,6 +7,7 @@ import errno
 import json
 import math
 import multiprocessing.connection
+import os
 import random
 import signal
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._atomic import atomic_path, sha256_file, write_json_atomic
+from .._atomic import OutputPathError, atomic_path, sha256_file, write_json_atomic
 from .config import ExperimentConfig
 from .dataset import (CellDataset, check_preprocessed, collate_batch, count_rows, invariant_statistics, make_splits,
                       percentile_target_scale)
@@ -32,11 +33,14 @@ CHECKPOINT_FORMAT = "dodo-checkpoint-v1"
 
 
 class RunLog:
-    """Lines to the console and to results/train.log (appended, so a resumed run continues it)."""
+    """Lines to the console and to results/train.log (appended, so a resumed run continues it). ``watch``
+    (RunDirectories): checked before each line is appended, so that no line goes into a directory made
+    where the results directory was before it moved."""
 
-    def __init__(self, path: Path, echo=print) -> None:
+    def __init__(self, path: Path, echo=print, watch: "RunDirectories | None" = None) -> None:
         self.path = path
         self.echo = echo
+        self.watch = watch
         path.parent.mkdir(parents=True, exist_ok=True)
         _own_copy_of_a_linked_file(path)
 
@@ -45,6 +49,8 @@ class RunLog:
         line = f"[{stamp}] {message}"
         if self.echo is not None:
             self.echo(line)
+        if self.watch is not None:
+            self.watch.check()
         try:
             with open(self.path, "a") as handle:
                 handle.write(line + "\n")
@@ -55,6 +61,81 @@ class RunLog:
             if error.filename is not None:
                 raise
             raise OSError(error.errno, error.strerror or str(error), str(self.path)) from None
+
+
+class RunDirectoryMovedError(OutputPathError):
+    """The run's checkpoint or results directory was moved, renamed or removed while it trained."""
+
+
+class RunDirectories:
+    """output.checkpoint_dir and output.results_dir held open (O_PATH) while the run trains, by the process
+    that writes them. A run whose directory was moved (`mv tr tr2` during `dodo train`, tr holding res/ and
+    ck/) ended in "[Errno 2] No such file or directory: 'tr/res/train.log'", saying neither that the
+    directory moved nor that the last.pt kept there resumes the run; moved and made again, the run went on
+    writing into the new directory (outside probe, open items of data-loss round fourteen). ``check()`` raises
+    RunDirectoryMovedError, saying where each moved directory is now and how to resume; ``last_written``: the
+    epoch of the last.pt this run wrote (or resumed) in the checkpoint directory."""
+
+    def __init__(self, checkpoint_dir: Path, results_dir: Path, config_path: str | None = None) -> None:
+        from .._atomic import HeldDirectory
+
+        self.checkpoint_dir, self.results_dir = Path(checkpoint_dir), Path(results_dir)
+        self.held = {"checkpoint": HeldDirectory(checkpoint_dir), "results": HeldDirectory(results_dir)}
+        self.last_written: int | None = None
+        self.config_path = config_path
+
+    def text(self) -> str | None:
+        """The error's text when a directory is no longer at its path, else None."""
+        fates = {role: held.fate() for role, held in self.held.items()}
+        if not any(fates.values()):
+            return None
+        checkpoints, results = fates["checkpoint"], fates["results"]
+        said = []
+        for role, directory, key in (("checkpoint", self.checkpoint_dir, "output.checkpoint_dir"),
+                                     ("results", self.results_dir, "output.results_dir")):
+            fate = fates[role]
+            if fate is None or (said and os.path.abspath(directory) == os.path.abspath(self.checkpoint_dir)):
+                continue  # where it is, or one directory for both
+            if fate[0] == "removed":
+                what = "was removed"
+            else:
+                what = ("was moved or renamed" + (f" (it is now {fate[1]})" if fate[1] else "")
+                        + (" and another directory made in its place" if fate[0] == "replaced" else ""))
+            said.append(f"and {directory} {what} ({key})" if said else
+                        f"its directory {directory} {what} while the run trained ({key})")
+        stopped = f"after epoch {self.last_written}" if self.last_written is not None else "before its first last.pt"
+        text = f"{', '.join(said)}; the run stopped {stopped} and writes nothing more, at the old paths or the new"
+        config = f"--config {self.config_path}" if self.config_path else "--config ..."
+        last = self.checkpoint_dir / "last.pt"
+        if checkpoints is not None and checkpoints[0] == "removed":
+            return f"{text}: its checkpoints went with the directory: train again"
+        if self.last_written is None:
+            return f"{text}: no last.pt of this run was written yet: train again"
+        if checkpoints is None:  # the results directory only
+            where = results[1] if results[0] != "removed" else ""
+            how = (f"move {where} back to {self.results_dir} and run dodo train {config} --resume {last}, or resume "
+                   f"it there: dodo train {config} --resume {last} --set output.results_dir={where}" if where else
+                   f"dodo train {config} --resume {last}")
+            return f"{text}: {last} (epoch {self.last_written}) resumes it: {how}"
+        if not checkpoints[1]:
+            return (f"{text}: the last.pt in the moved directory (epoch {self.last_written}) resumes it: move the "
+                    f"directory back and run dodo train {config} --resume {last}")
+        now = Path(checkpoints[1])
+        sets = f" --set output.checkpoint_dir={now}"
+        if results is not None and results[0] != "removed" and results[1]:
+            sets += f" --set output.results_dir={results[1]}"
+        return (f"{text}: {now / 'last.pt'} (epoch {self.last_written}) resumes it: move the directory back and run "
+                f"dodo train {config} --resume {last}, or resume it where it is now: dodo train {config} --resume "
+                f"{now / 'last.pt'}{sets}")
+
+    def check(self) -> None:
+        text = self.text()
+        if text is not None:
+            raise RunDirectoryMovedError(text)
+
+    def close(self) -> None:
+        for held in self.held.values():
+            held.close()
 
 
 def _own_copy_of_a_linked_file(path: Path) -> None:
@@ -989,21 +1070,36 @@ def check_worker_file_limit(num_workers: int) -> None:
             "(ulimit -n 1024), or set data.num_workers: 0 (the data loaded in the training process)")
 
 
-def train(config: ExperimentConfig, echo=print) -> dict:
+def train(config: ExperimentConfig, echo=print, config_path: str | None = None) -> dict:
     """Train per ``config``; returns a summary (the metrics JSON content, plus 'status').
 
     On CPU the run is deterministic for a given seed (and thread count); torch's global
     deterministic-algorithms switch is restored afterwards.
     Started by torchrun with several processes, it trains data-parallel (training/distributed.py).
+    ``config_path``: the config file's path, for the advice of an error.
     """
     previous = torch.are_deterministic_algorithms_enabled()
     distribution = Distribution.from_environment()
     finished = False
+    watch = None
     try:
-        summary = _train(config, echo, distribution)
+        if distribution.is_main:  # the process that writes the run's files
+            config.make_dirs()
+            watch = RunDirectories(Path(config.output.checkpoint_dir), Path(config.output.results_dir), config_path)
+        try:
+            summary = _train(config, echo, distribution, watch)
+        except Exception as error:
+            # Whatever failed first (train.log's append, a checkpoint's write, the metrics), a moved or
+            # removed run directory is the cause to report, with where it is now and how to resume.
+            text = watch.text() if watch is not None and not isinstance(error, RunDirectoryMovedError) else None
+            if text is not None:
+                raise RunDirectoryMovedError(text) from None
+            raise
         finished = True
         return summary
     finally:
+        if watch is not None:
+            watch.close()
         try:
             torch.use_deterministic_algorithms(previous)
         except Exception:
@@ -1040,13 +1136,13 @@ def _settings_every_process_shares(config: ExperimentConfig) -> dict:
     return settings
 
 
-def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
+def _train(config: ExperimentConfig, echo, distribution: Distribution, watch: RunDirectories | None = None) -> dict:
     import dodo
 
     results_dir = Path(config.output.results_dir)
     checkpoint_dir = Path(config.output.checkpoint_dir)
     config.make_dirs()
-    log = RunLog(results_dir / "train.log", echo) if distribution.is_main else (lambda message: None)
+    log = RunLog(results_dir / "train.log", echo, watch) if distribution.is_main else (lambda message: None)
     t = config.training
     if t.threads:
         torch.set_num_threads(t.threads)
@@ -1233,9 +1329,13 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
     # failed write leaves to resume from.
     last_written = (start_epoch - 1 if t.resume_from and Path(resume_path).name == "last.pt"
                     and resumes_its_own_run(checkpoint_dir, str(resume_path)) else None)
+    if watch is not None:
+        watch.last_written = last_written
 
     def saving(state: dict, path: Path, epoch: int | None, keep_previous: bool = False) -> None:
         """save_checkpoint, and on a failed write (a full disk, ulimit -f) the run's error names what is kept."""
+        if watch is not None:
+            watch.check()  # nothing into a directory made where the moved one was
         try:
             save_checkpoint(state, path, keep_previous=keep_previous)
         except OSError as error:
@@ -1303,6 +1403,8 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution) -> dict:
             saving(checkpoint_state(epoch), checkpoint_dir / "last.pt", epoch, keep_previous=keep_previous)
             keep_previous = True
             last_written = epoch
+            if watch is not None:
+                watch.last_written = epoch
         # The epoch asked for only: a resume past it (the config's stop_after_epoch: 2, resumed after epoch 2)
         # stopped after every later epoch "as asked" (outside probe, training round three).
         if t.stop_after_epoch is not None and epoch == t.stop_after_epoch and epoch < t.epochs:
