@@ -156,7 +156,8 @@ def test_a_study_that_sets_a_whole_section_to_null_is_refused(tmp_path, capsys, 
 def test_a_mapping_given_for_a_section_keeps_its_other_keys(tmp_path):
     """Before: `--set 'training={epochs: 2}'` (or a study's `overrides: {training: {epochs: 2}}`) replaced the
     config's training section, its threads and log_interval falling back to their defaults without a word.
-    Now the mapping is merged key by key; `--set training={}` is refused as null is."""
+    Now the mapping is merged key by key, each of its keys checked as its own override; `--set training={}`
+    (or a section null inside the mapping) is refused as null is."""
     from dodo.training.config import ConfigError, ExperimentConfig
 
     table = synthetic_preprocessed(tmp_path, 50)
@@ -165,6 +166,9 @@ def test_a_mapping_given_for_a_section_keeps_its_other_keys(tmp_path):
     assert (loaded.training.epochs, loaded.training.threads, loaded.training.log_interval) == (2, 1, 1000)
     with pytest.raises(ConfigError, match=r"override training \(--set\): .*would replace the whole training section"):
         ExperimentConfig.load(config, {"training": {}}, create_dirs=False)
+    # A section null inside the mapping (`--set 'data={box3d: null}'`) is refused as `--set data.box3d=null` is.
+    with pytest.raises(ConfigError, match=r"override data\.box3d \(--set\): .*would replace the whole data\.box3d"):
+        ExperimentConfig.load(config, {"data": {"box3d": None}}, create_dirs=False)
 
 
 # --- dodo evaluate --split all of the training file under data.max_samples --------------------------------------

@@ -416,6 +416,12 @@ def check_override_keys(cls, overrides: dict) -> None:
                     raise ConfigError(f"override {dotted} (--set): null (or an empty value, or {{}}) would replace "
                                       f"the whole {dotted} section of the config by its defaults: set its keys one by "
                                       f"one, e.g. --set {dotted}.{first}=VALUE")
+                if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+                    # A mapping is merged into the section key by key (merge_dotted): each of its keys is checked
+                    # as its own override, a section null inside it too (`--set 'data={box3d: null}'` gave
+                    # data.box3d its defaults without a word; outside probe, open items of training round three).
+                    check_override_keys(cls, {f"{dotted}.{name}": inner for name, inner in value.items()})
+                    break
                 _coerce(hint, value, f"override {dotted} (--set)")
             # Optional[Section] is Union[Section, None]: its section's keys are checked too.
             members = [arg for arg in typing.get_args(hint) if arg is not type(None)] or [hint]
