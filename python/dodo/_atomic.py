@@ -498,8 +498,12 @@ def atomic_path(final: str | Path):
     # Where this process holds a lock in the directory (dodo simulate's .OUT.lock, dodo train's), what became
     # of it: moved, and where to, or moved and another directory made in its place (which is_dir() took for
     # the same directory: the write went into the new one).
-    fate = held_directory_fate(final.parent) if scope is not None and scope.get(key) is not None else None
-    if scope is not None and scope.get(key) is not None and (fate is not None or not final.parent.is_dir()):
+    # Whether or not the command found the file: `dodo train-ensemble` whose checkpoint directory (its lock's)
+    # was moved while it trained wrote its checkpoint into a directory made again at the path, outside its
+    # lock, exit 0 (outside probe, open items of data-loss round fourteen).
+    fate = held_directory_fate(final.parent)
+    found_here = scope is not None and scope.get(key) is not None
+    if fate is not None or (found_here and not final.parent.is_dir()):
         # The directory of a file the command found (or wrote) there is gone: `rm -rf ck` (or `mv ck
         # ck.old`) during `dodo train` was made again by the next checkpoint's mkdir, and the run went on
         # in a new ck without its lock (another run could start there) and without its best.pt (the end
@@ -511,9 +515,9 @@ def atomic_path(final: str | Path):
         else:
             what = ("was moved or renamed" + (f" (it is now {fate[1]})" if fate[1] else "")
                     + (" and another directory made in its place" if fate[0] == "replaced" else ""))
+        had = f", with the {final.name} it had found or written there" if found_here else ""
         raise OutputPathError(f"cannot write {given}: its directory {final.parent} {what} while this "
-                              f"command ran, with the {final.name} it had found or written there; it is not made "
-                              "again: nothing more is written there")
+                              f"command ran{had}; it is not made again: nothing more is written there")
     # The directories made for this output, removed again (when empty) if the write fails: a failed
     # `dodo preprocess -o new/dir/out.h5` left new/dir/ behind (outside probe, round 23).
     made = missing_directories([final.parent])

@@ -299,3 +299,62 @@ def stopping_or_failing_fit(X, seed):
             if fields[0] in (b"T", b"t") and int(fields[1]) == parent:
                 raise ValueError(f"no member for seed {seed}")
         os.sched_yield()
+
+
+# --- train-ensemble whose checkpoint directory is moved while it trains (fresh probe) ------------------------------
+
+
+def test_a_write_into_a_moved_locked_directory_is_refused_though_the_file_was_never_there(tmp_path):
+    """Before: `dodo train-ensemble` (output.checkpoint ens/e.pt) whose directory was moved while it trained wrote
+    e.pt into a directory made again at ens, outside the run's lock (which went with ens2), exit 0. Now a write
+    into a directory whose lock this process holds is refused once the directory is not at its path, found file
+    or not."""
+    from dodo._atomic import OutputPathError, atomic_path, exclusive_directory
+
+    directory, moved = tmp_path / "ens", tmp_path / "ens2"
+    with exclusive_directory(directory, "dodo train-ensemble"):
+        os.rename(directory, moved)
+        with pytest.raises(OutputPathError, match=f"its directory {directory} was moved or renamed "
+                                                  f"\\(it is now {moved}\\) while this command ran; it is not made again"):
+            with atomic_path(directory / "e.pt") as temporary:
+                temporary.write_text("x")
+    assert not directory.exists()
+
+
+def test_train_ensemble_whose_checkpoint_directory_is_moved_writes_no_checkpoint_elsewhere(tmp_path, capsys,
+                                                                                         monkeypatch):
+    """The command: the directory renamed at the end of training (just before the checkpoint is written); one
+    line saying it moved and where, nothing made at the old path."""
+    import h5py
+
+    import dodo.training.ensemble_train as ensemble_train
+    from cli_helpers import REPO
+    from dodo.qke.growth_labels import KIND
+
+    emu = REPO / "tests" / "data" / "qke" / "emu_1d_validation.h5"
+    table = tmp_path / "emu.h5"
+    code, _, err = run(capsys, ["preprocess", "--config", str(REPO / "training" / "configs" / "pre_process_qke.yaml"),
+                                "--set", f"inputs=[{str(emu)!r}]", "-o", str(table), "-q"])
+    assert code == 0, err
+    labels = tmp_path / "labels.h5"
+    with h5py.File(emu, "r") as source, h5py.File(labels, "w") as out:
+        out.attrs["kind"] = KIND
+        out["F4_initial(1|ccm)"] = source["F4_initial(1|ccm)"][...] * 1.01
+        out["linear_growthRate_box(1|s)"] = source["linear_growthRate_box(1|s)"][...]
+    directory, moved = tmp_path / "ens", tmp_path / "ens2"
+    version = ensemble_train._dodo_version
+
+    def move_then_version():  # called while the checkpoint's contents are put together, before its write
+        if directory.exists():
+            os.rename(directory, moved)
+        return version()
+
+    monkeypatch.setattr(ensemble_train, "_dodo_version", move_then_version)
+    code, _, err = run(capsys, [
+        "train-ensemble", "--config", str(REPO / "training" / "configs" / "ensemble_default.yaml"),
+        "--set", f"data.path={table}", "--set", "data.holdout=[]", "--set", "noise.weight=0", "--set", "noise.oof=",
+        "--set", "distill.sampled_states=0", "--set", "ensemble.members=2", "--set", "ensemble.epochs=2",
+        "--set", "growth.members=1", "--set", "growth.epochs=2", "--set", "distill.epochs=2",
+        "--set", f"growth.data=[{str(labels)!r}]", "--set", f"output.checkpoint={directory / 'e.pt'}"])
+    assert code == 2 and f"its directory {directory} was moved or renamed (it is now {moved})" in err, err
+    assert "another directory made in its place" not in err and not directory.exists()

@@ -889,7 +889,8 @@ def save_checkpoint(ensemble: DensityResidualEnsemble, config: EnsembleConfig, t
              # Which Dodo wrote it: a checkpoint another version cannot read is said to be that version's
              # (since 2026-12-07; outside probe, training round three).
              "dodo_version": _dodo_version()}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    # No mkdir here: atomic_path makes a missing directory, after its check that the directory of the run's
+    # lock was not moved (made again here first, it was "moved ... and another directory made in its place").
     with atomic_path(path) as tmp:
         write_torch_file(state, tmp)
 
