@@ -358,3 +358,28 @@ def test_train_ensemble_whose_checkpoint_directory_is_moved_writes_no_checkpoint
         "--set", f"growth.data=[{str(labels)!r}]", "--set", f"output.checkpoint={directory / 'e.pt'}"])
     assert code == 2 and f"its directory {directory} was moved or renamed (it is now {moved})" in err, err
     assert "another directory made in its place" not in err and not directory.exists()
+
+
+def test_a_study_grid_of_section_mappings_keeps_the_overrides_of_other_keys(tmp_path, capsys):
+    """Before: `grid: {training: [{lr: 1e-3}, {lr: 2e-3}]}` beside `overrides: {training.epochs: 2}` was refused
+    ("each run would take the grid's value and drop the override"), the mapping then replacing the section.
+    Now the mapping is merged into the section: accepted, each run with epochs 2, the grid's lr and the base's
+    threads; the same key in both is still refused."""
+    from dodo.training.config import ExperimentConfig, merge_dotted, read_yaml_mapping
+    from dodo.training.study import grid_points, load_grid
+
+    tiny_study_base(tmp_path)
+    grid = tmp_path / "g.yaml"
+    grid.write_text(f"base_config: base.yaml\noutput_root: {tmp_path / 'out'}\noverrides: {{training.epochs: 2}}\n"
+                    "grid: {training: [{lr: 1.0e-3}, {lr: 2.0e-3}]}\n")
+    code, _, err = run(capsys, ["study", str(grid), "--dry-run"])
+    assert code == 0, err
+    spec = load_grid(grid)
+    runs = [ExperimentConfig.from_mapping(merge_dotted(read_yaml_mapping(spec["base_config"]),
+                                                       {**spec["overrides"], **point})).training
+            for point in grid_points(spec["grid"])]
+    assert [(t.epochs, t.lr, t.threads, t.log_interval) for t in runs] == [(2, 1e-3, 1, 1000), (2, 2e-3, 1, 1000)]
+    grid.write_text(f"base_config: base.yaml\noutput_root: {tmp_path / 'out'}\noverrides: {{training: {{lr: 3.0e-3}}}}\n"
+                    "grid: {training: [{lr: 1.0e-3}]}\n")
+    code, _, err = run(capsys, ["study", str(grid), "--dry-run"])
+    assert code == 2 and "training.lr is set by both overrides and grid" in err, err

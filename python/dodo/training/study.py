@@ -145,13 +145,16 @@ def _refuse_sections_set_to_null(path, overrides: dict, grid: dict) -> None:
 def _refuse_keys_set_twice(path, overrides: dict, grid: dict) -> None:
     """A setting given by both ``overrides:`` and ``grid:``: each run took the grid's value and the
     override was dropped without a word (--dry-run lists the grid points only; outside probe,
-    round 23). So was an override inside a section the grid sets whole (``grid: {training: [{...}]}``
-    replaces the section). Refused, naming the key."""
+    round 23). Refused, naming the key; an override of another key of a section the grid gives a mapping for
+    (``grid: {training: [{lr: ...}]}``) is kept, the mapping merged into the section."""
     given = {leaf for key, value in overrides.items() for leaf in _leaves(str(key), value)}
     for key, values in grid.items():
         for leaf in {leaf for value in values for leaf in _leaves(str(key), value)}:
-            clash = sorted(other for other in given if other == leaf or other.startswith(f"{key}.")
-                           or other.startswith(f"{leaf}."))
+            # Not every key of the section the grid gives a mapping for: a mapping is merged into its section
+            # key by key (merge_dotted), so `overrides: {training.epochs: 2}` beside `grid: {training: [{lr: ..}]}`
+            # is kept (it was refused as dropped, which the merge no longer does).
+            clash = sorted(other for other in given if other == leaf or other.startswith(f"{leaf}.")
+                           or leaf.startswith(f"{other}."))
             if clash:
                 raise ConfigError(f"{path}: {clash[0]} is set by both overrides and grid ({key}); each run would "
                                   "take the grid's value and drop the override: set it in one of them")
