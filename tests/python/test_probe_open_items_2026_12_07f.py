@@ -379,7 +379,7 @@ def test_a_study_grid_of_section_mappings_keeps_the_overrides_of_other_keys(tmp_
                                                        {**spec["overrides"], **point})).training
             for point in grid_points(spec["grid"])]
     assert [(t.epochs, t.lr, t.threads, t.log_interval) for t in runs] == [(2, 1e-3, 1, 1000), (2, 2e-3, 1, 1000)]
-    grid.write_text(f"base_config: base.yaml\noutput_root: {tmp_path / 'out'}\noverrides: {{training: {{lr: 3.0e-3}}}}\n"
-                    "grid: {training: [{lr: 1.0e-3}]}\n")
+    grid.write_text(f"base_config: base.yaml\noutput_root: {tmp_path / 'out'}\n"
+                    "overrides: {training: {lr: 3.0e-3}}\ngrid: {training: [{lr: 1.0e-3}]}\n")
     code, _, err = run(capsys, ["study", str(grid), "--dry-run"])
     assert code == 2 and "training.lr is set by both overrides and grid" in err, err
