@@ -314,7 +314,7 @@ def test_a_write_into_a_moved_locked_directory_is_refused_though_the_file_was_ne
     directory, moved = tmp_path / "ens", tmp_path / "ens2"
     with exclusive_directory(directory, "dodo train-ensemble"):
         os.rename(directory, moved)
-        said = f"its directory {directory} was moved or renamed \\(it is now {moved}\\) while this command ran; it is not"
+        said = f"its directory {directory} was moved or renamed \\(it is now {moved}\\) while this command ran"
         with pytest.raises(OutputPathError, match=said):
             with atomic_path(directory / "e.pt") as temporary:
                 temporary.write_text("x")
