@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 import pytest
 from cli_helpers import REPO, run
+from test_probe_round61 import _preprocessed
 
 pytest.importorskip("torch")
 pytest.importorskip("yaml")
@@ -39,14 +40,6 @@ def _emu_rows(path: Path, rows) -> Path:
         for name, value in source.attrs.items():
             out.attrs[name] = value
     return path
-
-
-def _preprocessed(capsys, tmp_path: Path, emu: Path, name: str) -> Path:
-    out = tmp_path / name
-    code, _, err = run(capsys, ["preprocess", "--config", str(REPO / "training" / "configs" / "pre_process_qke.yaml"),
-                                "--set", f"inputs=[{json.dumps(str(emu))}]", "-o", str(out), "-q"])
-    assert code == 0 and out.is_file(), err
-    return out
 
 
 def _train(tmp_path: Path, table: Path, name: str, *extra) -> list[str]:
