@@ -7,6 +7,8 @@ import errno
 import os
 import re
 
+from ._lock_holders import dodo_command_of, flock_holder_pid, pid_text
+
 
 def held_open_for_writing(error: BaseException) -> bool:
     """Whether h5py's ``error`` opening a file is HDF5's file lock: another process (an h5py session, a
@@ -74,17 +76,15 @@ def held_for_writing_by(path) -> str | None:
 
 def _holder_words(descriptor: int) -> str:
     """" (pid N, PROGRAM...)" of the process that holds an flock on the open file ``descriptor``; ""."""
-    from ._atomic import _dodo_command_of, _flock_holder_pid, _pid_text
-
-    pid = _flock_holder_pid(descriptor)
+    pid = flock_holder_pid(descriptor)
     if pid is None:
         return ""
-    name = _dodo_command_of(pid)
+    name = dodo_command_of(pid)
     if not name:
         try:
             with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as comm:
                 name = comm.read().strip()
         except OSError:
             name = ""
-    text = _pid_text(pid)
+    text = pid_text(pid)
     return text.replace(f"(pid {pid}", f"(pid {pid}, {name}", 1) if name else text
