@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_probe_c_round47 import DODO_AS_A_SUBPROJECT
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 600  # a hang guard only
@@ -87,13 +88,6 @@ def test_bench_scaling_names_what_is_missing_before_any_work(tmp_path, missing):
     assert result.stdout == "", result.stdout[-1500:]  # no table: nothing was measured
 
 
-VENDORING_HOST = """
-cmake_minimum_required(VERSION 3.18)
-project(host C)
-add_subdirectory("{source}" dodo EXCLUDE_FROM_ALL)
-add_executable(app app.c)
-target_link_libraries(app PRIVATE Dodo::dodo)
-"""
 
 
 def test_a_vendoring_host_without_onnxruntime_is_told_at_configure_time(tmp_path):
@@ -111,7 +105,7 @@ def test_a_vendoring_host_without_onnxruntime_is_told_at_configure_time(tmp_path
         shutil.copytree(ROOT / part, source / part)
     host = tmp_path / "host"
     host.mkdir()
-    (host / "CMakeLists.txt").write_text(VENDORING_HOST.format(source=source.as_posix()))
+    (host / "CMakeLists.txt").write_text(DODO_AS_A_SUBPROJECT.format(root=source.as_posix()))
     (host / "app.c").write_text("#include <dodo/dodo.h>\nint main(void) { return dodo_api_version() != 1; }\n")
     no_python = tmp_path / "no-python"  # an interpreter that runs nothing: no onnxruntime anywhere
     no_python.write_text("#!/bin/sh\nexit 1\n")
