@@ -342,18 +342,6 @@ def _refuse_compressed_bytes(data: bytes) -> None:
                            f"package: unpack it first ({_UNPACK_IN_PYTHON[packed[0]]}) and give the package's bytes")
 
 
-def _in_the_singular(error: Exception) -> Exception:
-    """``error`` with the runtime's "model in memory (1 bytes)" (cpp/src/runtime/closure.cpp counts a
-    package in memory in bytes, the plural whatever the count: a one-byte buffer, b"x" or a broadcast
-    cut short, was "model in memory (1 bytes)") said as "(1 byte)"; ``error`` itself where the words
-    are not there (outside probe, Python round sixty-three)."""
-    text = str(error)
-    if not isinstance(error, (RuntimeError, ValueError)) or "model in memory (1 bytes)" not in text:
-        return error
-    return type(error)(text.replace("model in memory (1 bytes)", "model in memory (1 byte)"))
-
-
-#: The runtime's words for a text (or an archive) given as bytes in memory, and a file's (onnx_package.cpp).
 _MEMORY_TEXT_ENDS = ((": give the bytes of the binary .onnx file dodo export writes (a path is given to dodo_closure_create, "
                       "dodo::Closure(path) or Fortran's dodo_create, not as the bytes)",
                       ": a package is the binary .onnx file dodo export writes"),
@@ -611,9 +599,7 @@ class Closure:
                 device=_text("device", device, '"cpu", "cuda" or "cuda:N"'), run_self_test=bool(self_test and has_model),
                 evaluator=_text("evaluator", evaluator, '"auto" or "onnxruntime"'))
         except (RuntimeError, ValueError, OSError) as raised:
-            # The runtime counts a package in memory as "(N bytes)", "(1 bytes)" of one byte: said in
-            # the singular here, before any hint below quotes it (outside probe, Python round sixty-three).
-            error = _in_the_singular(raised)
+            error = raised
             if isinstance(max_flux_factor, np.floating) and max_flux_factor.dtype.itemsize < 8 and \
                     "max_flux_factor" in str(error) and "was requested" in str(error):
                 # np.float32(0.98) (read from a float32 file or array) is 0.9800000190734863, which the
