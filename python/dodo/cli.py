@@ -135,7 +135,38 @@ def _info(args: argparse.Namespace) -> int:
         print(f"{key}: {value}")
     for line in _runtime_variable_lines():
         print(line)
+    launch = _launch_line()
+    if launch:
+        print(launch)
     return 0
+
+
+def _launch_line(environ=None) -> str | None:
+    """`dodo info`'s line on the launcher that started this process as one of several (torchrun, mpirun or
+    srun): which process it is and what runs over them; None otherwise. `torchrun --nproc-per-node 2 -m dodo
+    info` was refused ("only dodo train runs data-parallel") where `mpirun -n 2 dodo info` printed the same
+    listing once per rank, and neither said a word of the ranks (outside probe, scale-out round four)."""
+    environ = os.environ if environ is None else environ
+    shared = "dodo info and dodo reference print in each; every other command is refused"
+    if str(environ.get("TORCHELASTIC_RUN_ID", "")).strip():
+        world, rank = str(environ.get("WORLD_SIZE", "")).strip(), str(environ.get("RANK", "")).strip()
+        if world.isdecimal() and int(world) > 1:
+            return (f"launcher: torchrun, process {rank or '?'} of {world} (RANK={rank}, WORLD_SIZE={world}): dodo "
+                    f"train runs data-parallel over the processes; {shared}")
+    from .qke.parallel import replicated_launch
+
+    ranks, variables = replicated_launch(environ)
+    if ranks <= 1:
+        return None
+    rank = next((environ[name] for name in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID")
+                 if str(environ.get(name, "")).isdecimal()), "?")
+    import importlib.util
+
+    from ._shown import extra_install
+
+    mpi = "" if importlib.util.find_spec("mpi4py") else f" once mpi4py is installed ({extra_install('mpi')})"
+    return (f"launcher: MPI, rank {rank} of {ranks} ({variables}): dodo simulate shares its work over the "
+            f"ranks{mpi}; {shared}")
 
 
 def _runtime_variable_lines() -> list[str]:
@@ -703,7 +734,9 @@ def _torchrun_replica_problem(command, environ=None) -> str | None:
     simulate`, the same with its lock; `dodo export` and `preprocess` wrote their file twice)
     (outside probe, round 30). None when the command may run."""
     environ = os.environ if environ is None else environ
-    if command in _DATA_PARALLEL_COMMANDS or not str(environ.get("TORCHELASTIC_RUN_ID", "")).strip():
+    # info and reference only print: once per process, as under mpirun (_mpi_replica_problem).
+    if command in _DATA_PARALLEL_COMMANDS or command in _PATHLESS_COMMANDS or \
+            not str(environ.get("TORCHELASTIC_RUN_ID", "")).strip():
         return None
     try:
         world = int(str(environ.get("WORLD_SIZE", "1")).strip() or "1")

@@ -34,7 +34,7 @@ from .initial import species_direction_densities
 from .._atomic import atomic_write
 from .._shown import counted
 from .io import require_h5py, write_emu_database
-from .parallel import assign_batches, plan_batches, waited_for_text, world
+from .parallel import assign_batches, plan_batches, raised_on_every_rank, waited_for_text, world
 from .backends import make_box, resolve_backend
 from .solver import SolverConfig
 from .states import AXIS_SEARCH, EMU_AXIS_SEARCH, END_TIME_GROWTH_TIMES, NSM1_EMU_1D, box_setup, rotate_four_flux
@@ -549,10 +549,10 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
     differing = comm.computed_by_root(lambda: [rank for rank, value in enumerate(held) if value != agreement])
     # Each rank's pid and host: whom rank 0 names while it waits for a rank at the end (wait_for_ranks).
     where = comm.identities()
-    if differing:
-        raise ValueError(f"the MPI ranks do not hold the same states and settings: rank(s) "
-                         f"{', '.join(map(str, differing))} differ from rank 0 (start every rank with the same "
-                         "arguments, reading the same input file)")
+    if differing:  # every rank raises it: printed once, no MPI_Abort (raised_on_every_rank)
+        raise raised_on_every_rank(ValueError(
+            f"the MPI ranks do not hold the same states and settings: rank(s) {', '.join(map(str, differing))} "
+            "differ from rank 0 (start every rank with the same arguments, reading the same input file)"))
     # Rank 0 alone reads the checkpoints (thousands of ranks must not all scan the directory).
     results, origin, paths = comm.computed_by_root(
         lambda: _load_checkpoints(output, fingerprint, four_flux, settings, say, max_cost))
@@ -644,8 +644,9 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
     results = comm.bcast(results if comm.rank == 0 else None, root=0)
-    if not results["valid"].any():  # on every rank: the CLI then stops them all
-        raise no_valid_state(output, nstates, {int(i): str(results["reason"][i]) for i in range(nstates)})
+    if not results["valid"].any():  # on every rank: the CLI then ends them all, printing it once
+        raise raised_on_every_rank(no_valid_state(output, nstates,
+                                                  {int(i): str(results["reason"][i]) for i in range(nstates)}))
     return results
 
 

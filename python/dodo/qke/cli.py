@@ -13,6 +13,7 @@ import numpy as np
 from .._atomic import OutputPathError, check_outputs, exclusive_output
 from .._cli_common import add_output_argument, add_quiet_argument, input_path, resolve_output
 from .._shown import counted
+from .parallel import is_raised_on_every_rank, raised_on_every_rank
 from .selection import (DEFAULT_OVERSAMPLE, MAX_OVERSAMPLE, MIN_OVERSAMPLE, model_identity, model_uncertainty,
                         most_uncertain)
 from .solver import SolverConfig
@@ -132,6 +133,7 @@ def run_simulate(args) -> int:
         print(f"dodo simulate: error: {error}", file=sys.stderr)
         return 2
     hold = contextlib.ExitStack()  # OUT's lock, from the arguments' checks to the end
+    checked = False  # whether the ranks have met after their checks (communicator.stop_together)
     try:
         require_h5py()  # before reading or sampling states: the output is HDF5
         # Never overwrite (or checkpoint over) the input file; refuse a device, FIFO or directory as OUT.
@@ -331,6 +333,11 @@ def run_simulate(args) -> int:
             # output's settings recording "axis": "x" (outside probe, round 23).
             raise ValueError(f"--axis {args.axis} would not be used: {args.input}'s rotation_R sets each state's box "
                              f"axis; add --ignore-rotation to set the axes by --axis {args.axis}, or leave --axis out")
+        # Every rank's arguments and inputs are checked: all go on, or all end together with one line.
+        checked = True
+        stop = communicator.stop_together(None)
+        if stop is not None:
+            raise raised_on_every_rank(ValueError(stop))
         results = simulate_states(four_flux, args.output, config, batch_size=args.batch_size, axis=args.axis,
                                   rotation=rotation, box_length_cm=args.box_length, end_time_s=end_time,
                                   attributes={"source": source, "command": shlex.join(sys.argv), "max_cost_vs_nsm1":
@@ -341,10 +348,19 @@ def run_simulate(args) -> int:
         if isinstance(error, MemoryError):  # NumPy's message alone does not say what to change
             error = (f"out of memory ({str(error) or 'MemoryError'}): this run needs more memory than the machine "
                      "gives; lower --ncell, --nphi or --batch-size")
-        print(f"dodo simulate: error: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
-        if communicator.size > 1:
-            hold.close()  # MPI_Abort ends this process here: the lock would outlive the job
-            communicator.abort(2)  # the other ranks may be waiting for this one: stop them all
+        line = " ".join(str(error).split())
+        if communicator.size > 1 and not is_raised_on_every_rank(error):
+            if checked:  # this rank alone, during the campaign: the others may be waiting for it
+                print(f"dodo simulate: error: rank {communicator.rank} of {communicator.size}: {line}; stopping all "
+                      f"{communicator.size} ranks", file=sys.stderr, flush=True)
+                hold.close()  # MPI_Abort ends this process here: the lock would outlive the job
+                communicator.abort(2)
+                return 2
+            # A refusal of the arguments or inputs on this rank: the others learn it where they meet after
+            # their checks, and every rank ends with exit 2; rank 0 prints the job's one line.
+            line = communicator.stop_together(line)
+        if communicator.rank == 0:
+            print(f"dodo simulate: error: {line}", file=sys.stderr, flush=True)
         return 2
     except BaseException as error:
         # Under MPI, a rank that ends any other way (SIGTERM or SIGHUP to this rank alone, Ctrl-C, an

@@ -65,6 +65,10 @@ class SerialCommunicator:
         """function() as rank 0 computes it, on every rank (here: this process computes it)."""
         return function()
 
+    def stop_together(self, error: str | None) -> str | None:
+        """One process: its own error, as given (see MPICommunicator.stop_together)."""
+        return error
+
     def barrier(self) -> None:
         pass
 
@@ -95,8 +99,35 @@ class MPICommunicator:
         return self._comm.bcast(value, root=root)
 
     def computed_by_root(self, function):
-        """function() computed by rank 0 alone and sent to every rank."""
-        return self._comm.bcast(function() if self.rank == 0 else None, root=0)
+        """function() computed by rank 0 alone and sent to every rank. An error that rank 0 raises (a
+        checkpoint of another campaign) is sent too and raised on every rank (raised_on_every_rank): rank 0
+        raised alone before, and stopped the job with MPI_Abort while the others waited for its answer,
+        which Open MPI ended with SIGTERM ("terminated; stopping all 2 ranks" on each: scale-out round four)."""
+        if self.rank != 0:
+            value, error = self._comm.bcast(None, root=0)
+            if error is not None:
+                raise raised_on_every_rank(error)
+            return value
+        try:
+            value = function()
+        except (ValueError, OSError) as error:
+            self._comm.bcast((None, _portable(error)), root=0)
+            raise raised_on_every_rank(error)
+        except BaseException:
+            raise  # a signal or an unexpected error: the CLI stops every rank (MPI_Abort)
+        self._comm.bcast((value, None), root=0)
+        return value
+
+    def stop_together(self, error: str | None) -> str | None:
+        """Called by every rank once its checks of the arguments and inputs are done, with the one-line error
+        it met (None: ready). Returns, on every rank alike, None when every rank is ready, else the job's one
+        line: the error alone when every rank met it, else each distinct error after the ranks that met it
+        ("rank 1 of 2: cannot read IN: no such file ..."). The ranks then end together with exit 2, rank 0
+        printing the line: a rank that refused alone used to print its line (a line every rank met: once per
+        rank) and call MPI_Abort, Open MPI's page of it and "terminated; stopping all 2 ranks" from the
+        ranks it killed following (scale-out round four)."""
+        held = self._comm.allgather(error)
+        return joined_rank_errors(held)
 
     def barrier(self) -> None:
         self._comm.Barrier()
@@ -134,6 +165,67 @@ class MPICommunicator:
     def done_waiting(request) -> None:
         if request is not None:
             request.wait()
+
+
+def raised_on_every_rank(error: BaseException) -> BaseException:
+    """``error``, marked as raised by every rank of the job at the same point (each knows it): the CLI prints
+    it once (rank 0) and every rank ends with exit 2, with no MPI_Abort."""
+    error.dodo_every_rank = True
+    return error
+
+
+def is_raised_on_every_rank(error: BaseException) -> bool:
+    return bool(getattr(error, "dodo_every_rank", False))
+
+
+def _portable(error: BaseException) -> BaseException:
+    """``error`` as the other ranks can receive it (pickled): itself, or a ValueError of its text."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:  # an exception whose arguments do not pickle: its words
+        return ValueError(" ".join(str(error).split()))
+
+
+def _rank_ranges(ranks) -> str:
+    """"rank 1", "ranks 1, 3", "ranks 2-7, 9" of sorted rank numbers."""
+    spans = []
+    for rank in ranks:
+        if spans and rank == spans[-1][1] + 1:
+            spans[-1][1] = rank
+        else:
+            spans.append([rank, rank])
+    words = [str(a) if a == b else f"{a}, {b}" if b == a + 1 else f"{a}-{b}" for a, b in spans]
+    return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(words)
+
+
+#: Most distinct errors of the ranks named in the job's line (thousands of ranks may each say another).
+SHOWN_RANK_ERRORS = 3
+
+
+def joined_rank_errors(errors) -> str | None:
+    """The job's one line from each rank's error (None: that rank is ready), in rank order: None when no rank
+    met one; the error alone when every rank met the same; else "rank 1 of 4: E1; ranks 2, 3 of 4: E2"."""
+    size = len(errors)
+    failed = {}
+    for rank, error in enumerate(errors):
+        if error is not None:
+            failed.setdefault(error, []).append(rank)
+    if not failed:
+        return None
+    if len(failed) == 1 and len(next(iter(failed.values()))) == size:
+        return next(iter(failed))
+    parts = [f"{_rank_ranges(ranks)} of {size}: {error}" for error, ranks in failed.items()]
+    more = len(parts) - SHOWN_RANK_ERRORS
+    ready = [rank for rank, error in enumerate(errors) if error is None]
+    shown = "; ".join(parts[:SHOWN_RANK_ERRORS])
+    if more > 0:
+        shown += f"; and {more} other error{'s' if more > 1 else ''}"
+    if ready:
+        shown += f" ({_rank_ranges(ready)} {'was' if len(ready) == 1 else 'were'} ready; the job ends)"
+    return shown
 
 
 def launched_size(environ=os.environ) -> int:
