@@ -1351,6 +1351,11 @@ def _signals_held_in_callbacks(sink: "WriteErrorLatch"):
             with contextlib.suppress(ValueError, OSError, TypeError):
                 if signal.getsignal(signum) is held:  # a handler that replaced ours (SIG_DFL) stays
                     signal.signal(signum, handler)
+        # A signal held after the last check() (during atomic_hdf5's final sink.check() or between it and
+        # here; once the handlers are back, a later one goes to them directly) is handed on now. Before,
+        # the block ended with it still held and it was dropped: the write completed and renamed, exit 0
+        # after a Ctrl-C or SIGTERM (outside probe, data-loss round fifteen).
+        _hand_on_held(sink, previous)
 
 
 #: (holding handler, {signal: the handler before it}) of each _signals_held_in_callbacks block open in

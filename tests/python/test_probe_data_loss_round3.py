@@ -26,6 +26,10 @@ CHILD_TIMEOUT_S = 300
 # A child interpreter: an HDF5 output written through dodo._atomic.atomic_hdf5 whose chunked dataset
 # is flushed when the dataset object is deallocated (as dodo preprocess's are, on leaving the
 # function that made them); the signal is raised from inside the first write HDF5 makes from then on.
+# The children set Python's Ctrl-C handler themselves: a suite started in the background of a shell
+# without job control (`pytest ... &` in a script) makes its children ignore SIGINT (SIG_IGN survives
+# exec, and Python then installs no KeyboardInterrupt handler), and the raised SIGINT was ignored:
+# "completed", not "ended by KeyboardInterrupt" (a whole-suite run of 2026-12-07; section 121).
 _SIGNAL_IN_A_FLUSH = textwrap.dedent("""
     import signal, sys
     import numpy as np
@@ -33,6 +37,7 @@ _SIGNAL_IN_A_FLUSH = textwrap.dedent("""
 
     output, name = sys.argv[1], sys.argv[2]
     signum = getattr(signal, name)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # whatever SIGINT the suite was started with
     if signum != signal.SIGINT:
         from dodo.cli import _on_terminating_signal, _Terminated
         signal.signal(signum, _on_terminating_signal)
@@ -98,6 +103,7 @@ def test_a_command_given_ctrl_c_inside_an_hdf5_write_ends_as_interrupted(tmp_pat
         import signal, sys
         from dodo import _atomic
         from dodo.cli import main
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # whatever SIGINT the suite was started with
         original, armed = _atomic.WriteErrorLatch._pwrite, [True]
         def pwrite(self, view, offset):
             if armed[0]:
