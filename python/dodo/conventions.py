@@ -77,7 +77,9 @@ def _as_array(value, densities: str = "") -> np.ndarray:
     if densities:
         value = _plain_numbers(densities, value, density=True)
     array = np.asarray(value)
-    if array.dtype == object and array.ndim == 0 and hasattr(value, "__dlpack__"):
+    # Not of an ndarray, which has __dlpack__ too: np.array(None) ended in DLPack's BufferError "DLPack only
+    # supports signed/unsigned integers, float and complex dtypes" (outside probe, Python round sixty-four).
+    if array.dtype == object and array.ndim == 0 and hasattr(value, "__dlpack__") and not isinstance(value, np.ndarray):
         array = np.from_dlpack(value)
     return array
 
@@ -99,6 +101,26 @@ def _computable(array: np.ndarray) -> np.ndarray:
     return array.astype(np.float64) if _extension_real_dtype(array.dtype) else array
 
 
+def _real_numbers(array: np.ndarray, function: str, name: str, value=None) -> np.ndarray:
+    """``array`` when it holds real numbers (a float, integer or bool dtype, or an extension real such as
+    bfloat16), else a one-line ValueError. total_density and minkowski_dot took any dtype: an object
+    array came back as objects, complex as complex (the imaginary parts summed with the densities),
+    and strings, bytes and datetimes ended in NumPy's "the resolved dtypes are
+    not compatible with add.reduce" or "ufunc 'negative' did not contain a loop", naming nothing of
+    Dodo's (outside probe, Python rounds sixty-three and sixty-four), while dodo.box3d and the other
+    entry points refuse them by name."""
+    dtype = array.dtype
+    if dtype.kind in "fiub" or _extension_real_dtype(dtype):  # bool: 0 and 1, as total_density always summed it
+        return array
+    if dtype == object and array.ndim == 0 and not isinstance(value, np.ndarray):
+        kind = type(value).__name__
+        got = f"{'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind}"
+        raise ValueError(f"{function}: {name} must be an array of real numbers (any float or integer dtype); got {got}")
+    hint = {"O": f": if it holds numbers, convert it first, np.asarray({name}, dtype=float)",
+            "c": f": if its imaginary parts are 0, pass {name}.real"}.get(dtype.kind, "")
+    raise ValueError(f"{function}: {name} must hold real numbers (any float or integer dtype); got dtype {dtype}{hint}")
+
+
 def invariant_pairs() -> list[tuple[int, int]]:
     """Species pairs (a, b), a <= b, in the order of invariants 6..26."""
     return [(a, b) for a in range(N_SPECIES) for b in range(a, N_SPECIES)]
@@ -106,11 +128,19 @@ def invariant_pairs() -> list[tuple[int, int]]:
 
 def minkowski_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """A.B = -A^t B^t + A.B (spatial), over the last axis (length 4: t, x, y, z); a and b
-    broadcast. Any last axis other than 4 is a ValueError (a (3,) or (5,) vector gave a number)."""
+    broadcast. Any last axis other than 4 is a ValueError (a (3,) or (5,) vector gave a number).
+    Integer (and bool) vectors are computed as float64; what is not real numbers (object, complex,
+    strings, datetimes) is a ValueError."""
+    given = {"a": a, "b": b}
     a, b = _computable(_as_array(a)), _computable(_as_array(b))  # lists: "list indices must be integers ..."
     for name, value in (("a", a), ("b", b)):
+        _real_numbers(value, "minkowski_dot", name, given[name])
         if value.ndim < 1 or value.shape[-1] != N_COMPONENTS:
             raise ValueError(f"minkowski_dot: {name} must have shape (..., 4) (t, x, y, z); got {value.shape}")
+    # Integers as float64, as total_density sums them: in their own dtype (1, 0, 0, 0).(1, 0, 0, 0) of
+    # uint8 was 255 (the negation wrapped), and (2^62, 0, 0, 0).(4, 0, 0, 0) of int64 was 0 (outside
+    # probe, Python round sixty-four).
+    a, b = (value.astype(np.float64) if value.dtype.kind in "biu" else value for value in (a, b))
     return -a[..., 0] * b[..., 0] + np.einsum("...i,...i->...", a[..., 1:], b[..., 1:])
 
 
@@ -118,8 +148,11 @@ def total_density(F: np.ndarray, absolute: bool = False) -> np.ndarray:
     """N_tot = the sum of the six densities of rest-frame cells ([..., 6, 4] -> [...]); with
     ``absolute``, the sum of their magnitudes. Densities near 1e308 sum beyond float64: such a cell's
     N_tot is inf (or NaN), without NumPy's overflow warning, so that callers flag it by
-    ``np.isfinite`` (a state whose N_tot is not finite cannot be normalised, scored or simulated)."""
-    F = _as_array(F, "F")
+    ``np.isfinite`` (a state whose N_tot is not finite cannot be normalised, scored or simulated).
+    Integer (and bool) densities are summed as float64, floats in their own dtype; what is not real
+    numbers (object, complex, strings, datetimes) is a ValueError."""
+    given, F = F, _as_array(F, "F")
+    _real_numbers(F, "total_density", "F", given)
     if F.ndim < 2 or F.shape[-2:] != (N_SPECIES, N_COMPONENTS):  # a (4,) vector or (6, 3) gave a number
         raise ValueError(f"total_density: F must have shape (..., 6, 4) (species x t, x, y, z); got {F.shape}")
     n = _computable(F[..., 0])
@@ -130,7 +163,10 @@ def total_density(F: np.ndarray, absolute: bool = False) -> np.ndarray:
 
 
 def from_emu_layout(emu: np.ndarray) -> np.ndarray:
-    """[sim, (x,y,z,t), (nu,nubar), flavour] -> [sim, 6 species, (t,x,y,z)]."""
+    """[sim, (x,y,z,t), (nu,nubar), flavour] -> [sim, 6 species, (t,x,y,z)].
+
+    A relabelling of axes alone: the values, and their dtype, are returned as given (no arithmetic, so
+    no dtype is refused here; the functions that compute refuse what is not real numbers)."""
     emu = _as_array(emu, "emu")
     if emu.ndim != 4 or emu.shape[1] != 4 or emu.shape[2] != 2:
         raise ValueError(f"Emu four-flux array must have shape [nsims, 4 (x,y,z,t), 2, NF]; got {emu.shape}")
@@ -142,7 +178,8 @@ def from_emu_layout(emu: np.ndarray) -> np.ndarray:
 
 
 def to_emu_layout(F: np.ndarray) -> np.ndarray:
-    """[sim, 6, (t,x,y,z)] -> [sim, (x,y,z,t), (nu,nubar), flavour]."""
+    """[sim, 6, (t,x,y,z)] -> [sim, (x,y,z,t), (nu,nubar), flavour]; the values and their dtype as given
+    (a relabelling of axes alone, as :func:`from_emu_layout`)."""
     F = _as_array(F, "F")
     if F.ndim != 3 or F.shape[2] != 4 or F.shape[1] % 2:
         raise ValueError(f"four-flux array must have shape [nsims, 2*NF, 4]; got {F.shape}")

@@ -1,0 +1,121 @@
+"""Outside probe, Python round sixty-four: a Closure used from a __del__ while the interpreter exits, and
+dodo.conventions' arithmetic helpers given what is not real numbers (docs/reliability_python.md, section
+120)."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import dodo
+from dodo import conventions
+
+# An object that flushes a last step when it is collected: as a simulation's driver object might. Its
+# Closure is Box3D alone (no model to load), so the subprocess needs nothing but the core.
+_AT_EXIT = textwrap.dedent("""
+    import atexit, sys
+    import numpy as np
+    import dodo
+
+    F = np.zeros((3, 6, 4)); F[..., 0] = 1.0; F[:, 0, 3] = 0.5; F[:, 3, 3] = -0.5
+    closure = dodo.Closure("box3d", threads={threads})
+
+    @atexit.register
+    def last_step():  # before finalization: computed
+        print("atexit:", int(closure.apply(F).status.sum()), flush=True)
+
+    class Driver:
+        def __init__(self):
+            self.closure, self.F = closure, F
+        def __del__(self):
+            try:
+                {call}
+            except RuntimeError as error:
+                print("refused:", error, flush=True)
+            else:
+                print("computed in __del__", flush=True)
+
+    driver = Driver()
+""")
+
+
+@pytest.mark.skipif(not dodo.runtime_available(), reason="this build has no closure runtime")
+@pytest.mark.parametrize("threads, call", [(1, "self.closure.apply(self.F)"), (2, "self.closure(self.F)"),
+                                           (1, "dodo.closure(self.F, model='box3d')")])
+def test_a_closure_called_from_del_as_the_interpreter_exits_is_refused_not_waited_on(threads, call):
+    # Before: the compiled core parks a thread that would take the GIL back while Python finalizes, the
+    # finalizing thread itself included, so the __del__ of module teardown waited for ever (here: past the
+    # subprocess's timeout, 1 cell as much as 1,000).
+    program = _AT_EXIT.format(threads=threads, call=call)
+    try:
+        done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{call} in a __del__ at interpreter exit waited for ever (the subprocess ran past 60 s)")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "atexit: 0", done.stdout  # an atexit handler still computes
+    assert len(lines) == 2 and lines[1].startswith("refused: dodo.") and \
+        "was called while Python shuts down" in lines[1] and "atexit.register" in lines[1], done.stdout
+
+
+_NOT_REAL = [np.array([[1.0] * 4] * 6, dtype=object), np.ones((6, 4), complex),
+             np.full((6, 4), "1"), np.full((6, 4), b"1"), np.zeros((6, 4), "datetime64[s]"),
+             np.zeros((6, 4), "timedelta64[s]")]
+
+
+@pytest.mark.parametrize("F", _NOT_REAL, ids=lambda F: str(F.dtype))
+def test_the_arithmetic_conventions_refuse_what_is_not_real_numbers_by_name(F):
+    # Before: objects came back as objects, complex as complex; strings, bytes and
+    # datetimes ended in NumPy's "the resolved dtypes are not compatible with add.reduce" and the like.
+    for absolute in (False, True):
+        with pytest.raises(ValueError, match=r"^total_density: F must hold real numbers \(any float or integer "
+                                             rf"dtype\); got dtype {re.escape(str(F.dtype))}"):
+            conventions.total_density(F, absolute=absolute)
+    with pytest.raises(ValueError, match=rf"^minkowski_dot: a must hold real numbers .*; got dtype {re.escape(str(F.dtype))}"):
+        conventions.minkowski_dot(F, np.ones(4))
+    with pytest.raises(ValueError, match=rf"^minkowski_dot: b must hold real numbers .*; got dtype {re.escape(str(F.dtype))}"):
+        conventions.minkowski_dot(np.ones(4), F)
+    # The layout functions relabel axes alone: the values and their dtype come back as given (documented).
+    emu = conventions.to_emu_layout(F[None])
+    assert emu.dtype == F.dtype and np.array_equal(conventions.from_emu_layout(emu), F[None])
+    assert "dtype" in conventions.to_emu_layout.__doc__ and "dtype" in conventions.from_emu_layout.__doc__
+
+
+def test_the_refusals_say_how_to_convert_and_name_a_value_that_is_no_array():
+    with pytest.raises(ValueError, match=r"np.asarray\(F, dtype=float\)"):
+        conventions.total_density(np.array([[1.0] * 4] * 6, dtype=object))
+    with pytest.raises(ValueError, match=r"pass F.real$"):
+        conventions.total_density(np.ones((6, 4), complex))
+    with pytest.raises(ValueError, match=r"got a NoneType$"):
+        conventions.total_density(None)
+    with pytest.raises(ValueError, match=r"got an object$"):
+        conventions.minkowski_dot(object(), np.ones(4))
+    # A 0-d object array (np.array(None)) was read through DLPack, ending in its BufferError.
+    with pytest.raises(ValueError, match=r"^total_density: F must hold real numbers .*got dtype object"):
+        conventions.total_density(np.array(None))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.int64, ">f8"])
+def test_real_dtypes_are_still_summed_as_before(dtype):  # guard
+    F = np.arange(48, dtype=np.float64).reshape(2, 6, 4).astype(dtype)
+    assert np.allclose(conventions.total_density(F), F[..., 0].astype(np.float64).sum(axis=-1))
+    assert conventions.total_density(F.tolist()).shape == (2,)
+    assert np.allclose(conventions.minkowski_dot(F, F), -F[..., 0].astype(float) ** 2
+                       + (F[..., 1:].astype(float) ** 2).sum(axis=-1))
+
+
+def test_minkowski_dot_of_integer_vectors_is_computed_as_float64():
+    # Before: in the integers' own dtype: (1, 0, 0, 0).(1, 0, 0, 0) of uint8 was 255 (the negation wrapped),
+    # (2^62, 0, 0, 0).(4, 0, 0, 0) of int64 was 0.
+    t = np.array([1, 0, 0, 0], np.uint8)
+    assert conventions.minkowski_dot(t, t) == -1.0
+    assert conventions.minkowski_dot(np.array([2**62, 0, 0, 0]), np.array([4, 0, 0, 0])) == -2.0**64
+    assert conventions.minkowski_dot(np.array([0, 3, 4, 0], np.int16), np.array([0, 3, 4, 0], np.int16)) == 25.0
+    # bool as 0 and 1, as total_density always summed it (test_total_density): was NumPy's TypeError "The
+    # numpy boolean negative, the `-` operator, is not supported"
+    assert conventions.minkowski_dot(np.ones(4, bool), np.ones(4, bool)) == 2.0
+    assert conventions.total_density(np.ones((6, 4), bool)) == 6.0
