@@ -1213,7 +1213,8 @@ def _flock(path: Path, remove: bool, refuse, command: str = ""):
                 # message was a bare "[Errno 28] No space left on device", naming no file (round 27).
                 os.write(handle.fileno(), (f"{os.getpid()}\n{command}" if command else str(os.getpid())).encode())
         except OSError as error:
-            raise OSError(error.errno, f"cannot write the lock file {path}: {error.strerror or error}") from None
+            raise OSError(error.errno, f"cannot write the lock file {path}: {error.strerror or error}"
+                                       f"{_lock_write_hint(error)}") from None
         yield
     finally:
         if remove:
@@ -1230,6 +1231,27 @@ def _flock(path: Path, remove: bool, refuse, command: str = ""):
                 _LOCKED_DIRECTORIES.pop(key, None)
             _close_directory(directory)
         handle.close()  # releases the lock
+
+
+def _lock_write_hint(error: OSError) -> str:
+    """What to do when the few bytes of a lock file (the holder's pid) cannot be written: a full file system,
+    a used-up quota, a file-size limit. "[Errno 28] cannot write the lock file d/.s.h5.lock: No space left on
+    device" (`ulimit -f 0`: "File too large") said neither (outside probe, data-loss round fifteen)."""
+    if error.errno == errno.ENOSPC:
+        return " (its file system is full: free space there and rerun the command)"
+    if error.errno == getattr(errno, "EDQUOT", None):
+        return " (your disk quota there is used up: free space under it and rerun the command)"
+    if error.errno == errno.EFBIG:
+        try:
+            import resource
+
+            limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        except (ImportError, OSError, ValueError):
+            return ""
+        if limit != resource.RLIM_INFINITY:
+            return (f" (this process may write files of at most {limit:,} bytes: its file-size limit, ulimit -f; "
+                    "raise it, e.g. ulimit -f unlimited, and rerun the command)")
+    return ""
 
 
 #: The directories of the locks this process holds (_flock), held open (O_PATH) by absolute path.

@@ -93,3 +93,49 @@ def test_the_round_three_flush_child_started_with_sigint_ignored_still_gets_its_
     assert child.returncode == 0 and child.stdout.strip() == "ended by KeyboardInterrupt", (child.stdout,
                                                                                             child.stderr[-2000:])
     assert output.read_bytes() == b"an earlier good file"
+
+
+def test_a_lock_file_on_a_full_file_system_says_to_free_space(monkeypatch, tmp_path):
+    """Before: `dodo simulate full/s.h5` on a full 64 KiB tmpfs: `[Errno 28] cannot write the lock file
+    full/.s.h5.lock: No space left on device`, nothing on what to do. Now `(its file system is full: free
+    space there and rerun the command)`; the lock file is removed as before."""
+    import errno
+    import os
+
+    import dodo._atomic as atomic
+
+    output = tmp_path / "s.h5"
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError, match=r"cannot write the lock file .*\.s\.h5\.lock: No space left on device \(its file "
+                                      r"system is full: free space there and rerun the command\)$"):
+        with atomic.exclusive_output(output, "dodo simulate"):
+            pytest.fail("the block ran without its lock")
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_a_lock_file_over_the_file_size_limit_names_the_limit(tmp_path):
+    """Before: under `ulimit -f 0` (a batch system's per-process limit), `dodo simulate s.h5`: `[Errno 27]
+    cannot write the lock file .s.h5.lock: File too large`, neither the limit nor what to do (round thirteen
+    named it for the outputs, not for their lock files). Now the limit and `raise it, e.g. ulimit -f
+    unlimited`."""
+    script = textwrap.dedent("""
+        import resource, sys
+        import dodo._atomic as atomic
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+        try:
+            with atomic.exclusive_output(sys.argv[1], "dodo simulate"):
+                print("locked")
+        except OSError as error:
+            print(error)
+    """)
+    child = subprocess.run([sys.executable, "-c", script, str(tmp_path / "s.h5")], capture_output=True, text=True,
+                           timeout=CHILD_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    assert child.returncode == 0 and child.stdout.strip().endswith(
+        ".s.h5.lock: File too large (this process may write files of at most 0 bytes: its file-size limit, ulimit "
+        "-f; raise it, e.g. ulimit -f unlimited, and rerun the command)"), (child.stdout, child.stderr[-2000:])
+    assert list(tmp_path.iterdir()) == []
