@@ -36,11 +36,38 @@ def extra_install(extra: str) -> str:
     """The command that installs Dodo's optional part ``extra`` ("train", "qke", "mpi"). Dodo is not on a
     package index, so a hint to pip-install the name "dodo" with an extra fetched another project (and failed to
     build it; new user's journey, round one): the checkout this package runs from where there is one (an
-    editable install), else the repository's directory in words."""
+    editable install); else the extra's own packages, as the installed distribution's metadata lists them
+    (a wheel, `pip install /path/to/dodo` or `pip install git+URL` has no repository beside it, and "'.[train]'
+    in Dodo's repository" sent such a user to find one and rebuild Dodo: new user's journey, round four);
+    else the repository's directory in words."""
     import shlex
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
     if (root / "pyproject.toml").is_file() and (root / "python" / "dodo").is_dir():
         return f"pip install {shlex.quote(f'{root}[{extra}]')}"
+    packages = _extra_requirements(extra)
+    if packages:
+        return f"pip install {' '.join(shlex.quote(package) for package in packages)} (Dodo's {extra!r} extra)"
     return f"pip install '.[{extra}]' in Dodo's repository (Dodo is not on a package index)"
+
+
+def _extra_requirements(extra: str) -> list:
+    """The requirements (``'h5py>=3'``) that the installed dodo distribution declares for ``extra``, in order;
+    [] where there is no such distribution, extra or readable metadata."""
+    import re
+
+    try:
+        from importlib import metadata
+
+        requirements = metadata.requires("dodo") or []
+    except Exception:  # no installed distribution, or unreadable metadata
+        return []
+    marker = re.compile(r"""^\s*extra\s*==\s*(['"])(?P<name>[^'"]+)\1\s*$""")
+    packages = []
+    for requirement in requirements:
+        package, _, condition = requirement.partition(";")
+        found = marker.match(condition)
+        if found and found["name"] == extra and package.strip():
+            packages.append(package.strip())
+    return packages
