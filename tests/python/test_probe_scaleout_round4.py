@@ -152,3 +152,58 @@ def test_dodo_info_under_a_launcher_prints_in_each_process(tmp_path, launcher):
     assert sum(line.startswith("core module: ") for line in output.splitlines()) == 2, output[-3000:]
     for rank in (0, 1):
         assert sum(line.startswith(named.format(rank)) for line in output.splitlines()) == 1, output[-3000:]
+
+
+GLOO_PEER_ENDED = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+                   "[127.0.0.1]:1722. This is typically caused by a remote worker crashing. Check the logs of the remote "
+                   "worker before reporting an error. GLHF! \U0001f3d6\ufe0f")
+
+
+def test_a_collective_that_fails_because_another_process_ended_says_so():
+    """The words of the torchrun case below, without torchrun: gloo's error becomes one line naming what the
+    process waited for; any other error of a collective is left as it is."""
+    pytest.importorskip("torch")
+    from dodo.training.distributed import Distribution
+
+    with pytest.raises(RuntimeError) as raised:
+        with Distribution(0, 2)._peers_may_end("compare that they train on the same data"):
+            raise RuntimeError(GLOO_PEER_ENDED)
+    assert str(raised.value) == (
+        "another process of this 2-process data-parallel job ended while process 0 waited to compare that they "
+        "train on the same data (that process's own line says why; the backend said: Connection closed by peer "
+        "[127.0.0.1]:1722): this process stops too")
+    with pytest.raises(RuntimeError, match="^something else$"):
+        with Distribution(0, 2)._peers_may_end("meet them"):
+            raise RuntimeError("something else")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="torchrun with a POSIX shell wrapper")
+def test_torchrun_process_whose_data_file_is_missing_leaves_the_other_one_clear_words(tmp_path):
+    """Before: `torchrun --nproc-per-node 2 --no-python sh -c 'dodo train --config c$RANK.yaml'` whose process 1
+    names a data file missing on its node: process 1 said so in one line, and process 0, waiting to compare the
+    data with it, printed gloo's `dodo train: error: [/__w/pytorch/.../gloo/transport/tcp/pair.cc:553] Connection
+    closed by peer [127.0.0.1]:1722. This is typically caused by a remote worker crashing ... GLHF! 🏖️`. Now
+    process 0 says another process of the job ended while it waited, and that that process's line says why."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("h5py")
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("this torch has no gloo backend (torch.distributed)")
+    from training_helpers import synth_and_preprocess, write_training_config
+
+    data = synth_and_preprocess(tmp_path, 200, seed=3)
+    for rank, path in ((0, data), (1, tmp_path / "node_local.h5")):
+        write_training_config(tmp_path / f"c{rank}.yaml", path, tmp_path / "run",
+                              model={"head": "equivariant", "hidden_dim": 8, "n_blocks": 1},
+                              training={"epochs": 1, "threads": 1, "seed": 1, "device": "cpu"})
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--no-python",
+               "sh", "-c", 'exec "$0" -m dodo train --config c$RANK.yaml', sys.executable]
+    code, output = _run_guarded(command, GUARD_S, env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=tmp_path)
+    assert code != 0
+    ours = [line for line in output.splitlines() if line.startswith("dodo train")]
+    assert any(line.startswith("dodo train: error: preprocessed file not found") for line in ours), output[-3000:]
+    # torchrun may end process 0 (SIGTERM) before its collective fails: then it says "terminated".
+    survivor = [line for line in ours if "preprocessed file not found" not in line]
+    assert len(survivor) <= 1 and "GLHF" not in output and "pair.cc" not in output, output[-3000:]
+    if survivor and survivor[0] != "dodo train: terminated":
+        assert survivor[0].startswith("dodo train: error: another process of this 2-process data-parallel job ended "
+                                      "while process 0 waited"), output[-3000:]

@@ -10,6 +10,7 @@ gloo on CPU. Only rank 0 writes checkpoints, logs, metrics and plots.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 
@@ -20,6 +21,20 @@ import torch.distributed as dist
 #: What :meth:`Distribution.agree` says to do by default.
 _SAME_INPUTS = ("each process reads its own config and data file; give every process the same ones (one shared "
                 "file system, or identical copies)")
+
+
+#: What a collective's error says when another process of the job ended (gloo; NCCL names the peer too).
+_PEER_ENDED = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
+def _peer_ended_words(text: str) -> str:
+    """The backend's words without its source path and its closing remarks ("GLHF!")."""
+    for sign in _PEER_ENDED:
+        if sign in text:
+            start = text.index(sign)
+            end = text.find(". ", start)
+            return text[start:end if end > 0 else len(text)]
+    return text
 
 
 class Distribution:
@@ -160,12 +175,31 @@ class Distribution:
         if not self.enabled:
             return list(values)
         tensor = torch.tensor(values, dtype=torch.float64, device=device)
-        dist.all_reduce(tensor)
+        with self._peers_may_end("sum this process's metrics with theirs"):
+            dist.all_reduce(tensor)
         return tensor.tolist()
 
     def barrier(self) -> None:
         if self.enabled:
-            dist.barrier()
+            with self._peers_may_end("meet them"):
+                dist.barrier()
+
+    @contextlib.contextmanager
+    def _peers_may_end(self, what: str):
+        """A collective whose failure because another process of the job ended (its input refused, killed)
+        says so: the process still waiting printed gloo's "[.../gloo/transport/tcp/pair.cc:553] Connection
+        closed by peer [127.0.0.1]:1722. This is typically caused by a remote worker crashing. Check the logs
+        of the remote worker before reporting an error. GLHF! ...", below the other process's own line
+        (outside probe, scale-out round four). Any other failure is left as it is."""
+        try:
+            yield
+        except RuntimeError as error:
+            text = " ".join(str(error).split())
+            if not any(sign in text for sign in _PEER_ENDED):
+                raise
+            raise RuntimeError(f"another process of this {self.world_size}-process data-parallel job ended while "
+                               f"process {self.rank} waited to {what} (that process's own line says why; the "
+                               f"backend said: {_peer_ended_words(text)}): this process stops too") from None
 
     def agree(self, facts: dict, what: str = "train on the same data", advice: str = _SAME_INPUTS) -> None:
         """A ValueError in every process, naming each of ``facts`` (name: value) that differs between
@@ -179,7 +213,8 @@ class Distribution:
         if not self.enabled or not dist.is_initialized():
             return
         gathered: list = [None] * self.world_size
-        dist.all_gather_object(gathered, dict(facts))
+        with self._peers_may_end(f"compare that they {what}"):
+            dist.all_gather_object(gathered, dict(facts))
         names = list(facts) + [name for other in gathered for name in other if name not in facts]
         differing = [name for name in dict.fromkeys(names) if len({repr(other.get(name)) for other in gathered}) > 1]
         if differing:
