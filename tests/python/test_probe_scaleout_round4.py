@@ -63,7 +63,8 @@ def _interrupted_campaign(output):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mpirun with a POSIX shell wrapper")
 @pytest.mark.parametrize("case", ["every rank refuses", "rank 1 alone: its input is missing",
-                                  "rank 1 alone: other arguments", "rank 0 alone: a checkpoint of another campaign"])
+                                  "rank 1 alone: other arguments", "rank 1 alone: another OUT",
+                                  "rank 0 alone: a checkpoint of another campaign"])
 def test_a_refusal_before_any_work_ends_every_rank_with_one_line(tmp_path, case):
     """Before: a rank that refused its arguments or inputs printed its line and called MPI_Abort; Open MPI's
     8-line "MPI_ABORT was invoked on rank 1 ... You may or may not see output from other processes" page
@@ -71,7 +72,9 @@ def test_a_refusal_before_any_work_ends_every_rank_with_one_line(tmp_path, case)
     user had stopped the job. A refusal every rank met (here --linear-only) was printed by each rank that got to
     it first, and "rank 1 alone" did not say that the input was missing on one rank only. Other arguments on
     rank 1 (another --random), and a checkpoint of another campaign beside OUT (rank 0 reads the checkpoints),
-    the same: the line twice or once, then the abort page and "terminated". Now every rank ends with exit 2
+    the same: the line twice or once, then the abort page and "terminated". Rank 1 given another OUT ran:
+    rank 0 wrote its OUT, and rank 1's checkpoint OTHER.partial.rank1.npz stayed for ever (where neither rank
+    0's clean-up nor a rerun looks: a job killed midway lost that rank's batches), exit 0. Now every rank ends with exit 2
     and rank 0 prints the job's one line, naming the rank where not every rank met it; Open MPI's own report
     of the exit status follows (not dodo's words)."""
     _needs_mpi4py()
@@ -90,6 +93,10 @@ def test_a_refusal_before_any_work_ends_every_rank_with_one_line(tmp_path, case)
         command = launcher + _per_rank(common.replace("--random 3", "--random 4"), common)
         expected = ("dodo simulate: error: the MPI ranks do not hold the same states and settings: rank(s) 1 differ "
                     "from rank 0")
+    elif case == "rank 1 alone: another OUT":
+        command = launcher + _per_rank(common.replace("out.h5", "other.h5"), common)
+        expected = (f"dodo simulate: error: the MPI ranks do not name the same output: rank 0 names {tmp_path}"
+                    f"{os.sep}out.h5, rank 1: {tmp_path}{os.sep}other.h5; rank 0 writes OUT, each rank checkpoints")
     else:
         _interrupted_campaign(tmp_path / "out.h5")
         command = launcher + [sys.executable, "-m", "dodo", "simulate"] + common.split()
@@ -103,6 +110,34 @@ def test_a_refusal_before_any_work_ends_every_rank_with_one_line(tmp_path, case)
         assert lines[0].endswith("(rank 0 was ready; the job ends)"), lines
     assert not any(trace in output for trace in ABORT_TRACES), output[-3000:]
     assert sorted(os.listdir(tmp_path)) == before  # nothing written, no lock left, the checkpoint kept
+
+
+def test_a_rank_that_fails_alone_during_the_campaign_names_itself_and_stops_the_job(tmp_path, monkeypatch, capsys):
+    """Past the checks, one rank's failure (its checkpoint on a full disk) still stops the job with MPI_Abort
+    (the others may be computing); its line said neither which rank failed nor that the job stops."""
+    from dodo import cli as dodo_cli
+    from dodo.qke import campaign, parallel
+
+    class RankOneOfTwo(parallel.SerialCommunicator):
+        rank, size, aborted = 1, 2, None
+
+        def abort(self, code):
+            self.aborted = code
+            raise SystemExit(code)
+
+    comm = RankOneOfTwo()
+    monkeypatch.setattr(parallel, "world", lambda: comm)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "cannot write the checkpoint out.h5.partial.rank1of2.npz (No space left on device)")
+
+    monkeypatch.setattr(campaign, "simulate_states", full_disk)
+    with pytest.raises(SystemExit):
+        dodo_cli.main(["simulate", "--random", "2", *SMALL, str(tmp_path / "out.h5")])
+    assert comm.aborted == 2
+    assert capsys.readouterr().err.strip() == (
+        "dodo simulate: error: rank 1 of 2: [Errno 28] cannot write the checkpoint out.h5.partial.rank1of2.npz (No "
+        "space left on device); stopping all 2 ranks")
 
 
 def test_the_job_line_names_the_ranks_of_each_error():

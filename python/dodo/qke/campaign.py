@@ -544,15 +544,27 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
     # arguments (or reading another copy of the input) would simulate other states, and rank 0
     # would write them beside its own initial states (outside probe, round nine). All ranks see
     # the same verdict, so all of them raise (the CLI then stops the job), none waits.
-    agreement = (fingerprint, max_cost)
+    # And the same OUT: a rank given another (`sh -c '... $RANK'`, a node's own path) checkpointed beside its
+    # own, where neither rank 0's clean-up nor a rerun looks: the job wrote OUT and left that checkpoint
+    # for ever, and a job killed midway lost that rank's batches (scale-out round four).
+    agreement = (fingerprint, max_cost, os.path.abspath(output))
     held = comm.gather(agreement, root=0)
-    differing = comm.computed_by_root(lambda: [rank for rank, value in enumerate(held) if value != agreement])
+    differing, root_output, other_outputs = comm.computed_by_root(lambda: (
+        [rank for rank, value in enumerate(held) if value[:2] != agreement[:2]], agreement[2],
+        {rank: value[2] for rank, value in enumerate(held) if value[2:3] != agreement[2:3] and len(value) > 2}))
     # Each rank's pid and host: whom rank 0 names while it waits for a rank at the end (wait_for_ranks).
     where = comm.identities()
     if differing:  # every rank raises it: printed once, no MPI_Abort (raised_on_every_rank)
         raise raised_on_every_rank(ValueError(
             f"the MPI ranks do not hold the same states and settings: rank(s) {', '.join(map(str, differing))} "
             "differ from rank 0 (start every rank with the same arguments, reading the same input file)"))
+    if other_outputs:
+        shown = "; ".join(f"rank {rank}: {path}" for rank, path in list(other_outputs.items())[:3])
+        more = f"; and {len(other_outputs) - 3} more" if len(other_outputs) > 3 else ""
+        raise raised_on_every_rank(ValueError(
+            f"the MPI ranks do not name the same output: rank 0 names {root_output}, "
+            f"{shown}{more}; rank 0 writes OUT, each rank checkpoints beside it and a rerun looks for the "
+            "checkpoints there: give every rank the same OUT (one shared file system)"))
     # Rank 0 alone reads the checkpoints (thousands of ranks must not all scan the directory).
     results, origin, paths = comm.computed_by_root(
         lambda: _load_checkpoints(output, fingerprint, four_flux, settings, say, max_cost))
