@@ -205,8 +205,8 @@ def test_a_collective_that_fails_because_another_process_ended_says_so():
             raise RuntimeError(GLOO_PEER_ENDED)
     assert str(raised.value) == (
         "another process of this 2-process data-parallel job ended while process 0 waited to compare that they "
-        "train on the same data (that process's own line says why; the backend said: Connection closed by peer "
-        "[127.0.0.1]:1722): this process stops too")
+        "train on the same data (its own line, or torchrun's report of its exit, says why; the backend said: "
+        "Connection closed by peer [127.0.0.1]:1722): this process stops too")
     with pytest.raises(RuntimeError, match="^something else$"):
         with Distribution(0, 2)._peers_may_end("meet them"):
             raise RuntimeError("something else")

@@ -198,8 +198,9 @@ class Distribution:
             if not any(sign in text for sign in _PEER_ENDED):
                 raise
             raise RuntimeError(f"another process of this {self.world_size}-process data-parallel job ended while "
-                               f"process {self.rank} waited to {what} (that process's own line says why; the "
-                               f"backend said: {_peer_ended_words(text)}): this process stops too") from None
+                               f"process {self.rank} waited to {what} (its own line, or torchrun's report of its "
+                               f"exit, says why; the backend said: {_peer_ended_words(text)}): this process stops "
+                               "too") from None
 
     def agree(self, facts: dict, what: str = "train on the same data", advice: str = _SAME_INPUTS) -> None:
         """A ValueError in every process, naming each of ``facts`` (name: value) that differs between
