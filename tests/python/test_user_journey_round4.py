@@ -60,3 +60,67 @@ def test_an_install_without_metadata_falls_back_to_the_repository_in_words(tmp_p
 
     monkeypatch.setattr(metadata, "requires", no_distribution)
     assert shown.extra_install("train") == "pip install '.[train]' in Dodo's repository (Dodo is not on a package index)"
+
+
+def _info(flag):
+    """`python -m dodo info FLAG` (the documented way to the installation's paths): a Path, None where it fails
+    (a Box3D-only build has no C API)."""
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-m", "dodo", "info", flag], capture_output=True, text=True, timeout=120,
+                            stdin=subprocess.DEVNULL)
+    return Path(result.stdout.strip()) if result.returncode == 0 and result.stdout.strip() else None
+
+
+def _readme_wheel_paragraph():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.find("**On machines without a compiler**")
+    assert start >= 0, "README.md, 'Install to use': no word on installing from a wheel"
+    return " ".join(text[start:text.find("\n\n", start)].split())
+
+
+def test_readme_tells_how_to_install_on_machines_without_a_compiler():
+    """Nothing in the docs said how to take Dodo to machines that cannot build it (a cluster's nodes): a wheel
+    built once (`pip wheel`), installed into a fresh venv elsewhere, ran `python -m dodo.test`, `dodo simulate`
+    and the C, C++ and Fortran routes (new user's journey, round four). The paragraph's list of what the wheel
+    holds is what an installation holds."""
+    import dodo
+
+    paragraph = _readme_wheel_paragraph()
+    assert "`pip wheel --no-deps . -w dist`" in paragraph and "pip install dist/dodo-0.1.0-*.whl" in paragraph
+    assert f"dist/dodo-{dodo.__version__}-" in paragraph
+    assert f"cp{sys.version_info[0]}{sys.version_info[1]}" in paragraph or sys.version_info[:2] != (3, 11)
+    assert "pip uninstall dodo" in paragraph and "git+file://" in paragraph
+    cmake = _info("--cmake-dir")
+    if cmake is None:
+        pytest.skip("a Box3D-only build: no C API installed")
+    include, lib = _info("--include-dir"), _info("--lib-dir")
+    for path in [include / "dodo" / "dodo.h", include / "dodo" / "dodo.hpp", include / "dodo" / "dodo.f90",
+                 lib / "libdodo.so", cmake / "DodoConfig.cmake", _info("--pkgconfig-dir") / "dodo.pc",
+                 _info("--default-model")]:
+        assert path.is_file(), path
+
+
+def test_readme_names_the_c_libraries_the_built_libdodo_needs():
+    """The wheel is tied to the build machine's glibc and libstdc++ (a linux_x86_64 wheel, not manylinux): the
+    paragraph names the newest symbol versions libdodo needs. Checked where the build is the project's (Debian 12,
+    GCC 12); another toolchain's build needs other versions, which the paragraph does not claim."""
+    import re
+    import subprocess
+
+    paragraph = _readme_wheel_paragraph()
+    objdump = shutil.which("objdump")
+    lib = _info("--lib-dir")
+    if objdump is None or lib is None:
+        pytest.skip("needs objdump and a libdodo")
+    symbols = subprocess.run([objdump, "-T", str(lib / "libdodo.so")], capture_output=True,
+                             text=True, timeout=60, check=True).stdout
+    def newest(prefix):
+        versions = {tuple(int(part) for part in found.split(".")) for found in re.findall(rf"\b{prefix}_([0-9.]+)\b", symbols)}
+        return ".".join(map(str, max(versions)))
+
+    glibc, glibcxx = newest("GLIBC"), newest("GLIBCXX")
+    os_release = Path("/etc/os-release").read_text() if Path("/etc/os-release").is_file() else ""
+    if 'VERSION_ID="12"' not in os_release or "ID=debian" not in os_release:
+        pytest.skip(f"built elsewhere than Debian 12 (needs glibc {glibc}, GLIBCXX_{glibcxx})")
+    assert f"glibc {glibc}" in paragraph and f"GLIBCXX_{glibcxx}" in paragraph, (glibc, glibcxx, paragraph)
