@@ -39,6 +39,12 @@ def _reference(args: argparse.Namespace) -> int:
         return 2
 
 
+def _test(args: argparse.Namespace) -> int:
+    from .test import main as check_installation
+
+    return check_installation()
+
+
 def _libdodo_build_id(lib_dir: str) -> str:
     """dodo_build_id() of the installed libdodo: the git commit it was built from ("-dirty" with local
     changes, "unknown" from a source archive), which `dodo info` printed nowhere: only "dodo 0.1.0", the
@@ -54,13 +60,10 @@ def _libdodo_build_id(lib_dir: str) -> str:
 
 
 def _info(args: argparse.Namespace) -> int:
-    import numpy
-
-    from . import __version__, _core
     from ._closure import runtime_available, runtime_paths
 
-    paths = runtime_paths()
-    if args.path:  # one path alone, for build systems: `dodo info --cmake-dir`
+    if args.path:
+        paths = runtime_paths()  # one path alone, for build systems: `dodo info --cmake-dir`
         path = paths[args.path]
         if not os.path.exists(path):  # never hand a build system a directory that is not there
             why = ("this dodo was built without the closure runtime (Box3D only), so the C API is not installed"
@@ -69,21 +72,73 @@ def _info(args: argparse.Namespace) -> int:
             return 1
         print(path)
         return 0
-    print(f"dodo {__version__}")
-    print(f"numpy {numpy.__version__}")
-    print(f"core module: {_core.__file__}")
-    print(f"Lebedev orders: {_core.available_lebedev_orders()}")
+    from ._cli_common import emit, json_target_file
+    from ._output_guard import marked_report, refuse_replacing_with_report
+
+    try:
+        # A file that is not an earlier report of dodo info is never replaced by it (as dodo score --json)
+        refuse_replacing_with_report(json_target_file(args.json), "dodo info --json")
+        lines, data = info_report()
+        emit("\n".join(lines), marked_report(data, "dodo info"), args.json)
+    except (OSError, ValueError) as error:
+        print(f"dodo info: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def info_report() -> tuple[list[str], dict]:
+    """The listing of `dodo info` (its lines) and the same facts as `dodo info --json` prints them (a dict,
+    written with ``"dodo_report": "dodo info"`` first). There was no JSON form: a script or a build system
+    that wanted the default model and the ONNX Runtime library at once parsed ``key: value`` lines whose
+    values carry notes (outside probe, Python rounds sixty-three and sixty-four). Its keys, always present
+    (null where the fact does not apply):
+
+    - ``dodo_version``, ``numpy_version``: the versions; ``core_module``: the compiled core's file.
+    - ``lebedev_orders``: the Lebedev orders available (a list of integers).
+    - ``box3d_code_path``: Box3D's per-CPU code path that runs here ("x86-64-v4", "x86-64-v3" or
+      "baseline"); ``box3d_vector_unit``: its instructions in words ("AVX-512", "AVX2 + FMA", "no vector
+      clones").
+    - ``closure_runtime``: true when the closure runtime (and the C API) is built; ``libdodo_build``:
+      libdodo's dodo_build_id(), the git commit it was built from (null without the runtime).
+    - ``include_dir``, ``lib_dir``, ``cmake_dir``, ``pkgconfig_dir``, ``default_model``: the paths, as
+      ``dodo info --include-dir`` and the other flags print them; ``not_installed``: those of these keys
+      whose path does not exist (a Box3D-only build).
+    - ``onnxruntime_library``: the ONNX Runtime library a closure with a model loads first
+      ($DODO_ONNXRUNTIME_LIBRARY's value where it is set, else the onnxruntime package's; null where
+      neither: the system's library path is searched); ``onnxruntime_library_from``:
+      "DODO_ONNXRUNTIME_LIBRARY", "the onnxruntime package" or null; ``onnxruntime_package_library``: the
+      onnxruntime package's library, or null.
+    - ``network_evaluator``, ``onnxruntime_memory_limit``: the values of $DODO_NETWORK_EVALUATOR and
+      $DODO_ONNXRUNTIME_MEMORY_LIMIT, or null where unset or empty.
+    - ``launcher``: the launcher that started this process as one of several (torchrun, mpirun, srun), in
+      words, or null.
+    - ``problems``: the listing's lines that say NOT (the runtime not built, a variable's library NOT
+      FOUND, a value NOT VALID): empty where the installation is usable as it is.
+    """
+    import numpy
+
+    from . import __version__, _core
+    from ._closure import runtime_available, runtime_paths
+
+    paths = runtime_paths()
+    given_paths = dict(paths)
+    lines: list[str] = []
+    lines.append(f"dodo {__version__}")
+    lines.append(f"numpy {numpy.__version__}")
+    lines.append(f"core module: {_core.__file__}")
+    lines.append(f"Lebedev orders: {_core.available_lebedev_orders()}")
     # Which of Box3D's per-CPU code paths runs here: results differ across paths by ~1e-15 N_tot (README,
     # "Accuracy"), so a report of last-bit differences between machines starts from this line.
     paths_text = {"x86-64-v4": "AVX-512", "x86-64-v3": "AVX2 + FMA", "baseline": "no vector clones"}
     path_name = _core.box3d_instruction_set()
-    print(f"Box3D code path: {path_name} ({paths_text.get(path_name, '?')})")
+    lines.append(f"Box3D code path: {path_name} ({paths_text.get(path_name, '?')})")
     # The runtime is left out only by DODO_BUILD_RUNTIME=OFF (its headers ship with the source); "no
     # ONNX Runtime headers at build time" named no cause a user could act on (documentation probe).
-    print("closure runtime:", "built" if runtime_available() else
-          "NOT built (this dodo was built with DODO_BUILD_RUNTIME=OFF: Box3D only, no closure, no C API)")
-    if runtime_available():
-        print(f"libdodo build: {_libdodo_build_id(paths['lib_dir'])}")
+    lines.append("closure runtime: " + ("built" if runtime_available() else
+                 "NOT built (this dodo was built with DODO_BUILD_RUNTIME=OFF: Box3D only, no closure, no C API)"))
+    build = _libdodo_build_id(paths["lib_dir"]) if runtime_available() else None
+    if build is not None:
+        lines.append(f"libdodo build: {build}")
     library = os.environ.get("DODO_ONNXRUNTIME_LIBRARY")
     if library:  # what a closure loads first (docs/runtime.md): the onnxruntime package's was shown instead
         from ._closure import _escaped
@@ -132,13 +187,30 @@ def _info(args: argparse.Namespace) -> int:
         value = paths[key]
         if key != "onnxruntime_library" and value and not os.path.exists(value):  # a Box3D-only build
             value = f"{value} (not installed)"
-        print(f"{key}: {value}")
-    for line in _runtime_variable_lines():
-        print(line)
+        lines.append(f"{key}: {value}")
+    variable_lines = _runtime_variable_lines()
+    lines += variable_lines
     launch = _launch_line()
     if launch:
-        print(launch)
-    return 0
+        lines.append(launch)
+    data = {
+        "dodo_version": __version__, "numpy_version": numpy.__version__, "core_module": _core.__file__,
+        "lebedev_orders": list(_core.available_lebedev_orders()),
+        "box3d_code_path": path_name, "box3d_vector_unit": paths_text.get(path_name),
+        "closure_runtime": runtime_available(), "libdodo_build": build,
+        **{key: given_paths[key] for key in ("include_dir", "lib_dir", "cmake_dir", "pkgconfig_dir", "default_model")},
+        "not_installed": [key for key in ("include_dir", "lib_dir", "cmake_dir", "pkgconfig_dir", "default_model")
+                          if given_paths[key] and not os.path.exists(given_paths[key])],
+        "onnxruntime_library": library or given_paths["onnxruntime_library"] or None,
+        "onnxruntime_library_from": ("DODO_ONNXRUNTIME_LIBRARY" if library else
+                                     "the onnxruntime package" if given_paths["onnxruntime_library"] else None),
+        "onnxruntime_package_library": given_paths["onnxruntime_library"] or None,
+        "network_evaluator": os.environ.get("DODO_NETWORK_EVALUATOR") or None,
+        "onnxruntime_memory_limit": os.environ.get("DODO_ONNXRUNTIME_MEMORY_LIMIT") or None,
+        "launcher": launch.split(": ", 1)[1] if launch else None,
+        "problems": [line for line in lines if " NOT " in line],
+    }
+    return lines, data
 
 
 def _launch_line(environ=None) -> str | None:
@@ -242,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print the versions of dodo and NumPy, the core module, the Lebedev orders, Box3D's code path "
                     "on this CPU, whether the closure runtime is built (and libdodo's build), the C API's include, "
                     "lib, CMake and pkg-config directories, the default model and the ONNX Runtime library; with "
-                    "one of the flags below, that path alone.")
+                    "one of the path flags below, that path alone; with --json, the same facts as JSON.")
     info.set_defaults(func=_info, path=None)
     only = info.add_mutually_exclusive_group()  # one path per call: two flags printed the last alone
     for flag in ("include", "lib", "cmake", "pkgconfig"):
@@ -250,6 +322,20 @@ def build_parser() -> argparse.ArgumentParser:
                           help=f"print only the {flag} directory")
     only.add_argument("--default-model", dest="path", action="store_const", const="default_model",
                       help="print only the path of the shipped default model (C: dodo_default_model_path())")
+    from ._cli_common import add_json_argument
+
+    # The listing as JSON, its keys documented (outside probe, Python round sixty-four): a flag of the group,
+    # as a path flag prints one path alone.
+    add_json_argument(only, "the same facts (its keys: help(dodo.cli.info_report))")
+    # `dodo test`, what a user types after `dodo info`, was "invalid choice: 'test'": the installation's
+    # check is `python -m dodo.test` (README), under a name the command did not know (outside probe, Python
+    # round sixty-four). The same check, the same words and exit status.
+    check = subparsers.add_parser(
+        "test", help="check this installation (the same as python -m dodo.test)",
+        description="Installation smoke test (the same as python -m dodo.test): Box3D on the shipped reference "
+                    "cases, then the closure runtime with the default model; exit 0 when both work (a Box3D-only "
+                    "build says so), 1 when a check fails.")
+    check.set_defaults(func=_test)
     for module_name in _SUBCOMMAND_MODULES:
         try:
             module = importlib.import_module(module_name)

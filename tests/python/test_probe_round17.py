@@ -337,7 +337,7 @@ def test_a_json_report_on_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_p
 
 # --- an unknown option is reported by the subcommand that was run ------------------------------
 
-@pytest.mark.parametrize("argv", [["reference", "--threads", "0"], ["info", "--json"],
+@pytest.mark.parametrize("argv", [["reference", "--threads", "0"], ["info", "--bogus"],
                                   ["apply", "cells.h5", "--bogus"], ["score", "box3d", "a.h5", "--bogus"]])
 def test_an_unknown_option_of_a_subcommand_shows_that_subcommands_usage(capsys, argv):
     """`dodo reference --threads 0` printed dodo's top-level usage (`usage: dodo [-h] [--version]

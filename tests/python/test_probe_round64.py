@@ -1,8 +1,9 @@
-"""Outside probe, Python round sixty-four: a Closure used from a __del__ while the interpreter exits, and
-dodo.conventions' arithmetic helpers given what is not real numbers (docs/reliability_python.md, section
-120)."""
+"""Outside probe, Python round sixty-four: a Closure used from a __del__ while the interpreter exits,
+dodo.conventions' arithmetic helpers given what is not real numbers, `dodo info --json` and `dodo test`
+(docs/reliability_python.md, section 120)."""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -12,6 +13,8 @@ import numpy as np
 import pytest
 
 import dodo
+import dodo.cli
+from cli_helpers import run
 from dodo import conventions
 
 # An object that flushes a last step when it is collected: as a simulation's driver object might. Its
@@ -119,3 +122,58 @@ def test_minkowski_dot_of_integer_vectors_is_computed_as_float64():
     # numpy boolean negative, the `-` operator, is not supported"
     assert conventions.minkowski_dot(np.ones(4, bool), np.ones(4, bool)) == 2.0
     assert conventions.total_density(np.ones((6, 4), bool)) == 6.0
+
+
+def test_dodo_info_json_prints_the_listings_facts_under_the_keys_its_docstring_names(capsys, tmp_path, monkeypatch):
+    # Before: "dodo info: error: unrecognized arguments: --json" (round sixty-three's open item).
+    monkeypatch.delenv("DODO_NETWORK_EVALUATOR", raising=False)
+    code, out, err = run(capsys, ["info", "--json"])
+    assert code == 0 and err == "", err
+    report = json.loads(out)
+    assert list(report)[0] == "dodo_report" and report["dodo_report"] == "dodo info"
+    doc = dodo.cli.info_report.__doc__
+    for key in report:
+        if key != "dodo_report":
+            assert f"``{key}``" in doc, key
+    code, listing, _ = run(capsys, ["info"])  # the same facts as the listing
+    assert f"dodo {report['dodo_version']}" in listing.splitlines()
+    assert f"Lebedev orders: {report['lebedev_orders']}" in listing
+    for key in ("include_dir", "lib_dir", "cmake_dir", "pkgconfig_dir", "default_model"):
+        flag = "--default-model" if key == "default_model" else f"--{key.replace('_', '-')}"
+        code, alone, _ = run(capsys, ["info", flag])
+        assert code in (0, 1) and (alone.strip() == report[key] or key in report["not_installed"]), key
+    assert report["closure_runtime"] is dodo.runtime_available() and report["network_evaluator"] is None
+    assert report["problems"] == [] or not dodo.runtime_available()
+    # A value the runtime refuses is one of the problems, as the listing says NOT VALID.
+    monkeypatch.setenv("DODO_NETWORK_EVALUATOR", "fast")
+    code, out, _ = run(capsys, ["info", "--json", "-"])
+    report = json.loads(out)
+    assert report["network_evaluator"] == "fast" and any("NOT VALID" in line for line in report["problems"])
+    # To a file, with the listing printed; a file that is not an earlier report of dodo info is kept.
+    target = tmp_path / "info.json"
+    code, out, err = run(capsys, ["info", "--json", str(target)])
+    assert code == 0 and "Lebedev orders" in out and json.loads(target.read_text())["dodo_report"] == "dodo info"
+    notes = tmp_path / "notes.json"
+    notes.write_text("my notes\n")
+    code, out, err = run(capsys, ["info", "--json", str(notes)])
+    assert code == 2 and "not an earlier report of dodo info" in err and notes.read_text() == "my notes\n", err
+    code, out, err = run(capsys, ["info", "--json", "--cmake-dir"])  # one form at a time
+    assert code == 2 and "not allowed with argument" in err
+
+
+def test_the_listing_of_dodo_info_is_unchanged_by_its_json_form(capsys):  # guard
+    code, out, err = run(capsys, ["info"])
+    lines = out.splitlines()
+    assert code == 0 and lines[0].startswith("dodo ") and lines[1].startswith("numpy ")
+    assert [line.split(":")[0] for line in lines[2:6]] == ["core module", "Lebedev orders", "Box3D code path",
+                                                           "closure runtime"]
+    assert any(line.startswith("default_model: ") for line in lines) and not out.lstrip().startswith("{")
+
+
+def test_dodo_test_runs_the_installation_check(capsys):
+    # Before: "dodo: error: argument COMMAND: invalid choice: 'test'"; the check was python -m dodo.test alone.
+    code, out, err = run(capsys, ["test"])
+    assert code == 0, err
+    assert out.splitlines()[-1] == f"dodo {dodo.__version__}: OK"
+    code, out, err = run(capsys, ["test", "--help"])
+    assert code == 0 and "python -m dodo.test" in out
