@@ -17,9 +17,10 @@ Python's start, does not show it. Read later, at each use (outside probe, Python
 ``DODO_ONNXRUNTIME_MEMORY_LIMIT`` (once a process, when ONNX Runtime's library is loaded),
 ``DODO_ALLOW_UNTESTED_MODEL`` (a package without test vectors), and with ``threads=None`` the CPU
 affinity, the control group's CPU quota and an MPI launcher's ``OMPI_COMM_WORLD_LOCAL_SIZE`` or
-``MPI_LOCALNRANKS``. Worker threads start with a :class:`Closure` (``threads`` - 1 of them, until it
-is collected) and per call of :func:`box3d`. The ``dodo`` commands read more (a launcher's variables
-for their check of a replicated launch, HDF5's ``HDF5_EXT_PREFIX``, ``HDF5_VDS_PREFIX`` and
+``MPI_LOCALNRANKS`` (never ``OMP_NUM_THREADS`` or another OpenMP variable: give ``threads=``).
+Worker threads start with a :class:`Closure` (``threads`` - 1 of them, until it is collected) and per
+call of :func:`box3d`. The ``dodo`` commands read more (a launcher's variables for their check of a
+replicated launch, HDF5's ``HDF5_EXT_PREFIX``, ``HDF5_VDS_PREFIX`` and
 ``HDF5_EXTFILE_PREFIX`` for an input's linked files). In a sub-interpreter the import is refused with an
 ImportError: the compiled core runs in the main interpreter only.
 """

@@ -448,7 +448,9 @@ class Closure:
         creation and could only wait for a core (``threads=1024`` took seconds on a small machine).
         If the system refuses to start some (thread or address-space limits), the closure runs
         with those it could start. ``threads`` (property) says how many run; results do not
-        depend on it.
+        depend on it. ``OMP_NUM_THREADS`` and the other OpenMP variables are not read (Dodo's workers
+        are its own threads, not OpenMP's): in a hybrid MPI + OpenMP code that sets them per rank,
+        give the same count here, e.g. ``threads=int(os.environ.get("OMP_NUM_THREADS", 1))``.
     chunk_size: cells per network call (fixed-size chunks; default 1024, at most 2**20). Each worker
         holds a workspace of chunk_size cells, made (touched) when the closure is made: about 0.9 KB a
         cell for Box3D alone, 2.9 KB with the default model on the native evaluator, 8.2 KB on ONNX

@@ -177,3 +177,11 @@ def test_dodo_test_runs_the_installation_check(capsys):
     assert out.splitlines()[-1] == f"dodo {dodo.__version__}: OK"
     code, out, err = run(capsys, ["test", "--help"])
     assert code == 0 and "python -m dodo.test" in out
+
+
+def test_the_docstrings_say_openmp_variables_are_not_read_and_what_to_give():
+    # Before: threads=None was described by what it reads alone; a hybrid MPI + OpenMP code that sets
+    # OMP_NUM_THREADS per rank was not told that Dodo ignores it.
+    assert "OMP_NUM_THREADS" in dodo.Closure.__doc__ and 'threads=int(os.environ.get("OMP_NUM_THREADS"' in \
+        dodo.Closure.__doc__
+    assert "never ``OMP_NUM_THREADS``" in dodo.__doc__
