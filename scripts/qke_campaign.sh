@@ -53,8 +53,11 @@ run_chunk() {
   if ! directory_still_at "$campaign_dir" "${campaign_lock:-}"; then
     return 255  # xargs starts no more chunks
   fi
-  if [ -f "$out" ] && "${DODO_VENV:-$root/.venv}/bin/python" -c 'import h5py, sys; sys.exit(0 if h5py.File(sys.argv[1], "r").attrs.get("complete") else 1)' "$out" 2>/dev/null; then
-    return 0
+  if [ -f "$out" ]; then
+    local done=0
+    "${DODO_VENV:-$root/.venv}/bin/python" -c "$chunk_state_py" one "$out" "$family" "$seed" "$count" "$targeted" || done=$?
+    [ "$done" -eq 0 ] && return 0
+    [ "$done" -eq 3 ] && return 1  # another campaign's complete file: kept, said why (above)
   fi
   nice -n "${DODO_CAMPAIGN_NICE:-10}" "$dodo" simulate "$out" --random "$count" --seed "$seed" --family "$family" \
     --batch-size 2 --max-cost 2.5 --backend cpp --quiet "${select[@]}" ${DODO_CAMPAIGN_ARGS:-} \
@@ -104,11 +107,55 @@ if command -v flock > /dev/null; then
     flock -n "$campaign_lock" || { echo "qke_campaign: another qke_campaign.sh (or its chunks) is running in $campaign_dir$(lock_holder_text "$campaign_dir"): wait for it to end (a second campaign on one directory would run the same chunks beside it)" >&2; exit 2; }
   fi
 fi
-# The finished chunks, found by one Python process: run_chunk's own check (a Python start per chunk,
-# at the chunks' nice) took over half an hour over the ~3,000 lines of the plan on a busy machine
-# before the first chunk started. run_chunk still checks the rest; without h5py every line is kept.
-if unfinished="$(printf '%s' "$chunks${chunks:+$'\n'}" | "${DODO_VENV:-$root/.venv}/bin/python" -c '
-import os, sys
+# Whether a chunk's file is done: complete, and this campaign's chunk (exit 0); complete but another
+# campaign's (exit 3, the reason on standard error); else not done (1). Another campaign's file was done:
+# a campaign with DODO_CAMPAIGN_ARGS=--linear-only run into the solver's directory by mistake (or the solver's
+# into data/qke_linear, a plan line's COUNT changed, a random chunk where the plan says targeted) left files
+# the other campaign then skipped as finished, exit 0 and no word: its data set held linear growth labels
+# instead of solver runs (outside probe, data-loss round fifteen). Judged by what the file records of its
+# run: kind, source's random (COUNT), random_seed, family (the first campaigns' files have none) and
+# selected_by (targeted), and --linear-only among DODO_CAMPAIGN_ARGS; the other arguments are not compared.
+chunk_state_py='
+import json, os, shlex, sys
+
+def chunk_state(path, family, seed, count, targeted):
+    import h5py
+    if not os.path.isfile(path):
+        return 1, ""
+    try:
+        with h5py.File(path, "r") as handle:
+            attrs = dict(handle.attrs)
+    except Exception:  # unreadable: the chunk decides (it refuses or resumes)
+        return 1, ""
+    if not attrs.get("complete"):
+        return 1, ""
+    text = lambda value: value.decode() if isinstance(value, bytes) else str(value)
+    try:
+        source = json.loads(text(attrs.get("source", "{}")))
+    except ValueError:
+        source = {}
+    source = source if isinstance(source, dict) else {}
+    linear = "--linear-only" in shlex.split(os.environ.get("DODO_CAMPAIGN_ARGS", ""))
+    run = lambda is_linear, states, chosen: (("linear growth labels" if is_linear else "solver runs")
+                                             + f" of {states} states" + (", targeted" if chosen else ""))
+    has = run(text(attrs.get("kind", "")) == "linear_growth_labels", source.get("random"), "selected_by" in source)
+    wanted = run(linear, int(count), targeted == "targeted")
+    if (has == wanted and source.get("random_seed") == int(seed)
+            and source.get("family", family) == family):
+        return 0, ""
+    command = text(attrs.get("command", ""))
+    its_seed, its_family = source.get("random_seed"), source.get("family")
+    its = has + f", seed {its_seed}" + (f", family {its_family}" if its_family else "")
+    its += f"; written by `{command}`" if command else ""
+    return 3, (f"qke_campaign: chunk {family} {seed}: {path} is a complete file of another run ({its}), not "
+               f"a chunk of this campaign ({wanted}, seed {seed}, family {family}): it is kept and the chunk not "
+               "run; give this campaign a directory of its own (DODO_CAMPAIGN_DIR), or move that file away and rerun")
+
+if sys.argv[1] == "one":
+    state, why = chunk_state(*sys.argv[2:7])
+    if why:
+        print(why, file=sys.stderr)
+    sys.exit(state)
 try:
     import h5py
 except ImportError:
@@ -117,21 +164,18 @@ directory = os.environ.get("DODO_CAMPAIGN_DIR") or "data/qke"
 for line in sys.stdin:
     fields = line.split()
     path = os.path.join(directory, f"{fields[0]}_seed{fields[1]}.h5")
-    done = False
-    if h5py is not None and os.path.isfile(path):
-        try:
-            with h5py.File(path, "r") as handle:
-                done = bool(handle.attrs.get("complete"))
-        except Exception:  # unreadable: the chunk decides (it refuses or resumes)
-            done = False
-    if not done:
+    if h5py is None or chunk_state(path, *fields[:3], fields[3] if len(fields) > 3 else "")[0] != 0:
         print(line.rstrip("\n"))
-' 2>/dev/null)"; then
+'
+# The finished chunks, found by one Python process: run_chunk's own check (a Python start per chunk,
+# at the chunks' nice) took over half an hour over the ~3,000 lines of the plan on a busy machine
+# before the first chunk started. run_chunk still checks the rest; without h5py every line is kept.
+if unfinished="$(printf '%s' "$chunks${chunks:+$'\n'}" | "${DODO_VENV:-$root/.venv}/bin/python" -c "$chunk_state_py" list 2>/dev/null)"; then
   chunks="$unfinished"
 fi
 trap 'trap - TERM; kill 0' INT TERM  # stopping the campaign stops its chunks too
 export -f run_chunk directory_still_at
-export root dodo campaign_dir
+export root dodo campaign_dir chunk_state_py
 [ -z "${campaign_lock:-}" ] || export campaign_lock
 # In the background and waited for: bash runs the TERM trap only between commands, and `wait`
 # is where a signal interrupts it.

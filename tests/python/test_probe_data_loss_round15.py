@@ -6,6 +6,7 @@ write (`signal.raise_signal`, whose Python handler runs before it returns): no t
 """
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -100,7 +101,6 @@ def test_a_lock_file_on_a_full_file_system_says_to_free_space(monkeypatch, tmp_p
     full/.s.h5.lock: No space left on device`, nothing on what to do. Now `(its file system is full: free
     space there and rerun the command)`; the lock file is removed as before."""
     import errno
-    import os
 
     import dodo._atomic as atomic
 
@@ -139,3 +139,99 @@ def test_a_lock_file_over_the_file_size_limit_names_the_limit(tmp_path):
         ".s.h5.lock: File too large (this process may write files of at most 0 bytes: its file-size limit, ulimit "
         "-f; raise it, e.g. ulimit -f unlimited, and rerun the command)"), (child.stdout, child.stderr[-2000:])
     assert list(tmp_path.iterdir()) == []
+
+
+# --- a campaign whose directory holds another campaign's complete chunk -----------------------------------------------
+
+def _campaign_copy(tmp_path):
+    """A copy of the campaign scripts whose stand-in `dodo` records its arguments; the plan `emu 1 3`."""
+    from pathlib import Path
+
+    from cli_helpers import stand_in_venv
+
+    root = Path(__file__).resolve().parents[2]
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    for name in ("qke_campaign.sh", "own_session.sh"):
+        (repo / "scripts" / name).write_text((root / "scripts" / name).read_text())
+    calls = tmp_path / "calls.txt"
+    venv = stand_in_venv(tmp_path, f'echo "$@" >> {calls}; exit 0')
+    (tmp_path / "plan.txt").write_text("emu 1 3\n")
+    chunks = tmp_path / "chunks"
+    chunks.mkdir()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DODO_CAMPAIGN")}
+    env.update(DODO_VENV=str(venv), DODO_CAMPAIGN_DIR=str(chunks), DODO_CAMPAIGN_NICE="0")
+    return repo, env, chunks, calls
+
+
+def _chunk_file(path, kind=None, family="emu", seed=1, count=3, targeted=False):
+    """A complete chunk file with the attributes `dodo simulate` records of its run (no data)."""
+    import json
+
+    import h5py
+
+    source = {"random": count, "random_seed": seed, "max_flux_factor": 0.9, "heavy_equal": True}
+    if family is not None:
+        source["family"] = family
+    if targeted:
+        source["selected_by"] = "default"
+    with h5py.File(path, "w") as handle:
+        handle.attrs["complete"] = True
+        handle.attrs["source"] = json.dumps(source)
+        handle.attrs["command"] = f"dodo simulate {path.name} --random {count} --seed {seed}" + (
+            " --linear-only" if kind else "")
+        if kind:
+            handle.attrs["kind"] = kind
+
+
+def _campaign(repo, env, plan):
+    return subprocess.run(["bash", str(repo / "scripts" / "qke_campaign.sh"), "1", str(plan)], env=env,
+                          capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, stdin=subprocess.DEVNULL)
+
+
+linux_only = pytest.mark.skipif(sys.platform != "linux", reason="the campaign scripts are bash of Linux")
+
+
+@linux_only
+@pytest.mark.parametrize("case, made, linear, wanted", [
+    ("linear labels in a solver campaign", dict(kind="linear_growth_labels"), False, "solver runs of 3 states"),
+    ("solver runs in a labels campaign", dict(), True, "linear growth labels of 3 states"),
+    ("another COUNT", dict(count=2), False, "solver runs of 3 states"),
+    ("random where the plan says targeted", dict(), False, "solver runs of 3 states, targeted"),
+], ids=["linear-in-solver", "solver-in-linear", "count", "targeted"])
+def test_another_campaigns_complete_chunk_is_not_taken_as_this_ones(tmp_path, case, made, linear, wanted):
+    """Before: the campaign skipped any complete file of a chunk's name as finished: `qke_campaign.sh` run with
+    DODO_CAMPAIGN_ARGS=--linear-only into the solver's directory by mistake (or the other way round; a plan line
+    whose COUNT was changed; a random chunk where the plan now says targeted) left files that the other campaign
+    then passed over, exit 0 and no word: its data set held linear growth labels instead of solver runs. Now
+    such a chunk is not run and not skipped: one line names the file, what it holds, what this campaign wanted
+    and what to do; the file is kept; the campaign ends non-zero."""
+    pytest.importorskip("h5py")
+    repo, env, chunks, calls = _campaign_copy(tmp_path)
+    chunk = chunks / "emu_seed1.h5"
+    _chunk_file(chunk, **made)
+    before = chunk.read_bytes()
+    if linear:
+        env["DODO_CAMPAIGN_ARGS"] = "--linear-only"
+    plan = tmp_path / "plan.txt"
+    if case.startswith("random"):
+        plan.write_text("emu 1 3 targeted\n")
+    done = _campaign(repo, env, plan)
+    assert done.returncode != 0 and not calls.exists(), (done.returncode, done.stderr)
+    assert (f"qke_campaign: chunk emu 1: {chunk} is a complete file of another run (" in done.stderr
+            and f"), not a chunk of this campaign ({wanted}, seed 1, family emu): it is kept and the chunk not run; give "
+                "this campaign a directory of its own (DODO_CAMPAIGN_DIR), or move that file away and rerun"
+            in done.stderr), done.stderr
+    assert chunk.read_bytes() == before
+
+
+@linux_only
+@pytest.mark.parametrize("family", ["emu", None], ids=["family", "first-campaign-without-family"])
+def test_this_campaigns_complete_chunk_is_still_skipped(tmp_path, family):
+    """Guard: a complete file of this campaign's own chunk (also one of the first campaigns, whose source records
+    no family) is skipped as before: no chunk run, exit 0, nothing said."""
+    pytest.importorskip("h5py")
+    repo, env, chunks, calls = _campaign_copy(tmp_path)
+    _chunk_file(chunks / "emu_seed1.h5", family=family)
+    done = _campaign(repo, env, tmp_path / "plan.txt")
+    assert done.returncode == 0 and not calls.exists() and done.stderr == "", (done.returncode, done.stderr)
