@@ -10,6 +10,7 @@ elsewhere, `pip install /path/to/clone` (non-editable), `pip install git+file://
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -124,3 +125,54 @@ def test_readme_names_the_c_libraries_the_built_libdodo_needs():
     if 'VERSION_ID="12"' not in os_release or "ID=debian" not in os_release:
         pytest.skip(f"built elsewhere than Debian 12 (needs glibc {glibc}, GLIBCXX_{glibcxx})")
     assert f"glibc {glibc}" in paragraph and f"GLIBCXX_{glibcxx}" in paragraph, (glibc, glibcxx, paragraph)
+
+
+C_HOST = r"""
+#include <stdio.h>
+#include <dodo/dodo.h>
+int main(int argc, char** argv) {
+  double F[6][4] = {{1e33, 0, 0, 0.5e33}, {0}, {0}, {1e33, 0, 0, -0.5e33}, {0}, {0}}, F_pred[6][4];
+  dodo_options options;  dodo_options_init(&options);  options.threads = 1;
+  dodo_closure* closure = NULL;  char message[4096];
+  if (argc < 2 || dodo_closure_create(argv[1], &options, &closure, message, sizeof message) != DODO_OK) {
+    fprintf(stderr, "%s\n", argc < 2 ? "usage" : message);  return 1;
+  }
+  int ok = dodo_apply(closure, 1, &F[0][0], NULL, NULL, NULL, &F_pred[0][0], NULL, NULL) == DODO_OK;
+  dodo_closure_destroy(closure);
+  printf("%g\n", F_pred[0][0]);
+  return ok ? 0 : 1;
+}
+"""
+
+
+@pytest.mark.skipif(not shutil.which("cc"), reason="needs a C compiler (cc)")
+def test_a_c_host_whose_onnxruntime_is_in_another_site_packages_follows_runtime_md(tmp_path):
+    """onnxruntime in another site-packages than dodo (PYTHONPATH, `--user`, `--system-site-packages`): Python's
+    closure finds it, a C host's libdodo (which looks beside itself) refused every model, "cannot load the ONNX
+    Runtime library (pip install onnxruntime, ...)", with onnxruntime installed. docs/runtime.md now says so and what
+    to set; the advice is checked on a copy of this installation's libdodo with no onnxruntime beside it."""
+    import subprocess
+
+    text = " ".join((ROOT / "docs" / "runtime.md").read_text(encoding="utf-8").split())
+    assert "where the two sit in different ones" in text and "`onnxruntime_library:` line of `python -m dodo info`" in text
+    lib, include, model = _info("--lib-dir"), _info("--include-dir"), _info("--default-model")
+    if lib is None or not (lib / "libdodo.so").is_file():
+        pytest.skip("a Box3D-only build: no C API installed")
+    info = subprocess.run([sys.executable, "-m", "dodo", "info"], capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL, check=True).stdout
+    (library,) = [line.split(": ", 1)[1].split(" (")[0] for line in info.splitlines()
+                  if line.startswith("onnxruntime_library: ")]
+    if not Path(library).is_file():
+        pytest.skip(f"no onnxruntime library in this Python ({library})")
+    copy = tmp_path / "site-packages" / "dodo" / "lib"  # a wheel's layout, without onnxruntime beside it
+    copy.mkdir(parents=True)
+    for name in ("libdodo.so", "libdodo.so.0"):
+        shutil.copy(lib / name, copy / name)
+    (tmp_path / "host.c").write_text(C_HOST)
+    subprocess.run(["cc", "-std=c99", str(tmp_path / "host.c"), f"-I{include}", f"-L{copy}", f"-Wl,-rpath,{copy}",
+                    "-ldodo", "-o", str(tmp_path / "host")], check=True, timeout=300)
+    environment = {key: value for key, value in os.environ.items() if key != "DODO_ONNXRUNTIME_LIBRARY"}
+    environment["DODO_ONNXRUNTIME_LIBRARY"] = library  # the docs' advice
+    result = subprocess.run([str(tmp_path / "host"), str(model)], capture_output=True, text=True, timeout=120,
+                            env=environment)
+    assert result.returncode == 0 and float(result.stdout) > 0, (result.returncode, result.stdout, result.stderr)
