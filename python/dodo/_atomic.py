@@ -1184,6 +1184,11 @@ def _flock(path: Path, remove: bool, refuse, command: str = ""):
             handle.close()
             raise refuse(holder, holding) from None
         except OSError:  # no locks here (some network file systems): as before, unguarded
+            # Nor is a lock file left there: `dodo simulate d/s.h5` on a file system without flocks (ENOLCK: an NFS
+            # mount without its lock service) left `.s.h5.lock` beside every output it wrote (outside probe,
+            # data-loss round fifteen). Removed only while the name is still the file this run opened.
+            if remove:
+                _remove_lock_file(handle, None, path)
             handle.close()
             yield
             return

@@ -235,3 +235,24 @@ def test_this_campaigns_complete_chunk_is_still_skipped(tmp_path, family):
     _chunk_file(chunks / "emu_seed1.h5", family=family)
     done = _campaign(repo, env, tmp_path / "plan.txt")
     assert done.returncode == 0 and not calls.exists() and done.stderr == "", (done.returncode, done.stderr)
+
+
+def test_no_lock_file_is_left_on_a_file_system_without_flocks(monkeypatch, tmp_path):
+    """Before: `dodo simulate d/s.h5` on a file system that takes no flocks (ENOLCK: an NFS mount without its
+    lock service; shown with an LD_PRELOAD flock() that fails so) wrote s.h5, exit 0, and left `.s.h5.lock`
+    beside it: the run goes unguarded there (as documented), but its lock file was never removed. Now it is
+    removed at the end as on any other file system."""
+    import errno
+
+    import dodo._atomic as atomic
+
+    fcntl = pytest.importorskip("fcntl")
+
+    def no_locks(descriptor, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    output = tmp_path / "s.h5"
+    with atomic.exclusive_output(output, "dodo simulate"):
+        output.write_bytes(b"the run's output")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["s.h5"]
