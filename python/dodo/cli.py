@@ -108,8 +108,9 @@ def info_report() -> tuple[list[str], dict]:
       neither: the system's library path is searched); ``onnxruntime_library_from``:
       "DODO_ONNXRUNTIME_LIBRARY", "the onnxruntime package" or null; ``onnxruntime_package_library``: the
       onnxruntime package's library, or null.
-    - ``network_evaluator``, ``onnxruntime_memory_limit``: the values of $DODO_NETWORK_EVALUATOR and
-      $DODO_ONNXRUNTIME_MEMORY_LIMIT, or null where unset or empty.
+    - ``network_evaluator``, ``onnxruntime_memory_limit``, ``allow_untested_model``: the values of
+      $DODO_NETWORK_EVALUATOR, $DODO_ONNXRUNTIME_MEMORY_LIMIT and $DODO_ALLOW_UNTESTED_MODEL (the
+      development opt-out: "1" lets a package without test vectors load), or null where unset or empty.
     - ``launcher``: the launcher that started this process as one of several (torchrun, mpirun, srun), in
       words, or null.
     - ``problems``: the listing's lines that say NOT (the runtime not built, a variable's library NOT
@@ -207,6 +208,7 @@ def info_report() -> tuple[list[str], dict]:
         "onnxruntime_package_library": given_paths["onnxruntime_library"] or None,
         "network_evaluator": os.environ.get("DODO_NETWORK_EVALUATOR") or None,
         "onnxruntime_memory_limit": os.environ.get("DODO_ONNXRUNTIME_MEMORY_LIMIT") or None,
+        "allow_untested_model": os.environ.get("DODO_ALLOW_UNTESTED_MODEL") or None,
         "launcher": launch.split(": ", 1)[1] if launch else None,
         "problems": [line for line in lines if " NOT " in line],
     }
@@ -242,7 +244,8 @@ def _launch_line(environ=None) -> str | None:
 
 
 def _runtime_variable_lines() -> list[str]:
-    """A line for each of DODO_NETWORK_EVALUATOR and DODO_ONNXRUNTIME_MEMORY_LIMIT that is set (not empty,
+    """A line for each of DODO_NETWORK_EVALUATOR, DODO_ONNXRUNTIME_MEMORY_LIMIT (and DODO_ALLOW_UNTESTED_MODEL,
+    below) that is set (not empty,
     which the runtime takes as unset), saying when the runtime refuses its value: then every closure with
     a model fails to load (DODO_ERROR_INVALID_ARGUMENT), which `dodo info`, the installation's check,
     showed without a word, as it had the library variable's missing file (outside probe, round
@@ -267,6 +270,15 @@ def _runtime_variable_lines() -> list[str]:
         lines.append(f"onnxruntime_memory_limit: {_escaped(limit)} (DODO_ONNXRUNTIME_MEMORY_LIMIT, bytes"
                      + ("; NOT VALID: decimal digits alone, from 1048576 (1 MiB) to 2^64 - 1, so every closure "
                         "with a model fails to load; fix or unset the variable" if bad else "") + ")")
+    # The development opt-out, left set in a job's environment, let packages without test vectors load with
+    # no word from the installation's check; a value other than 1 (yes, true) did nothing, also without a
+    # word (outside probe, Python round sixty-four). The rule is the runtime's (closure.cpp): exactly "1".
+    allow = os.environ.get("DODO_ALLOW_UNTESTED_MODEL")
+    if allow:
+        lines.append(f"allow_untested_model: {_escaped(allow)} (DODO_ALLOW_UNTESTED_MODEL"
+                     + ("; development only: a package without test vectors, or whose test vectors never reach "
+                        "the network, loads untested" if allow == "1" else
+                        "; has no effect: the runtime takes the value 1 alone") + ")")
     return lines
 
 

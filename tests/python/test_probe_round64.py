@@ -185,3 +185,16 @@ def test_the_docstrings_say_openmp_variables_are_not_read_and_what_to_give():
     assert "OMP_NUM_THREADS" in dodo.Closure.__doc__ and 'threads=int(os.environ.get("OMP_NUM_THREADS"' in \
         dodo.Closure.__doc__
     assert "never ``OMP_NUM_THREADS``" in dodo.__doc__
+
+
+@pytest.mark.parametrize("value, words", [("1", "development only: a package without test vectors"),
+                                          ("yes", "has no effect: the runtime takes the value 1 alone")])
+def test_dodo_info_names_the_untested_model_opt_out_and_whether_it_acts(capsys, monkeypatch, value, words):
+    # Before: `dodo info`, the installation's check, said nothing of DODO_ALLOW_UNTESTED_MODEL: left set in a
+    # job's environment it let untested packages load; "yes" did nothing. Both silently.
+    monkeypatch.setenv("DODO_ALLOW_UNTESTED_MODEL", value)
+    code, out, _ = run(capsys, ["info"])
+    line = [line for line in out.splitlines() if line.startswith("allow_untested_model: ")]
+    assert code == 0 and len(line) == 1 and words in line[0] and "(DODO_ALLOW_UNTESTED_MODEL;" in line[0], out
+    code, out, _ = run(capsys, ["info", "--json"])
+    assert json.loads(out)["allow_untested_model"] == value
