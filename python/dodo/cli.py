@@ -81,6 +81,8 @@ def _info(args: argparse.Namespace) -> int:
         lines, data = info_report()
         emit("\n".join(lines), marked_report(data, "dodo info"), args.json)
     except (OSError, ValueError) as error:
+        if isinstance(error, BrokenPipeError) or not json_target_file(args.json):
+            raise  # standard output's own errors: the command's guard ends them (141 for a reader gone)
         print(f"dodo info: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     return 0

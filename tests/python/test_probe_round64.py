@@ -4,6 +4,7 @@ dodo.conventions' arithmetic helpers given what is not real numbers, `dodo info 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -198,3 +199,18 @@ def test_dodo_info_names_the_untested_model_opt_out_and_whether_it_acts(capsys, 
     assert code == 0 and len(line) == 1 and words in line[0] and "(DODO_ALLOW_UNTESTED_MODEL;" in line[0], out
     code, out, _ = run(capsys, ["info", "--json"])
     assert json.loads(out)["allow_untested_model"] == value
+
+
+@pytest.mark.parametrize("argv", [["info"], ["info", "--json"]])
+def test_dodo_info_to_a_reader_that_went_away_ends_quietly(argv, tmp_path):
+    # The first form of --json (4384b5f4) caught standard output's BrokenPipeError with the file's errors:
+    # `dodo info | head -c 10` could say "dodo info: error: [Errno 32] Broken pipe", exit 2, where every
+    # command ends quietly with 141 (here: the pipe's reader is closed before the command starts).
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", "dodo", *argv], stdout=write_end, stderr=subprocess.PIPE,
+                              text=True, timeout=120, cwd=tmp_path)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141 and done.stderr == "", done.stderr
