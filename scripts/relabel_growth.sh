@@ -50,7 +50,15 @@ mkdir -p "$labels"
 # A descriptor bash chooses (10 or above), not 9: bash may hold this script itself on 9 under a low
 # `ulimit -n` (outside probe, data-loss round seven).
 if command -v flock > /dev/null && { exec {labels_lock}< "$labels"; } 2> /dev/null; then
-  flock -n "$labels_lock" || { echo "relabel_growth: another relabel_growth.sh (or its chunks) is running into $labels$(lock_holder_text "$labels"): wait for it to end (a second one would label the same chunks beside it)" >&2; exit 2; }
+  # -E 75: only a lock another process holds is "running" (a file system without locks: unguarded, with a note;
+  # as qke_campaign.sh, outside probe, data-loss round fifteen).
+  lock_status=0
+  flock -n -E 75 "$labels_lock" 2> /dev/null || lock_status=$?
+  if [ "$lock_status" -eq 75 ]; then
+    echo "relabel_growth: another relabel_growth.sh (or its chunks) is running into $labels$(lock_holder_text "$labels"): wait for it to end (a second one would label the same chunks beside it)" >&2; exit 2
+  elif [ "$lock_status" -ne 0 ]; then
+    echo "relabel_growth: note: $labels cannot be locked (flock exit $lock_status; its file system takes no locks?), so a second relabelling there would not be refused: run one at a time into it" >&2
+  fi
 fi
 relabel() {
   local input="$1" out="$labels/$(basename "$1")"

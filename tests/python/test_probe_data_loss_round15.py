@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -145,8 +146,6 @@ def test_a_lock_file_over_the_file_size_limit_names_the_limit(tmp_path):
 
 def _campaign_copy(tmp_path):
     """A copy of the campaign scripts whose stand-in `dodo` records its arguments; the plan `emu 1 3`."""
-    from pathlib import Path
-
     from cli_helpers import stand_in_venv
 
     root = Path(__file__).resolve().parents[2]
@@ -256,3 +255,44 @@ def test_no_lock_file_is_left_on_a_file_system_without_flocks(monkeypatch, tmp_p
     with atomic.exclusive_output(output, "dodo simulate"):
         output.write_bytes(b"the run's output")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["s.h5"]
+
+
+def _no_locks_flock(tmp_path, env):
+    """A stand-in flock(1) first on PATH that fails as util-linux's does where the file system takes no locks
+    (ENOLCK: "flock: 12: No locks available", exit 71, EX_OSERR)."""
+    bin_directory = tmp_path / "bin"
+    bin_directory.mkdir()
+    (bin_directory / "flock").write_text('#!/bin/bash\necho "flock: $2: No locks available" >&2\nexit 71\n')
+    (bin_directory / "flock").chmod(0o755)
+    env["PATH"] = f"{bin_directory}{os.pathsep}{env.get('PATH', '')}"
+
+
+@linux_only
+def test_a_campaign_on_a_file_system_without_locks_runs_unguarded(tmp_path):
+    """Before: on a file system that takes no locks, `qke_campaign.sh` printed flock's "No locks available" and
+    "qke_campaign: another qke_campaign.sh (or its chunks) is running in DIR: wait for it to end", exit 2, of a
+    campaign that never ran: no campaign could run there at all (its comment says: without locks, unguarded).
+    Now a note that the directory cannot be locked, and the chunks run."""
+    pytest.importorskip("h5py")
+    repo, env, chunks, calls = _campaign_copy(tmp_path)
+    _no_locks_flock(tmp_path, env)
+    done = _campaign(repo, env, tmp_path / "plan.txt")
+    assert done.returncode == 0 and calls.exists() and "emu_seed1.h5" in calls.read_text(), (done.returncode,
+                                                                                              done.stderr)
+    assert "is running" not in done.stderr and done.stderr.strip() == (
+        f"qke_campaign: note: {chunks} cannot be locked (flock exit 71; its file system takes no locks?), so a second "
+        "campaign there would not be refused: run one campaign at a time in it"), done.stderr
+
+
+@linux_only
+def test_a_relabelling_on_a_file_system_without_locks_is_not_called_running(tmp_path):
+    """The same in relabel_growth.sh (before: "another relabel_growth.sh (or its chunks) is running into DIR",
+    exit 2); here with no complete chunk to label, it goes on to say so."""
+    repo, env, chunks, calls = _campaign_copy(tmp_path)
+    (repo / "scripts" / "relabel_growth.sh").write_text(
+        (Path(__file__).resolve().parents[2] / "scripts" / "relabel_growth.sh").read_text())
+    _no_locks_flock(tmp_path, env)
+    done = subprocess.run(["bash", str(repo / "scripts" / "relabel_growth.sh"), "1"], env=env, capture_output=True,
+                          text=True, timeout=CHILD_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    assert "is running" not in done.stderr and "No locks available" not in done.stderr, done.stderr
+    assert f"relabel_growth: note: {chunks}_growth cannot be locked (flock exit 71" in done.stderr, done.stderr
