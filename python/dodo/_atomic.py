@@ -1369,8 +1369,12 @@ def _signals_held_in_callbacks(sink: "WriteErrorLatch"):
             pass
     _register_fork_hooks()
     _HOLDS.append((held, previous))
+    leaving = None
     try:
         yield
+    except BaseException as error:
+        leaving = error
+        raise
     finally:
         _HOLDS.remove((held, previous))
         sink.hand_on_held = None
@@ -1381,8 +1385,12 @@ def _signals_held_in_callbacks(sink: "WriteErrorLatch"):
         # A signal held after the last check() (during atomic_hdf5's final sink.check() or between it and
         # here; once the handlers are back, a later one goes to them directly) is handed on now. Before,
         # the block ended with it still held and it was dropped: the write completed and renamed, exit 0
-        # after a Ctrl-C or SIGTERM (outside probe, data-loss round fifteen).
-        _hand_on_held(sink, previous)
+        # after a Ctrl-C or SIGTERM (outside probe, data-loss round fifteen). Also over an error (a full disk):
+        # the signal's exception, the error its context. Not while a KeyboardInterrupt, SystemExit or a
+        # handler's own exception already ends the block (a second Ctrl-C, which is handed on at once): the
+        # process is already being interrupted, and the held one would only raise again in the unwinding.
+        if leaving is None or isinstance(leaving, Exception):
+            _hand_on_held(sink, previous)
 
 
 #: (holding handler, {signal: the handler before it}) of each _signals_held_in_callbacks block open in
