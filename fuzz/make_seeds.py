@@ -13,6 +13,7 @@ Deterministic (fixed random seed); standard library only.
 from __future__ import annotations
 
 import random
+import re
 import struct
 import sys
 from pathlib import Path
@@ -149,7 +150,8 @@ def native_variants(native: bytes) -> dict[str, bytes]:
         "native_swapped_layer": native.replace(b'"ensemble.student.body.0.weight"', layer, 1),
         "native_precision_as_weight": native.replace(layer, b'"ensemble.feature_precision"', 1),
         "native_scalar_as_vector": native.replace(b'"ensemble.student.std"', b'"ensemble.r_scale"', 1),
-        "native_short_pattern": native.replace(b"1.0, -0.5, -0.5]}", b"1.0]}", 1),
+        # The pattern's last two values cut (its values are the package's: 1.1, -0.55 since 2026-12-07).
+        "native_short_pattern": re.sub(rb",[^,\[\]]*,[^,\[\]]*\]\}$", b"]}", native, count=1),
         "native_empty_layers": native.split(b'"layers"')[0] + b'"layers": [], "z": [[' + native.split(b"[[", 1)[1],
         "native_other_form": native.replace(b"silu-mlp-density-residual-v", b"silu-mlp-density-residual-x", 1),
         "native_truncated": native[: len(native) // 2],

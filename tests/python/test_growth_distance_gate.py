@@ -5,7 +5,8 @@ zero. The distance gate exp(-max(0, d^2 - d2_max) / d2_max) moved the four-flux 
 on a cell it had cut to 2e-7 N_tot the growth rate was 0.15 times the proxy (physics-law probe,
 round thirteen). Since 2026-12-07 the exporter multiplies the log growth ratio by the same factor
 (native form "silu-mlp-density-residual-v2"), and the default package was re-exported so
-(tools/gate_growth_in_package.py); packages of form v1 keep their ungated ratio."""
+(tools/gate_growth_in_package.py; kept as tests/data/training/qke_default_2026-12-07_unscaled.onnx, the
+default's correction being scaled by 1.1 since); packages of form v1 keep their ungated ratio."""
 from __future__ import annotations
 
 import json
@@ -24,6 +25,9 @@ onnx = pytest.importorskip("onnx")
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT = REPO / "python" / "dodo" / "models" / "qke_default.onnx"
 UNGATED = REPO / "tests" / "data" / "training" / "qke_default_2026-12-04_growth_ungated.onnx"
+# The re-export of UNGATED with the gated ratio: the default until 2026-12-07 18:40 UTC, since then
+# scaled by 1.1 in its density correction alone (tests/python/test_correction_scale.py).
+REGATED = REPO / "tests" / "data" / "training" / "qke_default_2026-12-07_unscaled.onnx"
 
 # The probe's cell (dodo.training.gate_graph.far_out_probe_cells(4000)[2605], d^2 = 6.86 d2_max).
 PROBE_CELL = np.array([
@@ -69,12 +73,12 @@ def test_inside_the_training_data_nothing_moved():
 
     inside = random_initial_states(np.random.default_rng(3), 3000)
     for F in (inside, far_out_cells()):
-        new, old = dodo.Closure(threads=1).apply(F), dodo.Closure(str(UNGATED), threads=1).apply(F)
+        new, old = dodo.Closure(str(REGATED), threads=1).apply(F), dodo.Closure(str(UNGATED), threads=1).apply(F)
         assert new.F_pred.tobytes() == old.F_pred.tobytes()
         assert new.uncertainty.tobytes() == old.uncertainty.tobytes()
-    open_gate = distance_ratio(DEFAULT)(inside) <= 1.0
+    open_gate = distance_ratio(REGATED)(inside) <= 1.0
     assert open_gate.mean() > 0.9
-    new, old = dodo.Closure(threads=1).apply(inside), dodo.Closure(str(UNGATED), threads=1).apply(inside)
+    new, old = dodo.Closure(str(REGATED), threads=1).apply(inside), dodo.Closure(str(UNGATED), threads=1).apply(inside)
     assert new.growth_rate[open_gate].tobytes() == old.growth_rate[open_gate].tobytes()
 
 
@@ -110,7 +114,7 @@ def test_the_tool_rebuilds_the_shipped_package_from_the_one_before(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "growth_moved': 0" in done.stdout  # random initial states: the growth rate kept its bits
     F = np.concatenate([far_out_cells(), PROBE_CELL[None]])
-    made, shipped = dodo.Closure(str(out), threads=1).apply(F), dodo.Closure(threads=1).apply(F)
+    made, shipped = dodo.Closure(str(out), threads=1).apply(F), dodo.Closure(str(REGATED), threads=1).apply(F)
     for field in ("F_pred", "growth_rate", "uncertainty", "status"):
         assert getattr(made, field).tobytes() == getattr(shipped, field).tobytes(), field
     copy = tmp_path / "copy.onnx"

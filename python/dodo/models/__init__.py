@@ -5,7 +5,7 @@ The default model is the one :class:`dodo.Closure` loads when given ``model=None
 random ELN-crossing training states of three families, in their flavour images; recipe, record and
 figures in training/models/README.md). Its metadata says so (``dodo.training_data_kind = "qke"``).
 On 32 real Emu runs it never saw (emu_1d_validation.h5) it misses the asymptotic densities by
-0.00242 N_tot against Box3D's 0.00649 (training/models/README.md has the table and its intervals).
+0.00247 N_tot against Box3D's 0.00649 (training/models/README.md has the table and its intervals).
 ``synthetic-test-equivariant.onnx`` is a random-weight test model for the runtime's own tests
 (regenerate with ``python -m dodo.training.synthetic_model``, training side).
 """
