@@ -304,7 +304,7 @@ def _train(args) -> int:
                 if not args.overwrite:
                     _refuse_to_replace_a_run(checkpoints, config.training.resume_from)
                 config.make_dirs()
-                summary = train(config, config_path=args.config)
+                summary = train(config, config_path=args.config, sets=args.set)
         except BaseException as error:
             from .train import RunDirectoryMovedError
 

@@ -25,6 +25,13 @@ ACTIVATION_NAMES = ("relu", "silu", "gelu", "tanh", "elu")
 HEAD_NAMES = ("direct", "equivariant")
 
 
+#: Widest hidden layer and most residual blocks `dodo train` builds (the default model: 128 wide, 3 blocks).
+MAX_HIDDEN_DIM = 1 << 20
+MAX_BLOCKS = 1000
+#: The largest float32, the type torch's optimizers hold their learning rate in.
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 class ConfigError(ValueError):
     """A configuration file or value is invalid (message names the offending key)."""
 
@@ -164,6 +171,11 @@ class ExperimentConfig:
         for name in ("hidden_dim", "n_blocks"):
             if getattr(self.model, name) < 1:
                 raise ConfigError(f"model.{name} must be >= 1")
+        # model.hidden_dim 10^29 ended in a torch traceback with C++ frames ("Overflow when unpacking long long"),
+        # model.n_blocks 10^29 built blocks one at a time for ever (outside probe, training round four).
+        for name, highest in (("hidden_dim", MAX_HIDDEN_DIM), ("n_blocks", MAX_BLOCKS)):
+            if getattr(self.model, name) > highest:
+                raise ConfigError(f"model.{name} must be at most {highest:,}; got {shown(getattr(self.model, name))}")
         if not 0.0 <= self.model.dropout < 1.0:
             raise ConfigError("model.dropout must be in [0, 1)")
         d = self.data
@@ -203,6 +215,9 @@ class ExperimentConfig:
             raise ConfigError("training.epochs must be >= 1")
         if not (math.isfinite(t.lr) and t.lr > 0):
             raise ConfigError(f"training.lr must be a finite positive number; got {t.lr!r}")
+        if t.lr > FLOAT32_MAX:  # "value cannot be converted to type float without overflow", naming no key
+            raise ConfigError(f"training.lr must be below {FLOAT32_MAX:.4g} (torch's optimizer holds it as a float32); "
+                              f"got {t.lr!r}")
         if not (math.isfinite(t.weight_decay) and t.weight_decay >= 0):
             raise ConfigError(f"training.weight_decay must be a finite number >= 0; got {t.weight_decay!r}")
         if not 0 <= t.min_lr_fraction <= 1:  # also refuses NaN

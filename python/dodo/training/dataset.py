@@ -43,7 +43,8 @@ def rest_frame_arrays(F_init, F_box, F_true, u, invariants, target_scale=None) -
     scale = ntot[:, None, None]
     F_box_rest = boost_to_rest(F_box, u_species) / scale
     F_true_rest = boost_to_rest(F_true, u_species) / scale
-    weight = np.ones_like(ntot) if target_scale is None else ntot / float(target_scale)
+    with np.errstate(over="ignore"):  # a weight beyond range is said by read_rows, naming data.target_scale
+        weight = np.ones_like(ntot) if target_scale is None else ntot / float(target_scale)
     return {"invariants": np.asarray(invariants, dtype=np.float64), "F_init_rest": F_init_rest / scale,
             "F_box_rest": F_box_rest, "dF_true_rest": F_true_rest - F_box_rest, "cell_weight": weight}
 
@@ -145,12 +146,32 @@ def read_rows(handle, indices: np.ndarray, target_scale=None) -> dict:
         arrays = rest_frame_arrays(*rows, target_scale)
     except DataFileError as error:  # name the file
         raise DataFileError(f"{handle.filename}: {error}") from None
+    _check_cell_weights(arrays["cell_weight"], target_scale, handle.filename)
     finite = np.ones(len(idx), dtype=bool)
     for values in arrays.values():  # the boosts of finite rows may still overflow
         finite &= _finite_rows(values)
     if not finite.all():  # `dodo evaluate` printed a table of nan with exit 0; training failed at step 1
         raise DataFileError(f"{handle.filename}: {non_finite_rows(int(np.count_nonzero(~finite)))}")
     return arrays
+
+
+def _check_cell_weights(weight: np.ndarray, target_scale, filename) -> None:
+    """A ConfigError naming data.target_scale when the loss weights N_tot / target_scale of rows are beyond
+    float32, the training tensors' type: `data.target_scale: 1e-300` ended in "... rows with non-finite values
+    ...; dodo preprocess never writes them (the file is damaged or was edited)", the file blamed, and
+    1e-10 in "non-finite loss at epoch 1, step 1 ...; lower training.lr" (outside probe, training round four)."""
+    from .config import FLOAT32_MAX, ConfigError
+
+    if target_scale is None or not len(weight):
+        return
+    beyond = ~(np.abs(weight) <= FLOAT32_MAX)
+    if beyond.any():
+        ntot = np.abs(weight[beyond]) * float(target_scale)
+        largest = f" (N_tot up to {np.max(ntot[np.isfinite(ntot)]):.3g})" if np.isfinite(ntot).any() else ""
+        raise ConfigError(f"data.target_scale = {target_scale!r} makes the loss weight N_tot / target_scale of "
+                          f"{np.count_nonzero(beyond)} row(s) of {filename}{largest} larger "
+                          f"than a float32 holds: give a scale near the data's |F_true| ('p99' takes its 99th "
+                          "percentile), or null (each cell in units of its own N_tot)")
 
 
 class CellDataset(torch.utils.data.Dataset):

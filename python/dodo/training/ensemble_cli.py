@@ -22,7 +22,7 @@ def _train_ensemble(args) -> int:
                                         config.noise_oof])
     from pathlib import Path
 
-    from .._atomic import exclusive_directory, missing_directories, remove_empty_directories
+    from .._atomic import OutputPathError, exclusive_directory, missing_directories, remove_empty_directories
 
     directory = Path(config.checkpoint).resolve().parent
     # A run that fails (a missing data file, a bad config value, Ctrl-C) removes the directories it
@@ -35,6 +35,15 @@ def _train_ensemble(args) -> int:
             if not args.overwrite:
                 _refuse_to_replace_a_checkpoint(Path(config.checkpoint))
             train_command(config)
+        except OutputPathError as error:
+            remove_empty_directories(made, directory)
+            if "while this command ran" not in str(error) or str(config.checkpoint) not in str(error):
+                raise
+            # The line said where the directory went, not that the trained ensemble went nowhere: the checkpoint
+            # is written once, at the end (outside probe, open items of training round three).
+            raise OutputPathError(f"{error}; the trained ensemble was not saved anywhere (dodo train-ensemble writes "
+                                  "its checkpoint once, at its end): run dodo train-ensemble again, with "
+                                  "output.checkpoint in a directory that stays") from None
         except BaseException:
             remove_empty_directories(made, directory)
             raise

@@ -1262,6 +1262,7 @@ def plot_curve(rows: list[dict], path: str) -> None:
         ax.plot(sizes, [r["emu_model_mean_over_folds"] for r in rows], "s-", label="model on Emu file")
         ax.axhline(rows[0]["emu_box3d"], color="gray", ls=":", label="Box3D on Emu file")
     ax.set_xscale("log")
+    _label_sizes(ax.xaxis, sizes)
     ax.set_xlabel("training states")
     ax.set_ylabel("mean |dn|/N_tot (mu, tau averaged)")
     ax.legend(fontsize=8)
@@ -1269,6 +1270,25 @@ def plot_curve(rows: list[dict], path: str) -> None:
     from .plots import save_figure
 
     save_figure(fig, path)  # in the format its name says: --plot curve.pdf received PNG bytes
+
+
+def _label_sizes(axis, sizes: list) -> None:
+    """Ticks of a learning curve's log x axis at its training-set sizes, each labelled as the integer it is,
+    a size too near the one labelled before it (in a tenth of the axis's decades) left unlabelled. The
+    log axis's own labels, minor ticks among them, overlapped ("3x10^3" on "4x10^3" for sizes 500 to 8,000)
+    and named none of the sizes trained (outside probe, training round four)."""
+    from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter, NullLocator
+
+    ordered = sorted(set(int(size) for size in sizes))
+    span = math.log10(ordered[-1] / ordered[0]) if ordered[0] > 0 else 0.0
+    labelled = [ordered[-1]]  # the largest ('all') always; then downwards, each far enough from the last kept
+    for size in reversed(ordered[:-1]):
+        if span == 0 or math.log10(labelled[-1] / size) >= 0.1 * span:
+            labelled.append(size)
+    axis.set_major_locator(FixedLocator(ordered))
+    axis.set_major_formatter(FixedFormatter([f"{size:,}" if size in labelled else "" for size in ordered]))
+    axis.set_minor_locator(NullLocator())
+    axis.set_minor_formatter(NullFormatter())
 
 
 #: Graph outputs of an ensemble package (docs/model_package.md, optional outputs).

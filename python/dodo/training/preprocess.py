@@ -201,6 +201,7 @@ def preprocess(config: PreprocessConfig, progress: bool = True, log=print) -> di
     try:
         with atomic_hdf5(output) as (out, check):
             written = _write_output(out, check, files, sources, config, settings, data_kind, counts, bar)
+            repeats = repeated_states(out)
             _refuse_inputs_changed_meanwhile(files, found, output)
             if written == 0:  # before the commit: a good earlier output is never replaced by an empty one
                 raise DataFileError(f"no rows survived the filters, {output} not written: {counts.as_dict()}")
@@ -215,7 +216,74 @@ def preprocess(config: PreprocessConfig, progress: bool = True, log=print) -> di
                "seconds": elapsed, "cells_per_second": counts.rows_read / elapsed if elapsed > 0 else float("inf")}
     log(f"preprocess: {counted(written, 'row')} -> {output} ({elapsed:.2f} s, {summary['cells_per_second']:.3g} cells/s)")
     log("filters: " + ", ".join(f"{k}={v}" for k, v in counts.as_dict().items()))
+    summary["repeated_states"] = len(repeats["rows"])
+    if repeats["rows"]:
+        log(f"preprocess: note: {repeated_states_note(repeats, written, files)}")
     return summary
+
+
+#: Rows hashed at a time by repeated_states.
+_HASH_ROWS = 65536
+
+
+def repeated_states(handle) -> dict:
+    """The rows of a preprocessed file (open, ``handle``) whose initial state (F_init and u, bit for bit)
+    is that of an earlier row: {"rows": [...], "first": [the earlier row of each], "copies": how many
+    also repeat its F_true}. Found by a 64-bit hash per row, every match then compared bit for bit."""
+    n = handle["F_init"].shape[0]
+    hashes = np.empty(n, dtype=np.uint64)
+    for start in range(0, n, _HASH_ROWS):
+        stop = min(n, start + _HASH_ROWS)
+        hashes[start:stop] = _row_hashes(np.concatenate([handle["F_init"][start:stop].reshape(stop - start, -1),
+                                                         handle["u"][start:stop]], axis=1))
+    order = np.argsort(hashes, kind="stable")
+    same = hashes[order][1:] == hashes[order][:-1]
+    candidates = np.unique(np.concatenate([order[1:][same], order[:-1][same]])) if same.any() else np.zeros(0, int)
+    rows, first, copies = [], [], 0
+    if len(candidates):
+        state = np.concatenate([handle["F_init"][candidates].reshape(len(candidates), -1), handle["u"][candidates]],
+                               axis=1)
+        final = handle["F_true"][candidates].reshape(len(candidates), -1)
+        seen = {}
+        for k, row in enumerate(candidates.tolist()):  # increasing: the first of equal states is seen first
+            key = state[k].tobytes()
+            if key in seen:
+                rows.append(row)
+                first.append(int(candidates[seen[key]]))
+                copies += int(final[k].tobytes() == final[seen[key]].tobytes())
+            else:
+                seen[key] = k
+    return {"rows": rows, "first": first, "copies": copies}
+
+
+def _row_hashes(values: np.ndarray) -> np.ndarray:
+    """A 64-bit FNV-1a hash of each row's float64 words (rows equal bit for bit hash alike)."""
+    words = np.ascontiguousarray(values, dtype=np.float64).view(np.uint64)
+    hashes = np.full(len(words), 0xCBF29CE484222325, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for column in range(words.shape[1]):
+            hashes ^= words[:, column]
+            hashes *= np.uint64(0x100000001B3)
+    return hashes
+
+
+def repeated_states_note(repeats: dict, written: int, files) -> str:
+    """The note of a preprocessed file holding an initial state twice or more (repeated_states): a database
+    of the same runs twice (merged databases, a run copied under another directory name) was written
+    without a word, and `dodo train`, which draws its split by row, put a state and its repeat on both sides
+    of its train/validation/test split (outside probe, training round four). A note, not a refusal: the same
+    initial state run again (another perturbation seed) is another sample of its outcome."""
+    count = len(repeats["rows"])
+    pairs = ", ".join(f"row {row} = row {first}" for row, first in zip(repeats["rows"][:3], repeats["first"][:3]))
+    more = f" and {count - 3} more" if count > 3 else ""
+    copies = repeats["copies"]
+    final = ("all of them with its final state too (copies of a run)" if copies == count else
+             f"{copies} of them with its final state too (copies of a run)" if copies else
+             "none with its final state (the same state run again)")
+    return (f"{counted(count, 'row')} of the {written} written repeat the initial state (F_init and u, bit for bit) of "
+            f"an earlier row ({pairs}{more}), {final}: dodo train draws its train/validation/test split by row, so a "
+            "state and its repeat can fall on both sides (the test metrics then include states trained on); if they "
+            "are copies, leave them out of the inputs")
 
 
 def _refuse_inputs_changed_meanwhile(files, found: dict, output) -> None:

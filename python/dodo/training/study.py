@@ -191,6 +191,7 @@ def _run_study(grid_path, spec: dict, root: Path, dry_run: bool, echo) -> list[d
     points = grid_points(spec["grid"])
     rows = []
     configs = []
+    overrides_of = {}
     for index, point in enumerate(points, start=first):
         run_dir = root / f"run_{index:03d}"
         overrides = {**spec["overrides"], **point, "output.results_dir": str(run_dir / "results"),
@@ -207,6 +208,7 @@ def _run_study(grid_path, spec: dict, root: Path, dry_run: bool, echo) -> list[d
             # number"; outside probe, Python round fifty-seven).
             raise ConfigError(f"{where}: {error}") from None
         configs.append((run_dir, point, config))
+        overrides_of[run_dir] = overrides
     echo(f"study '{spec['tag']}': {counted(len(points), 'run')} under {root}"
          + (f" (after {first} earlier run director{'y' if first == 1 else 'ies'}, kept: the new runs start at "
             f"run_{first:03d})" if first else ""))
@@ -217,7 +219,10 @@ def _run_study(grid_path, spec: dict, root: Path, dry_run: bool, echo) -> list[d
         config.make_dirs()
         echo(f"--- {run_dir.name}: {point}")
         try:
-            summary = train(config, echo=echo)
+            # A moved run directory's advice resumes the run as dodo train would: the base config and the
+            # run's overrides (it said "dodo train --config ...": a study run has no config file of its own).
+            summary = train(config, echo=echo, config_path=str(spec["base_config"]),
+                            sets=[f"{key}={_as_set_value(value)}" for key, value in overrides_of[run_dir].items()])
         except FloatingPointError as error:
             # A diverging point is an outcome of a grid (a learning rate too high), not the end of
             # the study: it used to abort the remaining runs and leave no summary of the finished ones.
@@ -255,6 +260,11 @@ def _run_study(grid_path, spec: dict, root: Path, dry_run: bool, echo) -> list[d
         text = _write_summary(root, earlier)
     echo(text)
     return rows
+
+
+def _as_set_value(value) -> str:
+    """A grid or override value as `--set KEY=VALUE` takes it (YAML): a string as it is, else JSON (YAML's flow)."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _write_summary(root: Path, rows: list[dict]) -> str:

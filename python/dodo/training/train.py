@@ -76,13 +76,28 @@ class RunDirectories:
     RunDirectoryMovedError, saying where each moved directory is now and how to resume; ``last_written``: the
     epoch of the last.pt this run wrote (or resumed) in the checkpoint directory."""
 
-    def __init__(self, checkpoint_dir: Path, results_dir: Path, config_path: str | None = None) -> None:
+    def __init__(self, checkpoint_dir: Path, results_dir: Path, config_path: str | None = None,
+                 sets: list[str] | None = None) -> None:
         from .._atomic import HeldDirectory
 
         self.checkpoint_dir, self.results_dir = Path(checkpoint_dir), Path(results_dir)
         self.held = {"checkpoint": HeldDirectory(checkpoint_dir), "results": HeldDirectory(results_dir)}
         self.last_written: int | None = None
         self.config_path = config_path
+        self.sets = list(sets or [])
+
+    def _config(self, *replaced: str) -> str:
+        """``--config PATH`` and the run's own --set items (``sets``, KEY=VALUE), less training.resume_from and
+        the keys ``replaced`` (the advice gives them anew). The advice gave the config file alone: a run started
+        with `--set model.hidden_dim=8` (or a dodo study run, every setting of its grid point an override) was
+        told a resume that failed ("the network was trained with another model section"; outside probe,
+        training round four)."""
+        import shlex
+
+        left_out = {"training.resume_from", *replaced}
+        items = "".join(f" --set {shlex.quote(item)}" for item in self.sets
+                        if item.split("=", 1)[0].strip() not in left_out)
+        return f"--config {shlex.quote(str(self.config_path)) if self.config_path else '...'}{items}"
 
     def text(self) -> str | None:
         """The error's text when a directory is no longer at its path, else None."""
@@ -105,7 +120,7 @@ class RunDirectories:
                         f"its directory {directory} {what} while the run trained ({key})")
         stopped = f"after epoch {self.last_written}" if self.last_written is not None else "before its first last.pt"
         text = f"{', '.join(said)}; the run stopped {stopped} and writes nothing more, at the old paths or the new"
-        config = f"--config {self.config_path}" if self.config_path else "--config ..."
+        config = self._config()
         last = self.checkpoint_dir / "last.pt"
         if checkpoints is not None and checkpoints[0] == "removed":
             return f"{text}: its checkpoints went with the directory: train again"
@@ -114,19 +129,21 @@ class RunDirectories:
         if checkpoints is None:  # the results directory only
             where = results[1] if results[0] != "removed" else ""
             how = (f"move {where} back to {self.results_dir} and run dodo train {config} --resume {last}, or resume "
-                   f"it there: dodo train {config} --resume {last} --set output.results_dir={where}" if where else
+                   f"it there: dodo train {self._config('output.results_dir')} --resume {last} --set "
+                   f"output.results_dir={where}" if where else
                    f"dodo train {config} --resume {last}")
             return f"{text}: {last} (epoch {self.last_written}) resumes it: {how}"
         if not checkpoints[1]:
             return (f"{text}: the last.pt in the moved directory (epoch {self.last_written}) resumes it: move the "
                     f"directory back and run dodo train {config} --resume {last}")
         now = Path(checkpoints[1])
-        sets = f" --set output.checkpoint_dir={now}"
+        sets, replaced = f" --set output.checkpoint_dir={now}", ["output.checkpoint_dir"]
         if results is not None and results[0] != "removed" and results[1]:
             sets += f" --set output.results_dir={results[1]}"
+            replaced.append("output.results_dir")
         return (f"{text}: {now / 'last.pt'} (epoch {self.last_written}) resumes it: move the directory back and run "
-                f"dodo train {config} --resume {last}, or resume it where it is now: dodo train {config} --resume "
-                f"{now / 'last.pt'}{sets}")
+                f"dodo train {config} --resume {last}, or resume it where it is now: dodo train "
+                f"{self._config(*replaced)} --resume {now / 'last.pt'}{sets}")
 
     def check(self) -> None:
         text = self.text()
@@ -742,6 +759,36 @@ RESUME_FIXED = {("training", "lr"): "the optimizer and scheduler it continues ho
                 ("data", "max_samples"): "the train/val/test split is drawn with it"}
 
 
+def non_finite_loss_message(terms: dict, epoch: int, global_step: int, config) -> str:
+    """The line for a training step whose loss is NaN or Inf, naming what can have made it. It said "lower
+    training.lr or check the data file" whatever the cause: of finite terms whose weighted sum overflowed
+    (loss.w_flux: 1e300), and of the first step, before any update (outside probe, training round four)."""
+    head = f"non-finite loss at epoch {epoch}, step {global_step + 1} ({terms})"
+    parts = {name: value for name, value in terms.items() if name != "total"}
+    if parts and all(math.isfinite(value) for value in parts.values()):
+        weights = ", ".join(f"loss.{key} = {value!r}" for key, value in dataclasses.asdict(config.loss).items())
+        return f"{head}: every term is finite, their weighted sum is not: lower the loss weights ({weights})"
+    if global_step == 0:
+        scale = config.data.target_scale
+        return (f"{head}: at the first step, before any update (so not training.lr): check the data file"
+                + (f" and data.target_scale = {scale!r} (the loss weight N_tot / target_scale; 'p99' or null)"
+                   if scale is not None else ""))
+    return f"{head}{divergence_advice(config)}"
+
+
+def divergence_advice(config) -> str:
+    """The end of the line of a diverged run: "; lower training.lr or check the data file", or, where
+    lr x weight_decay is 1 or more, that product named. AdamW multiplies every weight by 1 - lr x
+    weight_decay each step: at 1 or more the weights are zeroed or flip sign and grow; weight_decay 1e30
+    was told "lower training.lr" alone (outside probe, training round four)."""
+    t = config.training
+    if t.lr * t.weight_decay >= 1:
+        return (f": training.lr x training.weight_decay = {t.lr!r} x {t.weight_decay!r} = {t.lr * t.weight_decay:.4g} "
+                "is 1 or more (AdamW multiplies every weight by 1 - lr x weight_decay each step): lower "
+                "training.weight_decay or training.lr")
+    return "; lower training.lr or check the data file"
+
+
 def refuse_settings_a_resume_cannot_change(checkpoint: dict, resume_path, config) -> None:
     """ValueError naming the first setting of RESUME_FIXED that the config gives another value than
     the run in ``checkpoint`` was started with (a setting the checkpoint does not record is not compared)."""
@@ -1070,13 +1117,14 @@ def check_worker_file_limit(num_workers: int) -> None:
             "(ulimit -n 1024), or set data.num_workers: 0 (the data loaded in the training process)")
 
 
-def train(config: ExperimentConfig, echo=print, config_path: str | None = None) -> dict:
+def train(config: ExperimentConfig, echo=print, config_path: str | None = None, sets: list[str] | None = None) -> dict:
     """Train per ``config``; returns a summary (the metrics JSON content, plus 'status').
 
     On CPU the run is deterministic for a given seed (and thread count); torch's global
     deterministic-algorithms switch is restored afterwards.
     Started by torchrun with several processes, it trains data-parallel (training/distributed.py).
-    ``config_path``: the config file's path, for the advice of an error.
+    ``config_path``: the config file's path, and ``sets``: the run's --set items (KEY=VALUE), for the advice of
+    an error.
     """
     previous = torch.are_deterministic_algorithms_enabled()
     distribution = Distribution.from_environment()
@@ -1085,7 +1133,8 @@ def train(config: ExperimentConfig, echo=print, config_path: str | None = None) 
     try:
         if distribution.is_main:  # the process that writes the run's files
             config.make_dirs()
-            watch = RunDirectories(Path(config.output.checkpoint_dir), Path(config.output.results_dir), config_path)
+            watch = RunDirectories(Path(config.output.checkpoint_dir), Path(config.output.results_dir), config_path,
+                                   sets)
         try:
             summary = _train(config, echo, distribution, watch)
         except Exception as error:
@@ -1357,8 +1406,7 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution, watch: Ru
             if distribution.enabled:  # every process stops together, or none does
                 finite = distribution.sum([0.0 if finite else 1.0], device)[0] == 0
             if not use_amp and not finite:  # with AMP the scaler skips such steps
-                raise FloatingPointError(f"non-finite loss at epoch {epoch}, step {global_step + 1} "
-                                         f"({loss.as_floats()}); lower training.lr or check the data file")
+                raise FloatingPointError(non_finite_loss_message(loss.as_floats(), epoch, global_step, config))
             optimizer.zero_grad(set_to_none=True)
             if distribution.enabled:
                 scaler.scale(loss.total * loss_weight(end - begin, global_rows, distribution)).backward()
@@ -1420,8 +1468,9 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution, watch: Ru
         # study` took for a broken study and stopped, where a diverged run is listed and the others train
         # (outside probe, Python round fifty-seven).
         last = history["val"][-1]["total"] if history["val"] else None
+        advice = divergence_advice(config)
         raise FloatingPointError(f"no epoch gave a finite validation loss (the last one's: {last}); the model "
-                                 "diverged: lower training.lr or check the data file")
+                                 f"diverged{advice if advice.startswith(':') else ': ' + advice[2:]}")
     if not distribution.is_main:  # rank 0 evaluates and writes the final files
         return {"status": status, "rank": distribution.rank}
 
