@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cfenv>
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -20,6 +21,7 @@
 #include <vector>
 
 #include "cell_status.hpp"
+#include "own_stack.hpp"
 #include "dodo/dodo.h"
 #include "runtime/array_layout.hpp"
 #include "runtime/closure.hpp"
@@ -325,9 +327,67 @@ class FloatingPointEnvironmentHeld {
   bool held_ = false;
 };
 
+// A host thread of a small stack (OMP_STACKSIZE=32K, pthread_attr_setstacksize of 64 KiB, a thread
+// pool's) died of SIGSEGV inside a call (own_stack.hpp has the measurements; outside probe, C round
+// fifty). Such a call's body now runs on a stack of the thread's own, mapped at its first short call
+// and kept for its later ones (a mapping a call cost some 170 us a call here, the calls themselves
+// 10 us), unmapped by a pthread key's destructor when the thread ends (the key deleted with the
+// library, as the error text's).
+thread_local void* own_call_stack = nullptr;
+void unmap_own_call_stack(void* memory) {
+  dodo::unmap_own_stack(memory);
+  own_call_stack = nullptr;
+}
+pthread_key_t own_call_stack_key;
+const int own_call_stack_key_status = pthread_key_create(&own_call_stack_key, &unmap_own_call_stack);
+struct OwnCallStackKeyDeleter {
+  ~OwnCallStackKeyDeleter() {
+    if (own_call_stack_key_status == 0) pthread_key_delete(own_call_stack_key);
+  }
+} own_call_stack_key_deleter;
+
+// Runs `run(argument)` on this thread's own call stack; false when none could be made.
+bool run_on_own_stack(void (*run)(void*), void* argument) noexcept {
+  if (!own_call_stack) {
+    if (own_call_stack_key_status != 0) return false;
+    void* memory = dodo::map_own_stack();
+    if (!memory) return false;
+    if (::pthread_setspecific(own_call_stack_key, memory) != 0) {
+      dodo::unmap_own_stack(memory);
+      return false;
+    }
+    own_call_stack = memory;
+  }
+  return dodo::run_on_stack(own_call_stack, run, argument);
+}
+
 // The choke point. `handle` receives the error text (may be null: then only the status says it).
 template <typename Body>
+dodo_status guarded_here(dodo_closure* handle, Body&& body);
+
+template <typename Body>
 dodo_status guarded(dodo_closure* handle, Body&& body) {
+  if (!dodo::stack_is_short()) return guarded_here(handle, body);
+  struct Pending {
+    dodo_closure* handle;
+    Body* body;
+    dodo_status status;
+  } pending{handle, &body, DODO_ERROR_OUT_OF_MEMORY};
+  const bool ran = run_on_own_stack([](void* argument) {
+    auto* call = static_cast<Pending*>(argument);
+    call->status = guarded_here(call->handle, *call->body);
+  }, &pending);
+  if (ran) return pending.status;
+  return guarded_here(handle, [] {
+    throw Error(DODO_ERROR_OUT_OF_MEMORY,
+                "out of memory: the calling thread has less than 160 KiB of stack left, and no stack of 512 KiB "
+                "could be mapped to run the call on: give the thread a larger stack (pthread_attr_setstacksize, "
+                "OMP_STACKSIZE=1M)");
+  });
+}
+
+template <typename Body>
+dodo_status guarded_here(dodo_closure* handle, Body&& body) {
   const CancellationHeldOff no_cancellation;
   std::string message;
   dodo_status status = DODO_OK;

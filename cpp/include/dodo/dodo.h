@@ -34,12 +34,17 @@
  * call made after ONNX Runtime's own static destructors ran, which happens to an atexit handler
  * registered before the first closure with a model, returns DODO_ERROR_ONNXRUNTIME, whose message
  * says that the process is exiting).
- * Stack of a host thread that calls libdodo (pthread_attr_setstacksize, OMP_STACKSIZE; glibc's
- * thread-local storage comes out of it): 128 KiB with a model. Measured with onnxruntime 1.32:
- * dodo_closure_create of the default model overflowed 88 KiB (96 KiB with the network in ONNX
- * Runtime: DODO_NETWORK_EVALUATOR=onnxruntime, a package without a native entry, CUDA), and
- * dodo_apply with the network in ONNX Runtime overflowed 96 KiB, both passed 104 KiB; dodo_apply
- * of Box3D alone or of the native evaluator needs about 64 KiB (48 KiB overflowed).
+ * Stack of a host thread that calls libdodo (pthread_attr_setstacksize, OMP_STACKSIZE): any size
+ * glibc allows (16 KiB and up). A call made where the calling thread has less than 160 KiB of its
+ * stack left runs on a stack of 512 KiB that libdodo maps for that thread at its first such call
+ * (swapcontext, on the same thread; kept for its later calls, unmapped when the thread ends;
+ * DODO_ERROR_OUT_OF_MEMORY where it cannot be mapped). Below the call, Box3D and the native
+ * network take some 54 KiB, ONNX Runtime's session creation and evaluation some 92 KiB
+ * (onnxruntime 1.32), which a thread of 56 KiB (Box3D alone), or 96 KiB with a model, lacked: a
+ * segmentation fault in a libdodo built before 2026-12-07. A call made on a stack that is not the
+ * thread's (a coroutine's or fiber's, sigaltstack's) runs there and needs that room itself
+ * (128 KiB with a model). libdodo's workers (dodo_options.threads) get glibc's default stack,
+ * from ulimit -s; a worker's body runs on a 512 KiB stack of its own where that is short.
  * A host thread cancelled with pthread_cancel during a call is cancelled after it, at its own
  * next cancellation point: the calls hold cancellation off.
  * No function that takes a handle or creates one is async-signal-safe (they take locks and
