@@ -55,15 +55,57 @@ LorentzBoost::LorentzBoost(const double* u) {
   W2_over_W_plus_1_ = W_ * W_ / (W_ + 1.0);
 }
 
-void boost_to_rest(const double* u, const double* lab, double* rest) { LorentzBoost(u).to_rest(lab, rest); }
+namespace {
 
-void boost_from_rest(const double* u, const double* rest, double* lab) { LorentzBoost(u).from_rest(rest, lab); }
-
-void boost_cell_to_rest(const double* u, const double* lab, double* rest) { LorentzBoost(u).cell_to_rest(lab, rest); }
-
-void boost_cell_from_rest(const double* u, const double* rest, double* lab) {
-  LorentzBoost(u).cell_from_rest(rest, lab);
+// The boost of one four-vector (the helpers below: Python's dodo.boost_to_rest and boost_from_rest;
+// Box3D and the closure boost blocks themselves and flag a cell whose boost overflows NONFINITE).
+// Its intermediates W^2/(W + 1) v.F and W F^t reach some 4 W |F|: a finite F of 2e306 at W = 1e6,
+// whose rest-frame components are near 1e300, overflowed to inf - inf and came back NaN (outside
+// probe, Python round fifty-eight's open item; C round fifty). Such a vector is boosted again
+// scaled by a power of two, 2^-k, which is exact and makes the same roundings (the boost is
+// linear), and the result scaled back by 2^k: the components the unbounded arithmetic gives,
+// inf only where one is beyond the double range. Vectors whose boost is finite (every one of a
+// physical size) are untouched: the same bits.
+void boost_vector(const LorentzBoost& boost, const double* u, bool to_rest, const double* vector, double* out) {
+  const double in[4] = {vector[0], vector[1], vector[2], vector[3]};  // out may be the vector itself
+  if (to_rest) boost.to_rest(in, out);
+  else boost.from_rest(in, out);
+  if (std::isfinite(out[0]) && std::isfinite(out[1]) && std::isfinite(out[2]) && std::isfinite(out[3])) return;
+  if (u == nullptr || !(u[0] > 0.0) || !std::isfinite(u[0])) return;
+  double largest = 0.0;
+  for (int m = 0; m < 4; ++m) {
+    if (!std::isfinite(in[m])) return;  // non-finite input: its NaN or inf is the answer
+    largest = std::fmax(largest, std::fabs(in[m]));
+  }
+  if (largest == 0.0) return;
+  // W is at most sqrt(2) u^t for a u the checks accept (|u.u + 1| <= 0.5): 4 W |F| stays below
+  // 2^1023 once |F| is below 2^(1019 - ilogb(u^t) - 1).
+  const int room = 1018 - (std::ilogb(u[0]) > 0 ? std::ilogb(u[0]) : 0);
+  const int k = std::ilogb(largest) - room;
+  if (k <= 0) return;
+  double scaled[4], boosted[4];
+  for (int m = 0; m < 4; ++m) scaled[m] = std::ldexp(in[m], -k);
+  if (to_rest) boost.to_rest(scaled, boosted);
+  else boost.from_rest(scaled, boosted);
+  for (int m = 0; m < 4; ++m) out[m] = std::ldexp(boosted[m], k);
 }
+
+void boost_cell(const double* u, bool to_rest, const double* in, double* out) {
+  const LorentzBoost boost(u);
+  for (int a = 0; a < kSpecies; ++a) boost_vector(boost, u, to_rest, in + a * kComponents, out + a * kComponents);
+}
+
+}  // namespace
+
+void boost_to_rest(const double* u, const double* lab, double* rest) { boost_vector(LorentzBoost(u), u, true, lab, rest); }
+
+void boost_from_rest(const double* u, const double* rest, double* lab) {
+  boost_vector(LorentzBoost(u), u, false, rest, lab);
+}
+
+void boost_cell_to_rest(const double* u, const double* lab, double* rest) { boost_cell(u, true, lab, rest); }
+
+void boost_cell_from_rest(const double* u, const double* rest, double* lab) { boost_cell(u, false, rest, lab); }
 
 double comoving_total_density(const double* F, const double* u) {
   static const double at_rest[4] = {1.0, 0.0, 0.0, 0.0};

@@ -393,7 +393,21 @@ OrtLibrary open_library(const std::string& explicit_path) {
   // alone, so setting DODO_ONNXRUNTIME_LIBRARY, which the message used to suggest, changed nothing
   // (probe round thirteen of the C side).
   const char* env = std::getenv("DODO_ONNXRUNTIME_LIBRARY");
-  std::string advice = "pip install onnxruntime, or set DODO_ONNXRUNTIME_LIBRARY to the path of libonnxruntime.so";
+  // "pip install onnxruntime" mends a libdodo inside a Python environment (the dodo wheel, whose
+  // onnxruntime/capi it searches); a libdodo vendored into a C, C++ or Fortran code or installed by
+  // CMake elsewhere never looks in a Python environment, so that advice led nowhere (outside probe,
+  // C round fifty; new user's journey round three's open item).
+  bool in_python_environment = false;
+  for (const std::string& directory : library_directories())
+    in_python_environment = in_python_environment || directory.find("/site-packages/") != std::string::npos ||
+                            directory.find("/dist-packages/") != std::string::npos;
+  std::string advice =
+      in_python_environment
+          ? "pip install onnxruntime, or set DODO_ONNXRUNTIME_LIBRARY to the path of libonnxruntime.so"
+          : "this libdodo is outside a Python environment, where pip install onnxruntime does not reach it: set "
+            "DODO_ONNXRUNTIME_LIBRARY or the onnxruntime_library option to the path of a libonnxruntime.so, from an "
+            "ONNX Runtime release's lib/ (github.com/microsoft/onnxruntime/releases) or a Python onnxruntime "
+            "package's onnxruntime/capi/, or put libonnxruntime.so.1 on the loader's path (LD_LIBRARY_PATH)";
   if (!explicit_path.empty())
     advice = "the onnxruntime_library option names it: give the path of a libonnxruntime.so, or leave the option "
              "empty to search";
