@@ -239,3 +239,20 @@ def test_train_ensemble_whose_directory_moved_says_the_ensemble_was_not_saved(tm
                    f"its directory {directory} was moved or renamed (it is now {moved})",
                    "the trained ensemble was not saved anywhere", "run dodo train-ensemble again")
     assert not directory.exists() and not (moved / "e.pt").exists(), line
+
+
+@pytest.mark.parametrize("key", ["ensemble.lr", "ensemble.sigma0", "ensemble.weight_decay", "growth.lr", "noise.weight"])
+def test_train_ensemble_takes_an_integer_beyond_64_bits_for_a_number_setting(key):
+    """`--set ensemble.lr=100000000000000000000000000000` (a YAML integer above 2^64): a TypeError traceback from
+    np.isfinite, "ufunc 'isfinite' not supported for the input types". Now 10^29 is a number like any other
+    (finite, as `dodo train` takes it) and 10^400 is refused in one line, its digits cut short."""
+    from dodo.training.config import ConfigError
+    from dodo.training.ensemble_train import EnsembleConfig
+    from test_probe_training_round3 import ENSEMBLE_DEFAULT
+
+    needs = {"noise.oof": "x.npz"} if key == "noise.weight" else {}  # noise.weight needs noise.oof
+    assert EnsembleConfig.load(str(ENSEMBLE_DEFAULT), {key: 10**29, **needs}) is not None
+    with pytest.raises(ConfigError) as raised:
+        EnsembleConfig.load(str(ENSEMBLE_DEFAULT), {key: 10**400})
+    message = str(raised.value)
+    assert message.startswith(key) and "must be a finite" in message and len(message) < 200, message

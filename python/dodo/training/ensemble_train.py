@@ -21,7 +21,7 @@ import torch
 from .._atomic import atomic_path, check_input_file
 from .._shown import counted
 from ..score import bootstrap_interval
-from .config import ConfigError, check_thread_count, read_yaml_mapping
+from .config import ConfigError, check_thread_count, read_yaml_mapping, shown
 from .dataset import read_dataset, rest_frame_arrays
 from .safe_load import load_torch_file, write_torch_file
 from .label_noise import fit_label_noise, training_residuals
@@ -201,12 +201,12 @@ class EnsembleConfig:
         # true/false are no numbers (`lr: yes` trained at a learning rate of 1).
         for name in ("lr", "sigma0"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
-                raise ConfigError(f"{config_key(name)} must be a finite positive number; got {value!r}")
+            if isinstance(value, bool) or not (isinstance(value, (int, float)) and _finite_number(value) and value > 0):
+                raise ConfigError(f"{config_key(name)} must be a finite positive number; got {shown(value)}")
         for name in ("weight_decay", "growth_weight", "distill_growth_weight", "error_per_spread"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
-                raise ConfigError(f"{config_key(name)} must be a finite number >= 0; got {value!r}")
+            if isinstance(value, bool) or not (isinstance(value, (int, float)) and _finite_number(value) and value >= 0):
+                raise ConfigError(f"{config_key(name)} must be a finite number >= 0; got {shown(value)}")
         # A number or a list as a path ended in os.fspath's TypeError traceback; a float seed in
         # torch's "manual_seed expected a long"; a negative one is refused by `dodo train` too.
         for name, key in (("data_path", "data.path"), ("checkpoint", "output.checkpoint")):
@@ -243,9 +243,9 @@ class EnsembleConfig:
             if batch_size and not epochs:
                 raise ConfigError(f"{config_key(prefix + 'batch_size')} needs {config_key(prefix + 'epochs')} >= 1 (mini-batch training runs epochs, "
                                   "not steps)")
-        if isinstance(self.growth_lr, bool) or not (isinstance(self.growth_lr, (int, float)) and np.isfinite(self.growth_lr)
+        if isinstance(self.growth_lr, bool) or not (isinstance(self.growth_lr, (int, float)) and _finite_number(self.growth_lr)
                                                     and self.growth_lr >= 0):
-            raise ConfigError(f"growth.lr must be a finite number >= 0 (0: the members' lr); got {self.growth_lr!r}")
+            raise ConfigError(f"growth.lr must be a finite number >= 0 (0: the members' lr); got {shown(self.growth_lr)}")
         if not isinstance(self.growth_relabelled, bool):
             raise ConfigError(f"growth.relabelled must be true or false; got {self.growth_relabelled!r}")
         if not isinstance(self.growth_measured, bool):
@@ -267,8 +267,8 @@ class EnsembleConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"noise.{name[6:]} must be a positive integer; got {value!r}")
         value = self.noise_weight
-        if isinstance(value, bool) or not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
-            raise ConfigError(f"noise.weight must be a finite number >= 0; got {value!r}")
+        if isinstance(value, bool) or not (isinstance(value, (int, float)) and _finite_number(value) and value >= 0):
+            raise ConfigError(f"noise.weight must be a finite number >= 0; got {shown(value)}")
         if self.noise_weight and not self.noise_oof:
             raise ConfigError("noise.weight needs noise.oof (the out-of-fold file the label-noise member learns from)")
         if self.noise_oof and not self.error_per_spread:
@@ -397,6 +397,16 @@ def _table_at_rest(F_init, F_box, F_true, growth_rate, box3d_growth_rate, source
     rest = rest_frame_arrays(F_init, F_box, F_true, u, np.asarray(dodo.invariants(F_init, u)))
     rest["ntot"] = np.asarray(dodo.comoving_density(F_init, u), float)
     return table_from_rest(rest, growth_rate, box3d_growth_rate, sources, box3d=box3d)
+
+
+def _finite_number(value) -> bool:
+    """math.isfinite of a config number, False for an integer beyond the float range: np.isfinite of a YAML
+    integer above 2^64 (`lr: 100000000000000000000000000000`) ended in a TypeError traceback, "ufunc 'isfinite'
+    not supported for the input types" (outside probe, training round four)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def state_keys(F_init_rest: np.ndarray) -> list[bytes]:
