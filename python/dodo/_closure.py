@@ -416,22 +416,6 @@ def _shown_path(path: str) -> str:
     return '"' + os.fsencode(path).decode("utf-8", "backslashreplace") + '"'
 
 
-def _refuse_while_the_interpreter_exits(what: str) -> None:
-    """A RuntimeError when Python is finalizing (sys.is_finalizing(): after the atexit handlers, while
-    modules are torn down and their objects' __del__ methods and finalizers run). The compiled core
-    computes without the GIL and, to let daemon threads end quietly at exit, parks any thread that would
-    take it back while the interpreter finalizes, the finalizing thread included: a Closure used from a
-    __del__ at exit (an object that flushes a last step when collected) waited for ever, 1 cell with
-    threads=1 as much as 1,000 with threads=2 (outside probe, Python round sixty-four). Refused here,
-    in one line, before anything runs."""
-    if sys.is_finalizing():
-        raise RuntimeError(
-            f"{what} was called while Python shuts down (from a __del__ or a finalizer run as the interpreter "
-            "exits, after the atexit handlers), when the compiled runtime cannot take Python's lock back and the "
-            "call would wait for ever: make the last call before exit, e.g. from a function registered with "
-            "atexit.register or an explicit close() of the object that holds the closure")
-
-
 class Closure:
     """A loaded closure: Box3D, then the model's correction, per cell.
 
@@ -492,7 +476,6 @@ class Closure:
                  lebedev_order: Optional[int] = None, z_method: Optional[str] = None,
                  max_flux_factor: Optional[float] = None, device: str = "cpu", self_test: bool = True,
                  onnxruntime_library: Optional[PathLike] = None, evaluator: str = "auto") -> None:
-        _refuse_while_the_interpreter_exits("dodo.Closure()")
         if not runtime_available():
             raise RuntimeError(
                 "this build of dodo has no closure runtime: ONNX Runtime's C API header was not found when it was "
@@ -592,6 +575,12 @@ class Closure:
             _refuse_known_non_packages(model_path)
         library = onnxruntime_library
         has_model = model_path is not None or model_bytes is not None
+        if has_model and sys.is_finalizing():
+            # Finding ONNX Runtime imports; at exit the import system is gone ("sys.meta_path is None"
+            # in a traceback of importlib). Closures made before exit compute at exit (gil.hpp).
+            raise RuntimeError("dodo.Closure() cannot load a model while Python shuts down (a __del__ or finalizer run "
+                               "at exit, after the atexit handlers): make the Closure before, and call it then, or "
+                               "use model='box3d'")
         if library is None and has_model and not os.environ.get("DODO_ONNXRUNTIME_LIBRARY"):
             library = onnxruntime_library_path()
         # What pickling needs to load the same closure again (see __reduce__): the model's source
@@ -689,7 +678,6 @@ class Closure:
         another running call writes as its out. So is a call made by a signal handler on the arrays of
         the call it interrupted (that call goes on writing when the handler returns).
         """
-        _refuse_while_the_interpreter_exits("dodo.Closure.apply")
         # Two calls at once (threads) writing the same out= arrays, or one reading another's, are
         # refused (_claim): their results mixed without a word (outside probe, round forty-five).
         with _claim({"F_init": F_init, "u": u}, out) as claim:
@@ -710,7 +698,6 @@ class Closure:
     # -- information
     def self_test(self) -> float:
         """Runs the model's test vectors; returns the largest error in units of N_tot."""
-        _refuse_while_the_interpreter_exits("dodo.Closure.self_test")
         return self._runtime.self_test()
 
     @property
@@ -1111,7 +1098,6 @@ def closure(F_init, u=None, model: Union[PathLike, bytes, bytearray, memoryview,
     os.chdir, loads what the path names now, and an in-memory package by its contents; a change
     of $DODO_NETWORK_EVALUATOR makes a closure that follows it.
     """
-    _refuse_while_the_interpreter_exits("dodo.closure")
     evaluator = _evaluator_variable()
     if model is None:
         return _cached_closure_for(None, (), evaluator)(F_init, u)

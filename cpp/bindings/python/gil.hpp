@@ -38,6 +38,14 @@ inline void restore_gil(PyThreadState* state) {
 
 template <typename Work>
 void without_gil(Work&& work) {
+  // While Python finalizes, a thread that holds the GIL here is the finalizing one (the others are
+  // parked or gone): released, restore_gil would park it for ever, and a call from a __del__ run at
+  // exit waited for ever (outside probe, Python round sixty-four). It keeps the GIL instead; nothing
+  // else can want it then, and the work touches no Python object.
+  if (interpreter_finalizing()) {
+    std::forward<Work>(work)();
+    return;
+  }
   PyThreadState* state = PyEval_SaveThread();
   try {
     std::forward<Work>(work)();
