@@ -12,6 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# A suite started with `&` from a script (a shell without job control: a CI runner, `nohup ... &`) runs
+# with SIGINT ignored, and an ignored signal stays ignored across exec: every child interpreter of the
+# tests then had no KeyboardInterrupt handler, and the tests that send a child Ctrl-C saw it finish
+# ("completed"; data-loss round fifteen). Python's own handler here is reset to the default by exec.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 def random_states(rng: np.random.Generator, n: int, *, max_flux_factor: float = 0.9,
                   mu_equals_tau: bool = False, scale: float = 1e33) -> np.ndarray:
