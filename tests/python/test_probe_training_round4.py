@@ -250,9 +250,31 @@ def test_train_ensemble_takes_an_integer_beyond_64_bits_for_a_number_setting(key
     from dodo.training.ensemble_train import EnsembleConfig
     from test_probe_training_round3 import ENSEMBLE_DEFAULT
 
-    needs = {"noise.oof": "x.npz"} if key == "noise.weight" else {}  # noise.weight needs noise.oof
+    # what each takes beside it: noise.weight needs noise.oof; lr x weight_decay must stay below 1
+    needs = {"noise.weight": {"noise.oof": "x.npz"}, "ensemble.lr": {"ensemble.weight_decay": 0},
+             "growth.lr": {"ensemble.weight_decay": 0},
+             "ensemble.weight_decay": {"ensemble.lr": 1e-35, "growth.lr": 1e-35}}.get(key, {})
     assert EnsembleConfig.load(str(ENSEMBLE_DEFAULT), {key: 10**29, **needs}) is not None
     with pytest.raises(ConfigError) as raised:
         EnsembleConfig.load(str(ENSEMBLE_DEFAULT), {key: 10**400})
     message = str(raised.value)
     assert message.startswith(key) and "must be a finite" in message and len(message) < 200, message
+
+
+@pytest.mark.parametrize("overrides, words", [
+    # "value cannot be converted to type float without overflow", naming no key
+    ({"ensemble.lr": 1e300}, ["ensemble.lr must be below 3.403e+38"]),
+    ({"growth.lr": 1e300}, ["growth.lr must be below 3.403e+38"]),
+    # trained members whose weights AdamW scaled by 1 - 2e27 a step: the package gave Box3D's answer, exit 0
+    ({"ensemble.weight_decay": 1e30}, ["ensemble.lr x ensemble.weight_decay must be below 1", "= 2e+27",
+                                       "lower ensemble.weight_decay (or ensemble.lr)"]),
+    ({"growth.lr": 1e5}, ["growth.lr x ensemble.weight_decay must be below 1"]),
+])
+def test_train_ensemble_refuses_a_learning_rate_or_weight_decay_training_cannot_take(overrides, words):
+    from dodo.training.config import ConfigError
+    from dodo.training.ensemble_train import EnsembleConfig
+    from test_probe_training_round3 import ENSEMBLE_DEFAULT
+
+    with pytest.raises(ConfigError) as raised:
+        EnsembleConfig.load(str(ENSEMBLE_DEFAULT), overrides)
+    assert all(word in str(raised.value) for word in words), raised.value

@@ -246,6 +246,19 @@ class EnsembleConfig:
         if isinstance(self.growth_lr, bool) or not (isinstance(self.growth_lr, (int, float)) and _finite_number(self.growth_lr)
                                                     and self.growth_lr >= 0):
             raise ConfigError(f"growth.lr must be a finite number >= 0 (0: the members' lr); got {shown(self.growth_lr)}")
+        # ensemble.lr 1e300 ended in "value cannot be converted to type float without overflow", naming no key;
+        # weight_decay 1e30 (AdamW multiplying every weight by 1 - lr x weight_decay each step) trained members
+        # that gave Box3D's answer and wrote the checkpoint, exit 0 (outside probe, training round four).
+        from .config import FLOAT32_MAX
+
+        for key, rate in (("ensemble.lr", self.lr), ("growth.lr", self.growth_learning_rate)):
+            if rate > FLOAT32_MAX:
+                raise ConfigError(f"{key} must be below {FLOAT32_MAX:.4g} (torch's optimizer holds it as a float32); "
+                                  f"got {shown(rate)}")
+            if rate * self.weight_decay >= 1:
+                raise ConfigError(f"{key} x ensemble.weight_decay must be below 1 (AdamW multiplies every weight by "
+                                  f"1 - lr x weight_decay each step); got {rate!r} x {self.weight_decay!r} = "
+                                  f"{rate * self.weight_decay:.4g}: lower ensemble.weight_decay (or {key})")
         if not isinstance(self.growth_relabelled, bool):
             raise ConfigError(f"growth.relabelled must be true or false; got {self.growth_relabelled!r}")
         if not isinstance(self.growth_measured, bool):
