@@ -278,3 +278,31 @@ def test_train_ensemble_refuses_a_learning_rate_or_weight_decay_training_cannot_
     with pytest.raises(ConfigError) as raised:
         EnsembleConfig.load(str(ENSEMBLE_DEFAULT), overrides)
     assert all(word in str(raised.value) for word in words), raised.value
+
+
+def test_a_checkpoint_of_a_dodo_before_a_model_key_resumes(tmp_path, capsys):
+    """A last.pt whose model section lacks a key this version has (batch_norm, as a Dodo before that key wrote
+    it) was exported and evaluated with the key's default, but its resume was refused: "model.batch_norm is None
+    in the checkpoint and False in the config; cannot resume: give the checkpoint's values". Now resumed as the
+    default; a config asking for another value is refused with the --set that matches."""
+    import torch
+    from dodo.training.train import checkpoint_digest
+
+    table = _preprocessed(capsys, tmp_path, EMU_32, "all32.h5")
+    code, _, err = run(capsys, _train(tmp_path, table, "--set", "training.epochs=2", "--set", "training.stop_after_epoch=1"))
+    assert code == 0, err
+    checkpoints = tmp_path / "run" / "checkpoints"
+    for name in ("last.pt", "best.pt"):
+        state = torch.load(checkpoints / name, map_location="cpu", weights_only=False)
+        del state["config"]["model"]["batch_norm"]
+        state["dodo_version"] = "0.0.9"
+        state.pop("sha256")
+        state["sha256"] = checkpoint_digest(state)
+        torch.save(state, checkpoints / name)
+    last = str(checkpoints / "last.pt")
+    refused(capsys, _train(tmp_path, table, "--set", "training.epochs=2", "--set", "model.batch_norm=true",
+                           "--resume", last), "model.batch_norm is False in the checkpoint and True in the config",
+            "--set model.batch_norm=false")
+    code, out, err = run(capsys, _train(tmp_path, table, "--set", "training.epochs=2", "--resume", last))
+    assert code == 0 and (checkpoints / "final.pt").is_file(), err
+    assert "resumed from" in out + err and "another run" not in out + err, out + err

@@ -329,6 +329,18 @@ def _model_section_difference(trained, model_config) -> str:
             f"checkpoint's values" + (f" ({fixes})" if fixes else ""))
 
 
+def _with_unrecorded_defaults(trained):
+    """A checkpoint's model section with each key it does not record given this version's default, as `dodo
+    export` and `dodo evaluate` build its network: a checkpoint of a Dodo before a model key (batch_norm) was
+    exported, but its resume was refused, "model.batch_norm is None in the checkpoint and False in the config;
+    ... give the checkpoint's values" (outside probe, training round four)."""
+    from .config import ModelConfig
+
+    if not isinstance(trained, dict):
+        return trained
+    return {**{key: value for key, value in dataclasses.asdict(ModelConfig()).items() if key not in trained}, **trained}
+
+
 def build_closure(model_config, mean=None, std=None) -> ResidualClosure:
     network = ResidualFFIModel.from_config(model_config)
     if mean is not None:
@@ -842,7 +854,8 @@ def _best_of_the_resumed_run(checkpoint: dict, resume_path: Path, checkpoint_dir
     try:
         best = load_checkpoint(source)
         if best.get("data", {}).get("sha256") != checkpoint["data"].get("sha256") or \
-                best.get("config", {}).get("model") != checkpoint["config"].get("model"):
+                _with_unrecorded_defaults(best.get("config", {}).get("model")) != \
+                _with_unrecorded_defaults(checkpoint["config"].get("model")):
             raise CorruptCheckpointError(f"{source}: the best model of another run (other data or network)")
         if float(best.get("best_val_loss", math.nan)) > best_val:
             raise CorruptCheckpointError(f"{source}: its validation loss {best.get('best_val_loss')!r} is above the "
@@ -1295,8 +1308,9 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution, watch: Ru
         # CPU: RNG states must stay CPU tensors. A corrupt last.pt falls back to last.prev.pt.
         checkpoint, resume_path = load_resume_checkpoint(t.resume_from, log)
         keep_previous = Path(resume_path) == Path(t.resume_from)
-        if checkpoint["config"]["model"] != dataclasses.asdict(config.model):
-            raise ValueError(f"{resume_path}: {_model_section_difference(checkpoint['config']['model'], config.model)}")
+        trained_model = _with_unrecorded_defaults(checkpoint["config"]["model"])
+        if trained_model != dataclasses.asdict(config.model):
+            raise ValueError(f"{resume_path}: {_model_section_difference(trained_model, config.model)}")
         refuse_settings_a_resume_cannot_change(checkpoint, resume_path, config)
         check_training_data(checkpoint, resume_path, data_path, "resume", data_sha256=data_sha256)
         try:  # a checkpoint without its digest, or re-signed, may lack any of these: one line, not a KeyError traceback
