@@ -17,11 +17,10 @@ wherever the distance gate is open. Written atomically; never over its input.
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import numpy as np
-from package_tool import package_to_edit, package_tool_arguments, write_package
+from package_tool import package_to_edit, package_tool_arguments, reexported, write_package
 
 
 def rebuilt_ensemble(package: bytes):
@@ -59,8 +58,15 @@ def rebuilt_ensemble(package: bytes):
                                        tensors[native["feature_precision"]], native["d2_max"], native["error_per_spread"])
     ensemble.student = student
     ensemble.features = metadata["dodo.features"]
-    if not np.array_equal(ensemble.pattern.numpy(), np.asarray(native["pattern"], dtype=np.float32)):
-        raise ValueError("the package's head pattern is not the ensemble's")
+    given, base = np.asarray(native["pattern"], dtype=np.float32), ensemble.pattern.numpy()
+    if not np.array_equal(given, base):
+        # A package whose correction was scaled (tools/scale_correction_in_package.py): the same direction.
+        used = base != 0
+        ratio = given[used] / base[used]
+        if not (np.all(given[~used] == 0) and np.allclose(ratio, ratio[0], rtol=1e-6, atol=0) and ratio[0] > 0):
+            raise ValueError("the package's head pattern is not a positive multiple of the ensemble's")
+        with torch.no_grad():
+            ensemble.pattern.copy_(torch.from_numpy(given))
     record = {"data": {"box3d": json.loads(metadata["dodo.box3d"]), "sha256": metadata["dodo.training_data_sha256"],
                        "kind": metadata["dodo.training_data_kind"]},
               "metrics": {**json.loads(metadata.get("dodo.metrics", "{}")),
@@ -91,22 +97,13 @@ def main() -> int:
     args = package_tool_arguments(__doc__.splitlines()[0])
 
     import dodo
-    from dodo.training.ensemble_train import export_ensemble
     from dodo.training.gate_graph import far_out_probe_cells
     from dodo.training.synth import random_initial_states
 
     try:
         package = package_to_edit(args, "tools/gate_growth_in_package.py")
         ensemble, record = rebuilt_ensemble(package)
-        scratch = args.output + ".regate-tmp.onnx"
-        try:
-            export_ensemble(args.package, scratch, checkpoint=record, ensemble=ensemble,
-                            log=lambda line: None if line.startswith("wrote ") else print(line))
-            with open(scratch, "rb") as handle:
-                new_bytes = handle.read()
-        finally:
-            if os.path.exists(scratch):
-                os.remove(scratch)
+        new_bytes = reexported(args.package, args.output, ensemble, record)
         before, after = dodo.Closure(package, threads=1), dodo.Closure(new_bytes, threads=1)
         inside, _ = compare(before, after, random_initial_states(np.random.default_rng(7), 20000))
         far = far_out_probe_cells(4000)

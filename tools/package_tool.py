@@ -2,7 +2,7 @@
 before any work (the input a readable package that loads with its self-test; the output not the
 input, and where a file is there, a model package, which is replaced, unless --overwrite), and the
 atomic write. Used by tools/gate_distance_float64.py, tools/probe_test_vectors.py and
-tools/gate_growth_in_package.py (run as `python tools/NAME.py`, which puts this folder on the
+tools/gate_growth_in_package.py and tools/scale_correction_in_package.py (run as `python tools/NAME.py`, which puts this folder on the
 module path)."""
 from __future__ import annotations
 
@@ -33,6 +33,24 @@ def package_to_edit(args: argparse.Namespace, tool: str) -> bytes:
         package = handle.read()
     dodo.Closure(package, threads=1)  # the package as it is must load (its digests, its self-test)
     return package
+
+
+def reexported(package: str, output: str, ensemble, record: dict) -> bytes:
+    """The bytes of `ensemble` exported by `dodo export`'s exporter with `record` (a checkpoint's data
+    and metrics), made beside `output` and removed again: its test vectors and probes are drawn afresh."""
+    import os
+
+    from dodo.training.ensemble_train import export_ensemble
+
+    scratch = output + ".reexport-tmp.onnx"
+    try:
+        export_ensemble(package, scratch, checkpoint=record, ensemble=ensemble,
+                        log=lambda line: None if line.startswith("wrote ") else print(line))
+        with open(scratch, "rb") as handle:
+            return handle.read()
+    finally:
+        if os.path.exists(scratch):
+            os.remove(scratch)
 
 
 def write_package(path: str, package: bytes) -> None:

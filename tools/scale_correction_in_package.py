@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 
 import numpy as np
 from gate_growth_in_package import rebuilt_ensemble
-from package_tool import package_to_edit, package_tool_arguments, write_package
+from package_tool import package_to_edit, package_tool_arguments, reexported, write_package
 
 
 def factor_argument(text: str) -> float:
@@ -64,8 +63,10 @@ def main() -> int:
     args = package_tool_arguments(__doc__.splitlines()[0], lambda parser: parser.add_argument(
         "--factor", required=True, type=str, help="the factor A on the learned correction (0.5-2)"))
 
+    import onnx
+    import torch
+
     import dodo
-    from dodo.training.ensemble_train import export_ensemble
     from dodo.training.gate_graph import far_out_probe_cells
     from dodo.training.synth import random_initial_states
 
@@ -73,24 +74,16 @@ def main() -> int:
         factor = factor_argument(args.factor)
         package = package_to_edit(args, "tools/scale_correction_in_package.py")
         ensemble, record = rebuilt_ensemble(package)
-        import onnx
-
         metadata = {entry.key: entry.value for entry in onnx.load_from_string(package).metadata_props}
-        record["metrics"] = {**json.loads(metadata.get("dodo.metrics", "{}")),
-                             "correction_scale": {"factor": factor, "from": {
-                                 "export_time": metadata.get("dodo.export_time"),
-                                 "content_sha256": metadata.get("dodo.content_sha256")}}}
-        with __import__("torch").no_grad():
+        metrics = json.loads(metadata.get("dodo.metrics", "{}"))
+        # A package scaled before: the record keeps the product and the package the first scaling began from.
+        earlier = metrics.get("correction_scale") or {"factor": 1.0, "from": {
+            "export_time": metadata.get("dodo.export_time"), "content_sha256": metadata.get("dodo.content_sha256")}}
+        record["metrics"] = {**metrics, "correction_scale": {"factor": earlier["factor"] * factor,
+                                                             "from": earlier["from"]}}
+        with torch.no_grad():
             ensemble.pattern.mul_(factor)
-        scratch = args.output + ".scale-tmp.onnx"
-        try:
-            export_ensemble(args.package, scratch, checkpoint=record, ensemble=ensemble,
-                            log=lambda line: None if line.startswith("wrote ") else print(line))
-            with open(scratch, "rb") as handle:
-                new_bytes = handle.read()
-        finally:
-            if os.path.exists(scratch):
-                os.remove(scratch)
+        new_bytes = reexported(args.package, args.output, ensemble, record)
         before, after = dodo.Closure(package, threads=1), dodo.Closure(new_bytes, threads=1)
         inside = compare(before, after, random_initial_states(np.random.default_rng(7), 20000), factor)
         outside = compare(before, after, far_out_probe_cells(4000), factor)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import dodo
+import dodo.models
 from cli_helpers import run_tool
 
 pytest.importorskip("torch")
@@ -69,3 +70,17 @@ def test_the_tool_refuses_a_factor_that_is_not_a_recalibration(tmp_path, factor)
     done = run_tool("scale_correction_in_package.py", UNSCALED, "--factor", factor, "-o", out)
     assert done.returncode == 2 and not out.exists()
     assert done.stderr.strip().splitlines()[-1].startswith("tools/scale_correction_in_package.py: ")
+
+
+def test_a_scaled_package_scaled_again_keeps_its_record_of_the_first(tmp_path):
+    # The re-export read the package's head pattern back only if it was the ensemble's own (refused the
+    # default: "not the ensemble's"); now any positive multiple of it, and the record keeps the product.
+    out = tmp_path / "again.onnx"
+    done = run_tool("scale_correction_in_package.py", dodo.models.default_model_path(), "--factor", "1.0", "-o", out)
+    assert done.returncode == 0, done.stderr
+    F = cells()
+    again, shipped = dodo.Closure(str(out), threads=1).apply(F), dodo.Closure(threads=1).apply(F)
+    assert again.F_pred.tobytes() == shipped.F_pred.tobytes()
+    scale = json.loads(dodo.Closure(str(out)).metadata["dodo.metrics"])["correction_scale"]
+    first = json.loads(dodo.Closure().metadata["dodo.metrics"])["correction_scale"]
+    assert scale == first  # factor 1.1 x 1.0, from the unscaled package
