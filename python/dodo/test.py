@@ -83,7 +83,7 @@ def _guarded(argv: list[str]) -> int:
     cannot be written (`> /dev/full`, `>&-`) with one line and 2; both were tracebacks with exit
     status 1, or with `>&-` the report silently dropped (outside probe, round 22)."""
     from dodo import _startup
-    from dodo.cli import with_guarded_stdout
+    from dodo._stdout_guard import with_guarded_stdout
 
     _startup.release()  # the start-up handler ended a Ctrl-C during the imports; from here, this one
     try:

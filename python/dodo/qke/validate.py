@@ -319,7 +319,7 @@ def main(argv=None) -> int:
 
     from ..cli import _catch_terminating_signals, _restore_signal_handlers, _signal_ending, _Terminated
 
-    from ..cli import with_guarded_stdout
+    from .._stdout_guard import with_guarded_stdout
 
     from .. import _startup
 

@@ -522,7 +522,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from dodo.cli import with_guarded_stdout
+    from dodo._stdout_guard import with_guarded_stdout
 
     # Standard output guarded as `dodo` guards it (outside probe, round 23).
     sys.exit(with_guarded_stdout("python -m dodo.training.synthetic_model", main))
