@@ -244,7 +244,7 @@ def test_study_interrupted_inside_a_run_lists_that_run_as_interrupted(tmp_path, 
     grid.write_text(f"base_config: {tmp_path / 'train.yaml'}\ntag: g\noutput_root: {tmp_path / 'studies'}\n"
                     "grid:\n  training.lr: [1.0e-3, 3.0e-3]\n")
 
-    def interrupted(config, echo=print):
+    def interrupted(config, echo=print, **_):  # study also passes the resume advice's config_path and sets
         (Path(config.output.checkpoint_dir) / "last.pt").write_bytes(b"a checkpoint")
         raise KeyboardInterrupt
 
