@@ -97,7 +97,9 @@ def test_main_guards_standard_output_through_the_shared_helper(capsys, monkeypat
         return real(name, call)
 
     monkeypatch.setattr(cli, "with_guarded_stdout", spy)
-    monkeypatch.setattr(cli, "_silence_stdout", lambda: None)  # the test runner's own descriptor 1 stays
+    import dodo._stdout_guard as guard
+
+    monkeypatch.setattr(guard, "_silence_stdout", lambda: None)  # the test runner's own descriptor 1 stays
 
     class Failing:
         def __init__(self, error):
