@@ -74,6 +74,27 @@ if holders:
         print(f" (pid {pid})", end="")
 PYTHON
 }
+# One run of a script per directory: DIR opened on a descriptor bash chooses (10 or above: under `ulimit
+# -n 10` bash keeps the script itself open on 9, and `exec 9<` took its place; outside probe, data-loss
+# round seven), its number left in directory_lock, and flocked without waiting: inherited by the chunks,
+# released by the kernel however they end. PROGRAM: the name that starts each line; RUNNING: what the
+# refusal says runs there; SECOND: what a second run would do; ONE_AT_A_TIME: the note's advice. -E 75:
+# only a lock another process holds refuses; any other failure (ENOLCK: a file system that takes no
+# locks, an NFS mount without its lock service) runs unguarded with a note, as dodo simulate's chunks do
+# (it said "another ... is running" of a run that never was, and none could run there: data-loss round
+# fifteen). Without flock(1), or where DIR cannot be opened, unguarded, directory_lock empty.
+lock_directory_or_refuse() {
+  local program="$1" directory="$2" running="$3" second="$4" one_at_a_time="$5" lock_status=0
+  directory_lock=""
+  command -v flock > /dev/null || return 0
+  { exec {directory_lock}< "$directory"; } 2> /dev/null || { directory_lock=""; return 0; }
+  flock -n -E 75 "$directory_lock" 2> /dev/null || lock_status=$?
+  if [ "$lock_status" -eq 75 ]; then
+    echo "$program: $running$(lock_holder_text "$directory"): wait for it to end ($second)" >&2; exit 2
+  elif [ "$lock_status" -ne 0 ]; then
+    echo "$program: note: $directory cannot be locked (flock exit $lock_status; its file system takes no locks?), so $one_at_a_time" >&2
+  fi
+}
 # Whether DIR still names the directory open on descriptor FD (a campaign's lock, inherited by its
 # chunks); true without FD, or where /proc cannot tell.
 directory_still_at() {

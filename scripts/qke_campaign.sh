@@ -100,23 +100,12 @@ chunks="$(awk -v plan="$plan" '
 campaign_dir="${DODO_CAMPAIGN_DIR:-data/qke}"
 if command -v flock > /dev/null; then
   mkdir -p -- "$campaign_dir" 2> /dev/null || true
-  # A descriptor bash chooses (10 or above): under `ulimit -n 10` bash keeps this script itself open
-  # on descriptor 9, so `exec 9<` took the script's place and the campaign stopped with "another
-  # qke_campaign.sh ... is running" when none was (outside probe, data-loss round seven).
-  if { exec {campaign_lock}< "$campaign_dir"; } 2> /dev/null; then
-    # -E 75: only a lock another process holds is "running"; any other failure (ENOLCK: a file system that takes no
-    # locks, an NFS mount without its lock service) said "another qke_campaign.sh ... is running" of a campaign
-    # that never ran, after flock's own "flock: 12: No locks available", and no campaign could run there at all
-    # (outside probe, data-loss round fifteen). There the campaign runs unguarded, as dodo simulate's chunks do.
-    lock_status=0
-    flock -n -E 75 "$campaign_lock" 2> /dev/null || lock_status=$?
-    if [ "$lock_status" -eq 75 ]; then
-      echo "qke_campaign: another qke_campaign.sh (or its chunks) is running in $campaign_dir$(lock_holder_text "$campaign_dir"): wait for it to end (a second campaign on one directory would run the same chunks beside it)" >&2; exit 2
-    elif [ "$lock_status" -ne 0 ]; then
-      echo "qke_campaign: note: $campaign_dir cannot be locked (flock exit $lock_status; its file system takes no locks?), so a second campaign there would not be refused: run one campaign at a time in it" >&2
-    fi
-  fi
 fi
+lock_directory_or_refuse qke_campaign "$campaign_dir" \
+  "another qke_campaign.sh (or its chunks) is running in $campaign_dir" \
+  "a second campaign on one directory would run the same chunks beside it" \
+  "a second campaign there would not be refused: run one campaign at a time in it"
+campaign_lock="$directory_lock"
 # Whether a chunk's file is done: complete, and this campaign's chunk (exit 0); complete but another
 # campaign's (exit 3, the reason on standard error); else not done (1). Another campaign's file was done:
 # a campaign with DODO_CAMPAIGN_ARGS=--linear-only run into the solver's directory by mistake (or the solver's

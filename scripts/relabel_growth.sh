@@ -45,21 +45,12 @@ esac
 mkdir -p "$labels"
 # One relabelling per label directory at a time (outside probe, data-loss round two): a second one
 # ran the same chunks beside the first (twice JOBS processes), each chunk the first held reported as
-# "failed; rerun to retry", both ending non-zero. A lock (flock) on the directory itself, inherited
-# by the chunks and released by the kernel however they end; without flock(1), unguarded as before.
-# A descriptor bash chooses (10 or above), not 9: bash may hold this script itself on 9 under a low
-# `ulimit -n` (outside probe, data-loss round seven).
-if command -v flock > /dev/null && { exec {labels_lock}< "$labels"; } 2> /dev/null; then
-  # -E 75: only a lock another process holds is "running" (a file system without locks: unguarded, with a note;
-  # as qke_campaign.sh, outside probe, data-loss round fifteen).
-  lock_status=0
-  flock -n -E 75 "$labels_lock" 2> /dev/null || lock_status=$?
-  if [ "$lock_status" -eq 75 ]; then
-    echo "relabel_growth: another relabel_growth.sh (or its chunks) is running into $labels$(lock_holder_text "$labels"): wait for it to end (a second one would label the same chunks beside it)" >&2; exit 2
-  elif [ "$lock_status" -ne 0 ]; then
-    echo "relabel_growth: note: $labels cannot be locked (flock exit $lock_status; its file system takes no locks?), so a second relabelling there would not be refused: run one at a time into it" >&2
-  fi
-fi
+# "failed; rerun to retry", both ending non-zero (own_session.sh's lock_directory_or_refuse).
+lock_directory_or_refuse relabel_growth "$labels" \
+  "another relabel_growth.sh (or its chunks) is running into $labels" \
+  "a second one would label the same chunks beside it" \
+  "a second relabelling there would not be refused: run one at a time into it"
+labels_lock="$directory_lock"
 relabel() {
   local input="$1" out="$labels/$(basename "$1")"
   # The label directory moved or removed meanwhile: no chunk is started in one made again at the old path,
