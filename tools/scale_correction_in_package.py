@@ -31,7 +31,10 @@ from package_tool import package_to_edit, package_tool_arguments, reexported, wr
 
 
 def factor_argument(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"--factor must be a number (a finite number in [0.5, 2]), not {text!r}") from None
     if not math.isfinite(value) or not 0.5 <= value <= 2.0:
         raise ValueError(f"--factor must be a finite number in [0.5, 2] (a recalibration, not a new model), not {text}")
     return value

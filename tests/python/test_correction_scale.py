@@ -69,7 +69,8 @@ def test_the_tool_refuses_a_factor_that_is_not_a_recalibration(tmp_path, factor)
     out = tmp_path / "scaled.onnx"
     done = run_tool("scale_correction_in_package.py", UNSCALED, "--factor", factor, "-o", out)
     assert done.returncode == 2 and not out.exists()
-    assert done.stderr.strip().splitlines()[-1].startswith("tools/scale_correction_in_package.py: ")
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("tools/scale_correction_in_package.py: --factor must be ")  # "ten": was float()'s words
 
 
 def test_a_scaled_package_scaled_again_keeps_its_record_of_the_first(tmp_path):
