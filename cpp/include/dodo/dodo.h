@@ -39,9 +39,10 @@
  * stack left runs on a stack of 512 KiB that libdodo maps for that thread at its first such call
  * (swapcontext, on the same thread; kept for its later calls, unmapped when the thread ends;
  * DODO_ERROR_OUT_OF_MEMORY where it cannot be mapped). Below the call, Box3D and the native
- * network take some 54 KiB, ONNX Runtime's session creation and evaluation some 92 KiB
+ * network take some 51 and 54 KiB, ONNX Runtime's session creation and evaluation some 92 KiB
  * (onnxruntime 1.32), which a thread of 56 KiB (Box3D alone), or 96 KiB with a model, lacked: a
- * segmentation fault in a libdodo built before 2026-12-07. A call made on a stack that is not the
+ * segmentation fault in a libdodo without this fallback (commit 2fe1f2d0, 2026-12-07 19:05 UTC;
+ * dodo_build_id() names a build's commit). A call made on a stack that is not the
  * thread's (a coroutine's or fiber's, sigaltstack's) runs there and needs that room itself
  * (128 KiB with a model). libdodo's workers (dodo_options.threads) get glibc's default stack,
  * from ulimit -s; a worker's body runs on a 512 KiB stack of its own where that is short.
