@@ -25,6 +25,9 @@ def test_the_declared_licence_is_the_licence_text_shipped():
 
 def test_the_sdist_leaves_out_what_the_build_never_reads():
     excluded = pyproject()["tool"]["scikit-build"]["sdist"]["exclude"]
-    assert {"data/", "checkpoints/", "pdata/"} <= set(excluded)
+    assert {"/data/", "/checkpoints/", "/pdata/"} <= set(excluded)
+    # Anchored at the root: scikit-build-core reads them as .gitignore lines, where "data/" also matched
+    # python/dodo/data/ and left the package's own data (box3d_cases.json) out of sdists and wheels alike.
+    assert all(pattern.startswith("/") for pattern in excluded), excluded
     # Nothing the build or the installed package needs lies there.
     assert not any((REPO / "data").glob("**/*.py")) and not any((REPO / "data").glob("**/CMakeLists.txt"))
