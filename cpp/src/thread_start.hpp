@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 
 #include <cstddef>
 #include <new>
@@ -57,6 +58,26 @@ class AsyncSignalsBlocked {
   bool blocked_ = false;
 };
 
+// Whether a thread started now gets a stack short enough for own_stack.hpp's room check to matter:
+// the process's default thread stack (pthread_setattr_default_np), else RLIMIT_STACK, which glibc
+// takes for it, below 1 MiB. Asked in the starting thread: the check in each worker
+// (pthread_getattr_np) mallocs, so every worker made a malloc arena of its own, 64 MiB of address
+// space each, and a closure under an address-space limit that had fitted its workers' workspaces no
+// longer did (test_probe_c_round44, a non-editable build).
+inline bool default_thread_stack_is_small() {
+  constexpr std::size_t kSmall = std::size_t{1} << 20;
+  pthread_attr_t attributes;
+  if (::pthread_getattr_default_np(&attributes) == 0) {
+    std::size_t size = 0;
+    const bool known = ::pthread_attr_getstacksize(&attributes, &size) == 0 && size != 0;
+    ::pthread_attr_destroy(&attributes);
+    if (known) return size < kSmall;
+  }
+  struct rlimit limit;
+  if (::getrlimit(RLIMIT_STACK, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY) return false;
+  return limit.rlim_cur < kSmall;
+}
+
 // Appends a thread running `function` to `threads`; false (nothing started) when the system
 // cannot give it one. `threads` must have capacity for it (no reallocation can throw).
 template <typename Function>
@@ -66,7 +87,10 @@ bool try_start_thread(std::vector<std::thread>& threads, Function&& function) {
     const AsyncSignalsBlocked library_thread;  // the new thread starts with them blocked
     // Under a small `ulimit -s` (glibc's default thread stack) the worker's body runs on a stack
     // of its own (own_stack.hpp): a worker of 48 KiB died of SIGSEGV in Box3D (C round fifty).
-    threads.emplace_back([body = std::forward<Function>(function)]() mutable { run_with_room(body); });
+    if (default_thread_stack_is_small())
+      threads.emplace_back([body = std::forward<Function>(function)]() mutable { run_with_room(body); });
+    else
+      threads.emplace_back(std::forward<Function>(function));
   } catch (const std::system_error&) {
     return false;
   } catch (const std::bad_alloc&) {
