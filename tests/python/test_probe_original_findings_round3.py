@@ -26,21 +26,9 @@ MODEL = os.path.join(os.path.dirname(dodo.__file__), "models", "qke_default.onnx
 UNSCALED = ROOT / "tests/data/training/qke_default_2026-12-07_unscaled.onnx"
 S = dodo.CellStatus
 
+from test_probe_original_findings_round2 import _crossing, _iso  # noqa: E402  (round two's cells)
+
 pytestmark = pytest.mark.skipif(not dodo.runtime_available(), reason="closure runtime not built")
-
-
-def _iso(n):
-    F = np.zeros((6, 4))
-    F[:, 0] = n
-    return F
-
-
-def _crossing():
-    F = _iso(1e32)
-    F[0, 3] = 0.5e32
-    F[1, 0] = 0.9e32
-    F[1, 3] = -0.5e32
-    return F
 
 
 def _corners():
