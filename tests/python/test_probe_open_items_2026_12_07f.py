@@ -327,7 +327,6 @@ def test_train_ensemble_whose_checkpoint_directory_is_moved_writes_no_checkpoint
     line saying it moved and where, nothing made at the old path."""
     import h5py
 
-    import dodo.training.ensemble_train as ensemble_train
     from cli_helpers import REPO
     from dodo.qke.growth_labels import KIND
 
@@ -342,14 +341,7 @@ def test_train_ensemble_whose_checkpoint_directory_is_moved_writes_no_checkpoint
         out["F4_initial(1|ccm)"] = source["F4_initial(1|ccm)"][...] * 1.01
         out["linear_growthRate_box(1|s)"] = source["linear_growthRate_box(1|s)"][...]
     directory, moved = tmp_path / "ens", tmp_path / "ens2"
-    version = ensemble_train._dodo_version
-
-    def move_then_version():  # called while the checkpoint's contents are put together, before its write
-        if directory.exists():
-            os.rename(directory, moved)
-        return version()
-
-    monkeypatch.setattr(ensemble_train, "_dodo_version", move_then_version)
+    move_during_the_checkpoint(monkeypatch, directory, moved)
     code, _, err = run(capsys, [
         "train-ensemble", "--config", str(REPO / "training" / "configs" / "ensemble_default.yaml"),
         "--set", f"data.path={table}", "--set", "data.holdout=[]", "--set", "noise.weight=0", "--set", "noise.oof=",
@@ -383,3 +375,18 @@ def test_a_study_grid_of_section_mappings_keeps_the_overrides_of_other_keys(tmp_
                     "overrides: {training: {lr: 3.0e-3}}\ngrid: {training: [{lr: 1.0e-3}]}\n")
     code, _, err = run(capsys, ["study", str(grid), "--dry-run"])
     assert code == 2 and "training.lr is set by both overrides and grid" in err, err
+
+
+def move_during_the_checkpoint(monkeypatch, directory, moved) -> None:
+    """train-ensemble's run directory renamed to `moved` while its checkpoint's contents are put together
+    (dodo_version is asked then), before the checkpoint is written."""
+    import dodo.training.ensemble_train as ensemble_train
+
+    version = ensemble_train._dodo_version
+
+    def move_then_version():
+        if directory.exists():
+            os.rename(directory, moved)
+        return version()
+
+    monkeypatch.setattr(ensemble_train, "_dodo_version", move_then_version)

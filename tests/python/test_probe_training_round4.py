@@ -3,7 +3,6 @@ holding a state twice. Each test fails on the code before its fix (section "The 
 round four" of the record)."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import h5py
 import pytest
@@ -217,22 +216,13 @@ def test_train_ensemble_whose_directory_moved_says_the_ensemble_was_not_saved(tm
     """Section 118's line for a train-ensemble whose checkpoint directory moved said where it went, not that
     the trained ensemble was saved nowhere (the checkpoint is written once, at the end). Now it says so and
     that the run must be repeated."""
-    import os
-
-    import dodo.training.ensemble_train as ensemble_train
+    from test_probe_open_items_2026_12_07f import move_during_the_checkpoint
     from test_probe_training_round3 import ENSEMBLE_DEFAULT, OWN_DATABASE, _label_file
 
     table = _preprocessed(capsys, tmp_path, EMU_32, "emu.h5")
     labels = _label_file(tmp_path / "labels.h5")
     directory, moved = tmp_path / "ens", tmp_path / "ens2"
-    version = ensemble_train._dodo_version
-
-    def move_then_version():  # called while the checkpoint's contents are put together, before its write
-        if directory.exists():
-            os.rename(directory, moved)
-        return version()
-
-    monkeypatch.setattr(ensemble_train, "_dodo_version", move_then_version)
+    move_during_the_checkpoint(monkeypatch, directory, moved)
     line = refused(capsys, ["train-ensemble", "--config", str(ENSEMBLE_DEFAULT), "--set", f"data.path={table}",
                             *OWN_DATABASE, "--set", f"growth.data=[{str(labels)!r}]",
                             "--set", f"output.checkpoint={directory / 'e.pt'}"],
