@@ -113,10 +113,22 @@ def _reduce_result(result, current: type, protocol):
     (IPython's autoreload, a notebook re-running its imports) is of the earlier class, which pickle
     cannot name: ``Can't pickle <class 'dodo._box3d.Box3DResult'>: it's not the same object as
     dodo._box3d.Box3DResult`` (outside probe, round forty-five). Such a result pickles as the class
-    its module defines now (``current``, looked up when called); the current class pickles as before."""
+    its module defines now (``current``, looked up when called); the current class pickles as before.
+    Pickle names a class by the module that ``sys.modules`` holds now: after that entry was deleted
+    and dodo imported again (a notebook's ``del sys.modules[name]`` loop to reimport a package), the
+    module that made ``current`` is no longer it, and results made before failed the same way (outside
+    probe, Python round sixty-five): the class of the module imported now is taken."""
+    current = _class_named_now(current)
     if type(result) is current or not _is_result_class(type(result), current):
         return tuple.__reduce_ex__(result, protocol)
     return (current, tuple(result))
+
+
+def _class_named_now(cls: type) -> type:
+    """The class that pickle finds under ``cls``'s module and name now (the module in ``sys.modules``,
+    which another import of dodo may have replaced), or ``cls`` where there is none of that name."""
+    found = getattr(sys.modules.get(cls.__module__), cls.__qualname__, None)
+    return found if isinstance(found, type) else cls
 
 
 def _is_result_class(cls: type, result_type: type) -> bool:

@@ -11,6 +11,7 @@ import functools
 import glob
 import importlib.util
 import io
+import mmap
 import os
 import re
 import shlex
@@ -29,6 +30,9 @@ from .conventions import N_COMPONENTS, N_SPECIES
 from .models import default_model_path
 
 PathLike = Union[str, os.PathLike]
+#: What ``model`` takes: a path, or a package's bytes in a buffer (an mmap too). Closure's hint named
+#: paths alone, so mypy refused the documented Closure(data) (outside probe, Python round sixty-five).
+ModelSource = Union[str, os.PathLike, bytes, bytearray, memoryview, mmap.mmap, np.ndarray, None]
 
 #: Model argument meaning "no model": the closure is Box3D alone.
 BOX3D_ONLY = "box3d"
@@ -472,7 +476,7 @@ class Closure:
     called again).
     """
 
-    def __init__(self, model: Optional[PathLike] = None, *, threads: Optional[int] = None, chunk_size: int = 1024,
+    def __init__(self, model: ModelSource = None, *, threads: Optional[int] = None, chunk_size: int = 1024,
                  lebedev_order: Optional[int] = None, z_method: Optional[str] = None,
                  max_flux_factor: Optional[float] = None, device: str = "cpu", self_test: bool = True,
                  onnxruntime_library: Optional[PathLike] = None, evaluator: str = "auto") -> None:
@@ -775,9 +779,13 @@ class Closure:
         # metadata (Box3D settings, head, test vectors) was edited and re-signed since loaded in a
         # worker without a word (outside probe, round 37).
         arguments = (self._source, options, self._model_path, _model_digest(metadata))
+        # The loader of the dodo._closure that sys.modules holds now, which pickle checks by name: after that
+        # entry was deleted and dodo imported again, this module's own failed "it's not the same object as
+        # dodo._closure._unpickle_closure" (outside probe, Python round sixty-five).
+        loader = getattr(sys.modules.get(__name__), "_unpickle_closure", _unpickle_closure)
         if _is_plain_closure(type(self)) and not added:
-            return (_unpickle_closure, arguments + (None, metadata.get(_METADATA_DIGEST)))
-        return (_unpickle_closure, arguments + (type(self), metadata.get(_METADATA_DIGEST)), added or None)
+            return (loader, arguments + (None, metadata.get(_METADATA_DIGEST)))
+        return (loader, arguments + (type(self), metadata.get(_METADATA_DIGEST)), added or None)
 
     def __repr__(self) -> str:
         source = repr(self._model_path) if self._model_path is not None else "<in memory>"
@@ -881,7 +889,7 @@ class UnusableClosure:
         return type(error)(*error.args)
 
     def __reduce__(self):
-        return (UnusableClosure, (self._reason(),))
+        return (getattr(sys.modules.get(__name__), "UnusableClosure", UnusableClosure), (self._reason(),))
 
     def __repr__(self) -> str:
         return f"<unusable dodo.Closure: {self.__dict__['_error']}>"
@@ -1088,7 +1096,7 @@ def _file_identity(path: str) -> tuple:
     return (os.path.realpath(path), status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
 
 
-def closure(F_init, u=None, model: Union[PathLike, bytes, bytearray, memoryview, np.ndarray, None] = None) -> np.ndarray:
+def closure(F_init, u=None, model: ModelSource = None) -> np.ndarray:
     """Predicted asymptotic four-fluxes F_pred (..., 6, 4) for F_init (..., 6, 4) and u (..., 4).
 
     model: as for :class:`Closure` (None: the default model; bytes, bytearray, memoryview or a

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import enum
+import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,7 +37,9 @@ class _StatusFlags(enum.IntFlag, metaclass=_StatusType):
         # earlier CellStatus, which pickle cannot name: "Can't pickle <flag 'CellStatus'>: it's not
         # the same object as dodo._status.CellStatus" (outside probe, round forty-five). It pickles as
         # the CellStatus this module defines now, by its value.
-        current = globals().get("CellStatus")
+        # Looked up in the module sys.modules holds now: after that entry was deleted and dodo imported
+        # again, pickle names the new module's class (outside probe, Python round sixty-five).
+        current = getattr(sys.modules.get(__name__), "CellStatus", None) or globals().get("CellStatus")
         cls = type(self)
         if current is not None and cls is not current and cls.__module__ == __name__ and \
                 cls.__qualname__ == current.__qualname__:
@@ -43,8 +47,27 @@ class _StatusFlags(enum.IntFlag, metaclass=_StatusType):
         return super().__reduce_ex__(protocol)
 
 
-CellStatus = _StatusFlags("CellStatus", {"OK": 0, **{name: bit for name, bit, _, _ in _core.cell_status_bits}},
-                          module=__name__)
+if TYPE_CHECKING:
+    # What type checkers (mypy, pyright) see of the class made below from the core's list, which
+    # they cannot read: mypy called dodo.CellStatus "not callable" and said it had no NO_CROSSING
+    # (outside probe, Python round sixty-five). Pinned to the core's list by
+    # tests/python/test_probe_python65.py.
+    class CellStatus(enum.IntFlag):
+        def __new__(cls, value: int | np.integer | np.ndarray) -> CellStatus: ...  # as _StatusType takes it
+
+        OK = 0
+        NO_CROSSING = 1
+        FLUX_FACTOR = 2
+        NEGATIVE_DENSITY = 4
+        NONFINITE = 8
+        ZERO_DENSITY = 16
+        BAD_VELOCITY = 32
+        BOX3D_LIMITED = 64
+        NETWORK_NONFINITE = 128
+        CORRECTION_LIMITED = 256
+else:
+    CellStatus = _StatusFlags("CellStatus", {"OK": 0, **{name: bit for name, bit, _, _ in _core.cell_status_bits}},
+                              module=__name__)
 CellStatus.__doc__ = "Bits of the per-cell status: " + "; ".join(
     f"{name}: {text}" for name, _, _, text in _core.cell_status_bits
 )

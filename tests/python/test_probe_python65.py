@@ -1,0 +1,126 @@
+"""Outside probe, Python round sixty-five: what a type checker sees of dodo (the py.typed marker, the
+hints of Closure's model and of CellStatus), and objects made before dodo's entries in sys.modules
+were deleted and dodo imported again (docs/reliability_python.md)."""
+from __future__ import annotations
+
+import ast
+import importlib.resources
+import mmap
+import os
+import subprocess
+import sys
+import textwrap
+import typing
+
+import numpy as np
+import pytest
+
+import dodo
+from dodo import _core
+
+
+def test_the_package_tells_type_checkers_that_it_is_typed():
+    # Without the PEP 561 marker mypy stopped at `import dodo` in a user's code: "Skipping analyzing
+    # "dodo": module is installed, but missing library stubs or py.typed marker [import-untyped]".
+    assert importlib.resources.files("dodo").joinpath("py.typed").is_file()
+
+
+@pytest.mark.parametrize("function", [dodo.Closure.__init__, dodo.closure], ids=["Closure", "closure"])
+def test_the_model_hint_names_every_documented_kind_of_model(function):
+    # Closure's hint said Optional[Union[str, os.PathLike]]: mypy refused the documented Closure(data)
+    # of a package's bytes ("incompatible type bytes; expected str | PathLike[Any] | None").
+    hint = typing.get_type_hints(function)["model"]
+    accepted = set(typing.get_args(hint))
+    for kind in (str, os.PathLike, bytes, bytearray, memoryview, mmap.mmap, np.ndarray, type(None)):
+        assert kind in accepted, (kind, hint)
+
+
+def _cell_status_as_type_checkers_see_it() -> dict:
+    source = importlib.resources.files("dodo").joinpath("_status.py").read_text(encoding="utf-8")
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            for statement in node.body:
+                if isinstance(statement, ast.ClassDef) and statement.name == "CellStatus":
+                    return {target.id: ast.literal_eval(assign.value) for assign in statement.body
+                            if isinstance(assign, ast.Assign) for target in assign.targets}
+    return {}
+
+
+def test_type_checkers_see_cell_status_with_the_cores_flags():
+    # Made at run time from the core's list, CellStatus was to mypy an instance of its base class:
+    # `dodo.CellStatus(value)` "not callable", `dodo.CellStatus.NO_CROSSING` "has no attribute".
+    seen = _cell_status_as_type_checkers_see_it()
+    assert seen == {"OK": 0, **{name: bit for name, bit, _, _ in _core.cell_status_bits}}
+    assert seen == {name: flag.value for name, flag in dodo.CellStatus.__members__.items()}  # made at run time
+
+
+_USER_CODE = textwrap.dedent("""
+    import mmap
+    import numpy as np
+    import dodo
+
+    closure = dodo.Closure(threads=1)
+    result = closure.apply(np.zeros((3, 6, 4)))
+    data = open(closure.model_path or "", "rb").read()
+    in_memory = [dodo.Closure(data), dodo.Closure(memoryview(data)), dodo.Closure(bytearray(data)),
+                 dodo.Closure(np.frombuffer(data, np.uint8))]
+    flags = dodo.CellStatus(np.uint32(3)) | dodo.CellStatus(int(result.status[0]))
+    rejected = (result.status & dodo.CellStatus.FLUX_FACTOR) != 0
+    names = [flag.name for flag in dodo.CellStatus if flag in flags]
+    F_pred = dodo.closure(np.zeros((3, 6, 4)), model=data)
+""")
+
+
+def test_mypy_passes_a_simulation_codes_documented_calls(tmp_path):
+    pytest.importorskip("mypy.api")  # not a dependency of dodo; run where a developer has it
+    from mypy import api
+
+    program = tmp_path / "simulation.py"
+    program.write_text(_USER_CODE)
+    report, errors, status = api.run([str(program), "--python-executable", sys.executable,
+                                      "--cache-dir", str(tmp_path / "cache"), "--no-error-summary"])
+    assert status == 0, report + errors
+
+
+# Objects made before every dodo entry of sys.modules was deleted and dodo imported again (a notebook's
+# loop `for name in list(sys.modules): if name.startswith("dodo"): del sys.modules[name]`), then pickled
+# for a process pool: "Can't pickle <class 'dodo._closure.ClosureResult'>: it's not the same object as
+# dodo._closure.ClosureResult", likewise Box3DResult, CellStatus, UnusableClosure and the Closure's loader.
+_REIMPORTED = textwrap.dedent("""
+    import pickle, sys
+    import numpy as np
+    import dodo
+    from dodo._closure import UnusableClosure
+
+    F = np.zeros((3, 6, 4)); F[..., 0] = 1.0; F[:, 0, 3] = 0.5; F[:, 3, 3] = -0.5
+    closure = dodo.Closure("box3d", threads=1)
+    made_before = {"Closure": closure, "ClosureResult": closure.apply(F), "Box3DResult": dodo.box3d(F, threads=1),
+                   "CellStatus": dodo.CellStatus(3), "UnusableClosure": UnusableClosure(ValueError("gone"))}
+    expected = closure.apply(F).F_pred
+    for name in [name for name in sys.modules if name == "dodo" or name.startswith("dodo.")]:
+        if name != "dodo._core" or "CORE" == "also":
+            del sys.modules[name]
+    import dodo as again
+    import dodo._closure
+    assert again.Closure is not type(closure)
+    for name, value in made_before.items():
+        try:
+            back = pickle.loads(pickle.dumps(value))
+        except Exception as error:
+            print(name, "not pickled:", error)
+            continue
+        kind = getattr(again, name, None) or getattr(dodo._closure, name)
+        print(name, "pickled as the new class" if type(back) is kind else f"pickled as {type(back)}")
+    print("same bits", np.array_equal(pickle.loads(pickle.dumps(closure)).apply(F).F_pred, expected))
+""")
+
+
+@pytest.mark.parametrize("core", ["kept", "also"])
+def test_objects_made_before_dodo_was_imported_again_still_pickle(core):
+    done = subprocess.run([sys.executable, "-c", _REIMPORTED.replace("CORE", core)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "Closure pickled as the new class", "ClosureResult pickled as the new class",
+        "Box3DResult pickled as the new class", "CellStatus pickled as the new class",
+        "UnusableClosure pickled as the new class", "same bits True"], done.stdout
