@@ -431,7 +431,14 @@ def _flat_outputs(out, result_type, outputs: dict, batch: tuple[int, ...]) -> li
     for name, (trailing, dtype) in outputs.items():
         array = getattr(out, name)
         if not isinstance(array, np.ndarray):
-            raise TypeError(f"out.{name} must be a NumPy array; got {type(array).__name__}")
+            # A CPU torch tensor (a memoryview, an array.array) that a code keeps its state in was refused
+            # naming no way on (outside probe, Python round sixty-five): NumPy's view of it is written in place.
+            kind = type(array).__name__
+            reader = "np.from_dlpack" if hasattr(array, "__dlpack__") and not hasattr(array, "__array__") else "np.asarray"
+            hint = (f", of whose memory {reader}(x) is a NumPy view (no copy): give the views, e.g. "
+                    f"dodo.{result_type.__name__}(*({reader}(x) for x in arrays)); the call fills them in place, so "
+                    f"the {kind} objects hold the results" if _shared_view(array) is not None else "")
+            raise TypeError(f"out.{name} must be a NumPy array; got {kind}{hint}")
         if isinstance(array, np.ma.MaskedArray):  # its mask would hide values written (outside probe, round 37)
             raise TypeError(f"out.{name} is a masked array: its mask would hide the values written under it; give "
                             "plain arrays (a previous result, or the result type's empty(batch_shape))")

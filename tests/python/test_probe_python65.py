@@ -124,3 +124,36 @@ def test_objects_made_before_dodo_was_imported_again_still_pickle(core):
         "Closure pickled as the new class", "ClosureResult pickled as the new class",
         "Box3DResult pickled as the new class", "CellStatus pickled as the new class",
         "UnusableClosure pickled as the new class", "same bits True"], done.stdout
+
+
+def _cells() -> np.ndarray:
+    F = np.zeros((3, 6, 4))
+    F[..., 0] = 1.0
+    F[:, 0, 3], F[:, 3, 3] = 0.5, -0.5
+    return F
+
+
+@pytest.mark.parametrize("result_type", [dodo.ClosureResult, dodo.Box3DResult])
+def test_an_out_of_torch_tensors_is_told_to_pass_their_numpy_views_which_are_filled(result_type):
+    # A code that keeps its state in CPU torch tensors was told "out.F_pred must be a NumPy array; got
+    # Tensor", naming no way on; NumPy's view of a tensor shares its memory and is filled in place.
+    torch = pytest.importorskip("torch")
+    call = (lambda F, out=None: dodo.Closure("box3d", threads=1).apply(F, out=out)) \
+        if result_type is dodo.ClosureResult else (lambda F, out=None: dodo.box3d(F, threads=1, out=out))
+    tensors = [torch.from_numpy(array) for array in result_type.empty((3,))]
+    with pytest.raises(TypeError, match=rf"got Tensor, of whose memory np\.asarray\(x\) is a NumPy view \(no copy\): "
+                                        rf"give the views, e.g. dodo\.{result_type.__name__}\(\*\(np\.asarray\(x\) "
+                                        "for x in arrays\\)\\); the call fills them in place"):
+        call(_cells(), out=result_type(*tensors))
+    call(_cells(), out=result_type(*(np.asarray(x) for x in tensors)))  # as the message says
+    for tensor, expected in zip(tensors, call(_cells())):
+        assert np.array_equal(tensor.numpy(), expected)
+
+
+def test_an_out_of_memoryviews_is_told_the_same_and_a_list_is_not():
+    views = [memoryview(array) for array in dodo.ClosureResult.empty((3,))]
+    with pytest.raises(TypeError, match="got memoryview, of whose memory np.asarray"):
+        dodo.Closure("box3d", threads=1).apply(_cells(), out=dodo.ClosureResult(*views))
+    lists = [array.tolist() for array in dodo.ClosureResult.empty((3,))]
+    with pytest.raises(TypeError, match=r"^out\.F_pred must be a NumPy array; got list$"):  # no memory to write into
+        dodo.Closure("box3d", threads=1).apply(_cells(), out=dodo.ClosureResult(*lists))
