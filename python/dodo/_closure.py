@@ -663,8 +663,11 @@ class Closure:
     def apply(self, F_init, u=None, *, out: Optional[ClosureResult] = None) -> ClosureResult:
         """Closure of a batch: F_init (..., 6, 4), u (..., 4) or None (already in the rest frame).
 
-        Cells with problems are flagged in ``status`` (dodo.CellStatus) and get Box3D's result or
-        their input, never NaN.
+        Cells with problems are flagged in ``status`` (dodo.CellStatus) and get an output that is
+        always finite and realizable, never NaN: Box3D's result (the network's output not finite), or
+        for a rejected cell its input where that is finite and realizable, zeros where a value of its
+        F_init is not finite, else its input with negative densities set to 0 and each flux scaled onto
+        |F| <= n (docs/runtime.md).
 
         Lorentz factors: lab-frame float64 values hold the rest frame only to ~W^2 eps relative (the boost's
         rounding; 6 W^2 eps measured in a round trip), so from W ~ 3e6 on cells lose their ELN crossings to

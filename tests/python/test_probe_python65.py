@@ -157,3 +157,20 @@ def test_an_out_of_memoryviews_is_told_the_same_and_a_list_is_not():
     lists = [array.tolist() for array in dodo.ClosureResult.empty((3,))]
     with pytest.raises(TypeError, match=r"^out\.F_pred must be a NumPy array; got list$"):  # no memory to write into
         dodo.Closure("box3d", threads=1).apply(_cells(), out=dodo.ClosureResult(*lists))
+
+
+def test_apply_says_what_a_rejected_cell_gets_and_it_gets_that():
+    # The docstring said rejected cells "get Box3D's result or their input, never NaN": a cell with a NaN
+    # got zeros, one with a negative density that density set to 0, one beyond the flux-factor limit its
+    # flux scaled onto the cone (docs/runtime.md had it right).
+    doc = " ".join(dodo.Closure.apply.__doc__.split())
+    assert "zeros where a value of its F_init is not finite" in doc
+    assert "negative densities set to 0 and each flux scaled onto |F| <= n" in doc
+    F = _cells()
+    F[0, 0, 0], F[1, 2, 0], F[2, 1, 1] = np.nan, -0.5, 1.5
+    result = dodo.Closure(threads=1).apply(F)
+    assert [dodo.CellStatus(int(s)) for s in result.status] == [
+        dodo.CellStatus.NONFINITE, dodo.CellStatus.NEGATIVE_DENSITY, dodo.CellStatus.FLUX_FACTOR]
+    assert np.all(result.F_pred[0] == 0)
+    assert result.F_pred[1, 2, 0] == 0 and np.array_equal(result.F_pred[1, :2], F[1, :2])
+    assert np.linalg.norm(result.F_pred[2, 1, 1:]) <= result.F_pred[2, 1, 0]
