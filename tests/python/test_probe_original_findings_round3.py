@@ -178,9 +178,11 @@ def _new_metadata_on_unscaled(model):
 
 
 def _keep_last_test_vector(model):
+    """Only vector 10, a probe flagged by the cap (stable to the network): the last until the cap-edge
+    probes 11-12 were appended (test_probe_vectors.py), which reach the network."""
     d = json.loads(_meta(model)["dodo.test_vectors"])
     for key in ("F_init", "u", "F_pred", "growth_over_ntot", "uncertainty"):
-        d[key] = d[key][-1:]
+        d[key] = d[key][10:11]
     _set(model, "dodo.test_vectors", json.dumps(d))
 
 

@@ -25,18 +25,23 @@ ROOT = Path(__file__).resolve().parents[2]
 #: self-test's tolerance is 1e-5), not to the last bit. Before, these tests failed on every CPU without
 #: AVX-512 (found by the suite run on a build without the per-CPU clones, 2026-12-07).
 PROBES_MADE_ON = "x86-64-v4"
+#: The two cap-edge probes (vectors 11 and 12, appended 2026-12-07 by tools/probe_test_vectors.py; the
+#: first returns its input, the second a corrected cell) were computed on a CPU without AVX-512.
+CAP_EDGE_PROBES = slice(11, 13)
+CAP_EDGE_PROBES_MADE_ON = "x86-64-v3"
 ROUNDING_OVER_NTOT = 1e-7
 
 
-def on_the_probes_path() -> bool:
-    return dodo._core.box3d_instruction_set() == PROBES_MADE_ON
+def on_the_probes_path(made_on: str = PROBES_MADE_ON) -> bool:
+    return dodo._core.box3d_instruction_set() == made_on
 
 
-def assert_same_to_rounding(got, stored, scale, tolerance=ROUNDING_OVER_NTOT):
-    """Equal bits on the probes' code path; elsewhere |got - stored| <= tolerance x scale (scale: each
-    cell's N_tot for densities and fluxes, 1 for values in units of N_tot, |stored| for growth rates)."""
+def assert_same_to_rounding(got, stored, scale, tolerance=ROUNDING_OVER_NTOT, made_on=PROBES_MADE_ON):
+    """Equal bits on the code path the stored values were made on; elsewhere |got - stored| <= tolerance x
+    scale (scale: each cell's N_tot for densities and fluxes, 1 for values in units of N_tot, |stored| for
+    growth rates)."""
     got, stored = np.asarray(got, dtype=float), np.asarray(stored, dtype=float)
-    if on_the_probes_path():
+    if on_the_probes_path(made_on):
         assert np.array_equal(got, stored)
         return
     scale = np.asarray(scale, dtype=float)
@@ -80,10 +85,46 @@ def test_probes_change_no_result_and_are_the_network_on_the_cell_itself(default_
     vectors = json.loads(dodo.Closure(default_package, threads=1).metadata["dodo.test_vectors"])
     F, u = np.array(vectors["F_init"]), np.array(vectors["u"])
     result = dodo.Closure(default_package, threads=1).apply(F, u)
-    probes = slice(6, None)  # the exporter drew 6; the rest are probes (training/models/README.md)
-    assert len(F) > 6
-    assert_same_to_rounding(result.F_pred[probes], np.array(vectors["F_pred"])[probes], ntot_of(F[probes]))
-    assert_same_to_rounding(result.uncertainty[probes], np.array(vectors["uncertainty"])[probes], 1.0)
+    assert len(F) == 13  # the exporter drew 6; the rest are probes (training/models/README.md)
+    for probes, made_on in ((slice(6, 11), PROBES_MADE_ON), (CAP_EDGE_PROBES, CAP_EDGE_PROBES_MADE_ON)):
+        assert_same_to_rounding(result.F_pred[probes], np.array(vectors["F_pred"])[probes], ntot_of(F[probes]),
+                                made_on=made_on)
+        assert_same_to_rounding(result.uncertainty[probes], np.array(vectors["uncertainty"])[probes], 1.0,
+                                made_on=made_on)
+
+
+def test_a_re_signed_cap_moved_by_any_amount_a_user_would_notice_fails_the_self_test(default_package):
+    """Two probes sit at the flux-factor cap's edges, 1e-9 of it below and above (outside probe, section
+    126: caps re-signed at 0.985, 0.981, 0.9801, 0.98001 and 0.9800001 loaded, and a cell at flux factor
+    0.983, flagged and returned as given, was then corrected by 0.51 N_tot). The upper probe is returned
+    as given, the lower one corrected; the cap itself still loads."""
+    import onnx
+
+    from dodo import _core
+
+    def with_cap(cap):
+        model = onnx.load_from_string(default_package)
+        for entry in model.metadata_props:
+            if entry.key == "dodo.box3d":
+                settings = json.loads(entry.value)
+                assert settings["max_flux_factor"] == 0.98
+                settings["max_flux_factor"] = cap
+                entry.value = json.dumps(settings)
+        return _core.with_content_digest(model.SerializeToString())
+
+    assert dodo.Closure(with_cap(0.98), threads=1).self_test() < 1e-7
+    for cap in (0.985, 0.981, 0.9801, 0.98001, 0.9800001, 0.98000001, 0.975, 0.979, 0.9799, 0.97999, 0.9799999,
+                0.97999999):
+        with pytest.raises(RuntimeError, match="DODO_ERROR_SELF_TEST: self-test failed: test vector 1[12] "):
+            dodo.Closure(with_cap(cap), threads=1)
+    vectors = json.loads(dodo.Closure(default_package, threads=1).metadata["dodo.test_vectors"])
+    F = np.array(vectors["F_init"])[CAP_EDGE_PROBES]
+    flux_factor = np.linalg.norm(F[:, 0, 1:], axis=-1) / F[:, 0, 0]
+    assert np.allclose(flux_factor, [0.98 * (1 + 1e-9), 0.98 * (1 - 1e-9)], rtol=1e-15, atol=0)
+    assert np.array_equal(np.array(vectors["F_pred"])[11], F[0])  # flagged FLUX_FACTOR: returned as given
+    result = dodo.Closure(default_package, threads=1).apply(F)
+    assert result.status[0] & int(dodo.CellStatus.FLUX_FACTOR) and not result.status[1] & int(dodo.CellStatus.FLUX_FACTOR)
+    assert np.abs(result.F_pred[1] - F[1]).max() > 0.05 * ntot_of(F[1:])[0]
 
 
 def test_add_probe_vectors_refuses_edits_a_package_accepted_before(default_package):
@@ -120,7 +161,7 @@ def test_the_tool_writes_a_package_that_refuses_the_edits_and_never_over_its_inp
     done = subprocess.run([sys.executable, str(ROOT / "tools" / "probe_test_vectors.py"), str(source), "-o", str(out)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    assert "of 10 edits now fail its self-test" in done.stdout
+    assert "0 probe vectors appended; 12 of 12 edits now fail its self-test" in done.stdout  # probed already
     for _, package in mutants(out.read_bytes()):
         with pytest.raises(RuntimeError, match="DODO_ERROR_SELF_TEST|DODO_ERROR_MODEL_FORMAT"):
             dodo.Closure(package, threads=1)
@@ -131,26 +172,26 @@ def test_the_tool_writes_a_package_that_refuses_the_edits_and_never_over_its_inp
 
 def test_remaking_the_probes_with_this_runtime_gives_the_shipped_package_again(default_package):
     """tools/probe_test_vectors.py --remake 6: the exporter's six kept, the probes appended again with
-    this runtime's outputs. The shipped package's probes are this runtime's (its last refresh,
-    training/models/README.md), so the same bytes come back; keeping more vectors than it holds, or
-    none, is refused."""
+    this runtime's outputs: the same cells and the same metadata; the outputs the same bits on the code
+    path each probe was made on (training/models/README.md: vectors 6-10 on AVX-512, the cap-edge ones
+    11-12 without), elsewhere to rounding; keeping more vectors than it holds, or none, is refused."""
     from dodo.training.probe_vectors import without_vectors_after
 
     remade, report = add_probe_vectors(without_vectors_after(default_package, 6))
-    assert report["probes"] == 5  # since the re-export of 2026-12-07 (training/models/README.md)
-    if on_the_probes_path():
-        assert remade == default_package
-    else:  # the same package but for the probes' last bits (and so its digests)
-        shipped, again = dodo.Closure(default_package, threads=1).metadata, dodo.Closure(remade, threads=1).metadata
-        digests = {"dodo.test_vectors", "dodo.content_sha256", "dodo.metadata_sha256"}
-        assert {k: v for k, v in shipped.items() if k not in digests} == \
-            {k: v for k, v in again.items() if k not in digests}
-        old, new = json.loads(shipped["dodo.test_vectors"]), json.loads(again["dodo.test_vectors"])
-        assert old["F_init"] == new["F_init"] and old["u"] == new["u"]
-        assert_same_to_rounding(new["F_pred"], old["F_pred"], ntot_of(old["F_init"]))
-        assert_same_to_rounding(new["uncertainty"], old["uncertainty"], 1.0)
-        assert_same_to_rounding(new["growth_over_ntot"], old["growth_over_ntot"], np.abs(old["growth_over_ntot"]),
-                                tolerance=1e-5)  # exp of a float32 output: ~3e-7 relative seen
+    assert report["probes"] == 7  # 5 since the re-export of 2026-12-07, 2 at the cap's edges (training/models/README.md)
+    shipped, again = dodo.Closure(default_package, threads=1).metadata, dodo.Closure(remade, threads=1).metadata
+    digests = {"dodo.test_vectors", "dodo.content_sha256", "dodo.metadata_sha256"}
+    assert {k: v for k, v in shipped.items() if k not in digests} == \
+        {k: v for k, v in again.items() if k not in digests}
+    old, new = json.loads(shipped["dodo.test_vectors"]), json.loads(again["dodo.test_vectors"])
+    assert old["F_init"] == new["F_init"] and old["u"] == new["u"]
+    for probes, made_on in ((slice(0, 11), PROBES_MADE_ON), (CAP_EDGE_PROBES, CAP_EDGE_PROBES_MADE_ON)):
+        assert_same_to_rounding(new["F_pred"][probes], old["F_pred"][probes], ntot_of(old["F_init"][probes]),
+                                made_on=made_on)
+        assert_same_to_rounding(new["uncertainty"][probes], old["uncertainty"][probes], 1.0, made_on=made_on)
+        assert_same_to_rounding(new["growth_over_ntot"][probes], old["growth_over_ntot"][probes],
+                                np.abs(old["growth_over_ntot"][probes]), tolerance=1e-5,
+                                made_on=made_on)  # exp of a float32 output: ~3e-7 relative seen
     for kept in (0, 10_000):
-        with pytest.raises(ValueError, match=f"cannot keep {kept} test vectors: the package holds 11"):
+        with pytest.raises(ValueError, match=f"cannot keep {kept} test vectors: the package holds 13"):
             without_vectors_after(default_package, kept)

@@ -26,6 +26,13 @@ KILL_MARGIN = 100.0
 # The flavour-image band's half-width in units of N_tot (flavour_symmetry.hpp kImageBlendWidth),
 # doubled: probes keep clear of it.
 IMAGE_BAND_CLEARANCE = 0.02
+# The cap-edge probes' relative distance from the package's flux-factor cap, one below it and one
+# above: far above the flux factor's rounding (~1e-16 relative), so every CPU path classifies them
+# alike, and far below any cap a user sets on purpose. A re-signed cap moved by more than this, up
+# or down, changes one of them (outside probe, section 126: 0.98 -> 0.985 ... 0.9800001 loaded).
+CAP_EDGE = 1e-9
+# Crossing candidates copied to the cap's edges (two cells each).
+CAP_EDGE_CANDIDATES = 64
 
 
 def _edit_initializer(model, name: str, edit: Callable[[np.ndarray], np.ndarray]) -> bool:
@@ -70,12 +77,23 @@ def native_form_was_v2(model) -> bool:
     return any(node.op_type == "Mul" and "log_growth_ratio" in node.output for node in model.graph.node)
 
 
+def package_cap(package: bytes) -> float | None:
+    """The package's Box3D flux-factor cap (metadata "dodo.box3d" max_flux_factor), None if it names none."""
+    import onnx
+
+    entries = {entry.key: entry.value for entry in onnx.load_from_string(package).metadata_props}
+    cap = json.loads(entries.get("dodo.box3d", "{}")).get("max_flux_factor")
+    return float(cap) if isinstance(cap, (int, float)) and not isinstance(cap, bool) else None
+
+
 def mutants(package: bytes) -> list[tuple[str, bytes]]:
     """(name, re-signed package bytes) for each edit of a gate or Box3D setting that applies to
     ``package``; edits the package has no place for are left out."""
     import onnx
 
     from .. import _core
+
+    cap = package_cap(package)
 
     def box3d_cap(value: float):
         def edit(model):
@@ -94,6 +112,10 @@ def mutants(package: bytes) -> list[tuple[str, bytes]]:
         ("Box3D's max_flux_factor set to 0.9", box3d_cap(0.9)),
         ("Box3D's max_flux_factor set to 0.97", box3d_cap(0.97)),
         ("Box3D's max_flux_factor set to 0.999", box3d_cap(0.999)),
+        # The smallest moves the cap-edge probes are made for (cap_edge_cells).
+        *([] if cap is None else [
+            (f"Box3D's max_flux_factor raised by {2 * CAP_EDGE:g} of itself", box3d_cap(cap * (1 + 2 * CAP_EDGE))),
+            (f"Box3D's max_flux_factor lowered by {2 * CAP_EDGE:g} of itself", box3d_cap(cap * (1 - 2 * CAP_EDGE)))]),
         # The native evaluator's form downgraded: it would return the growth ratio ungated where the
         # graph gates it (both forms load; physics-law probe, round thirteen).
         ("the native form set to v1 (growth ungated)", lambda model: native_form_was_v2(model) and _edit_metadata_json(
@@ -125,6 +147,22 @@ def candidate_cells(n: int = 4000, seed: int = 20261206) -> np.ndarray:
     tau, mu = F[:, 2, 0] + F[:, 5, 0], F[:, 1, 0] + F[:, 4, 0]
     F[:, [2, 5]] *= np.maximum(1.0, (mu + 2 * IMAGE_BAND_CLEARANCE * ntot) / tau)[:, None, None]
     return F
+
+
+def cap_edge_cells(cells: np.ndarray, cap: float, count: int = CAP_EDGE_CANDIDATES) -> np.ndarray:
+    """Two copies of each of the first ``count`` candidates whose species all lie well inside the cap
+    (flux factor below 0.9 cap), with nu_e's flux rescaled to flux factor cap (1 - CAP_EDGE) (corrected
+    as usual; flagged FLUX_FACTOR and returned as given under any lower cap) and cap (1 + CAP_EDGE)
+    (flagged and returned as given; corrected under any higher cap). Cells at rest, so the flux
+    factor the closure compares is the one set here, to rounding."""
+    flux_factor = np.linalg.norm(cells[:, :, 1:], axis=-1) / cells[:, :, 0]
+    inside = np.flatnonzero(np.all(flux_factor < 0.9 * cap, axis=1) & (flux_factor[:, 0] > 0))[:count]
+    edges = []
+    for factor in (cap * (1 - CAP_EDGE), cap * (1 + CAP_EDGE)):
+        F = cells[inside].copy()
+        F[:, 0, 1:] *= (factor / flux_factor[inside, 0])[:, None]
+        edges.append(F)
+    return np.concatenate(edges)
 
 
 def choose_probes(package: bytes, cells: np.ndarray, atol_over_ntot: float) -> tuple[list[int], dict]:
@@ -184,31 +222,38 @@ def add_probe_vectors(package: bytes, cells: np.ndarray | None = None) -> tuple[
     from .. import _core
 
     cells = candidate_cells() if cells is None else cells
+    cap = package_cap(package)
+    if cap is not None:  # the candidates at the cap's edges after the others: earlier picks stay the same
+        cells = np.concatenate([cells, cap_edge_cells(cells, cap)])
     model = onnx.load_from_string(package)
     entries = {entry.key: entry for entry in model.metadata_props}
     vectors = json.loads(entries["dodo.test_vectors"].value)
     picked, changes = choose_probes(package, cells, vectors["atol_over_ntot"])
-    if not picked:  # no edit applies to this package, or none moves a candidate: nothing to add
-        return package, {"probes": 0, "mutants": {name: {"largest_change_over_ntot": change, "refused": None}
-                                                  for name, change in changes.items()}}
-    probes = cells[picked]
-    result = dodo.Closure(package, threads=1).apply(probes)
-    vectors["F_init"] += probes.tolist()
-    vectors["u"] += [[1.0, 0.0, 0.0, 0.0]] * len(picked)
-    vectors["F_pred"] += result.F_pred.tolist()
-    if "growth_over_ntot" in vectors:
-        vectors["growth_over_ntot"] += result.growth_over_ntot.tolist()
-    if "uncertainty" in vectors:
-        vectors["uncertainty"] += result.uncertainty.tolist()
-    entries["dodo.test_vectors"].value = json.dumps(vectors)
-    new_package = _core.with_content_digest(model.SerializeToString())
-    # The exporter's vectors come from its float64 reference (the evaluator lies ~1e-8 from it);
-    # the probes from this evaluator itself: they must add no error of their own.
-    worst_before = dodo.Closure(package, threads=1).self_test()
-    worst = dodo.Closure(new_package, threads=1).self_test()
-    if worst > worst_before:
-        raise ValueError(f"the probes do not reproduce through the self-test ({worst:.3g} N_tot against "
-                         f"{worst_before:.3g} before them)")
+    # Cells the package holds already (probes an earlier run appended, picked again): not twice, so
+    # that a probed package gains only the probes of edits it did not catch.
+    held = np.asarray(vectors["F_init"], dtype=float).reshape(-1, *cells.shape[1:])
+    picked = [i for i in picked if not any(np.array_equal(cells[i], cell) for cell in held)]
+    if picked:
+        probes = cells[picked]
+        result = dodo.Closure(package, threads=1).apply(probes)
+        vectors["F_init"] += probes.tolist()
+        vectors["u"] += [[1.0, 0.0, 0.0, 0.0]] * len(picked)
+        vectors["F_pred"] += result.F_pred.tolist()
+        if "growth_over_ntot" in vectors:
+            vectors["growth_over_ntot"] += result.growth_over_ntot.tolist()
+        if "uncertainty" in vectors:
+            vectors["uncertainty"] += result.uncertainty.tolist()
+        entries["dodo.test_vectors"].value = json.dumps(vectors)
+        new_package = _core.with_content_digest(model.SerializeToString())
+        # The exporter's vectors come from its float64 reference (the evaluator lies ~1e-8 from it);
+        # the probes from this evaluator itself: they must add no error of their own.
+        worst_before = dodo.Closure(package, threads=1).self_test()
+        worst = dodo.Closure(new_package, threads=1).self_test()
+        if worst > worst_before:
+            raise ValueError(f"the probes do not reproduce through the self-test ({worst:.3g} N_tot against "
+                             f"{worst_before:.3g} before them)")
+    else:  # no edit applies, none moves a candidate, or the package holds the probes: the package as it is
+        new_package, worst = package, None
     report = {}
     for name, mutant in mutants(new_package):
         try:
