@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import argparse
 import numpy as np
-import torch
 
-from dodo._atomic import atomic_path, check_input_file
+from dodo._atomic import check_input_file, torch_save_atomic
 from dodo.training import ensemble_train as et
 from dodo.training.safe_load import UntrustedCheckpointError, load_torch_file
 
@@ -55,8 +54,10 @@ def main() -> None:
     checkpoint["state_dict"] = ensemble.state_dict()
     checkpoint["config"] = {**config, "error_per_spread": args.factor}
     checkpoint["metrics"] = report
-    with atomic_path(args.output) as tmp:
-        torch.save(checkpoint, tmp)
+    # Serialised in memory first: torch's own writer turned a full disk (or `ulimit -f`) into a traceback ending
+    # in "[enforce fail at inline_container.cc:672] . unexpected pos 5632 vs 5528" (outside probe, data-loss
+    # round sixteen); Python's write is an OSError, run_study's one line.
+    torch_save_atomic(checkpoint, args.output)
     print(f"wrote {args.output} (error_per_spread {float(config.get('error_per_spread', 0.0)):g} -> {args.factor:g})")
 
 

@@ -87,7 +87,14 @@ def _fit_in_processes(fit, shared: dict, tasks: list, processes: int, folder: Pa
     arrays, options = {}, {}
     for name, value in shared.items():
         if isinstance(value, np.ndarray):
-            np.save(folder / f"{name}.npy", value)
+            try:
+                np.save(folder / f"{name}.npy", value)
+            except OSError as error:
+                # NumPy's short write says only "20800 requested and 2032 written": `dodo train-ensemble` with
+                # a full /tmp ended with that one line (outside probe, data-loss round sixteen).
+                words = (f"cannot write the table's arrays for the worker processes into the temporary folder "
+                         f"{folder}: {error.strerror or error}{_temporary_space_hint(folder, value.nbytes)}")
+                raise (OSError(error.errno, words) if error.errno else OSError(words)) from None
             arrays[name] = str(folder / f"{name}.npy")
         else:
             options[name] = value
@@ -116,7 +123,8 @@ def _fit_in_processes(fit, shared: dict, tasks: list, processes: int, folder: Pa
                 worker.join()
                 if worker.exitcode != 0:
                     raise RuntimeError(f"fit {k + 1} of {len(tasks)} failed in its worker process: "
-                                       f"{_worker_failure(worker.exitcode, folder / f'fit{k}.error')}")
+                                       f"{_worker_failure(worker.exitcode, folder / f'fit{k}.error')}"
+                                       f"{_temporary_space_hint(folder)}")
                 # Our own file, written by our worker into a private folder (mode 0700).
                 results[k] = torch.load(folder / f"fit{k}.pt", weights_only=False)
                 if log and done_message:
@@ -182,6 +190,37 @@ def _start_without_sigint(worker) -> None:
         signal.signal(signal.SIGINT, previous)
 
 
+#: Free bytes below which the private folder's file system is called full in a failure's words.
+_NEARLY_FULL_BYTES = 1 << 20
+
+
+def _temporary_space_hint(folder: Path, size: int | None = None) -> str:
+    """What to do when the private folder's file system is (nearly) full, or a file of ``size`` bytes is
+    over the process's file-size limit: a full /tmp (or $TMPDIR) is where `ensemble.processes` > 1
+    fails, not the run's own directory; "" otherwise."""
+    import shutil
+
+    way_out = "or set ensemble.processes: 1, which writes no such files"
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if size is not None and limit != resource.RLIM_INFINITY and size > limit:
+            return (f" (this process may write files of at most {limit:,} bytes: its file-size limit, ulimit -f; "
+                    f"raise it, e.g. ulimit -f unlimited, {way_out})")
+    except (ImportError, OSError, ValueError):
+        pass
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return ""
+    if free >= _NEARLY_FULL_BYTES:
+        return ""
+    return (f" (the temporary-files folder {folder.parent} has {free:,} bytes free: ensemble.processes > 1 passes "
+            f"the table and the members between processes as files there; free space in it, set TMPDIR to a "
+            f"folder with room, {way_out})")
+
+
 def _worker_failure(exitcode: int, error_file: Path) -> str:
     if error_file.exists():
         return error_file.read_text(errors="replace").strip() or f"exit status {exitcode}"
@@ -215,6 +254,8 @@ def _fit_one(module: str, name: str, arrays: dict, options: dict, task: dict, ou
 
         import torch
 
+        from .safe_load import write_torch_file
+
         torch.set_num_threads(1)
         fit = importlib.import_module(module)
         for part in name.split("."):
@@ -222,8 +263,12 @@ def _fit_one(module: str, name: str, arrays: dict, options: dict, task: dict, ou
         loaded = {key: np.load(path) for key, path in arrays.items()}  # writable: torch.as_tensor shares them
         member = fit(**loaded, **options, **task)
         partial = output + ".partial"
-        torch.save(member, partial)
+        write_torch_file(member, partial)  # a full disk: Python's "[Errno 28]", not torch's "unexpected pos"
         os.replace(partial, output)
     except BaseException as error:  # reported by the parent as this fit's failure
-        Path(error_file).write_text(f"{type(error).__name__}: {error}")
+        text = f"{type(error).__name__}: {error}"
+        try:
+            Path(error_file).write_text(text)
+        except OSError:  # the folder's disk is full: the parent then says so; the reason goes to stderr
+            print(f"dodo: member fit failed: {text}", file=sys.stderr, flush=True)
         os._exit(1)
