@@ -37,20 +37,28 @@ def package_to_edit(args: argparse.Namespace, tool: str) -> bytes:
 
 def reexported(package: str, output: str, ensemble, record: dict) -> bytes:
     """The bytes of `ensemble` exported by `dodo export`'s exporter with `record` (a checkpoint's data
-    and metrics), made beside `output` and removed again: its test vectors and probes are drawn afresh."""
+    and metrics), made in a directory of this run's own beside `output` and removed again: its test
+    vectors and probes are drawn afresh. The scratch file was `OUTPUT.reexport-tmp.onnx`, a fixed name:
+    a user's file of that name was overwritten and deleted without a word (through a symbolic link of
+    that name, its target was replaced), and two runs writing one output removed each other's
+    (outside probe, data-loss round sixteen)."""
     import os
+    import shutil
+    import tempfile
 
     from dodo.training.ensemble_train import export_ensemble
 
-    scratch = output + ".reexport-tmp.onnx"
+    directory = os.path.dirname(os.path.abspath(output))
+    os.makedirs(directory, exist_ok=True)  # as the exporter's own write makes a missing one
+    scratch_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(output)[:200]}.reexport-", dir=directory)
     try:
+        scratch = os.path.join(scratch_dir, "package.onnx")
         export_ensemble(package, scratch, checkpoint=record, ensemble=ensemble,
                         log=lambda line: None if line.startswith("wrote ") else print(line))
         with open(scratch, "rb") as handle:
             return handle.read()
     finally:
-        if os.path.exists(scratch):
-            os.remove(scratch)
+        shutil.rmtree(scratch_dir, ignore_errors=True)
 
 
 def write_package(path: str, package: bytes) -> None:

@@ -1,0 +1,134 @@
+"""Data-loss, hang and signal probe, round sixteen (outside probe): the package tools' scratch file, a
+checkpoint tool on a full disk, and `dodo train-ensemble`'s worker processes on a full temporary folder.
+
+The full-disk cases stand in for a full file system with the process's file-size limit (`ulimit -f`,
+RLIMIT_FSIZE: Python ignores SIGXFSZ, so a write over it fails as a full disk's does, short or EFBIG),
+set in the child alone; no timing is involved.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from cli_helpers import run_tool
+
+pytest.importorskip("torch")
+
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
+
+
+def _file_size_limited(limit: int):
+    def apply():
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+    return apply
+
+
+def _skip_without_a_settable_file_size_limit():
+    resource = pytest.importorskip("resource")
+    if resource.getrlimit(resource.RLIMIT_FSIZE)[1] != resource.RLIM_INFINITY:
+        pytest.skip("a hard file-size limit is already set")
+
+
+@pytest.mark.parametrize("kind", ["file", "link"])
+def test_a_file_named_like_the_reexport_scratch_is_kept(tmp_path, kind):
+    """`python tools/scale_correction_in_package.py IN --factor 1.1 -o OUT` (and tools/gate_growth_in_package.py)
+    exported the new package to the fixed name OUT.reexport-tmp.onnx, read it back and removed it. Before: a
+    user's file of that name was overwritten and deleted without a word, exit 0; a symbolic link of that name
+    had its target (here notes.txt) replaced by the package. Now the scratch file is made in a directory of
+    the run's own beside OUT (mkdtemp) and removed with it; what was there is kept byte for byte."""
+    pytest.importorskip("onnx")
+    import dodo.models
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    out = tmp_path / "scaled.onnx"
+    scratch_name = tmp_path / "scaled.onnx.reexport-tmp.onnx"
+    if kind == "file":
+        scratch_name.write_text("my notes\n")
+    else:
+        scratch_name.symlink_to(notes.name)
+    done = run_tool("scale_correction_in_package.py", dodo.models.default_model_path(), "--factor", "1.1", "-o", out)
+    assert done.returncode == 0, done.stderr
+    assert (scratch_name.read_text() if kind == "file" else notes.read_text()) == "my notes\n"
+    assert scratch_name.is_symlink() == (kind == "link")
+    assert notes.read_text() == "my notes\n"
+    assert out.read_bytes()[:1] != b""  # the new package was written
+    leftovers = sorted(p.name for p in tmp_path.iterdir())
+    assert leftovers == sorted(["notes.txt", "scaled.onnx", "scaled.onnx.reexport-tmp.onnx"]), leftovers
+
+
+def test_regate_checkpoint_on_a_full_disk_says_so_in_one_line(ensemble_run, tmp_path):
+    """`python tools/regate_checkpoint.py CK 1.5 --table T -o NEW` whose NEW cannot be written whole (a full
+    disk; here `ulimit -f 8`). Before: torch.save wrote into the temporary itself and failed with a traceback
+    ending in "RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos 5632 vs 5528" (the
+    same on a real 16 KiB tmpfs). Now the checkpoint is serialised in memory first and written by Python:
+    one line naming the limit ("[Errno 27] File too large (this process may write files of at most ..."),
+    exit 2, nothing left (a full tmpfs: "[Errno 28] No space left on device: 'NEW'")."""
+    _skip_without_a_settable_file_size_limit()
+    out = tmp_path / "regated.pt"
+    done = subprocess.run([sys.executable, str(TOOLS / "regate_checkpoint.py"), str(ensemble_run["checkpoint"]), "1.5", "--table", str(ensemble_run["table"]), "-o", str(out)],
+                          capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+                          preexec_fn=_file_size_limited(8192))
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert "Traceback" not in done.stderr and "unexpected pos" not in done.stderr
+    assert "File too large" in lines[0] and "ulimit -f" in lines[0], lines[0]
+    assert sorted(os.listdir(tmp_path)) == [], os.listdir(tmp_path)
+
+
+def test_train_ensemble_workers_on_a_full_temporary_folder_say_where_and_what_to_do(ensemble_run, tmp_path):
+    """`dodo train-ensemble --set ensemble.processes=2` passes the table to its worker processes as .npy files
+    in a private folder under TMPDIR (/tmp). A full /tmp (here `ulimit -f 10`, which NumPy's writer meets as a
+    full disk: a short write). Before: the one line was NumPy's "dodo train-ensemble: error: 20800 requested
+    and 1264 written" (on a full 16 KiB tmpfs "20800 requested and 2032 written"): neither the folder, nor the
+    cause, nor what to do. Now it names the temporary folder and the limit (a full file system: its free
+    bytes, TMPDIR, and ensemble.processes: 1, which needs no such files)."""
+    _skip_without_a_settable_file_size_limit()
+    out = tmp_path / "e2.pt"
+    done = subprocess.run([sys.executable, "-m", "dodo", "train-ensemble", "--config", str(ensemble_run["config"]),
+                           "--set", "ensemble.processes=2", "--set", f"output.checkpoint={out}"],
+                          capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+                          env=dict(os.environ, TMPDIR=str(tmp_path)), preexec_fn=_file_size_limited(10240))
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in done.stderr
+    assert "cannot write the table's arrays for the worker processes into the temporary folder" in last, last
+    assert str(tmp_path) in last and "ulimit -f" in last and "ensemble.processes: 1" in last, last
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("dodo-members-")]  # the folder removed
+
+
+def test_a_member_worker_on_a_full_disk_reports_the_disk_not_torchs_position(tmp_path):
+    """A member worker whose fitted member cannot be written into the private folder (the folder's disk full
+    once the table's arrays were there; `ulimit -f` stands in). Before: torch.save wrote into the file itself,
+    and the fit's failure, as the parent reports it, was "RuntimeError: [enforce fail at
+    inline_container.cc:672] . unexpected pos ..."; now the member is serialised in memory first and the
+    failure is Python's "OSError: [Errno 27] File too large" (a full tmpfs: "[Errno 28] No space left on
+    device"), with the parent's hint on the temporary folder."""
+    _skip_without_a_settable_file_size_limit()
+    (tmp_path / "bigfit.py").write_text(textwrap.dedent("""
+        import torch
+
+        def fit(**_):
+            return torch.nn.Linear(120, 120)
+    """))
+    child = textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        from dodo.training.member_processes import _fit_one
+        _fit_one("bigfit", "fit", {{}}, {{}}, {{}}, {str(tmp_path / "fit0.pt")!r}, {str(tmp_path / "fit0.error")!r},
+                 os.getppid())
+    """)
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=600,
+                          stdin=subprocess.DEVNULL, preexec_fn=_file_size_limited(16384))
+    assert done.returncode == 1, done.stderr
+    error = (tmp_path / "fit0.error").read_text()
+    assert "unexpected pos" not in error and error.startswith("OSError: [Errno 27]"), error
+    assert not (tmp_path / "fit0.pt").exists()
