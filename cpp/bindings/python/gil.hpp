@@ -14,8 +14,12 @@
 #include <atomic>
 #include <chrono>
 #include <cstddef>
+#include <exception>
+#include <new>
 #include <thread>
 #include <utility>
+
+#include "own_stack.hpp"
 
 namespace dodo_python {
 
@@ -36,6 +40,55 @@ inline void restore_gil(PyThreadState* state) {
   PyEval_RestoreThread(state);
 }
 
+// A Python thread of a small stack (threading.stack_size(64 * 1024)) died of SIGSEGV in dodo.box3d,
+// and at 96 KiB creating a Closure (outside probe, Python round fifty-eight; C round fifty fixed the
+// C API's calls alone). Where the calling thread has less than kStackWanted of stack left, the work
+// runs on a stack of this thread's own (own_stack.hpp), mapped at its first short call and kept for
+// its later ones. A thread_local with a destructor frees it: Python never unloads an extension
+// module, so the C API's pthread key (capi.cpp, for a library that can be dlclosed) is not needed.
+struct ThreadOwnStack {
+  void* memory = nullptr;
+  ~ThreadOwnStack() { dodo::unmap_own_stack(memory); }
+};
+inline thread_local ThreadOwnStack thread_own_stack;
+
+// MemoryError (pybind11 passes what() on) where no stack could be mapped: running on the short
+// stack would end the process.
+struct NoRoomOnTheStack : std::bad_alloc {
+  const char* what() const noexcept override {
+    return "out of memory: this thread has less than 160 KiB of stack left, and no stack of 512 KiB could be "
+           "mapped to run the call on: give the thread a larger stack (threading.stack_size(1024 * 1024) "
+           "before starting it)";
+  }
+};
+
+// Runs work() where the stack has room. An exception cannot unwind across swapcontext (nothing
+// above call_on_own_stack catches it), so it is caught on the own stack and thrown again here.
+template <typename Work>
+void with_room(Work& work) {
+  if (!dodo::stack_is_short()) {
+    work();
+    return;
+  }
+  ThreadOwnStack& own = thread_own_stack;
+  if (!own.memory) own.memory = dodo::map_own_stack();
+  if (!own.memory) throw NoRoomOnTheStack();
+  struct Pending {
+    Work* work;
+    std::exception_ptr error;
+  } pending{&work, nullptr};
+  const bool ran = dodo::run_on_stack(own.memory, [](void* argument) {
+    auto* call = static_cast<Pending*>(argument);
+    try {
+      (*call->work)();
+    } catch (...) {
+      call->error = std::current_exception();
+    }
+  }, &pending);
+  if (!ran) throw NoRoomOnTheStack();
+  if (pending.error) std::rethrow_exception(pending.error);
+}
+
 template <typename Work>
 void without_gil(Work&& work) {
   // While Python finalizes, a thread that holds the GIL here is the finalizing one (the others are
@@ -43,12 +96,12 @@ void without_gil(Work&& work) {
   // exit waited for ever (outside probe, Python round sixty-four). It keeps the GIL instead; nothing
   // else can want it then, and the work touches no Python object.
   if (interpreter_finalizing()) {
-    std::forward<Work>(work)();
+    with_room(work);
     return;
   }
   PyThreadState* state = PyEval_SaveThread();
   try {
-    std::forward<Work>(work)();
+    with_room(work);
   } catch (...) {  // an exception of the work itself (never a forced unwind: no Python inside)
     restore_gil(state);
     throw;
