@@ -42,15 +42,28 @@ def reexported(package: str, output: str, ensemble, record: dict) -> bytes:
     a user's file of that name was overwritten and deleted without a word (through a symbolic link of
     that name, its target was replaced), and two runs writing one output removed each other's
     (outside probe, data-loss round sixteen)."""
+    import contextlib
     import os
     import shutil
     import tempfile
 
+    from dodo._atomic import _host, _running
     from dodo.training.ensemble_train import export_ensemble
 
     directory = os.path.dirname(os.path.abspath(output))
     os.makedirs(directory, exist_ok=True)  # as the exporter's own write makes a missing one
-    scratch_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(output)[:200]}.reexport-", dir=directory)
+    # Named by host and pid: a run killed meanwhile (SIGTERM, SIGKILL) cannot remove its own; the next run
+    # on this output removes those of runs on this host that no longer run, holding only the scratch file.
+    prefix = f".{os.path.basename(output)[:180]}.reexport-{_host()}."
+    for name in os.listdir(directory):
+        pid, left = name[len(prefix):].split(".", 1)[0], os.path.join(directory, name)
+        if name.startswith(prefix) and pid.isdecimal() and not _running(int(pid)) and not os.path.islink(left):
+            with contextlib.suppress(OSError):
+                for inside in os.listdir(left):
+                    if inside == "package.onnx" or inside.startswith(".package.onnx."):  # and the writer's temporary
+                        os.unlink(os.path.join(left, inside))
+                os.rmdir(left)  # refused unless empty
+    scratch_dir = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}.", dir=directory)
     try:
         scratch = os.path.join(scratch_dir, "package.onnx")
         export_ensemble(package, scratch, checkpoint=record, ensemble=ensemble,

@@ -132,3 +132,28 @@ def test_a_member_worker_on_a_full_disk_reports_the_disk_not_torchs_position(tmp
     error = (tmp_path / "fit0.error").read_text()
     assert "unexpected pos" not in error and error.startswith("OSError: [Errno 27]"), error
     assert not (tmp_path / "fit0.pt").exists()
+
+
+def test_the_scratch_of_a_killed_reexport_is_removed_by_the_next_run(tmp_path):
+    """The scratch directory of a tool run killed while it exported (SIGTERM or SIGKILL: a tool removes
+    nothing then) is named by host and pid; the next run on that output removes those of runs on this host
+    that no longer run (shown: SIGTERM six times at random moments, one left each time, removed by the next
+    run), and leaves alone one that holds anything but the scratch package."""
+    pytest.importorskip("onnx")
+    import dodo.models
+    from dodo._atomic import _host
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    stale = tmp_path / f".scaled.onnx.reexport-{_host()}.{ended.pid}.abcd1234"
+    stale.mkdir()
+    (stale / "package.onnx").write_bytes(b"half a package")
+    foreign = tmp_path / f".scaled.onnx.reexport-{_host()}.{ended.pid}.mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("my notes\n")
+    out = tmp_path / "scaled.onnx"
+    done = run_tool("scale_correction_in_package.py", dodo.models.default_model_path(), "--factor", "1.1", "-o", out)
+    assert done.returncode == 0, done.stderr
+    assert not stale.exists()
+    assert (foreign / "notes.txt").read_text() == "my notes\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([foreign.name, "scaled.onnx"])
