@@ -580,6 +580,15 @@ def _layout_hint(name: str, shape: tuple[int, ...], trailing: tuple[int, ...]) -
     two axes swapped (..., 4, 6), Dodo's Fortran layout (4, 6, ...) or species and components first; for u,
     the three-velocity (..., 3) or the Fortran layout (4, ...). Such arrays were refused as "must have shape
     ..." only, without the conversion (outside probe, Python rounds forty-seven and fifty-nine)."""
+    values = N_SPECIES * N_COMPONENTS if trailing == (N_SPECIES, N_COMPONENTS) else N_COMPONENTS
+    if len(shape) == 1 and shape[0] > N_COMPONENTS and shape[0] % values == 0 and (values > N_COMPONENTS or name == "u"):
+        # A buffer handed over from C or Fortran (ctypes, array.array, a memoryview) was refused by its shape
+        # alone (outside probe, Python round sixty-five). A (n, 24) table keeps the plain refusal (round
+        # forty-seven): a row of Emu's [4, 2, 3] has 24 values too.
+        cells, order = (("(-1, 6, 4)", "C's F[n][6][4], Fortran's F(4, 6, n): components fastest, then species")
+                        if values > N_COMPONENTS else ("(-1, 4)", "C's u[n][4], Fortran's u(4, n)"))
+        return (f": a flat buffer, cells one after another? np.reshape({name}, {cells}) reads it in Dodo's memory "
+                f"order ({order})")
     if name == "u" and trailing == (N_COMPONENTS,) and len(shape) >= 2 and shape[0] == N_COMPONENTS and shape[-1] != 3:
         # Dodo's Fortran layout u(4, nx, ny, nz) (docs/runtime.md, "Fortran"), as NumPy sees a Fortran array
         # (f2py, order="F"), was refused naming nothing of it (outside probe, Python round fifty-nine).

@@ -174,3 +174,33 @@ def test_apply_says_what_a_rejected_cell_gets_and_it_gets_that():
     assert np.all(result.F_pred[0] == 0)
     assert result.F_pred[1, 2, 0] == 0 and np.array_equal(result.F_pred[1, :2], F[1, :2])
     assert np.linalg.norm(result.F_pred[2, 1, 1:]) <= result.F_pred[2, 1, 0]
+
+
+def test_a_flat_buffer_from_c_or_fortran_is_told_the_reshape_that_reads_it():
+    # array.array, ctypes or a memoryview of a C F[n][6][4] (or a Fortran F(4, 6, n)) and u[n][4]: refused
+    # as "must have shape (..., 6, 4) ...; got (72,)" alone.
+    import array
+    import ctypes
+
+    F = _cells()
+    u = np.tile([1.0, 0.0, 0.0, 0.0], (3, 1))
+    flat_F, flat_u = array.array("d", F.ravel()), (ctypes.c_double * 12)(*u.ravel())
+    with pytest.raises(ValueError, match=r"got \(72,\): a flat buffer, cells one after another\? "
+                                         r"np\.reshape\(F_init, \(-1, 6, 4\)\) reads it in Dodo's memory order"):
+        dodo.box3d(flat_F, u)
+    with pytest.raises(ValueError, match=r"got \(12,\): a flat buffer, cells one after another\? "
+                                         r"np\.reshape\(u, \(-1, 4\)\)"):
+        dodo.Closure("box3d", threads=1).apply(F, flat_u)
+    with pytest.raises(ValueError, match=r"got \(72,\): a flat buffer, cells one after another\?"):
+        dodo.invariants(memoryview(F.ravel()))
+    expected = dodo.box3d(F, u, threads=1)
+    followed = dodo.box3d(np.reshape(flat_F, (-1, 6, 4)), np.reshape(flat_u, (-1, 4)), threads=1)  # as it says
+    assert all(np.array_equal(a, b) for a, b in zip(followed, expected))
+    # Other shapes keep their words: swapped axes, a row of 24 values (Emu's [4, 2, 3] has 24 too: round
+    # forty-seven's guard), nothing to reshape.
+    with pytest.raises(ValueError, match=r"got \(3, 24\)$"):
+        dodo.invariants(F.reshape(3, 24))
+    with pytest.raises(ValueError, match=r"got \(3, 4, 6\): the last two axes swapped\?"):
+        dodo.box3d(np.swapaxes(F, -1, -2))
+    with pytest.raises(ValueError, match=r"got \(7,\)$"):
+        dodo.box3d(np.zeros(7))
