@@ -30,9 +30,6 @@ from .conventions import N_COMPONENTS, N_SPECIES
 from .models import default_model_path
 
 PathLike = Union[str, os.PathLike]
-#: What ``model`` takes: a path, or a package's bytes in a buffer (an mmap too). Closure's hint named
-#: paths alone, so mypy refused the documented Closure(data) (outside probe, Python round sixty-five).
-ModelSource = Union[str, os.PathLike, bytes, bytearray, memoryview, mmap.mmap, np.ndarray, None]
 
 #: Model argument meaning "no model": the closure is Box3D alone.
 BOX3D_ONLY = "box3d"
@@ -476,10 +473,13 @@ class Closure:
     called again).
     """
 
-    def __init__(self, model: ModelSource = None, *, threads: Optional[int] = None, chunk_size: int = 1024,
+    # model's hint: a path, or a package's bytes in a buffer (spelled out for help()). It named paths alone,
+    # so mypy refused the documented Closure(data) (outside probe, Python round sixty-five).
+    def __init__(self, model: Union[str, os.PathLike, bytes, bytearray, memoryview, mmap.mmap, np.ndarray, None] = None,
+                 *, threads: Optional[int] = None, chunk_size: int = 1024,
                  lebedev_order: Optional[int] = None, z_method: Optional[str] = None,
                  max_flux_factor: Optional[float] = None, device: str = "cpu", self_test: bool = True,
-                 onnxruntime_library: Optional[PathLike] = None, evaluator: str = "auto") -> None:
+                 onnxruntime_library: Union[PathLike, bytes, None] = None, evaluator: str = "auto") -> None:
         if not runtime_available():
             raise RuntimeError(
                 "this build of dodo has no closure runtime: ONNX Runtime's C API header was not found when it was "
@@ -1099,7 +1099,8 @@ def _file_identity(path: str) -> tuple:
     return (os.path.realpath(path), status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
 
 
-def closure(F_init, u=None, model: ModelSource = None) -> np.ndarray:
+def closure(F_init, u=None,
+            model: Union[str, os.PathLike, bytes, bytearray, memoryview, mmap.mmap, np.ndarray, None] = None) -> np.ndarray:
     """Predicted asymptotic four-fluxes F_pred (..., 6, 4) for F_init (..., 6, 4) and u (..., 4).
 
     model: as for :class:`Closure` (None: the default model; bytes, bytearray, memoryview or a

@@ -77,8 +77,9 @@ REJECTED_MASK = sum(bit for _, bit, rejects, _ in _core.cell_status_bits if reje
 _DESCRIPTIONS = {name: text for name, _, _, text in _core.cell_status_bits}
 
 
-def describe_status(status: int | np.integer) -> list[str]:
-    """Names and meanings of the bits set in one cell's status (an integer in [0, 2**32))."""
+def describe_status(status: int | np.integer | np.ndarray) -> list[str]:
+    """Names and meanings of the bits set in one cell's status (an integer in [0, 2**32): a Python or
+    NumPy integer such as ``result.status[i]``, or a 0-d integer array: the ``status`` of one cell's result)."""
     value = _one_status(status)
     known = [f"{flag.name}: {_DESCRIPTIONS[flag.name]}" for flag in CellStatus if flag.value and value & flag.value]
     unknown = value & ~sum(flag.value for flag in CellStatus)

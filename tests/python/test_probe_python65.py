@@ -35,6 +35,14 @@ def test_the_model_hint_names_every_documented_kind_of_model(function):
         assert kind in accepted, (kind, hint)
 
 
+def test_the_other_hints_name_what_the_calls_take():
+    # onnxruntime_library took a name that is not UTF-8 as bytes (os.fsencode), describe_status a 0-d array
+    # (one cell's result.status), where their hints said str/PathLike and int/np.integer alone.
+    assert bytes in typing.get_args(typing.get_type_hints(dodo.Closure.__init__)["onnxruntime_library"])
+    assert np.ndarray in typing.get_args(typing.get_type_hints(dodo.describe_status)["status"])
+    assert dodo.describe_status(dodo.box3d(_cells()[0]).status) == dodo.describe_status(0)
+
+
 def _cell_status_as_type_checkers_see_it() -> dict:
     source = importlib.resources.files("dodo").joinpath("_status.py").read_text(encoding="utf-8")
     for node in ast.walk(ast.parse(source)):
@@ -68,6 +76,8 @@ _USER_CODE = textwrap.dedent("""
     rejected = (result.status & dodo.CellStatus.FLUX_FACTOR) != 0
     names = [flag.name for flag in dodo.CellStatus if flag in flags]
     F_pred = dodo.closure(np.zeros((3, 6, 4)), model=data)
+    meanings = dodo.describe_status(np.asarray(3, dtype=np.uint32)) + dodo.describe_status(np.uint32(1))
+    library_by_bytes = dodo.Closure(onnxruntime_library=b"/opt/ort/lib/libonnxruntime.so")
 """)
 
 
