@@ -16,7 +16,7 @@ from training_helpers import synth_and_preprocess, train
 
 KEYS = {"dodo.format_version", "dodo.head", "dodo.output_size", "dodo.features", "dodo.box3d",
         "dodo.training_data_sha256", "dodo.training_data_kind", "dodo.metrics", "dodo.export_time",
-        "dodo.version", "dodo.test_vectors", "dodo.content_sha256", "dodo.metadata_sha256"}
+        "dodo.version", "dodo.test_vectors", "dodo.content_sha256", "dodo.metadata_sha256", "dodo.training_states"}
 
 
 @pytest.fixture(scope="module")

@@ -56,7 +56,7 @@ def test_preprocess_notes_rows_that_repeat_an_earlier_state(tmp_path, capsys):
     assert code == 0, said
     assert ("note: 8 rows of the 40 written repeat the initial state (F_init and u, bit for bit) of an earlier row "
             "(row 32 = row 0, row 33 = row 1, row 34 = row 2 and 5 more), all of them with its final state too") in said, said
-    assert "split by row" in said
+    assert "keeps a state's rows in one of its train/validation/test splits" in said  # by row until round five
     with h5py.File(out, "r") as handle:
         found = repeated_states(handle)
     assert found == {"rows": list(range(32, 40)), "first": list(range(8)), "copies": 8}

@@ -99,15 +99,67 @@ class Splits:
         return getattr(self, name)
 
 
-def make_splits(n_rows: int, train_fraction: float, val_fraction: float, seed: int, max_samples=None) -> Splits:
-    """Random train/val/test split by seed (row indices sorted within each split)."""
+#: The checkpoint's data.split of a run whose split keeps a state's rows together (make_splits' state_of).
+SPLIT_BY_STATE = "by_state"
+
+
+def make_splits(n_rows: int, train_fraction: float, val_fraction: float, seed: int, max_samples=None,
+                state_of=None) -> Splits:
+    """Random train/val/test split by seed (row indices sorted within each split). ``state_of``: each
+    row's first row of the same initial state (first_row_of_each_state); every row of a state then goes
+    to the split of the one drawn first. Drawn by row alone, a state and its repeat (merged databases)
+    fell on both sides, so the test metrics included states trained on (outside probe, training round
+    five). A file without repeats is split as before."""
     order = np.random.default_rng(seed).permutation(n_rows)
     if max_samples is not None:
         order = order[:max_samples]
     n = len(order)
     n_train = max(1, int(round(train_fraction * n)))
     n_val = int(round(val_fraction * n))
-    return Splits(np.sort(order[:n_train]), np.sort(order[n_train:n_train + n_val]), np.sort(order[n_train + n_val:]))
+    side = np.full(n, 2, dtype=np.int8)
+    side[:n_train], side[n_train:n_train + n_val] = 0, 1
+    if state_of is not None:
+        _, first, inverse = np.unique(np.asarray(state_of)[order], return_index=True, return_inverse=True)
+        side = side[first][inverse.reshape(-1)]
+    return Splits(*(np.sort(order[side == k]) for k in range(3)))
+
+
+def first_row_of_each_state(path: str | Path) -> np.ndarray | None:
+    """For each row of a preprocessed file, the first row holding its initial state (F_init and u, bit
+    for bit; dodo.training.preprocess.repeated_states); None when no state is repeated."""
+    import h5py
+
+    from .preprocess import repeated_states
+
+    with h5py.File(path, "r") as handle:
+        repeats = repeated_states(handle)
+        n = int(handle["F_init"].shape[0])
+    if not repeats["rows"]:
+        return None
+    state_of = np.arange(n)
+    state_of[np.asarray(repeats["rows"], dtype=np.int64)] = repeats["first"]
+    return state_of
+
+
+def rest_state_hashes_of(path: str | Path, rows) -> "torch.Tensor":
+    """preprocess.rest_state_hashes of the rows ``rows`` of a preprocessed file, read a block at a time, as
+    an int64 tensor (the uint64 bits; what a checkpoint records as data.states)."""
+    import h5py
+
+    from .._state_hashes import rest_state_hashes
+    from .preprocess import _HASH_ROWS
+
+    rows = np.sort(np.asarray(rows, dtype=np.int64))
+    parts = [np.zeros(0, np.uint64)]
+    with h5py.File(path, "r") as handle:
+        n = int(handle["F_init"].shape[0])
+        for start in range(0, n, _HASH_ROWS):
+            stop = min(n, start + _HASH_ROWS)
+            chosen = rows[(rows >= start) & (rows < stop)] - start
+            if len(chosen):
+                parts.append(rest_state_hashes(read_dataset(handle, "F_init", slice(start, stop))[chosen],
+                                               read_dataset(handle, "u", slice(start, stop))[chosen]))
+    return torch.from_numpy(np.unique(np.concatenate(parts)).view(np.int64).copy())
 
 
 def count_rows(path: str | Path) -> int:

@@ -20,6 +20,7 @@ import torch
 
 from .._atomic import atomic_path, check_input_file
 from .._shown import counted
+from .._state_hashes import row_hashes
 from ..score import bootstrap_interval
 from .config import ConfigError, check_thread_count, read_yaml_mapping, shown
 from .dataset import read_dataset, rest_frame_arrays
@@ -343,9 +344,15 @@ def load_table(path: str) -> dict:
     import dodo
 
     rest["ntot"] = np.asarray(dodo.comoving_density(arrays["F_init"], arrays["u"]), float)
-    return table_from_rest(rest, arrays["growth_rate"], arrays["box3d_growth_rate"],
-                           np.array([sources[int(i)] for i in index]),
-                           box3d=attrs.get("box3d"), sha256=sha256, kind=str(attrs.get("data_kind", "qke")))
+    table = table_from_rest(rest, arrays["growth_rate"], arrays["box3d_growth_rate"],
+                            np.array([sources[int(i)] for i in index]),
+                            box3d=attrs.get("box3d"), sha256=sha256, kind=str(attrs.get("data_kind", "qke")))
+    # Each row's state as dodo score reads it from an Emu file (the rows at rest), for the package's
+    # dodo.training_states.
+    F = np.asarray(arrays["F_init"], dtype=np.float64)
+    table["state_hash"] = row_hashes(F.reshape(len(F), -1))
+    table["at_rest"] = np.all(np.asarray(arrays["u"], dtype=np.float64).reshape(len(F), 4) == (1.0, 0.0, 0.0, 0.0), axis=1)
+    return table
 
 
 def _sources(attrs) -> list[str]:
@@ -870,7 +877,9 @@ def score_rows(ensemble, table: dict, rows: np.ndarray) -> dict:
     proxy = np.exp(table["log_growth"][rows])  # measured / proxy
     return {"model": model, "ungated": ungated, "box3d": box, "sigma": out["sigma"],
             "growth_measured_over_model": growth, "growth_measured_over_proxy": proxy,
-            "growth_measured": np.isfinite(table["log_growth"][rows])}
+            "growth_measured": np.isfinite(table["log_growth"][rows]),
+            "correction_passed": float(np.abs(np.where(corrected, out["r_gated"], 0.0)).sum()),
+            "correction_offered": float(np.abs(np.where(corrected, out["r_mean"], 0.0)).sum())}
 
 
 def format_scores(title: str, scores: dict, threshold: float = 0.0025) -> str:
@@ -906,7 +915,8 @@ def save_checkpoint(ensemble: DensityResidualEnsemble, config: EnsembleConfig, t
                                                                           "depth": config.noise_depth},
              "state_dict": ensemble.state_dict(),
              "data": {"box3d": box3d_settings(table["box3d"]), "sha256": table["sha256"], "kind": table["kind"],
-                      "train_rows": int(len(train_rows)), "path": config.data_path},
+                      "train_rows": int(len(train_rows)), "path": config.data_path,
+                      "states": _trained_states(table, train_rows)},
              "metrics": report,
              "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
              # Which Dodo wrote it: a checkpoint another version cannot read is said to be that version's
@@ -916,6 +926,15 @@ def save_checkpoint(ensemble: DensityResidualEnsemble, config: EnsembleConfig, t
     # lock was not moved (made again here first, it was "moved ... and another directory made in its place").
     with atomic_path(path) as tmp:
         write_torch_file(state, tmp)
+
+
+def _trained_states(table: dict, rows) -> "torch.Tensor | None":
+    """The distinct hashes of the states at rest among ``rows`` (int64 bits), or None for a table without them."""
+    if "state_hash" not in table:
+        return None
+    rows = np.asarray(rows, dtype=np.int64)
+    hashes = np.unique(table["state_hash"][rows][table["at_rest"][rows]])
+    return torch.from_numpy(hashes.view(np.int64).copy())
 
 
 def _dodo_version() -> str:
@@ -1168,6 +1187,7 @@ def learning_curve(config: EnsembleConfig, sizes: list, folds: int = 5, members:
             log(f"note: --sizes {n}: each fold's training set holds {min(fold_sizes)}-{max(fold_sizes)} states; "
                 f"this row trains on all of them")
         per_state_model, per_state_box, emu_scores, growth_ok, emu_growth_ok = [], [], [], [], []
+        per_state_ungated, passed, offered = [], 0.0, 0.0
         for k in range(folds):
             test = order[fold_of == k]
             train = order[fold_of != k]
@@ -1177,6 +1197,8 @@ def learning_curve(config: EnsembleConfig, sizes: list, folds: int = 5, members:
             scores = score_rows(ensemble, table, test)
             per_state_model.append(scores["model"])
             per_state_box.append(scores["box3d"])
+            per_state_ungated.append(scores["ungated"])
+            passed, offered = passed + scores["correction_passed"], offered + scores["correction_offered"]
             growth_ok.append(_growth_within(scores["growth_measured_over_model"], scores["growth_measured"]))
             if emu is not None:
                 emu_rows = score_rows(ensemble, emu, emu_scored)
@@ -1197,9 +1219,28 @@ def learning_curve(config: EnsembleConfig, sizes: list, folds: int = 5, members:
             row["emu_states"] = int(len(emu_scored))
         if growth_tables is not None:
             row["growth_calibration_per_fold"] = [float(t["calibration"]) for t in growth_tables]
+        row["cv_ungated"] = float(np.concatenate(per_state_ungated).mean())
+        row["cv_gate_passed"] = passed / offered if offered > 0 else None
         rows.append(row)
         log(format_curve_row(row))
+        note = gate_closed_note(row)
+        if note:
+            log(note)
     return rows
+
+
+def gate_closed_note(row: dict) -> str:
+    """The note of a learning-curve row whose model is Box3D to within 0.1% because the spread gate passed
+    almost none of the members' correction (members of a few epochs, whose spread is still their
+    untrained one): 2-epoch fits reported "CV model 0.00825 vs Box3D 0.00825" at every size, as if
+    nothing could be learned (outside probe, training rounds four and five). "" otherwise."""
+    share = row.get("cv_gate_passed")
+    if share is None or abs(row["cv_model"] - row["cv_box3d"]) > 1e-3 * row["cv_box3d"] or share >= 0.01:
+        return ""
+    return (f"note: train {row['train_size']}: the model's CV error is Box3D's to within 0.1%: the spread gate passed "
+            f"{100 * share:.2g}% of the members' mean correction (ungated CV {row['cv_ungated']:.5f} vs Box3D "
+            f"{row['cv_box3d']:.5f}): the members' spread (sigma) is far larger than their correction, as for members of few epochs; "
+            "raise ensemble.epochs (or give more states) for a curve of what the recipe learns")
 
 
 def emu_rows_outside_pool(emu: dict, table: dict, pool_rows: np.ndarray, emu_path: str, log=print) -> np.ndarray:

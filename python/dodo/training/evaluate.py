@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from .config import DataConfig, from_dict
-from .dataset import CellDataset, check_preprocessed, count_rows, make_splits
+from .dataset import SPLIT_BY_STATE, CellDataset, check_preprocessed, count_rows, first_row_of_each_state, make_splits
 from .metrics import format_metric_table
 from .train import (check_training_data, closure_from_checkpoint, load_checkpoint, metrics_for, predict,
                     refuse_weights_that_are_not_finite)
@@ -103,8 +103,11 @@ def split_indices_for(checkpoint: dict, data_path: Path, split: str):
 
         return np.arange(count_rows(data_path))
     data_config = from_dict(DataConfig, checkpoint["config"]["data"], "checkpoint data")
+    # The run's own split: by state where it was drawn so, by row where a dodo before that trained it.
+    by_state = checkpoint["data"].get("split") == SPLIT_BY_STATE
     splits = make_splits(count_rows(data_path), data_config.train_fraction, data_config.val_fraction,
-                         data_config.split_seed, data_config.max_samples)
+                         data_config.split_seed, data_config.max_samples,
+                         state_of=first_row_of_each_state(data_path) if by_state else None)
     return splits.get(split)
 
 

@@ -159,7 +159,21 @@ def metadata_for(checkpoint: dict, head: str, test_vectors: dict) -> dict:
         "dodo.export_time": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "dodo.version": str(getattr(dodo, "__version__", "unknown")),
         "dodo.test_vectors": json.dumps(test_vectors),
+        **training_states_metadata(checkpoint),
     }
+
+
+def training_states_metadata(checkpoint: dict) -> dict:
+    """{"dodo.training_states": ...} of a checkpoint recording the states it trained or validated on
+    (data.states, since 2026-12-07), else {}: `dodo score` of a package on its own training states
+    said nothing (outside probe, training rounds three and five)."""
+    from .._state_hashes import training_states_entry
+
+    states = checkpoint.get("data", {}).get("states")
+    if states is None:
+        return {}
+    return {"dodo.training_states": training_states_entry(
+        states.cpu().numpy() if isinstance(states, torch.Tensor) else np.asarray(states))}
 
 
 def cpu_session(onnx_bytes: bytes):

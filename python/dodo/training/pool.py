@@ -76,4 +76,14 @@ def pool_folds(table: dict, config, folds: int) -> tuple[np.ndarray, np.ndarray]
     config.seed, and each shuffled row's fold (0 .. folds-1): the split of every CV here."""
     pool = np.flatnonzero(~holdout_mask(table["sources"], config.holdout))
     order = np.random.default_rng(config.seed).permutation(pool)
-    return order, np.arange(len(order)) % folds
+    fold_of = np.arange(len(order)) % folds
+    # Every row of one state (its rest-frame initial four-fluxes over N_tot, bit for bit: a database
+    # merged with a copy of itself) goes to the fold of the row drawn first: drawn by row, a state was
+    # trained on by the fold that tested its repeat (outside probe, training round five).
+    initial = table.get("rest", {}).get("F_init_rest")  # None: a table of deltas alone (a label-noise match)
+    if initial is not None and len(order):
+        F = np.ascontiguousarray(np.asarray(initial, dtype=np.float64)[order]).reshape(len(order), -1)
+        keys = F.view(np.dtype((np.void, F.shape[1] * F.itemsize))).reshape(-1)
+        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        fold_of = fold_of[first][inverse.reshape(-1)]
+    return order, fold_of

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .._atomic import _identity, atomic_hdf5, check_outputs, sha256_file
+from .._state_hashes import row_hashes
 from .._output_guard import is_synthetic_mark
 from .._shown import counted
 from .config import PreprocessConfig
@@ -234,7 +235,7 @@ def repeated_states(handle) -> dict:
     hashes = np.empty(n, dtype=np.uint64)
     for start in range(0, n, _HASH_ROWS):
         stop = min(n, start + _HASH_ROWS)
-        hashes[start:stop] = _row_hashes(np.concatenate([handle["F_init"][start:stop].reshape(stop - start, -1),
+        hashes[start:stop] = row_hashes(np.concatenate([handle["F_init"][start:stop].reshape(stop - start, -1),
                                                          handle["u"][start:stop]], axis=1))
     order = np.argsort(hashes, kind="stable")
     same = hashes[order][1:] == hashes[order][:-1]
@@ -256,23 +257,13 @@ def repeated_states(handle) -> dict:
     return {"rows": rows, "first": first, "copies": copies}
 
 
-def _row_hashes(values: np.ndarray) -> np.ndarray:
-    """A 64-bit FNV-1a hash of each row's float64 words (rows equal bit for bit hash alike)."""
-    words = np.ascontiguousarray(values, dtype=np.float64).view(np.uint64)
-    hashes = np.full(len(words), 0xCBF29CE484222325, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for column in range(words.shape[1]):
-            hashes ^= words[:, column]
-            hashes *= np.uint64(0x100000001B3)
-    return hashes
-
-
 def repeated_states_note(repeats: dict, written: int, files) -> str:
     """The note of a preprocessed file holding an initial state twice or more (repeated_states): a database
     of the same runs twice (merged databases, a run copied under another directory name) was written
-    without a word, and `dodo train`, which draws its split by row, put a state and its repeat on both sides
-    of its train/validation/test split (outside probe, training round four). A note, not a refusal: the same
-    initial state run again (another perturbation seed) is another sample of its outcome."""
+    without a word, and `dodo train`, which drew its split by row, put a state and its repeat on both sides
+    of its train/validation/test split (outside probe, training round four; the split keeps a state's rows
+    together since round five). A note, not a refusal: the same initial state run again (another
+    perturbation seed) is another sample of its outcome."""
     count = len(repeats["rows"])
     pairs = ", ".join(f"row {row} = row {first}" for row, first in zip(repeats["rows"][:3], repeats["first"][:3]))
     more = f" and {count - 3} more" if count > 3 else ""
@@ -281,9 +272,9 @@ def repeated_states_note(repeats: dict, written: int, files) -> str:
              f"{copies} of them with its final state too (copies of a run)" if copies else
              "none with its final state (the same state run again)")
     return (f"{counted(count, 'row')} of the {written} written repeat the initial state (F_init and u, bit for bit) of "
-            f"an earlier row ({pairs}{more}), {final}: dodo train draws its train/validation/test split by row, so a "
-            "state and its repeat can fall on both sides (the test metrics then include states trained on); if they "
-            "are copies, leave them out of the inputs")
+            f"an earlier row ({pairs}{more}), {final}: dodo train keeps a state's rows in one of its "
+            "train/validation/test splits (and learning-curve in one fold), where each copy weighs the state once "
+            "more; if they are copies, leave them out of the inputs")
 
 
 def _refuse_inputs_changed_meanwhile(files, found: dict, output) -> None:

@@ -9,6 +9,7 @@ import math
 import multiprocessing.connection
 import os
 import random
+import shlex
 import signal
 import sys
 import threading
@@ -19,9 +20,10 @@ import numpy as np
 import torch
 
 from .._atomic import OutputPathError, atomic_path, sha256_file, write_json_atomic
+from .._shown import counted
 from .config import ExperimentConfig
-from .dataset import (CellDataset, check_preprocessed, collate_batch, count_rows, invariant_statistics, make_splits,
-                      percentile_target_scale)
+from .dataset import (SPLIT_BY_STATE, CellDataset, check_preprocessed, collate_batch, count_rows, first_row_of_each_state,
+                      invariant_statistics, make_splits, percentile_target_scale, rest_state_hashes_of)
 from .distributed import Distribution, RankBatches, loss_weight
 from .losses import LOSS_TERMS, loss_terms, weighted_loss
 from .metrics import format_metric_table, metric_table
@@ -92,8 +94,6 @@ class RunDirectories:
         with `--set model.hidden_dim=8` (or a dodo study run, every setting of its grid point an override) was
         told a resume that failed ("the network was trained with another model section"; outside probe,
         training round four)."""
-        import shlex
-
         left_out = {"training.resume_from", *replaced}
         items = "".join(f" --set {shlex.quote(item)}" for item in self.sets
                         if item.split("=", 1)[0].strip() not in left_out)
@@ -121,7 +121,8 @@ class RunDirectories:
         stopped = f"after epoch {self.last_written}" if self.last_written is not None else "before its first last.pt"
         text = f"{', '.join(said)}; the run stopped {stopped} and writes nothing more, at the old paths or the new"
         config = self._config()
-        last = self.checkpoint_dir / "last.pt"
+        # Paths as shell words: a directory named "c k" gave --resume /x/c k/last.pt (outside probe, training round five).
+        last = shlex.quote(str(self.checkpoint_dir / "last.pt"))
         if checkpoints is not None and checkpoints[0] == "removed":
             return f"{text}: its checkpoints went with the directory: train again"
         if self.last_written is None:
@@ -130,20 +131,20 @@ class RunDirectories:
             where = results[1] if results[0] != "removed" else ""
             how = (f"move {where} back to {self.results_dir} and run dodo train {config} --resume {last}, or resume "
                    f"it there: dodo train {self._config('output.results_dir')} --resume {last} --set "
-                   f"output.results_dir={where}" if where else
+                   f"{shlex.quote(f'output.results_dir={where}')}" if where else
                    f"dodo train {config} --resume {last}")
             return f"{text}: {last} (epoch {self.last_written}) resumes it: {how}"
         if not checkpoints[1]:
             return (f"{text}: the last.pt in the moved directory (epoch {self.last_written}) resumes it: move the "
                     f"directory back and run dodo train {config} --resume {last}")
         now = Path(checkpoints[1])
-        sets, replaced = f" --set output.checkpoint_dir={now}", ["output.checkpoint_dir"]
+        sets, replaced = f" --set {shlex.quote(f'output.checkpoint_dir={now}')}", ["output.checkpoint_dir"]
         if results is not None and results[0] != "removed" and results[1]:
-            sets += f" --set output.results_dir={results[1]}"
+            sets += f" --set {shlex.quote(f'output.results_dir={results[1]}')}"
             replaced.append("output.results_dir")
         return (f"{text}: {now / 'last.pt'} (epoch {self.last_written}) resumes it: move the directory back and run "
                 f"dodo train {config} --resume {last}, or resume it where it is now: dodo train "
-                f"{self._config(*replaced)} --resume {now / 'last.pt'}{sets}")
+                f"{self._config(*replaced)} --resume {shlex.quote(str(now / 'last.pt'))}{sets}")
 
     def check(self) -> None:
         text = self.text()
@@ -407,7 +408,7 @@ def _not_written(path: Path, error: OSError, epoch: int | None, checkpoint_dir: 
         kept = "no last.pt of this run was written yet; make room (or raise ulimit -f) and train again"
     else:
         kept = (f"{last} (epoch {last_epoch}) is kept whole, best.pt too: make room (or raise ulimit -f) and "
-                f"resume: dodo train --config ... --resume {last}")
+                f"resume: dodo train --config ... --resume {shlex.quote(str(last))}")
     return f"cannot write {path}: {' '.join(str(error).split())}; the run stopped{where}: {kept}"
 
 
@@ -816,6 +817,21 @@ def refuse_settings_a_resume_cannot_change(checkpoint: dict, resume_path, config
             raise ValueError(f"{resume_path}: cannot resume with {section}.{key} = {given!r}: the run was started with "
                              f"{saved[key]!r} and {why}, so {consequence}; resume with {saved[key]!r}, or start a new "
                              f"run (another output.checkpoint_dir, or --overwrite)")
+
+
+def _refuse_a_split_by_row_that_differs(checkpoint: dict, resume_path, config, n_rows: int, splits, data_path) -> None:
+    """ValueError where the checkpoint's run split its file by row (a dodo before make_splits' state_of) and
+    that split differs from this one (the file repeats a state): its validation and test rows would change."""
+    if checkpoint.get("data", {}).get("split") == SPLIT_BY_STATE:
+        return
+    d = config.data
+    by_row = make_splits(n_rows, d.train_fraction, d.val_fraction, d.split_seed, d.max_samples)
+    if all(np.array_equal(by_row.get(name), splits.get(name)) for name in ("train", "val", "test")):
+        return
+    raise ValueError(f"{resume_path}: the run was started by a dodo that split {data_path} by row, and the file repeats "
+                     "states (this dodo keeps each state's rows in one split), so the resumed epochs would train on "
+                     "rows of the run's validation and test splits; start a new run (another output.checkpoint_dir, "
+                     "or --overwrite)")
 
 
 def load_resume_checkpoint(path: str | Path, log=print) -> tuple[dict, Path]:
@@ -1228,8 +1244,13 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution, watch: Ru
         raise ValueError(f"data.max_samples is {config.data.max_samples}: training needs at least 3 rows (one each "
                          f"for the training, validation and test splits; {data_path} holds {n_rows}): raise "
                          "data.max_samples, or set it to null for every row")
+    state_of = first_row_of_each_state(data_path)
     splits = make_splits(n_rows, config.data.train_fraction, config.data.val_fraction,
-                         config.data.split_seed, config.data.max_samples)
+                         config.data.split_seed, config.data.max_samples, state_of=state_of)
+    if state_of is not None:
+        repeats = int(np.sum(state_of != np.arange(n_rows)))
+        log(f"note: {counted(repeats, 'row')} of {data_path} repeat the initial state (F_init and u, bit for bit) "
+            "of an earlier row: each state's rows are kept in one of the train/validation/test splits")
     crossing = crossing_rows(data_path, splits.train)
     if crossing == 0:
         raise ValueError(f"none of the {len(splits.train)} training rows of {data_path} has an ELN crossing (Box3D "
@@ -1249,6 +1270,8 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution, watch: Ru
                         "split sizes (train, val, test)": (len(splits.train), len(splits.val), len(splits.test)),
                         **_settings_every_process_shares(config)})
     mean, std = invariant_statistics(data_path, splits.train)
+    # The states trained or validated on, for the package's dodo.training_states (dodo score's warning).
+    seen_states = rest_state_hashes_of(data_path, np.concatenate([splits.train, splits.val]))
     target_scale = config.data.target_scale
     if target_scale == "p99":
         target_scale = percentile_target_scale(data_path, splits.train)
@@ -1313,6 +1336,7 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution, watch: Ru
             raise ValueError(f"{resume_path}: {_model_section_difference(trained_model, config.model)}")
         refuse_settings_a_resume_cannot_change(checkpoint, resume_path, config)
         check_training_data(checkpoint, resume_path, data_path, "resume", data_sha256=data_sha256)
+        _refuse_a_split_by_row_that_differs(checkpoint, resume_path, config, n_rows, splits, data_path)
         try:  # a checkpoint without its digest, or re-signed, may lack any of these: one line, not a KeyError traceback
             closure.network.load_state_dict(checkpoint["model_state"])
             optimizer.load_state_dict(checkpoint["optimizer"])
@@ -1380,7 +1404,8 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution, watch: Ru
             "normalisation": {"mean": mean.tolist(), "std": std.tolist()},
             "target_scale": target_scale,
             "data": {"path": str(data_path), "sha256": data_sha256, "kind": str(attrs.get("data_kind", "unknown")),
-                     "box3d": box3d_settings, "n_rows": int(len(splits.train) + len(splits.val) + len(splits.test))},
+                     "box3d": box3d_settings, "n_rows": int(len(splits.train) + len(splits.val) + len(splits.test)),
+                     "split": SPLIT_BY_STATE, "states": seen_states},
             "dodo_version": str(getattr(dodo, "__version__", "unknown")),
             # Every session's training time and samples up to this epoch (None: a resumed run whose earlier
             # sessions recorded none).

@@ -1,0 +1,184 @@
+"""The training command line, round five (outside probe): a database holding states twice split by state,
+a model scored on its own training states, a learning curve whose gate passes nothing. Each test fails on
+the code before its fix (the round's record, "The training command line, round five")."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from cli_helpers import refused, run, tiny_train_config
+
+pytest.importorskip("torch")
+pytest.importorskip("yaml")
+
+
+def _synth(capsys, root, n=240, seed=5):
+    code, _, err = run(capsys, ["synth", "-o", str(root / "synth.h5"), "-n", str(n), "--seed", str(seed), "-q"])
+    assert code == 0, err
+    return root / "synth.h5"
+
+
+def _with_repeats(source, path, repeated):
+    """``source`` (Emu layout) with its rows ``repeated`` appended again (a database merged with part of itself)."""
+    with h5py.File(source, "r") as given, h5py.File(path, "w") as out:
+        n = given["F4_initial(1|ccm)"].shape[0]
+        rows = list(range(n)) + list(repeated)
+        for key in given:
+            item = given[key]
+            if isinstance(item, h5py.Dataset) and item.shape and item.shape[0] == n:
+                out[key] = item[...][rows]
+            else:
+                given.copy(key, out)
+        for name, value in given.attrs.items():
+            out.attrs[name] = value
+    return path
+
+
+def _preprocess(capsys, root, emu, name="pre.h5"):
+    config = root / f"{name}.yaml"
+    config.write_text(f"inputs: [{emu}]\noutput: {root / name}\n")
+    code, _, err = run(capsys, ["preprocess", "--config", str(config), "-q"])
+    assert code == 0, err
+    return root / name
+
+
+def _states_on_two_sides(path, splits: dict) -> int:
+    """How many initial states (F_init and u, bit for bit) of ``path`` have rows in two of ``splits``."""
+    with h5py.File(path, "r") as handle:
+        F, u = handle["F_init"][...], handle["u"][...]
+    keys = [row.tobytes() for row in np.concatenate([F.reshape(len(F), -1), u], axis=1)]
+    sides: dict = {}
+    for name, rows in splits.items():
+        for row in rows:
+            sides.setdefault(keys[int(row)], set()).add(name)
+    return sum(len(names) > 1 for names in sides.values())
+
+
+@pytest.fixture()
+def repeated_table(tmp_path, capsys):
+    """240 synthetic states and the first 80 of them again, preprocessed."""
+    emu = _with_repeats(_synth(capsys, tmp_path), tmp_path / "dup.h5", range(80))
+    return _preprocess(capsys, tmp_path, emu)
+
+
+def test_dodo_train_keeps_a_states_repeats_in_one_split(tmp_path, capsys, repeated_table):
+    """dodo train drew its train/val/test split by row: of 80 states given twice, copies landed in the validation
+    and test splits beside their originals in the training split (the test metrics then include states trained
+    on). Now each state's rows go to one split, and the checkpoint's split (evaluate's) is that one."""
+    import torch
+    from dodo.training.evaluate import split_indices_for
+
+    code, out, err = run(capsys, ["train", "--config", str(tiny_train_config(tmp_path, repeated_table))])
+    assert code == 0, err
+    assert "80 rows of" in out + err and "kept in one of the train/validation/test splits" in out + err, out + err
+    checkpoint = torch.load(tmp_path / "ck" / "final.pt", map_location="cpu", weights_only=False)
+    splits = {name: split_indices_for(checkpoint, repeated_table, name) for name in ("train", "val", "test")}
+    assert sum(len(rows) for rows in splits.values()) == 320 and all(len(rows) for rows in splits.values())
+    assert _states_on_two_sides(repeated_table, splits) == 0
+    trained = f"on {len(splits['train'])}/{len(splits['val'])}/{len(splits['test'])} train/val/test cells"
+    assert trained in out + err, out + err
+
+
+def test_a_file_without_repeats_is_split_as_before():
+    """The split of a file without repeated states is the row split every earlier run drew."""
+    from dodo.training.dataset import make_splits
+
+    rng_order = np.random.default_rng(42).permutation(500)
+    splits = make_splits(500, 0.8, 0.1, 42, state_of=np.arange(500))
+    assert np.array_equal(splits.train, np.sort(rng_order[:400])) and np.array_equal(splits.test, np.sort(rng_order[450:]))
+
+
+def test_learning_curve_folds_keep_a_states_repeats_in_one_fold(tmp_path, capsys, repeated_table):
+    """dodo learning-curve's CV folds were drawn by row: a state's copy was trained on by the fold that tested
+    the state. Now each state's rows share one fold."""
+    from dodo.training.ensemble_train import EnsembleConfig, load_table
+    from dodo.training.pool import pool_folds
+
+    (tmp_path / "e.yaml").write_text(f"data: {{path: {repeated_table}, holdout: []}}\n")
+    config = EnsembleConfig.load(str(tmp_path / "e.yaml"))
+    order, fold_of = pool_folds(load_table(str(repeated_table)), config, 5)
+    assert sorted(order.tolist()) == list(range(320)) and set(fold_of.tolist()) == set(range(5))
+    assert _states_on_two_sides(repeated_table, {k: order[fold_of == k] for k in range(5)}) == 0
+
+
+def test_a_run_split_by_row_is_not_resumed_on_another_split(tmp_path, capsys, repeated_table):
+    """A checkpoint of a dodo that split by row (no data.split) would resume on this dodo's split by state,
+    training on rows of its own validation and test splits: refused, naming why; evaluate takes its row split."""
+    import torch
+    from dodo.training.dataset import make_splits
+    from dodo.training.evaluate import split_indices_for
+    from dodo.training.train import checkpoint_digest
+
+    config = tiny_train_config(tmp_path, repeated_table, epochs=2)
+    code, _, err = run(capsys, ["train", "--config", str(config), "--set", "training.stop_after_epoch=1"])
+    assert code == 0, err
+    last = tmp_path / "ck" / "last.pt"
+    for path in (last, tmp_path / "ck" / "best.pt"):
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        del state["data"]["split"]
+        state.pop("sha256")
+        state["sha256"] = checkpoint_digest(state)
+        torch.save(state, path)
+    refused(capsys, ["train", "--config", str(config), "--resume", str(last)], "split", "by row",
+            "rows of the run's validation and test splits", "start a new run")
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    assert np.array_equal(split_indices_for(state, repeated_table, "test"), make_splits(320, 0.8, 0.1, 42).test)
+
+
+def test_a_learning_curve_whose_gate_passes_nothing_says_so(tmp_path, capsys):
+    """`dodo learning-curve` of 1-2 epoch members printed "CV model 0.00825 vs Box3D 0.00825" at every size, as if
+    the recipe learned nothing: the spread gate passed almost none of the members' correction. Now each such
+    row is followed by a note naming the share passed, the ungated CV and ensemble.epochs; the JSON rows hold
+    cv_ungated and cv_gate_passed."""
+    import json
+
+    emu = _synth(capsys, tmp_path, n=120)
+    table = _preprocess(capsys, tmp_path, emu)
+    config = tmp_path / "ens.yaml"
+    config.write_text(f"data: {{path: {table}, holdout: [], features: invariants27+box7-v1}}\n"
+                      "ensemble: {members: 2, width: 8, depth: 1, batch_size: 64, epochs: 1, threads: 1}\n"
+                      "distill: {width: 8, depth: 1, batch_size: 64, epochs: 1, sampled_states: 0}\n"
+                      "growth: {data: [], members: 1, width: 8, depth: 1, batch_size: 64, epochs: 1}\n"
+                      f"noise: {{oof: ''}}\noutput: {{checkpoint: {tmp_path / 'e.pt'}}}\n")
+    code, out, err = run(capsys, ["learning-curve", "--config", str(config), "--sizes", "all", "--folds", "2",
+                                  "--json", str(tmp_path / "lc.json")])
+    assert code == 0, err
+    [row] = json.loads((tmp_path / "lc.json").read_text())["rows"]
+    assert abs(row["cv_model"] - row["cv_box3d"]) < 1e-3 * row["cv_box3d"] and row["cv_gate_passed"] < 0.01, row
+    notes = [line for line in (out + err).splitlines() if line.startswith("note: train")]
+    assert len(notes) == 1 and "Box3D's to within 0.1%" in notes[0] and "ensemble.epochs" in notes[0], out + err
+    assert f"ungated CV {row['cv_ungated']:.5f}" in notes[0] and row["cv_ungated"] != row["cv_model"]
+
+
+def test_the_resume_advice_of_a_moved_run_directory_with_a_space_resumes(tmp_path, capsys, monkeypatch):
+    """A run directory named with a space ("t r/c k"), moved while training: the advice read `--resume
+    /x/t r2/ck/last.pt --set output.checkpoint_dir=/x/t r2/ck`, words a shell splits at the space. Now each
+    path is a shell word, and the command it gives (split as a shell splits it) resumes the run."""
+    import shlex
+
+    from test_probe_open_items_2026_12_07f import _move_after_first_epoch
+
+    (tmp_path / "d a").mkdir()
+    emu = _synth(capsys, tmp_path / "d a", n=200)
+    table = _preprocess(capsys, tmp_path / "d a", emu, name="p p.h5")
+    tree, moved = tmp_path / "t r", tmp_path / "t r2"
+    config = tiny_train_config(tmp_path, table, epochs=3, outputs=tree)
+    _move_after_first_epoch(monkeypatch, tree, moved)
+    code, _, err = run(capsys, ["train", "--config", str(config)])
+    assert code == 2, err
+    line = err.strip().splitlines()[-1]
+    monkeypatch.undo()
+    advice = shlex.split(line.split("resume it where it is now: dodo train ")[1])
+    assert advice[advice.index("--resume") + 1] == str(moved / "ck" / "last.pt"), advice
+    code, _, err = run(capsys, ["train", *advice])
+    assert code == 0, err
+    assert (moved / "ck" / "final.pt").is_file()
+
+
+def test_a_full_disk_advice_names_a_directory_with_a_space_as_one_word():
+    from dodo.training.train import _not_written
+
+    text = _not_written(Path("/x/c k/last.pt"), OSError(28, "No space left on device"), 3, Path("/x/c k"), 2)
+    assert "--resume '/x/c k/last.pt'" in text, text
