@@ -301,7 +301,12 @@ contains
       if (is_contiguous(bytes)) then
         bytes_pointer = c_loc(bytes)
       else
-        allocate(bytes_flat(size(bytes, kind=c_size_t)))
+        allocate(bytes_flat(size(bytes, kind=c_size_t)), stat=status)
+        if (status /= 0) then
+          call report_no_room("for dodo.f90's copy of the non-contiguous section given as the package's bytes (" // &
+                              trim(count_text(size(bytes, kind=c_size_t))) // " bytes)", stat, errmsg)
+          return
+        end if
         do i = 1, size(bytes, kind=c_size_t)  ! a loop: an array assignment made a temporary (stack at -Ofast)
           bytes_flat(i) = bytes(i)
         end do
@@ -359,6 +364,7 @@ contains
     integer :: status
     integer(c_size_t) :: ncell
     character(len=120) :: problem
+    logical :: no_room
 
     ! An assumed-size array (a host's F(4, 6, *), u(4, *), cell_status(*): the F77 style of many
     ! transport codes) reaches an assumed-rank dummy with its last extent -1: the cell count came
@@ -420,7 +426,11 @@ contains
         u_pointer = c_loc(u)
       else
         call element_addresses(u, at)
-        allocate(u_flat(size(at, kind=c_size_t)))
+        if (allocated(at)) allocate(u_flat(size(at, kind=c_size_t)), stat=status)
+        if (.not. allocated(u_flat)) then
+          call report_no_room_to_copy("u", 16_c_size_t * size(u, kind=c_size_t), stat, errmsg)
+          return
+        end if
         call copy_elements(at, u_flat, .true.)
         u_pointer = c_loc(u_flat)
       end if
@@ -442,7 +452,11 @@ contains
         status_pointer = c_loc(cell_status)
       else
         call element_addresses(cell_status, at)
-        allocate(status_flat(size(at, kind=c_size_t)))
+        if (allocated(at)) allocate(status_flat(size(at, kind=c_size_t)), stat=status)
+        if (.not. allocated(status_flat)) then
+          call report_no_room_to_copy("cell_status", 12_c_size_t * size(cell_status, kind=c_size_t), stat, errmsg)
+          return
+        end if
         call copy_elements(at, status_flat, .true.)  ! copied in too: a refused call leaves it as it was
         status_pointer = c_loc(status_flat)
       end if
@@ -466,7 +480,11 @@ contains
         growth_pointer = c_loc(growth_rate)
       else
         call element_addresses(growth_rate, at)
-        allocate(growth_flat(size(at, kind=c_size_t)))
+        if (allocated(at)) allocate(growth_flat(size(at, kind=c_size_t)), stat=status)
+        if (.not. allocated(growth_flat)) then
+          call report_no_room_to_copy("growth_rate", 16_c_size_t * size(growth_rate, kind=c_size_t), stat, errmsg)
+          return
+        end if
         call copy_elements(at, growth_flat, .true.)
         growth_pointer = c_loc(growth_flat)
       end if
@@ -488,7 +506,11 @@ contains
         uncertainty_pointer = c_loc(uncertainty)
       else
         call element_addresses(uncertainty, at)
-        allocate(uncertainty_flat(size(at, kind=c_size_t)))
+        if (allocated(at)) allocate(uncertainty_flat(size(at, kind=c_size_t)), stat=status)
+        if (.not. allocated(uncertainty_flat)) then
+          call report_no_room_to_copy("uncertainty", 16_c_size_t * size(uncertainty, kind=c_size_t), stat, errmsg)
+          return
+        end if
         call copy_elements(at, uncertainty_flat, .true.)
         uncertainty_pointer = c_loc(uncertainty_flat)
       end if
@@ -501,7 +523,11 @@ contains
       call report_call(status, closure, stat, errmsg)
       return
     end if
-    call find_overlap(F_init, F_pred, u, cell_status, growth_rate, uncertainty, problem)
+    call find_overlap(F_init, F_pred, u, cell_status, growth_rate, uncertainty, problem, no_room)
+    if (no_room) then
+      call report_no_room("to check whether the non-contiguous sections overlap (" // trim(problem) // ")", stat, errmsg)
+      return
+    end if
     if (len_trim(problem) > 0) then
       call report(DODO_ERROR_INVALID_ARGUMENT, trim(problem), stat, errmsg)
       return
@@ -510,7 +536,11 @@ contains
       F_init_pointer = c_loc(F_init)
     else
       call element_addresses(F_init, at)
-      allocate(F_init_flat(size(at, kind=c_size_t)))
+      if (allocated(at)) allocate(F_init_flat(size(at, kind=c_size_t)), stat=status)
+      if (.not. allocated(F_init_flat)) then
+        call report_no_room_to_copy("F_init", 16_c_size_t * size(F_init, kind=c_size_t), stat, errmsg)
+        return
+      end if
       call copy_elements(at, F_init_flat, .true.)
       F_init_pointer = c_loc(F_init_flat)
     end if
@@ -518,30 +548,42 @@ contains
       F_pred_pointer = c_loc(F_pred)
     else
       call element_addresses(F_pred, at)
-      allocate(F_pred_flat(size(at, kind=c_size_t)))
+      if (allocated(at)) allocate(F_pred_flat(size(at, kind=c_size_t)), stat=status)
+      if (.not. allocated(F_pred_flat)) then
+        call report_no_room_to_copy("F_pred", 16_c_size_t * size(F_pred, kind=c_size_t), stat, errmsg)
+        return
+      end if
       call copy_elements(at, F_pred_flat, .true.)
       F_pred_pointer = c_loc(F_pred_flat)
     end if
     status = int(c_apply_diagnostics(closure%handle, ncell, F_init_pointer, c_null_ptr, u_pointer, c_null_ptr, &
                                      F_pred_pointer, c_null_ptr, status_pointer, growth_pointer, uncertainty_pointer))
     ! The copies back, as the compiler's copy-out did: a refused call wrote nothing into them.
+    if (allocated(F_init_flat)) deallocate(F_init_flat)  ! room for the lists of addresses below
     if (allocated(F_pred_flat)) then
       call element_addresses(F_pred, at)
+      if (.not. allocated(at)) go to 90
       call copy_elements(at, F_pred_flat, .false.)
     end if
     if (allocated(status_flat)) then
       call element_addresses(cell_status, at)
+      if (.not. allocated(at)) go to 90
       call copy_elements(at, status_flat, .false.)
     end if
     if (allocated(growth_flat)) then
       call element_addresses(growth_rate, at)
+      if (.not. allocated(at)) go to 90
       call copy_elements(at, growth_flat, .false.)
     end if
     if (allocated(uncertainty_flat)) then
       call element_addresses(uncertainty, at)
+      if (.not. allocated(at)) go to 90
       call copy_elements(at, uncertainty_flat, .false.)
     end if
     call report_call(status, closure, stat, errmsg)
+    return
+90  call report_no_room("to copy the results back into the non-contiguous sections given (the outputs are partly " // &
+                        "written, as after a failed call of dodo.h's)", stat, errmsg)
   end subroutine dodo_apply
 
   ! A non-contiguous section reaches C as the module's copy, where C's overlap checks cannot see it:
@@ -553,11 +595,13 @@ contains
   ! F_pred the same section (each element at the same address) is in-place use. Interleaved
   ! sections that share no element (F(:, :, 1:n:2) and F(:, :, 2:n:2)) pass. Blank problem: none.
   ! Nothing is allocated when every array is contiguous (C checks those itself).
-  recursive subroutine find_overlap(F_init, F_pred, u, cell_status, growth_rate, uncertainty, problem)
+  ! no_room: a list could not be allocated; problem then names the arguments.
+  recursive subroutine find_overlap(F_init, F_pred, u, cell_status, growth_rate, uncertainty, problem, no_room)
     real(c_double), intent(in), target :: F_init(..), F_pred(..)
     real(c_double), intent(in), optional, target :: u(..), growth_rate(..), uncertainty(..)
     integer(c_int32_t), intent(in), optional, target :: cell_status(..)
     character(len=*), intent(out) :: problem
+    logical, intent(out) :: no_room
     type :: address_list
       integer(c_intptr_t), allocatable :: at(:)
     end type address_list
@@ -565,6 +609,7 @@ contains
     logical :: given(6), copied(6)
     integer :: k, i, j
     problem = ""
+    no_room = .false.
     given = .true.
     given(3) = present(u)
     given(4) = present(cell_status)
@@ -584,6 +629,13 @@ contains
     if (given(4)) call element_addresses(cell_status, lists(4)%at)
     if (given(5)) call element_addresses(growth_rate, lists(5)%at)
     if (given(6)) call element_addresses(uncertainty, lists(6)%at)
+    do k = 1, 6
+      if (given(k) .and. .not. allocated(lists(k)%at)) then
+        no_room = .true.
+        problem = "the list of " // trim(argument_name(k)) // "'s element addresses"
+        return
+      end if
+    end do
     do k = 1, 14
       call overlap_pair(k, i, j)
       if (.not. (given(i) .and. given(j))) cycle
@@ -591,7 +643,11 @@ contains
       if (i == 2 .and. j == 1) then
         if (all(lists(1)%at == lists(2)%at)) cycle  ! in place: the same elements in the same order
       end if
-      if (.not. shares(lists(i)%at, element_bytes(i), lists(j)%at, element_bytes(j))) cycle
+      if (.not. shares(lists(i)%at, element_bytes(i), lists(j)%at, element_bytes(j), no_room)) then
+        if (no_room) problem = "comparing " // trim(argument_name(i)) // " with " // trim(argument_name(j))
+        if (no_room) return
+        cycle
+      end if
       problem = trim(argument_name(i)) // " overlaps " // trim(argument_name(j))
       if (i == 2 .and. j == 1) problem = trim(problem) // ": pass the same array or section for in-place use, " // &
                                          "or separate arrays"
@@ -642,19 +698,25 @@ contains
   ! sections) are walked together, others marked in a bitmap of it (one bit a byte) where that is
   ! no larger than sorted copies of the lists, and sorted otherwise (sparse sections of a large
   ! array): linear but for that last case.
-  recursive logical function shares(a, size_a, b, size_b)
+  ! no_room: its bitmap or sorted copies could not be allocated (then .false.).
+  recursive logical function shares(a, size_a, b, size_b, no_room)
     integer(c_intptr_t), intent(in) :: a(:), b(:), size_a, size_b
+    logical, intent(out) :: no_room
     integer(c_intptr_t), allocatable :: x(:), y(:)
     integer(c_int64_t), allocatable :: bits(:)
     integer(c_intptr_t) :: low, high, byte, k
     integer(c_size_t) :: i, j
+    integer :: failed
     shares = .false.
+    no_room = .false.
     low = max(minval(a), minval(b))
     high = min(maxval(a) + size_a, maxval(b) + size_b)
     if (low >= high) return
     if (.not. (in_address_order(a) .and. in_address_order(b)) .and. &
         (high - low) / 8 <= 8 * (size(a, kind=c_intptr_t) + size(b, kind=c_intptr_t))) then
-      allocate(bits(0:(high - low) / 64))
+      allocate(bits(0:(high - low) / 64), stat=failed)
+      no_room = failed /= 0
+      if (no_room) return
       bits(:) = 0
       do i = 1, size(a, kind=c_size_t)
         do byte = max(a(i), low), min(a(i) + size_a, high) - 1
@@ -671,7 +733,9 @@ contains
       end do
       return
     end if
-    allocate(x(size(a, kind=c_size_t)), y(size(b, kind=c_size_t)))
+    allocate(x(size(a, kind=c_size_t)), y(size(b, kind=c_size_t)), stat=failed)
+    no_room = failed /= 0
+    if (no_room) return
     x(:) = a
     y(:) = b
     call sort_addresses(x)
@@ -784,7 +848,9 @@ contains
     integer(c_intptr_t), pointer :: at13(:, :, :, :, :, :, :, :, :, :, :, :, :)
     integer(c_intptr_t), pointer :: at14(:, :, :, :, :, :, :, :, :, :, :, :, :, :)
     integer(c_intptr_t), pointer :: at15(:, :, :, :, :, :, :, :, :, :, :, :, :, :, :)
-    allocate(at(size(x, kind=c_size_t)))
+    integer :: failed
+    allocate(at(size(x, kind=c_size_t)), stat=failed)
+    if (failed /= 0) return  ! at left unallocated: the caller reports the want of memory
     select rank (x)
     rank (0); call element_address(x, at(1))
     rank (1); call element_address(x, at)
@@ -822,7 +888,9 @@ contains
     integer(c_intptr_t), pointer :: at13(:, :, :, :, :, :, :, :, :, :, :, :, :)
     integer(c_intptr_t), pointer :: at14(:, :, :, :, :, :, :, :, :, :, :, :, :, :)
     integer(c_intptr_t), pointer :: at15(:, :, :, :, :, :, :, :, :, :, :, :, :, :, :)
-    allocate(at(size(x, kind=c_size_t)))
+    integer :: failed
+    allocate(at(size(x, kind=c_size_t)), stat=failed)
+    if (failed /= 0) return  ! at left unallocated: the caller reports the want of memory
     select rank (x)
     rank (0); call element_address(x, at(1))
     rank (1); call element_address(x, at)
@@ -1227,6 +1295,27 @@ contains
       call report(status, message, stat, errmsg)
     end if
   end subroutine report_last_error
+
+  ! A non-contiguous argument is copied, and its elements' addresses listed (8 bytes each), in arrays
+  ! of the module's own: with too little memory for them gfortran's runtime ended the host ("Error
+  ! allocating N bytes: Cannot allocate memory", error termination) even where the call had stat=
+  ! (outside probe, C round fifty-one). Now DODO_ERROR_OUT_OF_MEMORY, as from C.
+  recursive subroutine report_no_room(what, stat, errmsg)
+    character(len=*), intent(in) :: what
+    integer, intent(out), optional :: stat
+    character(len=*), intent(inout), optional :: errmsg
+    call report(DODO_ERROR_OUT_OF_MEMORY, "out of memory " // what // ": pass contiguous arrays, which are " // &
+                "not copied, or give the process more memory", stat, errmsg)
+  end subroutine report_no_room
+
+  recursive subroutine report_no_room_to_copy(name, bytes, stat, errmsg)
+    character(len=*), intent(in) :: name
+    integer(c_size_t), intent(in) :: bytes  ! the copy's and the addresses'
+    integer, intent(out), optional :: stat
+    character(len=*), intent(inout), optional :: errmsg
+    call report_no_room("for dodo.f90's copy of the non-contiguous section given as " // name // " (" // &
+                        trim(count_text(bytes)) // " bytes with its elements' addresses)", stat, errmsg)
+  end subroutine report_no_room_to_copy
 
   recursive subroutine report(status, message, stat, errmsg)
     integer, intent(in) :: status

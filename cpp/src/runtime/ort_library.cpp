@@ -327,6 +327,34 @@ bool on_a_noexec_file_system(const std::string& path) {
          (file_system.f_flag & ST_NOEXEC) != 0;
 }
 
+// ONNX Runtime registers its operator schemas in static tables while it makes its environment; an
+// allocation failing part way (a process short of memory at its first closure with a model) leaves
+// them half filled, and every later attempt in the process fails with ONNX Runtime's "Trying to add a
+// domain to DomainToVersion map, but the domain is already exist": a host that freed memory (or
+// raised `ulimit -v`, as the first message advised) and made its closure again got that, status 6,
+// for ever (outside probe, C round fifty-one). A second failure after a first names the first and
+// says that only a new process can load a model. Called under load_mutex.
+void make_environment(const OrtApi* api, OrtEnv*& env) {
+  static std::string* earlier_failure = nullptr;  // the first attempt's message; lives until exit
+  try {
+    check_ort(api, api->CreateEnvWithCustomLogger(discard_ort_log, nullptr, ORT_LOGGING_LEVEL_FATAL, "dodo", &env),
+              "creating the ONNX Runtime environment");
+  } catch (const Error& error) {
+    if (!earlier_failure) {
+      earlier_failure = new std::string(error.what());
+      if (error.status() != DODO_ERROR_OUT_OF_MEMORY) throw;
+      throw Error(error.status(), std::string(error.what()) +
+                                      "; ONNX Runtime may not be able to make its environment again in this process, "
+                                      "so give the process the memory before its first closure with a model");
+    }
+    throw Error(DODO_ERROR_ONNXRUNTIME,
+                "creating the ONNX Runtime environment failed again (" + std::string(error.what()) +
+                    "): an earlier attempt in this process failed part way (" + *earlier_failure +
+                    "), after which ONNX Runtime cannot make it, so no closure with a model can be made in this "
+                    "process; start the process again with the memory it needs (Box3D-only closures still work)");
+  }
+}
+
 OrtLibrary open_library(const std::string& explicit_path) {
   ask_for_no_onnxruntime_telemetry();
   std::string tried, unreadable;
@@ -380,8 +408,7 @@ OrtLibrary open_library(const std::string& explicit_path) {
     library.api = gated_api(api);
     library.path = path;
     library.version = version;
-    check_ort(api, api->CreateEnvWithCustomLogger(discard_ort_log, nullptr, ORT_LOGGING_LEVEL_FATAL, "dodo", &library.env),
-              "creating the ONNX Runtime environment");
+    make_environment(api, library.env);
     library.session_memory_cap = register_capped_arena(api, library.env);
     return library;
   }
