@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from package_tool import package_to_edit, package_tool_arguments, write_package
+from package_tool import package_to_edit, package_tool_arguments, run_package_tool, write_package
 
 
 def main() -> int:
@@ -55,4 +55,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_package_tool(main, "tools/gate_distance_float64.py"))

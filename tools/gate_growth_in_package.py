@@ -20,7 +20,7 @@ import json
 import sys
 
 import numpy as np
-from package_tool import package_to_edit, package_tool_arguments, reexported, write_package
+from package_tool import package_to_edit, package_tool_arguments, reexported, run_package_tool, write_package
 
 
 def rebuilt_ensemble(package: bytes):
@@ -122,4 +122,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_package_tool(main, "tools/gate_growth_in_package.py"))

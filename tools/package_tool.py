@@ -74,6 +74,23 @@ def reexported(package: str, output: str, ensemble, record: dict) -> bytes:
         shutil.rmtree(scratch_dir, ignore_errors=True)
 
 
+def run_package_tool(main, tool: str) -> int:
+    """A tool's main() as dodo's commands run theirs: the output is compared at its rename with what the
+    check before the work found there, so a package another process wrote meanwhile is kept (two runs to
+    one new -o at once: the second replaced the first's package without --overwrite, and both said "wrote",
+    exit 0; outside probe, data-loss round sixteen); a write refused then is one line, exit 2."""
+    import sys
+
+    from dodo._atomic import outputs_as_found
+
+    try:
+        with outputs_as_found():
+            return main()
+    except (OSError, ValueError) as error:
+        print(f"{tool}: {error}", file=sys.stderr)
+        return 2
+
+
 def write_package(path: str, package: bytes) -> None:
     from dodo._atomic import atomic_path
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import sys
 
-from package_tool import package_to_edit, package_tool_arguments, write_package
+from package_tool import package_to_edit, package_tool_arguments, run_package_tool, write_package
 
 
 def main() -> int:
@@ -52,4 +52,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_package_tool(main, "tools/probe_test_vectors.py"))

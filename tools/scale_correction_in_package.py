@@ -27,7 +27,7 @@ import sys
 
 import numpy as np
 from gate_growth_in_package import rebuilt_ensemble
-from package_tool import package_to_edit, package_tool_arguments, reexported, write_package
+from package_tool import package_to_edit, package_tool_arguments, reexported, run_package_tool, write_package
 
 
 def factor_argument(text: str) -> float:
@@ -102,4 +102,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_package_tool(main, "tools/scale_correction_in_package.py"))

@@ -157,3 +157,40 @@ def test_the_scratch_of_a_killed_reexport_is_removed_by_the_next_run(tmp_path):
     assert not stale.exists()
     assert (foreign / "notes.txt").read_text() == "my notes\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([foreign.name, "scaled.onnx"])
+
+
+def test_a_package_another_run_wrote_meanwhile_is_kept(tmp_path):
+    """Two `python tools/scale_correction_in_package.py IN --factor A -o OUT` at once (different factors) on a
+    new OUT, without --overwrite: each found no OUT at its start, and the second to finish renamed its package
+    over the first's; both said "wrote OUT", exit 0 (shown: the file held 0.9's package, the 1.1 run's lost).
+    The other run is stood in for by a copy made just before the tool's write. Now the tools run as dodo's
+    commands do (outputs_as_found): the file that appeared meanwhile is kept, and the tool says so in one
+    line, exit 2 (the same for gate_growth_in_package.py, probe_test_vectors.py and gate_distance_float64.py)."""
+    pytest.importorskip("onnx")
+    import dodo.models
+
+    out, other = tmp_path / "scaled.onnx", tmp_path / "other.onnx"
+    other.write_bytes(b"the package another run wrote")
+    child = textwrap.dedent(f"""
+        import runpy, shutil, sys
+        sys.path.insert(0, {str(TOOLS)!r})
+        import package_tool
+        real = package_tool.write_package
+
+        def write_package(path, package):
+            shutil.copyfile({str(other)!r}, path)  # another run ends first and writes OUT
+            real(path, package)
+
+        package_tool.write_package = write_package
+        sys.argv = ["scale_correction_in_package.py", {str(dodo.models.default_model_path())!r}, "--factor", "1.1",
+                    "-o", {str(out)!r}]
+        runpy.run_path({str(TOOLS / "scale_correction_in_package.py")!r}, run_name="__main__")
+    """)
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=600,
+                          stdin=subprocess.DEVNULL)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2, done.stderr + done.stdout
+    assert "Traceback" not in done.stderr and len(lines) == 1, done.stderr
+    assert lines[0].startswith("tools/scale_correction_in_package.py: cannot write") and "appeared there" in lines[0]
+    assert out.read_bytes() == b"the package another run wrote"
+    assert "wrote" not in done.stdout
