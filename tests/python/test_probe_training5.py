@@ -182,3 +182,18 @@ def test_a_full_disk_advice_names_a_directory_with_a_space_as_one_word():
 
     text = _not_written(Path("/x/c k/last.pt"), OSError(28, "No space left on device"), 3, Path("/x/c k"), 2)
     assert "--resume '/x/c k/last.pt'" in text, text
+
+
+@pytest.mark.parametrize("item, words", [
+    ("ensemble.width.x=1", "ensemble.width is a setting, not a section: --set ensemble.width=VALUE"),
+    ("growth.data.x=1", "growth.data is a setting, not a section: --set growth.data=VALUE"),
+    ("ensemble.foo.bar=1", "the ensemble section has ['batch_size', 'depth', 'epochs'"),
+    ("nope.x=1", "the sections are ['data', 'ensemble'"),
+])
+def test_train_ensemble_names_a_nested_override_that_does_not_exist(tmp_path, capsys, item, words):
+    """`--set ensemble.width.x=1` was "unknown key 'ensemble.width.x'" (width is a key), `ensemble.foo.bar` listed
+    no key of the ensemble section (the other sections' were listed), `nope.x` no section. dodo train's words now."""
+    config = tmp_path / "ens.yaml"
+    config.write_text("data: {path: pre.h5}\n")
+    refused(capsys, ["train-ensemble", "--config", str(config), "--set", item], f"override {item.split('=')[0]} (--set)",
+            words)

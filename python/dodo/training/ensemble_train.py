@@ -168,9 +168,18 @@ class EnsembleConfig:
             elif key.startswith("ensemble.") and key[len("ensemble."):] in ensemble_keys:
                 name = key[len("ensemble."):]
             else:
+                parent = key.rsplit(".", 1)[0] if "." in key else None
+                if parent in names or (parent or "").startswith("ensemble.") and parent[len("ensemble."):] in ensemble_keys:
+                    # `--set ensemble.width.x=1` was "unknown key 'ensemble.width.x'", as if width were none
+                    # (outside probe, training round five; dodo train says this)
+                    raise ConfigError(f"{origin.get(key, path)}: {parent} is a setting, not a section: --set "
+                                      f"{parent}=VALUE")
                 section = key.split(".")[0] if "." in key else None
-                where = (f" (the {section} section has {sorted(k.split('.', 1)[1] for k in names if k.startswith(section + '.'))})"
-                         if section in _SECTIONS and section != "ensemble" else "")
+                known = {k.split(".", 1)[1] for k in names if k.startswith(f"{section}.")}
+                if section == "ensemble":  # its keys were not listed (round five)
+                    known |= ensemble_keys
+                where = (f" (the {section} section has {sorted(known)})" if section in _SECTIONS else
+                         f" (the sections are {list(_SECTIONS)})")
                 raise ConfigError(f"{origin.get(key, path)}: unknown key {key!r}{where}")
             if isinstance(value, dict):  # a nested mapping (`growth: {data: {x: 1}}`) is never a value
                 raise ConfigError(f"{origin.get(key, path)}: {key} must be a value, not a mapping; got {value!r}")
