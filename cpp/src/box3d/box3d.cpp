@@ -1300,6 +1300,30 @@ inline double exact_flux_factor(const double* species) {
   return density > 0.0 ? std::sqrt(x * x + y * y + z * z) / density : HUGE_VAL;
 }
 
+// Lab values below this (any component) may lose digits on the subnormal grid inside the boost.
+constexpr double kTinyLabValue = DBL_MIN * 0x1p53;
+
+// One species' rest-frame values from its lab values scaled exactly by a power of two (returned;
+// `scaled_rest` is 2^shift times the rest frame), by prepare_block's boost and its order of
+// operations: the boost of a species of subnormal lab values rounded on the subnormal grid, so its
+// rest-frame flux factor and the sign of its density were decided by rounding, not by the values
+// (a cell's status changed when it was scaled by 2^600; physics-law probe, round seventeen).
+DODO_NO_CONTRACTION
+int scaled_rest_species(const double* lab, double W, double vx, double vy, double vz, double W2, double* scaled_rest) {
+  DODO_NO_CONTRACTION_BODY
+  const double largest = std::fmax(std::fmax(std::fabs(lab[0]), std::fabs(lab[1])), std::fmax(std::fabs(lab[2]), std::fabs(lab[3])));
+  const int shift = largest > 0.0 ? -std::ilogb(largest) : 0;
+  const double t = std::ldexp(lab[0], shift), x = std::ldexp(lab[1], shift), y = std::ldexp(lab[2], shift),
+               z = std::ldexp(lab[3], shift);
+  const double vF = vx * x + vy * y + vz * z;
+  const double coefficient = W2 * vF - W * t;
+  scaled_rest[0] = W * (t - vF);
+  scaled_rest[1] = x + coefficient * vx;
+  scaled_rest[2] = y + coefficient * vy;
+  scaled_rest[3] = z + coefficient * vz;
+  return shift;
+}
+
 // Checks a block of `count` <= kBlockCells cells (lab frame F_init count x 24, u count x 4 or
 // nullptr; max_flux_factor: Box3D's limit, for species below DBL_MIN N_tot), boosts them to the
 // rest frame and normalises them (out.ntot, the boost's coefficients in `boost` (W, vx, vy, vz,
@@ -1420,14 +1444,6 @@ void prepare_block(double max_flux_factor, std::size_t count, const double* F_in
   } else {
     std::memcpy(rest, lab, sizeof rest);
   }
-  alignas(64) double rest_probe[kBlockCells] = {};  // finite input, but the boost overflowed (huge densities times W)
-  alignas(64) std::int64_t negative[kBlockCells] = {};
-  for (int v = 0; v < kCellValues; ++v)
-#pragma omp simd
-    for (std::size_t c = 0; c < lanes; ++c) rest_probe[c] += rest[v][c] - rest[v][c];
-  for (int a = 0; a < kSpecies; ++a)
-#pragma omp simd
-    for (std::size_t c = 0; c < lanes; ++c) negative[c] |= rest[a * kComponents][c] < 0.0;
   // The input is checked as given too (lab frame), the values a stable cell returns (physics-law
   // probe, round six): the future cone is Lorentz invariant, but a species of subnormal lab values
   // can be realizable in the computed rest frame and not as given (n_lab = -4.9e-323 beside a
@@ -1457,6 +1473,33 @@ void prepare_block(double max_flux_factor, std::size_t count, const double* F_in
       }
     }
   }
+  alignas(64) double rest_probe[kBlockCells] = {};  // finite input, but the boost overflowed (huge densities times W)
+  alignas(64) std::int64_t negative[kBlockCells] = {};
+  // A species of subnormal lab values: its rest-frame values boosted from the values scaled
+  // exactly, rounded once to the subnormal grid; a density that is negative there stays negative.
+  // Only cells the lab test above flagged (a density below 1e-150 among them) are looked at.
+  if (u) {
+    for (std::size_t c = 0; c < count; ++c) {
+      if (!lab_unchecked[c]) continue;
+      for (int a = 0; a < kSpecies; ++a) {
+        const double given[kComponents] = {lab[a * kComponents][c], lab[a * kComponents + 1][c], lab[a * kComponents + 2][c],
+                                           lab[a * kComponents + 3][c]};
+        const double largest = std::fmax(std::fmax(std::fabs(given[0]), std::fabs(given[1])),
+                                         std::fmax(std::fabs(given[2]), std::fabs(given[3])));
+        if (!(largest > 0.0 && largest < kTinyLabValue)) continue;
+        double scaled[kComponents];
+        const int shift = scaled_rest_species(given, W[c], vx[c], vy[c], vz[c], W2[c], scaled);
+        for (int m = 0; m < kComponents; ++m) rest[a * kComponents + m][c] = std::ldexp(scaled[m], -shift);
+        negative[c] |= scaled[0] < 0.0;
+      }
+    }
+  }
+  for (int v = 0; v < kCellValues; ++v)
+#pragma omp simd
+    for (std::size_t c = 0; c < lanes; ++c) rest_probe[c] += rest[v][c] - rest[v][c];
+  for (int a = 0; a < kSpecies; ++a)
+#pragma omp simd
+    for (std::size_t c = 0; c < lanes; ++c) negative[c] |= rest[a * kComponents][c] < 0.0;
   // N_tot in the order the flavour symmetries keep (conventions.hpp, flavour_symmetric_sum).
 #pragma omp simd
   for (std::size_t c = 0; c < lanes; ++c)
@@ -1497,8 +1540,9 @@ void prepare_block(double max_flux_factor, std::size_t count, const double* F_in
   // A species below DBL_MIN N_tot (1e-22 beside densities of 1e300) is divided into a few ulp of the
   // subnormal grid, e.g. (5e-324, 0, 0, -5e-324): its rounded flux factor (1 here, inf where n rounds
   // to 0) rejected ~7% of such crossing cells as FLUX_FACTOR though the species' flux factor is 0.9
-  // (physics-law probe, round nine). Where its rest-frame values, scaled exactly, are below the limit,
-  // it is reconstructed isotropic: it weighs 2e-308 N_tot at most. Only cells flagged before change.
+  // (physics-law probe, round nine). Its flux factor is that of its lab values scaled exactly and
+  // boosted: below the limit it is reconstructed isotropic (it weighs 2e-308 N_tot at most), at or
+  // above it the cell is FLUX_FACTOR, as for any other species, whatever the cell's scale.
   // One vectorised test of the block's densities first (a scalar pass cost a stable cell +13%).
   std::int64_t any_tiny = 0;
 #pragma omp simd reduction(| : any_tiny)
@@ -1513,12 +1557,24 @@ void prepare_block(double max_flux_factor, std::size_t count, const double* F_in
     for (int a = 0; a < kSpecies; ++a) {
       double* values[kComponents];
       for (int m = 0; m < kComponents; ++m) values[m] = normalised + (a * kComponents + m) * kBlockCells + c;
-      if (!(*values[0] < DBL_MIN) || (*values[1] == 0.0 && *values[2] == 0.0 && *values[3] == 0.0)) continue;
-      const double given[kComponents] = {rest[a * kComponents][c], rest[a * kComponents + 1][c],
-                                         rest[a * kComponents + 2][c], rest[a * kComponents + 3][c]};
-      const double divided[kComponents] = {*values[0], *values[1], *values[2], *values[3]};
-      if (exact_flux_factor(divided) < max_flux_factor || !(exact_flux_factor(given) < max_flux_factor)) continue;
-      for (int m = 1; m < kComponents; ++m) *values[m] = 0.0;
+      if (!(*values[0] < DBL_MIN)) continue;
+      const double given[kComponents] = {lab[a * kComponents][c], lab[a * kComponents + 1][c], lab[a * kComponents + 2][c],
+                                         lab[a * kComponents + 3][c]};
+      if (given[1] == 0.0 && given[2] == 0.0 && given[3] == 0.0 && *values[1] == 0.0 && *values[2] == 0.0 &&
+          *values[3] == 0.0)
+        continue;
+      // The flux factor of the values as given (boosted scaled exactly), not of their rounding below
+      // DBL_MIN N_tot (which depended on the cell's scale: physics-law probe, round seventeen).
+      double scaled[kComponents] = {given[0], given[1], given[2], given[3]};
+      if (u) scaled_rest_species(given, W[c], vx[c], vy[c], vz[c], W2[c], scaled);
+      if (exact_flux_factor(scaled) < max_flux_factor) {
+        for (int m = 1; m < kComponents; ++m) *values[m] = 0.0;
+      } else {
+        status[c] = kCell_FLUX_FACTOR;
+        inverse_total[c] = 0.0;
+        for (int v = 0; v < kCellValues; ++v) normalised[v * kBlockCells + c] = 0.0;
+        break;
+      }
     }
   }
   for (std::size_t c = 0; c < count; ++c) {
