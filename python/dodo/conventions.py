@@ -149,14 +149,17 @@ def total_density(F: np.ndarray, absolute: bool = False) -> np.ndarray:
     ``absolute``, the sum of their magnitudes. Densities near 1e308 sum beyond float64: such a cell's
     N_tot is inf (or NaN), without NumPy's overflow warning, so that callers flag it by
     ``np.isfinite`` (a state whose N_tot is not finite cannot be normalised, scored or simulated).
-    Integer (and bool) densities are summed as float64, floats in their own dtype; what is not real
-    numbers (object, complex, strings, datetimes) is a ValueError."""
+    Integer (and bool) densities and float16 ones are summed as float64 (float16 overflows at 65504: six
+    densities of 20,000 gave inf), float32 and wider floats in their own dtype; what is not real numbers
+    (object, complex, strings, datetimes) is a ValueError."""
     given, F = F, _as_array(F, "F")
     _real_numbers(F, "total_density", "F", given)
     if F.ndim < 2 or F.shape[-2:] != (N_SPECIES, N_COMPONENTS):  # a (4,) vector or (6, 3) gave a number
         raise ValueError(f"total_density: F must have shape (..., 6, 4) (species x t, x, y, z); got {F.shape}")
     n = _computable(F[..., 0])
-    if n.dtype.kind in "biu":  # integer densities: summed as float64 (int64 wrapped: six 2^62 gave -2^63)
+    # Summed as float64: int64 wrapped (six 2^62 gave -2^63), float16 overflowed at 65504 (outside probe,
+    # Python round sixty-four).
+    if n.dtype.kind in "biu" or n.dtype == np.float16:
         n = n.astype(np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
         return (np.abs(n) if absolute else n).sum(axis=-1)
