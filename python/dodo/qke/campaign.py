@@ -31,7 +31,7 @@ import numpy as np
 from .asymptotic import MINIMUM_END_TSAT, asymptotic_states
 from .directions import uniform_sphere
 from .initial import species_direction_densities
-from .._atomic import atomic_write
+from .._atomic import DirectoryMovedError, OutputPathError, atomic_write
 from .._shown import counted
 from .io import require_h5py, write_emu_database
 from .parallel import assign_batches, plan_batches, raised_on_every_rank, waited_for_text, world
@@ -445,15 +445,41 @@ def _what_to_fix(error: OSError) -> str:
     return "free space (or fix the cause)"
 
 
+def _unwritable_directory(path: str) -> tuple[str, str] | None:
+    """(why files cannot be made beside ``path``, what to do) where its directory is there but this process
+    cannot write it; None otherwise. A directory made read-only after a checkpoint ended the run with
+    "no permission to create files in d ...; choose another output", which would start the run over and
+    leave its checkpoint behind (outside probe, data-loss round fifteen)."""
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory) or os.access(directory, os.W_OK | os.X_OK):
+        return None
+    try:
+        read_only_mount = bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only_mount = False
+    if read_only_mount:
+        return (f"the file system of {directory} is mounted read-only (since this command started?)",
+                f"remount it read-write (or copy {directory} to a writable place)")
+    return (f"no permission to create files in {directory} (made read-only while this command ran?)",
+            f"make {directory} writable again (chmod u+w {directory})")
+
+
 def _write_database_keeping(checkpoint: str, output: str, *database) -> None:
     """_write_database, saying on failure what survives: a full disk said only "[Errno 28] writing
     .out.h5.vm.8315.vv7no_pz.tmp: No space left on device", naming a temporary, not that the
     checkpoint holds the batches done (outside probe, round 27)."""
     try:
         _write_database(output, *database)
-    except OSError as error:
-        kept = (f"the checkpoint {checkpoint} holds the batches done: {_what_to_fix(error)} and rerun the "
+    except (OSError, OutputPathError) as error:
+        unwritable = None if isinstance(error, DirectoryMovedError) else _unwritable_directory(output)
+        if unwritable is None and not isinstance(error, OSError):
+            raise
+        fix = unwritable[1] if unwritable else _what_to_fix(error)
+        kept = (f"the checkpoint {checkpoint} holds the batches done: {fix} and rerun the "
                 "same command to resume from it" if os.path.exists(checkpoint) else "no checkpoint holds its batches")
+        if unwritable:
+            raise OutputPathError(f"cannot write {output}: {unwritable[0]}; an earlier {output} is untouched, and "
+                                  f"{kept}") from None
         raise OSError(error.errno, f"cannot write {output} ({error.strerror or error}); an earlier {output} is "
                                    f"untouched, and {kept}") from None
 
@@ -615,13 +641,18 @@ def simulate_states(four_flux: np.ndarray, output: str, config: SolverConfig, ba
 
         try:
             atomic_write(checkpoint, write_partial)
-        except OSError as error:
+        except (OSError, OutputPathError) as error:
             # A full disk said only "[Errno 28] No space left on device: 'OUT.partial.npz'": whether the
             # work done so far survived, and how to go on, went unsaid (outside probe, round 27).
-            fix = _what_to_fix(error)
+            unwritable = None if isinstance(error, DirectoryMovedError) else _unwritable_directory(checkpoint)
+            if unwritable is None and not isinstance(error, OSError):
+                raise
+            fix = unwritable[1] if unwritable else _what_to_fix(error)
             kept = (f"its earlier version (the batches before this one) is kept: {fix} and "
                     "rerun the same command to resume from it" if os.path.exists(checkpoint) else
                     f"no earlier checkpoint exists: {fix} and rerun the same command")
+            if unwritable:
+                raise OutputPathError(f"cannot write the checkpoint {checkpoint}: {unwritable[0]}; {kept}") from None
             raise OSError(error.errno, f"cannot write the checkpoint {checkpoint} ({error.strerror or error}); {kept}"
                           ) from None
         if comm.size == 1 and write_progress and (results["valid"] & results["done"]).any():
