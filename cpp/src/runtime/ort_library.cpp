@@ -18,6 +18,8 @@
 #include <limits>
 #include <mutex>
 #include <new>
+#include <string>
+#include <string_view>
 #include <system_error>
 #include <vector>
 
@@ -340,17 +342,23 @@ void make_environment(const OrtApi* api, OrtEnv*& env) {
     check_ort(api, api->CreateEnvWithCustomLogger(discard_ort_log, nullptr, ORT_LOGGING_LEVEL_FATAL, "dodo", &env),
               "creating the ONNX Runtime environment");
   } catch (const Error& error) {
-    if (!earlier_failure) {
+    // The tables' own words: the attempt that failed may have been another copy's of the runtime in
+    // the process (Python's dodo._core beside libdodo) or the host's own, which keep no record here.
+    const bool half_filled = std::string_view(error.what()).find("is already exist") != std::string_view::npos;
+    if (!earlier_failure && !half_filled) {
       earlier_failure = new std::string(error.what());
       if (error.status() != DODO_ERROR_OUT_OF_MEMORY) throw;
       throw Error(error.status(), std::string(error.what()) +
                                       "; ONNX Runtime may not be able to make its environment again in this process, "
                                       "so give the process the memory before its first closure with a model");
     }
+    const std::string earlier =
+        earlier_failure ? "an earlier attempt in this process failed part way (" + *earlier_failure + ")"
+                        : "an earlier attempt in this process (by another copy of Dodo's runtime, or the host's own "
+                          "use of ONNX Runtime) failed part way";
     throw Error(DODO_ERROR_ONNXRUNTIME,
-                "creating the ONNX Runtime environment failed again (" + std::string(error.what()) +
-                    "): an earlier attempt in this process failed part way (" + *earlier_failure +
-                    "), after which ONNX Runtime cannot make it, so no closure with a model can be made in this "
+                "creating the ONNX Runtime environment failed again (" + std::string(error.what()) + "): " + earlier +
+                    ", after which ONNX Runtime cannot make it, so no closure with a model can be made in this "
                     "process; start the process again with the memory it needs (Box3D-only closures still work)");
   }
 }
