@@ -66,6 +66,17 @@ class InputPathError(ValueError):
     """An input path that cannot be read as a data file: missing, or not a regular file."""
 
 
+def named(path) -> str:
+    """``path`` as a message names it: as given, or quoted with its escapes (Python's repr) where it holds
+    white space or a character that does not print. `dodo apply 'a  b.h5'` said "cannot read a b.h5", and
+    $'new\\nfile.h5' "cannot read new file.h5": names that are not the file's (outside probe, Python round
+    sixty-four). A byte that is not UTF-8 (held surrogate-escaped) prints as its byte, unquoted."""
+    text = os.fsdecode(os.fspath(path))
+    if all((char.isprintable() and not char.isspace()) or "\udc80" <= char <= "\udcff" for char in text):
+        return text
+    return repr(text)
+
+
 def check_input_file(path: str | Path, expected: str = "a regular file") -> None:
     """Refuse, before opening it, an input that is missing or is not a regular file (a directory,
     a FIFO, a device, a socket; a symlink is judged by its target): opening a FIFO that has no
@@ -77,8 +88,8 @@ def check_input_file(path: str | Path, expected: str = "a regular file") -> None
     except (FileNotFoundError, NotADirectoryError):
         if os.path.islink(path):  # "no such file" of a link that is there (outside probe, Python round 48)
             try:
-                raise InputPathError(f"cannot read {path}: a symbolic link to {os.readlink(path)!r}, which does not "
-                                     "exist (a dangling link: the file was moved or deleted)") from None
+                raise InputPathError(f"cannot read {named(path)}: a symbolic link to {os.readlink(path)!r}, which does "
+                                     "not exist (a dangling link: the file was moved or deleted)") from None
             except OSError:
                 pass
         text = os.fspath(path)
@@ -95,14 +106,14 @@ def check_input_file(path: str | Path, expected: str = "a regular file") -> None
             # probe, Python round fifty-four).
             hint = (f" ({os.fspath(path)!r} names a model, not a file: give the model where the command takes one, "
                     "e.g. dodo score MODEL DATA [DATA ...], dodo apply DATA --model MODEL)")
-        raise InputPathError(f"cannot read {path}: no such file{hint}") from None
+        raise InputPathError(f"cannot read {named(path)}: no such file{hint}") from None
     except OSError as error:
         if error.errno == errno.ELOOP:
-            raise InputPathError(f"cannot read {path}: {symbolic_link_loop_text(path)}: correct the link, or give "
-                                 "the file's own path") from None
-        raise InputPathError(f"cannot read {path}: {error.strerror or error}") from None
+            raise InputPathError(f"cannot read {named(path)}: {symbolic_link_loop_text(path)}: correct the link, or "
+                                 "give the file's own path") from None
+        raise InputPathError(f"cannot read {named(path)}: {error.strerror or error}") from None
     if not stat.S_ISREG(mode):
-        raise InputPathError(f"{path} is {_file_kind(mode)}, not a regular file; give {expected}")
+        raise InputPathError(f"{named(path)} is {_file_kind(mode)}, not a regular file; give {expected}")
 
 
 def symbolic_link_loop_text(path) -> str:

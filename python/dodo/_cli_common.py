@@ -7,6 +7,14 @@ import json
 import sys
 
 
+def one_line(text: str) -> str:
+    """An error's text as one line of a command's report: its lines joined by one space each (white space
+    around a line break goes with it). Runs of spaces within a line are kept: joining every run of white
+    space (``" ".join(text.split())``) printed the quoted name 'a  b.h5' as 'a b.h5', a file that is not
+    the one given (outside probe, Python round sixty-four)."""
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
 def output_path(text: str) -> str:
     """argparse type of every output-file argument: an empty path (``-o "$OUT"`` with OUT unset) is
     refused with a usage error. It was ignored (``apply -o ''`` wrote no file, ``--json ''`` no

@@ -83,7 +83,8 @@ def _info(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as error:
         if isinstance(error, BrokenPipeError) or not json_target_file(args.json):
             raise  # standard output's own errors: the command's guard ends them (141 for a reader gone)
-        print(f"dodo info: error: {' '.join(str(error).split())}", file=sys.stderr)
+        from ._cli_common import one_line
+        print(f"dodo info: error: {one_line(error)}", file=sys.stderr)
         return 2
     return 0
 
@@ -560,7 +561,8 @@ def main(argv: list[str] | None = None) -> int:
         # address-space limit): one line with the advice for memory, not a traceback (round fifty-six).
         if not _hdf5_ran_out_of_memory(str(error)):
             raise
-        print(f"{_name(command)}: error: {_with_memory_advice(' '.join(str(error).split()))}", file=sys.stderr)
+        from ._cli_common import one_line
+        print(f"{_name(command)}: error: {_with_memory_advice(one_line(error))}", file=sys.stderr)
         return 2
     finally:
         _restore_signal_handlers(previous_handlers)

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from ._cli_common import file_output_path, input_path, shown_name
+from ._cli_common import file_output_path, input_path, one_line, shown_name
 from .conventions import MAX_THREADS, SPECIES
 
 
@@ -117,7 +117,7 @@ def _apply_command(args: argparse.Namespace) -> int:
     except (ValueError, OSError, RuntimeError) as error:
         from ._memory import with_memory_advice  # HDF5's "memory allocation failed" (round fifty-six)
 
-        print(f"dodo apply: error: {with_memory_advice(' '.join(str(error).split()))}", file=sys.stderr)
+        print(f"dodo apply: error: {with_memory_advice(one_line(error))}", file=sys.stderr)
     return 2
 
 

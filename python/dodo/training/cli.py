@@ -13,7 +13,7 @@ from .._shown import counted, extra_install
 from .._output_guard import (MODEL_PACKAGE, PREPROCESSED, SYNTHETIC, refuse_replacing, refuse_replacing_with_plot,
                              refuse_replacing_with_report, marked_report)
 from .._cli_common import (add_json_argument, add_output_argument, add_quiet_argument, file_output_path,
-                           input_path, json_target_file)
+                           input_path, json_target_file, one_line)
 
 
 def _overrides(pairs) -> dict:
@@ -126,7 +126,7 @@ def _friendly(name: str):
                 # "memory allocation failed" with the advice for memory (outside probe, Python round fifty-six).
                 from .._memory import with_memory_advice
 
-                print(f"dodo {name}: error: {with_memory_advice(' '.join(str(exc).split()))}", file=sys.stderr)
+                print(f"dodo {name}: error: {with_memory_advice(one_line(exc))}", file=sys.stderr)
                 return 2
             except MemoryError as exc:  # a config asking for more than the machine has (model.n_blocks: 10^8)
                 from .._memory import raised_inside_an_import
