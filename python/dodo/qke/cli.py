@@ -11,7 +11,7 @@ import traceback
 import numpy as np
 
 from .._atomic import OutputPathError, check_outputs, exclusive_output
-from .._cli_common import add_output_argument, add_quiet_argument, input_path, resolve_output
+from .._cli_common import add_output_argument, add_quiet_argument, input_path, one_line, resolve_output
 from .._shown import counted
 from .parallel import is_raised_on_every_rank, raised_on_every_rank
 from .selection import (DEFAULT_OVERSAMPLE, MAX_OVERSAMPLE, MIN_OVERSAMPLE, model_identity, model_uncertainty,
@@ -89,6 +89,66 @@ def register(subparsers) -> argparse.ArgumentParser:
     add_quiet_argument(parser, "no progress lines")
     parser.set_defaults(func=run_simulate)
     return parser
+
+
+class _RefusedArguments(argparse.ArgumentParser):
+    """A parser that raises ValueError where argparse would print its usage and exit."""
+
+    def error(self, message):
+        raise ValueError(message)
+
+
+def settings_differing(attrs, argv) -> list[tuple[str, str, str]]:
+    """What a complete database's recorded settings (``attrs``, its HDF5 attributes) and the run of ``dodo
+    simulate ARGV`` (argv after the command's name) set differently: [(option, the file's value, ARGV's)], for
+    the resolution, time step, coupling, axis, box and cost cap; settings a file does not record (earlier
+    versions) are not compared, nor are arguments that cannot be parsed ([]). scripts/qke_campaign.sh took a
+    complete chunk made with other options (DODO_CAMPAIGN_ARGS=--ncell 16) for this campaign's (outside
+    probe, data-loss round fifteen)."""
+    import json
+
+    def text(value):
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    def comparable(value):  # a number as a float (2.5 recorded as text "2.5"), else its text; None: not given
+        if value is None:
+            return None
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return str(value)
+
+    def shown(value):
+        return "not given" if value is None else f"{value:g}" if isinstance(value, float) else value
+
+    parser = _RefusedArguments(add_help=False)
+    register(parser.add_subparsers(dest="command"))
+    try:
+        args = parser.parse_args(["simulate", *argv])
+        settings = json.loads(text(attrs.get("settings", "{}")))
+    except ValueError:
+        return []
+    if not isinstance(settings, dict):
+        return []
+    solver_run = isinstance(settings.get("solver"), dict)
+    solver = settings["solver"] if solver_run else settings  # --linear-only's label files record a flat dict
+    # (the dict that records it, its key there, the option that sets it, its value in ARGV)
+    compared = [(solver, "ncell", "--ncell", args.ncell), (solver, "nphi_equator", "--nphi", args.nphi)]
+    if solver_run:
+        cost = text(attrs.get("max_cost_vs_nsm1", "none"))
+        compared += [
+            (solver, "flavour_cfl", "--flavour-cfl", SolverConfig.flavour_cfl if args.flavour_cfl is None
+             else args.flavour_cfl),
+            (solver, "hamiltonian_filter", "--hamiltonian-filter",
+             args.hamiltonian_filter or SolverConfig.hamiltonian_filter),
+            (settings, "axis", "--axis", args.axis), (settings, "box_length_cm", "--box-length", args.box_length),
+            ({"max_cost": None if cost == "none" else cost} if "max_cost_vs_nsm1" in attrs else {}, "max_cost",
+             "--max-cost", args.max_cost)]
+    else:
+        compared.append((settings, "max_cost", "--max-cost", args.max_cost))
+    return [(option, shown(comparable(record[key])), shown(comparable(given)))
+            for record, key, option, given in compared
+            if key in record and comparable(record[key]) != comparable(given)]
 
 
 def _selection_model_file(select_by):
@@ -348,7 +408,7 @@ def run_simulate(args) -> int:
         if isinstance(error, MemoryError):  # NumPy's message alone does not say what to change
             error = (f"out of memory ({str(error) or 'MemoryError'}): this run needs more memory than the machine "
                      "gives; lower --ncell, --nphi or --batch-size")
-        line = " ".join(str(error).split())
+        line = one_line(error)
         if communicator.size > 1 and not is_raised_on_every_rank(error):
             if checked:  # this rank alone, during the campaign: the others may be waiting for it
                 print(f"dodo simulate: error: rank {communicator.rank} of {communicator.size}: {line}; stopping all "
