@@ -10,6 +10,7 @@ boundary with :func:`from_emu_layout` / :func:`to_emu_layout` and nowhere else.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 from ._shown import _shown_number
 from ._units import _plain_numbers
@@ -126,7 +127,7 @@ def invariant_pairs() -> list[tuple[int, int]]:
     return [(a, b) for a in range(N_SPECIES) for b in range(a, N_SPECIES)]
 
 
-def minkowski_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def minkowski_dot(a: npt.ArrayLike, b: npt.ArrayLike) -> np.ndarray:
     """A.B = -A^t B^t + A.B (spatial), over the last axis (length 4: t, x, y, z); a and b
     broadcast. Any last axis other than 4 is a ValueError (a (3,) or (5,) vector gave a number).
     Integer (and bool) vectors are computed as float64; what is not real numbers (object, complex,
@@ -144,7 +145,7 @@ def minkowski_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return -a[..., 0] * b[..., 0] + np.einsum("...i,...i->...", a[..., 1:], b[..., 1:])
 
 
-def total_density(F: np.ndarray, absolute: bool = False) -> np.ndarray:
+def total_density(F: npt.ArrayLike, absolute: bool = False) -> np.ndarray:
     """N_tot = the sum of the six densities of rest-frame cells ([..., 6, 4] -> [...]); with
     ``absolute``, the sum of their magnitudes. Densities near 1e308 sum beyond float64: such a cell's
     N_tot is inf (or NaN), without NumPy's overflow warning, so that callers flag it by
@@ -165,7 +166,7 @@ def total_density(F: np.ndarray, absolute: bool = False) -> np.ndarray:
         return (np.abs(n) if absolute else n).sum(axis=-1)
 
 
-def from_emu_layout(emu: np.ndarray) -> np.ndarray:
+def from_emu_layout(emu: npt.ArrayLike) -> np.ndarray:
     """[sim, (x,y,z,t), (nu,nubar), flavour] -> [sim, 6 species, (t,x,y,z)].
 
     A relabelling of axes alone: the values, and their dtype, are returned as given (no arithmetic, so
@@ -180,7 +181,7 @@ def from_emu_layout(emu: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def to_emu_layout(F: np.ndarray) -> np.ndarray:
+def to_emu_layout(F: npt.ArrayLike) -> np.ndarray:
     """[sim, 6, (t,x,y,z)] -> [sim, (x,y,z,t), (nu,nubar), flavour]; the values and their dtype as given
     (a relabelling of axes alone, as :func:`from_emu_layout`)."""
     F = _as_array(F, "F")

@@ -43,6 +43,21 @@ def test_the_other_hints_name_what_the_calls_take():
     assert dodo.describe_status(dodo.box3d(_cells()[0]).status) == dodo.describe_status(0)
 
 
+def test_the_conventions_hints_take_the_array_likes_the_functions_read():
+    # total_density([[...]]) and minkowski_dot([1, 0, 0, 0], ...) compute (they read any array-like), but
+    # their hints said np.ndarray: mypy refused a list.
+    import numpy.typing as npt
+
+    from dodo import conventions
+
+    for function, names in [(conventions.total_density, ["F"]), (conventions.minkowski_dot, ["a", "b"]),
+                            (conventions.from_emu_layout, ["emu"]), (conventions.to_emu_layout, ["F"])]:
+        hints = typing.get_type_hints(function)
+        assert [hints[name] for name in names] == [npt.ArrayLike] * len(names), function.__name__
+    assert conventions.minkowski_dot([1, 0, 0, 0], (1, 0, 0, 0)) == -1.0
+    assert conventions.to_emu_layout(conventions.from_emu_layout(np.ones((1, 4, 2, 3)).tolist())).shape == (1, 4, 2, 3)
+
+
 def _cell_status_as_type_checkers_see_it() -> dict:
     source = importlib.resources.files("dodo").joinpath("_status.py").read_text(encoding="utf-8")
     for node in ast.walk(ast.parse(source)):
@@ -78,6 +93,8 @@ _USER_CODE = textwrap.dedent("""
     F_pred = dodo.closure(np.zeros((3, 6, 4)), model=data)
     meanings = dodo.describe_status(np.asarray(3, dtype=np.uint32)) + dodo.describe_status(np.uint32(1))
     library_by_bytes = dodo.Closure(onnxruntime_library=b"/opt/ort/lib/libonnxruntime.so")
+    densities = dodo.conventions.total_density([[[1.0, 0.0, 0.0, 0.0]] * 6])
+    norm = dodo.conventions.minkowski_dot([1.0, 0.0, 0.0, 0.0], (1.0, 0.0, 0.0, 0.0))
 """)
 
 
