@@ -521,6 +521,22 @@ def _state_keys(states: EmuStates) -> list[bytes]:
     return [row.tobytes() for row in joined]
 
 
+def _states_trained_on(closure, states: EmuStates, left_out) -> int | None:
+    """How many of ``states`` (less the indices ``left_out``, not scored) the model was trained or validated
+    on, by the package's dodo.training_states (their initial four-fluxes, bit for bit); None where the
+    package records none (Box3D alone, a package exported before 2026-12-07). `dodo score` of a package on
+    its own training states said nothing (outside probe, training rounds three and five)."""
+    from ._state_hashes import package_training_states, row_hashes
+
+    trained = package_training_states(closure.metadata)
+    if trained is None:
+        return None
+    scored = np.ones(len(states.F_init), dtype=bool)
+    scored[np.asarray(left_out, dtype=np.int64)] = False
+    hashes = row_hashes(np.asarray(states.F_init, dtype=np.float64).reshape(len(states.F_init), -1))
+    return int(np.isin(hashes[scored], trained).sum())
+
+
 def _run(args: argparse.Namespace) -> int:
     from ._closure import Closure, model_file
 
@@ -636,6 +652,14 @@ def _run(args: argparse.Namespace) -> int:
                            growth, notes, origins)
         closure = Closure(model, threads=args.threads)
         report = score(closure, states, resamples=args.bootstrap, seed=args.seed, threshold=args.threshold)
+        trained = _states_trained_on(closure, states, report["left_out"]["indices"])
+        if trained is not None:
+            report["training_states_scored"] = trained
+        if trained:
+            print(f"dodo score: warning: {trained} of the {counted(report['n_scored'], 'state')} scored "
+                  f"{'is a state' if trained == 1 else 'are states'} {_shown(args.model)} was trained or validated on "
+                  "(its dodo.training_states): their errors are training errors, not held-out ones; for a held-out "
+                  "score, give states it did not train on", file=sys.stderr)
         # Inside the try: a JSON file that cannot be written is one line, as for every other command.
         # Marked as dodo score's report: a rerun's --json replaces it, a user's JSON file is kept.
         emit(format_report(report, _shown(args.model), _files_label(data)), marked_report(report, "dodo score"),

@@ -127,6 +127,59 @@ def test_a_run_split_by_row_is_not_resumed_on_another_split(tmp_path, capsys, re
     assert np.array_equal(split_indices_for(state, repeated_table, "test"), make_splits(320, 0.8, 0.1, 42).test)
 
 
+def test_dodo_score_warns_when_it_scores_states_the_package_trained_on(tmp_path, capsys):
+    """`dodo score m.onnx own.h5` of a package trained on own.h5's states printed its table as any other
+    score, no word (a package recorded only its training file's SHA-256). Now the package records the states
+    it trained or validated on (dodo.training_states) and score names how many of those it scored."""
+    import json
+
+    emu = _synth(capsys, tmp_path)
+    table = _preprocess(capsys, tmp_path, emu)
+    code, _, err = run(capsys, ["train", "--config", str(tiny_train_config(tmp_path, table))])
+    assert code == 0, err
+    package = tmp_path / "m.onnx"
+    code, _, err = run(capsys, ["export", str(tmp_path / "ck" / "final.pt"), "-o", str(package)])
+    assert code == 0, err
+    code, out, err = run(capsys, ["score", str(package), str(emu), "--bootstrap", "100", "--json", "-"])
+    assert code == 0, err
+    trained = 216  # 240 states, 0.8 + 0.1 of them in the training and validation splits
+    warning = [line for line in err.splitlines() if "warning" in line]
+    assert len(warning) == 1 and f"{trained} of the 240 states scored are states" in warning[0], err
+    assert "trained or validated on" in warning[0] and "not held-out" in warning[0], warning
+    assert json.loads(out)["training_states_scored"] == trained
+    (tmp_path / "other").mkdir()
+    other = _synth(capsys, tmp_path / "other", n=30, seed=99)
+    code, out, err = run(capsys, ["score", str(package), str(other), "--bootstrap", "100", "--json", "-"])
+    assert code == 0 and "warning" not in err and json.loads(out)["training_states_scored"] == 0, err
+    with h5py.File(emu, "r+") as handle:  # 10 states left out of the score (a non-finite truth): not counted
+        final = handle["F4_final(1|ccm)"][...]
+        final[:10] = np.nan
+        handle["F4_final(1|ccm)"][...] = final
+    code, out, err = run(capsys, ["score", str(package), str(emu), "--bootstrap", "100", "--json", "-"])
+    counted_now = json.loads(out)["training_states_scored"]
+    assert code == 0 and trained - 10 <= counted_now < trained, (counted_now, err)
+    assert f"warning: {counted_now} of the 230 states scored are states" in err, err
+
+
+def test_a_train_ensemble_package_records_its_training_states(tmp_path, capsys):
+    """The same for a `dodo train-ensemble` package: its training rows (every row not held out) are recorded,
+    and score counts them."""
+    emu = _synth(capsys, tmp_path, n=120)
+    table = _preprocess(capsys, tmp_path, emu)
+    config = tmp_path / "ens.yaml"
+    config.write_text(f"data: {{path: {table}, holdout: [], features: invariants27+box7-v1}}\n"
+                      "ensemble: {members: 2, width: 8, depth: 1, batch_size: 64, epochs: 1, threads: 1}\n"
+                      "distill: {width: 8, depth: 1, batch_size: 64, epochs: 1, sampled_states: 0}\n"
+                      "growth: {data: [], members: 1, width: 8, depth: 1, batch_size: 64, epochs: 1}\n"
+                      f"noise: {{oof: ''}}\noutput: {{checkpoint: {tmp_path / 'e.pt'}}}\n")
+    code, _, err = run(capsys, ["train-ensemble", "--config", str(config)])
+    assert code == 0, err
+    code, _, err = run(capsys, ["export", str(tmp_path / "e.pt"), "-o", str(tmp_path / "e.onnx")])
+    assert code == 0, err
+    code, _, err = run(capsys, ["score", str(tmp_path / "e.onnx"), str(emu), "--bootstrap", "100"])
+    assert code == 0 and "warning: 120 of the 120 states scored are states" in err, err
+
+
 def test_a_learning_curve_whose_gate_passes_nothing_says_so(tmp_path, capsys):
     """`dodo learning-curve` of 1-2 epoch members printed "CV model 0.00825 vs Box3D 0.00825" at every size, as if
     the recipe learned nothing: the spread gate passed almost none of the members' correction. Now each such
