@@ -250,3 +250,21 @@ def test_train_ensemble_names_a_nested_override_that_does_not_exist(tmp_path, ca
     config.write_text("data: {path: pre.h5}\n")
     refused(capsys, ["train-ensemble", "--config", str(config), "--set", item], f"override {item.split('=')[0]} (--set)",
             words)
+
+
+def test_the_refusal_of_an_unfinished_run_names_its_last_pt_as_one_shell_word(tmp_path, capsys):
+    """A run killed in "c k/" (kill -9 after its first epochs): the next `dodo train` was refused with
+    "--resume /x/c k/last.pt continues it", which a shell splits at the space. Now the path is quoted, and the
+    command resumes."""
+    import shlex
+
+    emu = _synth(capsys, tmp_path, n=200)
+    table = _preprocess(capsys, tmp_path, emu)
+    config = tiny_train_config(tmp_path, table, epochs=2, outputs=tmp_path / "c k")
+    code, _, err = run(capsys, ["train", "--config", str(config), "--set", "training.stop_after_epoch=1"])
+    assert code == 0, err
+    line = refused(capsys, ["train", "--config", str(config)], "holds an unfinished run")
+    words = shlex.split(line.split("a new run would replace it: ")[1].split(" continues it")[0])
+    assert words == ["--resume", str(tmp_path / "c k" / "ck" / "last.pt")], line
+    code, _, err = run(capsys, ["train", "--config", str(config), *words])
+    assert code == 0 and (tmp_path / "c k" / "ck" / "final.pt").is_file(), err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -214,12 +215,15 @@ def _refuse_to_replace_a_run(checkpoints: Path, resume_from: str | None = None) 
         return
     what = ("a finished run (final.pt)" if "final.pt" in found else "an unfinished run (" + ", ".join(found) + ")") + kept_note
     if resume_from:
-        own = f"--resume {checkpoints / 'last.pt'} continues that run, " if "last.pt" in found or "last.prev.pt" in found else ""
+        own = (f"--resume {shlex.quote(str(checkpoints / 'last.pt'))} continues that run, "
+               if "last.pt" in found or "last.prev.pt" in found else "")
         raise ValueError(f"{checkpoints} holds {what} of its own; resuming {resume_from} (another directory's "
                          f"checkpoint) there would replace it: {own}--overwrite replaces it, or set "
                          "output.checkpoint_dir to another directory")
     resumable = "last.pt" in found or "last.prev.pt" in found
-    hint = f"--resume {checkpoints / 'last.pt'} continues it, " if "final.pt" not in found and resumable else ""
+    # A shell word: a directory "c k" was told `--resume /x/c k/last.pt` (outside probe, training round five).
+    hint = (f"--resume {shlex.quote(str(checkpoints / 'last.pt'))} continues it, "
+            if "final.pt" not in found and resumable else "")
     raise ValueError(f"{checkpoints} holds {what}; a new run would replace it: {hint}--overwrite replaces it, "
                      f"or set output.checkpoint_dir to another directory")
 
