@@ -1056,9 +1056,13 @@ def comoving_density(F_init, u=None) -> np.ndarray:
     with _claim({"F_init": F_init, "u": u}) as claim:
         flat_F, flat_u, batch = _prepare(F_init, u)
         claim.computing = True
+        density = _core.comoving_total_density(flat_F, flat_u).reshape(batch)
         # + 0.0: a cell of zeros sums -(-0.0 + 0.0 ...) = -0.0, which printed as -0.0 (Python round
-        # fifty-nine); the sum of +0.0 and -0.0 is +0.0, every other value keeps its bits.
-        return _core.comoving_total_density(flat_F, flat_u).reshape(batch) + 0.0
+        # fifty-nine); the sum of +0.0 and -0.0 is +0.0, every other value keeps its bits. In place: of
+        # one cell's 0-d array, `+ 0.0` made a NumPy scalar, where every other call gives a 0-d array
+        # (`n[...] = 0` failed; outside probe, Python round sixty-five).
+        density += 0.0
+        return density
 
 
 def _boost(F, u, inverse: bool) -> np.ndarray:

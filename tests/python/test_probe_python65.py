@@ -231,3 +231,17 @@ def test_a_flat_buffer_from_c_or_fortran_is_told_the_reshape_that_reads_it():
         dodo.box3d(np.swapaxes(F, -1, -2))
     with pytest.raises(ValueError, match=r"got \(7,\)$"):
         dodo.box3d(np.zeros(7))
+
+
+def test_one_cells_comoving_density_is_a_0d_array_as_every_other_one_cell_result():
+    # comoving_density of one cell (batch shape ()) came back a NumPy scalar (its `+ 0.0`, which turns
+    # -0.0 into +0.0, made one of the 0-d array), against its hint (np.ndarray) and box3d's, invariants'
+    # and the boosts' 0-d arrays: `n[...] = 0` of it failed.
+    one_cell = _cells()[0]
+    density = dodo.comoving_density(one_cell)
+    assert type(density) is np.ndarray and density.shape == () and density == 6.0
+    assert type(dodo.box3d(one_cell).growth_rate) is np.ndarray  # as the other one-cell results
+    zeros = dodo.comoving_density(np.zeros((6, 4)))
+    assert type(zeros) is np.ndarray and zeros == 0 and not np.signbit(zeros)  # round fifty-nine's +0.0 kept
+    assert not np.signbit(dodo.comoving_density(np.zeros((2, 6, 4)))).any()
+    density[...] = 0.0  # an array's assignment, as for any batch
