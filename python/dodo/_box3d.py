@@ -494,8 +494,9 @@ def crossing_features(F_init, u=None, lebedev_order: int = DEFAULT_LEBEDEV_ORDER
     the solid-angle fraction where G > 0, the lengths of the two lobes' weighted mean directions
     and the cosine between them, in the fluid rest frame. Every valid cell is computed (stable ones
     too: zero I+ or I-); NaN for a rejected cell (see dodo.box3d's status). A lobe whose integral is
-    at most 1e-12 of the pair's n_i + nbar_i + n_j + nbar_j is rounding noise and empty: its I, its
-    solid-angle fraction, its length and the cosine are 0 (cpp/src/box3d/box3d.hpp, kLobeNoise)."""
+    at most max(1e-12, 8 W^2 eps) of the pair's n_i + nbar_i + n_j + nbar_j (W = u^t; the boost's rounding
+    of a moving cell: above 1e-12 from W ~ 24 on, 1.8e-7 at W = 1e4) is rounding noise and empty: its I,
+    its solid-angle fraction, its length and the cosine are 0 (cpp/src/box3d/box3d.hpp, lobe_noise)."""
     with _claim({"F_init": F_init, "u": u}) as claim:
         flat_F, flat_u, batch = _prepare(F_init, u)
         engine = _engine(_lebedev_order(lebedev_order), z_method, _real("max_flux_factor", max_flux_factor), False)
@@ -974,9 +975,11 @@ def box3d(F_init, u=None, *, lebedev_order: int = DEFAULT_LEBEDEV_ORDER, z_metho
     u: (..., 4) fluid four-velocity (W, W v) in the same frame (broadcast over the batch);
     None means the input is already in the fluid rest frame.
     Lorentz factors: lab-frame float64 values hold the rest frame only to ~W^2 eps relative (the boost's
-    rounding; 6 W^2 eps measured in a round trip), so from W ~ 3e6 on cells lose their ELN crossings to
-    rounding and come back NO_CROSSING (of 1,000 cells with crossings at rest: 8% at W = 5e6, 98% at
-    1e7, all at 1.9e7; none at 1e6); u^t up to ~2e7 is accepted, so check the status there.
+    rounding; 6 W^2 eps measured in a round trip), so from W ~ 2e6 on cells lose their ELN crossings to
+    rounding and come back NO_CROSSING (boosted along x, of 1,000 crossing states of the QKE solver's
+    Emu recipe, data/qke: 6% at W = 2e6, 18% at 3e6, 46% at 5e6, 89% at 1e7, 93% at 1.9e7; of 1,000
+    random crossing cells: 3% at 5e6, 81% at 1e7, all at 1.9e7; none of either at 1e6); u^t up to
+    ~2e7 is accepted, so check the status there.
     Cells with problems are flagged in ``status`` (see :class:`dodo.CellStatus`), never NaN.
     lebedev_order, z_method, max_flux_factor: Box3D's settings (the Lebedev orders built: ``dodo info``;
     "exact" or "jedynak"; a cell with a species' flux factor at or above max_flux_factor is flagged

@@ -58,7 +58,7 @@ def test_the_docstrings_say_where_lorentz_factors_cost_the_crossings():
     # Before: u^t up to ~2e7 accepted, every cell NO_CROSSING at 1.9e7, and no word of it anywhere.
     for doc in (dodo.box3d.__doc__, dodo.Closure.apply.__doc__):
         text = " ".join(doc.split())
-        assert "from W ~ 3e6 on cells lose their ELN crossings to rounding and come back NO_CROSSING" in text
+        assert "from W ~ 2e6 on cells lose their ELN crossings to rounding and come back NO_CROSSING" in text
         assert "u^t up to ~2e7 is accepted, so check the status there" in text
     # ... and that is what happens: cells with crossings at rest keep them at W = 1e6, not at 1.9e7.
     F = _cells(40)
