@@ -244,6 +244,9 @@ def score(closure, states: EmuStates, resamples: int = 10000, seed: int = 0,
       measured rate > 0 among the scored.
     - ``box3d_settings``: ``lebedev_order``, ``z_method``, ``max_flux_factor`` of the anchor row.
     - ``notes`` (only where there is one): the lines printed under the table, as a list of strings.
+    - ``training_states_scored`` (``dodo score`` only, and only for a package that records
+      ``dodo.training_states``: exported since 2026-12-07, not the shipped default): how many of the
+      scored states the model was trained or validated on (0 where none; where any, a warning on stderr).
     """
     from . import box3d
 
