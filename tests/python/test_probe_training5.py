@@ -268,3 +268,39 @@ def test_the_refusal_of_an_unfinished_run_names_its_last_pt_as_one_shell_word(tm
     assert words == ["--resume", str(tmp_path / "c k" / "ck" / "last.pt")], line
     code, _, err = run(capsys, ["train", "--config", str(config), *words])
     assert code == 0 and (tmp_path / "c k" / "ck" / "final.pt").is_file(), err
+
+
+def test_train_ensemble_never_trains_on_a_copy_of_a_held_out_state(tmp_path, capsys):
+    """data.holdout holds out files by name: the 40 states of b_seed901.h5, copied from a_seed1.h5, were held
+    out and trained on (their copies in a_seed1.h5), the held-out table scoring states trained on. Now rows
+    repeating a held-out state are left out of training (and of learning-curve's pool), with a note."""
+    import torch
+    from dodo.training.ensemble_train import EnsembleConfig, load_table
+    from dodo.training.pool import pool_folds
+
+    source = _synth(capsys, tmp_path, n=160)
+    (tmp_path / "d").mkdir()
+    a = _with_repeats(source, tmp_path / "d" / "a_seed1.h5", [])
+    with h5py.File(source, "r") as given, h5py.File(tmp_path / "d" / "b_seed901.h5", "w") as out:
+        for key in given:
+            item = given[key]
+            out[key] = item[...][:40] if isinstance(item, h5py.Dataset) and item.shape and item.shape[0] == 160 else item[()]
+    config = tmp_path / "pp.yaml"
+    config.write_text(f"inputs: [{a}, {tmp_path / 'd' / 'b_seed901.h5'}]\noutput: {tmp_path / 'pre.h5'}\n")
+    code, _, err = run(capsys, ["preprocess", "--config", str(config), "-q"])
+    assert code == 0, err
+    config = tmp_path / "ens.yaml"
+    config.write_text(f"data: {{path: {tmp_path / 'pre.h5'}, features: invariants27+box7-v1}}\n"
+                      "ensemble: {members: 2, width: 8, depth: 1, batch_size: 64, epochs: 1, threads: 1}\n"
+                      "distill: {width: 8, depth: 1, batch_size: 64, epochs: 1, sampled_states: 0}\n"
+                      "growth: {data: [], members: 1, width: 8, depth: 1, batch_size: 64, epochs: 1}\n"
+                      f"noise: {{oof: ''}}\noutput: {{checkpoint: {tmp_path / 'e.pt'}}}\n")
+    code, out, err = run(capsys, ["train-ensemble", "--config", str(config)])
+    assert code == 0, err
+    assert "120 training states, 40 held out" in out + err, out + err
+    assert "note: 40 rows of files not matching data.holdout repeat a held-out state" in out + err, out + err
+    checkpoint = torch.load(tmp_path / "e.pt", map_location="cpu", weights_only=False)
+    assert checkpoint["data"]["train_rows"] == 120 and len(checkpoint["data"]["states"]) == 120
+    table = load_table(str(tmp_path / "pre.h5"))
+    order, _ = pool_folds(table, EnsembleConfig.load(str(config)), 3)
+    assert sorted(order.tolist()) == list(range(40, 160))  # a_seed1.h5's rows 0-39 are b_seed901.h5's states

@@ -26,7 +26,7 @@ from .config import ConfigError, check_thread_count, read_yaml_mapping, shown
 from .dataset import read_dataset, rest_frame_arrays
 from .safe_load import load_torch_file, write_torch_file
 from .label_noise import fit_label_noise, training_residuals
-from .pool import box3d_settings, features_of, holdout_mask, pool_folds, training_arrays
+from .pool import box3d_settings, features_of, held_out_rows, holdout_mask, pool_folds, training_arrays
 from .ensemble import (DensityResidualEnsemble, Member, fit_ensemble, fit_growth_member, fit_student, nu_e_change,
                        predict, state_error)
 
@@ -1102,12 +1102,15 @@ def unmatched_holdout_note(table: dict, patterns: list) -> str:
 
 def train_command(config: EnsembleConfig, log=print) -> dict:
     table = load_table(config.data_path)
-    held = holdout_mask(table["sources"], config.holdout)
-    train_rows, held_rows = np.flatnonzero(~held), np.flatnonzero(held)
+    held, copies = held_out_rows(table, config.holdout)
+    train_rows, held_rows = np.flatnonzero(~held & ~copies), np.flatnonzero(held)
     check_training_rows(train_rows)
     # `data.holdout: []` printed "0 held out ()" (outside probe, new user's journey round two).
     held_out = f"{len(held_rows)} held out ({', '.join(config.holdout)})" if config.holdout else "none held out"
     log(f"{len(train_rows)} training states, {held_out}{unmatched_holdout_note(table, config.holdout)}")
+    if copies.any():
+        log(f"note: {counted(int(copies.sum()), 'row')} of files not matching data.holdout repeat a held-out state (rest-frame "
+            "initial state bit for bit: a copy of a held-out run under another name): not trained on either")
     growth_table = load_growth_table(config, table, train_rows, log=log)
     ensemble = train_on(table, train_rows, config, log=log, growth_table=growth_table)
     report = {"n_train": int(len(train_rows)), "n_heldout": int(len(held_rows))}

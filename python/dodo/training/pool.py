@@ -27,6 +27,27 @@ def holdout_mask(sources, patterns) -> np.ndarray:
     return np.array([any(fnmatch.fnmatch(name, p) for p in patterns) for name in names], bool)
 
 
+def _state_keys_of(table: dict):
+    """One comparable key per row (its rest-frame initial four-fluxes over N_tot, bit for bit, as a void
+    scalar), or None for a table without them (a table of deltas alone, a label-noise match)."""
+    initial = table.get("rest", {}).get("F_init_rest")
+    if initial is None:
+        return None
+    F = np.ascontiguousarray(np.asarray(initial, dtype=np.float64)).reshape(len(initial), -1)
+    return F.view(np.dtype((np.void, F.shape[1] * F.itemsize))).reshape(-1)
+
+
+def held_out_rows(table: dict, patterns) -> tuple[np.ndarray, np.ndarray]:
+    """(mask of the rows of source files matching ``patterns``, mask of the other rows that repeat one of
+    their states): neither is trained on. A copy of a held-out run under another file name was trained on,
+    and the held-out table scored states trained on (outside probe, training round five)."""
+    held = holdout_mask(table["sources"], patterns)
+    keys = _state_keys_of(table)
+    if keys is None or not held.any() or held.all():
+        return held, np.zeros_like(held)
+    return held, ~held & np.isin(keys, keys[held])
+
+
 def features_of(table: dict, rows: np.ndarray, features: str, swapped: bool = False, species=None) -> np.ndarray:
     """Network inputs of ``rows``; ``swapped``: of their nu <-> nubar mirror images; ``species``:
     of the images with species a relabelled as species[a] (dodo.training.dataset.species_relabelled)."""
@@ -74,16 +95,15 @@ def training_arrays(table: dict, rows: np.ndarray, config):
 def pool_folds(table: dict, config, folds: int) -> tuple[np.ndarray, np.ndarray]:
     """The training pool (rows of files not matching config.holdout) in a fixed shuffle drawn with
     config.seed, and each shuffled row's fold (0 .. folds-1): the split of every CV here."""
-    pool = np.flatnonzero(~holdout_mask(table["sources"], config.holdout))
+    held, copies = held_out_rows(table, config.holdout)
+    pool = np.flatnonzero(~held & ~copies)
     order = np.random.default_rng(config.seed).permutation(pool)
     fold_of = np.arange(len(order)) % folds
-    # Every row of one state (its rest-frame initial four-fluxes over N_tot, bit for bit: a database
-    # merged with a copy of itself) goes to the fold of the row drawn first: drawn by row, a state was
-    # trained on by the fold that tested its repeat (outside probe, training round five).
-    initial = table.get("rest", {}).get("F_init_rest")  # None: a table of deltas alone (a label-noise match)
-    if initial is not None and len(order):
-        F = np.ascontiguousarray(np.asarray(initial, dtype=np.float64)[order]).reshape(len(order), -1)
-        keys = F.view(np.dtype((np.void, F.shape[1] * F.itemsize))).reshape(-1)
-        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    # Every row of one state (a database merged with a copy of itself) goes to the fold of the row drawn
+    # first: drawn by row, a state was trained on by the fold that tested its repeat (outside probe,
+    # training round five).
+    keys = _state_keys_of(table)
+    if keys is not None and len(order):
+        _, first, inverse = np.unique(keys[order], return_index=True, return_inverse=True)
         fold_of = fold_of[first][inverse.reshape(-1)]
     return order, fold_of
