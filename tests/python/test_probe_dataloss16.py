@@ -194,3 +194,32 @@ def test_a_package_another_run_wrote_meanwhile_is_kept(tmp_path):
     assert lines[0].startswith("tools/scale_correction_in_package.py: cannot write") and "appeared there" in lines[0]
     assert out.read_bytes() == b"the package another run wrote"
     assert "wrote" not in done.stdout
+
+
+def test_a_member_folder_whose_run_lives_in_another_pid_namespace_is_kept(tmp_path, monkeypatch):
+    """`dodo train-ensemble` with ensemble.processes > 1 removes, before its fits, the private folders
+    (dodo-members-HOST.PID.*) of runs on this host whose pid no longer runs. A run in another pid namespace
+    (a container sharing /tmp and the host's name) has a pid that is no process here: its live folder, the
+    table's arrays and finished members, was removed under it. Now a run holds its folder with a shared flock,
+    and a folder whose flock is held is kept whatever its pid says (stood in for: a folder named by a pid that
+    has ended, held by this test). A folder of an ended run that nobody holds is still removed."""
+    import fcntl
+
+    from dodo.training import member_processes
+
+    monkeypatch.setattr(member_processes.tempfile, "gettempdir", lambda: str(tmp_path))
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    prefix = member_processes._folder_prefix(with_pid=False)
+    live, stale = tmp_path / f"{prefix}{ended.pid}.live1234", tmp_path / f"{prefix}{ended.pid}.gone1234"
+    for folder in (live, stale):
+        folder.mkdir()
+        (folder / "features.npy").write_bytes(b"arrays")
+    holder = os.open(live, os.O_RDONLY)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_SH)
+        member_processes._remove_stale_folders()
+        assert (live / "features.npy").read_bytes() == b"arrays"
+        assert not stale.exists()
+    finally:
+        os.close(holder)

@@ -43,7 +43,12 @@ def fit_members(fit, shared: dict, tasks: list, processes: int = 1, log=None, do
         return results
     _remove_stale_folders()
     with tempfile.TemporaryDirectory(prefix=_folder_prefix()) as folder:
-        return _fit_in_processes(fit, shared, tasks, processes, Path(folder), log, done_message)
+        held = _hold_folder(folder)
+        try:
+            return _fit_in_processes(fit, shared, tasks, processes, Path(folder), log, done_message)
+        finally:
+            if held is not None:
+                os.close(held)  # lets go of the flock
 
 
 def _folder_prefix(with_pid: bool = True) -> str:
@@ -72,10 +77,54 @@ def _remove_stale_folders() -> None:
         match = pattern.fullmatch(candidate.name)
         try:
             if match and not candidate.is_symlink() and candidate.is_dir() and \
-                    candidate.stat().st_uid == os.getuid() and not _running(int(match.group(1))):
+                    candidate.stat().st_uid == os.getuid() and not _running(int(match.group(1))) and \
+                    not _folder_in_use(candidate):
                 shutil.rmtree(candidate, ignore_errors=True)
         except OSError:
             continue
+
+
+#: Flags of the private folder's open for its flock: a directory, never a link, not inherited by the workers.
+_FOLDER_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def _hold_folder(folder) -> int | None:
+    """The private folder held open with a shared flock while the run uses it: what tells another run that
+    its owner still runs where the pid in its name cannot (a run in another pid namespace, a container
+    sharing /tmp and the host's name, whose pid is no process here: its live folder was removed as a dead
+    run's, and its fits failed; outside probe, data-loss round sixteen, as round twelve's temporaries).
+    None where there are no flocks."""
+    try:
+        import fcntl
+
+        descriptor = os.open(folder, _FOLDER_OPEN_FLAGS)
+    except (ImportError, OSError):
+        return None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return descriptor
+    except OSError:
+        os.close(descriptor)
+        return None
+
+
+def _folder_in_use(folder: Path) -> bool:
+    """Whether a run holds ``folder``'s flock (:func:`_hold_folder`); False where it cannot be told."""
+    try:
+        import fcntl
+
+        descriptor = os.open(folder, _FOLDER_OPEN_FLAGS)
+    except (ImportError, OSError):
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(descriptor)  # also lets go of the lock just taken
 
 
 def _fit_in_processes(fit, shared: dict, tasks: list, processes: int, folder: Path, log, done_message) -> list:
