@@ -1,5 +1,6 @@
 """Physics-law probe, round seventeen (outside probe): the scale law F -> 2^k F on moving cells with
-one species of subnormal lab values, and the flux-factor limit of a species below DBL_MIN N_tot.
+one species of subnormal lab values (in cells of 1, 1e-200, 1e-290), and the flux-factor limit of a
+species below DBL_MIN N_tot.
 
 Box3D boosted a species of subnormal lab values (a few ulp of 5e-324) to the rest frame on the
 subnormal grid: its rest-frame flux factor and the sign of its density came out of the rounding,
@@ -7,7 +8,8 @@ and decided the whole cell's status (FLUX_FACTOR, NEGATIVE_DENSITY or a correcte
 the same cell times 2^600, whose boost rounds nothing, got another (0.07 N_tot apart). And a species
 below DBL_MIN N_tot that the division by N_tot rounded to zero (or to an isotropic ulp) escaped the
 flux-factor limit that the same species at another N_tot met. Now both are decided by the species'
-values as given, scaled exactly and boosted (cpp/src/box3d/box3d.cpp, prepare_block)."""
+values as given, scaled exactly and boosted, and divided by N_tot from those values
+(cpp/src/box3d/box3d.cpp, prepare_block)."""
 from __future__ import annotations
 
 import numpy as np
@@ -68,10 +70,14 @@ def closures():
     return paths
 
 
+@pytest.mark.parametrize("cell_scale", [1.0, 1e-200, 1e-290], ids=["cells of 1", "cells of 1e-200", "cells of 1e-290"])
 @pytest.mark.parametrize("species", SUBNORMAL_SPECIES)
-def test_a_subnormal_species_keeps_the_scale_law_on_moving_cells(species):
+def test_a_subnormal_species_keeps_the_scale_law_on_moving_cells(species, cell_scale):
+    """In cells of 1e-200 or 1e-290 the species is not below DBL_MIN N_tot: its flux factor was that
+    of its rest-frame values rounded to the subnormal grid (a 1-ulp isotropic species boosted to
+    (1, -1, -1, 0) ulp, FLUX_FACTOR; the same cell times 2^600 crossed)."""
     n = 200
-    F = crossing_cells(n, seed=7)
+    F = crossing_cells(n, seed=7) * cell_scale
     F[:, 2] = np.array(SUBNORMAL_SPECIES[species]) * TINY
     u = moving(n, seed=8)
     for name, apply in closures():

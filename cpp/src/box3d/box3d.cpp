@@ -1537,6 +1537,27 @@ void prepare_block(double max_flux_factor, std::size_t count, const double* F_in
 #pragma omp simd
     for (std::size_t c = 0; c < lanes; ++c)
       normalised[v * kBlockCells + c] = inverse_total[c] == 0.0 ? 0.0 : rest[v][c] * inverse_total[c];
+  // A species of subnormal lab values divided from its values scaled exactly (the product the same
+  // cell times 2^k rounds), not from their few digits on the subnormal grid, which decided its flux
+  // factor (physics-law probe, round seventeen).
+  if (u) {
+    for (std::size_t c = 0; c < count; ++c) {
+      if (!lab_unchecked[c] || inverse_total[c] == 0.0) continue;
+      for (int a = 0; a < kSpecies; ++a) {
+        const double given[kComponents] = {lab[a * kComponents][c], lab[a * kComponents + 1][c], lab[a * kComponents + 2][c],
+                                           lab[a * kComponents + 3][c]};
+        const double largest = std::fmax(std::fmax(std::fabs(given[0]), std::fabs(given[1])),
+                                         std::fmax(std::fabs(given[2]), std::fabs(given[3])));
+        if (!(largest > 0.0 && largest < kTinyLabValue)) continue;
+        double scaled[kComponents];
+        const int shift = scaled_rest_species(given, W[c], vx[c], vy[c], vz[c], W2[c], scaled);
+        for (int m = 0; m < kComponents; ++m) {
+          const double divided = scaled[m] * inverse_total[c];
+          if (std::isfinite(divided)) normalised[(a * kComponents + m) * kBlockCells + c] = std::ldexp(divided, -shift);
+        }
+      }
+    }
+  }
   // A species below DBL_MIN N_tot (1e-22 beside densities of 1e300) is divided into a few ulp of the
   // subnormal grid, e.g. (5e-324, 0, 0, -5e-324): its rounded flux factor (1 here, inf where n rounds
   // to 0) rejected ~7% of such crossing cells as FLUX_FACTOR though the species' flux factor is 0.9
