@@ -304,3 +304,17 @@ def test_train_ensemble_never_trains_on_a_copy_of_a_held_out_state(tmp_path, cap
     table = load_table(str(tmp_path / "pre.h5"))
     order, _ = pool_folds(table, EnsembleConfig.load(str(config)), 3)
     assert sorted(order.tolist()) == list(range(40, 160))  # a_seed1.h5's rows 0-39 are b_seed901.h5's states
+
+
+def test_a_file_of_few_states_given_many_times_is_told_to_add_states(tmp_path, capsys):
+    """91 rows holding 4 states (30 runs of each of three, one of a fourth): split by row, every state trained on
+    was also validated and tested on; split by state no validation state is left, and "add rows or raise
+    data.val_fraction" alone would send the user to add rows of the same states. The line now counts the states."""
+    source = _synth(capsys, tmp_path, n=40)
+    with h5py.File(source, "r") as given, h5py.File(tmp_path / "few4.h5", "w") as out:
+        for key in given:
+            item = given[key]
+            out[key] = item[...][[0] * 30 + [1] * 30 + [2] * 30 + [3]] if item.shape and item.shape[0] == 40 else item[()]
+    table = _preprocess(capsys, tmp_path, tmp_path / "few4.h5", name="few4.h5.pre")
+    refused(capsys, ["train", "--config", str(tiny_train_config(tmp_path, table))], "split is empty",
+            "the file's 91 rows hold 4 distinct initial states, and a state's rows stay in one split: add other states")

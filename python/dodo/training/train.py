@@ -1103,7 +1103,7 @@ class _SignalSafeLoader(torch.utils.data.DataLoader):
             mask = (signal.pthread_sigmask(signal.SIG_BLOCK, list(previous))
                     if previous and hasattr(signal, "pthread_sigmask") else None)
             try:
-                iterator = super().__iter__()
+                iterator = _started_workers(super().__iter__, self.num_workers)
             finally:
                 if mask is not None:
                     signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # one that came meanwhile is held
@@ -1121,6 +1121,45 @@ class _SignalSafeLoader(torch.utils.data.DataLoader):
                 _shut_down_workers_quietly(iterator)
             previous[held[0]](held[0], None)
         return _batches_then_shut_down(iterator)
+
+
+def _started_workers(start, num_workers: int):
+    """``start()`` (a loader's iterator, which starts its workers), with a failure to make the workers'
+    queues said as such. Their semaphores live in /dev/shm: where it is full or small (a container's 64 MB,
+    a cluster node's) `dodo train` with data.num_workers 2 ended with "dodo train: error: [Errno 28] No
+    space left on device", naming no file and so pointing at the run's own disk, then torch's 6-line
+    "Exception ignored in ... _MultiProcessingDataLoaderIter.__del__ ... no attribute '_workers'" (outside
+    probe, data-loss round sixteen). The half-made iterator is freed before the error goes on, its
+    __del__'s complaint dropped."""
+    failed = None
+    hook = sys.unraisablehook
+
+    def quiet(unraisable):
+        if not (isinstance(unraisable.exc_value, AttributeError) and "_workers" in str(unraisable.exc_value)):
+            hook(unraisable)
+
+    sys.unraisablehook = quiet
+    try:
+        try:
+            return start()
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.ENOMEM, errno.EACCES, errno.EROFS, errno.ENOENT):
+                raise
+            failed = error.errno, error.strerror or str(error)
+        # The exception is gone here, and with it the half-made iterator (its __del__ ran, quiet).
+    finally:
+        sys.unraisablehook = hook
+    import shutil
+
+    try:
+        size = f", {shutil.disk_usage('/dev/shm').total:,} bytes in all"
+    except OSError:
+        size = ""
+    raise OSError(failed[0], f"cannot start the data loader's {num_workers} worker processes (data.num_workers): "
+                             f"the semaphores of their queues, made in shared memory (/dev/shm{size}), could not be "
+                             f"made: {failed[1]}. Free space in /dev/shm or give the machine more (a container: "
+                             "docker run --shm-size=1g), or set data.num_workers: 0 (the data loaded in the "
+                             "training process)")
 
 
 def check_worker_file_limit(num_workers: int) -> None:
@@ -1258,6 +1297,13 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution, watch: Ru
                          "is nothing to learn; add unstable states")
     capped = (f" (data.max_samples: {config.data.max_samples} of the file's {n_rows} rows: raise it, or set it to null)"
               if config.data.max_samples is not None and config.data.max_samples < n_rows else "")
+    if state_of is not None and (len(splits.val) == 0 or len(splits.test) == 0):
+        # "add rows or raise data.val_fraction" of a file of few states given many times: its rows of one
+        # state stay in one split, so neither more rows of them nor a fraction helps (outside probe, training
+        # round five)
+        states = len(np.unique(state_of))
+        capped += (f" (the file's {n_rows} rows hold {counted(states, 'distinct initial state')}, and a state's rows "
+                   "stay in one split: add other states)")
     if len(splits.val) == 0:
         raise ValueError(f"the validation split is empty: add rows or raise data.val_fraction{capped}")
     if len(splits.test) == 0:  # the final metrics are the test split's (docs/training.md), never another's
