@@ -56,10 +56,10 @@ def _compared_as_results(cls: type) -> type:
 class Box3DResult(NamedTuple):
     """Box3D of a batch of cells; every array has the batch shape of the input."""
 
-    F_box: np.ndarray  #: (..., 6, 4) float64 four-fluxes after the instability, lab frame
-    growth_over_ntot: np.ndarray  #: (...) growth-rate proxy: max over crossing pairs of sqrt(I+ I-), units of N_tot
-    growth_rate: np.ndarray  #: (...) the proxy in s^-1, comoving frame, for densities in cm^-3
-    status: np.ndarray  #: (...) uint32 bits of dodo.CellStatus
+    F_box: np.ndarray
+    growth_over_ntot: np.ndarray
+    growth_rate: np.ndarray
+    status: np.ndarray
 
     @classmethod
     def empty(cls, batch_shape=()) -> "Box3DResult":
@@ -71,6 +71,21 @@ class Box3DResult(NamedTuple):
         # A result made before an importlib.reload of this module (IPython's autoreload) is of the
         # earlier class, which pickle cannot name: it is pickled as the class defined now.
         return _reduce_result(self, Box3DResult, protocol)
+
+
+def _document_fields(result_type: type, meanings: dict) -> None:
+    """Each field's meaning and units as its own docstring: help(dodo.ClosureResult) and IPython's
+    ``ClosureResult.growth_rate?`` said "Alias for field number 3" of every field, their units being
+    source comments alone (outside probe, Python round sixty-five)."""
+    for name, meaning in meanings.items():
+        getattr(result_type, name).__doc__ = meaning
+
+
+_document_fields(Box3DResult, {
+    "F_box": "(..., 6, 4) float64 four-fluxes after the instability, lab frame",
+    "growth_over_ntot": "(...) growth-rate proxy: max over crossing pairs of sqrt(I+ I-), units of N_tot",
+    "growth_rate": "(...) the proxy in s^-1, comoving frame, for densities in cm^-3",
+    "status": "(...) uint32 bits of dodo.CellStatus (dodo.describe_status(status[i]) names them)"})
 
 
 # Per output of a result: (trailing shape after the batch shape, dtype).

@@ -25,7 +25,7 @@ from typing import NamedTuple, Optional, Union
 import numpy as np
 
 from . import _core
-from ._box3d import _ForkHold, _claim, _compared_as_results, _empty_result, _fed_back_hint, _flat_outputs, _reduce_result, _integral, _prepare, _real, _shown_number, _text, _threads, _usable_cpus
+from ._box3d import _ForkHold, _claim, _compared_as_results, _document_fields, _empty_result, _fed_back_hint, _flat_outputs, _reduce_result, _integral, _prepare, _real, _shown_number, _text, _threads, _usable_cpus
 from .conventions import N_COMPONENTS, N_SPECIES
 from .models import default_model_path
 
@@ -64,12 +64,12 @@ class ClosureResult(NamedTuple):
     rejected cells. ``uncertainty`` is 0 where no correction is applied (docs/runtime.md).
     """
 
-    F_pred: np.ndarray  #: (..., 6, 4) float64 predicted asymptotic four-fluxes, lab frame
-    status: np.ndarray  #: (...) uint32 bits of dodo.CellStatus
-    growth_over_ntot: np.ndarray  #: (...) growth rate in units of N_tot
-    growth_rate: np.ndarray  #: (...) growth rate in s^-1 for densities in cm^-3 (comoving frame)
-    growth_rate_proxy: np.ndarray  #: (...) Box3D's proxy alone, s^-1 (comoving frame)
-    uncertainty: np.ndarray  #: (...) the model's spread of its correction, units of N_tot
+    F_pred: np.ndarray
+    status: np.ndarray
+    growth_over_ntot: np.ndarray
+    growth_rate: np.ndarray
+    growth_rate_proxy: np.ndarray
+    uncertainty: np.ndarray
 
     @classmethod
     def empty(cls, batch_shape=()) -> "ClosureResult":
@@ -80,6 +80,15 @@ class ClosureResult(NamedTuple):
     def __reduce_ex__(self, protocol):
         # A result made before an importlib.reload of this module pickles as the class defined now.
         return _reduce_result(self, ClosureResult, protocol)
+
+
+_document_fields(ClosureResult, {
+    "F_pred": "(..., 6, 4) float64 predicted asymptotic four-fluxes, lab frame",
+    "status": "(...) uint32 bits of dodo.CellStatus (dodo.describe_status(status[i]) names them)",
+    "growth_over_ntot": "(...) growth rate in units of N_tot",
+    "growth_rate": "(...) growth rate in s^-1 for densities in cm^-3 (comoving frame)",
+    "growth_rate_proxy": "(...) Box3D's proxy alone, s^-1 (comoving frame)",
+    "uncertainty": "(...) the model's spread of its correction, units of N_tot"})
 
 
 # Per output: (trailing shape after the batch shape, dtype), in ClosureResult's order.

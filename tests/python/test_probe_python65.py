@@ -245,3 +245,19 @@ def test_one_cells_comoving_density_is_a_0d_array_as_every_other_one_cell_result
     assert type(zeros) is np.ndarray and zeros == 0 and not np.signbit(zeros)  # round fifty-nine's +0.0 kept
     assert not np.signbit(dodo.comoving_density(np.zeros((2, 6, 4)))).any()
     density[...] = 0.0  # an array's assignment, as for any batch
+
+
+def test_help_of_the_result_types_says_each_fields_meaning_and_units():
+    # help(dodo.ClosureResult) said "Alias for field number 3" of growth_rate (and of every field): the units
+    # were source comments alone.
+    import pydoc
+
+    for result_type, units in [(dodo.ClosureResult, {"growth_rate": "s^-1 for densities in cm^-3",
+                                                     "uncertainty": "units of N_tot", "F_pred": "lab frame"}),
+                               (dodo.Box3DResult, {"growth_rate": "s^-1, comoving frame", "F_box": "lab frame",
+                                                   "growth_over_ntot": "units of N_tot"})]:
+        text = pydoc.render_doc(result_type, renderer=pydoc.plaintext)
+        assert "Alias for field number" not in text
+        for field, words in units.items():
+            assert words in getattr(result_type, field).__doc__
+        assert "dodo.describe_status" in result_type.status.__doc__
