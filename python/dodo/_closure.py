@@ -725,18 +725,24 @@ class Closure:
         return self._runtime.counters()
 
     def reset_counters(self) -> None:
+        """Sets every counter of :attr:`counters` to 0."""
         self._runtime.reset_counters()
 
     @property
     def model_path(self) -> Optional[str]:
+        """The model package's path as given (the default model's path for model=None); None for Box3D
+        alone and for a package given as bytes."""
         return self._model_path
 
     @property
     def has_model(self) -> bool:
+        """Whether a learned correction is applied (False for Box3D alone, model="box3d")."""
         return self._runtime.has_model
 
     @property
     def head(self) -> Optional[str]:
+        """The model's output head, "direct" or "equivariant" (its "dodo.head" metadata;
+        docs/model_package.md); None for Box3D alone."""
         return self._runtime.head
 
     @property
@@ -752,10 +758,14 @@ class Closure:
 
     @property
     def box3d_settings(self) -> dict:
+        """The Box3D settings in use (scheme, form, lebedev_order, z_method, max_flux_factor): the
+        model's, as :func:`dodo.box3d_settings` gives them."""
         return dict(self._runtime.box3d_settings)
 
     @property
     def threads(self) -> int:
+        """Threads a call runs on, the calling one included: ``threads=`` as resolved (None: the usable
+        cores; 0: 1; at most max(the usable cores, 64)), fewer where the system refused to start some."""
         return self._runtime.threads
 
     @property

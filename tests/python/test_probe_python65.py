@@ -261,3 +261,16 @@ def test_help_of_the_result_types_says_each_fields_meaning_and_units():
         for field, words in units.items():
             assert words in getattr(result_type, field).__doc__
         assert "dodo.describe_status" in result_type.status.__doc__
+
+
+def test_every_public_member_of_closure_says_in_help_what_it_is():
+    # help(dodo.Closure) listed threads, head, model_path, has_model, box3d_settings and reset_counters with
+    # no word of what they hold (head: which output head; threads: as resolved, the calling thread included).
+    import inspect
+
+    undocumented = [name for name, member in inspect.getmembers(dodo.Closure)
+                    if not name.startswith("_") and not ((member.fget if isinstance(member, property) else member).__doc__)]
+    assert undocumented == []
+    assert "calling one included" in dodo.Closure.threads.__doc__
+    closure = dodo.Closure("box3d", threads=0)
+    assert closure.threads == 1 and closure.head is None and closure.model_path is None and not closure.has_model
