@@ -318,3 +318,16 @@ def test_a_file_of_few_states_given_many_times_is_told_to_add_states(tmp_path, c
     table = _preprocess(capsys, tmp_path, tmp_path / "few4.h5", name="few4.h5.pre")
     refused(capsys, ["train", "--config", str(tiny_train_config(tmp_path, table))], "split is empty",
             "the file's 91 rows hold 4 distinct initial states, and a state's rows stay in one split: add other states")
+
+
+def test_a_training_set_too_large_to_record_is_not_written_into_the_package():
+    """A package holds its training states at 11 bytes each: 20 million states would take it past the 256 MiB the
+    runtime loads (DODO_MAX_MODEL_FILE_BYTES). Up to 1,000,000 are recorded; beyond that, none."""
+    import torch
+    from dodo._state_hashes import package_training_states
+    from dodo.training.export import MAX_RECORDED_TRAINING_STATES, training_states_metadata
+
+    small = torch.arange(5, dtype=torch.int64)
+    assert np.array_equal(package_training_states(training_states_metadata({"data": {"states": small}})), np.arange(5))
+    large = torch.zeros(MAX_RECORDED_TRAINING_STATES + 1, dtype=torch.int64)
+    assert training_states_metadata({"data": {"states": large}}) == {}

@@ -163,14 +163,19 @@ def metadata_for(checkpoint: dict, head: str, test_vectors: dict) -> dict:
     }
 
 
+#: Most training states a package records (11 bytes of metadata each, about 11 MB at this bound): the
+#: runtime refuses a package above DODO_MAX_MODEL_FILE_BYTES (256 MiB), which some 20 million would reach.
+MAX_RECORDED_TRAINING_STATES = 1_000_000
+
+
 def training_states_metadata(checkpoint: dict) -> dict:
     """{"dodo.training_states": ...} of a checkpoint recording the states it trained or validated on
-    (data.states, since 2026-12-07), else {}: `dodo score` of a package on its own training states
-    said nothing (outside probe, training rounds three and five)."""
+    (data.states, since 2026-12-07), else {} (also above MAX_RECORDED_TRAINING_STATES): `dodo score` of a
+    package on its own training states said nothing (outside probe, training rounds three and five)."""
     from .._state_hashes import training_states_entry
 
     states = checkpoint.get("data", {}).get("states")
-    if states is None:
+    if states is None or len(states) > MAX_RECORDED_TRAINING_STATES:
         return {}
     return {"dodo.training_states": training_states_entry(
         states.cpu().numpy() if isinstance(states, torch.Tensor) else np.asarray(states))}
