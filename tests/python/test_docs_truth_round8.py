@@ -113,3 +113,20 @@ def test_crossing_features_docstring_gives_the_lobe_bound_of_a_moving_cell():
         u = np.array([W, np.sqrt(W * W - 1.0), 0.0, 0.0])
         moving = dodo.crossing_features(dodo.boost_from_rest(F, u), u)
         assert (moving[1] > 0) == kept, (W, moving[:6])
+
+
+def test_readme_bit_flip_split_names_the_package_it_was_measured_on():
+    # Before: "1,454 MODEL_FORMAT, 546 MODEL_METADATA ... (the default of 2026-12-07)"; the default gained
+    # two cap-edge test vectors at 21:38 UTC (59ba6eb2) and its flips split 1,392 / 608
+    # (test_docs_truth_round4.py runs the 2,000 flips). The README now names the file it measured, so a
+    # new default shows here, in a second, that the split must be measured again.
+    import hashlib
+
+    text = _flat((REPO / "README.md").read_text())
+    quoted = re.search(r"1,392 `MODEL_FORMAT`, 608 `MODEL_METADATA`, none loads \(the default with its cap-edge "
+                       r"probes of 2026-12-07 21:38 UTC, file SHA-256 ([0-9a-f]{8})\.\.\.", text)
+    assert quoted, "README no longer quotes the split of the flips where this test looks"
+    shipped = hashlib.sha256((REPO / "python" / "dodo" / "models" / "qke_default.onnx").read_bytes()).hexdigest()
+    assert shipped.startswith(quoted.group(1)), (
+        f"the default package is {shipped[:8]}..., not the {quoted.group(1)}... whose bit flips README quotes: "
+        "rerun test_docs_truth_round4.py::test_bit_flips_of_the_default_model_split_as_the_readme_says and update both")
