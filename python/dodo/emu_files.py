@@ -45,6 +45,14 @@ class EmuChunk:
         return len(self.row)
 
 
+def _named(path) -> str:
+    """``path`` for a message: quoted where it holds white space or a character that does not print
+    (_atomic.named; `bad\\nname.h5` was named `bad name.h5`: outside probe, Python round sixty-four)."""
+    from ._atomic import named
+
+    return named(path)
+
+
 def open_hdf5(path: str | Path):
     """``h5py.File(path, "r")``; an OSError becomes a :class:`DataFileError` naming the file, and a
     file that another process holds open for writing (HDF5's file lock: an h5py session, a writer
@@ -58,16 +66,16 @@ def open_hdf5(path: str | Path):
         if held_open_for_writing(error):
             # The writer named where /proc/locks can (its pid, its program, and that it is stopped where it is:
             # a suspended writer holds the file until it is continued; outside probe, data-loss round fourteen).
-            raise DataFileError(f"{path}: another process has it open for writing{held_for_writing_by(path) or ''} "
+            raise DataFileError(f"{_named(path)}: another process has it open for writing{held_for_writing_by(path) or ''} "
                                 f"(HDF5 file lock: {text}); wait until that writer closes it, or read a copy") from None
         refused = lock_refused_problem(error)
         if refused:
-            raise DataFileError(f"{path}: {refused}") from None
-        raise DataFileError(f"{path}: not a readable HDF5 file ({text}){_what_else(path)}") from None
+            raise DataFileError(f"{_named(path)}: {refused}") from None
+        raise DataFileError(f"{_named(path)}: not a readable HDF5 file ({text}){_what_else(path)}") from None
     problem = _external_link_problem(handle, path)
     if problem:
         handle.close()
-        raise DataFileError(f"{path}: {problem}")
+        raise DataFileError(f"{_named(path)}: {problem}")
     return handle
 
 
@@ -212,7 +220,7 @@ def open_emu_file(path: str | Path):
     problem = _layout_problem(handle)
     if problem:  # the message is made while the file is open, then the file is closed (issue 11)
         handle.close()
-        raise DataFileError(f"{path}: {problem}")
+        raise DataFileError(f"{_named(path)}: {problem}")
     return handle, handle[INITIAL].shape[0]
 
 
@@ -262,7 +270,7 @@ def unfinished_run_note(handle, path) -> str:
         return ""
     count = (f"{int(done)} of its {counted(int(requested), 'state')} done so far" if isinstance(done, (int, np.integer))
              and isinstance(requested, (int, np.integer)) else "not all of its states done")
-    return (f"{path} is the database of an unfinished `dodo simulate` run ({count}: the run was stopped, or is "
+    return (f"{_named(path)} is the database of an unfinished `dodo simulate` run ({count}: the run was stopped, or is "
             "still running); only the states it holds are used. Rerun its command (the `command` attribute) to "
             "finish it")
 
@@ -557,7 +565,7 @@ def hdf5_item(handle, path, name: str):
     item when it is a link that cannot be followed (not h5py's KeyError traceback)."""
     item, problem = _open_item(handle, name)
     if problem:
-        raise DataFileError(f"{path}: {problem}")
+        raise DataFileError(f"{_named(path)}: {problem}")
     return item
 
 
@@ -568,15 +576,15 @@ def numeric_dataset(handle, path, key: str) -> np.ndarray:
 
     item = hdf5_item(handle, path, key)
     if not isinstance(item, h5py.Dataset):
-        raise ValueError(f"{path}: '{key}' must be a dataset of numbers; it is a group")
+        raise ValueError(f"{_named(path)}: '{key}' must be a dataset of numbers; it is a group")
     if item.dtype.kind not in "fiu":
-        raise ValueError(f"{path}: dataset '{key}' must hold numbers; it holds {item.dtype} values")
+        raise ValueError(f"{_named(path)}: dataset '{key}' must hold numbers; it holds {item.dtype} values")
     if item.shape is None:  # h5py.Empty: item[()] is no array (a TypeError traceback in np.asarray)
-        raise ValueError(f"{path}: dataset '{key}' has a null dataspace (no values at all)")
+        raise ValueError(f"{_named(path)}: dataset '{key}' has a null dataspace (no values at all)")
     try:
         values = item[()]
     except OSError as error:  # h5py's text named neither file nor dataset (`dodo simulate --input`, round 31)
-        raise DataFileError(f"{path}: cannot read '{key}' ({' '.join(str(error).split())}): "
+        raise DataFileError(f"{_named(path)}: cannot read '{key}' ({' '.join(str(error).split())}): "
                             f"{_read_failure_cause(error)}") from None
     return as_float64(values, path, key)
 
@@ -596,7 +604,7 @@ def as_float64(values, path, name: str, first_row: int = 0) -> np.ndarray:
     if lost.any():
         first = tuple(int(i) for i in np.argwhere(lost)[0])
         row = first[0] + first_row if first else ""
-        raise DataFileError(f"{path}: '{name}' holds {np.format_float_scientific(values[first], precision=4)} "
+        raise DataFileError(f"{_named(path)}: '{name}' holds {np.format_float_scientific(values[first], precision=4)} "
                             f"(row {row}), beyond the range of float64 (largest {np.finfo(np.float64).max:.4g}), in "
                             f"which Dodo computes; the file stores {values.dtype} values: write them in other units")
     return converted
@@ -617,7 +625,7 @@ def _rows(handle, path, name: str, start: int, stop: int) -> np.ndarray:
     try:
         return handle[name][start:stop]
     except OSError as error:
-        raise DataFileError(f"{path}: cannot read rows {start} to {stop - 1} of '{name}' "
+        raise DataFileError(f"{_named(path)}: cannot read rows {start} to {stop - 1} of '{name}' "
                             f"({' '.join(str(error).split())}): {_read_failure_cause(error)}") from None
 
 

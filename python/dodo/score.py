@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .conventions import MAX_THREADS, from_emu_layout, total_density
-from ._cli_common import add_json_argument, emit, input_path, json_target_file
+from ._cli_common import add_json_argument, emit, input_path, json_target_file, one_line
 from ._cli_common import shown_name as _shown
 from ._shown import counted
 from ._output_guard import marked_report
@@ -683,6 +683,6 @@ def _run(args: argparse.Namespace) -> int:
                     "other arguments or write --json -")
         from ._memory import with_memory_advice  # HDF5's "memory allocation failed" (round fifty-six)
 
-        print(f"dodo score: error: {with_memory_advice(' '.join(str(error).split()))}{hint}", file=sys.stderr)
+        print(f"dodo score: error: {with_memory_advice(one_line(error))}{hint}", file=sys.stderr)
         return 2
     return 0

@@ -215,9 +215,9 @@ def test_a_missing_input_is_named_quoted_where_its_name_holds_white_space(tmp_pa
     file.h5`: `_atomic.check_input_file` wrote names unquoted and the commands' printers joined every run of white
     space into one space, so the name printed was not the file's. Now such a name is quoted with its escapes
     (Python's repr), and the printers join the lines of a message only (dodo._cli_common.one_line), keeping the
-    spaces inside a line. The same for `dodo simulate --input` (the training commands' and `dodo info`'s printers
-    too; `dodo score`'s still joins every run: score.py held another round's edits)."""
-    for args in (("apply", name), ("simulate", "out.h5", "--input", name)):
+    spaces inside a line. The same for `dodo score` and `dodo simulate --input` (the training commands' and `dodo
+    info`'s printers too)."""
+    for args in (("apply", name), ("score", "box3d", name), ("simulate", "out.h5", "--input", name)):
         command = f"dodo {args[0]}"
         run = _dodo(*args, cwd=tmp_path)
         assert run.returncode == 2, (command, run.returncode, run.stderr)
@@ -235,6 +235,20 @@ def test_an_input_directory_is_named_quoted_and_plain_names_stay_plain(tmp_path)
     run = _dodo("apply", "plain.h5", cwd=tmp_path)
     assert run.returncode == 2 and run.stderr.startswith("dodo apply: error: cannot read plain.h5: no such file"), \
         run.stderr
+
+
+@pytest.mark.parametrize("name, shown", [("bad  name.h5", "'bad  name.h5'"), ("bad\nname.h5", "'bad\\nname.h5'")],
+                         ids=["two-spaces", "newline"])
+def test_a_file_that_is_not_hdf5_is_named_quoted_where_its_name_holds_white_space(tmp_path, name, shown):
+    """Before: `dodo apply $'bad\\nname.h5'` (a text file) said `bad name.h5: not a readable HDF5 file ...`, and
+    'two  sp.h5' `two sp.h5`: dodo.emu_files wrote its names unquoted too. Now they are quoted as
+    check_input_file's are (the file's other messages alike)."""
+    (tmp_path / name).write_text("x")
+    for args in (("apply", name), ("score", "box3d", name)):
+        run = _dodo(*args, cwd=tmp_path)
+        assert run.returncode == 2 and run.stderr.startswith(
+            f"dodo {args[0]}: error: {shown}: not a readable HDF5 file ("), run.stderr
+        assert run.stderr.count("\n") == 1, run.stderr
 
 
 def test_one_line_joins_lines_and_keeps_spaces_within_a_line():
