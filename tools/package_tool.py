@@ -49,21 +49,25 @@ def reexported(package: str, output: str, ensemble, record: dict) -> bytes:
 
     from dodo._atomic import _host, _running
     from dodo.training.ensemble_train import export_ensemble
+    from dodo.training.member_processes import _folder_in_use, _hold_folder
 
     directory = os.path.dirname(os.path.abspath(output))
     os.makedirs(directory, exist_ok=True)  # as the exporter's own write makes a missing one
     # Named by host and pid: a run killed meanwhile (SIGTERM, SIGKILL) cannot remove its own; the next run
-    # on this output removes those of runs on this host that no longer run, holding only the scratch file.
+    # on this output removes those of runs on this host that no longer run, holding only the scratch file. A run
+    # holds its directory with a shared flock, which keeps it where the pid cannot tell (another pid namespace).
     prefix = f".{os.path.basename(output)[:180]}.reexport-{_host()}."
     for name in os.listdir(directory):
         pid, left = name[len(prefix):].split(".", 1)[0], os.path.join(directory, name)
-        if name.startswith(prefix) and pid.isdecimal() and not _running(int(pid)) and not os.path.islink(left):
+        if name.startswith(prefix) and pid.isdecimal() and not _running(int(pid)) and not os.path.islink(left) \
+                and not _folder_in_use(left):
             with contextlib.suppress(OSError):
                 for inside in os.listdir(left):
                     if inside == "package.onnx" or inside.startswith(".package.onnx."):  # and the writer's temporary
                         os.unlink(os.path.join(left, inside))
                 os.rmdir(left)  # refused unless empty
     scratch_dir = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}.", dir=directory)
+    held = _hold_folder(scratch_dir)
     try:
         scratch = os.path.join(scratch_dir, "package.onnx")
         export_ensemble(package, scratch, checkpoint=record, ensemble=ensemble,
@@ -72,6 +76,8 @@ def reexported(package: str, output: str, ensemble, record: dict) -> bytes:
             return handle.read()
     finally:
         shutil.rmtree(scratch_dir, ignore_errors=True)
+        if held is not None:
+            os.close(held)
 
 
 def run_package_tool(main, tool: str) -> int:

@@ -223,3 +223,66 @@ def test_a_member_folder_whose_run_lives_in_another_pid_namespace_is_kept(tmp_pa
         assert not stale.exists()
     finally:
         os.close(holder)
+
+
+def test_train_with_workers_and_no_room_in_dev_shm_says_where(tmp_path, monkeypatch, capsys):
+    """`dodo train --set data.num_workers=2` where /dev/shm is full or small (a container's 64 MB; shown with a
+    16 KiB tmpfs mounted on /dev/shm in a mount namespace): the workers' queues need POSIX semaphores there.
+    Before: "dodo train: error: [Errno 28] No space left on device", naming no file (the user looks at the
+    run's own disk), then torch's 6-line "Exception ignored in: ..._MultiProcessingDataLoaderIter.__del__ ...
+    AttributeError: ... no attribute '_workers'". Now one line naming the workers, /dev/shm and the ways out,
+    and nothing from the half-made iterator (pytest turns that unraisable error into a failure). The
+    semaphores' failure is stood in for by making _multiprocessing.SemLock refuse with ENOSPC."""
+    import errno
+    import json
+    import multiprocessing.synchronize  # noqa: F401 (imported before the stand-in: it reads SemLock's constants)
+
+    import _multiprocessing
+
+    from cli_helpers import run, synthetic_preprocessed
+
+    table = synthetic_preprocessed(tmp_path, 200)
+    config = tmp_path / "c.yaml"
+    config.write_text(json.dumps({
+        "data": {"path": str(table), "batch_size": 16, "num_workers": 2},
+        "model": {"head": "equivariant", "hidden_dim": 8, "n_blocks": 1},
+        "training": {"epochs": 1, "threads": 1},
+        "output": {"results_dir": str(tmp_path / "res"), "checkpoint_dir": str(tmp_path / "ck")}}))
+
+    def no_room(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_multiprocessing, "SemLock", no_room)
+    code, _, err = run(capsys, ["train", "--config", str(config)])
+    lines = [line for line in err.splitlines() if line.startswith("dodo train")]
+    assert code == 2 and len(lines) == 1, err
+    assert "cannot start the data loader's 2 worker processes (data.num_workers)" in lines[0], lines[0]
+    assert "/dev/shm" in lines[0] and "data.num_workers: 0" in lines[0], lines[0]
+    assert "Exception ignored" not in err and "Traceback" not in err
+
+
+def test_a_reexport_scratch_held_by_a_live_run_elsewhere_is_kept(tmp_path):
+    """The clean-up of ended runs' scratch directories (above) by pid alone would remove the live scratch of
+    a run in another pid namespace writing the same output directory; a run holds its scratch directory
+    with a shared flock, and one whose flock is held is kept whatever its pid says (stood in for: a
+    directory named by an ended pid, held by this test)."""
+    import fcntl
+
+    pytest.importorskip("onnx")
+    import dodo.models
+    from dodo._atomic import _host
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    live = tmp_path / f".scaled.onnx.reexport-{_host()}.{ended.pid}.live1234"
+    live.mkdir()
+    (live / "package.onnx").write_bytes(b"a package being exported")
+    holder = os.open(live, os.O_RDONLY)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_SH)
+        done = run_tool("scale_correction_in_package.py", dodo.models.default_model_path(), "--factor", "1.1",
+                        "-o", tmp_path / "scaled.onnx")
+        assert done.returncode == 0, done.stderr
+        assert (live / "package.onnx").read_bytes() == b"a package being exported"
+    finally:
+        os.close(holder)

@@ -1135,7 +1135,7 @@ def _started_workers(start, num_workers: int):
     hook = sys.unraisablehook
 
     def quiet(unraisable):
-        if not (isinstance(unraisable.exc_value, AttributeError) and "_workers" in str(unraisable.exc_value)):
+        if not (isinstance(unraisable.exc_value, AttributeError) and "DataLoaderIter" in repr(unraisable.object)):
             hook(unraisable)
 
     sys.unraisablehook = quiet
