@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import decimal
 import functools
+import io
 import math
 import numbers
 import operator
@@ -31,6 +32,12 @@ from .conventions import (
     VELOCITY_NORM_TOLERANCE,
     VELOCITY_NORM_TOLERANCE_CAP,
 )
+
+# The compiled core's first array argument makes pybind11 import numpy to find NumPy's C API. Made
+# then by a __del__ run at interpreter exit (a driver object flushing its last step), that import
+# failed: "ImportError: sys.meta_path is None, Python is likely shutting down" (outside probe, Python
+# round sixty-five). Found now, with an empty batch.
+_core.comoving_total_density(np.zeros((0, N_SPECIES, N_COMPONENTS)), None)
 
 DEFAULT_LEBEDEV_ORDER = 17
 DEFAULT_Z_METHOD = "exact"
@@ -890,7 +897,7 @@ def _cgroup_cpu_limit(root: str = "/sys/fs/cgroup", membership: str = "/proc/sel
     forty-seven). cgroup v2: `cpu.max` ("QUOTA PERIOD" or "max ..."); v1: `cpu.cfs_quota_us` (-1:
     none) over `cpu.cfs_period_us`, in the cpu controller's hierarchy."""
     try:
-        with open(membership, encoding="utf-8", errors="replace") as lines:
+        with io.open(membership, encoding="utf-8", errors="replace") as lines:
             entries = [line.rstrip("\n").split(":", 2) for line in lines]
     except OSError:
         return None
@@ -918,8 +925,11 @@ def _cgroup_cpu_limit(root: str = "/sys/fs/cgroup", membership: str = "/proc/sel
 
 
 def _read_words(path: str) -> list:
+    # io.open, here and in _cgroup_cpu_limit: Python removes the builtin open while it finalizes, and
+    # dodo.box3d(F) (threads=None) in a __del__ run at exit said "NameError: name 'open' is not defined"
+    # (outside probe, Python round sixty-five).
     try:
-        with open(path, encoding="utf-8", errors="replace") as file:
+        with io.open(path, encoding="utf-8", errors="replace") as file:
             return file.read().split()
     except OSError:
         return []

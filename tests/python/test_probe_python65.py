@@ -274,3 +274,36 @@ def test_every_public_member_of_closure_says_in_help_what_it_is():
     assert "calling one included" in dodo.Closure.threads.__doc__
     closure = dodo.Closure("box3d", threads=0)
     assert closure.threads == 1 and closure.head is None and closure.model_path is None and not closure.has_model
+
+
+# A driver object whose __del__ makes the process's first call into the core as the interpreter exits
+# (the lead's follow-up of round sixty-four made such calls compute once an earlier call had run).
+_FIRST_CALL_AT_EXIT = textwrap.dedent("""
+    import numpy as np
+    import dodo
+
+    F = np.zeros((3, 6, 4)); F[..., 0] = 1.0; F[:, 0, 3] = 0.5; F[:, 3, 3] = -0.5
+
+    class Driver:
+        def __del__(self):
+            try:
+                CALL
+            except Exception as error:
+                print("failed:", repr(error), flush=True)
+            else:
+                print("computed in __del__", flush=True)
+
+    driver = Driver()
+""")
+
+
+@pytest.mark.parametrize("call", ["dodo.invariants(F)", "dodo.crossing_features(F)", "dodo.box3d(F)",
+                                  "dodo.comoving_density(F)", "dodo.Closure('box3d', threads=1).apply(F)"])
+def test_the_first_call_into_the_core_made_as_the_interpreter_exits_computes(call):
+    # Before: "ImportError: sys.meta_path is None, Python is likely shutting down" (pybind11 imported numpy to
+    # find NumPy's C API at the first array it took), and for dodo.box3d(F), whose threads=None reads the
+    # cgroup's CPU quota, "NameError: name 'open' is not defined" (Python removes the builtin open then).
+    done = subprocess.run([sys.executable, "-c", _FIRST_CALL_AT_EXIT.replace("CALL", call)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["computed in __del__"], done.stdout
