@@ -29,14 +29,37 @@
 
 enum { NCELL = 4096 };
 
-/* Prints this thread's last libdodo error whole: its length first, then the text (the list of ONNX
- * Runtime libraries tried can pass 1 KiB; a fixed buffer of 512 bytes lost its end, the reason). */
-static void print_error(int rank, const char* call, dodo_status status) {
-  size_t length = dodo_last_error(NULL, NULL, 0);
-  char* text = malloc(length + 1);
-  if (text) dodo_last_error(NULL, text, length + 1);
-  fprintf(stderr, "rank %d: %s: %s: %s\n", rank, call, dodo_status_name(status),
-          text ? text : "(no memory for the message)");
+/* A failed call's error, printed once for the job (collective: every rank calls it, failed or not).
+ * Rank 0 names every rank whose error is its own (the same status and text: a file that is not a
+ * model package, "cuda" without a CUDA provider on any node) in one line; a rank whose error differs
+ * prints its own. Each rank printed its line before: N copies of one error on N ranks. The text is
+ * this thread's last libdodo error whole (the list of ONNX Runtime libraries tried can pass 1 KiB). */
+static void report_error(int rank, int size, const char* call, int failed, dodo_status status) {
+  char* text = NULL;
+  if (failed) {
+    size_t length = dodo_last_error(NULL, NULL, 0);
+    text = malloc(length + 1);
+    if (text) dodo_last_error(NULL, text, length + 1);
+  }
+  const char* shown = text ? text : "(no memory for the message)";
+  unsigned long long digest = 14695981039346656037ull; /* FNV-1a of the text: equal errors, equal digests */
+  for (const char* c = shown; *c; ++c) digest = (digest ^ (unsigned char)*c) * 1099511628211ull;
+  unsigned long long first[3] = {(unsigned long long)failed, (unsigned long long)status, digest};
+  MPI_Bcast(first, 3, MPI_UNSIGNED_LONG_LONG, 0, MPI_COMM_WORLD); /* rank 0's error, to compare with */
+  int alike = failed && first[0] && first[1] == (unsigned long long)status && first[2] == digest, alike_ranks = 0;
+  MPI_Reduce(&alike, &alike_ranks, 1, MPI_INT, MPI_SUM, 0, MPI_COMM_WORLD);
+  if (rank == 0 && failed) {
+    char who[64];
+    if (size > 1 && alike_ranks == size)
+      snprintf(who, sizeof who, "all %d ranks", size);
+    else if (alike_ranks > 1)
+      snprintf(who, sizeof who, "rank 0 and %d other rank%s", alike_ranks - 1, alike_ranks == 2 ? "" : "s");
+    else
+      snprintf(who, sizeof who, "rank 0");
+    fprintf(stderr, "%s: %s: %s: %s\n", who, call, dodo_status_name(status), shown);
+  } else if (failed && !alike) {
+    fprintf(stderr, "rank %d: %s: %s: %s\n", rank, call, dodo_status_name(status), shown);
+  }
   free(text);
 }
 
@@ -166,7 +189,7 @@ int main(int argc, char** argv) {
   dodo_status status = dodo_closure_create_from_memory(package, (size_t)package_size, &options, &closure, NULL, 0);
   free(package);
   int failed = status != DODO_OK, any_failed = 0;
-  if (failed) print_error(rank, "dodo_closure_create_from_memory", status);
+  report_error(rank, size, "dodo_closure_create_from_memory", failed, status);
   MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
   if (any_failed) {
     dodo_closure_destroy(closure);
@@ -188,9 +211,7 @@ int main(int argc, char** argv) {
     violation = fmax(violation, fabs(after - before) / before);
   }
   failed = status != DODO_OK;
-  if (failed) {
-    print_error(rank, "dodo_apply", status);
-  }
+  report_error(rank, size, "dodo_apply", failed, status);
   double worst = 0.0;
   long cells = failed ? 0 : NCELL, total_cells = 0;
   MPI_Reduce(&violation, &worst, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);

@@ -37,7 +37,7 @@ program mpi_closure
   if (command_argument_count() < 1) then
     if (rank == 0) write (error_unit, '(a)') "usage: mpi_closure MODEL.onnx [cuda]"
     call MPI_Finalize()
-    stop 2
+    stop 2, quiet=.true.  ! gfortran printed "STOP 2" on every rank
   end if
   ! The path at its own length: a character(len=1024) cut a longer one, silently, and rank 0 refused
   ! a package that exists under the cut name (outside probe, C round forty-seven).
@@ -79,7 +79,7 @@ program mpi_closure
       print '(3a)', 'cannot read the model package "', model, '" (missing, empty, unreadable or not a regular file)'
     end if
     call MPI_Finalize()
-    stop 1  ! exit status 1 (gfortran's `error stop` also prints a backtrace, which reads as a crash)
+    stop 1, quiet=.true.  ! status 1, no "STOP 1" per rank (`error stop` prints a backtrace: reads as a crash)
   end if
   if (rank /= 0) allocate(package(package_size))
   call MPI_Bcast(package, int(package_size), MPI_BYTE, 0, MPI_COMM_WORLD)
@@ -93,13 +93,12 @@ program mpi_closure
   end if
   deallocate(package)
   failed = merge(1, 0, stat /= DODO_OK)
-  if (failed == 1) print '(a, i0, a, i0, 2a)', "rank ", rank, ": dodo_create_from_memory failed, status ", stat, &
-                                                ": ", trim(message)
+  call report_failure("dodo_create_from_memory", failed, stat, message)
   call MPI_Allreduce(failed, any_failed, 1, MPI_INTEGER, MPI_MAX, MPI_COMM_WORLD)
   if (any_failed == 1) then
     call dodo_destroy(closure)
     call MPI_Finalize()
-    stop 1
+    stop 1, quiet=.true.
   end if
 
   ! 3. This rank's cells, the closure, and the host's own conservation check.
@@ -118,7 +117,7 @@ program mpi_closure
   end do
   call dodo_apply(closure, F, F_pred, u=u, stat=stat, errmsg=message)
   failed = merge(1, 0, stat /= DODO_OK)
-  if (failed == 1) print '(a, i0, 2a)', "rank ", rank, ": dodo_apply failed: ", trim(message)
+  call report_failure("dodo_apply", failed, stat, message)
   violation = 0
   do c = 1, ncell
     violation = max(violation, abs(sum(F_pred(1, 1:3, c)) - sum(F(1, 1:3, c))) / sum(F(1, 1:3, c)))
@@ -131,5 +130,37 @@ program mpi_closure
   call dodo_destroy(closure)
   call MPI_Finalize()
   deallocate(F, F_pred, u, model)  ! by hand: gfortran does not free the main program's arrays (LeakSanitizer)
-  if (any_failed == 1 .or. (rank == 0 .and. worst > 1d-12)) stop 1
+  if (any_failed == 1 .or. (rank == 0 .and. worst > 1d-12)) stop 1, quiet=.true.
+
+contains
+
+  ! A failed call's error, printed once for the job (collective: every rank calls it). Rank 0 names
+  ! every rank whose error is its own (the same status and message: a file that is not a model
+  ! package, "cuda" without a CUDA provider) in one line; a rank whose error differs prints its own.
+  ! Each rank printed its line before: N copies of one error on N ranks.
+  subroutine report_failure(call_name, failed, stat, message)
+    character(len=*), intent(in) :: call_name, message
+    integer, intent(in) :: failed, stat
+    character(len=len(message)) :: first_message
+    integer :: first(2), alike, alike_ranks
+    first = [failed, stat]
+    first_message = message
+    call MPI_Bcast(first, 2, MPI_INTEGER, 0, MPI_COMM_WORLD)  ! rank 0's error, to compare with
+    call MPI_Bcast(first_message, len(first_message), MPI_CHARACTER, 0, MPI_COMM_WORLD)
+    alike = merge(1, 0, failed == 1 .and. first(1) == 1 .and. first(2) == stat .and. first_message == message)
+    call MPI_Reduce(alike, alike_ranks, 1, MPI_INTEGER, MPI_SUM, 0, MPI_COMM_WORLD)
+    if (rank == 0 .and. failed == 1) then
+      if (nranks > 1 .and. alike_ranks == nranks) then
+        print '(a, i0, 3a, i0, 2a)', "all ", nranks, " ranks: ", call_name, " failed, status ", stat, ": ", &
+                                     trim(message)
+      else if (alike_ranks > 1) then
+        print '(a, i0, 3a, i0, 2a)', "rank 0 and ", alike_ranks - 1, " other rank(s): ", call_name, &
+                                     " failed, status ", stat, ": ", trim(message)
+      else
+        print '(3a, i0, 2a)', "rank 0: ", call_name, " failed, status ", stat, ": ", trim(message)
+      end if
+    else if (failed == 1 .and. alike == 0) then
+      print '(a, i0, 3a, i0, 2a)', "rank ", rank, ": ", call_name, " failed, status ", stat, ": ", trim(message)
+    end if
+  end subroutine report_failure
 end program mpi_closure

@@ -224,7 +224,7 @@ def _launch_line(environ=None) -> str | None:
     info` was refused ("only dodo train runs data-parallel") where `mpirun -n 2 dodo info` printed the same
     listing once per rank, and neither said a word of the ranks (outside probe, scale-out round four)."""
     environ = os.environ if environ is None else environ
-    shared = "dodo info and dodo reference print in each; every other command is refused"
+    shared = "dodo info, dodo reference and dodo test run in each; every other command is refused"
     if str(environ.get("TORCHELASTIC_RUN_ID", "")).strip():
         world, rank = str(environ.get("WORLD_SIZE", "")).strip(), str(environ.get("RANK", "")).strip()
         if world.isdecimal() and int(world) > 1:
@@ -244,6 +244,16 @@ def _launch_line(environ=None) -> str | None:
     mpi = "" if importlib.util.find_spec("mpi4py") else f" once mpi4py is installed ({extra_install('mpi')})"
     return (f"launcher: MPI, rank {rank} of {ranks} ({variables}): dodo simulate shares its work over the "
             f"ranks{mpi}; {shared}")
+
+
+def launched_process(environ=None) -> str | None:
+    """"MPI rank 1 of 2" or "torchrun process 1 of 2" for a process a launcher started as one of several;
+    None otherwise. `dodo test` ends its summary with it: one line per process, each naming its own."""
+    line = _launch_line(environ)
+    if line is None:
+        return None
+    kind, which = line.split(": ", 1)[1].split(" (", 1)[0].split(", ", 1)
+    return f"{kind} {which}"
 
 
 def _runtime_variable_lines() -> list[str]:
@@ -632,8 +642,8 @@ def _torchrun_replica_problem(command, environ=None) -> str | None:
     simulate`, the same with its lock; `dodo export` and `preprocess` wrote their file twice)
     (outside probe, round 30). None when the command may run."""
     environ = os.environ if environ is None else environ
-    # info and reference only print: once per process, as under mpirun (_mpi_replica_problem).
-    if command in _DATA_PARALLEL_COMMANDS or command in _PATHLESS_COMMANDS or \
+    # info, reference and test only print: once per process, as under mpirun (_mpi_replica_problem).
+    if command in _DATA_PARALLEL_COMMANDS or command in _EVERY_PROCESS_COMMANDS or \
             not str(environ.get("TORCHELASTIC_RUN_ID", "")).strip():
         return None
     try:
@@ -663,7 +673,7 @@ def _mpi_replica_problem(command, environ=None) -> str | None:
     export) did the same work twice without a word, both ranks writing the same -o file. A child
     process that a rank's own program starts (`subprocess.run(["dodo", ...])`) inherits the world
     size but is no rank, and runs (dodo.qke.parallel.replicated_launch). None when the command may run."""
-    if command in _MPI_PARALLEL_COMMANDS or command in _PATHLESS_COMMANDS:
+    if command in _MPI_PARALLEL_COMMANDS or command in _EVERY_PROCESS_COMMANDS:
         return None
     from .qke.parallel import replicated_launch
 
@@ -678,6 +688,9 @@ def _mpi_replica_problem(command, environ=None) -> str | None:
 
 #: Commands that resolve no path of the user's (they still run in a removed working directory).
 _PATHLESS_COMMANDS = frozenset({"info", "reference"})
+#: Commands that write no file and run in each process a launcher starts: `dodo test` checks each node's
+#: installation. It was refused under mpirun and torchrun as if it wrote an output twice (scale-out round five).
+_EVERY_PROCESS_COMMANDS = _PATHLESS_COMMANDS | {"test"}
 
 
 def _removed_working_directory(command) -> str | None:

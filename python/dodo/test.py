@@ -33,7 +33,11 @@ def main() -> int:
     for line in failures:
         print("FAIL:", line)
     print(f"closure runtime: {runtime}")
-    print(f"dodo {dodo.__version__}: {'OK' if not failures else f'{len(failures)} failure(s)'}")
+    from dodo.cli import launched_process
+
+    process = launched_process()  # under mpirun or torchrun each process checks its node's installation
+    where = f" ({process})" if process else ""
+    print(f"dodo {dodo.__version__}: {'OK' if not failures else f'{len(failures)} failure(s)'}{where}")
     return 1 if failures else 0
 
 
