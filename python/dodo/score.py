@@ -107,7 +107,9 @@ def read_emu_states(path: str) -> EmuStates:
         # which names it: "needs h5py: pip install h5py" was said of it too (outside probe, round 30).
         from ._shown import extra_install
 
-        raise ValueError(f"reading HDF5 files needs h5py: pip install h5py (or {extra_install('train')})") from None
+        # The 'qke' extra (h5py, PyYAML), not the 'train' one: torch and the rest are not needed to score
+        # (new user's journey, round five)
+        raise ValueError(f"reading HDF5 files needs h5py: pip install h5py (or {extra_install('qke')})") from None
     try:
         check_input_file(path, "an Emu-layout HDF5 file")  # a FIFO would block h5py for ever
     except ValueError as error:
