@@ -72,6 +72,13 @@ def rebuilt_ensemble(package: bytes):
               "metrics": {**json.loads(metadata.get("dodo.metrics", "{}")),
                           "regated_growth_from": {"export_time": metadata.get("dodo.export_time"),
                                                   "content_sha256": metadata.get("dodo.content_sha256")}}}
+    # The states it trained on, for the re-export's dodo.training_states: dropped before, so `dodo score` of a
+    # scaled or regated package gave no training-state warning (outside probe, original findings round four).
+    from dodo._state_hashes import package_training_states
+
+    trained = package_training_states(metadata)
+    if trained is not None:
+        record["data"]["states"] = trained
     return ensemble.eval(), record
 
 
