@@ -117,9 +117,10 @@ campaign_lock="$directory_lock"
 # instead of solver runs (outside probe, data-loss round fifteen). Judged by what the file records of its
 # run: kind, source's random (COUNT), random_seed, family (the first campaigns' files have none) and
 # selected_by (targeted), and --linear-only among DODO_CAMPAIGN_ARGS; and the settings it records against the
-# chunk's options with DODO_CAMPAIGN_ARGS (dodo.qke.cli.settings_differing: --ncell, --nphi, --max-cost ...), which
-# were not compared: a chunk made with DODO_CAMPAIGN_ARGS="--ncell 16" was skipped as complete by the campaign
-# at the default 64 cells (outside probe, data-loss round fifteen).
+# chunk's options with DODO_CAMPAIGN_ARGS (dodo.qke.cli.settings_differing: --ncell, --nphi, --max-cost, the
+# random draw's --max-flux-factor and --oversample ...), which were not compared: a chunk made with
+# DODO_CAMPAIGN_ARGS="--ncell 16" was skipped as complete by the campaign at the default 64 cells (outside
+# probe, data-loss round fifteen; the draw's limit: original findings round four).
 chunk_state_py='
 import json, os, shlex, sys
 

@@ -101,10 +101,10 @@ class _RefusedArguments(argparse.ArgumentParser):
 def settings_differing(attrs, argv) -> list[tuple[str, str, str]]:
     """What a complete database's recorded settings (``attrs``, its HDF5 attributes) and the run of ``dodo
     simulate ARGV`` (argv after the command's name) set differently: [(option, the file's value, ARGV's)], for
-    the resolution, time step, coupling, axis, box and cost cap; settings a file does not record (earlier
-    versions) are not compared, nor are arguments that cannot be parsed ([]). scripts/qke_campaign.sh took a
-    complete chunk made with other options (DODO_CAMPAIGN_ARGS=--ncell 16) for this campaign's (outside
-    probe, data-loss round fifteen)."""
+    the resolution, time step, coupling, axis, box and cost cap, and the random states' flux-factor limit and
+    oversampling; settings a file does not record (earlier versions) are not compared, nor are arguments that
+    cannot be parsed ([]). scripts/qke_campaign.sh took a complete chunk made with other options
+    (DODO_CAMPAIGN_ARGS=--ncell 16) for this campaign's (outside probe, data-loss round fifteen)."""
     import json
 
     def text(value):
@@ -146,6 +146,23 @@ def settings_differing(attrs, argv) -> list[tuple[str, str, str]]:
              "--max-cost", args.max_cost)]
     else:
         compared.append((settings, "max_cost", "--max-cost", args.max_cost))
+    # How the random states were drawn (source): a chunk drawn to flux factor 0.9 was taken as done by a campaign
+    # with DODO_CAMPAIGN_ARGS="--max-flux-factor 0.7" (outside probe, original findings round four). The first
+    # campaign's files record a limit and no family: compared only where --max-flux-factor is given.
+    try:
+        source = json.loads(text(attrs.get("source", "{}")))
+    except ValueError:
+        source = {}
+    source = source if isinstance(source, dict) else {}
+    if args.random is not None and source.get("max_flux_factor") is not None and (
+            "family" in source or args.max_flux_factor is not None):
+        from .states import FAMILY_MAX_FLUX_FACTOR
+
+        limit = args.max_flux_factor if args.max_flux_factor is not None else \
+            FAMILY_MAX_FLUX_FACTOR.get(args.family, 0.8) if args.family is not None else 0.8
+        compared.append((source, "max_flux_factor", "--max-flux-factor", limit))
+    if args.select_by is not None and "selected_by" in source and source.get("oversample") is not None:
+        compared.append((source, "oversample", "--oversample", args.oversample or DEFAULT_OVERSAMPLE))
     return [(option, shown(comparable(record[key])), shown(comparable(given)))
             for record, key, option, given in compared
             if key in record and comparable(record[key]) != comparable(given)]
