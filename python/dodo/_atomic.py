@@ -791,15 +791,14 @@ def _let_go(descriptor: Optional[int]) -> None:
     return None
 
 
-def _being_written(temporary: Path) -> Optional[bool]:
-    """Whether a writer holds ``temporary``'s flock (:func:`_hold_as_written`): True, False, or None where it
-    cannot be told (no flocks, a file this process may not open)."""
+def flock_is_held(path, open_flags: int) -> Optional[bool]:
+    """Whether another open file holds a flock on ``path`` (opened with ``open_flags``): True, False, or None
+    where it cannot be told (no flocks, a path this process may not open). Tried with an exclusive lock that
+    is let go at once."""
     try:
         import fcntl
 
-        if not stat.S_ISREG(os.lstat(temporary).st_mode):  # no open of a device or FIFO planted under its name
-            return None
-        descriptor = os.open(temporary, os.O_RDONLY | _NO_FOLLOW_NO_BLOCK)
+        descriptor = os.open(path, open_flags)
     except (ImportError, OSError):
         return None
     try:
@@ -811,6 +810,17 @@ def _being_written(temporary: Path) -> Optional[bool]:
         return None
     finally:
         os.close(descriptor)  # also lets go of the lock just taken
+
+
+def _being_written(temporary: Path) -> Optional[bool]:
+    """Whether a writer holds ``temporary``'s flock (:func:`_hold_as_written`): True, False, or None where it
+    cannot be told (no flocks, a file this process may not open)."""
+    try:
+        if not stat.S_ISREG(os.lstat(temporary).st_mode):  # no open of a device or FIFO planted under its name
+            return None
+    except OSError:
+        return None
+    return flock_is_held(temporary, os.O_RDONLY | _NO_FOLLOW_NO_BLOCK)
 
 
 def _keep_owner(tmp: str, earlier: os.stat_result) -> None:

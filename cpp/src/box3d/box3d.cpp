@@ -1324,6 +1324,21 @@ int scaled_rest_species(const double* lab, double W, double vx, double vy, doubl
   return shift;
 }
 
+// Species a of block cell c (lab: value-major, as prepare_block holds it) where its lab values are of
+// subnormal range (the largest nonzero and below kTinyLabValue): true, and its rest-frame values times
+// 2^shift (scaled_rest_species) in `scaled`; false for any other species.
+inline __attribute__((always_inline)) bool tiny_species_scaled_rest(const double (&lab)[kCellValues][kBlockCells], int a,
+                                                                    std::size_t c, double W, double vx, double vy,
+                                                                    double vz, double W2, double* scaled, int& shift) {
+  const double given[kComponents] = {lab[a * kComponents][c], lab[a * kComponents + 1][c], lab[a * kComponents + 2][c],
+                                     lab[a * kComponents + 3][c]};
+  const double largest = std::fmax(std::fmax(std::fabs(given[0]), std::fabs(given[1])),
+                                   std::fmax(std::fabs(given[2]), std::fabs(given[3])));
+  if (!(largest > 0.0 && largest < kTinyLabValue)) return false;
+  shift = scaled_rest_species(given, W, vx, vy, vz, W2, scaled);
+  return true;
+}
+
 // Checks a block of `count` <= kBlockCells cells (lab frame F_init count x 24, u count x 4 or
 // nullptr; max_flux_factor: Box3D's limit, for species below DBL_MIN N_tot), boosts them to the
 // rest frame and normalises them (out.ntot, the boost's coefficients in `boost` (W, vx, vy, vz,
@@ -1482,13 +1497,9 @@ void prepare_block(double max_flux_factor, std::size_t count, const double* F_in
     for (std::size_t c = 0; c < count; ++c) {
       if (!lab_unchecked[c]) continue;
       for (int a = 0; a < kSpecies; ++a) {
-        const double given[kComponents] = {lab[a * kComponents][c], lab[a * kComponents + 1][c], lab[a * kComponents + 2][c],
-                                           lab[a * kComponents + 3][c]};
-        const double largest = std::fmax(std::fmax(std::fabs(given[0]), std::fabs(given[1])),
-                                         std::fmax(std::fabs(given[2]), std::fabs(given[3])));
-        if (!(largest > 0.0 && largest < kTinyLabValue)) continue;
         double scaled[kComponents];
-        const int shift = scaled_rest_species(given, W[c], vx[c], vy[c], vz[c], W2[c], scaled);
+        int shift;
+        if (!tiny_species_scaled_rest(lab, a, c, W[c], vx[c], vy[c], vz[c], W2[c], scaled, shift)) continue;
         for (int m = 0; m < kComponents; ++m) rest[a * kComponents + m][c] = std::ldexp(scaled[m], -shift);
         negative[c] |= scaled[0] < 0.0;
       }
@@ -1544,13 +1555,9 @@ void prepare_block(double max_flux_factor, std::size_t count, const double* F_in
     for (std::size_t c = 0; c < count; ++c) {
       if (!lab_unchecked[c] || inverse_total[c] == 0.0) continue;
       for (int a = 0; a < kSpecies; ++a) {
-        const double given[kComponents] = {lab[a * kComponents][c], lab[a * kComponents + 1][c], lab[a * kComponents + 2][c],
-                                           lab[a * kComponents + 3][c]};
-        const double largest = std::fmax(std::fmax(std::fabs(given[0]), std::fabs(given[1])),
-                                         std::fmax(std::fabs(given[2]), std::fabs(given[3])));
-        if (!(largest > 0.0 && largest < kTinyLabValue)) continue;
         double scaled[kComponents];
-        const int shift = scaled_rest_species(given, W[c], vx[c], vy[c], vz[c], W2[c], scaled);
+        int shift;
+        if (!tiny_species_scaled_rest(lab, a, c, W[c], vx[c], vy[c], vz[c], W2[c], scaled, shift)) continue;
         for (int m = 0; m < kComponents; ++m) {
           const double divided = scaled[m] * inverse_total[c];
           if (std::isfinite(divided)) normalised[(a * kComponents + m) * kBlockCells + c] = std::ldexp(divided, -shift);

@@ -110,21 +110,9 @@ def _hold_folder(folder) -> int | None:
 
 def _folder_in_use(folder: Path) -> bool:
     """Whether a run holds ``folder``'s flock (:func:`_hold_folder`); False where it cannot be told."""
-    try:
-        import fcntl
+    from .._atomic import flock_is_held
 
-        descriptor = os.open(folder, _FOLDER_OPEN_FLAGS)
-    except (ImportError, OSError):
-        return False
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(descriptor)  # also lets go of the lock just taken
+    return flock_is_held(folder, _FOLDER_OPEN_FLAGS) is True
 
 
 def _fit_in_processes(fit, shared: dict, tasks: list, processes: int, folder: Path, log, done_message) -> list:
