@@ -10,10 +10,12 @@ import operator
 import os
 import sys
 import threading
+import types
 from collections.abc import Iterator, ValuesView
-from typing import NamedTuple, Optional
+from typing import Any, Literal, NamedTuple, Optional, Union
 
 import numpy as np
+import numpy.typing as npt
 # Imported now, not by the first call: NumPy 2 imports numpy.ma on first use of np.ma (every call checks
 # for masked arrays), and a fork while another thread's first call was importing it copied the
 # import's module lock held: the child's first call waited for ever (outside probe "fork, threads and
@@ -23,6 +25,7 @@ import numpy.ma  # noqa: F401
 from . import _core
 from ._units import _plain_numbers
 from ._shown import _shown_number
+from ._hints import Float64Array, Integer, Real, RealArrayLike
 from .conventions import (
     _extension_real_dtype,
     MAX_THREADS,
@@ -47,13 +50,13 @@ DEFAULT_MAX_FLUX_FACTOR = 0.98
 def _compared_as_results(cls: type) -> type:
     """Gives a result class (Box3DResult, ClosureResult) its ==, != and the refusal of <, <=, >, >=
     (_result_equality, _result_order), set on the class as typing.NamedTuple sets a body's methods."""
-    cls.__eq__ = lambda self, other: _result_equality(self, other)
+    setattr(cls, "__eq__", lambda self, other: _result_equality(self, other))
 
     def not_equal(self, other):
         equal = _result_equality(self, other)
         return equal if equal is NotImplemented else not equal
 
-    cls.__ne__ = not_equal
+    setattr(cls, "__ne__", not_equal)
     for name, symbol in (("__lt__", "<"), ("__le__", "<="), ("__gt__", ">"), ("__ge__", ">=")):
         setattr(cls, name, lambda self, other, symbol=symbol: _result_order(self, other, symbol))
     return cls
@@ -63,13 +66,13 @@ def _compared_as_results(cls: type) -> type:
 class Box3DResult(NamedTuple):
     """Box3D of a batch of cells; every array has the batch shape of the input."""
 
-    F_box: np.ndarray
-    growth_over_ntot: np.ndarray
-    growth_rate: np.ndarray
-    status: np.ndarray
+    F_box: Float64Array
+    growth_over_ntot: Float64Array
+    growth_rate: Float64Array
+    status: npt.NDArray[np.uint32]
 
     @classmethod
-    def empty(cls, batch_shape=()) -> "Box3DResult":
+    def empty(cls, batch_shape: Union[Integer, tuple[Integer, ...]] = ()) -> "Box3DResult":
         """Unfilled arrays for ``dodo.box3d(..., out=)`` on cells of batch shape ``batch_shape``
         (F_init's shape without its trailing (6, 4))."""
         return _empty_result(cls, _BOX3D_OUTPUTS, batch_shape)
@@ -153,15 +156,16 @@ def _class_named_now(cls: type) -> type:
     return found if isinstance(found, type) else cls
 
 
-def _is_result_class(cls: type, result_type: type) -> bool:
+def _is_result_class(cls: type, result_type: Any) -> bool:
     """Whether ``cls`` is ``result_type`` itself, or the same result class as its module defined it
     before an ``importlib.reload``: same module, name and fields."""
     return cls is result_type or (cls.__module__ == result_type.__module__ and cls.__qualname__ ==
                                   result_type.__qualname__ and getattr(cls, "_fields", None) == result_type._fields)
 
 
-#: The arrays that the calls running now read and write: per call, ([(name, array, written)], its thread).
-_running_calls: list[tuple[list, threading.Thread]] = []
+#: The arrays that the calls running now read and write: per call, ([(name, array, written)], its thread,
+#: the caller's frame, its _claim).
+_running_calls: list[tuple[list[tuple[str, np.ndarray, bool]], threading.Thread, Any, _claim]] = []
 #: Re-entrant: a signal handler (SIGALRM, a simulation's checkpoint on SIGUSR1) that calls dodo.box3d or
 #: Closure.apply runs in the main thread between two bytecodes, possibly while that thread holds this
 #: lock in its own call's claim; with a plain Lock the handler's call waited for ever for its own thread
@@ -321,7 +325,7 @@ class _claim:
         # that this one interrupted only while that frame is on this thread's stack; a claim left
         # behind by a Ctrl-C that came between two lines of __exit__ is dropped by the thread's next call.
         self.computing = False
-        self.mine = ([(name, array, False) for key, value in reads.items() for name, array in _named_arrays(key, value)]
+        self.mine: Any = ([(name, array, False) for key, value in reads.items() for name, array in _named_arrays(key, value)]
                      + [(name, array, True) for name, array in _named_arrays(what, out)], threading.current_thread(),
                      sys._getframe(1), self)
 
@@ -372,7 +376,7 @@ class _claim:
 
 def _on_this_stack(frame) -> bool:
     """Whether ``frame`` is running in the calling thread (is the caller's frame or one below it)."""
-    current = sys._getframe(1)
+    current: Optional[types.FrameType] = sys._getframe(1)
     while current is not None:
         if current is frame:
             return True
@@ -386,7 +390,7 @@ def _overlap(first: np.ndarray, second: np.ndarray) -> bool:
     if not np.may_share_memory(first, second):
         return False
     try:
-        return bool(np.shares_memory(first, second, max_work=100_000))
+        return bool(np.shares_memory(first, second, max_work=100_000))  # type: ignore[arg-type]  # NumPy's stub: -1, 0 only
     except _TOO_HARD:
         return True
 
@@ -484,8 +488,8 @@ def _flat_outputs(out, result_type, outputs: dict, batch: tuple[int, ...]) -> li
     return flat
 
 
-def box3d_settings(lebedev_order: int = DEFAULT_LEBEDEV_ORDER, z_method: str = DEFAULT_Z_METHOD,
-                   max_flux_factor: float = DEFAULT_MAX_FLUX_FACTOR) -> dict:
+def box3d_settings(lebedev_order: Integer = DEFAULT_LEBEDEV_ORDER, z_method: str = DEFAULT_Z_METHOD,
+                   max_flux_factor: Real = DEFAULT_MAX_FLUX_FACTOR) -> dict[str, Any]:
     """The settings that define a Box3D result (recorded in preprocessed files and models)."""
     lebedev_order, max_flux_factor = _lebedev_order(lebedev_order), _real("max_flux_factor", max_flux_factor)
     _engine(lebedev_order, z_method, max_flux_factor)  # validates
@@ -508,8 +512,9 @@ def _cached_engine(lebedev_order: int, z_method: str, max_flux_factor: float, sc
     return _core.Box3D(lebedev_order, z_method, max_flux_factor, screen_stable_cells)
 
 
-def crossing_features(F_init, u=None, lebedev_order: int = DEFAULT_LEBEDEV_ORDER, z_method: str = DEFAULT_Z_METHOD,
-                      max_flux_factor: float = DEFAULT_MAX_FLUX_FACTOR) -> np.ndarray:
+def crossing_features(F_init: RealArrayLike, u: Optional[RealArrayLike] = None,
+                      lebedev_order: Integer = DEFAULT_LEBEDEV_ORDER, z_method: str = DEFAULT_Z_METHOD,
+                      max_flux_factor: Real = DEFAULT_MAX_FLUX_FACTOR) -> Float64Array:
     """Box3D's ELN-crossing shape of each cell, (..., 18) float64 (the network inputs of the
     feature set ``invariants27+box7+eln18-v1``; dodo.training.features): per flavour pair (e,mu),
     (e,tau), (mu,tau) the integrals I+ and I- of G's positive and negative parts (units of N_tot),
@@ -861,7 +866,7 @@ def _text(name: str, value, known: str) -> str:
     return value
 
 
-def _threads(threads: Optional[int]) -> int:
+def _threads(threads: Optional[Integer]) -> int:
     """Worker-thread count: None gives the default (_default_threads: the cores this process may run
     on, under an MPI launcher at most its share of the node); [0, MAX_THREADS] (0 and 1: the calling
     thread)."""
@@ -990,8 +995,9 @@ def _lebedev_order(lebedev_order) -> int:
     return order
 
 
-def box3d(F_init, u=None, *, lebedev_order: int = DEFAULT_LEBEDEV_ORDER, z_method: str = DEFAULT_Z_METHOD,
-          max_flux_factor: float = DEFAULT_MAX_FLUX_FACTOR, threads: Optional[int] = None,
+def box3d(F_init: RealArrayLike, u: Optional[RealArrayLike] = None, *, lebedev_order: Integer = DEFAULT_LEBEDEV_ORDER,
+          z_method: str = DEFAULT_Z_METHOD, max_flux_factor: Real = DEFAULT_MAX_FLUX_FACTOR,
+          threads: Optional[Integer] = None,
           out: Optional[Box3DResult] = None) -> Box3DResult:
     """Box3D closure (pairwise, delta form) of a batch of cells.
 
@@ -1050,7 +1056,7 @@ class _fed_back_hint:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind, error, traceback) -> bool:
+    def __exit__(self, kind, error, traceback) -> Literal[False]:
         if kind is ValueError and str(error).startswith(f"out.{self.field} shares memory with the input F_init"):
             raise ValueError(
                 f"{error}; the call reads F_init while it writes out.{self.field}, so a result cannot be fed back "
@@ -1060,7 +1066,7 @@ class _fed_back_hint:
         return False
 
 
-def invariants(F_init, u=None) -> np.ndarray:
+def invariants(F_init: RealArrayLike, u: Optional[RealArrayLike] = None) -> Float64Array:
     """The 27 invariant features (..., 27): x_a = -F_a.u/N_tot, then F_a.F_b/N_tot^2 (a <= b).
 
     Order of the products: :func:`dodo.conventions.invariant_pairs`. Cells with a NaN or Inf anywhere in
@@ -1073,7 +1079,7 @@ def invariants(F_init, u=None) -> np.ndarray:
         return _core.invariants(flat_F, flat_u).reshape(batch + (27,))
 
 
-def comoving_density(F_init, u=None) -> np.ndarray:
+def comoving_density(F_init: RealArrayLike, u: Optional[RealArrayLike] = None) -> Float64Array:
     """Total comoving number density N_tot = sum_a -F_a.u, shape (...).
 
     No cell is rejected here: the sum is IEEE arithmetic. A NaN anywhere in a cell's F_init or u gives
@@ -1127,7 +1133,7 @@ def _boost_claimed(F, u, inverse: bool, claim: _claim) -> np.ndarray:
     return _core.boost_four_vectors(flat_vectors, flat_u, inverse).reshape(shape)
 
 
-def boost_to_rest(F, u) -> np.ndarray:
+def boost_to_rest(F: RealArrayLike, u: RealArrayLike) -> Float64Array:
     """Components of four-vectors F (..., 4) in the fluid rest frame: the pure boost along v = u/W.
 
     u (..., 4) broadcasts against F; for cells (..., 6, 4) pass ``u[..., None, :]`` (a u of the
@@ -1137,6 +1143,6 @@ def boost_to_rest(F, u) -> np.ndarray:
     return _boost(F, u, inverse=False)
 
 
-def boost_from_rest(F_rest, u) -> np.ndarray:
+def boost_from_rest(F_rest: RealArrayLike, u: RealArrayLike) -> Float64Array:
     """Inverse of :func:`boost_to_rest`: rest-frame components back to the lab tetrad."""
     return _boost(F_rest, u, inverse=True)

@@ -23,11 +23,13 @@ from pathlib import Path
 from typing import NamedTuple, Optional, Union
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _core
 from ._box3d import _ForkHold, _claim, _compared_as_results, _document_fields, _empty_result, _fed_back_hint, _flat_outputs, _reduce_result, _integral, _prepare, _real, _shown_number, _text, _threads, _usable_cpus
 from .conventions import N_COMPONENTS, N_SPECIES
 from .models import default_model_path
+from ._hints import Float64Array, Integer, Real, RealArrayLike
 
 PathLike = Union[str, os.PathLike]
 
@@ -64,15 +66,15 @@ class ClosureResult(NamedTuple):
     rejected cells. ``uncertainty`` is 0 where no correction is applied (docs/runtime.md).
     """
 
-    F_pred: np.ndarray
-    status: np.ndarray
-    growth_over_ntot: np.ndarray
-    growth_rate: np.ndarray
-    growth_rate_proxy: np.ndarray
-    uncertainty: np.ndarray
+    F_pred: Float64Array
+    status: npt.NDArray[np.uint32]
+    growth_over_ntot: Float64Array
+    growth_rate: Float64Array
+    growth_rate_proxy: Float64Array
+    uncertainty: Float64Array
 
     @classmethod
-    def empty(cls, batch_shape=()) -> "ClosureResult":
+    def empty(cls, batch_shape: Union[Integer, tuple[Integer, ...]] = ()) -> "ClosureResult":
         """Unfilled arrays for ``Closure.apply(..., out=)`` on cells of batch shape ``batch_shape``
         (F_init's shape without its trailing (6, 4))."""
         return _empty_result(cls, _CLOSURE_OUTPUTS, batch_shape)
@@ -485,9 +487,9 @@ class Closure:
     # model's hint: a path, or a package's bytes in a buffer (spelled out for help()). It named paths alone,
     # so mypy refused the documented Closure(data) (outside probe, Python round sixty-five).
     def __init__(self, model: Union[str, os.PathLike, bytes, bytearray, memoryview, mmap.mmap, np.ndarray, None] = None,
-                 *, threads: Optional[int] = None, chunk_size: int = 1024,
-                 lebedev_order: Optional[int] = None, z_method: Optional[str] = None,
-                 max_flux_factor: Optional[float] = None, device: str = "cpu", self_test: bool = True,
+                 *, threads: Optional[Integer] = None, chunk_size: Integer = 1024,
+                 lebedev_order: Optional[Integer] = None, z_method: Optional[str] = None,
+                 max_flux_factor: Optional[Real] = None, device: str = "cpu", self_test: bool = True,
                  onnxruntime_library: Union[PathLike, bytes, None] = None, evaluator: str = "auto") -> None:
         if not runtime_available():
             raise RuntimeError(
@@ -630,7 +632,7 @@ class Closure:
                 raise type(error)(f"{error} (max_flux_factor was given as {max_flux_factor.dtype} {short}, which "
                                   f"is {float(max_flux_factor)!r} in float64, in which Dodo computes: give {short} "
                                   "as a Python float, or None for the model's)") from None
-            if file_bytes is not None and "model in memory (" in str(error):
+            if file_bytes is not None and model_path is not None and "model in memory (" in str(error):
                 # Read here, the runtime calls the file "model in memory (N bytes)": name it instead.
                 text = re.sub(r"model in memory \(\d+ bytes?\)", lambda _: f"model file {_shown_path(model_path)}",
                               str(error), count=1)
@@ -669,7 +671,8 @@ class Closure:
         self._library_given = library_given
 
     # -- evaluation
-    def apply(self, F_init, u=None, *, out: Optional[ClosureResult] = None) -> ClosureResult:
+    def apply(self, F_init: RealArrayLike, u: Optional[RealArrayLike] = None, *,
+              out: Optional[ClosureResult] = None) -> ClosureResult:
         """Closure of a batch: F_init (..., 6, 4), u (..., 4) or None (already in the rest frame).
 
         Cells with problems are flagged in ``status`` (dodo.CellStatus) and get an output that is
@@ -709,7 +712,7 @@ class Closure:
                 self._runtime.apply_into(flat_F, flat_u, *outputs)
         return result
 
-    def __call__(self, F_init, u=None) -> np.ndarray:
+    def __call__(self, F_init: RealArrayLike, u: Optional[RealArrayLike] = None) -> Float64Array:
         """F_pred (..., 6, 4) float64; see :meth:`apply` for the status and growth rate."""
         return self.apply(F_init, u).F_pred
 
@@ -719,7 +722,7 @@ class Closure:
         return self._runtime.self_test()
 
     @property
-    def counters(self) -> dict:
+    def counters(self) -> dict[str, int]:
         """Events since creation (or reset): cells, rejected, no_crossing, box3d_limited,
         network_nonfinite, correction_limited."""
         return self._runtime.counters()
@@ -752,7 +755,7 @@ class Closure:
         return list(self._runtime.optional_outputs)
 
     @property
-    def metadata(self) -> dict:
+    def metadata(self) -> dict[str, str]:
         """The model's metadata_props (strings; see docs/model_package.md)."""
         return dict(self._runtime.metadata)
 
@@ -846,7 +849,8 @@ _CLOSURE_ATTRIBUTES = frozenset({"_runtime", "_model_path", "_source", "_options
 
 
 def _unpickle_closure(source, options: dict, model_path: Optional[str], digest: Optional[str],
-                      cls: Optional[type] = None, metadata_digest: Optional[str] = None) -> "Closure":
+                      cls: Optional[type[Closure]] = None, metadata_digest: Optional[str] = None
+                      ) -> Union[Closure, UnusableClosure]:
     """A pickled :class:`Closure` loaded again (Closure.__reduce__); ``cls``: a subclass, made without
     calling its own __init__ (whose arguments the pickle does not know): pickle then sets the
     attributes it added. ``metadata_digest``: the package's ``dodo.metadata_sha256`` when pickled
@@ -1120,8 +1124,9 @@ def _file_identity(path: str) -> tuple:
     return (os.path.realpath(path), status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
 
 
-def closure(F_init, u=None,
-            model: Union[str, os.PathLike, bytes, bytearray, memoryview, mmap.mmap, np.ndarray, None] = None) -> np.ndarray:
+def closure(F_init: RealArrayLike, u: Optional[RealArrayLike] = None,
+            model: Union[str, os.PathLike, bytes, bytearray, memoryview, mmap.mmap, np.ndarray, None] = None
+            ) -> Float64Array:
     """Predicted asymptotic four-fluxes F_pred (..., 6, 4) for F_init (..., 6, 4) and u (..., 4).
 
     model: as for :class:`Closure` (None: the default model; bytes, bytearray, memoryview or a

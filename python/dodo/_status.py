@@ -10,7 +10,7 @@ import numpy as np
 from . import _core
 
 
-class _StatusType(type(enum.IntFlag)):
+class _StatusType(enum.EnumMeta):  # type(enum.IntFlag), named so that a type checker knows it
     """CellStatus's metaclass: ``CellStatus(value)`` also takes one cell's status as NumPy holds it.
 
     ``result.status`` is a uint32 array, so ``dodo.CellStatus(result.status[i])`` (a np.uint32), or
@@ -81,7 +81,7 @@ def describe_status(status: int | np.integer | np.ndarray) -> list[str]:
     """Names and meanings of the bits set in one cell's status (an integer in [0, 2**32): a Python or
     NumPy integer such as ``result.status[i]``, or a 0-d integer array: the ``status`` of one cell's result)."""
     value = _one_status(status)
-    known = [f"{flag.name}: {_DESCRIPTIONS[flag.name]}" for flag in CellStatus if flag.value and value & flag.value]
+    known = [f"{flag.name}: {_DESCRIPTIONS[str(flag.name)]}" for flag in CellStatus if flag.value and value & flag.value]
     unknown = value & ~sum(flag.value for flag in CellStatus)
     # Bits no flag names (a status from another version, or not a status at all) are said, not dropped.
     return known + ([f"UNKNOWN: bits {unknown:#x} are not status flags of this version"] if unknown else [])

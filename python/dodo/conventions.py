@@ -9,6 +9,8 @@ boundary with :func:`from_emu_layout` / :func:`to_emu_layout` and nowhere else.
 """
 from __future__ import annotations
 
+from typing import Union
+
 import numpy as np
 import numpy.typing as npt
 
@@ -57,7 +59,7 @@ NU_NUBAR_EXCHANGE = (3, 4, 5, 0, 1, 2)
 MU_TAU_EXCHANGE = (0, 2, 1, 3, 5, 4)
 
 
-def species_index(antineutrino: int, flavour: int) -> int:
+def species_index(antineutrino: Union[int, np.integer], flavour: Union[int, np.integer]) -> int:
     """Species index ``3*s + f`` (s = 0 neutrino, 1 antineutrino; f = 0 e, 1 mu, 2 tau).
 
     Anything else is a ValueError: (2, 0) gave 6, (0, 3) gave 3 (nubar_e), (1.5, 0) gave 4.5."""
