@@ -6,7 +6,7 @@ another flux-factor limit (DODO_CAMPAIGN_ARGS="--max-flux-factor 0.7") as its ow
 and tools/gate_growth_in_package.py dropped a package's dodo.training_states, so `dodo score` of the re-exported
 package no longer warned of training states. Guards (pass before and after): stable cells of every scale and speed,
 subnormal species among them, keep their bits (Box3D's prepare_block change of this session); a fork after a thread
-of a small stack used Dodo (its calls ran on a mapped stack); the cap-edge test vectors refuse a re-signed cap;
+of a small stack used Dodo (its calls ran on a mapped stack), from Python and from a C host; the cap-edge test vectors refuse a re-signed cap;
 malformed dodo.training_states entries are not read and the package loads.
 """
 
@@ -288,3 +288,82 @@ def test_a_resigned_cap_moved_either_way_fails_a_cap_edge_vector(moved, vector, 
     package = _default_with(None, None, edit_box3d={"max_flux_factor": cap * (1 + moved)}, drop_vectors=(other,))
     with pytest.raises(RuntimeError, match="DODO_ERROR_SELF_TEST: self-test failed: test vector 11 differs"):
         dodo.Closure(package, evaluator=evaluator)
+
+
+C_FORK_AFTER_SMALL_STACK = textwrap.dedent(r"""
+    #define _GNU_SOURCE
+    #include <dodo/dodo.h>
+    #include <pthread.h>
+    #include <stdio.h>
+    #include <stdlib.h>
+    #include <string.h>
+    #include <sys/wait.h>
+    #include <unistd.h>
+    enum { N = 200 };
+    static double F[N][6][4], ref[N][6][4];
+    static const char* model;
+    static dodo_closure* h;
+    static int statuses[2];
+    static int same(dodo_closure* c) {  /* heap, not _Thread_local: a 32 KiB thread has no room for its TLS */
+      double (*out)[6][4] = malloc(sizeof(double[N][6][4]));
+      int ok = out && dodo_apply(c, N, &F[0][0][0], NULL, NULL, NULL, &out[0][0][0], NULL, NULL) == DODO_OK &&
+               memcmp(out, ref, sizeof ref) == 0;
+      free(out);
+      return ok;
+    }
+    static int fresh(void) {
+      dodo_options o; dodo_options_init(&o); o.threads = 2;
+      dodo_closure* c = NULL; char err[256];
+      int ok = dodo_closure_create(model, &o, &c, err, sizeof err) == DODO_OK && same(c);
+      if (c) dodo_closure_destroy(c);
+      return ok;
+    }
+    static void* fresh_and_parents(void* result) { *(int*)result = fresh() && same(h); return NULL; }
+    static int in_small_thread(void* (*work)(void*), int* result) {
+      pthread_attr_t a; pthread_attr_init(&a); pthread_attr_setstacksize(&a, 32 * 1024);
+      pthread_t t;
+      if (pthread_create(&t, &a, work, result)) return 0;
+      pthread_join(t, NULL);
+      return 1;
+    }
+    static void* small(void* ran) {  /* a 32 KiB thread: makes and uses a handle, then forks */
+      dodo_options o; dodo_options_init(&o); o.threads = 2; char err[256];
+      if (dodo_closure_create(model, &o, &h, err, sizeof err) != DODO_OK || !same(h)) return NULL;
+      pid_t p = fork();
+      if (p == 0) { alarm(120); int r = 0; exit(same(h) && fresh() && in_small_thread(fresh_and_parents, &r) && r ? 0 : 3); }
+      waitpid(p, &statuses[0], 0);
+      *(int*)ran = 1;
+      return NULL;
+    }
+    int main(int argc, char** argv) {
+      model = argv[1];
+      (void)argc;
+      for (int c = 0; c < N; ++c)
+        for (int a = 0; a < 6; ++a) { F[c][a][0] = 1 + 0.1 * a + 0.001 * c; F[c][a][3] = a == 3 ? -0.4 : 0.3; }
+      dodo_options o; dodo_options_init(&o); o.threads = 1; dodo_closure* r = NULL; char err[256];
+      if (dodo_closure_create(model, &o, &r, err, sizeof err) != DODO_OK) { printf("%s\n", err); return 1; }
+      dodo_apply(r, N, &F[0][0][0], NULL, NULL, NULL, &ref[0][0][0], NULL, NULL);
+      dodo_closure_destroy(r);
+      int ran = 0;
+      if (!in_small_thread(small, &ran) || !ran) { printf("the small thread did not run\n"); return 1; }
+      pid_t p = fork();  /* the main thread, after the small thread ended */
+      if (p == 0) { alarm(120); int res = 0; exit(in_small_thread(fresh_and_parents, &res) && res && same(h) && fresh() ? 0 : 3); }
+      waitpid(p, &statuses[1], 0);
+      printf("%d %d\n", statuses[0], statuses[1]);
+      return 0;
+    }
+""")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a Linux C host")
+def test_c_host_forks_after_a_small_stack_thread_used_dodo(tmp_path):
+    """The C API's calls from a 32 KiB thread run on a stack mapped for it: that thread forks after using a
+    handle (the child applies on it, makes its own, and a 32 KiB thread of the child does both), and the main
+    thread forks after the small thread ended; every child gets the parent's bits and exits."""
+    from capi_host import compile_host, default_model
+
+    model = default_model()
+    program = compile_host(tmp_path, "small_stack_fork", C_FORK_AFTER_SMALL_STACK)
+    done = subprocess.run([str(program), model], capture_output=True, text=True, timeout=CHILD_TIMEOUT_S,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 0 and done.stdout.strip() == "0 0", (done.returncode, done.stdout, done.stderr)
