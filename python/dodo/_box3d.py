@@ -15,7 +15,6 @@ from collections.abc import Iterator, ValuesView
 from typing import Any, Literal, NamedTuple, Optional, Union
 
 import numpy as np
-import numpy.typing as npt
 # Imported now, not by the first call: NumPy 2 imports numpy.ma on first use of np.ma (every call checks
 # for masked arrays), and a fork while another thread's first call was importing it copied the
 # import's module lock held: the child's first call waited for ever (outside probe "fork, threads and
@@ -66,10 +65,11 @@ def _compared_as_results(cls: type) -> type:
 class Box3DResult(NamedTuple):
     """Box3D of a batch of cells; every array has the batch shape of the input."""
 
+    # status (uint32) hinted as an array of any dtype: Box3DResult(*(array[a:b] for array in result)) passes.
     F_box: Float64Array
     growth_over_ntot: Float64Array
     growth_rate: Float64Array
-    status: npt.NDArray[np.uint32]
+    status: np.ndarray
 
     @classmethod
     def empty(cls, batch_shape: Union[Integer, tuple[Integer, ...]] = ()) -> "Box3DResult":

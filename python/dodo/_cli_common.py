@@ -7,7 +7,7 @@ import json
 import sys
 
 
-def one_line(text: str) -> str:
+def one_line(text: object) -> str:
     """An error's text as one line of a command's report: its lines joined by one space each (white space
     around a line break goes with it). Runs of spaces within a line are kept: joining every run of white
     space (``" ".join(text.split())``) printed the quoted name 'a  b.h5' as 'a b.h5', a file that is not

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import NamedTuple, Optional, Union
 
 import numpy as np
-import numpy.typing as npt
 
 from . import _core
 from ._box3d import _ForkHold, _claim, _compared_as_results, _document_fields, _empty_result, _fed_back_hint, _flat_outputs, _reduce_result, _integral, _prepare, _real, _shown_number, _text, _threads, _usable_cpus
@@ -66,8 +65,10 @@ class ClosureResult(NamedTuple):
     rejected cells. ``uncertainty`` is 0 where no correction is applied (docs/runtime.md).
     """
 
+    # status (uint32) hinted as an array of any dtype: a result made of another's slices,
+    # ClosureResult(*(array[a:b] for array in result)) as for out= in blocks, then passes a type check.
     F_pred: Float64Array
-    status: npt.NDArray[np.uint32]
+    status: np.ndarray
     growth_over_ntot: Float64Array
     growth_rate: Float64Array
     growth_rate_proxy: Float64Array

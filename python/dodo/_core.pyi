@@ -1,7 +1,7 @@
 """Type stubs of the compiled core dodo._core (cpp/bindings/python/module.cpp, qke.cpp, runtime_bindings.cpp).
 
-Every name the module defines is here (``tests/python/test_probe_typing66.py`` compares them and runs mypy's
-stubtest where mypy is installed). Arrays taken as ``py::array_t<double, forcecast>`` accept anything NumPy
+Every name the module defines is here (``tests/python/test_probe_typing66.py`` compares them and runs
+mypy's stubtest where mypy is installed). Arrays taken as ``py::array_t<double, forcecast>`` accept anything NumPy
 converts (``ArrayLike``); an ``int`` argument is pybind11's integer caster, which takes Python and NumPy integers
 (``__index__``) and refuses floats; a ``float`` argument takes Python and NumPy reals and integers. Parameters
 that the binding names ``arg0``, ``arg1`` are positional-only. ``Closure``, ``NativeNetwork``,
