@@ -21,3 +21,44 @@ def test_dodo_score_without_h5py_names_h5py_not_the_training_extra(capsys, monke
     assert code == 2 and "pip install h5py" in err, err
     assert extra_install("train") not in err and "torch" not in err, err
     assert extra_install("qke") in err, err
+
+
+def test_the_simulate_docs_say_its_input_states_are_in_the_fluid_rest_frame(capsys):
+    # A user with a moving cell's lab-frame F and u (what dodo.closure takes) who gave F to dodo simulate
+    # --input got the asymptotic state of another physical set-up (the solver's box is at rest): for a cell at
+    # u = (1.2, 0.3, 0, 0.6) nu_mu ended at 0.78e32 cm^-3 where its rest-frame state ends at 1.05e32, and
+    # neither the README, docs/qke.md nor --help said which frame the states are in, or named
+    # dodo.boost_to_rest.
+    import re
+
+    from cli_helpers import run
+
+    code, out, _ = run(capsys, ["simulate", "--help"])
+    assert code == 0
+    help_text = " ".join(out.split())
+    assert "fluid rest frame" in help_text and "dodo.boost_to_rest" in help_text, help_text
+    qke = " ".join((REPO / "docs" / "qke.md").read_text(encoding="utf-8").split())
+    yaml_paragraph = qke[qke.index("YAML input: `states:"):][:600]
+    assert "fluid rest frame" in yaml_paragraph and "dodo.boost_to_rest(F, u[..., None, :])" in yaml_paragraph
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    line = next(line for line in readme.splitlines() if line.startswith("dodo simulate out.h5 --input states.yaml"))
+    assert re.search(r"rest frame", line), line
+
+
+def test_the_named_boost_gives_the_rest_frame_state_dodo_simulate_takes():
+    # The call the docs name: each species' time component becomes its comoving density -F.u, and the
+    # closure of the lab cell is the lab image of the closure of that rest-frame state.
+    import numpy as np
+
+    import dodo
+
+    F = np.zeros((3, 6, 4))
+    F[:, 0] = [2e32, 0, 0, 0.6e32]
+    F[:, 3] = [1.5e32, 0.2e32, 0, -0.5e32]
+    F[:, 1] = F[:, 2] = F[:, 4] = F[:, 5] = [0.5e32, 0, 0, 0]
+    u = np.array([1.2, 0.3, 0.0, np.sqrt(1.2 ** 2 - 1 - 0.09)])
+    rest = dodo.boost_to_rest(F, u[..., None, :])
+    comoving = u[0] * F[..., 0] - F[..., 1:] @ u[1:]
+    np.testing.assert_allclose(rest[..., 0], comoving, rtol=1e-14)
+    np.testing.assert_allclose(dodo.boost_to_rest(dodo.box3d(F, u).F_box, u[..., None, :]), dodo.box3d(rest).F_box,
+                               rtol=0, atol=1e-12 * 6e32)

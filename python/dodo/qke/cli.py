@@ -29,7 +29,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                                 "mpirun/srun the states are shared out over the ranks (docs/qke.md)")
     parser.set_defaults(parser=parser)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", type=input_path, help="initial states: Emu-layout HDF5 (F4_initial(1|ccm)) or YAML ('states' list)")
+    source.add_argument("--input", type=input_path, help="initial states, in the fluid rest frame (the solver's box is at rest; "
+                        "a moving cell's lab-frame F and u: dodo.boost_to_rest(F, u[..., None, :])): "
+                        "Emu-layout HDF5 (F4_initial(1|ccm)) or YAML ('states' list)")
     source.add_argument("--random", type=int, metavar="N", help="simulate N random ELN-crossing states")
     parser.add_argument("--seed", type=int, default=0, help="random seed for states and perturbations (default 0)")
     parser.add_argument("--family", default=None, choices=("emu", "three_flavour", "merger"),
@@ -446,8 +448,22 @@ def run_simulate(args) -> int:
         # temporaries are already removed (the exception has unwound through the atomic writes).
         if communicator.size > 1:
             from ..cli import _signal_ending
+            from .parallel import launcher_that_signalled
 
             code, line = _signal_ending(error) or (1, None)
+            launcher = launcher_that_signalled(code - 128) if line is not None else None
+            if launcher is not None:
+                # The launcher signals every rank itself (Ctrl-C on mpirun, another rank ended, scancel): each
+                # rank printed "terminated; stopping all N ranks" and called MPI_Abort again (scale-out round
+                # five). Rank 0 says it once; each rank ends at once (MPI_Finalize would wait for the others).
+                if communicator.rank == 0:
+                    print(f"dodo simulate: {line} by the launcher, {launcher}, which stops all {communicator.size} "
+                          "ranks (Ctrl-C, a cancelled job, or another rank ended: the lines around say which); "
+                          "each rank's checkpoint is kept: the same command resumes", file=sys.stderr, flush=True)
+                hold.close()
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
             if line is None:
                 traceback.print_exc()
                 line = f"error: {type(error).__name__} on rank {communicator.rank}"
