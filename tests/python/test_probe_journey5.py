@@ -62,3 +62,24 @@ def test_the_named_boost_gives_the_rest_frame_state_dodo_simulate_takes():
     np.testing.assert_allclose(rest[..., 0], comoving, rtol=1e-14)
     np.testing.assert_allclose(dodo.boost_to_rest(dodo.box3d(F, u).F_box, u[..., None, :]), dodo.box3d(rest).F_box,
                                rtol=0, atol=1e-12 * 6e32)
+
+
+def test_the_docs_say_that_dodo_closure_returns_no_status_and_where_it_is():
+    # dodo.closure returns F_pred alone: a NaN cell comes back as zeros, a rejected one as its input, with no flag
+    # (a user who asked for the status flags of dodo.closure's cells found none, and the README's and runtime.md's
+    # dodo.closure lines did not say that Closure.apply holds them).
+    import numpy as np
+
+    import dodo
+
+    F = np.zeros((6, 4))
+    F[0] = [1.0e33, 0, 0, 0.5e33]
+    F[3] = [1.0e33, 0, 0, np.nan]
+    assert isinstance(dodo.closure(F), np.ndarray) and not np.any(dodo.closure(F))  # zeros, and no flag
+    assert dodo.Closure().apply(F).status == dodo.CellStatus.NONFINITE
+    for doc in ("README.md", "docs/runtime.md"):
+        text = (REPO / doc).read_text(encoding="utf-8")
+        lines = text.splitlines()
+        at = next(i for i, line in enumerate(lines) if line.startswith("F_pred = dodo.closure(F_init, u)"))
+        comment = " ".join(lines[at:at + 2])  # the line and its comment's continuation
+        assert "status" in comment and "apply" in comment and "F_pred alone" in comment, (doc, comment)
