@@ -1130,6 +1130,9 @@ def closure(F_init: RealArrayLike, u: Optional[RealArrayLike] = None,
             ) -> Float64Array:
     """Predicted asymptotic four-fluxes F_pred (..., 6, 4) for F_init (..., 6, 4) and u (..., 4).
 
+    F_pred alone: each cell's status flags (why it came back as zeros or as given), growth rate and
+    uncertainty come with ``Closure(model).apply(F_init, u)``.
+
     model: as for :class:`Closure` (None: the default model; bytes, bytearray, memoryview or a
     uint8 array: the package's contents, never a path). The loaded closure is cached, so
     repeated calls do not reload the model; the cache knows a file by its resolved path, inode,

@@ -83,3 +83,12 @@ def test_the_docs_say_that_dodo_closure_returns_no_status_and_where_it_is():
         at = next(i for i, line in enumerate(lines) if line.startswith("F_pred = dodo.closure(F_init, u)"))
         comment = " ".join(lines[at:at + 2])  # the line and its comment's continuation
         assert "status" in comment and "apply" in comment and "F_pred alone" in comment, (doc, comment)
+
+
+def test_help_of_dodo_closure_says_where_the_status_flags_are():
+    import pydoc
+
+    import dodo
+
+    text = " ".join(pydoc.render_doc(dodo.closure, renderer=pydoc.plaintext).split())
+    assert "F_pred alone" in text and "status flags" in text and "Closure(model).apply(F_init, u)" in text, text
