@@ -10,7 +10,7 @@ from __future__ import annotations
 try:  # now, at start-up: imported when memory has run short, it failed too (`ulimit -v 140000`)
     import resource
 except ImportError:  # no resource module (Windows)
-    resource = None
+    resource = None  # type: ignore[assignment]  # its users catch the AttributeError
 
 
 def not_enough_memory_to_load() -> str:
@@ -71,7 +71,7 @@ def raised_inside_an_import(error: BaseException) -> bool:
     return False
 
 
-def import_ran_out_of_memory(error: BaseException) -> bool:
+def import_ran_out_of_memory(error: BaseException | None) -> bool:
     """Whether an import failed for want of memory: the dynamic loader's `failed to map segment` or
     ENOMEM's `Cannot allocate memory` in its text, or a MemoryError, in ``error`` or in an error it came
     from (numpy re-raises the loader's ImportError as its own, whose text is advice about the installation).

@@ -43,7 +43,8 @@ def _refuse_alias_expansion(root) -> None:
     inside itself) counts once."""
     if isinstance(root, yaml.ScalarNode):
         return
-    sizes, visiting, stack, scalars = {}, set(), [root], 0
+    sizes: dict[int, int] = {}  # id of a node -> the nodes it stands for, written out
+    visiting, stack, scalars = set(), [root], 0
     while stack:
         node = stack[-1]
         key = id(node)
@@ -103,7 +104,7 @@ def _largest_value(root, sizes: dict, limit: int):
 
 
 def _refuse_repeated_keys(loader: UniqueKeyLoader, node: yaml.MappingNode) -> None:
-    first_line = {}
+    first_line: dict[object, int] = {}
     for key_node, _ in node.value:
         if key_node.tag == _MERGE_TAG:
             continue

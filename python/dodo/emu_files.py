@@ -528,6 +528,7 @@ def virtual_source_problem(item, filename: str, name: str, _seen: frozenset = fr
     for source_file, dataset in sorted(sources):
         if "%" in source_file:
             continue
+        found: str | None
         if source_file == ".":
             found = os.path.abspath(filename)
         else:
