@@ -92,3 +92,25 @@ def test_help_of_dodo_closure_says_where_the_status_flags_are():
 
     text = " ".join(pydoc.render_doc(dodo.closure, renderer=pydoc.plaintext).split())
     assert "F_pred alone" in text and "status flags" in text and "Closure(model).apply(F_init, u)" in text, text
+
+
+def test_a_training_file_too_small_for_the_splits_is_told_how_many_rows_they_need(tmp_path, capsys, monkeypatch):
+    # The tiniest quickstart (dodo synth -n 5, preprocess, train): 'the validation split is empty: add rows or
+    # raise data.val_fraction', then at 6 and 7 rows 'the test split is empty: add rows ...': how many rows was
+    # left to trial and error (8 at the default fractions 0.8 / 0.1).
+    import pytest
+
+    pytest.importorskip("torch")
+    from cli_helpers import run
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pre.yaml").write_text("inputs: [s.h5]\noutput: p.h5\n")
+    assert run(capsys, ["synth", "-o", "s.h5", "-n", "5", "-q", "--seed", "3"])[0] == 0
+    assert run(capsys, ["preprocess", "--config", "pre.yaml", "-q"])[0] == 0
+    config = (REPO / "training" / "configs" / "demo_synthetic.yaml").read_text()
+    (tmp_path / "train.yaml").write_text(config)
+    code, _, err = run(capsys, ["train", "--config", "train.yaml", "--set", "data.path=p.h5",
+                                "--set", "output.checkpoint_dir=ck", "--set", "output.results_dir=res"])
+    assert code == 2, err
+    assert ("the validation split is empty: add rows or raise data.val_fraction (8 rows give each split a row at "
+            "data.train_fraction 0.8 and data.val_fraction 0.1; the file holds 5)") in err, err

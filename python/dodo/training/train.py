@@ -1231,6 +1231,17 @@ def train(config: ExperimentConfig, echo=print, config_path: str | None = None, 
         distribution.stop(together=finished)
 
 
+def _rows_every_split_needs(n_rows: int, train_fraction: float, val_fraction: float) -> str:
+    """' (N rows give each split a row at data.train_fraction T and data.val_fraction V)': the fewest rows
+    above n_rows for which make_splits' rounding leaves no split empty; '' where none up to 1,000 does."""
+    for n in range(n_rows + 1, 1_001):
+        splits = make_splits(n, train_fraction, val_fraction, 0)
+        if len(splits.val) and len(splits.test):
+            return (f" ({n} rows give each split a row at data.train_fraction {train_fraction} and "
+                    f"data.val_fraction {val_fraction}; the file holds {n_rows})")
+    return ""
+
+
 def _settings_every_process_shares(config: ExperimentConfig) -> dict:
     """The config's settings that make the model (data, model, loss, training) by their config keys
     ("training.lr": 0.003), without what may differ between the processes of one job: the data's
@@ -1304,6 +1315,10 @@ def _train(config: ExperimentConfig, echo, distribution: Distribution, watch: Ru
         states = len(np.unique(state_of))
         capped += (f" (the file's {n_rows} rows hold {counted(states, 'distinct initial state')}, and a state's rows "
                    "stay in one split: add other states)")
+    elif not capped and (len(splits.val) == 0 or len(splits.test) == 0):
+        # "add rows" of a tiny file, with no word of how many: 5 rows at the default fractions got it, then 6
+        # and 7 the test split's (new user's journey, round five)
+        capped = _rows_every_split_needs(n_rows, config.data.train_fraction, config.data.val_fraction)
     if len(splits.val) == 0:
         raise ValueError(f"the validation split is empty: add rows or raise data.val_fraction{capped}")
     if len(splits.test) == 0:  # the final metrics are the test split's (docs/training.md), never another's
