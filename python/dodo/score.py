@@ -14,6 +14,7 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -193,7 +194,7 @@ def _left_out_reasons(states: EmuStates, ntot: np.ndarray, scored: np.ndarray, r
     """Why each state that cannot be scored is left out: {reason: count}, most specific first."""
     finite_input = np.isfinite(states.F_init).all(axis=(1, 2))
     finite_truth = np.isfinite(states.F_final).all(axis=(1, 2))
-    reasons = {}
+    reasons: dict[str, int] = {}
     for index in np.flatnonzero(~scored):
         if not finite_input[index]:
             reason = "non-finite input (F4_initial)"
@@ -327,7 +328,7 @@ def score(closure, states: EmuStates, resamples: int = 10000, seed: int = 0,
     kept = np.flatnonzero(scored)  # original state numbers of the scored states
     model_error, box_error = model_all[kept], box_all[kept]
     difference = model_error - box_error
-    report = {"n_states": int(len(F_init)), "n_scored": int(len(kept)), "threshold": threshold,
+    report: dict[str, Any] = {"n_states": int(len(F_init)), "n_scored": int(len(kept)), "threshold": threshold,
               "left_out": {"count": int(len(F_init) - len(kept)),
                            "reasons": _left_out_reasons(states, ntot, scored, rejected),
                            "indices": np.flatnonzero(~scored).tolist()},
@@ -357,7 +358,7 @@ def score(closure, states: EmuStates, resamples: int = 10000, seed: int = 0,
         measured = np.asarray(states.growth_rate, dtype=float)
         with np.errstate(invalid="ignore"):
             usable = scored & np.isfinite(measured) & (measured > 0)
-        growth = {}
+        growth: dict[str, Any] = {}
         proxy = np.asarray(getattr(result, "growth_rate_proxy", box.growth_rate), float)
         for name, rate in (("model", np.asarray(result.growth_rate, float)), ("box3d_proxy", proxy)):
             with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
@@ -474,18 +475,18 @@ def format_report(report: dict, model_label: str, data_label: str) -> str:
             for name in ("model", "box3d_proxy"):
                 row = g[name]
                 bad, over = row.get("non_finite", 0), row.get("ratio_overflow", 0)
-                why = ([f"a non-finite rate on {bad} of {counted(g['n_states'], 'state')}"] if bad else []) + (
+                problems = ([f"a non-finite rate on {bad} of {counted(g['n_states'], 'state')}"] if bad else []) + (
                     [f"a ratio beyond float64's range on {over} of {counted(g['n_states'], 'state')} (a finite rate over a "
                      f"measured rate as small as {row['smallest_measured_overflowing']:.3g} s^-1)"] if over else [])
                 if row["median_ratio"] is None:
-                    lines.append(f"  {name:<12} no finite ratio" + (f" ({'; '.join(why)}: within 10% on none)"
-                                                                     if why else ""))
+                    lines.append(f"  {name:<12} no finite ratio" + (f" ({'; '.join(problems)}: within 10% on none)"
+                                                                     if problems else ""))
                     continue
                 lines.append(f"  {name:<12} median {_ratio_text(row['median_ratio'])}, range "
                              f"[{_ratio_text(row['min_ratio'])}, {_ratio_text(row['max_ratio'])}], within 10%: "
                              f"{100 * row['within_10_percent']:.0f}%"
-                             + (f" ({'; '.join(why)}, counted as not within; median and range of the finite "
-                                "ones)" if why else ""))
+                             + (f" ({'; '.join(problems)}, counted as not within; median and range of the finite "
+                                "ones)" if problems else ""))
     lines += [f"note: {note}" for note in report.get("notes", ())]
     return "\n".join(lines)
 
