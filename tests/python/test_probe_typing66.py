@@ -3,7 +3,7 @@ sixty-five), so its public hints and the compiled core's stub (python/dodo/_core
 
 Before this round: the stub lacked Closure, NativeNetwork, boost_four_vectors and the model-digest
 functions, and named the binding's positional-only parameters (``arg0``) as keywords; mypy on dodo's own
-sources reported 23 errors in _closure, _box3d, _status; and the public calls' cells (``F_init``, ``u``)
+sources reported 21 errors in _closure, _box3d and _status; and the public calls' cells (``F_init``, ``u``)
 had no hint, so ``dodo.box3d("F")`` passed ``mypy --strict``, while ``lebedev_order=np.int64(41)``,
 ``threads=np.int32(2)`` and ``max_flux_factor=np.float32(0.9)``, which compute, were refused by it.
 The mypy tests run where mypy is importable (it is no dependency of dodo); the others everywhere.
