@@ -104,3 +104,138 @@ def test_an_error_of_one_rank_alone_is_printed_by_that_rank(example):
     assert result.returncode == 1
     lines = _own_lines(result.stdout + result.stderr)
     assert len(lines) == 1 and lines[0].startswith("rank 1: dodo_"), lines
+
+
+# --- (a), (c) signals under mpirun -----------------------------------------------------------------------------
+
+SMALL = ["--ncell", "16", "--nphi", "8", "--batch-size", "1"]
+#: Rank 1's checks stall before the ranks meet (a hung file system), the others wait for it at the meeting;
+#: each rank marks that it reached the meeting. The process is still the rank (python under mpirun).
+STALLED_RANK_ONE = """
+import os, runpy, sys, time
+from dodo.qke import parallel
+
+original = parallel.MPICommunicator.stop_together
+mark_directory = sys.argv.pop(1)
+
+def stop_together(self, error):
+    open(os.path.join(mark_directory, f"meeting.{self.rank}"), "w").close()
+    if self.rank == 1:
+        time.sleep(600)
+    return original(self, error)
+
+parallel.MPICommunicator.stop_together = stop_together
+runpy.run_module("dodo", run_name="__main__")
+"""
+
+
+def _needs_mpi4py():
+    import importlib.util
+
+    if importlib.util.find_spec("mpi4py") is None:
+        pytest.skip("mpi4py is not installed (pip install '.[mpi]' in the repository)")
+
+
+def _wait_for(path, launcher, deadline_s=GUARD_S):
+    import time
+
+    deadline = time.monotonic() + deadline_s
+    while not path.exists():
+        if launcher.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"{path.name} never appeared:\n" + launcher.communicate()[0][-3000:])
+        time.sleep(0.1)
+
+
+def _ended(launcher, what):
+    try:
+        return launcher.communicate(timeout=120)[0]
+    except subprocess.TimeoutExpired:
+        launcher.kill()
+        pytest.fail(f"the job did not end after {what}:\n" + launcher.communicate()[0][-3000:])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mpirun and signals on Linux")
+def test_sigterm_to_a_rank_waiting_for_the_others_stops_the_job(tmp_path):
+    """Before: rank 0, waiting in the ranks' meeting (MPI's allgather) for rank 1 whose checks stalled, ran no
+    Python signal handler until the call returned: `kill PID` of rank 0 did nothing and the job waited for ever.
+    Now the ranks meet at a non-blocking barrier tested between short sleeps: rank 0 stops the job at once."""
+    _needs_mpi4py()
+    script = tmp_path / "stalled.py"
+    script.write_text(STALLED_RANK_ONE)
+    command = mpirun(3) + [sys.executable, str(script), str(tmp_path), "simulate", str(tmp_path / "out.h5"),
+                           "--random", "3", "--seed", "1", *SMALL]
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=mpi_environment(), cwd=tmp_path)
+    _wait_for(tmp_path / "meeting.1", launcher)
+    _wait_for(tmp_path / "meeting.0", launcher)
+    import time
+
+    time.sleep(1)  # into the meeting (were it a little earlier, the same handler runs)
+    ranks = subprocess.run(["pgrep", "-f", f"{script}"], capture_output=True, text=True).stdout.split()
+    rank_zero = [p for p in map(int, ranks) if _rank_of(p) == 0]
+    assert rank_zero, ranks
+    os.kill(rank_zero[0], 15)
+    output = _ended(launcher, "SIGTERM to rank 0")
+    assert launcher.returncode != 0
+    assert "dodo simulate: terminated; stopping all 3 ranks" in output, output[-3000:]
+
+
+def _rank_of(pid):
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            for entry in handle.read().split(b"\0"):
+                if entry.startswith(b"OMPI_COMM_WORLD_RANK="):
+                    return int(entry.split(b"=", 1)[1])
+    except OSError:
+        return None
+    return None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mpirun and signals on Linux")
+@pytest.mark.parametrize("stop", ["Ctrl-C on mpirun", "rank 1 killed"])
+def test_the_launcher_stopping_the_job_gives_one_line_and_no_abort(tmp_path, stop):
+    """Before: Ctrl-C on mpirun (which sends SIGTERM to every rank) or a rank killed (Open MPI then sends SIGTERM
+    to the others) made every rank still running print `dodo simulate: terminated; stopping all 3 ranks` and call
+    MPI_Abort (Open MPI's `MPI_ABORT was invoked ... errorcode 143` page), as if a user had stopped each. Now a
+    rank tells the launcher's signal (sent by its parent, mpirun) from a user's: rank 0 prints one line, no rank
+    aborts, each ends at once."""
+    _needs_mpi4py()
+    script = tmp_path / "stalled.py"
+    script.write_text(STALLED_RANK_ONE)  # the job holds still (ranks 0 and 2 at the meeting, rank 1 asleep)
+    command = mpirun(3) + [sys.executable, str(script), str(tmp_path), "simulate", str(tmp_path / "out.h5"),
+                           "--random", "3", "--seed", "1", *SMALL]
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=mpi_environment(), cwd=tmp_path)
+    for rank in (0, 1, 2):
+        _wait_for(tmp_path / f"meeting.{rank}", launcher)
+    if stop == "Ctrl-C on mpirun":
+        launcher.send_signal(2)
+    else:
+        ranks = subprocess.run(["pgrep", "-f", f"{script}"], capture_output=True, text=True).stdout.split()
+        os.kill([p for p in map(int, ranks) if _rank_of(p) == 1][0], 9)
+    output = _ended(launcher, stop)
+    assert launcher.returncode != 0
+    dodo_lines = [line for line in output.splitlines() if line.startswith("dodo simulate")]
+    assert len(dodo_lines) == 1, output[-3000:]
+    assert dodo_lines[0].startswith("dodo simulate: terminated by the launcher, mpirun (pid "), dodo_lines
+    assert "MPI_ABORT was invoked" not in output, output[-3000:]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals' senders on Linux")
+def test_the_core_records_who_sent_a_signal():
+    """What tells the launcher's SIGTERM from a user's: the pid of the sender, recorded by a handler that wraps
+    Python's (which it still runs); a signal at its default action is not wrapped."""
+    import signal
+
+    from dodo import _core
+
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: None)
+    try:
+        assert _core._record_signal_senders([int(signal.SIGUSR1), int(signal.SIGUSR2)]) == [int(signal.SIGUSR1)]
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert _core._signal_sender(int(signal.SIGUSR1)) == os.getpid()
+        child = subprocess.Popen([sys.executable, "-c", f"import os; os.kill({os.getpid()}, {int(signal.SIGUSR1)})"])
+        child.wait(timeout=GUARD_S)
+        assert _core._signal_sender(int(signal.SIGUSR1)) == child.pid
+    finally:
+        signal.signal(signal.SIGUSR1, previous)

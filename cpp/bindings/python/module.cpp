@@ -20,6 +20,7 @@
 #include "gil.hpp"
 #include "out_arrays.hpp"
 #include "realizability.hpp"
+#include "signal_senders.hpp"
 
 #ifdef DODO_WITH_RUNTIME
 void register_runtime(pybind11::module_& m);
@@ -330,6 +331,7 @@ PYBIND11_MODULE(_core, m) {
   m.attr("max_threads") = dodo::kMaxThreads;
 
   register_qke(m);
+  dodo_python::register_signal_senders(m);
 #ifdef DODO_WITH_RUNTIME
   register_runtime(m);
 #endif

@@ -19,6 +19,11 @@ import numpy as np
 WAIT_NOTE_S = 60.0
 #: The tag of the message each rank sends rank 0 once its batches are done (wait_for_ranks).
 _DONE_TAG = 7301
+#: Seconds between the tests of a rank waiting for the others at a meeting (MPICommunicator._meet).
+_MEET_POLL_S = 0.02
+#: The names (/proc/PID/comm) of the processes that start ranks and stop a job by signalling each of them.
+LAUNCHER_PROCESSES = frozenset({"mpirun", "mpiexec", "orterun", "orted", "prterun", "prted", "hydra_pmi_proxy",
+                                "mpiexec.hydra", "slurmstepd", "srun"})
 
 
 def where_this_runs() -> tuple[int, str]:
@@ -91,11 +96,23 @@ class MPICommunicator:
         self._comm = comm
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
+        record_signal_senders()
+
+    def _meet(self) -> None:
+        """Waits until every rank is here, testing a non-blocking barrier between short sleeps. In MPI's own
+        blocking calls a rank runs no Python signal handler until the call returns: Ctrl-C or SIGTERM to ranks
+        waiting for a slow one (its checks on a stalled file system, rank 0 reading the checkpoints) did
+        nothing until that one came (scale-out round five). Each collective below meets first."""
+        request = self._comm.Ibarrier()
+        while not request.Test():
+            time.sleep(_MEET_POLL_S)
 
     def gather(self, value, root: int = 0):
+        self._meet()
         return self._comm.gather(value, root=root)
 
     def bcast(self, value, root: int = 0):
+        self._meet()
         return self._comm.bcast(value, root=root)
 
     def computed_by_root(self, function):
@@ -104,18 +121,18 @@ class MPICommunicator:
         raised alone before, and stopped the job with MPI_Abort while the others waited for its answer,
         which Open MPI ended with SIGTERM ("terminated; stopping all 2 ranks" on each: scale-out round four)."""
         if self.rank != 0:
-            value, error = self._comm.bcast(None, root=0)
+            value, error = self.bcast(None, root=0)
             if error is not None:
                 raise raised_on_every_rank(error)
             return value
         try:
             value = function()
         except (ValueError, OSError) as error:
-            self._comm.bcast((None, _portable(error)), root=0)
+            self.bcast((None, _portable(error)), root=0)
             raise raised_on_every_rank(error)
         except BaseException:
             raise  # a signal or an unexpected error: the CLI stops every rank (MPI_Abort)
-        self._comm.bcast((value, None), root=0)
+        self.bcast((value, None), root=0)
         return value
 
     def stop_together(self, error: str | None) -> str | None:
@@ -126,18 +143,19 @@ class MPICommunicator:
         printing the line: a rank that refused alone used to print its line (a line every rank met: once per
         rank) and call MPI_Abort, Open MPI's page of it and "terminated; stopping all 2 ranks" from the
         ranks it killed following (scale-out round four)."""
+        self._meet()
         held = self._comm.allgather(error)
         return joined_rank_errors(held)
 
     def barrier(self) -> None:
-        self._comm.Barrier()
+        self._meet()
 
     def abort(self, code: int) -> None:
         self._comm.Abort(code)
 
     def identities(self):
         """[(pid, host)] of every rank on rank 0 (None on the others)."""
-        return self._comm.gather(where_this_runs(), root=0)
+        return self.gather(where_this_runs(), root=0)
 
     def wait_for_ranks(self, note, note_after_s: float | None = None):
         """Called by every rank once its batches are done, before the results are gathered: each other rank
@@ -165,6 +183,41 @@ class MPICommunicator:
     def done_waiting(request) -> None:
         if request is not None:
             request.wait()
+
+
+def record_signal_senders() -> None:
+    """From here on, the pid that sends SIGTERM, SIGINT or SIGHUP to this process is recorded
+    (launcher_that_signalled); their handlers must be installed first (dodo's main has)."""
+    import signal
+
+    try:
+        from .. import _core
+
+        _core._record_signal_senders([int(signum) for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)])
+    except (ImportError, AttributeError):  # a core built before the recording: every signal counts as a user's
+        pass
+
+
+def launcher_that_signalled(signum: int) -> str | None:
+    """"mpirun (pid N)" when the last ``signum`` came from the launcher that started this rank, its parent
+    (mpirun, orted, slurmstepd: LAUNCHER_PROCESSES), which stops the job by signalling every rank (Ctrl-C on
+    mpirun, another rank ended, scancel); None when anyone else sent it (kill PID: this rank alone) or it
+    cannot be told."""
+    try:
+        from .. import _core
+
+        sender = int(_core._signal_sender(int(signum)))
+    except (ImportError, AttributeError):
+        return None
+    parent = os.getppid()
+    if sender <= 0 or sender != parent:
+        return None
+    try:
+        with open(f"/proc/{parent}/comm", encoding="utf-8", errors="replace") as handle:
+            name = handle.read().strip()
+    except OSError:
+        return None
+    return f"{name} (pid {parent})" if name in LAUNCHER_PROCESSES else None
 
 
 def raised_on_every_rank(error: BaseException) -> BaseException:
