@@ -461,8 +461,9 @@ def run_simulate(args) -> int:
                           "ranks (Ctrl-C, a cancelled job, or another rank ended: the lines around say which); "
                           "each rank's checkpoint is kept: the same command resumes", file=sys.stderr, flush=True)
                 hold.close()
-                sys.stdout.flush()
-                sys.stderr.flush()
+                for stream in (sys.stdout, sys.stderr):
+                    with contextlib.suppress(Exception):  # a reader gone: the exit status still says it
+                        stream.flush()
                 os._exit(code)
             if line is None:
                 traceback.print_exc()
