@@ -33,7 +33,7 @@ def main() -> int:
     for line in failures:
         print("FAIL:", line)
     print(f"closure runtime: {runtime}")
-    from dodo.cli import launched_process
+    from dodo._launcher import launched_process
 
     process = launched_process()  # under mpirun or torchrun each process checks its node's installation
     where = f" ({process})" if process else ""

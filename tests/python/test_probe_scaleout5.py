@@ -36,7 +36,8 @@ def test_dodo_test_is_not_refused_under_mpirun_or_torchrun():
     """Before: `mpirun -n 2 dodo test` and `torchrun --nproc-per-node 2 -m dodo test` were refused in each process
     ("each rank would run the whole command: run dodo test as one process"), exit 2, although the check writes no
     file and is what a cluster user runs to check each node. Now it runs in each process and its summary names it."""
-    from dodo.cli import _mpi_replica_problem, _torchrun_replica_problem, launched_process
+    from dodo._launcher import launched_process
+    from dodo.cli import _mpi_replica_problem, _torchrun_replica_problem
 
     torchrun = {"TORCHELASTIC_RUN_ID": "abc", "WORLD_SIZE": "2", "RANK": "1"}
     assert _torchrun_replica_problem("test", torchrun) is None

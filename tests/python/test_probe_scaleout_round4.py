@@ -156,7 +156,8 @@ def test_dodo_info_under_torchrun_and_mpirun_agree_and_name_the_process():
     """Before: `torchrun --nproc-per-node 2 -m dodo info` (and `reference`) were refused ("only dodo train runs
     data-parallel"), exit 2, where `mpirun -n 2 dodo info` printed the listing once per rank; neither said a
     word of the ranks. Now both print in each process, and `dodo info` ends with the launcher's line."""
-    from dodo.cli import _launch_line, _mpi_replica_problem, _torchrun_replica_problem
+    from dodo._launcher import launch_line as _launch_line
+    from dodo.cli import _mpi_replica_problem, _torchrun_replica_problem
 
     torchrun = {"TORCHELASTIC_RUN_ID": "abc", "WORLD_SIZE": "2", "RANK": "1"}
     for command in ("info", "reference"):
