@@ -9,7 +9,10 @@ file already holds to 1e-12 N_tot, so the new entries are made the way the old o
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -32,6 +35,17 @@ def oracle_entry(case: dict, order: int, z_method: str) -> dict:
             "ntot_comoving": float(rest[:, 0].sum())}
 
 
+@contextlib.contextmanager
+def _cases_locked():
+    """An exclusive flock on the cases' directory (the file itself is replaced by rename), waited for."""
+    descriptor = os.open(CASES.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
+
+
 def main(order: int, z_method: str) -> int:
     document = json.loads(CASES.read_text())
     worst = 0.0
@@ -43,13 +57,23 @@ def main(order: int, z_method: str) -> int:
     if worst > 1e-12:
         print(f"the oracle misses the stored outputs by {worst:.2e} N_tot: not writing")
         return 1
+    has_setting = lambda case: any(  # noqa: E731
+        e["lebedev_order"] == order and e["z_method"] == z_method for e in case["expected"])
+    new_entries = [None if has_setting(case) else oracle_entry(case, order, z_method) for case in document["cases"]]
+    # The file read again and written under an exclusive lock: two runs at once (two settings) each wrote the
+    # document as read at its start, so the first one's additions were lost (outside probe, data-loss round 16).
     added = 0
-    for case in document["cases"]:
-        if not any(e["lebedev_order"] == order and e["z_method"] == z_method for e in case["expected"]):
-            case["expected"].append(oracle_entry(case, order, z_method))
-            added += 1
-    with atomic_path(CASES) as temporary:  # a failed run leaves the shipped reference cases whole
-        temporary.write_text(json.dumps(document, indent=1) + "\n")
+    with _cases_locked():
+        current = json.loads(CASES.read_text())
+        if len(current["cases"]) != len(document["cases"]):
+            print(f"{CASES} changed its cases while this ran: not writing; rerun")
+            return 1
+        for case, entry in zip(current["cases"], new_entries):
+            if entry is not None and not has_setting(case):
+                case["expected"].append(entry)
+                added += 1
+        with atomic_path(CASES) as temporary:  # a failed run leaves the shipped reference cases whole
+            temporary.write_text(json.dumps(current, indent=1) + "\n")
     print(f"oracle reproduces the stored settings to {worst:.1e} N_tot; added order {order} {z_method} to {added} cases")
     return 0
 
