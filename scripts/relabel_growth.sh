@@ -6,7 +6,8 @@
 # data/qke/NAME.h5 (held-out seeds 900-999 skipped), data/qke_growth/NAME.h5: the linear growth
 # rate of the box modes along the refined fastest axis (dodo simulate --linear-only, its search
 # started from the chunk's own box axis, the coarse search's best: about 0.4 s per state).
-# Resumable: complete outputs are skipped, a partial one resumes; rerun the same command to
+# Resumable: complete outputs (of the chunk's states, at these settings) are skipped, a partial one resumes; another
+# run's complete file there is kept and named, its chunk not labelled; rerun the same command to
 # continue. Emu-recipe chunks first (the family of the issue's target).
 #   bash scripts/relabel_growth.sh [JOBS]
 # With DODO_GROWTH_AXIS=emu: data/qke_emu_axis/NAME.h5 instead, the linear rate along the fastest
@@ -51,20 +52,78 @@ lock_directory_or_refuse relabel_growth "$labels" \
   "a second one would label the same chunks beside it" \
   "a second relabelling there would not be refused: run one at a time into it"
 labels_lock="$directory_lock"
+# Whether a chunk's label file is done: complete, and the labels of this chunk's states with this script's settings
+# (exit 0); complete but another run's (exit 3, the reason on standard error); else not done (1). Any complete
+# file was skipped (attrs["complete"] alone): labels made with --ncell 16 by hand, along the other axis, a solver
+# run, or of the chunk's states before the chunk was made again were taken as this script's, exit 0 and no word
+# (open items round eight; qke_campaign.sh's chunk_state_py compares the same way). Judged by the kind, the
+# settings (dodo.qke.cli.settings_differing, the axis search) and the fingerprint of the input's states.
+label_state_py='
+import json, os, shlex, sys
+
+def label_state(path, chunk):
+    try:
+        import h5py
+        with h5py.File(path, "r") as handle:
+            attrs = dict(handle.attrs)
+    except Exception:  # unreadable: dodo simulate decides (it refuses or resumes)
+        return 1, ""
+    if not attrs.get("complete"):
+        return 1, ""
+    text = lambda value: value.decode() if isinstance(value, bytes) else str(value)
+    emu = os.environ.get("DODO_GROWTH_AXIS") == "emu"
+    why = []
+    try:
+        settings = json.loads(text(attrs.get("settings", "{}")))
+    except ValueError:
+        settings = None
+    if text(attrs.get("kind", "")) != "linear_growth_labels" or not isinstance(settings, dict):
+        why.append("not a growth-label file (" + (text(attrs.get("kind")) if "kind" in attrs else "solver runs") + ")")
+    else:
+        from dodo.qke.cli import settings_differing
+        from dodo.qke.states import AXIS_SEARCH, EMU_AXIS_SEARCH
+        from dodo.qke.growth_labels import _fingerprint
+        from dodo.qke.states import read_states
+        if settings.get("axis_search") != (EMU_AXIS_SEARCH if emu else AXIS_SEARCH):
+            why.append("labels along " + ("the refined fastest axis" if emu else "the fastest of Emu\x27s 38 axes"))
+        for option, theirs, ours in settings_differing(attrs, [path, "--input", chunk, "--linear-only",
+                                                               *shlex.split(os.environ.get("axis_args", ""))]):
+            why.append(f"{option} {theirs}")
+        try:
+            states = read_states(chunk)["four_flux"]
+        except Exception:
+            states = None
+        if states is not None and _fingerprint(states, settings) != text(attrs.get("fingerprint", "")):
+            why.append(f"labels of other states than {chunk} holds now (made before the chunk was made again?)")
+    if not why:
+        return 0, ""
+    command, why = text(attrs.get("command", "")), "; ".join(why)
+    return 3, (f"relabel_growth: {path} is a complete file of another run ({why}"
+               + (f"; written by `{command}`" if command else "") + "), not the labels of " + chunk
+               + " this script makes: it is kept and the chunk not labelled; move that file away and rerun")
+
+state, why = label_state(sys.argv[1], sys.argv[2])
+if why:
+    print(why, file=sys.stderr)
+sys.exit(state)
+'
 relabel() {
   local input="$1" out="$labels/$(basename "$1")"
   # The label directory moved or removed meanwhile: no chunk is started in one made again at the old path,
   # outside the lock (as qke_campaign.sh; outside probe, data-loss round fourteen). The end says so.
   directory_still_at "$labels" "${labels_lock:-}" || return 255
-  if [ -f "$out" ] && "$python" -c 'import h5py, sys; sys.exit(0 if h5py.File(sys.argv[1], "r").attrs.get("complete") else 1)' "$out" 2>/dev/null; then
-    return 0
+  if [ -f "$out" ]; then
+    local done=0
+    "$python" -c "$label_state_py" "$out" "$input" || done=$?
+    [ "$done" -eq 0 ] && return 0
+    [ "$done" -eq 3 ] && return 1  # another run's complete file: kept, said why
   fi
   nice -n "${DODO_CAMPAIGN_NICE:-10}" "$dodo" simulate "$out" --input "$input" --linear-only $axis_args --quiet \
     || { echo "relabel_growth: $input failed (exit $?); rerun to retry" >&2; return 1; }
 }
 trap 'trap - TERM; kill 0' INT TERM
 export -f relabel directory_still_at
-export python dodo labels axis_args chunks
+export python dodo labels axis_args chunks label_state_py
 [ -z "${labels_lock:-}" ] || export labels_lock
 # Pool chunks only (held-out seeds 900-999 never labelled), complete ones, emu family first.
 status=0
