@@ -24,7 +24,7 @@ import numpy.ma  # noqa: F401
 from . import _core
 from ._units import _plain_numbers
 from ._shown import _shown_number
-from ._hints import Float64Array, Integer, Real, RealArrayLike
+from ._hints import Float64Array, Integer, Real, RealArrayLike, explain_type_names
 from .conventions import (
     _extension_real_dtype,
     MAX_THREADS,
@@ -72,7 +72,7 @@ class Box3DResult(NamedTuple):
     status: np.ndarray
 
     @classmethod
-    def empty(cls, batch_shape: Union[Integer, tuple[Integer, ...]] = ()) -> "Box3DResult":
+    def empty(cls, batch_shape: Union[Integer, tuple[Integer, ...]] = ()) -> Box3DResult:
         """Unfilled arrays for ``dodo.box3d(..., out=)`` on cells of batch shape ``batch_shape``
         (F_init's shape without its trailing (6, 4))."""
         return _empty_result(cls, _BOX3D_OUTPUTS, batch_shape)
@@ -1146,3 +1146,7 @@ def boost_to_rest(F: RealArrayLike, u: RealArrayLike) -> Float64Array:
 def boost_from_rest(F_rest: RealArrayLike, u: RealArrayLike) -> Float64Array:
     """Inverse of :func:`boost_to_rest`: rest-frame components back to the lab tetrad."""
     return _boost(F_rest, u, inverse=True)
+
+
+explain_type_names(Box3DResult, box3d_settings, crossing_features, box3d, invariants, comoving_density,
+                   boost_to_rest, boost_from_rest)

@@ -28,7 +28,7 @@ from . import _core
 from ._box3d import _ForkHold, _claim, _compared_as_results, _document_fields, _empty_result, _fed_back_hint, _flat_outputs, _reduce_result, _integral, _prepare, _real, _shown_number, _text, _threads, _usable_cpus
 from .conventions import N_COMPONENTS, N_SPECIES
 from .models import default_model_path
-from ._hints import Float64Array, Integer, Real, RealArrayLike
+from ._hints import Float64Array, Integer, Real, RealArrayLike, explain_type_names
 
 PathLike = Union[str, os.PathLike]
 
@@ -75,7 +75,7 @@ class ClosureResult(NamedTuple):
     uncertainty: Float64Array
 
     @classmethod
-    def empty(cls, batch_shape: Union[Integer, tuple[Integer, ...]] = ()) -> "ClosureResult":
+    def empty(cls, batch_shape: Union[Integer, tuple[Integer, ...]] = ()) -> ClosureResult:
         """Unfilled arrays for ``Closure.apply(..., out=)`` on cells of batch shape ``batch_shape``
         (F_init's shape without its trailing (6, 4))."""
         return _empty_result(cls, _CLOSURE_OUTPUTS, batch_shape)
@@ -1149,3 +1149,6 @@ def closure(F_init: RealArrayLike, u: Optional[RealArrayLike] = None,
     identity = () if path == BOX3D_ONLY else _file_identity(path)
     key = identity[0] if identity else path
     return _cached_closure_for(key, identity, None if path == BOX3D_ONLY else evaluator)(F_init, u)
+
+
+explain_type_names(ClosureResult, Closure, closure)
