@@ -76,8 +76,9 @@ def main() -> None:
     ensemble.label_noise_weight.fill_(0.0)
     ensemble.error_per_spread.fill_(float(config.error_per_spread))
     ensemble.sigma0.fill_(float(config.sigma0))
-    held = et.holdout_mask(table["sources"], config.holdout)
-    train_rows, held_rows = np.flatnonzero(~held), np.flatnonzero(held)
+    # By state, as train-ensemble: a copy of a held-out run under another file name is not trained on.
+    held, copies = et.held_out_rows(table, config.holdout)
+    train_rows, held_rows = np.flatnonzero(~held & ~copies), np.flatnonzero(held)
     print(f"{len(train_rows)} training states, {len(held_rows)} held out; the checkpoint's "
           f"{len(ensemble.members)} density members kept", flush=True)
     if config.noise_oof:

@@ -130,8 +130,9 @@ def main() -> None:
     if ensemble.student is None:
         parser.error(f"{args.checkpoint} has no student to compare with")
 
-    held = et.holdout_mask(table["sources"], config.holdout)
-    train_rows, held_rows = np.flatnonzero(~held), np.flatnonzero(held)
+    # By state, as train-ensemble: a copy of a held-out run under another file name is not trained on.
+    held, copies = et.held_out_rows(table, config.holdout)
+    train_rows, held_rows = np.flatnonzero(~held & ~copies), np.flatnonzero(held)
     shares = et.family_shares(table["sources"][train_rows])
     if not shares:  # a table of other data (dodo synth, Emu files): numpy's "need at least one array" traceback
         parser.error(f"{args.table}: the fresh states are drawn in the campaign families' mix (files named "

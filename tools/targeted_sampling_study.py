@@ -130,7 +130,9 @@ def main() -> None:
                         "an earlier --json table of this study", args.overwrite)
     torch.set_num_threads(args.threads)
     table = et.load_table(config.data_path)
-    pool = np.flatnonzero(~et.holdout_mask(table["sources"], config.holdout))
+    # By state, as train-ensemble: a copy of a held-out run under another file name is not in the pool.
+    held, copies = et.held_out_rows(table, config.holdout)
+    pool = np.flatnonzero(~held & ~copies)
     if args.eval + args.base + args.add > len(pool):
         raise ValueError(f"--eval + --base + --add = {args.eval + args.base + args.add} exceeds the "
                          f"{len(pool)}-state training pool")
