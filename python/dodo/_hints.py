@@ -83,6 +83,11 @@ def explain_type_names(*objects: object) -> None:
     import re
 
     for obj in objects:
+        constructor = obj.__new__ if isinstance(obj, type) and "__new__" in vars(obj) else None
+        annotations = getattr(constructor, "__annotations__", None)
+        if annotations:  # a NamedTuple's: help(dodo.ClosureResult) showed "F_pred: ForwardRef('Float64Array')"
+            for name, value in annotations.items():
+                annotations[name] = getattr(value, "__forward_arg__", value)
         members = [obj]
         if isinstance(obj, type):
             members += [value for name, value in vars(obj).items()

@@ -86,3 +86,12 @@ def test_the_meanings_are_there_under_optimize_2():
     first, found = done.stdout.splitlines()
     assert first.startswith("'Type names in the signature"), first
     assert found == "True"
+
+
+def test_help_of_the_result_types_shows_their_fields_types_as_the_functions_do():
+    for result_type in (dodo.ClosureResult, dodo.Box3DResult):
+        header = str(inspect.signature(result_type))
+        assert "ForwardRef" not in header, header  # was F_pred: ForwardRef('Float64Array')
+        assert "'Float64Array'" in header and "status: 'np.ndarray'" in header
+        assert "ForwardRef" not in pydoc.render_doc(result_type, renderer=pydoc.plaintext)
+    assert dodo.ClosureResult.empty(3).F_pred.shape == (3, 6, 4)
