@@ -119,3 +119,26 @@ def test_relabel_growth_keeps_a_complete_label_file_of_other_settings_and_says_s
     assert why in result.stderr and "it is kept" in result.stderr, result.stderr
     assert "emu_seed2" not in result.stderr, result.stderr
     assert (labels / "emu_seed1.h5").read_bytes() == before
+
+
+def test_export_says_when_a_package_records_no_training_states(tmp_path, monkeypatch, capsys):
+    """`dodo export` of a checkpoint trained on more states than a package records (1,000,000;
+    MAX_RECORDED_TRAINING_STATES) wrote the package without dodo.training_states and said nothing, so
+    `dodo score` of the package on its own training states gave no warning and the user took them for
+    held-out scores. Now a note says the entry was left out and why. (The bound lowered to 10 here.)"""
+    pytest.importorskip("torch")
+    onnx = pytest.importorskip("onnx")
+    from dodo.cli import main as dodo_main
+    from dodo.training import export
+    from training_helpers import synth_and_preprocess, train
+
+    data = synth_and_preprocess(tmp_path, 200, seed=17)
+    checkpoint = train(tmp_path, data, "t", training={"epochs": 1}) / "best.pt"
+    monkeypatch.setattr(export, "MAX_RECORDED_TRAINING_STATES", 10)
+    capsys.readouterr()
+    assert dodo_main(["export", str(checkpoint), "-o", str(tmp_path / "m.onnx"), "--no-check"]) == 0
+    out = capsys.readouterr()
+    keys = {entry.key for entry in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    assert "dodo.training_states" not in keys
+    assert "dodo.training_states not recorded" in out.out + out.err, out
+    assert "more than the 10 a package records" in out.out + out.err, out

@@ -1470,7 +1470,8 @@ def export_ensemble(checkpoint_path: str, output: str, n_test_vectors: int = 6, 
 
     from .. import _core
     from .ensemble import native_network_description
-    from .export import IR_VERSION, ExportError, make_test_vectors, metadata_for, roundtrip_check
+    from .export import (IR_VERSION, ExportError, make_test_vectors, metadata_for, roundtrip_check,
+                         training_states_left_out_note)
     from .probe_vectors import add_probe_vectors
 
     if checkpoint is None:  # `dodo export` passes the file's content, read once
@@ -1533,4 +1534,6 @@ def export_ensemble(checkpoint_path: str, output: str, n_test_vectors: int = 6, 
             else f"distilled from {counted(len(ensemble.members), 'member')} into one network")
     log(f"wrote {output} (density-residual {form}, {'fused, ' if fused else ''}"
         f"{len(model.graph.node)} ONNX nodes, {len(final_bytes)} bytes)")
+    if training_states_left_out_note(checkpoint):
+        log(training_states_left_out_note(checkpoint))
     return {"path": str(output), "roundtrip": roundtrip}

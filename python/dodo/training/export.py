@@ -181,6 +181,19 @@ def training_states_metadata(checkpoint: dict) -> dict:
         states.cpu().numpy() if isinstance(states, torch.Tensor) else np.asarray(states))}
 
 
+def training_states_left_out_note(checkpoint: dict) -> str | None:
+    """A line saying that the package records no dodo.training_states because the checkpoint trained on more
+    states than MAX_RECORDED_TRAINING_STATES; None otherwise. The entry was left out without a word, so the
+    user took the package's silence in `dodo score` on its training states for held-out scores (outside probe,
+    data-loss round seventeen)."""
+    states = checkpoint.get("data", {}).get("states")
+    if states is None or len(states) <= MAX_RECORDED_TRAINING_STATES:
+        return None
+    return (f"note: dodo.training_states not recorded: the checkpoint trained or validated on {len(states):,} states, "
+            f"more than the {MAX_RECORDED_TRAINING_STATES:,} a package records (docs/model_package.md), so dodo score "
+            "of this package cannot warn of scoring its own training states")
+
+
 def cpu_session(onnx_bytes: bytes):
     """An onnxruntime session (CPU, one thread) for the export's checks. ONNX Runtime's Linux builds
     start a telemetry uploader thread with their environment unless ORT_DISABLE_TELEMETRY is set,
@@ -296,6 +309,8 @@ def export_checkpoint(checkpoint_path: str | Path, output: str | Path, check: bo
         log(f"round trip torch vs onnxruntime: max head difference {roundtrip['max_head_difference']:.2e}; "
             f"test vectors reproduced to {roundtrip['max_test_vector_error_over_ntot']:.2e} N_tot")
     log(f"wrote {output} ({network.head} head, {len(final_bytes)} bytes)")
+    if training_states_left_out_note(checkpoint):
+        log(training_states_left_out_note(checkpoint))
     return {"path": str(output), "metadata": metadata, "roundtrip": roundtrip}
 
 
