@@ -301,6 +301,8 @@ typedef int MPI_Info;
 #define MPI_INT ((int)sizeof(int))
 #define MPI_LONG ((int)sizeof(long))
 #define MPI_DOUBLE ((int)sizeof(double))
+#define MPI_UNSIGNED_LONG_LONG ((int)sizeof(unsigned long long))
+#define MPI_CHAR 1
 #define MPI_MIN 0
 #define MPI_MAX 1
 #define MPI_SUM 2
@@ -344,8 +346,13 @@ module mpi_f08
   integer, parameter :: MPI_COMM_TYPE_SHARED = 1
   type(MPI_Info), parameter :: MPI_INFO_NULL = MPI_Info(0)
   type(MPI_Datatype), parameter :: MPI_INTEGER8 = MPI_Datatype(1), MPI_BYTE = MPI_Datatype(2), &
-                                   MPI_INTEGER = MPI_Datatype(3), MPI_DOUBLE_PRECISION = MPI_Datatype(4)
-  type(MPI_Op), parameter :: MPI_MAX = MPI_Op(1)
+                                   MPI_INTEGER = MPI_Datatype(3), MPI_DOUBLE_PRECISION = MPI_Datatype(4), &
+                                   MPI_CHARACTER = MPI_Datatype(5)
+  type(MPI_Op), parameter :: MPI_MAX = MPI_Op(1), MPI_SUM = MPI_Op(2)
+  ! The examples reduce doubles and (since scale-out round five, counting the ranks that share an error) integers.
+  interface MPI_Reduce
+    module procedure reduce_double, reduce_integer
+  end interface
 contains
   subroutine MPI_Init()
   end subroutine
@@ -386,9 +393,18 @@ contains
     type(MPI_Comm), intent(in) :: comm
     recvbuf = sendbuf
   end subroutine
-  subroutine MPI_Reduce(sendbuf, recvbuf, count, datatype, op, root, comm)
+  subroutine reduce_double(sendbuf, recvbuf, count, datatype, op, root, comm)
     real(c_double), intent(in) :: sendbuf
     real(c_double), intent(out) :: recvbuf
+    integer, intent(in) :: count, root
+    type(MPI_Datatype), intent(in) :: datatype
+    type(MPI_Op), intent(in) :: op
+    type(MPI_Comm), intent(in) :: comm
+    recvbuf = sendbuf
+  end subroutine
+  subroutine reduce_integer(sendbuf, recvbuf, count, datatype, op, root, comm)
+    integer, intent(in) :: sendbuf
+    integer, intent(out) :: recvbuf
     integer, intent(in) :: count, root
     type(MPI_Datatype), intent(in) :: datatype
     type(MPI_Op), intent(in) :: op
